@@ -1,0 +1,65 @@
+//! Entry points shared by the fuzz targets and by the tests that replay their corpora.
+//!
+//! Each takes arbitrary bytes, must never panic, and checks what must hold for any input.
+
+use crate::pktline::{self, Decoded};
+use crate::request::{Limits, RequestParser, Status};
+
+/// Decode pkt-lines until the input ends or breaks; re-encoding a decoded data line must give
+/// back its bytes.
+pub fn pktline_decode(data: &[u8]) {
+    let mut rest = data;
+    while let Ok(Decoded::Complete { line, consumed }) = pktline::decode(rest) {
+        assert!(consumed <= rest.len());
+        if let pktline::Line::Data(payload) = line
+            && !payload.is_empty()
+        {
+            let mut again = Vec::new();
+            pktline::write_data(&mut again, payload).expect("a decoded line fits");
+            assert_eq!(again, &rest[..consumed]);
+        }
+        rest = &rest[consumed..];
+    }
+}
+
+/// Parse a request body whole and in two pieces split by the first byte; both must agree, and
+/// a request that parses must encode to bytes that parse to the same request.
+pub fn request_parse(data: &[u8]) {
+    let Some((&split, body)) = data.split_first() else {
+        return;
+    };
+    let limits = Limits {
+        max_body_bytes: 1 << 20,
+        max_wants: 1000,
+        max_haves: 1000,
+        max_other_lines: 1000,
+    };
+    let whole = crate::request::parse_request(body, limits);
+    let mut parser = RequestParser::new(limits);
+    let at = usize::from(split).min(body.len());
+    let pieces = parser
+        .feed(&body[..at])
+        .and_then(|first| match first {
+            Status::Incomplete => parser.feed(&body[at..]),
+            done => parser.feed(&body[at..]).map(|_| done),
+        })
+        .and_then(|status| match status {
+            Status::Complete(r) => Ok(Some(*r)),
+            Status::Empty => Ok(None),
+            Status::Incomplete => parser.finish().map(|()| None),
+        });
+    match (&whole, &pieces) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("whole and split parses disagree: {a:?} vs {b:?}"),
+    }
+    if let Ok(Some(request)) = whole {
+        let mut encoded = Vec::new();
+        request
+            .write_to(&mut encoded)
+            .expect("a parsed request encodes");
+        let again =
+            crate::request::parse_request(&encoded, limits).expect("encoded request parses");
+        assert_eq!(again.as_ref(), Some(&request));
+    }
+}

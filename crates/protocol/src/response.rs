@@ -1,0 +1,367 @@
+//! The `fetch` response: writing its sections in git's order and delimiter rules, and reading a
+//! complete one back.
+//!
+//! Git sends, each section ended by a delimiter except the last, which ends with a flush:
+//! `acknowledgments` (only while negotiating), `wanted-refs`, `shallow-info`, `packfile-uris`,
+//! `packfile`. A negotiation round that is not yet `ready` ends after `acknowledgments` with a
+//! flush. (gitprotocol-v2 lists `shallow-info` before `wanted-refs`; `git upload-pack` writes
+//! them the other way round, and we follow the wire.)
+//!
+//! ```
+//! use gitcache_protocol::response::{ResponseWriter, parse_fetch_response};
+//! use std::io::Write;
+//! let mut w = ResponseWriter::new(Vec::new(), false);
+//! let mut pack = w.packfile().unwrap();
+//! pack.write_all(b"PACK...").unwrap();
+//! let body = pack.finish().unwrap();
+//! let parsed = parse_fetch_response(&body, gix_hash::Kind::Sha1).unwrap();
+//! assert_eq!(parsed.pack.as_deref(), Some(&b"PACK..."[..]));
+//! ```
+
+use std::io::Write;
+
+use bstr::{BString, ByteSlice};
+use gix_hash::{Kind, ObjectId};
+
+use crate::pktline::{self, Channel, Line};
+use crate::sideband::{self, SidebandWriter};
+
+/// The sections of a fetch response, in the order git writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Section {
+    /// `acknowledgments`
+    Acknowledgments,
+    /// `wanted-refs`
+    WantedRefs,
+    /// `shallow-info`
+    ShallowInfo,
+    /// `packfile-uris`
+    PackfileUris,
+    /// `packfile`
+    Packfile,
+}
+
+impl Section {
+    /// The section's header line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Acknowledgments => "acknowledgments",
+            Section::WantedRefs => "wanted-refs",
+            Section::ShallowInfo => "shallow-info",
+            Section::PackfileUris => "packfile-uris",
+            Section::Packfile => "packfile",
+        }
+    }
+}
+
+/// Errors of writing or reading a fetch response.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Framing or I/O.
+    #[error(transparent)]
+    PktLine(#[from] pktline::Error),
+    /// A section was written after one that must follow it, or twice.
+    #[error("section '{section}' cannot follow '{after}'")]
+    SectionOrder {
+        /// The section being written.
+        section: &'static str,
+        /// The one already written.
+        after: &'static str,
+    },
+    /// The response was already ended.
+    #[error("the response is already complete")]
+    Finished,
+    /// The server answered with `ERR`.
+    #[error("remote error: {message}")]
+    Remote {
+        /// The message.
+        message: String,
+    },
+    /// A side-band error (band 3).
+    #[error("remote error on side-band: {message}")]
+    SidebandError {
+        /// The message.
+        message: String,
+    },
+    /// A line out of place.
+    #[error("unexpected line in fetch response: '{line}'")]
+    Unexpected {
+        /// The line.
+        line: String,
+    },
+    /// The response ended early.
+    #[error("fetch response ended before its flush")]
+    Truncated,
+}
+
+/// Writes a fetch response section by section into `out`.
+#[derive(Debug)]
+pub struct ResponseWriter<W: Write> {
+    out: W,
+    sideband_all: bool,
+    last: Option<Section>,
+    finished: bool,
+}
+
+impl<W: Write> ResponseWriter<W> {
+    /// Write into `out`; with `sideband_all`, every line goes out on band 1 as the client asked.
+    pub fn new(out: W, sideband_all: bool) -> Self {
+        ResponseWriter {
+            out,
+            sideband_all,
+            last: None,
+            finished: false,
+        }
+    }
+
+    fn begin(&mut self, section: Section) -> Result<(), Error> {
+        if self.finished {
+            return Err(Error::Finished);
+        }
+        if let Some(last) = self.last {
+            if last >= section {
+                return Err(Error::SectionOrder {
+                    section: section.name(),
+                    after: last.name(),
+                });
+            }
+            pktline::write_delim(&mut self.out)?;
+        }
+        self.last = Some(section);
+        self.text(section.name().as_bytes())
+    }
+
+    fn text(&mut self, text: &[u8]) -> Result<(), Error> {
+        if self.sideband_all {
+            let mut line = Vec::with_capacity(text.len() + 2);
+            line.push(Channel::Data as u8);
+            line.extend_from_slice(text);
+            line.push(b'\n');
+            pktline::write_data(&mut self.out, &line)?;
+        } else {
+            pktline::write_text(&mut self.out, text)?;
+        }
+        Ok(())
+    }
+
+    /// The `acknowledgments` section: `NAK` when `common` is empty, else an `ACK` per common
+    /// object, then `ready` if set. Without `ready` the response ends here (flush) and the
+    /// writer is finished; with it, the pack sections must follow.
+    pub fn acknowledgments(&mut self, common: &[ObjectId], ready: bool) -> Result<(), Error> {
+        self.begin(Section::Acknowledgments)?;
+        if common.is_empty() {
+            self.text(b"NAK")?;
+        }
+        for oid in common {
+            self.text(format!("ACK {oid}").as_bytes())?;
+        }
+        if ready {
+            self.text(b"ready")?;
+        } else {
+            pktline::write_flush(&mut self.out)?;
+            self.finished = true;
+        }
+        Ok(())
+    }
+
+    /// The `wanted-refs` section: `<oid> <refname>` for each `want-ref`.
+    pub fn wanted_refs(&mut self, refs: &[(ObjectId, BString)]) -> Result<(), Error> {
+        self.begin(Section::WantedRefs)?;
+        for (oid, name) in refs {
+            let mut line = format!("{oid} ").into_bytes();
+            line.extend_from_slice(name);
+            self.text(&line)?;
+        }
+        Ok(())
+    }
+
+    /// The `shallow-info` section: `shallow <oid>` lines, then `unshallow <oid>` lines.
+    pub fn shallow_info(
+        &mut self,
+        shallow: &[ObjectId],
+        unshallow: &[ObjectId],
+    ) -> Result<(), Error> {
+        self.begin(Section::ShallowInfo)?;
+        for oid in shallow {
+            self.text(format!("shallow {oid}").as_bytes())?;
+        }
+        for oid in unshallow {
+            self.text(format!("unshallow {oid}").as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The `packfile-uris` section: `<pack-hash> <uri>` lines.
+    pub fn packfile_uris(&mut self, uris: &[(String, String)]) -> Result<(), Error> {
+        self.begin(Section::PackfileUris)?;
+        for (hash, uri) in uris {
+            self.text(format!("{hash} {uri}").as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Start the `packfile` section; write the pack into the returned side-band writer and
+    /// [`finish`](SidebandWriter::finish) it to end the response.
+    pub fn packfile(mut self) -> Result<SidebandWriter<W>, Error> {
+        self.begin(Section::Packfile)?;
+        Ok(SidebandWriter::new(self.out))
+    }
+
+    /// Hand back the writer after a response that ended with a not-ready `acknowledgments`.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    /// Whether the response has ended.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+}
+
+/// A fetch response, read back whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchResponse {
+    /// Whether an `acknowledgments` section was present.
+    pub has_acknowledgments: bool,
+    /// `ACK` lines.
+    pub acks: Vec<ObjectId>,
+    /// Whether `NAK` was sent.
+    pub nak: bool,
+    /// Whether `ready` was sent.
+    pub ready: bool,
+    /// `wanted-refs` lines.
+    pub wanted_refs: Vec<(ObjectId, BString)>,
+    /// `shallow` lines of `shallow-info`.
+    pub shallow: Vec<ObjectId>,
+    /// `unshallow` lines of `shallow-info`.
+    pub unshallow: Vec<ObjectId>,
+    /// `packfile-uris` lines.
+    pub packfile_uris: Vec<(String, String)>,
+    /// Band-1 bytes of the `packfile` section, if there was one.
+    pub pack: Option<Vec<u8>>,
+    /// Band-2 bytes.
+    pub progress: Vec<u8>,
+}
+
+/// Read a complete fetch response whose object ids are of `kind`, sideband-all or not.
+pub fn parse_fetch_response(body: &[u8], kind: Kind) -> Result<FetchResponse, Error> {
+    let mut resp = FetchResponse::default();
+    let mut section: Option<Section> = None;
+    let mut expect_header = true;
+    for line in pktline::lines(body) {
+        let data = match line? {
+            Line::Flush => return Ok(resp),
+            Line::Delimiter => {
+                expect_header = true;
+                continue;
+            }
+            Line::ResponseEnd => return Err(unexpected(b"<response-end>")),
+            Line::Data(data) => data,
+        };
+        if let Some(message) = pktline::as_error(data) {
+            return Err(Error::Remote {
+                message: message.to_str_lossy().into_owned(),
+            });
+        }
+        let in_pack = section == Some(Section::Packfile) && !expect_header;
+        // Inside the packfile, and for every line under sideband-all, the payload is banded.
+        let banded = match sideband::split_band(data) {
+            Some((channel, rest)) if in_pack || data.first() == Some(&1) && !is_header(data) => {
+                Some((channel, rest))
+            }
+            _ => None,
+        };
+        let text = match banded {
+            Some((Channel::Progress, rest)) => {
+                resp.progress.extend_from_slice(rest);
+                continue;
+            }
+            Some((Channel::Error, rest)) => {
+                return Err(Error::SidebandError {
+                    message: rest.to_str_lossy().into_owned(),
+                });
+            }
+            Some((Channel::Data, rest)) if in_pack => {
+                resp.pack
+                    .get_or_insert_with(Vec::new)
+                    .extend_from_slice(rest);
+                continue;
+            }
+            Some((Channel::Data, rest)) => pktline::chomp(rest),
+            None if in_pack => return Err(unexpected(data)),
+            None => pktline::chomp(data),
+        };
+        if expect_header {
+            let next = [
+                Section::Acknowledgments,
+                Section::WantedRefs,
+                Section::ShallowInfo,
+                Section::PackfileUris,
+                Section::Packfile,
+            ]
+            .into_iter()
+            .find(|s| s.name().as_bytes() == text)
+            .ok_or_else(|| unexpected(text))?;
+            if section.is_some_and(|s| s >= next) {
+                return Err(unexpected(text));
+            }
+            section = Some(next);
+            expect_header = false;
+            match next {
+                Section::Acknowledgments => resp.has_acknowledgments = true,
+                Section::Packfile => resp.pack = Some(Vec::new()),
+                _ => {}
+            }
+            continue;
+        }
+        let (word, rest) = match text.find_byte(b' ') {
+            Some(i) => (&text[..i], &text[i + 1..]),
+            None => (text, &b""[..]),
+        };
+        match (section, word) {
+            (Some(Section::Acknowledgments), b"NAK") => resp.nak = true,
+            (Some(Section::Acknowledgments), b"ready") => resp.ready = true,
+            (Some(Section::Acknowledgments), b"ACK") => resp.acks.push(oid(rest, kind, text)?),
+            (Some(Section::ShallowInfo), b"shallow") => resp.shallow.push(oid(rest, kind, text)?),
+            (Some(Section::ShallowInfo), b"unshallow") => {
+                resp.unshallow.push(oid(rest, kind, text)?)
+            }
+            (Some(Section::WantedRefs), hex) => {
+                resp.wanted_refs.push((oid(hex, kind, text)?, rest.into()))
+            }
+            (Some(Section::PackfileUris), hash) => resp.packfile_uris.push((
+                hash.to_str_lossy().into_owned(),
+                rest.to_str_lossy().into_owned(),
+            )),
+            _ => return Err(unexpected(text)),
+        }
+    }
+    Err(Error::Truncated)
+}
+
+fn is_header(data: &[u8]) -> bool {
+    let text = pktline::chomp(data);
+    [
+        Section::Acknowledgments,
+        Section::WantedRefs,
+        Section::ShallowInfo,
+        Section::PackfileUris,
+        Section::Packfile,
+    ]
+    .iter()
+    .any(|s| s.name().as_bytes() == text)
+}
+
+fn oid(hex: &[u8], kind: Kind, line: &[u8]) -> Result<ObjectId, Error> {
+    if hex.len() != kind.len_in_hex() {
+        return Err(unexpected(line));
+    }
+    ObjectId::from_hex(hex).map_err(|_| unexpected(line))
+}
+
+fn unexpected(line: &[u8]) -> Error {
+    Error::Unexpected {
+        line: line.to_str_lossy().into_owned(),
+    }
+}
