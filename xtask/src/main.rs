@@ -1,1 +1,60 @@
-fn main() {}
+//! Project tasks that run things: `cargo xtask <task>`.
+//!
+//! - `transcripts`: record what the real `git` client sends, and what C git answers, for the
+//!   protocol fixtures (`crates/protocol/tests/fixtures/transcripts`) and seed the fuzz corpora.
+//! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
+//!   `RUSTC_BOOTSTRAP=1`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+mod transcripts;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("transcripts") => transcripts::record(&workspace_root()?),
+        Some("fuzz-smoke") => {
+            let seconds = args.get(1).map(String::as_str).unwrap_or("30");
+            fuzz_smoke(&workspace_root()?, seconds)
+        }
+        _ => bail!("usage: cargo xtask <transcripts | fuzz-smoke [seconds]>"),
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask lives in the workspace")?
+        .to_owned())
+}
+
+fn fuzz_smoke(root: &Path, seconds: &str) -> Result<()> {
+    let fuzz = root.join("fuzz");
+    let list = std::process::Command::new("cargo")
+        .args(["fuzz", "list"])
+        .current_dir(&fuzz)
+        .output()?;
+    if !list.status.success() {
+        bail!("cargo fuzz is not installed: cargo install cargo-fuzz");
+    }
+    for target in String::from_utf8_lossy(&list.stdout).lines() {
+        let status = std::process::Command::new("cargo")
+            .args([
+                "fuzz",
+                "run",
+                target,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .current_dir(&fuzz)
+            .status()?;
+        if !status.success() {
+            bail!("fuzz target {target} failed");
+        }
+    }
+    Ok(())
+}

@@ -265,13 +265,9 @@ pub fn parse_fetch_response(body: &[u8], kind: Kind) -> Result<FetchResponse, Er
             });
         }
         let in_pack = section == Some(Section::Packfile) && !expect_header;
-        // Inside the packfile, and for every line under sideband-all, the payload is banded.
-        let banded = match sideband::split_band(data) {
-            Some((channel, rest)) if in_pack || data.first() == Some(&1) && !is_header(data) => {
-                Some((channel, rest))
-            }
-            _ => None,
-        };
+        // Inside the packfile, and for every line under sideband-all, the payload is banded;
+        // text lines never start with a band byte (1, 2 or 3).
+        let banded = sideband::split_band(data);
         let text = match banded {
             Some((Channel::Progress, rest)) => {
                 resp.progress.extend_from_slice(rest);
@@ -338,19 +334,6 @@ pub fn parse_fetch_response(body: &[u8], kind: Kind) -> Result<FetchResponse, Er
         }
     }
     Err(Error::Truncated)
-}
-
-fn is_header(data: &[u8]) -> bool {
-    let text = pktline::chomp(data);
-    [
-        Section::Acknowledgments,
-        Section::WantedRefs,
-        Section::ShallowInfo,
-        Section::PackfileUris,
-        Section::Packfile,
-    ]
-    .iter()
-    .any(|s| s.name().as_bytes() == text)
 }
 
 fn oid(hex: &[u8], kind: Kind, line: &[u8]) -> Result<ObjectId, Error> {

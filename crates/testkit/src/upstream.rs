@@ -26,6 +26,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 type Body = BoxBody<Bytes, io::Error>;
+/// A response body copied as it is sent.
+type SharedBytes = Arc<Mutex<Vec<u8>>>;
 
 /// Who may read a repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +88,14 @@ pub struct RecordedRequest {
     pub body: Vec<u8>,
     /// The status the upstream answered.
     pub status: u16,
+    /// The response body as sent (after any injected cut); empty unless recording is on.
+    pub response: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct LogEntry {
+    record: RecordedRequest,
+    response: Option<SharedBytes>,
 }
 
 /// A misbehaviour to inject into upcoming requests.
@@ -112,7 +122,7 @@ struct FaultRule {
 struct State {
     repos: HashMap<String, Access>,
     faults: Vec<FaultRule>,
-    log: Vec<RecordedRequest>,
+    log: Vec<LogEntry>,
     stderr: Vec<u8>,
 }
 
@@ -283,8 +293,8 @@ impl Upstream {
     /// Requests seen so far, by kind.
     pub fn counts(&self) -> Counts {
         let mut counts = Counts::default();
-        for r in &self.shared.state().log {
-            match r.kind {
+        for entry in &self.shared.state().log {
+            match entry.record.kind {
                 RequestKind::InfoRefs => counts.info_refs += 1,
                 RequestKind::LsRefs => counts.ls_refs += 1,
                 RequestKind::Fetch => counts.fetch += 1,
@@ -296,7 +306,18 @@ impl Upstream {
 
     /// Every request seen so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.state().log.clone()
+        let state = self.shared.state();
+        state
+            .log
+            .iter()
+            .map(|entry| {
+                let mut record = entry.record.clone();
+                if let Some(response) = &entry.response {
+                    record.response = response.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                }
+                record
+            })
+            .collect()
     }
 
     /// Forget the requests seen so far.
@@ -479,10 +500,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         headers,
         body: Vec::new(),
         status: 0,
+        response: Vec::new(),
     };
+    let recording = shared.recording.load(Ordering::SeqCst);
     let finish = |shared: &Shared, mut record: RecordedRequest, resp: Response<Body>| {
         record.status = resp.status().as_u16();
-        shared.state().log.push(record);
+        let (resp, response) = if recording {
+            tee_body(resp)
+        } else {
+            (resp, None)
+        };
+        shared.state().log.push(LogEntry { record, response });
         resp
     };
 
@@ -544,7 +572,6 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         },
     }
 
-    let recording = shared.recording.load(Ordering::SeqCst);
     let path_info = format!("/{repo}.git/{rest}");
     let resp = match run_cgi(
         &shared,
@@ -571,6 +598,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         ),
     };
     finish(&shared, record, resp)
+}
+
+/// Copy a response body into a shared buffer as it is sent.
+fn tee_body(resp: Response<Body>) -> (Response<Body>, Option<SharedBytes>) {
+    let copy = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&copy);
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(data);
+            }
+            frame
+        })
+        .boxed();
+    (Response::from_parts(parts, body), Some(copy))
 }
 
 /// The v2 command of a request body's first pkt-line, `"v0"` for a v0/v1 negotiation, or
