@@ -578,6 +578,11 @@ impl RequestParser {
                     args.deepen_since = Some(since);
                 }
                 (b"filter", Some(spec)) => {
+                    if args.filter.is_some() {
+                        return Err(Error::Conflict {
+                            message: "multiple filter-specs cannot be combined",
+                        });
+                    }
                     let spec = std::str::from_utf8(spec).map_err(|_| Error::NotUtf8)?;
                     args.filter = Some(spec.parse()?);
                 }
@@ -893,6 +898,16 @@ mod tests {
                 "0000"
             ]),
             "deepen and deepen-since (or deepen-not) cannot be used together"
+        );
+        assert_eq!(
+            err(&[
+                "command=fetch",
+                "0001",
+                "filter blob:none",
+                "filter tree:0",
+                "0000"
+            ]),
+            "multiple filter-specs cannot be combined"
         );
         assert!(matches!(
             parse(&["command=fetch", "0001", "0001", "0000"]),

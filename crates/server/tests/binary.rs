@@ -1,0 +1,71 @@
+//! The real binary: starts on a free port, answers health checks, stops on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let status = raw.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, raw)
+}
+
+#[test]
+fn serves_health_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
+
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    assert_eq!(get(&addr, "/readyz").0, 200);
+    let (status, body) = get(&addr, "/acme/widgets.git/info/refs?service=git-upload-pack");
+    assert_eq!(status, 501);
+    assert!(body.contains("not implemented yet"), "{body}");
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("gitcache stopped"), "{rest}");
+}
+
+#[test]
+fn bad_arguments_exit_non_zero_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
+        .args(["--listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid listen address 'nowhere'"));
+    let out = Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let help = Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--listen"));
+}
