@@ -2,6 +2,8 @@
 //!
 //! - `transcripts`: record what the real `git` client sends, and what C git answers, for the
 //!   protocol fixtures (`crates/protocol/tests/fixtures/transcripts`) and seed the fuzz corpora.
+//! - `gen-repo <tiny|small|medium|large> <seed> <path> [sha256]`: generate a test repository
+//!   (the benches use `large`: 22,000 commits, about 50 MB of pack).
 //! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
 //!   `RUSTC_BOOTSTRAP=1`).
 
@@ -15,12 +17,44 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("transcripts") => transcripts::record(&workspace_root()?),
+        Some("gen-repo") => gen_repo(&args[1..]),
         Some("fuzz-smoke") => {
             let seconds = args.get(1).map(String::as_str).unwrap_or("30");
             fuzz_smoke(&workspace_root()?, seconds)
         }
-        _ => bail!("usage: cargo xtask <transcripts | fuzz-smoke [seconds]>"),
+        _ => bail!(
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | fuzz-smoke [seconds]>"
+        ),
     }
+}
+
+fn gen_repo(args: &[String]) -> Result<()> {
+    use gitcache_testkit::repo::{self, RepoSpec};
+    let [preset, seed, path, rest @ ..] = args else {
+        bail!("usage: cargo xtask gen-repo <tiny|small|medium|large> <seed> <path> [sha256]");
+    };
+    let seed: u64 = seed.parse().context("seed must be a number")?;
+    let mut spec = match preset.as_str() {
+        "tiny" => RepoSpec::tiny(seed),
+        "small" => RepoSpec::small(seed),
+        "medium" => RepoSpec::medium(seed),
+        "large" => RepoSpec::large(seed),
+        other => bail!("unknown preset '{other}'"),
+    };
+    if rest.first().map(String::as_str) == Some("sha256") {
+        spec = spec.sha256();
+    }
+    let started = std::time::Instant::now();
+    let made = repo::generate(Path::new(path), &spec)?;
+    println!(
+        "{}: {} commits, {} branches, {} tags in {:.1?}",
+        made.path.display(),
+        made.commits,
+        made.branches.len(),
+        made.tags.len(),
+        started.elapsed()
+    );
+    Ok(())
 }
 
 fn workspace_root() -> Result<PathBuf> {
