@@ -1,4 +1,338 @@
-//! Object selection and packfile streaming: answers a protocol v2 `fetch` from a local
-//! repository. Not built yet; the README's status table says what works.
+//! Answering a protocol v2 `fetch` from a local bare repository, as `git upload-pack` would.
+//!
+//! [`plan`] does all the deciding — negotiation, shallow boundaries, object selection with
+//! filters and `include-tag` — and knows the object count before a byte is written;
+//! [`Plan::write_to`] then streams the whole response (sections, side-band, pack) into any
+//! [`std::io::Write`], reusing stored pack entries wherever git's rules allow.
+//!
+//! gitoxide has no server side: negotiation, shallow and selection here are this crate's own,
+//! built on gix-odb and gix-pack for reading objects and pack entries.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use gitcache_pack::{Options, Repository, plan};
+//! use gitcache_protocol::request::{Command, Limits, parse_request};
+//!
+//! let repo = Repository::open("/srv/mirrors/acme/widgets.git")?;
+//! let body = std::fs::read("request.bin")?; // what the client POSTed
+//! let request = parse_request(&body, Limits::default())?.expect("a request");
+//! let Command::Fetch(fetch) = &request.command else { panic!("not a fetch") };
+//! let plan = plan(&repo, fetch, request.capabilities.object_format(), &Options::default())?;
+//! println!("sending {:?} objects", plan.object_count());
+//! plan.write_to(std::io::stdout().lock())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod error;
+mod filter;
+mod negotiate;
+mod objects;
+mod repo;
+mod select;
+mod shallow;
+mod walk;
+mod write;
+
+use std::collections::HashSet;
+use std::io::Write;
+
+use bstr::BString;
+use gitcache_protocol::request::Fetch;
+use gitcache_protocol::response::ResponseWriter;
+use gitcache_protocol::sideband::SidebandWriter;
+use gix_hash::ObjectId;
+
+pub use error::Error;
+pub use repo::{Ref, Repository};
+pub use write::PackStats;
+
+use objects::Objects;
+use select::Selection;
+use write::{PackWriter, WriteOptions};
+
+/// Server-side choices that are not part of the request.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// zlib level (0–9) for objects that must be compressed again. Fast by default: most
+    /// entries are copied as stored.
+    pub compression_level: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            compression_level: 1,
+        }
+    }
+}
+
+/// The decided response to one `fetch` request.
+#[derive(Debug)]
+pub enum Plan {
+    /// No `want`: git answers nothing at all.
+    Nothing,
+    /// Negotiation goes on: an `acknowledgments` section, then the end of the response.
+    Acknowledge {
+        /// The common objects, for `ACK` lines (`NAK` when empty).
+        common: Vec<ObjectId>,
+    },
+    /// The response that carries a pack.
+    Pack(Box<PackPlan>),
+}
+
+/// Everything needed to write a response with a pack.
+#[derive(Debug)]
+pub struct PackPlan {
+    acks: Option<Vec<ObjectId>>,
+    wanted_refs: Vec<(ObjectId, BString)>,
+    shallow_info: Option<(Vec<ObjectId>, Vec<ObjectId>)>,
+    selection: Selection,
+    objects: Objects,
+    write: WriteOptions,
+    progress: bool,
+    sideband_all: bool,
+}
+
+impl PackPlan {
+    /// How many objects the pack holds.
+    pub fn object_count(&self) -> usize {
+        self.selection.len()
+    }
+
+    /// The objects the pack holds, in write order groups (commits, tags, trees and blobs).
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectId> {
+        self.selection.all()
+    }
+
+    /// The `shallow` and `unshallow` lines, if a `shallow-info` section is sent.
+    pub fn shallow_info(&self) -> Option<(&[ObjectId], &[ObjectId])> {
+        self.shallow_info
+            .as_ref()
+            .map(|(s, u)| (s.as_slice(), u.as_slice()))
+    }
+}
+
+impl Plan {
+    /// Objects in the pack, if a pack is sent.
+    pub fn object_count(&self) -> Option<usize> {
+        match self {
+            Plan::Pack(p) => Some(p.object_count()),
+            _ => None,
+        }
+    }
+
+    /// Write the whole response into `out` (no trailing `0002`: over HTTP git ends with the
+    /// flush). Errors after the pack started go to the client on band 3 before returning.
+    pub fn write_to<W: Write>(self, mut out: W) -> Result<PackStats, Error> {
+        match self {
+            Plan::Nothing => Ok(PackStats::default()),
+            Plan::Acknowledge { common } => {
+                let mut w = ResponseWriter::new(&mut out, false);
+                w.acknowledgments(&common, false)?;
+                out.flush()?;
+                Ok(PackStats::default())
+            }
+            Plan::Pack(plan) => plan.write_to(out),
+        }
+    }
+}
+
+impl PackPlan {
+    fn write_to<W: Write>(mut self, out: W) -> Result<PackStats, Error> {
+        let mut w = ResponseWriter::new(out, self.sideband_all);
+        if let Some(common) = &self.acks {
+            w.acknowledgments(common, true)?;
+        }
+        if !self.wanted_refs.is_empty() {
+            w.wanted_refs(&self.wanted_refs)?;
+        }
+        if let Some((shallow, unshallow)) = &self.shallow_info {
+            w.shallow_info(shallow, unshallow)?;
+        }
+        let mut band = w.packfile()?;
+        let count = self.selection.len();
+        if self.progress {
+            band.progress(format!("Enumerating objects: {count}, done.\n").as_bytes())?;
+            band.progress(format!("Counting objects: 100% ({count}/{count}), done.\n").as_bytes())?;
+        }
+        let order: Vec<ObjectId> = self.selection.all().copied().collect();
+        let mut writer = PackWriter::new(&mut self.objects, self.write);
+        let result = writer.write(&order, &self.selection.client_has, BandPack(&mut band));
+        let stats = match result {
+            Ok(stats) => stats,
+            Err(Error::Io(err)) => return Err(Error::Io(err)),
+            Err(err) => {
+                // The client has part of a pack: tell it why it will not get the rest.
+                let _ = band.error(err.wire_message().as_bytes());
+                let _ = band.finish();
+                return Err(err);
+            }
+        };
+        if self.progress {
+            band.progress(
+                format!(
+                    "Total {} (delta {}), reused {} (delta {}), pack-reused 0 (from 0)\n",
+                    stats.objects, stats.deltas, stats.reused, stats.reused_deltas
+                )
+                .as_bytes(),
+            )?;
+        }
+        band.finish()?;
+        Ok(stats)
+    }
+}
+
+/// Pack bytes into band 1.
+struct BandPack<'a, W: Write>(&'a mut SidebandWriter<W>);
+
+impl<W: Write> Write for BandPack<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Decide the response to `fetch` from `repo`; `client_format` is the request's object format.
+pub fn plan(
+    repo: &Repository,
+    fetch: &Fetch,
+    client_format: gix_hash::Kind,
+    options: &Options,
+) -> Result<Plan, Error> {
+    if client_format != repo.object_format() {
+        return Err(Error::ObjectFormatMismatch {
+            server: repo.object_format(),
+            client: client_format,
+        });
+    }
+    let mut objects = repo.objects();
+
+    // Wants, each once, in request order; want-refs resolve to their current value.
+    let mut wants: Vec<ObjectId> = Vec::new();
+    let mut seen = HashSet::new();
+    for oid in &fetch.wants {
+        if objects.header(oid)?.is_none() {
+            return Err(Error::NotOurRef { oid: *oid });
+        }
+        if seen.insert(*oid) {
+            wants.push(*oid);
+        }
+    }
+    let mut wanted_refs: Vec<(ObjectId, BString)> = Vec::new();
+    for name in &fetch.want_refs {
+        let found = std::str::from_utf8(name)
+            .ok()
+            .map(|n| repo.find_ref(n))
+            .transpose()?
+            .flatten()
+            .and_then(|r| r.oid);
+        let Some(oid) = found else {
+            return Err(Error::UnknownRef { name: name.clone() });
+        };
+        if wanted_refs.iter().any(|(_, n)| n == name) {
+            return Err(Error::DuplicateWantRef { name: name.clone() });
+        }
+        wanted_refs.push((oid, name.clone()));
+        if seen.insert(oid) {
+            wants.push(oid);
+        }
+    }
+    let wanted_refs = git_strmap_order(wanted_refs);
+    if wants.is_empty() && !fetch.wait_for_done {
+        return Ok(Plan::Nothing);
+    }
+
+    let negotiation = negotiate::process_haves(&mut objects, &fetch.haves)?;
+    let acks = if fetch.haves.is_empty() || fetch.done {
+        None
+    } else {
+        let ready =
+            !fetch.wait_for_done && negotiate::ok_to_give_up(&mut objects, &wants, &negotiation)?;
+        if !ready {
+            return Ok(Plan::Acknowledge {
+                common: negotiation.common,
+            });
+        }
+        Some(negotiation.common.clone())
+    };
+
+    let shallow_req = shallow::ShallowRequest {
+        shallows: &fetch.shallows,
+        depth: fetch.deepen,
+        deepen_relative: fetch.deepen_relative,
+        deepen_since: fetch.deepen_since,
+        deepen_not: &fetch.deepen_not,
+    };
+    let shallow = shallow::plan(repo, &mut objects, &shallow_req, &wants)?;
+    let mut all_wants = wants.clone();
+    all_wants.extend(shallow.extra_wants.iter().copied());
+    let mut haves = negotiation.have_objects.clone();
+    haves.extend(shallow.extra_haves.iter().copied());
+    let selection = select::select(
+        repo,
+        &mut objects,
+        &select::SelectRequest {
+            wants: &all_wants,
+            haves: &haves,
+            grafts: &shallow.grafts,
+            filter: fetch.filter.as_ref(),
+            include_tag: fetch.include_tag,
+        },
+    )?;
+    Ok(Plan::Pack(Box::new(PackPlan {
+        acks,
+        wanted_refs,
+        shallow_info: shallow
+            .section
+            .then_some((shallow.shallow, shallow.unshallow)),
+        selection,
+        objects,
+        write: WriteOptions {
+            ofs_delta: fetch.ofs_delta,
+            thin: fetch.thin_pack,
+            compression: options.compression_level.min(9),
+        },
+        progress: !fetch.no_progress,
+        sideband_all: fetch.sideband_all,
+    })))
+}
+
+/// Order entries as git (2.44 and later) iterates its `strmap` of wanted refs: FNV-1 hashes of
+/// the names into a table of 64 buckets that grows fourfold past 80% load, newest entry first
+/// in each bucket.
+fn git_strmap_order(entries: Vec<(ObjectId, BString)>) -> Vec<(ObjectId, BString)> {
+    fn strhash(key: &[u8]) -> u32 {
+        key.iter().fold(0x811c_9dc5u32, |h, &c| {
+            h.wrapping_mul(0x0100_0193) ^ u32::from(c)
+        })
+    }
+    let mut size = 64usize;
+    let mut table: Vec<Vec<usize>> = vec![Vec::new(); size];
+    for (i, (_, name)) in entries.iter().enumerate() {
+        let bucket = strhash(name) as usize & (size - 1);
+        table[bucket].insert(0, i);
+        if i + 1 > size * 80 / 100 {
+            size <<= 2;
+            let mut grown: Vec<Vec<usize>> = vec![Vec::new(); size];
+            for chain in &table {
+                for &e in chain {
+                    let b = strhash(&entries[e].1) as usize & (size - 1);
+                    grown[b].insert(0, e);
+                }
+            }
+            table = grown;
+        }
+    }
+    let mut slots: Vec<Option<(ObjectId, BString)>> = entries.into_iter().map(Some).collect();
+    table
+        .into_iter()
+        .flatten()
+        .filter_map(|i| slots[i].take())
+        .collect()
+}

@@ -45,7 +45,7 @@ impl Advertisement {
             agent: agent.into(),
             ls_refs_unborn: true,
             fetch_filter: true,
-            fetch_ref_in_want: true,
+            fetch_ref_in_want: false,
             fetch_sideband_all: false,
             fetch_packfile_uris: false,
             server_option: true,

@@ -1,0 +1,128 @@
+//! Errors of planning and writing a fetch response.
+
+use bstr::BString;
+use gix_hash::ObjectId;
+
+/// Why a fetch could not be answered.
+///
+/// Errors the client caused ([`Error::is_client_error`]) carry git's own wording, which
+/// [`Error::wire_message`] gives for an `ERR` line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A `want` names an object the repository does not have.
+    #[error("upload-pack: not our ref {oid}")]
+    NotOurRef {
+        /// The object.
+        oid: ObjectId,
+    },
+    /// A `want-ref` names a ref the repository does not have.
+    #[error("unknown ref {name}")]
+    UnknownRef {
+        /// The ref.
+        name: BString,
+    },
+    /// The same `want-ref` twice.
+    #[error("duplicate want-ref {name}")]
+    DuplicateWantRef {
+        /// The ref.
+        name: BString,
+    },
+    /// A `deepen-not` names no single ref.
+    #[error("git upload-pack: ambiguous deepen-not: deepen-not {name}")]
+    AmbiguousDeepenNot {
+        /// The name as given.
+        name: BString,
+    },
+    /// A `shallow` line names an object that is not a commit.
+    #[error("invalid shallow object {oid}")]
+    InvalidShallow {
+        /// The object.
+        oid: ObjectId,
+    },
+    /// `deepen-since` or `deepen-not` left no commit to send.
+    #[error("no commits selected for shallow requests")]
+    NoShallowCommits,
+    /// The client speaks another object format than the repository.
+    #[error("mismatched object format: server {server}; client {client}")]
+    ObjectFormatMismatch {
+        /// The repository's.
+        server: gix_hash::Kind,
+        /// The client's.
+        client: gix_hash::Kind,
+    },
+    /// A filter this server does not implement.
+    #[error("filter '{name}' not supported")]
+    UnsupportedFilter {
+        /// The filter's name, as git names it.
+        name: &'static str,
+    },
+    /// An object the history refers to is missing.
+    #[error("object {oid} is missing from the repository")]
+    MissingObject {
+        /// The object.
+        oid: ObjectId,
+    },
+    /// An object could not be read or parsed.
+    #[error("object {oid} is corrupt: {reason}")]
+    Corrupt {
+        /// The object.
+        oid: ObjectId,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The repository could not be opened.
+    #[error("cannot open repository at {path}: {message}")]
+    Open {
+        /// Its path.
+        path: std::path::PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The object database failed.
+    #[error("object database: {message}")]
+    Odb {
+        /// What it said.
+        message: String,
+    },
+    /// Writing the response failed (often: the client went away).
+    #[error("writing the response failed")]
+    Io(#[from] std::io::Error),
+    /// Framing the response failed.
+    #[error(transparent)]
+    Response(#[from] gitcache_protocol::response::Error),
+}
+
+impl Error {
+    /// Whether the request, not the repository or the connection, is at fault.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Error::NotOurRef { .. }
+                | Error::UnknownRef { .. }
+                | Error::DuplicateWantRef { .. }
+                | Error::AmbiguousDeepenNot { .. }
+                | Error::InvalidShallow { .. }
+                | Error::NoShallowCommits
+                | Error::ObjectFormatMismatch { .. }
+                | Error::UnsupportedFilter { .. }
+        )
+    }
+
+    /// The text for an `ERR` line or a band-3 message.
+    pub fn wire_message(&self) -> String {
+        self.to_string()
+    }
+
+    pub(crate) fn odb(err: impl std::fmt::Display) -> Self {
+        Error::Odb {
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<gitcache_protocol::pktline::Error> for Error {
+    fn from(err: gitcache_protocol::pktline::Error) -> Self {
+        Error::Response(err.into())
+    }
+}

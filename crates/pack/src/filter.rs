@@ -1,0 +1,241 @@
+//! Partial-clone filters, applied as git applies them while it lists objects.
+//!
+//! Git asks a filter about each commit reached by walking history, each tree (when it starts
+//! and when it ends) and each blob reached by walking trees; the filter answers whether to show the object, whether to mark it seen (so it
+//! is not asked about again), and whether to skip a tree's contents. Objects the client named
+//! (and tags) are shown without asking. Filters keep state: `tree:<n>`
+//! tracks the current depth and the smallest depth each tree was met at; inside `combine:`
+//! every sub-filter keeps its own seen set. Matching that state machine is what makes our
+//! packs leave out exactly what git leaves out, quirks included.
+
+use std::collections::{HashMap, HashSet};
+
+use gitcache_protocol::filter::{Filter, ObjectType};
+use gix_hash::ObjectId;
+use gix_object::Kind;
+
+use crate::Error;
+use crate::objects::Objects;
+
+/// Where in the walk the filter is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Situation {
+    /// A commit reached by walking history (not one the client named).
+    Commit,
+    BeginTree,
+    EndTree,
+    Blob,
+}
+
+/// A filter's answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub(crate) show: bool,
+    pub(crate) mark_seen: bool,
+    pub(crate) skip_tree: bool,
+}
+
+const ZERO: Answer = Answer {
+    show: false,
+    mark_seen: false,
+    skip_tree: false,
+};
+const SHOW: Answer = Answer {
+    show: true,
+    mark_seen: true,
+    skip_tree: false,
+};
+const SEEN_ONLY: Answer = Answer {
+    show: false,
+    mark_seen: true,
+    skip_tree: false,
+};
+const SKIP: Answer = Answer {
+    show: false,
+    mark_seen: false,
+    skip_tree: true,
+};
+
+/// One filter with its state.
+#[derive(Debug)]
+pub(crate) enum FilterState {
+    BlobNone,
+    BlobLimit(u64),
+    TreeDepth {
+        max: u64,
+        current: u64,
+        seen_at_depth: HashMap<ObjectId, u64>,
+    },
+    ObjectType(Kind),
+    Combine(Vec<Sub>),
+}
+
+/// A sub-filter of `combine:` with the state git keeps for it.
+#[derive(Debug)]
+pub(crate) struct Sub {
+    filter: FilterState,
+    seen: HashSet<ObjectId>,
+    skipping: Option<ObjectId>,
+}
+
+impl FilterState {
+    /// The state for `filter`; `sparse:oid` is refused.
+    pub(crate) fn new(filter: &Filter) -> Result<Self, Error> {
+        Ok(match filter {
+            Filter::BlobNone => FilterState::BlobNone,
+            Filter::BlobLimit(n) => FilterState::BlobLimit(*n),
+            Filter::Tree(max) => FilterState::TreeDepth {
+                max: *max,
+                current: 0,
+                seen_at_depth: HashMap::new(),
+            },
+            Filter::ObjectType(t) => FilterState::ObjectType(match t {
+                ObjectType::Blob => Kind::Blob,
+                ObjectType::Tree => Kind::Tree,
+                ObjectType::Commit => Kind::Commit,
+                ObjectType::Tag => Kind::Tag,
+            }),
+            Filter::SparseOid(_) => return Err(Error::UnsupportedFilter { name: "sparse:oid" }),
+            Filter::Combine(subs) => FilterState::Combine(
+                subs.iter()
+                    .map(|f| {
+                        Ok(Sub {
+                            filter: FilterState::new(f)?,
+                            seen: HashSet::new(),
+                            skipping: None,
+                        })
+                    })
+                    .collect::<Result<_, Error>>()?,
+            ),
+        })
+    }
+
+    /// Ask the filter about a tree or blob reached by walking trees.
+    pub(crate) fn ask(
+        &mut self,
+        objects: &Objects,
+        situation: Situation,
+        oid: &ObjectId,
+    ) -> Result<Answer, Error> {
+        Ok(match self {
+            FilterState::BlobNone => match situation {
+                Situation::Commit | Situation::BeginTree => SHOW,
+                Situation::EndTree => ZERO,
+                Situation::Blob => SEEN_ONLY,
+            },
+            FilterState::BlobLimit(limit) => match situation {
+                Situation::Commit | Situation::BeginTree => SHOW,
+                Situation::EndTree => ZERO,
+                Situation::Blob => match objects.header(oid)? {
+                    Some((Kind::Blob, size)) if size >= *limit => SEEN_ONLY,
+                    // Smaller, or unknown here: git shows it.
+                    _ => SHOW,
+                },
+            },
+            FilterState::TreeDepth {
+                max,
+                current,
+                seen_at_depth,
+            } => {
+                let include = *current < *max;
+                match situation {
+                    Situation::Commit => SHOW,
+                    Situation::EndTree => {
+                        *current = current.saturating_sub(1);
+                        ZERO
+                    }
+                    Situation::Blob => {
+                        if include {
+                            SHOW
+                        } else {
+                            ZERO
+                        }
+                    }
+                    Situation::BeginTree => {
+                        let answer = match seen_at_depth.get(oid) {
+                            Some(&depth) if *current >= depth => SKIP,
+                            _ => {
+                                seen_at_depth.insert(*oid, *current);
+                                if include {
+                                    Answer {
+                                        show: true,
+                                        mark_seen: false,
+                                        skip_tree: false,
+                                    }
+                                } else {
+                                    SKIP
+                                }
+                            }
+                        };
+                        *current += 1;
+                        answer
+                    }
+                }
+            }
+            FilterState::ObjectType(kind) => match situation {
+                Situation::EndTree => ZERO,
+                Situation::Commit => {
+                    if *kind == Kind::Commit {
+                        SHOW
+                    } else {
+                        SEEN_ONLY
+                    }
+                }
+                Situation::BeginTree => match kind {
+                    Kind::Commit | Kind::Tag => SKIP,
+                    Kind::Tree => SHOW,
+                    Kind::Blob => SEEN_ONLY,
+                },
+                Situation::Blob => {
+                    if *kind == Kind::Blob {
+                        SHOW
+                    } else {
+                        SEEN_ONLY
+                    }
+                }
+            },
+            FilterState::Combine(subs) => {
+                let mut all = Answer {
+                    show: true,
+                    mark_seen: true,
+                    skip_tree: true,
+                };
+                for sub in subs {
+                    let answer = sub.ask(objects, situation, oid)?;
+                    all.show &= answer.show;
+                    all.mark_seen &= answer.mark_seen;
+                    all.skip_tree &= answer.skip_tree;
+                }
+                all
+            }
+        })
+    }
+}
+
+impl Sub {
+    fn ask(
+        &mut self,
+        objects: &Objects,
+        situation: Situation,
+        oid: &ObjectId,
+    ) -> Result<Answer, Error> {
+        if let Some(skipped) = self.skipping {
+            if situation == Situation::EndTree && skipped == *oid {
+                self.skipping = None;
+            } else {
+                return Ok(ZERO);
+            }
+        }
+        if self.seen.contains(oid) {
+            return Ok(ZERO);
+        }
+        let answer = self.filter.ask(objects, situation, oid)?;
+        if answer.mark_seen {
+            self.seen.insert(*oid);
+        }
+        if answer.skip_tree {
+            self.skipping = Some(*oid);
+        }
+        Ok(answer)
+    }
+}

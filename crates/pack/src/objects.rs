@@ -1,0 +1,301 @@
+//! Reading objects: commits, trees and tags parsed just as far as selection needs.
+
+use std::collections::HashMap;
+
+use gix_hash::{Kind as HashKind, ObjectId};
+use gix_object::{Find as _, FindHeader as _, Kind};
+
+use crate::Error;
+
+/// What the walks need of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Commit {
+    pub(crate) tree: ObjectId,
+    pub(crate) parents: Vec<ObjectId>,
+    /// Committer time, seconds since the epoch: git's `commit->date`.
+    pub(crate) time: i64,
+}
+
+/// What a tree entry points to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    Tree,
+    Blob,
+    /// A submodule commit: never sent.
+    Gitlink,
+}
+
+/// One entry of a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TreeEntry {
+    pub(crate) kind: EntryKind,
+    pub(crate) oid: ObjectId,
+}
+
+/// Object access for one request: a handle of its own and a memo of parsed commits.
+pub(crate) struct Objects {
+    odb: gix_odb::HandleArc,
+    hash: HashKind,
+    buf: Vec<u8>,
+    commits: HashMap<ObjectId, Commit>,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects")
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Objects {
+    pub(crate) fn new(odb: gix_odb::HandleArc, hash: HashKind) -> Self {
+        Objects {
+            odb,
+            hash,
+            buf: Vec::new(),
+            commits: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn odb(&self) -> &gix_odb::HandleArc {
+        &self.odb
+    }
+
+    pub(crate) fn hash(&self) -> HashKind {
+        self.hash
+    }
+
+    /// The kind and size of `oid`, or `None` if the repository lacks it.
+    pub(crate) fn header(&self, oid: &ObjectId) -> Result<Option<(Kind, u64)>, Error> {
+        let header = self.odb.try_header(oid).map_err(Error::odb)?;
+        Ok(header.map(|h| (h.kind, h.size)))
+    }
+
+    /// The whole object, decompressed and resolved.
+    pub(crate) fn read(&mut self, oid: &ObjectId) -> Result<(Kind, &[u8]), Error> {
+        match self.odb.try_find(oid, &mut self.buf).map_err(Error::odb)? {
+            Some(data) => Ok((data.kind, data.data)),
+            None => Err(Error::MissingObject { oid: *oid }),
+        }
+    }
+
+    /// The commit `oid`, or `None` if it is another kind of object.
+    pub(crate) fn try_commit(&mut self, oid: &ObjectId) -> Result<Option<&Commit>, Error> {
+        if !self.commits.contains_key(oid) {
+            let hash = self.hash;
+            let (kind, data) = self.read(oid)?;
+            if kind != Kind::Commit {
+                return Ok(None);
+            }
+            let commit =
+                parse_commit(data, hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })?;
+            self.commits.insert(*oid, commit);
+        }
+        Ok(self.commits.get(oid))
+    }
+
+    /// The commit `oid`; any other kind of object is an error.
+    pub(crate) fn commit(&mut self, oid: &ObjectId) -> Result<&Commit, Error> {
+        // Two lookups keep the borrow checker content; the second is a hash-map hit.
+        if self.try_commit(oid)?.is_none() {
+            return Err(Error::Corrupt {
+                oid: *oid,
+                reason: "expected a commit".into(),
+            });
+        }
+        Ok(&self.commits[oid])
+    }
+
+    /// What the tag `oid` points to, and that object's kind as the tag states it.
+    pub(crate) fn tag_target(&mut self, oid: &ObjectId) -> Result<(ObjectId, Kind), Error> {
+        let hash = self.hash;
+        let (kind, data) = self.read(oid)?;
+        if kind != Kind::Tag {
+            return Err(Error::Corrupt {
+                oid: *oid,
+                reason: "expected a tag".into(),
+            });
+        }
+        parse_tag(data, hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
+    }
+
+    /// Follow tags from `oid` to the first object that is not a tag.
+    pub(crate) fn peel(&mut self, oid: &ObjectId) -> Result<(ObjectId, Kind), Error> {
+        let mut current = *oid;
+        let (mut kind, _) = self
+            .header(&current)?
+            .ok_or(Error::MissingObject { oid: current })?;
+        // Bounded, like git's deref_tag, against tag cycles in corrupt repositories.
+        for _ in 0..64 {
+            if kind != Kind::Tag {
+                return Ok((current, kind));
+            }
+            (current, kind) = self.tag_target(&current)?;
+        }
+        Err(Error::Corrupt {
+            oid: *oid,
+            reason: "tag chain too long".into(),
+        })
+    }
+
+    /// Peel `oid` to a commit, if it leads to one.
+    pub(crate) fn peel_to_commit(&mut self, oid: &ObjectId) -> Result<Option<ObjectId>, Error> {
+        let (target, kind) = self.peel(oid)?;
+        Ok((kind == Kind::Commit).then_some(target))
+    }
+
+    /// The entries of tree `oid`.
+    pub(crate) fn tree(&mut self, oid: &ObjectId) -> Result<Vec<TreeEntry>, Error> {
+        let hash = self.hash;
+        let (kind, data) = self.read(oid)?;
+        if kind != Kind::Tree {
+            return Err(Error::Corrupt {
+                oid: *oid,
+                reason: "expected a tree".into(),
+            });
+        }
+        parse_tree(data, hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
+    }
+}
+
+fn hex_oid(hex: &[u8], hash: HashKind) -> Result<ObjectId, String> {
+    if hex.len() != hash.len_in_hex() {
+        return Err(format!("object id of {} characters", hex.len()));
+    }
+    ObjectId::from_hex(hex).map_err(|e| e.to_string())
+}
+
+/// Parse the headers of a commit: `tree`, `parent`s and the committer time.
+pub(crate) fn parse_commit(data: &[u8], hash: HashKind) -> Result<Commit, String> {
+    let mut tree = None;
+    let mut parents = Vec::new();
+    let mut time = 0;
+    for line in data.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            break;
+        }
+        if let Some(hex) = line.strip_prefix(b"tree ") {
+            tree = Some(hex_oid(hex, hash)?);
+        } else if let Some(hex) = line.strip_prefix(b"parent ") {
+            parents.push(hex_oid(hex, hash)?);
+        } else if let Some(sig) = line.strip_prefix(b"committer ") {
+            time = signature_time(sig);
+        }
+    }
+    Ok(Commit {
+        tree: tree.ok_or("commit without tree")?,
+        parents,
+        time,
+    })
+}
+
+/// The time of `Name <email> 1700000000 +0000`, as git's parse_commit_date reads it
+/// (0 when unreadable).
+fn signature_time(sig: &[u8]) -> i64 {
+    let Some(close) = sig.iter().rposition(|&b| b == b'>') else {
+        return 0;
+    };
+    let rest = &sig[close + 1..];
+    let digits: Vec<u8> = rest
+        .iter()
+        .skip_while(|b| **b == b' ')
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Parse the `object` and `type` headers of a tag.
+pub(crate) fn parse_tag(data: &[u8], hash: HashKind) -> Result<(ObjectId, Kind), String> {
+    let mut target = None;
+    let mut kind = None;
+    for line in data.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            break;
+        }
+        if let Some(hex) = line.strip_prefix(b"object ") {
+            target = Some(hex_oid(hex, hash)?);
+        } else if let Some(name) = line.strip_prefix(b"type ") {
+            kind = Some(Kind::from_bytes(name).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok((
+        target.ok_or("tag without object")?,
+        kind.ok_or("tag without type")?,
+    ))
+}
+
+/// Parse a tree: `<octal mode> <name>\0<raw id>` entries.
+pub(crate) fn parse_tree(mut data: &[u8], hash: HashKind) -> Result<Vec<TreeEntry>, String> {
+    let id_len = hash.len_in_bytes();
+    let mut entries = Vec::new();
+    while !data.is_empty() {
+        let space = data
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or("tree entry without mode")?;
+        let mode = &data[..space];
+        let nul = data[space..]
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or("tree entry without name")?
+            + space;
+        let id = data
+            .get(nul + 1..nul + 1 + id_len)
+            .ok_or("truncated tree entry")?;
+        let kind = match mode {
+            b"40000" | b"040000" => EntryKind::Tree,
+            b"160000" => EntryKind::Gitlink,
+            _ => EntryKind::Blob,
+        };
+        entries.push(TreeEntry {
+            kind,
+            oid: ObjectId::from_bytes_or_panic(id),
+        });
+        data = &data[nul + 1 + id_len..];
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_headers() {
+        let data = b"tree 1111111111111111111111111111111111111111\n\
+            parent 2222222222222222222222222222222222222222\n\
+            parent 3333333333333333333333333333333333333333\n\
+            author A <a@b> 5 +0000\n\
+            committer C <c@d> 1700000000 +0200\n\nparent 4444444444444444444444444444444444444444\n";
+        let c = parse_commit(data, HashKind::Sha1).unwrap();
+        assert_eq!(
+            c.parents.len(),
+            2,
+            "a 'parent' in the message is not a parent"
+        );
+        assert_eq!(c.time, 1_700_000_000);
+        assert!(parse_commit(b"parent 12\n", HashKind::Sha1).is_err());
+    }
+
+    #[test]
+    fn tree_entries() {
+        let mut data = b"100644 a.txt\0".to_vec();
+        data.extend_from_slice(&[1; 20]);
+        data.extend_from_slice(b"40000 dir\0");
+        data.extend_from_slice(&[2; 20]);
+        data.extend_from_slice(b"160000 sub\0");
+        data.extend_from_slice(&[3; 20]);
+        let entries = parse_tree(&data, HashKind::Sha1).unwrap();
+        let kinds: Vec<_> = entries.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [EntryKind::Blob, EntryKind::Tree, EntryKind::Gitlink]
+        );
+        assert!(parse_tree(&data[..data.len() - 1], HashKind::Sha1).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! A bare repository: its object database, its refs and its object format.
+
+use std::path::{Path, PathBuf};
+
+use bstr::{BStr, BString, ByteSlice};
+use gix_hash::{Kind as HashKind, ObjectId};
+
+use crate::Error;
+use crate::objects::Objects;
+
+/// One ref of the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ref {
+    /// Full name, e.g. `refs/heads/main` or `HEAD`.
+    pub name: BString,
+    /// What it points to after following symbolic refs; `None` if unborn.
+    pub oid: Option<ObjectId>,
+    /// For a symbolic ref, its direct target.
+    pub symref_target: Option<BString>,
+}
+
+/// A bare repository opened for serving.
+///
+/// Cheap to share between threads (the object database is reference counted); every request
+/// takes a handle of its own.
+pub struct Repository {
+    git_dir: PathBuf,
+    hash: HashKind,
+    odb: gix_odb::HandleArc,
+    refs: gix_ref::file::Store,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("git_dir", &self.git_dir)
+            .field("object_format", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repository {
+    /// Open the bare repository at `git_dir`.
+    pub fn open(git_dir: impl Into<PathBuf>) -> Result<Self, Error> {
+        let git_dir = git_dir.into();
+        let open_err = |message: String| Error::Open {
+            path: git_dir.clone(),
+            message,
+        };
+        let objects = git_dir.join("objects");
+        if !objects.is_dir() {
+            return Err(open_err("no objects directory".into()));
+        }
+        let config = std::fs::read(git_dir.join("config"))
+            .map_err(|e| open_err(format!("reading config: {e}")))?;
+        let hash = object_format_from_config(&config).map_err(open_err)?;
+        let odb = gix_odb::at(objects, hash)
+            .and_then(|h| h.into_arc())
+            .map_err(|e| open_err(e.to_string()))?;
+        let refs = gix_ref::file::Store::at(git_dir.clone(), hash);
+        Ok(Repository {
+            git_dir,
+            hash,
+            odb,
+            refs,
+        })
+    }
+
+    /// The repository's folder.
+    pub fn git_dir(&self) -> &Path {
+        &self.git_dir
+    }
+
+    /// SHA-1 or SHA-256.
+    pub fn object_format(&self) -> HashKind {
+        self.hash
+    }
+
+    pub(crate) fn objects(&self) -> Objects {
+        let mut odb = self.odb.clone();
+        // Pack ids must stay valid between looking an object up and reading its entry.
+        odb.prevent_pack_unload();
+        Objects::new(odb, self.hash)
+    }
+
+    /// Every ref: `HEAD` first (if present), then the others sorted by name.
+    pub fn refs(&self) -> Result<Vec<Ref>, Error> {
+        let mut out = Vec::new();
+        if let Some(head) = self.find_ref("HEAD")? {
+            out.push(head);
+        }
+        let platform = self.refs.iter().map_err(Error::odb)?;
+        for reference in platform.all().map_err(Error::odb)? {
+            let reference = reference.map_err(Error::odb)?;
+            let name: BString = reference.name.as_bstr().to_owned();
+            out.push(self.resolve(name, reference.target)?);
+        }
+        Ok(out)
+    }
+
+    /// The ref `name` (full name, or `HEAD`), following symbolic refs.
+    pub fn find_ref(&self, name: &str) -> Result<Option<Ref>, Error> {
+        let Some(reference) = self.refs.try_find(name).map_err(Error::odb)? else {
+            return Ok(None);
+        };
+        let name: BString = reference.name.as_bstr().to_owned();
+        self.resolve(name, reference.target).map(Some)
+    }
+
+    fn resolve(&self, name: BString, target: gix_ref::Target) -> Result<Ref, Error> {
+        match target {
+            gix_ref::Target::Object(oid) => Ok(Ref {
+                name,
+                oid: Some(oid),
+                symref_target: None,
+            }),
+            gix_ref::Target::Symbolic(direct) => {
+                let mut next: BString = direct.as_bstr().to_owned();
+                let symref_target = Some(next.clone());
+                // Follow a bounded chain of symbolic refs.
+                for _ in 0..5 {
+                    match self.refs.try_find(next.as_bstr()).map_err(Error::odb)? {
+                        None => break,
+                        Some(r) => match r.target {
+                            gix_ref::Target::Object(oid) => {
+                                return Ok(Ref {
+                                    name,
+                                    oid: Some(oid),
+                                    symref_target,
+                                });
+                            }
+                            gix_ref::Target::Symbolic(n) => next = n.as_bstr().to_owned(),
+                        },
+                    }
+                }
+                Ok(Ref {
+                    name,
+                    oid: None,
+                    symref_target,
+                })
+            }
+        }
+    }
+
+    /// Expand a short ref name as git's `expand_ref` does: the first of `<name>`,
+    /// `refs/<name>`, `refs/tags/<name>`, `refs/heads/<name>`, `refs/remotes/<name>`,
+    /// `refs/remotes/<name>/HEAD` that exists. Returns every match (git calls more than one
+    /// ambiguous).
+    pub fn expand_ref(&self, short: &BStr) -> Result<Vec<(BString, ObjectId)>, Error> {
+        let short = short.to_str_lossy();
+        let mut found: Vec<(BString, ObjectId)> = Vec::new();
+        for pattern in [
+            "{}",
+            "refs/{}",
+            "refs/tags/{}",
+            "refs/heads/{}",
+            "refs/remotes/{}",
+            "refs/remotes/{}/HEAD",
+        ] {
+            // The name as given only counts where it names a ref or HEAD itself.
+            if pattern == "{}" && !(short.starts_with("refs/") || short == "HEAD") {
+                continue;
+            }
+            let full = pattern.replace("{}", &short);
+            if let Some(r) = self.find_ref(&full)?
+                && let Some(oid) = r.oid
+                && !found.iter().any(|(n, _)| *n == full)
+            {
+                found.push((full.into(), oid));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Read `extensions.objectformat` from a git config file (SHA-1 when absent).
+pub(crate) fn object_format_from_config(config: &[u8]) -> Result<HashKind, String> {
+    let mut section = String::new();
+    for raw in config.lines() {
+        let line = raw.trim();
+        if line.starts_with(b"[") {
+            let end = line.find_byte(b']').unwrap_or(line.len());
+            section = line[1..end].to_str_lossy().trim().to_ascii_lowercase();
+            continue;
+        }
+        if section != "extensions" {
+            continue;
+        }
+        let Some(eq) = line.find_byte(b'=') else {
+            continue;
+        };
+        if line[..eq].trim().eq_ignore_ascii_case(b"objectformat") {
+            let value = line[eq + 1..].trim().to_str_lossy().to_ascii_lowercase();
+            return match value.as_str() {
+                "sha1" => Ok(HashKind::Sha1),
+                "sha256" => Ok(HashKind::Sha256),
+                other => Err(format!("unknown object format '{other}'")),
+            };
+        }
+    }
+    Ok(HashKind::Sha1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_format_is_read_from_extensions() {
+        let sha256 =
+            b"[core]\n\trepositoryformatversion = 1\n[extensions]\n\tobjectFormat = sha256\n";
+        assert_eq!(object_format_from_config(sha256), Ok(HashKind::Sha256));
+        assert_eq!(
+            object_format_from_config(b"[core]\n\tbare = true\n"),
+            Ok(HashKind::Sha1)
+        );
+        assert!(object_format_from_config(b"[extensions]\nobjectformat = md5\n").is_err());
+    }
+}

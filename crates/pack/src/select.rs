@@ -1,0 +1,334 @@
+//! Which objects a fetch sends.
+//!
+//! Commits: reachable from the wants, not from the common haves, not past a shallow graft.
+//! Trees and blobs: those of the sent commits, minus every object in the trees of the
+//! uninteresting commits the walk went through (the client has those commits, so it has their
+//! trees), minus what the filter leaves out. Objects named in a `want` are sent whatever the
+//! filter says, as git sends them. With `include-tag`, annotated tags whose target is sent go
+//! along.
+
+use std::collections::HashSet;
+
+use gitcache_protocol::filter::Filter;
+use gix_hash::ObjectId;
+use gix_object::Kind;
+
+use crate::Error;
+use crate::filter::{Answer, FilterState, Situation};
+use crate::objects::{EntryKind, Objects};
+use crate::repo::Repository;
+
+/// The objects to send, in write order groups, and what the client is known to have.
+#[derive(Debug, Default)]
+pub(crate) struct Selection {
+    /// Commits, newest first.
+    pub(crate) commits: Vec<ObjectId>,
+    /// Tag objects.
+    pub(crate) tags: Vec<ObjectId>,
+    /// Trees and blobs, in traversal order.
+    pub(crate) others: Vec<ObjectId>,
+    /// Objects the client provably has: usable as thin-pack delta bases.
+    pub(crate) client_has: HashSet<ObjectId>,
+}
+
+impl Selection {
+    /// Every object, in write order.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &ObjectId> {
+        self.commits.iter().chain(&self.tags).chain(&self.others)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.commits.len() + self.tags.len() + self.others.len()
+    }
+}
+
+/// What selection needs of the request.
+#[derive(Debug)]
+pub(crate) struct SelectRequest<'a> {
+    pub(crate) wants: &'a [ObjectId],
+    pub(crate) haves: &'a [ObjectId],
+    pub(crate) grafts: &'a HashSet<ObjectId>,
+    pub(crate) filter: Option<&'a Filter>,
+    pub(crate) include_tag: bool,
+}
+
+pub(crate) fn select(
+    repo: &Repository,
+    objects: &mut Objects,
+    req: &SelectRequest<'_>,
+) -> Result<Selection, Error> {
+    let mut out = Selection::default();
+    let mut emitted: HashSet<ObjectId> = HashSet::new();
+
+    // Haves: commits hide history; other objects are simply had.
+    let mut hidden = Vec::new();
+    let mut had_trees = Vec::new();
+    for have in req.haves {
+        let (target, kind) = peel_chain(objects, have, |tag| {
+            out.client_has.insert(tag);
+        })?;
+        match kind {
+            Kind::Commit => hidden.push(target),
+            Kind::Tree => had_trees.push(target),
+            Kind::Blob | Kind::Tag => {
+                out.client_has.insert(target);
+            }
+        }
+    }
+
+    // Wants: tags are sent with their chain; what they lead to is sent too.
+    let mut tips = Vec::new();
+    let mut given: Vec<(ObjectId, Kind)> = Vec::new();
+    for want in req.wants {
+        let mut chain = Vec::new();
+        let (target, kind) = peel_chain(objects, want, |tag| chain.push(tag))?;
+        for tag in chain {
+            if emitted.insert(tag) {
+                out.tags.push(tag);
+            }
+        }
+        match kind {
+            Kind::Commit => tips.push(target),
+            other => given.push((target, other)),
+        }
+    }
+
+    let walked = crate::walk::limited_walk(objects, &tips, &hidden, req.grafts, None)?;
+    let tips: HashSet<ObjectId> = tips.into_iter().collect();
+    out.client_has.extend(walked.uninteresting.iter().copied());
+    let boundary_trees: Vec<ObjectId> = walked
+        .boundary()
+        .map(|c| objects.commit(c).map(|c| c.tree))
+        .collect::<Result<_, _>>()?;
+    for tree in boundary_trees.into_iter().chain(had_trees) {
+        mark_tree_had(objects, tree, &mut out.client_has)?;
+    }
+
+    let mut filter = req.filter.map(FilterState::new).transpose()?;
+    let mut trees = Traversal {
+        filter: filter.as_mut(),
+        seen: HashSet::new(),
+        emitted: &mut emitted,
+        out: &mut out.others,
+        client_has: &out.client_has,
+    };
+    let commits: Vec<ObjectId> = walked.interesting().copied().collect();
+    // Objects named in a want come first, shown whatever the filter says; then each commit's
+    // tree, whose contents the filter judges.
+    for (oid, kind) in &given {
+        match kind {
+            Kind::Tree => trees.tree(objects, *oid, true)?,
+            _ => trees.blob(objects, *oid, true)?,
+        }
+    }
+    for commit in &commits {
+        let tree = objects.commit(commit)?.tree;
+        trees.tree(objects, tree, false)?;
+    }
+    // Commits the client named are sent; the filter judges the others.
+    for commit in commits {
+        let named = tips.contains(&commit);
+        let answer = trees.ask(objects, Situation::Commit, &commit, named)?;
+        if answer.show && trees.emitted.insert(commit) {
+            out.commits.push(commit);
+        }
+    }
+
+    if req.include_tag {
+        include_tags(repo, objects, &mut emitted, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Follow tags from `oid`, reporting each tag object, to the first non-tag.
+fn peel_chain(
+    objects: &mut Objects,
+    oid: &ObjectId,
+    mut on_tag: impl FnMut(ObjectId),
+) -> Result<(ObjectId, Kind), Error> {
+    let mut current = *oid;
+    let Some((mut kind, _)) = objects.header(&current)? else {
+        return Err(Error::NotOurRef { oid: *oid });
+    };
+    for _ in 0..64 {
+        if kind != Kind::Tag {
+            return Ok((current, kind));
+        }
+        on_tag(current);
+        let (target, target_kind) = objects.tag_target(&current)?;
+        current = target;
+        kind = target_kind;
+        if objects.header(&current)?.is_none() {
+            return Err(Error::MissingObject { oid: current });
+        }
+    }
+    Err(Error::Corrupt {
+        oid: *oid,
+        reason: "tag chain too long".into(),
+    })
+}
+
+/// Everything in `tree` is had by the client.
+fn mark_tree_had(
+    objects: &mut Objects,
+    tree: ObjectId,
+    had: &mut HashSet<ObjectId>,
+) -> Result<(), Error> {
+    let mut stack = vec![tree];
+    while let Some(t) = stack.pop() {
+        if !had.insert(t) {
+            continue;
+        }
+        for entry in objects.tree(&t)? {
+            match entry.kind {
+                EntryKind::Tree => stack.push(entry.oid),
+                EntryKind::Blob => {
+                    had.insert(entry.oid);
+                }
+                EntryKind::Gitlink => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Traversal<'a> {
+    filter: Option<&'a mut FilterState>,
+    /// git's SEEN flag for trees and blobs.
+    seen: HashSet<ObjectId>,
+    emitted: &'a mut HashSet<ObjectId>,
+    out: &'a mut Vec<ObjectId>,
+    client_has: &'a HashSet<ObjectId>,
+}
+
+/// A tree being walked: its entries and how far we are.
+struct Frame {
+    tree: ObjectId,
+    entries: Vec<crate::objects::TreeEntry>,
+    next: usize,
+    given: bool,
+}
+
+impl Traversal<'_> {
+    /// The filter's answer; objects the client named are shown without asking.
+    fn ask(
+        &mut self,
+        objects: &Objects,
+        situation: Situation,
+        oid: &ObjectId,
+        given: bool,
+    ) -> Result<Answer, Error> {
+        match self.filter.as_deref_mut() {
+            Some(filter) if !given => filter.ask(objects, situation, oid),
+            _ if situation == Situation::EndTree => Ok(Answer::default()),
+            _ => Ok(Answer {
+                show: true,
+                mark_seen: true,
+                skip_tree: false,
+            }),
+        }
+    }
+
+    fn apply(&mut self, oid: ObjectId, answer: Answer) {
+        if answer.mark_seen {
+            self.seen.insert(oid);
+        }
+        if answer.show && self.emitted.insert(oid) {
+            self.out.push(oid);
+        }
+    }
+
+    fn skip(&self, oid: &ObjectId) -> bool {
+        self.client_has.contains(oid) || self.seen.contains(oid)
+    }
+
+    fn blob(&mut self, objects: &Objects, oid: ObjectId, given: bool) -> Result<(), Error> {
+        if self.skip(&oid) {
+            return Ok(());
+        }
+        let answer = self.ask(objects, Situation::Blob, &oid, given)?;
+        self.apply(oid, answer);
+        Ok(())
+    }
+
+    /// Begin a tree; returns the frame to walk, if its contents are to be walked.
+    fn begin(
+        &mut self,
+        objects: &mut Objects,
+        tree: ObjectId,
+        given: bool,
+    ) -> Result<Option<Frame>, Error> {
+        if self.skip(&tree) {
+            return Ok(None);
+        }
+        let answer = self.ask(objects, Situation::BeginTree, &tree, given)?;
+        self.apply(tree, answer);
+        let entries = if answer.skip_tree {
+            Vec::new()
+        } else {
+            objects.tree(&tree)?
+        };
+        Ok(Some(Frame {
+            tree,
+            entries,
+            next: 0,
+            given,
+        }))
+    }
+
+    /// Walk `root` depth first in entry order, as git's list-objects does.
+    fn tree(&mut self, objects: &mut Objects, root: ObjectId, given: bool) -> Result<(), Error> {
+        let mut stack: Vec<Frame> = self.begin(objects, root, given)?.into_iter().collect();
+        while let Some(frame) = stack.last_mut() {
+            let Some(entry) = frame.entries.get(frame.next).copied() else {
+                let frame = stack.pop().expect("non-empty");
+                let answer = self.ask(objects, Situation::EndTree, &frame.tree, frame.given)?;
+                self.apply(frame.tree, answer);
+                continue;
+            };
+            frame.next += 1;
+            match entry.kind {
+                EntryKind::Tree => {
+                    if let Some(child) = self.begin(objects, entry.oid, false)? {
+                        stack.push(child);
+                    }
+                }
+                EntryKind::Blob => self.blob(objects, entry.oid, false)?,
+                EntryKind::Gitlink => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Add annotated tags (under `refs/tags/`) whose fully peeled target is sent, with the tags of
+/// their chain.
+fn include_tags(
+    repo: &Repository,
+    objects: &mut Objects,
+    emitted: &mut HashSet<ObjectId>,
+    out: &mut Selection,
+) -> Result<(), Error> {
+    for r in repo.refs()? {
+        let Some(oid) = r.oid else { continue };
+        if !r.name.starts_with(b"refs/tags/")
+            || emitted.contains(&oid)
+            || out.client_has.contains(&oid)
+        {
+            continue;
+        }
+        if objects.header(&oid)?.map(|(k, _)| k) != Some(Kind::Tag) {
+            continue;
+        }
+        let mut chain = Vec::new();
+        let (target, _) = peel_chain(objects, &oid, |tag| chain.push(tag))?;
+        if emitted.contains(&target) {
+            for tag in chain {
+                if emitted.insert(tag) {
+                    out.tags.push(tag);
+                }
+            }
+        }
+    }
+    Ok(())
+}

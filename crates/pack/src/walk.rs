@@ -1,0 +1,153 @@
+//! The limited commit walk both selection and `deepen-since`/`deepen-not` use: commits
+//! reachable from the interesting tips but not from the uninteresting ones, newest first (by
+//! committer time, ties in insertion order), as git's `rev-list` walks them.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+
+use gix_hash::ObjectId;
+
+use crate::Error;
+use crate::objects::Objects;
+
+/// Extra commits walked after everything queued is uninteresting, as git's `SLOP`: it
+/// tolerates clock skew and marks a few more commits the client has.
+const SLOP: usize = 5;
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Queued {
+    time: i64,
+    seq: Reverse<u64>,
+    oid: ObjectId,
+}
+
+/// What a walk found.
+#[derive(Debug, Default)]
+pub(crate) struct Walked {
+    /// Every commit taken off the queue, in order.
+    pub(crate) order: Vec<ObjectId>,
+    /// Commits known to be reachable from an uninteresting tip.
+    pub(crate) uninteresting: HashSet<ObjectId>,
+}
+
+impl Walked {
+    /// The interesting commits, in walk order.
+    pub(crate) fn interesting(&self) -> impl Iterator<Item = &ObjectId> {
+        self.order
+            .iter()
+            .filter(|c| !self.uninteresting.contains(*c))
+    }
+
+    /// The uninteresting commits the walk went through.
+    pub(crate) fn boundary(&self) -> impl Iterator<Item = &ObjectId> {
+        self.order
+            .iter()
+            .filter(|c| self.uninteresting.contains(*c))
+    }
+}
+
+/// Walk from `tips` minus `hidden`. Commits in `grafts` are treated as having no parents;
+/// commits older than `max_age` become uninteresting, with everything below them.
+pub(crate) fn limited_walk(
+    objects: &mut Objects,
+    tips: &[ObjectId],
+    hidden: &[ObjectId],
+    grafts: &HashSet<ObjectId>,
+    max_age: Option<i64>,
+) -> Result<Walked, Error> {
+    let mut walk = Walk {
+        queue: BinaryHeap::new(),
+        seq: 0,
+        seen: HashSet::new(),
+        queued_interesting: HashSet::new(),
+        out: Walked::default(),
+    };
+    for oid in hidden {
+        if walk.seen.insert(*oid) {
+            walk.out.uninteresting.insert(*oid);
+            walk.push(objects, *oid)?;
+        }
+    }
+    for oid in tips {
+        if walk.seen.insert(*oid) {
+            walk.push(objects, *oid)?;
+        }
+    }
+    let mut slop = SLOP;
+    while let Some(Queued { oid, time, .. }) = walk.queue.pop() {
+        walk.queued_interesting.remove(&oid);
+        if max_age.is_some_and(|age| time < age) {
+            walk.out.uninteresting.insert(oid);
+        }
+        let parents = if grafts.contains(&oid) {
+            Vec::new()
+        } else {
+            objects.commit(&oid)?.parents.clone()
+        };
+        let hidden = walk.out.uninteresting.contains(&oid);
+        if hidden {
+            walk.mark_parents(objects, &parents, grafts)?;
+        }
+        for p in parents {
+            if walk.seen.insert(p) {
+                if hidden {
+                    walk.out.uninteresting.insert(p);
+                }
+                walk.push(objects, p)?;
+            }
+        }
+        walk.out.order.push(oid);
+        if walk.queued_interesting.is_empty() {
+            if slop == 0 {
+                break;
+            }
+            slop -= 1;
+        }
+    }
+    Ok(walk.out)
+}
+
+struct Walk {
+    queue: BinaryHeap<Queued>,
+    seq: u64,
+    seen: HashSet<ObjectId>,
+    /// Queued commits not (yet) known to be uninteresting.
+    queued_interesting: HashSet<ObjectId>,
+    out: Walked,
+}
+
+impl Walk {
+    fn push(&mut self, objects: &mut Objects, oid: ObjectId) -> Result<(), Error> {
+        let time = objects.commit(&oid)?.time;
+        self.seq += 1;
+        if !self.out.uninteresting.contains(&oid) {
+            self.queued_interesting.insert(oid);
+        }
+        self.queue.push(Queued {
+            time,
+            seq: Reverse(self.seq),
+            oid,
+        });
+        Ok(())
+    }
+
+    /// Mark `parents`, and everything already seen below them, uninteresting.
+    fn mark_parents(
+        &mut self,
+        objects: &mut Objects,
+        parents: &[ObjectId],
+        grafts: &HashSet<ObjectId>,
+    ) -> Result<(), Error> {
+        let mut stack: Vec<ObjectId> = parents.to_vec();
+        while let Some(c) = stack.pop() {
+            if !self.out.uninteresting.insert(c) {
+                continue;
+            }
+            self.queued_interesting.remove(&c);
+            if self.seen.contains(&c) && !grafts.contains(&c) {
+                stack.extend(objects.commit(&c)?.parents.iter().copied());
+            }
+        }
+        Ok(())
+    }
+}
