@@ -30,6 +30,7 @@ mod error;
 mod filter;
 mod negotiate;
 mod objects;
+mod packs;
 mod repo;
 mod select;
 mod shallow;
@@ -89,22 +90,37 @@ pub struct PackPlan {
     acks: Option<Vec<ObjectId>>,
     wanted_refs: Vec<(ObjectId, BString)>,
     shallow_info: Option<(Vec<ObjectId>, Vec<ObjectId>)>,
-    selection: Selection,
+    source: Source,
     objects: Objects,
     write: WriteOptions,
     progress: bool,
     sideband_all: bool,
 }
 
+/// Where the pack's bytes come from.
+#[derive(Debug)]
+enum Source {
+    /// Written object by object.
+    Selected(Selection),
+    /// A stored pack sent as it is.
+    WholePack {
+        path: std::path::PathBuf,
+        count: usize,
+    },
+}
+
 impl PackPlan {
     /// How many objects the pack holds.
     pub fn object_count(&self) -> usize {
-        self.selection.len()
+        match &self.source {
+            Source::Selected(selection) => selection.len(),
+            Source::WholePack { count, .. } => *count,
+        }
     }
 
-    /// The objects the pack holds, in write order groups (commits, tags, trees and blobs).
-    pub fn objects(&self) -> impl Iterator<Item = &ObjectId> {
-        self.selection.all()
+    /// Whether a stored pack will be sent as it is.
+    pub fn is_whole_pack(&self) -> bool {
+        matches!(self.source, Source::WholePack { .. })
     }
 
     /// The `shallow` and `unshallow` lines, if a `shallow-info` section is sent.
@@ -153,14 +169,23 @@ impl PackPlan {
             w.shallow_info(shallow, unshallow)?;
         }
         let mut band = w.packfile()?;
-        let count = self.selection.len();
+        let count = self.object_count();
         if self.progress {
             band.progress(format!("Enumerating objects: {count}, done.\n").as_bytes())?;
-            band.progress(format!("Counting objects: 100% ({count}/{count}), done.\n").as_bytes())?;
         }
-        let order: Vec<ObjectId> = self.selection.all().copied().collect();
-        let mut writer = PackWriter::new(&mut self.objects, self.write);
-        let result = writer.write(&order, &self.selection.client_has, BandPack(&mut band));
+        let result = match &self.source {
+            Source::WholePack { path, count } => send_file(path, *count, &mut band),
+            Source::Selected(selection) => {
+                if self.progress {
+                    band.progress(
+                        format!("Counting objects: 100% ({count}/{count}), done.\n").as_bytes(),
+                    )?;
+                }
+                let order: Vec<ObjectId> = selection.all().copied().collect();
+                let mut writer = PackWriter::new(&mut self.objects, self.write);
+                writer.write(&order, &selection.client_has, BandPack(&mut band))
+            }
+        };
         let stats = match result {
             Ok(stats) => stats,
             Err(Error::Io(err)) => return Err(Error::Io(err)),
@@ -172,10 +197,15 @@ impl PackPlan {
             }
         };
         if self.progress {
+            let (reused, pack_reused, packs) = if stats.whole_pack {
+                (0, stats.objects, 1)
+            } else {
+                (stats.reused, 0, 0)
+            };
             band.progress(
                 format!(
-                    "Total {} (delta {}), reused {} (delta {}), pack-reused 0 (from 0)\n",
-                    stats.objects, stats.deltas, stats.reused, stats.reused_deltas
+                    "Total {} (delta {}), reused {} (delta {}), pack-reused {} (from {})\n",
+                    stats.objects, stats.deltas, reused, stats.reused_deltas, pack_reused, packs
                 )
                 .as_bytes(),
             )?;
@@ -183,6 +213,23 @@ impl PackPlan {
         band.finish()?;
         Ok(stats)
     }
+}
+
+/// Stream a stored pack file as it is.
+fn send_file<W: Write>(
+    path: &std::path::Path,
+    count: usize,
+    band: &mut SidebandWriter<W>,
+) -> Result<PackStats, Error> {
+    let mut file = std::fs::File::open(path)?;
+    let bytes = std::io::copy(&mut file, &mut BandPack(band))?;
+    Ok(PackStats {
+        objects: u32::try_from(count).unwrap_or(u32::MAX),
+        reused: u32::try_from(count).unwrap_or(u32::MAX),
+        whole_pack: true,
+        bytes,
+        ..PackStats::default()
+    })
 }
 
 /// Pack bytes into band 1.
@@ -212,6 +259,27 @@ pub fn plan(
         });
     }
     let mut objects = repo.objects();
+    let stored = packs::list(repo.git_dir(), repo.object_format())?;
+    let write = WriteOptions {
+        ofs_delta: fetch.ofs_delta,
+        thin: fetch.thin_pack,
+        compression: options.compression_level.min(9),
+    };
+    if let Some(pack) = marked_pack_for(repo, &mut objects, &stored, fetch)? {
+        return Ok(Plan::Pack(Box::new(PackPlan {
+            acks: None,
+            wanted_refs: Vec::new(),
+            shallow_info: None,
+            source: Source::WholePack {
+                path: pack.pack.clone(),
+                count: pack.num_objects(),
+            },
+            objects,
+            write,
+            progress: !fetch.no_progress,
+            sideband_all: fetch.sideband_all,
+        })));
+    }
 
     // Wants, each once, in request order; want-refs resolve to their current value.
     let mut wants: Vec<ObjectId> = Vec::new();
@@ -285,22 +353,90 @@ pub fn plan(
             include_tag: fetch.include_tag,
         },
     )?;
+    // A stored pack holding exactly these objects goes out as it is (it may hold ofs-deltas).
+    let ordered: Vec<&ObjectId> = selection.all().collect();
+    let source = match packs::exact_match(&stored, &ordered).filter(|_| fetch.ofs_delta) {
+        Some(pack) => Source::WholePack {
+            path: pack.pack.clone(),
+            count: pack.num_objects(),
+        },
+        None => Source::Selected(selection),
+    };
     Ok(Plan::Pack(Box::new(PackPlan {
         acks,
         wanted_refs,
         shallow_info: shallow
             .section
             .then_some((shallow.shallow, shallow.unshallow)),
-        selection,
+        source,
         objects,
-        write: WriteOptions {
-            ofs_delta: fetch.ofs_delta,
-            thin: fetch.thin_pack,
-            compression: options.compression_level.min(9),
-        },
+        write,
         progress: !fetch.no_progress,
         sideband_all: fetch.sideband_all,
     })))
+}
+
+/// A pack marked as the closure of exactly the wanted tips, when the request is a plain clone
+/// that such a pack answers: no haves, no shallow, no filter, ofs-delta, and (with include-tag)
+/// no annotated tag outside the pack pointing into it.
+fn marked_pack_for<'a>(
+    repo: &Repository,
+    objects: &mut Objects,
+    stored: &'a [packs::StoredPack],
+    fetch: &Fetch,
+) -> Result<Option<&'a packs::StoredPack>, Error> {
+    let plain = fetch.haves.is_empty()
+        && fetch.shallows.is_empty()
+        && !fetch.is_deepening()
+        && fetch.filter.is_none()
+        && fetch.want_refs.is_empty()
+        && fetch.ofs_delta
+        && !fetch.wants.is_empty();
+    if !plain {
+        return Ok(None);
+    }
+    let wants: HashSet<ObjectId> = fetch.wants.iter().copied().collect();
+    let Some(pack) = stored.iter().find(|p| p.tips.as_ref() == Some(&wants)) else {
+        return Ok(None);
+    };
+    if fetch.include_tag {
+        for r in repo.refs()? {
+            let Some(oid) = r.oid else { continue };
+            if !r.name.starts_with(b"refs/tags/") || pack.contains(&oid) {
+                continue;
+            }
+            let (target, _) = objects.peel(&oid)?;
+            if target != oid && pack.contains(&target) {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(pack))
+}
+
+impl Repository {
+    /// Mark the stored pack that holds exactly the objects reachable from `tips` (as a clone
+    /// of them would select), so that such clones are answered from it with no walk. Returns
+    /// the pack, or `None` when no single pack matches.
+    pub fn mark_pack_tips(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
+        let fetch = Fetch {
+            wants: tips.to_vec(),
+            done: true,
+            ofs_delta: true,
+            no_progress: true,
+            ..Fetch::default()
+        };
+        let Plan::Pack(plan) = plan(self, &fetch, self.object_format(), &Options::default())?
+        else {
+            return Ok(None);
+        };
+        let Source::WholePack { path, .. } = &plan.source else {
+            return Ok(None);
+        };
+        let tips: HashSet<ObjectId> = tips.iter().copied().collect();
+        packs::write_tips(path, &tips)?;
+        Ok(Some(path.clone()))
+    }
 }
 
 /// Order entries as git (2.44 and later) iterates its `strmap` of wanted refs: FNV-1 hashes of

@@ -1,0 +1,104 @@
+//! Whole-pack reuse: when the objects to send are exactly one stored pack's objects, the pack
+//! file goes out as it is, with no per-object work.
+//!
+//! Two ways to know it:
+//! - after selection, by comparing the selected set with each pack of the same size;
+//! - before any selection, by a `pack-<hash>.tips` file beside the pack, written by
+//!   [`Repository::mark_pack_tips`](crate::Repository::mark_pack_tips) once it has checked that
+//!   the pack holds exactly the objects reachable from those tips. A clone whose wants are
+//!   those tips is then answered with no walk at all. Git ignores files it does not know in
+//!   `objects/pack`, and a pack never changes, so the mark stays true for its pack's life.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use gix_hash::{Kind as HashKind, ObjectId};
+
+use crate::Error;
+
+/// A stored pack and, if marked, the tips it is the closure of.
+pub(crate) struct StoredPack {
+    pub(crate) pack: PathBuf,
+    pub(crate) index: gix_pack::index::File,
+    pub(crate) tips: Option<HashSet<ObjectId>>,
+}
+
+impl std::fmt::Debug for StoredPack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredPack")
+            .field("pack", &self.pack)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredPack {
+    pub(crate) fn num_objects(&self) -> usize {
+        self.index.num_objects() as usize
+    }
+
+    pub(crate) fn contains(&self, oid: &ObjectId) -> bool {
+        self.index.lookup(oid).is_some()
+    }
+}
+
+/// The packs of `objects/pack` that have both an index and a data file.
+pub(crate) fn list(git_dir: &Path, hash: HashKind) -> Result<Vec<StoredPack>, Error> {
+    let dir = git_dir.join("objects").join("pack");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut packs = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("idx") {
+            continue;
+        }
+        let pack = path.with_extension("pack");
+        if !pack.is_file() {
+            continue;
+        }
+        let index = gix_pack::index::File::at(&path, hash).map_err(Error::odb)?;
+        let tips = read_tips(&path.with_extension("tips"), hash);
+        packs.push(StoredPack { pack, index, tips });
+    }
+    Ok(packs)
+}
+
+fn read_tips(path: &Path, hash: HashKind) -> Option<HashSet<ObjectId>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .map(|l| {
+            let l = l.trim();
+            (l.len() == hash.len_in_hex())
+                .then(|| ObjectId::from_hex(l.as_bytes()).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// The one pack whose objects are exactly `objects`, if any.
+pub(crate) fn exact_match<'a>(
+    packs: &'a [StoredPack],
+    objects: &[&ObjectId],
+) -> Option<&'a StoredPack> {
+    packs
+        .iter()
+        .filter(|p| p.num_objects() == objects.len() && !objects.is_empty())
+        .find(|p| objects.iter().all(|oid| p.contains(oid)))
+}
+
+/// Write `tips` beside `pack` atomically.
+pub(crate) fn write_tips(pack: &Path, tips: &HashSet<ObjectId>) -> Result<PathBuf, Error> {
+    let path = pack.with_extension("tips");
+    let mut sorted: Vec<&ObjectId> = tips.iter().collect();
+    sorted.sort();
+    let tmp = pack.with_extension("tips.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    for oid in sorted {
+        writeln!(file, "{oid}")?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}

@@ -1,0 +1,185 @@
+//! Reuse of stored data: whole packs sent as they are, stored deltas copied.
+
+use std::path::Path;
+use std::process::Command;
+
+use gitcache_pack::{Options, Plan, Repository, plan};
+use gitcache_protocol::request::Fetch;
+use gitcache_protocol::response::parse_fetch_response;
+use gitcache_protocol::{ObjectFormat, ObjectId};
+use gitcache_testkit::repo::{self, RepoSpec};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn oids(text: &str) -> Vec<ObjectId> {
+    text.lines()
+        .map(|l| ObjectId::from_hex(l.trim().as_bytes()).unwrap())
+        .collect()
+}
+
+fn clone_request(wants: Vec<ObjectId>) -> Fetch {
+    Fetch {
+        wants,
+        done: true,
+        ofs_delta: true,
+        thin_pack: true,
+        no_progress: true,
+        ..Fetch::default()
+    }
+}
+
+fn pack_file(repo: &Path) -> std::path::PathBuf {
+    let dir = repo.join("objects/pack");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "pack"))
+        .unwrap()
+}
+
+/// A repository packed into one pack with deltas, as a consolidated mirror is.
+fn packed_repo(seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.git");
+    repo::generate(&path, &RepoSpec::small(seed)).unwrap();
+    git(
+        &path,
+        &[
+            "repack",
+            "-a",
+            "-d",
+            "-f",
+            "--depth=50",
+            "--window=50",
+            "-q",
+        ],
+    );
+    (dir, path)
+}
+
+fn send(repo: &Repository, fetch: &Fetch) -> (bool, gitcache_pack::PackStats, Vec<u8>) {
+    let Plan::Pack(p) = plan(repo, fetch, ObjectFormat::Sha1, &Options::default()).unwrap() else {
+        panic!("no pack")
+    };
+    let whole = p.is_whole_pack();
+    let mut out = Vec::new();
+    let stats = Plan::Pack(p).write_to(&mut out).unwrap();
+    let pack = parse_fetch_response(&out, ObjectFormat::Sha1)
+        .unwrap()
+        .pack
+        .unwrap();
+    (whole, stats, pack)
+}
+
+#[test]
+fn a_clone_of_everything_sends_the_stored_pack_as_it_is() {
+    let (_dir, path) = packed_repo(31);
+    let repo = Repository::open(&path).unwrap();
+    let all = oids(&git(&path, &["for-each-ref", "--format=%(objectname)"]));
+    let (whole, stats, pack) = send(&repo, &clone_request(all.clone()));
+    assert!(whole && stats.whole_pack);
+    assert_eq!(
+        pack,
+        std::fs::read(pack_file(&path)).unwrap(),
+        "byte for byte the stored pack"
+    );
+
+    // Without ofs-delta the stored pack (which has ofs-deltas) cannot go as it is.
+    let mut no_ofs = clone_request(all);
+    no_ofs.ofs_delta = false;
+    let (whole, stats, _) = send(&repo, &no_ofs);
+    assert!(!whole);
+    assert_eq!(
+        stats.reused, stats.objects,
+        "every entry still copied, deltas as ref-deltas"
+    );
+}
+
+#[test]
+fn marked_tips_skip_the_walk_and_stay_correct() {
+    let (_dir, path) = packed_repo(32);
+    let repo = Repository::open(&path).unwrap();
+    let all = oids(&git(&path, &["for-each-ref", "--format=%(objectname)"]));
+    let marked = repo
+        .mark_pack_tips(&all)
+        .unwrap()
+        .expect("one pack holds exactly the closure");
+    assert_eq!(marked, pack_file(&path));
+    assert!(marked.with_extension("tips").is_file());
+    // git still reads the repository (it ignores the extra file).
+    git(&path, &["fsck", "--strict", "--no-progress"]);
+    // A subset of the tips is not the closure: no mark.
+    assert_eq!(repo.mark_pack_tips(&all[..1]).unwrap(), None);
+
+    let mut tagged = clone_request(all.clone());
+    tagged.include_tag = true;
+    let (whole, _, pack) = send(&repo, &tagged);
+    assert!(whole);
+    assert_eq!(pack, std::fs::read(&marked).unwrap());
+
+    // A new annotated tag outside the pack, pointing into it: include-tag must bring it, so the
+    // marked pack alone no longer answers.
+    git(&path, &["tag", "-a", "-m", "late", "late-tag", "main~3"]);
+    let repo = Repository::open(&path).unwrap();
+    let (whole, stats, _) = send(&repo, &tagged);
+    assert!(!whole);
+    assert_eq!(
+        stats.objects as usize,
+        git(&path, &["rev-list", "--objects", "--all"])
+            .lines()
+            .count(),
+        "the late tag is included"
+    );
+}
+
+#[test]
+fn stored_deltas_are_copied_not_recomputed() {
+    let (_dir, path) = packed_repo(33);
+    let repo = Repository::open(&path).unwrap();
+    let main = oids(&git(&path, &["rev-parse", "main"]));
+    // main alone is a strict subset of the pack: written object by object.
+    let (whole, stats, pack) = send(&repo, &clone_request(main.clone()));
+    assert!(!whole);
+    assert!(stats.reused_deltas > 0, "{stats:?}");
+    let recompressed = stats.objects - stats.reused;
+    assert!(
+        recompressed * 20 <= stats.objects,
+        "at most 5% recompressed: {stats:?}"
+    );
+    // The pack is valid and complete for main.
+    let check = tempfile::tempdir().unwrap();
+    let client = check.path().join("c.git");
+    git(
+        check.path(),
+        &["init", "-q", "--bare", client.to_str().unwrap()],
+    );
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(&client)
+        .args(["index-pack", "--strict", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &pack).unwrap();
+    assert!(child.wait().unwrap().success());
+    git(
+        &client,
+        &["update-ref", "refs/heads/main", &main[0].to_string()],
+    );
+    git(&client, &["fsck", "--strict", "--no-progress"]);
+}
