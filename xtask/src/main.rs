@@ -4,6 +4,8 @@
 //!   protocol fixtures (`crates/protocol/tests/fixtures/transcripts`) and seed the fuzz corpora.
 //! - `gen-repo <tiny|small|medium|large> <seed> <path> [sha256]`: generate a test repository
 //!   (the benches use `large`: 22,000 commits, about 50 MB of pack).
+//! - `bench-pack [repo]`: time our pack generation against `git upload-pack` on the same
+//!   repository and requests (default: the `large` generated repository).
 //! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
 //!   `RUSTC_BOOTSTRAP=1`).
 
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+mod bench_pack;
 mod transcripts;
 
 fn main() -> Result<()> {
@@ -18,12 +21,13 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("transcripts") => transcripts::record(&workspace_root()?),
         Some("gen-repo") => gen_repo(&args[1..]),
+        Some("bench-pack") => bench_pack::run(&workspace_root()?, args.get(1).map(String::as_str)),
         Some("fuzz-smoke") => {
             let seconds = args.get(1).map(String::as_str).unwrap_or("30");
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | fuzz-smoke [seconds]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] | fuzz-smoke [seconds]>"
         ),
     }
 }

@@ -37,6 +37,9 @@ mod shallow;
 mod walk;
 mod write;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::collections::HashSet;
 use std::io::Write;
 

@@ -16,7 +16,9 @@ use crate::objects::Objects;
 /// What the `have` lines told us.
 #[derive(Debug, Default)]
 pub(crate) struct Negotiation {
-    /// Haves the repository holds, in request order, for `ACK` lines.
+    /// git's `have_obj`: the haves we hold, in request order, for `ACK` lines. A commit
+    /// already known to be had (a repeat, or a parent of an earlier have) is not listed again;
+    /// other objects are listed every time.
     pub(crate) common: Vec<ObjectId>,
     /// Distinct common objects.
     pub(crate) have_objects: Vec<ObjectId>,
@@ -37,15 +39,18 @@ pub(crate) fn process_haves(
         let Some((kind, _)) = objects.header(have)? else {
             continue;
         };
-        n.common.push(*have);
+        let mut known = false;
         if kind == Kind::Commit {
             let commit = objects.commit(have)?;
             let (time, parents) = (commit.time, commit.parents.clone());
+            known = !n.they_have.insert(*have);
             if n.oldest_have == 0 || time < n.oldest_have {
                 n.oldest_have = time;
             }
-            n.they_have.insert(*have);
             n.they_have.extend(parents);
+        }
+        if !known {
+            n.common.push(*have);
         }
         if seen.insert(*have) {
             n.have_objects.push(*have);
@@ -60,7 +65,7 @@ pub(crate) fn ok_to_give_up(
     wants: &[ObjectId],
     n: &Negotiation,
 ) -> Result<bool, Error> {
-    if n.have_objects.is_empty() {
+    if n.common.is_empty() {
         return Ok(false);
     }
     // Commits whose whole walk (above the cutoff) was explored without success.

@@ -7,6 +7,8 @@ use gix_hash::{Kind as HashKind, ObjectId};
 
 use crate::Error;
 use crate::objects::Objects;
+use gitcache_protocol::ls_refs::{RefLine, matches_prefixes};
+use gitcache_protocol::request::LsRefs;
 
 /// One ref of the repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,32 @@ impl Repository {
                 })
             }
         }
+    }
+
+    /// Answer `ls-refs` as git does: `HEAD` first, then every ref in name order, each kept if
+    /// it matches a `ref-prefix`; symbolic targets, peeled tags and an unborn `HEAD` as asked.
+    pub fn ls_refs(&self, args: &LsRefs) -> Result<Vec<RefLine>, Error> {
+        let mut objects = self.objects();
+        let mut lines = Vec::new();
+        for r in self.refs()? {
+            if !matches_prefixes(args, r.name.as_bstr()) {
+                continue;
+            }
+            if r.oid.is_none() && !(args.unborn && r.name == "HEAD") {
+                continue;
+            }
+            let peeled = match (args.peel, r.oid) {
+                (true, Some(oid)) => Some(objects.peel(&oid)?.0).filter(|p| *p != oid),
+                _ => None,
+            };
+            lines.push(RefLine {
+                oid: r.oid,
+                name: r.name,
+                symref_target: if args.symrefs { r.symref_target } else { None },
+                peeled,
+            });
+        }
+        Ok(lines)
     }
 
     /// Expand a short ref name as git's `expand_ref` does: the first of `<name>`,

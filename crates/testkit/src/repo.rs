@@ -597,3 +597,45 @@ pub fn append_commits(repo: &Path, branch: &str, n: usize, seed: u64) -> io::Res
     })?;
     crate::git::rev_parse_in(repo, &format!("refs/heads/{branch}"))
 }
+
+/// Every object id in `repo`, sorted.
+pub fn list_objects(repo: &Path) -> io::Result<Vec<String>> {
+    let out = Command::new(git_program())
+        .arg("-C")
+        .arg(repo)
+        .args([
+            "cat-file",
+            "--batch-all-objects",
+            "--batch-check=%(objectname)",
+        ])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Every ref name in `repo`, sorted.
+pub fn list_refs(repo: &Path) -> io::Result<Vec<String>> {
+    let out = Command::new(git_program())
+        .arg("-C")
+        .arg(repo)
+        .args(["for-each-ref", "--format=%(refname)"])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}

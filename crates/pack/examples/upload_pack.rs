@@ -1,0 +1,49 @@
+//! `upload_pack <repo>`: read one protocol v2 request on stdin, write the response on stdout,
+//! like `git upload-pack --stateless-rpc <repo>` with `GIT_PROTOCOL=version=2`. Used by the
+//! end-to-end benchmark to compare both as processes.
+//!
+//! ```sh
+//! cargo run --release -p gitcache-pack --example upload_pack -- repo.git < request > response
+//! ```
+
+use std::io::{Read, Write};
+
+use gitcache_pack::{Options, Repository, plan};
+use gitcache_protocol::pktline;
+use gitcache_protocol::request::{Command, Limits, parse_request};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::env::args().nth(1).ok_or("usage: upload_pack <repo>")?;
+    let repo = Repository::open(path)?;
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let Some(request) = parse_request(&body, Limits::default())? else {
+        return Ok(());
+    };
+    match &request.command {
+        Command::LsRefs(args) => {
+            let lines = repo.ls_refs(args)?;
+            gitcache_protocol::ls_refs::write_response(&mut out, &lines, args)?;
+        }
+        Command::Fetch(fetch) => match plan(
+            &repo,
+            fetch,
+            request.capabilities.object_format(),
+            &Options::default(),
+        ) {
+            Ok(plan) => {
+                plan.write_to(&mut out)?;
+            }
+            Err(err) => {
+                pktline::write_error(&mut out, err.wire_message().as_bytes())?;
+            }
+        },
+        Command::ObjectInfo(_) => {
+            pktline::write_error(&mut out, b"object-info is not supported").map(drop)?
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The entry point shared by the plan-and-write fuzz target and the test that replays its
+//! corpus: arbitrary bytes become a `fetch` against a fixed repository, which is planned and
+//! written; any outcome but a panic is fine, and a written pack must be valid.
+
+use gitcache_protocol::filter::{Filter, ObjectType};
+use gitcache_protocol::request::Fetch;
+use gix_hash::ObjectId;
+
+use crate::{Error, Options, Plan, Repository, plan};
+
+/// Build a fetch from `data`: object choices index into `objects` (or name absent ones),
+/// flags and depths come from bits.
+pub fn fetch_from_bytes(objects: &[ObjectId], refs: &[bstr::BString], data: &[u8]) -> Fetch {
+    let mut bytes = data.iter().copied();
+    let mut next = move || bytes.next().unwrap_or(0);
+    let mut pick = |n: u8| -> Vec<ObjectId> {
+        (0..n % 5)
+            .map(|_| {
+                let i = usize::from(next()) * 256 + usize::from(next());
+                objects
+                    .get(i % (objects.len() + 1))
+                    .copied()
+                    .unwrap_or_else(|| ObjectId::null(objects[0].kind()))
+            })
+            .collect()
+    };
+    let flags = data.first().copied().unwrap_or(0);
+    let counts = data.get(1).copied().unwrap_or(0);
+    let mut fetch = Fetch {
+        wants: pick(counts),
+        haves: pick(counts >> 3),
+        shallows: pick(counts >> 5),
+        done: flags & 1 != 0,
+        thin_pack: flags & 2 != 0,
+        ofs_delta: flags & 4 != 0,
+        include_tag: flags & 8 != 0,
+        no_progress: flags & 16 != 0,
+        wait_for_done: flags & 32 != 0,
+        sideband_all: flags & 64 != 0,
+        deepen_relative: flags & 128 != 0,
+        ..Fetch::default()
+    };
+    let extra = data.get(2).copied().unwrap_or(0);
+    match extra % 4 {
+        1 => fetch.deepen = Some(u32::from(extra >> 2).max(1)),
+        2 => fetch.deepen_since = Some(1_600_000_000 + u64::from(extra) * 36_000),
+        3 if !refs.is_empty() => {
+            fetch.deepen_not = vec![refs[usize::from(extra) % refs.len()].clone()]
+        }
+        _ => {}
+    }
+    let filter = data.get(3).copied().unwrap_or(0);
+    fetch.filter = match filter % 8 {
+        1 => Some(Filter::BlobNone),
+        2 => Some(Filter::BlobLimit(u64::from(filter) * 64)),
+        3 => Some(Filter::Tree(u64::from(filter >> 3) % 4)),
+        4 => Some(Filter::ObjectType(ObjectType::Blob)),
+        5 => Some(Filter::Combine(vec![Filter::BlobNone, Filter::Tree(2)])),
+        _ => None,
+    };
+    if filter & 0x80 != 0 && !refs.is_empty() {
+        fetch.want_refs = vec![refs[usize::from(filter) % refs.len()].clone()];
+    }
+    fetch
+}
+
+/// Plan and write `fetch`; returns the pack bytes, if a pack was sent. A written pack is read
+/// back entry by entry and its checksum verified; anything else is a bug and panics.
+pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>>, Error> {
+    let plan = plan(repo, fetch, repo.object_format(), &Options::default())?;
+    let is_pack = matches!(plan, Plan::Pack(_));
+    let nothing = matches!(plan, Plan::Nothing);
+    let mut out = Vec::new();
+    plan.write_to(&mut out)?;
+    if nothing {
+        // No want: git answers with no bytes at all.
+        assert!(out.is_empty());
+        return Ok(None);
+    }
+    let response = gitcache_protocol::response::parse_fetch_response(&out, repo.object_format())
+        .expect("our own response parses");
+    assert_eq!(response.pack.is_some(), is_pack);
+    let Some(pack) = response.pack else {
+        return Ok(None);
+    };
+    let entries = gix_pack::data::input::BytesToEntriesIter::new_from_header(
+        std::io::BufReader::new(&pack[..]),
+        gix_pack::data::input::Mode::Verify,
+        gix_pack::data::input::EntryDataMode::Ignore,
+        repo.object_format(),
+    )
+    .expect("pack header");
+    let mut count = 0;
+    for entry in entries {
+        entry.expect("every entry decodes and the checksum matches");
+        count += 1;
+    }
+    assert_eq!(
+        u32::from_be_bytes(pack[8..12].try_into().expect("header")),
+        count
+    );
+    Ok(Some(pack))
+}

@@ -1,0 +1,116 @@
+//! Property tests: random commit graphs, random requests, every answer checked against git's
+//! (same acknowledgments, shallow lines and objects added to the client; a valid pack; fsck).
+
+mod common;
+
+use common::{Case, Fixture, fetch, git, run};
+use gitcache_protocol::ObjectId;
+use gitcache_protocol::filter::Filter;
+use gitcache_testkit::repo::RepoSpec;
+use proptest::prelude::*;
+
+/// What the client asks for, as indices into the repository's commits.
+#[derive(Debug, Clone)]
+struct Shape {
+    spec: RepoSpec,
+    wants: Vec<prop::sample::Index>,
+    haves: Vec<prop::sample::Index>,
+    depth: Option<u32>,
+    filter: Option<Filter>,
+    thin: bool,
+    ofs: bool,
+    include_tag: bool,
+    done: bool,
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    (
+        (
+            any::<u64>(),
+            3usize..50,
+            0usize..4,
+            2usize..9,
+            2usize..7,
+            any::<bool>(),
+        ),
+        (
+            prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+            prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        ),
+        prop::option::of(1u32..6),
+        prop::option::of(prop_oneof![
+            Just(Filter::BlobNone),
+            Just(Filter::Tree(1)),
+            (10u64..2000).prop_map(Filter::BlobLimit)
+        ]),
+        any::<[bool; 4]>(),
+    )
+        .prop_map(
+            |(
+                (seed, commits, branches, merge_every, tag_every, sha256),
+                (wants, haves),
+                depth,
+                filter,
+                flags,
+            )| {
+                let spec = RepoSpec {
+                    seed,
+                    commits,
+                    branches,
+                    merge_every,
+                    tag_every,
+                    files: 4,
+                    binary_every: 5,
+                    binary_bytes: 2048,
+                    large_every: 0,
+                    object_format: if sha256 { "sha256" } else { "sha1" },
+                };
+                Shape {
+                    spec,
+                    wants,
+                    haves,
+                    depth,
+                    filter,
+                    thin: flags[0],
+                    ofs: flags[1],
+                    include_tag: flags[2],
+                    done: flags[3],
+                }
+            },
+        )
+}
+
+fn commits(fx: &Fixture) -> Vec<ObjectId> {
+    git(&fx.src, &["rev-list", "--all", "--topo-order"])
+        .lines()
+        .map(|l| ObjectId::from_hex(l.as_bytes()).unwrap())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_requests_on_random_graphs_answer_as_git(shape in shape()) {
+        let fx = Fixture::new(shape.spec.clone());
+        let all = commits(&fx);
+        let wants: Vec<ObjectId> = shape.wants.iter().map(|i| *i.get(&all)).collect();
+        let mut haves: Vec<ObjectId> = shape.haves.iter().map(|i| *i.get(&all)).collect();
+        haves.retain(|h| !wants.contains(h));
+        // The client really has its haves (with their history).
+        let client = fx.empty_client("client");
+        if !haves.is_empty() {
+            let url = format!("file://{}", fx.src.display());
+            let mut args = vec!["fetch".to_owned(), "--quiet".to_owned(), url];
+            args.extend(haves.iter().enumerate().map(|(i, h)| format!("{h}:refs/heads/h{i}")));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            fx.client.run(&client, &args).unwrap().expect_success();
+        }
+        let mut f = fetch(wants);
+        f.haves = haves;
+        f.deepen = shape.depth;
+        f.filter = shape.filter.clone();
+        (f.thin_pack, f.ofs_delta, f.include_tag, f.done) = (shape.thin, shape.ofs, shape.include_tag, shape.done);
+        run(Case { name: &format!("{shape:?}"), fixture: &fx, client, fetch: f });
+    }
+}

@@ -1,0 +1,226 @@
+//! `cargo xtask bench-pack [repo]`: our pack generation against `git upload-pack`, both as
+//! processes on the same repository and the same request bodies.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use gitcache_protocol::ObjectId;
+use gitcache_protocol::filter::Filter;
+use gitcache_protocol::request::{Capabilities, Command as V2, Fetch, Request};
+
+const RUNS: usize = 5;
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git").arg("-C").arg(dir).args(args).output()?;
+    if !out.status.success() {
+        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn oid(hex: &str) -> Result<ObjectId> {
+    Ok(ObjectId::from_hex(hex.trim().as_bytes())?)
+}
+
+fn body(fetch: Fetch) -> Vec<u8> {
+    let request = Request {
+        capabilities: Capabilities {
+            agent: Some("git/2.47.3".into()),
+            ..Capabilities::default()
+        },
+        command: V2::Fetch(fetch),
+    };
+    let mut out = Vec::new();
+    request.write_to(&mut out).expect("in memory");
+    out
+}
+
+/// One timed run: wall time, response bytes, peak RSS in KiB.
+fn run_once(program: &[String], repo: &Path, input: &[u8]) -> Result<(Duration, u64, u64)> {
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.arg("-f")
+        .arg("%M")
+        .args(program)
+        .arg(repo)
+        .env("GIT_PROTOCOL", "version=2");
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output()?;
+    let elapsed = started.elapsed();
+    feeder.join().expect("feeder")?;
+    if !out.status.success() {
+        bail!(
+            "{program:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rss = stderr
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((elapsed, out.stdout.len() as u64, rss))
+}
+
+fn median(program: &[String], repo: &Path, input: &[u8]) -> Result<(Duration, u64, u64)> {
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        runs.push(run_once(program, repo, input)?);
+    }
+    runs.sort_by_key(|r| r.0);
+    let rss = runs.iter().map(|r| r.2).max().unwrap_or(0);
+    Ok((runs[RUNS / 2].0, runs[RUNS / 2].1, rss))
+}
+
+pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
+    let repo: PathBuf = match repo {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let path = root.join("target/bench-repos/large.git");
+            if !path.exists() {
+                println!("generating the large repository (about a minute)...");
+                let spec = gitcache_testkit::repo::RepoSpec::large(1);
+                gitcache_testkit::repo::generate(&path, &spec)?;
+            }
+            path
+        }
+    };
+    // As a well-run server keeps it: one pack with a bitmap, and a commit-graph.
+    if !repo.join("objects/info/commit-graph").exists() {
+        println!("repacking with bitmaps and writing a commit-graph...");
+        git(
+            &repo,
+            &[
+                "repack",
+                "-a",
+                "-d",
+                "-f",
+                "-q",
+                "--write-bitmap-index",
+                "--depth=50",
+                "--window=250",
+            ],
+        )?;
+        git(&repo, &["commit-graph", "write", "--reachable"])?;
+    }
+    let tips: Vec<ObjectId> = git(&repo, &["for-each-ref", "--format=%(objectname)"])?
+        .lines()
+        .map(oid)
+        .collect::<Result<_>>()?;
+    let marked = gitcache_pack::Repository::open(&repo)?.mark_pack_tips(&tips)?;
+    println!("pack marked with its tips: {}", marked.is_some());
+
+    let status = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "gitcache-pack",
+            "--example",
+            "upload_pack",
+        ])
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("building the upload_pack example failed");
+    }
+    let ours = vec![
+        root.join("target/release/examples/upload_pack")
+            .display()
+            .to_string(),
+    ];
+    let theirs = vec![
+        "git".to_owned(),
+        "upload-pack".to_owned(),
+        "--stateless-rpc".to_owned(),
+    ];
+
+    let main = oid(&git(&repo, &["rev-parse", "main"])?)?;
+    let old = oid(&git(&repo, &["rev-parse", "main~50"])?)?;
+    let base = Fetch {
+        done: true,
+        thin_pack: true,
+        ofs_delta: true,
+        no_progress: true,
+        ..Fetch::default()
+    };
+    let cases = [
+        (
+            "full clone",
+            Fetch {
+                wants: tips.clone(),
+                ..base.clone()
+            },
+        ),
+        (
+            "clone --depth=1",
+            Fetch {
+                wants: vec![main],
+                deepen: Some(1),
+                include_tag: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "fetch, have main~50",
+            Fetch {
+                wants: vec![main],
+                haves: vec![old],
+                include_tag: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "clone --filter=blob:none",
+            Fetch {
+                wants: tips.clone(),
+                filter: Some(Filter::BlobNone),
+                ..base.clone()
+            },
+        ),
+    ];
+    let commits = git(&repo, &["rev-list", "--all", "--count"])?;
+    let size = std::fs::metadata(repo.join("objects/pack"))
+        .map(|_| ())
+        .ok();
+    let _ = size;
+    println!(
+        "\nrepository: {} commits, {}",
+        commits.trim(),
+        git(&repo, &["count-objects", "-vH"])?
+            .lines()
+            .find(|l| l.starts_with("size-pack"))
+            .unwrap_or("")
+    );
+    println!(
+        "\n| request | git time | gitcache time | speed-up | git bytes | gitcache bytes | bytes ratio | git peak RSS | gitcache peak RSS |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (name, fetch) in cases {
+        let input = body(fetch);
+        let (gt, gb, gm) = median(&theirs, &repo, &input)?;
+        let (ot, ob, om) = median(&ours, &repo, &input)?;
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms | {:.1}x | {gb} | {ob} | {:.2} | {} MiB | {} MiB |",
+            gt.as_secs_f64() * 1e3,
+            ot.as_secs_f64() * 1e3,
+            gt.as_secs_f64() / ot.as_secs_f64(),
+            ob as f64 / gb as f64,
+            gm / 1024,
+            om / 1024
+        );
+    }
+    Ok(())
+}
