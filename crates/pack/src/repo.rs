@@ -28,8 +28,7 @@ pub struct Ref {
 pub struct Repository {
     git_dir: PathBuf,
     hash: HashKind,
-    odb: gix_odb::HandleArc,
-    refs: gix_ref::file::Store,
+    store: std::sync::Arc<gix_odb::Store>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -59,12 +58,10 @@ impl Repository {
         let odb = gix_odb::at(objects, hash)
             .and_then(|h| h.into_arc())
             .map_err(|e| open_err(e.to_string()))?;
-        let refs = gix_ref::file::Store::at(git_dir.clone(), hash);
         Ok(Repository {
             git_dir,
             hash,
-            odb,
-            refs,
+            store: odb.store(),
         })
     }
 
@@ -79,69 +76,44 @@ impl Repository {
     }
 
     pub(crate) fn objects(&self) -> Objects {
-        let mut odb = self.odb.clone();
+        let mut odb = gix_odb::Cache::from(self.store.to_handle_arc());
         // Pack ids must stay valid between looking an object up and reading its entry.
         odb.prevent_pack_unload();
         Objects::new(odb, self.hash)
     }
 
+    /// The ref store, opened afresh so that every answer reflects the refs as they are now.
+    fn ref_store(&self) -> gix_ref::file::Store {
+        gix_ref::file::Store::at(self.git_dir.clone(), self.hash)
+    }
+
     /// Every ref: `HEAD` first (if present), then the others sorted by name.
     pub fn refs(&self) -> Result<Vec<Ref>, Error> {
+        let store = self.ref_store();
         let mut out = Vec::new();
-        if let Some(head) = self.find_ref("HEAD")? {
+        if let Some(head) = self.find_in(&store, "HEAD")? {
             out.push(head);
         }
-        let platform = self.refs.iter().map_err(Error::odb)?;
+        let platform = store.iter().map_err(Error::odb)?;
         for reference in platform.all().map_err(Error::odb)? {
             let reference = reference.map_err(Error::odb)?;
             let name: BString = reference.name.as_bstr().to_owned();
-            out.push(self.resolve(name, reference.target)?);
+            out.push(resolve(&store, name, reference.target)?);
         }
         Ok(out)
     }
 
     /// The ref `name` (full name, or `HEAD`), following symbolic refs.
     pub fn find_ref(&self, name: &str) -> Result<Option<Ref>, Error> {
-        let Some(reference) = self.refs.try_find(name).map_err(Error::odb)? else {
+        self.find_in(&self.ref_store(), name)
+    }
+
+    fn find_in(&self, store: &gix_ref::file::Store, name: &str) -> Result<Option<Ref>, Error> {
+        let Some(reference) = store.try_find(name).map_err(Error::odb)? else {
             return Ok(None);
         };
         let name: BString = reference.name.as_bstr().to_owned();
-        self.resolve(name, reference.target).map(Some)
-    }
-
-    fn resolve(&self, name: BString, target: gix_ref::Target) -> Result<Ref, Error> {
-        match target {
-            gix_ref::Target::Object(oid) => Ok(Ref {
-                name,
-                oid: Some(oid),
-                symref_target: None,
-            }),
-            gix_ref::Target::Symbolic(direct) => {
-                let mut next: BString = direct.as_bstr().to_owned();
-                let symref_target = Some(next.clone());
-                // Follow a bounded chain of symbolic refs.
-                for _ in 0..5 {
-                    match self.refs.try_find(next.as_bstr()).map_err(Error::odb)? {
-                        None => break,
-                        Some(r) => match r.target {
-                            gix_ref::Target::Object(oid) => {
-                                return Ok(Ref {
-                                    name,
-                                    oid: Some(oid),
-                                    symref_target,
-                                });
-                            }
-                            gix_ref::Target::Symbolic(n) => next = n.as_bstr().to_owned(),
-                        },
-                    }
-                }
-                Ok(Ref {
-                    name,
-                    oid: None,
-                    symref_target,
-                })
-            }
-        }
+        resolve(store, name, reference.target).map(Some)
     }
 
     /// Answer `ls-refs` as git does: `HEAD` first, then every ref in name order, each kept if
@@ -201,6 +173,46 @@ impl Repository {
     }
 }
 
+/// Follow `target` through symbolic refs (a bounded chain) to an object.
+fn resolve(
+    store: &gix_ref::file::Store,
+    name: BString,
+    target: gix_ref::Target,
+) -> Result<Ref, Error> {
+    match target {
+        gix_ref::Target::Object(oid) => Ok(Ref {
+            name,
+            oid: Some(oid),
+            symref_target: None,
+        }),
+        gix_ref::Target::Symbolic(direct) => {
+            let mut next: BString = direct.as_bstr().to_owned();
+            let symref_target = Some(next.clone());
+            // Follow a bounded chain of symbolic refs.
+            for _ in 0..5 {
+                match store.try_find(next.as_bstr()).map_err(Error::odb)? {
+                    None => break,
+                    Some(r) => match r.target {
+                        gix_ref::Target::Object(oid) => {
+                            return Ok(Ref {
+                                name,
+                                oid: Some(oid),
+                                symref_target,
+                            });
+                        }
+                        gix_ref::Target::Symbolic(n) => next = n.as_bstr().to_owned(),
+                    },
+                }
+            }
+            Ok(Ref {
+                name,
+                oid: None,
+                symref_target,
+            })
+        }
+    }
+}
+
 /// Read `extensions.objectformat` from a git config file (SHA-1 when absent).
 pub(crate) fn object_format_from_config(config: &[u8]) -> Result<HashKind, String> {
     let mut section = String::new();
@@ -232,6 +244,14 @@ pub(crate) fn object_format_from_config(config: &[u8]) -> Result<HashKind, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repository_is_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Repository>();
+        fn assert_send<T: Send>() {}
+        assert_send::<crate::Plan>();
+    }
 
     #[test]
     fn object_format_is_read_from_extensions() {
