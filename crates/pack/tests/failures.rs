@@ -50,7 +50,8 @@ fn a_commit_whose_tree_is_missing_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.git");
     repo::generate(&path, &RepoSpec::tiny(51)).unwrap();
-    let missing_tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"; // the empty tree, never written here
+    // The empty tree's id: never written to this repository.
+    let missing_tree = ObjectId::from_hex(b"4b825dc642cb6eb9a060e54bf8d69288fbee4904").unwrap();
     let parent = git(&path, &["rev-parse", "main"], None);
     let body = format!(
         "tree {missing_tree}\nparent {parent}\nauthor A <a@b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nbroken\n"
@@ -71,7 +72,7 @@ fn a_commit_whose_tree_is_missing_is_a_typed_error() {
     let want = ObjectId::from_hex(broken.as_bytes()).unwrap();
     let err = plan(&repo, &fetch(want), ObjectFormat::Sha1, &Options::default()).unwrap_err();
     assert!(
-        matches!(err, Error::MissingObject { oid } if oid.to_string() == missing_tree),
+        matches!(err, Error::MissingObject { oid } if oid == missing_tree),
         "{err:?}"
     );
     assert!(!err.is_client_error());
