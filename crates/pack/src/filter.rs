@@ -8,14 +8,13 @@
 //! every sub-filter keeps its own seen set. Matching that state machine is what makes our
 //! packs leave out exactly what git leaves out, quirks included.
 
-use std::collections::{HashMap, HashSet};
-
 use gitcache_protocol::filter::{Filter, ObjectType};
 use gix_hash::ObjectId;
 use gix_object::Kind;
 
 use crate::Error;
 use crate::objects::Objects;
+use crate::{OidMap, OidSet};
 
 /// Where in the walk the filter is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +63,7 @@ pub(crate) enum FilterState {
     TreeDepth {
         max: u64,
         current: u64,
-        seen_at_depth: HashMap<ObjectId, u64>,
+        seen_at_depth: OidMap<u64>,
     },
     ObjectType(Kind),
     Combine(Vec<Sub>),
@@ -74,7 +73,7 @@ pub(crate) enum FilterState {
 #[derive(Debug)]
 pub(crate) struct Sub {
     filter: FilterState,
-    seen: HashSet<ObjectId>,
+    seen: OidSet,
     skipping: Option<ObjectId>,
 }
 
@@ -87,7 +86,7 @@ impl FilterState {
             Filter::Tree(max) => FilterState::TreeDepth {
                 max: *max,
                 current: 0,
-                seen_at_depth: HashMap::new(),
+                seen_at_depth: OidMap::default(),
             },
             Filter::ObjectType(t) => FilterState::ObjectType(match t {
                 ObjectType::Blob => Kind::Blob,
@@ -101,7 +100,7 @@ impl FilterState {
                     .map(|f| {
                         Ok(Sub {
                             filter: FilterState::new(f)?,
-                            seen: HashSet::new(),
+                            seen: OidSet::default(),
                             skipping: None,
                         })
                     })

@@ -40,7 +40,6 @@ mod write;
 #[doc(hidden)]
 pub mod fuzzing;
 
-use std::collections::HashSet;
 use std::io::Write;
 
 use bstr::BString;
@@ -54,6 +53,11 @@ pub use repo::{Ref, Repository};
 pub use write::PackStats;
 
 use objects::Objects;
+
+/// A set of object ids hashed by their own (already random) bytes.
+pub(crate) type OidSet = gix_hashtable::HashSet<ObjectId>;
+/// A map keyed by object ids, hashed by their own bytes.
+pub(crate) type OidMap<V> = gix_hashtable::HashMap<ObjectId, V>;
 use select::Selection;
 use write::{PackWriter, WriteOptions};
 
@@ -95,6 +99,8 @@ pub struct PackPlan {
     shallow_info: Option<(Vec<ObjectId>, Vec<ObjectId>)>,
     source: Source,
     objects: Objects,
+    packs: Vec<packs::StoredPack>,
+    rev: std::sync::Arc<packs::RevCache>,
     write: WriteOptions,
     progress: bool,
     sideband_all: bool,
@@ -185,7 +191,8 @@ impl PackPlan {
                     )?;
                 }
                 let order: Vec<ObjectId> = selection.all().copied().collect();
-                let mut writer = PackWriter::new(&mut self.objects, self.write);
+                let mut writer =
+                    PackWriter::new(&mut self.objects, self.write, &self.packs, &self.rev);
                 writer.write(&order, &selection.client_has, BandPack(&mut band))
             }
         };
@@ -278,6 +285,8 @@ pub fn plan(
                 count: pack.num_objects(),
             },
             objects,
+            packs: Vec::new(),
+            rev: repo.rev_cache(),
             write,
             progress: !fetch.no_progress,
             sideband_all: fetch.sideband_all,
@@ -286,7 +295,7 @@ pub fn plan(
 
     // Wants, each once, in request order; want-refs resolve to their current value.
     let mut wants: Vec<ObjectId> = Vec::new();
-    let mut seen = HashSet::new();
+    let mut seen = OidSet::default();
     for oid in &fetch.wants {
         if objects.header(oid)?.is_none() {
             return Err(Error::NotOurRef { oid: *oid });
@@ -373,6 +382,8 @@ pub fn plan(
             .then_some((shallow.shallow, shallow.unshallow)),
         source,
         objects,
+        packs: stored,
+        rev: repo.rev_cache(),
         write,
         progress: !fetch.no_progress,
         sideband_all: fetch.sideband_all,
@@ -398,7 +409,7 @@ fn marked_pack_for<'a>(
     if !plain {
         return Ok(None);
     }
-    let wants: HashSet<ObjectId> = fetch.wants.iter().copied().collect();
+    let wants: OidSet = fetch.wants.iter().copied().collect();
     let Some(pack) = stored.iter().find(|p| p.tips.as_ref() == Some(&wants)) else {
         return Ok(None);
     };
@@ -436,7 +447,7 @@ impl Repository {
         let Source::WholePack { path, .. } = &plan.source else {
             return Ok(None);
         };
-        let tips: HashSet<ObjectId> = tips.iter().copied().collect();
+        let tips: OidSet = tips.iter().copied().collect();
         packs::write_tips(path, &tips)?;
         Ok(Some(path.clone()))
     }

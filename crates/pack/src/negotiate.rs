@@ -5,12 +5,11 @@
 //! ready when every wanted commit reaches such a commit through commits no older than the
 //! oldest common commit (git's `ok_to_give_up`).
 
-use std::collections::HashSet;
-
 use gix_hash::ObjectId;
 use gix_object::Kind;
 
 use crate::Error;
+use crate::OidSet;
 use crate::objects::Objects;
 
 /// What the `have` lines told us.
@@ -23,7 +22,7 @@ pub(crate) struct Negotiation {
     /// Distinct common objects.
     pub(crate) have_objects: Vec<ObjectId>,
     /// Common commits and their parents (git's THEY_HAVE).
-    pub(crate) they_have: HashSet<ObjectId>,
+    pub(crate) they_have: OidSet,
     /// The oldest committer time among common commits (0: none).
     pub(crate) oldest_have: i64,
 }
@@ -34,7 +33,7 @@ pub(crate) fn process_haves(
     haves: &[ObjectId],
 ) -> Result<Negotiation, Error> {
     let mut n = Negotiation::default();
-    let mut seen = HashSet::new();
+    let mut seen = OidSet::default();
     for have in haves {
         let Some((kind, _)) = objects.header(have)? else {
             continue;
@@ -69,8 +68,8 @@ pub(crate) fn ok_to_give_up(
         return Ok(false);
     }
     // Commits whose whole walk (above the cutoff) was explored without success.
-    let mut dead: HashSet<ObjectId> = HashSet::new();
-    let mut reaching: HashSet<ObjectId> = HashSet::new();
+    let mut dead: OidSet = OidSet::default();
+    let mut reaching: OidSet = OidSet::default();
     for want in wants {
         // Non-commits cannot be judged by ancestry; git does not wait for them.
         let Some(start) = objects.peel_to_commit(want)? else {
@@ -87,14 +86,14 @@ fn reaches(
     objects: &mut Objects,
     start: ObjectId,
     n: &Negotiation,
-    dead: &mut HashSet<ObjectId>,
-    reaching: &mut HashSet<ObjectId>,
+    dead: &mut OidSet,
+    reaching: &mut OidSet,
 ) -> Result<bool, Error> {
     if n.they_have.contains(&start) || reaching.contains(&start) {
         return Ok(true);
     }
     let mut visited = vec![start];
-    let mut seen: HashSet<ObjectId> = HashSet::from([start]);
+    let mut seen: OidSet = OidSet::from_iter([start]);
     let mut stack = vec![start];
     while let Some(id) = stack.pop() {
         let parents = objects.commit(&id)?.parents.clone();

@@ -1,11 +1,10 @@
 //! Reading objects: commits, trees and tags parsed just as far as selection needs.
 
-use std::collections::HashMap;
-
 use gix_hash::{Kind as HashKind, ObjectId};
 use gix_object::{Find as _, FindHeader as _, Kind};
 
 use crate::Error;
+use crate::OidMap;
 
 /// What the walks need of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +36,7 @@ pub(crate) struct Objects {
     odb: gix_odb::HandleArc,
     hash: HashKind,
     buf: Vec<u8>,
-    commits: HashMap<ObjectId, Commit>,
+    commits: OidMap<Commit>,
 }
 
 impl std::fmt::Debug for Objects {
@@ -54,7 +53,7 @@ impl Objects {
             odb,
             hash,
             buf: Vec::new(),
-            commits: HashMap::new(),
+            commits: OidMap::default(),
         }
     }
 

@@ -9,19 +9,19 @@
 //!   those tips is then answered with no walk at all. Git ignores files it does not know in
 //!   `objects/pack`, and a pack never changes, so the mark stays true for its pack's life.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use gix_hash::{Kind as HashKind, ObjectId};
 
 use crate::Error;
+use crate::OidSet;
 
 /// A stored pack and, if marked, the tips it is the closure of.
 pub(crate) struct StoredPack {
     pub(crate) pack: PathBuf,
     pub(crate) index: gix_pack::index::File,
-    pub(crate) tips: Option<HashSet<ObjectId>>,
+    pub(crate) tips: Option<OidSet>,
 }
 
 impl std::fmt::Debug for StoredPack {
@@ -65,7 +65,7 @@ pub(crate) fn list(git_dir: &Path, hash: HashKind) -> Result<Vec<StoredPack>, Er
     Ok(packs)
 }
 
-fn read_tips(path: &Path, hash: HashKind) -> Option<HashSet<ObjectId>> {
+fn read_tips(path: &Path, hash: HashKind) -> Option<OidSet> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines()
         .map(|l| {
@@ -89,7 +89,7 @@ pub(crate) fn exact_match<'a>(
 }
 
 /// Write `tips` beside `pack` atomically.
-pub(crate) fn write_tips(pack: &Path, tips: &HashSet<ObjectId>) -> Result<PathBuf, Error> {
+pub(crate) fn write_tips(pack: &Path, tips: &OidSet) -> Result<PathBuf, Error> {
     let path = pack.with_extension("tips");
     let mut sorted: Vec<&ObjectId> = tips.iter().collect();
     sorted.sort();
@@ -101,4 +101,61 @@ pub(crate) fn write_tips(pack: &Path, tips: &HashSet<ObjectId>) -> Result<PathBu
     file.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)
+}
+
+/// Index positions of a pack's objects in pack order: git's reverse index.
+#[derive(Debug)]
+pub(crate) struct RevIndex(Vec<u32>);
+
+impl RevIndex {
+    /// Read `pack-<hash>.rev` if git wrote one, else build it from the index.
+    pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> RevIndex {
+        let n = pack.num_objects();
+        if let Ok(bytes) = std::fs::read(pack.pack.with_extension("rev")) {
+            let expected = 12 + 4 * n + 2 * hash.len_in_bytes();
+            if bytes.len() == expected
+                && bytes.starts_with(b"RIDX")
+                && bytes[4..8] == 1u32.to_be_bytes()
+            {
+                let positions: Vec<u32> = bytes[12..12 + 4 * n]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_be_bytes(c.try_into().expect("four bytes")))
+                    .collect();
+                if positions.iter().all(|&p| (p as usize) < n) {
+                    return RevIndex(positions);
+                }
+            }
+        }
+        let mut by_offset: Vec<(u64, u32)> = (0..n as u32)
+            .map(|i| (pack.index.pack_offset_at_index(i), i))
+            .collect();
+        by_offset.sort_unstable();
+        RevIndex(by_offset.into_iter().map(|(_, i)| i).collect())
+    }
+
+    /// The object stored at `offset` of `pack`.
+    pub(crate) fn object_at(&self, pack: &StoredPack, offset: u64) -> Option<ObjectId> {
+        let found = self
+            .0
+            .binary_search_by_key(&offset, |&pos| pack.index.pack_offset_at_index(pos))
+            .ok()?;
+        Some(pack.index.oid_at_index(self.0[found]).to_owned())
+    }
+}
+
+/// Reverse indexes by pack file, kept for the life of a repository handle (packs never change).
+#[derive(Debug, Default)]
+pub(crate) struct RevCache(
+    std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<RevIndex>>>,
+);
+
+impl RevCache {
+    pub(crate) fn get(&self, pack: &StoredPack, hash: HashKind) -> std::sync::Arc<RevIndex> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|path, _| path.exists());
+        std::sync::Arc::clone(
+            map.entry(pack.pack.clone())
+                .or_insert_with(|| std::sync::Arc::new(RevIndex::load(pack, hash))),
+        )
+    }
 }

@@ -10,6 +10,9 @@ use crate::objects::Objects;
 use gitcache_protocol::ls_refs::{RefLine, matches_prefixes};
 use gitcache_protocol::request::LsRefs;
 
+/// Memory for decoded delta bases, per request (git's `core.deltaBaseCacheLimit` is 96 MiB).
+const DELTA_BASE_CACHE_BYTES: usize = 16 << 20;
+
 /// One ref of the repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ref {
@@ -29,6 +32,7 @@ pub struct Repository {
     git_dir: PathBuf,
     hash: HashKind,
     store: std::sync::Arc<gix_odb::Store>,
+    rev: std::sync::Arc<crate::packs::RevCache>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -62,6 +66,7 @@ impl Repository {
             git_dir,
             hash,
             store: odb.store(),
+            rev: Default::default(),
         })
     }
 
@@ -75,8 +80,19 @@ impl Repository {
         self.hash
     }
 
+    pub(crate) fn rev_cache(&self) -> std::sync::Arc<crate::packs::RevCache> {
+        std::sync::Arc::clone(&self.rev)
+    }
+
     pub(crate) fn objects(&self) -> Objects {
         let mut odb = gix_odb::Cache::from(self.store.to_handle_arc());
+        // Delta bases stay decoded for a while, so reading trees and blobs along a delta
+        // chain does not inflate the whole chain again each time.
+        odb.set_pack_cache(|| {
+            Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(
+                DELTA_BASE_CACHE_BYTES,
+            ))
+        });
         // Pack ids must stay valid between looking an object up and reading its entry.
         odb.prevent_pack_unload();
         Objects::new(odb, self.hash)

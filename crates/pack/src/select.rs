@@ -7,13 +7,12 @@
 //! filter says, as git sends them. With `include-tag`, annotated tags whose target is sent go
 //! along.
 
-use std::collections::HashSet;
-
 use gitcache_protocol::filter::Filter;
 use gix_hash::ObjectId;
 use gix_object::Kind;
 
 use crate::Error;
+use crate::OidSet;
 use crate::filter::{Answer, FilterState, Situation};
 use crate::objects::{EntryKind, Objects};
 use crate::repo::Repository;
@@ -28,7 +27,7 @@ pub(crate) struct Selection {
     /// Trees and blobs, in traversal order.
     pub(crate) others: Vec<ObjectId>,
     /// Objects the client provably has: usable as thin-pack delta bases.
-    pub(crate) client_has: HashSet<ObjectId>,
+    pub(crate) client_has: OidSet,
 }
 
 impl Selection {
@@ -47,7 +46,7 @@ impl Selection {
 pub(crate) struct SelectRequest<'a> {
     pub(crate) wants: &'a [ObjectId],
     pub(crate) haves: &'a [ObjectId],
-    pub(crate) grafts: &'a HashSet<ObjectId>,
+    pub(crate) grafts: &'a OidSet,
     pub(crate) filter: Option<&'a Filter>,
     pub(crate) include_tag: bool,
 }
@@ -58,7 +57,7 @@ pub(crate) fn select(
     req: &SelectRequest<'_>,
 ) -> Result<Selection, Error> {
     let mut out = Selection::default();
-    let mut emitted: HashSet<ObjectId> = HashSet::new();
+    let mut emitted: OidSet = OidSet::default();
 
     // Haves: commits hide history; other objects are simply had.
     let mut hidden = Vec::new();
@@ -94,7 +93,7 @@ pub(crate) fn select(
     }
 
     let walked = crate::walk::limited_walk(objects, &tips, &hidden, req.grafts, None)?;
-    let tips: HashSet<ObjectId> = tips.into_iter().collect();
+    let tips: OidSet = tips.into_iter().collect();
     out.client_has.extend(walked.uninteresting.iter().copied());
     let boundary_trees: Vec<ObjectId> = walked
         .boundary()
@@ -107,7 +106,7 @@ pub(crate) fn select(
     let mut filter = req.filter.map(FilterState::new).transpose()?;
     let mut trees = Traversal {
         filter: filter.as_mut(),
-        seen: HashSet::new(),
+        seen: OidSet::default(),
         emitted: &mut emitted,
         out: &mut out.others,
         client_has: &out.client_has,
@@ -169,11 +168,7 @@ fn peel_chain(
 }
 
 /// Everything in `tree` is had by the client.
-fn mark_tree_had(
-    objects: &mut Objects,
-    tree: ObjectId,
-    had: &mut HashSet<ObjectId>,
-) -> Result<(), Error> {
+fn mark_tree_had(objects: &mut Objects, tree: ObjectId, had: &mut OidSet) -> Result<(), Error> {
     let mut stack = vec![tree];
     while let Some(t) = stack.pop() {
         if !had.insert(t) {
@@ -195,10 +190,10 @@ fn mark_tree_had(
 struct Traversal<'a> {
     filter: Option<&'a mut FilterState>,
     /// git's SEEN flag for trees and blobs.
-    seen: HashSet<ObjectId>,
-    emitted: &'a mut HashSet<ObjectId>,
+    seen: OidSet,
+    emitted: &'a mut OidSet,
     out: &'a mut Vec<ObjectId>,
-    client_has: &'a HashSet<ObjectId>,
+    client_has: &'a OidSet,
 }
 
 /// A tree being walked: its entries and how far we are.
@@ -306,7 +301,7 @@ impl Traversal<'_> {
 fn include_tags(
     repo: &Repository,
     objects: &mut Objects,
-    emitted: &mut HashSet<ObjectId>,
+    emitted: &mut OidSet,
     out: &mut Selection,
 ) -> Result<(), Error> {
     for r in repo.refs()? {

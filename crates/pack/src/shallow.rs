@@ -1,8 +1,6 @@
 //! Shallow requests: `deepen`, `deepen-relative`, `deepen-since`, `deepen-not`, the client's
 //! `shallow` lines, and unshallowing; the `shallow-info` section as git writes it.
 
-use std::collections::{HashMap, HashSet};
-
 use bstr::BString;
 use gix_hash::ObjectId;
 use gix_object::Kind;
@@ -10,6 +8,7 @@ use gix_object::Kind;
 use crate::Error;
 use crate::objects::Objects;
 use crate::repo::Repository;
+use crate::{OidMap, OidSet};
 
 /// git's "infinite" depth, which `--unshallow` sends.
 pub(crate) const INFINITE_DEPTH: u32 = 0x7fff_ffff;
@@ -24,7 +23,7 @@ pub(crate) struct ShallowPlan {
     /// `unshallow` lines.
     pub(crate) unshallow: Vec<ObjectId>,
     /// Commits whose parents the selection must not follow: new and remaining client shallows.
-    pub(crate) grafts: HashSet<ObjectId>,
+    pub(crate) grafts: OidSet,
     /// Parents of unshallowed commits, wanted in addition.
     pub(crate) extra_wants: Vec<ObjectId>,
     /// Unshallowed commits: the client has them.
@@ -65,8 +64,8 @@ pub(crate) fn plan(
             Some(_) => return Err(Error::InvalidShallow { oid: *oid }),
         }
     }
-    let client_set: HashSet<ObjectId> = client_shallow.iter().copied().collect();
-    let mut not_shallow: HashSet<ObjectId> = HashSet::new();
+    let client_set: OidSet = client_shallow.iter().copied().collect();
+    let mut not_shallow: OidSet = OidSet::default();
 
     if let Some(depth) = req.depth {
         let result = if depth == INFINITE_DEPTH {
@@ -127,11 +126,11 @@ fn shallow_commits(
     objects: &mut Objects,
     heads: &[ObjectId],
     depth: u32,
-    not_shallow: &mut HashSet<ObjectId>,
+    not_shallow: &mut OidSet,
 ) -> Result<Vec<ObjectId>, Error> {
     let depth = i64::from(depth);
     let mut result = Vec::new();
-    let mut depths: HashMap<ObjectId, i64> = HashMap::new();
+    let mut depths: OidMap<i64> = OidMap::default();
     let mut stack: Vec<ObjectId> = Vec::new();
     let mut heads = heads.iter();
     let mut current: Option<(ObjectId, i64)> = None;
@@ -195,9 +194,9 @@ fn reachable_from_refs(
             starts.push(c);
         }
     }
-    let targets: HashSet<ObjectId> = shallows.iter().copied().collect();
-    let mut found = HashSet::new();
-    let mut seen: HashSet<ObjectId> = starts.iter().copied().collect();
+    let targets: OidSet = shallows.iter().copied().collect();
+    let mut found = OidSet::default();
+    let mut seen: OidSet = starts.iter().copied().collect();
     while let Some(c) = starts.pop() {
         if targets.contains(&c) {
             found.insert(c);
@@ -238,7 +237,7 @@ fn shallow_by_rev_list(
     wants: &[ObjectId],
     since: Option<u64>,
     exclude: &[ObjectId],
-) -> Result<(Vec<ObjectId>, HashSet<ObjectId>), Error> {
+) -> Result<(Vec<ObjectId>, OidSet), Error> {
     let mut tips = Vec::new();
     for want in wants {
         if let Some(c) = objects.peel_to_commit(want)? {
@@ -252,13 +251,13 @@ fn shallow_by_rev_list(
         }
     }
     let max_age = since.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
-    let walked = crate::walk::limited_walk(objects, &tips, &hidden, &HashSet::new(), max_age)?;
+    let walked = crate::walk::limited_walk(objects, &tips, &hidden, &OidSet::default(), max_age)?;
     let order: Vec<ObjectId> = walked.interesting().copied().collect();
     let shown = order;
     if shown.is_empty() {
         return Err(Error::NoShallowCommits);
     }
-    let included: HashSet<ObjectId> = shown.iter().copied().collect();
+    let included: OidSet = shown.iter().copied().collect();
     let mut border = Vec::new();
     for c in &shown {
         if objects

@@ -3,11 +3,12 @@
 //! committer time, ties in insertion order), as git's `rev-list` walks them.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::BinaryHeap;
 
 use gix_hash::ObjectId;
 
 use crate::Error;
+use crate::OidSet;
 use crate::objects::Objects;
 
 /// Extra commits walked after everything queued is uninteresting, as git's `SLOP`: it
@@ -27,7 +28,7 @@ pub(crate) struct Walked {
     /// Every commit taken off the queue, in order.
     pub(crate) order: Vec<ObjectId>,
     /// Commits known to be reachable from an uninteresting tip.
-    pub(crate) uninteresting: HashSet<ObjectId>,
+    pub(crate) uninteresting: OidSet,
 }
 
 impl Walked {
@@ -52,14 +53,14 @@ pub(crate) fn limited_walk(
     objects: &mut Objects,
     tips: &[ObjectId],
     hidden: &[ObjectId],
-    grafts: &HashSet<ObjectId>,
+    grafts: &OidSet,
     max_age: Option<i64>,
 ) -> Result<Walked, Error> {
     let mut walk = Walk {
         queue: BinaryHeap::new(),
         seq: 0,
-        seen: HashSet::new(),
-        queued_interesting: HashSet::new(),
+        seen: OidSet::default(),
+        queued_interesting: OidSet::default(),
         out: Walked::default(),
     };
     for oid in hidden {
@@ -110,9 +111,9 @@ pub(crate) fn limited_walk(
 struct Walk {
     queue: BinaryHeap<Queued>,
     seq: u64,
-    seen: HashSet<ObjectId>,
+    seen: OidSet,
     /// Queued commits not (yet) known to be uninteresting.
-    queued_interesting: HashSet<ObjectId>,
+    queued_interesting: OidSet,
     out: Walked,
 }
 
@@ -136,7 +137,7 @@ impl Walk {
         &mut self,
         objects: &mut Objects,
         parents: &[ObjectId],
-        grafts: &HashSet<ObjectId>,
+        grafts: &OidSet,
     ) -> Result<(), Error> {
         let mut stack: Vec<ObjectId> = parents.to_vec();
         while let Some(c) = stack.pop() {

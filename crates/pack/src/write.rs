@@ -6,7 +6,7 @@
 //! - A stored delta whose base the client provably has is sent as a ref-delta in a thin pack.
 //! - Anything else is resolved and compressed again, once, as a whole object.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 use gix_hash::ObjectId;
@@ -16,6 +16,8 @@ use gix_pack::data::entry::Header;
 
 use crate::Error;
 use crate::objects::Objects;
+use crate::packs::{RevCache, StoredPack};
+use crate::{OidMap, OidSet};
 
 /// How the pack may be written.
 #[derive(Debug, Clone, Copy)]
@@ -82,16 +84,27 @@ impl<W: Write> Write for Sink<W> {
 pub(crate) struct PackWriter<'a> {
     objects: &'a mut Objects,
     opts: WriteOptions,
-    offset_maps: HashMap<u32, HashMap<u64, ObjectId>>,
+    /// The stored packs, to find the base of an offset delta.
+    packs: &'a [StoredPack],
+    rev: &'a RevCache,
+    /// Which of `packs` each odb pack id is.
+    pack_of_id: HashMap<u32, Option<usize>>,
     buf: Vec<u8>,
 }
 
 impl<'a> PackWriter<'a> {
-    pub(crate) fn new(objects: &'a mut Objects, opts: WriteOptions) -> Self {
+    pub(crate) fn new(
+        objects: &'a mut Objects,
+        opts: WriteOptions,
+        packs: &'a [StoredPack],
+        rev: &'a RevCache,
+    ) -> Self {
         PackWriter {
             objects,
             opts,
-            offset_maps: HashMap::new(),
+            packs,
+            rev,
+            pack_of_id: HashMap::new(),
             buf: Vec::new(),
         }
     }
@@ -100,13 +113,13 @@ impl<'a> PackWriter<'a> {
     pub(crate) fn write<W: Write>(
         &mut self,
         order: &[ObjectId],
-        client_has: &HashSet<ObjectId>,
+        client_has: &OidSet,
         out: W,
     ) -> Result<PackStats, Error> {
         let count = u32::try_from(order.len()).map_err(|_| Error::Odb {
             message: "more than 2^32 objects".into(),
         })?;
-        let in_pack: HashSet<ObjectId> = order.iter().copied().collect();
+        let in_pack: OidSet = order.iter().copied().collect();
         let mut sink = Sink {
             out,
             hasher: gix_hash::hasher(self.objects.hash()),
@@ -119,7 +132,8 @@ impl<'a> PackWriter<'a> {
             objects: count,
             ..PackStats::default()
         };
-        let mut written: HashMap<ObjectId, u64> = HashMap::with_capacity(order.len());
+        let mut written: OidMap<u64> =
+            OidMap::with_capacity_and_hasher(order.len(), Default::default());
         let mut chain: Vec<(ObjectId, Stored)> = Vec::new();
         for oid in order {
             if written.contains_key(oid) {
@@ -171,9 +185,9 @@ impl<'a> PackWriter<'a> {
         sink: &mut Sink<W>,
         oid: &ObjectId,
         stored: Stored,
-        written: &HashMap<ObjectId, u64>,
-        client_has: &HashSet<ObjectId>,
-        in_pack: &HashSet<ObjectId>,
+        written: &OidMap<u64>,
+        client_has: &OidSet,
+        in_pack: &OidSet,
         stats: &mut PackStats,
     ) -> Result<(), Error> {
         match stored {
@@ -270,7 +284,7 @@ impl<'a> PackWriter<'a> {
                 let Some(base_offset) = location.pack_offset.checked_sub(base_distance) else {
                     return Ok(Stored::Full);
                 };
-                match self.base_at(location.pack_id, base_offset)? {
+                match self.base_at(oid, &location, base_offset) {
                     Some(base) => Stored::Delta {
                         base,
                         size: parsed.decompressed_size,
@@ -283,17 +297,25 @@ impl<'a> PackWriter<'a> {
         })
     }
 
-    /// The object at `offset` of pack `pack_id`.
-    fn base_at(&mut self, pack_id: u32, offset: u64) -> Result<Option<ObjectId>, Error> {
-        if !self.offset_maps.contains_key(&pack_id) {
-            let pairs = self
-                .objects
-                .odb()
-                .pack_offsets_and_oid(pack_id)
-                .map_err(Error::odb)?;
-            let map = pairs.unwrap_or_default().into_iter().collect();
-            self.offset_maps.insert(pack_id, map);
-        }
-        Ok(self.offset_maps[&pack_id].get(&offset).copied())
+    /// The object at `offset` of the pack that holds `known` at `location`.
+    fn base_at(
+        &mut self,
+        known: &ObjectId,
+        location: &gix_pack::data::entry::Location,
+        offset: u64,
+    ) -> Option<ObjectId> {
+        let packs = self.packs;
+        let index = *self.pack_of_id.entry(location.pack_id).or_insert_with(|| {
+            packs.iter().position(|p| {
+                p.index
+                    .lookup(known)
+                    .map(|i| p.index.pack_offset_at_index(i))
+                    == Some(location.pack_offset)
+            })
+        });
+        let pack = &packs[index?];
+        self.rev
+            .get(pack, self.objects.hash())
+            .object_at(pack, offset)
     }
 }
