@@ -64,15 +64,18 @@ use write::{PackWriter, WriteOptions};
 /// Server-side choices that are not part of the request.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// zlib level (0–9) for objects that must be compressed again. Fast by default: most
-    /// entries are copied as stored.
+    /// zlib level (0–9) for objects that must be compressed again (those whose stored delta
+    /// base is not sent). Most entries are copied as stored.
     pub compression_level: u32,
+    /// Threads that compress such objects (1: only the thread that writes).
+    pub compression_threads: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            compression_level: 1,
+            compression_level: 3,
+            compression_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 }
@@ -92,18 +95,28 @@ pub enum Plan {
 }
 
 /// Everything needed to write a response with a pack.
-#[derive(Debug)]
 pub struct PackPlan {
     acks: Option<Vec<ObjectId>>,
     wanted_refs: Vec<(ObjectId, BString)>,
     shallow_info: Option<(Vec<ObjectId>, Vec<ObjectId>)>,
     source: Source,
     objects: Objects,
+    spawn_objects: Box<dyn Fn() -> Objects + Send + Sync>,
     packs: Vec<packs::StoredPack>,
     rev: std::sync::Arc<packs::RevCache>,
     write: WriteOptions,
     progress: bool,
     sideband_all: bool,
+}
+
+impl std::fmt::Debug for PackPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackPlan")
+            .field("objects", &self.object_count())
+            .field("whole_pack", &self.is_whole_pack())
+            .field("shallow_info", &self.shallow_info)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where the pack's bytes come from.
@@ -191,8 +204,13 @@ impl PackPlan {
                     )?;
                 }
                 let order: Vec<ObjectId> = selection.all().copied().collect();
-                let mut writer =
-                    PackWriter::new(&mut self.objects, self.write, &self.packs, &self.rev);
+                let mut writer = PackWriter::new(
+                    &mut self.objects,
+                    &*self.spawn_objects,
+                    self.write,
+                    &self.packs,
+                    &self.rev,
+                );
                 writer.write(&order, &selection.client_has, BandPack(&mut band))
             }
         };
@@ -274,6 +292,7 @@ pub fn plan(
         ofs_delta: fetch.ofs_delta,
         thin: fetch.thin_pack,
         compression: options.compression_level.min(9),
+        threads: options.compression_threads.max(1),
     };
     if let Some(pack) = marked_pack_for(repo, &mut objects, &stored, fetch)? {
         return Ok(Plan::Pack(Box::new(PackPlan {
@@ -285,6 +304,7 @@ pub fn plan(
                 count: pack.num_objects(),
             },
             objects,
+            spawn_objects: Box::new(repo.objects_factory()),
             packs: Vec::new(),
             rev: repo.rev_cache(),
             write,
@@ -382,6 +402,7 @@ pub fn plan(
             .then_some((shallow.shallow, shallow.unshallow)),
         source,
         objects,
+        spawn_objects: Box::new(repo.objects_factory()),
         packs: stored,
         rev: repo.rev_cache(),
         write,

@@ -85,7 +85,19 @@ impl Repository {
     }
 
     pub(crate) fn objects(&self) -> Objects {
-        let mut odb = gix_odb::Cache::from(self.store.to_handle_arc());
+        new_objects(&self.store, self.hash)
+    }
+
+    /// A function that makes object handles, for threads of a request.
+    pub(crate) fn objects_factory(&self) -> impl Fn() -> Objects + Send + Sync + 'static {
+        let (store, hash) = (std::sync::Arc::clone(&self.store), self.hash);
+        move || new_objects(&store, hash)
+    }
+}
+
+fn new_objects(store: &std::sync::Arc<gix_odb::Store>, hash: HashKind) -> Objects {
+    {
+        let mut odb = gix_odb::Cache::from(store.to_handle_arc());
         // Delta bases stay decoded for a while, so reading trees and blobs along a delta
         // chain does not inflate the whole chain again each time.
         odb.set_pack_cache(|| {
@@ -95,9 +107,11 @@ impl Repository {
         });
         // Pack ids must stay valid between looking an object up and reading its entry.
         odb.prevent_pack_unload();
-        Objects::new(odb, self.hash)
+        Objects::new(odb, hash)
     }
+}
 
+impl Repository {
     /// The ref store, opened afresh so that every answer reflects the refs as they are now.
     fn ref_store(&self) -> gix_ref::file::Store {
         gix_ref::file::Store::at(self.git_dir.clone(), self.hash)

@@ -26,7 +26,13 @@ pub(crate) struct WriteOptions {
     pub(crate) thin: bool,
     /// zlib level for objects compressed again (0–9).
     pub(crate) compression: u32,
+    /// Threads that compress objects again (1: the writing thread only).
+    pub(crate) threads: usize,
 }
+
+/// Objects planned, and compressed again where needed, ahead of writing: bounds the memory
+/// that compressed-ahead objects take.
+const BATCH: usize = 512;
 
 /// What the writer did, for the `Total` progress line and for tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,6 +89,8 @@ impl<W: Write> Write for Sink<W> {
 
 pub(crate) struct PackWriter<'a> {
     objects: &'a mut Objects,
+    /// Makes object handles for compression threads.
+    spawn_objects: &'a (dyn Fn() -> Objects + Sync),
     opts: WriteOptions,
     /// The stored packs, to find the base of an offset delta.
     packs: &'a [StoredPack],
@@ -95,12 +103,14 @@ pub(crate) struct PackWriter<'a> {
 impl<'a> PackWriter<'a> {
     pub(crate) fn new(
         objects: &'a mut Objects,
+        spawn_objects: &'a (dyn Fn() -> Objects + Sync),
         opts: WriteOptions,
         packs: &'a [StoredPack],
         rev: &'a RevCache,
     ) -> Self {
         PackWriter {
             objects,
+            spawn_objects,
             opts,
             packs,
             rev,
@@ -135,14 +145,44 @@ impl<'a> PackWriter<'a> {
         let mut written: OidMap<u64> =
             OidMap::with_capacity_and_hasher(order.len(), Default::default());
         let mut chain: Vec<(ObjectId, Stored)> = Vec::new();
-        for oid in order {
+        let mut workers: Vec<Objects> = (1..self.opts.threads.max(1))
+            .map(|_| (self.spawn_objects)())
+            .collect();
+        let mut planned: OidMap<Stored> = OidMap::default();
+        let mut ready: OidMap<Vec<u8>> = OidMap::default();
+        for (i, oid) in order.iter().enumerate() {
+            if i % BATCH == 0 {
+                // Plan the next batch, and compress what must be compressed on all threads.
+                planned.clear();
+                ready.clear();
+                let batch = &order[i..(i + BATCH).min(order.len())];
+                let mut redo = Vec::new();
+                for id in batch {
+                    let stored = self.stored(id)?;
+                    let reusable = match &stored {
+                        Stored::Base(_) => true,
+                        Stored::Delta { base, .. } => {
+                            in_pack.contains(base) || (self.opts.thin && client_has.contains(base))
+                        }
+                        Stored::Full => false,
+                    };
+                    if !reusable {
+                        redo.push(*id);
+                    }
+                    planned.insert(*id, stored);
+                }
+                ready = compress_all(self.objects, &mut workers, &redo, self.opts.compression)?;
+            }
             if written.contains_key(oid) {
                 continue;
             }
             // Collect the chain of stored bases that are sent but not yet written.
             let mut current = *oid;
             loop {
-                let stored = self.stored(&current)?;
+                let stored = match planned.remove(&current) {
+                    Some(stored) => stored,
+                    None => self.stored(&current)?,
+                };
                 let next = match &stored {
                     Stored::Delta { base, .. }
                         if in_pack.contains(base)
@@ -162,9 +202,12 @@ impl<'a> PackWriter<'a> {
             }
             while let Some((id, stored)) = chain.pop() {
                 let start = sink.offset;
-                self.entry(
-                    &mut sink, &id, stored, &written, client_has, &in_pack, &mut stats,
-                )?;
+                match ready.remove(&id) {
+                    Some(entry) => sink.write_all(&entry)?,
+                    None => self.entry(
+                        &mut sink, &id, stored, &written, client_has, &in_pack, &mut stats,
+                    )?,
+                }
                 written.insert(id, start);
             }
         }
@@ -231,23 +274,8 @@ impl<'a> PackWriter<'a> {
 
     /// Write `oid` as a whole object, compressed again.
     fn full<W: Write>(&mut self, sink: &mut Sink<W>, oid: &ObjectId) -> Result<(), Error> {
-        let (kind, data) = self.objects.read(oid)?;
-        let header = match kind {
-            Kind::Commit => Header::Commit,
-            Kind::Tree => Header::Tree,
-            Kind::Blob => Header::Blob,
-            Kind::Tag => Header::Tag,
-        };
-        let size = data.len() as u64;
-        self.buf.clear();
-        let mut encoder = flate2::write::ZlibEncoder::new(
-            std::mem::take(&mut self.buf),
-            flate2::Compression::new(self.opts.compression),
-        );
-        encoder.write_all(data)?;
-        self.buf = encoder.finish()?;
-        header.write_to(size, sink)?;
-        sink.write_all(&self.buf)?;
+        let entry = compress_whole(self.objects, oid, self.opts.compression)?;
+        sink.write_all(&entry)?;
         Ok(())
     }
 
@@ -318,4 +346,71 @@ impl<'a> PackWriter<'a> {
             .get(pack, self.objects.hash())
             .object_at(pack, offset)
     }
+}
+
+/// The pack entry (header and zlib data) of `oid` as a whole object.
+fn compress_whole(objects: &mut Objects, oid: &ObjectId, level: u32) -> Result<Vec<u8>, Error> {
+    let (kind, data) = objects.read(oid)?;
+    let header = match kind {
+        Kind::Commit => Header::Commit,
+        Kind::Tree => Header::Tree,
+        Kind::Blob => Header::Blob,
+        Kind::Tag => Header::Tag,
+    };
+    let mut entry = Vec::with_capacity(data.len() / 2 + 16);
+    header.write_to(data.len() as u64, &mut entry)?;
+    let mut encoder = flate2::write::ZlibEncoder::new(entry, flate2::Compression::new(level));
+    encoder.write_all(data)?;
+    Ok(encoder.finish()?)
+}
+
+/// Entries compressed by one thread, or why it stopped.
+type Lane = Result<Vec<(ObjectId, Vec<u8>)>, Error>;
+
+/// Compress `oids` whole, spread over the calling thread and `workers`.
+fn compress_all(
+    own: &mut Objects,
+    workers: &mut [Objects],
+    oids: &[ObjectId],
+    level: u32,
+) -> Result<OidMap<Vec<u8>>, Error> {
+    let mut out = OidMap::default();
+    if oids.is_empty() {
+        return Ok(out);
+    }
+    let lanes = workers.len() + 1;
+    let per_lane = oids.len().div_ceil(lanes);
+    let mut chunks = oids.chunks(per_lane.max(1));
+    let mine = chunks.next().unwrap_or_default();
+    let results: Vec<Lane> = std::thread::scope(|scope| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .zip(chunks)
+            .map(|(objects, chunk)| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|oid| compress_whole(objects, oid, level).map(|e| (*oid, e)))
+                        .collect::<Result<Vec<_>, Error>>()
+                })
+            })
+            .collect();
+        let mut results = vec![
+            mine.iter()
+                .map(|oid| compress_whole(own, oid, level).map(|e| (*oid, e)))
+                .collect(),
+        ];
+        results.extend(handles.into_iter().map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(Error::Odb {
+                    message: "compression thread panicked".into(),
+                })
+            })
+        }));
+        results
+    });
+    for lane in results {
+        out.extend(lane?);
+    }
+    Ok(out)
 }
