@@ -141,11 +141,17 @@ pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
             .display()
             .to_string(),
     ];
-    let theirs = vec![
-        "git".to_owned(),
-        "upload-pack".to_owned(),
-        "--stateless-rpc".to_owned(),
-    ];
+    // As a forge serves: filters allowed.
+    let theirs: Vec<String> = [
+        "git",
+        "-c",
+        "uploadpack.allowFilter=true",
+        "upload-pack",
+        "--stateless-rpc",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
 
     let main = oid(&git(&repo, &["rev-parse", "main"])?)?;
     let old = oid(&git(&repo, &["rev-parse", "main~50"])?)?;
@@ -156,11 +162,25 @@ pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
         no_progress: true,
         ..Fetch::default()
     };
+    let heads: Vec<ObjectId> = git(
+        &repo,
+        &["for-each-ref", "--format=%(objectname)", "refs/heads/"],
+    )?
+    .lines()
+    .map(oid)
+    .collect::<Result<_>>()?;
     let cases = [
         (
             "full clone",
             Fetch {
                 wants: tips.clone(),
+                ..base.clone()
+            },
+        ),
+        (
+            "clone of all branches, no tags (walked)",
+            Fetch {
+                wants: heads,
                 ..base.clone()
             },
         ),
@@ -192,10 +212,6 @@ pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
         ),
     ];
     let commits = git(&repo, &["rev-list", "--all", "--count"])?;
-    let size = std::fs::metadata(repo.join("objects/pack"))
-        .map(|_| ())
-        .ok();
-    let _ = size;
     println!(
         "\nrepository: {} commits, {}",
         commits.trim(),

@@ -10,8 +10,8 @@ use crate::objects::Objects;
 use gitcache_protocol::ls_refs::{RefLine, matches_prefixes};
 use gitcache_protocol::request::LsRefs;
 
-/// Memory for decoded delta bases, per request (git's `core.deltaBaseCacheLimit` is 96 MiB).
-const DELTA_BASE_CACHE_BYTES: usize = 16 << 20;
+/// Memory for decoded delta bases, per object handle (git's `core.deltaBaseCacheLimit` is 96 MiB).
+const DELTA_BASE_CACHE_BYTES: usize = 8 << 20;
 
 /// One ref of the repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
