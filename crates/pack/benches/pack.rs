@@ -2,25 +2,14 @@
 //! `write` (stream the pack). Runs on a generated repository repacked with deltas, or on
 //! `$GITCACHE_BENCH_REPO`.
 
+use gitcache_testkit::git::git_stdout as git;
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::process::Command;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::ObjectId;
 use gitcache_protocol::request::Fetch;
-
-fn git(repo: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn oid(hex: &str) -> ObjectId {
     ObjectId::from_hex(hex.trim().as_bytes()).unwrap()

@@ -7,23 +7,8 @@ use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::request::Fetch;
 use gitcache_protocol::response::parse_fetch_response;
 use gitcache_protocol::{ObjectFormat, ObjectId};
+use gitcache_testkit::git::git_stdout as git;
 use gitcache_testkit::repo::{self, RepoSpec};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn oids(text: &str) -> Vec<ObjectId> {
     text.lines()

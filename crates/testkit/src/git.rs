@@ -177,20 +177,38 @@ pub(crate) fn run_git(
     Ok(())
 }
 
-/// `git rev-parse --verify <rev>` in `repo`, with no client configuration.
-pub(crate) fn rev_parse_in(repo: &Path, rev: &str) -> io::Result<String> {
+/// Run `git args…` in `dir` with no machine configuration; its standard output.
+pub(crate) fn output(dir: &Path, args: &[&str]) -> io::Result<String> {
     let out = Command::new(git_program())
         .arg("-C")
-        .arg(repo)
-        .args(["rev-parse", "--verify", rev])
+        .arg(dir)
+        .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .stdin(Stdio::null())
         .output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
-            "git rev-parse {rev} failed: {}",
+            "git {} failed: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Run `git args…` in `dir` (no machine configuration) and return what it printed; panics
+/// with git's error output if it fails. For tests and benches.
+#[track_caller]
+pub fn git_stdout(dir: &Path, args: &[&str]) -> String {
+    match output(dir, args) {
+        Ok(stdout) => stdout,
+        Err(err) => panic!("{err}"),
+    }
+}
+
+/// `git rev-parse --verify <rev>` in `repo`, with no client configuration.
+pub(crate) fn rev_parse_in(repo: &Path, rev: &str) -> io::Result<String> {
+    Ok(output(repo, &["rev-parse", "--verify", rev])?
+        .trim()
+        .to_owned())
 }

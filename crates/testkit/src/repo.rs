@@ -600,42 +600,19 @@ pub fn append_commits(repo: &Path, branch: &str, n: usize, seed: u64) -> io::Res
 
 /// Every object id in `repo`, sorted.
 pub fn list_objects(repo: &Path) -> io::Result<Vec<String>> {
-    let out = Command::new(git_program())
-        .arg("-C")
-        .arg(repo)
-        .args([
+    let out = crate::git::output(
+        repo,
+        &[
             "cat-file",
             "--batch-all-objects",
             "--batch-check=%(objectname)",
-        ])
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()?;
-    if !out.status.success() {
-        return Err(io::Error::other(
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect())
+        ],
+    )?;
+    Ok(out.lines().map(str::to_owned).collect())
 }
 
 /// Every ref name in `repo`, sorted.
 pub fn list_refs(repo: &Path) -> io::Result<Vec<String>> {
-    let out = Command::new(git_program())
-        .arg("-C")
-        .arg(repo)
-        .args(["for-each-ref", "--format=%(refname)"])
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()?;
-    if !out.status.success() {
-        return Err(io::Error::other(
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect())
+    let out = crate::git::output(repo, &["for-each-ref", "--format=%(refname)"])?;
+    Ok(out.lines().map(str::to_owned).collect())
 }

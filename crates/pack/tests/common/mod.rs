@@ -14,24 +14,8 @@ use gitcache_protocol::request::{
 use gitcache_protocol::response::{FetchResponse, parse_fetch_response};
 use gitcache_protocol::{ObjectFormat, ObjectId};
 use gitcache_testkit::git::GitClient;
+pub(crate) use gitcache_testkit::git::git_stdout as git;
 use gitcache_testkit::repo::{self, RepoSpec};
-
-pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A source repository and a scratch folder.
 pub(crate) struct Fixture {
