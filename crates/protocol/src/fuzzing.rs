@@ -65,3 +65,28 @@ pub fn request_parse(data: &[u8]) {
         assert_eq!(again.as_ref(), Some(&request));
     }
 }
+
+/// Read a fetch response as a stream (in small reads) and whole; when the stream yields a
+/// complete pack, the whole-response reader must agree on its bytes and sections.
+pub fn pack_stream(data: &[u8]) {
+    use std::io::Read;
+    let kind = gix_hash::Kind::Sha1;
+    let mut stream =
+        crate::response::PackStream::new(std::io::BufReader::with_capacity(7, data), kind);
+    let mut pack = Vec::new();
+    let mut chunk = [0u8; 13];
+    let streamed = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => pack.extend_from_slice(&chunk[..n]),
+            Err(err) => break Err(err),
+        }
+    };
+    if streamed.is_ok() {
+        let whole = crate::response::parse_fetch_response(data, kind)
+            .expect("what streams completely parses whole");
+        assert_eq!(whole.pack.as_deref(), Some(&pack[..]));
+        assert_eq!(whole.shallow, stream.head().shallow);
+        assert_eq!(whole.wanted_refs, stream.head().wanted_refs);
+    }
+}

@@ -348,3 +348,268 @@ fn unexpected(line: &[u8]) -> Error {
         line: line.to_str_lossy().into_owned(),
     }
 }
+
+/// Streams the pack out of a fetch response as it arrives: the sections before `packfile` are
+/// read and kept (`wanted-refs`, `shallow-info`, acknowledgments), then band-1 bytes are
+/// returned through [`std::io::Read`], band-2 progress is collected, and a band-3 message or an
+/// `ERR` line becomes an error. Reading ends at the response's flush.
+///
+/// ```
+/// use std::io::Read;
+/// use gitcache_protocol::response::{PackStream, ResponseWriter};
+/// use std::io::Write;
+/// let mut w = ResponseWriter::new(Vec::new(), false);
+/// let mut band = w.packfile().unwrap();
+/// band.write_all(b"PACK....").unwrap();
+/// let body = band.finish().unwrap();
+/// let mut stream = PackStream::new(&body[..], gix_hash::Kind::Sha1);
+/// let mut pack = Vec::new();
+/// stream.read_to_end(&mut pack).unwrap();
+/// assert_eq!(pack, b"PACK....");
+/// ```
+#[derive(Debug)]
+pub struct PackStream<R> {
+    inner: R,
+    kind: Kind,
+    head: FetchResponse,
+    state: StreamState,
+    /// Band-1 bytes of the current packet not yet handed out.
+    pending: Vec<u8>,
+    offset: usize,
+    max_progress: usize,
+    /// The section being read, and whether its header is still expected (after a delimiter).
+    section: Option<Section>,
+    expect_header: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamState {
+    Sections,
+    Pack,
+    Done,
+}
+
+impl<R: std::io::BufRead> PackStream<R> {
+    /// Read a fetch response from `inner`, whose object ids are of `kind`.
+    pub fn new(inner: R, kind: Kind) -> Self {
+        PackStream {
+            inner,
+            kind,
+            head: FetchResponse::default(),
+            state: StreamState::Sections,
+            pending: Vec::new(),
+            offset: 0,
+            max_progress: 64 << 10,
+            section: None,
+            expect_header: true,
+        }
+    }
+
+    /// What the sections before the pack said (and the progress so far).
+    pub fn head(&self) -> &FetchResponse {
+        &self.head
+    }
+
+    /// Read up to the start of the pack; returns the sections. Errors if the response ends
+    /// without a pack (negotiation not finished) or carries an error.
+    pub fn read_sections(&mut self) -> Result<&FetchResponse, Error> {
+        while self.state == StreamState::Sections {
+            self.step()?;
+        }
+        Ok(&self.head)
+    }
+
+    /// Read the next pkt-line; `None` at a clean end of input.
+    fn next_line(&mut self) -> Result<Option<Packet>, Error> {
+        let mut header = [0u8; 4];
+        match read_full(&mut self.inner, &mut header).map_err(pktline::Error::Io)? {
+            0 => return Ok(None),
+            4 => {}
+            n => return Err(pktline::Error::Truncated { needed: 4 - n }.into()),
+        }
+        let packet = match pktline::decode(&header)? {
+            pktline::Decoded::Complete { line, .. } => match line {
+                Line::Flush => Packet::Flush,
+                Line::Delimiter => Packet::Delimiter,
+                Line::ResponseEnd => return Err(unexpected(b"<response-end>")),
+                Line::Data(_) => Packet::Data(Vec::new()),
+            },
+            pktline::Decoded::Incomplete { needed } => {
+                let mut data = vec![0u8; needed];
+                let got = read_full(&mut self.inner, &mut data).map_err(pktline::Error::Io)?;
+                if got < needed {
+                    return Err(pktline::Error::Truncated {
+                        needed: needed - got,
+                    }
+                    .into());
+                }
+                Packet::Data(data)
+            }
+        };
+        Ok(Some(packet))
+    }
+
+    /// Consume one line in the current state.
+    fn step(&mut self) -> Result<(), Error> {
+        let line = match self.next_line()? {
+            None => return Err(Error::Truncated),
+            Some(Packet::Delimiter) => {
+                self.expect_header = true;
+                return Ok(());
+            }
+            Some(Packet::Flush) => {
+                let before_pack = self.state == StreamState::Sections;
+                self.state = StreamState::Done;
+                if before_pack {
+                    // The response ended before a packfile: negotiation is not done.
+                    return Err(Error::Unexpected {
+                        line: "end of response before the packfile section".into(),
+                    });
+                }
+                return Ok(());
+            }
+            Some(Packet::Data(line)) => line,
+        };
+        if let Some(message) = pktline::as_error(&line) {
+            return Err(Error::Remote {
+                message: message.to_str_lossy().into_owned(),
+            });
+        }
+        match self.state {
+            StreamState::Sections => {
+                let text = match sideband::split_band(&line) {
+                    Some((Channel::Data, rest)) => pktline::chomp(rest).to_vec(),
+                    Some((Channel::Progress, rest)) => {
+                        self.progress(rest);
+                        return Ok(());
+                    }
+                    Some((Channel::Error, rest)) => {
+                        return Err(Error::SidebandError {
+                            message: rest.to_str_lossy().into_owned(),
+                        });
+                    }
+                    None => pktline::chomp(&line).to_vec(),
+                };
+                if self.expect_header {
+                    let next = [
+                        Section::Acknowledgments,
+                        Section::WantedRefs,
+                        Section::ShallowInfo,
+                        Section::PackfileUris,
+                        Section::Packfile,
+                    ]
+                    .into_iter()
+                    .find(|s| s.name().as_bytes() == text)
+                    .ok_or_else(|| unexpected(&text))?;
+                    if self.section.is_some_and(|s| s >= next) {
+                        return Err(unexpected(&text));
+                    }
+                    self.section = Some(next);
+                    self.expect_header = false;
+                    match next {
+                        Section::Packfile => self.state = StreamState::Pack,
+                        Section::Acknowledgments => self.head.has_acknowledgments = true,
+                        _ => {}
+                    }
+                    return Ok(());
+                }
+                self.section_line(&text)
+            }
+            StreamState::Pack => match sideband::split_band(&line) {
+                Some((Channel::Data, rest)) => {
+                    self.pending.clear();
+                    self.pending.extend_from_slice(rest);
+                    self.offset = 0;
+                    Ok(())
+                }
+                Some((Channel::Progress, rest)) => {
+                    self.progress(rest);
+                    Ok(())
+                }
+                Some((Channel::Error, rest)) => Err(Error::SidebandError {
+                    message: rest.to_str_lossy().into_owned(),
+                }),
+                None => Err(unexpected(&line)),
+            },
+            StreamState::Done => Err(unexpected(&line)),
+        }
+    }
+
+    fn progress(&mut self, text: &[u8]) {
+        if self.head.progress.len() < self.max_progress {
+            self.head.progress.extend_from_slice(text);
+        }
+    }
+
+    /// One line of the section being read.
+    fn section_line(&mut self, text: &[u8]) -> Result<(), Error> {
+        let (word, rest) = match text.find_byte(b' ') {
+            Some(i) => (&text[..i], &text[i + 1..]),
+            None => (text, &b""[..]),
+        };
+        let kind = self.kind;
+        let head = &mut self.head;
+        match (self.section, word) {
+            (Some(Section::Acknowledgments), b"NAK") => head.nak = true,
+            (Some(Section::Acknowledgments), b"ready") => head.ready = true,
+            (Some(Section::Acknowledgments), b"ACK") => head.acks.push(oid(rest, kind, text)?),
+            (Some(Section::ShallowInfo), b"shallow") => head.shallow.push(oid(rest, kind, text)?),
+            (Some(Section::ShallowInfo), b"unshallow") => {
+                head.unshallow.push(oid(rest, kind, text)?)
+            }
+            (Some(Section::WantedRefs), hex) => {
+                head.wanted_refs.push((oid(hex, kind, text)?, rest.into()))
+            }
+            (Some(Section::PackfileUris), hash) => head.packfile_uris.push((
+                hash.to_str_lossy().into_owned(),
+                rest.to_str_lossy().into_owned(),
+            )),
+            _ => return Err(unexpected(text)),
+        }
+        Ok(())
+    }
+}
+
+/// A pkt-line as the stream sees it.
+enum Packet {
+    Flush,
+    Delimiter,
+    Data(Vec<u8>),
+}
+
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+fn to_io(err: Error) -> std::io::Error {
+    match err {
+        Error::PktLine(pktline::Error::Io(e)) => e,
+        other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+    }
+}
+
+impl<R: std::io::BufRead> std::io::Read for PackStream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.offset < self.pending.len() {
+                let n = buf.len().min(self.pending.len() - self.offset);
+                buf[..n].copy_from_slice(&self.pending[self.offset..self.offset + n]);
+                self.offset += n;
+                return Ok(n);
+            }
+            if self.state == StreamState::Done {
+                return Ok(0);
+            }
+            self.step().map_err(to_io)?;
+        }
+    }
+}

@@ -35,3 +35,10 @@ fn request_parse_corpus() {
     let n = replay("request_parse", gitcache_protocol::fuzzing::request_parse);
     assert!(n >= 20, "only {n} inputs replayed");
 }
+
+#[test]
+fn pack_stream_corpus() {
+    // Seeded from the recorded fetch responses, which it shares with pktline_decode.
+    let n = replay("pack_stream", gitcache_protocol::fuzzing::pack_stream);
+    assert!(n >= 10, "only {n} inputs replayed");
+}

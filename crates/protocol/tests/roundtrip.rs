@@ -280,3 +280,33 @@ fn writing_sections_out_of_order_is_refused() {
     assert!(w.is_finished());
     assert_eq!(w.into_inner(), b"0014acknowledgments\n0008NAK\n0000");
 }
+
+#[test]
+fn pack_stream_reports_errors_as_typed_errors() {
+    use gitcache_protocol::response::{Error, PackStream};
+    use std::io::Read;
+    let mut w = ResponseWriter::new(Vec::new(), false);
+    w.shallow_info(&[], &[]).unwrap();
+    let mut band = w.packfile().unwrap();
+    band.write_all(b"PACK-bytes").unwrap();
+    band.error(b"pack-objects died").unwrap();
+    let body = band.finish().unwrap();
+    let mut stream = PackStream::new(&body[..], ObjectFormat::Sha1);
+    let err = stream.read_to_end(&mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("pack-objects died"), "{err}");
+
+    let mut err_line = Vec::new();
+    pktline::write_error(&mut err_line, b"upload-pack: not our ref 1234").unwrap();
+    let mut stream = PackStream::new(&err_line[..], ObjectFormat::Sha1);
+    assert!(
+        matches!(stream.read_sections(), Err(Error::Remote { message }) if message.contains("not our ref"))
+    );
+
+    // Cut inside the pack: an error, never a short pack taken for whole.
+    let w = ResponseWriter::new(Vec::new(), false);
+    let mut band = w.packfile().unwrap();
+    band.write_all(&[7u8; 100_000]).unwrap();
+    let body = band.finish().unwrap();
+    let mut stream = PackStream::new(&body[..body.len() - 30_000], ObjectFormat::Sha1);
+    assert!(stream.read_to_end(&mut Vec::new()).is_err());
+}

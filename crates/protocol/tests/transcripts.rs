@@ -420,3 +420,38 @@ fn sha256_requests_carry_long_ids() {
         Some(ObjectFormat::Sha256)
     );
 }
+
+#[test]
+fn recorded_packs_stream_out_of_their_responses() {
+    use gitcache_protocol::response::PackStream;
+    use std::io::Read;
+    let mut streamed = 0;
+    for name in all_scenarios() {
+        let format = if name.starts_with("sha256") {
+            ObjectFormat::Sha256
+        } else {
+            ObjectFormat::Sha1
+        };
+        for e in scenario(&name).into_iter().filter(|e| e.kind == "fetch") {
+            let whole = parse_fetch_response(&e.response, format).unwrap();
+            let mut stream = PackStream::new(
+                std::io::BufReader::with_capacity(100, &e.response[..]),
+                format,
+            );
+            match &whole.pack {
+                Some(pack) => {
+                    let mut got = Vec::new();
+                    stream.read_to_end(&mut got).unwrap();
+                    assert_eq!(&got, pack, "{name}");
+                    assert_eq!(stream.head().shallow, whole.shallow, "{name}");
+                    streamed += 1;
+                }
+                None => assert!(
+                    stream.read_sections().is_err(),
+                    "{name}: no pack, so no stream"
+                ),
+            }
+        }
+    }
+    assert!(streamed >= 15, "streamed {streamed}");
+}

@@ -1,0 +1,145 @@
+//! Taking a pack received from upstream into a mirror: index and verify it, then move it into
+//! place so that readers only ever see complete packs.
+//!
+//! The pack is written and indexed in a staging folder inside `objects/pack` (same file system,
+//! so the final moves are renames). The data file is moved first and the index last: git and
+//! gitoxide find packs through their index, so a pack is visible only once both are in place.
+//! Any failure — a truncated, corrupt or hostile pack, a full disk — removes the staging
+//! folder and leaves the mirror exactly as it was.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use gix_hash::{Kind as HashKind, ObjectId};
+
+/// A pack now part of the mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// The pack's checksum, which names its files.
+    pub checksum: ObjectId,
+    /// `objects/pack/pack-<checksum>.pack`.
+    pub pack: PathBuf,
+    /// `objects/pack/pack-<checksum>.idx`.
+    pub index: PathBuf,
+    /// Objects in the pack, bases added to complete a thin pack included.
+    pub objects: u32,
+}
+
+/// Why a received pack was not taken in.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes are not a valid pack (truncated, corrupt, wrong checksum, unresolvable delta).
+    #[error("invalid pack from upstream: {message}")]
+    InvalidPack {
+        /// What gitoxide found wrong.
+        message: String,
+    },
+    /// The mirror's folders could not be written.
+    #[error("cannot store the pack: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether the upstream sent something unusable (rather than a local failure).
+    pub fn is_upstream_fault(&self) -> bool {
+        matches!(self, Error::InvalidPack { .. })
+    }
+}
+
+/// Removes the staging folder unless disarmed.
+struct Staging(Option<PathBuf>);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Index, verify and move into place the pack read from `pack`, into the bare repository at
+/// `git_dir` whose objects are `hash`. Thin packs are completed with bases from the repository.
+///
+/// Ask upstream for `ofs-delta`: a ref-delta whose base the repository already has is
+/// completed with a copy of that base even when the base is also in the pack.
+pub fn ingest_pack(
+    git_dir: &Path,
+    hash: HashKind,
+    pack: &mut dyn BufRead,
+) -> Result<Ingested, Error> {
+    let pack_dir = git_dir.join("objects").join("pack");
+    std::fs::create_dir_all(&pack_dir)?;
+    let staging_dir = pack_dir.join(format!("incoming-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir(&staging_dir)?;
+    let mut staging = Staging(Some(staging_dir.clone()));
+
+    let bases = gix_odb::at(git_dir.join("objects"), hash)?;
+    let interrupt = AtomicBool::new(false);
+    let outcome = gix_pack::Bundle::write_to_directory(
+        pack,
+        Some(&staging_dir),
+        &mut gix_utils::progress::Discard,
+        &interrupt,
+        Some(bases),
+        hash,
+        gix_pack::bundle::write::Options {
+            thread_limit: Some(2),
+            iteration_mode: gix_pack::data::input::Mode::Verify,
+            ..Default::default()
+        },
+    )
+    .map_err(|err| Error::InvalidPack {
+        message: err.to_string(),
+    })?;
+    let (Some(data), Some(index)) = (outcome.data_path, outcome.index_path) else {
+        return Err(Error::InvalidPack {
+            message: "no pack was written".into(),
+        });
+    };
+    let checksum = outcome.index.data_hash;
+    let final_pack = pack_dir.join(format!("pack-{checksum}.pack"));
+    let final_index = pack_dir.join(format!("pack-{checksum}.idx"));
+    if !final_index.exists() {
+        for file in [&data, &index] {
+            let mut perms = std::fs::metadata(file)?.permissions();
+            perms.set_readonly(true);
+            std::fs::set_permissions(file, perms)?;
+        }
+        std::fs::rename(&data, &final_pack)?;
+        std::fs::rename(&index, &final_index)?;
+    }
+    drop(staging.0.take().map(std::fs::remove_dir_all));
+    Ok(Ingested {
+        checksum,
+        pack: final_pack,
+        index: final_index,
+        objects: outcome.index.num_objects,
+    })
+}
+
+/// Remove staging folders a crash left behind; call before serving a mirror.
+pub fn remove_leftovers(git_dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    let Ok(entries) = std::fs::read_dir(git_dir.join("objects").join("pack")) else {
+        return Ok(0);
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("incoming-") && entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (u64::from(nanos) << 16) ^ NEXT.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,190 @@
+//! Received packs go into a mirror whole, or not at all.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use gitcache_mirror::ingest::{Error, ingest_pack, remove_leftovers};
+use gitcache_testkit::git::git_stdout as git;
+use gitcache_testkit::repo::{self, RepoSpec};
+use gix_hash::Kind;
+
+/// `git pack-objects --stdout <args>` in `repo` with `revs` on stdin.
+fn pack_objects(repo: &Path, args: &[&str], revs: &str) -> Vec<u8> {
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .arg("pack-objects")
+        // What an upstream sends when asked for ofs-delta, as the mirror always asks.
+        .arg("--delta-base-offset")
+        .args(args)
+        .arg("--stdout")
+        .arg("-q")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(revs.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn pack_dir_listing(repo: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo.join("objects/pack"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn empty_mirror(dir: &Path, format: &str) -> std::path::PathBuf {
+    let path = dir.join("mirror.git");
+    git(
+        dir,
+        &[
+            "init",
+            "-q",
+            "--bare",
+            &format!("--object-format={format}"),
+            path.to_str().unwrap(),
+        ],
+    );
+    path
+}
+
+fn set_refs_like(mirror: &Path, source: &Path) {
+    for line in git(
+        source,
+        &["for-each-ref", "--format=%(refname) %(objectname)"],
+    )
+    .lines()
+    {
+        let (name, oid) = line.split_once(' ').unwrap();
+        git(mirror, &["update-ref", name, oid]);
+    }
+}
+
+#[test]
+fn a_full_pack_lands_whole_and_fsck_passes() {
+    for format in ["sha1", "sha256"] {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = if format == "sha1" {
+            RepoSpec::small(61)
+        } else {
+            RepoSpec::small(61).sha256()
+        };
+        let source = repo::generate(&dir.path().join("src.git"), &spec)
+            .unwrap()
+            .path;
+        let pack = pack_objects(&source, &["--revs", "--all"], "");
+        let mirror = empty_mirror(dir.path(), format);
+        let kind = if format == "sha1" {
+            Kind::Sha1
+        } else {
+            Kind::Sha256
+        };
+        let ingested = ingest_pack(&mirror, kind, &mut &pack[..]).unwrap();
+        assert!(ingested.pack.is_file() && ingested.index.is_file());
+        assert_eq!(
+            ingested.pack.file_name().unwrap().to_string_lossy(),
+            format!("pack-{}.pack", ingested.checksum)
+        );
+        let reachable = git(&source, &["rev-list", "--objects", "--all"])
+            .lines()
+            .count();
+        assert_eq!(ingested.objects as usize, reachable);
+        assert!(
+            pack_dir_listing(&mirror)
+                .iter()
+                .all(|n| !n.starts_with("incoming-"))
+        );
+        set_refs_like(&mirror, &source);
+        git(&mirror, &["fsck", "--strict", "--no-progress"]);
+        // The same pack again changes nothing.
+        let again = ingest_pack(&mirror, kind, &mut &pack[..]).unwrap();
+        assert_eq!(again.checksum, ingested.checksum);
+        assert_eq!(pack_dir_listing(&mirror).len(), 2);
+    }
+}
+
+#[test]
+fn a_thin_pack_is_completed_from_the_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(62))
+        .unwrap()
+        .path;
+    let old = git(&source, &["rev-parse", "main"]).trim().to_owned();
+    let mirror = empty_mirror(dir.path(), "sha1");
+    ingest_pack(
+        &mirror,
+        Kind::Sha1,
+        &mut &pack_objects(&source, &["--revs", "--all"], "")[..],
+    )
+    .unwrap();
+    set_refs_like(&mirror, &source);
+
+    let new = repo::append_commits(&source, "main", 5, 3).unwrap();
+    let thin = pack_objects(&source, &["--revs", "--thin"], &format!("{new}\n^{old}\n"));
+    let ingested = ingest_pack(&mirror, Kind::Sha1, &mut &thin[..]).unwrap();
+    assert!(ingested.objects > 0);
+    git(&mirror, &["update-ref", "refs/heads/main", &new]);
+    git(&mirror, &["fsck", "--strict", "--no-progress"]);
+}
+
+#[test]
+fn broken_packs_leave_the_mirror_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(63))
+        .unwrap()
+        .path;
+    let pack = pack_objects(&source, &["--revs", "--all"], "");
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let before = pack_dir_listing(&mirror);
+
+    let mut corrupt = pack.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0x55;
+    let mut bad_checksum = pack.clone();
+    let last = bad_checksum.len() - 1;
+    bad_checksum[last] ^= 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", pack[..pack.len() / 3].to_vec()),
+        ("corrupt", corrupt),
+        ("bad checksum", bad_checksum),
+        (
+            "garbage",
+            b"this is not a pack at all, but long enough to be read".to_vec(),
+        ),
+        ("empty", Vec::new()),
+        ("header only", pack[..12].to_vec()),
+    ];
+    for (name, bytes) in cases {
+        let err = ingest_pack(&mirror, Kind::Sha1, &mut &bytes[..]).unwrap_err();
+        assert!(matches!(err, Error::InvalidPack { .. }), "{name}: {err:?}");
+        assert!(err.is_upstream_fault());
+        assert_eq!(
+            pack_dir_listing(&mirror),
+            before,
+            "{name}: nothing left behind"
+        );
+    }
+}
+
+#[test]
+fn leftovers_of_a_crash_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = empty_mirror(dir.path(), "sha1");
+    std::fs::create_dir_all(mirror.join("objects/pack/incoming-1-2")).unwrap();
+    std::fs::write(mirror.join("objects/pack/incoming-1-2/tmp_pack_x"), b"half").unwrap();
+    assert_eq!(remove_leftovers(&mirror).unwrap(), 1);
+    assert!(pack_dir_listing(&mirror).is_empty());
+}
