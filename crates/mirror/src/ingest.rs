@@ -13,6 +13,11 @@ use std::sync::atomic::AtomicBool;
 
 use gix_hash::{Kind as HashKind, ObjectId};
 
+/// The largest single allocation a received pack may cause. A pack header can claim any
+/// object count, and indexing sizes its tables by it: a hostile upstream could otherwise make
+/// us allocate tens of gigabytes. 2 GiB admits about 26 million objects.
+pub const MAX_ALLOCATION: usize = 2 << 30;
+
 /// A pack now part of the mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
@@ -87,6 +92,7 @@ pub fn ingest_pack(
         gix_pack::bundle::write::Options {
             thread_limit: Some(2),
             iteration_mode: gix_pack::data::input::Mode::Verify,
+            alloc_limit_bytes: Some(MAX_ALLOCATION),
             ..Default::default()
         },
     )

@@ -1,9 +1,13 @@
 //! Mirrors of upstream repositories: taking in what upstream sends, so that the pack crate can
 //! serve from it.
 //!
-//! Built so far: [`ingest`], which indexes and verifies a received pack and moves it into a
-//! bare repository atomically. The upstream client, refresh and warming are still to come (see
-//! the README's status table).
+//! - [`upstream`]: a protocol v2 client for an upstream's smart HTTP endpoint.
+//! - [`mirror`]: creating a mirror and refreshing it from upstream in one fetch, refs replaced
+//!   atomically.
+//! - [`ingest`]: indexing and verifying a received pack and moving it into place atomically.
+//!
+//! Still to come (see the README's status table): TLS, one refresh at a time per repository,
+//! warming, pack consolidation.
 //!
 //! # Example
 //!
@@ -18,6 +22,8 @@
 #![deny(missing_docs)]
 
 pub mod ingest;
+pub mod mirror;
+pub mod upstream;
 
 #[doc(hidden)]
 pub mod fuzzing;

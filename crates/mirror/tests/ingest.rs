@@ -188,3 +188,17 @@ fn leftovers_of_a_crash_are_removed() {
     assert_eq!(remove_leftovers(&mirror).unwrap(), 1);
     assert!(pack_dir_listing(&mirror).is_empty());
 }
+
+/// Regression (found by fuzzing): a header claiming ~a billion objects made indexing allocate
+/// tens of gigabytes up front and abort the process.
+#[test]
+fn a_header_claiming_a_billion_objects_is_refused_without_allocating_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let mut pack = b"PACK\0\0\0\x02".to_vec();
+    pack.extend_from_slice(&0x3a00_0000u32.to_be_bytes());
+    pack.extend_from_slice(&[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    let err = ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap_err();
+    assert!(matches!(err, Error::InvalidPack { .. }), "{err:?}");
+    assert!(pack_dir_listing(&mirror).is_empty());
+}

@@ -112,6 +112,11 @@ fn new_objects(store: &std::sync::Arc<gix_odb::Store>, hash: HashKind) -> Object
 }
 
 impl Repository {
+    /// Whether the object database holds `oid`.
+    pub fn contains(&self, oid: &ObjectId) -> bool {
+        self.objects().header(oid).ok().flatten().is_some()
+    }
+
     /// The ref store, opened afresh so that every answer reflects the refs as they are now.
     fn ref_store(&self) -> gix_ref::file::Store {
         gix_ref::file::Store::at(self.git_dir.clone(), self.hash)

@@ -1,0 +1,296 @@
+//! A mirror: a bare repository that follows one upstream repository.
+//!
+//! A refresh asks upstream for its refs, fetches in one round whatever tips the mirror lacks
+//! (its own tips as haves), takes the pack in (see [`crate::ingest`]), and only then replaces
+//! all refs at once by renaming a new `packed-refs` into place. Readers see the old state or
+//! the new one, never a mix; refs upstream deleted are gone after the rename. A failure at any
+//! step leaves the previous state whole.
+
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use bstr::{BString, ByteSlice};
+use gitcache_protocol::ls_refs::RefLine;
+use gitcache_protocol::request::{Fetch, LsRefs};
+use gitcache_protocol::response::PackStream;
+use gix_hash::{Kind as HashKind, ObjectId};
+
+use crate::ingest;
+use crate::upstream::{self, Upstream};
+
+/// What a refresh did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Refs the mirror has now.
+    pub refs: usize,
+    /// Whether any ref changed.
+    pub changed: bool,
+    /// Objects in the pack fetched (0 when nothing was missing).
+    pub fetched_objects: u32,
+}
+
+/// Why a refresh failed; the mirror is unchanged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Talking to upstream failed.
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
+    /// Upstream's response could not be read.
+    #[error("upstream response: {0}")]
+    Response(#[from] gitcache_protocol::response::Error),
+    /// The pack could not be taken in.
+    #[error(transparent)]
+    Ingest(#[from] ingest::Error),
+    /// Reading the mirror failed.
+    #[error(transparent)]
+    Repository(#[from] gitcache_pack::Error),
+    /// The mirror's files could not be written.
+    #[error("mirror I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The upstream's object format is not the mirror's.
+    #[error("upstream uses {upstream}, the mirror {mirror}")]
+    ObjectFormat {
+        /// The upstream's.
+        upstream: HashKind,
+        /// The mirror's.
+        mirror: HashKind,
+    },
+    /// After the fetch, a ref's object is still missing.
+    #[error("upstream's pack lacks {oid}, the tip of {name}")]
+    Incomplete {
+        /// The object.
+        oid: ObjectId,
+        /// The ref.
+        name: BString,
+    },
+}
+
+impl Error {
+    /// Whether upstream refused the credential or hides the repository.
+    pub fn is_access_denied(&self) -> bool {
+        matches!(self, Error::Upstream(e) if e.is_access_denied())
+    }
+}
+
+/// A bare repository kept in step with an upstream.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    git_dir: PathBuf,
+}
+
+impl Mirror {
+    /// Create an empty bare repository of `format` at `git_dir` (its parent must exist).
+    pub fn create(git_dir: impl Into<PathBuf>, format: HashKind) -> std::io::Result<Mirror> {
+        let git_dir = git_dir.into();
+        std::fs::create_dir(&git_dir)?;
+        for dir in ["objects/pack", "objects/info", "refs/heads", "refs/tags"] {
+            std::fs::create_dir_all(git_dir.join(dir))?;
+        }
+        let config = match format {
+            HashKind::Sha256 => {
+                "[core]\n\trepositoryformatversion = 1\n\tbare = true\n[extensions]\n\tobjectformat = sha256\n"
+            }
+            _ => "[core]\n\trepositoryformatversion = 0\n\tbare = true\n",
+        };
+        std::fs::write(git_dir.join("config"), config)?;
+        std::fs::write(git_dir.join("HEAD"), "ref: refs/heads/main\n")?;
+        Ok(Mirror { git_dir })
+    }
+
+    /// The mirror at `git_dir`.
+    pub fn open(git_dir: impl Into<PathBuf>) -> Mirror {
+        Mirror {
+            git_dir: git_dir.into(),
+        }
+    }
+
+    /// The repository folder.
+    pub fn git_dir(&self) -> &Path {
+        &self.git_dir
+    }
+
+    /// Bring the mirror up to date with `upstream`: its `HEAD`, branches, tags, and refs under
+    /// `extra_prefixes` (such as `refs/pull/`).
+    pub async fn refresh(
+        &self,
+        upstream: &Upstream,
+        extra_prefixes: &[&str],
+    ) -> Result<Refreshed, Error> {
+        let repo = gitcache_pack::Repository::open(&self.git_dir)?;
+        let format = upstream.object_format().await?;
+        if format != repo.object_format() {
+            return Err(Error::ObjectFormat {
+                upstream: format,
+                mirror: repo.object_format(),
+            });
+        }
+        let mut prefixes: Vec<BString> = ["HEAD", "refs/heads/", "refs/tags/"]
+            .into_iter()
+            .map(BString::from)
+            .collect();
+        prefixes.extend(extra_prefixes.iter().map(|p| BString::from(*p)));
+        let remote = upstream
+            .ls_refs(
+                format,
+                LsRefs {
+                    symrefs: true,
+                    peel: true,
+                    unborn: false,
+                    ref_prefixes: prefixes,
+                },
+            )
+            .await?;
+
+        let local = repo.refs()?;
+        let mut wants: Vec<ObjectId> = Vec::new();
+        for line in &remote {
+            if let Some(oid) = line.oid
+                && !repo.contains(&oid)
+                && !wants.contains(&oid)
+            {
+                wants.push(oid);
+            }
+        }
+        let mut haves: Vec<ObjectId> = Vec::new();
+        for r in &local {
+            if let Some(oid) = r.oid
+                && !haves.contains(&oid)
+            {
+                haves.push(oid);
+            }
+        }
+
+        let mut fetched_objects = 0;
+        if !wants.is_empty() {
+            fetched_objects = self.fetch(upstream, format, wants, haves).await?;
+        }
+        let repo = gitcache_pack::Repository::open(&self.git_dir)?;
+        for line in &remote {
+            if let Some(oid) = line.oid
+                && !repo.contains(&oid)
+            {
+                return Err(Error::Incomplete {
+                    oid,
+                    name: line.name.clone(),
+                });
+            }
+        }
+        let before: Vec<(BString, Option<ObjectId>)> =
+            local.into_iter().map(|r| (r.name, r.oid)).collect();
+        write_refs(&self.git_dir, &remote)?;
+        let after: Vec<(BString, Option<ObjectId>)> =
+            repo.refs()?.into_iter().map(|r| (r.name, r.oid)).collect();
+        Ok(Refreshed {
+            refs: after.iter().filter(|(n, _)| n != "HEAD").count(),
+            changed: before != after,
+            fetched_objects,
+        })
+    }
+
+    /// Fetch `wants` in one round and take the pack in; returns its object count.
+    async fn fetch(
+        &self,
+        upstream: &Upstream,
+        format: HashKind,
+        wants: Vec<ObjectId>,
+        haves: Vec<ObjectId>,
+    ) -> Result<u32, Error> {
+        let staging = self
+            .git_dir
+            .join("objects")
+            .join("pack")
+            .join(format!("incoming-{}-response", std::process::id()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&staging).await?;
+            let fetch = Fetch {
+                wants,
+                haves,
+                done: true,
+                thin_pack: true,
+                ofs_delta: true,
+                no_progress: true,
+                ..Fetch::default()
+            };
+            upstream.fetch_into(format, fetch, &mut file).await?;
+            drop(file);
+            let (path, git_dir) = (staging.clone(), self.git_dir.clone());
+            tokio::task::spawn_blocking(move || -> Result<u32, Error> {
+                let file = std::fs::File::open(&path)?;
+                let mut stream = PackStream::new(BufReader::new(file), format);
+                stream.read_sections()?;
+                let ingested = ingest::ingest_pack(&git_dir, format, &mut BufReader::new(stream))?;
+                Ok(ingested.objects)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        }
+        .await;
+        let _ = std::fs::remove_file(&staging);
+        result
+    }
+}
+
+/// Replace every ref with `remote`'s: one `packed-refs` renamed into place, then `HEAD`.
+fn write_refs(git_dir: &Path, remote: &[RefLine]) -> Result<(), Error> {
+    let mut lines: Vec<&RefLine> = remote
+        .iter()
+        .filter(|r| r.name != "HEAD" && r.oid.is_some())
+        .collect();
+    lines.sort_by(|a, b| a.name.cmp(&b.name));
+    lines.dedup_by(|a, b| a.name == b.name);
+    let mut text = b"# pack-refs with: peeled fully-peeled sorted \n".to_vec();
+    for line in lines {
+        let oid = line.oid.expect("filtered");
+        text.extend_from_slice(format!("{oid} ").as_bytes());
+        text.extend_from_slice(&line.name);
+        text.push(b'\n');
+        if let Some(peeled) = line.peeled {
+            text.extend_from_slice(format!("^{peeled}\n").as_bytes());
+        }
+    }
+    // Loose refs would hide packed ones; a mirror keeps none.
+    remove_loose_refs(&git_dir.join("refs"))?;
+    replace(&git_dir.join("packed-refs"), &text)?;
+    if let Some(target) = remote
+        .iter()
+        .find(|r| r.name == "HEAD")
+        .and_then(|r| r.symref_target.as_ref())
+    {
+        let mut head = b"ref: ".to_vec();
+        head.extend_from_slice(target.as_bytes());
+        head.push(b'\n');
+        replace(&git_dir.join("HEAD"), &head)?;
+    }
+    Ok(())
+}
+
+fn remove_loose_refs(dir: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            remove_loose_refs(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `path` atomically: a lock file beside it, synced, renamed over it.
+fn replace(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let lock = path.with_extension("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lock)?;
+    let written = file.write_all(content).and_then(|()| file.sync_all());
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&lock);
+        return Err(err);
+    }
+    std::fs::rename(&lock, path)
+}

@@ -1,0 +1,188 @@
+//! Mirrors refreshed from a real upstream (C git's http-backend through the testkit).
+
+use std::path::Path;
+use std::time::Duration;
+
+use gitcache_mirror::mirror::Mirror;
+use gitcache_mirror::upstream::Upstream as Client;
+use gitcache_testkit::git::git_stdout as git;
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
+use gix_hash::Kind;
+
+fn refs(repo: &Path) -> String {
+    git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"])
+}
+
+fn client(upstream: &Upstream, name: &str, auth: Option<&str>) -> Client {
+    Client::new(
+        &upstream.repo_url(name),
+        auth.map(str::to_owned),
+        Duration::from_secs(30),
+    )
+    .unwrap()
+}
+
+fn pack_files(mirror: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(mirror.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_follows_its_upstream() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::small(71)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/widgets", None);
+
+    let first = mirror.refresh(&up, &[]).await.unwrap();
+    assert!(first.changed && first.fetched_objects > 0);
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(
+        git(mirror.git_dir(), &["symbolic-ref", "HEAD"]).trim(),
+        "refs/heads/main"
+    );
+
+    // Nothing changed upstream: refs are asked for, nothing is fetched.
+    upstream.reset_counts();
+    let same = mirror.refresh(&up, &[]).await.unwrap();
+    assert!(!same.changed);
+    assert_eq!(same.fetched_objects, 0);
+    assert_eq!(upstream.counts().fetch, 0);
+
+    // New commits, a new annotated tag, a deleted branch: one fetch, refs replaced, prune.
+    let tip = repo::append_commits(&source, "main", 6, 2).unwrap();
+    git(&source, &["tag", "-a", "-m", "r", "v-new", &tip]);
+    git(&source, &["branch", "-D", "feature/1"]);
+    upstream.reset_counts();
+    let next = mirror.refresh(&up, &[]).await.unwrap();
+    assert!(next.changed && next.fetched_objects > 0);
+    assert_eq!(upstream.counts().fetch, 1);
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    assert!(!refs(mirror.git_dir()).contains("refs/heads/feature/1"));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+
+    // The mirror serves: a real clone from it passes fsck.
+    let clone_dir = dir.path().join("clone");
+    let url = format!("file://{}", mirror.git_dir().display());
+    git(
+        dir.path(),
+        &["clone", "-q", &url, clone_dir.to_str().unwrap()],
+    );
+    git(&clone_dir, &["fsck", "--strict", "--no-progress"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_upstream_needs_the_token_and_refusal_changes_nothing() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/secret"), &RepoSpec::tiny(72)).unwrap();
+    upstream
+        .adopt_repo("acme/secret", Access::private(["t0k3n"]))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let before = pack_files(mirror.git_dir());
+
+    let err = mirror
+        .refresh(&client(&upstream, "acme/secret", None), &[])
+        .await
+        .unwrap_err();
+    assert!(err.is_access_denied(), "{err}");
+    let err = mirror
+        .refresh(&client(&upstream, "acme/secret", Some("Bearer wrong")), &[])
+        .await
+        .unwrap_err();
+    assert!(err.is_access_denied(), "{err}");
+    assert_eq!(pack_files(mirror.git_dir()), before);
+    assert!(refs(mirror.git_dir()).is_empty());
+
+    mirror
+        .refresh(&client(&upstream, "acme/secret", Some("Bearer t0k3n")), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        refs(mirror.git_dir()),
+        refs(&upstream.repo_path("acme/secret"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_leave_the_mirror_whole() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/flaky");
+    repo::generate(&source, &RepoSpec::small(73)).unwrap();
+    upstream.adopt_repo("acme/flaky", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/flaky", None);
+    mirror.refresh(&up, &[]).await.unwrap();
+    repo::append_commits(&source, "main", 3, 4).unwrap();
+    let (refs_before, packs_before) = (refs(mirror.git_dir()), pack_files(mirror.git_dir()));
+
+    for (fault, kind) in [
+        (Fault::Status(500), Some(RequestKind::Fetch)),
+        // The incremental response is small: cut inside its pack.
+        (Fault::CutAfter(300), Some(RequestKind::Fetch)),
+        (Fault::Garbage, Some(RequestKind::Fetch)),
+        (Fault::Status(503), Some(RequestKind::LsRefs)),
+    ] {
+        upstream.inject(fault.clone(), 1, kind);
+        let err = mirror.refresh(&up, &[]).await.unwrap_err();
+        assert_eq!(refs(mirror.git_dir()), refs_before, "{fault:?}: {err}");
+        assert_eq!(
+            pack_files(mirror.git_dir()),
+            packs_before,
+            "{fault:?}: nothing left behind"
+        );
+        git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+    }
+    let slow = Client::new(
+        &upstream.repo_url("acme/flaky"),
+        None,
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    upstream.inject(
+        Fault::Delay(Duration::from_secs(2)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let err = mirror.refresh(&slow, &[]).await.unwrap_err();
+    assert!(err.to_string().contains("did not answer"), "{err}");
+    assert_eq!(refs(mirror.git_dir()), refs_before);
+
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sha256_upstream_and_mismatched_formats() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(
+        &upstream.repo_path("acme/modern"),
+        &RepoSpec::small(74).sha256(),
+    )
+    .unwrap();
+    upstream.adopt_repo("acme/modern", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = Mirror::create(dir.path().join("sha1.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/modern", None);
+    let err = wrong.refresh(&up, &[]).await.unwrap_err();
+    assert!(err.to_string().contains("sha256"), "{err}");
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha256).unwrap();
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(
+        refs(mirror.git_dir()),
+        refs(&upstream.repo_path("acme/modern"))
+    );
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
