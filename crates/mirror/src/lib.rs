@@ -5,9 +5,9 @@
 //! - [`mirror`]: creating a mirror and refreshing it from upstream in one fetch, refs replaced
 //!   atomically.
 //! - [`ingest`]: indexing and verifying a received pack and moving it into place atomically.
+//! - [`registry`]: where mirrors live, and one refresh per mirror at a time (singleflight).
 //!
-//! Still to come (see the README's status table): TLS, one refresh at a time per repository,
-//! warming, pack consolidation.
+//! Still to come (see the README's status table): TLS, warming, pack consolidation.
 //!
 //! # Example
 //!
@@ -23,6 +23,7 @@
 
 pub mod ingest;
 pub mod mirror;
+pub mod registry;
 pub mod upstream;
 
 #[doc(hidden)]

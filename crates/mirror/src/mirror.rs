@@ -94,6 +94,7 @@ impl Mirror {
             _ => "[core]\n\trepositoryformatversion = 0\n\tbare = true\n",
         };
         std::fs::write(git_dir.join("config"), config)?;
+        // HEAD last: a folder without it is an unfinished mirror.
         std::fs::write(git_dir.join("HEAD"), "ref: refs/heads/main\n")?;
         Ok(Mirror { git_dir })
     }

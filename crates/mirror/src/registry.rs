@@ -1,0 +1,177 @@
+//! Where mirrors live, and one refresh per mirror at a time.
+//!
+//! Mirrors are kept at `<root>/<host>/<owner>/<repo>.git`, created on first use. Refreshes of
+//! one mirror never overlap: a caller that arrives while a refresh is running waits for it and
+//! shares its outcome instead of fetching again (singleflight); a caller that arrives after it
+//! finished starts a new one. Deciding who may see the result is the caller's business: the
+//! registry only keeps the upstream from being asked twice.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::mirror::{Error, Mirror, Refreshed};
+use crate::upstream::Upstream;
+
+/// A repository's place among the mirrors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MirrorKey {
+    host: String,
+    owner: String,
+    repo: String,
+}
+
+/// A name that cannot be a path component of a mirror.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} '{name}': use letters, digits, '.', '_' and '-', not starting with '.'")]
+pub struct InvalidName {
+    /// Which part: host, owner or repository.
+    pub what: &'static str,
+    /// The name given.
+    pub name: String,
+}
+
+fn check(what: &'static str, name: &str) -> Result<String, InvalidName> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(InvalidName {
+            what,
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl MirrorKey {
+    /// The key of `owner/repo` on `host`; a trailing `.git` is dropped and names are compared
+    /// without case, as forges compare them. Names are checked before they touch the disk.
+    pub fn new(host: &str, owner: &str, repo: &str) -> Result<Self, InvalidName> {
+        let repo = repo.strip_suffix(".git").unwrap_or(repo);
+        // A port in the host is kept apart from the name rules.
+        let host_name = host.split(':').next().unwrap_or(host);
+        check("host", host_name)?;
+        if let Some(port) = host.split(':').nth(1)
+            && port.parse::<u16>().is_err()
+        {
+            return Err(InvalidName {
+                what: "host",
+                name: host.to_owned(),
+            });
+        }
+        Ok(MirrorKey {
+            host: host.to_ascii_lowercase().replace(':', "_"),
+            owner: check("owner", owner)?.to_ascii_lowercase(),
+            repo: check("repository", repo)?.to_ascii_lowercase(),
+        })
+    }
+
+    /// `<host>/<owner>/<repo>.git`, relative to the registry's root.
+    pub fn relative_path(&self) -> PathBuf {
+        Path::new(&self.host)
+            .join(&self.owner)
+            .join(format!("{}.git", self.repo))
+    }
+}
+
+/// What concurrent callers of one refresh share.
+type Shared = Result<Refreshed, Arc<Error>>;
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// Held while a refresh runs.
+    running: tokio::sync::Mutex<()>,
+    /// The number of refreshes finished, and the last outcome.
+    last: Mutex<(u64, Option<Shared>)>,
+}
+
+/// The mirrors under one folder.
+#[derive(Debug)]
+pub struct Registry {
+    root: PathBuf,
+    slots: Mutex<HashMap<MirrorKey, Arc<Slot>>>,
+}
+
+impl Registry {
+    /// Mirrors under `root` (created as needed).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Registry {
+            root: root.into(),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Where the mirror of `key` lives.
+    pub fn path(&self, key: &MirrorKey) -> PathBuf {
+        self.root.join(key.relative_path())
+    }
+
+    /// The mirror of `key`, if it was created (its `HEAD`, written last, exists).
+    pub fn existing(&self, key: &MirrorKey) -> Option<Mirror> {
+        let path = self.path(key);
+        path.join("HEAD").is_file().then(|| Mirror::open(path))
+    }
+
+    /// Refresh the mirror of `key` from `upstream`, creating it (in the upstream's object
+    /// format) if needed. While a refresh of the same mirror runs, callers wait and share its
+    /// outcome.
+    pub async fn refresh(
+        &self,
+        key: &MirrorKey,
+        upstream: &Upstream,
+        extra_prefixes: &[&str],
+    ) -> Shared {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(slots.entry(key.clone()).or_default())
+        };
+        let seen = slot.last.lock().unwrap_or_else(|p| p.into_inner()).0;
+        let _running = slot.running.lock().await;
+        {
+            let last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.0 != seen
+                && let Some(outcome) = &last.1
+            {
+                // A refresh finished while we waited: it is ours too.
+                return outcome.clone();
+            }
+        }
+        let outcome = self
+            .refresh_now(key, upstream, extra_prefixes)
+            .await
+            .map_err(Arc::new);
+        let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
+        *last = (last.0 + 1, Some(outcome.clone()));
+        outcome
+    }
+
+    async fn refresh_now(
+        &self,
+        key: &MirrorKey,
+        upstream: &Upstream,
+        extra: &[&str],
+    ) -> Result<Refreshed, Error> {
+        let mirror = match self.existing(key) {
+            Some(mirror) => mirror,
+            None => {
+                let format = upstream.object_format().await?;
+                let path = self.path(key);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                // A half-created folder from a crash is replaced.
+                if path.exists() {
+                    std::fs::remove_dir_all(&path)?;
+                }
+                Mirror::create(path, format)?
+            }
+        };
+        crate::ingest::remove_leftovers(mirror.git_dir())?;
+        mirror.refresh(upstream, extra).await
+    }
+}

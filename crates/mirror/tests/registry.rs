@@ -1,0 +1,83 @@
+//! One upstream fetch per mirror at a time, and names checked before they touch the disk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gitcache_mirror::registry::{MirrorKey, Registry};
+use gitcache_mirror::upstream::Upstream as Client;
+use gitcache_testkit::git::git_stdout as git;
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_refreshes_of_a_cold_mirror_fetch_once() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/popular"), &RepoSpec::small(81)).unwrap();
+    upstream.adopt_repo("acme/popular", Access::Public).unwrap();
+    // Slow the fetch down so that every caller arrives while it runs.
+    upstream.inject(
+        Fault::Delay(Duration::from_millis(500)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(Registry::new(dir.path()));
+    let key = MirrorKey::new("127.0.0.1", "acme", "popular.git").unwrap();
+    let client = Client::new(
+        &upstream.repo_url("acme/popular"),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (registry, key, client) = (Arc::clone(&registry), key.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            registry.refresh(&key, &client, &[]).await
+        }));
+    }
+    for task in tasks {
+        let outcome = task.await.unwrap().unwrap();
+        assert!(outcome.refs > 0);
+    }
+    assert_eq!(
+        upstream.counts().fetch,
+        1,
+        "one upstream fetch for twenty callers"
+    );
+    let mirror = registry.existing(&key).unwrap();
+    assert!(mirror.git_dir().ends_with("127.0.0.1/acme/popular.git"));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+
+    // Later, a caller starts a new refresh; nothing new upstream, nothing fetched.
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    assert_eq!(upstream.counts().fetch, 1);
+}
+
+#[test]
+fn names_are_checked_before_they_touch_the_disk() {
+    for (owner, repo) in [
+        ("..", "x"),
+        ("acme", ".."),
+        (".hidden", "x"),
+        ("ac/me", "x"),
+        ("acme", "x y"),
+        ("", "x"),
+        ("acme", ""),
+    ] {
+        let err = MirrorKey::new("github.com", owner, repo).unwrap_err();
+        assert!(err.to_string().starts_with("invalid "), "{err}");
+    }
+    assert!(MirrorKey::new("evil/../host", "a", "b").is_err());
+    assert!(MirrorKey::new("127.0.0.1:notaport", "a", "b").is_err());
+    let key = MirrorKey::new("GitHub.com", "Acme", "Widgets.git").unwrap();
+    assert_eq!(
+        key,
+        MirrorKey::new("github.com", "acme", "widgets").unwrap()
+    );
+    assert_eq!(
+        key.relative_path(),
+        std::path::Path::new("github.com/acme/widgets.git")
+    );
+}
