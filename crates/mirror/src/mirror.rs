@@ -220,6 +220,12 @@ impl Mirror {
                 let file = std::fs::File::open(&path)?;
                 let mut stream = PackStream::new(BufReader::new(file), format);
                 stream.read_sections()?;
+                if !stream.has_pack() {
+                    return Err(gitcache_protocol::response::Error::Unexpected {
+                        line: "upstream answered a fetch with done but sent no pack".into(),
+                    }
+                    .into());
+                }
                 let ingested = ingest::ingest_pack(&git_dir, format, &mut BufReader::new(stream))?;
                 Ok(ingested.objects)
             })

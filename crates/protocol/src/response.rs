@@ -245,95 +245,28 @@ pub struct FetchResponse {
 }
 
 /// Read a complete fetch response whose object ids are of `kind`, sideband-all or not.
+///
+/// The same reader as [`PackStream`], collecting the pack in memory.
 pub fn parse_fetch_response(body: &[u8], kind: Kind) -> Result<FetchResponse, Error> {
-    let mut resp = FetchResponse::default();
-    let mut section: Option<Section> = None;
-    let mut expect_header = true;
-    for line in pktline::lines(body) {
-        let data = match line? {
-            Line::Flush => return Ok(resp),
-            Line::Delimiter => {
-                expect_header = true;
-                continue;
+    let mut stream = PackStream::new(body, kind);
+    stream.max_progress = usize::MAX;
+    stream.read_sections()?;
+    let mut pack = None;
+    if stream.has_pack() {
+        let mut bytes = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            match stream.read_pack(&mut chunk)? {
+                0 => break,
+                n => bytes.extend_from_slice(&chunk[..n]),
             }
-            Line::ResponseEnd => return Err(unexpected(b"<response-end>")),
-            Line::Data(data) => data,
-        };
-        if let Some(message) = pktline::as_error(data) {
-            return Err(Error::Remote {
-                message: message.to_str_lossy().into_owned(),
-            });
         }
-        let in_pack = section == Some(Section::Packfile) && !expect_header;
-        // Inside the packfile, and for every line under sideband-all, the payload is banded;
-        // text lines never start with a band byte (1, 2 or 3).
-        let banded = sideband::split_band(data);
-        let text = match banded {
-            Some((Channel::Progress, rest)) => {
-                resp.progress.extend_from_slice(rest);
-                continue;
-            }
-            Some((Channel::Error, rest)) => {
-                return Err(Error::SidebandError {
-                    message: rest.to_str_lossy().into_owned(),
-                });
-            }
-            Some((Channel::Data, rest)) if in_pack => {
-                resp.pack
-                    .get_or_insert_with(Vec::new)
-                    .extend_from_slice(rest);
-                continue;
-            }
-            Some((Channel::Data, rest)) => pktline::chomp(rest),
-            None if in_pack => return Err(unexpected(data)),
-            None => pktline::chomp(data),
-        };
-        if expect_header {
-            let next = [
-                Section::Acknowledgments,
-                Section::WantedRefs,
-                Section::ShallowInfo,
-                Section::PackfileUris,
-                Section::Packfile,
-            ]
-            .into_iter()
-            .find(|s| s.name().as_bytes() == text)
-            .ok_or_else(|| unexpected(text))?;
-            if section.is_some_and(|s| s >= next) {
-                return Err(unexpected(text));
-            }
-            section = Some(next);
-            expect_header = false;
-            match next {
-                Section::Acknowledgments => resp.has_acknowledgments = true,
-                Section::Packfile => resp.pack = Some(Vec::new()),
-                _ => {}
-            }
-            continue;
-        }
-        let (word, rest) = match text.find_byte(b' ') {
-            Some(i) => (&text[..i], &text[i + 1..]),
-            None => (text, &b""[..]),
-        };
-        match (section, word) {
-            (Some(Section::Acknowledgments), b"NAK") => resp.nak = true,
-            (Some(Section::Acknowledgments), b"ready") => resp.ready = true,
-            (Some(Section::Acknowledgments), b"ACK") => resp.acks.push(oid(rest, kind, text)?),
-            (Some(Section::ShallowInfo), b"shallow") => resp.shallow.push(oid(rest, kind, text)?),
-            (Some(Section::ShallowInfo), b"unshallow") => {
-                resp.unshallow.push(oid(rest, kind, text)?)
-            }
-            (Some(Section::WantedRefs), hex) => {
-                resp.wanted_refs.push((oid(hex, kind, text)?, rest.into()))
-            }
-            (Some(Section::PackfileUris), hash) => resp.packfile_uris.push((
-                hash.to_str_lossy().into_owned(),
-                rest.to_str_lossy().into_owned(),
-            )),
-            _ => return Err(unexpected(text)),
-        }
+        pack = Some(bytes);
     }
-    Err(Error::Truncated)
+    Ok(FetchResponse {
+        pack,
+        ..stream.head
+    })
 }
 
 fn oid(hex: &[u8], kind: Kind, line: &[u8]) -> Result<ObjectId, Error> {
@@ -380,6 +313,8 @@ pub struct PackStream<R> {
     /// The section being read, and whether its header is still expected (after a delimiter).
     section: Option<Section>,
     expect_header: bool,
+    /// Whether a `packfile` section started.
+    head_pack: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,6 +337,7 @@ impl<R: std::io::BufRead> PackStream<R> {
             max_progress: 64 << 10,
             section: None,
             expect_header: true,
+            head_pack: false,
         }
     }
 
@@ -410,13 +346,35 @@ impl<R: std::io::BufRead> PackStream<R> {
         &self.head
     }
 
-    /// Read up to the start of the pack; returns the sections. Errors if the response ends
-    /// without a pack (negotiation not finished) or carries an error.
+    /// Read up to the start of the pack (or the end of a response without one); returns the
+    /// sections. Errors if the response carries an error or breaks the protocol.
     pub fn read_sections(&mut self) -> Result<&FetchResponse, Error> {
         while self.state == StreamState::Sections {
             self.step()?;
         }
         Ok(&self.head)
+    }
+
+    /// After [`read_sections`](Self::read_sections): whether a pack follows. A response that
+    /// ends without one answered a negotiation round that is not finished.
+    pub fn has_pack(&self) -> bool {
+        self.head_pack
+    }
+
+    /// Read pack bytes into `buf`; 0 at the end of the response.
+    pub fn read_pack(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        loop {
+            if self.offset < self.pending.len() {
+                let n = buf.len().min(self.pending.len() - self.offset);
+                buf[..n].copy_from_slice(&self.pending[self.offset..self.offset + n]);
+                self.offset += n;
+                return Ok(n);
+            }
+            if self.state == StreamState::Done {
+                return Ok(0);
+            }
+            self.step()?;
+        }
     }
 
     /// Read the next pkt-line; `None` at a clean end of input.
@@ -458,14 +416,9 @@ impl<R: std::io::BufRead> PackStream<R> {
                 return Ok(());
             }
             Some(Packet::Flush) => {
-                let before_pack = self.state == StreamState::Sections;
+                // The end of the response; before a packfile section it means negotiation
+                // goes on (see `has_pack`).
                 self.state = StreamState::Done;
-                if before_pack {
-                    // The response ended before a packfile: negotiation is not done.
-                    return Err(Error::Unexpected {
-                        line: "end of response before the packfile section".into(),
-                    });
-                }
                 return Ok(());
             }
             Some(Packet::Data(line)) => line,
@@ -507,7 +460,10 @@ impl<R: std::io::BufRead> PackStream<R> {
                     self.section = Some(next);
                     self.expect_header = false;
                     match next {
-                        Section::Packfile => self.state = StreamState::Pack,
+                        Section::Packfile => {
+                            self.state = StreamState::Pack;
+                            self.head_pack = true;
+                        }
                         Section::Acknowledgments => self.head.has_acknowledgments = true,
                         _ => {}
                     }
@@ -599,17 +555,14 @@ fn to_io(err: Error) -> std::io::Error {
 
 impl<R: std::io::BufRead> std::io::Read for PackStream<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.offset < self.pending.len() {
-                let n = buf.len().min(self.pending.len() - self.offset);
-                buf[..n].copy_from_slice(&self.pending[self.offset..self.offset + n]);
-                self.offset += n;
-                return Ok(n);
-            }
-            if self.state == StreamState::Done {
-                return Ok(0);
-            }
-            self.step().map_err(to_io)?;
+        if self.state == StreamState::Sections {
+            self.read_sections().map_err(to_io)?;
         }
+        if !self.head_pack {
+            return Err(to_io(Error::Unexpected {
+                line: "no packfile section: negotiation is not finished".into(),
+            }));
+        }
+        self.read_pack(buf).map_err(to_io)
     }
 }

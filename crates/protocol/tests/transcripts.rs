@@ -446,10 +446,14 @@ fn recorded_packs_stream_out_of_their_responses() {
                     assert_eq!(stream.head().shallow, whole.shallow, "{name}");
                     streamed += 1;
                 }
-                None => assert!(
-                    stream.read_sections().is_err(),
-                    "{name}: no pack, so no stream"
-                ),
+                None => {
+                    stream.read_sections().unwrap();
+                    assert!(!stream.has_pack(), "{name}: no pack, so no stream");
+                    assert!(
+                        stream.read(&mut [0u8; 8]).is_err(),
+                        "{name}: reading a pack that is not there fails"
+                    );
+                }
             }
         }
     }
