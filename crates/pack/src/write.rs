@@ -274,7 +274,7 @@ impl<'a> PackWriter<'a> {
 
     /// Write `oid` as a whole object, compressed again.
     fn full<W: Write>(&mut self, sink: &mut Sink<W>, oid: &ObjectId) -> Result<(), Error> {
-        let entry = compress_whole(self.objects, oid, self.opts.compression)?;
+        let entry = compress_whole(self.objects, oid, &mut compressor(self.opts.compression))?;
         sink.write_all(&entry)?;
         Ok(())
     }
@@ -349,7 +349,11 @@ impl<'a> PackWriter<'a> {
 }
 
 /// The pack entry (header and zlib data) of `oid` as a whole object.
-fn compress_whole(objects: &mut Objects, oid: &ObjectId, level: u32) -> Result<Vec<u8>, Error> {
+fn compress_whole(
+    objects: &mut Objects,
+    oid: &ObjectId,
+    zlib: &mut flate2::Compress,
+) -> Result<Vec<u8>, Error> {
     let (kind, data) = objects.read(oid)?;
     let header = match kind {
         Kind::Commit => Header::Commit,
@@ -357,11 +361,29 @@ fn compress_whole(objects: &mut Objects, oid: &ObjectId, level: u32) -> Result<V
         Kind::Blob => Header::Blob,
         Kind::Tag => Header::Tag,
     };
-    let mut entry = Vec::with_capacity(data.len() / 2 + 16);
+    let mut entry = Vec::with_capacity(data.len() / 2 + 64);
     header.write_to(data.len() as u64, &mut entry)?;
-    let mut encoder = flate2::write::ZlibEncoder::new(entry, flate2::Compression::new(level));
-    encoder.write_all(data)?;
-    Ok(encoder.finish()?)
+    // One compressor per thread, reset between objects: setting up zlib's state for every
+    // object (hundreds of KiB zeroed each time) cost more than compressing small files.
+    zlib.reset();
+    let mut input = data;
+    loop {
+        if entry.capacity() - entry.len() < 64 {
+            entry.reserve(entry.capacity().max(1024));
+        }
+        let before = zlib.total_in();
+        let status = zlib
+            .compress_vec(input, &mut entry, flate2::FlushCompress::Finish)
+            .map_err(|e| Error::Io(io::Error::other(e)))?;
+        input = &input[(zlib.total_in() - before) as usize..];
+        if status == flate2::Status::StreamEnd {
+            return Ok(entry);
+        }
+    }
+}
+
+fn compressor(level: u32) -> flate2::Compress {
+    flate2::Compress::new(flate2::Compression::new(level), true)
 }
 
 /// Entries compressed by one thread, or why it stopped.
@@ -388,16 +410,18 @@ fn compress_all(
             .zip(chunks)
             .map(|(objects, chunk)| {
                 scope.spawn(move || {
+                    let mut zlib = compressor(level);
                     chunk
                         .iter()
-                        .map(|oid| compress_whole(objects, oid, level).map(|e| (*oid, e)))
+                        .map(|oid| compress_whole(objects, oid, &mut zlib).map(|e| (*oid, e)))
                         .collect::<Result<Vec<_>, Error>>()
                 })
             })
             .collect();
+        let mut zlib = compressor(level);
         let mut results = vec![
             mine.iter()
-                .map(|oid| compress_whole(own, oid, level).map(|e| (*oid, e)))
+                .map(|oid| compress_whole(own, oid, &mut zlib).map(|e| (*oid, e)))
                 .collect(),
         ];
         results.extend(handles.into_iter().map(|h| {
