@@ -238,6 +238,129 @@ impl Mirror {
     }
 }
 
+/// What consolidation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consolidated {
+    /// Packs before.
+    pub packs_before: usize,
+    /// Objects in the one pack after.
+    pub objects: u32,
+    /// The pack, marked with its tips.
+    pub pack: Option<PathBuf>,
+}
+
+impl Mirror {
+    /// Merge every pack into one that holds exactly the objects the refs reach (stored deltas
+    /// reused, unreachable objects dropped), mark it with its tips so that clones of all refs
+    /// are sent it as it is, then remove the old packs. Blocking; the registry runs it so
+    /// that it never overlaps a refresh of the same mirror.
+    ///
+    /// The new pack is in place before an old one goes, and an old pack's index goes before
+    /// its data: readers always find every object. A reader that already has an old pack
+    /// open keeps reading it (its file lives until closed).
+    pub fn consolidate(&self) -> Result<Consolidated, Error> {
+        let repo = gitcache_pack::Repository::open(&self.git_dir)?;
+        let mut tips: Vec<ObjectId> = Vec::new();
+        for r in repo.refs()? {
+            if let Some(oid) = r.oid
+                && r.name != "HEAD"
+                && !tips.contains(&oid)
+            {
+                tips.push(oid);
+            }
+        }
+        let pack_dir = self.git_dir.join("objects").join("pack");
+        let old = pack_names(&pack_dir)?;
+        if tips.is_empty() {
+            return Ok(Consolidated {
+                packs_before: old.len(),
+                objects: 0,
+                pack: None,
+            });
+        }
+        let fetch = Fetch {
+            wants: tips.clone(),
+            done: true,
+            ofs_delta: true,
+            no_progress: true,
+            ..Fetch::default()
+        };
+        let plan = gitcache_pack::plan(
+            &repo,
+            &fetch,
+            repo.object_format(),
+            &gitcache_pack::Options::default(),
+        )?;
+        let gitcache_pack::Plan::Pack(plan) = plan else {
+            unreachable!("wants are the refs' own objects");
+        };
+        let objects = u32::try_from(plan.object_count()).unwrap_or(u32::MAX);
+        let keep = if plan.is_whole_pack() && old.len() == 1 {
+            // Already one pack holding exactly the closure of the refs.
+            old[0].clone()
+        } else {
+            let staging = pack_dir.join(format!("incoming-{}-consolidate", std::process::id()));
+            let written = (|| -> Result<ingest::Ingested, Error> {
+                let mut file = std::io::BufWriter::new(std::fs::File::create(&staging)?);
+                plan.write_pack(&mut file)?;
+                file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                let mut reader = BufReader::new(std::fs::File::open(&staging)?);
+                Ok(ingest::ingest_pack(
+                    &self.git_dir,
+                    repo.object_format(),
+                    &mut reader,
+                )?)
+            })();
+            let _ = std::fs::remove_file(&staging);
+            let ingested = written?;
+            let stem = format!("pack-{}", ingested.checksum);
+            for name in old.iter().filter(|n| **n != stem) {
+                remove_pack(&pack_dir, name)?;
+            }
+            stem
+        };
+        let repo = gitcache_pack::Repository::open(&self.git_dir)?;
+        let marked = repo.mark_pack_tips(&tips)?;
+        debug_assert!(
+            marked
+                .as_ref()
+                .is_none_or(|p| p.ends_with(format!("{keep}.pack")))
+        );
+        Ok(Consolidated {
+            packs_before: old.len(),
+            objects,
+            pack: marked,
+        })
+    }
+}
+
+/// The `pack-<checksum>` stems of the packs (with an index) in `dir`.
+fn pack_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".idx") {
+            names.push(stem.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Remove a pack: its index first (so no new reader finds it), then everything else.
+fn remove_pack(dir: &Path, stem: &str) -> std::io::Result<()> {
+    std::fs::remove_file(dir.join(format!("{stem}.idx")))?;
+    for ext in [
+        "pack", "rev", "bitmap", "tips", "keep", "promisor", "mtimes",
+    ] {
+        match std::fs::remove_file(dir.join(format!("{stem}.{ext}"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Replace every ref with `remote`'s: one `packed-refs` renamed into place, then `HEAD`.
 fn write_refs(git_dir: &Path, remote: &[RefLine]) -> Result<(), Error> {
     let mut lines: Vec<&RefLine> = remote

@@ -150,6 +150,26 @@ impl Registry {
         outcome
     }
 
+    /// Consolidate the mirror of `key` (see [`Mirror::consolidate`]), never while a refresh
+    /// of it runs. `None` if there is no such mirror.
+    pub async fn consolidate(
+        &self,
+        key: &MirrorKey,
+    ) -> Result<Option<crate::mirror::Consolidated>, Error> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(slots.entry(key.clone()).or_default())
+        };
+        let _running = slot.running.lock().await;
+        let Some(mirror) = self.existing(key) else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || mirror.consolidate())
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            .map(Some)
+    }
+
     async fn refresh_now(
         &self,
         key: &MirrorKey,

@@ -179,6 +179,37 @@ impl Plan {
 }
 
 impl PackPlan {
+    /// Write only the pack (no response sections, no side-band): what consolidating a
+    /// repository's packs, or storing a pack, needs.
+    pub fn write_pack<W: Write>(mut self, mut out: W) -> Result<PackStats, Error> {
+        let stats = match &self.source {
+            Source::WholePack { path, count } => {
+                let mut file = std::fs::File::open(path)?;
+                let bytes = std::io::copy(&mut file, &mut out)?;
+                PackStats {
+                    objects: u32::try_from(*count).unwrap_or(u32::MAX),
+                    reused: u32::try_from(*count).unwrap_or(u32::MAX),
+                    whole_pack: true,
+                    bytes,
+                    ..PackStats::default()
+                }
+            }
+            Source::Selected(selection) => {
+                let order: Vec<ObjectId> = selection.all().copied().collect();
+                let mut writer = PackWriter::new(
+                    &mut self.objects,
+                    &*self.spawn_objects,
+                    self.write,
+                    &self.packs,
+                    &self.rev,
+                );
+                writer.write(&order, &selection.client_has, &mut out)?
+            }
+        };
+        out.flush()?;
+        Ok(stats)
+    }
+
     fn write_to<W: Write>(mut self, out: W) -> Result<PackStats, Error> {
         let mut w = ResponseWriter::new(out, self.sideband_all);
         if let Some(common) = &self.acks {

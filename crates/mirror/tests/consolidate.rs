@@ -1,0 +1,135 @@
+//! Consolidation: many packs become one that clones are sent as it is.
+
+use std::time::Duration;
+
+use gitcache_mirror::registry::{MirrorKey, Registry};
+use gitcache_mirror::upstream::Upstream as Client;
+use gitcache_pack::{Options, Plan, Repository, plan};
+use gitcache_protocol::ObjectId;
+use gitcache_protocol::request::Fetch;
+use gitcache_testkit::git::git_stdout as git;
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, Upstream};
+
+fn tips(repo: &Repository) -> Vec<ObjectId> {
+    let mut tips: Vec<ObjectId> = repo
+        .refs()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.name != "HEAD")
+        .filter_map(|r| r.oid)
+        .collect();
+    tips.sort();
+    tips.dedup();
+    tips
+}
+
+fn clone_plan(repo: &Repository) -> Plan {
+    let fetch = Fetch {
+        wants: tips(repo),
+        done: true,
+        ofs_delta: true,
+        no_progress: true,
+        ..Fetch::default()
+    };
+    plan(repo, &fetch, repo.object_format(), &Options::default()).unwrap()
+}
+
+fn packs(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("objects/pack"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pack")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_packs_become_one_that_clones_get_as_it_is() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/busy");
+    repo::generate(&source, &RepoSpec::small(95)).unwrap();
+    upstream.adopt_repo("acme/busy", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(dir.path());
+    let key = MirrorKey::new("127.0.0.1", "acme", "busy").unwrap();
+    let client = Client::new(
+        &upstream.repo_url("acme/busy"),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    for seed in [1, 2] {
+        repo::append_commits(&source, "main", 4, seed).unwrap();
+        registry.refresh(&key, &client, &[]).await.unwrap();
+    }
+    // A branch deleted upstream leaves its own commits unreachable in the mirror.
+    repo::append_commits(&source, "feature/2", 2, 9).unwrap();
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    let doomed_tip = git(&source, &["rev-parse", "feature/2"]).trim().to_owned();
+    git(&source, &["branch", "-D", "feature/2"]);
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    let mirror = registry.existing(&key).unwrap();
+    assert!(packs(mirror.git_dir()) >= 4);
+
+    // A fetch planned before consolidation, written after it.
+    let before = Repository::open(mirror.git_dir()).unwrap();
+    let early = clone_plan(&before);
+
+    let done = registry.consolidate(&key).await.unwrap().unwrap();
+    assert!(done.packs_before >= 4);
+    assert_eq!(packs(mirror.git_dir()), 1);
+    let marked = done.pack.expect("the new pack is marked with its tips");
+    assert!(marked.with_extension("tips").is_file());
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+    let reachable = git(mirror.git_dir(), &["rev-list", "--objects", "--all"])
+        .lines()
+        .count();
+    assert_eq!(
+        done.objects as usize, reachable,
+        "exactly what the refs reach"
+    );
+    assert!(
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(mirror.git_dir())
+            .args(["cat-file", "-e", &doomed_tip])
+            .status()
+            .unwrap()
+            .code()
+            != Some(0),
+        "unreachable commits dropped"
+    );
+
+    let mut out = Vec::new();
+    early.write_to(&mut out).unwrap();
+    let early_pack = gitcache_protocol::response::parse_fetch_response(&out, gix_hash::Kind::Sha1)
+        .unwrap()
+        .pack
+        .unwrap();
+    assert!(early_pack.starts_with(b"PACK"));
+
+    // Clones of all refs are now sent the stored pack as it is, with no walk.
+    let repo = Repository::open(mirror.git_dir()).unwrap();
+    let Plan::Pack(p) = clone_plan(&repo) else {
+        panic!("a pack")
+    };
+    assert!(p.is_whole_pack());
+    let mut raw = Vec::new();
+    Plan::Pack(p).write_to(&mut raw).unwrap();
+    let sent = gitcache_protocol::response::parse_fetch_response(&raw, gix_hash::Kind::Sha1)
+        .unwrap()
+        .pack
+        .unwrap();
+    assert_eq!(sent, std::fs::read(&marked).unwrap());
+
+    // Again: nothing to do.
+    let again = registry.consolidate(&key).await.unwrap().unwrap();
+    assert_eq!(again.packs_before, 1);
+    assert_eq!(again.pack, Some(marked));
+}
