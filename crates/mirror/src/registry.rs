@@ -90,11 +90,15 @@ struct Slot {
     last: Mutex<(u64, Option<Shared>)>,
 }
 
+/// Packs a mirror may gather before it is consolidated in the background.
+pub const DEFAULT_CONSOLIDATE_AFTER: usize = 8;
+
 /// The mirrors under one folder.
 #[derive(Debug)]
 pub struct Registry {
     root: PathBuf,
     slots: Mutex<HashMap<MirrorKey, Arc<Slot>>>,
+    consolidate_after: usize,
 }
 
 impl Registry {
@@ -103,7 +107,54 @@ impl Registry {
         Registry {
             root: root.into(),
             slots: Mutex::new(HashMap::new()),
+            consolidate_after: DEFAULT_CONSOLIDATE_AFTER,
         }
+    }
+
+    /// Consolidate a mirror once it has more than `packs` packs (see
+    /// [`refresh_and_maintain`](Self::refresh_and_maintain)).
+    pub fn with_consolidate_after(mut self, packs: usize) -> Self {
+        self.consolidate_after = packs.max(1);
+        self
+    }
+
+    /// Whether the mirror of `key` has more packs than the policy allows.
+    pub fn needs_consolidation(&self, key: &MirrorKey) -> bool {
+        let dir = self.path(key).join("objects").join("pack");
+        let packs = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "idx"))
+                    .count()
+            })
+            .unwrap_or(0);
+        packs > self.consolidate_after
+    }
+
+    /// [`refresh`](Self::refresh), then, if the mirror has gathered too many packs,
+    /// consolidate it in a background task (which waits for any refresh of it to finish).
+    pub async fn refresh_and_maintain(
+        self: &Arc<Self>,
+        key: &MirrorKey,
+        upstream: &Upstream,
+        extra_prefixes: &[&str],
+    ) -> Shared {
+        let outcome = self.refresh(key, upstream, extra_prefixes).await;
+        if outcome.is_ok() && self.needs_consolidation(key) {
+            let (registry, key) = (Arc::clone(self), key.clone());
+            tokio::spawn(async move {
+                match registry.consolidate(&key).await {
+                    Ok(Some(done)) => tracing::info!(
+                        packs_before = done.packs_before,
+                        objects = done.objects,
+                        "mirror consolidated"
+                    ),
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(%err, "mirror consolidation failed"),
+                }
+            });
+        }
+        outcome
     }
 
     /// Where the mirror of `key` lives.

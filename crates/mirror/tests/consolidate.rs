@@ -133,3 +133,45 @@ async fn many_packs_become_one_that_clones_get_as_it_is() {
     assert_eq!(again.packs_before, 1);
     assert_eq!(again.pack, Some(marked));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_consolidate_in_the_background_after_enough_packs() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/active");
+    repo::generate(&source, &RepoSpec::small(96)).unwrap();
+    upstream.adopt_repo("acme/active", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = std::sync::Arc::new(Registry::new(dir.path()).with_consolidate_after(2));
+    let key = MirrorKey::new("127.0.0.1", "acme", "active").unwrap();
+    let client = Client::new(
+        &upstream.repo_url("acme/active"),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    registry
+        .refresh_and_maintain(&key, &client, &[])
+        .await
+        .unwrap();
+    for seed in [1, 2] {
+        repo::append_commits(&source, "main", 3, seed).unwrap();
+        registry
+            .refresh_and_maintain(&key, &client, &[])
+            .await
+            .unwrap();
+    }
+    // Three packs exceed the limit of two: a background consolidation leaves one.
+    let mirror = registry.existing(&key).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while packs(mirror.git_dir()) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no consolidation happened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Wait for the background task to finish its mark, taking the per-mirror lock.
+    registry.consolidate(&key).await.unwrap();
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+    assert!(!registry.needs_consolidation(&key));
+}

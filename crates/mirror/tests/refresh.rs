@@ -186,3 +186,32 @@ async fn sha256_upstream_and_mismatched_formats() {
     );
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_push_upstream_is_followed() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/rewritten");
+    repo::generate(&source, &RepoSpec::small(75)).unwrap();
+    upstream
+        .adopt_repo("acme/rewritten", Access::Public)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/rewritten", None);
+    repo::append_commits(&source, "main", 5, 1).unwrap();
+    mirror.refresh(&up, &[]).await.unwrap();
+
+    // Rewrite main: drop the last five commits and build others on the older base.
+    git(&source, &["update-ref", "refs/heads/main", "main~5"]);
+    let rewritten = repo::append_commits(&source, "main", 3, 2).unwrap();
+    // And move a tag backwards.
+    git(&source, &["tag", "-f", "v1.0", "main~6"]);
+    let refreshed = mirror.refresh(&up, &[]).await.unwrap();
+    assert!(refreshed.changed);
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    assert_eq!(
+        git(mirror.git_dir(), &["rev-parse", "main"]).trim(),
+        rewritten
+    );
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
