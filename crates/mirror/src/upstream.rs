@@ -1,8 +1,8 @@
 //! A protocol v2 client for an upstream's smart HTTP endpoint: the capability advertisement,
 //! `ls-refs`, and `fetch` whose response body is handed over as it arrives.
 //!
-//! Plain `http://` only for now (tests and local forges); `https://` needs the TLS layer that is
-//! still to come, and is refused with a clear error.
+//! `https://` uses rustls with the system's trusted roots (or a configuration of your own, see
+//! [`Upstream::with_tls`]); `http://` is for local forges and tests.
 
 use std::time::Duration;
 
@@ -66,8 +66,10 @@ impl Error {
 }
 
 /// One upstream repository, reached at `<base>/<path>`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Upstream {
+    /// TLS settings for `https://`; `None` for `http://`.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     host: String,
     port: u16,
     /// The repository's path, e.g. `/acme/widgets.git`.
@@ -76,31 +78,85 @@ pub struct Upstream {
     timeout: Duration,
 }
 
+impl std::fmt::Debug for Upstream {
+    /// Never shows the credential.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("tls", &self.tls.is_some())
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("path", &self.path)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// TLS with the system's trusted roots, loaded once.
+fn default_tls() -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
+    static CONFIG: std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            tls_config(roots).map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|reason| Error::Protocol(format!("TLS setup: {reason}")))
+}
+
+/// A client configuration trusting `roots` (ring crypto, TLS 1.2 and 1.3, HTTP/1.1).
+pub fn tls_config(
+    roots: rustls::RootCertStore,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, rustls::Error> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
 impl Upstream {
-    /// The repository at `url` (e.g. `http://127.0.0.1:8080/acme/widgets.git`), sending
+    /// The repository at `url` (e.g. `https://github.com/acme/widgets.git`), sending
     /// `authorization` (an `Authorization` header value) if given.
     pub fn new(url: &str, authorization: Option<String>, timeout: Duration) -> Result<Self, Error> {
         let bad = |reason| Error::Url {
             url: url.to_owned(),
             reason,
         };
-        let rest = match url.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some(("https", _)) => return Err(bad("https is not supported yet")),
-            _ => return Err(bad("expected http://host[:port]/path")),
+        let (rest, tls, default_port) = match url.split_once("://") {
+            Some(("http", rest)) => (rest, None, 80),
+            Some(("https", rest)) => (rest, Some(default_tls()?), 443),
+            _ => return Err(bad("expected http(s)://host[:port]/path")),
         };
         let (authority, path) = rest.split_once('/').ok_or(bad("no repository path"))?;
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad("bad port"))?),
-            None => (authority.to_owned(), 80),
+            None => (authority.to_owned(), default_port),
         };
         Ok(Upstream {
+            tls,
             host,
             port,
             path: format!("/{}", path.trim_end_matches('/')),
             authorization,
             timeout,
         })
+    }
+
+    /// Use `config` for `https://` instead of the system's roots (e.g. a private CA).
+    pub fn with_tls(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        if self.tls.is_some() {
+            self.tls = Some(config);
+        }
+        self
     }
 
     async fn send(
@@ -112,13 +168,23 @@ impl Upstream {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(Error::Connect)?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "upstream connection ended");
+        let mut sender = match &self.tls {
+            None => handshake(stream).await?,
+            Some(config) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|_| {
+                        Error::Url {
+                            url: self.host.clone(),
+                            reason: "not a valid TLS server name",
+                        }
+                    })?;
+                let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(config))
+                    .connect(name, stream)
+                    .await
+                    .map_err(Error::Connect)?;
+                handshake(tls).await?
             }
-        });
+        };
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{suffix}", self.path))
@@ -245,6 +311,20 @@ impl Upstream {
         })
         .await
     }
+}
+
+/// An HTTP/1.1 connection over `io`, driven by a task of its own.
+async fn handshake<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%err, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 fn encode(format: HashKind, command: Command) -> Vec<u8> {

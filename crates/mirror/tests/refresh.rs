@@ -215,3 +215,34 @@ async fn a_force_push_upstream_is_followed() {
     );
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified() {
+    let upstream = Upstream::start_tls().unwrap();
+    repo::generate(&upstream.repo_path("acme/secure"), &RepoSpec::small(76)).unwrap();
+    upstream.adopt_repo("acme/secure", Access::Public).unwrap();
+    let url = upstream.repo_url("acme/secure");
+    assert!(url.starts_with("https://127.0.0.1:"));
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+
+    // The system's roots do not know this certificate: refused, mirror untouched.
+    let untrusted = Client::new(&url, None, Duration::from_secs(30)).unwrap();
+    let err = mirror.refresh(&untrusted, &[]).await.unwrap_err();
+    assert!(err.to_string().contains("connection failed"), "{err}");
+    assert!(refs(mirror.git_dir()).is_empty());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(upstream.certificate_der().unwrap().to_vec().into())
+        .unwrap();
+    let trusted = Client::new(&url, None, Duration::from_secs(30))
+        .unwrap()
+        .with_tls(gitcache_mirror::upstream::tls_config(roots).unwrap());
+    mirror.refresh(&trusted, &[]).await.unwrap();
+    assert_eq!(
+        refs(mirror.git_dir()),
+        refs(&upstream.repo_path("acme/secure"))
+    );
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}

@@ -146,6 +146,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct Upstream {
     addr: SocketAddr,
+    /// The certificate served, for `start_tls` upstreams (DER).
+    certificate: Option<Vec<u8>>,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -155,6 +157,31 @@ pub struct Upstream {
 impl Upstream {
     /// Start serving on `127.0.0.1:0` over an empty project root.
     pub fn start() -> io::Result<Upstream> {
+        Upstream::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), but over TLS with a self-signed certificate for
+    /// `127.0.0.1` and `localhost`; clients trust [`certificate_der`](Self::certificate_der).
+    pub fn start_tls() -> io::Result<Upstream> {
+        let generated = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .map_err(io::Error::other)?;
+        let cert = generated.cert.der().to_vec();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone().into()], key)
+            .map_err(io::Error::other)?;
+        Upstream::start_with(Some((Arc::new(config), cert)))
+    }
+
+    fn start_with(tls: Option<(Arc<rustls::ServerConfig>, Vec<u8>)>) -> io::Result<Upstream> {
         let root = tempfile::Builder::new()
             .prefix("gitcache-upstream-")
             .tempdir()?;
@@ -176,6 +203,8 @@ impl Upstream {
             .enable_all()
             .build()?;
         let served = Arc::clone(&shared);
+        let certificate = tls.as_ref().map(|(_, cert)| cert.clone());
+        let acceptor = tls.map(|(config, _)| tokio_rustls::TlsAcceptor::from(config));
         let thread = std::thread::Builder::new()
             .name("upstream".into())
             .spawn(move || {
@@ -185,7 +214,7 @@ impl Upstream {
                         Err(err) => return eprintln!("upstream: cannot listen: {err}"),
                     };
                     tokio::select! {
-                        () = accept_loop(listener, served) => {}
+                        () = accept_loop(listener, served, acceptor) => {}
                         _ = stopped => {}
                     }
                 });
@@ -193,6 +222,7 @@ impl Upstream {
             })?;
         Ok(Upstream {
             addr,
+            certificate,
             shared,
             stop: Some(stop),
             thread: Some(thread),
@@ -200,9 +230,19 @@ impl Upstream {
         })
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` when started with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.certificate.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The TLS certificate served (DER), for upstreams started with [`start_tls`](Self::start_tls).
+    pub fn certificate_der(&self) -> Option<&[u8]> {
+        self.certificate.as_deref()
     }
 
     /// The socket address.
@@ -368,20 +408,29 @@ fn repo_key(name: &str) -> String {
         .to_ascii_lowercase()
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = Arc::clone(&shared);
+        let (shared, tls) = (Arc::clone(&shared), tls.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, Infallible>(handle(shared, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            let _ = match tls {
+                None => http.serve_connection(TokioIo::new(stream), service).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                    Err(_) => return,
+                },
+            };
         });
     }
 }
