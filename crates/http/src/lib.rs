@@ -1,8 +1,10 @@
 //! HTTP services of gitcache: the routes `git` and operators reach.
 //!
-//! Today this crate serves the health endpoints and refuses git traffic with a clear message:
-//! the caching proxy itself (upload-pack from mirrors, the access gate, passthrough) is not
-//! built yet, and the README's status table says so.
+//! Built so far: [`route`], which tells which repository and git service a request is for
+//! (default upstream or an allowed host in the path) and refuses bad names with a 400 before
+//! anything touches the disk; and the health endpoints. Git traffic is refused with a clear
+//! message: the proxy itself (serving from mirrors, the access gate, passthrough) is not built
+//! yet, and the README's status table says so.
 //!
 //! # Example
 //!
@@ -15,6 +17,8 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod route;
 
 use std::convert::Infallible;
 use std::future::Future;
