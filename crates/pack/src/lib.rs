@@ -45,7 +45,6 @@ use std::io::Write;
 use bstr::BString;
 use gitcache_protocol::request::Fetch;
 use gitcache_protocol::response::ResponseWriter;
-use gitcache_protocol::sideband::SidebandWriter;
 use gix_hash::ObjectId;
 
 pub use error::Error;
@@ -182,17 +181,23 @@ impl PackPlan {
     /// Write only the pack (no response sections, no side-band): what consolidating a
     /// repository's packs, or storing a pack, needs.
     pub fn write_pack<W: Write>(mut self, mut out: W) -> Result<PackStats, Error> {
-        let stats = match &self.source {
+        let stats = self.pack_bytes(&mut out)?;
+        out.flush()?;
+        Ok(stats)
+    }
+
+    /// The pack itself, from the stored file or object by object.
+    fn pack_bytes(&mut self, out: &mut impl Write) -> Result<PackStats, Error> {
+        match &self.source {
             Source::WholePack { path, count } => {
-                let mut file = std::fs::File::open(path)?;
-                let bytes = std::io::copy(&mut file, &mut out)?;
-                PackStats {
+                let bytes = std::io::copy(&mut std::fs::File::open(path)?, out)?;
+                Ok(PackStats {
                     objects: u32::try_from(*count).unwrap_or(u32::MAX),
                     reused: u32::try_from(*count).unwrap_or(u32::MAX),
                     whole_pack: true,
                     bytes,
                     ..PackStats::default()
-                }
+                })
             }
             Source::Selected(selection) => {
                 let order: Vec<ObjectId> = selection.all().copied().collect();
@@ -203,11 +208,9 @@ impl PackPlan {
                     &self.packs,
                     &self.rev,
                 );
-                writer.write(&order, &selection.client_has, &mut out)?
+                writer.write(&order, &selection.client_has, out)
             }
-        };
-        out.flush()?;
-        Ok(stats)
+        }
     }
 
     fn write_to<W: Write>(mut self, out: W) -> Result<PackStats, Error> {
@@ -226,25 +229,10 @@ impl PackPlan {
         if self.progress {
             band.progress(format!("Enumerating objects: {count}, done.\n").as_bytes())?;
         }
-        let result = match &self.source {
-            Source::WholePack { path, count } => send_file(path, *count, &mut band),
-            Source::Selected(selection) => {
-                if self.progress {
-                    band.progress(
-                        format!("Counting objects: 100% ({count}/{count}), done.\n").as_bytes(),
-                    )?;
-                }
-                let order: Vec<ObjectId> = selection.all().copied().collect();
-                let mut writer = PackWriter::new(
-                    &mut self.objects,
-                    &*self.spawn_objects,
-                    self.write,
-                    &self.packs,
-                    &self.rev,
-                );
-                writer.write(&order, &selection.client_has, BandPack(&mut band))
-            }
-        };
+        if self.progress && matches!(self.source, Source::Selected(_)) {
+            band.progress(format!("Counting objects: 100% ({count}/{count}), done.\n").as_bytes())?;
+        }
+        let result = self.pack_bytes(&mut band);
         let stats = match result {
             Ok(stats) => stats,
             Err(Error::Io(err)) => return Err(Error::Io(err)),
@@ -271,36 +259,6 @@ impl PackPlan {
         }
         band.finish()?;
         Ok(stats)
-    }
-}
-
-/// Stream a stored pack file as it is.
-fn send_file<W: Write>(
-    path: &std::path::Path,
-    count: usize,
-    band: &mut SidebandWriter<W>,
-) -> Result<PackStats, Error> {
-    let mut file = std::fs::File::open(path)?;
-    let bytes = std::io::copy(&mut file, &mut BandPack(band))?;
-    Ok(PackStats {
-        objects: u32::try_from(count).unwrap_or(u32::MAX),
-        reused: u32::try_from(count).unwrap_or(u32::MAX),
-        whole_pack: true,
-        bytes,
-        ..PackStats::default()
-    })
-}
-
-/// Pack bytes into band 1.
-struct BandPack<'a, W: Write>(&'a mut SidebandWriter<W>);
-
-impl<W: Write> Write for BandPack<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
     }
 }
 

@@ -274,6 +274,12 @@ impl<W: Write> Writer<W> {
         self.file_data(content)
     }
 
+    /// A random file of `branch` (which has some).
+    fn pick(&mut self, branch: &Branch) -> String {
+        let i = self.rng.below(branch.files.len());
+        branch.files.keys().nth(i).cloned().expect("in range")
+    }
+
     /// One to three random changes to `branch`'s files, each written to the stream.
     fn random_changes(
         &mut self,
@@ -287,12 +293,7 @@ impl<W: Write> Writer<W> {
             let roll = self.rng.below(100);
             if roll < 55 && n > 0 {
                 // Edit a text file: append lines, or rewrite it once it grows big.
-                let key = branch
-                    .files
-                    .keys()
-                    .nth(self.rng.below(n))
-                    .cloned()
-                    .expect("in range");
+                let key = self.pick(branch);
                 if let Some(Content::Text(old)) = branch.files.get(&key).cloned() {
                     let mut new = if old.len() > 24 << 10 {
                         old[old.len() / 2..].to_vec()
@@ -317,21 +318,11 @@ impl<W: Write> Writer<W> {
                 self.set_file(&path, &content)?;
                 branch.files.insert(path, content);
             } else if roll < 88 {
-                let key = branch
-                    .files
-                    .keys()
-                    .nth(self.rng.below(n))
-                    .cloned()
-                    .expect("in range");
+                let key = self.pick(branch);
                 writeln!(self.out, "D {key}")?;
                 branch.files.remove(&key);
             } else {
-                let key = branch
-                    .files
-                    .keys()
-                    .nth(self.rng.below(n))
-                    .cloned()
-                    .expect("in range");
+                let key = self.pick(branch);
                 let new = format!("moved/{}", key.replace('/', "-"));
                 if branch.files.contains_key(&new) {
                     continue;
