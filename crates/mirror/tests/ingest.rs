@@ -1,38 +1,18 @@
 //! Received packs go into a mirror whole, or not at all.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use gitcache_mirror::ingest::{Error, ingest_pack, remove_leftovers};
-use gitcache_testkit::git::git_stdout as git;
+use gitcache_testkit::git::{git_stdout as git, git_with_input};
 use gitcache_testkit::repo::{self, RepoSpec};
 use gix_hash::Kind;
 
 /// `git pack-objects --stdout <args>` in `repo` with `revs` on stdin.
 fn pack_objects(repo: &Path, args: &[&str], revs: &str) -> Vec<u8> {
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .arg("pack-objects")
-        // What an upstream sends when asked for ofs-delta, as the mirror always asks.
-        .arg("--delta-base-offset")
-        .args(args)
-        .arg("--stdout")
-        .arg("-q")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(revs.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    out.stdout
+    // What an upstream sends when asked for ofs-delta, as the mirror always asks.
+    let mut all = vec!["pack-objects", "--delta-base-offset", "--stdout", "-q"];
+    all.extend_from_slice(args);
+    git_with_input(repo, &all, revs.as_bytes())
 }
 
 fn pack_dir_listing(repo: &Path) -> Vec<String> {

@@ -3,36 +3,16 @@
 
 use std::io::{self, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use gitcache_pack::{Error, Options, Plan, Repository, plan};
 use gitcache_protocol::request::Fetch;
 use gitcache_protocol::{ObjectFormat, ObjectId};
+use gitcache_testkit::git::git_with_input;
 use gitcache_testkit::repo::{self, RepoSpec};
 
 fn git(dir: &Path, args: &[&str], input: Option<&[u8]>) -> String {
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.unwrap_or_default())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let out = git_with_input(dir, args, input.unwrap_or_default());
+    String::from_utf8(out).unwrap().trim().to_owned()
 }
 
 fn fetch(want: ObjectId) -> Fetch {

@@ -1,7 +1,6 @@
 //! Reuse of stored data: whole packs sent as they are, stored deltas copied.
 
 use std::path::Path;
-use std::process::Command;
 
 use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::request::Fetch;
@@ -152,16 +151,7 @@ fn stored_deltas_are_copied_not_recomputed() {
         check.path(),
         &["init", "-q", "--bare", client.to_str().unwrap()],
     );
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(&client)
-        .args(["index-pack", "--strict", "--stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &pack).unwrap();
-    assert!(child.wait().unwrap().success());
+    gitcache_testkit::git::git_with_input(&client, &["index-pack", "--strict", "--stdin"], &pack);
     git(
         &client,
         &["update-ref", "refs/heads/main", &main[0].to_string()],

@@ -212,3 +212,34 @@ pub(crate) fn rev_parse_in(repo: &Path, rev: &str) -> io::Result<String> {
         .trim()
         .to_owned())
 }
+
+/// Run `git args…` in `dir` (no machine configuration) with `input` on its standard input;
+/// what it printed, or a panic with git's error output. For tests and benches.
+#[track_caller]
+pub fn git_with_input(dir: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = Command::new(git_program())
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("git {args:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = input.to_vec();
+    // Fed from a thread, so a git that writes much before reading all cannot deadlock.
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("git {args:?}: {e}"));
+    let _ = feeder.join();
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
