@@ -114,7 +114,8 @@ fn new_objects(store: &std::sync::Arc<gix_odb::Store>, hash: HashKind) -> Object
 impl Repository {
     /// Whether the object database holds `oid`.
     pub fn contains(&self, oid: &ObjectId) -> bool {
-        self.objects().header(oid).ok().flatten().is_some()
+        // A plain handle: an existence check needs no delta-base cache.
+        gix_pack::Find::contains(&gix_odb::Cache::from(self.store.to_handle_arc()), oid)
     }
 
     /// The ref store, opened afresh so that every answer reflects the refs as they are now.
