@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use gitcache_protocol::advertise::Advertised;
 use gitcache_protocol::ls_refs::{self, RefLine};
 use gitcache_protocol::request::{Capabilities, Command, Fetch, LsRefs, Request};
 use gix_hash::Kind as HashKind;
@@ -159,17 +160,18 @@ impl Upstream {
         self
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        suffix: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<hyper::Response<Incoming>, Error> {
+    /// An HTTP/1.1 connection to the upstream, over TLS for `https://`.
+    async fn connect<B>(&self) -> Result<hyper::client::conn::http1::SendRequest<B>, Error>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(Error::Connect)?;
-        let mut sender = match &self.tls {
-            None => handshake(stream).await?,
+        match &self.tls {
+            None => handshake(stream).await,
             Some(config) => {
                 let name =
                     rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|_| {
@@ -182,21 +184,82 @@ impl Upstream {
                     .connect(name, stream)
                     .await
                     .map_err(Error::Connect)?;
-                handshake(tls).await?
+                handshake(tls).await
             }
-        };
+        }
+    }
+
+    /// A request for `<repository path><suffix>` with the host, agent and credential set.
+    fn request(&self, method: Method, suffix: &str) -> hyper::http::request::Builder {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{suffix}", self.path))
-            .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
+            .header(hyper::header::HOST, self.authority());
+        if let Some(auth) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, auth);
+        }
+        request
+    }
+
+    fn authority(&self) -> String {
+        let default_port = if self.tls.is_some() { 443 } else { 80 };
+        if self.port == default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Pass a request on as it is: `method` on `<repository path><suffix>` (the suffix holds
+    /// any query), with `headers` (hop-by-hop, `Host` and `Authorization` are never taken from
+    /// them: the credential is this upstream's own) and `body` streamed as it arrives. The
+    /// response comes back whatever its status, its body unread. The timeout bounds the wait
+    /// for the response head, not the body.
+    pub async fn forward<B>(
+        &self,
+        method: Method,
+        suffix: &str,
+        headers: &hyper::HeaderMap,
+        body: B,
+    ) -> Result<hyper::Response<Incoming>, Error>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut request = self.request(method, suffix);
+        for (name, value) in headers {
+            if !is_hop_by_hop(name)
+                && name != hyper::header::HOST
+                && name != hyper::header::AUTHORIZATION
+            {
+                request = request.header(name, value);
+            }
+        }
+        let request = request
+            .body(body)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        self.with_timeout(async {
+            let mut sender = self.connect().await?;
+            Ok(sender.send_request(request).await?)
+        })
+        .await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        suffix: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<Incoming>, Error> {
+        let mut sender = self.connect().await?;
+        let mut request = self
+            .request(method, suffix)
             .header(
                 hyper::header::USER_AGENT,
                 concat!("gitcache/", env!("CARGO_PKG_VERSION")),
             )
             .header("Git-Protocol", "version=2");
-        if let Some(auth) = &self.authorization {
-            request = request.header(hyper::header::AUTHORIZATION, auth);
-        }
         let has_body = body.is_some();
         if has_body {
             request = request
@@ -245,28 +308,13 @@ impl Upstream {
                 .send(Method::GET, "/info/refs?service=git-upload-pack", None)
                 .await?;
             let body = response.into_body().collect().await?.to_bytes();
-            let mut format = HashKind::Sha1;
-            let mut v2 = false;
-            for line in gitcache_protocol::pktline::lines(&body) {
-                let line = line.map_err(|e| Error::Protocol(e.to_string()))?;
-                let Some(data) = line.as_slice() else {
-                    continue;
-                };
-                let text =
-                    String::from_utf8_lossy(gitcache_protocol::pktline::chomp(data)).into_owned();
-                v2 |= text == "version 2";
-                if let Some(name) = text.strip_prefix("object-format=") {
-                    format = name
-                        .parse()
-                        .map_err(|_| Error::Protocol(format!("object format {name}")))?;
-                }
-            }
-            if !v2 {
-                return Err(Error::Protocol(
+            match gitcache_protocol::advertise::read_advertised(&body) {
+                Ok(Advertised::V2(format)) => Ok(format),
+                Ok(Advertised::Other) => Err(Error::Protocol(
                     "the upstream does not speak protocol v2".into(),
-                ));
+                )),
+                Err(err) => Err(Error::Protocol(err.to_string())),
             }
-            Ok(format)
         })
         .await
     }
@@ -314,9 +362,12 @@ impl Upstream {
 }
 
 /// An HTTP/1.1 connection over `io`, driven by a task of its own.
-async fn handshake<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, Error>
+async fn handshake<T, B>(io: T) -> Result<hyper::client::conn::http1::SendRequest<B>, Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
@@ -325,6 +376,22 @@ where
         }
     });
     Ok(sender)
+}
+
+/// Headers that belong to one connection and are never passed on (RFC 9110, 7.6.1).
+pub fn is_hop_by_hop(name: &hyper::header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 fn encode(format: HashKind, command: Command) -> Vec<u8> {

@@ -101,3 +101,70 @@ impl Advertisement {
         Ok(())
     }
 }
+
+/// Why an advertisement could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The pkt-line framing is broken.
+    #[error(transparent)]
+    Framing(#[from] Error),
+    /// An `object-format` this build does not know.
+    #[error("unknown object format '{name}'")]
+    UnknownObjectFormat {
+        /// The name advertised.
+        name: String,
+    },
+}
+
+/// What an upstream's answer to `GET info/refs?service=git-upload-pack` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advertised {
+    /// A protocol v2 capability advertisement, with its object format (SHA-1 when not named).
+    V2(Kind),
+    /// Anything else: a v0/v1 ref advertisement (the server does not speak v2).
+    Other,
+}
+
+/// Read an advertisement: protocol v2 and the object format, or not v2 at all.
+///
+/// A v0 answer over HTTP starts with `# service=git-upload-pack`; a v2 one with `version 2`.
+///
+/// ```
+/// use gitcache_protocol::advertise::{Advertised, Advertisement, read_advertised};
+/// let mut body = Vec::new();
+/// Advertisement::new("git/2.47", gix_hash::Kind::Sha256).write_to(&mut body)?;
+/// assert_eq!(read_advertised(&body)?, Advertised::V2(gix_hash::Kind::Sha256));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn read_advertised(body: &[u8]) -> Result<Advertised, ReadError> {
+    let mut lines = pktline::lines(body);
+    let first = loop {
+        match lines.next() {
+            None => return Ok(Advertised::Other),
+            Some(line) => {
+                if let Some(data) = line?.as_slice() {
+                    break data;
+                }
+            }
+        }
+    };
+    if pktline::chomp(first) != b"version 2" {
+        return Ok(Advertised::Other);
+    }
+    let mut format = Kind::Sha1;
+    for line in lines {
+        let Some(data) = line?.as_slice() else {
+            break;
+        };
+        if let Some(name) = pktline::chomp(data).strip_prefix(b"object-format=") {
+            format = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| ReadError::UnknownObjectFormat {
+                    name: String::from_utf8_lossy(name).into_owned(),
+                })?;
+        }
+    }
+    Ok(Advertised::V2(format))
+}

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bstr::BString;
-use gitcache_protocol::advertise::Advertisement;
+use gitcache_protocol::advertise::{Advertised, Advertisement, read_advertised};
 use gitcache_protocol::filter::Filter;
 use gitcache_protocol::ls_refs;
 use gitcache_protocol::request::{Command, Fetch, Limits, LsRefs, Request, parse_request};
@@ -165,6 +165,15 @@ fn every_recorded_request_parses_and_re_encodes() {
 }
 
 #[test]
+fn a_v0_advertisement_is_not_v2() {
+    let v0 = b"001e# service=git-upload-pack\n0000003f0123456789012345678901234567890123456789 HEAD\0side-band\n0000";
+    assert_eq!(read_advertised(v0).unwrap(), Advertised::Other);
+    assert_eq!(read_advertised(b"").unwrap(), Advertised::Other);
+    assert!(read_advertised(b"000eversion 2\n0019object-format=md5\n0000").is_err());
+    assert!(read_advertised(b"zzzz").is_err());
+}
+
+#[test]
 fn our_advertisement_is_byte_for_byte_what_http_backend_sends() {
     let mut compared = 0;
     for name in all_scenarios() {
@@ -189,6 +198,11 @@ fn our_advertisement_is_byte_for_byte_what_http_backend_sends() {
             assert_eq!(
                 String::from_utf8_lossy(&ours),
                 String::from_utf8_lossy(&e.response),
+                "{name}"
+            );
+            assert_eq!(
+                read_advertised(&e.response).unwrap(),
+                Advertised::V2(format),
                 "{name}"
             );
             compared += 1;

@@ -1,63 +1,70 @@
-//! gitcache-server: wires the library crates into a binary.
-//!
-//! Today: `--listen ADDR` (or `GITCACHE_LISTEN`, default `127.0.0.1:8080`), health endpoints,
-//! and a clean stop on SIGINT or SIGTERM.
+//! gitcache-server: reads the configuration, sets up logging, wires the library crates and
+//! waits for a signal. No protocol logic lives here.
 
-use std::net::SocketAddr;
+mod config;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use clap::Parser;
 
-const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-
-fn listen_addr() -> Result<SocketAddr> {
-    let mut args = std::env::args().skip(1);
-    let mut listen = std::env::var("GITCACHE_LISTEN").unwrap_or_else(|_| DEFAULT_LISTEN.to_owned());
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--listen" => listen = args.next().context("--listen needs an address")?,
-            "-h" | "--help" => {
-                println!(
-                    "gitcache-server: a caching proxy for git's smart HTTP protocol\n\n\
-                     Usage: gitcache-server [--listen ADDR]\n\n\
-                     Options:\n  --listen ADDR  address to listen on [env: GITCACHE_LISTEN] [default: {DEFAULT_LISTEN}]\n  -h, --help     print this help"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument '{other}' (see --help)"),
-        }
-    }
-    listen
-        .parse()
-        .with_context(|| format!("invalid listen address '{listen}'"))
-}
+use config::{Config, Flags, LogFormat};
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, "no SIGTERM handler; stopping on SIGINT only");
+                let _ = ctrl_c.await;
+            }
         }
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+    tracing::info!("signal received, shutting down");
+}
+
+fn init_tracing(config: &Config) {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(config.log_level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    match config.log_format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn main() -> Result<()> {
-    let addr = listen_addr()?;
+    let config = Config::load(Flags::parse())?;
+    init_tracing(&config);
+    let proxy = gitcache_http::Proxy::new(config.proxy).context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let options = gitcache_http::ServeOptions {
+        grace_period: config.shutdown_grace,
+    };
+    let listen = config.listen;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        eprintln!("gitcache listening on http://{}", listener.local_addr()?);
-        gitcache_http::serve(listener, shutdown_signal()).await;
-        eprintln!("gitcache stopped");
-        Ok(())
-    })
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, upstream = %proxy.config().upstream, data_dir = %proxy.config().data_dir.display(), "gitcache listening");
+        // Also on stderr as a plain line, whatever the log format: scripts wait for it.
+        eprintln!("gitcache listening on http://{addr}");
+        gitcache_http::serve_with(listener, proxy, shutdown_signal(), options).await;
+        anyhow::Ok(())
+    })?;
+    // Blocking work still running after the grace period is abandoned, not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    eprintln!("gitcache stopped");
+    Ok(())
 }

@@ -19,21 +19,34 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 
 #[test]
 fn serves_health_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:1",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "exited early");
+        if let Some(addr) = line.trim().strip_prefix("gitcache listening on http://") {
+            break addr.to_owned();
+        }
+    };
 
     assert_eq!(get(&addr, "/healthz").0, 200);
     assert_eq!(get(&addr, "/readyz").0, 200);
+    // Nothing listens upstream: a clear 502, not a hang.
     let (status, body) = get(&addr, "/acme/widgets.git/info/refs?service=git-upload-pack");
-    assert_eq!(status, 501);
-    assert!(body.contains("not implemented yet"), "{body}");
+    assert_eq!(status, 502);
+    assert!(body.contains("upstream connection failed"), "{body}");
 
     let pid = child.id().to_string();
     assert!(

@@ -1,0 +1,140 @@
+//! Access grants: which credential the upstream accepted for which repository, and when.
+//!
+//! A grant is recorded whenever the upstream accepts a client's credential for a repository
+//! (its `info/refs` or `ls-refs` answered with success). A `fetch` is served from a mirror
+//! only with a grant younger than the TTL; otherwise the upstream is asked first. Credentials
+//! are kept only as their SHA-256 fingerprint.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gitcache_mirror::registry::MirrorKey;
+
+/// The SHA-256 of an `Authorization` header value, or the absence of one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(Option<[u8; 32]>);
+
+impl Fingerprint {
+    /// The fingerprint of `authorization` (`None`: an anonymous client).
+    pub fn of(authorization: Option<&[u8]>) -> Self {
+        Fingerprint(authorization.map(|value| {
+            let mut hasher = gix_hash::hasher(gix_hash::Kind::Sha256);
+            hasher.update(value);
+            let digest = hasher
+                .try_finalize()
+                .expect("SHA-256 has no collision detection to fail");
+            let mut out = [0u8; 32];
+            out.copy_from_slice(digest.as_bytes());
+            out
+        }))
+    }
+
+    /// Whether no credential was given.
+    pub fn is_anonymous(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    /// A short prefix, enough to tell credentials apart in logs, useless to an attacker.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("anonymous"),
+            Some(d) => write!(f, "{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3]),
+        }
+    }
+}
+
+/// Grants older than this many are dropped when the table is pruned.
+const PRUNE_AT: usize = 100_000;
+
+/// The grants of all clients, in memory.
+#[derive(Debug)]
+pub struct AccessGrants {
+    ttl: Duration,
+    grants: Mutex<HashMap<(MirrorKey, Fingerprint), Instant>>,
+}
+
+impl AccessGrants {
+    /// Grants that last `ttl` (zero: none lasts, every fetch is verified).
+    pub fn new(ttl: Duration) -> Self {
+        AccessGrants {
+            ttl,
+            grants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Record that the upstream accepted `who` for `key` just now.
+    pub fn grant(&self, key: &MirrorKey, who: Fingerprint) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        if grants.len() >= PRUNE_AT {
+            let ttl = self.ttl;
+            grants.retain(|_, at| now.duration_since(*at) < ttl);
+        }
+        grants.insert((key.clone(), who), now);
+    }
+
+    /// Whether `who` was accepted for `key` within the TTL.
+    pub fn is_fresh(&self, key: &MirrorKey, who: Fingerprint) -> bool {
+        if self.ttl.is_zero() {
+            return false;
+        }
+        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        grants
+            .get(&(key.clone(), who))
+            .is_some_and(|at| at.elapsed() < self.ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(repo: &str) -> MirrorKey {
+        MirrorKey::new("example.com", "acme", repo).unwrap()
+    }
+
+    #[test]
+    fn a_grant_is_per_repository_and_credential() {
+        let grants = AccessGrants::new(Duration::from_secs(60));
+        let alice = Fingerprint::of(Some(b"Basic YWxpY2U6cHc="));
+        let bob = Fingerprint::of(Some(b"Basic Ym9iOnB3"));
+        grants.grant(&key("widgets"), alice);
+        assert!(grants.is_fresh(&key("widgets"), alice));
+        assert!(!grants.is_fresh(&key("widgets"), bob));
+        assert!(!grants.is_fresh(&key("gadgets"), alice));
+        assert!(!grants.is_fresh(&key("widgets"), Fingerprint::of(None)));
+        assert!(Fingerprint::of(None).is_anonymous());
+        assert_ne!(alice, bob);
+    }
+
+    #[test]
+    fn grants_expire() {
+        let grants = AccessGrants::new(Duration::from_millis(30));
+        let who = Fingerprint::of(Some(b"Bearer t"));
+        grants.grant(&key("widgets"), who);
+        assert!(grants.is_fresh(&key("widgets"), who));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!grants.is_fresh(&key("widgets"), who));
+    }
+
+    #[test]
+    fn a_zero_ttl_keeps_nothing() {
+        let grants = AccessGrants::new(Duration::ZERO);
+        let who = Fingerprint::of(None);
+        grants.grant(&key("widgets"), who);
+        assert!(!grants.is_fresh(&key("widgets"), who));
+    }
+
+    #[test]
+    fn fingerprints_do_not_show_the_credential() {
+        let shown = format!("{:?}", Fingerprint::of(Some(b"Bearer secret-token")));
+        assert_eq!(shown.len(), 8);
+        assert!(!shown.contains("secret"));
+    }
+}

@@ -1,0 +1,244 @@
+//! What the proxy needs to know: where mirrors live, which upstreams exist, what is cached,
+//! how access is checked and which credential goes upstream. Built by the caller (the server
+//! reads it from a file, the environment and flags); nothing here reads the environment.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which repositories are served from mirrors; the rest pass through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Every repository seen.
+    All,
+    /// Only these, as `owner/repo` (default upstream) or `host/owner/repo`, compared without
+    /// case.
+    Only(HashSet<String>),
+}
+
+impl CachePolicy {
+    /// A list policy from entries such as `acme/widgets` or `gitlab.example/acme/widgets`.
+    pub fn only<I: IntoIterator<Item = S>, S: AsRef<str>>(entries: I) -> Self {
+        CachePolicy::Only(
+            entries
+                .into_iter()
+                .map(|e| {
+                    let e = e.as_ref().trim().trim_end_matches('/');
+                    e.strip_suffix(".git").unwrap_or(e).to_ascii_lowercase()
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `owner/repo` on `host` (`None`: the default upstream) is cached.
+    pub fn is_cached(&self, host: Option<&str>, owner: &str, repo: &str) -> bool {
+        match self {
+            CachePolicy::All => true,
+            CachePolicy::Only(list) => {
+                let name = match host {
+                    None => format!("{owner}/{repo}"),
+                    Some(host) => format!("{host}/{owner}/{repo}"),
+                };
+                list.contains(&name.to_ascii_lowercase())
+            }
+        }
+    }
+}
+
+/// Which credential gitcache sends upstream on a client's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CredentialMode {
+    /// The client's own `Authorization` header, unchanged (the default).
+    #[default]
+    PassThrough,
+    /// The token configured for the upstream host (see [`ProxyConfig::static_tokens`]); the
+    /// client's header never leaves gitcache.
+    Static,
+    /// No credential at all (public repositories only).
+    None,
+}
+
+impl std::str::FromStr for CredentialMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pass-through" => Ok(CredentialMode::PassThrough),
+            "static" => Ok(CredentialMode::Static),
+            "none" => Ok(CredentialMode::None),
+            other => Err(format!(
+                "unknown credential mode '{other}' (pass-through, static or none)"
+            )),
+        }
+    }
+}
+
+/// A token that is sent upstream by gitcache itself, never shown in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap `token`.
+    pub fn new(token: impl Into<String>) -> Self {
+        Secret(token.into())
+    }
+
+    /// The `Authorization` value for this token, as git sends a token over HTTPS (Basic,
+    /// `x-access-token` as the user, which GitHub and most forges accept).
+    pub fn authorization(&self) -> String {
+        use base64::Engine;
+        let pair = format!("x-access-token:{}", self.0);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Bounds on what one client may make the proxy do.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest request body read for local parsing, after gzip decoding.
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a request body that gitcache reads.
+    pub body_read_timeout: Duration,
+    /// How long a client may take to send request headers, also the longest a kept-alive
+    /// connection may sit idle.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Pack responses generated at once; more wait their turn.
+    pub max_concurrent_packs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 << 20,
+            body_read_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_concurrent_packs: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+        }
+    }
+}
+
+/// Everything the proxy is configured with.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where mirrors are kept (`<data_dir>/mirrors/<host>/<owner>/<repo>.git`).
+    pub data_dir: PathBuf,
+    /// The default upstream's base URL, e.g. `https://github.com`.
+    pub upstream: String,
+    /// Upstreams that may be named in the path (`/{host}/{owner}/{repo}/…`): name to base
+    /// URL.
+    pub hosts: BTreeMap<String, String>,
+    /// Which repositories are cached.
+    pub cache: CachePolicy,
+    /// How long a verified access lets fetches through without asking upstream again; zero
+    /// verifies every fetch.
+    pub access_ttl: Duration,
+    /// When a miss cannot reach upstream, serve what the mirror has to clients verified
+    /// within `access_ttl`.
+    pub serve_stale: bool,
+    /// Which credential goes upstream.
+    pub credentials: CredentialMode,
+    /// Tokens for [`CredentialMode::Static`], by upstream host name (the default upstream's
+    /// host, or a name in [`hosts`](Self::hosts)).
+    pub static_tokens: BTreeMap<String, Secret>,
+    /// A token for refreshes gitcache starts on its own (warming); without one, warming uses
+    /// the credential of the request that noticed the change.
+    pub service_token: Option<Secret>,
+    /// Refs mirrored besides `HEAD`, branches and tags, e.g. `refs/pull/`.
+    pub extra_ref_prefixes: Vec<String>,
+    /// How long an upstream exchange may take.
+    pub upstream_timeout: Duration,
+    /// Packs a mirror may gather before it is consolidated.
+    pub consolidate_after: usize,
+    /// Pack generation settings.
+    pub pack: gitcache_pack::Options,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl ProxyConfig {
+    /// Defaults for a proxy of `upstream` keeping its data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>, upstream: impl Into<String>) -> Self {
+        ProxyConfig {
+            data_dir: data_dir.into(),
+            upstream: upstream.into(),
+            hosts: BTreeMap::new(),
+            cache: CachePolicy::All,
+            access_ttl: Duration::from_secs(60),
+            serve_stale: false,
+            credentials: CredentialMode::PassThrough,
+            static_tokens: BTreeMap::new(),
+            service_token: None,
+            extra_ref_prefixes: Vec::new(),
+            upstream_timeout: Duration::from_secs(30),
+            consolidate_after: gitcache_mirror::registry::DEFAULT_CONSOLIDATE_AFTER,
+            pack: gitcache_pack::Options::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The host part of a base URL (`https://github.com` -> `github.com`), or why not.
+pub(crate) fn url_host(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("upstream URL '{url}' must start with http:// or https://"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!(
+            "upstream URL '{url}' needs a host (and no user information)"
+        ));
+    }
+    Ok(authority.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_lists_match_without_case_and_suffix() {
+        let policy = CachePolicy::only(["Acme/Widgets.git", "gitlab.example/team/tool"]);
+        assert!(policy.is_cached(None, "acme", "widgets"));
+        assert!(policy.is_cached(Some("gitlab.example"), "Team", "TOOL"));
+        assert!(!policy.is_cached(Some("gitlab.example"), "acme", "widgets"));
+        assert!(!policy.is_cached(None, "team", "tool"));
+        assert!(CachePolicy::All.is_cached(None, "x", "y"));
+    }
+
+    #[test]
+    fn secrets_never_show_and_become_basic_credentials() {
+        let secret = Secret::new("s3cret");
+        assert_eq!(format!("{secret:?}"), "<redacted>");
+        // base64("x-access-token:s3cret")
+        assert_eq!(secret.authorization(), "Basic eC1hY2Nlc3MtdG9rZW46czNjcmV0");
+    }
+
+    #[test]
+    fn upstream_hosts() {
+        assert_eq!(url_host("https://github.com").unwrap(), "github.com");
+        assert_eq!(
+            url_host("http://127.0.0.1:9000/base").unwrap(),
+            "127.0.0.1:9000"
+        );
+        assert!(url_host("ftp://x").is_err());
+        assert!(url_host("https://user:pw@host").is_err());
+        assert_eq!(
+            "static".parse::<CredentialMode>().unwrap(),
+            CredentialMode::Static
+        );
+        assert!("open".parse::<CredentialMode>().is_err());
+    }
+}

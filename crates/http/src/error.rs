@@ -1,0 +1,108 @@
+//! The one place where a failure becomes what the client sees.
+
+use hyper::{Response, StatusCode};
+
+use crate::body::{Body, ReadError};
+use crate::route::RouteError;
+
+/// Why a request could not be answered as asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The path names no repository we serve.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The request body could not be read.
+    #[error(transparent)]
+    Body(#[from] ReadError),
+    /// The protocol v2 request is malformed.
+    #[error("bad request: {0}")]
+    Request(#[from] gitcache_protocol::request::Error),
+    /// The upstream could not be asked.
+    #[error(transparent)]
+    Upstream(#[from] gitcache_mirror::upstream::Error),
+    /// Refreshing the mirror failed.
+    #[error(transparent)]
+    Mirror(std::sync::Arc<gitcache_mirror::mirror::Error>),
+    /// The mirror could not be read.
+    #[error("reading the mirror failed: {0}")]
+    Repository(#[from] gitcache_pack::Error),
+    /// The refresh did not finish within the repository's timeout.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl Error {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        use gitcache_mirror::mirror::Error as MirrorError;
+        use gitcache_mirror::upstream::Error as UpstreamError;
+        let upstream = |e: &UpstreamError| match e {
+            UpstreamError::Status { status, .. } if e.is_access_denied() => *status,
+            UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Url { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        match self {
+            Error::Route(e) => StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            Error::Body(e) => e.status(),
+            Error::Request(_) => StatusCode::BAD_REQUEST,
+            Error::Upstream(e) => upstream(e),
+            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Mirror(e) => match &**e {
+                MirrorError::Upstream(e) => upstream(e),
+                MirrorError::Io(_) | MirrorError::Repository(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+                // The upstream sent something broken (a cut or corrupt pack, a lying ref
+                // list).
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            Error::Repository(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether serving stale data could help (the upstream is unreachable or failing, not
+    /// refusing).
+    pub fn is_upstream_unavailable(&self) -> bool {
+        matches!(
+            self.status(),
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+        )
+    }
+
+    /// The response the client gets.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let message = match status {
+            StatusCode::UNAUTHORIZED => "gitcache: the upstream needs a credential".to_owned(),
+            StatusCode::FORBIDDEN | StatusCode::NOT_FOUND if !matches!(self, Error::Route(_)) => {
+                "gitcache: the upstream refused access to this repository".to_owned()
+            }
+            _ => format!("gitcache: {self}"),
+        };
+        let mut response = text(status, &message);
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Basic realm=\"gitcache\""),
+            );
+        }
+        response
+    }
+}
+
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let mut body = message.to_owned();
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    let mut response = Response::new(Body::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,739 @@
+//! The proxy: what each git request becomes.
+//!
+//! For a cached repository spoken to in protocol v2:
+//! - `GET info/refs` asks the upstream with the client's credential (a refusal reaches the
+//!   client as the upstream sent it), records an access grant, and answers with gitcache's
+//!   own advertisement in the upstream's object format;
+//! - `ls-refs` goes upstream with the client's credential and comes back unchanged; when the
+//!   refs differ from the mirror's, a refresh starts in the background;
+//! - `fetch` needs a fresh grant (or is verified upstream now), then is answered from the
+//!   mirror, refreshed first when it lacks a want; what even a refreshed mirror lacks is
+//!   passed through.
+//!
+//! Everything else (protocol v0/v1, dumb HTTP, push, repositories not cached) passes through,
+//! streamed both ways.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bstr::ByteSlice;
+use bytes::Bytes;
+use gitcache_mirror::registry::{MirrorKey, Registry};
+use gitcache_mirror::upstream::{Upstream, is_hop_by_hop};
+use gitcache_pack::Repository;
+use gitcache_protocol::advertise::{self, Advertised, Advertisement};
+use gitcache_protocol::request::{Command, Fetch, Limits as RequestLimits, parse_request};
+use gix_hash::Kind as HashKind;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument;
+
+use crate::access::{AccessGrants, Fingerprint};
+use crate::body::{Body, ChannelWriter, read_request_body};
+use crate::config::{CredentialMode, ProxyConfig, url_host};
+use crate::error::{Error, text};
+use crate::route::{Route, Service, route};
+
+/// The content type of upload-pack results.
+const RESULT_TYPE: &str = "application/x-git-upload-pack-result";
+/// The largest advertisement read from upstream to learn its object format.
+const MAX_ADVERTISEMENT: usize = 1 << 20;
+/// The largest `ls-refs` answer kept to compare with the mirror (it is passed on whatever its
+/// size).
+const MAX_LS_REFS_COPY: usize = 64 << 20;
+
+/// A repository a request is for, and where its upstream is.
+#[derive(Debug, Clone)]
+struct Target {
+    /// The upstream's name: the default upstream's host, or the host named in the path.
+    host_name: String,
+    /// Where the repository lives upstream, e.g. `https://github.com/acme/widgets.git`.
+    url: String,
+    /// `owner/repo` as the client wrote it (for logs).
+    name: String,
+    key: MirrorKey,
+    cached: bool,
+}
+
+/// An opened mirror, kept while its packs stay the same.
+#[derive(Debug)]
+struct OpenRepo {
+    packs_changed: Option<SystemTime>,
+    repo: Arc<Repository>,
+}
+
+/// What the upstream said to a credential check.
+enum Verified {
+    /// Accepted; protocol v2 in this object format.
+    V2(HashKind),
+    /// Refused, or not protocol v2: the client gets the upstream's answer as it is.
+    Answer(Response<Body>),
+}
+
+/// The caching proxy; one per server, shared by all connections.
+#[derive(Debug)]
+pub struct Proxy {
+    config: ProxyConfig,
+    default_host: String,
+    host_names: Vec<String>,
+    registry: Arc<Registry>,
+    grants: AccessGrants,
+    repos: Mutex<HashMap<MirrorKey, OpenRepo>>,
+    pack_slots: Arc<Semaphore>,
+    draining: AtomicBool,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An upstream URL is unusable.
+    #[error("{0}")]
+    Upstream(String),
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl Proxy {
+    /// A proxy with `config`; creates the data directory.
+    pub fn new(config: ProxyConfig) -> Result<Arc<Self>, ConfigError> {
+        let default_host = url_host(&config.upstream).map_err(ConfigError::Upstream)?;
+        for url in config.hosts.values() {
+            url_host(url).map_err(ConfigError::Upstream)?;
+        }
+        let mirrors = config.data_dir.join("mirrors");
+        std::fs::create_dir_all(&mirrors).map_err(|source| ConfigError::DataDir {
+            path: mirrors.clone(),
+            source,
+        })?;
+        let registry =
+            Arc::new(Registry::new(mirrors).with_consolidate_after(config.consolidate_after));
+        Ok(Arc::new(Proxy {
+            default_host,
+            host_names: config.hosts.keys().cloned().collect(),
+            registry,
+            grants: AccessGrants::new(config.access_ttl),
+            repos: Mutex::new(HashMap::new()),
+            pack_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_packs.max(1))),
+            draining: AtomicBool::new(false),
+            config,
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// The mirrors.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// From now on `/readyz` answers 503, so load balancers stop sending new work.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Answer one request.
+    pub async fn handle<B>(self: &Arc<Self>, request: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+    {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path().to_owned();
+        match (&parts.method, path.as_str()) {
+            (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
+            (&Method::GET, "/readyz") => return self.readiness(),
+            _ => {}
+        }
+        let route = match route(&path, parts.uri.query(), &self.host_names) {
+            Ok(route) => route,
+            Err(err) => return Error::from(err).into_response(),
+        };
+        let target = self.target(&route);
+        let v2 = parts.headers.get_all("git-protocol").iter().any(|v| {
+            v.as_bytes()
+                .split_str(":")
+                .any(|p| p.trim() == b"version=2")
+        });
+        let span = tracing::info_span!("git", repo = %target.name, host = %target.host_name);
+        let work = async {
+            match &route.service {
+                Service::InfoRefs(Some(service))
+                    if service == "git-upload-pack"
+                        && parts.method == Method::GET
+                        && target.cached
+                        && v2 =>
+                {
+                    self.info_refs(&target, &parts.headers).await
+                }
+                Service::UploadPack if parts.method == Method::POST && target.cached && v2 => {
+                    self.upload_pack(&target, &parts.headers, body).await
+                }
+                _ => {
+                    tracing::debug!(service = ?route.service, cached = target.cached, v2, "passthrough");
+                    let suffix = suffix(&route, parts.uri.query());
+                    self.forward(&target, parts.method.clone(), &suffix, &parts.headers, body)
+                        .await
+                }
+            }
+            .unwrap_or_else(|err| {
+                tracing::warn!(%err, status = %err.status(), "request failed");
+                err.into_response()
+            })
+        };
+        work.instrument(span).await
+    }
+
+    fn readiness(&self) -> Response<Body> {
+        if self.draining.load(Ordering::SeqCst) {
+            text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        } else if !self.config.data_dir.join("mirrors").is_dir() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "data directory missing")
+        } else {
+            text(StatusCode::OK, "ready")
+        }
+    }
+
+    fn target(&self, route: &Route) -> Target {
+        let (host_name, base) = match &route.host {
+            None => (self.default_host.clone(), self.config.upstream.as_str()),
+            Some(host) => {
+                let base = self
+                    .config
+                    .hosts
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(host))
+                    .map_or("", |(_, url)| url.as_str());
+                (host.clone(), base)
+            }
+        };
+        // The route checked the names with the same rules.
+        let key =
+            MirrorKey::new(&host_name, &route.owner, &route.repo).expect("route checked the names");
+        Target {
+            url: format!(
+                "{}/{}/{}.git",
+                base.trim_end_matches('/'),
+                route.owner,
+                route.repo
+            ),
+            name: format!("{}/{}", route.owner, route.repo),
+            cached: self
+                .config
+                .cache
+                .is_cached(route.host.as_deref(), &route.owner, &route.repo),
+            host_name,
+            key,
+        }
+    }
+
+    /// The credential sent upstream for a client sending `headers`.
+    fn credential(&self, target: &Target, headers: &HeaderMap) -> Option<String> {
+        match self.config.credentials {
+            CredentialMode::PassThrough => headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            CredentialMode::Static => self
+                .config
+                .static_tokens
+                .get(&target.host_name)
+                .map(|t| t.authorization()),
+            CredentialMode::None => None,
+        }
+    }
+
+    fn upstream(&self, target: &Target, credential: Option<String>) -> Result<Upstream, Error> {
+        Ok(Upstream::new(
+            &target.url,
+            credential,
+            self.config.upstream_timeout,
+        )?)
+    }
+
+    /// Ask the upstream whether the client's credential may read the repository.
+    async fn verify(&self, target: &Target, headers: &HeaderMap) -> Result<Verified, Error> {
+        let upstream = self.upstream(target, self.credential(target, headers))?;
+        let mut ask = HeaderMap::new();
+        ask.insert("git-protocol", HeaderValue::from_static("version=2"));
+        if let Some(agent) = headers.get(header::USER_AGENT) {
+            ask.insert(header::USER_AGENT, agent.clone());
+        }
+        let response = upstream
+            .forward(
+                Method::GET,
+                "/info/refs?service=git-upload-pack",
+                &ask,
+                Empty::<Bytes>::new(),
+            )
+            .await?;
+        if !response.status().is_success() {
+            tracing::info!(status = %response.status(), "upstream refused access");
+            return Ok(Verified::Answer(passed_on(response)));
+        }
+        let (parts, body) = response.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_ADVERTISEMENT)
+            .collect()
+            .await
+            .map_err(|e| gitcache_mirror::upstream::Error::Protocol(format!("advertisement: {e}")))?
+            .to_bytes();
+        match advertise::read_advertised(&body) {
+            Ok(Advertised::V2(kind)) => Ok(Verified::V2(kind)),
+            Ok(Advertised::Other) => {
+                // Not v2 after all: the client gets the upstream's own answer.
+                let mut response = Response::from_parts(parts, Body::full(body));
+                strip_hop_by_hop(response.headers_mut());
+                Ok(Verified::Answer(response))
+            }
+            Err(err) => Err(gitcache_mirror::upstream::Error::Protocol(format!(
+                "advertisement: {err}"
+            ))
+            .into()),
+        }
+    }
+
+    async fn info_refs(
+        self: &Arc<Self>,
+        target: &Target,
+        headers: &HeaderMap,
+    ) -> Result<Response<Body>, Error> {
+        let kind = match self.verify(target, headers).await? {
+            Verified::V2(kind) => kind,
+            Verified::Answer(response) => return Ok(response),
+        };
+        self.grants.grant(&target.key, fingerprint(headers));
+        let mut body = Vec::new();
+        Advertisement::new(concat!("git/gitcache-", env!("CARGO_PKG_VERSION")), kind)
+            .write_to(&mut body)
+            .expect("writing to memory");
+        let mut response = Response::new(Body::full(body));
+        set_git_headers(response.headers_mut(), advertise::CONTENT_TYPE);
+        Ok(response)
+    }
+
+    async fn upload_pack<B>(
+        self: &Arc<Self>,
+        target: &Target,
+        headers: &HeaderMap,
+        body: B,
+    ) -> Result<Response<Body>, Error>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        let limits = &self.config.limits;
+        let body = read_request_body(
+            headers,
+            body,
+            limits.max_body_bytes,
+            limits.body_read_timeout,
+        )
+        .await?;
+        let request_limits = RequestLimits {
+            max_body_bytes: limits.max_body_bytes,
+            ..RequestLimits::default()
+        };
+        let Some(request) = parse_request(&body, request_limits)? else {
+            // A lone flush: upload-pack answers nothing.
+            let mut response = Response::new(Body::empty());
+            set_git_headers(response.headers_mut(), RESULT_TYPE);
+            return Ok(response);
+        };
+        let kind = request.capabilities.object_format();
+        match request.command {
+            Command::LsRefs(_) => self.ls_refs(target, headers, body, kind).await,
+            Command::Fetch(fetch) => self.fetch(target, headers, body, fetch, kind).await,
+            Command::ObjectInfo(_) => self.forward_body(target, headers, body).await,
+        }
+    }
+
+    /// Send a request body already read (and decoded) upstream.
+    async fn forward_body(
+        &self,
+        target: &Target,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Body>, Error> {
+        let mut headers = headers.clone();
+        headers.remove(header::CONTENT_ENCODING);
+        headers.remove(header::CONTENT_LENGTH);
+        self.forward(
+            target,
+            Method::POST,
+            "/git-upload-pack",
+            &headers,
+            Full::new(body),
+        )
+        .await
+    }
+
+    /// Pass a request through to the upstream, streamed both ways.
+    async fn forward<B>(
+        &self,
+        target: &Target,
+        method: Method,
+        suffix: &str,
+        headers: &HeaderMap,
+        body: B,
+    ) -> Result<Response<Body>, Error>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let upstream = self.upstream(target, self.credential(target, headers))?;
+        let response = upstream.forward(method, suffix, headers, body).await?;
+        Ok(passed_on(response))
+    }
+
+    async fn ls_refs(
+        self: &Arc<Self>,
+        target: &Target,
+        headers: &HeaderMap,
+        body: Bytes,
+        kind: HashKind,
+    ) -> Result<Response<Body>, Error> {
+        let response = self.forward_body(target, headers, body).await?;
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        self.grants.grant(&target.key, fingerprint(headers));
+        // Pass the answer on as it arrives, keeping a copy to compare with the mirror.
+        let (parts, mut upstream_body) = response.into_parts();
+        let (tx, rx) = mpsc::channel(8);
+        let proxy = Arc::clone(self);
+        let target = target.clone();
+        let warm_credential = match &self.config.service_token {
+            Some(token) => Some(token.authorization()),
+            None => self.credential(&target, headers),
+        };
+        tokio::spawn(
+            async move {
+                let mut copy = Vec::new();
+                let mut complete = true;
+                while let Some(frame) = upstream_body.frame().await {
+                    match frame {
+                        Ok(frame) => {
+                            let Ok(data) = frame.into_data() else {
+                                continue;
+                            };
+                            if copy.len() + data.len() <= MAX_LS_REFS_COPY {
+                                copy.extend_from_slice(&data);
+                            } else {
+                                complete = false;
+                            }
+                            if tx.send(Ok(data)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(err) => {
+                            let _ = tx.send(Err(std::io::Error::other(err))).await;
+                            return;
+                        }
+                    }
+                }
+                drop(tx);
+                if complete {
+                    proxy.warm_if_changed(&target, &copy, kind, warm_credential);
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Response::from_parts(parts, Body::channel(rx)))
+    }
+
+    /// Start a background refresh when the refs upstream listed differ from the mirror's.
+    fn warm_if_changed(
+        self: &Arc<Self>,
+        target: &Target,
+        ls_refs: &[u8],
+        kind: HashKind,
+        credential: Option<String>,
+    ) {
+        let Ok(remote) = gitcache_protocol::ls_refs::parse_response(ls_refs, kind) else {
+            return;
+        };
+        let changed = match self.open_repo(&target.key) {
+            Ok(Some(repo)) => match repo.refs() {
+                Ok(local) => {
+                    let local: HashMap<_, _> = local.into_iter().map(|r| (r.name, r.oid)).collect();
+                    remote.iter().any(|line| {
+                        line.oid.is_some()
+                            && self.is_mirrored(line.name.as_ref())
+                            && local.get(&line.name).copied().flatten() != line.oid
+                    })
+                }
+                Err(_) => true,
+            },
+            Ok(None) => true,
+            Err(_) => true,
+        };
+        if !changed {
+            return;
+        }
+        let Ok(upstream) = self.upstream(target, credential) else {
+            return;
+        };
+        let (proxy, key) = (Arc::clone(self), target.key.clone());
+        tokio::spawn(
+            async move {
+                let prefixes: Vec<&str> = proxy
+                    .config
+                    .extra_ref_prefixes
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                match proxy
+                    .registry
+                    .refresh_and_maintain(&key, &upstream, &prefixes)
+                    .await
+                {
+                    Ok(done) => tracing::info!(
+                        refs = done.refs,
+                        objects = done.fetched_objects,
+                        "mirror warmed"
+                    ),
+                    Err(err) => tracing::warn!(%err, "warming the mirror failed"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn is_mirrored(&self, name: &[u8]) -> bool {
+        name == b"HEAD"
+            || name.starts_with(b"refs/heads/")
+            || name.starts_with(b"refs/tags/")
+            || self
+                .config
+                .extra_ref_prefixes
+                .iter()
+                .any(|p| name.starts_with(p.as_bytes()))
+    }
+
+    async fn fetch(
+        self: &Arc<Self>,
+        target: &Target,
+        headers: &HeaderMap,
+        body: Bytes,
+        fetch: Fetch,
+        kind: HashKind,
+    ) -> Result<Response<Body>, Error> {
+        let who = fingerprint(headers);
+        if !self.grants.is_fresh(&target.key, who) {
+            match self.verify(target, headers).await? {
+                Verified::V2(_) => self.grants.grant(&target.key, who),
+                Verified::Answer(response) if !response.status().is_success() => {
+                    return Ok(response);
+                }
+                // The upstream stopped speaking v2: let it answer the request itself.
+                Verified::Answer(_) => return self.forward_body(target, headers, body).await,
+            }
+        }
+        if let Some(repo) = self.open_repo(&target.key)?
+            && has_wants(&repo, &fetch)
+        {
+            tracing::info!(result = "hit", "fetch");
+            return Ok(self.serve(repo, fetch, kind).await);
+        }
+
+        // A miss: bring the mirror up to date with the client's credential, then serve.
+        let upstream = self.upstream(target, self.credential(target, headers))?;
+        let prefixes: Vec<&str> = self
+            .config
+            .extra_ref_prefixes
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let refresh = tokio::time::timeout(
+            // The upstream's own timeout bounds each exchange; this bounds all of them.
+            self.config.upstream_timeout * 3,
+            self.registry
+                .refresh_and_maintain(&target.key, &upstream, &prefixes),
+        )
+        .await;
+        let failure = match refresh {
+            Ok(Ok(_)) => None,
+            Ok(Err(err)) => Some(Error::Mirror(err)),
+            Err(_) => Some(Error::Timeout(self.config.upstream_timeout * 3)),
+        };
+        if let Some(err) = failure {
+            if self.config.serve_stale
+                && err.is_upstream_unavailable()
+                && self.grants.is_fresh(&target.key, who)
+                && let Some(repo) = self.open_repo(&target.key)?
+            {
+                let mut stale = fetch;
+                stale.wants.retain(|w| repo.contains(w));
+                if !stale.wants.is_empty() || !stale.want_refs.is_empty() {
+                    tracing::warn!(%err, result = "stale", "upstream unavailable, serving the mirror as it is");
+                    return Ok(self.serve(repo, stale, kind).await);
+                }
+            }
+            tracing::warn!(%err, result = "error", "fetch");
+            return Err(err);
+        }
+        match self.open_repo(&target.key)? {
+            Some(repo) if has_wants(&repo, &fetch) => {
+                tracing::info!(result = "miss", "fetch");
+                Ok(self.serve(repo, fetch, kind).await)
+            }
+            _ => {
+                // Wants no mirrored ref reaches (e.g. a commit of an unmirrored ref).
+                tracing::info!(result = "passthrough", "fetch");
+                self.forward_body(target, headers, body).await
+            }
+        }
+    }
+
+    /// The mirror of `key`, opened again only when its packs changed.
+    fn open_repo(&self, key: &MirrorKey) -> Result<Option<Arc<Repository>>, Error> {
+        let Some(mirror) = self.registry.existing(key) else {
+            return Ok(None);
+        };
+        let packs_changed = std::fs::metadata(mirror.git_dir().join("objects").join("pack"))
+            .and_then(|m| m.modified())
+            .ok();
+        let mut repos = self.repos.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = repos.get(key)
+            && open.packs_changed.is_some()
+            && open.packs_changed == packs_changed
+        {
+            return Ok(Some(Arc::clone(&open.repo)));
+        }
+        let repo = Arc::new(Repository::open(mirror.git_dir())?);
+        repos.insert(
+            key.clone(),
+            OpenRepo {
+                packs_changed,
+                repo: Arc::clone(&repo),
+            },
+        );
+        Ok(Some(repo))
+    }
+
+    /// Answer `fetch` from `repo`: planned and written on a blocking thread, streamed to the
+    /// client through a bounded channel.
+    async fn serve(&self, repo: Arc<Repository>, fetch: Fetch, kind: HashKind) -> Response<Body> {
+        let permit = Arc::clone(&self.pack_slots).acquire_owned().await;
+        let (tx, rx) = mpsc::channel(4);
+        let options = self.config.pack.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _enter = span.enter();
+            let mut out = ChannelWriter::new(tx);
+            let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
+                .and_then(|plan| plan.write_to(&mut out));
+            match result {
+                Ok(stats) => {
+                    let _ = std::io::Write::flush(&mut out);
+                    tracing::debug!(
+                        objects = stats.objects,
+                        reused = stats.reused,
+                        whole_pack = stats.whole_pack,
+                        bytes = stats.bytes,
+                        "pack sent"
+                    );
+                }
+                Err(_) if out.is_closed() => tracing::debug!("client went away"),
+                Err(err) if out.sent() == 0 => {
+                    // Nothing reached the client yet: tell it why, as upload-pack would.
+                    if err.is_client_error() {
+                        tracing::info!(%err, "fetch refused");
+                    } else {
+                        tracing::error!(%err, "generating the pack failed");
+                    }
+                    out.discard_buffered();
+                    let mut message = Vec::new();
+                    let _ = gitcache_protocol::pktline::write_error(
+                        &mut message,
+                        err.wire_message().as_bytes(),
+                    );
+                    let _ = std::io::Write::write_all(&mut out, &message)
+                        .and_then(|()| std::io::Write::flush(&mut out));
+                }
+                Err(err) => {
+                    tracing::error!(%err, "generating the pack failed midway");
+                    out.abort(std::io::Error::other(err.wire_message()));
+                }
+            }
+        });
+        let mut response = Response::new(Body::channel(rx));
+        set_git_headers(response.headers_mut(), RESULT_TYPE);
+        response
+    }
+}
+
+fn has_wants(repo: &Repository, fetch: &Fetch) -> bool {
+    fetch.wants.iter().all(|w| repo.contains(w))
+        && fetch.want_refs.iter().all(|name| {
+            name.to_str()
+                .ok()
+                .and_then(|n| repo.find_ref(n).ok().flatten())
+                .is_some()
+        })
+}
+
+fn fingerprint(headers: &HeaderMap) -> Fingerprint {
+    Fingerprint::of(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// The part of the upstream URL after the repository, query included.
+fn suffix(route: &Route, query: Option<&str>) -> String {
+    let mut suffix = match &route.service {
+        Service::InfoRefs(_) => "/info/refs".to_owned(),
+        Service::UploadPack => "/git-upload-pack".to_owned(),
+        Service::ReceivePack => "/git-receive-pack".to_owned(),
+        Service::Other(rest) => format!("/{rest}"),
+    };
+    if let Some(query) = query {
+        suffix.push('?');
+        suffix.push_str(query);
+    }
+    suffix
+}
+
+/// An upstream response for the client: status, headers (minus hop-by-hop) and body as they
+/// come.
+fn passed_on(response: Response<hyper::body::Incoming>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Body::upstream(body))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let names: Vec<_> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+fn set_git_headers(headers: &mut HeaderMap, content_type: &'static str) {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
+    );
+}

@@ -1,0 +1,99 @@
+//! Running the proxy on a listener: one task per connection, a bound on connections, header
+//! timeouts against slow clients, and a graceful stop.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::Proxy;
+
+/// How the server stops.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// How long requests in flight may take to finish once `shutdown` completed; connections
+    /// still open after that are closed.
+    pub grace_period: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// [`serve_with`] with the default options.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
+    serve_with(listener, proxy, shutdown, ServeOptions::default()).await;
+}
+
+/// Serve connections from `listener` until `shutdown` completes, then stop accepting, let
+/// requests in flight finish within the grace period, and return.
+pub async fn serve_with(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) {
+    let limits = proxy.config().limits.clone();
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        // At the connection limit, wait before accepting: the kernel's backlog queues the rest.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = Arc::clone(&proxy);
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let proxy = Arc::clone(&proxy);
+            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+    proxy.start_draining();
+    drop(listener);
+    tracing::info!("stopped accepting; waiting for requests in flight");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections finished"),
+        () = tokio::time::sleep(options.grace_period) => {
+            tracing::warn!(grace_period = ?options.grace_period, "grace period over, closing the remaining connections");
+        }
+    }
+}

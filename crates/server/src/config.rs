@@ -1,0 +1,469 @@
+//! The server's one configuration: a TOML file, then `GITCACHE_*` environment variables,
+//! then flags, each overriding the one before; validated before any port is bound.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use gitcache_http::{CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};
+use serde::Deserialize;
+
+/// gitcache: a caching proxy for git's smart HTTP protocol.
+///
+/// Every option can also be set as the environment variable shown, or in the TOML file given
+/// with --config (keys as in docs/configuration.md). Flags override the environment, which
+/// overrides the file.
+#[derive(Debug, Default, Parser)]
+#[command(name = "gitcache-server", version, about, long_about)]
+pub(crate) struct Flags {
+    /// A TOML configuration file.
+    #[arg(long, env = "GITCACHE_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "GITCACHE_LISTEN", value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// The default upstream's base URL [default: https://github.com].
+    #[arg(long, env = "GITCACHE_UPSTREAM", value_name = "URL")]
+    pub(crate) upstream: Option<String>,
+    /// Where mirrors are kept [default: ./gitcache-data].
+    #[arg(long, env = "GITCACHE_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Another upstream, reachable as /NAME/owner/repo (repeatable).
+    #[arg(
+        long = "upstream-host",
+        env = "GITCACHE_UPSTREAM_HOSTS",
+        value_name = "NAME=URL",
+        value_delimiter = ','
+    )]
+    pub(crate) upstream_hosts: Vec<String>,
+    /// Cache every repository seen [default: true unless --cache-repo is given].
+    #[arg(long, env = "GITCACHE_CACHE_ALL", value_name = "BOOL")]
+    pub(crate) cache_all: Option<bool>,
+    /// A repository to cache, owner/repo or host/owner/repo (repeatable).
+    #[arg(
+        long = "cache-repo",
+        env = "GITCACHE_CACHE_REPOS",
+        value_name = "REPO",
+        value_delimiter = ','
+    )]
+    pub(crate) cache_repos: Vec<String>,
+    /// Seconds a verified access lets fetches through; 0 verifies every fetch [default: 60].
+    #[arg(long, env = "GITCACHE_ACCESS_TTL", value_name = "SECONDS")]
+    pub(crate) access_ttl: Option<u64>,
+    /// Serve what the mirror has when upstream is down, to clients verified within the TTL.
+    #[arg(long, env = "GITCACHE_SERVE_STALE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) serve_stale: Option<bool>,
+    /// Credential sent upstream: pass-through, static or none [default: pass-through].
+    #[arg(long, env = "GITCACHE_CREDENTIAL_MODE", value_name = "MODE")]
+    pub(crate) credential_mode: Option<String>,
+    /// Token for an upstream host in static mode (repeatable).
+    #[arg(
+        long = "static-token",
+        env = "GITCACHE_STATIC_TOKENS",
+        value_name = "HOST=TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) static_tokens: Vec<String>,
+    /// Token for refreshes gitcache starts on its own (cache warming).
+    #[arg(
+        long,
+        env = "GITCACHE_SERVICE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) service_token: Option<String>,
+    /// Refs to mirror besides HEAD, branches and tags, e.g. refs/pull/ (repeatable).
+    #[arg(
+        long = "extra-ref-prefix",
+        env = "GITCACHE_EXTRA_REF_PREFIXES",
+        value_name = "PREFIX",
+        value_delimiter = ','
+    )]
+    pub(crate) extra_ref_prefixes: Vec<String>,
+    /// Seconds an upstream exchange may take [default: 30].
+    #[arg(long, env = "GITCACHE_UPSTREAM_TIMEOUT", value_name = "SECONDS")]
+    pub(crate) upstream_timeout: Option<u64>,
+    /// Packs a mirror may gather before it is consolidated [default: 8].
+    #[arg(long, env = "GITCACHE_CONSOLIDATE_AFTER", value_name = "N")]
+    pub(crate) consolidate_after: Option<usize>,
+    /// zlib level (0-9) for objects compressed again [default: 3].
+    #[arg(long, env = "GITCACHE_COMPRESSION_LEVEL", value_name = "LEVEL")]
+    pub(crate) compression_level: Option<u32>,
+    /// Largest request body read, after gzip decoding [default: 67108864].
+    #[arg(long, env = "GITCACHE_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub(crate) max_body_bytes: Option<usize>,
+    /// Seconds a client may take to send a request body [default: 60].
+    #[arg(long, env = "GITCACHE_BODY_READ_TIMEOUT", value_name = "SECONDS")]
+    pub(crate) body_read_timeout: Option<u64>,
+    /// Seconds a client may take to send request headers, and the longest idle keep-alive
+    /// [default: 30].
+    #[arg(long, env = "GITCACHE_HEADER_READ_TIMEOUT", value_name = "SECONDS")]
+    pub(crate) header_read_timeout: Option<u64>,
+    /// Connections served at once [default: 1024].
+    #[arg(long, env = "GITCACHE_MAX_CONNECTIONS", value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// Pack responses generated at once [default: twice the CPUs].
+    #[arg(long, env = "GITCACHE_MAX_CONCURRENT_PACKS", value_name = "N")]
+    pub(crate) max_concurrent_packs: Option<usize>,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT [default: 30].
+    #[arg(long, env = "GITCACHE_SHUTDOWN_GRACE", value_name = "SECONDS")]
+    pub(crate) shutdown_grace: Option<u64>,
+    /// Log format: plain or json [default: plain].
+    #[arg(long, env = "GITCACHE_LOG_FORMAT", value_name = "FORMAT")]
+    pub(crate) log_format: Option<String>,
+    /// Log level: error, warn, info, debug or trace [default: info].
+    #[arg(long, env = "GITCACHE_LOG_LEVEL", value_name = "LEVEL")]
+    pub(crate) log_level: Option<String>,
+}
+
+/// The file's layout.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<String>,
+    upstream: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    hosts: BTreeMap<String, String>,
+    #[serde(default)]
+    cache: FileCache,
+    access_ttl: Option<u64>,
+    serve_stale: Option<bool>,
+    credential_mode: Option<String>,
+    #[serde(default)]
+    static_tokens: BTreeMap<String, String>,
+    service_token: Option<String>,
+    #[serde(default)]
+    extra_ref_prefixes: Vec<String>,
+    upstream_timeout: Option<u64>,
+    consolidate_after: Option<usize>,
+    compression_level: Option<u32>,
+    shutdown_grace: Option<u64>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCache {
+    all: Option<bool>,
+    #[serde(default)]
+    repos: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_body_bytes: Option<usize>,
+    body_read_timeout: Option<u64>,
+    header_read_timeout: Option<u64>,
+    max_connections: Option<usize>,
+    max_concurrent_packs: Option<usize>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the binary runs with.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) listen: SocketAddr,
+    pub(crate) proxy: ProxyConfig,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) log_format: LogFormat,
+    pub(crate) log_level: tracing::Level,
+}
+
+fn pairs(what: &str, entries: &[String]) -> Result<BTreeMap<String, String>> {
+    entries
+        .iter()
+        .map(|e| {
+            let (k, v) = e
+                .split_once('=')
+                .with_context(|| format!("{what} '{e}' is not NAME=VALUE"))?;
+            Ok((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+impl Config {
+    /// Load and validate: the file named by the flags (or the environment), then the
+    /// environment and flags over it.
+    pub(crate) fn load(flags: Flags) -> Result<Config> {
+        let file: File = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => File::default(),
+        };
+        let listen = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("invalid listen address '{listen}'"))?;
+        let upstream = flags
+            .upstream
+            .or(file.upstream)
+            .unwrap_or_else(|| "https://github.com".to_owned());
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./gitcache-data"));
+
+        let mut proxy = ProxyConfig::new(data_dir, upstream.trim_end_matches('/'));
+        proxy.hosts = file
+            .hosts
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        proxy
+            .hosts
+            .extend(pairs("--upstream-host", &flags.upstream_hosts)?);
+        for (name, url) in &mut proxy.hosts {
+            if name.contains('/') || name.is_empty() {
+                bail!("upstream host name '{name}' cannot contain '/'");
+            }
+            *url = url.trim_end_matches('/').to_owned();
+        }
+
+        let repos = if flags.cache_repos.is_empty() {
+            file.cache.repos
+        } else {
+            flags.cache_repos
+        };
+        for repo in &repos {
+            let parts = repo.trim().trim_matches('/').split('/').count();
+            if !(2..=3).contains(&parts) {
+                bail!("cached repository '{repo}' must be owner/repo or host/owner/repo");
+            }
+        }
+        let all = flags
+            .cache_all
+            .or(file.cache.all)
+            .unwrap_or(repos.is_empty());
+        proxy.cache = if all {
+            CachePolicy::All
+        } else {
+            CachePolicy::only(&repos)
+        };
+
+        if let Some(ttl) = flags.access_ttl.or(file.access_ttl) {
+            proxy.access_ttl = Duration::from_secs(ttl);
+        }
+        proxy.serve_stale = flags.serve_stale.or(file.serve_stale).unwrap_or(false);
+        if let Some(mode) = flags.credential_mode.or(file.credential_mode) {
+            proxy.credentials = mode.parse::<CredentialMode>().map_err(anyhow::Error::msg)?;
+        }
+        let mut tokens = file.static_tokens;
+        tokens.extend(pairs("--static-token", &flags.static_tokens)?);
+        proxy.static_tokens = tokens
+            .into_iter()
+            .map(|(host, token)| (host.to_ascii_lowercase(), Secret::new(token)))
+            .collect();
+        if proxy.credentials == CredentialMode::Static && proxy.static_tokens.is_empty() {
+            bail!("credential mode 'static' needs at least one --static-token HOST=TOKEN");
+        }
+        proxy.service_token = flags
+            .service_token
+            .or(file.service_token)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new);
+        proxy.extra_ref_prefixes = if flags.extra_ref_prefixes.is_empty() {
+            file.extra_ref_prefixes
+        } else {
+            flags.extra_ref_prefixes
+        };
+        for prefix in &proxy.extra_ref_prefixes {
+            if !prefix.starts_with("refs/") {
+                bail!("extra ref prefix '{prefix}' must start with refs/");
+            }
+        }
+        if let Some(secs) = flags.upstream_timeout.or(file.upstream_timeout) {
+            if secs == 0 || secs > 3600 {
+                bail!("upstream timeout must be 1 to 3600 seconds, not {secs}");
+            }
+            proxy.upstream_timeout = Duration::from_secs(secs);
+        }
+        if let Some(n) = flags.consolidate_after.or(file.consolidate_after) {
+            proxy.consolidate_after = n.max(1);
+        }
+        if let Some(level) = flags.compression_level.or(file.compression_level) {
+            if level > 9 {
+                bail!("compression level must be 0 to 9, not {level}");
+            }
+            proxy.pack.compression_level = level;
+        }
+        let defaults = Limits::default();
+        let fl = file.limits;
+        proxy.limits = Limits {
+            max_body_bytes: flags
+                .max_body_bytes
+                .or(fl.max_body_bytes)
+                .unwrap_or(defaults.max_body_bytes),
+            body_read_timeout: flags
+                .body_read_timeout
+                .or(fl.body_read_timeout)
+                .map_or(defaults.body_read_timeout, Duration::from_secs),
+            header_read_timeout: flags
+                .header_read_timeout
+                .or(fl.header_read_timeout)
+                .map_or(defaults.header_read_timeout, Duration::from_secs),
+            max_connections: flags
+                .max_connections
+                .or(fl.max_connections)
+                .unwrap_or(defaults.max_connections)
+                .max(1),
+            max_concurrent_packs: flags
+                .max_concurrent_packs
+                .or(fl.max_concurrent_packs)
+                .unwrap_or(defaults.max_concurrent_packs)
+                .max(1),
+        };
+
+        let log_format = match flags
+            .log_format
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("plain")
+        {
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            other => bail!("unknown log format '{other}' (plain or json)"),
+        };
+        let level = flags.log_level.or(file.log_level);
+        let log_level =
+            level.as_deref().unwrap_or("info").parse().map_err(|_| {
+                anyhow::anyhow!("unknown log level '{}'", level.unwrap_or_default())
+            })?;
+        Ok(Config {
+            listen,
+            proxy,
+            shutdown_grace: Duration::from_secs(
+                flags.shutdown_grace.or(file.shutdown_grace).unwrap_or(30),
+            ),
+            log_format,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        let mut all = vec!["gitcache-server"];
+        all.extend_from_slice(args);
+        Config::load(Flags::try_parse_from(all)?)
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.proxy.upstream, "https://github.com");
+        assert_eq!(config.proxy.data_dir, PathBuf::from("./gitcache-data"));
+        assert_eq!(config.proxy.cache, CachePolicy::All);
+        assert_eq!(config.proxy.access_ttl, Duration::from_secs(60));
+        assert_eq!(config.proxy.credentials, CredentialMode::PassThrough);
+        assert_eq!(config.log_format, LogFormat::Plain);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitcache.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:9999"
+upstream = "https://git.example/"
+access_ttl = 5
+serve_stale = true
+extra_ref_prefixes = ["refs/pull/"]
+[hosts]
+"GitLab.example" = "https://gitlab.example/"
+[cache]
+repos = ["acme/widgets"]
+[limits]
+max_connections = 7
+"#,
+        )
+        .unwrap();
+        let config = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--access-ttl",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(config.proxy.upstream, "https://git.example");
+        assert_eq!(config.proxy.access_ttl, Duration::ZERO);
+        assert!(config.proxy.serve_stale);
+        assert_eq!(
+            config.proxy.hosts.get("gitlab.example").map(String::as_str),
+            Some("https://gitlab.example")
+        );
+        assert!(config.proxy.cache.is_cached(None, "acme", "widgets"));
+        assert!(!config.proxy.cache.is_cached(None, "acme", "other"));
+        assert_eq!(config.proxy.extra_ref_prefixes, ["refs/pull/"]);
+        assert_eq!(config.proxy.limits.max_connections, 7);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_message() {
+        for (args, message) in [
+            (
+                &["--listen", "nowhere"][..],
+                "invalid listen address 'nowhere'",
+            ),
+            (
+                &["--credential-mode", "open"],
+                "unknown credential mode 'open'",
+            ),
+            (
+                &["--credential-mode", "static"],
+                "needs at least one --static-token",
+            ),
+            (
+                &["--compression-level", "12"],
+                "compression level must be 0 to 9",
+            ),
+            (&["--upstream-host", "nohost"], "is not NAME=VALUE"),
+            (&["--cache-repo", "justone"], "must be owner/repo"),
+            (&["--extra-ref-prefix", "pull/"], "must start with refs/"),
+            (&["--log-format", "xml"], "unknown log format"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(format!("{err:#}").contains(message), "{args:?}: {err:#}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "listn = \"x\"\n").unwrap();
+        let err = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `listn`"),
+            "{err:#}"
+        );
+    }
+}

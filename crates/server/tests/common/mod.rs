@@ -1,0 +1,218 @@
+//! The real binary in front of the testkit upstream, and a raw HTTP client for what `git`
+//! cannot show (statuses, headers, whether pack bytes were sent).
+
+#![allow(dead_code, unreachable_pub)] // Reason: each test binary uses a different part.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gitcache_testkit::upstream::Upstream;
+
+/// A running `gitcache-server`; killed when dropped.
+pub struct Gitcache {
+    pub child: Child,
+    pub addr: String,
+    pub data: tempfile::TempDir,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Gitcache {
+    /// Start in front of `upstream` (the default upstream) with `extra` flags.
+    pub fn start(upstream: &Upstream, extra: &[&str]) -> Gitcache {
+        let data = tempfile::Builder::new()
+            .prefix("gitcache-data-")
+            .tempdir()
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
+            .args(["--listen", "127.0.0.1:0", "--upstream", &upstream.url()])
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["--log-level", "debug"])
+            .args(extra)
+            .env_remove("GITCACHE_CONFIG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut log = String::new();
+        let addr = loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("gitcache exited before listening:\n{log}");
+            }
+            log.push_str(&line);
+            if let Some(addr) = line.trim().strip_prefix("gitcache listening on http://") {
+                break addr.to_owned();
+            }
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Gitcache {
+            child,
+            addr,
+            data,
+            log,
+        }
+    }
+
+    /// The URL `git` uses for `owner/repo`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}.git", self.addr)
+    }
+
+    /// The mirror of `owner/repo` of the default upstream (`127.0.0.1:<port>` as host).
+    pub fn mirror(&self, upstream: &Upstream, name: &str) -> PathBuf {
+        let host = upstream.addr().to_string().replace(':', "_");
+        self.data
+            .path()
+            .join("mirrors")
+            .join(host)
+            .join(format!("{name}.git"))
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Send SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Gitcache {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP exchange's outcome.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    /// The body as sent (chunk framing included, which these checks do not mind).
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn has_pack(&self) -> bool {
+        self.body.windows(4).any(|w| w == b"PACK")
+    }
+}
+
+/// One request on its own connection.
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Answer {
+        status,
+        head,
+        body: raw[(split + 4).min(raw.len())..].to_vec(),
+    }
+}
+
+/// A protocol v2 `fetch` request body wanting `oid`.
+pub fn fetch_body(oid: &str, extra: &[&str]) -> Vec<u8> {
+    let mut lines = vec![
+        "command=fetch".to_owned(),
+        "agent=git/test".to_owned(),
+        "object-format=sha1".to_owned(),
+    ];
+    let mut body = Vec::new();
+    for l in lines.drain(..) {
+        pkt(&mut body, &l);
+    }
+    body.extend_from_slice(b"0001");
+    pkt(&mut body, &format!("want {oid}"));
+    for l in extra {
+        pkt(&mut body, l);
+    }
+    pkt(&mut body, "done");
+    body.extend_from_slice(b"0000");
+    body
+}
+
+fn pkt(out: &mut Vec<u8>, line: &str) {
+    out.extend_from_slice(format!("{:04x}{line}\n", line.len() + 5).as_bytes());
+}
+
+/// `Authorization: Basic` for `x-access-token:<token>`, as actions/checkout sends it.
+pub fn basic(token: &str) -> String {
+    let raw = format!("x-access-token:{token}");
+    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in raw.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(table[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    format!("Basic {out}")
+}
+
+/// `git fsck --strict` must pass in `repo`.
+#[track_caller]
+pub fn fsck(repo: &Path) {
+    gitcache_testkit::git::git_stdout(repo, &["fsck", "--strict", "--no-progress"]);
+}

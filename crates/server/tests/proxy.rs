@@ -1,0 +1,438 @@
+//! The real `git` client through the real binary in front of the testkit upstream (C git's
+//! http-backend): clones and fetches served from mirrors, the access gate, passthrough.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Gitcache, basic, fetch_body, fsck, http};
+use gitcache_testkit::git::{GitClient, git_stdout};
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, RequestKind, Upstream};
+
+fn refs(repo: &Path) -> String {
+    git_stdout(repo, &["for-each-ref", "--format=%(objectname) %(refname)"])
+}
+
+fn public_repo(upstream: &Upstream, name: &str, spec: &RepoSpec) {
+    repo::generate(&upstream.repo_path(name), spec).unwrap();
+    upstream.adopt_repo(name, Access::Public).unwrap();
+}
+
+#[test]
+fn clones_are_served_from_the_mirror_and_a_second_clone_is_a_hit() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::small(401));
+    let source = upstream.repo_path("acme/widgets");
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+
+    git.run(&home, &["clone", "-q", &cache.url("acme/widgets"), "one"])
+        .unwrap()
+        .expect_success();
+    fsck(&home.join("one"));
+    assert_eq!(
+        git.rev_parse(&home.join("one"), "HEAD").unwrap(),
+        git.rev_parse(&source, "main").unwrap()
+    );
+    // Tags came along (annotated ones included).
+    assert_eq!(
+        git_stdout(&home.join("one"), &["tag"]),
+        git_stdout(&source, &["tag"])
+    );
+    fsck(&cache.mirror(&upstream, "acme/widgets"));
+
+    upstream.reset_counts();
+    git.run(
+        &home,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &cache.url("acme/widgets"),
+            "two.git",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    fsck(&home.join("two.git"));
+    assert_eq!(refs(&home.join("two.git")), refs(&source));
+    let counts = upstream.counts();
+    assert_eq!(
+        counts.fetch, 0,
+        "a hit asks upstream for no pack: {counts:?}"
+    );
+    assert!(counts.info_refs >= 1 && counts.ls_refs >= 1, "{counts:?}");
+
+    // New commits upstream: a fetch through the cache brings them.
+    let tip = repo::append_commits(&source, "main", 3, 9).unwrap();
+    git.run(&home.join("one"), &["fetch", "-q", "origin"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(
+        git.rev_parse(&home.join("one"), "origin/main").unwrap(),
+        tip
+    );
+    fsck(&home.join("one"));
+
+    // ls-remote lists what upstream has.
+    let listed = git
+        .run(&home, &["ls-remote", &cache.url("acme/widgets")])
+        .unwrap()
+        .expect_success()
+        .stdout;
+    assert!(
+        listed.contains(&format!("{tip}\trefs/heads/main")),
+        "{listed}"
+    );
+}
+
+#[test]
+fn the_actions_checkout_fetch_with_an_extraheader_credential() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/private"), &RepoSpec::small(402)).unwrap();
+    upstream
+        .adopt_repo("acme/private", Access::private(["ghs_token"]))
+        .unwrap();
+    let sha = git_stdout(&upstream.repo_path("acme/private"), &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let work = git.home().join("work");
+    std::fs::create_dir(&work).unwrap();
+
+    let checkout = |dir: &Path| {
+        git.run(dir, &["init", "-q"]).unwrap().expect_success();
+        git.run(
+            dir,
+            &["remote", "add", "origin", &cache.url("acme/private")],
+        )
+        .unwrap()
+        .expect_success();
+        let header = format!("http.extraheader=AUTHORIZATION: {}", basic("ghs_token"));
+        git.run(
+            dir,
+            &[
+                "-c",
+                &header,
+                "-c",
+                "protocol.version=2",
+                "fetch",
+                "--no-tags",
+                "--prune",
+                "--no-recurse-submodules",
+                "--depth=1",
+                "origin",
+                &format!("+{sha}:refs/remotes/origin/main"),
+            ],
+        )
+        .unwrap()
+        .expect_success();
+        git.run(dir, &["checkout", "-q", "refs/remotes/origin/main"])
+            .unwrap()
+            .expect_success();
+        fsck(dir);
+        assert_eq!(
+            git_stdout(dir, &["rev-list", "--count", "HEAD"]).trim(),
+            "1"
+        );
+    };
+    checkout(&work);
+    // The client sent no ls-refs (the mirror's own refresh did, as gitcache).
+    let client_ls_refs = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::LsRefs)
+        .filter(|r| {
+            r.headers
+                .iter()
+                .any(|(k, v)| k == "user-agent" && v.starts_with("git/"))
+        })
+        .count();
+    assert_eq!(client_ls_refs, 0, "actions/checkout sends no ls-refs");
+
+    // Again, from scratch: a hit.
+    upstream.reset_counts();
+    let again = git.home().join("again");
+    std::fs::create_dir(&again).unwrap();
+    checkout(&again);
+    assert_eq!(upstream.counts().fetch, 0);
+}
+
+#[test]
+fn partial_clone_lazy_fetch_shallow_since_and_sha256() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::small(403));
+    public_repo(&upstream, "acme/modern", &RepoSpec::tiny(404).sha256());
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+
+    // blob:none, no checkout; the checkout afterwards fetches the blobs lazily.
+    git.run(
+        &home,
+        &[
+            "clone",
+            "-q",
+            "--filter=blob:none",
+            "--no-checkout",
+            &cache.url("acme/widgets"),
+            "partial",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    let partial = home.join("partial");
+    let missing = git_stdout(
+        &partial,
+        &["rev-list", "--objects", "--missing=print", "HEAD"],
+    );
+    assert!(
+        missing.lines().any(|l| l.starts_with('?')),
+        "blobs were left out"
+    );
+    upstream.reset_counts();
+    git.run(&partial, &["checkout", "-q", "main"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(upstream.counts().fetch, 0, "lazy blob fetches are hits");
+    git.run(&partial, &["fsck", "--no-progress"])
+        .unwrap()
+        .expect_success();
+
+    // --shallow-since: only commits after the date.
+    let source = upstream.repo_path("acme/widgets");
+    let dates = git_stdout(&source, &["log", "--format=%ct", "main"]);
+    let dates: Vec<u64> = dates.lines().map(|l| l.parse().unwrap()).collect();
+    let since = dates[dates.len() / 2];
+    git.run(
+        &home,
+        &[
+            "clone",
+            "-q",
+            &format!("--shallow-since={since}"),
+            &cache.url("acme/widgets"),
+            "since",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    let count: usize = git_stdout(&home.join("since"), &["rev-list", "--count", "HEAD"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        count > 0 && count < dates.len(),
+        "{count} of {}",
+        dates.len()
+    );
+    assert!(home.join("since/.git/shallow").is_file());
+    fsck(&home.join("since"));
+
+    // A SHA-256 repository.
+    git.run(&home, &["clone", "-q", &cache.url("acme/modern"), "modern"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(
+        git_stdout(&home.join("modern"), &["rev-parse", "--show-object-format"]).trim(),
+        "sha256"
+    );
+    fsck(&home.join("modern"));
+    let modern = upstream.repo_path("acme/modern");
+    assert_eq!(
+        git.rev_parse(&home.join("modern"), "HEAD").unwrap(),
+        git.rev_parse(&modern, "main").unwrap()
+    );
+    assert_eq!(
+        git_stdout(&home.join("modern"), &["tag"]),
+        git_stdout(&modern, &["tag"])
+    );
+}
+
+#[test]
+fn the_access_gate() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/secret"), &RepoSpec::tiny(405)).unwrap();
+    upstream
+        .adopt_repo("acme/secret", Access::private(["good"]))
+        .unwrap();
+    let sha = git_stdout(&upstream.repo_path("acme/secret"), &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let cache = Gitcache::start(&upstream, &["--access-ttl", "1"]);
+    let v2 = ("Git-Protocol", "version=2");
+    let good = basic("good");
+    let wrong = basic("wrong");
+    // A fetch exactly as CI sends it, with no info/refs or ls-refs before it.
+    let fetch = |authorization: Option<&str>| {
+        let mut headers = vec![
+            v2,
+            ("Content-Type", "application/x-git-upload-pack-request"),
+        ];
+        if let Some(value) = authorization {
+            headers.push(("Authorization", value));
+        }
+        http(
+            &cache.addr,
+            "POST",
+            "/acme/secret.git/git-upload-pack",
+            &headers,
+            &fetch_body(&sha, &[]),
+        )
+    };
+
+    // No credential: the upstream's 401 and its challenge, as they are.
+    let answer = http(
+        &cache.addr,
+        "GET",
+        "/acme/secret.git/info/refs?service=git-upload-pack",
+        &[v2],
+        b"",
+    );
+    assert_eq!(answer.status, 401, "{}", answer.head);
+    assert!(
+        answer.header("www-authenticate").is_some(),
+        "{}",
+        answer.head
+    );
+
+    // Warm the mirror with the right credential.
+    let answer = fetch(Some(&good));
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    assert!(answer.has_pack());
+
+    // With the mirror warm, a fetch without a credential, or with a wrong one, gets not one
+    // cached byte.
+    let answer = fetch(None);
+    assert_eq!(answer.status, 401);
+    assert!(!answer.has_pack());
+    let answer = fetch(Some(&wrong));
+    assert_eq!(answer.status, 404);
+    assert!(!answer.has_pack());
+
+    // The git client sees the same: a wrong token cannot clone.
+    let git = GitClient::new().unwrap();
+    let url = cache
+        .url("acme/secret")
+        .replace("http://", "http://x-access-token:wrong@");
+    let out = git
+        .run(git.home(), &["clone", "-q", &url, "denied"])
+        .unwrap()
+        .expect_failure();
+    assert!(
+        out.stderr.contains("not found") || out.stderr.contains("404"),
+        "{out}"
+    );
+    let url = cache
+        .url("acme/secret")
+        .replace("http://", "http://x-access-token:good@");
+    git.run(git.home(), &["clone", "-q", &url, "granted"])
+        .unwrap()
+        .expect_success();
+    fsck(&git.home().join("granted"));
+
+    // A revoked token works until its grant is older than the TTL, then no more.
+    upstream.revoke_token("acme/secret", "good");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let answer = fetch(Some(&good));
+    assert_eq!(answer.status, 404, "{}", answer.body_text());
+    assert!(!answer.has_pack());
+
+    // Path traversal: 400 before anything touches the disk.
+    for path in [
+        "/acme/..%2f..%2fetc/info/refs?service=git-upload-pack",
+        "/../secret/info/refs?service=git-upload-pack",
+        "/acme/.hidden/git-upload-pack",
+    ] {
+        let answer = http(&cache.addr, "GET", path, &[v2], b"");
+        assert!(
+            answer.status == 400 || answer.status == 404,
+            "{path}: {}",
+            answer.head
+        );
+    }
+    let answer = http(
+        &cache.addr,
+        "GET",
+        "/acme/.hidden/info/refs?service=git-upload-pack",
+        &[v2],
+        b"",
+    );
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.body_text().contains("invalid repository"),
+        "{}",
+        answer.body_text()
+    );
+}
+
+#[test]
+fn twenty_concurrent_cold_clones_make_one_upstream_fetch() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/popular", &RepoSpec::small(406));
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let url = cache.url("acme/popular");
+    std::thread::scope(|scope| {
+        let clones: Vec<_> = (0..20)
+            .map(|i| {
+                let (git, url) = (&git, &url);
+                scope.spawn(move || {
+                    git.run(git.home(), &["clone", "-q", url, &format!("c{i}")])
+                        .unwrap()
+                })
+            })
+            .collect();
+        for clone in clones {
+            clone.join().unwrap().expect_success();
+        }
+    });
+    assert_eq!(upstream.counts().fetch, 1, "{}", cache.log());
+    fsck(&git.home().join("c7"));
+}
+
+#[test]
+fn push_and_protocol_v0_pass_through() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::tiny(407));
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+
+    git.run(
+        &home,
+        &[
+            "-c",
+            "protocol.version=0",
+            "clone",
+            "-q",
+            &cache.url("acme/widgets"),
+            "v0",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    fsck(&home.join("v0"));
+    assert!(
+        !cache.mirror(&upstream, "acme/widgets").exists(),
+        "v0 is passed through, not mirrored"
+    );
+
+    let work = home.join("v0");
+    std::fs::write(work.join("pushed.txt"), "through the proxy\n").unwrap();
+    git.run(&work, &["add", "pushed.txt"])
+        .unwrap()
+        .expect_success();
+    git.run(&work, &["commit", "-q", "-m", "pushed"])
+        .unwrap()
+        .expect_success();
+    git.run(&work, &["push", "-q", "origin", "HEAD:main"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(
+        git_stdout(&upstream.repo_path("acme/widgets"), &["rev-parse", "main"]).trim(),
+        git.rev_parse(&work, "HEAD").unwrap()
+    );
+}

@@ -1,0 +1,117 @@
+//! An upstream that fails during a miss: the client gets a clear error, the mirror stays
+//! whole, the next request succeeds. And a clone in flight survives SIGTERM.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Gitcache, fsck};
+use gitcache_testkit::git::{GitClient, GitOutput, git_stdout};
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
+
+/// What actions/checkout does: `info/refs` and one `fetch` of a commit, no `ls-refs`.
+fn fetch_commit(git: &GitClient, dir: &Path, url: &str, sha: &str) -> GitOutput {
+    if !dir.exists() {
+        std::fs::create_dir(dir).unwrap();
+        git.run(dir, &["init", "-q"]).unwrap().expect_success();
+        git.run(dir, &["remote", "add", "origin", url])
+            .unwrap()
+            .expect_success();
+    }
+    git.run(
+        dir,
+        &[
+            "fetch",
+            "--no-tags",
+            "--depth=1",
+            "origin",
+            &format!("+{sha}:refs/remotes/origin/main"),
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+fn upstream_failures_during_a_miss() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/flaky");
+    repo::generate(&source, &RepoSpec::small(501)).unwrap();
+    upstream.adopt_repo("acme/flaky", Access::Public).unwrap();
+    let cache = Gitcache::start(&upstream, &["--upstream-timeout", "1"]);
+    let git = GitClient::new().unwrap();
+    let url = cache.url("acme/flaky");
+    let mirror = cache.mirror(&upstream, "acme/flaky");
+
+    // First: a good fetch creates the mirror.
+    let first = git_stdout(&source, &["rev-parse", "main~5"])
+        .trim()
+        .to_owned();
+    fetch_commit(&git, &git.home().join("a"), &url, &first).expect_success();
+    fsck(&mirror);
+
+    for (seed, (fault, status)) in [
+        (Fault::Status(500), "502"),
+        (Fault::Delay(Duration::from_secs(3)), "504"),
+        (Fault::CutAfter(60), "502"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tip = repo::append_commits(&source, "main", 2, seed as u64).unwrap();
+        upstream.inject(fault.clone(), 1, Some(RequestKind::Fetch));
+        let dir = git.home().join(format!("b{seed}"));
+        let failed = fetch_commit(&git, &dir, &url, &tip);
+        assert!(!failed.success(), "{failed}\n{}", cache.log());
+        assert!(failed.stderr.contains(status), "{fault:?}: {failed}");
+        // The mirror is whole, and does not claim the new tip.
+        fsck(&mirror);
+        assert_ne!(
+            git_stdout(&mirror, &["rev-parse", "main"]).trim(),
+            tip,
+            "{fault:?}"
+        );
+        upstream.clear_faults();
+        // The next request succeeds.
+        fetch_commit(&git, &dir, &url, &tip).expect_success();
+        fsck(&dir);
+        fsck(&mirror);
+    }
+    let log = cache.log();
+    assert!(log.contains("result=\"error\""), "{log}");
+}
+
+#[test]
+fn a_clone_in_flight_finishes_after_sigterm() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/slow");
+    repo::generate(&source, &RepoSpec::small(502)).unwrap();
+    upstream.adopt_repo("acme/slow", Access::Public).unwrap();
+    let cache = Gitcache::start(&upstream, &["--shutdown-grace", "20"]);
+    let git = GitClient::new().unwrap();
+    // The miss's upstream fetch is slow: the clone is in flight when the signal comes.
+    upstream.inject(
+        Fault::Delay(Duration::from_millis(1500)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let url = cache.url("acme/slow");
+    let clone = std::thread::scope(|scope| {
+        let clone = scope.spawn(|| git.run(git.home(), &["clone", "-q", &url, "c"]).unwrap());
+        // Wait until the clone's fetch reached the upstream, then stop gitcache.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while upstream.counts().fetch == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cache.terminate();
+        clone.join().unwrap()
+    });
+    clone.expect_success();
+    fsck(&git.home().join("c"));
+    let mut cache = cache;
+    let status = cache.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // New connections are refused now.
+    assert!(std::net::TcpStream::connect(&cache.addr).is_err());
+}
