@@ -1,0 +1,195 @@
+//! Background warming after `ls-refs` shows new refs, serving stale data when the upstream is
+//! down, and requests the proxy must bound: gzip bodies, oversized bodies, slow clients.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{Gitcache, basic, fetch_body, fsck, http};
+use gitcache_testkit::git::{GitClient, git_stdout};
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ls_refs_showing_new_refs_warms_the_mirror_with_the_service_token() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/busy");
+    repo::generate(&source, &RepoSpec::small(701)).unwrap();
+    upstream
+        .adopt_repo("acme/busy", Access::private(["client", "warmer"]))
+        .unwrap();
+    let cache = Gitcache::start(&upstream, &["--service-token", "warmer"]);
+    let git = GitClient::new().unwrap();
+    let url = cache
+        .url("acme/busy")
+        .replace("http://", "http://x-access-token:client@");
+    git.run(git.home(), &["clone", "-q", &url, "work"])
+        .unwrap()
+        .expect_success();
+    let mirror = cache.mirror(&upstream, "acme/busy");
+
+    // New commits upstream; an ls-remote through gitcache notices and warms the mirror.
+    let tip = repo::append_commits(&source, "main", 4, 7).unwrap();
+    upstream.reset_counts();
+    git.run(git.home(), &["ls-remote", &url])
+        .unwrap()
+        .expect_success();
+    wait_for("the mirror to be warmed", || {
+        git_stdout(
+            &mirror,
+            &["for-each-ref", "--format=%(objectname)", "refs/heads/main"],
+        )
+        .trim()
+            == tip
+    });
+    fsck(&mirror);
+    let warming_fetches: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::Fetch)
+        .collect();
+    assert_eq!(warming_fetches.len(), 1, "{}", cache.log());
+    assert!(
+        warming_fetches[0]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && *v == basic("warmer")),
+        "warming uses the service token"
+    );
+
+    // The client's fetch is now a hit.
+    upstream.reset_counts();
+    git.run(&git.home().join("work"), &["pull", "-q", "--ff-only"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(
+        git.rev_parse(&git.home().join("work"), "HEAD").unwrap(),
+        tip
+    );
+    assert_eq!(upstream.counts().fetch, 0);
+}
+
+#[test]
+fn serve_stale_answers_from_the_mirror_while_upstream_is_down() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/stale");
+    repo::generate(&source, &RepoSpec::tiny(702)).unwrap();
+    upstream.adopt_repo("acme/stale", Access::Public).unwrap();
+    let old = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let v2 = ("Git-Protocol", "version=2");
+    let fetch = |cache: &Gitcache, body: &[u8]| {
+        http(
+            &cache.addr,
+            "POST",
+            "/acme/stale.git/git-upload-pack",
+            &[v2],
+            body,
+        )
+    };
+
+    for stale in [false, true] {
+        let flags: &[&str] = if stale { &["--serve-stale"] } else { &[] };
+        let cache = Gitcache::start(&upstream, flags);
+        assert!(fetch(&cache, &fetch_body(&old, &[])).has_pack());
+        // A new commit the mirror lacks, and the upstream failing from now on.
+        let new = repo::append_commits(&source, "main", 1, 70 + u64::from(stale)).unwrap();
+        upstream.inject(Fault::Status(503), 100, Some(RequestKind::Fetch));
+        let both = fetch_body(&old, &[&format!("want {new}")]);
+        let answer = fetch(&cache, &both);
+        if stale {
+            // What the mirror has is served; the missing want is left out.
+            assert_eq!(answer.status, 200, "{}", answer.body_text());
+            assert!(answer.has_pack());
+        } else {
+            assert_eq!(answer.status, 502, "{}", answer.body_text());
+            assert!(!answer.has_pack());
+        }
+        upstream.clear_faults();
+    }
+}
+
+#[test]
+fn request_bodies_gzip_limits_and_slow_clients() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/widgets"), &RepoSpec::tiny(703)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let sha = git_stdout(&upstream.repo_path("acme/widgets"), &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let cache = Gitcache::start(
+        &upstream,
+        &["--max-body-bytes", "4096", "--header-read-timeout", "1"],
+    );
+    let v2 = ("Git-Protocol", "version=2");
+    let path = "/acme/widgets.git/git-upload-pack";
+
+    // git gzips large requests: decoded for local parsing.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&fetch_body(&sha, &[])).unwrap();
+    let answer = http(
+        &cache.addr,
+        "POST",
+        path,
+        &[v2, ("Content-Encoding", "gzip")],
+        &gz.finish().unwrap(),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    assert!(answer.has_pack());
+
+    // Too large (as sent, or once inflated): 413 with a message.
+    let haves: Vec<String> = (0..200).map(|i| format!("have {:040x}", i + 1)).collect();
+    let haves: Vec<&str> = haves.iter().map(String::as_str).collect();
+    let big = fetch_body(&sha, &haves);
+    assert!(big.len() > 4096);
+    let answer = http(&cache.addr, "POST", path, &[v2], &big);
+    assert_eq!(answer.status, 413);
+    assert!(answer.body_text().contains("exceeds 4096 bytes"));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&big).unwrap();
+    let answer = http(
+        &cache.addr,
+        "POST",
+        path,
+        &[v2, ("Content-Encoding", "gzip")],
+        &gz.finish().unwrap(),
+    );
+    assert_eq!(answer.status, 413);
+
+    // A malformed request: 400 with the parser's message.
+    let answer = http(&cache.addr, "POST", path, &[v2], b"zzzz");
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.body_text().contains("bad request"),
+        "{}",
+        answer.body_text()
+    );
+
+    // A client that never finishes its headers is cut off.
+    let mut slow = std::net::TcpStream::connect(&cache.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let started = Instant::now();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the connection was closed by the server"
+    );
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.is_empty() || text.contains("408"), "{text}");
+    // The server is fine.
+    assert_eq!(http(&cache.addr, "GET", "/healthz", &[], b"").status, 200);
+}
