@@ -26,6 +26,7 @@ use gitcache_mirror::upstream::{Upstream, is_hop_by_hop};
 use gitcache_pack::Repository;
 use gitcache_protocol::advertise::{self, Advertised, Advertisement};
 use gitcache_protocol::request::{Command, Fetch, Limits as RequestLimits, parse_request};
+use gitcache_storage::fs::DataDir;
 use gix_hash::Kind as HashKind;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -86,6 +87,8 @@ pub struct Proxy {
     repos: Mutex<HashMap<MirrorKey, OpenRepo>>,
     pack_slots: Arc<Semaphore>,
     draining: AtomicBool,
+    /// Held for the proxy's life: one process per data directory.
+    _data_dir: DataDir,
 }
 
 /// Why a configuration cannot be used.
@@ -95,6 +98,9 @@ pub enum ConfigError {
     /// An upstream URL is unusable.
     #[error("{0}")]
     Upstream(String),
+    /// The data directory is taken by another process, or cannot be locked.
+    #[error(transparent)]
+    Locked(#[from] gitcache_storage::fs::Error),
     /// The data directory cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
@@ -112,6 +118,7 @@ impl Proxy {
         for url in config.hosts.values() {
             url_host(url).map_err(ConfigError::Upstream)?;
         }
+        let data_dir = DataDir::open(&config.data_dir)?;
         let mirrors = config.data_dir.join("mirrors");
         std::fs::create_dir_all(&mirrors).map_err(|source| ConfigError::DataDir {
             path: mirrors.clone(),
@@ -127,6 +134,7 @@ impl Proxy {
             repos: Mutex::new(HashMap::new()),
             pack_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_packs.max(1))),
             draining: AtomicBool::new(false),
+            _data_dir: data_dir,
             config,
         }))
     }

@@ -109,12 +109,14 @@ pub fn ingest_pack(
     let final_index = pack_dir.join(format!("pack-{checksum}.idx"));
     if !final_index.exists() {
         for file in [&data, &index] {
+            std::fs::File::open(file)?.sync_all()?;
             let mut perms = std::fs::metadata(file)?.permissions();
             perms.set_readonly(true);
             std::fs::set_permissions(file, perms)?;
         }
         std::fs::rename(&data, &final_pack)?;
         std::fs::rename(&index, &final_index)?;
+        gitcache_storage::fs::sync_dir(&pack_dir)?;
     }
     drop(staging.0.take().map(std::fs::remove_dir_all));
     Ok(Ingested {
@@ -125,17 +127,32 @@ pub fn ingest_pack(
     })
 }
 
-/// Remove staging folders a crash left behind; call before serving a mirror.
+/// Remove what a crash left behind: staging folders and responses in `objects/pack`, and
+/// half-written temporaries of `packed-refs` or `HEAD`. Call before refreshing a mirror.
 pub fn remove_leftovers(git_dir: &Path) -> std::io::Result<usize> {
     let mut removed = 0;
-    let Ok(entries) = std::fs::read_dir(git_dir.join("objects").join("pack")) else {
-        return Ok(0);
-    };
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with("incoming-") && entry.path().is_dir() {
-            std::fs::remove_dir_all(entry.path())?;
-            removed += 1;
+    if let Ok(entries) = std::fs::read_dir(git_dir.join("objects").join("pack")) {
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with("incoming-") {
+                if entry.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(entry.path())?;
+                } else {
+                    std::fs::remove_file(entry.path())?;
+                }
+                removed += 1;
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(git_dir) {
+        for entry in entries {
+            let entry = entry?;
+            if gitcache_storage::fs::is_leftover_temp(&entry.file_name().to_string_lossy())
+                && entry.file_type()?.is_file()
+            {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
         }
     }
     Ok(removed)

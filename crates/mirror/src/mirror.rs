@@ -6,7 +6,7 @@
 //! the new one, never a mix; refs upstream deleted are gone after the rename. A failure at any
 //! step leaves the previous state whole.
 
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use bstr::{BString, ByteSlice};
@@ -381,7 +381,7 @@ fn write_refs(git_dir: &Path, remote: &[RefLine]) -> Result<(), Error> {
     }
     // Loose refs would hide packed ones; a mirror keeps none.
     remove_loose_refs(&git_dir.join("refs"))?;
-    replace(&git_dir.join("packed-refs"), &text)?;
+    gitcache_storage::fs::replace_file(&git_dir.join("packed-refs"), &text)?;
     if let Some(target) = remote
         .iter()
         .find(|r| r.name == "HEAD")
@@ -390,7 +390,7 @@ fn write_refs(git_dir: &Path, remote: &[RefLine]) -> Result<(), Error> {
         let mut head = b"ref: ".to_vec();
         head.extend_from_slice(target.as_bytes());
         head.push(b'\n');
-        replace(&git_dir.join("HEAD"), &head)?;
+        gitcache_storage::fs::replace_file(&git_dir.join("HEAD"), &head)?;
     }
     Ok(())
 }
@@ -408,19 +408,4 @@ fn remove_loose_refs(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Write `path` atomically: a lock file beside it, synced, renamed over it.
-fn replace(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let lock = path.with_extension("lock");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&lock)?;
-    let written = file.write_all(content).and_then(|()| file.sync_all());
-    if let Err(err) = written {
-        let _ = std::fs::remove_file(&lock);
-        return Err(err);
-    }
-    std::fs::rename(&lock, path)
 }

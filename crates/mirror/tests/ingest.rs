@@ -165,8 +165,12 @@ fn leftovers_of_a_crash_are_removed() {
     let mirror = empty_mirror(dir.path(), "sha1");
     std::fs::create_dir_all(mirror.join("objects/pack/incoming-1-2")).unwrap();
     std::fs::write(mirror.join("objects/pack/incoming-1-2/tmp_pack_x"), b"half").unwrap();
-    assert_eq!(remove_leftovers(&mirror).unwrap(), 1);
+    std::fs::write(mirror.join("objects/pack/incoming-7-response"), b"half").unwrap();
+    std::fs::write(mirror.join("packed-refs.tmp-7-3"), b"half").unwrap();
+    assert_eq!(remove_leftovers(&mirror).unwrap(), 3);
     assert!(pack_dir_listing(&mirror).is_empty());
+    assert!(!mirror.join("packed-refs.tmp-7-3").exists());
+    assert!(mirror.join("HEAD").is_file());
 }
 
 /// Regression (found by fuzzing): a header claiming ~a billion objects made indexing allocate

@@ -82,3 +82,38 @@ fn bad_arguments_exit_non_zero_with_a_message() {
         .unwrap();
     assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--listen"));
 }
+
+#[test]
+fn a_data_directory_has_one_server() {
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "http://127.0.0.1:1",
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = start();
+    let mut stderr = BufReader::new(first.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("gitcache listening on") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "exited early");
+    }
+    let second = start().wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        message.contains("in use by another gitcache process"),
+        "{message}"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+}

@@ -1,5 +1,25 @@
-//! Storage backends (filesystem, object storage) for gitcache mirrors.
+//! Storage for gitcache's mirrors.
 //!
-//! Not built yet; the README's status table says what works.
+//! The filesystem backend ([`fs`]) is what mirrors live on today: a data directory that one
+//! process owns at a time, files replaced atomically and durably, and sizes measured for
+//! operators. The object-store backend comes with its own issue.
+//!
+//! # Example
+//!
+//! ```
+//! use gitcache_storage::fs::{DataDir, replace_file};
+//!
+//! let root = tempfile::tempdir()?;
+//! let data = DataDir::open(root.path())?;
+//! // A second owner of the same directory is refused while the first lives.
+//! assert!(DataDir::open(root.path()).is_err());
+//! let mirror = data.path().join("mirrors");
+//! std::fs::create_dir(&mirror)?;
+//! replace_file(&mirror.join("packed-refs"), b"# pack-refs with: peeled fully-peeled sorted \n")?;
+//! assert_eq!(gitcache_storage::fs::tree_size(&mirror)?, 46);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod fs;

@@ -1,0 +1,215 @@
+//! The filesystem backend: the data directory and the file operations mirrors rely on.
+//!
+//! - [`DataDir::open`] takes an exclusive lock on `<root>/gitcache.lock` for the life of the
+//!   process: two servers writing the same mirrors would undo each other's refreshes, so the
+//!   second is refused with a clear error.
+//! - [`replace_file`] writes a file beside its destination, syncs it, renames it over the
+//!   destination and syncs the folder: a reader sees the old content or the new, never a
+//!   mix, and after a crash one of the two is there. Temporary names are unique per call, so
+//!   a crash that left one behind never blocks the next write.
+//! - [`tree_size`] adds up what a folder holds, for operators.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The file whose lock marks a data directory as taken.
+pub const LOCK_FILE: &str = "gitcache.lock";
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Another process holds the directory.
+    #[error("data directory {path} is in use by another gitcache process")]
+    InUse {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The directory or its lock file cannot be created or locked.
+    #[error("data directory {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A data directory this process owns until the value is dropped.
+#[derive(Debug)]
+pub struct DataDir {
+    root: PathBuf,
+    /// Held open: the lock lives as long as the file handle.
+    _lock: File,
+}
+
+impl DataDir {
+    /// Create `root` if needed and take it for this process.
+    pub fn open(root: impl Into<PathBuf>) -> Result<DataDir, Error> {
+        let root = root.into();
+        let io = |source| Error::Io {
+            path: root.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&root).map_err(io)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(LOCK_FILE))
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::InUse { path: root }),
+            Err(std::fs::TryLockError::Error(err)) => return Err(io(err)),
+        }
+        let mut owner = &lock;
+        let _ = owner
+            .set_len(0)
+            .and_then(|()| writeln!(owner, "{}", std::process::id()));
+        Ok(DataDir { root, _lock: lock })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Replace `path`'s content with `content`, atomically and durably (see the module docs).
+pub fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no file name"))?;
+    let mut temp_name = name.to_owned();
+    temp_name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let temp = path.with_file_name(temp_name);
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        file.write_all(content)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(err);
+    }
+    sync_parent(path)
+}
+
+/// Make a rename or creation in `path`'s folder durable.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// Sync a folder's entries to disk (a no-op where folders cannot be opened as files).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Whether `name` is a temporary file [`replace_file`] left behind (a crash mid-write).
+pub fn is_leftover_temp(name: &str) -> bool {
+    name.rsplit_once(".tmp-").is_some_and(|(_, tail)| {
+        tail.split('-')
+            .all(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// The bytes held by the files under `dir` (symbolic links not followed).
+pub fn tree_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                total += entry.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_has_one_owner_at_a_time() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let first = DataDir::open(&dir).unwrap();
+        let err = DataDir::open(&dir).unwrap_err();
+        assert!(matches!(err, Error::InUse { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("in use by another gitcache process")
+        );
+        drop(first);
+        DataDir::open(&dir).unwrap();
+    }
+
+    #[test]
+    fn replacing_leaves_no_temporaries_and_survives_leftovers() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("packed-refs");
+        // A leftover from a crash, as an older exclusive-lock scheme would have tripped on.
+        std::fs::write(root.path().join("packed-refs.lock"), b"stale").unwrap();
+        std::fs::write(root.path().join("packed-refs.tmp-1-0"), b"stale").unwrap();
+        replace_file(&path, b"one\n").unwrap();
+        replace_file(&path, b"two\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two\n");
+        let mut names: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["packed-refs", "packed-refs.lock", "packed-refs.tmp-1-0"]
+        );
+        assert!(is_leftover_temp("packed-refs.tmp-1-0"));
+        assert!(!is_leftover_temp("packed-refs.lock"));
+        assert!(!is_leftover_temp("pack-tmp-abc.pack"));
+    }
+
+    #[test]
+    fn replacing_into_a_missing_folder_fails_cleanly() {
+        let root = tempfile::tempdir().unwrap();
+        let err = replace_file(&root.path().join("missing/HEAD"), b"x").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn sizes_add_up() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("a/b")).unwrap();
+        std::fs::write(root.path().join("a/one"), vec![0u8; 10]).unwrap();
+        std::fs::write(root.path().join("a/b/two"), vec![0u8; 32]).unwrap();
+        assert_eq!(tree_size(root.path()).unwrap(), 42);
+    }
+}
