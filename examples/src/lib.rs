@@ -59,3 +59,20 @@ pub fn mirror_and_serve(
     out.flush()?;
     Ok(())
 }
+
+/// A caching proxy for `upstream` (e.g. `https://github.com`) with mirrors under `data_dir`,
+/// serving on `listener` until `shutdown` completes: every repository cached, the client's
+/// credential checked upstream, access grants kept for 30 seconds.
+pub async fn embedded_proxy(
+    listener: tokio::net::TcpListener,
+    upstream: &str,
+    data_dir: &std::path::Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = gitcache_http::ProxyConfig::new(data_dir, upstream);
+    config.access_ttl = Duration::from_secs(30);
+    config.extra_ref_prefixes = vec!["refs/pull/".to_owned()];
+    let proxy = gitcache_http::Proxy::new(config)?;
+    gitcache_http::serve(listener, proxy, shutdown).await;
+    Ok(())
+}
