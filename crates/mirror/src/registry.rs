@@ -118,21 +118,25 @@ impl Registry {
         self
     }
 
-    /// Whether the mirror of `key` has more packs than the policy allows.
+    /// Whether the mirror of `key` should be consolidated: it has more packs than the policy
+    /// allows, or one pack not yet marked with its tips (a mirror's first fetch: marking it
+    /// lets clones be answered from it as it is).
     pub fn needs_consolidation(&self, key: &MirrorKey) -> bool {
         let dir = self.path(key).join("objects").join("pack");
-        let packs = std::fs::read_dir(dir)
+        let names: Vec<String> = std::fs::read_dir(dir)
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "idx"))
-                    .count()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
             })
-            .unwrap_or(0);
-        packs > self.consolidate_after
+            .unwrap_or_default();
+        let packs = names.iter().filter(|n| n.ends_with(".idx")).count();
+        let marked = names.iter().any(|n| n.ends_with(".tips"));
+        packs > self.consolidate_after || (packs == 1 && !marked)
     }
 
-    /// [`refresh`](Self::refresh), then, if the mirror has gathered too many packs,
-    /// consolidate it in a background task (which waits for any refresh of it to finish).
+    /// [`refresh`](Self::refresh), then, if the mirror [needs
+    /// it](Self::needs_consolidation), consolidate it in a background task (which waits for any refresh of it to finish).
     pub async fn refresh_and_maintain(
         self: &Arc<Self>,
         key: &MirrorKey,

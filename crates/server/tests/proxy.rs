@@ -41,7 +41,18 @@ fn clones_are_served_from_the_mirror_and_a_second_clone_is_a_hit() {
         git_stdout(&home.join("one"), &["tag"]),
         git_stdout(&source, &["tag"])
     );
-    fsck(&cache.mirror(&upstream, "acme/widgets"));
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    fsck(&mirror);
+    // The mirror's first pack gets marked with its tips in the background, so that clones
+    // are sent it as it is.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_dir(mirror.join("objects/pack"))
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tips"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no .tips mark");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     upstream.reset_counts();
     git.run(
@@ -58,6 +69,7 @@ fn clones_are_served_from_the_mirror_and_a_second_clone_is_a_hit() {
     .expect_success();
     fsck(&home.join("two.git"));
     assert_eq!(refs(&home.join("two.git")), refs(&source));
+    assert!(cache.log().contains("whole_pack=true"), "{}", cache.log());
     let counts = upstream.counts();
     assert_eq!(
         counts.fetch, 0,
