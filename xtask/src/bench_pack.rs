@@ -13,7 +13,7 @@ use gitcache_protocol::request::{Capabilities, Command as V2, Fetch, Request};
 
 const RUNS: usize = 5;
 
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new("git").arg("-C").arg(dir).args(args).output()?;
     if !out.status.success() {
         bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -21,11 +21,11 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-fn oid(hex: &str) -> Result<ObjectId> {
+pub(crate) fn oid(hex: &str) -> Result<ObjectId> {
     Ok(ObjectId::from_hex(hex.trim().as_bytes())?)
 }
 
-fn body(fetch: Fetch) -> Vec<u8> {
+pub(crate) fn body(fetch: Fetch) -> Vec<u8> {
     let request = Request {
         capabilities: Capabilities {
             agent: Some("git/2.47.3".into()),
@@ -83,7 +83,9 @@ fn median(program: &[String], repo: &Path, input: &[u8]) -> Result<(Duration, u6
     Ok((runs[RUNS / 2].0, runs[RUNS / 2].1, rss))
 }
 
-pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
+/// The bench repository (default: the generated `large` one), packed as a well-run server
+/// keeps it, and its tips.
+pub(crate) fn prepare_repo(root: &Path, repo: Option<&str>) -> Result<(PathBuf, Vec<ObjectId>)> {
     let repo: PathBuf = match repo {
         Some(path) => PathBuf::from(path),
         None => {
@@ -118,6 +120,11 @@ pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
         .lines()
         .map(oid)
         .collect::<Result<_>>()?;
+    Ok((repo, tips))
+}
+
+pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
+    let (repo, tips) = prepare_repo(root, repo)?;
     let marked = gitcache_pack::Repository::open(&repo)?.mark_pack_tips(&tips)?;
     println!("pack marked with its tips: {}", marked.is_some());
 

@@ -6,6 +6,8 @@
 //!   (the benches use `large`: 22,000 commits, about 50 MB of pack).
 //! - `bench-pack [repo]`: time our pack generation against `git upload-pack` on the same
 //!   repository and requests (default: the `large` generated repository).
+//! - `bench-proxy [repo]`: time gitcache (hits and misses) in front of C git's http-backend
+//!   against http-backend alone, over HTTP, on the same repository and requests.
 //! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
 //!   `RUSTC_BOOTSTRAP=1`).
 
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 mod bench_pack;
+mod bench_proxy;
 mod transcripts;
 
 fn main() -> Result<()> {
@@ -22,12 +25,15 @@ fn main() -> Result<()> {
         Some("transcripts") => transcripts::record(&workspace_root()?),
         Some("gen-repo") => gen_repo(&args[1..]),
         Some("bench-pack") => bench_pack::run(&workspace_root()?, args.get(1).map(String::as_str)),
+        Some("bench-proxy") => {
+            bench_proxy::run(&workspace_root()?, args.get(1).map(String::as_str))
+        }
         Some("fuzz-smoke") => {
             let seconds = args.get(1).map(String::as_str).unwrap_or("30");
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] | fuzz-smoke [seconds]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] | bench-proxy [REPO] | fuzz-smoke [seconds]>"
         ),
     }
 }

@@ -183,25 +183,31 @@ pub fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, ReadError> {
 }
 
 /// A blocking [`Write`] that hands its bytes, in chunks, to a [`Body::channel`]. It fails
-/// with `BrokenPipe` once the response is dropped (the client went away), which stops the
-/// writer promptly.
+/// with `BrokenPipe` once the response is dropped (the client went away), and with `TimedOut`
+/// when the client stops reading for longer than the stall timeout; either stops the writer
+/// promptly, so a client cannot hold a pack generation slot by not reading.
 #[derive(Debug)]
 pub struct ChannelWriter {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     buf: Vec<u8>,
     sent: u64,
+    stall: Duration,
+    /// The runtime whose timer bounds a stalled send (none outside a runtime: no bound).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Bytes gathered before a chunk is handed over.
 const CHUNK: usize = 64 << 10;
 
 impl ChannelWriter {
-    /// A writer into `tx`.
-    pub fn new(tx: mpsc::Sender<Result<Bytes, std::io::Error>>) -> Self {
+    /// A writer into `tx`, giving up when a chunk waits longer than `stall` to be taken.
+    pub fn new(tx: mpsc::Sender<Result<Bytes, std::io::Error>>, stall: Duration) -> Self {
         ChannelWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
             sent: 0,
+            stall,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -231,9 +237,24 @@ impl ChannelWriter {
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         let len = chunk.len() as u64;
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
+        let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away");
+        match &self.runtime {
+            Some(runtime) => {
+                let sent =
+                    runtime.block_on(tokio::time::timeout(self.stall, self.tx.send(Ok(chunk))));
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(gone()),
+                    Err(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "client stopped reading",
+                        ));
+                    }
+                }
+            }
+            None => self.tx.blocking_send(Ok(chunk)).map_err(|_| gone())?,
+        }
         self.sent += len;
         Ok(())
     }
@@ -343,11 +364,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_channel_writer_gives_up_on_a_client_that_stops_reading() {
+        let (tx, rx) = mpsc::channel(1);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter::new(tx, Duration::from_millis(100));
+            let chunk = vec![7u8; CHUNK];
+            loop {
+                if let Err(err) = w.write_all(&chunk) {
+                    return err.kind();
+                }
+            }
+        });
+        // The response exists but nobody reads it.
+        assert_eq!(writer.await.unwrap(), std::io::ErrorKind::TimedOut);
+        drop(rx);
+    }
+
+    #[tokio::test]
     async fn the_channel_writer_stops_when_the_body_is_dropped() {
         let (tx, rx) = mpsc::channel(1);
         let body = Body::channel(rx);
         let writer = tokio::task::spawn_blocking(move || {
-            let mut w = ChannelWriter::new(tx);
+            let mut w = ChannelWriter::new(tx, Duration::from_secs(30));
             let chunk = vec![7u8; CHUNK];
             let mut written = 0u64;
             loop {

@@ -111,6 +111,9 @@ pub struct Limits {
     /// How long a client may take to send request headers, also the longest a kept-alive
     /// connection may sit idle.
     pub header_read_timeout: Duration,
+    /// How long a response may wait for a client that stopped reading before it is
+    /// abandoned (its pack generation stops, freeing the slot).
+    pub response_stall_timeout: Duration,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
     /// Pack responses generated at once; more wait their turn.
@@ -123,6 +126,7 @@ impl Default for Limits {
             max_body_bytes: 64 << 20,
             body_read_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(30),
+            response_stall_timeout: Duration::from_secs(120),
             max_connections: 1024,
             max_concurrent_packs: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
         }

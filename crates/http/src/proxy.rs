@@ -422,6 +422,7 @@ impl Proxy {
         // Pass the answer on as it arrives, keeping a copy to compare with the mirror.
         let (parts, mut upstream_body) = response.into_parts();
         let (tx, rx) = mpsc::channel(8);
+        let stall = self.config.limits.response_stall_timeout;
         let proxy = Arc::clone(self);
         let target = target.clone();
         let warm_credential = match &self.config.service_token {
@@ -443,7 +444,9 @@ impl Proxy {
                             } else {
                                 complete = false;
                             }
-                            if tx.send(Ok(data)).await.is_err() {
+                            // A client that stops reading is let go, not waited for.
+                            let sent = tokio::time::timeout(stall, tx.send(Ok(data))).await;
+                            if !matches!(sent, Ok(Ok(()))) {
                                 return;
                             }
                         }
@@ -639,11 +642,12 @@ impl Proxy {
         let permit = Arc::clone(&self.pack_slots).acquire_owned().await;
         let (tx, rx) = mpsc::channel(4);
         let options = self.config.pack.clone();
+        let stall = self.config.limits.response_stall_timeout;
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _enter = span.enter();
-            let mut out = ChannelWriter::new(tx);
+            let mut out = ChannelWriter::new(tx, stall);
             let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
                 .and_then(|plan| plan.write_to(&mut out));
             match result {
@@ -656,6 +660,14 @@ impl Proxy {
                         bytes = stats.bytes,
                         "pack sent"
                     );
+                }
+                Err(gitcache_pack::Error::Io(err))
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    tracing::info!(%err, "pack response abandoned");
                 }
                 Err(_) if out.is_closed() => tracing::debug!("client went away"),
                 Err(err) if out.sent() == 0 => {

@@ -164,7 +164,14 @@ impl Mirror {
 
         let mut fetched_objects = 0;
         if !wants.is_empty() {
-            fetched_objects = self.fetch(upstream, format, wants, haves).await?;
+            let first = haves.is_empty();
+            let ingested = self.fetch(upstream, format, wants.clone(), haves).await?;
+            fetched_objects = ingested.objects;
+            if first {
+                // A first fetch, no haves: upstream sent the closure of the wants, which a
+                // clone of the same refs can be sent as it is.
+                gitcache_pack::vouch_pack_tips(&ingested.pack, &wants)?;
+            }
         }
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
         for line in &remote {
@@ -189,14 +196,14 @@ impl Mirror {
         })
     }
 
-    /// Fetch `wants` in one round and take the pack in; returns its object count.
+    /// Fetch `wants` in one round and take the pack in.
     async fn fetch(
         &self,
         upstream: &Upstream,
         format: HashKind,
         wants: Vec<ObjectId>,
         haves: Vec<ObjectId>,
-    ) -> Result<u32, Error> {
+    ) -> Result<ingest::Ingested, Error> {
         let staging = self
             .git_dir
             .join("objects")
@@ -216,7 +223,7 @@ impl Mirror {
             upstream.fetch_into(format, fetch, &mut file).await?;
             drop(file);
             let (path, git_dir) = (staging.clone(), self.git_dir.clone());
-            tokio::task::spawn_blocking(move || -> Result<u32, Error> {
+            tokio::task::spawn_blocking(move || -> Result<ingest::Ingested, Error> {
                 let file = std::fs::File::open(&path)?;
                 let mut stream = PackStream::new(BufReader::new(file), format);
                 stream.read_sections()?;
@@ -226,8 +233,11 @@ impl Mirror {
                     }
                     .into());
                 }
-                let ingested = ingest::ingest_pack(&git_dir, format, &mut BufReader::new(stream))?;
-                Ok(ingested.objects)
+                Ok(ingest::ingest_pack(
+                    &git_dir,
+                    format,
+                    &mut BufReader::new(stream),
+                )?)
             })
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))?

@@ -45,6 +45,30 @@ async fn a_mirror_follows_its_upstream() {
     let first = mirror.refresh(&up, &[]).await.unwrap();
     assert!(first.changed && first.fetched_objects > 0);
     assert_eq!(refs(mirror.git_dir()), refs(&source));
+    // The first pack is marked with the tips it was fetched for, and rightly so: the checked
+    // marking finds the same pack to be exactly their closure.
+    let marked: Vec<String> = pack_files(mirror.git_dir())
+        .into_iter()
+        .filter(|n| n.ends_with(".tips"))
+        .collect();
+    assert_eq!(marked.len(), 1, "{marked:?}");
+    let tips: Vec<gix_hash::ObjectId> = git(
+        mirror.git_dir(),
+        &["for-each-ref", "--format=%(objectname)"],
+    )
+    .lines()
+    .map(|l| gix_hash::ObjectId::from_hex(l.as_bytes()).unwrap())
+    .collect();
+    let checked = gitcache_pack::Repository::open(mirror.git_dir())
+        .unwrap()
+        .mark_pack_tips(&tips)
+        .unwrap()
+        .expect("one pack is the closure of the refs");
+    assert!(
+        checked
+            .to_string_lossy()
+            .ends_with(&marked[0].replace(".tips", ".pack"))
+    );
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
     assert_eq!(
         git(mirror.git_dir(), &["symbolic-ref", "HEAD"]).trim(),

@@ -438,6 +438,18 @@ fn marked_pack_for<'a>(
     Ok(Some(pack))
 }
 
+/// Mark `pack` (its `.pack` path) as holding exactly the objects reachable from `tips`,
+/// without checking. For a pack an upstream sent in answer to a fetch of exactly these wants
+/// with no haves, no shallow and no filter: `git upload-pack` answers that with the closure
+/// of the wants. When in doubt, [`Repository::mark_pack_tips`] checks first.
+pub fn vouch_pack_tips(
+    pack: &std::path::Path,
+    tips: &[ObjectId],
+) -> Result<std::path::PathBuf, Error> {
+    let tips: OidSet = tips.iter().copied().collect();
+    packs::write_tips(pack, &tips)
+}
+
 impl Repository {
     /// Mark the stored pack that holds exactly the objects reachable from `tips` (as a clone
     /// of them would select), so that such clones are answered from it with no walk. Returns

@@ -103,6 +103,10 @@ pub(crate) struct Flags {
     /// [default: 30].
     #[arg(long, env = "GITCACHE_HEADER_READ_TIMEOUT", value_name = "SECONDS")]
     pub(crate) header_read_timeout: Option<u64>,
+    /// Seconds a response waits for a client that stopped reading before it is abandoned
+    /// [default: 120].
+    #[arg(long, env = "GITCACHE_RESPONSE_STALL_TIMEOUT", value_name = "SECONDS")]
+    pub(crate) response_stall_timeout: Option<u64>,
     /// Connections served at once [default: 1024].
     #[arg(long, env = "GITCACHE_MAX_CONNECTIONS", value_name = "N")]
     pub(crate) max_connections: Option<usize>,
@@ -163,6 +167,7 @@ struct FileLimits {
     max_body_bytes: Option<usize>,
     body_read_timeout: Option<u64>,
     header_read_timeout: Option<u64>,
+    response_stall_timeout: Option<u64>,
     max_connections: Option<usize>,
     max_concurrent_packs: Option<usize>,
 }
@@ -325,6 +330,10 @@ impl Config {
                 .header_read_timeout
                 .or(fl.header_read_timeout)
                 .map_or(defaults.header_read_timeout, Duration::from_secs),
+            response_stall_timeout: flags
+                .response_stall_timeout
+                .or(fl.response_stall_timeout)
+                .map_or(defaults.response_stall_timeout, Duration::from_secs),
             max_connections: flags
                 .max_connections
                 .or(fl.max_connections)
