@@ -414,7 +414,10 @@ impl Proxy {
         body: Bytes,
         kind: HashKind,
     ) -> Result<Response<Body>, Error> {
-        let response = self.forward_body(target, headers, body).await?;
+        // Ask for the answer unencoded, so that the copy kept for comparison can be read.
+        let mut ask = headers.clone();
+        ask.remove(header::ACCEPT_ENCODING);
+        let response = self.forward_body(target, &ask, body).await?;
         if !response.status().is_success() {
             return Ok(response);
         }
