@@ -193,3 +193,34 @@ fn request_bodies_gzip_limits_and_slow_clients() {
     // The server is fine.
     assert_eq!(http(&cache.addr, "GET", "/healthz", &[], b"").status, 200);
 }
+
+#[test]
+fn connections_beyond_the_limit_wait_their_turn() {
+    let upstream = Upstream::start().unwrap();
+    let cache = Gitcache::start(&upstream, &["--max-connections", "1"]);
+    // The one allowed connection, kept open.
+    let mut first = std::net::TcpStream::connect(&cache.addr).unwrap();
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(first.read(&mut buf).unwrap() > 0);
+    // A second one is not served while the first is open...
+    let mut second = std::net::TcpStream::connect(&cache.addr).unwrap();
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let waiting = second.read(&mut buf);
+    assert!(waiting.is_err(), "served beyond the limit: {waiting:?}");
+    // ...and is once it closes.
+    drop(first);
+    second
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    second.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
