@@ -169,6 +169,8 @@ pub struct ProxyConfig {
     pub pack: gitcache_pack::Options,
     /// Request limits.
     pub limits: Limits,
+    /// The response cache; `None` turns it off.
+    pub response_cache: Option<crate::response_cache::ResponseCacheConfig>,
 }
 
 impl ProxyConfig {
@@ -189,6 +191,7 @@ impl ProxyConfig {
             consolidate_after: gitcache_mirror::registry::DEFAULT_CONSOLIDATE_AFTER,
             pack: gitcache_pack::Options::default(),
             limits: Limits::default(),
+            response_cache: Some(crate::response_cache::ResponseCacheConfig::default()),
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod body;
 pub mod config;
 mod error;
 mod proxy;
+pub mod response_cache;
 pub mod route;
 mod serve;
 
@@ -36,4 +37,5 @@ pub use body::Body;
 pub use config::{CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};
 pub use error::Error;
 pub use proxy::{ConfigError, Proxy};
+pub use response_cache::{ResponseCacheConfig, ResponseCacheStats};
 pub use serve::{ServeOptions, serve, serve_with};

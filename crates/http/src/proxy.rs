@@ -38,6 +38,9 @@ use crate::access::{AccessGrants, Fingerprint};
 use crate::body::{Body, ChannelWriter, read_request_body};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
+use crate::response_cache::{
+    Lookup, ResponseCache, ResponseCacheStats, follow, response_key, send_stored,
+};
 use crate::route::{Route, Service, route};
 
 /// The content type of upload-pack results.
@@ -87,6 +90,7 @@ pub struct Proxy {
     repos: Mutex<HashMap<MirrorKey, OpenRepo>>,
     pack_slots: Arc<Semaphore>,
     draining: AtomicBool,
+    responses: Option<Arc<ResponseCache>>,
     /// Held for the proxy's life: one process per data directory.
     _data_dir: DataDir,
 }
@@ -126,6 +130,16 @@ impl Proxy {
         })?;
         let registry =
             Arc::new(Registry::new(mirrors).with_consolidate_after(config.consolidate_after));
+        let responses = match &config.response_cache {
+            Some(cache) => {
+                let root = config.data_dir.join("responses");
+                Some(Arc::new(
+                    ResponseCache::new(root.clone(), cache.clone())
+                        .map_err(|source| ConfigError::DataDir { path: root, source })?,
+                ))
+            }
+            None => None,
+        };
         Ok(Arc::new(Proxy {
             default_host,
             host_names: config.hosts.keys().cloned().collect(),
@@ -134,6 +148,7 @@ impl Proxy {
             repos: Mutex::new(HashMap::new()),
             pack_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_packs.max(1))),
             draining: AtomicBool::new(false),
+            responses,
             _data_dir: data_dir,
             config,
         }))
@@ -147,6 +162,26 @@ impl Proxy {
     /// The mirrors.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// What the response cache did so far (`None` when it is off).
+    pub fn response_cache_stats(&self) -> Option<Arc<ResponseCacheStats>> {
+        self.responses.as_ref().map(|c| Arc::clone(c.stats()))
+    }
+
+    /// Background upkeep, forever: evicting stored responses over their limits. [`serve`]
+    /// runs it for the server's life.
+    ///
+    /// [`serve`]: crate::serve
+    pub async fn maintain(self: Arc<Self>) {
+        let Some(cache) = self.responses.clone() else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(cache.cleanup_interval()).await;
+            let cache = Arc::clone(&cache);
+            let _ = tokio::task::spawn_blocking(move || cache.evict()).await;
+        }
     }
 
     /// From now on `/readyz` answers 503, so load balancers stop sending new work.
@@ -561,7 +596,7 @@ impl Proxy {
             && has_wants(&repo, &fetch)
         {
             tracing::info!(result = "hit", "fetch");
-            return Ok(self.serve(repo, fetch, kind).await);
+            return Ok(self.serve(target, repo, fetch, kind).await);
         }
 
         // A miss: bring the mirror up to date with the client's credential, then serve.
@@ -594,7 +629,7 @@ impl Proxy {
                 stale.wants.retain(|w| repo.contains(w));
                 if !stale.wants.is_empty() || !stale.want_refs.is_empty() {
                     tracing::warn!(%err, result = "stale", "upstream unavailable, serving the mirror as it is");
-                    return Ok(self.serve(repo, stale, kind).await);
+                    return Ok(self.serve(target, repo, stale, kind).await);
                 }
             }
             tracing::warn!(%err, result = "error", "fetch");
@@ -603,7 +638,7 @@ impl Proxy {
         match self.open_repo(&target.key)? {
             Some(repo) if has_wants(&repo, &fetch) => {
                 tracing::info!(result = "miss", "fetch");
-                Ok(self.serve(repo, fetch, kind).await)
+                Ok(self.serve(target, repo, fetch, kind).await)
             }
             _ => {
                 // Wants no mirrored ref reaches (e.g. a commit of an unmirrored ref).
@@ -639,9 +674,93 @@ impl Proxy {
         Ok(Some(repo))
     }
 
+    /// Answer `fetch` from `repo`, through the response cache when it applies: a stored
+    /// answer, a generation in progress to follow, or a new one that others may follow.
+    async fn serve(
+        &self,
+        target: &Target,
+        repo: Arc<Repository>,
+        fetch: Fetch,
+        kind: HashKind,
+    ) -> Response<Body> {
+        let Some(cache) = &self.responses else {
+            return self.serve_live(repo, fetch, kind).await;
+        };
+        let key = match response_key(&repo, &fetch, kind) {
+            Ok(Some(key)) => key,
+            Ok(None) => return self.serve_live(repo, fetch, kind).await,
+            Err(err) => {
+                tracing::warn!(%err, "no response key, generating live");
+                return self.serve_live(repo, fetch, kind).await;
+            }
+        };
+        let rel = target.key.relative_path();
+        let (tx, rx) = mpsc::channel(4);
+        let stall = self.config.limits.response_stall_timeout;
+        let span = tracing::Span::current();
+        match cache.lookup(&rel, &key) {
+            Lookup::Live => return self.serve_live(repo, fetch, kind).await,
+            Lookup::Stored(entry) => {
+                tracing::debug!(cache = "stored", "response");
+                let cache = Arc::clone(cache);
+                tokio::task::spawn_blocking(move || {
+                    let _enter = span.enter();
+                    send_stored(entry, ChannelWriter::new(tx, stall), || {
+                        tracing::warn!(key, "stored response corrupt, removed");
+                        cache.remove(&rel, &key);
+                    });
+                });
+            }
+            Lookup::Follow(file, state) => {
+                tracing::debug!(cache = "joined", "response");
+                tokio::task::spawn_blocking(move || {
+                    follow(file, state, ChannelWriter::new(tx, stall))
+                });
+            }
+            Lookup::Lead(mut generation, file, state) => {
+                let permit = Arc::clone(&self.pack_slots).acquire_owned().await;
+                let options = self.config.pack.clone();
+                let cache = Arc::clone(cache);
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let _enter = span.enter();
+                    let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
+                        .and_then(|plan| plan.write_to(&mut *generation));
+                    match result {
+                        Ok(stats) => {
+                            tracing::info!(
+                                key,
+                                objects = stats.objects,
+                                bytes = stats.bytes,
+                                whole_pack = stats.whole_pack,
+                                "response generated"
+                            );
+                            cache.finish(generation, None);
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "response generation failed");
+                            cache.finish(generation, Some(err.wire_message()));
+                        }
+                    }
+                });
+                tokio::task::spawn_blocking(move || {
+                    follow(file, state, ChannelWriter::new(tx, stall))
+                });
+            }
+        }
+        let mut response = Response::new(Body::channel(rx));
+        set_git_headers(response.headers_mut(), RESULT_TYPE);
+        response
+    }
+
     /// Answer `fetch` from `repo`: planned and written on a blocking thread, streamed to the
     /// client through a bounded channel.
-    async fn serve(&self, repo: Arc<Repository>, fetch: Fetch, kind: HashKind) -> Response<Body> {
+    async fn serve_live(
+        &self,
+        repo: Arc<Repository>,
+        fetch: Fetch,
+        kind: HashKind,
+    ) -> Response<Body> {
         let permit = Arc::clone(&self.pack_slots).acquire_owned().await;
         let (tx, rx) = mpsc::channel(4);
         let options = self.config.pack.clone();

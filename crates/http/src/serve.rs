@@ -47,6 +47,7 @@ pub async fn serve_with(
     let limits = proxy.config().limits.clone();
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    let upkeep = tokio::spawn(Arc::clone(&proxy).maintain());
     tokio::pin!(shutdown);
     loop {
         // At the connection limit, wait before accepting: the kernel's backlog queues the rest.
@@ -88,6 +89,7 @@ pub async fn serve_with(
         });
     }
     proxy.start_draining();
+    upkeep.abort();
     drop(listener);
     tracing::info!("stopped accepting; waiting for requests in flight");
     tokio::select! {

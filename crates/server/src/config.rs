@@ -113,6 +113,29 @@ pub(crate) struct Flags {
     /// Pack responses generated at once [default: twice the CPUs].
     #[arg(long, env = "GITCACHE_MAX_CONCURRENT_PACKS", value_name = "N")]
     pub(crate) max_concurrent_packs: Option<usize>,
+    /// Store fetch responses and share simultaneous identical ones [default: true].
+    #[arg(long, env = "GITCACHE_RESPONSE_CACHE", value_name = "BOOL")]
+    pub(crate) response_cache: Option<bool>,
+    /// Most bytes of stored responses in all [default: 10737418240; 0: no cap].
+    #[arg(long, env = "GITCACHE_RESPONSE_CACHE_MAX_BYTES", value_name = "BYTES")]
+    pub(crate) response_cache_max_bytes: Option<u64>,
+    /// Most bytes of stored responses per repository [default: no cap].
+    #[arg(
+        long,
+        env = "GITCACHE_RESPONSE_CACHE_MAX_REPO_BYTES",
+        value_name = "BYTES"
+    )]
+    pub(crate) response_cache_max_repo_bytes: Option<u64>,
+    /// Store a response only the second time it is asked for within 10 minutes.
+    #[arg(long, env = "GITCACHE_RESPONSE_CACHE_ADMIT_SECOND", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) response_cache_admit_second: Option<bool>,
+    /// Seconds between evictions of stored responses [default: 600].
+    #[arg(
+        long,
+        env = "GITCACHE_RESPONSE_CACHE_CLEANUP_INTERVAL",
+        value_name = "SECONDS"
+    )]
+    pub(crate) response_cache_cleanup_interval: Option<u64>,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "GITCACHE_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub(crate) shutdown_grace: Option<u64>,
@@ -151,6 +174,19 @@ struct File {
     log_level: Option<String>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    response_cache: FileResponseCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileResponseCache {
+    enabled: Option<bool>,
+    max_bytes: Option<u64>,
+    max_repo_bytes: Option<u64>,
+    admit_on_second_request: Option<bool>,
+    admission_window: Option<u64>,
+    cleanup_interval: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -344,6 +380,36 @@ impl Config {
                 .or(fl.max_concurrent_packs)
                 .unwrap_or(defaults.max_concurrent_packs)
                 .max(1),
+        };
+
+        let rc = file.response_cache;
+        proxy.response_cache = if flags.response_cache.or(rc.enabled).unwrap_or(true) {
+            let defaults = gitcache_http::ResponseCacheConfig::default();
+            let max_total = flags.response_cache_max_bytes.or(rc.max_bytes);
+            Some(gitcache_http::ResponseCacheConfig {
+                admit_on_second_request: flags
+                    .response_cache_admit_second
+                    .or(rc.admit_on_second_request)
+                    .unwrap_or(defaults.admit_on_second_request),
+                admission_window: rc
+                    .admission_window
+                    .map_or(defaults.admission_window, Duration::from_secs),
+                max_repo_bytes: flags
+                    .response_cache_max_repo_bytes
+                    .or(rc.max_repo_bytes)
+                    .or(defaults.max_repo_bytes),
+                max_total_bytes: match max_total {
+                    Some(0) => None,
+                    Some(n) => Some(n),
+                    None => defaults.max_total_bytes,
+                },
+                cleanup_interval: flags
+                    .response_cache_cleanup_interval
+                    .or(rc.cleanup_interval)
+                    .map_or(defaults.cleanup_interval, |s| Duration::from_secs(s.max(1))),
+            })
+        } else {
+            None
         };
 
         let log_format = match flags

@@ -69,7 +69,7 @@ fn clones_are_served_from_the_mirror_and_a_second_clone_is_a_hit() {
     .expect_success();
     fsck(&home.join("two.git"));
     assert_eq!(refs(&home.join("two.git")), refs(&source));
-    assert!(cache.log().contains("whole_pack=true"), "{}", cache.log());
+    cache.log_with("whole_pack=true", 1);
     let counts = upstream.counts();
     assert_eq!(
         counts.fetch, 0,

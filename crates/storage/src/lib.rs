@@ -2,7 +2,8 @@
 //!
 //! The filesystem backend ([`fs`]) is what mirrors live on today: a data directory that one
 //! process owns at a time, files replaced atomically and durably, and sizes measured for
-//! operators. The object-store backend comes with its own issue.
+//! operators; stored fetch responses ([`responses`]) with atomic publication, checksums
+//! and least-recently-used eviction. The object-store backend comes with its own issue.
 //!
 //! # Example
 //!
@@ -23,3 +24,4 @@
 #![deny(missing_docs)]
 
 pub mod fs;
+pub mod responses;

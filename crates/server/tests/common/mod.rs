@@ -26,6 +26,20 @@ impl Gitcache {
             .prefix("gitcache-data-")
             .tempdir()
             .unwrap();
+        Gitcache::start_in(upstream, data, extra)
+    }
+
+    /// Kill the server outright (as a crash would) and start a new one on the same data.
+    pub fn crash_and_restart(mut self, upstream: &Upstream, extra: &[&str]) -> Gitcache {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
+        drop(self);
+        Gitcache::start_in(upstream, data, extra)
+    }
+
+    /// Start on an existing data directory.
+    pub fn start_in(upstream: &Upstream, data: tempfile::TempDir, extra: &[&str]) -> Gitcache {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
             .args(["--listen", "127.0.0.1:0", "--upstream", &upstream.url()])
             .arg("--data-dir")
@@ -83,6 +97,23 @@ impl Gitcache {
     /// What the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The log once it holds `n` lines containing `needle` (the server writes it
+    /// asynchronously); panics after a while.
+    pub fn log_with(&self, needle: &str, n: usize) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if count(&log, needle) >= n {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "expected {n} lines with {needle:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Send SIGTERM.
@@ -215,4 +246,38 @@ pub fn basic(token: &str) -> String {
 #[track_caller]
 pub fn fsck(repo: &Path) {
     gitcache_testkit::git::git_stdout(repo, &["fsck", "--strict", "--no-progress"]);
+}
+
+impl Answer {
+    /// The body with HTTP/1.1 chunked framing undone.
+    pub fn content(&self) -> Vec<u8> {
+        let chunked = self
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        if !chunked {
+            return self.body.clone();
+        }
+        let mut out = Vec::new();
+        let mut rest = &self.body[..];
+        loop {
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size");
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap().trim(), 16)
+                    .unwrap();
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                return out;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+    }
+}
+
+/// How many lines of `log` contain `needle`.
+pub fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
 }

@@ -1,0 +1,230 @@
+//! The response cache: repeated fetches are sent a stored file, simultaneous identical ones
+//! share one generation, damaged or unfinished entries are never served.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Gitcache, count, fetch_body, fsck, http};
+use gitcache_protocol::request::{Command, Limits, parse_request};
+use gitcache_testkit::git::{GitClient, git_stdout};
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, Upstream};
+
+const PATH: &str = "/acme/widgets.git/git-upload-pack";
+
+fn setup(seed: u64) -> (Upstream, String) {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::small(seed)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let main = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    (upstream, main)
+}
+
+fn depth1(main: &str) -> Vec<u8> {
+    fetch_body(
+        main,
+        &[
+            "thin-pack",
+            "ofs-delta",
+            "include-tag",
+            "no-progress",
+            "deepen 1",
+        ],
+    )
+}
+
+fn post(cache: &Gitcache, body: &[u8]) -> Vec<u8> {
+    let answer = http(
+        &cache.addr,
+        "POST",
+        PATH,
+        &[("Git-Protocol", "version=2")],
+        body,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    answer.content()
+}
+
+fn entries(cache: &Gitcache) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![cache.data.path().join("responses")];
+    while let Some(dir) = pending.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// What gitcache-pack generates for `body` from `mirror`, directly.
+fn generated(mirror: &Path, body: &[u8]) -> Vec<u8> {
+    let request = parse_request(body, Limits::default()).unwrap().unwrap();
+    let Command::Fetch(fetch) = &request.command else {
+        panic!("not a fetch")
+    };
+    let repo = gitcache_pack::Repository::open(mirror).unwrap();
+    let plan = gitcache_pack::plan(
+        &repo,
+        fetch,
+        request.capabilities.object_format(),
+        &gitcache_pack::Options::default(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    plan.write_to(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_stored_response_is_byte_for_byte_the_generated_one() {
+    let (upstream, main) = setup(801);
+    let cache = Gitcache::start(&upstream, &[]);
+    let body = depth1(&main);
+    let first = post(&cache, &body);
+    let second = post(&cache, &body);
+    let third = post(&cache, &body);
+    assert_eq!(first, second);
+    assert_eq!(first, third);
+    assert_eq!(
+        first,
+        generated(&cache.mirror(&upstream, "acme/widgets"), &body)
+    );
+    let log = cache.log_with("cache=\"stored\"", 2);
+    assert_eq!(count(&log, "response generated"), 1, "{log}");
+    assert_eq!(count(&log, "cache=\"stored\""), 2, "{log}");
+    let stored = entries(&cache);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].to_string_lossy().ends_with(".resp"));
+
+    // A different request is a different entry.
+    let other = fetch_body(&main, &["ofs-delta", "no-progress", "deepen 2"]);
+    assert_ne!(post(&cache, &other), first);
+    assert_eq!(entries(&cache).len(), 2);
+}
+
+#[test]
+fn fifty_concurrent_identical_clones_cost_one_generation() {
+    let (upstream, _) = setup(802);
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let url = cache.url("acme/widgets");
+    std::thread::scope(|scope| {
+        let clones: Vec<_> = (0..50)
+            .map(|i| {
+                let (git, url) = (&git, &url);
+                scope.spawn(move || {
+                    git.run(
+                        git.home(),
+                        &["clone", "-q", "--depth=1", url, &format!("c{i}")],
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        for clone in clones {
+            clone.join().unwrap().expect_success();
+        }
+    });
+    for i in [0, 17, 49] {
+        fsck(&git.home().join(format!("c{i}")));
+    }
+    let log = cache.log_with("response generated", 1);
+    assert_eq!(count(&log, "response generated"), 1, "{log}");
+    assert_eq!(upstream.counts().fetch, 1);
+}
+
+#[test]
+fn unfinished_or_damaged_entries_are_never_served_after_a_crash() {
+    let (upstream, main) = setup(803);
+    let cache = Gitcache::start(&upstream, &[]);
+    let body = depth1(&main);
+    let original = post(&cache, &body);
+    let stored = entries(&cache);
+    assert_eq!(stored.len(), 1);
+
+    // As a crash mid-write leaves things: an unfinished temporary, and an entry cut short.
+    let entry = stored[0].clone();
+    let bytes = std::fs::read(&entry).unwrap();
+    std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
+    let leftover = entry.with_extension("resp.tmp-999-0");
+    std::fs::write(&leftover, &bytes[..100]).unwrap();
+    let cache = cache.crash_and_restart(&upstream, &[]);
+    assert!(!leftover.exists(), "leftovers are removed at start");
+    assert_eq!(post(&cache, &body), original);
+    let log = cache.log_with("response generated", 1);
+    assert_eq!(count(&log, "response generated"), 1, "regenerated");
+
+    // A restarted server sends the stored entry, right bytes, no generation.
+    let cache = cache.crash_and_restart(&upstream, &[]);
+    assert_eq!(post(&cache, &body), original);
+    let log = cache.log_with("cache=\"stored\"", 1);
+    assert_eq!(count(&log, "response generated"), 0, "{log}");
+
+    // A flipped byte: the response is broken off, never completed, and the entry removed.
+    let entry = entries(&cache).pop().unwrap();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&entry, &bytes).unwrap();
+    let answer = http(
+        &cache.addr,
+        "POST",
+        PATH,
+        &[("Git-Protocol", "version=2")],
+        &body,
+    );
+    assert!(
+        !answer.body.ends_with(b"0\r\n\r\n"),
+        "a corrupt entry is not completed"
+    );
+    assert!(!entry.exists());
+    assert_eq!(post(&cache, &body), original);
+}
+
+#[test]
+fn eviction_keeps_repositories_under_their_limit() {
+    let (upstream, main) = setup(804);
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--response-cache-max-repo-bytes",
+            "1",
+            "--response-cache-cleanup-interval",
+            "1",
+        ],
+    );
+    post(&cache, &depth1(&main));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !entries(&cache).is_empty() {
+        assert!(Instant::now() < deadline, "never evicted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cache.log().contains("responses evicted"));
+}
+
+#[test]
+fn admission_on_the_second_request_and_turning_the_cache_off() {
+    let (upstream, main) = setup(805);
+    let body = depth1(&main);
+    let cache = Gitcache::start(&upstream, &["--response-cache-admit-second"]);
+    let first = post(&cache, &body);
+    assert!(entries(&cache).is_empty(), "not stored the first time");
+    assert_eq!(post(&cache, &body), first);
+    assert_eq!(entries(&cache).len(), 1, "stored the second time");
+
+    let off = Gitcache::start(&upstream, &["--response-cache", "false"]);
+    assert_eq!(post(&off, &body), post(&off, &body));
+    assert!(entries(&off).is_empty());
+    assert_eq!(count(&off.log(), "response generated"), 0);
+}

@@ -1,0 +1,408 @@
+//! Stored fetch responses: one file per response, under a folder per repository.
+//!
+//! An entry is written to a temporary file beside its final name, then closed with a trailer
+//! (the SHA-256 of the content and a magic string), synced and renamed into place: a partial
+//! entry never has the final name. Readers check the trailer's presence before they start and
+//! the checksum as they stream ([`Entry::verify`]), so a corrupt entry is refused and removed.
+//! Hits touch the file's modification time, which eviction uses as the last access.
+//!
+//! ```text
+//! <root>/<repo>/<key>.resp      content, then 32 bytes of SHA-256, then b"GCRESP01"
+//! <root>/<repo>/<key>.resp.tmp-<pid>-<n>   being written
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use sha2::Digest;
+
+const MAGIC: &[u8; 8] = b"GCRESP01";
+const TRAILER: u64 = 32 + MAGIC.len() as u64;
+const SUFFIX: &str = ".resp";
+
+/// A file in the store: its path, size and last use.
+type StoredFile = (PathBuf, u64, SystemTime);
+
+/// Responses under one folder.
+#[derive(Debug, Clone)]
+pub struct ResponseStore {
+    root: PathBuf,
+}
+
+/// A complete stored response, open for reading from its start.
+#[derive(Debug)]
+pub struct Entry {
+    file: File,
+    len: u64,
+    checksum: [u8; 32],
+}
+
+impl Entry {
+    /// The content's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the content is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The file, positioned at the content's start; read [`len`](Self::len) bytes.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Whether `digest` (of the content read) is what was stored.
+    pub fn verify(&self, digest: &[u8]) -> bool {
+        digest == self.checksum
+    }
+}
+
+/// An entry being written; removed unless [`commit`](Self::commit)ted.
+#[derive(Debug)]
+pub struct PendingEntry {
+    file: Option<File>,
+    temp: PathBuf,
+    path: PathBuf,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl PendingEntry {
+    /// Where the content is being written (readers may follow it as it grows).
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Content bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append trailer, sync, and publish under the final name.
+    pub fn commit(mut self) -> std::io::Result<PathBuf> {
+        let mut file = self.file.take().expect("committed once");
+        let digest = std::mem::take(&mut self.hasher).finalize();
+        file.write_all(&digest)?;
+        file.write_all(MAGIC)?;
+        file.sync_all()?;
+        std::fs::rename(&self.temp, &self.path)?;
+        crate::fs::sync_parent(&self.path)?;
+        Ok(self.path.clone())
+    }
+}
+
+impl Write for PendingEntry {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let file = self.file.as_mut().expect("not committed");
+        let n = file.write(data)?;
+        self.hasher.update(&data[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for PendingEntry {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// What a cleanup removed from one repository's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    /// The repository folder, relative to the store's root.
+    pub repo: PathBuf,
+    /// Entries removed.
+    pub entries: usize,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+impl ResponseStore {
+    /// Responses under `root` (created as needed).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ResponseStore { root: root.into() }
+    }
+
+    /// The folder of `repo` (a relative path such as `host/owner/repo`).
+    pub fn repo_dir(&self, repo: &Path) -> PathBuf {
+        self.root.join(repo)
+    }
+
+    /// The complete entry `key` of `repo`, if there is one; marks it as used. An entry
+    /// without its trailer (which no commit produces) is removed and reported absent.
+    pub fn open(&self, repo: &Path, key: &str) -> std::io::Result<Option<Entry>> {
+        let path = self.repo_dir(repo).join(format!("{key}{SUFFIX}"));
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let size = file.metadata()?.len();
+        let mut trailer = [0u8; TRAILER as usize];
+        let valid = size >= TRAILER
+            && file.seek(SeekFrom::Start(size - TRAILER)).is_ok()
+            && file.read_exact(&mut trailer).is_ok()
+            && &trailer[32..] == MAGIC;
+        if !valid {
+            let _ = std::fs::remove_file(&path);
+            return Ok(None);
+        }
+        file.seek(SeekFrom::Start(0))?;
+        let _ = file.set_modified(SystemTime::now());
+        let mut checksum = [0u8; 32];
+        checksum.copy_from_slice(&trailer[..32]);
+        Ok(Some(Entry {
+            file,
+            len: size - TRAILER,
+            checksum,
+        }))
+    }
+
+    /// Remove the entry `key` of `repo` (found corrupt).
+    pub fn remove(&self, repo: &Path, key: &str) {
+        let _ = std::fs::remove_file(self.repo_dir(repo).join(format!("{key}{SUFFIX}")));
+    }
+
+    /// Start writing the entry `key` of `repo`.
+    pub fn begin(&self, repo: &Path, key: &str) -> std::io::Result<PendingEntry> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = self.repo_dir(repo);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{key}{SUFFIX}"));
+        let temp = dir.join(format!(
+            "{key}{SUFFIX}.tmp-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        Ok(PendingEntry {
+            file: Some(file),
+            temp,
+            path,
+            hasher: sha2::Sha256::new(),
+            len: 0,
+        })
+    }
+
+    /// Remove temporaries a crash left behind (none can be in progress: call at start).
+    pub fn remove_leftovers(&self) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for (_, files) in self.repos()? {
+            for (path, _, _) in files {
+                if crate::fs::is_leftover_temp(&path.to_string_lossy()) {
+                    std::fs::remove_file(&path)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Bytes held by `repo`'s entries.
+    pub fn repo_size(&self, repo: &Path) -> u64 {
+        crate::fs::tree_size(&self.repo_dir(repo)).unwrap_or(0)
+    }
+
+    /// Every repository folder with its files (path, size, last use).
+    fn repos(&self) -> std::io::Result<Vec<(PathBuf, Vec<StoredFile>)>> {
+        let mut out = Vec::new();
+        let mut pending = vec![self.root.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut files = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                if meta.is_dir() {
+                    pending.push(entry.path());
+                } else {
+                    files.push((entry.path(), meta.len(), meta.modified()?));
+                }
+            }
+            if !files.is_empty() {
+                let rel = dir.strip_prefix(&self.root).unwrap_or(&dir).to_owned();
+                out.push((rel, files));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Evict least recently used entries until each repository holds at most `per_repo`
+    /// bytes and the store at most `total` bytes. Entries being written are left alone.
+    pub fn evict(
+        &self,
+        per_repo: Option<u64>,
+        total: Option<u64>,
+    ) -> std::io::Result<Vec<Evicted>> {
+        let mut all: Vec<(PathBuf, PathBuf, u64, SystemTime)> = Vec::new();
+        let mut evicted: Vec<Evicted> = Vec::new();
+        let mut note = |repo: &Path, bytes: u64| match evicted.iter_mut().find(|e| e.repo == repo) {
+            Some(e) => {
+                e.entries += 1;
+                e.bytes += bytes;
+            }
+            None => evicted.push(Evicted {
+                repo: repo.to_owned(),
+                entries: 1,
+                bytes,
+            }),
+        };
+        for (repo, mut files) in self.repos()? {
+            files.retain(|(path, _, _)| path.to_string_lossy().ends_with(SUFFIX));
+            // Oldest first.
+            files.sort_by_key(|f| f.2);
+            let mut size: u64 = files.iter().map(|f| f.1).sum();
+            let mut kept = Vec::new();
+            for (path, len, used) in files {
+                if per_repo.is_some_and(|limit| size > limit) {
+                    std::fs::remove_file(&path)?;
+                    size -= len;
+                    note(&repo, len);
+                } else {
+                    kept.push((repo.clone(), path, len, used));
+                }
+            }
+            all.extend(kept);
+        }
+        if let Some(limit) = total {
+            all.sort_by_key(|f| f.3);
+            let mut size: u64 = all.iter().map(|f| f.2).sum();
+            for (repo, path, len, _) in all {
+                if size <= limit {
+                    break;
+                }
+                std::fs::remove_file(&path)?;
+                size -= len;
+                note(&repo, len);
+            }
+        }
+        Ok(evicted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn put(store: &ResponseStore, repo: &str, key: &str, content: &[u8]) -> PathBuf {
+        let mut entry = store.begin(Path::new(repo), key).unwrap();
+        entry.write_all(content).unwrap();
+        entry.commit().unwrap()
+    }
+
+    fn read(store: &ResponseStore, repo: &str, key: &str) -> Option<Vec<u8>> {
+        let mut entry = store.open(Path::new(repo), key).unwrap()?;
+        let mut content = vec![0; entry.len() as usize];
+        entry.file().read_exact(&mut content).unwrap();
+        assert!(entry.verify(&sha2::Sha256::digest(&content)));
+        Some(content)
+    }
+
+    #[test]
+    fn entries_appear_only_when_committed() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ResponseStore::new(root.path());
+        let mut pending = store.begin(Path::new("h/o/r"), "k1").unwrap();
+        pending.write_all(b"half a resp").unwrap();
+        assert!(pending.temp_path().exists());
+        assert!(read(&store, "h/o/r", "k1").is_none());
+        drop(pending);
+        assert!(read(&store, "h/o/r", "k1").is_none());
+        assert_eq!(
+            std::fs::read_dir(root.path().join("h/o/r"))
+                .unwrap()
+                .count(),
+            0
+        );
+
+        put(&store, "h/o/r", "k1", b"the whole response");
+        assert_eq!(read(&store, "h/o/r", "k1").unwrap(), b"the whole response");
+    }
+
+    #[test]
+    fn damaged_entries_are_not_served() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ResponseStore::new(root.path());
+        // Cut short: its trailer is gone, so it is refused before a byte is read.
+        let path = put(&store, "r", "cut", b"0123456789abcdef");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        assert!(store.open(Path::new("r"), "cut").unwrap().is_none());
+        assert!(!path.exists());
+        // A flipped content byte: the checksum tells.
+        let path = put(&store, "r", "flip", b"0123456789abcdef");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut entry = store.open(Path::new("r"), "flip").unwrap().unwrap();
+        let mut content = Vec::new();
+        let len = entry.len();
+        entry.file().take(len).read_to_end(&mut content).unwrap();
+        assert!(!entry.verify(&sha2::Sha256::digest(&content)));
+    }
+
+    #[test]
+    fn leftovers_of_a_crash_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ResponseStore::new(root.path());
+        put(&store, "r", "kept", b"x");
+        std::fs::write(root.path().join("r/gone.resp.tmp-1-2"), b"half").unwrap();
+        assert_eq!(store.remove_leftovers().unwrap(), 1);
+        assert!(read(&store, "r", "kept").is_some());
+    }
+
+    #[test]
+    fn eviction_keeps_the_most_recently_used_under_each_limit() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ResponseStore::new(root.path());
+        let base = SystemTime::now() - Duration::from_secs(3600);
+        for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
+            let path = put(&store, "one", key, &[0u8; 100]);
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(base + Duration::from_secs(i as u64 * 60))
+                .unwrap();
+        }
+        // "a" is the oldest, but a hit makes it the most recent.
+        assert!(read(&store, "one", "a").is_some());
+        let entry = 100 + TRAILER;
+        let evicted = store.evict(Some(2 * entry), None).unwrap();
+        assert_eq!(evicted[0].entries, 2);
+        assert!(read(&store, "one", "a").is_some());
+        assert!(read(&store, "one", "d").is_some());
+        assert!(read(&store, "one", "b").is_none() && read(&store, "one", "c").is_none());
+        assert_eq!(store.repo_size(Path::new("one")), 2 * entry);
+
+        // The total cap across repositories, oldest first.
+        std::thread::sleep(Duration::from_millis(20));
+        put(&store, "two", "e", &[0u8; 100]);
+        let evicted = store.evict(None, Some(2 * entry)).unwrap();
+        assert_eq!(evicted.iter().map(|e| e.entries).sum::<usize>(), 1);
+        assert!(read(&store, "two", "e").is_some());
+    }
+}
