@@ -60,7 +60,12 @@ impl Drop for Server {
     }
 }
 
-fn start_gitcache(root: &Path, upstream: &str, data: &Path) -> Result<(Server, String)> {
+fn start_gitcache(
+    root: &Path,
+    upstream: &str,
+    data: &Path,
+    extra: &[&str],
+) -> Result<(Server, String)> {
     let status = Command::new("cargo")
         .args(["build", "--release", "--quiet", "-p", "gitcache-server"])
         .current_dir(root)
@@ -73,6 +78,7 @@ fn start_gitcache(root: &Path, upstream: &str, data: &Path) -> Result<(Server, S
         .args(["--upstream-timeout", "600", "--log-level", "warn"])
         .arg("--data-dir")
         .arg(data)
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()?;
     let mut stderr = std::io::BufReader::new(child.stderr.take().context("stderr")?);
@@ -148,7 +154,13 @@ pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
     let data = tempfile::Builder::new()
         .prefix("gitcache-bench-")
         .tempdir()?;
-    let (_server, gitcache) = start_gitcache(root, &upstream.url(), data.path())?;
+    // Pack generation itself: the response cache off.
+    let (_server, gitcache) = start_gitcache(
+        root,
+        &upstream.url(),
+        data.path(),
+        &["--response-cache", "false"],
+    )?;
     let mirror: PathBuf = data
         .path()
         .join("mirrors")
@@ -243,5 +255,76 @@ pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
         ms(theirs),
         ms(ours)
     );
+    drop(_server);
+    response_cache(root, &upstream, &backend, data.path(), &depth1)
+}
+
+/// Peak resident memory of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM")?;
+    Ok(kib / 1024)
+}
+
+/// The response cache: depth 1 sent from a stored response, and identical depth-1 fetches
+/// of a cold key at once, each on a fresh server (so that its peak memory is theirs).
+fn response_cache(
+    root: &Path,
+    upstream: &Upstream,
+    backend: &str,
+    data: &Path,
+    depth1: &[u8],
+) -> Result<()> {
+    let responses = data.join("responses");
+    let theirs = median(
+        (0..RUNS)
+            .map(|_| post(backend, depth1))
+            .collect::<Result<_>>()?,
+    );
+    let (server, gitcache) = start_gitcache(root, &upstream.url(), data, &[])?;
+    post(&gitcache, depth1)?;
+    let stored = median(
+        (0..RUNS)
+            .map(|_| post(&gitcache, depth1))
+            .collect::<Result<_>>()?,
+    );
+    drop(server);
+    println!(
+        "
+| response cache | time | gitcache peak RSS |"
+    );
+    println!("| --- | --- | --- |");
+    println!("| `clone --depth=1`, http-backend | {} | |", ms(theirs.0));
+    println!(
+        "| `clone --depth=1`, stored response | {} | |",
+        ms(stored.0)
+    );
+    for n in [1usize, 32] {
+        let _ = std::fs::remove_dir_all(&responses);
+        let (server, gitcache) = start_gitcache(root, &upstream.url(), data, &[])?;
+        // Warm what is not measured: the mirror is there, the access check done.
+        post(&gitcache, &body_variant(depth1)?)?;
+        let wall = concurrent(&gitcache, depth1, n)?;
+        println!(
+            "| {n} identical `clone --depth=1` at once, cold key (wall) | {} | {} MiB |",
+            ms(wall),
+            peak_rss_mib(server.0.id())?
+        );
+    }
     Ok(())
+}
+
+/// Another request on the same repository (depth 2), to warm a server without storing the
+/// measured key.
+fn body_variant(depth1: &[u8]) -> Result<Vec<u8>> {
+    let text = String::from_utf8_lossy(depth1);
+    let variant = text.replace("000ddeepen 1\n", "000ddeepen 2\n");
+    if variant == text {
+        bail!("the depth-1 request has no `deepen 1` line");
+    }
+    Ok(variant.into_bytes())
 }

@@ -204,7 +204,7 @@ impl ChannelWriter {
     pub fn new(tx: mpsc::Sender<Result<Bytes, std::io::Error>>, stall: Duration) -> Self {
         ChannelWriter {
             tx,
-            buf: Vec::with_capacity(CHUNK),
+            buf: Vec::new(),
             sent: 0,
             stall,
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -236,6 +236,16 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.send(chunk)
+    }
+
+    /// Hand `chunk` over as it is (after anything buffered), without copying it.
+    pub fn send_bytes(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.send_buffered()?;
+        self.send(chunk)
+    }
+
+    fn send(&mut self, chunk: Bytes) -> std::io::Result<()> {
         let len = chunk.len() as u64;
         let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away");
         match &self.runtime {

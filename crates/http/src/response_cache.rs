@@ -409,7 +409,6 @@ pub(crate) fn follow(
 ) {
     let runtime = tokio::runtime::Handle::try_current().ok();
     let mut sent = 0u64;
-    let mut chunk = vec![0u8; CHUNK];
     loop {
         let now = state.borrow_and_update().clone();
         let (limit, end) = match &now {
@@ -429,9 +428,8 @@ pub(crate) fn follow(
         }
         while sent < limit {
             let want = (limit - sent).min(CHUNK as u64) as usize;
-            if file.read_exact(&mut chunk[..want]).is_err()
-                || out.write_all(&chunk[..want]).is_err()
-            {
+            let mut chunk = vec![0u8; want];
+            if file.read_exact(&mut chunk).is_err() || out.send_bytes(chunk.into()).is_err() {
                 // The file vanished under us or the client left: this reader stops, the
                 // writer and the other readers go on.
                 return;
@@ -464,33 +462,31 @@ pub(crate) fn send_stored(
 ) -> bool {
     let mut hasher = gix_hash::hasher(HashKind::Sha256);
     let mut remaining = entry.len();
-    let mut chunk = vec![0u8; CHUNK];
-    let mut last = 0;
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
-        if entry.file().read_exact(&mut chunk[..want]).is_err() {
+        let mut chunk = vec![0u8; want];
+        if entry.file().read_exact(&mut chunk).is_err() {
             out.abort(std::io::Error::other("stored response unreadable"));
             return false;
         }
-        hasher.update(&chunk[..want]);
+        hasher.update(&chunk);
         remaining -= want as u64;
         if remaining == 0 {
             // The last chunk waits until the checksum is known.
-            last = want;
-            break;
+            let digest = hasher
+                .try_finalize()
+                .expect("SHA-256 has no collision detection to fail");
+            if !entry.verify(digest.as_bytes()) {
+                on_corrupt();
+                out.abort(std::io::Error::other("stored response corrupt"));
+                return false;
+            }
+            let _ = out.send_bytes(chunk.into());
+            return true;
         }
-        if out.write_all(&chunk[..want]).is_err() {
+        if out.send_bytes(chunk.into()).is_err() {
             return true;
         }
     }
-    let digest = hasher
-        .try_finalize()
-        .expect("SHA-256 has no collision detection to fail");
-    if !entry.verify(digest.as_bytes()) {
-        on_corrupt();
-        out.abort(std::io::Error::other("stored response corrupt"));
-        return false;
-    }
-    let _ = out.write_all(&chunk[..last]).and_then(|()| out.flush());
     true
 }
