@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod access_log;
 pub mod body;
 pub mod config;
 mod error;

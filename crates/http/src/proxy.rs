@@ -35,6 +35,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
 use crate::access::{AccessGrants, Fingerprint};
+use crate::access_log::{AccessNote, CacheState};
 use crate::body::{Body, ChannelWriter, read_request_body};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
@@ -231,14 +232,30 @@ impl Proxy {
                     let suffix = suffix(&route, parts.uri.query());
                     self.forward(&target, parts.method.clone(), &suffix, &parts.headers, body)
                         .await
+                        .map(|r| with_state(r, CacheState::Passthrough))
                 }
             }
             .unwrap_or_else(|err| {
                 tracing::warn!(%err, status = %err.status(), "request failed");
-                err.into_response()
+                let state = if matches!(err.status().as_u16(), 401 | 403 | 404)
+                    && !matches!(err, Error::Route(_))
+                {
+                    CacheState::Rejected
+                } else {
+                    CacheState::Error
+                };
+                with_state(err.into_response(), state)
             })
         };
-        work.instrument(span).await
+        let mut response = work.instrument(span).await;
+        if target.cached {
+            let cache_state = response.extensions_mut().remove::<CacheState>();
+            response.extensions_mut().insert(AccessNote {
+                cache_state,
+                cache_repo: Some(target.name.clone()),
+            });
+        }
+        response
     }
 
     fn readiness(&self) -> Response<Body> {
@@ -356,7 +373,10 @@ impl Proxy {
     ) -> Result<Response<Body>, Error> {
         let kind = match self.verify(target, headers).await? {
             Verified::V2(kind) => kind,
-            Verified::Answer(response) => return Ok(response),
+            Verified::Answer(response) if !response.status().is_success() => {
+                return Ok(with_state(response, CacheState::Rejected));
+            }
+            Verified::Answer(response) => return Ok(with_state(response, CacheState::Passthrough)),
         };
         self.grants.grant(&target.key, fingerprint(headers));
         let mut body = Vec::new();
@@ -454,7 +474,7 @@ impl Proxy {
         ask.remove(header::ACCEPT_ENCODING);
         let response = self.forward_body(target, &ask, body).await?;
         if !response.status().is_success() {
-            return Ok(response);
+            return Ok(with_state(response, CacheState::Rejected));
         }
         self.grants.grant(&target.key, fingerprint(headers));
         // Pass the answer on as it arrives, keeping a copy to compare with the mirror.
@@ -586,17 +606,21 @@ impl Proxy {
             match self.verify(target, headers).await? {
                 Verified::V2(_) => self.grants.grant(&target.key, who),
                 Verified::Answer(response) if !response.status().is_success() => {
-                    return Ok(response);
+                    return Ok(with_state(response, CacheState::Rejected));
                 }
                 // The upstream stopped speaking v2: let it answer the request itself.
-                Verified::Answer(_) => return self.forward_body(target, headers, body).await,
+                Verified::Answer(_) => {
+                    let response = self.forward_body(target, headers, body).await?;
+                    return Ok(with_state(response, CacheState::Passthrough));
+                }
             }
         }
         if let Some(repo) = self.open_repo(&target.key)?
             && has_wants(&repo, &fetch)
         {
             tracing::info!(result = "hit", "fetch");
-            return Ok(self.serve(target, repo, fetch, kind).await);
+            let response = self.serve(target, repo, fetch, kind).await;
+            return Ok(with_state(response, CacheState::Hit));
         }
 
         // A miss: bring the mirror up to date with the client's credential, then serve.
@@ -629,7 +653,8 @@ impl Proxy {
                 stale.wants.retain(|w| repo.contains(w));
                 if !stale.wants.is_empty() || !stale.want_refs.is_empty() {
                     tracing::warn!(%err, result = "stale", "upstream unavailable, serving the mirror as it is");
-                    return Ok(self.serve(target, repo, stale, kind).await);
+                    let response = self.serve(target, repo, stale, kind).await;
+                    return Ok(with_state(response, CacheState::Stale));
                 }
             }
             tracing::warn!(%err, result = "error", "fetch");
@@ -638,12 +663,14 @@ impl Proxy {
         match self.open_repo(&target.key)? {
             Some(repo) if has_wants(&repo, &fetch) => {
                 tracing::info!(result = "miss", "fetch");
-                Ok(self.serve(target, repo, fetch, kind).await)
+                let response = self.serve(target, repo, fetch, kind).await;
+                Ok(with_state(response, CacheState::Miss))
             }
             _ => {
                 // Wants no mirrored ref reaches (e.g. a commit of an unmirrored ref).
                 tracing::info!(result = "passthrough", "fetch");
-                self.forward_body(target, headers, body).await
+                let response = self.forward_body(target, headers, body).await?;
+                Ok(with_state(response, CacheState::Passthrough))
             }
         }
     }
@@ -818,6 +845,12 @@ impl Proxy {
         set_git_headers(response.headers_mut(), RESULT_TYPE);
         response
     }
+}
+
+/// Note what the cache did, for the access log.
+fn with_state(mut response: Response<Body>, state: CacheState) -> Response<Body> {
+    response.extensions_mut().insert(state);
+    response
 }
 
 fn has_wants(repo: &Repository, fetch: &Fetch) -> bool {

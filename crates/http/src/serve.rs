@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::Proxy;
+use crate::access_log::{AccessLine, AccessNote, Logged};
 
 /// How the server stops.
 #[derive(Debug, Clone)]
@@ -74,7 +75,26 @@ pub async fn serve_with(
         let proxy = Arc::clone(&proxy);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+            let line = AccessLine {
+                method: request.method().to_string(),
+                path: request.uri().path().to_owned(),
+                remote: peer.to_string(),
+                user_agent: request
+                    .headers()
+                    .get(hyper::header::USER_AGENT)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .unwrap_or_default(),
+                started: std::time::Instant::now(),
+            };
+            async move {
+                let (mut parts, body) = proxy.handle(request).await.into_parts();
+                let note = parts.extensions.remove::<AccessNote>().unwrap_or_default();
+                let status = parts.status.as_u16();
+                Ok::<_, Infallible>(hyper::Response::from_parts(
+                    parts,
+                    Logged::new(body, line, status, note),
+                ))
+            }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
