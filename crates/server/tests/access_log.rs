@@ -62,7 +62,10 @@ fn access_lines_tell_miss_hit_rejected_and_passthrough_without_credentials() {
     for line in &lines {
         assert!(line.contains("\"cache_repo\":\"acme/secret\""), "{line}");
         assert!(line.contains("\"path\":\"/acme/secret.git/"), "{line}");
-        assert!(line.contains("\"bytes\":") && line.contains("\"duration_ms\":"), "{line}");
+        assert!(
+            line.contains("\"bytes\":") && line.contains("\"duration_ms\":"),
+            "{line}"
+        );
     }
     assert_eq!(count(&log, "letmein"), 0);
     assert_eq!(count(&log, &good), 0);
@@ -71,5 +74,8 @@ fn access_lines_tell_miss_hit_rejected_and_passthrough_without_credentials() {
         .iter()
         .find(|l| l.contains("\"cache_state\":\"hit\""))
         .unwrap();
-    assert!(hit.contains("\"status\":200") && hit.contains("\"complete\":true"), "{hit}");
+    assert!(
+        hit.contains("\"status\":200") && hit.contains("\"complete\":true"),
+        "{hit}"
+    );
 }
