@@ -44,6 +44,15 @@ impl CacheState {
     }
 }
 
+/// The upstream exchange whose answer a response passes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamCall {
+    /// Its status.
+    pub status: u16,
+    /// Time until its response head arrived.
+    pub duration_ms: u64,
+}
+
 /// Attached to a response (as an extension) by the proxy for the access log.
 #[derive(Debug, Clone, Default)]
 pub struct AccessNote {
@@ -51,6 +60,8 @@ pub struct AccessNote {
     pub cache_state: Option<CacheState>,
     /// `owner/repo` of a cached repository.
     pub cache_repo: Option<String>,
+    /// The upstream answer passed on, if any.
+    pub upstream: Option<UpstreamCall>,
 }
 
 /// The request side of an access-log line.
@@ -132,6 +143,8 @@ impl Drop for Logged {
             user_agent = %self.line.user_agent,
             cache_state = self.note.cache_state.map_or("", CacheState::as_str),
             cache_repo = self.note.cache_repo.as_deref().unwrap_or(""),
+            upstream_status = self.note.upstream.map(|u| u.status),
+            upstream_ms = self.note.upstream.map(|u| u.duration_ms),
             complete,
             "access"
         );

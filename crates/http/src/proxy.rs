@@ -35,7 +35,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
 use crate::access::{AccessGrants, Fingerprint};
-use crate::access_log::{AccessNote, CacheState};
+use crate::access_log::{AccessNote, CacheState, UpstreamCall};
 use crate::body::{Body, ChannelWriter, read_request_body};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
@@ -248,13 +248,14 @@ impl Proxy {
             })
         };
         let mut response = work.instrument(span).await;
-        if target.cached {
-            let cache_state = response.extensions_mut().remove::<CacheState>();
-            response.extensions_mut().insert(AccessNote {
-                cache_state,
-                cache_repo: Some(target.name.clone()),
-            });
-        }
+        let extensions = response.extensions_mut();
+        let cache_state = extensions.remove::<CacheState>();
+        let upstream = extensions.remove::<UpstreamCall>();
+        extensions.insert(AccessNote {
+            cache_state: cache_state.filter(|_| target.cached),
+            cache_repo: target.cached.then(|| target.name.clone()),
+            upstream,
+        });
         response
     }
 
@@ -333,6 +334,7 @@ impl Proxy {
         if let Some(agent) = headers.get(header::USER_AGENT) {
             ask.insert(header::USER_AGENT, agent.clone());
         }
+        let started = std::time::Instant::now();
         let response = upstream
             .forward(
                 Method::GET,
@@ -343,7 +345,7 @@ impl Proxy {
             .await?;
         if !response.status().is_success() {
             tracing::info!(status = %response.status(), "upstream refused access");
-            return Ok(Verified::Answer(passed_on(response)));
+            return Ok(Verified::Answer(passed_on(response, started)));
         }
         let (parts, body) = response.into_parts();
         let body = http_body_util::Limited::new(body, MAX_ADVERTISEMENT)
@@ -458,8 +460,9 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let upstream = self.upstream(target, self.credential(target, headers))?;
+        let started = std::time::Instant::now();
         let response = upstream.forward(method, suffix, headers, body).await?;
-        Ok(passed_on(response))
+        Ok(passed_on(response, started))
     }
 
     async fn ls_refs(
@@ -888,9 +891,16 @@ fn suffix(route: &Route, query: Option<&str>) -> String {
 
 /// An upstream response for the client: status, headers (minus hop-by-hop) and body as they
 /// come.
-fn passed_on(response: Response<hyper::body::Incoming>) -> Response<Body> {
+fn passed_on(
+    response: Response<hyper::body::Incoming>,
+    started: std::time::Instant,
+) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    parts.extensions.insert(UpstreamCall {
+        status: parts.status.as_u16(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    });
     Response::from_parts(parts, Body::upstream(body))
 }
 

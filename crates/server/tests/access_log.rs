@@ -70,6 +70,14 @@ fn access_lines_tell_miss_hit_rejected_and_passthrough_without_credentials() {
     assert_eq!(count(&log, "letmein"), 0);
     assert_eq!(count(&log, &good), 0);
     assert_eq!(count(&log, "token=hidden"), 0, "no query strings");
+    let rejected = lines
+        .iter()
+        .find(|l| l.contains("\"cache_state\":\"rejected\""))
+        .unwrap();
+    assert!(
+        rejected.contains("\"upstream_status\":401") && rejected.contains("\"upstream_ms\":"),
+        "{rejected}"
+    );
     let hit = lines
         .iter()
         .find(|l| l.contains("\"cache_state\":\"hit\""))
