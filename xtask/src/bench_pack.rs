@@ -123,6 +123,74 @@ pub(crate) fn prepare_repo(root: &Path, repo: Option<&str>) -> Result<(PathBuf, 
     Ok((repo, tips))
 }
 
+/// The benched requests on `repo` (the walked all-branches clone only when `walked`): full
+/// clone, depth 1, incremental fetch, `blob:none`, by name.
+pub(crate) fn requests(
+    repo: &Path,
+    tips: &[ObjectId],
+    walked: bool,
+) -> Result<Vec<(&'static str, Fetch)>> {
+    let main = oid(&git(repo, &["rev-parse", "main"])?)?;
+    let old = oid(&git(repo, &["rev-parse", "main~50"])?)?;
+    let base = Fetch {
+        done: true,
+        thin_pack: true,
+        ofs_delta: true,
+        no_progress: true,
+        ..Fetch::default()
+    };
+    let mut cases = vec![(
+        "full clone",
+        Fetch {
+            wants: tips.to_vec(),
+            ..base.clone()
+        },
+    )];
+    if walked {
+        let heads: Vec<ObjectId> = git(
+            repo,
+            &["for-each-ref", "--format=%(objectname)", "refs/heads/"],
+        )?
+        .lines()
+        .map(oid)
+        .collect::<Result<_>>()?;
+        cases.push((
+            "clone of all branches, no tags (walked)",
+            Fetch {
+                wants: heads,
+                ..base.clone()
+            },
+        ));
+    }
+    cases.push((
+        "clone --depth=1",
+        Fetch {
+            wants: vec![main],
+            deepen: Some(1),
+            include_tag: true,
+            ..base.clone()
+        },
+    ));
+    cases.push((
+        "fetch, have main~50",
+        Fetch {
+            wants: vec![main],
+            haves: vec![old],
+            include_tag: true,
+            ..base.clone()
+        },
+    ));
+    cases.push((
+        "clone --filter=blob:none",
+        Fetch {
+            wants: tips.to_vec(),
+            filter: Some(Filter::BlobNone),
+            ..base
+        },
+    ));
+    Ok(cases)
+}
+
 pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
     let (repo, tips) = prepare_repo(root, repo)?;
     let marked = gitcache_pack::Repository::open(&repo)?.mark_pack_tips(&tips)?;
@@ -160,64 +228,7 @@ pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
     .map(String::from)
     .collect();
 
-    let main = oid(&git(&repo, &["rev-parse", "main"])?)?;
-    let old = oid(&git(&repo, &["rev-parse", "main~50"])?)?;
-    let base = Fetch {
-        done: true,
-        thin_pack: true,
-        ofs_delta: true,
-        no_progress: true,
-        ..Fetch::default()
-    };
-    let heads: Vec<ObjectId> = git(
-        &repo,
-        &["for-each-ref", "--format=%(objectname)", "refs/heads/"],
-    )?
-    .lines()
-    .map(oid)
-    .collect::<Result<_>>()?;
-    let cases = [
-        (
-            "full clone",
-            Fetch {
-                wants: tips.clone(),
-                ..base.clone()
-            },
-        ),
-        (
-            "clone of all branches, no tags (walked)",
-            Fetch {
-                wants: heads,
-                ..base.clone()
-            },
-        ),
-        (
-            "clone --depth=1",
-            Fetch {
-                wants: vec![main],
-                deepen: Some(1),
-                include_tag: true,
-                ..base.clone()
-            },
-        ),
-        (
-            "fetch, have main~50",
-            Fetch {
-                wants: vec![main],
-                haves: vec![old],
-                include_tag: true,
-                ..base.clone()
-            },
-        ),
-        (
-            "clone --filter=blob:none",
-            Fetch {
-                wants: tips.clone(),
-                filter: Some(Filter::BlobNone),
-                ..base.clone()
-            },
-        ),
-    ];
+    let cases = requests(&repo, &tips, true)?;
     let commits = git(&repo, &["rev-list", "--all", "--count"])?;
     println!(
         "\nrepository: {} commits, {}",

@@ -9,11 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use gitcache_protocol::filter::Filter;
-use gitcache_protocol::request::Fetch;
 use gitcache_testkit::upstream::{Access, Upstream};
 
-use crate::bench_pack::{body, git, oid, prepare_repo};
+use crate::bench_pack::{body, git, prepare_repo, requests};
 
 const RUNS: usize = 5;
 const MISS_RUNS: usize = 3;
@@ -167,48 +165,15 @@ pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
         .join(backend.replace(':', "_"))
         .join("bench/large.git");
 
-    let main = oid(&git(&repo, &["rev-parse", "main"])?)?;
-    let old = oid(&git(&repo, &["rev-parse", "main~50"])?)?;
-    let base = Fetch {
-        done: true,
-        thin_pack: true,
-        ofs_delta: true,
-        no_progress: true,
-        ..Fetch::default()
-    };
-    let depth1 = body(Fetch {
-        wants: vec![main],
-        deepen: Some(1),
-        include_tag: true,
-        ..base.clone()
-    });
-    let cases = [
-        (
-            "full clone",
-            body(Fetch {
-                wants: tips.clone(),
-                ..base.clone()
-            }),
-        ),
-        ("clone --depth=1", depth1.clone()),
-        (
-            "clone --filter=blob:none",
-            body(Fetch {
-                wants: tips.clone(),
-                filter: Some(Filter::BlobNone),
-                ..base.clone()
-            }),
-        ),
-        (
-            "fetch, have main~50",
-            body(Fetch {
-                wants: vec![main],
-                haves: vec![old],
-                include_tag: true,
-                ..base.clone()
-            }),
-        ),
-    ];
+    let cases: Vec<(&str, Vec<u8>)> = requests(&repo, &tips, false)?
+        .into_iter()
+        .map(|(name, fetch)| (name, body(fetch)))
+        .collect();
+    let depth1 = cases
+        .iter()
+        .find(|(name, _)| *name == "clone --depth=1")
+        .map(|(_, body)| body.clone())
+        .context("a depth-1 case")?;
 
     println!(
         "\nrepository: {} commits; medians of {RUNS} runs ({MISS_RUNS} for misses)\n",

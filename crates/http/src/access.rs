@@ -11,6 +11,15 @@ use std::time::{Duration, Instant};
 
 use gitcache_mirror::registry::MirrorKey;
 
+/// The SHA-256 of `data`.
+pub(crate) fn sha256(data: &[u8]) -> gix_hash::ObjectId {
+    let mut hasher = gix_hash::hasher(gix_hash::Kind::Sha256);
+    hasher.update(data);
+    hasher
+        .try_finalize()
+        .expect("SHA-256 has no collision detection to fail")
+}
+
 /// The SHA-256 of an `Authorization` header value, or the absence of one.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint(Option<[u8; 32]>);
@@ -19,13 +28,8 @@ impl Fingerprint {
     /// The fingerprint of `authorization` (`None`: an anonymous client).
     pub fn of(authorization: Option<&[u8]>) -> Self {
         Fingerprint(authorization.map(|value| {
-            let mut hasher = gix_hash::hasher(gix_hash::Kind::Sha256);
-            hasher.update(value);
-            let digest = hasher
-                .try_finalize()
-                .expect("SHA-256 has no collision detection to fail");
             let mut out = [0u8; 32];
-            out.copy_from_slice(digest.as_bytes());
+            out.copy_from_slice(sha256(value).as_bytes());
             out
         }))
     }

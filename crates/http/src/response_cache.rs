@@ -199,12 +199,9 @@ pub(crate) fn response_key(
         refs.sort();
         text.extend(refs);
     }
-    let mut hasher = gix_hash::hasher(HashKind::Sha256);
-    hasher.update(text.as_bytes());
-    let digest = hasher
-        .try_finalize()
-        .expect("SHA-256 has no collision detection to fail");
-    Ok(Some(digest.to_hex().to_string()))
+    Ok(Some(
+        crate::access::sha256(text.as_bytes()).to_hex().to_string(),
+    ))
 }
 
 impl ResponseCache {

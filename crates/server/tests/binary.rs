@@ -17,10 +17,9 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (status, raw)
 }
 
-#[test]
-fn serves_health_and_stops_on_sigterm() {
-    let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
+/// The server on a free port and `data`, its upstream a port nothing listens on.
+fn spawn(data: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -28,10 +27,16 @@ fn serves_health_and_stops_on_sigterm() {
             "http://127.0.0.1:1",
         ])
         .arg("--data-dir")
-        .arg(data.path())
+        .arg(data)
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn serves_health_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = spawn(data.path());
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let addr = loop {
         let mut line = String::new();
@@ -86,20 +91,7 @@ fn bad_arguments_exit_non_zero_with_a_message() {
 #[test]
 fn a_data_directory_has_one_server() {
     let data = tempfile::tempdir().unwrap();
-    let start = || {
-        Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                "http://127.0.0.1:1",
-            ])
-            .arg("--data-dir")
-            .arg(data.path())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let start = || spawn(data.path());
     let mut first = start();
     let mut stderr = BufReader::new(first.stderr.take().unwrap());
     let mut line = String::new();
