@@ -1,5 +1,324 @@
-//! The catalog of repositories gitcache caches.
+//! The catalog of repositories gitcache caches: one [`Record`] per repository (host, owner,
+//! name, enabled, upstream timeout, response-cache limit), kept in SQLite (embedded, the
+//! default) or PostgreSQL (shared by many instances), with its schema migrated at start.
 //!
-//! Not built yet; the README's status table says what works.
+//! Every change goes to the database; reads on the request path ([`Catalog::lookup`]) use an
+//! in-memory view that each change of this process refreshes at once and
+//! [`Catalog::reload`] brings up to date with changes made by other instances.
+//!
+//! # Example
+//!
+//! ```
+//! use gitcache_catalog::{Catalog, Changes, NewRepo};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), gitcache_catalog::Error> {
+//! let catalog = Catalog::in_memory()?; // or Catalog::open("catalog.db" or "postgres://…")
+//! let record = catalog.create(&NewRepo::new("github.com", "Acme", "Widgets.git")).await?;
+//! assert_eq!(record.full_name(), "acme/widgets");
+//!
+//! // The proxy's lookup: no database round trip.
+//! assert!(catalog.lookup("github.com", "ACME", "widgets").unwrap().enabled);
+//!
+//! let changes = Changes { enabled: Some(false), ..Changes::default() };
+//! catalog.update(record.id, &changes).await?;
+//! assert!(!catalog.lookup("github.com", "acme", "widgets").unwrap().enabled);
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod db;
+pub mod record;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use db::{COLUMNS, Db, Value};
+pub use record::{Changes, Invalid, NewRepo, Record};
+
+/// What went wrong with the catalog.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A field with a value it cannot take.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// A record for the same host, owner and name exists.
+    #[error("{0} is already in the catalog")]
+    Duplicate(String),
+    /// No record has this id.
+    #[error("no cached repository with id {0}")]
+    NotFound(i64),
+    /// The database holds a schema newer than this build knows.
+    #[error("the catalog's schema version {found} is newer than this gitcache knows ({known})")]
+    SchemaTooNew {
+        /// The database's version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+    /// SQLite failed.
+    #[error("catalog database (SQLite): {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed, or could not be reached.
+    #[error("catalog database (PostgreSQL): {}", postgres_message(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A database task ended abnormally.
+    #[error("catalog database task: {0}")]
+    Task(String),
+}
+
+impl Error {
+    /// Whether the caller's input was at fault (a bad field, a duplicate, an unknown id).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Invalid(_) | Error::Duplicate(_) | Error::NotFound(_)
+        )
+    }
+
+    fn is_unique_violation(&self) -> bool {
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            }
+            Error::Postgres(e) => {
+                e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// tokio-postgres says only "db error" at the top; the server's message is in the source.
+fn postgres_message(err: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(err) {
+        Some(source) => format!("{err}: {source}"),
+        None => err.to_string(),
+    }
+}
+
+/// Records by `(host, owner, name)`, as last read.
+#[derive(Debug, Default)]
+struct View {
+    by_name: HashMap<(String, String, String), Arc<Record>>,
+    all: Vec<Arc<Record>>,
+}
+
+/// The catalog: the database and the in-memory view of it.
+#[derive(Debug)]
+pub struct Catalog {
+    db: Db,
+    view: RwLock<Arc<View>>,
+}
+
+impl Catalog {
+    /// Open `location`: a `postgres://` or `postgresql://` URL, or the path of a SQLite file
+    /// (created when missing). The schema is migrated before this returns.
+    pub async fn open(location: &str) -> Result<Self, Error> {
+        if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            Self::with_db(Db::postgres(location).await?).await
+        } else {
+            Self::with_db(Db::sqlite(Path::new(location)).await?).await
+        }
+    }
+
+    /// Open (creating) the SQLite catalog at `path`.
+    pub async fn open_sqlite(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::with_db(Db::sqlite(path.as_ref()).await?).await
+    }
+
+    /// A catalog that lives in memory only (tests, embedding).
+    pub fn in_memory() -> Result<Self, Error> {
+        Ok(Catalog {
+            db: Db::sqlite_in_memory()?,
+            view: RwLock::new(Arc::default()),
+        })
+    }
+
+    async fn with_db(db: Db) -> Result<Self, Error> {
+        let catalog = Catalog {
+            db,
+            view: RwLock::new(Arc::default()),
+        };
+        catalog.reload().await?;
+        Ok(catalog)
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        self.db.backend()
+    }
+
+    /// Every record, by id, read from the database.
+    pub async fn list(&self) -> Result<Vec<Record>, Error> {
+        self.db
+            .records(
+                &format!("SELECT {COLUMNS} FROM cached_repos ORDER BY id"),
+                vec![],
+            )
+            .await
+    }
+
+    /// The record `id`, read from the database.
+    pub async fn get(&self, id: i64) -> Result<Record, Error> {
+        self.db
+            .records(
+                &format!("SELECT {COLUMNS} FROM cached_repos WHERE id = $1"),
+                vec![Value::Int(Some(id))],
+            )
+            .await?
+            .pop()
+            .ok_or(Error::NotFound(id))
+    }
+
+    /// Add a repository.
+    pub async fn create(&self, new: &NewRepo) -> Result<Record, Error> {
+        let new = new.normalized()?;
+        let now = now();
+        let result = self
+            .db
+            .records(
+                &format!(
+                    "INSERT INTO cached_repos \
+                     (host, owner, name, enabled, timeout_seconds, max_cache_size_mb, \
+                      created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {COLUMNS}"
+                ),
+                vec![
+                    Value::Text(new.host.clone()),
+                    Value::Text(new.owner.clone()),
+                    Value::Text(new.name.clone()),
+                    Value::Bool(new.enabled),
+                    Value::Int(Some(i64::from(new.timeout_seconds))),
+                    Value::Int(new.max_cache_size_mb.map(saturating_i64)),
+                    Value::Int(Some(now)),
+                ],
+            )
+            .await;
+        let record = match result {
+            Ok(mut rows) => rows
+                .pop()
+                .ok_or(Error::Task("insert returned no row".into()))?,
+            Err(err) if err.is_unique_violation() => {
+                return Err(Error::Duplicate(format!(
+                    "{}/{}/{}",
+                    new.host, new.owner, new.name
+                )));
+            }
+            Err(err) => return Err(err),
+        };
+        self.reload().await?;
+        Ok(record)
+    }
+
+    /// Change a record; `max_cache_size_mb: Some(0)` clears its limit.
+    pub async fn update(&self, id: i64, changes: &Changes) -> Result<Record, Error> {
+        changes.check()?;
+        let mut sets = Vec::new();
+        let mut params = vec![Value::Int(Some(id)), Value::Int(Some(now()))];
+        let mut set = |column: &str, value: Value| {
+            params.push(value);
+            sets.push(format!("{column} = ${}", params.len()));
+        };
+        if let Some(enabled) = changes.enabled {
+            set("enabled", Value::Bool(enabled));
+        }
+        if let Some(timeout) = changes.timeout_seconds {
+            set("timeout_seconds", Value::Int(Some(i64::from(timeout))));
+        }
+        if let Some(mb) = changes.max_cache_size_mb {
+            set(
+                "max_cache_size_mb",
+                Value::Int(Some(mb).filter(|&mb| mb > 0).map(saturating_i64)),
+            );
+        }
+        sets.push("updated_at = $2".to_owned());
+        let record = self
+            .db
+            .records(
+                &format!(
+                    "UPDATE cached_repos SET {} WHERE id = $1 RETURNING {COLUMNS}",
+                    sets.join(", ")
+                ),
+                params,
+            )
+            .await?
+            .pop()
+            .ok_or(Error::NotFound(id))?;
+        self.reload().await?;
+        Ok(record)
+    }
+
+    /// Remove a record; returns it as it was.
+    pub async fn delete(&self, id: i64) -> Result<Record, Error> {
+        let record = self
+            .db
+            .records(
+                &format!("DELETE FROM cached_repos WHERE id = $1 RETURNING {COLUMNS}"),
+                vec![Value::Int(Some(id))],
+            )
+            .await?
+            .pop()
+            .ok_or(Error::NotFound(id))?;
+        self.reload().await?;
+        Ok(record)
+    }
+
+    /// Read every record into the in-memory view (changes made by other instances sharing
+    /// the database appear after this).
+    pub async fn reload(&self) -> Result<(), Error> {
+        let records = self.list().await?;
+        let mut view = View::default();
+        for record in records {
+            let record = Arc::new(record);
+            view.by_name.insert(
+                (
+                    record.host.clone(),
+                    record.owner.clone(),
+                    record.name.clone(),
+                ),
+                Arc::clone(&record),
+            );
+            view.all.push(record);
+        }
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+        Ok(())
+    }
+
+    /// The record of `owner/name` on `host`, compared without case, from memory.
+    pub fn lookup(&self, host: &str, owner: &str, name: &str) -> Option<Arc<Record>> {
+        let view = Arc::clone(&self.view.read().unwrap_or_else(|p| p.into_inner()));
+        let key = (
+            host.to_ascii_lowercase(),
+            owner.to_ascii_lowercase(),
+            name.strip_suffix(".git")
+                .unwrap_or(name)
+                .to_ascii_lowercase(),
+        );
+        view.by_name.get(&key).cloned()
+    }
+
+    /// Every record, from memory, by id.
+    pub fn records(&self) -> Vec<Arc<Record>> {
+        self.view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .all
+            .clone()
+    }
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,282 @@
+//! The two databases behind one interface: statements are written once, with `$1`-style
+//! parameters, and run on either; only connecting, migrating and reading a row's columns
+//! differ.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::Error;
+use crate::record::Record;
+
+/// A statement parameter.
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Int(Option<i64>),
+    Text(String),
+    Bool(bool),
+}
+
+/// The columns every statement returns, in the order [`Record`]s are read from.
+pub(crate) const COLUMNS: &str =
+    "id, host, owner, name, enabled, timeout_seconds, max_cache_size_mb, created_at, updated_at";
+
+/// One schema change, in each dialect. Versions only grow; a released one never changes.
+struct Migration {
+    version: i64,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: "CREATE TABLE cached_repos (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        host TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        enabled BOOLEAN NOT NULL DEFAULT TRUE,
+        timeout_seconds BIGINT NOT NULL DEFAULT 30
+            CHECK (timeout_seconds BETWEEN 1 AND 3600),
+        max_cache_size_mb BIGINT CHECK (max_cache_size_mb > 0),
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        UNIQUE (host, owner, name)
+    )",
+    postgres: "CREATE TABLE cached_repos (
+        id BIGSERIAL PRIMARY KEY,
+        host TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        enabled BOOLEAN NOT NULL DEFAULT TRUE,
+        timeout_seconds BIGINT NOT NULL DEFAULT 30
+            CHECK (timeout_seconds BETWEEN 1 AND 3600),
+        max_cache_size_mb BIGINT CHECK (max_cache_size_mb > 0),
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        UNIQUE (host, owner, name)
+    )",
+}];
+
+/// The newest schema this build knows.
+pub(crate) fn known_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS gitcache_schema (
+    version BIGINT PRIMARY KEY,
+    applied_at BIGINT NOT NULL
+)";
+
+/// Taken while PostgreSQL migrates, so that instances starting together take turns.
+const MIGRATION_LOCK: i64 = 0x6769_7463_6163_6865; // "gitcache"
+
+#[derive(Debug)]
+pub(crate) enum Db {
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Postgres(Postgres),
+}
+
+#[derive(Debug)]
+pub(crate) struct Postgres {
+    url: String,
+    client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+impl Db {
+    /// Open (creating) the SQLite file at `path` and bring its schema up to date.
+    pub(crate) async fn sqlite(path: &Path) -> Result<Db, Error> {
+        let path = path.to_owned();
+        blocking(move || {
+            let conn = rusqlite::Connection::open(&path)?;
+            Self::sqlite_setup(conn)
+        })
+        .await
+    }
+
+    /// A private in-memory SQLite database.
+    pub(crate) fn sqlite_in_memory() -> Result<Db, Error> {
+        Self::sqlite_setup(rusqlite::Connection::open_in_memory()?)
+    }
+
+    fn sqlite_setup(mut conn: rusqlite::Connection) -> Result<Db, Error> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL lets the admin API write while lookups read; `query_row` because the pragma
+        // answers with the mode it set (in-memory databases keep their own).
+        let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        conn.execute_batch(SCHEMA_TABLE)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM gitcache_schema",
+            [],
+            |row| row.get(0),
+        )?;
+        check_version(current)?;
+        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+            tx.execute_batch(m.sqlite)?;
+            tx.execute(
+                "INSERT INTO gitcache_schema (version, applied_at) VALUES (?1, ?2)",
+                (m.version, crate::now()),
+            )?;
+            tracing::info!(version = m.version, "catalog schema migrated");
+        }
+        tx.commit()?;
+        Ok(Db::Sqlite(Arc::new(Mutex::new(conn))))
+    }
+
+    /// Connect to PostgreSQL at `url` and bring its schema up to date.
+    pub(crate) async fn postgres(url: &str) -> Result<Db, Error> {
+        let mut client = pg_connect(url).await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(SCHEMA_TABLE).await?;
+        let current: i64 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM gitcache_schema", &[])
+            .await?
+            .try_get(0)?;
+        check_version(current)?;
+        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+            tx.batch_execute(m.postgres).await?;
+            tx.execute(
+                "INSERT INTO gitcache_schema (version, applied_at) VALUES ($1, $2)",
+                &[&m.version, &crate::now()],
+            )
+            .await?;
+            tracing::info!(version = m.version, "catalog schema migrated");
+        }
+        tx.commit().await?;
+        Ok(Db::Postgres(Postgres {
+            url: url.to_owned(),
+            client: tokio::sync::Mutex::new(Some(Arc::new(client))),
+        }))
+    }
+
+    pub(crate) fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Run `sql`, which returns [`COLUMNS`], with `params` bound to `$1`, `$2`, ….
+    pub(crate) async fn records(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<Record>, Error> {
+        match self {
+            Db::Sqlite(conn) => {
+                let conn = Arc::clone(conn);
+                // SQLite numbers `$NAME` parameters by first appearance; `?N` by N.
+                let sql = sql.replace('$', "?");
+                blocking(move || {
+                    let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut statement = conn.prepare(&sql)?;
+                    let params = params.into_iter().map(|v| match v {
+                        Value::Int(i) => rusqlite::types::Value::from(i),
+                        Value::Text(t) => rusqlite::types::Value::from(t),
+                        Value::Bool(b) => rusqlite::types::Value::from(b),
+                    });
+                    let rows = statement.query_map(rusqlite::params_from_iter(params), |row| {
+                        Ok(Record {
+                            id: row.get(0)?,
+                            host: row.get(1)?,
+                            owner: row.get(2)?,
+                            name: row.get(3)?,
+                            enabled: row.get(4)?,
+                            timeout_seconds: to_timeout(row.get(5)?),
+                            max_cache_size_mb: row
+                                .get::<_, Option<i64>>(6)?
+                                .map(|mb| mb.max(0) as u64),
+                            created_at: row.get(7)?,
+                            updated_at: row.get(8)?,
+                        })
+                    })?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await
+            }
+            Db::Postgres(pg) => {
+                let client = pg.client().await?;
+                let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = params
+                    .into_iter()
+                    .map(|v| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                        match v {
+                            Value::Int(i) => Box::new(i),
+                            Value::Text(t) => Box::new(t),
+                            Value::Bool(b) => Box::new(b),
+                        }
+                    })
+                    .collect();
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                let rows = client.query(sql, &refs).await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(Record {
+                            id: row.try_get(0)?,
+                            host: row.try_get(1)?,
+                            owner: row.try_get(2)?,
+                            name: row.try_get(3)?,
+                            enabled: row.try_get(4)?,
+                            timeout_seconds: to_timeout(row.try_get(5)?),
+                            max_cache_size_mb: row
+                                .try_get::<_, Option<i64>>(6)?
+                                .map(|mb| mb.max(0) as u64),
+                            created_at: row.try_get(7)?,
+                            updated_at: row.try_get(8)?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+impl Postgres {
+    /// The connection, made again when the last one broke.
+    async fn client(&self) -> Result<Arc<tokio_postgres::Client>, Error> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref()
+            && !client.is_closed()
+        {
+            return Ok(Arc::clone(client));
+        }
+        let client = Arc::new(pg_connect(&self.url).await?);
+        *slot = Some(Arc::clone(&client));
+        Ok(client)
+    }
+}
+
+async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::warn!(%err, "catalog database connection lost");
+        }
+    });
+    Ok(client)
+}
+
+fn check_version(found: i64) -> Result<(), Error> {
+    let known = known_version();
+    if found > known {
+        return Err(Error::SchemaTooNew { found, known });
+    }
+    Ok(())
+}
+
+fn to_timeout(seconds: i64) -> u32 {
+    seconds.clamp(1, i64::from(u32::MAX)) as u32
+}
+
+/// Run SQLite work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Error::Task(err.to_string()))?
+}

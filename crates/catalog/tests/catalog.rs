@@ -1,0 +1,264 @@
+//! One suite, run against SQLite and against a real PostgreSQL server.
+//!
+//! PostgreSQL comes from `GITCACHE_TEST_DATABASE_URL` (a server where the user may create
+//! databases; `.ci/postgres` starts one); each test makes its own database. Without the
+//! variable the PostgreSQL half is skipped locally and fails under CI.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use gitcache_catalog::{Catalog, Changes, Error, NewRepo};
+
+/// A fresh PostgreSQL database's URL, or `None` when no server is configured.
+async fn postgres_database() -> Option<String> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let Ok(admin) = std::env::var("GITCACHE_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL tests: set GITCACHE_TEST_DATABASE_URL"
+        );
+        eprintln!("GITCACHE_TEST_DATABASE_URL unset: PostgreSQL half skipped");
+        return None;
+    };
+    let name = format!(
+        "gitcache_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    );
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test server");
+    tokio::spawn(connection);
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        client
+            .batch_execute(&statement)
+            .await
+            .expect("create a test database");
+    }
+    let base = admin.rsplit_once('/').expect("URL with a database").0;
+    Some(format!("{base}/{name}"))
+}
+
+/// Run `suite` on a new SQLite catalog, then on a new PostgreSQL one.
+macro_rules! both {
+    ($name:ident, $suite:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("catalog.db");
+                super::$suite(&path.display().to_string()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(url) = super::postgres_database().await {
+                    super::$suite(&url).await;
+                }
+            }
+        }
+    };
+}
+
+both!(records_round_trip, records_round_trip);
+async fn records_round_trip(location: &str) {
+    let catalog = Catalog::open(location).await.unwrap();
+    assert!(catalog.list().await.unwrap().is_empty());
+    let mut new = NewRepo::new("GitHub.com", "Acme", "Widgets.git");
+    new.timeout_seconds = 90;
+    new.max_cache_size_mb = Some(512);
+    let created = catalog.create(&new).await.unwrap();
+    assert_eq!(
+        (
+            created.host.as_str(),
+            created.owner.as_str(),
+            created.name.as_str()
+        ),
+        ("github.com", "acme", "widgets")
+    );
+    assert!(created.enabled);
+    assert_eq!(created.timeout_seconds, 90);
+    assert_eq!(created.max_cache_size_mb, Some(512));
+    assert!(created.created_at > 1_700_000_000);
+    assert_eq!(created.created_at, created.updated_at);
+
+    let second = catalog
+        .create(&NewRepo::new("github.com", "acme", "gadgets"))
+        .await
+        .unwrap();
+    assert!(second.id > created.id);
+    assert_eq!(second.timeout_seconds, 30);
+    assert_eq!(second.max_cache_size_mb, None);
+    assert_eq!(catalog.get(created.id).await.unwrap(), created);
+    let listed = catalog.list().await.unwrap();
+    assert_eq!(listed, vec![created.clone(), second.clone()]);
+
+    // The in-memory view follows every change at once.
+    let seen = catalog.lookup("GITHUB.COM", "acme", "WIDGETS.git").unwrap();
+    assert_eq!(*seen, created);
+    assert!(catalog.lookup("github.com", "acme", "other").is_none());
+    assert!(
+        catalog
+            .lookup("gitlab.example", "acme", "widgets")
+            .is_none()
+    );
+    assert_eq!(catalog.records().len(), 2);
+
+    let changed = catalog
+        .update(
+            created.id,
+            &Changes {
+                enabled: Some(false),
+                timeout_seconds: Some(5),
+                ..Changes::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!changed.enabled);
+    assert_eq!(changed.timeout_seconds, 5);
+    assert_eq!(changed.max_cache_size_mb, Some(512), "untouched field kept");
+    assert!(changed.updated_at >= created.updated_at);
+    assert!(
+        !catalog
+            .lookup("github.com", "acme", "widgets")
+            .unwrap()
+            .enabled
+    );
+
+    let cleared = catalog
+        .update(
+            created.id,
+            &Changes {
+                max_cache_size_mb: Some(0),
+                ..Changes::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.max_cache_size_mb, None);
+    assert!(!cleared.enabled, "untouched field kept");
+
+    let removed = catalog.delete(created.id).await.unwrap();
+    assert_eq!(removed.id, created.id);
+    assert!(catalog.lookup("github.com", "acme", "widgets").is_none());
+    assert_eq!(catalog.list().await.unwrap(), vec![second]);
+}
+
+both!(bad_input_is_refused_by_name, bad_input_is_refused_by_name);
+async fn bad_input_is_refused_by_name(location: &str) {
+    let catalog = Catalog::open(location).await.unwrap();
+    let created = catalog
+        .create(&NewRepo::new("github.com", "acme", "widgets"))
+        .await
+        .unwrap();
+    let err = catalog
+        .create(&NewRepo::new("github.com", "ACME", "widgets.git"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Duplicate(ref n) if n == "github.com/acme/widgets"),
+        "{err}"
+    );
+    assert!(err.is_client_error());
+    // The same name on another host is another repository.
+    catalog
+        .create(&NewRepo::new("gitlab.example", "acme", "widgets"))
+        .await
+        .unwrap();
+
+    let mut new = NewRepo::new("github.com", "acme", "other");
+    new.timeout_seconds = 0;
+    match catalog.create(&new).await.unwrap_err() {
+        Error::Invalid(invalid) => assert_eq!(invalid.field, "timeout_seconds"),
+        other => panic!("{other}"),
+    }
+    match catalog
+        .create(&NewRepo::new("github.com", "../etc", "x"))
+        .await
+        .unwrap_err()
+    {
+        Error::Invalid(invalid) => assert_eq!(invalid.field, "owner"),
+        other => panic!("{other}"),
+    }
+    let too_long = Changes {
+        timeout_seconds: Some(3601),
+        ..Changes::default()
+    };
+    assert!(matches!(
+        catalog.update(created.id, &too_long).await.unwrap_err(),
+        Error::Invalid(_)
+    ));
+    assert!(matches!(
+        catalog.get(9999).await.unwrap_err(),
+        Error::NotFound(9999)
+    ));
+    assert!(matches!(
+        catalog.update(9999, &Changes::default()).await.unwrap_err(),
+        Error::NotFound(9999)
+    ));
+    assert!(matches!(
+        catalog.delete(9999).await.unwrap_err(),
+        Error::NotFound(9999)
+    ));
+    // Nothing refused was written.
+    assert_eq!(catalog.list().await.unwrap().len(), 2);
+}
+
+both!(
+    reopening_keeps_records_and_migrates_once,
+    reopening_keeps_records_and_migrates_once
+);
+async fn reopening_keeps_records_and_migrates_once(location: &str) {
+    let first = Catalog::open(location).await.unwrap();
+    let created = first
+        .create(&NewRepo::new("github.com", "acme", "widgets"))
+        .await
+        .unwrap();
+    // A second instance sharing the database (or a restart) sees the record at start.
+    let second = Catalog::open(location).await.unwrap();
+    assert_eq!(
+        *second.lookup("github.com", "acme", "widgets").unwrap(),
+        created
+    );
+    // What one instance changes, the other's view picks up on reload.
+    second.delete(created.id).await.unwrap();
+    assert!(first.lookup("github.com", "acme", "widgets").is_some());
+    first.reload().await.unwrap();
+    assert!(first.lookup("github.com", "acme", "widgets").is_none());
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.db");
+    drop(Catalog::open_sqlite(&path).await.unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO gitcache_schema (version, applied_at) VALUES (999, 0)",
+            [],
+        )
+        .unwrap();
+    }
+    let err = Catalog::open_sqlite(&path).await.unwrap_err();
+    assert!(
+        matches!(err, Error::SchemaTooNew { found: 999, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_a_clear_error() {
+    // Port 1 on loopback: nothing listens there.
+    let err = Catalog::open("postgres://gitcache@127.0.0.1:1/gitcache")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Postgres(_)), "{err}");
+    assert!(
+        err.to_string().starts_with("catalog database (PostgreSQL)"),
+        "{err}"
+    );
+}
