@@ -72,6 +72,8 @@ pub(crate) struct AccessLine {
     pub(crate) remote: String,
     pub(crate) user_agent: String,
     pub(crate) started: Instant,
+    /// Counts the request as in flight until the line is written.
+    pub(crate) _in_flight: crate::metrics::InFlight,
 }
 
 /// A response body that writes the access-log line when it ends.

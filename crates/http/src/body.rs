@@ -266,6 +266,7 @@ impl ChannelWriter {
             None => self.tx.blocking_send(Ok(chunk)).map_err(|_| gone())?,
         }
         self.sent += len;
+        crate::metrics::pack_sent(len);
         Ok(())
     }
 }

@@ -171,6 +171,55 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// The response cache; `None` turns it off.
     pub response_cache: Option<crate::response_cache::ResponseCacheConfig>,
+    /// Who may use the admin API; with no token the admin API and page are off (404).
+    pub admin_tokens: AdminTokens,
+    /// How often the catalog's in-memory view is read again (changes made by other
+    /// instances sharing a PostgreSQL catalog show up within this).
+    pub catalog_reload_interval: Duration,
+}
+
+/// Admin bearer tokens, held only as SHA-256 hashes and compared in constant time.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AdminTokens(Vec<[u8; 32]>);
+
+impl AdminTokens {
+    /// Hash `tokens` (empty ones are ignored).
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(tokens: I) -> Self {
+        AdminTokens(
+            tokens
+                .into_iter()
+                .filter(|t| !t.as_ref().is_empty())
+                .map(|t| hash_token(t.as_ref()))
+                .collect(),
+        )
+    }
+
+    /// Whether no token is configured (the admin API is off).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `token` is one of them. Every configured hash is compared, each in constant
+    /// time, so the answer's timing tells nothing about the tokens.
+    pub fn accepts(&self, token: &str) -> bool {
+        let hash = hash_token(token);
+        self.0.iter().fold(false, |found, known| {
+            let diff = known.iter().zip(&hash).fold(0u8, |d, (a, b)| d | (a ^ b));
+            found | (diff == 0)
+        })
+    }
+}
+
+fn hash_token(token: &str) -> [u8; 32] {
+    let mut hash = [0; 32];
+    hash.copy_from_slice(crate::access::sha256(token.as_bytes()).as_bytes());
+    hash
+}
+
+impl std::fmt::Debug for AdminTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminTokens({} configured)", self.0.len())
+    }
 }
 
 impl ProxyConfig {
@@ -192,6 +241,8 @@ impl ProxyConfig {
             pack: gitcache_pack::Options::default(),
             limits: Limits::default(),
             response_cache: Some(crate::response_cache::ResponseCacheConfig::default()),
+            admin_tokens: AdminTokens::default(),
+            catalog_reload_interval: Duration::from_secs(10),
         }
     }
 }
@@ -231,6 +282,19 @@ mod tests {
         assert_eq!(format!("{secret:?}"), "<redacted>");
         // base64("x-access-token:s3cret")
         assert_eq!(secret.authorization(), "Basic eC1hY2Nlc3MtdG9rZW46czNjcmV0");
+    }
+
+    #[test]
+    fn admin_tokens_are_hashed_and_compared_whole() {
+        let tokens = AdminTokens::new(["first-token", "", "second-token"]);
+        assert!(!tokens.is_empty());
+        assert_eq!(format!("{tokens:?}"), "AdminTokens(2 configured)");
+        assert!(tokens.accepts("first-token") && tokens.accepts("second-token"));
+        for wrong in ["", "first", "first-token ", "First-token", "second-token2"] {
+            assert!(!tokens.accepts(wrong), "{wrong:?}");
+        }
+        assert!(AdminTokens::new([""]).is_empty());
+        assert!(!AdminTokens::default().accepts(""));
     }
 
     #[test]

@@ -26,17 +26,20 @@
 
 pub mod access;
 pub mod access_log;
+mod admin;
 pub mod body;
 pub mod config;
 mod error;
+pub mod metrics;
 mod proxy;
 pub mod response_cache;
 pub mod route;
 mod serve;
 
 pub use body::Body;
-pub use config::{CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};
+pub use config::{AdminTokens, CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};
 pub use error::Error;
-pub use proxy::{ConfigError, Proxy};
+pub use gitcache_catalog as catalog;
+pub use proxy::{ConfigError, Proxy, Services};
 pub use response_cache::{ResponseCacheConfig, ResponseCacheStats};
-pub use serve::{ServeOptions, serve, serve_with};
+pub use serve::{Face, ServeOptions, serve, serve_with};

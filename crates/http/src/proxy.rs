@@ -17,10 +17,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bstr::ByteSlice;
 use bytes::Bytes;
+use gitcache_catalog::Catalog;
 use gitcache_mirror::registry::{MirrorKey, Registry};
 use gitcache_mirror::upstream::{Upstream, is_hop_by_hop};
 use gitcache_pack::Repository;
@@ -39,10 +40,12 @@ use crate::access_log::{AccessNote, CacheState, UpstreamCall};
 use crate::body::{Body, ChannelWriter, read_request_body};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
+use crate::metrics::{self, RepoLabels};
 use crate::response_cache::{
     Lookup, ResponseCache, ResponseCacheStats, follow, response_key, send_stored,
 };
 use crate::route::{Route, Service, route};
+use crate::serve::Face;
 
 /// The content type of upload-pack results.
 const RESULT_TYPE: &str = "application/x-git-upload-pack-result";
@@ -62,7 +65,12 @@ struct Target {
     /// `owner/repo` as the client wrote it (for logs).
     name: String,
     key: MirrorKey,
+    /// Served from the mirror (v2 fetches).
     cached: bool,
+    /// The catalog's record says "disabled": everything passes through.
+    bypassed: bool,
+    /// How long an upstream exchange may take for this repository.
+    timeout: Duration,
 }
 
 /// An opened mirror, kept while its packs stay the same.
@@ -92,8 +100,37 @@ pub struct Proxy {
     pack_slots: Arc<Semaphore>,
     draining: AtomicBool,
     responses: Option<Arc<ResponseCache>>,
+    catalog: Option<Arc<Catalog>>,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    labels: RepoLabels,
+    repo_stats: Mutex<HashMap<MirrorKey, RepoStats>>,
     /// Held for the proxy's life: one process per data directory.
     _data_dir: DataDir,
+}
+
+/// What the proxy did for one repository since it started (for the admin page).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RepoStats {
+    /// Fetches answered from the mirror as it was.
+    pub(crate) hits: u64,
+    /// Fetches that refreshed the mirror first (or went upstream).
+    pub(crate) misses: u64,
+    /// When the last refresh ended (seconds since the epoch) and whether it succeeded.
+    pub(crate) last_refresh: Option<(i64, bool)>,
+    /// The last error, and when.
+    pub(crate) last_error: Option<(i64, String)>,
+}
+
+/// What a proxy is built with besides its configuration.
+#[derive(Debug, Default)]
+pub struct Services {
+    /// The catalog of cached repositories (records choose what is cached, their timeouts
+    /// and response-cache limits; the admin API edits it). Without one, only
+    /// [`ProxyConfig::cache`] decides.
+    pub catalog: Option<Arc<Catalog>>,
+    /// The installed Prometheus recorder's handle, rendered at `/metrics`. Without one,
+    /// `/metrics` is a 404.
+    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Why a configuration cannot be used.
@@ -117,8 +154,17 @@ pub enum ConfigError {
 }
 
 impl Proxy {
-    /// A proxy with `config`; creates the data directory.
+    /// A proxy with `config` and no catalog or metrics; creates the data directory.
     pub fn new(config: ProxyConfig) -> Result<Arc<Self>, ConfigError> {
+        Self::with_services(config, Services::default())
+    }
+
+    /// A proxy with `config` and `services`; creates the data directory.
+    pub fn with_services(
+        config: ProxyConfig,
+        services: Services,
+    ) -> Result<Arc<Self>, ConfigError> {
+        metrics::describe();
         let default_host = url_host(&config.upstream).map_err(ConfigError::Upstream)?;
         for url in config.hosts.values() {
             url_host(url).map_err(ConfigError::Upstream)?;
@@ -150,9 +196,86 @@ impl Proxy {
             pack_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_packs.max(1))),
             draining: AtomicBool::new(false),
             responses,
+            catalog: services.catalog,
+            prometheus: services.prometheus,
+            labels: RepoLabels::default(),
+            repo_stats: Mutex::new(HashMap::new()),
             _data_dir: data_dir,
             config,
         }))
+    }
+
+    /// The catalog, if the proxy has one.
+    pub fn catalog(&self) -> Option<&Arc<Catalog>> {
+        self.catalog.as_ref()
+    }
+
+    pub(crate) fn default_host(&self) -> &str {
+        &self.default_host
+    }
+
+    pub(crate) fn host_names(&self) -> &[String] {
+        &self.host_names
+    }
+
+    pub(crate) fn response_cache(&self) -> Option<&Arc<ResponseCache>> {
+        self.responses.as_ref()
+    }
+
+    pub(crate) fn repo_stats(&self, key: &MirrorKey) -> RepoStats {
+        self.repo_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn note_stats(&self, key: &MirrorKey, update: impl FnOnce(&mut RepoStats)) {
+        let mut stats = self.repo_stats.lock().unwrap_or_else(|p| p.into_inner());
+        update(stats.entry(key.clone()).or_default());
+    }
+
+    /// Record how a refresh of `key` ended.
+    fn note_refresh(&self, key: &MirrorKey, started: Instant, error: Option<String>) {
+        metrics::refresh(
+            if error.is_none() { "ok" } else { "error" },
+            started.elapsed(),
+        );
+        let now = unix_now();
+        self.note_stats(key, |s| {
+            s.last_refresh = Some((now, error.is_none()));
+            if let Some(error) = error {
+                s.last_error = Some((now, error));
+            }
+        });
+    }
+
+    /// The response-cache limit of the repository stored under `rel` (its mirror's relative
+    /// path): its catalog record's, else the configured one.
+    fn response_limits(&self) -> impl Fn(&std::path::Path) -> Option<u64> + use<> {
+        let default = self
+            .config
+            .response_cache
+            .as_ref()
+            .and_then(|c| c.max_repo_bytes);
+        let mut limits = HashMap::new();
+        if let Some(catalog) = &self.catalog {
+            for record in catalog.records() {
+                if let (Some(mb), Ok(key)) = (
+                    record.max_cache_size_mb,
+                    MirrorKey::new(&record.host, &record.owner, &record.name),
+                ) {
+                    limits.insert(key.relative_path(), mb.saturating_mul(1 << 20));
+                }
+            }
+        }
+        move |rel: &std::path::Path| limits.get(rel).copied().or(default)
+    }
+
+    /// The bytes a repository's stored responses may take (`None`: no limit).
+    pub(crate) fn response_limit(&self, key: &MirrorKey) -> Option<u64> {
+        (self.response_limits())(&key.relative_path())
     }
 
     /// The configuration.
@@ -175,14 +298,72 @@ impl Proxy {
     ///
     /// [`serve`]: crate::serve
     pub async fn maintain(self: Arc<Self>) {
-        let Some(cache) = self.responses.clone() else {
-            return;
-        };
+        let tick = self
+            .config
+            .catalog_reload_interval
+            .max(Duration::from_millis(100));
+        let cleanup = self.responses.as_ref().map(|c| c.cleanup_interval());
+        let mut last_cleanup = Instant::now();
         loop {
-            tokio::time::sleep(cache.cleanup_interval()).await;
-            let cache = Arc::clone(&cache);
-            let _ = tokio::task::spawn_blocking(move || cache.evict()).await;
+            tokio::time::sleep(cleanup.map_or(tick, |c| c.min(tick))).await;
+            if let Some(catalog) = &self.catalog
+                && let Err(err) = catalog.reload().await
+            {
+                tracing::warn!(%err, "reading the catalog failed; keeping the last view");
+            }
+            if let Some(handle) = &self.prometheus {
+                handle.run_upkeep();
+            }
+            let proxy = Arc::clone(&self);
+            let due = cleanup.is_some_and(|c| last_cleanup.elapsed() >= c);
+            if due {
+                last_cleanup = Instant::now();
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                metrics::repos_active(proxy.count_mirrors());
+                if due && let Some(cache) = &proxy.responses {
+                    cache.evict(proxy.response_limits(), |rel, entries, bytes| {
+                        let labels = proxy.rel_labels(rel);
+                        match entries {
+                            Some(entries) => metrics::evicted(labels, entries),
+                            None => metrics::response_size(labels, bytes),
+                        }
+                    });
+                }
+            })
+            .await;
         }
+    }
+
+    /// Mirrors on disk (`<host>/<owner>/<repo>.git`).
+    fn count_mirrors(&self) -> usize {
+        let root = self.config.data_dir.join("mirrors");
+        let dirs = |path: &std::path::Path| -> Vec<PathBuf> {
+            std::fs::read_dir(path)
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        dirs(&root)
+            .iter()
+            .flat_map(|host| dirs(host))
+            .flat_map(|owner| dirs(&owner))
+            .filter(|repo| repo.extension().is_some_and(|e| e == "git"))
+            .count()
+    }
+
+    /// Metric labels of the repository stored under `rel` (`<host>/<owner>/<repo>.git`).
+    fn rel_labels(&self, rel: &std::path::Path) -> (String, String) {
+        let mut parts = rel.iter().rev().map(|p| p.to_string_lossy());
+        let repo = parts.next().unwrap_or_default();
+        let owner = parts.next().unwrap_or_default();
+        self.labels
+            .get(&owner, repo.strip_suffix(".git").unwrap_or(&repo))
     }
 
     /// From now on `/readyz` answers 503, so load balancers stop sending new work.
@@ -190,8 +371,17 @@ impl Proxy {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Answer one request.
+    /// Answer one request: git's, the admin API's and page's, `/metrics` and health.
     pub async fn handle<B>(self: &Arc<Self>, request: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+    {
+        self.handle_on(Face::All, request).await
+    }
+
+    /// Answer one request arriving on a listener that serves `face`.
+    pub async fn handle_on<B>(self: &Arc<Self>, face: Face, request: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
@@ -201,13 +391,20 @@ impl Proxy {
         match (&parts.method, path.as_str()) {
             (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
             (&Method::GET, "/readyz") => return self.readiness(),
+            (&Method::GET, "/metrics") if face.serves_admin() => return self.render_metrics(),
+            _ if face.serves_admin() && crate::admin::is_admin_path(&path) => {
+                return self.admin(parts, body).await;
+            }
+            _ if !face.serves_git() => return text(StatusCode::NOT_FOUND, "not found"),
             _ => {}
         }
         let route = match route(&path, parts.uri.query(), &self.host_names) {
             Ok(route) => route,
             Err(err) => return Error::from(err).into_response(),
         };
+        let started = Instant::now();
         let target = self.target(&route);
+        metrics::decision("cache_lookup", started.elapsed());
         let v2 = parts.headers.get_all("git-protocol").iter().any(|v| {
             v.as_bytes()
                 .split_str(":")
@@ -237,25 +434,45 @@ impl Proxy {
             }
             .unwrap_or_else(|err| {
                 tracing::warn!(%err, status = %err.status(), "request failed");
-                let state = if matches!(err.status().as_u16(), 401 | 403 | 404)
-                    && !matches!(err, Error::Route(_))
-                {
-                    CacheState::Rejected
-                } else {
-                    CacheState::Error
-                };
+                let state = error_state(&err);
                 with_state(err.into_response(), state)
             })
         };
         let mut response = work.instrument(span).await;
         let extensions = response.extensions_mut();
         let cache_state = extensions.remove::<CacheState>();
+        let result = if target.bypassed {
+            "bypass"
+        } else if !target.cached {
+            "nocache"
+        } else {
+            match cache_state {
+                Some(CacheState::Hit | CacheState::Stale) => "hit",
+                Some(CacheState::Miss) => "miss",
+                Some(CacheState::Rejected) => "rejected",
+                Some(CacheState::Error) => "error",
+                Some(CacheState::Passthrough) | None => "passthrough",
+            }
+        };
+        metrics::request(self.labels.get(&route.owner, &route.repo), result);
         let upstream = extensions.remove::<UpstreamCall>();
         extensions.insert(AccessNote {
             cache_state: cache_state.filter(|_| target.cached),
             cache_repo: target.cached.then(|| target.name.clone()),
             upstream,
         });
+        response
+    }
+
+    fn render_metrics(&self) -> Response<Body> {
+        let Some(handle) = &self.prometheus else {
+            return text(StatusCode::NOT_FOUND, "metrics are off");
+        };
+        let mut response = Response::new(Body::full(handle.render()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
         response
     }
 
@@ -285,6 +502,19 @@ impl Proxy {
         // The route checked the names with the same rules.
         let key =
             MirrorKey::new(&host_name, &route.owner, &route.repo).expect("route checked the names");
+        let record = self
+            .catalog
+            .as_ref()
+            .and_then(|c| c.lookup(&host_name, &route.owner, &route.repo));
+        let (cached, bypassed) = match &record {
+            Some(record) => (record.enabled, !record.enabled),
+            None => (
+                self.config
+                    .cache
+                    .is_cached(route.host.as_deref(), &route.owner, &route.repo),
+                false,
+            ),
+        };
         Target {
             url: format!(
                 "{}/{}/{}.git",
@@ -293,10 +523,11 @@ impl Proxy {
                 route.repo
             ),
             name: format!("{}/{}", route.owner, route.repo),
-            cached: self
-                .config
-                .cache
-                .is_cached(route.host.as_deref(), &route.owner, &route.repo),
+            cached,
+            bypassed,
+            timeout: record.map_or(self.config.upstream_timeout, |r| {
+                Duration::from_secs(u64::from(r.timeout_seconds))
+            }),
             host_name,
             key,
         }
@@ -319,11 +550,7 @@ impl Proxy {
     }
 
     fn upstream(&self, target: &Target, credential: Option<String>) -> Result<Upstream, Error> {
-        Ok(Upstream::new(
-            &target.url,
-            credential,
-            self.config.upstream_timeout,
-        )?)
+        Ok(Upstream::new(&target.url, credential, target.timeout)?)
     }
 
     /// Ask the upstream whether the client's credential may read the repository.
@@ -343,6 +570,7 @@ impl Proxy {
                 Empty::<Bytes>::new(),
             )
             .await?;
+        metrics::upstream("verify", response.status().as_u16(), started.elapsed());
         if !response.status().is_success() {
             tracing::info!(status = %response.status(), "upstream refused access");
             return Ok(Verified::Answer(passed_on(response, started)));
@@ -420,8 +648,34 @@ impl Proxy {
         };
         let kind = request.capabilities.object_format();
         match request.command {
-            Command::LsRefs(_) => self.ls_refs(target, headers, body, kind).await,
-            Command::Fetch(fetch) => self.fetch(target, headers, body, fetch, kind).await,
+            Command::LsRefs(_) => {
+                metrics::ls_refs();
+                self.ls_refs(target, headers, body, kind).await
+            }
+            Command::Fetch(fetch) => {
+                let result = self.fetch(target, headers, body, fetch, kind).await;
+                let state = match &result {
+                    Ok(response) => response.extensions().get::<CacheState>().copied(),
+                    Err(err) => Some(error_state(err)),
+                };
+                let label = match state {
+                    Some(CacheState::Hit | CacheState::Stale) => "hit",
+                    Some(CacheState::Rejected) => "rejected",
+                    Some(CacheState::Error) | None => "error",
+                    Some(CacheState::Miss | CacheState::Passthrough) => "miss",
+                };
+                metrics::fetch(label);
+                match label {
+                    "hit" => self.note_stats(&target.key, |s| s.hits += 1),
+                    "miss" => self.note_stats(&target.key, |s| s.misses += 1),
+                    _ => {}
+                }
+                if let Err(err) = &result {
+                    let message = err.to_string();
+                    self.note_stats(&target.key, |s| s.last_error = Some((unix_now(), message)));
+                }
+                result
+            }
             Command::ObjectInfo(_) => self.forward_body(target, headers, body).await,
         }
     }
@@ -462,6 +716,7 @@ impl Proxy {
         let upstream = self.upstream(target, self.credential(target, headers))?;
         let started = std::time::Instant::now();
         let response = upstream.forward(method, suffix, headers, body).await?;
+        metrics::upstream("forward", response.status().as_u16(), started.elapsed());
         Ok(passed_on(response, started))
     }
 
@@ -568,17 +823,26 @@ impl Proxy {
                     .iter()
                     .map(String::as_str)
                     .collect();
+                let started = Instant::now();
                 match proxy
                     .registry
                     .refresh_and_maintain(&key, &upstream, &prefixes)
                     .await
                 {
-                    Ok(done) => tracing::info!(
-                        refs = done.refs,
-                        objects = done.fetched_objects,
-                        "mirror warmed"
-                    ),
-                    Err(err) => tracing::warn!(%err, "warming the mirror failed"),
+                    Ok(done) => {
+                        metrics::warm("ok");
+                        proxy.note_refresh(&key, started, None);
+                        tracing::info!(
+                            refs = done.refs,
+                            objects = done.fetched_objects,
+                            "mirror warmed"
+                        );
+                    }
+                    Err(err) => {
+                        metrics::warm("error");
+                        proxy.note_refresh(&key, started, Some(err.to_string()));
+                        tracing::warn!(%err, "warming the mirror failed");
+                    }
                 }
             }
             .in_current_span(),
@@ -634,9 +898,10 @@ impl Proxy {
             .iter()
             .map(String::as_str)
             .collect();
+        let refresh_started = Instant::now();
         let refresh = tokio::time::timeout(
             // The upstream's own timeout bounds each exchange; this bounds all of them.
-            self.config.upstream_timeout * 3,
+            target.timeout * 3,
             self.registry
                 .refresh_and_maintain(&target.key, &upstream, &prefixes),
         )
@@ -644,8 +909,13 @@ impl Proxy {
         let failure = match refresh {
             Ok(Ok(_)) => None,
             Ok(Err(err)) => Some(Error::Mirror(err)),
-            Err(_) => Some(Error::Timeout(self.config.upstream_timeout * 3)),
+            Err(_) => Some(Error::Timeout(target.timeout * 3)),
         };
+        self.note_refresh(
+            &target.key,
+            refresh_started,
+            failure.as_ref().map(ToString::to_string),
+        );
         if let Some(err) = failure {
             if self.config.serve_stale
                 && err.is_upstream_unavailable()
@@ -754,8 +1024,10 @@ impl Proxy {
                 tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     let _enter = span.enter();
+                    let started = Instant::now();
                     let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
                         .and_then(|plan| plan.write_to(&mut *generation));
+                    metrics::pack_generated(started.elapsed());
                     match result {
                         Ok(stats) => {
                             tracing::info!(
@@ -800,8 +1072,10 @@ impl Proxy {
             let _permit = permit;
             let _enter = span.enter();
             let mut out = ChannelWriter::new(tx, stall);
+            let started = Instant::now();
             let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
                 .and_then(|plan| plan.write_to(&mut out));
+            metrics::pack_generated(started.elapsed());
             match result {
                 Ok(stats) => {
                     let _ = std::io::Write::flush(&mut out);
@@ -848,6 +1122,22 @@ impl Proxy {
         set_git_headers(response.headers_mut(), RESULT_TYPE);
         response
     }
+}
+
+/// How a failed request counts.
+fn error_state(err: &Error) -> CacheState {
+    if matches!(err.status().as_u16(), 401 | 403 | 404) && !matches!(err, Error::Route(_)) {
+        CacheState::Rejected
+    } else {
+        CacheState::Error
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Note what the cache did, for the access log.

@@ -333,21 +333,35 @@ impl ResponseCache {
     }
 
     /// Evict entries over the limits.
-    pub(crate) fn evict(&self) {
-        match self
-            .store
-            .evict(self.config.max_repo_bytes, self.config.max_total_bytes)
-        {
-            Ok(evicted) => {
-                for e in evicted {
+    /// Evict least recently used entries until each repository is under
+    /// `limit(repo folder)` and all under the global cap. `report(repo, Some(entries), _)`
+    /// is called for each repository entries were evicted from, then
+    /// `report(repo, None, bytes)` with every repository's size.
+    pub(crate) fn evict(
+        &self,
+        limit: impl Fn(&Path) -> Option<u64>,
+        mut report: impl FnMut(&Path, Option<usize>, u64),
+    ) {
+        match self.store.evict(limit, self.config.max_total_bytes) {
+            Ok(eviction) => {
+                for e in eviction.evicted {
                     self.stats
                         .evicted
                         .fetch_add(e.entries as u64, Ordering::Relaxed);
                     tracing::info!(repo = %e.repo.display(), entries = e.entries, bytes = e.bytes, "responses evicted");
+                    report(&e.repo, Some(e.entries), e.bytes);
+                }
+                for (repo, bytes) in eviction.sizes {
+                    report(&repo, None, bytes);
                 }
             }
             Err(err) => tracing::warn!(%err, "evicting responses failed"),
         }
+    }
+
+    /// Bytes the stored responses of the repository under `repo` take.
+    pub(crate) fn repo_size(&self, repo: &Path) -> u64 {
+        self.store.repo_size(repo)
     }
 
     pub(crate) fn cleanup_interval(&self) -> Duration {

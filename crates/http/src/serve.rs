@@ -16,18 +16,47 @@ use tokio::sync::Semaphore;
 use crate::Proxy;
 use crate::access_log::{AccessLine, AccessNote, Logged};
 
-/// How the server stops.
+/// What a listener serves (health endpoints are on every listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Face {
+    /// Git, the admin API and page, and `/metrics` (one address for everything).
+    #[default]
+    All,
+    /// Git only: the admin API, page and metrics listen elsewhere.
+    Git,
+    /// The admin API and page and `/metrics` only.
+    Admin,
+}
+
+impl Face {
+    pub(crate) fn serves_git(self) -> bool {
+        matches!(self, Face::All | Face::Git)
+    }
+
+    pub(crate) fn serves_admin(self) -> bool {
+        matches!(self, Face::All | Face::Admin)
+    }
+}
+
+/// How the server serves and stops.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// How long requests in flight may take to finish once `shutdown` completed; connections
     /// still open after that are closed.
     pub grace_period: Duration,
+    /// What this listener serves.
+    pub face: Face,
+    /// Whether this listener runs the proxy's background upkeep (one listener per proxy
+    /// should).
+    pub upkeep: bool,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             grace_period: Duration::from_secs(30),
+            face: Face::All,
+            upkeep: true,
         }
     }
 }
@@ -48,7 +77,10 @@ pub async fn serve_with(
     let limits = proxy.config().limits.clone();
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let upkeep = tokio::spawn(Arc::clone(&proxy).maintain());
+    let upkeep = options
+        .upkeep
+        .then(|| tokio::spawn(Arc::clone(&proxy).maintain()));
+    let face = options.face;
     tokio::pin!(shutdown);
     loop {
         // At the connection limit, wait before accepting: the kernel's backlog queues the rest.
@@ -85,9 +117,10 @@ pub async fn serve_with(
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                     .unwrap_or_default(),
                 started: std::time::Instant::now(),
+                _in_flight: crate::metrics::InFlight::start(),
             };
             async move {
-                let (mut parts, body) = proxy.handle(request).await.into_parts();
+                let (mut parts, body) = proxy.handle_on(face, request).await.into_parts();
                 let note = parts.extensions.remove::<AccessNote>().unwrap_or_default();
                 let status = parts.status.as_u16();
                 Ok::<_, Infallible>(hyper::Response::from_parts(
@@ -109,7 +142,9 @@ pub async fn serve_with(
         });
     }
     proxy.start_draining();
-    upkeep.abort();
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
     drop(listener);
     tracing::info!("stopped accepting; waiting for requests in flight");
     tokio::select! {

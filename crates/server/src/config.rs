@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use gitcache_http::{CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};
+use gitcache_http::{AdminTokens, CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};
 use serde::Deserialize;
 
 /// gitcache: a caching proxy for git's smart HTTP protocol.
@@ -136,10 +136,34 @@ pub(crate) struct Flags {
         value_name = "SECONDS"
     )]
     pub(crate) response_cache_cleanup_interval: Option<u64>,
+    /// The catalog: a postgres:// URL or a SQLite file [default: DATA_DIR/catalog.db].
+    #[arg(
+        long,
+        env = "GITCACHE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub(crate) database_url: Option<String>,
+    /// Seconds between reads of the catalog into memory (changes made by other instances)
+    /// [default: 10].
+    #[arg(long, env = "GITCACHE_CATALOG_RELOAD_INTERVAL", value_name = "SECONDS")]
+    pub(crate) catalog_reload_interval: Option<u64>,
+    /// A bearer token for the admin API and page (repeatable); with none they are off.
+    #[arg(
+        long = "admin-token",
+        env = "GITCACHE_ADMIN_TOKENS",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) admin_tokens: Vec<String>,
+    /// A separate address for the admin API, page and /metrics [default: the main one].
+    #[arg(long, env = "GITCACHE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub(crate) admin_listen: Option<String>,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT [default: 30].
     #[arg(long, env = "GITCACHE_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub(crate) shutdown_grace: Option<u64>,
-    /// Log format: plain or json [default: plain].
+    /// Log format: json or plain [default: json].
     #[arg(long, env = "GITCACHE_LOG_FORMAT", value_name = "FORMAT")]
     pub(crate) log_format: Option<String>,
     /// Log level: error, warn, info, debug or trace [default: info].
@@ -176,6 +200,18 @@ struct File {
     limits: FileLimits,
     #[serde(default)]
     response_cache: FileResponseCache,
+    database_url: Option<String>,
+    catalog_reload_interval: Option<u64>,
+    #[serde(default)]
+    admin: FileAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    #[serde(default)]
+    tokens: Vec<String>,
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +257,10 @@ pub(crate) enum LogFormat {
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
+    /// Where the admin API, page and metrics listen when not on `listen`.
+    pub(crate) admin_listen: Option<SocketAddr>,
+    /// The catalog's location: a PostgreSQL URL or a SQLite file.
+    pub(crate) database: String,
     pub(crate) proxy: ProxyConfig,
     pub(crate) shutdown_grace: Duration,
     pub(crate) log_format: LogFormat,
@@ -416,7 +456,7 @@ impl Config {
             .log_format
             .or(file.log_format)
             .as_deref()
-            .unwrap_or("plain")
+            .unwrap_or("json")
         {
             "plain" => LogFormat::Plain,
             "json" => LogFormat::Json,
@@ -427,8 +467,37 @@ impl Config {
             level.as_deref().unwrap_or("info").parse().map_err(|_| {
                 anyhow::anyhow!("unknown log level '{}'", level.unwrap_or_default())
             })?;
+        let admin_tokens = if flags.admin_tokens.is_empty() {
+            file.admin.tokens
+        } else {
+            flags.admin_tokens
+        };
+        proxy.admin_tokens = AdminTokens::new(admin_tokens.iter().map(|t| t.trim()));
+        let admin_listen = match flags.admin_listen.or(file.admin.listen) {
+            Some(addr) => Some(
+                addr.parse::<SocketAddr>()
+                    .with_context(|| format!("invalid admin listen address '{addr}'"))?,
+            ),
+            None => None,
+        };
+        if admin_listen.is_some() && proxy.admin_tokens.is_empty() {
+            bail!("an admin listen address needs at least one --admin-token");
+        }
+        if let Some(secs) = flags
+            .catalog_reload_interval
+            .or(file.catalog_reload_interval)
+        {
+            proxy.catalog_reload_interval = Duration::from_secs(secs.max(1));
+        }
+        let database = flags
+            .database_url
+            .or(file.database_url)
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| proxy.data_dir.join("catalog.db").display().to_string());
         Ok(Config {
             listen,
+            admin_listen,
+            database,
             proxy,
             shutdown_grace: Duration::from_secs(
                 flags.shutdown_grace.or(file.shutdown_grace).unwrap_or(30),
@@ -458,7 +527,39 @@ mod tests {
         assert_eq!(config.proxy.cache, CachePolicy::All);
         assert_eq!(config.proxy.access_ttl, Duration::from_secs(60));
         assert_eq!(config.proxy.credentials, CredentialMode::PassThrough);
-        assert_eq!(config.log_format, LogFormat::Plain);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.database, "./gitcache-data/catalog.db");
+        assert!(config.proxy.admin_tokens.is_empty());
+        assert_eq!(config.admin_listen, None);
+    }
+
+    #[test]
+    fn admin_tokens_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitcache.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://db.invalid/gitcache\"\n[admin]\ntokens = [\"from-file\"]\nlisten = \"127.0.0.1:9091\"\n",
+        )
+        .unwrap();
+        let config = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert!(config.proxy.admin_tokens.accepts("from-file"));
+        assert_eq!(config.admin_listen.unwrap().port(), 9091);
+        assert_eq!(config.database, "postgres://db.invalid/gitcache");
+        let config = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--admin-token",
+            "one",
+            "--admin-token",
+            "two",
+        ])
+        .unwrap();
+        assert!(
+            config.proxy.admin_tokens.accepts("one") && config.proxy.admin_tokens.accepts("two")
+        );
+        assert!(!config.proxy.admin_tokens.accepts("from-file"));
+        assert!(format!("{:?}", config.proxy).contains("AdminTokens(2 configured)"));
     }
 
     #[test]
@@ -528,6 +629,14 @@ max_connections = 7
             (&["--cache-repo", "justone"], "must be owner/repo"),
             (&["--extra-ref-prefix", "pull/"], "must start with refs/"),
             (&["--log-format", "xml"], "unknown log format"),
+            (
+                &["--admin-listen", "127.0.0.1:9091"],
+                "needs at least one --admin-token",
+            ),
+            (
+                &["--admin-token", "t", "--admin-listen", "x"],
+                "invalid admin listen address",
+            ),
         ] {
             let err = parse(args).unwrap_err();
             assert!(format!("{err:#}").contains(message), "{args:?}: {err:#}");

@@ -3,8 +3,12 @@
 
 mod config;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use clap::Parser;
+use gitcache_http::catalog::Catalog;
+use gitcache_http::{Face, Services};
 
 use config::{Config, Flags, LogFormat};
 
@@ -44,23 +48,86 @@ fn init_tracing(config: &Config) {
 fn main() -> Result<()> {
     let config = Config::load(Flags::parse())?;
     init_tracing(&config);
-    let proxy = gitcache_http::Proxy::new(config.proxy).context("invalid configuration")?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(gitcache_http::metrics::BUCKETS)
+        .context("metric buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let options = gitcache_http::ServeOptions {
         grace_period: config.shutdown_grace,
+        face: if config.admin_listen.is_some() {
+            Face::Git
+        } else {
+            Face::All
+        },
+        upkeep: true,
     };
-    let listen = config.listen;
+    let (listen, admin_listen) = (config.listen, config.admin_listen);
     runtime.block_on(async move {
+        std::fs::create_dir_all(&config.proxy.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.proxy.data_dir.display()
+            )
+        })?;
+        let catalog = Catalog::open(&config.database)
+            .await
+            .context("cannot open the catalog")?;
+        tracing::info!(backend = catalog.backend(), records = catalog.records().len(), "catalog open");
+        let services = Services {
+            catalog: Some(Arc::new(catalog)),
+            prometheus: Some(prometheus),
+        };
+        let proxy = gitcache_http::Proxy::with_services(config.proxy, services)
+            .context("invalid configuration")?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let admin_listener = match admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (admin)"))?,
+            ),
+            None => None,
+        };
         let addr = listener.local_addr()?;
         tracing::info!(%addr, upstream = %proxy.config().upstream, data_dir = %proxy.config().data_dir.display(), "gitcache listening");
-        // Also on stderr as a plain line, whatever the log format: scripts wait for it.
+        // Also on stderr as plain lines, whatever the log format: scripts wait for them.
         eprintln!("gitcache listening on http://{addr}");
-        gitcache_http::serve_with(listener, proxy, shutdown_signal(), options).await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let admin = admin_listener.map(|listener| {
+            let admin_addr = listener.local_addr().ok();
+            if let Some(admin_addr) = admin_addr {
+                tracing::info!(addr = %admin_addr, "admin listening");
+                eprintln!("gitcache admin listening on http://{admin_addr}");
+            }
+            let admin_options = gitcache_http::ServeOptions {
+                face: Face::Admin,
+                upkeep: false,
+                ..options.clone()
+            };
+            tokio::spawn(gitcache_http::serve_with(
+                listener,
+                Arc::clone(&proxy),
+                wait(stopped.clone()),
+                admin_options,
+            ))
+        });
+        gitcache_http::serve_with(listener, proxy, wait(stopped), options).await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         anyhow::Ok(())
     })?;
     // Blocking work still running after the grace period is abandoned, not waited for.

@@ -123,6 +123,15 @@ impl Drop for PendingEntry {
     }
 }
 
+/// What a cleanup did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Eviction {
+    /// What it removed, by repository folder (only those it removed from).
+    pub evicted: Vec<Evicted>,
+    /// Bytes every repository folder holds afterwards (entries only).
+    pub sizes: Vec<(PathBuf, u64)>,
+}
+
 /// What a cleanup removed from one repository's folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evicted {
@@ -249,13 +258,14 @@ impl ResponseStore {
         Ok(out)
     }
 
-    /// Evict least recently used entries until each repository holds at most `per_repo`
-    /// bytes and the store at most `total` bytes. Entries being written are left alone.
+    /// Evict least recently used entries until each repository holds at most
+    /// `per_repo(repo folder)` bytes and the store at most `total` bytes. Entries being
+    /// written are left alone.
     pub fn evict(
         &self,
-        per_repo: Option<u64>,
+        per_repo: impl Fn(&Path) -> Option<u64>,
         total: Option<u64>,
-    ) -> std::io::Result<Vec<Evicted>> {
+    ) -> std::io::Result<Eviction> {
         let mut all: Vec<(PathBuf, PathBuf, u64, SystemTime)> = Vec::new();
         let mut evicted: Vec<Evicted> = Vec::new();
         let mut note = |repo: &Path, bytes: u64| match evicted.iter_mut().find(|e| e.repo == repo) {
@@ -274,9 +284,10 @@ impl ResponseStore {
             // Oldest first.
             files.sort_by_key(|f| f.2);
             let mut size: u64 = files.iter().map(|f| f.1).sum();
+            let limit = per_repo(&repo);
             let mut kept = Vec::new();
             for (path, len, used) in files {
-                if per_repo.is_some_and(|limit| size > limit) {
+                if limit.is_some_and(|limit| size > limit) {
                     std::fs::remove_file(&path)?;
                     size -= len;
                     note(&repo, len);
@@ -289,16 +300,31 @@ impl ResponseStore {
         if let Some(limit) = total {
             all.sort_by_key(|f| f.3);
             let mut size: u64 = all.iter().map(|f| f.2).sum();
-            for (repo, path, len, _) in all {
+            let mut removed = 0;
+            for (repo, path, len, _) in &all {
                 if size <= limit {
                     break;
                 }
-                std::fs::remove_file(&path)?;
+                std::fs::remove_file(path)?;
                 size -= len;
-                note(&repo, len);
+                note(repo, *len);
+                removed += 1;
+            }
+            all.drain(..removed);
+        }
+        let mut sizes: Vec<(PathBuf, u64)> = Vec::new();
+        for (repo, _, len, _) in &all {
+            match sizes.iter_mut().find(|(r, _)| r == repo) {
+                Some((_, size)) => *size += len,
+                None => sizes.push((repo.clone(), *len)),
             }
         }
-        Ok(evicted)
+        for e in &evicted {
+            if !sizes.iter().any(|(r, _)| *r == e.repo) {
+                sizes.push((e.repo.clone(), 0));
+            }
+        }
+        Ok(Eviction { evicted, sizes })
     }
 }
 
@@ -391,8 +417,9 @@ mod tests {
         // "a" is the oldest, but a hit makes it the most recent.
         assert!(read(&store, "one", "a").is_some());
         let entry = 100 + TRAILER;
-        let evicted = store.evict(Some(2 * entry), None).unwrap();
-        assert_eq!(evicted[0].entries, 2);
+        let eviction = store.evict(|_| Some(2 * entry), None).unwrap();
+        assert_eq!(eviction.evicted[0].entries, 2);
+        assert_eq!(eviction.sizes, vec![(PathBuf::from("one"), 2 * entry)]);
         assert!(read(&store, "one", "a").is_some());
         assert!(read(&store, "one", "d").is_some());
         assert!(read(&store, "one", "b").is_none() && read(&store, "one", "c").is_none());
@@ -401,8 +428,18 @@ mod tests {
         // The total cap across repositories, oldest first.
         std::thread::sleep(Duration::from_millis(20));
         put(&store, "two", "e", &[0u8; 100]);
-        let evicted = store.evict(None, Some(2 * entry)).unwrap();
-        assert_eq!(evicted.iter().map(|e| e.entries).sum::<usize>(), 1);
+        let eviction = store.evict(|_| None, Some(2 * entry)).unwrap();
+        assert_eq!(eviction.evicted.iter().map(|e| e.entries).sum::<usize>(), 1);
         assert!(read(&store, "two", "e").is_some());
+
+        // Limits per repository: "two" may hold nothing, "one" is left as it is.
+        let eviction = store
+            .evict(|repo| (repo == Path::new("two")).then_some(0), None)
+            .unwrap();
+        assert_eq!(eviction.evicted.len(), 1);
+        assert_eq!(eviction.evicted[0].repo, PathBuf::from("two"));
+        assert!(read(&store, "two", "e").is_none());
+        assert!(eviction.sizes.contains(&(PathBuf::from("two"), 0)));
+        assert!(read(&store, "one", "d").is_some());
     }
 }

@@ -45,6 +45,12 @@ impl Gitcache {
             .arg("--data-dir")
             .arg(data.path())
             .args(["--log-level", "debug"])
+            // Plain lines unless the test asks for another format.
+            .args(if extra.contains(&"--log-format") {
+                &[][..]
+            } else {
+                &["--log-format", "plain"][..]
+            })
             .args(extra)
             .env_remove("GITCACHE_CONFIG")
             .stderr(Stdio::piped())

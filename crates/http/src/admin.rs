@@ -1,0 +1,578 @@
+//! The admin API (`/api/cached-repos`, JSON, bearer tokens), its OpenAPI document and the
+//! admin page (`/admin`).
+//!
+//! Off (404) unless the proxy has a catalog and at least one admin token. Tokens are held as
+//! hashes and compared in constant time: no token is a 401, a wrong one a 403.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gitcache_catalog::{Changes, NewRepo, Record};
+use gitcache_mirror::registry::MirrorKey;
+use http_body_util::BodyExt;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::Proxy;
+use crate::body::Body;
+
+/// The OpenAPI document served at `/api/openapi.json`.
+pub(crate) const OPENAPI: &str = include_str!("admin/openapi.json");
+/// The admin page.
+const PAGE: &str = include_str!("admin/page.html");
+/// The largest admin request body read.
+const MAX_BODY: usize = 64 << 10;
+
+/// Every API route, as the OpenAPI document names it; the router below answers exactly
+/// these (a test holds the two together).
+pub(crate) const ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/cached-repos"),
+    ("post", "/api/cached-repos"),
+    ("get", "/api/cached-repos/{id}"),
+    ("patch", "/api/cached-repos/{id}"),
+    ("delete", "/api/cached-repos/{id}"),
+    ("get", "/api/openapi.json"),
+];
+
+/// Whether `path` belongs to the admin side. Only exact shapes, so that no repository path
+/// (`/api/<repo>/info/refs`, owner `admin`) is taken.
+pub(crate) fn is_admin_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/admin" | "/admin/" | "/api/cached-repos" | "/api/openapi.json"
+    ) || path
+        .strip_prefix("/api/cached-repos/")
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// An admin request that cannot be done, as a JSON answer.
+#[derive(Debug)]
+pub(crate) struct AdminError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl AdminError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        AdminError {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn field(status: StatusCode, field: &str, message: impl Into<String>) -> Self {
+        AdminError {
+            status,
+            message: format!("{field}: {}", message.into()),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    /// The one place admin errors become responses.
+    fn into_response(self) -> Response<Body> {
+        let mut response = json_response(
+            self.status,
+            &json!({ "error": self.message, "field": self.field }),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"gitcache admin\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<gitcache_catalog::Error> for AdminError {
+    fn from(err: gitcache_catalog::Error) -> Self {
+        use gitcache_catalog::Error as E;
+        match err {
+            E::Invalid(invalid) => AdminError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                invalid.field,
+                invalid.reason,
+            ),
+            E::Duplicate(_) => AdminError::new(StatusCode::CONFLICT, err.to_string()),
+            E::NotFound(_) => AdminError::new(StatusCode::NOT_FOUND, err.to_string()),
+            other => {
+                tracing::error!(err = %other, "catalog request failed");
+                AdminError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
+            }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(Body::full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+impl Proxy {
+    /// Answer an admin request (`is_admin_path` said it is one).
+    pub(crate) async fn admin<B>(
+        self: &Arc<Self>,
+        parts: hyper::http::request::Parts,
+        body: B,
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(catalog) = self
+            .catalog()
+            .filter(|_| !self.config().admin_tokens.is_empty())
+        else {
+            return AdminError::new(StatusCode::NOT_FOUND, "the admin API is off").into_response();
+        };
+        let path = parts.uri.path();
+        if path == "/admin" || path == "/admin/" {
+            if parts.method != Method::GET {
+                return AdminError::new(StatusCode::METHOD_NOT_ALLOWED, "GET only").into_response();
+            }
+            let mut response = Response::new(Body::full(PAGE));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                ),
+            );
+            return response;
+        }
+        if path == "/api/openapi.json" {
+            if parts.method != Method::GET {
+                return AdminError::new(StatusCode::METHOD_NOT_ALLOWED, "GET only").into_response();
+            }
+            let mut response = Response::new(Body::full(OPENAPI));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return response;
+        }
+        if let Err(err) = self.authorize(&parts.headers) {
+            return err.into_response();
+        }
+        let id = path
+            .strip_prefix("/api/cached-repos/")
+            .map(|id| id.parse::<i64>());
+        let result = match (&parts.method, id) {
+            (_, Some(Err(_))) => Err(AdminError::new(
+                StatusCode::NOT_FOUND,
+                "no cached repository with that id",
+            )),
+            (&Method::GET, None) => self.list(catalog).await,
+            (&Method::POST, None) => match read_json(body).await {
+                Ok(value) => self.create(catalog, value).await,
+                Err(err) => Err(err),
+            },
+            (&Method::GET, Some(Ok(id))) => catalog
+                .get(id)
+                .await
+                .map_err(AdminError::from)
+                .map(|r| json_response(StatusCode::OK, &self.view(&r))),
+            (&Method::PATCH, Some(Ok(id))) => match read_json(body).await {
+                Ok(value) => self.patch(catalog, id, value).await,
+                Err(err) => Err(err),
+            },
+            (&Method::DELETE, Some(Ok(id))) => match catalog.delete(id).await {
+                Ok(record) => {
+                    tracing::info!(id, repo = %record.full_name(), host = %record.host, "cached repository removed");
+                    let mut response = Response::new(Body::empty());
+                    *response.status_mut() = StatusCode::NO_CONTENT;
+                    Ok(response)
+                }
+                Err(err) => Err(err.into()),
+            },
+            (_, id) => {
+                let pattern = if id.is_some() {
+                    "/api/cached-repos/{id}"
+                } else {
+                    "/api/cached-repos"
+                };
+                let allowed = ROUTES
+                    .iter()
+                    .filter(|(_, p)| *p == pattern)
+                    .map(|(m, _)| m.to_ascii_uppercase())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut response = AdminError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{} is not allowed here ({allowed})", parts.method),
+                )
+                .into_response();
+                if let Ok(value) = HeaderValue::from_str(&allowed) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+                Ok(response)
+            }
+        };
+        result.unwrap_or_else(AdminError::into_response)
+    }
+
+    fn authorize(&self, headers: &hyper::HeaderMap) -> Result<(), AdminError> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(AdminError::new(
+                StatusCode::UNAUTHORIZED,
+                "an admin token is needed (Authorization: Bearer <token>)",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        match token {
+            Some(token) if self.config().admin_tokens.accepts(token) => Ok(()),
+            Some(_) => Err(AdminError::new(
+                StatusCode::FORBIDDEN,
+                "this token may not use the admin API",
+            )),
+            None => Err(AdminError::new(
+                StatusCode::UNAUTHORIZED,
+                "the Authorization header must be a bearer token",
+            )),
+        }
+    }
+
+    async fn list(
+        &self,
+        catalog: &gitcache_catalog::Catalog,
+    ) -> Result<Response<Body>, AdminError> {
+        let records = catalog.list().await?;
+        let views: Vec<Value> = records.iter().map(|r| self.view(r)).collect();
+        Ok(json_response(StatusCode::OK, &Value::Array(views)))
+    }
+
+    async fn create(
+        &self,
+        catalog: &gitcache_catalog::Catalog,
+        value: Value,
+    ) -> Result<Response<Body>, AdminError> {
+        let mut fields = object(value)?;
+        only_fields(
+            &fields,
+            &[
+                "host",
+                "owner",
+                "name",
+                "enabled",
+                "timeout_seconds",
+                "max_cache_size_mb",
+            ],
+        )?;
+        let host = match fields.remove("host") {
+            None | Some(Value::Null) => self.default_host().to_owned(),
+            Some(Value::String(host)) => {
+                let known = host.eq_ignore_ascii_case(self.default_host())
+                    || self
+                        .host_names()
+                        .iter()
+                        .any(|h| h.eq_ignore_ascii_case(&host));
+                if !known {
+                    return Err(AdminError::field(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "host",
+                        format!(
+                            "'{host}' is not an upstream gitcache knows ({})",
+                            std::iter::once(self.default_host())
+                                .chain(self.host_names().iter().map(String::as_str))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                host
+            }
+            Some(_) => return Err(wrong_type("host", "a string")),
+        };
+        let mut new = NewRepo::new(
+            &host,
+            &required_string(&mut fields, "owner")?,
+            &required_string(&mut fields, "name")?,
+        );
+        if let Some(enabled) = optional_bool(&mut fields, "enabled")? {
+            new.enabled = enabled;
+        }
+        if let Some(timeout) = optional_u32(&mut fields, "timeout_seconds")? {
+            new.timeout_seconds = timeout;
+        }
+        new.max_cache_size_mb = optional_size(&mut fields, "max_cache_size_mb")?;
+        let record = catalog.create(&new).await?;
+        tracing::info!(id = record.id, repo = %record.full_name(), host = %record.host, "cached repository added");
+        let mut response = json_response(StatusCode::CREATED, &self.view(&record));
+        if let Ok(location) = HeaderValue::from_str(&format!("/api/cached-repos/{}", record.id)) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Ok(response)
+    }
+
+    async fn patch(
+        &self,
+        catalog: &gitcache_catalog::Catalog,
+        id: i64,
+        value: Value,
+    ) -> Result<Response<Body>, AdminError> {
+        let mut fields = object(value)?;
+        for fixed in ["host", "owner", "name", "id", "created_at", "updated_at"] {
+            if fields.contains_key(fixed) {
+                return Err(AdminError::field(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    fixed,
+                    "cannot be changed (remove the repository and add it again)",
+                ));
+            }
+        }
+        only_fields(
+            &fields,
+            &["enabled", "timeout_seconds", "max_cache_size_mb"],
+        )?;
+        let changes = Changes {
+            enabled: optional_bool(&mut fields, "enabled")?,
+            timeout_seconds: optional_u32(&mut fields, "timeout_seconds")?,
+            // `0` and `null` both clear the limit.
+            max_cache_size_mb: match fields.get("max_cache_size_mb") {
+                None => None,
+                Some(Value::Null) => Some(0),
+                Some(_) => optional_size(&mut fields, "max_cache_size_mb")?.or(Some(0)),
+            },
+        };
+        let record = catalog.update(id, &changes).await?;
+        tracing::info!(id, repo = %record.full_name(), enabled = record.enabled, timeout_seconds = record.timeout_seconds, max_cache_size_mb = ?record.max_cache_size_mb, "cached repository changed");
+        Ok(json_response(StatusCode::OK, &self.view(&record)))
+    }
+
+    /// A record as the API shows it: its fields and what the proxy knows of it.
+    fn view(&self, record: &Record) -> Value {
+        let mut value = serde_json::to_value(record).unwrap_or_default();
+        let key = MirrorKey::new(&record.host, &record.owner, &record.name).ok();
+        let stats = key.as_ref().map(|k| self.repo_stats(k)).unwrap_or_default();
+        let mirror_bytes = key
+            .as_ref()
+            .and_then(|k| self.registry().existing(k))
+            .and_then(|m| gitcache_storage::fs::tree_size(m.git_dir()).ok());
+        let (cache_bytes, cache_limit) = match (&key, self.response_cache()) {
+            (Some(k), Some(cache)) => (
+                Some(cache.repo_size(&k.relative_path())),
+                self.response_limit(k),
+            ),
+            _ => (None, None),
+        };
+        let fetches = stats.hits + stats.misses;
+        let when = |t: i64| gitcache_catalog::record::rfc3339(t);
+        value["status"] = json!({
+            "mirror_bytes": mirror_bytes,
+            "response_cache_bytes": cache_bytes,
+            "response_cache_limit_bytes": cache_limit,
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "hit_rate": (fetches > 0).then(|| stats.hits as f64 / fetches as f64),
+            "last_refresh": stats.last_refresh.map(|(t, _)| when(t)),
+            "last_refresh_ok": stats.last_refresh.map(|(_, ok)| ok),
+            "last_error": stats.last_error.as_ref().map(|(_, e)| e.clone()),
+            "last_error_at": stats.last_error.as_ref().map(|(t, _)| when(*t)),
+        });
+        value
+    }
+}
+
+async fn read_json<B>(body: B) -> Result<Value, AdminError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let bytes = http_body_util::Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|err| {
+            AdminError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body (at most {MAX_BODY} bytes): {err}"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|err| {
+        AdminError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid JSON: {err}"),
+        )
+    })
+}
+
+fn object(value: Value) -> Result<Map<String, Value>, AdminError> {
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(AdminError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        )),
+    }
+}
+
+fn only_fields(fields: &Map<String, Value>, allowed: &[&str]) -> Result<(), AdminError> {
+    match fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(AdminError::field(
+            StatusCode::BAD_REQUEST,
+            unknown,
+            format!("unknown field (known: {})", allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn wrong_type(field: &str, expected: &str) -> AdminError {
+    AdminError::field(
+        StatusCode::BAD_REQUEST,
+        field,
+        format!("must be {expected}"),
+    )
+}
+
+fn required_string(fields: &mut Map<String, Value>, field: &str) -> Result<String, AdminError> {
+    match fields.remove(field) {
+        Some(Value::String(s)) => Ok(s),
+        None | Some(Value::Null) => Err(AdminError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            field,
+            "is required",
+        )),
+        Some(_) => Err(wrong_type(field, "a string")),
+    }
+}
+
+fn optional_bool(fields: &mut Map<String, Value>, field: &str) -> Result<Option<bool>, AdminError> {
+    match fields.remove(field) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(_) => Err(wrong_type(field, "true or false")),
+    }
+}
+
+fn optional_u32(fields: &mut Map<String, Value>, field: &str) -> Result<Option<u32>, AdminError> {
+    match fields.remove(field) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            // Out-of-range values go on to the catalog's own range check.
+            Some(v) => Ok(Some(
+                u32::try_from(v.clamp(0, i64::from(u32::MAX))).unwrap_or(0),
+            )),
+            None => Err(wrong_type(field, "a whole number")),
+        },
+        Some(_) => Err(wrong_type(field, "a whole number")),
+    }
+}
+
+/// A size in MiB: a whole number, 0 or more, or `null` (no limit).
+fn optional_size(fields: &mut Map<String, Value>, field: &str) -> Result<Option<u64>, AdminError> {
+    match fields.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, Some(_)) => Err(AdminError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                field,
+                "must be 0 (no limit) or more",
+            )),
+            _ => Err(wrong_type(field, "a whole number of MiB")),
+        },
+        Some(_) => Err(wrong_type(field, "a whole number of MiB")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_paths_never_take_repository_paths() {
+        for path in [
+            "/admin",
+            "/admin/",
+            "/api/cached-repos",
+            "/api/cached-repos/12",
+            "/api/openapi.json",
+        ] {
+            assert!(is_admin_path(path), "{path}");
+        }
+        for path in [
+            "/api/cached-repos/info/refs",
+            "/api/cached-repos.git/info/refs",
+            "/api/cached-repos/git-upload-pack",
+            "/admin/widgets/info/refs",
+            "/api/cached-repos/",
+            "/api/cached-repos/1x",
+        ] {
+            assert!(!is_admin_path(path), "{path}");
+        }
+    }
+
+    /// The OpenAPI document names exactly the routes the router answers, and its record
+    /// schema exactly the fields a record is shown with.
+    #[test]
+    fn openapi_matches_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "post", "patch", "put", "delete"].contains(&method.as_str()) {
+                    documented.push((method.clone(), path.clone()));
+                }
+            }
+        }
+        let mut routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        documented.sort();
+        routes.sort();
+        assert_eq!(documented, routes);
+        for (_, path) in &routes {
+            let concrete = path.replace("{id}", "7");
+            assert!(is_admin_path(&concrete), "{concrete} is not routed");
+        }
+
+        let record = Record {
+            id: 1,
+            host: "h".into(),
+            owner: "o".into(),
+            name: "n".into(),
+            enabled: true,
+            timeout_seconds: 30,
+            max_cache_size_mb: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let mut shown: Vec<String> = serde_json::to_value(&record)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        shown.push("status".into());
+        shown.sort();
+        let schema = &doc["components"]["schemas"]["CachedRepo"]["properties"];
+        let mut documented: Vec<String> = schema.as_object().unwrap().keys().cloned().collect();
+        documented.sort();
+        assert_eq!(shown, documented);
+    }
+}

@@ -1,0 +1,208 @@
+//! The metrics gitcache-http keeps, through the `metrics` facade: the server installs a
+//! Prometheus recorder and hands its handle to the proxy, which serves `/metrics`. Without a
+//! recorder every update is a no-op.
+//!
+//! Labels that come from request paths (`owner`, `repo`) are bounded: the first
+//! [`MAX_REPO_LABELS`] repositories seen get their own series, later ones share
+//! `owner="_other", repo="_other"`, so hostile paths cannot grow the series without end.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+/// Repositories with series of their own.
+pub const MAX_REPO_LABELS: usize = 2000;
+
+pub(crate) const FETCH: &str = "gitcache_cache_fetch_total";
+pub(crate) const LS_REFS: &str = "gitcache_cache_lsrefs_total";
+pub(crate) const WARM: &str = "gitcache_cache_warm_total";
+pub(crate) const REPOS_ACTIVE: &str = "gitcache_cache_repos_active";
+pub(crate) const REQUESTS: &str = "gitcache_cache_request_total";
+pub(crate) const EVICTIONS: &str = "gitcache_cache_eviction_total";
+pub(crate) const RESPONSE_SIZE: &str = "gitcache_cache_response_size_bytes";
+pub(crate) const DECISION: &str = "gitcache_proxy_decision_duration_seconds";
+pub(crate) const UPSTREAM: &str = "gitcache_upstream_request_duration_seconds";
+pub(crate) const PACK_BYTES: &str = "gitcache_pack_sent_bytes_total";
+pub(crate) const PACK_SECONDS: &str = "gitcache_pack_generation_duration_seconds";
+pub(crate) const IN_FLIGHT: &str = "gitcache_http_requests_in_flight";
+pub(crate) const REFRESH: &str = "gitcache_mirror_refresh_duration_seconds";
+pub(crate) const BUILD_INFO: &str = "gitcache_build_info";
+
+/// Histogram buckets suited to these metrics (sub-millisecond decisions to minutes-long
+/// refreshes), for the recorder the server installs.
+pub const BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0,
+];
+
+/// Describe every metric (help text) and set the build information; once per process.
+pub(crate) fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        describe_counter!(
+            FETCH,
+            "Protocol v2 fetch commands for cached repositories, by result (hit, miss, rejected, error)."
+        );
+        describe_counter!(
+            LS_REFS,
+            "ls-refs commands for cached repositories (always forwarded upstream)."
+        );
+        describe_counter!(
+            WARM,
+            "Background mirror refreshes started because upstream refs moved, by result."
+        );
+        describe_gauge!(REPOS_ACTIVE, "Mirrors present in the data directory.");
+        describe_counter!(
+            REQUESTS,
+            "Git requests by repository and result (hit, miss, nocache, bypass, error, rejected, passthrough)."
+        );
+        describe_counter!(
+            EVICTIONS,
+            "Stored responses evicted to keep a repository or the cache under its limit."
+        );
+        describe_gauge!(
+            RESPONSE_SIZE,
+            metrics::Unit::Bytes,
+            "Bytes of stored responses per repository, as of the last cleanup."
+        );
+        describe_histogram!(
+            DECISION,
+            metrics::Unit::Seconds,
+            "Time the proxy spends deciding how to answer, by stage (cache_lookup, access, mirror_lookup)."
+        );
+        describe_histogram!(
+            UPSTREAM,
+            metrics::Unit::Seconds,
+            "Upstream requests until their response headers, by kind (verify, ls_refs, forward) and status."
+        );
+        describe_counter!(
+            PACK_BYTES,
+            metrics::Unit::Bytes,
+            "Bytes of fetch responses sent to clients from mirrors and stored responses."
+        );
+        describe_histogram!(
+            PACK_SECONDS,
+            metrics::Unit::Seconds,
+            "Time to plan and write one fetch response from a mirror."
+        );
+        describe_gauge!(IN_FLIGHT, "HTTP requests being answered.");
+        describe_histogram!(
+            REFRESH,
+            metrics::Unit::Seconds,
+            "Mirror refreshes from upstream (fetch and, when due, consolidation), by result."
+        );
+        describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
+        gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    });
+}
+
+/// The `owner`/`repo` label values for a repository, bounded in number.
+#[derive(Debug, Default)]
+pub(crate) struct RepoLabels {
+    seen: Mutex<HashSet<(String, String)>>,
+}
+
+impl RepoLabels {
+    pub(crate) fn get(&self, owner: &str, repo: &str) -> (String, String) {
+        let key = (owner.to_ascii_lowercase(), repo.to_ascii_lowercase());
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&key) {
+            return key;
+        }
+        if seen.len() < MAX_REPO_LABELS {
+            seen.insert(key.clone());
+            return key;
+        }
+        ("_other".to_owned(), "_other".to_owned())
+    }
+}
+
+pub(crate) fn request(labels: (String, String), result: &'static str) {
+    counter!(REQUESTS, "owner" => labels.0, "repo" => labels.1, "result" => result).increment(1);
+}
+
+pub(crate) fn fetch(result: &'static str) {
+    counter!(FETCH, "result" => result).increment(1);
+}
+
+pub(crate) fn ls_refs() {
+    counter!(LS_REFS).increment(1);
+}
+
+pub(crate) fn warm(result: &'static str) {
+    counter!(WARM, "result" => result).increment(1);
+}
+
+pub(crate) fn decision(stage: &'static str, took: Duration) {
+    histogram!(DECISION, "stage" => stage).record(took.as_secs_f64());
+}
+
+pub(crate) fn upstream(kind: &'static str, status: u16, took: Duration) {
+    histogram!(UPSTREAM, "kind" => kind, "status" => status.to_string()).record(took.as_secs_f64());
+}
+
+pub(crate) fn pack_sent(bytes: u64) {
+    counter!(PACK_BYTES).increment(bytes);
+}
+
+pub(crate) fn pack_generated(took: Duration) {
+    histogram!(PACK_SECONDS).record(took.as_secs_f64());
+}
+
+pub(crate) fn refresh(result: &'static str, took: Duration) {
+    histogram!(REFRESH, "result" => result).record(took.as_secs_f64());
+}
+
+pub(crate) fn repos_active(count: usize) {
+    gauge!(REPOS_ACTIVE).set(count as f64);
+}
+
+pub(crate) fn evicted(labels: (String, String), entries: usize) {
+    counter!(EVICTIONS, "owner" => labels.0, "repo" => labels.1).increment(entries as u64);
+}
+
+pub(crate) fn response_size(labels: (String, String), bytes: u64) {
+    gauge!(RESPONSE_SIZE, "owner" => labels.0, "repo" => labels.1).set(bytes as f64);
+}
+
+/// Counts a request as in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(());
+
+impl InFlight {
+    pub(crate) fn start() -> Self {
+        gauge!(IN_FLIGHT).increment(1.0);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_labels_are_bounded() {
+        let labels = RepoLabels::default();
+        assert_eq!(
+            labels.get("Acme", "Widgets"),
+            ("acme".to_owned(), "widgets".to_owned())
+        );
+        for i in 1..MAX_REPO_LABELS {
+            labels.get("o", &format!("r{i}"));
+        }
+        assert_eq!(
+            labels.get("late", "comer"),
+            ("_other".to_owned(), "_other".to_owned())
+        );
+        // Those seen before the bound keep their own series.
+        assert_eq!(labels.get("acme", "widgets").1, "widgets");
+    }
+}
