@@ -1,0 +1,603 @@
+//! The admin API, the catalog behind it, and `/metrics`, through the real binary: records
+//! decide what is cached, tokens guard the API, and every clone shows in the metrics.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Answer, Gitcache, fetch_body, http};
+use gitcache_testkit::git::{GitClient, git_stdout};
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, Upstream};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "admin-secret-1";
+
+fn upstream_with(names: &[&str], spec: fn(u64) -> RepoSpec) -> Upstream {
+    let upstream = Upstream::start().unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let source = upstream.repo_path(name);
+        repo::generate(&source, &spec(900 + i as u64)).unwrap();
+        upstream.adopt_repo(name, Access::Public).unwrap();
+    }
+    upstream
+}
+
+fn api(cache: &Gitcache, method: &str, path: &str, body: Option<Value>) -> (u16, Value, Answer) {
+    api_at(&cache.addr, method, path, body, Some(TOKEN))
+}
+
+fn api_at(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (u16, Value, Answer) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let answer = http(addr, method, path, &headers, body.as_bytes());
+    let content = answer.content();
+    let value = if content.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&content)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", answer.body_text()))
+    };
+    (answer.status, value, answer)
+}
+
+fn metrics(addr: &str) -> String {
+    let answer = http(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    String::from_utf8(answer.content()).unwrap()
+}
+
+/// The value of the series `name{labels}` (labels as rendered, in order), or 0.
+fn series(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == name_and_labels).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+fn clone(git: &GitClient, cache: &Gitcache, name: &str, into: &str) -> std::path::PathBuf {
+    git.run(git.home(), &["clone", "-q", &cache.url(name), into])
+        .unwrap()
+        .expect_success();
+    git.home().join(into)
+}
+
+#[test]
+fn without_a_token_the_admin_side_is_off() {
+    let upstream = upstream_with(&[], RepoSpec::tiny);
+    let cache = Gitcache::start(&upstream, &[]);
+    for path in ["/api/cached-repos", "/admin", "/api/openapi.json"] {
+        let answer = http(&cache.addr, "GET", path, &[], b"");
+        assert_eq!(answer.status, 404, "{path}: {}", answer.body_text());
+    }
+    // Metrics need no token.
+    assert!(metrics(&cache.addr).contains("gitcache_build_info{version="));
+}
+
+#[test]
+fn tokens_guard_the_api() {
+    let upstream = upstream_with(&[], RepoSpec::tiny);
+    let cache = Gitcache::start(&upstream, &["--admin-token", TOKEN]);
+    let (status, body, answer) = api_at(&cache.addr, "GET", "/api/cached-repos", None, None);
+    assert_eq!(status, 401);
+    assert!(body["error"].as_str().unwrap().contains("admin token"));
+    assert!(
+        answer
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let (status, ..) = api_at(
+        &cache.addr,
+        "GET",
+        "/api/cached-repos",
+        None,
+        Some("admin-secret-2"),
+    );
+    assert_eq!(status, 403);
+    let answer = http(
+        &cache.addr,
+        "GET",
+        "/api/cached-repos",
+        &[("Authorization", &common::basic(TOKEN))],
+        b"",
+    );
+    assert_eq!(answer.status, 401, "a bearer token is needed, not Basic");
+    let (status, body, _) = api(&cache, "GET", "/api/cached-repos", None);
+    assert_eq!((status, body), (200, json!([])));
+    // The token never reaches the log.
+    assert!(!cache.log().contains(TOKEN));
+}
+
+#[test]
+fn records_are_added_listed_changed_and_removed_with_clear_errors() {
+    let upstream = upstream_with(&[], RepoSpec::tiny);
+    let cache = Gitcache::start(&upstream, &["--admin-token", TOKEN]);
+    let host = upstream.addr().to_string();
+
+    let (status, created, answer) = api(
+        &cache,
+        "POST",
+        "/api/cached-repos",
+        Some(json!({"owner": "Acme", "name": "Widgets.git", "timeout_seconds": 45})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    assert_eq!(
+        answer.header("location").unwrap(),
+        format!("/api/cached-repos/{id}")
+    );
+    assert_eq!(created["host"], json!(host), "default upstream's host");
+    assert_eq!(created["owner"], "acme");
+    assert_eq!(created["name"], "widgets");
+    assert_eq!(created["enabled"], true);
+    assert_eq!(created["timeout_seconds"], 45);
+    assert_eq!(created["max_cache_size_mb"], Value::Null);
+    assert!(created["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(created["status"]["hits"], 0);
+    assert_eq!(created["status"]["mirror_bytes"], Value::Null);
+
+    // Duplicates, bad types, bad values, unknown fields.
+    for (body, status, field) in [
+        (json!({"owner": "acme", "name": "widgets"}), 409, None),
+        (json!({"owner": "acme"}), 422, Some("name")),
+        (json!({"owner": "acme", "name": 7}), 400, Some("name")),
+        (
+            json!({"owner": "acme", "name": "x", "timeout_seconds": 0}),
+            422,
+            Some("timeout_seconds"),
+        ),
+        (
+            json!({"owner": "acme", "name": "x", "timeout_seconds": "5"}),
+            400,
+            Some("timeout_seconds"),
+        ),
+        (
+            json!({"owner": "acme", "name": "x", "max_cache_size_mb": -1}),
+            422,
+            Some("max_cache_size_mb"),
+        ),
+        (json!({"owner": "a/b", "name": "x"}), 422, Some("owner")),
+        (
+            json!({"host": "evil.example", "owner": "a", "name": "x"}),
+            422,
+            Some("host"),
+        ),
+        (
+            json!({"owner": "a", "name": "x", "colour": "red"}),
+            400,
+            Some("colour"),
+        ),
+        (json!(["not", "an", "object"]), 400, None),
+    ] {
+        let (got, error, _) = api(&cache, "POST", "/api/cached-repos", Some(body.clone()));
+        assert_eq!(got, status, "{body}: {error}");
+        assert!(error["error"].is_string(), "{error}");
+        assert_eq!(error["field"].as_str(), field, "{body}: {error}");
+    }
+    let answer = http(
+        &cache.addr,
+        "POST",
+        "/api/cached-repos",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        b"{not json",
+    );
+    assert_eq!(answer.status, 400);
+
+    let (status, listed, _) = api(&cache, "GET", "/api/cached-repos", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "nothing refused was added"
+    );
+
+    let path = format!("/api/cached-repos/{id}");
+    let (status, changed, _) = api(
+        &cache,
+        "PATCH",
+        &path,
+        Some(json!({"timeout_seconds": 120, "max_cache_size_mb": 64, "enabled": false})),
+    );
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["timeout_seconds"], 120);
+    assert_eq!(changed["max_cache_size_mb"], 64);
+    assert_eq!(changed["enabled"], false);
+    assert_eq!(
+        changed["status"]["response_cache_limit_bytes"],
+        64 * 1024 * 1024
+    );
+    let (_, cleared, _) = api(
+        &cache,
+        "PATCH",
+        &path,
+        Some(json!({"max_cache_size_mb": 0})),
+    );
+    assert_eq!(cleared["max_cache_size_mb"], Value::Null);
+    assert_eq!(cleared["timeout_seconds"], 120, "untouched");
+    for (body, status, field) in [
+        (json!({"timeout_seconds": 4000}), 422, "timeout_seconds"),
+        (json!({"name": "other"}), 422, "name"),
+        (json!({"enabled": "yes"}), 400, "enabled"),
+    ] {
+        let (got, error, _) = api(&cache, "PATCH", &path, Some(body.clone()));
+        assert_eq!(
+            (got, error["field"].as_str()),
+            (status, Some(field)),
+            "{body}"
+        );
+    }
+    let (status, got, _) = api(&cache, "GET", &path, None);
+    assert_eq!((status, &got["timeout_seconds"]), (200, &json!(120)));
+
+    let (status, _, answer) = api(&cache, "PUT", &path, Some(json!({})));
+    assert_eq!(status, 405);
+    assert_eq!(answer.header("allow").unwrap(), "GET, PATCH, DELETE");
+
+    let (status, body, _) = api(&cache, "DELETE", &path, None);
+    assert_eq!((status, body), (204, Value::Null));
+    for method in ["GET", "DELETE"] {
+        let (status, body, _) = api(&cache, method, &path, None);
+        assert_eq!(status, 404, "{method}: {body}");
+    }
+    let (status, ..) = api(&cache, "PATCH", &path, Some(json!({"enabled": true})));
+    assert_eq!(status, 404);
+    let (_, listed, _) = api(&cache, "GET", "/api/cached-repos", None);
+    assert_eq!(listed, json!([]));
+}
+
+/// The "done when" walk: a repository added through the API, cloned twice: a miss then a
+/// hit, in `/metrics` and in the access log; disabled, it passes through.
+#[test]
+fn catalog_records_choose_what_is_cached_and_clones_show_in_metrics_and_log() {
+    let upstream = upstream_with(&["acme/widgets", "acme/gadgets"], RepoSpec::tiny);
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--admin-token",
+            TOKEN,
+            "--cache-all",
+            "false",
+            "--log-format",
+            "json",
+        ],
+    );
+    let (status, created, _) = api(
+        &cache,
+        "POST",
+        "/api/cached-repos",
+        Some(json!({"owner": "acme", "name": "widgets"})),
+    );
+    assert_eq!(status, 201);
+
+    let git = GitClient::new().unwrap();
+    let one = clone(&git, &cache, "acme/widgets", "one");
+    let two = clone(&git, &cache, "acme/widgets", "two");
+    common::fsck(&one);
+    common::fsck(&two);
+    assert!(cache.mirror(&upstream, "acme/widgets").exists());
+
+    let m = metrics(&cache.addr);
+    let request = |result: &str| {
+        series(
+            &m,
+            &format!(
+                "gitcache_cache_request_total{{owner=\"acme\",repo=\"widgets\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    assert_eq!(request("miss"), 1.0, "{m}");
+    assert_eq!(request("hit"), 1.0, "{m}");
+    assert_eq!(
+        series(&m, "gitcache_cache_fetch_total{result=\"miss\"}"),
+        1.0
+    );
+    assert_eq!(
+        series(&m, "gitcache_cache_fetch_total{result=\"hit\"}"),
+        1.0
+    );
+    assert!(series(&m, "gitcache_cache_lsrefs_total") >= 2.0, "{m}");
+    assert!(series(&m, "gitcache_pack_sent_bytes_total") > 0.0);
+    assert!(m.contains("gitcache_proxy_decision_duration_seconds_bucket{stage=\"cache_lookup\""));
+    assert!(m.contains(
+        "gitcache_upstream_request_duration_seconds_count{kind=\"forward\",status=\"200\"}"
+    ));
+    assert!(
+        series(
+            &m,
+            "gitcache_mirror_refresh_duration_seconds_count{result=\"ok\"}"
+        ) >= 1.0
+    );
+    assert!(m.contains("# HELP gitcache_cache_fetch_total"));
+    assert!(m.contains("gitcache_build_info{version=\""));
+
+    // The access log says the same, one JSON object per line.
+    let log = cache.log_with("\"cache_state\":\"hit\"", 1);
+    let states: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["target"] == "gitcache::access"
+                && v["fields"]["path"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("git-upload-pack")
+        })
+        .map(|v| v["fields"]["cache_state"].as_str().unwrap_or("").to_owned())
+        .filter(|s| s == "hit" || s == "miss")
+        .collect();
+    assert_eq!(states, ["miss", "hit"], "{log}");
+
+    // The API shows what happened.
+    let path = format!("/api/cached-repos/{}", created["id"]);
+    let (_, shown, _) = api(&cache, "GET", &path, None);
+    let status = &shown["status"];
+    assert_eq!(
+        (status["hits"].as_u64(), status["misses"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(status["hit_rate"], 0.5);
+    assert_eq!(status["last_refresh_ok"], true);
+    assert!(status["mirror_bytes"].as_u64().unwrap() > 0);
+
+    // Not in the catalog, and the cache does not take all: passed through, counted apart.
+    clone(&git, &cache, "acme/gadgets", "three");
+    assert!(!cache.mirror(&upstream, "acme/gadgets").exists());
+    // Disabled: bypassed, though mirrored.
+    api(&cache, "PATCH", &path, Some(json!({"enabled": false})));
+    let fetches_before = upstream_fetches(&upstream);
+    clone(&git, &cache, "acme/widgets", "four");
+    assert!(
+        upstream_fetches(&upstream) > fetches_before,
+        "went upstream"
+    );
+    let m = metrics(&cache.addr);
+    assert!(
+        series(
+            &m,
+            "gitcache_cache_request_total{owner=\"acme\",repo=\"gadgets\",result=\"nocache\"}"
+        ) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        series(
+            &m,
+            "gitcache_cache_request_total{owner=\"acme\",repo=\"widgets\",result=\"bypass\"}"
+        ) >= 2.0,
+        "{m}"
+    );
+}
+
+fn upstream_fetches(upstream: &Upstream) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("git-upload-pack"))
+        .count()
+}
+
+#[test]
+fn a_separate_admin_address_serves_only_the_admin_side() {
+    let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
+    let cache = Gitcache::start(
+        &upstream,
+        &["--admin-token", TOKEN, "--admin-listen", "127.0.0.1:0"],
+    );
+    let log = cache.log_with("gitcache admin listening on http://", 1);
+    let admin = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("gitcache admin listening on http://"))
+        .unwrap()
+        .to_owned();
+    let (status, ..) = api_at(&admin, "GET", "/api/cached-repos", None, Some(TOKEN));
+    assert_eq!(status, 200);
+    assert!(metrics(&admin).contains("gitcache_build_info"));
+    let auth = format!("Bearer {TOKEN}");
+    let answer = http(
+        &cache.addr,
+        "GET",
+        "/api/cached-repos",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(answer.status, 404, "not on the git address");
+    assert_eq!(http(&cache.addr, "GET", "/metrics", &[], b"").status, 404);
+    // Git on the main address only.
+    let refs = "/acme/widgets.git/info/refs?service=git-upload-pack";
+    assert_eq!(http(&admin, "GET", refs, &[], b"").status, 404);
+    assert_eq!(http(&cache.addr, "GET", refs, &[], b"").status, 200);
+    assert_eq!(http(&admin, "GET", "/healthz", &[], b"").status, 200);
+}
+
+#[test]
+fn the_openapi_document_describes_what_the_api_returns() {
+    let upstream = upstream_with(&[], RepoSpec::tiny);
+    let cache = Gitcache::start(&upstream, &["--admin-token", TOKEN]);
+    let answer = http(&cache.addr, "GET", "/api/openapi.json", &[], b"");
+    assert_eq!(answer.status, 200);
+    let doc: Value = serde_json::from_slice(&answer.content()).unwrap();
+    let (_, created, _) = api(
+        &cache,
+        "POST",
+        "/api/cached-repos",
+        Some(json!({"owner": "acme", "name": "widgets"})),
+    );
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(keys(&created), keys(&schemas["CachedRepo"]["properties"]));
+    assert_eq!(
+        keys(&created["status"]),
+        keys(&schemas["Status"]["properties"])
+    );
+    let mut required: Vec<String> = schemas["Status"]["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    required.sort();
+    assert_eq!(required, keys(&created["status"]));
+}
+
+/// Issue: per-repository limits come from the catalog; eviction keeps the repository under
+/// its own limit and shows in the metrics.
+#[test]
+fn a_records_response_cache_limit_is_kept_and_evictions_are_counted() {
+    let upstream = upstream_with(&["acme/widgets"], RepoSpec::small);
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--admin-token",
+            TOKEN,
+            "--response-cache-cleanup-interval",
+            "1",
+            "--catalog-reload-interval",
+            "1",
+        ],
+    );
+    let (status, ..) = api(
+        &cache,
+        "POST",
+        "/api/cached-repos",
+        Some(json!({"owner": "acme", "name": "widgets", "max_cache_size_mb": 1})),
+    );
+    assert_eq!(status, 201);
+    let source = upstream.repo_path("acme/widgets");
+    let main = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    // A full clone's answer: over 1 MiB (the repository holds a file larger than that).
+    let body = fetch_body(&main, &["ofs-delta", "no-progress"]);
+    let answer = http(
+        &cache.addr,
+        "POST",
+        "/acme/widgets.git/git-upload-pack",
+        &[("Git-Protocol", "version=2")],
+        &body,
+    );
+    assert_eq!(answer.status, 200);
+    assert!(answer.content().len() > 1 << 20);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics(&cache.addr);
+        let evicted = series(
+            &m,
+            "gitcache_cache_eviction_total{owner=\"acme\",repo=\"widgets\"}",
+        );
+        if evicted >= 1.0 {
+            assert_eq!(
+                series(
+                    &m,
+                    "gitcache_cache_response_size_bytes{owner=\"acme\",repo=\"widgets\"}"
+                ),
+                0.0,
+                "{m}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never evicted:\n{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let responses = cache.data.path().join("responses");
+    assert_eq!(gitcache_storage_size(&responses), 0);
+}
+
+fn gitcache_storage_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+/// Two instances sharing a PostgreSQL catalog: what one adds, the other serves from its
+/// in-memory view after its next reload.
+#[test]
+fn instances_sharing_a_postgres_catalog_see_each_others_records() {
+    let Ok(server) = std::env::var("GITCACHE_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL tests: set GITCACHE_TEST_DATABASE_URL"
+        );
+        return;
+    };
+    let name = format!("gitcache_server_test_{}", std::process::id());
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        let out = std::process::Command::new("psql")
+            .args([server.as_str(), "-q", "-c", &sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+    let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
+    let flags = [
+        "--admin-token",
+        TOKEN,
+        "--cache-all",
+        "false",
+        "--database-url",
+        url.as_str(),
+        "--catalog-reload-interval",
+        "1",
+    ];
+    let first = Gitcache::start(&upstream, &flags);
+    let second = Gitcache::start(&upstream, &flags);
+    assert!(
+        first.log().contains("backend=\"postgres\"") || first.log().contains("backend=postgres")
+    );
+    let (status, ..) = api(
+        &first,
+        "POST",
+        "/api/cached-repos",
+        Some(json!({"owner": "acme", "name": "widgets"})),
+    );
+    assert_eq!(status, 201);
+    let (_, listed, _) = api(&second, "GET", "/api/cached-repos", None);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "one database");
+    // The second instance caches the repository once its view is reloaded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let git = GitClient::new().unwrap();
+    let mut n = 0;
+    while !second.mirror(&upstream, "acme/widgets").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the second instance never cached it"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        n += 1;
+        clone(&git, &second, "acme/widgets", &format!("c{n}"));
+    }
+}
