@@ -1,0 +1,108 @@
+//! The admin page in a real headless browser (Debian's Chromium driven by playwright-core,
+//! from `tests/browser`): sign in, add, edit, disable and remove a repository, checking what
+//! the page shows; the API then confirms the catalog. A screenshot is kept at
+//! `target/tmp/admin-page.png`.
+//!
+//! Needs `chromium` (or `GITCACHE_TEST_CHROMIUM`) and `npm ci` in `tests/browser`; `.ci/run`
+//! sets both up. Without them the test is skipped locally and fails under CI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Gitcache, http};
+use gitcache_testkit::git::GitClient;
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, Upstream};
+
+const TOKEN: &str = "page-test-token";
+
+fn chromium() -> Option<PathBuf> {
+    std::env::var_os("GITCACHE_TEST_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("/usr/bin/chromium")))
+        .filter(|p| p.exists())
+}
+
+#[test]
+fn the_admin_page_adds_edits_disables_and_removes_a_repository() {
+    let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let ready = script_dir.join("node_modules/playwright-core").is_dir();
+    let Some(chromium) = chromium().filter(|_| ready) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the browser test: install chromium and run npm ci in {}",
+            script_dir.display()
+        );
+        eprintln!("chromium or playwright-core missing: browser test skipped");
+        return;
+    };
+
+    let upstream = Upstream::start().unwrap();
+    for (i, name) in ["acme/widgets", "acme/gadgets"].iter().enumerate() {
+        repo::generate(&upstream.repo_path(name), &RepoSpec::tiny(950 + i as u64)).unwrap();
+        upstream.adopt_repo(name, Access::Public).unwrap();
+    }
+    let cache = Gitcache::start(&upstream, &["--admin-token", TOKEN, "--cache-all", "false"]);
+    // A repository with some history for the page to show: one miss, one hit.
+    let auth = format!("Bearer {TOKEN}");
+    let added = http(
+        &cache.addr,
+        "POST",
+        "/api/cached-repos",
+        &[("Authorization", &auth)],
+        br#"{"owner": "acme", "name": "gadgets", "max_cache_size_mb": 100}"#,
+    );
+    assert_eq!(added.status, 201, "{}", added.body_text());
+    let git = GitClient::new().unwrap();
+    for dir in ["one", "two"] {
+        git.run(
+            git.home(),
+            &["clone", "-q", &cache.url("acme/gadgets"), dir],
+        )
+        .unwrap()
+        .expect_success();
+    }
+
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let out = Command::new("node")
+        .arg(script_dir.join("admin_page.mjs"))
+        .arg(format!("http://{}", cache.addr))
+        .arg(TOKEN)
+        .arg(&screenshot)
+        .arg(&chromium)
+        .current_dir(&script_dir)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("admin page: ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&screenshot).expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+
+    // What the page did reached the catalog.
+    let listed = http(
+        &cache.addr,
+        "GET",
+        "/api/cached-repos",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&listed.content()).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gadgets"]);
+    let log = cache.log_with("cached repository removed", 1);
+    assert!(log.contains("cached repository added"));
+    assert!(log.contains("timeout_seconds=90"), "{log}");
+    assert!(log.contains("enabled=false"), "{log}");
+}
