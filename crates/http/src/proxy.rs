@@ -42,7 +42,7 @@ use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
 use crate::metrics::{self, RepoLabels};
 use crate::response_cache::{
-    Lookup, ResponseCache, ResponseCacheStats, follow, response_key, send_stored,
+    Lookup, Regenerate, ResponseCache, ResponseCacheStats, follow, response_key, send_stored,
 };
 use crate::route::{Route, Service, route};
 use crate::serve::Face;
@@ -998,7 +998,20 @@ impl Proxy {
         let (tx, rx) = mpsc::channel(4);
         let stall = self.config.limits.response_stall_timeout;
         let span = tracing::Span::current();
-        match cache.lookup(&rel, &key) {
+        let regenerate: Regenerate = {
+            let (repo, fetch) = (Arc::clone(&repo), fetch.clone());
+            let options = self.config.pack.clone();
+            let slots = Arc::clone(&self.pack_slots);
+            let runtime = tokio::runtime::Handle::current();
+            Arc::new(move |out: &mut dyn std::io::Write| {
+                let _permit = runtime.block_on(Arc::clone(&slots).acquire_owned());
+                gitcache_pack::plan(&repo, &fetch, kind, &options)
+                    .and_then(|plan| plan.write_to(out))
+                    .map(|_| ())
+                    .map_err(|err| err.wire_message())
+            })
+        };
+        match cache.lookup(&rel, &key, Arc::clone(&regenerate)) {
             Lookup::Live => return self.serve_live(repo, fetch, kind).await,
             Lookup::Stored(entry) => {
                 tracing::debug!(cache = "stored", "response");
@@ -1011,10 +1024,10 @@ impl Proxy {
                     });
                 });
             }
-            Lookup::Follow(file, state) => {
+            Lookup::Follow(file, state, regenerate) => {
                 tracing::debug!(cache = "joined", "response");
                 tokio::task::spawn_blocking(move || {
-                    follow(file, state, ChannelWriter::new(tx, stall))
+                    follow(file, state, ChannelWriter::new(tx, stall), regenerate)
                 });
             }
             Lookup::Lead(mut generation, file, state) => {
@@ -1046,7 +1059,7 @@ impl Proxy {
                     }
                 });
                 tokio::task::spawn_blocking(move || {
-                    follow(file, state, ChannelWriter::new(tx, stall))
+                    follow(file, state, ChannelWriter::new(tx, stall), regenerate)
                 });
             }
         }

@@ -79,6 +79,8 @@ pub struct ResponseCacheStats {
     pub evicted: AtomicU64,
     /// Stored entries refused because their checksum did not match.
     pub corrupt: AtomicU64,
+    /// Generations whose store failed midway (their readers finished live).
+    pub abandoned: AtomicU64,
 }
 
 /// Where a generation is.
@@ -90,13 +92,34 @@ pub(crate) enum State {
     Done(u64),
     /// Failed after this many bytes, with this message for the client.
     Failed(u64, Arc<str>),
+    /// The store failed (disk full, I/O error): the generation stopped, and readers finish
+    /// by generating live.
+    Abandoned,
 }
 
-#[derive(Debug)]
+/// Writes a whole response into the writer given, from the same mirror snapshot as the
+/// generation it stands in for (its output is byte for byte the same); the message of a
+/// failure is for the client.
+pub(crate) type Regenerate = Arc<dyn Fn(&mut dyn Write) -> Result<(), String> + Send + Sync>;
+
+/// Bytes a reader keeps of what it sent, to check a regenerated answer against.
+const CHECKED_TAIL: usize = 4096;
+
 struct Flight {
     state: watch::Sender<State>,
+    /// How readers finish if the store fails midway.
+    regenerate: Regenerate,
     /// The pending file, until the flight is taken off the list and the file renamed.
     temp: PathBuf,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight")
+            .field("state", &*self.state.borrow())
+            .field("temp", &self.temp)
+            .finish_non_exhaustive()
+    }
 }
 
 type FlightKey = (PathBuf, String);
@@ -105,8 +128,9 @@ type FlightKey = (PathBuf, String);
 pub(crate) enum Lookup {
     /// A stored entry.
     Stored(Entry),
-    /// A generation to read, with the pending file opened for reading.
-    Follow(std::fs::File, watch::Receiver<State>),
+    /// A generation to read, with the pending file opened for reading, and how its leader
+    /// would generate it again.
+    Follow(std::fs::File, watch::Receiver<State>, Regenerate),
     /// This request leads: generate into `Generation`, then follow like the others.
     Lead(Box<Generation>, std::fs::File, watch::Receiver<State>),
     /// Not cached: generate live.
@@ -121,6 +145,8 @@ pub(crate) struct ResponseCache {
     flights: Mutex<HashMap<FlightKey, Arc<Flight>>>,
     seen: Mutex<HashMap<FlightKey, Instant>>,
     stats: Arc<ResponseCacheStats>,
+    /// Tests: the store fails once an entry would exceed this many bytes.
+    fail_store_after: Option<u64>,
 }
 
 /// The key of the response to `fetch` from `repo`: everything that shapes its bytes. `None`
@@ -219,6 +245,7 @@ impl ResponseCache {
             flights: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             stats: Arc::default(),
+            fail_store_after: None,
         })
     }
 
@@ -226,15 +253,20 @@ impl ResponseCache {
         &self.stats
     }
 
-    /// Join a generation in progress, take a stored entry, or lead a new generation.
-    pub(crate) fn lookup(&self, repo: &Path, key: &str) -> Lookup {
+    /// Join a generation in progress, take a stored entry, or lead a new generation;
+    /// `regenerate` is how readers of a new generation finish if the store fails.
+    pub(crate) fn lookup(&self, repo: &Path, key: &str, regenerate: Regenerate) -> Lookup {
         let id: FlightKey = (repo.to_owned(), key.to_owned());
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&id) {
             // The pending file is opened while the flight is listed: it is not renamed yet.
             if let Ok(file) = std::fs::File::open(&flight.temp) {
                 self.stats.joined.fetch_add(1, Ordering::Relaxed);
-                return Lookup::Follow(file, flight.state.subscribe());
+                return Lookup::Follow(
+                    file,
+                    flight.state.subscribe(),
+                    Arc::clone(&flight.regenerate),
+                );
             }
         }
         match self.store.open(repo, key) {
@@ -275,6 +307,7 @@ impl ResponseCache {
         let (state, rx) = watch::channel(State::Writing(0));
         let flight = Arc::new(Flight {
             state,
+            regenerate,
             temp: pending.temp_path().to_owned(),
         });
         flights.insert(id.clone(), Arc::clone(&flight));
@@ -285,6 +318,8 @@ impl ResponseCache {
                 flight,
                 id,
                 buf: Vec::with_capacity(CHUNK),
+                store_failed: false,
+                fail_after: self.fail_store_after,
             }),
             file,
             rx,
@@ -304,7 +339,18 @@ impl ResponseCache {
         let flush = generation.flush_buffer();
         let pending = generation.pending.take().expect("finished once");
         let written = pending.len();
-        let error = error.or_else(|| flush.err().map(|e| e.to_string()));
+        if generation.store_failed || flush.is_err() {
+            // The bytes in the file are good but end early: readers go on live.
+            self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                written,
+                "storing the response failed; its readers finish live"
+            );
+            drop(pending);
+            self.land(&generation.id, &generation.flight);
+            generation.flight.state.send_replace(State::Abandoned);
+            return;
+        }
         match error {
             None => {
                 // Published while still listed: a request arriving now either opens the
@@ -381,13 +427,33 @@ pub(crate) struct Generation {
     flight: Arc<Flight>,
     id: FlightKey,
     buf: Vec<u8>,
+    /// A write to the store failed: the entry is given up.
+    store_failed: bool,
+    fail_after: Option<u64>,
 }
 
 impl Generation {
     fn flush_buffer(&mut self) -> std::io::Result<()> {
+        if self.store_failed {
+            return Err(std::io::Error::other("the response store failed"));
+        }
         let pending = self.pending.as_mut().expect("not finished");
         if !self.buf.is_empty() {
-            pending.write_all(&self.buf)?;
+            let stored = if self
+                .fail_after
+                .is_some_and(|limit| pending.len() + self.buf.len() as u64 > limit)
+            {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left (test fault)",
+                ))
+            } else {
+                pending.write_all(&self.buf)
+            };
+            if let Err(err) = stored {
+                self.store_failed = true;
+                return Err(err);
+            }
             self.buf.clear();
         }
         self.flight
@@ -417,15 +483,21 @@ pub(crate) fn follow(
     mut file: std::fs::File,
     mut state: watch::Receiver<State>,
     mut out: ChannelWriter,
+    regenerate: Regenerate,
 ) {
     let runtime = tokio::runtime::Handle::try_current().ok();
     let mut sent = 0u64;
+    let mut tail: Vec<u8> = Vec::with_capacity(CHECKED_TAIL);
     loop {
         let now = state.borrow_and_update().clone();
         let (limit, end) = match &now {
             State::Writing(n) => (*n, None),
             State::Done(n) => (*n, Some(None)),
             State::Failed(n, message) => (*n, Some(Some(message.clone()))),
+            State::Abandoned => {
+                resume_live(&regenerate, sent, &tail, out);
+                return;
+            }
         };
         if let Some(Some(message)) = &end {
             if sent == 0 {
@@ -440,9 +512,18 @@ pub(crate) fn follow(
         while sent < limit {
             let want = (limit - sent).min(CHUNK as u64) as usize;
             let mut chunk = vec![0u8; want];
-            if file.read_exact(&mut chunk).is_err() || out.send_bytes(chunk.into()).is_err() {
-                // The file vanished under us or the client left: this reader stops, the
-                // writer and the other readers go on.
+            if file.read_exact(&mut chunk).is_err() {
+                // The file vanished under us: this reader stops, the writer and the other
+                // readers go on.
+                return;
+            }
+            let keep = chunk.len().min(CHECKED_TAIL);
+            if tail.len() + keep > CHECKED_TAIL {
+                tail.drain(..(tail.len() + keep - CHECKED_TAIL));
+            }
+            tail.extend_from_slice(&chunk[chunk.len() - keep..]);
+            if out.send_bytes(chunk.into()).is_err() {
+                // The client left.
                 return;
             }
             sent += want as u64;
@@ -460,6 +541,72 @@ pub(crate) fn follow(
             out.abort(std::io::Error::other("response generation ended abruptly"));
             return;
         }
+    }
+}
+
+/// Finish a response of which `sent` bytes (ending with `tail`) went out, by generating it
+/// again and sending what follows them. The regenerated bytes that overlap `tail` must match
+/// it, or the response is broken off.
+fn resume_live(regenerate: &Regenerate, sent: u64, tail: &[u8], mut out: ChannelWriter) {
+    let mut resume = Resume {
+        out: &mut out,
+        skip: sent,
+        tail,
+        pos: 0,
+    };
+    let result = regenerate(&mut resume);
+    let pos = resume.pos;
+    match result {
+        Ok(()) if pos >= sent => {
+            let _ = out.flush();
+        }
+        Ok(()) => out.abort(std::io::Error::other(
+            "the response generated again is shorter than what was sent",
+        )),
+        Err(message) if sent == 0 && out.sent() == 0 => {
+            out.discard_buffered();
+            let mut line = Vec::new();
+            let _ = gitcache_protocol::pktline::write_error(&mut line, message.as_bytes());
+            let _ = out.write_all(&line).and_then(|()| out.flush());
+        }
+        Err(message) => out.abort(std::io::Error::other(message)),
+    }
+}
+
+/// Passes on what a regenerated response holds past `skip` bytes, checking the bytes
+/// before it against `tail`.
+struct Resume<'a> {
+    out: &'a mut ChannelWriter,
+    skip: u64,
+    tail: &'a [u8],
+    pos: u64,
+}
+
+impl Write for Resume<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let start = self.pos;
+        let end = start + data.len() as u64;
+        let tail_start = self.skip - self.tail.len() as u64;
+        let (lo, hi) = (start.max(tail_start), end.min(self.skip));
+        if lo < hi {
+            let ours = &data[(lo - start) as usize..(hi - start) as usize];
+            let sent = &self.tail[(lo - tail_start) as usize..(hi - tail_start) as usize];
+            if ours != sent {
+                return Err(std::io::Error::other(
+                    "the response generated again differs from what was sent",
+                ));
+            }
+        }
+        if end > self.skip {
+            let from = (self.skip.max(start) - start) as usize;
+            self.out.write_all(&data[from..])?;
+        }
+        self.pos = end;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -500,4 +647,174 @@ pub(crate) fn send_stored(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    fn writer_of(bytes: Vec<u8>) -> Regenerate {
+        Arc::new(move |out: &mut dyn Write| {
+            for chunk in bytes.chunks(10_000) {
+                out.write_all(chunk).map_err(|e| e.to_string())?;
+            }
+            out.flush().map_err(|e| e.to_string())
+        })
+    }
+
+    /// Lead one generation of `bytes` into a store that fails after 100 kB, with two
+    /// readers; returns what each reader's client received (`Err` when it was broken off).
+    async fn failing_store(
+        bytes: Vec<u8>,
+        regenerate: Regenerate,
+    ) -> (Vec<Result<Vec<u8>, String>>, Arc<ResponseCache>) {
+        let root = tempfile::tempdir().unwrap();
+        let mut cache =
+            ResponseCache::new(root.path().join("r"), ResponseCacheConfig::default()).unwrap();
+        cache.fail_store_after = Some(100_000);
+        let cache = Arc::new(cache);
+        let repo = Path::new("h/o/r.git");
+        let Lookup::Lead(mut generation, file, state) =
+            cache.lookup(repo, "k", Arc::clone(&regenerate))
+        else {
+            panic!("the first request leads");
+        };
+        let Lookup::Follow(second_file, second_state, second_regenerate) =
+            cache.lookup(repo, "k", writer_of(Vec::new()))
+        else {
+            panic!("the second request follows");
+        };
+        let mut bodies = Vec::new();
+        for (file, state, regenerate) in [
+            (file, state, regenerate),
+            (second_file, second_state, second_regenerate),
+        ] {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::task::spawn_blocking(move || {
+                follow(
+                    file,
+                    state,
+                    ChannelWriter::new(tx, Duration::from_secs(30)),
+                    regenerate,
+                )
+            });
+            bodies.push(rx);
+        }
+        // The first 70 kB: one chunk reaches the file, and both readers send it on before
+        // the rest is written and the store fails.
+        let (first, rest) = bytes.split_at(70_000);
+        let (first, rest) = (first.to_vec(), rest.to_vec());
+        let mut generation = tokio::task::spawn_blocking(move || {
+            generation.write_all(&first).unwrap();
+            generation
+        })
+        .await
+        .unwrap();
+        let mut received = Vec::new();
+        for rx in &mut bodies {
+            let mut body = Vec::new();
+            while body.len() < CHUNK {
+                body.extend_from_slice(&rx.recv().await.unwrap().unwrap());
+            }
+            received.push(Ok(body));
+        }
+        let leader = Arc::clone(&cache);
+        tokio::task::spawn_blocking(move || {
+            let result = generation.write_all(&rest);
+            leader.finish(generation, result.err().map(|e| e.to_string()));
+        })
+        .await
+        .unwrap();
+        for (mut rx, body) in bodies.into_iter().zip(&mut received) {
+            while let Some(chunk) = rx.recv().await {
+                match chunk {
+                    Ok(data) => body.as_mut().unwrap().extend_from_slice(&data),
+                    Err(err) => {
+                        *body = Err(err.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(
+            cache.store.open(repo, "k").unwrap().is_none(),
+            "nothing stored"
+        );
+        drop(root);
+        (received, cache)
+    }
+
+    /// Issue 6: a disk-full error midway falls back to generating live, for the leader's
+    /// client and for those who joined it, with the same bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_failing_midway_falls_back_to_live_generation() {
+        let bytes = content(300_000);
+        let (received, cache) = failing_store(bytes.clone(), writer_of(bytes.clone())).await;
+        for body in received {
+            assert!(
+                body.as_ref().unwrap() == &bytes,
+                "{:?}",
+                body.map(|b| b.len())
+            );
+        }
+        assert_eq!(cache.stats().abandoned.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.stats().stored.load(Ordering::Relaxed), 0);
+    }
+
+    /// A regenerated answer that does not continue what was sent is broken off, never
+    /// spliced onto it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_regenerated_answer_that_differs_is_broken_off() {
+        let bytes = content(300_000);
+        let mut other = bytes.clone();
+        // Inside the last bytes the readers sent before the store failed (65,536 or 70,000,
+        // as they happened to read).
+        other[65_000] ^= 1;
+        other[69_000] ^= 1;
+        let (received, _) = failing_store(bytes.clone(), writer_of(other)).await;
+        for body in received {
+            let Err(message) = body else {
+                panic!("the response was completed, not broken off");
+            };
+            assert!(message.contains("differs"), "{message}");
+        }
+    }
+
+    #[test]
+    fn resuming_checks_the_overlap_and_skips_what_was_sent() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let mut out = ChannelWriter::new(tx, Duration::from_secs(1));
+        let bytes = content(1000);
+        let mut resume = Resume {
+            out: &mut out,
+            skip: 600,
+            tail: &bytes[500..600],
+            pos: 0,
+        };
+        for chunk in bytes.chunks(77) {
+            resume.write_all(chunk).unwrap();
+        }
+        resume.flush().unwrap();
+        let mut got = Vec::new();
+        while let Ok(Ok(chunk)) = rx.try_recv() {
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, &bytes[600..]);
+
+        let (tx, _rx) = tokio::sync::mpsc::channel(16);
+        let mut out = ChannelWriter::new(tx, Duration::from_secs(1));
+        let mut tail = bytes[500..600].to_vec();
+        tail[99] ^= 0xff;
+        let mut resume = Resume {
+            out: &mut out,
+            skip: 600,
+            tail: &tail,
+            pos: 0,
+        };
+        assert!(resume.write_all(&bytes).is_err());
+    }
 }
