@@ -1024,13 +1024,11 @@ impl Proxy {
                     });
                 });
             }
-            Lookup::Follow(file, state, regenerate) => {
+            Lookup::Follow(reader) => {
                 tracing::debug!(cache = "joined", "response");
-                tokio::task::spawn_blocking(move || {
-                    follow(file, state, ChannelWriter::new(tx, stall), regenerate)
-                });
+                tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
             }
-            Lookup::Lead(mut generation, file, state) => {
+            Lookup::Lead(mut generation, reader) => {
                 let permit = Arc::clone(&self.pack_slots).acquire_owned().await;
                 let options = self.config.pack.clone();
                 let cache = Arc::clone(cache);
@@ -1058,9 +1056,7 @@ impl Proxy {
                         }
                     }
                 });
-                tokio::task::spawn_blocking(move || {
-                    follow(file, state, ChannelWriter::new(tx, stall), regenerate)
-                });
+                tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
             }
         }
         let mut response = Response::new(Body::channel(rx));

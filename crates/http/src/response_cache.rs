@@ -15,7 +15,7 @@
 //! one would be.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,8 +105,46 @@ pub(crate) type Regenerate = Arc<dyn Fn(&mut dyn Write) -> Result<(), String> + 
 /// Bytes a reader keeps of what it sent, to check a regenerated answer against.
 const CHECKED_TAIL: usize = 4096;
 
+/// Chunks a generation keeps in memory for its readers.
+const RECENT_CHUNKS: usize = 8;
+
+/// The last chunks a generation wrote, by offset: readers that keep up send these shared
+/// buffers, so memory does not grow with their number; readers that fall behind read the
+/// file.
+#[derive(Debug, Default)]
+pub(crate) struct Recent(Mutex<std::collections::VecDeque<(u64, bytes::Bytes)>>);
+
+impl Recent {
+    fn push(&self, offset: u64, chunk: bytes::Bytes) {
+        let mut chunks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if chunks.len() == RECENT_CHUNKS {
+            chunks.pop_front();
+        }
+        chunks.push_back((offset, chunk));
+    }
+
+    /// The bytes from `offset` to the end of the chunk holding it, if still kept.
+    fn from(&self, offset: u64) -> Option<bytes::Bytes> {
+        let chunks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        chunks.iter().find_map(|(start, chunk)| {
+            (*start <= offset && offset < start + chunk.len() as u64)
+                .then(|| chunk.slice((offset - start) as usize..))
+        })
+    }
+}
+
+/// What one reader of a generation needs.
+pub(crate) struct Reader {
+    file: std::fs::File,
+    state: watch::Receiver<State>,
+    recent: Arc<Recent>,
+    regenerate: Regenerate,
+}
+
 struct Flight {
     state: watch::Sender<State>,
+    /// The chunks written last, shared by every reader that keeps up (no copy each).
+    recent: Arc<Recent>,
     /// How readers finish if the store fails midway.
     regenerate: Regenerate,
     /// The pending file, until the flight is taken off the list and the file renamed.
@@ -128,11 +166,10 @@ type FlightKey = (PathBuf, String);
 pub(crate) enum Lookup {
     /// A stored entry.
     Stored(Entry),
-    /// A generation to read, with the pending file opened for reading, and how its leader
-    /// would generate it again.
-    Follow(std::fs::File, watch::Receiver<State>, Regenerate),
-    /// This request leads: generate into `Generation`, then follow like the others.
-    Lead(Box<Generation>, std::fs::File, watch::Receiver<State>),
+    /// A generation to read.
+    Follow(Reader),
+    /// This request leads: generate into `Generation`, then read like the others.
+    Lead(Box<Generation>, Reader),
     /// Not cached: generate live.
     Live,
 }
@@ -262,11 +299,12 @@ impl ResponseCache {
             // The pending file is opened while the flight is listed: it is not renamed yet.
             if let Ok(file) = std::fs::File::open(&flight.temp) {
                 self.stats.joined.fetch_add(1, Ordering::Relaxed);
-                return Lookup::Follow(
+                return Lookup::Follow(Reader {
                     file,
-                    flight.state.subscribe(),
-                    Arc::clone(&flight.regenerate),
-                );
+                    state: flight.state.subscribe(),
+                    recent: Arc::clone(&flight.recent),
+                    regenerate: Arc::clone(&flight.regenerate),
+                });
             }
         }
         match self.store.open(repo, key) {
@@ -305,9 +343,11 @@ impl ResponseCache {
             return Lookup::Live;
         };
         let (state, rx) = watch::channel(State::Writing(0));
+        let recent = Arc::new(Recent::default());
         let flight = Arc::new(Flight {
             state,
-            regenerate,
+            recent: Arc::clone(&recent),
+            regenerate: Arc::clone(&regenerate),
             temp: pending.temp_path().to_owned(),
         });
         flights.insert(id.clone(), Arc::clone(&flight));
@@ -321,8 +361,12 @@ impl ResponseCache {
                 store_failed: false,
                 fail_after: self.fail_store_after,
             }),
-            file,
-            rx,
+            Reader {
+                file,
+                state: rx,
+                recent,
+                regenerate,
+            },
         )
     }
 
@@ -454,7 +498,11 @@ impl Generation {
                 self.store_failed = true;
                 return Err(err);
             }
-            self.buf.clear();
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            self.flight.recent.push(
+                pending.len() - chunk.len() as u64,
+                bytes::Bytes::from(chunk),
+            );
         }
         self.flight
             .state
@@ -479,14 +527,16 @@ impl Write for Generation {
 
 /// Send a generation's bytes to one client as they are written (blocking; run on a blocking
 /// thread).
-pub(crate) fn follow(
-    mut file: std::fs::File,
-    mut state: watch::Receiver<State>,
-    mut out: ChannelWriter,
-    regenerate: Regenerate,
-) {
+pub(crate) fn follow(reader: Reader, mut out: ChannelWriter) {
+    let Reader {
+        mut file,
+        mut state,
+        recent,
+        regenerate,
+    } = reader;
     let runtime = tokio::runtime::Handle::try_current().ok();
     let mut sent = 0u64;
+    let mut file_pos = 0u64;
     let mut tail: Vec<u8> = Vec::with_capacity(CHECKED_TAIL);
     loop {
         let now = state.borrow_and_update().clone();
@@ -510,19 +560,37 @@ pub(crate) fn follow(
             return;
         }
         while sent < limit {
-            let want = (limit - sent).min(CHUNK as u64) as usize;
-            let mut chunk = vec![0u8; want];
-            if file.read_exact(&mut chunk).is_err() {
-                // The file vanished under us: this reader stops, the writer and the other
-                // readers go on.
-                return;
-            }
+            let chunk = match recent.from(sent) {
+                Some(shared) => shared.slice(..shared.len().min((limit - sent) as usize)),
+                None => {
+                    // Shared chunks stood in for file reads: the file is behind.
+                    if file_pos != sent {
+                        if file.seek(std::io::SeekFrom::Start(sent)).is_err() {
+                            return;
+                        }
+                        file_pos = sent;
+                    }
+                    let want = (limit - sent).min(CHUNK as u64);
+                    file_pos += want;
+                    let mut chunk = Vec::with_capacity(want as usize);
+                    let read = std::io::Read::by_ref(&mut file)
+                        .take(want)
+                        .read_to_end(&mut chunk);
+                    if !matches!(read, Ok(n) if n as u64 == want) {
+                        // The file vanished under us: this reader stops, the writer and the
+                        // other readers go on.
+                        return;
+                    }
+                    bytes::Bytes::from(chunk)
+                }
+            };
+            let want = chunk.len();
             let keep = chunk.len().min(CHECKED_TAIL);
             if tail.len() + keep > CHECKED_TAIL {
                 tail.drain(..(tail.len() + keep - CHECKED_TAIL));
             }
             tail.extend_from_slice(&chunk[chunk.len() - keep..]);
-            if out.send_bytes(chunk.into()).is_err() {
+            if out.send_bytes(chunk).is_err() {
                 // The client left.
                 return;
             }
@@ -678,29 +746,19 @@ mod tests {
         cache.fail_store_after = Some(100_000);
         let cache = Arc::new(cache);
         let repo = Path::new("h/o/r.git");
-        let Lookup::Lead(mut generation, file, state) =
+        let Lookup::Lead(mut generation, first_reader) =
             cache.lookup(repo, "k", Arc::clone(&regenerate))
         else {
             panic!("the first request leads");
         };
-        let Lookup::Follow(second_file, second_state, second_regenerate) =
-            cache.lookup(repo, "k", writer_of(Vec::new()))
-        else {
+        let Lookup::Follow(second_reader) = cache.lookup(repo, "k", writer_of(Vec::new())) else {
             panic!("the second request follows");
         };
         let mut bodies = Vec::new();
-        for (file, state, regenerate) in [
-            (file, state, regenerate),
-            (second_file, second_state, second_regenerate),
-        ] {
+        for reader in [first_reader, second_reader] {
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             tokio::task::spawn_blocking(move || {
-                follow(
-                    file,
-                    state,
-                    ChannelWriter::new(tx, Duration::from_secs(30)),
-                    regenerate,
-                )
+                follow(reader, ChannelWriter::new(tx, Duration::from_secs(30)))
             });
             bodies.push(rx);
         }
@@ -782,6 +840,67 @@ mod tests {
             };
             assert!(message.contains("differs"), "{message}");
         }
+    }
+
+    /// Readers that keep up send the generation's own buffers: however many join, the
+    /// bytes in memory are the same ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_that_keep_up_share_the_writers_buffers() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = Arc::new(
+            ResponseCache::new(root.path().join("r"), ResponseCacheConfig::default()).unwrap(),
+        );
+        let repo = Path::new("h/o/r.git");
+        let bytes = content(200_000);
+        let Lookup::Lead(mut generation, first) = cache.lookup(repo, "k", writer_of(Vec::new()))
+        else {
+            panic!("the first request leads");
+        };
+        let mut readers = vec![first];
+        for _ in 0..3 {
+            let Lookup::Follow(reader) = cache.lookup(repo, "k", writer_of(Vec::new())) else {
+                panic!("later requests follow");
+            };
+            readers.push(reader);
+        }
+        let recent = Arc::clone(&readers[0].recent);
+        let mut bodies = Vec::new();
+        for reader in readers {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            tokio::task::spawn_blocking(move || {
+                follow(reader, ChannelWriter::new(tx, Duration::from_secs(30)))
+            });
+            bodies.push(rx);
+        }
+        // One chunk, then wait until every reader sent it on.
+        let (first, rest) = bytes.split_at(70_000);
+        let (first, rest) = (first.to_vec(), rest.to_vec());
+        let mut generation = tokio::task::spawn_blocking(move || {
+            generation.write_all(&first).unwrap();
+            generation
+        })
+        .await
+        .unwrap();
+        let shared = recent.from(0).expect("the first chunk is kept").as_ptr();
+        for rx in &mut bodies {
+            let chunk = rx.recv().await.unwrap().unwrap();
+            assert_eq!(chunk.as_ptr(), shared, "a shared buffer, not a copy");
+        }
+        let leader = Arc::clone(&cache);
+        tokio::task::spawn_blocking(move || {
+            generation.write_all(&rest).unwrap();
+            leader.finish(generation, None);
+        })
+        .await
+        .unwrap();
+        for mut rx in bodies {
+            let mut body = bytes[..70_000].to_vec();
+            while let Some(chunk) = rx.recv().await {
+                body.extend_from_slice(&chunk.unwrap());
+            }
+            assert!(body == bytes, "every reader gets every byte");
+        }
+        assert!(cache.store.open(repo, "k").unwrap().is_some(), "stored");
     }
 
     #[test]
