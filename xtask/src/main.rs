@@ -6,7 +6,8 @@
 //!   (the benches use `large`: 22,000 commits, about 50 MB of pack).
 //! - `bench-pack [repo]`: time our pack generation against `git upload-pack` on the same
 //!   repository and requests (default: the `large` generated repository).
-//! - `bench-proxy [repo]`: time gitcache (hits and misses) in front of C git's http-backend
+//! - `bench-proxy [repo] [--response-cache]`: time gitcache (hits and misses) in front of C
+//!   git's http-backend (with `--response-cache`, only the response-cache table)
 //!   against http-backend alone, over HTTP, on the same repository and requests.
 //! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
 //!   `RUSTC_BOOTSTRAP=1`).
@@ -26,14 +27,19 @@ fn main() -> Result<()> {
         Some("gen-repo") => gen_repo(&args[1..]),
         Some("bench-pack") => bench_pack::run(&workspace_root()?, args.get(1).map(String::as_str)),
         Some("bench-proxy") => {
-            bench_proxy::run(&workspace_root()?, args.get(1).map(String::as_str))
+            let only_cache = args.iter().any(|a| a == "--response-cache");
+            let repo = args[1..]
+                .iter()
+                .find(|a| !a.starts_with("--"))
+                .map(String::as_str);
+            bench_proxy::run(&workspace_root()?, repo, only_cache)
         }
         Some("fuzz-smoke") => {
             let seconds = args.get(1).map(String::as_str).unwrap_or("30");
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] | bench-proxy [REPO] | fuzz-smoke [seconds]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] | bench-proxy [REPO] [--response-cache] | fuzz-smoke [seconds]>"
         ),
     }
 }

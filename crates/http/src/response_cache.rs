@@ -690,8 +690,11 @@ pub(crate) fn send_stored(
     let mut remaining = entry.len();
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
-        let mut chunk = vec![0u8; want];
-        if entry.file().read_exact(&mut chunk).is_err() {
+        let mut chunk = Vec::with_capacity(want);
+        let read = std::io::Read::by_ref(entry.file())
+            .take(want as u64)
+            .read_to_end(&mut chunk);
+        if !matches!(read, Ok(n) if n == want) {
             out.abort(std::io::Error::other("stored response unreadable"));
             return false;
         }
