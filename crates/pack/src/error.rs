@@ -85,6 +85,9 @@ pub enum Error {
         /// What it said.
         message: String,
     },
+    /// A reachability bitmap file cannot be used.
+    #[error("bitmap: {0}")]
+    Bitmap(String),
     /// Writing the response failed (often: the client went away).
     #[error("writing the response failed")]
     Io(#[from] std::io::Error),

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod bitmap;
 mod error;
 mod filter;
 mod negotiate;
@@ -106,6 +107,8 @@ pub struct PackPlan {
     write: WriteOptions,
     progress: bool,
     sideband_all: bool,
+    /// The objects were found with reachability bitmaps, not a walk.
+    bitmaps: bool,
 }
 
 impl std::fmt::Debug for PackPlan {
@@ -113,6 +116,7 @@ impl std::fmt::Debug for PackPlan {
         f.debug_struct("PackPlan")
             .field("objects", &self.object_count())
             .field("whole_pack", &self.is_whole_pack())
+            .field("bitmaps", &self.bitmaps)
             .field("shallow_info", &self.shallow_info)
             .finish_non_exhaustive()
     }
@@ -131,6 +135,10 @@ enum Source {
 }
 
 impl PackPlan {
+    /// Whether the objects were found with reachability bitmaps rather than a walk.
+    pub fn used_bitmaps(&self) -> bool {
+        self.bitmaps
+    }
     /// How many objects the pack holds.
     pub fn object_count(&self) -> usize {
         match &self.source {
@@ -299,6 +307,7 @@ pub fn plan(
             write,
             progress: !fetch.no_progress,
             sideband_all: fetch.sideband_all,
+            bitmaps: false,
         })));
     }
 
@@ -363,17 +372,23 @@ pub fn plan(
     all_wants.extend(shallow.extra_wants.iter().copied());
     let mut haves = negotiation.have_objects.clone();
     haves.extend(shallow.extra_haves.iter().copied());
-    let selection = select::select(
-        repo,
-        &mut objects,
-        &select::SelectRequest {
-            wants: &all_wants,
-            haves: &haves,
-            grafts: &shallow.grafts,
-            filter: fetch.filter.as_ref(),
-            include_tag: fetch.include_tag,
-        },
-    )?;
+    let request = select::SelectRequest {
+        wants: &all_wants,
+        haves: &haves,
+        grafts: &shallow.grafts,
+        filter: fetch.filter.as_ref(),
+        include_tag: fetch.include_tag,
+    };
+    let bitmapped = if shallow.section || !fetch.shallows.is_empty() {
+        None
+    } else {
+        select::select_with_bitmaps(repo, &mut objects, &stored, &request)?
+    };
+    let used_bitmaps = bitmapped.is_some();
+    let selection = match bitmapped {
+        Some(selection) => selection,
+        None => select::select(repo, &mut objects, &request)?,
+    };
     // A stored pack holding exactly these objects goes out as it is (it may hold ofs-deltas).
     let ordered: Vec<&ObjectId> = selection.all().collect();
     let source = match packs::exact_match(&stored, &ordered).filter(|_| fetch.ofs_delta) {
@@ -397,6 +412,7 @@ pub fn plan(
         write,
         progress: !fetch.no_progress,
         sideband_all: fetch.sideband_all,
+        bitmaps: used_bitmaps,
     })))
 }
 
@@ -472,6 +488,54 @@ impl Repository {
         let tips: OidSet = tips.iter().copied().collect();
         packs::write_tips(path, &tips)?;
         Ok(Some(path.clone()))
+    }
+}
+
+/// Commits between two stored bitmaps, in the walk [`Repository::write_bitmaps`] makes: a
+/// fetch walks at most about this many commits past the nearest bitmap.
+pub const BITMAP_SPACING: usize = 100;
+
+impl Repository {
+    /// Write reachability bitmaps in git's format (`pack-<hash>.bitmap`) for the
+    /// repository's pack, when it has exactly one and that pack is the closure of `tips`
+    /// (as a consolidated mirror's is): one bitmap for each commit the tips lead to and for
+    /// every [`BITMAP_SPACING`]th commit. Returns the file, or `None` when that does not
+    /// apply. Fetches then find their objects with a few bitmap operations instead of a walk.
+    pub fn write_bitmaps(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
+        let stored = packs::list(self.git_dir(), self.object_format())?;
+        let [pack] = stored.as_slice() else {
+            return Ok(None);
+        };
+        let rev = self.rev_cache().get(pack, self.object_format());
+        bitmap::write(
+            &mut self.objects(),
+            pack,
+            &rev,
+            self.object_format(),
+            tips,
+            BITMAP_SPACING,
+        )
+    }
+
+    /// The objects the stored bitmap of `commit` says it reaches, sorted; `None` without
+    /// one. For tests that hold bitmaps against `git rev-list`.
+    #[doc(hidden)]
+    pub fn bitmap_of(&self, commit: &ObjectId) -> Result<Option<Vec<ObjectId>>, Error> {
+        let stored = packs::list(self.git_dir(), self.object_format())?;
+        for pack in &stored {
+            let rev = self.rev_cache().get(pack, self.object_format());
+            let Some(bitmaps) = bitmap::PackBitmaps::load(pack, self.object_format())? else {
+                continue;
+            };
+            let Some(bits) = bitmaps.reach.get(commit) else {
+                continue;
+            };
+            let positions = bitmap::Positions::new(pack, &rev);
+            let mut oids: Vec<ObjectId> = bits.ones().map(|p| positions.oids[p]).collect();
+            oids.sort();
+            return Ok(Some(oids));
+        }
+        Ok(None)
     }
 }
 

@@ -133,6 +133,11 @@ impl RevIndex {
         RevIndex(by_offset.into_iter().map(|(_, i)| i).collect())
     }
 
+    /// Index positions (into the `.idx`, by object id) in pack order.
+    pub(crate) fn positions(&self) -> &[u32] {
+        &self.0
+    }
+
     /// The object stored at `offset` of `pack`.
     pub(crate) fn object_at(&self, pack: &StoredPack, offset: u64) -> Option<ObjectId> {
         let found = self

@@ -33,6 +33,7 @@ pub struct Repository {
     hash: HashKind,
     store: std::sync::Arc<gix_odb::Store>,
     rev: std::sync::Arc<crate::packs::RevCache>,
+    bitmaps: std::sync::Arc<crate::bitmap::BitmapCache>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -67,6 +68,7 @@ impl Repository {
             hash,
             store: odb.store(),
             rev: Default::default(),
+            bitmaps: Default::default(),
         })
     }
 
@@ -82,6 +84,14 @@ impl Repository {
 
     pub(crate) fn rev_cache(&self) -> std::sync::Arc<crate::packs::RevCache> {
         std::sync::Arc::clone(&self.rev)
+    }
+
+    /// The bitmaps of `pack`, read once per repository handle.
+    pub(crate) fn bitmaps(
+        &self,
+        pack: &crate::packs::StoredPack,
+    ) -> Option<std::sync::Arc<crate::bitmap::Loaded>> {
+        self.bitmaps.get(pack, &self.rev, self.hash)
     }
 
     pub(crate) fn objects(&self) -> Objects {

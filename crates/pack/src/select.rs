@@ -139,6 +139,74 @@ pub(crate) fn select(
     Ok(out)
 }
 
+/// The same selection from a pack's reachability bitmaps, when they answer the request: no
+/// shallow boundary, no filter or `blob:none`, and every want and have within the one
+/// bitmapped pack. The objects sent are exactly those the wants reach and the haves do not
+/// (git's answer with bitmaps), in pack order. `None`: walk instead.
+pub(crate) fn select_with_bitmaps(
+    repo: &Repository,
+    objects: &mut Objects,
+    stored: &[crate::packs::StoredPack],
+    req: &SelectRequest<'_>,
+) -> Result<Option<Selection>, Error> {
+    let blob_none = match req.filter {
+        None => false,
+        Some(Filter::BlobNone) => true,
+        Some(_) => return Ok(None),
+    };
+    if !req.grafts.is_empty() {
+        return Ok(None);
+    }
+    let Some(loaded) = stored.iter().find_map(|pack| repo.bitmaps(pack)) else {
+        return Ok(None);
+    };
+    let (bitmaps, pos) = (&loaded.bitmaps, &loaded.pos);
+    let Some(mut sent) = crate::bitmap::reach(objects, pos, &bitmaps.reach, req.wants, None)?
+    else {
+        return Ok(None);
+    };
+    let Some(had) = crate::bitmap::reach(objects, pos, &bitmaps.reach, req.haves, None)? else {
+        return Ok(None);
+    };
+    sent.and_not(&had);
+    if blob_none {
+        // Blobs named in a want (or at the end of a wanted tag chain) are sent anyway.
+        let mut named = Vec::new();
+        for want in req.wants {
+            let (target, kind) = peel_chain(objects, want, |_| {})?;
+            if kind == Kind::Blob {
+                named.push(target);
+            }
+        }
+        sent.and_not(&bitmaps.blobs);
+        for blob in named {
+            if let Some(&p) = pos.of.get(&blob)
+                && !had.get(p as usize)
+            {
+                sent.set(p as usize);
+            }
+        }
+    }
+    let mut out = Selection::default();
+    let mut emitted = OidSet::default();
+    for p in sent.ones() {
+        let oid = pos.oids[p];
+        emitted.insert(oid);
+        if bitmaps.commits.get(p) {
+            out.commits.push(oid);
+        } else if bitmaps.tags.get(p) {
+            out.tags.push(oid);
+        } else {
+            out.others.push(oid);
+        }
+    }
+    out.client_has.extend(had.ones().map(|p| pos.oids[p]));
+    if req.include_tag {
+        include_tags(repo, objects, &mut emitted, &mut out)?;
+    }
+    Ok(Some(out))
+}
+
 /// Follow tags from `oid`, reporting each tag object, to the first non-tag.
 fn peel_chain(
     objects: &mut Objects,

@@ -372,3 +372,87 @@ fn errors_come_with_gits_wording() {
     ));
     assert!(upload_pack(&fx.src, &fx.body(fetch(Vec::new()))).is_empty());
 }
+
+/// With reachability bitmaps on both sides (git's `repack -b` here, which our planner reads
+/// as it reads the ones mirrors write): clones, `blob:none` and incremental fetches give the
+/// same objects as git's bitmap answer.
+#[test]
+fn with_reachability_bitmaps() {
+    for spec in [RepoSpec::small(31), RepoSpec::small(32).sha256()] {
+        let fx = Fixture::new(spec);
+        let old_main = fx.rev("refs/heads/main");
+        let far = fx.clone_client("far", &[]);
+        repo::append_commits(&fx.src, "main", 30, 6).unwrap();
+        let mid_main = fx.rev("refs/heads/main");
+        let near = fx.clone_client("near", &[]);
+        repo::append_commits(&fx.src, "main", 3, 7).unwrap();
+        git(&fx.src, &["repack", "-adb", "-q"]);
+        assert!(
+            std::fs::read_dir(fx.src.join("objects/pack"))
+                .unwrap()
+                .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "bitmap"))
+        );
+        let all_refs = refs_of(&fx.src, "refs/");
+        let main = fx.rev("refs/heads/main");
+        for (name, wants, tags, filter) in [
+            ("bitmap-full", all_refs.clone(), false, None),
+            ("bitmap-include-tag", all_refs.clone(), true, None),
+            ("bitmap-single", vec![main], true, None),
+            (
+                "bitmap-blob-none",
+                all_refs.clone(),
+                true,
+                Some(Filter::BlobNone),
+            ),
+            (
+                "bitmap-blob-none-single",
+                vec![main],
+                false,
+                Some(Filter::BlobNone),
+            ),
+        ] {
+            let mut f = fetch(wants);
+            f.include_tag = tags;
+            f.filter = filter;
+            assert_bitmaps(&fx, &f, name);
+            run(Case {
+                name,
+                fixture: &fx,
+                client: fx.empty_client(&format!("c-{name}")),
+                fetch: f,
+            });
+        }
+        for (name, client, have, thin) in [
+            ("bitmap-near-thin", &near, mid_main, true),
+            ("bitmap-near-fat", &near, mid_main, false),
+            ("bitmap-far-thin", &far, old_main, true),
+        ] {
+            let mut f = fetch(vec![main]);
+            f.haves = refs_of(client, "refs/heads/");
+            assert!(f.haves.contains(&have));
+            f.thin_pack = thin;
+            f.include_tag = true;
+            assert_bitmaps(&fx, &f, name);
+            run(Case {
+                name,
+                fixture: &fx,
+                client: client.clone(),
+                fetch: f,
+            });
+        }
+    }
+}
+
+/// Our planner answers `f` from the bitmaps (or from a whole stored pack, which needs no
+/// selection at all).
+fn assert_bitmaps(fx: &Fixture, f: &gitcache_protocol::request::Fetch, name: &str) {
+    let repo = Repository::open(&fx.src).unwrap();
+    let Plan::Pack(plan) = plan(&repo, f, repo.object_format(), &Options::default()).unwrap()
+    else {
+        panic!("{name}: a pack");
+    };
+    assert!(
+        plan.used_bitmaps() || plan.is_whole_pack(),
+        "{name}: walked instead of using the bitmaps"
+    );
+}

@@ -1,0 +1,606 @@
+//! Reachability bitmaps in git's `.bitmap` format (version 1): which objects of a pack each
+//! selected commit reaches, one bit per object in pack order, EWAH-compressed, plus one
+//! bitmap per object type.
+//!
+//! Read for selection (a fetch's objects become a few bitmap operations instead of a walk)
+//! and written beside a consolidated mirror pack. Git reads the files this module writes
+//! (`git rev-list --test-bitmap` checks them in the tests), and this module reads git's.
+
+use std::path::Path;
+
+use gix_hash::{Kind as HashKind, ObjectId};
+
+use crate::Error;
+use crate::objects::{EntryKind, Objects};
+use crate::packs::{RevIndex, StoredPack};
+use crate::{OidMap, OidSet};
+
+const MAGIC: &[u8; 4] = b"BITM";
+const VERSION: u16 = 1;
+/// The bitmaps hold the whole closure of each commit: the only kind git writes or reads.
+const OPT_FULL_DAG: u16 = 0x1;
+
+/// A plain bit set, bit `i` in word `i / 64` at `1 << (i % 64)`, as EWAH words hold them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Bits(Vec<u64>);
+
+impl Bits {
+    pub(crate) fn with_len(bits: usize) -> Self {
+        Bits(vec![0; bits.div_ceil(64)])
+    }
+
+    pub(crate) fn set(&mut self, i: usize) {
+        let word = i / 64;
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (i % 64);
+    }
+
+    pub(crate) fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    pub(crate) fn or(&mut self, other: &Bits) {
+        if other.0.len() > self.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+
+    pub(crate) fn and_not(&mut self, other: &Bits) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a &= !b;
+        }
+    }
+
+    fn xor(&mut self, other: &Bits) {
+        if other.0.len() > self.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a ^= b;
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The positions set, in order.
+    pub(crate) fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, &word)| {
+            let mut w = word;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let bit = w.trailing_zeros() as usize;
+                w &= w - 1;
+                Some(i * 64 + bit)
+            })
+        })
+    }
+}
+
+/// Why a bitmap file cannot be used.
+fn bad(reason: impl Into<String>) -> Error {
+    Error::Bitmap(reason.into())
+}
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32, Error> {
+    data.get(at..at + 4)
+        .map(|b| u32::from_be_bytes(b.try_into().expect("four bytes")))
+        .ok_or_else(|| bad("truncated"))
+}
+
+/// Decode one EWAH bitmap at the start of `data` into at most `max_bits` bits; returns it and
+/// the bytes it took.
+pub(crate) fn ewah_decode(data: &[u8], max_bits: usize) -> Result<(Bits, usize), Error> {
+    let bit_size = u32_at(data, 0)? as usize;
+    let word_count = u32_at(data, 4)? as usize;
+    // Git counts whole words: up to 63 bits past the last object, never set.
+    if bit_size > max_bits.div_ceil(64) * 64 {
+        return Err(bad(format!(
+            "a bitmap of {bit_size} bits for a pack of {max_bits} objects"
+        )));
+    }
+    let words_end = 8 + word_count * 8;
+    let raw = data
+        .get(8..words_end)
+        .ok_or_else(|| bad("truncated bitmap"))?;
+    let _rlw = u32_at(data, words_end)?;
+    let wanted = bit_size.div_ceil(64);
+    let mut out = Vec::with_capacity(wanted);
+    let word = |i: usize| u64::from_be_bytes(raw[i * 8..i * 8 + 8].try_into().expect("eight"));
+    let mut i = 0;
+    while i < word_count {
+        let rlw = word(i);
+        i += 1;
+        let run = ((rlw >> 1) & 0xffff_ffff) as usize;
+        let literals = (rlw >> 33) as usize;
+        if out.len() + run + literals > wanted + 1 || i + literals > word_count {
+            return Err(bad("a bitmap longer than it says"));
+        }
+        let fill = if rlw & 1 == 1 { u64::MAX } else { 0 };
+        out.resize(out.len() + run, fill);
+        out.extend((i..i + literals).map(word));
+        i += literals;
+    }
+    out.resize(wanted, 0);
+    // No bit past the last object.
+    let keep = bit_size.min(max_bits);
+    out.truncate(keep.div_ceil(64));
+    if !keep.is_multiple_of(64)
+        && let Some(last) = out.last_mut()
+    {
+        *last &= (1u64 << (keep % 64)) - 1;
+    }
+    Ok((Bits(out), words_end + 4))
+}
+
+/// Encode `bits` (of `bit_size` bits) as EWAH.
+pub(crate) fn ewah_encode(bits: &Bits, bit_size: usize, out: &mut Vec<u8>) {
+    const MAX_RUN: usize = 0xffff_ffff;
+    const MAX_LITERALS: usize = 0x7fff_ffff;
+    let words = &bits.0[..bits.0.len().min(bit_size.div_ceil(64))];
+    let mut encoded: Vec<u64> = Vec::new();
+    let mut last_rlw;
+    let mut i = 0;
+    loop {
+        let mut run = 0;
+        let mut fill = 0u64;
+        if i < words.len() && (words[i] == 0 || words[i] == u64::MAX) {
+            fill = words[i];
+            while i < words.len() && words[i] == fill && run < MAX_RUN {
+                run += 1;
+                i += 1;
+            }
+        }
+        let start = i;
+        while i < words.len() && words[i] != 0 && words[i] != u64::MAX && i - start < MAX_LITERALS {
+            i += 1;
+        }
+        last_rlw = encoded.len();
+        encoded.push((fill & 1) | ((run as u64) << 1) | (((i - start) as u64) << 33));
+        encoded.extend_from_slice(&words[start..i]);
+        if i >= words.len() {
+            break;
+        }
+    }
+    out.extend_from_slice(&(bit_size as u32).to_be_bytes());
+    out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    for w in encoded {
+        out.extend_from_slice(&w.to_be_bytes());
+    }
+    out.extend_from_slice(&(last_rlw as u32).to_be_bytes());
+}
+
+/// A pack's bitmaps, read and resolved.
+#[derive(Debug)]
+pub(crate) struct PackBitmaps {
+    /// Objects by type, in pack order (trees are what is left).
+    pub(crate) commits: Bits,
+    pub(crate) blobs: Bits,
+    pub(crate) tags: Bits,
+    /// What each selected commit reaches.
+    pub(crate) reach: OidMap<Bits>,
+}
+
+impl PackBitmaps {
+    /// Read `pack-<hash>.bitmap` beside `pack`, if there is one that belongs to it.
+    pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> Result<Option<PackBitmaps>, Error> {
+        let Ok(data) = std::fs::read(pack.pack.with_extension("bitmap")) else {
+            return Ok(None);
+        };
+        Self::parse(&data, pack, hash).map(Some)
+    }
+
+    fn parse(data: &[u8], pack: &StoredPack, hash: HashKind) -> Result<PackBitmaps, Error> {
+        let n = pack.num_objects();
+        let hash_len = hash.len_in_bytes();
+        if data.len() < 12 + 2 * hash_len || &data[..4] != MAGIC {
+            return Err(bad("not a bitmap file"));
+        }
+        let version = u16::from_be_bytes([data[4], data[5]]);
+        let options = u16::from_be_bytes([data[6], data[7]]);
+        if version != VERSION || options & OPT_FULL_DAG == 0 {
+            return Err(bad(format!(
+                "bitmap version {version} with options {options:#x}"
+            )));
+        }
+        let entries = u32_at(data, 8)? as usize;
+        let checksum = &data[12..12 + hash_len];
+        if checksum != pack.index.pack_checksum().as_bytes() {
+            return Err(bad("the bitmap belongs to another pack"));
+        }
+        let mut at = 12 + hash_len;
+        let mut types = Vec::with_capacity(4);
+        for _ in 0..4 {
+            let (bits, used) = ewah_decode(&data[at..], n)?;
+            types.push(bits);
+            at += used;
+        }
+        let mut resolved: Vec<(ObjectId, Bits)> = Vec::with_capacity(entries.min(n));
+        for i in 0..entries {
+            let position = u32_at(data, at)?;
+            let xor = *data.get(at + 4).ok_or_else(|| bad("truncated"))? as usize;
+            at += 6;
+            let (mut bits, used) = ewah_decode(&data[at..], n)?;
+            at += used;
+            if xor > 0 {
+                let base = i
+                    .checked_sub(xor)
+                    .and_then(|b| resolved.get(b))
+                    .ok_or_else(|| bad("an XOR offset past the first bitmap"))?;
+                bits.xor(&base.1);
+            }
+            if position as usize >= n {
+                return Err(bad("a bitmap for an object outside the pack"));
+            }
+            resolved.push((pack.index.oid_at_index(position).to_owned(), bits));
+        }
+        let mut types = types.into_iter();
+        let mut next = || types.next().expect("four type bitmaps");
+        let commits = next();
+        let _trees = next();
+        Ok(PackBitmaps {
+            commits,
+            blobs: next(),
+            tags: next(),
+            reach: resolved.into_iter().collect(),
+        })
+    }
+}
+
+/// A pack's bitmaps with its positions, as selection uses them.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) bitmaps: PackBitmaps,
+    pub(crate) pos: Positions,
+}
+
+/// Bitmaps by pack file, read once per repository handle (a pack and its bitmap never
+/// change; a bitmap that cannot be read counts as none).
+#[derive(Debug, Default)]
+pub(crate) struct BitmapCache(
+    std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Option<std::sync::Arc<Loaded>>>>,
+);
+
+impl BitmapCache {
+    pub(crate) fn get(
+        &self,
+        pack: &StoredPack,
+        revs: &crate::packs::RevCache,
+        hash: HashKind,
+    ) -> Option<std::sync::Arc<Loaded>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(pack.pack.clone())
+            .or_insert_with(|| {
+                let rev = revs.get(pack, hash);
+                let bitmaps = PackBitmaps::load(pack, hash).ok().flatten()?;
+                Some(std::sync::Arc::new(Loaded {
+                    bitmaps,
+                    pos: Positions::new(pack, &rev),
+                }))
+            })
+            .clone()
+    }
+}
+
+/// Pack positions of a pack's objects, and back.
+#[derive(Debug)]
+pub(crate) struct Positions {
+    /// The object at each pack position.
+    pub(crate) oids: Vec<ObjectId>,
+    /// Each object's pack position.
+    pub(crate) of: OidMap<u32>,
+}
+
+impl Positions {
+    pub(crate) fn new(pack: &StoredPack, rev: &RevIndex) -> Self {
+        let oids: Vec<ObjectId> = rev
+            .positions()
+            .iter()
+            .map(|&i| pack.index.oid_at_index(i).to_owned())
+            .collect();
+        let of = oids
+            .iter()
+            .enumerate()
+            .map(|(p, oid)| (*oid, p as u32))
+            .collect();
+        Positions { oids, of }
+    }
+}
+
+/// The objects reachable from `tips` as a bitmap over `pos`, using the stored bitmaps of
+/// `known` where the walk meets their commits. `None` if the walk meets an object outside the
+/// pack.
+pub(crate) fn reach(
+    objects: &mut Objects,
+    pos: &Positions,
+    known: &OidMap<Bits>,
+    tips: &[ObjectId],
+    mut types: Option<&mut [Bits; 4]>,
+) -> Result<Option<Bits>, Error> {
+    let mut bits = Bits::with_len(pos.oids.len());
+    let mut commits: Vec<ObjectId> = Vec::new();
+    let mut trees: Vec<ObjectId> = Vec::new();
+    let mut note = |bits: &mut Bits, oid: &ObjectId, kind: usize| -> Option<bool> {
+        let p = *pos.of.get(oid)? as usize;
+        if bits.get(p) {
+            return Some(false);
+        }
+        bits.set(p);
+        if let Some(types) = types.as_deref_mut() {
+            types[kind].set(p);
+        }
+        Some(true)
+    };
+    for tip in tips {
+        let (mut kind, _) = objects
+            .header(tip)?
+            .ok_or(Error::MissingObject { oid: *tip })?;
+        // Tags: each one in the chain is reached.
+        let mut current = *tip;
+        let mut hops = 0;
+        while kind == gix_object::Kind::Tag {
+            if note(&mut bits, &current, 3).is_none() {
+                return Ok(None);
+            }
+            (current, kind) = objects.tag_target(&current)?;
+            hops += 1;
+            if hops > 64 {
+                return Err(bad("tag chain too long"));
+            }
+        }
+        match kind {
+            gix_object::Kind::Commit => commits.push(current),
+            gix_object::Kind::Tree => trees.push(current),
+            gix_object::Kind::Blob => {
+                if note(&mut bits, &current, 2).is_none() {
+                    return Ok(None);
+                }
+            }
+            gix_object::Kind::Tag => unreachable!("followed above"),
+        }
+    }
+    while let Some(commit) = commits.pop() {
+        if let Some(stored) = known.get(&commit) {
+            bits.or(stored);
+            continue;
+        }
+        match note(&mut bits, &commit, 0) {
+            None => return Ok(None),
+            Some(false) => continue,
+            Some(true) => {}
+        }
+        let parsed = objects.commit(&commit)?;
+        let (tree, parents) = (parsed.tree, parsed.parents.clone());
+        trees.push(tree);
+        commits.extend(parents);
+        // Trees as we go, so that what is already set is skipped.
+        while let Some(tree) = trees.pop() {
+            match note(&mut bits, &tree, 1) {
+                None => return Ok(None),
+                Some(false) => continue,
+                Some(true) => {}
+            }
+            for entry in objects.tree(&tree)? {
+                match entry.kind {
+                    EntryKind::Tree => trees.push(entry.oid),
+                    EntryKind::Blob => {
+                        if note(&mut bits, &entry.oid, 2).is_none() {
+                            return Ok(None);
+                        }
+                    }
+                    EntryKind::Gitlink => {}
+                }
+            }
+        }
+    }
+    while let Some(tree) = trees.pop() {
+        match note(&mut bits, &tree, 1) {
+            None => return Ok(None),
+            Some(false) => continue,
+            Some(true) => {}
+        }
+        for entry in objects.tree(&tree)? {
+            match entry.kind {
+                EntryKind::Tree => trees.push(entry.oid),
+                EntryKind::Blob => {
+                    if note(&mut bits, &entry.oid, 2).is_none() {
+                        return Ok(None);
+                    }
+                }
+                EntryKind::Gitlink => {}
+            }
+        }
+    }
+    Ok(Some(bits))
+}
+
+/// Write bitmaps for `pack`, the closure of `tips`: the type bitmaps, and one bitmap for
+/// each commit `tips` peel to and for every `spacing`-th commit of the walk. Written
+/// beside the pack atomically; `None` if the pack is not closed under reachability.
+pub(crate) fn write(
+    objects: &mut Objects,
+    pack: &StoredPack,
+    rev: &RevIndex,
+    hash: HashKind,
+    tips: &[ObjectId],
+    spacing: usize,
+) -> Result<Option<std::path::PathBuf>, Error> {
+    let pos = Positions::new(pack, rev);
+    let n = pos.oids.len();
+
+    // Which commits get a bitmap: the tips and every `spacing`-th commit, parents first.
+    let mut order: Vec<ObjectId> = Vec::new();
+    let mut seen = OidSet::default();
+    let mut tip_commits = Vec::new();
+    for tip in tips {
+        if let Some(commit) = objects.peel_to_commit(tip)? {
+            tip_commits.push(commit);
+        }
+    }
+    // Post-order walk: a commit after all its parents.
+    let mut stack: Vec<(ObjectId, bool)> = tip_commits.iter().map(|c| (*c, false)).collect();
+    while let Some((commit, expanded)) = stack.pop() {
+        if expanded {
+            order.push(commit);
+            continue;
+        }
+        if !seen.insert(commit) {
+            continue;
+        }
+        if !pos.of.contains_key(&commit) {
+            return Ok(None);
+        }
+        stack.push((commit, true));
+        let parents = objects.commit(&commit)?.parents.clone();
+        stack.extend(
+            parents
+                .into_iter()
+                .filter(|p| !seen.contains(p))
+                .map(|p| (p, false)),
+        );
+    }
+    let tip_set: OidSet = tip_commits.iter().copied().collect();
+    let spacing = spacing.max(1);
+    let selected: Vec<ObjectId> = order
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| (i + 1) % spacing == 0 || tip_set.contains(*c))
+        .map(|(_, c)| *c)
+        .collect();
+
+    let mut types: [Bits; 4] = std::array::from_fn(|_| Bits::with_len(n));
+    let mut known: OidMap<Bits> = OidMap::default();
+    for commit in &selected {
+        let Some(bits) = reach(objects, &pos, &known, &[*commit], Some(&mut types))? else {
+            return Ok(None);
+        };
+        known.insert(*commit, bits);
+    }
+    // Objects no selected commit reaches (tags, trees and blobs named by refs).
+    let Some(all) = reach(objects, &pos, &known, tips, Some(&mut types))? else {
+        return Ok(None);
+    };
+    // Types seen only through stored bitmaps were noted when those were made.
+    if all.count() != n {
+        // Not the closure of the tips: no bitmap (git's rule too).
+        return Ok(None);
+    }
+
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_be_bytes());
+    out.extend_from_slice(&OPT_FULL_DAG.to_be_bytes());
+    out.extend_from_slice(&(selected.len() as u32).to_be_bytes());
+    out.extend_from_slice(pack.index.pack_checksum().as_bytes());
+    for bits in &types {
+        ewah_encode(bits, n, &mut out);
+    }
+    for commit in &selected {
+        let index = pack
+            .index
+            .lookup(commit)
+            .ok_or_else(|| bad("a selected commit outside the pack"))?;
+        out.extend_from_slice(&index.to_be_bytes());
+        out.push(0); // no XOR base
+        out.push(0); // no flags
+        ewah_encode(&known[commit], n, &mut out);
+    }
+    let mut hasher = gix_hash::hasher(hash);
+    hasher.update(&out);
+    let digest = hasher.try_finalize().map_err(|e| bad(e.to_string()))?;
+    out.extend_from_slice(digest.as_bytes());
+
+    let path = pack.pack.with_extension("bitmap");
+    write_atomically(&path, &out)?;
+    Ok(Some(path))
+}
+
+fn write_atomically(path: &Path, data: &[u8]) -> Result<(), Error> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("bitmap.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(bits: &Bits, n: usize) -> Bits {
+        let mut out = Vec::new();
+        ewah_encode(bits, n, &mut out);
+        let (decoded, used) = ewah_decode(&out, n).unwrap();
+        assert_eq!(used, out.len());
+        decoded
+    }
+
+    #[test]
+    fn ewah_round_trips_runs_and_literals() {
+        for n in [0usize, 1, 63, 64, 65, 200, 1000, 64 * 70 + 3] {
+            let mut sparse = Bits::with_len(n);
+            let mut dense = Bits::with_len(n);
+            let mut mixed = Bits::with_len(n);
+            for i in 0..n {
+                if i % 97 == 0 {
+                    sparse.set(i);
+                }
+                dense.set(i);
+                if (i / 64) % 3 != 0 || i % 5 == 0 {
+                    mixed.set(i);
+                }
+            }
+            for bits in [sparse, dense, mixed, Bits::with_len(n)] {
+                assert_eq!(roundtrip(&bits, n), bits, "{n} bits");
+            }
+        }
+    }
+
+    #[test]
+    fn ewah_refuses_what_does_not_fit() {
+        let mut bits = Bits::with_len(100);
+        bits.set(99);
+        let mut out = Vec::new();
+        ewah_encode(&bits, 100, &mut out);
+        assert!(
+            ewah_decode(&out, 50).is_err(),
+            "more bits than the pack has"
+        );
+        assert!(
+            ewah_decode(&out[..out.len() - 5], 100).is_err(),
+            "truncated"
+        );
+        // A run longer than the bitmap.
+        let mut hostile = Vec::new();
+        hostile.extend_from_slice(&64u32.to_be_bytes());
+        hostile.extend_from_slice(&1u32.to_be_bytes());
+        hostile.extend_from_slice(&(0xffff_ffffu64 << 1).to_be_bytes());
+        hostile.extend_from_slice(&0u32.to_be_bytes());
+        assert!(ewah_decode(&hostile, 64).is_err());
+    }
+
+    #[test]
+    fn bit_sets() {
+        let mut a = Bits::with_len(130);
+        a.set(0);
+        a.set(64);
+        a.set(129);
+        let mut b = Bits::with_len(130);
+        b.set(64);
+        assert_eq!(a.ones().collect::<Vec<_>>(), [0, 64, 129]);
+        a.and_not(&b);
+        assert_eq!(a.ones().collect::<Vec<_>>(), [0, 129]);
+        a.or(&b);
+        assert_eq!(a.count(), 3);
+    }
+}

@@ -1,0 +1,139 @@
+//! Reachability bitmaps against C git: git's bitmaps read as git means them, ours checked by
+//! `git rev-list --test-bitmap`.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::git;
+use gitcache_pack::Repository;
+use gitcache_protocol::ObjectId;
+use gitcache_testkit::repo::{self, RepoSpec};
+
+fn oid(hex: &str) -> ObjectId {
+    ObjectId::from_hex(hex.trim().as_bytes()).unwrap()
+}
+
+/// What `git rev-list --objects <rev>` lists.
+fn reachable(repo: &std::path::Path, rev: &str) -> Vec<ObjectId> {
+    let out = git(repo, &["rev-list", "--objects", "--no-object-names", rev]);
+    let set: BTreeSet<ObjectId> = out.lines().map(oid).collect();
+    set.into_iter().collect()
+}
+
+fn tips(repo: &std::path::Path) -> Vec<ObjectId> {
+    git(repo, &["for-each-ref", "--format=%(objectname)"])
+        .lines()
+        .map(oid)
+        .collect()
+}
+
+#[test]
+fn gits_bitmaps_are_read_as_git_means_them() {
+    for spec in [RepoSpec::small(71), RepoSpec::small(72).sha256()] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo.git");
+        repo::generate(&path, &spec).unwrap();
+        git(&path, &["repack", "-adb", "-q"]);
+        let repo = Repository::open(&path).unwrap();
+        let mut checked = 0;
+        for commit in git(&path, &["rev-list", "--all"]).lines().map(oid) {
+            if let Some(ours) = repo.bitmap_of(&commit).unwrap() {
+                assert_eq!(ours, reachable(&path, &commit.to_string()), "{commit}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "git wrote bitmaps for some commits");
+    }
+}
+
+#[test]
+fn our_bitmaps_pass_gits_own_check() {
+    for spec in [RepoSpec::small(73), RepoSpec::small(74).sha256()] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo.git");
+        repo::generate(&path, &spec).unwrap();
+        git(&path, &["repack", "-ad", "-q"]);
+        let repo = Repository::open(&path).unwrap();
+        let written = repo.write_bitmaps(&tips(&path)).unwrap();
+        let written = written.expect("one pack, the closure of the refs");
+        assert!(written.extension().is_some_and(|e| e == "bitmap"));
+
+        // Every stored bitmap is what git's walk finds.
+        let mut stored = 0;
+        for commit in git(&path, &["rev-list", "--all"]).lines().map(oid) {
+            if let Some(ours) = repo.bitmap_of(&commit).unwrap() {
+                assert_eq!(ours, reachable(&path, &commit.to_string()), "{commit}");
+                stored += 1;
+            }
+        }
+        let commits = git(&path, &["rev-list", "--all", "--count"]);
+        let commits: usize = commits.trim().parse().unwrap();
+        assert!(
+            stored >= commits / gitcache_pack::BITMAP_SPACING,
+            "{stored} of {commits}"
+        );
+        // Git reads them and checks them against its own walk (of commits with a bitmap).
+        let inner = git(&path, &["rev-list", "main"])
+            .lines()
+            .map(oid)
+            .skip(1)
+            .find(|c| repo.bitmap_of(c).unwrap().is_some())
+            .expect("a bitmap below the tip")
+            .to_string();
+        for rev in ["main", "feature/1", inner.as_str()] {
+            let out = std::process::Command::new(gitcache_testkit::git::git_program())
+                .args(["rev-list", "--test-bitmap", rev])
+                .current_dir(&path)
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{rev}: {said}");
+            assert!(said.contains("OK!"), "{rev}: {said}");
+        }
+        // And uses them: the same objects with and without.
+        let with = git(
+            &path,
+            &["rev-list", "--objects", "--all", "--use-bitmap-index"],
+        );
+        let without = git(&path, &["rev-list", "--objects", "--all"]);
+        let set = |s: &str| -> BTreeSet<String> {
+            s.lines()
+                .map(|l| l[..l.find(' ').unwrap_or(l.len())].to_owned())
+                .collect()
+        };
+        assert_eq!(set(&with), set(&without));
+    }
+}
+
+#[test]
+fn no_bitmaps_for_packs_that_are_not_the_closure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("repo.git");
+    repo::generate(&path, &RepoSpec::tiny(75)).unwrap();
+    git(&path, &["repack", "-ad", "-q"]);
+    let repo = Repository::open(&path).unwrap();
+    // Only main: the pack also holds what the other refs reach.
+    let main = oid(&git(&path, &["rev-parse", "main"]));
+    let all = tips(&path);
+    if all.len() > 1 {
+        assert!(repo.write_bitmaps(&[main]).unwrap().is_none());
+    }
+    // Two packs: nothing written.
+    let extra = git(&path, &["commit-tree", "-m", "x", "main^{tree}"]);
+    git(&path, &["update-ref", "refs/heads/extra", extra.trim()]);
+    git(&path, &["repack", "-q"]);
+    let packs = std::fs::read_dir(path.join("objects/pack"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pack")
+        })
+        .count();
+    assert_eq!(packs, 2);
+    let repo = Repository::open(&path).unwrap();
+    assert!(repo.write_bitmaps(&tips(&path)).unwrap().is_none());
+}
