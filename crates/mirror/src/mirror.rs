@@ -257,12 +257,14 @@ pub struct Consolidated {
     pub objects: u32,
     /// The pack, marked with its tips.
     pub pack: Option<PathBuf>,
+    /// Its reachability bitmaps.
+    pub bitmap: Option<PathBuf>,
 }
 
 impl Mirror {
     /// Merge every pack into one that holds exactly the objects the refs reach (stored deltas
     /// reused, unreachable objects dropped), mark it with its tips so that clones of all refs
-    /// are sent it as it is, then remove the old packs. Blocking; the registry runs it so
+    /// are sent it as it is, remove the old packs, and write its reachability bitmaps. Blocking; the registry runs it so
     /// that it never overlaps a refresh of the same mirror.
     ///
     /// The new pack is in place before an old one goes, and an old pack's index goes before
@@ -286,6 +288,7 @@ impl Mirror {
                 packs_before: old.len(),
                 objects: 0,
                 pack: None,
+                bitmap: None,
             });
         }
         let fetch = Fetch {
@@ -336,10 +339,17 @@ impl Mirror {
                 .as_ref()
                 .is_none_or(|p| p.ends_with(format!("{keep}.pack")))
         );
+        // Reachability bitmaps, so that fetches other than whole clones need no walk.
+        let bitmap = if pack_dir.join(format!("{keep}.bitmap")).is_file() {
+            Some(pack_dir.join(format!("{keep}.bitmap")))
+        } else {
+            repo.write_bitmaps(&tips)?
+        };
         Ok(Consolidated {
             packs_before: old.len(),
             objects,
             pack: marked,
+            bitmap,
         })
     }
 }

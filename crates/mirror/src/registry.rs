@@ -119,8 +119,9 @@ impl Registry {
     }
 
     /// Whether the mirror of `key` should be consolidated: it has more packs than the policy
-    /// allows, or one pack not yet marked with its tips (a mirror's first fetch: marking it
-    /// lets clones be answered from it as it is).
+    /// allows, or one pack not yet marked with its tips or without reachability bitmaps (a
+    /// mirror's first fetch: marking it lets clones be answered from it as it is, bitmaps
+    /// answer the other fetches without a walk).
     pub fn needs_consolidation(&self, key: &MirrorKey) -> bool {
         let dir = self.path(key).join("objects").join("pack");
         let names: Vec<String> = std::fs::read_dir(dir)
@@ -132,7 +133,8 @@ impl Registry {
             .unwrap_or_default();
         let packs = names.iter().filter(|n| n.ends_with(".idx")).count();
         let marked = names.iter().any(|n| n.ends_with(".tips"));
-        packs > self.consolidate_after || (packs == 1 && !marked)
+        let bitmapped = names.iter().any(|n| n.ends_with(".bitmap"));
+        packs > self.consolidate_after || (packs == 1 && !(marked && bitmapped))
     }
 
     /// [`refresh`](Self::refresh), then, if the mirror [needs
@@ -151,6 +153,7 @@ impl Registry {
                     Ok(Some(done)) => tracing::info!(
                         packs_before = done.packs_before,
                         objects = done.objects,
+                        bitmaps = done.bitmap.is_some(),
                         "mirror consolidated"
                     ),
                     Ok(None) => {}

@@ -128,10 +128,43 @@ async fn many_packs_become_one_that_clones_get_as_it_is() {
         .unwrap();
     assert_eq!(sent, std::fs::read(&marked).unwrap());
 
+    // Bitmaps beside it, which git reads and checks, and which answer a fetch of one branch
+    // with no walk.
+    let bitmap = done.bitmap.expect("bitmaps written");
+    assert_eq!(bitmap, marked.with_extension("bitmap"));
+    let check = std::process::Command::new("git")
+        .arg("-C")
+        .arg(mirror.git_dir())
+        .args(["rev-list", "--test-bitmap", "main"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success() && said.contains("OK!"), "{said}");
+    let main = gix_hash::ObjectId::from_hex(
+        git(mirror.git_dir(), &["rev-parse", "main"])
+            .trim()
+            .as_bytes(),
+    )
+    .unwrap();
+    let fetch = gitcache_protocol::request::Fetch {
+        wants: vec![main],
+        done: true,
+        ofs_delta: true,
+        no_progress: true,
+        ..Default::default()
+    };
+    let Plan::Pack(single) =
+        gitcache_pack::plan(&repo, &fetch, gix_hash::Kind::Sha1, &Default::default()).unwrap()
+    else {
+        panic!("a pack")
+    };
+    assert!(single.used_bitmaps());
+
     // Again: nothing to do.
     let again = registry.consolidate(&key).await.unwrap().unwrap();
     assert_eq!(again.packs_before, 1);
     assert_eq!(again.pack, Some(marked));
+    assert_eq!(again.bitmap, Some(bitmap));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -523,9 +523,12 @@ pub(crate) fn write(
     Ok(Some(path))
 }
 
+/// Write through a temporary named `incoming-…` in the same folder (what mirrors remove
+/// after a crash), synced, then renamed into place.
 fn write_atomically(path: &Path, data: &[u8]) -> Result<(), Error> {
     use std::io::Write as _;
-    let tmp = path.with_extension("bitmap.tmp");
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!("incoming-{}-{name}", std::process::id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(data)?;
     file.sync_all()?;
