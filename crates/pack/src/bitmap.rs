@@ -12,6 +12,8 @@ use gix_hash::{Kind as HashKind, ObjectId};
 
 use crate::Error;
 use crate::objects::{EntryKind, Objects};
+use std::sync::Arc;
+
 use crate::packs::{RevIndex, StoredPack};
 use crate::{OidMap, OidSet};
 
@@ -178,15 +180,19 @@ pub(crate) fn ewah_encode(bits: &Bits, bit_size: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(&(last_rlw as u32).to_be_bytes());
 }
 
-/// A pack's bitmaps, read and resolved.
+/// A pack's bitmaps: the type bitmaps decoded, each commit's decoded when first asked for.
 #[derive(Debug)]
 pub(crate) struct PackBitmaps {
     /// Objects by type, in pack order (trees are what is left).
     pub(crate) commits: Bits,
     pub(crate) blobs: Bits,
     pub(crate) tags: Bits,
-    /// What each selected commit reaches.
-    pub(crate) reach: OidMap<Bits>,
+    data: Vec<u8>,
+    objects: usize,
+    /// Per entry: where its EWAH starts and which earlier entry it is XORed with.
+    entries: Vec<(usize, Option<usize>)>,
+    by_commit: OidMap<usize>,
+    decoded: std::sync::Mutex<std::collections::HashMap<usize, Arc<Bits>>>,
 }
 
 impl PackBitmaps {
@@ -195,10 +201,10 @@ impl PackBitmaps {
         let Ok(data) = std::fs::read(pack.pack.with_extension("bitmap")) else {
             return Ok(None);
         };
-        Self::parse(&data, pack, hash).map(Some)
+        Self::parse(data, pack, hash).map(Some)
     }
 
-    fn parse(data: &[u8], pack: &StoredPack, hash: HashKind) -> Result<PackBitmaps, Error> {
+    fn parse(data: Vec<u8>, pack: &StoredPack, hash: HashKind) -> Result<PackBitmaps, Error> {
         let n = pack.num_objects();
         let hash_len = hash.len_in_bytes();
         if data.len() < 12 + 2 * hash_len || &data[..4] != MAGIC {
@@ -211,7 +217,15 @@ impl PackBitmaps {
                 "bitmap version {version} with options {options:#x}"
             )));
         }
-        let entries = u32_at(data, 8)? as usize;
+        // The file's own checksum: a damaged bitmap would silently leave objects out.
+        let (body, trailer) = data.split_at(data.len() - hash_len);
+        let mut hasher = gix_hash::hasher(hash);
+        hasher.update(body);
+        let digest = hasher.try_finalize().map_err(|e| bad(e.to_string()))?;
+        if digest.as_bytes() != trailer {
+            return Err(bad("the bitmap file's checksum does not match"));
+        }
+        let count = u32_at(&data, 8)? as usize;
         let checksum = &data[12..12 + hash_len];
         if checksum != pack.index.pack_checksum().as_bytes() {
             return Err(bad("the bitmap belongs to another pack"));
@@ -223,24 +237,31 @@ impl PackBitmaps {
             types.push(bits);
             at += used;
         }
-        let mut resolved: Vec<(ObjectId, Bits)> = Vec::with_capacity(entries.min(n));
-        for i in 0..entries {
-            let position = u32_at(data, at)?;
+        // Only the entries' places now: each is decoded when a fetch needs it.
+        let mut entries = Vec::with_capacity(count.min(n));
+        let mut by_commit = OidMap::default();
+        for i in 0..count {
+            let position = u32_at(&data, at)? as usize;
             let xor = *data.get(at + 4).ok_or_else(|| bad("truncated"))? as usize;
             at += 6;
-            let (mut bits, used) = ewah_decode(&data[at..], n)?;
-            at += used;
-            if xor > 0 {
-                let base = i
-                    .checked_sub(xor)
-                    .and_then(|b| resolved.get(b))
-                    .ok_or_else(|| bad("an XOR offset past the first bitmap"))?;
-                bits.xor(&base.1);
+            let words = u32_at(&data, at + 4)? as usize;
+            let start = at;
+            at += 12 + words * 8;
+            if at > data.len() {
+                return Err(bad("truncated bitmap"));
             }
-            if position as usize >= n {
+            let base = match xor {
+                0 => None,
+                x => Some(
+                    i.checked_sub(x)
+                        .ok_or_else(|| bad("an XOR offset past the first bitmap"))?,
+                ),
+            };
+            if position >= n {
                 return Err(bad("a bitmap for an object outside the pack"));
             }
-            resolved.push((pack.index.oid_at_index(position).to_owned(), bits));
+            entries.push((start, base));
+            by_commit.insert(pack.index.oid_at_index(position as u32).to_owned(), i);
         }
         let mut types = types.into_iter();
         let mut next = || types.next().expect("four type bitmaps");
@@ -250,8 +271,62 @@ impl PackBitmaps {
             commits,
             blobs: next(),
             tags: next(),
-            reach: resolved.into_iter().collect(),
+            data,
+            objects: n,
+            entries,
+            by_commit,
+            decoded: Default::default(),
         })
+    }
+
+    /// What `commit` reaches, if it has a stored bitmap.
+    pub(crate) fn get(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error> {
+        match self.by_commit.get(commit) {
+            Some(&i) => self.entry(i, 0).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn entry(&self, i: usize, depth: usize) -> Result<Arc<Bits>, Error> {
+        if let Some(bits) = self
+            .decoded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&i)
+        {
+            return Ok(Arc::clone(bits));
+        }
+        if depth > self.entries.len() {
+            return Err(bad("an XOR chain that loops"));
+        }
+        let (start, base) = self.entries[i];
+        let (mut bits, _) = ewah_decode(&self.data[start..], self.objects)?;
+        if let Some(base) = base {
+            bits.xor(&*self.entry(base, depth + 1)?);
+        }
+        let bits = Arc::new(bits);
+        self.decoded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(i, Arc::clone(&bits));
+        Ok(bits)
+    }
+}
+
+/// Where a walk finds stored bitmaps.
+pub(crate) trait Known {
+    fn bitmap(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error>;
+}
+
+impl Known for PackBitmaps {
+    fn bitmap(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error> {
+        self.get(commit)
+    }
+}
+
+impl Known for OidMap<Arc<Bits>> {
+    fn bitmap(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error> {
+        Ok(self.get(commit).cloned())
     }
 }
 
@@ -266,7 +341,7 @@ pub(crate) struct Loaded {
 /// change; a bitmap that cannot be read counts as none).
 #[derive(Debug, Default)]
 pub(crate) struct BitmapCache(
-    std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Option<std::sync::Arc<Loaded>>>>,
+    std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Option<Arc<Loaded>>>>,
 );
 
 impl BitmapCache {
@@ -275,43 +350,64 @@ impl BitmapCache {
         pack: &StoredPack,
         revs: &crate::packs::RevCache,
         hash: HashKind,
-    ) -> Option<std::sync::Arc<Loaded>> {
+    ) -> Option<Arc<Loaded>> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(pack.pack.clone())
             .or_insert_with(|| {
-                let rev = revs.get(pack, hash);
                 let bitmaps = PackBitmaps::load(pack, hash).ok().flatten()?;
-                Some(std::sync::Arc::new(Loaded {
-                    bitmaps,
-                    pos: Positions::new(pack, &rev),
-                }))
+                let pos = Positions::new(pack, revs.get(pack, hash), hash).ok()?;
+                Some(Arc::new(Loaded { bitmaps, pos }))
             })
             .clone()
     }
 }
 
-/// Pack positions of a pack's objects, and back.
-#[derive(Debug)]
+/// Pack positions of a pack's objects, and back, from its index and reverse index.
 pub(crate) struct Positions {
-    /// The object at each pack position.
-    pub(crate) oids: Vec<ObjectId>,
-    /// Each object's pack position.
-    pub(crate) of: OidMap<u32>,
+    index: gix_pack::index::File,
+    /// Index position at each pack position.
+    rev: Arc<RevIndex>,
+    /// Pack position at each index position.
+    inv: Vec<u32>,
+}
+
+impl std::fmt::Debug for Positions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Positions")
+            .field("objects", &self.inv.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Positions {
-    pub(crate) fn new(pack: &StoredPack, rev: &RevIndex) -> Self {
-        let oids: Vec<ObjectId> = rev
-            .positions()
-            .iter()
-            .map(|&i| pack.index.oid_at_index(i).to_owned())
-            .collect();
-        let of = oids
-            .iter()
-            .enumerate()
-            .map(|(p, oid)| (*oid, p as u32))
-            .collect();
-        Positions { oids, of }
+    pub(crate) fn new(
+        pack: &StoredPack,
+        rev: Arc<RevIndex>,
+        hash: HashKind,
+    ) -> Result<Self, Error> {
+        let index =
+            gix_pack::index::File::at(pack.pack.with_extension("idx"), hash).map_err(Error::odb)?;
+        let mut inv = vec![0u32; rev.positions().len()];
+        for (p, &i) in rev.positions().iter().enumerate() {
+            inv[i as usize] = p as u32;
+        }
+        Ok(Positions { index, rev, inv })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.inv.len()
+    }
+
+    /// The pack position of `oid`, if the pack holds it.
+    pub(crate) fn of(&self, oid: &ObjectId) -> Option<usize> {
+        self.index
+            .lookup(oid)
+            .map(|i| self.inv[i as usize] as usize)
+    }
+
+    /// The object at pack position `p`.
+    pub(crate) fn oid(&self, p: usize) -> ObjectId {
+        self.index.oid_at_index(self.rev.positions()[p]).to_owned()
     }
 }
 
@@ -321,15 +417,15 @@ impl Positions {
 pub(crate) fn reach(
     objects: &mut Objects,
     pos: &Positions,
-    known: &OidMap<Bits>,
+    known: &dyn Known,
     tips: &[ObjectId],
     mut types: Option<&mut [Bits; 4]>,
 ) -> Result<Option<Bits>, Error> {
-    let mut bits = Bits::with_len(pos.oids.len());
+    let mut bits = Bits::with_len(pos.len());
     let mut commits: Vec<ObjectId> = Vec::new();
     let mut trees: Vec<ObjectId> = Vec::new();
     let mut note = |bits: &mut Bits, oid: &ObjectId, kind: usize| -> Option<bool> {
-        let p = *pos.of.get(oid)? as usize;
+        let p = pos.of(oid)?;
         if bits.get(p) {
             return Some(false);
         }
@@ -368,8 +464,8 @@ pub(crate) fn reach(
         }
     }
     while let Some(commit) = commits.pop() {
-        if let Some(stored) = known.get(&commit) {
-            bits.or(stored);
+        if let Some(stored) = known.bitmap(&commit)? {
+            bits.or(&stored);
             continue;
         }
         match note(&mut bits, &commit, 0) {
@@ -428,13 +524,13 @@ pub(crate) fn reach(
 pub(crate) fn write(
     objects: &mut Objects,
     pack: &StoredPack,
-    rev: &RevIndex,
+    rev: Arc<RevIndex>,
     hash: HashKind,
     tips: &[ObjectId],
     spacing: usize,
 ) -> Result<Option<std::path::PathBuf>, Error> {
-    let pos = Positions::new(pack, rev);
-    let n = pos.oids.len();
+    let pos = Positions::new(pack, rev, hash)?;
+    let n = pos.len();
 
     // Which commits get a bitmap: the tips and every `spacing`-th commit, parents first.
     let mut order: Vec<ObjectId> = Vec::new();
@@ -455,7 +551,7 @@ pub(crate) fn write(
         if !seen.insert(commit) {
             continue;
         }
-        if !pos.of.contains_key(&commit) {
+        if pos.of(&commit).is_none() {
             return Ok(None);
         }
         stack.push((commit, true));
@@ -477,12 +573,12 @@ pub(crate) fn write(
         .collect();
 
     let mut types: [Bits; 4] = std::array::from_fn(|_| Bits::with_len(n));
-    let mut known: OidMap<Bits> = OidMap::default();
+    let mut known: OidMap<Arc<Bits>> = OidMap::default();
     for commit in &selected {
         let Some(bits) = reach(objects, &pos, &known, &[*commit], Some(&mut types))? else {
             return Ok(None);
         };
-        known.insert(*commit, bits);
+        known.insert(*commit, Arc::new(bits));
     }
     // Objects no selected commit reaches (tags, trees and blobs named by refs).
     let Some(all) = reach(objects, &pos, &known, tips, Some(&mut types))? else {

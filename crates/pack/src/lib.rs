@@ -510,7 +510,7 @@ impl Repository {
         bitmap::write(
             &mut self.objects(),
             pack,
-            &rev,
+            rev,
             self.object_format(),
             tips,
             BITMAP_SPACING,
@@ -523,15 +523,13 @@ impl Repository {
     pub fn bitmap_of(&self, commit: &ObjectId) -> Result<Option<Vec<ObjectId>>, Error> {
         let stored = packs::list(self.git_dir(), self.object_format())?;
         for pack in &stored {
-            let rev = self.rev_cache().get(pack, self.object_format());
-            let Some(bitmaps) = bitmap::PackBitmaps::load(pack, self.object_format())? else {
+            let Some(loaded) = self.bitmaps(pack) else {
                 continue;
             };
-            let Some(bits) = bitmaps.reach.get(commit) else {
+            let Some(bits) = loaded.bitmaps.get(commit)? else {
                 continue;
             };
-            let positions = bitmap::Positions::new(pack, &rev);
-            let mut oids: Vec<ObjectId> = bits.ones().map(|p| positions.oids[p]).collect();
+            let mut oids: Vec<ObjectId> = bits.ones().map(|p| loaded.pos.oid(p)).collect();
             oids.sort();
             return Ok(Some(oids));
         }

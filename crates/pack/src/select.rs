@@ -161,11 +161,10 @@ pub(crate) fn select_with_bitmaps(
         return Ok(None);
     };
     let (bitmaps, pos) = (&loaded.bitmaps, &loaded.pos);
-    let Some(mut sent) = crate::bitmap::reach(objects, pos, &bitmaps.reach, req.wants, None)?
-    else {
+    let Some(mut sent) = crate::bitmap::reach(objects, pos, bitmaps, req.wants, None)? else {
         return Ok(None);
     };
-    let Some(had) = crate::bitmap::reach(objects, pos, &bitmaps.reach, req.haves, None)? else {
+    let Some(had) = crate::bitmap::reach(objects, pos, bitmaps, req.haves, None)? else {
         return Ok(None);
     };
     sent.and_not(&had);
@@ -180,17 +179,17 @@ pub(crate) fn select_with_bitmaps(
         }
         sent.and_not(&bitmaps.blobs);
         for blob in named {
-            if let Some(&p) = pos.of.get(&blob)
-                && !had.get(p as usize)
+            if let Some(p) = pos.of(&blob)
+                && !had.get(p)
             {
-                sent.set(p as usize);
+                sent.set(p);
             }
         }
     }
     let mut out = Selection::default();
     let mut emitted = OidSet::default();
     for p in sent.ones() {
-        let oid = pos.oids[p];
+        let oid = pos.oid(p);
         emitted.insert(oid);
         if bitmaps.commits.get(p) {
             out.commits.push(oid);
@@ -200,7 +199,7 @@ pub(crate) fn select_with_bitmaps(
             out.others.push(oid);
         }
     }
-    out.client_has.extend(had.ones().map(|p| pos.oids[p]));
+    out.client_has.extend(had.ones().map(|p| pos.oid(p)));
     if req.include_tag {
         include_tags(repo, objects, &mut emitted, &mut out)?;
     }

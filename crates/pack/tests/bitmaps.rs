@@ -137,3 +137,47 @@ fn no_bitmaps_for_packs_that_are_not_the_closure() {
     let repo = Repository::open(&path).unwrap();
     assert!(repo.write_bitmaps(&tips(&path)).unwrap().is_none());
 }
+
+/// A damaged bitmap file is not used: fetches are answered by walking, correctly.
+#[test]
+fn a_damaged_bitmap_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("repo.git");
+    repo::generate(&path, &RepoSpec::small(76)).unwrap();
+    git(&path, &["repack", "-adb", "-q"]);
+    let bitmap = std::fs::read_dir(path.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "bitmap"))
+        .unwrap();
+    let main = oid(&git(&path, &["rev-parse", "main"]));
+    let fetch = gitcache_protocol::request::Fetch {
+        wants: vec![main],
+        done: true,
+        ofs_delta: true,
+        no_progress: true,
+        ..Default::default()
+    };
+    let count = |repo: &Repository| {
+        let gitcache_pack::Plan::Pack(plan) =
+            gitcache_pack::plan(repo, &fetch, repo.object_format(), &Default::default()).unwrap()
+        else {
+            panic!("a pack");
+        };
+        (plan.used_bitmaps(), plan.object_count())
+    };
+    let (used, objects) = count(&Repository::open(&path).unwrap());
+    assert!(used);
+    assert_eq!(objects, reachable(&path, "main").len());
+    let original = std::fs::read(&bitmap).unwrap();
+    let mut flipped = original.clone();
+    flipped[original.len() / 2] ^= 0x10;
+    let mut truncated = original.clone();
+    truncated.truncate(original.len() / 2);
+    for damaged in [flipped, truncated] {
+        std::fs::write(&bitmap, &damaged).unwrap();
+        let (used, walked) = count(&Repository::open(&path).unwrap());
+        assert!(!used, "the damaged file is not trusted");
+        assert_eq!(walked, objects);
+    }
+}
