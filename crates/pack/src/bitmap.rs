@@ -420,8 +420,10 @@ pub(crate) fn reach(
     known: &dyn Known,
     tips: &[ObjectId],
     mut types: Option<&mut [Bits; 4]>,
+    seed: Option<&Bits>,
 ) -> Result<Option<Bits>, Error> {
-    let mut bits = Bits::with_len(pos.len());
+    // What `seed` holds is taken as reached already, and not walked through.
+    let mut bits = seed.cloned().unwrap_or_else(|| Bits::with_len(pos.len()));
     let mut commits: Vec<ObjectId> = Vec::new();
     let mut trees: Vec<ObjectId> = Vec::new();
     let mut note = |bits: &mut Bits, oid: &ObjectId, kind: usize| -> Option<bool> {
@@ -463,6 +465,8 @@ pub(crate) fn reach(
             gix_object::Kind::Tag => unreachable!("followed above"),
         }
     }
+    // Commits first, down to the nearest stored bitmaps; then the trees of the commits
+    // walked, skipping whatever those bitmaps already hold (most of each tree).
     while let Some(commit) = commits.pop() {
         if let Some(stored) = known.bitmap(&commit)? {
             bits.or(&stored);
@@ -474,28 +478,8 @@ pub(crate) fn reach(
             Some(true) => {}
         }
         let parsed = objects.commit(&commit)?;
-        let (tree, parents) = (parsed.tree, parsed.parents.clone());
-        trees.push(tree);
-        commits.extend(parents);
-        // Trees as we go, so that what is already set is skipped.
-        while let Some(tree) = trees.pop() {
-            match note(&mut bits, &tree, 1) {
-                None => return Ok(None),
-                Some(false) => continue,
-                Some(true) => {}
-            }
-            for entry in objects.tree(&tree)? {
-                match entry.kind {
-                    EntryKind::Tree => trees.push(entry.oid),
-                    EntryKind::Blob => {
-                        if note(&mut bits, &entry.oid, 2).is_none() {
-                            return Ok(None);
-                        }
-                    }
-                    EntryKind::Gitlink => {}
-                }
-            }
-        }
+        trees.push(parsed.tree);
+        commits.extend(parsed.parents.clone());
     }
     while let Some(tree) = trees.pop() {
         match note(&mut bits, &tree, 1) {
@@ -575,13 +559,13 @@ pub(crate) fn write(
     let mut types: [Bits; 4] = std::array::from_fn(|_| Bits::with_len(n));
     let mut known: OidMap<Arc<Bits>> = OidMap::default();
     for commit in &selected {
-        let Some(bits) = reach(objects, &pos, &known, &[*commit], Some(&mut types))? else {
+        let Some(bits) = reach(objects, &pos, &known, &[*commit], Some(&mut types), None)? else {
             return Ok(None);
         };
         known.insert(*commit, Arc::new(bits));
     }
     // Objects no selected commit reaches (tags, trees and blobs named by refs).
-    let Some(all) = reach(objects, &pos, &known, tips, Some(&mut types))? else {
+    let Some(all) = reach(objects, &pos, &known, tips, Some(&mut types), None)? else {
         return Ok(None);
     };
     // Types seen only through stored bitmaps were noted when those were made.

@@ -161,10 +161,12 @@ pub(crate) fn select_with_bitmaps(
         return Ok(None);
     };
     let (bitmaps, pos) = (&loaded.bitmaps, &loaded.pos);
-    let Some(mut sent) = crate::bitmap::reach(objects, pos, bitmaps, req.wants, None)? else {
+    let Some(had) = crate::bitmap::reach(objects, pos, bitmaps, req.haves, None, None)? else {
         return Ok(None);
     };
-    let Some(had) = crate::bitmap::reach(objects, pos, bitmaps, req.haves, None)? else {
+    // What the client has needs no walking on the wants' side.
+    let Some(mut sent) = crate::bitmap::reach(objects, pos, bitmaps, req.wants, None, Some(&had))?
+    else {
         return Ok(None);
     };
     sent.and_not(&had);
