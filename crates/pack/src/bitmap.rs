@@ -369,6 +369,8 @@ pub(crate) struct Positions {
     rev: Arc<RevIndex>,
     /// Pack position at each index position.
     inv: Vec<u32>,
+    /// Pack positions by object, when made.
+    map: Option<OidMap<u32>>,
 }
 
 impl std::fmt::Debug for Positions {
@@ -391,7 +393,12 @@ impl Positions {
         for (p, &i) in rev.positions().iter().enumerate() {
             inv[i as usize] = p as u32;
         }
-        Ok(Positions { index, rev, inv })
+        Ok(Positions {
+            index,
+            rev,
+            inv,
+            map: None,
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -400,9 +407,20 @@ impl Positions {
 
     /// The pack position of `oid`, if the pack holds it.
     pub(crate) fn of(&self, oid: &ObjectId) -> Option<usize> {
+        if let Some(map) = &self.map {
+            return map.get(oid).map(|&p| p as usize);
+        }
         self.index
             .lookup(oid)
             .map(|i| self.inv[i as usize] as usize)
+    }
+
+    /// Look objects up in a hash map from now on (worth it for walks over the whole
+    /// history, as when bitmaps are written).
+    pub(crate) fn with_map(mut self) -> Self {
+        let map = (0..self.len()).map(|p| (self.oid(p), p as u32)).collect();
+        self.map = Some(map);
+        self
     }
 
     /// The object at pack position `p`.
@@ -513,7 +531,7 @@ pub(crate) fn write(
     tips: &[ObjectId],
     spacing: usize,
 ) -> Result<Option<std::path::PathBuf>, Error> {
-    let pos = Positions::new(pack, rev, hash)?;
+    let pos = Positions::new(pack, rev, hash)?.with_map();
     let n = pos.len();
 
     // Which commits get a bitmap: the tips and every `spacing`-th commit, parents first.
@@ -547,12 +565,29 @@ pub(crate) fn write(
                 .map(|p| (p, false)),
         );
     }
-    let tip_set: OidSet = tip_commits.iter().copied().collect();
+    // Along each tip's first-parent line, where fetches have and want: every tenth commit
+    // for the first `spacing`, then every `spacing`th; elsewhere every `spacing`th of the walk.
     let spacing = spacing.max(1);
+    let mut picked: OidSet = tip_commits.iter().copied().collect();
+    for tip in &tip_commits {
+        let mut commit = *tip;
+        let mut distance = 0usize;
+        loop {
+            let step = if distance < spacing { 10 } else { spacing };
+            if distance.is_multiple_of(step) {
+                picked.insert(commit);
+            }
+            let Some(parent) = objects.commit(&commit)?.parents.first().copied() else {
+                break;
+            };
+            commit = parent;
+            distance += 1;
+        }
+    }
     let selected: Vec<ObjectId> = order
         .iter()
         .enumerate()
-        .filter(|(i, c)| (i + 1) % spacing == 0 || tip_set.contains(*c))
+        .filter(|(i, c)| (i + 1) % spacing == 0 || picked.contains(*c))
         .map(|(_, c)| *c)
         .collect();
 

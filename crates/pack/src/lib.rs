@@ -498,9 +498,11 @@ pub const BITMAP_SPACING: usize = 100;
 impl Repository {
     /// Write reachability bitmaps in git's format (`pack-<hash>.bitmap`) for the
     /// repository's pack, when it has exactly one and that pack is the closure of `tips`
-    /// (as a consolidated mirror's is): one bitmap for each commit the tips lead to and for
-    /// every [`BITMAP_SPACING`]th commit. Returns the file, or `None` when that does not
-    /// apply. Fetches then find their objects with a few bitmap operations instead of a walk.
+    /// (as a consolidated mirror's is): one bitmap for each commit the tips lead to, for
+    /// every tenth commit of the last [`BITMAP_SPACING`] on each tip's first-parent line and
+    /// every [`BITMAP_SPACING`]th further back, and for every [`BITMAP_SPACING`]th commit of
+    /// the rest. Returns the file, or `None` when that does not apply. Fetches then find
+    /// their objects with a few bitmap operations instead of a walk.
     pub fn write_bitmaps(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
         let stored = packs::list(self.git_dir(), self.object_format())?;
         let [pack] = stored.as_slice() else {
