@@ -21,6 +21,8 @@ const MAGIC: &[u8; 4] = b"BITM";
 const VERSION: u16 = 1;
 /// The bitmaps hold the whole closure of each commit: the only kind git writes or reads.
 const OPT_FULL_DAG: u16 = 0x1;
+/// How far back a bitmap's XOR base may be (git's limit too).
+const MAX_XOR_OFFSET: usize = 10;
 
 /// A plain bit set, bit `i` in word `i / 64` at `1 << (i % 64)`, as EWAH words hold them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -618,15 +620,32 @@ pub(crate) fn write(
     for bits in &types {
         ewah_encode(bits, n, &mut out);
     }
-    for commit in &selected {
+    // Each bitmap is stored as it is or XORed with one of the ten before it, whichever is
+    // smallest (neighbouring commits reach nearly the same objects), as git does.
+    let mut encoded = Vec::new();
+    for (i, commit) in selected.iter().enumerate() {
         let index = pack
             .index
             .lookup(commit)
             .ok_or_else(|| bad("a selected commit outside the pack"))?;
+        let bits = &known[commit];
+        encoded.clear();
+        ewah_encode(bits, n, &mut encoded);
+        let mut best = (0u8, std::mem::take(&mut encoded));
+        for back in 1..=MAX_XOR_OFFSET.min(i) {
+            let mut xored = (**bits).clone();
+            xored.xor(&known[&selected[i - back]]);
+            let mut candidate = Vec::new();
+            ewah_encode(&xored, n, &mut candidate);
+            if candidate.len() < best.1.len() {
+                best = (back as u8, candidate);
+            }
+        }
         out.extend_from_slice(&index.to_be_bytes());
-        out.push(0); // no XOR base
+        out.push(best.0); // XOR base: this many entries back, or none
         out.push(0); // no flags
-        ewah_encode(&known[commit], n, &mut out);
+        out.extend_from_slice(&best.1);
+        encoded = best.1;
     }
     let mut hasher = gix_hash::hasher(hash);
     hasher.update(&out);

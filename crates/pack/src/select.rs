@@ -27,7 +27,33 @@ pub(crate) struct Selection {
     /// Trees and blobs, in traversal order.
     pub(crate) others: Vec<ObjectId>,
     /// Objects the client provably has: usable as thin-pack delta bases.
-    pub(crate) client_has: OidSet,
+    pub(crate) client_has: Has,
+}
+
+/// What the client has: a set, and with bitmaps, the haves' bitmap (not turned into a set:
+/// an incremental fetch's haves reach nearly the whole repository).
+#[derive(Debug, Default)]
+pub(crate) struct Has {
+    pub(crate) set: OidSet,
+    bits: Option<(std::sync::Arc<crate::bitmap::Loaded>, crate::bitmap::Bits)>,
+}
+
+impl Has {
+    pub(crate) fn contains(&self, oid: &ObjectId) -> bool {
+        self.set.contains(oid)
+            || self
+                .bits
+                .as_ref()
+                .is_some_and(|(loaded, bits)| loaded.pos.of(oid).is_some_and(|p| bits.get(p)))
+    }
+
+    fn insert(&mut self, oid: ObjectId) -> bool {
+        self.set.insert(oid)
+    }
+
+    fn extend(&mut self, oids: impl IntoIterator<Item = ObjectId>) {
+        self.set.extend(oids);
+    }
 }
 
 impl Selection {
@@ -100,7 +126,7 @@ pub(crate) fn select(
         .map(|c| objects.commit(c).map(|c| c.tree))
         .collect::<Result<_, _>>()?;
     for tree in boundary_trees.into_iter().chain(had_trees) {
-        mark_tree_had(objects, tree, &mut out.client_has)?;
+        mark_tree_had(objects, tree, &mut out.client_has.set)?;
     }
 
     let mut filter = req.filter.map(FilterState::new).transpose()?;
@@ -109,7 +135,7 @@ pub(crate) fn select(
         seen: OidSet::default(),
         emitted: &mut emitted,
         out: &mut out.others,
-        client_has: &out.client_has,
+        client_has: &out.client_has.set,
     };
     let commits: Vec<ObjectId> = walked.interesting().copied().collect();
     // Objects named in a want come first, shown whatever the filter says; then each commit's
@@ -201,7 +227,7 @@ pub(crate) fn select_with_bitmaps(
             out.others.push(oid);
         }
     }
-    out.client_has.extend(had.ones().map(|p| pos.oid(p)));
+    out.client_has.bits = Some((std::sync::Arc::clone(&loaded), had));
     if req.include_tag {
         include_tags(repo, objects, &mut emitted, &mut out)?;
     }

@@ -123,7 +123,7 @@ impl<'a> PackWriter<'a> {
     pub(crate) fn write<W: Write>(
         &mut self,
         order: &[ObjectId],
-        client_has: &OidSet,
+        client_has: &crate::select::Has,
         out: W,
     ) -> Result<PackStats, Error> {
         let count = u32::try_from(order.len()).map_err(|_| Error::Odb {
@@ -229,7 +229,7 @@ impl<'a> PackWriter<'a> {
         oid: &ObjectId,
         stored: Stored,
         written: &OidMap<u64>,
-        client_has: &OidSet,
+        client_has: &crate::select::Has,
         in_pack: &OidSet,
         stats: &mut PackStats,
     ) -> Result<(), Error> {
