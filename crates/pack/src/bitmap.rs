@@ -391,10 +391,7 @@ impl Positions {
     ) -> Result<Self, Error> {
         let index =
             gix_pack::index::File::at(pack.pack.with_extension("idx"), hash).map_err(Error::odb)?;
-        let mut inv = vec![0u32; rev.positions().len()];
-        for (p, &i) in rev.positions().iter().enumerate() {
-            inv[i as usize] = p as u32;
-        }
+        let inv = rev.inverse().to_vec();
         Ok(Positions {
             index,
             rev,

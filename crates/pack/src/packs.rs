@@ -103,9 +103,10 @@ pub(crate) fn write_tips(pack: &Path, tips: &OidSet) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
-/// Index positions of a pack's objects in pack order: git's reverse index.
+/// Index positions of a pack's objects in pack order: git's reverse index, and (made when
+/// first asked for) each index position's pack position.
 #[derive(Debug)]
-pub(crate) struct RevIndex(Vec<u32>);
+pub(crate) struct RevIndex(Vec<u32>, std::sync::OnceLock<Vec<u32>>);
 
 impl RevIndex {
     /// Read `pack-<hash>.rev` if git wrote one, else build it from the index.
@@ -122,7 +123,7 @@ impl RevIndex {
                     .map(|c| u32::from_be_bytes(c.try_into().expect("four bytes")))
                     .collect();
                 if positions.iter().all(|&p| (p as usize) < n) {
-                    return RevIndex(positions);
+                    return RevIndex(positions, std::sync::OnceLock::new());
                 }
             }
         }
@@ -130,12 +131,35 @@ impl RevIndex {
             .map(|i| (pack.index.pack_offset_at_index(i), i))
             .collect();
         by_offset.sort_unstable();
-        RevIndex(by_offset.into_iter().map(|(_, i)| i).collect())
+        RevIndex(
+            by_offset.into_iter().map(|(_, i)| i).collect(),
+            std::sync::OnceLock::new(),
+        )
     }
 
     /// Index positions (into the `.idx`, by object id) in pack order.
     pub(crate) fn positions(&self) -> &[u32] {
         &self.0
+    }
+
+    /// The pack position of each index position.
+    pub(crate) fn inverse(&self) -> &[u32] {
+        self.1.get_or_init(|| {
+            let mut inv = vec![0u32; self.0.len()];
+            for (p, &i) in self.0.iter().enumerate() {
+                inv[i as usize] = p as u32;
+            }
+            inv
+        })
+    }
+
+    /// Where the entry of index position `index` ends: the next entry's offset, or `end`
+    /// (the pack's trailer) for the last one.
+    pub(crate) fn entry_end(&self, pack: &StoredPack, index: u32, end: u64) -> u64 {
+        let next = self.inverse()[index as usize] as usize + 1;
+        self.0
+            .get(next)
+            .map_or(end, |&i| pack.index.pack_offset_at_index(i))
     }
 
     /// The object stored at `offset` of `pack`.

@@ -97,6 +97,8 @@ pub(crate) struct PackWriter<'a> {
     rev: &'a RevCache,
     /// Which of `packs` each odb pack id is.
     pack_of_id: HashMap<u32, Option<usize>>,
+    /// `packs`' data files, mapped when first read.
+    pack_data: Vec<Option<gix_pack::data::File>>,
     buf: Vec<u8>,
 }
 
@@ -115,6 +117,7 @@ impl<'a> PackWriter<'a> {
             packs,
             rev,
             pack_of_id: HashMap::new(),
+            pack_data: Vec::new(),
             buf: Vec::new(),
         }
     }
@@ -281,6 +284,9 @@ impl<'a> PackWriter<'a> {
 
     /// How `oid` is stored.
     fn stored(&mut self, oid: &ObjectId) -> Result<Stored, Error> {
+        if let Some(found) = self.stored_in_listed_pack(oid) {
+            return Ok(found);
+        }
         let odb = self.objects.odb();
         let Some(location) = odb
             .location_by_oid(oid, &mut self.buf)
@@ -320,6 +326,53 @@ impl<'a> PackWriter<'a> {
                         header_len,
                     },
                     None => Stored::Full,
+                }
+            }
+        })
+    }
+
+    /// How `oid` is stored, read straight from the mapped pack of one of `packs`: the entry's
+    /// end comes from the reverse index, so nothing is inflated (the object database's own
+    /// lookup inflates the entry to learn its length). `None`: not in those packs, or not
+    /// readable this way.
+    fn stored_in_listed_pack(&mut self, oid: &ObjectId) -> Option<Stored> {
+        let hash = self.objects.hash();
+        let (k, index) = self
+            .packs
+            .iter()
+            .enumerate()
+            .find_map(|(k, p)| p.index.lookup(oid).map(|i| (k, i)))?;
+        let pack = &self.packs[k];
+        if self.pack_data.len() < self.packs.len() {
+            self.pack_data.resize_with(self.packs.len(), || None);
+        }
+        if self.pack_data[k].is_none() {
+            self.pack_data[k] = Some(gix_pack::data::File::at(&pack.pack, hash).ok()?);
+        }
+        let data = self.pack_data[k].as_ref()?;
+        let rev = self.rev.get(pack, hash);
+        let offset = pack.index.pack_offset_at_index(index);
+        let end = rev.entry_end(pack, index, data.pack_end() as u64);
+        let bytes = data.entry_slice(offset..end)?;
+        let parsed = gix_pack::data::Entry::from_bytes(bytes, offset, hash).ok()?;
+        let header_len = parsed.header_size();
+        Some(match parsed.header {
+            Header::Commit | Header::Tree | Header::Blob | Header::Tag => {
+                Stored::Base(bytes.to_vec())
+            }
+            Header::RefDelta { base_id } => Stored::Delta {
+                base: base_id,
+                size: parsed.decompressed_size,
+                entry: bytes.to_vec(),
+                header_len,
+            },
+            Header::OfsDelta { base_distance } => {
+                let base = rev.object_at(pack, offset.checked_sub(base_distance)?)?;
+                Stored::Delta {
+                    base,
+                    size: parsed.decompressed_size,
+                    entry: bytes.to_vec(),
+                    header_len,
                 }
             }
         })
