@@ -97,8 +97,8 @@ pub(crate) struct PackWriter<'a> {
     rev: &'a RevCache,
     /// Which of `packs` each odb pack id is.
     pack_of_id: HashMap<u32, Option<usize>>,
-    /// `packs`' data files, mapped when first read.
-    pack_data: Vec<Option<gix_pack::data::File>>,
+    /// Each of `packs`' id in the object database and where its entries end.
+    odb_pack: Vec<Option<(u32, u64)>>,
     buf: Vec<u8>,
 }
 
@@ -117,7 +117,7 @@ impl<'a> PackWriter<'a> {
             packs,
             rev,
             pack_of_id: HashMap::new(),
-            pack_data: Vec::new(),
+            odb_pack: Vec::new(),
             buf: Vec::new(),
         }
     }
@@ -331,10 +331,10 @@ impl<'a> PackWriter<'a> {
         })
     }
 
-    /// How `oid` is stored, read straight from the mapped pack of one of `packs`: the entry's
-    /// end comes from the reverse index, so nothing is inflated (the object database's own
-    /// lookup inflates the entry to learn its length). `None`: not in those packs, or not
-    /// readable this way.
+    /// How `oid` is stored, read from one of `packs` with the entry's end taken from the
+    /// reverse index, so that nothing is inflated (the object database's lookup by id
+    /// inflates the entry to learn its length). `None`: not in those packs, or not readable
+    /// this way.
     fn stored_in_listed_pack(&mut self, oid: &ObjectId) -> Option<Stored> {
         let hash = self.objects.hash();
         let (k, index) = self
@@ -343,27 +343,47 @@ impl<'a> PackWriter<'a> {
             .enumerate()
             .find_map(|(k, p)| p.index.lookup(oid).map(|i| (k, i)))?;
         let pack = &self.packs[k];
-        if self.pack_data.len() < self.packs.len() {
-            self.pack_data.resize_with(self.packs.len(), || None);
-        }
-        if self.pack_data[k].is_none() {
-            self.pack_data[k] = Some(gix_pack::data::File::at(&pack.pack, hash).ok()?);
-        }
-        let data = self.pack_data[k].as_ref()?;
-        let rev = self.rev.get(pack, hash);
         let offset = pack.index.pack_offset_at_index(index);
-        let end = rev.entry_end(pack, index, data.pack_end() as u64);
-        let bytes = data.entry_slice(offset..end)?;
-        let parsed = gix_pack::data::Entry::from_bytes(bytes, offset, hash).ok()?;
+        if self.odb_pack.len() < self.packs.len() {
+            self.odb_pack.resize(self.packs.len(), None);
+        }
+        // The object database's id for this pack, learnt once from a lookup by id.
+        let (pack_id, pack_end) = match self.odb_pack[k] {
+            Some(known) => known,
+            None => {
+                let location = self
+                    .objects
+                    .odb()
+                    .location_by_oid(oid, &mut self.buf)
+                    .ok()??;
+                if location.pack_offset != offset {
+                    return None;
+                }
+                let len = std::fs::metadata(&pack.pack).ok()?.len();
+                let known = (
+                    location.pack_id,
+                    len.checked_sub(hash.len_in_bytes() as u64)?,
+                );
+                self.odb_pack[k] = Some(known);
+                known
+            }
+        };
+        let rev = self.rev.get(pack, hash);
+        let end = rev.entry_end(pack, index, pack_end);
+        let location = gix_pack::data::entry::Location {
+            pack_id,
+            pack_offset: offset,
+            entry_size: usize::try_from(end.checked_sub(offset)?).ok()?,
+        };
+        let entry = self.objects.odb().entry_by_location(&location)?.data;
+        let parsed = gix_pack::data::Entry::from_bytes(&entry, offset, hash).ok()?;
         let header_len = parsed.header_size();
         Some(match parsed.header {
-            Header::Commit | Header::Tree | Header::Blob | Header::Tag => {
-                Stored::Base(bytes.to_vec())
-            }
+            Header::Commit | Header::Tree | Header::Blob | Header::Tag => Stored::Base(entry),
             Header::RefDelta { base_id } => Stored::Delta {
                 base: base_id,
                 size: parsed.decompressed_size,
-                entry: bytes.to_vec(),
+                entry,
                 header_len,
             },
             Header::OfsDelta { base_distance } => {
@@ -371,7 +391,7 @@ impl<'a> PackWriter<'a> {
                 Stored::Delta {
                     base,
                     size: parsed.decompressed_size,
-                    entry: bytes.to_vec(),
+                    entry,
                     header_len,
                 }
             }
