@@ -6,8 +6,6 @@
 //! and written beside a consolidated mirror pack. Git reads the files this module writes
 //! (`git rev-list --test-bitmap` checks them in the tests), and this module reads git's.
 
-use std::path::Path;
-
 use gix_hash::{Kind as HashKind, ObjectId};
 
 use crate::Error;
@@ -650,21 +648,8 @@ pub(crate) fn write(
     out.extend_from_slice(digest.as_bytes());
 
     let path = pack.pack.with_extension("bitmap");
-    write_atomically(&path, &out)?;
+    crate::packs::write_beside_pack(&path, &out)?;
     Ok(Some(path))
-}
-
-/// Write through a temporary named `incoming-…` in the same folder (what mirrors remove
-/// after a crash), synced, then renamed into place.
-fn write_atomically(path: &Path, data: &[u8]) -> Result<(), Error> {
-    use std::io::Write as _;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!("incoming-{}-{name}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -93,14 +93,29 @@ pub(crate) fn write_tips(pack: &Path, tips: &OidSet) -> Result<PathBuf, Error> {
     let path = pack.with_extension("tips");
     let mut sorted: Vec<&ObjectId> = tips.iter().collect();
     sorted.sort();
-    let tmp = pack.with_extension("tips.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut text = Vec::new();
     for oid in sorted {
-        writeln!(file, "{oid}")?;
+        writeln!(text, "{oid}")?;
     }
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    write_beside_pack(&path, &text)?;
     Ok(path)
+}
+
+/// Write a file beside a pack atomically: through a temporary named `incoming-…` in the same
+/// folder (what mirrors remove after a crash), synced, then renamed into place.
+pub(crate) fn write_beside_pack(path: &Path, data: &[u8]) -> Result<(), Error> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!("incoming-{}-{name}", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(written?)
 }
 
 /// Index positions of a pack's objects in pack order: git's reverse index, and (made when

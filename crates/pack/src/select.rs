@@ -215,10 +215,13 @@ pub(crate) fn select_with_bitmaps(
         }
     }
     let mut out = Selection::default();
+    // Only include-tag asks what is sent.
     let mut emitted = OidSet::default();
     for p in sent.ones() {
         let oid = pos.oid(p);
-        emitted.insert(oid);
+        if req.include_tag {
+            emitted.insert(oid);
+        }
         if bitmaps.commits.get(p) {
             out.commits.push(oid);
         } else if bitmaps.tags.get(p) {
