@@ -372,7 +372,7 @@ impl Proxy {
         let (cache_bytes, cache_limit) = match (&key, self.response_cache()) {
             (Some(k), Some(cache)) => (
                 Some(cache.repo_size(&k.relative_path())),
-                self.response_limit(k),
+                self.response_limit(record),
             ),
             _ => (None, None),
         };

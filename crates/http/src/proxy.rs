@@ -251,8 +251,9 @@ impl Proxy {
         });
     }
 
-    /// The response-cache limit of the repository stored under `rel` (its mirror's relative
-    /// path): its catalog record's, else the configured one.
+    /// The response-cache limit of each repository by folder (its mirror's relative path),
+    /// for one eviction pass: [`response_limit`](Self::response_limit) of its record, else
+    /// the configured one.
     fn response_limits(&self) -> impl Fn(&std::path::Path) -> Option<u64> + use<> {
         let default = self
             .config
@@ -262,20 +263,26 @@ impl Proxy {
         let mut limits = HashMap::new();
         if let Some(catalog) = &self.catalog {
             for record in catalog.records() {
-                if let (Some(mb), Ok(key)) = (
-                    record.max_cache_size_mb,
-                    MirrorKey::new(&record.host, &record.owner, &record.name),
-                ) {
-                    limits.insert(key.relative_path(), mb.saturating_mul(1 << 20));
+                if let Ok(key) = MirrorKey::new(&record.host, &record.owner, &record.name) {
+                    limits.insert(key.relative_path(), self.response_limit(&record));
                 }
             }
         }
-        move |rel: &std::path::Path| limits.get(rel).copied().or(default)
+        move |rel: &std::path::Path| limits.get(rel).copied().unwrap_or(default)
     }
 
-    /// The bytes a repository's stored responses may take (`None`: no limit).
-    pub(crate) fn response_limit(&self, key: &MirrorKey) -> Option<u64> {
-        (self.response_limits())(&key.relative_path())
+    /// The bytes the stored responses of `record`'s repository may take (`None`: no
+    /// limit): its own limit, else the configured one.
+    pub(crate) fn response_limit(&self, record: &gitcache_catalog::Record) -> Option<u64> {
+        record.max_cache_size_mb.map_or_else(
+            || {
+                self.config
+                    .response_cache
+                    .as_ref()
+                    .and_then(|c| c.max_repo_bytes)
+            },
+            |mb| Some(mb.saturating_mul(1 << 20)),
+        )
     }
 
     /// The configuration.

@@ -737,6 +737,40 @@ mod tests {
         })
     }
 
+    /// Each reader followed on a blocking thread, into a channel of `capacity` chunks.
+    fn read_all(
+        readers: Vec<Reader>,
+        capacity: usize,
+    ) -> Vec<tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>> {
+        readers
+            .into_iter()
+            .map(|reader| {
+                let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+                tokio::task::spawn_blocking(move || {
+                    follow(reader, ChannelWriter::new(tx, Duration::from_secs(30)))
+                });
+                rx
+            })
+            .collect()
+    }
+
+    /// Write the first `n` bytes into `generation` (one chunk reaches the file); the rest to
+    /// write later.
+    async fn write_first(
+        mut generation: Box<Generation>,
+        bytes: &[u8],
+        n: usize,
+    ) -> (Box<Generation>, Vec<u8>) {
+        let first = bytes[..n].to_vec();
+        let generation = tokio::task::spawn_blocking(move || {
+            generation.write_all(&first).unwrap();
+            generation
+        })
+        .await
+        .unwrap();
+        (generation, bytes[n..].to_vec())
+    }
+
     /// Lead one generation of `bytes` into a store that fails after 100 kB, with two
     /// readers; returns what each reader's client received (`Err` when it was broken off).
     async fn failing_store(
@@ -749,7 +783,7 @@ mod tests {
         cache.fail_store_after = Some(100_000);
         let cache = Arc::new(cache);
         let repo = Path::new("h/o/r.git");
-        let Lookup::Lead(mut generation, first_reader) =
+        let Lookup::Lead(generation, first_reader) =
             cache.lookup(repo, "k", Arc::clone(&regenerate))
         else {
             panic!("the first request leads");
@@ -757,24 +791,10 @@ mod tests {
         let Lookup::Follow(second_reader) = cache.lookup(repo, "k", writer_of(Vec::new())) else {
             panic!("the second request follows");
         };
-        let mut bodies = Vec::new();
-        for reader in [first_reader, second_reader] {
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            tokio::task::spawn_blocking(move || {
-                follow(reader, ChannelWriter::new(tx, Duration::from_secs(30)))
-            });
-            bodies.push(rx);
-        }
+        let mut bodies = read_all(vec![first_reader, second_reader], 4);
         // The first 70 kB: one chunk reaches the file, and both readers send it on before
         // the rest is written and the store fails.
-        let (first, rest) = bytes.split_at(70_000);
-        let (first, rest) = (first.to_vec(), rest.to_vec());
-        let mut generation = tokio::task::spawn_blocking(move || {
-            generation.write_all(&first).unwrap();
-            generation
-        })
-        .await
-        .unwrap();
+        let (mut generation, rest) = write_first(generation, &bytes, 70_000).await;
         let mut received = Vec::new();
         for rx in &mut bodies {
             let mut body = Vec::new();
@@ -855,8 +875,7 @@ mod tests {
         );
         let repo = Path::new("h/o/r.git");
         let bytes = content(200_000);
-        let Lookup::Lead(mut generation, first) = cache.lookup(repo, "k", writer_of(Vec::new()))
-        else {
+        let Lookup::Lead(generation, first) = cache.lookup(repo, "k", writer_of(Vec::new())) else {
             panic!("the first request leads");
         };
         let mut readers = vec![first];
@@ -867,23 +886,9 @@ mod tests {
             readers.push(reader);
         }
         let recent = Arc::clone(&readers[0].recent);
-        let mut bodies = Vec::new();
-        for reader in readers {
-            let (tx, rx) = tokio::sync::mpsc::channel(64);
-            tokio::task::spawn_blocking(move || {
-                follow(reader, ChannelWriter::new(tx, Duration::from_secs(30)))
-            });
-            bodies.push(rx);
-        }
+        let mut bodies = read_all(readers, 64);
         // One chunk, then wait until every reader sent it on.
-        let (first, rest) = bytes.split_at(70_000);
-        let (first, rest) = (first.to_vec(), rest.to_vec());
-        let mut generation = tokio::task::spawn_blocking(move || {
-            generation.write_all(&first).unwrap();
-            generation
-        })
-        .await
-        .unwrap();
+        let (mut generation, rest) = write_first(generation, &bytes, 70_000).await;
         let shared = recent.from(0).expect("the first chunk is kept").as_ptr();
         for rx in &mut bodies {
             let chunk = rx.recv().await.unwrap().unwrap();
