@@ -8,6 +8,24 @@ use std::sync::{Arc, Mutex};
 use crate::Error;
 use crate::record::Record;
 
+/// A [`Record`] from a row holding [`COLUMNS`], read with the driver's getter (`row.get` for
+/// rusqlite, `row.try_get` for tokio-postgres: the same shape, different traits).
+macro_rules! record_from {
+    ($row:ident . $get:ident) => {
+        Record {
+            id: $row.$get(0)?,
+            host: $row.$get(1)?,
+            owner: $row.$get(2)?,
+            name: $row.$get(3)?,
+            enabled: $row.$get(4)?,
+            timeout_seconds: to_timeout($row.$get(5)?),
+            max_cache_size_mb: $row.$get::<_, Option<i64>>(6)?.map(|mb| mb.max(0) as u64),
+            created_at: $row.$get(7)?,
+            updated_at: $row.$get(8)?,
+        }
+    };
+}
+
 /// A statement parameter.
 #[derive(Debug, Clone)]
 pub(crate) enum Value {
@@ -178,19 +196,7 @@ impl Db {
                         Value::Bool(b) => rusqlite::types::Value::from(b),
                     });
                     let rows = statement.query_map(rusqlite::params_from_iter(params), |row| {
-                        Ok(Record {
-                            id: row.get(0)?,
-                            host: row.get(1)?,
-                            owner: row.get(2)?,
-                            name: row.get(3)?,
-                            enabled: row.get(4)?,
-                            timeout_seconds: to_timeout(row.get(5)?),
-                            max_cache_size_mb: row
-                                .get::<_, Option<i64>>(6)?
-                                .map(|mb| mb.max(0) as u64),
-                            created_at: row.get(7)?,
-                            updated_at: row.get(8)?,
-                        })
+                        Ok(record_from!(row.get))
                     })?;
                     Ok(rows.collect::<Result<Vec<_>, _>>()?)
                 })
@@ -214,21 +220,7 @@ impl Db {
                     .collect();
                 let rows = client.query(sql, &refs).await?;
                 rows.iter()
-                    .map(|row| {
-                        Ok(Record {
-                            id: row.try_get(0)?,
-                            host: row.try_get(1)?,
-                            owner: row.try_get(2)?,
-                            name: row.try_get(3)?,
-                            enabled: row.try_get(4)?,
-                            timeout_seconds: to_timeout(row.try_get(5)?),
-                            max_cache_size_mb: row
-                                .try_get::<_, Option<i64>>(6)?
-                                .map(|mb| mb.max(0) as u64),
-                            created_at: row.try_get(7)?,
-                            updated_at: row.try_get(8)?,
-                        })
-                    })
+                    .map(|row| Ok(record_from!(row.try_get)))
                     .collect()
             }
         }
