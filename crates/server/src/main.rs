@@ -45,7 +45,32 @@ fn init_tracing(config: &Config) {
     }
 }
 
+/// glibc's allocator gives threads that allocate at once arenas of their own (up to eight per
+/// core) and keeps what is freed in each: with a blocking thread per streamed response, peak
+/// memory grew with the number of clients reading the same response. One arena per core keeps
+/// it flat (measured in `benches/README.md`). `MALLOC_ARENA_MAX` in the environment, if set,
+/// is left to decide.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn bound_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `mallopt` sets one of glibc's allocator tunables and touches no memory of
+    // ours; it runs before any other thread exists, and `M_ARENA_MAX` accepts any positive
+    // count.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn bound_malloc_arenas() {}
+
 fn main() -> Result<()> {
+    bound_malloc_arenas();
     let config = Config::load(Flags::parse())?;
     init_tracing(&config);
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
