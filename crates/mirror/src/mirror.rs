@@ -257,15 +257,18 @@ pub struct Consolidated {
     pub objects: u32,
     /// The pack, marked with its tips.
     pub pack: Option<PathBuf>,
-    /// Its reachability bitmaps.
+    /// Its reachability bitmaps, if written (see [`Mirror::write_bitmaps`]).
     pub bitmap: Option<PathBuf>,
+    /// The tips the pack is the closure of.
+    pub tips: Vec<ObjectId>,
 }
 
 impl Mirror {
     /// Merge every pack into one that holds exactly the objects the refs reach (stored deltas
     /// reused, unreachable objects dropped), mark it with its tips so that clones of all refs
-    /// are sent it as it is, remove the old packs, and write its reachability bitmaps. Blocking; the registry runs it so
-    /// that it never overlaps a refresh of the same mirror.
+    /// are sent it as it is, and remove the old packs. Blocking; the registry runs it so that
+    /// it never overlaps a refresh of the same mirror, then writes the pack's reachability
+    /// bitmaps ([`write_bitmaps`](Self::write_bitmaps)) without holding refreshes back.
     ///
     /// The new pack is in place before an old one goes, and an old pack's index goes before
     /// its data: readers always find every object. A reader that already has an old pack
@@ -289,6 +292,7 @@ impl Mirror {
                 objects: 0,
                 pack: None,
                 bitmap: None,
+                tips,
             });
         }
         let fetch = Fetch {
@@ -339,18 +343,35 @@ impl Mirror {
                 .as_ref()
                 .is_none_or(|p| p.ends_with(format!("{keep}.pack")))
         );
-        // Reachability bitmaps, so that fetches other than whole clones need no walk.
-        let bitmap = if pack_dir.join(format!("{keep}.bitmap")).is_file() {
-            Some(pack_dir.join(format!("{keep}.bitmap")))
-        } else {
-            repo.write_bitmaps(&tips)?
-        };
+        let bitmap = pack_dir.join(format!("{keep}.bitmap"));
         Ok(Consolidated {
             packs_before: old.len(),
             objects,
             pack: marked,
-            bitmap,
+            bitmap: bitmap.is_file().then_some(bitmap),
+            tips,
         })
+    }
+
+    /// Write reachability bitmaps for the consolidated pack `pack` (the closure of `tips`),
+    /// so that fetches other than whole clones need no walk; `None` if the mirror holds other
+    /// packs too. This takes long on big histories, so it runs apart from consolidation:
+    /// refreshes go on meanwhile. A pack never changes, so its bitmaps stay true; if the pack
+    /// was consolidated away meanwhile, the file written for it is removed.
+    pub fn write_bitmaps(&self, pack: &Path, tips: &[ObjectId]) -> Result<Option<PathBuf>, Error> {
+        let bitmap = pack.with_extension("bitmap");
+        if bitmap.is_file() {
+            return Ok(Some(bitmap));
+        }
+        let repo = gitcache_pack::Repository::open(&self.git_dir)?;
+        let Some(written) = repo.write_bitmaps(tips)? else {
+            return Ok(None);
+        };
+        if written != bitmap || !pack.with_extension("idx").is_file() {
+            let _ = std::fs::remove_file(&written);
+            return Ok(None);
+        }
+        Ok(Some(written))
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::mirror::{Error, Mirror, Refreshed};
@@ -88,6 +89,10 @@ struct Slot {
     running: tokio::sync::Mutex<()>,
     /// The number of refreshes finished, and the last outcome.
     last: Mutex<(u64, Option<Shared>)>,
+    /// Set while bitmaps are written for the mirror (at most one writer at a time).
+    writing_bitmaps: std::sync::atomic::AtomicBool,
+    /// Set while a background consolidation of the mirror is started or running.
+    maintaining: std::sync::atomic::AtomicBool,
 }
 
 /// Packs a mirror may gather before it is consolidated in the background.
@@ -137,8 +142,7 @@ impl Registry {
         packs > self.consolidate_after || (packs == 1 && !(marked && bitmapped))
     }
 
-    /// [`refresh`](Self::refresh), then, if the mirror [needs
-    /// it](Self::needs_consolidation), consolidate it in a background task (which waits for any refresh of it to finish).
+    /// [`refresh`](Self::refresh), then [maintain](Self::maintain_in_background) the mirror.
     pub async fn refresh_and_maintain(
         self: &Arc<Self>,
         key: &MirrorKey,
@@ -146,22 +150,44 @@ impl Registry {
         extra_prefixes: &[&str],
     ) -> Shared {
         let outcome = self.refresh(key, upstream, extra_prefixes).await;
-        if outcome.is_ok() && self.needs_consolidation(key) {
-            let (registry, key) = (Arc::clone(self), key.clone());
-            tokio::spawn(async move {
-                match registry.consolidate(&key).await {
-                    Ok(Some(done)) => tracing::info!(
-                        packs_before = done.packs_before,
-                        objects = done.objects,
-                        bitmaps = done.bitmap.is_some(),
-                        "mirror consolidated"
-                    ),
-                    Ok(None) => {}
-                    Err(err) => tracing::warn!(%err, "mirror consolidation failed"),
-                }
-            });
+        if outcome.is_ok() {
+            self.maintain_in_background(key);
         }
         outcome
+    }
+
+    /// If the mirror of `key` [needs it](Self::needs_consolidation), consolidate it in a
+    /// background task (which waits for any refresh of it to finish), unless one is under way
+    /// already. Also worth calling when a mirror is first opened: maintenance cut short (by a
+    /// restart) is taken up again. Must be called within a Tokio runtime.
+    pub fn maintain_in_background(self: &Arc<Self>, key: &MirrorKey) {
+        if !self.needs_consolidation(key) {
+            return;
+        }
+        let slot = self.slot(key);
+        if slot.maintaining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (registry, key) = (Arc::clone(self), key.clone());
+        tokio::spawn(async move {
+            let result = registry.consolidate(&key).await;
+            slot.maintaining.store(false, Ordering::Release);
+            match result {
+                Ok(Some(done)) => tracing::info!(
+                    packs_before = done.packs_before,
+                    objects = done.objects,
+                    bitmaps = done.bitmap.is_some(),
+                    "mirror consolidated"
+                ),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(%err, "mirror consolidation failed"),
+            }
+        });
+    }
+
+    fn slot(&self, key: &MirrorKey) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(slots.entry(key.clone()).or_default())
     }
 
     /// Where the mirror of `key` lives.
@@ -184,10 +210,7 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Shared {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(slots.entry(key.clone()).or_default())
-        };
+        let slot = self.slot(key);
         let seen = slot.last.lock().unwrap_or_else(|p| p.into_inner()).0;
         let _running = slot.running.lock().await;
         {
@@ -214,18 +237,32 @@ impl Registry {
         &self,
         key: &MirrorKey,
     ) -> Result<Option<crate::mirror::Consolidated>, Error> {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(slots.entry(key.clone()).or_default())
+        let slot = self.slot(key);
+        let (mirror, mut done) = {
+            let _running = slot.running.lock().await;
+            let Some(mirror) = self.existing(key) else {
+                return Ok(None);
+            };
+            let consolidating = mirror.clone();
+            let done = tokio::task::spawn_blocking(move || consolidating.consolidate())
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            (mirror, done)
         };
-        let _running = slot.running.lock().await;
-        let Some(mirror) = self.existing(key) else {
-            return Ok(None);
-        };
-        tokio::task::spawn_blocking(move || mirror.consolidate())
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?
-            .map(Some)
+        // Bitmaps take long on big histories: refreshes go on meanwhile, and a second
+        // writer for the same mirror leaves it to the first.
+        if let Some(pack) = done.pack.clone()
+            && done.bitmap.is_none()
+            && !slot.writing_bitmaps.swap(true, Ordering::AcqRel)
+        {
+            let tips = done.tips.clone();
+            let written = tokio::task::spawn_blocking(move || mirror.write_bitmaps(&pack, &tips))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)));
+            slot.writing_bitmaps.store(false, Ordering::Release);
+            done.bitmap = written??;
+        }
+        Ok(Some(done))
     }
 
     async fn refresh_now(

@@ -208,3 +208,54 @@ async fn mirrors_consolidate_in_the_background_after_enough_packs() {
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
     assert!(!registry.needs_consolidation(&key));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_cut_short_is_taken_up_when_asked_again() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/restarted");
+    repo::generate(&source, &RepoSpec::small(97)).unwrap();
+    upstream.adopt_repo("acme/restarted", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = std::sync::Arc::new(Registry::new(dir.path()));
+    let key = MirrorKey::new("127.0.0.1", "acme", "restarted").unwrap();
+    let client = Client::new(
+        &upstream.repo_url("acme/restarted"),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    // A refresh without its maintenance, as when the server stopped right after it.
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    assert!(registry.needs_consolidation(&key));
+    let mirror = registry.existing(&key).unwrap();
+    let pack_dir = mirror.git_dir().join("objects/pack");
+    let has = |ext: &str| {
+        std::fs::read_dir(&pack_dir)
+            .unwrap()
+            .any(|e| e.unwrap().path().extension().is_some_and(|x| x == ext))
+    };
+    // The first pack is marked with the tips it was fetched for; its bitmaps are not written.
+    assert!(has("tips") && !has("bitmap"));
+    // Asked twice at once: one background job writes them.
+    registry.maintain_in_background(&key);
+    registry.maintain_in_background(&key);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while registry.needs_consolidation(&key) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mirror was never maintained"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(has("tips") && has("bitmap"));
+    assert_eq!(packs(mirror.git_dir()), 1);
+    // Nothing left half-written, and git reads the bitmaps.
+    let leftovers: Vec<_> = std::fs::read_dir(&pack_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("incoming-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    git(mirror.git_dir(), &["rev-list", "--test-bitmap", "HEAD"]);
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
