@@ -564,12 +564,15 @@ pub(crate) fn write(
     }
     // Along each tip's first-parent line, where fetches have and want: every tenth commit
     // for the first `spacing`, then every `spacing`th; elsewhere every `spacing`th of the walk.
+    // A line stops where it joins one walked already (tips mostly share their history: each
+    // sampling it at its own distances would multiply the bitmaps, not the coverage).
     let spacing = spacing.max(1);
     let mut picked: OidSet = tip_commits.iter().copied().collect();
+    let mut on_lines = OidSet::default();
     for tip in &tip_commits {
         let mut commit = *tip;
         let mut distance = 0usize;
-        loop {
+        while on_lines.insert(commit) {
             let step = if distance < spacing { 10 } else { spacing };
             if distance.is_multiple_of(step) {
                 picked.insert(commit);

@@ -500,8 +500,8 @@ impl Repository {
     /// repository's pack, when it has exactly one and that pack is the closure of `tips`
     /// (as a consolidated mirror's is): one bitmap for each commit the tips lead to, for
     /// every tenth commit of the last [`BITMAP_SPACING`] on each tip's first-parent line and
-    /// every [`BITMAP_SPACING`]th further back, and for every [`BITMAP_SPACING`]th commit of
-    /// the rest. Returns the file, or `None` when that does not apply. Fetches then find
+    /// every [`BITMAP_SPACING`]th further back (until the line joins one sampled already),
+    /// and for every [`BITMAP_SPACING`]th commit of the rest. Returns the file, or `None` when that does not apply. Fetches then find
     /// their objects with a few bitmap operations instead of a walk.
     pub fn write_bitmaps(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
         let stored = packs::list(self.git_dir(), self.object_format())?;
