@@ -214,7 +214,9 @@ async fn maintenance_cut_short_is_taken_up_when_asked_again() {
     let upstream = Upstream::start().unwrap();
     let source = upstream.repo_path("acme/restarted");
     repo::generate(&source, &RepoSpec::small(97)).unwrap();
-    upstream.adopt_repo("acme/restarted", Access::Public).unwrap();
+    upstream
+        .adopt_repo("acme/restarted", Access::Public)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let registry = std::sync::Arc::new(Registry::new(dir.path()));
     let key = MirrorKey::new("127.0.0.1", "acme", "restarted").unwrap();

@@ -187,24 +187,33 @@ pub(crate) struct PackBitmaps {
     pub(crate) commits: Bits,
     pub(crate) blobs: Bits,
     pub(crate) tags: Bits,
-    data: Vec<u8>,
+    data: crate::mapped::Mapped,
     objects: usize,
     /// Per entry: where its EWAH starts and which earlier entry it is XORed with.
     entries: Vec<(usize, Option<usize>)>,
-    by_commit: OidMap<usize>,
+    /// Entries by their commit's index position (no object ids read to build it).
+    by_commit: std::collections::HashMap<u32, usize>,
     decoded: std::sync::Mutex<std::collections::HashMap<usize, Arc<Bits>>>,
 }
 
 impl PackBitmaps {
-    /// Read `pack-<hash>.bitmap` beside `pack`, if there is one that belongs to it.
+    /// Map `pack-<hash>.bitmap` beside `pack`, if there is one that belongs to it.
+    ///
+    /// As git does, the file's trailing checksum is not verified here (that would read the
+    /// whole file for every repository handle; see [`verify_checksum`]): its structure is,
+    /// as each part is read.
     pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> Result<Option<PackBitmaps>, Error> {
-        let Ok(data) = std::fs::read(pack.pack.with_extension("bitmap")) else {
+        let Ok(data) = crate::mapped::Mapped::open(&pack.pack.with_extension("bitmap")) else {
             return Ok(None);
         };
         Self::parse(data, pack, hash).map(Some)
     }
 
-    fn parse(data: Vec<u8>, pack: &StoredPack, hash: HashKind) -> Result<PackBitmaps, Error> {
+    fn parse(
+        data: crate::mapped::Mapped,
+        pack: &StoredPack,
+        hash: HashKind,
+    ) -> Result<PackBitmaps, Error> {
         let n = pack.num_objects();
         let hash_len = hash.len_in_bytes();
         if data.len() < 12 + 2 * hash_len || &data[..4] != MAGIC {
@@ -216,14 +225,6 @@ impl PackBitmaps {
             return Err(bad(format!(
                 "bitmap version {version} with options {options:#x}"
             )));
-        }
-        // The file's own checksum: a damaged bitmap would silently leave objects out.
-        let (body, trailer) = data.split_at(data.len() - hash_len);
-        let mut hasher = gix_hash::hasher(hash);
-        hasher.update(body);
-        let digest = hasher.try_finalize().map_err(|e| bad(e.to_string()))?;
-        if digest.as_bytes() != trailer {
-            return Err(bad("the bitmap file's checksum does not match"));
         }
         let count = u32_at(&data, 8)? as usize;
         let checksum = &data[12..12 + hash_len];
@@ -239,7 +240,7 @@ impl PackBitmaps {
         }
         // Only the entries' places now: each is decoded when a fetch needs it.
         let mut entries = Vec::with_capacity(count.min(n));
-        let mut by_commit = OidMap::default();
+        let mut by_commit = std::collections::HashMap::with_capacity(count.min(n));
         for i in 0..count {
             let position = u32_at(&data, at)? as usize;
             let xor = *data.get(at + 4).ok_or_else(|| bad("truncated"))? as usize;
@@ -247,7 +248,7 @@ impl PackBitmaps {
             let words = u32_at(&data, at + 4)? as usize;
             let start = at;
             at += 12 + words * 8;
-            if at > data.len() {
+            if at > data.len() - hash_len {
                 return Err(bad("truncated bitmap"));
             }
             let base = match xor {
@@ -261,7 +262,7 @@ impl PackBitmaps {
                 return Err(bad("a bitmap for an object outside the pack"));
             }
             entries.push((start, base));
-            by_commit.insert(pack.index.oid_at_index(position as u32).to_owned(), i);
+            by_commit.insert(position as u32, i);
         }
         let mut types = types.into_iter();
         let mut next = || types.next().expect("four type bitmaps");
@@ -279,9 +280,10 @@ impl PackBitmaps {
         })
     }
 
-    /// What `commit` reaches, if it has a stored bitmap.
-    pub(crate) fn get(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error> {
-        match self.by_commit.get(commit) {
+    /// What the commit at `index_position` (in the pack's `.idx`) reaches, if it has a
+    /// stored bitmap.
+    pub(crate) fn get(&self, index_position: u32) -> Result<Option<Arc<Bits>>, Error> {
+        match self.by_commit.get(&index_position) {
             Some(&i) => self.entry(i, 0).map(Some),
             None => Ok(None),
         }
@@ -313,14 +315,35 @@ impl PackBitmaps {
     }
 }
 
+/// Whether the bitmap file at `path` ends with the checksum of what precedes it (a full
+/// read: done where a file is written, not where it is loaded).
+pub(crate) fn verify_checksum(path: &std::path::Path, hash: HashKind) -> Result<(), Error> {
+    let data = std::fs::read(path)?;
+    let hash_len = hash.len_in_bytes();
+    if data.len() < 12 + 2 * hash_len {
+        return Err(bad("not a bitmap file"));
+    }
+    let (body, trailer) = data.split_at(data.len() - hash_len);
+    let mut hasher = gix_hash::hasher(hash);
+    hasher.update(body);
+    let digest = hasher.try_finalize().map_err(|e| bad(e.to_string()))?;
+    if digest.as_bytes() != trailer {
+        return Err(bad("the bitmap file's checksum does not match"));
+    }
+    Ok(())
+}
+
 /// Where a walk finds stored bitmaps.
 pub(crate) trait Known {
     fn bitmap(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error>;
 }
 
-impl Known for PackBitmaps {
+impl Known for Loaded {
     fn bitmap(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error> {
-        self.get(commit)
+        match self.pos.index.lookup(commit) {
+            Some(i) => self.bitmaps.get(i),
+            None => Ok(None),
+        }
     }
 }
 
@@ -355,7 +378,7 @@ impl BitmapCache {
         map.entry(pack.pack.clone())
             .or_insert_with(|| {
                 let bitmaps = PackBitmaps::load(pack, hash).ok().flatten()?;
-                let pos = Positions::new(pack, revs.get(pack, hash), hash).ok()?;
+                let pos = Positions::new(pack, revs.get(pack, hash));
                 Some(Arc::new(Loaded { bitmaps, pos }))
             })
             .clone()
@@ -364,11 +387,9 @@ impl BitmapCache {
 
 /// Pack positions of a pack's objects, and back, from its index and reverse index.
 pub(crate) struct Positions {
-    index: gix_pack::index::File,
-    /// Index position at each pack position.
+    index: Arc<gix_pack::index::File>,
+    /// Index position at each pack position, and back.
     rev: Arc<RevIndex>,
-    /// Pack position at each index position.
-    inv: Vec<u32>,
     /// Pack positions by object, when made.
     map: Option<OidMap<u32>>,
 }
@@ -376,30 +397,22 @@ pub(crate) struct Positions {
 impl std::fmt::Debug for Positions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Positions")
-            .field("objects", &self.inv.len())
+            .field("objects", &self.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Positions {
-    pub(crate) fn new(
-        pack: &StoredPack,
-        rev: Arc<RevIndex>,
-        hash: HashKind,
-    ) -> Result<Self, Error> {
-        let index =
-            gix_pack::index::File::at(pack.pack.with_extension("idx"), hash).map_err(Error::odb)?;
-        let inv = rev.inverse().to_vec();
-        Ok(Positions {
-            index,
+    pub(crate) fn new(pack: &StoredPack, rev: Arc<RevIndex>) -> Self {
+        Positions {
+            index: Arc::clone(&pack.index),
             rev,
-            inv,
             map: None,
-        })
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.inv.len()
+        self.rev.len()
     }
 
     /// The pack position of `oid`, if the pack holds it.
@@ -409,7 +422,7 @@ impl Positions {
         }
         self.index
             .lookup(oid)
-            .map(|i| self.inv[i as usize] as usize)
+            .map(|i| self.rev.inverse()[i as usize] as usize)
     }
 
     /// Look objects up in a hash map from now on (worth it for walks over the whole
@@ -422,7 +435,7 @@ impl Positions {
 
     /// The object at pack position `p`.
     pub(crate) fn oid(&self, p: usize) -> ObjectId {
-        self.index.oid_at_index(self.rev.positions()[p]).to_owned()
+        self.index.oid_at_index(self.rev.at(p)).to_owned()
     }
 }
 
@@ -528,7 +541,7 @@ pub(crate) fn write(
     tips: &[ObjectId],
     spacing: usize,
 ) -> Result<Option<std::path::PathBuf>, Error> {
-    let pos = Positions::new(pack, rev, hash)?.with_map();
+    let pos = Positions::new(pack, rev).with_map();
     let n = pos.len();
 
     // Which commits get a bitmap: the tips and every `spacing`-th commit, parents first.

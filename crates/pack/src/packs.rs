@@ -20,7 +20,8 @@ use crate::OidSet;
 /// A stored pack and, if marked, the tips it is the closure of.
 pub(crate) struct StoredPack {
     pub(crate) pack: PathBuf,
-    pub(crate) index: gix_pack::index::File,
+    /// Shared by every request on the repository handle (one mapping of the file).
+    pub(crate) index: std::sync::Arc<gix_pack::index::File>,
     pub(crate) tips: Option<OidSet>,
 }
 
@@ -42,12 +43,30 @@ impl StoredPack {
     }
 }
 
+/// Pack indexes by file, opened once per repository handle (a pack never changes) and
+/// dropped when their pack is gone.
+#[derive(Default)]
+pub(crate) struct IndexCache(
+    std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<gix_pack::index::File>>>,
+);
+
+impl std::fmt::Debug for IndexCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexCache").finish_non_exhaustive()
+    }
+}
+
 /// The packs of `objects/pack` that have both an index and a data file.
-pub(crate) fn list(git_dir: &Path, hash: HashKind) -> Result<Vec<StoredPack>, Error> {
+pub(crate) fn list(
+    git_dir: &Path,
+    hash: HashKind,
+    indexes: &IndexCache,
+) -> Result<Vec<StoredPack>, Error> {
     let dir = git_dir.join("objects").join("pack");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(Vec::new());
     };
+    let mut open = indexes.0.lock().unwrap_or_else(|p| p.into_inner());
     let mut packs = Vec::new();
     for entry in entries {
         let path = entry?.path();
@@ -58,10 +77,20 @@ pub(crate) fn list(git_dir: &Path, hash: HashKind) -> Result<Vec<StoredPack>, Er
         if !pack.is_file() {
             continue;
         }
-        let index = gix_pack::index::File::at(&path, hash).map_err(Error::odb)?;
+        let index = match open.get(&path) {
+            Some(index) => std::sync::Arc::clone(index),
+            None => {
+                let index = std::sync::Arc::new(
+                    gix_pack::index::File::at(&path, hash).map_err(Error::odb)?,
+                );
+                open.insert(path.clone(), std::sync::Arc::clone(&index));
+                index
+            }
+        };
         let tips = read_tips(&path.with_extension("tips"), hash);
         packs.push(StoredPack { pack, index, tips });
     }
+    open.retain(|idx, _| packs.iter().any(|p| p.pack.with_extension("idx") == *idx));
     Ok(packs)
 }
 
@@ -118,51 +147,82 @@ pub(crate) fn write_beside_pack(path: &Path, data: &[u8]) -> Result<(), Error> {
     Ok(written?)
 }
 
-/// Index positions of a pack's objects in pack order: git's reverse index, and (made when
-/// first asked for) each index position's pack position.
+/// Index positions of a pack's objects in pack order: git's reverse index (its `.rev` file
+/// read in place, or built from the index when there is none), and (made when first asked
+/// for) each index position's pack position.
 #[derive(Debug)]
-pub(crate) struct RevIndex(Vec<u32>, std::sync::OnceLock<Vec<u32>>);
+pub(crate) struct RevIndex {
+    /// Objects in the pack.
+    objects: usize,
+    order: Order,
+    inverse: std::sync::OnceLock<Vec<u32>>,
+}
+
+#[derive(Debug)]
+enum Order {
+    /// git's `.rev`: big-endian positions after a 12-byte header, checked to be in range.
+    Mapped(crate::mapped::Mapped),
+    Built(Vec<u32>),
+}
+
+/// Bytes before the positions in a `.rev` file.
+const REV_HEADER: usize = 12;
 
 impl RevIndex {
     /// Read `pack-<hash>.rev` if git wrote one, else build it from the index.
     pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> RevIndex {
         let n = pack.num_objects();
-        if let Ok(bytes) = std::fs::read(pack.pack.with_extension("rev")) {
-            let expected = 12 + 4 * n + 2 * hash.len_in_bytes();
-            if bytes.len() == expected
-                && bytes.starts_with(b"RIDX")
-                && bytes[4..8] == 1u32.to_be_bytes()
+        let order = match crate::mapped::Mapped::open(&pack.pack.with_extension("rev")) {
+            Ok(map)
+                if map.len() == REV_HEADER + 4 * n + 2 * hash.len_in_bytes()
+                    && map.starts_with(b"RIDX")
+                    && map[4..8] == 1u32.to_be_bytes()
+                    && map[REV_HEADER..REV_HEADER + 4 * n]
+                        .chunks_exact(4)
+                        .all(|c| {
+                            (u32::from_be_bytes(c.try_into().expect("four bytes")) as usize) < n
+                        }) =>
             {
-                let positions: Vec<u32> = bytes[12..12 + 4 * n]
-                    .chunks_exact(4)
-                    .map(|c| u32::from_be_bytes(c.try_into().expect("four bytes")))
-                    .collect();
-                if positions.iter().all(|&p| (p as usize) < n) {
-                    return RevIndex(positions, std::sync::OnceLock::new());
-                }
+                Order::Mapped(map)
             }
+            _ => {
+                let mut by_offset: Vec<(u64, u32)> = (0..n as u32)
+                    .map(|i| (pack.index.pack_offset_at_index(i), i))
+                    .collect();
+                by_offset.sort_unstable();
+                Order::Built(by_offset.into_iter().map(|(_, i)| i).collect())
+            }
+        };
+        RevIndex {
+            objects: n,
+            order,
+            inverse: std::sync::OnceLock::new(),
         }
-        let mut by_offset: Vec<(u64, u32)> = (0..n as u32)
-            .map(|i| (pack.index.pack_offset_at_index(i), i))
-            .collect();
-        by_offset.sort_unstable();
-        RevIndex(
-            by_offset.into_iter().map(|(_, i)| i).collect(),
-            std::sync::OnceLock::new(),
-        )
     }
 
-    /// Index positions (into the `.idx`, by object id) in pack order.
-    pub(crate) fn positions(&self) -> &[u32] {
-        &self.0
+    /// Objects in the pack.
+    pub(crate) fn len(&self) -> usize {
+        self.objects
+    }
+
+    /// The index position (into the `.idx`, by object id) of the object at pack position
+    /// `p`.
+    pub(crate) fn at(&self, p: usize) -> u32 {
+        match &self.order {
+            Order::Mapped(map) => {
+                let at = REV_HEADER + 4 * p;
+                u32::from_be_bytes(map[at..at + 4].try_into().expect("four bytes"))
+            }
+            Order::Built(order) => order[p],
+        }
     }
 
     /// The pack position of each index position.
     pub(crate) fn inverse(&self) -> &[u32] {
-        self.1.get_or_init(|| {
-            let mut inv = vec![0u32; self.0.len()];
-            for (p, &i) in self.0.iter().enumerate() {
-                inv[i as usize] = p as u32;
+        self.inverse.get_or_init(|| {
+            let mut inv = vec![0u32; self.len()];
+            for p in 0..self.len() {
+                inv[self.at(p) as usize] = p as u32;
             }
             inv
         })
@@ -172,18 +232,29 @@ impl RevIndex {
     /// (the pack's trailer) for the last one.
     pub(crate) fn entry_end(&self, pack: &StoredPack, index: u32, end: u64) -> u64 {
         let next = self.inverse()[index as usize] as usize + 1;
-        self.0
-            .get(next)
-            .map_or(end, |&i| pack.index.pack_offset_at_index(i))
+        if next < self.len() {
+            pack.index.pack_offset_at_index(self.at(next))
+        } else {
+            end
+        }
     }
 
     /// The object stored at `offset` of `pack`.
     pub(crate) fn object_at(&self, pack: &StoredPack, offset: u64) -> Option<ObjectId> {
-        let found = self
-            .0
-            .binary_search_by_key(&offset, |&pos| pack.index.pack_offset_at_index(pos))
-            .ok()?;
-        Some(pack.index.oid_at_index(self.0[found]).to_owned())
+        // Pack positions are in offset order.
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let index = self.at(mid);
+            match pack.index.pack_offset_at_index(index).cmp(&offset) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    return Some(pack.index.oid_at_index(index).to_owned());
+                }
+            }
+        }
+        None
     }
 }
 

@@ -34,6 +34,7 @@ pub struct Repository {
     store: std::sync::Arc<gix_odb::Store>,
     rev: std::sync::Arc<crate::packs::RevCache>,
     bitmaps: std::sync::Arc<crate::bitmap::BitmapCache>,
+    indexes: crate::packs::IndexCache,
 }
 
 impl std::fmt::Debug for Repository {
@@ -69,6 +70,7 @@ impl Repository {
             store: odb.store(),
             rev: Default::default(),
             bitmaps: Default::default(),
+            indexes: Default::default(),
         })
     }
 
@@ -80,6 +82,11 @@ impl Repository {
     /// SHA-1 or SHA-256.
     pub fn object_format(&self) -> HashKind {
         self.hash
+    }
+
+    /// The packs of `objects/pack` that have both an index and a data file.
+    pub(crate) fn stored_packs(&self) -> Result<Vec<crate::packs::StoredPack>, Error> {
+        crate::packs::list(&self.git_dir, self.hash, &self.indexes)
     }
 
     pub(crate) fn rev_cache(&self) -> std::sync::Arc<crate::packs::RevCache> {

@@ -473,7 +473,10 @@ fn compress_all(
     if oids.is_empty() {
         return Ok(out);
     }
-    let lanes = workers.len() + 1;
+    // A thread and a compressor (its state zeroed on creation) cost more than compressing a
+    // few objects: each lane gets a fair share.
+    const MIN_PER_LANE: usize = 64;
+    let lanes = (workers.len() + 1).min(oids.len().div_ceil(MIN_PER_LANE));
     let per_lane = oids.len().div_ceil(lanes);
     let mut chunks = oids.chunks(per_lane.max(1));
     let mine = chunks.next().unwrap_or_default();
