@@ -19,6 +19,15 @@ const MAGIC: &[u8; 4] = b"BITM";
 const VERSION: u16 = 1;
 /// The bitmaps hold the whole closure of each commit: the only kind git writes or reads.
 const OPT_FULL_DAG: u16 = 0x1;
+/// A name-hash per object after the entries (git's, ignored here but skipped).
+const OPT_HASH_CACHE: u16 = 0x4;
+/// A table of the entries, by commit, before the name-hashes: loads read it instead of
+/// every entry's header.
+const OPT_LOOKUP_TABLE: u16 = 0x10;
+/// Bytes of one lookup table row: commit's index position, entry offset, XOR base row.
+const TABLE_ROW: usize = 16;
+/// No XOR base, in a lookup table row.
+const NO_ROW: u32 = u32::MAX;
 /// How far back a bitmap's XOR base may be (git's limit too).
 const MAX_XOR_OFFSET: usize = 10;
 
@@ -180,6 +189,17 @@ pub(crate) fn ewah_encode(bits: &Bits, bit_size: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(&(last_rlw as u32).to_be_bytes());
 }
 
+/// Where one stored bitmap is.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Where its EWAH starts (after the entry's 6-byte header).
+    start: usize,
+    /// The entry it is XORed with, if any.
+    base: Option<usize>,
+    /// Its commit's index position, as the header says it.
+    position: u32,
+}
+
 /// A pack's bitmaps: the type bitmaps decoded, each commit's decoded when first asked for.
 #[derive(Debug)]
 pub(crate) struct PackBitmaps {
@@ -189,8 +209,7 @@ pub(crate) struct PackBitmaps {
     pub(crate) tags: Bits,
     data: crate::mapped::Mapped,
     objects: usize,
-    /// Per entry: where its EWAH starts and which earlier entry it is XORed with.
-    entries: Vec<(usize, Option<usize>)>,
+    entries: Vec<Entry>,
     /// Entries by their commit's index position (no object ids read to build it).
     by_commit: std::collections::HashMap<u32, usize>,
     decoded: std::sync::Mutex<std::collections::HashMap<usize, Arc<Bits>>>,
@@ -203,7 +222,8 @@ impl PackBitmaps {
     /// whole file for every repository handle; see [`verify_checksum`]): its structure is,
     /// as each part is read.
     pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> Result<Option<PackBitmaps>, Error> {
-        let Ok(data) = crate::mapped::Mapped::open(&pack.pack.with_extension("bitmap")) else {
+        let Ok(data) = crate::mapped::Mapped::open_random(&pack.pack.with_extension("bitmap"))
+        else {
             return Ok(None);
         };
         Self::parse(data, pack, hash).map(Some)
@@ -241,7 +261,46 @@ impl PackBitmaps {
         // Only the entries' places now: each is decoded when a fetch needs it.
         let mut entries = Vec::with_capacity(count.min(n));
         let mut by_commit = std::collections::HashMap::with_capacity(count.min(n));
-        for i in 0..count {
+        if options & OPT_LOOKUP_TABLE != 0 {
+            // From the table alone: the entries' own pages are read only when needed.
+            let mut end = data.len() - hash_len;
+            if options & OPT_HASH_CACHE != 0 {
+                end = end
+                    .checked_sub(4 * n)
+                    .ok_or_else(|| bad("truncated bitmap"))?;
+            }
+            let table = end
+                .checked_sub(count * TABLE_ROW)
+                .filter(|&t| t >= at)
+                .ok_or_else(|| bad("truncated bitmap"))?;
+            for row in 0..count {
+                let r = table + row * TABLE_ROW;
+                let position = u32_at(&data, r)? as usize;
+                let offset = u64::from_be_bytes(data[r + 4..r + 12].try_into().expect("eight"));
+                let xor = u32_at(&data, r + 12)?;
+                let start = usize::try_from(offset)
+                    .ok()
+                    .filter(|&o| o >= at && o + 6 + 12 <= table)
+                    .ok_or_else(|| bad("a bitmap entry outside the file"))?
+                    + 6;
+                let base = match xor {
+                    NO_ROW => None,
+                    x if (x as usize) < count && x as usize != row => Some(x as usize),
+                    _ => return Err(bad("an XOR row outside the table")),
+                };
+                if position >= n {
+                    return Err(bad("a bitmap for an object outside the pack"));
+                }
+                entries.push(Entry {
+                    start,
+                    base,
+                    position: position as u32,
+                });
+                by_commit.insert(position as u32, row);
+            }
+        }
+        let scan = if entries.is_empty() { count } else { 0 };
+        for i in 0..scan {
             let position = u32_at(&data, at)? as usize;
             let xor = *data.get(at + 4).ok_or_else(|| bad("truncated"))? as usize;
             at += 6;
@@ -261,7 +320,11 @@ impl PackBitmaps {
             if position >= n {
                 return Err(bad("a bitmap for an object outside the pack"));
             }
-            entries.push((start, base));
+            entries.push(Entry {
+                start,
+                base,
+                position: position as u32,
+            });
             by_commit.insert(position as u32, i);
         }
         let mut types = types.into_iter();
@@ -301,7 +364,15 @@ impl PackBitmaps {
         if depth > self.entries.len() {
             return Err(bad("an XOR chain that loops"));
         }
-        let (start, base) = self.entries[i];
+        let Entry {
+            start,
+            base,
+            position,
+        } = self.entries[i];
+        // What a lookup table says must be what the entry says.
+        if u32_at(&self.data, start - 6)? != position {
+            return Err(bad("a lookup table row names another entry"));
+        }
         let (mut bits, _) = ewah_decode(&self.data[start..], self.objects)?;
         if let Some(base) = base {
             bits.xor(&*self.entry(base, depth + 1)?);
@@ -625,7 +696,7 @@ pub(crate) fn write(
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&OPT_FULL_DAG.to_be_bytes());
+    out.extend_from_slice(&(OPT_FULL_DAG | OPT_LOOKUP_TABLE).to_be_bytes());
     out.extend_from_slice(&(selected.len() as u32).to_be_bytes());
     out.extend_from_slice(pack.index.pack_checksum().as_bytes());
     for bits in &types {
@@ -634,6 +705,8 @@ pub(crate) fn write(
     // Each bitmap is stored as it is or XORed with one of the ten before it, whichever is
     // smallest (neighbouring commits reach nearly the same objects), as git does.
     let mut encoded = Vec::new();
+    // Per entry written: its commit's index position, where it starts, its XOR base.
+    let mut rows: Vec<(u32, u64, Option<usize>)> = Vec::with_capacity(selected.len());
     for (i, commit) in selected.iter().enumerate() {
         let index = pack
             .index
@@ -652,11 +725,29 @@ pub(crate) fn write(
                 best = (back as u8, candidate);
             }
         }
+        rows.push((
+            index,
+            out.len() as u64,
+            (best.0 > 0).then(|| i - best.0 as usize),
+        ));
         out.extend_from_slice(&index.to_be_bytes());
         out.push(best.0); // XOR base: this many entries back, or none
         out.push(0); // no flags
         out.extend_from_slice(&best.1);
         encoded = best.1;
+    }
+    // The lookup table: rows by commit index position, XOR bases named by row.
+    let mut by_position: Vec<usize> = (0..rows.len()).collect();
+    by_position.sort_by_key(|&i| rows[i].0);
+    let mut row_of = vec![0u32; rows.len()];
+    for (row, &i) in by_position.iter().enumerate() {
+        row_of[i] = row as u32;
+    }
+    for &i in &by_position {
+        let (index, offset, base) = rows[i];
+        out.extend_from_slice(&index.to_be_bytes());
+        out.extend_from_slice(&offset.to_be_bytes());
+        out.extend_from_slice(&base.map_or(NO_ROW, |b| row_of[b]).to_be_bytes());
     }
     let mut hasher = gix_hash::hasher(hash);
     hasher.update(&out);

@@ -32,6 +32,15 @@ impl Mapped {
         let map = unsafe { memmap2::Mmap::map(&file)? };
         Ok(Mapped(map))
     }
+
+    /// Map the file at `path` for reads here and there: only the pages read are brought
+    /// in (not their neighbours), so a request's memory is what it reads.
+    pub(crate) fn open_random(path: &Path) -> std::io::Result<Mapped> {
+        let map = Self::open(path)?;
+        // Only advice: reads are correct without it.
+        let _ = map.0.advise(memmap2::Advice::Random);
+        Ok(map)
+    }
 }
 
 impl std::ops::Deref for Mapped {

@@ -28,13 +28,32 @@ fn tips(repo: &std::path::Path) -> Vec<ObjectId> {
         .collect()
 }
 
+/// Git's bitmaps with and without its lookup table (both have its name-hash cache).
 #[test]
 fn gits_bitmaps_are_read_as_git_means_them() {
-    for spec in [RepoSpec::small(71), RepoSpec::small(72).sha256()] {
+    for (spec, table) in [
+        (RepoSpec::small(71), "false"),
+        (RepoSpec::small(72).sha256(), "false"),
+        (RepoSpec::small(71), "true"),
+        (RepoSpec::small(72).sha256(), "true"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("repo.git");
         repo::generate(&path, &spec).unwrap();
-        git(&path, &["repack", "-adb", "-q"]);
+        let option = format!("pack.writeBitmapLookupTable={table}");
+        git(&path, &["-c", &option, "repack", "-adb", "-q"]);
+        let file = std::fs::read_dir(path.join("objects/pack"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "bitmap"))
+            .unwrap();
+        let header = std::fs::read(file).unwrap();
+        let options = u16::from_be_bytes([header[6], header[7]]);
+        assert_eq!(
+            options & 0x10 != 0,
+            table == "true",
+            "lookup table: {table}"
+        );
         let repo = Repository::open(&path).unwrap();
         let mut checked = 0;
         for commit in git(&path, &["rev-list", "--all"]).lines().map(oid) {
