@@ -493,7 +493,7 @@ impl Positions {
         }
         self.index
             .lookup(oid)
-            .map(|i| self.rev.inverse()[i as usize] as usize)
+            .map(|i| self.rev.pack_position(&self.index, i))
     }
 
     /// Look objects up in a hash map from now on (worth it for walks over the whole

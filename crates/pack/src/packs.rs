@@ -156,6 +156,8 @@ pub(crate) struct RevIndex {
     objects: usize,
     order: Order,
     inverse: std::sync::OnceLock<Vec<u32>>,
+    /// Lookups of pack positions so far, while there is no table for them.
+    lookups: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -197,6 +199,7 @@ impl RevIndex {
             objects: n,
             order,
             inverse: std::sync::OnceLock::new(),
+            lookups: Default::default(),
         }
     }
 
@@ -217,21 +220,49 @@ impl RevIndex {
         }
     }
 
-    /// The pack position of each index position.
-    pub(crate) fn inverse(&self) -> &[u32] {
-        self.inverse.get_or_init(|| {
-            let mut inv = vec![0u32; self.len()];
-            for p in 0..self.len() {
-                inv[self.at(p) as usize] = p as u32;
+    /// The pack position of the object at index position `index`: by binary search over
+    /// offsets for the first lookups, from a table of every object's once there were many
+    /// (a few hundred lookups, as an incremental fetch makes, do not pay for the table).
+    pub(crate) fn pack_position(&self, idx: &gix_pack::index::File, index: u32) -> usize {
+        if let Some(inverse) = self.inverse.get() {
+            return inverse[index as usize] as usize;
+        }
+        if self
+            .lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            > self.len() / 64
+        {
+            return self.inverse.get_or_init(|| {
+                let mut inv = vec![0u32; self.len()];
+                for p in 0..self.len() {
+                    inv[self.at(p) as usize] = p as u32;
+                }
+                inv
+            })[index as usize] as usize;
+        }
+        self.position_of_offset(idx, idx.pack_offset_at_index(index))
+            .unwrap_or_else(|| self.len())
+    }
+
+    /// The pack position of the entry at `offset`, if an entry starts there.
+    fn position_of_offset(&self, idx: &gix_pack::index::File, offset: u64) -> Option<usize> {
+        // Pack positions are in offset order.
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match idx.pack_offset_at_index(self.at(mid)).cmp(&offset) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
             }
-            inv
-        })
+        }
+        None
     }
 
     /// Where the entry of index position `index` ends: the next entry's offset, or `end`
     /// (the pack's trailer) for the last one.
     pub(crate) fn entry_end(&self, pack: &StoredPack, index: u32, end: u64) -> u64 {
-        let next = self.inverse()[index as usize] as usize + 1;
+        let next = self.pack_position(&pack.index, index) + 1;
         if next < self.len() {
             pack.index.pack_offset_at_index(self.at(next))
         } else {
@@ -241,20 +272,8 @@ impl RevIndex {
 
     /// The object stored at `offset` of `pack`.
     pub(crate) fn object_at(&self, pack: &StoredPack, offset: u64) -> Option<ObjectId> {
-        // Pack positions are in offset order.
-        let (mut lo, mut hi) = (0, self.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let index = self.at(mid);
-            match pack.index.pack_offset_at_index(index).cmp(&offset) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => {
-                    return Some(pack.index.oid_at_index(index).to_owned());
-                }
-            }
-        }
-        None
+        let p = self.position_of_offset(&pack.index, offset)?;
+        Some(pack.index.oid_at_index(self.at(p)).to_owned())
     }
 }
 
