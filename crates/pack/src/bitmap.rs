@@ -189,6 +189,64 @@ pub(crate) fn ewah_encode(bits: &Bits, bit_size: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(&(last_rlw as u32).to_be_bytes());
 }
 
+/// A bitmap file's bytes: read whole (a file without a lookup table, whose every entry
+/// header a load reads anyway), or read piece by piece as they are needed (a file with one:
+/// a fetch reads the table and the few entries it decodes, whatever the page cache holds).
+enum Source {
+    Whole(Vec<u8>),
+    #[cfg(unix)]
+    Pieces {
+        file: std::fs::File,
+        len: usize,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("len", &self.len()).finish()
+    }
+}
+
+impl Source {
+    fn len(&self) -> usize {
+        match self {
+            Source::Whole(data) => data.len(),
+            #[cfg(unix)]
+            Source::Pieces { len, .. } => *len,
+        }
+    }
+
+    /// `len` bytes at `at`.
+    fn read(&self, at: usize, len: usize) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
+        let end = at
+            .checked_add(len)
+            .filter(|&end| end <= self.len())
+            .ok_or_else(|| bad("truncated bitmap"))?;
+        match self {
+            Source::Whole(data) => Ok(std::borrow::Cow::Borrowed(&data[at..end])),
+            #[cfg(unix)]
+            Source::Pieces { file, .. } => {
+                let mut buf = vec![0; len];
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, at as u64)?;
+                Ok(std::borrow::Cow::Owned(buf))
+            }
+        }
+    }
+
+    /// The EWAH bitmap at `at`, decoded into at most `max_bits` bits, and where it ends.
+    fn ewah(&self, at: usize, max_bits: usize) -> Result<(Bits, usize), Error> {
+        let head = self.read(at, 8)?;
+        let words = u32_at(&head, 4)? as usize;
+        let len = words
+            .checked_mul(8)
+            .and_then(|w| w.checked_add(12))
+            .ok_or_else(|| bad("truncated bitmap"))?;
+        let data = self.read(at, len)?;
+        let (bits, used) = ewah_decode(&data, max_bits)?;
+        Ok((bits, at + used))
+    }
+}
+
 /// Where one stored bitmap is.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -207,7 +265,7 @@ pub(crate) struct PackBitmaps {
     pub(crate) commits: Bits,
     pub(crate) blobs: Bits,
     pub(crate) tags: Bits,
-    data: crate::mapped::Mapped,
+    data: Source,
     objects: usize,
     entries: Vec<Entry>,
     /// Entries by their commit's index position (no object ids read to build it).
@@ -216,47 +274,60 @@ pub(crate) struct PackBitmaps {
 }
 
 impl PackBitmaps {
-    /// Map `pack-<hash>.bitmap` beside `pack`, if there is one that belongs to it.
+    /// Read `pack-<hash>.bitmap` beside `pack`, if there is one that belongs to it.
     ///
     /// As git does, the file's trailing checksum is not verified here (that would read the
     /// whole file for every repository handle; see [`verify_checksum`]): its structure is,
     /// as each part is read.
     pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> Result<Option<PackBitmaps>, Error> {
-        let Ok(data) = crate::mapped::Mapped::open_random(&pack.pack.with_extension("bitmap"))
-        else {
+        let Ok(file) = std::fs::File::open(pack.pack.with_extension("bitmap")) else {
             return Ok(None);
         };
-        Self::parse(data, pack, hash).map(Some)
+        let len = usize::try_from(file.metadata()?.len()).map_err(|_| bad("too large"))?;
+        #[cfg(unix)]
+        let source = Source::Pieces { file, len };
+        #[cfg(not(unix))]
+        let source = {
+            let mut data = Vec::with_capacity(len);
+            std::io::Read::read_to_end(&mut { file }, &mut data)?;
+            Source::Whole(data)
+        };
+        Self::parse(source, pack, hash).map(Some)
     }
 
-    fn parse(
-        data: crate::mapped::Mapped,
-        pack: &StoredPack,
-        hash: HashKind,
-    ) -> Result<PackBitmaps, Error> {
+    fn parse(mut data: Source, pack: &StoredPack, hash: HashKind) -> Result<PackBitmaps, Error> {
         let n = pack.num_objects();
         let hash_len = hash.len_in_bytes();
-        if data.len() < 12 + 2 * hash_len || &data[..4] != MAGIC {
+        if data.len() < 12 + 2 * hash_len {
             return Err(bad("not a bitmap file"));
         }
-        let version = u16::from_be_bytes([data[4], data[5]]);
-        let options = u16::from_be_bytes([data[6], data[7]]);
+        let header = data.read(0, 12 + hash_len)?.into_owned();
+        if &header[..4] != MAGIC {
+            return Err(bad("not a bitmap file"));
+        }
+        let version = u16::from_be_bytes([header[4], header[5]]);
+        let options = u16::from_be_bytes([header[6], header[7]]);
         if version != VERSION || options & OPT_FULL_DAG == 0 {
             return Err(bad(format!(
                 "bitmap version {version} with options {options:#x}"
             )));
         }
-        let count = u32_at(&data, 8)? as usize;
-        let checksum = &data[12..12 + hash_len];
-        if checksum != pack.index.pack_checksum().as_bytes() {
+        let count = u32_at(&header, 8)? as usize;
+        if header[12..] != *pack.index.pack_checksum().as_bytes() {
             return Err(bad("the bitmap belongs to another pack"));
+        }
+        if options & OPT_LOOKUP_TABLE == 0
+            && let Source::Pieces { .. } = &data
+        {
+            // Every entry's header is read to find them: the whole file at once.
+            data = Source::Whole(data.read(0, data.len())?.into_owned());
         }
         let mut at = 12 + hash_len;
         let mut types = Vec::with_capacity(4);
         for _ in 0..4 {
-            let (bits, used) = ewah_decode(&data[at..], n)?;
+            let (bits, end) = data.ewah(at, n)?;
             types.push(bits);
-            at += used;
+            at = end;
         }
         // Only the entries' places now: each is decoded when a fetch needs it.
         let mut entries = Vec::with_capacity(count.min(n));
@@ -273,11 +344,12 @@ impl PackBitmaps {
                 .checked_sub(count * TABLE_ROW)
                 .filter(|&t| t >= at)
                 .ok_or_else(|| bad("truncated bitmap"))?;
+            let rows = data.read(table, count * TABLE_ROW)?;
             for row in 0..count {
-                let r = table + row * TABLE_ROW;
-                let position = u32_at(&data, r)? as usize;
-                let offset = u64::from_be_bytes(data[r + 4..r + 12].try_into().expect("eight"));
-                let xor = u32_at(&data, r + 12)?;
+                let r = row * TABLE_ROW;
+                let position = u32_at(&rows, r)? as usize;
+                let offset = u64::from_be_bytes(rows[r + 4..r + 12].try_into().expect("eight"));
+                let xor = u32_at(&rows, r + 12)?;
                 let start = usize::try_from(offset)
                     .ok()
                     .filter(|&o| o >= at && o + 6 + 12 <= table)
@@ -299,15 +371,18 @@ impl PackBitmaps {
                 by_commit.insert(position as u32, row);
             }
         }
-        let scan = if entries.is_empty() { count } else { 0 };
+        let (scan, whole): (usize, &[u8]) = match &data {
+            Source::Whole(bytes) if entries.is_empty() => (count, bytes),
+            _ => (0, &[]),
+        };
         for i in 0..scan {
-            let position = u32_at(&data, at)? as usize;
-            let xor = *data.get(at + 4).ok_or_else(|| bad("truncated"))? as usize;
+            let position = u32_at(whole, at)? as usize;
+            let xor = *whole.get(at + 4).ok_or_else(|| bad("truncated"))? as usize;
             at += 6;
-            let words = u32_at(&data, at + 4)? as usize;
+            let words = u32_at(whole, at + 4)? as usize;
             let start = at;
             at += 12 + words * 8;
-            if at > data.len() - hash_len {
+            if at > whole.len() - hash_len {
                 return Err(bad("truncated bitmap"));
             }
             let base = match xor {
@@ -370,10 +445,10 @@ impl PackBitmaps {
             position,
         } = self.entries[i];
         // What a lookup table says must be what the entry says.
-        if u32_at(&self.data, start - 6)? != position {
+        if u32_at(&self.data.read(start - 6, 4)?, 0)? != position {
             return Err(bad("a lookup table row names another entry"));
         }
-        let (mut bits, _) = ewah_decode(&self.data[start..], self.objects)?;
+        let (mut bits, _) = self.data.ewah(start, self.objects)?;
         if let Some(base) = base {
             bits.xor(&*self.entry(base, depth + 1)?);
         }

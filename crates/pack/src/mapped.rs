@@ -1,5 +1,5 @@
-//! Read-only maps of the files beside a pack: reverse indexes and bitmaps are read in
-//! place, so a request touches only the pages it needs instead of copying whole files.
+//! Read-only maps of the files beside a pack: git's reverse indexes are read in place, so a
+//! request touches only the pages it needs instead of copying whole files.
 //!
 //! The crate's one reviewed exception to `forbid(unsafe_code)`: mapping a file is unsafe in
 //! Rust because another process could change it while it is mapped. These files never change
@@ -31,15 +31,6 @@ impl Mapped {
         // mapped bytes do not change while the map lives.
         let map = unsafe { memmap2::Mmap::map(&file)? };
         Ok(Mapped(map))
-    }
-
-    /// Map the file at `path` for reads here and there: only the pages read are brought
-    /// in (not their neighbours), so a request's memory is what it reads.
-    pub(crate) fn open_random(path: &Path) -> std::io::Result<Mapped> {
-        let map = Self::open(path)?;
-        // Only advice: reads are correct without it.
-        let _ = map.0.advise(memmap2::Advice::Random);
-        Ok(map)
     }
 }
 
