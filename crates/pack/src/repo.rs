@@ -24,6 +24,9 @@ pub struct Ref {
     pub oid: Option<ObjectId>,
     /// For a symbolic ref, its direct target.
     pub symref_target: Option<BString>,
+    /// What an annotated tag peels to, where the ref store records it (`packed-refs` does):
+    /// known without reading the tag.
+    pub peeled: Option<ObjectId>,
 }
 
 /// A bare repository opened for serving.
@@ -153,7 +156,9 @@ impl Repository {
         for reference in platform.all().map_err(Error::odb)? {
             let reference = reference.map_err(Error::odb)?;
             let name: BString = reference.name.as_bstr().to_owned();
-            out.push(resolve(&store, name, reference.target)?);
+            let mut resolved = resolve(&store, name, reference.target)?;
+            resolved.peeled = reference.peeled.filter(|p| Some(*p) != resolved.oid);
+            out.push(resolved);
         }
         Ok(out)
     }
@@ -239,6 +244,7 @@ fn resolve(
             name,
             oid: Some(oid),
             symref_target: None,
+            peeled: None,
         }),
         gix_ref::Target::Symbolic(direct) => {
             let mut next: BString = direct.as_bstr().to_owned();
@@ -253,6 +259,7 @@ fn resolve(
                                 name,
                                 oid: Some(oid),
                                 symref_target,
+                                peeled: None,
                             });
                         }
                         gix_ref::Target::Symbolic(n) => next = n.as_bstr().to_owned(),
@@ -263,6 +270,7 @@ fn resolve(
                 name,
                 oid: None,
                 symref_target,
+                peeled: None,
             })
         }
     }

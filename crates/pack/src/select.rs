@@ -160,7 +160,7 @@ pub(crate) fn select(
     }
 
     if req.include_tag {
-        include_tags(repo, objects, &mut emitted, &mut out)?;
+        include_tags(repo, objects, &mut emitted, &mut out, |_| None)?;
     }
     Ok(out)
 }
@@ -232,7 +232,9 @@ pub(crate) fn select_with_bitmaps(
     }
     out.client_has.bits = Some((std::sync::Arc::clone(&loaded), had));
     if req.include_tag {
-        include_tags(repo, objects, &mut emitted, &mut out)?;
+        // The type bitmaps know which objects are tags: no other ref's object is read.
+        let is_tag = |oid: &ObjectId| pos.of(oid).map(|p| bitmaps.tags.get(p));
+        include_tags(repo, objects, &mut emitted, &mut out, is_tag)?;
     }
     Ok(Some(out))
 }
@@ -401,6 +403,7 @@ fn include_tags(
     objects: &mut Objects,
     emitted: &mut OidSet,
     out: &mut Selection,
+    is_tag: impl Fn(&ObjectId) -> Option<bool>,
 ) -> Result<(), Error> {
     for r in repo.refs()? {
         let Some(oid) = r.oid else { continue };
@@ -410,7 +413,18 @@ fn include_tags(
         {
             continue;
         }
-        if objects.header(&oid)?.map(|(k, _)| k) != Some(Kind::Tag) {
+        // What the ref store says the tag peels to: most tags point at objects not sent, and
+        // are passed over without reading them.
+        if let Some(peeled) = r.peeled
+            && !emitted.contains(&peeled)
+        {
+            continue;
+        }
+        let tag = match is_tag(&oid) {
+            Some(known) => known,
+            None => objects.header(&oid)?.map(|(k, _)| k) == Some(Kind::Tag),
+        };
+        if !tag {
             continue;
         }
         let mut chain = Vec::new();
