@@ -422,44 +422,70 @@ impl PackBitmaps {
     /// stored bitmap.
     pub(crate) fn get(&self, index_position: u32) -> Result<Option<Arc<Bits>>, Error> {
         match self.by_commit.get(&index_position) {
-            Some(&i) => self.entry(i, 0).map(Some),
+            Some(&i) => self.entry(i).map(Some),
             None => Ok(None),
         }
     }
 
-    fn entry(&self, i: usize, depth: usize) -> Result<Arc<Bits>, Error> {
-        if let Some(bits) = self
-            .decoded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&i)
-        {
-            return Ok(Arc::clone(bits));
+    /// Entry `i` decoded: its EWAH XORed with its base's, and so on down its chain (one
+    /// accumulator; a base decoded earlier ends the chain early). Only entries asked for are
+    /// kept, and at most [`DECODED_KEPT`] of them.
+    fn entry(&self, i: usize) -> Result<Arc<Bits>, Error> {
+        let cached = |i: usize| {
+            self.decoded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&i)
+                .cloned()
+        };
+        if let Some(bits) = cached(i) {
+            return Ok(bits);
         }
-        if depth > self.entries.len() {
-            return Err(bad("an XOR chain that loops"));
+        let mut acc: Option<Bits> = None;
+        let mut next = Some(i);
+        let mut steps = 0;
+        while let Some(e) = next {
+            if steps > self.entries.len() {
+                return Err(bad("an XOR chain that loops"));
+            }
+            steps += 1;
+            if e != i
+                && let Some(known) = cached(e)
+            {
+                match &mut acc {
+                    Some(acc) => acc.xor(&known),
+                    None => acc = Some((*known).clone()),
+                }
+                break;
+            }
+            let Entry {
+                start,
+                base,
+                position,
+            } = self.entries[e];
+            // What a lookup table says must be what the entry says.
+            if u32_at(&self.data.read(start - 6, 4)?, 0)? != position {
+                return Err(bad("a lookup table row names another entry"));
+            }
+            let (bits, _) = self.data.ewah(start, self.objects)?;
+            match &mut acc {
+                Some(acc) => acc.xor(&bits),
+                None => acc = Some(bits),
+            }
+            next = base;
         }
-        let Entry {
-            start,
-            base,
-            position,
-        } = self.entries[i];
-        // What a lookup table says must be what the entry says.
-        if u32_at(&self.data.read(start - 6, 4)?, 0)? != position {
-            return Err(bad("a lookup table row names another entry"));
+        let bits = Arc::new(acc.expect("at least one entry decoded"));
+        let mut decoded = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
+        if decoded.len() >= DECODED_KEPT {
+            decoded.clear();
         }
-        let (mut bits, _) = self.data.ewah(start, self.objects)?;
-        if let Some(base) = base {
-            bits.xor(&*self.entry(base, depth + 1)?);
-        }
-        let bits = Arc::new(bits);
-        self.decoded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(i, Arc::clone(&bits));
+        decoded.insert(i, Arc::clone(&bits));
         Ok(bits)
     }
 }
+
+/// Decoded bitmaps a repository handle keeps (each is a bit per object of the pack).
+const DECODED_KEPT: usize = 64;
 
 /// Whether the bitmap file at `path` ends with the checksum of what precedes it (a full
 /// read: done where a file is written, not where it is loaded).
