@@ -286,10 +286,13 @@ pub(crate) struct RevCache(
 impl RevCache {
     pub(crate) fn get(&self, pack: &StoredPack, hash: HashKind) -> std::sync::Arc<RevIndex> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rev) = map.get(&pack.pack) {
+            return std::sync::Arc::clone(rev);
+        }
+        // A new pack: those gone since are dropped (checked here, not on every lookup).
         map.retain(|path, _| path.exists());
-        std::sync::Arc::clone(
-            map.entry(pack.pack.clone())
-                .or_insert_with(|| std::sync::Arc::new(RevIndex::load(pack, hash))),
-        )
+        let rev = std::sync::Arc::new(RevIndex::load(pack, hash));
+        map.insert(pack.pack.clone(), std::sync::Arc::clone(&rev));
+        rev
     }
 }
