@@ -73,14 +73,25 @@ fn run_once(program: &[String], repo: &Path, input: &[u8]) -> Result<(Duration, 
     Ok((elapsed, out.stdout.len() as u64, rss))
 }
 
-fn median(program: &[String], repo: &Path, input: &[u8]) -> Result<(Duration, u64, u64)> {
-    let mut runs = Vec::new();
-    for _ in 0..RUNS {
-        runs.push(run_once(program, repo, input)?);
-    }
+/// One run or a summary of runs: wall time, response bytes, peak RSS in KiB.
+type Run = (Duration, u64, u64);
+
+/// Median time (and its bytes) and highest peak RSS of `RUNS` runs.
+fn summary(mut runs: Vec<Run>) -> Run {
     runs.sort_by_key(|r| r.0);
     let rss = runs.iter().map(|r| r.2).max().unwrap_or(0);
-    Ok((runs[RUNS / 2].0, runs[RUNS / 2].1, rss))
+    (runs[RUNS / 2].0, runs[RUNS / 2].1, rss)
+}
+
+/// Both programs on the same input, their runs alternating (so that the shared machine's
+/// ups and downs fall on both alike): each one's summary.
+fn paired(a: (&[String], &Path), b: (&[String], &Path), input: &[u8]) -> Result<(Run, Run)> {
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        first.push(run_once(a.0, a.1, input)?);
+        second.push(run_once(b.0, b.1, input)?);
+    }
+    Ok((summary(first), summary(second)))
 }
 
 /// The bench repository (default: the generated `large` one), packed as a well-run server
@@ -289,8 +300,7 @@ pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (name, fetch) in cases {
         let input = body(fetch);
-        let (gt, gb, gm) = median(&theirs, &theirs_repo, &input)?;
-        let (ot, ob, om) = median(&ours, &repo, &input)?;
+        let ((gt, gb, gm), (ot, ob, om)) = paired((&theirs, &theirs_repo), (&ours, &repo), &input)?;
         println!(
             "| {name} | {:.1} ms | {:.1} ms | {:.1}x | {gb} | {ob} | {:.2} | {} MiB | {} MiB |",
             gt.as_secs_f64() * 1e3,
