@@ -110,10 +110,12 @@ fn start_gitcache(
 fn wait_for_maintenance(mirror: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
+        // Temporaries being written (`incoming-…`) do not count.
         let names: Vec<String> = std::fs::read_dir(mirror.join("objects/pack"))
             .map(|d| {
                 d.filter_map(Result::ok)
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with("incoming-"))
                     .collect()
             })
             .unwrap_or_default();

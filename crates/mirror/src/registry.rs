@@ -95,6 +95,15 @@ struct Slot {
     maintaining: std::sync::atomic::AtomicBool,
 }
 
+/// Clears a flag when dropped: a task that set it clears it however it ends.
+struct ClearOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Packs a mirror may gather before it is consolidated in the background.
 pub const DEFAULT_CONSOLIDATE_AFTER: usize = 8;
 
@@ -136,10 +145,17 @@ impl Registry {
                     .collect()
             })
             .unwrap_or_default();
-        let packs = names.iter().filter(|n| n.ends_with(".idx")).count();
-        let marked = names.iter().any(|n| n.ends_with(".tips"));
-        let bitmapped = names.iter().any(|n| n.ends_with(".bitmap"));
-        packs > self.consolidate_after || (packs == 1 && !(marked && bitmapped))
+        let stems: Vec<&str> = names
+            .iter()
+            .filter_map(|n| n.strip_suffix(".idx"))
+            .filter(|n| n.starts_with("pack-"))
+            .collect();
+        // The pack's own files, not a temporary being written (`incoming-…`).
+        let has = |stem: &str, ext: &str| names.iter().any(|n| *n == format!("{stem}.{ext}"));
+        match stems.as_slice() {
+            [stem] => !(has(stem, "tips") && has(stem, "bitmap")),
+            _ => stems.len() > self.consolidate_after,
+        }
     }
 
     /// [`refresh`](Self::refresh), then [maintain](Self::maintain_in_background) the mirror.
@@ -170,9 +186,8 @@ impl Registry {
         }
         let (registry, key) = (Arc::clone(self), key.clone());
         tokio::spawn(async move {
-            let result = registry.consolidate(&key).await;
-            slot.maintaining.store(false, Ordering::Release);
-            match result {
+            let _clear = ClearOnDrop(&slot.maintaining);
+            match registry.consolidate(&key).await {
                 Ok(Some(done)) => tracing::info!(
                     packs_before = done.packs_before,
                     objects = done.objects,
@@ -255,12 +270,11 @@ impl Registry {
             && done.bitmap.is_none()
             && !slot.writing_bitmaps.swap(true, Ordering::AcqRel)
         {
+            let _clear = ClearOnDrop(&slot.writing_bitmaps);
             let tips = done.tips.clone();
-            let written = tokio::task::spawn_blocking(move || mirror.write_bitmaps(&pack, &tips))
+            done.bitmap = tokio::task::spawn_blocking(move || mirror.write_bitmaps(&pack, &tips))
                 .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)));
-            slot.writing_bitmaps.store(false, Ordering::Release);
-            done.bitmap = written??;
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         }
         Ok(Some(done))
     }
