@@ -971,9 +971,9 @@ impl Proxy {
             return Ok(Some(Arc::clone(&open.repo)));
         }
         let repo = Arc::new(Repository::open(mirror.git_dir())?);
-        // Opened for the first time here, or its packs changed: maintenance cut short (by a
-        // restart) is taken up again.
-        self.registry.maintain_in_background(key);
+        // Opened for the first time here, or its packs changed: its bitmap files are checked
+        // once, and maintenance cut short (by a restart) is taken up again.
+        self.registry.check_in_background(key);
         repos.insert(
             key.clone(),
             OpenRepo {

@@ -373,6 +373,18 @@ impl Mirror {
         }
         Ok(Some(written))
     }
+
+    /// Check the checksum of each bitmap file (each read whole) and remove those that do not
+    /// match, so that maintenance writes them again; fetches never read a checksum. Returns
+    /// the files removed.
+    pub fn remove_damaged_bitmaps(&self) -> Result<Vec<PathBuf>, Error> {
+        let repo = gitcache_pack::Repository::open(&self.git_dir)?;
+        let damaged = repo.damaged_bitmaps()?;
+        for path in &damaged {
+            std::fs::remove_file(path)?;
+        }
+        Ok(damaged)
+    }
 }
 
 /// The `pack-<checksum>` stems of the packs (with an index) in `dir`.

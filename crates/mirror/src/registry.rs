@@ -200,6 +200,28 @@ impl Registry {
         });
     }
 
+    /// Check the mirror's bitmap files in the background (each read whole, once), remove
+    /// damaged ones, then [maintain](Self::maintain_in_background) it, which writes them
+    /// again. For when a mirror is opened: loads never read a bitmap's checksum. Must be
+    /// called within a Tokio runtime.
+    pub fn check_in_background(self: &Arc<Self>, key: &MirrorKey) {
+        let Some(mirror) = self.existing(key) else {
+            return;
+        };
+        let (registry, key) = (Arc::clone(self), key.clone());
+        tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || mirror.remove_damaged_bitmaps()).await {
+                Ok(Ok(removed)) if !removed.is_empty() => {
+                    tracing::warn!(?removed, "damaged bitmap files removed; writing them again");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => tracing::warn!(%err, "checking bitmap files failed"),
+                Err(err) => tracing::warn!(%err, "checking bitmap files failed"),
+            }
+            registry.maintain_in_background(&key);
+        });
+    }
+
     fn slot(&self, key: &MirrorKey) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(slots.entry(key.clone()).or_default())

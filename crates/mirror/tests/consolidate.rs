@@ -48,21 +48,42 @@ fn packs(dir: &std::path::Path) -> usize {
         .count()
 }
 
+/// An upstream serving a generated `acme/<name>`, a folder for mirrors, and the mirror key
+/// and upstream client for that repository.
+struct Served {
+    _upstream: Upstream,
+    source: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    key: MirrorKey,
+    client: Client,
+}
+
+fn served(name: &str, seed: u64) -> Served {
+    let upstream = Upstream::start().unwrap();
+    let path = format!("acme/{name}");
+    let source = upstream.repo_path(&path);
+    repo::generate(&source, &RepoSpec::small(seed)).unwrap();
+    upstream.adopt_repo(&path, Access::Public).unwrap();
+    let client = Client::new(&upstream.repo_url(&path), None, Duration::from_secs(30)).unwrap();
+    Served {
+        _upstream: upstream,
+        source,
+        dir: tempfile::tempdir().unwrap(),
+        key: MirrorKey::new("127.0.0.1", "acme", name).unwrap(),
+        client,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_packs_become_one_that_clones_get_as_it_is() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/busy");
-    repo::generate(&source, &RepoSpec::small(95)).unwrap();
-    upstream.adopt_repo("acme/busy", Access::Public).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let Served {
+        _upstream,
+        source,
+        dir,
+        key,
+        client,
+    } = served("busy", 95);
     let registry = Registry::new(dir.path());
-    let key = MirrorKey::new("127.0.0.1", "acme", "busy").unwrap();
-    let client = Client::new(
-        &upstream.repo_url("acme/busy"),
-        None,
-        Duration::from_secs(30),
-    )
-    .unwrap();
     registry.refresh(&key, &client, &[]).await.unwrap();
     for seed in [1, 2] {
         repo::append_commits(&source, "main", 4, seed).unwrap();
@@ -169,19 +190,14 @@ async fn many_packs_become_one_that_clones_get_as_it_is() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrors_consolidate_in_the_background_after_enough_packs() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/active");
-    repo::generate(&source, &RepoSpec::small(96)).unwrap();
-    upstream.adopt_repo("acme/active", Access::Public).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let Served {
+        _upstream,
+        source,
+        dir,
+        key,
+        client,
+    } = served("active", 96);
     let registry = std::sync::Arc::new(Registry::new(dir.path()).with_consolidate_after(2));
-    let key = MirrorKey::new("127.0.0.1", "acme", "active").unwrap();
-    let client = Client::new(
-        &upstream.repo_url("acme/active"),
-        None,
-        Duration::from_secs(30),
-    )
-    .unwrap();
     registry
         .refresh_and_maintain(&key, &client, &[])
         .await
@@ -211,21 +227,14 @@ async fn mirrors_consolidate_in_the_background_after_enough_packs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_cut_short_is_taken_up_when_asked_again() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/restarted");
-    repo::generate(&source, &RepoSpec::small(97)).unwrap();
-    upstream
-        .adopt_repo("acme/restarted", Access::Public)
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let Served {
+        _upstream,
+        dir,
+        key,
+        client,
+        ..
+    } = served("restarted", 97);
     let registry = std::sync::Arc::new(Registry::new(dir.path()));
-    let key = MirrorKey::new("127.0.0.1", "acme", "restarted").unwrap();
-    let client = Client::new(
-        &upstream.repo_url("acme/restarted"),
-        None,
-        Duration::from_secs(30),
-    )
-    .unwrap();
     // A refresh without its maintenance, as when the server stopped right after it.
     registry.refresh(&key, &client, &[]).await.unwrap();
     assert!(registry.needs_consolidation(&key));
@@ -260,4 +269,42 @@ async fn maintenance_cut_short_is_taken_up_when_asked_again() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     git(mirror.git_dir(), &["rev-list", "--test-bitmap", "HEAD"]);
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_bitmaps_are_found_when_checked_and_written_again() {
+    let Served {
+        _upstream,
+        dir,
+        key,
+        client,
+        ..
+    } = served("damaged", 98);
+    let registry = std::sync::Arc::new(Registry::new(dir.path()));
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    registry.consolidate(&key).await.unwrap().unwrap();
+    let mirror = registry.existing(&key).unwrap();
+    let bitmap = std::fs::read_dir(mirror.git_dir().join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "bitmap"))
+        .expect("consolidation wrote bitmaps");
+    let good = std::fs::read(&bitmap).unwrap();
+    // A sound file is left alone.
+    assert!(mirror.remove_damaged_bitmaps().unwrap().is_empty());
+    // One flipped bit in the middle: the structure still reads, the checksum does not.
+    let mut damaged = good.clone();
+    damaged[good.len() / 2] ^= 0x04;
+    std::fs::write(&bitmap, &damaged).unwrap();
+    registry.check_in_background(&key);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&bitmap).ok().as_deref() != Some(good.as_slice()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the damaged bitmap was never written again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Written again, the same bytes as before; git reads them.
+    git(mirror.git_dir(), &["rev-list", "--test-bitmap", "HEAD"]);
 }

@@ -543,6 +543,19 @@ impl Repository {
         Ok(())
     }
 
+    /// The bitmap files beside the repository's packs whose checksum does not match (see
+    /// [`verify_bitmaps`](Self::verify_bitmaps)).
+    pub fn damaged_bitmaps(&self) -> Result<Vec<std::path::PathBuf>, Error> {
+        let mut damaged = Vec::new();
+        for pack in self.stored_packs()? {
+            let path = pack.pack.with_extension("bitmap");
+            if path.is_file() && bitmap::verify_checksum(&path, self.object_format()).is_err() {
+                damaged.push(path);
+            }
+        }
+        Ok(damaged)
+    }
+
     /// The objects the stored bitmap of `commit` says it reaches, sorted; `None` without
     /// one. For tests that hold bitmaps against `git rev-list`.
     #[doc(hidden)]
