@@ -295,7 +295,7 @@ impl PackBitmaps {
         Self::parse(source, pack, hash).map(Some)
     }
 
-    fn parse(mut data: Source, pack: &StoredPack, hash: HashKind) -> Result<PackBitmaps, Error> {
+    fn parse(data: Source, pack: &StoredPack, hash: HashKind) -> Result<PackBitmaps, Error> {
         let n = pack.num_objects();
         let hash_len = hash.len_in_bytes();
         if data.len() < 12 + 2 * hash_len {
@@ -316,12 +316,14 @@ impl PackBitmaps {
         if header[12..] != *pack.index.pack_checksum().as_bytes() {
             return Err(bad("the bitmap belongs to another pack"));
         }
-        if options & OPT_LOOKUP_TABLE == 0
-            && let Source::Pieces { .. } = &data
-        {
-            // Every entry's header is read to find them: the whole file at once.
-            data = Source::Whole(data.read(0, data.len())?.into_owned());
-        }
+        // Without a table, every entry's header is read to find them: the whole file at once.
+        #[cfg(unix)]
+        let data = match data {
+            Source::Pieces { .. } if options & OPT_LOOKUP_TABLE == 0 => {
+                Source::Whole(data.read(0, data.len())?.into_owned())
+            }
+            data => data,
+        };
         let mut at = 12 + hash_len;
         let mut types = Vec::with_capacity(4);
         for _ in 0..4 {
