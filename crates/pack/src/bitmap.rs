@@ -331,9 +331,9 @@ impl PackBitmaps {
             types.push(bits);
             at = end;
         }
-        // Only the entries' places now: each is decoded when a fetch needs it.
-        let mut entries = Vec::with_capacity(count.min(n));
-        let mut by_commit = std::collections::HashMap::with_capacity(count.min(n));
+        // Only the entries' places now: each is decoded when a fetch needs it. Per entry:
+        // its commit's index position, where its EWAH starts, the entry it is XORed with.
+        let mut places: Vec<(usize, usize, Option<usize>)> = Vec::with_capacity(count.min(n));
         if options & OPT_LOOKUP_TABLE != 0 {
             // From the table alone: the entries' own pages are read only when needed.
             let mut end = data.len() - hash_len;
@@ -349,51 +349,45 @@ impl PackBitmaps {
             let rows = data.read(table, count * TABLE_ROW)?;
             for row in 0..count {
                 let r = row * TABLE_ROW;
-                let position = u32_at(&rows, r)? as usize;
                 let offset = u64::from_be_bytes(rows[r + 4..r + 12].try_into().expect("eight"));
-                let xor = u32_at(&rows, r + 12)?;
                 let start = usize::try_from(offset)
                     .ok()
                     .filter(|&o| o >= at && o + 6 + 12 <= table)
                     .ok_or_else(|| bad("a bitmap entry outside the file"))?
                     + 6;
-                let base = match xor {
+                let base = match u32_at(&rows, r + 12)? {
                     NO_ROW => None,
                     x if (x as usize) < count && x as usize != row => Some(x as usize),
                     _ => return Err(bad("an XOR row outside the table")),
                 };
-                if position >= n {
-                    return Err(bad("a bitmap for an object outside the pack"));
+                places.push((u32_at(&rows, r)? as usize, start, base));
+            }
+        } else {
+            // Each entry's header, one after the other (the file was read whole).
+            let whole = data.read(0, data.len())?;
+            for i in 0..count {
+                let position = u32_at(&whole, at)? as usize;
+                let xor = *whole.get(at + 4).ok_or_else(|| bad("truncated"))? as usize;
+                at += 6;
+                let words = u32_at(&whole, at + 4)? as usize;
+                let start = at;
+                at += 12 + words * 8;
+                if at > whole.len() - hash_len {
+                    return Err(bad("truncated bitmap"));
                 }
-                entries.push(Entry {
-                    start,
-                    base,
-                    position: position as u32,
-                });
-                by_commit.insert(position as u32, row);
+                let base = match xor {
+                    0 => None,
+                    x => Some(
+                        i.checked_sub(x)
+                            .ok_or_else(|| bad("an XOR offset past the first bitmap"))?,
+                    ),
+                };
+                places.push((position, start, base));
             }
         }
-        let (scan, whole): (usize, &[u8]) = match &data {
-            Source::Whole(bytes) if entries.is_empty() => (count, bytes),
-            _ => (0, &[]),
-        };
-        for i in 0..scan {
-            let position = u32_at(whole, at)? as usize;
-            let xor = *whole.get(at + 4).ok_or_else(|| bad("truncated"))? as usize;
-            at += 6;
-            let words = u32_at(whole, at + 4)? as usize;
-            let start = at;
-            at += 12 + words * 8;
-            if at > whole.len() - hash_len {
-                return Err(bad("truncated bitmap"));
-            }
-            let base = match xor {
-                0 => None,
-                x => Some(
-                    i.checked_sub(x)
-                        .ok_or_else(|| bad("an XOR offset past the first bitmap"))?,
-                ),
-            };
+        let mut entries = Vec::with_capacity(places.len());
+        let mut by_commit = std::collections::HashMap::with_capacity(places.len());
+        for (i, (position, start, base)) in places.into_iter().enumerate() {
             if position >= n {
                 return Err(bad("a bitmap for an object outside the pack"));
             }
@@ -596,7 +590,7 @@ impl Positions {
         }
         self.index
             .lookup(oid)
-            .map(|i| self.rev.pack_position(&self.index, i))
+            .and_then(|i| self.rev.pack_position(&self.index, i))
     }
 
     /// Look objects up in a hash map from now on (worth it for walks over the whole
