@@ -223,25 +223,29 @@ impl RevIndex {
     /// The pack position of the object at index position `index`: by binary search over
     /// offsets for the first lookups, from a table of every object's once there were many
     /// (a few hundred lookups, as an incremental fetch makes, do not pay for the table).
-    pub(crate) fn pack_position(&self, idx: &gix_pack::index::File, index: u32) -> usize {
+    /// `None` if a `.rev` file does not hold the object's offset.
+    pub(crate) fn pack_position(&self, idx: &gix_pack::index::File, index: u32) -> Option<usize> {
         if let Some(inverse) = self.inverse.get() {
-            return inverse[index as usize] as usize;
+            return inverse.get(index as usize).map(|&p| p as usize);
         }
         if self
             .lookups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             > self.len() / 64
         {
-            return self.inverse.get_or_init(|| {
-                let mut inv = vec![0u32; self.len()];
-                for p in 0..self.len() {
-                    inv[self.at(p) as usize] = p as u32;
-                }
-                inv
-            })[index as usize] as usize;
+            return self
+                .inverse
+                .get_or_init(|| {
+                    let mut inv = vec![0u32; self.len()];
+                    for p in 0..self.len() {
+                        inv[self.at(p) as usize] = p as u32;
+                    }
+                    inv
+                })
+                .get(index as usize)
+                .map(|&p| p as usize);
         }
         self.position_of_offset(idx, idx.pack_offset_at_index(index))
-            .unwrap_or_else(|| self.len())
     }
 
     /// The pack position of the entry at `offset`, if an entry starts there.
@@ -261,13 +265,13 @@ impl RevIndex {
 
     /// Where the entry of index position `index` ends: the next entry's offset, or `end`
     /// (the pack's trailer) for the last one.
-    pub(crate) fn entry_end(&self, pack: &StoredPack, index: u32, end: u64) -> u64 {
-        let next = self.pack_position(&pack.index, index) + 1;
-        if next < self.len() {
+    pub(crate) fn entry_end(&self, pack: &StoredPack, index: u32, end: u64) -> Option<u64> {
+        let next = self.pack_position(&pack.index, index)? + 1;
+        Some(if next < self.len() {
             pack.index.pack_offset_at_index(self.at(next))
         } else {
             end
-        }
+        })
     }
 
     /// The object stored at `offset` of `pack`.

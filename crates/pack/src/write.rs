@@ -369,7 +369,7 @@ impl<'a> PackWriter<'a> {
             }
         };
         let rev = self.rev.get(pack, hash);
-        let end = rev.entry_end(pack, index, pack_end);
+        let end = rev.entry_end(pack, index, pack_end)?;
         let location = gix_pack::data::entry::Location {
             pack_id,
             pack_offset: offset,
