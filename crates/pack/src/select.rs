@@ -160,7 +160,7 @@ pub(crate) fn select(
     }
 
     if req.include_tag {
-        include_tags(repo, objects, &mut emitted, &mut out, |_| None)?;
+        include_tags(repo, objects, &mut emitted, &mut out)?;
     }
     Ok(out)
 }
@@ -232,9 +232,7 @@ pub(crate) fn select_with_bitmaps(
     }
     out.client_has.bits = Some((std::sync::Arc::clone(&loaded), had));
     if req.include_tag {
-        // The type bitmaps know which objects are tags: no other ref's object is read.
-        let is_tag = |oid: &ObjectId| pos.of(oid).map(|p| bitmaps.tags.get(p));
-        include_tags(repo, objects, &mut emitted, &mut out, is_tag)?;
+        include_tags(repo, objects, &mut emitted, &mut out)?;
     }
     Ok(Some(out))
 }
@@ -403,28 +401,19 @@ fn include_tags(
     objects: &mut Objects,
     emitted: &mut OidSet,
     out: &mut Selection,
-    is_tag: impl Fn(&ObjectId) -> Option<bool>,
 ) -> Result<(), Error> {
     for r in repo.refs()? {
         let Some(oid) = r.oid else { continue };
+        // What the ref store says a tag peels to: most tags point at objects not sent, and
+        // are passed over without reading them or looking them up.
         if !r.name.starts_with(b"refs/tags/")
             || emitted.contains(&oid)
+            || r.peeled.is_some_and(|peeled| !emitted.contains(&peeled))
             || out.client_has.contains(&oid)
         {
             continue;
         }
-        // What the ref store says the tag peels to: most tags point at objects not sent, and
-        // are passed over without reading them.
-        if let Some(peeled) = r.peeled
-            && !emitted.contains(&peeled)
-        {
-            continue;
-        }
-        let tag = match is_tag(&oid) {
-            Some(known) => known,
-            None => objects.header(&oid)?.map(|(k, _)| k) == Some(Kind::Tag),
-        };
-        if !tag {
+        if objects.header(&oid)?.map(|(k, _)| k) != Some(Kind::Tag) {
             continue;
         }
         let mut chain = Vec::new();
