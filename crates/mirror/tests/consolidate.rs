@@ -48,42 +48,47 @@ fn packs(dir: &std::path::Path) -> usize {
         .count()
 }
 
-/// An upstream serving a generated `acme/<name>`, a folder for mirrors, and the mirror key
-/// and upstream client for that repository.
-struct Served {
-    _upstream: Upstream,
-    source: std::path::PathBuf,
-    dir: tempfile::TempDir,
-    key: MirrorKey,
-    client: Client,
-}
-
-fn served(name: &str, seed: u64) -> Served {
+/// An upstream serving a generated `acme/<name>` (kept alive by the first value), the folder
+/// of a registry (the second), where the repository's generated source is, a registry of
+/// mirrors (consolidating after `consolidate_after` packs, if given), and the mirror key and
+/// upstream client for the repository.
+fn served(
+    name: &str,
+    seed: u64,
+    consolidate_after: Option<usize>,
+) -> (
+    Upstream,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::sync::Arc<Registry>,
+    MirrorKey,
+    Client,
+) {
     let upstream = Upstream::start().unwrap();
     let path = format!("acme/{name}");
     let source = upstream.repo_path(&path);
     repo::generate(&source, &RepoSpec::small(seed)).unwrap();
     upstream.adopt_repo(&path, Access::Public).unwrap();
     let client = Client::new(&upstream.repo_url(&path), None, Duration::from_secs(30)).unwrap();
-    Served {
-        _upstream: upstream,
-        source,
-        dir: tempfile::tempdir().unwrap(),
-        key: MirrorKey::new("127.0.0.1", "acme", name).unwrap(),
-        client,
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::new(dir.path());
+    if let Some(packs) = consolidate_after {
+        registry = registry.with_consolidate_after(packs);
     }
+    let key = MirrorKey::new("127.0.0.1", "acme", name).unwrap();
+    (
+        upstream,
+        dir,
+        source,
+        std::sync::Arc::new(registry),
+        key,
+        client,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_packs_become_one_that_clones_get_as_it_is() {
-    let Served {
-        _upstream,
-        source,
-        dir,
-        key,
-        client,
-    } = served("busy", 95);
-    let registry = Registry::new(dir.path());
+    let (_upstream, _dir, source, registry, key, client) = served("busy", 95, None);
     registry.refresh(&key, &client, &[]).await.unwrap();
     for seed in [1, 2] {
         repo::append_commits(&source, "main", 4, seed).unwrap();
@@ -190,14 +195,7 @@ async fn many_packs_become_one_that_clones_get_as_it_is() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrors_consolidate_in_the_background_after_enough_packs() {
-    let Served {
-        _upstream,
-        source,
-        dir,
-        key,
-        client,
-    } = served("active", 96);
-    let registry = std::sync::Arc::new(Registry::new(dir.path()).with_consolidate_after(2));
+    let (_upstream, _dir, source, registry, key, client) = served("active", 96, Some(2));
     registry
         .refresh_and_maintain(&key, &client, &[])
         .await
@@ -227,14 +225,7 @@ async fn mirrors_consolidate_in_the_background_after_enough_packs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_cut_short_is_taken_up_when_asked_again() {
-    let Served {
-        _upstream,
-        dir,
-        key,
-        client,
-        ..
-    } = served("restarted", 97);
-    let registry = std::sync::Arc::new(Registry::new(dir.path()));
+    let (_upstream, _dir, _, registry, key, client) = served("restarted", 97, None);
     // A refresh without its maintenance, as when the server stopped right after it.
     registry.refresh(&key, &client, &[]).await.unwrap();
     assert!(registry.needs_consolidation(&key));
@@ -273,14 +264,7 @@ async fn maintenance_cut_short_is_taken_up_when_asked_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_bitmaps_are_found_when_checked_and_written_again() {
-    let Served {
-        _upstream,
-        dir,
-        key,
-        client,
-        ..
-    } = served("damaged", 98);
-    let registry = std::sync::Arc::new(Registry::new(dir.path()));
+    let (_upstream, _dir, _, registry, key, client) = served("damaged", 98, None);
     registry.refresh(&key, &client, &[]).await.unwrap();
     registry.consolidate(&key).await.unwrap().unwrap();
     let mirror = registry.existing(&key).unwrap();
