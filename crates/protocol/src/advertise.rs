@@ -71,6 +71,44 @@ impl Advertisement {
         value
     }
 
+    /// Refuse a `fetch` that uses a feature this advertisement does not offer, as `git
+    /// upload-pack` does (`unexpected line: '…'`): `want-ref` without `ref-in-want`,
+    /// `filter` without `filter`, `sideband-all` and `packfile-uris` without theirs.
+    ///
+    /// ```
+    /// use gitcache_protocol::advertise::Advertisement;
+    /// use gitcache_protocol::request::Fetch;
+    /// let ours = Advertisement::new("git/gitcache", gix_hash::Kind::Sha1);
+    /// let fetch = Fetch { want_refs: vec!["refs/heads/main".into()], ..Fetch::default() };
+    /// let err = ours.check_fetch(&fetch).unwrap_err();
+    /// assert_eq!(err.to_string(), "unexpected line: 'want-ref refs/heads/main'");
+    /// ```
+    pub fn check_fetch(&self, fetch: &crate::request::Fetch) -> Result<(), crate::request::Error> {
+        let refuse = |line: String| {
+            Err(crate::request::Error::UnknownArgument {
+                command: "fetch",
+                line,
+            })
+        };
+        if !self.fetch_ref_in_want
+            && let Some(name) = fetch.want_refs.first()
+        {
+            return refuse(format!("want-ref {name}"));
+        }
+        if !self.fetch_filter
+            && let Some(filter) = &fetch.filter
+        {
+            return refuse(format!("filter {filter}"));
+        }
+        if !self.fetch_sideband_all && fetch.sideband_all {
+            return refuse("sideband-all".to_owned());
+        }
+        if !self.fetch_packfile_uris && !fetch.packfile_uris.is_empty() {
+            return refuse(format!("packfile-uris {}", fetch.packfile_uris.join(",")));
+        }
+        Ok(())
+    }
+
     /// Write the advertisement, flush included.
     pub fn write_to(&self, out: &mut impl Write) -> Result<(), Error> {
         pktline::write_text(out, b"version 2")?;

@@ -94,6 +94,12 @@ pub enum Error {
     /// `combine:` with an empty sub-filter.
     #[error("expected something after combine:")]
     EmptyCombine,
+    /// More sub-filters in all, or `combine:` nested deeper, than gitcache serves (each
+    /// sub-filter keeps state for the whole walk).
+    #[error(
+        "filter-spec too complex: at most {MAX_SUB_FILTERS} sub-filters, nested at most {MAX_COMBINE_DEPTH} deep"
+    )]
+    TooComplex,
     /// A `%` not followed by two hex digits.
     #[error("invalid %-encoding in sub-filter-spec '{spec}'")]
     BadEncoding {
@@ -102,6 +108,11 @@ pub enum Error {
     },
 }
 
+/// The most sub-filters one specification may hold, counted through every nesting.
+pub const MAX_SUB_FILTERS: usize = 32;
+/// The deepest `combine:` may be nested (`combine:combine:…`).
+pub const MAX_COMBINE_DEPTH: usize = 4;
+
 /// Characters git refuses unencoded in a sub-filter of `combine:`, besides space and controls.
 const RESERVED: &str = "~`!@#$^&*()[]{}\\;'\",<>?";
 
@@ -109,49 +120,60 @@ impl FromStr for Filter {
     type Err = Error;
 
     fn from_str(spec: &str) -> Result<Self, Error> {
-        if spec == "blob:none" {
-            Ok(Filter::BlobNone)
-        } else if let Some(v) = spec.strip_prefix("blob:limit=") {
-            parse_ulong_with_unit(v)
-                .map(Filter::BlobLimit)
-                .ok_or_else(|| Error::BlobLimit { spec: spec.into() })
-        } else if let Some(v) = spec.strip_prefix("tree:") {
-            parse_ulong_with_unit(v)
-                .map(Filter::Tree)
-                .ok_or(Error::TreeDepth)
-        } else if let Some(v) = spec.strip_prefix("object:type=") {
-            let t = match v {
-                "blob" => ObjectType::Blob,
-                "tree" => ObjectType::Tree,
-                "commit" => ObjectType::Commit,
-                "tag" => ObjectType::Tag,
-                _ => return Err(Error::ObjectType { name: v.into() }),
-            };
-            Ok(Filter::ObjectType(t))
-        } else if let Some(v) = spec.strip_prefix("sparse:oid=") {
-            if v.is_empty() {
-                return Err(Error::SparseOidEmpty);
-            }
-            Ok(Filter::SparseOid(v.into()))
-        } else if spec.starts_with("sparse:path=") {
-            Err(Error::SparsePath)
-        } else if let Some(v) = spec.strip_prefix("combine:") {
-            let mut subs = Vec::new();
-            for raw in v.split('+') {
-                if raw.is_empty() {
-                    return Err(Error::EmptyCombine);
-                }
-                if let Some(ch) = raw.chars().find(|&c| c <= ' ' || RESERVED.contains(c)) {
-                    return Err(Error::MustEscape { ch });
-                }
-                let decoded =
-                    percent_decode(raw).ok_or_else(|| Error::BadEncoding { spec: raw.into() })?;
-                subs.push(decoded.parse()?);
-            }
-            Ok(Filter::Combine(subs))
-        } else {
-            Err(Error::Invalid { spec: spec.into() })
+        let mut budget = MAX_SUB_FILTERS;
+        parse_bounded(spec, MAX_COMBINE_DEPTH, &mut budget)
+    }
+}
+
+/// Parse `spec` with `combine:` allowed `depth` more levels deep and `budget` sub-filters
+/// left: the recursion is bounded before it starts, however the client nests.
+fn parse_bounded(spec: &str, depth: usize, budget: &mut usize) -> Result<Filter, Error> {
+    if spec == "blob:none" {
+        Ok(Filter::BlobNone)
+    } else if let Some(v) = spec.strip_prefix("blob:limit=") {
+        parse_ulong_with_unit(v)
+            .map(Filter::BlobLimit)
+            .ok_or_else(|| Error::BlobLimit { spec: spec.into() })
+    } else if let Some(v) = spec.strip_prefix("tree:") {
+        parse_ulong_with_unit(v)
+            .map(Filter::Tree)
+            .ok_or(Error::TreeDepth)
+    } else if let Some(v) = spec.strip_prefix("object:type=") {
+        let t = match v {
+            "blob" => ObjectType::Blob,
+            "tree" => ObjectType::Tree,
+            "commit" => ObjectType::Commit,
+            "tag" => ObjectType::Tag,
+            _ => return Err(Error::ObjectType { name: v.into() }),
+        };
+        Ok(Filter::ObjectType(t))
+    } else if let Some(v) = spec.strip_prefix("sparse:oid=") {
+        if v.is_empty() {
+            return Err(Error::SparseOidEmpty);
         }
+        Ok(Filter::SparseOid(v.into()))
+    } else if spec.starts_with("sparse:path=") {
+        Err(Error::SparsePath)
+    } else if let Some(v) = spec.strip_prefix("combine:") {
+        if depth == 0 {
+            return Err(Error::TooComplex);
+        }
+        let mut subs = Vec::new();
+        for raw in v.split('+') {
+            *budget = budget.checked_sub(1).ok_or(Error::TooComplex)?;
+            if raw.is_empty() {
+                return Err(Error::EmptyCombine);
+            }
+            if let Some(ch) = raw.chars().find(|&c| c <= ' ' || RESERVED.contains(c)) {
+                return Err(Error::MustEscape { ch });
+            }
+            let decoded =
+                percent_decode(raw).ok_or_else(|| Error::BadEncoding { spec: raw.into() })?;
+            subs.push(parse_bounded(&decoded, depth - 1, budget)?);
+        }
+        Ok(Filter::Combine(subs))
+    } else {
+        Err(Error::Invalid { spec: spec.into() })
     }
 }
 
@@ -283,6 +305,26 @@ mod tests {
             parse("combine:%zz"),
             Err(Error::BadEncoding { .. })
         ));
+    }
+
+    /// Issue 12: thousands of sub-filters (each keeps its own state over the walk) or a deep
+    /// nesting (recursion) are refused before anything is walked.
+    #[test]
+    fn combine_is_bounded_in_count_and_depth() {
+        let many = format!("combine:{}", vec!["blob:none"; 6000].join("+"));
+        assert_eq!(parse(&many), Err(Error::TooComplex));
+        let most = format!("combine:{}", vec!["blob:none"; MAX_SUB_FILTERS].join("+"));
+        assert!(parse(&most).is_ok());
+        let mut nested = Filter::BlobNone;
+        for _ in 0..MAX_COMBINE_DEPTH {
+            nested = Filter::Combine(vec![nested]);
+        }
+        assert_eq!(parse(&nested.to_string()), Ok(nested.clone()));
+        let deeper = Filter::Combine(vec![nested]);
+        assert_eq!(parse(&deeper.to_string()), Err(Error::TooComplex));
+        // Unencoded nesting, thousands deep: refused without deep recursion.
+        assert_eq!(parse(&"combine:".repeat(8000)), Err(Error::TooComplex));
+        assert!(Error::TooComplex.to_string().contains("too complex"));
     }
 
     #[test]

@@ -117,6 +117,21 @@ pub struct Fetch {
 }
 
 impl Fetch {
+    /// Drop repeated `want`, `want-ref`, `have` and `shallow` lines, keeping each first one
+    /// in its place: the answer is the same (git marks objects, so a repeat changes nothing),
+    /// and later work no longer scales with what a client repeats.
+    pub fn collapse_duplicates(&mut self) {
+        fn first_of_each<T: Clone + Eq + std::hash::Hash>(items: &mut Vec<T>) {
+            let mut seen = std::collections::HashSet::with_capacity(items.len());
+            items.retain(|item| seen.insert(item.clone()));
+        }
+        first_of_each(&mut self.wants);
+        first_of_each(&mut self.want_refs);
+        first_of_each(&mut self.haves);
+        first_of_each(&mut self.shallows);
+        first_of_each(&mut self.deepen_not);
+    }
+
     /// Whether the request asks for a shallow history (any `deepen` form).
     pub fn is_deepening(&self) -> bool {
         self.deepen.is_some() || self.deepen_since.is_some() || !self.deepen_not.is_empty()
@@ -1063,5 +1078,34 @@ mod tests {
         let mut again = Vec::new();
         request.write_to(&mut again).unwrap();
         assert_eq!(again, bytes);
+    }
+
+    #[test]
+    fn repeated_lines_collapse_to_their_first() {
+        let (want_a, want_b, have) = (
+            format!("want {A}"),
+            format!("want {B}"),
+            format!("have {B}"),
+        );
+        let mut lines = vec!["command=fetch", "0001"];
+        for _ in 0..1000 {
+            lines.extend([want_a.as_str(), "want-ref refs/heads/main", have.as_str()]);
+        }
+        lines.extend([want_b.as_str(), want_a.as_str(), "done", "0000"]);
+        let Command::Fetch(mut fetch) = parse_request(&body(&lines), Limits::default())
+            .unwrap()
+            .unwrap()
+            .command
+        else {
+            panic!("a fetch");
+        };
+        assert_eq!(fetch.wants.len(), 1002);
+        fetch.collapse_duplicates();
+        assert_eq!(fetch.wants.len(), 2);
+        assert_eq!(fetch.wants[0].to_string(), A);
+        assert_eq!(fetch.wants[1].to_string(), B);
+        assert_eq!(fetch.want_refs, vec![BString::from("refs/heads/main")]);
+        assert_eq!(fetch.haves.len(), 1);
+        assert!(fetch.done);
     }
 }
