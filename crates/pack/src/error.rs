@@ -57,6 +57,12 @@ pub enum Error {
         /// The filter's name, as git names it.
         name: &'static str,
     },
+    /// The work was cancelled (see [`Options::cancel`](crate::Options::cancel)).
+    #[error("cancelled: the client went away")]
+    Cancelled,
+    /// A `combine:` filter with more distinct sub-filters than one walk keeps state for.
+    #[error("filter-spec too complex: more than 64 distinct sub-filters")]
+    FilterTooComplex,
     /// An object the history refers to is missing.
     #[error("object {oid} is missing from the repository")]
     MissingObject {
@@ -109,6 +115,7 @@ impl Error {
                 | Error::NoShallowCommits
                 | Error::ObjectFormatMismatch { .. }
                 | Error::UnsupportedFilter { .. }
+                | Error::FilterTooComplex
         )
     }
 

@@ -7,14 +7,19 @@
 //! tracks the current depth and the smallest depth each tree was met at; inside `combine:`
 //! every sub-filter keeps its own seen set. Matching that state machine is what makes our
 //! packs leave out exactly what git leaves out, quirks included.
+//!
+//! Unlike git, the seen sets of a `combine:` are one map from object to a bit per sub-filter
+//! (so memory does not grow with the number of sub-filters), and identical sub-filters are
+//! kept once: they would answer alike at every step. The protocol crate bounds sub-filters
+//! and nesting ([`MAX_SUB_FILTERS`](gitcache_protocol::filter::MAX_SUB_FILTERS)).
 
 use gitcache_protocol::filter::{Filter, ObjectType};
 use gix_hash::ObjectId;
 use gix_object::Kind;
 
 use crate::Error;
+use crate::OidMap;
 use crate::objects::Objects;
-use crate::{OidMap, OidSet};
 
 /// Where in the walk the filter is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +71,18 @@ pub(crate) enum FilterState {
         seen_at_depth: OidMap<u64>,
     },
     ObjectType(Kind),
-    Combine(Vec<Sub>),
+    Combine {
+        subs: Vec<Sub>,
+        /// The sub-filters that marked each object seen, bit `i` for `subs[i]`.
+        seen: OidMap<u64>,
+    },
 }
 
-/// A sub-filter of `combine:` with the state git keeps for it.
+/// A sub-filter of `combine:` with the state git keeps for it (its seen set is a bit in
+/// the combination's map).
 #[derive(Debug)]
 pub(crate) struct Sub {
     filter: FilterState,
-    seen: OidSet,
     skipping: Option<ObjectId>,
 }
 
@@ -95,17 +104,29 @@ impl FilterState {
                 ObjectType::Tag => Kind::Tag,
             }),
             Filter::SparseOid(_) => return Err(Error::UnsupportedFilter { name: "sparse:oid" }),
-            Filter::Combine(subs) => FilterState::Combine(
-                subs.iter()
-                    .map(|f| {
-                        Ok(Sub {
-                            filter: FilterState::new(f)?,
-                            seen: OidSet::default(),
-                            skipping: None,
+            Filter::Combine(filters) => {
+                let mut distinct: Vec<&Filter> = Vec::new();
+                for filter in filters {
+                    if !distinct.contains(&filter) {
+                        distinct.push(filter);
+                    }
+                }
+                if distinct.len() > u64::BITS as usize {
+                    return Err(Error::FilterTooComplex);
+                }
+                FilterState::Combine {
+                    subs: distinct
+                        .into_iter()
+                        .map(|f| {
+                            Ok(Sub {
+                                filter: FilterState::new(f)?,
+                                skipping: None,
+                            })
                         })
-                    })
-                    .collect::<Result<_, Error>>()?,
-            ),
+                        .collect::<Result<_, Error>>()?,
+                    seen: OidMap::default(),
+                }
+            }
         })
     }
 
@@ -193,17 +214,26 @@ impl FilterState {
                     }
                 }
             },
-            FilterState::Combine(subs) => {
+            FilterState::Combine { subs, seen } => {
                 let mut all = Answer {
                     show: true,
                     mark_seen: true,
                     skip_tree: true,
                 };
-                for sub in subs {
-                    let answer = sub.ask(objects, situation, oid)?;
+                let before = seen.get(oid).copied().unwrap_or(0);
+                let mut after = before;
+                for (i, sub) in subs.iter_mut().enumerate() {
+                    let bit = 1u64 << i;
+                    let answer = sub.ask(objects, situation, oid, before & bit != 0)?;
+                    if answer.mark_seen {
+                        after |= bit;
+                    }
                     all.show &= answer.show;
                     all.mark_seen &= answer.mark_seen;
                     all.skip_tree &= answer.skip_tree;
+                }
+                if after != before {
+                    seen.insert(*oid, after);
                 }
                 all
             }
@@ -212,11 +242,14 @@ impl FilterState {
 }
 
 impl Sub {
+    /// Ask this sub-filter, which has seen `oid` already if `seen`; a `mark_seen` answer is
+    /// for the caller to record.
     fn ask(
         &mut self,
         objects: &Objects,
         situation: Situation,
         oid: &ObjectId,
+        seen: bool,
     ) -> Result<Answer, Error> {
         if let Some(skipped) = self.skipping {
             if situation == Situation::EndTree && skipped == *oid {
@@ -225,13 +258,10 @@ impl Sub {
                 return Ok(ZERO);
             }
         }
-        if self.seen.contains(oid) {
+        if seen {
             return Ok(ZERO);
         }
         let answer = self.filter.ask(objects, situation, oid)?;
-        if answer.mark_seen {
-            self.seen.insert(*oid);
-        }
         if answer.skip_tree {
             self.skipping = Some(*oid);
         }

@@ -71,6 +71,35 @@ pub struct Options {
     pub compression_level: u32,
     /// Threads that compress such objects (1: only the thread that writes).
     pub compression_threads: usize,
+    /// Asked now and then while planning and writing: once it says so, the work stops with
+    /// [`Error::Cancelled`] (the client went away).
+    pub cancel: Cancel,
+}
+
+/// A question planning and writing ask at checkpoints: has the work become pointless?
+#[derive(Clone, Default)]
+pub struct Cancel(Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl Cancel {
+    /// Work is cancelled once `cancelled` returns true.
+    pub fn when(cancelled: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Cancel(Some(std::sync::Arc::new(cancelled)))
+    }
+
+    /// Whether the work should stop now.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| f())
+    }
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Cancel(set)"
+        } else {
+            "Cancel(none)"
+        })
+    }
 }
 
 impl Default for Options {
@@ -78,6 +107,7 @@ impl Default for Options {
         Options {
             compression_level: 3,
             compression_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            cancel: Cancel::default(),
         }
     }
 }
@@ -286,6 +316,7 @@ pub fn plan(
         });
     }
     let mut objects = repo.objects();
+    objects.set_cancel(options.cancel.clone());
     let stored = repo.stored_packs()?;
     let write = WriteOptions {
         ofs_delta: fetch.ofs_delta,

@@ -59,6 +59,10 @@ pub(crate) fn process_haves(
 }
 
 /// Whether every want reaches a commit the client has (git's `ok_to_give_up`).
+///
+/// Linear in the history however many wants there are: a commit found to reach what the
+/// client has is remembered with every commit on the path to it, and one explored in full
+/// without success is never explored again (as git marks commits while it walks).
 pub(crate) fn ok_to_give_up(
     objects: &mut Objects,
     wants: &[ObjectId],
@@ -82,6 +86,9 @@ pub(crate) fn ok_to_give_up(
     Ok(true)
 }
 
+/// Depth-first from `start` through commits no older than the oldest common one, until a
+/// commit the client has: on success every commit on the current path joins `reaching`; a
+/// commit whose parents are all explored without success joins `dead`.
 fn reaches(
     objects: &mut Objects,
     start: ObjectId,
@@ -89,30 +96,34 @@ fn reaches(
     dead: &mut OidSet,
     reaching: &mut OidSet,
 ) -> Result<bool, Error> {
-    if n.they_have.contains(&start) || reaching.contains(&start) {
+    let known =
+        |oid: &ObjectId, reaching: &OidSet| n.they_have.contains(oid) || reaching.contains(oid);
+    if known(&start, reaching) {
         return Ok(true);
     }
-    let mut visited = vec![start];
-    let mut seen: OidSet = OidSet::from_iter([start]);
-    let mut stack = vec![start];
-    while let Some(id) = stack.pop() {
-        let parents = objects.commit(&id)?.parents.clone();
-        for parent in parents {
-            // A parent the client has counts even when it is older than the cutoff.
-            if n.they_have.contains(&parent) || reaching.contains(&parent) {
-                reaching.insert(start);
-                return Ok(true);
-            }
-            if dead.contains(&parent) || !seen.insert(parent) {
-                continue;
-            }
-            if objects.commit(&parent)?.time < n.oldest_have {
-                continue;
-            }
-            visited.push(parent);
-            stack.push(parent);
-        }
+    if dead.contains(&start) {
+        return Ok(false);
     }
-    dead.extend(visited);
+    // The current path: each commit with the index of the next parent to look at.
+    let mut path: Vec<(ObjectId, usize)> = vec![(start, 0)];
+    while let Some(&mut (id, ref mut next)) = path.last_mut() {
+        let parents = &objects.commit(&id)?.parents;
+        let Some(&parent) = parents.get(*next) else {
+            // Every parent explored: nothing the client has lies below.
+            dead.insert(id);
+            path.pop();
+            continue;
+        };
+        *next += 1;
+        // A parent the client has counts even when it is older than the cutoff.
+        if known(&parent, reaching) {
+            reaching.extend(path.iter().map(|(c, _)| *c));
+            return Ok(true);
+        }
+        if dead.contains(&parent) || objects.commit(&parent)?.time < n.oldest_have {
+            continue;
+        }
+        path.push((parent, 0));
+    }
     Ok(false)
 }

@@ -37,7 +37,13 @@ pub(crate) struct Objects {
     hash: HashKind,
     buf: Vec<u8>,
     commits: OidMap<Commit>,
+    /// Checked every [`CHECK_EVERY`] reads: the one checkpoint every walk passes through.
+    cancel: crate::Cancel,
+    reads: u32,
 }
+
+/// Object reads between two cancellation checks.
+const CHECK_EVERY: u32 = 1024;
 
 impl std::fmt::Debug for Objects {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,7 +60,14 @@ impl Objects {
             hash,
             buf: Vec::new(),
             commits: OidMap::default(),
+            cancel: crate::Cancel::default(),
+            reads: 0,
         }
+    }
+
+    /// Stop reading (with [`Error::Cancelled`]) once `cancel` says so.
+    pub(crate) fn set_cancel(&mut self, cancel: crate::Cancel) {
+        self.cancel = cancel;
     }
 
     pub(crate) fn odb(&self) -> &gix_odb::HandleArc {
@@ -73,6 +86,10 @@ impl Objects {
 
     /// The whole object, decompressed and resolved.
     pub(crate) fn read(&mut self, oid: &ObjectId) -> Result<(Kind, &[u8]), Error> {
+        self.reads = self.reads.wrapping_add(1);
+        if self.reads.is_multiple_of(CHECK_EVERY) && self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
         match self.odb.try_find(oid, &mut self.buf).map_err(Error::odb)? {
             Some(data) => Ok((data.kind, data.data)),
             None => Err(Error::MissingObject { oid: *oid }),

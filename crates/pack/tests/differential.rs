@@ -237,6 +237,24 @@ fn incremental_fetches_and_negotiation() {
         fetch: f,
     });
     assert!(m.ready && m.pack.is_some());
+    // Issue 12: wants along one chain, newest first, with one old have and no done (each
+    // want's walk used to start over: quadratic). Git's answer, acknowledgments and readiness
+    // alike.
+    let chain: Vec<ObjectId> = git(&fx.src, &["rev-list", "--first-parent", "-n", "40", "main"])
+        .lines()
+        .map(|l| ObjectId::from_hex(l.as_bytes()).unwrap())
+        .collect();
+    for (name, done) in [("chained-wants", false), ("chained-wants-done", true)] {
+        let mut f = fetch(chain.clone());
+        (f.done, f.haves) = (done, vec![old_main]);
+        let (m, _) = run(Case {
+            name,
+            fixture: &fx,
+            client: far.clone(),
+            fetch: f,
+        });
+        assert!(m.ready || done, "{name}: ready with a common have");
+    }
     let mut f = fetch(vec![new_main]);
     (f.done, f.haves, f.wait_for_done) = (false, vec![mid_main], true);
     let (m, _) = run(Case {
@@ -260,6 +278,14 @@ fn filters_tags_and_want_ref() {
         Filter::Tree(1),
         Filter::Tree(2),
         Filter::Combine(vec![Filter::BlobLimit(5000), Filter::Tree(3)]),
+        // Repeated and nested sub-filters: one seen map for all, repeats kept once.
+        Filter::Combine(vec![
+            Filter::Tree(2),
+            Filter::BlobLimit(5000),
+            Filter::Tree(2),
+            Filter::Combine(vec![Filter::BlobLimit(5000), Filter::Tree(3)]),
+            Filter::BlobLimit(5000),
+        ]),
         Filter::ObjectType(gitcache_protocol::filter::ObjectType::Blob),
         Filter::ObjectType(gitcache_protocol::filter::ObjectType::Tree),
     ];
