@@ -14,7 +14,14 @@ use std::sync::{Arc, Mutex};
 use crate::mirror::{Error, Mirror, Refreshed};
 use crate::upstream::Upstream;
 
-/// A repository's place among the mirrors.
+/// A repository's place among the mirrors: one upstream host, one owner, one name.
+///
+/// Upstreams disagree on case: GitHub treats `acme/Widgets` and `acme/widgets` as one
+/// repository, while C git's http-backend, cgit or Gerrit serve two. A key therefore keeps
+/// names exactly as given ([`MirrorKey::new`]) unless the upstream is known to fold them
+/// ([`MirrorKey::folded`]); the caller that builds it must then also ask the upstream with
+/// the folded names ([`owner`](Self::owner), [`repo`](Self::repo)), so that a mirror, its
+/// grants and its stored responses belong to exactly the repository the upstream checked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MirrorKey {
     host: String,
@@ -49,15 +56,32 @@ fn check(what: &'static str, name: &str) -> Result<String, InvalidName> {
     }
 }
 
+/// A checked name as a path component that stays distinct from every other name on a file
+/// system that ignores case: each upper-case letter is written as `^` and the letter in lower
+/// case (`^` is never part of a name).
+fn path_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('^');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl MirrorKey {
-    /// The key of `owner/repo` on `host`; a trailing `.git` is dropped and names are compared
-    /// without case, as forges compare them. Names are checked before they touch the disk.
+    /// The key of `owner/repo` on `host`, names kept exactly as given (the upstream tells
+    /// `Widgets` from `widgets`); a trailing `.git` is dropped and the host is compared
+    /// without case. Names are checked before they touch the disk.
     pub fn new(host: &str, owner: &str, repo: &str) -> Result<Self, InvalidName> {
         let repo = repo.strip_suffix(".git").unwrap_or(repo);
         // A port in the host is kept apart from the name rules.
-        let host_name = host.split(':').next().unwrap_or(host);
-        check("host", host_name)?;
-        if let Some(port) = host.split(':').nth(1)
+        let mut parts = host.splitn(2, ':');
+        check("host", parts.next().unwrap_or_default())?;
+        if let Some(port) = parts.next()
             && port.parse::<u16>().is_err()
         {
             return Err(InvalidName {
@@ -67,16 +91,39 @@ impl MirrorKey {
         }
         Ok(MirrorKey {
             host: host.to_ascii_lowercase().replace(':', "_"),
-            owner: check("owner", owner)?.to_ascii_lowercase(),
-            repo: check("repository", repo)?.to_ascii_lowercase(),
+            owner: check("owner", owner)?,
+            repo: check("repository", repo)?,
         })
     }
 
-    /// `<host>/<owner>/<repo>.git`, relative to the registry's root.
+    /// The key of `owner/repo` on an upstream that compares names without case (GitHub):
+    /// names are lower-cased, and the upstream must be asked with these names.
+    pub fn folded(host: &str, owner: &str, repo: &str) -> Result<Self, InvalidName> {
+        let key = MirrorKey::new(host, owner, repo)?;
+        Ok(MirrorKey {
+            owner: key.owner.to_ascii_lowercase(),
+            repo: key.repo.to_ascii_lowercase(),
+            host: key.host,
+        })
+    }
+
+    /// The owner, as the key holds it.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The repository name (without `.git`), as the key holds it.
+    pub fn repo(&self) -> &str {
+        &self.repo
+    }
+
+    /// `<host>/<owner>/<repo>.git`, relative to the registry's root; upper-case letters are
+    /// written as `^` and the lower-case letter, so that two names differing only in case
+    /// never share a folder, whatever the file system.
     pub fn relative_path(&self) -> PathBuf {
         Path::new(&self.host)
-            .join(&self.owner)
-            .join(format!("{}.git", self.repo))
+            .join(path_component(&self.owner))
+            .join(format!("{}.git", path_component(&self.repo)))
     }
 }
 

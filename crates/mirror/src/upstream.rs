@@ -3,6 +3,12 @@
 //!
 //! `https://` uses rustls with the system's trusted roots (or a configuration of your own, see
 //! [`Upstream::with_tls`]); `http://` is for local forges and tests.
+//!
+//! The upstream is not trusted to behave: every answer is read within a size bound (error
+//! bodies 64 KiB, advertisements 1 MiB, `ls-refs` 256 MiB, packs [`Limits::max_pack_bytes`]),
+//! and within time bounds that let a slow but steady download finish: the response head and
+//! every gap between body bytes within the idle timeout, the whole exchange within
+//! [`Limits::transfer_timeout`].
 
 use std::time::Duration;
 
@@ -48,6 +54,14 @@ pub enum Error {
     /// The upstream's answer is not what the protocol allows.
     #[error("upstream answered something unexpected: {0}")]
     Protocol(String),
+    /// An answer larger than gitcache reads.
+    #[error("upstream's {what} exceeds {limit} bytes")]
+    TooLarge {
+        /// Which answer.
+        what: &'static str,
+        /// The bound.
+        limit: u64,
+    },
 }
 
 impl Error {
@@ -66,6 +80,31 @@ impl Error {
     }
 }
 
+/// The most bytes of an error answer's body kept (for its message).
+const MAX_ERROR_BODY: u64 = 64 << 10;
+/// The most bytes of a capability advertisement read.
+const MAX_ADVERTISEMENT: u64 = 1 << 20;
+/// The most bytes of an `ls-refs` answer read.
+const MAX_LS_REFS: u64 = 256 << 20;
+
+/// Bounds on one upstream exchange besides the idle timeout given to [`Upstream::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest a whole exchange may take, a pack download included.
+    pub transfer_timeout: Duration,
+    /// The most bytes a fetch response (the pack) may have.
+    pub max_pack_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            transfer_timeout: Duration::from_secs(3600),
+            max_pack_bytes: 64 << 30,
+        }
+    }
+}
+
 /// One upstream repository, reached at `<base>/<path>`.
 #[derive(Clone)]
 pub struct Upstream {
@@ -76,7 +115,9 @@ pub struct Upstream {
     /// The repository's path, e.g. `/acme/widgets.git`.
     path: String,
     authorization: Option<String>,
+    /// The idle timeout: for the response head, and between body bytes.
     timeout: Duration,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -126,7 +167,10 @@ pub fn tls_config(
 
 impl Upstream {
     /// The repository at `url` (e.g. `https://github.com/acme/widgets.git`), sending
-    /// `authorization` (an `Authorization` header value) if given.
+    /// `authorization` (an `Authorization` header value) if given. `timeout` is the idle
+    /// timeout: the longest the upstream may keep gitcache waiting for the response head or
+    /// for the next bytes of a body; the whole exchange is bounded by
+    /// [`Limits::transfer_timeout`].
     pub fn new(url: &str, authorization: Option<String>, timeout: Duration) -> Result<Self, Error> {
         let bad = |reason| Error::Url {
             url: url.to_owned(),
@@ -149,7 +193,14 @@ impl Upstream {
             path: format!("/{}", path.trim_end_matches('/')),
             authorization,
             timeout,
+            limits: Limits::default(),
         })
+    }
+
+    /// Use `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Use `config` for `https://` instead of the system's roots (e.g. a private CA).
@@ -252,7 +303,9 @@ impl Upstream {
         suffix: &str,
         body: Option<Vec<u8>>,
     ) -> Result<hyper::Response<Incoming>, Error> {
-        let mut sender = self.connect().await?;
+        let mut sender = tokio::time::timeout(self.timeout, self.connect())
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))??;
         let mut request = self
             .request(method, suffix)
             .header(
@@ -275,15 +328,26 @@ impl Upstream {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        let response = sender.send_request(request).await?;
+        let response = tokio::time::timeout(self.timeout, sender.send_request(request))
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))??;
         if !response.status().is_success() {
             let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            // Only the start of an error body is kept (for the message); the rest is not read.
+            let mut body = Vec::new();
+            let _ = self
+                .read_body(
+                    response.into_body(),
+                    "error answer",
+                    MAX_ERROR_BODY,
+                    |data| {
+                        if body.len() < 200 {
+                            body.extend_from_slice(data);
+                        }
+                        Ok(())
+                    },
+                )
+                .await;
             let message = String::from_utf8_lossy(&body[..body.len().min(200)])
                 .trim()
                 .to_owned();
@@ -292,13 +356,58 @@ impl Upstream {
         Ok(response)
     }
 
+    /// Hand `body`'s bytes to `sink` as they arrive: at most `limit` of them, each frame
+    /// within the idle timeout.
+    async fn read_body(
+        &self,
+        mut body: Incoming,
+        what: &'static str,
+        limit: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let mut read = 0u64;
+        loop {
+            let frame = tokio::time::timeout(self.timeout, body.frame())
+                .await
+                .map_err(|_| Error::Timeout(self.timeout))?;
+            let Some(frame) = frame else {
+                return Ok(read);
+            };
+            if let Ok(data) = frame?.into_data() {
+                read += data.len() as u64;
+                if read > limit {
+                    return Err(Error::TooLarge { what, limit });
+                }
+                sink(&data)?;
+            }
+        }
+    }
+
+    /// A whole body of at most `limit` bytes.
+    async fn read_whole(
+        &self,
+        body: Incoming,
+        what: &'static str,
+        limit: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        self.read_body(body, what, limit, |data| {
+            out.extend_from_slice(data);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Bound a whole exchange by the transfer timeout.
     async fn with_timeout<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        tokio::time::timeout(self.timeout, work)
+        let total = self.limits.transfer_timeout;
+        tokio::time::timeout(total, work)
             .await
-            .map_err(|_| Error::Timeout(self.timeout))?
+            .map_err(|_| Error::Timeout(total))?
     }
 
     /// The upstream's object format, from its v2 capability advertisement.
@@ -307,7 +416,9 @@ impl Upstream {
             let response = self
                 .send(Method::GET, "/info/refs?service=git-upload-pack", None)
                 .await?;
-            let body = response.into_body().collect().await?.to_bytes();
+            let body = self
+                .read_whole(response.into_body(), "advertisement", MAX_ADVERTISEMENT)
+                .await?;
             match gitcache_protocol::advertise::read_advertised(&body) {
                 Ok(Advertised::V2(format)) => Ok(format),
                 Ok(Advertised::Other) => Err(Error::Protocol(
@@ -326,14 +437,17 @@ impl Upstream {
             let response = self
                 .send(Method::POST, "/git-upload-pack", Some(body))
                 .await?;
-            let body = response.into_body().collect().await?.to_bytes();
+            let body = self
+                .read_whole(response.into_body(), "ls-refs answer", MAX_LS_REFS)
+                .await?;
             ls_refs::parse_response(&body, format).map_err(|e| Error::Protocol(e.to_string()))
         })
         .await
     }
 
-    /// Send `fetch` and write the response body, as it arrives, into `out`. The whole exchange
-    /// is bounded by the timeout.
+    /// Send `fetch` and write the response body, as it arrives, into `out`: at most
+    /// [`Limits::max_pack_bytes`], with no gap longer than the idle timeout, all within the
+    /// transfer timeout (a large pack on a slow but steady line gets through).
     pub async fn fetch_into(
         &self,
         format: HashKind,
@@ -348,10 +462,23 @@ impl Upstream {
                 .await?;
             let mut body = response.into_body();
             let mut written = 0u64;
-            while let Some(frame) = body.frame().await {
+            let limit = self.limits.max_pack_bytes;
+            loop {
+                let frame = tokio::time::timeout(self.timeout, body.frame())
+                    .await
+                    .map_err(|_| Error::Timeout(self.timeout))?;
+                let Some(frame) = frame else {
+                    break;
+                };
                 if let Ok(data) = frame?.into_data() {
-                    out.write_all(&data).await.map_err(Error::Connect)?;
                     written += data.len() as u64;
+                    if written > limit {
+                        return Err(Error::TooLarge {
+                            what: "pack",
+                            limit,
+                        });
+                    }
+                    out.write_all(&data).await.map_err(Error::Connect)?;
                 }
             }
             out.flush().await.map_err(Error::Connect)?;

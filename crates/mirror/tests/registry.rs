@@ -71,13 +71,25 @@ fn names_are_checked_before_they_touch_the_disk() {
     }
     assert!(MirrorKey::new("evil/../host", "a", "b").is_err());
     assert!(MirrorKey::new("127.0.0.1:notaport", "a", "b").is_err());
-    let key = MirrorKey::new("GitHub.com", "Acme", "Widgets.git").unwrap();
-    assert_eq!(
-        key,
+    // Names that differ in case are two repositories unless the upstream folds them.
+    let exact = MirrorKey::new("GitHub.com", "Acme", "Widgets.git").unwrap();
+    assert_ne!(
+        exact,
         MirrorKey::new("github.com", "acme", "widgets").unwrap()
     );
+    assert_eq!((exact.owner(), exact.repo()), ("Acme", "Widgets"));
     assert_eq!(
-        key.relative_path(),
+        exact.relative_path(),
+        std::path::Path::new("github.com/^acme/^widgets.git")
+    );
+    let folded = MirrorKey::folded("GitHub.com", "Acme", "Widgets.git").unwrap();
+    assert_eq!(
+        folded,
+        MirrorKey::folded("github.com", "acme", "widgets").unwrap()
+    );
+    assert_eq!((folded.owner(), folded.repo()), ("acme", "widgets"));
+    assert_eq!(
+        folded.relative_path(),
         std::path::Path::new("github.com/acme/widgets.git")
     );
 }

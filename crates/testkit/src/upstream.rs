@@ -402,10 +402,10 @@ impl Drop for Upstream {
 }
 
 /// `owner/name` without a `.git` suffix, lower-cased as forges match names.
+/// A repository's name as access rules know it: case kept, as http-backend (and cgit, Gerrit,
+/// a plain file server) tell `acme/Widgets` from `acme/widgets`.
 fn repo_key(name: &str) -> String {
-    name.trim_matches('/')
-        .trim_end_matches(".git")
-        .to_ascii_lowercase()
+    name.trim_matches('/').trim_end_matches(".git").to_owned()
 }
 
 async fn accept_loop(
