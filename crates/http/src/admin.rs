@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gitcache_catalog::{Changes, NewRepo, Record};
-use gitcache_mirror::registry::MirrorKey;
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
@@ -363,7 +362,10 @@ impl Proxy {
     /// A record as the API shows it: its fields and what the proxy knows of it.
     fn view(&self, record: &Record) -> Value {
         let mut value = serde_json::to_value(record).unwrap_or_default();
-        let key = MirrorKey::new(&record.host, &record.owner, &record.name).ok();
+        let key = self
+            .config()
+            .key(&record.host, &record.owner, &record.name)
+            .ok();
         let stats = key.as_ref().map(|k| self.repo_stats(k)).unwrap_or_default();
         let mirror_bytes = key
             .as_ref()

@@ -123,13 +123,50 @@ impl ReadError {
 }
 
 /// Read a whole request body of at most `limit` bytes (also after gzip decoding), within
-/// `timeout`.
+/// `timeout`. The decoding runs where this is awaited; the proxy uses [`receive_body`] and
+/// decodes on a blocking thread instead.
 pub async fn read_request_body<B>(
     headers: &hyper::HeaderMap,
     body: B,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ReadError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    receive_body(headers, body, limit, timeout)
+        .await?
+        .decode(limit)
+}
+
+/// A request body as received, not yet decoded.
+#[derive(Debug)]
+pub struct Received {
+    raw: Bytes,
+    gzip: bool,
+}
+
+impl Received {
+    /// The body as sent by the client, gunzipped when it was compressed, refused past `limit`
+    /// bytes. CPU work: run it off the async workers.
+    pub fn decode(self, limit: usize) -> Result<Bytes, ReadError> {
+        if self.gzip {
+            gunzip(&self.raw, limit)
+        } else {
+            Ok(self.raw)
+        }
+    }
+}
+
+/// Receive a whole request body of at most `limit` bytes within `timeout`, checking its
+/// `Content-Encoding` (gzip or none) but not decoding it yet.
+pub async fn receive_body<B>(
+    headers: &hyper::HeaderMap,
+    body: B,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Received, ReadError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -147,7 +184,7 @@ where
     let raw = tokio::time::timeout(timeout, collect_limited(body, limit))
         .await
         .map_err(|_| ReadError::Timeout(timeout))??;
-    if gzip { gunzip(&raw, limit) } else { Ok(raw) }
+    Ok(Received { raw, gzip })
 }
 
 async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, ReadError>
@@ -224,6 +261,11 @@ impl ChannelWriter {
     /// Whether the receiving response is gone.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Completes when the receiving response is gone (the client left).
+    pub async fn closed(&self) {
+        self.tx.closed().await;
     }
 
     /// End the body abruptly with `err`.

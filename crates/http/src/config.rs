@@ -2,7 +2,7 @@
 //! how access is checked and which credential goes upstream. Built by the caller (the server
 //! reads it from a file, the environment and flags); nothing here reads the environment.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,6 +56,16 @@ pub enum CredentialMode {
     Static,
     /// No credential at all (public repositories only).
     None,
+}
+
+impl std::fmt::Display for CredentialMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CredentialMode::PassThrough => "pass-through",
+            CredentialMode::Static => "static",
+            CredentialMode::None => "none",
+        })
+    }
 }
 
 impl std::str::FromStr for CredentialMode {
@@ -159,10 +169,19 @@ pub struct ProxyConfig {
     /// A token for refreshes gitcache starts on its own (warming); without one, warming uses
     /// the credential of the request that noticed the change.
     pub service_token: Option<Secret>,
+    /// Upstream hosts that compare owner and repository names without case (`github.com`
+    /// by default): there `acme/Widgets` and `acme/widgets` share one mirror and the upstream
+    /// is asked with the lower-cased names. Everywhere else names are kept as written and
+    /// two spellings are two repositories.
+    pub case_insensitive_hosts: BTreeSet<String>,
     /// Refs mirrored besides `HEAD`, branches and tags, e.g. `refs/pull/`.
     pub extra_ref_prefixes: Vec<String>,
-    /// How long an upstream exchange may take.
+    /// How long the upstream may keep gitcache waiting: for an answer to start, and between
+    /// the bytes of one (an idle timeout: a slow but steady download goes on).
     pub upstream_timeout: Duration,
+    /// How long one upstream exchange may take in all, a mirror's first pack download
+    /// included.
+    pub upstream_transfer_timeout: Duration,
     /// Packs a mirror may gather before it is consolidated.
     pub consolidate_after: usize,
     /// Pack generation settings.
@@ -235,14 +254,38 @@ impl ProxyConfig {
             credentials: CredentialMode::PassThrough,
             static_tokens: BTreeMap::new(),
             service_token: None,
+            case_insensitive_hosts: BTreeSet::from(["github.com".to_owned()]),
             extra_ref_prefixes: Vec::new(),
             upstream_timeout: Duration::from_secs(30),
+            upstream_transfer_timeout: Duration::from_secs(3600),
             consolidate_after: gitcache_mirror::registry::DEFAULT_CONSOLIDATE_AFTER,
             pack: gitcache_pack::Options::default(),
             limits: Limits::default(),
             response_cache: Some(crate::response_cache::ResponseCacheConfig::default()),
             admin_tokens: AdminTokens::default(),
             catalog_reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The mirror key of `owner/repo` on `host`: names folded to lower case when the host
+    /// [compares them without case](Self::case_insensitive_hosts), kept as written otherwise.
+    pub fn key(
+        &self,
+        host: &str,
+        owner: &str,
+        repo: &str,
+    ) -> Result<gitcache_mirror::registry::MirrorKey, gitcache_mirror::registry::InvalidName> {
+        use gitcache_mirror::registry::MirrorKey;
+        if self
+            .case_insensitive_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
+        {
+            MirrorKey::folded(host, owner, repo)
+        } else {
+            MirrorKey::new(host, owner, repo)
         }
     }
 }

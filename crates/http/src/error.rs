@@ -27,9 +27,9 @@ pub enum Error {
     /// The mirror could not be read.
     #[error("reading the mirror failed: {0}")]
     Repository(#[from] gitcache_pack::Error),
-    /// The refresh did not finish within the repository's timeout.
-    #[error("upstream did not answer within {0:?}")]
-    Timeout(std::time::Duration),
+    /// Work the request handed to another thread ended abnormally (a bug, logged).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -48,7 +48,6 @@ impl Error {
             Error::Body(e) => e.status(),
             Error::Request(_) => StatusCode::BAD_REQUEST,
             Error::Upstream(e) => upstream(e),
-            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Mirror(e) => match &**e {
                 MirrorError::Upstream(e) => upstream(e),
                 MirrorError::Io(_) | MirrorError::Repository(_) => {
@@ -58,7 +57,7 @@ impl Error {
                 // list).
                 _ => StatusCode::BAD_GATEWAY,
             },
-            Error::Repository(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Repository(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -105,6 +105,12 @@ pub(crate) struct RepoLabels {
 }
 
 impl RepoLabels {
+    /// The labels of a request that was not served for a cached repository past the access
+    /// gate: no name is shown for it, nor does it use up a slot.
+    pub(crate) fn other() -> (String, String) {
+        ("_other".to_owned(), "_other".to_owned())
+    }
+
     pub(crate) fn get(&self, owner: &str, repo: &str) -> (String, String) {
         let key = (owner.to_ascii_lowercase(), repo.to_ascii_lowercase());
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -115,7 +121,7 @@ impl RepoLabels {
             seen.insert(key.clone());
             return key;
         }
-        ("_other".to_owned(), "_other".to_owned())
+        Self::other()
     }
 }
 

@@ -26,7 +26,9 @@ use gitcache_mirror::registry::{MirrorKey, Registry};
 use gitcache_mirror::upstream::{Upstream, is_hop_by_hop};
 use gitcache_pack::Repository;
 use gitcache_protocol::advertise::{self, Advertised, Advertisement};
-use gitcache_protocol::request::{Command, Fetch, Limits as RequestLimits, parse_request};
+use gitcache_protocol::request::{
+    Command, Fetch, Limits as RequestLimits, Request as GitRequest, parse_request,
+};
 use gitcache_storage::fs::DataDir;
 use gix_hash::Kind as HashKind;
 use http_body_util::{BodyExt, Empty, Full};
@@ -37,7 +39,7 @@ use tracing::Instrument;
 
 use crate::access::{AccessGrants, Fingerprint};
 use crate::access_log::{AccessNote, CacheState, UpstreamCall};
-use crate::body::{Body, ChannelWriter, read_request_body};
+use crate::body::{Body, ChannelWriter, receive_body};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
 use crate::metrics::{self, RepoLabels};
@@ -49,6 +51,18 @@ use crate::serve::Face;
 
 /// The content type of upload-pack results.
 const RESULT_TYPE: &str = "application/x-git-upload-pack-result";
+/// The headers of a git v2 request passed upstream with a body gitcache read
+/// (`Authorization` only as the source of [`Proxy::credential`]: the upstream client sends
+/// the credential that chooses, never the header itself).
+const GIT_REQUEST_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "git-protocol",
+    "user-agent",
+];
 /// The largest advertisement read from upstream to learn its object format.
 const MAX_ADVERTISEMENT: usize = 1 << 20;
 /// The largest `ls-refs` answer kept to compare with the mirror (it is passed on whatever its
@@ -98,6 +112,9 @@ pub struct Proxy {
     grants: AccessGrants,
     repos: Mutex<HashMap<MirrorKey, OpenRepo>>,
     pack_slots: Arc<Semaphore>,
+    /// Request bodies decoded and parsed at once (CPU work): one per core, the rest wait
+    /// without holding a thread.
+    parse_slots: Arc<Semaphore>,
     draining: AtomicBool,
     responses: Option<Arc<ResponseCache>>,
     catalog: Option<Arc<Catalog>>,
@@ -169,6 +186,12 @@ impl Proxy {
         for url in config.hosts.values() {
             url_host(url).map_err(ConfigError::Upstream)?;
         }
+        // Every upstream name becomes the first folder of its mirrors' keys.
+        for host in config.hosts.keys().chain([&default_host]) {
+            MirrorKey::new(host, "owner", "repo").map_err(|err| {
+                ConfigError::Upstream(format!("upstream host '{host}' cannot name mirrors: {err}"))
+            })?;
+        }
         let data_dir = DataDir::open(&config.data_dir)?;
         let mirrors = config.data_dir.join("mirrors");
         std::fs::create_dir_all(&mirrors).map_err(|source| ConfigError::DataDir {
@@ -194,6 +217,9 @@ impl Proxy {
             grants: AccessGrants::new(config.access_ttl),
             repos: Mutex::new(HashMap::new()),
             pack_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_packs.max(1))),
+            parse_slots: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            )),
             draining: AtomicBool::new(false),
             responses,
             catalog: services.catalog,
@@ -263,7 +289,7 @@ impl Proxy {
         let mut limits = HashMap::new();
         if let Some(catalog) = &self.catalog {
             for record in catalog.records() {
-                if let Ok(key) = MirrorKey::new(&record.host, &record.owner, &record.name) {
+                if let Ok(key) = self.config.key(&record.host, &record.owner, &record.name) {
                     limits.insert(key.relative_path(), self.response_limit(&record));
                 }
             }
@@ -366,7 +392,11 @@ impl Proxy {
 
     /// Metric labels of the repository stored under `rel` (`<host>/<owner>/<repo>.git`).
     fn rel_labels(&self, rel: &std::path::Path) -> (String, String) {
-        let mut parts = rel.iter().rev().map(|p| p.to_string_lossy());
+        // Labels are lower case: the `^` that marks an upper-case letter in a folder goes.
+        let mut parts = rel
+            .iter()
+            .rev()
+            .map(|p| p.to_string_lossy().replace('^', ""));
         let repo = parts.next().unwrap_or_default();
         let owner = parts.next().unwrap_or_default();
         self.labels
@@ -410,8 +440,23 @@ impl Proxy {
             Err(err) => return Error::from(err).into_response(),
         };
         let started = Instant::now();
-        let target = self.target(&route);
+        let target = match self.target(&route) {
+            Ok(target) => target,
+            Err(err) => return err.into_response(),
+        };
         metrics::decision("cache_lookup", started.elapsed());
+        if self.config.credentials != CredentialMode::PassThrough
+            && !is_read(&parts.method, &route.service)
+        {
+            // The server's own credential (or none) must not carry a client's push.
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "gitcache: credential mode '{}' serves only reads (clone and fetch)",
+                    self.config.credentials
+                ),
+            );
+        }
         let v2 = parts.headers.get_all("git-protocol").iter().any(|v| {
             v.as_bytes()
                 .split_str(":")
@@ -446,6 +491,7 @@ impl Proxy {
             })
         };
         let mut response = work.instrument(span).await;
+        let succeeded = response.status().is_success();
         let extensions = response.extensions_mut();
         let cache_state = extensions.remove::<CacheState>();
         let result = if target.bypassed {
@@ -461,7 +507,20 @@ impl Proxy {
                 Some(CacheState::Passthrough) | None => "passthrough",
             }
         };
-        metrics::request(self.labels.get(&route.owner, &route.repo), result);
+        // Names are shown only for cached repositories whose request got past the gate: a
+        // refused or made-up name must neither appear on /metrics nor use up label slots.
+        let admitted = target.cached
+            && succeeded
+            && matches!(
+                cache_state,
+                Some(CacheState::Hit | CacheState::Miss | CacheState::Stale) | None
+            );
+        let labels = if admitted {
+            self.labels.get(target.key.owner(), target.key.repo())
+        } else {
+            RepoLabels::other()
+        };
+        metrics::request(labels, result);
         let upstream = extensions.remove::<UpstreamCall>();
         extensions.insert(AccessNote {
             cache_state: cache_state.filter(|_| target.cached),
@@ -493,7 +552,7 @@ impl Proxy {
         }
     }
 
-    fn target(&self, route: &Route) -> Target {
+    fn target(&self, route: &Route) -> Result<Target, Error> {
         let (host_name, base) = match &route.host {
             None => (self.default_host.clone(), self.config.upstream.as_str()),
             Some(host) => {
@@ -506,28 +565,30 @@ impl Proxy {
                 (host.clone(), base)
             }
         };
-        // The route checked the names with the same rules.
-        let key =
-            MirrorKey::new(&host_name, &route.owner, &route.repo).expect("route checked the names");
+        let key = self
+            .config
+            .key(&host_name, &route.owner, &route.repo)
+            .map_err(crate::route::RouteError::from)?;
         let record = self
             .catalog
             .as_ref()
-            .and_then(|c| c.lookup(&host_name, &route.owner, &route.repo));
+            .and_then(|c| c.lookup(&host_name, key.owner(), key.repo()));
         let (cached, bypassed) = match &record {
             Some(record) => (record.enabled, !record.enabled),
             None => (
                 self.config
                     .cache
-                    .is_cached(route.host.as_deref(), &route.owner, &route.repo),
+                    .is_cached(route.host.as_deref(), key.owner(), key.repo()),
                 false,
             ),
         };
-        Target {
+        Ok(Target {
+            // The upstream is asked for exactly the repository the key names.
             url: format!(
                 "{}/{}/{}.git",
                 base.trim_end_matches('/'),
-                route.owner,
-                route.repo
+                key.owner(),
+                key.repo()
             ),
             name: format!("{}/{}", route.owner, route.repo),
             cached,
@@ -537,7 +598,7 @@ impl Proxy {
             }),
             host_name,
             key,
-        }
+        })
     }
 
     /// The credential sent upstream for a client sending `headers`.
@@ -557,7 +618,11 @@ impl Proxy {
     }
 
     fn upstream(&self, target: &Target, credential: Option<String>) -> Result<Upstream, Error> {
-        Ok(Upstream::new(&target.url, credential, target.timeout)?)
+        let limits = gitcache_mirror::upstream::Limits {
+            transfer_timeout: self.config.upstream_transfer_timeout,
+            ..Default::default()
+        };
+        Ok(Upstream::new(&target.url, credential, target.timeout)?.with_limits(limits))
     }
 
     /// Ask the upstream whether the client's credential may read the repository.
@@ -625,6 +690,11 @@ impl Proxy {
         Ok(response)
     }
 
+    /// A `POST git-upload-pack` of a cached repository. The access gate comes first: it
+    /// needs only the route and the headers, so nothing a client sends is read, decoded or
+    /// parsed before the upstream accepted its credential for this repository (a fresh grant,
+    /// or a check now). The body is then received within its limits, and decoded and parsed
+    /// on a blocking thread.
     async fn upload_pack<B>(
         self: &Arc<Self>,
         target: &Target,
@@ -632,22 +702,57 @@ impl Proxy {
         body: B,
     ) -> Result<Response<Body>, Error>
     where
-        B: hyper::body::Body<Data = Bytes>,
-        B::Error: std::fmt::Display,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
     {
+        let who = fingerprint(headers);
+        if !self.grants.is_fresh(&target.key, who) {
+            match self.verify(target, headers).await? {
+                Verified::V2(_) => self.grants.grant(&target.key, who),
+                Verified::Answer(response) if !response.status().is_success() => {
+                    return Ok(with_state(response, CacheState::Rejected));
+                }
+                // The upstream stopped speaking v2: let it answer the request itself.
+                Verified::Answer(_) => {
+                    let response = self
+                        .forward(target, Method::POST, "/git-upload-pack", headers, body)
+                        .await?;
+                    return Ok(with_state(response, CacheState::Passthrough));
+                }
+            }
+        }
         let limits = &self.config.limits;
-        let body = read_request_body(
+        let received = receive_body(
             headers,
             body,
             limits.max_body_bytes,
             limits.body_read_timeout,
         )
         .await?;
-        let request_limits = RequestLimits {
-            max_body_bytes: limits.max_body_bytes,
-            ..RequestLimits::default()
-        };
-        let Some(request) = parse_request(&body, request_limits)? else {
+        let max_body_bytes = limits.max_body_bytes;
+        let permit = Arc::clone(&self.parse_slots).acquire_owned().await;
+        let parsed = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let _permit = permit;
+            let body = received.decode(max_body_bytes)?;
+            let request_limits = RequestLimits {
+                max_body_bytes,
+                ..RequestLimits::default()
+            };
+            let mut request = parse_request(&body, request_limits)?;
+            if let Some(GitRequest {
+                command: Command::Fetch(fetch),
+                capabilities,
+            }) = &mut request
+            {
+                fetch.collapse_duplicates();
+                Advertisement::new("", capabilities.object_format()).check_fetch(fetch)?;
+            }
+            Ok((body, request))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let (body, request) = parsed?;
+        let Some(request) = request else {
             // A lone flush: upload-pack answers nothing.
             let mut response = Response::new(Body::empty());
             set_git_headers(response.headers_mut(), RESULT_TYPE);
@@ -687,16 +792,22 @@ impl Proxy {
         }
     }
 
-    /// Send a request body already read (and decoded) upstream.
+    /// Send a request body already read (and decoded) upstream. Only the headers of git's
+    /// own request go with it: the one credential is the `Authorization` that
+    /// [`credential`](Self::credential) chooses, the same one the access gate fingerprints
+    /// (a `Cookie` or a forge's token header would let the upstream accept a request for a
+    /// credential the gate never saw).
     async fn forward_body(
         &self,
         target: &Target,
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Response<Body>, Error> {
-        let mut headers = headers.clone();
-        headers.remove(header::CONTENT_ENCODING);
-        headers.remove(header::CONTENT_LENGTH);
+        let headers: HeaderMap = headers
+            .iter()
+            .filter(|(name, _)| GIT_REQUEST_HEADERS.contains(&name.as_str()))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
         self.forward(
             target,
             Method::POST,
@@ -741,7 +852,7 @@ impl Proxy {
         if !response.status().is_success() {
             return Ok(with_state(response, CacheState::Rejected));
         }
-        self.grants.grant(&target.key, fingerprint(headers));
+        let who = fingerprint(headers);
         // Pass the answer on as it arrives, keeping a copy to compare with the mirror.
         let (parts, mut upstream_body) = response.into_parts();
         let (tx, rx) = mpsc::channel(8);
@@ -781,7 +892,7 @@ impl Proxy {
                 }
                 drop(tx);
                 if complete {
-                    proxy.warm_if_changed(&target, &copy, kind, warm_credential);
+                    proxy.after_ls_refs(&target, who, &copy, kind, warm_credential);
                 }
             }
             .in_current_span(),
@@ -789,17 +900,22 @@ impl Proxy {
         Ok(Response::from_parts(parts, Body::channel(rx)))
     }
 
-    /// Start a background refresh when the refs upstream listed differ from the mirror's.
-    fn warm_if_changed(
+    /// After a whole `ls-refs` answer passed through: a well-formed one renews the client's
+    /// grant (a success status alone proves nothing: a login page is a 200 too), and a
+    /// background refresh starts when its refs differ from the mirror's.
+    fn after_ls_refs(
         self: &Arc<Self>,
         target: &Target,
+        who: Fingerprint,
         ls_refs: &[u8],
         kind: HashKind,
         credential: Option<String>,
     ) {
         let Ok(remote) = gitcache_protocol::ls_refs::parse_response(ls_refs, kind) else {
+            tracing::info!("the upstream's ls-refs answer is not protocol v2; no grant");
             return;
         };
+        self.grants.grant(&target.key, who);
         let changed = match self.open_repo(&target.key) {
             Ok(Some(repo)) => match repo.refs() {
                 Ok(local) => {
@@ -867,6 +983,9 @@ impl Proxy {
                 .any(|p| name.starts_with(p.as_bytes()))
     }
 
+    /// A `fetch` from a client that passed the access gate: answered from the mirror,
+    /// refreshed first when it lacks a want; what even a refreshed mirror lacks is passed
+    /// through.
     async fn fetch(
         self: &Arc<Self>,
         target: &Target,
@@ -875,23 +994,8 @@ impl Proxy {
         fetch: Fetch,
         kind: HashKind,
     ) -> Result<Response<Body>, Error> {
-        let who = fingerprint(headers);
-        if !self.grants.is_fresh(&target.key, who) {
-            match self.verify(target, headers).await? {
-                Verified::V2(_) => self.grants.grant(&target.key, who),
-                Verified::Answer(response) if !response.status().is_success() => {
-                    return Ok(with_state(response, CacheState::Rejected));
-                }
-                // The upstream stopped speaking v2: let it answer the request itself.
-                Verified::Answer(_) => {
-                    let response = self.forward_body(target, headers, body).await?;
-                    return Ok(with_state(response, CacheState::Passthrough));
-                }
-            }
-        }
-        if let Some(repo) = self.open_repo(&target.key)?
-            && has_wants(&repo, &fetch)
-        {
+        let (repo, fetch) = self.mirror_with_wants(&target.key, fetch).await?;
+        if let Some(repo) = repo {
             tracing::info!(result = "hit", "fetch");
             let response = self.serve(target, repo, fetch, kind).await;
             return Ok(with_state(response, CacheState::Hit));
@@ -906,17 +1010,26 @@ impl Proxy {
             .map(String::as_str)
             .collect();
         let refresh_started = Instant::now();
-        let refresh = tokio::time::timeout(
-            // The upstream's own timeout bounds each exchange; this bounds all of them.
-            target.timeout * 3,
-            self.registry
-                .refresh_and_maintain(&target.key, &upstream, &prefixes),
-        )
-        .await;
-        let failure = match refresh {
+        // The refresh runs in a task of its own: a client that leaves (or gives up on a
+        // long first download) does not throw away what was fetched for the next one. The
+        // upstream's idle and transfer timeouts bound it.
+        let refresh = {
+            let (registry, key) = (Arc::clone(&self.registry), target.key.clone());
+            let prefixes: Vec<String> = prefixes.iter().map(|p| (*p).to_owned()).collect();
+            tokio::spawn(
+                async move {
+                    let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+                    registry
+                        .refresh_and_maintain(&key, &upstream, &prefixes)
+                        .await
+                }
+                .in_current_span(),
+            )
+        };
+        let failure = match refresh.await {
             Ok(Ok(_)) => None,
             Ok(Err(err)) => Some(Error::Mirror(err)),
-            Err(_) => Some(Error::Timeout(target.timeout * 3)),
+            Err(err) => Some(Error::Internal(err.to_string())),
         };
         self.note_refresh(
             &target.key,
@@ -924,13 +1037,19 @@ impl Proxy {
             failure.as_ref().map(ToString::to_string),
         );
         if let Some(err) = failure {
+            // The client passed the gate just now or within the TTL.
             if self.config.serve_stale
                 && err.is_upstream_unavailable()
-                && self.grants.is_fresh(&target.key, who)
-                && let Some(repo) = self.open_repo(&target.key)?
+                && let Some(repo) = self.open_repo_blocking(&target.key).await?
             {
                 let mut stale = fetch;
-                stale.wants.retain(|w| repo.contains(w));
+                let present = Arc::clone(&repo);
+                let stale = tokio::task::spawn_blocking(move || {
+                    stale.wants.retain(|w| present.contains(w));
+                    stale
+                })
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
                 if !stale.wants.is_empty() || !stale.want_refs.is_empty() {
                     tracing::warn!(%err, result = "stale", "upstream unavailable, serving the mirror as it is");
                     let response = self.serve(target, repo, stale, kind).await;
@@ -940,19 +1059,46 @@ impl Proxy {
             tracing::warn!(%err, result = "error", "fetch");
             return Err(err);
         }
-        match self.open_repo(&target.key)? {
-            Some(repo) if has_wants(&repo, &fetch) => {
+        match self.mirror_with_wants(&target.key, fetch).await? {
+            (Some(repo), fetch) => {
                 tracing::info!(result = "miss", "fetch");
                 let response = self.serve(target, repo, fetch, kind).await;
                 Ok(with_state(response, CacheState::Miss))
             }
-            _ => {
+            (None, _) => {
                 // Wants no mirrored ref reaches (e.g. a commit of an unmirrored ref).
                 tracing::info!(result = "passthrough", "fetch");
                 let response = self.forward_body(target, headers, body).await?;
                 Ok(with_state(response, CacheState::Passthrough))
             }
         }
+    }
+
+    /// The mirror of `key` if it has everything `fetch` wants, looked up on a blocking
+    /// thread (a request may name many thousands of objects); `fetch` comes back as it was.
+    async fn mirror_with_wants(
+        self: &Arc<Self>,
+        key: &MirrorKey,
+        fetch: Fetch,
+    ) -> Result<(Option<Arc<Repository>>, Fetch), Error> {
+        let (proxy, key) = (Arc::clone(self), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let repo = proxy.open_repo(&key)?.filter(|r| has_wants(r, &fetch));
+            Ok((repo, fetch))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    /// [`open_repo`](Self::open_repo) on a blocking thread.
+    async fn open_repo_blocking(
+        self: &Arc<Self>,
+        key: &MirrorKey,
+    ) -> Result<Option<Arc<Repository>>, Error> {
+        let (proxy, key) = (Arc::clone(self), key.clone());
+        tokio::task::spawn_blocking(move || proxy.open_repo(&key))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
     }
 
     /// The mirror of `key`, opened again only when its packs changed.
@@ -996,7 +1142,21 @@ impl Proxy {
         let Some(cache) = &self.responses else {
             return self.serve_live(repo, fetch, kind).await;
         };
-        let key = match response_key(&repo, &fetch, kind) {
+        let keyed = {
+            let repo = Arc::clone(&repo);
+            tokio::task::spawn_blocking(move || {
+                let key = response_key(&repo, &fetch, kind);
+                (key, fetch)
+            })
+            .await
+        };
+        let Ok((key, fetch)) = keyed else {
+            return crate::error::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "gitcache: internal error",
+            );
+        };
+        let key = match key {
             Ok(Some(key)) => key,
             Ok(None) => return self.serve_live(repo, fetch, kind).await,
             Err(err) => {
@@ -1039,12 +1199,24 @@ impl Proxy {
                 tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
             }
             Lookup::Lead(mut generation, reader) => {
-                let permit = Arc::clone(&self.pack_slots).acquire_owned().await;
-                let options = self.config.pack.clone();
+                // The generation belongs to everyone who follows it, not to this client: it
+                // waits for its pack slot and runs in tasks of its own, so a leader that
+                // leaves changes nothing for the others (and a generation that ends
+                // unfinished hands its readers over to live generation).
+                let slots = Arc::clone(&self.pack_slots);
+                let options = gitcache_pack::Options {
+                    cancel: generation.cancel_when_unread(),
+                    ..self.config.pack.clone()
+                };
                 let cache = Arc::clone(cache);
-                tokio::task::spawn_blocking(move || {
+                let generate = move |permit| {
                     let _permit = permit;
                     let _enter = span.enter();
+                    if !generation.has_readers() {
+                        // Every client left while it waited: nothing to do (dropping it
+                        // takes the flight off the list).
+                        return;
+                    }
                     let started = Instant::now();
                     let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
                         .and_then(|plan| plan.write_to(&mut *generation));
@@ -1065,6 +1237,10 @@ impl Proxy {
                             cache.finish(generation, Some(err.wire_message()));
                         }
                     }
+                };
+                tokio::spawn(async move {
+                    let permit = slots.acquire_owned().await;
+                    let _ = tokio::task::spawn_blocking(move || generate(permit)).await;
                 });
                 tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
             }
@@ -1084,7 +1260,12 @@ impl Proxy {
     ) -> Response<Body> {
         let permit = Arc::clone(&self.pack_slots).acquire_owned().await;
         let (tx, rx) = mpsc::channel(4);
-        let options = self.config.pack.clone();
+        let probe = tx.clone();
+        let options = gitcache_pack::Options {
+            // Planning and writing stop once the client is gone.
+            cancel: gitcache_pack::Cancel::when(move || probe.is_closed()),
+            ..self.config.pack.clone()
+        };
         let stall = self.config.limits.response_stall_timeout;
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
@@ -1140,6 +1321,18 @@ impl Proxy {
         let mut response = Response::new(Body::channel(rx));
         set_git_headers(response.headers_mut(), RESULT_TYPE);
         response
+    }
+}
+
+/// Whether `service` only reads the repository: what static and no-credential modes allow.
+fn is_read(method: &Method, service: &Service) -> bool {
+    match service {
+        Service::InfoRefs(Some(name)) => method == Method::GET && name == "git-upload-pack",
+        Service::UploadPack => method == Method::POST,
+        Service::InfoRefs(None) | Service::Other(_) => {
+            method == Method::GET || method == Method::HEAD
+        }
+        Service::ReceivePack => false,
     }
 }
 

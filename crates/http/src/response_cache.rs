@@ -162,6 +162,18 @@ impl std::fmt::Debug for Flight {
 
 type FlightKey = (PathBuf, String);
 
+/// Generations in progress, by key; shared with each [`Generation`] so that one dropped
+/// unfinished can take itself off the list.
+type Flights = Arc<Mutex<HashMap<FlightKey, Arc<Flight>>>>;
+
+/// Take a finished generation off the list (and not a newer one under the same key).
+fn land(flights: &Flights, id: &FlightKey, flight: &Arc<Flight>) {
+    let mut flights = flights.lock().unwrap_or_else(|p| p.into_inner());
+    if flights.get(id).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+        flights.remove(id);
+    }
+}
+
 /// What a request gets from the cache.
 pub(crate) enum Lookup {
     /// A stored entry.
@@ -179,7 +191,7 @@ pub(crate) enum Lookup {
 pub(crate) struct ResponseCache {
     store: ResponseStore,
     config: ResponseCacheConfig,
-    flights: Mutex<HashMap<FlightKey, Arc<Flight>>>,
+    flights: Flights,
     seen: Mutex<HashMap<FlightKey, Instant>>,
     stats: Arc<ResponseCacheStats>,
     /// Tests: the store fails once an entry would exceed this many bytes.
@@ -279,7 +291,7 @@ impl ResponseCache {
         Ok(ResponseCache {
             store,
             config,
-            flights: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
             seen: Mutex::new(HashMap::new()),
             stats: Arc::default(),
             fail_store_after: None,
@@ -356,6 +368,7 @@ impl ResponseCache {
             Box::new(Generation {
                 pending: Some(pending),
                 flight,
+                flights: Arc::clone(&self.flights),
                 id,
                 buf: Vec::with_capacity(CHUNK),
                 store_failed: false,
@@ -368,14 +381,6 @@ impl ResponseCache {
                 regenerate,
             },
         )
-    }
-
-    /// Take a finished generation off the list (and not a newer one under the same key).
-    fn land(&self, id: &FlightKey, flight: &Arc<Flight>) {
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights.get(id).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            flights.remove(id);
-        }
     }
 
     /// Finish `generation`: publish it, or fail every reader with `error`.
@@ -391,7 +396,7 @@ impl ResponseCache {
                 "storing the response failed; its readers finish live"
             );
             drop(pending);
-            self.land(&generation.id, &generation.flight);
+            land(&self.flights, &generation.id, &generation.flight);
             generation.flight.state.send_replace(State::Abandoned);
             return;
         }
@@ -408,12 +413,12 @@ impl ResponseCache {
                         tracing::warn!(%err, "publishing a stored response failed");
                     }
                 }
-                self.land(&generation.id, &generation.flight);
+                land(&self.flights, &generation.id, &generation.flight);
                 generation.flight.state.send_replace(State::Done(written));
             }
             Some(message) => {
                 drop(pending);
-                self.land(&generation.id, &generation.flight);
+                land(&self.flights, &generation.id, &generation.flight);
                 generation
                     .flight
                     .state
@@ -465,10 +470,14 @@ impl ResponseCache {
 }
 
 /// The leader's side: a `Write` into the pending entry that tells readers how far it got.
+///
+/// Dropped unfinished (its task panicked, or never started), it gives its readers up to live
+/// generation, as a failed store does: nobody waits on a generation that will never end.
 #[derive(Debug)]
 pub(crate) struct Generation {
     pending: Option<PendingEntry>,
     flight: Arc<Flight>,
+    flights: Flights,
     id: FlightKey,
     buf: Vec<u8>,
     /// A write to the store failed: the entry is given up.
@@ -508,6 +517,30 @@ impl Generation {
             .state
             .send_replace(State::Writing(pending.len()));
         Ok(())
+    }
+}
+
+impl Generation {
+    /// Whether any client still reads this generation.
+    pub(crate) fn has_readers(&self) -> bool {
+        self.flight.state.receiver_count() > 0
+    }
+
+    /// Cancels the generation's work once no client reads it any more.
+    pub(crate) fn cancel_when_unread(&self) -> gitcache_pack::Cancel {
+        let flight = Arc::clone(&self.flight);
+        gitcache_pack::Cancel::when(move || flight.state.receiver_count() == 0)
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            tracing::warn!("a response generation ended unfinished; its readers finish live");
+            drop(pending);
+            land(&self.flights, &self.id, &self.flight);
+            self.flight.state.send_replace(State::Abandoned);
+        }
     }
 }
 
@@ -601,9 +634,19 @@ pub(crate) fn follow(reader: Reader, mut out: ChannelWriter) {
             return;
         }
         let _ = out.flush();
+        // Wait for more bytes, or for the client to leave (then this thread is free at once,
+        // and a generation nobody reads any more is not started).
         let changed = match &runtime {
-            Some(rt) => rt.block_on(state.changed()),
+            Some(rt) => rt.block_on(async {
+                tokio::select! {
+                    changed = state.changed() => Some(changed),
+                    () = out.closed() => None,
+                }
+            }),
             None => return,
+        };
+        let Some(changed) = changed else {
+            return;
         };
         if changed.is_err() {
             out.abort(std::io::Error::other("response generation ended abruptly"));
@@ -943,5 +986,48 @@ mod tests {
             pos: 0,
         };
         assert!(resume.write_all(&bytes).is_err());
+    }
+
+    /// Issue 12: a leader whose generation never runs (its client left while it waited for a
+    /// pack slot, or its task panicked) hands its readers over to live generation instead of
+    /// leaving them waiting forever; the next request leads anew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_of_a_leader_dropped_unfinished_finish_live() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = Arc::new(
+            ResponseCache::new(root.path().join("r"), ResponseCacheConfig::default()).unwrap(),
+        );
+        let repo = Path::new("h/o/r.git");
+        let bytes = content(150_000);
+        let Lookup::Lead(generation, first) = cache.lookup(repo, "k", writer_of(bytes.clone()))
+        else {
+            panic!("the first request leads");
+        };
+        let Lookup::Follow(second) = cache.lookup(repo, "k", writer_of(Vec::new())) else {
+            panic!("the second request follows");
+        };
+        // The leader's client stays (its reader is followed) but its generation is dropped
+        // before writing a byte, as when the task awaiting its pack slot is cancelled.
+        let bodies = read_all(vec![first, second], 4);
+        drop(generation);
+        for mut rx in bodies {
+            let mut body = Vec::new();
+            let got = tokio::time::timeout(Duration::from_secs(20), async {
+                while let Some(chunk) = rx.recv().await {
+                    body.extend_from_slice(&chunk.unwrap());
+                }
+            })
+            .await;
+            assert!(got.is_ok(), "a reader was left waiting");
+            assert!(body == bytes, "{} bytes", body.len());
+        }
+        assert!(cache.flights.lock().unwrap().is_empty(), "off the list");
+        assert!(
+            matches!(
+                cache.lookup(repo, "k", writer_of(Vec::new())),
+                Lookup::Lead(..)
+            ),
+            "the next request leads a new generation"
+        );
     }
 }

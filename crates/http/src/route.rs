@@ -6,7 +6,9 @@
 //! Services: `info/refs` (with its `service=` query), `git-upload-pack`, `git-receive-pack`,
 //! and anything else under the repository (dumb HTTP: `HEAD`, `objects/…`). Owner and
 //! repository names are checked before they can become paths: a bad one is a 400 with a
-//! message, and nothing touches the disk.
+//! message, and nothing touches the disk. So is any path with an empty, `.` or `..` segment, a
+//! backslash or a percent-escape (an upstream that decodes them would serve another
+//! repository's files): such a path never goes upstream, whatever the mode.
 
 use gitcache_mirror::registry::{InvalidName, MirrorKey};
 
@@ -49,6 +51,10 @@ pub enum RouteError {
     /// A name that cannot be a repository (400).
     #[error(transparent)]
     InvalidName(#[from] InvalidName),
+    /// A path that could leave the repository upstream: empty, `.` or `..` segments,
+    /// backslashes, percent-escapes or control characters (400).
+    #[error("invalid path '{0}': no empty, '.' or '..' segments, backslashes or escapes")]
+    InvalidPath(String),
 }
 
 impl RouteError {
@@ -56,7 +62,7 @@ impl RouteError {
     pub fn status(&self) -> u16 {
         match self {
             RouteError::NotFound | RouteError::HostNotAllowed(_) => 404,
-            RouteError::InvalidName(_) => 400,
+            RouteError::InvalidName(_) | RouteError::InvalidPath(_) => 400,
         }
     }
 }
@@ -68,7 +74,11 @@ pub fn route(
     query: Option<&str>,
     allowed_hosts: &[String],
 ) -> Result<Route, RouteError> {
-    let path = path.strip_prefix('/').ok_or(RouteError::NotFound)?;
+    let path = path
+        .strip_prefix('/')
+        .filter(|p| !p.is_empty())
+        .ok_or(RouteError::NotFound)?;
+    check_segments(path)?;
     // The service is what follows the `<repo>` segment; find it by its known shapes.
     let (repo_part, service) = if let Some(p) = path.strip_suffix("/info/refs") {
         let service = query
@@ -107,6 +117,18 @@ pub fn route(
         repo: repo.to_owned(),
         service,
     })
+}
+
+/// Refuse a path an upstream could resolve to somewhere else: every segment must be
+/// non-empty, not `.` or `..`, and free of backslashes, percent-escapes (`%2e%2e`, `%2f`) and
+/// control characters. Git never sends such paths.
+fn check_segments(path: &str) -> Result<(), RouteError> {
+    let bad_segment = |s: &str| s.is_empty() || s == "." || s == "..";
+    let bad_byte = |b: u8| b == b'\\' || b == b'%' || b.is_ascii_control() || !b.is_ascii();
+    if path.split('/').any(bad_segment) || path.bytes().any(bad_byte) {
+        return Err(RouteError::InvalidPath(path.chars().take(200).collect()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -180,6 +202,28 @@ mod tests {
             (err.status(), err.to_string().as_str()),
             (404, "upstream host 'evil.example' is not allowed")
         );
+    }
+
+    #[test]
+    fn dot_segments_escapes_and_backslashes_are_a_400() {
+        for path in [
+            "/acme/ripgrep.git/info/../../../private/ripgrep.git/HEAD",
+            "/acme/ripgrep.git/./HEAD",
+            "/acme/ripgrep.git/objects//info/packs",
+            "/acme/ripgrep.git/info/%2e%2e/%2E%2E/private/ripgrep.git/HEAD",
+            "/acme/ripgrep.git/info/..%2fx/HEAD",
+            "/acme/ripgrep.git/info\\..\\..\\HEAD",
+            "/acme/ripgrep.git/HEAD/",
+            "//acme/ripgrep.git/HEAD",
+            "/acme/ripgrep.git/HE%00AD",
+            "/acme/ripgrep.git/objects/info/packs\n",
+        ] {
+            let err = route(path, None, &hosts()).unwrap_err();
+            assert_eq!(err.status(), 400, "{path}: {err}");
+            assert!(err.to_string().starts_with("invalid path"), "{path}: {err}");
+        }
+        // What git sends stays fine.
+        assert!(route("/acme/ripgrep.git/objects/ab/cdef0123", None, &hosts()).is_ok());
     }
 
     #[test]

@@ -76,6 +76,16 @@ pub(crate) struct Flags {
         hide_env_values = true
     )]
     pub(crate) service_token: Option<String>,
+    /// An upstream host that compares owner and repository names without case, where
+    /// Acme/Widgets and acme/widgets share one mirror (repeatable; replaces the default)
+    /// [default: github.com].
+    #[arg(
+        long = "case-insensitive-host",
+        env = "GITCACHE_CASE_INSENSITIVE_HOSTS",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    pub(crate) case_insensitive_hosts: Vec<String>,
     /// Refs to mirror besides HEAD, branches and tags, e.g. refs/pull/ (repeatable).
     #[arg(
         long = "extra-ref-prefix",
@@ -84,9 +94,18 @@ pub(crate) struct Flags {
         value_delimiter = ','
     )]
     pub(crate) extra_ref_prefixes: Vec<String>,
-    /// Seconds an upstream exchange may take [default: 30].
+    /// Seconds the upstream may keep gitcache waiting for an answer to start or for its next
+    /// bytes (an idle timeout) [default: 30].
     #[arg(long, env = "GITCACHE_UPSTREAM_TIMEOUT", value_name = "SECONDS")]
     pub(crate) upstream_timeout: Option<u64>,
+    /// Seconds one upstream exchange may take in all, a first pack download included
+    /// [default: 3600].
+    #[arg(
+        long,
+        env = "GITCACHE_UPSTREAM_TRANSFER_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    pub(crate) upstream_transfer_timeout: Option<u64>,
     /// Packs a mirror may gather before it is consolidated [default: 8].
     #[arg(long, env = "GITCACHE_CONSOLIDATE_AFTER", value_name = "N")]
     pub(crate) consolidate_after: Option<usize>,
@@ -188,9 +207,11 @@ struct File {
     #[serde(default)]
     static_tokens: BTreeMap<String, String>,
     service_token: Option<String>,
+    case_insensitive_hosts: Option<Vec<String>>,
     #[serde(default)]
     extra_ref_prefixes: Vec<String>,
     upstream_timeout: Option<u64>,
+    upstream_transfer_timeout: Option<u64>,
     consolidate_after: Option<usize>,
     compression_level: Option<u32>,
     shutdown_grace: Option<u64>,
@@ -366,6 +387,18 @@ impl Config {
             .or(file.service_token)
             .filter(|t| !t.is_empty())
             .map(Secret::new);
+        let folding = if flags.case_insensitive_hosts.is_empty() {
+            file.case_insensitive_hosts
+        } else {
+            Some(flags.case_insensitive_hosts)
+        };
+        if let Some(hosts) = folding {
+            proxy.case_insensitive_hosts = hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect();
+        }
         proxy.extra_ref_prefixes = if flags.extra_ref_prefixes.is_empty() {
             file.extra_ref_prefixes
         } else {
@@ -381,6 +414,15 @@ impl Config {
                 bail!("upstream timeout must be 1 to 3600 seconds, not {secs}");
             }
             proxy.upstream_timeout = Duration::from_secs(secs);
+        }
+        if let Some(secs) = flags
+            .upstream_transfer_timeout
+            .or(file.upstream_transfer_timeout)
+        {
+            if secs == 0 {
+                bail!("upstream transfer timeout must be at least 1 second");
+            }
+            proxy.upstream_transfer_timeout = Duration::from_secs(secs);
         }
         if let Some(n) = flags.consolidate_after.or(file.consolidate_after) {
             proxy.consolidate_after = n.max(1);

@@ -221,7 +221,8 @@ pub fn fetch_body(oid: &str, extra: &[&str]) -> Vec<u8> {
     body
 }
 
-fn pkt(out: &mut Vec<u8>, line: &str) {
+/// Append `line` (and a newline) as one pkt-line.
+pub fn pkt(out: &mut Vec<u8>, line: &str) {
     out.extend_from_slice(format!("{:04x}{line}\n", line.len() + 5).as_bytes());
 }
 

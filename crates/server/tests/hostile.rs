@@ -1,0 +1,491 @@
+//! The hostile twin of each request: the real binary in front of the testkit upstream, sent
+//! what an attacker would send. Each test is named after what broke (or would have).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Gitcache, basic, fetch_body, http, pkt};
+use gitcache_testkit::git::{GitClient, git_stdout};
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, Upstream};
+
+/// Tests here that measure or load the machine run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn tip(upstream: &Upstream, name: &str) -> String {
+    git_stdout(&upstream.repo_path(name), &["rev-parse", "main"])
+        .trim()
+        .to_owned()
+}
+
+/// A generated repository `name` on `upstream`, readable as `access` says.
+fn repo_on(upstream: &Upstream, name: &str, seed: u64, access: Access) {
+    repo::generate(&upstream.repo_path(name), &RepoSpec::tiny(seed)).unwrap();
+    upstream.adopt_repo(name, access).unwrap();
+}
+
+/// A v2 request body: `command`, a delimiter, `args`, a flush.
+fn v2_body(command: &str, args: &[&str]) -> Vec<u8> {
+    let mut body = Vec::new();
+    pkt(&mut body, &format!("command={command}"));
+    pkt(&mut body, "object-format=sha1");
+    body.extend_from_slice(b"0001");
+    for arg in args {
+        pkt(&mut body, arg);
+    }
+    body.extend_from_slice(b"0000");
+    body
+}
+
+const V2: (&str, &str) = ("Git-Protocol", "version=2");
+
+fn info_refs(cache: &Gitcache, name: &str, auth: Option<&str>) -> common::Answer {
+    let mut headers = vec![V2];
+    if let Some(auth) = auth {
+        headers.push(("Authorization", auth));
+    }
+    http(
+        &cache.addr,
+        "GET",
+        &format!("/{name}.git/info/refs?service=git-upload-pack"),
+        &headers,
+        b"",
+    )
+}
+
+fn upload_pack(cache: &Gitcache, name: &str, body: &[u8]) -> common::Answer {
+    http(
+        &cache.addr,
+        "POST",
+        &format!("/{name}.git/git-upload-pack"),
+        &[
+            V2,
+            ("Content-Type", "application/x-git-upload-pack-request"),
+        ],
+        body,
+    )
+}
+
+/// `acme/Widgets` (public) and `acme/widgets` (private) are two repositories on a
+/// case-sensitive upstream: a grant for one never opens the other's mirror, and `want-ref`
+/// (not advertised) is refused as git refuses it.
+#[test]
+fn case_twins_on_a_case_sensitive_upstream_are_two_mirrors() {
+    let upstream = Upstream::start().unwrap();
+    repo_on(&upstream, "acme/Widgets", 1201, Access::Public);
+    repo_on(&upstream, "acme/widgets", 1202, Access::private(["secret"]));
+    let private_tip = tip(&upstream, "acme/widgets");
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+
+    // The owner of the private twin clones it: its mirror now holds the private objects.
+    let header = format!("http.extraheader=Authorization: {}", basic("secret"));
+    git.run(
+        git.home(),
+        &[
+            "-c",
+            &header,
+            "clone",
+            "-q",
+            &cache.url("acme/widgets"),
+            "p",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+
+    // An anonymous client gets a grant for the public twin, then asks it for the private
+    // history by ref name and by object id.
+    assert_eq!(info_refs(&cache, "acme/Widgets", None).status, 200);
+    let by_ref = upload_pack(
+        &cache,
+        "acme/Widgets",
+        &v2_body("fetch", &["want-ref refs/heads/main", "done"]),
+    );
+    assert_eq!(by_ref.status, 400, "{}", by_ref.body_text());
+    assert!(
+        by_ref
+            .body_text()
+            .contains("unexpected line: 'want-ref refs/heads/main'"),
+        "{}",
+        by_ref.body_text()
+    );
+    let by_id = upload_pack(&cache, "acme/Widgets", &fetch_body(&private_tip, &[]));
+    assert!(
+        !by_id.has_pack(),
+        "the private tip was sent through its twin"
+    );
+
+    // Two mirrors, each with its own upstream's refs.
+    let host = upstream.addr().to_string().replace(':', "_");
+    let owner = cache.data.path().join("mirrors").join(host).join("acme");
+    let mut mirrors: Vec<String> = std::fs::read_dir(&owner)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    mirrors.sort();
+    assert_eq!(mirrors, ["^widgets.git", "widgets.git"]);
+    assert!(git_stdout(&owner.join("widgets.git"), &["rev-parse", "main"]).trim() == private_tip);
+    assert!(
+        git_stdout(&owner.join("^widgets.git"), &["rev-parse", "main"]).trim()
+            == tip(&upstream, "acme/Widgets")
+    );
+    drop(cache);
+
+    // Declared case-insensitive, the upstream is asked with the folded name: the public
+    // spelling now reaches the private repository, which wants a credential.
+    let folding = format!("--case-insensitive-host={}", upstream.addr());
+    let cache = Gitcache::start(&upstream, &[&folding]);
+    assert_eq!(info_refs(&cache, "acme/Widgets", None).status, 401);
+    assert_eq!(
+        info_refs(&cache, "acme/Widgets", Some(&basic("secret"))).status,
+        200
+    );
+}
+
+/// In `static` and `none` modes the server's own credential (or none) must not carry a
+/// client's push: only reads pass.
+#[test]
+fn static_mode_refuses_writes_before_they_go_upstream() {
+    let upstream = Upstream::start().unwrap();
+    repo_on(
+        &upstream,
+        "acme/widgets",
+        1203,
+        Access::private(["service"]),
+    );
+    let token = format!("--static-token={}=service", upstream.addr());
+    for mode in [
+        &["--credential-mode", "static", &token][..],
+        &["--credential-mode", "none"],
+    ] {
+        let cache = Gitcache::start(&upstream, mode);
+        upstream.reset_counts();
+        for (method, path) in [
+            (
+                "GET",
+                "/acme/widgets.git/info/refs?service=git-receive-pack",
+            ),
+            ("POST", "/acme/widgets.git/git-receive-pack"),
+            ("PUT", "/acme/widgets.git/objects/info/packs"),
+            (
+                "POST",
+                "/acme/widgets.git/info/refs?service=git-upload-pack",
+            ),
+        ] {
+            let answer = http(&cache.addr, method, path, &[], b"");
+            assert_eq!(answer.status, 403, "{method} {path}");
+            assert!(
+                answer
+                    .body_text()
+                    .contains(&format!("credential mode '{}'", mode[1])),
+                "{}",
+                answer.body_text()
+            );
+        }
+        assert_eq!(
+            upstream.counts(),
+            Default::default(),
+            "nothing went upstream"
+        );
+
+        // A real push is refused too; a clone still works in static mode.
+        let git = GitClient::new().unwrap();
+        if mode[1] == "static" {
+            git.run(
+                git.home(),
+                &["clone", "-q", &cache.url("acme/widgets"), "w"],
+            )
+            .unwrap()
+            .expect_success();
+            let work = git.home().join("w");
+            std::fs::write(work.join("new-file"), "x").unwrap();
+            git.run(&work, &["add", "new-file"])
+                .unwrap()
+                .expect_success();
+            git.run(&work, &["commit", "-q", "-m", "push attempt"])
+                .unwrap()
+                .expect_success();
+            let out = git
+                .run(&work, &["push", "-q", "origin", "HEAD:main"])
+                .unwrap()
+                .expect_failure();
+            assert!(out.stderr.contains("403"), "{out}");
+        }
+    }
+}
+
+/// Paths that an upstream could resolve to another repository never go upstream.
+#[test]
+fn dot_segments_and_escapes_are_refused_before_the_upstream() {
+    let upstream = Upstream::start().unwrap();
+    repo_on(&upstream, "acme/ripgrep", 1204, Access::Public);
+    repo_on(
+        &upstream,
+        "private/ripgrep",
+        1205,
+        Access::private(["secret"]),
+    );
+    for mode in [&[][..], &["--cache-all", "false"][..]] {
+        let cache = Gitcache::start(&upstream, mode);
+        upstream.reset_counts();
+        for path in [
+            "/acme/ripgrep.git/info/../../../private/ripgrep.git/HEAD",
+            "/acme/ripgrep.git/info/%2e%2e/%2e%2e/%2E%2E/private/ripgrep.git/HEAD",
+            "/acme/ripgrep.git/info/..%2f..%2f..%2fprivate/ripgrep.git/HEAD",
+            "/acme/ripgrep.git/info\\..\\..\\..\\private\\ripgrep.git\\HEAD",
+            "/acme/ripgrep.git//HEAD",
+            "/acme/ripgrep.git/./HEAD",
+            "/acme/./ripgrep.git/HEAD",
+        ] {
+            let answer = http(&cache.addr, "GET", path, &[], b"");
+            assert_eq!(answer.status, 400, "{path}: {}", answer.body_text());
+            assert!(answer.body_text().contains("invalid"), "{path}");
+        }
+        assert_eq!(
+            upstream.counts(),
+            Default::default(),
+            "nothing went upstream"
+        );
+        // The repository's own file still passes.
+        assert_eq!(
+            http(&cache.addr, "GET", "/acme/ripgrep.git/HEAD", &[], b"").status,
+            200
+        );
+    }
+}
+
+/// A filter of thousands of sub-filters (each would keep its own state over the walk) is
+/// refused with a message, and the server goes on serving.
+#[test]
+fn a_filter_of_thousands_of_sub_filters_is_refused() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/widgets"), &RepoSpec::small(1206)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let cache = Gitcache::start(&upstream, &[]);
+    assert_eq!(info_refs(&cache, "acme/widgets", None).status, 200);
+    let many = format!("filter combine:{}", vec!["blob:none"; 6000].join("+"));
+    let nested = format!("filter {}blob:none", "combine:".repeat(8000));
+    let want = format!("want {}", tip(&upstream, "acme/widgets"));
+    for filter in [&many, &nested] {
+        let answer = upload_pack(
+            &cache,
+            "acme/widgets",
+            &v2_body("fetch", &[&want, filter, "done"]),
+        );
+        assert_eq!(answer.status, 400);
+        assert!(
+            answer.body_text().contains("too complex"),
+            "{}",
+            answer.body_text()
+        );
+    }
+    // Allowed combinations are served, repeated sub-filters included.
+    let repeated = format!("filter combine:{}", vec!["blob:none"; 32].join("+"));
+    let answer = upload_pack(
+        &cache,
+        "acme/widgets",
+        &v2_body("fetch", &[&want, &repeated, "done"]),
+    );
+    assert_eq!(answer.status, 200);
+    assert!(answer.has_pack());
+}
+
+/// A body of 200,000 repeated `want-ref` lines costs parsing on a blocking thread, not the
+/// async workers: `/healthz` keeps answering while 32 such requests are in flight.
+#[test]
+fn health_answers_while_huge_request_bodies_are_parsed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let upstream = Upstream::start().unwrap();
+    repo_on(&upstream, "acme/widgets", 1207, Access::Public);
+    let cache = Gitcache::start(&upstream, &[]);
+    assert_eq!(info_refs(&cache, "acme/widgets", None).status, 200);
+    let lines = vec!["want-ref refs/heads/main"; 200_000];
+    let body = std::sync::Arc::new(v2_body("fetch", &lines));
+    let addr = cache.addr.clone();
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (body, addr) = (std::sync::Arc::clone(&body), addr.clone());
+            std::thread::spawn(move || {
+                let answer = http(
+                    &addr,
+                    "POST",
+                    "/acme/widgets.git/git-upload-pack",
+                    &[V2],
+                    &body,
+                );
+                answer.status
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    while !clients.iter().all(|c| c.is_finished()) {
+        let started = Instant::now();
+        let answer = http(&cache.addr, "GET", "/healthz", &[], b"");
+        assert_eq!(answer.status, 200);
+        slowest = slowest.max(started.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for client in clients {
+        assert_eq!(client.join().unwrap(), 400, "unadvertised want-ref refused");
+    }
+    assert!(
+        slowest < Duration::from_millis(100),
+        "/healthz took {slowest:?} while bodies were parsed"
+    );
+}
+
+/// Only `Authorization` goes upstream with a v2 request gitcache read (it is what the
+/// access gate fingerprints); a `Cookie` could make the upstream accept a request the gate
+/// never checked.
+#[test]
+fn cookies_do_not_go_upstream_with_cached_v2_requests() {
+    let upstream = Upstream::start().unwrap();
+    repo_on(&upstream, "acme/widgets", 1208, Access::Public);
+    let cache = Gitcache::start(&upstream, &[]);
+    upstream.set_recording(true);
+    assert_eq!(info_refs(&cache, "acme/widgets", None).status, 200);
+    let answer = http(
+        &cache.addr,
+        "POST",
+        "/acme/widgets.git/git-upload-pack",
+        &[
+            V2,
+            ("Content-Type", "application/x-git-upload-pack-request"),
+            ("Cookie", "session=stolen"),
+            ("X-Custom-Token", "t"),
+        ],
+        &v2_body("ls-refs", &["peel", "symrefs"]),
+    );
+    assert_eq!(answer.status, 200);
+    assert!(answer.body_text().contains("refs/heads/main"));
+    let requests = upstream.requests();
+    assert!(!requests.is_empty());
+    for r in requests {
+        assert!(
+            r.headers
+                .iter()
+                .all(|(k, _)| k != "cookie" && k != "x-custom-token"),
+            "{} {} {:?}",
+            r.method,
+            r.path,
+            r.headers
+        );
+    }
+}
+
+/// `/metrics` on the git port names only repositories that are cached and were served past
+/// the gate: refused and made-up names neither appear nor use up label slots.
+#[test]
+fn metrics_do_not_list_refused_or_made_up_names() {
+    let upstream = Upstream::start().unwrap();
+    repo_on(&upstream, "acme/widgets", 1209, Access::Public);
+    repo_on(
+        &upstream,
+        "acme/hidden-plans",
+        1210,
+        Access::private(["secret"]),
+    );
+    let cache = Gitcache::start(&upstream, &[]);
+    assert_eq!(info_refs(&cache, "acme/widgets", None).status, 200);
+    assert_eq!(info_refs(&cache, "acme/hidden-plans", None).status, 401);
+    assert_eq!(info_refs(&cache, "nobody/made-up-name", None).status, 404);
+    let metrics = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
+    assert!(metrics.contains(r#"repo="widgets""#), "{metrics}");
+    assert!(!metrics.contains("hidden-plans"), "{metrics}");
+    assert!(!metrics.contains("made-up-name"), "{metrics}");
+    assert!(metrics.contains(r#"owner="_other""#), "{metrics}");
+}
+
+/// A client that stops reading a passed-through answer loses its connection after the
+/// stall timeout, so it cannot hold a connection slot forever.
+#[test]
+fn a_client_that_stops_reading_a_passthrough_answer_frees_its_slot() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let upstream = Upstream::start().unwrap();
+    let repo = upstream.repo_path("acme/big");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_stdout(&repo, &["init", "-q", "-b", "main"]);
+    // 24 MiB that do not compress: far more than the socket buffers hold.
+    let mut rng = gitcache_testkit::repo::Rng::new(1211);
+    std::fs::write(repo.join("blob.bin"), rng.bytes(24 << 20)).unwrap();
+    git_stdout(&repo, &["add", "blob.bin"]);
+    git_stdout(
+        &repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-q",
+            "-m",
+            "big",
+        ],
+    );
+    git_stdout(&repo, &["repack", "-adq"]);
+    upstream.adopt_repo("acme/big", Access::Public).unwrap();
+    let pack = std::fs::read_dir(repo.join(".git/objects/pack"))
+        .or_else(|_| std::fs::read_dir(repo.join("objects/pack")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| n.ends_with(".pack"))
+        .unwrap();
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--cache-all",
+            "false",
+            "--max-connections",
+            "1",
+            "--response-stall-timeout",
+            "1",
+        ],
+    );
+    // Dumb HTTP: the pack file itself, passed through; read the head and stop.
+    let mut stalled = TcpStream::connect(&cache.addr).unwrap();
+    write!(
+        stalled,
+        "GET /acme/big.git/objects/pack/{pack} HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = stalled.read(&mut head).unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    // The one connection slot is taken until the stall timeout ends it.
+    let mut next = TcpStream::connect(&cache.addr).unwrap();
+    next.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        next,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    next.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(stalled);
+}
+
+/// An upstream whose host cannot name a mirror folder is refused at start, with a message,
+/// instead of failing every request.
+#[test]
+fn an_unusable_default_upstream_is_refused_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
+        .args(["--listen", "127.0.0.1:0", "--upstream", "http://[::1]:9"])
+        .arg("--data-dir")
+        .arg(tempfile::tempdir().unwrap().path())
+        .env_remove("GITCACHE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot name mirrors"), "{stderr}");
+}
