@@ -71,6 +71,12 @@ impl AccessGrants {
 
     /// Record that the upstream accepted `who` for `key` just now.
     pub fn grant(&self, key: &MirrorKey, who: Fingerprint) {
+        self.grant_at(key, who, Instant::now());
+    }
+
+    /// Record that the upstream accepted `who` for `key` at `at` (when its answer arrived:
+    /// a grant renewed after a long answer was read counts from its start).
+    pub fn grant_at(&self, key: &MirrorKey, who: Fingerprint, at: Instant) {
         if self.ttl.is_zero() {
             return;
         }
@@ -80,7 +86,8 @@ impl AccessGrants {
             let ttl = self.ttl;
             grants.retain(|_, at| now.duration_since(*at) < ttl);
         }
-        grants.insert((key.clone(), who), now);
+        let entry = grants.entry((key.clone(), who)).or_insert(at);
+        *entry = (*entry).max(at);
     }
 
     /// Whether `who` was accepted for `key` within the TTL.

@@ -128,6 +128,24 @@ pub struct Limits {
     pub max_connections: usize,
     /// Pack responses generated at once; more wait their turn.
     pub max_concurrent_packs: usize,
+    /// Mirror refreshes (upstream fetches) running at once; more wait their turn. A refresh
+    /// goes on when the client that started it leaves, so this also bounds what clients can
+    /// start and abandon.
+    pub max_concurrent_refreshes: usize,
+}
+
+impl Limits {
+    /// The blocking threads a runtime serving with these limits needs so that its pool never
+    /// runs out first: one per connection (a response streamed from a mirror holds one while
+    /// its client reads; `two_listeners` when the admin side has its own), one per pack
+    /// generation, and some for parsing, refreshes and maintenance.
+    pub fn blocking_threads(&self, two_listeners: bool) -> usize {
+        let listeners = if two_listeners { 2 } else { 1 };
+        self.max_connections
+            .saturating_mul(listeners)
+            .saturating_add(self.max_concurrent_packs)
+            .saturating_add(64)
+    }
 }
 
 impl Default for Limits {
@@ -139,6 +157,7 @@ impl Default for Limits {
             response_stall_timeout: Duration::from_secs(120),
             max_connections: 1024,
             max_concurrent_packs: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            max_concurrent_refreshes: gitcache_mirror::registry::DEFAULT_CONCURRENT_REFRESHES,
         }
     }
 }

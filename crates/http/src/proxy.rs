@@ -112,8 +112,8 @@ pub struct Proxy {
     grants: AccessGrants,
     repos: Mutex<HashMap<MirrorKey, OpenRepo>>,
     pack_slots: Arc<Semaphore>,
-    /// Request bodies decoded and parsed at once (CPU work): one per core, the rest wait
-    /// without holding a thread.
+    /// Request bodies decoded and parsed at once (CPU work): one per core but one, the rest
+    /// wait without holding a thread.
     parse_slots: Arc<Semaphore>,
     draining: AtomicBool,
     responses: Option<Arc<ResponseCache>>,
@@ -186,11 +186,25 @@ impl Proxy {
         for url in config.hosts.values() {
             url_host(url).map_err(ConfigError::Upstream)?;
         }
-        // Every upstream name becomes the first folder of its mirrors' keys.
-        for host in config.hosts.keys().chain([&default_host]) {
-            MirrorKey::new(host, "owner", "repo").map_err(|err| {
+        // Every upstream name becomes the first folder of its mirrors' keys: each must be
+        // one, and two upstreams must not share one (their grants and mirrors would mix).
+        let mut folders: HashMap<PathBuf, &str> = HashMap::new();
+        for (host, url) in config
+            .hosts
+            .iter()
+            .map(|(h, u)| (h.as_str(), u.as_str()))
+            .chain([(default_host.as_str(), config.upstream.as_str())])
+        {
+            let key = MirrorKey::new(host, "owner", "repo").map_err(|err| {
                 ConfigError::Upstream(format!("upstream host '{host}' cannot name mirrors: {err}"))
             })?;
+            if let Some(other) = folders.insert(key.relative_path(), url)
+                && other.trim_end_matches('/') != url.trim_end_matches('/')
+            {
+                return Err(ConfigError::Upstream(format!(
+                    "upstream host '{host}' names the same mirrors as another upstream ({other})"
+                )));
+            }
         }
         let data_dir = DataDir::open(&config.data_dir)?;
         let mirrors = config.data_dir.join("mirrors");
@@ -198,8 +212,15 @@ impl Proxy {
             path: mirrors.clone(),
             source,
         })?;
-        let registry =
-            Arc::new(Registry::new(mirrors).with_consolidate_after(config.consolidate_after));
+        upgrade_layout(&config).map_err(|source| ConfigError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let registry = Arc::new(
+            Registry::new(mirrors)
+                .with_consolidate_after(config.consolidate_after)
+                .with_max_concurrent_refreshes(config.limits.max_concurrent_refreshes),
+        );
         let responses = match &config.response_cache {
             Some(cache) => {
                 let root = config.data_dir.join("responses");
@@ -217,8 +238,11 @@ impl Proxy {
             grants: AccessGrants::new(config.access_ttl),
             repos: Mutex::new(HashMap::new()),
             pack_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_packs.max(1))),
+            // One core stays free for the async workers (health checks, every other request).
             parse_slots: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1))
+                    .max(1),
             )),
             draining: AtomicBool::new(false),
             responses,
@@ -648,11 +672,14 @@ impl Proxy {
             return Ok(Verified::Answer(passed_on(response, started)));
         }
         let (parts, body) = response.into_parts();
-        let body = http_body_util::Limited::new(body, MAX_ADVERTISEMENT)
-            .collect()
-            .await
-            .map_err(|e| gitcache_mirror::upstream::Error::Protocol(format!("advertisement: {e}")))?
-            .to_bytes();
+        let body = tokio::time::timeout(
+            target.timeout,
+            http_body_util::Limited::new(body, MAX_ADVERTISEMENT).collect(),
+        )
+        .await
+        .map_err(|_| gitcache_mirror::upstream::Error::Timeout(target.timeout))?
+        .map_err(|e| gitcache_mirror::upstream::Error::Protocol(format!("advertisement: {e}")))?
+        .to_bytes();
         match advertise::read_advertised(&body) {
             Ok(Advertised::V2(kind)) => Ok(Verified::V2(kind)),
             Ok(Advertised::Other) => {
@@ -853,6 +880,8 @@ impl Proxy {
             return Ok(with_state(response, CacheState::Rejected));
         }
         let who = fingerprint(headers);
+        let answered = Instant::now();
+        let idle = target.timeout;
         // Pass the answer on as it arrives, keeping a copy to compare with the mirror.
         let (parts, mut upstream_body) = response.into_parts();
         let (tx, rx) = mpsc::channel(8);
@@ -867,7 +896,17 @@ impl Proxy {
             async move {
                 let mut copy = Vec::new();
                 let mut complete = true;
-                while let Some(frame) = upstream_body.frame().await {
+                loop {
+                    // An upstream that goes silent is let go too.
+                    let Ok(frame) = tokio::time::timeout(idle, upstream_body.frame()).await else {
+                        let _ = tx
+                            .send(Err(std::io::Error::other("the upstream went silent")))
+                            .await;
+                        return;
+                    };
+                    let Some(frame) = frame else {
+                        break;
+                    };
                     match frame {
                         Ok(frame) => {
                             let Ok(data) = frame.into_data() else {
@@ -892,7 +931,11 @@ impl Proxy {
                 }
                 drop(tx);
                 if complete {
-                    proxy.after_ls_refs(&target, who, &copy, kind, warm_credential);
+                    // Parsing and comparing with the mirror is CPU and disk work.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        proxy.after_ls_refs(&target, who, answered, &copy, kind, warm_credential);
+                    })
+                    .await;
                 }
             }
             .in_current_span(),
@@ -907,6 +950,7 @@ impl Proxy {
         self: &Arc<Self>,
         target: &Target,
         who: Fingerprint,
+        answered: Instant,
         ls_refs: &[u8],
         kind: HashKind,
         credential: Option<String>,
@@ -915,7 +959,7 @@ impl Proxy {
             tracing::info!("the upstream's ls-refs answer is not protocol v2; no grant");
             return;
         };
-        self.grants.grant(&target.key, who);
+        self.grants.grant_at(&target.key, who, answered);
         let changed = match self.open_repo(&target.key) {
             Ok(Some(repo)) => match repo.refs() {
                 Ok(local) => {
@@ -1232,6 +1276,9 @@ impl Proxy {
                             );
                             cache.finish(generation, None);
                         }
+                        // Nobody reads it any more (cancelled): given up, not failed, so
+                        // that nobody joining now is told of an error that is not theirs.
+                        Err(_) if !generation.has_readers() => drop(generation),
                         Err(err) => {
                             tracing::warn!(%err, "response generation failed");
                             cache.finish(generation, Some(err.wire_message()));
@@ -1324,13 +1371,49 @@ impl Proxy {
     }
 }
 
-/// Whether `service` only reads the repository: what static and no-credential modes allow.
+/// The data directory's layout version, in `<data-dir>/layout`.
+const LAYOUT: &str = "2";
+
+/// Bring a data directory written by an earlier version up to [`LAYOUT`]. Before version 2,
+/// names were lower-cased for every upstream: one folder held whichever of two case twins
+/// was fetched through it, so the mirrors and stored responses of upstreams that tell case
+/// apart are removed (they are fetched again); those of case-insensitive upstreams keep
+/// their place.
+fn upgrade_layout(config: &ProxyConfig) -> std::io::Result<()> {
+    let marker = config.data_dir.join("layout");
+    if std::fs::read_to_string(&marker).is_ok_and(|v| v.trim() == LAYOUT) {
+        return Ok(());
+    }
+    let kept: Vec<String> = config
+        .case_insensitive_hosts
+        .iter()
+        .map(|h| h.to_ascii_lowercase().replace(':', "_"))
+        .collect();
+    for area in ["mirrors", "responses"] {
+        let Ok(hosts) = std::fs::read_dir(config.data_dir.join(area)) else {
+            continue;
+        };
+        for host in hosts {
+            let host = host?;
+            let name = host.file_name().to_string_lossy().into_owned();
+            if host.file_type()?.is_dir() && !kept.contains(&name) {
+                tracing::warn!(area, host = %name, "removing data of an earlier layout (names were folded to lower case)");
+                std::fs::remove_dir_all(host.path())?;
+            }
+        }
+    }
+    gitcache_storage::fs::replace_file(&marker, format!("{LAYOUT}\n").as_bytes())
+}
+
+/// Whether `service` only reads the repository's git data: what static and no-credential
+/// modes allow (the server's own credential reaches nothing else on the host).
 fn is_read(method: &Method, service: &Service) -> bool {
     match service {
         Service::InfoRefs(Some(name)) => method == Method::GET && name == "git-upload-pack",
         Service::UploadPack => method == Method::POST,
-        Service::InfoRefs(None) | Service::Other(_) => {
-            method == Method::GET || method == Method::HEAD
+        Service::InfoRefs(None) => method == Method::GET || method == Method::HEAD,
+        Service::Other(_) => {
+            (method == Method::GET || method == Method::HEAD) && service.is_dumb_http_file()
         }
         Service::ReceivePack => false,
     }
@@ -1376,10 +1459,17 @@ fn fingerprint(headers: &HeaderMap) -> Fingerprint {
     )
 }
 
-/// The part of the upstream URL after the repository, query included.
+/// The part of the upstream URL after the repository, query included: for `info/refs` only
+/// the `service` gitcache routed on (a client's second `service=` never reaches the upstream,
+/// which might read that one instead).
 fn suffix(route: &Route, query: Option<&str>) -> String {
+    let query = match &route.service {
+        Service::InfoRefs(_) => None,
+        _ => query,
+    };
     let mut suffix = match &route.service {
-        Service::InfoRefs(_) => "/info/refs".to_owned(),
+        Service::InfoRefs(Some(service)) => format!("/info/refs?service={service}"),
+        Service::InfoRefs(None) => "/info/refs".to_owned(),
         Service::UploadPack => "/git-upload-pack".to_owned(),
         Service::ReceivePack => "/git-receive-pack".to_owned(),
         Service::Other(rest) => format!("/{rest}"),

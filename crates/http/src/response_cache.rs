@@ -490,6 +490,13 @@ impl Generation {
         if self.store_failed {
             return Err(std::io::Error::other("the response store failed"));
         }
+        if !self.has_readers() {
+            // Also where no cancellation checkpoint is passed (a stored pack copied whole).
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "nobody reads this response any more",
+            ));
+        }
         let pending = self.pending.as_mut().expect("not finished");
         if !self.buf.is_empty() {
             let stored = if self
@@ -536,7 +543,9 @@ impl Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         if let Some(pending) = self.pending.take() {
-            tracing::warn!("a response generation ended unfinished; its readers finish live");
+            if self.has_readers() {
+                tracing::warn!("a response generation ended unfinished; its readers finish live");
+            }
             drop(pending);
             land(&self.flights, &self.id, &self.flight);
             self.flight.state.send_replace(State::Abandoned);

@@ -57,6 +57,34 @@ pub enum RouteError {
     InvalidPath(String),
 }
 
+impl Service {
+    /// Whether this is a file git's dumb HTTP protocol reads from a repository: `HEAD`,
+    /// `objects/info/{packs,alternates,http-alternates}`, a loose object or a pack and its
+    /// index. Nothing else under a repository is.
+    pub fn is_dumb_http_file(&self) -> bool {
+        let Service::Other(rest) = self else {
+            return false;
+        };
+        let hex = |s: &str, lens: &[usize]| {
+            lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+        };
+        match rest.split('/').collect::<Vec<_>>().as_slice() {
+            ["HEAD"] => true,
+            [
+                "objects",
+                "info",
+                "packs" | "alternates" | "http-alternates",
+            ] => true,
+            ["objects", "pack", file] => file
+                .strip_prefix("pack-")
+                .and_then(|f| f.strip_suffix(".pack").or_else(|| f.strip_suffix(".idx")))
+                .is_some_and(|h| hex(h, &[40, 64])),
+            ["objects", dir, file] => hex(dir, &[2]) && hex(file, &[38, 62]),
+            _ => false,
+        }
+    }
+}
+
 impl RouteError {
     /// The HTTP status for this error.
     pub fn status(&self) -> u16 {
@@ -81,12 +109,18 @@ pub fn route(
     check_segments(path)?;
     // The service is what follows the `<repo>` segment; find it by its known shapes.
     let (repo_part, service) = if let Some(p) = path.strip_suffix("/info/refs") {
-        let service = query
+        let mut services = query
             .into_iter()
             .flat_map(|q| q.split('&'))
-            .find_map(|kv| kv.strip_prefix("service="))
-            .map(str::to_owned);
-        (p, Service::InfoRefs(service))
+            .filter_map(|kv| kv.strip_prefix("service="));
+        let service = services.next();
+        // One service git knows, or none (dumb HTTP); never two to choose from.
+        if services.next().is_some()
+            || service.is_some_and(|s| s != "git-upload-pack" && s != "git-receive-pack")
+        {
+            return Err(RouteError::NotFound);
+        }
+        (p, Service::InfoRefs(service.map(str::to_owned)))
     } else if let Some(p) = path.strip_suffix("/git-upload-pack") {
         (p, Service::UploadPack)
     } else if let Some(p) = path.strip_suffix("/git-receive-pack") {
@@ -120,11 +154,13 @@ pub fn route(
 }
 
 /// Refuse a path an upstream could resolve to somewhere else: every segment must be
-/// non-empty, not `.` or `..`, and free of backslashes, percent-escapes (`%2e%2e`, `%2f`) and
-/// control characters. Git never sends such paths.
+/// non-empty, not `.` or `..`, and free of backslashes, percent-escapes (`%2e%2e`, `%2f`),
+/// `;` and control characters. Git never sends such paths.
 fn check_segments(path: &str) -> Result<(), RouteError> {
     let bad_segment = |s: &str| s.is_empty() || s == "." || s == "..";
-    let bad_byte = |b: u8| b == b'\\' || b == b'%' || b.is_ascii_control() || !b.is_ascii();
+    // `;` too: Java servers read `..;` as `..` (path parameters).
+    let bad_byte =
+        |b: u8| matches!(b, b'\\' | b'%' | b';') || b.is_ascii_control() || !b.is_ascii();
     if path.split('/').any(bad_segment) || path.bytes().any(bad_byte) {
         return Err(RouteError::InvalidPath(path.chars().take(200).collect()));
     }
@@ -217,6 +253,7 @@ mod tests {
             "//acme/ripgrep.git/HEAD",
             "/acme/ripgrep.git/HE%00AD",
             "/acme/ripgrep.git/objects/info/packs\n",
+            "/acme/ripgrep.git/info/..;/..;/private/ripgrep.git/HEAD",
         ] {
             let err = route(path, None, &hosts()).unwrap_err();
             assert_eq!(err.status(), 400, "{path}: {err}");
@@ -224,6 +261,31 @@ mod tests {
         }
         // What git sends stays fine.
         assert!(route("/acme/ripgrep.git/objects/ab/cdef0123", None, &hosts()).is_ok());
+    }
+
+    #[test]
+    fn dumb_http_files_are_known_by_shape() {
+        let file = |rest: &str| Service::Other(rest.into()).is_dumb_http_file();
+        for rest in [
+            "HEAD",
+            "objects/info/packs",
+            "objects/ab/cdef0123456789abcdef0123456789abcdef01",
+            "objects/pack/pack-0123456789abcdef0123456789abcdef01234567.pack",
+            "objects/pack/pack-0123456789abcdef0123456789abcdef01234567.idx",
+        ] {
+            assert!(file(rest), "{rest}");
+        }
+        for rest in [
+            "config",
+            "info/lfs/objects/batch",
+            "objects/pack/pack-01.pack",
+            "objects/ab/cd",
+            "a/..;/b",
+            "hooks/post-update",
+        ] {
+            assert!(!file(rest), "{rest}");
+        }
+        assert!(!Service::UploadPack.is_dumb_http_file());
     }
 
     #[test]
@@ -240,6 +302,17 @@ mod tests {
             assert_eq!(err.status(), 400, "{path}: {err}");
             assert!(err.to_string().starts_with("invalid "), "{err}");
         }
+        assert_eq!(
+            route(
+                "/acme/widgets.git/info/refs",
+                Some("service=git-upload-pack&service=git-receive-pack"),
+                &hosts()
+            )
+            .unwrap_err()
+            .status(),
+            404
+        );
+        assert!(route("/acme/widgets.git/info/refs", Some("service=git-evil"), &[]).is_err());
         for path in [
             "/",
             "/acme/info/refs",

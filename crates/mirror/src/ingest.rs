@@ -127,21 +127,50 @@ pub fn ingest_pack(
     })
 }
 
-/// Remove what a crash left behind: staging folders and responses in `objects/pack`, and
-/// half-written temporaries of `packed-refs` or `HEAD`. Call before refreshing a mirror.
-pub fn remove_leftovers(git_dir: &Path) -> std::io::Result<usize> {
+/// Remove what a crash left behind: staging folders, responses and temporaries in
+/// `objects/pack` (unless `temporaries` is false: a writer of this process may be using one),
+/// the files of a pack whose index is gone (a crash between moving a pack's data and its
+/// index into place, or while a pack was removed), and half-written temporaries of
+/// `packed-refs` or `HEAD`. Call with no ingestion of the mirror under way (the registry
+/// holds its refresh lock). Files that vanish meanwhile are no error.
+pub fn remove_leftovers(git_dir: &Path, temporaries: bool) -> std::io::Result<usize> {
     let mut removed = 0;
-    if let Ok(entries) = std::fs::read_dir(git_dir.join("objects").join("pack")) {
-        for entry in entries {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with("incoming-") {
-                if entry.file_type()?.is_dir() {
-                    std::fs::remove_dir_all(entry.path())?;
-                } else {
-                    std::fs::remove_file(entry.path())?;
-                }
-                removed += 1;
-            }
+    let mut remove = |path: &Path, dir: bool| -> std::io::Result<()> {
+        let result = if dir {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        match result {
+            Ok(()) => removed += 1,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        Ok(())
+    };
+    let pack_dir = git_dir.join("objects").join("pack");
+    let names: Vec<(String, bool)> = match std::fs::read_dir(&pack_dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                let dir = e.file_type().is_ok_and(|t| t.is_dir());
+                (e.file_name().to_string_lossy().into_owned(), dir)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let indexed: std::collections::HashSet<&str> = names
+        .iter()
+        .filter_map(|(n, _)| n.strip_suffix(".idx"))
+        .collect();
+    for (name, dir) in &names {
+        let orphan = name.starts_with("pack-")
+            && !name.ends_with(".idx")
+            && name
+                .rsplit_once('.')
+                .is_some_and(|(stem, _)| !indexed.contains(stem));
+        if orphan || (temporaries && name.starts_with("incoming-")) {
+            remove(&pack_dir.join(name), *dir)?;
         }
     }
     if let Ok(entries) = std::fs::read_dir(git_dir) {
@@ -150,8 +179,7 @@ pub fn remove_leftovers(git_dir: &Path) -> std::io::Result<usize> {
             if gitcache_storage::fs::is_leftover_temp(&entry.file_name().to_string_lossy())
                 && entry.file_type()?.is_file()
             {
-                std::fs::remove_file(entry.path())?;
-                removed += 1;
+                remove(&entry.path(), false)?;
             }
         }
     }

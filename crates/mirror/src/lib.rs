@@ -5,9 +5,11 @@
 //! - [`mirror`]: creating a mirror and refreshing it from upstream in one fetch, refs replaced
 //!   atomically.
 //! - [`ingest`]: indexing and verifying a received pack and moving it into place atomically.
-//! - [`registry`]: where mirrors live, and one refresh per mirror at a time (singleflight).
+//! - [`registry`]: where mirrors live, one refresh per mirror at a time (singleflight), and
+//!   maintenance (consolidation, reachability bitmaps, a crash's leftovers) in the background.
 //!
-//! Still to come (see the README's status table): TLS, warming, pack consolidation.
+//! The upstream is not trusted: answers are read within size and time bounds, ref names are
+//! checked, and nothing is published before the fetched history is complete.
 //!
 //! # Example
 //!

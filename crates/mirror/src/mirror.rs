@@ -5,6 +5,12 @@
 //! all refs at once by renaming a new `packed-refs` into place. Readers see the old state or
 //! the new one, never a mix; refs upstream deleted are gone after the rename. A failure at any
 //! step leaves the previous state whole.
+//!
+//! The upstream is not trusted: ref names and symbolic ref targets must pass git's
+//! `check-ref-format` rules and lie under the prefixes asked for; peeled values are computed
+//! from the objects, not taken from the answer; and every object the new tips reach must be
+//! present (git's connectivity check) before the refs are published. A pack that fails the
+//! check is removed again.
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -64,6 +70,17 @@ pub enum Error {
         /// The ref.
         name: BString,
     },
+    /// After the fetch, something the new tips reach is missing (the pack was removed).
+    #[error("upstream's pack is incomplete: {0}")]
+    Disconnected(gitcache_pack::Error),
+    /// The upstream listed a ref gitcache does not take.
+    #[error("upstream listed an invalid ref {name:?}: {reason}")]
+    InvalidRef {
+        /// The name (or symbolic target) as listed.
+        name: BString,
+        /// Why it is refused.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -93,9 +110,10 @@ impl Mirror {
             }
             _ => "[core]\n\trepositoryformatversion = 0\n\tbare = true\n",
         };
-        std::fs::write(git_dir.join("config"), config)?;
-        // HEAD last: a folder without it is an unfinished mirror.
-        std::fs::write(git_dir.join("HEAD"), "ref: refs/heads/main\n")?;
+        // Each file whole and on disk before the next; HEAD last: a folder without it is an
+        // unfinished mirror, replaced by the next refresh.
+        gitcache_storage::fs::replace_file(&git_dir.join("config"), config.as_bytes())?;
+        gitcache_storage::fs::replace_file(&git_dir.join("HEAD"), b"ref: refs/heads/main\n")?;
         Ok(Mirror { git_dir })
     }
 
@@ -138,10 +156,13 @@ impl Mirror {
                     symrefs: true,
                     peel: true,
                     unborn: false,
-                    ref_prefixes: prefixes,
+                    ref_prefixes: prefixes.clone(),
                 },
             )
             .await?;
+        for line in &remote {
+            check_ref(line, &prefixes)?;
+        }
 
         let local = repo.refs()?;
         let mut wants: Vec<ObjectId> = Vec::new();
@@ -163,18 +184,51 @@ impl Mirror {
         }
 
         let mut fetched_objects = 0;
+        let mut ingested = None;
         if !wants.is_empty() {
             let first = haves.is_empty();
-            let ingested = self.fetch(upstream, format, wants.clone(), haves).await?;
-            fetched_objects = ingested.objects;
-            if first {
-                // A first fetch, no haves: upstream sent the closure of the wants, which a
-                // clone of the same refs can be sent as it is.
-                gitcache_pack::vouch_pack_tips(&ingested.pack, &wants)?;
-            }
+            let pack = self
+                .fetch(upstream, format, wants.clone(), haves.clone())
+                .await?;
+            fetched_objects = pack.objects;
+            ingested = Some((pack, first));
         }
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
-        for line in &remote {
+        let checked = self.check_fetched(&repo, &remote, &wants, &haves).await;
+        if let Err(err) = checked {
+            if let Some((pack, _)) = &ingested {
+                // Nothing refers to it: it goes, and the mirror is as it was.
+                let _ = remove_pack_file(&pack.pack);
+            }
+            return Err(err);
+        }
+        if let Some((pack, true)) = &ingested {
+            // A first fetch, no haves: upstream sent the closure of the wants, which a clone
+            // of the same refs can be sent as it is.
+            gitcache_pack::vouch_pack_tips(&pack.pack, &wants)?;
+        }
+        let before: Vec<(BString, Option<ObjectId>)> =
+            local.into_iter().map(|r| (r.name, r.oid)).collect();
+        write_refs(&self.git_dir, &repo, &remote)?;
+        let after: Vec<(BString, Option<ObjectId>)> =
+            repo.refs()?.into_iter().map(|r| (r.name, r.oid)).collect();
+        Ok(Refreshed {
+            refs: after.iter().filter(|(n, _)| n != "HEAD").count(),
+            changed: before != after,
+            fetched_objects,
+        })
+    }
+
+    /// Every listed ref's object is present, and everything the new `wants` reach, down to
+    /// what the old tips (`haves`) reach (a walk on a blocking thread).
+    async fn check_fetched(
+        &self,
+        repo: &gitcache_pack::Repository,
+        remote: &[RefLine],
+        wants: &[ObjectId],
+        haves: &[ObjectId],
+    ) -> Result<(), Error> {
+        for line in remote {
             if let Some(oid) = line.oid
                 && !repo.contains(&oid)
             {
@@ -184,15 +238,18 @@ impl Mirror {
                 });
             }
         }
-        let before: Vec<(BString, Option<ObjectId>)> =
-            local.into_iter().map(|r| (r.name, r.oid)).collect();
-        write_refs(&self.git_dir, &remote)?;
-        let after: Vec<(BString, Option<ObjectId>)> =
-            repo.refs()?.into_iter().map(|r| (r.name, r.oid)).collect();
-        Ok(Refreshed {
-            refs: after.iter().filter(|(n, _)| n != "HEAD").count(),
-            changed: before != after,
-            fetched_objects,
+        if wants.is_empty() {
+            return Ok(());
+        }
+        let (git_dir, wants, haves) = (self.git_dir.clone(), wants.to_vec(), haves.to_vec());
+        tokio::task::spawn_blocking(move || {
+            gitcache_pack::Repository::open(git_dir)?.check_connected(&wants, &haves)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        .map_err(|err| match err {
+            err @ gitcache_pack::Error::MissingObject { .. } => Error::Disconnected(err),
+            other => Error::Repository(other),
         })
     }
 
@@ -400,6 +457,14 @@ fn pack_names(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// Remove the pack whose `.pack` file is `pack`, and everything beside it.
+fn remove_pack_file(pack: &Path) -> std::io::Result<()> {
+    let (Some(dir), Some(stem)) = (pack.parent(), pack.file_stem()) else {
+        return Ok(());
+    };
+    remove_pack(dir, &stem.to_string_lossy())
+}
+
 /// Remove a pack: its index first (so no new reader finds it), then everything else.
 fn remove_pack(dir: &Path, stem: &str) -> std::io::Result<()> {
     std::fs::remove_file(dir.join(format!("{stem}.idx")))?;
@@ -414,8 +479,46 @@ fn remove_pack(dir: &Path, stem: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Refuse a ref line whose name (or symbolic target) git would refuse, or that lies outside
+/// what was asked for: it would corrupt `packed-refs` or `HEAD`, or add refs nobody wanted.
+fn check_ref(line: &RefLine, prefixes: &[BString]) -> Result<(), Error> {
+    let refuse = |name: &BString, reason: String| Error::InvalidRef {
+        name: name.clone(),
+        reason,
+    };
+    let valid = |name: &BString| {
+        gix_validate::reference::name(name.as_bstr())
+            .map(|_| ())
+            .map_err(|e| refuse(name, e.to_string()))
+    };
+    if line.name != "HEAD" {
+        valid(&line.name)?;
+        if !prefixes
+            .iter()
+            .any(|p| p != "HEAD" && line.name.starts_with(p.as_slice()))
+        {
+            return Err(refuse(&line.name, "not under a prefix asked for".into()));
+        }
+    }
+    if let Some(target) = &line.symref_target {
+        valid(target)?;
+        if !target.starts_with(b"refs/") {
+            return Err(refuse(
+                target,
+                "a symbolic ref must point under refs/".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Replace every ref with `remote`'s: one `packed-refs` renamed into place, then `HEAD`.
-fn write_refs(git_dir: &Path, remote: &[RefLine]) -> Result<(), Error> {
+/// Peeled values come from `repo`'s objects, not from the upstream's answer.
+fn write_refs(
+    git_dir: &Path,
+    repo: &gitcache_pack::Repository,
+    remote: &[RefLine],
+) -> Result<(), Error> {
     let mut lines: Vec<&RefLine> = remote
         .iter()
         .filter(|r| r.name != "HEAD" && r.oid.is_some())
@@ -428,7 +531,7 @@ fn write_refs(git_dir: &Path, remote: &[RefLine]) -> Result<(), Error> {
         text.extend_from_slice(format!("{oid} ").as_bytes());
         text.extend_from_slice(&line.name);
         text.push(b'\n');
-        if let Some(peeled) = line.peeled {
+        if let Some(peeled) = repo.peeled(&oid)? {
             text.extend_from_slice(format!("^{peeled}\n").as_bytes());
         }
     }

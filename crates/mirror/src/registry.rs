@@ -136,8 +136,10 @@ struct Slot {
     running: tokio::sync::Mutex<()>,
     /// The number of refreshes finished, and the last outcome.
     last: Mutex<(u64, Option<Shared>)>,
-    /// Set while bitmaps are written for the mirror (at most one writer at a time).
-    writing_bitmaps: std::sync::atomic::AtomicBool,
+    /// Held while bitmaps are written for the mirror (at most one writer at a time; a
+    /// second leaves it to the first), and while leftovers are removed: the writer's
+    /// temporary is never taken for a crash's.
+    writing_bitmaps: Mutex<()>,
     /// Set while a background consolidation of the mirror is started or running.
     maintaining: std::sync::atomic::AtomicBool,
 }
@@ -160,7 +162,13 @@ pub struct Registry {
     root: PathBuf,
     slots: Mutex<HashMap<MirrorKey, Arc<Slot>>>,
     consolidate_after: usize,
+    /// Refreshes of different mirrors running at once (each may download a whole
+    /// repository, and goes on when its client leaves).
+    refreshes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Refreshes of different mirrors that run at once unless told otherwise.
+pub const DEFAULT_CONCURRENT_REFRESHES: usize = 16;
 
 impl Registry {
     /// Mirrors under `root` (created as needed).
@@ -169,7 +177,14 @@ impl Registry {
             root: root.into(),
             slots: Mutex::new(HashMap::new()),
             consolidate_after: DEFAULT_CONSOLIDATE_AFTER,
+            refreshes: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_REFRESHES)),
         }
+    }
+
+    /// Run at most `n` refreshes (of different mirrors) at once; the others wait their turn.
+    pub fn with_max_concurrent_refreshes(mut self, n: usize) -> Self {
+        self.refreshes = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
     }
 
     /// Consolidate a mirror once it has more than `packs` packs (see
@@ -257,6 +272,15 @@ impl Registry {
         };
         let (registry, key) = (Arc::clone(self), key.clone());
         tokio::spawn(async move {
+            {
+                // Leftovers of a crash go when the mirror is first opened, not only at its
+                // next refresh.
+                let slot = registry.slot(&key);
+                let _running = slot.running.lock().await;
+                if let Err(err) = Self::tidy(&slot, &mirror) {
+                    tracing::warn!(%err, "removing a crash's leftovers failed");
+                }
+            }
             match tokio::task::spawn_blocking(move || mirror.remove_damaged_bitmaps()).await {
                 Ok(Ok(removed)) if !removed.is_empty() => {
                     tracing::warn!(?removed, "damaged bitmap files removed; writing them again");
@@ -267,6 +291,18 @@ impl Registry {
             }
             registry.maintain_in_background(&key);
         });
+    }
+
+    /// Remove what a crash left in the mirror (see [`crate::ingest::remove_leftovers`]).
+    /// Call with the mirror's refresh lock held, so that no ingestion of this process is
+    /// under way; a bitmap writer's temporary is kept while it writes.
+    fn tidy(slot: &Slot, mirror: &Mirror) -> std::io::Result<()> {
+        let writer_idle = slot.writing_bitmaps.try_lock().ok();
+        let removed = crate::ingest::remove_leftovers(mirror.git_dir(), writer_idle.is_some())?;
+        if removed > 0 {
+            tracing::info!(removed, "removed what a crash left in the mirror");
+        }
+        Ok(())
     }
 
     fn slot(&self, key: &MirrorKey) -> Arc<Slot> {
@@ -306,10 +342,15 @@ impl Registry {
                 return outcome.clone();
             }
         }
-        let outcome = self
-            .refresh_now(key, upstream, extra_prefixes)
-            .await
-            .map_err(Arc::new);
+        let outcome = match Arc::clone(&self.refreshes).acquire_owned().await {
+            Ok(_permit) => self
+                .refresh_now(key, upstream, extra_prefixes)
+                .await
+                .map_err(Arc::new),
+            Err(_) => Err(Arc::new(Error::Io(std::io::Error::other(
+                "the registry is closed",
+            )))),
+        };
         let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
         *last = (last.0 + 1, Some(outcome.clone()));
         outcome
@@ -337,13 +378,18 @@ impl Registry {
         // writer for the same mirror leaves it to the first.
         if let Some(pack) = done.pack.clone()
             && done.bitmap.is_none()
-            && !slot.writing_bitmaps.swap(true, Ordering::AcqRel)
         {
-            let _clear = ClearOnDrop(&slot.writing_bitmaps);
             let tips = done.tips.clone();
-            done.bitmap = tokio::task::spawn_blocking(move || mirror.write_bitmaps(&pack, &tips))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            let slot = Arc::clone(&slot);
+            let written = tokio::task::spawn_blocking(move || {
+                let Ok(_writing) = slot.writing_bitmaps.try_lock() else {
+                    return Ok(None);
+                };
+                mirror.write_bitmaps(&pack, &tips)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            done.bitmap = written;
         }
         Ok(Some(done))
     }
@@ -369,7 +415,7 @@ impl Registry {
                 Mirror::create(path, format)?
             }
         };
-        crate::ingest::remove_leftovers(mirror.git_dir())?;
+        Self::tidy(&self.slot(key), &mirror)?;
         mirror.refresh(upstream, extra).await
     }
 }

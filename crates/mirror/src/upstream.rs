@@ -290,11 +290,13 @@ impl Upstream {
         let request = request
             .body(body)
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        self.with_timeout(async {
+        // The response head within the idle timeout; the body is the caller's to bound.
+        tokio::time::timeout(self.timeout, async {
             let mut sender = self.connect().await?;
             Ok(sender.send_request(request).await?)
         })
         .await
+        .map_err(|_| Error::Timeout(self.timeout))?
     }
 
     async fn send(

@@ -167,10 +167,44 @@ fn leftovers_of_a_crash_are_removed() {
     std::fs::write(mirror.join("objects/pack/incoming-1-2/tmp_pack_x"), b"half").unwrap();
     std::fs::write(mirror.join("objects/pack/incoming-7-response"), b"half").unwrap();
     std::fs::write(mirror.join("packed-refs.tmp-7-3"), b"half").unwrap();
-    assert_eq!(remove_leftovers(&mirror).unwrap(), 3);
+    assert_eq!(remove_leftovers(&mirror, true).unwrap(), 3);
     assert!(pack_dir_listing(&mirror).is_empty());
     assert!(!mirror.join("packed-refs.tmp-7-3").exists());
     assert!(mirror.join("HEAD").is_file());
+}
+
+/// Issue 12: a crash between moving a pack's data and its index into place, or while a pack
+/// is removed (index first), leaves files no index names: they go too. A temporary a writer
+/// of this process may hold is kept when the caller says so.
+#[test]
+fn files_of_packs_without_an_index_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::tiny(1231))
+        .unwrap()
+        .path;
+    let pack = pack_objects(&source, &["--revs", "--all"], "");
+    ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap();
+    set_refs_like(&mirror, &source);
+    let kept = pack_dir_listing(&mirror);
+    let pack_dir = mirror.join("objects/pack");
+    for orphan in [
+        "pack-1234.pack",
+        "pack-5678.bitmap",
+        "pack-5678.tips",
+        "pack-5678.rev",
+    ] {
+        std::fs::write(pack_dir.join(orphan), b"left by a crash").unwrap();
+    }
+    std::fs::write(pack_dir.join("incoming-9-bitmap"), b"being written").unwrap();
+    assert_eq!(remove_leftovers(&mirror, false).unwrap(), 4);
+    let mut listing = kept.clone();
+    listing.push("incoming-9-bitmap".to_owned());
+    listing.sort();
+    assert_eq!(pack_dir_listing(&mirror), listing);
+    assert_eq!(remove_leftovers(&mirror, true).unwrap(), 1);
+    assert_eq!(pack_dir_listing(&mirror), kept);
+    gitcache_testkit::git::git_stdout(&mirror, &["fsck", "--strict", "--no-progress"]);
 }
 
 /// Regression (found by fuzzing): a header claiming ~a billion objects made indexing allocate

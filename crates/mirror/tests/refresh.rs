@@ -270,3 +270,171 @@ async fn https_upstreams_are_verified() {
     );
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
+
+/// Issue 12: what a hostile upstream lists or sends never reaches `packed-refs` or `HEAD`,
+/// and a refused refresh leaves the mirror as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refs_no_git_would_write_are_refused() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::tiny(1221)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let tip = git(&source, &["rev-parse", "main"]).trim().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/widgets", None);
+    mirror.refresh(&up, &[]).await.unwrap();
+    let before = std::fs::read(mirror.git_dir().join("packed-refs")).unwrap();
+    let head = std::fs::read(mirror.git_dir().join("HEAD")).unwrap();
+
+    for (line, expect) in [
+        (format!("{tip} refs/heads/evil\nline"), "invalid ref"),
+        (format!("{tip} refs/heads/a..b"), "invalid ref"),
+        (format!("{tip} refs/heads/x.lock"), "invalid ref"),
+        (format!("{tip} refs/notes/unasked"), "not under a prefix"),
+        (
+            format!("{tip} HEAD symref-target:../../config"),
+            "invalid ref",
+        ),
+        (
+            format!("{tip} HEAD symref-target:HEAD"),
+            "must point under refs/",
+        ),
+    ] {
+        upstream.inject(
+            Fault::ExtraLine(line.clone().into_bytes()),
+            1,
+            Some(RequestKind::LsRefs),
+        );
+        let err = mirror.refresh(&up, &[]).await.unwrap_err();
+        assert!(err.to_string().contains(expect), "{line:?}: {err}");
+        assert_eq!(
+            std::fs::read(mirror.git_dir().join("packed-refs")).unwrap(),
+            before,
+            "{line:?}"
+        );
+        assert_eq!(std::fs::read(mirror.git_dir().join("HEAD")).unwrap(), head);
+    }
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+
+    // A lying peeled value is not written: packed-refs says what the objects say.
+    let tags: Vec<String> = git(&source, &["tag"]).lines().map(str::to_owned).collect();
+    let annotated = tags
+        .iter()
+        .find(|t| git(&source, &["cat-file", "-t", t]).trim() == "tag")
+        .expect("an annotated tag");
+    let tag_oid = git(&source, &["rev-parse", annotated]).trim().to_owned();
+    let lie = "1111111111111111111111111111111111111111";
+    upstream.inject(
+        Fault::ExtraLine(format!("{tag_oid} refs/tags/lying peeled:{lie}").into_bytes()),
+        1,
+        Some(RequestKind::LsRefs),
+    );
+    mirror.refresh(&up, &[]).await.unwrap();
+    let packed = std::fs::read_to_string(mirror.git_dir().join("packed-refs")).unwrap();
+    assert!(!packed.contains(lie), "{packed}");
+    let peeled = git(&source, &["rev-parse", &format!("{annotated}^{{}}")]);
+    assert!(
+        packed.contains(&format!("{tag_oid} refs/tags/lying\n^{}", peeled.trim())),
+        "{packed}"
+    );
+}
+
+/// Issue 12: a first pack that lacks history its tips reach (here: a shallow upstream that
+/// does not say so) is not published, and the mirror stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_missing_history_is_not_published() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::small(1222)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    // The upstream pretends main~3 has no parents.
+    let graft = git(&source, &["rev-parse", "main~3"]);
+    std::fs::write(source.join("shallow"), graft).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/widgets", None);
+
+    let err = mirror.refresh(&up, &[]).await.unwrap_err();
+    assert!(err.to_string().contains("incomplete"), "{err}");
+    assert!(
+        pack_files(mirror.git_dir()).is_empty(),
+        "the pack is gone: {:?}",
+        pack_files(mirror.git_dir())
+    );
+    assert!(refs(mirror.git_dir()).is_empty(), "no refs published");
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+
+    // The upstream repaired: the next refresh succeeds.
+    std::fs::remove_file(source.join("shallow")).unwrap();
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
+/// Issue 12: answers are read within bounds; an upstream that never stops sending is cut
+/// off with an error, not read into memory or onto the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_answers_are_cut_off() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::tiny(1223)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up =
+        client(&upstream, "acme/widgets", None).with_limits(gitcache_mirror::upstream::Limits {
+            max_pack_bytes: 4 << 20,
+            ..Default::default()
+        });
+    for kind in [
+        RequestKind::InfoRefs,
+        RequestKind::LsRefs,
+        RequestKind::Fetch,
+    ] {
+        upstream.inject(Fault::Endless, 1, Some(kind));
+        let err = mirror.refresh(&up, &[]).await.unwrap_err();
+        assert!(err.to_string().contains("exceeds"), "{kind:?}: {err}");
+        upstream.clear_faults();
+    }
+    assert!(pack_files(mirror.git_dir()).is_empty());
+    assert!(refs(mirror.git_dir()).is_empty());
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+}
+
+/// Issue 12: the timeout is for silence, not for the whole download: an upstream that is
+/// slow but steady gets a large pack through although it takes longer than the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_upstream_gets_through() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::small(1224)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let timeout = Duration::from_millis(500);
+    let up = Client::new(&upstream.repo_url("acme/widgets"), None, timeout).unwrap();
+    upstream.inject(
+        Fault::Trickle {
+            chunk: 16 << 10,
+            every: Duration::from_millis(50),
+        },
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let started = std::time::Instant::now();
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert!(
+        started.elapsed() > timeout * 2,
+        "the download took {:?}: the case needs one longer than the timeout",
+        started.elapsed()
+    );
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+
+    // Silence longer than the timeout is still an error.
+    repo::append_commits(&source, "main", 2, 1225).unwrap();
+    upstream.inject(Fault::Delay(timeout * 3), 1, Some(RequestKind::Fetch));
+    let err = mirror.refresh(&up, &[]).await.unwrap_err();
+    assert!(err.to_string().contains("within"), "{err}");
+}

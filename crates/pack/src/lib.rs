@@ -524,6 +524,50 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// Check that every object `tips` reach is present, walking down to what `known` (tips
+    /// whose history is known to be complete) reaches: what git's connectivity check after
+    /// a fetch does. A missing commit, tree, tag target or blob is an
+    /// [`Error::MissingObject`].
+    pub fn check_connected(&self, tips: &[ObjectId], known: &[ObjectId]) -> Result<(), Error> {
+        let mut objects = self.objects();
+        let known: Vec<ObjectId> = known.iter().copied().filter(|k| self.contains(k)).collect();
+        let grafts = OidSet::default();
+        let selection = select::select(
+            self,
+            &mut objects,
+            &select::SelectRequest {
+                wants: tips,
+                haves: &known,
+                grafts: &grafts,
+                filter: None,
+                include_tag: false,
+            },
+        )
+        .map_err(|err| match err {
+            // A want the repository lacks is missing here, not the client's mistake.
+            Error::NotOurRef { oid } => Error::MissingObject { oid },
+            other => other,
+        })?;
+        // Commits and trees were read by the walk; blobs only named.
+        match selection.all().find(|oid| !self.contains(oid)) {
+            Some(oid) => Err(Error::MissingObject { oid: *oid }),
+            None => Ok(()),
+        }
+    }
+
+    /// What `oid` peels to when it is an annotated tag (followed through tags of tags), or
+    /// `None` when it is not a tag.
+    pub fn peeled(&self, oid: &ObjectId) -> Result<Option<ObjectId>, Error> {
+        let mut objects = self.objects();
+        match objects.header(oid)? {
+            Some((gix_object::Kind::Tag, _)) => Ok(Some(objects.peel(oid)?.0)),
+            Some(_) => Ok(None),
+            None => Err(Error::MissingObject { oid: *oid }),
+        }
+    }
+}
+
 /// Commits between two stored bitmaps, in the walk [`Repository::write_bitmaps`] makes: a
 /// fetch walks at most about this many commits past the nearest bitmap.
 pub const BITMAP_SPACING: usize = 100;

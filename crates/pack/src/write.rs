@@ -31,8 +31,12 @@ pub(crate) struct WriteOptions {
 }
 
 /// Objects planned, and compressed again where needed, ahead of writing: bounds the memory
-/// that compressed-ahead objects take.
+/// that compressed-ahead objects take, with [`BATCH_BYTES`].
 const BATCH: usize = 512;
+/// Bytes of stored entries and of objects to compress again that one batch may hold (a batch
+/// has at least one object, however large): a repository of large incompressible files does
+/// not cost `BATCH` of them per request.
+const BATCH_BYTES: u64 = 32 << 20;
 
 /// What the writer did, for the `Total` progress line and for tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,6 +53,9 @@ pub struct PackStats {
     pub whole_pack: bool,
     /// Bytes of pack data written.
     pub bytes: u64,
+    /// The most bytes of stored entries and objects to compress again planned ahead of
+    /// writing at once (at most 32 MiB, or one object when it is larger).
+    pub lookahead_bytes: u64,
 }
 
 /// A stored entry and what it is.
@@ -153,27 +160,38 @@ impl<'a> PackWriter<'a> {
             .collect();
         let mut planned: OidMap<Stored> = OidMap::default();
         let mut ready: OidMap<Vec<u8>> = OidMap::default();
+        let mut next_batch = 0;
         for (i, oid) in order.iter().enumerate() {
-            if i % BATCH == 0 {
+            if i == next_batch {
                 // Plan the next batch, and compress what must be compressed on all threads.
                 planned.clear();
                 ready.clear();
-                let batch = &order[i..(i + BATCH).min(order.len())];
                 let mut redo = Vec::new();
-                for id in batch {
+                let mut bytes = 0u64;
+                for id in &order[i..(i + BATCH).min(order.len())] {
+                    if next_batch > i && bytes >= BATCH_BYTES {
+                        break;
+                    }
+                    next_batch = next_batch.max(i) + 1;
                     let stored = self.stored(id)?;
                     let reusable = match &stored {
-                        Stored::Base(_) => true,
-                        Stored::Delta { base, .. } => {
+                        Stored::Base(entry) => {
+                            bytes += entry.len() as u64;
+                            true
+                        }
+                        Stored::Delta { base, entry, .. } => {
+                            bytes += entry.len() as u64;
                             in_pack.contains(base) || (self.opts.thin && client_has.contains(base))
                         }
                         Stored::Full => false,
                     };
                     if !reusable {
+                        bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
                         redo.push(*id);
                     }
                     planned.insert(*id, stored);
                 }
+                stats.lookahead_bytes = stats.lookahead_bytes.max(bytes);
                 ready = compress_all(self.objects, &mut workers, &redo, self.opts.compression)?;
             }
             if written.contains_key(oid) {

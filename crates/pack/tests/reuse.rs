@@ -158,3 +158,56 @@ fn stored_deltas_are_copied_not_recomputed() {
     );
     git(&client, &["fsck", "--strict", "--no-progress"]);
 }
+
+/// Issue 12: the writer plans ahead by bytes as well as by entries: a repository of large
+/// incompressible files does not hold 512 of them in memory per request.
+#[test]
+fn the_writers_look_ahead_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.git");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", "-b", "main", path.to_str().unwrap()],
+    );
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["init", "-q", "-b", "main", work.to_str().unwrap()],
+    );
+    // Two packs of large files: a clone is sent object by object, not as a stored pack.
+    let mut rng = repo::Rng::new(1241);
+    for half in 0..2 {
+        for i in 0..20 {
+            let name = format!("blob{half}-{i}.bin");
+            std::fs::write(work.join(name), rng.bytes(1 << 20)).unwrap();
+        }
+        git(&work, &["add", "."]);
+        git(
+            &work,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@e",
+                "commit",
+                "-q",
+                "-m",
+                "large",
+            ],
+        );
+        git(&work, &["push", "-q", path.to_str().unwrap(), "main"]);
+        git(&path, &["repack", "-dq", "--window=0"]);
+    }
+    let repo = Repository::open(&path).unwrap();
+    let fetch = clone_request(oids(&git(&path, &["rev-parse", "main"])));
+    let (whole, stats, pack) = send(&repo, &fetch);
+    assert!(!whole);
+    assert_eq!(stats.objects, 44, "40 blobs, two trees, two commits");
+    assert!(pack.len() > 40 << 20);
+    assert!(
+        stats.lookahead_bytes <= (32 << 20) + (2 << 20),
+        "{} bytes planned ahead",
+        stats.lookahead_bytes
+    );
+    assert!(stats.lookahead_bytes >= 30 << 20, "batches are still large");
+}

@@ -117,9 +117,10 @@ pub struct Fetch {
 }
 
 impl Fetch {
-    /// Drop repeated `want`, `want-ref`, `have` and `shallow` lines, keeping each first one
-    /// in its place: the answer is the same (git marks objects, so a repeat changes nothing),
-    /// and later work no longer scales with what a client repeats.
+    /// Drop repeated `want`, `want-ref`, `shallow` and `deepen-not` lines, keeping each first
+    /// one in its place: the answer is the same (git marks objects, so a repeat changes
+    /// nothing), and later work no longer scales with what a client repeats. `have` lines
+    /// stay: git acknowledges a repeated non-commit have each time.
     pub fn collapse_duplicates(&mut self) {
         fn first_of_each<T: Clone + Eq + std::hash::Hash>(items: &mut Vec<T>) {
             let mut seen = std::collections::HashSet::with_capacity(items.len());
@@ -127,7 +128,6 @@ impl Fetch {
         }
         first_of_each(&mut self.wants);
         first_of_each(&mut self.want_refs);
-        first_of_each(&mut self.haves);
         first_of_each(&mut self.shallows);
         first_of_each(&mut self.deepen_not);
     }
@@ -1105,7 +1105,7 @@ mod tests {
         assert_eq!(fetch.wants[0].to_string(), A);
         assert_eq!(fetch.wants[1].to_string(), B);
         assert_eq!(fetch.want_refs, vec![BString::from("refs/heads/main")]);
-        assert_eq!(fetch.haves.len(), 1);
+        assert_eq!(fetch.haves.len(), 1000, "haves are git's to acknowledge");
         assert!(fetch.done);
     }
 }

@@ -132,6 +132,9 @@ pub(crate) struct Flags {
     /// Pack responses generated at once [default: twice the CPUs].
     #[arg(long, env = "GITCACHE_MAX_CONCURRENT_PACKS", value_name = "N")]
     pub(crate) max_concurrent_packs: Option<usize>,
+    /// Mirror refreshes (upstream fetches) running at once [default: 16].
+    #[arg(long, env = "GITCACHE_MAX_CONCURRENT_REFRESHES", value_name = "N")]
+    pub(crate) max_concurrent_refreshes: Option<usize>,
     /// Store fetch responses and share simultaneous identical ones [default: true].
     #[arg(long, env = "GITCACHE_RESPONSE_CACHE", value_name = "BOOL")]
     pub(crate) response_cache: Option<bool>,
@@ -263,6 +266,7 @@ struct FileLimits {
     response_stall_timeout: Option<u64>,
     max_connections: Option<usize>,
     max_concurrent_packs: Option<usize>,
+    max_concurrent_refreshes: Option<usize>,
 }
 
 /// How logs are written.
@@ -461,6 +465,11 @@ impl Config {
                 .max_concurrent_packs
                 .or(fl.max_concurrent_packs)
                 .unwrap_or(defaults.max_concurrent_packs)
+                .max(1),
+            max_concurrent_refreshes: flags
+                .max_concurrent_refreshes
+                .or(fl.max_concurrent_refreshes)
+                .unwrap_or(defaults.max_concurrent_refreshes)
                 .max(1),
         };
 

@@ -80,6 +80,14 @@ fn main() -> Result<()> {
         .context("installing the metrics recorder")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Every response streamed from a mirror holds a blocking thread while its client
+        // reads: the pool must not run out before the connection limit does.
+        .max_blocking_threads(
+            config
+                .proxy
+                .limits
+                .blocking_threads(config.admin_listen.is_some()),
+        )
         .build()?;
     let options = gitcache_http::ServeOptions {
         grace_period: config.shutdown_grace,

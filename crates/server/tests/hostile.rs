@@ -12,8 +12,13 @@ use gitcache_testkit::git::{GitClient, git_stdout};
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Upstream};
 
-/// Tests here that measure or load the machine run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The test that measures runs alone (a write lock); the others share (read locks).
+static SERIAL: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Hold while a test runs that does not measure.
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    SERIAL.read().unwrap_or_else(|p| p.into_inner())
+}
 
 fn tip(upstream: &Upstream, name: &str) -> String {
     git_stdout(&upstream.repo_path(name), &["rev-parse", "main"])
@@ -74,6 +79,7 @@ fn upload_pack(cache: &Gitcache, name: &str, body: &[u8]) -> common::Answer {
 /// (not advertised) is refused as git refuses it.
 #[test]
 fn case_twins_on_a_case_sensitive_upstream_are_two_mirrors() {
+    let _shared = shared();
     let upstream = Upstream::start().unwrap();
     repo_on(&upstream, "acme/Widgets", 1201, Access::Public);
     repo_on(&upstream, "acme/widgets", 1202, Access::private(["secret"]));
@@ -150,6 +156,7 @@ fn case_twins_on_a_case_sensitive_upstream_are_two_mirrors() {
 /// client's push: only reads pass.
 #[test]
 fn static_mode_refuses_writes_before_they_go_upstream() {
+    let _shared = shared();
     let upstream = Upstream::start().unwrap();
     repo_on(
         &upstream,
@@ -175,6 +182,9 @@ fn static_mode_refuses_writes_before_they_go_upstream() {
                 "POST",
                 "/acme/widgets.git/info/refs?service=git-upload-pack",
             ),
+            // Not a file git's dumb protocol reads: the server's token reaches no further.
+            ("GET", "/acme/widgets.git/config"),
+            ("GET", "/acme/widgets.git/info/lfs/objects/batch"),
         ] {
             let answer = http(&cache.addr, method, path, &[], b"");
             assert_eq!(answer.status, 403, "{method} {path}");
@@ -221,6 +231,7 @@ fn static_mode_refuses_writes_before_they_go_upstream() {
 /// Paths that an upstream could resolve to another repository never go upstream.
 #[test]
 fn dot_segments_and_escapes_are_refused_before_the_upstream() {
+    let _shared = shared();
     let upstream = Upstream::start().unwrap();
     repo_on(&upstream, "acme/ripgrep", 1204, Access::Public);
     repo_on(
@@ -240,6 +251,7 @@ fn dot_segments_and_escapes_are_refused_before_the_upstream() {
             "/acme/ripgrep.git//HEAD",
             "/acme/ripgrep.git/./HEAD",
             "/acme/./ripgrep.git/HEAD",
+            "/acme/ripgrep.git/info/..;/..;/..;/private/ripgrep.git/HEAD",
         ] {
             let answer = http(&cache.addr, "GET", path, &[], b"");
             assert_eq!(answer.status, 400, "{path}: {}", answer.body_text());
@@ -262,6 +274,7 @@ fn dot_segments_and_escapes_are_refused_before_the_upstream() {
 /// refused with a message, and the server goes on serving.
 #[test]
 fn a_filter_of_thousands_of_sub_filters_is_refused() {
+    let _shared = shared();
     let upstream = Upstream::start().unwrap();
     repo::generate(&upstream.repo_path("acme/widgets"), &RepoSpec::small(1206)).unwrap();
     upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
@@ -298,7 +311,7 @@ fn a_filter_of_thousands_of_sub_filters_is_refused() {
 /// async workers: `/healthz` keeps answering while 32 such requests are in flight.
 #[test]
 fn health_answers_while_huge_request_bodies_are_parsed() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _alone = SERIAL.write().unwrap_or_else(|p| p.into_inner());
     let upstream = Upstream::start().unwrap();
     repo_on(&upstream, "acme/widgets", 1207, Access::Public);
     let cache = Gitcache::start(&upstream, &[]);
@@ -343,6 +356,7 @@ fn health_answers_while_huge_request_bodies_are_parsed() {
 /// never checked.
 #[test]
 fn cookies_do_not_go_upstream_with_cached_v2_requests() {
+    let _shared = shared();
     let upstream = Upstream::start().unwrap();
     repo_on(&upstream, "acme/widgets", 1208, Access::Public);
     let cache = Gitcache::start(&upstream, &[]);
@@ -381,6 +395,7 @@ fn cookies_do_not_go_upstream_with_cached_v2_requests() {
 /// the gate: refused and made-up names neither appear nor use up label slots.
 #[test]
 fn metrics_do_not_list_refused_or_made_up_names() {
+    let _shared = shared();
     let upstream = Upstream::start().unwrap();
     repo_on(&upstream, "acme/widgets", 1209, Access::Public);
     repo_on(
@@ -404,7 +419,7 @@ fn metrics_do_not_list_refused_or_made_up_names() {
 /// stall timeout, so it cannot hold a connection slot forever.
 #[test]
 fn a_client_that_stops_reading_a_passthrough_answer_frees_its_slot() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _shared = shared();
     let upstream = Upstream::start().unwrap();
     let repo = upstream.repo_path("acme/big");
     std::fs::create_dir_all(&repo).unwrap();
@@ -478,6 +493,7 @@ fn a_client_that_stops_reading_a_passthrough_answer_frees_its_slot() {
 /// instead of failing every request.
 #[test]
 fn an_unusable_default_upstream_is_refused_at_start() {
+    let _shared = shared();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
         .args(["--listen", "127.0.0.1:0", "--upstream", "http://[::1]:9"])
         .arg("--data-dir")
@@ -488,4 +504,61 @@ fn an_unusable_default_upstream_is_refused_at_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot name mirrors"), "{stderr}");
+}
+
+/// Before this layout, one folder held whichever case twin was fetched through it: such
+/// mirrors and stored responses of case-sensitive upstreams are removed when the server
+/// starts on the old data (fetched again on demand); case-insensitive upstreams' stay.
+#[test]
+fn an_earlier_layout_drops_what_case_folding_may_have_mixed() {
+    let _shared = shared();
+    let upstream = Upstream::start().unwrap();
+    repo_on(&upstream, "acme/widgets", 1212, Access::Public);
+    let data = tempfile::Builder::new()
+        .prefix("gitcache-data-")
+        .tempdir()
+        .unwrap();
+    let host = upstream.addr().to_string().replace(':', "_");
+    let mixed = data
+        .path()
+        .join("mirrors")
+        .join(&host)
+        .join("acme/widgets.git");
+    let stored = data
+        .path()
+        .join("responses")
+        .join(&host)
+        .join("acme/widgets.git");
+    let folded = data.path().join("mirrors/github.com/acme/tool.git");
+    for dir in [&mixed, &stored, &folded] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    }
+    let cache = Gitcache::start_in(&upstream, data, &[]);
+    assert!(
+        !mixed.exists() && !stored.exists(),
+        "folded data of a case-sensitive upstream"
+    );
+    assert!(
+        folded.exists(),
+        "github.com folds case: its mirrors keep their place"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cache.data.path().join("layout")).unwrap(),
+        "2\n"
+    );
+    // A clone fetches the mirror anew.
+    let git = GitClient::new().unwrap();
+    git.run(
+        git.home(),
+        &["clone", "-q", &cache.url("acme/widgets"), "w"],
+    )
+    .unwrap()
+    .expect_success();
+    assert!(
+        cache
+            .mirror(&upstream, "acme/widgets")
+            .join("packed-refs")
+            .is_file()
+    );
 }

@@ -243,11 +243,19 @@ impl ResponseStore {
             let mut files = Vec::new();
             for entry in entries {
                 let entry = entry?;
-                let meta = entry.metadata()?;
+                // A file removed meanwhile (a reader found it corrupt) is simply not listed.
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(err),
+                };
                 if meta.is_dir() {
                     pending.push(entry.path());
                 } else {
-                    files.push((entry.path(), meta.len(), meta.modified()?));
+                    let Ok(modified) = meta.modified() else {
+                        continue;
+                    };
+                    files.push((entry.path(), meta.len(), modified));
                 }
             }
             if !files.is_empty() {
@@ -288,9 +296,10 @@ impl ResponseStore {
             let mut kept = Vec::new();
             for (path, len, used) in files {
                 if limit.is_some_and(|limit| size > limit) {
-                    std::fs::remove_file(&path)?;
+                    if remove_entry(&path)? {
+                        note(&repo, len);
+                    }
                     size -= len;
-                    note(&repo, len);
                 } else {
                     kept.push((repo.clone(), path, len, used));
                 }
@@ -305,9 +314,10 @@ impl ResponseStore {
                 if size <= limit {
                     break;
                 }
-                std::fs::remove_file(path)?;
+                if remove_entry(path)? {
+                    note(repo, *len);
+                }
                 size -= len;
-                note(repo, *len);
                 removed += 1;
             }
             all.drain(..removed);
@@ -325,6 +335,16 @@ impl ResponseStore {
             }
         }
         Ok(Eviction { evicted, sizes })
+    }
+}
+
+/// Remove a stored entry; `false` if it was gone already (removed meanwhile by a reader
+/// that found it corrupt): one vanished file does not end an eviction pass.
+fn remove_entry(path: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

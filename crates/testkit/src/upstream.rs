@@ -109,6 +109,20 @@ pub enum Fault {
     CutAfter(u64),
     /// Answer 200 with bytes that are no git protocol at all.
     Garbage,
+    /// Answer 200 with a body that never ends (pkt-lines of filler, as fast as they are
+    /// read), until the client gives up.
+    Endless,
+    /// Serve, sending the response body `chunk` bytes at a time with `every` between pieces:
+    /// a slow but steady line.
+    Trickle {
+        /// Bytes per piece.
+        chunk: usize,
+        /// The wait between pieces.
+        every: Duration,
+    },
+    /// Serve, with this pkt-line payload added before the final flush of the answer (an
+    /// `ls-refs` listing a ref that does not exist, or one no git would write).
+    ExtraLine(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -564,6 +578,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     };
 
     let mut cut_after = None;
+    let mut trickle = None;
+    let mut extra_line = None;
     for fault in take_fault(&shared, kind) {
         match fault {
             Fault::Status(code) => {
@@ -573,6 +589,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             }
             Fault::Delay(d) => tokio::time::sleep(d).await,
             Fault::CutAfter(n) => cut_after = Some(n),
+            Fault::Trickle { chunk, every } => trickle = Some((chunk.max(1), every)),
+            Fault::ExtraLine(line) => extra_line = Some(line),
+            Fault::Endless => {
+                let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(2);
+                tokio::spawn(async move {
+                    let filler = Bytes::from(format!("{:04x}{}\n", 1005, "x".repeat(1000)));
+                    while tx.send(Ok(Frame::data(filler.clone()))).await.is_ok() {}
+                });
+                let resp = Response::builder()
+                    .status(StatusCode::OK)
+                    .header(
+                        "content-type",
+                        "application/x-git-upload-pack-advertisement",
+                    )
+                    .body(BodyExt::boxed(ChannelBody(rx)))
+                    .expect("static response");
+                return finish(&shared, record, resp);
+            }
             Fault::Garbage => {
                 let mut resp = text(StatusCode::OK, "\u{1}\u{2}this is not git\u{0}ffff");
                 resp.headers_mut().insert(
@@ -631,7 +665,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         body,
         body_done,
         recording,
-        cut_after,
+        Shaping { cut_after, trickle },
     )
     .await
     {
@@ -639,7 +673,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             if recording {
                 record.body = if gzip { gunzip(&recorded) } else { recorded };
             }
-            resp
+            match extra_line {
+                Some(line) => with_extra_line(resp, &line).await,
+                None => resp,
+            }
         }
         Err(err) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -647,6 +684,39 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         ),
     };
     finish(&shared, record, resp)
+}
+
+/// `resp` with a pkt-line of `payload` inserted before its final flush.
+async fn with_extra_line(resp: Response<Body>, payload: &[u8]) -> Response<Body> {
+    let (parts, body) = resp.into_parts();
+    let mut bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let at = if bytes.ends_with(b"0000") {
+        bytes.len() - 4
+    } else {
+        bytes.len()
+    };
+    let mut line = format!("{:04x}", payload.len() + 4).into_bytes();
+    line.extend_from_slice(payload);
+    bytes.splice(at..at, line);
+    Response::from_parts(
+        parts,
+        Full::new(Bytes::from(bytes))
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+}
+
+/// How a served response body is bent on its way out.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shaping {
+    /// Break the connection after this many bytes.
+    cut_after: Option<u64>,
+    /// Send pieces of this many bytes with this wait between them.
+    trickle: Option<(usize, Duration)>,
 }
 
 /// Copy a response body into a shared buffer as it is sent.
@@ -711,8 +781,9 @@ async fn run_cgi(
     mut body: Incoming,
     body_done: bool,
     recording: bool,
-    cut_after: Option<u64>,
+    shaping: Shaping,
 ) -> io::Result<(Response<Body>, Vec<u8>)> {
+    let Shaping { cut_after, trickle } = shaping;
     let header = |name: &str| {
         parts
             .headers
@@ -848,8 +919,22 @@ async fn run_cgi(
                     }
                 }
                 sent += data.len() as u64;
-                if tx.send(Ok(Frame::data(data))).await.is_err() {
-                    return;
+                match trickle {
+                    None => {
+                        if tx.send(Ok(Frame::data(data))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some((chunk, every)) => {
+                        let mut rest = data;
+                        while !rest.is_empty() {
+                            let piece = rest.split_to(chunk.min(rest.len()));
+                            if tx.send(Ok(Frame::data(piece))).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(every).await;
+                        }
+                    }
                 }
             }
             let mut chunk = vec![0u8; 65536];
