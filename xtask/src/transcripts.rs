@@ -263,11 +263,14 @@ pub(crate) fn record(root: &Path) -> Result<()> {
 }
 
 /// Seed the fuzz corpora from the transcripts: request bodies for the request parser (after a
-/// split byte), every body for the pkt-line decoder.
+/// split byte), every body for the pkt-line decoder, `info/refs` and `ls-refs` answers for
+/// the readers of upstream answers.
 fn seed_fuzz_corpora(root: &Path, transcripts: &Path) -> Result<()> {
     let requests = root.join("fuzz/corpus/request_parse");
     let pktlines = root.join("fuzz/corpus/pktline_decode");
-    for dir in [&requests, &pktlines] {
+    let adverts = root.join("fuzz/corpus/advertisement");
+    let ls_refs = root.join("fuzz/corpus/ls_refs_response");
+    for dir in [&requests, &pktlines, &adverts, &ls_refs] {
         fs::create_dir_all(dir)?;
     }
     for scenario in fs::read_dir(transcripts)? {
@@ -293,6 +296,17 @@ fn seed_fuzz_corpora(root: &Path, transcripts: &Path) -> Result<()> {
             }
             let seed_name = format!("{name}-{stem}");
             fs::write(pktlines.join(&seed_name), &bytes)?;
+            if let Some(kind) = stem.split_once('-').map(|(_, k)| k) {
+                match kind {
+                    "info-refs.response" => {
+                        fs::write(adverts.join(format!("{name}-info-refs")), &bytes)?
+                    }
+                    "ls-refs.response" => {
+                        fs::write(ls_refs.join(format!("{name}-ls-refs")), &bytes)?
+                    }
+                    _ => {}
+                }
+            }
             if stem.ends_with(".request") {
                 let mut seeded = vec![(bytes.len() / 2) as u8];
                 seeded.extend_from_slice(&bytes);

@@ -30,6 +30,8 @@ mod admin;
 pub mod body;
 pub mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 mod proxy;
 pub mod response_cache;

@@ -295,6 +295,20 @@ impl PackBitmaps {
         Self::parse(source, pack, hash).map(Some)
     }
 
+    /// Read `data` as `pack`'s bitmap file (the fuzz target's way in: no file).
+    pub(crate) fn parse_bytes(
+        data: Vec<u8>,
+        pack: &StoredPack,
+        hash: HashKind,
+    ) -> Result<PackBitmaps, Error> {
+        Self::parse(Source::Whole(data), pack, hash)
+    }
+
+    /// The index positions of the commits that have a stored bitmap.
+    pub(crate) fn commit_positions(&self) -> impl Iterator<Item = u32> + '_ {
+        self.entries.iter().map(|e| e.position)
+    }
+
     fn parse(data: Source, pack: &StoredPack, hash: HashKind) -> Result<PackBitmaps, Error> {
         let n = pack.num_objects();
         let hash_len = hash.len_in_bytes();

@@ -101,3 +101,33 @@ pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>
     );
     Ok(Some(pack))
 }
+
+/// Read `data` as the bitmap file of `repo`'s first pack (its pack checksum written over
+/// bytes 12.. so that inputs reach past that check) and decode up to 64 of its bitmaps: a
+/// damaged file is an error, never a panic or an allocation the file's size does not bound.
+pub fn bitmap_load(repo: &Repository, data: &[u8]) {
+    let Ok(packs) = repo.stored_packs() else {
+        return;
+    };
+    let Some(pack) = packs.first() else {
+        return;
+    };
+    let mut data = data.to_vec();
+    let checksum = pack.index.pack_checksum();
+    let hash_len = checksum.as_bytes().len();
+    if data.len() >= 12 + hash_len {
+        data[12..12 + hash_len].copy_from_slice(checksum.as_bytes());
+    }
+    let Ok(bitmaps) = crate::bitmap::PackBitmaps::parse_bytes(data, pack, repo.object_format())
+    else {
+        return;
+    };
+    let objects = pack.num_objects();
+    assert!(bitmaps.commits.count() <= objects && bitmaps.blobs.count() <= objects);
+    let positions: Vec<u32> = bitmaps.commit_positions().take(64).collect();
+    for position in positions {
+        if let Ok(Some(bits)) = bitmaps.get(position) {
+            assert!(bits.ones().all(|b| b < objects + 64), "a bit past the pack");
+        }
+    }
+}

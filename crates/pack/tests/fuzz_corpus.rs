@@ -82,3 +82,16 @@ fn plan_write_corpus() {
         "replayed {replayed}, packs {packs}"
     );
 }
+
+#[test]
+fn bitmap_load_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fixture.git");
+    repo::generate(&path, &RepoSpec::small(7)).unwrap();
+    gitcache_testkit::git::git_stdout(&path, &["repack", "-adq"]);
+    let repo = Repository::open(&path).unwrap();
+    let n = gitcache_testkit::fuzz::replay("bitmap_load", |data| {
+        gitcache_pack::fuzzing::bitmap_load(&repo, data)
+    });
+    assert!(n >= 3, "only {n} inputs replayed");
+}

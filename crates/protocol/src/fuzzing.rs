@@ -90,3 +90,42 @@ pub fn pack_stream(data: &[u8]) {
         assert_eq!(whole.wanted_refs, stream.head().wanted_refs);
     }
 }
+
+/// Read an upstream's answer to `GET info/refs` (the mirror client and the access gate both
+/// do); whatever it says, reading it must not panic, and a v2 advertisement gitcache writes
+/// for the format read must read back the same.
+pub fn advertisement(data: &[u8]) {
+    if let Ok(crate::advertise::Advertised::V2(kind)) = crate::advertise::read_advertised(data) {
+        let mut ours = Vec::new();
+        crate::advertise::Advertisement::new("fuzz", kind)
+            .write_to(&mut ours)
+            .expect("writing to memory");
+        assert_eq!(
+            crate::advertise::read_advertised(&ours).expect("our own advertisement reads"),
+            crate::advertise::Advertised::V2(kind)
+        );
+    }
+}
+
+/// Read an upstream's `ls-refs` answer in both object formats; what reads must write back
+/// (with symrefs and peeled values asked for) to bytes that read the same.
+pub fn ls_refs_response(data: &[u8]) {
+    for kind in [gix_hash::Kind::Sha1, gix_hash::Kind::Sha256] {
+        let Ok(refs) = crate::ls_refs::parse_response(data, kind) else {
+            continue;
+        };
+        let args = crate::request::LsRefs {
+            symrefs: true,
+            peel: true,
+            unborn: true,
+            ref_prefixes: Vec::new(),
+        };
+        let mut again = Vec::new();
+        if crate::ls_refs::write_response(&mut again, &refs, &args).is_err() {
+            // A line too long to write again (a name near the pkt-line limit): not ours.
+            continue;
+        }
+        let reread = crate::ls_refs::parse_response(&again, kind).expect("what we write reads");
+        assert_eq!(reread, refs);
+    }
+}

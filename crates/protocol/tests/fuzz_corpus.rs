@@ -1,28 +1,7 @@
 //! Replays the fuzz corpora and every saved crash through the fuzz targets' entry points, so a
 //! plain `cargo test` on stable Rust exercises them.
 
-use std::fs;
-use std::path::Path;
-
-fn replay(target: &str, run: fn(&[u8])) -> usize {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-    let mut replayed = 0;
-    for folder in ["corpus", "artifacts"] {
-        let Ok(entries) = fs::read_dir(fuzz.join(folder).join(target)) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_file() && path.file_name().is_some_and(|n| n != ".gitkeep") {
-                let data = fs::read(&path).unwrap();
-                let outcome = std::panic::catch_unwind(|| run(&data));
-                assert!(outcome.is_ok(), "{} panics", path.display());
-                replayed += 1;
-            }
-        }
-    }
-    replayed
-}
+use gitcache_testkit::fuzz::replay;
 
 #[test]
 fn pktline_decode_corpus() {
@@ -41,4 +20,19 @@ fn pack_stream_corpus() {
     // Seeded from the recorded fetch responses, which it shares with pktline_decode.
     let n = replay("pack_stream", gitcache_protocol::fuzzing::pack_stream);
     assert!(n >= 10, "only {n} inputs replayed");
+}
+
+#[test]
+fn advertisement_corpus() {
+    let n = replay("advertisement", gitcache_protocol::fuzzing::advertisement);
+    assert!(n >= 5, "only {n} inputs replayed");
+}
+
+#[test]
+fn ls_refs_response_corpus() {
+    let n = replay(
+        "ls_refs_response",
+        gitcache_protocol::fuzzing::ls_refs_response,
+    );
+    assert!(n >= 5, "only {n} inputs replayed");
 }

@@ -24,4 +24,6 @@
 #![deny(missing_docs)]
 
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod responses;

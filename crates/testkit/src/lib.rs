@@ -4,6 +4,7 @@
 //!   with public and private repositories, request counters, recording and fault switches.
 //! - [`repo`]: seedable repository generators (SHA-1 and SHA-256) and appending commits.
 //! - [`git::GitClient`]: the real `git` client with its own `HOME` and no machine configuration.
+//! - [`fuzz::replay`]: fuzz corpora and saved crashes replayed in ordinary tests.
 //!
 //! This crate is for tests only: it spawns processes, starts its own runtime thread and panics
 //! in helpers whose failure is a test failure.
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod fuzz;
 pub mod git;
 pub mod repo;
 pub mod upstream;
