@@ -11,6 +11,10 @@
 //!   against http-backend alone, over HTTP, on the same repository and requests.
 //! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
 //!   `RUSTC_BOOTSTRAP=1`).
+//! - `crash [--kills N] [--seed S]`: the crash-consistency campaign (`gitcache_testkit::crash`)
+//!   with N kills of the server binary (default 200).
+//! - `soak [--minutes N] [--clients N]`: the release binary under mixed load for N minutes,
+//!   with failures, latency percentiles, memory and open files reported.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +22,7 @@ use anyhow::{Context, Result, bail};
 
 mod bench_pack;
 mod bench_proxy;
+mod soak;
 mod transcripts;
 
 fn main() -> Result<()> {
@@ -34,12 +39,14 @@ fn main() -> Result<()> {
                 .map(String::as_str);
             bench_proxy::run(&workspace_root()?, repo, only_cache)
         }
+        Some("crash") => crash(&workspace_root()?, &args[1..]),
+        Some("soak") => soak::run(&workspace_root()?, &args[1..]),
         Some("fuzz-smoke") => {
             let seconds = args.get(1).map(String::as_str).unwrap_or("30");
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] | bench-proxy [REPO] [--response-cache] | fuzz-smoke [seconds]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] | bench-proxy [REPO] [--response-cache] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }
@@ -69,6 +76,49 @@ fn gen_repo(args: &[String]) -> Result<()> {
         made.branches.len(),
         made.tags.len(),
         started.elapsed()
+    );
+    Ok(())
+}
+
+fn crash(root: &Path, args: &[String]) -> Result<()> {
+    let value = |flag: &str, default: u64| -> Result<u64> {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args
+                .get(i + 1)
+                .context("a value after the flag")?
+                .parse()
+                .context("a number"),
+            None => Ok(default),
+        }
+    };
+    let kills = value("--kills", 200)? as usize;
+    let seed = value("--seed", 1)?;
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--quiet", "-p", "gitcache-server"])
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("building the server failed");
+    }
+    let started = std::time::Instant::now();
+    let report = gitcache_testkit::crash::campaign(
+        &root.join("target/debug/gitcache-server"),
+        kills,
+        seed,
+        |r| {
+            if r.kills % 10 == 0 {
+                println!("{} kills, {:.0?}", r.kills, started.elapsed());
+            }
+        },
+    )?;
+    println!(
+        "{} kills in {:.0?}: {} mirror checks (git fsck --strict), {} stored responses verified, {} clones compared with the upstream, {} client requests cut off by kills; no violation",
+        report.kills,
+        started.elapsed(),
+        report.mirrors_checked,
+        report.responses_checked,
+        report.clones_checked,
+        report.cut_requests
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! - [`repo`]: seedable repository generators (SHA-1 and SHA-256) and appending commits.
 //! - [`git::GitClient`]: the real `git` client with its own `HOME` and no machine configuration.
 //! - [`fuzz::replay`]: fuzz corpora and saved crashes replayed in ordinary tests.
+//! - [`crash::campaign`]: the server binary killed at random instants and checked after each.
 //!
 //! This crate is for tests only: it spawns processes, starts its own runtime thread and panics
 //! in helpers whose failure is a test failure.
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod crash;
 pub mod fuzz;
 pub mod git;
 pub mod repo;
