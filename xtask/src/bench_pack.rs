@@ -237,6 +237,26 @@ pub(crate) fn requests(
             ..base.clone()
         },
     ));
+    if walked {
+        // Negotiation against a hostile shape: wants along one first-parent chain, newest
+        // first, one old have, no done (each want's walk started over when it was quadratic).
+        let chain: Vec<ObjectId> =
+            git(repo, &["rev-list", "--first-parent", "-n", "5001", "main"])?
+                .lines()
+                .map(oid)
+                .collect::<Result<_>>()?;
+        if let Some((have, wants)) = chain.split_last() {
+            cases.push((
+                "negotiate: 5,000 chained wants, one old have, no done",
+                Fetch {
+                    wants: wants.to_vec(),
+                    haves: vec![*have],
+                    done: false,
+                    ..base.clone()
+                },
+            ));
+        }
+    }
     cases.push((
         "clone --filter=blob:none",
         Fetch {
@@ -248,7 +268,7 @@ pub(crate) fn requests(
     Ok(cases)
 }
 
-pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
+pub(crate) fn run(root: &Path, repo: Option<&str>, only: Option<&str>) -> Result<()> {
     let (theirs_repo, tips) = prepare_repo(root, repo)?;
     let repo = as_mirror(&theirs_repo, &tips)?;
 
@@ -284,7 +304,10 @@ pub(crate) fn run(root: &Path, repo: Option<&str>) -> Result<()> {
     .map(String::from)
     .collect();
 
-    let cases = requests(&repo, &tips, true)?;
+    let cases: Vec<_> = requests(&repo, &tips, true)?
+        .into_iter()
+        .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
+        .collect();
     let commits = git(&repo, &["rev-list", "--all", "--count"])?;
     println!(
         "\nrepository: {} commits, {}",

@@ -4,15 +4,16 @@
 //!   protocol fixtures (`crates/protocol/tests/fixtures/transcripts`) and seed the fuzz corpora.
 //! - `gen-repo <tiny|small|medium|large> <seed> <path> [sha256]`: generate a test repository
 //!   (the benches use `large`: 22,000 commits, about 50 MB of pack).
-//! - `bench-pack [repo]`: time our pack generation against `git upload-pack` on the same
-//!   repository and requests (default: the `large` generated repository).
+//! - `bench-pack [repo] [--only TEXT]`: time our pack generation against `git upload-pack` on
+//!   the same repository and requests (default: the `large` generated repository; `--only`
+//!   runs the requests whose name contains TEXT).
 //! - `bench-proxy [repo] [--response-cache]`: time gitcache (hits and misses) in front of C
 //!   git's http-backend (with `--response-cache`, only the response-cache table)
 //!   against http-backend alone, over HTTP, on the same repository and requests.
 //! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
 //!   `RUSTC_BOOTSTRAP=1`).
 //! - `crash [--kills N] [--seed S]`: the crash-consistency campaign (`gitcache_testkit::crash`)
-//!   with N kills of the server binary (default 200).
+//!   with N kills of the debug server binary (default 200; `cargo build` first).
 //! - `soak [--minutes N] [--clients N]`: the release binary under mixed load for N minutes,
 //!   with failures, latency percentiles, memory and open files reported.
 
@@ -30,7 +31,19 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("transcripts") => transcripts::record(&workspace_root()?),
         Some("gen-repo") => gen_repo(&args[1..]),
-        Some("bench-pack") => bench_pack::run(&workspace_root()?, args.get(1).map(String::as_str)),
+        Some("bench-pack") => {
+            let only = args
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .map(String::as_str);
+            let repo = args[1..]
+                .iter()
+                .take_while(|a| *a != "--only")
+                .find(|a| !a.starts_with("--"))
+                .map(String::as_str);
+            bench_pack::run(&workspace_root()?, repo, only)
+        }
         Some("bench-proxy") => {
             let only_cache = args.iter().any(|a| a == "--response-cache");
             let repo = args[1..]
@@ -46,7 +59,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] | bench-proxy [REPO] [--response-cache] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--response-cache] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }
@@ -93,24 +106,17 @@ fn crash(root: &Path, args: &[String]) -> Result<()> {
     };
     let kills = value("--kills", 200)? as usize;
     let seed = value("--seed", 1)?;
-    let status = std::process::Command::new("cargo")
-        .args(["build", "--quiet", "-p", "gitcache-server"])
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        bail!("building the server failed");
+    // The binary of the workspace's debug build (`cargo build` first).
+    let server = root.join("target/debug/gitcache-server");
+    if !server.is_file() {
+        bail!("no {}: run cargo build first", server.display());
     }
     let started = std::time::Instant::now();
-    let report = gitcache_testkit::crash::campaign(
-        &root.join("target/debug/gitcache-server"),
-        kills,
-        seed,
-        |r| {
-            if r.kills % 10 == 0 {
-                println!("{} kills, {:.0?}", r.kills, started.elapsed());
-            }
-        },
-    )?;
+    let report = gitcache_testkit::crash::campaign(&server, kills, seed, |r| {
+        if r.kills % 10 == 0 {
+            println!("{} kills, {:.0?}", r.kills, started.elapsed());
+        }
+    })?;
     println!(
         "{} kills in {:.0?}: {} mirror checks (git fsck --strict), {} stored responses verified, {} clones compared with the upstream, {} client requests cut off by kills; no violation",
         report.kills,

@@ -29,6 +29,9 @@ pub struct Ingested {
     pub index: PathBuf,
     /// Objects in the pack, bases added to complete a thin pack included.
     pub objects: u32,
+    /// Whether this call moved the pack into place (`false`: the repository had the very
+    /// same pack already, which must then not be removed on its account).
+    pub fresh: bool,
 }
 
 /// Why a received pack was not taken in.
@@ -107,7 +110,8 @@ pub fn ingest_pack(
     let checksum = outcome.index.data_hash;
     let final_pack = pack_dir.join(format!("pack-{checksum}.pack"));
     let final_index = pack_dir.join(format!("pack-{checksum}.idx"));
-    if !final_index.exists() {
+    let fresh = !final_index.exists();
+    if fresh {
         for file in [&data, &index] {
             std::fs::File::open(file)?.sync_all()?;
             let mut perms = std::fs::metadata(file)?.permissions();
@@ -124,6 +128,7 @@ pub fn ingest_pack(
         pack: final_pack,
         index: final_index,
         objects: outcome.index.num_objects,
+        fresh,
     })
 }
 

@@ -160,9 +160,21 @@ impl Mirror {
                 },
             )
             .await?;
-        for line in &remote {
-            check_ref(line, &prefixes)?;
-        }
+        // As git does with a remote ref it cannot take: left out, with a warning; the
+        // other refs are mirrored.
+        let mut remote = remote;
+        remote.retain_mut(|line| match check_ref(line, &prefixes) {
+            Ok(()) => true,
+            Err(err) if line.name == "HEAD" => {
+                tracing::warn!(%err, "upstream's HEAD points at a ref gitcache does not take; kept as it was");
+                line.symref_target = None;
+                true
+            }
+            Err(err) => {
+                tracing::warn!(%err, "upstream listed a ref gitcache does not take; left out");
+                false
+            }
+        });
 
         let local = repo.refs()?;
         let mut wants: Vec<ObjectId> = Vec::new();
@@ -182,6 +194,34 @@ impl Mirror {
                 haves.push(oid);
             }
         }
+        // Every new tip is checked after the fetch, also one whose object is on disk already
+        // (a stray object of an earlier pack proves nothing about its history). Such a tip
+        // whose history is not whole here is asked for too, or the mirror could never take
+        // it.
+        let mut new_tips: Vec<ObjectId> = Vec::new();
+        for oid in remote.iter().filter_map(|line| line.oid) {
+            if !haves.contains(&oid) && !new_tips.contains(&oid) {
+                new_tips.push(oid);
+            }
+        }
+        let present: Vec<ObjectId> = new_tips
+            .iter()
+            .copied()
+            .filter(|t| !wants.contains(t))
+            .collect();
+        for tip in &present {
+            let whole = {
+                let (git_dir, tip, haves) = (self.git_dir.clone(), *tip, haves.clone());
+                tokio::task::spawn_blocking(move || {
+                    gitcache_pack::Repository::open(git_dir)?.check_connected(&[tip], &haves)
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            };
+            if whole.is_err() {
+                wants.push(*tip);
+            }
+        }
 
         let mut fetched_objects = 0;
         let mut ingested = None;
@@ -194,10 +234,11 @@ impl Mirror {
             ingested = Some((pack, first));
         }
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
-        let checked = self.check_fetched(&repo, &remote, &wants, &haves).await;
+        let checked = self.check_fetched(&repo, &remote, &new_tips, &haves).await;
         if let Err(err) = checked {
-            if let Some((pack, _)) = &ingested {
-                // Nothing refers to it: it goes, and the mirror is as it was.
+            if let Some((pack, _)) = ingested.as_ref().filter(|(pack, _)| pack.fresh) {
+                // Nothing refers to it: it goes, and the mirror is as it was (a pack the
+                // mirror had already, sent again, stays).
                 let _ = remove_pack_file(&pack.pack);
             }
             return Err(err);
@@ -219,8 +260,8 @@ impl Mirror {
         })
     }
 
-    /// Every listed ref's object is present, and everything the new `wants` reach, down to
-    /// what the old tips (`haves`) reach (a walk on a blocking thread).
+    /// Every listed ref's object is present, and everything the new tips (`wants`) reach,
+    /// down to what the old tips (`haves`) reach (a walk on a blocking thread).
     async fn check_fetched(
         &self,
         repo: &gitcache_pack::Repository,

@@ -153,6 +153,16 @@ impl Drop for ClearOnDrop<'_> {
     }
 }
 
+/// `lock` if nobody holds it; a holder that panicked left nothing to protect (the lock only
+/// says "someone is writing"), so a poisoned lock is taken too.
+fn try_hold(lock: &Mutex<()>) -> Option<std::sync::MutexGuard<'_, ()>> {
+    match lock.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// Packs a mirror may gather before it is consolidated in the background.
 pub const DEFAULT_CONSOLIDATE_AFTER: usize = 8;
 
@@ -297,7 +307,7 @@ impl Registry {
     /// Call with the mirror's refresh lock held, so that no ingestion of this process is
     /// under way; a bitmap writer's temporary is kept while it writes.
     fn tidy(slot: &Slot, mirror: &Mirror) -> std::io::Result<()> {
-        let writer_idle = slot.writing_bitmaps.try_lock().ok();
+        let writer_idle = try_hold(&slot.writing_bitmaps);
         let removed = crate::ingest::remove_leftovers(mirror.git_dir(), writer_idle.is_some())?;
         if removed > 0 {
             tracing::info!(removed, "removed what a crash left in the mirror");
@@ -382,7 +392,7 @@ impl Registry {
             let tips = done.tips.clone();
             let slot = Arc::clone(&slot);
             let written = tokio::task::spawn_blocking(move || {
-                let Ok(_writing) = slot.writing_bitmaps.try_lock() else {
+                let Some(_writing) = try_hold(&slot.writing_bitmaps) else {
                     return Ok(None);
                 };
                 mirror.write_bitmaps(&pack, &tips)

@@ -271,10 +271,10 @@ async fn https_upstreams_are_verified() {
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
 
-/// Issue 12: what a hostile upstream lists or sends never reaches `packed-refs` or `HEAD`,
-/// and a refused refresh leaves the mirror as it was.
+/// Issue 12: what a hostile upstream lists never reaches `packed-refs` or `HEAD`: a ref no
+/// git would write is left out (as git leaves it out, with a warning), the rest mirrored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refs_no_git_would_write_are_refused() {
+async fn refs_no_git_would_write_are_left_out() {
     let upstream = Upstream::start().unwrap();
     let source = upstream.repo_path("acme/widgets");
     repo::generate(&source, &RepoSpec::tiny(1221)).unwrap();
@@ -287,27 +287,20 @@ async fn refs_no_git_would_write_are_refused() {
     let before = std::fs::read(mirror.git_dir().join("packed-refs")).unwrap();
     let head = std::fs::read(mirror.git_dir().join("HEAD")).unwrap();
 
-    for (line, expect) in [
-        (format!("{tip} refs/heads/evil\nline"), "invalid ref"),
-        (format!("{tip} refs/heads/a..b"), "invalid ref"),
-        (format!("{tip} refs/heads/x.lock"), "invalid ref"),
-        (format!("{tip} refs/notes/unasked"), "not under a prefix"),
-        (
-            format!("{tip} HEAD symref-target:../../config"),
-            "invalid ref",
-        ),
-        (
-            format!("{tip} HEAD symref-target:HEAD"),
-            "must point under refs/",
-        ),
+    for line in [
+        format!("{tip} refs/heads/evil\nline"),
+        format!("{tip} refs/heads/a..b"),
+        format!("{tip} refs/heads/x.lock"),
+        format!("{tip} refs/notes/unasked"),
+        format!("{tip} HEAD symref-target:../../config"),
+        format!("{tip} HEAD symref-target:HEAD"),
     ] {
         upstream.inject(
             Fault::ExtraLine(line.clone().into_bytes()),
             1,
             Some(RequestKind::LsRefs),
         );
-        let err = mirror.refresh(&up, &[]).await.unwrap_err();
-        assert!(err.to_string().contains(expect), "{line:?}: {err}");
+        mirror.refresh(&up, &[]).await.unwrap();
         assert_eq!(
             std::fs::read(mirror.git_dir().join("packed-refs")).unwrap(),
             before,
@@ -437,4 +430,72 @@ async fn a_slow_but_steady_upstream_gets_through() {
     upstream.inject(Fault::Delay(timeout * 3), 1, Some(RequestKind::Fetch));
     let err = mirror.refresh(&up, &[]).await.unwrap_err();
     assert!(err.to_string().contains("within"), "{err}");
+}
+
+/// Review of issue 12: an upstream that lists a ref to an object it does not have and sends
+/// again the very pack the mirror holds already: the refresh fails, and the pack the
+/// mirror's refs need stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_sent_again_is_not_removed_when_a_refresh_fails() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::tiny(1226)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/widgets", None);
+    upstream.set_recording(true);
+    mirror.refresh(&up, &[]).await.unwrap();
+    let first_answer = upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.kind == RequestKind::Fetch)
+        .unwrap()
+        .response;
+    let packs = pack_files(mirror.git_dir());
+
+    let ghost = "2222222222222222222222222222222222222222";
+    upstream.inject(
+        Fault::ExtraLine(format!("{ghost} refs/heads/ghost").into_bytes()),
+        1,
+        Some(RequestKind::LsRefs),
+    );
+    upstream.inject(Fault::Replay(first_answer), 1, Some(RequestKind::Fetch));
+    let err = mirror.refresh(&up, &[]).await.unwrap_err();
+    assert!(err.to_string().contains(ghost), "{err}");
+    assert_eq!(
+        pack_files(mirror.git_dir()),
+        packs,
+        "the mirror's own pack stays"
+    );
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
+/// Review of issue 12: a new ref to an object the mirror holds already, but without its
+/// history (a stray object of an earlier pack), is fetched whole, not published as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tip_on_disk_without_its_history_is_fetched_whole() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::tiny(1227)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/widgets", None);
+    mirror.refresh(&up, &[]).await.unwrap();
+
+    // A new branch upstream; its commit alone (no tree) is already in the mirror.
+    git(&source, &["branch", "stray", "main"]);
+    let stray = repo::append_commits(&source, "stray", 1, 1228).unwrap();
+    let pack = gitcache_testkit::git::git_with_input(
+        &source,
+        &["pack-objects", "--stdout", "-q"],
+        format!("{stray}\n").as_bytes(),
+    );
+    gitcache_mirror::ingest::ingest_pack(mirror.git_dir(), Kind::Sha1, &mut &pack[..]).unwrap();
+
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }

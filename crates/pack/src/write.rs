@@ -33,9 +33,10 @@ pub(crate) struct WriteOptions {
 /// Objects planned, and compressed again where needed, ahead of writing: bounds the memory
 /// that compressed-ahead objects take, with [`BATCH_BYTES`].
 const BATCH: usize = 512;
-/// Bytes of stored entries and of objects to compress again that one batch may hold (a batch
-/// has at least one object, however large): a repository of large incompressible files does
-/// not cost `BATCH` of them per request.
+/// Bytes of stored entries and of objects to compress again after which a batch takes no
+/// more objects (so it holds at most this plus its last object, and at least one object
+/// however large): a repository of large incompressible files does not cost `BATCH` of
+/// them per request.
 const BATCH_BYTES: u64 = 32 << 20;
 
 /// What the writer did, for the `Total` progress line and for tests.
@@ -54,7 +55,7 @@ pub struct PackStats {
     /// Bytes of pack data written.
     pub bytes: u64,
     /// The most bytes of stored entries and objects to compress again planned ahead of
-    /// writing at once (at most 32 MiB, or one object when it is larger).
+    /// writing at once (under 32 MiB plus one object).
     pub lookahead_bytes: u64,
 }
 

@@ -14,5 +14,9 @@ fn twenty_kills_leave_every_mirror_and_stored_response_whole() {
     .unwrap();
     assert_eq!(report.kills, 20);
     assert!(report.mirrors_checked >= 20, "{report:?}");
+    assert!(
+        report.responses_checked > 0,
+        "no stored response was checked: {report:?}"
+    );
     assert_eq!(report.clones_checked, 2 * 20, "{report:?}");
 }

@@ -123,6 +123,9 @@ pub enum Fault {
     /// Serve, with this pkt-line payload added before the final flush of the answer (an
     /// `ls-refs` listing a ref that does not exist, or one no git would write).
     ExtraLine(Vec<u8>),
+    /// Answer 200 with these bytes as an upload-pack result (an answer recorded earlier,
+    /// sent again for another request).
+    Replay(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -604,6 +607,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                         "application/x-git-upload-pack-advertisement",
                     )
                     .body(BodyExt::boxed(ChannelBody(rx)))
+                    .expect("static response");
+                return finish(&shared, record, resp);
+            }
+            Fault::Replay(bytes) => {
+                let resp = Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/x-git-upload-pack-result")
+                    .body(
+                        Full::new(Bytes::from(bytes))
+                            .map_err(|never| match never {})
+                            .boxed(),
+                    )
                     .expect("static response");
                 return finish(&shared, record, resp);
             }
