@@ -34,6 +34,7 @@ mod error;
 pub mod fuzzing;
 pub mod metrics;
 mod proxy;
+mod responder;
 pub mod response_cache;
 pub mod route;
 mod serve;

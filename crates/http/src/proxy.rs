@@ -39,18 +39,15 @@ use tracing::Instrument;
 
 use crate::access::{AccessGrants, Fingerprint};
 use crate::access_log::{AccessNote, CacheState, UpstreamCall};
-use crate::body::{Body, ChannelWriter, receive_body};
+use crate::body::{Body, receive_body};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
 use crate::metrics::{self, RepoLabels};
-use crate::response_cache::{
-    Lookup, Regenerate, ResponseCache, ResponseCacheStats, follow, response_key, send_stored,
-};
+use crate::responder::{RESULT_TYPE, Responder, set_git_headers};
+use crate::response_cache::{ResponseCache, ResponseCacheStats};
 use crate::route::{Route, Service, route};
 use crate::serve::Face;
 
-/// The content type of upload-pack results.
-const RESULT_TYPE: &str = "application/x-git-upload-pack-result";
 /// The headers of a git v2 request passed upstream with a body gitcache read
 /// (`Authorization` only as the source of [`Proxy::credential`]: the upstream client sends
 /// the credential that chooses, never the header itself).
@@ -111,12 +108,11 @@ pub struct Proxy {
     registry: Arc<Registry>,
     grants: AccessGrants,
     repos: Mutex<HashMap<MirrorKey, OpenRepo>>,
-    pack_slots: Arc<Semaphore>,
+    responder: Responder,
     /// Request bodies decoded and parsed at once (CPU work): one per core but one, the rest
     /// wait without holding a thread.
     parse_slots: Arc<Semaphore>,
     draining: AtomicBool,
-    responses: Option<Arc<ResponseCache>>,
     catalog: Option<Arc<Catalog>>,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     labels: RepoLabels,
@@ -237,7 +233,12 @@ impl Proxy {
             registry,
             grants: AccessGrants::new(config.access_ttl),
             repos: Mutex::new(HashMap::new()),
-            pack_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_packs.max(1))),
+            responder: Responder::new(
+                config.pack.clone(),
+                config.limits.response_stall_timeout,
+                config.limits.max_concurrent_packs,
+                responses,
+            ),
             // One core stays free for the async workers (health checks, every other request).
             parse_slots: Arc::new(Semaphore::new(
                 std::thread::available_parallelism()
@@ -245,7 +246,6 @@ impl Proxy {
                     .max(1),
             )),
             draining: AtomicBool::new(false),
-            responses,
             catalog: services.catalog,
             prometheus: services.prometheus,
             labels: RepoLabels::default(),
@@ -269,7 +269,7 @@ impl Proxy {
     }
 
     pub(crate) fn response_cache(&self) -> Option<&Arc<ResponseCache>> {
-        self.responses.as_ref()
+        self.responder.cache()
     }
 
     pub(crate) fn repo_stats(&self, key: &MirrorKey) -> RepoStats {
@@ -347,7 +347,7 @@ impl Proxy {
 
     /// What the response cache did so far (`None` when it is off).
     pub fn response_cache_stats(&self) -> Option<Arc<ResponseCacheStats>> {
-        self.responses.as_ref().map(|c| Arc::clone(c.stats()))
+        self.responder.cache().map(|c| Arc::clone(c.stats()))
     }
 
     /// Background upkeep, forever: evicting stored responses over their limits. [`serve`]
@@ -359,7 +359,7 @@ impl Proxy {
             .config
             .catalog_reload_interval
             .max(Duration::from_millis(100));
-        let cleanup = self.responses.as_ref().map(|c| c.cleanup_interval());
+        let cleanup = self.responder.cache().map(|c| c.cleanup_interval());
         let mut last_cleanup = Instant::now();
         loop {
             tokio::time::sleep(cleanup.map_or(tick, |c| c.min(tick))).await;
@@ -378,7 +378,7 @@ impl Proxy {
             }
             let _ = tokio::task::spawn_blocking(move || {
                 metrics::repos_active(proxy.count_mirrors());
-                if due && let Some(cache) = &proxy.responses {
+                if due && let Some(cache) = proxy.responder.cache() {
                     cache.evict(proxy.response_limits(), |rel, entries, bytes| {
                         let labels = proxy.rel_labels(rel);
                         match entries {
@@ -1041,7 +1041,10 @@ impl Proxy {
         let (repo, fetch) = self.mirror_with_wants(&target.key, fetch).await?;
         if let Some(repo) = repo {
             tracing::info!(result = "hit", "fetch");
-            let response = self.serve(target, repo, fetch, kind).await;
+            let response = self
+                .responder
+                .serve(target.key.relative_path(), repo, fetch, kind)
+                .await;
             return Ok(with_state(response, CacheState::Hit));
         }
 
@@ -1096,7 +1099,10 @@ impl Proxy {
                 .map_err(|e| Error::Internal(e.to_string()))?;
                 if !stale.wants.is_empty() || !stale.want_refs.is_empty() {
                     tracing::warn!(%err, result = "stale", "upstream unavailable, serving the mirror as it is");
-                    let response = self.serve(target, repo, stale, kind).await;
+                    let response = self
+                        .responder
+                        .serve(target.key.relative_path(), repo, stale, kind)
+                        .await;
                     return Ok(with_state(response, CacheState::Stale));
                 }
             }
@@ -1106,7 +1112,10 @@ impl Proxy {
         match self.mirror_with_wants(&target.key, fetch).await? {
             (Some(repo), fetch) => {
                 tracing::info!(result = "miss", "fetch");
-                let response = self.serve(target, repo, fetch, kind).await;
+                let response = self
+                    .responder
+                    .serve(target.key.relative_path(), repo, fetch, kind)
+                    .await;
                 Ok(with_state(response, CacheState::Miss))
             }
             (None, _) => {
@@ -1172,202 +1181,6 @@ impl Proxy {
             },
         );
         Ok(Some(repo))
-    }
-
-    /// Answer `fetch` from `repo`, through the response cache when it applies: a stored
-    /// answer, a generation in progress to follow, or a new one that others may follow.
-    async fn serve(
-        &self,
-        target: &Target,
-        repo: Arc<Repository>,
-        fetch: Fetch,
-        kind: HashKind,
-    ) -> Response<Body> {
-        let Some(cache) = &self.responses else {
-            return self.serve_live(repo, fetch, kind).await;
-        };
-        let keyed = {
-            let repo = Arc::clone(&repo);
-            tokio::task::spawn_blocking(move || {
-                let key = response_key(&repo, &fetch, kind);
-                (key, fetch)
-            })
-            .await
-        };
-        let Ok((key, fetch)) = keyed else {
-            return crate::error::text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "gitcache: internal error",
-            );
-        };
-        let key = match key {
-            Ok(Some(key)) => key,
-            Ok(None) => return self.serve_live(repo, fetch, kind).await,
-            Err(err) => {
-                tracing::warn!(%err, "no response key, generating live");
-                return self.serve_live(repo, fetch, kind).await;
-            }
-        };
-        let rel = target.key.relative_path();
-        let (tx, rx) = mpsc::channel(4);
-        let stall = self.config.limits.response_stall_timeout;
-        let span = tracing::Span::current();
-        let regenerate: Regenerate = {
-            let (repo, fetch) = (Arc::clone(&repo), fetch.clone());
-            let options = self.config.pack.clone();
-            let slots = Arc::clone(&self.pack_slots);
-            let runtime = tokio::runtime::Handle::current();
-            Arc::new(move |out: &mut dyn std::io::Write| {
-                let _permit = runtime.block_on(Arc::clone(&slots).acquire_owned());
-                gitcache_pack::plan(&repo, &fetch, kind, &options)
-                    .and_then(|plan| plan.write_to(out))
-                    .map(|_| ())
-                    .map_err(|err| err.wire_message())
-            })
-        };
-        match cache.lookup(&rel, &key, Arc::clone(&regenerate)) {
-            Lookup::Live => return self.serve_live(repo, fetch, kind).await,
-            Lookup::Stored(entry) => {
-                tracing::debug!(cache = "stored", "response");
-                let cache = Arc::clone(cache);
-                tokio::task::spawn_blocking(move || {
-                    let _enter = span.enter();
-                    send_stored(entry, ChannelWriter::new(tx, stall), || {
-                        tracing::warn!(key, "stored response corrupt, removed");
-                        cache.remove(&rel, &key);
-                    });
-                });
-            }
-            Lookup::Follow(reader) => {
-                tracing::debug!(cache = "joined", "response");
-                tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
-            }
-            Lookup::Lead(mut generation, reader) => {
-                // The generation belongs to everyone who follows it, not to this client: it
-                // waits for its pack slot and runs in tasks of its own, so a leader that
-                // leaves changes nothing for the others (and a generation that ends
-                // unfinished hands its readers over to live generation).
-                let slots = Arc::clone(&self.pack_slots);
-                let options = gitcache_pack::Options {
-                    cancel: generation.cancel_when_unread(),
-                    ..self.config.pack.clone()
-                };
-                let cache = Arc::clone(cache);
-                let generate = move |permit| {
-                    let _permit = permit;
-                    let _enter = span.enter();
-                    if !generation.has_readers() {
-                        // Every client left while it waited: nothing to do (dropping it
-                        // takes the flight off the list).
-                        return;
-                    }
-                    let started = Instant::now();
-                    let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
-                        .and_then(|plan| plan.write_to(&mut *generation));
-                    metrics::pack_generated(started.elapsed());
-                    match result {
-                        Ok(stats) => {
-                            tracing::info!(
-                                key,
-                                objects = stats.objects,
-                                bytes = stats.bytes,
-                                whole_pack = stats.whole_pack,
-                                "response generated"
-                            );
-                            cache.finish(generation, None);
-                        }
-                        // Nobody reads it any more (cancelled): given up, not failed, so
-                        // that nobody joining now is told of an error that is not theirs.
-                        Err(_) if !generation.has_readers() => drop(generation),
-                        Err(err) => {
-                            tracing::warn!(%err, "response generation failed");
-                            cache.finish(generation, Some(err.wire_message()));
-                        }
-                    }
-                };
-                tokio::spawn(async move {
-                    let permit = slots.acquire_owned().await;
-                    let _ = tokio::task::spawn_blocking(move || generate(permit)).await;
-                });
-                tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
-            }
-        }
-        let mut response = Response::new(Body::channel(rx));
-        set_git_headers(response.headers_mut(), RESULT_TYPE);
-        response
-    }
-
-    /// Answer `fetch` from `repo`: planned and written on a blocking thread, streamed to the
-    /// client through a bounded channel.
-    async fn serve_live(
-        &self,
-        repo: Arc<Repository>,
-        fetch: Fetch,
-        kind: HashKind,
-    ) -> Response<Body> {
-        let permit = Arc::clone(&self.pack_slots).acquire_owned().await;
-        let (tx, rx) = mpsc::channel(4);
-        let probe = tx.clone();
-        let options = gitcache_pack::Options {
-            // Planning and writing stop once the client is gone.
-            cancel: gitcache_pack::Cancel::when(move || probe.is_closed()),
-            ..self.config.pack.clone()
-        };
-        let stall = self.config.limits.response_stall_timeout;
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let _enter = span.enter();
-            let mut out = ChannelWriter::new(tx, stall);
-            let started = Instant::now();
-            let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
-                .and_then(|plan| plan.write_to(&mut out));
-            metrics::pack_generated(started.elapsed());
-            match result {
-                Ok(stats) => {
-                    let _ = std::io::Write::flush(&mut out);
-                    tracing::debug!(
-                        objects = stats.objects,
-                        reused = stats.reused,
-                        whole_pack = stats.whole_pack,
-                        bytes = stats.bytes,
-                        "pack sent"
-                    );
-                }
-                Err(gitcache_pack::Error::Io(err))
-                    if matches!(
-                        err.kind(),
-                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    tracing::info!(%err, "pack response abandoned");
-                }
-                Err(_) if out.is_closed() => tracing::debug!("client went away"),
-                Err(err) if out.sent() == 0 => {
-                    // Nothing reached the client yet: tell it why, as upload-pack would.
-                    if err.is_client_error() {
-                        tracing::info!(%err, "fetch refused");
-                    } else {
-                        tracing::error!(%err, "generating the pack failed");
-                    }
-                    out.discard_buffered();
-                    let mut message = Vec::new();
-                    let _ = gitcache_protocol::pktline::write_error(
-                        &mut message,
-                        err.wire_message().as_bytes(),
-                    );
-                    let _ = std::io::Write::write_all(&mut out, &message)
-                        .and_then(|()| std::io::Write::flush(&mut out));
-                }
-                Err(err) => {
-                    tracing::error!(%err, "generating the pack failed midway");
-                    out.abort(std::io::Error::other(err.wire_message()));
-                }
-            }
-        });
-        let mut response = Response::new(Body::channel(rx));
-        set_git_headers(response.headers_mut(), RESULT_TYPE);
-        response
     }
 }
 
@@ -1505,12 +1318,4 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in names {
         headers.remove(name);
     }
-}
-
-fn set_git_headers(headers: &mut HeaderMap, content_type: &'static str) {
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
-    );
 }

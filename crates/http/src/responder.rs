@@ -1,0 +1,261 @@
+//! The responder: answers a `fetch` from a mirror, through the response cache when it
+//! applies, with pack generation on blocking threads limited by its pack slots and streamed
+//! to the client through a bounded channel.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gitcache_pack::Repository;
+use gitcache_protocol::request::Fetch;
+use gix_hash::Kind as HashKind;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Response, StatusCode};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::body::{Body, ChannelWriter};
+use crate::metrics;
+use crate::response_cache::{Lookup, Regenerate, ResponseCache, follow, response_key, send_stored};
+
+/// The content type of upload-pack results.
+pub(crate) const RESULT_TYPE: &str = "application/x-git-upload-pack-result";
+
+/// What answers fetches from mirrors: the pack slots, the response cache and the settings
+/// generation needs. One per proxy.
+#[derive(Debug)]
+pub(crate) struct Responder {
+    /// Pack generation settings.
+    pack: gitcache_pack::Options,
+    /// How long a response waits for a client that stopped reading.
+    stall: Duration,
+    /// Pack responses generated at once.
+    pack_slots: Arc<Semaphore>,
+    /// The response cache, if it is on.
+    cache: Option<Arc<ResponseCache>>,
+}
+
+impl Responder {
+    /// A responder generating with `pack` settings, at most `slots` packs at once.
+    pub(crate) fn new(
+        pack: gitcache_pack::Options,
+        stall: Duration,
+        slots: usize,
+        cache: Option<Arc<ResponseCache>>,
+    ) -> Self {
+        Responder {
+            pack,
+            stall,
+            pack_slots: Arc::new(Semaphore::new(slots.max(1))),
+            cache,
+        }
+    }
+
+    /// The response cache, if it is on.
+    pub(crate) fn cache(&self) -> Option<&Arc<ResponseCache>> {
+        self.cache.as_ref()
+    }
+
+    /// Answer `fetch` from `repo`, through the response cache when it applies: a stored
+    /// answer, a generation in progress to follow, or a new one that others may follow.
+    pub(crate) async fn serve(
+        &self,
+        rel: PathBuf,
+        repo: Arc<Repository>,
+        fetch: Fetch,
+        kind: HashKind,
+    ) -> Response<Body> {
+        let Some(cache) = &self.cache else {
+            return self.serve_live(repo, fetch, kind).await;
+        };
+        let keyed = {
+            let repo = Arc::clone(&repo);
+            tokio::task::spawn_blocking(move || {
+                let key = response_key(&repo, &fetch, kind);
+                (key, fetch)
+            })
+            .await
+        };
+        let Ok((key, fetch)) = keyed else {
+            return crate::error::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "gitcache: internal error",
+            );
+        };
+        let key = match key {
+            Ok(Some(key)) => key,
+            Ok(None) => return self.serve_live(repo, fetch, kind).await,
+            Err(err) => {
+                tracing::warn!(%err, "no response key, generating live");
+                return self.serve_live(repo, fetch, kind).await;
+            }
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let stall = self.stall;
+        let span = tracing::Span::current();
+        let regenerate: Regenerate = {
+            let (repo, fetch) = (Arc::clone(&repo), fetch.clone());
+            let options = self.pack.clone();
+            let slots = Arc::clone(&self.pack_slots);
+            let runtime = tokio::runtime::Handle::current();
+            Arc::new(move |out: &mut dyn std::io::Write| {
+                let _permit = runtime.block_on(Arc::clone(&slots).acquire_owned());
+                gitcache_pack::plan(&repo, &fetch, kind, &options)
+                    .and_then(|plan| plan.write_to(out))
+                    .map(|_| ())
+                    .map_err(|err| err.wire_message())
+            })
+        };
+        match cache.lookup(&rel, &key, Arc::clone(&regenerate)) {
+            Lookup::Live => return self.serve_live(repo, fetch, kind).await,
+            Lookup::Stored(entry) => {
+                tracing::debug!(cache = "stored", "response");
+                let cache = Arc::clone(cache);
+                tokio::task::spawn_blocking(move || {
+                    let _enter = span.enter();
+                    send_stored(entry, ChannelWriter::new(tx, stall), || {
+                        tracing::warn!(key, "stored response corrupt, removed");
+                        cache.remove(&rel, &key);
+                    });
+                });
+            }
+            Lookup::Follow(reader) => {
+                tracing::debug!(cache = "joined", "response");
+                tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
+            }
+            Lookup::Lead(mut generation, reader) => {
+                // The generation belongs to everyone who follows it, not to this client: it
+                // waits for its pack slot and runs in tasks of its own, so a leader that
+                // leaves changes nothing for the others (and a generation that ends
+                // unfinished hands its readers over to live generation).
+                let slots = Arc::clone(&self.pack_slots);
+                let options = gitcache_pack::Options {
+                    cancel: generation.cancel_when_unread(),
+                    ..self.pack.clone()
+                };
+                let cache = Arc::clone(cache);
+                let generate = move |permit| {
+                    let _permit = permit;
+                    let _enter = span.enter();
+                    if !generation.has_readers() {
+                        // Every client left while it waited: nothing to do (dropping it
+                        // takes the flight off the list).
+                        return;
+                    }
+                    let started = Instant::now();
+                    let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
+                        .and_then(|plan| plan.write_to(&mut *generation));
+                    metrics::pack_generated(started.elapsed());
+                    match result {
+                        Ok(stats) => {
+                            tracing::info!(
+                                key,
+                                objects = stats.objects,
+                                bytes = stats.bytes,
+                                whole_pack = stats.whole_pack,
+                                "response generated"
+                            );
+                            cache.finish(generation, None);
+                        }
+                        // Nobody reads it any more (cancelled): given up, not failed, so
+                        // that nobody joining now is told of an error that is not theirs.
+                        Err(_) if !generation.has_readers() => drop(generation),
+                        Err(err) => {
+                            tracing::warn!(%err, "response generation failed");
+                            cache.finish(generation, Some(err.wire_message()));
+                        }
+                    }
+                };
+                tokio::spawn(async move {
+                    let permit = slots.acquire_owned().await;
+                    let _ = tokio::task::spawn_blocking(move || generate(permit)).await;
+                });
+                tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
+            }
+        }
+        let mut response = Response::new(Body::channel(rx));
+        set_git_headers(response.headers_mut(), RESULT_TYPE);
+        response
+    }
+
+    /// Answer `fetch` from `repo`: planned and written on a blocking thread, streamed to the
+    /// client through a bounded channel.
+    pub(crate) async fn serve_live(
+        &self,
+        repo: Arc<Repository>,
+        fetch: Fetch,
+        kind: HashKind,
+    ) -> Response<Body> {
+        let permit = Arc::clone(&self.pack_slots).acquire_owned().await;
+        let (tx, rx) = mpsc::channel(4);
+        let probe = tx.clone();
+        let options = gitcache_pack::Options {
+            // Planning and writing stop once the client is gone.
+            cancel: gitcache_pack::Cancel::when(move || probe.is_closed()),
+            ..self.pack.clone()
+        };
+        let stall = self.stall;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _enter = span.enter();
+            let mut out = ChannelWriter::new(tx, stall);
+            let started = Instant::now();
+            let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
+                .and_then(|plan| plan.write_to(&mut out));
+            metrics::pack_generated(started.elapsed());
+            match result {
+                Ok(stats) => {
+                    let _ = std::io::Write::flush(&mut out);
+                    tracing::debug!(
+                        objects = stats.objects,
+                        reused = stats.reused,
+                        whole_pack = stats.whole_pack,
+                        bytes = stats.bytes,
+                        "pack sent"
+                    );
+                }
+                Err(gitcache_pack::Error::Io(err))
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    tracing::info!(%err, "pack response abandoned");
+                }
+                Err(_) if out.is_closed() => tracing::debug!("client went away"),
+                Err(err) if out.sent() == 0 => {
+                    // Nothing reached the client yet: tell it why, as upload-pack would.
+                    if err.is_client_error() {
+                        tracing::info!(%err, "fetch refused");
+                    } else {
+                        tracing::error!(%err, "generating the pack failed");
+                    }
+                    out.discard_buffered();
+                    let mut message = Vec::new();
+                    let _ = gitcache_protocol::pktline::write_error(
+                        &mut message,
+                        err.wire_message().as_bytes(),
+                    );
+                    let _ = std::io::Write::write_all(&mut out, &message)
+                        .and_then(|()| std::io::Write::flush(&mut out));
+                }
+                Err(err) => {
+                    tracing::error!(%err, "generating the pack failed midway");
+                    out.abort(std::io::Error::other(err.wire_message()));
+                }
+            }
+        });
+        let mut response = Response::new(Body::channel(rx));
+        set_git_headers(response.headers_mut(), RESULT_TYPE);
+        response
+    }
+}
+
+/// The headers of a git response that must not be cached by intermediaries.
+pub(crate) fn set_git_headers(headers: &mut HeaderMap, content_type: &'static str) {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
+    );
+}
