@@ -333,6 +333,33 @@ impl Write for ChannelWriter {
     }
 }
 
+/// An upstream response for the client: status, headers (minus hop-by-hop) and body as they
+/// come.
+pub(crate) fn passed_on(
+    response: hyper::Response<Incoming>,
+    started: std::time::Instant,
+) -> hyper::Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.extensions.insert(crate::access_log::UpstreamCall {
+        status: parts.status.as_u16(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    });
+    hyper::Response::from_parts(parts, Body::upstream(body))
+}
+
+/// Drop the headers that belong to one connection.
+pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let names: Vec<_> = headers
+        .keys()
+        .filter(|name| gitcache_mirror::upstream::is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,12 +32,14 @@ pub mod config;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod gate;
 pub mod metrics;
 mod proxy;
 mod responder;
 pub mod response_cache;
 pub mod route;
 mod serve;
+mod target;
 
 pub use body::Body;
 pub use config::{AdminTokens, CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};

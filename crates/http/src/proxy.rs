@@ -23,30 +23,32 @@ use bstr::ByteSlice;
 use bytes::Bytes;
 use gitcache_catalog::Catalog;
 use gitcache_mirror::registry::{MirrorKey, Registry};
-use gitcache_mirror::upstream::{Upstream, is_hop_by_hop};
 use gitcache_pack::Repository;
-use gitcache_protocol::advertise::{self, Advertised, Advertisement};
+use gitcache_protocol::advertise::{self, Advertisement};
 use gitcache_protocol::request::{
     Command, Fetch, Limits as RequestLimits, Request as GitRequest, parse_request,
 };
 use gitcache_storage::fs::DataDir;
 use gix_hash::Kind as HashKind;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
-use crate::access::{AccessGrants, Fingerprint};
+use crate::access::Fingerprint;
 use crate::access_log::{AccessNote, CacheState, UpstreamCall};
+use crate::body::passed_on;
 use crate::body::{Body, receive_body};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
+use crate::gate::{AccessGate, Verified};
 use crate::metrics::{self, RepoLabels};
 use crate::responder::{RESULT_TYPE, Responder, set_git_headers};
 use crate::response_cache::{ResponseCache, ResponseCacheStats};
 use crate::route::{Route, Service, route};
 use crate::serve::Face;
+use crate::target::Target;
 
 /// The headers of a git v2 request passed upstream with a body gitcache read
 /// (`Authorization` only as the source of [`Proxy::credential`]: the upstream client sends
@@ -60,43 +62,15 @@ const GIT_REQUEST_HEADERS: &[&str] = &[
     "git-protocol",
     "user-agent",
 ];
-/// The largest advertisement read from upstream to learn its object format.
-const MAX_ADVERTISEMENT: usize = 1 << 20;
 /// The largest `ls-refs` answer kept to compare with the mirror (it is passed on whatever its
 /// size).
 const MAX_LS_REFS_COPY: usize = 64 << 20;
-
-/// A repository a request is for, and where its upstream is.
-#[derive(Debug, Clone)]
-struct Target {
-    /// The upstream's name: the default upstream's host, or the host named in the path.
-    host_name: String,
-    /// Where the repository lives upstream, e.g. `https://github.com/acme/widgets.git`.
-    url: String,
-    /// `owner/repo` as the client wrote it (for logs).
-    name: String,
-    key: MirrorKey,
-    /// Served from the mirror (v2 fetches).
-    cached: bool,
-    /// The catalog's record says "disabled": everything passes through.
-    bypassed: bool,
-    /// How long an upstream exchange may take for this repository.
-    timeout: Duration,
-}
 
 /// An opened mirror, kept while its packs stay the same.
 #[derive(Debug)]
 struct OpenRepo {
     packs_changed: Option<SystemTime>,
     repo: Arc<Repository>,
-}
-
-/// What the upstream said to a credential check.
-enum Verified {
-    /// Accepted; protocol v2 in this object format.
-    V2(HashKind),
-    /// Refused, or not protocol v2: the client gets the upstream's answer as it is.
-    Answer(Response<Body>),
 }
 
 /// The caching proxy; one per server, shared by all connections.
@@ -106,7 +80,7 @@ pub struct Proxy {
     default_host: String,
     host_names: Vec<String>,
     registry: Arc<Registry>,
-    grants: AccessGrants,
+    gate: AccessGate,
     repos: Mutex<HashMap<MirrorKey, OpenRepo>>,
     responder: Responder,
     /// Request bodies decoded and parsed at once (CPU work): one per core but one, the rest
@@ -231,7 +205,7 @@ impl Proxy {
             default_host,
             host_names: config.hosts.keys().cloned().collect(),
             registry,
-            grants: AccessGrants::new(config.access_ttl),
+            gate: AccessGate::new(&config),
             repos: Mutex::new(HashMap::new()),
             responder: Responder::new(
                 config.pack.clone(),
@@ -625,89 +599,19 @@ impl Proxy {
         })
     }
 
-    /// The credential sent upstream for a client sending `headers`.
-    fn credential(&self, target: &Target, headers: &HeaderMap) -> Option<String> {
-        match self.config.credentials {
-            CredentialMode::PassThrough => headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            CredentialMode::Static => self
-                .config
-                .static_tokens
-                .get(&target.host_name)
-                .map(|t| t.authorization()),
-            CredentialMode::None => None,
-        }
-    }
-
-    fn upstream(&self, target: &Target, credential: Option<String>) -> Result<Upstream, Error> {
-        let limits = gitcache_mirror::upstream::Limits {
-            transfer_timeout: self.config.upstream_transfer_timeout,
-            ..Default::default()
-        };
-        Ok(Upstream::new(&target.url, credential, target.timeout)?.with_limits(limits))
-    }
-
-    /// Ask the upstream whether the client's credential may read the repository.
-    async fn verify(&self, target: &Target, headers: &HeaderMap) -> Result<Verified, Error> {
-        let upstream = self.upstream(target, self.credential(target, headers))?;
-        let mut ask = HeaderMap::new();
-        ask.insert("git-protocol", HeaderValue::from_static("version=2"));
-        if let Some(agent) = headers.get(header::USER_AGENT) {
-            ask.insert(header::USER_AGENT, agent.clone());
-        }
-        let started = std::time::Instant::now();
-        let response = upstream
-            .forward(
-                Method::GET,
-                "/info/refs?service=git-upload-pack",
-                &ask,
-                Empty::<Bytes>::new(),
-            )
-            .await?;
-        metrics::upstream("verify", response.status().as_u16(), started.elapsed());
-        if !response.status().is_success() {
-            tracing::info!(status = %response.status(), "upstream refused access");
-            return Ok(Verified::Answer(passed_on(response, started)));
-        }
-        let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(
-            target.timeout,
-            http_body_util::Limited::new(body, MAX_ADVERTISEMENT).collect(),
-        )
-        .await
-        .map_err(|_| gitcache_mirror::upstream::Error::Timeout(target.timeout))?
-        .map_err(|e| gitcache_mirror::upstream::Error::Protocol(format!("advertisement: {e}")))?
-        .to_bytes();
-        match advertise::read_advertised(&body) {
-            Ok(Advertised::V2(kind)) => Ok(Verified::V2(kind)),
-            Ok(Advertised::Other) => {
-                // Not v2 after all: the client gets the upstream's own answer.
-                let mut response = Response::from_parts(parts, Body::full(body));
-                strip_hop_by_hop(response.headers_mut());
-                Ok(Verified::Answer(response))
-            }
-            Err(err) => Err(gitcache_mirror::upstream::Error::Protocol(format!(
-                "advertisement: {err}"
-            ))
-            .into()),
-        }
-    }
-
     async fn info_refs(
         self: &Arc<Self>,
         target: &Target,
         headers: &HeaderMap,
     ) -> Result<Response<Body>, Error> {
-        let kind = match self.verify(target, headers).await? {
+        let kind = match self.gate.verify(target, headers).await? {
             Verified::V2(kind) => kind,
             Verified::Answer(response) if !response.status().is_success() => {
                 return Ok(with_state(response, CacheState::Rejected));
             }
             Verified::Answer(response) => return Ok(with_state(response, CacheState::Passthrough)),
         };
-        self.grants.grant(&target.key, fingerprint(headers));
+        self.gate.grants().grant(&target.key, fingerprint(headers));
         let mut body = Vec::new();
         Advertisement::new(concat!("git/gitcache-", env!("CARGO_PKG_VERSION")), kind)
             .write_to(&mut body)
@@ -733,9 +637,9 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
     {
         let who = fingerprint(headers);
-        if !self.grants.is_fresh(&target.key, who) {
-            match self.verify(target, headers).await? {
-                Verified::V2(_) => self.grants.grant(&target.key, who),
+        if !self.gate.grants().is_fresh(&target.key, who) {
+            match self.gate.verify(target, headers).await? {
+                Verified::V2(_) => self.gate.grants().grant(&target.key, who),
                 Verified::Answer(response) if !response.status().is_success() => {
                     return Ok(with_state(response, CacheState::Rejected));
                 }
@@ -858,7 +762,9 @@ impl Proxy {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let upstream = self.upstream(target, self.credential(target, headers))?;
+        let upstream = self
+            .gate
+            .upstream(target, self.gate.credential(target, headers))?;
         let started = std::time::Instant::now();
         let response = upstream.forward(method, suffix, headers, body).await?;
         metrics::upstream("forward", response.status().as_u16(), started.elapsed());
@@ -890,7 +796,7 @@ impl Proxy {
         let target = target.clone();
         let warm_credential = match &self.config.service_token {
             Some(token) => Some(token.authorization()),
-            None => self.credential(&target, headers),
+            None => self.gate.credential(&target, headers),
         };
         tokio::spawn(
             async move {
@@ -959,7 +865,7 @@ impl Proxy {
             tracing::info!("the upstream's ls-refs answer is not protocol v2; no grant");
             return;
         };
-        self.grants.grant_at(&target.key, who, answered);
+        self.gate.grants().grant_at(&target.key, who, answered);
         let changed = match self.open_repo(&target.key) {
             Ok(Some(repo)) => match repo.refs() {
                 Ok(local) => {
@@ -978,7 +884,7 @@ impl Proxy {
         if !changed {
             return;
         }
-        let Ok(upstream) = self.upstream(target, credential) else {
+        let Ok(upstream) = self.gate.upstream(target, credential) else {
             return;
         };
         let (proxy, key) = (Arc::clone(self), target.key.clone());
@@ -1049,7 +955,9 @@ impl Proxy {
         }
 
         // A miss: bring the mirror up to date with the client's credential, then serve.
-        let upstream = self.upstream(target, self.credential(target, headers))?;
+        let upstream = self
+            .gate
+            .upstream(target, self.gate.credential(target, headers))?;
         let prefixes: Vec<&str> = self
             .config
             .extra_ref_prefixes
@@ -1292,30 +1200,4 @@ fn suffix(route: &Route, query: Option<&str>) -> String {
         suffix.push_str(query);
     }
     suffix
-}
-
-/// An upstream response for the client: status, headers (minus hop-by-hop) and body as they
-/// come.
-fn passed_on(
-    response: Response<hyper::body::Incoming>,
-    started: std::time::Instant,
-) -> Response<Body> {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.extensions.insert(UpstreamCall {
-        status: parts.status.as_u16(),
-        duration_ms: started.elapsed().as_millis() as u64,
-    });
-    Response::from_parts(parts, Body::upstream(body))
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let names: Vec<_> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
-    }
 }

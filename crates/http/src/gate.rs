@@ -1,0 +1,137 @@
+//! The access gate: whether the upstream accepts a client's credential for a repository,
+//! and which credential goes upstream on a client's behalf.
+//!
+//! A grant ([`AccessGrants`]) is recorded when the upstream answers `info/refs` for a
+//! credential with a protocol v2 advertisement; a request without a fresh grant is checked
+//! upstream ([`AccessGate::verify`]) before anything cached is touched.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gitcache_mirror::upstream::Upstream;
+use gitcache_protocol::advertise::{self, Advertised};
+use gix_hash::Kind as HashKind;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Response};
+
+use crate::access::AccessGrants;
+use crate::body::{Body, passed_on, strip_hop_by_hop};
+use crate::config::{CredentialMode, ProxyConfig, Secret};
+use crate::error::Error;
+use crate::metrics;
+use crate::target::Target;
+
+/// The largest advertisement read from upstream to learn its object format.
+const MAX_ADVERTISEMENT: usize = 1 << 20;
+
+/// What the upstream said to a credential check.
+pub(crate) enum Verified {
+    /// Accepted; protocol v2 in this object format.
+    V2(HashKind),
+    /// Refused, or not protocol v2: the client gets the upstream's answer as it is.
+    Answer(Response<Body>),
+}
+
+/// The grants, and what is needed to ask the upstream.
+#[derive(Debug)]
+pub(crate) struct AccessGate {
+    grants: AccessGrants,
+    credentials: CredentialMode,
+    static_tokens: BTreeMap<String, Secret>,
+    transfer_timeout: Duration,
+}
+
+impl AccessGate {
+    pub(crate) fn new(config: &ProxyConfig) -> Self {
+        AccessGate {
+            grants: AccessGrants::new(config.access_ttl),
+            credentials: config.credentials,
+            static_tokens: config.static_tokens.clone(),
+            transfer_timeout: config.upstream_transfer_timeout,
+        }
+    }
+
+    /// Who the upstream accepted, for which repository, and when.
+    pub(crate) fn grants(&self) -> &AccessGrants {
+        &self.grants
+    }
+
+    /// The credential sent upstream for a client sending `headers`.
+    pub(crate) fn credential(&self, target: &Target, headers: &HeaderMap) -> Option<String> {
+        match self.credentials {
+            CredentialMode::PassThrough => headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            CredentialMode::Static => self
+                .static_tokens
+                .get(&target.host_name)
+                .map(|t| t.authorization()),
+            CredentialMode::None => None,
+        }
+    }
+
+    pub(crate) fn upstream(
+        &self,
+        target: &Target,
+        credential: Option<String>,
+    ) -> Result<Upstream, Error> {
+        let limits = gitcache_mirror::upstream::Limits {
+            transfer_timeout: self.transfer_timeout,
+            ..Default::default()
+        };
+        Ok(Upstream::new(&target.url, credential, target.timeout)?.with_limits(limits))
+    }
+
+    /// Ask the upstream whether the client's credential may read the repository.
+    pub(crate) async fn verify(
+        &self,
+        target: &Target,
+        headers: &HeaderMap,
+    ) -> Result<Verified, Error> {
+        let upstream = self.upstream(target, self.credential(target, headers))?;
+        let mut ask = HeaderMap::new();
+        ask.insert("git-protocol", HeaderValue::from_static("version=2"));
+        if let Some(agent) = headers.get(header::USER_AGENT) {
+            ask.insert(header::USER_AGENT, agent.clone());
+        }
+        let started = std::time::Instant::now();
+        let response = upstream
+            .forward(
+                Method::GET,
+                "/info/refs?service=git-upload-pack",
+                &ask,
+                Empty::<Bytes>::new(),
+            )
+            .await?;
+        metrics::upstream("verify", response.status().as_u16(), started.elapsed());
+        if !response.status().is_success() {
+            tracing::info!(status = %response.status(), "upstream refused access");
+            return Ok(Verified::Answer(passed_on(response, started)));
+        }
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(
+            target.timeout,
+            http_body_util::Limited::new(body, MAX_ADVERTISEMENT).collect(),
+        )
+        .await
+        .map_err(|_| gitcache_mirror::upstream::Error::Timeout(target.timeout))?
+        .map_err(|e| gitcache_mirror::upstream::Error::Protocol(format!("advertisement: {e}")))?
+        .to_bytes();
+        match advertise::read_advertised(&body) {
+            Ok(Advertised::V2(kind)) => Ok(Verified::V2(kind)),
+            Ok(Advertised::Other) => {
+                // Not v2 after all: the client gets the upstream's own answer.
+                let mut response = Response::from_parts(parts, Body::full(body));
+                strip_hop_by_hop(response.headers_mut());
+                Ok(Verified::Answer(response))
+            }
+            Err(err) => Err(gitcache_mirror::upstream::Error::Protocol(format!(
+                "advertisement: {err}"
+            ))
+            .into()),
+        }
+    }
+}
