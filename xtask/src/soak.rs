@@ -1,7 +1,8 @@
-//! `cargo xtask soak [--minutes N] [--clients N]`: the server binary (release build) in front
-//! of C git's http-backend for N minutes, with 32 clients mixing full clones, depth-1 clones,
-//! incremental fetches and `ls-remote` while the upstream moves and is slowed down now and
-//! then. Reports failures (there must be none), latency percentiles per kind, and the
+//! `cargo xtask soak [--minutes N] [--clients N] [--still]`: the server binary (release build)
+//! in front of C git's http-backend for N minutes, with 32 clients mixing full clones, depth-1
+//! clones, incremental fetches and `ls-remote` while the upstream moves and is slowed down now
+//! and then (`--still`: the upstream does not move, so that the server's memory can be read
+//! apart from the repositories' growth). Reports failures (there must be none), latency percentiles per kind, and the
 //! server's resident memory and open files over time (they must stay flat).
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     };
     let minutes = value("--minutes", 5)?;
     let clients = value("--clients", 32)? as usize;
+    let still = args.iter().any(|a| a == "--still");
     let status = Command::new("cargo")
         .args(["build", "--release", "--quiet", "-p", "gitcache-server"])
         .current_dir(root)
@@ -89,6 +91,9 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
                 let mut rng = Rng::new(7);
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_secs(3));
+                    if still {
+                        continue;
+                    }
                     let path = &paths[rng.below(paths.len())];
                     let _ = repo::append_commits(path, "main", 1 + rng.below(3), rng.next_u64());
                     if rng.chance(30) {
@@ -122,6 +127,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     report(
         minutes,
         clients,
+        still,
         &results.lock().expect("results"),
         &samples,
     );
@@ -242,8 +248,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn report(minutes: u64, clients: usize, results: &Results, samples: &[(u64, u64, usize)]) {
-    println!("soak: {minutes} min, {clients} clients");
+fn report(
+    minutes: u64,
+    clients: usize,
+    still: bool,
+    results: &Results,
+    samples: &[(u64, u64, usize)],
+) {
+    println!(
+        "soak: {minutes} min, {clients} clients{}",
+        if still { ", upstream still" } else { "" }
+    );
     println!("| operation | done | failed | p50 | p99 |");
     println!("| --- | --- | --- | --- | --- |");
     for (i, kind) in KINDS.iter().enumerate() {

@@ -79,6 +79,9 @@ pub struct Proxy {
     config: ProxyConfig,
     default_host: String,
     host_names: Vec<String>,
+    /// Hosts a path may name: the configured ones and the default upstream's own (as
+    /// smart-git-proxy's `/{host}/{owner}/{repo}` form spells it).
+    path_hosts: Vec<String>,
     registry: Arc<Registry>,
     gate: AccessGate,
     repos: Mutex<HashMap<MirrorKey, OpenRepo>>,
@@ -202,8 +205,14 @@ impl Proxy {
             None => None,
         };
         Ok(Arc::new(Proxy {
-            default_host,
             host_names: config.hosts.keys().cloned().collect(),
+            path_hosts: config
+                .hosts
+                .keys()
+                .cloned()
+                .chain((!config.hosts.contains_key(&default_host)).then_some(default_host.clone()))
+                .collect(),
+            default_host,
             registry,
             gate: AccessGate::new(&config),
             repos: Mutex::new(HashMap::new()),
@@ -433,7 +442,7 @@ impl Proxy {
             _ if !face.serves_git() => return text(StatusCode::NOT_FOUND, "not found"),
             _ => {}
         }
-        let route = match route(&path, parts.uri.query(), &self.host_names) {
+        let route = match route(&path, parts.uri.query(), &self.path_hosts) {
             Ok(route) => route,
             Err(err) => return Error::from(err).into_response(),
         };
@@ -551,7 +560,11 @@ impl Proxy {
     }
 
     fn target(&self, route: &Route) -> Result<Target, Error> {
-        let (host_name, base) = match &route.host {
+        // The default upstream named in the path is the default upstream.
+        let named = route.host.as_deref().filter(|host| {
+            !host.eq_ignore_ascii_case(&self.default_host) || self.config.hosts.contains_key(*host)
+        });
+        let (host_name, base) = match named {
             None => (self.default_host.clone(), self.config.upstream.as_str()),
             Some(host) => {
                 let base = self
@@ -560,7 +573,7 @@ impl Proxy {
                     .iter()
                     .find(|(name, _)| name.eq_ignore_ascii_case(host))
                     .map_or("", |(_, url)| url.as_str());
-                (host.clone(), base)
+                (host.to_owned(), base)
             }
         };
         let key = self
@@ -574,9 +587,7 @@ impl Proxy {
         let (cached, bypassed) = match &record {
             Some(record) => (record.enabled, !record.enabled),
             None => (
-                self.config
-                    .cache
-                    .is_cached(route.host.as_deref(), key.owner(), key.repo()),
+                self.config.cache.is_cached(named, key.owner(), key.repo()),
                 false,
             ),
         };

@@ -293,7 +293,6 @@ mod tests {
         for path in [
             "/../widgets/info/refs",
             "/acme/../info/refs",
-            "/.acme/widgets/info/refs",
             "/acme/.git/info/refs",
             "/ac%2fme/widgets/info/refs",
             "/acme/wid gets/git-upload-pack",
@@ -313,6 +312,12 @@ mod tests {
             404
         );
         assert!(route("/acme/widgets.git/info/refs", Some("service=git-evil"), &[]).is_err());
+        // A leading dot is a name (GitHub's `org/.github`); `.` and `..` alone are not.
+        let dotted = route("/org/.github.git/info/refs", None, &hosts()).unwrap();
+        assert_eq!(
+            (dotted.owner.as_str(), dotted.repo.as_str()),
+            ("org", ".github")
+        );
         for path in [
             "/",
             "/acme/info/refs",

@@ -31,7 +31,7 @@ pub struct MirrorKey {
 
 /// A name that cannot be a path component of a mirror.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {what} '{name}': use letters, digits, '.', '_' and '-', not starting with '.'")]
+#[error("invalid {what} '{name}': use letters, digits, '.', '_' and '-', not '.' or '..'")]
 pub struct InvalidName {
     /// Which part: host, owner or repository.
     pub what: &'static str,
@@ -40,8 +40,10 @@ pub struct InvalidName {
 }
 
 fn check(what: &'static str, name: &str) -> Result<String, InvalidName> {
+    // `org/.github` is a repository on GitHub: a leading dot is fine, `.` and `..` are not.
     let ok = !name.is_empty()
-        && !name.starts_with('.')
+        && name != "."
+        && name != ".."
         && name.len() <= 255
         && name
             .bytes()

@@ -60,7 +60,7 @@ fn names_are_checked_before_they_touch_the_disk() {
     for (owner, repo) in [
         ("..", "x"),
         ("acme", ".."),
-        (".hidden", "x"),
+        (".", "x"),
         ("ac/me", "x"),
         ("acme", "x y"),
         ("", "x"),
@@ -70,6 +70,8 @@ fn names_are_checked_before_they_touch_the_disk() {
         assert!(err.to_string().starts_with("invalid "), "{err}");
     }
     assert!(MirrorKey::new("evil/../host", "a", "b").is_err());
+    // GitHub has them: `org/.github`.
+    assert!(MirrorKey::new("github.com", "org", ".github").is_ok());
     assert!(MirrorKey::new("127.0.0.1:notaport", "a", "b").is_err());
     // Names that differ in case are two repositories unless the upstream folds them.
     let exact = MirrorKey::new("GitHub.com", "Acme", "Widgets.git").unwrap();

@@ -356,7 +356,7 @@ fn the_access_gate() {
     for path in [
         "/acme/..%2f..%2fetc/info/refs?service=git-upload-pack",
         "/../secret/info/refs?service=git-upload-pack",
-        "/acme/.hidden/git-upload-pack",
+        "/acme/./git-upload-pack",
     ] {
         let answer = http(&cache.addr, "GET", path, &[v2], b"");
         assert!(
@@ -368,7 +368,7 @@ fn the_access_gate() {
     let answer = http(
         &cache.addr,
         "GET",
-        "/acme/.hidden/info/refs?service=git-upload-pack",
+        "/acme/wid@gets/info/refs?service=git-upload-pack",
         &[v2],
         b"",
     );

@@ -69,6 +69,24 @@ fn hosts_in_the_path_and_the_cache_list() {
     );
     assert!(other.counts().fetch >= 1);
 
+    // The default upstream's own host in the path (smart-git-proxy's URL form) is the
+    // default upstream: the same mirror, a hit, and the cache list applies as without it.
+    default.reset_counts();
+    let spelled = format!("{}/acme/cached", default.addr());
+    git.run(&home, &["clone", "-q", &cache.url(&spelled), "e"])
+        .unwrap()
+        .expect_success();
+    fsck(&home.join("e"));
+    assert_eq!(default.counts().fetch, 0, "a hit on the same mirror");
+
+    // A repository whose name starts with a dot (GitHub's `org/.github`).
+    repo::generate(&default.repo_path("org/.github"), &RepoSpec::tiny(604)).unwrap();
+    default.adopt_repo("org/.github", Access::Public).unwrap();
+    git.run(&home, &["clone", "-q", &cache.url("org/.github"), "f"])
+        .unwrap()
+        .expect_success();
+    fsck(&home.join("f"));
+
     // A host not on the allow-list is not proxied.
     let out = git
         .run(
