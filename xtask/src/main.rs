@@ -93,17 +93,20 @@ fn gen_repo(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The number after `flag` in `args`, or `default` when the flag is absent.
+pub(crate) fn number_flag(args: &[String], flag: &str, default: u64) -> Result<u64> {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args
+            .get(i + 1)
+            .context("a value after the flag")?
+            .parse()
+            .context("a number"),
+        None => Ok(default),
+    }
+}
+
 fn crash(root: &Path, args: &[String]) -> Result<()> {
-    let value = |flag: &str, default: u64| -> Result<u64> {
-        match args.iter().position(|a| a == flag) {
-            Some(i) => args
-                .get(i + 1)
-                .context("a value after the flag")?
-                .parse()
-                .context("a number"),
-            None => Ok(default),
-        }
-    };
+    let value = |flag: &str, default: u64| number_flag(args, flag, default);
     let kills = value("--kills", 200)? as usize;
     let seed = value("--seed", 1)?;
     // The binary of the workspace's debug build (`cargo build` first).

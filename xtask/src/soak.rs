@@ -28,16 +28,7 @@ struct Results {
 }
 
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
-    let value = |flag: &str, default: u64| -> Result<u64> {
-        match args.iter().position(|a| a == flag) {
-            Some(i) => args
-                .get(i + 1)
-                .context("a value after the flag")?
-                .parse()
-                .context("a number"),
-            None => Ok(default),
-        }
-    };
+    let value = |flag: &str, default: u64| crate::number_flag(args, flag, default);
     let minutes = value("--minutes", 5)?;
     let clients = value("--clients", 32)? as usize;
     let still = args.iter().any(|a| a == "--still");
