@@ -209,18 +209,21 @@ impl Mirror {
             .copied()
             .filter(|t| !wants.contains(t))
             .collect();
-        for tip in &present {
-            let whole = {
-                let (git_dir, tip, haves) = (self.git_dir.clone(), *tip, haves.clone());
-                tokio::task::spawn_blocking(move || {
-                    gitcache_pack::Repository::open(git_dir)?.check_connected(&[tip], &haves)
-                })
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?
-            };
-            if whole.is_err() {
-                wants.push(*tip);
-            }
+        if !present.is_empty() {
+            // One walk per tip (a failure must name which tips to fetch), on one handle.
+            let (git_dir, haves) = (self.git_dir.clone(), haves.clone());
+            let broken = tokio::task::spawn_blocking(move || {
+                let repo = gitcache_pack::Repository::open(git_dir)?;
+                Ok::<_, gitcache_pack::Error>(
+                    present
+                        .into_iter()
+                        .filter(|tip| repo.check_connected(&[*tip], &haves).is_err())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            wants.extend(broken);
         }
 
         let mut fetched_objects = 0;
@@ -233,7 +236,7 @@ impl Mirror {
             fetched_objects = pack.objects;
             ingested = Some((pack, first));
         }
-        let repo = gitcache_pack::Repository::open(&self.git_dir)?;
+        let repo = std::sync::Arc::new(gitcache_pack::Repository::open(&self.git_dir)?);
         let checked = self.check_fetched(&repo, &remote, &new_tips, &haves).await;
         if let Err(err) = checked {
             if let Some((pack, _)) = ingested.as_ref().filter(|(pack, _)| pack.fresh) {
@@ -264,7 +267,7 @@ impl Mirror {
     /// down to what the old tips (`haves`) reach (a walk on a blocking thread).
     async fn check_fetched(
         &self,
-        repo: &gitcache_pack::Repository,
+        repo: &std::sync::Arc<gitcache_pack::Repository>,
         remote: &[RefLine],
         wants: &[ObjectId],
         haves: &[ObjectId],
@@ -282,16 +285,14 @@ impl Mirror {
         if wants.is_empty() {
             return Ok(());
         }
-        let (git_dir, wants, haves) = (self.git_dir.clone(), wants.to_vec(), haves.to_vec());
-        tokio::task::spawn_blocking(move || {
-            gitcache_pack::Repository::open(git_dir)?.check_connected(&wants, &haves)
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?
-        .map_err(|err| match err {
-            err @ gitcache_pack::Error::MissingObject { .. } => Error::Disconnected(err),
-            other => Error::Repository(other),
-        })
+        let (repo, wants, haves) = (std::sync::Arc::clone(repo), wants.to_vec(), haves.to_vec());
+        tokio::task::spawn_blocking(move || repo.check_connected(&wants, &haves))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            .map_err(|err| match err {
+                err @ gitcache_pack::Error::MissingObject { .. } => Error::Disconnected(err),
+                other => Error::Repository(other),
+            })
     }
 
     /// Fetch `wants` in one round and take the pack in.
