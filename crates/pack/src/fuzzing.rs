@@ -131,3 +131,37 @@ pub fn bitmap_load(repo: &Repository, data: &[u8]) {
         }
     }
 }
+
+/// The delta encoder against a target made from `data`: the first byte splits the rest into
+/// a source and a list of edits (three bytes each: where, what, and whether to replace,
+/// insert or delete), applied to a copy of the source. A delta written must apply back to
+/// the target exactly; one refused must have been over its limit.
+pub fn delta(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let (source, edits) = rest.split_at(rest.len() * usize::from(split) / 256);
+    // Repeated so that sources are long enough to hold blocks worth copying.
+    let source = source.repeat(1 + 4096 / (source.len() + 1));
+    let mut target = source.clone();
+    for edit in edits.chunks_exact(3) {
+        let at = usize::from(edit[0]) * 16 % (target.len() + 1);
+        match edit[2] % 3 {
+            0 if at < target.len() => target[at] = edit[1],
+            1 => target.insert(at, edit[1]),
+            _ if at < target.len() => drop(target.remove(at)),
+            _ => {}
+        }
+    }
+    let Some(index) = crate::delta::SourceIndex::new(&source) else {
+        return;
+    };
+    let unlimited = crate::delta::encode(&index, &target, usize::MAX).expect("no limit");
+    let applied = crate::delta::apply(&source, &unlimited).expect("our delta applies");
+    assert!(applied == target, "the delta makes another target");
+    let limit = target.len() / 2;
+    match crate::delta::encode(&index, &target, limit) {
+        Some(limited) => assert!(limited == unlimited && limited.len() <= limit),
+        None => assert!(unlimited.len() > limit),
+    }
+}

@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 mod bitmap;
+mod delta;
 mod error;
 mod filter;
 mod mapped;

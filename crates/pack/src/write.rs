@@ -4,6 +4,10 @@
 //! - A stored delta whose base is also sent is copied, its base written first so that it can
 //!   go out as an ofs-delta (or as a ref-delta when the client did not ask for ofs-delta).
 //! - A stored delta whose base the client provably has is sent as a ref-delta in a thin pack.
+//! - A stored delta whose base is neither sent nor had gets a new delta against the nearest
+//!   object further down its stored chain that is sent (or had, in a thin pack), when that
+//!   delta is less than half the object's size: such objects are versions of the same file or
+//!   directory, and a tree of thousands of entries otherwise goes whole.
 //! - Anything else is resolved and compressed again, once, as a whole object.
 
 use std::collections::HashMap;
@@ -33,6 +37,12 @@ pub(crate) struct WriteOptions {
 /// Objects planned, and compressed again where needed, ahead of writing: bounds the memory
 /// that compressed-ahead objects take, with [`BATCH_BYTES`].
 const BATCH: usize = 512;
+/// How far down an object's stored delta chain a base for a new delta is looked for.
+const CHAIN_LOOKUP: usize = 16;
+/// Objects larger than this (or with a larger base) are not given new deltas: bounds the
+/// memory and time of one (the source index takes half the source's size).
+const MAX_DELTA_OBJECT: usize = 16 << 20;
+
 /// Bytes of stored entries and of objects to compress again after which a batch takes no
 /// more objects (so it holds at most this plus its last object, and at least one object
 /// however large): a repository of large incompressible files does not cost `BATCH` of
@@ -48,6 +58,8 @@ pub struct PackStats {
     pub deltas: u32,
     /// Entries copied from a stored pack (whole or delta).
     pub reused: u32,
+    /// Deltas made for this pack, for objects whose stored base is not sent.
+    pub new_deltas: u32,
     /// Of those, deltas.
     pub reused_deltas: u32,
     /// Whether a stored pack was sent as it is.
@@ -72,6 +84,25 @@ enum Stored {
         size: u64,
         entry: Vec<u8>,
         header_len: usize,
+    },
+}
+
+/// An object that cannot be copied as stored, and a base to try a new delta against.
+struct Redo {
+    oid: ObjectId,
+    against: Option<ObjectId>,
+}
+
+/// An object made ready ahead of writing.
+enum Ready {
+    /// A whole object's entry, header included.
+    Whole(Vec<u8>),
+    /// A new delta against `base`: the delta's size and its zlib bytes (the entry's header
+    /// depends on where the base is written).
+    Delta {
+        base: ObjectId,
+        size: u64,
+        data: Vec<u8>,
     },
 }
 
@@ -160,7 +191,7 @@ impl<'a> PackWriter<'a> {
             .map(|_| (self.spawn_objects)())
             .collect();
         let mut planned: OidMap<Stored> = OidMap::default();
-        let mut ready: OidMap<Vec<u8>> = OidMap::default();
+        let mut ready: OidMap<Ready> = OidMap::default();
         let mut next_batch = 0;
         for (i, oid) in order.iter().enumerate() {
             if i == next_batch {
@@ -174,6 +205,10 @@ impl<'a> PackWriter<'a> {
                         break;
                     }
                     next_batch = next_batch.max(i) + 1;
+                    if written.contains_key(id) {
+                        // Written early, as the base of a delta.
+                        continue;
+                    }
                     let stored = self.stored(id)?;
                     let reusable = match &stored {
                         Stored::Base(entry) => {
@@ -188,12 +223,18 @@ impl<'a> PackWriter<'a> {
                     };
                     if !reusable {
                         bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
-                        redo.push(*id);
+                        let against = match &stored {
+                            Stored::Delta { base, .. } => {
+                                self.usable_ancestor(base, &in_pack, client_has)?
+                            }
+                            _ => None,
+                        };
+                        redo.push(Redo { oid: *id, against });
                     }
                     planned.insert(*id, stored);
                 }
                 stats.lookahead_bytes = stats.lookahead_bytes.max(bytes);
-                ready = compress_all(self.objects, &mut workers, &redo, self.opts.compression)?;
+                ready = rebuild_all(self.objects, &mut workers, &redo, self.opts.compression)?;
             }
             if written.contains_key(oid) {
                 continue;
@@ -205,17 +246,20 @@ impl<'a> PackWriter<'a> {
                     Some(stored) => stored,
                     None => self.stored(&current)?,
                 };
-                let next = match &stored {
-                    Stored::Delta { base, .. }
-                        if in_pack.contains(base)
-                            && !written.contains_key(base)
-                            && !chain.iter().any(|(c, _)| c == base)
-                            && *base != current =>
-                    {
-                        Some(*base)
-                    }
-                    _ => None,
+                let base = match (ready.get(&current), &stored) {
+                    (Some(Ready::Delta { base, .. }), _) => Some(base),
+                    (Some(Ready::Whole(_)), _) => None,
+                    (None, Stored::Delta { base, .. }) => Some(base),
+                    (None, _) => None,
                 };
+                let next = base
+                    .filter(|base| {
+                        in_pack.contains(*base)
+                            && !written.contains_key(*base)
+                            && !chain.iter().any(|(c, _)| c == *base)
+                            && **base != current
+                    })
+                    .copied();
                 chain.push((current, stored));
                 match next {
                     Some(base) => current = base,
@@ -225,7 +269,21 @@ impl<'a> PackWriter<'a> {
             while let Some((id, stored)) = chain.pop() {
                 let start = sink.offset;
                 match ready.remove(&id) {
-                    Some(entry) => sink.write_all(&entry)?,
+                    Some(Ready::Whole(entry)) => sink.write_all(&entry)?,
+                    Some(Ready::Delta { base, size, data }) => {
+                        let header =
+                            self.delta_header(&sink, &base, &written, client_has, &in_pack);
+                        match header {
+                            Some(header) => {
+                                header.write_to(size, &mut sink)?;
+                                sink.write_all(&data)?;
+                                stats.deltas += 1;
+                                stats.new_deltas += 1;
+                            }
+                            // Its base could not be written first (a cycle of stored deltas).
+                            None => self.full(&mut sink, &id)?,
+                        }
+                    }
                     None => self.entry(
                         &mut sink, &id, stored, &written, client_has, &in_pack, &mut stats,
                     )?,
@@ -267,20 +325,7 @@ impl<'a> PackWriter<'a> {
                 entry,
                 header_len,
             } => {
-                let header = if let Some(&base_offset) = written.get(&base) {
-                    Some(if self.opts.ofs_delta {
-                        Header::OfsDelta {
-                            base_distance: sink.offset - base_offset,
-                        }
-                    } else {
-                        Header::RefDelta { base_id: base }
-                    })
-                } else if self.opts.thin && !in_pack.contains(&base) && client_has.contains(&base) {
-                    Some(Header::RefDelta { base_id: base })
-                } else {
-                    None
-                };
-                if let Some(header) = header {
+                if let Some(header) = self.delta_header(sink, &base, written, client_has, in_pack) {
                     header.write_to(size, sink)?;
                     sink.write_all(&entry[header_len..])?;
                     stats.reused += 1;
@@ -292,6 +337,52 @@ impl<'a> PackWriter<'a> {
             Stored::Full => {}
         }
         self.full(sink, oid)
+    }
+
+    /// The header of a delta against `base` written next, if the client can resolve it: its
+    /// base written before it, or (in a thin pack) one the client has.
+    fn delta_header<W: Write>(
+        &self,
+        sink: &Sink<W>,
+        base: &ObjectId,
+        written: &OidMap<u64>,
+        client_has: &crate::select::Has,
+        in_pack: &OidSet,
+    ) -> Option<Header> {
+        if let Some(&base_offset) = written.get(base) {
+            Some(if self.opts.ofs_delta {
+                Header::OfsDelta {
+                    base_distance: sink.offset - base_offset,
+                }
+            } else {
+                Header::RefDelta { base_id: *base }
+            })
+        } else if self.opts.thin && !in_pack.contains(base) && client_has.contains(base) {
+            Some(Header::RefDelta { base_id: *base })
+        } else {
+            None
+        }
+    }
+
+    /// The first object below `base` in its stored delta chain that a delta may be made
+    /// against: one that is sent, or in a thin pack one the client has.
+    fn usable_ancestor(
+        &mut self,
+        base: &ObjectId,
+        in_pack: &OidSet,
+        client_has: &crate::select::Has,
+    ) -> Result<Option<ObjectId>, Error> {
+        let mut current = *base;
+        for _ in 0..CHAIN_LOOKUP {
+            let Stored::Delta { base: next, .. } = self.stored(&current)? else {
+                return Ok(None);
+            };
+            if in_pack.contains(&next) || (self.opts.thin && client_has.contains(&next)) {
+                return Ok(Some(next));
+            }
+            current = next;
+        }
+        Ok(None)
     }
 
     /// Write `oid` as a whole object, compressed again.
@@ -455,39 +546,92 @@ fn compress_whole(
     };
     let mut entry = Vec::with_capacity(data.len() / 2 + 64);
     header.write_to(data.len() as u64, &mut entry)?;
+    deflate(zlib, data, &mut entry)?;
+    Ok(entry)
+}
+
+/// Append `input`, zlib-compressed, to `out`.
+fn deflate(zlib: &mut flate2::Compress, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
     // One compressor per thread, reset between objects: setting up zlib's state for every
     // object (hundreds of KiB zeroed each time) cost more than compressing small files.
     zlib.reset();
-    let mut input = data;
     loop {
-        if entry.capacity() - entry.len() < 64 {
-            entry.reserve(entry.capacity().max(1024));
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(1024));
         }
         let before = zlib.total_in();
         let status = zlib
-            .compress_vec(input, &mut entry, flate2::FlushCompress::Finish)
+            .compress_vec(input, out, flate2::FlushCompress::Finish)
             .map_err(|e| Error::Io(io::Error::other(e)))?;
         input = &input[(zlib.total_in() - before) as usize..];
         if status == flate2::Status::StreamEnd {
-            return Ok(entry);
+            return Ok(());
         }
     }
+}
+
+/// `redo.oid` as a new delta against `redo.against` when that pays, else whole.
+fn rebuild(
+    objects: &mut Objects,
+    redo: &Redo,
+    zlib: &mut flate2::Compress,
+) -> Result<Ready, Error> {
+    if let Some(base) = &redo.against
+        && let Some(ready) = delta_against(objects, &redo.oid, base, zlib)?
+    {
+        return Ok(ready);
+    }
+    compress_whole(objects, &redo.oid, zlib).map(Ready::Whole)
+}
+
+/// `oid` as a delta against `base`, if both are of one kind, not too large, and the delta
+/// is less than half of `oid` (git's own bar for a delta where none was).
+fn delta_against(
+    objects: &mut Objects,
+    oid: &ObjectId,
+    base: &ObjectId,
+    zlib: &mut flate2::Compress,
+) -> Result<Option<Ready>, Error> {
+    let (base_kind, source) = objects.read(base)?;
+    if source.len() > MAX_DELTA_OBJECT {
+        return Ok(None);
+    }
+    let source = source.to_vec();
+    let (kind, target) = objects.read(oid)?;
+    // A delta's object has its base's kind.
+    if kind != base_kind || target.len() > MAX_DELTA_OBJECT {
+        return Ok(None);
+    }
+    let Some(index) = crate::delta::SourceIndex::new(&source) else {
+        return Ok(None);
+    };
+    let Some(delta) = crate::delta::encode(&index, target, (target.len() / 2).saturating_sub(20))
+    else {
+        return Ok(None);
+    };
+    let mut data = Vec::with_capacity(delta.len() / 2 + 64);
+    deflate(zlib, &delta, &mut data)?;
+    Ok(Some(Ready::Delta {
+        base: *base,
+        size: delta.len() as u64,
+        data,
+    }))
 }
 
 fn compressor(level: u32) -> flate2::Compress {
     flate2::Compress::new(flate2::Compression::new(level), true)
 }
 
-/// Entries compressed by one thread, or why it stopped.
-type Lane = Result<Vec<(ObjectId, Vec<u8>)>, Error>;
+/// Objects made ready by one thread, or why it stopped.
+type Lane = Result<Vec<(ObjectId, Ready)>, Error>;
 
-/// Compress `oids` whole, spread over the calling thread and `workers`.
-fn compress_all(
+/// Make `oids` ready, spread over the calling thread and `workers`.
+fn rebuild_all(
     own: &mut Objects,
     workers: &mut [Objects],
-    oids: &[ObjectId],
+    oids: &[Redo],
     level: u32,
-) -> Result<OidMap<Vec<u8>>, Error> {
+) -> Result<OidMap<Ready>, Error> {
     let mut out = OidMap::default();
     if oids.is_empty() {
         return Ok(out);
@@ -508,7 +652,7 @@ fn compress_all(
                     let mut zlib = compressor(level);
                     chunk
                         .iter()
-                        .map(|oid| compress_whole(objects, oid, &mut zlib).map(|e| (*oid, e)))
+                        .map(|redo| rebuild(objects, redo, &mut zlib).map(|r| (redo.oid, r)))
                         .collect::<Result<Vec<_>, Error>>()
                 })
             })
@@ -516,7 +660,7 @@ fn compress_all(
         let mut zlib = compressor(level);
         let mut results = vec![
             mine.iter()
-                .map(|oid| compress_whole(own, oid, &mut zlib).map(|e| (*oid, e)))
+                .map(|redo| rebuild(own, redo, &mut zlib).map(|r| (redo.oid, r)))
                 .collect(),
         ];
         results.extend(handles.into_iter().map(|h| {

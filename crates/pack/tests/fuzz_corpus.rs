@@ -95,3 +95,9 @@ fn bitmap_load_corpus() {
     });
     assert!(n >= 3, "only {n} inputs replayed");
 }
+
+#[test]
+fn delta_corpus() {
+    let n = gitcache_testkit::fuzz::replay("delta", gitcache_pack::fuzzing::delta);
+    assert!(n >= 5, "only {n} inputs replayed");
+}

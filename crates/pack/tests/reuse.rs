@@ -211,3 +211,133 @@ fn the_writers_look_ahead_is_bounded_in_bytes() {
     );
     assert!(stats.lookahead_bytes >= 30 << 20, "batches are still large");
 }
+
+/// Issue 16: a stored delta whose base is not sent gets a new delta against an object further
+/// down its stored chain that is sent (or, in a thin pack, that the client has), instead of
+/// going whole.
+#[test]
+fn a_delta_whose_base_is_not_sent_is_made_again_against_one_that_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.git");
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["init", "-q", "-b", "main", work.to_str().unwrap()],
+    );
+    let shared: String = (0..400)
+        .map(|i| {
+            format!(
+                "line {i} of the part all versions share, {}\n",
+                i * 7919 % 10007
+            )
+        })
+        .collect();
+    let lines = |word: &str, n: usize| -> String {
+        (0..n)
+            .map(|i| format!("{word} {i} {}\n", i * 31 % 97))
+            .collect()
+    };
+    let beta = lines("beta", 60);
+    // By size, git makes the largest the base: the side branch's version (`side`) is a
+    // delta against main's first, and main's second a delta against `side`, which a clone
+    // of main does not send.
+    let first = format!("{shared}{}", lines("alpha", 80));
+    let side = format!("{shared}{beta}");
+    let second = format!("{shared}{}", &beta[..beta.len() - 12]);
+    let commit = |content: &str, message: &str| {
+        std::fs::write(work.join("f.txt"), content).unwrap();
+        git(&work, &["add", "f.txt"]);
+        git(
+            &work,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@e",
+                "commit",
+                "-q",
+                "-m",
+                message,
+            ],
+        );
+    };
+    commit(&first, "first");
+    git(&work, &["checkout", "-q", "-b", "side"]);
+    commit(&side, "side");
+    git(&work, &["checkout", "-q", "main"]);
+    commit(&second, "second");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ],
+    );
+    git(&path, &["repack", "-adfq", "--window=10", "--depth=50"]);
+
+    let blob = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let (first_id, side_id, second_id) =
+        (blob("main~1:f.txt"), blob("side:f.txt"), blob("main:f.txt"));
+    let idx = pack_file(&path).with_extension("idx");
+    let listing = git(&path, &["verify-pack", "-v", idx.to_str().unwrap()]);
+    let base_of = |id: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(id))
+            .and_then(|l| l.split_whitespace().nth(6))
+            .map(str::to_owned)
+    };
+    assert_eq!(base_of(&second_id), Some(side_id.clone()), "{listing}");
+    assert_eq!(base_of(&side_id), Some(first_id.clone()), "{listing}");
+
+    let repo = Repository::open(&path).unwrap();
+    let main = oids(&git(&path, &["rev-parse", "main"]));
+    let first_commit = oids(&git(&path, &["rev-parse", "main~1"]));
+    let mut thin_fetch = clone_request(main.clone());
+    thin_fetch.haves = first_commit;
+    for (fetch, has_first) in [
+        (clone_request(main.clone()), false),
+        (
+            Fetch {
+                ofs_delta: false,
+                ..clone_request(main.clone())
+            },
+            false,
+        ),
+        (thin_fetch, true),
+    ] {
+        let (_, stats, pack) = send(&repo, &fetch);
+        assert_eq!(stats.new_deltas, 1, "{stats:?}");
+        let check = tempfile::tempdir().unwrap();
+        let client = check.path().join("c.git");
+        git(
+            check.path(),
+            &["init", "-q", "--bare", client.to_str().unwrap()],
+        );
+        if has_first {
+            // What the client has: the first commit's objects.
+            let listed = gitcache_testkit::git::git_with_input(
+                &path,
+                &["pack-objects", "--revs", "--stdout"],
+                b"main~1\n",
+            );
+            gitcache_testkit::git::git_with_input(&client, &["index-pack", "--stdin"], &listed);
+        }
+        let args: &[&str] = if has_first {
+            &["index-pack", "--strict", "--stdin", "--fix-thin"]
+        } else {
+            &["index-pack", "--strict", "--stdin"]
+        };
+        gitcache_testkit::git::git_with_input(&client, args, &pack);
+        git(
+            &client,
+            &["update-ref", "refs/heads/main", &main[0].to_string()],
+        );
+        git(&client, &["fsck", "--strict", "--no-progress"]);
+        let content = git(&client, &["cat-file", "blob", &second_id]);
+        assert_eq!(content, second);
+    }
+}

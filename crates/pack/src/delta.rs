@@ -1,0 +1,297 @@
+//! Git's delta format, written here: a target described as copies from a source and
+//! inserted literals, for objects whose stored delta base is not sent.
+//!
+//! A delta starts with the source's and the target's sizes, each a little-endian base-128
+//! number. Instructions follow. A byte with the high bit set copies from the source: its low
+//! four bits say which bytes of the offset follow, the next three which bytes of the size (a
+//! size of 0 means 0x10000). A byte from 1 to 127 inserts that many literal bytes, which
+//! follow it. 0 is reserved.
+//!
+//! The encoder indexes the source in blocks of [`BLOCK`] bytes and looks each position of
+//! the target up, so its time is linear in both sizes and its memory half the source's size.
+
+/// Bytes hashed together: shorter common runs are not found.
+const BLOCK: usize = 16;
+/// The largest copy one instruction can state (three size bytes).
+const MAX_COPY: usize = 0xff_ffff;
+/// The longest literal run one instruction can state.
+const MAX_INSERT: usize = 0x7f;
+
+/// A source indexed for [`encode`].
+pub(crate) struct SourceIndex<'a> {
+    source: &'a [u8],
+    /// By hash bucket, one more than the offset of a block of `source` (0: none).
+    table: Vec<u32>,
+    shift: u32,
+}
+
+impl<'a> SourceIndex<'a> {
+    /// Index `source`; `None` when it is too large for a delta's four offset bytes.
+    pub(crate) fn new(source: &'a [u8]) -> Option<Self> {
+        if source.len() >= u32::MAX as usize {
+            return None;
+        }
+        let blocks = source.len() / BLOCK;
+        let bits = (blocks * 2).max(16).next_power_of_two().trailing_zeros();
+        let mut table = vec![0u32; 1 << bits];
+        let shift = 64 - bits;
+        // From the end, so that the first of equal blocks is the one kept.
+        for block in (0..blocks).rev() {
+            let at = block * BLOCK;
+            table[(hash(&source[at..at + BLOCK]) >> shift) as usize] = at as u32 + 1;
+        }
+        Some(SourceIndex {
+            source,
+            table,
+            shift,
+        })
+    }
+
+    /// Where a block equal to `window` (of [`BLOCK`] bytes) starts in the source, if known.
+    fn find(&self, window: &[u8]) -> Option<usize> {
+        let at = self.table[(hash(window) >> self.shift) as usize];
+        let at = at.checked_sub(1)? as usize;
+        (self.source[at..at + BLOCK] == *window).then_some(at)
+    }
+}
+
+fn hash(window: &[u8]) -> u64 {
+    let (a, b) = window.split_at(8);
+    let a = u64::from_le_bytes(a.try_into().unwrap_or_default());
+    let b = u64::from_le_bytes(b.try_into().unwrap_or_default());
+    (a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+}
+
+/// The delta that makes `target` from the indexed source, or `None` if it would take more
+/// than `limit` bytes (then the target is better sent whole).
+pub(crate) fn encode(index: &SourceIndex<'_>, target: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let source = index.source;
+    let mut out = Vec::with_capacity(limit.min(target.len() / 4 + 64));
+    put_size(&mut out, source.len() as u64);
+    put_size(&mut out, target.len() as u64);
+    // Target bytes not yet described start at `pending`.
+    let mut pending = 0;
+    let mut at = 0;
+    while at + BLOCK <= target.len() {
+        let Some(found) = index.find(&target[at..at + BLOCK]) else {
+            at += 1;
+            continue;
+        };
+        let ahead = common_prefix(&source[found + BLOCK..], &target[at + BLOCK..]);
+        let back = common_suffix(&source[..found], &target[pending..at]);
+        insert(&mut out, &target[pending..at - back]);
+        copy(&mut out, found - back, back + BLOCK + ahead);
+        at += BLOCK + ahead;
+        pending = at;
+        if out.len() > limit {
+            return None;
+        }
+    }
+    insert(&mut out, &target[pending..]);
+    (out.len() <= limit).then_some(out)
+}
+
+/// How many bytes `a` and `b` share at their start.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let mut n = 0;
+    for (x, y) in a.chunks(8).zip(b.chunks(8)) {
+        if x == y {
+            n += x.len();
+        } else {
+            return n + x.iter().zip(y).take_while(|(p, q)| p == q).count();
+        }
+    }
+    n
+}
+
+/// How many bytes `a` and `b` share at their end.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(p, q)| p == q)
+        .count()
+}
+
+fn put_size(out: &mut Vec<u8>, mut size: u64) {
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        if size == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn insert(out: &mut Vec<u8>, literal: &[u8]) {
+    for run in literal.chunks(MAX_INSERT) {
+        out.push(run.len() as u8);
+        out.extend_from_slice(run);
+    }
+}
+
+fn copy(out: &mut Vec<u8>, mut offset: usize, mut len: usize) {
+    while len > 0 {
+        let n = len.min(MAX_COPY);
+        let command = out.len();
+        out.push(0x80);
+        for i in 0..4 {
+            let byte = (offset >> (8 * i)) as u8;
+            if byte != 0 {
+                out[command] |= 1 << i;
+                out.push(byte);
+            }
+        }
+        for i in 0..3 {
+            let byte = (n >> (8 * i)) as u8;
+            if byte != 0 {
+                out[command] |= 0x10 << i;
+                out.push(byte);
+            }
+        }
+        offset += n;
+        len -= n;
+    }
+}
+
+/// Apply `delta` to `source`, as a client would: the check that what [`encode`] writes means
+/// what it should.
+pub(crate) fn apply(source: &[u8], delta: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let mut rest = delta;
+    let source_size = take_size(&mut rest)?;
+    let target_size = take_size(&mut rest)?;
+    if source_size != source.len() as u64 {
+        return Err("source size differs");
+    }
+    let mut out = Vec::with_capacity(usize::try_from(target_size.min(1 << 20)).unwrap_or(0));
+    while let Some((&command, tail)) = rest.split_first() {
+        rest = tail;
+        if command & 0x80 != 0 {
+            let mut field = |bits: u8, bytes: usize| -> Result<usize, &'static str> {
+                let mut value = 0usize;
+                for i in 0..bytes {
+                    if bits & (1 << i) != 0 {
+                        let (&byte, tail) = rest.split_first().ok_or("truncated copy")?;
+                        rest = tail;
+                        value |= usize::from(byte) << (8 * i);
+                    }
+                }
+                Ok(value)
+            };
+            let offset = field(command & 0x0f, 4)?;
+            let size = match field((command >> 4) & 0x07, 3)? {
+                0 => 0x10000,
+                n => n,
+            };
+            let run = offset
+                .checked_add(size)
+                .and_then(|end| source.get(offset..end))
+                .ok_or("copy outside the source")?;
+            out.extend_from_slice(run);
+        } else if command != 0 {
+            let n = usize::from(command);
+            let run = rest.get(..n).ok_or("truncated insert")?;
+            out.extend_from_slice(run);
+            rest = &rest[n..];
+        } else {
+            return Err("reserved instruction");
+        }
+        if out.len() as u64 > target_size {
+            return Err("longer than the target size");
+        }
+    }
+    if out.len() as u64 != target_size {
+        return Err("shorter than the target size");
+    }
+    Ok(out)
+}
+
+fn take_size(rest: &mut &[u8]) -> Result<u64, &'static str> {
+    let mut size = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, tail) = rest.split_first().ok_or("truncated size")?;
+        *rest = tail;
+        size |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(size);
+        }
+    }
+    Err("size too long")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(source: &[u8], target: &[u8]) -> Option<usize> {
+        let index = SourceIndex::new(source).unwrap();
+        let delta = encode(&index, target, usize::MAX).unwrap();
+        assert_eq!(apply(source, &delta).unwrap(), target);
+        encode(&index, target, target.len() / 2).map(|d| d.len())
+    }
+
+    /// Bytes that do not repeat within a few KiB, like the ids in a tree.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn edits_become_small_deltas() {
+        let source = noise(1, 50_000);
+        let mut target = source.clone();
+        target[10_000..10_020].copy_from_slice(&noise(2, 20));
+        target.splice(30_000..30_000, noise(3, 100));
+        target.drain(40_000..40_500);
+        let size = round_trip(&source, &target).expect("a small delta");
+        assert!(size < 400, "{size} bytes for three small edits");
+    }
+
+    #[test]
+    fn unrelated_content_is_refused() {
+        assert_eq!(round_trip(&noise(1, 4096), &noise(9, 4096)), None);
+    }
+
+    #[test]
+    fn edge_cases_round_trip() {
+        for (source, target) in [
+            (Vec::new(), Vec::new()),
+            (Vec::new(), b"short".to_vec()),
+            (b"short".to_vec(), Vec::new()),
+            (noise(4, 15), noise(4, 15)),
+            (noise(5, 1 << 17), noise(5, 1 << 17)),
+            (vec![0; 100_000], vec![0; 300_000]),
+        ] {
+            round_trip(&source, &target);
+        }
+        // A copy longer than one instruction can say.
+        let source = noise(6, MAX_COPY + 1000);
+        let index = SourceIndex::new(&source).unwrap();
+        let delta = encode(&index, &source, 64).unwrap();
+        assert_eq!(apply(&source, &delta).unwrap(), source);
+    }
+
+    #[test]
+    fn corrupt_deltas_are_errors() {
+        let source = noise(7, 64);
+        for bad in [
+            &b""[..],
+            &[64, 10, 0][..],
+            &[64, 4, 0x91, 60, 10][..],
+            &[64, 4, 5, 1, 2, 3, 4, 5][..],
+            &[64, 4, 4, 1, 2][..],
+            &[63, 0][..],
+        ] {
+            assert!(apply(&source, bad).is_err(), "{bad:?}");
+        }
+    }
+}
