@@ -181,20 +181,7 @@ fn the_writers_look_ahead_is_bounded_in_bytes() {
             let name = format!("blob{half}-{i}.bin");
             std::fs::write(work.join(name), rng.bytes(1 << 20)).unwrap();
         }
-        git(&work, &["add", "."]);
-        git(
-            &work,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@e",
-                "commit",
-                "-q",
-                "-m",
-                "large",
-            ],
-        );
+        gitcache_testkit::git::commit_all(&work, "large");
         git(&work, &["push", "-q", path.to_str().unwrap(), "main"]);
         git(&path, &["repack", "-dq", "--window=0"]);
     }
@@ -246,20 +233,7 @@ fn a_delta_whose_base_is_not_sent_is_made_again_against_one_that_is() {
     let second = format!("{shared}{}", &beta[..beta.len() - 12]);
     let commit = |content: &str, message: &str| {
         std::fs::write(work.join("f.txt"), content).unwrap();
-        git(&work, &["add", "f.txt"]);
-        git(
-            &work,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@e",
-                "commit",
-                "-q",
-                "-m",
-                message,
-            ],
-        );
+        gitcache_testkit::git::commit_all(&work, message);
     };
     commit(&first, "first");
     git(&work, &["checkout", "-q", "-b", "side"]);

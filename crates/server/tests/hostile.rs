@@ -427,20 +427,7 @@ fn a_client_that_stops_reading_a_passthrough_answer_frees_its_slot() {
     // 24 MiB that do not compress: far more than the socket buffers hold.
     let mut rng = gitcache_testkit::repo::Rng::new(1211);
     std::fs::write(repo.join("blob.bin"), rng.bytes(24 << 20)).unwrap();
-    git_stdout(&repo, &["add", "blob.bin"]);
-    git_stdout(
-        &repo,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@e",
-            "commit",
-            "-q",
-            "-m",
-            "big",
-        ],
-    );
+    gitcache_testkit::git::commit_all(&repo, "big");
     git_stdout(&repo, &["repack", "-adq"]);
     upstream.adopt_repo("acme/big", Access::Public).unwrap();
     let pack = std::fs::read_dir(repo.join(".git/objects/pack"))

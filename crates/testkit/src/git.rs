@@ -206,6 +206,25 @@ pub fn git_stdout(dir: &Path, args: &[&str]) -> String {
     }
 }
 
+/// In the work tree `work`: stage everything and commit it as a test author, with `message`.
+#[track_caller]
+pub fn commit_all(work: &Path, message: &str) {
+    git_stdout(work, &["add", "-A"]);
+    git_stdout(
+        work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        ],
+    );
+}
+
 /// `git rev-parse --verify <rev>` in `repo`, with no client configuration.
 pub(crate) fn rev_parse_in(repo: &Path, rev: &str) -> io::Result<String> {
     Ok(output(repo, &["rev-parse", "--verify", rev])?
