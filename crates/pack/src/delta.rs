@@ -8,7 +8,8 @@
 //! follow it. 0 is reserved.
 //!
 //! The encoder indexes the source in blocks of [`BLOCK`] bytes and looks each position of
-//! the target up, so its time is linear in both sizes and its memory half the source's size.
+//! the target up, so its time is linear in both sizes and its memory (a table of four bytes
+//! per block, rounded up to a power of two) at most the source's size.
 
 /// Bytes hashed together: shorter common runs are not found.
 const BLOCK: usize = 16;

@@ -40,8 +40,11 @@ const BATCH: usize = 512;
 /// How far down an object's stored delta chain a base for a new delta is looked for.
 const CHAIN_LOOKUP: usize = 16;
 /// Objects larger than this (or with a larger base) are not given new deltas: bounds the
-/// memory and time of one (the source index takes half the source's size).
-const MAX_DELTA_OBJECT: usize = 16 << 20;
+/// memory and time of one (the source index takes up to the source's size again).
+const MAX_DELTA_OBJECT: u64 = 16 << 20;
+/// Objects smaller than this are not given new deltas (a delta of half their size would
+/// hardly be one).
+const MIN_DELTA_OBJECT: u64 = 64;
 
 /// Bytes of stored entries and of objects to compress again after which a batch takes no
 /// more objects (so it holds at most this plus its last object, and at least one object
@@ -58,10 +61,10 @@ pub struct PackStats {
     pub deltas: u32,
     /// Entries copied from a stored pack (whole or delta).
     pub reused: u32,
-    /// Deltas made for this pack, for objects whose stored base is not sent.
-    pub new_deltas: u32,
     /// Of those, deltas.
     pub reused_deltas: u32,
+    /// Deltas made for this pack, for objects whose stored base is not sent.
+    pub new_deltas: u32,
     /// Whether a stored pack was sent as it is.
     pub whole_pack: bool,
     /// Bytes of pack data written.
@@ -139,6 +142,8 @@ pub(crate) struct PackWriter<'a> {
     /// Each of `packs`' id in the object database and where its entries end.
     odb_pack: Vec<Option<(u32, u64)>>,
     buf: Vec<u8>,
+    /// Stored delta bases learnt while looking down chains (`None`: stored whole).
+    bases: OidMap<Option<ObjectId>>,
 }
 
 impl<'a> PackWriter<'a> {
@@ -158,6 +163,7 @@ impl<'a> PackWriter<'a> {
             pack_of_id: HashMap::new(),
             odb_pack: Vec::new(),
             buf: Vec::new(),
+            bases: OidMap::default(),
         }
     }
 
@@ -374,7 +380,18 @@ impl<'a> PackWriter<'a> {
     ) -> Result<Option<ObjectId>, Error> {
         let mut current = *base;
         for _ in 0..CHAIN_LOOKUP {
-            let Stored::Delta { base: next, .. } = self.stored(&current)? else {
+            let next = match self.bases.get(&current) {
+                Some(known) => *known,
+                None => {
+                    let next = match self.stored(&current)? {
+                        Stored::Delta { base, .. } => Some(base),
+                        _ => None,
+                    };
+                    self.bases.insert(current, next);
+                    next
+                }
+            };
+            let Some(next) = next else {
                 return Ok(None);
             };
             if in_pack.contains(&next) || (self.opts.thin && client_has.contains(&next)) {
@@ -584,24 +601,31 @@ fn rebuild(
     compress_whole(objects, &redo.oid, zlib).map(Ready::Whole)
 }
 
-/// `oid` as a delta against `base`, if both are of one kind, not too large, and the delta
-/// is less than half of `oid` (git's own bar for a delta where none was).
+/// `oid` as a delta against `base`, if both are of one kind, of sizes that can make a good
+/// delta, and the delta is less than half of `oid` (git's own bar where there was none).
 fn delta_against(
     objects: &mut Objects,
     oid: &ObjectId,
     base: &ObjectId,
     zlib: &mut flate2::Compress,
 ) -> Result<Option<Ready>, Error> {
-    let (base_kind, source) = objects.read(base)?;
-    if source.len() > MAX_DELTA_OBJECT {
+    // Sizes first, from the headers: nothing is inflated for a pair that cannot do.
+    let (Some((kind, target_size)), Some((base_kind, source_size))) =
+        (objects.header(oid)?, objects.header(base)?)
+    else {
+        return Ok(None);
+    };
+    // A delta's object has its base's kind. Like git, no delta from a base 32 times larger.
+    if kind != base_kind
+        || !(MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&target_size)
+        || source_size > MAX_DELTA_OBJECT
+        || source_size / 32 > target_size
+    {
         return Ok(None);
     }
+    let (_, source) = objects.read(base)?;
     let source = source.to_vec();
-    let (kind, target) = objects.read(oid)?;
-    // A delta's object has its base's kind.
-    if kind != base_kind || target.len() > MAX_DELTA_OBJECT {
-        return Ok(None);
-    }
+    let (_, target) = objects.read(oid)?;
     let Some(index) = crate::delta::SourceIndex::new(&source) else {
         return Ok(None);
     };
