@@ -75,7 +75,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let samples = {
         let paths = REPOS.map(|n| upstream.repo_path(n)).to_vec();
         let upstream = &upstream;
-        std::thread::scope(|scope| -> Result<Vec<(u64, u64, usize)>> {
+        std::thread::scope(|scope| -> Result<Vec<(u64, Memory, usize)>> {
             let moving = Arc::clone(&stop);
             scope.spawn(move || {
                 let stop = moving;
@@ -105,10 +105,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
             let mut samples = Vec::new();
             let started = Instant::now();
             while Instant::now() < deadline {
-                samples.push((started.elapsed().as_secs(), rss_kib(pid), open_files(pid)));
+                samples.push((started.elapsed().as_secs(), memory(pid), open_files(pid)));
                 std::thread::sleep(Duration::from_secs(10).min(deadline - Instant::now()));
             }
-            samples.push((started.elapsed().as_secs(), rss_kib(pid), open_files(pid)));
+            samples.push((started.elapsed().as_secs(), memory(pid), open_files(pid)));
             stop.store(true, Ordering::Relaxed);
             Ok(samples)
         })?
@@ -214,15 +214,29 @@ fn listening_address(server: &mut std::process::Child) -> Result<String> {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+/// A process's resident memory in KiB: in all, then the part that is its own (heap,
+/// stacks) and the part that maps files (packs, indexes, the binary).
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    rss: u64,
+    anon: u64,
+    file: u64,
+}
+
+fn memory(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Memory {
+        rss: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+    }
 }
 
 fn open_files(pid: u32) -> usize {
@@ -244,7 +258,7 @@ fn report(
     clients: usize,
     still: bool,
     results: &Results,
-    samples: &[(u64, u64, usize)],
+    samples: &[(u64, Memory, usize)],
 ) {
     println!(
         "soak: {minutes} min, {clients} clients{}",
@@ -266,9 +280,16 @@ fn report(
     for message in &results.messages {
         println!("failure: {message}");
     }
-    println!("| minute | RSS (MiB) | open files |");
-    println!("| --- | --- | --- |");
-    for (secs, rss, files) in samples.iter().filter(|(s, _, _)| s % 60 < 10) {
-        println!("| {} | {:.1} | {files} |", secs / 60, *rss as f64 / 1024.0);
+    println!("| minute | RSS (MiB) | of which anonymous | of which files | open files |");
+    println!("| --- | --- | --- | --- | --- |");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    for (secs, memory, files) in samples.iter().filter(|(s, _, _)| s % 60 < 10) {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {files} |",
+            secs / 60,
+            mib(memory.rss),
+            mib(memory.anon),
+            mib(memory.file)
+        );
     }
 }
