@@ -5,9 +5,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use gitcache_mirror::registry::{MirrorKey, Registry};
-use gitcache_mirror::upstream::Upstream;
 use gitcache_pack::{Options, Repository, plan};
 use gitcache_protocol::request::{Command, Limits, parse_request};
+use gitcache_upstream::Upstream;
 
 /// Refresh the mirror of the repository at `url` under `root`, then answer the protocol v2
 /// request `body` from the mirror into `out`.

@@ -7,8 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gitcache_upstream::ResponseBody;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
 /// Errors a response body can end with.
@@ -22,7 +23,7 @@ pub struct Body(Kind);
 enum Kind {
     Full(Option<Bytes>),
     Channel(mpsc::Receiver<Result<Bytes, std::io::Error>>),
-    Upstream(Incoming),
+    Upstream(ResponseBody),
 }
 
 impl Body {
@@ -44,7 +45,7 @@ impl Body {
     }
 
     /// An upstream response body, passed on as it arrives.
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: ResponseBody) -> Self {
         Body(Kind::Upstream(body))
     }
 }
@@ -336,7 +337,7 @@ impl Write for ChannelWriter {
 /// An upstream response for the client: status, headers (minus hop-by-hop) and body as they
 /// come.
 pub(crate) fn passed_on(
-    response: hyper::Response<Incoming>,
+    response: hyper::Response<ResponseBody>,
     started: std::time::Instant,
 ) -> hyper::Response<Body> {
     let (mut parts, body) = response.into_parts();
@@ -352,7 +353,7 @@ pub(crate) fn passed_on(
 pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     let names: Vec<_> = headers
         .keys()
-        .filter(|name| gitcache_mirror::upstream::is_hop_by_hop(name))
+        .filter(|name| gitcache_upstream::is_hop_by_hop(name))
         .cloned()
         .collect();
     for name in names {

@@ -20,7 +20,7 @@ pub enum Error {
     Request(#[from] gitcache_protocol::request::Error),
     /// The upstream could not be asked.
     #[error(transparent)]
-    Upstream(#[from] gitcache_mirror::upstream::Error),
+    Upstream(#[from] gitcache_upstream::Error),
     /// Refreshing the mirror failed.
     #[error(transparent)]
     Mirror(std::sync::Arc<gitcache_mirror::mirror::Error>),
@@ -36,7 +36,7 @@ impl Error {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         use gitcache_mirror::mirror::Error as MirrorError;
-        use gitcache_mirror::upstream::Error as UpstreamError;
+        use gitcache_upstream::Error as UpstreamError;
         let upstream = |e: &UpstreamError| match e {
             UpstreamError::Status { status, .. } if e.is_access_denied() => *status,
             UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,

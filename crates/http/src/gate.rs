@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gitcache_mirror::upstream::Upstream;
 use gitcache_protocol::advertise::{self, Advertised};
+use gitcache_upstream::{Connections, Upstream};
 use gix_hash::Kind as HashKind;
 use http_body_util::{BodyExt, Empty};
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -41,6 +41,8 @@ pub(crate) struct AccessGate {
     credentials: CredentialMode,
     static_tokens: BTreeMap<String, Secret>,
     transfer_timeout: Duration,
+    /// Upstream connections kept between requests (per host and credential).
+    connections: Connections,
 }
 
 impl AccessGate {
@@ -50,6 +52,7 @@ impl AccessGate {
             credentials: config.credentials,
             static_tokens: config.static_tokens.clone(),
             transfer_timeout: config.upstream_transfer_timeout,
+            connections: Connections::new(),
         }
     }
 
@@ -78,11 +81,13 @@ impl AccessGate {
         target: &Target,
         credential: Option<String>,
     ) -> Result<Upstream, Error> {
-        let limits = gitcache_mirror::upstream::Limits {
+        let limits = gitcache_upstream::Limits {
             transfer_timeout: self.transfer_timeout,
             ..Default::default()
         };
-        Ok(Upstream::new(&target.url, credential, target.timeout)?.with_limits(limits))
+        Ok(Upstream::new(&target.url, credential, target.timeout)?
+            .with_limits(limits)
+            .with_connections(self.connections.clone()))
     }
 
     /// Ask the upstream whether the client's credential may read the repository.
@@ -117,8 +122,8 @@ impl AccessGate {
             http_body_util::Limited::new(body, MAX_ADVERTISEMENT).collect(),
         )
         .await
-        .map_err(|_| gitcache_mirror::upstream::Error::Timeout(target.timeout))?
-        .map_err(|e| gitcache_mirror::upstream::Error::Protocol(format!("advertisement: {e}")))?
+        .map_err(|_| gitcache_upstream::Error::Timeout(target.timeout))?
+        .map_err(|e| gitcache_upstream::Error::Protocol(format!("advertisement: {e}")))?
         .to_bytes();
         match advertise::read_advertised(&body) {
             Ok(Advertised::V2(kind)) => Ok(Verified::V2(kind)),
@@ -128,10 +133,9 @@ impl AccessGate {
                 strip_hop_by_hop(response.headers_mut());
                 Ok(Verified::Answer(response))
             }
-            Err(err) => Err(gitcache_mirror::upstream::Error::Protocol(format!(
-                "advertisement: {err}"
-            ))
-            .into()),
+            Err(err) => {
+                Err(gitcache_upstream::Error::Protocol(format!("advertisement: {err}")).into())
+            }
         }
     }
 }

@@ -1,7 +1,6 @@
-//! Mirrors of upstream repositories: taking in what upstream sends, so that the pack crate can
-//! serve from it.
+//! Mirrors of upstream repositories: taking in what upstream sends (through
+//! [`gitcache_upstream`]), so that the pack crate can serve from it.
 //!
-//! - [`upstream`]: a protocol v2 client for an upstream's smart HTTP endpoint.
 //! - [`mirror`]: creating a mirror and refreshing it from upstream in one fetch, refs replaced
 //!   atomically.
 //! - [`ingest`]: indexing and verifying a received pack and moving it into place atomically.
@@ -26,7 +25,6 @@
 pub mod ingest;
 pub mod mirror;
 pub mod registry;
-pub mod upstream;
 
 #[doc(hidden)]
 pub mod fuzzing;

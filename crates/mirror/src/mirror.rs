@@ -22,7 +22,7 @@ use gitcache_protocol::response::PackStream;
 use gix_hash::{Kind as HashKind, ObjectId};
 
 use crate::ingest;
-use crate::upstream::{self, Upstream};
+use gitcache_upstream::{self as upstream, Upstream};
 
 /// What a refresh did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

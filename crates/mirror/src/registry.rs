@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::mirror::{Error, Mirror, Refreshed};
-use crate::upstream::Upstream;
+use gitcache_upstream::Upstream;
 
 /// A repository's place among the mirrors: one upstream host, one owner, one name.
 ///

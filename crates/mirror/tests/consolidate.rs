@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use gitcache_mirror::registry::{MirrorKey, Registry};
-use gitcache_mirror::upstream::Upstream as Client;
 use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::ObjectId;
 use gitcache_protocol::request::Fetch;
 use gitcache_testkit::git::git_stdout as git;
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Upstream};
+use gitcache_upstream::Upstream as Client;
 
 fn tips(repo: &Repository) -> Vec<ObjectId> {
     let mut tips: Vec<ObjectId> = repo

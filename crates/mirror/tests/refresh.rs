@@ -4,10 +4,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use gitcache_mirror::mirror::Mirror;
-use gitcache_mirror::upstream::Upstream as Client;
 use gitcache_testkit::git::git_stdout as git;
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
+use gitcache_upstream::Upstream as Client;
 use gix_hash::Kind;
 
 fn refs(repo: &Path) -> String {
@@ -262,7 +262,7 @@ async fn https_upstreams_are_verified() {
         .unwrap();
     let trusted = Client::new(&url, None, Duration::from_secs(30))
         .unwrap()
-        .with_tls(gitcache_mirror::upstream::tls_config(roots).unwrap());
+        .with_tls(gitcache_upstream::tls_config(roots).unwrap());
     mirror.refresh(&trusted, &[]).await.unwrap();
     assert_eq!(
         refs(mirror.git_dir()),
@@ -375,11 +375,10 @@ async fn endless_answers_are_cut_off() {
     upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
-    let up =
-        client(&upstream, "acme/widgets", None).with_limits(gitcache_mirror::upstream::Limits {
-            max_pack_bytes: 4 << 20,
-            ..Default::default()
-        });
+    let up = client(&upstream, "acme/widgets", None).with_limits(gitcache_upstream::Limits {
+        max_pack_bytes: 4 << 20,
+        ..Default::default()
+    });
     for kind in [
         RequestKind::InfoRefs,
         RequestKind::LsRefs,

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gitcache_mirror::registry::{MirrorKey, Registry};
-use gitcache_mirror::upstream::Upstream as Client;
 use gitcache_testkit::git::git_stdout as git;
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
+use gitcache_upstream::Upstream as Client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_refreshes_of_a_cold_mirror_fetch_once() {

@@ -448,3 +448,27 @@ fn push_and_protocol_v0_pass_through() {
         git.rev_parse(&work, "HEAD").unwrap()
     );
 }
+
+/// Requests upstream on behalf of clients reuse kept connections (per credential): five
+/// `ls-remote`s (an advertisement and an `ls-refs` each) do not open ten connections.
+#[test]
+fn upstream_connections_are_kept_between_requests() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::small(402));
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    for _ in 0..5 {
+        git.run(&home, &["ls-remote", &cache.url("acme/widgets")])
+            .unwrap()
+            .expect_success();
+    }
+    let counts = upstream.counts();
+    let requests = counts.info_refs + counts.ls_refs + counts.fetch + counts.other;
+    assert!(requests >= 10, "{counts:?}");
+    assert!(
+        upstream.connections() * 3 <= requests,
+        "{} connections for {requests} requests",
+        upstream.connections()
+    );
+}

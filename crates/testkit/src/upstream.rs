@@ -148,6 +148,10 @@ struct Shared {
     root: PathBuf,
     git: PathBuf,
     recording: AtomicBool,
+    /// TCP connections accepted so far.
+    connections: std::sync::atomic::AtomicUsize,
+    /// Closes every open connection when notified.
+    close: tokio::sync::Notify,
     state: Mutex<State>,
 }
 
@@ -208,6 +212,8 @@ impl Upstream {
                 std::env::var_os("GITCACHE_TEST_GIT").unwrap_or_else(|| "git".into()),
             ),
             recording: AtomicBool::new(false),
+            connections: std::sync::atomic::AtomicUsize::new(0),
+            close: tokio::sync::Notify::new(),
             state: Mutex::new(State::default()),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -377,6 +383,16 @@ impl Upstream {
             .collect()
     }
 
+    /// TCP connections accepted so far (requests on a kept-alive connection share one).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Close every open connection, as a server whose keep-alive ran out does.
+    pub fn close_connections(&self) {
+        self.shared.close.notify_waiters();
+    }
+
     /// Forget the requests seen so far.
     pub fn reset_counts(&self) {
         self.shared.state().log.clear();
@@ -434,20 +450,30 @@ async fn accept_loop(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        shared.connections.fetch_add(1, Ordering::SeqCst);
         let (shared, tls) = (Arc::clone(&shared), tls.clone());
         tokio::spawn(async move {
+            let closed = Arc::clone(&shared);
+            let closed = closed.close.notified();
             let service = hyper::service::service_fn(move |req| {
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, Infallible>(handle(shared, req).await) }
             });
             let http = hyper::server::conn::http1::Builder::new();
-            let _ = match tls {
-                None => http.serve_connection(TokioIo::new(stream), service).await,
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
-                    Err(_) => return,
-                },
+            let serve = async move {
+                let _ = match tls {
+                    None => http.serve_connection(TokioIo::new(stream), service).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                        Err(_) => return,
+                    },
+                };
             };
+            // Dropping the connection closes it.
+            tokio::select! {
+                () = serve => {}
+                () = closed => {}
+            }
         });
     }
 }

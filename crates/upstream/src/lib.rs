@@ -9,6 +9,33 @@
 //! and within time bounds that let a slow but steady download finish: the response head and
 //! every gap between body bytes within the idle timeout, the whole exchange within
 //! [`Limits::transfer_timeout`].
+//!
+//! Given a [`Connections`] set, exchanges reuse kept connections (same TLS settings, host,
+//! port and credential only) instead of opening one each.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use gitcache_protocol::request::LsRefs;
+//! use gitcache_upstream::{Connections, Upstream};
+//!
+//! # async fn run() -> Result<(), gitcache_upstream::Error> {
+//! let connections = Connections::new();
+//! let upstream = Upstream::new("https://github.com/rust-lang/log.git", None, Duration::from_secs(30))?
+//!     .with_connections(connections.clone());
+//! let format = upstream.object_format().await?;
+//! // The same connection, once the first answer has been read.
+//! for line in upstream.ls_refs(format, LsRefs::default()).await? {
+//!     println!("{:?} {}", line.oid, line.name);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod connections;
 
 use std::time::Duration;
 
@@ -18,9 +45,14 @@ use gitcache_protocol::ls_refs::{self, RefLine};
 use gitcache_protocol::request::{Capabilities, Command, Fetch, LsRefs, Request};
 use gix_hash::Kind as HashKind;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
+
+pub use connections::{Connections, ResponseBody};
+
+/// The body of every request sent upstream: one type, so that connections can be kept.
+pub(crate) type RequestBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Why a conversation with the upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +150,7 @@ pub struct Upstream {
     /// The idle timeout: for the response head, and between body bytes.
     timeout: Duration,
     limits: Limits,
+    connections: Option<Connections>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -128,6 +161,7 @@ impl std::fmt::Debug for Upstream {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("path", &self.path)
+            .field("connections", &self.connections.is_some())
             .field(
                 "authorization",
                 &self.authorization.as_ref().map(|_| "<redacted>"),
@@ -194,7 +228,14 @@ impl Upstream {
             authorization,
             timeout,
             limits: Limits::default(),
+            connections: None,
         })
+    }
+
+    /// Take connections from `connections` and keep them there afterwards.
+    pub fn with_connections(mut self, connections: Connections) -> Self {
+        self.connections = Some(connections);
+        self
     }
 
     /// Use `limits` instead of the defaults.
@@ -211,13 +252,8 @@ impl Upstream {
         self
     }
 
-    /// An HTTP/1.1 connection to the upstream, over TLS for `https://`.
-    async fn connect<B>(&self) -> Result<hyper::client::conn::http1::SendRequest<B>, Error>
-    where
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    /// A new HTTP/1.1 connection to the upstream, over TLS for `https://`.
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>, Error> {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(Error::Connect)?;
@@ -238,6 +274,52 @@ impl Upstream {
                 handshake(tls).await
             }
         }
+    }
+
+    /// Send `request` on a kept connection if one is ready, else on a new one, and keep the
+    /// connection. A kept connection can turn out closed by the upstream (its keep-alive
+    /// ran out): a request not sent yet goes on a new connection; one sent already is
+    /// made again by `again` if given (requests that change nothing upstream).
+    async fn exchange(
+        &self,
+        mut request: hyper::Request<RequestBody>,
+        again: Option<&(dyn Fn() -> Result<hyper::Request<RequestBody>, Error> + Sync)>,
+    ) -> Result<hyper::Response<ResponseBody>, Error> {
+        let key = self.connections.as_ref().map(|c| {
+            c.key(
+                self.tls.as_ref(),
+                &self.host,
+                self.port,
+                self.authorization.as_deref(),
+            )
+        });
+        let kept = |response: hyper::Response<hyper::body::Incoming>, sender| match (
+            &self.connections,
+            &key,
+        ) {
+            (Some(connections), Some(key)) => response.map(|body| {
+                ResponseBody::new(body, Some((connections.clone(), key.clone(), sender)))
+            }),
+            _ => response.map(|body| ResponseBody::new(body, None)),
+        };
+        if let (Some(connections), Some(key)) = (&self.connections, &key)
+            && let Some(mut sender) = connections.take(key).await
+        {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(kept(response, sender)),
+                Err(mut err) => match (err.take_message(), again) {
+                    (Some(unsent), _) => request = unsent,
+                    (None, Some(again)) => {
+                        tracing::debug!(err = %err.into_error(), "kept upstream connection failed");
+                        request = again()?;
+                    }
+                    (None, None) => return Err(Error::Http(err.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender.send_request(request).await?;
+        Ok(kept(response, sender))
     }
 
     /// A request for `<repository path><suffix>` with the host, agent and credential set.
@@ -272,10 +354,9 @@ impl Upstream {
         suffix: &str,
         headers: &hyper::HeaderMap,
         body: B,
-    ) -> Result<hyper::Response<Incoming>, Error>
+    ) -> Result<hyper::Response<ResponseBody>, Error>
     where
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let mut request = self.request(method, suffix);
@@ -288,15 +369,12 @@ impl Upstream {
             }
         }
         let request = request
-            .body(body)
+            .body(body.map_err(Into::into).boxed_unsync())
             .map_err(|e| Error::Protocol(e.to_string()))?;
         // The response head within the idle timeout; the body is the caller's to bound.
-        tokio::time::timeout(self.timeout, async {
-            let mut sender = self.connect().await?;
-            Ok(sender.send_request(request).await?)
-        })
-        .await
-        .map_err(|_| Error::Timeout(self.timeout))?
+        tokio::time::timeout(self.timeout, self.exchange(request, None))
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))?
     }
 
     async fn send(
@@ -304,33 +382,38 @@ impl Upstream {
         method: Method,
         suffix: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<hyper::Response<Incoming>, Error> {
-        let mut sender = tokio::time::timeout(self.timeout, self.connect())
-            .await
-            .map_err(|_| Error::Timeout(self.timeout))??;
-        let mut request = self
-            .request(method, suffix)
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("gitcache/", env!("CARGO_PKG_VERSION")),
-            )
-            .header("Git-Protocol", "version=2");
-        let has_body = body.is_some();
-        if has_body {
-            request = request
+    ) -> Result<hyper::Response<ResponseBody>, Error> {
+        let body = Bytes::from(body.unwrap_or_default());
+        let make = || {
+            let mut request = self
+                .request(method.clone(), suffix)
                 .header(
-                    hyper::header::CONTENT_TYPE,
-                    "application/x-git-upload-pack-request",
+                    hyper::header::USER_AGENT,
+                    concat!("gitcache/", env!("CARGO_PKG_VERSION")),
                 )
-                .header(
-                    hyper::header::ACCEPT,
-                    "application/x-git-upload-pack-result",
-                );
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        let response = tokio::time::timeout(self.timeout, sender.send_request(request))
+                .header("Git-Protocol", "version=2");
+            if !body.is_empty() {
+                request = request
+                    .header(
+                        hyper::header::CONTENT_TYPE,
+                        "application/x-git-upload-pack-request",
+                    )
+                    .header(
+                        hyper::header::ACCEPT,
+                        "application/x-git-upload-pack-result",
+                    );
+            }
+            request
+                .body(
+                    Full::new(body.clone())
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .map_err(|e| Error::Protocol(e.to_string()))
+        };
+        // Connecting and the response head within the idle timeout. Upload-pack requests
+        // change nothing upstream: one sent on a connection found closed is sent again.
+        let response = tokio::time::timeout(self.timeout, self.exchange(make()?, Some(&make)))
             .await
             .map_err(|_| Error::Timeout(self.timeout))??;
         if !response.status().is_success() {
@@ -362,7 +445,7 @@ impl Upstream {
     /// within the idle timeout.
     async fn read_body(
         &self,
-        mut body: Incoming,
+        mut body: ResponseBody,
         what: &'static str,
         limit: u64,
         mut sink: impl FnMut(&[u8]) -> Result<(), Error>,
@@ -388,7 +471,7 @@ impl Upstream {
     /// A whole body of at most `limit` bytes.
     async fn read_whole(
         &self,
-        body: Incoming,
+        body: ResponseBody,
         what: &'static str,
         limit: u64,
     ) -> Result<Vec<u8>, Error> {
@@ -491,12 +574,9 @@ impl Upstream {
 }
 
 /// An HTTP/1.1 connection over `io`, driven by a task of its own.
-async fn handshake<T, B>(io: T) -> Result<hyper::client::conn::http1::SendRequest<B>, Error>
+async fn handshake<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>, Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
