@@ -34,6 +34,7 @@ mod error;
 pub mod fuzzing;
 mod gate;
 pub mod metrics;
+mod mirrors;
 mod proxy;
 mod responder;
 pub mod response_cache;

@@ -15,15 +15,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bstr::ByteSlice;
 use bytes::Bytes;
 use gitcache_catalog::Catalog;
 use gitcache_mirror::registry::{MirrorKey, Registry};
-use gitcache_pack::Repository;
 use gitcache_protocol::advertise::{self, Advertisement};
 use gitcache_protocol::request::{
     Command, Fetch, Limits as RequestLimits, Request as GitRequest, parse_request,
@@ -44,6 +43,7 @@ use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
 use crate::gate::{AccessGate, Verified};
 use crate::metrics::{self, RepoLabels};
+use crate::mirrors::{Mirrors, RepoStats};
 use crate::responder::{RESULT_TYPE, Responder, set_git_headers};
 use crate::response_cache::{ResponseCache, ResponseCacheStats};
 use crate::route::{Route, Service, route};
@@ -66,13 +66,6 @@ const GIT_REQUEST_HEADERS: &[&str] = &[
 /// size).
 const MAX_LS_REFS_COPY: usize = 64 << 20;
 
-/// An opened mirror, kept while its packs stay the same.
-#[derive(Debug)]
-struct OpenRepo {
-    packs_changed: Option<SystemTime>,
-    repo: Arc<Repository>,
-}
-
 /// The caching proxy; one per server, shared by all connections.
 #[derive(Debug)]
 pub struct Proxy {
@@ -82,9 +75,8 @@ pub struct Proxy {
     /// Hosts a path may name: the configured ones and the default upstream's own (as
     /// smart-git-proxy's `/{host}/{owner}/{repo}` form spells it).
     path_hosts: Vec<String>,
-    registry: Arc<Registry>,
+    mirrors: Arc<Mirrors>,
     gate: AccessGate,
-    repos: Mutex<HashMap<MirrorKey, OpenRepo>>,
     responder: Responder,
     /// Request bodies decoded and parsed at once (CPU work): one per core but one, the rest
     /// wait without holding a thread.
@@ -93,22 +85,8 @@ pub struct Proxy {
     catalog: Option<Arc<Catalog>>,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     labels: RepoLabels,
-    repo_stats: Mutex<HashMap<MirrorKey, RepoStats>>,
     /// Held for the proxy's life: one process per data directory.
     _data_dir: DataDir,
-}
-
-/// What the proxy did for one repository since it started (for the admin page).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RepoStats {
-    /// Fetches answered from the mirror as it was.
-    pub(crate) hits: u64,
-    /// Fetches that refreshed the mirror first (or went upstream).
-    pub(crate) misses: u64,
-    /// When the last refresh ended (seconds since the epoch) and whether it succeeded.
-    pub(crate) last_refresh: Option<(i64, bool)>,
-    /// The last error, and when.
-    pub(crate) last_error: Option<(i64, String)>,
 }
 
 /// What a proxy is built with besides its configuration.
@@ -213,9 +191,8 @@ impl Proxy {
                 .chain((!config.hosts.contains_key(&default_host)).then_some(default_host.clone()))
                 .collect(),
             default_host,
-            registry,
+            mirrors: Arc::new(Mirrors::new(registry, config.extra_ref_prefixes.clone())),
             gate: AccessGate::new(&config),
-            repos: Mutex::new(HashMap::new()),
             responder: Responder::new(
                 config.pack.clone(),
                 config.limits.response_stall_timeout,
@@ -232,7 +209,6 @@ impl Proxy {
             catalog: services.catalog,
             prometheus: services.prometheus,
             labels: RepoLabels::default(),
-            repo_stats: Mutex::new(HashMap::new()),
             _data_dir: data_dir,
             config,
         }))
@@ -253,35 +229,6 @@ impl Proxy {
 
     pub(crate) fn response_cache(&self) -> Option<&Arc<ResponseCache>> {
         self.responder.cache()
-    }
-
-    pub(crate) fn repo_stats(&self, key: &MirrorKey) -> RepoStats {
-        self.repo_stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn note_stats(&self, key: &MirrorKey, update: impl FnOnce(&mut RepoStats)) {
-        let mut stats = self.repo_stats.lock().unwrap_or_else(|p| p.into_inner());
-        update(stats.entry(key.clone()).or_default());
-    }
-
-    /// Record how a refresh of `key` ended.
-    fn note_refresh(&self, key: &MirrorKey, started: Instant, error: Option<String>) {
-        metrics::refresh(
-            if error.is_none() { "ok" } else { "error" },
-            started.elapsed(),
-        );
-        let now = unix_now();
-        self.note_stats(key, |s| {
-            s.last_refresh = Some((now, error.is_none()));
-            if let Some(error) = error {
-                s.last_error = Some((now, error));
-            }
-        });
     }
 
     /// The response-cache limit of each repository by folder (its mirror's relative path),
@@ -325,7 +272,11 @@ impl Proxy {
 
     /// The mirrors.
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+        self.mirrors.registry()
+    }
+
+    pub(crate) fn repo_stats(&self, key: &MirrorKey) -> RepoStats {
+        self.mirrors.stats(key)
     }
 
     /// What the response cache did so far (`None` when it is off).
@@ -360,7 +311,7 @@ impl Proxy {
                 last_cleanup = Instant::now();
             }
             let _ = tokio::task::spawn_blocking(move || {
-                metrics::repos_active(proxy.count_mirrors());
+                metrics::repos_active(proxy.mirrors.count());
                 if due && let Some(cache) = proxy.responder.cache() {
                     cache.evict(proxy.response_limits(), |rel, entries, bytes| {
                         let labels = proxy.rel_labels(rel);
@@ -373,28 +324,6 @@ impl Proxy {
             })
             .await;
         }
-    }
-
-    /// Mirrors on disk (`<host>/<owner>/<repo>.git`).
-    fn count_mirrors(&self) -> usize {
-        let root = self.config.data_dir.join("mirrors");
-        let dirs = |path: &std::path::Path| -> Vec<PathBuf> {
-            std::fs::read_dir(path)
-                .map(|entries| {
-                    entries
-                        .filter_map(Result::ok)
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        dirs(&root)
-            .iter()
-            .flat_map(|host| dirs(host))
-            .flat_map(|owner| dirs(&owner))
-            .filter(|repo| repo.extension().is_some_and(|e| e == "git"))
-            .count()
     }
 
     /// Metric labels of the repository stored under `rel` (`<host>/<owner>/<repo>.git`).
@@ -720,13 +649,14 @@ impl Proxy {
                 };
                 metrics::fetch(label);
                 match label {
-                    "hit" => self.note_stats(&target.key, |s| s.hits += 1),
-                    "miss" => self.note_stats(&target.key, |s| s.misses += 1),
+                    "hit" => self.mirrors.note(&target.key, |s| s.hits += 1),
+                    "miss" => self.mirrors.note(&target.key, |s| s.misses += 1),
                     _ => {}
                 }
                 if let Err(err) = &result {
                     let message = err.to_string();
-                    self.note_stats(&target.key, |s| s.last_error = Some((unix_now(), message)));
+                    self.mirrors
+                        .note(&target.key, |s| s.last_error = Some((unix_now(), message)));
                 }
                 result
             }
@@ -877,13 +807,13 @@ impl Proxy {
             return;
         };
         self.gate.grants().grant_at(&target.key, who, answered);
-        let changed = match self.open_repo(&target.key) {
+        let changed = match self.mirrors.open(&target.key) {
             Ok(Some(repo)) => match repo.refs() {
                 Ok(local) => {
                     let local: HashMap<_, _> = local.into_iter().map(|r| (r.name, r.oid)).collect();
                     remote.iter().any(|line| {
                         line.oid.is_some()
-                            && self.is_mirrored(line.name.as_ref())
+                            && self.mirrors.is_mirrored(line.name.as_ref())
                             && local.get(&line.name).copied().flatten() != line.oid
                     })
                 }
@@ -898,24 +828,12 @@ impl Proxy {
         let Ok(upstream) = self.gate.upstream(target, credential) else {
             return;
         };
-        let (proxy, key) = (Arc::clone(self), target.key.clone());
+        let (mirrors, key) = (Arc::clone(&self.mirrors), target.key.clone());
         tokio::spawn(
             async move {
-                let prefixes: Vec<&str> = proxy
-                    .config
-                    .extra_ref_prefixes
-                    .iter()
-                    .map(String::as_str)
-                    .collect();
-                let started = Instant::now();
-                match proxy
-                    .registry
-                    .refresh_and_maintain(&key, &upstream, &prefixes)
-                    .await
-                {
+                match mirrors.refresh(&key, upstream).await {
                     Ok(done) => {
                         metrics::warm("ok");
-                        proxy.note_refresh(&key, started, None);
                         tracing::info!(
                             refs = done.refs,
                             objects = done.fetched_objects,
@@ -924,24 +842,12 @@ impl Proxy {
                     }
                     Err(err) => {
                         metrics::warm("error");
-                        proxy.note_refresh(&key, started, Some(err.to_string()));
                         tracing::warn!(%err, "warming the mirror failed");
                     }
                 }
             }
             .in_current_span(),
         );
-    }
-
-    fn is_mirrored(&self, name: &[u8]) -> bool {
-        name == b"HEAD"
-            || name.starts_with(b"refs/heads/")
-            || name.starts_with(b"refs/tags/")
-            || self
-                .config
-                .extra_ref_prefixes
-                .iter()
-                .any(|p| name.starts_with(p.as_bytes()))
     }
 
     /// A `fetch` from a client that passed the access gate: answered from the mirror,
@@ -955,7 +861,7 @@ impl Proxy {
         fetch: Fetch,
         kind: HashKind,
     ) -> Result<Response<Body>, Error> {
-        let (repo, fetch) = self.mirror_with_wants(&target.key, fetch).await?;
+        let (repo, fetch) = self.mirrors.with_wants(&target.key, fetch).await?;
         if let Some(repo) = repo {
             tracing::info!(result = "hit", "fetch");
             let response = self
@@ -969,44 +875,12 @@ impl Proxy {
         let upstream = self
             .gate
             .upstream(target, self.gate.credential(target, headers))?;
-        let prefixes: Vec<&str> = self
-            .config
-            .extra_ref_prefixes
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let refresh_started = Instant::now();
-        // The refresh runs in a task of its own: a client that leaves (or gives up on a
-        // long first download) does not throw away what was fetched for the next one. The
-        // upstream's idle and transfer timeouts bound it.
-        let refresh = {
-            let (registry, key) = (Arc::clone(&self.registry), target.key.clone());
-            let prefixes: Vec<String> = prefixes.iter().map(|p| (*p).to_owned()).collect();
-            tokio::spawn(
-                async move {
-                    let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
-                    registry
-                        .refresh_and_maintain(&key, &upstream, &prefixes)
-                        .await
-                }
-                .in_current_span(),
-            )
-        };
-        let failure = match refresh.await {
-            Ok(Ok(_)) => None,
-            Ok(Err(err)) => Some(Error::Mirror(err)),
-            Err(err) => Some(Error::Internal(err.to_string())),
-        };
-        self.note_refresh(
-            &target.key,
-            refresh_started,
-            failure.as_ref().map(ToString::to_string),
-        );
+        let failure = self.mirrors.refresh(&target.key, upstream).await.err();
         if let Some(err) = failure {
             // The client passed the gate just now or within the TTL.
             if self.config.serve_stale
                 && err.is_upstream_unavailable()
-                && let Some(repo) = self.open_repo_blocking(&target.key).await?
+                && let Some(repo) = self.mirrors.open_blocking(&target.key).await?
             {
                 let mut stale = fetch;
                 let present = Arc::clone(&repo);
@@ -1028,7 +902,7 @@ impl Proxy {
             tracing::warn!(%err, result = "error", "fetch");
             return Err(err);
         }
-        match self.mirror_with_wants(&target.key, fetch).await? {
+        match self.mirrors.with_wants(&target.key, fetch).await? {
             (Some(repo), fetch) => {
                 tracing::info!(result = "miss", "fetch");
                 let response = self
@@ -1044,62 +918,6 @@ impl Proxy {
                 Ok(with_state(response, CacheState::Passthrough))
             }
         }
-    }
-
-    /// The mirror of `key` if it has everything `fetch` wants, looked up on a blocking
-    /// thread (a request may name many thousands of objects); `fetch` comes back as it was.
-    async fn mirror_with_wants(
-        self: &Arc<Self>,
-        key: &MirrorKey,
-        fetch: Fetch,
-    ) -> Result<(Option<Arc<Repository>>, Fetch), Error> {
-        let (proxy, key) = (Arc::clone(self), key.clone());
-        tokio::task::spawn_blocking(move || {
-            let repo = proxy.open_repo(&key)?.filter(|r| has_wants(r, &fetch));
-            Ok((repo, fetch))
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
-    }
-
-    /// [`open_repo`](Self::open_repo) on a blocking thread.
-    async fn open_repo_blocking(
-        self: &Arc<Self>,
-        key: &MirrorKey,
-    ) -> Result<Option<Arc<Repository>>, Error> {
-        let (proxy, key) = (Arc::clone(self), key.clone());
-        tokio::task::spawn_blocking(move || proxy.open_repo(&key))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-    }
-
-    /// The mirror of `key`, opened again only when its packs changed.
-    fn open_repo(&self, key: &MirrorKey) -> Result<Option<Arc<Repository>>, Error> {
-        let Some(mirror) = self.registry.existing(key) else {
-            return Ok(None);
-        };
-        let packs_changed = std::fs::metadata(mirror.git_dir().join("objects").join("pack"))
-            .and_then(|m| m.modified())
-            .ok();
-        let mut repos = self.repos.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(open) = repos.get(key)
-            && open.packs_changed.is_some()
-            && open.packs_changed == packs_changed
-        {
-            return Ok(Some(Arc::clone(&open.repo)));
-        }
-        let repo = Arc::new(Repository::open(mirror.git_dir())?);
-        // Opened for the first time here, or its packs changed: its bitmap files are checked
-        // once, and maintenance cut short (by a restart) is taken up again.
-        self.registry.check_in_background(key);
-        repos.insert(
-            key.clone(),
-            OpenRepo {
-                packs_changed,
-                repo: Arc::clone(&repo),
-            },
-        );
-        Ok(Some(repo))
     }
 }
 
@@ -1171,16 +989,6 @@ pub(crate) fn unix_now() -> i64 {
 fn with_state(mut response: Response<Body>, state: CacheState) -> Response<Body> {
     response.extensions_mut().insert(state);
     response
-}
-
-fn has_wants(repo: &Repository, fetch: &Fetch) -> bool {
-    fetch.wants.iter().all(|w| repo.contains(w))
-        && fetch.want_refs.iter().all(|name| {
-            name.to_str()
-                .ok()
-                .and_then(|n| repo.find_ref(n).ok().flatten())
-                .is_some()
-        })
 }
 
 fn fingerprint(headers: &HeaderMap) -> Fingerprint {

@@ -193,6 +193,11 @@ impl Registry {
         }
     }
 
+    /// The folder mirrors live under (`<host>/<owner>/<repo>.git` each).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Run at most `n` refreshes (of different mirrors) at once; the others wait their turn.
     pub fn with_max_concurrent_refreshes(mut self, n: usize) -> Self {
         self.refreshes = Arc::new(tokio::sync::Semaphore::new(n.max(1)));

@@ -1,0 +1,227 @@
+//! The mirrors as the proxy sees them: opened repositories kept while their packs stay the
+//! same, whether a mirror has what a fetch wants, refreshes (in tasks of their own), and
+//! what happened to each repository since the start (for the admin page).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use bstr::ByteSlice;
+use gitcache_mirror::registry::{MirrorKey, Registry};
+use gitcache_pack::Repository;
+use gitcache_protocol::request::Fetch;
+use gitcache_upstream::Upstream;
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::metrics;
+
+/// An opened mirror, kept while its packs stay the same.
+#[derive(Debug)]
+struct OpenRepo {
+    packs_changed: Option<SystemTime>,
+    repo: Arc<Repository>,
+}
+
+/// What the proxy did for one repository since it started (for the admin page).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RepoStats {
+    /// Fetches answered from the mirror as it was.
+    pub(crate) hits: u64,
+    /// Fetches that refreshed the mirror first (or went upstream).
+    pub(crate) misses: u64,
+    /// When the last refresh ended (seconds since the epoch) and whether it succeeded.
+    pub(crate) last_refresh: Option<(i64, bool)>,
+    /// The last error, and when.
+    pub(crate) last_error: Option<(i64, String)>,
+}
+
+/// The registry, the open mirrors and their activity.
+#[derive(Debug)]
+pub(crate) struct Mirrors {
+    registry: Arc<Registry>,
+    /// Refs outside `refs/heads/` and `refs/tags/` that mirrors keep too.
+    extra_ref_prefixes: Vec<String>,
+    open: Mutex<HashMap<MirrorKey, OpenRepo>>,
+    stats: Mutex<HashMap<MirrorKey, RepoStats>>,
+}
+
+impl Mirrors {
+    pub(crate) fn new(registry: Arc<Registry>, extra_ref_prefixes: Vec<String>) -> Self {
+        Mirrors {
+            registry,
+            extra_ref_prefixes,
+            open: Mutex::new(HashMap::new()),
+            stats: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Whether a mirror keeps the ref `name`.
+    pub(crate) fn is_mirrored(&self, name: &[u8]) -> bool {
+        name == b"HEAD"
+            || name.starts_with(b"refs/heads/")
+            || name.starts_with(b"refs/tags/")
+            || self
+                .extra_ref_prefixes
+                .iter()
+                .any(|p| name.starts_with(p.as_bytes()))
+    }
+
+    /// What happened to `key`'s repository since the start.
+    pub(crate) fn stats(&self, key: &MirrorKey) -> RepoStats {
+        self.lock_stats().get(key).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn note(&self, key: &MirrorKey, update: impl FnOnce(&mut RepoStats)) {
+        update(self.lock_stats().entry(key.clone()).or_default());
+    }
+
+    fn lock_stats(&self) -> std::sync::MutexGuard<'_, HashMap<MirrorKey, RepoStats>> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record how a refresh of `key` ended.
+    fn note_refresh(&self, key: &MirrorKey, started: Instant, error: Option<String>) {
+        metrics::refresh(
+            if error.is_none() { "ok" } else { "error" },
+            started.elapsed(),
+        );
+        let now = crate::proxy::unix_now();
+        self.note(key, |s| {
+            s.last_refresh = Some((now, error.is_none()));
+            if let Some(error) = error {
+                s.last_error = Some((now, error));
+            }
+        });
+    }
+
+    /// Bring `key`'s mirror up to date from `upstream`, in a task of its own: a client that
+    /// leaves (or gives up on a long first download) does not throw away what was fetched
+    /// for the next one. The upstream's idle and transfer timeouts bound it.
+    pub(crate) async fn refresh(
+        self: &Arc<Self>,
+        key: &MirrorKey,
+        upstream: Upstream,
+    ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
+        let started = Instant::now();
+        let (mirrors, task_key) = (Arc::clone(self), key.clone());
+        let outcome = tokio::spawn(
+            async move {
+                let prefixes: Vec<&str> = mirrors
+                    .extra_ref_prefixes
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                mirrors
+                    .registry
+                    .refresh_and_maintain(&task_key, &upstream, &prefixes)
+                    .await
+            }
+            .in_current_span(),
+        )
+        .await;
+        let outcome = match outcome {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(err)) => Err(Error::Mirror(err)),
+            Err(err) => Err(Error::Internal(err.to_string())),
+        };
+        self.note_refresh(
+            key,
+            started,
+            outcome.as_ref().err().map(ToString::to_string),
+        );
+        outcome
+    }
+
+    /// The mirror of `key` if it has everything `fetch` wants, looked up on a blocking
+    /// thread (a request may name many thousands of objects); `fetch` comes back as it was.
+    pub(crate) async fn with_wants(
+        self: &Arc<Self>,
+        key: &MirrorKey,
+        fetch: Fetch,
+    ) -> Result<(Option<Arc<Repository>>, Fetch), Error> {
+        let (mirrors, key) = (Arc::clone(self), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let repo = mirrors.open(&key)?.filter(|r| has_wants(r, &fetch));
+            Ok((repo, fetch))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    /// [`open`](Self::open) on a blocking thread.
+    pub(crate) async fn open_blocking(
+        self: &Arc<Self>,
+        key: &MirrorKey,
+    ) -> Result<Option<Arc<Repository>>, Error> {
+        let (mirrors, key) = (Arc::clone(self), key.clone());
+        tokio::task::spawn_blocking(move || mirrors.open(&key))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    /// The mirror of `key`, opened again only when its packs changed.
+    pub(crate) fn open(&self, key: &MirrorKey) -> Result<Option<Arc<Repository>>, Error> {
+        let Some(mirror) = self.registry.existing(key) else {
+            return Ok(None);
+        };
+        let packs_changed = std::fs::metadata(mirror.git_dir().join("objects").join("pack"))
+            .and_then(|m| m.modified())
+            .ok();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = open.get(key)
+            && known.packs_changed.is_some()
+            && known.packs_changed == packs_changed
+        {
+            return Ok(Some(Arc::clone(&known.repo)));
+        }
+        let repo = Arc::new(Repository::open(mirror.git_dir())?);
+        // Opened for the first time here, or its packs changed: its bitmap files are checked
+        // once, and maintenance cut short (by a restart) is taken up again.
+        self.registry.check_in_background(key);
+        open.insert(
+            key.clone(),
+            OpenRepo {
+                packs_changed,
+                repo: Arc::clone(&repo),
+            },
+        );
+        Ok(Some(repo))
+    }
+
+    /// Mirrors on disk (`<host>/<owner>/<repo>.git`).
+    pub(crate) fn count(&self) -> usize {
+        let dirs = |path: &std::path::Path| -> Vec<std::path::PathBuf> {
+            std::fs::read_dir(path)
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        dirs(self.registry.root())
+            .iter()
+            .flat_map(|host| dirs(host))
+            .flat_map(|owner| dirs(&owner))
+            .filter(|repo| repo.extension().is_some_and(|e| e == "git"))
+            .count()
+    }
+}
+
+/// Whether `repo` has every object and ref `fetch` wants.
+fn has_wants(repo: &Repository, fetch: &Fetch) -> bool {
+    fetch.wants.iter().all(|w| repo.contains(w))
+        && fetch.want_refs.iter().all(|name| {
+            name.to_str()
+                .ok()
+                .and_then(|n| repo.find_ref(n).ok().flatten())
+                .is_some()
+        })
+}
