@@ -41,6 +41,7 @@ pub mod response_cache;
 pub mod route;
 mod serve;
 mod target;
+mod upkeep;
 
 pub use body::Body;
 pub use config::{AdminTokens, CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};

@@ -49,6 +49,7 @@ use crate::response_cache::{ResponseCache, ResponseCacheStats};
 use crate::route::{Route, Service, route};
 use crate::serve::Face;
 use crate::target::Target;
+use crate::upkeep::Upkeep;
 
 /// The headers of a git v2 request passed upstream with a body gitcache read
 /// (`Authorization` only as the source of [`Proxy::credential`]: the upstream client sends
@@ -69,7 +70,7 @@ const MAX_LS_REFS_COPY: usize = 64 << 20;
 /// The caching proxy; one per server, shared by all connections.
 #[derive(Debug)]
 pub struct Proxy {
-    config: ProxyConfig,
+    config: Arc<ProxyConfig>,
     default_host: String,
     host_names: Vec<String>,
     /// Hosts a path may name: the configured ones and the default upstream's own (as
@@ -84,7 +85,8 @@ pub struct Proxy {
     draining: AtomicBool,
     catalog: Option<Arc<Catalog>>,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    labels: RepoLabels,
+    labels: Arc<RepoLabels>,
+    upkeep: Arc<Upkeep>,
     /// Held for the proxy's life: one process per data directory.
     _data_dir: DataDir,
 }
@@ -182,6 +184,17 @@ impl Proxy {
             }
             None => None,
         };
+        let config = Arc::new(config);
+        let mirrors = Arc::new(Mirrors::new(registry, config.extra_ref_prefixes.clone()));
+        let labels = Arc::new(RepoLabels::default());
+        let upkeep = Arc::new(Upkeep {
+            config: Arc::clone(&config),
+            catalog: services.catalog.clone(),
+            prometheus: services.prometheus.clone(),
+            mirrors: Arc::clone(&mirrors),
+            responses: responses.clone(),
+            labels: Arc::clone(&labels),
+        });
         Ok(Arc::new(Proxy {
             host_names: config.hosts.keys().cloned().collect(),
             path_hosts: config
@@ -191,7 +204,7 @@ impl Proxy {
                 .chain((!config.hosts.contains_key(&default_host)).then_some(default_host.clone()))
                 .collect(),
             default_host,
-            mirrors: Arc::new(Mirrors::new(registry, config.extra_ref_prefixes.clone())),
+            mirrors,
             gate: AccessGate::new(&config),
             responder: Responder::new(
                 config.pack.clone(),
@@ -208,7 +221,8 @@ impl Proxy {
             draining: AtomicBool::new(false),
             catalog: services.catalog,
             prometheus: services.prometheus,
-            labels: RepoLabels::default(),
+            labels,
+            upkeep,
             _data_dir: data_dir,
             config,
         }))
@@ -231,40 +245,6 @@ impl Proxy {
         self.responder.cache()
     }
 
-    /// The response-cache limit of each repository by folder (its mirror's relative path),
-    /// for one eviction pass: [`response_limit`](Self::response_limit) of its record, else
-    /// the configured one.
-    fn response_limits(&self) -> impl Fn(&std::path::Path) -> Option<u64> + use<> {
-        let default = self
-            .config
-            .response_cache
-            .as_ref()
-            .and_then(|c| c.max_repo_bytes);
-        let mut limits = HashMap::new();
-        if let Some(catalog) = &self.catalog {
-            for record in catalog.records() {
-                if let Ok(key) = self.config.key(&record.host, &record.owner, &record.name) {
-                    limits.insert(key.relative_path(), self.response_limit(&record));
-                }
-            }
-        }
-        move |rel: &std::path::Path| limits.get(rel).copied().unwrap_or(default)
-    }
-
-    /// The bytes the stored responses of `record`'s repository may take (`None`: no
-    /// limit): its own limit, else the configured one.
-    pub(crate) fn response_limit(&self, record: &gitcache_catalog::Record) -> Option<u64> {
-        record.max_cache_size_mb.map_or_else(
-            || {
-                self.config
-                    .response_cache
-                    .as_ref()
-                    .and_then(|c| c.max_repo_bytes)
-            },
-            |mb| Some(mb.saturating_mul(1 << 20)),
-        )
-    }
-
     /// The configuration.
     pub fn config(&self) -> &ProxyConfig {
         &self.config
@@ -284,59 +264,16 @@ impl Proxy {
         self.responder.cache().map(|c| Arc::clone(c.stats()))
     }
 
-    /// Background upkeep, forever: evicting stored responses over their limits. [`serve`]
-    /// runs it for the server's life.
+    /// Background upkeep, forever: the catalog read again, evicting stored responses over
+    /// their limits. [`serve`] runs it for the server's life.
     ///
     /// [`serve`]: crate::serve
     pub async fn maintain(self: Arc<Self>) {
-        let tick = self
-            .config
-            .catalog_reload_interval
-            .max(Duration::from_millis(100));
-        let cleanup = self.responder.cache().map(|c| c.cleanup_interval());
-        let mut last_cleanup = Instant::now();
-        loop {
-            tokio::time::sleep(cleanup.map_or(tick, |c| c.min(tick))).await;
-            if let Some(catalog) = &self.catalog
-                && let Err(err) = catalog.reload().await
-            {
-                tracing::warn!(%err, "reading the catalog failed; keeping the last view");
-            }
-            if let Some(handle) = &self.prometheus {
-                handle.run_upkeep();
-            }
-            let proxy = Arc::clone(&self);
-            let due = cleanup.is_some_and(|c| last_cleanup.elapsed() >= c);
-            if due {
-                last_cleanup = Instant::now();
-            }
-            let _ = tokio::task::spawn_blocking(move || {
-                metrics::repos_active(proxy.mirrors.count());
-                if due && let Some(cache) = proxy.responder.cache() {
-                    cache.evict(proxy.response_limits(), |rel, entries, bytes| {
-                        let labels = proxy.rel_labels(rel);
-                        match entries {
-                            Some(entries) => metrics::evicted(labels, entries),
-                            None => metrics::response_size(labels, bytes),
-                        }
-                    });
-                }
-            })
-            .await;
-        }
+        Arc::clone(&self.upkeep).run().await;
     }
 
-    /// Metric labels of the repository stored under `rel` (`<host>/<owner>/<repo>.git`).
-    fn rel_labels(&self, rel: &std::path::Path) -> (String, String) {
-        // Labels are lower case: the `^` that marks an upper-case letter in a folder goes.
-        let mut parts = rel
-            .iter()
-            .rev()
-            .map(|p| p.to_string_lossy().replace('^', ""));
-        let repo = parts.next().unwrap_or_default();
-        let owner = parts.next().unwrap_or_default();
-        self.labels
-            .get(&owner, repo.strip_suffix(".git").unwrap_or(&repo))
+    pub(crate) fn response_limit(&self, record: &gitcache_catalog::Record) -> Option<u64> {
+        crate::upkeep::response_limit(&self.config, record)
     }
 
     /// From now on `/readyz` answers 503, so load balancers stop sending new work.

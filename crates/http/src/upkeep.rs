@@ -1,0 +1,118 @@
+//! Background upkeep, for the server's life: the catalog read again for changes other
+//! instances made, Prometheus' own upkeep, the mirror count, and stored responses evicted
+//! down to their limits.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gitcache_catalog::Catalog;
+
+use crate::config::ProxyConfig;
+use crate::metrics::{self, RepoLabels};
+use crate::mirrors::Mirrors;
+use crate::response_cache::ResponseCache;
+
+/// What upkeep looks after.
+#[derive(Debug)]
+pub(crate) struct Upkeep {
+    pub(crate) config: Arc<ProxyConfig>,
+    pub(crate) catalog: Option<Arc<Catalog>>,
+    pub(crate) prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub(crate) mirrors: Arc<Mirrors>,
+    pub(crate) responses: Option<Arc<ResponseCache>>,
+    pub(crate) labels: Arc<RepoLabels>,
+}
+
+impl Upkeep {
+    /// Run forever.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let tick = self
+            .config
+            .catalog_reload_interval
+            .max(Duration::from_millis(100));
+        let cleanup = self.responses.as_ref().map(|c| c.cleanup_interval());
+        let mut last_cleanup = Instant::now();
+        loop {
+            tokio::time::sleep(cleanup.map_or(tick, |c| c.min(tick))).await;
+            if let Some(catalog) = &self.catalog
+                && let Err(err) = catalog.reload().await
+            {
+                tracing::warn!(%err, "reading the catalog failed; keeping the last view");
+            }
+            if let Some(handle) = &self.prometheus {
+                handle.run_upkeep();
+            }
+            let due = cleanup.is_some_and(|c| last_cleanup.elapsed() >= c);
+            if due {
+                last_cleanup = Instant::now();
+            }
+            let upkeep = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || upkeep.pass(due)).await;
+        }
+    }
+
+    /// One pass of the blocking work: count mirrors, and evict when `evict`.
+    fn pass(&self, evict: bool) {
+        metrics::repos_active(self.mirrors.count());
+        if evict && let Some(cache) = &self.responses {
+            cache.evict(self.response_limits(), |rel, entries, bytes| {
+                let labels = self.rel_labels(rel);
+                match entries {
+                    Some(entries) => metrics::evicted(labels, entries),
+                    None => metrics::response_size(labels, bytes),
+                }
+            });
+        }
+    }
+
+    /// The response-cache limit of each repository by folder (its mirror's relative path),
+    /// for one eviction pass: [`response_limit`] of its record, else the configured one.
+    fn response_limits(&self) -> impl Fn(&Path) -> Option<u64> + use<> {
+        let default = self
+            .config
+            .response_cache
+            .as_ref()
+            .and_then(|c| c.max_repo_bytes);
+        let mut limits = HashMap::new();
+        if let Some(catalog) = &self.catalog {
+            for record in catalog.records() {
+                if let Ok(key) = self.config.key(&record.host, &record.owner, &record.name) {
+                    limits.insert(key.relative_path(), response_limit(&self.config, &record));
+                }
+            }
+        }
+        move |rel: &Path| limits.get(rel).copied().unwrap_or(default)
+    }
+
+    /// Metric labels of the repository stored under `rel` (`<host>/<owner>/<repo>.git`).
+    fn rel_labels(&self, rel: &Path) -> (String, String) {
+        // Labels are lower case: the `^` that marks an upper-case letter in a folder goes.
+        let mut parts = rel
+            .iter()
+            .rev()
+            .map(|p| p.to_string_lossy().replace('^', ""));
+        let repo = parts.next().unwrap_or_default();
+        let owner = parts.next().unwrap_or_default();
+        self.labels
+            .get(&owner, repo.strip_suffix(".git").unwrap_or(&repo))
+    }
+}
+
+/// The bytes the stored responses of `record`'s repository may take (`None`: no limit):
+/// its own limit, else the configured one.
+pub(crate) fn response_limit(
+    config: &ProxyConfig,
+    record: &gitcache_catalog::Record,
+) -> Option<u64> {
+    record.max_cache_size_mb.map_or_else(
+        || {
+            config
+                .response_cache
+                .as_ref()
+                .and_then(|c| c.max_repo_bytes)
+        },
+        |mb| Some(mb.saturating_mul(1 << 20)),
+    )
+}
