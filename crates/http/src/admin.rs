@@ -13,8 +13,12 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::Proxy;
+use gitcache_catalog::Catalog;
+
 use crate::body::Body;
+use crate::config::ProxyConfig;
+use crate::mirrors::Mirrors;
+use crate::response_cache::ResponseCache;
 
 /// The OpenAPI document served at `/api/openapi.json`.
 pub(crate) const OPENAPI: &str = include_str!("admin/openapi.json");
@@ -118,10 +122,59 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     response
 }
 
-impl Proxy {
+/// The admin API and page, over the catalog, with what they show of the mirrors and the
+/// response cache.
+#[derive(Debug)]
+pub(crate) struct Admin {
+    config: Arc<ProxyConfig>,
+    catalog: Option<Arc<Catalog>>,
+    mirrors: Arc<Mirrors>,
+    responses: Option<Arc<ResponseCache>>,
+    default_host: String,
+    host_names: Vec<String>,
+}
+
+impl Admin {
+    pub(crate) fn new(
+        config: Arc<ProxyConfig>,
+        catalog: Option<Arc<Catalog>>,
+        mirrors: Arc<Mirrors>,
+        responses: Option<Arc<ResponseCache>>,
+        default_host: String,
+    ) -> Self {
+        Admin {
+            host_names: config.hosts.keys().cloned().collect(),
+            config,
+            catalog,
+            mirrors,
+            responses,
+            default_host,
+        }
+    }
+
+    fn catalog(&self) -> Option<&Arc<Catalog>> {
+        self.catalog.as_ref()
+    }
+
+    fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    fn default_host(&self) -> &str {
+        &self.default_host
+    }
+
+    fn host_names(&self) -> &[String] {
+        &self.host_names
+    }
+
+    fn response_limit(&self, record: &Record) -> Option<u64> {
+        crate::upkeep::response_limit(&self.config, record)
+    }
+
     /// Answer an admin request (`is_admin_path` said it is one).
-    pub(crate) async fn admin<B>(
-        self: &Arc<Self>,
+    pub(crate) async fn handle<B>(
+        &self,
         parts: hyper::http::request::Parts,
         body: B,
     ) -> Response<Body>
@@ -366,12 +419,15 @@ impl Proxy {
             .config()
             .key(&record.host, &record.owner, &record.name)
             .ok();
-        let stats = key.as_ref().map(|k| self.repo_stats(k)).unwrap_or_default();
+        let stats = key
+            .as_ref()
+            .map(|k| self.mirrors.stats(k))
+            .unwrap_or_default();
         let mirror_bytes = key
             .as_ref()
-            .and_then(|k| self.registry().existing(k))
+            .and_then(|k| self.mirrors.registry().existing(k))
             .and_then(|m| gitcache_storage::fs::tree_size(m.git_dir()).ok());
-        let (cache_bytes, cache_limit) = match (&key, self.response_cache()) {
+        let (cache_bytes, cache_limit) = match (&key, &self.responses) {
             (Some(k), Some(cache)) => (
                 Some(cache.repo_size(&k.relative_path())),
                 self.response_limit(record),

@@ -37,13 +37,14 @@ use tracing::Instrument;
 
 use crate::access::Fingerprint;
 use crate::access_log::{AccessNote, CacheState, UpstreamCall};
+use crate::admin::Admin;
 use crate::body::passed_on;
 use crate::body::{Body, receive_body};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
 use crate::gate::{AccessGate, Verified};
 use crate::metrics::{self, RepoLabels};
-use crate::mirrors::{Mirrors, RepoStats};
+use crate::mirrors::Mirrors;
 use crate::responder::{RESULT_TYPE, Responder, set_git_headers};
 use crate::response_cache::{ResponseCache, ResponseCacheStats};
 use crate::route::{Route, Service, route};
@@ -72,7 +73,6 @@ const MAX_LS_REFS_COPY: usize = 64 << 20;
 pub struct Proxy {
     config: Arc<ProxyConfig>,
     default_host: String,
-    host_names: Vec<String>,
     /// Hosts a path may name: the configured ones and the default upstream's own (as
     /// smart-git-proxy's `/{host}/{owner}/{repo}` form spells it).
     path_hosts: Vec<String>,
@@ -87,6 +87,7 @@ pub struct Proxy {
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     labels: Arc<RepoLabels>,
     upkeep: Arc<Upkeep>,
+    admin: Admin,
     /// Held for the proxy's life: one process per data directory.
     _data_dir: DataDir,
 }
@@ -195,8 +196,14 @@ impl Proxy {
             responses: responses.clone(),
             labels: Arc::clone(&labels),
         });
+        let admin = Admin::new(
+            Arc::clone(&config),
+            services.catalog.clone(),
+            Arc::clone(&mirrors),
+            responses.clone(),
+            default_host.clone(),
+        );
         Ok(Arc::new(Proxy {
-            host_names: config.hosts.keys().cloned().collect(),
             path_hosts: config
                 .hosts
                 .keys()
@@ -223,6 +230,7 @@ impl Proxy {
             prometheus: services.prometheus,
             labels,
             upkeep,
+            admin,
             _data_dir: data_dir,
             config,
         }))
@@ -233,18 +241,6 @@ impl Proxy {
         self.catalog.as_ref()
     }
 
-    pub(crate) fn default_host(&self) -> &str {
-        &self.default_host
-    }
-
-    pub(crate) fn host_names(&self) -> &[String] {
-        &self.host_names
-    }
-
-    pub(crate) fn response_cache(&self) -> Option<&Arc<ResponseCache>> {
-        self.responder.cache()
-    }
-
     /// The configuration.
     pub fn config(&self) -> &ProxyConfig {
         &self.config
@@ -253,10 +249,6 @@ impl Proxy {
     /// The mirrors.
     pub fn registry(&self) -> &Arc<Registry> {
         self.mirrors.registry()
-    }
-
-    pub(crate) fn repo_stats(&self, key: &MirrorKey) -> RepoStats {
-        self.mirrors.stats(key)
     }
 
     /// What the response cache did so far (`None` when it is off).
@@ -270,10 +262,6 @@ impl Proxy {
     /// [`serve`]: crate::serve
     pub async fn maintain(self: Arc<Self>) {
         Arc::clone(&self.upkeep).run().await;
-    }
-
-    pub(crate) fn response_limit(&self, record: &gitcache_catalog::Record) -> Option<u64> {
-        crate::upkeep::response_limit(&self.config, record)
     }
 
     /// From now on `/readyz` answers 503, so load balancers stop sending new work.
@@ -303,7 +291,7 @@ impl Proxy {
             (&Method::GET, "/readyz") => return self.readiness(),
             (&Method::GET, "/metrics") if face.serves_admin() => return self.render_metrics(),
             _ if face.serves_admin() && crate::admin::is_admin_path(&path) => {
-                return self.admin(parts, body).await;
+                return self.admin.handle(parts, body).await;
             }
             _ if !face.serves_git() => return text(StatusCode::NOT_FOUND, "not found"),
             _ => {}
