@@ -29,7 +29,7 @@ use gitcache_protocol::request::{
 };
 use gitcache_storage::fs::DataDir;
 use gix_hash::Kind as HashKind;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::{Semaphore, mpsc};
@@ -605,14 +605,15 @@ impl Proxy {
             .filter(|(name, _)| GIT_REQUEST_HEADERS.contains(&name.as_str()))
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
-        self.forward(
-            target,
-            Method::POST,
-            "/git-upload-pack",
-            &headers,
-            Full::new(body),
-        )
-        .await
+        let upstream = self
+            .gate
+            .upstream(target, self.gate.credential(target, &headers))?;
+        let started = std::time::Instant::now();
+        let response = upstream
+            .forward_bytes(Method::POST, "/git-upload-pack", &headers, body)
+            .await?;
+        metrics::upstream("forward", response.status().as_u16(), started.elapsed());
+        Ok(passed_on(response, started))
     }
 
     /// Pass a request through to the upstream, streamed both ways.

@@ -446,11 +446,20 @@ fn push_and_protocol_v0_pass_through() {
     assert_eq!(
         git_stdout(&upstream.repo_path("acme/widgets"), &["rev-parse", "main"]).trim(),
         git.rev_parse(&work, "HEAD").unwrap()
-    );
+    ); // A request whose body was streamed from the client (the push) had its connection to
+    // itself: the upstream may answer before the body is all sent.
+    let requests = upstream.requests();
+    for push in requests.iter().filter(|r| r.method == "POST") {
+        let sharing = requests
+            .iter()
+            .filter(|r| r.connection == push.connection)
+            .count();
+        assert_eq!(sharing, 1, "{} shared its connection", push.path);
+    }
 }
 
-/// Requests upstream on behalf of clients reuse kept connections (per credential): five
-/// `ls-remote`s (an advertisement and an `ls-refs` each) do not open ten connections.
+/// Requests upstream on behalf of clients reuse kept connections (per credential): six
+/// `ls-remote`s (an advertisement and an `ls-refs` each) do not open twelve connections.
 #[test]
 fn upstream_connections_are_kept_between_requests() {
     let upstream = Upstream::start().unwrap();
@@ -458,10 +467,25 @@ fn upstream_connections_are_kept_between_requests() {
     let cache = Gitcache::start(&upstream, &[]);
     let git = GitClient::new().unwrap();
     let home = git.home().to_owned();
-    for _ in 0..5 {
-        git.run(&home, &["ls-remote", &cache.url("acme/widgets")])
+    // Anonymous and with a credential, in turns: never on one connection.
+    for i in 0..6 {
+        let header = "http.extraheader=Authorization: Bearer alice";
+        let args: &[&str] = if i % 2 == 0 {
+            &["ls-remote"]
+        } else {
+            &["-c", header, "ls-remote"]
+        };
+        let url = cache.url("acme/widgets");
+        git.run(&home, &[args, &[url.as_str()]].concat())
             .unwrap()
             .expect_success();
+    }
+    for (connection, credentials) in upstream.credentials_by_connection() {
+        assert_eq!(
+            credentials.len(),
+            1,
+            "connection {connection}: {credentials:?}"
+        );
     }
     let counts = upstream.counts();
     let requests = counts.info_refs + counts.ls_refs + counts.fetch + counts.other;

@@ -7,7 +7,6 @@
 //! with `WWW-Authenticate`, a wrong token 404, as GitHub answers.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,6 +89,8 @@ pub struct RecordedRequest {
     pub status: u16,
     /// The response body as sent (after any injected cut); empty unless recording is on.
     pub response: Vec<u8>,
+    /// Which TCP connection it came on (1 for the first accepted, and so on).
+    pub connection: usize,
 }
 
 #[derive(Debug)]
@@ -126,7 +127,14 @@ pub enum Fault {
     /// Answer 200 with these bytes as an upload-pack result (an answer recorded earlier,
     /// sent again for another request).
     Replay(Vec<u8>),
+    /// Close the connection without answering (as a server does whose keep-alive ran out
+    /// just as the request arrived).
+    Hangup,
 }
+
+/// Marks a response that is not to be sent: the connection is closed instead.
+#[derive(Debug, Clone, Copy)]
+struct HangUp;
 
 #[derive(Debug)]
 struct FaultRule {
@@ -388,6 +396,25 @@ impl Upstream {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
+    /// The `Authorization` values seen on each connection (by [`RecordedRequest::connection`];
+    /// `None` for requests without one).
+    pub fn credentials_by_connection(
+        &self,
+    ) -> std::collections::BTreeMap<usize, std::collections::BTreeSet<Option<String>>> {
+        let mut seen = std::collections::BTreeMap::<usize, std::collections::BTreeSet<_>>::new();
+        for request in self.requests() {
+            let credential = request
+                .headers
+                .iter()
+                .find(|(name, _)| name == "authorization")
+                .map(|(_, value)| value.clone());
+            seen.entry(request.connection)
+                .or_default()
+                .insert(credential);
+        }
+        seen
+    }
+
     /// Close every open connection, as a server whose keep-alive ran out does.
     pub fn close_connections(&self) {
         self.shared.close.notify_waiters();
@@ -450,14 +477,21 @@ async fn accept_loop(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        shared.connections.fetch_add(1, Ordering::SeqCst);
+        let connection = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
         let (shared, tls) = (Arc::clone(&shared), tls.clone());
         tokio::spawn(async move {
             let closed = Arc::clone(&shared);
             let closed = closed.close.notified();
             let service = hyper::service::service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(shared, req).await) }
+                async move {
+                    let response = handle(shared, req, connection).await;
+                    // A service error makes hyper close the connection, nothing answered.
+                    match response.extensions().get::<HangUp>() {
+                        Some(_) => Err(io::Error::other("hung up")),
+                        None => Ok(response),
+                    }
+                }
             });
             let http = hyper::server::conn::http1::Builder::new();
             let serve = async move {
@@ -531,7 +565,7 @@ fn take_fault(shared: &Shared, kind: RequestKind) -> Vec<Fault> {
     hit
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) -> Response<Body> {
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
@@ -593,6 +627,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         body: Vec::new(),
         status: 0,
         response: Vec::new(),
+        connection,
     };
     let recording = shared.recording.load(Ordering::SeqCst);
     let finish = |shared: &Shared, mut record: RecordedRequest, resp: Response<Body>| {
@@ -646,6 +681,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                             .boxed(),
                     )
                     .expect("static response");
+                return finish(&shared, record, resp);
+            }
+            Fault::Hangup => {
+                let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, "hung up");
+                resp.extensions_mut().insert(HangUp);
                 return finish(&shared, record, resp);
             }
             Fault::Garbage => {

@@ -6,7 +6,6 @@
 //! Negotiate) must never see one client's connection carry another's requests.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -18,11 +17,14 @@ use hyper::client::conn::http1::SendRequest;
 
 use crate::RequestBody;
 
-/// How long a connection is kept idle.
-const KEEP_FOR: Duration = Duration::from_secs(60);
+/// How long a connection is kept idle: under the idle limits of common load balancers (60 s)
+/// and servers. One closed meanwhile is found closed, or its request is sent again.
+const KEEP_FOR: Duration = Duration::from_secs(30);
 /// How long a kept connection may take to be ready for the next request (it is idle: its
 /// last answer was read to the end, so this is only its task catching up).
-const READY_WITHIN: Duration = Duration::from_secs(1);
+const READY_WITHIN: Duration = Duration::from_millis(100);
+/// Kept connections tried for one exchange before a new one is opened.
+const TRIES: usize = 3;
 /// The most connections kept at once, all upstreams together.
 const MAX_KEPT: usize = 64;
 
@@ -31,8 +33,6 @@ const MAX_KEPT: usize = 64;
 #[derive(Clone, Default)]
 pub struct Connections {
     inner: Arc<Mutex<Kept>>,
-    /// Keys credentials, so that they are compared without being kept.
-    hasher: std::collections::hash_map::RandomState,
 }
 
 #[derive(Default)]
@@ -40,19 +40,66 @@ struct Kept {
     by_key: HashMap<Key, Vec<Entry>>,
 }
 
+impl Kept {
+    /// Let go of connections closed or kept too long.
+    fn sweep(&mut self) {
+        self.by_key.retain(|_, entries| {
+            entries.retain(|e| !e.sender.is_closed() && e.since.elapsed() < KEEP_FOR);
+            !entries.is_empty()
+        });
+    }
+}
+
 struct Entry {
     sender: SendRequest<RequestBody>,
     since: Instant,
 }
 
-/// What a connection may be reused for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// What a connection may be reused for: the same TLS settings (the very same, held so that
+/// their address is not another's later), host, port and credential.
+#[derive(Clone)]
 pub(crate) struct Key {
-    /// The TLS settings' address (`0` for plain HTTP).
-    tls: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
     host: String,
     port: u16,
-    credential: u64,
+    credential: Option<String>,
+}
+
+impl Key {
+    fn tls_address(&self) -> usize {
+        self.tls.as_ref().map_or(0, |c| Arc::as_ptr(c) as usize)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.tls_address() == other.tls_address()
+            && self.host == other.host
+            && self.port == other.port
+            && self.credential == other.credential
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.tls_address().hash(state);
+        self.host.hash(state);
+        self.port.hash(state);
+        self.credential.hash(state);
+    }
+}
+
+impl std::fmt::Debug for Key {
+    /// Never shows the credential.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("tls", &self.tls.is_some())
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Connections {
@@ -75,27 +122,26 @@ impl Connections {
     }
 
     pub(crate) fn key(
-        &self,
         tls: Option<&Arc<rustls::ClientConfig>>,
         host: &str,
         port: u16,
         credential: Option<&str>,
     ) -> Key {
         Key {
-            tls: tls.map_or(0, |config| Arc::as_ptr(config) as usize),
+            tls: tls.cloned(),
             host: host.to_owned(),
             port,
-            credential: self.hasher.hash_one(credential),
+            credential: credential.map(str::to_owned),
         }
     }
 
     /// A kept connection for `key`, ready for a request, if there is one.
     pub(crate) async fn take(&self, key: &Key) -> Option<SendRequest<RequestBody>> {
-        loop {
+        for _ in 0..TRIES {
             let mut sender = {
                 let mut kept = self.lock();
+                kept.sweep();
                 let entries = kept.by_key.get_mut(key)?;
-                entries.retain(|e| !e.sender.is_closed() && e.since.elapsed() < KEEP_FOR);
                 let taken = entries.pop().map(|e| e.sender);
                 if entries.is_empty() {
                     kept.by_key.remove(key);
@@ -106,6 +152,7 @@ impl Connections {
                 return Some(sender);
             }
         }
+        None
     }
 
     /// Keep `sender`, idle (its last answer read to the end), for later exchanges under `key`.
@@ -114,10 +161,7 @@ impl Connections {
             return;
         }
         let mut kept = self.lock();
-        kept.by_key.retain(|_, entries| {
-            entries.retain(|e| !e.sender.is_closed() && e.since.elapsed() < KEEP_FOR);
-            !entries.is_empty()
-        });
+        kept.sweep();
         kept.by_key.entry(key).or_default().push(Entry {
             sender,
             since: Instant::now(),

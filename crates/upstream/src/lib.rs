@@ -276,23 +276,27 @@ impl Upstream {
         }
     }
 
-    /// Send `request` on a kept connection if one is ready, else on a new one, and keep the
-    /// connection. A kept connection can turn out closed by the upstream (its keep-alive
-    /// ran out): a request not sent yet goes on a new connection; one sent already is
-    /// made again by `again` if given (requests that change nothing upstream).
+    /// Send `request` and return the answer's head. With `again` (a request whose body is
+    /// in memory, made again on demand), on a kept connection if one is ready, else a new
+    /// one, kept afterwards. A kept connection can turn out closed by the upstream (its
+    /// keep-alive ran out): the request is made again and sent on a new connection.
+    /// Without `again` (a body streamed from a client, such as a push), on a connection of
+    /// its own, never kept: the upstream may answer before the body is all sent, and a
+    /// connection still sending must not serve another request.
     async fn exchange(
         &self,
         mut request: hyper::Request<RequestBody>,
         again: Option<&(dyn Fn() -> Result<hyper::Request<RequestBody>, Error> + Sync)>,
     ) -> Result<hyper::Response<ResponseBody>, Error> {
-        let key = self.connections.as_ref().map(|c| {
-            c.key(
+        let key = match (&self.connections, again) {
+            (Some(_), Some(_)) => Some(Connections::key(
                 self.tls.as_ref(),
                 &self.host,
                 self.port,
                 self.authorization.as_deref(),
-            )
-        });
+            )),
+            _ => None,
+        };
         let kept = |response: hyper::Response<hyper::body::Incoming>, sender| match (
             &self.connections,
             &key,
@@ -359,7 +363,54 @@ impl Upstream {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut request = self.request(method, suffix);
+        if body.is_end_stream() {
+            // Without a body (a GET), it can be made again.
+            return self
+                .forward_bytes(method, suffix, headers, Bytes::new())
+                .await;
+        }
+        let request = self
+            .forwarded(&method, suffix, headers)
+            .body(body.map_err(Into::into).boxed_unsync())
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        // The response head within the idle timeout; the body is the caller's to bound.
+        tokio::time::timeout(self.timeout, self.exchange(request, None))
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))?
+    }
+
+    /// [`forward`](Self::forward) with a body held in memory: the request can be made again,
+    /// so it may go on a kept connection.
+    pub async fn forward_bytes(
+        &self,
+        method: Method,
+        suffix: &str,
+        headers: &hyper::HeaderMap,
+        body: Bytes,
+    ) -> Result<hyper::Response<ResponseBody>, Error> {
+        let make = || {
+            self.forwarded(&method, suffix, headers)
+                .body(
+                    Full::new(body.clone())
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .map_err(|e| Error::Protocol(e.to_string()))
+        };
+        tokio::time::timeout(self.timeout, self.exchange(make()?, Some(&make)))
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))?
+    }
+
+    /// A passed-on request's head: the client's headers but hop-by-hop ones, `Host` and
+    /// `Authorization` (the credential is this upstream's own).
+    fn forwarded(
+        &self,
+        method: &Method,
+        suffix: &str,
+        headers: &hyper::HeaderMap,
+    ) -> hyper::http::request::Builder {
+        let mut request = self.request(method.clone(), suffix);
         for (name, value) in headers {
             if !is_hop_by_hop(name)
                 && name != hyper::header::HOST
@@ -368,13 +419,7 @@ impl Upstream {
                 request = request.header(name, value);
             }
         }
-        let request = request
-            .body(body.map_err(Into::into).boxed_unsync())
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        // The response head within the idle timeout; the body is the caller's to bound.
-        tokio::time::timeout(self.timeout, self.exchange(request, None))
-            .await
-            .map_err(|_| Error::Timeout(self.timeout))?
+        request
     }
 
     async fn send(

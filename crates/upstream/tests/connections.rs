@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gitcache_protocol::request::LsRefs;
 use gitcache_testkit::repo::{self, RepoSpec};
-use gitcache_testkit::upstream::{Access, Upstream as TestUpstream};
+use gitcache_testkit::upstream::{Access, Fault, Upstream as TestUpstream};
 use gitcache_upstream::{Connections, Upstream};
 
 fn client(
@@ -71,6 +71,13 @@ async fn connections_are_not_shared_across_credentials() {
     four_exchanges(&client(&upstream, Some("bob"), Some(&connections))).await;
     assert_eq!(upstream.connections(), 2, "one per credential");
     assert_eq!(connections.kept(), 2);
+    for (connection, credentials) in upstream.credentials_by_connection() {
+        assert_eq!(
+            credentials.len(),
+            1,
+            "connection {connection}: {credentials:?}"
+        );
+    }
     // No credential is a credential of its own (refused here, on a connection of its own).
     let anonymous = client(&upstream, None, Some(&connections));
     assert!(
@@ -94,4 +101,32 @@ async fn a_connection_the_upstream_closed_is_replaced() {
     // The kept connection is closed under it: the next exchange opens a new one and succeeds.
     four_exchanges(&alice).await;
     assert_eq!(upstream.connections(), 2);
+}
+
+/// A kept connection that the upstream drops after the request went out (its keep-alive ran
+/// out at that instant): the request is sent again on a new connection, and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lost_on_a_kept_connection_is_sent_again() {
+    let upstream = upstream_with_repo();
+    let connections = Connections::new();
+    let alice = client(&upstream, Some("alice"), Some(&connections));
+    let format = alice.object_format().await.unwrap();
+    assert_eq!(connections.kept(), 1);
+    upstream.inject(Fault::Hangup, 1, None);
+    let refs = alice.ls_refs(format, LsRefs::default()).await.unwrap();
+    assert!(!refs.is_empty());
+    assert_eq!(upstream.connections(), 2, "the kept one, then a new one");
+    let requests = upstream.requests();
+    assert_eq!(
+        requests.len(),
+        3,
+        "advertisement, ls-refs lost, ls-refs again"
+    );
+    assert_eq!(requests[1].connection, 1);
+    assert_eq!(requests[2].connection, 2);
+
+    // Without a kept connection there is nothing to retry: the hang-up is the answer.
+    let fresh = client(&upstream, Some("alice"), None);
+    upstream.inject(Fault::Hangup, 1, None);
+    assert!(fresh.ls_refs(format, LsRefs::default()).await.is_err());
 }
