@@ -4,9 +4,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use gitcache_mirror::registry::{MirrorKey, Registry};
+use gitcache_mirror::registry::Registry;
 use gitcache_pack::{Options, Repository, plan};
 use gitcache_protocol::request::{Command, Limits, parse_request};
+use gitcache_storage::repo::RepoKey;
 use gitcache_upstream::Upstream;
 
 /// Refresh the mirror of the repository at `url` under `root`, then answer the protocol v2
@@ -24,7 +25,7 @@ pub fn mirror_and_serve(
     let [host, owner, repo] = parts[..] else {
         return Err("expected http://host/owner/repo".into());
     };
-    let key = MirrorKey::new(host, owner, repo)?;
+    let key = RepoKey::new(host, owner, repo)?;
 
     // Refresh, creating the mirror on first use; one refresh per mirror at a time.
     let registry = Registry::new(root);

@@ -1,13 +1,12 @@
 //! A cached repository's record, what a new one and a change carry, and their validation.
 
+use gitcache_storage::repo::RepoKey;
 use serde::Serialize;
 
 /// The upstream timeout a new record gets, in seconds.
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 30;
 /// The range `timeout_seconds` must fall in.
 pub const TIMEOUT_RANGE: std::ops::RangeInclusive<u32> = 1..=3600;
-/// The longest owner or repository name accepted (GitHub's own limit is 100).
-const MAX_NAME: usize = 100;
 
 /// One cached repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -71,14 +70,22 @@ impl NewRepo {
         }
     }
 
-    /// The same, checked and in the form stored.
+    /// The same, checked and in the form stored: names by the rules of every repository's
+    /// identity ([`RepoKey`]), lower-cased.
     pub(crate) fn normalized(&self) -> Result<NewRepo, Invalid> {
-        let name = self.name.trim();
-        let name = name.strip_suffix(".git").unwrap_or(name);
+        let host = self.host.trim();
+        let key = RepoKey::new(host, self.owner.trim(), self.name.trim()).map_err(|err| {
+            let field = match err.what {
+                "host" => "host",
+                "owner" => "owner",
+                _ => "name",
+            };
+            invalid(field, err.to_string())
+        })?;
         Ok(NewRepo {
-            host: check_host(&self.host)?,
-            owner: check_name("owner", &self.owner)?,
-            name: check_name("name", name)?,
+            host: host.to_ascii_lowercase(),
+            owner: key.owner().to_ascii_lowercase(),
+            name: key.repo().to_ascii_lowercase(),
             enabled: self.enabled,
             timeout_seconds: check_timeout(self.timeout_seconds)?,
             max_cache_size_mb: self.max_cache_size_mb.filter(|&mb| mb > 0),
@@ -138,51 +145,6 @@ fn check_timeout(seconds: u32) -> Result<u32, Invalid> {
     }
 }
 
-/// Owner and repository names: what forges accept and what can safely become a path.
-fn check_name(field: &'static str, value: &str) -> Result<String, Invalid> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(invalid(field, "must not be empty"));
-    }
-    if value.len() > MAX_NAME {
-        return Err(invalid(
-            field,
-            format!("must be at most {MAX_NAME} characters"),
-        ));
-    }
-    if value.starts_with('.') {
-        return Err(invalid(field, "must not start with '.'"));
-    }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(invalid(
-            field,
-            format!("may hold only letters, digits, '-', '_' and '.', not {c:?}"),
-        ));
-    }
-    Ok(value.to_ascii_lowercase())
-}
-
-fn check_host(value: &str) -> Result<String, Invalid> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(invalid("host", "must not be empty"));
-    }
-    if value.len() > 255
-        || !value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '[' | ']'))
-    {
-        return Err(invalid(
-            "host",
-            "must be a host name, with an optional port",
-        ));
-    }
-    Ok(value.to_ascii_lowercase())
-}
-
 /// `seconds` since the Unix epoch as an RFC 3339 UTC time, e.g. `2026-11-25T12:00:00Z`.
 pub fn rfc3339(seconds: i64) -> String {
     let days = seconds.div_euclid(86_400);
@@ -237,10 +199,16 @@ mod tests {
             ("a", "..", "name"),
             ("a", "w x", "name"),
             ("a", ".git", "name"),
+            (".", "w", "owner"),
         ] {
             let err = NewRepo::new("h", owner, name).normalized().unwrap_err();
             assert_eq!(err.field, field, "{owner}/{name}: {err}");
         }
+        // `org/.github` is a repository on GitHub.
+        let dotted = NewRepo::new("github.com", "acme", ".github")
+            .normalized()
+            .unwrap();
+        assert_eq!(dotted.name, ".github");
         assert_eq!(
             NewRepo::new("bad host", "a", "b")
                 .normalized()

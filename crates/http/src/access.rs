@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use gitcache_mirror::registry::MirrorKey;
+use gitcache_storage::repo::RepoKey;
 
 /// The SHA-256 of `data`.
 pub(crate) fn sha256(data: &[u8]) -> gix_hash::ObjectId {
@@ -57,7 +57,7 @@ const PRUNE_AT: usize = 100_000;
 #[derive(Debug)]
 pub struct AccessGrants {
     ttl: Duration,
-    grants: Mutex<HashMap<(MirrorKey, Fingerprint), Instant>>,
+    grants: Mutex<HashMap<(RepoKey, Fingerprint), Instant>>,
 }
 
 impl AccessGrants {
@@ -70,13 +70,13 @@ impl AccessGrants {
     }
 
     /// Record that the upstream accepted `who` for `key` just now.
-    pub fn grant(&self, key: &MirrorKey, who: Fingerprint) {
+    pub fn grant(&self, key: &RepoKey, who: Fingerprint) {
         self.grant_at(key, who, Instant::now());
     }
 
     /// Record that the upstream accepted `who` for `key` at `at` (when its answer arrived:
     /// a grant renewed after a long answer was read counts from its start).
-    pub fn grant_at(&self, key: &MirrorKey, who: Fingerprint, at: Instant) {
+    pub fn grant_at(&self, key: &RepoKey, who: Fingerprint, at: Instant) {
         if self.ttl.is_zero() {
             return;
         }
@@ -91,7 +91,7 @@ impl AccessGrants {
     }
 
     /// Whether `who` was accepted for `key` within the TTL.
-    pub fn is_fresh(&self, key: &MirrorKey, who: Fingerprint) -> bool {
+    pub fn is_fresh(&self, key: &RepoKey, who: Fingerprint) -> bool {
         if self.ttl.is_zero() {
             return false;
         }
@@ -106,8 +106,8 @@ impl AccessGrants {
 mod tests {
     use super::*;
 
-    fn key(repo: &str) -> MirrorKey {
-        MirrorKey::new("example.com", "acme", repo).unwrap()
+    fn key(repo: &str) -> RepoKey {
+        RepoKey::new("example.com", "acme", repo).unwrap()
     }
 
     #[test]

@@ -295,16 +295,16 @@ impl ProxyConfig {
         host: &str,
         owner: &str,
         repo: &str,
-    ) -> Result<gitcache_mirror::registry::MirrorKey, gitcache_mirror::registry::InvalidName> {
-        use gitcache_mirror::registry::MirrorKey;
+    ) -> Result<gitcache_storage::repo::RepoKey, gitcache_storage::repo::InvalidName> {
+        use gitcache_storage::repo::RepoKey;
         if self
             .case_insensitive_hosts
             .iter()
             .any(|h| h.eq_ignore_ascii_case(host))
         {
-            MirrorKey::folded(host, owner, repo)
+            RepoKey::folded(host, owner, repo)
         } else {
-            MirrorKey::new(host, owner, repo)
+            RepoKey::new(host, owner, repo)
         }
     }
 }

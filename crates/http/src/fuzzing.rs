@@ -22,7 +22,7 @@ pub fn route(data: &[u8]) {
     }
     assert!(!path.contains(['%', '\\', ';']), "{path}");
     let host = route.host.as_deref().unwrap_or("default");
-    assert!(gitcache_mirror::registry::MirrorKey::new(host, &route.owner, &route.repo).is_ok());
+    assert!(gitcache_storage::repo::RepoKey::new(host, &route.owner, &route.repo).is_ok());
     if let crate::route::Service::InfoRefs(Some(service)) = &route.service {
         assert!(service == "git-upload-pack" || service == "git-receive-pack");
     }

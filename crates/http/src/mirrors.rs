@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use bstr::ByteSlice;
-use gitcache_mirror::registry::{MirrorKey, Registry};
+use gitcache_mirror::registry::Registry;
 use gitcache_pack::Repository;
 use gitcache_protocol::request::Fetch;
+use gitcache_storage::repo::RepoKey;
 use gitcache_upstream::Upstream;
 use tracing::Instrument;
 
@@ -42,8 +43,8 @@ pub(crate) struct Mirrors {
     registry: Arc<Registry>,
     /// Refs outside `refs/heads/` and `refs/tags/` that mirrors keep too.
     extra_ref_prefixes: Vec<String>,
-    open: Mutex<HashMap<MirrorKey, OpenRepo>>,
-    stats: Mutex<HashMap<MirrorKey, RepoStats>>,
+    open: Mutex<HashMap<RepoKey, OpenRepo>>,
+    stats: Mutex<HashMap<RepoKey, RepoStats>>,
 }
 
 impl Mirrors {
@@ -72,20 +73,20 @@ impl Mirrors {
     }
 
     /// What happened to `key`'s repository since the start.
-    pub(crate) fn stats(&self, key: &MirrorKey) -> RepoStats {
+    pub(crate) fn stats(&self, key: &RepoKey) -> RepoStats {
         self.lock_stats().get(key).cloned().unwrap_or_default()
     }
 
-    pub(crate) fn note(&self, key: &MirrorKey, update: impl FnOnce(&mut RepoStats)) {
+    pub(crate) fn note(&self, key: &RepoKey, update: impl FnOnce(&mut RepoStats)) {
         update(self.lock_stats().entry(key.clone()).or_default());
     }
 
-    fn lock_stats(&self) -> std::sync::MutexGuard<'_, HashMap<MirrorKey, RepoStats>> {
+    fn lock_stats(&self) -> std::sync::MutexGuard<'_, HashMap<RepoKey, RepoStats>> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Record how a refresh of `key` ended.
-    fn note_refresh(&self, key: &MirrorKey, started: Instant, error: Option<String>) {
+    fn note_refresh(&self, key: &RepoKey, started: Instant, error: Option<String>) {
         metrics::refresh(
             if error.is_none() { "ok" } else { "error" },
             started.elapsed(),
@@ -104,7 +105,7 @@ impl Mirrors {
     /// for the next one. The upstream's idle and transfer timeouts bound it.
     pub(crate) async fn refresh(
         self: &Arc<Self>,
-        key: &MirrorKey,
+        key: &RepoKey,
         upstream: Upstream,
     ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
         let started = Instant::now();
@@ -141,7 +142,7 @@ impl Mirrors {
     /// thread (a request may name many thousands of objects); `fetch` comes back as it was.
     pub(crate) async fn with_wants(
         self: &Arc<Self>,
-        key: &MirrorKey,
+        key: &RepoKey,
         fetch: Fetch,
     ) -> Result<(Option<Arc<Repository>>, Fetch), Error> {
         let (mirrors, key) = (Arc::clone(self), key.clone());
@@ -156,7 +157,7 @@ impl Mirrors {
     /// [`open`](Self::open) on a blocking thread.
     pub(crate) async fn open_blocking(
         self: &Arc<Self>,
-        key: &MirrorKey,
+        key: &RepoKey,
     ) -> Result<Option<Arc<Repository>>, Error> {
         let (mirrors, key) = (Arc::clone(self), key.clone());
         tokio::task::spawn_blocking(move || mirrors.open(&key))
@@ -165,7 +166,7 @@ impl Mirrors {
     }
 
     /// The mirror of `key`, opened again only when its packs changed.
-    pub(crate) fn open(&self, key: &MirrorKey) -> Result<Option<Arc<Repository>>, Error> {
+    pub(crate) fn open(&self, key: &RepoKey) -> Result<Option<Arc<Repository>>, Error> {
         let Some(mirror) = self.registry.existing(key) else {
             return Ok(None);
         };

@@ -22,12 +22,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bstr::ByteSlice;
 use bytes::Bytes;
 use gitcache_catalog::Catalog;
-use gitcache_mirror::registry::{MirrorKey, Registry};
+use gitcache_mirror::registry::Registry;
 use gitcache_protocol::advertise::{self, Advertisement};
 use gitcache_protocol::request::{
     Command, Fetch, Limits as RequestLimits, Request as GitRequest, parse_request,
 };
 use gitcache_storage::fs::DataDir;
+use gitcache_storage::repo::RepoKey;
 use gix_hash::Kind as HashKind;
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -149,7 +150,7 @@ impl Proxy {
             .map(|(h, u)| (h.as_str(), u.as_str()))
             .chain([(default_host.as_str(), config.upstream.as_str())])
         {
-            let key = MirrorKey::new(host, "owner", "repo").map_err(|err| {
+            let key = RepoKey::new(host, "owner", "repo").map_err(|err| {
                 ConfigError::Upstream(format!("upstream host '{host}' cannot name mirrors: {err}"))
             })?;
             if let Some(other) = folders.insert(key.relative_path(), url)

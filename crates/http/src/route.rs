@@ -10,7 +10,7 @@
 //! backslash or a percent-escape (an upstream that decodes them would serve another
 //! repository's files): such a path never goes upstream, whatever the mode.
 
-use gitcache_mirror::registry::{InvalidName, MirrorKey};
+use gitcache_storage::repo::{InvalidName, RepoKey};
 
 /// The git service a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub fn route(
     };
     let repo = repo.strip_suffix(".git").unwrap_or(repo);
     // The same rules the mirror paths follow.
-    MirrorKey::new(host.as_deref().unwrap_or("default"), owner, repo)?;
+    RepoKey::new(host.as_deref().unwrap_or("default"), owner, repo)?;
     Ok(Route {
         host,
         owner: owner.to_owned(),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use gitcache_mirror::registry::MirrorKey;
+use gitcache_storage::repo::RepoKey;
 
 /// A repository a request is for, and where its upstream is.
 #[derive(Debug, Clone)]
@@ -13,7 +13,7 @@ pub(crate) struct Target {
     pub(crate) url: String,
     /// `owner/repo` as the client wrote it (for logs).
     pub(crate) name: String,
-    pub(crate) key: MirrorKey,
+    pub(crate) key: RepoKey,
     /// Served from the mirror (v2 fetches).
     pub(crate) cached: bool,
     /// The catalog's record says "disabled": everything passes through.

@@ -12,122 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::mirror::{Error, Mirror, Refreshed};
+use gitcache_storage::repo::RepoKey;
 use gitcache_upstream::Upstream;
-
-/// A repository's place among the mirrors: one upstream host, one owner, one name.
-///
-/// Upstreams disagree on case: GitHub treats `acme/Widgets` and `acme/widgets` as one
-/// repository, while C git's http-backend, cgit or Gerrit serve two. A key therefore keeps
-/// names exactly as given ([`MirrorKey::new`]) unless the upstream is known to fold them
-/// ([`MirrorKey::folded`]); the caller that builds it must then also ask the upstream with
-/// the folded names ([`owner`](Self::owner), [`repo`](Self::repo)), so that a mirror, its
-/// grants and its stored responses belong to exactly the repository the upstream checked.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MirrorKey {
-    host: String,
-    owner: String,
-    repo: String,
-}
-
-/// A name that cannot be a path component of a mirror.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {what} '{name}': use letters, digits, '.', '_' and '-', not '.' or '..'")]
-pub struct InvalidName {
-    /// Which part: host, owner or repository.
-    pub what: &'static str,
-    /// The name given.
-    pub name: String,
-}
-
-fn check(what: &'static str, name: &str) -> Result<String, InvalidName> {
-    // `org/.github` is a repository on GitHub: a leading dot is fine, `.` and `..` are not.
-    let ok = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(name.to_owned())
-    } else {
-        Err(InvalidName {
-            what,
-            name: name.to_owned(),
-        })
-    }
-}
-
-/// A checked name as a path component that stays distinct from every other name on a file
-/// system that ignores case: each upper-case letter is written as `^` and the letter in lower
-/// case (`^` is never part of a name).
-fn path_component(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('^');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-impl MirrorKey {
-    /// The key of `owner/repo` on `host`, names kept exactly as given (the upstream tells
-    /// `Widgets` from `widgets`); a trailing `.git` is dropped and the host is compared
-    /// without case. Names are checked before they touch the disk.
-    pub fn new(host: &str, owner: &str, repo: &str) -> Result<Self, InvalidName> {
-        let repo = repo.strip_suffix(".git").unwrap_or(repo);
-        // A port in the host is kept apart from the name rules.
-        let mut parts = host.splitn(2, ':');
-        check("host", parts.next().unwrap_or_default())?;
-        if let Some(port) = parts.next()
-            && port.parse::<u16>().is_err()
-        {
-            return Err(InvalidName {
-                what: "host",
-                name: host.to_owned(),
-            });
-        }
-        Ok(MirrorKey {
-            host: host.to_ascii_lowercase().replace(':', "_"),
-            owner: check("owner", owner)?,
-            repo: check("repository", repo)?,
-        })
-    }
-
-    /// The key of `owner/repo` on an upstream that compares names without case (GitHub):
-    /// names are lower-cased, and the upstream must be asked with these names.
-    pub fn folded(host: &str, owner: &str, repo: &str) -> Result<Self, InvalidName> {
-        let key = MirrorKey::new(host, owner, repo)?;
-        Ok(MirrorKey {
-            owner: key.owner.to_ascii_lowercase(),
-            repo: key.repo.to_ascii_lowercase(),
-            host: key.host,
-        })
-    }
-
-    /// The owner, as the key holds it.
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-
-    /// The repository name (without `.git`), as the key holds it.
-    pub fn repo(&self) -> &str {
-        &self.repo
-    }
-
-    /// `<host>/<owner>/<repo>.git`, relative to the registry's root; upper-case letters are
-    /// written as `^` and the lower-case letter, so that two names differing only in case
-    /// never share a folder, whatever the file system.
-    pub fn relative_path(&self) -> PathBuf {
-        Path::new(&self.host)
-            .join(path_component(&self.owner))
-            .join(format!("{}.git", path_component(&self.repo)))
-    }
-}
 
 /// What concurrent callers of one refresh share.
 type Shared = Result<Refreshed, Arc<Error>>;
@@ -172,7 +58,7 @@ pub const DEFAULT_CONSOLIDATE_AFTER: usize = 8;
 #[derive(Debug)]
 pub struct Registry {
     root: PathBuf,
-    slots: Mutex<HashMap<MirrorKey, Arc<Slot>>>,
+    slots: Mutex<HashMap<RepoKey, Arc<Slot>>>,
     consolidate_after: usize,
     /// Refreshes of different mirrors running at once (each may download a whole
     /// repository, and goes on when its client leaves).
@@ -215,7 +101,7 @@ impl Registry {
     /// allows, or one pack not yet marked with its tips or without reachability bitmaps (a
     /// mirror's first fetch: marking it lets clones be answered from it as it is, bitmaps
     /// answer the other fetches without a walk).
-    pub fn needs_consolidation(&self, key: &MirrorKey) -> bool {
+    pub fn needs_consolidation(&self, key: &RepoKey) -> bool {
         let dir = self.path(key).join("objects").join("pack");
         let names: Vec<String> = std::fs::read_dir(dir)
             .map(|d| {
@@ -240,7 +126,7 @@ impl Registry {
     /// [`refresh`](Self::refresh), then [maintain](Self::maintain_in_background) the mirror.
     pub async fn refresh_and_maintain(
         self: &Arc<Self>,
-        key: &MirrorKey,
+        key: &RepoKey,
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Shared {
@@ -255,7 +141,7 @@ impl Registry {
     /// background task (which waits for any refresh of it to finish), unless one is under way
     /// already. Also worth calling when a mirror is first opened: maintenance cut short (by a
     /// restart) is taken up again. Must be called within a Tokio runtime.
-    pub fn maintain_in_background(self: &Arc<Self>, key: &MirrorKey) {
+    pub fn maintain_in_background(self: &Arc<Self>, key: &RepoKey) {
         if !self.needs_consolidation(key) {
             return;
         }
@@ -283,7 +169,7 @@ impl Registry {
     /// damaged ones, then [maintain](Self::maintain_in_background) it, which writes them
     /// again. For when a mirror is opened: loads never read a bitmap's checksum. Must be
     /// called within a Tokio runtime.
-    pub fn check_in_background(self: &Arc<Self>, key: &MirrorKey) {
+    pub fn check_in_background(self: &Arc<Self>, key: &RepoKey) {
         let Some(mirror) = self.existing(key) else {
             return;
         };
@@ -322,18 +208,18 @@ impl Registry {
         Ok(())
     }
 
-    fn slot(&self, key: &MirrorKey) -> Arc<Slot> {
+    fn slot(&self, key: &RepoKey) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(slots.entry(key.clone()).or_default())
     }
 
     /// Where the mirror of `key` lives.
-    pub fn path(&self, key: &MirrorKey) -> PathBuf {
+    pub fn path(&self, key: &RepoKey) -> PathBuf {
         self.root.join(key.relative_path())
     }
 
     /// The mirror of `key`, if it was created (its `HEAD`, written last, exists).
-    pub fn existing(&self, key: &MirrorKey) -> Option<Mirror> {
+    pub fn existing(&self, key: &RepoKey) -> Option<Mirror> {
         let path = self.path(key);
         path.join("HEAD").is_file().then(|| Mirror::open(path))
     }
@@ -343,7 +229,7 @@ impl Registry {
     /// outcome.
     pub async fn refresh(
         &self,
-        key: &MirrorKey,
+        key: &RepoKey,
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Shared {
@@ -377,7 +263,7 @@ impl Registry {
     /// of it runs. `None` if there is no such mirror.
     pub async fn consolidate(
         &self,
-        key: &MirrorKey,
+        key: &RepoKey,
     ) -> Result<Option<crate::mirror::Consolidated>, Error> {
         let slot = self.slot(key);
         let (mirror, mut done) = {
@@ -413,7 +299,7 @@ impl Registry {
 
     async fn refresh_now(
         &self,
-        key: &MirrorKey,
+        key: &RepoKey,
         upstream: &Upstream,
         extra: &[&str],
     ) -> Result<Refreshed, Error> {

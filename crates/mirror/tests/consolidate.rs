@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use gitcache_mirror::registry::{MirrorKey, Registry};
+use gitcache_mirror::registry::Registry;
 use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::ObjectId;
 use gitcache_protocol::request::Fetch;
+use gitcache_storage::repo::RepoKey;
 use gitcache_testkit::git::git_stdout as git;
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Upstream};
@@ -61,7 +62,7 @@ fn served(
     tempfile::TempDir,
     std::path::PathBuf,
     std::sync::Arc<Registry>,
-    MirrorKey,
+    RepoKey,
     Client,
 ) {
     let upstream = Upstream::start().unwrap();
@@ -75,7 +76,7 @@ fn served(
     if let Some(packs) = consolidate_after {
         registry = registry.with_consolidate_after(packs);
     }
-    let key = MirrorKey::new("127.0.0.1", "acme", name).unwrap();
+    let key = RepoKey::new("127.0.0.1", "acme", name).unwrap();
     (
         upstream,
         dir,

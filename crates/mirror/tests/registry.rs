@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gitcache_mirror::registry::{MirrorKey, Registry};
+use gitcache_mirror::registry::Registry;
+use gitcache_storage::repo::RepoKey;
 use gitcache_testkit::git::git_stdout as git;
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
@@ -22,7 +23,7 @@ async fn twenty_concurrent_refreshes_of_a_cold_mirror_fetch_once() {
     );
     let dir = tempfile::tempdir().unwrap();
     let registry = Arc::new(Registry::new(dir.path()));
-    let key = MirrorKey::new("127.0.0.1", "acme", "popular.git").unwrap();
+    let key = RepoKey::new("127.0.0.1", "acme", "popular.git").unwrap();
     let client = Client::new(
         &upstream.repo_url("acme/popular"),
         None,
@@ -66,28 +67,28 @@ fn names_are_checked_before_they_touch_the_disk() {
         ("", "x"),
         ("acme", ""),
     ] {
-        let err = MirrorKey::new("github.com", owner, repo).unwrap_err();
+        let err = RepoKey::new("github.com", owner, repo).unwrap_err();
         assert!(err.to_string().starts_with("invalid "), "{err}");
     }
-    assert!(MirrorKey::new("evil/../host", "a", "b").is_err());
+    assert!(RepoKey::new("evil/../host", "a", "b").is_err());
     // GitHub has them: `org/.github`.
-    assert!(MirrorKey::new("github.com", "org", ".github").is_ok());
-    assert!(MirrorKey::new("127.0.0.1:notaport", "a", "b").is_err());
+    assert!(RepoKey::new("github.com", "org", ".github").is_ok());
+    assert!(RepoKey::new("127.0.0.1:notaport", "a", "b").is_err());
     // Names that differ in case are two repositories unless the upstream folds them.
-    let exact = MirrorKey::new("GitHub.com", "Acme", "Widgets.git").unwrap();
+    let exact = RepoKey::new("GitHub.com", "Acme", "Widgets.git").unwrap();
     assert_ne!(
         exact,
-        MirrorKey::new("github.com", "acme", "widgets").unwrap()
+        RepoKey::new("github.com", "acme", "widgets").unwrap()
     );
     assert_eq!((exact.owner(), exact.repo()), ("Acme", "Widgets"));
     assert_eq!(
         exact.relative_path(),
         std::path::Path::new("github.com/^acme/^widgets.git")
     );
-    let folded = MirrorKey::folded("GitHub.com", "Acme", "Widgets.git").unwrap();
+    let folded = RepoKey::folded("GitHub.com", "Acme", "Widgets.git").unwrap();
     assert_eq!(
         folded,
-        MirrorKey::folded("github.com", "acme", "widgets").unwrap()
+        RepoKey::folded("github.com", "acme", "widgets").unwrap()
     );
     assert_eq!((folded.owner(), folded.repo()), ("acme", "widgets"));
     assert_eq!(

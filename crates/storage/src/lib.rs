@@ -3,7 +3,8 @@
 //! The filesystem backend ([`fs`]) is what mirrors live on today: a data directory that one
 //! process owns at a time, files replaced atomically and durably, and sizes measured for
 //! operators; stored fetch responses ([`responses`]) with atomic publication, checksums
-//! and least-recently-used eviction. The object-store backend comes with its own issue.
+//! and least-recently-used eviction; a repository's identity ([`repo::RepoKey`]), its names
+//! checked by one set of rules. The object-store backend comes with its own issue.
 //!
 //! # Example
 //!
@@ -26,4 +27,5 @@
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod repo;
 pub mod responses;
