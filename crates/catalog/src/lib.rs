@@ -289,15 +289,15 @@ impl Catalog {
         Ok(())
     }
 
-    /// The record of `owner/name` on `host`, compared without case, from memory.
+    /// The record of `owner/name` on `host`, from memory: the host compared without case,
+    /// the names exactly (give the folded names for an upstream that ignores case, as
+    /// records of it hold them).
     pub fn lookup(&self, host: &str, owner: &str, name: &str) -> Option<Arc<Record>> {
         let view = Arc::clone(&self.view.read().unwrap_or_else(|p| p.into_inner()));
         let key = (
             host.to_ascii_lowercase(),
-            owner.to_ascii_lowercase(),
-            name.strip_suffix(".git")
-                .unwrap_or(name)
-                .to_ascii_lowercase(),
+            owner.to_owned(),
+            name.strip_suffix(".git").unwrap_or(name).to_owned(),
         );
         view.by_name.get(&key).cloned()
     }

@@ -15,9 +15,9 @@ pub struct Record {
     pub id: i64,
     /// The upstream host, lower-cased (the default upstream's host, or one allowed in paths).
     pub host: String,
-    /// The owner, lower-cased.
+    /// The owner, as written (folded by the caller for upstreams that ignore case).
     pub owner: String,
-    /// The repository name, lower-cased, without `.git`.
+    /// The repository name without `.git`, as written (folded likewise).
     pub name: String,
     /// Whether the cache serves it; a disabled record passes every request through.
     pub enabled: bool,
@@ -71,7 +71,9 @@ impl NewRepo {
     }
 
     /// The same, checked and in the form stored: names by the rules of every repository's
-    /// identity ([`RepoKey`]), lower-cased.
+    /// identity ([`RepoKey`]) and kept as written (an upstream may tell `Widgets` from
+    /// `widgets`; for one that does not, the caller gives the folded names), the host
+    /// lower-cased.
     pub(crate) fn normalized(&self) -> Result<NewRepo, Invalid> {
         let host = self.host.trim();
         let key = RepoKey::new(host, self.owner.trim(), self.name.trim()).map_err(|err| {
@@ -84,8 +86,8 @@ impl NewRepo {
         })?;
         Ok(NewRepo {
             host: host.to_ascii_lowercase(),
-            owner: key.owner().to_ascii_lowercase(),
-            name: key.repo().to_ascii_lowercase(),
+            owner: key.owner().to_owned(),
+            name: key.repo().to_owned(),
             enabled: self.enabled,
             timeout_seconds: check_timeout(self.timeout_seconds)?,
             max_cache_size_mb: self.max_cache_size_mb.filter(|&mb| mb > 0),
@@ -184,13 +186,13 @@ mod tests {
     }
 
     #[test]
-    fn names_are_checked_and_lower_cased() {
+    fn names_are_checked_and_kept_as_written() {
         let repo = NewRepo::new("GitHub.com", " Acme ", "Widgets.git")
             .normalized()
             .unwrap();
         assert_eq!(
             (repo.host.as_str(), repo.owner.as_str(), repo.name.as_str()),
-            ("github.com", "acme", "widgets")
+            ("github.com", "Acme", "Widgets")
         );
         for (owner, name, field) in [
             ("", "w", "owner"),

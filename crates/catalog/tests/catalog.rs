@@ -76,7 +76,8 @@ async fn records_round_trip(location: &str) {
             created.owner.as_str(),
             created.name.as_str()
         ),
-        ("github.com", "acme", "widgets")
+        ("github.com", "Acme", "Widgets"),
+        "the host lower-cased, names kept as written"
     );
     assert!(created.enabled);
     assert_eq!(created.timeout_seconds, 90);
@@ -96,9 +97,11 @@ async fn records_round_trip(location: &str) {
     assert_eq!(listed, vec![created.clone(), second.clone()]);
 
     // The in-memory view follows every change at once.
-    let seen = catalog.lookup("GITHUB.COM", "acme", "WIDGETS.git").unwrap();
+    let seen = catalog.lookup("GITHUB.COM", "Acme", "Widgets.git").unwrap();
     assert_eq!(*seen, created);
     assert!(catalog.lookup("github.com", "acme", "other").is_none());
+    // Names compare exactly: the caller folds them for upstreams that ignore case.
+    assert!(catalog.lookup("github.com", "acme", "widgets").is_none());
     assert!(
         catalog
             .lookup("gitlab.example", "acme", "widgets")
@@ -123,7 +126,7 @@ async fn records_round_trip(location: &str) {
     assert!(changed.updated_at >= created.updated_at);
     assert!(
         !catalog
-            .lookup("github.com", "acme", "widgets")
+            .lookup("github.com", "Acme", "Widgets")
             .unwrap()
             .enabled
     );
@@ -143,7 +146,7 @@ async fn records_round_trip(location: &str) {
 
     let removed = catalog.delete(created.id).await.unwrap();
     assert_eq!(removed.id, created.id);
-    assert!(catalog.lookup("github.com", "acme", "widgets").is_none());
+    assert!(catalog.lookup("github.com", "Acme", "Widgets").is_none());
     assert_eq!(catalog.list().await.unwrap(), vec![second]);
 }
 
@@ -155,7 +158,7 @@ async fn bad_input_is_refused_by_name(location: &str) {
         .await
         .unwrap();
     let err = catalog
-        .create(&NewRepo::new("github.com", "ACME", "widgets.git"))
+        .create(&NewRepo::new("GitHub.com", "acme", "widgets.git"))
         .await
         .unwrap_err();
     assert!(

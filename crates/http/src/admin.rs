@@ -356,11 +356,16 @@ impl Admin {
             }
             Some(_) => return Err(wrong_type("host", "a string")),
         };
-        let mut new = NewRepo::new(
-            &host,
-            &required_string(&mut fields, "owner")?,
-            &required_string(&mut fields, "name")?,
-        );
+        let owner = required_string(&mut fields, "owner")?;
+        let name = required_string(&mut fields, "name")?;
+        // On an upstream that ignores case the record holds the folded names, the ones
+        // requests are looked up by; elsewhere `Widgets` and `widgets` are two repositories.
+        // Names that are no repository's are refused by the catalog, field by field.
+        let (owner, name) = match self.config.key(&host, owner.trim(), name.trim()) {
+            Ok(key) => (key.owner().to_owned(), key.repo().to_owned()),
+            Err(_) => (owner, name),
+        };
+        let mut new = NewRepo::new(&host, &owner, &name);
         if let Some(enabled) = optional_bool(&mut fields, "enabled")? {
             new.enabled = enabled;
         }

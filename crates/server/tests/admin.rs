@@ -141,8 +141,9 @@ fn records_are_added_listed_changed_and_removed_with_clear_errors() {
         format!("/api/cached-repos/{id}")
     );
     assert_eq!(created["host"], json!(host), "default upstream's host");
-    assert_eq!(created["owner"], "acme");
-    assert_eq!(created["name"], "widgets");
+    // The testkit upstream tells case apart: names are kept as written.
+    assert_eq!(created["owner"], "Acme");
+    assert_eq!(created["name"], "Widgets");
     assert_eq!(created["enabled"], true);
     assert_eq!(created["timeout_seconds"], 45);
     assert_eq!(created["max_cache_size_mb"], Value::Null);
@@ -152,7 +153,7 @@ fn records_are_added_listed_changed_and_removed_with_clear_errors() {
 
     // Duplicates, bad types, bad values, unknown fields.
     for (body, status, field) in [
-        (json!({"owner": "acme", "name": "widgets"}), 409, None),
+        (json!({"owner": "Acme", "name": "Widgets"}), 409, None),
         (json!({"owner": "acme"}), 422, Some("name")),
         (json!({"owner": "acme", "name": 7}), 400, Some("name")),
         (
@@ -261,6 +262,36 @@ fn records_are_added_listed_changed_and_removed_with_clear_errors() {
 
 /// The "done when" walk: a repository added through the API, cloned twice: a miss then a
 /// hit, in `/metrics` and in the access log; disabled, it passes through.
+/// On an upstream that ignores case, a record holds the folded names (those requests to it
+/// are looked up by), and a second spelling is the same record.
+#[test]
+fn records_of_a_case_insensitive_upstream_hold_folded_names() {
+    let upstream = upstream_with(&[], RepoSpec::tiny);
+    let host = upstream.addr().to_string();
+    let cache = Gitcache::start(
+        &upstream,
+        &["--admin-token", TOKEN, "--case-insensitive-host", &host],
+    );
+    let (status, created, _) = api(
+        &cache,
+        "POST",
+        "/api/cached-repos",
+        Some(json!({"owner": "Acme", "name": "Widgets"})),
+    );
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        (&created["owner"], &created["name"]),
+        (&json!("acme"), &json!("widgets"))
+    );
+    let (status, _, _) = api(
+        &cache,
+        "POST",
+        "/api/cached-repos",
+        Some(json!({"owner": "acme", "name": "WIDGETS"})),
+    );
+    assert_eq!(status, 409, "one repository, one record");
+}
+
 #[test]
 fn catalog_records_choose_what_is_cached_and_clones_show_in_metrics_and_log() {
     let upstream = upstream_with(&["acme/widgets", "acme/gadgets"], RepoSpec::tiny);
