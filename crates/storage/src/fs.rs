@@ -80,23 +80,21 @@ impl DataDir {
 
 /// Replace `path`'s content with `content`, atomically and durably (see the module docs).
 pub fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("no file name"))?;
-    let mut temp_name = name.to_owned();
-    temp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let temp = path.with_file_name(temp_name);
+    replace_file_with(path, |file| file.write_all(content))
+}
+
+/// [`replace_file`] with the content written by `write` into the new file.
+pub fn replace_file_with(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let temp = temp_beside(path)?;
     let written = (|| {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)?;
-        file.write_all(content)?;
+        write(&mut file)?;
         file.sync_all()?;
         std::fs::rename(&temp, path)
     })();
@@ -105,6 +103,22 @@ pub fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
         return Err(err);
     }
     sync_parent(path)
+}
+
+/// A name beside `path` to write before renaming over it, unique per call (see
+/// [`is_leftover_temp`]).
+pub(crate) fn temp_beside(path: &Path) -> std::io::Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no file name"))?
+        .to_owned();
+    name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    Ok(path.with_file_name(name))
 }
 
 /// Make a rename or creation in `path`'s folder durable.

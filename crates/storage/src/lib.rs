@@ -4,7 +4,9 @@
 //! process owns at a time, files replaced atomically and durably, and sizes measured for
 //! operators; stored fetch responses ([`responses`]) with atomic publication, checksums
 //! and least-recently-used eviction; a repository's identity ([`repo::RepoKey`]), its names
-//! checked by one set of rules. The object-store backend comes with its own issue.
+//! checked by one set of rules; and the seam to object storage ([`store::ObjectStore`]):
+//! immutable objects and conditionally replaced manifests, with [`store::FsStore`] as the
+//! filesystem backend.
 //!
 //! # Example
 //!
@@ -29,3 +31,4 @@ pub mod fs;
 pub mod fuzzing;
 pub mod repo;
 pub mod responses;
+pub mod store;

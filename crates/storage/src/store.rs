@@ -1,0 +1,391 @@
+//! The seam between gitcache and where its durable data lives: a flat space of objects named
+//! by [`ObjectKey`]s, of two kinds.
+//!
+//! - **Immutable objects** (packs, indexes, bitmaps, stored responses) are named by their
+//!   content: written once ([`ObjectStore::put_file`]), read whole or into a local file,
+//!   listed by prefix, and deleted only when nothing names them any more.
+//! - **Manifests** (a repository's refs and list of packs) are small documents replaced
+//!   atomically and conditionally: [`ObjectStore::replace_manifest`] succeeds only if the
+//!   manifest is still the version the writer read, so that of two writers racing from one
+//!   version exactly one commits and the other learns of the conflict (in a bucket, an
+//!   `If-Match` on the ETag; on disk, a compare under a lock and an atomic rename).
+//!
+//! [`FsStore`] is the filesystem backend; an object store shared by several instances is the
+//! other. Every backend passes one test suite (`tests/store.rs`).
+//!
+//! # Example
+//!
+//! ```
+//! use gitcache_storage::store::{FsStore, ObjectKey, ObjectStore, Replaced};
+//!
+//! # tokio_test_block(async {
+//! let dir = tempfile::tempdir()?;
+//! let store = FsStore::new(dir.path());
+//! let manifest = ObjectKey::new("mirrors/github.com/acme/widgets/manifest")?;
+//! // Created where there was none…
+//! let Replaced::Done(v1) = store.replace_manifest(&manifest, b"refs 1", None).await? else {
+//!     panic!("created");
+//! };
+//! // …replaced from the version read…
+//! assert!(matches!(store.replace_manifest(&manifest, b"refs 2", Some(&v1)).await?, Replaced::Done(_)));
+//! // …and a writer still holding the old version loses.
+//! assert_eq!(store.replace_manifest(&manifest, b"refs 3", Some(&v1)).await?, Replaced::Conflict);
+//! assert_eq!(store.read_manifest(&manifest).await?.unwrap().bytes, b"refs 2");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # });
+//! # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::Digest as _;
+
+use crate::fs::{is_leftover_temp, replace_file, replace_file_with, sync_parent};
+
+/// The name of an object: `/`-separated segments, each a non-empty name without control
+/// characters, `\`, or the segments `.` and `..`, so that no key reaches outside its store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey(String);
+
+/// The longest key accepted (S3's own limit is 1,024 bytes).
+const MAX_KEY: usize = 1024;
+
+impl ObjectKey {
+    /// `key`, checked.
+    pub fn new(key: &str) -> Result<Self, StoreError> {
+        let bad = |reason| StoreError::InvalidKey {
+            key: key.to_owned(),
+            reason,
+        };
+        if key.is_empty() || key.len() > MAX_KEY {
+            return Err(bad("empty, or longer than 1,024 bytes"));
+        }
+        for segment in key.split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err(bad("an empty, '.' or '..' segment"));
+            }
+            if segment.chars().any(|c| c.is_control() || c == '\\') {
+                return Err(bad("a control character or '\\'"));
+            }
+        }
+        Ok(ObjectKey(key.to_owned()))
+    }
+
+    /// This key with `segment` (itself checked) appended.
+    pub fn join(&self, segment: &str) -> Result<Self, StoreError> {
+        ObjectKey::new(&format!("{}/{segment}", self.0))
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which version of a manifest was read: an ETag in a bucket, a digest of the content on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version(pub String);
+
+/// A manifest as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Its content.
+    pub bytes: Vec<u8>,
+    /// Its version, to replace it conditionally.
+    pub version: Version,
+}
+
+/// How a conditional replacement ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replaced {
+    /// Written; the manifest's new version.
+    Done(Version),
+    /// Someone else wrote first (or it was created, or removed, meanwhile): read it again.
+    Conflict,
+}
+
+/// An object found by [`ObjectStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key.
+    pub key: ObjectKey,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A key that could reach outside the store, or is too long.
+    #[error("invalid object key '{key}': {reason}")]
+    InvalidKey {
+        /// The key given.
+        key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An object larger than the caller reads.
+    #[error("object '{key}' exceeds {limit} bytes")]
+    TooLarge {
+        /// The object.
+        key: ObjectKey,
+        /// The bound.
+        limit: u64,
+    },
+    /// Reading or writing local files failed.
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The backend failed (an object store's error, a task that did not finish).
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+/// Where objects and manifests live. Methods are `async`: a backend may be remote.
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Store the local file `from` as the immutable object `key`. Objects are named by their
+    /// content: one that exists already is left as it is.
+    fn put_file(
+        &self,
+        key: &ObjectKey,
+        from: &Path,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Copy the object `key` into the local file `to` (written beside it, then renamed into
+    /// place, so `to` is never seen half-written). `false`: there is no such object.
+    fn get_file(
+        &self,
+        key: &ObjectKey,
+        to: &Path,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The object `key` whole, if it exists and has at most `limit` bytes.
+    fn get_bytes(
+        &self,
+        key: &ObjectKey,
+        limit: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Remove the object (or manifest) `key`; one that does not exist is no error.
+    fn delete(&self, key: &ObjectKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every object whose key is `prefix` followed by more segments, in key order.
+    fn list(
+        &self,
+        prefix: &ObjectKey,
+    ) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
+
+    /// The manifest `key`, if there is one.
+    fn read_manifest(
+        &self,
+        key: &ObjectKey,
+    ) -> impl Future<Output = Result<Option<Manifest>, StoreError>> + Send;
+
+    /// Replace the manifest `key` with `bytes` if its version is still `expected` (`None`:
+    /// only if there is none yet). The write is atomic: readers see the old manifest or the
+    /// new one.
+    fn replace_manifest(
+        &self,
+        key: &ObjectKey,
+        bytes: &[u8],
+        expected: Option<&Version>,
+    ) -> impl Future<Output = Result<Replaced, StoreError>> + Send;
+}
+
+/// The filesystem backend: each key a file under one folder. Objects are written beside their
+/// place and renamed into it, durably; manifests are compared and replaced under a lock,
+/// which is enough because one process owns a data directory (see [`crate::fs::DataDir`]).
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+    /// Held while a manifest is compared and replaced.
+    manifests: Arc<std::sync::Mutex<()>>,
+}
+
+impl FsStore {
+    /// A store of the files under `root` (created as needed).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FsStore {
+            root: root.into(),
+            manifests: Arc::new(std::sync::Mutex::new(())),
+        }
+    }
+
+    /// Where `key` lives on disk.
+    pub fn path_of(&self, key: &ObjectKey) -> PathBuf {
+        key.as_str()
+            .split('/')
+            .fold(self.root.clone(), |path, segment| path.join(segment))
+    }
+
+    /// Run blocking file work off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(FsStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(store))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+}
+
+/// Copy `from` to `to` through a file beside `to`, synced and renamed into place.
+fn copy_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut source = std::fs::File::open(from)?;
+    replace_file_with(to, |file| std::io::copy(&mut source, file).map(drop))
+}
+
+fn digest(bytes: &[u8]) -> Version {
+    let hash = sha2::Sha256::digest(bytes);
+    Version(hash.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn not_found_is_none<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+impl ObjectStore for FsStore {
+    async fn put_file(&self, key: &ObjectKey, from: &Path) -> Result<(), StoreError> {
+        let (key, from) = (key.clone(), from.to_owned());
+        self.blocking(move |store| {
+            let to = store.path_of(&key);
+            if to.is_file() {
+                return Ok(());
+            }
+            Ok(copy_into_place(&from, &to)?)
+        })
+        .await
+    }
+
+    async fn get_file(&self, key: &ObjectKey, to: &Path) -> Result<bool, StoreError> {
+        let (key, to) = (key.clone(), to.to_owned());
+        self.blocking(move |store| {
+            let from = store.path_of(&key);
+            if !from.is_file() {
+                return Ok(false);
+            }
+            Ok(not_found_is_none(copy_into_place(&from, &to))?.is_some())
+        })
+        .await
+    }
+
+    async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.clone();
+        self.blocking(move |store| {
+            let path = store.path_of(&key);
+            let Some(file) = not_found_is_none(std::fs::File::open(&path))? else {
+                return Ok(None);
+            };
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(file, limit.saturating_add(1)),
+                &mut bytes,
+            )?;
+            if bytes.len() as u64 > limit {
+                return Err(StoreError::TooLarge { key, limit });
+            }
+            Ok(Some(bytes))
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.blocking(move |store| {
+            let path = store.path_of(&key);
+            if not_found_is_none(std::fs::remove_file(&path))?.is_some() {
+                sync_parent(&path)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
+        let prefix = prefix.clone();
+        self.blocking(move |store| {
+            let mut found = Vec::new();
+            let mut pending = vec![(store.path_of(&prefix), prefix.as_str().to_owned())];
+            while let Some((path, key)) = pending.pop() {
+                let Some(meta) = not_found_is_none(std::fs::symlink_metadata(&path))? else {
+                    continue;
+                };
+                if meta.is_file() && key != prefix.as_str() {
+                    found.push(Listed {
+                        key: ObjectKey::new(&key)?,
+                        size: meta.len(),
+                    });
+                } else if meta.is_dir() {
+                    for entry in std::fs::read_dir(&path)? {
+                        let entry = entry?;
+                        let name = entry.file_name();
+                        // Names no key can have (and writes in progress) are not objects.
+                        let Some(name) = name.to_str() else {
+                            continue;
+                        };
+                        if is_leftover_temp(name) || ObjectKey::new(name).is_err() {
+                            continue;
+                        }
+                        pending.push((entry.path(), format!("{key}/{name}")));
+                    }
+                }
+            }
+            found.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn read_manifest(&self, key: &ObjectKey) -> Result<Option<Manifest>, StoreError> {
+        let key = key.clone();
+        self.blocking(move |store| {
+            let bytes = not_found_is_none(std::fs::read(store.path_of(&key)))?;
+            Ok(bytes.map(|bytes| Manifest {
+                version: digest(&bytes),
+                bytes,
+            }))
+        })
+        .await
+    }
+
+    async fn replace_manifest(
+        &self,
+        key: &ObjectKey,
+        bytes: &[u8],
+        expected: Option<&Version>,
+    ) -> Result<Replaced, StoreError> {
+        let (key, bytes, expected) = (key.clone(), bytes.to_vec(), expected.cloned());
+        self.blocking(move |store| {
+            let path = store.path_of(&key);
+            let _held = store.manifests.lock().unwrap_or_else(|p| p.into_inner());
+            let current = not_found_is_none(std::fs::read(&path))?.map(|b| digest(&b));
+            if current != expected {
+                return Ok(Replaced::Conflict);
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            replace_file(&path, &bytes)?;
+            Ok(Replaced::Done(digest(&bytes)))
+        })
+        .await
+    }
+}

@@ -1,0 +1,220 @@
+//! One suite for every storage backend: what mirrors and stored responses rely on. The
+//! filesystem backend runs it here; an object-store backend runs the same functions.
+
+use gitcache_storage::store::{FsStore, ObjectKey, ObjectStore, Replaced, StoreError, Version};
+
+fn key(s: &str) -> ObjectKey {
+    ObjectKey::new(s).unwrap()
+}
+
+/// Immutable objects: put from a file, read back whole and into a file, listed by prefix,
+/// deleted; a second put of the same key leaves the first.
+async fn objects(store: &impl ObjectStore, scratch: &std::path::Path) {
+    let source = scratch.join("pack");
+    std::fs::write(&source, b"PACK and some bytes").unwrap();
+    let pack = key("mirrors/h/acme/widgets/pack-1.pack");
+    store.put_file(&pack, &source).await.unwrap();
+    std::fs::write(&source, b"other bytes").unwrap();
+    store.put_file(&pack, &source).await.unwrap();
+    assert_eq!(
+        store.get_bytes(&pack, 1 << 20).await.unwrap().unwrap(),
+        b"PACK and some bytes",
+        "an object, once written, stays as written"
+    );
+    assert!(matches!(
+        store.get_bytes(&pack, 4).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    let copy = scratch.join("local/copy.pack");
+    assert!(store.get_file(&pack, &copy).await.unwrap());
+    assert_eq!(std::fs::read(&copy).unwrap(), b"PACK and some bytes");
+    assert!(!store.get_file(&key("mirrors/none"), &copy).await.unwrap());
+    assert_eq!(
+        store.get_bytes(&key("mirrors/none"), 10).await.unwrap(),
+        None
+    );
+
+    let index = key("mirrors/h/acme/widgets/pack-1.idx");
+    store.put_file(&index, &source).await.unwrap();
+    let twin = key("mirrors/h/acme/widgets-2/pack-1.pack");
+    store.put_file(&twin, &source).await.unwrap();
+    let listed: Vec<(String, u64)> = store
+        .list(&key("mirrors/h/acme/widgets"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.key.as_str().to_owned(), l.size))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("mirrors/h/acme/widgets/pack-1.idx".to_owned(), 11),
+            ("mirrors/h/acme/widgets/pack-1.pack".to_owned(), 19),
+        ],
+        "whole segments only: widgets-2 is another prefix"
+    );
+    assert!(store.list(&key("nothing/here")).await.unwrap().is_empty());
+    assert!(
+        store.list(&pack).await.unwrap().is_empty(),
+        "an object is not its own prefix"
+    );
+
+    store.delete(&pack).await.unwrap();
+    store.delete(&pack).await.unwrap();
+    assert_eq!(store.get_bytes(&pack, 100).await.unwrap(), None);
+    assert_eq!(
+        store
+            .list(&key("mirrors/h/acme/widgets"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Manifests: created only where there is none, replaced only from the version read.
+async fn manifests(store: &impl ObjectStore) {
+    let manifest = key("mirrors/h/acme/widgets/manifest");
+    assert_eq!(store.read_manifest(&manifest).await.unwrap(), None);
+    let Replaced::Done(first) = store
+        .replace_manifest(&manifest, b"one", None)
+        .await
+        .unwrap()
+    else {
+        panic!("created");
+    };
+    assert_eq!(
+        store
+            .replace_manifest(&manifest, b"again", None)
+            .await
+            .unwrap(),
+        Replaced::Conflict,
+        "created already"
+    );
+    let read = store.read_manifest(&manifest).await.unwrap().unwrap();
+    assert_eq!(
+        (read.bytes.as_slice(), &read.version),
+        (&b"one"[..], &first)
+    );
+    let Replaced::Done(second) = store
+        .replace_manifest(&manifest, b"two", Some(&first))
+        .await
+        .unwrap()
+    else {
+        panic!("replaced from the version read");
+    };
+    assert_ne!(first, second);
+    assert_eq!(
+        store
+            .replace_manifest(&manifest, b"stale", Some(&first))
+            .await
+            .unwrap(),
+        Replaced::Conflict
+    );
+    assert_eq!(
+        store
+            .replace_manifest(&manifest, b"made up", Some(&Version("x".into())))
+            .await
+            .unwrap(),
+        Replaced::Conflict
+    );
+    assert_eq!(
+        store.read_manifest(&manifest).await.unwrap().unwrap().bytes,
+        b"two"
+    );
+    store.delete(&manifest).await.unwrap();
+    assert_eq!(
+        store
+            .replace_manifest(&manifest, b"three", Some(&second))
+            .await
+            .unwrap(),
+        Replaced::Conflict,
+        "removed meanwhile"
+    );
+}
+
+/// Writers racing from one version: in every round exactly one commits.
+async fn racing_writers<S: ObjectStore + Clone + 'static>(store: &S) {
+    let manifest = key("race/manifest");
+    let Replaced::Done(mut version) = store
+        .replace_manifest(&manifest, b"round 0", None)
+        .await
+        .unwrap()
+    else {
+        panic!("created");
+    };
+    for round in 1..=20 {
+        let tasks: Vec<_> = (0..16)
+            .map(|writer| {
+                let (store, manifest, version) = (store.clone(), manifest.clone(), version.clone());
+                tokio::spawn(async move {
+                    let bytes = format!("round {round} by {writer}");
+                    store
+                        .replace_manifest(&manifest, bytes.as_bytes(), Some(&version))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            if let Replaced::Done(v) = task.await.unwrap() {
+                winners.push(v);
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}");
+        version = winners.pop().unwrap();
+        let read = store.read_manifest(&manifest).await.unwrap().unwrap();
+        assert_eq!(read.version, version);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_filesystem_backend_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path().join("store"));
+    objects(&store, dir.path()).await;
+    manifests(&store).await;
+    racing_writers(&store).await;
+    // Nothing but the objects is left: no temporary file survives a write.
+    let leftovers: Vec<_> = walk(&dir.path().join("store"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn keys_cannot_leave_the_store() {
+    for bad in [
+        "", "/a", "a/", "a//b", ".", "..", "a/../b", "a/./b", "a\\b", "a/\u{0}", "a\nb",
+    ] {
+        assert!(ObjectKey::new(bad).is_err(), "{bad:?}");
+    }
+    assert!(ObjectKey::new(&"a".repeat(1025)).is_err());
+    let base = key("mirrors/github.com/acme");
+    assert_eq!(
+        base.join(".github").unwrap().as_str(),
+        "mirrors/github.com/acme/.github"
+    );
+    assert!(base.join("..").is_err());
+    assert!(base.join("a/../../b").is_err());
+    let store = FsStore::new("/srv/data");
+    assert_eq!(
+        store.path_of(&key("a/b.pack")),
+        std::path::Path::new("/srv/data/a/b.pack")
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
