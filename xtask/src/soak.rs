@@ -32,6 +32,9 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let minutes = value("--minutes", 5)?;
     let clients = value("--clients", 32)? as usize;
     let still = args.iter().any(|a| a == "--still");
+    // The upstream moves for this many minutes only (all of them by default): a plateau
+    // after it stops tells memory that follows the repositories' size from a leak.
+    let move_minutes = value("--move-minutes", minutes)?;
     let status = Command::new("cargo")
         .args(["build", "--release", "--quiet", "-p", "gitcache-server"])
         .current_dir(root)
@@ -77,12 +80,13 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         let upstream = &upstream;
         std::thread::scope(|scope| -> Result<Vec<(u64, Memory, usize)>> {
             let moving = Arc::clone(&stop);
+            let moves_until = Instant::now() + Duration::from_secs(move_minutes * 60);
             scope.spawn(move || {
                 let stop = moving;
                 let mut rng = Rng::new(7);
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_secs(3));
-                    if still {
+                    if still || Instant::now() > moves_until {
                         continue;
                     }
                     let path = &paths[rng.below(paths.len())];
@@ -116,7 +120,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let _ = server.kill();
     let _ = server.wait();
     report(
-        minutes,
+        (minutes, move_minutes),
         clients,
         still,
         &results.lock().expect("results"),
@@ -254,7 +258,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn report(
-    minutes: u64,
+    (minutes, move_minutes): (u64, u64),
     clients: usize,
     still: bool,
     results: &Results,
@@ -262,7 +266,13 @@ fn report(
 ) {
     println!(
         "soak: {minutes} min, {clients} clients{}",
-        if still { ", upstream still" } else { "" }
+        if still {
+            ", upstream still".to_owned()
+        } else if move_minutes < minutes {
+            format!(", upstream moving for the first {move_minutes} min")
+        } else {
+            String::new()
+        }
     );
     println!("| operation | done | failed | p50 | p99 |");
     println!("| --- | --- | --- | --- | --- |");
