@@ -6,7 +6,7 @@
 //! and least-recently-used eviction; a repository's identity ([`repo::RepoKey`]), its names
 //! checked by one set of rules; and the seam to object storage ([`store::ObjectStore`]):
 //! immutable objects and conditionally replaced manifests, with [`store::FsStore`] as the
-//! filesystem backend.
+//! filesystem backend and [`s3::S3Store`] for S3-compatible buckets shared by instances.
 //!
 //! # Example
 //!
@@ -31,4 +31,5 @@ pub mod fs;
 pub mod fuzzing;
 pub mod repo;
 pub mod responses;
+pub mod s3;
 pub mod store;

@@ -32,4 +32,5 @@ pub mod crash;
 pub mod fuzz;
 pub mod git;
 pub mod repo;
+pub mod s3;
 pub mod upstream;

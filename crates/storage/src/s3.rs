@@ -1,0 +1,385 @@
+//! The S3-compatible backend of [`ObjectStore`], through the `object_store` crate.
+//!
+//! - Immutable objects are created with `If-None-Match: *` (one that exists is left as it
+//!   is); files over [`MULTIPART_FROM`] go up in parts of [`PART`] bytes, so memory stays
+//!   bounded whatever their size.
+//! - A manifest's version is its ETag; a replacement is a `PUT` with `If-Match` on it (or
+//!   `If-None-Match: *` to create one), which the bucket applies atomically: of writers racing
+//!   from one version, one wins and the others get 412 ([`Replaced::Conflict`]).
+//! - Keys live under an optional prefix, so that several deployments can share a bucket.
+//!
+//! Credentials are given explicitly ([`S3Config`]); reading them from the environment is the
+//! binary's business. Signing and TLS use ring, as the rest of gitcache does.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{HttpClient, HttpConnector};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    ClientOptions, GetOptions, ObjectStore as _, PutMode, PutMultipartOptions, PutOptions,
+    PutPayload, UpdateVersion,
+};
+use tokio::io::AsyncWriteExt as _;
+
+use crate::store::{Listed, Manifest, ObjectKey, ObjectStore, Replaced, StoreError, Version};
+
+/// Files larger than this are uploaded in parts.
+pub const MULTIPART_FROM: u64 = 32 << 20;
+/// The size of one uploaded part (S3 wants at least 5 MiB for all parts but the last).
+pub const PART: usize = 16 << 20;
+
+/// Where the bucket is and how to sign for it.
+#[derive(Clone, Default)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// The endpoint, for S3-compatible servers (`http://127.0.0.1:9000`); `None`: AWS.
+    pub endpoint: Option<String>,
+    /// The region (`us-east-1` when not given).
+    pub region: Option<String>,
+    /// Keys are stored under `<prefix>/` when given.
+    pub prefix: Option<String>,
+    /// Access key id; with no keys, the instance's own credentials (metadata service) are used.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Session token, for temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Config {
+    /// Never shows the secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An S3-compatible bucket as an [`ObjectStore`].
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    inner: Arc<AmazonS3>,
+    prefix: Option<ObjectPath>,
+}
+
+/// reqwest with gitcache's own TLS settings (ring, the system's roots).
+#[derive(Debug)]
+struct Connector {
+    tls: rustls::ClientConfig,
+}
+
+impl HttpConnector for Connector {
+    fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(self.tls.clone())
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })?;
+        Ok(HttpClient::new(client))
+    }
+}
+
+fn tls() -> Result<rustls::ClientConfig, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Backend(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn backend(err: object_store::Error) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+impl S3Store {
+    /// The bucket `config` names. Nothing is asked of it yet.
+    pub fn new(config: &S3Config) -> Result<Self, StoreError> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(config.region.as_deref().unwrap_or("us-east-1"))
+            .with_http_connector(Connector { tls: tls()? });
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
+            if let Some(token) = &config.session_token {
+                builder = builder.with_token(token);
+            }
+        }
+        let prefix = match config.prefix.as_deref().map(|p| p.trim_matches('/')) {
+            None | Some("") => None,
+            Some(prefix) => Some(
+                ObjectPath::parse(ObjectKey::new(prefix)?.as_str())
+                    .map_err(|e| StoreError::Backend(e.to_string()))?,
+            ),
+        };
+        Ok(S3Store {
+            inner: Arc::new(builder.build().map_err(backend)?),
+            prefix,
+        })
+    }
+
+    fn path(&self, key: &ObjectKey) -> Result<ObjectPath, StoreError> {
+        let full = match &self.prefix {
+            Some(prefix) => format!("{prefix}/{key}"),
+            None => key.as_str().to_owned(),
+        };
+        ObjectPath::parse(&full).map_err(|_| StoreError::InvalidKey {
+            key: full.clone(),
+            reason: "not an object path in a bucket",
+        })
+    }
+
+    /// The key of a listed object, without the store's prefix.
+    fn key_of(&self, path: &ObjectPath) -> Result<ObjectKey, StoreError> {
+        let full = path.as_ref();
+        let key = match &self.prefix {
+            Some(prefix) => full
+                .strip_prefix(prefix.as_ref())
+                .and_then(|rest| rest.strip_prefix('/'))
+                .unwrap_or(full),
+            None => full,
+        };
+        ObjectKey::new(key)
+    }
+
+    async fn exists(&self, path: &ObjectPath) -> Result<bool, StoreError> {
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        match self.inner.get_opts(path, head).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(err) => Err(backend(err)),
+        }
+    }
+}
+
+impl ObjectStore for S3Store {
+    async fn put_file(&self, key: &ObjectKey, from: &Path) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        if self.exists(&path).await? {
+            return Ok(());
+        }
+        let size = tokio::fs::metadata(from).await?.len();
+        if size <= MULTIPART_FROM {
+            let bytes = tokio::fs::read(from).await?;
+            let create = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            return match self
+                .inner
+                .put_opts(&path, PutPayload::from(bytes), create)
+                .await
+            {
+                // Written meanwhile by another instance: objects are named by content.
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                Err(err) => Err(backend(err)),
+            };
+        }
+        let mut upload = self
+            .inner
+            .put_multipart_opts(&path, PutMultipartOptions::default())
+            .await
+            .map_err(backend)?;
+        let sent: Result<(), StoreError> = async {
+            let mut file = tokio::fs::File::open(from).await?;
+            loop {
+                let mut part = Vec::with_capacity(PART);
+                let read = tokio::io::AsyncReadExt::read_buf(
+                    &mut tokio::io::AsyncReadExt::take(&mut file, PART as u64),
+                    &mut part,
+                )
+                .await?;
+                if read == 0 {
+                    break;
+                }
+                // Fill the part up: a short read is not the end of the file.
+                while part.len() < PART {
+                    let more = tokio::io::AsyncReadExt::read_buf(
+                        &mut tokio::io::AsyncReadExt::take(&mut file, (PART - part.len()) as u64),
+                        &mut part,
+                    )
+                    .await?;
+                    if more == 0 {
+                        break;
+                    }
+                }
+                upload
+                    .put_part(PutPayload::from(part))
+                    .await
+                    .map_err(backend)?;
+            }
+            upload.complete().await.map_err(backend)?;
+            Ok(())
+        }
+        .await;
+        if sent.is_err() {
+            let _ = upload.abort().await;
+        }
+        sent
+    }
+
+    async fn get_file(&self, key: &ObjectKey, to: &Path) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        let got = match self.inner.get_opts(&path, GetOptions::default()).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(err) => return Err(backend(err)),
+        };
+        if let Some(dir) = to.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let temp = crate::fs::temp_beside(to)?;
+        let written: Result<(), StoreError> = async {
+            let mut file = tokio::fs::File::create_new(&temp).await?;
+            let mut stream = got.into_stream();
+            while let Some(chunk) = stream.next().await {
+                file.write_all(&chunk.map_err(backend)?).await?;
+            }
+            file.sync_all().await?;
+            tokio::fs::rename(&temp, to).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(err) = written {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(err);
+        }
+        let to = to.to_owned();
+        tokio::task::spawn_blocking(move || crate::fs::sync_parent(&to))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Ok(true)
+    }
+
+    async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(key)?;
+        let got = match self.inner.get_opts(&path, GetOptions::default()).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(backend(err)),
+        };
+        if got.meta.size > limit {
+            return Err(StoreError::TooLarge {
+                key: key.clone(),
+                limit,
+            });
+        }
+        Ok(Some(got.bytes().await.map_err(backend)?.to_vec()))
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let mut deleted = self
+            .inner
+            .delete_stream(futures_util::stream::iter([Ok(path)]).boxed());
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(err) => return Err(backend(err)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
+        let path = self.path(prefix)?;
+        let metas: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(Some(&path))
+            .try_collect()
+            .await
+            .map_err(backend)?;
+        let mut found = metas
+            .iter()
+            .map(|meta| {
+                Ok(Listed {
+                    key: self.key_of(&meta.location)?,
+                    size: meta.size,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+
+    async fn read_manifest(&self, key: &ObjectKey) -> Result<Option<Manifest>, StoreError> {
+        let path = self.path(key)?;
+        let got = match self.inner.get_opts(&path, GetOptions::default()).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(backend(err)),
+        };
+        let Some(e_tag) = got.meta.e_tag.clone() else {
+            return Err(StoreError::Backend(format!("no ETag for manifest {key}")));
+        };
+        let bytes = got.bytes().await.map_err(backend)?.to_vec();
+        Ok(Some(Manifest {
+            bytes,
+            version: Version(e_tag),
+        }))
+    }
+
+    async fn replace_manifest(
+        &self,
+        key: &ObjectKey,
+        bytes: &[u8],
+        expected: Option<&Version>,
+    ) -> Result<Replaced, StoreError> {
+        let path = self.path(key)?;
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(version) => PutMode::Update(UpdateVersion {
+                e_tag: Some(version.0.clone()),
+                version: None,
+            }),
+        };
+        let options = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self
+            .inner
+            .put_opts(&path, PutPayload::from(bytes.to_vec()), options)
+            .await
+        {
+            Ok(put) => match put.e_tag {
+                Some(e_tag) => Ok(Replaced::Done(Version(e_tag))),
+                None => Err(StoreError::Backend(format!("no ETag for manifest {key}"))),
+            },
+            // Created, replaced or removed meanwhile.
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotFound { .. },
+            ) => Ok(Replaced::Conflict),
+            Err(err) => Err(backend(err)),
+        }
+    }
+}
