@@ -14,15 +14,16 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), gitcache_catalog::Error> {
 //! let catalog = Catalog::in_memory()?; // or Catalog::open("catalog.db" or "postgres://…")
-//! let record = catalog.create(&NewRepo::new("github.com", "Acme", "Widgets.git")).await?;
-//! assert_eq!(record.full_name(), "acme/widgets");
+//! // Names as written (give the folded ones for an upstream that ignores case).
+//! let record = catalog.create(&NewRepo::new("GitHub.com", "acme", "Widgets.git")).await?;
+//! assert_eq!((record.host.as_str(), record.full_name()), ("github.com", "acme/Widgets".to_owned()));
 //!
 //! // The proxy's lookup: no database round trip.
-//! assert!(catalog.lookup("github.com", "ACME", "widgets").unwrap().enabled);
+//! assert!(catalog.lookup("GITHUB.COM", "acme", "Widgets").unwrap().enabled);
 //!
 //! let changes = Changes { enabled: Some(false), ..Changes::default() };
 //! catalog.update(record.id, &changes).await?;
-//! assert!(!catalog.lookup("github.com", "acme", "widgets").unwrap().enabled);
+//! assert!(!catalog.lookup("github.com", "acme", "Widgets").unwrap().enabled);
 //! # Ok(())
 //! # }
 //! ```
