@@ -70,6 +70,11 @@ impl Responder {
         let keyed = {
             let repo = Arc::clone(&repo);
             tokio::task::spawn_blocking(move || {
+                // A stored pack sent as it is (a clone of the marked tips) is not stored
+                // again: its first answer is already the time of reading the file.
+                if gitcache_pack::answered_by_marked_pack(&repo, &fetch).unwrap_or(false) {
+                    return (Ok(None), fetch);
+                }
                 let key = response_key(&repo, &fetch, kind);
                 (key, fetch)
             })

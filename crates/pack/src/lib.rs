@@ -450,6 +450,15 @@ pub fn plan(
     })))
 }
 
+/// Whether [`plan`] answers `fetch` with a stored pack sent as it is, decided without a walk
+/// (a plain clone of exactly the tips a pack is marked with). Such an answer costs what
+/// reading the file costs: keeping a copy of it elsewhere gains nothing.
+pub fn answered_by_marked_pack(repo: &Repository, fetch: &Fetch) -> Result<bool, Error> {
+    let mut objects = repo.objects();
+    let stored = repo.stored_packs()?;
+    Ok(marked_pack_for(repo, &mut objects, &stored, fetch)?.is_some())
+}
+
 /// A pack marked as the closure of exactly the wanted tips, when the request is a plain clone
 /// that such a pack answers: no haves, no shallow, no filter, ofs-delta, and (with include-tag)
 /// no annotated tag outside the pack pointing into it.

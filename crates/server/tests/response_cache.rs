@@ -232,3 +232,37 @@ fn admission_on_the_second_request_and_turning_the_cache_off() {
     assert!(entries(&off).is_empty());
     assert_eq!(count(&off.log(), "response generated"), 0);
 }
+
+/// A clone answered by sending the mirror's marked pack as it is is not stored again: its
+/// first answer is already the time of reading that file.
+#[test]
+fn whole_pack_answers_are_not_stored_again() {
+    let (upstream, _) = setup(806);
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let url = cache.url("acme/widgets");
+    git.run(git.home(), &["clone", "-q", "--bare", &url, "first.git"])
+        .unwrap()
+        .expect_success();
+    // The first pack is marked with its tips in the background.
+    let packs = cache.mirror(&upstream, "acme/widgets").join("objects/pack");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(&packs)
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tips"))
+    {
+        assert!(Instant::now() < deadline, "no .tips mark");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stored_before = entries(&cache);
+    let generated_before = count(&cache.log(), "response generated");
+    for name in ["second.git", "third.git"] {
+        git.run(git.home(), &["clone", "-q", "--bare", &url, name])
+            .unwrap()
+            .expect_success();
+        fsck(&git.home().join(name));
+    }
+    let log = cache.log_with("whole_pack=true", 2);
+    assert_eq!(count(&log, "response generated"), generated_before, "{log}");
+    assert_eq!(entries(&cache), stored_before);
+}
