@@ -260,8 +260,6 @@ fn records_are_added_listed_changed_and_removed_with_clear_errors() {
     assert_eq!(listed, json!([]));
 }
 
-/// The "done when" walk: a repository added through the API, cloned twice: a miss then a
-/// hit, in `/metrics` and in the access log; disabled, it passes through.
 /// On an upstream that ignores case, a record holds the folded names (those requests to it
 /// are looked up by), and a second spelling is the same record.
 #[test]
@@ -292,6 +290,8 @@ fn records_of_a_case_insensitive_upstream_hold_folded_names() {
     assert_eq!(status, 409, "one repository, one record");
 }
 
+/// The "done when" walk: a repository added through the API, cloned twice: a miss then a
+/// hit, in `/metrics` and in the access log; disabled, it passes through.
 #[test]
 fn catalog_records_choose_what_is_cached_and_clones_show_in_metrics_and_log() {
     let upstream = upstream_with(&["acme/widgets", "acme/gadgets"], RepoSpec::tiny);

@@ -153,17 +153,17 @@ impl S3Store {
         })
     }
 
-    /// The key of a listed object, without the store's prefix.
-    fn key_of(&self, path: &ObjectPath) -> Result<ObjectKey, StoreError> {
+    /// The key of a listed object, without the store's prefix; `None` for a name no key has
+    /// (written by something else), which listing leaves out.
+    fn key_of(&self, path: &ObjectPath) -> Option<ObjectKey> {
         let full = path.as_ref();
         let key = match &self.prefix {
             Some(prefix) => full
                 .strip_prefix(prefix.as_ref())
-                .and_then(|rest| rest.strip_prefix('/'))
-                .unwrap_or(full),
+                .and_then(|rest| rest.strip_prefix('/'))?,
             None => full,
         };
-        ObjectKey::new(key)
+        ObjectKey::new(key).ok()
     }
 
     async fn exists(&self, path: &ObjectPath) -> Result<bool, StoreError> {
@@ -197,8 +197,12 @@ impl ObjectStore for S3Store {
                 .put_opts(&path, PutPayload::from(bytes), create)
                 .await
             {
-                // Written meanwhile by another instance: objects are named by content.
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                Ok(_) => Ok(()),
+                // Written meanwhile by another instance (objects are named by content), or a
+                // conflicting operation in flight (a 409 too): only the first is success.
+                Err(object_store::Error::AlreadyExists { .. }) if self.exists(&path).await? => {
+                    Ok(())
+                }
                 Err(err) => Err(backend(err)),
             };
         }
@@ -316,15 +320,15 @@ impl ObjectStore for S3Store {
             .try_collect()
             .await
             .map_err(backend)?;
-        let mut found = metas
+        let mut found: Vec<Listed> = metas
             .iter()
-            .map(|meta| {
-                Ok(Listed {
+            .filter_map(|meta| {
+                Some(Listed {
                     key: self.key_of(&meta.location)?,
                     size: meta.size,
                 })
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .collect();
         found.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(found)
     }
@@ -373,11 +377,12 @@ impl ObjectStore for S3Store {
                 Some(e_tag) => Ok(Replaced::Done(Version(e_tag))),
                 None => Err(StoreError::Backend(format!("no ETag for manifest {key}"))),
             },
-            // Created, replaced or removed meanwhile.
+            // Created, replaced or removed meanwhile (object_store reports a 404 on
+            // `If-Match` as a failed precondition; a 404 otherwise is a missing bucket, an
+            // error).
             Err(
                 object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }
-                | object_store::Error::NotFound { .. },
+                | object_store::Error::Precondition { .. },
             ) => Ok(Replaced::Conflict),
             Err(err) => Err(backend(err)),
         }

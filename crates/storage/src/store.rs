@@ -7,8 +7,21 @@
 //! - **Manifests** (a repository's refs and list of packs) are small documents replaced
 //!   atomically and conditionally: [`ObjectStore::replace_manifest`] succeeds only if the
 //!   manifest is still the version the writer read, so that of two writers racing from one
-//!   version exactly one commits and the other learns of the conflict (in a bucket, an
-//!   `If-Match` on the ETag; on disk, a compare under a lock and an atomic rename).
+//!   version exactly one commits (in a bucket, an `If-Match` on the ETag; on disk, a compare
+//!   under a lock and an atomic rename).
+//!
+//! What callers must know:
+//! - After [`Replaced::Conflict`] or an error, the write may still have happened (a bucket
+//!   that committed it and then failed to answer, a retry that then found its own write):
+//!   read the manifest again and compare its bytes before deciding the write was lost, and
+//!   never delete what it names on the strength of a conflict alone.
+//! - A version is derived from the content (a digest on disk, the ETag in a bucket): a
+//!   manifest that goes from A to B and back to A is at version A again. A writer that needs
+//!   generations keeps a counter inside the manifest.
+//! - Objects are named by their content, so writing a key twice writes the same bytes; a
+//!   caller must not change a file while it is being stored. Large uploads go in parts; an
+//!   upload cut short leaves parts that a bucket lifecycle rule for incomplete multipart
+//!   uploads removes.
 //!
 //! [`FsStore`] is the filesystem backend; an object store shared by several instances is the
 //! other. Every backend passes one test suite (`tests/store.rs`).
@@ -204,7 +217,9 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
 /// The filesystem backend: each key a file under one folder. Objects are written beside their
 /// place and renamed into it, durably; manifests are compared and replaced under a lock,
-/// which is enough because one process owns a data directory (see [`crate::fs::DataDir`]).
+/// which is enough because one process owns a data directory (see [`crate::fs::DataDir`])
+/// and holds one `FsStore` per folder (clones share the lock; two `FsStore::new` on one
+/// folder would not).
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
@@ -243,10 +258,26 @@ impl FsStore {
 /// Copy `from` to `to` through a file beside `to`, synced and renamed into place.
 fn copy_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
     if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir)?;
+        create_dirs(dir)?;
     }
     let mut source = std::fs::File::open(from)?;
     replace_file_with(to, |file| std::io::copy(&mut source, file).map(drop))
+}
+
+/// `create_dir_all`, durably: each folder made is synced into its parent, so that a file
+/// synced inside it cannot lose its way after a power cut.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_parent(dir),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
 }
 
 fn digest(bytes: &[u8]) -> Version {
@@ -381,7 +412,7 @@ impl ObjectStore for FsStore {
                 return Ok(Replaced::Conflict);
             }
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+                create_dirs(dir)?;
             }
             replace_file(&path, &bytes)?;
             Ok(Replaced::Done(digest(&bytes)))
