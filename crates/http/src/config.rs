@@ -105,6 +105,12 @@ impl Secret {
     }
 }
 
+impl Secret {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
@@ -188,6 +194,9 @@ pub struct ProxyConfig {
     /// A token for refreshes gitcache starts on its own (warming); without one, warming uses
     /// the credential of the request that noticed the change.
     pub service_token: Option<Secret>,
+    /// The secret push webhooks are signed with; with one, `POST /api/hooks/push` refreshes
+    /// the mirror of the repository a push event names.
+    pub webhook_secret: Option<Secret>,
     /// Upstream hosts that compare owner and repository names without case (`github.com`
     /// by default): there `acme/Widgets` and `acme/widgets` share one mirror and the upstream
     /// is asked with the lower-cased names. Everywhere else names are kept as written and
@@ -273,6 +282,7 @@ impl ProxyConfig {
             credentials: CredentialMode::PassThrough,
             static_tokens: BTreeMap::new(),
             service_token: None,
+            webhook_secret: None,
             case_insensitive_hosts: BTreeSet::from(["github.com".to_owned()]),
             extra_ref_prefixes: Vec::new(),
             upstream_timeout: Duration::from_secs(30),

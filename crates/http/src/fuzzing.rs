@@ -36,3 +36,36 @@ pub fn gunzip(data: &[u8]) {
         assert!(body.len() <= LIMIT);
     }
 }
+
+/// A push webhook: the first byte picks the signature header (GitHub's, Gitea's, none) and
+/// whether the signature is right; the rest is the body. Only a right signature verifies, and
+/// a repository read from the body has a host and a one-segment owner and name.
+pub fn webhook(data: &[u8]) {
+    let Some((&choice, body)) = data.split_first() else {
+        return;
+    };
+    let secret = b"fuzz";
+    let right = crate::webhook::sign(secret, body);
+    let signature = if choice & 1 == 0 {
+        right
+    } else {
+        crate::webhook::sign(b"other", body)
+    };
+    let mut headers = hyper::HeaderMap::new();
+    match choice % 6 / 2 {
+        0 => {
+            let value = format!("sha256={signature}");
+            headers.insert("x-hub-signature-256", value.parse().expect("hex"));
+        }
+        1 => {
+            headers.insert("x-gitea-signature", signature.parse().expect("hex"));
+        }
+        _ => {}
+    }
+    let verified = crate::webhook::verify(secret, &headers, body).is_ok();
+    assert_eq!(verified, choice & 1 == 0 && choice % 6 / 2 < 2);
+    if let Some(pushed) = crate::webhook::pushed(body) {
+        assert!(!pushed.host.is_empty() && !pushed.owner.is_empty() && !pushed.repo.is_empty());
+        assert!(!pushed.repo.contains('/'));
+    }
+}

@@ -42,6 +42,7 @@ pub mod route;
 mod serve;
 mod target;
 mod upkeep;
+pub mod webhook;
 
 pub use body::Body;
 pub use config::{AdminTokens, CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};

@@ -291,6 +291,12 @@ impl Proxy {
             (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
             (&Method::GET, "/readyz") => return self.readiness(),
             (&Method::GET, "/metrics") if face.serves_admin() => return self.render_metrics(),
+            (&Method::POST, "/api/hooks/push") if self.config.webhook_secret.is_some() => {
+                return self
+                    .push_hook(&parts.headers, body)
+                    .await
+                    .unwrap_or_else(Error::into_response);
+            }
             _ if face.serves_admin() && crate::admin::is_admin_path(&path) => {
                 return self.admin.handle(parts, body).await;
             }
@@ -412,6 +418,85 @@ impl Proxy {
         } else {
             text(StatusCode::OK, "ready")
         }
+    }
+
+    /// A forge's push webhook (see [`crate::webhook`]): 401 unless signed with the secret;
+    /// else 202, and the mirror of the repository it names, if there is one, is refreshed in
+    /// the background (with the service token, if any). Nothing is created for a repository
+    /// gitcache does not mirror.
+    async fn push_hook<B>(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        body: B,
+    ) -> Result<Response<Body>, Error>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        let Some(secret) = &self.config.webhook_secret else {
+            return Ok(text(StatusCode::NOT_FOUND, "not found"));
+        };
+        let body = receive_body(
+            headers,
+            body,
+            crate::webhook::MAX_EVENT_BYTES,
+            self.config.limits.body_read_timeout,
+        )
+        .await?
+        .decode(crate::webhook::MAX_EVENT_BYTES)?;
+        if let Err(refused) = crate::webhook::verify(secret.as_bytes(), headers, &body) {
+            tracing::warn!(%refused, "webhook refused");
+            return Ok(text(StatusCode::UNAUTHORIZED, &refused.to_string()));
+        }
+        let accepted = |what: &str| Ok(text(StatusCode::ACCEPTED, what));
+        if !crate::webhook::is_push(headers) {
+            return accepted("not a push event: nothing to do");
+        }
+        let Some(pushed) = crate::webhook::pushed(&body) else {
+            return accepted("no repository in the event: nothing to do");
+        };
+        // The upstream the clone URL names: the default one or one allowed in paths.
+        let host = if pushed.host.eq_ignore_ascii_case(&self.default_host) {
+            None
+        } else if self
+            .path_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&pushed.host))
+        {
+            Some(pushed.host.clone())
+        } else {
+            return accepted("not an upstream of this cache: nothing to do");
+        };
+        let route = Route {
+            host,
+            owner: pushed.owner,
+            repo: pushed.repo,
+            service: Service::UploadPack,
+        };
+        let Ok(target) = self.target(&route) else {
+            return accepted("not a repository name: nothing to do");
+        };
+        if !target.cached || self.mirrors.registry().existing(&target.key).is_none() {
+            return accepted("not mirrored here: nothing to do");
+        }
+        let credential = self
+            .config
+            .service_token
+            .as_ref()
+            .map(|t| t.authorization());
+        let upstream = self.gate.upstream(&target, credential)?;
+        let (mirrors, key) = (Arc::clone(&self.mirrors), target.key.clone());
+        tracing::info!(repo = %target.name, "push webhook: refreshing the mirror");
+        tokio::spawn(
+            async move {
+                match mirrors.refresh(&key, upstream).await {
+                    Ok(done) => tracing::info!(refs = done.refs, "mirror refreshed on a push"),
+                    Err(err) => tracing::warn!(%err, "refreshing the mirror on a push failed"),
+                }
+            }
+            .in_current_span(),
+        );
+        accepted("refreshing the mirror")
     }
 
     fn target(&self, route: &Route) -> Result<Target, Error> {

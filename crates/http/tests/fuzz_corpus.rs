@@ -14,3 +14,9 @@ fn gunzip_corpus() {
     let n = replay("gunzip", gitcache_http::fuzzing::gunzip);
     assert!(n >= 4, "only {n} inputs replayed");
 }
+
+#[test]
+fn webhook_corpus() {
+    let n = replay("webhook", gitcache_http::fuzzing::webhook);
+    assert!(n >= 4, "only {n} inputs replayed");
+}

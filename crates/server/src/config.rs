@@ -76,6 +76,15 @@ pub(crate) struct Flags {
         hide_env_values = true
     )]
     pub(crate) service_token: Option<String>,
+    /// The secret push webhooks (GitHub, Gitea, Forgejo) are signed with; enables
+    /// POST /api/hooks/push, which refreshes the mirror of the repository pushed to.
+    #[arg(
+        long,
+        env = "GITCACHE_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub(crate) webhook_secret: Option<String>,
     /// An upstream host that compares owner and repository names without case, where
     /// Acme/Widgets and acme/widgets share one mirror (repeatable; replaces the default)
     /// [default: github.com].
@@ -228,6 +237,14 @@ struct File {
     catalog_reload_interval: Option<u64>,
     #[serde(default)]
     admin: FileAdmin,
+    #[serde(default)]
+    webhook: FileWebhook,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -390,6 +407,11 @@ impl Config {
             .service_token
             .or(file.service_token)
             .filter(|t| !t.is_empty())
+            .map(Secret::new);
+        proxy.webhook_secret = flags
+            .webhook_secret
+            .or(file.webhook.secret)
+            .filter(|s| !s.is_empty())
             .map(Secret::new);
         let folding = if flags.case_insensitive_hosts.is_empty() {
             file.case_insensitive_hosts

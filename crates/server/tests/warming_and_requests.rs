@@ -1,5 +1,6 @@
-//! Background warming after `ls-refs` shows new refs, serving stale data when the upstream is
-//! down, and requests the proxy must bound: gzip bodies, oversized bodies, slow clients.
+//! Background warming after `ls-refs` shows new refs or a push webhook, serving stale data
+//! when the upstream is down, and requests the proxy must bound: gzip bodies, oversized
+//! bodies, slow clients.
 
 mod common;
 
@@ -223,4 +224,122 @@ fn connections_beyond_the_limit_wait_their_turn() {
     let mut answer = String::new();
     second.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Issue 14: a signed push webhook refreshes the mirror, so the next fetch of the new commit
+/// is a hit; unsigned or wrongly signed events are refused, and events for repositories not
+/// mirrored here create nothing.
+#[test]
+fn a_signed_push_webhook_refreshes_the_mirror() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::tiny(1401)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let cache = Gitcache::start(&upstream, &["--webhook-secret", "s3cret"]);
+    let git = GitClient::new().unwrap();
+    let clone = git.home().join("w");
+    git.run(
+        git.home(),
+        &[
+            "clone",
+            "-q",
+            &cache.url("acme/widgets"),
+            clone.to_str().unwrap(),
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    let tip = repo::append_commits(&source, "main", 2, 1402).unwrap();
+
+    let event = |name: &str| {
+        format!(
+            r#"{{"ref":"refs/heads/main","after":"{tip}","repository":{{"full_name":"{name}","clone_url":"{}"}}}}"#,
+            upstream.repo_url(name)
+        )
+    };
+    let body = event("acme/widgets");
+    let post = |headers: &[(&str, &str)], body: &str| {
+        http(
+            &cache.addr,
+            "POST",
+            "/api/hooks/push",
+            headers,
+            body.as_bytes(),
+        )
+        .status
+    };
+    let github = format!(
+        "sha256={}",
+        gitcache_http::webhook::sign(b"s3cret", body.as_bytes())
+    );
+    let forged = format!(
+        "sha256={}",
+        gitcache_http::webhook::sign(b"guess", body.as_bytes())
+    );
+    upstream.reset_counts();
+    assert_eq!(post(&[("X-GitHub-Event", "push")], &body), 401, "unsigned");
+    assert_eq!(
+        post(
+            &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &forged)],
+            &body
+        ),
+        401,
+        "signed with another secret"
+    );
+    assert_eq!(
+        upstream.counts().fetch,
+        0,
+        "refused events ask nothing upstream"
+    );
+
+    assert_eq!(
+        post(
+            &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &github)],
+            &body
+        ),
+        202
+    );
+    wait_for("the mirror to hold the pushed commit", || {
+        git_stdout(&mirror, &["rev-parse", "main"]).trim() == tip
+    });
+    assert_eq!(upstream.counts().fetch, 1, "one refresh");
+    upstream.reset_counts();
+    git.run(&clone, &["fetch", "-q", "origin"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(git.rev_parse(&clone, "origin/main").unwrap(), tip);
+    fsck(&clone);
+    assert_eq!(
+        upstream.counts().fetch,
+        0,
+        "the fetch after the push is a hit"
+    );
+
+    // Gitea's signature header; a repository the cache does not mirror: nothing is created.
+    let other = event("acme/elsewhere");
+    let gitea = gitcache_http::webhook::sign(b"s3cret", other.as_bytes());
+    assert_eq!(
+        post(
+            &[("X-Gitea-Event", "push"), ("X-Gitea-Signature", &gitea)],
+            &other
+        ),
+        202
+    );
+    // A signed event that is not a push (GitHub's ping) is accepted and does nothing.
+    let ping = r#"{"zen":"Keep it logically awesome."}"#;
+    let signed = format!(
+        "sha256={}",
+        gitcache_http::webhook::sign(b"s3cret", ping.as_bytes())
+    );
+    assert_eq!(
+        post(
+            &[("X-GitHub-Event", "ping"), ("X-Hub-Signature-256", &signed)],
+            ping
+        ),
+        202
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!cache.mirror(&upstream, "acme/elsewhere").exists());
+    assert_eq!(upstream.counts().fetch, 0);
 }

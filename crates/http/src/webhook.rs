@@ -1,0 +1,195 @@
+//! Push webhooks: a forge says a repository moved, and its mirror is refreshed before the next
+//! clone asks (so that clone is a hit on the new commit).
+//!
+//! `POST /api/hooks/push` takes GitHub's `push` event (signed in `X-Hub-Signature-256:
+//! sha256=<hex>`) and Gitea's or Forgejo's (`X-Gitea-Signature` / `X-Forgejo-Signature:
+//! <hex>`): an HMAC-SHA256 of the body with the shared secret, checked in constant time
+//! before anything in the body is looked at. A repository gitcache does not mirror is left
+//! alone; nothing is ever created from a webhook.
+
+use hmac::{KeyInit as _, Mac as _};
+
+/// The largest event body read (GitHub's own cap is 25 MB; pushes are far smaller).
+pub(crate) const MAX_EVENT_BYTES: usize = 5 << 20;
+
+/// Why an event is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    /// No signature header, or one that is not hex of the right length.
+    #[error("the event carries no usable signature (X-Hub-Signature-256 or X-Gitea-Signature)")]
+    Unsigned,
+    /// The signature does not match the body.
+    #[error("the event's signature does not match")]
+    BadSignature,
+}
+
+/// The repository a push event names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pushed {
+    /// The host of its clone URL (with a port when it has one).
+    pub(crate) host: String,
+    pub(crate) owner: String,
+    pub(crate) repo: String,
+}
+
+/// Check `body` against the signature in `headers` with `secret`.
+pub(crate) fn verify(
+    secret: &[u8],
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+) -> Result<(), Refused> {
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        .or_else(|| {
+            ["x-gitea-signature", "x-forgejo-signature"]
+                .iter()
+                .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+        })
+        .ok_or(Refused::Unsigned)?;
+    let signature = decode_hex(signature.trim()).ok_or(Refused::Unsigned)?;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).map_err(|_| Refused::BadSignature)?;
+    mac.update(body);
+    // Compared in constant time by the MAC itself.
+    mac.verify_slice(&signature)
+        .map_err(|_| Refused::BadSignature)
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Whether the headers say this is a push event (GitHub, Gitea or Forgejo).
+pub(crate) fn is_push(headers: &hyper::HeaderMap) -> bool {
+    ["x-github-event", "x-gitea-event", "x-forgejo-event"]
+        .iter()
+        .any(|name| headers.get(*name).is_some_and(|v| v == "push"))
+}
+
+/// The repository a push event's JSON names, from its clone URL (`repository.clone_url`)
+/// and `repository.full_name`; `None` when the body says no such thing.
+pub(crate) fn pushed(body: &[u8]) -> Option<Pushed> {
+    let event: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let repository = event.get("repository")?;
+    let clone_url = repository.get("clone_url")?.as_str()?;
+    let full_name = repository.get("full_name")?.as_str()?;
+    let (_, rest) = clone_url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit('@').next()?.to_ascii_lowercase();
+    let (owner, repo) = full_name.split_once('/')?;
+    let repo = repo.strip_suffix(".git").unwrap_or(repo);
+    if host.is_empty() || owner.is_empty() || repo.is_empty() || repo.contains('/') {
+        return None;
+    }
+    Some(Pushed {
+        host,
+        owner: owner.to_owned(),
+        repo: repo.to_owned(),
+    })
+}
+
+/// HMAC-SHA256 of `body` with `secret`, in hex: what a forge puts in the signature header.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> hyper::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    hyper::header::HeaderName::from_static(k),
+                    v.parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn signatures_of_both_forges() {
+        let body = br#"{"repository":{"full_name":"acme/widgets"}}"#;
+        let good = sign(b"s3cret", body);
+        let github = format!("sha256={good}");
+        assert_eq!(
+            verify(
+                b"s3cret",
+                &headers(&[("x-hub-signature-256", &github)]),
+                body
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            verify(b"s3cret", &headers(&[("x-gitea-signature", &good)]), body),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                b"other",
+                &headers(&[("x-hub-signature-256", &github)]),
+                body
+            ),
+            Err(Refused::BadSignature)
+        );
+        assert_eq!(
+            verify(
+                b"s3cret",
+                &headers(&[("x-hub-signature-256", &github)]),
+                b"{}"
+            ),
+            Err(Refused::BadSignature)
+        );
+        for bad in [&good[..63], "zz", &format!("sha1={good}")] {
+            assert_eq!(
+                verify(b"s3cret", &headers(&[("x-hub-signature-256", bad)]), body),
+                Err(Refused::Unsigned),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            verify(b"s3cret", &headers(&[]), body),
+            Err(Refused::Unsigned)
+        );
+    }
+
+    #[test]
+    fn the_pushed_repository() {
+        let body = br#"{"ref":"refs/heads/main","repository":{"full_name":"Acme/Widgets",
+            "clone_url":"https://bot@GitHub.com/Acme/Widgets.git"}}"#;
+        assert_eq!(
+            pushed(body),
+            Some(Pushed {
+                host: "github.com".into(),
+                owner: "Acme".into(),
+                repo: "Widgets".into()
+            })
+        );
+        for bad in [
+            &br#"{"repository":{"full_name":"acme/widgets"}}"#[..],
+            br#"{"repository":{"full_name":"acme","clone_url":"https://h/acme.git"}}"#,
+            br#"{"repository":{"full_name":"a/b/c","clone_url":"https://h/a/b/c.git"}}"#,
+            br#"{"zen":"ping"}"#,
+            b"not json",
+        ] {
+            assert_eq!(pushed(bad), None);
+        }
+    }
+}
