@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use bstr::ByteSlice;
 use gitcache_mirror::registry::Registry;
 use gitcache_pack::Repository;
+use gitcache_protocol::ls_refs::RefLine;
 use gitcache_protocol::request::Fetch;
 use gitcache_storage::repo::RepoKey;
 use gitcache_upstream::Upstream;
@@ -136,6 +137,49 @@ impl Mirrors {
             outcome.as_ref().err().map(ToString::to_string),
         );
         outcome
+    }
+
+    /// Whether `remote` (an upstream's `ls-refs` answer) gives a mirrored ref another value
+    /// than `key`'s mirror holds (true when there is no mirror to compare with).
+    pub(crate) fn moved(&self, key: &RepoKey, remote: &[RefLine]) -> bool {
+        let Ok(Some(repo)) = self.open(key) else {
+            return true;
+        };
+        let Ok(local) = repo.refs() else {
+            return true;
+        };
+        let local: HashMap<_, _> = local.into_iter().map(|r| (r.name, r.oid)).collect();
+        remote.iter().any(|line| {
+            line.oid.is_some()
+                && self.is_mirrored(line.name.as_ref())
+                && local.get(&line.name).copied().flatten() != line.oid
+        })
+    }
+
+    /// Refresh `key`'s mirror in a task of its own, nobody waiting for it (warming, after
+    /// `why`): counted in the warming metric, logged either way.
+    pub(crate) fn warm(self: &Arc<Self>, key: RepoKey, upstream: Upstream, why: &'static str) {
+        let mirrors = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                match mirrors.refresh(&key, upstream).await {
+                    Ok(done) => {
+                        metrics::warm("ok");
+                        tracing::info!(
+                            why,
+                            refs = done.refs,
+                            objects = done.fetched_objects,
+                            "mirror warmed"
+                        );
+                    }
+                    Err(err) => {
+                        metrics::warm("error");
+                        tracing::warn!(why, %err, "warming the mirror failed");
+                    }
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// The mirror of `key` if it has everything `fetch` wants, looked up on a blocking

@@ -485,17 +485,8 @@ impl Proxy {
             .as_ref()
             .map(|t| t.authorization());
         let upstream = self.gate.upstream(&target, credential)?;
-        let (mirrors, key) = (Arc::clone(&self.mirrors), target.key.clone());
-        tracing::info!(repo = %target.name, "push webhook: refreshing the mirror");
-        tokio::spawn(
-            async move {
-                match mirrors.refresh(&key, upstream).await {
-                    Ok(done) => tracing::info!(refs = done.refs, "mirror refreshed on a push"),
-                    Err(err) => tracing::warn!(%err, "refreshing the mirror on a push failed"),
-                }
-            }
-            .in_current_span(),
-        );
+        tracing::info!(repo = %target.name, "push webhook");
+        self.mirrors.warm(target.key, upstream, "push webhook");
         accepted("refreshing the mirror")
     }
 
@@ -819,47 +810,13 @@ impl Proxy {
             return;
         };
         self.gate.grants().grant_at(&target.key, who, answered);
-        let changed = match self.mirrors.open(&target.key) {
-            Ok(Some(repo)) => match repo.refs() {
-                Ok(local) => {
-                    let local: HashMap<_, _> = local.into_iter().map(|r| (r.name, r.oid)).collect();
-                    remote.iter().any(|line| {
-                        line.oid.is_some()
-                            && self.mirrors.is_mirrored(line.name.as_ref())
-                            && local.get(&line.name).copied().flatten() != line.oid
-                    })
-                }
-                Err(_) => true,
-            },
-            Ok(None) => true,
-            Err(_) => true,
-        };
-        if !changed {
+        if !self.mirrors.moved(&target.key, &remote) {
             return;
         }
-        let Ok(upstream) = self.gate.upstream(target, credential) else {
-            return;
-        };
-        let (mirrors, key) = (Arc::clone(&self.mirrors), target.key.clone());
-        tokio::spawn(
-            async move {
-                match mirrors.refresh(&key, upstream).await {
-                    Ok(done) => {
-                        metrics::warm("ok");
-                        tracing::info!(
-                            refs = done.refs,
-                            objects = done.fetched_objects,
-                            "mirror warmed"
-                        );
-                    }
-                    Err(err) => {
-                        metrics::warm("error");
-                        tracing::warn!(%err, "warming the mirror failed");
-                    }
-                }
-            }
-            .in_current_span(),
-        );
+        if let Ok(upstream) = self.gate.upstream(target, credential) {
+            self.mirrors
+                .warm(target.key.clone(), upstream, "refs moved");
+        }
     }
 
     /// A `fetch` from a client that passed the access gate: answered from the mirror,
