@@ -35,6 +35,7 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/cached-repos/{id}"),
     ("patch", "/api/cached-repos/{id}"),
     ("delete", "/api/cached-repos/{id}"),
+    ("post", "/api/cached-repos/{id}/purge"),
     ("get", "/api/openapi.json"),
 ];
 
@@ -46,6 +47,7 @@ pub(crate) fn is_admin_path(path: &str) -> bool {
         "/admin" | "/admin/" | "/api/cached-repos" | "/api/openapi.json"
     ) || path
         .strip_prefix("/api/cached-repos/")
+        .map(|rest| rest.strip_suffix("/purge").unwrap_or(rest))
         .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -168,6 +170,24 @@ impl Admin {
         &self.host_names
     }
 
+    /// Drop `record`'s mirror and stored responses.
+    async fn purge(&self, record: &Record) -> Result<(), AdminError> {
+        let internal = |err: String| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, err);
+        let Ok(key) = self.config.key(&record.host, &record.owner, &record.name) else {
+            return Ok(());
+        };
+        self.mirrors
+            .remove(&key)
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        if let Some(responses) = &self.responses {
+            responses
+                .remove_repo(&key.relative_path())
+                .map_err(|e| internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     fn response_limit(&self, record: &Record) -> Option<u64> {
         crate::upkeep::response_limit(&self.config, record)
     }
@@ -220,10 +240,29 @@ impl Admin {
         if let Err(err) = self.authorize(&parts.headers) {
             return err.into_response();
         }
+        let purge = path.ends_with("/purge");
         let id = path
             .strip_prefix("/api/cached-repos/")
+            .map(|rest| rest.strip_suffix("/purge").unwrap_or(rest))
             .map(|id| id.parse::<i64>());
         let result = match (&parts.method, id) {
+            (_, Some(Err(_))) if purge => Err(AdminError::new(
+                StatusCode::NOT_FOUND,
+                "no cached repository with that id",
+            )),
+            (&Method::POST, Some(Ok(id))) if purge => match catalog.get(id).await {
+                Ok(record) => self.purge(&record).await.map(|()| {
+                    tracing::info!(id, repo = %record.full_name(), host = %record.host, "cached repository purged");
+                    let mut response = Response::new(Body::empty());
+                    *response.status_mut() = StatusCode::NO_CONTENT;
+                    response
+                }),
+                Err(err) => Err(err.into()),
+            },
+            (_, Some(Ok(_))) if purge => Err(AdminError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed here (POST)", parts.method),
+            )),
             (_, Some(Err(_))) => Err(AdminError::new(
                 StatusCode::NOT_FOUND,
                 "no cached repository with that id",
@@ -245,6 +284,14 @@ impl Admin {
             (&Method::DELETE, Some(Ok(id))) => match catalog.delete(id).await {
                 Ok(record) => {
                     tracing::info!(id, repo = %record.full_name(), host = %record.host, "cached repository removed");
+                    // Its data goes too, unless the server-wide settings still cache it.
+                    let named = (!record.host.eq_ignore_ascii_case(&self.default_host))
+                        .then_some(record.host.as_str());
+                    if !self.config.cache.is_cached(named, &record.owner, &record.name)
+                        && let Err(err) = self.purge(&record).await
+                    {
+                        tracing::warn!(error = %err.message, "removing the repository's data failed");
+                    }
                     let mut response = Response::new(Body::empty());
                     *response.status_mut() = StatusCode::NO_CONTENT;
                     Ok(response)

@@ -238,6 +238,21 @@ impl Mirrors {
         Ok(Some(repo))
     }
 
+    /// Remove `key`'s mirror (see [`Registry::remove`]) and forget its opened repository;
+    /// the next request fetches anew. `false` if there was none.
+    pub(crate) async fn remove(&self, key: &RepoKey) -> Result<bool, Error> {
+        let removed = self
+            .registry
+            .remove(key)
+            .await
+            .map_err(|e| Error::Mirror(Arc::new(e)))?;
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        Ok(removed)
+    }
+
     /// Mirrors on disk (`<host>/<owner>/<repo>.git`).
     pub(crate) fn count(&self) -> usize {
         let dirs = |path: &std::path::Path| -> Vec<std::path::PathBuf> {

@@ -463,6 +463,11 @@ impl ResponseCache {
         self.config.cleanup_interval
     }
 
+    /// Drop every stored response of `repo`.
+    pub(crate) fn remove_repo(&self, repo: &Path) -> std::io::Result<()> {
+        self.store.remove_repo(repo)
+    }
+
     pub(crate) fn remove(&self, repo: &Path, key: &str) {
         self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
         self.store.remove(repo, key);

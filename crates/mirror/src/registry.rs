@@ -65,6 +65,9 @@ pub struct Registry {
     refreshes: Arc<tokio::sync::Semaphore>,
 }
 
+/// The folder under the root where removed mirrors wait to be deleted.
+const TRASH: &str = ".removed";
+
 /// Refreshes of different mirrors that run at once unless told otherwise.
 pub const DEFAULT_CONCURRENT_REFRESHES: usize = 16;
 
@@ -257,6 +260,38 @@ impl Registry {
         let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
         *last = (last.0 + 1, Some(outcome.clone()));
         outcome
+    }
+
+    /// Remove the mirror of `key`, never while a refresh or consolidation of it runs: it is
+    /// first renamed out of its place (at once, atomically: the next request finds no mirror
+    /// and fetches anew), then deleted. Readers that have its files open keep reading them.
+    /// `false` if there was none. Leftovers of a removal cut short (a crash) go at the next.
+    pub async fn remove(&self, key: &RepoKey) -> Result<bool, Error> {
+        let slot = self.slot(key);
+        let _running = slot.running.lock().await;
+        let trash = self.root.join(TRASH);
+        let path = self.path(key);
+        if !path.exists() {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(&trash)?;
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let gone = trash.join(format!(
+            "{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::rename(&path, &gone)?;
+        gitcache_storage::fs::sync_parent(&path)?;
+        // Every removal cut short before this one too.
+        tokio::task::spawn_blocking(move || {
+            for entry in std::fs::read_dir(&trash).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        Ok(true)
     }
 
     /// Consolidate the mirror of `key` (see [`Mirror::consolidate`]), never while a refresh

@@ -634,3 +634,104 @@ fn instances_sharing_a_postgres_catalog_see_each_others_records() {
         clone(&git, &second, "acme/widgets", &format!("c{n}"));
     }
 }
+
+/// Issue 14: purge drops a repository's mirror and stored responses and keeps its record
+/// (the next clone fetches anew); removing the record drops them too, unless the
+/// server-wide settings still cache the repository.
+#[test]
+fn purge_and_removal_drop_a_repositorys_data() {
+    let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
+    let cache = Gitcache::start(&upstream, &["--admin-token", TOKEN, "--cache-all", "false"]);
+    let (status, created, _) = api(
+        &cache,
+        "POST",
+        "/api/cached-repos",
+        Some(json!({"owner": "acme", "name": "widgets"})),
+    );
+    assert_eq!(status, 201);
+    let id = created["id"].as_i64().unwrap();
+    let git = GitClient::new().unwrap();
+    clone(&git, &cache, "acme/widgets", "one");
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    assert!(mirror.join("HEAD").is_file());
+    let responses = cache.data.path().join("responses");
+    let stored = |root: &std::path::Path| gitcache_storage_size(root) > 0;
+    // A shallow clone's answer is generated and stored.
+    git.run(
+        git.home(),
+        &[
+            "clone",
+            "-q",
+            "--depth=1",
+            &cache.url("acme/widgets"),
+            "shallow",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !stored(&responses) {
+        assert!(std::time::Instant::now() < deadline, "no stored response");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    upstream.reset_counts();
+
+    let (status, _, _) = api(
+        &cache,
+        "POST",
+        &format!("/api/cached-repos/{id}/purge"),
+        None,
+    );
+    assert_eq!(status, 204);
+    assert!(!mirror.exists(), "the mirror is gone");
+    assert!(!stored(&responses), "and its stored responses");
+    let (status, record, _) = api(&cache, "GET", &format!("/api/cached-repos/{id}"), None);
+    assert_eq!(
+        (status, &record["name"]),
+        (200, &json!("widgets")),
+        "the record stays"
+    );
+    let (status, _, _) = api(
+        &cache,
+        "GET",
+        &format!("/api/cached-repos/{id}/purge"),
+        None,
+    );
+    assert_eq!(status, 405);
+    let (status, _, _) = api(&cache, "POST", "/api/cached-repos/999/purge", None);
+    assert_eq!(status, 404);
+
+    // The next clone fetches anew, and is served.
+    let two = clone(&git, &cache, "acme/widgets", "two");
+    common::fsck(&two);
+    assert_eq!(upstream.counts().fetch, 1);
+    assert!(mirror.join("HEAD").is_file());
+
+    // Removing the record of a repository only the catalog caches removes its data.
+    let (status, _, _) = api(&cache, "DELETE", &format!("/api/cached-repos/{id}"), None);
+    assert_eq!(status, 204);
+    assert!(!mirror.exists());
+
+    // Where everything is cached anyway, the record goes and the data stays.
+    let everything = Gitcache::start(&upstream, &["--admin-token", TOKEN]);
+    let (_, created, _) = api(
+        &everything,
+        "POST",
+        "/api/cached-repos",
+        Some(json!({"owner": "acme", "name": "widgets"})),
+    );
+    clone(&git, &everything, "acme/widgets", "three");
+    let kept = everything.mirror(&upstream, "acme/widgets");
+    let id = created["id"].as_i64().unwrap();
+    let (status, _, _) = api(
+        &everything,
+        "DELETE",
+        &format!("/api/cached-repos/{id}"),
+        None,
+    );
+    assert_eq!(status, 204);
+    assert!(
+        kept.join("HEAD").is_file(),
+        "still cached by the server-wide settings"
+    );
+}

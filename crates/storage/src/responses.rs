@@ -189,6 +189,23 @@ impl ResponseStore {
         let _ = std::fs::remove_file(self.repo_dir(repo).join(format!("{key}{SUFFIX}")));
     }
 
+    /// Remove every stored response of `repo` (its folder renamed away first, so that no
+    /// lookup finds a part of them); readers with an entry open keep reading it.
+    pub fn remove_repo(&self, repo: &Path) -> std::io::Result<()> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = self.repo_dir(repo);
+        let gone = self.root.join(format!(
+            ".removed-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::rename(&dir, &gone) {
+            Ok(()) => std::fs::remove_dir_all(&gone),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Start writing the entry `key` of `repo`.
     pub fn begin(&self, repo: &Path, key: &str) -> std::io::Result<PendingEntry> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
