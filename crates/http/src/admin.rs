@@ -291,6 +291,14 @@ impl Admin {
                         && let Err(err) = self.purge(&record).await
                     {
                         tracing::warn!(error = %err.message, "removing the repository's data failed");
+                        return AdminError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!(
+                                "the record is removed, but not the repository's data: {}",
+                                err.message
+                            ),
+                        )
+                        .into_response();
                     }
                     let mut response = Response::new(Body::empty());
                     *response.status_mut() = StatusCode::NO_CONTENT;

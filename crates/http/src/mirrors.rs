@@ -101,13 +101,15 @@ impl Mirrors {
         });
     }
 
-    /// Bring `key`'s mirror up to date from `upstream`, in a task of its own: a client that
-    /// leaves (or gives up on a long first download) does not throw away what was fetched
-    /// for the next one. The upstream's idle and transfer timeouts bound it.
+    /// Bring `key`'s mirror up to date from `upstream` (creating it when `create`), in a task
+    /// of its own: a client that leaves (or gives up on a long first download) does not
+    /// throw away what was fetched for the next one. The upstream's idle and transfer
+    /// timeouts bound it.
     pub(crate) async fn refresh(
         self: &Arc<Self>,
         key: &RepoKey,
         upstream: Upstream,
+        create: bool,
     ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
         let started = Instant::now();
         let (mirrors, task_key) = (Arc::clone(self), key.clone());
@@ -118,10 +120,20 @@ impl Mirrors {
                     .iter()
                     .map(String::as_str)
                     .collect();
-                mirrors
-                    .registry
-                    .refresh_and_maintain(&task_key, &upstream, &prefixes)
-                    .await
+                let registry = &mirrors.registry;
+                if create {
+                    registry
+                        .refresh_and_maintain(&task_key, &upstream, &prefixes)
+                        .await
+                } else {
+                    let outcome = registry
+                        .refresh_existing(&task_key, &upstream, &prefixes)
+                        .await;
+                    if outcome.is_ok() {
+                        registry.maintain_in_background(&task_key);
+                    }
+                    outcome
+                }
             }
             .in_current_span(),
         )
@@ -157,12 +169,19 @@ impl Mirrors {
     }
 
     /// Refresh `key`'s mirror in a task of its own, nobody waiting for it (warming, after
-    /// `why`): counted in the warming metric, logged either way.
-    pub(crate) fn warm(self: &Arc<Self>, key: RepoKey, upstream: Upstream, why: &'static str) {
+    /// `why`; creating the mirror only when `create`): counted in the warming metric, logged
+    /// either way.
+    pub(crate) fn warm(
+        self: &Arc<Self>,
+        key: RepoKey,
+        upstream: Upstream,
+        why: &'static str,
+        create: bool,
+    ) {
         let mirrors = Arc::clone(self);
         tokio::spawn(
             async move {
-                match mirrors.refresh(&key, upstream).await {
+                match mirrors.refresh(&key, upstream, create).await {
                     Ok(done) => {
                         metrics::warm("ok");
                         tracing::info!(

@@ -83,6 +83,8 @@ pub struct Proxy {
     /// Request bodies decoded and parsed at once (CPU work): one per core but one, the rest
     /// wait without holding a thread.
     parse_slots: Arc<Semaphore>,
+    /// Webhook events read at once (see [`crate::webhook::CONCURRENT_EVENTS`]).
+    webhook_slots: Arc<Semaphore>,
     draining: AtomicBool,
     catalog: Option<Arc<Catalog>>,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -176,6 +178,13 @@ impl Proxy {
                 .with_consolidate_after(config.consolidate_after)
                 .with_max_concurrent_refreshes(config.limits.max_concurrent_refreshes),
         );
+        // Mirrors whose removal a crash cut short: their data goes now.
+        registry
+            .sweep_removed()
+            .map_err(|err| ConfigError::DataDir {
+                path: registry.root().to_owned(),
+                source: std::io::Error::other(err.to_string()),
+            })?;
         let responses = match &config.response_cache {
             Some(cache) => {
                 let root = config.data_dir.join("responses");
@@ -226,6 +235,7 @@ impl Proxy {
                     .map_or(1, |n| n.get().saturating_sub(1))
                     .max(1),
             )),
+            webhook_slots: Arc::new(Semaphore::new(crate::webhook::CONCURRENT_EVENTS)),
             draining: AtomicBool::new(false),
             catalog: services.catalog,
             prometheus: services.prometheus,
@@ -436,6 +446,22 @@ impl Proxy {
         let Some(secret) = &self.config.webhook_secret else {
             return Ok(text(StatusCode::NOT_FOUND, "not found"));
         };
+        // Events come signed as sent: no compressed bodies (nor a gunzip before the check).
+        if headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            return Ok(text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "webhook events are read uncompressed",
+            ));
+        }
+        let Ok(_slot) = Arc::clone(&self.webhook_slots).try_acquire_owned() else {
+            return Ok(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many webhook events at once",
+            ));
+        };
         let body = receive_body(
             headers,
             body,
@@ -448,7 +474,12 @@ impl Proxy {
             tracing::warn!(%refused, "webhook refused");
             return Ok(text(StatusCode::UNAUTHORIZED, &refused.to_string()));
         }
-        let accepted = |what: &str| Ok(text(StatusCode::ACCEPTED, what));
+        // One answer whatever happens next: the secret's holders (every repository's hook)
+        // learn nothing of what is mirrored here.
+        let accepted = |why: &str| {
+            tracing::info!(why, "webhook");
+            Ok(text(StatusCode::ACCEPTED, "accepted"))
+        };
         if !crate::webhook::is_push(headers) {
             return accepted("not a push event: nothing to do");
         }
@@ -486,7 +517,9 @@ impl Proxy {
             .map(|t| t.authorization());
         let upstream = self.gate.upstream(&target, credential)?;
         tracing::info!(repo = %target.name, "push webhook");
-        self.mirrors.warm(target.key, upstream, "push webhook");
+        // Never a new mirror: one removed since the check above stays removed.
+        self.mirrors
+            .warm(target.key, upstream, "push webhook", false);
         accepted("refreshing the mirror")
     }
 
@@ -815,7 +848,7 @@ impl Proxy {
         }
         if let Ok(upstream) = self.gate.upstream(target, credential) {
             self.mirrors
-                .warm(target.key.clone(), upstream, "refs moved");
+                .warm(target.key.clone(), upstream, "refs moved", true);
         }
     }
 
@@ -844,7 +877,11 @@ impl Proxy {
         let upstream = self
             .gate
             .upstream(target, self.gate.credential(target, headers))?;
-        let failure = self.mirrors.refresh(&target.key, upstream).await.err();
+        let failure = self
+            .mirrors
+            .refresh(&target.key, upstream, true)
+            .await
+            .err();
         if let Some(err) = failure {
             // The client passed the gate just now or within the TTL.
             if self.config.serve_stale

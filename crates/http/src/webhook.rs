@@ -9,8 +9,11 @@
 
 use hmac::{KeyInit as _, Mac as _};
 
-/// The largest event body read (GitHub's own cap is 25 MB; pushes are far smaller).
-pub(crate) const MAX_EVENT_BYTES: usize = 5 << 20;
+/// The largest event body read before its signature is checked (push events are a few KiB;
+/// anyone can send one, so little is held for them).
+pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
+/// Events read at once; more get 503 (each may hold [`MAX_EVENT_BYTES`] before its check).
+pub(crate) const CONCURRENT_EVENTS: usize = 4;
 
 /// Why an event is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

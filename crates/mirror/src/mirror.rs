@@ -54,6 +54,9 @@ pub enum Error {
     /// The mirror's files could not be written.
     #[error("mirror I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// Asked to refresh only an existing mirror, and there is none (removed meanwhile).
+    #[error("no mirror to refresh")]
+    NoMirror,
     /// The upstream's object format is not the mirror's.
     #[error("upstream uses {upstream}, the mirror {mirror}")]
     ObjectFormat {

@@ -68,6 +68,19 @@ pub struct Registry {
 /// The folder under the root where removed mirrors wait to be deleted.
 const TRASH: &str = ".removed";
 
+fn sweep_removed(root: &Path) -> std::io::Result<()> {
+    let trash = root.join(TRASH);
+    let entries = match std::fs::read_dir(&trash) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for entry in entries {
+        std::fs::remove_dir_all(entry?.path())?;
+    }
+    Ok(())
+}
+
 /// Refreshes of different mirrors that run at once unless told otherwise.
 pub const DEFAULT_CONCURRENT_REFRESHES: usize = 16;
 
@@ -236,9 +249,34 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Shared {
+        self.refresh_with(key, upstream, extra_prefixes, true).await
+    }
+
+    /// [`refresh`](Self::refresh) of a mirror that exists: when there is none by its turn
+    /// (removed meanwhile), [`Error::NoMirror`] and nothing is created.
+    pub async fn refresh_existing(
+        &self,
+        key: &RepoKey,
+        upstream: &Upstream,
+        extra_prefixes: &[&str],
+    ) -> Shared {
+        self.refresh_with(key, upstream, extra_prefixes, false)
+            .await
+    }
+
+    async fn refresh_with(
+        &self,
+        key: &RepoKey,
+        upstream: &Upstream,
+        extra_prefixes: &[&str],
+        create: bool,
+    ) -> Shared {
         let slot = self.slot(key);
         let seen = slot.last.lock().unwrap_or_else(|p| p.into_inner()).0;
         let _running = slot.running.lock().await;
+        if !create && self.existing(key).is_none() {
+            return Err(Arc::new(Error::NoMirror));
+        }
         {
             let last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
             if last.0 != seen
@@ -284,14 +322,16 @@ impl Registry {
         std::fs::rename(&path, &gone)?;
         gitcache_storage::fs::sync_parent(&path)?;
         // Every removal cut short before this one too.
-        tokio::task::spawn_blocking(move || {
-            for entry in std::fs::read_dir(&trash).into_iter().flatten().flatten() {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || sweep_removed(&root))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         Ok(true)
+    }
+
+    /// Delete what removals cut short (a crash) left in the trash; run at start.
+    pub fn sweep_removed(&self) -> Result<(), Error> {
+        Ok(sweep_removed(&self.root)?)
     }
 
     /// Consolidate the mirror of `key` (see [`Mirror::consolidate`]), never while a refresh

@@ -684,6 +684,12 @@ fn purge_and_removal_drop_a_repositorys_data() {
     );
     assert_eq!(status, 204);
     assert!(!mirror.exists(), "the mirror is gone");
+    let trash = cache.data.path().join("mirrors/.removed");
+    assert_eq!(
+        std::fs::read_dir(&trash).map_or(0, |d| d.count()),
+        0,
+        "and deleted, not only moved aside"
+    );
     assert!(!stored(&responses), "and its stored responses");
     let (status, record, _) = api(&cache, "GET", &format!("/api/cached-repos/{id}"), None);
     assert_eq!(

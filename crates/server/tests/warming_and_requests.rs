@@ -316,7 +316,13 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
         "the fetch after the push is a hit"
     );
 
-    // Gitea's signature header; a repository the cache does not mirror: nothing is created.
+    // Gitea's signature header; a repository the upstream has and the cache does not mirror:
+    // nothing is created, nothing asked upstream.
+    repo::generate(&upstream.repo_path("acme/elsewhere"), &RepoSpec::tiny(1403)).unwrap();
+    upstream
+        .adopt_repo("acme/elsewhere", Access::Public)
+        .unwrap();
+    upstream.reset_counts();
     let other = event("acme/elsewhere");
     let gitea = gitcache_http::webhook::sign(b"s3cret", other.as_bytes());
     assert_eq!(
@@ -339,7 +345,24 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
         ),
         202
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // A compressed event is refused before it is read.
+    assert_eq!(
+        post(
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", &github),
+                ("Content-Encoding", "gzip")
+            ],
+            &body
+        ),
+        415
+    );
+    std::thread::sleep(Duration::from_millis(500));
     assert!(!cache.mirror(&upstream, "acme/elsewhere").exists());
-    assert_eq!(upstream.counts().fetch, 0);
+    let counts = upstream.counts();
+    assert_eq!(
+        counts.info_refs + counts.ls_refs + counts.fetch + counts.other,
+        0,
+        "nothing asked upstream: {counts:?}"
+    );
 }
