@@ -23,6 +23,12 @@ fn upstream_with(names: &[&str], spec: fn(u64) -> RepoSpec) -> Upstream {
     upstream
 }
 
+/// `POST /api/cached-repos` with `record`: the status and the answer.
+fn add(cache: &Gitcache, record: Value) -> (u16, Value) {
+    let (status, value, _) = api(cache, "POST", "/api/cached-repos", Some(record));
+    (status, value)
+}
+
 fn api(cache: &Gitcache, method: &str, path: &str, body: Option<Value>) -> (u16, Value, Answer) {
     api_at(&cache.addr, method, path, body, Some(TOKEN))
 }
@@ -270,23 +276,13 @@ fn records_of_a_case_insensitive_upstream_hold_folded_names() {
         &upstream,
         &["--admin-token", TOKEN, "--case-insensitive-host", &host],
     );
-    let (status, created, _) = api(
-        &cache,
-        "POST",
-        "/api/cached-repos",
-        Some(json!({"owner": "Acme", "name": "Widgets"})),
-    );
+    let (status, created) = add(&cache, json!({"owner": "Acme", "name": "Widgets"}));
     assert_eq!(status, 201, "{created}");
     assert_eq!(
         (&created["owner"], &created["name"]),
         (&json!("acme"), &json!("widgets"))
     );
-    let (status, _, _) = api(
-        &cache,
-        "POST",
-        "/api/cached-repos",
-        Some(json!({"owner": "acme", "name": "WIDGETS"})),
-    );
+    let (status, _) = add(&cache, json!({"owner": "acme", "name": "WIDGETS"}));
     assert_eq!(status, 409, "one repository, one record");
 }
 
@@ -306,12 +302,7 @@ fn catalog_records_choose_what_is_cached_and_clones_show_in_metrics_and_log() {
             "json",
         ],
     );
-    let (status, created, _) = api(
-        &cache,
-        "POST",
-        "/api/cached-repos",
-        Some(json!({"owner": "acme", "name": "widgets"})),
-    );
+    let (status, created) = add(&cache, json!({"owner": "acme", "name": "widgets"}));
     assert_eq!(status, 201);
 
     let git = GitClient::new().unwrap();
@@ -462,12 +453,7 @@ fn the_openapi_document_describes_what_the_api_returns() {
     let answer = http(&cache.addr, "GET", "/api/openapi.json", &[], b"");
     assert_eq!(answer.status, 200);
     let doc: Value = serde_json::from_slice(&answer.content()).unwrap();
-    let (_, created, _) = api(
-        &cache,
-        "POST",
-        "/api/cached-repos",
-        Some(json!({"owner": "acme", "name": "widgets"})),
-    );
+    let (_, created) = add(&cache, json!({"owner": "acme", "name": "widgets"}));
     let keys = |v: &Value| {
         let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
         k.sort();
@@ -642,12 +628,7 @@ fn instances_sharing_a_postgres_catalog_see_each_others_records() {
 fn purge_and_removal_drop_a_repositorys_data() {
     let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
     let cache = Gitcache::start(&upstream, &["--admin-token", TOKEN, "--cache-all", "false"]);
-    let (status, created, _) = api(
-        &cache,
-        "POST",
-        "/api/cached-repos",
-        Some(json!({"owner": "acme", "name": "widgets"})),
-    );
+    let (status, created) = add(&cache, json!({"owner": "acme", "name": "widgets"}));
     assert_eq!(status, 201);
     let id = created["id"].as_i64().unwrap();
     let git = GitClient::new().unwrap();
@@ -720,12 +701,7 @@ fn purge_and_removal_drop_a_repositorys_data() {
 
     // Where everything is cached anyway, the record goes and the data stays.
     let everything = Gitcache::start(&upstream, &["--admin-token", TOKEN]);
-    let (_, created, _) = api(
-        &everything,
-        "POST",
-        "/api/cached-repos",
-        Some(json!({"owner": "acme", "name": "widgets"})),
-    );
+    let (_, created) = add(&everything, json!({"owner": "acme", "name": "widgets"}));
     clone(&git, &everything, "acme/widgets", "three");
     let kept = everything.mirror(&upstream, "acme/widgets");
     let id = created["id"].as_i64().unwrap();

@@ -45,14 +45,7 @@ fn clones_are_served_from_the_mirror_and_a_second_clone_is_a_hit() {
     fsck(&mirror);
     // The mirror's first pack gets marked with its tips in the background, so that clones
     // are sent it as it is.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !std::fs::read_dir(mirror.join("objects/pack"))
-        .unwrap()
-        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tips"))
-    {
-        assert!(std::time::Instant::now() < deadline, "no .tips mark");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::wait_for_tips_mark(&mirror);
 
     upstream.reset_counts();
     git.run(

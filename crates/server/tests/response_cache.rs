@@ -244,16 +244,7 @@ fn whole_pack_answers_are_not_stored_again() {
     git.run(git.home(), &["clone", "-q", "--bare", &url, "first.git"])
         .unwrap()
         .expect_success();
-    // The first pack is marked with its tips in the background.
-    let packs = cache.mirror(&upstream, "acme/widgets").join("objects/pack");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_dir(&packs)
-        .unwrap()
-        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tips"))
-    {
-        assert!(Instant::now() < deadline, "no .tips mark");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_for_tips_mark(&cache.mirror(&upstream, "acme/widgets"));
     let stored_before = entries(&cache);
     let generated_before = count(&cache.log(), "response generated");
     for name in ["second.git", "third.git"] {

@@ -275,3 +275,17 @@ impl Answer {
 pub fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
+
+/// Wait until the first pack of `mirror` is marked with its tips (done in the background
+/// after a mirror's first fetch), so that clones are sent that pack as it is.
+pub fn wait_for_tips_mark(mirror: &std::path::Path) {
+    let packs = mirror.join("objects/pack");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(&packs)
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tips"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no .tips mark");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
