@@ -1,6 +1,6 @@
 //! The admin page in a real headless browser (Debian's Chromium driven by playwright-core,
 //! from `tests/browser`): sign in, add, edit, disable and remove a repository, checking what
-//! the page shows; the API then confirms the catalog. A screenshot is kept at
+//! the page shows, and purge another; the API then confirms the catalog. A screenshot is kept at
 //! `target/tmp/admin-page.png`.
 //!
 //! Needs `chromium` (or `GITCACHE_TEST_CHROMIUM`) and `npm ci` in `tests/browser`; `.ci/run`
@@ -101,6 +101,17 @@ fn the_admin_page_adds_edits_disables_and_removes_a_repository() {
         .map(|r| r["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["gadgets"]);
+    // The purge dropped the mirror; the next clone fetches it anew from the upstream.
+    assert!(listed[0]["status"]["mirror_bytes"].is_null(), "{listed}");
+    git.run(
+        git.home(),
+        &["clone", "-q", &cache.url("acme/gadgets"), "three"],
+    )
+    .unwrap()
+    .expect_success();
+    git.run(&git.home().join("three"), &["fsck", "--strict"])
+        .unwrap()
+        .expect_success();
     let log = cache.log_with("cached repository removed", 1);
     assert!(log.contains("cached repository added"));
     assert!(log.contains("timeout_seconds=90"), "{log}");

@@ -1,5 +1,5 @@
 // Drives gitcache's admin page in headless Chromium: sign in, add a repository, edit its
-// timeout, disable it, remove it, checking what the page shows after each step.
+// timeout, disable it, remove it, purge another, checking what the page shows after each step.
 // Usage: node admin_page.mjs BASE_URL TOKEN SCREENSHOT_PATH CHROMIUM_PATH
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -39,8 +39,8 @@ try {
   assert.match(await prepared.innerText(), /50% of 2/);
 
   step("add");
-  await page.fill("#add-owner", "Acme");
-  await page.fill("#add-name", "Widgets");
+  await page.fill("#add-owner", "acme");
+  await page.fill("#add-name", "widgets");
   await page.fill("#add-timeout", "30");
   await page.fill("#add-limit", "256");
   await page.click("#add-submit");
@@ -92,6 +92,15 @@ try {
   await row.getByRole("button", { name: "Confirm remove" }).click();
   await row.waitFor({ state: "detached" });
   assert.match(await page.locator("#message").innerText(), /Removed acme\/widgets/);
+  assert.equal(await page.locator("#repos tr").count(), 1);
+
+  step("purge drops the mirror, keeps the record");
+  assert.notEqual(await prepared.locator("td.mirror").innerText(), "—");
+  await prepared.getByRole("button", { name: "Purge" }).click();
+  await prepared.getByRole("button", { name: "Confirm purge" }).click();
+  await page.waitForFunction(() => document.querySelector("#message").textContent.startsWith("Purged acme/gadgets"));
+  await page.waitForFunction(() =>
+    document.querySelector("tr[data-repo='acme/gadgets'] td.mirror").textContent === "—");
   assert.equal(await page.locator("#repos tr").count(), 1);
 
   step("the view survives a reload (token kept for the tab)");
