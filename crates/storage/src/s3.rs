@@ -326,6 +326,7 @@ impl ObjectStore for S3Store {
                 Some(Listed {
                     key: self.key_of(&meta.location)?,
                     size: meta.size,
+                    modified: meta.last_modified.into(),
                 })
             })
             .collect();

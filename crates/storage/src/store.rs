@@ -134,6 +134,8 @@ pub struct Listed {
     pub key: ObjectKey,
     /// Its size in bytes.
     pub size: u64,
+    /// When it was last written, as the backend reports it.
+    pub modified: std::time::SystemTime,
 }
 
 /// Why a store operation failed.
@@ -363,6 +365,7 @@ impl ObjectStore for FsStore {
                     found.push(Listed {
                         key: ObjectKey::new(&key)?,
                         size: meta.len(),
+                        modified: meta.modified()?,
                     });
                 } else if meta.is_dir() {
                     for entry in std::fs::read_dir(&path)? {
@@ -418,5 +421,70 @@ impl ObjectStore for FsStore {
             Ok(Replaced::Done(digest(&bytes)))
         })
         .await
+    }
+}
+
+/// One of the backends, chosen at run time (the server's configuration decides).
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// Files under a folder.
+    Fs(FsStore),
+    /// An S3-compatible bucket.
+    S3(crate::s3::S3Store),
+}
+
+impl ObjectStore for AnyStore {
+    async fn put_file(&self, key: &ObjectKey, from: &Path) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.put_file(key, from).await,
+            AnyStore::S3(store) => store.put_file(key, from).await,
+        }
+    }
+
+    async fn get_file(&self, key: &ObjectKey, to: &Path) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.get_file(key, to).await,
+            AnyStore::S3(store) => store.get_file(key, to).await,
+        }
+    }
+
+    async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.get_bytes(key, limit).await,
+            AnyStore::S3(store) => store.get_bytes(key, limit).await,
+        }
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.delete(key).await,
+            AnyStore::S3(store) => store.delete(key).await,
+        }
+    }
+
+    async fn list(&self, prefix: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.list(prefix).await,
+            AnyStore::S3(store) => store.list(prefix).await,
+        }
+    }
+
+    async fn read_manifest(&self, key: &ObjectKey) -> Result<Option<Manifest>, StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.read_manifest(key).await,
+            AnyStore::S3(store) => store.read_manifest(key).await,
+        }
+    }
+
+    async fn replace_manifest(
+        &self,
+        key: &ObjectKey,
+        bytes: &[u8],
+        expected: Option<&Version>,
+    ) -> Result<Replaced, StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.replace_manifest(key, bytes, expected).await,
+            AnyStore::S3(store) => store.replace_manifest(key, bytes, expected).await,
+        }
     }
 }

@@ -40,10 +40,11 @@ async fn objects(store: &impl ObjectStore, scratch: &std::path::Path) {
     store.put_file(&index, &source).await.unwrap();
     let twin = key("mirrors/h/acme/widgets-2/pack-1.pack");
     store.put_file(&twin, &source).await.unwrap();
-    let listed: Vec<(String, u64)> = store
-        .list(&key("mirrors/h/acme/widgets"))
-        .await
-        .unwrap()
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let listed = store.list(&key("mirrors/h/acme/widgets")).await.unwrap();
+    // When each was written: what collecting unnamed objects after a grace period goes by.
+    assert!(listed.iter().all(|l| l.modified > before), "{listed:?}");
+    let listed: Vec<(String, u64)> = listed
         .into_iter()
         .map(|l| (l.key.as_str().to_owned(), l.size))
         .collect();
