@@ -1,5 +1,5 @@
-//! The entry point shared by the pack-ingestion fuzz target and the test that replays its
-//! corpus: arbitrary bytes offered as a received pack.
+//! The entry points shared by the fuzz targets and the tests that replay their corpora:
+//! arbitrary bytes offered as a received pack, and as a shared mirror's manifest.
 
 use crate::ingest::{Error, ingest_pack};
 
@@ -28,4 +28,15 @@ pub fn ingest(data: &[u8]) {
         Err(err) => panic!("a local failure on fuzz input: {err}"),
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Offer `data` as a mirror manifest read from a shared store: refused with a typed error, or
+/// taken, and then what it encodes to reads back as the same manifest.
+pub fn manifest(data: &[u8]) {
+    use crate::shared::MirrorManifest;
+    if let Ok(manifest) = MirrorManifest::decode(data) {
+        let encoded = manifest.encode();
+        let again = MirrorManifest::decode(&encoded).expect("an encoded manifest reads back");
+        assert_eq!(again, manifest);
+    }
 }

@@ -6,6 +6,8 @@
 //! - [`ingest`]: indexing and verifying a received pack and moving it into place atomically.
 //! - [`registry`]: where mirrors live, one refresh per mirror at a time (singleflight), and
 //!   maintenance (consolidation, reachability bitmaps, a crash's leftovers) in the background.
+//! - [`shared`]: mirrors kept in an object store shared by instances, the local folder a
+//!   working copy (a manifest of refs and packs, committed by a conditional write).
 //!
 //! The upstream is not trusted: answers are read within size and time bounds, ref names are
 //! checked, and nothing is published before the fetched history is complete.
@@ -25,6 +27,7 @@
 pub mod ingest;
 pub mod mirror;
 pub mod registry;
+pub mod shared;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -54,6 +54,12 @@ pub enum Error {
     /// The mirror's files could not be written.
     #[error("mirror I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The shared object store failed, or holds something invalid.
+    #[error(transparent)]
+    Shared(#[from] crate::shared::Error),
+    /// Another instance kept committing first.
+    #[error("the shared manifest kept changing under this refresh; gave up after {0} tries")]
+    Contended(usize),
     /// Asked to refresh only an existing mirror, and there is none (removed meanwhile).
     #[error("no mirror to refresh")]
     NoMirror,
@@ -511,7 +517,7 @@ fn remove_pack_file(pack: &Path) -> std::io::Result<()> {
 }
 
 /// Remove a pack: its index first (so no new reader finds it), then everything else.
-fn remove_pack(dir: &Path, stem: &str) -> std::io::Result<()> {
+pub(crate) fn remove_pack(dir: &Path, stem: &str) -> std::io::Result<()> {
     std::fs::remove_file(dir.join(format!("{stem}.idx")))?;
     for ext in [
         "pack", "rev", "bitmap", "tips", "keep", "promisor", "mtimes",

@@ -12,18 +12,19 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::mirror::{Error, Mirror, Refreshed};
+use crate::shared::{Hydrated, Published, Shared};
 use gitcache_storage::repo::RepoKey;
 use gitcache_upstream::Upstream;
 
 /// What concurrent callers of one refresh share.
-type Shared = Result<Refreshed, Arc<Error>>;
+type Outcome = Result<Refreshed, Arc<Error>>;
 
 #[derive(Debug, Default)]
 struct Slot {
     /// Held while a refresh runs.
     running: tokio::sync::Mutex<()>,
     /// The number of refreshes finished, and the last outcome.
-    last: Mutex<(u64, Option<Shared>)>,
+    last: Mutex<(u64, Option<Outcome>)>,
     /// Held while bitmaps are written for the mirror (at most one writer at a time; a
     /// second leaves it to the first), and while leftovers are removed: the writer's
     /// temporary is never taken for a crash's.
@@ -63,7 +64,12 @@ pub struct Registry {
     /// Refreshes of different mirrors running at once (each may download a whole
     /// repository, and goes on when its client leaves).
     refreshes: Arc<tokio::sync::Semaphore>,
+    /// The object store mirrors are committed to, when instances share one.
+    shared: Option<Shared>,
 }
+
+/// Tries at committing a refresh when other instances keep committing first.
+const COMMIT_TRIES: usize = 4;
 
 /// The folder under the root where removed mirrors wait to be deleted.
 const TRASH: &str = ".removed";
@@ -92,7 +98,21 @@ impl Registry {
             slots: Mutex::new(HashMap::new()),
             consolidate_after: DEFAULT_CONSOLIDATE_AFTER,
             refreshes: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_REFRESHES)),
+            shared: None,
         }
+    }
+
+    /// Keep mirrors in `shared` (an object store other instances use too), each folder
+    /// under the root a working copy: refreshes and consolidations are committed there, and
+    /// a refresh first takes what another instance committed (see [`crate::shared`]).
+    pub fn with_shared(mut self, shared: Shared) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The object store mirrors are shared in, if any.
+    pub fn shared(&self) -> Option<&Shared> {
+        self.shared.as_ref()
     }
 
     /// The folder mirrors live under (`<host>/<owner>/<repo>.git` each).
@@ -145,7 +165,7 @@ impl Registry {
         key: &RepoKey,
         upstream: &Upstream,
         extra_prefixes: &[&str],
-    ) -> Shared {
+    ) -> Outcome {
         let outcome = self.refresh(key, upstream, extra_prefixes).await;
         if outcome.is_ok() {
             self.maintain_in_background(key);
@@ -248,7 +268,7 @@ impl Registry {
         key: &RepoKey,
         upstream: &Upstream,
         extra_prefixes: &[&str],
-    ) -> Shared {
+    ) -> Outcome {
         self.refresh_with(key, upstream, extra_prefixes, true).await
     }
 
@@ -259,7 +279,7 @@ impl Registry {
         key: &RepoKey,
         upstream: &Upstream,
         extra_prefixes: &[&str],
-    ) -> Shared {
+    ) -> Outcome {
         self.refresh_with(key, upstream, extra_prefixes, false)
             .await
     }
@@ -270,7 +290,7 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
         create: bool,
-    ) -> Shared {
+    ) -> Outcome {
         let slot = self.slot(key);
         let seen = slot.last.lock().unwrap_or_else(|p| p.into_inner()).0;
         let _running = slot.running.lock().await;
@@ -307,6 +327,23 @@ impl Registry {
     pub async fn remove(&self, key: &RepoKey) -> Result<bool, Error> {
         let slot = self.slot(key);
         let _running = slot.running.lock().await;
+        if let Some(shared) = &self.shared {
+            shared.remove(key).await?;
+        }
+        if !self.discard(key)? {
+            return Ok(false);
+        }
+        // Every removal cut short before this one too.
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || sweep_removed(&root))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        Ok(true)
+    }
+
+    /// Move the local folder of `key` into the trash at once (call with its refresh lock
+    /// held); `false` if there was none.
+    fn discard(&self, key: &RepoKey) -> Result<bool, Error> {
         let trash = self.root.join(TRASH);
         let path = self.path(key);
         if !path.exists() {
@@ -321,11 +358,6 @@ impl Registry {
         ));
         std::fs::rename(&path, &gone)?;
         gitcache_storage::fs::sync_parent(&path)?;
-        // Every removal cut short before this one too.
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || sweep_removed(&root))
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         Ok(true)
     }
 
@@ -343,6 +375,9 @@ impl Registry {
         let slot = self.slot(key);
         let (mirror, mut done) = {
             let _running = slot.running.lock().await;
+            if let Some(shared) = &self.shared {
+                self.take_shared(shared, key).await?;
+            }
             let Some(mirror) = self.existing(key) else {
                 return Ok(None);
             };
@@ -350,6 +385,13 @@ impl Registry {
             let done = tokio::task::spawn_blocking(move || consolidating.consolidate())
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            if let Some(shared) = &self.shared
+                && shared.publish(key, mirror.git_dir()).await? == Published::Conflict
+            {
+                // Another instance committed meanwhile: its state wins, this pack goes.
+                self.take_shared(shared, key).await?;
+                return Ok(None);
+            }
             (mirror, done)
         };
         // Bitmaps take long on big histories: refreshes go on meanwhile, and a second
@@ -358,21 +400,75 @@ impl Registry {
             && done.bitmap.is_none()
         {
             let tips = done.tips.clone();
-            let slot = Arc::clone(&slot);
+            let (slot, writer) = (Arc::clone(&slot), mirror.clone());
             let written = tokio::task::spawn_blocking(move || {
                 let Some(_writing) = try_hold(&slot.writing_bitmaps) else {
                     return Ok(None);
                 };
-                mirror.write_bitmaps(&pack, &tips)
+                writer.write_bitmaps(&pack, &tips)
             })
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
             done.bitmap = written;
         }
+        if let Some(shared) = &self.shared {
+            let _running = slot.running.lock().await;
+            if self.existing(key).is_none() {
+                // Removed meanwhile.
+                return Ok(Some(done));
+            }
+            // The bitmaps join the manifest (unless another instance committed meanwhile:
+            // then its own maintenance writes them), and files no manifest names go.
+            shared.publish(key, mirror.git_dir()).await?;
+            let collected = shared.collect(key).await?;
+            if collected > 0 {
+                tracing::info!(collected, "unnamed files collected from the shared store");
+            }
+        }
         Ok(Some(done))
     }
 
     async fn refresh_now(
+        &self,
+        key: &RepoKey,
+        upstream: &Upstream,
+        extra: &[&str],
+    ) -> Result<Refreshed, Error> {
+        let Some(shared) = &self.shared else {
+            return self.refresh_local(key, upstream, extra).await;
+        };
+        let path = self.path(key);
+        let before = self.refs_of(key);
+        for _ in 0..COMMIT_TRIES {
+            self.take_shared(shared, key).await?;
+            let mut done = self.refresh_local(key, upstream, extra).await?;
+            if shared.publish(key, &path).await? == Published::Done {
+                done.changed = self.refs_of(key) != before;
+                return Ok(done);
+            }
+            tracing::info!("another instance committed this mirror first; taking its state");
+        }
+        Err(Error::Contended(COMMIT_TRIES))
+    }
+
+    /// The refs of `key`'s local copy, to tell whether a refresh changed them.
+    fn refs_of(&self, key: &RepoKey) -> Option<Vec<(bstr::BString, Option<gix_hash::ObjectId>)>> {
+        let repo = gitcache_pack::Repository::open(self.path(key)).ok()?;
+        let refs = repo.refs().ok()?;
+        Some(refs.into_iter().map(|r| (r.name, r.oid)).collect())
+    }
+
+    /// Bring `key`'s local copy to what the shared store holds (call with its refresh lock);
+    /// a copy whose manifest was removed there (a purge on another instance) goes.
+    async fn take_shared(&self, shared: &Shared, key: &RepoKey) -> Result<(), Error> {
+        if shared.hydrate(key, &self.path(key)).await? == Hydrated::Removed {
+            tracing::info!("the shared mirror was removed; dropping the local copy");
+            self.discard(key)?;
+        }
+        Ok(())
+    }
+
+    async fn refresh_local(
         &self,
         key: &RepoKey,
         upstream: &Upstream,

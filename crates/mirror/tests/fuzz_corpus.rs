@@ -1,23 +1,36 @@
-//! Replays the pack-ingestion fuzz corpus and saved crashes through the fuzz target's entry
-//! point: every input is taken in whole or refused leaving nothing behind.
+//! Replays the fuzz corpora and saved crashes through the fuzz targets' entry points: every
+//! pack is taken in whole or refused leaving nothing behind; every manifest is refused or
+//! reads back as itself.
 
 use std::path::Path;
 
-#[test]
-fn pack_ingest_corpus() {
+/// Every saved input of `target` through `entry`; how many there were.
+fn replay(target: &str, entry: fn(&[u8])) -> usize {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
     let mut replayed = 0;
     for folder in ["corpus", "artifacts"] {
-        let Ok(entries) = std::fs::read_dir(fuzz.join(folder).join("pack_ingest")) else {
+        let Ok(entries) = std::fs::read_dir(fuzz.join(folder).join(target)) else {
             continue;
         };
-        for entry in entries {
-            let path = entry.unwrap().path();
+        for entry_path in entries {
+            let path = entry_path.unwrap().path();
             if path.file_name().is_some_and(|n| n != ".gitkeep") {
-                gitcache_mirror::fuzzing::ingest(&std::fs::read(&path).unwrap());
+                entry(&std::fs::read(&path).unwrap());
                 replayed += 1;
             }
         }
     }
+    replayed
+}
+
+#[test]
+fn pack_ingest_corpus() {
+    let replayed = replay("pack_ingest", gitcache_mirror::fuzzing::ingest);
     assert!(replayed >= 5, "only {replayed} inputs replayed");
+}
+
+#[test]
+fn mirror_manifest_corpus() {
+    let replayed = replay("mirror_manifest", gitcache_mirror::fuzzing::manifest);
+    assert!(replayed >= 3, "only {replayed} inputs replayed");
 }

@@ -1,0 +1,353 @@
+//! Mirrors shared through an object store: two registries (two instances, each with its own
+//! folder) on one store, the filesystem backend and a real S3-compatible server (moto).
+//! What one fetched from the upstream, the other takes from the store without fetching.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gitcache_mirror::registry::Registry;
+use gitcache_mirror::shared::{Hydrated, MirrorManifest, Published, Shared};
+use gitcache_storage::repo::RepoKey;
+use gitcache_storage::s3::{S3Config, S3Store};
+use gitcache_storage::store::{AnyStore, FsStore, ObjectKey, ObjectStore};
+use gitcache_testkit::git::git_stdout as git;
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::s3::S3Server;
+use gitcache_testkit::upstream::{Access, Upstream};
+use gitcache_upstream::Upstream as Client;
+
+fn s3(server: &S3Server) -> AnyStore {
+    AnyStore::S3(
+        S3Store::new(&S3Config {
+            bucket: server.bucket().to_owned(),
+            endpoint: Some(server.endpoint()),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            ..S3Config::default()
+        })
+        .unwrap(),
+    )
+}
+
+struct Fleet {
+    upstream: Upstream,
+    client: Client,
+    key: RepoKey,
+    a: Arc<Registry>,
+    b: Arc<Registry>,
+    store: AnyStore,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn fleet(store: AnyStore, grace: Duration, seed: u64) -> Fleet {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/shared"), &RepoSpec::tiny(seed)).unwrap();
+    upstream.adopt_repo("acme/shared", Access::Public).unwrap();
+    let client = Client::new(
+        &upstream.repo_url("acme/shared"),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let registry = |dir: &Path| {
+        Arc::new(
+            Registry::new(dir)
+                .with_consolidate_after(2)
+                .with_shared(Shared::new(store.clone(), grace)),
+        )
+    };
+    Fleet {
+        key: RepoKey::new("127.0.0.1", "acme", "shared").unwrap(),
+        a: registry(dirs.0.path()),
+        b: registry(dirs.1.path()),
+        upstream,
+        client,
+        store,
+        _dirs: dirs,
+    }
+}
+
+impl Fleet {
+    fn refs(&self, registry: &Registry) -> String {
+        let mirror = registry.existing(&self.key).expect("a mirror");
+        git(mirror.git_dir(), &["show-ref", "--head"])
+    }
+
+    fn fsck(&self, registry: &Registry) {
+        let mirror = registry.existing(&self.key).expect("a mirror");
+        git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+    }
+
+    fn packs(&self, registry: &Registry) -> usize {
+        let mirror = registry.existing(&self.key).expect("a mirror");
+        MirrorManifest::of_local(mirror.git_dir())
+            .unwrap()
+            .packs
+            .len()
+    }
+
+    fn upstream_moves(&self, seed: u64) -> String {
+        repo::append_commits(&self.upstream.repo_path("acme/shared"), "main", 2, seed).unwrap()
+    }
+
+    async fn manifest(&self) -> MirrorManifest {
+        Shared::new(self.store.clone(), Duration::ZERO)
+            .read(&self.key)
+            .await
+            .unwrap()
+            .expect("a manifest")
+            .0
+    }
+}
+
+/// A fetches from the upstream; B takes it from the store; the upstream moves, A refreshes,
+/// B follows without fetching; consolidation on A reaches B; a purge on A empties B.
+async fn two_instances(store: AnyStore) {
+    let f = fleet(store, Duration::ZERO, 1301);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(f.upstream.counts().fetch, 1);
+    let manifest = f.manifest().await;
+    assert_eq!(manifest.packs.len(), 1);
+    assert_eq!(
+        manifest.head.as_ref().map(|h| h.to_vec()),
+        Some(b"refs/heads/main".to_vec())
+    );
+
+    let done = f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(f.upstream.counts().fetch, 1, "B fetched nothing upstream");
+    assert_eq!(done.fetched_objects, 0);
+    assert!(done.changed, "B's copy went from nothing to the mirror");
+    assert_eq!(f.refs(&f.b), f.refs(&f.a));
+    f.fsck(&f.b);
+
+    let tip = f.upstream_moves(1);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(f.upstream.counts().fetch, 2);
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(
+        f.upstream.counts().fetch,
+        2,
+        "B took the new commits from the store"
+    );
+    assert!(f.refs(&f.b).contains(&tip), "{}", f.refs(&f.b));
+    f.fsck(&f.b);
+    assert_eq!(f.packs(&f.b), 2);
+
+    // A third pack makes A consolidate (more than two); B's copy follows to one pack, and
+    // the old packs, retired with no grace period, are deleted at the next commit.
+    f.upstream_moves(2);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    f.a.consolidate(&f.key)
+        .await
+        .unwrap()
+        .expect("consolidated");
+    let manifest = f.manifest().await;
+    assert_eq!(manifest.packs.len(), 1, "{manifest:?}");
+    assert!(
+        manifest.packs[0].files.contains(&"bitmap") && manifest.packs[0].files.contains(&"tips"),
+        "{manifest:?}"
+    );
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(f.upstream.counts().fetch, 3);
+    assert_eq!(f.packs(&f.b), 1);
+    assert_eq!(f.refs(&f.b), f.refs(&f.a));
+    f.fsck(&f.b);
+    f.upstream_moves(3);
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let manifest = f.manifest().await;
+    assert_eq!(manifest.packs.len(), 2);
+    assert!(manifest.retired.is_empty(), "deleted: {manifest:?}");
+    let base = ObjectKey::new("mirrors/127.0.0.1/acme/shared.git/packs").unwrap();
+    let listed = f.store.list(&base).await.unwrap();
+    for object in &listed {
+        let name = object.key.as_str().rsplit('/').next().unwrap();
+        assert!(
+            manifest.packs.iter().any(|p| name.starts_with(&p.stem)),
+            "{name} is named by no manifest"
+        );
+    }
+
+    // A purge on A: the store's mirror goes, and B drops its copy and fetches anew.
+    assert!(f.a.remove(&f.key).await.unwrap());
+    assert!(f.store.list(&base).await.unwrap().is_empty());
+    let fetches = f.upstream.counts().fetch;
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(f.upstream.counts().fetch, fetches + 1, "fetched anew");
+    f.fsck(&f.b);
+    assert_eq!(f.packs(&f.b), 1);
+}
+
+/// A scenario run on both backends: the filesystem, and a bucket of a real S3 server.
+macro_rules! on_both_backends {
+    ($scenario:ident: $fs:ident, $s3:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $fs() {
+            let dir = tempfile::tempdir().unwrap();
+            $scenario(AnyStore::Fs(FsStore::new(dir.path()))).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $s3() {
+            let Some(server) = S3Server::start("gitcache-mirrors") else {
+                return;
+            };
+            $scenario(s3(&server)).await;
+        }
+    };
+}
+
+on_both_backends!(two_instances:
+    two_instances_share_a_mirror_on_the_filesystem_backend,
+    two_instances_share_a_mirror_in_a_bucket);
+
+/// Two instances that took the same manifest both refresh: the second to commit conflicts,
+/// takes the first's state and commits on it; no ref is lost.
+async fn racing_commits(store: AnyStore) {
+    let f = fleet(store.clone(), Duration::from_secs(3600), 1302);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let shared = Shared::new(store, Duration::from_secs(3600));
+    let b_dir = f.b.path(&f.key);
+
+    // A commits a new state; B's copy still holds the old manifest.
+    let tip = f.upstream_moves(4);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    // B's own commit from the old state is refused…
+    std::fs::write(
+        b_dir.join("packed-refs"),
+        b"# pack-refs with: peeled fully-peeled sorted \n",
+    )
+    .unwrap();
+    assert_eq!(
+        shared.publish(&f.key, &b_dir).await.unwrap(),
+        Published::Conflict
+    );
+    assert!(
+        f.manifest()
+            .await
+            .refs
+            .windows(tip.len())
+            .any(|w| w == tip.as_bytes())
+    );
+    // …and B's refresh takes A's state, then commits on it.
+    let tip = f.upstream_moves(5);
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let manifest = f.manifest().await;
+    assert!(
+        manifest
+            .refs
+            .windows(tip.len())
+            .any(|w| w == tip.as_bytes())
+    );
+    assert_eq!(
+        f.refs(&f.b),
+        git(
+            &f.upstream.repo_path("acme/shared"),
+            &["show-ref", "--head"]
+        )
+    );
+    f.fsck(&f.b);
+    // What B committed, A takes.
+    assert_eq!(
+        shared.hydrate(&f.key, &f.a.path(&f.key)).await.unwrap(),
+        Hydrated::Current
+    );
+    assert_eq!(f.refs(&f.a), f.refs(&f.b));
+    f.fsck(&f.a);
+}
+
+on_both_backends!(racing_commits:
+    racing_commits_on_the_filesystem_backend,
+    racing_commits_in_a_bucket);
+
+/// What the store holds is checked before it reaches a local copy: a tampered manifest or a
+/// pack file that is not its pack's is refused, the copy left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FsStore::new(dir.path());
+    let store = AnyStore::Fs(fs.clone());
+    let f = fleet(store.clone(), Duration::from_secs(3600), 1303);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let before = f.refs(&f.b);
+    f.upstream_moves(6);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let manifest = f.manifest().await;
+    let shared = Shared::new(store.clone(), Duration::from_secs(3600));
+    let b_dir = f.b.path(&f.key);
+
+    // The newest pack's data replaced by the older pack's: its checksum gives it away.
+    let (old, new) = (&manifest.packs[0].stem, &manifest.packs[1].stem);
+    let path = |stem: &str| {
+        fs.path_of(
+            &ObjectKey::new(&format!(
+                "mirrors/127.0.0.1/acme/shared.git/packs/{stem}.pack"
+            ))
+            .unwrap(),
+        )
+    };
+    let saved = std::fs::read(path(new)).unwrap();
+    std::fs::copy(path(old), path(new)).unwrap();
+    let err = shared.hydrate(&f.key, &b_dir).await.unwrap_err();
+    assert!(
+        err.to_string().contains("does not belong to its pack"),
+        "{err}"
+    );
+    assert_eq!(f.refs(&f.b), before);
+    f.fsck(&f.b);
+    std::fs::write(path(new), saved).unwrap();
+
+    // A manifest with a ref name git refuses.
+    let key = Shared::manifest_key(&f.key).unwrap();
+    let read = store.read_manifest(&key).await.unwrap().unwrap();
+    let bad = String::from_utf8(read.bytes)
+        .unwrap()
+        .replace("refs/heads/main", "refs/heads/ma..in");
+    store
+        .replace_manifest(&key, bad.as_bytes(), Some(&read.version))
+        .await
+        .unwrap();
+    let err = shared.hydrate(&f.key, &b_dir).await.unwrap_err();
+    assert!(err.to_string().contains("invalid mirror manifest"), "{err}");
+    assert_eq!(f.refs(&f.b), before);
+    let leftovers: Vec<_> = std::fs::read_dir(b_dir.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("incoming-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
+    let oid = "1".repeat(40);
+    let text = format!(
+        "gitcache-mirror 1\nformat sha1\nhead refs/heads/main\npack pack-{oid} pack rev idx\nretired pack-{} 17\nrefs\n{oid} refs/heads/main\n{oid} refs/tags/v1\n^{oid}\n",
+        "2".repeat(40)
+    );
+    let manifest = MirrorManifest::decode(text.as_bytes()).unwrap();
+    assert_eq!(manifest.packs[0].files, ["pack", "rev", "idx"]);
+    assert_eq!(manifest.retired, [(format!("pack-{}", "2".repeat(40)), 17)]);
+    assert_eq!(manifest.encode(), text.as_bytes());
+    for (from, to) in [
+        ("gitcache-mirror 1", "gitcache-mirror 2"),
+        ("format sha1", "format md5"),
+        (" pack rev idx", " rev idx"),
+        (" pack rev idx", " pack idx rev"),
+        (" pack rev idx", " pack rev idx idx"),
+        (" pack rev idx", " pack ../x idx"),
+        ("pack-1111", "pack-../1"),
+        ("head refs/heads/main", "head HEAD"),
+        ("refs/tags/v1", "refs/heads/a"),
+        ("refs/tags/v1\n^", "refs/tags/v1\n^^"),
+        ("\nrefs\n", "\nrefz\n"),
+        ("retired pack-2222", "retired pack-zzzz"),
+    ] {
+        let bad = text.replacen(from, to, 1);
+        assert_ne!(bad, text, "{from}");
+        assert!(MirrorManifest::decode(bad.as_bytes()).is_err(), "{bad}");
+    }
+}
