@@ -197,6 +197,9 @@ pub struct ProxyConfig {
     /// The secret push webhooks are signed with; with one, `POST /api/hooks/push` refreshes
     /// the mirror of the repository a push event names.
     pub webhook_secret: Option<Secret>,
+    /// An S3-compatible bucket that instances share mirrors in (see
+    /// [`gitcache_mirror::shared`]); the data directory then holds working copies.
+    pub object_store: Option<gitcache_storage::s3::S3Config>,
     /// Upstream hosts that compare owner and repository names without case (`github.com`
     /// by default): there `acme/Widgets` and `acme/widgets` share one mirror and the upstream
     /// is asked with the lower-cased names. Everywhere else names are kept as written and
@@ -283,6 +286,7 @@ impl ProxyConfig {
             static_tokens: BTreeMap::new(),
             service_token: None,
             webhook_secret: None,
+            object_store: None,
             case_insensitive_hosts: BTreeSet::from(["github.com".to_owned()]),
             extra_ref_prefixes: Vec::new(),
             upstream_timeout: Duration::from_secs(30),

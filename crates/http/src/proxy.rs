@@ -23,12 +23,15 @@ use bstr::ByteSlice;
 use bytes::Bytes;
 use gitcache_catalog::Catalog;
 use gitcache_mirror::registry::Registry;
+use gitcache_mirror::shared::{DEFAULT_GRACE, Shared};
 use gitcache_protocol::advertise::{self, Advertisement};
 use gitcache_protocol::request::{
     Command, Fetch, Limits as RequestLimits, Request as GitRequest, parse_request,
 };
 use gitcache_storage::fs::DataDir;
 use gitcache_storage::repo::RepoKey;
+use gitcache_storage::s3::S3Store;
+use gitcache_storage::store::AnyStore;
 use gix_hash::Kind as HashKind;
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -114,6 +117,9 @@ pub enum ConfigError {
     /// An upstream URL is unusable.
     #[error("{0}")]
     Upstream(String),
+    /// The object store is configured wrongly.
+    #[error("object store: {0}")]
+    ObjectStore(#[from] gitcache_storage::store::StoreError),
     /// The data directory is taken by another process, or cannot be locked.
     #[error(transparent)]
     Locked(#[from] gitcache_storage::fs::Error),
@@ -173,11 +179,14 @@ impl Proxy {
             path: config.data_dir.clone(),
             source,
         })?;
-        let registry = Arc::new(
-            Registry::new(mirrors)
-                .with_consolidate_after(config.consolidate_after)
-                .with_max_concurrent_refreshes(config.limits.max_concurrent_refreshes),
-        );
+        let mut registry = Registry::new(mirrors)
+            .with_consolidate_after(config.consolidate_after)
+            .with_max_concurrent_refreshes(config.limits.max_concurrent_refreshes);
+        if let Some(bucket) = &config.object_store {
+            let store = S3Store::new(bucket)?;
+            registry = registry.with_shared(Shared::new(AnyStore::S3(store), DEFAULT_GRACE));
+        }
+        let registry = Arc::new(registry);
         // Mirrors whose removal a crash cut short: their data goes now.
         registry
             .sweep_removed()

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use gitcache_http::{AdminTokens, CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};
+use gitcache_storage::s3::S3Config;
 use serde::Deserialize;
 
 /// gitcache: a caching proxy for git's smart HTTP protocol.
@@ -85,6 +86,32 @@ pub(crate) struct Flags {
         hide_env_values = true
     )]
     pub(crate) webhook_secret: Option<String>,
+    /// An S3-compatible bucket that instances share mirrors in; this instance's data
+    /// directory then holds working copies [default: none, mirrors on local disk only].
+    #[arg(long, env = "GITCACHE_S3_BUCKET", value_name = "BUCKET")]
+    pub(crate) s3_bucket: Option<String>,
+    /// The bucket's endpoint, for S3-compatible servers [default: AWS].
+    #[arg(long, env = "GITCACHE_S3_ENDPOINT", value_name = "URL")]
+    pub(crate) s3_endpoint: Option<String>,
+    /// The bucket's region [default: AWS_REGION, else us-east-1].
+    #[arg(long, env = "GITCACHE_S3_REGION", value_name = "REGION")]
+    pub(crate) s3_region: Option<String>,
+    /// A key prefix inside the bucket, so deployments can share one.
+    #[arg(long, env = "GITCACHE_S3_PREFIX", value_name = "PREFIX")]
+    pub(crate) s3_prefix: Option<String>,
+    #[arg(long, env = "AWS_REGION", hide = true)]
+    pub(crate) aws_region: Option<String>,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true, hide_env_values = true)]
+    pub(crate) aws_access_key_id: Option<String>,
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub(crate) aws_secret_access_key: Option<String>,
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide = true, hide_env_values = true)]
+    pub(crate) aws_session_token: Option<String>,
     /// An upstream host that compares owner and repository names without case, where
     /// Acme/Widgets and acme/widgets share one mirror (repeatable; replaces the default)
     /// [default: github.com].
@@ -239,6 +266,17 @@ struct File {
     admin: FileAdmin,
     #[serde(default)]
     webhook: FileWebhook,
+    #[serde(default)]
+    storage: FileStorage,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    s3_bucket: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -413,6 +451,19 @@ impl Config {
             .or(file.webhook.secret)
             .filter(|s| !s.is_empty())
             .map(Secret::new);
+        let bucket = flags.s3_bucket.or(file.storage.s3_bucket);
+        proxy.object_store = bucket.filter(|b| !b.is_empty()).map(|bucket| S3Config {
+            bucket,
+            endpoint: flags.s3_endpoint.or(file.storage.s3_endpoint),
+            region: flags
+                .s3_region
+                .or(file.storage.s3_region)
+                .or(flags.aws_region),
+            prefix: flags.s3_prefix.or(file.storage.s3_prefix),
+            access_key_id: flags.aws_access_key_id,
+            secret_access_key: flags.aws_secret_access_key,
+            session_token: flags.aws_session_token,
+        });
         let folding = if flags.case_insensitive_hosts.is_empty() {
             file.case_insensitive_hosts
         } else {
@@ -677,6 +728,32 @@ max_connections = 7
         assert!(!config.proxy.cache.is_cached(None, "acme", "other"));
         assert_eq!(config.proxy.extra_ref_prefixes, ["refs/pull/"]);
         assert_eq!(config.proxy.limits.max_connections, 7);
+    }
+
+    #[test]
+    fn a_bucket_comes_from_the_file_and_the_flags() {
+        assert!(parse(&[]).unwrap().proxy.object_store.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitcache.toml");
+        std::fs::write(
+            &path,
+            "[storage]\ns3_bucket = \"mirrors\"\ns3_region = \"eu-west-1\"\ns3_prefix = \"prod\"\n",
+        )
+        .unwrap();
+        let config = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--s3-prefix",
+            "staging",
+        ])
+        .unwrap();
+        let bucket = config.proxy.object_store.expect("a bucket");
+        assert_eq!(bucket.bucket, "mirrors");
+        assert_eq!(bucket.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(bucket.prefix.as_deref(), Some("staging"));
+        assert_eq!(bucket.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
     }
 
     #[test]
