@@ -45,9 +45,10 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: "CREATE TABLE cached_repos (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sqlite: "CREATE TABLE cached_repos (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         host TEXT NOT NULL,
         owner TEXT NOT NULL,
@@ -60,7 +61,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
         updated_at BIGINT NOT NULL,
         UNIQUE (host, owner, name)
     )",
-    postgres: "CREATE TABLE cached_repos (
+        postgres: "CREATE TABLE cached_repos (
         id BIGSERIAL PRIMARY KEY,
         host TEXT NOT NULL,
         owner TEXT NOT NULL,
@@ -73,7 +74,23 @@ const MIGRATIONS: &[Migration] = &[Migration {
         updated_at BIGINT NOT NULL,
         UNIQUE (host, owner, name)
     )",
-}];
+    },
+    Migration {
+        version: 2,
+        // Leases coordinate instances that share PostgreSQL; SQLite keeps the table for one
+        // schema everywhere.
+        sqlite: "CREATE TABLE gitcache_leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    )",
+        postgres: "CREATE TABLE gitcache_leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    )",
+    },
+];
 
 /// The newest schema this build knows.
 pub(crate) fn known_version() -> i64 {
@@ -228,6 +245,42 @@ impl Db {
 }
 
 impl Postgres {
+    /// Take or extend the lease `name` for `holder` until `ttl` seconds from the database's
+    /// clock (one clock for every instance); `false` if another holder's has not lapsed.
+    pub(crate) async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: f64,
+    ) -> Result<bool, Error> {
+        let client = self.client().await?;
+        let taken = client
+            .query_opt(
+                "INSERT INTO gitcache_leases (name, holder, expires_at)
+                 VALUES ($1, $2, now() + make_interval(secs => $3))
+                 ON CONFLICT (name) DO UPDATE
+                     SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+                     WHERE gitcache_leases.expires_at < now()
+                         OR gitcache_leases.holder = EXCLUDED.holder
+                 RETURNING holder",
+                &[&name, &holder, &ttl],
+            )
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Give the lease `name` up if `holder` has it.
+    pub(crate) async fn release_lease(&self, name: &str, holder: &str) -> Result<(), Error> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM gitcache_leases WHERE name = $1 AND holder = $2",
+                &[&name, &holder],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The connection, made again when the last one broke.
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>, Error> {
         let mut slot = self.client.lock().await;

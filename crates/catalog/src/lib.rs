@@ -149,6 +149,16 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// Leases in this catalog's PostgreSQL for `holder` (a name unique to this instance), so
+    /// that instances sharing mirrors take turns (see [`gitcache_storage::lease`]); `None`
+    /// for SQLite, which no other instance sees.
+    pub fn leases(self: &Arc<Self>, holder: impl Into<String>) -> Option<CatalogLeases> {
+        matches!(self.db, Db::Postgres(_)).then(|| CatalogLeases {
+            catalog: Arc::clone(self),
+            holder: holder.into(),
+        })
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         self.db.backend()
@@ -322,4 +332,46 @@ pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Leases kept in the catalog's PostgreSQL, expiring by the database's clock.
+#[derive(Debug, Clone)]
+pub struct CatalogLeases {
+    catalog: Arc<Catalog>,
+    holder: String,
+}
+
+impl CatalogLeases {
+    /// The name this instance holds leases under.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+}
+
+impl gitcache_storage::lease::Leases for CatalogLeases {
+    fn try_take<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: std::time::Duration,
+    ) -> gitcache_storage::lease::LeaseFuture<'a, bool> {
+        Box::pin(async move {
+            let Db::Postgres(pg) = &self.catalog.db else {
+                return Ok(true);
+            };
+            pg.try_lease(name, &self.holder, ttl.as_secs_f64())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn release<'a>(&'a self, name: &'a str) -> gitcache_storage::lease::LeaseFuture<'a, ()> {
+        Box::pin(async move {
+            let Db::Postgres(pg) = &self.catalog.db else {
+                return Ok(());
+            };
+            pg.release_lease(name, &self.holder)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }

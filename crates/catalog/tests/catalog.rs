@@ -265,3 +265,55 @@ async fn an_unreachable_postgres_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Leases in PostgreSQL: one holder at a time among instances, extended by its holder,
+/// free once released or lapsed (by the database's clock); SQLite has none to offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_take_turns_through_postgres_leases() {
+    use gitcache_storage::lease::Leases as _;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(
+        Catalog::open_sqlite(dir.path().join("catalog.db"))
+            .await
+            .unwrap(),
+    );
+    assert!(sqlite.leases("a").is_none());
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let a = Arc::new(Catalog::open(&url).await.unwrap())
+        .leases("a")
+        .unwrap();
+    let b = Arc::new(Catalog::open(&url).await.unwrap())
+        .leases("b")
+        .unwrap();
+    let long = Duration::from_secs(60);
+    let name = "refresh:127.0.0.1/acme/widgets.git";
+    assert!(a.try_take(name, long).await.unwrap());
+    assert!(!b.try_take(name, long).await.unwrap(), "A holds it");
+    assert!(
+        a.try_take(name, long).await.unwrap(),
+        "its holder extends it"
+    );
+    assert!(
+        b.try_take("refresh:other", long).await.unwrap(),
+        "names are apart"
+    );
+    b.release(name).await.unwrap();
+    assert!(
+        !b.try_take(name, long).await.unwrap(),
+        "only the holder releases"
+    );
+    a.release(name).await.unwrap();
+    assert!(b.try_take(name, Duration::from_secs(1)).await.unwrap());
+    assert!(!a.try_take(name, long).await.unwrap());
+    // B dies without releasing: its lease lapses.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        a.try_take(name, long).await.unwrap(),
+        "a lapsed lease is taken over"
+    );
+}

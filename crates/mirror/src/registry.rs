@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::mirror::{Error, Mirror, Refreshed};
 use crate::shared::{Hydrated, Published, Shared};
+use gitcache_storage::lease::{Held, Leases};
 use gitcache_storage::repo::RepoKey;
 use gitcache_upstream::Upstream;
+use std::time::Duration;
 
 /// What concurrent callers of one refresh share.
 type Outcome = Result<Refreshed, Arc<Error>>;
@@ -66,7 +68,12 @@ pub struct Registry {
     refreshes: Arc<tokio::sync::Semaphore>,
     /// The object store mirrors are committed to, when instances share one.
     shared: Option<Shared>,
+    /// Leases that let one instance at a time refresh or maintain a shared mirror.
+    leases: Option<(Arc<dyn Leases>, Duration)>,
 }
+
+/// How often an instance waiting for another's refresh asks whether the lease is free.
+const LEASE_POLL: Duration = Duration::from_millis(200);
 
 /// Tries at committing a refresh when other instances keep committing first.
 const COMMIT_TRIES: usize = 4;
@@ -99,6 +106,34 @@ impl Registry {
             consolidate_after: DEFAULT_CONSOLIDATE_AFTER,
             refreshes: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_REFRESHES)),
             shared: None,
+            leases: None,
+        }
+    }
+
+    /// Coordinate shared mirrors through `leases` (expiring after `ttl` unless renewed): one
+    /// instance at a time refreshes a mirror while the others wait and then take its result
+    /// from the store, and one at a time maintains it. Without leases, instances that miss
+    /// together each fetch, and the conditional commit sorts them out.
+    pub fn with_leases(mut self, leases: Arc<dyn Leases>, ttl: Duration) -> Self {
+        self.leases = Some((leases, ttl.max(Duration::from_secs(1))));
+        self
+    }
+
+    fn lease_name(kind: &str, key: &RepoKey) -> String {
+        format!("{kind}:{}", key.relative_path().display())
+    }
+
+    /// Wait for the lease `kind` of `key`; `None` without leases, or when they cannot be
+    /// asked (then the work goes on without: commits stay conditional).
+    async fn wait_for_lease(&self, kind: &str, key: &RepoKey) -> Option<Held> {
+        let (leases, ttl) = self.leases.as_ref()?;
+        let name = Self::lease_name(kind, key);
+        match Held::take(Arc::clone(leases), name, *ttl, LEASE_POLL).await {
+            Ok(held) => Some(held),
+            Err(err) => {
+                tracing::warn!(%err, "leases unavailable; going on without");
+                None
+            }
         }
     }
 
@@ -372,6 +407,32 @@ impl Registry {
         &self,
         key: &RepoKey,
     ) -> Result<Option<crate::mirror::Consolidated>, Error> {
+        // One instance at a time maintains a shared mirror; the others leave it to it.
+        let lease = match &self.leases {
+            Some((leases, ttl)) if self.shared.is_some() => {
+                let name = Self::lease_name("maintain", key);
+                match Held::try_take(Arc::clone(leases), name, *ttl).await {
+                    Ok(Some(held)) => Some(held),
+                    Ok(None) => return Ok(None),
+                    Err(err) => {
+                        tracing::warn!(%err, "leases unavailable; maintaining without");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let outcome = self.consolidate_held(key).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        outcome
+    }
+
+    async fn consolidate_held(
+        &self,
+        key: &RepoKey,
+    ) -> Result<Option<crate::mirror::Consolidated>, Error> {
         let slot = self.slot(key);
         let (mirror, mut done) = {
             let _running = slot.running.lock().await;
@@ -437,6 +498,22 @@ impl Registry {
         let Some(shared) = &self.shared else {
             return self.refresh_local(key, upstream, extra).await;
         };
+        // While another instance refreshes, wait: its result is then taken from the store.
+        let lease = self.wait_for_lease("refresh", key).await;
+        let outcome = self.refresh_shared(shared, key, upstream, extra).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        outcome
+    }
+
+    async fn refresh_shared(
+        &self,
+        shared: &Shared,
+        key: &RepoKey,
+        upstream: &Upstream,
+        extra: &[&str],
+    ) -> Result<Refreshed, Error> {
         let path = self.path(key);
         let before = self.refs_of(key);
         for _ in 0..COMMIT_TRIES {

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use gitcache_mirror::registry::Registry;
 use gitcache_mirror::shared::{Hydrated, MirrorManifest, Published, Shared};
+use gitcache_storage::lease::MemoryLeases;
 use gitcache_storage::repo::RepoKey;
 use gitcache_storage::s3::{S3Config, S3Store};
 use gitcache_storage::store::{AnyStore, FsStore, ObjectKey, ObjectStore};
 use gitcache_testkit::git::git_stdout as git;
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::s3::S3Server;
-use gitcache_testkit::upstream::{Access, Upstream};
+use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
 use gitcache_upstream::Upstream as Client;
 
 fn s3(server: &S3Server) -> AnyStore {
@@ -261,6 +262,51 @@ async fn racing_commits(store: AnyStore) {
 on_both_backends!(racing_commits:
     racing_commits_on_the_filesystem_backend,
     racing_commits_in_a_bucket);
+
+/// Twenty cold refreshes spread over two instances that share leases: one fetches from the
+/// upstream, the others wait for its lease and take its result from the store.
+async fn cold_refreshes_with_leases(store: AnyStore) {
+    let mut f = fleet(store.clone(), Duration::from_secs(3600), 1304);
+    let (first, second) = MemoryLeases::pair();
+    let with_leases = |registry: &Arc<Registry>, leases: MemoryLeases| {
+        let dir = registry.root().to_owned();
+        Arc::new(
+            Registry::new(dir)
+                .with_shared(Shared::new(store.clone(), Duration::from_secs(3600)))
+                .with_leases(Arc::new(leases), Duration::from_secs(30)),
+        )
+    };
+    f.a = with_leases(&f.a, first);
+    f.b = with_leases(&f.b, second);
+    f.upstream.inject(
+        Fault::Delay(Duration::from_millis(500)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let registry = Arc::clone(if i % 2 == 0 { &f.a } else { &f.b });
+        let (key, client) = (f.key.clone(), f.client.clone());
+        tasks.push(tokio::spawn(async move {
+            registry.refresh(&key, &client, &[]).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        f.upstream.counts().fetch,
+        1,
+        "one upstream fetch for twenty callers"
+    );
+    assert_eq!(f.refs(&f.a), f.refs(&f.b));
+    f.fsck(&f.a);
+    f.fsck(&f.b);
+}
+
+on_both_backends!(cold_refreshes_with_leases:
+    cold_refreshes_with_leases_fetch_once_on_the_filesystem_backend,
+    cold_refreshes_with_leases_fetch_once_in_a_bucket);
 
 /// What the store holds is checked before it reaches a local copy: a tampered manifest or a
 /// pack file that is not its pack's is refused, the copy left as it was.

@@ -6,7 +6,8 @@
 //! and least-recently-used eviction; a repository's identity ([`repo::RepoKey`]), its names
 //! checked by one set of rules; and the seam to object storage ([`store::ObjectStore`]):
 //! immutable objects and conditionally replaced manifests, with [`store::FsStore`] as the
-//! filesystem backend and [`s3::S3Store`] for S3-compatible buckets shared by instances.
+//! filesystem backend and [`s3::S3Store`] for S3-compatible buckets shared by instances; and
+//! [`lease::Leases`], one holder at a time for a piece of work among instances.
 //!
 //! # Example
 //!
@@ -29,6 +30,7 @@
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lease;
 pub mod repo;
 pub mod responses;
 pub mod s3;
