@@ -200,6 +200,10 @@ pub struct ProxyConfig {
     /// An S3-compatible bucket that instances share mirrors in (see
     /// [`gitcache_mirror::shared`]); the data directory then holds working copies.
     pub object_store: Option<gitcache_storage::s3::S3Config>,
+    /// How long a lease on a shared mirror's refresh or maintenance lasts unless its holder
+    /// renews it (a killed instance's work is taken over after this). Leases live in the
+    /// catalog's PostgreSQL; with a SQLite catalog there are none.
+    pub lease_ttl: Duration,
     /// Upstream hosts that compare owner and repository names without case (`github.com`
     /// by default): there `acme/Widgets` and `acme/widgets` share one mirror and the upstream
     /// is asked with the lower-cased names. Everywhere else names are kept as written and
@@ -287,6 +291,7 @@ impl ProxyConfig {
             service_token: None,
             webhook_secret: None,
             object_store: None,
+            lease_ttl: Duration::from_secs(30),
             case_insensitive_hosts: BTreeSet::from(["github.com".to_owned()]),
             extra_ref_prefixes: Vec::new(),
             upstream_timeout: Duration::from_secs(30),

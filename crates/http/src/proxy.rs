@@ -110,6 +110,14 @@ pub struct Services {
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
+/// A name for this process among instances: its id and a random part (ids repeat across
+/// machines and restarts).
+fn instance_name() -> String {
+    use std::hash::BuildHasher as _;
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    format!("gitcache-{}-{random:016x}", std::process::id())
+}
+
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -185,6 +193,22 @@ impl Proxy {
         if let Some(bucket) = &config.object_store {
             let store = S3Store::new(bucket)?;
             registry = registry.with_shared(Shared::new(AnyStore::S3(store), DEFAULT_GRACE));
+            match services
+                .catalog
+                .as_ref()
+                .and_then(|c| c.leases(instance_name()))
+            {
+                Some(leases) => {
+                    tracing::info!(
+                        holder = leases.holder(),
+                        "shared mirrors coordinated through PostgreSQL leases"
+                    );
+                    registry = registry.with_leases(Arc::new(leases), config.lease_ttl);
+                }
+                None => tracing::warn!(
+                    "shared mirrors without a PostgreSQL catalog: instances that miss a repository together each fetch it"
+                ),
+            }
         }
         let registry = Arc::new(registry);
         // Mirrors whose removal a crash cut short: their data goes now.

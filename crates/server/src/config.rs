@@ -99,6 +99,10 @@ pub(crate) struct Flags {
     /// A key prefix inside the bucket, so deployments can share one.
     #[arg(long, env = "GITCACHE_S3_PREFIX", value_name = "PREFIX")]
     pub(crate) s3_prefix: Option<String>,
+    /// Seconds a lease on a shared mirror's refresh lasts unless renewed: a killed
+    /// instance's refresh is taken over after this [default: 30].
+    #[arg(long, env = "GITCACHE_LEASE_TTL", value_name = "SECONDS")]
+    pub(crate) lease_ttl: Option<u64>,
     #[arg(long, env = "AWS_REGION", hide = true)]
     pub(crate) aws_region: Option<String>,
     #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true, hide_env_values = true)]
@@ -277,6 +281,7 @@ struct FileStorage {
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     s3_prefix: Option<String>,
+    lease_ttl: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -464,6 +469,9 @@ impl Config {
             secret_access_key: flags.aws_secret_access_key,
             session_token: flags.aws_session_token,
         });
+        if let Some(secs) = flags.lease_ttl.or(file.storage.lease_ttl) {
+            proxy.lease_ttl = Duration::from_secs(secs.clamp(1, 3600));
+        }
         let folding = if flags.case_insensitive_hosts.is_empty() {
             file.case_insensitive_hosts
         } else {

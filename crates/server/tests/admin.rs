@@ -558,29 +558,9 @@ fn gitcache_storage_size(dir: &std::path::Path) -> u64 {
 /// in-memory view after its next reload.
 #[test]
 fn instances_sharing_a_postgres_catalog_see_each_others_records() {
-    let Ok(server) = std::env::var("GITCACHE_TEST_DATABASE_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the PostgreSQL tests: set GITCACHE_TEST_DATABASE_URL"
-        );
+    let Some(url) = common::postgres_database("admin") else {
         return;
     };
-    let name = format!("gitcache_server_test_{}", std::process::id());
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {name}"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        let out = std::process::Command::new("psql")
-            .args([server.as_str(), "-q", "-c", &sql])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
     let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
     let flags = [
         "--admin-token",

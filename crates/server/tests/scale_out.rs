@@ -1,32 +1,39 @@
 //! Two gitcache processes, each with its own data directory, sharing mirrors through one
-//! bucket of a real S3-compatible server (moto): what one fetched from the upstream, the
-//! other serves without fetching. Needs `GITCACHE_TEST_MOTO` (see `.ci/moto`).
+//! bucket of a real S3-compatible server (moto) and, for leases, one PostgreSQL: what one
+//! fetched from the upstream, the other serves without fetching; cold misses on both fetch
+//! once; a killed instance's refresh is taken over. Needs `GITCACHE_TEST_MOTO` (see
+//! `.ci/moto`) and `GITCACHE_TEST_DATABASE_URL` (`.ci/postgres`).
 
 mod common;
 
-use common::{Gitcache, fsck};
+use std::time::Duration;
+
+use common::{Gitcache, fsck, postgres_database};
 use gitcache_testkit::git::{GitClient, git_stdout};
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::s3::S3Server;
-use gitcache_testkit::upstream::{Access, Upstream};
+use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
 
 fn instance(upstream: &Upstream, server: &S3Server) -> Gitcache {
+    instance_with(upstream, server, &[])
+}
+
+fn instance_with(upstream: &Upstream, server: &S3Server, extra: &[&str]) -> Gitcache {
     let endpoint = server.endpoint();
-    Gitcache::start(
-        upstream,
-        &[
-            "--s3-bucket",
-            server.bucket(),
-            "--s3-endpoint",
-            &endpoint,
-            "--s3-prefix",
-            "fleet-a",
-            "--aws-access-key-id",
-            "test",
-            "--aws-secret-access-key",
-            "test",
-        ],
-    )
+    let mut flags = vec![
+        "--s3-bucket",
+        server.bucket(),
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-prefix",
+        "fleet-a",
+        "--aws-access-key-id",
+        "test",
+        "--aws-secret-access-key",
+        "test",
+    ];
+    flags.extend_from_slice(extra);
+    Gitcache::start(upstream, &flags)
 }
 
 fn tip(repo: &std::path::Path) -> String {
@@ -80,4 +87,117 @@ fn a_clone_through_one_instance_is_a_hit_on_the_other() {
         "B took the new commits from the bucket"
     );
     fsck(&via_b);
+}
+
+#[test]
+fn twenty_cold_clones_over_two_instances_fetch_once() {
+    let Some(server) = S3Server::start("gitcache-cold") else {
+        return;
+    };
+    let Some(database) = postgres_database("cold") else {
+        return;
+    };
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/cold"), &RepoSpec::small(1311)).unwrap();
+    upstream.adopt_repo("acme/cold", Access::Public).unwrap();
+    // The one fetch takes a while, so that every clone arrives while it runs.
+    upstream.inject(
+        Fault::Delay(Duration::from_millis(1500)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let flags = ["--database-url", database.as_str()];
+    let a = instance_with(&upstream, &server, &flags);
+    let b = instance_with(&upstream, &server, &flags);
+    assert!(a.log().contains("PostgreSQL leases"), "{}", a.log());
+    let git = GitClient::new().unwrap();
+    let urls: Vec<String> = (0..20)
+        .map(|i| {
+            if i % 2 == 0 {
+                a.url("acme/cold")
+            } else {
+                b.url("acme/cold")
+            }
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (i, url) in urls.iter().enumerate() {
+            let git = &git;
+            scope.spawn(move || {
+                git.run(git.home(), &["clone", "-q", url, &format!("clone-{i}")])
+                    .unwrap()
+                    .expect_success();
+            });
+        }
+    });
+    assert_eq!(
+        upstream.counts().fetch,
+        1,
+        "one upstream fetch for twenty cold clones"
+    );
+    let tips: Vec<String> = (0..20)
+        .map(|i| tip(&git.home().join(format!("clone-{i}"))))
+        .collect();
+    assert!(tips.iter().all(|t| *t == tips[0]), "{tips:?}");
+    fsck(&git.home().join("clone-1"));
+}
+
+#[test]
+fn a_killed_instances_refresh_is_taken_over_when_its_lease_lapses() {
+    let Some(server) = S3Server::start("gitcache-kill") else {
+        return;
+    };
+    let Some(database) = postgres_database("kill") else {
+        return;
+    };
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/kill"), &RepoSpec::small(1312)).unwrap();
+    upstream.adopt_repo("acme/kill", Access::Public).unwrap();
+    // A's fetch hangs long enough to be killed in the middle of it.
+    upstream.inject(
+        Fault::Delay(Duration::from_secs(30)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let flags = ["--database-url", database.as_str(), "--lease-ttl", "2"];
+    let mut a = instance_with(&upstream, &server, &flags);
+    let b = instance_with(&upstream, &server, &flags);
+    let git = GitClient::new().unwrap();
+    let url = a.url("acme/kill");
+    let home = git.home().to_owned();
+    let stalled = std::thread::spawn(move || {
+        let client = GitClient::new().unwrap();
+        client.run(&home, &["clone", "-q", &url, "via-a"]).unwrap()
+    });
+    // The fetch's answer is being waited for once its staging file exists.
+    let pack_dir = a.mirror(&upstream, "acme/kill").join("objects/pack");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(&pack_dir).is_ok_and(|mut d| {
+        d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("incoming-")))
+    }) {
+        assert!(std::time::Instant::now() < deadline, "A never fetched");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A holds the refresh lease, mid-download: killed outright.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(!stalled.join().unwrap().status.success());
+
+    // B waits for A's lease to lapse, then fetches itself.
+    git.run(git.home(), &["clone", "-q", &b.url("acme/kill"), "via-b"])
+        .unwrap()
+        .expect_success();
+    let fetches = upstream.counts().fetch;
+    fsck(&git.home().join("via-b"));
+
+    // What B committed is whole: a third instance serves it without fetching.
+    let c = instance_with(&upstream, &server, &flags);
+    git.run(git.home(), &["clone", "-q", &c.url("acme/kill"), "via-c"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(upstream.counts().fetch, fetches, "C fetched nothing");
+    assert_eq!(
+        tip(&git.home().join("via-b")),
+        tip(&git.home().join("via-c"))
+    );
 }

@@ -289,3 +289,31 @@ pub fn wait_for_tips_mark(mirror: &std::path::Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A new, empty PostgreSQL database on the server `GITCACHE_TEST_DATABASE_URL` names (made
+/// with `psql`), its URL; `None` without the variable (which CI must set).
+pub fn postgres_database(tag: &str) -> Option<String> {
+    let Ok(server) = std::env::var("GITCACHE_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL tests: set GITCACHE_TEST_DATABASE_URL"
+        );
+        return None;
+    };
+    let name = format!("gitcache_server_{tag}_{}", std::process::id());
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        let out = Command::new("psql")
+            .args([server.as_str(), "-q", "-c", &sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Some(format!("{}/{name}", server.rsplit_once('/').unwrap().0))
+}
