@@ -517,13 +517,34 @@ impl Registry {
         let path = self.path(key);
         let before = self.refs_of(key);
         for _ in 0..COMMIT_TRIES {
-            self.take_shared(shared, key).await?;
-            let mut done = self.refresh_local(key, upstream, extra).await?;
-            if shared.publish(key, &path).await? == Published::Done {
-                done.changed = self.refs_of(key) != before;
-                return Ok(done);
+            // The store out of reach (or holding something unusable) does not stop the
+            // instance: the local copy is refreshed alone and committed once the store
+            // answers again (the next refresh hydrates, then publishes).
+            match self.take_shared(shared, key).await {
+                Ok(()) => {}
+                Err(Error::Shared(err)) => {
+                    tracing::warn!(%err, "object store unavailable; refreshing the local copy alone");
+                    return self.refresh_local(key, upstream, extra).await;
+                }
+                Err(err) => return Err(err),
             }
-            tracing::info!("another instance committed this mirror first; taking its state");
+            let mut done = self.refresh_local(key, upstream, extra).await?;
+            match shared.publish(key, &path).await {
+                Ok(Published::Done) => {
+                    done.changed = self.refs_of(key) != before;
+                    return Ok(done);
+                }
+                Ok(Published::Conflict) => {
+                    tracing::info!(
+                        "another instance committed this mirror first; taking its state"
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "object store unavailable; the refresh stays local until it answers again");
+                    done.changed = self.refs_of(key) != before;
+                    return Ok(done);
+                }
+            }
         }
         Err(Error::Contended(COMMIT_TRIES))
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{Gitcache, fsck, postgres_database};
 use gitcache_testkit::git::{GitClient, git_stdout};
+use gitcache_testkit::relay::Relay;
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::s3::S3Server;
 use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
@@ -19,12 +20,16 @@ fn instance(upstream: &Upstream, server: &S3Server) -> Gitcache {
 }
 
 fn instance_with(upstream: &Upstream, server: &S3Server, extra: &[&str]) -> Gitcache {
-    let endpoint = server.endpoint();
+    instance_at(upstream, server, &server.endpoint(), extra)
+}
+
+/// An instance that reaches the bucket at `endpoint` (the server, or a relay to it).
+fn instance_at(upstream: &Upstream, server: &S3Server, endpoint: &str, extra: &[&str]) -> Gitcache {
     let mut flags = vec![
         "--s3-bucket",
         server.bucket(),
         "--s3-endpoint",
-        &endpoint,
+        endpoint,
         "--s3-prefix",
         "fleet-a",
         "--aws-access-key-id",
@@ -200,4 +205,60 @@ fn a_killed_instances_refresh_is_taken_over_when_its_lease_lapses() {
         tip(&git.home().join("via-b")),
         tip(&git.home().join("via-c"))
     );
+}
+
+#[test]
+fn without_the_object_store_instances_go_on_alone_and_catch_up_when_it_returns() {
+    let Some(server) = S3Server::start("gitcache-outage") else {
+        return;
+    };
+    let relay = Relay::start(server.addr()).unwrap();
+    let endpoint = format!("http://{}", relay.addr());
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/outage");
+    repo::generate(&source, &RepoSpec::small(1313)).unwrap();
+    upstream.adopt_repo("acme/outage", Access::Public).unwrap();
+    let a = instance_at(&upstream, &server, &endpoint, &[]);
+    let b = instance_at(&upstream, &server, &endpoint, &[]);
+    let git = GitClient::new().unwrap();
+    git.run(git.home(), &["clone", "-q", &a.url("acme/outage"), "via-a"])
+        .unwrap()
+        .expect_success();
+    let via_a = git.home().join("via-a");
+
+    // The bucket goes away; the upstream moves. Both instances still answer, from their own
+    // copies refreshed from the upstream, and say why.
+    relay.set_up(false);
+    let moved = repo::append_commits(&source, "main", 2, 1313).unwrap();
+    git.run(&via_a, &["pull", "-q", "--ff-only"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(tip(&via_a), moved);
+    git.run(git.home(), &["clone", "-q", &b.url("acme/outage"), "via-b"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(tip(&git.home().join("via-b")), moved);
+    a.log_with("object store unavailable", 1);
+    b.log_with("object store unavailable", 1);
+
+    // It comes back: the next refresh commits what the outage kept local, and a new
+    // instance serves it without fetching.
+    relay.set_up(true);
+    let latest = repo::append_commits(&source, "main", 1, 1314).unwrap();
+    git.run(&via_a, &["pull", "-q", "--ff-only"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(tip(&via_a), latest);
+    let fetches = upstream.counts().fetch;
+    let c = instance_at(&upstream, &server, &endpoint, &[]);
+    git.run(git.home(), &["clone", "-q", &c.url("acme/outage"), "via-c"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(tip(&git.home().join("via-c")), latest);
+    assert_eq!(
+        upstream.counts().fetch,
+        fetches,
+        "C served the bucket's state"
+    );
+    fsck(&git.home().join("via-c"));
 }

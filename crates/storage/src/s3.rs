@@ -114,7 +114,18 @@ impl S3Store {
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
             .with_region(config.region.as_deref().unwrap_or("us-east-1"))
-            .with_http_connector(Connector { tls: tls()? });
+            .with_http_connector(Connector { tls: tls()? })
+            // A store out of reach is reported within seconds, not minutes: callers go on
+            // without it (a mirror refreshes its local copy alone) and try again later.
+            .with_retry(object_store::RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: std::time::Duration::from_millis(100),
+                    max_backoff: std::time::Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: 3,
+                retry_timeout: std::time::Duration::from_secs(20),
+            });
         if let Some(endpoint) = &config.endpoint {
             builder = builder
                 .with_endpoint(endpoint)

@@ -6,6 +6,8 @@
 //! - [`git::GitClient`]: the real `git` client with its own `HOME` and no machine configuration.
 //! - [`fuzz::replay`]: fuzz corpora and saved crashes replayed in ordinary tests.
 //! - [`crash::campaign`]: the server binary killed at random instants and checked after each.
+//! - [`s3::S3Server`]: a real S3-compatible server (moto); [`relay::Relay`]: a TCP relay that
+//!   can be cut, to take a server away and bring it back.
 //!
 //! This crate is for tests only: it spawns processes, starts its own runtime thread and panics
 //! in helpers whose failure is a test failure.
@@ -31,6 +33,7 @@
 pub mod crash;
 pub mod fuzz;
 pub mod git;
+pub mod relay;
 pub mod repo;
 pub mod s3;
 pub mod upstream;

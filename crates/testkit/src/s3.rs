@@ -64,6 +64,11 @@ impl S3Server {
         format!("http://{}", self.addr)
     }
 
+    /// The server's address (to put a [`crate::relay::Relay`] in front of it).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The bucket created at start.
     pub fn bucket(&self) -> &str {
         &self.bucket
