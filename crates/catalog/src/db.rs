@@ -245,6 +245,12 @@ impl Db {
 }
 
 impl Postgres {
+    /// A trivial query: the server answers.
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
     /// Take or extend the lease `name` for `holder` until `ttl` seconds from the database's
     /// clock (one clock for every instance); `false` if another holder's has not lapsed.
     pub(crate) async fn try_lease(

@@ -159,6 +159,14 @@ impl Catalog {
         })
     }
 
+    /// Whether the database answers (a trivial query; for readiness checks).
+    pub async fn ping(&self) -> Result<(), Error> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(()),
+            Db::Postgres(pg) => pg.ping().await,
+        }
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         self.db.backend()

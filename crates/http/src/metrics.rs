@@ -19,6 +19,7 @@ pub(crate) const FETCH: &str = "gitcache_cache_fetch_total";
 pub(crate) const LS_REFS: &str = "gitcache_cache_lsrefs_total";
 pub(crate) const WARM: &str = "gitcache_cache_warm_total";
 pub(crate) const REPOS_ACTIVE: &str = "gitcache_cache_repos_active";
+pub(crate) const DEPENDENCY_UP: &str = "gitcache_dependency_up";
 pub(crate) const REQUESTS: &str = "gitcache_cache_request_total";
 pub(crate) const EVICTIONS: &str = "gitcache_cache_eviction_total";
 pub(crate) const RESPONSE_SIZE: &str = "gitcache_cache_response_size_bytes";
@@ -54,6 +55,10 @@ pub(crate) fn describe() {
             "Background mirror refreshes started because upstream refs moved, by result."
         );
         describe_gauge!(REPOS_ACTIVE, "Mirrors present in the data directory.");
+        describe_gauge!(
+            DEPENDENCY_UP,
+            "Whether a shared dependency (object store, database) answered the last readiness check (1) or not (0)."
+        );
         describe_counter!(
             REQUESTS,
             "Git requests by repository and result (hit, miss, nocache, bypass, error, rejected, passthrough)."
@@ -159,6 +164,10 @@ pub(crate) fn pack_generated(took: Duration) {
 
 pub(crate) fn refresh(result: &'static str, took: Duration) {
     histogram!(REFRESH, "result" => result).record(took.as_secs_f64());
+}
+
+pub(crate) fn dependency(name: &'static str, up: bool) {
+    gauge!(DEPENDENCY_UP, "dependency" => name).set(if up { 1.0 } else { 0.0 });
 }
 
 pub(crate) fn repos_active(count: usize) {

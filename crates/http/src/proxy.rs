@@ -96,6 +96,64 @@ pub struct Proxy {
     admin: Admin,
     /// Held for the proxy's life: one process per data directory.
     _data_dir: DataDir,
+    dependencies: Dependencies,
+}
+
+/// How the shared dependencies answered when last asked.
+type Checks = Arc<Vec<(&'static str, Result<(), String>)>>;
+
+/// The shared dependencies' state for `/readyz`, asked at most every [`Dependencies::EVERY`].
+#[derive(Debug, Default)]
+struct Dependencies {
+    last: tokio::sync::Mutex<Option<(Instant, Checks)>>,
+}
+
+impl Dependencies {
+    const EVERY: Duration = Duration::from_secs(5);
+    const WITHIN: Duration = Duration::from_secs(3);
+
+    async fn check(&self, proxy: &Proxy) -> Checks {
+        let mut last = self.last.lock().await;
+        if let Some((at, checks)) = last.as_ref()
+            && at.elapsed() < Self::EVERY
+        {
+            return Arc::clone(checks);
+        }
+        let bounded = |outcome: Result<Result<(), String>, tokio::time::error::Elapsed>| {
+            outcome.unwrap_or_else(|_| Err(format!("no answer within {:?}", Self::WITHIN)))
+        };
+        let mut checks = Vec::new();
+        if let Some(shared) = proxy.mirrors.registry().shared() {
+            let probe = async {
+                use gitcache_storage::store::ObjectStore as _;
+                let key = gitcache_storage::store::ObjectKey::new("health/probe")
+                    .map_err(|e| e.to_string())?;
+                shared
+                    .store()
+                    .read_manifest(&key)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            };
+            checks.push((
+                "object store",
+                bounded(tokio::time::timeout(Self::WITHIN, probe).await),
+            ));
+        }
+        if let Some(catalog) = proxy.catalog().filter(|c| c.backend() == "postgres") {
+            let ping = async { catalog.ping().await.map_err(|e| e.to_string()) };
+            checks.push((
+                "database",
+                bounded(tokio::time::timeout(Self::WITHIN, ping).await),
+            ));
+        }
+        for (name, outcome) in &checks {
+            metrics::dependency(name, outcome.is_ok());
+        }
+        let checks = Arc::new(checks);
+        *last = Some((Instant::now(), Arc::clone(&checks)));
+        checks
+    }
 }
 
 /// What a proxy is built with besides its configuration.
@@ -276,6 +334,7 @@ impl Proxy {
             upkeep,
             admin,
             _data_dir: data_dir,
+            dependencies: Dependencies::default(),
             config,
         }))
     }
@@ -332,7 +391,7 @@ impl Proxy {
         let path = parts.uri.path().to_owned();
         match (&parts.method, path.as_str()) {
             (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
-            (&Method::GET, "/readyz") => return self.readiness(),
+            (&Method::GET, "/readyz") => return self.readiness().await,
             (&Method::GET, "/metrics") if face.serves_admin() => return self.render_metrics(),
             (&Method::POST, "/api/hooks/push") if self.config.webhook_secret.is_some() => {
                 return self
@@ -453,14 +512,31 @@ impl Proxy {
         response
     }
 
-    fn readiness(&self) -> Response<Body> {
+    /// 503 while shutting down or without a usable data directory; else 200, with a line per
+    /// shared dependency (the object store, the PostgreSQL catalog). A dependency out of
+    /// reach does not make the instance unready: it goes on with its local copies (see
+    /// `docs/scale-out.md`), and taking every instance out of the balancer at once would
+    /// be worse. Dependencies are asked at most every few seconds, each within a bound.
+    async fn readiness(&self) -> Response<Body> {
         if self.draining.load(Ordering::SeqCst) {
-            text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-        } else if !self.config.data_dir.join("mirrors").is_dir() {
-            text(StatusCode::SERVICE_UNAVAILABLE, "data directory missing")
-        } else {
-            text(StatusCode::OK, "ready")
+            return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         }
+        if !self.config.data_dir.join("mirrors").is_dir() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "data directory missing");
+        }
+        let checks = self.dependencies.check(self).await;
+        let mut body = String::from(if checks.iter().all(|(_, ok)| ok.is_ok()) {
+            "ready\n"
+        } else {
+            "ready, degraded\n"
+        });
+        for (name, outcome) in checks.iter() {
+            match outcome {
+                Ok(()) => body.push_str(&format!("{name}: ok\n")),
+                Err(err) => body.push_str(&format!("{name}: unreachable: {err}\n")),
+            }
+        }
+        text(StatusCode::OK, body.trim_end())
     }
 
     /// A forge's push webhook (see [`crate::webhook`]): 401 unless signed with the secret;

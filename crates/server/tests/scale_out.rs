@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Gitcache, fsck, postgres_database};
+use common::{Gitcache, fsck, http, postgres_database};
 use gitcache_testkit::git::{GitClient, git_stdout};
 use gitcache_testkit::relay::Relay;
 use gitcache_testkit::repo::{self, RepoSpec};
@@ -115,6 +115,8 @@ fn twenty_cold_clones_over_two_instances_fetch_once() {
     let a = instance_with(&upstream, &server, &flags);
     let b = instance_with(&upstream, &server, &flags);
     assert!(a.log().contains("PostgreSQL leases"), "{}", a.log());
+    let ready = http(&a.addr, "GET", "/readyz", &[], b"").body_text();
+    assert_eq!(ready.trim_end(), "ready\nobject store: ok\ndatabase: ok");
     let git = GitClient::new().unwrap();
     let urls: Vec<String> = (0..20)
         .map(|i| {
@@ -240,10 +242,30 @@ fn without_the_object_store_instances_go_on_alone_and_catch_up_when_it_returns()
     assert_eq!(tip(&git.home().join("via-b")), moved);
     a.log_with("object store unavailable", 1);
     b.log_with("object store unavailable", 1);
+    // Still ready (it serves), and says what it lacks.
+    let ready = http(&b.addr, "GET", "/readyz", &[], b"");
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready.body_text().contains("ready, degraded")
+            && ready.body_text().contains("object store: unreachable"),
+        "{}",
+        ready.body_text()
+    );
 
     // It comes back: the next refresh commits what the outage kept local, and a new
     // instance serves it without fetching.
     relay.set_up(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !http(&b.addr, "GET", "/readyz", &[], b"")
+        .body_text()
+        .contains("object store: ok")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness never saw the store again"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let latest = repo::append_commits(&source, "main", 1, 1314).unwrap();
     git.run(&via_a, &["pull", "-q", "--ff-only"])
         .unwrap()
