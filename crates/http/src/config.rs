@@ -204,6 +204,9 @@ pub struct ProxyConfig {
     /// renews it (a killed instance's work is taken over after this). Leases live in the
     /// catalog's PostgreSQL; with a SQLite catalog there are none.
     pub lease_ttl: Duration,
+    /// How often mirrors this instance uses are brought up to what other instances committed
+    /// to the shared store (zero: only when a request finds them behind).
+    pub storage_poll_interval: Duration,
     /// Upstream hosts that compare owner and repository names without case (`github.com`
     /// by default): there `acme/Widgets` and `acme/widgets` share one mirror and the upstream
     /// is asked with the lower-cased names. Everywhere else names are kept as written and
@@ -292,6 +295,7 @@ impl ProxyConfig {
             webhook_secret: None,
             object_store: None,
             lease_ttl: Duration::from_secs(30),
+            storage_poll_interval: Duration::from_secs(30),
             case_insensitive_hosts: BTreeSet::from(["github.com".to_owned()]),
             extra_ref_prefixes: Vec::new(),
             upstream_timeout: Duration::from_secs(30),

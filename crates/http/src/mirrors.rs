@@ -257,6 +257,23 @@ impl Mirrors {
         Ok(Some(repo))
     }
 
+    /// Bring every mirror this instance has opened up to what other instances committed to
+    /// the shared store (see [`Registry::catch_up`]), one after another.
+    pub(crate) async fn catch_up(&self) {
+        let keys: Vec<RepoKey> = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Err(err) = self.registry.catch_up(&key).await {
+                tracing::warn!(repo = %key.relative_path().display(), %err, "catching up with the shared store failed");
+            }
+        }
+    }
+
     /// Remove `key`'s mirror (see [`Registry::remove`]) and forget its opened repository;
     /// the next request fetches anew. `false` if there was none.
     pub(crate) async fn remove(&self, key: &RepoKey) -> Result<bool, Error> {

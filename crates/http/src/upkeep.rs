@@ -1,6 +1,7 @@
 //! Background upkeep, for the server's life: the catalog read again for changes other
-//! instances made, Prometheus' own upkeep, the mirror count, and stored responses evicted
-//! down to their limits.
+//! instances made, Prometheus' own upkeep, the mirror count, stored responses evicted down to
+//! their limits, and (with a shared store) mirrors in use brought up to what other instances
+//! committed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +29,17 @@ pub(crate) struct Upkeep {
 impl Upkeep {
     /// Run forever.
     pub(crate) async fn run(self: Arc<Self>) {
+        if self.mirrors.registry().shared().is_some()
+            && !self.config.storage_poll_interval.is_zero()
+        {
+            let (mirrors, every) = (Arc::clone(&self.mirrors), self.config.storage_poll_interval);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    mirrors.catch_up().await;
+                }
+            });
+        }
         let tick = self
             .config
             .catalog_reload_interval

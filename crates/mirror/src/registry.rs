@@ -556,6 +556,23 @@ impl Registry {
         Some(refs.into_iter().map(|r| (r.name, r.oid)).collect())
     }
 
+    /// Bring `key`'s local copy up to what another instance committed, if the store holds
+    /// a newer manifest (one small read when it does not). Skipped while a refresh of it runs
+    /// (that refresh takes the store's state anyway) and without a shared store.
+    pub async fn catch_up(&self, key: &RepoKey) -> Result<(), Error> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let slot = self.slot(key);
+        let Ok(_running) = slot.running.try_lock() else {
+            return Ok(());
+        };
+        if self.existing(key).is_none() {
+            return Ok(());
+        }
+        self.take_shared(shared, key).await
+    }
+
     /// Bring `key`'s local copy to what the shared store holds (call with its refresh lock);
     /// a copy whose manifest was removed there (a purge on another instance) goes.
     async fn take_shared(&self, shared: &Shared, key: &RepoKey) -> Result<(), Error> {

@@ -103,6 +103,10 @@ pub(crate) struct Flags {
     /// instance's refresh is taken over after this [default: 30].
     #[arg(long, env = "GITCACHE_LEASE_TTL", value_name = "SECONDS")]
     pub(crate) lease_ttl: Option<u64>,
+    /// Seconds between checks of the shared store for what other instances committed to
+    /// the mirrors this one uses; 0: only when a request finds a mirror behind [default: 30].
+    #[arg(long, env = "GITCACHE_STORAGE_POLL_INTERVAL", value_name = "SECONDS")]
+    pub(crate) storage_poll_interval: Option<u64>,
     #[arg(long, env = "AWS_REGION", hide = true)]
     pub(crate) aws_region: Option<String>,
     #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true, hide_env_values = true)]
@@ -282,6 +286,7 @@ struct FileStorage {
     s3_region: Option<String>,
     s3_prefix: Option<String>,
     lease_ttl: Option<u64>,
+    poll_interval: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -469,6 +474,9 @@ impl Config {
             secret_access_key: flags.aws_secret_access_key,
             session_token: flags.aws_session_token,
         });
+        if let Some(secs) = flags.storage_poll_interval.or(file.storage.poll_interval) {
+            proxy.storage_poll_interval = Duration::from_secs(secs);
+        }
         if let Some(secs) = flags.lease_ttl.or(file.storage.lease_ttl) {
             proxy.lease_ttl = Duration::from_secs(secs.clamp(1, 3600));
         }

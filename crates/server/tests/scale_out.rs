@@ -55,7 +55,7 @@ fn a_clone_through_one_instance_is_a_hit_on_the_other() {
     repo::generate(&source, &RepoSpec::small(1310)).unwrap();
     upstream.adopt_repo("acme/fleet", Access::Public).unwrap();
     let a = instance(&upstream, &server);
-    let b = instance(&upstream, &server);
+    let b = instance_with(&upstream, &server, &["--storage-poll-interval", "1"]);
     let git = GitClient::new().unwrap();
 
     git.run(git.home(), &["clone", "-q", &a.url("acme/fleet"), "via-a"])
@@ -82,6 +82,13 @@ fn a_clone_through_one_instance_is_a_hit_on_the_other() {
         .expect_success();
     assert_eq!(tip(&via_a), new_tip);
     assert_eq!(upstream.counts().fetch, 2);
+    // B polls the bucket for the mirrors it uses: its copy catches up with no request.
+    let b_mirror = b.mirror(&upstream, "acme/fleet");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !git_stdout(&b_mirror, &["show-ref"]).contains(&new_tip) {
+        assert!(std::time::Instant::now() < deadline, "B never caught up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     git.run(&via_b, &["pull", "-q", "--ff-only"])
         .unwrap()
         .expect_success();
