@@ -90,6 +90,24 @@ const MIGRATIONS: &[Migration] = &[
         expires_at TIMESTAMPTZ NOT NULL
     )",
     },
+    Migration {
+        version: 3,
+        // Stored responses in a shared bucket, by last use across the fleet.
+        sqlite: "CREATE TABLE gitcache_responses (
+        repo TEXT NOT NULL,
+        key TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        last_used BIGINT NOT NULL,
+        PRIMARY KEY (repo, key)
+    )",
+        postgres: "CREATE TABLE gitcache_responses (
+        repo TEXT NOT NULL,
+        key TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        last_used TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (repo, key)
+    )",
+    },
 ];
 
 /// The newest schema this build knows.
@@ -273,6 +291,75 @@ impl Postgres {
             )
             .await?;
         Ok(taken.is_some())
+    }
+
+    /// Note `repo`'s response `key` (of `bytes`) as used now.
+    pub(crate) async fn touch_response(
+        &self,
+        repo: &str,
+        key: &str,
+        bytes: i64,
+    ) -> Result<(), Error> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO gitcache_responses (repo, key, bytes, last_used)
+                 VALUES ($1, $2, $3, now())
+                 ON CONFLICT (repo, key) DO UPDATE
+                     SET bytes = EXCLUDED.bytes, last_used = EXCLUDED.last_used",
+                &[&repo, &key, &bytes],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every indexed response, most recently used first: repository, key, bytes, and last
+    /// use in seconds since the epoch.
+    pub(crate) async fn responses(&self) -> Result<Vec<(String, String, i64, f64)>, Error> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT repo, key, bytes, EXTRACT(EPOCH FROM last_used)::float8
+                 FROM gitcache_responses ORDER BY last_used DESC",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Forget `repo`'s response `key`, or all of `repo`'s.
+    pub(crate) async fn forget_responses(
+        &self,
+        repo: &str,
+        key: Option<&str>,
+    ) -> Result<(), Error> {
+        let client = self.client().await?;
+        match key {
+            Some(key) => {
+                client
+                    .execute(
+                        "DELETE FROM gitcache_responses WHERE repo = $1 AND key = $2",
+                        &[&repo, &key],
+                    )
+                    .await?
+            }
+            None => {
+                client
+                    .execute("DELETE FROM gitcache_responses WHERE repo = $1", &[&repo])
+                    .await?
+            }
+        };
+        Ok(())
     }
 
     /// Give the lease `name` up if `holder` has it.

@@ -159,6 +159,15 @@ impl Catalog {
         })
     }
 
+    /// The index of stored responses shared in a bucket, in this catalog's PostgreSQL (see
+    /// [`gitcache_storage::responses::ResponseIndex`]); `None` for SQLite, which no other
+    /// instance sees.
+    pub fn response_index(self: &Arc<Self>) -> Option<CatalogResponseIndex> {
+        matches!(self.db, Db::Postgres(_)).then(|| CatalogResponseIndex {
+            catalog: Arc::clone(self),
+        })
+    }
+
     /// Whether the database answers (a trivial query; for readiness checks).
     pub async fn ping(&self) -> Result<(), Error> {
         match &self.db {
@@ -378,6 +387,69 @@ impl gitcache_storage::lease::Leases for CatalogLeases {
                 return Ok(());
             };
             pg.release_lease(name, &self.holder)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The index of shared stored responses, in the catalog's PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct CatalogResponseIndex {
+    catalog: Arc<Catalog>,
+}
+
+impl CatalogResponseIndex {
+    fn pg(&self) -> Result<&db::Postgres, String> {
+        match &self.catalog.db {
+            Db::Postgres(pg) => Ok(pg),
+            Db::Sqlite(_) => Err("no PostgreSQL catalog".into()),
+        }
+    }
+}
+
+impl gitcache_storage::responses::ResponseIndex for CatalogResponseIndex {
+    fn touch<'a>(
+        &'a self,
+        repo: &'a str,
+        key: &'a str,
+        bytes: u64,
+    ) -> gitcache_storage::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            self.pg()?
+                .touch_response(repo, key, bytes)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn all(&self) -> gitcache_storage::BoxFuture<'_, Vec<gitcache_storage::responses::Indexed>> {
+        Box::pin(async move {
+            let rows = self.pg()?.responses().await.map_err(|e| e.to_string())?;
+            Ok(rows
+                .into_iter()
+                .map(
+                    |(repo, key, bytes, at)| gitcache_storage::responses::Indexed {
+                        repo,
+                        key,
+                        bytes: bytes.max(0) as u64,
+                        last_used: std::time::UNIX_EPOCH
+                            + std::time::Duration::from_secs_f64(at.max(0.0)),
+                    },
+                )
+                .collect())
+        })
+    }
+
+    fn forget<'a>(
+        &'a self,
+        repo: &'a str,
+        key: Option<&'a str>,
+    ) -> gitcache_storage::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.pg()?
+                .forget_responses(repo, key)
                 .await
                 .map_err(|e| e.to_string())
         })

@@ -317,3 +317,42 @@ async fn instances_take_turns_through_postgres_leases() {
         "a lapsed lease is taken over"
     );
 }
+
+/// The fleet's index of shared stored responses: touched on store and use, listed by last
+/// use, forgotten one by one or by repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_index_orders_by_last_use() {
+    use gitcache_storage::responses::ResponseIndex as _;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(
+        Catalog::open_sqlite(dir.path().join("catalog.db"))
+            .await
+            .unwrap(),
+    );
+    assert!(sqlite.response_index().is_none());
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let index = Arc::new(Catalog::open(&url).await.unwrap())
+        .response_index()
+        .unwrap();
+    index.touch("h/acme/a.git", "k1", 10).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    index.touch("h/acme/b.git", "k2", 20).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    index.touch("h/acme/a.git", "k3", 30).await.unwrap();
+    let keys = |all: Vec<gitcache_storage::responses::Indexed>| {
+        all.into_iter().map(|e| e.key).collect::<Vec<_>>()
+    };
+    assert_eq!(keys(index.all().await.unwrap()), ["k3", "k2", "k1"]);
+    // Used again: first.
+    index.touch("h/acme/a.git", "k1", 11).await.unwrap();
+    let all = index.all().await.unwrap();
+    assert_eq!((all[0].key.as_str(), all[0].bytes), ("k1", 11));
+    index.forget("h/acme/b.git", Some("k2")).await.unwrap();
+    assert_eq!(keys(index.all().await.unwrap()), ["k1", "k3"]);
+    index.forget("h/acme/a.git", None).await.unwrap();
+    assert!(index.all().await.unwrap().is_empty());
+}

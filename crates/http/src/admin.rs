@@ -184,6 +184,10 @@ impl Admin {
             responses
                 .remove_repo(&key.relative_path())
                 .map_err(|e| internal(e.to_string()))?;
+            responses
+                .remove_shared_repo(&key.relative_path())
+                .await
+                .map_err(internal)?;
         }
         Ok(())
     }

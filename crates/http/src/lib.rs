@@ -40,6 +40,7 @@ mod responder;
 pub mod response_cache;
 pub mod route;
 mod serve;
+mod shared_responses;
 mod target;
 mod upkeep;
 pub mod webhook;

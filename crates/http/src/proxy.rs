@@ -24,6 +24,10 @@ use bytes::Bytes;
 use gitcache_catalog::Catalog;
 use gitcache_mirror::registry::Registry;
 use gitcache_mirror::shared::{DEFAULT_GRACE, Shared};
+use gitcache_storage::lease::Leases;
+use gitcache_storage::responses::ResponseIndex;
+
+use crate::shared_responses::SharedResponses;
 use gitcache_protocol::advertise::{self, Advertisement};
 use gitcache_protocol::request::{
     Command, Fetch, Limits as RequestLimits, Request as GitRequest, parse_request,
@@ -279,10 +283,19 @@ impl Proxy {
         let responses = match &config.response_cache {
             Some(cache) => {
                 let root = config.data_dir.join("responses");
-                Some(Arc::new(
-                    ResponseCache::new(root.clone(), cache.clone())
-                        .map_err(|source| ConfigError::DataDir { path: root, source })?,
-                ))
+                let mut responses = ResponseCache::new(root.clone(), cache.clone())
+                    .map_err(|source| ConfigError::DataDir { path: root, source })?;
+                if let Some(store) = registry.shared().map(|s| s.store().clone()) {
+                    let catalog = services.catalog.as_ref();
+                    let index = catalog
+                        .and_then(|c| c.response_index())
+                        .map(|i| Arc::new(i) as Arc<dyn ResponseIndex>);
+                    let leases = catalog
+                        .and_then(|c| c.leases(instance_name()))
+                        .map(|l| (Arc::new(l) as Arc<dyn Leases>, config.lease_ttl));
+                    responses = responses.with_shared(SharedResponses::new(store, index, leases));
+                }
+                Some(Arc::new(responses))
             }
             None => None,
         };

@@ -110,6 +110,13 @@ impl Responder {
                     .map_err(|err| err.wire_message())
             })
         };
+        if cache.take_shared(&rel, &key).await {
+            tracing::debug!(
+                cache = "shared",
+                key,
+                "response taken from the shared store"
+            );
+        }
         match cache.lookup(&rel, &key, Arc::clone(&regenerate)) {
             Lookup::Live => return self.serve_live(repo, fetch, kind).await,
             Lookup::Stored(entry) => {

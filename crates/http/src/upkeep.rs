@@ -62,6 +62,12 @@ impl Upkeep {
             }
             let upkeep = Arc::clone(&self);
             let _ = tokio::task::spawn_blocking(move || upkeep.pass(due)).await;
+            if due && let Some(cache) = self.responses.as_ref().filter(|c| c.is_shared()) {
+                let evicted = cache.evict_shared(self.response_limits()).await;
+                for (repo, entries) in evicted {
+                    metrics::evicted(self.rel_labels(std::path::Path::new(&repo)), entries);
+                }
+            }
         }
     }
 

@@ -291,3 +291,88 @@ fn without_the_object_store_instances_go_on_alone_and_catch_up_when_it_returns()
     );
     fsck(&git.home().join("via-c"));
 }
+
+/// A stored response generated on A is a stored response on B; eviction goes by the fleet's
+/// index in PostgreSQL and empties the bucket of what is over the cap.
+#[test]
+fn a_response_stored_on_one_instance_is_served_stored_by_the_other() {
+    let Some(server) = S3Server::start("gitcache-responses") else {
+        return;
+    };
+    let Some(database) = postgres_database("responses") else {
+        return;
+    };
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/answers"), &RepoSpec::small(1315)).unwrap();
+    upstream.adopt_repo("acme/answers", Access::Public).unwrap();
+    let flags = ["--database-url", database.as_str()];
+    let a = instance_with(&upstream, &server, &flags);
+    let b = instance_with(&upstream, &server, &flags);
+    let git = GitClient::new().unwrap();
+    git.run(
+        git.home(),
+        &["clone", "-q", "--depth=1", &a.url("acme/answers"), "via-a"],
+    )
+    .unwrap()
+    .expect_success();
+    a.log_with("response generated", 1);
+    // The upload runs in the background: wait until the bucket has it.
+    let store = gitcache_storage::s3::S3Store::new(&gitcache_storage::s3::S3Config {
+        bucket: server.bucket().to_owned(),
+        endpoint: Some(server.endpoint()),
+        prefix: Some("fleet-a".into()),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let responses = gitcache_storage::store::ObjectKey::new("responses").unwrap();
+    let listed = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(gitcache_storage::store::ObjectStore::list(
+                &store, &responses,
+            ))
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while listed().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never uploaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    git.run(
+        git.home(),
+        &["clone", "-q", "--depth=1", &b.url("acme/answers"), "via-b"],
+    )
+    .unwrap()
+    .expect_success();
+    let log = b.log_with("response taken from the shared store", 1);
+    assert!(!log.contains("response generated"), "{log}");
+    assert_eq!(upstream.counts().fetch, 1);
+    fsck(&git.home().join("via-b"));
+    assert_eq!(
+        tip(&git.home().join("via-a")),
+        tip(&git.home().join("via-b"))
+    );
+    drop((a, b));
+
+    // An instance whose cap is below the entry's size evicts it from the bucket (and the
+    // index), going by the fleet's index.
+    let c = instance_with(
+        &upstream,
+        &server,
+        &[
+            "--database-url",
+            database.as_str(),
+            "--response-cache-max-bytes",
+            "1",
+            "--response-cache-cleanup-interval",
+            "1",
+        ],
+    );
+    c.log_with("shared responses evicted", 1);
+    assert!(listed().is_empty(), "{:?}", listed());
+}

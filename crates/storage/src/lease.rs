@@ -27,13 +27,11 @@
 //! ```
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A boxed future, so that leases can be chosen at run time (`dyn Leases`).
-pub type LeaseFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+pub type LeaseFuture<'a, T> = crate::BoxFuture<'a, T>;
 
 /// Named leases held by this instance among others.
 pub trait Leases: Send + Sync + std::fmt::Debug {

@@ -27,6 +27,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// A boxed future with a message for its error, for traits whose implementation is chosen at
+/// run time (`dyn`): leases, the index of shared responses.
+pub type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
+
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -154,6 +154,12 @@ impl ResponseStore {
         self.root.join(repo)
     }
 
+    /// Where the entry `key` of `repo` lives once complete (to place a copy of one stored
+    /// elsewhere: written beside it and renamed into place).
+    pub fn entry_path(&self, repo: &Path, key: &str) -> PathBuf {
+        self.repo_dir(repo).join(format!("{key}{SUFFIX}"))
+    }
+
     /// The complete entry `key` of `repo`, if there is one; marks it as used. An entry
     /// without its trailer (which no commit produces) is removed and reported absent.
     pub fn open(&self, repo: &Path, key: &str) -> std::io::Result<Option<Entry>> {
@@ -479,4 +485,30 @@ mod tests {
         assert!(eviction.sizes.contains(&(PathBuf::from("two"), 0)));
         assert!(read(&store, "one", "d").is_some());
     }
+}
+
+/// A stored response in a store shared by instances, as an index knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed {
+    /// The repository's folder (`host/owner/repo.git`, `/`-separated).
+    pub repo: String,
+    /// The response's key.
+    pub key: String,
+    /// Its size in the store.
+    pub bytes: u64,
+    /// When an instance last stored or took it.
+    pub last_used: SystemTime,
+}
+
+/// What instances sharing stored responses know of them, for eviction by last use across the
+/// fleet (the catalog's PostgreSQL keeps one).
+pub trait ResponseIndex: Send + Sync + std::fmt::Debug {
+    /// `repo`'s response `key` (of `bytes`) was stored or taken now.
+    fn touch<'a>(&'a self, repo: &'a str, key: &'a str, bytes: u64) -> crate::BoxFuture<'a, ()>;
+
+    /// Every indexed response, most recently used first.
+    fn all(&self) -> crate::BoxFuture<'_, Vec<Indexed>>;
+
+    /// `repo`'s response `key` was deleted from the store (`None`: all of `repo`'s).
+    fn forget<'a>(&'a self, repo: &'a str, key: Option<&'a str>) -> crate::BoxFuture<'a, ()>;
 }

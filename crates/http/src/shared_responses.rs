@@ -1,0 +1,227 @@
+//! Stored responses shared with other instances through the object store: an answer
+//! generated on one instance is a stored answer on the others.
+//!
+//! - Each entry the response cache publishes locally is uploaded, as the same file (content,
+//!   checksum, magic), to `responses/<host>/<owner>/<repo>.git/<key>.resp`.
+//! - A request whose key has no local entry (and no generation under way here) looks in the
+//!   bucket first; an entry found there is downloaded beside its local place and renamed
+//!   into it, then served as any stored entry (its checksum verified as it streams). Keys not
+//!   found are remembered for a minute, so that a cold key costs one request to the bucket.
+//! - Eviction goes by last use across the fleet: the catalog's PostgreSQL index (each upload
+//!   and download notes its time) when there is one, else the bucket's own listing (upload
+//!   times). One instance at a time evicts (a lease, when leases exist).
+//!
+//! The access gate runs before any of this, as for local entries.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gitcache_storage::lease::{Held, Leases};
+use gitcache_storage::responses::{Indexed, ResponseIndex};
+use gitcache_storage::store::{AnyStore, ObjectKey, ObjectStore as _, StoreError};
+
+/// How long a key found missing in the bucket is not asked for again.
+const MISSING_FOR: Duration = Duration::from_secs(60);
+
+/// The bucket side of the response cache.
+#[derive(Debug)]
+pub(crate) struct SharedResponses {
+    store: AnyStore,
+    index: Option<Arc<dyn ResponseIndex>>,
+    leases: Option<(Arc<dyn Leases>, Duration)>,
+    missing: Mutex<HashMap<(String, String), Instant>>,
+}
+
+/// A repository folder (`host/owner/repo.git`) as `/`-separated text.
+pub(crate) fn repo_text(rel: &Path) -> String {
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn repo_prefix(repo: &str) -> Result<ObjectKey, StoreError> {
+    ObjectKey::new(&format!("responses/{repo}"))
+}
+
+fn object(repo: &str, key: &str) -> Result<ObjectKey, StoreError> {
+    repo_prefix(repo)?.join(&format!("{key}.resp"))
+}
+
+impl SharedResponses {
+    pub(crate) fn new(
+        store: AnyStore,
+        index: Option<Arc<dyn ResponseIndex>>,
+        leases: Option<(Arc<dyn Leases>, Duration)>,
+    ) -> Self {
+        SharedResponses {
+            store,
+            index,
+            leases,
+            missing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn recently_missing(&self, repo: &str, key: &str) -> bool {
+        let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if missing.len() > 100_000 {
+            missing.retain(|_, at| now.duration_since(*at) < MISSING_FOR);
+        }
+        missing
+            .get(&(repo.to_owned(), key.to_owned()))
+            .is_some_and(|at| now.duration_since(*at) < MISSING_FOR)
+    }
+
+    /// Copy `repo`'s entry `key` from the bucket to `to` (its local place); `false` if the
+    /// bucket has none (or could not be asked: logged, and the caller generates).
+    pub(crate) async fn download(&self, repo: &str, key: &str, to: &Path) -> bool {
+        if self.recently_missing(repo, key) {
+            return false;
+        }
+        let found = match object(repo, key) {
+            Ok(object) => self.store.get_file(&object, to).await,
+            Err(err) => Err(err),
+        };
+        match found {
+            Ok(true) => {
+                let bytes = std::fs::metadata(to).map_or(0, |m| m.len());
+                if let Some(index) = &self.index
+                    && let Err(err) = index.touch(repo, key, bytes).await
+                {
+                    tracing::warn!(%err, "noting a shared response's use failed");
+                }
+                true
+            }
+            Ok(false) => {
+                self.missing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((repo.to_owned(), key.to_owned()), Instant::now());
+                false
+            }
+            Err(err) => {
+                tracing::warn!(%err, "object store unavailable; generating the response here");
+                false
+            }
+        }
+    }
+
+    /// Upload the local entry at `from` as `repo`'s entry `key`.
+    pub(crate) async fn upload(&self, repo: &str, key: &str, from: &Path) {
+        let uploaded = match object(repo, key) {
+            Ok(object) => self.store.put_file(&object, from).await,
+            Err(err) => Err(err),
+        };
+        match uploaded {
+            Ok(()) => {
+                self.missing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(repo.to_owned(), key.to_owned()));
+                let bytes = std::fs::metadata(from).map_or(0, |m| m.len());
+                if let Some(index) = &self.index
+                    && let Err(err) = index.touch(repo, key, bytes).await
+                {
+                    tracing::warn!(%err, "indexing a shared response failed");
+                }
+            }
+            Err(err) => tracing::warn!(%err, "sharing a stored response failed"),
+        }
+    }
+
+    /// Delete `repo`'s entry `key` (found corrupt), or all of `repo`'s entries.
+    pub(crate) async fn delete(&self, repo: &str, key: Option<&str>) -> Result<(), StoreError> {
+        match key {
+            Some(key) => self.store.delete(&object(repo, key)?).await?,
+            None => {
+                for listed in self.store.list(&repo_prefix(repo)?).await? {
+                    self.store.delete(&listed.key).await?;
+                }
+            }
+        }
+        if let Some(index) = &self.index
+            && let Err(err) = index.forget(repo, key).await
+        {
+            tracing::warn!(%err, "unindexing shared responses failed");
+        }
+        Ok(())
+    }
+
+    /// What the bucket holds, most recently used first.
+    async fn entries(&self) -> Result<Vec<Indexed>, String> {
+        if let Some(index) = &self.index {
+            return index.all().await;
+        }
+        let prefix = ObjectKey::new("responses").map_err(|e| e.to_string())?;
+        let mut found: Vec<Indexed> = self
+            .store
+            .list(&prefix)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter_map(|listed| {
+                let rest = listed.key.as_str().strip_prefix("responses/")?;
+                let (repo, name) = rest.rsplit_once('/')?;
+                Some(Indexed {
+                    repo: repo.to_owned(),
+                    key: name.strip_suffix(".resp")?.to_owned(),
+                    bytes: listed.size,
+                    last_used: listed.modified,
+                })
+            })
+            .collect();
+        found.sort_by_key(|e| std::cmp::Reverse(e.last_used));
+        Ok(found)
+    }
+
+    /// Delete least recently used entries until each repository is under `limit(repo)` and
+    /// all under `total`; one instance at a time. Returns the entries deleted by repository.
+    pub(crate) async fn evict(
+        &self,
+        limit: impl Fn(&str) -> Option<u64>,
+        total: Option<u64>,
+    ) -> Result<HashMap<String, usize>, String> {
+        let lease = match &self.leases {
+            Some((leases, ttl)) => {
+                match Held::try_take(Arc::clone(leases), "evict:responses".into(), *ttl).await? {
+                    Some(held) => Some(held),
+                    None => return Ok(HashMap::new()),
+                }
+            }
+            None => None,
+        };
+        let outcome = self.evict_held(limit, total).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        outcome
+    }
+
+    async fn evict_held(
+        &self,
+        limit: impl Fn(&str) -> Option<u64>,
+        total: Option<u64>,
+    ) -> Result<HashMap<String, usize>, String> {
+        let mut kept_total = 0u64;
+        let mut kept: HashMap<String, u64> = HashMap::new();
+        let mut evicted: HashMap<String, usize> = HashMap::new();
+        for entry in self.entries().await? {
+            let repo_kept = kept.entry(entry.repo.clone()).or_default();
+            let over_repo = limit(&entry.repo).is_some_and(|l| *repo_kept + entry.bytes > l);
+            let over_total = total.is_some_and(|t| kept_total + entry.bytes > t);
+            if over_repo || over_total {
+                self.delete(&entry.repo, Some(&entry.key))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                *evicted.entry(entry.repo).or_default() += 1;
+            } else {
+                *repo_kept += entry.bytes;
+                kept_total += entry.bytes;
+            }
+        }
+        Ok(evicted)
+    }
+}
