@@ -75,6 +75,10 @@ pub struct Registry {
 /// How often an instance waiting for another's refresh asks whether the lease is free.
 const LEASE_POLL: Duration = Duration::from_millis(200);
 
+/// How many lease durations an instance waits for another's refresh before it goes on
+/// without the lease (a first download of a large repository takes minutes).
+const LEASE_PATIENCE: u32 = 20;
+
 /// Tries at committing a refresh when other instances keep committing first.
 const COMMIT_TRIES: usize = 4;
 
@@ -123,15 +127,25 @@ impl Registry {
         format!("{kind}:{}", key.relative_path().display())
     }
 
-    /// Wait for the lease `kind` of `key`; `None` without leases, or when they cannot be
-    /// asked (then the work goes on without: commits stay conditional).
+    /// Wait for the lease `kind` of `key`; `None` without leases, when they cannot be asked,
+    /// or after [`LEASE_PATIENCE`] leases' worth of waiting (a holder that renews but makes
+    /// no progress must not stop the fleet): then the work goes on without, its commit still
+    /// conditional.
     async fn wait_for_lease(&self, kind: &str, key: &RepoKey) -> Option<Held> {
         let (leases, ttl) = self.leases.as_ref()?;
         let name = Self::lease_name(kind, key);
-        match Held::take(Arc::clone(leases), name, *ttl, LEASE_POLL).await {
-            Ok(held) => Some(held),
-            Err(err) => {
+        let waiting = Held::take(Arc::clone(leases), name, *ttl, LEASE_POLL);
+        match tokio::time::timeout(*ttl * LEASE_PATIENCE, waiting).await {
+            Ok(Ok(held)) => Some(held),
+            Ok(Err(err)) => {
                 tracing::warn!(%err, "leases unavailable; going on without");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    kind,
+                    "another instance held the lease too long; going on without"
+                );
                 None
             }
         }
@@ -341,15 +355,10 @@ impl Registry {
                 return outcome.clone();
             }
         }
-        let outcome = match Arc::clone(&self.refreshes).acquire_owned().await {
-            Ok(_permit) => self
-                .refresh_now(key, upstream, extra_prefixes)
-                .await
-                .map_err(Arc::new),
-            Err(_) => Err(Arc::new(Error::Io(std::io::Error::other(
-                "the registry is closed",
-            )))),
-        };
+        let outcome = self
+            .refresh_now(key, upstream, extra_prefixes)
+            .await
+            .map_err(Arc::new);
         let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
         *last = (last.0 + 1, Some(outcome.clone()));
         outcome
@@ -429,31 +438,64 @@ impl Registry {
         outcome
     }
 
+    /// With leases, the refresh lease of `key` (waited for), so that no instance commits a
+    /// refresh while this one consolidates (which would make the consolidation's commit
+    /// conflict and its work be thrown away): refreshes wait for consolidation across the
+    /// fleet as they do within an instance.
+    async fn hold_refreshes(&self, key: &RepoKey) -> Option<Held> {
+        if self.shared.is_some() {
+            self.wait_for_lease("refresh", key).await
+        } else {
+            None
+        }
+    }
+
+    /// Consolidate `key`'s mirror (its refresh lock held): taken from the shared store first
+    /// and committed there after. `None`: no mirror, or another instance committed first
+    /// (its state wins; this pack goes).
+    async fn consolidate_locked(
+        &self,
+        key: &RepoKey,
+    ) -> Result<Option<(Mirror, crate::mirror::Consolidated)>, Error> {
+        if let Some(shared) = &self.shared {
+            self.take_shared(shared, key).await?;
+        }
+        let Some(mirror) = self.existing(key) else {
+            return Ok(None);
+        };
+        let consolidating = mirror.clone();
+        let done = tokio::task::spawn_blocking(move || consolidating.consolidate())
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        if let Some(shared) = &self.shared
+            && shared.publish(key, mirror.git_dir()).await? == Published::Conflict
+        {
+            tracing::info!(
+                "another instance committed this mirror during consolidation; taking its state"
+            );
+            self.take_shared(shared, key).await?;
+            return Ok(None);
+        }
+        Ok(Some((mirror, done)))
+    }
+
     async fn consolidate_held(
         &self,
         key: &RepoKey,
     ) -> Result<Option<crate::mirror::Consolidated>, Error> {
         let slot = self.slot(key);
         let (mirror, mut done) = {
+            // In the order refreshes take them (this instance's lock, then the fleet's lease).
             let _running = slot.running.lock().await;
-            if let Some(shared) = &self.shared {
-                self.take_shared(shared, key).await?;
+            let refreshes = self.hold_refreshes(key).await;
+            let consolidated = self.consolidate_locked(key).await;
+            if let Some(lease) = refreshes {
+                lease.release().await;
             }
-            let Some(mirror) = self.existing(key) else {
-                return Ok(None);
-            };
-            let consolidating = mirror.clone();
-            let done = tokio::task::spawn_blocking(move || consolidating.consolidate())
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-            if let Some(shared) = &self.shared
-                && shared.publish(key, mirror.git_dir()).await? == Published::Conflict
-            {
-                // Another instance committed meanwhile: its state wins, this pack goes.
-                self.take_shared(shared, key).await?;
-                return Ok(None);
+            match consolidated? {
+                Some(done) => done,
+                None => return Ok(None),
             }
-            (mirror, done)
         };
         // Bitmaps take long on big histories: refreshes go on meanwhile, and a second
         // writer for the same mirror leaves it to the first.
@@ -496,15 +538,28 @@ impl Registry {
         extra: &[&str],
     ) -> Result<Refreshed, Error> {
         let Some(shared) = &self.shared else {
+            let _permit = self.permit().await?;
             return self.refresh_local(key, upstream, extra).await;
         };
-        // While another instance refreshes, wait: its result is then taken from the store.
+        // While another instance refreshes, wait (holding no permit: refreshes of other
+        // mirrors go on): its result is then taken from the store.
         let lease = self.wait_for_lease("refresh", key).await;
-        let outcome = self.refresh_shared(shared, key, upstream, extra).await;
+        let outcome = match self.permit().await {
+            Ok(_permit) => self.refresh_shared(shared, key, upstream, extra).await,
+            Err(err) => Err(err),
+        };
         if let Some(lease) = lease {
             lease.release().await;
         }
         outcome
+    }
+
+    /// One of the permits that bound refreshes running at once.
+    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        Arc::clone(&self.refreshes)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Io(std::io::Error::other("the registry is closed")))
     }
 
     async fn refresh_shared(
@@ -524,7 +579,14 @@ impl Registry {
                 Ok(()) => {}
                 Err(Error::Shared(err)) => {
                     tracing::warn!(%err, "object store unavailable; refreshing the local copy alone");
-                    return self.refresh_local(key, upstream, extra).await;
+                    let mut done = self.refresh_local(key, upstream, extra).await?;
+                    // A manifest that could not be read is replaced by this commit; one that
+                    // names a damaged file is left to a later one (this copy is behind it).
+                    if let Err(err) = shared.publish(key, &path).await {
+                        tracing::warn!(%err, "the refresh stays local until the store answers again");
+                    }
+                    done.changed = self.refs_of(key) != before;
+                    return Ok(done);
                 }
                 Err(err) => return Err(err),
             }

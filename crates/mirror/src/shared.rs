@@ -37,7 +37,7 @@ use gitcache_storage::store::{AnyStore, ObjectKey, ObjectStore, Replaced, StoreE
 use gix_hash::{Kind as HashKind, ObjectId};
 
 /// The largest manifest read (refs of very large repositories included).
-pub const MAX_MANIFEST: u64 = 64 << 20;
+pub use gitcache_storage::store::MAX_MANIFEST;
 
 /// The most packs a manifest may name.
 const MAX_PACKS: usize = 4096;
@@ -113,6 +113,9 @@ pub struct MirrorManifest {
     /// The refs as `packed-refs` lines (`<oid> <name>`, each perhaps followed by
     /// `^<peeled>`), sorted by name, without the header line.
     pub refs: Vec<u8>,
+    /// A tombstone: the mirror was removed (a purge). It names no packs and no refs; copies
+    /// taken from an earlier manifest are dropped, and a new mirror replaces it.
+    pub removed: bool,
 }
 
 fn invalid(what: impl Into<String>) -> Error {
@@ -157,7 +160,11 @@ fn check_ref_name(name: &[u8]) -> Result<(), Error> {
 fn check_refs(refs: &[u8], format: HashKind) -> Result<(), Error> {
     let mut last: Option<&[u8]> = None;
     let mut may_peel = false;
-    for line in refs.lines() {
+    if refs.contains(&b'\r') {
+        return Err(invalid("a carriage return in the refs"));
+    }
+    let body = refs.strip_suffix(b"\n").unwrap_or(refs);
+    for line in body.split(|b| *b == b'\n').filter(|_| !refs.is_empty()) {
         if let Some(peeled) = line.strip_prefix(b"^") {
             if !may_peel {
                 return Err(invalid("a peeled value without its ref"));
@@ -187,6 +194,9 @@ impl MirrorManifest {
     /// The manifest as stored.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = format!("{MAGIC}\nformat {}\n", self.format).into_bytes();
+        if self.removed {
+            out.extend_from_slice(b"removed\n");
+        }
         if let Some(head) = &self.head {
             out.extend_from_slice(b"head ");
             out.extend_from_slice(head);
@@ -229,10 +239,23 @@ impl MirrorManifest {
             packs: Vec::new(),
             retired: Vec::new(),
             refs: refs.to_vec(),
+            removed: false,
         };
         for line in lines {
             let (word, rest) = line.split_once_str(" ").unwrap_or((line, b""));
             match word {
+                b"removed"
+                    if rest.is_empty()
+                        && !manifest.removed
+                        && manifest.head.is_none()
+                        && manifest.packs.is_empty()
+                        && manifest.retired.is_empty() =>
+                {
+                    manifest.removed = true;
+                }
+                b"head" | b"pack" if manifest.removed => {
+                    return Err(invalid("a removed mirror names no packs or HEAD"));
+                }
                 b"head" if manifest.head.is_none() && manifest.packs.is_empty() => {
                     check_ref_name(rest)?;
                     manifest.head = Some(rest.into());
@@ -280,6 +303,9 @@ impl MirrorManifest {
                 }
                 _ => return Err(invalid(format!("line {:?}", line.as_bstr()))),
             }
+        }
+        if manifest.removed && !manifest.refs.is_empty() {
+            return Err(invalid("a removed mirror has no refs"));
         }
         check_refs(&manifest.refs, format)?;
         Ok(manifest)
@@ -333,6 +359,7 @@ impl MirrorManifest {
             packs,
             retired: Vec::new(),
             refs,
+            removed: false,
         })
     }
 
@@ -357,11 +384,13 @@ pub enum Published {
 /// How [`Shared::hydrate`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hydrated {
-    /// The store has no manifest for the mirror, and the local copy holds none of one.
+    /// The store holds no mirror: no manifest (which is never taken for a removal: a bucket
+    /// emptied or a prefix changed by mistake must not drop every copy), or a tombstone
+    /// newer than anything the local copy took. The local copy is left as it is.
     Absent,
     /// The local copy holds the manifest's state (it did already, or does now).
     Current,
-    /// The store's manifest was removed (a purge) since the local copy took it: the local
+    /// The mirror was removed from the store (a purge) after the local copy took it: the
     /// copy is stale and should go.
     Removed,
 }
@@ -390,26 +419,70 @@ fn set_local_version(git_dir: &Path, version: &Version) -> std::io::Result<()> {
     gitcache_storage::fs::replace_file(&git_dir.join(MARKER), format!("{}\n", version.0).as_bytes())
 }
 
-/// The checksum `.pack` and `.idx` files of `stem` must carry, and where.
-fn belongs(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Result<bool> {
+/// The most bytes of a `.tips` file taken from the store.
+const MAX_TIPS: u64 = 64 << 20;
+
+/// Check a file taken from the store against the pack `stem` that names it, as git's own
+/// formats allow: a pack's checksum over its content is its name; an index, reverse index
+/// and bitmap carry their own checksum and the pack's; tips are object ids. A file that
+/// fails is not the pack's (bit rot, a foreign writer) and is not placed.
+fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Result<bool> {
     use std::io::{Read as _, Seek as _, SeekFrom};
     let len = format.len_in_bytes() as u64;
-    // A pack ends with its checksum; an index ends with the pack's checksum, then its own.
-    let from_end = match ext {
-        "pack" => len,
-        "idx" => 2 * len,
-        _ => return Ok(true),
-    };
     let mut file = std::fs::File::open(path)?;
-    if file.metadata()?.len() < from_end + 12 {
+    let size = file.metadata()?.len();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let pack_id = stem.strip_prefix("pack-").unwrap_or_default();
+    if ext == "tips" {
+        if size > MAX_TIPS {
+            return Ok(false);
+        }
+        let mut text = String::new();
+        if file.read_to_string(&mut text).is_err() {
+            return Ok(false);
+        }
+        return Ok(text
+            .lines()
+            .all(|l| l.len() == format.len_in_hex() && ObjectId::from_hex(l.as_bytes()).is_ok()));
+    }
+    // Where the pack's checksum is: the end of a pack; before the own checksum at the end of
+    // an index or reverse index; in a bitmap's header (after magic, version, flags, count).
+    let pack_at = match ext {
+        "pack" => size.checked_sub(len),
+        "idx" | "rev" => size.checked_sub(2 * len),
+        "bitmap" => Some(12),
+        _ => return Ok(false),
+    };
+    let Some(pack_at) = pack_at.filter(|at| size >= 12 + len && at + len <= size) else {
+        return Ok(false);
+    };
+    file.seek(SeekFrom::Start(pack_at))?;
+    let mut named = vec![0; len as usize];
+    file.read_exact(&mut named)?;
+    if hex(&named) != pack_id {
         return Ok(false);
     }
-    file.seek(SeekFrom::End(-(from_end as i64)))?;
-    let mut checksum = vec![0; len as usize];
-    file.read_exact(&mut checksum)?;
-    let hex: String = checksum.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(stem.strip_prefix("pack-") == Some(hex.as_str()))
+    // Every file's last bytes are the checksum of all before them.
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = gix_hash::hasher(format);
+    let mut left = size - len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = buf.len().min(left as usize);
+        file.read_exact(&mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut trailer = vec![0; len as usize];
+    file.read_exact(&mut trailer)?;
+    Ok(hasher
+        .try_finalize()
+        .is_ok_and(|digest| digest.as_bytes() == trailer.as_slice()))
 }
+
+/// How far the clocks of instances and the store may disagree: what a purge leaves to the
+/// grace period rather than deleting at once.
+const CLOCK_MARGIN: Duration = Duration::from_secs(300);
 
 impl Shared {
     /// Mirrors in `store`; retired packs are deleted `grace` after they were dropped.
@@ -442,35 +515,52 @@ impl Shared {
             .join(&format!("{stem}.{ext}"))?)
     }
 
+    /// The manifest of `key` as stored, and its version, if there is one (not decoded).
+    async fn read_raw(&self, key: &RepoKey) -> Result<Option<(Vec<u8>, Version)>, Error> {
+        let manifest_key = Self::manifest_key(key)?;
+        Ok(self
+            .store
+            .read_manifest(&manifest_key)
+            .await?
+            .map(|read| (read.bytes, read.version)))
+    }
+
     /// The manifest of `key` and its version, if there is one.
     pub async fn read(&self, key: &RepoKey) -> Result<Option<(MirrorManifest, Version)>, Error> {
-        let manifest_key = Self::manifest_key(key)?;
-        let Some(read) = self.store.read_manifest(&manifest_key).await? else {
-            return Ok(None);
-        };
-        if read.bytes.len() as u64 > MAX_MANIFEST {
-            return Err(StoreError::TooLarge {
-                key: manifest_key,
-                limit: MAX_MANIFEST,
-            }
-            .into());
+        match self.read_raw(key).await? {
+            Some((bytes, version)) => Ok(Some((MirrorManifest::decode(&bytes)?, version))),
+            None => Ok(None),
         }
-        Ok(Some((MirrorManifest::decode(&read.bytes)?, read.version)))
     }
 
     /// Bring the local copy at `git_dir` (a mirror, or nothing yet) to `key`'s manifest in the
-    /// store. Call with no refresh of the mirror under way (the registry's lock).
+    /// store. Call with no refresh of the mirror under way (the registry's lock). A copy
+    /// that holds the manifest's version already costs one request without a body.
     pub async fn hydrate(&self, key: &RepoKey, git_dir: &Path) -> Result<Hydrated, Error> {
         let held = local_version(git_dir).filter(|_| git_dir.join("HEAD").is_file());
+        if let Some(held) = &held
+            && self
+                .store
+                .manifest_version(&Self::manifest_key(key)?)
+                .await?
+                == Some(held.clone())
+        {
+            return Ok(Hydrated::Current);
+        }
         let Some((manifest, version)) = self.read(key).await? else {
+            // No manifest is not a removal (that leaves a tombstone): a bucket emptied or
+            // a prefix changed by mistake must not make every instance drop its copies.
+            return Ok(Hydrated::Absent);
+        };
+        if held.as_ref() == Some(&version) {
+            return Ok(Hydrated::Current);
+        }
+        if manifest.removed {
             return Ok(if held.is_some() {
                 Hydrated::Removed
             } else {
                 Hydrated::Absent
             });
-        };
-        if held.as_ref() == Some(&version) {
-            return Ok(Hydrated::Current);
         }
         if git_dir.join("HEAD").is_file() {
             let local = gitcache_pack::Repository::open(git_dir)
@@ -499,26 +589,8 @@ impl Shared {
                 if path.is_file() {
                     continue;
                 }
-                let object = Self::file_key(key, &pack.stem, ext)?;
-                let temp = pack_dir.join(format!(
-                    "incoming-{}-hydrate-{}.{ext}",
-                    std::process::id(),
-                    pack.stem
-                ));
-                let fetched = self.store.get_file(&object, &temp).await;
-                let placed = match fetched {
-                    Ok(true) => match belongs(&temp, ext, &pack.stem, manifest.format) {
-                        Ok(true) => std::fs::rename(&temp, &path).map_err(Error::from),
-                        Ok(false) => Err(Error::Mismatch { key: object }),
-                        Err(err) => Err(err.into()),
-                    },
-                    Ok(false) => Err(Error::Missing { key: object }),
-                    Err(err) => Err(err.into()),
-                };
-                if let Err(err) = placed {
-                    let _ = std::fs::remove_file(&temp);
-                    return Err(err);
-                }
+                self.download(key, &pack.stem, ext, &path, manifest.format)
+                    .await?;
             }
         }
         gitcache_storage::fs::sync_dir(&pack_dir)?;
@@ -541,28 +613,89 @@ impl Shared {
         Ok(Hydrated::Current)
     }
 
+    /// Download one file of a pack beside its place, check it, and rename it into place.
+    async fn download(
+        &self,
+        key: &RepoKey,
+        stem: &str,
+        ext: &'static str,
+        path: &Path,
+        format: HashKind,
+    ) -> Result<(), Error> {
+        let object = Self::file_key(key, stem, ext)?;
+        let temp = path.with_file_name(format!(
+            "incoming-{}-hydrate-{stem}.{ext}",
+            std::process::id()
+        ));
+        let placed = match self.store.get_file(&object, &temp).await {
+            Ok(true) => {
+                let (checked, stem) = (temp.clone(), stem.to_owned());
+                let verified =
+                    tokio::task::spawn_blocking(move || verify(&checked, ext, &stem, format))
+                        .await
+                        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                match verified {
+                    Ok(true) => std::fs::rename(&temp, path).map_err(Error::from),
+                    Ok(false) => Err(Error::Mismatch { key: object }),
+                    Err(err) => Err(err.into()),
+                }
+            }
+            Ok(false) => Err(Error::Missing { key: object }),
+            Err(err) => Err(err.into()),
+        };
+        if placed.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        placed
+    }
+
     /// Commit the local copy at `git_dir` as `key`'s manifest: upload the pack files the
     /// current manifest does not name, then replace it if it is still the version the copy
     /// holds. Call with no refresh of the mirror under way, after [`hydrate`](Self::hydrate).
+    ///
+    /// A tombstone is replaced by a copy made after it (one that holds no earlier version);
+    /// a manifest that cannot be read is replaced, with an error logged, so that one bad
+    /// write does not cut every instance off for good.
     pub async fn publish(&self, key: &RepoKey, git_dir: &Path) -> Result<Published, Error> {
         let mut local = MirrorManifest::of_local(git_dir)?;
-        let current = self.read(key).await?;
+        if local.packs.len() > MAX_PACKS {
+            return Err(invalid(format!(
+                "{} packs are more than a manifest names; consolidate first",
+                local.packs.len()
+            )));
+        }
         let held = local_version(git_dir);
-        let expected = match &current {
-            Some((_, version)) if held.as_ref() != Some(version) => {
-                return Ok(Published::Conflict);
-            }
-            Some((manifest, version)) => {
-                if manifest.same_state(&local) {
-                    return Ok(Published::Done);
+        let (previous, expected) = match self.read_raw(key).await? {
+            None => (None, None),
+            Some((bytes, version)) => match MirrorManifest::decode(&bytes) {
+                Err(err) => {
+                    tracing::error!(%err, "the shared manifest is unreadable; replacing it");
+                    (None, Some(version))
                 }
-                Some(version.clone())
-            }
-            None => None,
+                Ok(manifest) if manifest.removed => {
+                    if held.as_ref().is_some_and(|h| *h != version) {
+                        // Taken before the removal: it goes, it is not committed.
+                        return Ok(Published::Conflict);
+                    }
+                    (Some(manifest), Some(version))
+                }
+                Ok(manifest) => {
+                    if held.as_ref() != Some(&version) {
+                        return Ok(Published::Conflict);
+                    }
+                    if manifest.same_state(&local) {
+                        return Ok(Published::Done);
+                    }
+                    (Some(manifest), Some(version))
+                }
+            },
         };
-        let previous = current.as_ref().map(|(m, _)| m);
         for pack in &local.packs {
+            // Files the current manifest names are in the store; every other one is written
+            // (again, if a crash left it unnamed: that makes it new, so that collection,
+            // which takes unnamed files older than the grace period, leaves it).
             let known = previous
+                .as_ref()
                 .and_then(|m| m.packs.iter().find(|p| p.stem == pack.stem))
                 .map(|p| p.files.clone())
                 .unwrap_or_default();
@@ -581,7 +714,7 @@ impl Shared {
         let now = unix_now();
         let grace = self.grace.as_secs();
         let mut expired = Vec::new();
-        if let Some(previous) = previous {
+        if let Some(previous) = &previous {
             let live = |stem: &str| local.packs.iter().any(|p| p.stem == stem);
             for (stem, at) in &previous.retired {
                 if live(stem) {
@@ -598,9 +731,8 @@ impl Shared {
                     local.retired.push((pack.stem.clone(), now));
                 }
             }
-            local.retired.sort();
-            local.retired.dedup_by(|a, b| a.0 == b.0);
         }
+        cap_retired(&mut local.retired);
         let manifest_key = Self::manifest_key(key)?;
         match self
             .store
@@ -632,17 +764,26 @@ impl Shared {
         let Some((manifest, _)) = self.read(key).await? else {
             return Ok(0);
         };
-        let listed = self.store.list(&Self::base(key)?.join("packs")?).await?;
         let cutoff = SystemTime::now()
-            .checked_sub(self.grace)
+            .checked_sub(self.grace + CLOCK_MARGIN)
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.delete_unnamed(key, &manifest, cutoff).await
+    }
+
+    async fn delete_unnamed(
+        &self,
+        key: &RepoKey,
+        manifest: &MirrorManifest,
+        written_before: SystemTime,
+    ) -> Result<usize, Error> {
+        let listed = self.store.list(&Self::base(key)?.join("packs")?).await?;
         let mut deleted = 0;
         for object in listed {
             let name = object.key.as_str().rsplit('/').next().unwrap_or_default();
             let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
             let named = manifest.packs.iter().any(|p| p.stem == stem)
                 || manifest.retired.iter().any(|(s, _)| s == stem);
-            if !named && object.modified < cutoff {
+            if !named && object.modified < written_before {
                 self.store.delete(&object.key).await?;
                 deleted += 1;
             }
@@ -650,15 +791,73 @@ impl Shared {
         Ok(deleted)
     }
 
-    /// Remove `key`'s manifest and every file of its packs from the store (a purge): other
-    /// instances find it gone and drop their copies.
+    /// Remove `key`'s mirror from the store (a purge): its manifest becomes a tombstone, so
+    /// that instances holding a copy of it drop their copies, and a refresh that started
+    /// from it cannot commit. Its packs are retired; those written well before now are
+    /// deleted at once, the others by the next commit after the grace period.
     pub async fn remove(&self, key: &RepoKey) -> Result<(), Error> {
-        self.store.delete(&Self::manifest_key(key)?).await?;
-        for object in self.store.list(&Self::base(key)?.join("packs")?).await? {
-            self.store.delete(&object.key).await?;
+        let started = SystemTime::now();
+        let manifest_key = Self::manifest_key(key)?;
+        for _ in 0..4 {
+            let current = self.read_raw(key).await?;
+            let previous = current
+                .as_ref()
+                .and_then(|(bytes, _)| MirrorManifest::decode(bytes).ok());
+            if previous.as_ref().is_some_and(|m| m.removed) {
+                return Ok(());
+            }
+            let now = unix_now();
+            let mut retired: Vec<(String, u64)> = previous
+                .iter()
+                .flat_map(|m| {
+                    m.retired
+                        .iter()
+                        .cloned()
+                        .chain(m.packs.iter().map(|p| (p.stem.clone(), now)))
+                })
+                .collect();
+            cap_retired(&mut retired);
+            let tombstone = MirrorManifest {
+                format: previous.as_ref().map_or(HashKind::Sha1, |m| m.format),
+                head: None,
+                packs: Vec::new(),
+                retired,
+                refs: Vec::new(),
+                removed: true,
+            };
+            let expected = current.map(|(_, version)| version);
+            match self
+                .store
+                .replace_manifest(&manifest_key, &tombstone.encode(), expected.as_ref())
+                .await?
+            {
+                Replaced::Done(_) => {
+                    let before = started
+                        .checked_sub(CLOCK_MARGIN)
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    let unnamed = MirrorManifest {
+                        retired: Vec::new(),
+                        ..tombstone
+                    };
+                    self.delete_unnamed(key, &unnamed, before).await?;
+                    return Ok(());
+                }
+                Replaced::Conflict => continue,
+            }
         }
-        Ok(())
+        Err(invalid("the manifest kept changing during the removal"))
     }
+}
+
+/// Keep at most [`MAX_PACKS`] retired packs, the most recent: the others are left to
+/// collection (unnamed files older than the grace period).
+fn cap_retired(retired: &mut Vec<(String, u64)>) {
+    // Each pack once, at its latest retirement (the later deletion is the safe one).
+    retired.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+    retired.dedup_by(|a, b| a.0 == b.0);
+    retired.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    retired.truncate(MAX_PACKS);
+    retired.sort();
 }
 
 /// The local copy's marker file name, for a crash's leftovers sweep and tests.

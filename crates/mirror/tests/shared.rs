@@ -170,14 +170,51 @@ async fn two_instances(store: AnyStore) {
         );
     }
 
-    // A purge on A: the store's mirror goes, and B drops its copy and fetches anew.
+    // A purge on A: the manifest becomes a tombstone (its packs retired: written moments
+    // ago, they wait for the grace period), B drops its copy and fetches anew, and its
+    // commit replaces the tombstone and deletes what it retired.
     assert!(f.a.remove(&f.key).await.unwrap());
-    assert!(f.store.list(&base).await.unwrap().is_empty());
+    let tombstone = f.manifest().await;
+    assert!(tombstone.removed && tombstone.packs.is_empty() && tombstone.refs.is_empty());
+    assert_eq!(tombstone.retired.len(), 2, "{tombstone:?}");
     let fetches = f.upstream.counts().fetch;
     f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
     assert_eq!(f.upstream.counts().fetch, fetches + 1, "fetched anew");
     f.fsck(&f.b);
     assert_eq!(f.packs(&f.b), 1);
+    let manifest = f.manifest().await;
+    assert!(
+        !manifest.removed && manifest.retired.is_empty(),
+        "{manifest:?}"
+    );
+    let names: Vec<String> = f
+        .store
+        .list(&base)
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.key.as_str().rsplit('/').next().unwrap().to_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with(&manifest.packs[0].stem)),
+        "{names:?}"
+    );
+
+    // A manifest gone altogether (a bucket emptied, a prefix changed) is no removal: copies
+    // stay, and the next commit writes it anew.
+    f.store
+        .delete(&Shared::manifest_key(&f.key).unwrap())
+        .await
+        .unwrap();
+    let before = f.refs(&f.b);
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(f.refs(&f.b), before);
+    assert_eq!(
+        f.upstream.counts().fetch,
+        fetches + 1,
+        "nothing fetched again"
+    );
+    assert_eq!(f.manifest().await.packs.len(), 1);
 }
 
 /// A scenario run on both backends: the filesystem, and a bucket of a real S3 server.
@@ -327,24 +364,35 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
 
     // The newest pack's data replaced by the older pack's: its checksum gives it away.
     let (old, new) = (&manifest.packs[0].stem, &manifest.packs[1].stem);
-    let path = |stem: &str| {
+    let path = |stem: &str, ext: &str| {
         fs.path_of(
             &ObjectKey::new(&format!(
-                "mirrors/127.0.0.1/acme/shared.git/packs/{stem}.pack"
+                "mirrors/127.0.0.1/acme/shared.git/packs/{stem}.{ext}"
             ))
             .unwrap(),
         )
     };
-    let saved = std::fs::read(path(new)).unwrap();
-    std::fs::copy(path(old), path(new)).unwrap();
-    let err = shared.hydrate(&f.key, &b_dir).await.unwrap_err();
-    assert!(
-        err.to_string().contains("does not belong to its pack"),
-        "{err}"
-    );
+    let refused = |err: gitcache_mirror::shared::Error| {
+        assert!(
+            err.to_string().contains("does not belong to its pack"),
+            "{err}"
+        );
+    };
+    let saved = std::fs::read(path(new, "pack")).unwrap();
+    std::fs::copy(path(old, "pack"), path(new, "pack")).unwrap();
+    refused(shared.hydrate(&f.key, &b_dir).await.unwrap_err());
     assert_eq!(f.refs(&f.b), before);
     f.fsck(&f.b);
-    std::fs::write(path(new), saved).unwrap();
+    std::fs::write(path(new, "pack"), saved).unwrap();
+    // One bit flipped in the middle of the index: its own checksum gives it away.
+    let saved = std::fs::read(path(new, "idx")).unwrap();
+    let mut flipped = saved.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x10;
+    std::fs::write(path(new, "idx"), &flipped).unwrap();
+    refused(shared.hydrate(&f.key, &b_dir).await.unwrap_err());
+    assert_eq!(f.refs(&f.b), before);
+    std::fs::write(path(new, "idx"), saved).unwrap();
 
     // A manifest with a ref name git refuses.
     let key = Shared::manifest_key(&f.key).unwrap();
@@ -365,6 +413,17 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
         .filter(|n| n.starts_with("incoming-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A refresh goes on with the local copy, and its commit replaces the unreadable
+    // manifest: one bad write does not cut the instances off from each other for good.
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert!(!f.manifest().await.refs.is_empty());
+    assert_eq!(
+        f.refs(&f.b),
+        git(
+            &f.upstream.repo_path("acme/shared"),
+            &["show-ref", "--head"]
+        )
+    );
 }
 
 #[test]
@@ -378,6 +437,11 @@ fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
     assert_eq!(manifest.packs[0].files, ["pack", "rev", "idx"]);
     assert_eq!(manifest.retired, [(format!("pack-{}", "2".repeat(40)), 17)]);
     assert_eq!(manifest.encode(), text.as_bytes());
+    let tombstone =
+        format!("gitcache-mirror 1\nformat sha1\nremoved\nretired pack-{oid} 5\nrefs\n");
+    let removed = MirrorManifest::decode(tombstone.as_bytes()).unwrap();
+    assert!(removed.removed && removed.packs.is_empty());
+    assert_eq!(removed.encode(), tombstone.as_bytes());
     for (from, to) in [
         ("gitcache-mirror 1", "gitcache-mirror 2"),
         ("format sha1", "format md5"),
@@ -391,6 +455,8 @@ fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
         ("refs/tags/v1\n^", "refs/tags/v1\n^^"),
         ("\nrefs\n", "\nrefz\n"),
         ("retired pack-2222", "retired pack-zzzz"),
+        ("refs/tags/v1\n^", "refs/tags/v1\r\n^"),
+        ("format sha1\n", "format sha1\nremoved\n"),
     ] {
         let bad = text.replacen(from, to, 1);
         assert_ne!(bad, text, "{from}");

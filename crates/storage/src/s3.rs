@@ -24,7 +24,9 @@ use object_store::{
 };
 use tokio::io::AsyncWriteExt as _;
 
-use crate::store::{Listed, Manifest, ObjectKey, ObjectStore, Replaced, StoreError, Version};
+use crate::store::{
+    Listed, MAX_MANIFEST, Manifest, ObjectKey, ObjectStore, Replaced, StoreError, Version,
+};
 
 /// Files larger than this are uploaded in parts.
 pub const MULTIPART_FROM: u64 = 32 << 20;
@@ -176,46 +178,20 @@ impl S3Store {
         };
         ObjectKey::new(key).ok()
     }
-
-    async fn exists(&self, path: &ObjectPath) -> Result<bool, StoreError> {
-        let head = GetOptions {
-            head: true,
-            ..GetOptions::default()
-        };
-        match self.inner.get_opts(path, head).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(err) => Err(backend(err)),
-        }
-    }
 }
 
 impl ObjectStore for S3Store {
     async fn put_file(&self, key: &ObjectKey, from: &Path) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        if self.exists(&path).await? {
-            return Ok(());
-        }
         let size = tokio::fs::metadata(from).await?.len();
         if size <= MULTIPART_FROM {
             let bytes = tokio::fs::read(from).await?;
-            let create = PutOptions {
-                mode: PutMode::Create,
-                ..PutOptions::default()
-            };
-            return match self
+            return self
                 .inner
-                .put_opts(&path, PutPayload::from(bytes), create)
+                .put_opts(&path, PutPayload::from(bytes), PutOptions::default())
                 .await
-            {
-                Ok(_) => Ok(()),
-                // Written meanwhile by another instance (objects are named by content), or a
-                // conflicting operation in flight (a 409 too): only the first is success.
-                Err(object_store::Error::AlreadyExists { .. }) if self.exists(&path).await? => {
-                    Ok(())
-                }
-                Err(err) => Err(backend(err)),
-            };
+                .map(drop)
+                .map_err(backend);
         }
         let mut upload = self
             .inner
@@ -355,11 +331,32 @@ impl ObjectStore for S3Store {
         let Some(e_tag) = got.meta.e_tag.clone() else {
             return Err(StoreError::Backend(format!("no ETag for manifest {key}")));
         };
+        if got.meta.size > MAX_MANIFEST {
+            return Err(StoreError::TooLarge {
+                key: key.clone(),
+                limit: MAX_MANIFEST,
+            });
+        }
         let bytes = got.bytes().await.map_err(backend)?.to_vec();
         Ok(Some(Manifest {
             bytes,
             version: Version(e_tag),
         }))
+    }
+
+    async fn manifest_version(&self, key: &ObjectKey) -> Result<Option<Version>, StoreError> {
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        match self.inner.get_opts(&self.path(key)?, head).await {
+            Ok(got) => match got.meta.e_tag {
+                Some(e_tag) => Ok(Some(Version(e_tag))),
+                None => Err(StoreError::Backend(format!("no ETag for manifest {key}"))),
+            },
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(backend(err)),
+        }
     }
 
     async fn replace_manifest(

@@ -18,8 +18,8 @@
 //! - A version is derived from the content (a digest on disk, the ETag in a bucket): a
 //!   manifest that goes from A to B and back to A is at version A again. A writer that needs
 //!   generations keeps a counter inside the manifest.
-//! - Objects are named by their content, so writing a key twice writes the same bytes; a
-//!   caller must not change a file while it is being stored. Large uploads go in parts; an
+//! - Objects are named by their content, so writing a key twice writes the same bytes (and
+//!   makes its write time now); a caller must not change a file while it is being stored. Large uploads go in parts; an
 //!   upload cut short leaves parts that a bucket lifecycle rule for incomplete multipart
 //!   uploads removes.
 //!
@@ -105,6 +105,9 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
+/// The largest manifest read.
+pub const MAX_MANIFEST: u64 = 64 << 20;
+
 /// Which version of a manifest was read: an ETag in a bucket, a digest of the content on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Version(pub String);
@@ -168,8 +171,11 @@ pub enum StoreError {
 
 /// Where objects and manifests live. Methods are `async`: a backend may be remote.
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
-    /// Store the local file `from` as the immutable object `key`. Objects are named by their
-    /// content: one that exists already is left as it is.
+    /// Store the local file `from` as the object `key`, whole (readers see the old object or
+    /// the new one). Objects are named by their content, so writing one again writes the same
+    /// bytes; it also makes its write time now, which is what keeps an object that was
+    /// unnamed for a while (and so due for collection) from being collected as it is named
+    /// again.
     fn put_file(
         &self,
         key: &ObjectKey,
@@ -200,11 +206,19 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         prefix: &ObjectKey,
     ) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
 
-    /// The manifest `key`, if there is one.
+    /// The manifest `key`, if there is one. One larger than [`MAX_MANIFEST`] is refused
+    /// before it is read.
     fn read_manifest(
         &self,
         key: &ObjectKey,
     ) -> impl Future<Output = Result<Option<Manifest>, StoreError>> + Send;
+
+    /// The version of the manifest `key`, if there is one, without its content (a `HEAD` in a
+    /// bucket): whether a copy taken earlier is still current costs no transfer.
+    fn manifest_version(
+        &self,
+        key: &ObjectKey,
+    ) -> impl Future<Output = Result<Option<Version>, StoreError>> + Send;
 
     /// Replace the manifest `key` with `bytes` if its version is still `expected` (`None`:
     /// only if there is none yet). The write is atomic: readers see the old manifest or the
@@ -298,14 +312,8 @@ fn not_found_is_none<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>
 impl ObjectStore for FsStore {
     async fn put_file(&self, key: &ObjectKey, from: &Path) -> Result<(), StoreError> {
         let (key, from) = (key.clone(), from.to_owned());
-        self.blocking(move |store| {
-            let to = store.path_of(&key);
-            if to.is_file() {
-                return Ok(());
-            }
-            Ok(copy_into_place(&from, &to)?)
-        })
-        .await
+        self.blocking(move |store| Ok(copy_into_place(&from, &store.path_of(&key))?))
+            .await
     }
 
     async fn get_file(&self, key: &ObjectKey, to: &Path) -> Result<bool, StoreError> {
@@ -391,13 +399,26 @@ impl ObjectStore for FsStore {
     async fn read_manifest(&self, key: &ObjectKey) -> Result<Option<Manifest>, StoreError> {
         let key = key.clone();
         self.blocking(move |store| {
-            let bytes = not_found_is_none(std::fs::read(store.path_of(&key)))?;
+            let path = store.path_of(&key);
+            if let Some(meta) = not_found_is_none(std::fs::metadata(&path))?
+                && meta.len() > MAX_MANIFEST
+            {
+                return Err(StoreError::TooLarge {
+                    key,
+                    limit: MAX_MANIFEST,
+                });
+            }
+            let bytes = not_found_is_none(std::fs::read(path))?;
             Ok(bytes.map(|bytes| Manifest {
                 version: digest(&bytes),
                 bytes,
             }))
         })
         .await
+    }
+
+    async fn manifest_version(&self, key: &ObjectKey) -> Result<Option<Version>, StoreError> {
+        Ok(self.read_manifest(key).await?.map(|m| m.version))
     }
 
     async fn replace_manifest(
@@ -473,6 +494,13 @@ impl ObjectStore for AnyStore {
         match self {
             AnyStore::Fs(store) => store.read_manifest(key).await,
             AnyStore::S3(store) => store.read_manifest(key).await,
+        }
+    }
+
+    async fn manifest_version(&self, key: &ObjectKey) -> Result<Option<Version>, StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.manifest_version(key).await,
+            AnyStore::S3(store) => store.manifest_version(key).await,
         }
     }
 

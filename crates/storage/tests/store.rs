@@ -9,19 +9,19 @@ fn key(s: &str) -> ObjectKey {
     ObjectKey::new(s).unwrap()
 }
 
-/// Immutable objects: put from a file, read back whole and into a file, listed by prefix,
-/// deleted; a second put of the same key leaves the first.
+/// Objects: put from a file, read back whole and into a file, listed by prefix, deleted; a
+/// second put of the same key replaces it whole.
 async fn objects(store: &impl ObjectStore, scratch: &std::path::Path) {
     let source = scratch.join("pack");
-    std::fs::write(&source, b"PACK and some bytes").unwrap();
+    std::fs::write(&source, b"an earlier version").unwrap();
     let pack = key("mirrors/h/acme/widgets/pack-1.pack");
     store.put_file(&pack, &source).await.unwrap();
-    std::fs::write(&source, b"other bytes").unwrap();
+    std::fs::write(&source, b"PACK and some bytes").unwrap();
     store.put_file(&pack, &source).await.unwrap();
     assert_eq!(
         store.get_bytes(&pack, 1 << 20).await.unwrap().unwrap(),
         b"PACK and some bytes",
-        "an object, once written, stays as written"
+        "written again, whole"
     );
     assert!(matches!(
         store.get_bytes(&pack, 4).await,
@@ -51,7 +51,7 @@ async fn objects(store: &impl ObjectStore, scratch: &std::path::Path) {
     assert_eq!(
         listed,
         [
-            ("mirrors/h/acme/widgets/pack-1.idx".to_owned(), 11),
+            ("mirrors/h/acme/widgets/pack-1.idx".to_owned(), 19),
             ("mirrors/h/acme/widgets/pack-1.pack".to_owned(), 19),
         ],
         "whole segments only: widgets-2 is another prefix"
@@ -79,6 +79,7 @@ async fn objects(store: &impl ObjectStore, scratch: &std::path::Path) {
 async fn manifests(store: &impl ObjectStore) {
     let manifest = key("mirrors/h/acme/widgets/manifest");
     assert_eq!(store.read_manifest(&manifest).await.unwrap(), None);
+    assert_eq!(store.manifest_version(&manifest).await.unwrap(), None);
     let Replaced::Done(first) = store
         .replace_manifest(&manifest, b"one", None)
         .await
@@ -98,6 +99,11 @@ async fn manifests(store: &impl ObjectStore) {
     assert_eq!(
         (read.bytes.as_slice(), &read.version),
         (&b"one"[..], &first)
+    );
+    // The version alone, without the content, is the same.
+    assert_eq!(
+        store.manifest_version(&manifest).await.unwrap(),
+        Some(first.clone())
     );
     let Replaced::Done(second) = store
         .replace_manifest(&manifest, b"two", Some(&first))
