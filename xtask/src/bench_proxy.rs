@@ -1,6 +1,10 @@
 //! `cargo xtask bench-proxy [repo]`: gitcache (release build) in front of C git's
 //! http-backend, against that http-backend alone, on the same repository and the same
 //! recorded request bodies, over loopback HTTP. Times are until the last response byte.
+//!
+//! `--two-instances`: two gitcache processes sharing one bucket of a local S3-compatible
+//! server (moto, from `GITCACHE_TEST_MOTO`): a miss on A, then the same request on B (its
+//! copy hydrated from the bucket), then hits on each.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -153,18 +157,24 @@ fn concurrent(addr: &str, body: &[u8], n: usize) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// C git's http-backend serving the bench repository as [`NAME`], and its address.
+fn serve_upstream(repo: &Path) -> Result<(Upstream, String)> {
+    let upstream = Upstream::start()?;
+    let link = upstream.repo_path(NAME);
+    std::fs::create_dir_all(link.parent().context("parent")?)?;
+    std::os::unix::fs::symlink(std::fs::canonicalize(repo)?, &link)?;
+    upstream.adopt_repo(NAME, Access::Public)?;
+    let backend = upstream.addr().to_string();
+    Ok((upstream, backend))
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
 pub(crate) fn run(root: &Path, repo: Option<&str>, only_cache: bool) -> Result<()> {
     let (repo, tips) = prepare_repo(root, repo)?;
-    let upstream = Upstream::start()?;
-    let link = upstream.repo_path(NAME);
-    std::fs::create_dir_all(link.parent().context("parent")?)?;
-    std::os::unix::fs::symlink(std::fs::canonicalize(&repo)?, &link)?;
-    upstream.adopt_repo(NAME, Access::Public)?;
-    let backend = upstream.addr().to_string();
+    let (upstream, backend) = serve_upstream(&repo)?;
 
     let data = tempfile::Builder::new()
         .prefix("gitcache-bench-")
@@ -333,4 +343,86 @@ fn body_variant(depth1: &[u8]) -> Result<Vec<u8>> {
         bail!("the depth-1 request has no `deepen 1` line");
     }
     Ok(variant.into_bytes())
+}
+
+/// Two instances on one bucket: what a miss on A costs, what the same request costs on B
+/// (hydrating its copy from the bucket instead of fetching from the upstream), and hits on
+/// each against a single-instance hit.
+pub(crate) fn two_instances(root: &Path, repo: Option<&str>) -> Result<()> {
+    let Some(s3) = gitcache_testkit::s3::S3Server::start("gitcache-bench") else {
+        bail!("set GITCACHE_TEST_MOTO to moto_server's path (bash .ci/moto prints it)");
+    };
+    let (repo, tips) = prepare_repo(root, repo)?;
+    let (upstream, backend) = serve_upstream(&repo)?;
+    let endpoint = s3.endpoint();
+    let flags = [
+        "--response-cache",
+        "false",
+        "--s3-bucket",
+        s3.bucket(),
+        "--s3-endpoint",
+        endpoint.as_str(),
+        "--aws-access-key-id",
+        "bench",
+        "--aws-secret-access-key",
+        "bench",
+    ];
+    let cases: Vec<(&str, Vec<u8>)> = requests(&repo, &tips, false)?
+        .into_iter()
+        .filter(|(name, _)| *name == "full clone" || *name == "clone --depth=1")
+        .map(|(name, fetch)| (name, body(fetch)))
+        .collect();
+    let mirror_in = |data: &Path| {
+        data.join("mirrors")
+            .join(backend.replace(':', "_"))
+            .join("bench/large.git")
+    };
+    println!(
+        "\n| request | http-backend | miss on A (upstream) | first on B (bucket) | hit on A | hit on B |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (name, request) in &cases {
+        let theirs = median(
+            (0..RUNS)
+                .map(|_| post(&backend, request))
+                .collect::<Result<_>>()?,
+        );
+        let (mut miss, mut first) = (Vec::new(), Vec::new());
+        let (mut hit_a, mut hit_b) = (Vec::new(), Vec::new());
+        for round in 0..MISS_RUNS {
+            // Each round on its own prefix: a cold bucket, cold instances.
+            let prefix = format!("bench-{name}-{round}").replace([' ', '=', '-'], "_");
+            let mut round_flags = flags.to_vec();
+            round_flags.extend(["--s3-prefix", prefix.as_str()]);
+            let (data_a, data_b) = (
+                tempfile::Builder::new()
+                    .prefix("gitcache-bench-a-")
+                    .tempdir()?,
+                tempfile::Builder::new()
+                    .prefix("gitcache-bench-b-")
+                    .tempdir()?,
+            );
+            let (_a, a) = start_gitcache(root, &upstream.url(), data_a.path(), &round_flags)?;
+            miss.push(post(&a, request)?);
+            // A's maintenance (consolidation, bitmaps) committed before B starts.
+            wait_for_maintenance(&mirror_in(data_a.path()))?;
+            post(&a, request)?;
+            let (_b, b) = start_gitcache(root, &upstream.url(), data_b.path(), &round_flags)?;
+            first.push(post(&b, request)?);
+            wait_for_maintenance(&mirror_in(data_b.path()))?;
+            for _ in 0..RUNS {
+                hit_a.push(post(&a, request)?);
+                hit_b.push(post(&b, request)?);
+            }
+        }
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            ms(theirs.0),
+            ms(median(miss).0),
+            ms(median(first).0),
+            ms(median(hit_a).0),
+            ms(median(hit_b).0),
+        );
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@
 //! - `bench-pack [repo] [--only TEXT]`: time our pack generation against `git upload-pack` on
 //!   the same repository and requests (default: the `large` generated repository; `--only`
 //!   runs the requests whose name contains TEXT).
-//! - `bench-proxy [repo] [--response-cache]`: time gitcache (hits and misses) in front of C
+//! - `bench-proxy [repo] [--response-cache | --two-instances]`: time gitcache (hits and misses) in front of C
 //!   git's http-backend (with `--response-cache`, only the response-cache table)
 //!   against http-backend alone, over HTTP, on the same repository and requests.
 //! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
@@ -50,6 +50,9 @@ fn main() -> Result<()> {
                 .iter()
                 .find(|a| !a.starts_with("--"))
                 .map(String::as_str);
+            if args.iter().any(|a| a == "--two-instances") {
+                return bench_proxy::two_instances(&workspace_root()?, repo);
+            }
             bench_proxy::run(&workspace_root()?, repo, only_cache)
         }
         Some("crash") => crash(&workspace_root()?, &args[1..]),
@@ -59,7 +62,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--response-cache] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--response-cache | --two-instances] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }

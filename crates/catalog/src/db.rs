@@ -108,6 +108,34 @@ const MIGRATIONS: &[Migration] = &[
         PRIMARY KEY (repo, key)
     )",
     },
+    Migration {
+        version: 4,
+        // What each instance did for each repository, summed for the admin page.
+        sqlite: "CREATE TABLE gitcache_repo_activity (
+        instance TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        hits BIGINT NOT NULL,
+        misses BIGINT NOT NULL,
+        last_refresh BIGINT,
+        last_refresh_ok BOOLEAN,
+        last_error TEXT,
+        last_error_at BIGINT,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (instance, repo)
+    )",
+        postgres: "CREATE TABLE gitcache_repo_activity (
+        instance TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        hits BIGINT NOT NULL,
+        misses BIGINT NOT NULL,
+        last_refresh BIGINT,
+        last_refresh_ok BOOLEAN,
+        last_error TEXT,
+        last_error_at BIGINT,
+        updated_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (instance, repo)
+    )",
+    },
 ];
 
 /// The newest schema this build knows.
@@ -360,6 +388,92 @@ impl Postgres {
             }
         };
         Ok(())
+    }
+
+    /// Write `instance`'s activity for each repository (replacing what it wrote before), and
+    /// drop rows no instance wrote for `keep_days` days.
+    pub(crate) async fn push_activity(
+        &self,
+        instance: &str,
+        rows: &[(String, crate::Activity)],
+        keep_days: i64,
+    ) -> Result<(), Error> {
+        let client = self.client().await?;
+        let upsert = client
+            .prepare(
+                "INSERT INTO gitcache_repo_activity (instance, repo, hits, misses, last_refresh,
+                     last_refresh_ok, last_error, last_error_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+                 ON CONFLICT (instance, repo) DO UPDATE SET hits = EXCLUDED.hits,
+                     misses = EXCLUDED.misses, last_refresh = EXCLUDED.last_refresh,
+                     last_refresh_ok = EXCLUDED.last_refresh_ok, last_error = EXCLUDED.last_error,
+                     last_error_at = EXCLUDED.last_error_at, updated_at = now()",
+            )
+            .await?;
+        for (repo, a) in rows {
+            let (hits, misses) = (a.hits as i64, a.misses as i64);
+            let (refreshed, ok) = (a.last_refresh.map(|r| r.0), a.last_refresh.map(|r| r.1));
+            let (error_at, error) = match &a.last_error {
+                Some((at, text)) => (Some(*at), Some(text.as_str())),
+                None => (None, None),
+            };
+            client
+                .execute(
+                    &upsert,
+                    &[
+                        &instance, repo, &hits, &misses, &refreshed, &ok, &error, &error_at,
+                    ],
+                )
+                .await?;
+        }
+        client
+            .execute(
+                "DELETE FROM gitcache_repo_activity
+                 WHERE updated_at < now() - make_interval(days => $1::int)",
+                &[&(keep_days as i32)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every instance's activity but `except`'s, summed by repository.
+    pub(crate) async fn fleet_activity(
+        &self,
+        except: &str,
+    ) -> Result<std::collections::HashMap<String, crate::Activity>, Error> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT repo, hits, misses, last_refresh, last_refresh_ok, last_error, last_error_at
+                 FROM gitcache_repo_activity WHERE instance <> $1",
+                &[&except],
+            )
+            .await?;
+        let mut fleet: std::collections::HashMap<String, crate::Activity> =
+            std::collections::HashMap::new();
+        for row in rows {
+            let one = crate::Activity {
+                hits: row.try_get::<_, i64>(1)?.max(0) as u64,
+                misses: row.try_get::<_, i64>(2)?.max(0) as u64,
+                last_refresh: match (
+                    row.try_get::<_, Option<i64>>(3)?,
+                    row.try_get::<_, Option<bool>>(4)?,
+                ) {
+                    (Some(at), Some(ok)) => Some((at, ok)),
+                    _ => None,
+                },
+                last_error: match (
+                    row.try_get::<_, Option<i64>>(6)?,
+                    row.try_get::<_, Option<String>>(5)?,
+                ) {
+                    (Some(at), Some(text)) => Some((at, text)),
+                    _ => None,
+                },
+            };
+            fleet.entry(row.try_get(0)?).or_default().add(&one);
+        }
+        Ok(fleet)
     }
 
     /// Give the lease `name` up if `holder` has it.

@@ -168,6 +168,28 @@ impl Catalog {
         })
     }
 
+    /// Write what `instance` did for each repository since it started (its totals, replacing
+    /// what it wrote before), so that every instance's admin page shows the fleet's; rows
+    /// no instance wrote for 30 days go. Nothing for SQLite, which no other instance sees.
+    pub async fn push_activity(
+        &self,
+        instance: &str,
+        rows: &[(String, Activity)],
+    ) -> Result<(), Error> {
+        match &self.db {
+            Db::Postgres(pg) => pg.push_activity(instance, rows, 30).await,
+            Db::Sqlite(_) => Ok(()),
+        }
+    }
+
+    /// What every instance but `except` did for each repository, summed (empty for SQLite).
+    pub async fn fleet_activity(&self, except: &str) -> Result<HashMap<String, Activity>, Error> {
+        match &self.db {
+            Db::Postgres(pg) => pg.fleet_activity(except).await,
+            Db::Sqlite(_) => Ok(HashMap::new()),
+        }
+    }
+
     /// Whether the database answers (a trivial query; for readiness checks).
     pub async fn ping(&self) -> Result<(), Error> {
         match &self.db {
@@ -390,6 +412,42 @@ impl gitcache_storage::lease::Leases for CatalogLeases {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+/// What instances did for one repository: fetches answered from the mirror as it was and
+/// those that refreshed it first, the last refresh (when, in seconds since the epoch, and
+/// whether it succeeded) and the last error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Fetches answered from the mirror as it was.
+    pub hits: u64,
+    /// Fetches that refreshed the mirror first (or went upstream).
+    pub misses: u64,
+    /// When the last refresh ended, and whether it succeeded.
+    pub last_refresh: Option<(i64, bool)>,
+    /// The last error, and when.
+    pub last_error: Option<(i64, String)>,
+}
+
+impl Activity {
+    /// Add `other`'s: counts summed, the later refresh and error kept.
+    pub fn add(&mut self, other: &Activity) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        if other
+            .last_refresh
+            .is_some_and(|o| self.last_refresh.is_none_or(|s| o.0 > s.0))
+        {
+            self.last_refresh = other.last_refresh;
+        }
+        if other
+            .last_error
+            .as_ref()
+            .is_some_and(|o| self.last_error.as_ref().is_none_or(|s| o.0 > s.0))
+        {
+            self.last_error = other.last_error.clone();
+        }
     }
 }
 

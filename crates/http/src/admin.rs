@@ -134,7 +134,12 @@ pub(crate) struct Admin {
     responses: Option<Arc<ResponseCache>>,
     default_host: String,
     host_names: Vec<String>,
+    /// This instance's name among those sharing the catalog.
+    instance: String,
 }
+
+/// What other instances did, by repository folder (`host/owner/repo.git`).
+type Fleet = std::collections::HashMap<String, gitcache_catalog::Activity>;
 
 impl Admin {
     pub(crate) fn new(
@@ -143,6 +148,7 @@ impl Admin {
         mirrors: Arc<Mirrors>,
         responses: Option<Arc<ResponseCache>>,
         default_host: String,
+        instance: String,
     ) -> Self {
         Admin {
             host_names: config.hosts.keys().cloned().collect(),
@@ -151,6 +157,22 @@ impl Admin {
             mirrors,
             responses,
             default_host,
+            instance,
+        }
+    }
+
+    /// What the other instances sharing the catalog did (nothing with SQLite); a database
+    /// that does not answer leaves this instance's own numbers.
+    async fn fleet(&self) -> Fleet {
+        let Some(catalog) = &self.catalog else {
+            return Fleet::new();
+        };
+        match catalog.fleet_activity(&self.instance).await {
+            Ok(fleet) => fleet,
+            Err(err) => {
+                tracing::warn!(%err, "reading the fleet's activity failed; showing this instance's");
+                Fleet::new()
+            }
         }
     }
 
@@ -276,11 +298,13 @@ impl Admin {
                 Ok(value) => self.create(catalog, value).await,
                 Err(err) => Err(err),
             },
-            (&Method::GET, Some(Ok(id))) => catalog
-                .get(id)
-                .await
-                .map_err(AdminError::from)
-                .map(|r| json_response(StatusCode::OK, &self.view(&r))),
+            (&Method::GET, Some(Ok(id))) => match catalog.get(id).await {
+                Ok(record) => Ok(json_response(
+                    StatusCode::OK,
+                    &self.view(&record, &self.fleet().await),
+                )),
+                Err(err) => Err(AdminError::from(err)),
+            },
             (&Method::PATCH, Some(Ok(id))) => match read_json(body).await {
                 Ok(value) => self.patch(catalog, id, value).await,
                 Err(err) => Err(err),
@@ -369,7 +393,8 @@ impl Admin {
         catalog: &gitcache_catalog::Catalog,
     ) -> Result<Response<Body>, AdminError> {
         let records = catalog.list().await?;
-        let views: Vec<Value> = records.iter().map(|r| self.view(r)).collect();
+        let fleet = self.fleet().await;
+        let views: Vec<Value> = records.iter().map(|r| self.view(r, &fleet)).collect();
         Ok(json_response(StatusCode::OK, &Value::Array(views)))
     }
 
@@ -434,7 +459,8 @@ impl Admin {
         new.max_cache_size_mb = optional_size(&mut fields, "max_cache_size_mb")?;
         let record = catalog.create(&new).await?;
         tracing::info!(id = record.id, repo = %record.full_name(), host = %record.host, "cached repository added");
-        let mut response = json_response(StatusCode::CREATED, &self.view(&record));
+        let fleet = self.fleet().await;
+        let mut response = json_response(StatusCode::CREATED, &self.view(&record, &fleet));
         if let Ok(location) = HeaderValue::from_str(&format!("/api/cached-repos/{}", record.id)) {
             response.headers_mut().insert(header::LOCATION, location);
         }
@@ -473,20 +499,28 @@ impl Admin {
         };
         let record = catalog.update(id, &changes).await?;
         tracing::info!(id, repo = %record.full_name(), enabled = record.enabled, timeout_seconds = record.timeout_seconds, max_cache_size_mb = ?record.max_cache_size_mb, "cached repository changed");
-        Ok(json_response(StatusCode::OK, &self.view(&record)))
+        let fleet = self.fleet().await;
+        Ok(json_response(StatusCode::OK, &self.view(&record, &fleet)))
     }
 
-    /// A record as the API shows it: its fields and what the proxy knows of it.
-    fn view(&self, record: &Record) -> Value {
+    /// A record as the API shows it: its fields and what the fleet knows of it (this
+    /// instance's activity, live, with what the others last wrote to the catalog).
+    fn view(&self, record: &Record, fleet: &Fleet) -> Value {
         let mut value = serde_json::to_value(record).unwrap_or_default();
         let key = self
             .config()
             .key(&record.host, &record.owner, &record.name)
             .ok();
-        let stats = key
+        let mut stats = key
             .as_ref()
             .map(|k| self.mirrors.stats(k))
             .unwrap_or_default();
+        if let Some(others) = key
+            .as_ref()
+            .and_then(|k| fleet.get(&crate::shared_responses::repo_text(&k.relative_path())))
+        {
+            stats.add(others);
+        }
         let mirror_bytes = key
             .as_ref()
             .and_then(|k| self.mirrors.registry().existing(k))

@@ -25,18 +25,8 @@ struct OpenRepo {
     repo: Arc<Repository>,
 }
 
-/// What the proxy did for one repository since it started (for the admin page).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RepoStats {
-    /// Fetches answered from the mirror as it was.
-    pub(crate) hits: u64,
-    /// Fetches that refreshed the mirror first (or went upstream).
-    pub(crate) misses: u64,
-    /// When the last refresh ended (seconds since the epoch) and whether it succeeded.
-    pub(crate) last_refresh: Option<(i64, bool)>,
-    /// The last error, and when.
-    pub(crate) last_error: Option<(i64, String)>,
-}
+/// What this instance did for one repository since it started (for the admin page).
+pub(crate) type RepoStats = gitcache_catalog::Activity;
 
 /// The registry, the open mirrors and their activity.
 #[derive(Debug)]
@@ -76,6 +66,14 @@ impl Mirrors {
     /// What happened to `key`'s repository since the start.
     pub(crate) fn stats(&self, key: &RepoKey) -> RepoStats {
         self.lock_stats().get(key).cloned().unwrap_or_default()
+    }
+
+    /// What happened to every repository since the start.
+    pub(crate) fn all_stats(&self) -> Vec<(RepoKey, RepoStats)> {
+        self.lock_stats()
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect()
     }
 
     pub(crate) fn note(&self, key: &RepoKey, update: impl FnOnce(&mut RepoStats)) {

@@ -249,6 +249,7 @@ impl Proxy {
             path: config.data_dir.clone(),
             source,
         })?;
+        let instance = instance_name();
         let mut registry = Registry::new(mirrors)
             .with_consolidate_after(config.consolidate_after)
             .with_max_concurrent_refreshes(config.limits.max_concurrent_refreshes);
@@ -258,7 +259,7 @@ impl Proxy {
             match services
                 .catalog
                 .as_ref()
-                .and_then(|c| c.leases(instance_name()))
+                .and_then(|c| c.leases(instance.clone()))
             {
                 Some(leases) => {
                     tracing::info!(
@@ -291,7 +292,7 @@ impl Proxy {
                         .and_then(|c| c.response_index())
                         .map(|i| Arc::new(i) as Arc<dyn ResponseIndex>);
                     let leases = catalog
-                        .and_then(|c| c.leases(instance_name()))
+                        .and_then(|c| c.leases(instance.clone()))
                         .map(|l| (Arc::new(l) as Arc<dyn Leases>, config.lease_ttl));
                     responses = responses.with_shared(SharedResponses::new(store, index, leases));
                 }
@@ -309,6 +310,8 @@ impl Proxy {
             mirrors: Arc::clone(&mirrors),
             responses: responses.clone(),
             labels: Arc::clone(&labels),
+            instance: instance.clone(),
+            pushed: std::sync::Mutex::default(),
         });
         let admin = Admin::new(
             Arc::clone(&config),
@@ -316,6 +319,7 @@ impl Proxy {
             Arc::clone(&mirrors),
             responses.clone(),
             default_host.clone(),
+            instance,
         );
         Ok(Arc::new(Proxy {
             path_hosts: config

@@ -24,6 +24,10 @@ pub(crate) struct Upkeep {
     pub(crate) mirrors: Arc<Mirrors>,
     pub(crate) responses: Option<Arc<ResponseCache>>,
     pub(crate) labels: Arc<RepoLabels>,
+    /// This instance's name among those sharing the catalog.
+    pub(crate) instance: String,
+    /// The activity last written to the catalog, so that only what changed is written.
+    pub(crate) pushed: std::sync::Mutex<HashMap<String, gitcache_catalog::Activity>>,
 }
 
 impl Upkeep {
@@ -48,10 +52,37 @@ impl Upkeep {
         let mut last_cleanup = Instant::now();
         loop {
             tokio::time::sleep(cleanup.map_or(tick, |c| c.min(tick))).await;
-            if let Some(catalog) = &self.catalog
-                && let Err(err) = catalog.reload().await
-            {
-                tracing::warn!(%err, "reading the catalog failed; keeping the last view");
+            if let Some(catalog) = &self.catalog {
+                if let Err(err) = catalog.reload().await {
+                    tracing::warn!(%err, "reading the catalog failed; keeping the last view");
+                }
+                // What this instance did, for the other instances' admin pages.
+                let activity: Vec<(String, gitcache_catalog::Activity)> = {
+                    let pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+                    self.mirrors
+                        .all_stats()
+                        .into_iter()
+                        .map(|(key, stats)| {
+                            (
+                                crate::shared_responses::repo_text(&key.relative_path()),
+                                stats,
+                            )
+                        })
+                        .filter(|(repo, stats)| pushed.get(repo) != Some(stats))
+                        .collect()
+                };
+                if !activity.is_empty() {
+                    match catalog.push_activity(&self.instance, &activity).await {
+                        Ok(()) => self
+                            .pushed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(activity),
+                        Err(err) => {
+                            tracing::warn!(%err, "writing this instance's activity to the catalog failed")
+                        }
+                    }
+                }
             }
             if let Some(handle) = &self.prometheus {
                 handle.run_upkeep();

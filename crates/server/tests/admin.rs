@@ -555,7 +555,7 @@ fn gitcache_storage_size(dir: &std::path::Path) -> u64 {
 }
 
 /// Two instances sharing a PostgreSQL catalog: what one adds, the other serves from its
-/// in-memory view after its next reload.
+/// in-memory view after its next reload; each shows the fleet's numbers.
 #[test]
 fn instances_sharing_a_postgres_catalog_see_each_others_records() {
     let Some(url) = common::postgres_database("admin") else {
@@ -598,6 +598,26 @@ fn instances_sharing_a_postgres_catalog_see_each_others_records() {
         std::thread::sleep(Duration::from_millis(300));
         n += 1;
         clone(&git, &second, "acme/widgets", &format!("c{n}"));
+    }
+    // Each instance's page shows the fleet's numbers: two clones through the first, the
+    // second's own, summed (each writes its activity to the catalog every reload).
+    clone(&git, &first, "acme/widgets", "f1");
+    clone(&git, &first, "acme/widgets", "f2");
+    let fetches = |cache: &Gitcache| {
+        let (_, listed, _) = api(cache, "GET", "/api/cached-repos", None);
+        let status = &listed[0]["status"];
+        status["hits"].as_u64().unwrap() + status["misses"].as_u64().unwrap()
+    };
+    let on_second: u64 = fetches(&second);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fetches(&second) < on_second + 2 || fetches(&first) != fetches(&second) {
+        assert!(
+            Instant::now() < deadline,
+            "the fleet's numbers never met: {} on the first, {} on the second",
+            fetches(&first),
+            fetches(&second)
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
