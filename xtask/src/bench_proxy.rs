@@ -88,7 +88,7 @@ fn start_gitcache(
     }
     let mut child = Command::new(root.join("target/release/gitcache-server"))
         .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
-        .args(["--upstream-timeout", "600", "--log-level", "warn"])
+        .args(["--upstream-timeout", "600", "--log-level", "info", "--log-format", "plain"])
         .arg("--data-dir")
         .arg(data)
         .args(extra)
@@ -102,8 +102,10 @@ fn start_gitcache(
             bail!("gitcache exited before listening");
         }
         if let Some(addr) = line.trim().strip_prefix("gitcache listening on http://") {
-            // Keep draining its log so it never blocks on a full pipe.
-            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+            // Keep draining its log so it never blocks on a full pipe, into a file beside
+            // the data directory for a look afterwards.
+            let mut log = std::fs::File::create(data.with_extension("log"))?;
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut log));
             return Ok((server, addr.to_owned()));
         }
     }
@@ -348,7 +350,7 @@ fn body_variant(depth1: &[u8]) -> Result<Vec<u8>> {
 /// Two instances on one bucket: what a miss on A costs, what the same request costs on B
 /// (hydrating its copy from the bucket instead of fetching from the upstream), and hits on
 /// each against a single-instance hit.
-pub(crate) fn two_instances(root: &Path, repo: Option<&str>) -> Result<()> {
+pub(crate) fn two_instances(root: &Path, repo: Option<&str>, only: Option<&str>) -> Result<()> {
     let Some(s3) = gitcache_testkit::s3::S3Server::start("gitcache-bench") else {
         bail!("set GITCACHE_TEST_MOTO to moto_server's path (bash .ci/moto prints it)");
     };
@@ -370,6 +372,7 @@ pub(crate) fn two_instances(root: &Path, repo: Option<&str>) -> Result<()> {
     let cases: Vec<(&str, Vec<u8>)> = requests(&repo, &tips, false)?
         .into_iter()
         .filter(|(name, _)| *name == "full clone" || *name == "clone --depth=1")
+        .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
         .map(|(name, fetch)| (name, body(fetch)))
         .collect();
     let mirror_in = |data: &Path| {

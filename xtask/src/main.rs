@@ -7,7 +7,7 @@
 //! - `bench-pack [repo] [--only TEXT]`: time our pack generation against `git upload-pack` on
 //!   the same repository and requests (default: the `large` generated repository; `--only`
 //!   runs the requests whose name contains TEXT).
-//! - `bench-proxy [repo] [--response-cache | --two-instances]`: time gitcache (hits and misses) in front of C
+//! - `bench-proxy [repo] [--response-cache | --two-instances [--only TEXT]]`: time gitcache (hits and misses) in front of C
 //!   git's http-backend (with `--response-cache`, only the response-cache table)
 //!   against http-backend alone, over HTTP, on the same repository and requests.
 //! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
@@ -51,7 +51,17 @@ fn main() -> Result<()> {
                 .find(|a| !a.starts_with("--"))
                 .map(String::as_str);
             if args.iter().any(|a| a == "--two-instances") {
-                return bench_proxy::two_instances(&workspace_root()?, repo);
+                let only = args
+                    .iter()
+                    .position(|a| a == "--only")
+                    .and_then(|i| args.get(i + 1))
+                    .map(String::as_str);
+                let repo = args[1..]
+                    .iter()
+                    .enumerate()
+                    .find(|(i, a)| !a.starts_with("--") && args[*i] != "--only")
+                    .map(|(_, a)| a.as_str());
+                return bench_proxy::two_instances(&workspace_root()?, repo, only);
             }
             bench_proxy::run(&workspace_root()?, repo, only_cache)
         }
@@ -62,7 +72,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--response-cache | --two-instances] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--response-cache | --two-instances [--only TEXT]] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }

@@ -27,8 +27,8 @@ struct Slot {
     running: tokio::sync::Mutex<()>,
     /// The number of refreshes finished, and the last outcome.
     last: Mutex<(u64, Option<Outcome>)>,
-    /// Held while bitmaps are written for the mirror (at most one writer at a time; a
-    /// second leaves it to the first), and while leftovers are removed: the writer's
+    /// Held while bitmaps are written for the mirror (one writer at a time; a second waits
+    /// and finds the first one's file), and while leftovers are removed: the writer's
     /// temporary is never taken for a crash's.
     writing_bitmaps: Mutex<()>,
     /// Set while a background consolidation of the mirror is started or running.
@@ -498,16 +498,21 @@ impl Registry {
             }
         };
         // Bitmaps take long on big histories: refreshes go on meanwhile, and a second
-        // writer for the same mirror leaves it to the first.
+        // writer for the same mirror waits for the first and finds its file.
         if let Some(pack) = done.pack.clone()
             && done.bitmap.is_none()
         {
             let tips = done.tips.clone();
             let (slot, writer) = (Arc::clone(&slot), mirror.clone());
             let written = tokio::task::spawn_blocking(move || {
-                let Some(_writing) = try_hold(&slot.writing_bitmaps) else {
-                    return Ok(None);
-                };
+                // Waited for, not tried: the leftovers sweep holds it for a moment too (so as
+                // not to take a writer's temporary for a crash's), and a writer that gave up
+                // on that left the mirror without bitmaps until its next maintenance. A
+                // second writer finds the first one's file and is done at once.
+                let _writing = slot
+                    .writing_bitmaps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 writer.write_bitmaps(&pack, &tips)
             })
             .await
