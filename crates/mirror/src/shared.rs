@@ -583,6 +583,8 @@ impl Shared {
             crate::mirror::Mirror::create(git_dir, manifest.format)?;
         }
         let pack_dir = git_dir.join("objects").join("pack");
+        let started = std::time::Instant::now();
+        let mut downloaded = 0u64;
         for pack in &manifest.packs {
             for ext in pack.files.iter().copied() {
                 let path = pack_dir.join(format!("{}.{ext}", pack.stem));
@@ -591,6 +593,7 @@ impl Shared {
                 }
                 self.download(key, &pack.stem, ext, &path, manifest.format)
                     .await?;
+                downloaded += std::fs::metadata(&path).map_or(0, |m| m.len());
             }
         }
         gitcache_storage::fs::sync_dir(&pack_dir)?;
@@ -610,6 +613,12 @@ impl Shared {
             }
         }
         set_local_version(git_dir, &version)?;
+        tracing::info!(
+            packs = manifest.packs.len(),
+            downloaded,
+            ms = started.elapsed().as_millis() as u64,
+            "mirror taken from the shared store"
+        );
         Ok(Hydrated::Current)
     }
 
@@ -690,6 +699,8 @@ impl Shared {
                 }
             },
         };
+        let started = std::time::Instant::now();
+        let mut uploaded = 0u64;
         for pack in &local.packs {
             // Files the current manifest names are in the store; every other one is written
             // (again, if a crash left it unnamed: that makes it new, so that collection,
@@ -707,6 +718,7 @@ impl Shared {
                 self.store
                     .put_file(&Self::file_key(key, &pack.stem, ext)?, &path)
                     .await?;
+                uploaded += std::fs::metadata(&path).map_or(0, |m| m.len());
             }
         }
         // Packs dropped now are retired; those retired longer than the grace period are
@@ -741,6 +753,12 @@ impl Shared {
         {
             Replaced::Done(version) => {
                 set_local_version(git_dir, &version)?;
+                tracing::info!(
+                    packs = local.packs.len(),
+                    uploaded,
+                    ms = started.elapsed().as_millis() as u64,
+                    "mirror committed to the shared store"
+                );
                 for stem in expired {
                     self.delete_pack(key, &stem).await?;
                 }
