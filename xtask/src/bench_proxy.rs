@@ -88,7 +88,12 @@ fn start_gitcache(
     }
     let mut child = Command::new(root.join("target/release/gitcache-server"))
         .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
-        .args(["--upstream-timeout", "600", "--log-level", "info", "--log-format", "plain"])
+        .args(["--upstream-timeout", "600", "--log-format", "plain"])
+        // Its log is kept beside the data directory; `GITCACHE_BENCH_LOG_LEVEL=debug` for more.
+        .args([
+            "--log-level",
+            &std::env::var("GITCACHE_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+        ])
         .arg("--data-dir")
         .arg(data)
         .args(extra)

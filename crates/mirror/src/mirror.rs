@@ -218,6 +218,8 @@ impl Mirror {
             .copied()
             .filter(|t| !wants.contains(t))
             .collect();
+        // Tips on disk whose history was not whole: fetched again, then walked again.
+        let mut rewalk: Vec<ObjectId> = Vec::new();
         if !present.is_empty() {
             // One walk per tip (a failure must name which tips to fetch), on one handle.
             let (git_dir, haves) = (self.git_dir.clone(), haves.clone());
@@ -232,6 +234,7 @@ impl Mirror {
             })
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            rewalk.clone_from(&broken);
             wants.extend(broken);
         }
 
@@ -246,7 +249,16 @@ impl Mirror {
             ingested = Some((pack, first));
         }
         let repo = std::sync::Arc::new(gitcache_pack::Repository::open(&self.git_dir)?);
-        let checked = self.check_fetched(&repo, &remote, &new_tips, &haves).await;
+        let checking = std::time::Instant::now();
+        let fetched_pack = ingested.as_ref().map(|(pack, _)| pack.pack.clone());
+        let checked = self
+            .check_fetched(&repo, &remote, &new_tips, &haves, fetched_pack, &rewalk)
+            .await;
+        tracing::debug!(
+            tips = new_tips.len(),
+            ms = checking.elapsed().as_millis() as u64,
+            "fetched history checked"
+        );
         if let Err(err) = checked {
             if let Some((pack, _)) = ingested.as_ref().filter(|(pack, _)| pack.fresh) {
                 // Nothing refers to it: it goes, and the mirror is as it was (a pack the
@@ -273,13 +285,21 @@ impl Mirror {
     }
 
     /// Every listed ref's object is present, and everything the new tips (`wants`) reach,
-    /// down to what the old tips (`haves`) reach (a walk on a blocking thread).
+    /// down to what the old tips (`haves`) reach, on a blocking thread.
+    ///
+    /// With a pack fetched, that is: every object of the pack refers only to objects the
+    /// mirror has ([`gitcache_pack::Repository::check_pack_closed`]; the packs already
+    /// there were checked so when they came), and the tips that were on disk with their
+    /// history incomplete (`rewalk`) are walked again. Without one, the new tips (all on
+    /// disk) are walked.
     async fn check_fetched(
         &self,
         repo: &std::sync::Arc<gitcache_pack::Repository>,
         remote: &[RefLine],
         wants: &[ObjectId],
         haves: &[ObjectId],
+        fetched: Option<PathBuf>,
+        rewalk: &[ObjectId],
     ) -> Result<(), Error> {
         for line in remote {
             if let Some(oid) = line.oid
@@ -294,9 +314,21 @@ impl Mirror {
         if wants.is_empty() {
             return Ok(());
         }
-        let (repo, wants, haves) = (std::sync::Arc::clone(repo), wants.to_vec(), haves.to_vec());
-        tokio::task::spawn_blocking(move || repo.check_connected(&wants, &haves))
-            .await
+        let (repo, haves) = (std::sync::Arc::clone(repo), haves.to_vec());
+        let walk = match &fetched {
+            Some(_) => rewalk.to_vec(),
+            None => wants.to_vec(),
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Some(pack) = &fetched {
+                repo.check_pack_closed(pack)?;
+            }
+            if walk.is_empty() {
+                return Ok(());
+            }
+            repo.check_connected(&walk, &haves)
+        })
+        .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))?
             .map_err(|err| match err {
                 err @ gitcache_pack::Error::MissingObject { .. } => Error::Disconnected(err),
@@ -318,6 +350,7 @@ impl Mirror {
             .join("pack")
             .join(format!("incoming-{}-response", std::process::id()));
         let result = async {
+            let started = std::time::Instant::now();
             let mut file = tokio::fs::File::create(&staging).await?;
             let fetch = Fetch {
                 wants,
@@ -328,10 +361,11 @@ impl Mirror {
                 no_progress: true,
                 ..Fetch::default()
             };
-            upstream.fetch_into(format, fetch, &mut file).await?;
+            let bytes = upstream.fetch_into(format, fetch, &mut file).await?;
             drop(file);
+            let downloaded = started.elapsed();
             let (path, git_dir) = (staging.clone(), self.git_dir.clone());
-            tokio::task::spawn_blocking(move || -> Result<ingest::Ingested, Error> {
+            let ingested = tokio::task::spawn_blocking(move || -> Result<ingest::Ingested, Error> {
                 let file = std::fs::File::open(&path)?;
                 let mut stream = PackStream::new(BufReader::new(file), format);
                 stream.read_sections()?;
@@ -348,7 +382,15 @@ impl Mirror {
                 )?)
             })
             .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            tracing::debug!(
+                bytes,
+                objects = ingested.objects,
+                download_ms = downloaded.as_millis() as u64,
+                index_ms = (started.elapsed() - downloaded).as_millis() as u64,
+                "pack fetched"
+            );
+            Ok(ingested)
         }
         .await;
         let _ = std::fs::remove_file(&staging);

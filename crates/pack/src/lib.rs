@@ -566,6 +566,94 @@ impl Repository {
         }
     }
 
+    /// Whether every object of the repository's pack `pack` refers only to objects the
+    /// repository has: a commit to its tree and parents, a tree to its entries (gitlinks
+    /// aside: a submodule's commits live elsewhere), a tag to its target. `Err` names one
+    /// that is missing.
+    ///
+    /// When the packs already there are closed the same way (each was checked so when it
+    /// came), the history of everything the repository has is then in it: the check a fetch
+    /// needs, made by decoding each object once in pack order, on every core, instead of
+    /// walking history object by object (several times faster on a first fetch).
+    pub fn check_pack_closed(&self, pack: &std::path::Path) -> Result<(), Error> {
+        use std::sync::{Arc, Mutex};
+        let stored = self.stored_packs()?;
+        let Some(this) = stored.iter().find(|p| p.pack == pack) else {
+            return Err(Error::Open {
+                path: pack.to_owned(),
+                message: "not one of the repository's packs".into(),
+            });
+        };
+        let indexes: Arc<Vec<Arc<gix_pack::index::File>>> =
+            Arc::new(stored.iter().map(|p| Arc::clone(&p.index)).collect());
+        let data = gix_pack::data::File::at(pack, self.object_format()).map_err(Error::odb)?;
+        let missing: Arc<Mutex<Option<ObjectId>>> = Arc::default();
+        let hash = self.object_format();
+        let processor = {
+            let missing = Arc::clone(&missing);
+            move |kind: gix_object::Kind,
+                  object: &[u8],
+                  _: &gix_pack::index::Entry,
+                  _: &dyn gix_utils::progress::Progress|
+                  -> gix_error::Result {
+                let absent = |oid: &gix_hash::oid| indexes.iter().all(|i| i.lookup(oid).is_none());
+                let found = match kind {
+                    gix_object::Kind::Blob => None,
+                    gix_object::Kind::Commit => {
+                        let tree = gix_object::CommitRefIter::from_bytes(object, hash)
+                            .tree_id()
+                            .map_err(gix_error::ErrorExt::raise)?;
+                        std::iter::once(tree)
+                            .chain(gix_object::CommitRefIter::from_bytes(object, hash).parent_ids())
+                            .find(|oid| absent(oid))
+                    }
+                    gix_object::Kind::Tree => {
+                        let mut found = None;
+                        for entry in gix_object::TreeRefIter::from_bytes(object, hash) {
+                            let entry = entry.map_err(gix_error::ErrorExt::raise)?;
+                            if !entry.mode.is_commit() && absent(entry.oid) {
+                                found = Some(entry.oid.to_owned());
+                                break;
+                            }
+                        }
+                        found
+                    }
+                    gix_object::Kind::Tag => {
+                        let target = gix_object::TagRefIter::from_bytes(object, hash)
+                            .target_id()
+                            .map_err(gix_error::ErrorExt::raise)?;
+                        Some(target).filter(|oid| absent(oid))
+                    }
+                };
+                match found {
+                    Some(oid) => {
+                        *missing.lock().unwrap_or_else(|p| p.into_inner()) = Some(oid);
+                        Err(gix_error::ErrorExt::raise(gix_error::message!("{oid} is missing")))
+                    }
+                    None => Ok(()),
+                }
+            }
+        };
+        let traversed = this.index.traverse(
+            &data,
+            &mut gix_utils::progress::Discard,
+            &std::sync::atomic::AtomicBool::new(false),
+            processor,
+            gix_pack::index::traverse::Options {
+                traversal: gix_pack::index::traverse::Algorithm::DeltaTreeLookup,
+                thread_limit: None,
+                // Ingestion verified the pack's and every object's checksum already.
+                check: gix_pack::index::traverse::SafetyCheck::SkipFileAndObjectChecksumVerification,
+                alloc_limit_bytes: Some(MAX_DECODED_BYTES),
+                make_pack_lookup_cache: || gix_pack::cache::Never,
+            },
+        );
+        if let Some(oid) = *missing.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(Error::MissingObject { oid });
+        }
+        traversed.map(drop).map_err(Error::odb)
+    }
+
     /// What `oid` peels to when it is an annotated tag (followed through tags of tags), or
     /// `None` when it is not a tag.
     pub fn peeled(&self, oid: &ObjectId) -> Result<Option<ObjectId>, Error> {
@@ -577,6 +665,10 @@ impl Repository {
         }
     }
 }
+
+/// The largest buffer decoding one object of a pack may take when a pack is checked (as
+/// ingestion bounds it).
+const MAX_DECODED_BYTES: usize = 2 << 30;
 
 /// Commits between two stored bitmaps, in the walk [`Repository::write_bitmaps`] makes: a
 /// fetch walks at most about this many commits past the nearest bitmap.
