@@ -329,11 +329,11 @@ impl Mirror {
             repo.check_connected(&walk, &haves)
         })
         .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?
-            .map_err(|err| match err {
-                err @ gitcache_pack::Error::MissingObject { .. } => Error::Disconnected(err),
-                other => Error::Repository(other),
-            })
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        .map_err(|err| match err {
+            err @ gitcache_pack::Error::MissingObject { .. } => Error::Disconnected(err),
+            other => Error::Repository(other),
+        })
     }
 
     /// Fetch `wants` in one round and take the pack in.
@@ -365,24 +365,25 @@ impl Mirror {
             drop(file);
             let downloaded = started.elapsed();
             let (path, git_dir) = (staging.clone(), self.git_dir.clone());
-            let ingested = tokio::task::spawn_blocking(move || -> Result<ingest::Ingested, Error> {
-                let file = std::fs::File::open(&path)?;
-                let mut stream = PackStream::new(BufReader::new(file), format);
-                stream.read_sections()?;
-                if !stream.has_pack() {
-                    return Err(gitcache_protocol::response::Error::Unexpected {
-                        line: "upstream answered a fetch with done but sent no pack".into(),
+            let ingested =
+                tokio::task::spawn_blocking(move || -> Result<ingest::Ingested, Error> {
+                    let file = std::fs::File::open(&path)?;
+                    let mut stream = PackStream::new(BufReader::new(file), format);
+                    stream.read_sections()?;
+                    if !stream.has_pack() {
+                        return Err(gitcache_protocol::response::Error::Unexpected {
+                            line: "upstream answered a fetch with done but sent no pack".into(),
+                        }
+                        .into());
                     }
-                    .into());
-                }
-                Ok(ingest::ingest_pack(
-                    &git_dir,
-                    format,
-                    &mut BufReader::new(stream),
-                )?)
-            })
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+                    Ok(ingest::ingest_pack(
+                        &git_dir,
+                        format,
+                        &mut BufReader::new(stream),
+                    )?)
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
             tracing::debug!(
                 bytes,
                 objects = ingested.objects,

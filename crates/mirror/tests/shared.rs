@@ -463,3 +463,50 @@ fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
         assert!(MirrorManifest::decode(bad.as_bytes()).is_err(), "{bad}");
     }
 }
+
+/// Files under a mirror's packs that no manifest names (an upload cut short by a crash) are
+/// collected once older than the grace period (and the clock margin), not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_files_are_collected_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FsStore::new(dir.path());
+    let f = fleet(AnyStore::Fs(fs.clone()), Duration::ZERO, 1305);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let stray = |name: &str| {
+        fs.path_of(
+            &ObjectKey::new(&format!("mirrors/127.0.0.1/acme/shared.git/packs/{name}")).unwrap(),
+        )
+    };
+    let (old, young) = (
+        stray(&format!("pack-{}.pack", "a".repeat(40))),
+        stray(&format!("pack-{}.pack", "b".repeat(40))),
+    );
+    std::fs::write(&old, b"cut short long ago").unwrap();
+    // Everything there (the named files too) written long ago, but for one stray.
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3 * 3600);
+    for entry in std::fs::read_dir(old.parent().unwrap()).unwrap() {
+        std::fs::File::options()
+            .write(true)
+            .open(entry.unwrap().path())
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+    }
+    std::fs::write(&young, b"being uploaded now").unwrap();
+    let shared = Shared::new(AnyStore::Fs(fs.clone()), Duration::ZERO);
+    assert_eq!(shared.collect(&f.key).await.unwrap(), 1);
+    assert!(!old.exists());
+    assert!(
+        young.exists(),
+        "within the clock margin: an upload may be under way"
+    );
+    // Named files are never collected, however old.
+    f.fsck(&f.a);
+    assert!(
+        shared
+            .hydrate(&f.key, &f.b.path(&f.key))
+            .await
+            .is_ok_and(|h| h == Hydrated::Current)
+    );
+    f.fsck(&f.b);
+}

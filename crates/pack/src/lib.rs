@@ -628,7 +628,9 @@ impl Repository {
                 match found {
                     Some(oid) => {
                         *missing.lock().unwrap_or_else(|p| p.into_inner()) = Some(oid);
-                        Err(gix_error::ErrorExt::raise(gix_error::message!("{oid} is missing")))
+                        Err(gix_error::ErrorExt::raise(gix_error::message!(
+                            "{oid} is missing"
+                        )))
                     }
                     None => Ok(()),
                 }
@@ -643,7 +645,8 @@ impl Repository {
                 traversal: gix_pack::index::traverse::Algorithm::DeltaTreeLookup,
                 thread_limit: None,
                 // Ingestion verified the pack's and every object's checksum already.
-                check: gix_pack::index::traverse::SafetyCheck::SkipFileAndObjectChecksumVerification,
+                check:
+                    gix_pack::index::traverse::SafetyCheck::SkipFileAndObjectChecksumVerification,
                 alloc_limit_bytes: Some(MAX_DECODED_BYTES),
                 make_pack_lookup_cache: || gix_pack::cache::Never,
             },

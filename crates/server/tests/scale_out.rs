@@ -41,19 +41,39 @@ fn instance_at(upstream: &Upstream, server: &S3Server, endpoint: &str, extra: &[
     Gitcache::start(upstream, &flags)
 }
 
+/// The bucket the instances share, as they see it (under their prefix).
+fn bucket(server: &S3Server) -> gitcache_storage::s3::S3Store {
+    gitcache_storage::s3::S3Store::new(&gitcache_storage::s3::S3Config {
+        bucket: server.bucket().to_owned(),
+        endpoint: Some(server.endpoint()),
+        prefix: Some("fleet-a".into()),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// A bucket named `bucket` and an upstream serving a `small` repository `name` (public), or
+/// `None` without moto.
+fn setup(bucket: &str, name: &str, seed: u64) -> Option<(S3Server, Upstream, std::path::PathBuf)> {
+    let server = S3Server::start(bucket)?;
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path(name);
+    repo::generate(&source, &RepoSpec::small(seed)).unwrap();
+    upstream.adopt_repo(name, Access::Public).unwrap();
+    Some((server, upstream, source))
+}
+
 fn tip(repo: &std::path::Path) -> String {
     git_stdout(repo, &["rev-parse", "HEAD"]).trim().to_owned()
 }
 
 #[test]
 fn a_clone_through_one_instance_is_a_hit_on_the_other() {
-    let Some(server) = S3Server::start("gitcache-fleet") else {
+    let Some((server, upstream, source)) = setup("gitcache-fleet", "acme/fleet", 1310) else {
         return;
     };
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/fleet");
-    repo::generate(&source, &RepoSpec::small(1310)).unwrap();
-    upstream.adopt_repo("acme/fleet", Access::Public).unwrap();
     let a = instance(&upstream, &server);
     let b = instance_with(&upstream, &server, &["--storage-poll-interval", "1"]);
     let git = GitClient::new().unwrap();
@@ -103,15 +123,12 @@ fn a_clone_through_one_instance_is_a_hit_on_the_other() {
 
 #[test]
 fn twenty_cold_clones_over_two_instances_fetch_once() {
-    let Some(server) = S3Server::start("gitcache-cold") else {
+    let Some((server, upstream, _)) = setup("gitcache-cold", "acme/cold", 1311) else {
         return;
     };
     let Some(database) = postgres_database("cold") else {
         return;
     };
-    let upstream = Upstream::start().unwrap();
-    repo::generate(&upstream.repo_path("acme/cold"), &RepoSpec::small(1311)).unwrap();
-    upstream.adopt_repo("acme/cold", Access::Public).unwrap();
     // The one fetch takes a while, so that every clone arrives while it runs.
     upstream.inject(
         Fault::Delay(Duration::from_millis(1500)),
@@ -158,15 +175,12 @@ fn twenty_cold_clones_over_two_instances_fetch_once() {
 
 #[test]
 fn a_killed_instances_refresh_is_taken_over_when_its_lease_lapses() {
-    let Some(server) = S3Server::start("gitcache-kill") else {
+    let Some((server, upstream, _)) = setup("gitcache-kill", "acme/kill", 1312) else {
         return;
     };
     let Some(database) = postgres_database("kill") else {
         return;
     };
-    let upstream = Upstream::start().unwrap();
-    repo::generate(&upstream.repo_path("acme/kill"), &RepoSpec::small(1312)).unwrap();
-    upstream.adopt_repo("acme/kill", Access::Public).unwrap();
     // A's fetch hangs long enough to be killed in the middle of it.
     upstream.inject(
         Fault::Delay(Duration::from_secs(30)),
@@ -296,15 +310,12 @@ fn without_the_object_store_instances_go_on_alone_and_catch_up_when_it_returns()
 /// index in PostgreSQL and empties the bucket of what is over the cap.
 #[test]
 fn a_response_stored_on_one_instance_is_served_stored_by_the_other() {
-    let Some(server) = S3Server::start("gitcache-responses") else {
+    let Some((server, upstream, _)) = setup("gitcache-responses", "acme/answers", 1315) else {
         return;
     };
     let Some(database) = postgres_database("responses") else {
         return;
     };
-    let upstream = Upstream::start().unwrap();
-    repo::generate(&upstream.repo_path("acme/answers"), &RepoSpec::small(1315)).unwrap();
-    upstream.adopt_repo("acme/answers", Access::Public).unwrap();
     let flags = ["--database-url", database.as_str()];
     let a = instance_with(&upstream, &server, &flags);
     let b = instance_with(&upstream, &server, &flags);
@@ -317,15 +328,7 @@ fn a_response_stored_on_one_instance_is_served_stored_by_the_other() {
     .expect_success();
     a.log_with("response generated", 1);
     // The upload runs in the background: wait until the bucket has it.
-    let store = gitcache_storage::s3::S3Store::new(&gitcache_storage::s3::S3Config {
-        bucket: server.bucket().to_owned(),
-        endpoint: Some(server.endpoint()),
-        prefix: Some("fleet-a".into()),
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    let store = bucket(&server);
     let responses = gitcache_storage::store::ObjectKey::new("responses").unwrap();
     let listed = || {
         tokio::runtime::Builder::new_current_thread()
@@ -375,4 +378,104 @@ fn a_response_stored_on_one_instance_is_served_stored_by_the_other() {
     );
     c.log_with("shared responses evicted", 1);
     assert!(listed().is_empty(), "{:?}", listed());
+}
+
+/// What the bucket holds for `name` is whole: the manifest reads, and every file it names is
+/// there. Returns how many packs it names.
+fn bucket_is_whole(server: &S3Server, upstream: &Upstream, name: &str) -> usize {
+    use gitcache_storage::store::ObjectStore as _;
+    let store = bucket(server);
+    let (owner, repo) = name.split_once('/').unwrap();
+    let key =
+        gitcache_storage::repo::RepoKey::new(&upstream.addr().to_string(), owner, repo).unwrap();
+    let shared = gitcache_mirror::shared::Shared::new(
+        gitcache_storage::store::AnyStore::S3(store.clone()),
+        Duration::from_secs(3600),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (manifest, _) = shared.read(&key).await.unwrap().expect("a manifest");
+        let base = gitcache_mirror::shared::Shared::manifest_key(&key).unwrap();
+        let packs =
+            gitcache_storage::store::ObjectKey::new(&base.as_str().replace("/manifest", "/packs"))
+                .unwrap();
+        let listed: Vec<String> = store
+            .list(&packs)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key.as_str().rsplit('/').next().unwrap().to_owned())
+            .collect();
+        for pack in &manifest.packs {
+            for ext in &pack.files {
+                let file = format!("{}.{ext}", pack.stem);
+                assert!(
+                    listed.contains(&file),
+                    "{file} is named but not stored: {listed:?}"
+                );
+            }
+        }
+        manifest.packs.len()
+    })
+}
+
+/// An instance killed at moments spread over a refresh, its commit, consolidation, bitmaps
+/// and their commits: after each kill the bucket is whole, and the other instance serves the
+/// repository, history complete.
+#[test]
+fn killed_at_any_moment_the_bucket_stays_whole() {
+    let Some((server, upstream, source)) = setup("gitcache-kills", "acme/kills", 1316) else {
+        return;
+    };
+    let b = instance(&upstream, &server);
+    let git = GitClient::new().unwrap();
+    git.run(
+        git.home(),
+        &["clone", "-q", "--bare", &b.url("acme/kills"), "seed"],
+    )
+    .unwrap()
+    .expect_success();
+    for (round, delay) in [0u64, 80, 180, 240, 280, 310, 340, 370, 400, 450, 550, 800]
+        .into_iter()
+        .enumerate()
+    {
+        let mut a = instance_with(&upstream, &server, &["--consolidate-after", "1"]);
+        repo::append_commits(&source, "main", 2, 1316 + round as u64).unwrap();
+        let (url, dest) = (a.url("acme/kills"), git.home().join(format!("a-{round}")));
+        let cloning = std::thread::spawn(move || {
+            let client = GitClient::new().unwrap();
+            client.run(
+                client.home(),
+                &["clone", "-q", "--bare", &url, &dest.to_string_lossy()],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(delay));
+        a.child.kill().unwrap();
+        a.child.wait().unwrap();
+        let cloned = cloning
+            .join()
+            .unwrap()
+            .is_ok_and(|out| out.status.success());
+        let packs = bucket_is_whole(&server, &upstream, "acme/kills");
+        assert!(packs >= 1, "round {round}");
+        eprintln!(
+            "round {round}: killed after {delay} ms; A's clone finished: {cloned}; packs named: {packs}"
+        );
+        let dest = format!("b-{round}");
+        git.run(
+            git.home(),
+            &["clone", "-q", "--bare", &b.url("acme/kills"), &dest],
+        )
+        .unwrap()
+        .expect_success();
+        fsck(&git.home().join(&dest));
+        assert_eq!(
+            git_stdout(&git.home().join(&dest), &["rev-parse", "main"]).trim(),
+            git_stdout(&source, &["rev-parse", "main"]).trim(),
+            "round {round}"
+        );
+    }
 }
