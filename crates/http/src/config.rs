@@ -207,6 +207,11 @@ pub struct ProxyConfig {
     /// How often mirrors this instance uses are brought up to what other instances committed
     /// to the shared store (zero: only when a request finds them behind).
     pub storage_poll_interval: Duration,
+    /// Mirrors fetched within `active_window` are refreshed in the background once older
+    /// than this (zero: only when requests find them behind).
+    pub refresh_interval: Duration,
+    /// See `refresh_interval`.
+    pub active_window: Duration,
     /// Upstream hosts that compare owner and repository names without case (`github.com`
     /// by default): there `acme/Widgets` and `acme/widgets` share one mirror and the upstream
     /// is asked with the lower-cased names. Everywhere else names are kept as written and
@@ -296,6 +301,8 @@ impl ProxyConfig {
             object_store: None,
             lease_ttl: Duration::from_secs(30),
             storage_poll_interval: Duration::from_secs(30),
+            refresh_interval: Duration::ZERO,
+            active_window: Duration::from_secs(24 * 3600),
             case_insensitive_hosts: BTreeSet::from(["github.com".to_owned()]),
             extra_ref_prefixes: Vec::new(),
             upstream_timeout: Duration::from_secs(30),

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::error::Error;
 use crate::metrics;
+use crate::target::Target;
 
 /// An opened mirror, kept while its packs stay the same.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub(crate) struct Mirrors {
     extra_ref_prefixes: Vec<String>,
     open: Mutex<HashMap<RepoKey, OpenRepo>>,
     stats: Mutex<HashMap<RepoKey, RepoStats>>,
+    /// Repositories fetched through this instance: how to reach them, and when last.
+    used: Mutex<HashMap<RepoKey, (Target, Instant)>>,
 }
 
 impl Mirrors {
@@ -45,6 +48,7 @@ impl Mirrors {
             extra_ref_prefixes,
             open: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
+            used: Mutex::new(HashMap::new()),
         }
     }
 
@@ -66,6 +70,39 @@ impl Mirrors {
     /// What happened to `key`'s repository since the start.
     pub(crate) fn stats(&self, key: &RepoKey) -> RepoStats {
         self.lock_stats().get(key).cloned().unwrap_or_default()
+    }
+
+    /// Note that `target` was just fetched through this instance.
+    pub(crate) fn used(&self, target: &Target) {
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target.key.clone(), (target.clone(), Instant::now()));
+    }
+
+    /// The repositories fetched within `window` whose mirror was last refreshed (by this
+    /// instance) more than `interval` ago, or never: what a scheduled refresh keeps fresh.
+    pub(crate) fn due(
+        &self,
+        interval: std::time::Duration,
+        window: std::time::Duration,
+    ) -> Vec<Target> {
+        let now = Instant::now();
+        let unix = crate::proxy::unix_now();
+        let stats = self.lock_stats();
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|(_, at)| now.duration_since(*at) <= window)
+            .filter(|(target, _)| {
+                stats
+                    .get(&target.key)
+                    .and_then(|s| s.last_refresh)
+                    .is_none_or(|(at, _)| unix.saturating_sub(at) >= interval.as_secs() as i64)
+            })
+            .map(|(target, _)| target.clone())
+            .collect()
     }
 
     /// What happened to every repository since the start.

@@ -381,7 +381,50 @@ impl Proxy {
     ///
     /// [`serve`]: crate::serve
     pub async fn maintain(self: Arc<Self>) {
+        if !self.config.refresh_interval.is_zero() {
+            tokio::spawn(Arc::clone(&self).refresh_on_schedule());
+        }
         Arc::clone(&self.upkeep).run().await;
+    }
+
+    /// Forever: mirrors fetched within the active window are refreshed in the background
+    /// once older than the refresh interval (with the service token, if any), each after a
+    /// random delay of up to a tenth of the interval (at most a minute) so that mirrors used
+    /// together are not refreshed together; a mirror's refreshes never overlap (the
+    /// registry's), and none is created (one removed meanwhile stays removed).
+    async fn refresh_on_schedule(self: Arc<Self>) {
+        use std::hash::BuildHasher as _;
+        let interval = self.config.refresh_interval;
+        let tick = (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
+        let spread = (interval / 10).min(Duration::from_secs(60));
+        let mut scheduled: HashMap<RepoKey, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            tokio::time::sleep(tick).await;
+            scheduled.retain(|_, task| !task.is_finished());
+            for target in self.mirrors.due(interval, self.config.active_window) {
+                if scheduled.contains_key(&target.key)
+                    || self.mirrors.registry().existing(&target.key).is_none()
+                {
+                    continue;
+                }
+                let credential = self
+                    .config
+                    .service_token
+                    .as_ref()
+                    .map(|t| t.authorization());
+                let Ok(upstream) = self.gate.upstream(&target, credential) else {
+                    continue;
+                };
+                let random = std::collections::hash_map::RandomState::new().hash_one(&target.key);
+                let delay = spread.mul_f64((random % 1000) as f64 / 1000.0);
+                let (mirrors, key) = (Arc::clone(&self.mirrors), target.key.clone());
+                let task = tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    mirrors.warm(key, upstream, "scheduled refresh", false);
+                });
+                scheduled.insert(target.key, task);
+            }
+        }
     }
 
     /// From now on `/readyz` answers 503, so load balancers stop sending new work.
@@ -813,6 +856,9 @@ impl Proxy {
                     "hit" => self.mirrors.note(&target.key, |s| s.hits += 1),
                     "miss" => self.mirrors.note(&target.key, |s| s.misses += 1),
                     _ => {}
+                }
+                if matches!(label, "hit" | "miss") {
+                    self.mirrors.used(target);
                 }
                 if let Err(err) = &result {
                     let message = err.to_string();

@@ -107,6 +107,14 @@ pub(crate) struct Flags {
     /// the mirrors this one uses; 0: only when a request finds a mirror behind [default: 30].
     #[arg(long, env = "GITCACHE_STORAGE_POLL_INTERVAL", value_name = "SECONDS")]
     pub(crate) storage_poll_interval: Option<u64>,
+    /// Refresh mirrors fetched within the active window in the background once older than
+    /// this many seconds; 0: only when requests find them behind [default: 0].
+    #[arg(long, env = "GITCACHE_REFRESH_INTERVAL", value_name = "SECONDS")]
+    pub(crate) refresh_interval: Option<u64>,
+    /// Seconds since its last fetch within which a mirror counts as in use for scheduled
+    /// refreshes [default: 86400].
+    #[arg(long, env = "GITCACHE_ACTIVE_WINDOW", value_name = "SECONDS")]
+    pub(crate) active_window: Option<u64>,
     #[arg(long, env = "AWS_REGION", hide = true)]
     pub(crate) aws_region: Option<String>,
     #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true, hide_env_values = true)]
@@ -276,6 +284,15 @@ struct File {
     webhook: FileWebhook,
     #[serde(default)]
     storage: FileStorage,
+    #[serde(default)]
+    mirrors: FileMirrors,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMirrors {
+    refresh_interval: Option<u64>,
+    active_window: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -476,6 +493,12 @@ impl Config {
         });
         if let Some(secs) = flags.storage_poll_interval.or(file.storage.poll_interval) {
             proxy.storage_poll_interval = Duration::from_secs(secs);
+        }
+        if let Some(secs) = flags.refresh_interval.or(file.mirrors.refresh_interval) {
+            proxy.refresh_interval = Duration::from_secs(secs);
+        }
+        if let Some(secs) = flags.active_window.or(file.mirrors.active_window) {
+            proxy.active_window = Duration::from_secs(secs.max(1));
         }
         if let Some(secs) = flags.lease_ttl.or(file.storage.lease_ttl) {
             proxy.lease_ttl = Duration::from_secs(secs.clamp(1, 3600));
@@ -720,6 +743,9 @@ extra_ref_prefixes = ["refs/pull/"]
 repos = ["acme/widgets"]
 [limits]
 max_connections = 7
+[mirrors]
+refresh_interval = 300
+active_window = 7200
 "#,
         )
         .unwrap();
@@ -744,6 +770,8 @@ max_connections = 7
         assert!(!config.proxy.cache.is_cached(None, "acme", "other"));
         assert_eq!(config.proxy.extra_ref_prefixes, ["refs/pull/"]);
         assert_eq!(config.proxy.limits.max_connections, 7);
+        assert_eq!(config.proxy.refresh_interval, Duration::from_secs(300));
+        assert_eq!(config.proxy.active_window, Duration::from_secs(7200));
     }
 
     #[test]

@@ -366,3 +366,46 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
         "nothing asked upstream: {counts:?}"
     );
 }
+
+/// Issue 14: with a refresh interval, mirrors in use are refreshed in the background (no
+/// client asking), and nothing else is.
+#[test]
+fn scheduled_refreshes_keep_mirrors_in_use_fresh() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/busy");
+    repo::generate(&source, &RepoSpec::tiny(1401)).unwrap();
+    upstream.adopt_repo("acme/busy", Access::Public).unwrap();
+    let cache = Gitcache::start(&upstream, &["--refresh-interval", "1"]);
+    let git = GitClient::new().unwrap();
+    git.run(git.home(), &["clone", "-q", &cache.url("acme/busy"), "work"])
+        .unwrap()
+        .expect_success();
+    let mirror = cache.mirror(&upstream, "acme/busy");
+    let tip = repo::append_commits(&source, "main", 2, 1402).unwrap();
+    wait_for("the scheduled refresh", || {
+        git_stdout(
+            &mirror,
+            &["for-each-ref", "--format=%(objectname)", "refs/heads/main"],
+        )
+        .trim()
+            == tip
+    });
+    fsck(&mirror);
+    cache.log_with("scheduled refresh", 1);
+    // The client's next fetch is a hit: the new commits are there already.
+    upstream.reset_counts();
+    git.run(&git.home().join("work"), &["pull", "-q", "--ff-only"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(
+        git_stdout(&git.home().join("work"), &["rev-parse", "HEAD"]).trim(),
+        tip
+    );
+    let fetches_for_the_client: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::Fetch)
+        .collect();
+    // Scheduled refreshes go on meanwhile, but find nothing new to fetch.
+    assert!(fetches_for_the_client.is_empty(), "{fetches_for_the_client:?}");
+}
