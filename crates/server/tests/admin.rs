@@ -717,3 +717,61 @@ fn purge_and_removal_drop_a_repositorys_data() {
         "still cached by the server-wide settings"
     );
 }
+
+/// Issue 14: a removal killed at any point loses nothing but what it removes. The mirror
+/// goes out of its place in one rename, then is deleted; a server killed in between (here:
+/// at once after the API answered, and with a removal's leftovers planted as a crash leaves
+/// them) sweeps what is left at its next start, and the repository is fetched anew whole.
+#[test]
+fn a_removal_killed_midway_is_finished_at_the_next_start() {
+    let upstream = upstream_with(&["acme/widgets"], RepoSpec::small);
+    let flags = ["--admin-token", TOKEN, "--cache-all", "false"];
+    let cache = Gitcache::start(&upstream, &flags);
+    let (status, created) = add(&cache, json!({"owner": "acme", "name": "widgets"}));
+    assert_eq!(status, 201);
+    let id = created["id"].as_i64().unwrap();
+    let git = GitClient::new().unwrap();
+    clone(&git, &cache, "acme/widgets", "one");
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    assert!(mirror.join("HEAD").is_file());
+
+    let (status, _, _) = api(
+        &cache,
+        "POST",
+        &format!("/api/cached-repos/{id}/purge"),
+        None,
+    );
+    assert_eq!(status, 204);
+    // A removal cut short by a crash: its folder is in the trash, half deleted.
+    let trash = mirror
+        .ancestors()
+        .find(|p| p.ends_with("mirrors"))
+        .unwrap()
+        .join(".removed");
+    let leftover = trash.join("4242-0");
+    std::fs::create_dir_all(leftover.join("objects/pack")).unwrap();
+    std::fs::write(leftover.join("objects/pack/pack-1.pack"), b"half deleted").unwrap();
+    let mut cache = cache.crash_and_restart(&upstream, &flags);
+    assert!(!mirror.exists(), "the purged mirror stays gone");
+    assert_eq!(
+        std::fs::read_dir(&trash).map(|d| d.count()).unwrap_or(0),
+        0,
+        "the leftovers were swept at start"
+    );
+
+    // Killed right after the removal answered: the mirror is out of its place already.
+    clone(&git, &cache, "acme/widgets", "two");
+    assert!(mirror.join("HEAD").is_file());
+    let (status, _, _) = api(&cache, "DELETE", &format!("/api/cached-repos/{id}"), None);
+    assert_eq!(status, 204);
+    let _ = cache.child.kill();
+    assert!(!mirror.exists());
+    cache = cache.crash_and_restart(&upstream, &flags);
+    assert_eq!(std::fs::read_dir(&trash).map(|d| d.count()).unwrap_or(0), 0);
+    // Cached again, fetched anew, whole.
+    let (status, _) = add(&cache, json!({"owner": "acme", "name": "widgets"}));
+    assert_eq!(status, 201);
+    let three = clone(&git, &cache, "acme/widgets", "three");
+    common::fsck(&three);
+    common::fsck(&mirror);
+}

@@ -377,9 +377,12 @@ fn scheduled_refreshes_keep_mirrors_in_use_fresh() {
     upstream.adopt_repo("acme/busy", Access::Public).unwrap();
     let cache = Gitcache::start(&upstream, &["--refresh-interval", "1"]);
     let git = GitClient::new().unwrap();
-    git.run(git.home(), &["clone", "-q", &cache.url("acme/busy"), "work"])
-        .unwrap()
-        .expect_success();
+    git.run(
+        git.home(),
+        &["clone", "-q", &cache.url("acme/busy"), "work"],
+    )
+    .unwrap()
+    .expect_success();
     let mirror = cache.mirror(&upstream, "acme/busy");
     let tip = repo::append_commits(&source, "main", 2, 1402).unwrap();
     wait_for("the scheduled refresh", || {
@@ -407,5 +410,8 @@ fn scheduled_refreshes_keep_mirrors_in_use_fresh() {
         .filter(|r| r.kind == RequestKind::Fetch)
         .collect();
     // Scheduled refreshes go on meanwhile, but find nothing new to fetch.
-    assert!(fetches_for_the_client.is_empty(), "{fetches_for_the_client:?}");
+    assert!(
+        fetches_for_the_client.is_empty(),
+        "{fetches_for_the_client:?}"
+    );
 }
