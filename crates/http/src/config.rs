@@ -212,6 +212,12 @@ pub struct ProxyConfig {
     pub refresh_interval: Duration,
     /// See `refresh_interval`.
     pub active_window: Duration,
+    /// The most bytes mirrors may hold together; beyond, whole mirrors are evicted, least
+    /// recently used first (`None`: no cap).
+    pub max_mirror_bytes: Option<u64>,
+    /// The bytes to keep free on the data directory's disk: mirrors are evicted to keep
+    /// them, and a refresh that would start below is refused (the fetch is passed through).
+    pub min_free_bytes: u64,
     /// Upstream hosts that compare owner and repository names without case (`github.com`
     /// by default): there `acme/Widgets` and `acme/widgets` share one mirror and the upstream
     /// is asked with the lower-cased names. Everywhere else names are kept as written and
@@ -303,6 +309,8 @@ impl ProxyConfig {
             storage_poll_interval: Duration::from_secs(30),
             refresh_interval: Duration::ZERO,
             active_window: Duration::from_secs(24 * 3600),
+            max_mirror_bytes: None,
+            min_free_bytes: 1 << 30,
             case_insensitive_hosts: BTreeSet::from(["github.com".to_owned()]),
             extra_ref_prefixes: Vec::new(),
             upstream_timeout: Duration::from_secs(30),

@@ -30,6 +30,15 @@ pub enum Error {
     /// Work the request handed to another thread ended abnormally (a bug, logged).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A refresh would leave less disk space free than configured, even after evicting
+    /// mirrors.
+    #[error("not enough free disk space for the mirror: {free} bytes free, {keep} kept free")]
+    LowDisk {
+        /// Bytes free.
+        free: u64,
+        /// Bytes to keep free (`--min-free-bytes`).
+        keep: u64,
+    },
 }
 
 impl Error {
@@ -58,6 +67,7 @@ impl Error {
                 _ => StatusCode::BAD_GATEWAY,
             },
             Error::Repository(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::LowDisk { .. } => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 

@@ -19,6 +19,8 @@ pub(crate) const FETCH: &str = "gitcache_cache_fetch_total";
 pub(crate) const LS_REFS: &str = "gitcache_cache_lsrefs_total";
 pub(crate) const WARM: &str = "gitcache_cache_warm_total";
 pub(crate) const REPOS_ACTIVE: &str = "gitcache_cache_repos_active";
+pub(crate) const MIRROR_SIZE: &str = "gitcache_mirror_bytes";
+pub(crate) const MIRRORS_EVICTED: &str = "gitcache_mirrors_evicted_total";
 pub(crate) const DEPENDENCY_UP: &str = "gitcache_dependency_up";
 pub(crate) const REQUESTS: &str = "gitcache_cache_request_total";
 pub(crate) const EVICTIONS: &str = "gitcache_cache_eviction_total";
@@ -55,6 +57,11 @@ pub(crate) fn describe() {
             "Background mirror refreshes started because upstream refs moved, by result."
         );
         describe_gauge!(REPOS_ACTIVE, "Mirrors present in the data directory.");
+        describe_gauge!(MIRROR_SIZE, "Bytes a mirror takes on this instance's disk.");
+        describe_counter!(
+            MIRRORS_EVICTED,
+            "Mirrors removed from this instance's disk to keep within its budget."
+        );
         describe_gauge!(
             DEPENDENCY_UP,
             "Whether a shared dependency (object store, database) answered the last readiness check (1) or not (0)."
@@ -164,6 +171,14 @@ pub(crate) fn pack_generated(took: Duration) {
 
 pub(crate) fn refresh(result: &'static str, took: Duration) {
     histogram!(REFRESH, "result" => result).record(took.as_secs_f64());
+}
+
+pub(crate) fn mirror_size(labels: (String, String), bytes: u64) {
+    gauge!(MIRROR_SIZE, "owner" => labels.0, "repo" => labels.1).set(bytes as f64);
+}
+
+pub(crate) fn mirror_evicted(labels: (String, String)) {
+    counter!(MIRRORS_EVICTED, "owner" => labels.0, "repo" => labels.1).increment(1);
 }
 
 pub(crate) fn dependency(name: &'static str, up: bool) {

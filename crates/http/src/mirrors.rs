@@ -29,6 +29,19 @@ struct OpenRepo {
 /// What this instance did for one repository since it started (for the admin page).
 pub(crate) type RepoStats = gitcache_catalog::Activity;
 
+/// How much disk mirrors may take (see [`Mirrors::enforce`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Budget {
+    /// The most bytes all mirrors may hold.
+    pub(crate) max_bytes: Option<u64>,
+    /// The bytes to keep free on the disk; a refresh is refused below it.
+    pub(crate) min_free: u64,
+    /// Stored responses, evicted with their mirror.
+    pub(crate) responses: Option<Arc<crate::response_cache::ResponseCache>>,
+    /// Metric labels, bounded in number.
+    pub(crate) labels: Arc<metrics::RepoLabels>,
+}
+
 /// The registry, the open mirrors and their activity.
 #[derive(Debug)]
 pub(crate) struct Mirrors {
@@ -39,16 +52,22 @@ pub(crate) struct Mirrors {
     stats: Mutex<HashMap<RepoKey, RepoStats>>,
     /// Repositories fetched through this instance: how to reach them, and when last.
     used: Mutex<HashMap<RepoKey, (Target, Instant)>>,
+    budget: Budget,
 }
 
 impl Mirrors {
-    pub(crate) fn new(registry: Arc<Registry>, extra_ref_prefixes: Vec<String>) -> Self {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        extra_ref_prefixes: Vec<String>,
+        budget: Budget,
+    ) -> Self {
         Mirrors {
             registry,
             extra_ref_prefixes,
             open: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
             used: Mutex::new(HashMap::new()),
+            budget,
         }
     }
 
@@ -146,6 +165,7 @@ impl Mirrors {
         upstream: Upstream,
         create: bool,
     ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
+        self.room_for_refresh().await?;
         let started = Instant::now();
         let (mirrors, task_key) = (Arc::clone(self), key.clone());
         let outcome = tokio::spawn(
@@ -184,6 +204,25 @@ impl Mirrors {
             outcome.as_ref().err().map(ToString::to_string),
         );
         outcome
+    }
+
+    /// Refuse a refresh that would start with less disk free than the budget keeps, after
+    /// evicting what can be evicted.
+    async fn room_for_refresh(&self) -> Result<(), Error> {
+        let keep = self.budget.min_free;
+        if keep == 0 {
+            return Ok(());
+        }
+        let root = self.registry.root().to_owned();
+        let free = || gitcache_storage::fs::free_bytes(&root).unwrap_or(u64::MAX);
+        if free() >= keep {
+            return Ok(());
+        }
+        self.enforce(&self.budget).await;
+        match free() {
+            free if free >= keep => Ok(()),
+            free => Err(Error::LowDisk { free, keep }),
+        }
     }
 
     /// Whether `remote` (an upstream's `ls-refs` answer) gives a mirrored ref another value
@@ -324,25 +363,111 @@ impl Mirrors {
         Ok(removed)
     }
 
+    /// Whether a response is being generated from `key`'s mirror (someone holds its opened
+    /// repository besides this table).
+    fn in_use(&self, key: &RepoKey) -> bool {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|o| Arc::strong_count(&o.repo) > 1)
+    }
+
+    /// Keep mirrors within the disk budget: while they hold more than `budget.max_bytes` in
+    /// all, or the disk has less than `budget.min_free` free, evict whole mirrors (and their
+    /// stored responses), least recently used first, never one being served or refreshed.
+    /// Reports each mirror's size. Returns how many were evicted.
+    pub(crate) async fn enforce(&self, budget: &Budget) -> usize {
+        let keys = self.registry.on_disk();
+        let root = self.registry.root().to_owned();
+        let registry = Arc::clone(&self.registry);
+        let used: HashMap<RepoKey, SystemTime> = {
+            let now = (Instant::now(), SystemTime::now());
+            self.used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, (_, at))| (k.clone(), now.1 - now.0.duration_since(*at)))
+                .collect()
+        };
+        // Sizes and last uses (this instance's, else the mirror's last refresh), off the
+        // async workers.
+        let measured = tokio::task::spawn_blocking(move || {
+            let mut sizes: Vec<(RepoKey, u64, SystemTime)> = keys
+                .into_iter()
+                .map(|key| {
+                    let dir = registry.path(&key);
+                    let size = gitcache_storage::fs::tree_size(&dir).unwrap_or(0);
+                    let refreshed = std::fs::metadata(dir.join("packed-refs"))
+                        .or_else(|_| std::fs::metadata(dir.join("HEAD")))
+                        .and_then(|m| m.modified())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    let last = used.get(&key).copied().unwrap_or(refreshed);
+                    (key, size, last)
+                })
+                .collect();
+            sizes.sort_by_key(|(_, _, last)| *last);
+            let free = gitcache_storage::fs::free_bytes(&root).unwrap_or(u64::MAX);
+            (sizes, free)
+        })
+        .await;
+        let Ok((sizes, mut free)) = measured else {
+            return 0;
+        };
+        let mut total: u64 = sizes.iter().map(|(_, size, _)| size).sum();
+        for (key, size, _) in &sizes {
+            metrics::mirror_size(budget.labels.get(key.owner(), key.repo()), *size);
+        }
+        let mut evicted = 0;
+        for (key, size, _) in sizes {
+            let over = budget.max_bytes.is_some_and(|max| total > max);
+            if !over && free >= budget.min_free {
+                break;
+            }
+            if self.in_use(&key) {
+                continue;
+            }
+            match self.registry.evict_local(&key).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(err) => {
+                    tracing::warn!(%err, "evicting a mirror failed");
+                    continue;
+                }
+            }
+            self.open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            self.used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            if let Some(responses) = &budget.responses
+                && let Err(err) = responses.remove_repo(&key.relative_path())
+            {
+                tracing::warn!(%err, "removing an evicted mirror's stored responses failed");
+            }
+            total = total.saturating_sub(size);
+            free = free.saturating_add(size);
+            evicted += 1;
+            metrics::mirror_evicted(budget.labels.get(key.owner(), key.repo()));
+            tracing::info!(repo = %key.relative_path().display(), bytes = size, "mirror evicted (disk budget)");
+        }
+        evicted
+    }
+
+    /// [`enforce`](Self::enforce) the configured budget.
+    pub(crate) async fn enforce_budget(&self) -> usize {
+        if self.budget.max_bytes.is_none() && self.budget.min_free == 0 {
+            return 0;
+        }
+        self.enforce(&self.budget).await
+    }
+
     /// Mirrors on disk (`<host>/<owner>/<repo>.git`).
     pub(crate) fn count(&self) -> usize {
-        let dirs = |path: &std::path::Path| -> Vec<std::path::PathBuf> {
-            std::fs::read_dir(path)
-                .map(|entries| {
-                    entries
-                        .filter_map(Result::ok)
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        dirs(self.registry.root())
-            .iter()
-            .flat_map(|host| dirs(host))
-            .flat_map(|owner| dirs(&owner))
-            .filter(|repo| repo.extension().is_some_and(|e| e == "git"))
-            .count()
+        self.registry.on_disk().len()
     }
 }
 

@@ -52,7 +52,7 @@ use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
 use crate::gate::{AccessGate, Verified};
 use crate::metrics::{self, RepoLabels};
-use crate::mirrors::Mirrors;
+use crate::mirrors::{Budget, Mirrors};
 use crate::responder::{RESULT_TYPE, Responder, set_git_headers};
 use crate::response_cache::{ResponseCache, ResponseCacheStats};
 use crate::route::{Route, Service, route};
@@ -301,8 +301,18 @@ impl Proxy {
             None => None,
         };
         let config = Arc::new(config);
-        let mirrors = Arc::new(Mirrors::new(registry, config.extra_ref_prefixes.clone()));
         let labels = Arc::new(RepoLabels::default());
+        let budget = Budget {
+            max_bytes: config.max_mirror_bytes,
+            min_free: config.min_free_bytes,
+            responses: responses.clone(),
+            labels: Arc::clone(&labels),
+        };
+        let mirrors = Arc::new(Mirrors::new(
+            registry,
+            config.extra_ref_prefixes.clone(),
+            budget,
+        ));
         let upkeep = Arc::new(Upkeep {
             config: Arc::clone(&config),
             catalog: services.catalog.clone(),
@@ -1054,6 +1064,12 @@ impl Proxy {
             .refresh(&target.key, upstream, true)
             .await
             .err();
+        if let Some(err @ Error::LowDisk { .. }) = &failure {
+            // No room for the mirror: the upstream answers this one.
+            tracing::warn!(%err, result = "passthrough", "fetch");
+            let response = self.forward_body(target, headers, body).await?;
+            return Ok(with_state(response, CacheState::Passthrough));
+        }
         if let Some(err) = failure {
             // The client passed the gate just now or within the TTL.
             if self.config.serve_stale

@@ -91,6 +91,7 @@ impl Upkeep {
             if due {
                 last_cleanup = Instant::now();
             }
+            self.mirrors.enforce_budget().await;
             let upkeep = Arc::clone(&self);
             let _ = tokio::task::spawn_blocking(move || upkeep.pass(due)).await;
             if due && let Some(cache) = self.responses.as_ref().filter(|c| c.is_shared()) {

@@ -385,6 +385,51 @@ impl Registry {
         Ok(true)
     }
 
+    /// Every mirror folder under the root, by key (the trash and foreign folders aside).
+    pub fn on_disk(&self) -> Vec<RepoKey> {
+        let dirs = |path: &Path| -> Vec<std::ffi::OsString> {
+            std::fs::read_dir(path)
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.file_name())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut keys = Vec::new();
+        for host in dirs(&self.root) {
+            for owner in dirs(&self.root.join(&host)) {
+                for repo in dirs(&self.root.join(&host).join(&owner)) {
+                    let relative = Path::new(&host).join(&owner).join(&repo);
+                    if let Some(key) = RepoKey::from_relative_path(&relative) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        keys
+    }
+
+    /// Drop `key`'s local folder to free disk space, unless a refresh or consolidation of it
+    /// is under way (`false`; try again later). A shared mirror stays in the store: only this
+    /// instance's copy goes, and the next request hydrates it again.
+    pub async fn evict_local(&self, key: &RepoKey) -> Result<bool, Error> {
+        let slot = self.slot(key);
+        let Ok(_running) = slot.running.try_lock() else {
+            return Ok(false);
+        };
+        if !self.discard(key)? {
+            return Ok(false);
+        }
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || sweep_removed(&root))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        Ok(true)
+    }
+
     /// Move the local folder of `key` into the trash at once (call with its refresh lock
     /// held); `false` if there was none.
     fn discard(&self, key: &RepoKey) -> Result<bool, Error> {

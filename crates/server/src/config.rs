@@ -115,6 +115,14 @@ pub(crate) struct Flags {
     /// refreshes [default: 86400].
     #[arg(long, env = "GITCACHE_ACTIVE_WINDOW", value_name = "SECONDS")]
     pub(crate) active_window: Option<u64>,
+    /// The most bytes mirrors may hold together; beyond, whole mirrors are evicted, least
+    /// recently used first [default: no cap].
+    #[arg(long, env = "GITCACHE_MAX_MIRROR_BYTES", value_name = "BYTES")]
+    pub(crate) max_mirror_bytes: Option<u64>,
+    /// Bytes to keep free on the data directory's disk: mirrors are evicted to keep them,
+    /// and a refresh below is refused (the fetch passes through) [default: 1073741824].
+    #[arg(long, env = "GITCACHE_MIN_FREE_BYTES", value_name = "BYTES")]
+    pub(crate) min_free_bytes: Option<u64>,
     #[arg(long, env = "AWS_REGION", hide = true)]
     pub(crate) aws_region: Option<String>,
     #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true, hide_env_values = true)]
@@ -293,6 +301,8 @@ struct File {
 struct FileMirrors {
     refresh_interval: Option<u64>,
     active_window: Option<u64>,
+    max_bytes: Option<u64>,
+    min_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -493,6 +503,13 @@ impl Config {
         });
         if let Some(secs) = flags.storage_poll_interval.or(file.storage.poll_interval) {
             proxy.storage_poll_interval = Duration::from_secs(secs);
+        }
+        proxy.max_mirror_bytes = flags
+            .max_mirror_bytes
+            .or(file.mirrors.max_bytes)
+            .filter(|b| *b > 0);
+        if let Some(bytes) = flags.min_free_bytes.or(file.mirrors.min_free_bytes) {
+            proxy.min_free_bytes = bytes;
         }
         if let Some(secs) = flags.refresh_interval.or(file.mirrors.refresh_interval) {
             proxy.refresh_interval = Duration::from_secs(secs);
@@ -746,6 +763,8 @@ max_connections = 7
 [mirrors]
 refresh_interval = 300
 active_window = 7200
+max_bytes = 5000000000
+min_free_bytes = 0
 "#,
         )
         .unwrap();
@@ -772,6 +791,8 @@ active_window = 7200
         assert_eq!(config.proxy.limits.max_connections, 7);
         assert_eq!(config.proxy.refresh_interval, Duration::from_secs(300));
         assert_eq!(config.proxy.active_window, Duration::from_secs(7200));
+        assert_eq!(config.proxy.max_mirror_bytes, Some(5_000_000_000));
+        assert_eq!(config.proxy.min_free_bytes, 0);
     }
 
     #[test]

@@ -150,6 +150,13 @@ pub fn is_leftover_temp(name: &str) -> bool {
     })
 }
 
+/// The bytes free for this process on the file system holding `path` (what a non-root
+/// writer may still use).
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let stats = rustix::fs::statvfs(path)?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
 /// The bytes held by the files under `dir` (symbolic links not followed).
 pub fn tree_size(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;

@@ -109,6 +109,44 @@ impl RepoKey {
         &self.repo
     }
 
+    /// The key whose [`relative_path`](Self::relative_path) is `path` (what a walk of the
+    /// registry's folder finds), if it is one. A first folder starting with `.` (no host
+    /// does) is the registry's own, such as its trash.
+    pub fn from_relative_path(path: &Path) -> Option<RepoKey> {
+        let mut parts = path.components().map(|c| c.as_os_str().to_str());
+        let (Some(Some(host)), Some(Some(owner)), Some(Some(repo)), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        if host.starts_with('.') {
+            return None;
+        }
+        let unescape = |name: &str| -> Option<String> {
+            let mut out = String::with_capacity(name.len());
+            let mut chars = name.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '^' => out.push(
+                        chars
+                            .next()
+                            .filter(char::is_ascii_lowercase)?
+                            .to_ascii_uppercase(),
+                    ),
+                    c if c.is_ascii_uppercase() => return None,
+                    c => out.push(c),
+                }
+            }
+            Some(out)
+        };
+        let key = RepoKey {
+            host: check("host", host).ok()?.to_ascii_lowercase(),
+            owner: check("owner", &unescape(owner)?).ok()?,
+            repo: check("repository", &unescape(repo.strip_suffix(".git")?)?).ok()?,
+        };
+        (key.relative_path() == path).then_some(key)
+    }
+
     /// `<host>/<owner>/<repo>.git`, relative to the registry's root; upper-case letters are
     /// written as `^` and the lower-case letter, so that two names differing only in case
     /// never share a folder, whatever the file system.
@@ -116,5 +154,32 @@ impl RepoKey {
         Path::new(&self.host)
             .join(path_component(&self.owner))
             .join(format!("{}.git", path_component(&self.repo)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_names_its_key_back() {
+        for key in [
+            RepoKey::new("github.com", "acme", "widgets").unwrap(),
+            RepoKey::new("127.0.0.1:8080", "Acme", "Wid-gets_2.git").unwrap(),
+            RepoKey::folded("GitHub.com", "ACME", ".github").unwrap(),
+        ] {
+            assert_eq!(RepoKey::from_relative_path(&key.relative_path()), Some(key));
+        }
+        for path in [
+            "github.com/acme",
+            "github.com/acme/widgets",
+            "github.com/acme/widgets.git/more",
+            "github.com/Acme/widgets.git",
+            "github.com/^/widgets.git",
+            "github.com/../widgets.git",
+            ".removed/1-0/x.git",
+        ] {
+            assert_eq!(RepoKey::from_relative_path(Path::new(path)), None, "{path}");
+        }
     }
 }

@@ -244,6 +244,7 @@ impl Server {
             .arg(data)
             // Consolidation and bitmap writing soon and often; every response stored.
             .args(["--consolidate-after", "2", "--log-format", "plain"])
+            .args(["--min-free-bytes", "0"])
             .args(["--log-level", "warn"])
             .env_remove("GITCACHE_CONFIG")
             .stdout(Stdio::null())
