@@ -413,8 +413,17 @@ impl Postgres {
         for (repo, a) in rows {
             let (hits, misses) = (a.hits as i64, a.misses as i64);
             let (refreshed, ok) = (a.last_refresh.map(|r| r.0), a.last_refresh.map(|r| r.1));
+            // An upstream's error text can hold anything; PostgreSQL's text takes no NUL.
             let (error_at, error) = match &a.last_error {
-                Some((at, text)) => (Some(*at), Some(text.as_str())),
+                Some((at, text)) => (
+                    Some(*at),
+                    Some(
+                        text.chars()
+                            .filter(|c| !c.is_control())
+                            .take(1000)
+                            .collect::<String>(),
+                    ),
+                ),
                 None => (None, None),
             };
             client

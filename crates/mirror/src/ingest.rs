@@ -47,12 +47,15 @@ pub enum Error {
     /// The mirror's folders could not be written.
     #[error("cannot store the pack: {0}")]
     Io(#[from] std::io::Error),
+    /// The check run on the indexed pack refused it (its history is not whole).
+    #[error("the pack was refused: {0}")]
+    Refused(gitcache_pack::Error),
 }
 
 impl Error {
     /// Whether the upstream sent something unusable (rather than a local failure).
     pub fn is_upstream_fault(&self) -> bool {
-        matches!(self, Error::InvalidPack { .. })
+        matches!(self, Error::InvalidPack { .. } | Error::Refused(_))
     }
 }
 
@@ -76,6 +79,19 @@ pub fn ingest_pack(
     git_dir: &Path,
     hash: HashKind,
     pack: &mut dyn BufRead,
+) -> Result<Ingested, Error> {
+    ingest_pack_checked(git_dir, hash, pack, &|_, _| Ok(()))
+}
+
+/// [`ingest_pack`], with `check` run on the indexed pack (its data and index files) while
+/// it is still in the staging folder: a pack it refuses never becomes part of the mirror,
+/// whatever happens after (a crash during the check leaves only a staging folder, which is
+/// a crash's leftover).
+pub fn ingest_pack_checked(
+    git_dir: &Path,
+    hash: HashKind,
+    pack: &mut dyn BufRead,
+    check: &dyn Fn(&Path, &Path) -> Result<(), gitcache_pack::Error>,
 ) -> Result<Ingested, Error> {
     let pack_dir = git_dir.join("objects").join("pack");
     std::fs::create_dir_all(&pack_dir)?;
@@ -107,6 +123,7 @@ pub fn ingest_pack(
             message: "no pack was written".into(),
         });
     };
+    check(&data, &index).map_err(Error::Refused)?;
     let checksum = outcome.index.data_hash;
     let final_pack = pack_dir.join(format!("pack-{checksum}.pack"));
     let final_index = pack_dir.join(format!("pack-{checksum}.idx"));

@@ -287,11 +287,12 @@ impl Mirror {
     /// Every listed ref's object is present, and everything the new tips (`wants`) reach,
     /// down to what the old tips (`haves`) reach, on a blocking thread.
     ///
-    /// With a pack fetched, that is: every object of the pack refers only to objects the
-    /// mirror has ([`gitcache_pack::Repository::check_pack_closed`]; the packs already
-    /// there were checked so when they came), and the tips that were on disk with their
-    /// history incomplete (`rewalk`) are walked again. Without one, the new tips (all on
-    /// disk) are walked.
+    /// With a pack fetched, every object of the pack was found to refer only to objects the
+    /// mirror has before the pack joined it
+    /// ([`gitcache_pack::Repository::check_pack_closed`]; the packs already there were
+    /// checked so when they came): only the tips that were on disk with their history
+    /// incomplete (`rewalk`) are walked again. Without one, the new tips (all on disk) are
+    /// walked.
     async fn check_fetched(
         &self,
         repo: &std::sync::Arc<gitcache_pack::Repository>,
@@ -320,9 +321,6 @@ impl Mirror {
             None => wants.to_vec(),
         };
         tokio::task::spawn_blocking(move || {
-            if let Some(pack) = &fetched {
-                repo.check_pack_closed(pack)?;
-            }
             if walk.is_empty() {
                 return Ok(());
             }
@@ -344,6 +342,7 @@ impl Mirror {
         wants: Vec<ObjectId>,
         haves: Vec<ObjectId>,
     ) -> Result<ingest::Ingested, Error> {
+        let first = haves.is_empty();
         let staging = self
             .git_dir
             .join("objects")
@@ -376,11 +375,23 @@ impl Mirror {
                         }
                         .into());
                     }
-                    Ok(ingest::ingest_pack(
+                    // Checked before it joins the mirror: every object of the pack refers
+                    // only to objects there are (within the pack alone for a first fetch,
+                    // whose pack is then vouched for as the whole history of its tips).
+                    let check = |pack: &Path, index: &Path| {
+                        gitcache_pack::Repository::open(&git_dir)?
+                            .check_pack_closed(pack, index, first)
+                    };
+                    ingest::ingest_pack_checked(
                         &git_dir,
                         format,
                         &mut BufReader::new(stream),
-                    )?)
+                        &check,
+                    )
+                    .map_err(|err| match err {
+                        ingest::Error::Refused(err) => Error::Disconnected(err),
+                        other => Error::Ingest(other),
+                    })
                 })
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))??;

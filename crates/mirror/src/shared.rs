@@ -585,15 +585,34 @@ impl Shared {
         let pack_dir = git_dir.join("objects").join("pack");
         let started = std::time::Instant::now();
         let mut downloaded = 0u64;
+        // Packs placed by this hydration: a pack is closed only together with the others
+        // the manifest names, so if one cannot be had, those placed go again (the copy
+        // stays as it was, without packs whose history it may lack).
+        let mut placed: Vec<&str> = Vec::new();
         for pack in &manifest.packs {
+            let mut fresh = false;
             for ext in pack.files.iter().copied() {
                 let path = pack_dir.join(format!("{}.{ext}", pack.stem));
                 if path.is_file() {
                     continue;
                 }
-                self.download(key, &pack.stem, ext, &path, manifest.format)
-                    .await?;
+                if let Err(err) = self
+                    .download(key, &pack.stem, ext, &path, manifest.format)
+                    .await
+                {
+                    for stem in placed.iter().chain(fresh.then_some(&pack.stem.as_str())) {
+                        let _ = crate::mirror::remove_pack(&pack_dir, stem);
+                        for ext in PACK_FILES {
+                            let _ = std::fs::remove_file(pack_dir.join(format!("{stem}.{ext}")));
+                        }
+                    }
+                    return Err(err);
+                }
+                fresh = true;
                 downloaded += std::fs::metadata(&path).map_or(0, |m| m.len());
+            }
+            if fresh {
+                placed.push(&pack.stem);
             }
         }
         gitcache_storage::fs::sync_dir(&pack_dir)?;
