@@ -15,6 +15,9 @@ use crate::metrics::{self, RepoLabels};
 use crate::mirrors::Mirrors;
 use crate::response_cache::ResponseCache;
 
+/// How often an instance writes all of its activity rows to the catalog, changed or not.
+const FULL_PUSH_EVERY: Duration = Duration::from_secs(24 * 3600);
+
 /// What upkeep looks after.
 #[derive(Debug)]
 pub(crate) struct Upkeep {
@@ -50,8 +53,15 @@ impl Upkeep {
             .max(Duration::from_millis(100));
         let cleanup = self.responses.as_ref().map(|c| c.cleanup_interval());
         let mut last_cleanup = Instant::now();
+        let mut last_full_push = Instant::now();
         loop {
             tokio::time::sleep(cleanup.map_or(tick, |c| c.min(tick))).await;
+            if last_full_push.elapsed() >= FULL_PUSH_EVERY {
+                // Rows no instance wrote for 30 days are dropped: a live instance writes all
+                // of its own again once a day, changed or not.
+                self.pushed.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                last_full_push = Instant::now();
+            }
             if let Some(catalog) = &self.catalog {
                 if let Err(err) = catalog.reload().await {
                     tracing::warn!(%err, "reading the catalog failed; keeping the last view");
