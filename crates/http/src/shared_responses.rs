@@ -31,8 +31,14 @@ pub(crate) struct SharedResponses {
     store: AnyStore,
     index: Option<Arc<dyn ResponseIndex>>,
     leases: Option<(Arc<dyn Leases>, Duration)>,
-    missing: Mutex<HashMap<(String, String), Instant>>,
+    missing: Mutex<HashMap<Entry, Instant>>,
+    /// Downloads under way, one per key: simultaneous misses of one key wait for the first
+    /// and take its file.
+    downloading: Mutex<HashMap<Entry, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// A stored response: its repository folder and key.
+type Entry = (String, String);
 
 /// A repository folder (`host/owner/repo.git`) as `/`-separated text.
 pub(crate) fn repo_text(rel: &Path) -> String {
@@ -61,6 +67,7 @@ impl SharedResponses {
             index,
             leases,
             missing: Mutex::new(HashMap::new()),
+            downloading: Mutex::new(HashMap::new()),
         }
     }
 
@@ -81,6 +88,33 @@ impl SharedResponses {
         if self.recently_missing(repo, key) {
             return false;
         }
+        let id = (repo.to_owned(), key.to_owned());
+        let turn = Arc::clone(
+            self.downloading
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id.clone())
+                .or_default(),
+        );
+        let taken = {
+            let _turn = turn.lock().await;
+            // Another request's download may have placed it (or found it missing) meanwhile.
+            if to.exists() {
+                true
+            } else if self.recently_missing(repo, key) {
+                false
+            } else {
+                self.fetch(repo, key, to).await
+            }
+        };
+        let mut downloading = self.downloading.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&turn) <= 2 {
+            downloading.remove(&id);
+        }
+        taken
+    }
+
+    async fn fetch(&self, repo: &str, key: &str, to: &Path) -> bool {
         let found = match object(repo, key) {
             Ok(object) => self.store.get_file(&object, to).await,
             Err(err) => Err(err),
@@ -103,7 +137,13 @@ impl SharedResponses {
                 false
             }
             Err(err) => {
+                // Not asked again for a while: a store that does not answer must not hold
+                // every miss up for its timeout.
                 tracing::warn!(%err, "object store unavailable; generating the response here");
+                self.missing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((repo.to_owned(), key.to_owned()), Instant::now());
                 false
             }
         }
