@@ -323,6 +323,8 @@ impl Proxy {
             instance: instance.clone(),
             pushed: std::sync::Mutex::default(),
         });
+        // Gauges are there at the first scrape, not after the first upkeep tick.
+        upkeep.pass(false);
         let admin = Admin::new(
             Arc::clone(&config),
             services.catalog.clone(),

@@ -59,7 +59,10 @@ impl Upkeep {
             if last_full_push.elapsed() >= FULL_PUSH_EVERY {
                 // Rows no instance wrote for 30 days are dropped: a live instance writes all
                 // of its own again once a day, changed or not.
-                self.pushed.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                self.pushed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 last_full_push = Instant::now();
             }
             if let Some(catalog) = &self.catalog {
@@ -113,8 +116,9 @@ impl Upkeep {
         }
     }
 
-    /// One pass of the blocking work: count mirrors, and evict when `evict`.
-    fn pass(&self, evict: bool) {
+    /// One pass of the blocking work: count mirrors, and evict when `evict`. Run once when
+    /// the proxy is made too, so that gauges are there at the first scrape.
+    pub(crate) fn pass(&self, evict: bool) {
         metrics::repos_active(self.mirrors.count());
         if evict && let Some(cache) = &self.responses {
             cache.evict(self.response_limits(), |rel, entries, bytes| {

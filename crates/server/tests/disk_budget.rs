@@ -1,7 +1,7 @@
 //! Issue 14: mirrors under a disk budget. Beyond `--max-mirror-bytes`, whole mirrors are
 //! evicted least recently used first (never one being served), and come back whole on the
 //! next request; below `--min-free-bytes` free, a refresh is refused and the fetch passes
-//! through to the upstream.
+//! through to the upstream. And the disk gauges are there at the first scrape.
 
 mod common;
 
@@ -111,4 +111,20 @@ fn below_the_free_space_floor_fetches_pass_through() {
     );
     assert!(!cache.mirror(&upstream, "acme/one").exists());
     assert!(upstream.counts().fetch >= 1, "the upstream answered");
+}
+
+/// Issue 14: gauges are there at the first scrape, not after the first upkeep tick.
+#[test]
+fn gauges_are_there_at_the_first_scrape() {
+    let upstream = upstream_with(&["acme/one"]);
+    let cache = Gitcache::start(&upstream, &["--catalog-reload-interval", "3600"]);
+    let metrics = common::http(&cache.addr, "GET", "/metrics", &[], b"");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .body_text()
+            .contains("gitcache_cache_repos_active 0"),
+        "{}",
+        metrics.body_text()
+    );
 }
