@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::Request;
 use hyper::body::Incoming;
@@ -81,18 +81,54 @@ pub async fn serve_with(
         .upkeep
         .then(|| tokio::spawn(Arc::clone(&proxy).maintain()));
     let face = options.face;
+    let max_connections = limits.max_connections.max(1);
     tokio::pin!(shutdown);
+    // After `shutdown`: until when connections are still taken (`/readyz` answering 503 so
+    // that load balancers stop sending), and since when none has been open.
+    let mut draining: Option<(Instant, Instant)> = None;
+    let idle_exit = DRAIN_IDLE_EXIT.min(options.grace_period);
     loop {
+        enum Next {
+            Shutdown,
+            Tick,
+            Permit(tokio::sync::OwnedSemaphorePermit),
+            Closed,
+        }
         // At the connection limit, wait before accepting: the kernel's backlog queues the rest.
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
+        let next = tokio::select! {
+            () = &mut shutdown, if draining.is_none() => Next::Shutdown,
+            () = tokio::time::sleep(DRAIN_TICK), if draining.is_some() => Next::Tick,
             permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
+                Ok(permit) => Next::Permit(permit),
+                Err(_) => Next::Closed,
             },
         };
+        let permit = match next {
+            Next::Shutdown => {
+                draining = Some(start_draining(&proxy, options.grace_period));
+                continue;
+            }
+            Next::Tick => {
+                if drained(&mut draining, &connections, max_connections, idle_exit) {
+                    break;
+                }
+                continue;
+            }
+            Next::Closed => break,
+            Next::Permit(permit) => permit,
+        };
         let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown, if draining.is_none() => {
+                draining = Some(start_draining(&proxy, options.grace_period));
+                continue;
+            }
+            () = tokio::time::sleep(DRAIN_TICK), if draining.is_some() => {
+                drop(permit);
+                if drained(&mut draining, &connections, max_connections, idle_exit) {
+                    break;
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(err) => {
@@ -149,13 +185,54 @@ pub async fn serve_with(
         upkeep.abort();
     }
     drop(listener);
+    let left = draining.map_or(options.grace_period, |(until, _)| {
+        until.saturating_duration_since(Instant::now())
+    });
     tracing::info!("stopped accepting; waiting for requests in flight");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections finished"),
-        () = tokio::time::sleep(options.grace_period) => {
+        () = tokio::time::sleep(left) => {
             tracing::warn!(grace_period = ?options.grace_period, "grace period over, closing the remaining connections");
         }
     }
+}
+
+/// Make `/readyz` answer 503 from now on; the draining state: connections are taken until
+/// the grace period is over.
+fn start_draining(proxy: &Proxy, grace_period: Duration) -> (Instant, Instant) {
+    proxy.start_draining();
+    tracing::info!(?grace_period, "draining: /readyz answers 503");
+    let now = Instant::now();
+    (now + grace_period, now)
+}
+
+/// How often a draining server looks at its connections.
+const DRAIN_TICK: Duration = Duration::from_millis(200);
+
+/// A draining server stops once no connection has been open for this long (or the grace
+/// period, if shorter): nobody is sending any more.
+const DRAIN_IDLE_EXIT: Duration = Duration::from_secs(5);
+
+/// Whether draining is over: the grace period has passed, or no connection has been open
+/// for `idle_exit`. Notes when a connection was last open.
+fn drained(
+    draining: &mut Option<(Instant, Instant)>,
+    connections: &Semaphore,
+    max_connections: usize,
+    idle_exit: Duration,
+) -> bool {
+    let Some((until, idle_since)) = draining.as_mut() else {
+        return false;
+    };
+    let now = Instant::now();
+    if now >= *until {
+        return true;
+    }
+    if connections.available_permits() < max_connections {
+        *idle_since = now;
+        return false;
+    }
+    now.duration_since(*idle_since) >= idle_exit
 }
 
 /// A connection whose writes fail once the peer has taken no byte for `stall`: a client that

@@ -61,6 +61,17 @@ fn serves_health_and_stops_on_sigterm() {
             .unwrap()
             .success()
     );
+    // Draining: still answering, `/readyz` with 503 so that a load balancer stops sending
+    // (not a refused connection); the server goes once nobody has been connected for a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get(&addr, "/readyz").0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never turned 503"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(get(&addr, "/healthz").0, 200);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     let mut rest = String::new();
