@@ -20,6 +20,7 @@ pub(crate) const LS_REFS: &str = "gitcache_cache_lsrefs_total";
 pub(crate) const WARM: &str = "gitcache_cache_warm_total";
 pub(crate) const REPOS_ACTIVE: &str = "gitcache_cache_repos_active";
 pub(crate) const MIRROR_SIZE: &str = "gitcache_mirror_bytes";
+pub(crate) const MIRRORS: &str = "gitcache_mirrors";
 pub(crate) const MIRRORS_EVICTED: &str = "gitcache_mirrors_evicted_total";
 pub(crate) const DEPENDENCY_UP: &str = "gitcache_dependency_up";
 pub(crate) const REQUESTS: &str = "gitcache_cache_request_total";
@@ -56,7 +57,11 @@ pub(crate) fn describe() {
             WARM,
             "Background mirror refreshes started because upstream refs moved, by result."
         );
-        describe_gauge!(REPOS_ACTIVE, "Mirrors present in the data directory.");
+        describe_gauge!(
+            REPOS_ACTIVE,
+            "Repositories with caching enabled: mirrored here or enabled in the catalog, less those the catalog disables."
+        );
+        describe_gauge!(MIRRORS, "Mirrors in this instance's data directory.");
         describe_gauge!(MIRROR_SIZE, "Bytes a mirror takes on this instance's disk.");
         describe_counter!(
             MIRRORS_EVICTED,
@@ -183,6 +188,10 @@ pub(crate) fn mirror_evicted(labels: (String, String)) {
 
 pub(crate) fn dependency(name: &'static str, up: bool) {
     gauge!(DEPENDENCY_UP, "dependency" => name).set(if up { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn mirrors(count: usize) {
+    gauge!(MIRRORS).set(count as f64);
 }
 
 pub(crate) fn repos_active(count: usize) {

@@ -464,11 +464,6 @@ impl Mirrors {
         }
         self.enforce(&self.budget).await
     }
-
-    /// Mirrors on disk (`<host>/<owner>/<repo>.git`).
-    pub(crate) fn count(&self) -> usize {
-        self.registry.on_disk().len()
-    }
 }
 
 /// Whether `repo` has every object and ref `fetch` wants.

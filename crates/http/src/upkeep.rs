@@ -119,7 +119,24 @@ impl Upkeep {
     /// One pass of the blocking work: count mirrors, and evict when `evict`. Run once when
     /// the proxy is made too, so that gauges are there at the first scrape.
     pub(crate) fn pass(&self, evict: bool) {
-        metrics::repos_active(self.mirrors.count());
+        let mirrors = self.mirrors.registry().on_disk();
+        metrics::mirrors(mirrors.len());
+        // Repositories with caching enabled, as the catalog says (a disabled record passes
+        // its repository through), and those mirrored under the server-wide settings.
+        let mut enabled: std::collections::HashSet<gitcache_storage::repo::RepoKey> =
+            mirrors.into_iter().collect();
+        if let Some(catalog) = &self.catalog {
+            for record in catalog.records() {
+                if let Ok(key) = self.config.key(&record.host, &record.owner, &record.name) {
+                    if record.enabled {
+                        enabled.insert(key);
+                    } else {
+                        enabled.remove(&key);
+                    }
+                }
+            }
+        }
+        metrics::repos_active(enabled.len());
         if evict && let Some(cache) = &self.responses {
             cache.evict(self.response_limits(), |rel, entries, bytes| {
                 let labels = self.rel_labels(rel);

@@ -775,3 +775,49 @@ fn a_removal_killed_midway_is_finished_at_the_next_start() {
     common::fsck(&three);
     common::fsck(&mirror);
 }
+
+/// Issue 14: `gitcache_cache_repos_active` counts repositories with caching enabled (enabled
+/// records, and mirrors the catalog does not disable); mirrors have their own gauge.
+#[test]
+fn the_active_gauge_counts_repositories_with_caching_enabled() {
+    let upstream = upstream_with(&["acme/widgets", "acme/gadgets"], RepoSpec::tiny);
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--admin-token",
+            TOKEN,
+            "--cache-all",
+            "false",
+            "--catalog-reload-interval",
+            "1",
+        ],
+    );
+    let (status, _) = add(&cache, json!({"owner": "acme", "name": "widgets"}));
+    assert_eq!(status, 201);
+    let (status, _) = add(
+        &cache,
+        json!({"owner": "acme", "name": "gadgets", "enabled": false}),
+    );
+    assert_eq!(status, 201);
+    let gauges = |expected: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
+            if expected.iter().all(|line| text.lines().any(|l| l == *line)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {expected:?} in:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // One record enabled, nothing mirrored yet.
+    gauges(&["gitcache_cache_repos_active 1", "gitcache_mirrors 0"]);
+    let git = GitClient::new().unwrap();
+    clone(&git, &cache, "acme/widgets", "w");
+    clone(&git, &cache, "acme/gadgets", "g");
+    // The disabled one passed through: one mirror, one repository cached.
+    gauges(&["gitcache_cache_repos_active 1", "gitcache_mirrors 1"]);
+}
