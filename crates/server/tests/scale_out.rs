@@ -206,9 +206,11 @@ fn a_killed_instances_refresh_is_taken_over_when_its_lease_lapses() {
         assert!(std::time::Instant::now() < deadline, "A never fetched");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // A holds the refresh lease, mid-download: killed outright.
+    // A holds the refresh lease, mid-download: killed outright. (If its request had not
+    // reached the upstream yet, the delay is not left for B's.)
     a.child.kill().unwrap();
     a.child.wait().unwrap();
+    upstream.clear_faults();
     assert!(!stalled.join().unwrap().status.success());
 
     // B waits for A's lease to lapse, then fetches itself.
