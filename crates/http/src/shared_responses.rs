@@ -76,6 +76,11 @@ impl SharedResponses {
         let now = Instant::now();
         if missing.len() > 100_000 {
             missing.retain(|_, at| now.duration_since(*at) < MISSING_FOR);
+            if missing.len() > 50_000 {
+                // Clients mint keys freely: forgetting costs a request to the bucket each,
+                // scanning a full map on every call would cost every request.
+                missing.clear();
+            }
         }
         missing
             .get(&(repo.to_owned(), key.to_owned()))
