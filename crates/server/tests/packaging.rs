@@ -80,10 +80,12 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .arg(&copy)
         .output()
         .unwrap();
+    // Complaints about the unit name it; the machine's own (no systemd running in a
+    // container, say) do not.
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.status.success() && !stderr.contains("gitcache.service"),
+        "{stderr}"
     );
 }
 
