@@ -31,39 +31,18 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("transcripts") => transcripts::record(&workspace_root()?),
         Some("gen-repo") => gen_repo(&args[1..]),
-        Some("bench-pack") => {
-            let only = args
-                .iter()
-                .position(|a| a == "--only")
-                .and_then(|i| args.get(i + 1))
-                .map(String::as_str);
-            let repo = args[1..]
-                .iter()
-                .take_while(|a| *a != "--only")
-                .find(|a| !a.starts_with("--"))
-                .map(String::as_str);
-            bench_pack::run(&workspace_root()?, repo, only)
-        }
+        Some("bench-pack") => bench_pack::run(
+            &workspace_root()?,
+            repo_arg(&args[1..]),
+            flag_value(&args, "--only"),
+        ),
         Some("bench-proxy") => {
-            let only_cache = args.iter().any(|a| a == "--response-cache");
-            let repo = args[1..]
-                .iter()
-                .find(|a| !a.starts_with("--"))
-                .map(String::as_str);
+            let (root, repo) = (workspace_root()?, repo_arg(&args[1..]));
             if args.iter().any(|a| a == "--two-instances") {
-                let only = args
-                    .iter()
-                    .position(|a| a == "--only")
-                    .and_then(|i| args.get(i + 1))
-                    .map(String::as_str);
-                let repo = args[1..]
-                    .iter()
-                    .enumerate()
-                    .find(|(i, a)| !a.starts_with("--") && args[*i] != "--only")
-                    .map(|(_, a)| a.as_str());
-                return bench_proxy::two_instances(&workspace_root()?, repo, only);
+                return bench_proxy::two_instances(&root, repo, flag_value(&args, "--only"));
             }
-            bench_proxy::run(&workspace_root()?, repo, only_cache)
+            let only_cache = args.iter().any(|a| a == "--response-cache");
+            bench_proxy::run(&root, repo, only_cache)
         }
         Some("crash") => crash(&workspace_root()?, &args[1..]),
         Some("soak") => soak::run(&workspace_root()?, &args[1..]),
@@ -107,6 +86,22 @@ fn gen_repo(args: &[String]) -> Result<()> {
 }
 
 /// The number after `flag` in `args`, or `default` when the flag is absent.
+/// The value after `flag`, if given.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// The first argument that is neither a flag nor the value of `--only`: a repository path.
+fn repo_arg(args: &[String]) -> Option<&str> {
+    args.iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--only"))
+        .map(|(_, a)| a.as_str())
+}
+
 pub(crate) fn number_flag(args: &[String], flag: &str, default: u64) -> Result<u64> {
     match args.iter().position(|a| a == flag) {
         Some(i) => args

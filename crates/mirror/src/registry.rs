@@ -374,10 +374,15 @@ impl Registry {
         if let Some(shared) = &self.shared {
             shared.remove(key).await?;
         }
+        self.discard_and_sweep(key).await
+    }
+
+    /// [`discard`](Self::discard) `key`'s folder (its refresh lock held), then delete the
+    /// trash: this removal, and every one a crash cut short before it.
+    async fn discard_and_sweep(&self, key: &RepoKey) -> Result<bool, Error> {
         if !self.discard(key)? {
             return Ok(false);
         }
-        // Every removal cut short before this one too.
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || sweep_removed(&root))
             .await
@@ -420,14 +425,7 @@ impl Registry {
         let Ok(_running) = slot.running.try_lock() else {
             return Ok(false);
         };
-        if !self.discard(key)? {
-            return Ok(false);
-        }
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || sweep_removed(&root))
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        Ok(true)
+        self.discard_and_sweep(key).await
     }
 
     /// Move the local folder of `key` into the trash at once (call with its refresh lock

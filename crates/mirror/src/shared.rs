@@ -601,8 +601,8 @@ impl Shared {
                     .await
                 {
                     for stem in placed.iter().chain(fresh.then_some(&pack.stem.as_str())) {
-                        let _ = crate::mirror::remove_pack(&pack_dir, stem);
-                        for ext in PACK_FILES {
+                        // The index first (placed last): no reader finds a part of a pack.
+                        for ext in PACK_FILES.iter().rev() {
                             let _ = std::fs::remove_file(pack_dir.join(format!("{stem}.{ext}")));
                         }
                     }
