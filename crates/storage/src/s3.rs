@@ -19,8 +19,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    ClientOptions, GetOptions, ObjectStore as _, PutMode, PutMultipartOptions, PutOptions,
-    PutPayload, UpdateVersion,
+    ClientOptions, GetOptions, GetRange, ObjectStore as _, PutMode, PutMultipartOptions,
+    PutOptions, PutPayload, UpdateVersion,
 };
 use tokio::io::AsyncWriteExt as _;
 
@@ -32,6 +32,10 @@ use crate::store::{
 pub const MULTIPART_FROM: u64 = 32 << 20;
 /// The size of one uploaded part (S3 wants at least 5 MiB for all parts but the last).
 pub const PART: usize = 16 << 20;
+/// Objects are downloaded in ranges of this many bytes…
+pub const DOWNLOAD_RANGE: u64 = 16 << 20;
+/// …of which this many are read at once.
+pub const RANGES_AT_ONCE: usize = 4;
 
 /// Where the bucket is and how to sign for it.
 #[derive(Clone, Default)]
@@ -104,6 +108,34 @@ fn tls() -> Result<rustls::ClientConfig, StoreError> {
         .map_err(|e| StoreError::Backend(format!("TLS setup: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// Write the bytes of `stream`, the range `range` of the object `key`, into the file `temp` at
+/// their place; a range that comes back longer or shorter is an error.
+async fn write_range(
+    key: &ObjectKey,
+    temp: &Path,
+    range: std::ops::Range<u64>,
+    mut stream: futures_util::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+) -> Result<(), StoreError> {
+    let mut file = tokio::fs::OpenOptions::new().write(true).open(temp).await?;
+    tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(range.start)).await?;
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(backend)?;
+        written += chunk.len() as u64;
+        if written > range.end - range.start {
+            break;
+        }
+        file.write_all(&chunk).await?;
+    }
+    if written != range.end - range.start {
+        return Err(StoreError::Backend(format!(
+            "object {key}: {written} bytes for the range {range:?}"
+        )));
+    }
+    file.flush().await?;
+    Ok(())
 }
 
 fn backend(err: object_store::Error) -> StoreError {
@@ -238,20 +270,56 @@ impl ObjectStore for S3Store {
 
     async fn get_file(&self, key: &ObjectKey, to: &Path) -> Result<bool, StoreError> {
         let path = self.path(key)?;
-        let got = match self.inner.get_opts(&path, GetOptions::default()).await {
+        // The first range answers for the object's size and ETag; a small object is whole in
+        // it, a large one comes in further ranges read at once, each pinned to that ETag.
+        let first = GetOptions {
+            range: Some(GetRange::Bounded(0..DOWNLOAD_RANGE)),
+            ..GetOptions::default()
+        };
+        let got = match self.inner.get_opts(&path, first).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
-            Err(err) => return Err(backend(err)),
+            // An empty object has no first range (S3 answers 416): asked for whole.
+            Err(_) => match self.inner.get_opts(&path, GetOptions::default()).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(err) => return Err(backend(err)),
+            },
         };
         if let Some(dir) = to.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }
         let temp = crate::fs::temp_beside(to)?;
         let written: Result<(), StoreError> = async {
-            let mut file = tokio::fs::File::create_new(&temp).await?;
-            let mut stream = got.into_stream();
-            while let Some(chunk) = stream.next().await {
-                file.write_all(&chunk.map_err(backend)?).await?;
+            let size = got.meta.size;
+            let e_tag = got.meta.e_tag.clone();
+            let file = tokio::fs::File::create_new(&temp).await?;
+            file.set_len(size).await?;
+            write_range(key, &temp, 0..size.min(DOWNLOAD_RANGE), got.into_stream()).await?;
+            if size > DOWNLOAD_RANGE {
+                let Some(e_tag) = e_tag else {
+                    return Err(StoreError::Backend(format!("no ETag for object {key}")));
+                };
+                let ranges = (1..size.div_ceil(DOWNLOAD_RANGE)).map(|i| {
+                    let start = i * DOWNLOAD_RANGE;
+                    start..size.min(start + DOWNLOAD_RANGE)
+                });
+                futures_util::stream::iter(ranges)
+                    .map(|range| {
+                        let (path, temp, e_tag) = (&path, &temp, e_tag.clone());
+                        async move {
+                            let options = GetOptions {
+                                range: Some(GetRange::Bounded(range.clone())),
+                                if_match: Some(e_tag),
+                                ..GetOptions::default()
+                            };
+                            let got = self.inner.get_opts(path, options).await.map_err(backend)?;
+                            write_range(key, temp, range, got.into_stream()).await
+                        }
+                    })
+                    .buffer_unordered(RANGES_AT_ONCE)
+                    .try_collect::<()>()
+                    .await?;
             }
             file.sync_all().await?;
             tokio::fs::rename(&temp, to).await?;

@@ -248,6 +248,19 @@ async fn large_objects_go_up_in_parts() {
     let listed = store.list(&key("mirrors/h/acme/big")).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].size, size as u64);
+    // Downloads go in ranges: one exactly a range long, one a byte over, and an empty one.
+    let range = gitcache_storage::s3::DOWNLOAD_RANGE as usize;
+    for (name, len) in [("exact", range), ("over", range + 1), ("empty", 0)] {
+        let object = key(&format!("mirrors/h/acme/big/{name}"));
+        std::fs::write(&source, &content[..len]).unwrap();
+        store.put_file(&object, &source).await.unwrap();
+        let back = dir.path().join(format!("back/{name}"));
+        assert!(store.get_file(&object, &back).await.unwrap(), "{name}");
+        assert!(
+            std::fs::read(&back).unwrap() == content[..len],
+            "{name}: the same bytes back"
+        );
+    }
 }
 
 #[test]
