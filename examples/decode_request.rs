@@ -78,6 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::ObjectInfo(o) => println!("object-info:   {} ids, size={}", o.oids.len(), o.size),
+        Command::BundleUri => println!("bundle-uri:    no arguments"),
     }
     Ok(())
 }

@@ -56,6 +56,8 @@ pub fn mirror_and_serve(
             .write_to(&mut *out)?;
         }
         Command::ObjectInfo(_) => return Err("object-info is not served".into()),
+        // No bundles here: an empty list, and the client fetches everything.
+        Command::BundleUri => gitcache_protocol::bundle_uri::BundleList::default().write_to(out)?,
     }
     out.flush()?;
     Ok(())

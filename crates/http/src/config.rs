@@ -200,6 +200,12 @@ pub struct ProxyConfig {
     /// An S3-compatible bucket that instances share mirrors in (see
     /// [`gitcache_mirror::shared`]); the data directory then holds working copies.
     pub object_store: Option<gitcache_storage::s3::S3Config>,
+    /// Keep a git bundle of each consolidated mirror in the bucket and advertise
+    /// `bundle-uri`, so that clients that ask (`git clone -c transfer.bundleURI=true`) take
+    /// the bulk of a clone straight from the bucket (needs [`object_store`]).
+    ///
+    /// [`object_store`]: Self::object_store
+    pub bundle_uri: bool,
     /// How long a lease on a shared mirror's refresh or maintenance lasts unless its holder
     /// renews it (a killed instance's work is taken over after this). Leases live in the
     /// catalog's PostgreSQL; with a SQLite catalog there are none.
@@ -305,6 +311,7 @@ impl ProxyConfig {
             service_token: None,
             webhook_secret: None,
             object_store: None,
+            bundle_uri: false,
             lease_ttl: Duration::from_secs(30),
             storage_poll_interval: Duration::from_secs(30),
             refresh_interval: Duration::ZERO,

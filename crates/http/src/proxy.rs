@@ -29,6 +29,7 @@ use gitcache_storage::responses::ResponseIndex;
 
 use crate::shared_responses::SharedResponses;
 use gitcache_protocol::advertise::{self, Advertisement};
+use gitcache_protocol::bundle_uri::{Bundle, BundleList};
 use gitcache_protocol::request::{
     Command, Fetch, Limits as RequestLimits, Request as GitRequest, parse_request,
 };
@@ -75,6 +76,10 @@ const GIT_REQUEST_HEADERS: &[&str] = &[
 /// The largest `ls-refs` answer kept to compare with the mirror (it is passed on whatever its
 /// size).
 const MAX_LS_REFS_COPY: usize = 64 << 20;
+
+/// How long a bundle URL handed to a client stays valid: long enough to download a large
+/// bundle, short enough that a URL that leaks soon stops working.
+const BUNDLE_URL_LIFETIME: Duration = Duration::from_secs(600);
 
 /// The caching proxy; one per server, shared by all connections.
 #[derive(Debug)]
@@ -255,7 +260,9 @@ impl Proxy {
             .with_max_concurrent_refreshes(config.limits.max_concurrent_refreshes);
         if let Some(bucket) = &config.object_store {
             let store = S3Store::new(bucket)?;
-            registry = registry.with_shared(Shared::new(AnyStore::S3(store), DEFAULT_GRACE));
+            registry = registry.with_shared(
+                Shared::new(AnyStore::S3(store), DEFAULT_GRACE).with_bundles(config.bundle_uri),
+            );
             match services
                 .catalog
                 .as_ref()
@@ -769,9 +776,10 @@ impl Proxy {
         };
         self.gate.grants().grant(&target.key, fingerprint(headers));
         let mut body = Vec::new();
-        Advertisement::new(concat!("git/gitcache-", env!("CARGO_PKG_VERSION")), kind)
-            .write_to(&mut body)
-            .expect("writing to memory");
+        let mut advertised =
+            Advertisement::new(concat!("git/gitcache-", env!("CARGO_PKG_VERSION")), kind);
+        advertised.bundle_uri = self.mirrors.registry().bundles();
+        advertised.write_to(&mut body).expect("writing to memory");
         let mut response = Response::new(Body::full(body));
         set_git_headers(response.headers_mut(), advertise::CONTENT_TYPE);
         Ok(response)
@@ -880,7 +888,39 @@ impl Proxy {
                 result
             }
             Command::ObjectInfo(_) => self.forward_body(target, headers, body).await,
+            Command::BundleUri => self.bundle_uri(target).await,
         }
+    }
+
+    /// The answer to `command=bundle-uri` (asked after the access gate, like a fetch): the
+    /// bundle of the mirror's consolidated pack in the shared store, as a presigned URL, when
+    /// there is one; an empty list otherwise, or when the store cannot be asked (the client
+    /// then fetches everything from here).
+    async fn bundle_uri(&self, target: &Target) -> Result<Response<Body>, Error> {
+        let registry = self.mirrors.registry();
+        if !registry.bundles() {
+            // Not advertised: refused as git refuses a command it does not offer.
+            return Err(Error::Request(
+                gitcache_protocol::request::Error::UnknownCommand {
+                    name: "bundle-uri".into(),
+                },
+            ));
+        }
+        let mut list = BundleList::default();
+        match registry.bundle_url(&target.key, BUNDLE_URL_LIFETIME).await {
+            Ok(Some((stem, url))) => match Bundle::new(stem, url) {
+                Ok(bundle) => list.bundles.push(bundle),
+                Err(err) => tracing::warn!(%err, "the bundle's URL cannot be listed"),
+            },
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%err, "the bundle list could not be read; listing none"),
+        }
+        let mut body = Vec::new();
+        list.write_to(&mut body)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut response = Response::new(Body::full(body));
+        set_git_headers(response.headers_mut(), RESULT_TYPE);
+        Ok(with_state(response, CacheState::Hit))
     }
 
     /// Send a request body already read (and decoded) upstream. Only the headers of git's

@@ -571,6 +571,11 @@ impl Registry {
             // The bitmaps join the manifest (unless another instance committed meanwhile:
             // then its own maintenance writes them), and files no manifest names go.
             shared.publish(key, mirror.git_dir()).await?;
+            if shared.bundles()
+                && let Err(err) = shared.bundle(key, mirror.git_dir()).await
+            {
+                tracing::warn!(%err, "the mirror's bundle could not be written");
+            }
             let collected = shared.collect(key).await?;
             if collected > 0 {
                 tracing::info!(collected, "unnamed files collected from the shared store");
@@ -664,6 +669,25 @@ impl Registry {
         let repo = gitcache_pack::Repository::open(self.path(key)).ok()?;
         let refs = repo.refs().ok()?;
         Some(refs.into_iter().map(|r| (r.name, r.oid)).collect())
+    }
+
+    /// Where the bundle of `key`'s consolidated pack can be downloaded (a presigned URL,
+    /// valid for `expires_in`) and the bundled pack's stem, when the shared store keeps
+    /// bundles and has one for it.
+    pub async fn bundle_url(
+        &self,
+        key: &RepoKey,
+        expires_in: Duration,
+    ) -> Result<Option<(String, String)>, Error> {
+        match &self.shared {
+            Some(shared) if shared.bundles() => Ok(shared.bundle_url(key, expires_in).await?),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the shared store keeps bundles for `bundle-uri`.
+    pub fn bundles(&self) -> bool {
+        self.shared.as_ref().is_some_and(Shared::bundles)
     }
 
     /// Bring `key`'s local copy up to what another instance committed, if the store holds

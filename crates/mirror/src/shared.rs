@@ -11,6 +11,7 @@
 //! ```text
 //! mirrors/<host>/<owner>/<repo>.git/manifest
 //! mirrors/<host>/<owner>/<repo>.git/packs/pack-<checksum>.{pack,idx,rev,bitmap,tips}
+//! mirrors/<host>/<owner>/<repo>.git/packs/pack-<checksum>.bundle
 //! ```
 //!
 //! - [`Shared::publish`] uploads the local copy's new pack files, then commits a manifest of
@@ -23,6 +24,10 @@
 //!   does), then the refs are replaced at once, then packs the manifest does not name are
 //!   removed. A file `gitcache-manifest` in the repository records which version the copy
 //!   holds, so that an unchanged manifest costs one small read.
+//!
+//! - [`Shared::bundle`] (when [bundles are on](Shared::with_bundles)) writes a git bundle of a
+//!   consolidated pack beside it and names it in the manifest, so that clients told of it
+//!   ([`Shared::bundle_url`], git's `bundle-uri`) take the bulk of a clone from the store.
 //!
 //! A crash at any point leaves a manifest that names only complete uploads, and a local copy
 //! that is either the old state or the new one (with at most some unnamed files, which the
@@ -116,6 +121,9 @@ pub struct MirrorManifest {
     /// A tombstone: the mirror was removed (a purge). It names no packs and no refs; copies
     /// taken from an earlier manifest are dropped, and a new mirror replaces it.
     pub removed: bool,
+    /// The pack (one of `packs`, the closure of its tips) that a git bundle in the store
+    /// holds, beside its files as `<stem>.bundle`.
+    pub bundle: Option<String>,
 }
 
 fn invalid(what: impl Into<String>) -> Error {
@@ -207,6 +215,9 @@ impl MirrorManifest {
                 format!("pack {} {}\n", pack.stem, pack.files.join(" ")).as_bytes(),
             );
         }
+        if let Some(stem) = &self.bundle {
+            out.extend_from_slice(format!("bundle {stem}\n").as_bytes());
+        }
         for (stem, at) in &self.retired {
             out.extend_from_slice(format!("retired {stem} {at}\n").as_bytes());
         }
@@ -240,6 +251,7 @@ impl MirrorManifest {
             retired: Vec::new(),
             refs: refs.to_vec(),
             removed: false,
+            bundle: None,
         };
         for line in lines {
             let (word, rest) = line.split_once_str(" ").unwrap_or((line, b""));
@@ -260,7 +272,7 @@ impl MirrorManifest {
                     check_ref_name(rest)?;
                     manifest.head = Some(rest.into());
                 }
-                b"pack" if manifest.retired.is_empty() => {
+                b"pack" if manifest.retired.is_empty() && manifest.bundle.is_none() => {
                     let mut words = rest.split_str(" ");
                     let stem = words.next().unwrap_or_default().to_str_lossy().into_owned();
                     check_stem(&stem, format)?;
@@ -284,6 +296,13 @@ impl MirrorManifest {
                     if manifest.packs.len() > MAX_PACKS {
                         return Err(invalid("too many packs"));
                     }
+                }
+                b"bundle" if manifest.bundle.is_none() && manifest.retired.is_empty() => {
+                    let stem = rest.to_str_lossy().into_owned();
+                    if !manifest.packs.iter().any(|p| p.stem == stem) {
+                        return Err(invalid(format!("a bundle of {stem:?}, not a listed pack")));
+                    }
+                    manifest.bundle = Some(stem);
                 }
                 b"retired" => {
                     let (stem, at) = rest
@@ -360,6 +379,7 @@ impl MirrorManifest {
             retired: Vec::new(),
             refs,
             removed: false,
+            bundle: None,
         })
     }
 
@@ -400,6 +420,7 @@ pub enum Hydrated {
 pub struct Shared {
     store: AnyStore,
     grace: Duration,
+    bundles: bool,
 }
 
 fn unix_now() -> u64 {
@@ -480,6 +501,9 @@ fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Resu
         .is_ok_and(|digest| digest.as_bytes() == trailer.as_slice()))
 }
 
+/// How many times a manifest write is tried again after losing a race.
+const COMMIT_TRIES: usize = 4;
+
 /// How far the clocks of instances and the store may disagree: what a purge leaves to the
 /// grace period rather than deleting at once.
 const CLOCK_MARGIN: Duration = Duration::from_secs(300);
@@ -487,7 +511,25 @@ const CLOCK_MARGIN: Duration = Duration::from_secs(300);
 impl Shared {
     /// Mirrors in `store`; retired packs are deleted `grace` after they were dropped.
     pub fn new(store: AnyStore, grace: Duration) -> Self {
-        Shared { store, grace }
+        Shared {
+            store,
+            grace,
+            bundles: false,
+        }
+    }
+
+    /// Also keep a git bundle of each consolidated pack in the store ([`bundle`]), for
+    /// git's `bundle-uri`.
+    ///
+    /// [`bundle`]: Self::bundle
+    pub fn with_bundles(mut self, on: bool) -> Self {
+        self.bundles = on;
+        self
+    }
+
+    /// Whether bundles are kept.
+    pub fn bundles(&self) -> bool {
+        self.bundles
     }
 
     /// The store.
@@ -718,6 +760,11 @@ impl Shared {
                 }
             },
         };
+        // A bundle stays named while its pack is.
+        local.bundle = previous
+            .as_ref()
+            .and_then(|m| m.bundle.clone())
+            .filter(|stem| local.packs.iter().any(|p| p.stem == *stem));
         let started = std::time::Instant::now();
         let mut uploaded = 0u64;
         for pack in &local.packs {
@@ -789,10 +836,129 @@ impl Shared {
 
     async fn delete_pack(&self, key: &RepoKey, stem: &str) -> Result<(), Error> {
         // The index first: a pack without it is incomplete to every reader.
-        for ext in ["idx", "pack", "rev", "bitmap", "tips"] {
+        for ext in ["idx", "pack", "rev", "bitmap", "tips", "bundle"] {
             self.store.delete(&Self::file_key(key, stem, ext)?).await?;
         }
         Ok(())
+    }
+
+    /// Write a git bundle of the consolidated pack of `key`'s manifest (a pack the local copy
+    /// at `git_dir` holds with its tips: the closure of its refs, so a bundle needing nothing
+    /// else) into the store, and name it in the manifest, unless it names one already. The
+    /// bundle lists the branches and tags whose objects the pack holds. Returns the bundled
+    /// pack's stem; `None` when there is nothing to bundle or the manifest moved on to other
+    /// packs meanwhile (the upload is then collected as any unnamed file). Call after
+    /// [`publish`](Self::publish), with no refresh of the mirror under way.
+    pub async fn bundle(&self, key: &RepoKey, git_dir: &Path) -> Result<Option<String>, Error> {
+        let Some((manifest, _)) = self.read(key).await? else {
+            return Ok(None);
+        };
+        if manifest.removed || manifest.bundle.is_some() {
+            return Ok(manifest.bundle);
+        }
+        let pack_dir = git_dir.join("objects").join("pack");
+        let Some(pack) = manifest.packs.iter().find(|p| {
+            p.files.contains(&"tips") && pack_dir.join(format!("{}.tips", p.stem)).is_file()
+        }) else {
+            return Ok(None);
+        };
+        let stem = pack.stem.clone();
+        let tips = std::fs::read_to_string(pack_dir.join(format!("{stem}.tips")))?;
+        let tips: Vec<&str> = tips.lines().collect();
+        let mut header = match manifest.format {
+            HashKind::Sha1 => b"# v2 git bundle\n".to_vec(),
+            _ => format!("# v3 git bundle\n@object-format={}\n", manifest.format).into_bytes(),
+        };
+        let mut listed = 0;
+        for line in manifest.refs.lines() {
+            let Some((oid, name)) = line.split_once_str(" ") else {
+                continue;
+            };
+            let branch_or_tag = name.starts_with(b"refs/heads/") || name.starts_with(b"refs/tags/");
+            if branch_or_tag && oid.to_str().is_ok_and(|oid| tips.contains(&oid)) {
+                header.extend_from_slice(line);
+                header.push(b'\n');
+                listed += 1;
+            }
+        }
+        if listed == 0 {
+            return Ok(None);
+        }
+        header.push(b'\n');
+        let temp = pack_dir.join(format!("incoming-{}-bundle-{stem}", std::process::id()));
+        let (source, written) = (pack_dir.join(format!("{stem}.pack")), temp.clone());
+        let made = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&written)?);
+            std::io::Write::write_all(&mut out, &header)?;
+            std::io::copy(&mut std::fs::File::open(&source)?, &mut out)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let uploaded = match made {
+            Ok(()) => self
+                .store
+                .put_file(&Self::file_key(key, &stem, "bundle")?, &temp)
+                .await
+                .map_err(Error::from),
+            Err(err) => Err(err.into()),
+        };
+        let _ = std::fs::remove_file(&temp);
+        uploaded?;
+        let manifest_key = Self::manifest_key(key)?;
+        for _ in 0..COMMIT_TRIES {
+            let Some((mut manifest, version)) = self.read(key).await? else {
+                return Ok(None);
+            };
+            if manifest.removed || !manifest.packs.iter().any(|p| p.stem == stem) {
+                return Ok(None);
+            }
+            if manifest.bundle.is_some() {
+                return Ok(manifest.bundle);
+            }
+            manifest.bundle = Some(stem.clone());
+            match self
+                .store
+                .replace_manifest(&manifest_key, &manifest.encode(), Some(&version))
+                .await?
+            {
+                Replaced::Done(new) => {
+                    // The copy that held the manifest holds it still: only the bundle is new.
+                    if local_version(git_dir).as_ref() == Some(&version) {
+                        set_local_version(git_dir, &new)?;
+                    }
+                    tracing::info!(
+                        refs = listed,
+                        "bundle of the mirror written to the shared store"
+                    );
+                    return Ok(Some(stem));
+                }
+                Replaced::Conflict => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    /// A URL from which the bundle named in `key`'s manifest can be downloaded for
+    /// `expires_in` (presigned), with the bundled pack's stem; `None` when there is no bundle
+    /// or the store hands out no URLs (files on disk).
+    pub async fn bundle_url(
+        &self,
+        key: &RepoKey,
+        expires_in: Duration,
+    ) -> Result<Option<(String, String)>, Error> {
+        let Some((manifest, _)) = self.read(key).await? else {
+            return Ok(None);
+        };
+        let Some(stem) = manifest.bundle.filter(|_| !manifest.removed) else {
+            return Ok(None);
+        };
+        let object = Self::file_key(key, &stem, "bundle")?;
+        Ok(self
+            .store
+            .download_url(&object, expires_in)
+            .await?
+            .map(|url| (stem, url)))
     }
 
     /// Delete files under `key`'s packs that no manifest names (an upload cut short, a
@@ -861,6 +1027,7 @@ impl Shared {
                 retired,
                 refs: Vec::new(),
                 removed: true,
+                bundle: None,
             };
             let expected = current.map(|(_, version)| version);
             match self

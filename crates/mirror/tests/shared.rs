@@ -93,6 +93,17 @@ impl Fleet {
         repo::append_commits(&self.upstream.repo_path("acme/shared"), "main", 2, seed).unwrap()
     }
 
+    /// The upstream moves; A refreshes, then consolidates.
+    async fn a_refreshes_and_consolidates(&self, seed: u64) {
+        self.upstream_moves(seed);
+        self.a.refresh(&self.key, &self.client, &[]).await.unwrap();
+        self.a
+            .consolidate(&self.key)
+            .await
+            .unwrap()
+            .expect("consolidated");
+    }
+
     async fn manifest(&self) -> MirrorManifest {
         Shared::new(self.store.clone(), Duration::ZERO)
             .read(&self.key)
@@ -138,12 +149,7 @@ async fn two_instances(store: AnyStore) {
 
     // A third pack makes A consolidate (more than two); B's copy follows to one pack, and
     // the old packs, retired with no grace period, are deleted at the next commit.
-    f.upstream_moves(2);
-    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
-    f.a.consolidate(&f.key)
-        .await
-        .unwrap()
-        .expect("consolidated");
+    f.a_refreshes_and_consolidates(2).await;
     let manifest = f.manifest().await;
     assert_eq!(manifest.packs.len(), 1, "{manifest:?}");
     assert!(
@@ -239,6 +245,101 @@ macro_rules! on_both_backends {
 on_both_backends!(two_instances:
     two_instances_share_a_mirror_on_the_filesystem_backend,
     two_instances_share_a_mirror_in_a_bucket);
+
+/// With bundles on, consolidation leaves a bundle of the consolidated pack in the store that
+/// git itself verifies and clones from; refreshes keep it named while its pack is; the next
+/// consolidation bundles the new pack, and the old bundle goes with its pack.
+async fn bundles(store: AnyStore) {
+    let mut f = fleet(store.clone(), Duration::ZERO, 1321);
+    let dir = tempfile::tempdir().unwrap();
+    f.a = Arc::new(
+        Registry::new(dir.path())
+            .with_consolidate_after(2)
+            .with_shared(Shared::new(store.clone(), Duration::ZERO).with_bundles(true)),
+    );
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(
+        f.manifest().await.bundle,
+        None,
+        "no bundle before consolidation"
+    );
+    f.a.consolidate(&f.key)
+        .await
+        .unwrap()
+        .expect("consolidated");
+    let manifest = f.manifest().await;
+    let stem = manifest.bundle.clone().expect("a bundle");
+    assert_eq!(manifest.packs.len(), 1);
+    assert_eq!(manifest.packs[0].stem, stem);
+
+    // git takes the bundle as its own.
+    let bundle_key = |stem: &str| {
+        let base = Shared::manifest_key(&f.key).unwrap();
+        ObjectKey::new(
+            &base
+                .as_str()
+                .replace("/manifest", &format!("/packs/{stem}.bundle")),
+        )
+        .unwrap()
+    };
+    let local = dir.path().join("check.bundle");
+    assert!(store.get_file(&bundle_key(&stem), &local).await.unwrap());
+    let mirror = f.a.existing(&f.key).unwrap();
+    git(
+        mirror.git_dir(),
+        &["bundle", "verify", &local.to_string_lossy()],
+    );
+    let listed = git(
+        mirror.git_dir(),
+        &["bundle", "list-heads", &local.to_string_lossy()],
+    );
+    assert!(listed.contains("refs/heads/main"), "{listed}");
+    assert!(
+        !listed.contains("HEAD\n"),
+        "branches and tags only: {listed}"
+    );
+    let cloned = dir.path().join("from-bundle");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            &local.to_string_lossy(),
+            &cloned.to_string_lossy(),
+        ],
+    );
+    git(&cloned, &["fsck", "--strict", "--no-progress"]);
+
+    // B's refresh adds a pack: the bundle stays, its pack still named. A's copy is not
+    // behind for the bundle's commit (the marker followed it).
+    f.upstream_moves(5);
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let manifest = f.manifest().await;
+    assert_eq!(manifest.packs.len(), 2);
+    assert_eq!(manifest.bundle.as_deref(), Some(stem.as_str()));
+
+    // A's next consolidation bundles the new pack; the old bundle is retired with its pack
+    // and, with no grace period, deleted at the next commit.
+    f.a_refreshes_and_consolidates(6).await;
+    let manifest = f.manifest().await;
+    let newer = manifest.bundle.clone().expect("a bundle of the new pack");
+    assert_ne!(newer, stem);
+    assert_eq!(manifest.packs[0].stem, newer);
+    f.upstream_moves(7);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert!(
+        !store
+            .get_file(&bundle_key(&stem), &dir.path().join("old.bundle"))
+            .await
+            .unwrap(),
+        "the retired pack's bundle was deleted with it"
+    );
+    assert!(store.get_file(&bundle_key(&newer), &local).await.unwrap());
+}
+
+on_both_backends!(bundles:
+    bundles_follow_consolidation_on_the_filesystem_backend,
+    bundles_follow_consolidation_in_a_bucket);
 
 /// Two instances that took the same manifest both refresh: the second to commit conflicts,
 /// takes the first's state and commits on it; no ref is lost.
@@ -437,6 +538,23 @@ fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
     assert_eq!(manifest.packs[0].files, ["pack", "rev", "idx"]);
     assert_eq!(manifest.retired, [(format!("pack-{}", "2".repeat(40)), 17)]);
     assert_eq!(manifest.encode(), text.as_bytes());
+    let bundled = text.replace("idx\nretired", &format!("idx\nbundle pack-{oid}\nretired"));
+    let with_bundle = MirrorManifest::decode(bundled.as_bytes()).unwrap();
+    assert_eq!(with_bundle.bundle, Some(format!("pack-{oid}")));
+    assert_eq!(with_bundle.encode(), bundled.as_bytes());
+    for (from, to) in [
+        ("bundle pack-1111", "bundle pack-3333"),
+        ("bundle pack-1111", "bundle ../x"),
+        ("retired", &format!("bundle pack-{oid}\nretired")),
+        (
+            "retired",
+            &format!("pack pack-{} pack idx\nretired", "4".repeat(40)),
+        ),
+    ] {
+        let bad = bundled.replacen(from, to, 1);
+        assert_ne!(bad, bundled, "{from}");
+        assert!(MirrorManifest::decode(bad.as_bytes()).is_err(), "{bad}");
+    }
     let tombstone =
         format!("gitcache-mirror 1\nformat sha1\nremoved\nretired pack-{oid} 5\nrefs\n");
     let removed = MirrorManifest::decode(tombstone.as_bytes()).unwrap();

@@ -52,6 +52,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::ObjectInfo(_) => {
             pktline::write_error(&mut out, b"object-info is not supported").map(drop)?
         }
+        // No bundles to list: the client fetches everything.
+        Command::BundleUri => pktline::write_flush(&mut out).map(drop)?,
     }
     out.flush()?;
     Ok(())

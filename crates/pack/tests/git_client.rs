@@ -183,7 +183,9 @@ fn route(
                                 .map(drop)
                                 .map_err(|e| e.wire_message())
                         }
-                        Command::ObjectInfo(_) => Err("object-info is not served".into()),
+                        Command::ObjectInfo(_) | Command::BundleUri => {
+                            Err(format!("{} is not served", request.command.name()))
+                        }
                     }
                 });
             if let Err(message) = result {

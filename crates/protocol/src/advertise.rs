@@ -35,6 +35,8 @@ pub struct Advertisement {
     pub session_id: Option<String>,
     /// `object-info`.
     pub object_info: bool,
+    /// `bundle-uri`: the server answers `command=bundle-uri`.
+    pub bundle_uri: bool,
 }
 
 impl Advertisement {
@@ -52,6 +54,7 @@ impl Advertisement {
             object_format,
             session_id: None,
             object_info: false,
+            bundle_uri: false,
         }
     }
 
@@ -134,6 +137,9 @@ impl Advertisement {
         }
         if self.object_info {
             pktline::write_text(out, b"object-info")?;
+        }
+        if self.bundle_uri {
+            pktline::write_text(out, b"bundle-uri")?;
         }
         pktline::write_flush(out)?;
         Ok(())

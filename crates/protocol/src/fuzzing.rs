@@ -107,6 +107,18 @@ pub fn advertisement(data: &[u8]) {
     }
 }
 
+/// Read a bundle list; what reads must write back to bytes that read the same.
+pub fn bundle_list(data: &[u8]) {
+    if let Ok(list) = crate::bundle_uri::BundleList::parse(data) {
+        let mut again = Vec::new();
+        list.write_to(&mut again).expect("a list read writes");
+        assert_eq!(
+            crate::bundle_uri::BundleList::parse(&again).expect("our own list reads"),
+            list
+        );
+    }
+}
+
 /// Read an upstream's `ls-refs` answer in both object formats; what reads must write back
 /// (with symrefs and peeled values asked for) to bytes that read the same.
 pub fn ls_refs_response(data: &[u8]) {

@@ -6,10 +6,12 @@
 //! benchmarkable on its own.
 //!
 //! - [`pktline`]: framing (`0000` flush, `0001` delimiter, `0002` response end, 65520-byte lines).
-//! - [`request`]: the body `git` POSTs to `git-upload-pack` (`ls-refs`, `fetch`, `object-info`),
+//! - [`request`]: the body `git` POSTs to `git-upload-pack` (`ls-refs`, `fetch`, `object-info`,
+//!   `bundle-uri`),
 //!   parsed incrementally under [`request::Limits`].
 //! - [`filter`]: partial-clone filter specifications.
 //! - [`advertise`]: the v2 capability advertisement for `GET info/refs`.
+//! - [`bundle_uri`]: the `bundle-uri` answer, a list of bundles to take before fetching.
 //! - [`ls_refs`]: the `ls-refs` response, written and read.
 //! - [`response`]: the `fetch` response sections, written and read.
 //! - [`sideband`]: side-band framing of pack data, progress and errors.
@@ -44,6 +46,7 @@
 #![deny(missing_docs)]
 
 pub mod advertise;
+pub mod bundle_uri;
 pub mod filter;
 pub mod ls_refs;
 pub mod pktline;

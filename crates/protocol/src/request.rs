@@ -156,6 +156,8 @@ pub enum Command {
     Fetch(Fetch),
     /// `command=object-info`.
     ObjectInfo(ObjectInfo),
+    /// `command=bundle-uri`: the list of bundles to take before fetching (no arguments).
+    BundleUri,
 }
 
 impl Command {
@@ -165,6 +167,7 @@ impl Command {
             Command::LsRefs(_) => "ls-refs",
             Command::Fetch(_) => "fetch",
             Command::ObjectInfo(_) => "object-info",
+            Command::BundleUri => "bundle-uri",
         }
     }
 }
@@ -470,6 +473,7 @@ impl RequestParser {
                     "ls-refs" => Command::LsRefs(LsRefs::default()),
                     "fetch" => Command::Fetch(Fetch::default()),
                     "object-info" => Command::ObjectInfo(ObjectInfo::default()),
+                    "bundle-uri" => Command::BundleUri,
                     _ => return Err(Error::UnknownCommand { name: name.into() }),
                 };
                 if let Some(first) = &self.command {
@@ -541,6 +545,7 @@ impl RequestParser {
                 }
                 _ => return Err(unknown("object-info")),
             },
+            Command::BundleUri => return Err(unknown("bundle-uri")),
             Command::Fetch(args) => match (word, value) {
                 (b"want", Some(hex)) => {
                     check_limit(
@@ -708,6 +713,7 @@ impl Request {
                     line("ref-prefix", Some(prefix))?;
                 }
             }
+            Command::BundleUri => {}
             Command::ObjectInfo(args) => {
                 if args.size {
                     line("size", None)?;
@@ -799,6 +805,27 @@ mod tests {
             Command::Fetch(f) => Ok(f),
             other => panic!("not a fetch: {other:?}"),
         }
+    }
+
+    #[test]
+    fn bundle_uri_takes_no_arguments() {
+        let request = parse(&["command=bundle-uri", "agent=git/2.47.3", "0001", "0000"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.command, Command::BundleUri);
+        let mut again = Vec::new();
+        request.write_to(&mut again).unwrap();
+        assert_eq!(
+            parse_request(&again, Limits::default()).unwrap(),
+            Some(request)
+        );
+        assert!(matches!(
+            parse(&["command=bundle-uri", "0001", "want-ref x", "0000"]),
+            Err(Error::UnknownArgument {
+                command: "bundle-uri",
+                ..
+            })
+        ));
     }
 
     #[test]

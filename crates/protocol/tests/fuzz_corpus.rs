@@ -36,3 +36,9 @@ fn ls_refs_response_corpus() {
     );
     assert!(n >= 5, "only {n} inputs replayed");
 }
+
+#[test]
+fn bundle_list_corpus() {
+    let n = replay("bundle_list", gitcache_protocol::fuzzing::bundle_list);
+    assert!(n >= 5, "only {n} inputs replayed");
+}

@@ -99,6 +99,11 @@ pub(crate) struct Flags {
     /// A key prefix inside the bucket, so deployments can share one.
     #[arg(long, env = "GITCACHE_S3_PREFIX", value_name = "PREFIX")]
     pub(crate) s3_prefix: Option<String>,
+    /// Keep a git bundle of each consolidated mirror in the bucket and advertise
+    /// `bundle-uri`: clients that ask (`git clone -c transfer.bundleURI=true`) download the
+    /// bulk of a clone from the bucket by a presigned URL [needs --s3-bucket].
+    #[arg(long, env = "GITCACHE_BUNDLE_URI")]
+    pub(crate) bundle_uri: bool,
     /// Seconds a lease on a shared mirror's refresh lasts unless renewed: a killed
     /// instance's refresh is taken over after this [default: 30].
     #[arg(long, env = "GITCACHE_LEASE_TTL", value_name = "SECONDS")]
@@ -312,6 +317,7 @@ struct FileStorage {
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     s3_prefix: Option<String>,
+    bundle_uri: Option<bool>,
     lease_ttl: Option<u64>,
     poll_interval: Option<u64>,
 }
@@ -501,6 +507,10 @@ impl Config {
             secret_access_key: flags.aws_secret_access_key,
             session_token: flags.aws_session_token,
         });
+        proxy.bundle_uri = flags.bundle_uri || file.storage.bundle_uri.unwrap_or(false);
+        if proxy.bundle_uri && proxy.object_store.is_none() {
+            anyhow::bail!("--bundle-uri needs a bucket (--s3-bucket): bundles are served from it");
+        }
         if let Some(secs) = flags.storage_poll_interval.or(file.storage.poll_interval) {
             proxy.storage_poll_interval = Duration::from_secs(secs);
         }
@@ -814,11 +824,27 @@ min_free_bytes = 0
             "staging",
         ])
         .unwrap();
+        assert!(!config.proxy.bundle_uri);
         let bucket = config.proxy.object_store.expect("a bucket");
         assert_eq!(bucket.bucket, "mirrors");
         assert_eq!(bucket.region.as_deref(), Some("eu-west-1"));
         assert_eq!(bucket.prefix.as_deref(), Some("staging"));
         assert_eq!(bucket.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn bundles_need_a_bucket() {
+        let err = parse(&["--bundle-uri"]).unwrap_err().to_string();
+        assert!(err.contains("--bundle-uri needs a bucket"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitcache.toml");
+        std::fs::write(&path, "[storage]\ns3_bucket = \"m\"\nbundle_uri = true\n").unwrap();
+        assert!(
+            parse(&["--config", path.to_str().unwrap()])
+                .unwrap()
+                .proxy
+                .bundle_uri
+        );
     }
 
     #[test]

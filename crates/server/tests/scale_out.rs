@@ -86,6 +86,36 @@ fn a_clone_through_one_instance_is_a_hit_on_the_other() {
         .unwrap()
         .expect_success();
     assert_eq!(upstream.counts().fetch, 1, "B served it from the bucket");
+    // Without --bundle-uri, bundle-uri is neither advertised nor answered.
+    let advertised = http(
+        &a.addr,
+        "GET",
+        "/acme/fleet.git/info/refs?service=git-upload-pack",
+        &[("Git-Protocol", "version=2")],
+        b"",
+    );
+    assert!(
+        advertised.body_text().contains("fetch="),
+        "{}",
+        advertised.body_text()
+    );
+    assert!(!advertised.body_text().contains("bundle-uri"));
+    let asked = http(
+        &a.addr,
+        "POST",
+        "/acme/fleet.git/git-upload-pack",
+        &[
+            ("Git-Protocol", "version=2"),
+            ("Content-Type", "application/x-git-upload-pack-request"),
+        ],
+        &bare_command("bundle-uri"),
+    );
+    assert_eq!(asked.status, 400, "{}", asked.body_text());
+    assert!(
+        asked.body_text().contains("bundle-uri"),
+        "{}",
+        asked.body_text()
+    );
     let (via_a, via_b) = (git.home().join("via-a"), git.home().join("via-b"));
     fsck(&via_b);
     assert_eq!(tip(&via_a), tip(&via_b));
@@ -420,12 +450,19 @@ fn bucket_is_whole(server: &S3Server, upstream: &Upstream, name: &str) -> usize 
                 );
             }
         }
+        if let Some(stem) = &manifest.bundle {
+            let file = format!("{stem}.bundle");
+            assert!(
+                listed.contains(&file),
+                "{file} is named but not stored: {listed:?}"
+            );
+        }
         manifest.packs.len()
     })
 }
 
-/// An instance killed at moments spread over a refresh, its commit, consolidation, bitmaps
-/// and their commits: after each kill the bucket is whole, and the other instance serves the
+/// An instance killed at moments spread over a refresh, its commit, consolidation, bitmaps,
+/// the bundle and their commits: after each kill the bucket is whole, and the other instance serves the
 /// repository, history complete.
 #[test]
 fn killed_at_any_moment_the_bucket_stays_whole() {
@@ -444,7 +481,11 @@ fn killed_at_any_moment_the_bucket_stays_whole() {
         .into_iter()
         .enumerate()
     {
-        let mut a = instance_with(&upstream, &server, &["--consolidate-after", "1"]);
+        let mut a = instance_with(
+            &upstream,
+            &server,
+            &["--consolidate-after", "1", "--bundle-uri"],
+        );
         repo::append_commits(&source, "main", 2, 1316 + round as u64).unwrap();
         let (url, dest) = (a.url("acme/kills"), git.home().join(format!("a-{round}")));
         let cloning = std::thread::spawn(move || {
@@ -480,4 +521,157 @@ fn killed_at_any_moment_the_bucket_stays_whole() {
             "round {round}"
         );
     }
+}
+
+/// A pkt-line request `command=<command>` with no arguments.
+fn bare_command(command: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for line in [
+        format!("command={command}\n"),
+        "object-format=sha1\n".into(),
+    ] {
+        body.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes());
+    }
+    body.extend_from_slice(b"00010000");
+    body
+}
+
+/// With `--bundle-uri`, a consolidated mirror's bundle is kept in the bucket and listed (a
+/// presigned URL) to clients the upstream accepted: `git clone -c transfer.bundleURI=true`
+/// takes the bulk from the bucket, the rest from gitcache, and a client without the
+/// credential is refused before anything is listed.
+#[test]
+fn a_clone_that_asks_for_bundles_takes_the_bulk_from_the_bucket() {
+    let Some(server) = S3Server::start("gitcache-bundles") else {
+        return;
+    };
+    let upstream = Upstream::start().unwrap();
+    let name = "acme/bundled";
+    let source = upstream.repo_path(name);
+    repo::generate(&source, &RepoSpec::small(1320)).unwrap();
+    upstream
+        .adopt_repo(name, Access::private(["token"]))
+        .unwrap();
+    let cache = instance_with(&upstream, &server, &["--bundle-uri"]);
+    let git = GitClient::new().unwrap();
+    // Scoped to gitcache, as CI scopes it to the forge: the bucket's URL is signed itself.
+    let auth = common::basic("token");
+    let scoped = format!(
+        "http.http://{}/.extraheader=Authorization: {auth}",
+        cache.addr
+    );
+    let url = cache.url(name);
+    git.run(git.home(), &["-c", &scoped, "clone", "-q", &url, "first"])
+        .unwrap()
+        .expect_success();
+
+    // The bundle is written when the mirror is consolidated, in the background.
+    let key = gitcache_storage::repo::RepoKey::new(&upstream.addr().to_string(), "acme", "bundled")
+        .unwrap();
+    let shared = gitcache_mirror::shared::Shared::new(
+        gitcache_storage::store::AnyStore::S3(bucket(&server)),
+        Duration::from_secs(3600),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let bundled = loop {
+        let manifest = runtime.block_on(shared.read(&key)).unwrap().map(|(m, _)| m);
+        if let Some(stem) = manifest.and_then(|m| m.bundle) {
+            break stem;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no bundle was written"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    // Listed only to a client the upstream accepted.
+    let path = format!("/{name}.git/git-upload-pack");
+    let request = bare_command("bundle-uri");
+    let headers = [
+        ("Git-Protocol", "version=2"),
+        ("Content-Type", "application/x-git-upload-pack-request"),
+    ];
+    let anonymous = http(&cache.addr, "POST", &path, &headers, &request);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body_text());
+    assert!(!anonymous.body_text().contains("bundle."));
+    let mut with_auth = headers.to_vec();
+    with_auth.push(("Authorization", &auth));
+    let listed = http(&cache.addr, "POST", &path, &with_auth, &request);
+    assert_eq!(listed.status, 200, "{}", listed.body_text());
+    let list = gitcache_protocol::bundle_uri::BundleList::parse(&listed.body).unwrap();
+    assert_eq!(list.bundles.len(), 1);
+    assert_eq!(list.bundles[0].id(), bundled);
+    assert!(
+        list.bundles[0].uri().starts_with(&server.endpoint())
+            && list.bundles[0].uri().contains("Signature"),
+        "a presigned URL into the bucket: {}",
+        list.bundles[0].uri()
+    );
+
+    // git takes the bundle (its branches become `refs/bundles/*`), then fetches what it
+    // lacks: nothing yet, then new commits.
+    let old_tip = tip(&source);
+    let clone = |dir: &str| {
+        git.run(
+            git.home(),
+            &[
+                "-c",
+                &scoped,
+                "-c",
+                "transfer.bundleURI=true",
+                "clone",
+                "-q",
+                &url,
+                dir,
+            ],
+        )
+        .unwrap()
+        .expect_success();
+        let dir = git.home().join(dir);
+        fsck(&dir);
+        dir
+    };
+    let second = clone("second");
+    assert_eq!(tip(&second), old_tip);
+    assert_eq!(
+        git_stdout(&second, &["rev-parse", "refs/bundles/main"]).trim(),
+        old_tip,
+        "the bundle was downloaded and unbundled"
+    );
+    let new_tip = repo::append_commits(&source, "main", 2, 1320).unwrap();
+    let third = clone("third");
+    assert_eq!(tip(&third), new_tip, "the rest came from gitcache");
+    assert_eq!(
+        git_stdout(&third, &["rev-parse", "refs/bundles/main"]).trim(),
+        old_tip
+    );
+    // The bulk came from the bundle: gitcache sent only the new commits' objects.
+    let mut counts = objects_per_pack(&third);
+    counts.sort_unstable();
+    assert_eq!(counts.len(), 2, "the bundle's pack and the fetched one");
+    assert!(
+        counts[0] > 0 && counts[0] * 10 < counts[1],
+        "objects per pack: {counts:?}"
+    );
+    assert_eq!(upstream.counts().fetch, 2, "the miss and the refresh");
+}
+
+/// How many objects each pack of the work tree `repo` holds (from its index's fan-out table).
+fn objects_per_pack(repo: &std::path::Path) -> Vec<u32> {
+    std::fs::read_dir(repo.join(".git/objects/pack"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+        .map(|idx| {
+            let bytes = std::fs::read(idx).unwrap();
+            let at = 8 + 255 * 4;
+            u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap())
+        })
+        .collect()
 }

@@ -187,6 +187,24 @@ impl S3Store {
         })
     }
 
+    /// A presigned URL from which anyone may `GET` the object `key` for `expires_in` (at
+    /// most seven days, S3's bound).
+    pub async fn signed_get_url(
+        &self,
+        key: &ObjectKey,
+        expires_in: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        let url = object_store::signer::Signer::signed_url(
+            self.inner.as_ref(),
+            object_store::signer::Method::GET,
+            &self.path(key)?,
+            expires_in,
+        )
+        .await
+        .map_err(backend)?;
+        Ok(url.to_string())
+    }
+
     fn path(&self, key: &ObjectKey) -> Result<ObjectPath, StoreError> {
         let full = match &self.prefix {
             Some(prefix) => format!("{prefix}/{key}"),

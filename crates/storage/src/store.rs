@@ -454,6 +454,21 @@ pub enum AnyStore {
     S3(crate::s3::S3Store),
 }
 
+impl AnyStore {
+    /// A URL from which anyone may `GET` the object `key` for `expires_in`, when the backend
+    /// has such (a presigned URL in a bucket); `None` for files on disk.
+    pub async fn download_url(
+        &self,
+        key: &ObjectKey,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        match self {
+            AnyStore::Fs(_) => Ok(None),
+            AnyStore::S3(store) => store.signed_get_url(key, expires_in).await.map(Some),
+        }
+    }
+}
+
 impl ObjectStore for AnyStore {
     async fn put_file(&self, key: &ObjectKey, from: &Path) -> Result<(), StoreError> {
         match self {
