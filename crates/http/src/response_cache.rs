@@ -331,7 +331,13 @@ impl ResponseCache {
         if generating || path.exists() {
             return false;
         }
-        let taken = shared.download(&repo_text(repo), key, &path).await;
+        // No entry larger than what the cache may hold in all, or for one repository.
+        let limit = [self.config.max_total_bytes, self.config.max_repo_bytes]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(u64::MAX);
+        let taken = shared.download(&repo_text(repo), key, &path, limit).await;
         if taken {
             self.stats.taken_shared.fetch_add(1, Ordering::Relaxed);
         }

@@ -88,8 +88,9 @@ impl SharedResponses {
     }
 
     /// Copy `repo`'s entry `key` from the bucket to `to` (its local place); `false` if the
-    /// bucket has none (or could not be asked: logged, and the caller generates).
-    pub(crate) async fn download(&self, repo: &str, key: &str, to: &Path) -> bool {
+    /// bucket has none, or one larger than `limit` bytes, or could not be asked (logged; the
+    /// caller generates).
+    pub(crate) async fn download(&self, repo: &str, key: &str, to: &Path, limit: u64) -> bool {
         if self.recently_missing(repo, key) {
             return false;
         }
@@ -109,7 +110,7 @@ impl SharedResponses {
             } else if self.recently_missing(repo, key) {
                 false
             } else {
-                self.fetch(repo, key, to).await
+                self.fetch(repo, key, to, limit).await
             }
         };
         let mut downloading = self.downloading.lock().unwrap_or_else(|p| p.into_inner());
@@ -119,9 +120,9 @@ impl SharedResponses {
         taken
     }
 
-    async fn fetch(&self, repo: &str, key: &str, to: &Path) -> bool {
+    async fn fetch(&self, repo: &str, key: &str, to: &Path, limit: u64) -> bool {
         let found = match object(repo, key) {
-            Ok(object) => self.store.get_file(&object, to).await,
+            Ok(object) => self.store.get_file(&object, to, limit).await,
             Err(err) => Err(err),
         };
         match found {
@@ -144,7 +145,11 @@ impl SharedResponses {
             Err(err) => {
                 // Not asked again for a while: a store that does not answer must not hold
                 // every miss up for its timeout.
-                tracing::warn!(%err, "object store unavailable; generating the response here");
+                if matches!(err, StoreError::TooLarge { .. }) {
+                    tracing::warn!(%err, "a shared response over the cache's limits; generating it here");
+                } else {
+                    tracing::warn!(%err, "object store unavailable; generating the response here");
+                }
                 self.missing
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -697,7 +697,8 @@ impl Shared {
             "incoming-{}-hydrate-{stem}.{ext}",
             std::process::id()
         ));
-        let placed = match self.store.get_file(&object, &temp).await {
+        // Packs have no bound of their own: the disk budget and free-space floor apply.
+        let placed = match self.store.get_file(&object, &temp, u64::MAX).await {
             Ok(true) => {
                 let (checked, stem) = (temp.clone(), stem.to_owned());
                 let verified =

@@ -283,7 +283,12 @@ async fn bundles(store: AnyStore) {
         .unwrap()
     };
     let local = dir.path().join("check.bundle");
-    assert!(store.get_file(&bundle_key(&stem), &local).await.unwrap());
+    assert!(
+        store
+            .get_file(&bundle_key(&stem), &local, u64::MAX)
+            .await
+            .unwrap()
+    );
     let mirror = f.a.existing(&f.key).unwrap();
     git(
         mirror.git_dir(),
@@ -329,12 +334,17 @@ async fn bundles(store: AnyStore) {
     f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
     assert!(
         !store
-            .get_file(&bundle_key(&stem), &dir.path().join("old.bundle"))
+            .get_file(&bundle_key(&stem), &dir.path().join("old.bundle"), u64::MAX)
             .await
             .unwrap(),
         "the retired pack's bundle was deleted with it"
     );
-    assert!(store.get_file(&bundle_key(&newer), &local).await.unwrap());
+    assert!(
+        store
+            .get_file(&bundle_key(&newer), &local, u64::MAX)
+            .await
+            .unwrap()
+    );
 }
 
 on_both_backends!(bundles:

@@ -286,7 +286,7 @@ impl ObjectStore for S3Store {
         sent
     }
 
-    async fn get_file(&self, key: &ObjectKey, to: &Path) -> Result<bool, StoreError> {
+    async fn get_file(&self, key: &ObjectKey, to: &Path, limit: u64) -> Result<bool, StoreError> {
         let path = self.path(key)?;
         // The first range answers for the object's size and ETag; a small object is whole in
         // it, a large one comes in further ranges read at once, each pinned to that ETag.
@@ -304,6 +304,12 @@ impl ObjectStore for S3Store {
                 Err(err) => return Err(backend(err)),
             },
         };
+        if got.meta.size > limit {
+            return Err(StoreError::TooLarge {
+                key: key.clone(),
+                limit,
+            });
+        }
         if let Some(dir) = to.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }

@@ -183,11 +183,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Copy the object `key` into the local file `to` (written beside it, then renamed into
-    /// place, so `to` is never seen half-written). `false`: there is no such object.
+    /// place, so `to` is never seen half-written). `false`: there is no such object. One
+    /// larger than `limit` bytes is refused ([`StoreError::TooLarge`]) before it is copied.
     fn get_file(
         &self,
         key: &ObjectKey,
         to: &Path,
+        limit: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The object `key` whole, if it exists and has at most `limit` bytes.
@@ -316,12 +318,18 @@ impl ObjectStore for FsStore {
             .await
     }
 
-    async fn get_file(&self, key: &ObjectKey, to: &Path) -> Result<bool, StoreError> {
+    async fn get_file(&self, key: &ObjectKey, to: &Path, limit: u64) -> Result<bool, StoreError> {
         let (key, to) = (key.clone(), to.to_owned());
         self.blocking(move |store| {
             let from = store.path_of(&key);
-            if !from.is_file() {
+            let Some(meta) = not_found_is_none(std::fs::metadata(&from))? else {
                 return Ok(false);
+            };
+            if !meta.is_file() {
+                return Ok(false);
+            }
+            if meta.len() > limit {
+                return Err(StoreError::TooLarge { key, limit });
             }
             Ok(not_found_is_none(copy_into_place(&from, &to))?.is_some())
         })
@@ -477,10 +485,10 @@ impl ObjectStore for AnyStore {
         }
     }
 
-    async fn get_file(&self, key: &ObjectKey, to: &Path) -> Result<bool, StoreError> {
+    async fn get_file(&self, key: &ObjectKey, to: &Path, limit: u64) -> Result<bool, StoreError> {
         match self {
-            AnyStore::Fs(store) => store.get_file(key, to).await,
-            AnyStore::S3(store) => store.get_file(key, to).await,
+            AnyStore::Fs(store) => store.get_file(key, to, limit).await,
+            AnyStore::S3(store) => store.get_file(key, to, limit).await,
         }
     }
 

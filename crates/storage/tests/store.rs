@@ -28,9 +28,23 @@ async fn objects(store: &impl ObjectStore, scratch: &std::path::Path) {
         Err(StoreError::TooLarge { .. })
     ));
     let copy = scratch.join("local/copy.pack");
-    assert!(store.get_file(&pack, &copy).await.unwrap());
+    assert!(store.get_file(&pack, &copy, u64::MAX).await.unwrap());
     assert_eq!(std::fs::read(&copy).unwrap(), b"PACK and some bytes");
-    assert!(!store.get_file(&key("mirrors/none"), &copy).await.unwrap());
+    assert!(
+        !store
+            .get_file(&key("mirrors/none"), &copy, u64::MAX)
+            .await
+            .unwrap()
+    );
+    let refused = scratch.join("local/refused.pack");
+    assert!(matches!(
+        store.get_file(&pack, &refused, 4).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert!(
+        !refused.exists(),
+        "nothing written for an object over the limit"
+    );
     assert_eq!(
         store.get_bytes(&key("mirrors/none"), 10).await.unwrap(),
         None
@@ -240,7 +254,7 @@ async fn large_objects_go_up_in_parts() {
     let big = key("mirrors/h/acme/big/pack-2.pack");
     store.put_file(&big, &source).await.unwrap();
     let back = dir.path().join("back/big.pack");
-    assert!(store.get_file(&big, &back).await.unwrap());
+    assert!(store.get_file(&big, &back, u64::MAX).await.unwrap());
     assert!(
         std::fs::read(&back).unwrap() == content,
         "the same bytes back"
@@ -255,7 +269,10 @@ async fn large_objects_go_up_in_parts() {
         std::fs::write(&source, &content[..len]).unwrap();
         store.put_file(&object, &source).await.unwrap();
         let back = dir.path().join(format!("back/{name}"));
-        assert!(store.get_file(&object, &back).await.unwrap(), "{name}");
+        assert!(
+            store.get_file(&object, &back, u64::MAX).await.unwrap(),
+            "{name}"
+        );
         assert!(
             std::fs::read(&back).unwrap() == content[..len],
             "{name}: the same bytes back"
