@@ -445,7 +445,9 @@ impl Postgres {
         Ok(())
     }
 
-    /// Every instance's activity but `except`'s, summed by repository.
+    /// Every instance's activity but `except`'s, summed by repository in the database (one
+    /// row per repository comes back, however many instances wrote): the latest refresh and
+    /// the latest error win.
     pub(crate) async fn fleet_activity(
         &self,
         except: &str,
@@ -454,17 +456,20 @@ impl Postgres {
             .client()
             .await?
             .query(
-                "SELECT repo, hits, misses, last_refresh, last_refresh_ok, last_error, last_error_at
-                 FROM gitcache_repo_activity WHERE instance <> $1",
+                "SELECT repo, sum(hits)::bigint, sum(misses)::bigint,
+                     max(last_refresh),
+                     (array_agg(last_refresh_ok ORDER BY last_refresh DESC NULLS LAST))[1],
+                     (array_agg(last_error ORDER BY last_error_at DESC NULLS LAST))[1],
+                     max(last_error_at)
+                 FROM gitcache_repo_activity WHERE instance <> $1 GROUP BY repo",
                 &[&except],
             )
             .await?;
-        let mut fleet: std::collections::HashMap<String, crate::Activity> =
-            std::collections::HashMap::new();
+        let mut fleet = std::collections::HashMap::with_capacity(rows.len());
         for row in rows {
-            let one = crate::Activity {
-                hits: row.try_get::<_, i64>(1)?.max(0) as u64,
-                misses: row.try_get::<_, i64>(2)?.max(0) as u64,
+            let activity = crate::Activity {
+                hits: row.try_get::<_, Option<i64>>(1)?.unwrap_or(0).max(0) as u64,
+                misses: row.try_get::<_, Option<i64>>(2)?.unwrap_or(0).max(0) as u64,
                 last_refresh: match (
                     row.try_get::<_, Option<i64>>(3)?,
                     row.try_get::<_, Option<bool>>(4)?,
@@ -480,7 +485,7 @@ impl Postgres {
                     _ => None,
                 },
             };
-            fleet.entry(row.try_get(0)?).or_default().add(&one);
+            fleet.insert(row.try_get::<_, String>(0)?, activity);
         }
         Ok(fleet)
     }

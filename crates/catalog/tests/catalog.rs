@@ -356,3 +356,71 @@ async fn the_response_index_orders_by_last_use() {
     index.forget("h/acme/a.git", None).await.unwrap();
     assert!(index.all().await.unwrap().is_empty());
 }
+
+/// Each instance writes its own activity; the fleet's is summed by repository without the
+/// reader's own rows, the latest refresh and error winning; writing again replaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_activity_is_summed_by_repository() {
+    use gitcache_catalog::Activity;
+
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let catalog = Catalog::open(&url).await.unwrap();
+    let activity =
+        |hits, misses, refresh: Option<(i64, bool)>, error: Option<(i64, &str)>| Activity {
+            hits,
+            misses,
+            last_refresh: refresh,
+            last_error: error.map(|(at, text)| (at, text.to_owned())),
+        };
+    let repo = "h/acme/a.git".to_owned();
+    catalog
+        .push_activity(
+            "one",
+            &[(
+                repo.clone(),
+                activity(3, 1, Some((100, true)), Some((50, "old"))),
+            )],
+        )
+        .await
+        .unwrap();
+    catalog
+        .push_activity(
+            "two",
+            &[
+                (
+                    repo.clone(),
+                    activity(4, 2, Some((200, false)), Some((150, "new"))),
+                ),
+                ("h/acme/b.git".to_owned(), activity(1, 0, None, None)),
+            ],
+        )
+        .await
+        .unwrap();
+    catalog
+        .push_activity(
+            "me",
+            &[(repo.clone(), activity(100, 100, Some((900, true)), None))],
+        )
+        .await
+        .unwrap();
+    let fleet = catalog.fleet_activity("me").await.unwrap();
+    assert_eq!(fleet.len(), 2);
+    let a = &fleet[&repo];
+    assert_eq!((a.hits, a.misses), (7, 3), "mine left out");
+    assert_eq!(a.last_refresh, Some((200, false)));
+    assert_eq!(a.last_error, Some((150, "new".to_owned())));
+    assert_eq!(fleet["h/acme/b.git"].last_refresh, None);
+    // An instance's totals replace what it wrote before.
+    catalog
+        .push_activity(
+            "two",
+            &[(repo.clone(), activity(5, 2, Some((200, false)), None))],
+        )
+        .await
+        .unwrap();
+    let a = &catalog.fleet_activity("me").await.unwrap()[&repo];
+    assert_eq!((a.hits, a.misses), (8, 3));
+    assert_eq!(a.last_error, Some((50, "old".to_owned())));
+}
