@@ -42,6 +42,7 @@ pub mod route;
 mod serve;
 mod shared_responses;
 mod target;
+pub mod tls;
 mod upkeep;
 pub mod webhook;
 

@@ -49,6 +49,8 @@ pub struct ServeOptions {
     /// Whether this listener runs the proxy's background upkeep (one listener per proxy
     /// should).
     pub upkeep: bool,
+    /// Serve TLS with this certificate (reloadable) instead of plain HTTP.
+    pub tls: Option<Arc<crate::tls::TlsFiles>>,
 }
 
 impl Default for ServeOptions {
@@ -57,6 +59,7 @@ impl Default for ServeOptions {
             grace_period: Duration::from_secs(30),
             face: Face::All,
             upkeep: true,
+            tls: None,
         }
     }
 }
@@ -81,6 +84,7 @@ pub async fn serve_with(
         .upkeep
         .then(|| tokio::spawn(Arc::clone(&proxy).maintain()));
     let face = options.face;
+    let acceptor = options.tls.as_ref().map(crate::tls::TlsFiles::acceptor);
     let max_connections = limits.max_connections.max(1);
     tokio::pin!(shutdown);
     // After `shutdown`: until when connections are still taken (`/readyz` answering 503 so
@@ -165,17 +169,33 @@ pub async fn serve_with(
                 ))
             }
         });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(
-                TokioIo::new(StallGuard::new(stream, limits.response_stall_timeout)),
-                service,
-            );
-        let connection = graceful.watch(connection);
+        let (watcher, acceptor) = (graceful.watcher(), acceptor.clone());
+        let (header_timeout, stall) = (limits.header_read_timeout, limits.response_stall_timeout);
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(err) = connection.await {
+            let io: Box<dyn Io> = match acceptor {
+                None => Box::new(stream),
+                // The handshake is bounded as the headers are: a client that opens a
+                // connection and says nothing loses it.
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(StallGuard::new(io, stall)), service);
+            if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(%peer, %err, "connection ended with an error");
             }
         });
@@ -234,6 +254,11 @@ fn drained(
     }
     now.duration_since(*idle_since) >= idle_exit
 }
+
+/// A client connection, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// A connection whose writes fail once the peer has taken no byte for `stall`: a client that
 /// stops reading (whatever the response: a pack, a passed-through answer, a page) loses its

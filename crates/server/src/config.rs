@@ -244,6 +244,13 @@ pub(crate) struct Flags {
         hide_env_values = true
     )]
     pub(crate) admin_tokens: Vec<String>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); read again on SIGHUP
+    /// [default: plain HTTP].
+    #[arg(long, env = "GITCACHE_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert; read again on SIGHUP.
+    #[arg(long, env = "GITCACHE_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// A separate address for the admin API, page and /metrics [default: the main one].
     #[arg(long, env = "GITCACHE_ADMIN_LISTEN", value_name = "ADDR")]
     pub(crate) admin_listen: Option<String>,
@@ -298,6 +305,8 @@ struct File {
     #[serde(default)]
     storage: FileStorage,
     #[serde(default)]
+    tls: FileTls,
+    #[serde(default)]
     mirrors: FileMirrors,
 }
 
@@ -320,6 +329,13 @@ struct FileStorage {
     bundle_uri: Option<bool>,
     lease_ttl: Option<u64>,
     poll_interval: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -382,6 +398,8 @@ pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
     /// Where the admin API, page and metrics listen when not on `listen`.
     pub(crate) admin_listen: Option<SocketAddr>,
+    /// The certificate chain and key files to serve HTTPS with, on every listener.
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
     /// The catalog's location: a PostgreSQL URL or a SQLite file.
     pub(crate) database: String,
     pub(crate) proxy: ProxyConfig,
@@ -673,6 +691,14 @@ impl Config {
         if admin_listen.is_some() && proxy.admin_tokens.is_empty() {
             bail!("an admin listen address needs at least one --admin-token");
         }
+        let tls = match (
+            flags.tls_cert.or(file.tls.cert),
+            flags.tls_key.or(file.tls.key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
+        };
         if let Some(secs) = flags
             .catalog_reload_interval
             .or(file.catalog_reload_interval)
@@ -687,6 +713,7 @@ impl Config {
         Ok(Config {
             listen,
             admin_listen,
+            tls,
             database,
             proxy,
             shutdown_grace: Duration::from_secs(
@@ -844,6 +871,28 @@ min_free_bytes = 0
                 .unwrap()
                 .proxy
                 .bundle_uri
+        );
+    }
+
+    #[test]
+    fn tls_needs_a_certificate_and_a_key() {
+        assert!(parse(&[]).unwrap().tls.is_none());
+        assert!(
+            parse(&["--tls-cert", "c.pem"]).is_err(),
+            "clap wants the key too"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitcache.toml");
+        std::fs::write(&path, "[tls]\ncert = \"c.pem\"\n").unwrap();
+        let err = parse(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("both a certificate and a key"), "{err}");
+        let config = parse(&["--config", path.to_str().unwrap(), "--tls-key", "k.pem"]).unwrap();
+        let (cert, key) = config.tls.expect("TLS");
+        assert_eq!(
+            (cert.to_str(), key.to_str()),
+            (Some("c.pem"), Some("k.pem"))
         );
     }
 

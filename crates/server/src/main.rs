@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use gitcache_http::catalog::Catalog;
+use gitcache_http::tls::TlsFiles;
 use gitcache_http::{Face, Services};
 
 use config::{Config, Flags, LogFormat};
@@ -32,6 +33,34 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("signal received, shutting down");
+}
+
+/// Read the TLS certificate and key again at every SIGHUP (a renewal), keeping the ones in
+/// use when the new files cannot be used. Without TLS a SIGHUP reloads nothing (and, handled,
+/// does not stop the server as it would by default).
+async fn reload_on_hangup(tls: Option<Arc<TlsFiles>>) {
+    #[cfg(unix)]
+    {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangups) => hangups,
+                Err(err) => {
+                    tracing::warn!(%err, "no SIGHUP handler; the TLS certificate is read once");
+                    return;
+                }
+            };
+        while hangups.recv().await.is_some() {
+            match tls.as_ref().map(|tls| tls.reload()) {
+                Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
+                Some(Err(err)) => {
+                    tracing::error!(%err, "TLS certificate not reloaded; keeping the one in use");
+                }
+                None => tracing::info!("SIGHUP: nothing to reload (no TLS)"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 fn init_tracing(config: &Config) {
@@ -89,6 +118,11 @@ fn main() -> Result<()> {
                 .blocking_threads(config.admin_listen.is_some()),
         )
         .build()?;
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(TlsFiles::load(cert, key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let options = gitcache_http::ServeOptions {
         grace_period: config.shutdown_grace,
         face: if config.admin_listen.is_some() {
@@ -97,6 +131,7 @@ fn main() -> Result<()> {
             Face::All
         },
         upkeep: true,
+        tls: tls.clone(),
     };
     let (listen, admin_listen) = (config.listen, config.admin_listen);
     runtime.block_on(async move {
@@ -130,7 +165,8 @@ fn main() -> Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, upstream = %proxy.config().upstream, data_dir = %proxy.config().data_dir.display(), "gitcache listening");
         // Also on stderr as plain lines, whatever the log format: scripts wait for them.
-        eprintln!("gitcache listening on http://{addr}");
+        eprintln!("gitcache listening on {scheme}://{addr}");
+        tokio::spawn(reload_on_hangup(tls));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -143,7 +179,7 @@ fn main() -> Result<()> {
             let admin_addr = listener.local_addr().ok();
             if let Some(admin_addr) = admin_addr {
                 tracing::info!(addr = %admin_addr, "admin listening");
-                eprintln!("gitcache admin listening on http://{admin_addr}");
+                eprintln!("gitcache admin listening on {scheme}://{admin_addr}");
             }
             let admin_options = gitcache_http::ServeOptions {
                 face: Face::Admin,

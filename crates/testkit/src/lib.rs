@@ -36,4 +36,5 @@ pub mod git;
 pub mod relay;
 pub mod repo;
 pub mod s3;
+pub mod tls;
 pub mod upstream;

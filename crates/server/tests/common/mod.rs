@@ -15,6 +15,8 @@ use gitcache_testkit::upstream::Upstream;
 pub struct Gitcache {
     pub child: Child,
     pub addr: String,
+    /// `http`, or `https` when started with a certificate.
+    pub scheme: &'static str,
     pub data: tempfile::TempDir,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -65,14 +67,17 @@ impl Gitcache {
             .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut log = String::new();
-        let addr = loop {
+        let (scheme, addr) = loop {
             let mut line = String::new();
             if stderr.read_line(&mut line).unwrap() == 0 {
                 panic!("gitcache exited before listening:\n{log}");
             }
             log.push_str(&line);
             if let Some(addr) = line.trim().strip_prefix("gitcache listening on http://") {
-                break addr.to_owned();
+                break ("http", addr.to_owned());
+            }
+            if let Some(addr) = line.trim().strip_prefix("gitcache listening on https://") {
+                break ("https", addr.to_owned());
             }
         };
         let log = std::sync::Arc::new(std::sync::Mutex::new(log));
@@ -87,6 +92,7 @@ impl Gitcache {
         Gitcache {
             child,
             addr,
+            scheme,
             data,
             log,
         }
@@ -94,7 +100,7 @@ impl Gitcache {
 
     /// The URL `git` uses for `owner/repo`.
     pub fn url(&self, name: &str) -> String {
-        format!("http://{}/{name}.git", self.addr)
+        format!("{}://{}/{name}.git", self.scheme, self.addr)
     }
 
     /// The mirror of `owner/repo` of the default upstream (`127.0.0.1:<port>` as host).
