@@ -897,6 +897,8 @@ impl Proxy {
     /// there is one; an empty list otherwise, or when the store cannot be asked (the client
     /// then fetches everything from here).
     async fn bundle_uri(&self, target: &Target) -> Result<Response<Body>, Error> {
+        // Only from this instance's copy (no store request for a repository it has not
+        // served): a clone that asks first is answered in full, the next ones in bulk.
         let registry = self.mirrors.registry();
         if !registry.bundles() {
             // Not advertised: refused as git refuses a command it does not offer.
@@ -920,7 +922,7 @@ impl Proxy {
             .map_err(|e| Error::Internal(e.to_string()))?;
         let mut response = Response::new(Body::full(body));
         set_git_headers(response.headers_mut(), RESULT_TYPE);
-        Ok(with_state(response, CacheState::Hit))
+        Ok(response)
     }
 
     /// Send a request body already read (and decoded) upstream. Only the headers of git's

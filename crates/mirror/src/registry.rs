@@ -571,15 +571,16 @@ impl Registry {
             // The bitmaps join the manifest (unless another instance committed meanwhile:
             // then its own maintenance writes them), and files no manifest names go.
             shared.publish(key, mirror.git_dir()).await?;
-            if shared.bundles()
-                && let Err(err) = shared.bundle(key, mirror.git_dir()).await
-            {
-                tracing::warn!(%err, "the mirror's bundle could not be written");
-            }
             let collected = shared.collect(key).await?;
             if collected > 0 {
                 tracing::info!(collected, "unnamed files collected from the shared store");
             }
+        }
+        // The bundle is a copy of the pack: written without holding refreshes back.
+        if let Some(shared) = self.shared.as_ref().filter(|s| s.bundles())
+            && let Err(err) = shared.bundle(key, mirror.git_dir()).await
+        {
+            tracing::warn!(%err, "the mirror's bundle could not be written");
         }
         Ok(Some(done))
     }
@@ -680,7 +681,10 @@ impl Registry {
         expires_in: Duration,
     ) -> Result<Option<(String, String)>, Error> {
         match &self.shared {
-            Some(shared) if shared.bundles() => Ok(shared.bundle_url(key, expires_in).await?),
+            Some(shared) if shared.bundles() => match self.existing(key) {
+                Some(mirror) => Ok(shared.bundle_url(key, mirror.git_dir(), expires_in).await?),
+                None => Ok(None),
+            },
             _ => Ok(None),
         }
     }

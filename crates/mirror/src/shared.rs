@@ -26,13 +26,16 @@
 //!   holds, so that an unchanged manifest costs one small read.
 //!
 //! - [`Shared::bundle`] (when [bundles are on](Shared::with_bundles)) writes a git bundle of a
-//!   consolidated pack beside it and names it in the manifest, so that clients told of it
-//!   ([`Shared::bundle_url`], git's `bundle-uri`) take the bulk of a clone from the store.
+//!   consolidated pack beside it (`<stem>.bundle`, which goes with its pack), so that clients
+//!   told of it ([`Shared::bundle_url`], git's `bundle-uri`) take the bulk of a clone from
+//!   the store. The manifest does not name bundles: instances that keep none read it as
+//!   ever, and a bundle exists once it is whole (uploads are atomic).
 //!
 //! A crash at any point leaves a manifest that names only complete uploads, and a local copy
 //! that is either the old state or the new one (with at most some unnamed files, which the
 //! next hydration or a crash's leftovers sweep removes).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -121,9 +124,6 @@ pub struct MirrorManifest {
     /// A tombstone: the mirror was removed (a purge). It names no packs and no refs; copies
     /// taken from an earlier manifest are dropped, and a new mirror replaces it.
     pub removed: bool,
-    /// The pack (one of `packs`, the closure of its tips) that a git bundle in the store
-    /// holds, beside its files as `<stem>.bundle`.
-    pub bundle: Option<String>,
 }
 
 fn invalid(what: impl Into<String>) -> Error {
@@ -215,9 +215,6 @@ impl MirrorManifest {
                 format!("pack {} {}\n", pack.stem, pack.files.join(" ")).as_bytes(),
             );
         }
-        if let Some(stem) = &self.bundle {
-            out.extend_from_slice(format!("bundle {stem}\n").as_bytes());
-        }
         for (stem, at) in &self.retired {
             out.extend_from_slice(format!("retired {stem} {at}\n").as_bytes());
         }
@@ -251,7 +248,6 @@ impl MirrorManifest {
             retired: Vec::new(),
             refs: refs.to_vec(),
             removed: false,
-            bundle: None,
         };
         for line in lines {
             let (word, rest) = line.split_once_str(" ").unwrap_or((line, b""));
@@ -272,7 +268,7 @@ impl MirrorManifest {
                     check_ref_name(rest)?;
                     manifest.head = Some(rest.into());
                 }
-                b"pack" if manifest.retired.is_empty() && manifest.bundle.is_none() => {
+                b"pack" if manifest.retired.is_empty() => {
                     let mut words = rest.split_str(" ");
                     let stem = words.next().unwrap_or_default().to_str_lossy().into_owned();
                     check_stem(&stem, format)?;
@@ -296,13 +292,6 @@ impl MirrorManifest {
                     if manifest.packs.len() > MAX_PACKS {
                         return Err(invalid("too many packs"));
                     }
-                }
-                b"bundle" if manifest.bundle.is_none() && manifest.retired.is_empty() => {
-                    let stem = rest.to_str_lossy().into_owned();
-                    if !manifest.packs.iter().any(|p| p.stem == stem) {
-                        return Err(invalid(format!("a bundle of {stem:?}, not a listed pack")));
-                    }
-                    manifest.bundle = Some(stem);
                 }
                 b"retired" => {
                     let (stem, at) = rest
@@ -379,7 +368,6 @@ impl MirrorManifest {
             retired: Vec::new(),
             refs,
             removed: false,
-            bundle: None,
         })
     }
 
@@ -421,6 +409,47 @@ pub struct Shared {
     store: AnyStore,
     grace: Duration,
     bundles: bool,
+    /// Bundle objects asked about: whether each exists, and since when that is known.
+    bundles_seen: std::sync::Arc<std::sync::Mutex<HashMap<ObjectKey, (bool, std::time::Instant)>>>,
+}
+
+/// How long a bundle found in the store is taken to be there without asking again (well
+/// within the grace period its pack stays after retirement).
+const SEEN_FOR: Duration = Duration::from_secs(300);
+/// How long a bundle found missing is taken to be missing (it is written after the
+/// consolidation that named its pack).
+const MISSING_FOR: Duration = Duration::from_secs(30);
+/// The most bundle objects remembered; the memory is cleared when full.
+const MAX_SEEN: usize = 10_000;
+
+/// The header of a git bundle of a pack that is the closure of the object ids in the file
+/// `tips`: the branches and tags of `refs` (`packed-refs` lines) that point at one of them.
+/// `None` when none does. Version 2 for SHA-1, version 3 (which names the format) otherwise.
+fn bundle_header(
+    format: HashKind,
+    refs: &[u8],
+    tips: &Path,
+) -> Result<Option<(Vec<u8>, usize)>, Error> {
+    let tips = std::fs::read_to_string(tips)?;
+    let tips: std::collections::HashSet<&str> = tips.lines().collect();
+    let mut header = match format {
+        HashKind::Sha1 => b"# v2 git bundle\n".to_vec(),
+        _ => format!("# v3 git bundle\n@object-format={format}\n").into_bytes(),
+    };
+    let mut listed = 0;
+    for line in refs.lines() {
+        let Some((oid, name)) = line.split_once_str(" ") else {
+            continue;
+        };
+        let branch_or_tag = name.starts_with(b"refs/heads/") || name.starts_with(b"refs/tags/");
+        if branch_or_tag && oid.to_str().is_ok_and(|oid| tips.contains(oid)) {
+            header.extend_from_slice(line);
+            header.push(b'\n');
+            listed += 1;
+        }
+    }
+    header.push(b'\n');
+    Ok((listed > 0).then_some((header, listed)))
 }
 
 fn unix_now() -> u64 {
@@ -501,9 +530,6 @@ fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Resu
         .is_ok_and(|digest| digest.as_bytes() == trailer.as_slice()))
 }
 
-/// How many times a manifest write is tried again after losing a race.
-const COMMIT_TRIES: usize = 4;
-
 /// How far the clocks of instances and the store may disagree: what a purge leaves to the
 /// grace period rather than deleting at once.
 const CLOCK_MARGIN: Duration = Duration::from_secs(300);
@@ -515,6 +541,7 @@ impl Shared {
             store,
             grace,
             bundles: false,
+            bundles_seen: Default::default(),
         }
     }
 
@@ -761,11 +788,6 @@ impl Shared {
                 }
             },
         };
-        // A bundle stays named while its pack is.
-        local.bundle = previous
-            .as_ref()
-            .and_then(|m| m.bundle.clone())
-            .filter(|stem| local.packs.iter().any(|p| p.stem == *stem));
         let started = std::time::Instant::now();
         let mut uploaded = 0u64;
         for pack in &local.packs {
@@ -845,121 +867,109 @@ impl Shared {
 
     /// Write a git bundle of the consolidated pack of `key`'s manifest (a pack the local copy
     /// at `git_dir` holds with its tips: the closure of its refs, so a bundle needing nothing
-    /// else) into the store, and name it in the manifest, unless it names one already. The
-    /// bundle lists the branches and tags whose objects the pack holds. Returns the bundled
-    /// pack's stem; `None` when there is nothing to bundle or the manifest moved on to other
-    /// packs meanwhile (the upload is then collected as any unnamed file). Call after
-    /// [`publish`](Self::publish), with no refresh of the mirror under way.
+    /// else) into the store beside the pack, unless it is there already: the branches and
+    /// tags whose objects the pack holds, then the pack's bytes, uploaded straight from the
+    /// pack file. Returns the bundled pack's stem; `None` when there is nothing to bundle.
+    /// Safe beside refreshes and hydration: the pack file, once open, is read whole even if
+    /// a newer state removes it meanwhile (its bundle then goes with it, as a retired or an
+    /// unnamed file).
     pub async fn bundle(&self, key: &RepoKey, git_dir: &Path) -> Result<Option<String>, Error> {
         let Some((manifest, _)) = self.read(key).await? else {
             return Ok(None);
         };
-        if manifest.removed || manifest.bundle.is_some() {
-            return Ok(manifest.bundle);
+        if manifest.removed {
+            return Ok(None);
         }
         let pack_dir = git_dir.join("objects").join("pack");
-        let Some(pack) = manifest.packs.iter().find(|p| {
-            p.files.contains(&"tips") && pack_dir.join(format!("{}.tips", p.stem)).is_file()
-        }) else {
-            return Ok(None);
-        };
-        let stem = pack.stem.clone();
-        let tips = std::fs::read_to_string(pack_dir.join(format!("{stem}.tips")))?;
-        let tips: Vec<&str> = tips.lines().collect();
-        let mut header = match manifest.format {
-            HashKind::Sha1 => b"# v2 git bundle\n".to_vec(),
-            _ => format!("# v3 git bundle\n@object-format={}\n", manifest.format).into_bytes(),
-        };
-        let mut listed = 0;
-        for line in manifest.refs.lines() {
-            let Some((oid, name)) = line.split_once_str(" ") else {
-                continue;
-            };
-            let branch_or_tag = name.starts_with(b"refs/heads/") || name.starts_with(b"refs/tags/");
-            if branch_or_tag && oid.to_str().is_ok_and(|oid| tips.contains(&oid)) {
-                header.extend_from_slice(line);
-                header.push(b'\n');
-                listed += 1;
-            }
-        }
-        if listed == 0 {
-            return Ok(None);
-        }
-        header.push(b'\n');
-        let temp = pack_dir.join(format!("incoming-{}-bundle-{stem}", std::process::id()));
-        let (source, written) = (pack_dir.join(format!("{stem}.pack")), temp.clone());
-        let made = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&written)?);
-            std::io::Write::write_all(&mut out, &header)?;
-            std::io::copy(&mut std::fs::File::open(&source)?, &mut out)?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        let uploaded = match made {
-            Ok(()) => self
-                .store
-                .put_file(&Self::file_key(key, &stem, "bundle")?, &temp)
-                .await
-                .map_err(Error::from),
-            Err(err) => Err(err.into()),
-        };
-        let _ = std::fs::remove_file(&temp);
-        uploaded?;
-        let manifest_key = Self::manifest_key(key)?;
-        for _ in 0..COMMIT_TRIES {
-            let Some((mut manifest, version)) = self.read(key).await? else {
-                return Ok(None);
-            };
-            if manifest.removed || !manifest.packs.iter().any(|p| p.stem == stem) {
-                return Ok(None);
-            }
-            if manifest.bundle.is_some() {
-                return Ok(manifest.bundle);
-            }
-            manifest.bundle = Some(stem.clone());
-            match self
-                .store
-                .replace_manifest(&manifest_key, &manifest.encode(), Some(&version))
-                .await?
-            {
-                Replaced::Done(new) => {
-                    // The copy that held the manifest holds it still: only the bundle is new.
-                    if local_version(git_dir).as_ref() == Some(&version) {
-                        set_local_version(git_dir, &new)?;
-                    }
-                    tracing::info!(
-                        refs = listed,
-                        "bundle of the mirror written to the shared store"
-                    );
-                    return Ok(Some(stem));
-                }
-                Replaced::Conflict => continue,
-            }
-        }
-        Ok(None)
-    }
-
-    /// A URL from which the bundle named in `key`'s manifest can be downloaded for
-    /// `expires_in` (presigned), with the bundled pack's stem; `None` when there is no bundle
-    /// or the store hands out no URLs (files on disk).
-    pub async fn bundle_url(
-        &self,
-        key: &RepoKey,
-        expires_in: Duration,
-    ) -> Result<Option<(String, String)>, Error> {
-        let Some((manifest, _)) = self.read(key).await? else {
-            return Ok(None);
-        };
-        let Some(stem) = manifest.bundle.filter(|_| !manifest.removed) else {
+        let Some(stem) = manifest
+            .packs
+            .iter()
+            .find(|p| {
+                p.files.contains(&"tips") && pack_dir.join(format!("{}.tips", p.stem)).is_file()
+            })
+            .map(|p| p.stem.clone())
+        else {
             return Ok(None);
         };
         let object = Self::file_key(key, &stem, "bundle")?;
+        if self.store.size(&object).await?.is_some() {
+            self.seen(object, true);
+            return Ok(Some(stem));
+        }
+        let (format, refs, tips) = (
+            manifest.format,
+            manifest.refs,
+            pack_dir.join(format!("{stem}.tips")),
+        );
+        let header = tokio::task::spawn_blocking(move || bundle_header(format, &refs, &tips))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let Some((header, listed)) = header else {
+            return Ok(None);
+        };
+        let pack = pack_dir.join(format!("{stem}.pack"));
+        self.store.put_file_after(&object, &header, &pack).await?;
+        self.seen(object, true);
+        tracing::info!(
+            refs = listed,
+            "bundle of the mirror written to the shared store"
+        );
+        Ok(Some(stem))
+    }
+
+    /// A URL from which the bundle of the consolidated pack of the local copy at `git_dir`
+    /// can be downloaded for `expires_in` (presigned), with the pack's stem; `None` when
+    /// there is no such pack or bundle, or the store hands out no URLs (files on disk).
+    /// Whether the bundle exists is asked of the store once per pack and remembered (a
+    /// bundle exists from its whole upload until its pack is retired).
+    pub async fn bundle_url(
+        &self,
+        key: &RepoKey,
+        git_dir: &Path,
+        expires_in: Duration,
+    ) -> Result<Option<(String, String)>, Error> {
+        let Some(stem) = MirrorManifest::of_local(git_dir)?
+            .packs
+            .into_iter()
+            .find(|p| p.files.contains(&"tips"))
+            .map(|p| p.stem)
+        else {
+            return Ok(None);
+        };
+        let object = Self::file_key(key, &stem, "bundle")?;
+        let known = self
+            .bundles_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&object)
+            .copied();
+        let exists = match known {
+            Some((exists, at)) if at.elapsed() < if exists { SEEN_FOR } else { MISSING_FOR } => {
+                exists
+            }
+            _ => {
+                let exists = self.store.size(&object).await?.is_some();
+                self.seen(object.clone(), exists);
+                exists
+            }
+        };
+        if !exists {
+            return Ok(None);
+        }
         Ok(self
             .store
             .download_url(&object, expires_in)
             .await?
             .map(|url| (stem, url)))
+    }
+
+    /// Note whether the bundle `object` exists (it does once written here).
+    fn seen(&self, object: ObjectKey, exists: bool) {
+        let mut seen = self.bundles_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_SEEN {
+            seen.clear();
+        }
+        seen.insert(object, (exists, std::time::Instant::now()));
     }
 
     /// Delete files under `key`'s packs that no manifest names (an upload cut short, a
@@ -1028,7 +1038,6 @@ impl Shared {
                 retired,
                 refs: Vec::new(),
                 removed: true,
-                bundle: None,
             };
             let expected = current.map(|(_, version)| version);
             match self

@@ -247,7 +247,8 @@ on_both_backends!(two_instances:
     two_instances_share_a_mirror_in_a_bucket);
 
 /// With bundles on, consolidation leaves a bundle of the consolidated pack in the store that
-/// git itself verifies and clones from; refreshes keep it named while its pack is; the next
+/// git itself verifies and clones from, and its URL is handed out (in a bucket; files on disk
+/// have none); the manifest stays as instances without bundles read it. The next
 /// consolidation bundles the new pack, and the old bundle goes with its pack.
 async fn bundles(store: AnyStore) {
     let mut f = fleet(store.clone(), Duration::ZERO, 1321);
@@ -257,22 +258,6 @@ async fn bundles(store: AnyStore) {
             .with_consolidate_after(2)
             .with_shared(Shared::new(store.clone(), Duration::ZERO).with_bundles(true)),
     );
-    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
-    assert_eq!(
-        f.manifest().await.bundle,
-        None,
-        "no bundle before consolidation"
-    );
-    f.a.consolidate(&f.key)
-        .await
-        .unwrap()
-        .expect("consolidated");
-    let manifest = f.manifest().await;
-    let stem = manifest.bundle.clone().expect("a bundle");
-    assert_eq!(manifest.packs.len(), 1);
-    assert_eq!(manifest.packs[0].stem, stem);
-
-    // git takes the bundle as its own.
     let bundle_key = |stem: &str| {
         let base = Shared::manifest_key(&f.key).unwrap();
         ObjectKey::new(
@@ -282,6 +267,48 @@ async fn bundles(store: AnyStore) {
         )
         .unwrap()
     };
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let first = f.manifest().await.packs[0].stem.clone();
+    assert_eq!(
+        store.size(&bundle_key(&first)).await.unwrap(),
+        None,
+        "none before consolidation"
+    );
+    assert_eq!(
+        f.a.bundle_url(&f.key, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None
+    );
+    f.a.consolidate(&f.key)
+        .await
+        .unwrap()
+        .expect("consolidated");
+    let manifest = f.manifest().await;
+    assert_eq!(manifest.packs.len(), 1);
+    let stem = manifest.packs[0].stem.clone();
+    let encoded = String::from_utf8(manifest.encode()).unwrap();
+    assert!(
+        !encoded.contains("bundle"),
+        "the manifest names no bundle: {encoded}"
+    );
+    let url =
+        f.a.bundle_url(&f.key, Duration::from_secs(60))
+            .await
+            .unwrap();
+    match &store {
+        AnyStore::S3(_) => {
+            let (listed, url) = url.expect("a URL in a bucket");
+            assert_eq!(listed, stem);
+            assert!(
+                url.contains(&format!("{stem}.bundle")) && url.contains("Signature"),
+                "{url}"
+            );
+        }
+        _ => assert_eq!(url, None, "files on disk have no URLs"),
+    }
+
+    // git takes the bundle as its own.
     let local = dir.path().join("check.bundle");
     assert!(
         store
@@ -314,36 +341,29 @@ async fn bundles(store: AnyStore) {
         ],
     );
     git(&cloned, &["fsck", "--strict", "--no-progress"]);
-
-    // B's refresh adds a pack: the bundle stays, its pack still named. A's copy is not
-    // behind for the bundle's commit (the marker followed it).
-    f.upstream_moves(5);
-    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
-    let manifest = f.manifest().await;
-    assert_eq!(manifest.packs.len(), 2);
-    assert_eq!(manifest.bundle.as_deref(), Some(stem.as_str()));
+    // Asked again: the same bundle, not written twice.
+    assert_eq!(
+        Shared::new(store.clone(), Duration::ZERO)
+            .bundle(&f.key, mirror.git_dir())
+            .await
+            .unwrap(),
+        Some(stem.clone())
+    );
 
     // A's next consolidation bundles the new pack; the old bundle is retired with its pack
     // and, with no grace period, deleted at the next commit.
+    f.upstream_moves(5);
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
     f.a_refreshes_and_consolidates(6).await;
-    let manifest = f.manifest().await;
-    let newer = manifest.bundle.clone().expect("a bundle of the new pack");
+    let newer = f.manifest().await.packs[0].stem.clone();
     assert_ne!(newer, stem);
-    assert_eq!(manifest.packs[0].stem, newer);
+    assert!(store.size(&bundle_key(&newer)).await.unwrap().is_some());
     f.upstream_moves(7);
     f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
-    assert!(
-        !store
-            .get_file(&bundle_key(&stem), &dir.path().join("old.bundle"), u64::MAX)
-            .await
-            .unwrap(),
+    assert_eq!(
+        store.size(&bundle_key(&stem)).await.unwrap(),
+        None,
         "the retired pack's bundle was deleted with it"
-    );
-    assert!(
-        store
-            .get_file(&bundle_key(&newer), &local, u64::MAX)
-            .await
-            .unwrap()
     );
 }
 
@@ -548,23 +568,6 @@ fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
     assert_eq!(manifest.packs[0].files, ["pack", "rev", "idx"]);
     assert_eq!(manifest.retired, [(format!("pack-{}", "2".repeat(40)), 17)]);
     assert_eq!(manifest.encode(), text.as_bytes());
-    let bundled = text.replace("idx\nretired", &format!("idx\nbundle pack-{oid}\nretired"));
-    let with_bundle = MirrorManifest::decode(bundled.as_bytes()).unwrap();
-    assert_eq!(with_bundle.bundle, Some(format!("pack-{oid}")));
-    assert_eq!(with_bundle.encode(), bundled.as_bytes());
-    for (from, to) in [
-        ("bundle pack-1111", "bundle pack-3333"),
-        ("bundle pack-1111", "bundle ../x"),
-        ("retired", &format!("bundle pack-{oid}\nretired")),
-        (
-            "retired",
-            &format!("pack pack-{} pack idx\nretired", "4".repeat(40)),
-        ),
-    ] {
-        let bad = bundled.replacen(from, to, 1);
-        assert_ne!(bad, bundled, "{from}");
-        assert!(MirrorManifest::decode(bad.as_bytes()).is_err(), "{bad}");
-    }
     let tombstone =
         format!("gitcache-mirror 1\nformat sha1\nremoved\nretired pack-{oid} 5\nrefs\n");
     let removed = MirrorManifest::decode(tombstone.as_bytes()).unwrap();
@@ -637,4 +640,70 @@ async fn unnamed_files_are_collected_after_the_grace_period() {
             .is_ok_and(|h| h == Hydrated::Current)
     );
     f.fsck(&f.b);
+}
+
+/// A SHA-256 mirror's bundle is a version 3 bundle that names its object format, and git
+/// clones a SHA-256 repository from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sha256_mirror_is_bundled_as_version_3() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(
+        &upstream.repo_path("acme/wide"),
+        &RepoSpec::tiny(1322).sha256(),
+    )
+    .unwrap();
+    upstream.adopt_repo("acme/wide", Access::Public).unwrap();
+    let client = Client::new(
+        &upstream.repo_url("acme/wide"),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let (dirs, store_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = AnyStore::Fs(FsStore::new(store_dir.path()));
+    let registry = Registry::new(dirs.path())
+        .with_shared(Shared::new(store.clone(), Duration::ZERO).with_bundles(true));
+    let key = RepoKey::new("127.0.0.1", "acme", "wide").unwrap();
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    registry
+        .consolidate(&key)
+        .await
+        .unwrap()
+        .expect("consolidated");
+    let mirror = registry.existing(&key).unwrap();
+    let stem = Shared::new(store.clone(), Duration::ZERO)
+        .bundle(&key, mirror.git_dir())
+        .await
+        .unwrap()
+        .expect("a bundle");
+    let base = Shared::manifest_key(&key).unwrap();
+    let object = ObjectKey::new(
+        &base
+            .as_str()
+            .replace("/manifest", &format!("/packs/{stem}.bundle")),
+    )
+    .unwrap();
+    let local = dirs.path().join("wide.bundle");
+    assert!(store.get_file(&object, &local, u64::MAX).await.unwrap());
+    let bytes = std::fs::read(&local).unwrap();
+    assert!(
+        bytes.starts_with(b"# v3 git bundle\n@object-format=sha256\n"),
+        "{:?}",
+        String::from_utf8_lossy(&bytes[..60])
+    );
+    let cloned = dirs.path().join("from-bundle");
+    git(
+        dirs.path(),
+        &[
+            "clone",
+            "-q",
+            &local.to_string_lossy(),
+            &cloned.to_string_lossy(),
+        ],
+    );
+    assert_eq!(
+        git(&cloned, &["rev-parse", "--show-object-format"]).trim(),
+        "sha256"
+    );
+    git(&cloned, &["fsck", "--strict", "--no-progress"]);
 }

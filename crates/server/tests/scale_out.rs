@@ -450,13 +450,6 @@ fn bucket_is_whole(server: &S3Server, upstream: &Upstream, name: &str) -> usize 
                 );
             }
         }
-        if let Some(stem) = &manifest.bundle {
-            let file = format!("{stem}.bundle");
-            assert!(
-                listed.contains(&file),
-                "{file} is named but not stored: {listed:?}"
-            );
-        }
         manifest.packs.len()
     })
 }
@@ -552,6 +545,11 @@ fn a_clone_that_asks_for_bundles_takes_the_bulk_from_the_bucket() {
     upstream
         .adopt_repo(name, Access::private(["token"]))
         .unwrap();
+    let other = upstream.repo_path("acme/other");
+    repo::generate(&other, &RepoSpec::tiny(1321)).unwrap();
+    upstream
+        .adopt_repo("acme/other", Access::private(["other-token"]))
+        .unwrap();
     let cache = instance_with(&upstream, &server, &["--bundle-uri"]);
     let git = GitClient::new().unwrap();
     // Scoped to gitcache, as CI scopes it to the forge: the bucket's URL is signed itself.
@@ -578,9 +576,24 @@ fn a_clone_that_asks_for_bundles_takes_the_bulk_from_the_bucket() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let bundled = loop {
+        use gitcache_storage::store::ObjectStore as _;
         let manifest = runtime.block_on(shared.read(&key)).unwrap().map(|(m, _)| m);
-        if let Some(stem) = manifest.and_then(|m| m.bundle) {
-            break stem;
+        let stem = manifest.and_then(|m| m.packs.into_iter().find(|p| p.files.contains(&"tips")));
+        if let Some(stem) = stem.map(|p| p.stem) {
+            let base = gitcache_mirror::shared::Shared::manifest_key(&key).unwrap();
+            let object = gitcache_storage::store::ObjectKey::new(
+                &base
+                    .as_str()
+                    .replace("/manifest", &format!("/packs/{stem}.bundle")),
+            )
+            .unwrap();
+            if runtime
+                .block_on(shared.store().size(&object))
+                .unwrap()
+                .is_some()
+            {
+                break stem;
+            }
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -599,6 +612,17 @@ fn a_clone_that_asks_for_bundles_takes_the_bulk_from_the_bucket() {
     let anonymous = http(&cache.addr, "POST", &path, &headers, &request);
     assert_eq!(anonymous.status, 401, "{}", anonymous.body_text());
     assert!(!anonymous.body_text().contains("bundle."));
+    // A credential the upstream accepts for another repository opens nothing here.
+    let elsewhere = common::basic("other-token");
+    let mut other_repo = headers.to_vec();
+    other_repo.push(("Authorization", &elsewhere));
+    let refused = http(&cache.addr, "POST", &path, &other_repo, &request);
+    assert!(
+        matches!(refused.status, 401 | 403 | 404),
+        "{}",
+        refused.body_text()
+    );
+    assert!(!refused.body_text().contains("bundle."));
     let mut with_auth = headers.to_vec();
     with_auth.push(("Authorization", &auth));
     let listed = http(&cache.addr, "POST", &path, &with_auth, &request);

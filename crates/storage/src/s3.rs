@@ -231,11 +231,17 @@ impl S3Store {
 }
 
 impl ObjectStore for S3Store {
-    async fn put_file(&self, key: &ObjectKey, from: &Path) -> Result<(), StoreError> {
+    async fn put_file_after(
+        &self,
+        key: &ObjectKey,
+        head: &[u8],
+        from: &Path,
+    ) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        let size = tokio::fs::metadata(from).await?.len();
+        let size = head.len() as u64 + tokio::fs::metadata(from).await?.len();
         if size <= MULTIPART_FROM {
-            let bytes = tokio::fs::read(from).await?;
+            let mut bytes = head.to_vec();
+            bytes.extend_from_slice(&tokio::fs::read(from).await?);
             return self
                 .inner
                 .put_opts(&path, PutPayload::from(bytes), PutOptions::default())
@@ -249,7 +255,7 @@ impl ObjectStore for S3Store {
             .await
             .map_err(backend)?;
         let sent: Result<(), StoreError> = async {
-            let mut file = tokio::fs::File::open(from).await?;
+            let mut file = tokio::io::AsyncReadExt::chain(head, tokio::fs::File::open(from).await?);
             loop {
                 let mut part = Vec::with_capacity(PART);
                 let read = tokio::io::AsyncReadExt::read_buf(
@@ -297,11 +303,16 @@ impl ObjectStore for S3Store {
         let got = match self.inner.get_opts(&path, first).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
-            // An empty object has no first range (S3 answers 416): asked for whole.
-            Err(_) => match self.inner.get_opts(&path, GetOptions::default()).await {
-                Ok(got) => got,
-                Err(object_store::Error::NotFound { .. }) => return Ok(false),
-                Err(err) => return Err(backend(err)),
+            // An empty object has no first range (S3 answers 416): asked for whole. Any
+            // other failure is the answer.
+            Err(err) => match self.size(key).await? {
+                None => return Ok(false),
+                Some(0) => self
+                    .inner
+                    .get_opts(&path, GetOptions::default())
+                    .await
+                    .map_err(backend)?,
+                Some(_) => return Err(backend(err)),
             },
         };
         if got.meta.size > limit {
@@ -359,6 +370,18 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))??;
         Ok(true)
+    }
+
+    async fn size(&self, key: &ObjectKey) -> Result<Option<u64>, StoreError> {
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        match self.inner.get_opts(&self.path(key)?, head).await {
+            Ok(got) => Ok(Some(got.meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(backend(err)),
+        }
     }
 
     async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {

@@ -180,6 +180,18 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         &self,
         key: &ObjectKey,
         from: &Path,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.put_file_after(key, &[], from)
+    }
+
+    /// Store `head` followed by the content of the local file `from` as the object `key`,
+    /// whole, as [`put_file`](Self::put_file) does (a file in a new envelope, such as a pack
+    /// as a bundle, without a local copy of both).
+    fn put_file_after(
+        &self,
+        key: &ObjectKey,
+        head: &[u8],
+        from: &Path,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Copy the object `key` into the local file `to` (written beside it, then renamed into
@@ -198,6 +210,10 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         key: &ObjectKey,
         limit: u64,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// The size of the object `key` in bytes, if it exists (a `HEAD` in a bucket).
+    fn size(&self, key: &ObjectKey)
+    -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 
     /// Remove the object (or manifest) `key`; one that does not exist is no error.
     fn delete(&self, key: &ObjectKey) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -275,11 +291,18 @@ impl FsStore {
 
 /// Copy `from` to `to` through a file beside `to`, synced and renamed into place.
 fn copy_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
+    copy_after_into_place(&[], from, to)
+}
+
+fn copy_after_into_place(head: &[u8], from: &Path, to: &Path) -> std::io::Result<()> {
     if let Some(dir) = to.parent() {
         create_dirs(dir)?;
     }
     let mut source = std::fs::File::open(from)?;
-    replace_file_with(to, |file| std::io::copy(&mut source, file).map(drop))
+    replace_file_with(to, |file| {
+        std::io::Write::write_all(file, head)?;
+        std::io::copy(&mut source, file).map(drop)
+    })
 }
 
 /// `create_dir_all`, durably: each folder made is synced into its parent, so that a file
@@ -312,9 +335,14 @@ fn not_found_is_none<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>
 }
 
 impl ObjectStore for FsStore {
-    async fn put_file(&self, key: &ObjectKey, from: &Path) -> Result<(), StoreError> {
-        let (key, from) = (key.clone(), from.to_owned());
-        self.blocking(move |store| Ok(copy_into_place(&from, &store.path_of(&key))?))
+    async fn put_file_after(
+        &self,
+        key: &ObjectKey,
+        head: &[u8],
+        from: &Path,
+    ) -> Result<(), StoreError> {
+        let (key, head, from) = (key.clone(), head.to_vec(), from.to_owned());
+        self.blocking(move |store| Ok(copy_after_into_place(&head, &from, &store.path_of(&key))?))
             .await
     }
 
@@ -332,6 +360,16 @@ impl ObjectStore for FsStore {
                 return Err(StoreError::TooLarge { key, limit });
             }
             Ok(not_found_is_none(copy_into_place(&from, &to))?.is_some())
+        })
+        .await
+    }
+
+    async fn size(&self, key: &ObjectKey) -> Result<Option<u64>, StoreError> {
+        let key = key.clone();
+        self.blocking(move |store| {
+            Ok(not_found_is_none(std::fs::metadata(store.path_of(&key)))?
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| m.len()))
         })
         .await
     }
@@ -478,10 +516,15 @@ impl AnyStore {
 }
 
 impl ObjectStore for AnyStore {
-    async fn put_file(&self, key: &ObjectKey, from: &Path) -> Result<(), StoreError> {
+    async fn put_file_after(
+        &self,
+        key: &ObjectKey,
+        head: &[u8],
+        from: &Path,
+    ) -> Result<(), StoreError> {
         match self {
-            AnyStore::Fs(store) => store.put_file(key, from).await,
-            AnyStore::S3(store) => store.put_file(key, from).await,
+            AnyStore::Fs(store) => store.put_file_after(key, head, from).await,
+            AnyStore::S3(store) => store.put_file_after(key, head, from).await,
         }
     }
 
@@ -489,6 +532,13 @@ impl ObjectStore for AnyStore {
         match self {
             AnyStore::Fs(store) => store.get_file(key, to, limit).await,
             AnyStore::S3(store) => store.get_file(key, to, limit).await,
+        }
+    }
+
+    async fn size(&self, key: &ObjectKey) -> Result<Option<u64>, StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.size(key).await,
+            AnyStore::S3(store) => store.size(key).await,
         }
     }
 

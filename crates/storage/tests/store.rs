@@ -36,6 +36,18 @@ async fn objects(store: &impl ObjectStore, scratch: &std::path::Path) {
             .await
             .unwrap()
     );
+    let bundle = key("mirrors/h/acme/bundled/pack-1.bundle");
+    store
+        .put_file_after(&bundle, b"# v2 git bundle\n\n", &source)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_bytes(&bundle, 1 << 20).await.unwrap().unwrap(),
+        b"# v2 git bundle\n\nPACK and some bytes",
+        "the head, then the file"
+    );
+    assert_eq!(store.size(&bundle).await.unwrap(), Some(36));
+    assert_eq!(store.size(&key("mirrors/none")).await.unwrap(), None);
     let refused = scratch.join("local/refused.pack");
     assert!(matches!(
         store.get_file(&pack, &refused, 4).await,
@@ -262,6 +274,15 @@ async fn large_objects_go_up_in_parts() {
     let listed = store.list(&key("mirrors/h/acme/big")).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].size, size as u64);
+    // A head before a file that goes up in parts.
+    let bundle = key("mirrors/h/acme/big/pack-2.bundle");
+    store
+        .put_file_after(&bundle, b"head\n", &source)
+        .await
+        .unwrap();
+    assert!(store.get_file(&bundle, &back, u64::MAX).await.unwrap());
+    let got = std::fs::read(&back).unwrap();
+    assert!(got.len() == size + 5 && got.starts_with(b"head\n") && got[5..] == content[..]);
     // Downloads go in ranges: one exactly a range long, one a byte over, and an empty one.
     let range = gitcache_storage::s3::DOWNLOAD_RANGE as usize;
     for (name, len) in [("exact", range), ("over", range + 1), ("empty", 0)] {
