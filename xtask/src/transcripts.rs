@@ -212,23 +212,10 @@ pub(crate) fn record(root: &Path) -> Result<()> {
         .expect_success();
     let header = "http.extraheader=AUTHORIZATION: basic eC1hY2Nlc3MtdG9rZW46ZmFrZQ==";
     let refspec = format!("+{main_tip}:refs/remotes/origin/main");
-    rec.scenario(
-        "fetch-sha",
-        &checkout,
-        &[
-            "-c",
-            "protocol.version=2",
-            "-c",
-            header,
-            "fetch",
-            "--no-tags",
-            "--prune",
-            "--no-recurse-submodules",
-            "--depth=1",
-            "origin",
-            &refspec,
-        ],
-    )?;
+    let mut fetch = vec!["-c", header];
+    fetch.extend(gitcache_testkit::git::CHECKOUT_FETCH);
+    fetch.push(&refspec);
+    rec.scenario("fetch-sha", &checkout, &fetch)?;
 
     // Negotiation: the upstream moves on and the clone has local commits it lacks.
     let clone = home.join("clone");

@@ -165,6 +165,19 @@ impl Mirrors {
         upstream: Upstream,
         create: bool,
     ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
+        self.refresh_keeping(key, upstream, create, Vec::new())
+            .await
+    }
+
+    /// [`refresh`](Self::refresh), also fetching the commits `keep` by id and keeping them
+    /// (a mirror that exists only; see [`Registry::keep`]).
+    pub(crate) async fn refresh_keeping(
+        self: &Arc<Self>,
+        key: &RepoKey,
+        upstream: Upstream,
+        create: bool,
+        keep: Vec<gix_hash::ObjectId>,
+    ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
         self.room_for_refresh().await?;
         let started = Instant::now();
         let (mirrors, task_key) = (Arc::clone(self), key.clone());
@@ -176,7 +189,13 @@ impl Mirrors {
                     .map(String::as_str)
                     .collect();
                 let registry = &mirrors.registry;
-                if create {
+                if !keep.is_empty() {
+                    let outcome = registry.keep(&task_key, &upstream, &prefixes, &keep).await;
+                    if outcome.is_ok() {
+                        registry.maintain_in_background(&task_key);
+                    }
+                    outcome
+                } else if create {
                     registry
                         .refresh_and_maintain(&task_key, &upstream, &prefixes)
                         .await

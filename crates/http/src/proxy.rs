@@ -77,6 +77,10 @@ const GIT_REQUEST_HEADERS: &[&str] = &[
 /// size).
 const MAX_LS_REFS_COPY: usize = 64 << 20;
 
+/// The most commits one fetch may have fetched by id and kept; a fetch that lacks more is
+/// passed through.
+const MAX_KEPT_PER_FETCH: usize = 16;
+
 /// How long a bundle URL handed to a client stays valid: long enough to download a large
 /// bundle, short enough that a URL that leaks soon stops working.
 const BUNDLE_URL_LIFETIME: Duration = Duration::from_secs(600);
@@ -1149,13 +1153,68 @@ impl Proxy {
                     .await;
                 Ok(with_state(response, CacheState::Miss))
             }
-            (None, _) => {
-                // Wants no mirrored ref reaches (e.g. a commit of an unmirrored ref).
-                tracing::info!(result = "passthrough", "fetch");
-                let response = self.forward_body(target, headers, body).await?;
-                Ok(with_state(response, CacheState::Passthrough))
+            (None, fetch) => {
+                // Wants no mirrored ref reaches (a pull request's merge commit that CI fetches
+                // by id): fetched by id into the mirror and kept, so that the next job is a
+                // hit; what the upstream will not give by id is passed through.
+                let Some(missing) = self.missing_wants(target, &fetch).await? else {
+                    tracing::info!(result = "passthrough", "fetch");
+                    let response = self.forward_body(target, headers, body).await?;
+                    return Ok(with_state(response, CacheState::Passthrough));
+                };
+                let upstream = self
+                    .gate
+                    .upstream(target, self.gate.credential(target, headers))?;
+                let kept = self
+                    .mirrors
+                    .refresh_keeping(&target.key, upstream, false, missing)
+                    .await;
+                match (kept, self.mirrors.with_wants(&target.key, fetch).await?) {
+                    (Ok(_), (Some(repo), fetch)) => {
+                        tracing::info!(result = "miss", kept = true, "fetch");
+                        let response = self
+                            .responder
+                            .serve(target.key.relative_path(), repo, fetch, kind)
+                            .await;
+                        Ok(with_state(response, CacheState::Miss))
+                    }
+                    (kept, _) => {
+                        if let Err(err) = kept {
+                            tracing::info!(%err, "commits asked for by id not kept");
+                        }
+                        tracing::info!(result = "passthrough", "fetch");
+                        let response = self.forward_body(target, headers, body).await?;
+                        Ok(with_state(response, CacheState::Passthrough))
+                    }
+                }
             }
         }
+    }
+
+    /// The wants of `fetch` the mirror of `target` lacks, when they are worth fetching by id
+    /// and keeping: at most [`MAX_KEPT_PER_FETCH`], and no `want-ref` (a ref that is not
+    /// mirrored is the upstream's to resolve).
+    async fn missing_wants(
+        self: &Arc<Self>,
+        target: &Target,
+        fetch: &Fetch,
+    ) -> Result<Option<Vec<gix_hash::ObjectId>>, Error> {
+        if !fetch.want_refs.is_empty() {
+            return Ok(None);
+        }
+        let Some(repo) = self.mirrors.open_blocking(&target.key).await? else {
+            return Ok(None);
+        };
+        let wants = fetch.wants.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            wants
+                .into_iter()
+                .filter(|w| !repo.contains(w))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok((!missing.is_empty() && missing.len() <= MAX_KEPT_PER_FETCH).then_some(missing))
     }
 }
 

@@ -145,6 +145,21 @@ impl Mirror {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Result<Refreshed, Error> {
+        self.refresh_keeping(upstream, extra_prefixes, &[]).await
+    }
+
+    /// [`refresh`](Self::refresh), and also fetch the objects `keep` (commits asked for by id
+    /// that no mirrored ref reaches, such as a pull request's merge commit), by id as a
+    /// client asked for them, and keep them reachable under [`KEPT_PREFIX`] for
+    /// [`KEEP_DAYS`] days, so that the next fetch of them is a hit and consolidation keeps
+    /// them. Ids the upstream points a listed ref at need no kept ref. The upstream decides
+    /// what it gives out by id; an id it refuses fails the refresh (nothing is written).
+    pub async fn refresh_keeping(
+        &self,
+        upstream: &Upstream,
+        extra_prefixes: &[&str],
+        keep: &[ObjectId],
+    ) -> Result<Refreshed, Error> {
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
         let format = upstream.object_format().await?;
         if format != repo.object_format() {
@@ -186,8 +201,24 @@ impl Mirror {
         });
 
         let local = repo.refs()?;
+        // Kept refs: those still young enough, then the new ones (under today's date).
+        let today = unix_now() / 86_400;
+        let mut kept: Vec<RefLine> = local
+            .iter()
+            .filter_map(|r| {
+                let day = kept_day(r.name.as_ref())?;
+                (day + KEEP_DAYS >= today).then_some(RefLine::new(r.oid?, r.name.clone()))
+            })
+            .collect();
+        for oid in keep {
+            let listed = remote.iter().any(|line| line.oid == Some(*oid));
+            let held = kept.iter().any(|line| line.oid == Some(*oid));
+            if !listed && !held {
+                kept.push(RefLine::new(*oid, format!("{KEPT_PREFIX}{today}/{oid}")));
+            }
+        }
         let mut wants: Vec<ObjectId> = Vec::new();
-        for line in &remote {
+        for line in remote.iter().chain(&kept) {
             if let Some(oid) = line.oid
                 && !repo.contains(&oid)
                 && !wants.contains(&oid)
@@ -208,7 +239,7 @@ impl Mirror {
         // whose history is not whole here is asked for too, or the mirror could never take
         // it.
         let mut new_tips: Vec<ObjectId> = Vec::new();
-        for oid in remote.iter().filter_map(|line| line.oid) {
+        for oid in remote.iter().chain(&kept).filter_map(|line| line.oid) {
             if !haves.contains(&oid) && !new_tips.contains(&oid) {
                 new_tips.push(oid);
             }
@@ -250,6 +281,7 @@ impl Mirror {
         }
         let repo = std::sync::Arc::new(gitcache_pack::Repository::open(&self.git_dir)?);
         let checking = std::time::Instant::now();
+        remote.extend(kept);
         let fetched_pack = ingested.as_ref().map(|(pack, _)| pack.pack.clone());
         let checked = self
             .check_fetched(&repo, &remote, &new_tips, &haves, fetched_pack, &rewalk)
@@ -582,6 +614,27 @@ pub(crate) fn remove_pack(dir: &Path, stem: &str) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where commits fetched by id are kept: `refs/gitcache/kept/<day>/<id>`, `<day>` the day
+/// (since the epoch) they were fetched. Never advertised (ls-refs is the upstream's), but
+/// reachable, so that consolidation keeps them and every instance gets them.
+pub const KEPT_PREFIX: &str = "refs/gitcache/kept/";
+
+/// How many days a kept commit stays after the day it was fetched.
+pub const KEEP_DAYS: u64 = 7;
+
+/// The day of a kept ref's name, if it is one.
+fn kept_day(name: &[u8]) -> Option<u64> {
+    let rest = name.strip_prefix(KEPT_PREFIX.as_bytes())?;
+    let day = rest.split(|b| *b == b'/').next()?;
+    std::str::from_utf8(day).ok()?.parse().ok()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Refuse a ref line whose name (or symbolic target) git would refuse, or that lies outside

@@ -318,7 +318,8 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Outcome {
-        self.refresh_with(key, upstream, extra_prefixes, true).await
+        self.refresh_with(key, upstream, extra_prefixes, true, &[])
+            .await
     }
 
     /// [`refresh`](Self::refresh) of a mirror that exists: when there is none by its turn
@@ -329,7 +330,22 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Outcome {
-        self.refresh_with(key, upstream, extra_prefixes, false)
+        self.refresh_with(key, upstream, extra_prefixes, false, &[])
+            .await
+    }
+
+    /// [`refresh`](Self::refresh) the mirror of `key` (which must exist), also fetching the
+    /// commits `oids` by id and keeping them (see [`Mirror::refresh_keeping`]): for fetches
+    /// of commits no mirrored ref reaches, such as a pull request's merge commit. Done at
+    /// once when they are all in the mirror by the time it is this refresh's turn.
+    pub async fn keep(
+        &self,
+        key: &RepoKey,
+        upstream: &Upstream,
+        extra_prefixes: &[&str],
+        oids: &[gix_hash::ObjectId],
+    ) -> Outcome {
+        self.refresh_with(key, upstream, extra_prefixes, false, oids)
             .await
     }
 
@@ -339,6 +355,7 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
         create: bool,
+        keep: &[gix_hash::ObjectId],
     ) -> Outcome {
         let slot = self.slot(key);
         let seen = slot.last.lock().unwrap_or_else(|p| p.into_inner()).0;
@@ -350,13 +367,22 @@ impl Registry {
             let last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
             if last.0 != seen
                 && let Some(outcome) = &last.1
+                && (keep.is_empty() || self.holds(key, keep))
             {
-                // A refresh finished while we waited: it is ours too.
+                // A refresh finished while we waited (with what was to be kept): it is
+                // ours too.
                 return outcome.clone();
             }
         }
+        if !keep.is_empty() && self.holds(key, keep) {
+            return Ok(Refreshed {
+                refs: 0,
+                changed: false,
+                fetched_objects: 0,
+            });
+        }
         let outcome = self
-            .refresh_now(key, upstream, extra_prefixes)
+            .refresh_now(key, upstream, extra_prefixes, keep)
             .await
             .map_err(Arc::new);
         let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -585,21 +611,31 @@ impl Registry {
         Ok(Some(done))
     }
 
+    /// Whether the mirror of `key` holds every object of `oids`.
+    fn holds(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) -> bool {
+        gitcache_pack::Repository::open(self.path(key))
+            .is_ok_and(|repo| oids.iter().all(|oid| repo.contains(oid)))
+    }
+
     async fn refresh_now(
         &self,
         key: &RepoKey,
         upstream: &Upstream,
         extra: &[&str],
+        keep: &[gix_hash::ObjectId],
     ) -> Result<Refreshed, Error> {
         let Some(shared) = &self.shared else {
             let _permit = self.permit().await?;
-            return self.refresh_local(key, upstream, extra).await;
+            return self.refresh_local(key, upstream, extra, keep).await;
         };
         // While another instance refreshes, wait (holding no permit: refreshes of other
         // mirrors go on): its result is then taken from the store.
         let lease = self.wait_for_lease("refresh", key).await;
         let outcome = match self.permit().await {
-            Ok(_permit) => self.refresh_shared(shared, key, upstream, extra).await,
+            Ok(_permit) => {
+                self.refresh_shared(shared, key, upstream, extra, keep)
+                    .await
+            }
             Err(err) => Err(err),
         };
         if let Some(lease) = lease {
@@ -622,6 +658,7 @@ impl Registry {
         key: &RepoKey,
         upstream: &Upstream,
         extra: &[&str],
+        keep: &[gix_hash::ObjectId],
     ) -> Result<Refreshed, Error> {
         let path = self.path(key);
         let before = self.refs_of(key);
@@ -633,7 +670,7 @@ impl Registry {
                 Ok(()) => {}
                 Err(Error::Shared(err)) => {
                     tracing::warn!(%err, "object store unavailable; refreshing the local copy alone");
-                    let mut done = self.refresh_local(key, upstream, extra).await?;
+                    let mut done = self.refresh_local(key, upstream, extra, keep).await?;
                     // A manifest that could not be read is replaced by this commit; one that
                     // names a damaged file is left to a later one (this copy is behind it).
                     if let Err(err) = shared.publish(key, &path).await {
@@ -644,7 +681,7 @@ impl Registry {
                 }
                 Err(err) => return Err(err),
             }
-            let mut done = self.refresh_local(key, upstream, extra).await?;
+            let mut done = self.refresh_local(key, upstream, extra, keep).await?;
             match shared.publish(key, &path).await {
                 Ok(Published::Done) => {
                     done.changed = self.refs_of(key) != before;
@@ -726,6 +763,7 @@ impl Registry {
         key: &RepoKey,
         upstream: &Upstream,
         extra: &[&str],
+        keep: &[gix_hash::ObjectId],
     ) -> Result<Refreshed, Error> {
         let mirror = match self.existing(key) {
             Some(mirror) => mirror,
@@ -743,6 +781,6 @@ impl Registry {
             }
         };
         Self::tidy(&self.slot(key), &mirror)?;
-        mirror.refresh(upstream, extra).await
+        mirror.refresh_keeping(upstream, extra, keep).await
     }
 }

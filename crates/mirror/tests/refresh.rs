@@ -498,3 +498,70 @@ async fn a_tip_on_disk_without_its_history_is_fetched_whole() {
     assert_eq!(refs(mirror.git_dir()), refs(&source));
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
+
+/// Commits fetched by id are kept under `refs/gitcache/kept/<day>/<id>` (one the upstream
+/// lists a ref for needs none); later refreshes keep them until they are older than
+/// `KEEP_DAYS`, then drop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_fetched_by_id_are_kept_for_a_while() {
+    use gitcache_mirror::mirror::{KEEP_DAYS, KEPT_PREFIX};
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/kept");
+    repo::generate(&source, &RepoSpec::tiny(1353)).unwrap();
+    upstream.adopt_repo("acme/kept", Access::Public).unwrap();
+    let main = git(&source, &["rev-parse", "refs/heads/main"])
+        .trim()
+        .to_owned();
+    // A commit only a ref outside what mirrors take reaches.
+    let tree = git(&source, &["rev-parse", "main^{tree}"])
+        .trim()
+        .to_owned();
+    let hidden = git(
+        &source,
+        &["commit-tree", &tree, "-p", &main, "-m", "hidden"],
+    )
+    .trim()
+    .to_owned();
+    git(&source, &["update-ref", "refs/pull/7/merge", &hidden]);
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/kept", None);
+    mirror.refresh(&up, &[]).await.unwrap();
+    let oid = |hex: &str| gix_hash::ObjectId::from_hex(hex.as_bytes()).unwrap();
+    mirror
+        .refresh_keeping(&up, &[], &[oid(&hidden), oid(&main)])
+        .await
+        .unwrap();
+    let kept = git(
+        mirror.git_dir(),
+        &["for-each-ref", "--format=%(refname)", KEPT_PREFIX],
+    );
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    assert_eq!(
+        kept.trim(),
+        format!("{KEPT_PREFIX}{today}/{hidden}"),
+        "main is listed: not kept"
+    );
+    git(
+        mirror.git_dir(),
+        &["cat-file", "-e", &format!("{hidden}^{{commit}}")],
+    );
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+
+    // A plain refresh keeps it; one kept longer ago than KEEP_DAYS goes.
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert!(git(mirror.git_dir(), &["for-each-ref", KEPT_PREFIX]).contains(&hidden));
+    let old_day = today - KEEP_DAYS - 1;
+    let packed = std::fs::read_to_string(mirror.git_dir().join("packed-refs")).unwrap();
+    std::fs::write(
+        mirror.git_dir().join("packed-refs"),
+        packed.replace(&format!("/{today}/"), &format!("/{old_day}/")),
+    )
+    .unwrap();
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(git(mirror.git_dir(), &["for-each-ref", KEPT_PREFIX]), "");
+}

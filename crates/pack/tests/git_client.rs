@@ -367,20 +367,9 @@ fn ci_fetch_of_one_commit_at_depth_one() {
     s.git(&work, &["init", "--quiet"]);
     s.git(&work, &["remote", "add", "origin", &url]);
     let refspec = format!("+{sha}:refs/remotes/origin/main");
-    s.git(
-        &work,
-        &[
-            "-c",
-            "protocol.version=2",
-            "fetch",
-            "--no-tags",
-            "--prune",
-            "--no-recurse-submodules",
-            "--depth=1",
-            "origin",
-            &refspec,
-        ],
-    );
+    let mut fetch = gitcache_testkit::git::CHECKOUT_FETCH.to_vec();
+    fetch.push(&refspec);
+    s.git(&work, &fetch);
     s.git(
         &work,
         &["checkout", "--quiet", "--force", "refs/remotes/origin/main"],

@@ -117,24 +117,11 @@ fn the_actions_checkout_fetch_with_an_extraheader_credential() {
         .unwrap()
         .expect_success();
         let header = format!("http.extraheader=AUTHORIZATION: {}", basic("ghs_token"));
-        git.run(
-            dir,
-            &[
-                "-c",
-                &header,
-                "-c",
-                "protocol.version=2",
-                "fetch",
-                "--no-tags",
-                "--prune",
-                "--no-recurse-submodules",
-                "--depth=1",
-                "origin",
-                &format!("+{sha}:refs/remotes/origin/main"),
-            ],
-        )
-        .unwrap()
-        .expect_success();
+        let refspec = format!("+{sha}:refs/remotes/origin/main");
+        let mut fetch = vec!["-c", &header];
+        fetch.extend(gitcache_testkit::git::CHECKOUT_FETCH);
+        fetch.push(&refspec);
+        git.run(dir, &fetch).unwrap().expect_success();
         git.run(dir, &["checkout", "-q", "refs/remotes/origin/main"])
             .unwrap()
             .expect_success();

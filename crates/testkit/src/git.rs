@@ -5,6 +5,19 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
+/// The fetch `actions/checkout` runs for one commit (a push's, or a pull request's merge
+/// commit), before its refspec `+<sha>:<ref>`: protocol v2, no tags, depth 1, from `origin`.
+pub const CHECKOUT_FETCH: [&str; 8] = [
+    "-c",
+    "protocol.version=2",
+    "fetch",
+    "--no-tags",
+    "--prune",
+    "--no-recurse-submodules",
+    "--depth=1",
+    "origin",
+];
+
 /// The `git` program tests run: `$GITCACHE_TEST_GIT`, else `git` from `PATH`.
 pub fn git_program() -> PathBuf {
     PathBuf::from(std::env::var_os("GITCACHE_TEST_GIT").unwrap_or_else(|| "git".into()))
