@@ -194,6 +194,9 @@ pub struct ProxyConfig {
     /// A token for refreshes gitcache starts on its own (warming); without one, warming uses
     /// the credential of the request that noticed the change.
     pub service_token: Option<Secret>,
+    /// A GitHub App whose installation tokens serve the refreshes gitcache starts on its own
+    /// for the default upstream, before [`service_token`](Self::service_token).
+    pub github_app: Option<std::sync::Arc<gitcache_upstream::github_app::GitHubApp>>,
     /// The secret push webhooks are signed with; with one, `POST /api/hooks/push` refreshes
     /// the mirror of the repository a push event names.
     pub webhook_secret: Option<Secret>,
@@ -309,6 +312,7 @@ impl ProxyConfig {
             credentials: CredentialMode::PassThrough,
             static_tokens: BTreeMap::new(),
             service_token: None,
+            github_app: None,
             webhook_secret: None,
             object_store: None,
             bundle_uri: false,

@@ -50,6 +50,7 @@ pub use body::Body;
 pub use config::{AdminTokens, CachePolicy, CredentialMode, Limits, ProxyConfig, Secret};
 pub use error::Error;
 pub use gitcache_catalog as catalog;
+pub use gitcache_upstream::github_app;
 pub use proxy::{ConfigError, Proxy, Services};
 pub use response_cache::{ResponseCacheConfig, ResponseCacheStats};
 pub use serve::{Face, ServeOptions, serve, serve_with};

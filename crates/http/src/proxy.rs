@@ -430,11 +430,7 @@ impl Proxy {
                 {
                     continue;
                 }
-                let credential = self
-                    .config
-                    .service_token
-                    .as_ref()
-                    .map(|t| t.authorization());
+                let credential = self.service_credential(&target, None).await;
                 let Ok(upstream) = self.gate.upstream(&target, credential) else {
                     continue;
                 };
@@ -702,11 +698,7 @@ impl Proxy {
         if !target.cached || self.mirrors.registry().existing(&target.key).is_none() {
             return accepted("not mirrored here: nothing to do");
         }
-        let credential = self
-            .config
-            .service_token
-            .as_ref()
-            .map(|t| t.authorization());
+        let credential = self.service_credential(&target, None).await;
         let upstream = self.gate.upstream(&target, credential)?;
         tracing::info!(repo = %target.name, "push webhook");
         // Never a new mirror: one removed since the check above stays removed.
@@ -1001,10 +993,7 @@ impl Proxy {
         let stall = self.config.limits.response_stall_timeout;
         let proxy = Arc::clone(self);
         let target = target.clone();
-        let warm_credential = match &self.config.service_token {
-            Some(token) => Some(token.authorization()),
-            None => self.gate.credential(&target, headers),
-        };
+        let warm_credential = self.gate.credential(&target, headers);
         tokio::spawn(
             async move {
                 let mut copy = Vec::new();
@@ -1076,10 +1065,44 @@ impl Proxy {
         if !self.mirrors.moved(&target.key, &remote) {
             return;
         }
-        if let Ok(upstream) = self.gate.upstream(target, credential) {
-            self.mirrors
-                .warm(target.key.clone(), upstream, "refs moved", true);
+        let (proxy, target) = (Arc::clone(self), target.clone());
+        tokio::spawn(
+            async move {
+                let credential = proxy.service_credential(&target, credential).await;
+                if let Ok(upstream) = proxy.gate.upstream(&target, credential) {
+                    proxy
+                        .mirrors
+                        .warm(target.key.clone(), upstream, "refs moved", true);
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// The credential for a refresh gitcache starts on its own: a GitHub App installation
+    /// token (for the default upstream) when an App is configured, else the service token,
+    /// else `fallback` (the credential of the request that noticed the change).
+    async fn service_credential(
+        &self,
+        target: &Target,
+        fallback: Option<String>,
+    ) -> Option<String> {
+        if let Some(app) = &self.config.github_app
+            && target.host_name == self.default_host
+        {
+            match app
+                .authorization(target.key.owner(), target.key.repo())
+                .await
+            {
+                Ok(authorization) => return Some(authorization),
+                Err(err) => tracing::warn!(%err, "no GitHub App token; using the service token"),
+            }
         }
+        self.config
+            .service_token
+            .as_ref()
+            .map(|t| t.authorization())
+            .or(fallback)
     }
 
     /// A `fetch` from a client that passed the access gate: answered from the mirror,

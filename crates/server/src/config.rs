@@ -77,6 +77,17 @@ pub(crate) struct Flags {
         hide_env_values = true
     )]
     pub(crate) service_token: Option<String>,
+    /// A GitHub App's id: its installation tokens serve the refreshes gitcache starts on its
+    /// own for the default upstream (with --github-app-key).
+    #[arg(long, env = "GITCACHE_GITHUB_APP_ID", value_name = "ID")]
+    pub(crate) github_app_id: Option<String>,
+    /// The GitHub App's private key (PEM, as GitHub hands it out).
+    #[arg(long, env = "GITCACHE_GITHUB_APP_KEY", value_name = "FILE")]
+    pub(crate) github_app_key: Option<PathBuf>,
+    /// The GitHub REST API the App's tokens come from [default: https://api.github.com; a
+    /// GitHub Enterprise Server's is https://HOST/api/v3].
+    #[arg(long, env = "GITCACHE_GITHUB_API_URL", value_name = "URL")]
+    pub(crate) github_api_url: Option<String>,
     /// The secret push webhooks (GitHub, Gitea, Forgejo) are signed with; enables
     /// POST /api/hooks/push, which refreshes the mirror of the repository pushed to.
     #[arg(
@@ -282,6 +293,8 @@ struct File {
     #[serde(default)]
     static_tokens: BTreeMap<String, String>,
     service_token: Option<String>,
+    #[serde(default)]
+    github_app: FileGitHubApp,
     case_insensitive_hosts: Option<Vec<String>>,
     #[serde(default)]
     extra_ref_prefixes: Vec<String>,
@@ -329,6 +342,14 @@ struct FileStorage {
     bundle_uri: Option<bool>,
     lease_ttl: Option<u64>,
     poll_interval: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGitHubApp {
+    id: Option<String>,
+    key_file: Option<PathBuf>,
+    api_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -575,6 +596,29 @@ impl Config {
                 bail!("upstream timeout must be 1 to 3600 seconds, not {secs}");
             }
             proxy.upstream_timeout = Duration::from_secs(secs);
+        }
+        match (
+            flags.github_app_id.or(file.github_app.id),
+            flags.github_app_key.or(file.github_app.key_file),
+        ) {
+            (None, None) => {}
+            (Some(id), Some(key)) => {
+                let pem = std::fs::read(&key)
+                    .with_context(|| format!("cannot read the GitHub App key {}", key.display()))?;
+                let api = flags
+                    .github_api_url
+                    .or(file.github_app.api_url)
+                    .unwrap_or_else(|| "https://api.github.com".to_owned());
+                let app = gitcache_http::github_app::GitHubApp::new(
+                    &id,
+                    &pem,
+                    &api,
+                    proxy.upstream_timeout,
+                )
+                .with_context(|| format!("GitHub App {id}"))?;
+                proxy.github_app = Some(std::sync::Arc::new(app));
+            }
+            _ => bail!("a GitHub App needs both --github-app-id and --github-app-key"),
         }
         if let Some(secs) = flags
             .upstream_transfer_timeout

@@ -82,19 +82,13 @@ fn a_certificate_that_cannot_be_read_stops_the_start_with_a_message() {
         (&ca.key, &ca.key, "no certificate in the file"),
         (&ca.cert, &certs.path().join("missing.pem"), "TLS key"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(certs.path().join("data"))
-            .arg("--tls-cert")
-            .arg(cert)
-            .arg("--tls-key")
-            .arg(key)
-            .env_remove("GITCACHE_CONFIG")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(stderr.contains(message), "{message}: {stderr}");
+        let args = [
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ];
+        common::fails_to_start(&certs.path().join("data"), &args, message);
     }
 }
 

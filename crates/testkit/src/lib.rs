@@ -33,6 +33,7 @@
 pub mod crash;
 pub mod fuzz;
 pub mod git;
+pub mod github;
 pub mod relay;
 pub mod repo;
 pub mod s3;

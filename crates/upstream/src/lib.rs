@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 mod connections;
+pub mod github_app;
 
 use std::time::Duration;
 

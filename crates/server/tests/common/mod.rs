@@ -330,3 +330,17 @@ pub fn postgres_database(tag: &str) -> Option<String> {
     }
     Some(format!("{}/{name}", server.rsplit_once('/').unwrap().0))
 }
+
+/// The server started on `data` with `args` stops at once, saying `message`.
+pub fn fails_to_start<S: AsRef<std::ffi::OsStr>>(data: &Path, args: &[S], message: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .env_remove("GITCACHE_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {stderr}");
+    assert!(stderr.contains(message), "{message}: {stderr}");
+}
