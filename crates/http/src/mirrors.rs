@@ -434,19 +434,17 @@ impl Mirrors {
             return 0;
         };
         let mut total: u64 = sizes.iter().map(|(_, size, _)| size).sum();
+        let mut evicted: Vec<&RepoKey> = Vec::new();
         for (key, size, _) in &sizes {
-            metrics::mirror_size(budget.labels.get(key.owner(), key.repo()), *size);
-        }
-        let mut evicted = 0;
-        for (key, size, _) in sizes {
+            let (key, size) = (key, *size);
             let over = budget.max_bytes.is_some_and(|max| total > max);
             if !over && free >= budget.min_free {
                 break;
             }
-            if self.in_use(&key) {
+            if self.in_use(key) {
                 continue;
             }
-            match self.registry.evict_local(&key).await {
+            match self.registry.evict_local(key).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(err) => {
@@ -457,11 +455,11 @@ impl Mirrors {
             self.open
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+                .remove(key);
             self.used
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+                .remove(key);
             if let Some(responses) = &budget.responses
                 && let Err(err) = responses.remove_repo(&key.relative_path())
             {
@@ -469,11 +467,25 @@ impl Mirrors {
             }
             total = total.saturating_sub(size);
             free = free.saturating_add(size);
-            evicted += 1;
+            evicted.push(key);
             metrics::mirror_evicted(budget.labels.get(key.owner(), key.repo()));
             tracing::info!(repo = %key.relative_path().display(), bytes = size, "mirror evicted (disk budget)");
         }
-        evicted
+        // Bytes per label: an evicted mirror's go to zero, and repositories past the label
+        // bound add up in theirs.
+        let mut by_label: HashMap<(String, String), u64> = HashMap::new();
+        for (key, size, _) in &sizes {
+            let bytes = by_label
+                .entry(budget.labels.get(key.owner(), key.repo()))
+                .or_default();
+            if !evicted.contains(&key) {
+                *bytes += size;
+            }
+        }
+        for (labels, bytes) in by_label {
+            metrics::mirror_size(labels, bytes);
+        }
+        evicted.len()
     }
 
     /// [`enforce`](Self::enforce) the configured budget.

@@ -110,8 +110,10 @@ fn read(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedK
             "no certificate in the file".into(),
         ));
     }
-    let private =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| failed("key", key, e.to_string()))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        let expected = "an unencrypted PKCS#8, PKCS#1 or SEC1 private key in PEM";
+        failed("key", key, format!("{e} (expected {expected})"))
+    })?;
     let signing = provider
         .key_provider
         .load_private_key(private)

@@ -422,6 +422,21 @@ const MISSING_FOR: Duration = Duration::from_secs(30);
 /// The most bundle objects remembered; the memory is cleared when full.
 const MAX_SEEN: usize = 10_000;
 
+/// The stem of the pack in `pack_dir` marked with its tips (the consolidated one), if any:
+/// one listing of the folder.
+fn consolidated_stem(pack_dir: &Path) -> Option<String> {
+    let names: Vec<String> = std::fs::read_dir(pack_dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names
+        .iter()
+        .filter_map(|name| name.strip_suffix(".tips"))
+        .find(|stem| stem.starts_with("pack-") && names.contains(&format!("{stem}.idx")))
+        .map(str::to_owned)
+}
+
 /// The header of a git bundle of a pack that is the closure of the object ids in the file
 /// `tips`: the branches and tags of `refs` (`packed-refs` lines) that point at one of them.
 /// `None` when none does. Version 2 for SHA-1, version 3 (which names the format) otherwise.
@@ -724,8 +739,10 @@ impl Shared {
             "incoming-{}-hydrate-{stem}.{ext}",
             std::process::id()
         ));
-        // Packs have no bound of their own: the disk budget and free-space floor apply.
-        let placed = match self.store.get_file(&object, &temp, u64::MAX).await {
+        // Packs have no bound of their own (the disk budget and free-space floor apply);
+        // tips are ids, read whole when checked.
+        let limit = if ext == "tips" { MAX_TIPS } else { u64::MAX };
+        let placed = match self.store.get_file(&object, &temp, limit).await {
             Ok(true) => {
                 let (checked, stem) = (temp.clone(), stem.to_owned());
                 let verified =
@@ -928,12 +945,11 @@ impl Shared {
         git_dir: &Path,
         expires_in: Duration,
     ) -> Result<Option<(String, String)>, Error> {
-        let Some(stem) = MirrorManifest::of_local(git_dir)?
-            .packs
-            .into_iter()
-            .find(|p| p.files.contains(&"tips"))
-            .map(|p| p.stem)
-        else {
+        let pack_dir = git_dir.join("objects").join("pack");
+        let stem = tokio::task::spawn_blocking(move || consolidated_stem(&pack_dir))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let Some(stem) = stem else {
             return Ok(None);
         };
         let object = Self::file_key(key, &stem, "bundle")?;
@@ -947,11 +963,18 @@ impl Shared {
             Some((exists, at)) if at.elapsed() < if exists { SEEN_FOR } else { MISSING_FOR } => {
                 exists
             }
-            _ => {
-                let exists = self.store.size(&object).await?.is_some();
-                self.seen(object.clone(), exists);
-                exists
-            }
+            _ => match self.store.size(&object).await {
+                Ok(size) => {
+                    self.seen(object.clone(), size.is_some());
+                    size.is_some()
+                }
+                Err(err) => {
+                    // Not asked again for a while: a store that does not answer must not
+                    // hold every clone up for its timeout.
+                    self.seen(object, false);
+                    return Err(err.into());
+                }
+            },
         };
         if !exists {
             return Ok(None);

@@ -342,6 +342,23 @@ async fn bundles(store: AnyStore) {
     );
     git(&cloned, &["fsck", "--strict", "--no-progress"]);
     // Asked again: the same bundle, not written twice.
+    let written = |store: &AnyStore| {
+        let store = store.clone();
+        let object = bundle_key(&stem);
+        async move {
+            let prefix = ObjectKey::new(object.as_str().rsplit_once('/').unwrap().0).unwrap();
+            store
+                .list(&prefix)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|o| o.key == object)
+                .expect("listed")
+                .modified
+        }
+    };
+    let before = written(&store).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         Shared::new(store.clone(), Duration::ZERO)
             .bundle(&f.key, mirror.git_dir())
@@ -349,6 +366,7 @@ async fn bundles(store: AnyStore) {
             .unwrap(),
         Some(stem.clone())
     );
+    assert_eq!(written(&store).await, before, "not written again");
 
     // A's next consolidation bundles the new pack; the old bundle is retired with its pack
     // and, with no grace period, deleted at the next commit.

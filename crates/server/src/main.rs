@@ -37,30 +37,40 @@ async fn shutdown_signal() {
 
 /// Read the TLS certificate and key again at every SIGHUP (a renewal), keeping the ones in
 /// use when the new files cannot be used. Without TLS a SIGHUP reloads nothing (and, handled,
-/// does not stop the server as it would by default).
-async fn reload_on_hangup(tls: Option<Arc<TlsFiles>>) {
+/// does not stop the server as it would by default). The handler is in place when this
+/// returns (within a runtime), not only once the future first runs: a reload sent while the
+/// server starts must not stop it.
+fn reload_on_hangup(tls: Option<Arc<TlsFiles>>) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut hangups =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hangups = match hangups {
                 Ok(hangups) => hangups,
                 Err(err) => {
                     tracing::warn!(%err, "no SIGHUP handler; the TLS certificate is read once");
                     return;
                 }
             };
-        while hangups.recv().await.is_some() {
-            match tls.as_ref().map(|tls| tls.reload()) {
-                Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
-                Some(Err(err)) => {
-                    tracing::error!(%err, "TLS certificate not reloaded; keeping the one in use");
-                }
-                None => tracing::info!("SIGHUP: nothing to reload (no TLS)"),
+            reload_each_hangup(&mut hangups, tls.as_deref()).await;
+        }
+        #[cfg(not(unix))]
+        let _ = tls;
+    }
+}
+
+#[cfg(unix)]
+async fn reload_each_hangup(hangups: &mut tokio::signal::unix::Signal, tls: Option<&TlsFiles>) {
+    while hangups.recv().await.is_some() {
+        match tls.map(TlsFiles::reload) {
+            Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
+            Some(Err(err)) => {
+                tracing::error!(%err, "TLS certificate not reloaded; keeping the one in use");
             }
+            None => tracing::info!("SIGHUP: nothing to reload (no TLS)"),
         }
     }
-    #[cfg(not(unix))]
-    let _ = tls;
 }
 
 fn init_tracing(config: &Config) {
@@ -135,6 +145,7 @@ fn main() -> Result<()> {
     };
     let (listen, admin_listen) = (config.listen, config.admin_listen);
     runtime.block_on(async move {
+        tokio::spawn(reload_on_hangup(tls.clone()));
         std::fs::create_dir_all(&config.proxy.data_dir).with_context(|| {
             format!(
                 "cannot create the data directory {}",
@@ -166,7 +177,6 @@ fn main() -> Result<()> {
         tracing::info!(%addr, upstream = %proxy.config().upstream, data_dir = %proxy.config().data_dir.display(), "gitcache listening");
         // Also on stderr as plain lines, whatever the log format: scripts wait for them.
         eprintln!("gitcache listening on {scheme}://{addr}");
-        tokio::spawn(reload_on_hangup(tls));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;

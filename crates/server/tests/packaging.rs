@@ -150,6 +150,27 @@ fn the_containerfile_builds_the_server_and_runs_it_unprivileged() {
     assert!(run.contains(&"VOLUME /var/lib/gitcache"));
     assert!(run.iter().any(|l| l.starts_with("HEALTHCHECK")));
     assert!(file.contains("/healthz"));
+    // The health check's command is shell the image's sh reads (plain HTTP or HTTPS).
+    let check = file
+        .split("HEALTHCHECK")
+        .nth(1)
+        .and_then(|rest| rest.split_once(" CMD "))
+        .map(|(_, cmd)| {
+            cmd.split("\nSTOPSIGNAL")
+                .next()
+                .unwrap()
+                .replace("\\\n", " ")
+        })
+        .expect("a CMD");
+    assert!(
+        check.contains("https://") && check.contains("http://"),
+        "{check}"
+    );
+    let parsed = Command::new("sh")
+        .args(["-n", "-c", &check])
+        .status()
+        .unwrap();
+    assert!(parsed.success(), "{check}");
     let help = help();
     for name in settings(&file) {
         assert!(
