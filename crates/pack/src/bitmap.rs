@@ -261,8 +261,9 @@ struct Entry {
 /// A pack's bitmaps: the type bitmaps decoded, each commit's decoded when first asked for.
 #[derive(Debug)]
 pub(crate) struct PackBitmaps {
-    /// Objects by type, in pack order (trees are what is left).
+    /// Objects by type, in pack order.
     pub(crate) commits: Bits,
+    pub(crate) trees: Bits,
     pub(crate) blobs: Bits,
     pub(crate) tags: Bits,
     data: Source,
@@ -415,9 +416,10 @@ impl PackBitmaps {
         let mut types = types.into_iter();
         let mut next = || types.next().expect("four type bitmaps");
         let commits = next();
-        let _trees = next();
+        let trees = next();
         Ok(PackBitmaps {
             commits,
+            trees,
             blobs: next(),
             tags: next(),
             data,

@@ -7,7 +7,7 @@
 //! filter says, as git sends them. With `include-tag`, annotated tags whose target is sent go
 //! along.
 
-use gitcache_protocol::filter::Filter;
+use gitcache_protocol::filter::{Filter, ObjectType};
 use gix_hash::ObjectId;
 use gix_object::Kind;
 
@@ -165,20 +165,75 @@ pub(crate) fn select(
     Ok(out)
 }
 
+/// A filter as the type bitmaps answer it (git's `can_filter_bitmap`): types left out but
+/// for the objects the wants name, and blobs of a size or more left out.
+#[derive(Debug, Default)]
+struct BitmapFilter {
+    without: Vec<Kind>,
+    blob_limit: Option<u64>,
+}
+
+impl BitmapFilter {
+    /// `None` for filters only a walk answers (`tree:<depth>` but 0, `sparse:oid`).
+    fn of(filter: Option<&Filter>) -> Option<BitmapFilter> {
+        let mut out = BitmapFilter::default();
+        out.add(filter)?;
+        Some(out)
+    }
+
+    fn add(&mut self, filter: Option<&Filter>) -> Option<()> {
+        let mut without = |kind| {
+            if !self.without.contains(&kind) {
+                self.without.push(kind);
+            }
+        };
+        match filter {
+            None => {}
+            Some(Filter::BlobNone) => without(Kind::Blob),
+            Some(Filter::Tree(0)) => {
+                without(Kind::Tree);
+                without(Kind::Blob);
+            }
+            Some(Filter::ObjectType(kept)) => {
+                let kept = match kept {
+                    ObjectType::Blob => Kind::Blob,
+                    ObjectType::Tree => Kind::Tree,
+                    ObjectType::Commit => Kind::Commit,
+                    ObjectType::Tag => Kind::Tag,
+                };
+                for kind in [Kind::Commit, Kind::Tree, Kind::Blob, Kind::Tag] {
+                    if kind != kept {
+                        without(kind);
+                    }
+                }
+            }
+            Some(Filter::BlobLimit(limit)) => {
+                self.blob_limit = Some(self.blob_limit.map_or(*limit, |l| l.min(*limit)));
+            }
+            Some(Filter::Combine(all)) => {
+                for sub in all {
+                    self.add(Some(sub))?;
+                }
+            }
+            Some(Filter::Tree(_) | Filter::SparseOid(_)) => return None,
+        }
+        Some(())
+    }
+}
+
 /// The same selection from a pack's reachability bitmaps, when they answer the request: no
-/// shallow boundary, no filter or `blob:none`, and every want and have within the one
-/// bitmapped pack. The objects sent are exactly those the wants reach and the haves do not
-/// (git's answer with bitmaps), in pack order. `None`: walk instead.
+/// shallow boundary, a filter the type bitmaps answer (`blob:none`, `blob:limit`, `tree:0`,
+/// `object:type`, and combinations of them, as git's bitmap walk does), and every want and
+/// have within the one bitmapped pack. The objects sent are exactly those the wants reach
+/// and the haves do not (git's answer with bitmaps), in pack order. `None`: walk instead.
 pub(crate) fn select_with_bitmaps(
     repo: &Repository,
     objects: &mut Objects,
     stored: &[crate::packs::StoredPack],
     req: &SelectRequest<'_>,
 ) -> Result<Option<Selection>, Error> {
-    let blob_none = match req.filter {
-        None => false,
-        Some(Filter::BlobNone) => true,
-        Some(_) => return Ok(None),
+    let Some(filter) = BitmapFilter::of(req.filter) else {
+        return Ok(None);
     };
     if !req.grafts.is_empty() {
         return Ok(None);
@@ -196,23 +251,47 @@ pub(crate) fn select_with_bitmaps(
         return Ok(None);
     };
     sent.and_not(&had);
-    if blob_none {
-        // Blobs named in a want (or at the end of a wanted tag chain) are sent anyway.
-        let mut named = Vec::new();
+    if !filter.without.is_empty() || filter.blob_limit.is_some() {
+        // Objects a want names (itself, the tags of its chain and what they end at) are sent
+        // whatever their type or size.
+        let mut named = crate::bitmap::Bits::with_len(pos.len());
         for want in req.wants {
-            let (target, kind) = peel_chain(objects, want, |_| {})?;
-            if kind == Kind::Blob {
-                named.push(target);
+            let mut chain = vec![*want];
+            let (target, _) = peel_chain(objects, want, |tag| chain.push(tag))?;
+            chain.push(target);
+            for oid in chain {
+                if let Some(p) = pos.of(&oid) {
+                    named.set(p);
+                }
             }
         }
-        sent.and_not(&bitmaps.blobs);
-        for blob in named {
-            if let Some(p) = pos.of(&blob)
-                && !had.get(p)
-            {
-                sent.set(p);
-            }
+        named.and_not(&had);
+        for kind in &filter.without {
+            sent.and_not(match kind {
+                Kind::Commit => &bitmaps.commits,
+                Kind::Tree => &bitmaps.trees,
+                Kind::Blob => &bitmaps.blobs,
+                Kind::Tag => &bitmaps.tags,
+            });
         }
+        if let Some(limit) = filter.blob_limit {
+            let large: Vec<usize> = sent
+                .ones()
+                .filter(|p| bitmaps.blobs.get(*p))
+                .map(|p| Ok((p, objects.header(&pos.oid(p))?)))
+                .filter_map(|found: Result<_, Error>| match found {
+                    Ok((p, Some((_, size)))) if size >= limit => Some(Ok(p)),
+                    Ok(_) => None,
+                    Err(err) => Some(Err(err)),
+                })
+                .collect::<Result<_, Error>>()?;
+            let mut drop = crate::bitmap::Bits::with_len(pos.len());
+            for p in large {
+                drop.set(p);
+            }
+            sent.and_not(&drop);
+        }
+        sent.or(&named);
     }
     let mut out = Selection::default();
     // Only include-tag asks what is sent.

@@ -12,7 +12,7 @@ mod common;
 
 use common::{Case, Fixture, fetch, git, refs_of, run, shallow_of, upload_pack};
 use gitcache_pack::{Options, Plan, Repository, plan};
-use gitcache_protocol::filter::Filter;
+use gitcache_protocol::filter::{Filter, ObjectType};
 use gitcache_protocol::{ObjectFormat, ObjectId};
 use gitcache_testkit::repo::{self, RepoSpec};
 
@@ -435,6 +435,57 @@ fn with_reachability_bitmaps() {
                 vec![main],
                 false,
                 Some(Filter::BlobNone),
+            ),
+            (
+                "bitmap-tree-0",
+                all_refs.clone(),
+                true,
+                Some(Filter::Tree(0)),
+            ),
+            (
+                "bitmap-tree-0-single",
+                vec![main],
+                false,
+                Some(Filter::Tree(0)),
+            ),
+            (
+                "bitmap-blob-limit",
+                all_refs.clone(),
+                true,
+                Some(Filter::BlobLimit(1000)),
+            ),
+            (
+                "bitmap-type-blob",
+                all_refs.clone(),
+                false,
+                Some(Filter::ObjectType(ObjectType::Blob)),
+            ),
+            (
+                "bitmap-type-tree",
+                vec![main],
+                false,
+                Some(Filter::ObjectType(ObjectType::Tree)),
+            ),
+            (
+                "bitmap-type-commit",
+                all_refs.clone(),
+                true,
+                Some(Filter::ObjectType(ObjectType::Commit)),
+            ),
+            (
+                "bitmap-type-tag",
+                all_refs.clone(),
+                false,
+                Some(Filter::ObjectType(ObjectType::Tag)),
+            ),
+            (
+                "bitmap-combine",
+                all_refs.clone(),
+                false,
+                Some(Filter::Combine(vec![
+                    Filter::BlobLimit(5000),
+                    Filter::ObjectType(ObjectType::Blob),
+                ])),
             ),
         ] {
             let mut f = fetch(wants);
