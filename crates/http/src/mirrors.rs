@@ -53,7 +53,15 @@ pub(crate) struct Mirrors {
     /// Repositories fetched through this instance: how to reach them, and when last.
     used: Mutex<HashMap<RepoKey, (Target, Instant)>>,
     budget: Budget,
+    /// Ids the upstream would not give by id, by repository, and when: not asked again for a
+    /// while (a client repeating them must not repeat the upstream's work).
+    refused_ids: Mutex<HashMap<(RepoKey, gix_hash::ObjectId), Instant>>,
 }
+
+/// How long an id the upstream refused is not asked for again.
+const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+/// The most refused ids remembered; the memory is cleared when full.
+const MAX_REFUSED: usize = 10_000;
 
 impl Mirrors {
     pub(crate) fn new(
@@ -68,6 +76,28 @@ impl Mirrors {
             stats: Mutex::new(HashMap::new()),
             used: Mutex::new(HashMap::new()),
             budget,
+            refused_ids: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether one of `oids` was refused by the upstream for `key` lately.
+    pub(crate) fn refused_lately(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) -> bool {
+        let refused = self.refused_ids.lock().unwrap_or_else(|p| p.into_inner());
+        oids.iter().any(|oid| {
+            refused
+                .get(&(key.clone(), *oid))
+                .is_some_and(|at| at.elapsed() < REFUSED_FOR)
+        })
+    }
+
+    /// Note that the upstream would not give `oids` of `key` by id.
+    pub(crate) fn note_refused(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) {
+        let mut refused = self.refused_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.len() + oids.len() > MAX_REFUSED {
+            refused.clear();
+        }
+        for oid in oids {
+            refused.insert((key.clone(), *oid), Instant::now());
         }
     }
 

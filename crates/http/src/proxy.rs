@@ -430,16 +430,18 @@ impl Proxy {
                 {
                     continue;
                 }
-                let credential = self.service_credential(&target, None).await;
-                let Ok(upstream) = self.gate.upstream(&target, credential) else {
-                    continue;
-                };
                 let random = std::collections::hash_map::RandomState::new().hash_one(&target.key);
                 let delay = spread.mul_f64((random % 1000) as f64 / 1000.0);
-                let (mirrors, key) = (Arc::clone(&self.mirrors), target.key.clone());
+                let (proxy, due) = (Arc::clone(&self), target.clone());
                 let task = tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    mirrors.warm(key, upstream, "scheduled refresh", false);
+                    // Had when it is used (an App's token is renewed as it nears expiry).
+                    let credential = proxy.service_credential(&due, None).await;
+                    if let Ok(upstream) = proxy.gate.upstream(&due, credential) {
+                        proxy
+                            .mirrors
+                            .warm(due.key, upstream, "scheduled refresh", false);
+                    }
                 });
                 scheduled.insert(target.key, task);
             }
@@ -698,12 +700,23 @@ impl Proxy {
         if !target.cached || self.mirrors.registry().existing(&target.key).is_none() {
             return accepted("not mirrored here: nothing to do");
         }
-        let credential = self.service_credential(&target, None).await;
-        let upstream = self.gate.upstream(&target, credential)?;
         tracing::info!(repo = %target.name, "push webhook");
-        // Never a new mirror: one removed since the check above stays removed.
-        self.mirrors
-            .warm(target.key, upstream, "push webhook", false);
+        // The credential is had in the background too (an App's token may need the API):
+        // the forge gets its answer at once.
+        let proxy = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                let credential = proxy.service_credential(&target, None).await;
+                match proxy.gate.upstream(&target, credential) {
+                    // Never a new mirror: one removed since the check above stays removed.
+                    Ok(upstream) => proxy
+                        .mirrors
+                        .warm(target.key, upstream, "push webhook", false),
+                    Err(err) => tracing::warn!(%err, "push webhook: no upstream"),
+                }
+            }
+            .in_current_span(),
+        );
         accepted("refreshing the mirror")
     }
 
@@ -1190,7 +1203,7 @@ impl Proxy {
                     .upstream(target, self.gate.credential(target, headers))?;
                 let kept = self
                     .mirrors
-                    .refresh_keeping(&target.key, upstream, false, missing)
+                    .refresh_keeping(&target.key, upstream, false, missing.clone())
                     .await;
                 match (kept, self.mirrors.with_wants(&target.key, fetch).await?) {
                     (Ok(_), (Some(repo), fetch)) => {
@@ -1205,6 +1218,7 @@ impl Proxy {
                         if let Err(err) = kept {
                             tracing::info!(%err, "commits asked for by id not kept");
                         }
+                        self.mirrors.note_refused(&target.key, &missing);
                         tracing::info!(result = "passthrough", "fetch");
                         let response = self.forward_body(target, headers, body).await?;
                         Ok(with_state(response, CacheState::Passthrough))
@@ -1237,7 +1251,10 @@ impl Proxy {
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
-        Ok((!missing.is_empty() && missing.len() <= MAX_KEPT_PER_FETCH).then_some(missing))
+        let worth = !missing.is_empty()
+            && missing.len() <= MAX_KEPT_PER_FETCH
+            && !self.mirrors.refused_lately(&target.key, &missing);
+        Ok(worth.then_some(missing))
     }
 }
 

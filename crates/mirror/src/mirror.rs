@@ -172,6 +172,12 @@ impl Mirror {
             .into_iter()
             .map(BString::from)
             .collect();
+        // Never from the upstream: gitcache's own namespace.
+        let extra_prefixes: Vec<&str> = extra_prefixes
+            .iter()
+            .copied()
+            .filter(|p| !KEPT_PREFIX.starts_with(p) && !p.starts_with(KEPT_PREFIX))
+            .collect();
         prefixes.extend(extra_prefixes.iter().map(|p| BString::from(*p)));
         let remote = upstream
             .ls_refs(
@@ -187,6 +193,7 @@ impl Mirror {
         // As git does with a remote ref it cannot take: left out, with a warning; the
         // other refs are mirrored.
         let mut remote = remote;
+        remote.retain(|line| !line.name.starts_with(KEPT_PREFIX.as_bytes()));
         remote.retain_mut(|line| match check_ref(line, &prefixes) {
             Ok(()) => true,
             Err(err) if line.name == "HEAD" => {
@@ -203,20 +210,26 @@ impl Mirror {
         let local = repo.refs()?;
         // Kept refs: those still young enough, then the new ones (under today's date).
         let today = unix_now() / 86_400;
-        let mut kept: Vec<RefLine> = local
+        let mut kept: Vec<(u64, RefLine)> = local
             .iter()
             .filter_map(|r| {
                 let day = kept_day(r.name.as_ref())?;
-                (day + KEEP_DAYS >= today).then_some(RefLine::new(r.oid?, r.name.clone()))
+                let young = day.saturating_add(KEEP_DAYS) >= today && day <= today;
+                young.then(|| Some((day, RefLine::new(r.oid?, r.name.clone()))))?
             })
             .collect();
         for oid in keep {
             let listed = remote.iter().any(|line| line.oid == Some(*oid));
-            let held = kept.iter().any(|line| line.oid == Some(*oid));
+            let held = kept.iter().any(|(_, line)| line.oid == Some(*oid));
             if !listed && !held {
-                kept.push(RefLine::new(*oid, format!("{KEPT_PREFIX}{today}/{oid}")));
+                let line = RefLine::new(*oid, format!("{KEPT_PREFIX}{today}/{oid}"));
+                kept.push((today, line));
             }
         }
+        // The most recent ones, when there are too many.
+        kept.sort_by_key(|(day, _)| std::cmp::Reverse(*day));
+        kept.truncate(MAX_KEPT);
+        let kept: Vec<RefLine> = kept.into_iter().map(|(_, line)| line).collect();
         let mut wants: Vec<ObjectId> = Vec::new();
         for line in remote.iter().chain(&kept) {
             if let Some(oid) = line.oid
@@ -281,6 +294,15 @@ impl Mirror {
         }
         let repo = std::sync::Arc::new(gitcache_pack::Repository::open(&self.git_dir)?);
         let checking = std::time::Instant::now();
+        // Only commits are kept (an id of a tree or blob fetched by id stays unreferenced, and
+        // goes at the next consolidation).
+        let kept: Vec<RefLine> = kept
+            .into_iter()
+            .filter(|line| {
+                line.oid
+                    .is_some_and(|oid| repo.is_commit(&oid).unwrap_or(false))
+            })
+            .collect();
         remote.extend(kept);
         let fetched_pack = ingested.as_ref().map(|(pack, _)| pack.pack.clone());
         let checked = self
@@ -623,6 +645,9 @@ pub const KEPT_PREFIX: &str = "refs/gitcache/kept/";
 
 /// How many days a kept commit stays after the day it was fetched.
 pub const KEEP_DAYS: u64 = 7;
+
+/// The most kept commits a mirror holds (the most recent stay).
+pub const MAX_KEPT: usize = 1000;
 
 /// The day of a kept ref's name, if it is one.
 fn kept_day(name: &[u8]) -> Option<u64> {

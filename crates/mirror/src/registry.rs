@@ -385,8 +385,12 @@ impl Registry {
             .refresh_now(key, upstream, extra_prefixes, keep)
             .await
             .map_err(Arc::new);
-        let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
-        *last = (last.0 + 1, Some(outcome.clone()));
+        // Refreshes that waited share a plain refresh's outcome only: one that also fetched
+        // ids (which the upstream may refuse, for one client) is not theirs.
+        if keep.is_empty() {
+            let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
+            *last = (last.0 + 1, Some(outcome.clone()));
+        }
         outcome
     }
 

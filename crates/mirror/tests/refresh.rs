@@ -536,11 +536,19 @@ async fn commits_fetched_by_id_are_kept_for_a_while() {
         mirror.git_dir(),
         &["for-each-ref", "--format=%(refname)", KEPT_PREFIX],
     );
-    let today = std::time::SystemTime::now()
+    // The day it was kept: today, or yesterday if the day turned during the test.
+    let today = kept
+        .trim()
+        .strip_prefix(KEPT_PREFIX)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|d| d.parse::<u64>().ok())
+        .expect("a kept ref's day");
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         / 86_400;
+    assert!(today == now || today + 1 == now, "kept today: {kept}");
     assert_eq!(
         kept.trim(),
         format!("{KEPT_PREFIX}{today}/{hidden}"),

@@ -699,6 +699,14 @@ impl Repository {
         Ok(())
     }
 
+    /// Whether `oid` is a commit the repository has.
+    pub fn is_commit(&self, oid: &ObjectId) -> Result<bool, Error> {
+        Ok(matches!(
+            self.objects().header(oid)?,
+            Some((gix_object::Kind::Commit, _))
+        ))
+    }
+
     /// What `oid` peels to when it is an annotated tag (followed through tags of tags), or
     /// `None` when it is not a tag.
     pub fn peeled(&self, oid: &ObjectId) -> Result<Option<ObjectId>, Error> {

@@ -37,8 +37,8 @@ fn fetch_credentials(upstream: &Upstream, from: usize) -> Vec<String> {
 
 #[test]
 fn refreshes_gitcache_starts_use_installation_tokens_renewed_before_they_expire() {
-    // Tokens that live two seconds past the renewal margin: fresh at first, due soon after.
-    let lifetime = gitcache_http::github_app::RENEW_BEFORE + Duration::from_secs(2);
+    // Tokens that live five seconds past the renewal margin: fresh at first, due soon after.
+    let lifetime = gitcache_http::github_app::RENEW_BEFORE + Duration::from_secs(5);
     let github = FakeGitHub::start(
         "4242",
         &["ghs_first", "ghs_second"],
@@ -129,7 +129,7 @@ fn refreshes_gitcache_starts_use_installation_tokens_renewed_before_they_expire(
 
     // Nearing its expiry, the token is minted again; the old one no longer opens the
     // repository, and the next refresh works with the new one. The installation is known.
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(5500));
     upstream.set_access("acme/app", Access::private(["client", "ghs_second"]));
     let seen = upstream.requests().len();
     push(&repo::append_commits(&source, "main", 1, 1362).unwrap());

@@ -158,18 +158,24 @@ fn an_id_the_upstream_refuses_is_passed_through() {
     std::fs::create_dir_all(&work).unwrap();
     git.run(&work, &["init", "-q"]).unwrap().expect_success();
     let nowhere = "1234567890123456789012345678901234567890";
-    let out = git
-        .run(
-            &work,
-            &[
-                "fetch",
-                "--depth=1",
-                &cache.url("acme/app"),
-                &format!("+{nowhere}:refs/x"),
-            ],
-        )
-        .unwrap();
-    assert!(!out.success(), "{out}");
+    let attempt = || {
+        let before = upstream.counts().fetch;
+        let out = git
+            .run(
+                &work,
+                &[
+                    "fetch",
+                    "--depth=1",
+                    &cache.url("acme/app"),
+                    &format!("+{nowhere}:refs/x"),
+                ],
+            )
+            .unwrap();
+        assert!(!out.success(), "{out}");
+        upstream.counts().fetch - before
+    };
+    assert_eq!(attempt(), 2, "asked by id, then passed through");
+    assert_eq!(attempt(), 1, "remembered as refused: passed through only");
     let mirror = cache.mirror(&upstream, "acme/app");
     assert_eq!(
         git_stdout(&mirror, &["for-each-ref", "refs/gitcache/"]),

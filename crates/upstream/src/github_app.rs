@@ -33,6 +33,9 @@ use crate::{Connections, Upstream};
 /// A token is minted again once it has less than this left.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(300);
 
+/// How long an owner whose installation could not be found is not asked about again.
+const MISSING_FOR: Duration = Duration::from_secs(300);
+
 /// The most bytes of an API answer read.
 const MAX_ANSWER: usize = 64 << 10;
 
@@ -82,6 +85,9 @@ pub struct GitHubApp {
     connections: Connections,
     /// Installation ids by owner (installations cover whole accounts).
     installations: std::sync::Mutex<HashMap<String, u64>>,
+    /// Owners whose installation could not be found, and when: not asked again for a while
+    /// (every refresh of an owner the App is not installed on would spend the API's quota).
+    missing: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// Tokens by installation; one mint at a time per installation.
     tokens: std::sync::Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<Token>>>>>,
 }
@@ -142,6 +148,7 @@ impl GitHubApp {
             timeout,
             connections: Connections::new(),
             installations: Default::default(),
+            missing: Default::default(),
             tokens: Default::default(),
         })
     }
@@ -221,13 +228,36 @@ impl GitHubApp {
         if let Some(id) = self.lock_installations().get(&owner_key) {
             return Ok(*id);
         }
-        let found: Installation = self
+        let failed_lately = self
+            .missing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&owner_key)
+            .is_some_and(|at| at.elapsed() < MISSING_FOR);
+        if failed_lately {
+            return Err(AppError::Answer {
+                what: "installation",
+                reason: format!("none found for {owner} lately"),
+            });
+        }
+        let asked = self
             .ask(
                 "installation",
                 Method::GET,
                 &format!("/repos/{owner}/{repo}/installation"),
             )
-            .await?;
+            .await;
+        let found: Installation = match asked {
+            Ok(found) => found,
+            Err(err) => {
+                let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+                if missing.len() >= 10_000 {
+                    missing.clear();
+                }
+                missing.insert(owner_key, std::time::Instant::now());
+                return Err(err);
+            }
+        };
         self.lock_installations().insert(owner_key, found.id);
         Ok(found.id)
     }
