@@ -464,6 +464,13 @@ impl Mirror {
     }
 }
 
+/// `pack-<checksum>` of a pack's path.
+fn pack_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// What consolidation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consolidated {
@@ -491,15 +498,24 @@ impl Mirror {
     /// open keeps reading it (its file lives until closed).
     pub fn consolidate(&self) -> Result<Consolidated, Error> {
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
-        let mut tips: Vec<ObjectId> = Vec::new();
+        // Branches, tags and the like make the consolidated pack; commits kept by id go in a
+        // pack of their own beside it, so that a clone of the refs is still the whole
+        // consolidated pack as it is.
+        let (mut tips, mut kept): (Vec<ObjectId>, Vec<ObjectId>) = (Vec::new(), Vec::new());
         for r in repo.refs()? {
-            if let Some(oid) = r.oid
-                && r.name != "HEAD"
-                && !tips.contains(&oid)
-            {
-                tips.push(oid);
+            let Some(oid) = r.oid.filter(|_| r.name != "HEAD") else {
+                continue;
+            };
+            let list = if kept_day(r.name.as_ref()).is_some() {
+                &mut kept
+            } else {
+                &mut tips
+            };
+            if !list.contains(&oid) {
+                list.push(oid);
             }
         }
+        kept.retain(|oid| !tips.contains(oid));
         let pack_dir = self.git_dir.join("objects").join("pack");
         let old = pack_names(&pack_dir)?;
         if tips.is_empty() {
@@ -511,47 +527,46 @@ impl Mirror {
                 tips,
             });
         }
-        let fetch = Fetch {
-            wants: tips.clone(),
-            done: true,
-            ofs_delta: true,
-            no_progress: true,
-            ..Fetch::default()
-        };
-        let plan = gitcache_pack::plan(
-            &repo,
-            &fetch,
-            repo.object_format(),
-            &gitcache_pack::Options::default(),
-        )?;
-        let gitcache_pack::Plan::Pack(plan) = plan else {
-            unreachable!("wants are the refs' own objects");
-        };
-        let objects = u32::try_from(plan.object_count()).unwrap_or(u32::MAX);
-        let keep = if plan.is_whole_pack() && old.len() == 1 {
-            // Already one pack holding exactly the closure of the refs.
-            old[0].clone()
-        } else {
-            let staging = pack_dir.join(format!("incoming-{}-consolidate", std::process::id()));
-            let written = (|| -> Result<ingest::Ingested, Error> {
-                let mut file = std::io::BufWriter::new(std::fs::File::create(&staging)?);
-                plan.write_pack(&mut file)?;
-                file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                let mut reader = BufReader::new(std::fs::File::open(&staging)?);
-                Ok(ingest::ingest_pack(
-                    &self.git_dir,
-                    repo.object_format(),
-                    &mut reader,
-                )?)
-            })();
-            let _ = std::fs::remove_file(&staging);
-            let ingested = written?;
-            let stem = format!("pack-{}", ingested.checksum);
-            for name in old.iter().filter(|n| **n != stem) {
-                remove_pack(&pack_dir, name)?;
+        let planned = |wants: Vec<ObjectId>, haves: Vec<ObjectId>| {
+            let fetch = Fetch {
+                wants,
+                haves,
+                done: true,
+                ofs_delta: true,
+                no_progress: true,
+                ..Fetch::default()
+            };
+            match gitcache_pack::plan(
+                &repo,
+                &fetch,
+                repo.object_format(),
+                &gitcache_pack::Options::default(),
+            )? {
+                gitcache_pack::Plan::Pack(plan) => Ok::<_, Error>(plan),
+                _ => unreachable!("wants are the refs' own objects"),
             }
-            stem
         };
+        let plan = planned(tips.clone(), Vec::new())?;
+        let objects = u32::try_from(plan.object_count()).unwrap_or(u32::MAX);
+        let keep = match plan.whole_pack_path() {
+            // A pack marked with exactly these tips holds their closure already.
+            Some(path) => pack_stem(path),
+            None => self.write_consolidated(plan, "consolidate")?,
+        };
+        // Kept commits: what they reach beyond the refs, in a pack (none when nothing).
+        let mut kept_pack = None;
+        if !kept.is_empty() {
+            let extra = planned(kept, tips.clone())?;
+            if extra.object_count() > 0 {
+                kept_pack = Some(self.write_consolidated(extra, "kept")?);
+            }
+        }
+        for name in old
+            .iter()
+            .filter(|n| **n != keep && Some(*n) != kept_pack.as_ref())
+        {
+            remove_pack(&pack_dir, name)?;
+        }
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
         let marked = repo.mark_pack_tips(&tips)?;
         debug_assert!(
@@ -567,6 +582,30 @@ impl Mirror {
             bitmap: bitmap.is_file().then_some(bitmap),
             tips,
         })
+    }
+
+    /// Write `plan`'s pack and take it in (indexed, beside the others); its stem.
+    fn write_consolidated(
+        &self,
+        plan: Box<gitcache_pack::PackPlan>,
+        what: &str,
+    ) -> Result<String, Error> {
+        let repo = gitcache_pack::Repository::open(&self.git_dir)?;
+        let pack_dir = self.git_dir.join("objects").join("pack");
+        let staging = pack_dir.join(format!("incoming-{}-{what}", std::process::id()));
+        let written = (|| -> Result<ingest::Ingested, Error> {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&staging)?);
+            plan.write_pack(&mut file)?;
+            file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            let mut reader = BufReader::new(std::fs::File::open(&staging)?);
+            Ok(ingest::ingest_pack(
+                &self.git_dir,
+                repo.object_format(),
+                &mut reader,
+            )?)
+        })();
+        let _ = std::fs::remove_file(&staging);
+        Ok(format!("pack-{}", written?.checksum))
     }
 
     /// Write reachability bitmaps for the consolidated pack `pack` (the closure of `tips`),

@@ -202,9 +202,16 @@ impl Registry {
             .collect();
         // The pack's own files, not a temporary being written (`incoming-…`).
         let has = |stem: &str, ext: &str| names.iter().any(|n| *n == format!("{stem}.{ext}"));
+        // Consolidation leaves commits kept by id in a pack beside the consolidated one.
+        let kept_pack = usize::from(
+            stems.iter().any(|s| has(s, "tips") && has(s, "bitmap"))
+                && std::fs::read(self.path(key).join("packed-refs")).is_ok_and(|refs| {
+                    bstr::ByteSlice::find(refs.as_slice(), crate::mirror::KEPT_PREFIX).is_some()
+                }),
+        );
         match stems.as_slice() {
             [stem] => !(has(stem, "tips") && has(stem, "bitmap")),
-            _ => stems.len() > self.consolidate_after,
+            _ => stems.len() > self.consolidate_after + kept_pack,
         }
     }
 

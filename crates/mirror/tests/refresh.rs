@@ -573,3 +573,63 @@ async fn commits_fetched_by_id_are_kept_for_a_while() {
     mirror.refresh(&up, &[]).await.unwrap();
     assert_eq!(git(mirror.git_dir(), &["for-each-ref", KEPT_PREFIX]), "");
 }
+
+/// Consolidation keeps commits kept by id in a pack of their own: the consolidated pack is
+/// the closure of the branches and tags alone (marked so, with bitmaps), so that a clone of
+/// them is still that pack as it is; the kept commit and its history stay whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consolidation_keeps_kept_commits_beside_the_refs_pack() {
+    use gitcache_mirror::mirror::KEPT_PREFIX;
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/twopacks");
+    repo::generate(&source, &RepoSpec::tiny(1354)).unwrap();
+    upstream
+        .adopt_repo("acme/twopacks", Access::Public)
+        .unwrap();
+    let main = git(&source, &["rev-parse", "refs/heads/main"])
+        .trim()
+        .to_owned();
+    let head = repo::append_commits(&source, "main", 2, 1355).unwrap();
+    git(&source, &["update-ref", "refs/pull/9/head", &head]);
+    git(&source, &["update-ref", "refs/heads/main", &main]);
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/twopacks", None);
+    mirror.refresh(&up, &[]).await.unwrap();
+    let oid = gix_hash::ObjectId::from_hex(head.as_bytes()).unwrap();
+    mirror.refresh_keeping(&up, &[], &[oid]).await.unwrap();
+    repo::append_commits(&source, "main", 1, 1356).unwrap();
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(
+        pack_files(mirror.git_dir())
+            .iter()
+            .filter(|n| n.ends_with(".idx"))
+            .count(),
+        3
+    );
+
+    for round in 0..2 {
+        let done = mirror.consolidate().unwrap();
+        assert!(
+            !done.tips.contains(&oid),
+            "round {round}: the kept commit is no tip"
+        );
+        let files = pack_files(mirror.git_dir());
+        assert_eq!(
+            files.iter().filter(|n| n.ends_with(".idx")).count(),
+            2,
+            "{files:?}"
+        );
+        let pack = done.pack.expect("marked");
+        mirror
+            .write_bitmaps(&pack, &done.tips)
+            .unwrap()
+            .expect("bitmaps beside a kept pack");
+        git(
+            mirror.git_dir(),
+            &["cat-file", "-e", &format!("{head}^{{commit}}")],
+        );
+        git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+        assert!(git(mirror.git_dir(), &["for-each-ref", KEPT_PREFIX]).contains(&head));
+    }
+}

@@ -185,6 +185,14 @@ impl PackPlan {
         matches!(self.source, Source::WholePack { .. })
     }
 
+    /// The stored pack sent as it is, if one is (its `.pack` path).
+    pub fn whole_pack_path(&self) -> Option<&std::path::Path> {
+        match &self.source {
+            Source::WholePack { path, .. } => Some(path),
+            Source::Selected(_) => None,
+        }
+    }
+
     /// The `shallow` and `unshallow` lines, if a `shallow-info` section is sent.
     pub fn shallow_info(&self) -> Option<(&[ObjectId], &[ObjectId])> {
         self.shallow_info
@@ -729,16 +737,23 @@ pub const BITMAP_SPACING: usize = 100;
 
 impl Repository {
     /// Write reachability bitmaps in git's format (`pack-<hash>.bitmap`) for the
-    /// repository's pack, when it has exactly one and that pack is the closure of `tips`
-    /// (as a consolidated mirror's is): one bitmap for each commit the tips lead to, for
+    /// repository's pack that is the closure of `tips` (its only pack, or the one marked with
+    /// exactly these tips, as a consolidated mirror's is): one bitmap for each commit the tips lead to, for
     /// every tenth commit of the last [`BITMAP_SPACING`] on each tip's first-parent line and
     /// every [`BITMAP_SPACING`]th further back (until the line joins one sampled already),
     /// and for every [`BITMAP_SPACING`]th commit of the rest. Returns the file, or `None` when that does not apply. Fetches then find
     /// their objects with a few bitmap operations instead of a walk.
     pub fn write_bitmaps(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
         let stored = self.stored_packs()?;
-        let [pack] = stored.as_slice() else {
-            return Ok(None);
+        // The pack marked as the closure of exactly these tips (other packs, such as one of
+        // commits kept by id, may lie beside it).
+        let wanted: OidSet = tips.iter().copied().collect();
+        let pack = match stored.as_slice() {
+            [pack] => pack,
+            _ => match stored.iter().find(|p| p.tips.as_ref() == Some(&wanted)) {
+                Some(pack) => pack,
+                None => return Ok(None),
+            },
         };
         let rev = self.rev_cache().get(pack, self.object_format());
         let written = bitmap::write(

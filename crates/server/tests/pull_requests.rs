@@ -106,25 +106,36 @@ fn a_pull_requests_merge_commit_is_kept_and_the_next_job_is_a_hit() {
         "no pull request ref is mirrored"
     );
 
-    // Consolidation (more than one pack) keeps the kept commit: the mirror ends with one
-    // pack that has it.
+    // Maintenance leaves the branches' and tags' pack marked with exactly their tips (with
+    // its bitmaps), the kept commit in a pack beside it: a clone is still the whole
+    // consolidated pack sent as it is.
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let packs = std::fs::read_dir(mirror.join("objects/pack"))
+    let marked = loop {
+        let names: Vec<String> = std::fs::read_dir(mirror.join("objects/pack"))
             .unwrap()
             .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".idx"))
-            .count();
-        if packs == 1 {
-            break;
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let marked = names
+            .iter()
+            .find_map(|n| n.strip_suffix(".tips"))
+            .filter(|stem| names.contains(&format!("{stem}.bitmap")));
+        if let Some(stem) = marked {
+            break stem.to_owned();
         }
-        assert!(
-            Instant::now() < deadline,
-            "never consolidated: {packs} packs"
-        );
+        assert!(Instant::now() < deadline, "never consolidated: {names:?}");
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    let tips = std::fs::read_to_string(mirror.join(format!("objects/pack/{marked}.tips"))).unwrap();
+    assert!(
+        !tips.contains(&merge),
+        "the kept commit is no tip of the consolidated pack"
+    );
     git_stdout(&mirror, &["cat-file", "-e", &format!("{merge}^{{commit}}")]);
+    git.run(git.home(), &["clone", "-q", "--bare", &url, "full"])
+        .unwrap()
+        .expect_success();
+    cache.log_with("whole_pack=true", 1);
 
     // The next job with the same merge commit: a hit, nothing fetched upstream.
     let second = checkout(&git, &url, "job-2", &merge);
