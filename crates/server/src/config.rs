@@ -534,17 +534,34 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(Secret::new);
         let bucket = flags.s3_bucket.or(file.storage.s3_bucket);
-        proxy.object_store = bucket.filter(|b| !b.is_empty()).map(|bucket| S3Config {
-            bucket,
-            endpoint: flags.s3_endpoint.or(file.storage.s3_endpoint),
-            region: flags
-                .s3_region
-                .or(file.storage.s3_region)
-                .or(flags.aws_region),
-            prefix: flags.s3_prefix.or(file.storage.s3_prefix),
-            access_key_id: flags.aws_access_key_id,
-            secret_access_key: flags.aws_secret_access_key,
-            session_token: flags.aws_session_token,
+        proxy.object_store = bucket.filter(|b| !b.is_empty()).map(|bucket| {
+            // Keys from the environment, else from the shared credentials file's profile
+            // (as AWS tools look for them); then web identity, container or instance
+            // credentials, by the object store client.
+            let profile = crate::aws::profile_from_environment();
+            let (access_key_id, secret_access_key, session_token) =
+                match (flags.aws_access_key_id, flags.aws_secret_access_key) {
+                    (Some(id), Some(secret)) => (Some(id), Some(secret), flags.aws_session_token),
+                    _ => (
+                        profile.access_key_id,
+                        profile.secret_access_key,
+                        profile.session_token,
+                    ),
+                };
+            S3Config {
+                bucket,
+                endpoint: flags.s3_endpoint.or(file.storage.s3_endpoint),
+                region: flags
+                    .s3_region
+                    .or(file.storage.s3_region)
+                    .or(flags.aws_region)
+                    .or(profile.region),
+                prefix: flags.s3_prefix.or(file.storage.s3_prefix),
+                access_key_id,
+                secret_access_key,
+                session_token,
+                options: crate::aws::options_from_environment(),
+            }
         });
         proxy.bundle_uri = flags.bundle_uri || file.storage.bundle_uri.unwrap_or(false);
         if proxy.bundle_uri && proxy.object_store.is_none() {

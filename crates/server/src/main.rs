@@ -1,6 +1,7 @@
 //! gitcache-server: reads the configuration, sets up logging, wires the library crates and
 //! waits for a signal. No protocol logic lives here.
 
+mod aws;
 mod config;
 
 use std::sync::Arc;

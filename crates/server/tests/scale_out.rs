@@ -699,3 +699,58 @@ fn objects_per_pack(repo: &std::path::Path) -> Vec<u32> {
         })
         .collect()
 }
+
+/// With no keys in the environment or the flags, the keys and region come from the shared
+/// credentials and config files' profile (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`,
+/// `AWS_PROFILE`), as AWS tools take them.
+#[test]
+fn keys_come_from_the_shared_credentials_files() {
+    let Some((server, upstream, _)) = setup("gitcache-profile", "acme/profile", 1370) else {
+        return;
+    };
+    let aws = tempfile::tempdir().unwrap();
+    let (credentials, config) = (aws.path().join("credentials"), aws.path().join("config"));
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = wrong\n[ci]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .unwrap();
+    std::fs::write(&config, "[profile ci]\nregion = us-east-1\n").unwrap();
+    let endpoint = server.endpoint();
+    let cache = Gitcache::start_with_env(
+        &upstream,
+        tempfile::tempdir().unwrap(),
+        &[
+            "--s3-bucket",
+            server.bucket(),
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-prefix",
+            "fleet-a",
+        ],
+        &[
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                &credentials.to_string_lossy(),
+            ),
+            ("AWS_CONFIG_FILE", &config.to_string_lossy()),
+            ("AWS_PROFILE", "ci"),
+        ],
+    );
+    let git = GitClient::new().unwrap();
+    git.run(
+        git.home(),
+        &["clone", "-q", &cache.url("acme/profile"), "p"],
+    )
+    .unwrap()
+    .expect_success();
+    assert!(
+        bucket_is_whole(&server, &upstream, "acme/profile") >= 1,
+        "committed to the bucket"
+    );
+    assert!(
+        !cache.log().contains("object store unavailable"),
+        "{}",
+        cache.log()
+    );
+}

@@ -54,6 +54,10 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
     /// Session token, for temporary credentials.
     pub session_token: Option<String>,
+    /// Further settings by the `object_store` client's names (`aws_web_identity_token_file`,
+    /// `aws_role_arn`, `aws_container_credentials_relative_uri`, …), applied before the
+    /// fields above; names it does not know are ignored.
+    pub options: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -65,6 +69,10 @@ impl std::fmt::Debug for S3Config {
             .field("region", &self.region)
             .field("prefix", &self.prefix)
             .field("access_key_id", &self.access_key_id)
+            .field(
+                "options",
+                &self.options.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -145,7 +153,13 @@ fn backend(err: object_store::Error) -> StoreError {
 impl S3Store {
     /// The bucket `config` names. Nothing is asked of it yet.
     pub fn new(config: &S3Config) -> Result<Self, StoreError> {
-        let mut builder = AmazonS3Builder::new()
+        let mut builder = AmazonS3Builder::new();
+        for (key, value) in &config.options {
+            if let Ok(key) = key.parse::<object_store::aws::AmazonS3ConfigKey>() {
+                builder = builder.with_config(key, value);
+            }
+        }
+        let mut builder = builder
             .with_bucket_name(&config.bucket)
             .with_region(config.region.as_deref().unwrap_or("us-east-1"))
             .with_http_connector(Connector { tls: tls()? })

@@ -42,7 +42,18 @@ impl Gitcache {
 
     /// Start on an existing data directory.
     pub fn start_in(upstream: &Upstream, data: tempfile::TempDir, extra: &[&str]) -> Gitcache {
+        Gitcache::start_with_env(upstream, data, extra, &[])
+    }
+
+    /// [`start_in`](Self::start_in), with `env` set for the server.
+    pub fn start_with_env(
+        upstream: &Upstream,
+        data: tempfile::TempDir,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gitcache {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gitcache-server"))
+            .envs(env.iter().copied())
             .args(["--listen", "127.0.0.1:0", "--upstream", &upstream.url()])
             .arg("--data-dir")
             .arg(data.path())
