@@ -725,3 +725,68 @@ async fn a_sha256_mirror_is_bundled_as_version_3() {
     );
     git(&cloned, &["fsck", "--strict", "--no-progress"]);
 }
+
+/// One instance at a time maintains a shared mirror: while another holds its maintain
+/// lease, consolidation is left to that one (nothing changes here); once the lease is free,
+/// consolidation runs. Retired packs stay in the store for the grace period, so that
+/// instances still reading the manifest that named them find them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_maintainer_at_a_time_and_retired_packs_stay_for_the_grace_period() {
+    use gitcache_storage::lease::Held;
+    let dir = tempfile::tempdir().unwrap();
+    let store = AnyStore::Fs(FsStore::new(dir.path()));
+    let grace = Duration::from_secs(3600);
+    let mut f = fleet(store.clone(), grace, 1305);
+    let (first, second) = MemoryLeases::pair();
+    let root = f.a.root().to_owned();
+    f.a = Arc::new(
+        Registry::new(root)
+            .with_consolidate_after(2)
+            .with_shared(Shared::new(store.clone(), grace))
+            .with_leases(Arc::new(first), Duration::from_secs(30)),
+    );
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    for seed in [11, 12] {
+        f.upstream_moves(seed);
+        f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    }
+    let before = f.manifest().await;
+    assert_eq!(before.packs.len(), 3);
+
+    // Another instance maintains it: nothing is done here.
+    let name = format!("maintain:{}", f.key.relative_path().display());
+    let other = Held::try_take(Arc::new(second), name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the other instance's lease");
+    assert!(
+        f.a.consolidate(&f.key).await.unwrap().is_none(),
+        "left to the holder"
+    );
+    assert_eq!(f.manifest().await.packs, before.packs);
+
+    // Free again: consolidated, the old packs retired but still in the store.
+    other.release().await;
+    f.a.consolidate(&f.key)
+        .await
+        .unwrap()
+        .expect("consolidated");
+    let after = f.manifest().await;
+    assert_eq!(after.packs.len(), 1);
+    let retired: Vec<&String> = after.retired.iter().map(|(stem, _)| stem).collect();
+    for pack in &before.packs {
+        assert!(retired.contains(&&pack.stem), "{} retired", pack.stem);
+        let base = Shared::manifest_key(&f.key).unwrap();
+        let object = ObjectKey::new(
+            &base
+                .as_str()
+                .replace("/manifest", &format!("/packs/{}.pack", pack.stem)),
+        )
+        .unwrap();
+        assert!(
+            store.size(&object).await.unwrap().is_some(),
+            "{} kept for the grace period",
+            pack.stem
+        );
+    }
+}

@@ -754,3 +754,101 @@ fn keys_come_from_the_shared_credentials_files() {
         cache.log()
     );
 }
+
+/// With polling off, B notices what A committed when a client's `ls-refs` through B shows
+/// the upstream moved: B takes A's new pack from the bucket (only that one: the packs it
+/// has stay as they are) and fetches nothing upstream.
+#[test]
+fn an_instance_catches_up_on_ls_refs_taking_only_the_new_packs() {
+    let Some((server, upstream, source)) = setup("gitcache-lsrefs", "acme/notice", 1371) else {
+        return;
+    };
+    let a = instance(&upstream, &server);
+    let b = instance_with(&upstream, &server, &["--storage-poll-interval", "0"]);
+    let git = GitClient::new().unwrap();
+    git.run(git.home(), &["clone", "-q", &a.url("acme/notice"), "via-a"])
+        .unwrap()
+        .expect_success();
+    git.run(git.home(), &["clone", "-q", &b.url("acme/notice"), "via-b"])
+        .unwrap()
+        .expect_success();
+    let b_mirror = b.mirror(&upstream, "acme/notice");
+    let packs = |dir: &std::path::Path| -> Vec<(String, std::time::SystemTime)> {
+        let mut found: Vec<_> = std::fs::read_dir(dir.join("objects/pack"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, e.metadata().unwrap().modified().unwrap())
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    // Wait for B's own maintenance to settle before taking its state.
+    common::wait_for_tips_mark(&b_mirror);
+    let held = packs(&b_mirror);
+
+    let new_tip = repo::append_commits(&source, "main", 2, 1372).unwrap();
+    git.run(&git.home().join("via-a"), &["pull", "-q", "--ff-only"])
+        .unwrap()
+        .expect_success();
+    let fetches = upstream.counts().fetch;
+    git.run(&git.home().join("via-b"), &["ls-remote", "origin"])
+        .unwrap()
+        .expect_success();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !git_stdout(&b_mirror, &["show-ref"]).contains(&new_tip) {
+        assert!(std::time::Instant::now() < deadline, "B never caught up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        upstream.counts().fetch,
+        fetches,
+        "B took it from the bucket"
+    );
+    let now = packs(&b_mirror);
+    for pack in &held {
+        assert!(now.contains(pack), "{} kept as it was: {now:?}", pack.0);
+    }
+    assert!(now.len() > held.len(), "a new pack taken: {now:?}");
+}
+
+/// Under a disk budget, a working copy evicted from the local disk is taken from the
+/// bucket again when next needed, with nothing fetched upstream.
+#[test]
+fn an_evicted_working_copy_comes_back_from_the_bucket() {
+    let Some((server, upstream, _)) = setup("gitcache-evicted", "acme/first", 1373) else {
+        return;
+    };
+    repo::generate(&upstream.repo_path("acme/second"), &RepoSpec::small(1374)).unwrap();
+    upstream.adopt_repo("acme/second", Access::Public).unwrap();
+    let cache = instance_with(&upstream, &server, &["--max-mirror-bytes", "1"]);
+    let git = GitClient::new().unwrap();
+    let clone = |name: &str, dir: &str| {
+        git.run(
+            git.home(),
+            &["clone", "-q", "--bare", &cache.url(name), dir],
+        )
+        .unwrap()
+        .expect_success();
+        fsck(&git.home().join(dir));
+    };
+    clone("acme/first", "f1");
+    clone("acme/second", "s1");
+    cache.log_with("mirror evicted (disk budget)", 1);
+    let fetches = upstream.counts().fetch;
+    assert_eq!(fetches, 2, "one miss each");
+    clone("acme/first", "f2");
+    assert_eq!(
+        upstream.counts().fetch,
+        fetches,
+        "taken from the bucket, not the upstream"
+    );
+    assert_eq!(
+        git_stdout(&git.home().join("f2"), &["rev-parse", "HEAD"]),
+        git_stdout(&git.home().join("f1"), &["rev-parse", "HEAD"])
+    );
+    cache.log_with("mirror taken from the shared store", 1);
+}

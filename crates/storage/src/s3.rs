@@ -71,7 +71,11 @@ impl std::fmt::Debug for S3Config {
             .field("access_key_id", &self.access_key_id)
             .field(
                 "options",
-                &self.options.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+                &self
+                    .options
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
