@@ -852,3 +852,53 @@ fn an_evicted_working_copy_comes_back_from_the_bucket() {
     );
     cache.log_with("mirror taken from the shared store", 1);
 }
+
+/// The bucket cut off in the middle of exchanges (uploads, downloads, manifest writes) at
+/// moments spread over refreshes: every fetch is still answered, and once it is back the
+/// next commit leaves a whole bucket that another instance serves without the upstream.
+#[test]
+fn cut_mid_exchange_the_bucket_stays_whole() {
+    let Some(server) = S3Server::start("gitcache-midcut") else {
+        return;
+    };
+    let relay = Relay::start(server.addr()).unwrap();
+    let endpoint = format!("http://{}", relay.addr());
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/midcut");
+    repo::generate(&source, &RepoSpec::small(1375)).unwrap();
+    upstream.adopt_repo("acme/midcut", Access::Public).unwrap();
+    let a = instance_at(&upstream, &server, &endpoint, &[]);
+    let git = GitClient::new().unwrap();
+    git.run(git.home(), &["clone", "-q", &a.url("acme/midcut"), "via-a"])
+        .unwrap()
+        .expect_success();
+    let via_a = git.home().join("via-a");
+    for (round, delay) in [5u64, 20, 60, 120, 250].into_iter().enumerate() {
+        let tip_now = repo::append_commits(&source, "main", 2, 1376 + round as u64).unwrap();
+        let work = via_a.clone();
+        let pulling = std::thread::spawn(move || {
+            let client = GitClient::new().unwrap();
+            client.run(&work, &["pull", "-q", "--ff-only"])
+        });
+        std::thread::sleep(Duration::from_millis(delay));
+        relay.set_up(false);
+        let pulled = pulling.join().unwrap().unwrap();
+        assert!(pulled.success(), "round {round}: {pulled}");
+        assert_eq!(tip(&via_a), tip_now, "round {round}");
+        relay.set_up(true);
+    }
+    // Back for good: a refresh commits; the bucket is whole and serves another instance.
+    let latest = repo::append_commits(&source, "main", 1, 1390).unwrap();
+    git.run(&via_a, &["pull", "-q", "--ff-only"])
+        .unwrap()
+        .expect_success();
+    assert!(bucket_is_whole(&server, &upstream, "acme/midcut") >= 1);
+    let fetches = upstream.counts().fetch;
+    let c = instance(&upstream, &server);
+    git.run(git.home(), &["clone", "-q", &c.url("acme/midcut"), "via-c"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(tip(&git.home().join("via-c")), latest);
+    assert_eq!(upstream.counts().fetch, fetches, "served from the bucket");
+    fsck(&git.home().join("via-c"));
+}
