@@ -30,11 +30,13 @@ mod admin;
 pub mod body;
 pub mod config;
 mod error;
+mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gate;
 pub mod metrics;
 mod mirrors;
+mod passthrough;
 mod proxy;
 mod responder;
 pub mod response_cache;
@@ -44,6 +46,7 @@ mod shared_responses;
 mod target;
 pub mod tls;
 mod upkeep;
+mod warming;
 pub mod webhook;
 
 pub use body::Body;

@@ -31,55 +31,35 @@ use crate::shared_responses::SharedResponses;
 use gitcache_protocol::advertise::{self, Advertisement};
 use gitcache_protocol::bundle_uri::{Bundle, BundleList};
 use gitcache_protocol::request::{
-    Command, Fetch, Limits as RequestLimits, Request as GitRequest, parse_request,
+    Command, Limits as RequestLimits, Request as GitRequest, parse_request,
 };
 use gitcache_storage::fs::DataDir;
 use gitcache_storage::repo::RepoKey;
 use gitcache_storage::s3::S3Store;
 use gitcache_storage::store::AnyStore;
-use gix_hash::Kind as HashKind;
-use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::access::Fingerprint;
 use crate::access_log::{AccessNote, CacheState, UpstreamCall};
 use crate::admin::Admin;
-use crate::body::passed_on;
 use crate::body::{Body, receive_body};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
+use crate::fetch::Fetches;
 use crate::gate::{AccessGate, Verified};
 use crate::metrics::{self, RepoLabels};
 use crate::mirrors::{Budget, Mirrors};
+use crate::passthrough::Passthrough;
 use crate::responder::{RESULT_TYPE, Responder, set_git_headers};
 use crate::response_cache::{ResponseCache, ResponseCacheStats};
 use crate::route::{Route, Service, route};
 use crate::serve::Face;
-use crate::target::Target;
+use crate::target::{Target, Targets};
 use crate::upkeep::Upkeep;
-
-/// The headers of a git v2 request passed upstream with a body gitcache read
-/// (`Authorization` only as the source of [`Proxy::credential`]: the upstream client sends
-/// the credential that chooses, never the header itself).
-const GIT_REQUEST_HEADERS: &[&str] = &[
-    "authorization",
-    "content-type",
-    "accept",
-    "accept-encoding",
-    "accept-language",
-    "git-protocol",
-    "user-agent",
-];
-/// The largest `ls-refs` answer kept to compare with the mirror (it is passed on whatever its
-/// size).
-const MAX_LS_REFS_COPY: usize = 64 << 20;
-
-/// The most commits one fetch may have fetched by id and kept; a fetch that lacks more is
-/// passed through.
-const MAX_KEPT_PER_FETCH: usize = 16;
+use crate::warming::Warming;
 
 /// How long a bundle URL handed to a client stays valid: long enough to download a large
 /// bundle, short enough that a URL that leaks soon stops working.
@@ -89,13 +69,12 @@ const BUNDLE_URL_LIFETIME: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub struct Proxy {
     config: Arc<ProxyConfig>,
-    default_host: String,
-    /// Hosts a path may name: the configured ones and the default upstream's own (as
-    /// smart-git-proxy's `/{host}/{owner}/{repo}` form spells it).
-    path_hosts: Vec<String>,
+    targets: Targets,
     mirrors: Arc<Mirrors>,
-    gate: AccessGate,
-    responder: Responder,
+    gate: Arc<AccessGate>,
+    passthrough: Passthrough,
+    fetches: Fetches,
+    warming: Arc<Warming>,
     /// Request bodies decoded and parsed at once (CPU work): one per core but one, the rest
     /// wait without holding a thread.
     parse_slots: Arc<Semaphore>,
@@ -344,22 +323,38 @@ impl Proxy {
             default_host.clone(),
             instance,
         );
+        let gate = Arc::new(AccessGate::new(&config));
+        let passthrough = Passthrough::new(Arc::clone(&gate));
         Ok(Arc::new(Proxy {
-            path_hosts: config
-                .hosts
-                .keys()
-                .cloned()
-                .chain((!config.hosts.contains_key(&default_host)).then_some(default_host.clone()))
-                .collect(),
-            default_host,
-            mirrors,
-            gate: AccessGate::new(&config),
-            responder: Responder::new(
-                config.pack.clone(),
-                config.limits.response_stall_timeout,
-                config.limits.max_concurrent_packs,
-                responses,
+            targets: Targets::new(
+                Arc::clone(&config),
+                default_host.clone(),
+                services.catalog.clone(),
             ),
+            fetches: Fetches {
+                mirrors: Arc::clone(&mirrors),
+                responder: Responder::new(
+                    config.pack.clone(),
+                    config.limits.response_stall_timeout,
+                    config.limits.max_concurrent_packs,
+                    responses,
+                ),
+                gate: Arc::clone(&gate),
+                passthrough: passthrough.clone(),
+                serve_stale: config.serve_stale,
+            },
+            warming: Arc::new(Warming {
+                mirrors: Arc::clone(&mirrors),
+                gate: Arc::clone(&gate),
+                passthrough: passthrough.clone(),
+                stall: config.limits.response_stall_timeout,
+                github_app: config.github_app.clone(),
+                service_token: config.service_token.clone(),
+                default_host: default_host.clone(),
+            }),
+            mirrors,
+            passthrough,
+            gate,
             // One core stays free for the async workers (health checks, every other request).
             parse_slots: Arc::new(Semaphore::new(
                 std::thread::available_parallelism()
@@ -396,7 +391,10 @@ impl Proxy {
 
     /// What the response cache did so far (`None` when it is off).
     pub fn response_cache_stats(&self) -> Option<Arc<ResponseCacheStats>> {
-        self.responder.cache().map(|c| Arc::clone(c.stats()))
+        self.fetches
+            .responder
+            .cache()
+            .map(|c| Arc::clone(c.stats()))
     }
 
     /// Background upkeep, forever: the catalog read again, evicting stored responses over
@@ -436,7 +434,7 @@ impl Proxy {
                 let task = tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     // Had when it is used (an App's token is renewed as it nears expiry).
-                    let credential = proxy.service_credential(&due, None).await;
+                    let credential = proxy.warming.credential(&due, None).await;
                     if let Ok(upstream) = proxy.gate.upstream(&due, credential) {
                         proxy
                             .mirrors
@@ -486,12 +484,12 @@ impl Proxy {
             _ if !face.serves_git() => return text(StatusCode::NOT_FOUND, "not found"),
             _ => {}
         }
-        let route = match route(&path, parts.uri.query(), &self.path_hosts) {
+        let route = match route(&path, parts.uri.query(), self.targets.path_hosts()) {
             Ok(route) => route,
             Err(err) => return Error::from(err).into_response(),
         };
         let started = Instant::now();
-        let target = match self.target(&route) {
+        let target = match self.targets.resolve(&route) {
             Ok(target) => target,
             Err(err) => return err.into_response(),
         };
@@ -530,7 +528,7 @@ impl Proxy {
                 _ => {
                     tracing::debug!(service = ?route.service, cached = target.cached, v2, "passthrough");
                     let suffix = suffix(&route, parts.uri.query());
-                    self.forward(&target, parts.method.clone(), &suffix, &parts.headers, body)
+                    self.passthrough.forward(&target, parts.method.clone(), &suffix, &parts.headers, body)
                         .await
                         .map(|r| with_state(r, CacheState::Passthrough))
                 }
@@ -677,15 +675,7 @@ impl Proxy {
             return accepted("no repository in the event: nothing to do");
         };
         // The upstream the clone URL names: the default one or one allowed in paths.
-        let host = if pushed.host.eq_ignore_ascii_case(&self.default_host) {
-            None
-        } else if self
-            .path_hosts
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(&pushed.host))
-        {
-            Some(pushed.host.clone())
-        } else {
+        let Some(host) = self.targets.named(&pushed.host) else {
             return accepted("not an upstream of this cache: nothing to do");
         };
         let route = Route {
@@ -694,7 +684,7 @@ impl Proxy {
             repo: pushed.repo,
             service: Service::UploadPack,
         };
-        let Ok(target) = self.target(&route) else {
+        let Ok(target) = self.targets.resolve(&route) else {
             return accepted("not a repository name: nothing to do");
         };
         if !target.cached || self.mirrors.registry().existing(&target.key).is_none() {
@@ -706,7 +696,7 @@ impl Proxy {
         let proxy = Arc::clone(self);
         tokio::spawn(
             async move {
-                let credential = proxy.service_credential(&target, None).await;
+                let credential = proxy.warming.credential(&target, None).await;
                 match proxy.gate.upstream(&target, credential) {
                     // Never a new mirror: one removed since the check above stays removed.
                     Ok(upstream) => proxy
@@ -718,57 +708,6 @@ impl Proxy {
             .in_current_span(),
         );
         accepted("refreshing the mirror")
-    }
-
-    fn target(&self, route: &Route) -> Result<Target, Error> {
-        // The default upstream named in the path is the default upstream.
-        let named = route.host.as_deref().filter(|host| {
-            !host.eq_ignore_ascii_case(&self.default_host) || self.config.hosts.contains_key(*host)
-        });
-        let (host_name, base) = match named {
-            None => (self.default_host.clone(), self.config.upstream.as_str()),
-            Some(host) => {
-                let base = self
-                    .config
-                    .hosts
-                    .iter()
-                    .find(|(name, _)| name.eq_ignore_ascii_case(host))
-                    .map_or("", |(_, url)| url.as_str());
-                (host.to_owned(), base)
-            }
-        };
-        let key = self
-            .config
-            .key(&host_name, &route.owner, &route.repo)
-            .map_err(crate::route::RouteError::from)?;
-        let record = self
-            .catalog
-            .as_ref()
-            .and_then(|c| c.lookup(&host_name, key.owner(), key.repo()));
-        let (cached, bypassed) = match &record {
-            Some(record) => (record.enabled, !record.enabled),
-            None => (
-                self.config.cache.is_cached(named, key.owner(), key.repo()),
-                false,
-            ),
-        };
-        Ok(Target {
-            // The upstream is asked for exactly the repository the key names.
-            url: format!(
-                "{}/{}/{}.git",
-                base.trim_end_matches('/'),
-                key.owner(),
-                key.repo()
-            ),
-            name: format!("{}/{}", route.owner, route.repo),
-            cached,
-            bypassed,
-            timeout: record.map_or(self.config.upstream_timeout, |r| {
-                Duration::from_secs(u64::from(r.timeout_seconds))
-            }),
-            host_name,
-            key,
-        })
     }
 
     async fn info_refs(
@@ -819,6 +758,7 @@ impl Proxy {
                 // The upstream stopped speaking v2: let it answer the request itself.
                 Verified::Answer(_) => {
                     let response = self
+                        .passthrough
                         .forward(target, Method::POST, "/git-upload-pack", headers, body)
                         .await?;
                     return Ok(with_state(response, CacheState::Passthrough));
@@ -866,10 +806,10 @@ impl Proxy {
         match request.command {
             Command::LsRefs(_) => {
                 metrics::ls_refs();
-                self.ls_refs(target, headers, body, kind).await
+                self.warming.ls_refs(target, headers, body, kind).await
             }
             Command::Fetch(fetch) => {
-                let result = self.fetch(target, headers, body, fetch, kind).await;
+                let result = self.fetches.fetch(target, headers, body, fetch, kind).await;
                 let state = match &result {
                     Ok(response) => response.extensions().get::<CacheState>().copied(),
                     Err(err) => Some(error_state(err)),
@@ -896,7 +836,7 @@ impl Proxy {
                 }
                 result
             }
-            Command::ObjectInfo(_) => self.forward_body(target, headers, body).await,
+            Command::ObjectInfo(_) => self.passthrough.forward_body(target, headers, body).await,
             Command::BundleUri => self.bundle_uri(target).await,
         }
     }
@@ -932,329 +872,6 @@ impl Proxy {
         let mut response = Response::new(Body::full(body));
         set_git_headers(response.headers_mut(), RESULT_TYPE);
         Ok(response)
-    }
-
-    /// Send a request body already read (and decoded) upstream. Only the headers of git's
-    /// own request go with it: the one credential is the `Authorization` that
-    /// [`credential`](Self::credential) chooses, the same one the access gate fingerprints
-    /// (a `Cookie` or a forge's token header would let the upstream accept a request for a
-    /// credential the gate never saw).
-    async fn forward_body(
-        &self,
-        target: &Target,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> Result<Response<Body>, Error> {
-        let headers: HeaderMap = headers
-            .iter()
-            .filter(|(name, _)| GIT_REQUEST_HEADERS.contains(&name.as_str()))
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        let upstream = self
-            .gate
-            .upstream(target, self.gate.credential(target, &headers))?;
-        let started = std::time::Instant::now();
-        let response = upstream
-            .forward_bytes(Method::POST, "/git-upload-pack", &headers, body)
-            .await?;
-        metrics::upstream("forward", response.status().as_u16(), started.elapsed());
-        Ok(passed_on(response, started))
-    }
-
-    /// Pass a request through to the upstream, streamed both ways.
-    async fn forward<B>(
-        &self,
-        target: &Target,
-        method: Method,
-        suffix: &str,
-        headers: &HeaderMap,
-        body: B,
-    ) -> Result<Response<Body>, Error>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let upstream = self
-            .gate
-            .upstream(target, self.gate.credential(target, headers))?;
-        let started = std::time::Instant::now();
-        let response = upstream.forward(method, suffix, headers, body).await?;
-        metrics::upstream("forward", response.status().as_u16(), started.elapsed());
-        Ok(passed_on(response, started))
-    }
-
-    async fn ls_refs(
-        self: &Arc<Self>,
-        target: &Target,
-        headers: &HeaderMap,
-        body: Bytes,
-        kind: HashKind,
-    ) -> Result<Response<Body>, Error> {
-        // Ask for the answer unencoded, so that the copy kept for comparison can be read.
-        let mut ask = headers.clone();
-        ask.remove(header::ACCEPT_ENCODING);
-        let response = self.forward_body(target, &ask, body).await?;
-        if !response.status().is_success() {
-            return Ok(with_state(response, CacheState::Rejected));
-        }
-        let who = fingerprint(headers);
-        let answered = Instant::now();
-        let idle = target.timeout;
-        // Pass the answer on as it arrives, keeping a copy to compare with the mirror.
-        let (parts, mut upstream_body) = response.into_parts();
-        let (tx, rx) = mpsc::channel(8);
-        let stall = self.config.limits.response_stall_timeout;
-        let proxy = Arc::clone(self);
-        let target = target.clone();
-        let warm_credential = self.gate.credential(&target, headers);
-        tokio::spawn(
-            async move {
-                let mut copy = Vec::new();
-                let mut complete = true;
-                loop {
-                    // An upstream that goes silent is let go too.
-                    let Ok(frame) = tokio::time::timeout(idle, upstream_body.frame()).await else {
-                        let _ = tx
-                            .send(Err(std::io::Error::other("the upstream went silent")))
-                            .await;
-                        return;
-                    };
-                    let Some(frame) = frame else {
-                        break;
-                    };
-                    match frame {
-                        Ok(frame) => {
-                            let Ok(data) = frame.into_data() else {
-                                continue;
-                            };
-                            if copy.len() + data.len() <= MAX_LS_REFS_COPY {
-                                copy.extend_from_slice(&data);
-                            } else {
-                                complete = false;
-                            }
-                            // A client that stops reading is let go, not waited for.
-                            let sent = tokio::time::timeout(stall, tx.send(Ok(data))).await;
-                            if !matches!(sent, Ok(Ok(()))) {
-                                return;
-                            }
-                        }
-                        Err(err) => {
-                            let _ = tx.send(Err(std::io::Error::other(err))).await;
-                            return;
-                        }
-                    }
-                }
-                drop(tx);
-                if complete {
-                    // Parsing and comparing with the mirror is CPU and disk work.
-                    let _ = tokio::task::spawn_blocking(move || {
-                        proxy.after_ls_refs(&target, who, answered, &copy, kind, warm_credential);
-                    })
-                    .await;
-                }
-            }
-            .in_current_span(),
-        );
-        Ok(Response::from_parts(parts, Body::channel(rx)))
-    }
-
-    /// After a whole `ls-refs` answer passed through: a well-formed one renews the client's
-    /// grant (a success status alone proves nothing: a login page is a 200 too), and a
-    /// background refresh starts when its refs differ from the mirror's.
-    fn after_ls_refs(
-        self: &Arc<Self>,
-        target: &Target,
-        who: Fingerprint,
-        answered: Instant,
-        ls_refs: &[u8],
-        kind: HashKind,
-        credential: Option<String>,
-    ) {
-        let Ok(remote) = gitcache_protocol::ls_refs::parse_response(ls_refs, kind) else {
-            tracing::info!("the upstream's ls-refs answer is not protocol v2; no grant");
-            return;
-        };
-        self.gate.grants().grant_at(&target.key, who, answered);
-        if !self.mirrors.moved(&target.key, &remote) {
-            return;
-        }
-        let (proxy, target) = (Arc::clone(self), target.clone());
-        tokio::spawn(
-            async move {
-                let credential = proxy.service_credential(&target, credential).await;
-                if let Ok(upstream) = proxy.gate.upstream(&target, credential) {
-                    proxy
-                        .mirrors
-                        .warm(target.key.clone(), upstream, "refs moved", true);
-                }
-            }
-            .in_current_span(),
-        );
-    }
-
-    /// The credential for a refresh gitcache starts on its own: a GitHub App installation
-    /// token (for the default upstream) when an App is configured, else the service token,
-    /// else `fallback` (the credential of the request that noticed the change).
-    async fn service_credential(
-        &self,
-        target: &Target,
-        fallback: Option<String>,
-    ) -> Option<String> {
-        if let Some(app) = &self.config.github_app
-            && target.host_name == self.default_host
-        {
-            match app
-                .authorization(target.key.owner(), target.key.repo())
-                .await
-            {
-                Ok(authorization) => return Some(authorization),
-                Err(err) => tracing::warn!(%err, "no GitHub App token; using the service token"),
-            }
-        }
-        self.config
-            .service_token
-            .as_ref()
-            .map(|t| t.authorization())
-            .or(fallback)
-    }
-
-    /// A `fetch` from a client that passed the access gate: answered from the mirror,
-    /// refreshed first when it lacks a want; what even a refreshed mirror lacks is passed
-    /// through.
-    async fn fetch(
-        self: &Arc<Self>,
-        target: &Target,
-        headers: &HeaderMap,
-        body: Bytes,
-        fetch: Fetch,
-        kind: HashKind,
-    ) -> Result<Response<Body>, Error> {
-        let (repo, fetch) = self.mirrors.with_wants(&target.key, fetch).await?;
-        if let Some(repo) = repo {
-            tracing::info!(result = "hit", "fetch");
-            let response = self
-                .responder
-                .serve(target.key.relative_path(), repo, fetch, kind)
-                .await;
-            return Ok(with_state(response, CacheState::Hit));
-        }
-
-        // A miss: bring the mirror up to date with the client's credential, then serve.
-        let upstream = self
-            .gate
-            .upstream(target, self.gate.credential(target, headers))?;
-        let failure = self
-            .mirrors
-            .refresh(&target.key, upstream, true)
-            .await
-            .err();
-        if let Some(err @ Error::LowDisk { .. }) = &failure {
-            // No room for the mirror: the upstream answers this one.
-            tracing::warn!(%err, result = "passthrough", "fetch");
-            let response = self.forward_body(target, headers, body).await?;
-            return Ok(with_state(response, CacheState::Passthrough));
-        }
-        if let Some(err) = failure {
-            // The client passed the gate just now or within the TTL.
-            if self.config.serve_stale
-                && err.is_upstream_unavailable()
-                && let Some(repo) = self.mirrors.open_blocking(&target.key).await?
-            {
-                let mut stale = fetch;
-                let present = Arc::clone(&repo);
-                let stale = tokio::task::spawn_blocking(move || {
-                    stale.wants.retain(|w| present.contains(w));
-                    stale
-                })
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
-                if !stale.wants.is_empty() || !stale.want_refs.is_empty() {
-                    tracing::warn!(%err, result = "stale", "upstream unavailable, serving the mirror as it is");
-                    let response = self
-                        .responder
-                        .serve(target.key.relative_path(), repo, stale, kind)
-                        .await;
-                    return Ok(with_state(response, CacheState::Stale));
-                }
-            }
-            tracing::warn!(%err, result = "error", "fetch");
-            return Err(err);
-        }
-        match self.mirrors.with_wants(&target.key, fetch).await? {
-            (Some(repo), fetch) => {
-                tracing::info!(result = "miss", "fetch");
-                let response = self
-                    .responder
-                    .serve(target.key.relative_path(), repo, fetch, kind)
-                    .await;
-                Ok(with_state(response, CacheState::Miss))
-            }
-            (None, fetch) => {
-                // Wants no mirrored ref reaches (a pull request's merge commit that CI fetches
-                // by id): fetched by id into the mirror and kept, so that the next job is a
-                // hit; what the upstream will not give by id is passed through.
-                let Some(missing) = self.missing_wants(target, &fetch).await? else {
-                    tracing::info!(result = "passthrough", "fetch");
-                    let response = self.forward_body(target, headers, body).await?;
-                    return Ok(with_state(response, CacheState::Passthrough));
-                };
-                let upstream = self
-                    .gate
-                    .upstream(target, self.gate.credential(target, headers))?;
-                let kept = self
-                    .mirrors
-                    .refresh_keeping(&target.key, upstream, false, missing.clone())
-                    .await;
-                match (kept, self.mirrors.with_wants(&target.key, fetch).await?) {
-                    (Ok(_), (Some(repo), fetch)) => {
-                        tracing::info!(result = "miss", kept = true, "fetch");
-                        let response = self
-                            .responder
-                            .serve(target.key.relative_path(), repo, fetch, kind)
-                            .await;
-                        Ok(with_state(response, CacheState::Miss))
-                    }
-                    (kept, _) => {
-                        if let Err(err) = kept {
-                            tracing::info!(%err, "commits asked for by id not kept");
-                        }
-                        self.mirrors.note_refused(&target.key, &missing);
-                        tracing::info!(result = "passthrough", "fetch");
-                        let response = self.forward_body(target, headers, body).await?;
-                        Ok(with_state(response, CacheState::Passthrough))
-                    }
-                }
-            }
-        }
-    }
-
-    /// The wants of `fetch` the mirror of `target` lacks, when they are worth fetching by id
-    /// and keeping: at most [`MAX_KEPT_PER_FETCH`], and no `want-ref` (a ref that is not
-    /// mirrored is the upstream's to resolve).
-    async fn missing_wants(
-        self: &Arc<Self>,
-        target: &Target,
-        fetch: &Fetch,
-    ) -> Result<Option<Vec<gix_hash::ObjectId>>, Error> {
-        if !fetch.want_refs.is_empty() {
-            return Ok(None);
-        }
-        let Some(repo) = self.mirrors.open_blocking(&target.key).await? else {
-            return Ok(None);
-        };
-        let wants = fetch.wants.clone();
-        let missing = tokio::task::spawn_blocking(move || {
-            wants
-                .into_iter()
-                .filter(|w| !repo.contains(w))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        let worth = !missing.is_empty()
-            && missing.len() <= MAX_KEPT_PER_FETCH
-            && !self.mirrors.refused_lately(&target.key, &missing);
-        Ok(worth.then_some(missing))
     }
 }
 
@@ -1323,12 +940,12 @@ pub(crate) fn unix_now() -> i64 {
 }
 
 /// Note what the cache did, for the access log.
-fn with_state(mut response: Response<Body>, state: CacheState) -> Response<Body> {
+pub(crate) fn with_state(mut response: Response<Body>, state: CacheState) -> Response<Body> {
     response.extensions_mut().insert(state);
     response
 }
 
-fn fingerprint(headers: &HeaderMap) -> Fingerprint {
+pub(crate) fn fingerprint(headers: &HeaderMap) -> Fingerprint {
     Fingerprint::of(
         headers
             .get(header::AUTHORIZATION)

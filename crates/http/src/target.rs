@@ -1,8 +1,14 @@
 //! The repository a request is for, as routing and the catalog decided it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use gitcache_catalog::Catalog;
 use gitcache_storage::repo::RepoKey;
+
+use crate::config::ProxyConfig;
+use crate::error::Error;
+use crate::route::Route;
 
 /// A repository a request is for, and where its upstream is.
 #[derive(Debug, Clone)]
@@ -20,4 +26,108 @@ pub(crate) struct Target {
     pub(crate) bypassed: bool,
     /// How long an upstream exchange may take for this repository.
     pub(crate) timeout: Duration,
+}
+
+/// Which repository and upstream a route names, and whether it is served from a mirror: the
+/// configured upstreams, the cache policy and the catalog's records.
+#[derive(Debug)]
+pub(crate) struct Targets {
+    config: Arc<ProxyConfig>,
+    default_host: String,
+    /// Hosts a path may name: the configured ones and the default upstream's own (as
+    /// smart-git-proxy's `/{host}/{owner}/{repo}` form spells it).
+    path_hosts: Vec<String>,
+    catalog: Option<Arc<Catalog>>,
+}
+
+impl Targets {
+    pub(crate) fn new(
+        config: Arc<ProxyConfig>,
+        default_host: String,
+        catalog: Option<Arc<Catalog>>,
+    ) -> Self {
+        let path_hosts = config
+            .hosts
+            .keys()
+            .cloned()
+            .chain((!config.hosts.contains_key(&default_host)).then_some(default_host.clone()))
+            .collect();
+        Targets {
+            config,
+            default_host,
+            path_hosts,
+            catalog,
+        }
+    }
+
+    /// The hosts a path may name.
+    pub(crate) fn path_hosts(&self) -> &[String] {
+        &self.path_hosts
+    }
+
+    /// How a path names the upstream at `host` (a clone URL's): `Some(None)` for the default
+    /// upstream, `Some(Some(name))` for one a path may name, `None` when it is none of this
+    /// cache's.
+    pub(crate) fn named(&self, host: &str) -> Option<Option<String>> {
+        if host.eq_ignore_ascii_case(&self.default_host) {
+            Some(None)
+        } else if self.path_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            Some(Some(host.to_owned()))
+        } else {
+            None
+        }
+    }
+
+    /// The repository and upstream `route` names, and how it is served (the catalog's record,
+    /// else the configured policy).
+    pub(crate) fn resolve(&self, route: &Route) -> Result<Target, Error> {
+        // The default upstream named in the path is the default upstream.
+        let named = route.host.as_deref().filter(|host| {
+            !host.eq_ignore_ascii_case(&self.default_host) || self.config.hosts.contains_key(*host)
+        });
+        let (host_name, base) = match named {
+            None => (self.default_host.clone(), self.config.upstream.as_str()),
+            Some(host) => {
+                let base = self
+                    .config
+                    .hosts
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(host))
+                    .map_or("", |(_, url)| url.as_str());
+                (host.to_owned(), base)
+            }
+        };
+        let key = self
+            .config
+            .key(&host_name, &route.owner, &route.repo)
+            .map_err(crate::route::RouteError::from)?;
+        let record = self
+            .catalog
+            .as_ref()
+            .and_then(|c| c.lookup(&host_name, key.owner(), key.repo()));
+        let (cached, bypassed) = match &record {
+            Some(record) => (record.enabled, !record.enabled),
+            None => (
+                self.config.cache.is_cached(named, key.owner(), key.repo()),
+                false,
+            ),
+        };
+        Ok(Target {
+            // The upstream is asked for exactly the repository the key names.
+            url: format!(
+                "{}/{}/{}.git",
+                base.trim_end_matches('/'),
+                key.owner(),
+                key.repo()
+            ),
+            name: format!("{}/{}", route.owner, route.repo),
+            cached,
+            bypassed,
+            timeout: record.map_or(self.config.upstream_timeout, |r| {
+                Duration::from_secs(u64::from(r.timeout_seconds))
+            }),
+            host_name,
+            key,
+        })
+    }
 }

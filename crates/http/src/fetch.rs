@@ -1,0 +1,176 @@
+//! The fetch decision: a `fetch` from a client that passed the access gate is answered from
+//! the mirror (a hit), from the mirror refreshed first (a miss), from the mirror as it is when
+//! the upstream is away (`serve_stale`), or by the upstream (what no refresh brings).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gitcache_protocol::request::Fetch;
+use gix_hash::Kind as HashKind;
+use hyper::{HeaderMap, Response};
+
+use crate::access_log::CacheState;
+use crate::body::Body;
+use crate::error::Error;
+use crate::gate::AccessGate;
+use crate::mirrors::Mirrors;
+use crate::passthrough::Passthrough;
+use crate::proxy::with_state;
+use crate::responder::Responder;
+use crate::target::Target;
+
+/// The most commits one fetch may have fetched by id and kept; a fetch that lacks more is
+/// passed through.
+const MAX_KEPT_PER_FETCH: usize = 16;
+
+/// The mirrors, the responder that writes packs from them, and how to reach the upstream.
+#[derive(Debug)]
+pub(crate) struct Fetches {
+    pub(crate) mirrors: Arc<Mirrors>,
+    pub(crate) responder: Responder,
+    pub(crate) gate: Arc<AccessGate>,
+    pub(crate) passthrough: Passthrough,
+    /// Serve the mirror as it is when the upstream cannot be reached.
+    pub(crate) serve_stale: bool,
+}
+
+impl Fetches {
+    /// A `fetch` from a client that passed the access gate: answered from the mirror,
+    /// refreshed first when it lacks a want; what even a refreshed mirror lacks is passed
+    /// through.
+    pub(crate) async fn fetch(
+        &self,
+        target: &Target,
+        headers: &HeaderMap,
+        body: Bytes,
+        fetch: Fetch,
+        kind: HashKind,
+    ) -> Result<Response<Body>, Error> {
+        let (repo, fetch) = self.mirrors.with_wants(&target.key, fetch).await?;
+        if let Some(repo) = repo {
+            tracing::info!(result = "hit", "fetch");
+            let response = self
+                .responder
+                .serve(target.key.relative_path(), repo, fetch, kind)
+                .await;
+            return Ok(with_state(response, CacheState::Hit));
+        }
+
+        // A miss: bring the mirror up to date with the client's credential, then serve.
+        let upstream = self
+            .gate
+            .upstream(target, self.gate.credential(target, headers))?;
+        let failure = self
+            .mirrors
+            .refresh(&target.key, upstream, true)
+            .await
+            .err();
+        if let Some(err @ Error::LowDisk { .. }) = &failure {
+            // No room for the mirror: the upstream answers this one.
+            tracing::warn!(%err, result = "passthrough", "fetch");
+            let response = self.passthrough.forward_body(target, headers, body).await?;
+            return Ok(with_state(response, CacheState::Passthrough));
+        }
+        if let Some(err) = failure {
+            // The client passed the gate just now or within the TTL.
+            if self.serve_stale
+                && err.is_upstream_unavailable()
+                && let Some(repo) = self.mirrors.open_blocking(&target.key).await?
+            {
+                let mut stale = fetch;
+                let present = Arc::clone(&repo);
+                let stale = tokio::task::spawn_blocking(move || {
+                    stale.wants.retain(|w| present.contains(w));
+                    stale
+                })
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
+                if !stale.wants.is_empty() || !stale.want_refs.is_empty() {
+                    tracing::warn!(%err, result = "stale", "upstream unavailable, serving the mirror as it is");
+                    let response = self
+                        .responder
+                        .serve(target.key.relative_path(), repo, stale, kind)
+                        .await;
+                    return Ok(with_state(response, CacheState::Stale));
+                }
+            }
+            tracing::warn!(%err, result = "error", "fetch");
+            return Err(err);
+        }
+        match self.mirrors.with_wants(&target.key, fetch).await? {
+            (Some(repo), fetch) => {
+                tracing::info!(result = "miss", "fetch");
+                let response = self
+                    .responder
+                    .serve(target.key.relative_path(), repo, fetch, kind)
+                    .await;
+                Ok(with_state(response, CacheState::Miss))
+            }
+            (None, fetch) => {
+                // Wants no mirrored ref reaches (a pull request's merge commit that CI fetches
+                // by id): fetched by id into the mirror and kept, so that the next job is a
+                // hit; what the upstream will not give by id is passed through.
+                let Some(missing) = self.missing_wants(target, &fetch).await? else {
+                    tracing::info!(result = "passthrough", "fetch");
+                    let response = self.passthrough.forward_body(target, headers, body).await?;
+                    return Ok(with_state(response, CacheState::Passthrough));
+                };
+                let upstream = self
+                    .gate
+                    .upstream(target, self.gate.credential(target, headers))?;
+                let kept = self
+                    .mirrors
+                    .refresh_keeping(&target.key, upstream, false, missing.clone())
+                    .await;
+                match (kept, self.mirrors.with_wants(&target.key, fetch).await?) {
+                    (Ok(_), (Some(repo), fetch)) => {
+                        tracing::info!(result = "miss", kept = true, "fetch");
+                        let response = self
+                            .responder
+                            .serve(target.key.relative_path(), repo, fetch, kind)
+                            .await;
+                        Ok(with_state(response, CacheState::Miss))
+                    }
+                    (kept, _) => {
+                        if let Err(err) = kept {
+                            tracing::info!(%err, "commits asked for by id not kept");
+                        }
+                        self.mirrors.note_refused(&target.key, &missing);
+                        tracing::info!(result = "passthrough", "fetch");
+                        let response = self.passthrough.forward_body(target, headers, body).await?;
+                        Ok(with_state(response, CacheState::Passthrough))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The wants of `fetch` the mirror of `target` lacks, when they are worth fetching by id
+    /// and keeping: at most [`MAX_KEPT_PER_FETCH`], and no `want-ref` (a ref that is not
+    /// mirrored is the upstream's to resolve).
+    async fn missing_wants(
+        &self,
+        target: &Target,
+        fetch: &Fetch,
+    ) -> Result<Option<Vec<gix_hash::ObjectId>>, Error> {
+        if !fetch.want_refs.is_empty() {
+            return Ok(None);
+        }
+        let Some(repo) = self.mirrors.open_blocking(&target.key).await? else {
+            return Ok(None);
+        };
+        let wants = fetch.wants.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            wants
+                .into_iter()
+                .filter(|w| !repo.contains(w))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let worth = !missing.is_empty()
+            && missing.len() <= MAX_KEPT_PER_FETCH
+            && !self.mirrors.refused_lately(&target.key, &missing);
+        Ok(worth.then_some(missing))
+    }
+}

@@ -1,0 +1,180 @@
+//! Noticing that the upstream moved: every `ls-refs` of a cached repository goes upstream
+//! with the client's own credential and its answer is passed on as it arrives; a whole,
+//! well-formed answer renews the client's grant, and refs that differ from the mirror's start
+//! a background refresh (warming) with the credential gitcache uses for its own refreshes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use gix_hash::Kind as HashKind;
+use http_body_util::BodyExt as _;
+use hyper::header;
+use hyper::{HeaderMap, Response};
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+use crate::access::Fingerprint;
+use crate::access_log::CacheState;
+use crate::body::Body;
+use crate::config::Secret;
+use crate::error::Error;
+use crate::gate::AccessGate;
+use crate::mirrors::Mirrors;
+use crate::passthrough::Passthrough;
+use crate::proxy::{fingerprint, with_state};
+use crate::target::Target;
+
+/// The largest `ls-refs` answer kept to compare with the mirror (it is passed on whatever its
+/// size).
+const MAX_LS_REFS_COPY: usize = 64 << 20;
+
+/// The `ls-refs` tee, and the credential of the refreshes gitcache starts on its own.
+#[derive(Debug)]
+pub(crate) struct Warming {
+    pub(crate) mirrors: Arc<Mirrors>,
+    pub(crate) gate: Arc<AccessGate>,
+    pub(crate) passthrough: Passthrough,
+    /// How long a client may leave the answer unread.
+    pub(crate) stall: std::time::Duration,
+    pub(crate) github_app: Option<Arc<gitcache_upstream::github_app::GitHubApp>>,
+    pub(crate) service_token: Option<Secret>,
+    /// The default upstream's host (the one a GitHub App serves).
+    pub(crate) default_host: String,
+}
+
+impl Warming {
+    pub(crate) async fn ls_refs(
+        self: &Arc<Self>,
+        target: &Target,
+        headers: &HeaderMap,
+        body: Bytes,
+        kind: HashKind,
+    ) -> Result<Response<Body>, Error> {
+        // Ask for the answer unencoded, so that the copy kept for comparison can be read.
+        let mut ask = headers.clone();
+        ask.remove(header::ACCEPT_ENCODING);
+        let response = self.passthrough.forward_body(target, &ask, body).await?;
+        if !response.status().is_success() {
+            return Ok(with_state(response, CacheState::Rejected));
+        }
+        let who = fingerprint(headers);
+        let answered = Instant::now();
+        let idle = target.timeout;
+        // Pass the answer on as it arrives, keeping a copy to compare with the mirror.
+        let (parts, mut upstream_body) = response.into_parts();
+        let (tx, rx) = mpsc::channel(8);
+        let stall = self.stall;
+        let warming = Arc::clone(self);
+        let target = target.clone();
+        let warm_credential = self.gate.credential(&target, headers);
+        tokio::spawn(
+            async move {
+                let mut copy = Vec::new();
+                let mut complete = true;
+                loop {
+                    // An upstream that goes silent is let go too.
+                    let Ok(frame) = tokio::time::timeout(idle, upstream_body.frame()).await else {
+                        let _ = tx
+                            .send(Err(std::io::Error::other("the upstream went silent")))
+                            .await;
+                        return;
+                    };
+                    let Some(frame) = frame else {
+                        break;
+                    };
+                    match frame {
+                        Ok(frame) => {
+                            let Ok(data) = frame.into_data() else {
+                                continue;
+                            };
+                            if copy.len() + data.len() <= MAX_LS_REFS_COPY {
+                                copy.extend_from_slice(&data);
+                            } else {
+                                complete = false;
+                            }
+                            // A client that stops reading is let go, not waited for.
+                            let sent = tokio::time::timeout(stall, tx.send(Ok(data))).await;
+                            if !matches!(sent, Ok(Ok(()))) {
+                                return;
+                            }
+                        }
+                        Err(err) => {
+                            let _ = tx.send(Err(std::io::Error::other(err))).await;
+                            return;
+                        }
+                    }
+                }
+                drop(tx);
+                if complete {
+                    // Parsing and comparing with the mirror is CPU and disk work.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        warming.after_ls_refs(&target, who, answered, &copy, kind, warm_credential);
+                    })
+                    .await;
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Response::from_parts(parts, Body::channel(rx)))
+    }
+
+    /// After a whole `ls-refs` answer passed through: a well-formed one renews the client's
+    /// grant (a success status alone proves nothing: a login page is a 200 too), and a
+    /// background refresh starts when its refs differ from the mirror's.
+    fn after_ls_refs(
+        self: &Arc<Self>,
+        target: &Target,
+        who: Fingerprint,
+        answered: Instant,
+        ls_refs: &[u8],
+        kind: HashKind,
+        credential: Option<String>,
+    ) {
+        let Ok(remote) = gitcache_protocol::ls_refs::parse_response(ls_refs, kind) else {
+            tracing::info!("the upstream's ls-refs answer is not protocol v2; no grant");
+            return;
+        };
+        self.gate.grants().grant_at(&target.key, who, answered);
+        if !self.mirrors.moved(&target.key, &remote) {
+            return;
+        }
+        let (proxy, target) = (Arc::clone(self), target.clone());
+        tokio::spawn(
+            async move {
+                let credential = proxy.credential(&target, credential).await;
+                if let Ok(upstream) = proxy.gate.upstream(&target, credential) {
+                    proxy
+                        .mirrors
+                        .warm(target.key.clone(), upstream, "refs moved", true);
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// The credential for a refresh gitcache starts on its own: a GitHub App installation
+    /// token (for the default upstream) when an App is configured, else the service token,
+    /// else `fallback` (the credential of the request that noticed the change).
+    pub(crate) async fn credential(
+        &self,
+        target: &Target,
+        fallback: Option<String>,
+    ) -> Option<String> {
+        if let Some(app) = &self.github_app
+            && target.host_name == self.default_host
+        {
+            match app
+                .authorization(target.key.owner(), target.key.repo())
+                .await
+            {
+                Ok(authorization) => return Some(authorization),
+                Err(err) => tracing::warn!(%err, "no GitHub App token; using the service token"),
+            }
+        }
+        self.service_token
+            .as_ref()
+            .map(|t| t.authorization())
+            .or(fallback)
+    }
+}
