@@ -262,9 +262,25 @@ pub(crate) fn requests(
         Fetch {
             wants: tips.to_vec(),
             filter: Some(Filter::BlobNone),
-            ..base
+            ..base.clone()
         },
     ));
+    if walked {
+        // Answered from the type bitmaps, as git answers them.
+        for (name, filter) in [
+            ("clone --filter=tree:0", Filter::Tree(0)),
+            ("clone --filter=blob:limit=10k", Filter::BlobLimit(10 << 10)),
+        ] {
+            cases.push((
+                name,
+                Fetch {
+                    wants: tips.to_vec(),
+                    filter: Some(filter),
+                    ..base.clone()
+                },
+            ));
+        }
+    }
     Ok(cases)
 }
 
