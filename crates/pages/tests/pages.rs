@@ -1,0 +1,232 @@
+//! Sites deployed to and served from both storage backends: the filesystem, and a bucket of
+//! a real S3-compatible server (moto).
+
+use gitcache_pages::manifest::Content;
+use gitcache_pages::serve::{Answer, answer, route};
+use gitcache_pages::site::{Error, MAX_FILES, Pages, TreeFile};
+use gitcache_storage::s3::{S3Config, S3Store};
+use gitcache_storage::store::{AnyStore, FsStore};
+use gitcache_testkit::s3::S3Server;
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+const NEXT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+fn tree(script: &[u8]) -> Vec<TreeFile> {
+    vec![
+        TreeFile::file("index.html", b"<h1>home</h1>".to_vec()),
+        TreeFile::file("app.js", script.to_vec()),
+        TreeFile::file("docs/index.html", b"<h1>docs</h1>".to_vec()),
+        TreeFile::file("docs/guide.html", b"<h1>guide</h1>".to_vec()),
+        TreeFile::file("404.html", b"<h1>not here</h1>".to_vec()),
+        TreeFile::symlink("latest", "docs"),
+        TreeFile::symlink("escape", "../../etc/passwd"),
+        TreeFile::symlink("loop", "loop"),
+        TreeFile::symlink("docs/up", "../index.html"),
+    ]
+}
+
+async fn body(pages: &Pages<AnyStore>, answer: &Answer<'_>) -> Vec<u8> {
+    let file = match answer {
+        Answer::Found(file) => file,
+        Answer::NotFound(Some(file)) => file,
+        other => panic!("no file: {other:?}"),
+    };
+    match file.content {
+        Content::Inline(bytes) => bytes.clone(),
+        Content::Blob { hash, .. } => pages.blob(hash).await.unwrap().expect("the blob"),
+    }
+}
+
+/// Deploy `tree(script)` from `commit` as example.org's root site.
+async fn deploy(
+    pages: &Pages<AnyStore>,
+    commit: &str,
+    script: &[u8],
+) -> gitcache_pages::site::Deployed {
+    pages
+        .deploy(
+            "example.org",
+            ".index",
+            commit,
+            "https://forge/acme/site.git#pages",
+            tree(script),
+        )
+        .await
+        .unwrap()
+}
+
+async fn suite(store: AnyStore) {
+    let pages = Pages::new(store);
+    let script = vec![b'x'; 5000];
+    let first = deploy(&pages, COMMIT, &script).await;
+    assert!(!first.unchanged);
+    assert_eq!(
+        (first.files, first.uploaded),
+        (5, 1),
+        "one file large enough for a blob"
+    );
+    let site = pages
+        .site("example.org", ".index")
+        .await
+        .unwrap()
+        .expect("deployed");
+
+    let found = |path: &str| match answer(&site, path) {
+        Answer::Found(file) => file.path,
+        other => panic!("{path}: {other:?}"),
+    };
+    assert_eq!(found("/"), "index.html");
+    assert_eq!(found("/docs/"), "docs/index.html");
+    assert_eq!(
+        found("/latest/guide.html"),
+        "docs/guide.html",
+        "a symlink inside the tree"
+    );
+    assert_eq!(found("/docs/up"), "index.html");
+    assert_eq!(found("/app.js"), "app.js");
+    assert_eq!(answer(&site, "/docs"), Answer::Redirect("/docs/".into()));
+    for outside in ["/escape", "/loop", "/missing", "/index.html/x"] {
+        match answer(&site, outside) {
+            Answer::NotFound(Some(page)) => assert_eq!(page.path, "404.html", "{outside}"),
+            other => panic!("{outside}: {other:?}"),
+        }
+    }
+    for bad in [
+        "/../secret",
+        "/%2e%2e/secret",
+        "/docs/%2E%2E/%2e%2e/x",
+        "/a\\b",
+        "/%00",
+        "/%ff",
+    ] {
+        assert_eq!(answer(&site, bad), Answer::BadPath, "{bad}");
+    }
+    let js = answer(&site, "/app.js");
+    assert_eq!(body(&pages, &js).await, script);
+    let Answer::Found(file) = &js else {
+        unreachable!()
+    };
+    assert_eq!(file.content_type, "text/javascript; charset=utf-8");
+    let etag = file.etag.clone();
+
+    // The same commit again: nothing written. Another: only the changed file's blob.
+    let again = deploy(&pages, COMMIT, &script).await;
+    assert!(again.unchanged);
+    let changed = vec![b'y'; 5000];
+    let next = deploy(&pages, NEXT, &changed).await;
+    assert_eq!((next.unchanged, next.uploaded), (false, 1));
+    let site = pages.site("example.org", ".index").await.unwrap().unwrap();
+    assert_eq!(site.manifest.commit, NEXT);
+    let js = answer(&site, "/app.js");
+    assert_eq!(body(&pages, &js).await, changed);
+    let Answer::Found(file) = &js else {
+        unreachable!()
+    };
+    assert_ne!(file.etag, etag, "a new ETag for new content");
+    // Other hosts and projects are not this one.
+    assert!(pages.site("example.org", "docs").await.unwrap().is_none());
+    assert!(
+        pages
+            .site("other.example", ".index")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_deploy_and_serve_on_the_filesystem_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(AnyStore::Fs(FsStore::new(dir.path()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_deploy_and_serve_in_a_bucket() {
+    let Some(server) = S3Server::start("gitcache-pages") else {
+        return;
+    };
+    let store = S3Store::new(&S3Config {
+        bucket: server.bucket().to_owned(),
+        endpoint: Some(server.endpoint()),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        ..S3Config::default()
+    })
+    .unwrap();
+    suite(AnyStore::S3(store)).await;
+}
+
+/// Trees that cannot be a site are refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_trees_and_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = Pages::new(AnyStore::Fs(FsStore::new(dir.path())));
+    let deploy = |host: &'static str, project: &'static str, tree: Vec<TreeFile>| {
+        let pages = pages.clone();
+        async move { pages.deploy(host, project, COMMIT, "src", tree).await }
+    };
+    let one = || vec![TreeFile::file("index.html", b"x".to_vec())];
+    assert!(matches!(
+        deploy("Example.org", ".index", one()).await,
+        Err(Error::Name(_))
+    ));
+    assert!(matches!(
+        deploy("example.org", "a/b", one()).await,
+        Err(Error::Name(_))
+    ));
+    assert!(matches!(
+        deploy("example.org", "..", one()).await,
+        Err(Error::Name(_))
+    ));
+    for path in ["../x", "a//b", "/abs"] {
+        let tree = vec![TreeFile::file(path, b"x".to_vec())];
+        assert!(
+            matches!(
+                deploy("example.org", ".index", tree).await,
+                Err(Error::Path(_))
+            ),
+            "{path}"
+        );
+    }
+    let clash = vec![
+        TreeFile::file("a", b"x".to_vec()),
+        TreeFile::file("a/b", b"x".to_vec()),
+    ];
+    assert!(matches!(
+        deploy("example.org", ".index", clash).await,
+        Err(Error::Path(_))
+    ));
+    let many: Vec<TreeFile> = (0..=MAX_FILES)
+        .map(|i| TreeFile::file(format!("f{i}"), Vec::new()))
+        .collect();
+    assert!(matches!(
+        deploy("example.org", ".index", many).await,
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(
+        pages.site("example.org", ".index").await.unwrap().is_none(),
+        "nothing deployed"
+    );
+}
+
+#[test]
+fn projects_are_routed_by_exclusion() {
+    let deployed = |name: &str| name == "blog";
+    assert_eq!(
+        route("/blog/post.html", deployed),
+        ("blog".into(), "/post.html")
+    );
+    assert_eq!(route("/blog/", deployed), ("blog".into(), "/"));
+    assert_eq!(route("/blog", deployed), ("blog".into(), ""));
+    assert_eq!(route("/other/x", deployed), (".index".into(), "/other/x"));
+    assert_eq!(route("/", deployed), (".index".into(), "/"));
+    assert_eq!(route("/.index/x", |_| true), (".index".into(), "/.index/x"));
+}
+
+/// The fuzz corpus of site manifests, replayed: every input is refused or reads back as
+/// itself, and answers stay inside the tree.
+#[test]
+fn manifest_fuzz_corpus() {
+    let n = gitcache_testkit::fuzz::replay("pages_manifest", gitcache_pages::fuzzing::manifest);
+    assert!(n >= 5, "only {n} inputs replayed");
+}
