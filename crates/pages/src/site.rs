@@ -119,6 +119,19 @@ pub struct Deployed {
 #[derive(Debug, Clone)]
 pub struct Pages<S> {
     store: S,
+    /// Blobs a sweep found unnamed, and when first: deleted only once still unnamed a grace
+    /// period later (see [`Pages::collect`]).
+    unnamed:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ObjectKey, std::time::Instant>>>,
+}
+
+/// What a garbage sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Blobs deleted.
+    pub blobs: usize,
+    /// Staged manifests of deployments that never finished, deleted.
+    pub staged: usize,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -146,7 +159,74 @@ fn valid_project(project: &str) -> bool {
 impl<S: ObjectStore> Pages<S> {
     /// Sites in `store`.
     pub fn new(store: S) -> Self {
-        Pages { store }
+        Pages {
+            store,
+            unnamed: Default::default(),
+        }
+    }
+
+    /// Sweep the store: delete the blobs no site and no staged deployment names, once they
+    /// have been found unnamed by sweeps at least `grace` apart, and the staged manifests
+    /// older than `grace` (deployments that never finished). Blobs a deployment relies on are
+    /// named by its staged manifest before it looks for them, and by its site afterwards:
+    /// deployments shorter than `grace` lose nothing to a sweep, however they interleave.
+    pub async fn collect(&self, grace: std::time::Duration) -> Result<Collected, Error> {
+        let mut done = Collected::default();
+        let mut named: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
+        let mut name_all = |manifest: &SiteManifest| {
+            for entry in manifest.entries.values() {
+                if let Entry::File(Content::Blob { hash, .. }) = entry {
+                    named.insert(*hash);
+                }
+            }
+        };
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        for staged in self.store.list(&ObjectKey::new("pages/staged")?).await? {
+            if staged.modified < cutoff {
+                self.store.delete(&staged.key).await?;
+                done.staged += 1;
+            } else if let Some(read) = self.store.read_manifest(&staged.key).await?
+                && let Ok(manifest) = SiteManifest::decode(&read.bytes)
+            {
+                name_all(&manifest);
+            }
+        }
+        for site in self.store.list(&ObjectKey::new("pages/site")?).await? {
+            if let Some(read) = self.store.read_manifest(&site.key).await? {
+                name_all(&SiteManifest::decode(&read.bytes)?);
+            }
+        }
+        let now = std::time::Instant::now();
+        let blobs = self.store.list(&ObjectKey::new("pages/blob")?).await?;
+        let mut doomed = Vec::new();
+        {
+            let mut unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
+            let listed: std::collections::HashSet<&ObjectKey> =
+                blobs.iter().map(|b| &b.key).collect();
+            unnamed.retain(|key, _| listed.contains(key));
+            for blob in &blobs {
+                let hash = blob.key.as_str().rsplit('/').next().and_then(parse_hex);
+                if hash.is_some_and(|h| named.contains(&h)) {
+                    unnamed.remove(&blob.key);
+                    continue;
+                }
+                let since = *unnamed.entry(blob.key.clone()).or_insert(now);
+                if now.duration_since(since) >= grace && blob.modified < cutoff {
+                    doomed.push(blob.key.clone());
+                }
+            }
+        }
+        for key in doomed {
+            self.store.delete(&key).await?;
+            self.unnamed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            done.blobs += 1;
+        }
+        Ok(done)
     }
 
     fn site_key(host: &str, project: &str) -> Result<ObjectKey, Error> {
@@ -254,6 +334,18 @@ impl<S: ObjectStore> Pages<S> {
         let key = Self::blob_key(hash)?;
         Ok(self.store.get_bytes(&key, MAX_FILE_BYTES).await?)
     }
+}
+
+/// The 32 bytes of a 64-character hex name.
+fn parse_hex(name: &str) -> Option<[u8; 32]> {
+    if name.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Blob contents by their SHA-256.

@@ -230,3 +230,91 @@ fn manifest_fuzz_corpus() {
     let n = gitcache_testkit::fuzz::replay("pages_manifest", gitcache_pages::fuzzing::manifest);
     assert!(n >= 5, "only {n} inputs replayed");
 }
+
+/// The blobs of the deployed site as the store holds them: (named by the site, in the store).
+async fn blobs(pages: &Pages<AnyStore>, store: &AnyStore) -> (usize, usize) {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    let site = pages.site("example.org", ".index").await.unwrap().unwrap();
+    let mut named = 0;
+    for entry in site.manifest.entries.values() {
+        if let gitcache_pages::manifest::Entry::File(Content::Blob { hash, .. }) = entry {
+            assert!(
+                pages.blob(hash).await.unwrap().is_some(),
+                "a named blob is there"
+            );
+            named += 1;
+        }
+    }
+    let stored = store
+        .list(&ObjectKey::new("pages/blob").unwrap())
+        .await
+        .unwrap()
+        .len();
+    (named, stored)
+}
+
+/// Sweeps delete the blobs no site names (once unnamed for the grace period), and the
+/// staged manifests of deployments that never finished; deployments racing the sweeps lose
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_collect_garbage_and_race_deployments_losing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = AnyStore::Fs(FsStore::new(dir.path()));
+    let pages = Pages::new(store.clone());
+    let grace = std::time::Duration::from_millis(300);
+    deploy(&pages, COMMIT, &[b'a'; 1000]).await;
+    deploy(&pages, NEXT, &[b'b'; 1000]).await;
+    assert_eq!(
+        blobs(&pages, &store).await,
+        (1, 2),
+        "the first site's blob is garbage"
+    );
+    // A sweep marks it; one a grace period later deletes it.
+    assert_eq!(pages.collect(grace).await.unwrap().blobs, 0);
+    tokio::time::sleep(grace).await;
+    assert_eq!(pages.collect(grace).await.unwrap().blobs, 1);
+    assert_eq!(blobs(&pages, &store).await, (1, 1));
+    // A deployment that never finished leaves a staged manifest: gone after the grace period.
+    {
+        use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+        let staged = ObjectKey::new("pages/staged/crashed").unwrap();
+        store
+            .replace_manifest(&staged, b"gcpages1", None)
+            .await
+            .unwrap();
+        assert_eq!(pages.collect(grace).await.unwrap().staged, 0, "young: kept");
+        tokio::time::sleep(grace).await;
+        assert_eq!(pages.collect(grace).await.unwrap().staged, 1);
+        assert!(store.size(&staged).await.unwrap().is_none());
+    }
+
+    // Deployments of new content, one after another, while sweeps run all along.
+    let sweeping = {
+        let pages = pages.clone();
+        tokio::spawn(async move {
+            let mut deleted = 0;
+            for _ in 0..40 {
+                deleted += pages.collect(grace).await.unwrap().blobs;
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            deleted
+        })
+    };
+    for round in 0..30u8 {
+        let commit = format!("{round:02x}{}", &COMMIT[2..]);
+        deploy(&pages, &commit, &[round; 2000]).await;
+        let (named, _) = blobs(&pages, &store).await;
+        assert_eq!(named, 1, "round {round}: the site's blob is there");
+    }
+    let deleted = sweeping.await.unwrap();
+    assert!(deleted > 0, "the sweeps deleted earlier sites' blobs");
+    tokio::time::sleep(grace).await;
+    pages.collect(grace).await.unwrap();
+    tokio::time::sleep(grace).await;
+    pages.collect(grace).await.unwrap();
+    assert_eq!(
+        blobs(&pages, &store).await,
+        (1, 1),
+        "only the deployed site's blob is left"
+    );
+}
