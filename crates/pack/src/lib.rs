@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 mod bitmap;
+pub mod checkout;
 mod delta;
 mod error;
 mod filter;

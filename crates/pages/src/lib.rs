@@ -6,14 +6,14 @@
 //! uploads the blobs it lacks, then replaces the site's manifest in one conditional write:
 //! readers see the old site or the new one, never a mix.
 //!
+//! - [`fetch`]: a branch's tree taken from a repository by one shallow fetch.
 //! - [`manifest`]: the manifest and its stable, versioned binary encoding.
 //! - [`site`]: deploying a tree and reading a site back ([`site::Pages`]).
 //! - [`serve`]: what a `GET` of a path answers: routing by exclusion, `index.html`, redirects
 //!   to a directory's slash, symlinks followed inside the tree only, a site's `404.html`,
 //!   content types and `ETag`s.
 //!
-//! This crate does not fetch from git or speak HTTP; the server composes it with the upstream
-//! client and a listener.
+//! This crate does not speak HTTP; the server composes it with a listener.
 //!
 //! # Example
 //!
@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod manifest;

@@ -1,0 +1,131 @@
+//! A commit's tree as files, read without a work tree: what a static site is deployed from.
+
+use gix_hash::ObjectId;
+use gix_object::Kind;
+
+use crate::{Error, Repository};
+
+/// One file or symlink of a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeItem {
+    /// Its path (`/`-separated, relative to the root).
+    pub path: String,
+    /// What it is.
+    pub kind: TreeItemKind,
+}
+
+/// What a [`TreeItem`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeItemKind {
+    /// A regular file and its content.
+    File(Vec<u8>),
+    /// A symbolic link and its target.
+    Symlink(String),
+}
+
+/// Bounds on what [`Repository::tree_items`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeLimits {
+    /// The most files and symlinks.
+    pub max_items: usize,
+    /// The most bytes of all files together.
+    pub max_bytes: u64,
+    /// The deepest directory nesting.
+    pub max_depth: usize,
+}
+
+impl Repository {
+    /// Every file and symlink of the tree of `commit` (a commit, or a tag of one), with their
+    /// contents; submodules are left out. Over a limit of `limits`, or a name that is not
+    /// UTF-8 or holds a `/`: [`Error::Corrupt`] naming the commit and why.
+    pub fn tree_items(
+        &self,
+        commit: &ObjectId,
+        limits: TreeLimits,
+    ) -> Result<Vec<TreeItem>, Error> {
+        let mut objects = self.objects();
+        let (target, kind) = objects.peel(commit)?;
+        if kind != Kind::Commit {
+            return Err(Error::NotOurRef { oid: *commit });
+        }
+        let refuse = |reason: String| Error::Corrupt {
+            oid: *commit,
+            reason,
+        };
+        let root = objects.commit(&target)?.tree;
+        let mut items = Vec::new();
+        let mut bytes = 0u64;
+        let mut stack: Vec<(String, ObjectId, usize)> = vec![(String::new(), root, 0)];
+        while let Some((prefix, tree, depth)) = stack.pop() {
+            if depth > limits.max_depth {
+                return Err(refuse(format!(
+                    "directories deeper than {}",
+                    limits.max_depth
+                )));
+            }
+            let (kind, data) = objects.read(&tree)?;
+            if kind != Kind::Tree {
+                return Err(Error::Corrupt {
+                    oid: tree,
+                    reason: "expected a tree".into(),
+                });
+            }
+            let mut entries = Vec::new();
+            for entry in gix_object::TreeRefIter::from_bytes(data, self.object_format()) {
+                let entry = entry.map_err(|e| Error::Corrupt {
+                    oid: tree,
+                    reason: e.to_string(),
+                })?;
+                let name = std::str::from_utf8(entry.filename)
+                    .ok()
+                    .filter(|n| !n.contains('/') && !n.is_empty())
+                    .ok_or_else(|| {
+                        refuse(format!("a name that is not one: {:?}", entry.filename))
+                    })?;
+                let path = if prefix.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                entries.push((path, entry.mode, entry.oid.to_owned()));
+            }
+            for (path, mode, oid) in entries {
+                if mode.is_tree() {
+                    stack.push((path, oid, depth + 1));
+                    continue;
+                }
+                if mode.is_commit() {
+                    continue;
+                }
+                if items.len() >= limits.max_items {
+                    return Err(refuse(format!("more than {} files", limits.max_items)));
+                }
+                let (kind, data) = objects.read(&oid)?;
+                if kind != Kind::Blob {
+                    return Err(Error::Corrupt {
+                        oid,
+                        reason: "expected a blob".into(),
+                    });
+                }
+                bytes += data.len() as u64;
+                if bytes > limits.max_bytes {
+                    return Err(refuse(format!(
+                        "more than {} bytes of files",
+                        limits.max_bytes
+                    )));
+                }
+                let kind = if mode.is_link() {
+                    let target = std::str::from_utf8(data).map_err(|_| {
+                        refuse(format!("symlink {path} to a name that is not UTF-8"))
+                    })?;
+                    TreeItemKind::Symlink(target.to_owned())
+                } else {
+                    TreeItemKind::File(data.to_vec())
+                };
+                items.push(TreeItem { path, kind });
+            }
+        }
+        items.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(items)
+    }
+}

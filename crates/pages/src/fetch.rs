@@ -1,0 +1,130 @@
+//! Taking a branch's tree from a repository: the branch's commit by `ls-refs`, one shallow
+//! fetch of it (`deepen 1`) through gitcache's protocol v2 client, the pack indexed in a
+//! scratch folder (removed afterwards, whatever happens), and the tree read out as files.
+
+use std::io::BufReader;
+use std::path::Path;
+
+use gitcache_pack::checkout::{TreeItemKind, TreeLimits};
+use gitcache_protocol::request::{Fetch, LsRefs};
+use gitcache_protocol::response::PackStream;
+use gitcache_upstream::Upstream;
+
+use crate::site::{MAX_FILES, MAX_SITE_BYTES, TreeFile};
+
+/// Why a branch's tree could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The upstream could not be asked, or refused.
+    #[error(transparent)]
+    Upstream(#[from] gitcache_upstream::Error),
+    /// The repository has no such branch.
+    #[error("no branch {0:?} in the repository")]
+    NoBranch(String),
+    /// The branch name is not one git takes.
+    #[error("not a branch name: {0:?}")]
+    BadBranch(String),
+    /// The answer could not be read, or its pack taken in.
+    #[error("the repository's answer: {0}")]
+    Answer(String),
+    /// The tree could not be read, or is over the limits.
+    #[error("the tree: {0}")]
+    Tree(#[from] gitcache_pack::Error),
+    /// The scratch folder failed.
+    #[error("scratch folder: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The commit at the tip of `branch` of `upstream`'s repository, and its tree as files (within
+/// the site limits), by way of a scratch folder under `scratch`.
+pub async fn branch_tree(
+    upstream: &Upstream,
+    branch: &str,
+    scratch: &Path,
+) -> Result<(String, Vec<TreeFile>), FetchError> {
+    let name = format!("refs/heads/{branch}");
+    if gix_validate::reference::name(name.as_str().into()).is_err() {
+        return Err(FetchError::BadBranch(branch.to_owned()));
+    }
+    let format = upstream.object_format().await?;
+    let refs = upstream
+        .ls_refs(
+            format,
+            LsRefs {
+                ref_prefixes: vec![name.clone().into()],
+                ..LsRefs::default()
+            },
+        )
+        .await?;
+    let tip = refs
+        .iter()
+        .find(|line| line.name == name.as_str())
+        .and_then(|line| line.oid)
+        .ok_or_else(|| FetchError::NoBranch(branch.to_owned()))?;
+    let dir = tempfile_dir(scratch)?;
+    let result = async {
+        let git_dir = dir.join("site.git");
+        gitcache_mirror::mirror::Mirror::create(&git_dir, format)?;
+        let response = dir.join("response");
+        let mut file = tokio::fs::File::create(&response).await?;
+        let fetch = Fetch {
+            wants: vec![tip],
+            deepen: Some(1),
+            done: true,
+            ofs_delta: true,
+            no_progress: true,
+            ..Fetch::default()
+        };
+        upstream.fetch_into(format, fetch, &mut file).await?;
+        drop(file);
+        let (git_dir_b, response_b) = (git_dir.clone(), response.clone());
+        tokio::task::spawn_blocking(move || -> Result<Vec<TreeFile>, FetchError> {
+            let answer = |e: &dyn std::fmt::Display| FetchError::Answer(e.to_string());
+            let mut stream =
+                PackStream::new(BufReader::new(std::fs::File::open(&response_b)?), format);
+            stream.read_sections().map_err(|e| answer(&e))?;
+            if !stream.has_pack() {
+                return Err(FetchError::Answer("no pack in the answer".into()));
+            }
+            gitcache_mirror::ingest::ingest_pack(&git_dir_b, format, &mut BufReader::new(stream))
+                .map_err(|e| answer(&e))?;
+            let repo = gitcache_pack::Repository::open(&git_dir_b)?;
+            let limits = TreeLimits {
+                max_items: MAX_FILES,
+                max_bytes: MAX_SITE_BYTES,
+                max_depth: 64,
+            };
+            Ok(repo
+                .tree_items(&tip, limits)?
+                .into_iter()
+                .map(|item| match item.kind {
+                    TreeItemKind::File(content) => TreeFile::file(item.path, content),
+                    TreeItemKind::Symlink(target) => TreeFile::symlink(item.path, target),
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| FetchError::Answer(e.to_string()))?
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((tip.to_string(), result?))
+}
+
+/// A new, empty folder under `scratch`.
+fn tempfile_dir(scratch: &Path) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(scratch)?;
+    for attempt in 0..100u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = scratch.join(format!("pages-{}-{nanos}-{attempt}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(std::io::Error::other("no free scratch folder name"))
+}
