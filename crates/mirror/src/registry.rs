@@ -209,6 +209,11 @@ impl Registry {
                     bstr::ByteSlice::find(refs.as_slice(), crate::mirror::KEPT_PREFIX).is_some()
                 }),
         );
+        // A consolidated pack without its bitmaps (a restart before they were written, a
+        // damaged file removed) is maintained again, whatever lies beside it.
+        if stems.iter().any(|s| has(s, "tips") && !has(s, "bitmap")) {
+            return true;
+        }
         match stems.as_slice() {
             [stem] => !(has(stem, "tips") && has(stem, "bitmap")),
             _ => stems.len() > self.consolidate_after + kept_pack,

@@ -7,13 +7,14 @@
 //! readers see the old site or the new one, never a mix.
 //!
 //! - [`fetch`]: a branch's tree taken from a repository by one shallow fetch.
+//! - [`http`]: the HTTP service: `GET`/`HEAD` by `Host`, `PUT` to deploy.
 //! - [`manifest`]: the manifest and its stable, versioned binary encoding.
 //! - [`site`]: deploying a tree and reading a site back ([`site::Pages`]).
 //! - [`serve`]: what a `GET` of a path answers: routing by exclusion, `index.html`, redirects
 //!   to a directory's slash, symlinks followed inside the tree only, a site's `404.html`,
 //!   content types and `ETag`s.
 //!
-//! This crate does not speak HTTP; the server composes it with a listener.
+//! The server runs the service on its own listener (`--pages-listen`).
 //!
 //! # Example
 //!
@@ -47,6 +48,7 @@
 pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 pub mod manifest;
 pub mod serve;
 pub mod site;

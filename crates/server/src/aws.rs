@@ -7,12 +7,22 @@
 use std::path::PathBuf;
 
 /// A profile's keys and region, as far as the files give them.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Default, PartialEq, Eq)]
 pub(crate) struct Profile {
     pub(crate) access_key_id: Option<String>,
     pub(crate) secret_access_key: Option<String>,
     pub(crate) session_token: Option<String>,
     pub(crate) region: Option<String>,
+}
+
+impl std::fmt::Debug for Profile {
+    /// Never shows the secret or the session token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("access_key_id", &self.access_key_id)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The `key = value` pairs of the INI section `section` of `text`.
@@ -78,19 +88,24 @@ pub(crate) fn profile_from_environment() -> Profile {
     )
 }
 
-/// The `AWS_*` variables other than keys and region (which are read on their own), as the
-/// object store client's option names (`aws_web_identity_token_file`, `aws_role_arn`, …);
-/// those it does not know are ignored there.
+/// The `AWS_*` variables that say where credentials come from (web identity, container and
+/// instance roles), as the object store client's option names. Only these: others (an
+/// endpoint, signing off, the bucket) would change where or how gitcache stores, which its
+/// own flags decide.
 pub(crate) fn options_from_environment() -> Vec<(String, String)> {
-    const OWN: [&str; 5] = [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
+    const CREDENTIAL_SOURCES: [&str; 9] = [
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+        "AWS_ENDPOINT_URL_STS",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "AWS_METADATA_ENDPOINT",
+        "AWS_IMDSV1_FALLBACK",
     ];
     std::env::vars()
-        .filter(|(key, _)| key.starts_with("AWS_") && !OWN.contains(&key.as_str()))
+        .filter(|(key, _)| CREDENTIAL_SOURCES.contains(&key.as_str()))
         .map(|(key, value)| (key.to_ascii_lowercase(), value))
         .collect()
 }

@@ -262,6 +262,13 @@ pub(crate) struct Flags {
     /// The PEM private key of --tls-cert; read again on SIGHUP.
     #[arg(long, env = "GITCACHE_TLS_KEY", value_name = "FILE")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// Serve static sites deployed from git (pages) on this address [default: off].
+    #[arg(long, env = "GITCACHE_PAGES_LISTEN", value_name = "ADDR")]
+    pub(crate) pages_listen: Option<String>,
+    /// Deploy pages without authorization, logged at every deploy (for development; DNS
+    /// authorization is not built yet, so deploys need it).
+    #[arg(long, env = "GITCACHE_PAGES_INSECURE")]
+    pub(crate) pages_insecure: bool,
     /// A separate address for the admin API, page and /metrics [default: the main one].
     #[arg(long, env = "GITCACHE_ADMIN_LISTEN", value_name = "ADDR")]
     pub(crate) admin_listen: Option<String>,
@@ -320,6 +327,8 @@ struct File {
     #[serde(default)]
     tls: FileTls,
     #[serde(default)]
+    pages: FilePages,
+    #[serde(default)]
     mirrors: FileMirrors,
 }
 
@@ -350,6 +359,13 @@ struct FileGitHubApp {
     id: Option<String>,
     key_file: Option<PathBuf>,
     api_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePages {
+    listen: Option<String>,
+    insecure: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -421,6 +437,8 @@ pub(crate) struct Config {
     pub(crate) admin_listen: Option<SocketAddr>,
     /// The certificate chain and key files to serve HTTPS with, on every listener.
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    /// Where pages are served, and whether deploys go without authorization.
+    pub(crate) pages: Option<(SocketAddr, bool)>,
     /// The catalog's location: a PostgreSQL URL or a SQLite file.
     pub(crate) database: String,
     pub(crate) proxy: ProxyConfig,
@@ -752,6 +770,14 @@ impl Config {
         if admin_listen.is_some() && proxy.admin_tokens.is_empty() {
             bail!("an admin listen address needs at least one --admin-token");
         }
+        let pages = match flags.pages_listen.or(file.pages.listen) {
+            Some(addr) => Some((
+                addr.parse::<SocketAddr>()
+                    .with_context(|| format!("invalid pages listen address '{addr}'"))?,
+                flags.pages_insecure || file.pages.insecure.unwrap_or(false),
+            )),
+            None => None,
+        };
         let tls = match (
             flags.tls_cert.or(file.tls.cert),
             flags.tls_key.or(file.tls.key),
@@ -775,6 +801,7 @@ impl Config {
             listen,
             admin_listen,
             tls,
+            pages,
             database,
             proxy,
             shutdown_grace: Duration::from_secs(

@@ -11,6 +11,7 @@ use clap::Parser;
 use gitcache_http::catalog::Catalog;
 use gitcache_http::tls::TlsFiles;
 use gitcache_http::{Face, Services};
+use gitcache_storage::store::{AnyStore, FsStore};
 
 use config::{Config, Flags, LogFormat};
 
@@ -144,7 +145,7 @@ fn main() -> Result<()> {
         upkeep: true,
         tls: tls.clone(),
     };
-    let (listen, admin_listen) = (config.listen, config.admin_listen);
+    let (listen, admin_listen, pages) = (config.listen, config.admin_listen, config.pages);
     runtime.block_on(async move {
         tokio::spawn(reload_on_hangup(tls.clone()));
         std::fs::create_dir_all(&config.proxy.data_dir).with_context(|| {
@@ -204,7 +205,39 @@ fn main() -> Result<()> {
                 admin_options,
             ))
         });
+        let pages = match pages {
+            Some((addr, insecure)) => {
+                let store = match &proxy.config().object_store {
+                    Some(bucket) => AnyStore::S3(
+                        gitcache_storage::s3::S3Store::new(bucket).context("the pages bucket")?,
+                    ),
+                    None => AnyStore::Fs(FsStore::new(proxy.config().data_dir.join("pages"))),
+                };
+                let service = gitcache_pages::http::PagesService::new(
+                    gitcache_pages::site::Pages::new(store),
+                    proxy.config().data_dir.join("pages-scratch"),
+                    proxy.config().upstream_timeout,
+                    insecure,
+                );
+                let pages_listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (pages)"))?;
+                let pages_addr = pages_listener.local_addr()?;
+                tracing::info!(addr = %pages_addr, insecure, "pages listening");
+                eprintln!("gitcache pages listening on http://{pages_addr}");
+                Some(tokio::spawn(gitcache_pages::http::serve(
+                    pages_listener,
+                    service,
+                    proxy.config().limits.header_read_timeout,
+                    wait(stopped.clone()),
+                )))
+            }
+            None => None,
+        };
         gitcache_http::serve_with(listener, proxy, wait(stopped), options).await;
+        if let Some(pages) = pages {
+            let _ = pages.await;
+        }
         if let Some(admin) = admin {
             let _ = admin.await;
         }

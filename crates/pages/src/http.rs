@@ -1,0 +1,357 @@
+//! The pages HTTP service: `GET`/`HEAD` serve deployed sites by `Host`, `PUT` deploys one.
+//!
+//! - `PUT /` (the domain's root tree) or `PUT /<project>/` with the repository URL as the
+//!   body (`#<branch>` at its end, or an `X-Pages-Branch` header; `pages` otherwise) fetches
+//!   the branch's tree and deploys it: `201 Created` with `Content-Location` and the commit
+//!   id, `200` when that commit is deployed already.
+//! - `GET`/`HEAD`: the site the path routes to ([`crate::serve::route`]), answered as
+//!   [`crate::serve::answer`] decides, with `ETag`, `304 Not Modified`, `301` to a
+//!   directory's slash and the site's `404.html`.
+//!
+//! Deploys are authorized only when the service runs insecure (`--pages-insecure`, logged at
+//! every deploy): authorization by DNS is not built yet, and without it a `PUT` is refused.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{Method, Request, Response, StatusCode, header};
+
+use crate::manifest::Content;
+use crate::serve::{Answer, answer, route};
+use crate::site::{Error as SiteError, Pages};
+use gitcache_storage::store::AnyStore;
+
+/// The longest `PUT` body (a repository URL).
+const MAX_PUT_BODY: usize = 4096;
+
+/// What the service needs.
+#[derive(Debug, Clone)]
+pub struct PagesService {
+    pages: Pages<AnyStore>,
+    /// Where fetched packs are indexed for a moment.
+    scratch: PathBuf,
+    /// Each upstream exchange of a deploy within this.
+    timeout: Duration,
+    /// Deploys without authorization (logged at each).
+    insecure: bool,
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The `Host` of a request, lower-cased, without a port.
+fn host_of<B>(request: &Request<B>) -> Option<String> {
+    let host = request.headers().get(header::HOST)?.to_str().ok()?;
+    let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            name
+        } else {
+            host
+        }
+    });
+    Some(name.to_ascii_lowercase())
+}
+
+impl PagesService {
+    /// Sites in `pages`; fetches indexed under `scratch`; each upstream exchange within
+    /// `timeout`; deploys authorized without checks when `insecure`.
+    pub fn new(
+        pages: Pages<AnyStore>,
+        scratch: PathBuf,
+        timeout: Duration,
+        insecure: bool,
+    ) -> Arc<Self> {
+        Arc::new(PagesService {
+            pages,
+            scratch,
+            timeout,
+            insecure,
+        })
+    }
+
+    /// Answer `request`.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(host) = host_of(&request) else {
+            return text(StatusCode::BAD_REQUEST, "no Host header");
+        };
+        match *request.method() {
+            Method::GET | Method::HEAD => self.get(&host, request).await,
+            Method::PUT => self.put(&host, request).await,
+            _ => {
+                let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD or PUT");
+                response.headers_mut().insert(
+                    header::ALLOW,
+                    header::HeaderValue::from_static("GET, HEAD, PUT"),
+                );
+                response
+            }
+        }
+    }
+
+    async fn get<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_owned();
+        let head = request.method() == Method::HEAD;
+        // Routing by exclusion: a project of the first segment's name, if deployed.
+        let first = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let project_site = if first.is_empty() || first == ".index" {
+            None
+        } else {
+            match self.pages.site(host, &first).await {
+                Ok(site) => site,
+                Err(SiteError::Name(_)) => None,
+                Err(err) => {
+                    tracing::warn!(%err, "reading a site failed");
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "the site cannot be read");
+                }
+            }
+        };
+        let (project, rest) = route(&path, |name| project_site.is_some() && name == first);
+        if project != ".index" && rest.is_empty() {
+            return redirect(&format!("/{project}/"));
+        }
+        let site = match project_site {
+            Some(site) if project != ".index" => site,
+            _ => match self.pages.site(host, ".index").await {
+                Ok(Some(site)) => site,
+                Ok(None) | Err(SiteError::Name(_)) => {
+                    return text(StatusCode::NOT_FOUND, "no site here");
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "reading a site failed");
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "the site cannot be read");
+                }
+            },
+        };
+        let (status, file) = match answer(&site, rest) {
+            Answer::Found(file) => (StatusCode::OK, file),
+            Answer::NotFound(Some(file)) => (StatusCode::NOT_FOUND, file),
+            Answer::NotFound(None) => return text(StatusCode::NOT_FOUND, "not found"),
+            Answer::Redirect(to) => {
+                let base = if project == ".index" {
+                    String::new()
+                } else {
+                    format!("/{project}")
+                };
+                return redirect(&format!("{base}{to}"));
+            }
+            Answer::BadPath => return text(StatusCode::BAD_REQUEST, "not a path of the site"),
+        };
+        let not_modified = status == StatusCode::OK
+            && request
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|tags| {
+                    tags.split(',')
+                        .any(|t| t.trim() == file.etag || t.trim() == "*")
+                });
+        let mut response = if not_modified {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            let content = match file.content {
+                Content::Inline(bytes) => Bytes::from(bytes.clone()),
+                Content::Blob { hash, .. } => match self.pages.blob(hash).await {
+                    Ok(Some(bytes)) => Bytes::from(bytes),
+                    Ok(None) => {
+                        tracing::error!(path = file.path, "a blob the site names is missing");
+                        return text(StatusCode::INTERNAL_SERVER_ERROR, "the site is damaged");
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "reading a blob failed");
+                        return text(StatusCode::SERVICE_UNAVAILABLE, "the site cannot be read");
+                    }
+                },
+            };
+            let length = content.len();
+            let mut response = Response::new(Full::new(if head { Bytes::new() } else { content }));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(file.content_type),
+            );
+            response
+        };
+        if let Ok(etag) = header::HeaderValue::from_str(&file.etag) {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        response
+    }
+
+    async fn put<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if !self.insecure {
+            return text(
+                StatusCode::FORBIDDEN,
+                "deploys need authorization by DNS, which this version does not check yet; run with --pages-insecure to deploy without",
+            );
+        }
+        tracing::warn!(host, "deploy without authorization (--pages-insecure)");
+        let path = request.uri().path().to_owned();
+        let project = match path.trim_matches('/') {
+            "" => ".index".to_owned(),
+            name if !name.contains('/') => name.to_owned(),
+            _ => return text(StatusCode::BAD_REQUEST, "PUT / or /<project>/"),
+        };
+        let branch_header = request
+            .headers()
+            .get("x-pages-branch")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = match tokio::time::timeout(
+            self.timeout,
+            Limited::new(request.into_body(), MAX_PUT_BODY).collect(),
+        )
+        .await
+        {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(err)) => return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {err}")),
+            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the body did not come in time"),
+        };
+        let Ok(url) = std::str::from_utf8(&body).map(str::trim) else {
+            return text(StatusCode::BAD_REQUEST, "the body is the repository URL");
+        };
+        let (url, branch) = match url.split_once('#') {
+            Some((url, branch)) => (url, branch.to_owned()),
+            None => (url, branch_header.unwrap_or_else(|| "pages".to_owned())),
+        };
+        let upstream = match gitcache_upstream::Upstream::new(url, None, self.timeout) {
+            Ok(upstream) => upstream,
+            Err(err) => return text(StatusCode::BAD_REQUEST, &format!("repository URL: {err}")),
+        };
+        let fetched = crate::fetch::branch_tree(&upstream, &branch, &self.scratch).await;
+        let (commit, tree) = match fetched {
+            Ok(found) => found,
+            Err(err) => return text(StatusCode::BAD_GATEWAY, &format!("gitcache: {err}")),
+        };
+        let source = format!("{url}#{branch}");
+        match self
+            .pages
+            .deploy(host, &project, &commit, &source, tree)
+            .await
+        {
+            Ok(done) => {
+                tracing::info!(
+                    host,
+                    project,
+                    commit,
+                    files = done.files,
+                    bytes = done.bytes,
+                    unchanged = done.unchanged,
+                    "site deployed"
+                );
+                let status = if done.unchanged {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                };
+                let mut response = text(status, &done.commit);
+                let location = if project == ".index" {
+                    "/".to_owned()
+                } else {
+                    format!("/{project}/")
+                };
+                if let Ok(location) = header::HeaderValue::from_str(&location) {
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_LOCATION, location);
+                }
+                response
+            }
+            Err(err @ SiteError::TooLarge { .. }) => {
+                text(StatusCode::PAYLOAD_TOO_LARGE, &err.to_string())
+            }
+            Err(err @ (SiteError::Name(_) | SiteError::Path(_))) => {
+                text(StatusCode::BAD_REQUEST, &err.to_string())
+            }
+            Err(err) => {
+                tracing::warn!(%err, "deploy failed");
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("gitcache: {err}"))
+            }
+        }
+    }
+}
+
+fn redirect(to: &str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::MOVED_PERMANENTLY, to);
+    if let Ok(location) = header::HeaderValue::from_str(to) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// The most connections served at once; the kernel's backlog holds the rest.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Serve `service` on `listener` until `shutdown` completes (then stop accepting and let the
+/// connections open finish): HTTP/1.1, headers within `header_timeout`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<PagesService>,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%err, "pages: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let handler = hyper::service::service_fn(move |request| {
+                let service = Arc::clone(&service);
+                async move { Ok::<_, std::convert::Infallible>(service.handle(request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), handler);
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, %err, "pages connection ended with an error");
+            }
+        });
+    }
+}

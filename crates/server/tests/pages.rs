@@ -1,0 +1,142 @@
+//! Pages on the server's own listener (`--pages-listen`): a site deployed by `PUT` from a
+//! real upstream's branch, then served by `Host` with routing by exclusion, redirects to a
+//! directory's slash, `ETag`s and `304`, `HEAD`, and the site's `404.html`.
+
+mod common;
+
+use common::{Gitcache, http};
+use gitcache_testkit::git::{git_stdout, git_with_input};
+use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::upstream::{Access, Upstream};
+
+fn object(repo: &std::path::Path, args: &[&str], input: &str) -> String {
+    String::from_utf8(git_with_input(repo, args, input.as_bytes()))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A branch `branch` of `repo` holding `files` (name, content) at its root.
+fn branch(repo: &std::path::Path, branch: &str, files: &[(&str, &str)]) -> String {
+    let lines: String = files
+        .iter()
+        .map(|(name, content)| {
+            let blob = object(repo, &["hash-object", "-w", "--stdin"], content);
+            format!("100644 blob {blob}\t{name}\n")
+        })
+        .collect();
+    let tree = object(repo, &["mktree"], &lines);
+    let commit = object(repo, &["commit-tree", &tree, "-m", branch], "");
+    git_stdout(
+        repo,
+        &["update-ref", &format!("refs/heads/{branch}"), &commit],
+    );
+    commit
+}
+
+fn pages_addr(cache: &Gitcache) -> String {
+    let log = cache.log_with("gitcache pages listening on http://", 1);
+    log.lines()
+        .find_map(|l| l.trim().strip_prefix("gitcache pages listening on http://"))
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn sites_deploy_by_put_and_are_served_by_host() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/site");
+    repo::generate(&source, &RepoSpec::tiny(1510)).unwrap();
+    upstream.adopt_repo("acme/site", Access::Public).unwrap();
+    let style = "p { margin: 0 }\n".repeat(30);
+    let site = branch(
+        &source,
+        "pages",
+        &[
+            ("index.html", "<h1>home</h1>"),
+            ("style.css", &style),
+            ("404.html", "<h1>lost</h1>"),
+        ],
+    );
+    let blog = branch(&source, "blog", &[("index.html", "<h1>blog</h1>")]);
+    let cache = Gitcache::start(
+        &upstream,
+        &["--pages-listen", "127.0.0.1:0", "--pages-insecure"],
+    );
+    let addr = pages_addr(&cache);
+    let repo_url = upstream.repo_url("acme/site");
+    let host = [("Host", "site.example")];
+
+    let put = http(&addr, "PUT", "/", &host, repo_url.as_bytes());
+    assert_eq!(put.status, 201, "{}", put.body_text());
+    assert_eq!(put.body_text().trim(), site);
+    assert_eq!(put.header("content-location"), Some("/".to_owned()));
+    let again = http(&addr, "PUT", "/", &host, repo_url.as_bytes());
+    assert_eq!(again.status, 200, "the same commit again: nothing to do");
+    let put_blog = http(
+        &addr,
+        "PUT",
+        "/blog/",
+        &[("Host", "site.example"), ("X-Pages-Branch", "blog")],
+        repo_url.as_bytes(),
+    );
+    assert_eq!(put_blog.status, 201, "{}", put_blog.body_text());
+    assert_eq!(put_blog.body_text().trim(), blog);
+
+    let get = |path: &str, extra: &[(&str, &str)]| {
+        let mut headers = host.to_vec();
+        headers.extend_from_slice(extra);
+        http(&addr, "GET", path, &headers, b"")
+    };
+    let home = get("/", &[]);
+    assert_eq!(
+        (home.status, home.body_text()),
+        (200, "<h1>home</h1>".to_owned())
+    );
+    assert_eq!(
+        home.header("content-type").as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    let css = get("/style.css", &[]);
+    assert_eq!(css.body_text(), style);
+    let etag = css.header("etag").expect("an ETag");
+    assert_eq!(get("/style.css", &[("If-None-Match", &etag)]).status, 304);
+    let head = http(&addr, "HEAD", "/style.css", &host, b"");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some(style.len().to_string()));
+    assert_eq!(
+        get("/blog/", &[]).body_text(),
+        "<h1>blog</h1>",
+        "the project's tree"
+    );
+    let to_slash = get("/blog", &[]);
+    assert_eq!(
+        (to_slash.status, to_slash.header("location")),
+        (301, Some("/blog/".to_owned()))
+    );
+    let lost = get("/nothing/here", &[]);
+    assert_eq!(
+        (lost.status, lost.body_text()),
+        (404, "<h1>lost</h1>".to_owned())
+    );
+    assert_eq!(get("/%2e%2e/etc/passwd", &[]).status, 400);
+    let other_host = http(&addr, "GET", "/", &[("Host", "other.example")], b"");
+    assert_eq!(other_host.status, 404);
+}
+
+/// Without `--pages-insecure`, deploys are refused (DNS authorization is not built yet).
+#[test]
+fn deploys_need_authorization() {
+    let upstream = Upstream::start().unwrap();
+    let cache = Gitcache::start(&upstream, &["--pages-listen", "127.0.0.1:0"]);
+    let addr = pages_addr(&cache);
+    let put = http(
+        &addr,
+        "PUT",
+        "/",
+        &[("Host", "site.example")],
+        b"http://127.0.0.1:1/x.git",
+    );
+    assert_eq!(put.status, 403, "{}", put.body_text());
+    assert!(put.body_text().contains("authorization"));
+}
