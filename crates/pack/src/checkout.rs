@@ -26,8 +26,11 @@ pub enum TreeItemKind {
 /// Bounds on what [`Repository::tree_items`] reads.
 #[derive(Debug, Clone, Copy)]
 pub struct TreeLimits {
-    /// The most files and symlinks.
+    /// The most entries of any kind (files, symlinks, directories, submodules), each visit
+    /// of a subtree shared by several paths counted again.
     pub max_items: usize,
+    /// The most bytes of all paths together.
+    pub max_path_bytes: u64,
     /// The most bytes of all files together.
     pub max_bytes: u64,
     /// The deepest directory nesting.
@@ -55,6 +58,7 @@ impl Repository {
         let root = objects.commit(&target)?.tree;
         let mut items = Vec::new();
         let mut bytes = 0u64;
+        let (mut seen, mut path_bytes) = (0usize, 0u64);
         let mut stack: Vec<(String, ObjectId, usize)> = vec![(String::new(), root, 0)];
         while let Some((prefix, tree, depth)) = stack.pop() {
             if depth > limits.max_depth {
@@ -87,6 +91,17 @@ impl Repository {
                 } else {
                     format!("{prefix}/{name}")
                 };
+                seen += 1;
+                path_bytes += path.len() as u64;
+                if seen > limits.max_items {
+                    return Err(refuse(format!("more than {} entries", limits.max_items)));
+                }
+                if path_bytes > limits.max_path_bytes {
+                    return Err(refuse(format!(
+                        "more than {} bytes of paths",
+                        limits.max_path_bytes
+                    )));
+                }
                 entries.push((path, entry.mode, entry.oid.to_owned()));
             }
             for (path, mode, oid) in entries {
@@ -97,8 +112,13 @@ impl Repository {
                 if mode.is_commit() {
                     continue;
                 }
-                if items.len() >= limits.max_items {
-                    return Err(refuse(format!("more than {} files", limits.max_items)));
+                // Sized before it is read: a large object is refused unread.
+                let size = objects.header(&oid)?.map_or(0, |(_, size)| size);
+                if bytes + size > limits.max_bytes {
+                    return Err(refuse(format!(
+                        "more than {} bytes of files",
+                        limits.max_bytes
+                    )));
                 }
                 let (kind, data) = objects.read(&oid)?;
                 if kind != Kind::Blob {

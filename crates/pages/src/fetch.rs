@@ -63,11 +63,18 @@ pub async fn branch_tree(
         .and_then(|line| line.oid)
         .ok_or_else(|| FetchError::NoBranch(branch.to_owned()))?;
     let dir = tempfile_dir(scratch)?;
+    // Removed however this ends: an error, a panic, the future dropped.
+    let _removed = RemoveOnDrop(dir.clone());
     let result = async {
         let git_dir = dir.join("site.git");
         gitcache_mirror::mirror::Mirror::create(&git_dir, format)?;
         let response = dir.join("response");
         let mut file = tokio::fs::File::create(&response).await?;
+        // A site's repository gets no more than a site may hold (and its history, shallow).
+        let upstream = upstream.clone().with_limits(gitcache_upstream::Limits {
+            max_pack_bytes: 2 * MAX_SITE_BYTES,
+            transfer_timeout: std::time::Duration::from_secs(300),
+        });
         let fetch = Fetch {
             wants: vec![tip],
             deepen: Some(1),
@@ -92,6 +99,7 @@ pub async fn branch_tree(
             let repo = gitcache_pack::Repository::open(&git_dir_b)?;
             let limits = TreeLimits {
                 max_items: MAX_FILES,
+                max_path_bytes: 16 << 20,
                 max_bytes: MAX_SITE_BYTES,
                 max_depth: 64,
             };
@@ -108,8 +116,16 @@ pub async fn branch_tree(
         .map_err(|e| FetchError::Answer(e.to_string()))?
     }
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok((tip.to_string(), result?))
+}
+
+/// Removes its folder when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A new, empty folder under `scratch`.

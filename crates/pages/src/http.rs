@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, header};
 
+use crate::fetch::FetchError;
 use crate::manifest::Content;
 use crate::serve::{Answer, answer, route};
 use crate::site::{Error as SiteError, Pages};
@@ -37,7 +38,12 @@ pub struct PagesService {
     timeout: Duration,
     /// Deploys without authorization (logged at each).
     insecure: bool,
+    /// Deploys run at once (each a fetch and a pack to index).
+    deploys: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most deploys run at once; more are told to come back.
+const CONCURRENT_DEPLOYS: usize = 2;
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
@@ -76,6 +82,7 @@ impl PagesService {
             scratch,
             timeout,
             insecure,
+            deploys: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DEPLOYS)),
         })
     }
 
@@ -168,6 +175,22 @@ impl PagesService {
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             response
+        } else if head {
+            // The manifest knows the length: no blob is read.
+            let length = match file.content {
+                Content::Inline(bytes) => bytes.len() as u64,
+                Content::Blob { size, .. } => *size,
+            };
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(file.content_type),
+            );
+            response
         } else {
             let content = match file.content {
                 Content::Inline(bytes) => Bytes::from(bytes.clone()),
@@ -212,6 +235,12 @@ impl PagesService {
                 "deploys need authorization by DNS, which this version does not check yet; run with --pages-insecure to deploy without",
             );
         }
+        let Ok(_deploying) = Arc::clone(&self.deploys).try_acquire_owned() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deploys are busy: try again shortly",
+            );
+        };
         tracing::warn!(host, "deploy without authorization (--pages-insecure)");
         let path = request.uri().path().to_owned();
         let project = match path.trim_matches('/') {
@@ -248,7 +277,20 @@ impl PagesService {
         let fetched = crate::fetch::branch_tree(&upstream, &branch, &self.scratch).await;
         let (commit, tree) = match fetched {
             Ok(found) => found,
-            Err(err) => return text(StatusCode::BAD_GATEWAY, &format!("gitcache: {err}")),
+            Err(err @ (FetchError::NoBranch(_) | FetchError::BadBranch(_))) => {
+                return text(StatusCode::BAD_REQUEST, &err.to_string());
+            }
+            Err(FetchError::Tree(err)) => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("the site's tree: {err}"),
+                );
+            }
+            Err(err) => {
+                // The upstream's own words stay in the log: the URL may name anything.
+                tracing::warn!(%err, url, "deploy: the repository could not be read");
+                return text(StatusCode::BAD_GATEWAY, "the repository could not be read");
+            }
         };
         let source = format!("{url}#{branch}");
         match self

@@ -54,6 +54,25 @@ pub fn route(path: &str, deployed: impl Fn(&str) -> bool) -> (String, &str) {
     (".index".to_owned(), path)
 }
 
+/// `segments` joined by `/`, each byte outside unreserved characters and a few harmless ones
+/// percent-encoded.
+fn encode(segments: &[String]) -> String {
+    let mut out = String::new();
+    for (i, segment) in segments.iter().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        for byte in segment.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte) {
+                out.push(byte as char);
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    out
+}
+
 /// `path` percent-decoded, or `None` when it does not decode to UTF-8.
 fn decode(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
@@ -62,6 +81,9 @@ fn decode(path: &str) -> Option<String> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
             let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
             out.push(value);
             i += 3;
@@ -195,7 +217,8 @@ pub fn answer<'m>(site: &'m Site, request_path: &str) -> Answer<'m> {
     match resolve(manifest, &segments) {
         Some((path, Entry::Dir)) => {
             if !directory {
-                return Answer::Redirect(format!("{}/", request_path));
+                // Built from the checked segments, one leading slash: never another host.
+                return Answer::Redirect(format!("/{}/", encode(&segments)));
             }
             let dir: Vec<String> = path.split('/').map(str::to_owned).collect();
             index(&dir).map_or_else(not_found, Answer::Found)

@@ -271,6 +271,17 @@ impl<S: ObjectStore> Pages<S> {
             });
         }
         let encoded = manifest.encode();
+        // What is committed must read back: never a site that answers nothing.
+        if encoded.len() as u64 > gitcache_storage::store::MAX_MANIFEST
+            || manifest.entries.len() > crate::manifest::MAX_ENTRIES
+        {
+            return Err(Error::TooLarge {
+                what: "the site's manifest",
+                got: encoded.len() as u64,
+                limit: gitcache_storage::store::MAX_MANIFEST,
+            });
+        }
+        SiteManifest::decode(&encoded)?;
         let staged = ObjectKey::new(&format!(
             "pages/staged/{}",
             hex(&sha2::Sha256::digest(&encoded))
@@ -305,9 +316,22 @@ impl<S: ObjectStore> Pages<S> {
                 }
             }
         }
-        self.store.delete(&staged).await?;
         if !committed {
+            let _ = self.store.delete(&staged).await;
             return Err(Error::Contended);
+        }
+        // A blob found in the store before the commit may have been swept meanwhile (it was
+        // unnamed then): each is there now, or written again, while the staged manifest still
+        // names it.
+        for (hash, content) in &blobs {
+            let key = Self::blob_key(hash)?;
+            if self.store.size(&key).await?.is_none() {
+                self.store.replace_manifest(&key, content, None).await?;
+            }
+        }
+        if let Err(err) = self.store.delete(&staged).await {
+            // The site is live; the staged manifest goes with the next sweep.
+            tracing::warn!(%err, "a staged manifest could not be deleted");
         }
         Ok(Deployed {
             commit: manifest.commit.clone(),
@@ -392,7 +416,10 @@ fn build(commit: &str, source: &str, tree: Vec<TreeFile>) -> Result<(SiteManifes
         }
         let entry = match file.kind {
             TreeKind::Symlink(target) => {
-                if target.is_empty() || target.len() > crate::manifest::MAX_PATH {
+                if target.is_empty()
+                    || target.len() > crate::manifest::MAX_PATH
+                    || target.chars().any(char::is_control)
+                {
                     return Err(Error::Path(file.path));
                 }
                 Entry::Symlink(target)

@@ -116,3 +116,42 @@ async fn a_branch_tree_is_fetched_shallowly_deployed_and_served() {
         Err(FetchError::BadBranch(_))
     ));
 }
+
+/// A tree that fans out through one shared subtree (400 entries, 400 times) is refused by
+/// its count of entries, not walked to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fanned_out_tree_is_refused() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/fan");
+    repo::generate(&source, &RepoSpec::tiny(1502)).unwrap();
+    upstream.adopt_repo("acme/fan", Access::Public).unwrap();
+    let empty = blob(&source, b"");
+    let leaf: String = (0..400)
+        .map(|i| format!("100644 blob {empty}\tf{i}\n"))
+        .collect();
+    let leaf = tree(&source, &leaf);
+    let root: String = (0..400)
+        .map(|i| format!("040000 tree {leaf}\td{i}\n"))
+        .collect();
+    let root = tree(&source, &root);
+    let commit = git_stdout(&source, &["commit-tree", &root, "-m", "fan"])
+        .trim()
+        .to_owned();
+    git_stdout(&source, &["update-ref", "refs/heads/pages", &commit]);
+    let client = gitcache_upstream::Upstream::new(
+        &upstream.repo_url("acme/fan"),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let refused = branch_tree(&client, "pages", scratch.path()).await;
+    assert!(
+        matches!(&refused, Err(FetchError::Tree(err)) if err.to_string().contains("entries")),
+        "{refused:?}"
+    );
+    assert!(
+        std::fs::read_dir(scratch.path()).unwrap().next().is_none(),
+        "the scratch folder is removed after a failure too"
+    );
+}

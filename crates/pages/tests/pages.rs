@@ -85,6 +85,8 @@ async fn suite(store: AnyStore) {
     assert_eq!(found("/docs/up"), "index.html");
     assert_eq!(found("/app.js"), "app.js");
     assert_eq!(answer(&site, "/docs"), Answer::Redirect("/docs/".into()));
+    // Never a redirect to another host (`//docs/` would be one).
+    assert_eq!(answer(&site, "//docs"), Answer::Redirect("/docs/".into()));
     for outside in ["/escape", "/loop", "/missing", "/index.html/x"] {
         match answer(&site, outside) {
             Answer::NotFound(Some(page)) => assert_eq!(page.path, "404.html", "{outside}"),

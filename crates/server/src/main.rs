@@ -213,9 +213,12 @@ fn main() -> Result<()> {
                     ),
                     None => AnyStore::Fs(FsStore::new(proxy.config().data_dir.join("pages"))),
                 };
+                // Leftovers of deploys a crash cut short.
+                let scratch = proxy.config().data_dir.join("pages-scratch");
+                let _ = std::fs::remove_dir_all(&scratch);
                 let service = gitcache_pages::http::PagesService::new(
                     gitcache_pages::site::Pages::new(store),
-                    proxy.config().data_dir.join("pages-scratch"),
+                    scratch,
                     proxy.config().upstream_timeout,
                     insecure,
                 );
