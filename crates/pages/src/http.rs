@@ -181,16 +181,7 @@ impl PagesService {
                 Content::Inline(bytes) => bytes.len() as u64,
                 Content::Blob { size, .. } => *size,
             };
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(file.content_type),
-            );
-            response
+            sized(status, Bytes::new(), length, file.content_type)
         } else {
             let content = match file.content {
                 Content::Inline(bytes) => Bytes::from(bytes.clone()),
@@ -206,17 +197,8 @@ impl PagesService {
                     }
                 },
             };
-            let length = content.len();
-            let mut response = Response::new(Full::new(if head { Bytes::new() } else { content }));
-            *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(file.content_type),
-            );
-            response
+            let length = content.len() as u64;
+            sized(status, content, length, file.content_type)
         };
         if let Ok(etag) = header::HeaderValue::from_str(&file.etag) {
             response.headers_mut().insert(header::ETAG, etag);
@@ -338,6 +320,25 @@ impl PagesService {
             }
         }
     }
+}
+
+/// A `status` answer of `body` (empty for `HEAD`) said to be `length` bytes of `content_type`.
+fn sized(
+    status: StatusCode,
+    body: Bytes,
+    length: u64,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 fn redirect(to: &str) -> Response<Full<Bytes>> {
