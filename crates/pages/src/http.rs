@@ -350,7 +350,10 @@ fn redirect(to: &str) -> Response<Full<Bytes>> {
 }
 
 /// The most connections served at once; the kernel's backlog holds the rest.
-const MAX_CONNECTIONS: usize = 1024;
+const MAX_CONNECTIONS: usize = 256;
+/// The longest a connection is kept, whatever it does: a client that reads a large file
+/// slowly, or never, lets its slot and its buffered answer go after this.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
 /// Serve `service` on `listener` until `shutdown` completes (then stop accepting and let the
 /// connections open finish): HTTP/1.1, headers within `header_timeout`.
@@ -392,8 +395,12 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), handler);
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, %err, "pages connection ended with an error");
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "pages connection ended with an error")
+                }
+                Err(_) => tracing::info!(%peer, "pages connection closed after its lifetime"),
             }
         });
     }
