@@ -25,6 +25,13 @@ use crate::serve::{Answer, answer, route};
 use crate::site::{Error as SiteError, Pages};
 use gitcache_storage::store::AnyStore;
 
+/// Deploys by result (`deployed`, `unchanged`, `refused`).
+pub const DEPLOYS: &str = "gitcache_pages_deploys_total";
+/// Requests by status.
+pub const REQUESTS: &str = "gitcache_pages_requests_total";
+/// Bytes of answers to `GET`.
+pub const SENT_BYTES: &str = "gitcache_pages_sent_bytes_total";
+
 /// The longest `PUT` body (a repository URL).
 const MAX_PUT_BODY: usize = 4096;
 
@@ -95,9 +102,19 @@ impl PagesService {
         let Some(host) = host_of(&request) else {
             return text(StatusCode::BAD_REQUEST, "no Host header");
         };
-        match *request.method() {
+        let method = request.method().clone();
+        let response = match method {
             Method::GET | Method::HEAD => self.get(&host, request).await,
-            Method::PUT => self.put(&host, request).await,
+            Method::PUT => {
+                let response = self.put(&host, request).await;
+                let result = match response.status() {
+                    StatusCode::CREATED => "deployed",
+                    StatusCode::OK => "unchanged",
+                    _ => "refused",
+                };
+                metrics::counter!(DEPLOYS, "result" => result).increment(1);
+                response
+            }
             _ => {
                 let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD or PUT");
                 response.headers_mut().insert(
@@ -106,7 +123,14 @@ impl PagesService {
                 );
                 response
             }
+        };
+        metrics::counter!(REQUESTS, "status" => response.status().as_str().to_owned()).increment(1);
+        if method == Method::GET
+            && let Some(length) = hyper::body::Body::size_hint(response.body()).exact()
+        {
+            metrics::counter!(SENT_BYTES).increment(length);
         }
+        response
     }
 
     async fn get<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>> {

@@ -122,6 +122,17 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     assert_eq!(get("/%2e%2e/etc/passwd", &[]).status, 400);
     let other_host = http(&addr, "GET", "/", &[("Host", "other.example")], b"");
     assert_eq!(other_host.status, 404);
+
+    // Counted on the server's /metrics.
+    let metrics = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
+    for series in [
+        "gitcache_pages_deploys_total{result=\"deployed\"} 2",
+        "gitcache_pages_deploys_total{result=\"unchanged\"} 1",
+        "gitcache_pages_requests_total{status=\"304\"} 1",
+        "gitcache_pages_sent_bytes_total ",
+    ] {
+        assert!(metrics.contains(series), "{series}: {metrics}");
+    }
 }
 
 /// Without `--pages-insecure`, deploys are refused (DNS authorization is not built yet).
