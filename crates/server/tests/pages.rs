@@ -151,3 +151,83 @@ fn deploys_need_authorization() {
     assert_eq!(put.status, 403, "{}", put.body_text());
     assert!(put.body_text().contains("authorization"));
 }
+
+/// Redeploys between two branches under 50 concurrent readers: every answer is wholly one
+/// version or the other, its `ETag` that version's, and the last deploy is what stays.
+#[test]
+fn redeploys_under_concurrent_readers_never_mix_versions() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/flip");
+    repo::generate(&source, &RepoSpec::tiny(1520)).unwrap();
+    upstream.adopt_repo("acme/flip", Access::Public).unwrap();
+    let page = |v: &str| format!("<h1>version {v}</h1>\n{}", v.repeat(2000));
+    let (one, two) = (page("1"), page("2"));
+    branch(&source, "one", &[("index.html", &one)]);
+    branch(&source, "two", &[("index.html", &two)]);
+    let cache = Gitcache::start(
+        &upstream,
+        &["--pages-listen", "127.0.0.1:0", "--pages-insecure"],
+    );
+    let addr = pages_addr(&cache);
+    let url = upstream.repo_url("acme/flip");
+    let deploy = |branch: &str| {
+        let put = http(
+            &addr,
+            "PUT",
+            "/",
+            &[("Host", "flip.example")],
+            format!("{url}#{branch}").as_bytes(),
+        );
+        assert!(matches!(put.status, 200 | 201), "{}", put.body_text());
+    };
+    deploy("one");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            let (addr, stop, one, two) = (
+                addr.clone(),
+                std::sync::Arc::clone(&stop),
+                one.clone(),
+                two.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut seen = [0usize; 2];
+                let mut etags: [std::collections::BTreeSet<String>; 2] = Default::default();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let got = http(&addr, "GET", "/", &[("Host", "flip.example")], b"");
+                    assert_eq!(got.status, 200);
+                    let body = got.body_text();
+                    let version = if body == one {
+                        0
+                    } else {
+                        assert_eq!(body, two, "a whole version");
+                        1
+                    };
+                    seen[version] += 1;
+                    etags[version].insert(got.header("etag").expect("an ETag"));
+                }
+                (seen, etags)
+            })
+        })
+        .collect();
+    for round in 0..6 {
+        deploy(if round % 2 == 0 { "two" } else { "one" });
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = [0usize; 2];
+    let mut etags: [std::collections::BTreeSet<String>; 2] = Default::default();
+    for reader in readers {
+        let (got, tags) = reader.join().unwrap();
+        for v in 0..2 {
+            seen[v] += got[v];
+            etags[v].extend(tags[v].iter().cloned());
+        }
+    }
+    assert!(seen[0] > 0 && seen[1] > 0, "both versions served: {seen:?}");
+    assert!(
+        etags[0].len() == 1 && etags[1].len() == 1 && etags[0] != etags[1],
+        "one ETag per version: {etags:?}"
+    );
+    let last = http(&addr, "GET", "/", &[("Host", "flip.example")], b"");
+    assert_eq!(last.body_text(), one, "the last deploy stays");
+}
