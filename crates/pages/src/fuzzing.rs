@@ -1,5 +1,6 @@
-//! The entry point shared by the fuzz target and the test that replays its corpus: arbitrary
-//! bytes offered as a site manifest, and every path asked of what reads.
+//! The entry points shared by the fuzz targets and the tests that replay their corpora:
+//! arbitrary bytes offered as a site manifest (and every path asked of what reads), and as a
+//! DNS server's answer.
 
 use crate::manifest::SiteManifest;
 use crate::serve::{Answer, answer};
@@ -30,5 +31,20 @@ pub fn manifest(data: &[u8]) {
                 file.path
             );
         }
+    }
+}
+
+/// Read `data` as the answer to a TXT query: records or an error, never a panic, and never
+/// more than the answer's bytes can hold.
+pub fn dns_answer(data: &[u8]) {
+    let id = data.first().map_or(0, |b| {
+        u16::from(*b) << 8 | u16::from(*data.get(1).unwrap_or(&0))
+    });
+    if let Ok(records) = crate::dns::txt_records(id, "_git-pages-challenge.site.example", data) {
+        let total: usize = records.iter().map(String::len).sum();
+        assert!(
+            total <= data.len() * 3,
+            "records made of the answer's bytes"
+        );
     }
 }

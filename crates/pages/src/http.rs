@@ -8,8 +8,11 @@
 //!   [`crate::serve::answer`] decides, with `ETag`, `304 Not Modified`, `301` to a
 //!   directory's slash and the site's `404.html`.
 //!
-//! Deploys are authorized only when the service runs insecure (`--pages-insecure`, logged at
-//! every deploy): authorization by DNS is not built yet, and without it a `PUT` is refused.
+//! A deploy is authorized as git-pages authorizes it: the request's password
+//! (`Authorization: Pages <password>`, or `Basic` for the user `Pages`) hashed with the host,
+//! `SHA256("<host> <password>")` in hex, must be a TXT record at
+//! `_git-pages-challenge.<host>`, asked of the configured DNS server. Run insecure
+//! (`--pages-insecure`), deploys go unchecked, logged at each.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +48,8 @@ pub struct PagesService {
     timeout: Duration,
     /// Deploys without authorization (logged at each).
     insecure: bool,
+    /// The DNS server asked for `_git-pages-challenge` TXT records.
+    dns: Option<std::net::SocketAddr>,
     /// Deploys run at once (each a fetch and a pack to index).
     deploys: Arc<tokio::sync::Semaphore>,
 }
@@ -84,11 +89,23 @@ impl PagesService {
         timeout: Duration,
         insecure: bool,
     ) -> Arc<Self> {
+        Self::with_dns(pages, scratch, timeout, insecure, None)
+    }
+
+    /// [`new`](Self::new), authorizing deploys by the TXT records `dns` holds.
+    pub fn with_dns(
+        pages: Pages<AnyStore>,
+        scratch: PathBuf,
+        timeout: Duration,
+        insecure: bool,
+        dns: Option<std::net::SocketAddr>,
+    ) -> Arc<Self> {
         Arc::new(PagesService {
             pages,
             scratch,
             timeout,
             insecure,
+            dns,
             deploys: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DEPLOYS)),
         })
     }
@@ -235,11 +252,10 @@ impl PagesService {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if !self.insecure {
-            return text(
-                StatusCode::FORBIDDEN,
-                "deploys need authorization by DNS, which this version does not check yet; run with --pages-insecure to deploy without",
-            );
+        if self.insecure {
+            tracing::warn!(host, "deploy without authorization (--pages-insecure)");
+        } else if let Some(refused) = self.authorize(host, request.headers()).await {
+            return refused;
         }
         let Ok(_deploying) = Arc::clone(&self.deploys).try_acquire_owned() else {
             return text(
@@ -363,6 +379,84 @@ fn sized(
         header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+impl PagesService {
+    /// `None` when the request may deploy to `host`: its password (`Authorization: Pages
+    /// <password>`, or `Basic` for the user `Pages`) hashed with the host as git-pages does,
+    /// `SHA256("<host> <password>")` in hex, is one of the TXT records at
+    /// `_git-pages-challenge.<host>`. Otherwise the refusal to send.
+    async fn authorize(
+        &self,
+        host: &str,
+        headers: &hyper::HeaderMap,
+    ) -> Option<Response<Full<Bytes>>> {
+        let Some(password) = password(headers) else {
+            let mut response = text(
+                StatusCode::UNAUTHORIZED,
+                "deploys need Authorization: Pages <password>",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Pages"),
+            );
+            return Some(response);
+        };
+        let Some(server) = self.dns else {
+            return Some(text(
+                StatusCode::FORBIDDEN,
+                "no DNS server to check the challenge with (--pages-dns-server)",
+            ));
+        };
+        let name = format!("_git-pages-challenge.{host}");
+        let expected = challenge(host, &password);
+        match crate::dns::lookup_txt(server, &name, Duration::from_secs(5)).await {
+            Ok(records) if records.iter().any(|r| r.trim() == expected) => None,
+            Ok(_) => Some(text(
+                StatusCode::FORBIDDEN,
+                &format!("not authorized: no TXT record at {name} matches"),
+            )),
+            Err(err) => {
+                tracing::warn!(%err, name, "the challenge could not be looked up");
+                Some(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the DNS challenge could not be looked up",
+                ))
+            }
+        }
+    }
+}
+
+/// `SHA256("<host> <password>")` in hex: the TXT record that authorizes deploys to `host`.
+pub fn challenge(host: &str, password: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(format!("{host} {password}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The deploy password a request carries: `Authorization: Pages <password>`, else `Basic`
+/// for the user `Pages`.
+fn password(headers: &hyper::HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    let password = if scheme.eq_ignore_ascii_case("pages") {
+        rest.trim().to_owned()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+        if !user.eq_ignore_ascii_case("pages") {
+            return None;
+        }
+        password.to_owned()
+    } else {
+        return None;
+    };
+    (!password.is_empty()).then_some(password)
 }
 
 fn redirect(to: &str) -> Response<Full<Bytes>> {

@@ -6,6 +6,7 @@
 //! uploads the blobs it lacks, then replaces the site's manifest in one conditional write:
 //! readers see the old site or the new one, never a mix.
 //!
+//! - [`dns`]: TXT lookups for deploy authorization.
 //! - [`fetch`]: a branch's tree taken from a repository by one shallow fetch.
 //! - [`http`]: the HTTP service: `GET`/`HEAD` by `Host`, `PUT` to deploy.
 //! - [`manifest`]: the manifest and its stable, versioned binary encoding.
@@ -45,6 +46,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod dns;
 pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -320,3 +320,10 @@ async fn sweeps_collect_garbage_and_race_deployments_losing_nothing() {
         "only the deployed site's blob is left"
     );
 }
+
+/// The fuzz corpus of DNS answers, replayed: records or an error, never a panic.
+#[test]
+fn dns_answer_fuzz_corpus() {
+    let n = gitcache_testkit::fuzz::replay("dns_answer", gitcache_pages::fuzzing::dns_answer);
+    assert!(n >= 3, "only {n} inputs replayed");
+}

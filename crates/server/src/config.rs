@@ -265,10 +265,13 @@ pub(crate) struct Flags {
     /// Serve static sites deployed from git (pages) on this address [default: off].
     #[arg(long, env = "GITCACHE_PAGES_LISTEN", value_name = "ADDR")]
     pub(crate) pages_listen: Option<String>,
-    /// Deploy pages without authorization, logged at every deploy (for development; DNS
-    /// authorization is not built yet, so deploys need it).
+    /// Deploy pages without authorization, logged at every deploy (for development).
     #[arg(long, env = "GITCACHE_PAGES_INSECURE")]
     pub(crate) pages_insecure: bool,
+    /// The DNS server asked for pages' `_git-pages-challenge` TXT records [default: the
+    /// first nameserver of /etc/resolv.conf].
+    #[arg(long, env = "GITCACHE_PAGES_DNS_SERVER", value_name = "ADDR")]
+    pub(crate) pages_dns_server: Option<String>,
     /// A separate address for the admin API, page and /metrics [default: the main one].
     #[arg(long, env = "GITCACHE_ADMIN_LISTEN", value_name = "ADDR")]
     pub(crate) admin_listen: Option<String>,
@@ -366,6 +369,7 @@ struct FileGitHubApp {
 struct FilePages {
     listen: Option<String>,
     insecure: Option<bool>,
+    dns_server: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -437,8 +441,9 @@ pub(crate) struct Config {
     pub(crate) admin_listen: Option<SocketAddr>,
     /// The certificate chain and key files to serve HTTPS with, on every listener.
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
-    /// Where pages are served, and whether deploys go without authorization.
-    pub(crate) pages: Option<(SocketAddr, bool)>,
+    /// Where pages are served, whether deploys go without authorization, and the DNS server
+    /// that holds their challenges.
+    pub(crate) pages: Option<(SocketAddr, bool, Option<SocketAddr>)>,
     /// The catalog's location: a PostgreSQL URL or a SQLite file.
     pub(crate) database: String,
     pub(crate) proxy: ProxyConfig,
@@ -771,11 +776,32 @@ impl Config {
             bail!("an admin listen address needs at least one --admin-token");
         }
         let pages = match flags.pages_listen.or(file.pages.listen) {
-            Some(addr) => Some((
-                addr.parse::<SocketAddr>()
-                    .with_context(|| format!("invalid pages listen address '{addr}'"))?,
-                flags.pages_insecure || file.pages.insecure.unwrap_or(false),
-            )),
+            Some(addr) => {
+                let dns = match flags.pages_dns_server.or(file.pages.dns_server) {
+                    Some(server) => Some(
+                        server
+                            .parse::<SocketAddr>()
+                            .or_else(|_| {
+                                server.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into())
+                            })
+                            .with_context(|| format!("invalid pages DNS server '{server}'"))?,
+                    ),
+                    None => std::fs::read_to_string("/etc/resolv.conf")
+                        .ok()
+                        .and_then(|conf| {
+                            conf.lines()
+                                .filter_map(|l| l.trim().strip_prefix("nameserver"))
+                                .find_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+                        })
+                        .map(|ip| (ip, 53).into()),
+                };
+                Some((
+                    addr.parse::<SocketAddr>()
+                        .with_context(|| format!("invalid pages listen address '{addr}'"))?,
+                    flags.pages_insecure || file.pages.insecure.unwrap_or(false),
+                    dns,
+                ))
+            }
             None => None,
         };
         let tls = match (

@@ -206,7 +206,7 @@ fn main() -> Result<()> {
             ))
         });
         let pages = match pages {
-            Some((addr, insecure)) => {
+            Some((addr, insecure, dns)) => {
                 let store = match &proxy.config().object_store {
                     Some(bucket) => AnyStore::S3(
                         gitcache_storage::s3::S3Store::new(bucket).context("the pages bucket")?,
@@ -216,11 +216,12 @@ fn main() -> Result<()> {
                 // Leftovers of deploys a crash cut short.
                 let scratch = proxy.config().data_dir.join("pages-scratch");
                 let _ = std::fs::remove_dir_all(&scratch);
-                let service = gitcache_pages::http::PagesService::new(
+                let service = gitcache_pages::http::PagesService::with_dns(
                     gitcache_pages::site::Pages::new(store),
                     scratch,
                     proxy.config().upstream_timeout,
                     insecure,
+                    dns,
                 );
                 let pages_listener = tokio::net::TcpListener::bind(addr)
                     .await

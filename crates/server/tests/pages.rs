@@ -135,23 +135,6 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     }
 }
 
-/// Without `--pages-insecure`, deploys are refused (DNS authorization is not built yet).
-#[test]
-fn deploys_need_authorization() {
-    let upstream = Upstream::start().unwrap();
-    let cache = Gitcache::start(&upstream, &["--pages-listen", "127.0.0.1:0"]);
-    let addr = pages_addr(&cache);
-    let put = http(
-        &addr,
-        "PUT",
-        "/",
-        &[("Host", "site.example")],
-        b"http://127.0.0.1:1/x.git",
-    );
-    assert_eq!(put.status, 403, "{}", put.body_text());
-    assert!(put.body_text().contains("authorization"));
-}
-
 /// Redeploys between two branches under 50 concurrent readers: every answer is wholly one
 /// version or the other, its `ETag` that version's, and the last deploy is what stays.
 #[test]
@@ -230,4 +213,67 @@ fn redeploys_under_concurrent_readers_never_mix_versions() {
     );
     let last = http(&addr, "GET", "/", &[("Host", "flip.example")], b"");
     assert_eq!(last.body_text(), one, "the last deploy stays");
+}
+
+/// Deploys authorized by DNS, as git-pages authorizes them: the password's challenge
+/// (`SHA256("<host> <password>")` in hex) must be a TXT record at
+/// `_git-pages-challenge.<host>`.
+#[test]
+fn deploys_are_authorized_by_a_dns_challenge() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/auth");
+    repo::generate(&source, &RepoSpec::tiny(1530)).unwrap();
+    upstream.adopt_repo("acme/auth", Access::Public).unwrap();
+    branch(&source, "pages", &[("index.html", "<h1>authorized</h1>")]);
+    let dns = gitcache_testkit::dns::DnsServer::start().unwrap();
+    let challenge = gitcache_pages::http::challenge("site.example", "s3cret");
+    dns.set_txt(
+        "_git-pages-challenge.site.example",
+        &["unrelated", &challenge],
+    );
+    let server = dns.addr().to_string();
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-dns-server",
+            &server,
+        ],
+    );
+    let addr = pages_addr(&cache);
+    let url = upstream.repo_url("acme/auth");
+    let put = |host: &str, auth: Option<&str>| {
+        let mut headers = vec![("Host", host)];
+        if let Some(auth) = auth {
+            headers.push(("Authorization", auth));
+        }
+        http(&addr, "PUT", "/", &headers, url.as_bytes())
+    };
+    let missing = put("site.example", None);
+    assert_eq!(missing.status, 401, "{}", missing.body_text());
+    assert_eq!(missing.header("www-authenticate"), Some("Pages".to_owned()));
+    assert_eq!(put("site.example", Some("Pages wrong")).status, 403);
+    assert_eq!(
+        put("other.example", Some("Pages s3cret")).status,
+        403,
+        "no TXT record there"
+    );
+    let basic_wrong_user = format!("Basic {}", base64_of("someone:s3cret"));
+    assert_eq!(put("site.example", Some(&basic_wrong_user)).status, 401);
+    let deployed = put("site.example", Some("Pages s3cret"));
+    assert_eq!(deployed.status, 201, "{}", deployed.body_text());
+    let basic = format!("Basic {}", base64_of("Pages:s3cret"));
+    assert_eq!(
+        put("site.example", Some(&basic)).status,
+        200,
+        "the same commit, by Basic"
+    );
+    let home = http(&addr, "GET", "/", &[("Host", "site.example")], b"");
+    assert_eq!(home.body_text(), "<h1>authorized</h1>");
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }

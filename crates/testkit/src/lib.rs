@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod crash;
+pub mod dns;
 pub mod fuzz;
 pub mod git;
 pub mod github;
