@@ -239,7 +239,46 @@ impl PagesService {
                 },
             };
             let length = content.len() as u64;
-            sized(status, content, length, file.content_type)
+            let range = request
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .filter(|_| status == StatusCode::OK);
+            match range.map(|r| byte_range(r, length)) {
+                // One satisfiable range: that part (`206`).
+                Some(Some(Some((start, end)))) => {
+                    let part = content.slice(start as usize..end as usize + 1);
+                    let mut response = sized(
+                        StatusCode::PARTIAL_CONTENT,
+                        part,
+                        end - start + 1,
+                        file.content_type,
+                    );
+                    if let Ok(value) =
+                        header::HeaderValue::from_str(&format!("bytes {start}-{end}/{length}"))
+                    {
+                        response.headers_mut().insert(header::CONTENT_RANGE, value);
+                    }
+                    response
+                }
+                // A range past the end: `416`, with the length.
+                Some(Some(None)) => {
+                    let mut response = text(StatusCode::RANGE_NOT_SATISFIABLE, "no such range");
+                    if let Ok(value) = header::HeaderValue::from_str(&format!("bytes */{length}")) {
+                        response.headers_mut().insert(header::CONTENT_RANGE, value);
+                    }
+                    return response;
+                }
+                // No range, or one this server does not read (several): the whole file.
+                _ => {
+                    let mut response = sized(status, content, length, file.content_type);
+                    response.headers_mut().insert(
+                        header::ACCEPT_RANGES,
+                        header::HeaderValue::from_static("bytes"),
+                    );
+                    response
+                }
+            }
         };
         if let Ok(etag) = header::HeaderValue::from_str(&file.etag) {
             response.headers_mut().insert(header::ETAG, etag);
@@ -459,6 +498,36 @@ fn password(headers: &hyper::HeaderMap) -> Option<String> {
     (!password.is_empty()).then_some(password)
 }
 
+/// A `Range: bytes=…` of one range over `length` bytes: `None` when it is not one this
+/// server reads (another unit, several ranges, bad numbers: the whole file is sent), `Some(None)`
+/// when it is past the end, else the first and last byte.
+fn byte_range(value: &str, length: u64) -> Option<Option<(u64, u64)>> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    let range = if first.is_empty() {
+        // The last n bytes.
+        let n: u64 = last.parse().ok()?;
+        (n > 0 && length > 0).then(|| (length.saturating_sub(n), length - 1))
+    } else {
+        let start: u64 = first.parse().ok()?;
+        let end = if last.is_empty() {
+            length.checked_sub(1)
+        } else {
+            let end: u64 = last.parse().ok()?;
+            if end < start {
+                return None;
+            }
+            Some(end.min(length.saturating_sub(1)))
+        };
+        end.filter(|_| start < length).map(|end| (start, end))
+    };
+    Some(range)
+}
+
 fn redirect(to: &str) -> Response<Full<Bytes>> {
     let mut response = text(StatusCode::MOVED_PERMANENTLY, to);
     if let Ok(location) = header::HeaderValue::from_str(to) {
@@ -521,5 +590,36 @@ pub async fn serve(
                 Err(_) => tracing::info!(%peer, "pages connection closed after its lifetime"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn byte_ranges_are_read_as_http_says() {
+        assert_eq!(byte_range("bytes=0-0", 10), Some(Some((0, 0))));
+        assert_eq!(byte_range("bytes=2-", 10), Some(Some((2, 9))));
+        assert_eq!(byte_range("bytes=5-100", 10), Some(Some((5, 9))));
+        assert_eq!(byte_range("bytes=-3", 10), Some(Some((7, 9))));
+        assert_eq!(byte_range("bytes=-30", 10), Some(Some((0, 9))));
+        assert_eq!(byte_range("bytes=10-", 10), Some(None));
+        assert_eq!(byte_range("bytes=-0", 10), Some(None));
+        assert_eq!(byte_range("bytes=0-", 0), Some(None));
+        assert_eq!(
+            byte_range("bytes=0-18446744073709551615", 10),
+            Some(Some((0, 9)))
+        );
+        for ignored in [
+            "items=0-1",
+            "bytes=5-2",
+            "bytes=0-1,3-4",
+            "bytes=x-",
+            "bytes=1",
+            "",
+        ] {
+            assert_eq!(byte_range(ignored, 10), None, "{ignored}");
+        }
     }
 }

@@ -101,6 +101,29 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     assert_eq!(css.body_text(), style);
     let etag = css.header("etag").expect("an ETag");
     assert_eq!(get("/style.css", &[("If-None-Match", &etag)]).status, 304);
+    // Ranges: a part, the last bytes, one past the end.
+    let part = get("/style.css", &[("Range", "bytes=2-5")]);
+    assert_eq!(
+        (part.status, part.body_text()),
+        (206, style[2..6].to_owned())
+    );
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 2-5/{}", style.len()))
+    );
+    let tail = get("/style.css", &[("Range", "bytes=-3")]);
+    assert_eq!(tail.body_text(), style[style.len() - 3..]);
+    let past = get(
+        "/style.css",
+        &[("Range", &format!("bytes={}-", style.len()))],
+    );
+    assert_eq!(past.status, 416);
+    let several = get("/style.css", &[("Range", "bytes=0-1,4-5")]);
+    assert_eq!(
+        (several.status, several.body_text()),
+        (200, style.clone()),
+        "sent whole"
+    );
     let head = http(&addr, "HEAD", "/style.css", &host, b"");
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some(style.len().to_string()));
