@@ -35,6 +35,31 @@ pub const REQUESTS: &str = "gitcache_pages_requests_total";
 /// Bytes of answers to `GET`.
 pub const SENT_BYTES: &str = "gitcache_pages_sent_bytes_total";
 
+/// The longest push event read.
+const MAX_EVENT_BODY: usize = 1 << 20;
+
+/// What a push event (GitHub, Gitea, Forgejo) says: the ref pushed and the repository.
+#[derive(serde::Deserialize)]
+struct PushEvent {
+    #[serde(rename = "ref")]
+    branch: String,
+    repository: EventRepository,
+}
+
+#[derive(serde::Deserialize)]
+struct EventRepository {
+    clone_url: String,
+}
+
+/// The project a deploy path names: `.index` for `/`, else its one segment.
+fn project_of(path: &str) -> Option<String> {
+    match path.trim_matches('/') {
+        "" => Some(".index".to_owned()),
+        name if !name.contains('/') => Some(name.to_owned()),
+        _ => None,
+    }
+}
+
 /// The longest `PUT` body (a repository URL).
 const MAX_PUT_BODY: usize = 4096;
 
@@ -122,21 +147,26 @@ impl PagesService {
         let method = request.method().clone();
         let response = match method {
             Method::GET | Method::HEAD => self.get(&host, request).await,
-            Method::PUT => {
-                let response = self.put(&host, request).await;
+            Method::PUT | Method::POST => {
+                let response = if method == Method::PUT {
+                    self.put(&host, request).await
+                } else {
+                    self.post(&host, request).await
+                };
                 let result = match response.status() {
                     StatusCode::CREATED => "deployed",
                     StatusCode::OK => "unchanged",
+                    StatusCode::ACCEPTED => "ignored",
                     _ => "refused",
                 };
                 metrics::counter!(DEPLOYS, "result" => result).increment(1);
                 response
             }
             _ => {
-                let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD or PUT");
+                let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD, PUT or POST");
                 response.headers_mut().insert(
                     header::ALLOW,
-                    header::HeaderValue::from_static("GET, HEAD, PUT"),
+                    header::HeaderValue::from_static("GET, HEAD, PUT, POST"),
                 );
                 response
             }
@@ -302,12 +332,8 @@ impl PagesService {
                 "deploys are busy: try again shortly",
             );
         };
-        tracing::warn!(host, "deploy without authorization (--pages-insecure)");
-        let path = request.uri().path().to_owned();
-        let project = match path.trim_matches('/') {
-            "" => ".index".to_owned(),
-            name if !name.contains('/') => name.to_owned(),
-            _ => return text(StatusCode::BAD_REQUEST, "PUT / or /<project>/"),
+        let Some(project) = project_of(request.uri().path()) else {
+            return text(StatusCode::BAD_REQUEST, "PUT or POST / or /<project>/");
         };
         let branch_header = request
             .headers()
@@ -331,11 +357,79 @@ impl PagesService {
             Some((url, branch)) => (url, branch.to_owned()),
             None => (url, branch_header.unwrap_or_else(|| "pages".to_owned())),
         };
+        self.deploy(host, &project, url, &branch).await
+    }
+
+    /// A forge's push event (GitHub's, Gitea's or Forgejo's) at `/` or `/<project>/`,
+    /// authorized as a `PUT` is: the pushed branch of the event's repository is deployed
+    /// when it is the one deployed there (or nothing is deployed there yet); other pushes are
+    /// answered `202`, nothing done.
+    async fn post<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if self.insecure {
+            tracing::warn!(host, "deploy without authorization (--pages-insecure)");
+        } else if let Some(refused) = self.authorize(host, request.headers()).await {
+            return refused;
+        }
+        let Ok(_deploying) = Arc::clone(&self.deploys).try_acquire_owned() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deploys are busy: try again shortly",
+            );
+        };
+        let Some(project) = project_of(request.uri().path()) else {
+            return text(StatusCode::BAD_REQUEST, "PUT or POST / or /<project>/");
+        };
+        let body = match tokio::time::timeout(
+            self.timeout,
+            Limited::new(request.into_body(), MAX_EVENT_BODY).collect(),
+        )
+        .await
+        {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(err)) => return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {err}")),
+            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the body did not come in time"),
+        };
+        let Ok(event) = serde_json::from_slice::<PushEvent>(&body) else {
+            return text(StatusCode::BAD_REQUEST, "not a push event");
+        };
+        let Some(branch) = event.branch.strip_prefix("refs/heads/") else {
+            return text(StatusCode::ACCEPTED, "not a branch: nothing to deploy");
+        };
+        let source = format!("{}#{branch}", event.repository.clone_url);
+        match self.pages.site(host, &project).await {
+            Ok(Some(site)) if site.manifest.source != source => {
+                return text(
+                    StatusCode::ACCEPTED,
+                    "not the deployed repository and branch: nothing to deploy",
+                );
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(%err, "reading a site failed");
+                return text(StatusCode::SERVICE_UNAVAILABLE, "the site cannot be read");
+            }
+        }
+        self.deploy(host, &project, &event.repository.clone_url, branch)
+            .await
+    }
+
+    /// Fetch `branch` of the repository at `url` and deploy its tree as `project` of `host`.
+    async fn deploy(
+        &self,
+        host: &str,
+        project: &str,
+        url: &str,
+        branch: &str,
+    ) -> Response<Full<Bytes>> {
         let upstream = match gitcache_upstream::Upstream::new(url, None, self.timeout) {
             Ok(upstream) => upstream,
             Err(err) => return text(StatusCode::BAD_REQUEST, &format!("repository URL: {err}")),
         };
-        let fetched = crate::fetch::branch_tree(&upstream, &branch, &self.scratch).await;
+        let fetched = crate::fetch::branch_tree(&upstream, branch, &self.scratch).await;
         let (commit, tree) = match fetched {
             Ok(found) => found,
             Err(err @ (FetchError::NoBranch(_) | FetchError::BadBranch(_))) => {
@@ -356,7 +450,7 @@ impl PagesService {
         let source = format!("{url}#{branch}");
         match self
             .pages
-            .deploy(host, &project, &commit, &source, tree)
+            .deploy(host, project, &commit, &source, tree)
             .await
         {
             Ok(done) => {

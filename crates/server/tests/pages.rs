@@ -300,3 +300,59 @@ fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+/// A forge's push event redeploys the site when it is for the deployed repository and
+/// branch; other pushes are taken and ignored.
+#[test]
+fn push_events_redeploy_the_deployed_branch() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/hooked");
+    repo::generate(&source, &RepoSpec::tiny(1540)).unwrap();
+    upstream.adopt_repo("acme/hooked", Access::Public).unwrap();
+    branch(&source, "pages", &[("index.html", "<h1>first</h1>")]);
+    let cache = Gitcache::start(
+        &upstream,
+        &["--pages-listen", "127.0.0.1:0", "--pages-insecure"],
+    );
+    let addr = pages_addr(&cache);
+    let url = upstream.repo_url("acme/hooked");
+    let event = |git_ref: &str, clone_url: &str| {
+        let body = format!(r#"{{"ref":"{git_ref}","repository":{{"clone_url":"{clone_url}"}}}}"#);
+        http(
+            &addr,
+            "POST",
+            "/",
+            &[("Host", "hooked.example"), ("X-GitHub-Event", "push")],
+            body.as_bytes(),
+        )
+    };
+    let first = event("refs/heads/pages", &url);
+    assert_eq!(first.status, 201, "{}", first.body_text());
+    let page = || http(&addr, "GET", "/", &[("Host", "hooked.example")], b"").body_text();
+    assert_eq!(page(), "<h1>first</h1>");
+
+    let second = branch(&source, "pages", &[("index.html", "<h1>second</h1>")]);
+    let redeployed = event("refs/heads/pages", &url);
+    assert_eq!(
+        (redeployed.status, redeployed.body_text().trim().to_owned()),
+        (201, second)
+    );
+    assert_eq!(page(), "<h1>second</h1>");
+
+    assert_eq!(event("refs/heads/main", &url).status, 202, "another branch");
+    assert_eq!(event("refs/tags/v1", &url).status, 202, "not a branch");
+    assert_eq!(
+        event("refs/heads/pages", "http://127.0.0.1:1/other.git").status,
+        202,
+        "another repository"
+    );
+    assert_eq!(page(), "<h1>second</h1>");
+    let garbage = http(
+        &addr,
+        "POST",
+        "/",
+        &[("Host", "hooked.example")],
+        b"not json",
+    );
+    assert_eq!(garbage.status, 400);
+}
