@@ -321,19 +321,9 @@ impl PagesService {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if self.insecure {
-            tracing::warn!(host, "deploy without authorization (--pages-insecure)");
-        } else if let Some(refused) = self.authorize(host, request.headers()).await {
-            return refused;
-        }
-        let Ok(_deploying) = Arc::clone(&self.deploys).try_acquire_owned() else {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "deploys are busy: try again shortly",
-            );
-        };
-        let Some(project) = project_of(request.uri().path()) else {
-            return text(StatusCode::BAD_REQUEST, "PUT or POST / or /<project>/");
+        let (_deploying, project) = match self.admit(host, &request).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
         };
         let branch_header = request
             .headers()
@@ -369,19 +359,9 @@ impl PagesService {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if self.insecure {
-            tracing::warn!(host, "deploy without authorization (--pages-insecure)");
-        } else if let Some(refused) = self.authorize(host, request.headers()).await {
-            return refused;
-        }
-        let Ok(_deploying) = Arc::clone(&self.deploys).try_acquire_owned() else {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "deploys are busy: try again shortly",
-            );
-        };
-        let Some(project) = project_of(request.uri().path()) else {
-            return text(StatusCode::BAD_REQUEST, "PUT or POST / or /<project>/");
+        let (_deploying, project) = match self.admit(host, &request).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
         };
         let body = match tokio::time::timeout(
             self.timeout,
@@ -415,6 +395,34 @@ impl PagesService {
         }
         self.deploy(host, &project, &event.repository.clone_url, branch)
             .await
+    }
+
+    /// A deploy to `host` may go ahead: authorized (or insecure, logged), one of the deploys
+    /// that may run at once, to the project its path names. Its slot while it runs, and the
+    /// project; otherwise the refusal to send.
+    async fn admit<B>(
+        &self,
+        host: &str,
+        request: &Request<B>,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, String), Response<Full<Bytes>>> {
+        if self.insecure {
+            tracing::warn!(host, "deploy without authorization (--pages-insecure)");
+        } else if let Some(refused) = self.authorize(host, request.headers()).await {
+            return Err(refused);
+        }
+        let Ok(slot) = Arc::clone(&self.deploys).try_acquire_owned() else {
+            return Err(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deploys are busy: try again shortly",
+            ));
+        };
+        let Some(project) = project_of(request.uri().path()) else {
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                "PUT or POST / or /<project>/",
+            ));
+        };
+        Ok((slot, project))
     }
 
     /// Fetch `branch` of the repository at `url` and deploy its tree as `project` of `host`.
