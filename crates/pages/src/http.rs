@@ -330,15 +330,9 @@ impl PagesService {
             .get("x-pages-branch")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = match tokio::time::timeout(
-            self.timeout,
-            Limited::new(request.into_body(), MAX_PUT_BODY).collect(),
-        )
-        .await
-        {
-            Ok(Ok(body)) => body.to_bytes(),
-            Ok(Err(err)) => return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {err}")),
-            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the body did not come in time"),
+        let body = match self.read_body(request, MAX_PUT_BODY).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
         let Ok(url) = std::str::from_utf8(&body).map(str::trim) else {
             return text(StatusCode::BAD_REQUEST, "the body is the repository URL");
@@ -363,15 +357,9 @@ impl PagesService {
             Ok(admitted) => admitted,
             Err(refused) => return refused,
         };
-        let body = match tokio::time::timeout(
-            self.timeout,
-            Limited::new(request.into_body(), MAX_EVENT_BODY).collect(),
-        )
-        .await
-        {
-            Ok(Ok(body)) => body.to_bytes(),
-            Ok(Err(err)) => return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {err}")),
-            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the body did not come in time"),
+        let body = match self.read_body(request, MAX_EVENT_BODY).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
         let Ok(event) = serde_json::from_slice::<PushEvent>(&body) else {
             return text(StatusCode::BAD_REQUEST, "not a push event");
@@ -423,6 +411,32 @@ impl PagesService {
             ));
         };
         Ok((slot, project))
+    }
+
+    /// The body of `request`, at most `limit` bytes, within the timeout; otherwise the
+    /// refusal to send.
+    async fn read_body<B>(
+        &self,
+        request: Request<B>,
+        limit: usize,
+    ) -> Result<Bytes, Response<Full<Bytes>>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match tokio::time::timeout(
+            self.timeout,
+            Limited::new(request.into_body(), limit).collect(),
+        )
+        .await
+        {
+            Ok(Ok(body)) => Ok(body.to_bytes()),
+            Ok(Err(err)) => Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {err}"))),
+            Err(_) => Err(text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not come in time",
+            )),
+        }
     }
 
     /// Fetch `branch` of the repository at `url` and deploy its tree as `project` of `host`.
