@@ -22,9 +22,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, header};
 
+use crate::encoding::{Encoding, negotiate, worth_compressing};
 use crate::fetch::FetchError;
 use crate::manifest::Content;
-use crate::serve::{Answer, answer, route};
+use crate::rules::RuleKind;
+use crate::serve::{Answer, File, answer, route};
 use crate::site::{Error as SiteError, Pages};
 use gitcache_storage::store::AnyStore;
 
@@ -63,6 +65,63 @@ fn project_of(path: &str) -> Option<String> {
 /// The longest `PUT` body (a repository URL).
 const MAX_PUT_BODY: usize = 4096;
 
+/// A wildcard domain, as git-pages configures one: each `<user>.<domain>` is the site of the
+/// forge user `<user>`, whose projects come from the repositories the template names. A push
+/// event for such a host is authorized by its repository alone: it must be the one the
+/// template computes for the host and project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wildcard {
+    /// The domain (`example.page`): hosts one label under it are users' sites.
+    pub domain: String,
+    /// The repository URL of a project, with `<user>` and `<project>` in it
+    /// (`https://forge.example/<user>/<project>.git`).
+    pub clone_url: String,
+    /// The repositories (`<project>` values, `<user>` replaced) whose push deploys the user's
+    /// root tree (`<user>.example.page`, `pages`).
+    pub index_repos: Vec<String>,
+    /// The branch deployed from each repository (`pages`).
+    pub branch: String,
+}
+
+impl Wildcard {
+    /// The user whose site `host` is, when it is one label under the domain.
+    pub fn user_of<'h>(&self, host: &'h str) -> Option<&'h str> {
+        let user = host.strip_suffix(self.domain.as_str())?.strip_suffix('.')?;
+        (!user.is_empty() && !user.contains('.')).then_some(user)
+    }
+
+    /// The repository URLs whose pushes deploy `project` of `user`'s site.
+    pub fn sources(&self, user: &str, project: &str) -> Vec<String> {
+        let url = |repo: &str| {
+            self.clone_url
+                .replace("<user>", user)
+                .replace("<project>", repo)
+        };
+        if project == ".index" {
+            self.index_repos
+                .iter()
+                .map(|repo| url(&repo.replace("<user>", user)))
+                .collect()
+        } else {
+            vec![url(project)]
+        }
+    }
+}
+
+/// How a [`PagesService`] authorizes deploys.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Deploys without authorization (logged at each).
+    pub insecure: bool,
+    /// The DNS server asked for `_git-pages-challenge` TXT records.
+    pub dns: Option<std::net::SocketAddr>,
+    /// A wildcard domain whose push events are authorized by their repository.
+    pub wildcard: Option<Wildcard>,
+}
+
+/// The most push events for a wildcard host read at once (before they are authorized).
+const CONCURRENT_EVENT_READS: usize = 8;
+
 /// What the service needs.
 #[derive(Debug, Clone)]
 pub struct PagesService {
@@ -75,8 +134,12 @@ pub struct PagesService {
     insecure: bool,
     /// The DNS server asked for `_git-pages-challenge` TXT records.
     dns: Option<std::net::SocketAddr>,
+    /// A wildcard domain.
+    wildcard: Option<Wildcard>,
     /// Deploys run at once (each a fetch and a pack to index).
     deploys: Arc<tokio::sync::Semaphore>,
+    /// Push events for wildcard hosts read at once.
+    event_reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The most deploys run at once; more are told to come back.
@@ -125,18 +188,98 @@ impl PagesService {
         insecure: bool,
         dns: Option<std::net::SocketAddr>,
     ) -> Arc<Self> {
+        Self::with_options(
+            pages,
+            scratch,
+            timeout,
+            Options {
+                insecure,
+                dns,
+                wildcard: None,
+            },
+        )
+    }
+
+    /// [`new`](Self::new), authorizing deploys as `options` say.
+    pub fn with_options(
+        pages: Pages<AnyStore>,
+        scratch: PathBuf,
+        timeout: Duration,
+        options: Options,
+    ) -> Arc<Self> {
         Arc::new(PagesService {
             pages,
             scratch,
             timeout,
-            insecure,
-            dns,
+            insecure: options.insecure,
+            dns: options.dns,
+            wildcard: options.wildcard,
             deploys: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DEPLOYS)),
+            event_reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_EVENT_READS)),
         })
+    }
+
+    /// The sites served.
+    pub fn pages(&self) -> &Pages<AnyStore> {
+        &self.pages
     }
 
     /// Answer `request`.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.handle_from(request, None).await
+    }
+
+    /// Answer `request` from `remote`, with an access log line as the proxy writes them
+    /// (target `gitcache::access`, `service` `pages`).
+    pub async fn handle_from<B>(
+        &self,
+        request: Request<B>,
+        remote: Option<std::net::SocketAddr>,
+    ) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = std::time::Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let host = host_of(&request).unwrap_or_default();
+        let user_agent = request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let response = self.answer(request).await;
+        let bytes = hyper::body::Body::size_hint(response.body())
+            .exact()
+            .unwrap_or(0);
+        tracing::info!(
+            target: "gitcache::access",
+            service = "pages",
+            method = %method,
+            host = %host,
+            path = %path,
+            status = response.status().as_u16(),
+            bytes,
+            duration_ms = started.elapsed().as_millis() as u64,
+            remote = %remote.map(|r| r.to_string()).unwrap_or_default(),
+            user_agent = %user_agent,
+            content_encoding = response
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            "access"
+        );
+        response
+    }
+
+    async fn answer<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -182,7 +325,6 @@ impl PagesService {
 
     async fn get<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
-        let head = request.method() == Method::HEAD;
         // Routing by exclusion: a project of the first segment's name, if deployed.
         let first = path
             .trim_start_matches('/')
@@ -204,7 +346,7 @@ impl PagesService {
         };
         let (project, rest) = route(&path, |name| project_site.is_some() && name == first);
         if project != ".index" && rest.is_empty() {
-            return redirect(&format!("/{project}/"));
+            return redirect(StatusCode::MOVED_PERMANENTLY, &format!("/{project}/"));
         }
         let site = match project_site {
             Some(site) if project != ".index" => site,
@@ -219,45 +361,125 @@ impl PagesService {
                 }
             },
         };
-        let (status, file) = match answer(&site, rest) {
-            Answer::Found(file) => (StatusCode::OK, file),
-            Answer::NotFound(Some(file)) => (StatusCode::NOT_FOUND, file),
-            Answer::NotFound(None) => return text(StatusCode::NOT_FOUND, "not found"),
+        let base = if project == ".index" {
+            String::new()
+        } else {
+            format!("/{project}")
+        };
+        let mut found = answer(&site, rest);
+        if found == Answer::BadPath {
+            return text(StatusCode::BAD_REQUEST, "not a path of the site");
+        }
+        // The site's `_redirects`, matched on the path as sent (captures stay encoded).
+        let exists = matches!(found, Answer::Found(_) | Answer::Redirect(_));
+        let mut status = StatusCode::OK;
+        if let Some(applied) = site.rules.redirect(rest, exists) {
+            match applied.kind {
+                RuleKind::Redirect(code) => {
+                    let to = if applied.to.starts_with('/') {
+                        format!("{base}{}", applied.to)
+                    } else {
+                        applied.to
+                    };
+                    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
+                    return self.with_rules(&site, rest, redirect(code, &to));
+                }
+                RuleKind::Rewrite | RuleKind::NotFound => {
+                    let target = applied.to.split(['?', '#']).next().unwrap_or("/");
+                    match answer(&site, target) {
+                        Answer::Found(file) => {
+                            found = Answer::Found(file);
+                            if applied.kind == RuleKind::NotFound {
+                                status = StatusCode::NOT_FOUND;
+                            }
+                        }
+                        other => found = other,
+                    }
+                }
+            }
+        }
+        let file = match found {
+            Answer::Found(file) => file,
+            Answer::NotFound(Some(file)) => {
+                status = StatusCode::NOT_FOUND;
+                file
+            }
+            Answer::NotFound(None) => {
+                return self.with_rules(&site, rest, text(StatusCode::NOT_FOUND, "not found"));
+            }
             Answer::Redirect(to) => {
-                let base = if project == ".index" {
-                    String::new()
-                } else {
-                    format!("/{project}")
-                };
-                return redirect(&format!("{base}{to}"));
+                return redirect(StatusCode::MOVED_PERMANENTLY, &format!("{base}{to}"));
             }
             Answer::BadPath => return text(StatusCode::BAD_REQUEST, "not a path of the site"),
         };
+        let response = self.send_file(&request, status, &file).await;
+        self.with_rules(&site, rest, response)
+    }
+
+    /// `response` with the headers `site`'s `_headers` sets for `path`.
+    fn with_rules(
+        &self,
+        site: &crate::site::Site,
+        path: &str,
+        mut response: Response<Full<Bytes>>,
+    ) -> Response<Full<Bytes>> {
+        for (name, value) in site.rules.headers(path) {
+            if let (Ok(name), Ok(value)) = (
+                header::HeaderName::from_bytes(name.as_bytes()),
+                header::HeaderValue::from_str(value),
+            ) {
+                response.headers_mut().append(name, value);
+            }
+        }
+        response
+    }
+
+    /// The answer sending `file` with `status`: `304` when the client holds it, its length
+    /// only for `HEAD`, one byte range when one is asked, compressed when the client takes
+    /// `br` or `gzip` and the file is worth it.
+    async fn send_file<B>(
+        &self,
+        request: &Request<B>,
+        status: StatusCode,
+        file: &File<'_>,
+    ) -> Response<Full<Bytes>> {
+        let headers = request.headers();
+        let length = match file.content {
+            Content::Inline(bytes) => bytes.len() as u64,
+            Content::Blob { size, .. } => *size,
+        };
+        let compressible = worth_compressing(file.content_type, length);
+        let encoding = headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .and_then(negotiate)
+            .filter(|_| compressible && !headers.contains_key(header::RANGE));
+        let etag = match encoding {
+            Some(encoding) => variant_etag(&file.etag, encoding),
+            None => file.etag.clone(),
+        };
         let not_modified = status == StatusCode::OK
-            && request
-                .headers()
+            && headers
                 .get(header::IF_NONE_MATCH)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|tags| {
-                    tags.split(',')
-                        .any(|t| t.trim() == file.etag || t.trim() == "*")
-                });
+                .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
         let mut response = if not_modified {
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             response
-        } else if head {
-            // The manifest knows the length: no blob is read.
-            let length = match file.content {
-                Content::Inline(bytes) => bytes.len() as u64,
-                Content::Blob { size, .. } => *size,
-            };
-            sized(status, Bytes::new(), length, file.content_type)
+        } else if request.method() == Method::HEAD {
+            // The manifest knows the length: no blob is read (nor compressed).
+            let mut response = sized(status, Bytes::new(), length, file.content_type);
+            response.headers_mut().insert(
+                header::ACCEPT_RANGES,
+                header::HeaderValue::from_static("bytes"),
+            );
+            return with_etag(response, &file.etag, compressible);
         } else {
             let content = match file.content {
                 Content::Inline(bytes) => Bytes::from(bytes.clone()),
                 Content::Blob { hash, .. } => match self.pages.blob(hash).await {
-                    Ok(Some(bytes)) => Bytes::from(bytes),
+                    Ok(Some(bytes)) => bytes,
                     Ok(None) => {
                         tracing::error!(path = file.path, "a blob the site names is missing");
                         return text(StatusCode::INTERNAL_SERVER_ERROR, "the site is damaged");
@@ -268,12 +490,28 @@ impl PagesService {
                     }
                 },
             };
-            let length = content.len() as u64;
-            let range = request
-                .headers()
+            let compressed = match (encoding, file.content) {
+                (Some(encoding), Content::Blob { hash, .. }) => self
+                    .pages
+                    .compressed(hash, content.clone(), encoding)
+                    .await
+                    .map(|bytes| (encoding, bytes)),
+                _ => None,
+            };
+            if let Some((encoding, bytes)) = compressed {
+                let length = bytes.len() as u64;
+                let mut response = sized(status, bytes, length, file.content_type);
+                response.headers_mut().insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static(encoding.token()),
+                );
+                return with_etag(response, &etag, compressible);
+            }
+            let range = headers
                 .get(header::RANGE)
                 .and_then(|v| v.to_str().ok())
                 .filter(|_| status == StatusCode::OK);
+            let length = content.len() as u64;
             match range.map(|r| byte_range(r, length)) {
                 // One satisfiable range: that part (`206`).
                 Some(Some(Some((start, end)))) => {
@@ -310,9 +548,10 @@ impl PagesService {
                 }
             }
         };
-        if let Ok(etag) = header::HeaderValue::from_str(&file.etag) {
-            response.headers_mut().insert(header::ETAG, etag);
+        if not_modified {
+            return with_etag(response, &etag, compressible);
         }
+        response = with_etag(response, &file.etag, compressible);
         response
     }
 
@@ -345,28 +584,72 @@ impl PagesService {
     }
 
     /// A forge's push event (GitHub's, Gitea's or Forgejo's) at `/` or `/<project>/`,
-    /// authorized as a `PUT` is: the pushed branch of the event's repository is deployed
-    /// when it is the one deployed there (or nothing is deployed there yet); other pushes are
-    /// answered `202`, nothing done.
+    /// authorized as a `PUT` is, or for a host under the wildcard domain by its repository
+    /// (the one the wildcard's template computes, its branch the wildcard's): the pushed
+    /// branch of the event's repository is deployed when it is the one deployed there (or
+    /// nothing is deployed there yet); other pushes are answered `202`, nothing done.
     async fn post<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (_deploying, project) = match self.admit(host, &request).await {
-            Ok(admitted) => admitted,
-            Err(refused) => return refused,
-        };
-        let body = match self.read_body(request, MAX_EVENT_BODY).await {
-            Ok(body) => body,
-            Err(refused) => return refused,
-        };
-        let Ok(event) = serde_json::from_slice::<PushEvent>(&body) else {
-            return text(StatusCode::BAD_REQUEST, "not a push event");
+        let wildcard = self
+            .wildcard
+            .as_ref()
+            .and_then(|w| Some((w, w.user_of(host)?)));
+        let (_deploying, project, event, wanted_branch) = if let Some((wildcard, user)) = wildcard {
+            // Authorized by the event's repository: the body is read first, a few at a time.
+            let Ok(_reading) = self.event_reads.try_acquire() else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "deploys are busy: try again shortly",
+                );
+            };
+            let Some(project) = project_of(request.uri().path()) else {
+                return text(StatusCode::BAD_REQUEST, "POST / or /<project>/");
+            };
+            let event = match self.read_event(request).await {
+                Ok(event) => event,
+                Err(refused) => return refused,
+            };
+            let sources = wildcard.sources(user, &project);
+            if self.insecure {
+                tracing::warn!(host, "deploy without authorization (--pages-insecure)");
+            } else if !sources.contains(&event.repository.clone_url) {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "not authorized: {host} is deployed from {}",
+                        sources.join(" or ")
+                    ),
+                );
+            }
+            let Ok(slot) = Arc::clone(&self.deploys).try_acquire_owned() else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "deploys are busy: try again shortly",
+                );
+            };
+            (slot, project, event, Some(wildcard.branch.clone()))
+        } else {
+            let (slot, project) = match self.admit(host, &request).await {
+                Ok(admitted) => admitted,
+                Err(refused) => return refused,
+            };
+            match self.read_event(request).await {
+                Ok(event) => (slot, project, event, None),
+                Err(refused) => return refused,
+            }
         };
         let Some(branch) = event.branch.strip_prefix("refs/heads/") else {
             return text(StatusCode::ACCEPTED, "not a branch: nothing to deploy");
         };
+        if wanted_branch.is_some_and(|wanted| wanted != branch) {
+            return text(
+                StatusCode::ACCEPTED,
+                "not the deployed branch: nothing to deploy",
+            );
+        }
         let source = format!("{}#{branch}", event.repository.clone_url);
         match self.pages.site(host, &project).await {
             Ok(Some(site)) if site.manifest.source != source => {
@@ -383,6 +666,17 @@ impl PagesService {
         }
         self.deploy(host, &project, &event.repository.clone_url, branch)
             .await
+    }
+
+    /// The push event `request` carries, or the refusal to send.
+    async fn read_event<B>(&self, request: Request<B>) -> Result<PushEvent, Response<Full<Bytes>>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let body = self.read_body(request, MAX_EVENT_BODY).await?;
+        serde_json::from_slice::<PushEvent>(&body)
+            .map_err(|_| text(StatusCode::BAD_REQUEST, "not a push event"))
     }
 
     /// A deploy to `host` may go ahead: authorized (or insecure, logged), one of the deploys
@@ -506,7 +800,7 @@ impl PagesService {
             Err(err @ SiteError::TooLarge { .. }) => {
                 text(StatusCode::PAYLOAD_TOO_LARGE, &err.to_string())
             }
-            Err(err @ (SiteError::Name(_) | SiteError::Path(_))) => {
+            Err(err @ (SiteError::Name(_) | SiteError::Path(_) | SiteError::Rules(_))) => {
                 text(StatusCode::BAD_REQUEST, &err.to_string())
             }
             Err(err) => {
@@ -644,10 +938,34 @@ fn byte_range(value: &str, length: u64) -> Option<Option<(u64, u64)>> {
     Some(range)
 }
 
-fn redirect(to: &str) -> Response<Full<Bytes>> {
-    let mut response = text(StatusCode::MOVED_PERMANENTLY, to);
-    if let Ok(location) = header::HeaderValue::from_str(to) {
-        response.headers_mut().insert(header::LOCATION, location);
+fn redirect(status: StatusCode, to: &str) -> Response<Full<Bytes>> {
+    let Ok(location) = header::HeaderValue::from_str(to) else {
+        return text(StatusCode::BAD_REQUEST, "not a path of the site");
+    };
+    let mut response = text(status, to);
+    response.headers_mut().insert(header::LOCATION, location);
+    response
+}
+
+/// The `ETag` of a file's copy compressed with `encoding`: the file's, marked.
+fn variant_etag(etag: &str, encoding: Encoding) -> String {
+    format!("{}-{}\"", etag.trim_end_matches('"'), encoding.token())
+}
+
+/// `response` with `etag`, and `Vary: Accept-Encoding` when the file may be sent compressed.
+fn with_etag(
+    mut response: Response<Full<Bytes>>,
+    etag: &str,
+    compressible: bool,
+) -> Response<Full<Bytes>> {
+    if let Ok(etag) = header::HeaderValue::from_str(etag) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    if compressible {
+        response.headers_mut().insert(
+            header::VARY,
+            header::HeaderValue::from_static("accept-encoding"),
+        );
     }
     response
 }
@@ -692,7 +1010,11 @@ pub async fn serve(
             let _permit = permit;
             let handler = hyper::service::service_fn(move |request| {
                 let service = Arc::clone(&service);
-                async move { Ok::<_, std::convert::Infallible>(service.handle(request).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        service.handle_from(request, Some(peer)).await,
+                    )
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

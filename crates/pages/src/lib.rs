@@ -10,6 +10,9 @@
 //! - [`fetch`]: a branch's tree taken from a repository by one shallow fetch.
 //! - [`http`]: the HTTP service: `GET`/`HEAD` by `Host`, `PUT` to deploy.
 //! - [`manifest`]: the manifest and its stable, versioned binary encoding.
+//! - [`rules`]: a site's own `_redirects` and `_headers` files.
+//! - [`encoding`]: `gzip` and `br` answers.
+//! - [`cache`]: the byte-bounded memory of manifests and blobs.
 //! - [`site`]: deploying a tree and reading a site back ([`site::Pages`]).
 //! - [`serve`]: what a `GET` of a path answers: routing by exclusion, `index.html`, redirects
 //!   to a directory's slash, symlinks followed inside the tree only, a site's `404.html`,
@@ -46,11 +49,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod dns;
+pub mod encoding;
 pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
 pub mod manifest;
+pub mod rules;
 pub mod serve;
 pub mod site;

@@ -8,8 +8,10 @@
 //! - A symlink is followed inside the tree only (relative to its directory, at most
 //!   [`MAX_HOPS`] links); one that leaves the tree or goes nowhere is not found.
 //! - What is not found is answered by the site's own `404.html` when it has one.
+//! - The site's `_redirects` and `_headers` files are not sent.
 
 use crate::manifest::{Content, Entry, SiteManifest};
+use crate::rules::{HEADERS_FILE, REDIRECTS_FILE};
 use crate::site::Site;
 
 /// The most symlinks followed for one path.
@@ -176,6 +178,8 @@ fn resolve<'m>(manifest: &'m SiteManifest, path: &[String]) -> Option<(String, &
 
 fn found<'m>(path: String, entry: &'m Entry) -> Option<File<'m>> {
     match entry {
+        // The site's rules are read by the server, not sent.
+        Entry::File(_) if path == REDIRECTS_FILE || path == HEADERS_FILE => None,
         Entry::File(content) => Some(File {
             content_type: content_type(&path),
             etag: etag(content),

@@ -12,11 +12,17 @@
 //! with blobs and a staged manifest no site names yet.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use gitcache_storage::store::{ObjectKey, ObjectStore, Replaced, StoreError};
+use bytes::Bytes;
+use gitcache_storage::store::{ObjectKey, ObjectStore, Replaced, StoreError, Version};
 use sha2::Digest as _;
 
+use crate::cache::Lru;
+use crate::encoding::Encoding;
 use crate::manifest::{Content, Entry, INLINE_MAX, Invalid, SiteManifest, valid_path};
+use crate::rules::{HEADERS_FILE, MAX_RULES_BYTES, REDIRECTS_FILE, RuleError, Rules};
 
 /// The most files a site may hold.
 pub const MAX_FILES: usize = 100_000;
@@ -91,13 +97,54 @@ pub enum Error {
     /// The site's manifest kept changing under this deployment.
     #[error("the site kept changing during the deployment")]
     Contended,
+    /// The site's `_redirects` or `_headers` file does not parse.
+    #[error(transparent)]
+    Rules(#[from] RuleError),
 }
 
 /// A deployed site as read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Site {
     /// The manifest.
     pub manifest: SiteManifest,
+    /// Its `_redirects` and `_headers` rules.
+    pub rules: Rules,
+}
+
+/// A site's manifest is used for this long after it was read or checked; then its version
+/// is asked of the store again (a `HEAD` in a bucket) before it is used.
+pub const MANIFEST_FRESH: Duration = Duration::from_secs(1);
+/// What [`Pages::new`] keeps in memory of manifests and blobs.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// A site as last read: `None` when none was deployed.
+#[derive(Debug, Clone)]
+struct Held {
+    site: Option<Arc<Site>>,
+    version: Option<Version>,
+    checked: Instant,
+}
+
+/// A blob's hash, and the encoding of a compressed copy of it.
+type BlobKey = ([u8; 32], Option<Encoding>);
+
+/// Manifests and blobs kept between requests.
+#[derive(Debug)]
+struct Memory {
+    sites: Mutex<Lru<ObjectKey, Held>>,
+    /// Blobs, and their compressed copies, by hash and encoding.
+    blobs: Mutex<Lru<BlobKey, Bytes>>,
+    /// The largest blob kept.
+    blob_max: usize,
+}
+
+/// Hits and misses of the in-memory cache, by `kind` (`manifest`, `blob`, `compressed`) and
+/// `result` (`hit`, `miss`).
+pub const CACHE: &str = "gitcache_pages_cache_total";
+
+fn count(kind: &'static str, hit: bool) {
+    metrics::counter!(CACHE, "kind" => kind, "result" => if hit { "hit" } else { "miss" })
+        .increment(1);
 }
 
 /// How a deployment ended.
@@ -119,6 +166,7 @@ pub struct Deployed {
 #[derive(Debug, Clone)]
 pub struct Pages<S> {
     store: S,
+    memory: Arc<Memory>,
     /// Blobs a sweep found unnamed, and when first: deleted only once still unnamed a grace
     /// period later (see [`Pages::collect`]).
     unnamed:
@@ -157,12 +205,28 @@ fn valid_project(project: &str) -> bool {
 }
 
 impl<S: ObjectStore> Pages<S> {
-    /// Sites in `store`.
+    /// Sites in `store`, with [`DEFAULT_CACHE_BYTES`] of them kept in memory.
     pub fn new(store: S) -> Self {
+        Self::with_cache(store, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Sites in `store`, at most `cache_bytes` of manifests and blobs kept in memory (split
+    /// between the two; a blob larger than a sixteenth of its share is always read).
+    pub fn with_cache(store: S, cache_bytes: usize) -> Self {
         Pages {
             store,
+            memory: Arc::new(Memory {
+                sites: Mutex::new(Lru::new(cache_bytes / 4)),
+                blobs: Mutex::new(Lru::new(cache_bytes - cache_bytes / 4)),
+                blob_max: (cache_bytes - cache_bytes / 4) / 16,
+            }),
             unnamed: Default::default(),
         }
+    }
+
+    /// The store the sites are kept in.
+    pub fn store(&self) -> &S {
+        &self.store
     }
 
     /// Sweep the store: delete the blobs no site and no staged deployment names, once they
@@ -329,6 +393,11 @@ impl<S: ObjectStore> Pages<S> {
                 self.store.replace_manifest(&key, content, None).await?;
             }
         }
+        self.memory
+            .sites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&site_key);
         if let Err(err) = self.store.delete(&staged).await {
             // The site is live; the staged manifest goes with the next sweep.
             tracing::warn!(%err, "a staged manifest could not be deleted");
@@ -342,21 +411,170 @@ impl<S: ObjectStore> Pages<S> {
         })
     }
 
-    /// The site `project` of `host`, if one is deployed.
-    pub async fn site(&self, host: &str, project: &str) -> Result<Option<Site>, Error> {
+    /// The site `project` of `host`, if one is deployed: from memory when it was read or
+    /// checked within [`MANIFEST_FRESH`], or its version is still the one read.
+    pub async fn site(&self, host: &str, project: &str) -> Result<Option<Arc<Site>>, Error> {
         let key = Self::site_key(host, project)?;
-        match self.store.read_manifest(&key).await? {
-            Some(read) => Ok(Some(Site {
-                manifest: SiteManifest::decode(&read.bytes)?,
-            })),
-            None => Ok(None),
+        let held = self
+            .memory
+            .sites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key);
+        if let Some(held) = held {
+            if held.checked.elapsed() < MANIFEST_FRESH {
+                count("manifest", true);
+                return Ok(held.site);
+            }
+            let version = self.store.manifest_version(&key).await?;
+            if version == held.version {
+                count("manifest", true);
+                let renewed = Held {
+                    checked: Instant::now(),
+                    ..held.clone()
+                };
+                let cost = Self::cost(&renewed);
+                self.memory
+                    .sites
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, renewed, cost);
+                return Ok(held.site);
+            }
+        }
+        count("manifest", false);
+        let checked = Instant::now();
+        let (site, version) = match self.store.read_manifest(&key).await? {
+            Some(read) => {
+                let manifest = SiteManifest::decode(&read.bytes)?;
+                let rules = self.rules_of(&manifest).await?;
+                (Some(Arc::new(Site { manifest, rules })), Some(read.version))
+            }
+            None => (None, None),
+        };
+        let held = Held {
+            site: site.clone(),
+            version,
+            checked,
+        };
+        let cost = Self::cost(&held);
+        self.memory
+            .sites
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, held, cost);
+        Ok(site)
+    }
+
+    /// About the memory a held site takes.
+    fn cost(held: &Held) -> usize {
+        let manifest = held.site.as_ref().map_or(0, |site| {
+            site.manifest
+                .entries
+                .iter()
+                .map(|(path, entry)| {
+                    path.len()
+                        + 64
+                        + match entry {
+                            Entry::File(Content::Inline(bytes)) => bytes.len(),
+                            Entry::Symlink(target) => target.len(),
+                            _ => 0,
+                        }
+                })
+                .sum::<usize>()
+        });
+        256 + manifest
+    }
+
+    /// The rules of a deployed site. Deployments check them, so rules that do not parse
+    /// (written by another version of gitcache) are left out, with a warning.
+    async fn rules_of(&self, manifest: &SiteManifest) -> Result<Rules, Error> {
+        let mut texts = [None, None];
+        for (text, name) in texts.iter_mut().zip([REDIRECTS_FILE, HEADERS_FILE]) {
+            let bytes = match manifest.entries.get(name) {
+                Some(Entry::File(Content::Inline(bytes))) => Bytes::from(bytes.clone()),
+                Some(Entry::File(Content::Blob { hash, size })) if *size <= MAX_RULES_BYTES => {
+                    match self.blob(hash).await? {
+                        Some(bytes) => bytes,
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            *text = Some(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        match Rules::parse(texts[0].as_deref(), texts[1].as_deref()) {
+            Ok(rules) => Ok(rules),
+            Err(err) => {
+                tracing::warn!(%err, commit = manifest.commit, "a deployed site's rules do not parse");
+                Ok(Rules::default())
+            }
         }
     }
 
-    /// The content of the blob `hash`, if the store has it (at most [`MAX_FILE_BYTES`]).
-    pub async fn blob(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, Error> {
+    /// The content of the blob `hash`, if the store has it (at most [`MAX_FILE_BYTES`]), from
+    /// memory when it is there.
+    pub async fn blob(&self, hash: &[u8; 32]) -> Result<Option<Bytes>, Error> {
+        let held = self
+            .memory
+            .blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(*hash, None));
+        if let Some(bytes) = held {
+            count("blob", true);
+            return Ok(Some(bytes));
+        }
+        count("blob", false);
         let key = Self::blob_key(hash)?;
-        Ok(self.store.get_bytes(&key, MAX_FILE_BYTES).await?)
+        let Some(bytes) = self.store.get_bytes(&key, MAX_FILE_BYTES).await? else {
+            return Ok(None);
+        };
+        let bytes = Bytes::from(bytes);
+        if bytes.len() <= self.memory.blob_max {
+            self.memory
+                .blobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((*hash, None), bytes.clone(), bytes.len());
+        }
+        Ok(Some(bytes))
+    }
+
+    /// `content` (whose SHA-256 is `hash`) compressed with `encoding`: from memory when it was
+    /// compressed before, else compressed on a blocking thread and kept. `None` if that thread
+    /// failed.
+    pub async fn compressed(
+        &self,
+        hash: &[u8; 32],
+        content: Bytes,
+        encoding: Encoding,
+    ) -> Option<Bytes> {
+        let key = (*hash, Some(encoding));
+        let held = self
+            .memory
+            .blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key);
+        if let Some(bytes) = held {
+            count("compressed", true);
+            return Some(bytes);
+        }
+        count("compressed", false);
+        let compressed =
+            match tokio::task::spawn_blocking(move || encoding.compress(&content)).await {
+                Ok(compressed) => Bytes::from(compressed),
+                Err(_) => return None,
+            };
+        if compressed.len() <= self.memory.blob_max {
+            self.memory
+                .blobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, compressed.clone(), compressed.len());
+        }
+        Some(compressed)
     }
 }
 
@@ -397,7 +615,22 @@ fn build(commit: &str, source: &str, tree: Vec<TreeFile>) -> Result<(SiteManifes
     let mut entries = BTreeMap::new();
     let mut blobs = BTreeMap::new();
     let mut total = 0u64;
+    let mut rules: [Option<String>; 2] = [None, None];
     for file in tree {
+        if let TreeKind::File(content) = &file.kind
+            && let Some(at) = [REDIRECTS_FILE, HEADERS_FILE]
+                .iter()
+                .position(|name| file.path == *name)
+        {
+            if content.len() as u64 > MAX_RULES_BYTES {
+                return Err(Error::TooLarge {
+                    what: "a rules file's bytes",
+                    got: content.len() as u64,
+                    limit: MAX_RULES_BYTES,
+                });
+            }
+            rules[at] = Some(String::from_utf8_lossy(content).into_owned());
+        }
         if !valid_path(&file.path) || entries.contains_key(&file.path) {
             return Err(Error::Path(file.path));
         }
@@ -455,6 +688,7 @@ fn build(commit: &str, source: &str, tree: Vec<TreeFile>) -> Result<(SiteManifes
         }
         entries.insert(file.path, entry);
     }
+    Rules::parse(rules[0].as_deref(), rules[1].as_deref())?;
     Ok((
         SiteManifest {
             commit: commit.to_owned(),

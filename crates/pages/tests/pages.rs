@@ -33,7 +33,7 @@ async fn body(pages: &Pages<AnyStore>, answer: &Answer<'_>) -> Vec<u8> {
     };
     match file.content {
         Content::Inline(bytes) => bytes.clone(),
-        Content::Blob { hash, .. } => pages.blob(hash).await.unwrap().expect("the blob"),
+        Content::Blob { hash, .. } => pages.blob(hash).await.unwrap().expect("the blob").to_vec(),
     }
 }
 
@@ -56,8 +56,11 @@ async fn deploy(
 }
 
 async fn suite(store: AnyStore) {
-    let pages = Pages::new(store);
+    let pages = Pages::new(store.clone());
+    // Another instance on the same store, with its own memory of sites.
+    let other = Pages::new(store);
     let script = vec![b'x'; 5000];
+    assert!(other.site("example.org", ".index").await.unwrap().is_none());
     let first = deploy(&pages, COMMIT, &script).await;
     assert!(!first.unchanged);
     assert_eq!(
@@ -125,6 +128,17 @@ async fn suite(store: AnyStore) {
         unreachable!()
     };
     assert_ne!(file.etag, etag, "a new ETag for new content");
+    // The other instance remembered "nothing deployed", then sees each deploy once its
+    // memory is due for a check.
+    tokio::time::sleep(gitcache_pages::site::MANIFEST_FRESH).await;
+    let seen = other.site("example.org", ".index").await.unwrap().unwrap();
+    assert_eq!(seen.manifest.commit, NEXT);
+    let held = other.site("example.org", ".index").await.unwrap().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&seen, &held), "kept in memory");
+    deploy(&pages, COMMIT, &script).await;
+    tokio::time::sleep(gitcache_pages::site::MANIFEST_FRESH).await;
+    let seen = other.site("example.org", ".index").await.unwrap().unwrap();
+    assert_eq!(seen.manifest.commit, COMMIT, "a redeploy elsewhere is seen");
     // Other hosts and projects are not this one.
     assert!(pages.site("example.org", "docs").await.unwrap().is_none());
     assert!(
@@ -325,5 +339,13 @@ async fn sweeps_collect_garbage_and_race_deployments_losing_nothing() {
 #[test]
 fn dns_answer_fuzz_corpus() {
     let n = gitcache_testkit::fuzz::replay("dns_answer", gitcache_pages::fuzzing::dns_answer);
+    assert!(n >= 3, "only {n} inputs replayed");
+}
+
+/// The fuzz corpus of rules files, replayed: parsed or refused with a line, never a panic,
+/// never a target or header that leaves the site's bounds.
+#[test]
+fn rules_fuzz_corpus() {
+    let n = gitcache_testkit::fuzz::replay("pages_rules", gitcache_pages::fuzzing::rules);
     assert!(n >= 3, "only {n} inputs replayed");
 }
