@@ -272,6 +272,21 @@ pub(crate) struct Flags {
     /// first nameserver of /etc/resolv.conf].
     #[arg(long, env = "GITCACHE_PAGES_DNS_SERVER", value_name = "ADDR")]
     pub(crate) pages_dns_server: Option<String>,
+    /// Pages' wildcard domain: each `<user>.<domain>` is a forge user's site, its push events
+    /// authorized by their repository (with --pages-wildcard-clone-url).
+    #[arg(long, env = "GITCACHE_PAGES_WILDCARD_DOMAIN", value_name = "DOMAIN")]
+    pub(crate) pages_wildcard_domain: Option<String>,
+    /// The repository of a wildcard site's project, with `<user>` and `<project>` in it
+    /// (`https://forge.example/<user>/<project>.git`).
+    #[arg(
+        long,
+        env = "GITCACHE_PAGES_WILDCARD_CLONE_URL",
+        value_name = "TEMPLATE"
+    )]
+    pub(crate) pages_wildcard_clone_url: Option<String>,
+    /// Bytes of pages' manifests and files kept in memory [default: 64 MiB].
+    #[arg(long, env = "GITCACHE_PAGES_CACHE_BYTES", value_name = "BYTES")]
+    pub(crate) pages_cache_bytes: Option<u64>,
     /// A separate address for the admin API, page and /metrics [default: the main one].
     #[arg(long, env = "GITCACHE_ADMIN_LISTEN", value_name = "ADDR")]
     pub(crate) admin_listen: Option<String>,
@@ -370,6 +385,31 @@ struct FilePages {
     listen: Option<String>,
     insecure: Option<bool>,
     dns_server: Option<String>,
+    cache_bytes: Option<u64>,
+    /// Seconds between garbage sweeps of the pages' store.
+    sweep_interval: Option<u64>,
+    /// Seconds a blob stays unnamed, or a deploy staged, before a sweep removes it.
+    sweep_grace: Option<u64>,
+    wildcard: Option<FileWildcard>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWildcard {
+    domain: Option<String>,
+    clone_url: Option<String>,
+    index_repos: Option<Vec<String>>,
+    branch: Option<String>,
+}
+
+/// How pages are served.
+#[derive(Debug)]
+pub(crate) struct PagesConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) options: gitcache_pages::http::Options,
+    pub(crate) cache_bytes: usize,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) sweep_grace: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -441,9 +481,8 @@ pub(crate) struct Config {
     pub(crate) admin_listen: Option<SocketAddr>,
     /// The certificate chain and key files to serve HTTPS with, on every listener.
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
-    /// Where pages are served, whether deploys go without authorization, and the DNS server
-    /// that holds their challenges.
-    pub(crate) pages: Option<(SocketAddr, bool, Option<SocketAddr>)>,
+    /// Where and how pages are served.
+    pub(crate) pages: Option<PagesConfig>,
     /// The catalog's location: a PostgreSQL URL or a SQLite file.
     pub(crate) database: String,
     pub(crate) proxy: ProxyConfig,
@@ -795,12 +834,51 @@ impl Config {
                         })
                         .map(|ip| (ip, 53).into()),
                 };
-                Some((
-                    addr.parse::<SocketAddr>()
+                let wildcard = file.pages.wildcard.unwrap_or_default();
+                let wildcard = match (
+                    flags.pages_wildcard_domain.or(wildcard.domain),
+                    flags.pages_wildcard_clone_url.or(wildcard.clone_url),
+                ) {
+                    (Some(domain), Some(clone_url)) => {
+                        let domain = domain.trim_matches('.').to_ascii_lowercase();
+                        if domain.is_empty() || !clone_url.contains("<project>") {
+                            bail!(
+                                "a pages wildcard needs a domain and a clone URL with <project> in it"
+                            );
+                        }
+                        Some(gitcache_pages::http::Wildcard {
+                            index_repos: wildcard.index_repos.unwrap_or_else(|| {
+                                vec![format!("<user>.{domain}"), "pages".to_owned()]
+                            }),
+                            domain,
+                            clone_url,
+                            branch: wildcard.branch.unwrap_or_else(|| "pages".to_owned()),
+                        })
+                    }
+                    (None, None) => None,
+                    _ => bail!("a pages wildcard needs both its domain and its clone URL"),
+                };
+                Some(PagesConfig {
+                    listen: addr
+                        .parse::<SocketAddr>()
                         .with_context(|| format!("invalid pages listen address '{addr}'"))?,
-                    flags.pages_insecure || file.pages.insecure.unwrap_or(false),
-                    dns,
-                ))
+                    options: gitcache_pages::http::Options {
+                        insecure: flags.pages_insecure || file.pages.insecure.unwrap_or(false),
+                        dns,
+                        wildcard,
+                    },
+                    cache_bytes: usize::try_from(
+                        flags
+                            .pages_cache_bytes
+                            .or(file.pages.cache_bytes)
+                            .unwrap_or(gitcache_pages::site::DEFAULT_CACHE_BYTES as u64),
+                    )
+                    .unwrap_or(usize::MAX),
+                    sweep_interval: Duration::from_secs(
+                        file.pages.sweep_interval.unwrap_or(3600).max(1),
+                    ),
+                    sweep_grace: Duration::from_secs(file.pages.sweep_grace.unwrap_or(3600)),
+                })
             }
             None => None,
         };

@@ -5,6 +5,7 @@ mod aws;
 mod config;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -206,7 +207,7 @@ fn main() -> Result<()> {
             ))
         });
         let pages = match pages {
-            Some((addr, insecure, dns)) => {
+            Some(config) => {
                 let store = match &proxy.config().object_store {
                     Some(bucket) => AnyStore::S3(
                         gitcache_storage::s3::S3Store::new(bucket).context("the pages bucket")?,
@@ -216,13 +217,20 @@ fn main() -> Result<()> {
                 // Leftovers of deploys a crash cut short.
                 let scratch = proxy.config().data_dir.join("pages-scratch");
                 let _ = std::fs::remove_dir_all(&scratch);
-                let service = gitcache_pages::http::PagesService::with_dns(
-                    gitcache_pages::site::Pages::new(store),
+                let insecure = config.options.insecure;
+                let sites = gitcache_pages::site::Pages::with_cache(store, config.cache_bytes);
+                tokio::spawn(sweep_pages(
+                    sites.clone(),
+                    config.sweep_interval,
+                    config.sweep_grace,
+                ));
+                let service = gitcache_pages::http::PagesService::with_options(
+                    sites,
                     scratch,
                     proxy.config().upstream_timeout,
-                    insecure,
-                    dns,
+                    config.options,
                 );
+                let addr = config.listen;
                 let pages_listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr} (pages)"))?;
@@ -251,4 +259,25 @@ fn main() -> Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     eprintln!("gitcache stopped");
     Ok(())
+}
+
+/// Sweep the pages' store every `interval`: blobs no site names and deploys that never
+/// finished go once `grace` has passed (see `Pages::collect`).
+async fn sweep_pages(
+    pages: gitcache_pages::site::Pages<AnyStore>,
+    interval: Duration,
+    grace: Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match pages.collect(grace).await {
+            Ok(done) if done.blobs + done.staged > 0 => {
+                tracing::info!(blobs = done.blobs, staged = done.staged, "pages swept");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "sweeping pages failed"),
+        }
+    }
 }

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::{Gitcache, http};
 use gitcache_testkit::git::GitClient;
@@ -18,24 +17,9 @@ use gitcache_testkit::upstream::{Access, Upstream};
 
 const TOKEN: &str = "page-test-token";
 
-fn chromium() -> Option<PathBuf> {
-    std::env::var_os("GITCACHE_TEST_CHROMIUM")
-        .map(PathBuf::from)
-        .or_else(|| Some(PathBuf::from("/usr/bin/chromium")))
-        .filter(|p| p.exists())
-}
-
 #[test]
 fn the_admin_page_adds_edits_disables_and_removes_a_repository() {
-    let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let ready = script_dir.join("node_modules/playwright-core").is_dir();
-    let Some(chromium) = chromium().filter(|_| ready) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the browser test: install chromium and run npm ci in {}",
-            script_dir.display()
-        );
-        eprintln!("chromium or playwright-core missing: browser test skipped");
+    let Some(chromium) = common::browser() else {
         return;
     };
 
@@ -66,24 +50,14 @@ fn the_admin_page_adds_edits_disables_and_removes_a_repository() {
     }
 
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let out = Command::new("node")
-        .arg(script_dir.join("admin_page.mjs"))
-        .arg(format!("http://{}", cache.addr))
-        .arg(TOKEN)
-        .arg(&screenshot)
-        .arg(&chromium)
-        .current_dir(&script_dir)
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("admin page: ok"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let base = format!("http://{}", cache.addr);
+    common::run_browser_script(
+        "admin_page.mjs",
+        &[base.as_ref(), TOKEN.as_ref(), screenshot.as_ref()],
+        &chromium,
+        &screenshot,
+        "admin page: ok",
     );
-    let png = std::fs::read(&screenshot).expect("screenshot");
-    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
 
     // What the page did reached the catalog.
     let listed = http(

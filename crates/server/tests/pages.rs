@@ -356,3 +356,417 @@ fn push_events_redeploy_the_deployed_branch() {
     );
     assert_eq!(garbage.status, 400);
 }
+
+/// A site's `_redirects` (redirects, rewrites, not-found rules, forced rules, placeholders
+/// and splats, for the root tree and a project) and `_headers`; `gzip` and `br` answers with
+/// their own `ETag`s; an access line per request; rules that do not parse refuse the deploy.
+#[test]
+fn rules_compression_and_access_lines() {
+    use std::io::Read as _;
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/rules");
+    repo::generate(&source, &RepoSpec::tiny(1550)).unwrap();
+    upstream.adopt_repo("acme/rules", Access::Public).unwrap();
+    let css = ".a { color: red }\n".repeat(200);
+    branch(
+        &source,
+        "pages",
+        &[
+            ("index.html", "<h1>home</h1>"),
+            ("spa.html", "<h1>app</h1>"),
+            ("gone.html", "<h1>gone</h1>"),
+            ("forced.html", "<h1>never sent</h1>"),
+            ("big.css", &css),
+            (
+                "_redirects",
+                "# moves\n/old /index.html\n/app/* /spa.html 200\n/gone /gone.html 404\n\
+                 /big.css /index.html 302\n/forced.html /spa.html 302!\n\
+                 /ext/:a/* https://docs.example/:a/:splat 308\n",
+            ),
+            (
+                "_headers",
+                "/*\n  X-Frame-Options: DENY\n/big.css\n  Cache-Control: max-age=60\n",
+            ),
+        ],
+    );
+    branch(
+        &source,
+        "bad",
+        &[
+            ("index.html", "x"),
+            ("_redirects", "/a /b\n/c //evil.example 301\n"),
+        ],
+    );
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-insecure",
+            "--log-format",
+            "json",
+        ],
+    );
+    let addr = pages_addr(&cache);
+    let url = upstream.repo_url("acme/rules");
+    let host = ("Host", "rules.example");
+    assert_eq!(http(&addr, "PUT", "/", &[host], url.as_bytes()).status, 201);
+    assert_eq!(
+        http(&addr, "PUT", "/proj/", &[host], url.as_bytes()).status,
+        201
+    );
+    let bad = http(
+        &addr,
+        "PUT",
+        "/bad/",
+        &[host],
+        format!("{url}#bad").as_bytes(),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body_text());
+    assert!(
+        bad.body_text().contains("_redirects line 2"),
+        "{}",
+        bad.body_text()
+    );
+
+    let get = |path: &str, extra: &[(&str, &str)]| {
+        let mut headers = vec![host];
+        headers.extend_from_slice(extra);
+        http(&addr, "GET", path, &headers, b"")
+    };
+    let moved = get("/old", &[]);
+    assert_eq!(
+        (moved.status, moved.header("location")),
+        (301, Some("/index.html".into()))
+    );
+    let app = get("/app/settings/users", &[]);
+    assert_eq!(
+        (app.status, app.body_text()),
+        (200, "<h1>app</h1>".into()),
+        "a rewrite"
+    );
+    let gone = get("/gone", &[]);
+    assert_eq!(
+        (gone.status, gone.body_text()),
+        (404, "<h1>gone</h1>".into())
+    );
+    let shadowed = get("/big.css", &[]);
+    assert_eq!(
+        (shadowed.status, shadowed.body_text()),
+        (200, css.clone()),
+        "the file wins"
+    );
+    let forced = get("/forced.html", &[]);
+    assert_eq!(
+        (forced.status, forced.header("location")),
+        (302, Some("/spa.html".into()))
+    );
+    let external = get("/ext/v2/guide/start", &[]);
+    assert_eq!(
+        (external.status, external.header("location")),
+        (308, Some("https://docs.example/v2/guide/start".into()))
+    );
+    let in_project = get("/proj/old", &[]);
+    assert_eq!(
+        in_project.header("location"),
+        Some("/proj/index.html".into()),
+        "a project's rules speak of its own paths"
+    );
+    assert_eq!(get("/_redirects", &[]).status, 404, "rules are not sent");
+    assert_eq!(get("/_headers", &[]).status, 404);
+    assert_eq!(get("/", &[]).header("x-frame-options"), Some("DENY".into()));
+    assert_eq!(shadowed.header("x-frame-options"), Some("DENY".into()));
+    assert_eq!(shadowed.header("cache-control"), Some("max-age=60".into()));
+    assert_eq!(get("/", &[]).header("cache-control"), None);
+
+    // Compressed answers: each its own ETag; a range is taken from the file as it is.
+    let plain_etag = shadowed.header("etag").unwrap();
+    assert_eq!(shadowed.header("vary"), Some("accept-encoding".into()));
+    let br = get("/big.css", &[("Accept-Encoding", "gzip, deflate, br")]);
+    assert_eq!(br.header("content-encoding"), Some("br".into()));
+    assert!(br.body.len() < css.len() / 10, "{} bytes", br.body.len());
+    let mut unpacked = Vec::new();
+    brotli::BrotliDecompress(&mut &br.body[..], &mut unpacked).unwrap();
+    assert_eq!(unpacked, css.as_bytes());
+    let gz = get("/big.css", &[("Accept-Encoding", "gzip")]);
+    assert_eq!(gz.header("content-encoding"), Some("gzip".into()));
+    let mut unpacked = String::new();
+    flate2::read::GzDecoder::new(&gz.body[..])
+        .read_to_string(&mut unpacked)
+        .unwrap();
+    assert_eq!(unpacked, css);
+    let br_etag = br.header("etag").unwrap();
+    assert!(br_etag != plain_etag && gz.header("etag").unwrap() != br_etag);
+    let again = get(
+        "/big.css",
+        &[("Accept-Encoding", "br"), ("If-None-Match", &br_etag)],
+    );
+    assert_eq!(again.status, 304);
+    assert_eq!(
+        get(
+            "/big.css",
+            &[("Accept-Encoding", "gzip"), ("If-None-Match", &br_etag)]
+        )
+        .status,
+        200,
+        "another encoding's ETag is another copy"
+    );
+    let part = get(
+        "/big.css",
+        &[("Accept-Encoding", "br"), ("Range", "bytes=0-3")],
+    );
+    assert_eq!((part.status, part.body_text()), (206, css[..4].to_owned()));
+    assert_eq!(part.header("content-encoding"), None);
+    let small = get("/", &[("Accept-Encoding", "br")]);
+    assert_eq!(small.header("content-encoding"), None, "too small to gain");
+
+    // One access line per request, with the host and no credential.
+    let log = cache.log_with("\"service\":\"pages\"", 20);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"service\":\"pages\""))
+        .collect();
+    assert!(lines.len() >= 20, "{log}");
+    assert!(lines.iter().any(|l| l.contains("\"path\":\"/gone\"")
+        && l.contains("\"status\":404")
+        && l.contains("\"host\":\"rules.example\"")));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"content_encoding\":\"br\""))
+    );
+    let metrics = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
+    assert!(
+        metrics.contains("gitcache_pages_cache_total{kind=\"compressed\",result=\"hit\"}"),
+        "{metrics}"
+    );
+}
+
+/// Under a wildcard domain, a push event is authorized by its repository alone: the one the
+/// template computes for the host and project, on the wildcard's branch. Another repository
+/// is refused; hosts outside the domain still need the DNS challenge.
+#[test]
+fn wildcard_push_events_are_authorized_by_their_repository() {
+    let upstream = Upstream::start().unwrap();
+    for name in ["alice/pages", "alice/blog", "bob/pages"] {
+        let source = upstream.repo_path(name);
+        repo::generate(&source, &RepoSpec::tiny(1560)).unwrap();
+        upstream.adopt_repo(name, Access::Public).unwrap();
+        branch(
+            &source,
+            "pages",
+            &[("index.html", &format!("<h1>{name}</h1>"))],
+        );
+    }
+    let template = format!("{}/<user>/<project>.git", upstream.url());
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-wildcard-domain",
+            "example.page",
+            "--pages-wildcard-clone-url",
+            &template,
+        ],
+    );
+    let addr = pages_addr(&cache);
+    let event = |host: &str, path: &str, git_ref: &str, repo: &str| {
+        let body = format!(
+            r#"{{"ref":"{git_ref}","repository":{{"clone_url":"{}"}}}}"#,
+            upstream.repo_url(repo)
+        );
+        http(&addr, "POST", path, &[("Host", host)], body.as_bytes())
+    };
+    let root = event("alice.example.page", "/", "refs/heads/pages", "alice/pages");
+    assert_eq!(root.status, 201, "{}", root.body_text());
+    let project = event(
+        "alice.example.page",
+        "/blog/",
+        "refs/heads/pages",
+        "alice/blog",
+    );
+    assert_eq!(project.status, 201, "{}", project.body_text());
+    let page =
+        |path: &str| http(&addr, "GET", path, &[("Host", "alice.example.page")], b"").body_text();
+    assert_eq!(page("/"), "<h1>alice/pages</h1>");
+    assert_eq!(page("/blog/"), "<h1>alice/blog</h1>");
+
+    let other = event("alice.example.page", "/", "refs/heads/pages", "bob/pages");
+    assert_eq!(other.status, 403, "another user's repository");
+    assert!(
+        other.body_text().contains("alice/pages.git"),
+        "{}",
+        other.body_text()
+    );
+    assert_eq!(
+        event(
+            "alice.example.page",
+            "/blog/",
+            "refs/heads/pages",
+            "alice/pages"
+        )
+        .status,
+        403,
+        "another project's repository"
+    );
+    assert_eq!(
+        event("alice.example.page", "/", "refs/heads/main", "alice/pages").status,
+        202,
+        "another branch"
+    );
+    assert_eq!(
+        event("a.b.example.page", "/", "refs/heads/pages", "alice/pages").status,
+        401,
+        "not one label under the domain: the DNS challenge applies"
+    );
+    assert_eq!(
+        event("bob.elsewhere", "/", "refs/heads/pages", "bob/pages").status,
+        401
+    );
+    let put = http(
+        &addr,
+        "PUT",
+        "/",
+        &[("Host", "bob.example.page")],
+        upstream.repo_url("bob/pages").as_bytes(),
+    );
+    assert_eq!(
+        put.status, 401,
+        "a PUT is authorized by the DNS challenge only"
+    );
+    assert_eq!(page("/"), "<h1>alice/pages</h1>");
+}
+
+/// The server sweeps the pages' store: a redeploy's replaced blobs go at the next sweep,
+/// the deployed site's stay.
+#[test]
+fn the_server_sweeps_blobs_no_site_names() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/swept");
+    repo::generate(&source, &RepoSpec::tiny(1570)).unwrap();
+    upstream.adopt_repo("acme/swept", Access::Public).unwrap();
+    branch(
+        &source,
+        "pages",
+        &[("index.html", &"<p>one</p>\n".repeat(100))],
+    );
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[pages]\nsweep_interval = 1\nsweep_grace = 0\n",
+    )
+    .unwrap();
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--config",
+            config.path().to_str().unwrap(),
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-insecure",
+        ],
+    );
+    let addr = pages_addr(&cache);
+    let url = upstream.repo_url("acme/swept");
+    let host = ("Host", "swept.example");
+    assert_eq!(http(&addr, "PUT", "/", &[host], url.as_bytes()).status, 201);
+    let blobs_dir = cache.data.path().join("pages/pages/blob");
+    let blobs = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&blobs_dir)
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(blobs().len(), 1);
+    let first = blobs()[0].clone();
+    branch(
+        &source,
+        "pages",
+        &[("index.html", &"<p>two</p>\n".repeat(100))],
+    );
+    assert_eq!(http(&addr, "PUT", "/", &[host], url.as_bytes()).status, 201);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while first.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never swept: {:?}",
+            blobs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(blobs().len(), 1, "the deployed site's blob stays");
+    let page = http(&addr, "GET", "/", &[host], b"");
+    assert_eq!(page.body_text(), "<p>two</p>\n".repeat(100));
+}
+
+/// A deployed site in headless Chromium (`tests/browser/pages_site.mjs`), reached by its
+/// host name: styles, image, script, a rewrite, the 404 page and a header from `_headers`.
+/// The screenshot is kept at `target/tmp/pages-site.png`. Skipped locally without Chromium
+/// and `npm ci` in `tests/browser`; required under CI.
+#[test]
+fn a_deployed_site_renders_in_a_browser() {
+    let Some(chromium) = common::browser() else {
+        return;
+    };
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/www");
+    repo::generate(&source, &RepoSpec::tiny(1580)).unwrap();
+    upstream.adopt_repo("acme/www", Access::Public).unwrap();
+    let style = format!(
+        "body {{ font-family: sans-serif; margin: 2em; }}\nh1 {{ color: #006633; }}\n{}",
+        ".unused { margin: 0 }\n".repeat(60)
+    );
+    let image = r##"<svg xmlns="http://www.w3.org/2000/svg" width="120" height="40"><rect width="120" height="40" fill="#fc6"/><text x="10" y="26">gitcache</text></svg>"##;
+    branch(
+        &source,
+        "pages",
+        &[
+            (
+                "index.html",
+                "<!doctype html><html><head><title>gitcache pages</title>\
+                 <link rel=icon href=\"data:,\"><link rel=stylesheet href=/style.css></head><body>\
+                 <h1>Served from a git tree</h1><img src=/logo.svg alt=logo>\
+                 <p id=script></p><p><a id=about href=/about>About</a></p>\
+                 <script src=/app.js></script></body></html>",
+            ),
+            ("style.css", &style),
+            ("logo.svg", image),
+            (
+                "app.js",
+                "document.getElementById('script').textContent = 'script ran';",
+            ),
+            (
+                "about.html",
+                "<!doctype html><title>about</title><link rel=icon href=\"data:,\"><link rel=stylesheet href=/style.css><h1>About this site</h1>",
+            ),
+            (
+                "404.html",
+                "<!doctype html><title>lost</title><link rel=stylesheet href=/style.css><h1>Lost</h1>",
+            ),
+            ("_redirects", "/about /about.html 200\n"),
+            ("_headers", "/*\n  X-Frame-Options: DENY\n"),
+        ],
+    );
+    let cache = Gitcache::start(
+        &upstream,
+        &["--pages-listen", "127.0.0.1:0", "--pages-insecure"],
+    );
+    let addr = pages_addr(&cache);
+    let host = "www.site.example";
+    let put = http(
+        &addr,
+        "PUT",
+        "/",
+        &[("Host", host)],
+        upstream.repo_url("acme/www").as_bytes(),
+    );
+    assert_eq!(put.status, 201, "{}", put.body_text());
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pages-site.png");
+    common::run_browser_script(
+        "pages_site.mjs",
+        &[host.as_ref(), addr.as_ref(), screenshot.as_ref()],
+        &chromium,
+        &screenshot,
+        "pages site: ok",
+    );
+}

@@ -1,18 +1,11 @@
 // Drives gitcache's admin page in headless Chromium: sign in, add a repository, edit its
 // timeout, disable it, remove it, purge another, checking what the page shows after each step.
 // Usage: node admin_page.mjs BASE_URL TOKEN SCREENSHOT_PATH CHROMIUM_PATH
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 import assert from "node:assert/strict";
 
 const [base, token, screenshot, executablePath] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch(executablePath);
 const step = (name) => console.log("step: " + name);
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 800 } });

@@ -363,3 +363,50 @@ pub fn fails_to_start<S: AsRef<std::ffi::OsStr>>(data: &Path, args: &[S], messag
     assert!(!out.status.success(), "started: {stderr}");
     assert!(stderr.contains(message), "{message}: {stderr}");
 }
+
+/// Chromium and the `tests/browser` scripts' `node_modules`, when both are here. Without them
+/// a browser test is skipped locally; under CI (`CI` set) it fails instead.
+pub fn browser() -> Option<PathBuf> {
+    let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var_os("GITCACHE_TEST_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if chromium.exists() && script_dir.join("node_modules/playwright-core").is_dir() {
+        return Some(chromium);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the browser tests: install chromium and run npm ci in {}",
+        script_dir.display()
+    );
+    eprintln!("chromium or playwright-core missing: browser test skipped");
+    None
+}
+
+/// Run the browser script `script` of `tests/browser` with `args`, then `chromium`'s path,
+/// and check that it printed `done` and wrote the PNG `screenshot` (one of `args`).
+pub fn run_browser_script(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    chromium: &Path,
+    screenshot: &Path,
+    done: &str,
+) {
+    let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let _ = std::fs::remove_file(screenshot);
+    let out = Command::new("node")
+        .arg(script_dir.join(script))
+        .args(args)
+        .arg(chromium)
+        .current_dir(&script_dir)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(done),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(screenshot).expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+}
