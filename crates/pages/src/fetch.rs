@@ -43,6 +43,29 @@ pub async fn branch_tree(
     branch: &str,
     scratch: &Path,
 ) -> Result<(String, Vec<TreeFile>), FetchError> {
+    match branch_tree_unless(upstream, branch, scratch, None).await? {
+        Changed::Tree(commit, tree) => Ok((commit, tree)),
+        Changed::No => Err(FetchError::Answer("the tip was taken as deployed".into())),
+    }
+}
+
+/// What [`branch_tree_unless`] found.
+#[derive(Debug)]
+pub enum Changed {
+    /// The branch's tip is the commit deployed: nothing was fetched.
+    No,
+    /// The tip, and its tree as files.
+    Tree(String, Vec<TreeFile>),
+}
+
+/// [`branch_tree`], unless the branch's tip is `deployed` (a commit id in hex): then only the
+/// branch's tip is asked (`ls-refs`), and nothing is fetched.
+pub async fn branch_tree_unless(
+    upstream: &Upstream,
+    branch: &str,
+    scratch: &Path,
+    deployed: Option<&str>,
+) -> Result<Changed, FetchError> {
     let name = format!("refs/heads/{branch}");
     if gix_validate::reference::name(name.as_str().into()).is_err() {
         return Err(FetchError::BadBranch(branch.to_owned()));
@@ -62,6 +85,9 @@ pub async fn branch_tree(
         .find(|line| line.name == name.as_str())
         .and_then(|line| line.oid)
         .ok_or_else(|| FetchError::NoBranch(branch.to_owned()))?;
+    if deployed.is_some_and(|deployed| deployed.eq_ignore_ascii_case(&tip.to_string())) {
+        return Ok(Changed::No);
+    }
     let dir = tempfile_dir(scratch)?;
     // Removed however this ends: an error, a panic, the future dropped.
     let _removed = RemoveOnDrop(dir.clone());
@@ -116,7 +142,7 @@ pub async fn branch_tree(
         .map_err(|e| FetchError::Answer(e.to_string()))?
     }
     .await;
-    Ok((tip.to_string(), result?))
+    Ok(Changed::Tree(tip.to_string(), result?))
 }
 
 /// Removes its folder when dropped.

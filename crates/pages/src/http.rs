@@ -39,6 +39,8 @@ pub const SENT_BYTES: &str = "gitcache_pages_sent_bytes_total";
 
 /// The longest push event read.
 const MAX_EVENT_BODY: usize = 1 << 20;
+/// A push event's body comes within this (forges send it at once).
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a push event (GitHub, Gitea, Forgejo) says: the ref pushed and the repository.
 #[derive(serde::Deserialize)]
@@ -370,7 +372,9 @@ impl PagesService {
         if found == Answer::BadPath {
             return text(StatusCode::BAD_REQUEST, "not a path of the site");
         }
-        // The site's `_redirects`, matched on the path as sent (captures stay encoded).
+        // The site's `_redirects` and `_headers`, matched on the decoded path (as files are).
+        let rest = crate::serve::decode(rest).unwrap_or_default();
+        let rest = rest.as_str();
         let exists = matches!(found, Answer::Found(_) | Answer::Redirect(_));
         let mut status = StatusCode::OK;
         if let Some(applied) = site.rules.redirect(rest, exists) {
@@ -674,7 +678,20 @@ impl PagesService {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let body = self.read_body(request, MAX_EVENT_BODY).await?;
+        let body = match tokio::time::timeout(
+            EVENT_TIMEOUT,
+            self.read_body(request, MAX_EVENT_BODY),
+        )
+        .await
+        {
+            Ok(body) => body?,
+            Err(_) => {
+                return Err(text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not come in time",
+                ));
+            }
+        };
         serde_json::from_slice::<PushEvent>(&body)
             .map_err(|_| text(StatusCode::BAD_REQUEST, "not a push event"))
     }
@@ -745,9 +762,29 @@ impl PagesService {
             Ok(upstream) => upstream,
             Err(err) => return text(StatusCode::BAD_REQUEST, &format!("repository URL: {err}")),
         };
-        let fetched = crate::fetch::branch_tree(&upstream, branch, &self.scratch).await;
+        let source = format!("{url}#{branch}");
+        // The commit deployed from this source, if any: a push or PUT that changes nothing
+        // costs one `ls-refs`, not a fetch.
+        let deployed = match self.pages.site(host, project).await {
+            Ok(Some(site)) if site.manifest.source == source => Some(site.manifest.commit.clone()),
+            _ => None,
+        };
+        let fetched =
+            crate::fetch::branch_tree_unless(&upstream, branch, &self.scratch, deployed.as_deref())
+                .await;
         let (commit, tree) = match fetched {
-            Ok(found) => found,
+            Ok(crate::fetch::Changed::Tree(commit, tree)) => (commit, tree),
+            Ok(crate::fetch::Changed::No) => {
+                let commit = deployed.unwrap_or_default();
+                tracing::info!(host, project, commit, "site unchanged: nothing fetched");
+                let mut response = text(StatusCode::OK, &commit);
+                if let Ok(location) = header::HeaderValue::from_str(&location_of(project)) {
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_LOCATION, location);
+                }
+                return response;
+            }
             Err(err @ (FetchError::NoBranch(_) | FetchError::BadBranch(_))) => {
                 return text(StatusCode::BAD_REQUEST, &err.to_string());
             }
@@ -763,7 +800,6 @@ impl PagesService {
                 return text(StatusCode::BAD_GATEWAY, "the repository could not be read");
             }
         };
-        let source = format!("{url}#{branch}");
         match self
             .pages
             .deploy(host, project, &commit, &source, tree)
@@ -785,12 +821,7 @@ impl PagesService {
                     StatusCode::CREATED
                 };
                 let mut response = text(status, &done.commit);
-                let location = if project == ".index" {
-                    "/".to_owned()
-                } else {
-                    format!("/{project}/")
-                };
-                if let Ok(location) = header::HeaderValue::from_str(&location) {
+                if let Ok(location) = header::HeaderValue::from_str(&location_of(project)) {
                     response
                         .headers_mut()
                         .insert(header::CONTENT_LOCATION, location);
@@ -808,6 +839,15 @@ impl PagesService {
                 text(StatusCode::SERVICE_UNAVAILABLE, &format!("gitcache: {err}"))
             }
         }
+    }
+}
+
+/// Where a deployed project is served: `/` for the root tree, else `/<project>/`.
+fn location_of(project: &str) -> String {
+    if project == ".index" {
+        "/".to_owned()
+    } else {
+        format!("/{project}/")
     }
 }
 

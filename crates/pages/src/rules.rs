@@ -44,6 +44,9 @@ pub const MAX_RULES: usize = 1000;
 pub const MAX_RULES_BYTES: u64 = 256 << 10;
 /// The longest line of either file.
 const MAX_LINE: usize = 4096;
+/// The most segments of a path pattern; longer request paths match no rule, except through
+/// a splat.
+const MAX_SEGMENTS: usize = 32;
 /// The most headers one `_headers` block sets.
 const MAX_HEADERS_PER_RULE: usize = 64;
 
@@ -87,6 +90,9 @@ impl Pattern {
         }
         let mut segments = Vec::new();
         let parts: Vec<&str> = text.split('/').filter(|s| !s.is_empty()).collect();
+        if parts.len() > MAX_SEGMENTS {
+            return Err(format!("more than {MAX_SEGMENTS} segments: {text:?}"));
+        }
         for (i, part) in parts.iter().enumerate() {
             if *part == "." || *part == ".." {
                 return Err(format!("no '.' or '..' segments: {text:?}"));
@@ -111,9 +117,11 @@ impl Pattern {
         Ok(Pattern(segments))
     }
 
-    /// What `path` (decoded, `/`-separated) captures, if it matches.
-    fn captures(&self, path: &str) -> Option<Captures<'_>> {
-        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    /// What a path split into `parts` (decoded segments) captures, if it matches.
+    fn captures(&self, parts: &[&str]) -> Option<Captures<'_>> {
+        if parts.len() < self.0.len().saturating_sub(1) {
+            return None;
+        }
         let mut captured = Vec::new();
         for (i, segment) in self.0.iter().enumerate() {
             match segment {
@@ -133,6 +141,22 @@ impl Pattern {
         }
         (parts.len() == self.0.len()).then_some(captured)
     }
+}
+
+/// The segments of a decoded request path, or `None` when it has more than
+/// [`MAX_SEGMENTS`] (no rule can match it: each pattern has fewer).
+fn segments(path: &str) -> Option<Vec<&str>> {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .take(MAX_SEGMENTS + 1)
+        .collect();
+    (parts.len() <= MAX_SEGMENTS).then_some(parts)
+}
+
+/// `value` (decoded) percent-encoded for a URL path: `/` and unreserved characters kept.
+fn encode(value: &str) -> String {
+    crate::serve::percent_encode(value, b"-._~/")
 }
 
 /// What a redirect rule does.
@@ -245,23 +269,62 @@ impl Rules {
         })
     }
 
+    /// About the memory the rules take, in bytes.
+    pub fn cost(&self) -> usize {
+        let pattern = |p: &Pattern| {
+            p.0.iter()
+                .map(|s| match s {
+                    Segment::Literal(t) | Segment::Placeholder(t) => t.len() + 32,
+                    Segment::Splat => 32,
+                })
+                .sum::<usize>()
+        };
+        let redirects: usize = self
+            .redirects
+            .iter()
+            .map(|r| pattern(&r.from) + r.to.len() + 64)
+            .sum();
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| {
+                pattern(&h.pattern)
+                    + h.headers
+                        .iter()
+                        .map(|(n, v)| n.len() + v.len() + 48)
+                        .sum::<usize>()
+                    + 64
+            })
+            .sum();
+        redirects + headers
+    }
+
     /// Whether the site has no rules.
     pub fn is_empty(&self) -> bool {
         self.redirects.is_empty() && self.headers.is_empty()
     }
 
     /// The redirect rule that applies to `path` (decoded, from the site's root), when a file
-    /// answers it (`exists`) or not.
+    /// answers it (`exists`) or not. What it captured is percent-encoded again in the
+    /// target.
     /// A path with control characters matches nothing (what it captures would be sent).
     pub fn redirect(&self, path: &str, exists: bool) -> Option<Applied> {
         if path.chars().any(char::is_control) {
             return None;
         }
+        let parts = segments(path);
         self.redirects
             .iter()
             .filter(|rule| rule.force || !exists)
             .find_map(|rule| {
-                let captured = rule.from.captures(path)?;
+                // A path too long for any pattern still meets a splat at its start.
+                let captured = match &parts {
+                    Some(parts) => rule.from.captures(parts)?,
+                    None if rule.from.0 == [Segment::Splat] => {
+                        vec![("splat", path.trim_matches('/').to_owned())]
+                    }
+                    None => return None,
+                };
                 Some(Applied {
                     kind: rule.kind,
                     to: substitute(&rule.to, &captured),
@@ -271,9 +334,14 @@ impl Rules {
 
     /// The headers the site sets for `path` (decoded, from the site's root), in file order.
     pub fn headers(&self, path: &str) -> Vec<(&str, &str)> {
+        let parts = segments(path);
         self.headers
             .iter()
-            .filter(|rule| rule.pattern.captures(path).is_some())
+            .filter(|rule| match &parts {
+                Some(parts) => rule.pattern.captures(parts).is_some(),
+                // Longer than any pattern: only those that are a splat from the root.
+                None => rule.pattern.0 == [Segment::Splat],
+            })
             .flat_map(|rule| {
                 rule.headers
                     .iter()
@@ -296,7 +364,7 @@ fn substitute(to: &str, captured: &Captures<'_>) -> String {
             .count();
         let name = &after[..name_len];
         match captured.iter().find(|(n, _)| *n == name) {
-            Some((_, value)) if name_len > 0 => out.push_str(value),
+            Some((_, value)) if name_len > 0 => out.push_str(&encode(value)),
             _ => {
                 out.push(':');
                 out.push_str(name);
@@ -460,6 +528,17 @@ mod tests {
             rules.redirect("/blog", false),
             None,
             "the placeholder needs a segment"
+        );
+        assert_eq!(
+            rules.redirect("/blog/2024/a b/ü?", false),
+            applied(RuleKind::Redirect(302), "/archive/2024/a%20b/%C3%BC%3F"),
+            "captures are encoded again"
+        );
+        let deep = format!("/old{}", "/x".repeat(100));
+        assert_eq!(
+            rules.redirect(&deep, false),
+            None,
+            "longer than any pattern"
         );
         assert_eq!(
             rules.redirect("/app/settings/users", false),

@@ -64,19 +64,26 @@ fn encode(segments: &[String]) -> String {
         if i > 0 {
             out.push('/');
         }
-        for byte in segment.bytes() {
-            if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte) {
-                out.push(byte as char);
-            } else {
-                out.push_str(&format!("%{byte:02X}"));
-            }
+        out.push_str(&percent_encode(segment, b"-._~!$&'()*+,;=:@"));
+    }
+    out
+}
+
+/// `text` with each byte that is neither alphanumeric nor in `keep` percent-encoded.
+pub(crate) fn percent_encode(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || keep.contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
         }
     }
     out
 }
 
 /// `path` percent-decoded, or `None` when it does not decode to UTF-8.
-fn decode(path: &str) -> Option<String> {
+pub fn decode(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

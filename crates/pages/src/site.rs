@@ -26,6 +26,8 @@ use crate::rules::{HEADERS_FILE, MAX_RULES_BYTES, REDIRECTS_FILE, RuleError, Rul
 
 /// The most files a site may hold.
 pub const MAX_FILES: usize = 100_000;
+/// Blobs a deployment writes (or looks for) at once.
+pub const CONCURRENT_UPLOADS: usize = 16;
 /// The largest file.
 pub const MAX_FILE_BYTES: u64 = 100 << 20;
 /// The most bytes a site's files may take together.
@@ -132,10 +134,16 @@ type BlobKey = ([u8; 32], Option<Encoding>);
 #[derive(Debug)]
 struct Memory {
     sites: Mutex<Lru<ObjectKey, Held>>,
+    /// Sites found not deployed, apart: a flood of names that are no site cannot push the
+    /// deployed ones out.
+    absent: Mutex<Lru<ObjectKey, Held>>,
     /// Blobs, and their compressed copies, by hash and encoding.
     blobs: Mutex<Lru<BlobKey, Bytes>>,
     /// The largest blob kept.
     blob_max: usize,
+    /// Compressions run at once (one per core); a file that finds none free goes out as it
+    /// is.
+    compressing: tokio::sync::Semaphore,
 }
 
 /// Hits and misses of the in-memory cache, by `kind` (`manifest`, `blob`, `compressed`) and
@@ -217,6 +225,10 @@ impl<S: ObjectStore> Pages<S> {
             store,
             memory: Arc::new(Memory {
                 sites: Mutex::new(Lru::new(cache_bytes / 4)),
+                absent: Mutex::new(Lru::new((cache_bytes / 64).max(1 << 16))),
+                compressing: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                ),
                 blobs: Mutex::new(Lru::new(cache_bytes - cache_bytes / 4)),
                 blob_max: (cache_bytes - cache_bytes / 4) / 16,
             }),
@@ -352,16 +364,7 @@ impl<S: ObjectStore> Pages<S> {
         ))?;
         // Created, or there already (the same deployment under way): either way staged.
         self.store.replace_manifest(&staged, &encoded, None).await?;
-        let mut uploaded = 0;
-        for (hash, content) in &blobs {
-            let key = Self::blob_key(hash)?;
-            if self.store.size(&key).await?.is_some() {
-                continue;
-            }
-            // Create-only: a blob is its content, so one written meanwhile is this one.
-            self.store.replace_manifest(&key, content, None).await?;
-            uploaded += 1;
-        }
+        let uploaded = self.store_blobs(&blobs).await?;
         let mut expected = current.map(|c| c.version);
         let mut committed = false;
         for _ in 0..4 {
@@ -387,17 +390,13 @@ impl<S: ObjectStore> Pages<S> {
         // A blob found in the store before the commit may have been swept meanwhile (it was
         // unnamed then): each is there now, or written again, while the staged manifest still
         // names it.
-        for (hash, content) in &blobs {
-            let key = Self::blob_key(hash)?;
-            if self.store.size(&key).await?.is_none() {
-                self.store.replace_manifest(&key, content, None).await?;
-            }
+        self.store_blobs(&blobs).await?;
+        for memory in [&self.memory.sites, &self.memory.absent] {
+            memory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&site_key);
         }
-        self.memory
-            .sites
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&site_key);
         if let Err(err) = self.store.delete(&staged).await {
             // The site is live; the staged manifest goes with the next sweep.
             tracing::warn!(%err, "a staged manifest could not be deleted");
@@ -411,6 +410,38 @@ impl<S: ObjectStore> Pages<S> {
         })
     }
 
+    /// Write each of `blobs` the store lacks, [`CONCURRENT_UPLOADS`] at a time: how many were
+    /// written.
+    async fn store_blobs(&self, blobs: &Blobs) -> Result<usize, Error> {
+        use futures_util::StreamExt as _;
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        let mut items = blobs.iter();
+        let mut written = 0;
+        loop {
+            while pending.len() < CONCURRENT_UPLOADS
+                && let Some((hash, content)) = items.next()
+            {
+                pending.push(self.store_blob(hash, content));
+            }
+            match pending.next().await {
+                Some(stored) => written += usize::from(stored?),
+                None => return Ok(written),
+            }
+        }
+    }
+
+    /// Write the blob `hash` holding `content` unless the store has it: whether it was
+    /// written.
+    async fn store_blob(&self, hash: &[u8; 32], content: &[u8]) -> Result<bool, Error> {
+        let key = Self::blob_key(hash)?;
+        if self.store.size(&key).await?.is_some() {
+            return Ok(false);
+        }
+        // Create-only: a blob is its content, so one written meanwhile is this one.
+        self.store.replace_manifest(&key, content, None).await?;
+        Ok(true)
+    }
+
     /// The site `project` of `host`, if one is deployed: from memory when it was read or
     /// checked within [`MANIFEST_FRESH`], or its version is still the one read.
     pub async fn site(&self, host: &str, project: &str) -> Result<Option<Arc<Site>>, Error> {
@@ -420,7 +451,14 @@ impl<S: ObjectStore> Pages<S> {
             .sites
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key);
+            .get(&key)
+            .or_else(|| {
+                self.memory
+                    .absent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+            });
         if let Some(held) = held {
             if held.checked.elapsed() < MANIFEST_FRESH {
                 count("manifest", true);
@@ -433,12 +471,7 @@ impl<S: ObjectStore> Pages<S> {
                     checked: Instant::now(),
                     ..held.clone()
                 };
-                let cost = Self::cost(&renewed);
-                self.memory
-                    .sites
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, renewed, cost);
+                self.hold(key, renewed);
                 return Ok(held.site);
             }
         }
@@ -457,13 +490,22 @@ impl<S: ObjectStore> Pages<S> {
             version,
             checked,
         };
+        self.hold(key, held);
+        Ok(site)
+    }
+
+    /// Keep `held` in memory as `key`: a deployed site with the others, an absent one apart.
+    fn hold(&self, key: ObjectKey, held: Held) {
         let cost = Self::cost(&held);
-        self.memory
-            .sites
-            .lock()
+        let (into, out) = if held.site.is_some() {
+            (&self.memory.sites, &self.memory.absent)
+        } else {
+            (&self.memory.absent, &self.memory.sites)
+        };
+        out.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        into.lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, held, cost);
-        Ok(site)
     }
 
     /// About the memory a held site takes.
@@ -483,7 +525,7 @@ impl<S: ObjectStore> Pages<S> {
                 })
                 .sum::<usize>()
         });
-        256 + manifest
+        256 + manifest + held.site.as_ref().map_or(0, |site| site.rules.cost())
     }
 
     /// The rules of a deployed site. Deployments check them, so rules that do not parse
@@ -494,10 +536,11 @@ impl<S: ObjectStore> Pages<S> {
             let bytes = match manifest.entries.get(name) {
                 Some(Entry::File(Content::Inline(bytes))) => Bytes::from(bytes.clone()),
                 Some(Entry::File(Content::Blob { hash, size })) if *size <= MAX_RULES_BYTES => {
-                    match self.blob(hash).await? {
-                        Some(bytes) => bytes,
-                        None => continue,
-                    }
+                    // Never a site served without its rules (its headers may be its
+                    // security): one whose rules cannot be read cannot be read.
+                    self.blob(hash)
+                        .await?
+                        .ok_or_else(|| Invalid(format!("the blob of {name} is missing")))?
                 }
                 _ => continue,
             };
@@ -542,8 +585,8 @@ impl<S: ObjectStore> Pages<S> {
     }
 
     /// `content` (whose SHA-256 is `hash`) compressed with `encoding`: from memory when it was
-    /// compressed before, else compressed on a blocking thread and kept. `None` if that thread
-    /// failed.
+    /// compressed before, else compressed on a blocking thread and kept. `None` (send it as it
+    /// is) when every core is compressing already, or that thread failed.
     pub async fn compressed(
         &self,
         hash: &[u8; 32],
@@ -561,6 +604,8 @@ impl<S: ObjectStore> Pages<S> {
             count("compressed", true);
             return Some(bytes);
         }
+        // All cores compressing already: this answer goes out as it is.
+        let _slot = self.memory.compressing.try_acquire().ok()?;
         count("compressed", false);
         let compressed =
             match tokio::task::spawn_blocking(move || encoding.compress(&content)).await {

@@ -402,6 +402,9 @@ struct FileWildcard {
     branch: Option<String>,
 }
 
+/// The shortest `pages.sweep_grace` taken, in seconds.
+const MIN_SWEEP_GRACE: u64 = 10;
+
 /// How pages are served.
 #[derive(Debug)]
 pub(crate) struct PagesConfig {
@@ -841,9 +844,13 @@ impl Config {
                 ) {
                     (Some(domain), Some(clone_url)) => {
                         let domain = domain.trim_matches('.').to_ascii_lowercase();
-                        if domain.is_empty() || !clone_url.contains("<project>") {
+                        // Without <user>, every user's site would take every user's pushes.
+                        if domain.is_empty()
+                            || !clone_url.contains("<project>")
+                            || !clone_url.contains("<user>")
+                        {
                             bail!(
-                                "a pages wildcard needs a domain and a clone URL with <project> in it"
+                                "a pages wildcard needs a domain and a clone URL with <user> and <project> in it"
                             );
                         }
                         Some(gitcache_pages::http::Wildcard {
@@ -877,7 +884,13 @@ impl Config {
                     sweep_interval: Duration::from_secs(
                         file.pages.sweep_interval.unwrap_or(3600).max(1),
                     ),
-                    sweep_grace: Duration::from_secs(file.pages.sweep_grace.unwrap_or(3600)),
+                    sweep_grace: match file.pages.sweep_grace.unwrap_or(3600) {
+                        // Shorter than a deploy, a sweep could take the blobs of one under way.
+                        grace if grace < MIN_SWEEP_GRACE => bail!(
+                            "pages.sweep_grace must be at least {MIN_SWEEP_GRACE} seconds (longer than a deploy takes)"
+                        ),
+                        grace => Duration::from_secs(grace),
+                    },
                 })
             }
             None => None,

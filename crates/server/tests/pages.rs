@@ -71,8 +71,15 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     assert_eq!(put.status, 201, "{}", put.body_text());
     assert_eq!(put.body_text().trim(), site);
     assert_eq!(put.header("content-location"), Some("/".to_owned()));
+    let fetches = upstream.counts().fetch;
     let again = http(&addr, "PUT", "/", &host, repo_url.as_bytes());
     assert_eq!(again.status, 200, "the same commit again: nothing to do");
+    assert_eq!(again.body_text().trim(), site);
+    assert_eq!(
+        upstream.counts().fetch,
+        fetches,
+        "an unchanged branch is not fetched"
+    );
     let put_blog = http(
         &addr,
         "PUT",
@@ -472,6 +479,16 @@ fn rules_compression_and_access_lines() {
         Some("/proj/index.html".into()),
         "a project's rules speak of its own paths"
     );
+    let encoded = get("/%67one", &[]);
+    assert_eq!(
+        (encoded.status, encoded.body_text()),
+        (404, "<h1>gone</h1>".into()),
+        "rules see the path decoded, as files do"
+    );
+    assert_eq!(
+        get("/big%2Ecss", &[]).header("cache-control"),
+        Some("max-age=60".into())
+    );
     assert_eq!(get("/_redirects", &[]).status, 404, "rules are not sent");
     assert_eq!(get("/_headers", &[]).status, 404);
     assert_eq!(get("/", &[]).header("x-frame-options"), Some("DENY".into()));
@@ -654,7 +671,7 @@ fn the_server_sweeps_blobs_no_site_names() {
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         config.path(),
-        "[pages]\nsweep_interval = 1\nsweep_grace = 0\n",
+        "[pages]\nsweep_interval = 1\nsweep_grace = 10\n",
     )
     .unwrap();
     let cache = Gitcache::start(
@@ -685,7 +702,7 @@ fn the_server_sweeps_blobs_no_site_names() {
         &[("index.html", &"<p>two</p>\n".repeat(100))],
     );
     assert_eq!(http(&addr, "PUT", "/", &[host], url.as_bytes()).status, 201);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while first.exists() {
         assert!(
             std::time::Instant::now() < deadline,
