@@ -10,6 +10,9 @@
 //! - `bench-proxy [repo] [--response-cache | --two-instances [--only TEXT]]`: time gitcache (hits and misses) in front of C
 //!   git's http-backend (with `--response-cache`, only the response-cache table)
 //!   against http-backend alone, over HTTP, on the same repository and requests.
+//! - `bench-pages [--files N] [--seconds S]`: the pages listener (release build): deploy time
+//!   of a site of N files against `git clone --depth 1` + `cp -r`, and requests per second
+//!   for a small and a 1 MiB file against `python3 -m http.server`.
 //! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
 //!   `RUSTC_BOOTSTRAP=1`).
 //! - `crash [--kills N] [--seed S]`: the crash-consistency campaign (`gitcache_testkit::crash`)
@@ -22,6 +25,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 mod bench_pack;
+mod bench_pages;
 mod bench_proxy;
 mod soak;
 mod transcripts;
@@ -44,6 +48,7 @@ fn main() -> Result<()> {
             let only_cache = args.iter().any(|a| a == "--response-cache");
             bench_proxy::run(&root, repo, only_cache)
         }
+        Some("bench-pages") => bench_pages::run(&workspace_root()?, &args[1..]),
         Some("crash") => crash(&workspace_root()?, &args[1..]),
         Some("soak") => soak::run(&workspace_root()?, &args[1..]),
         Some("fuzz-smoke") => {
@@ -51,7 +56,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--response-cache | --two-instances [--only TEXT]] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--response-cache | --two-instances [--only TEXT]] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }
@@ -137,6 +142,18 @@ fn crash(root: &Path, args: &[String]) -> Result<()> {
         report.clones_checked,
         report.cut_requests
     );
+    Ok(())
+}
+
+/// Build the server binary with the release profile (`target/release/gitcache-server`).
+pub(crate) fn build_release_server(root: &Path) -> Result<()> {
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--release", "--quiet", "-p", "gitcache-server"])
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("building the server failed");
+    }
     Ok(())
 }
 

@@ -35,13 +35,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     // The upstream moves for this many minutes only (all of them by default): a plateau
     // after it stops tells memory that follows the repositories' size from a leak.
     let move_minutes = value("--move-minutes", minutes)?;
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--quiet", "-p", "gitcache-server"])
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        bail!("building the server failed");
-    }
+    crate::build_release_server(root)?;
     let upstream = Upstream::start()?;
     for (i, name) in REPOS.iter().enumerate() {
         repo::generate(&upstream.repo_path(name), &RepoSpec::small(900 + i as u64))?;
