@@ -375,18 +375,17 @@ impl Registry {
         if !create && self.existing(key).is_none() {
             return Err(Arc::new(Error::NoMirror));
         }
-        {
+        let finished = {
             let last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.0 != seen
-                && let Some(outcome) = &last.1
-                && (keep.is_empty() || self.holds(key, keep))
-            {
-                // A refresh finished while we waited (with what was to be kept): it is
-                // ours too.
-                return outcome.clone();
-            }
+            if last.0 != seen { last.1.clone() } else { None }
+        };
+        if let Some(outcome) = finished
+            && (keep.is_empty() || self.holds(key, keep).await)
+        {
+            // A refresh finished while we waited (with what was to be kept): it is ours too.
+            return outcome;
         }
-        if !keep.is_empty() && self.holds(key, keep) {
+        if !keep.is_empty() && self.holds(key, keep).await {
             return Ok(Refreshed {
                 refs: 0,
                 changed: false,
@@ -627,10 +626,16 @@ impl Registry {
         Ok(Some(done))
     }
 
-    /// Whether the mirror of `key` holds every object of `oids`.
-    fn holds(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) -> bool {
-        gitcache_pack::Repository::open(self.path(key))
-            .is_ok_and(|repo| oids.iter().all(|oid| repo.contains(oid)))
+    /// Whether the mirror of `key` holds every object of `oids` (looked up on a blocking
+    /// thread: it opens the repository).
+    async fn holds(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) -> bool {
+        let (path, oids) = (self.path(key), oids.to_vec());
+        tokio::task::spawn_blocking(move || {
+            gitcache_pack::Repository::open(path)
+                .is_ok_and(|repo| oids.iter().all(|oid| repo.contains(oid)))
+        })
+        .await
+        .unwrap_or(false)
     }
 
     async fn refresh_now(
