@@ -75,8 +75,8 @@ fn upload_pack(cache: &Gitcache, name: &str, body: &[u8]) -> common::Answer {
 }
 
 /// `acme/Widgets` (public) and `acme/widgets` (private) are two repositories on a
-/// case-sensitive upstream: a grant for one never opens the other's mirror, and `want-ref`
-/// (not advertised) is refused as git refuses it.
+/// case-sensitive upstream: a grant for one never opens the other's mirror, and `want-ref`,
+/// `sideband-all` and `packfile-uris` (not advertised) are refused as git refuses them.
 #[test]
 fn case_twins_on_a_case_sensitive_upstream_are_two_mirrors() {
     let _shared = shared();
@@ -119,6 +119,22 @@ fn case_twins_on_a_case_sensitive_upstream_are_two_mirrors() {
         "{}",
         by_ref.body_text()
     );
+    // The other features this server does not advertise are refused the same way.
+    for line in ["sideband-all", "packfile-uris https"] {
+        let refused = upload_pack(
+            &cache,
+            "acme/Widgets",
+            &v2_body("fetch", &[&format!("want {private_tip}"), line, "done"]),
+        );
+        assert_eq!(refused.status, 400, "{line}: {}", refused.body_text());
+        assert!(
+            refused
+                .body_text()
+                .contains(&format!("unexpected line: '{line}'")),
+            "{line}: {}",
+            refused.body_text()
+        );
+    }
     let by_id = upload_pack(&cache, "acme/Widgets", &fetch_body(&private_tip, &[]));
     assert!(
         !by_id.has_pack(),
