@@ -565,3 +565,60 @@ fn an_earlier_layout_drops_what_case_folding_may_have_mixed() {
             .is_file()
     );
 }
+
+/// A client's `ls-refs` renews its grant only when the upstream's answer is a whole, parsed
+/// v2 listing. With a 4 s grant: a fetch at 0 s, an `ls-refs` at 2 s, a fetch at 5 s. After a
+/// `200` of garbage the grant has run out and the fetch is verified upstream again; after a
+/// good listing it still holds (renewed at 2 s) and the fetch is not.
+#[test]
+fn a_garbled_ls_refs_answer_renews_no_grant() {
+    use gitcache_testkit::upstream::{Fault, RequestKind};
+    let _shared = shared();
+    let upstream = Upstream::start().unwrap();
+    repo_on(&upstream, "acme/vault", 1290, Access::private(["secret"]));
+    let sha = tip(&upstream, "acme/vault");
+    let cache = Gitcache::start(&upstream, &["--access-ttl", "4"]);
+    let auth = basic("secret");
+    let post = |body: &[u8]| {
+        http(
+            &cache.addr,
+            "POST",
+            "/acme/vault.git/git-upload-pack",
+            &[
+                V2,
+                ("Content-Type", "application/x-git-upload-pack-request"),
+                ("Authorization", &auth),
+            ],
+            body,
+        )
+    };
+    let ls_refs = v2_body("ls-refs", &["ref-prefix refs/heads/"]);
+    for garbled in [true, false] {
+        // A fetch verified upstream: the grant starts now (a first one also makes the mirror).
+        std::thread::sleep(Duration::from_secs(5));
+        let verifications = upstream.counts().info_refs;
+        assert!(post(&fetch_body(&sha, &[])).has_pack());
+        assert!(upstream.counts().info_refs > verifications, "not verified");
+        std::thread::sleep(Duration::from_secs(2));
+        if garbled {
+            upstream.inject(Fault::Garbage, 1, Some(RequestKind::LsRefs));
+            post(&ls_refs);
+        } else {
+            let listed = post(&ls_refs);
+            assert!(
+                listed.body_text().contains("refs/heads/main"),
+                "{}",
+                listed.body_text()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let verifications = upstream.counts().info_refs;
+        assert!(post(&fetch_body(&sha, &[])).has_pack());
+        let verified = upstream.counts().info_refs - verifications;
+        assert_eq!(
+            verified,
+            usize::from(garbled),
+            "garbled listing: {garbled}; verified again: {verified}"
+        );
+    }
+}
