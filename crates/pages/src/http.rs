@@ -249,14 +249,17 @@ impl PagesService {
         let started = std::time::Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let host = host_of(&request).unwrap_or_default();
+        let host = host_of(&request);
         let user_agent = request
             .headers()
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let response = self.answer(request).await;
+        let response = match host.as_deref() {
+            Some(host) => self.answer(host, request).await,
+            None => text(StatusCode::BAD_REQUEST, "no Host header"),
+        };
         let bytes = hyper::body::Body::size_hint(response.body())
             .exact()
             .unwrap_or(0);
@@ -264,7 +267,7 @@ impl PagesService {
             target: "gitcache::access",
             service = "pages",
             method = %method,
-            host = %host,
+            host = host.as_deref().unwrap_or(""),
             path = %path,
             status = response.status().as_u16(),
             bytes,
@@ -281,22 +284,19 @@ impl PagesService {
         response
     }
 
-    async fn answer<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    async fn answer<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Some(host) = host_of(&request) else {
-            return text(StatusCode::BAD_REQUEST, "no Host header");
-        };
         let method = request.method().clone();
         let response = match method {
-            Method::GET | Method::HEAD => self.get(&host, request).await,
+            Method::GET | Method::HEAD => self.get(host, request).await,
             Method::PUT | Method::POST => {
                 let response = if method == Method::PUT {
-                    self.put(&host, request).await
+                    self.put(host, request).await
                 } else {
-                    self.post(&host, request).await
+                    self.post(host, request).await
                 };
                 let result = match response.status() {
                     StatusCode::CREATED => "deployed",
@@ -467,7 +467,7 @@ impl PagesService {
                 .get(header::IF_NONE_MATCH)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-        let mut response = if not_modified {
+        let response = if not_modified {
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             response
@@ -552,11 +552,12 @@ impl PagesService {
                 }
             }
         };
-        if not_modified {
-            return with_etag(response, &etag, compressible);
-        }
-        response = with_etag(response, &file.etag, compressible);
-        response
+        // A 304 names the copy the client holds; the identity answers name the file.
+        with_etag(
+            response,
+            if not_modified { &etag } else { &file.etag },
+            compressible,
+        )
     }
 
     async fn put<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>>
@@ -573,7 +574,7 @@ impl PagesService {
             .get("x-pages-branch")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = match self.read_body(request, MAX_PUT_BODY).await {
+        let body = match self.read_body(request, MAX_PUT_BODY, self.timeout).await {
             Ok(body) => body,
             Err(refused) => return refused,
         };
@@ -604,10 +605,7 @@ impl PagesService {
         let (_deploying, project, event, wanted_branch) = if let Some((wildcard, user)) = wildcard {
             // Authorized by the event's repository: the body is read first, a few at a time.
             let Ok(_reading) = self.event_reads.try_acquire() else {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "deploys are busy: try again shortly",
-                );
+                return busy();
             };
             let Some(project) = project_of(request.uri().path()) else {
                 return text(StatusCode::BAD_REQUEST, "POST / or /<project>/");
@@ -628,11 +626,8 @@ impl PagesService {
                     ),
                 );
             }
-            let Ok(slot) = Arc::clone(&self.deploys).try_acquire_owned() else {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "deploys are busy: try again shortly",
-                );
+            let Some(slot) = self.deploy_slot() else {
+                return busy();
             };
             (slot, project, event, Some(wildcard.branch.clone()))
         } else {
@@ -678,20 +673,9 @@ impl PagesService {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let body = match tokio::time::timeout(
-            EVENT_TIMEOUT,
-            self.read_body(request, MAX_EVENT_BODY),
-        )
-        .await
-        {
-            Ok(body) => body?,
-            Err(_) => {
-                return Err(text(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the body did not come in time",
-                ));
-            }
-        };
+        let body = self
+            .read_body(request, MAX_EVENT_BODY, EVENT_TIMEOUT.min(self.timeout))
+            .await?;
         serde_json::from_slice::<PushEvent>(&body)
             .map_err(|_| text(StatusCode::BAD_REQUEST, "not a push event"))
     }
@@ -709,12 +693,7 @@ impl PagesService {
         } else if let Some(refused) = self.authorize(host, request.headers()).await {
             return Err(refused);
         }
-        let Ok(slot) = Arc::clone(&self.deploys).try_acquire_owned() else {
-            return Err(text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "deploys are busy: try again shortly",
-            ));
-        };
+        let slot = self.deploy_slot().ok_or_else(busy)?;
         let Some(project) = project_of(request.uri().path()) else {
             return Err(text(
                 StatusCode::BAD_REQUEST,
@@ -724,22 +703,25 @@ impl PagesService {
         Ok((slot, project))
     }
 
-    /// The body of `request`, at most `limit` bytes, within the timeout; otherwise the
+    /// One of the deploys that may run at once, held while it runs; `None` when all are
+    /// taken.
+    fn deploy_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.deploys).try_acquire_owned().ok()
+    }
+
+    /// The body of `request`, at most `limit` bytes, `within` that long; otherwise the
     /// refusal to send.
     async fn read_body<B>(
         &self,
         request: Request<B>,
         limit: usize,
+        within: Duration,
     ) -> Result<Bytes, Response<Full<Bytes>>>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        match tokio::time::timeout(
-            self.timeout,
-            Limited::new(request.into_body(), limit).collect(),
-        )
-        .await
+        match tokio::time::timeout(within, Limited::new(request.into_body(), limit).collect()).await
         {
             Ok(Ok(body)) => Ok(body.to_bytes()),
             Ok(Err(err)) => Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {err}"))),
@@ -840,6 +822,14 @@ impl PagesService {
             }
         }
     }
+}
+
+/// The answer when deploys are busy.
+fn busy() -> Response<Full<Bytes>> {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "deploys are busy: try again shortly",
+    )
 }
 
 /// Where a deployed project is served: `/` for the root tree, else `/<project>/`.
