@@ -31,6 +31,7 @@ pub(crate) const UPSTREAM: &str = "gitcache_upstream_request_duration_seconds";
 pub(crate) const PACK_BYTES: &str = "gitcache_pack_sent_bytes_total";
 pub(crate) const PACK_SECONDS: &str = "gitcache_pack_generation_duration_seconds";
 pub(crate) const IN_FLIGHT: &str = "gitcache_http_requests_in_flight";
+pub(crate) const PACK_SLOTS: &str = "gitcache_pack_slots";
 pub(crate) const REFRESH: &str = "gitcache_mirror_refresh_duration_seconds";
 pub(crate) const BUILD_INFO: &str = "gitcache_build_info";
 
@@ -105,6 +106,10 @@ pub(crate) fn describe() {
             "Time to plan and write one fetch response from a mirror."
         );
         describe_gauge!(IN_FLIGHT, "HTTP requests being answered.");
+        describe_gauge!(
+            PACK_SLOTS,
+            "Fetch responses being generated (state=busy, at most max_concurrent_packs) and waiting for a slot (state=waiting)."
+        );
         describe_histogram!(
             REFRESH,
             metrics::Unit::Seconds,
@@ -220,6 +225,23 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// Counts a pack generation in `state` (`busy` or `waiting`) until dropped.
+#[derive(Debug)]
+pub(crate) struct PackSlot(&'static str);
+
+impl PackSlot {
+    pub(crate) fn enter(state: &'static str) -> Self {
+        gauge!(PACK_SLOTS, "state" => state).increment(1.0);
+        PackSlot(state)
+    }
+}
+
+impl Drop for PackSlot {
+    fn drop(&mut self) {
+        gauge!(PACK_SLOTS, "state" => self.0).decrement(1.0);
     }
 }
 

@@ -53,7 +53,7 @@ use crate::gate::{AccessGate, Verified};
 use crate::metrics::{self, RepoLabels};
 use crate::mirrors::{Budget, Mirrors};
 use crate::passthrough::Passthrough;
-use crate::responder::{RESULT_TYPE, Responder, set_git_headers};
+use crate::responder::{RESULT_TYPE, Responder, refusal, set_git_headers};
 use crate::response_cache::{ResponseCache, ResponseCacheStats};
 use crate::route::{Route, Service, route};
 use crate::serve::Face;
@@ -523,7 +523,13 @@ impl Proxy {
                     self.info_refs(&target, &parts.headers).await
                 }
                 Service::UploadPack if parts.method == Method::POST && target.cached && v2 => {
-                    self.upload_pack(&target, &parts.headers, body).await
+                    match self.upload_pack(&target, &parts.headers, body).await {
+                        Err(Error::Request(err)) => {
+                            tracing::info!(%err, "request refused");
+                            Ok(with_state(refusal(&err.to_string()), CacheState::Error))
+                        }
+                        answer => answer,
+                    }
                 }
                 _ => {
                     tracing::debug!(service = ?route.service, cached = target.cached, v2, "passthrough");

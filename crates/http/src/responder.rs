@@ -103,7 +103,7 @@ impl Responder {
             let slots = Arc::clone(&self.pack_slots);
             let runtime = tokio::runtime::Handle::current();
             Arc::new(move |out: &mut dyn std::io::Write| {
-                let _permit = runtime.block_on(Arc::clone(&slots).acquire_owned());
+                let _slot = runtime.block_on(pack_slot(&slots));
                 gitcache_pack::plan(&repo, &fetch, kind, &options)
                     .and_then(|plan| plan.write_to(out))
                     .map(|_| ())
@@ -145,8 +145,8 @@ impl Responder {
                     ..self.pack.clone()
                 };
                 let cache = Arc::clone(cache);
-                let generate = move |permit| {
-                    let _permit = permit;
+                let generate = move |slot: Option<Slot>| {
+                    let _slot = slot;
                     let _enter = span.enter();
                     if !generation.has_readers() {
                         // Every client left while it waited: nothing to do (dropping it
@@ -178,8 +178,8 @@ impl Responder {
                     }
                 };
                 tokio::spawn(async move {
-                    let permit = slots.acquire_owned().await;
-                    let _ = tokio::task::spawn_blocking(move || generate(permit)).await;
+                    let slot = pack_slot(&slots).await;
+                    let _ = tokio::task::spawn_blocking(move || generate(slot)).await;
                 });
                 tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
             }
@@ -197,7 +197,7 @@ impl Responder {
         fetch: Fetch,
         kind: HashKind,
     ) -> Response<Body> {
-        let permit = Arc::clone(&self.pack_slots).acquire_owned().await;
+        let slot = pack_slot(&self.pack_slots).await;
         let (tx, rx) = mpsc::channel(4);
         let probe = tx.clone();
         let options = gitcache_pack::Options {
@@ -208,7 +208,7 @@ impl Responder {
         let stall = self.stall;
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _slot = slot;
             let _enter = span.enter();
             let mut out = ChannelWriter::new(tx, stall);
             let started = Instant::now();
@@ -264,6 +264,39 @@ impl Responder {
 }
 
 /// The headers of a git response that must not be cached by intermediaries.
+/// A pack slot held, counted on `/metrics` as busy while it is.
+type Slot = (tokio::sync::OwnedSemaphorePermit, metrics::PackSlot);
+
+/// One of `slots`, waited for (and counted as waiting) when all are busy; `None` only if the
+/// semaphore was closed, which this server never does.
+async fn pack_slot(slots: &Arc<Semaphore>) -> Option<Slot> {
+    let permit = match Arc::clone(slots).try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            tracing::debug!("waiting for a pack slot");
+            let _waiting = metrics::PackSlot::enter("waiting");
+            Arc::clone(slots).acquire_owned().await.ok()?
+        }
+    };
+    Some((permit, metrics::PackSlot::enter("busy")))
+}
+
+/// The answer to a request git's own upload-pack refuses: one `ERR` line, which git's
+/// client shows as `remote error: <message>` (over a 4xx status it would show only the
+/// status).
+pub(crate) fn refusal(message: &str) -> Response<Body> {
+    // A message quoting a long line of the request is cut: the line is the client's own.
+    let mut end = message.len().min(1024);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut line = Vec::new();
+    let _ = gitcache_protocol::pktline::write_error(&mut line, &message.as_bytes()[..end]);
+    let mut response = Response::new(Body::full(line));
+    set_git_headers(response.headers_mut(), RESULT_TYPE);
+    response
+}
+
 pub(crate) fn set_git_headers(headers: &mut HeaderMap, content_type: &'static str) {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(

@@ -189,6 +189,15 @@ impl Answer {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The message of an `ERR` line heading the body: how upload-pack refuses a request.
+    pub fn refusal(&self) -> Option<String> {
+        let text = self.body_text();
+        let at = text.find("ERR ")?;
+        // The pkt-line length comes just before `ERR `.
+        let len = usize::from_str_radix(text.get(at.checked_sub(4)?..at)?, 16).ok()?;
+        text.get(at + 4..at + len - 4).map(str::to_owned)
+    }
+
     pub fn has_pack(&self) -> bool {
         self.body.windows(4).any(|w| w == b"PACK")
     }
