@@ -257,3 +257,96 @@ fn whole_pack_answers_are_not_stored_again() {
     assert_eq!(count(&log, "response generated"), generated_before, "{log}");
     assert_eq!(entries(&cache), stored_before);
 }
+
+/// A request sent on a connection whose client reads nothing (a receive buffer of a few KiB:
+/// the response stops once the buffers between are full). Dropping it closes the connection.
+fn send_unread(addr: &str, body: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4 << 10).unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    let head = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: {addr}\r\nGit-Protocol: version=2\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    stream
+}
+
+/// Wait until `/metrics` shows `line`.
+fn wait_for_metric(cache: &Gitcache, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no '{line}' in:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The first client of a response (its leader) leaves while the generation waits for a pack
+/// slot: the client that joined it is still answered, with the one generation.
+#[test]
+fn a_leader_leaving_while_its_generation_waits_for_a_slot_leaves_followers_answered() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    // Over 10 MB of incompressible files: a whole clone fills every buffer on its way to a
+    // client that does not read.
+    let spec = RepoSpec {
+        large_every: 10,
+        ..RepoSpec::small(807)
+    };
+    repo::generate(&source, &spec).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let main = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--max-concurrent-packs",
+            "1",
+            "--response-cache-admit-second",
+        ],
+    );
+    let depth1 = depth1(&main);
+    // Asked once, read whole: the mirror is made, and the next ask of this body leads a
+    // stored generation.
+    post(&cache, &depth1);
+    // A whole clone, asked for the first time (generated live), to a client that reads
+    // nothing: it holds the only pack slot.
+    let occupant = send_unread(
+        &cache.addr,
+        &fetch_body(&main, &["ofs-delta", "no-progress"]),
+    );
+    wait_for_metric(&cache, "gitcache_pack_slots{state=\"busy\"} 1");
+    // The leader asks; its generation waits for the slot.
+    let leader = send_unread(&cache.addr, &depth1);
+    wait_for_metric(&cache, "gitcache_pack_slots{state=\"waiting\"} 1");
+    // A second client joins that generation.
+    let follower = {
+        let (addr, body) = (cache.addr.clone(), depth1.clone());
+        std::thread::spawn(move || {
+            http(&addr, "POST", PATH, &[("Git-Protocol", "version=2")], &body)
+        })
+    };
+    cache.log_with("cache=\"joined\"", 1);
+    // The leader leaves, then the slot comes free.
+    drop(leader);
+    std::thread::sleep(Duration::from_millis(200));
+    drop(occupant);
+    let answer = follower.join().unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    assert_eq!(
+        answer.content(),
+        generated(&cache.mirror(&upstream, "acme/widgets"), &depth1)
+    );
+    let log = cache.log_with("response generated", 1);
+    assert_eq!(count(&log, "response generated"), 1, "{log}");
+    wait_for_metric(&cache, "gitcache_pack_slots{state=\"waiting\"} 0");
+}
