@@ -96,3 +96,106 @@ fn names_are_checked_before_they_touch_the_disk() {
         std::path::Path::new("github.com/acme/widgets.git")
     );
 }
+
+/// The leftovers of a crash are removed when a mirror is first opened, but never what an
+/// ingestion under way is writing: the removal waits for the refresh running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_leftovers_waits_for_the_ingestion_under_way() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/big"), &RepoSpec::small(82)).unwrap();
+    upstream.adopt_repo("acme/big", Access::Public).unwrap();
+    // The pack comes slowly, so the staging file lives for a while.
+    upstream.inject(
+        Fault::Trickle {
+            chunk: 16 << 10,
+            every: Duration::from_millis(15),
+        },
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(Registry::new(dir.path()));
+    let key = RepoKey::new("127.0.0.1", "acme", "big.git").unwrap();
+    let client = Client::new(
+        &upstream.repo_url("acme/big"),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let refresh = {
+        let (registry, key) = (Arc::clone(&registry), key.clone());
+        tokio::spawn(async move { registry.refresh(&key, &client, &[]).await })
+    };
+    let pack_dir = registry.path(&key).join("objects/pack");
+    let staging = |dir: &std::path::Path| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("incoming-"))
+        })
+    };
+    let started = std::time::Instant::now();
+    while !staging(&pack_dir) {
+        assert!(
+            !refresh.is_finished(),
+            "the refresh ended before staging was seen"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no staging seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A crash's leftover appears beside the staging file, and the mirror is "opened".
+    let orphan = pack_dir.join(format!("pack-{}.pack", "0".repeat(40)));
+    std::fs::write(&orphan, b"PACK left by a crash").unwrap();
+    registry.check_in_background(&key);
+
+    let outcome = refresh.await.unwrap().unwrap();
+    assert!(outcome.refs > 0);
+    let mirror = registry.existing(&key).unwrap();
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+    // The leftover went once the refresh was done.
+    let started = std::time::Instant::now();
+    while orphan.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the leftover stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!staging(&pack_dir));
+}
+
+/// A mirror folder a crash left half-created (no `HEAD`, a config cut short, stray files) is
+/// not taken for a mirror, and the next refresh makes it again from nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_cut_short_while_being_created_is_made_again() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/cut"), &RepoSpec::tiny(83)).unwrap();
+    upstream.adopt_repo("acme/cut", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(Registry::new(dir.path()));
+    let key = RepoKey::new("127.0.0.1", "acme", "cut.git").unwrap();
+    let path = registry.path(&key);
+    std::fs::create_dir_all(path.join("objects/pack")).unwrap();
+    std::fs::write(path.join("config"), b"[core]\n\trepositoryformatv").unwrap();
+    std::fs::write(path.join("objects/pack/incoming-1"), b"PACK\0\0").unwrap();
+    assert!(registry.existing(&key).is_none(), "no HEAD: not a mirror");
+
+    let client = Client::new(
+        &upstream.repo_url("acme/cut"),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let outcome = registry.refresh(&key, &client, &[]).await.unwrap();
+    assert!(outcome.refs > 0);
+    let mirror = registry.existing(&key).unwrap();
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+    assert!(!path.join("objects/pack/incoming-1").exists());
+    assert_eq!(
+        git(mirror.git_dir(), &["rev-parse", "main"]),
+        git(&upstream.repo_path("acme/cut"), &["rev-parse", "main"])
+    );
+}

@@ -241,8 +241,7 @@ impl ResponseStore {
         let mut removed = 0;
         for (_, files) in self.repos()? {
             for (path, _, _) in files {
-                if crate::fs::is_leftover_temp(&path.to_string_lossy()) {
-                    std::fs::remove_file(&path)?;
+                if crate::fs::is_leftover_temp(&path.to_string_lossy()) && remove_entry(&path)? {
                     removed += 1;
                 }
             }
@@ -297,68 +296,77 @@ impl ResponseStore {
         per_repo: impl Fn(&Path) -> Option<u64>,
         total: Option<u64>,
     ) -> std::io::Result<Eviction> {
-        let mut all: Vec<(PathBuf, PathBuf, u64, SystemTime)> = Vec::new();
-        let mut evicted: Vec<Evicted> = Vec::new();
-        let mut note = |repo: &Path, bytes: u64| match evicted.iter_mut().find(|e| e.repo == repo) {
-            Some(e) => {
-                e.entries += 1;
-                e.bytes += bytes;
-            }
-            None => evicted.push(Evicted {
-                repo: repo.to_owned(),
-                entries: 1,
-                bytes,
-            }),
-        };
-        for (repo, mut files) in self.repos()? {
-            files.retain(|(path, _, _)| path.to_string_lossy().ends_with(SUFFIX));
-            // Oldest first.
-            files.sort_by_key(|f| f.2);
-            let mut size: u64 = files.iter().map(|f| f.1).sum();
-            let limit = per_repo(&repo);
-            let mut kept = Vec::new();
-            for (path, len, used) in files {
-                if limit.is_some_and(|limit| size > limit) {
-                    if remove_entry(&path)? {
-                        note(&repo, len);
-                    }
-                    size -= len;
-                } else {
-                    kept.push((repo.clone(), path, len, used));
-                }
-            }
-            all.extend(kept);
+        evict_listed(self.repos()?, per_repo, total)
+    }
+}
+
+/// [`ResponseStore::evict`] over `listing`, which files may have left since it was taken.
+fn evict_listed(
+    listing: Vec<(PathBuf, Vec<StoredFile>)>,
+    per_repo: impl Fn(&Path) -> Option<u64>,
+    total: Option<u64>,
+) -> std::io::Result<Eviction> {
+    let mut all: Vec<(PathBuf, PathBuf, u64, SystemTime)> = Vec::new();
+    let mut evicted: Vec<Evicted> = Vec::new();
+    let mut note = |repo: &Path, bytes: u64| match evicted.iter_mut().find(|e| e.repo == repo) {
+        Some(e) => {
+            e.entries += 1;
+            e.bytes += bytes;
         }
-        if let Some(limit) = total {
-            all.sort_by_key(|f| f.3);
-            let mut size: u64 = all.iter().map(|f| f.2).sum();
-            let mut removed = 0;
-            for (repo, path, len, _) in &all {
-                if size <= limit {
-                    break;
-                }
-                if remove_entry(path)? {
-                    note(repo, *len);
+        None => evicted.push(Evicted {
+            repo: repo.to_owned(),
+            entries: 1,
+            bytes,
+        }),
+    };
+    for (repo, mut files) in listing {
+        files.retain(|(path, _, _)| path.to_string_lossy().ends_with(SUFFIX));
+        // Oldest first.
+        files.sort_by_key(|f| f.2);
+        let mut size: u64 = files.iter().map(|f| f.1).sum();
+        let limit = per_repo(&repo);
+        let mut kept = Vec::new();
+        for (path, len, used) in files {
+            if limit.is_some_and(|limit| size > limit) {
+                if remove_entry(&path)? {
+                    note(&repo, len);
                 }
                 size -= len;
-                removed += 1;
-            }
-            all.drain(..removed);
-        }
-        let mut sizes: Vec<(PathBuf, u64)> = Vec::new();
-        for (repo, _, len, _) in &all {
-            match sizes.iter_mut().find(|(r, _)| r == repo) {
-                Some((_, size)) => *size += len,
-                None => sizes.push((repo.clone(), *len)),
+            } else {
+                kept.push((repo.clone(), path, len, used));
             }
         }
-        for e in &evicted {
-            if !sizes.iter().any(|(r, _)| *r == e.repo) {
-                sizes.push((e.repo.clone(), 0));
-            }
-        }
-        Ok(Eviction { evicted, sizes })
+        all.extend(kept);
     }
+    if let Some(limit) = total {
+        all.sort_by_key(|f| f.3);
+        let mut size: u64 = all.iter().map(|f| f.2).sum();
+        let mut removed = 0;
+        for (repo, path, len, _) in &all {
+            if size <= limit {
+                break;
+            }
+            if remove_entry(path)? {
+                note(repo, *len);
+            }
+            size -= len;
+            removed += 1;
+        }
+        all.drain(..removed);
+    }
+    let mut sizes: Vec<(PathBuf, u64)> = Vec::new();
+    for (repo, _, len, _) in &all {
+        match sizes.iter_mut().find(|(r, _)| r == repo) {
+            Some((_, size)) => *size += len,
+            None => sizes.push((repo.clone(), *len)),
+        }
+    }
+    for e in &evicted {
+        if !sizes.iter().any(|(r, _)| *r == e.repo) {
+            sizes.push((e.repo.clone(), 0));
+        }
+    }
+    Ok(Eviction { evicted, sizes })
 }
 
 /// Remove a stored entry; `false` if it was gone already (removed meanwhile by a reader
@@ -380,6 +388,25 @@ mod tests {
         let mut entry = store.begin(Path::new(repo), key).unwrap();
         entry.write_all(content).unwrap();
         entry.commit().unwrap()
+    }
+
+    /// Entries of 100 bytes under `keys` in repository "one", last used an hour ago, a minute
+    /// apart, oldest first.
+    fn put_aged(store: &ResponseStore, keys: &[&str]) -> Vec<PathBuf> {
+        let base = SystemTime::now() - Duration::from_secs(3600);
+        keys.iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let path = put(store, "one", key, &[0u8; 100]);
+                File::options()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_modified(base + Duration::from_secs(i as u64 * 60))
+                    .unwrap();
+                path
+            })
+            .collect()
     }
 
     fn read(store: &ResponseStore, repo: &str, key: &str) -> Option<Vec<u8>> {
@@ -447,16 +474,7 @@ mod tests {
     fn eviction_keeps_the_most_recently_used_under_each_limit() {
         let root = tempfile::tempdir().unwrap();
         let store = ResponseStore::new(root.path());
-        let base = SystemTime::now() - Duration::from_secs(3600);
-        for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
-            let path = put(&store, "one", key, &[0u8; 100]);
-            File::options()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_modified(base + Duration::from_secs(i as u64 * 60))
-                .unwrap();
-        }
+        put_aged(&store, &["a", "b", "c", "d"]);
         // "a" is the oldest, but a hit makes it the most recent.
         assert!(read(&store, "one", "a").is_some());
         let entry = 100 + TRAILER;
@@ -484,6 +502,19 @@ mod tests {
         assert!(read(&store, "two", "e").is_none());
         assert!(eviction.sizes.contains(&(PathBuf::from("two"), 0)));
         assert!(read(&store, "one", "d").is_some());
+    }
+
+    #[test]
+    fn an_eviction_pass_goes_on_past_a_file_that_vanished() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ResponseStore::new(root.path());
+        let paths = put_aged(&store, &["a", "b", "c"]);
+        // The oldest entry goes (a reader found it corrupt) after the pass listed it.
+        let listing = store.repos().unwrap();
+        std::fs::remove_file(&paths[0]).unwrap();
+        let eviction = evict_listed(listing, |_| Some(0), None).unwrap();
+        assert_eq!(eviction.evicted[0].entries, 2, "the two still there went");
+        assert!(read(&store, "one", "b").is_none() && read(&store, "one", "c").is_none());
     }
 }
 
