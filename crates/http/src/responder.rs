@@ -263,7 +263,6 @@ impl Responder {
     }
 }
 
-/// The headers of a git response that must not be cached by intermediaries.
 /// A pack slot held, counted on `/metrics` as busy while it is.
 type Slot = (tokio::sync::OwnedSemaphorePermit, metrics::PackSlot);
 
@@ -297,6 +296,7 @@ pub(crate) fn refusal(message: &str) -> Response<Body> {
     response
 }
 
+/// The headers of a git response that must not be cached by intermediaries.
 pub(crate) fn set_git_headers(headers: &mut HeaderMap, content_type: &'static str) {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(

@@ -336,9 +336,10 @@ fn a_leader_leaving_while_its_generation_waits_for_a_slot_leaves_followers_answe
         })
     };
     cache.log_with("cache=\"joined\"", 1);
-    // The leader leaves, then the slot comes free.
+    // The leader leaves, and the server has seen it go (in flight: the occupant, the
+    // follower and the /metrics request asking); then the slot comes free.
     drop(leader);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_metric(&cache, "gitcache_http_requests_in_flight 3");
     drop(occupant);
     let answer = follower.join().unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body_text());

@@ -189,13 +189,16 @@ impl Answer {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// The message of an `ERR` line heading the body: how upload-pack refuses a request.
+    /// The message of the `ERR` line that is the whole body: how upload-pack refuses a
+    /// request.
     pub fn refusal(&self) -> Option<String> {
-        let text = self.body_text();
-        let at = text.find("ERR ")?;
-        // The pkt-line length comes just before `ERR `.
-        let len = usize::from_str_radix(text.get(at.checked_sub(4)?..at)?, 16).ok()?;
-        text.get(at + 4..at + len - 4).map(str::to_owned)
+        let content = self.content();
+        let len = usize::from_str_radix(std::str::from_utf8(content.get(..4)?).ok()?, 16).ok()?;
+        if len != content.len() {
+            return None;
+        }
+        let message = content[4..].strip_prefix(b"ERR ")?;
+        String::from_utf8(message.to_vec()).ok()
     }
 
     pub fn has_pack(&self) -> bool {
