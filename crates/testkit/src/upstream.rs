@@ -439,6 +439,11 @@ impl Upstream {
         });
     }
 
+    /// Requests still to be hit by injected faults (a fault given `times` counts `times`).
+    pub fn pending_faults(&self) -> usize {
+        self.shared.state().faults.iter().map(|r| r.remaining).sum()
+    }
+
     /// Drop every pending fault.
     pub fn clear_faults(&self) {
         self.shared.state().faults.clear();
