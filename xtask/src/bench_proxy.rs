@@ -434,3 +434,181 @@ pub(crate) fn two_instances(root: &Path, repo: Option<&str>, only: Option<&str>)
     }
     Ok(())
 }
+
+/// `--concurrency N`: N depth-1 fetches of N different commits at once (nothing to share
+/// between them), against http-backend and against gitcache (defaults, response cache on;
+/// its mirror made and maintained first). Three rounds, each on commits of its own, so
+/// that every gitcache answer is a first one. Reports wall time, p50 and p99 per request,
+/// and peak resident memory: gitcache's process, and the sum over http-backend's processes
+/// (shared file pages counted once per process).
+pub(crate) fn concurrency(root: &Path, repo: Option<&str>, n: usize) -> Result<()> {
+    const ROUNDS: usize = 3;
+    let (repo, tips) = prepare_repo(root, repo)?;
+    let (upstream, backend) = serve_upstream(&repo)?;
+    let data = tempfile::Builder::new()
+        .prefix("gitcache-bench-")
+        .tempdir()?;
+    let (server, gitcache) = start_gitcache(root, &upstream.url(), data.path(), &[])?;
+    let mirror = data
+        .path()
+        .join("mirrors")
+        .join(backend.replace(':', "_"))
+        .join("bench/large.git");
+    let clone = gitcache_protocol::request::Fetch {
+        wants: tips.clone(),
+        done: true,
+        thin_pack: true,
+        ofs_delta: true,
+        no_progress: true,
+        ..Default::default()
+    };
+    post(&gitcache, &body(clone))?;
+    wait_for_maintenance(&mirror)?;
+    let commits: Vec<String> = git(
+        &repo,
+        &["rev-list", "--all", "-n", &(n * ROUNDS * 2).to_string()],
+    )?
+    .lines()
+    .step_by(2)
+    .map(str::to_owned)
+    .collect();
+    if commits.len() < n * ROUNDS {
+        bail!("the repository has too few commits for {ROUNDS} rounds of {n}");
+    }
+    let rounds: Vec<Vec<Vec<u8>>> = commits
+        .chunks(n)
+        .take(ROUNDS)
+        .map(|round| {
+            round
+                .iter()
+                .map(|c| {
+                    Ok(body(gitcache_protocol::request::Fetch {
+                        wants: vec![crate::bench_pack::oid(c)?],
+                        deepen: Some(1),
+                        done: true,
+                        thin_pack: true,
+                        ofs_delta: true,
+                        include_tag: true,
+                        no_progress: true,
+                        ..Default::default()
+                    }))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    let server_pid = server.0.id();
+    println!(
+        "\n{n} concurrent depth-1 fetches of {n} different commits, {ROUNDS} rounds (each on commits of its own)\n"
+    );
+    println!("| server | round | wall | p50 | p99 | bytes | peak RSS (MiB) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (label, addr) in [("http-backend", &backend), ("gitcache", &gitcache)] {
+        for (i, bodies) in rounds.iter().enumerate() {
+            let measure: Box<dyn Fn() -> u64 + Sync> = if label == "gitcache" {
+                Box::new(move || rss_kib(server_pid))
+            } else {
+                Box::new(move || descendants_rss_kib(std::process::id(), server_pid))
+            };
+            let (wall, mut times, bytes, peak) = at_once(addr, bodies, &*measure)?;
+            times.sort();
+            let at = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+            println!(
+                "| {label} | {} | {} | {} | {} | {bytes} | {} |",
+                i + 1,
+                ms(wall),
+                ms(at(0.5)),
+                ms(at(0.99)),
+                peak / 1024
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every body in `bodies` posted at once: wall time, each request's time, the bytes of all
+/// answers, and the peak of `measure` (KiB) sampled while they ran.
+fn at_once(
+    addr: &str,
+    bodies: &[Vec<u8>],
+    measure: &(dyn Fn() -> u64 + Sync),
+) -> Result<(Duration, Vec<Duration>, u64, u64)> {
+    let barrier = std::sync::Barrier::new(bodies.len());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(measure());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|body| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    post(addr, body)
+                })
+            })
+            .collect();
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for handle in handles {
+            let (took, sent) = handle.join().expect("request thread")?;
+            times.push(took);
+            bytes += sent;
+        }
+        let wall = started.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.join().expect("sampler");
+        Ok((wall, times, bytes, peak))
+    })
+}
+
+/// A process's resident memory in KiB (0 once it is gone).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The resident memory of every process descending from `root`, `except` one (and its
+/// own descendants), summed, in KiB.
+fn descendants_rss_kib(root: u32, except: u32) -> u64 {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: the name may hold spaces, so read after its `)`.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut total = 0;
+    let mut pending = vec![root];
+    while let Some(parent) = pending.pop() {
+        for &(pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent) {
+            if pid != except {
+                total += rss_kib(pid);
+                pending.push(pid);
+            }
+        }
+    }
+    total
+}

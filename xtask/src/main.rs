@@ -7,9 +7,11 @@
 //! - `bench-pack [repo] [--only TEXT]`: time our pack generation against `git upload-pack` on
 //!   the same repository and requests (default: the `large` generated repository; `--only`
 //!   runs the requests whose name contains TEXT).
-//! - `bench-proxy [repo] [--response-cache | --two-instances [--only TEXT]]`: time gitcache (hits and misses) in front of C
-//!   git's http-backend (with `--response-cache`, only the response-cache table)
-//!   against http-backend alone, over HTTP, on the same repository and requests.
+//! - `bench-proxy [repo] [--response-cache | --two-instances [--only TEXT] | --concurrency N]`:
+//!   time gitcache (hits and misses) in front of C git's http-backend (with
+//!   `--response-cache`, only the response-cache table; with `--concurrency`, N depth-1
+//!   fetches of different commits at once) against http-backend alone, over HTTP, on the
+//!   same repository and requests.
 //! - `bench-pages [--files N] [--seconds S]`: the pages listener (release build): deploy time
 //!   of a site of N files against `git clone --depth 1` + `cp -r`, and requests per second
 //!   for a small and a 1 MiB file against `python3 -m http.server`.
@@ -17,8 +19,9 @@
 //!   `RUSTC_BOOTSTRAP=1`).
 //! - `crash [--kills N] [--seed S]`: the crash-consistency campaign (`gitcache_testkit::crash`)
 //!   with N kills of the debug server binary (default 200; `cargo build` first).
-//! - `soak [--minutes N] [--clients N]`: the release binary under mixed load for N minutes,
-//!   with failures, latency percentiles, memory and open files reported.
+//! - `soak [--minutes N] [--clients N] [--still] [--no-faults]`: the release binary under
+//!   mixed load for N minutes while the upstream moves, slows down and fails mirror fetches,
+//!   with failures, latency percentiles, memory and open files reported, mirrors checked.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +47,10 @@ fn main() -> Result<()> {
             let (root, repo) = (workspace_root()?, repo_arg(&args[1..]));
             if args.iter().any(|a| a == "--two-instances") {
                 return bench_proxy::two_instances(&root, repo, flag_value(&args, "--only"));
+            }
+            if args.iter().any(|a| a == "--concurrency") {
+                let n = number_flag(&args, "--concurrency", 64)? as usize;
+                return bench_proxy::concurrency(&root, repo, n);
             }
             let only_cache = args.iter().any(|a| a == "--response-cache");
             bench_proxy::run(&root, repo, only_cache)
@@ -103,7 +110,10 @@ fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
 fn repo_arg(args: &[String]) -> Option<&str> {
     args.iter()
         .enumerate()
-        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--only"))
+        .find(|(i, a)| {
+            !a.starts_with("--")
+                && (*i == 0 || !["--only", "--concurrency"].contains(&args[i - 1].as_str()))
+        })
         .map(|(_, a)| a.as_str())
 }
 
