@@ -500,46 +500,63 @@ pub(crate) fn concurrency(root: &Path, repo: Option<&str>, n: usize) -> Result<(
     println!(
         "\n{n} concurrent depth-1 fetches of {n} different commits, {ROUNDS} rounds (each on commits of its own)\n"
     );
-    println!("| server | round | wall | p50 | p99 | bytes | peak RSS (MiB) |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| server | round | wall | p50 | p99 | bytes | peak RSS (MiB) | of it anonymous |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (label, addr) in [("http-backend", &backend), ("gitcache", &gitcache)] {
         for (i, bodies) in rounds.iter().enumerate() {
-            let measure: Box<dyn Fn() -> u64 + Sync> = if label == "gitcache" {
+            let measure: Box<dyn Fn() -> (u64, u64) + Sync> = if label == "gitcache" {
                 Box::new(move || rss_kib(server_pid))
             } else {
                 Box::new(move || descendants_rss_kib(std::process::id(), server_pid))
             };
-            let (wall, mut times, bytes, peak) = at_once(addr, bodies, &*measure)?;
+            let Round {
+                wall,
+                mut times,
+                bytes,
+                peak,
+            } = at_once(addr, bodies, &*measure)?;
             times.sort();
             let at = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
             println!(
-                "| {label} | {} | {} | {} | {} | {bytes} | {} |",
+                "| {label} | {} | {} | {} | {} | {bytes} | {} | {} |",
                 i + 1,
                 ms(wall),
                 ms(at(0.5)),
                 ms(at(0.99)),
-                peak / 1024
+                peak.0 / 1024,
+                peak.1 / 1024
             );
         }
     }
     Ok(())
 }
 
-/// Every body in `bodies` posted at once: wall time, each request's time, the bytes of all
-/// answers, and the peak of `measure` (KiB) sampled while they ran.
+/// What one round of requests sent at once took.
+struct Round {
+    wall: Duration,
+    /// Each request's time.
+    times: Vec<Duration>,
+    /// The bytes of all answers.
+    bytes: u64,
+    /// The peaks of the memory measure (KiB: in all, anonymous) while they ran.
+    peak: (u64, u64),
+}
+
+/// Every body in `bodies` posted at once, `measure` sampled while they run.
 fn at_once(
     addr: &str,
     bodies: &[Vec<u8>],
-    measure: &(dyn Fn() -> u64 + Sync),
-) -> Result<(Duration, Vec<Duration>, u64, u64)> {
+    measure: &(dyn Fn() -> (u64, u64) + Sync),
+) -> Result<Round> {
     let barrier = std::sync::Barrier::new(bodies.len());
     let done = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
     std::thread::scope(|scope| {
         let sampler = scope.spawn(|| {
-            let mut peak = 0;
+            let mut peak = (0, 0);
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(measure());
+                let (all, anon) = measure();
+                peak = (peak.0.max(all), peak.1.max(anon));
                 std::thread::sleep(Duration::from_millis(20));
             }
             peak
@@ -564,26 +581,32 @@ fn at_once(
         let wall = started.elapsed();
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let peak = sampler.join().expect("sampler");
-        Ok((wall, times, bytes, peak))
+        Ok(Round {
+            wall,
+            times,
+            bytes,
+            peak,
+        })
     })
 }
 
-/// A process's resident memory in KiB (0 once it is gone).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+/// A process's resident memory in KiB, in all and its anonymous part (heap, stacks: not
+/// mapped files such as packs); zeros once it is gone.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
 }
 
 /// The resident memory of every process descending from `root`, `except` one (and its
 /// own descendants), summed, in KiB.
-fn descendants_rss_kib(root: u32, except: u32) -> u64 {
+fn descendants_rss_kib(root: u32, except: u32) -> (u64, u64) {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -600,15 +623,17 @@ fn descendants_rss_kib(root: u32, except: u32) -> u64 {
             parents.push((pid, ppid));
         }
     }
-    let mut total = 0;
+    let (mut total, mut anon) = (0, 0);
     let mut pending = vec![root];
     while let Some(parent) = pending.pop() {
         for &(pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent) {
             if pid != except {
-                total += rss_kib(pid);
+                let (all, own) = rss_kib(pid);
+                total += all;
+                anon += own;
                 pending.push(pid);
             }
         }
     }
-    total
+    (total, anon)
 }
