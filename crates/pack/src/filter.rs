@@ -10,8 +10,11 @@
 //!
 //! Unlike git, the seen sets of a `combine:` are one map from object to a bit per sub-filter
 //! (so memory does not grow with the number of sub-filters), and identical sub-filters are
-//! kept once: they would answer alike at every step. The protocol crate bounds sub-filters
-//! and nesting ([`MAX_SUB_FILTERS`](gitcache_protocol::filter::MAX_SUB_FILTERS)).
+//! kept once: they would answer alike at every step. A `tree:<n>` sub-filter still keeps
+//! git's map of the depth it met each tree at (two of them answer differently once one
+//! skips a subtree the other walks), so the protocol crate bounds those apart
+//! ([`MAX_TREE_FILTERS`](gitcache_protocol::filter::MAX_TREE_FILTERS)), besides sub-filters
+//! in all and nesting ([`MAX_SUB_FILTERS`](gitcache_protocol::filter::MAX_SUB_FILTERS)).
 
 use gitcache_protocol::filter::{Filter, ObjectType};
 use gix_hash::ObjectId;

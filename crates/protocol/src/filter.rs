@@ -94,10 +94,11 @@ pub enum Error {
     /// `combine:` with an empty sub-filter.
     #[error("expected something after combine:")]
     EmptyCombine,
-    /// More sub-filters in all, or `combine:` nested deeper, than gitcache serves (each
-    /// sub-filter keeps state for the whole walk).
+    /// More sub-filters in all, more `tree:<n>` among them, or `combine:` nested deeper,
+    /// than gitcache serves (each sub-filter keeps state for the whole walk; a `tree:<n>`
+    /// one a map of every tree it met).
     #[error(
-        "filter-spec too complex: at most {MAX_SUB_FILTERS} sub-filters, nested at most {MAX_COMBINE_DEPTH} deep"
+        "filter-spec too complex: at most {MAX_SUB_FILTERS} sub-filters ({MAX_TREE_FILTERS} of them tree:<n>), nested at most {MAX_COMBINE_DEPTH} deep"
     )]
     TooComplex,
     /// A `%` not followed by two hex digits.
@@ -112,6 +113,9 @@ pub enum Error {
 pub const MAX_SUB_FILTERS: usize = 32;
 /// The deepest `combine:` may be nested (`combine:combine:…`).
 pub const MAX_COMBINE_DEPTH: usize = 4;
+/// The most `tree:<n>` filters one specification may hold: each keeps git's map of the
+/// depth it met every tree at, so the walk's memory grows with their number.
+pub const MAX_TREE_FILTERS: usize = 4;
 
 /// Characters git refuses unencoded in a sub-filter of `combine:`, besides space and controls.
 const RESERVED: &str = "~`!@#$^&*()[]{}\\;'\",<>?";
@@ -120,14 +124,25 @@ impl FromStr for Filter {
     type Err = Error;
 
     fn from_str(spec: &str) -> Result<Self, Error> {
-        let mut budget = MAX_SUB_FILTERS;
+        let mut budget = Budget {
+            subs: MAX_SUB_FILTERS,
+            trees: MAX_TREE_FILTERS,
+        };
         parse_bounded(spec, MAX_COMBINE_DEPTH, &mut budget)
     }
 }
 
-/// Parse `spec` with `combine:` allowed `depth` more levels deep and `budget` sub-filters
-/// left: the recursion is bounded before it starts, however the client nests.
-fn parse_bounded(spec: &str, depth: usize, budget: &mut usize) -> Result<Filter, Error> {
+/// What a specification may still hold while it is parsed.
+struct Budget {
+    /// Sub-filters of `combine:`.
+    subs: usize,
+    /// `tree:<n>` filters.
+    trees: usize,
+}
+
+/// Parse `spec` with `combine:` allowed `depth` more levels deep and `budget` left: the
+/// recursion is bounded before it starts, however the client nests.
+fn parse_bounded(spec: &str, depth: usize, budget: &mut Budget) -> Result<Filter, Error> {
     if spec == "blob:none" {
         Ok(Filter::BlobNone)
     } else if let Some(v) = spec.strip_prefix("blob:limit=") {
@@ -135,6 +150,7 @@ fn parse_bounded(spec: &str, depth: usize, budget: &mut usize) -> Result<Filter,
             .map(Filter::BlobLimit)
             .ok_or_else(|| Error::BlobLimit { spec: spec.into() })
     } else if let Some(v) = spec.strip_prefix("tree:") {
+        budget.trees = budget.trees.checked_sub(1).ok_or(Error::TooComplex)?;
         parse_ulong_with_unit(v)
             .map(Filter::Tree)
             .ok_or(Error::TreeDepth)
@@ -160,7 +176,7 @@ fn parse_bounded(spec: &str, depth: usize, budget: &mut usize) -> Result<Filter,
         }
         let mut subs = Vec::new();
         for raw in v.split('+') {
-            *budget = budget.checked_sub(1).ok_or(Error::TooComplex)?;
+            budget.subs = budget.subs.checked_sub(1).ok_or(Error::TooComplex)?;
             if raw.is_empty() {
                 return Err(Error::EmptyCombine);
             }
@@ -324,6 +340,13 @@ mod tests {
         assert_eq!(parse(&deeper.to_string()), Err(Error::TooComplex));
         // Unencoded nesting, thousands deep: refused without deep recursion.
         assert_eq!(parse(&"combine:".repeat(8000)), Err(Error::TooComplex));
+        // `tree:<n>` filters each keep a map of the trees: a few only.
+        let trees = |n: usize| {
+            let subs: Vec<String> = (0..n).map(|i| format!("tree:{i}")).collect();
+            parse(&format!("combine:{}", subs.join("+")))
+        };
+        assert!(trees(MAX_TREE_FILTERS).is_ok());
+        assert_eq!(trees(MAX_TREE_FILTERS + 1), Err(Error::TooComplex));
         assert!(Error::TooComplex.to_string().contains("too complex"));
     }
 
