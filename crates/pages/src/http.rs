@@ -724,7 +724,12 @@ impl PagesService {
         match tokio::time::timeout(within, Limited::new(request.into_body(), limit).collect()).await
         {
             Ok(Ok(body)) => Ok(body.to_bytes()),
-            Ok(Err(err)) => Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {err}"))),
+            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is over {limit} bytes"),
+            )),
+            // The client's connection broke, or its body was malformed.
+            Ok(Err(err)) => Err(text(StatusCode::BAD_REQUEST, &format!("body: {err}"))),
             Err(_) => Err(text(
                 StatusCode::REQUEST_TIMEOUT,
                 "the body did not come in time",

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::io::{Read as _, Write as _};
+
 use common::{Gitcache, http};
 use gitcache_testkit::git::{git_stdout, git_with_input};
 use gitcache_testkit::repo::{self, RepoSpec};
@@ -653,6 +655,27 @@ fn wildcard_push_events_are_authorized_by_their_repository() {
         "a PUT is authorized by the DNS challenge only"
     );
     assert_eq!(page("/"), "<h1>alice/pages</h1>");
+
+    // An event body over its bound is too large; one cut short by its client is a bad
+    // request, not a too-large one.
+    let huge = http(
+        &addr,
+        "POST",
+        "/",
+        &[("Host", "alice.example.page")],
+        &vec![b' '; (1 << 20) + 1],
+    );
+    assert_eq!(huge.status, 413, "{}", huge.body_text());
+    assert!(huge.body_text().contains("over 1048576 bytes"));
+    let mut cut = std::net::TcpStream::connect(&addr).unwrap();
+    cut.write_all(
+        b"POST / HTTP/1.1\r\nHost: alice.example.page\r\nContent-Length: 1000\r\n\r\n{\"ref\"",
+    )
+    .unwrap();
+    cut.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = cut.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }
 
 /// The server sweeps the pages' store: a redeploy's replaced blobs go at the next sweep,
