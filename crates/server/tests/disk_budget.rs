@@ -5,20 +5,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{Gitcache, fsck};
+use common::{Gitcache, fsck, wait_for};
 use gitcache_testkit::git::GitClient;
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Upstream};
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn upstream_with(names: &[&str]) -> Upstream {
     let upstream = Upstream::start().unwrap();

@@ -5,21 +5,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Gitcache, basic, http};
+use common::{Gitcache, basic, http, wait_for};
 use gitcache_testkit::git::{GitClient, git_stdout};
 use gitcache_testkit::github::{APP_KEY, FakeGitHub};
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, RequestKind, Upstream};
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The credentials the upstream's fetches came with since `from` (of all its requests).
 fn fetch_credentials(upstream: &Upstream, from: usize) -> Vec<String> {

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Gitcache, count, fetch_body, fsck, http};
+use common::{Gitcache, count, fetch_body, fsck, http, wait_for};
 use gitcache_protocol::request::{Command, Limits, parse_request};
 use gitcache_testkit::git::{GitClient, git_stdout};
 use gitcache_testkit::repo::{self, RepoSpec};
@@ -278,15 +278,10 @@ fn send_unread(addr: &str, body: &[u8]) -> std::net::TcpStream {
 
 /// Wait until `/metrics` shows `line`.
 fn wait_for_metric(cache: &Gitcache, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_for(&format!("'{line}' on /metrics"), || {
         let text = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no '{line}' in:\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        text.lines().any(|l| l == line)
+    });
 }
 
 /// The first client of a response (its leader) leaves while the generation waits for a pack

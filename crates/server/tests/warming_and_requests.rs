@@ -7,18 +7,10 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Gitcache, basic, fetch_body, fsck, http};
+use common::{Gitcache, basic, fetch_body, fsck, http, wait_for};
 use gitcache_testkit::git::{GitClient, git_stdout};
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn ls_refs_showing_new_refs_warms_the_mirror_with_the_service_token() {

@@ -244,6 +244,18 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     }
 }
 
+/// Poll `done` until it holds; fails the test after a minute, naming `what`.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A protocol v2 `fetch` request body wanting `oid`.
 pub fn fetch_body(oid: &str, extra: &[&str]) -> Vec<u8> {
     let mut lines = vec![
