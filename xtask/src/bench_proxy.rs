@@ -97,6 +97,9 @@ fn start_gitcache(
         .arg("--data-dir")
         .arg(data)
         .args(extra)
+        // `GITCACHE_BENCH_SERVER_ENV="K=V K2=V2"`: variables for the server alone (allocator
+        // settings, a heap profiler's preload), not for git or the bench's clients.
+        .envs(server_env())
         .stderr(Stdio::piped())
         .spawn()?;
     let mut stderr = std::io::BufReader::new(child.stderr.take().context("stderr")?);
@@ -114,6 +117,16 @@ fn start_gitcache(
             return Ok((server, addr.to_owned()));
         }
     }
+}
+
+/// The variables `GITCACHE_BENCH_SERVER_ENV` names for the server process.
+fn server_env() -> Vec<(String, String)> {
+    std::env::var("GITCACHE_BENCH_SERVER_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// Wait until the mirror's background maintenance is done (its pack is marked with its tips
@@ -500,8 +513,10 @@ pub(crate) fn concurrency(root: &Path, repo: Option<&str>, n: usize) -> Result<(
     println!(
         "\n{n} concurrent depth-1 fetches of {n} different commits, {ROUNDS} rounds (each on commits of its own)\n"
     );
-    println!("| server | round | wall | p50 | p99 | bytes | peak RSS (MiB) | of it anonymous |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| server | round | wall | p50 | p99 | bytes | peak RSS (MiB) | of it anonymous | anonymous at start |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (label, addr) in [("http-backend", &backend), ("gitcache", &gitcache)] {
         for (i, bodies) in rounds.iter().enumerate() {
             let measure: Box<dyn Fn() -> (u64, u64) + Sync> = if label == "gitcache" {
@@ -514,17 +529,19 @@ pub(crate) fn concurrency(root: &Path, repo: Option<&str>, n: usize) -> Result<(
                 mut times,
                 bytes,
                 peak,
+                anon_at_start,
             } = at_once(addr, bodies, &*measure)?;
             times.sort();
             let at = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
             println!(
-                "| {label} | {} | {} | {} | {} | {bytes} | {} | {} |",
+                "| {label} | {} | {} | {} | {} | {bytes} | {} | {} | {} |",
                 i + 1,
                 ms(wall),
                 ms(at(0.5)),
                 ms(at(0.99)),
                 peak.0 / 1024,
-                peak.1 / 1024
+                peak.1 / 1024,
+                anon_at_start / 1024
             );
         }
     }
@@ -540,6 +557,8 @@ struct Round {
     bytes: u64,
     /// The peaks of the memory measure (KiB: in all, anonymous) while they ran.
     peak: (u64, u64),
+    /// The anonymous memory measured as they started (KiB).
+    anon_at_start: u64,
 }
 
 /// Every body in `bodies` posted at once, `measure` sampled while they run.
@@ -552,6 +571,7 @@ fn at_once(
     let done = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
     std::thread::scope(|scope| {
+        let anon_at_start = measure().1;
         let sampler = scope.spawn(|| {
             let mut peak = (0, 0);
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
@@ -586,6 +606,7 @@ fn at_once(
             times,
             bytes,
             peak,
+            anon_at_start,
         })
     })
 }

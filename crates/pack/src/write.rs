@@ -144,6 +144,10 @@ pub(crate) struct PackWriter<'a> {
     buf: Vec<u8>,
     /// Stored delta bases learnt while looking down chains (`None`: stored whole).
     bases: OidMap<Option<ObjectId>>,
+    /// One compressor per lane, made when first needed and kept for the whole pack: each
+    /// holds a few hundred KiB, and making them again for every batch churned the
+    /// allocator (memory kept by it grew with the number of packs written at once).
+    zlibs: Vec<flate2::Compress>,
 }
 
 impl<'a> PackWriter<'a> {
@@ -164,6 +168,7 @@ impl<'a> PackWriter<'a> {
             odb_pack: Vec::new(),
             buf: Vec::new(),
             bases: OidMap::default(),
+            zlibs: Vec::new(),
         }
     }
 
@@ -240,7 +245,13 @@ impl<'a> PackWriter<'a> {
                     planned.insert(*id, stored);
                 }
                 stats.lookahead_bytes = stats.lookahead_bytes.max(bytes);
-                ready = rebuild_all(self.objects, &mut workers, &redo, self.opts.compression)?;
+                ready = rebuild_all(
+                    self.objects,
+                    &mut workers,
+                    &redo,
+                    &mut self.zlibs,
+                    self.opts.compression,
+                )?;
             }
             if written.contains_key(oid) {
                 continue;
@@ -404,7 +415,10 @@ impl<'a> PackWriter<'a> {
 
     /// Write `oid` as a whole object, compressed again.
     fn full<W: Write>(&mut self, sink: &mut Sink<W>, oid: &ObjectId) -> Result<(), Error> {
-        let entry = compress_whole(self.objects, oid, &mut compressor(self.opts.compression))?;
+        if self.zlibs.is_empty() {
+            self.zlibs.push(compressor(self.opts.compression));
+        }
+        let entry = compress_whole(self.objects, oid, &mut self.zlibs[0])?;
         sink.write_all(&entry)?;
         Ok(())
     }
@@ -649,11 +663,13 @@ fn compressor(level: u32) -> flate2::Compress {
 /// Objects made ready by one thread, or why it stopped.
 type Lane = Result<Vec<(ObjectId, Ready)>, Error>;
 
-/// Make `oids` ready, spread over the calling thread and `workers`.
+/// Make `oids` ready, spread over the calling thread and `workers`, with a compressor of
+/// `zlibs` each (more made, at `level`, if they are too few).
 fn rebuild_all(
     own: &mut Objects,
     workers: &mut [Objects],
     oids: &[Redo],
+    zlibs: &mut Vec<flate2::Compress>,
     level: u32,
 ) -> Result<OidMap<Ready>, Error> {
     let mut out = OidMap::default();
@@ -665,26 +681,29 @@ fn rebuild_all(
     const MIN_PER_LANE: usize = 64;
     let lanes = (workers.len() + 1).min(oids.len().div_ceil(MIN_PER_LANE));
     let per_lane = oids.len().div_ceil(lanes);
+    while zlibs.len() < lanes {
+        zlibs.push(compressor(level));
+    }
     let mut chunks = oids.chunks(per_lane.max(1));
     let mine = chunks.next().unwrap_or_default();
+    let (own_zlib, worker_zlibs) = zlibs.split_first_mut().expect("one compressor per lane");
     let results: Vec<Lane> = std::thread::scope(|scope| {
         let handles: Vec<_> = workers
             .iter_mut()
+            .zip(worker_zlibs.iter_mut())
             .zip(chunks)
-            .map(|(objects, chunk)| {
+            .map(|((objects, zlib), chunk)| {
                 scope.spawn(move || {
-                    let mut zlib = compressor(level);
                     chunk
                         .iter()
-                        .map(|redo| rebuild(objects, redo, &mut zlib).map(|r| (redo.oid, r)))
+                        .map(|redo| rebuild(objects, redo, zlib).map(|r| (redo.oid, r)))
                         .collect::<Result<Vec<_>, Error>>()
                 })
             })
             .collect();
-        let mut zlib = compressor(level);
         let mut results = vec![
             mine.iter()
-                .map(|redo| rebuild(own, redo, &mut zlib).map(|r| (redo.oid, r)))
+                .map(|redo| rebuild(own, redo, own_zlib).map(|r| (redo.oid, r)))
                 .collect(),
         ];
         results.extend(handles.into_iter().map(|h| {
