@@ -714,9 +714,120 @@ pub(crate) fn reach(
     Ok(Some(bits))
 }
 
+/// The bitmaps of another pack (the one a consolidation replaces), read in the positions of
+/// the pack bitmaps are being written for: a walk that meets one of its commits takes that
+/// commit's bitmap, translated, instead of walking on, as git reuses the bitmaps of the pack
+/// a repack replaces. A bitmap that names an object the new pack lacks is not used.
+pub(crate) struct Reused {
+    old: Arc<Loaded>,
+    /// The new pack position of each old pack position (`u32::MAX`: not in the new pack).
+    to_new: Vec<u32>,
+    /// Bitmaps translated so far (`None`: not usable).
+    translated: std::sync::Mutex<OidMap<Option<Arc<Bits>>>>,
+}
+
+impl std::fmt::Debug for Reused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reused")
+            .field("objects", &self.to_new.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reused {
+    pub(crate) fn new(old: Arc<Loaded>, new: &Positions) -> Self {
+        let to_new = (0..old.pos.len())
+            .map(|p| new.of(&old.pos.oid(p)).map_or(u32::MAX, |q| q as u32))
+            .collect();
+        Reused {
+            old,
+            to_new,
+            translated: Default::default(),
+        }
+    }
+
+    /// `bits` (old positions) in the new positions: every object must be in the new pack
+    /// (`strict`), or those that are not are left out.
+    fn translate(&self, bits: &Bits, n: usize, strict: bool) -> Option<Bits> {
+        let mut out = Bits::with_len(n);
+        for p in bits.ones() {
+            match self.to_new.get(p) {
+                Some(&q) if q != u32::MAX => out.set(q as usize),
+                _ if strict => return None,
+                _ => {}
+            }
+        }
+        Some(out)
+    }
+
+    /// Note in `types` the type of every object of the old pack that the new one holds.
+    fn note_types(&self, types: &mut [Bits; 4], n: usize) {
+        let old = &self.old.bitmaps;
+        for (into, from) in types
+            .iter_mut()
+            .zip([&old.commits, &old.trees, &old.blobs, &old.tags])
+        {
+            if let Some(bits) = self.translate(from, n, false) {
+                into.or(&bits);
+            }
+        }
+    }
+
+    /// How many of the old bitmaps were taken.
+    fn used(&self) -> usize {
+        self.translated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|b| b.is_some())
+            .count()
+    }
+
+    fn bitmap(&self, commit: &ObjectId, n: usize) -> Result<Option<Arc<Bits>>, Error> {
+        let lock = |t: &std::sync::Mutex<OidMap<Option<Arc<Bits>>>>| {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(commit)
+                .cloned()
+        };
+        if let Some(done) = lock(&self.translated) {
+            return Ok(done);
+        }
+        let Some(old) = self.old.bitmap(commit)? else {
+            return Ok(None);
+        };
+        let new = self.translate(&old, n, true).map(Arc::new);
+        self.translated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*commit, new.clone());
+        Ok(new)
+    }
+}
+
+/// The bitmaps made so far, then those of the pack replaced.
+struct MadeOrReused<'a> {
+    made: &'a OidMap<Arc<Bits>>,
+    reused: Option<&'a Reused>,
+    objects: usize,
+}
+
+impl Known for MadeOrReused<'_> {
+    fn bitmap(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error> {
+        if let Some(bits) = self.made.get(commit) {
+            return Ok(Some(Arc::clone(bits)));
+        }
+        match self.reused {
+            Some(reused) => reused.bitmap(commit, self.objects),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Write bitmaps for `pack`, the closure of `tips`: the type bitmaps, and one bitmap for
 /// each commit `tips` peel to and for every `spacing`-th commit of the walk. Written
-/// beside the pack atomically; `None` if the pack is not closed under reachability.
+/// beside the pack atomically; `None` if the pack is not closed under reachability. With
+/// `reuse` (the bitmaps of the pack this one replaces), walks stop at its commits.
 pub(crate) fn write(
     objects: &mut Objects,
     pack: &StoredPack,
@@ -724,9 +835,11 @@ pub(crate) fn write(
     hash: HashKind,
     tips: &[ObjectId],
     spacing: usize,
-) -> Result<Option<std::path::PathBuf>, Error> {
+    reuse: Option<Arc<Loaded>>,
+) -> Result<Option<crate::BitmapsWritten>, Error> {
     let pos = Positions::new(pack, rev).with_map();
     let n = pos.len();
+    let reused = reuse.map(|old| Reused::new(old, &pos));
 
     // Which commits get a bitmap: the tips and every `spacing`-th commit, parents first.
     let mut order: Vec<ObjectId> = Vec::new();
@@ -789,15 +902,30 @@ pub(crate) fn write(
         .collect();
 
     let mut types: [Bits; 4] = std::array::from_fn(|_| Bits::with_len(n));
+    // Objects reached through a reused bitmap are not walked: their types come from the
+    // replaced pack's type bitmaps.
+    if let Some(reused) = &reused {
+        reused.note_types(&mut types, n);
+    }
     let mut known: OidMap<Arc<Bits>> = OidMap::default();
     for commit in &selected {
-        let Some(bits) = reach(objects, &pos, &known, &[*commit], Some(&mut types), None)? else {
+        let both = MadeOrReused {
+            made: &known,
+            reused: reused.as_ref(),
+            objects: n,
+        };
+        let Some(bits) = reach(objects, &pos, &both, &[*commit], Some(&mut types), None)? else {
             return Ok(None);
         };
         known.insert(*commit, Arc::new(bits));
     }
     // Objects no selected commit reaches (tags, trees and blobs named by refs).
-    let Some(all) = reach(objects, &pos, &known, tips, Some(&mut types), None)? else {
+    let both = MadeOrReused {
+        made: &known,
+        reused: reused.as_ref(),
+        objects: n,
+    };
+    let Some(all) = reach(objects, &pos, &both, tips, Some(&mut types), None)? else {
         return Ok(None);
     };
     // Types seen only through stored bitmaps were noted when those were made.
@@ -869,7 +997,8 @@ pub(crate) fn write(
 
     let path = pack.pack.with_extension("bitmap");
     crate::packs::write_beside_pack(&path, &out)?;
-    Ok(Some(path))
+    let reused = reused.map_or(0, |r| r.used());
+    Ok(Some(crate::BitmapsWritten { path, reused }))
 }
 
 #[cfg(test)]

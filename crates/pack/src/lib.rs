@@ -728,6 +728,15 @@ impl Repository {
     }
 }
 
+/// Bitmaps written by [`Repository::write_bitmaps_report`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitmapsWritten {
+    /// The file, beside its pack.
+    pub path: std::path::PathBuf,
+    /// How many bitmaps of another pack the walks took instead of walking on.
+    pub reused: usize,
+}
+
 /// The largest buffer decoding one object of a pack may take when a pack is checked (as
 /// ingestion bounds it).
 const MAX_DECODED_BYTES: usize = 2 << 30;
@@ -744,7 +753,18 @@ impl Repository {
     /// every [`BITMAP_SPACING`]th further back (until the line joins one sampled already),
     /// and for every [`BITMAP_SPACING`]th commit of the rest. Returns the file, or `None` when that does not apply. Fetches then find
     /// their objects with a few bitmap operations instead of a walk.
+    ///
+    /// Another pack's bitmaps (the pack a consolidation replaces, kept beside the new one
+    /// until this is written) are reused: a walk that meets one of their commits takes its
+    /// bitmap (when every object it names is in the new pack) instead of walking the
+    /// history below it, as `git repack -b` reuses the old pack's.
     pub fn write_bitmaps(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
+        Ok(self.write_bitmaps_report(tips)?.map(|w| w.path))
+    }
+
+    /// [`write_bitmaps`](Self::write_bitmaps), saying how many of another pack's bitmaps it
+    /// reused.
+    pub fn write_bitmaps_report(&self, tips: &[ObjectId]) -> Result<Option<BitmapsWritten>, Error> {
         let stored = self.stored_packs()?;
         // The pack marked as the closure of exactly these tips (other packs, such as one of
         // commits kept by id, may lie beside it).
@@ -757,6 +777,10 @@ impl Repository {
             },
         };
         let rev = self.rev_cache().get(pack, self.object_format());
+        let reuse = stored
+            .iter()
+            .filter(|p| p.pack != pack.pack)
+            .find_map(|p| self.bitmaps(p));
         let written = bitmap::write(
             &mut self.objects(),
             pack,
@@ -764,12 +788,13 @@ impl Repository {
             self.object_format(),
             tips,
             BITMAP_SPACING,
+            reuse,
         )?;
         // Loads trust the file (as git's do): it is read back once here, where it is made.
-        if let Some(path) = &written
-            && let Err(err) = bitmap::verify_checksum(path, self.object_format())
+        if let Some(written) = &written
+            && let Err(err) = bitmap::verify_checksum(&written.path, self.object_format())
         {
-            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(&written.path);
             return Err(err);
         }
         Ok(written)

@@ -157,6 +157,88 @@ fn no_bitmaps_for_packs_that_are_not_the_closure() {
     assert!(repo.write_bitmaps(&tips(&path)).unwrap().is_none());
 }
 
+/// The pack that replaces a bitmapped one (new commits, a deleted branch) gets its bitmaps
+/// from the old pack's where they hold: the file written is byte for byte the one written
+/// without them, and each bitmap is what git's walk finds.
+#[test]
+fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
+    for spec in [
+        RepoSpec {
+            commits: 400,
+            ..RepoSpec::small(77)
+        },
+        RepoSpec::small(78).sha256(),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo.git");
+        repo::generate(&path, &spec).unwrap();
+        git(&path, &["repack", "-ad", "-q"]);
+        let old = Repository::open(&path)
+            .unwrap()
+            .write_bitmaps(&tips(&path))
+            .unwrap()
+            .expect("bitmaps of the first pack");
+        // History moves on: commits added, a branch gone (its own objects stay in the old
+        // pack only, so bitmaps of its commits cannot be reused).
+        repo::append_commits(&path, "main", 30, 79).unwrap();
+        git(&path, &["update-ref", "-d", "refs/heads/feature/1"]);
+        let refs = git(&path, &["for-each-ref", "--format=%(objectname)"]);
+        let mut pack_objects = std::process::Command::new(gitcache_testkit::git::git_program())
+            .args(["pack-objects", "--revs", "--delta-base-offset", "-q"])
+            .arg("objects/pack/pack")
+            .current_dir(&path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut pack_objects.stdin.take().unwrap(), refs.as_bytes())
+            .unwrap();
+        assert!(pack_objects.wait().unwrap().success());
+        git(&path, &["prune-packed"]);
+        let tips = tips(&path);
+        // A copy without the old bitmaps writes the new pack's from nothing.
+        let fresh = dir.path().join("fresh.git");
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&path)
+            .arg(&fresh)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::remove_file(fresh.join("objects/pack").join(old.file_name().unwrap())).unwrap();
+
+        let write = |at: &std::path::Path| {
+            let repo = Repository::open(at).unwrap();
+            let marked = repo.mark_pack_tips(&tips).unwrap().expect("the new pack");
+            let written = repo.write_bitmaps_report(&tips).unwrap().expect("bitmaps");
+            assert_eq!(written.path, marked.with_extension("bitmap"));
+            (repo, written)
+        };
+        let (repo, reused) = write(&path);
+        let (_, anew) = write(&fresh);
+        assert!(reused.reused > 0, "the old pack's bitmaps were taken");
+        assert_eq!(anew.reused, 0);
+        let (reused, anew) = (reused.path, anew.path);
+        assert_eq!(
+            std::fs::read(&reused).unwrap(),
+            std::fs::read(&anew).unwrap(),
+            "reused bitmaps differ from bitmaps written anew"
+        );
+        assert!(
+            old.is_file(),
+            "the old pack's bitmaps are left to their owner"
+        );
+        let mut stored = 0;
+        for commit in git(&path, &["rev-list", "--all"]).lines().map(oid) {
+            if let Some(ours) = repo.bitmap_of(&commit).unwrap() {
+                assert_eq!(ours, reachable(&path, &commit.to_string()), "{commit}");
+                stored += 1;
+            }
+        }
+        assert!(stored > 0);
+    }
+}
+
 /// A damaged bitmap file: a broken structure is not used (fetches walk, correctly); damaged
 /// bits are found by the checksum.
 #[test]

@@ -1,0 +1,33 @@
+//! `write_bitmaps <repo> <tip>...`: mark the repository's pack that is the closure of the tips
+//! with them, write gitcache's reachability bitmaps for it (as a mirror's consolidation does;
+//! another pack's bitmaps, if one has some, are reused) and print how long writing took. Used
+//! by the pack benchmark to set it beside `git repack -adb`.
+//!
+//! ```sh
+//! cargo run --release -p gitcache-pack --example write_bitmaps -- repo.git $(git -C repo.git for-each-ref --format='%(objectname)')
+//! ```
+
+use gitcache_pack::Repository;
+use gix_hash::ObjectId;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().ok_or("usage: write_bitmaps <repo> <tip>...")?;
+    let tips = args
+        .map(|t| ObjectId::from_hex(t.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let repo = Repository::open(path)?;
+    repo.mark_pack_tips(&tips)?;
+    let started = std::time::Instant::now();
+    let written = repo.write_bitmaps_report(&tips)?;
+    let took = started.elapsed().as_secs_f64();
+    match written {
+        Some(w) => println!(
+            "{took:.3} s: {} ({} bitmaps of another pack reused)",
+            w.path.display(),
+            w.reused
+        ),
+        None => println!("{took:.3} s: nothing written (no pack is the closure of the tips)"),
+    }
+    Ok(())
+}
