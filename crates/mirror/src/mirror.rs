@@ -561,9 +561,28 @@ impl Mirror {
                 kept_pack = Some(self.write_consolidated(extra, "kept")?);
             }
         }
+        // The pack this one replaces keeps its bitmaps, and so itself, until the new pack's
+        // are written from them (`write_bitmaps` reuses them, `remove_replaced` removes it):
+        // the history they map is not walked again. The newest such pack, if the new one has
+        // none yet.
+        let has_bitmap = |name: &str| pack_dir.join(format!("{name}.bitmap")).is_file();
+        let donor = if has_bitmap(&keep) {
+            None
+        } else {
+            old.iter()
+                .filter(|n| **n != keep && Some(*n) != kept_pack.as_ref())
+                .filter_map(|n| {
+                    let modified = std::fs::metadata(pack_dir.join(format!("{n}.bitmap")))
+                        .and_then(|m| m.modified())
+                        .ok()?;
+                    Some((modified, n))
+                })
+                .max()
+                .map(|(_, n)| n.clone())
+        };
         for name in old
             .iter()
-            .filter(|n| **n != keep && Some(*n) != kept_pack.as_ref())
+            .filter(|n| **n != keep && Some(*n) != kept_pack.as_ref() && Some(*n) != donor.as_ref())
         {
             remove_pack(&pack_dir, name)?;
         }
@@ -627,6 +646,25 @@ impl Mirror {
             return Ok(None);
         }
         Ok(Some(written))
+    }
+
+    /// Once `pack` (the consolidated pack) has its bitmaps, remove the packs it replaced that
+    /// were kept for theirs (every other pack with bitmaps). Returns how many went. The
+    /// registry runs it where no refresh or consolidation runs.
+    pub fn remove_replaced(&self, pack: &Path) -> Result<usize, Error> {
+        if !pack.with_extension("bitmap").is_file() {
+            return Ok(0);
+        }
+        let pack_dir = self.git_dir.join("objects").join("pack");
+        let keep = pack.file_stem().map(|s| s.to_string_lossy().into_owned());
+        let mut removed = 0;
+        for name in pack_names(&pack_dir)? {
+            if Some(&name) != keep.as_ref() && pack_dir.join(format!("{name}.bitmap")).is_file() {
+                remove_pack(&pack_dir, &name)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Check the checksum of each bitmap file (each read whole) and remove those that do not

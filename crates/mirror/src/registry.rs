@@ -214,6 +214,10 @@ impl Registry {
         if stems.iter().any(|s| has(s, "tips") && !has(s, "bitmap")) {
             return true;
         }
+        // A replaced pack kept for its bitmaps outlived them (a restart before it went).
+        if stems.iter().filter(|s| has(s, "bitmap")).count() > 1 {
+            return true;
+        }
         match stems.as_slice() {
             [stem] => !(has(stem, "tips") && has(stem, "bitmap")),
             _ => stems.len() > self.consolidate_after + kept_pack,
@@ -602,6 +606,27 @@ impl Registry {
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
             done.bitmap = written;
+        }
+        // The pack replaced, kept for its bitmaps, goes once the new pack has its own; where
+        // no refresh or consolidation runs.
+        if let Some(pack) = done.pack.clone()
+            && done.bitmap.is_some()
+        {
+            let _running = slot.running.lock().await;
+            if self.existing(key).is_none() {
+                // Removed meanwhile.
+                return Ok(Some(done));
+            }
+            let removing = mirror.clone();
+            let removed = tokio::task::spawn_blocking(move || removing.remove_replaced(&pack))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            if removed > 0 {
+                tracing::debug!(
+                    removed,
+                    "replaced packs removed after their bitmaps were reused"
+                );
+            }
         }
         if let Some(shared) = &self.shared {
             let _running = slot.running.lock().await;

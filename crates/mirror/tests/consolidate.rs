@@ -37,6 +37,11 @@ fn clone_plan(repo: &Repository) -> Plan {
 }
 
 fn packs(dir: &std::path::Path) -> usize {
+    pack_files_ending(dir, "pack")
+}
+
+/// How many files of `dir`'s pack folder have the extension `ext`.
+fn pack_files_ending(dir: &std::path::Path, ext: &str) -> usize {
     std::fs::read_dir(dir.join("objects/pack"))
         .unwrap()
         .filter(|e| {
@@ -44,9 +49,21 @@ fn packs(dir: &std::path::Path) -> usize {
                 .unwrap()
                 .path()
                 .extension()
-                .is_some_and(|x| x == "pack")
+                .is_some_and(|x| x == ext)
         })
         .count()
+}
+
+/// Git reads the bitmaps of `dir` and finds them right for `rev`.
+fn assert_git_checks_bitmaps(dir: &std::path::Path, rev: &str) {
+    let check = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-list", "--test-bitmap", rev])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success() && said.contains("OK!"), "{said}");
 }
 
 /// An upstream serving a generated `acme/<name>` (kept alive by the first value), the folder
@@ -159,14 +176,7 @@ async fn many_packs_become_one_that_clones_get_as_it_is() {
     // with no walk.
     let bitmap = done.bitmap.expect("bitmaps written");
     assert_eq!(bitmap, marked.with_extension("bitmap"));
-    let check = std::process::Command::new("git")
-        .arg("-C")
-        .arg(mirror.git_dir())
-        .args(["rev-list", "--test-bitmap", "main"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success() && said.contains("OK!"), "{said}");
+    assert_git_checks_bitmaps(mirror.git_dir(), "main");
     let main = gix_hash::ObjectId::from_hex(
         git(mirror.git_dir(), &["rev-parse", "main"])
             .trim()
@@ -292,4 +302,53 @@ async fn damaged_bitmaps_are_found_when_checked_and_written_again() {
     }
     // Written again, the same bytes as before; git reads them.
     git(mirror.git_dir(), &["rev-list", "--test-bitmap", "HEAD"]);
+}
+
+/// A consolidation that replaces a pack with bitmaps keeps that pack until the new pack's
+/// bitmaps are written from them, then removes it. Both states a stop can leave between
+/// those steps (no new bitmaps yet; new bitmaps but the old pack still there) are finished
+/// by the next maintenance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_pack_stays_for_its_bitmaps_then_goes() {
+    let (_upstream, _dir, source, registry, key, client) = served("replaced", 99, None);
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    registry.consolidate(&key).await.unwrap().unwrap();
+    let mirror = registry.existing(&key).unwrap();
+    let bitmaps = || pack_files_ending(mirror.git_dir(), "bitmap");
+    assert_eq!((packs(mirror.git_dir()), bitmaps()), (1, 1));
+
+    for (round, seed) in [(0, 11), (1, 12)] {
+        repo::append_commits(&source, "main", 5, seed).unwrap();
+        registry.refresh(&key, &client, &[]).await.unwrap();
+        // Consolidated, as a stop right after it would leave the mirror: the new pack and
+        // the replaced one with its bitmaps.
+        let done = mirror.consolidate().unwrap();
+        assert!(done.bitmap.is_none(), "round {round}");
+        assert_eq!(
+            (packs(mirror.git_dir()), bitmaps()),
+            (2, 1),
+            "round {round}"
+        );
+        if round == 1 {
+            // A stop after the new bitmaps were written, before the old pack went.
+            let pack = done.pack.expect("marked");
+            mirror
+                .write_bitmaps(&pack, &done.tips)
+                .unwrap()
+                .expect("bitmaps");
+            assert_eq!((packs(mirror.git_dir()), bitmaps()), (2, 2));
+        }
+        // Every object is still found, by git too.
+        git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+        assert!(registry.needs_consolidation(&key), "round {round}");
+        registry.consolidate(&key).await.unwrap().unwrap();
+        assert_eq!(
+            (packs(mirror.git_dir()), bitmaps()),
+            (1, 1),
+            "round {round}"
+        );
+        assert!(!registry.needs_consolidation(&key), "round {round}");
+        assert_git_checks_bitmaps(mirror.git_dir(), "main");
+        git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+    }
 }
