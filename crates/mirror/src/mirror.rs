@@ -548,10 +548,11 @@ impl Mirror {
         };
         let plan = planned(tips.clone(), Vec::new())?;
         let objects = u32::try_from(plan.object_count()).unwrap_or(u32::MAX);
-        let keep = match plan.whole_pack_path() {
+        let object_count = plan.object_count();
+        let (keep, written) = match plan.whole_pack_path() {
             // A pack marked with exactly these tips holds their closure already.
-            Some(path) => pack_stem(path),
-            None => self.write_consolidated(plan, "consolidate")?,
+            Some(path) => (pack_stem(path), false),
+            None => (self.write_consolidated(plan, "consolidate")?, true),
         };
         // Kept commits: what they reach beyond the refs, in a pack (none when nothing).
         let mut kept_pack = None;
@@ -587,7 +588,14 @@ impl Mirror {
             remove_pack(&pack_dir, name)?;
         }
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
-        let marked = repo.mark_pack_tips(&tips)?;
+        // A pack written here from the plan of the tips is their closure: marked without a
+        // second walk of the history (seconds on big ones, with refreshes held back).
+        let marked = if written {
+            let pack = pack_dir.join(format!("{keep}.pack"));
+            repo.mark_written_pack(&pack, &tips, object_count)?
+        } else {
+            repo.mark_pack_tips(&tips)?
+        };
         debug_assert!(
             marked
                 .as_ref()

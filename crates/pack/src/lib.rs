@@ -544,6 +544,35 @@ impl Repository {
 }
 
 impl Repository {
+    /// Mark the repository's pack `pack` (its `.pack` path) with `tips`, as
+    /// [`mark_pack_tips`](Self::mark_pack_tips) does but without its walk of the history:
+    /// for a pack its caller has just written from a plan of exactly `tips` (no haves, no
+    /// filter, no shallow boundary) that held `objects` objects. Returns the pack, or `None`
+    /// (nothing marked) when the repository has no such pack, its object count differs, or
+    /// it lacks a tip.
+    pub fn mark_written_pack(
+        &self,
+        pack: &std::path::Path,
+        tips: &[ObjectId],
+        objects: usize,
+    ) -> Result<Option<std::path::PathBuf>, Error> {
+        let stored = self.stored_packs()?;
+        let Some(found) = stored
+            .iter()
+            .find(|p| p.pack.file_name().is_some() && p.pack.file_name() == pack.file_name())
+        else {
+            return Ok(None);
+        };
+        if found.num_objects() != objects || tips.iter().any(|t| found.index.lookup(t).is_none()) {
+            return Ok(None);
+        }
+        let tips: OidSet = tips.iter().copied().collect();
+        packs::write_tips(&found.pack, &tips)?;
+        Ok(Some(found.pack.clone()))
+    }
+}
+
+impl Repository {
     /// Check that every object `tips` reach is present, walking down to what `known` (tips
     /// whose history is known to be complete) reaches: what git's connectivity check after
     /// a fetch does. A missing commit, tree, tag target or blob is an

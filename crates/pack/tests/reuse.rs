@@ -130,6 +130,47 @@ fn marked_tips_skip_the_walk_and_stay_correct() {
     );
 }
 
+/// A pack its caller wrote from the plan of the tips is marked without a walk, but only
+/// when its count and the tips agree with it.
+#[test]
+fn a_written_pack_is_marked_without_a_walk_when_it_agrees() {
+    let (_dir, path) = packed_repo(34);
+    let repo = Repository::open(&path).unwrap();
+    let all = oids(&git(&path, &["for-each-ref", "--format=%(objectname)"]));
+    let pack = pack_file(&path);
+    let count = git(&path, &["rev-list", "--objects", "--all"])
+        .lines()
+        .count();
+    let elsewhere = path.join("objects/pack/pack-0000.pack");
+    let stranger = oids("0123456789abcdef0123456789abcdef01234567");
+    for (what, at, tips, objects) in [
+        ("another count", &pack, all.clone(), count + 1),
+        ("a pack it does not have", &elsewhere, all.clone(), count),
+        (
+            "a tip outside it",
+            &pack,
+            [all.clone(), stranger].concat(),
+            count,
+        ),
+    ] {
+        assert_eq!(
+            repo.mark_written_pack(at, &tips, objects).unwrap(),
+            None,
+            "{what}"
+        );
+        assert!(!pack.with_extension("tips").exists(), "{what}");
+    }
+    assert_eq!(
+        repo.mark_written_pack(&pack, &all, count).unwrap(),
+        Some(pack.clone())
+    );
+    // The mark is the one the walk would have made: a clone of the tips is the pack.
+    let repo = Repository::open(&path).unwrap();
+    let (whole, _, sent) = send(&repo, &clone_request(all));
+    assert!(whole);
+    assert_eq!(sent, std::fs::read(&pack).unwrap());
+}
+
 #[test]
 fn stored_deltas_are_copied_not_recomputed() {
     let (_dir, path) = packed_repo(33);
