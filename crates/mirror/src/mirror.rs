@@ -562,11 +562,14 @@ impl Mirror {
                 kept_pack = Some(self.write_consolidated(extra, "kept")?);
             }
         }
-        // The pack this one replaces keeps its bitmaps, and so itself, until the new pack's
-        // are written from them (`write_bitmaps` reuses them, `remove_replaced` removes it):
-        // the history they map is not walked again. The newest such pack, if the new one has
-        // none yet.
+        // The index and bitmaps of the pack this one replaces (the newest old pack with
+        // bitmaps) are kept aside, out of the object store's sight, until the new pack's
+        // bitmaps are written from them (`write_bitmaps`; `remove_replaced` then removes
+        // them): the history they map is not walked again. When the new pack has bitmaps
+        // already, any kept aside are stale; when no old pack has any, those kept aside by a
+        // consolidation cut short serve the one that takes it up.
         let has_bitmap = |name: &str| pack_dir.join(format!("{name}.bitmap")).is_file();
+        let aside = self.replaced_dir();
         let donor = if has_bitmap(&keep) {
             None
         } else {
@@ -581,9 +584,28 @@ impl Mirror {
                 .max()
                 .map(|(_, n)| n.clone())
         };
+        if donor.is_some() || has_bitmap(&keep) {
+            remove_dir_if_there(&aside)?;
+        }
+        if let Some(donor) = &donor {
+            std::fs::create_dir_all(&aside)?;
+            for ext in ["idx", "rev", "bitmap"] {
+                let from = pack_dir.join(format!("{donor}.{ext}"));
+                let to = aside.join(format!("{donor}.{ext}"));
+                // A second name for the file (a copy where links are not possible): the pack
+                // stays whole until removed below.
+                match std::fs::hard_link(&from, &to) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(_) => {
+                        std::fs::copy(&from, &to)?;
+                    }
+                }
+            }
+        }
         for name in old
             .iter()
-            .filter(|n| **n != keep && Some(*n) != kept_pack.as_ref() && Some(*n) != donor.as_ref())
+            .filter(|n| **n != keep && Some(*n) != kept_pack.as_ref())
         {
             remove_pack(&pack_dir, name)?;
         }
@@ -646,9 +668,23 @@ impl Mirror {
             return Ok(Some(bitmap));
         }
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
-        let Some(written) = repo.write_bitmaps(tips)? else {
+        // The replaced pack's index and bitmaps, if kept aside.
+        let old_index = std::fs::read_dir(self.replaced_dir())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "idx"));
+        let Some(written) = repo.write_bitmaps_reusing(tips, old_index.as_deref())? else {
             return Ok(None);
         };
+        if written.reused > 0 {
+            tracing::debug!(
+                reused = written.reused,
+                "bitmaps written from the replaced pack's"
+            );
+        }
+        let written = written.path;
         if written != bitmap || !pack.with_extension("idx").is_file() {
             let _ = std::fs::remove_file(&written);
             return Ok(None);
@@ -656,23 +692,21 @@ impl Mirror {
         Ok(Some(written))
     }
 
-    /// Once `pack` (the consolidated pack) has its bitmaps, remove the packs it replaced that
-    /// were kept for theirs (every other pack with bitmaps). Returns how many went. The
-    /// registry runs it where no refresh or consolidation runs.
-    pub fn remove_replaced(&self, pack: &Path) -> Result<usize, Error> {
-        if !pack.with_extension("bitmap").is_file() {
-            return Ok(0);
+    /// Where the index and bitmaps of the pack a consolidation replaced are kept until the
+    /// new pack's bitmaps are written from them: a folder the object store does not read.
+    fn replaced_dir(&self) -> PathBuf {
+        self.git_dir.join("objects").join("pack").join("replaced")
+    }
+
+    /// Once `pack` (the consolidated pack) has its bitmaps, remove what was kept aside of
+    /// the pack it replaced. Returns whether there was anything.
+    pub fn remove_replaced(&self, pack: &Path) -> Result<bool, Error> {
+        let aside = self.replaced_dir();
+        if !pack.with_extension("bitmap").is_file() || !aside.exists() {
+            return Ok(false);
         }
-        let pack_dir = self.git_dir.join("objects").join("pack");
-        let keep = pack.file_stem().map(|s| s.to_string_lossy().into_owned());
-        let mut removed = 0;
-        for name in pack_names(&pack_dir)? {
-            if Some(&name) != keep.as_ref() && pack_dir.join(format!("{name}.bitmap")).is_file() {
-                remove_pack(&pack_dir, &name)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        remove_dir_if_there(&aside)?;
+        Ok(true)
     }
 
     /// Check the checksum of each bitmap file (each read whole) and remove those that do not
@@ -685,6 +719,14 @@ impl Mirror {
             std::fs::remove_file(path)?;
         }
         Ok(damaged)
+    }
+}
+
+/// Remove `dir` and what it holds, if it is there.
+fn remove_dir_if_there(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -214,10 +214,6 @@ impl Registry {
         if stems.iter().any(|s| has(s, "tips") && !has(s, "bitmap")) {
             return true;
         }
-        // A replaced pack kept for its bitmaps outlived them (a restart before it went).
-        if stems.iter().filter(|s| has(s, "bitmap")).count() > 1 {
-            return true;
-        }
         match stems.as_slice() {
             [stem] => !(has(stem, "tips") && has(stem, "bitmap")),
             _ => stems.len() > self.consolidate_after + kept_pack,
@@ -607,8 +603,8 @@ impl Registry {
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
             done.bitmap = written;
         }
-        // The pack replaced, kept for its bitmaps, goes once the new pack has its own; where
-        // no refresh or consolidation runs.
+        // What was kept aside of the pack replaced goes once the new pack has its bitmaps;
+        // where no consolidation runs.
         if let Some(pack) = done.pack.clone()
             && done.bitmap.is_some()
         {
@@ -618,15 +614,9 @@ impl Registry {
                 return Ok(Some(done));
             }
             let removing = mirror.clone();
-            let removed = tokio::task::spawn_blocking(move || removing.remove_replaced(&pack))
+            tokio::task::spawn_blocking(move || removing.remove_replaced(&pack))
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-            if removed > 0 {
-                tracing::debug!(
-                    removed,
-                    "replaced packs removed after their bitmaps were reused"
-                );
-            }
         }
         if let Some(shared) = &self.shared {
             let _running = slot.running.lock().await;

@@ -304,49 +304,66 @@ async fn damaged_bitmaps_are_found_when_checked_and_written_again() {
     git(mirror.git_dir(), &["rev-list", "--test-bitmap", "HEAD"]);
 }
 
-/// A consolidation that replaces a pack with bitmaps keeps that pack until the new pack's
-/// bitmaps are written from them, then removes it. Both states a stop can leave between
-/// those steps (no new bitmaps yet; new bitmaps but the old pack still there) are finished
+/// A consolidation that replaces a pack with bitmaps removes that pack as before but keeps
+/// its index and bitmaps aside (where the object store does not look) until the new pack's
+/// bitmaps are written from them, then removes them. Both states a stop can leave between
+/// those steps (no new bitmaps yet; new bitmaps but the old ones still aside) are finished
 /// by the next maintenance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replaced_pack_stays_for_its_bitmaps_then_goes() {
+async fn a_replaced_packs_bitmaps_are_kept_aside_until_used() {
     let (_upstream, _dir, source, registry, key, client) = served("replaced", 99, None);
     registry.refresh(&key, &client, &[]).await.unwrap();
     registry.consolidate(&key).await.unwrap().unwrap();
     let mirror = registry.existing(&key).unwrap();
+    let aside = mirror.git_dir().join("objects/pack/replaced");
     let bitmaps = || pack_files_ending(mirror.git_dir(), "bitmap");
     assert_eq!((packs(mirror.git_dir()), bitmaps()), (1, 1));
+    assert!(!aside.exists());
 
     for (round, seed) in [(0, 11), (1, 12)] {
         repo::append_commits(&source, "main", 5, seed).unwrap();
         registry.refresh(&key, &client, &[]).await.unwrap();
-        // Consolidated, as a stop right after it would leave the mirror: the new pack and
-        // the replaced one with its bitmaps.
+        // Consolidated, as a stop right after it would leave the mirror: one pack, without
+        // bitmaps yet, and the old pack's index and bitmaps aside.
         let done = mirror.consolidate().unwrap();
         assert!(done.bitmap.is_none(), "round {round}");
         assert_eq!(
             (packs(mirror.git_dir()), bitmaps()),
-            (2, 1),
+            (1, 0),
             "round {round}"
         );
+        let kept: Vec<String> = std::fs::read_dir(&aside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            kept.iter().any(|n| n.ends_with(".idx")) && kept.iter().any(|n| n.ends_with(".bitmap")),
+            "round {round}: {kept:?}"
+        );
         if round == 1 {
-            // A stop after the new bitmaps were written, before the old pack went.
-            let pack = done.pack.expect("marked");
+            // A stop after the new bitmaps were written, before what was aside went.
+            let pack = done.pack.clone().expect("marked");
             mirror
                 .write_bitmaps(&pack, &done.tips)
                 .unwrap()
                 .expect("bitmaps");
-            assert_eq!((packs(mirror.git_dir()), bitmaps()), (2, 2));
+            assert_eq!(bitmaps(), 1);
+            assert!(aside.exists());
         }
-        // Every object is still found, by git too.
+        // Every object is found, by git too, which ignores the folder.
         git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
-        assert!(registry.needs_consolidation(&key), "round {round}");
+        assert_eq!(
+            registry.needs_consolidation(&key),
+            round == 0,
+            "round {round}"
+        );
         registry.consolidate(&key).await.unwrap().unwrap();
         assert_eq!(
             (packs(mirror.git_dir()), bitmaps()),
             (1, 1),
             "round {round}"
         );
+        assert!(!aside.exists(), "round {round}");
         assert!(!registry.needs_consolidation(&key), "round {round}");
         assert_git_checks_bitmaps(mirror.git_dir(), "main");
         git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);

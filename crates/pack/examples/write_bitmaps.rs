@@ -1,7 +1,8 @@
-//! `write_bitmaps <repo> <tip>...`: mark the repository's pack that is the closure of the tips
-//! with them, write gitcache's reachability bitmaps for it (as a mirror's consolidation does;
-//! another pack's bitmaps, if one has some, are reused) and print how long writing took. Used
-//! by the pack benchmark to set it beside `git repack -adb`.
+//! `write_bitmaps <repo> [--reuse <old.idx>] <tip>...`: mark the repository's pack that is the
+//! closure of the tips with them, write gitcache's reachability bitmaps for it (as a mirror's
+//! consolidation does; with `--reuse`, from the bitmaps of a replaced pack whose index and
+//! bitmap are at that path) and print how long writing took. Used to set it beside
+//! `git repack -adb` (benches/README.md).
 //!
 //! ```sh
 //! cargo run --release -p gitcache-pack --example write_bitmaps -- repo.git $(git -C repo.git for-each-ref --format='%(objectname)')
@@ -12,18 +13,29 @@ use gix_hash::ObjectId;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().ok_or("usage: write_bitmaps <repo> <tip>...")?;
+    let path = args
+        .next()
+        .ok_or("usage: write_bitmaps <repo> [--reuse <old.idx>] <tip>...")?;
+    let mut args = args.peekable();
+    let reuse = if args.peek().is_some_and(|a| a == "--reuse") {
+        args.next();
+        Some(std::path::PathBuf::from(
+            args.next().ok_or("--reuse needs a path")?,
+        ))
+    } else {
+        None
+    };
     let tips = args
         .map(|t| ObjectId::from_hex(t.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
     let repo = Repository::open(path)?;
     repo.mark_pack_tips(&tips)?;
     let started = std::time::Instant::now();
-    let written = repo.write_bitmaps_report(&tips)?;
+    let written = repo.write_bitmaps_reusing(&tips, reuse.as_deref())?;
     let took = started.elapsed().as_secs_f64();
     match written {
         Some(w) => println!(
-            "{took:.3} s: {} ({} bitmaps of another pack reused)",
+            "{took:.3} s: {} ({} bitmaps of the replaced pack reused)",
             w.path.display(),
             w.reused
         ),

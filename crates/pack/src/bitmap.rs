@@ -544,6 +544,23 @@ pub(crate) struct Loaded {
     pub(crate) pos: Positions,
 }
 
+impl Loaded {
+    /// The bitmaps of a pack no longer in the repository, from its index at `index` and the
+    /// `.bitmap` (and `.rev`, if any) beside it, if the file's checksum matches.
+    pub(crate) fn replaced(index: &std::path::Path, hash: HashKind) -> Option<Arc<Loaded>> {
+        let index = gix_pack::index::File::at(index, hash).ok()?;
+        let pack = StoredPack {
+            pack: index.path().with_extension("pack"),
+            index: Arc::new(index),
+            tips: None,
+        };
+        verify_checksum(&pack.pack.with_extension("bitmap"), hash).ok()?;
+        let bitmaps = PackBitmaps::load(&pack, hash).ok().flatten()?;
+        let pos = Positions::new(&pack, Arc::new(RevIndex::load(&pack, hash)));
+        Some(Arc::new(Loaded { bitmaps, pos }))
+    }
+}
+
 /// Bitmaps by pack file, read once per repository handle (a pack and its bitmap never
 /// change; a bitmap that cannot be read counts as none).
 #[derive(Debug, Default)]
@@ -722,8 +739,9 @@ pub(crate) struct Reused {
     old: Arc<Loaded>,
     /// The new pack position of each old pack position (`u32::MAX`: not in the new pack).
     to_new: Vec<u32>,
-    /// Bitmaps translated so far (`None`: not usable).
-    translated: std::sync::Mutex<OidMap<Option<Arc<Bits>>>>,
+    /// The commits whose bitmaps were taken (translated again if met again: each is met
+    /// about once, and keeping them would hold a second copy of the selected ones).
+    used: std::sync::Mutex<OidSet>,
 }
 
 impl std::fmt::Debug for Reused {
@@ -742,7 +760,7 @@ impl Reused {
         Reused {
             old,
             to_new,
-            translated: Default::default(),
+            used: Default::default(),
         }
     }
 
@@ -775,33 +793,21 @@ impl Reused {
 
     /// How many of the old bitmaps were taken.
     fn used(&self) -> usize {
-        self.translated
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|b| b.is_some())
-            .count()
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn bitmap(&self, commit: &ObjectId, n: usize) -> Result<Option<Arc<Bits>>, Error> {
-        let lock = |t: &std::sync::Mutex<OidMap<Option<Arc<Bits>>>>| {
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(commit)
-                .cloned()
-        };
-        if let Some(done) = lock(&self.translated) {
-            return Ok(done);
-        }
         let Some(old) = self.old.bitmap(commit)? else {
             return Ok(None);
         };
-        let new = self.translate(&old, n, true).map(Arc::new);
-        self.translated
+        let Some(new) = self.translate(&old, n, true) else {
+            return Ok(None);
+        };
+        self.used
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(*commit, new.clone());
-        Ok(new)
+            .insert(*commit);
+        Ok(Some(Arc::new(new)))
     }
 }
 

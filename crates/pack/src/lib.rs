@@ -757,12 +757,12 @@ impl Repository {
     }
 }
 
-/// Bitmaps written by [`Repository::write_bitmaps_report`].
+/// Bitmaps written by [`Repository::write_bitmaps_reusing`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BitmapsWritten {
     /// The file, beside its pack.
     pub path: std::path::PathBuf,
-    /// How many bitmaps of another pack the walks took instead of walking on.
+    /// How many bitmaps of the replaced pack the walks took instead of walking on.
     pub reused: usize,
 }
 
@@ -782,18 +782,23 @@ impl Repository {
     /// every [`BITMAP_SPACING`]th further back (until the line joins one sampled already),
     /// and for every [`BITMAP_SPACING`]th commit of the rest. Returns the file, or `None` when that does not apply. Fetches then find
     /// their objects with a few bitmap operations instead of a walk.
-    ///
-    /// Another pack's bitmaps (the pack a consolidation replaces, kept beside the new one
-    /// until this is written) are reused: a walk that meets one of their commits takes its
-    /// bitmap (when every object it names is in the new pack) instead of walking the
-    /// history below it, as `git repack -b` reuses the old pack's.
     pub fn write_bitmaps(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
-        Ok(self.write_bitmaps_report(tips)?.map(|w| w.path))
+        Ok(self.write_bitmaps_reusing(tips, None)?.map(|w| w.path))
     }
 
-    /// [`write_bitmaps`](Self::write_bitmaps), saying how many of another pack's bitmaps it
-    /// reused.
-    pub fn write_bitmaps_report(&self, tips: &[ObjectId]) -> Result<Option<BitmapsWritten>, Error> {
+    /// [`write_bitmaps`](Self::write_bitmaps), reusing the bitmaps of a pack the repository
+    /// no longer holds (the one a consolidation replaced; `old_index` is its `.idx`, with its
+    /// `.bitmap` and, if any, its `.rev` beside it; its data is not needed): a walk that
+    /// meets one of its commits takes that commit's bitmap, translated to the new pack's
+    /// order, instead of walking the history below it, as `git repack -b` reuses the old
+    /// pack's. A bitmap naming an object the new pack lacks is not taken; an old file whose
+    /// checksum does not match, or that cannot be read, is not used at all. The file written
+    /// is the one written without them.
+    pub fn write_bitmaps_reusing(
+        &self,
+        tips: &[ObjectId],
+        old_index: Option<&std::path::Path>,
+    ) -> Result<Option<BitmapsWritten>, Error> {
         let stored = self.stored_packs()?;
         // The pack marked as the closure of exactly these tips (other packs, such as one of
         // commits kept by id, may lie beside it).
@@ -806,10 +811,7 @@ impl Repository {
             },
         };
         let rev = self.rev_cache().get(pack, self.object_format());
-        let reuse = stored
-            .iter()
-            .filter(|p| p.pack != pack.pack)
-            .find_map(|p| self.bitmaps(p));
+        let reuse = old_index.and_then(|path| bitmap::Loaded::replaced(path, self.object_format()));
         let written = bitmap::write(
             &mut self.objects(),
             pack,

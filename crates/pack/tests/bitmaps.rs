@@ -158,8 +158,9 @@ fn no_bitmaps_for_packs_that_are_not_the_closure() {
 }
 
 /// The pack that replaces a bitmapped one (new commits, a deleted branch) gets its bitmaps
-/// from the old pack's where they hold: the file written is byte for byte the one written
-/// without them, and each bitmap is what git's walk finds.
+/// from the old pack's (its index and bitmap kept aside, its data gone) where they hold: the
+/// file written is byte for byte the one written without them, and each bitmap is what git's
+/// walk finds. An old file whose checksum does not match is not used.
 #[test]
 fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
     for spec in [
@@ -173,13 +174,13 @@ fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
         let path = dir.path().join("repo.git");
         repo::generate(&path, &spec).unwrap();
         git(&path, &["repack", "-ad", "-q"]);
-        let old = Repository::open(&path)
+        let old_bitmap = Repository::open(&path)
             .unwrap()
             .write_bitmaps(&tips(&path))
             .unwrap()
             .expect("bitmaps of the first pack");
-        // History moves on: commits added, a branch gone (its own objects stay in the old
-        // pack only, so bitmaps of its commits cannot be reused).
+        // History moves on: commits added, a branch gone (its own objects are not in the new
+        // pack, so bitmaps of its commits cannot be reused).
         repo::append_commits(&path, "main", 30, 79).unwrap();
         git(&path, &["update-ref", "-d", "refs/heads/feature/1"]);
         let refs = git(&path, &["for-each-ref", "--format=%(objectname)"]);
@@ -195,39 +196,51 @@ fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
             .unwrap();
         assert!(pack_objects.wait().unwrap().success());
         git(&path, &["prune-packed"]);
+        // The old pack leaves the repository; its index and bitmaps are kept aside.
+        let aside = dir.path().join("replaced");
+        std::fs::create_dir(&aside).unwrap();
+        for ext in ["idx", "bitmap", "rev"] {
+            let from = old_bitmap.with_extension(ext);
+            if from.exists() {
+                std::fs::rename(&from, aside.join(from.file_name().unwrap())).unwrap();
+            }
+        }
+        std::fs::remove_file(old_bitmap.with_extension("pack")).unwrap();
+        let old_index = aside.join(old_bitmap.with_extension("idx").file_name().unwrap());
         let tips = tips(&path);
-        // A copy without the old bitmaps writes the new pack's from nothing.
-        let fresh = dir.path().join("fresh.git");
-        let status = std::process::Command::new("cp")
-            .arg("-r")
-            .arg(&path)
-            .arg(&fresh)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        std::fs::remove_file(fresh.join("objects/pack").join(old.file_name().unwrap())).unwrap();
 
-        let write = |at: &std::path::Path| {
-            let repo = Repository::open(at).unwrap();
-            let marked = repo.mark_pack_tips(&tips).unwrap().expect("the new pack");
-            let written = repo.write_bitmaps_report(&tips).unwrap().expect("bitmaps");
+        let repo = Repository::open(&path).unwrap();
+        let marked = repo.mark_pack_tips(&tips).unwrap().expect("the new pack");
+        let write = |reuse: Option<&std::path::Path>| {
+            let written = repo
+                .write_bitmaps_reusing(&tips, reuse)
+                .unwrap()
+                .expect("bitmaps");
             assert_eq!(written.path, marked.with_extension("bitmap"));
-            (repo, written)
+            let bytes = std::fs::read(&written.path).unwrap();
+            std::fs::remove_file(&written.path).unwrap();
+            (written.reused, bytes)
         };
-        let (repo, reused) = write(&path);
-        let (_, anew) = write(&fresh);
-        assert!(reused.reused > 0, "the old pack's bitmaps were taken");
-        assert_eq!(anew.reused, 0);
-        let (reused, anew) = (reused.path, anew.path);
-        assert_eq!(
-            std::fs::read(&reused).unwrap(),
-            std::fs::read(&anew).unwrap(),
+        let (none, anew) = write(None);
+        assert_eq!(none, 0);
+        let (reused, from_old) = write(Some(&old_index));
+        assert!(reused > 0, "the old pack's bitmaps were taken");
+        assert!(
+            from_old == anew,
             "reused bitmaps differ from bitmaps written anew"
         );
-        assert!(
-            old.is_file(),
-            "the old pack's bitmaps are left to their owner"
-        );
+        // A damaged old file is not used; the result is the same.
+        let kept = old_index.with_extension("bitmap");
+        let mut damaged = std::fs::read(&kept).unwrap();
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 0x01;
+        std::fs::write(&kept, &damaged).unwrap();
+        let (reused, from_damaged) = write(Some(&old_index));
+        assert_eq!(reused, 0, "a damaged file is not reused");
+        assert!(from_damaged == anew);
+
+        std::fs::write(marked.with_extension("bitmap"), &anew).unwrap();
+        let repo = Repository::open(&path).unwrap();
         let mut stored = 0;
         for commit in git(&path, &["rev-list", "--all"]).lines().map(oid) {
             if let Some(ours) = repo.bitmap_of(&commit).unwrap() {
