@@ -131,7 +131,13 @@ fn return_freed_memory() {
                 unsafe {
                     libc::malloc_trim(0);
                 }
-                tracing::trace!(took = ?started.elapsed(), "free memory returned");
+                // It holds each arena's lock while it walks that arena's free blocks.
+                let took = started.elapsed();
+                if took > std::time::Duration::from_millis(100) {
+                    tracing::warn!(?took, "returning free memory to the system was slow");
+                } else {
+                    tracing::trace!(?took, "free memory returned");
+                }
             }
         });
     if let Err(e) = spawned {
