@@ -152,8 +152,10 @@ pub fn ingest_pack_checked(
 /// Remove what a crash left behind: staging folders, responses and temporaries in
 /// `objects/pack` (unless `temporaries` is false: a writer of this process may be using one),
 /// the files of a pack whose index is gone (a crash between moving a pack's data and its
-/// index into place, or while a pack was removed), and half-written temporaries of
-/// `packed-refs` or `HEAD`. Call with no ingestion of the mirror under way (the registry
+/// index into place, or while a pack was removed), half-written temporaries of
+/// `packed-refs` or `HEAD`, and what consolidation kept aside of the pack it replaced
+/// (`objects/pack/replaced/`) once the consolidated pack has its bitmaps (with
+/// `temporaries` only: no bitmap writer is reading it). Call with no ingestion of the mirror under way (the registry
 /// holds its refresh lock). Files that vanish meanwhile are no error.
 pub fn remove_leftovers(git_dir: &Path, temporaries: bool) -> std::io::Result<usize> {
     let mut removed = 0;
@@ -194,6 +196,15 @@ pub fn remove_leftovers(git_dir: &Path, temporaries: bool) -> std::io::Result<us
         if orphan || (temporaries && name.starts_with("incoming-")) {
             remove(&pack_dir.join(name), *dir)?;
         }
+    }
+    // What consolidation kept aside of the pack it replaced, once the consolidated pack
+    // (marked with its tips) has the bitmaps it was kept for.
+    let has = |name: String| names.iter().any(|(n, _)| *n == name);
+    let bitmapped = indexed
+        .iter()
+        .any(|stem| has(format!("{stem}.tips")) && has(format!("{stem}.bitmap")));
+    if temporaries && bitmapped && has("replaced".to_owned()) {
+        remove(&pack_dir.join("replaced"), true)?;
     }
     if let Ok(entries) = std::fs::read_dir(git_dir) {
         for entry in entries {

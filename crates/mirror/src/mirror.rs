@@ -589,7 +589,8 @@ impl Mirror {
         }
         if let Some(donor) = &donor {
             std::fs::create_dir_all(&aside)?;
-            for ext in ["idx", "rev", "bitmap"] {
+            // Not its `.rev`: the writer builds the order from the index, checked whole.
+            for ext in ["idx", "bitmap"] {
                 let from = pack_dir.join(format!("{donor}.{ext}"));
                 let to = aside.join(format!("{donor}.{ext}"));
                 // A second name for the file (a copy where links are not possible): the pack
@@ -675,7 +676,20 @@ impl Mirror {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "idx"));
-        let Some(written) = repo.write_bitmaps_reusing(tips, old_index.as_deref())? else {
+        let written = match repo.write_bitmaps_reusing(tips, old_index.as_deref()) {
+            Ok(Some(written)) => Some(written),
+            // Whatever went wrong with what was kept aside must not keep the mirror from
+            // bitmaps: written again from nothing, and the folder goes.
+            result if old_index.is_some() => {
+                if let Err(err) = &result {
+                    tracing::warn!(%err, "bitmaps from the replaced pack's failed; writing them anew");
+                }
+                remove_dir_if_there(&self.replaced_dir())?;
+                repo.write_bitmaps_reusing(tips, None)?
+            }
+            result => result?,
+        };
+        let Some(written) = written else {
             return Ok(None);
         };
         if written.reused > 0 {

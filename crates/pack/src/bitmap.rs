@@ -502,19 +502,28 @@ const DECODED_KEPT: usize = 64;
 /// Whether the bitmap file at `path` ends with the checksum of what precedes it (a full
 /// read: done where a file is written, not where it is loaded).
 pub(crate) fn verify_checksum(path: &std::path::Path, hash: HashKind) -> Result<(), Error> {
+    read_checked(path, hash).map(drop)
+}
+
+/// The file at `path` (a bitmap file, or a pack index: both end with a checksum of all
+/// before it), read whole, if its checksum matches.
+fn read_checked(path: &std::path::Path, hash: HashKind) -> Result<Vec<u8>, Error> {
     let data = std::fs::read(path)?;
     let hash_len = hash.len_in_bytes();
     if data.len() < 12 + 2 * hash_len {
-        return Err(bad("not a bitmap file"));
+        return Err(bad("too short for its checksum"));
     }
     let (body, trailer) = data.split_at(data.len() - hash_len);
     let mut hasher = gix_hash::hasher(hash);
     hasher.update(body);
     let digest = hasher.try_finalize().map_err(|e| bad(e.to_string()))?;
     if digest.as_bytes() != trailer {
-        return Err(bad("the bitmap file's checksum does not match"));
+        return Err(bad(format!(
+            "the checksum of {} does not match",
+            path.display()
+        )));
     }
-    Ok(())
+    Ok(data)
 }
 
 /// Where a walk finds stored bitmaps.
@@ -547,16 +556,21 @@ pub(crate) struct Loaded {
 impl Loaded {
     /// The bitmaps of a pack no longer in the repository, from its index at `index` and the
     /// `.bitmap` (and `.rev`, if any) beside it, if the file's checksum matches.
+    ///
+    /// Both files are read whole and checked against their checksums, and the pack order
+    /// is built from the index's offsets (a `.rev` is not trusted here): a wrong order would
+    /// make every translated bitmap name the wrong objects.
     pub(crate) fn replaced(index: &std::path::Path, hash: HashKind) -> Option<Arc<Loaded>> {
+        read_checked(index, hash).ok()?;
+        let bitmap = read_checked(&index.with_extension("bitmap"), hash).ok()?;
         let index = gix_pack::index::File::at(index, hash).ok()?;
         let pack = StoredPack {
             pack: index.path().with_extension("pack"),
             index: Arc::new(index),
             tips: None,
         };
-        verify_checksum(&pack.pack.with_extension("bitmap"), hash).ok()?;
-        let bitmaps = PackBitmaps::load(&pack, hash).ok().flatten()?;
-        let pos = Positions::new(&pack, Arc::new(RevIndex::load(&pack, hash)));
+        let bitmaps = PackBitmaps::parse_bytes(bitmap, &pack, hash).ok()?;
+        let pos = Positions::new(&pack, Arc::new(RevIndex::from_offsets(&pack)));
         Some(Arc::new(Loaded { bitmaps, pos }))
     }
 }
@@ -697,6 +711,10 @@ pub(crate) fn reach(
     // Commits first, down to the nearest stored bitmaps; then the trees of the commits
     // walked, skipping whatever those bitmaps already hold (most of each tree).
     while let Some(commit) = commits.pop() {
+        // Reached already (walked, or in a bitmap taken): what it reaches is in too.
+        if pos.of(&commit).is_some_and(|p| bits.get(p)) {
+            continue;
+        }
         if let Some(stored) = known.bitmap(&commit)? {
             bits.or(&stored);
             continue;
@@ -797,7 +815,8 @@ impl Reused {
     }
 
     fn bitmap(&self, commit: &ObjectId, n: usize) -> Result<Option<Arc<Bits>>, Error> {
-        let Some(old) = self.old.bitmap(commit)? else {
+        // An old bitmap that cannot be decoded is not used.
+        let Ok(Some(old)) = self.old.bitmap(commit) else {
             return Ok(None);
         };
         let Some(new) = self.translate(&old, n, true) else {

@@ -187,17 +187,27 @@ impl RevIndex {
             {
                 Order::Mapped(map)
             }
-            _ => {
-                let mut by_offset: Vec<(u64, u32)> = (0..n as u32)
-                    .map(|i| (pack.index.pack_offset_at_index(i), i))
-                    .collect();
-                by_offset.sort_unstable();
-                Order::Built(by_offset.into_iter().map(|(_, i)| i).collect())
-            }
+            _ => return Self::from_offsets(pack),
         };
         RevIndex {
             objects: n,
             order,
+            inverse: std::sync::OnceLock::new(),
+            lookups: Default::default(),
+        }
+    }
+
+    /// The reverse index of `pack` built from its index's offsets, whatever files lie
+    /// beside it.
+    pub(crate) fn from_offsets(pack: &StoredPack) -> RevIndex {
+        let n = pack.num_objects();
+        let mut by_offset: Vec<(u64, u32)> = (0..n as u32)
+            .map(|i| (pack.index.pack_offset_at_index(i), i))
+            .collect();
+        by_offset.sort_unstable();
+        RevIndex {
+            objects: n,
+            order: Order::Built(by_offset.into_iter().map(|(_, i)| i).collect()),
             inverse: std::sync::OnceLock::new(),
             lookups: Default::default(),
         }

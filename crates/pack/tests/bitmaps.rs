@@ -229,7 +229,44 @@ fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
             from_old == anew,
             "reused bitmaps differ from bitmaps written anew"
         );
-        // A damaged old file is not used; the result is the same.
+        // A reverse index beside it is not trusted (a wrong order would make every
+        // translated bitmap name the wrong objects): one with its order reversed changes
+        // nothing.
+        let rev = old_index.with_extension("rev");
+        let mut reversed = std::fs::read(&rev).unwrap_or_default();
+        if reversed.len() > 12 {
+            let hash_len = if spec.object_format == "sha256" {
+                32
+            } else {
+                20
+            };
+            let end = reversed.len() - 2 * hash_len;
+            let mut order: Vec<[u8; 4]> = reversed[12..end]
+                .chunks_exact(4)
+                .map(|c| c.try_into().unwrap())
+                .collect();
+            order.reverse();
+            reversed.splice(12..end, order.concat());
+        } else {
+            reversed = [b"RIDX".as_slice(), &[0, 0, 0, 1, 0, 0, 0, 1]].concat();
+        }
+        std::fs::write(&rev, &reversed).unwrap();
+        let (reused, with_rev) = write(Some(&old_index));
+        assert!(reused > 0);
+        assert!(
+            with_rev == anew,
+            "a reverse index beside the old one was used"
+        );
+        // Damaged old files are not used; the result is the same.
+        let index_bytes = std::fs::read(&old_index).unwrap();
+        let mut damaged_index = index_bytes.clone();
+        let at = damaged_index.len() / 2;
+        damaged_index[at] ^= 0x01;
+        std::fs::write(&old_index, &damaged_index).unwrap();
+        let (reused, from_damaged) = write(Some(&old_index));
+        assert_eq!(reused, 0, "a damaged index is not reused");
+        assert!(from_damaged == anew);
+        std::fs::write(&old_index, &index_bytes).unwrap();
         let kept = old_index.with_extension("bitmap");
         let mut damaged = std::fs::read(&kept).unwrap();
         let middle = damaged.len() / 2;
