@@ -155,8 +155,9 @@ pub fn ingest_pack_checked(
 /// index into place, or while a pack was removed), half-written temporaries of
 /// `packed-refs` or `HEAD`, and what consolidation kept aside of the pack it replaced
 /// (`objects/pack/replaced/`) once the consolidated pack has its bitmaps (with
-/// `temporaries` only: no bitmap writer is reading it). Call with no ingestion of the mirror under way (the registry
-/// holds its refresh lock). Files that vanish meanwhile are no error.
+/// `temporaries` only: no bitmap writer is reading it). Call with no ingestion of the
+/// mirror under way (the registry holds its refresh lock). Files that vanish meanwhile are
+/// no error.
 pub fn remove_leftovers(git_dir: &Path, temporaries: bool) -> std::io::Result<usize> {
     let mut removed = 0;
     let mut remove = |path: &Path, dir: bool| -> std::io::Result<()> {
@@ -200,10 +201,12 @@ pub fn remove_leftovers(git_dir: &Path, temporaries: bool) -> std::io::Result<us
     // What consolidation kept aside of the pack it replaced, once the consolidated pack
     // (marked with its tips) has the bitmaps it was kept for.
     let has = |name: String| names.iter().any(|(n, _)| *n == name);
-    let bitmapped = indexed
-        .iter()
-        .any(|stem| has(format!("{stem}.tips")) && has(format!("{stem}.bitmap")));
-    if temporaries && bitmapped && has("replaced".to_owned()) {
+    if temporaries
+        && has("replaced".to_owned())
+        && indexed
+            .iter()
+            .any(|stem| has(format!("{stem}.tips")) && has(format!("{stem}.bitmap")))
+    {
         remove(&pack_dir.join("replaced"), true)?;
     }
     if let Ok(entries) = std::fs::read_dir(git_dir) {

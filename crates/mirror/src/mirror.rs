@@ -547,8 +547,8 @@ impl Mirror {
             }
         };
         let plan = planned(tips.clone(), Vec::new())?;
-        let objects = u32::try_from(plan.object_count()).unwrap_or(u32::MAX);
         let object_count = plan.object_count();
+        let objects = u32::try_from(object_count).unwrap_or(u32::MAX);
         let (keep, written) = match plan.whole_pack_path() {
             // A pack marked with exactly these tips holds their closure already.
             Some(path) => (pack_stem(path), false),

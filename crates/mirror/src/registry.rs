@@ -603,33 +603,30 @@ impl Registry {
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
             done.bitmap = written;
         }
-        // What was kept aside of the pack replaced goes once the new pack has its bitmaps;
-        // where no consolidation runs.
-        if let Some(pack) = done.pack.clone()
-            && done.bitmap.is_some()
-        {
+        // What was kept aside of the pack replaced goes once the new pack has its bitmaps,
+        // and the bitmaps join the shared store: where no consolidation runs.
+        let replaced = done.pack.clone().filter(|_| done.bitmap.is_some());
+        if replaced.is_some() || self.shared.is_some() {
             let _running = slot.running.lock().await;
             if self.existing(key).is_none() {
                 // Removed meanwhile.
                 return Ok(Some(done));
             }
-            let removing = mirror.clone();
-            tokio::task::spawn_blocking(move || removing.remove_replaced(&pack))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        }
-        if let Some(shared) = &self.shared {
-            let _running = slot.running.lock().await;
-            if self.existing(key).is_none() {
-                // Removed meanwhile.
-                return Ok(Some(done));
+            if let Some(pack) = replaced {
+                let removing = mirror.clone();
+                tokio::task::spawn_blocking(move || removing.remove_replaced(&pack))
+                    .await
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
             }
-            // The bitmaps join the manifest (unless another instance committed meanwhile:
-            // then its own maintenance writes them), and files no manifest names go.
-            shared.publish(key, mirror.git_dir()).await?;
-            let collected = shared.collect(key).await?;
-            if collected > 0 {
-                tracing::info!(collected, "unnamed files collected from the shared store");
+            if let Some(shared) = &self.shared {
+                // The bitmaps join the manifest (unless another instance committed
+                // meanwhile: then its own maintenance writes them), and files no manifest
+                // names go.
+                shared.publish(key, mirror.git_dir()).await?;
+                let collected = shared.collect(key).await?;
+                if collected > 0 {
+                    tracing::info!(collected, "unnamed files collected from the shared store");
+                }
             }
         }
         // The bundle is a copy of the pack: written without holding refreshes back.

@@ -555,7 +555,7 @@ pub(crate) struct Loaded {
 
 impl Loaded {
     /// The bitmaps of a pack no longer in the repository, from its index at `index` and the
-    /// `.bitmap` (and `.rev`, if any) beside it, if the file's checksum matches.
+    /// `.bitmap` beside it.
     ///
     /// Both files are read whole and checked against their checksums, and the pack order
     /// is built from the index's offsets (a `.rev` is not trusted here): a wrong order would
@@ -669,8 +669,10 @@ pub(crate) fn reach(
     let mut bits = seed.cloned().unwrap_or_else(|| Bits::with_len(pos.len()));
     let mut commits: Vec<ObjectId> = Vec::new();
     let mut trees: Vec<ObjectId> = Vec::new();
-    let mut note = |bits: &mut Bits, oid: &ObjectId, kind: usize| -> Option<bool> {
-        let p = pos.of(oid)?;
+    // Set the bit at `p` (the object's position, `None` outside the pack), noting its type:
+    // whether it was new.
+    let mut note = |bits: &mut Bits, p: Option<usize>, kind: usize| -> Option<bool> {
+        let p = p?;
         if bits.get(p) {
             return Some(false);
         }
@@ -688,7 +690,7 @@ pub(crate) fn reach(
         let mut current = *tip;
         let mut hops = 0;
         while kind == gix_object::Kind::Tag {
-            if note(&mut bits, &current, 3).is_none() {
+            if note(&mut bits, pos.of(&current), 3).is_none() {
                 return Ok(None);
             }
             (current, kind) = objects.tag_target(&current)?;
@@ -701,7 +703,7 @@ pub(crate) fn reach(
             gix_object::Kind::Commit => commits.push(current),
             gix_object::Kind::Tree => trees.push(current),
             gix_object::Kind::Blob => {
-                if note(&mut bits, &current, 2).is_none() {
+                if note(&mut bits, pos.of(&current), 2).is_none() {
                     return Ok(None);
                 }
             }
@@ -712,14 +714,15 @@ pub(crate) fn reach(
     // walked, skipping whatever those bitmaps already hold (most of each tree).
     while let Some(commit) = commits.pop() {
         // Reached already (walked, or in a bitmap taken): what it reaches is in too.
-        if pos.of(&commit).is_some_and(|p| bits.get(p)) {
+        let p = pos.of(&commit);
+        if p.is_some_and(|p| bits.get(p)) {
             continue;
         }
         if let Some(stored) = known.bitmap(&commit)? {
             bits.or(&stored);
             continue;
         }
-        match note(&mut bits, &commit, 0) {
+        match note(&mut bits, p, 0) {
             None => return Ok(None),
             Some(false) => continue,
             Some(true) => {}
@@ -729,7 +732,7 @@ pub(crate) fn reach(
         commits.extend(parsed.parents.clone());
     }
     while let Some(tree) = trees.pop() {
-        match note(&mut bits, &tree, 1) {
+        match note(&mut bits, pos.of(&tree), 1) {
             None => return Ok(None),
             Some(false) => continue,
             Some(true) => {}
@@ -738,7 +741,7 @@ pub(crate) fn reach(
             match entry.kind {
                 EntryKind::Tree => trees.push(entry.oid),
                 EntryKind::Blob => {
-                    if note(&mut bits, &entry.oid, 2).is_none() {
+                    if note(&mut bits, pos.of(&entry.oid), 2).is_none() {
                         return Ok(None);
                     }
                 }

@@ -541,9 +541,7 @@ impl Repository {
         packs::write_tips(path, &tips)?;
         Ok(Some(path.clone()))
     }
-}
 
-impl Repository {
     /// Mark the repository's pack `pack` (its `.pack` path) with `tips`, as
     /// [`mark_pack_tips`](Self::mark_pack_tips) does but without its walk of the history:
     /// for a pack its caller has just written from a plan of exactly `tips` (no haves, no
@@ -788,7 +786,7 @@ impl Repository {
 
     /// [`write_bitmaps`](Self::write_bitmaps), reusing the bitmaps of a pack the repository
     /// no longer holds (the one a consolidation replaced; `old_index` is its `.idx`, with its
-    /// `.bitmap` and, if any, its `.rev` beside it; its data is not needed): a walk that
+    /// `.bitmap` beside it; its data and reverse index are not used): a walk that
     /// meets one of its commits takes that commit's bitmap, translated to the new pack's
     /// order, instead of walking the history below it, as `git repack -b` reuses the old
     /// pack's. A bitmap naming an object the new pack lacks is not taken; an old file whose
