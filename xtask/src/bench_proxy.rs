@@ -281,6 +281,32 @@ pub(crate) fn run(root: &Path, repo: Option<&str>, only_cache: bool) -> Result<(
         ms(theirs),
         ms(ours)
     );
+    // What a miss is measured against: C git making a mirror of the same upstream.
+    let mut clones = Vec::new();
+    for _ in 0..MISS_RUNS {
+        let target = data.path().join("git-clone-mirror.git");
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        let started = Instant::now();
+        let status = Command::new("git")
+            .args([
+                "clone",
+                "-q",
+                "--mirror",
+                &format!("http://{backend}/{NAME}.git"),
+            ])
+            .arg(&target)
+            .status()?;
+        if !status.success() {
+            bail!("git clone --mirror failed");
+        }
+        clones.push((started.elapsed(), 0));
+    }
+    println!(
+        "\n`git clone --mirror` of the same upstream: {} (median of {MISS_RUNS})",
+        ms(median(clones).0)
+    );
     response_cache(root, &upstream, &backend, data.path(), &depth1)
 }
 

@@ -1,10 +1,11 @@
 //! The entry points shared by the fuzz targets and the tests that replay their corpora:
 //! arbitrary bytes offered as a received pack, and as a shared mirror's manifest.
 
-use crate::ingest::{Error, ingest_pack};
+use crate::ingest::{Error, ingest_pack_checked};
 
-/// Offer `data` as a pack to an empty object directory. It is taken in whole (a `.pack` and
-/// its `.idx`, nothing else) or refused with a typed error leaving the directory empty.
+/// Offer `data` as a first fetch's pack to an empty object directory, checked as one (its
+/// history whole within it). It is taken in whole (a `.pack` and its `.idx`, nothing else)
+/// or refused with a typed error leaving the directory empty.
 pub fn ingest(data: &[u8]) {
     let dir = std::env::temp_dir().join(format!(
         "gitcache-ingest-fuzz-{}-{:?}",
@@ -13,7 +14,10 @@ pub fn ingest(data: &[u8]) {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("objects").join("pack")).expect("temporary folder");
-    let outcome = ingest_pack(&dir, gix_hash::Kind::Sha1, &mut &data[..]);
+    let check = |pack: &std::path::Path, index: &std::path::Path| {
+        gitcache_pack::Repository::open(&dir)?.check_pack_closed(pack, index, true)
+    };
+    let outcome = ingest_pack_checked(&dir, gix_hash::Kind::Sha1, &mut &data[..], &check);
     let mut left: Vec<String> = std::fs::read_dir(dir.join("objects").join("pack"))
         .expect("pack folder")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -24,7 +28,9 @@ pub fn ingest(data: &[u8]) {
             let stem = format!("pack-{}", ingested.checksum);
             assert_eq!(left, [format!("{stem}.idx"), format!("{stem}.pack")]);
         }
-        Err(Error::InvalidPack { .. }) => assert!(left.is_empty(), "left behind: {left:?}"),
+        Err(Error::InvalidPack { .. } | Error::Refused(_)) => {
+            assert!(left.is_empty(), "left behind: {left:?}")
+        }
         Err(err) => panic!("a local failure on fuzz input: {err}"),
     }
     let _ = std::fs::remove_dir_all(&dir);

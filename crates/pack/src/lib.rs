@@ -29,6 +29,7 @@
 
 mod bitmap;
 pub mod checkout;
+mod closed;
 mod delta;
 mod error;
 mod filter;
@@ -600,139 +601,6 @@ impl Repository {
             Some(oid) => Err(Error::MissingObject { oid: *oid }),
             None => Ok(()),
         }
-    }
-
-    /// Whether every object of the pack at `pack` (with its index at `index`, which may
-    /// still be in a staging folder) refers only to objects there are: a commit to its tree
-    /// and parents, a tree to its entries (gitlinks aside: a submodule's commits live
-    /// elsewhere), a tag to its target; each of the kind it is referred to as (blobs
-    /// aside: nothing reads them). Objects are read with the same parsers the pack writer's
-    /// walk uses, so a reference the check did not see cannot surprise a fetch later; an
-    /// object that does not parse fails the check. References are looked up in the pack
-    /// itself and, unless `self_contained`, in the repository's packs. `Err` names what is
-    /// missing or of the wrong kind.
-    ///
-    /// When the repository's packs are closed the same way (each was checked so when it
-    /// came), the history of everything it has is whole: the check a fetch needs, made by
-    /// decoding each object once, in pack order, on several cores, instead of walking
-    /// history object by object.
-    pub fn check_pack_closed(
-        &self,
-        pack: &std::path::Path,
-        index: &std::path::Path,
-        self_contained: bool,
-    ) -> Result<(), Error> {
-        use gix_object::Kind;
-        use std::sync::{Arc, Mutex};
-        let hash = self.object_format();
-        let this = Arc::new(gix_pack::index::File::at(index, hash).map_err(Error::odb)?);
-        let mut indexes = vec![Arc::clone(&this)];
-        if !self_contained {
-            indexes.extend(self.stored_packs()?.into_iter().map(|p| p.index));
-        }
-        let indexes = Arc::new(indexes);
-        let data = gix_pack::data::File::at(pack, hash).map_err(Error::odb)?;
-        // The kind each object of the pack is, and the kinds its objects expect of the
-        // commits, trees and tags they refer to: compared once every object is read.
-        let kinds: Arc<Mutex<gix_hashtable::HashMap<ObjectId, Kind>>> = Arc::default();
-        let expected: Arc<Mutex<Vec<(ObjectId, Kind)>>> = Arc::default();
-        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
-        let processor = {
-            let (kinds, expected, failure) = (
-                Arc::clone(&kinds),
-                Arc::clone(&expected),
-                Arc::clone(&failure),
-            );
-            let indexes = Arc::clone(&indexes);
-            move |kind: Kind,
-                  object: &[u8],
-                  entry: &gix_pack::index::Entry,
-                  _: &dyn gix_utils::progress::Progress|
-                  -> gix_error::Result {
-                let oid = entry.oid;
-                let mut refs: Vec<(ObjectId, Kind)> = Vec::new();
-                let parsed = match kind {
-                    Kind::Blob => Ok(()),
-                    Kind::Commit => objects::parse_commit(object, hash).map(|commit| {
-                        refs.push((commit.tree, Kind::Tree));
-                        refs.extend(commit.parents.into_iter().map(|p| (p, Kind::Commit)));
-                    }),
-                    Kind::Tree => objects::parse_tree(object, hash).map(|entries| {
-                        refs.extend(entries.into_iter().filter_map(|e| match e.kind {
-                            objects::EntryKind::Tree => Some((e.oid, Kind::Tree)),
-                            objects::EntryKind::Blob => Some((e.oid, Kind::Blob)),
-                            objects::EntryKind::Gitlink => None,
-                        }));
-                    }),
-                    Kind::Tag => objects::parse_tag(object, hash).map(|(target, kind)| {
-                        refs.push((target, kind));
-                    }),
-                };
-                let absent = |oid: &ObjectId| indexes.iter().all(|i| i.lookup(oid).is_none());
-                let fail = |err: Error| {
-                    let message = err.to_string();
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
-                    Err(gix_error::ErrorExt::raise(gix_error::message!("{message}")))
-                };
-                if let Err(message) = parsed {
-                    return fail(Error::Corrupt {
-                        oid,
-                        reason: message,
-                    });
-                }
-                if let Some((missing, _)) = refs.iter().find(|(r, _)| absent(r)) {
-                    return fail(Error::MissingObject { oid: *missing });
-                }
-                kinds
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(oid, kind);
-                expected
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(refs.into_iter().filter(|(_, k)| *k != Kind::Blob));
-                Ok(())
-            }
-        };
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
-        let traversed = this.traverse(
-            &data,
-            &mut gix_utils::progress::Discard,
-            &std::sync::atomic::AtomicBool::new(false),
-            processor,
-            gix_pack::index::traverse::Options {
-                traversal: gix_pack::index::traverse::Algorithm::DeltaTreeLookup,
-                thread_limit: Some(threads),
-                // Ingestion verified the pack's and every object's checksum already.
-                check:
-                    gix_pack::index::traverse::SafetyCheck::SkipFileAndObjectChecksumVerification,
-                alloc_limit_bytes: Some(MAX_DECODED_BYTES),
-                make_pack_lookup_cache: || gix_pack::cache::Never,
-            },
-        );
-        if let Some(err) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(err);
-        }
-        traversed.map_err(Error::odb)?;
-        let kinds = std::mem::take(&mut *kinds.lock().unwrap_or_else(|p| p.into_inner()));
-        let expected = std::mem::take(&mut *expected.lock().unwrap_or_else(|p| p.into_inner()));
-        let objects = self.objects();
-        for (oid, want) in expected {
-            let found = match kinds.get(&oid) {
-                Some(kind) => *kind,
-                None => match objects.header(&oid)? {
-                    Some((kind, _)) => kind,
-                    None => return Err(Error::MissingObject { oid }),
-                },
-            };
-            if found != want {
-                return Err(Error::Corrupt {
-                    oid,
-                    reason: format!("a {found} where a {want} is referred to"),
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Whether `oid` is a commit the repository has.

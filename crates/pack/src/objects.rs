@@ -246,35 +246,48 @@ pub(crate) fn parse_tag(data: &[u8], hash: HashKind) -> Result<(ObjectId, Kind),
 }
 
 /// Parse a tree: `<octal mode> <name>\0<raw id>` entries.
-pub(crate) fn parse_tree(mut data: &[u8], hash: HashKind) -> Result<Vec<TreeEntry>, String> {
-    let id_len = hash.len_in_bytes();
+pub(crate) fn parse_tree(data: &[u8], hash: HashKind) -> Result<Vec<TreeEntry>, String> {
     let mut entries = Vec::new();
-    while !data.is_empty() {
-        let space = data
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or("tree entry without mode")?;
-        let mode = &data[..space];
-        let nul = data[space..]
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or("tree entry without name")?
-            + space;
-        let id = data
-            .get(nul + 1..nul + 1 + id_len)
-            .ok_or("truncated tree entry")?;
-        let kind = match mode {
-            b"40000" | b"040000" => EntryKind::Tree,
-            b"160000" => EntryKind::Gitlink,
-            _ => EntryKind::Blob,
-        };
-        entries.push(TreeEntry {
-            kind,
-            oid: ObjectId::from_bytes_or_panic(id),
-        });
-        data = &data[nul + 1 + id_len..];
+    let mut at = 0;
+    while at < data.len() {
+        let (entry, next) = tree_entry(data, at, hash)?;
+        entries.push(entry);
+        at = next;
     }
     Ok(entries)
+}
+
+/// The entry of the tree `data` that starts at `at`, and where the next one starts. An entry
+/// is read from its own bytes alone: the same bytes at an entry's start elsewhere are the
+/// same entry.
+pub(crate) fn tree_entry(
+    data: &[u8],
+    at: usize,
+    hash: HashKind,
+) -> Result<(TreeEntry, usize), String> {
+    let data = &data[at..];
+    let space = data
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or("tree entry without mode")?;
+    let mode = &data[..space];
+    let nul = data[space..]
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or("tree entry without name")?
+        + space;
+    let end = nul + 1 + hash.len_in_bytes();
+    let id = data.get(nul + 1..end).ok_or("truncated tree entry")?;
+    let kind = match mode {
+        b"40000" | b"040000" => EntryKind::Tree,
+        b"160000" => EntryKind::Gitlink,
+        _ => EntryKind::Blob,
+    };
+    let entry = TreeEntry {
+        kind,
+        oid: ObjectId::from_bytes_or_panic(id),
+    };
+    Ok((entry, at + end))
 }
 
 #[cfg(test)]

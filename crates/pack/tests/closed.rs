@@ -166,3 +166,40 @@ fn objects_already_in_the_repository_count_unless_the_pack_must_stand_alone() {
     missing(repo.check_pack_closed(&pack, &index, true), &root);
     assert!(Path::new(&pack).is_file());
 }
+
+/// Each reference is checked against the kind it names, wherever the object is and however
+/// often it is referred to: the check looks an object up once, not its kind once.
+#[test]
+fn every_kind_an_object_is_referred_to_as_is_checked() {
+    let s = Scratch::new();
+    let blob = s.object("blob", b"content\n");
+    let root = s.tree(&[("100644", "top", &blob)]);
+    let first = s.commit(&root, &[], "");
+    // `root` is this commit's tree and the other's parent.
+    let confused = s.commit(&root, &[&root], "");
+    match s.check(&[&blob, &root, &first, &confused]) {
+        Err(Error::Corrupt { oid, reason }) => {
+            assert_eq!(oid.to_string(), root);
+            assert!(reason.contains("a tree where a commit"), "{reason}");
+        }
+        other => panic!("expected a kind mismatch, got {other:?}"),
+    }
+    // The same with the object in the repository's other pack, referred to from the new one
+    // once rightly and then wrongly.
+    s.pack(&[&blob, &root, &first]);
+    let right = s.commit(&root, &[&first], "");
+    let wrong = s.tree(&[("40000", "dir", &root), ("40000", "file", &blob)]);
+    let (pack, index) = s.pack(&[&right, &wrong]);
+    let repo = Repository::open(&s.git_dir).unwrap();
+    match repo.check_pack_closed(&pack, &index, false) {
+        Err(Error::Corrupt { oid, reason }) => {
+            assert_eq!(oid.to_string(), blob);
+            assert!(reason.contains("a blob where a tree"), "{reason}");
+        }
+        other => panic!("expected a kind mismatch, got {other:?}"),
+    }
+    // Named as a blob, a tree is not looked at further (nothing reads a blob's content).
+    let lenient = s.tree(&[("100644", "file", &root)]);
+    let (pack, index) = s.pack(&[&lenient]);
+    repo.check_pack_closed(&pack, &index, false).unwrap();
+}
