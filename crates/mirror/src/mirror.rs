@@ -388,7 +388,9 @@ impl Mirror {
         })
     }
 
-    /// Fetch `wants` in one round and take the pack in.
+    /// Fetch `wants` in one round and take the pack in, as it arrives: the response is
+    /// read, its pack indexed as far as that can go in one pass, while the rest is still on
+    /// its way (deltas are resolved on all cores once the whole pack is there).
     async fn fetch(
         &self,
         upstream: &Upstream,
@@ -397,70 +399,92 @@ impl Mirror {
         haves: Vec<ObjectId>,
     ) -> Result<ingest::Ingested, Error> {
         let first = haves.is_empty();
-        let staging = self
-            .git_dir
-            .join("objects")
-            .join("pack")
-            .join(format!("incoming-{}-response", std::process::id()));
-        let result = async {
-            let started = std::time::Instant::now();
-            let mut file = tokio::fs::File::create(&staging).await?;
-            let fetch = Fetch {
-                wants,
-                haves,
-                done: true,
-                thin_pack: true,
-                ofs_delta: true,
-                no_progress: true,
-                ..Fetch::default()
+        let started = std::time::Instant::now();
+        let fetch = Fetch {
+            wants,
+            haves,
+            done: true,
+            thin_pack: true,
+            ofs_delta: true,
+            no_progress: true,
+            ..Fetch::default()
+        };
+        let (mut sender, receiver) = tokio::io::duplex(RECEIVE_BUFFER);
+        let download = async move {
+            let result = upstream.fetch_into(format, fetch, &mut sender).await;
+            // The reader sees the end of the response here, or its cut when the fetch failed.
+            drop(sender);
+            (result, started.elapsed())
+        };
+        let git_dir = self.git_dir.clone();
+        let reader = BlockingRead {
+            inner: receiver,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let take_in = tokio::task::spawn_blocking(move || -> Result<ingest::Ingested, Error> {
+            let mut stream = PackStream::new(BufReader::with_capacity(RECEIVE_BUFFER, reader), format);
+            stream.read_sections()?;
+            if !stream.has_pack() {
+                return Err(gitcache_protocol::response::Error::Unexpected {
+                    line: "upstream answered a fetch with done but sent no pack".into(),
+                }
+                .into());
+            }
+            // Checked before it joins the mirror: every object of the pack refers only to
+            // objects there are (within the pack alone for a first fetch, whose pack is then
+            // vouched for as the whole history of its tips).
+            let check = |pack: &Path, index: &Path| {
+                gitcache_pack::Repository::open(&git_dir)?.check_pack_closed(pack, index, first)
             };
-            let bytes = upstream.fetch_into(format, fetch, &mut file).await?;
-            drop(file);
-            let downloaded = started.elapsed();
-            let (path, git_dir) = (staging.clone(), self.git_dir.clone());
-            let ingested =
-                tokio::task::spawn_blocking(move || -> Result<ingest::Ingested, Error> {
-                    let file = std::fs::File::open(&path)?;
-                    let mut stream = PackStream::new(BufReader::new(file), format);
-                    stream.read_sections()?;
-                    if !stream.has_pack() {
-                        return Err(gitcache_protocol::response::Error::Unexpected {
-                            line: "upstream answered a fetch with done but sent no pack".into(),
-                        }
-                        .into());
-                    }
-                    // Checked before it joins the mirror: every object of the pack refers
-                    // only to objects there are (within the pack alone for a first fetch,
-                    // whose pack is then vouched for as the whole history of its tips).
-                    let check = |pack: &Path, index: &Path| {
-                        gitcache_pack::Repository::open(&git_dir)?
-                            .check_pack_closed(pack, index, first)
-                    };
-                    ingest::ingest_pack_checked(
-                        &git_dir,
-                        format,
-                        &mut BufReader::new(stream),
-                        &check,
-                    )
-                    .map_err(|err| match err {
-                        ingest::Error::Refused(err) => Error::Disconnected(err),
-                        other => Error::Ingest(other),
-                    })
-                })
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-            tracing::debug!(
-                bytes,
-                objects = ingested.objects,
-                download_ms = downloaded.as_millis() as u64,
-                index_ms = (started.elapsed() - downloaded).as_millis() as u64,
-                "pack fetched"
-            );
+            let mut pack = BufReader::new(stream);
+            let ingested = ingest::ingest_pack_checked(&git_dir, format, &mut pack, &check)
+                .map_err(|err| match err {
+                    ingest::Error::Refused(err) => Error::Disconnected(err),
+                    other => Error::Ingest(other),
+                })?;
+            // Read what follows the pack (the response's end), so that the download finishes
+            // as it would have unread.
+            std::io::copy(&mut pack, &mut std::io::sink())?;
             Ok(ingested)
-        }
-        .await;
-        let _ = std::fs::remove_file(&staging);
-        result
+        });
+        let ((downloaded, download_time), ingested) = tokio::join!(download, take_in);
+        let ingested = ingested.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let bytes = match (downloaded, ingested) {
+            (Ok(bytes), Ok(ingested)) => (bytes, ingested),
+            // Taking the pack in stopped reading first: its error is the cause.
+            (Err(upstream::Error::Connect(err)), Err(taking))
+                if err.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                return Err(taking);
+            }
+            (Err(err), _) => return Err(err.into()),
+            (Ok(_), Err(err)) => return Err(err),
+        };
+        let (bytes, ingested) = bytes;
+        tracing::debug!(
+            bytes,
+            objects = ingested.objects,
+            download_ms = download_time.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "pack fetched"
+        );
+        Ok(ingested)
+    }
+}
+
+/// How many bytes of a response may wait between the download and the indexer.
+const RECEIVE_BUFFER: usize = 1 << 20;
+
+/// The receiving end of a download, read on a blocking thread.
+struct BlockingRead {
+    inner: tokio::io::DuplexStream,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::io::Read for BlockingRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        self.runtime.block_on(self.inner.read(buf))
     }
 }
 

@@ -385,10 +385,20 @@ async fn endless_answers_are_cut_off() {
         RequestKind::Fetch,
     ] {
         upstream.inject(Fault::Endless, 1, Some(kind));
-        let err = mirror.refresh(&up, &[]).await.unwrap_err();
-        assert!(err.to_string().contains("exceeds"), "{kind:?}: {err}");
+        let err = mirror.refresh(&up, &[]).await.unwrap_err().to_string();
+        if kind == RequestKind::Fetch {
+            // The pack is read as it arrives: filler is refused at its first line.
+            assert!(err.contains("unexpected line"), "{kind:?}: {err}");
+        } else {
+            assert!(err.contains("exceeds"), "{kind:?}: {err}");
+        }
         upstream.clear_faults();
     }
+    // A pack that reads well but never ends is cut off at the limit.
+    upstream.inject(Fault::EndlessPack, 1, Some(RequestKind::Fetch));
+    let err = mirror.refresh(&up, &[]).await.unwrap_err();
+    assert!(err.to_string().contains("exceeds"), "{err}");
+    upstream.clear_faults();
     assert!(pack_files(mirror.git_dir()).is_empty());
     assert!(refs(mirror.git_dir()).is_empty());
     mirror.refresh(&up, &[]).await.unwrap();

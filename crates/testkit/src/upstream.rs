@@ -113,6 +113,10 @@ pub enum Fault {
     /// Answer 200 with a body that never ends (pkt-lines of filler, as fast as they are
     /// read), until the client gives up.
     Endless,
+    /// Answer a fetch with a pack that never ends: a well-formed start (a `packfile`
+    /// section, a pack header claiming a million objects) and then empty blobs on band 1,
+    /// as fast as they are read, until the client gives up.
+    EndlessPack,
     /// Serve, sending the response body `chunk` bytes at a time with `every` between pieces:
     /// a slow but steady line.
     Trickle {
@@ -672,6 +676,34 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
                         "content-type",
                         "application/x-git-upload-pack-advertisement",
                     )
+                    .body(BodyExt::boxed(ChannelBody(rx)))
+                    .expect("static response");
+                return finish(&shared, record, resp);
+            }
+            Fault::EndlessPack => {
+                let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(2);
+                tokio::spawn(async move {
+                    let mut start = b"000dpackfile\n".to_vec();
+                    let mut header = b"\x01PACK\0\0\0\x02".to_vec();
+                    header.extend_from_slice(&1_000_000u32.to_be_bytes());
+                    start.extend_from_slice(format!("{:04x}", header.len() + 4).as_bytes());
+                    start.extend_from_slice(&header);
+                    // An empty blob: its entry header, then zlib's stream of nothing.
+                    let blob = b"\x30\x78\x9c\x03\x00\x00\x00\x00\x01";
+                    let mut band = vec![1u8];
+                    for _ in 0..100 {
+                        band.extend_from_slice(blob);
+                    }
+                    let mut filler = format!("{:04x}", band.len() + 4).into_bytes();
+                    filler.extend_from_slice(&band);
+                    let filler = Bytes::from(filler);
+                    if tx.send(Ok(Frame::data(Bytes::from(start)))).await.is_ok() {
+                        while tx.send(Ok(Frame::data(filler.clone()))).await.is_ok() {}
+                    }
+                });
+                let resp = Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/x-git-upload-pack-result")
                     .body(BodyExt::boxed(ChannelBody(rx)))
                     .expect("static response");
                 return finish(&shared, record, resp);
