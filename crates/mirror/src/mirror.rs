@@ -422,7 +422,8 @@ impl Mirror {
             runtime: tokio::runtime::Handle::current(),
         };
         let take_in = tokio::task::spawn_blocking(move || -> Result<ingest::Ingested, Error> {
-            let mut stream = PackStream::new(BufReader::with_capacity(RECEIVE_BUFFER, reader), format);
+            let mut stream =
+                PackStream::new(BufReader::with_capacity(RECEIVE_BUFFER, reader), format);
             stream.read_sections()?;
             if !stream.has_pack() {
                 return Err(gitcache_protocol::response::Error::Unexpected {

@@ -144,6 +144,8 @@ pub struct PackPlan {
     sideband_all: bool,
     /// The objects were found with reachability bitmaps, not a walk.
     bitmaps: bool,
+    /// The objects were found by walking the history.
+    walked: bool,
 }
 
 impl std::fmt::Debug for PackPlan {
@@ -152,6 +154,7 @@ impl std::fmt::Debug for PackPlan {
             .field("objects", &self.object_count())
             .field("whole_pack", &self.is_whole_pack())
             .field("bitmaps", &self.bitmaps)
+            .field("walked", &self.walked)
             .field("shallow_info", &self.shallow_info)
             .finish_non_exhaustive()
     }
@@ -174,6 +177,12 @@ impl PackPlan {
     pub fn used_bitmaps(&self) -> bool {
         self.bitmaps
     }
+    /// Whether the objects were found by walking the history (not from bitmaps, nor from a
+    /// stored pack that holds exactly what the wants reach).
+    pub fn walked(&self) -> bool {
+        self.walked
+    }
+
     /// How many objects the pack holds.
     pub fn object_count(&self) -> usize {
         match &self.source {
@@ -352,6 +361,7 @@ pub fn plan(
             progress: !fetch.no_progress,
             sideband_all: fetch.sideband_all,
             bitmaps: false,
+            walked: false,
         })));
     }
 
@@ -429,7 +439,13 @@ pub fn plan(
         select::select_with_bitmaps(repo, &mut objects, &stored, &request)?
     };
     let used_bitmaps = bitmapped.is_some();
-    let selection = match bitmapped {
+    let unwalked = match bitmapped {
+        Some(selection) => Some(selection),
+        None if shallow.section || !fetch.shallows.is_empty() => None,
+        None => select::select_from_marked_pack(repo, &mut objects, &stored, &request)?,
+    };
+    let walked = unwalked.is_none();
+    let selection = match unwalked {
         Some(selection) => selection,
         None => select::select(repo, &mut objects, &request)?,
     };
@@ -457,6 +473,7 @@ pub fn plan(
         progress: !fetch.no_progress,
         sideband_all: fetch.sideband_all,
         bitmaps: used_bitmaps,
+        walked,
     })))
 }
 

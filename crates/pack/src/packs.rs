@@ -310,3 +310,44 @@ impl RevCache {
         rev
     }
 }
+
+/// The type of each object of `pack`, by pack position, from the entries' headers alone (a
+/// delta is of its base's type; bases in the same pack). `None` if a delta's base is not
+/// found before it in the pack (git never writes that; gitcache then walks instead).
+pub(crate) fn kinds(
+    pack: &StoredPack,
+    rev: &RevIndex,
+    hash: HashKind,
+) -> Result<Option<Vec<gix_object::Kind>>, Error> {
+    use gix_pack::data::entry::Header;
+    let data = gix_pack::data::File::at(&pack.pack, hash).map_err(Error::odb)?;
+    let offsets: Vec<u64> = (0..rev.len())
+        .map(|p| pack.index.pack_offset_at_index(rev.at(p)))
+        .collect();
+    let mut kinds: Vec<gix_object::Kind> = Vec::with_capacity(offsets.len());
+    for &offset in &offsets {
+        let base = match data.entry(offset).map_err(Error::odb)?.header {
+            Header::OfsDelta { base_distance } => {
+                Header::verified_base_pack_offset(offset, base_distance)
+                    .and_then(|base| offsets.binary_search(&base).ok())
+            }
+            Header::RefDelta { base_id } => pack
+                .index
+                .lookup(base_id)
+                .and_then(|i| rev.pack_position(&pack.index, i)),
+            header => match header.as_kind() {
+                Some(kind) => {
+                    kinds.push(kind);
+                    continue;
+                }
+                None => None,
+            },
+        };
+        // Only a base earlier in the pack has its type known by now.
+        match base.and_then(|p| kinds.get(p)) {
+            Some(&kind) => kinds.push(kind),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(kinds))
+}

@@ -316,6 +316,74 @@ pub(crate) fn select_with_bitmaps(
     Ok(Some(out))
 }
 
+/// The objects of a fetch whose filter the type bitmaps answer, from a stored pack marked as
+/// the closure of exactly the wants when there are no bitmaps to read (a mirror's first pack,
+/// until its maintenance has written them): the wants reach every object of that pack, so
+/// the answer is the pack's objects less the types the filter leaves out (the objects a want
+/// names stay), each object's type read from the pack's entry headers. No walk: a
+/// `blob:none` clone right after a miss took the time of reading every tree of the history.
+/// `None` for any other request.
+pub(crate) fn select_from_marked_pack(
+    repo: &Repository,
+    objects: &mut Objects,
+    stored: &[crate::packs::StoredPack],
+    req: &SelectRequest<'_>,
+) -> Result<Option<Selection>, Error> {
+    let Some(filter) = BitmapFilter::of(req.filter) else {
+        return Ok(None);
+    };
+    if !req.grafts.is_empty() || !req.haves.is_empty() || req.wants.is_empty() {
+        return Ok(None);
+    }
+    let wants: OidSet = req.wants.iter().copied().collect();
+    let Some(pack) = stored.iter().find(|p| p.tips.as_ref() == Some(&wants)) else {
+        return Ok(None);
+    };
+    let rev = repo.rev_cache().get(pack, repo.object_format());
+    let Some(kinds) = crate::packs::kinds(pack, &rev, repo.object_format())? else {
+        return Ok(None);
+    };
+    let pos = crate::bitmap::Positions::new(pack, rev);
+    // Objects a want names (itself, the tags of its chain and what they end at) are sent
+    // whatever their type or size.
+    let mut named = OidSet::default();
+    for want in req.wants {
+        named.insert(*want);
+        let (target, _) = peel_chain(objects, want, |tag| {
+            named.insert(tag);
+        })?;
+        named.insert(target);
+    }
+    let mut out = Selection::default();
+    // Only include-tag asks what is sent.
+    let mut emitted = OidSet::default();
+    for (p, kind) in kinds.into_iter().enumerate() {
+        let oid = pos.oid(p);
+        let mut keep = !filter.without.contains(&kind);
+        if keep
+            && kind == Kind::Blob
+            && let Some(limit) = filter.blob_limit
+        {
+            keep = !matches!(objects.header(&oid)?, Some((_, size)) if size >= limit);
+        }
+        if !keep && !named.contains(&oid) {
+            continue;
+        }
+        if req.include_tag {
+            emitted.insert(oid);
+        }
+        match kind {
+            Kind::Commit => out.commits.push(oid),
+            Kind::Tag => out.tags.push(oid),
+            Kind::Tree | Kind::Blob => out.others.push(oid),
+        }
+    }
+    if req.include_tag {
+        include_tags(repo, objects, &mut emitted, &mut out)?;
+    }
+    Ok(Some(out))
+}
+
 /// Follow tags from `oid`, reporting each tag object, to the first non-tag.
 fn peel_chain(
     objects: &mut Objects,

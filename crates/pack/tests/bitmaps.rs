@@ -344,3 +344,95 @@ fn a_damaged_bitmap_is_ignored() {
     std::fs::write(&bitmap, &original).unwrap();
     Repository::open(&path).unwrap().verify_bitmaps().unwrap();
 }
+
+/// Until a mirror's first pack has bitmaps, a filter the type bitmaps answer is answered from
+/// the pack's entry headers when the wants are exactly the tips the pack is marked with: the
+/// objects the bitmaps give (themselves git's, `differential::with_reachability_bitmaps`),
+/// with no walk. Other wants walk.
+#[test]
+fn a_marked_pack_answers_type_filters_without_bitmaps() {
+    use gitcache_protocol::filter::{Filter, ObjectType};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("repo.git");
+    repo::generate(&path, &RepoSpec::small(77)).unwrap();
+    git(&path, &["repack", "-adb", "-q"]);
+    let all = tips(&path);
+    Repository::open(&path)
+        .unwrap()
+        .mark_pack_tips(&all)
+        .unwrap()
+        .expect("one pack, the closure of every ref");
+    let bitmap = std::fs::read_dir(path.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "bitmap"))
+        .unwrap();
+    let aside = dir.path().join("aside.bitmap");
+    // The objects of the pack answering `fetch`, and how they were found.
+    let answer = |fetch: &gitcache_protocol::request::Fetch| {
+        let repo = Repository::open(&path).unwrap();
+        let gitcache_pack::Plan::Pack(plan) =
+            gitcache_pack::plan(&repo, fetch, repo.object_format(), &Default::default()).unwrap()
+        else {
+            panic!("a pack");
+        };
+        let how = (plan.used_bitmaps(), plan.walked());
+        let file = dir.path().join("answer.pack");
+        plan.write_pack(std::fs::File::create(&file).unwrap())
+            .unwrap();
+        git(dir.path(), &["index-pack", "answer.pack"]);
+        let listed = std::process::Command::new("git")
+            .arg("show-index")
+            .stdin(std::fs::File::open(dir.path().join("answer.idx")).unwrap())
+            .output()
+            .unwrap();
+        let objects: BTreeSet<ObjectId> = String::from_utf8(listed.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| oid(l.split(' ').nth(1).unwrap()))
+            .collect();
+        std::fs::remove_file(dir.path().join("answer.idx")).unwrap();
+        (how, objects)
+    };
+    let main = oid(&git(&path, &["rev-parse", "main"]));
+    for (wants, filter) in [
+        (all.clone(), Filter::BlobNone),
+        (all.clone(), Filter::Tree(0)),
+        (all.clone(), Filter::BlobLimit(1000)),
+        (all.clone(), Filter::ObjectType(ObjectType::Tree)),
+        (all.clone(), Filter::ObjectType(ObjectType::Tag)),
+        (
+            all.clone(),
+            Filter::Combine(vec![
+                Filter::BlobLimit(5000),
+                Filter::ObjectType(ObjectType::Blob),
+            ]),
+        ),
+        (vec![main], Filter::BlobNone),
+    ] {
+        for include_tag in [false, true] {
+            let fetch = gitcache_protocol::request::Fetch {
+                wants: wants.clone(),
+                filter: Some(filter.clone()),
+                include_tag,
+                done: true,
+                ofs_delta: true,
+                no_progress: true,
+                ..Default::default()
+            };
+            let (how, bitmapped) = answer(&fetch);
+            assert_eq!(how, (true, false), "{filter:?}: from the bitmaps");
+            std::fs::rename(&bitmap, &aside).unwrap();
+            let (how, typed) = answer(&fetch);
+            std::fs::rename(&aside, &bitmap).unwrap();
+            let expected = (false, wants.len() == 1);
+            assert_eq!(how, expected, "{filter:?}: walked only for other wants");
+            assert!(
+                typed == bitmapped,
+                "{filter:?}, include-tag {include_tag}: {} objects missing, {} extra",
+                bitmapped.difference(&typed).count(),
+                typed.difference(&bitmapped).count()
+            );
+        }
+    }
+}
