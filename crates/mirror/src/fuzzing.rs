@@ -13,11 +13,12 @@ pub fn ingest(data: &[u8]) {
         std::thread::current().id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
+    crate::mirror::Mirror::create(&dir, gix_hash::Kind::Sha1).expect("temporary mirror");
     std::fs::create_dir_all(dir.join("objects").join("pack")).expect("temporary folder");
-    let check = |pack: &std::path::Path, index: &std::path::Path| {
-        gitcache_pack::Repository::open(&dir)?.check_pack_closed(pack, index, true)
+    let closure = gitcache_pack::Closure::Closed {
+        self_contained: true,
     };
-    let outcome = ingest_pack_checked(&dir, gix_hash::Kind::Sha1, &mut &data[..], &check);
+    let outcome = ingest_pack_checked(&dir, gix_hash::Kind::Sha1, &mut &data[..], closure);
     let mut left: Vec<String> = std::fs::read_dir(dir.join("objects").join("pack"))
         .expect("pack folder")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

@@ -11,6 +11,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use gitcache_pack::{Closure, PackEntry};
 use gix_hash::{Kind as HashKind, ObjectId};
 
 /// The largest single allocation a received pack may cause. A pack header can claim any
@@ -80,18 +81,23 @@ pub fn ingest_pack(
     hash: HashKind,
     pack: &mut dyn BufRead,
 ) -> Result<Ingested, Error> {
-    ingest_pack_checked(git_dir, hash, pack, &|_, _| Ok(()))
+    ingest_pack_checked(git_dir, hash, pack, Closure::Unchecked)
 }
 
-/// [`ingest_pack`], with `check` run on the indexed pack (its data and index files) while
-/// it is still in the staging folder: a pack it refuses never becomes part of the mirror,
-/// whatever happens after (a crash during the check leaves only a staging folder, which is
-/// a crash's leftover).
+/// [`ingest_pack`], checking as the objects are read that the pack is closed as `closure`
+/// says ([`gitcache_pack::Repository::check_pack_closed`]): a pack that is not never becomes
+/// part of the mirror, whatever happens after (a crash during the check leaves only a
+/// staging folder, which is a crash's leftover).
+///
+/// The pack is read in one pass as it arrives (each entry inflated to find where it ends,
+/// its CRC-32 taken, bases of a thin pack added, the file written); then every object is
+/// decoded once, deltas resolved on all cores, for its id and the check together, and the
+/// index is written.
 pub fn ingest_pack_checked(
     git_dir: &Path,
     hash: HashKind,
     pack: &mut dyn BufRead,
-    check: &dyn Fn(&Path, &Path) -> Result<(), gitcache_pack::Error>,
+    closure: Closure,
 ) -> Result<Ingested, Error> {
     let pack_dir = git_dir.join("objects").join("pack");
     std::fs::create_dir_all(&pack_dir)?;
@@ -99,32 +105,26 @@ pub fn ingest_pack_checked(
     std::fs::create_dir(&staging_dir)?;
     let mut staging = Staging(Some(staging_dir.clone()));
 
-    let bases = gix_odb::at(git_dir.join("objects"), hash)?;
-    let interrupt = AtomicBool::new(false);
-    let outcome = gix_pack::Bundle::write_to_directory(
-        pack,
-        Some(&staging_dir),
-        &mut gix_utils::progress::Discard,
-        &interrupt,
-        Some(bases),
-        hash,
-        gix_pack::bundle::write::Options {
-            thread_limit: Some(2),
-            iteration_mode: gix_pack::data::input::Mode::Verify,
-            alloc_limit_bytes: Some(MAX_ALLOCATION),
-            ..Default::default()
-        },
-    )
-    .map_err(|err| Error::InvalidPack {
-        message: err.to_string(),
-    })?;
-    let (Some(data), Some(index)) = (outcome.data_path, outcome.index_path) else {
-        return Err(Error::InvalidPack {
-            message: "no pack was written".into(),
-        });
+    let received = staging_dir.join("received.pack");
+    let (entries, checksum, ref_deltas) = receive(git_dir, hash, pack, &received)?;
+    let repo = gitcache_pack::Repository::open(git_dir).map_err(std::io::Error::other)?;
+    let (data, index) = if ref_deltas {
+        // Deltas on a base named by id within the pack: gitoxide's indexer resolves them.
+        index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure)?
+    } else {
+        let data = staging_dir.join(format!("pack-{checksum}.pack"));
+        let index = data.with_extension("idx");
+        std::fs::rename(&received, &data)?;
+        repo.index_pack(&data, &entries, &checksum, &index, closure)
+            .map_err(|err| match closure {
+                Closure::Closed { .. } => Error::Refused(err),
+                Closure::Unchecked => Error::InvalidPack {
+                    message: err.to_string(),
+                },
+            })?;
+        (data, index)
     };
-    check(&data, &index).map_err(Error::Refused)?;
-    let checksum = outcome.index.data_hash;
+    let objects = u32::try_from(entries.len()).unwrap_or(u32::MAX);
     let final_pack = pack_dir.join(format!("pack-{checksum}.pack"));
     let final_index = pack_dir.join(format!("pack-{checksum}.idx"));
     let fresh = !final_index.exists();
@@ -144,9 +144,145 @@ pub fn ingest_pack_checked(
         checksum,
         pack: final_pack,
         index: final_index,
-        objects: outcome.index.num_objects,
+        objects,
         fresh,
     })
+}
+
+/// Read the pack from `pack` into the file `to`, completing a thin pack with bases from the
+/// repository: its entries, its checksum, and whether any entry is a delta on a base named
+/// by id (within the pack).
+fn receive(
+    git_dir: &Path,
+    hash: HashKind,
+    pack: &mut dyn BufRead,
+    to: &Path,
+) -> Result<(Vec<PackEntry>, ObjectId, bool), Error> {
+    use gix_pack::data::input;
+    let bases = gix_odb::at(git_dir.join("objects"), hash)?;
+    let read = input::BytesToEntriesIter::new_from_header(
+        pack,
+        input::Mode::Verify,
+        input::EntryDataMode::KeepAndCrc32,
+        hash,
+    )
+    .map_err(invalid)?;
+    let version = read.version();
+    // A header may claim any count: nothing is sized by it beyond this bound.
+    let claimed = read.size_hint().0;
+    if claimed.saturating_mul(std::mem::size_of::<PackEntry>() * 4) > MAX_ALLOCATION {
+        return Err(Error::InvalidPack {
+            message: format!("the pack claims {claimed} objects, more than can be indexed"),
+        });
+    }
+    let completed = input::LookupRefDeltaObjectsIter::new(
+        read,
+        bases,
+        gix_pack::bundle::write::Options::default().compression,
+    );
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    let written = input::EntriesToBytesIter::new(
+        completed,
+        BufferedFile(std::io::BufWriter::with_capacity(1 << 16, file)),
+        version,
+        hash,
+    );
+    let mut entries = Vec::new();
+    let (mut checksum, mut ref_deltas) = (None, false);
+    for entry in written {
+        let entry = entry.map_err(invalid)?;
+        ref_deltas |= matches!(entry.header, gix_pack::data::entry::Header::RefDelta { .. });
+        let crc32 = entry.crc32.ok_or_else(|| Error::InvalidPack {
+            message: "an entry without its checksum".into(),
+        })?;
+        entries.push(PackEntry {
+            offset: entry.pack_offset,
+            crc32,
+        });
+        checksum = entry.trailer.or(checksum);
+    }
+    match checksum {
+        Some(checksum) if !entries.is_empty() => Ok((entries, checksum, ref_deltas)),
+        _ => Err(Error::InvalidPack {
+            message: "no pack was written".into(),
+        }),
+    }
+}
+
+/// The indexes of a received pack with deltas on bases named by id within it, made by
+/// gitoxide's indexer from the received file (complete by now), then checked.
+fn index_with_ref_deltas(
+    repo: &gitcache_pack::Repository,
+    hash: HashKind,
+    received: &Path,
+    staging_dir: &Path,
+    closure: Closure,
+) -> Result<(PathBuf, PathBuf), Error> {
+    let dir = staging_dir.join("indexed");
+    std::fs::create_dir(&dir)?;
+    let outcome = gix_pack::Bundle::write_to_directory(
+        &mut std::io::BufReader::new(std::fs::File::open(received)?),
+        Some(&dir),
+        &mut gix_utils::progress::Discard,
+        &AtomicBool::new(false),
+        None::<gix_odb::Handle>,
+        hash,
+        gix_pack::bundle::write::Options {
+            thread_limit: Some(2),
+            iteration_mode: gix_pack::data::input::Mode::Verify,
+            alloc_limit_bytes: Some(MAX_ALLOCATION),
+            ..Default::default()
+        },
+    )
+    .map_err(|err| Error::InvalidPack {
+        message: err.to_string(),
+    })?;
+    let (Some(data), Some(index)) = (outcome.data_path, outcome.index_path) else {
+        return Err(Error::InvalidPack {
+            message: "no pack was written".into(),
+        });
+    };
+    if let Closure::Closed { self_contained } = closure {
+        repo.check_pack_closed(&data, &index, self_contained)
+            .map_err(Error::Refused)?;
+    }
+    Ok((data, index))
+}
+
+fn invalid(err: impl std::fmt::Display) -> Error {
+    Error::InvalidPack {
+        message: err.to_string(),
+    }
+}
+
+/// A buffered file that can also be read and sought, as rewriting a completed thin pack's
+/// header and checksum needs.
+struct BufferedFile(std::io::BufWriter<std::fs::File>);
+
+impl std::io::Write for BufferedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl std::io::Seek for BufferedFile {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.0.seek(pos)
+    }
+}
+
+impl std::io::Read for BufferedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::io::Write::flush(&mut self.0)?;
+        self.0.get_mut().read(buf)
+    }
 }
 
 /// Remove what a crash left behind: staging folders, responses and temporaries in

@@ -16,6 +16,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use bstr::{BString, ByteSlice};
+use gitcache_pack::Closure;
 use gitcache_protocol::ls_refs::RefLine;
 use gitcache_protocol::request::{Fetch, LsRefs};
 use gitcache_protocol::response::PackStream;
@@ -434,11 +435,11 @@ impl Mirror {
             // Checked before it joins the mirror: every object of the pack refers only to
             // objects there are (within the pack alone for a first fetch, whose pack is then
             // vouched for as the whole history of its tips).
-            let check = |pack: &Path, index: &Path| {
-                gitcache_pack::Repository::open(&git_dir)?.check_pack_closed(pack, index, first)
+            let closure = Closure::Closed {
+                self_contained: first,
             };
             let mut pack = BufReader::new(stream);
-            let ingested = ingest::ingest_pack_checked(&git_dir, format, &mut pack, &check)
+            let ingested = ingest::ingest_pack_checked(&git_dir, format, &mut pack, closure)
                 .map_err(|err| match err {
                     ingest::Error::Refused(err) => Error::Disconnected(err),
                     other => Error::Ingest(other),

@@ -220,3 +220,53 @@ fn a_header_claiming_a_billion_objects_is_refused_without_allocating_for_them() 
     assert!(matches!(err, Error::InvalidPack { .. }), "{err:?}");
     assert!(pack_dir_listing(&mirror).is_empty());
 }
+
+/// The index written for a received pack is byte for byte the one `git index-pack` writes
+/// for it, with deltas on offsets (as the mirror asks for) and on bases named by id within
+/// the pack (as an upstream may still send them).
+#[test]
+fn the_index_is_the_one_git_writes() {
+    for (format, ofs_delta) in [("sha1", true), ("sha256", true), ("sha1", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = match format {
+            "sha1" => RepoSpec::small(64),
+            _ => RepoSpec::small(64).sha256(),
+        };
+        let source = repo::generate(&dir.path().join("src.git"), &spec)
+            .unwrap()
+            .path;
+        let pack = if ofs_delta {
+            pack_objects(&source, &["--revs", "--all"], "")
+        } else {
+            git_with_input(
+                &source,
+                &["pack-objects", "--stdout", "-q", "--revs", "--all"],
+                b"",
+            )
+        };
+        let mirror = empty_mirror(dir.path(), format);
+        let kind = if format == "sha1" {
+            Kind::Sha1
+        } else {
+            Kind::Sha256
+        };
+        let ingested = ingest_pack(&mirror, kind, &mut &pack[..]).unwrap();
+        let theirs = dir.path().join("theirs.idx");
+        git(
+            dir.path(),
+            &[
+                "index-pack",
+                &format!("--object-format={format}"),
+                "-o",
+                theirs.to_str().unwrap(),
+                ingested.pack.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            std::fs::read(&ingested.index).unwrap() == std::fs::read(&theirs).unwrap(),
+            "{format}, ofs-delta {ofs_delta}: the index differs from git's"
+        );
+        set_refs_like(&mirror, &source);
+        git(&mirror, &["fsck", "--strict", "--no-progress"]);
+    }
+}

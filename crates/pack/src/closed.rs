@@ -48,15 +48,13 @@ impl Repository {
         let members = Arc::new(members);
         let data = gix_pack::data::File::at(pack, hash).map_err(Error::odb)?;
         let shared: Arc<Mutex<Found>> = Arc::default();
-        let checker = Checker {
+        let others = Arc::new(others);
+        let checker = Checker::new(
             hash,
-            members: Arc::clone(&members),
-            others: Arc::new(others),
-            outside: HashSet::default(),
-            recent: std::collections::VecDeque::new(),
-            found: Found::default(),
-            shared: Arc::clone(&shared),
-        };
+            Some(Arc::clone(&members)),
+            Arc::clone(&others),
+            Arc::clone(&shared),
+        );
         let processor = {
             let mut checker = checker;
             move |kind: Kind,
@@ -88,11 +86,30 @@ impl Repository {
             },
         );
         // Every copy of the processor is dropped by now, each having handed its findings over.
-        let found = std::mem::take(&mut *shared.lock().unwrap_or_else(|p| p.into_inner()));
-        if let Some(err) = found.failure {
+        let mut found = std::mem::take(&mut *shared.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(err) = found.failure.take() {
             return Err(err);
         }
         traversed.map_err(Error::odb)?;
+        self.verify_found(found, &members, &others)
+    }
+
+    /// What the check's copies found, verified once every object of the pack is read:
+    /// references recorded for later are looked up among `members` (the pack's objects) and
+    /// in `others`, and every kind expected of an object is the kind it is.
+    pub(crate) fn verify_found(
+        &self,
+        found: Found,
+        members: &HashSet<ObjectId>,
+        others: &[Arc<gix_pack::index::File>],
+    ) -> Result<(), Error> {
+        if let Some(oid) = found
+            .referred
+            .iter()
+            .find(|oid| !members.contains(*oid) && others.iter().all(|i| i.lookup(*oid).is_none()))
+        {
+            return Err(Error::MissingObject { oid: *oid });
+        }
         let kinds: HashMap<ObjectId, Kind> = found.kinds.into_iter().collect();
         let objects = self.objects();
         for (oid, want) in found.expected.into_iter().chain(found.conflicts) {
@@ -118,7 +135,9 @@ impl Repository {
 
 /// What the check's threads found, handed over as each copy of the processor is dropped.
 #[derive(Default)]
-struct Found {
+pub(crate) struct Found {
+    /// Objects referred to, to be looked up once the pack's objects are all known.
+    referred: HashSet<ObjectId>,
     /// The kind of each commit, tree and tag of the pack.
     kinds: Vec<(ObjectId, Kind)>,
     /// The kind each commit, tree and tag referred to is expected to be, once per object.
@@ -126,7 +145,7 @@ struct Found {
     /// Further expectations for objects already expected as another kind.
     conflicts: Vec<(ObjectId, Kind)>,
     /// What stopped the check.
-    failure: Option<Error>,
+    pub(crate) failure: Option<Error>,
 }
 
 impl Found {
@@ -144,6 +163,7 @@ impl Found {
     }
 
     fn merge(&mut self, other: Found) {
+        self.referred.extend(other.referred);
         self.kinds.extend(other.kinds);
         for (oid, kind) in other.expected {
             self.expect(oid, kind);
@@ -156,10 +176,11 @@ impl Found {
 }
 
 /// One thread's share of the check: the traversal gives each thread its own copy.
-struct Checker {
+pub(crate) struct Checker {
     hash: gix_hash::Kind,
-    /// The objects of the checked pack.
-    members: Arc<HashSet<ObjectId>>,
+    /// The objects of the checked pack; `None` while they are not known yet (the pack is
+    /// being indexed): references are then recorded and looked up at the end.
+    members: Option<Arc<HashSet<ObjectId>>>,
     /// The indexes of the repository's packs, when references may point into them.
     others: Arc<Vec<Arc<gix_pack::index::File>>>,
     /// Objects of `others` this copy found already.
@@ -190,15 +211,12 @@ enum TreeError {
 
 impl Clone for Checker {
     fn clone(&self) -> Checker {
-        Checker {
-            hash: self.hash,
-            members: Arc::clone(&self.members),
-            others: Arc::clone(&self.others),
-            outside: HashSet::default(),
-            recent: std::collections::VecDeque::new(),
-            found: Found::default(),
-            shared: Arc::clone(&self.shared),
-        }
+        Checker::new(
+            self.hash,
+            self.members.clone(),
+            Arc::clone(&self.others),
+            Arc::clone(&self.shared),
+        )
     }
 }
 
@@ -210,12 +228,29 @@ impl Drop for Checker {
 }
 
 impl Checker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Found> {
+    pub(crate) fn new(
+        hash: gix_hash::Kind,
+        members: Option<Arc<HashSet<ObjectId>>>,
+        others: Arc<Vec<Arc<gix_pack::index::File>>>,
+        shared: Arc<Mutex<Found>>,
+    ) -> Checker {
+        Checker {
+            hash,
+            members,
+            others,
+            outside: HashSet::default(),
+            recent: std::collections::VecDeque::new(),
+            found: Found::default(),
+            shared,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Found> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Read one decoded object of the pack: its references must exist.
-    fn object(&mut self, oid: ObjectId, kind: Kind, object: &[u8]) -> Result<(), Error> {
+    pub(crate) fn object(&mut self, oid: ObjectId, kind: Kind, object: &[u8]) -> Result<(), Error> {
         let corrupt = |reason: String| Error::Corrupt { oid, reason };
         match kind {
             Kind::Blob => return Ok(()),
@@ -339,11 +374,19 @@ impl Checker {
 
     /// `oid` is referred to as a `kind`: it must exist, and be one (blobs aside).
     fn refer(&mut self, oid: ObjectId, kind: Kind) -> Result<(), Error> {
-        let present = self.members.contains(&oid)
-            || self.outside.contains(&oid)
-            || (self.others.iter().any(|i| i.lookup(oid).is_some()) && self.outside.insert(oid));
-        if !present {
-            return Err(Error::MissingObject { oid });
+        match &self.members {
+            Some(members) => {
+                let present = members.contains(&oid)
+                    || self.outside.contains(&oid)
+                    || (self.others.iter().any(|i| i.lookup(oid).is_some())
+                        && self.outside.insert(oid));
+                if !present {
+                    return Err(Error::MissingObject { oid });
+                }
+            }
+            None => {
+                self.found.referred.insert(oid);
+            }
         }
         if kind != Kind::Blob {
             self.found.expect(oid, kind);
@@ -401,15 +444,12 @@ mod tests {
     }
 
     fn checker(members: impl IntoIterator<Item = ObjectId>) -> Checker {
-        Checker {
-            hash: gix_hash::Kind::Sha1,
-            members: Arc::new(members.into_iter().collect()),
-            others: Arc::new(Vec::new()),
-            outside: HashSet::default(),
-            recent: std::collections::VecDeque::new(),
-            found: Found::default(),
-            shared: Arc::default(),
-        }
+        Checker::new(
+            gix_hash::Kind::Sha1,
+            Some(Arc::new(members.into_iter().collect())),
+            Arc::new(Vec::new()),
+            Arc::default(),
+        )
     }
 
     /// A tree of `(name, is a tree, object)` entries, in the given order.

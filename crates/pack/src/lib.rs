@@ -33,6 +33,7 @@ mod closed;
 mod delta;
 mod error;
 mod filter;
+mod indexing;
 mod mapped;
 mod negotiate;
 mod objects;
@@ -54,6 +55,7 @@ use gitcache_protocol::response::ResponseWriter;
 use gix_hash::ObjectId;
 
 pub use error::Error;
+pub use indexing::{Closure, PackEntry};
 pub use repo::{Ref, Repository};
 pub use write::PackStats;
 

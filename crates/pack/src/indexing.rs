@@ -1,0 +1,264 @@
+//! Indexing a received pack: each object read once, on all cores, to learn its id and (when
+//! asked) to check that the pack is closed, then the pack's index written.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use gix_hash::ObjectId;
+use gix_hashtable::HashSet;
+
+use crate::closed::{Checker, Found};
+use crate::{Error, Repository};
+
+/// An entry of a pack being indexed: where it starts and the CRC-32 of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    /// Offset of the entry in the pack.
+    pub offset: u64,
+    /// CRC-32 of the entry's bytes (header and compressed data), as the index keeps it.
+    pub crc32: u32,
+}
+
+/// What [`Repository::index_pack`] checks of the pack's objects as it reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closure {
+    /// Nothing: the pack comes from a trusted writer.
+    Unchecked,
+    /// That it is closed, as [`Repository::check_pack_closed`] checks: every reference
+    /// within the pack, or (unless `self_contained`) in the repository's packs.
+    Closed {
+        /// Only the pack's own objects count.
+        self_contained: bool,
+    },
+}
+
+/// One object while the pack is indexed.
+struct Node {
+    entry: PackEntry,
+    oid: ObjectId,
+}
+
+impl Repository {
+    /// Write the version 2 index of the pack at `pack` to `index`. The pack is complete and
+    /// its checksum `checksum` checked (as receiving it does); `entries` are all of its
+    /// entries, in pack order, none a `REF_DELTA` (those are resolved by id, which is only
+    /// known once the base is read). Every object is decoded once, its deltas resolved on all
+    /// cores, to compute its id and, with [`Closure::Closed`], to check what it refers to in
+    /// the same reading (before, a received pack was indexed and then read whole a second
+    /// time for the check). Returns the number of objects.
+    pub fn index_pack(
+        &self,
+        pack: &Path,
+        entries: &[PackEntry],
+        checksum: &ObjectId,
+        index: &Path,
+        closure: Closure,
+    ) -> Result<u32, Error> {
+        let hash = self.object_format();
+        let count = u32::try_from(entries.len()).map_err(|_| Error::Odb {
+            message: "too many objects for one pack".into(),
+        })?;
+        let data = gix_pack::data::File::at(pack, hash).map_err(Error::odb)?;
+        let end = (data.data_len() as u64)
+            .checked_sub(hash.len_in_bytes() as u64)
+            .ok_or_else(|| Error::odb("pack shorter than its checksum"))?;
+        let interrupt = std::sync::atomic::AtomicBool::new(false);
+        let tree = gix_pack::cache::delta::Tree::from_offsets_in_pack(
+            pack,
+            entries.iter().map(|&entry| Node {
+                entry,
+                oid: hash.null(),
+            }),
+            &|node: &Node| node.entry.offset,
+            &|_| Ok(None),
+            &mut gix_utils::progress::Discard,
+            &interrupt,
+            hash,
+        )
+        .map_err(Error::odb)?;
+        let shared: Arc<Mutex<Found>> = Arc::default();
+        let mut checker = match closure {
+            Closure::Unchecked => None,
+            Closure::Closed { .. } => Some(Checker::new(
+                hash,
+                None,
+                Arc::default(),
+                Arc::clone(&shared),
+            )),
+        };
+        let processor = move |node: &mut Node,
+                              _: &dyn gix_utils::progress::Progress,
+                              context: gix_pack::cache::delta::traverse::Context<'_>|
+              -> gix_error::Result {
+            let kind = context.entry.header.as_kind().ok_or_else(|| {
+                gix_error::ErrorExt::raise(gix_error::message!("a delta where an object was due"))
+            })?;
+            node.oid = gix_object::compute_hash(hash, kind, context.decompressed)?;
+            if let Some(checker) = &mut checker {
+                checker
+                    .object(node.oid, kind, context.decompressed)
+                    .map_err(|err| {
+                        let message = err.to_string();
+                        checker.lock().failure.get_or_insert(err);
+                        gix_error::ErrorExt::raise(gix_error::message!("{message}"))
+                    })?;
+            }
+            Ok(())
+        };
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+        let traversed = tree.traverse(
+            |range: gix_pack::data::EntryRange, data: &gix_pack::data::File| {
+                data.entry_slice(range)
+            },
+            &data,
+            end,
+            processor,
+            gix_pack::cache::delta::traverse::Options {
+                object_progress: Box::new(gix_utils::progress::Discard),
+                size_progress: &mut gix_utils::progress::Discard,
+                thread_limit: Some(threads),
+                should_interrupt: &interrupt,
+                object_hash: hash,
+                alloc_limit_bytes: Some(crate::MAX_DECODED_BYTES),
+            },
+        );
+        // Every copy of the processor is dropped by now, each having handed its findings over.
+        let mut found = std::mem::take(&mut *shared.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(err) = found.failure.take() {
+            return Err(err);
+        }
+        let outcome = traversed.map_err(Error::odb)?;
+        let mut nodes: Vec<Node> = (outcome.roots.into_iter())
+            .chain(outcome.children)
+            .map(|item| item.data)
+            .collect();
+        if nodes.len() != entries.len() {
+            return Err(Error::odb("not every object of the pack was read"));
+        }
+        nodes.sort_unstable_by_key(|node| node.oid);
+        if let Closure::Closed { self_contained } = closure {
+            let members: HashSet<ObjectId> = nodes.iter().map(|n| n.oid).collect();
+            let others: Vec<_> = if self_contained {
+                Vec::new()
+            } else {
+                self.stored_packs()?.into_iter().map(|p| p.index).collect()
+            };
+            self.verify_found(found, &members, &others)?;
+        }
+        write_index(index, &nodes, checksum, hash)?;
+        Ok(count)
+    }
+}
+
+/// Write a version 2 pack index of `nodes` (sorted by id), as git's `index-pack` writes it.
+fn write_index(
+    path: &Path,
+    nodes: &[Node],
+    checksum: &ObjectId,
+    hash: gix_hash::Kind,
+) -> Result<(), Error> {
+    struct Hashed<W> {
+        out: W,
+        hasher: gix_hash::Hasher,
+    }
+    impl<W: Write> Write for Hashed<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.out.write(buf)?;
+            self.hasher.update(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.out.flush()
+        }
+    }
+    let mut out = Hashed {
+        out: std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?),
+        hasher: gix_hash::hasher(hash),
+    };
+    out.write_all(b"\xfftOc")?;
+    out.write_all(&2u32.to_be_bytes())?;
+    let mut fanout = [0u32; 256];
+    for node in nodes {
+        fanout[usize::from(node.oid.as_bytes()[0])] += 1;
+    }
+    let mut total = 0u32;
+    for count in fanout {
+        total += count;
+        out.write_all(&total.to_be_bytes())?;
+    }
+    for node in nodes {
+        out.write_all(node.oid.as_bytes())?;
+    }
+    for node in nodes {
+        out.write_all(&node.entry.crc32.to_be_bytes())?;
+    }
+    // Offsets past 31 bits go to a table of 64-bit offsets, referred to by position.
+    let mut large: Vec<u64> = Vec::new();
+    for node in nodes {
+        let offset = node.entry.offset;
+        let small = match u32::try_from(offset) {
+            Ok(small) if small < 0x8000_0000 => small,
+            _ => {
+                let at = u32::try_from(large.len())
+                    .ok()
+                    .filter(|at| *at < 0x8000_0000)
+                    .ok_or_else(|| Error::odb("too many large offsets"))?;
+                large.push(offset);
+                0x8000_0000 | at
+            }
+        };
+        out.write_all(&small.to_be_bytes())?;
+    }
+    for offset in large {
+        out.write_all(&offset.to_be_bytes())?;
+    }
+    out.write_all(checksum.as_bytes())?;
+    out.flush()?;
+    let Hashed { out, hasher } = out;
+    let own = hasher.try_finalize().map_err(Error::odb)?;
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    file.write_all(own.as_bytes())?;
+    file.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Offsets past 31 bits are kept in the table of 64-bit offsets, as git reads them.
+    #[test]
+    fn large_offsets_go_to_their_own_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pack-0.idx");
+        let offsets = [12, 0x7fff_ffff, 0x8000_0000, 5 << 30, 12 << 40];
+        let mut nodes: Vec<Node> = offsets
+            .iter()
+            .enumerate()
+            .map(|(i, &offset)| Node {
+                entry: PackEntry {
+                    offset,
+                    crc32: i as u32,
+                },
+                oid: ObjectId::from_bytes_or_panic(&[i as u8 * 40; 20]),
+            })
+            .collect();
+        nodes.sort_unstable_by_key(|n| n.oid);
+        let checksum = ObjectId::from_bytes_or_panic(&[7; 20]);
+        write_index(&path, &nodes, &checksum, gix_hash::Kind::Sha1).unwrap();
+        let index = gix_pack::index::File::at(&path, gix_hash::Kind::Sha1).unwrap();
+        assert_eq!(index.num_objects(), 5);
+        assert_eq!(index.pack_checksum(), checksum);
+        assert!(
+            index
+                .verify_checksum(&mut gix_utils::progress::Discard, &Default::default())
+                .is_ok()
+        );
+        for node in &nodes {
+            let at = index.lookup(node.oid).unwrap();
+            assert_eq!(index.pack_offset_at_index(at), node.entry.offset);
+            assert_eq!(index.crc32_at_index(at), Some(node.entry.crc32));
+        }
+    }
+}
