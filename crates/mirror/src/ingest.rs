@@ -193,9 +193,23 @@ fn receive(
     );
     let mut entries = Vec::new();
     let (mut checksum, mut ref_deltas) = (None, false);
+    // Where the next entry starts in the file written: each entry is written with its
+    // header in the shortest form, so one received in a longer form would move every
+    // offset after it, and its CRC-32 (of the bytes received) would be wrong too.
+    let mut at = gix_pack::data::header::SIZE as u64;
     for entry in written {
         let entry = entry.map_err(invalid)?;
         ref_deltas |= matches!(entry.header, gix_pack::data::entry::Header::RefDelta { .. });
+        let header_size = entry.header.size(entry.decompressed_size);
+        if entry.header_size as usize != header_size || entry.pack_offset != at {
+            return Err(Error::InvalidPack {
+                message: format!(
+                    "the entry at offset {} has a header not in its shortest form",
+                    entry.pack_offset
+                ),
+            });
+        }
+        at += header_size as u64 + entry.compressed_size;
         let crc32 = entry.crc32.ok_or_else(|| Error::InvalidPack {
             message: "an entry without its checksum".into(),
         })?;
@@ -205,8 +219,14 @@ fn receive(
         });
         checksum = entry.trailer.or(checksum);
     }
+    let written = std::fs::metadata(to)?.len();
     match checksum {
-        Some(checksum) if !entries.is_empty() => Ok((entries, checksum, ref_deltas)),
+        Some(checksum) if !entries.is_empty() && written == at + hash.len_in_bytes() as u64 => {
+            Ok((entries, checksum, ref_deltas))
+        }
+        Some(_) if !entries.is_empty() => Err(Error::InvalidPack {
+            message: "the pack written is not the entries read".into(),
+        }),
         _ => Err(Error::InvalidPack {
             message: "no pack was written".into(),
         }),

@@ -449,20 +449,37 @@ impl Mirror {
             std::io::copy(&mut pack, &mut std::io::sink())?;
             Ok(ingested)
         });
-        let ((downloaded, download_time), ingested) = tokio::join!(download, take_in);
+        // The download ends first, or taking the pack in does: when that fails, its error is
+        // the cause and the download is dropped (an upstream that stalls after bad bytes is
+        // not waited for); when it succeeds, the pack is whole and checked, and what the
+        // download does after it (the response's end) cannot spoil it.
+        tokio::pin!(download);
+        let mut take_in = take_in;
+        let (downloaded, ingested) = tokio::select! {
+            biased;
+            downloaded = &mut download => (downloaded, take_in.await),
+            ingested = &mut take_in => match ingested {
+                Ok(Ok(ingested)) => (download.await, Ok(Ok(ingested))),
+                Ok(Err(err)) => return Err(err),
+                Err(join) => return Err(Error::Io(std::io::Error::other(join))),
+            },
+        };
         let ingested = ingested.map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        let bytes = match (downloaded, ingested) {
-            (Ok(bytes), Ok(ingested)) => (bytes, ingested),
+        let ((bytes, download_time), ingested) = match (downloaded, ingested) {
+            ((Ok(bytes), took), Ok(ingested)) => ((bytes, took), ingested),
+            ((Err(err), took), Ok(ingested)) => {
+                tracing::warn!(%err, "the upstream's response failed after a whole pack");
+                ((0, took), ingested)
+            }
             // Taking the pack in stopped reading first: its error is the cause.
-            (Err(upstream::Error::Connect(err)), Err(taking))
+            ((Err(upstream::Error::Connect(err)), _), Err(taking))
                 if err.kind() == std::io::ErrorKind::BrokenPipe =>
             {
                 return Err(taking);
             }
-            (Err(err), _) => return Err(err.into()),
-            (Ok(_), Err(err)) => return Err(err),
+            ((Err(err), _), Err(_)) => return Err(err.into()),
+            ((Ok(_), _), Err(err)) => return Err(err),
         };
-        let (bytes, ingested) = bytes;
         tracing::debug!(
             bytes,
             objects = ingested.objects,

@@ -270,3 +270,62 @@ fn the_index_is_the_one_git_writes() {
         git(&mirror, &["fsck", "--strict", "--no-progress"]);
     }
 }
+
+/// A pack of one small blob as git writes it, and where its only entry starts and ends.
+fn one_blob_pack(dir: &Path) -> (Vec<u8>, std::ops::Range<usize>) {
+    let source = dir.join("blob.git");
+    git(dir, &["init", "-q", "--bare", source.to_str().unwrap()]);
+    let blob = String::from_utf8(git_with_input(
+        &source,
+        &["hash-object", "-w", "--stdin"],
+        b"hello\n",
+    ))
+    .unwrap();
+    let pack = git_with_input(
+        &source,
+        &["pack-objects", "--stdout", "-q"],
+        blob.as_bytes(),
+    );
+    assert_eq!(pack[12], 0x36, "a blob of 6 bytes, its header in one byte");
+    let end = pack.len() - 20;
+    (pack, 12..end)
+}
+
+/// `entries` after a pack header claiming as many, and the pack's checksum.
+fn pack_of(entries: &[&[u8]]) -> Vec<u8> {
+    let mut pack = b"PACK\0\0\0\x02".to_vec();
+    pack.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for entry in entries {
+        pack.extend_from_slice(entry);
+    }
+    let mut hasher = gix_hash::hasher(Kind::Sha1);
+    hasher.update(&pack);
+    pack.extend_from_slice(hasher.try_finalize().unwrap().as_bytes());
+    pack
+}
+
+/// An entry header in a longer form than needed (git never writes one) would move every
+/// offset after it in the file written, which holds headers in their shortest form; an
+/// object twice would be sent twice. Both are refused, leaving nothing behind.
+#[test]
+fn headers_in_a_longer_form_and_objects_twice_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pack, entry) = one_blob_pack(dir.path());
+    let entry = &pack[entry];
+    let mirror = empty_mirror(dir.path(), "sha1");
+    // The blob as git wrote it is taken.
+    ingest_pack(&mirror, Kind::Sha1, &mut &pack_of(&[entry])[..]).unwrap();
+    let before = pack_dir_listing(&mirror);
+
+    let mut longer = vec![0x36 | 0x80, 0x00];
+    longer.extend_from_slice(&entry[1..]);
+    let err = ingest_pack(&mirror, Kind::Sha1, &mut &pack_of(&[&longer, entry])[..]).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidPack { .. }) && err.to_string().contains("shortest form"),
+        "{err}"
+    );
+    let err = ingest_pack(&mirror, Kind::Sha1, &mut &pack_of(&[entry, entry])[..]).unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+    assert!(err.is_upstream_fault());
+    assert_eq!(pack_dir_listing(&mirror), before);
+}

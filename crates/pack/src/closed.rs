@@ -40,6 +40,9 @@ impl Repository {
         let mut members = HashSet::default();
         members.reserve(this.num_objects() as usize);
         members.extend(this.iter().map(|entry| entry.oid));
+        if members.len() != this.num_objects() as usize {
+            return Err(twice(this.iter().map(|entry| entry.oid)));
+        }
         let others = if self_contained {
             Vec::new()
         } else {
@@ -52,6 +55,7 @@ impl Repository {
         let checker = Checker::new(
             hash,
             Some(Arc::clone(&members)),
+            usize::MAX,
             Arc::clone(&others),
             Arc::clone(&shared),
         );
@@ -112,7 +116,7 @@ impl Repository {
         }
         let kinds: HashMap<ObjectId, Kind> = found.kinds.into_iter().collect();
         let objects = self.objects();
-        for (oid, want) in found.expected.into_iter().chain(found.conflicts) {
+        for (oid, want) in found.expected {
             let found = match kinds.get(&oid) {
                 Some(kind) => *kind,
                 // Only the pack's commits, trees and tags have their kind kept.
@@ -133,32 +137,48 @@ impl Repository {
     }
 }
 
+/// The error for a pack holding an object twice: the first such of `sorted` ids.
+pub(crate) fn twice(sorted: impl Iterator<Item = ObjectId>) -> Error {
+    let mut last = None;
+    for oid in sorted {
+        if last == Some(oid) {
+            return Error::Corrupt {
+                oid,
+                reason: "in the pack twice".into(),
+            };
+        }
+        last = Some(oid);
+    }
+    Error::odb("the pack's index holds an object twice")
+}
+
 /// What the check's threads found, handed over as each copy of the processor is dropped.
+///
+/// The sets keyed by ids the pack names (not yet known to be real hashes) use a seeded
+/// hasher: gitoxide's hash tables take an id's first bytes as its hash, and ids chosen to
+/// share them would make every insertion a scan.
 #[derive(Default)]
 pub(crate) struct Found {
     /// Objects referred to, to be looked up once the pack's objects are all known.
-    referred: HashSet<ObjectId>,
+    referred: std::collections::HashSet<ObjectId>,
     /// The kind of each commit, tree and tag of the pack.
     kinds: Vec<(ObjectId, Kind)>,
     /// The kind each commit, tree and tag referred to is expected to be, once per object.
-    expected: HashMap<ObjectId, Kind>,
-    /// Further expectations for objects already expected as another kind.
-    conflicts: Vec<(ObjectId, Kind)>,
+    expected: std::collections::HashMap<ObjectId, Kind>,
     /// What stopped the check.
     pub(crate) failure: Option<Error>,
 }
 
 impl Found {
-    fn expect(&mut self, oid: ObjectId, kind: Kind) {
-        match self.expected.entry(oid) {
-            gix_hashtable::hash_map::Entry::Vacant(slot) => {
-                slot.insert(kind);
-            }
-            gix_hashtable::hash_map::Entry::Occupied(slot) => {
-                if *slot.get() != kind {
-                    self.conflicts.push((oid, kind));
-                }
-            }
+    /// `oid` is expected to be a `kind`. Expected as two kinds (none of them a blob), it is
+    /// not one of them: refused at once.
+    fn expect(&mut self, oid: ObjectId, kind: Kind) -> Result<(), Error> {
+        match *self.expected.entry(oid).or_insert(kind) {
+            earlier if earlier == kind => Ok(()),
+            earlier => Err(Error::Corrupt {
+                oid,
+                reason: format!("referred to as a {earlier} and as a {kind}"),
+            }),
         }
     }
 
@@ -166,11 +186,12 @@ impl Found {
         self.referred.extend(other.referred);
         self.kinds.extend(other.kinds);
         for (oid, kind) in other.expected {
-            self.expect(oid, kind);
+            if let Err(err) = self.expect(oid, kind) {
+                self.failure.get_or_insert(err);
+            }
         }
-        self.conflicts.extend(other.conflicts);
-        if self.failure.is_none() {
-            self.failure = other.failure;
+        if let Some(err) = other.failure {
+            self.failure.get_or_insert(err);
         }
     }
 }
@@ -179,8 +200,10 @@ impl Found {
 pub(crate) struct Checker {
     hash: gix_hash::Kind,
     /// The objects of the checked pack; `None` while they are not known yet (the pack is
-    /// being indexed): references are then recorded and looked up at the end.
+    /// being indexed): references are then recorded and looked up at the end, at most
+    /// `most` different ones (the objects there are: more is a reference to one there is not).
     members: Option<Arc<HashSet<ObjectId>>>,
+    most: usize,
     /// The indexes of the repository's packs, when references may point into them.
     others: Arc<Vec<Arc<gix_pack::index::File>>>,
     /// Objects of `others` this copy found already.
@@ -214,6 +237,7 @@ impl Clone for Checker {
         Checker::new(
             self.hash,
             self.members.clone(),
+            self.most,
             Arc::clone(&self.others),
             Arc::clone(&self.shared),
         )
@@ -228,15 +252,19 @@ impl Drop for Checker {
 }
 
 impl Checker {
+    /// A checker looking references up in `members` (the pack's objects) and `others`, or
+    /// with `members` unknown, recording at most `most` different references for later.
     pub(crate) fn new(
         hash: gix_hash::Kind,
         members: Option<Arc<HashSet<ObjectId>>>,
+        most: usize,
         others: Arc<Vec<Arc<gix_pack::index::File>>>,
         shared: Arc<Mutex<Found>>,
     ) -> Checker {
         Checker {
             hash,
             members,
+            most,
             others,
             outside: HashSet::default(),
             recent: std::collections::VecDeque::new(),
@@ -296,8 +324,13 @@ impl Checker {
         let resume = kept.checked_sub(1).map_or(0, |last| bounds[last]);
         let suffix = common_suffix(&before[resume..], &data[resume..]);
         let tail = data.len() - suffix;
-        let mut next = Vec::with_capacity(bounds.len() + 1);
-        next.extend_from_slice(&bounds[..kept.saturating_sub(1)]);
+        // Where this tree's entries start, if it is small enough to be kept for the next.
+        let keeping = data.len() <= RECENT_BYTES / 2;
+        let mut next = Vec::new();
+        if keeping {
+            next.reserve(bounds.len() + 1);
+            next.extend_from_slice(&bounds[..kept.saturating_sub(1)]);
+        }
         // The earlier tree's entry that this tree's next is compared with.
         let mut theirs = kept.saturating_sub(1);
         let mut at = resume;
@@ -306,11 +339,15 @@ impl Checker {
                 // `data[at..]` is `before[at + shift..]`: the same entries if one starts there.
                 let then = at + before.len() - data.len();
                 if let Ok(i) = bounds.binary_search(&then) {
-                    next.extend(bounds[i..].iter().map(|b| b + data.len() - before.len()));
+                    if keeping {
+                        next.extend(bounds[i..].iter().map(|b| b + data.len() - before.len()));
+                    }
                     break;
                 }
             }
-            next.push(at);
+            if keeping {
+                next.push(at);
+            }
             if at == data.len() {
                 break;
             }
@@ -345,6 +382,10 @@ impl Checker {
                 .map_err(TreeError::Check)?;
             }
             at = end;
+        }
+        if !keeping {
+            self.keep(previous);
+            return Ok(());
         }
         let mut kept_data = previous.data;
         kept_data.clear();
@@ -386,10 +427,16 @@ impl Checker {
             }
             None => {
                 self.found.referred.insert(oid);
+                if self.found.referred.len() > self.most {
+                    return Err(Error::Corrupt {
+                        oid,
+                        reason: "more objects referred to than there are".into(),
+                    });
+                }
             }
         }
         if kind != Kind::Blob {
-            self.found.expect(oid, kind);
+            self.found.expect(oid, kind)?;
         }
         Ok(())
     }
@@ -447,6 +494,7 @@ mod tests {
         Checker::new(
             gix_hash::Kind::Sha1,
             Some(Arc::new(members.into_iter().collect())),
+            usize::MAX,
             Arc::new(Vec::new()),
             Arc::default(),
         )
@@ -504,6 +552,27 @@ mod tests {
             Some(&Kind::Tree),
             "the later tree's last entry names it as a tree"
         );
+    }
+
+    /// With the pack's objects not known yet, references are recorded for later, but no
+    /// more different ones than there are objects: past that, one of them is missing.
+    #[test]
+    fn no_more_references_are_recorded_than_there_are_objects() {
+        let entries: Vec<(u8, bool, u8)> = (0..3).map(|i| (i, false, i)).collect();
+        for (most, refused) in [(3, false), (2, true)] {
+            let mut checker = Checker::new(
+                gix_hash::Kind::Sha1,
+                None,
+                most,
+                Arc::default(),
+                Arc::default(),
+            );
+            let got = checker.tree(&tree(&entries));
+            assert_eq!(got.is_err(), refused, "at most {most}");
+            if !refused {
+                assert_eq!(checker.found.referred.len(), 3);
+            }
+        }
     }
 
     proptest! {

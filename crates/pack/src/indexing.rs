@@ -78,12 +78,26 @@ impl Repository {
         )
         .map_err(Error::odb)?;
         let shared: Arc<Mutex<Found>> = Arc::default();
+        let others: Vec<_> = match closure {
+            Closure::Closed {
+                self_contained: false,
+            } => self.stored_packs()?.into_iter().map(|p| p.index).collect(),
+            _ => Vec::new(),
+        };
+        // More different objects referred to than there are: one of them is not.
+        let most = others
+            .iter()
+            .map(|index| index.num_objects() as usize)
+            .sum::<usize>()
+            + entries.len();
+        let others = Arc::new(others);
         let mut checker = match closure {
             Closure::Unchecked => None,
             Closure::Closed { .. } => Some(Checker::new(
                 hash,
                 None,
-                Arc::default(),
+                most,
+                Arc::clone(&others),
                 Arc::clone(&shared),
             )),
         };
@@ -137,13 +151,11 @@ impl Repository {
             return Err(Error::odb("not every object of the pack was read"));
         }
         nodes.sort_unstable_by_key(|node| node.oid);
-        if let Closure::Closed { self_contained } = closure {
+        if nodes.windows(2).any(|pair| pair[0].oid == pair[1].oid) {
+            return Err(crate::closed::twice(nodes.iter().map(|n| n.oid)));
+        }
+        if let Closure::Closed { .. } = closure {
             let members: HashSet<ObjectId> = nodes.iter().map(|n| n.oid).collect();
-            let others: Vec<_> = if self_contained {
-                Vec::new()
-            } else {
-                self.stored_packs()?.into_iter().map(|p| p.index).collect()
-            };
             self.verify_found(found, &members, &others)?;
         }
         write_index(index, &nodes, checksum, hash)?;

@@ -227,12 +227,9 @@ fn a_killed_instances_refresh_is_taken_over_when_its_lease_lapses() {
         let client = GitClient::new().unwrap();
         client.run(&home, &["clone", "-q", &url, "via-a"]).unwrap()
     });
-    // The fetch's answer is being waited for once its staging file exists.
-    let pack_dir = a.mirror(&upstream, "acme/kill").join("objects/pack");
+    // The fetch's answer is being waited for once its request took the delay.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_dir(&pack_dir).is_ok_and(|mut d| {
-        d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("incoming-")))
-    }) {
+    while upstream.faults_left() > 0 {
         assert!(std::time::Instant::now() < deadline, "A never fetched");
         std::thread::sleep(Duration::from_millis(20));
     }
