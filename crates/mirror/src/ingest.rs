@@ -75,7 +75,8 @@ impl Drop for Staging {
 /// `git_dir` whose objects are `hash`. Thin packs are completed with bases from the repository.
 ///
 /// Ask upstream for `ofs-delta`: a ref-delta whose base the repository already has is
-/// completed with a copy of that base even when the base is also in the pack.
+/// completed with a copy of that base even when the base is also in the pack, and the pack
+/// is then refused for holding that object twice.
 pub fn ingest_pack(
     git_dir: &Path,
     hash: HashKind,
@@ -175,6 +176,17 @@ fn receive(
             message: format!("the pack claims {claimed} objects, more than can be indexed"),
         });
     }
+    // An entry header in a longer form than needed, as received (before completing a thin
+    // pack rewrites some): refused below.
+    let long_form = std::cell::Cell::new(None);
+    let read = read.inspect(|entry| {
+        if let Ok(entry) = entry
+            && entry.header_size as usize != entry.header.size(entry.decompressed_size)
+            && long_form.get().is_none()
+        {
+            long_form.set(Some(entry.pack_offset));
+        }
+    });
     let completed = input::LookupRefDeltaObjectsIter::new(
         read,
         bases,
@@ -218,6 +230,11 @@ fn receive(
             crc32,
         });
         checksum = entry.trailer.or(checksum);
+    }
+    if let Some(offset) = long_form.get() {
+        return Err(Error::InvalidPack {
+            message: format!("the entry at offset {offset} has a header not in its shortest form"),
+        });
     }
     let written = std::fs::metadata(to)?.len();
     match checksum {

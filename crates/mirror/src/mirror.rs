@@ -445,8 +445,11 @@ impl Mirror {
                     other => Error::Ingest(other),
                 })?;
             // Read what follows the pack (the response's end), so that the download finishes
-            // as it would have unread.
-            std::io::copy(&mut pack, &mut std::io::sink())?;
+            // as it would have unread. The pack is in place, whole and checked, by now: what
+            // comes after it cannot make it a failed fetch.
+            if let Err(err) = std::io::copy(&mut pack, &mut std::io::sink()) {
+                tracing::warn!(%err, "the upstream's response failed after a whole pack");
+            }
             Ok(ingested)
         });
         // The download ends first, or taking the pack in does: when that fails, its error is

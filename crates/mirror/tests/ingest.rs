@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use gitcache_mirror::ingest::{Error, ingest_pack, remove_leftovers};
+use gitcache_mirror::ingest::{Error, ingest_pack, ingest_pack_checked, remove_leftovers};
+use gitcache_pack::Closure;
 use gitcache_testkit::git::{git_stdout as git, git_with_input};
 use gitcache_testkit::repo::{self, RepoSpec};
 use gix_hash::Kind;
@@ -319,13 +320,21 @@ fn headers_in_a_longer_form_and_objects_twice_are_refused() {
 
     let mut longer = vec![0x36 | 0x80, 0x00];
     longer.extend_from_slice(&entry[1..]);
-    let err = ingest_pack(&mirror, Kind::Sha1, &mut &pack_of(&[&longer, entry])[..]).unwrap_err();
+    let err = ingest_pack(&mirror, Kind::Sha1, &mut &pack_of(&[&longer])[..]).unwrap_err();
     assert!(
         matches!(err, Error::InvalidPack { .. }) && err.to_string().contains("shortest form"),
         "{err}"
     );
-    let err = ingest_pack(&mirror, Kind::Sha1, &mut &pack_of(&[entry, entry])[..]).unwrap_err();
-    assert!(err.to_string().contains("twice"), "{err}");
-    assert!(err.is_upstream_fault());
+    for closure in [
+        Closure::Unchecked,
+        Closure::Closed {
+            self_contained: true,
+        },
+    ] {
+        let twice = pack_of(&[entry, entry]);
+        let err = ingest_pack_checked(&mirror, Kind::Sha1, &mut &twice[..], closure).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{closure:?}: {err}");
+        assert!(err.is_upstream_fault());
+    }
     assert_eq!(pack_dir_listing(&mirror), before);
 }

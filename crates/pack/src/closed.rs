@@ -200,8 +200,9 @@ impl Found {
 pub(crate) struct Checker {
     hash: gix_hash::Kind,
     /// The objects of the checked pack; `None` while they are not known yet (the pack is
-    /// being indexed): references are then recorded and looked up at the end, at most
-    /// `most` different ones (the objects there are: more is a reference to one there is not).
+    /// being indexed): references not found in `others` are then recorded and looked up at
+    /// the end, at most `most` different ones (the pack's objects: more is a reference to one
+    /// there is not).
     members: Option<Arc<HashSet<ObjectId>>>,
     most: usize,
     /// The indexes of the repository's packs, when references may point into them.
@@ -384,7 +385,9 @@ impl Checker {
             at = end;
         }
         if !keeping {
-            self.keep(previous);
+            if !previous.bounds.is_empty() {
+                self.keep(previous);
+            }
             return Ok(());
         }
         let mut kept_data = previous.data;
@@ -424,6 +427,12 @@ impl Checker {
                 if !present {
                     return Err(Error::MissingObject { oid });
                 }
+            }
+            // An object of the repository's other packs is found there at once (and
+            // remembered); only what may be the pack's own waits for the end.
+            None if self.outside.contains(&oid) => {}
+            None if self.others.iter().any(|i| i.lookup(oid).is_some()) => {
+                self.outside.insert(oid);
             }
             None => {
                 self.found.referred.insert(oid);

@@ -84,12 +84,9 @@ impl Repository {
             } => self.stored_packs()?.into_iter().map(|p| p.index).collect(),
             _ => Vec::new(),
         };
-        // More different objects referred to than there are: one of them is not.
-        let most = others
-            .iter()
-            .map(|index| index.num_objects() as usize)
-            .sum::<usize>()
-            + entries.len();
+        // More different objects referred to than the pack holds (those of other packs
+        // aside): one of them is not there.
+        let most = entries.len();
         let others = Arc::new(others);
         let mut checker = match closure {
             Closure::Unchecked => None,

@@ -227,9 +227,10 @@ fn a_killed_instances_refresh_is_taken_over_when_its_lease_lapses() {
         let client = GitClient::new().unwrap();
         client.run(&home, &["clone", "-q", &url, "via-a"]).unwrap()
     });
-    // The fetch's answer is being waited for once its request took the delay.
+    // The fetch's answer is being waited for once its request took the delay (a fault is
+    // taken as its request arrives).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while upstream.faults_left() > 0 {
+    while upstream.pending_faults() > 0 {
         assert!(std::time::Instant::now() < deadline, "A never fetched");
         std::thread::sleep(Duration::from_millis(20));
     }

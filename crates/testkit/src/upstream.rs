@@ -448,12 +448,6 @@ impl Upstream {
         self.shared.state().faults.iter().map(|r| r.remaining).sum()
     }
 
-    /// How many more requests the faults injected so far will hit (a fault is taken as its
-    /// request arrives, before a delay it imposes).
-    pub fn faults_left(&self) -> usize {
-        self.shared.state().faults.iter().map(|r| r.remaining).sum()
-    }
-
     /// Drop every pending fault.
     pub fn clear_faults(&self) {
         self.shared.state().faults.clear();
