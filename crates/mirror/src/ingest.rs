@@ -76,7 +76,7 @@ impl Drop for Staging {
 ///
 /// Ask upstream for `ofs-delta`: a ref-delta whose base the repository already has is
 /// completed with a copy of that base even when the base is also in the pack, and the pack
-/// is then refused for holding that object twice.
+/// is then refused for holding that object twice (git sends no such pack).
 pub fn ingest_pack(
     git_dir: &Path,
     hash: HashKind,
@@ -91,9 +91,9 @@ pub fn ingest_pack(
 /// staging folder, which is a crash's leftover).
 ///
 /// The pack is read in one pass as it arrives (each entry inflated to find where it ends,
-/// its CRC-32 taken, bases of a thin pack added, the file written); then every object is
-/// decoded once, deltas resolved on all cores, for its id and the check together, and the
-/// index is written.
+/// its CRC-32 taken, the bytes written to the file as they are), a thin pack's bases are
+/// added at its end; then every object is decoded once, deltas resolved on all cores, for
+/// its id and the check together, and the index is written.
 pub fn ingest_pack_checked(
     git_dir: &Path,
     hash: HashKind,
@@ -107,16 +107,21 @@ pub fn ingest_pack_checked(
     let mut staging = Staging(Some(staging_dir.clone()));
 
     let received = staging_dir.join("received.pack");
-    let (entries, checksum, ref_deltas) = receive(git_dir, hash, pack, &received)?;
+    let Received {
+        entries,
+        checksum,
+        bases,
+        ref_deltas_within,
+    } = receive(git_dir, hash, pack, &received)?;
     let repo = gitcache_pack::Repository::open(git_dir).map_err(std::io::Error::other)?;
-    let (data, index) = if ref_deltas {
+    let (data, index) = if ref_deltas_within {
         // Deltas on a base named by id within the pack: gitoxide's indexer resolves them.
         index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure)?
     } else {
         let data = staging_dir.join(format!("pack-{checksum}.pack"));
         let index = data.with_extension("idx");
         std::fs::rename(&received, &data)?;
-        repo.index_pack(&data, &entries, &checksum, &index, closure)
+        repo.index_pack(&data, &entries, &bases, &checksum, &index, closure)
             .map_err(|err| match closure {
                 Closure::Closed { .. } => Error::Refused(err),
                 Closure::Unchecked => Error::InvalidPack {
@@ -150,25 +155,46 @@ pub fn ingest_pack_checked(
     })
 }
 
-/// Read the pack from `pack` into the file `to`, completing a thin pack with bases from the
-/// repository: its entries, its checksum, and whether any entry is a delta on a base named
-/// by id (within the pack).
+/// A received pack in its file: its entries, its checksum, where the bases added to complete
+/// it as a thin pack are, by id, and whether some delta's base is named by id and was not
+/// added (a base within the pack).
+struct Received {
+    entries: Vec<PackEntry>,
+    checksum: ObjectId,
+    bases: std::collections::HashMap<ObjectId, u64>,
+    ref_deltas_within: bool,
+}
+
+/// Read the pack from `pack` into the file `to` as it is received, then complete a thin pack
+/// as `git index-pack --fix-thin` does: the bases its deltas name by id that the repository
+/// has are added at the end of the file (the deltas keep naming them by id), and the count
+/// and checksum are written anew.
 fn receive(
     git_dir: &Path,
     hash: HashKind,
     pack: &mut dyn BufRead,
     to: &Path,
-) -> Result<(Vec<PackEntry>, ObjectId, bool), Error> {
+) -> Result<Received, Error> {
+    use gix_pack::data::entry::Header;
     use gix_pack::data::input;
-    let bases = gix_odb::at(git_dir.join("objects"), hash)?;
+    use std::io::{Read, Seek, Write};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    let mut tee = Tee {
+        inner: pack,
+        out: std::io::BufWriter::with_capacity(1 << 16, file),
+        failed: None,
+    };
     let read = input::BytesToEntriesIter::new_from_header(
-        pack,
+        &mut tee,
         input::Mode::Verify,
-        input::EntryDataMode::KeepAndCrc32,
+        input::EntryDataMode::Crc32,
         hash,
     )
     .map_err(invalid)?;
-    let version = read.version();
     // A header may claim any count: nothing is sized by it beyond this bound.
     let claimed = read.size_hint().0;
     if claimed.saturating_mul(std::mem::size_of::<PackEntry>() * 4) > MAX_ALLOCATION {
@@ -176,44 +202,16 @@ fn receive(
             message: format!("the pack claims {claimed} objects, more than can be indexed"),
         });
     }
-    // An entry header in a longer form than needed, as received (before completing a thin
-    // pack rewrites some): refused below.
-    let long_form = std::cell::Cell::new(None);
-    let read = read.inspect(|entry| {
-        if let Ok(entry) = entry
-            && entry.header_size as usize != entry.header.size(entry.decompressed_size)
-            && long_form.get().is_none()
-        {
-            long_form.set(Some(entry.pack_offset));
-        }
-    });
-    let completed = input::LookupRefDeltaObjectsIter::new(
-        read,
-        bases,
-        gix_pack::bundle::write::Options::default().compression,
-    );
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(to)?;
-    let written = input::EntriesToBytesIter::new(
-        completed,
-        BufferedFile(std::io::BufWriter::with_capacity(1 << 16, file)),
-        version,
-        hash,
-    );
     let mut entries = Vec::new();
-    let (mut checksum, mut ref_deltas) = (None, false);
-    // Where the next entry starts in the file written: each entry is written with its
-    // header in the shortest form, so one received in a longer form would move every
-    // offset after it, and its CRC-32 (of the bytes received) would be wrong too.
-    let mut at = gix_pack::data::header::SIZE as u64;
-    for entry in written {
+    let mut checksum = None;
+    // Bases named by id, each once, in the order first named; the set is keyed by ids the
+    // pack chose, hence std's seeded hasher.
+    let (mut named, mut seen) = (Vec::new(), std::collections::HashSet::new());
+    for entry in read {
         let entry = entry.map_err(invalid)?;
-        ref_deltas |= matches!(entry.header, gix_pack::data::entry::Header::RefDelta { .. });
-        let header_size = entry.header.size(entry.decompressed_size);
-        if entry.header_size as usize != header_size || entry.pack_offset != at {
+        // The index keeps a CRC-32 of each entry as written in its shortest form, which git
+        // always writes: a longer form would not match it.
+        if entry.header_size as usize != entry.header.size(entry.decompressed_size) {
             return Err(Error::InvalidPack {
                 message: format!(
                     "the entry at offset {} has a header not in its shortest form",
@@ -221,7 +219,11 @@ fn receive(
                 ),
             });
         }
-        at += header_size as u64 + entry.compressed_size;
+        if let Header::RefDelta { base_id } = entry.header
+            && seen.insert(base_id)
+        {
+            named.push(base_id);
+        }
         let crc32 = entry.crc32.ok_or_else(|| Error::InvalidPack {
             message: "an entry without its checksum".into(),
         })?;
@@ -231,22 +233,121 @@ fn receive(
         });
         checksum = entry.trailer.or(checksum);
     }
-    if let Some(offset) = long_form.get() {
-        return Err(Error::InvalidPack {
-            message: format!("the entry at offset {offset} has a header not in its shortest form"),
-        });
+    if let Some(err) = tee.failed.take() {
+        return Err(err.into());
     }
-    let written = std::fs::metadata(to)?.len();
-    match checksum {
-        Some(checksum) if !entries.is_empty() && written == at + hash.len_in_bytes() as u64 => {
-            Ok((entries, checksum, ref_deltas))
-        }
-        Some(_) if !entries.is_empty() => Err(Error::InvalidPack {
-            message: "the pack written is not the entries read".into(),
-        }),
-        _ => Err(Error::InvalidPack {
+    let mut file = tee.out.into_inner().map_err(|e| e.into_error())?;
+    let (Some(mut checksum), false) = (checksum, entries.is_empty()) else {
+        return Err(Error::InvalidPack {
             message: "no pack was written".into(),
-        }),
+        });
+    };
+    // The bytes the entries and the trailer were read from, exactly.
+    let mut end = file
+        .metadata()?
+        .len()
+        .checked_sub(hash.len_in_bytes() as u64)
+        .ok_or_else(|| invalid("the pack written is shorter than its checksum"))?;
+
+    let mut bases = std::collections::HashMap::new();
+    let mut ref_deltas_within = false;
+    if !named.is_empty() {
+        let odb = gix_odb::at(git_dir.join("objects"), hash)?;
+        let compression = gix_pack::bundle::write::Options::default().compression;
+        file.set_len(end)?;
+        file.seek(std::io::SeekFrom::Start(end))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut file);
+        let mut buf = Vec::new();
+        for id in named {
+            let Some(object) =
+                gix_object::Find::try_find(&odb, &id, &mut buf).map_err(std::io::Error::other)?
+            else {
+                ref_deltas_within = true;
+                continue;
+            };
+            let entry = input::Entry::from_data_obj(&object, end, compression).map_err(invalid)?;
+            entry.header.write_to(entry.decompressed_size, &mut out)?;
+            out.write_all(entry.compressed.as_deref().unwrap_or_default())?;
+            entries.push(PackEntry {
+                offset: end,
+                crc32: entry.crc32.unwrap_or_default(),
+            });
+            bases.insert(id, end);
+            end += entry.bytes_in_pack();
+        }
+        out.flush()?;
+        drop(out);
+        if !bases.is_empty() {
+            let count = u32::try_from(entries.len())
+                .map_err(|_| invalid("too many objects for one pack"))?;
+            file.seek(std::io::SeekFrom::Start(8))?;
+            file.write_all(&count.to_be_bytes())?;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            let mut hasher = gix_hash::hasher(hash);
+            let mut reader = std::io::BufReader::with_capacity(1 << 16, (&mut file).take(end));
+            loop {
+                let chunk = reader.fill_buf()?;
+                if chunk.is_empty() {
+                    break;
+                }
+                hasher.update(chunk);
+                let n = chunk.len();
+                reader.consume(n);
+            }
+            checksum = hasher.try_finalize().map_err(invalid)?;
+            file.seek(std::io::SeekFrom::Start(end))?;
+            file.write_all(checksum.as_bytes())?;
+        } else {
+            // Nothing added: the trailer goes back as it was.
+            file.seek(std::io::SeekFrom::Start(end))?;
+            file.write_all(checksum.as_bytes())?;
+        }
+    }
+    Ok(Received {
+        entries,
+        checksum,
+        bases,
+        ref_deltas_within,
+    })
+}
+
+/// A reader that writes every byte its reader consumes into `out`: the pack file is the bytes
+/// the entries were read from, exactly, whatever the reader buffered beyond them.
+struct Tee<'a> {
+    inner: &'a mut dyn BufRead,
+    out: std::io::BufWriter<std::fs::File>,
+    failed: Option<std::io::Error>,
+}
+
+impl std::io::Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Tee<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        if self.failed.is_none() {
+            let result = match self.inner.fill_buf() {
+                Ok(data) if data.len() >= amount => {
+                    std::io::Write::write_all(&mut self.out, &data[..amount])
+                }
+                Ok(_) => Err(std::io::Error::other("consumed more than was read")),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = result {
+                self.failed = Some(err);
+            }
+        }
+        self.inner.consume(amount);
     }
 }
 
@@ -293,32 +394,6 @@ fn index_with_ref_deltas(
 fn invalid(err: impl std::fmt::Display) -> Error {
     Error::InvalidPack {
         message: err.to_string(),
-    }
-}
-
-/// A buffered file that can also be read and sought, as rewriting a completed thin pack's
-/// header and checksum needs.
-struct BufferedFile(std::io::BufWriter<std::fs::File>);
-
-impl std::io::Write for BufferedFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl std::io::Seek for BufferedFile {
-    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        self.0.seek(pos)
-    }
-}
-
-impl std::io::Read for BufferedFile {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        std::io::Write::flush(&mut self.0)?;
-        self.0.get_mut().read(buf)
     }
 }
 

@@ -116,9 +116,34 @@ fn a_thin_pack_is_completed_from_the_mirror() {
     let new = repo::append_commits(&source, "main", 5, 3).unwrap();
     let thin = pack_objects(&source, &["--revs", "--thin"], &format!("{new}\n^{old}\n"));
     let ingested = ingest_pack(&mirror, Kind::Sha1, &mut &thin[..]).unwrap();
-    assert!(ingested.objects > 0);
+    let sent = u32::from_be_bytes(thin[8..12].try_into().unwrap());
+    assert!(
+        ingested.objects > sent,
+        "bases added to the {sent} objects sent"
+    );
     git(&mirror, &["update-ref", "refs/heads/main", &new]);
     git(&mirror, &["fsck", "--strict", "--no-progress"]);
+    // The bases were added at the end, the deltas still naming them by id: the pack stands
+    // alone, and its index is the one git writes for it.
+    let theirs = dir.path().join("theirs.idx");
+    git(
+        dir.path(),
+        &[
+            "index-pack",
+            "-o",
+            theirs.to_str().unwrap(),
+            ingested.pack.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::read(&ingested.index).unwrap() == std::fs::read(&theirs).unwrap());
+    let verified = git(
+        dir.path(),
+        &["verify-pack", "-v", ingested.index.to_str().unwrap()],
+    );
+    assert!(
+        verified.contains(" ok") || verified.contains(": ok"),
+        "{verified}"
+    );
 }
 
 #[test]

@@ -42,8 +42,9 @@ struct Node {
 impl Repository {
     /// Write the version 2 index of the pack at `pack` to `index`. The pack is complete and
     /// its checksum `checksum` checked (as receiving it does); `entries` are all of its
-    /// entries, in pack order, none a `REF_DELTA` (those are resolved by id, which is only
-    /// known once the base is read). Every object is decoded once, its deltas resolved on all
+    /// entries, in pack order; a `REF_DELTA`'s base must be among `bases` (the offsets of
+    /// bases added to complete a thin pack, by id: an id is only known once its object is
+    /// read). Every object is decoded once, its deltas resolved on all
     /// cores, to compute its id and, with [`Closure::Closed`], to check what it refers to in
     /// the same reading (before, a received pack was indexed and then read whole a second
     /// time for the check). Returns the number of objects.
@@ -51,6 +52,7 @@ impl Repository {
         &self,
         pack: &Path,
         entries: &[PackEntry],
+        bases: &std::collections::HashMap<ObjectId, u64>,
         checksum: &ObjectId,
         index: &Path,
         closure: Closure,
@@ -71,7 +73,7 @@ impl Repository {
                 oid: hash.null(),
             }),
             &|node: &Node| node.entry.offset,
-            &|_| Ok(None),
+            &|id| Ok(bases.get(&id.to_owned()).copied()),
             &mut gix_utils::progress::Discard,
             &interrupt,
             hash,
