@@ -114,6 +114,13 @@ pub fn ingest_pack_checked(
         ref_deltas_within,
     } = receive(git_dir, hash, pack, &received)?;
     let repo = gitcache_pack::Repository::open(git_dir).map_err(std::io::Error::other)?;
+    if repo.object_format() != hash {
+        return Err(std::io::Error::other(format!(
+            "a {hash} pack for a {} repository",
+            repo.object_format()
+        ))
+        .into());
+    }
     let (data, index) = if ref_deltas_within {
         // Deltas on a base named by id within the pack: gitoxide's indexer resolves them.
         index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure)?
@@ -204,6 +211,8 @@ fn receive(
     }
     let mut entries = Vec::new();
     let mut checksum = None;
+    // Where the last entry read ends: the file must end there, with the checksum.
+    let mut entries_end = gix_pack::data::header::SIZE as u64;
     // Bases named by id, each once, in the order first named; the set is keyed by ids the
     // pack chose, hence std's seeded hasher.
     let (mut named, mut seen) = (Vec::new(), std::collections::HashSet::new());
@@ -231,6 +240,7 @@ fn receive(
             offset: entry.pack_offset,
             crc32,
         });
+        entries_end = entry.pack_offset + entry.bytes_in_pack();
         checksum = entry.trailer.or(checksum);
     }
     if let Some(err) = tee.failed.take() {
@@ -243,16 +253,20 @@ fn receive(
         });
     };
     // The bytes the entries and the trailer were read from, exactly.
-    let mut end = file
-        .metadata()?
-        .len()
-        .checked_sub(hash.len_in_bytes() as u64)
-        .ok_or_else(|| invalid("the pack written is shorter than its checksum"))?;
+    let mut end = entries_end;
+    if file.metadata()?.len() != end + hash.len_in_bytes() as u64 {
+        return Err(invalid(
+            "the pack written is not the bytes its entries were read from",
+        ));
+    }
 
     let mut bases = std::collections::HashMap::new();
     let mut ref_deltas_within = false;
     if !named.is_empty() {
-        let odb = gix_odb::at(git_dir.join("objects"), hash)?;
+        let mut odb = gix_odb::at(git_dir.join("objects"), hash)?;
+        // An id the repository lacks is not worth a new look at the disk for each: the pack
+        // may name many (a base within the pack, or nowhere).
+        odb.refresh_never();
         let compression = gix_pack::bundle::write::Options::default().compression;
         file.set_len(end)?;
         file.seek(std::io::SeekFrom::Start(end))?;
@@ -384,9 +398,18 @@ fn index_with_ref_deltas(
             message: "no pack was written".into(),
         });
     };
-    if let Closure::Closed { self_contained } = closure {
-        repo.check_pack_closed(&data, &index, self_contained)
-            .map_err(Error::Refused)?;
+    match closure {
+        Closure::Closed { self_contained } => repo
+            .check_pack_closed(&data, &index, self_contained)
+            .map_err(Error::Refused)?,
+        // The check refuses an object twice; unchecked, it is looked for here.
+        Closure::Unchecked => {
+            let written = gix_pack::index::File::at(&index, hash).map_err(invalid)?;
+            let ids: Vec<ObjectId> = written.iter().map(|e| e.oid).collect();
+            if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+                return Err(invalid(format!("{} is in the pack twice", pair[0])));
+            }
+        }
     }
     Ok((data, index))
 }

@@ -115,7 +115,14 @@ fn a_thin_pack_is_completed_from_the_mirror() {
 
     let new = repo::append_commits(&source, "main", 5, 3).unwrap();
     let thin = pack_objects(&source, &["--revs", "--thin"], &format!("{new}\n^{old}\n"));
-    let ingested = ingest_pack(&mirror, Kind::Sha1, &mut &thin[..]).unwrap();
+    // Read one byte at a time: the file is still exactly the bytes the entries came from.
+    let mut bytewise = std::io::BufReader::with_capacity(1, &thin[..]);
+    let ingested = ingest_pack(&mirror, Kind::Sha1, &mut bytewise).unwrap();
+    let stored = std::fs::read(&ingested.pack).unwrap();
+    assert!(
+        stored[12..thin.len() - 20] == thin[12..thin.len() - 20],
+        "the entries received are kept as they came"
+    );
     let sent = u32::from_be_bytes(thin[8..12].try_into().unwrap());
     assert!(
         ingested.objects > sent,
