@@ -184,7 +184,7 @@ fn receive(
 ) -> Result<Received, Error> {
     use gix_pack::data::entry::Header;
     use gix_pack::data::input;
-    use std::io::{Read, Seek, Write};
+    use std::io::{Seek, Write};
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -296,19 +296,15 @@ fn receive(
                 .map_err(|_| invalid("too many objects for one pack"))?;
             file.seek(std::io::SeekFrom::Start(8))?;
             file.write_all(&count.to_be_bytes())?;
-            file.seek(std::io::SeekFrom::Start(0))?;
-            let mut hasher = gix_hash::hasher(hash);
-            let mut reader = std::io::BufReader::with_capacity(1 << 16, (&mut file).take(end));
-            loop {
-                let chunk = reader.fill_buf()?;
-                if chunk.is_empty() {
-                    break;
-                }
-                hasher.update(chunk);
-                let n = chunk.len();
-                reader.consume(n);
-            }
-            checksum = hasher.try_finalize().map_err(invalid)?;
+            file.flush()?;
+            checksum = gix_hash::bytes_of_file(
+                to,
+                end,
+                hash,
+                &mut gix_utils::progress::Discard,
+                &AtomicBool::new(false),
+            )
+            .map_err(std::io::Error::other)?;
             file.seek(std::io::SeekFrom::Start(end))?;
             file.write_all(checksum.as_bytes())?;
         } else {

@@ -65,13 +65,7 @@ impl Repository {
                   object: &[u8],
                   entry: &gix_pack::index::Entry,
                   _: &dyn gix_utils::progress::Progress|
-                  -> gix_error::Result {
-                checker.object(entry.oid, kind, object).map_err(|err| {
-                    let message = err.to_string();
-                    checker.lock().failure.get_or_insert(err);
-                    gix_error::ErrorExt::raise(gix_error::message!("{message}"))
-                })
-            }
+                  -> gix_error::Result { checker.read(entry.oid, kind, object) }
         };
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
         let traversed = this.traverse(
@@ -278,8 +272,18 @@ impl Checker {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// [`Checker::object`] for a traversal's processor: gitoxide's error carries only the
+    /// text, so the error itself is kept for the caller.
+    pub(crate) fn read(&mut self, oid: ObjectId, kind: Kind, object: &[u8]) -> gix_error::Result {
+        self.object(oid, kind, object).map_err(|err| {
+            let message = err.to_string();
+            self.lock().failure.get_or_insert(err);
+            gix_error::ErrorExt::raise(gix_error::message!("{message}"))
+        })
+    }
+
     /// Read one decoded object of the pack: its references must exist.
-    pub(crate) fn object(&mut self, oid: ObjectId, kind: Kind, object: &[u8]) -> Result<(), Error> {
+    fn object(&mut self, oid: ObjectId, kind: Kind, object: &[u8]) -> Result<(), Error> {
         let corrupt = |reason: String| Error::Corrupt { oid, reason };
         match kind {
             Kind::Blob => return Ok(()),

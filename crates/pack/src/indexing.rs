@@ -109,13 +109,7 @@ impl Repository {
             })?;
             node.oid = gix_object::compute_hash(hash, kind, context.decompressed)?;
             if let Some(checker) = &mut checker {
-                checker
-                    .object(node.oid, kind, context.decompressed)
-                    .map_err(|err| {
-                        let message = err.to_string();
-                        checker.lock().failure.get_or_insert(err);
-                        gix_error::ErrorExt::raise(gix_error::message!("{message}"))
-                    })?;
+                checker.read(node.oid, kind, context.decompressed)?;
             }
             Ok(())
         };
@@ -169,24 +163,10 @@ fn write_index(
     checksum: &ObjectId,
     hash: gix_hash::Kind,
 ) -> Result<(), Error> {
-    struct Hashed<W> {
-        out: W,
-        hasher: gix_hash::Hasher,
-    }
-    impl<W: Write> Write for Hashed<W> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let n = self.out.write(buf)?;
-            self.hasher.update(&buf[..n]);
-            Ok(n)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            self.out.flush()
-        }
-    }
-    let mut out = Hashed {
-        out: std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?),
-        hasher: gix_hash::hasher(hash),
-    };
+    let mut out = crate::write::Sink::new(
+        std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?),
+        hash,
+    );
     out.write_all(b"\xfftOc")?;
     out.write_all(&2u32.to_be_bytes())?;
     let mut fanout = [0u32; 256];
@@ -226,9 +206,7 @@ fn write_index(
     }
     out.write_all(checksum.as_bytes())?;
     out.flush()?;
-    let Hashed { out, hasher } = out;
-    let own = hasher.try_finalize().map_err(Error::odb)?;
-    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    let (mut file, own) = out.finish()?;
     file.write_all(own.as_bytes())?;
     file.flush()?;
     Ok(())

@@ -252,17 +252,10 @@ pub(crate) fn select_with_bitmaps(
     };
     sent.and_not(&had);
     if !filter.without.is_empty() || filter.blob_limit.is_some() {
-        // Objects a want names (itself, the tags of its chain and what they end at) are sent
-        // whatever their type or size.
         let mut named = crate::bitmap::Bits::with_len(pos.len());
-        for want in req.wants {
-            let mut chain = vec![*want];
-            let (target, _) = peel_chain(objects, want, |tag| chain.push(tag))?;
-            chain.push(target);
-            for oid in chain {
-                if let Some(p) = pos.of(&oid) {
-                    named.set(p);
-                }
+        for oid in named_by(objects, req.wants)? {
+            if let Some(p) = pos.of(&oid) {
+                named.set(p);
             }
         }
         named.and_not(&had);
@@ -344,16 +337,7 @@ pub(crate) fn select_from_marked_pack(
         return Ok(None);
     };
     let pos = crate::bitmap::Positions::new(pack, rev);
-    // Objects a want names (itself, the tags of its chain and what they end at) are sent
-    // whatever their type or size.
-    let mut named = OidSet::default();
-    for want in req.wants {
-        named.insert(*want);
-        let (target, _) = peel_chain(objects, want, |tag| {
-            named.insert(tag);
-        })?;
-        named.insert(target);
-    }
+    let named: OidSet = named_by(objects, req.wants)?.into_iter().collect();
     let mut out = Selection::default();
     // Only include-tag asks what is sent.
     let mut emitted = OidSet::default();
@@ -382,6 +366,18 @@ pub(crate) fn select_from_marked_pack(
         include_tags(repo, objects, &mut emitted, &mut out)?;
     }
     Ok(Some(out))
+}
+
+/// The objects `wants` name, sent whatever a filter says of their type or size: each want,
+/// the tags of its chain and what they end at.
+fn named_by(objects: &mut Objects, wants: &[ObjectId]) -> Result<Vec<ObjectId>, Error> {
+    let mut named = Vec::new();
+    for want in wants {
+        named.push(*want);
+        let (target, _) = peel_chain(objects, want, |tag| named.push(tag))?;
+        named.push(target);
+    }
+    Ok(named)
 }
 
 /// Follow tags from `oid`, reporting each tag object, to the first non-tag.

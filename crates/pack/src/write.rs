@@ -110,10 +110,26 @@ enum Ready {
 }
 
 /// Hashes and counts everything written.
-struct Sink<W: Write> {
+pub(crate) struct Sink<W: Write> {
     out: W,
     hasher: gix_hash::Hasher,
     offset: u64,
+}
+
+impl<W: Write> Sink<W> {
+    pub(crate) fn new(out: W, hash: gix_hash::Kind) -> Self {
+        Sink {
+            out,
+            hasher: gix_hash::hasher(hash),
+            offset: 0,
+        }
+    }
+
+    /// The writer, and the hash of everything written to it through the sink.
+    pub(crate) fn finish(self) -> Result<(W, ObjectId), Error> {
+        let digest = self.hasher.try_finalize().map_err(Error::odb)?;
+        Ok((self.out, digest))
+    }
 }
 
 impl<W: Write> Write for Sink<W> {
@@ -183,11 +199,7 @@ impl<'a> PackWriter<'a> {
             message: "more than 2^32 objects".into(),
         })?;
         let in_pack: OidSet = order.iter().copied().collect();
-        let mut sink = Sink {
-            out,
-            hasher: gix_hash::hasher(self.objects.hash()),
-            offset: 0,
-        };
+        let mut sink = Sink::new(out, self.objects.hash());
         sink.write_all(b"PACK")?;
         sink.write_all(&2u32.to_be_bytes())?;
         sink.write_all(&count.to_be_bytes())?;
