@@ -648,6 +648,11 @@ impl Positions {
         self
     }
 
+    /// The pack's reverse index.
+    pub(crate) fn rev(&self) -> Arc<RevIndex> {
+        Arc::clone(&self.rev)
+    }
+
     /// The object at pack position `p`.
     pub(crate) fn oid(&self, p: usize) -> ObjectId {
         self.index.oid_at_index(self.rev.at(p)).to_owned()

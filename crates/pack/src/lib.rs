@@ -33,12 +33,14 @@ mod closed;
 mod delta;
 mod error;
 mod filter;
+mod forest;
 mod indexing;
 mod mapped;
 mod negotiate;
 mod objects;
 mod packs;
 mod repo;
+mod reuse;
 mod select;
 mod shallow;
 mod walk;
@@ -262,7 +264,7 @@ impl PackPlan {
                 })
             }
             Source::Selected(selection) => {
-                let order: Vec<ObjectId> = selection.all().copied().collect();
+                let order: Vec<ObjectId> = selection.listed().copied().collect();
                 let mut writer = PackWriter::new(
                     &mut self.objects,
                     &*self.spawn_objects,
@@ -270,7 +272,12 @@ impl PackPlan {
                     &self.packs,
                     &self.rev,
                 );
-                writer.write(&order, &selection.client_has, out)
+                writer.write(
+                    &order,
+                    selection.packed.as_ref(),
+                    &selection.client_has,
+                    out,
+                )
             }
         }
     }
@@ -306,15 +313,22 @@ impl PackPlan {
             }
         };
         if self.progress {
-            let (reused, pack_reused, packs) = if stats.whole_pack {
-                (0, stats.objects, 1)
+            // As git counts: objects copied in runs of a stored pack are "pack-reused", not
+            // "reused".
+            let (reused, reused_deltas, pack_reused, packs) = if stats.whole_pack {
+                (0, 0, stats.objects, 1)
             } else {
-                (stats.reused, 0, 0)
+                (
+                    stats.reused - stats.pack_reused,
+                    stats.reused_deltas - stats.pack_reused_deltas,
+                    stats.pack_reused,
+                    u32::from(stats.pack_reused > 0),
+                )
             };
             band.progress(
                 format!(
                     "Total {} (delta {}), reused {} (delta {}), pack-reused {} (from {})\n",
-                    stats.objects, stats.deltas, reused, stats.reused_deltas, pack_reused, packs
+                    stats.objects, stats.deltas, reused, reused_deltas, pack_reused, packs
                 )
                 .as_bytes(),
             )?;
@@ -452,8 +466,7 @@ pub fn plan(
         None => select::select(repo, &mut objects, &request)?,
     };
     // A stored pack holding exactly these objects goes out as it is (it may hold ofs-deltas).
-    let ordered: Vec<&ObjectId> = selection.all().collect();
-    let source = match packs::exact_match(&stored, &ordered).filter(|_| fetch.ofs_delta) {
+    let source = match selection.exact_pack(&stored).filter(|_| fetch.ofs_delta) {
         Some(pack) => Source::WholePack {
             path: pack.pack.clone(),
             count: pack.num_objects(),
@@ -616,7 +629,7 @@ impl Repository {
             other => other,
         })?;
         // Commits and trees were read by the walk; blobs only named.
-        match selection.all().find(|oid| !self.contains(oid)) {
+        match selection.listed().find(|oid| !self.contains(oid)) {
             Some(oid) => Err(Error::MissingObject { oid: *oid }),
             None => Ok(()),
         }

@@ -158,6 +158,8 @@ pub(crate) struct RevIndex {
     inverse: std::sync::OnceLock<Vec<u32>>,
     /// Lookups of pack positions so far, while there is no table for them.
     lookups: std::sync::atomic::AtomicUsize,
+    /// The pack's delta forest, read when first needed (`None`: unreadable).
+    forest: std::sync::OnceLock<Option<crate::forest::DeltaForest>>,
 }
 
 #[derive(Debug)]
@@ -165,6 +167,20 @@ enum Order {
     /// git's `.rev`: big-endian positions after a 12-byte header, checked to be in range.
     Mapped(crate::mapped::Mapped),
     Built(Vec<u32>),
+}
+
+/// Whether the index positions `order` (big-endian, each in range) name entries of `pack` in
+/// rising offset order: a `.rev` that does not (another pack's, or damaged) would make runs
+/// of the pack copied for a fetch overlap.
+fn offsets_rise(pack: &StoredPack, order: &[u8]) -> bool {
+    let mut last = None;
+    order.chunks_exact(4).all(|c| {
+        let index = u32::from_be_bytes(c.try_into().expect("four bytes"));
+        let offset = pack.index.pack_offset_at_index(index);
+        let rises = last.is_none_or(|l| offset > l);
+        last = Some(offset);
+        rises
+    })
 }
 
 /// Bytes before the positions in a `.rev` file.
@@ -183,7 +199,8 @@ impl RevIndex {
                         .chunks_exact(4)
                         .all(|c| {
                             (u32::from_be_bytes(c.try_into().expect("four bytes")) as usize) < n
-                        }) =>
+                        })
+                    && offsets_rise(pack, &map[REV_HEADER..REV_HEADER + 4 * n]) =>
             {
                 Order::Mapped(map)
             }
@@ -194,6 +211,7 @@ impl RevIndex {
             order,
             inverse: std::sync::OnceLock::new(),
             lookups: Default::default(),
+            forest: std::sync::OnceLock::new(),
         }
     }
 
@@ -210,6 +228,7 @@ impl RevIndex {
             order: Order::Built(by_offset.into_iter().map(|(_, i)| i).collect()),
             inverse: std::sync::OnceLock::new(),
             lookups: Default::default(),
+            forest: std::sync::OnceLock::new(),
         }
     }
 
@@ -284,6 +303,68 @@ impl RevIndex {
         })
     }
 
+    /// The delta forest of `pack` (this reverse index's pack), read once.
+    pub(crate) fn forest(
+        &self,
+        pack: &StoredPack,
+        hash: HashKind,
+    ) -> Option<&crate::forest::DeltaForest> {
+        if let Some(forest) = self.forest.get() {
+            return forest.as_ref();
+        }
+        match crate::forest::DeltaForest::build(pack, self, hash) {
+            Ok(forest) => self.forest.get_or_init(|| Some(forest)).as_ref(),
+            // Too large, or damaged: never tried again. A passing error (no file handle
+            // free) is tried again next time.
+            Err(Error::Io(_)) => None,
+            Err(_) => self.forest.get_or_init(|| None).as_ref(),
+        }
+    }
+
+    /// The offset in `pack` of the entry at pack position `p`.
+    pub(crate) fn offset(&self, pack: &StoredPack, p: usize) -> u64 {
+        pack.index.pack_offset_at_index(self.at(p))
+    }
+
+    /// The position of the entry at `target` in `pack`, searched backwards from position
+    /// `below` (exclusive): a delta's base is most often near it. `None` if no entry starts
+    /// there.
+    pub(crate) fn position_before(
+        &self,
+        pack: &StoredPack,
+        below: usize,
+        target: u64,
+    ) -> Option<usize> {
+        // Gallop down to a position at or before the target, then search between.
+        let mut hi = below.min(self.len());
+        let mut step = 1;
+        let lo = loop {
+            if hi == 0 {
+                return None;
+            }
+            let probe = hi.saturating_sub(step);
+            let at = self.offset(pack, probe);
+            if at == target {
+                return Some(probe);
+            }
+            if at < target {
+                break probe + 1;
+            }
+            hi = probe;
+            step *= 2;
+        };
+        let (mut lo, mut hi) = (lo, hi);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.offset(pack, mid).cmp(&target) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
     /// The object stored at `offset` of `pack`.
     pub(crate) fn object_at(&self, pack: &StoredPack, offset: u64) -> Option<ObjectId> {
         let p = self.position_of_offset(&pack.index, offset)?;
@@ -320,13 +401,16 @@ pub(crate) fn kinds(
     hash: HashKind,
 ) -> Result<Option<Vec<gix_object::Kind>>, Error> {
     use gix_pack::data::entry::Header;
-    let data = gix_pack::data::File::at(&pack.pack, hash).map_err(Error::odb)?;
+    let mut headers = crate::forest::Headers::open(&pack.pack)?;
     let offsets: Vec<u64> = (0..rev.len())
         .map(|p| pack.index.pack_offset_at_index(rev.at(p)))
         .collect();
     let mut kinds: Vec<gix_object::Kind> = Vec::with_capacity(offsets.len());
-    for &offset in &offsets {
-        let base = match data.entry(offset).map_err(Error::odb)?.header {
+    for (p, &offset) in offsets.iter().enumerate() {
+        let next = offsets.get(p + 1).copied().unwrap_or(u64::MAX);
+        let entry = gix_pack::data::Entry::from_bytes(headers.at(offset, next)?, offset, hash)
+            .map_err(Error::odb)?;
+        let base = match entry.header {
             Header::OfsDelta { base_distance } => {
                 Header::verified_base_pack_offset(offset, base_distance)
                     .and_then(|base| offsets.binary_search(&base).ok())

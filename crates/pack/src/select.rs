@@ -28,6 +28,8 @@ pub(crate) struct Selection {
     pub(crate) others: Vec<ObjectId>,
     /// Objects the client provably has: usable as thin-pack delta bases.
     pub(crate) client_has: Has,
+    /// Further objects, as positions of one stored pack (none of them in the lists above).
+    pub(crate) packed: Option<crate::reuse::Packed>,
 }
 
 /// What the client has: a set, and with bitmaps, the haves' bitmap (not turned into a set:
@@ -57,13 +59,34 @@ impl Has {
 }
 
 impl Selection {
-    /// Every object, in write order.
-    pub(crate) fn all(&self) -> impl Iterator<Item = &ObjectId> {
+    /// The objects listed by id (all but [`Selection::packed`]), in write order.
+    pub(crate) fn listed(&self) -> impl Iterator<Item = &ObjectId> {
         self.commits.iter().chain(&self.tags).chain(&self.others)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.commits.len() + self.tags.len() + self.others.len()
+        self.commits.len()
+            + self.tags.len()
+            + self.others.len()
+            + self.packed.as_ref().map_or(0, |p| p.count)
+    }
+
+    /// The stored pack of `packs` that holds exactly the selected objects, if one does.
+    pub(crate) fn exact_pack<'a>(
+        &self,
+        packs: &'a [crate::packs::StoredPack],
+    ) -> Option<&'a crate::packs::StoredPack> {
+        match &self.packed {
+            Some(packed) => {
+                let pack = packs.get(packed.pack)?;
+                (self.listed().next().is_none() && packed.count == pack.num_objects())
+                    .then_some(pack)
+            }
+            None => {
+                let listed: Vec<&ObjectId> = self.listed().collect();
+                crate::packs::exact_match(packs, &listed)
+            }
+        }
     }
 }
 
@@ -160,7 +183,7 @@ pub(crate) fn select(
     }
 
     if req.include_tag {
-        include_tags(repo, objects, &mut emitted, &mut out)?;
+        include_tags(repo, objects, &mut emitted, |_| false, &mut out)?;
     }
     Ok(out)
 }
@@ -238,7 +261,11 @@ pub(crate) fn select_with_bitmaps(
     if !req.grafts.is_empty() {
         return Ok(None);
     }
-    let Some(loaded) = stored.iter().find_map(|pack| repo.bitmaps(pack)) else {
+    let Some((k, loaded)) = stored
+        .iter()
+        .enumerate()
+        .find_map(|(k, pack)| Some((k, repo.bitmaps(pack)?)))
+    else {
         return Ok(None);
     };
     let (bitmaps, pos) = (&loaded.bitmaps, &loaded.pos);
@@ -287,25 +314,12 @@ pub(crate) fn select_with_bitmaps(
         sent.or(&named);
     }
     let mut out = Selection::default();
-    // Only include-tag asks what is sent.
-    let mut emitted = OidSet::default();
-    for p in sent.ones() {
-        let oid = pos.oid(p);
-        if req.include_tag {
-            emitted.insert(oid);
-        }
-        if bitmaps.commits.get(p) {
-            out.commits.push(oid);
-        } else if bitmaps.tags.get(p) {
-            out.tags.push(oid);
-        } else {
-            out.others.push(oid);
-        }
-    }
     out.client_has.bits = Some((std::sync::Arc::clone(&loaded), had));
     if req.include_tag {
-        include_tags(repo, objects, &mut emitted, &mut out)?;
+        let sent_here = |oid: &ObjectId| pos.of(oid).is_some_and(|p| sent.get(p));
+        include_tags(repo, objects, &mut OidSet::default(), sent_here, &mut out)?;
     }
+    out.packed = Some(crate::reuse::Packed::new(k, pos.rev(), sent));
     Ok(Some(out))
 }
 
@@ -329,7 +343,11 @@ pub(crate) fn select_from_marked_pack(
         return Ok(None);
     }
     let wants: OidSet = req.wants.iter().copied().collect();
-    let Some(pack) = stored.iter().find(|p| p.tips.as_ref() == Some(&wants)) else {
+    let Some((k, pack)) = stored
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.tips.as_ref() == Some(&wants))
+    else {
         return Ok(None);
     };
     let rev = repo.rev_cache().get(pack, repo.object_format());
@@ -337,34 +355,30 @@ pub(crate) fn select_from_marked_pack(
         return Ok(None);
     };
     let pos = crate::bitmap::Positions::new(pack, rev);
-    let named: OidSet = named_by(objects, req.wants)?.into_iter().collect();
-    let mut out = Selection::default();
-    // Only include-tag asks what is sent.
-    let mut emitted = OidSet::default();
+    let mut sent = crate::bitmap::Bits::with_len(kinds.len());
+    for oid in named_by(objects, req.wants)? {
+        if let Some(p) = pos.of(&oid) {
+            sent.set(p);
+        }
+    }
     for (p, kind) in kinds.into_iter().enumerate() {
-        let oid = pos.oid(p);
         let mut keep = !filter.without.contains(&kind);
         if keep
             && kind == Kind::Blob
             && let Some(limit) = filter.blob_limit
         {
-            keep = !matches!(objects.header(&oid)?, Some((_, size)) if size >= limit);
+            keep = !matches!(objects.header(&pos.oid(p))?, Some((_, size)) if size >= limit);
         }
-        if !keep && !named.contains(&oid) {
-            continue;
-        }
-        if req.include_tag {
-            emitted.insert(oid);
-        }
-        match kind {
-            Kind::Commit => out.commits.push(oid),
-            Kind::Tag => out.tags.push(oid),
-            Kind::Tree | Kind::Blob => out.others.push(oid),
+        if keep {
+            sent.set(p);
         }
     }
+    let mut out = Selection::default();
     if req.include_tag {
-        include_tags(repo, objects, &mut emitted, &mut out)?;
+        let sent_here = |oid: &ObjectId| pos.of(oid).is_some_and(|p| sent.get(p));
+        include_tags(repo, objects, &mut OidSet::default(), sent_here, &mut out)?;
     }
+    out.packed = Some(crate::reuse::Packed::new(k, pos.rev(), sent));
     Ok(Some(out))
 }
 
@@ -543,15 +557,17 @@ fn include_tags(
     repo: &Repository,
     objects: &mut Objects,
     emitted: &mut OidSet,
+    also_sent: impl Fn(&ObjectId) -> bool,
     out: &mut Selection,
 ) -> Result<(), Error> {
+    let sent = |oid: &ObjectId, emitted: &OidSet| emitted.contains(oid) || also_sent(oid);
     for r in repo.refs()? {
         let Some(oid) = r.oid else { continue };
         // What the ref store says a tag peels to: most tags point at objects not sent, and
         // are passed over without reading them or looking them up.
         if !r.name.starts_with(b"refs/tags/")
-            || emitted.contains(&oid)
-            || r.peeled.is_some_and(|peeled| !emitted.contains(&peeled))
+            || sent(&oid, emitted)
+            || r.peeled.is_some_and(|peeled| !sent(&peeled, emitted))
             || out.client_has.contains(&oid)
         {
             continue;
@@ -561,9 +577,9 @@ fn include_tags(
         }
         let mut chain = Vec::new();
         let (target, _) = peel_chain(objects, &oid, |tag| chain.push(tag))?;
-        if emitted.contains(&target) {
+        if sent(&target, emitted) {
             for tag in chain {
-                if emitted.insert(tag) {
+                if !also_sent(&tag) && emitted.insert(tag) {
                     out.tags.push(tag);
                 }
             }

@@ -5,13 +5,16 @@
 //!   go out as an ofs-delta (or as a ref-delta when the client did not ask for ofs-delta).
 //! - A stored delta whose base the client provably has is sent as a ref-delta in a thin pack.
 //! - A stored delta whose base is neither sent nor had gets a new delta against the nearest
-//!   object further down its stored chain that is sent (or had, in a thin pack), when that
-//!   delta is less than half the object's size: such objects are versions of the same file or
-//!   directory, and a tree of thousands of entries otherwise goes whole.
+//!   object further down its stored chain that is sent (or had, in a thin pack), or failing
+//!   that against the best of the few nearest such objects of its stored delta tree (see
+//!   [`crate::forest`]), when that delta is less than half the object's size: such objects
+//!   are versions of the same file or directory, and a tree of thousands of entries otherwise
+//!   goes whole.
 //! - Anything else is resolved and compressed again, once, as a whole object.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use gix_hash::ObjectId;
 use gix_object::Kind;
@@ -19,9 +22,10 @@ use gix_pack::Find as _;
 use gix_pack::data::entry::Header;
 
 use crate::Error;
+use crate::OidMap;
 use crate::objects::Objects;
 use crate::packs::{RevCache, StoredPack};
-use crate::{OidMap, OidSet};
+use crate::reuse::{Copied, Packed};
 
 /// How the pack may be written.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +49,19 @@ const MAX_DELTA_OBJECT: u64 = 16 << 20;
 /// Objects smaller than this are not given new deltas (a delta of half their size would
 /// hardly be one).
 const MIN_DELTA_OBJECT: u64 = 64;
+/// Bases tried for a new delta from an object's stored delta tree, and how many entries of
+/// the tree are looked at to find them (nine in ten of git's own choices on the bench
+/// repository lie within 16).
+const TREE_CANDIDATES: usize = 4;
+const TREE_VISITS: usize = 128;
+/// Bases from the delta tree deeper than this in their stored chain are passed over: a new
+/// delta adds one to its base's chain (git's default limit is 50).
+const TREE_BASE_DEPTH: usize = 40;
+/// Objects larger than this get one new delta tried, not one per candidate base.
+const LARGE_DELTA_OBJECT: u64 = 1 << 20;
+/// Bytes of objects and bases one pack's new deltas may look at (each try counts both): the
+/// CPU bound of the search, about a second of it here.
+const NEW_DELTA_BUDGET: i64 = 512 << 20;
 
 /// Bytes of stored entries and of objects to compress again after which a batch takes no
 /// more objects (so it holds at most this plus its last object, and at least one object
@@ -63,6 +80,11 @@ pub struct PackStats {
     pub reused: u32,
     /// Of those, deltas.
     pub reused_deltas: u32,
+    /// Of those, copied with their neighbours in runs of one stored pack, not looked up one
+    /// by one (git's "pack-reused").
+    pub pack_reused: u32,
+    /// Of those, deltas.
+    pub pack_reused_deltas: u32,
     /// Deltas made for this pack, for objects whose stored base is not sent.
     pub new_deltas: u32,
     /// Whether a stored pack was sent as it is.
@@ -90,10 +112,31 @@ enum Stored {
     },
 }
 
-/// An object that cannot be copied as stored, and a base to try a new delta against.
+/// The objects of the pack: those written object by object (with their place in the order),
+/// and those copied in runs (written before all of them).
+struct Sent<'a> {
+    listed: OidMap<usize>,
+    copied: Option<Copied<'a>>,
+}
+
+impl Sent<'_> {
+    fn contains(&self, oid: &ObjectId) -> bool {
+        self.listed.contains_key(oid) || self.copied.as_ref().is_some_and(|c| c.contains(oid))
+    }
+
+    /// Whether `oid` is sent and written before the object at `place` in the order.
+    fn written_before(&self, oid: &ObjectId, place: usize) -> bool {
+        match self.listed.get(oid) {
+            Some(&at) => at < place,
+            None => self.copied.as_ref().is_some_and(|c| c.contains(oid)),
+        }
+    }
+}
+
+/// An object that cannot be copied as stored, and bases to try a new delta against.
 struct Redo {
     oid: ObjectId,
-    against: Option<ObjectId>,
+    against: Vec<ObjectId>,
 }
 
 /// An object made ready ahead of writing.
@@ -113,7 +156,8 @@ enum Ready {
 pub(crate) struct Sink<W: Write> {
     out: W,
     hasher: gix_hash::Hasher,
-    offset: u64,
+    /// Bytes written so far.
+    pub(crate) offset: u64,
 }
 
 impl<W: Write> Sink<W> {
@@ -188,17 +232,20 @@ impl<'a> PackWriter<'a> {
         }
     }
 
-    /// Write a complete pack of `order` (each object once) into `out`.
+    /// Write a complete pack of `packed` and `order` (each object once) into `out`: the
+    /// entries of `packed` that can go as stored are copied first, in runs (when the client
+    /// takes offset deltas), then everything else object by object.
     pub(crate) fn write<W: Write>(
         &mut self,
         order: &[ObjectId],
+        packed: Option<&Packed>,
         client_has: &crate::select::Has,
         out: W,
     ) -> Result<PackStats, Error> {
-        let count = u32::try_from(order.len()).map_err(|_| Error::Odb {
+        let total = order.len() + packed.map_or(0, |p| p.count);
+        let count = u32::try_from(total).map_err(|_| Error::Odb {
             message: "more than 2^32 objects".into(),
         })?;
-        let in_pack: OidSet = order.iter().copied().collect();
         let mut sink = Sink::new(out, self.objects.hash());
         sink.write_all(b"PACK")?;
         sink.write_all(&2u32.to_be_bytes())?;
@@ -206,6 +253,41 @@ impl<'a> PackWriter<'a> {
         let mut stats = PackStats {
             objects: count,
             ..PackStats::default()
+        };
+        let packs = self.packs;
+        let (copied, mut listed) = match packed {
+            Some(packed) => {
+                let pack = packs.get(packed.pack).ok_or_else(|| Error::Odb {
+                    message: "selected from a pack no longer listed".into(),
+                })?;
+                if self.opts.ofs_delta {
+                    let hash = self.objects.hash();
+                    let (copied, left) =
+                        crate::reuse::copy_runs(&mut sink, pack, packed, hash, &mut stats)?;
+                    let left: Vec<ObjectId> = left
+                        .into_iter()
+                        .map(|p| pack.index.oid_at_index(packed.rev.at(p)).to_owned())
+                        .collect();
+                    (Some(copied), left)
+                } else {
+                    (None, packed.oids(pack).collect())
+                }
+            }
+            None => (None, Vec::new()),
+        };
+        let order: std::borrow::Cow<'_, [ObjectId]> = if listed.is_empty() {
+            order.into()
+        } else {
+            listed.extend_from_slice(order);
+            listed.into()
+        };
+        let in_pack = Sent {
+            listed: order
+                .iter()
+                .enumerate()
+                .map(|(at, oid)| (*oid, at))
+                .collect(),
+            copied,
         };
         let mut written: OidMap<u64> =
             OidMap::with_capacity_and_hasher(order.len(), Default::default());
@@ -216,6 +298,7 @@ impl<'a> PackWriter<'a> {
         let mut planned: OidMap<Stored> = OidMap::default();
         let mut ready: OidMap<Ready> = OidMap::default();
         let mut next_batch = 0;
+        let budget = AtomicI64::new(NEW_DELTA_BUDGET);
         for (i, oid) in order.iter().enumerate() {
             if i == next_batch {
                 // Plan the next batch, and compress what must be compressed on all threads.
@@ -223,7 +306,12 @@ impl<'a> PackWriter<'a> {
                 ready.clear();
                 let mut redo = Vec::new();
                 let mut bytes = 0u64;
-                for id in &order[i..(i + BATCH).min(order.len())] {
+                for (place, id) in order
+                    .iter()
+                    .enumerate()
+                    .take((i + BATCH).min(order.len()))
+                    .skip(i)
+                {
                     if next_batch > i && bytes >= BATCH_BYTES {
                         break;
                     }
@@ -248,9 +336,12 @@ impl<'a> PackWriter<'a> {
                         bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
                         let against = match &stored {
                             Stored::Delta { base, .. } => {
-                                self.usable_ancestor(base, &in_pack, client_has)?
+                                match self.usable_ancestor(base, &in_pack, client_has)? {
+                                    Some(ancestor) => vec![ancestor],
+                                    None => self.nearest_in_tree(id, place, &in_pack, client_has),
+                                }
                             }
-                            _ => None,
+                            _ => Vec::new(),
                         };
                         redo.push(Redo { oid: *id, against });
                     }
@@ -263,6 +354,7 @@ impl<'a> PackWriter<'a> {
                     &redo,
                     &mut self.zlibs,
                     self.opts.compression,
+                    &budget,
                 )?;
             }
             if written.contains_key(oid) {
@@ -283,7 +375,7 @@ impl<'a> PackWriter<'a> {
                 };
                 let next = base
                     .filter(|base| {
-                        in_pack.contains(*base)
+                        in_pack.listed.contains_key(*base)
                             && !written.contains_key(*base)
                             && !chain.iter().any(|(c, _)| c == *base)
                             && **base != current
@@ -320,9 +412,10 @@ impl<'a> PackWriter<'a> {
                 written.insert(id, start);
             }
         }
-        if written.len() != order.len() {
+        let done = written.len() + in_pack.copied.as_ref().map_or(0, |c| c.count);
+        if done != total {
             return Err(Error::Odb {
-                message: format!("wrote {} of {} objects", written.len(), order.len()),
+                message: format!("wrote {done} of {total} objects"),
             });
         }
         let checksum = sink.hasher.clone().try_finalize().map_err(Error::odb)?;
@@ -339,7 +432,7 @@ impl<'a> PackWriter<'a> {
         stored: Stored,
         written: &OidMap<u64>,
         client_has: &crate::select::Has,
-        in_pack: &OidSet,
+        in_pack: &Sent<'_>,
         stats: &mut PackStats,
     ) -> Result<(), Error> {
         match stored {
@@ -376,9 +469,14 @@ impl<'a> PackWriter<'a> {
         base: &ObjectId,
         written: &OidMap<u64>,
         client_has: &crate::select::Has,
-        in_pack: &OidSet,
+        in_pack: &Sent<'_>,
     ) -> Option<Header> {
-        if let Some(&base_offset) = written.get(base) {
+        if let Some(base_offset) = written.get(base).copied().or_else(|| {
+            in_pack
+                .copied
+                .as_ref()
+                .and_then(|copied| copied.offset_of(base))
+        }) {
             Some(if self.opts.ofs_delta {
                 Header::OfsDelta {
                     base_distance: sink.offset - base_offset,
@@ -398,7 +496,7 @@ impl<'a> PackWriter<'a> {
     fn usable_ancestor(
         &mut self,
         base: &ObjectId,
-        in_pack: &OidSet,
+        in_pack: &Sent<'_>,
         client_has: &crate::select::Has,
     ) -> Result<Option<ObjectId>, Error> {
         let mut current = *base;
@@ -423,6 +521,51 @@ impl<'a> PackWriter<'a> {
             current = next;
         }
         Ok(None)
+    }
+
+    /// The few objects nearest to `oid` (at `place` in the order) in its stored delta tree that
+    /// a delta may be made against: had by the client in a thin pack, or sent and either
+    /// written before it or copied as stored (whole, or a delta whose base is sent), so that no
+    /// two objects are made deltas of each other.
+    fn nearest_in_tree(
+        &self,
+        oid: &ObjectId,
+        place: usize,
+        in_pack: &Sent<'_>,
+        client_has: &crate::select::Has,
+    ) -> Vec<ObjectId> {
+        let hash = self.objects.hash();
+        let Some((pack, index)) = self
+            .packs
+            .iter()
+            .find_map(|pack| Some((pack, pack.index.lookup(oid)?)))
+        else {
+            return Vec::new();
+        };
+        let rev = self.rev.get(pack, hash);
+        let (Some(p), Some(forest)) = (
+            rev.pack_position(&pack.index, index),
+            rev.forest(pack, hash),
+        ) else {
+            return Vec::new();
+        };
+        let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
+        let had =
+            |id: &ObjectId| self.opts.thin && !in_pack.contains(id) && client_has.contains(id);
+        forest
+            .nearest(p, TREE_CANDIDATES, TREE_VISITS, |q| {
+                let candidate = oid_at(q);
+                let usable = had(&candidate)
+                    || in_pack.written_before(&candidate, place)
+                    || (in_pack.contains(&candidate)
+                        && forest
+                            .base(q)
+                            .is_none_or(|b| in_pack.contains(&oid_at(b)) || had(&oid_at(b))));
+                usable && forest.depth(q) <= TREE_BASE_DEPTH
+            })
+            .into_iter()
+            .map(oid_at)
+            .collect()
     }
 
     /// Write `oid` as a whole object, compressed again.
@@ -613,59 +756,85 @@ fn deflate(zlib: &mut flate2::Compress, mut input: &[u8], out: &mut Vec<u8>) -> 
     }
 }
 
-/// `redo.oid` as a new delta against `redo.against` when that pays, else whole.
+/// `redo.oid` as a new delta against the best of `redo.against` when that pays, else whole.
+/// Each delta tried takes its object's and its base's sizes from `budget`; none is tried once
+/// it is spent.
 fn rebuild(
     objects: &mut Objects,
     redo: &Redo,
     zlib: &mut flate2::Compress,
+    budget: &AtomicI64,
 ) -> Result<Ready, Error> {
-    if let Some(base) = &redo.against
-        && let Some(ready) = delta_against(objects, &redo.oid, base, zlib)?
-    {
-        return Ok(ready);
+    if let Some((base, delta)) = best_delta(objects, redo, budget)? {
+        let mut data = Vec::with_capacity(delta.len() / 2 + 64);
+        deflate(zlib, &delta, &mut data)?;
+        return Ok(Ready::Delta {
+            base,
+            size: delta.len() as u64,
+            data,
+        });
     }
     compress_whole(objects, &redo.oid, zlib).map(Ready::Whole)
 }
 
-/// `oid` as a delta against `base`, if both are of one kind, of sizes that can make a good
-/// delta, and the delta is less than half of `oid` (git's own bar where there was none).
-fn delta_against(
+/// The smallest delta of `redo.oid` against one of `redo.against`, if one is of one kind with
+/// it, of sizes that can make a good delta, and less than half of the object (git's own bar
+/// where there was none).
+fn best_delta(
     objects: &mut Objects,
-    oid: &ObjectId,
-    base: &ObjectId,
-    zlib: &mut flate2::Compress,
-) -> Result<Option<Ready>, Error> {
-    // Sizes first, from the headers: nothing is inflated for a pair that cannot do.
-    let (Some((kind, target_size)), Some((base_kind, source_size))) =
-        (objects.header(oid)?, objects.header(base)?)
-    else {
-        return Ok(None);
-    };
-    // A delta's object has its base's kind. Like git, no delta from a base 32 times larger.
-    if kind != base_kind
-        || !(MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&target_size)
-        || source_size > MAX_DELTA_OBJECT
-        || source_size / 32 > target_size
-    {
+    redo: &Redo,
+    budget: &AtomicI64,
+) -> Result<Option<(ObjectId, Vec<u8>)>, Error> {
+    if redo.against.is_empty() {
         return Ok(None);
     }
-    let (_, source) = objects.read(base)?;
-    let source = source.to_vec();
-    let (_, target) = objects.read(oid)?;
-    let Some(index) = crate::delta::SourceIndex::new(&source) else {
+    // Sizes first, from the headers: nothing is inflated for a pair that cannot do.
+    let Some((kind, target_size)) = objects.header(&redo.oid)? else {
         return Ok(None);
     };
-    let Some(delta) = crate::delta::encode(&index, target, (target.len() / 2).saturating_sub(20))
-    else {
+    if !(MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&target_size) {
         return Ok(None);
+    }
+    let tries = if target_size > LARGE_DELTA_OBJECT {
+        1
+    } else {
+        redo.against.len()
     };
-    let mut data = Vec::with_capacity(delta.len() / 2 + 64);
-    deflate(zlib, &delta, &mut data)?;
-    Ok(Some(Ready::Delta {
-        base: *base,
-        size: delta.len() as u64,
-        data,
-    }))
+    let mut target: Option<Vec<u8>> = None;
+    let mut best: Option<(ObjectId, Vec<u8>)> = None;
+    for base in redo.against.iter().take(tries) {
+        let Some((base_kind, source_size)) = objects.header(base)? else {
+            continue;
+        };
+        // A delta's object has its base's kind. Like git, no delta from a base 32 times larger.
+        if kind != base_kind || source_size > MAX_DELTA_OBJECT || source_size / 32 > target_size {
+            continue;
+        }
+        let cost = i64::try_from(source_size + target_size).unwrap_or(i64::MAX);
+        if budget.fetch_sub(cost, Ordering::Relaxed) < cost {
+            break;
+        }
+        if target.is_none() {
+            target = Some(objects.read(&redo.oid)?.1.to_vec());
+        }
+        let target = target.as_deref().unwrap_or_default();
+        let (_, source) = objects.read(base)?;
+        let Some(index) = crate::delta::SourceIndex::new(source) else {
+            continue;
+        };
+        let mut limit = (target.len() / 2).saturating_sub(20);
+        if let Some((_, shorter)) = &best {
+            limit = limit.min(shorter.len().saturating_sub(1));
+        }
+        if let Some(delta) = crate::delta::encode(&index, target, limit) {
+            let small = delta.len() * 16 <= target.len();
+            best = Some((*base, delta));
+            if small {
+                break;
+            }
+        }
+    }
+    Ok(best)
 }
 
 fn compressor(level: u32) -> flate2::Compress {
@@ -683,6 +852,7 @@ fn rebuild_all(
     oids: &[Redo],
     zlibs: &mut Vec<flate2::Compress>,
     level: u32,
+    budget: &AtomicI64,
 ) -> Result<OidMap<Ready>, Error> {
     let mut out = OidMap::default();
     if oids.is_empty() {
@@ -708,14 +878,14 @@ fn rebuild_all(
                 scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|redo| rebuild(objects, redo, zlib).map(|r| (redo.oid, r)))
+                        .map(|redo| rebuild(objects, redo, zlib, budget).map(|r| (redo.oid, r)))
                         .collect::<Result<Vec<_>, Error>>()
                 })
             })
             .collect();
         let mut results = vec![
             mine.iter()
-                .map(|redo| rebuild(own, redo, own_zlib).map(|r| (redo.oid, r)))
+                .map(|redo| rebuild(own, redo, own_zlib, budget).map(|r| (redo.oid, r)))
                 .collect(),
         ];
         results.extend(handles.into_iter().map(|h| {
@@ -731,4 +901,56 @@ fn rebuild_all(
         out.extend(lane?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use gix_hash::ObjectId;
+
+    use super::{Redo, best_delta};
+    use crate::Repository;
+
+    /// Two versions of a file, their ids, and the repository.
+    fn versions() -> (tempfile::TempDir, Repository, ObjectId, ObjectId) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.git");
+        gitcache_testkit::git::git_stdout(
+            dir.path(),
+            &["init", "-q", "--bare", path.to_str().unwrap()],
+        );
+        let text: String = (0..300).map(|i| format!("line {i}\n")).collect();
+        let store = |content: &str| {
+            let out = gitcache_testkit::git::git_with_input(
+                &path,
+                &["hash-object", "-w", "--stdin"],
+                content.as_bytes(),
+            );
+            ObjectId::from_hex(String::from_utf8(out).unwrap().trim().as_bytes()).unwrap()
+        };
+        let old = store(&text);
+        let new = store(&format!("{text}one more line\n"));
+        let repo = Repository::open(&path).unwrap();
+        (dir, repo, old, new)
+    }
+
+    #[test]
+    fn new_deltas_stop_when_their_budget_is_spent() {
+        let (_dir, repo, old, new) = versions();
+        let mut objects = repo.objects();
+        let redo = Redo {
+            oid: new,
+            against: vec![old],
+        };
+        let budget = AtomicI64::new(1 << 20);
+        let (base, delta) = best_delta(&mut objects, &redo, &budget).unwrap().unwrap();
+        assert_eq!(base, old);
+        assert!(delta.len() < 64, "{} bytes", delta.len());
+        let spent = (1 << 20) - budget.load(Ordering::Relaxed);
+        assert!(spent > 2 * 2000, "both sizes counted: {spent}");
+        // Less left than the pair's sizes: nothing is tried.
+        let budget = AtomicI64::new(100);
+        assert!(best_delta(&mut objects, &redo, &budget).unwrap().is_none());
+    }
 }

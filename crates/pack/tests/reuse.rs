@@ -55,6 +55,40 @@ fn packed_repo(seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
+/// `client` holds the whole history of `tip`, as `git fsck --strict` sees it from a branch
+/// there.
+fn assert_complete_at(client: &Path, tip: &ObjectId) {
+    git(client, &["update-ref", "refs/heads/main", &tip.to_string()]);
+    git(client, &["fsck", "--strict", "--no-progress"]);
+}
+
+/// A new work tree (on `main`), and where its bare copy goes.
+fn work_tree() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["init", "-q", "-b", "main", work.to_str().unwrap()],
+    );
+    let path = dir.path().join("r.git");
+    (dir, work, path)
+}
+
+/// A bare copy of `work` at `path`, in one pack with deltas searched afresh.
+fn bare_packed_copy(work: &Path, path: &Path) {
+    git(
+        work,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ],
+    );
+    git(path, &["repack", "-adfq", "--window=10", "--depth=50"]);
+}
+
 fn send(repo: &Repository, fetch: &Fetch) -> (bool, gitcache_pack::PackStats, Vec<u8>) {
     let Plan::Pack(p) = plan(repo, fetch, ObjectFormat::Sha1, &Options::default()).unwrap() else {
         panic!("no pack")
@@ -193,11 +227,7 @@ fn stored_deltas_are_copied_not_recomputed() {
         &["init", "-q", "--bare", client.to_str().unwrap()],
     );
     gitcache_testkit::git::git_with_input(&client, &["index-pack", "--strict", "--stdin"], &pack);
-    git(
-        &client,
-        &["update-ref", "refs/heads/main", &main[0].to_string()],
-    );
-    git(&client, &["fsck", "--strict", "--no-progress"]);
+    assert_complete_at(&client, &main[0]);
 }
 
 /// Issue 12: the writer plans ahead by bytes as well as by entries: a repository of large
@@ -245,13 +275,7 @@ fn the_writers_look_ahead_is_bounded_in_bytes() {
 /// going whole.
 #[test]
 fn a_delta_whose_base_is_not_sent_is_made_again_against_one_that_is() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("r.git");
-    let work = dir.path().join("work");
-    git(
-        dir.path(),
-        &["init", "-q", "-b", "main", work.to_str().unwrap()],
-    );
+    let (_dir, work, path) = work_tree();
     let shared: String = (0..400)
         .map(|i| {
             format!(
@@ -281,17 +305,7 @@ fn a_delta_whose_base_is_not_sent_is_made_again_against_one_that_is() {
     commit(&side, "side");
     git(&work, &["checkout", "-q", "main"]);
     commit(&second, "second");
-    git(
-        dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            path.to_str().unwrap(),
-        ],
-    );
-    git(&path, &["repack", "-adfq", "--window=10", "--depth=50"]);
+    bare_packed_copy(&work, &path);
 
     let blob = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
     let (first_id, side_id, second_id) =
@@ -347,12 +361,219 @@ fn a_delta_whose_base_is_not_sent_is_made_again_against_one_that_is() {
             &["index-pack", "--strict", "--stdin"]
         };
         gitcache_testkit::git::git_with_input(&client, args, &pack);
-        git(
-            &client,
-            &["update-ref", "refs/heads/main", &main[0].to_string()],
-        );
-        git(&client, &["fsck", "--strict", "--no-progress"]);
+        assert_complete_at(&client, &main[0]);
         let content = git(&client, &["cat-file", "blob", &second_id]);
         assert_eq!(content, second);
     }
+}
+
+/// Offset and delta base of each object of a pack, from `git verify-pack -v`.
+fn layout(repo: &Path, idx: &Path) -> std::collections::HashMap<String, (u64, Option<String>)> {
+    git(repo, &["verify-pack", "-v", idx.to_str().unwrap()])
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() >= 5 && f[0].len() == 40).then(|| {
+                (
+                    f[0].to_owned(),
+                    (f[4].parse().unwrap(), f.get(6).map(|b| (*b).to_owned())),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Issue 16: an answer the bitmaps select is written by copying runs of the stored pack
+/// (git's pack reuse), offset deltas whose base moved nearer across left-out entries given
+/// the shorter distance; entries whose base is not copied are written after, one by one.
+#[test]
+fn bitmap_answers_copy_runs_of_the_stored_pack() {
+    let (dir, path) = packed_repo(34);
+    git(&path, &["repack", "-adbq"]);
+    let repo = Repository::open(&path).unwrap();
+    let all = oids(&git(&path, &["for-each-ref", "--format=%(objectname)"]));
+    let stored = layout(&path, &pack_file(&path).with_extension("idx"));
+
+    let receive = |name: &str, pack: &[u8], args: &[&str]| {
+        let client = dir.path().join(name);
+        git(
+            dir.path(),
+            &["init", "-q", "--bare", client.to_str().unwrap()],
+        );
+        let mut index = vec!["index-pack"];
+        index.extend_from_slice(args);
+        index.extend(["--stdin", "objects/pack/pack-received.pack"]);
+        gitcache_testkit::git::git_with_input(&client, &index, pack);
+        (
+            client.clone(),
+            layout(&client, &client.join("objects/pack/pack-received.idx")),
+        )
+    };
+
+    // Trees without blobs: the blobs between them in the stored pack are gaps.
+    let mut no_blobs = clone_request(all.clone());
+    no_blobs.filter = Some(gitcache_protocol::filter::Filter::BlobNone);
+    let (whole, stats, pack) = send(&repo, &no_blobs);
+    assert!(!whole);
+    assert!(
+        stats.pack_reused > 0 && stats.reused_deltas > 0,
+        "{stats:?}"
+    );
+    let (_, received) = receive("no-blobs.git", &pack, &["--fsck-objects"]);
+    let expected = git(
+        &path,
+        &["rev-list", "--objects", "--all", "--filter=blob:none"],
+    )
+    .lines()
+    .count();
+    assert_eq!(received.len(), expected);
+    let distance = |objects: &std::collections::HashMap<String, (u64, Option<String>)>,
+                    id: &str| {
+        let (offset, base) = &objects[id];
+        base.as_ref().map(|b| offset - objects[b].0)
+    };
+    let (mut same, mut nearer) = (0, 0);
+    for id in received.keys() {
+        if let (Some(now), Some(before)) = (distance(&received, id), distance(&stored, id))
+            && received[id].1 == stored[id].1
+        {
+            assert!(
+                now <= before,
+                "{id}: a copied delta moved away from its base"
+            );
+            if now == before {
+                same += 1
+            } else {
+                nearer += 1
+            }
+        }
+    }
+    assert!(
+        nearer > 0 && same > 0,
+        "{nearer} deltas moved nearer, {same} kept"
+    );
+
+    // One branch after some of its history: what the client has is left out, and deltas on
+    // it go after the copied runs, against bases the client has (a thin pack).
+    let main = oids(&git(&path, &["rev-parse", "main"]));
+    let mut fetch = clone_request(main.clone());
+    fetch.haves = oids(&git(&path, &["rev-parse", "main~5"]));
+    let (_, stats, pack) = send(&repo, &fetch);
+    assert!(stats.pack_reused > 0, "{stats:?}");
+    let client = dir.path().join("has.git");
+    git(&path, &["branch", "old", "main~5"]);
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            "--no-local",
+            "--single-branch",
+            "--branch",
+            "old",
+            path.to_str().unwrap(),
+            client.to_str().unwrap(),
+        ],
+    );
+    gitcache_testkit::git::git_with_input(
+        &client,
+        &["index-pack", "--strict", "--fix-thin", "--stdin"],
+        &pack,
+    );
+    assert_complete_at(&client, &main[0]);
+    assert_eq!(
+        git(&client, &["rev-list", "--objects", "main"])
+            .lines()
+            .count(),
+        git(&path, &["rev-list", "--objects", "main"])
+            .lines()
+            .count()
+    );
+
+    // A client that takes no offset deltas is sent object by object.
+    let mut by_ref = clone_request(main.clone());
+    by_ref.ofs_delta = false;
+    let (_, stats, pack) = send(&repo, &by_ref);
+    assert_eq!(stats.pack_reused, 0, "{stats:?}");
+    let (client, received) = receive("by-ref.git", &pack, &["--strict"]);
+    assert_eq!(
+        received.len(),
+        git(&path, &["rev-list", "--objects", "main"])
+            .lines()
+            .count()
+    );
+    assert_complete_at(&client, &main[0]);
+}
+
+/// Issue 16: when nothing down a stored delta's chain is sent (a depth-1 clone of a file whose
+/// base version is only in history), the new delta is made against a sent object of the same
+/// stored delta tree: here a sibling stored against the same base.
+#[test]
+fn a_delta_with_nothing_sent_down_its_chain_is_made_against_a_sibling() {
+    let (dir, work, path) = work_tree();
+    let lines = |word: &str, n: usize| -> String {
+        (0..n)
+            .map(|i| format!("{word} line {i}, {}\n", i * 7919 % 10007))
+            .collect()
+    };
+    let shared = lines("shared", 400);
+    let (a, b) = (lines("alpha", 40), lines("beta", 40));
+    // The old version holds both parts, so git makes it the base of both new files, and
+    // neither new file a delta against the other (each lacks the other's part).
+    let old = format!("{shared}{a}{b}");
+    let x = format!("{shared}{a}x\n");
+    let y = format!("{shared}{b}y\n");
+    std::fs::write(work.join("old.txt"), &old).unwrap();
+    gitcache_testkit::git::commit_all(&work, "old");
+    std::fs::remove_file(work.join("old.txt")).unwrap();
+    std::fs::write(work.join("x.txt"), &x).unwrap();
+    std::fs::write(work.join("y.txt"), &y).unwrap();
+    gitcache_testkit::git::commit_all(&work, "new");
+    bare_packed_copy(&work, &path);
+
+    let blob = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let (old_id, x_id, y_id) = (
+        blob("main~1:old.txt"),
+        blob("main:x.txt"),
+        blob("main:y.txt"),
+    );
+    let stored = layout(&path, &pack_file(&path).with_extension("idx"));
+    assert_eq!(stored[&x_id].1.as_ref(), Some(&old_id), "{stored:?}");
+    assert_eq!(stored[&y_id].1.as_ref(), Some(&old_id), "{stored:?}");
+    assert_eq!(stored[&old_id].1, None, "{stored:?}");
+
+    let repo = Repository::open(&path).unwrap();
+    let main = oids(&git(&path, &["rev-parse", "main"]));
+    let mut fetch = clone_request(main.clone());
+    fetch.deepen = Some(1);
+    let (_, stats, pack) = send(&repo, &fetch);
+    assert_eq!(stats.objects, 4, "{stats:?}");
+    assert_eq!(stats.new_deltas, 1, "{stats:?}");
+    let client = dir.path().join("c.git");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", client.to_str().unwrap()],
+    );
+    gitcache_testkit::git::git_with_input(
+        &client,
+        &[
+            "index-pack",
+            "--fsck-objects",
+            "--stdin",
+            "objects/pack/pack-received.pack",
+        ],
+        &pack,
+    );
+    let received = layout(&client, &client.join("objects/pack/pack-received.idx"));
+    let based: Vec<_> = [&x_id, &y_id]
+        .into_iter()
+        .filter_map(|id| Some((id.clone(), received[id].1.clone()?)))
+        .collect();
+    assert!(
+        based == [(x_id.clone(), y_id.clone())] || based == [(y_id.clone(), x_id.clone())],
+        "one file a delta against the other: {received:?}"
+    );
+    assert_eq!(git(&client, &["cat-file", "blob", &x_id]), x);
+    assert_eq!(git(&client, &["cat-file", "blob", &y_id]), y);
 }

@@ -1,0 +1,270 @@
+//! The delta forest of a stored pack: which entry each delta is stored against, and back.
+//!
+//! Objects one delta tree holds are versions of one file or directory, or of files much like
+//! each other: git put them there because their deltas were small. When a stored delta's base
+//! is not sent (a shallow clone, a client without thin packs), the best bases for a new delta
+//! are most often the objects nearest to it in its tree that are sent. The writer looks for
+//! them here, a few steps around the object, instead of searching a window of all objects.
+
+use gix_pack::data::entry::Header;
+
+use crate::Error;
+use crate::packs::{RevIndex, StoredPack};
+
+/// No base: stored whole, or a base this pack does not hold.
+const NONE: u32 = u32::MAX;
+/// Depths are counted up to this (git's own limit is 4095).
+const MAX_DEPTH: usize = 4096;
+
+/// Entry headers of a pack file read in order through one buffer: the file is not mapped,
+/// so reading every header does not make the whole pack resident in the process.
+pub(crate) struct Headers {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    /// The file offset of `buf[0]`, and how many bytes of `buf` hold data.
+    start: u64,
+    len: usize,
+}
+
+/// The longest entry header: type and size (at most 10 bytes), then a base's distance (at
+/// most 10) or id (at most 32).
+const MAX_HEADER: u64 = 64;
+const HEADERS_BUFFER: usize = 256 << 10;
+
+impl Headers {
+    pub(crate) fn open(path: &std::path::Path) -> Result<Headers, Error> {
+        Ok(Headers {
+            file: std::fs::File::open(path)?,
+            buf: vec![0; HEADERS_BUFFER],
+            start: 0,
+            len: 0,
+        })
+    }
+
+    /// The bytes from `offset` on: at least an entry header's worth, unless the file ends.
+    /// `next` is where the following entry starts: past a large entry, only its header is
+    /// read.
+    pub(crate) fn at(&mut self, offset: u64, next: u64) -> Result<&[u8], Error> {
+        let end = self.start + self.len as u64;
+        if offset < self.start || offset.saturating_add(MAX_HEADER) > end {
+            let want = if next.saturating_sub(offset) > self.buf.len() as u64 {
+                MAX_HEADER as usize
+            } else {
+                self.buf.len()
+            };
+            self.start = offset;
+            self.len = 0;
+            while self.len < want {
+                let read = std::os::unix::fs::FileExt::read_at(
+                    &self.file,
+                    &mut self.buf[self.len..want],
+                    offset.saturating_add(self.len as u64),
+                )?;
+                if read == 0 {
+                    break;
+                }
+                self.len += read;
+            }
+        }
+        let from = (offset - self.start) as usize;
+        Ok(&self.buf[from..self.len])
+    }
+}
+
+/// Packs of more objects than this get no forest: it takes 12 bytes per object for the life
+/// of the repository handle (48 MiB at this bound), and reading it every header.
+pub(crate) const MAX_OBJECTS: usize = 4 << 20;
+
+/// Each entry's stored base and deltas, by pack position.
+#[derive(Debug)]
+pub(crate) struct DeltaForest {
+    base: Vec<u32>,
+    /// The deltas of position `p` are `children[first[p]..first[p + 1]]`.
+    first: Vec<u32>,
+    children: Vec<u32>,
+}
+
+impl DeltaForest {
+    /// Read every entry header of `pack` (nothing is inflated).
+    pub(crate) fn build(
+        pack: &StoredPack,
+        rev: &RevIndex,
+        hash: gix_hash::Kind,
+    ) -> Result<DeltaForest, Error> {
+        let n = rev.len();
+        if n > MAX_OBJECTS {
+            return Err(Error::Odb {
+                message: format!("{n} objects: too many for a delta forest"),
+            });
+        }
+        let mut base = vec![NONE; n];
+        let mut headers = Headers::open(&pack.pack)?;
+        let mut next = if n > 0 { rev.offset(pack, 0) } else { 0 };
+        for (p, slot) in base.iter_mut().enumerate() {
+            let offset = next;
+            next = if p + 1 < n {
+                rev.offset(pack, p + 1)
+            } else {
+                u64::MAX
+            };
+            let entry = gix_pack::data::Entry::from_bytes(headers.at(offset, next)?, offset, hash)
+                .map_err(Error::odb)?;
+            let found = match entry.header {
+                Header::OfsDelta { base_distance } => offset
+                    .checked_sub(base_distance)
+                    .and_then(|at| rev.position_before(pack, p, at)),
+                Header::RefDelta { base_id } => pack
+                    .index
+                    .lookup(base_id)
+                    .and_then(|i| rev.pack_position(&pack.index, i))
+                    .filter(|&b| b != p),
+                _ => None,
+            };
+            if let Some(b) = found {
+                *slot = b as u32;
+            }
+        }
+        let mut first = vec![0u32; n + 1];
+        for &b in &base {
+            if b != NONE {
+                first[b as usize + 1] += 1;
+            }
+        }
+        for p in 0..n {
+            first[p + 1] += first[p];
+        }
+        let mut fill = first.clone();
+        let mut children = vec![0u32; first[n] as usize];
+        for (p, &b) in base.iter().enumerate() {
+            if b != NONE {
+                let at = &mut fill[b as usize];
+                children[*at as usize] = p as u32;
+                *at += 1;
+            }
+        }
+        Ok(DeltaForest {
+            base,
+            first,
+            children,
+        })
+    }
+
+    /// The base of `p` and, if `below`, its deltas.
+    fn neighbours(&self, p: usize, below: bool) -> impl Iterator<Item = usize> + '_ {
+        let up = self
+            .base
+            .get(p)
+            .filter(|&&b| b != NONE)
+            .map(|&b| b as usize);
+        let down = self
+            .first
+            .get(p)
+            .zip(self.first.get(p + 1))
+            .filter(|_| below)
+            .map_or(&[][..], |(&a, &b)| &self.children[a as usize..b as usize]);
+        up.into_iter().chain(down.iter().map(|&c| c as usize))
+    }
+
+    /// The position of the entry `p` is stored against, if in this pack.
+    pub(crate) fn base(&self, p: usize) -> Option<usize> {
+        self.base
+            .get(p)
+            .filter(|&&b| b != NONE)
+            .map(|&b| b as usize)
+    }
+
+    /// How many deltas lie below position `p`'s entry in its stored chain (0 if whole).
+    pub(crate) fn depth(&self, p: usize) -> usize {
+        let mut depth = 0;
+        let mut at = p;
+        while let Some(&b) = self.base.get(at).filter(|&&b| b != NONE) {
+            depth += 1;
+            at = b as usize;
+            // Bases by id could make a cycle in a damaged pack.
+            if depth >= MAX_DEPTH {
+                break;
+            }
+        }
+        depth
+    }
+
+    /// Up to `most` positions of `p`'s delta tree that `usable` accepts, nearest first
+    /// (breadth first through bases and deltas), looking at no more than `visits` positions;
+    /// none stored below `p`.
+    pub(crate) fn nearest(
+        &self,
+        p: usize,
+        most: usize,
+        visits: usize,
+        mut usable: impl FnMut(usize) -> bool,
+    ) -> Vec<usize> {
+        let mut found = Vec::new();
+        let mut queue = std::collections::VecDeque::from([p]);
+        let mut seen = vec![p];
+        let mut visited = 0;
+        while let Some(at) = queue.pop_front() {
+            visited += 1;
+            if at != p && usable(at) {
+                found.push(at);
+                if found.len() == most {
+                    break;
+                }
+            }
+            if visited >= visits {
+                break;
+            }
+            // Nothing below `p`: an object stored as a delta against it (or against one of
+            // those), copied as it is, needs `p` written first, and a new delta of `p` against
+            // it would make a cycle that leaves one of them whole.
+            // A base with a great many deltas is not walked past the bound.
+            for next in self.neighbours(at, at != p) {
+                if seen.len() >= visits {
+                    break;
+                }
+                if !seen.contains(&next) {
+                    seen.push(next);
+                    queue.push_back(next);
+                }
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DeltaForest, NONE};
+
+    /// A forest from each position's base.
+    fn forest(base: &[u32]) -> DeltaForest {
+        let n = base.len();
+        let mut first = vec![0u32; n + 1];
+        let mut children = Vec::new();
+        for (p, start) in first.iter_mut().take(n).enumerate() {
+            *start = children.len() as u32;
+            children.extend((0..n as u32).filter(|&c| base[c as usize] == p as u32));
+        }
+        first[n] = children.len() as u32;
+        DeltaForest {
+            base: base.to_vec(),
+            first,
+            children,
+        }
+    }
+
+    #[test]
+    fn the_nearest_usable_positions_come_first() {
+        // 0 ← 1 ← 2 ← 3, and 0 ← 4 ← 5; 6 alone.
+        let f = forest(&[NONE, 0, 1, 2, 0, 4, NONE]);
+        assert_eq!(f.nearest(3, 3, 64, |_| true), vec![2, 1, 0]);
+        assert_eq!(f.nearest(3, 3, 64, |q| q >= 4), vec![4, 5]);
+        assert_eq!(f.nearest(6, 3, 64, |_| true), Vec::<usize>::new());
+        // Bounded: two visits see 3 and 2 only.
+        assert_eq!(f.nearest(3, 3, 2, |_| true), vec![2]);
+        // Nothing stored below the object: 2 and 3 depend on 1.
+        assert_eq!(f.nearest(1, 5, 64, |_| true), vec![0, 4, 5]);
+        assert_eq!(f.depth(3), 3);
+        assert_eq!(f.depth(0), 0);
+        assert_eq!(f.depth(5), 2);
+    }
+}
