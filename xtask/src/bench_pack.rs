@@ -255,6 +255,17 @@ pub(crate) fn requests(
                     ..base.clone()
                 },
             ));
+            // The same objects for a client that takes no thin pack: objects whose stored
+            // base it has need new bases among those sent.
+            cases.push((
+                "5,000 chained wants, one old have, no thin-pack",
+                Fetch {
+                    wants: wants.to_vec(),
+                    haves: vec![*have],
+                    thin_pack: false,
+                    ..base.clone()
+                },
+            ));
         }
     }
     cases.push((

@@ -99,20 +99,17 @@ impl DeltaForest {
         }
         let mut base = vec![NONE; n];
         let mut headers = Headers::open(&pack.pack)?;
-        let mut next = if n > 0 { rev.offset(pack, 0) } else { 0 };
+        // Every entry's offset, in pack order: bases are found by binary search in it.
+        let offsets: Vec<u64> = (0..n).map(|p| rev.offset(pack, p)).collect();
         for (p, slot) in base.iter_mut().enumerate() {
-            let offset = next;
-            next = if p + 1 < n {
-                rev.offset(pack, p + 1)
-            } else {
-                u64::MAX
-            };
+            let offset = offsets[p];
+            let next = offsets.get(p + 1).copied().unwrap_or(u64::MAX);
             let entry = gix_pack::data::Entry::from_bytes(headers.at(offset, next)?, offset, hash)
                 .map_err(Error::odb)?;
             let found = match entry.header {
                 Header::OfsDelta { base_distance } => offset
                     .checked_sub(base_distance)
-                    .and_then(|at| rev.position_before(pack, p, at)),
+                    .and_then(|at| offsets[..p].binary_search(&at).ok()),
                 Header::RefDelta { base_id } => pack
                     .index
                     .lookup(base_id)

@@ -303,6 +303,11 @@ impl RevIndex {
         })
     }
 
+    /// The delta forest of `pack`, if it was read already.
+    pub(crate) fn built_forest(&self) -> Option<&crate::forest::DeltaForest> {
+        self.forest.get().and_then(Option::as_ref)
+    }
+
     /// The delta forest of `pack` (this reverse index's pack), read once.
     pub(crate) fn forest(
         &self,

@@ -57,6 +57,9 @@ const TREE_VISITS: usize = 128;
 /// Bases from the delta tree deeper than this in their stored chain are passed over: a new
 /// delta adds one to its base's chain (git's default limit is 50).
 const TREE_BASE_DEPTH: usize = 40;
+/// An answer of at least one object in this many of a pack's has the pack's delta forest read
+/// (once for the repository handle), if it was not already.
+const FOREST_SHARE: usize = 16;
 /// Objects larger than this get one new delta tried, not one per candidate base.
 const LARGE_DELTA_OBJECT: u64 = 1 << 20;
 /// Bytes of objects and bases one pack's new deltas may look at (each try counts both): the
@@ -543,10 +546,15 @@ impl<'a> PackWriter<'a> {
             return Vec::new();
         };
         let rev = self.rev.get(pack, hash);
-        let (Some(p), Some(forest)) = (
-            rev.pack_position(&pack.index, index),
-            rev.forest(pack, hash),
-        ) else {
+        // Reading the forest means reading every entry header of the pack: not for an answer
+        // of a small part of it, unless it was read already.
+        let sent = in_pack.listed.len() + in_pack.copied.as_ref().map_or(0, |c| c.count);
+        let forest = match rev.built_forest() {
+            Some(forest) => Some(forest),
+            None if sent.saturating_mul(FOREST_SHARE) >= rev.len() => rev.forest(pack, hash),
+            None => None,
+        };
+        let (Some(p), Some(forest)) = (rev.pack_position(&pack.index, index), forest) else {
             return Vec::new();
         };
         let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
