@@ -121,22 +121,27 @@ impl DeltaForest {
                 *slot = b as u32;
             }
         }
+        drop(offsets);
+        // Each position's count of deltas, then where its range ends; then each delta put
+        // from the end of its base's range down, which leaves `first[b]` at the range's start
+        // (no second table).
         let mut first = vec![0u32; n + 1];
         for &b in &base {
             if b != NONE {
-                first[b as usize + 1] += 1;
+                first[b as usize] += 1;
             }
         }
-        for p in 0..n {
-            first[p + 1] += first[p];
+        let mut total = 0;
+        for end in first.iter_mut() {
+            total += *end;
+            *end = total;
         }
-        let mut fill = first.clone();
-        let mut children = vec![0u32; first[n] as usize];
-        for (p, &b) in base.iter().enumerate() {
+        let mut children = vec![0u32; total as usize];
+        for (p, &b) in base.iter().enumerate().rev() {
             if b != NONE {
-                let at = &mut fill[b as usize];
+                let at = &mut first[b as usize];
+                *at -= 1;
                 children[*at as usize] = p as u32;
-                *at += 1;
             }
         }
         Ok(DeltaForest {
