@@ -736,21 +736,29 @@ pub(crate) fn reach(
         trees.push(parsed.tree);
         commits.extend(parsed.parents.clone());
     }
-    while let Some(tree) = trees.pop() {
-        match note(&mut bits, pos.of(&tree), 1) {
-            None => return Ok(None),
-            Some(false) => continue,
-            Some(true) => {}
-        }
-        for entry in objects.tree(&tree)? {
-            match entry.kind {
-                EntryKind::Tree => trees.push(entry.oid),
-                EntryKind::Blob => {
-                    if note(&mut bits, pos.of(&entry.oid), 2).is_none() {
-                        return Ok(None);
+    // Root trees in the order their commits were met, newest first, each one's subtrees
+    // before the next. Stored trees are deltas against newer versions, and the object cache
+    // keeps what was read, not the bases it went through: oldest first, every tree's chain
+    // was resolved from its far end again (most of the time of writing bitmaps).
+    let mut stack = Vec::new();
+    for root in trees {
+        stack.push(root);
+        while let Some(tree) = stack.pop() {
+            match note(&mut bits, pos.of(&tree), 1) {
+                None => return Ok(None),
+                Some(false) => continue,
+                Some(true) => {}
+            }
+            for entry in objects.tree(&tree)? {
+                match entry.kind {
+                    EntryKind::Tree => stack.push(entry.oid),
+                    EntryKind::Blob => {
+                        if note(&mut bits, pos.of(&entry.oid), 2).is_none() {
+                            return Ok(None);
+                        }
                     }
+                    EntryKind::Gitlink => {}
                 }
-                EntryKind::Gitlink => {}
             }
         }
     }

@@ -711,7 +711,7 @@ impl Repository {
         let rev = self.rev_cache().get(pack, self.object_format());
         let reuse = old_index.and_then(|path| bitmap::Loaded::replaced(path, self.object_format()));
         let written = bitmap::write(
-            &mut self.objects(),
+            &mut self.objects_for_history(),
             pack,
             rev,
             self.object_format(),
