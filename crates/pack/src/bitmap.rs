@@ -28,6 +28,9 @@ const OPT_LOOKUP_TABLE: u16 = 0x10;
 const TABLE_ROW: usize = 16;
 /// No XOR base, in a lookup table row.
 const NO_ROW: u32 = u32::MAX;
+/// Bytes of decoded objects kept while writing bitmaps, every base of a delta chain included
+/// (git keeps 96 MiB).
+const HISTORY_CACHE_BYTES: usize = 64 << 20;
 /// How far back a bitmap's XOR base may be (git's limit too).
 const MAX_XOR_OFFSET: usize = 10;
 
@@ -667,6 +670,19 @@ pub(crate) fn reach(
     pos: &Positions,
     known: &dyn Known,
     tips: &[ObjectId],
+    types: Option<&mut [Bits; 4]>,
+    seed: Option<&Bits>,
+) -> Result<Option<Bits>, Error> {
+    reach_reading(objects, None, pos, known, tips, types, seed)
+}
+
+/// [`reach`], reading the pack's trees with `chains` where it can.
+fn reach_reading(
+    objects: &mut Objects,
+    mut chains: Option<&mut crate::chains::ChainReader<'_>>,
+    pos: &Positions,
+    known: &dyn Known,
+    tips: &[ObjectId],
     mut types: Option<&mut [Bits; 4]>,
     seed: Option<&Bits>,
 ) -> Result<Option<Bits>, Error> {
@@ -741,15 +757,32 @@ pub(crate) fn reach(
     // keeps what was read, not the bases it went through: oldest first, every tree's chain
     // was resolved from its far end again (most of the time of writing bitmaps).
     let mut stack = Vec::new();
+    let mut buf = Vec::new();
     for root in trees {
         stack.push(root);
         while let Some(tree) = stack.pop() {
-            match note(&mut bits, pos.of(&tree), 1) {
+            let p = pos.of(&tree);
+            match note(&mut bits, p, 1) {
                 None => return Ok(None),
                 Some(false) => continue,
                 Some(true) => {}
             }
-            for entry in objects.tree(&tree)? {
+            let read = match (chains.as_deref_mut(), p) {
+                (Some(chains), Some(p)) => chains.read(p, &mut buf)?,
+                _ => None,
+            };
+            let entries = match read {
+                Some(gix_object::Kind::Tree) => crate::objects::parse_tree(&buf, objects.hash())
+                    .map_err(|reason| Error::Corrupt { oid: tree, reason })?,
+                Some(_) => {
+                    return Err(Error::Corrupt {
+                        oid: tree,
+                        reason: "expected a tree".into(),
+                    });
+                }
+                None => objects.tree(&tree)?,
+            };
+            for entry in entries {
                 match entry.kind {
                     EntryKind::Tree => stack.push(entry.oid),
                     EntryKind::Blob => {
@@ -878,7 +911,8 @@ pub(crate) fn write(
     spacing: usize,
     reuse: Option<Arc<Loaded>>,
 ) -> Result<Option<crate::BitmapsWritten>, Error> {
-    let pos = Positions::new(pack, rev).with_map();
+    let mut chains = crate::chains::ChainReader::new(pack, &rev, hash, HISTORY_CACHE_BYTES);
+    let pos = Positions::new(pack, Arc::clone(&rev)).with_map();
     let n = pos.len();
     let reused = reuse.map(|old| Reused::new(old, &pos));
 
@@ -955,7 +989,16 @@ pub(crate) fn write(
             reused: reused.as_ref(),
             objects: n,
         };
-        let Some(bits) = reach(objects, &pos, &both, &[*commit], Some(&mut types), None)? else {
+        let Some(bits) = reach_reading(
+            objects,
+            chains.as_mut(),
+            &pos,
+            &both,
+            &[*commit],
+            Some(&mut types),
+            None,
+        )?
+        else {
             return Ok(None);
         };
         known.insert(*commit, Arc::new(bits));
@@ -966,7 +1009,16 @@ pub(crate) fn write(
         reused: reused.as_ref(),
         objects: n,
     };
-    let Some(all) = reach(objects, &pos, &both, tips, Some(&mut types), None)? else {
+    let Some(all) = reach_reading(
+        objects,
+        chains.as_mut(),
+        &pos,
+        &both,
+        tips,
+        Some(&mut types),
+        None,
+    )?
+    else {
         return Ok(None);
     };
     // Types seen only through stored bitmaps were noted when those were made.

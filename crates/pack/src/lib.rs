@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 mod bitmap;
+mod chains;
 pub mod checkout;
 mod closed;
 mod delta;

@@ -1,0 +1,172 @@
+//! Reading the objects of one stored pack across the whole history, every base of a delta
+//! chain kept on the way (as git's delta-base cache keeps them).
+//!
+//! gitoxide's object cache keeps the objects asked for, not the bases resolved to make them.
+//! Trees are stored as deltas of their newer versions, so reading a history's trees from
+//! older to newer resolved each one's chain from its far end again. Here each link of the
+//! chain is decoded once and kept, in a cache bounded in bytes, so the next object whose
+//! chain passes through it starts there. Used for writing bitmaps.
+
+use gix_pack::cache::DecodeEntry as _;
+use gix_pack::data::entry::Header;
+
+use crate::Error;
+use crate::forest::DeltaForest;
+use crate::packs::{RevIndex, StoredPack};
+
+/// The longest chain followed (git's own limit on what it writes is 4095).
+const MAX_CHAIN: usize = 4096;
+/// Objects larger than this are left to the object database (and not kept here).
+const MAX_OBJECT: u64 = 64 << 20;
+
+/// Reads objects of `pack` by pack position.
+pub(crate) struct ChainReader<'a> {
+    pack: &'a StoredPack,
+    rev: &'a RevIndex,
+    forest: &'a DeltaForest,
+    data: gix_pack::data::File,
+    cache: gix_pack::cache::lru::MemoryCappedHashmap,
+    inflate: gix_zlib::Inflate,
+    delta: Vec<u8>,
+    chain: Vec<(usize, gix_pack::data::Entry)>,
+}
+
+impl<'a> ChainReader<'a> {
+    /// A reader keeping up to `cache_bytes` of decoded objects; `None` when the pack's delta
+    /// forest cannot be read.
+    pub(crate) fn new(
+        pack: &'a StoredPack,
+        rev: &'a RevIndex,
+        hash: gix_hash::Kind,
+        cache_bytes: usize,
+    ) -> Option<ChainReader<'a>> {
+        let forest = rev.forest(pack, hash)?;
+        let data = gix_pack::data::File::at(&pack.pack, hash).ok()?;
+        Some(ChainReader {
+            pack,
+            rev,
+            forest,
+            data,
+            cache: gix_pack::cache::lru::MemoryCappedHashmap::new(cache_bytes),
+            inflate: gix_zlib::Inflate::default(),
+            delta: Vec::new(),
+            chain: Vec::new(),
+        })
+    }
+
+    /// The object at pack position `p` into `out`, with its kind; `None` if it is not read
+    /// this way (too large, or a delta against an object outside the pack), and the caller
+    /// reads it from the object database.
+    pub(crate) fn read(
+        &mut self,
+        p: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<gix_object::Kind>, Error> {
+        self.chain.clear();
+        let mut at = p;
+        // Up the chain to an object kept already, or to the whole object at its end.
+        let kind = loop {
+            if at >= self.rev.len() || self.chain.len() > MAX_CHAIN {
+                return Ok(None);
+            }
+            let offset = self.rev.offset(self.pack, at);
+            if let Some((kind, _)) = self.cache.get(0, offset, out) {
+                break kind;
+            }
+            let entry = self.data.entry(offset).map_err(Error::odb)?;
+            if entry.decompressed_size > MAX_OBJECT {
+                return Ok(None);
+            }
+            match entry.header {
+                Header::OfsDelta { .. } | Header::RefDelta { .. } => {
+                    let Some(base) = self.forest.base(at) else {
+                        return Ok(None);
+                    };
+                    self.chain.push((at, entry));
+                    at = base;
+                }
+                header => {
+                    let Some(kind) = header.as_kind() else {
+                        return Ok(None);
+                    };
+                    decompress(&self.data, &entry, &mut self.inflate, out)?;
+                    self.cache.put(0, offset, out, kind, 0);
+                    break kind;
+                }
+            }
+        };
+        // Down again, each link applied and kept.
+        while let Some((q, entry)) = self.chain.pop() {
+            decompress(&self.data, &entry, &mut self.inflate, &mut self.delta)?;
+            *out = crate::delta::apply(out, &self.delta).map_err(|reason| Error::Odb {
+                message: format!(
+                    "{}: the delta at offset {}: {reason}",
+                    self.pack.pack.display(),
+                    self.rev.offset(self.pack, q)
+                ),
+            })?;
+            if (out.len() as u64) > MAX_OBJECT {
+                return Ok(None);
+            }
+            self.cache
+                .put(0, self.rev.offset(self.pack, q), out, kind, 0);
+        }
+        Ok(Some(kind))
+    }
+}
+
+/// The data of `entry` (a whole object's, or a delta's instructions), inflated into `out`.
+fn decompress(
+    data: &gix_pack::data::File,
+    entry: &gix_pack::data::Entry,
+    inflate: &mut gix_zlib::Inflate,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let size = usize::try_from(entry.decompressed_size).map_err(|_| Error::Odb {
+        message: "an entry too large for memory".into(),
+    })?;
+    out.clear();
+    out.resize(size, 0);
+    data.decompress_entry(entry, inflate, out)
+        .map_err(Error::odb)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChainReader;
+    use crate::Repository;
+
+    /// Every object of a pack with deep delta chains, read by position in an order that
+    /// starts chains in the middle (every third position, from each of the first three), is the object
+    /// the object database reads, with a cache small enough to drop bases on the way.
+    #[test]
+    fn objects_read_along_their_chains_are_the_stored_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.git");
+        gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::small(7))
+            .unwrap();
+        gitcache_testkit::git::git_stdout(&path, &["repack", "-adfq", "--depth=50"]);
+        let repo = Repository::open(&path).unwrap();
+        let packs = repo.stored_packs().unwrap();
+        let pack = &packs[0];
+        let hash = repo.object_format();
+        let rev = repo.rev_cache().get(pack, hash);
+        let mut reader = ChainReader::new(pack, &rev, hash, 64 << 10).unwrap();
+        let mut objects = repo.objects();
+        let mut out = Vec::new();
+        let (mut read, mut deltas) = (0, 0);
+        for start in 0..3 {
+            for p in (start..rev.len()).step_by(3) {
+                let oid = pack.index.oid_at_index(rev.at(p)).to_owned();
+                let kind = reader.read(p, &mut out).unwrap().expect("read by position");
+                let (expected_kind, expected) = objects.read(&oid).unwrap();
+                assert_eq!((kind, out.as_slice()), (expected_kind, expected), "{oid}");
+                read += 1;
+                deltas += usize::from(rev.forest(pack, hash).unwrap().base(p).is_some());
+            }
+        }
+        assert_eq!(read, rev.len(), "each position once");
+        assert!(deltas > read / 4, "{deltas} of {read} are deltas");
+    }
+}
