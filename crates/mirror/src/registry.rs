@@ -66,11 +66,18 @@ pub struct Registry {
     /// Refreshes of different mirrors running at once (each may download a whole
     /// repository, and goes on when its client leaves).
     refreshes: Arc<tokio::sync::Semaphore>,
+    /// Bitmap writers of different mirrors running at once: each holds up to a few hundred
+    /// MiB (a cache of decoded trees, the pack's delta tree, the bitmaps) and a core for
+    /// seconds to minutes, and mirrors opened together would otherwise all start one.
+    bitmap_writers: Arc<tokio::sync::Semaphore>,
     /// The object store mirrors are committed to, when instances share one.
     shared: Option<Shared>,
     /// Leases that let one instance at a time refresh or maintain a shared mirror.
     leases: Option<(Arc<dyn Leases>, Duration)>,
 }
+
+/// Bitmap writers running at once in the process, whatever the mirrors.
+const CONCURRENT_BITMAP_WRITERS: usize = 1;
 
 /// How often an instance waiting for another's refresh asks whether the lease is free.
 const LEASE_POLL: Duration = Duration::from_millis(200);
@@ -109,6 +116,7 @@ impl Registry {
             slots: Mutex::new(HashMap::new()),
             consolidate_after: DEFAULT_CONSOLIDATE_AFTER,
             refreshes: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_REFRESHES)),
+            bitmap_writers: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_BITMAP_WRITERS)),
             shared: None,
             leases: None,
         }
@@ -588,6 +596,10 @@ impl Registry {
         {
             let tips = done.tips.clone();
             let (slot, writer) = (Arc::clone(&slot), mirror.clone());
+            let _writer_permit = Arc::clone(&self.bitmap_writers)
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
             let written = tokio::task::spawn_blocking(move || {
                 // Waited for, not tried: the leftovers sweep holds it for a moment too (so as
                 // not to take a writer's temporary for a crash's), and a writer that gave up

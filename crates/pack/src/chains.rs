@@ -23,7 +23,9 @@ const MAX_OBJECT: u64 = 64 << 20;
 pub(crate) struct ChainReader<'a> {
     pack: &'a StoredPack,
     rev: &'a RevIndex,
-    forest: &'a DeltaForest,
+    hash: gix_hash::Kind,
+    /// Read at the first object asked for (a walk of a few new commits may need none).
+    forest: Option<Option<&'a DeltaForest>>,
     data: gix_pack::data::File,
     cache: gix_pack::cache::lru::MemoryCappedHashmap,
     inflate: gix_zlib::Inflate,
@@ -32,20 +34,20 @@ pub(crate) struct ChainReader<'a> {
 }
 
 impl<'a> ChainReader<'a> {
-    /// A reader keeping up to `cache_bytes` of decoded objects; `None` when the pack's delta
-    /// forest cannot be read.
+    /// A reader keeping up to `cache_bytes` of decoded objects; `None` when the pack cannot
+    /// be opened.
     pub(crate) fn new(
         pack: &'a StoredPack,
         rev: &'a RevIndex,
         hash: gix_hash::Kind,
         cache_bytes: usize,
     ) -> Option<ChainReader<'a>> {
-        let forest = rev.forest(pack, hash)?;
         let data = gix_pack::data::File::at(&pack.pack, hash).ok()?;
         Some(ChainReader {
             pack,
             rev,
-            forest,
+            hash,
+            forest: None,
             data,
             cache: gix_pack::cache::lru::MemoryCappedHashmap::new(cache_bytes),
             inflate: gix_zlib::Inflate::default(),
@@ -62,6 +64,13 @@ impl<'a> ChainReader<'a> {
         p: usize,
         out: &mut Vec<u8>,
     ) -> Result<Option<gix_object::Kind>, Error> {
+        let forest = match self.forest {
+            Some(forest) => forest,
+            None => *self.forest.insert(self.rev.forest(self.pack, self.hash)),
+        };
+        let Some(forest) = forest else {
+            return Ok(None);
+        };
         self.chain.clear();
         let mut at = p;
         // Up the chain to an object kept already, or to the whole object at its end.
@@ -79,9 +88,24 @@ impl<'a> ChainReader<'a> {
             }
             match entry.header {
                 Header::OfsDelta { .. } | Header::RefDelta { .. } => {
-                    let Some(base) = self.forest.base(at) else {
+                    let Some(base) = forest.base(at) else {
                         return Ok(None);
                     };
+                    // The base the entry names, checked: a wrong one of the same size would
+                    // make a plausible wrong object.
+                    let named = match entry.header {
+                        Header::OfsDelta { base_distance } => {
+                            offset.checked_sub(base_distance)
+                                == Some(self.rev.offset(self.pack, base))
+                        }
+                        Header::RefDelta { base_id } => {
+                            self.pack.index.oid_at_index(self.rev.at(base)) == base_id
+                        }
+                        _ => false,
+                    };
+                    if !named {
+                        return Ok(None);
+                    }
                     self.chain.push((at, entry));
                     at = base;
                 }
@@ -98,6 +122,11 @@ impl<'a> ChainReader<'a> {
         // Down again, each link applied and kept.
         while let Some((q, entry)) = self.chain.pop() {
             decompress(&self.data, &entry, &mut self.inflate, &mut self.delta)?;
+            // What the delta says it makes, before making it: a few bytes of instructions
+            // can state gigabytes of copies.
+            if crate::delta::target_size(&self.delta).is_none_or(|size| size > MAX_OBJECT) {
+                return Ok(None);
+            }
             *out = crate::delta::apply(out, &self.delta).map_err(|reason| Error::Odb {
                 message: format!(
                     "{}: the delta at offset {}: {reason}",
@@ -138,35 +167,42 @@ mod tests {
     use crate::Repository;
 
     /// Every object of a pack with deep delta chains, read by position in an order that
-    /// starts chains in the middle (every third position, from each of the first three), is the object
-    /// the object database reads, with a cache small enough to drop bases on the way.
+    /// starts chains in the middle (every third position, from each of the first three), is
+    /// the object the object database reads, with a cache small enough to drop bases on the
+    /// way: with bases named by offset, and by id.
     #[test]
     fn objects_read_along_their_chains_are_the_stored_objects() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.git");
-        gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::small(7))
-            .unwrap();
-        gitcache_testkit::git::git_stdout(&path, &["repack", "-adfq", "--depth=50"]);
-        let repo = Repository::open(&path).unwrap();
-        let packs = repo.stored_packs().unwrap();
-        let pack = &packs[0];
-        let hash = repo.object_format();
-        let rev = repo.rev_cache().get(pack, hash);
-        let mut reader = ChainReader::new(pack, &rev, hash, 64 << 10).unwrap();
-        let mut objects = repo.objects();
-        let mut out = Vec::new();
-        let (mut read, mut deltas) = (0, 0);
-        for start in 0..3 {
-            for p in (start..rev.len()).step_by(3) {
-                let oid = pack.index.oid_at_index(rev.at(p)).to_owned();
-                let kind = reader.read(p, &mut out).unwrap().expect("read by position");
-                let (expected_kind, expected) = objects.read(&oid).unwrap();
-                assert_eq!((kind, out.as_slice()), (expected_kind, expected), "{oid}");
-                read += 1;
-                deltas += usize::from(rev.forest(pack, hash).unwrap().base(p).is_some());
+        for by_offset in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("r.git");
+            gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::small(7))
+                .unwrap();
+            let offsets = format!("repack.useDeltaBaseOffset={by_offset}");
+            gitcache_testkit::git::git_stdout(
+                &path,
+                &["-c", &offsets, "repack", "-adfq", "--depth=50"],
+            );
+            let repo = Repository::open(&path).unwrap();
+            let packs = repo.stored_packs().unwrap();
+            let pack = &packs[0];
+            let hash = repo.object_format();
+            let rev = repo.rev_cache().get(pack, hash);
+            let mut reader = ChainReader::new(pack, &rev, hash, 64 << 10).unwrap();
+            let mut objects = repo.objects();
+            let mut out = Vec::new();
+            let (mut read, mut deltas) = (0, 0);
+            for start in 0..3 {
+                for p in (start..rev.len()).step_by(3) {
+                    let oid = pack.index.oid_at_index(rev.at(p)).to_owned();
+                    let kind = reader.read(p, &mut out).unwrap().expect("read by position");
+                    let (expected_kind, expected) = objects.read(&oid).unwrap();
+                    assert_eq!((kind, out.as_slice()), (expected_kind, expected), "{oid}");
+                    read += 1;
+                    deltas += usize::from(rev.forest(pack, hash).unwrap().base(p).is_some());
+                }
             }
+            assert_eq!(read, rev.len(), "each position once");
+            assert!(deltas > read / 4, "{deltas} of {read} are deltas");
         }
-        assert_eq!(read, rev.len(), "each position once");
-        assert!(deltas > read / 4, "{deltas} of {read} are deltas");
     }
 }

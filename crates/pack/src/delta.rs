@@ -209,6 +209,13 @@ pub(crate) fn apply(source: &[u8], delta: &[u8]) -> Result<Vec<u8>, &'static str
     Ok(out)
 }
 
+/// The size of what `delta` makes, as it states it.
+pub(crate) fn target_size(delta: &[u8]) -> Option<u64> {
+    let mut rest = delta;
+    take_size(&mut rest).ok()?;
+    take_size(&mut rest).ok()
+}
+
 fn take_size(rest: &mut &[u8]) -> Result<u64, &'static str> {
     let mut size = 0u64;
     for shift in (0..64).step_by(7) {

@@ -711,8 +711,15 @@ impl Repository {
         };
         let rev = self.rev_cache().get(pack, self.object_format());
         let reuse = old_index.and_then(|path| bitmap::Loaded::replaced(path, self.object_format()));
+        // Trees are read along their chains with a cache of their own unless the pack is too
+        // large for its delta tree; then the object handle's cache is the one that helps.
+        let mut objects = if pack.num_objects() > forest::MAX_OBJECTS {
+            self.objects_for_history()
+        } else {
+            self.objects()
+        };
         let written = bitmap::write(
-            &mut self.objects_for_history(),
+            &mut objects,
             pack,
             rev,
             self.object_format(),

@@ -14,10 +14,11 @@ use gitcache_protocol::request::LsRefs;
 /// MiB). Measured on the 22,000-commit bench repository: 8 MiB made depth-1 fetches 4 MiB
 /// larger (one handle per compression thread) and no request or bitmap write faster than 1.
 const DELTA_BASE_CACHE_BYTES: usize = 1 << 20;
-/// The same for walks over the whole history, one at a time per repository: on the bench
-/// repository, whose trees of thousands of entries are deltas of their newer versions,
-/// writing bitmaps took 17 s with 1 MiB, 10 s with 64 MiB.
-const HISTORY_CACHE_BYTES: usize = 64 << 20;
+/// The same for walks over the whole history of a pack too large for its delta tree to be
+/// read (whose trees the bitmap writer then reads through the object database): on the bench
+/// repository, whose trees of thousands of entries are deltas of their newer versions, that
+/// took 17 s with 1 MiB, 10 s with 64 MiB.
+const LARGE_HISTORY_CACHE_BYTES: usize = 64 << 20;
 
 /// One ref of the repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,10 +115,10 @@ impl Repository {
         new_objects(&self.store, self.hash)
     }
 
-    /// An object handle for a walk of the whole history (writing bitmaps): its delta-base
-    /// cache holds many recent trees, as git's does.
+    /// An object handle for a walk of the whole history of a large pack (writing bitmaps
+    /// without the pack's delta tree): its delta-base cache holds many recent trees.
     pub(crate) fn objects_for_history(&self) -> Objects {
-        objects_caching(&self.store, self.hash, HISTORY_CACHE_BYTES)
+        objects_caching(&self.store, self.hash, LARGE_HISTORY_CACHE_BYTES)
     }
 
     /// A function that makes object handles, for threads of a request.
