@@ -99,29 +99,45 @@ impl DeltaForest {
         }
         let mut base = vec![NONE; n];
         let mut headers = Headers::open(&pack.pack)?;
-        // Every entry's offset, in pack order: bases are found by binary search in it.
-        let offsets: Vec<u64> = (0..n).map(|p| rev.offset(pack, p)).collect();
+        // Every entry's offset, in pack order, when they fit in four bytes each (a pack under
+        // 4 GiB): bases are found by binary search in it. Else from the indexes, searching
+        // back from the delta.
+        let small: Option<Vec<u32>> = (0..n)
+            .map(|p| u32::try_from(rev.offset(pack, p)).ok())
+            .collect();
+        let offset_at = |p: usize| match &small {
+            Some(offsets) => u64::from(offsets[p]),
+            None => rev.offset(pack, p),
+        };
         for (p, slot) in base.iter_mut().enumerate() {
-            let offset = offsets[p];
-            let next = offsets.get(p + 1).copied().unwrap_or(u64::MAX);
+            let offset = offset_at(p);
+            let next = if p + 1 < n {
+                offset_at(p + 1)
+            } else {
+                u64::MAX
+            };
             let entry = gix_pack::data::Entry::from_bytes(headers.at(offset, next)?, offset, hash)
                 .map_err(Error::odb)?;
-            let found = match entry.header {
-                Header::OfsDelta { base_distance } => offset
-                    .checked_sub(base_distance)
-                    .and_then(|at| offsets[..p].binary_search(&at).ok()),
-                Header::RefDelta { base_id } => pack
-                    .index
-                    .lookup(base_id)
-                    .and_then(|i| rev.pack_position(&pack.index, i))
-                    .filter(|&b| b != p),
-                _ => None,
-            };
+            let found =
+                match entry.header {
+                    Header::OfsDelta { base_distance } => offset
+                        .checked_sub(base_distance)
+                        .and_then(|at| match (&small, u32::try_from(at)) {
+                            (Some(offsets), Ok(at)) => offsets[..p].binary_search(&at).ok(),
+                            _ => rev.position_before(pack, p, at),
+                        }),
+                    Header::RefDelta { base_id } => pack
+                        .index
+                        .lookup(base_id)
+                        .and_then(|i| rev.pack_position(&pack.index, i))
+                        .filter(|&b| b != p),
+                    _ => None,
+                };
             if let Some(b) = found {
                 *slot = b as u32;
             }
         }
-        drop(offsets);
+        drop(small);
         // Each position's count of deltas, then where its range ends; then each delta put
         // from the end of its base's range down, which leaves `first[b]` at the range's start
         // (no second table).
