@@ -155,10 +155,48 @@ enum Ready {
     },
 }
 
+/// The trailing checksum of a file gitcache writes (a pack it sends or stores, an index).
+///
+/// For SHA-1 it is computed without collision detection, as git does for the files it writes
+/// since 2.48: what is hashed is gitcache's own output, named and checked by that checksum
+/// but never trusted for it, and the detection took a sixth of the time of answering a
+/// `tree:0` clone (objects' ids, which a collision could forge, are hashed with it as before).
+#[derive(Clone)]
+enum Checksum {
+    Sha1(sha1::Sha1),
+    Other(gix_hash::Hasher),
+}
+
+impl Checksum {
+    fn new(hash: gix_hash::Kind) -> Self {
+        match hash {
+            gix_hash::Kind::Sha1 => Checksum::Sha1(sha1::Digest::new()),
+            other => Checksum::Other(gix_hash::hasher(other)),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Checksum::Sha1(hasher) => sha1::Digest::update(hasher, bytes),
+            Checksum::Other(hasher) => hasher.update(bytes),
+        }
+    }
+
+    fn finish(self) -> Result<ObjectId, Error> {
+        match self {
+            Checksum::Sha1(hasher) => {
+                let digest: [u8; 20] = sha1::Digest::finalize(hasher).into();
+                Ok(ObjectId::Sha1(digest))
+            }
+            Checksum::Other(hasher) => hasher.try_finalize().map_err(Error::odb),
+        }
+    }
+}
+
 /// Hashes and counts everything written.
 pub(crate) struct Sink<W: Write> {
     out: W,
-    hasher: gix_hash::Hasher,
+    hasher: Checksum,
     /// Bytes written so far.
     pub(crate) offset: u64,
 }
@@ -167,14 +205,14 @@ impl<W: Write> Sink<W> {
     pub(crate) fn new(out: W, hash: gix_hash::Kind) -> Self {
         Sink {
             out,
-            hasher: gix_hash::hasher(hash),
+            hasher: Checksum::new(hash),
             offset: 0,
         }
     }
 
     /// The writer, and the hash of everything written to it through the sink.
     pub(crate) fn finish(self) -> Result<(W, ObjectId), Error> {
-        let digest = self.hasher.try_finalize().map_err(Error::odb)?;
+        let digest = self.hasher.finish()?;
         Ok((self.out, digest))
     }
 }
@@ -421,7 +459,7 @@ impl<'a> PackWriter<'a> {
                 message: format!("wrote {done} of {total} objects"),
             });
         }
-        let checksum = sink.hasher.clone().try_finalize().map_err(Error::odb)?;
+        let checksum = sink.hasher.clone().finish()?;
         sink.out.write_all(checksum.as_bytes())?;
         stats.bytes = sink.offset + checksum.as_bytes().len() as u64;
         Ok(stats)
@@ -941,6 +979,19 @@ mod tests {
         let new = store(&format!("{text}one more line\n"));
         let repo = Repository::open(&path).unwrap();
         (dir, repo, old, new)
+    }
+
+    #[test]
+    fn checksums_are_the_object_formats_hashes() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for kind in [gix_hash::Kind::Sha1, gix_hash::Kind::Sha256] {
+            let mut ours = super::Checksum::new(kind);
+            ours.update(&data[..12_345]);
+            ours.update(&data[12_345..]);
+            let mut theirs = gix_hash::hasher(kind);
+            theirs.update(&data);
+            assert_eq!(ours.finish().unwrap(), theirs.try_finalize().unwrap());
+        }
     }
 
     #[test]
