@@ -315,12 +315,24 @@ pub(crate) fn select_with_bitmaps(
     }
     let mut out = Selection::default();
     out.client_has.bits = Some((std::sync::Arc::clone(&loaded), had));
-    if req.include_tag {
+    with_packed(repo, objects, out, (k, pos, sent), req.include_tag).map(Some)
+}
+
+/// `out` with the objects at positions `sent` of the stored pack `k` whose positions `pos`
+/// gives, and with `include_tag` the tags of what they hold.
+fn with_packed(
+    repo: &Repository,
+    objects: &mut Objects,
+    mut out: Selection,
+    (k, pos, sent): (usize, &crate::bitmap::Positions, crate::bitmap::Bits),
+    include_tag: bool,
+) -> Result<Selection, Error> {
+    if include_tag {
         let sent_here = |oid: &ObjectId| pos.of(oid).is_some_and(|p| sent.get(p));
         include_tags(repo, objects, &mut OidSet::default(), sent_here, &mut out)?;
     }
     out.packed = Some(crate::reuse::Packed::new(k, pos.rev(), sent));
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// The objects of a fetch whose filter the type bitmaps answer, from a stored pack marked as
@@ -373,13 +385,8 @@ pub(crate) fn select_from_marked_pack(
             sent.set(p);
         }
     }
-    let mut out = Selection::default();
-    if req.include_tag {
-        let sent_here = |oid: &ObjectId| pos.of(oid).is_some_and(|p| sent.get(p));
-        include_tags(repo, objects, &mut OidSet::default(), sent_here, &mut out)?;
-    }
-    out.packed = Some(crate::reuse::Packed::new(k, pos.rev(), sent));
-    Ok(Some(out))
+    let out = Selection::default();
+    with_packed(repo, objects, out, (k, &pos, sent), req.include_tag).map(Some)
 }
 
 /// The objects `wants` name, sent whatever a filter says of their type or size: each want,
