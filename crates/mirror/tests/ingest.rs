@@ -9,6 +9,15 @@ use gitcache_testkit::repo::{self, RepoSpec};
 use gix_hash::Kind;
 
 /// `git pack-objects --stdout <args>` in `repo` with `revs` on stdin.
+/// The object format named `format` (`sha1` or `sha256`).
+fn hash_kind(format: &str) -> Kind {
+    if format == "sha1" {
+        Kind::Sha1
+    } else {
+        Kind::Sha256
+    }
+}
+
 fn pack_objects(repo: &Path, args: &[&str], revs: &str) -> Vec<u8> {
     // What an upstream sends when asked for ofs-delta, as the mirror always asks.
     let mut all = vec!["pack-objects", "--delta-base-offset", "--stdout", "-q"];
@@ -68,11 +77,7 @@ fn a_full_pack_lands_whole_and_fsck_passes() {
             .path;
         let pack = pack_objects(&source, &["--revs", "--all"], "");
         let mirror = empty_mirror(dir.path(), format);
-        let kind = if format == "sha1" {
-            Kind::Sha1
-        } else {
-            Kind::Sha256
-        };
+        let kind = hash_kind(format);
         let ingested = ingest_pack(&mirror, kind, &mut &pack[..]).unwrap();
         assert!(ingested.pack.is_file() && ingested.index.is_file());
         assert_eq!(
@@ -278,11 +283,7 @@ fn the_index_is_the_one_git_writes() {
             )
         };
         let mirror = empty_mirror(dir.path(), format);
-        let kind = if format == "sha1" {
-            Kind::Sha1
-        } else {
-            Kind::Sha256
-        };
+        let kind = hash_kind(format);
         let ingested = ingest_pack(&mirror, kind, &mut &pack[..]).unwrap();
         let theirs = dir.path().join("theirs.idx");
         git(
