@@ -39,7 +39,7 @@ pub(crate) fn body(fetch: Fetch) -> Vec<u8> {
 }
 
 /// One timed run: wall time, response bytes, peak RSS in KiB.
-fn run_once(program: &[String], repo: &Path, input: &[u8]) -> Result<(Duration, u64, u64)> {
+pub(crate) fn run_once(program: &[String], repo: &Path, input: &[u8]) -> Result<Run> {
     let mut cmd = Command::new("/usr/bin/time");
     cmd.arg("-f")
         .arg("%M")
@@ -55,39 +55,61 @@ fn run_once(program: &[String], repo: &Path, input: &[u8]) -> Result<(Duration, 
     let mut stdin = child.stdin.take().context("stdin")?;
     let input = input.to_vec();
     let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    // Counted, not kept: a clone of a large repository is gigabytes.
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let counter = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match std::io::Read::read(&mut stdout, &mut buf)? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    });
     let out = child.wait_with_output()?;
     let elapsed = started.elapsed();
     feeder.join().expect("feeder")?;
+    let bytes = counter.join().expect("counter")?;
     if !out.status.success() {
         bail!(
             "{program:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let rss = stderr
+    Ok((elapsed, bytes, peak_rss(&out.stderr)))
+}
+
+/// The peak RSS in KiB that `/usr/bin/time -f %M` printed last on `stderr`.
+pub(crate) fn peak_rss(stderr: &[u8]) -> u64 {
+    String::from_utf8_lossy(stderr)
         .lines()
         .last()
         .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
-    Ok((elapsed, out.stdout.len() as u64, rss))
+        .unwrap_or(0)
 }
 
 /// One run or a summary of runs: wall time, response bytes, peak RSS in KiB.
-type Run = (Duration, u64, u64);
+pub(crate) type Run = (Duration, u64, u64);
 
-/// Median time (and its bytes) and highest peak RSS of `RUNS` runs.
+/// Median time (and its bytes) and highest peak RSS of some runs.
 fn summary(mut runs: Vec<Run>) -> Run {
     runs.sort_by_key(|r| r.0);
     let rss = runs.iter().map(|r| r.2).max().unwrap_or(0);
-    (runs[RUNS / 2].0, runs[RUNS / 2].1, rss)
+    let middle = runs.len() / 2;
+    (runs[middle].0, runs[middle].1, rss)
 }
 
-/// Both programs on the same input, their runs alternating (so that the shared machine's
-/// ups and downs fall on both alike): each one's summary.
-fn paired(a: (&[String], &Path), b: (&[String], &Path), input: &[u8]) -> Result<(Run, Run)> {
+/// Both programs on the same input, `runs` runs each, alternating (so that the shared
+/// machine's ups and downs fall on both alike): each one's summary.
+pub(crate) fn paired(
+    a: (&[String], &Path),
+    b: (&[String], &Path),
+    input: &[u8],
+    runs: usize,
+) -> Result<(Run, Run)> {
     let (mut first, mut second) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
+    for _ in 0..runs.max(1) {
         first.push(run_once(a.0, a.1, input)?);
         second.push(run_once(b.0, b.1, input)?);
     }
@@ -137,7 +159,24 @@ pub(crate) fn prepare_repo(root: &Path, repo: Option<&str>) -> Result<(PathBuf, 
 /// The same repository as a consolidated mirror keeps it: the same pack (hard links), marked
 /// with its tips, with gitcache's own bitmaps instead of git's.
 fn as_mirror(repo: &Path, tips: &[ObjectId]) -> Result<PathBuf> {
-    let mirror = repo.with_extension("mirror.git");
+    let mirror = linked_copy(repo, "mirror.git")?;
+    let repo = gitcache_pack::Repository::open(&mirror)?;
+    let marked = repo.mark_pack_tips(tips)?;
+    let started = std::time::Instant::now();
+    let bitmaps = repo.write_bitmaps(tips)?;
+    println!(
+        "mirror copy: pack marked with its tips: {}, bitmaps written: {} ({:.1} s)",
+        marked.is_some(),
+        bitmaps.is_some(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(mirror)
+}
+
+/// A copy of `repo` beside it (its extension `extension`) sharing its pack by hard links,
+/// without bitmaps or tips marks.
+pub(crate) fn linked_copy(repo: &Path, extension: &str) -> Result<PathBuf> {
+    let mirror = repo.with_extension(extension);
     if mirror.exists() {
         std::fs::remove_dir_all(&mirror)?;
     }
@@ -167,16 +206,6 @@ fn as_mirror(repo: &Path, tips: &[ObjectId]) -> Result<PathBuf> {
             std::fs::write(&path, data)?;
         }
     }
-    let repo = gitcache_pack::Repository::open(&mirror)?;
-    let marked = repo.mark_pack_tips(tips)?;
-    let started = std::time::Instant::now();
-    let bitmaps = repo.write_bitmaps(tips)?;
-    println!(
-        "mirror copy: pack marked with its tips: {}, bitmaps written: {} ({:.1} s)",
-        marked.is_some(),
-        bitmaps.is_some(),
-        started.elapsed().as_secs_f64()
-    );
     Ok(mirror)
 }
 
@@ -299,37 +328,13 @@ pub(crate) fn run(root: &Path, repo: Option<&str>, only: Option<&str>) -> Result
     let (theirs_repo, tips) = prepare_repo(root, repo)?;
     let repo = as_mirror(&theirs_repo, &tips)?;
 
-    let status = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "gitcache-pack",
-            "--example",
-            "upload_pack",
-        ])
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        bail!("building the upload_pack example failed");
-    }
+    build_examples(root, &["gitcache-pack"], &["upload_pack"])?;
     let ours = vec![
         root.join("target/release/examples/upload_pack")
             .display()
             .to_string(),
     ];
-    // As a forge serves: filters allowed.
-    let theirs: Vec<String> = [
-        "git",
-        "-c",
-        "uploadpack.allowFilter=true",
-        "upload-pack",
-        "--stateless-rpc",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let theirs = git_upload_pack();
 
     let cases: Vec<_> = requests(&repo, &tips, true)?
         .into_iter()
@@ -344,18 +349,58 @@ pub(crate) fn run(root: &Path, repo: Option<&str>, only: Option<&str>) -> Result
             .find(|l| l.starts_with("size-pack"))
             .unwrap_or("")
     );
+    table((&theirs, &theirs_repo), (&ours, &repo), &cases, RUNS)
+}
+
+/// Build the release `examples` of `packages`.
+pub(crate) fn build_examples(root: &Path, packages: &[&str], examples: &[&str]) -> Result<()> {
+    let mut cargo = Command::new("cargo");
+    cargo.args(["build", "--release", "--quiet"]);
+    for package in packages {
+        cargo.args(["-p", package]);
+    }
+    for example in examples {
+        cargo.args(["--example", example]);
+    }
+    if !cargo.current_dir(root).status()?.success() {
+        bail!("building the examples {examples:?} failed");
+    }
+    Ok(())
+}
+
+/// `git upload-pack` as a forge runs it: filters allowed.
+pub(crate) fn git_upload_pack() -> Vec<String> {
+    [
+        "git",
+        "-c",
+        "uploadpack.allowFilter=true",
+        "upload-pack",
+        "--stateless-rpc",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+/// The table of `cases`, git (`theirs`) against gitcache (`ours`), `runs` runs of each.
+pub(crate) fn table(
+    theirs: (&[String], &Path),
+    ours: (&[String], &Path),
+    cases: &[(&str, Fetch)],
+    runs: usize,
+) -> Result<()> {
     println!(
-        "\n| request | git time | gitcache time | speed-up | git bytes | gitcache bytes | bytes ratio | git peak RSS | gitcache peak RSS |"
+        "\n| request | git time | gitcache time | gitcache / git | git bytes | gitcache bytes | bytes ratio | git peak RSS | gitcache peak RSS |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (name, fetch) in cases {
-        let input = body(fetch);
-        let ((gt, gb, gm), (ot, ob, om)) = paired((&theirs, &theirs_repo), (&ours, &repo), &input)?;
+        let input = body(fetch.clone());
+        let ((gt, gb, gm), (ot, ob, om)) = paired(theirs, ours, &input, runs)?;
         println!(
-            "| {name} | {:.1} ms | {:.1} ms | {:.1}x | {gb} | {ob} | {:.2} | {} MiB | {} MiB |",
+            "| {name} | {:.1} ms | {:.1} ms | {:.2} | {gb} | {ob} | {:.2} | {} MiB | {} MiB |",
             gt.as_secs_f64() * 1e3,
             ot.as_secs_f64() * 1e3,
-            gt.as_secs_f64() / ot.as_secs_f64(),
+            ot.as_secs_f64() / gt.as_secs_f64(),
             ob as f64 / gb as f64,
             gm / 1024,
             om / 1024

@@ -30,6 +30,7 @@ use anyhow::{Context, Result, bail};
 mod bench_pack;
 mod bench_pages;
 mod bench_proxy;
+mod bench_scale;
 mod soak;
 mod transcripts;
 
@@ -55,6 +56,7 @@ fn main() -> Result<()> {
             let only_cache = args.iter().any(|a| a == "--response-cache");
             bench_proxy::run(&root, repo, only_cache)
         }
+        Some("bench-scale") => bench_scale::run(&workspace_root()?, &args[1..]),
         Some("bench-pages") => bench_pages::run(&workspace_root()?, &args[1..]),
         Some("crash") => crash(&workspace_root()?, &args[1..]),
         Some("soak") => soak::run(&workspace_root()?, &args[1..]),
@@ -63,7 +65,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--response-cache | --two-instances [--only TEXT]] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--runs N] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }

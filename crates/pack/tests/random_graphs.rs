@@ -63,6 +63,8 @@ fn shape() -> impl Strategy<Value = Shape> {
                     binary_every: 5,
                     binary_bytes: 2048,
                     large_every: 0,
+                    large_bytes: 1 << 20,
+                    depth: 0,
                     object_format: if sha256 { "sha256" } else { "sha1" },
                 };
                 Shape {

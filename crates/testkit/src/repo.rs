@@ -5,10 +5,11 @@
 //! back, annotated, lightweight and nested tags, edits, renames and deletions, text and binary
 //! files (some over 1 MiB).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::rc::Rc;
 
 use crate::git::{git_program, run_git};
 
@@ -73,6 +74,11 @@ pub struct RepoSpec {
     pub binary_bytes: usize,
     /// Add a binary file of over 1 MiB every this many commits (0: never).
     pub large_every: usize,
+    /// Size of those large files (at least 1 MiB; each is up to a quarter larger).
+    pub large_bytes: usize,
+    /// Directory levels new text files go down to, each level one of six names (0: a few
+    /// fixed directories). Deep levels make deep trees; the shallow ones grow wide.
+    pub depth: usize,
     /// `"sha1"` or `"sha256"`.
     pub object_format: &'static str,
 }
@@ -90,6 +96,8 @@ impl RepoSpec {
             binary_every: 0,
             binary_bytes: 0,
             large_every: 0,
+            large_bytes: 1 << 20,
+            depth: 0,
             object_format: "sha1",
         }
     }
@@ -106,6 +114,8 @@ impl RepoSpec {
             binary_every: 9,
             binary_bytes: 8 << 10,
             large_every: 100,
+            large_bytes: 1 << 20,
+            depth: 0,
             object_format: "sha1",
         }
     }
@@ -122,6 +132,8 @@ impl RepoSpec {
             binary_every: 25,
             binary_bytes: 16 << 10,
             large_every: 1000,
+            large_bytes: 1 << 20,
+            depth: 0,
             object_format: "sha1",
         }
     }
@@ -138,6 +150,37 @@ impl RepoSpec {
             binary_every: 40,
             binary_bytes: 24 << 10,
             large_every: 600,
+            large_bytes: 1 << 20,
+            depth: 0,
+            object_format: "sha1",
+        }
+    }
+
+    /// A repository of about `megabytes` of pack for scale benchmarks: from 10,000 commits
+    /// (50 MB) up to 500,000 (3 GB), wide and deep trees, binaries of 32 KiB, and large
+    /// files of 4–5 MiB making up the rest of the bytes.
+    pub fn scale(seed: u64, megabytes: usize) -> Self {
+        let commits = (megabytes * 200).clamp(10_000, 500_000);
+        // Measured: about 1.9 KB of pack a commit for the text, trees and commits, and the
+        // binaries' bytes as they are (random bytes do not compress).
+        let binary_every = 40;
+        let binary_bytes = 32 << 10;
+        let large_bytes = 4 << 20;
+        let text = commits * 1900 + commits / binary_every * binary_bytes;
+        let rest = (megabytes << 20).saturating_sub(text).max(large_bytes);
+        let large_every = (commits * (large_bytes + large_bytes / 8) / rest).max(1);
+        RepoSpec {
+            seed,
+            commits,
+            branches: (commits / 400).min(200),
+            merge_every: 100,
+            tag_every: 200,
+            files: 1000,
+            binary_every,
+            binary_bytes,
+            large_every,
+            large_bytes,
+            depth: 6,
             object_format: "sha1",
         }
     }
@@ -164,16 +207,54 @@ pub struct GeneratedRepo {
 
 #[derive(Debug, Clone)]
 enum Content {
-    Text(Vec<u8>),
-    Binary { seed: u64, len: usize },
+    /// Shared: branches copy their files at each fork, and merges compare them.
+    Text(Rc<[u8]>),
+    Binary {
+        seed: u64,
+        len: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
 struct Branch {
     name: String,
     files: BTreeMap<String, Content>,
+    /// The paths of `files` in no order, and each one's place there: a random pick in
+    /// constant time for deep layouts, whose file counts grow large.
+    paths: Vec<String>,
+    slots: HashMap<String, usize>,
     tip: Option<usize>,
     commits_since_merge: usize,
+}
+
+impl Branch {
+    fn new(name: String, tip: Option<usize>) -> Self {
+        Branch {
+            name,
+            files: BTreeMap::new(),
+            paths: Vec::new(),
+            slots: HashMap::new(),
+            tip,
+            commits_since_merge: 0,
+        }
+    }
+
+    fn insert(&mut self, path: String, content: Content) {
+        if self.files.insert(path.clone(), content).is_none() {
+            self.slots.insert(path.clone(), self.paths.len());
+            self.paths.push(path);
+        }
+    }
+
+    fn remove(&mut self, path: &str) -> Option<Content> {
+        let content = self.files.remove(path)?;
+        let slot = self.slots.remove(path).expect("every file has a slot");
+        self.paths.swap_remove(slot);
+        if let Some(moved) = self.paths.get(slot) {
+            self.slots.insert(moved.clone(), slot);
+        }
+        Some(content)
+    }
 }
 
 const WORDS: &[&str] = &[
@@ -215,7 +296,14 @@ struct Writer<W: Write> {
     mark: usize,
     time: u64,
     tags: Vec<String>,
+    /// [`RepoSpec::depth`].
+    depth: usize,
+    /// [`RepoSpec::large_bytes`].
+    large_bytes: usize,
 }
+
+/// The names each level of a deep layout picks from.
+const LEVELS: &[&str] = &["core", "net", "io", "util", "api", "gen"];
 
 impl<W: Write> Writer<W> {
     fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -277,7 +365,26 @@ impl<W: Write> Writer<W> {
     /// A random file of `branch` (which has some).
     fn pick(&mut self, branch: &Branch) -> String {
         let i = self.rng.below(branch.files.len());
+        if self.depth > 0 {
+            return branch.paths[i].clone();
+        }
+        // The flat layout's picks, as they always were (its repositories stay the same).
         branch.files.keys().nth(i).cloned().expect("in range")
+    }
+
+    /// The directory of a new text file.
+    fn new_dir(&mut self) -> String {
+        if self.depth == 0 {
+            let dir = ["src", "src/net", "src/store", "docs", "tests", "scripts"];
+            return dir[self.rng.below(6)].to_owned();
+        }
+        let levels = 1 + self.rng.below(self.depth);
+        let mut dir = String::from("src");
+        for _ in 0..levels {
+            dir.push('/');
+            dir.push_str(LEVELS[self.rng.below(LEVELS.len())]);
+        }
+        dir
     }
 
     /// One to three random changes to `branch`'s files, each written to the stream.
@@ -298,29 +405,28 @@ impl<W: Write> Writer<W> {
                     let mut new = if old.len() > 24 << 10 {
                         old[old.len() / 2..].to_vec()
                     } else {
-                        old
+                        old.to_vec()
                     };
                     let lines = 1 + self.rng.below(6);
                     new.extend(self.text_lines(lines));
-                    let content = Content::Text(new);
+                    let content = Content::Text(new.into());
                     self.set_file(&key, &content)?;
-                    branch.files.insert(key, content);
+                    branch.insert(key, content);
                     continue;
                 }
             }
             if roll < 75 || n < 4 {
-                let dir =
-                    ["src", "src/net", "src/store", "docs", "tests", "scripts"][self.rng.below(6)];
+                let dir = self.new_dir();
                 let ext = if dir == "scripts" { "sh" } else { "txt" };
                 let path = format!("{dir}/f{}-{}.{ext}", self.mark, self.rng.below(1000));
                 let lines = 5 + self.rng.below(40);
-                let content = Content::Text(self.text_lines(lines));
+                let content = Content::Text(self.text_lines(lines).into());
                 self.set_file(&path, &content)?;
-                branch.files.insert(path, content);
+                branch.insert(path, content);
             } else if roll < 88 {
                 let key = self.pick(branch);
                 writeln!(self.out, "D {key}")?;
-                branch.files.remove(&key);
+                branch.remove(&key);
             } else {
                 let key = self.pick(branch);
                 let new = format!("moved/{}", key.replace('/', "-"));
@@ -328,8 +434,8 @@ impl<W: Write> Writer<W> {
                     continue;
                 }
                 writeln!(self.out, "R {key} {new}")?;
-                let content = branch.files.remove(&key).expect("present");
-                branch.files.insert(new, content);
+                let content = branch.remove(&key).expect("present");
+                branch.insert(new, content);
             }
         }
         if let Some(size) = binary {
@@ -340,16 +446,16 @@ impl<W: Write> Writer<W> {
             };
             let path = format!("assets/blob{slot}.bin");
             self.set_file(&path, &content)?;
-            branch.files.insert(path, content);
+            branch.insert(path, content);
         }
         if large {
             let content = Content::Binary {
                 seed: self.rng.next_u64(),
-                len: (1 << 20) + 4096 + self.rng.below(256 << 10),
+                len: self.large_bytes + 4096 + self.rng.below(self.large_bytes / 4),
             };
             let path = format!("assets/large-{}.bin", self.mark);
             self.set_file(&path, &content)?;
-            branch.files.insert(path, content);
+            branch.insert(path, content);
         }
         Ok(())
     }
@@ -408,25 +514,22 @@ pub fn generate(path: &Path, spec: &RepoSpec) -> io::Result<GeneratedRepo> {
             mark: 0,
             time: 1_600_000_000,
             tags: Vec::new(),
+            depth: spec.depth,
+            large_bytes: spec.large_bytes.max(1 << 20),
         };
-        let mut main = Branch {
-            name: "main".into(),
-            files: BTreeMap::new(),
-            tip: None,
-            commits_since_merge: 0,
-        };
+        let mut main = Branch::new("main".into(), None);
         // The first commit: the initial files.
         let first = w.begin_commit("main", "Initial import\n")?;
         for i in 0..spec.files.max(1) {
             let lines = 10 + w.rng.below(50);
-            let content = Content::Text(w.text_lines(lines));
+            let content = Content::Text(w.text_lines(lines).into());
             let path = format!("src/file{i}.txt");
             w.set_file(&path, &content)?;
-            main.files.insert(path, content);
+            main.insert(path, content);
         }
         w.set_file(
             "scripts/build.sh",
-            &Content::Text(b"#!/bin/sh\nexit 0\n".to_vec()),
+            &Content::Text(b"#!/bin/sh\nexit 0\n".as_slice().into()),
         )?;
         main.tip = Some(first);
         let mut features: Vec<Branch> = Vec::new();
@@ -450,12 +553,10 @@ pub fn generate(path: &Path, spec: &RepoSpec) -> io::Result<GeneratedRepo> {
                     "reset refs/heads/{name}\nfrom :{}",
                     main.tip.expect("main has a tip")
                 )?;
-                features.push(Branch {
-                    name,
-                    files: main.files.clone(),
-                    tip: main.tip,
-                    commits_since_merge: 0,
-                });
+                let mut feature = main.clone();
+                feature.name = name;
+                feature.commits_since_merge = 0;
+                features.push(feature);
             }
             let mergeable: Vec<usize> = (0..features.len())
                 .filter(|&b| features[b].commits_since_merge > 0)
@@ -467,7 +568,7 @@ pub fn generate(path: &Path, spec: &RepoSpec) -> io::Result<GeneratedRepo> {
                 writeln!(w.out, "merge :{}", feature.tip.expect("feature has a tip"))?;
                 for (path, content) in &feature.files {
                     let same = match (main.files.get(path), content) {
-                        (Some(Content::Text(a)), Content::Text(b)) => a == b,
+                        (Some(Content::Text(a)), Content::Text(b)) => Rc::ptr_eq(a, b) || a == b,
                         (
                             Some(Content::Binary { seed: a, .. }),
                             Content::Binary { seed: b, .. },
@@ -476,7 +577,7 @@ pub fn generate(path: &Path, spec: &RepoSpec) -> io::Result<GeneratedRepo> {
                     };
                     if !same {
                         w.set_file(path, content)?;
-                        main.files.insert(path.clone(), content.clone());
+                        main.insert(path.clone(), content.clone());
                     }
                 }
                 feature.commits_since_merge = 0;
@@ -484,15 +585,8 @@ pub fn generate(path: &Path, spec: &RepoSpec) -> io::Result<GeneratedRepo> {
                 main_commits += 1;
             } else if !features.is_empty() && w.rng.chance(30) {
                 let b = w.rng.below(features.len());
-                let mut feature = std::mem::replace(
-                    &mut features[b],
-                    Branch {
-                        name: String::new(),
-                        files: BTreeMap::new(),
-                        tip: None,
-                        commits_since_merge: 0,
-                    },
-                );
+                let mut feature =
+                    std::mem::replace(&mut features[b], Branch::new(String::new(), None));
                 let mark = w.begin_commit(
                     &feature.name.clone(),
                     &format!("Work on {} ({i})\n", feature.name),
@@ -572,6 +666,8 @@ pub fn append_commits(repo: &Path, branch: &str, n: usize, seed: u64) -> io::Res
             mark: 0,
             time: 1_900_000_000 + seed.wrapping_mul(1_000_000) % 1_000_000_000,
             tags: Vec::new(),
+            depth: 0,
+            large_bytes: 1 << 20,
         };
         for i in 0..n {
             w.begin_commit(branch, &format!("Appended change {i} (seed {seed})\n"))?;
@@ -579,9 +675,9 @@ pub fn append_commits(repo: &Path, branch: &str, n: usize, seed: u64) -> io::Res
                 writeln!(w.out, "from {tip}")?;
             }
             let lines = 3 + w.rng.below(20);
-            let content = Content::Text(w.text_lines(lines));
+            let content = Content::Text(w.text_lines(lines).into());
             w.set_file(&format!("appended/{seed}-{i}.txt"), &content)?;
-            let log = Content::Text(format!("seed {seed} commit {i}\n").into_bytes());
+            let log = Content::Text(format!("seed {seed} commit {i}\n").into_bytes().into());
             w.set_file("appended/LAST", &log)?;
         }
         Ok(())

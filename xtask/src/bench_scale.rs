@@ -1,0 +1,208 @@
+//! `cargo xtask bench-scale [--sizes 50,300,1000,3000] [--runs N]`: how time and peak memory
+//! grow with the repository, for gitcache and for git. For each size (megabytes of pack), a
+//! generated repository (`RepoSpec::scale`) packed as a forge keeps it, then:
+//!
+//! - bitmaps: gitcache's written from nothing (a mirror's first consolidation) against git's
+//!   written for the same pack alone (`git multi-pack-index write --bitmap`), and git's whole
+//!   `repack -adb` that prepared the repository;
+//! - taking the pack in (a miss's indexing): gitcache's `ingest` against `git index-pack`;
+//! - the `bench-pack` table of requests, gitcache's `upload_pack` against `git upload-pack`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use gitcache_protocol::ObjectId;
+
+use crate::bench_pack::{
+    build_examples, git, git_upload_pack, linked_copy, oid, peak_rss, requests, table,
+};
+
+pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
+    let sizes: Vec<usize> = crate::flag_value(args, "--sizes")
+        .unwrap_or("50,300")
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .context("--sizes: megabytes, comma separated")
+        })
+        .collect::<Result<_>>()?;
+    let runs = crate::number_flag(args, "--runs", 3)? as usize;
+    build_examples(
+        root,
+        &["gitcache-pack", "gitcache-mirror"],
+        &["upload_pack", "write_bitmaps", "ingest"],
+    )?;
+    let example = |name: &str| {
+        root.join("target/release/examples")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    for megabytes in sizes {
+        let repo = root.join(format!("target/bench-repos/scale-{megabytes}.git"));
+        println!("\n## About {megabytes} MB of pack\n");
+        prepare(&repo, megabytes)?;
+        let tips: Vec<ObjectId> = git(&repo, &["for-each-ref", "--format=%(objectname)"])?
+            .lines()
+            .map(oid)
+            .collect::<Result<_>>()?;
+        let pack = only_pack(&repo)?;
+        let objects = git(&repo, &["count-objects", "-v"])?
+            .lines()
+            .find_map(|l| l.strip_prefix("in-pack: ").map(|n| n.trim().to_owned()))
+            .unwrap_or_default();
+        println!(
+            "{} commits, {} objects, {} refs, pack of {:.0} MB",
+            git(&repo, &["rev-list", "--all", "--count"])?.trim(),
+            objects,
+            tips.len(),
+            std::fs::metadata(&pack)?.len() as f64 / 1e6
+        );
+
+        // Bitmaps: git's for this pack alone, then gitcache's from nothing.
+        let midx = linked_copy(&repo, "midx.git")?;
+        let (took, rss) = timed(Command::new("git").arg("-C").arg(&midx).args([
+            "multi-pack-index",
+            "write",
+            "--bitmap",
+        ]))?;
+        std::fs::remove_dir_all(&midx)?;
+        let git_bitmaps = seconds_and_rss(took, rss);
+        let mirror = linked_copy(&repo, "mirror.git")?;
+        // Marked first, untimed: a consolidation marks the pack it writes without a walk,
+        // where marking a pack found on disk plans a clone of every tip.
+        gitcache_pack::Repository::open(&mirror)?
+            .mark_pack_tips(&tips)?
+            .context("the pack is the closure of its tips")?;
+        let mut write = Command::new(example("write_bitmaps"));
+        write.arg(&mirror);
+        write.args(tips.iter().map(ToString::to_string));
+        let (took, rss) = timed(&mut write)?;
+        let our_bitmaps = seconds_and_rss(took, rss);
+
+        // Taking the pack in: as a miss does, against git's indexing of it.
+        let scratch = tempfile::tempdir()?;
+        git(scratch.path(), &["init", "--quiet", "--bare", "theirs.git"])?;
+        let (took, rss) = timed_with(
+            Command::new("git")
+                .arg("-C")
+                .arg(scratch.path().join("theirs.git"))
+                .args(["index-pack", "--stdin"]),
+            Some(std::fs::File::open(&pack)?),
+        )?;
+        drop(scratch);
+        let git_index = seconds_and_rss(took, rss);
+        let (took, rss) = timed(Command::new(example("ingest")).arg(&pack))?;
+        let our_index = seconds_and_rss(took, rss);
+        println!(
+            "\n| step | git | gitcache |\n| --- | --- | --- |\n\
+             | bitmaps from nothing (git: `multi-pack-index write --bitmap`) | {git_bitmaps} | {our_bitmaps} |\n\
+             | taking the pack in (git: `index-pack --stdin`; gitcache's checks it closed too) | {git_index} | {our_index} |"
+        );
+        println!(
+            "\n`git repack -adb` that packed it: {}",
+            std::fs::read_to_string(repo.join("repack-took"))
+                .unwrap_or_default()
+                .trim()
+        );
+
+        let cases = requests(&mirror, &tips, true)?;
+        table(
+            (&git_upload_pack(), &repo),
+            (&[example("upload_pack")], &mirror),
+            &cases,
+            runs,
+        )?;
+    }
+    Ok(())
+}
+
+/// Generate the repository of about `megabytes` of pack unless it is there, then pack it as
+/// a forge keeps it: one pack with a bitmap (`git repack -adb`, its time kept in the file
+/// `repack-took`), and a commit-graph.
+fn prepare(repo: &Path, megabytes: usize) -> Result<()> {
+    if !repo.exists() {
+        let spec = gitcache_testkit::repo::RepoSpec::scale(1, megabytes);
+        println!(
+            "generating {} ({} commits)...",
+            repo.display(),
+            spec.commits
+        );
+        let started = Instant::now();
+        let partial = repo.with_extension("partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)?;
+        }
+        gitcache_testkit::repo::generate(&partial, &spec)?;
+        std::fs::rename(&partial, repo)?;
+        println!("generated in {:.0?}", started.elapsed());
+    }
+    if !repo.join("objects/info/commit-graph").exists() {
+        println!("git repack -adb, commit-graph...");
+        let (took, rss) = timed(Command::new("git").arg("-C").arg(repo).args([
+            "repack",
+            "-a",
+            "-d",
+            "-q",
+            "--write-bitmap-index",
+        ]))?;
+        std::fs::write(repo.join("repack-took"), seconds_and_rss(took, rss))?;
+        git(repo, &["commit-graph", "write", "--reachable"])?;
+    }
+    Ok(())
+}
+
+/// The repository's one pack file.
+fn only_pack(repo: &Path) -> Result<PathBuf> {
+    let mut packs = Vec::new();
+    for entry in std::fs::read_dir(repo.join("objects/pack"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "pack") {
+            packs.push(path);
+        }
+    }
+    match <[PathBuf; 1]>::try_from(packs) {
+        Ok([pack]) => Ok(pack),
+        Err(packs) => bail!("{} packs in {}, not one", packs.len(), repo.display()),
+    }
+}
+
+/// Run `command` to its end under `/usr/bin/time`, `stdin` its input (none if `None`): wall
+/// time and peak RSS in KiB.
+fn timed_with(command: &mut Command, stdin: Option<std::fs::File>) -> Result<(Duration, u64)> {
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("%M")
+        .arg(command.get_program())
+        .args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    let started = Instant::now();
+    let out = timed
+        .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            timed.get_args().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((took, peak_rss(&out.stderr)))
+}
+
+fn timed(command: &mut Command) -> Result<(Duration, u64)> {
+    timed_with(command, None)
+}
+
+fn seconds_and_rss(took: Duration, rss_kib: u64) -> String {
+    format!("{:.2} s, {} MiB", took.as_secs_f64(), rss_kib / 1024)
+}
