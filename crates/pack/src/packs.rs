@@ -169,18 +169,20 @@ enum Order {
     Built(Vec<u32>),
 }
 
-/// Whether the index positions `order` (big-endian, each in range) name entries of `pack` in
-/// rising offset order: a `.rev` that does not (another pack's, or damaged) would make runs
-/// of the pack copied for a fetch overlap.
-fn offsets_rise(pack: &StoredPack, order: &[u8]) -> bool {
-    let mut last = None;
-    order.chunks_exact(4).all(|c| {
-        let index = u32::from_be_bytes(c.try_into().expect("four bytes"));
-        let offset = pack.index.pack_offset_at_index(index);
-        let rises = last.is_none_or(|l| offset > l);
-        last = Some(offset);
-        rises
-    })
+/// Whether `rev` (a whole `.rev` file of `n` positions) was written for `pack` and is whole:
+/// its trailer names the pack's checksum and ends with the file's own. One that was not (another
+/// pack's, or damaged) could name entries out of offset order and make runs of the pack
+/// copied for a fetch overlap. Hashing the file reads it in order; checking the order itself
+/// read the index's offsets in random order, most of a small fetch's time on a large pack.
+fn rev_matches(pack: &StoredPack, rev: &[u8], hash: HashKind) -> bool {
+    let len = hash.len_in_bytes();
+    let (body, own) = rev.split_at(rev.len() - len);
+    if body[body.len() - len..] != *pack.index.pack_checksum().as_bytes() {
+        return false;
+    }
+    let mut hasher = crate::write::Checksum::new(hash);
+    hasher.update(body);
+    hasher.finish().is_ok_and(|sum| sum.as_bytes() == own)
 }
 
 /// Bytes before the positions in a `.rev` file.
@@ -200,7 +202,7 @@ impl RevIndex {
                         .all(|c| {
                             (u32::from_be_bytes(c.try_into().expect("four bytes")) as usize) < n
                         })
-                    && offsets_rise(pack, &map[REV_HEADER..REV_HEADER + 4 * n]) =>
+                    && rev_matches(pack, &map, hash) =>
             {
                 Order::Mapped(map)
             }
@@ -439,4 +441,67 @@ pub(crate) fn kinds(
         }
     }
     Ok(Some(kinds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Order, RevIndex};
+    use crate::Repository;
+
+    /// git's `.rev` is read in place when it was written for the pack and is whole; one
+    /// damaged, or another pack's, is not used: the order is built from the index instead,
+    /// and is the same as the true file's.
+    #[test]
+    fn a_reverse_index_is_used_only_when_it_is_the_packs_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.git");
+        gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::small(3))
+            .unwrap();
+        gitcache_testkit::git::git_stdout(
+            &path,
+            &["-c", "pack.writeReverseIndex=true", "repack", "-adq"],
+        );
+        let repo = Repository::open(&path).unwrap();
+        let packs = repo.stored_packs().unwrap();
+        let pack = &packs[0];
+        let hash = repo.object_format();
+        let rev_path = pack.pack.with_extension("rev");
+        let good = std::fs::read(&rev_path).expect("git wrote a reverse index");
+        let order = |rev: &RevIndex| (0..rev.len()).map(|p| rev.at(p)).collect::<Vec<_>>();
+        let built = order(&RevIndex::from_offsets(pack));
+
+        let read = RevIndex::load(pack, hash);
+        assert!(
+            matches!(read.order, Order::Mapped(_)),
+            "the pack's own is read"
+        );
+        assert_eq!(order(&read), built);
+
+        let n = pack.num_objects();
+        let len = hash.len_in_bytes();
+        // Two positions swapped: the order is wrong and the file's checksum says so.
+        let mut swapped = good.clone();
+        let (a, b) = (12, 12 + 4 * (n - 1));
+        let first: [u8; 4] = swapped[a..a + 4].try_into().unwrap();
+        swapped.copy_within(b..b + 4, a);
+        swapped[b..b + 4].copy_from_slice(&first);
+        // Another pack's: whole, its own checksum right, but naming another pack.
+        let mut other = good.clone();
+        let at = other.len() - 2 * len;
+        other[at] ^= 0x01;
+        let mut hasher = gix_hash::hasher(hash);
+        hasher.update(&other[..other.len() - len]);
+        let sum = hasher.try_finalize().unwrap();
+        let end = other.len() - len;
+        other[end..].copy_from_slice(sum.as_bytes());
+        for (name, bytes) in [("a damaged", swapped), ("another pack's", other)] {
+            std::fs::write(&rev_path, &bytes).unwrap();
+            let rev = RevIndex::load(pack, hash);
+            assert!(
+                matches!(rev.order, Order::Built(_)),
+                "{name} file is not used"
+            );
+            assert_eq!(order(&rev), built, "{name} file");
+        }
+    }
 }

@@ -162,27 +162,27 @@ enum Ready {
 /// but never trusted for it, and the detection took a sixth of the time of answering a
 /// `tree:0` clone (objects' ids, which a collision could forge, are hashed with it as before).
 #[derive(Clone)]
-enum Checksum {
+pub(crate) enum Checksum {
     Sha1(sha1::Sha1),
     Other(gix_hash::Hasher),
 }
 
 impl Checksum {
-    fn new(hash: gix_hash::Kind) -> Self {
+    pub(crate) fn new(hash: gix_hash::Kind) -> Self {
         match hash {
             gix_hash::Kind::Sha1 => Checksum::Sha1(sha1::Digest::new()),
             other => Checksum::Other(gix_hash::hasher(other)),
         }
     }
 
-    fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         match self {
             Checksum::Sha1(hasher) => sha1::Digest::update(hasher, bytes),
             Checksum::Other(hasher) => hasher.update(bytes),
         }
     }
 
-    fn finish(self) -> Result<ObjectId, Error> {
+    pub(crate) fn finish(self) -> Result<ObjectId, Error> {
         match self {
             Checksum::Sha1(hasher) => {
                 let digest: [u8; 20] = sha1::Digest::finalize(hasher).into();
