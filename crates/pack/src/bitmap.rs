@@ -113,6 +113,14 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, Error> {
 /// Decode one EWAH bitmap at the start of `data` into at most `max_bits` bits; returns it and
 /// the bytes it took.
 pub(crate) fn ewah_decode(data: &[u8], max_bits: usize) -> Result<(Bits, usize), Error> {
+    let mut bits = Bits::default();
+    let used = ewah_xor_into(data, max_bits, &mut bits)?;
+    Ok((bits, used))
+}
+
+/// XOR the EWAH bitmap at the start of `data` (of at most `max_bits` bits) into `acc`, which
+/// grows to hold it; returns the bytes it took. Decoding is XORing into nothing.
+fn ewah_xor_into(data: &[u8], max_bits: usize, acc: &mut Bits) -> Result<usize, Error> {
     let bit_size = u32_at(data, 0)? as usize;
     let word_count = u32_at(data, 4)? as usize;
     // Git counts whole words: up to 63 bits past the last object, never set.
@@ -125,34 +133,49 @@ pub(crate) fn ewah_decode(data: &[u8], max_bits: usize) -> Result<(Bits, usize),
     let raw = data
         .get(8..words_end)
         .ok_or_else(|| bad("truncated bitmap"))?;
-    let _rlw = u32_at(data, words_end)?;
+    u32_at(data, words_end)?;
     let wanted = bit_size.div_ceil(64);
-    let mut out = Vec::with_capacity(wanted);
+    let keep = bit_size.min(max_bits);
+    let last = keep.div_ceil(64);
+    if acc.0.len() < last {
+        acc.0.resize(last, 0);
+    }
+    // No bit past the last object.
+    let tail = if keep.is_multiple_of(64) {
+        u64::MAX
+    } else {
+        (1u64 << (keep % 64)) - 1
+    };
+    let mut xor = |at: usize, w: u64| {
+        if at + 1 < last {
+            acc.0[at] ^= w;
+        } else if at + 1 == last {
+            acc.0[at] ^= w & tail;
+        }
+    };
     let word = |i: usize| u64::from_be_bytes(raw[i * 8..i * 8 + 8].try_into().expect("eight"));
-    let mut i = 0;
+    let (mut i, mut at) = (0, 0usize);
     while i < word_count {
         let rlw = word(i);
         i += 1;
         let run = ((rlw >> 1) & 0xffff_ffff) as usize;
         let literals = (rlw >> 33) as usize;
-        if out.len() + run + literals > wanted + 1 || i + literals > word_count {
+        if at + run + literals > wanted + 1 || i + literals > word_count {
             return Err(bad("a bitmap longer than it says"));
         }
-        let fill = if rlw & 1 == 1 { u64::MAX } else { 0 };
-        out.resize(out.len() + run, fill);
-        out.extend((i..i + literals).map(word));
+        if rlw & 1 == 1 {
+            for w in at..(at + run).min(last) {
+                xor(w, u64::MAX);
+            }
+        }
+        at += run;
+        for l in 0..literals {
+            xor(at + l, word(i + l));
+        }
+        at += literals;
         i += literals;
     }
-    out.resize(wanted, 0);
-    // No bit past the last object.
-    let keep = bit_size.min(max_bits);
-    out.truncate(keep.div_ceil(64));
-    if !keep.is_multiple_of(64)
-        && let Some(last) = out.last_mut()
-    {
-        *last &= (1u64 << (keep % 64)) - 1;
-    }
-    Ok((Bits(out), words_end + 4))
+    Ok(words_end + 4)
 }
 
 /// Encode `bits` (of `bit_size` bits) as EWAH.
@@ -238,15 +261,26 @@ impl Source {
 
     /// The EWAH bitmap at `at`, decoded into at most `max_bits` bits, and where it ends.
     fn ewah(&self, at: usize, max_bits: usize) -> Result<(Bits, usize), Error> {
+        let data = self.ewah_bytes(at)?;
+        let (bits, used) = ewah_decode(&data, max_bits)?;
+        Ok((bits, at + used))
+    }
+
+    /// The EWAH bitmap at `at` (of at most `max_bits` bits) XORed into `acc`.
+    fn ewah_xor(&self, at: usize, max_bits: usize, acc: &mut Bits) -> Result<(), Error> {
+        let data = self.ewah_bytes(at)?;
+        ewah_xor_into(&data, max_bits, acc).map(drop)
+    }
+
+    /// The bytes of the EWAH bitmap at `at`.
+    fn ewah_bytes(&self, at: usize) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
         let head = self.read(at, 8)?;
         let words = u32_at(&head, 4)? as usize;
         let len = words
             .checked_mul(8)
             .and_then(|w| w.checked_add(12))
             .ok_or_else(|| bad("truncated bitmap"))?;
-        let data = self.read(at, len)?;
-        let (bits, used) = ewah_decode(&data, max_bits)?;
-        Ok((bits, at + used))
+        self.read(at, len)
     }
 }
 
@@ -442,9 +476,13 @@ impl PackBitmaps {
         }
     }
 
-    /// Entry `i` decoded: its EWAH XORed with its base's, and so on down its chain (one
-    /// accumulator; a base decoded earlier ends the chain early). Only entries asked for are
-    /// kept, and at most [`DECODED_KEPT`] of them.
+    /// Entry `i` decoded: its EWAH XORed with its base's bitmap, which is its own EWAH XORed
+    /// with its base's, and so on down the chain to an entry stored as it is or one decoded
+    /// already. The chain is decoded from that end up, into one accumulator, so every entry
+    /// on it is decoded on the way: every [`KEEP_EVERY`]th is kept, where the chains of
+    /// other commits asked for next are likely to meet it (a clone of many tips met the
+    /// same chain's far end again for each one, half the time of a `tree:0` clone of 400
+    /// tips).
     fn entry(&self, i: usize) -> Result<Arc<Bits>, Error> {
         let cached = |i: usize| {
             self.decoded
@@ -456,51 +494,63 @@ impl PackBitmaps {
         if let Some(bits) = cached(i) {
             return Ok(bits);
         }
-        let mut acc: Option<Bits> = None;
+        let mut chain = Vec::new();
+        let mut below: Option<Arc<Bits>> = None;
         let mut next = Some(i);
-        let mut steps = 0;
         while let Some(e) = next {
-            if steps > self.entries.len() {
+            if chain.len() > self.entries.len() {
                 return Err(bad("an XOR chain that loops"));
             }
-            steps += 1;
             if e != i
                 && let Some(known) = cached(e)
             {
-                match &mut acc {
-                    Some(acc) => acc.xor(&known),
-                    None => acc = Some((*known).clone()),
-                }
+                below = Some(known);
                 break;
             }
+            chain.push(e);
+            next = self.entries[e].base;
+        }
+        let mut acc = match below {
+            Some(known) => (*known).clone(),
+            None => Bits::default(),
+        };
+        for (k, &e) in chain.iter().enumerate().rev() {
             let Entry {
-                start,
-                base,
-                position,
+                start, position, ..
             } = self.entries[e];
             // What a lookup table says must be what the entry says.
             if u32_at(&self.data.read(start - 6, 4)?, 0)? != position {
                 return Err(bad("a lookup table row names another entry"));
             }
-            let (bits, _) = self.data.ewah(start, self.objects)?;
-            match &mut acc {
-                Some(acc) => acc.xor(&bits),
-                None => acc = Some(bits),
+            self.data.ewah_xor(start, self.objects, &mut acc)?;
+            if k > 0 && k % KEEP_EVERY == 0 {
+                self.keep(e, Arc::new(acc.clone()));
             }
-            next = base;
         }
-        let bits = Arc::new(acc.expect("at least one entry decoded"));
+        let bits = Arc::new(acc);
+        self.keep(i, Arc::clone(&bits));
+        Ok(bits)
+    }
+
+    /// Keep the decoded bitmap of entry `i`, within [`DECODED_BYTES`] (all are dropped when
+    /// it is reached).
+    fn keep(&self, i: usize, bits: Arc<Bits>) {
+        let most = (DECODED_BYTES / self.objects.div_ceil(8).max(1)).max(DECODED_LEAST);
         let mut decoded = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
-        if decoded.len() >= DECODED_KEPT {
+        if decoded.len() >= most {
             decoded.clear();
         }
-        decoded.insert(i, Arc::clone(&bits));
-        Ok(bits)
+        decoded.insert(i, bits);
     }
 }
 
-/// Decoded bitmaps a repository handle keeps (each is a bit per object of the pack).
-const DECODED_KEPT: usize = 64;
+/// Bytes of decoded bitmaps a repository handle keeps (each is a bit per object of the
+/// pack), and how many it keeps however large the pack.
+const DECODED_BYTES: usize = 16 << 20;
+const DECODED_LEAST: usize = 16;
+
+/// Of the entries an XOR chain is decoded through, every this many is kept.
+const KEEP_EVERY: usize = 4;
 
 /// Whether the bitmap file at `path` ends with the checksum of what precedes it (a full
 /// read: done where a file is written, not where it is loaded).
@@ -1124,6 +1174,46 @@ mod tests {
             for bits in [sparse, dense, mixed, Bits::with_len(n)] {
                 assert_eq!(roundtrip(&bits, n), bits, "{n} bits");
             }
+        }
+    }
+
+    /// XORing an EWAH into a bitmap in place gives the XOR of the two, from an empty
+    /// accumulator or a full one, and takes the whole EWAH.
+    #[test]
+    fn ewah_xored_in_place_is_decoded_and_xored() {
+        for n in [1usize, 63, 64, 65, 1000, 64 * 70 + 3] {
+            let mut sparse = Bits::with_len(n);
+            let mut runs = Bits::with_len(n);
+            for i in 0..n {
+                if i % 89 == 0 {
+                    sparse.set(i);
+                }
+                if (i / 64) % 4 != 1 {
+                    runs.set(i);
+                }
+            }
+            for (a, b) in [
+                (&sparse, &runs),
+                (&runs, &sparse),
+                (&runs, &runs),
+                (&Bits::default(), &runs),
+            ] {
+                let mut encoded = Vec::new();
+                ewah_encode(b, n, &mut encoded);
+                let mut expected = a.clone();
+                expected.xor(b);
+                let mut acc = a.clone();
+                let used = ewah_xor_into(&encoded, n, &mut acc).unwrap();
+                assert_eq!(acc, expected, "{n} bits");
+                assert_eq!(used, encoded.len());
+            }
+            // What decoding refuses, XORing refuses.
+            let mut encoded = Vec::new();
+            ewah_encode(&runs, n, &mut encoded);
+            if n > 64 {
+                assert!(ewah_xor_into(&encoded, n - 64, &mut Bits::default()).is_err());
+            }
+            assert!(ewah_xor_into(&encoded[..encoded.len() - 4], n, &mut Bits::default()).is_err());
         }
     }
 
