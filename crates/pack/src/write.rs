@@ -72,6 +72,10 @@ const NEW_DELTA_BUDGET: i64 = 512 << 20;
 /// them per request.
 const BATCH_BYTES: u64 = 32 << 20;
 
+/// Entries sent as they are stored, larger than this, are not held in a batch but read
+/// when written: holding them saves a second lookup, worth it for small ones only.
+const HELD_ENTRY_BYTES: u64 = 64 << 10;
+
 /// What the writer did, for the `Total` progress line and for tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PackStats {
@@ -362,17 +366,20 @@ impl<'a> PackWriter<'a> {
                         continue;
                     }
                     let stored = self.stored(id)?;
-                    let reusable = match &stored {
-                        Stored::Base(entry) => {
-                            bytes += entry.len() as u64;
-                            true
-                        }
-                        Stored::Delta { base, entry, .. } => {
-                            bytes += entry.len() as u64;
-                            in_pack.contains(base) || (self.opts.thin && client_has.contains(base))
-                        }
-                        Stored::Full => false,
+                    let (reusable, held) = match &stored {
+                        Stored::Base(entry) => (true, entry.len() as u64),
+                        Stored::Delta { base, entry, .. } => (
+                            in_pack.contains(base) || (self.opts.thin && client_has.contains(base)),
+                            entry.len() as u64,
+                        ),
+                        Stored::Full => (false, 0),
                     };
+                    if reusable && held > HELD_ENTRY_BYTES {
+                        // Read again when written: a batch of large files held for nothing
+                        // made a depth-1 clone of them take more memory than git's.
+                        continue;
+                    }
+                    bytes += held;
                     if !reusable {
                         bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
                         let against = match &stored {

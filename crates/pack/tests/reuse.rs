@@ -231,7 +231,8 @@ fn stored_deltas_are_copied_not_recomputed() {
 }
 
 /// Issue 12: the writer plans ahead by bytes as well as by entries: a repository of large
-/// incompressible files does not hold 512 of them in memory per request.
+/// incompressible files does not hold 512 of them in memory per request. Issue 16: large
+/// entries sent as they are stored are not held at all, but read when written.
 #[test]
 fn the_writers_look_ahead_is_bounded_in_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,23 +246,52 @@ fn the_writers_look_ahead_is_bounded_in_bytes() {
         dir.path(),
         &["init", "-q", "-b", "main", work.to_str().unwrap()],
     );
-    // Two packs of large files: a clone is sent object by object, not as a stored pack.
     let mut rng = repo::Rng::new(1241);
-    for half in 0..2 {
-        for i in 0..20 {
-            let name = format!("blob{half}-{i}.bin");
-            std::fs::write(work.join(name), rng.bytes(1 << 20)).unwrap();
+    let mut add = |name: &str, count: usize| {
+        for i in 0..count {
+            std::fs::write(work.join(format!("{name}-{i}.bin")), rng.bytes(1 << 20)).unwrap();
         }
-        gitcache_testkit::git::commit_all(&work, "large");
+        gitcache_testkit::git::commit_all(&work, name);
         git(&work, &["push", "-q", path.to_str().unwrap(), "main"]);
+    };
+    // Two packs of large files: a clone is sent object by object, not as a stored pack.
+    for half in ["first", "second"] {
+        add(half, 20);
         git(&path, &["repack", "-dq", "--window=0"]);
     }
-    let repo = Repository::open(&path).unwrap();
-    let fetch = clone_request(oids(&git(&path, &["rev-parse", "main"])));
-    let (whole, stats, pack) = send(&repo, &fetch);
-    assert!(!whole);
+    let clone = |path: &std::path::Path| {
+        let repo = Repository::open(path).unwrap();
+        let fetch = clone_request(oids(&git(path, &["rev-parse", "main"])));
+        let (whole, stats, pack) = send(&repo, &fetch);
+        assert!(!whole);
+        let check = tempfile::tempdir().unwrap();
+        let client = check.path().join("c.git");
+        git(
+            check.path(),
+            &["init", "-q", "--bare", client.to_str().unwrap()],
+        );
+        gitcache_testkit::git::git_with_input(
+            &client,
+            &["index-pack", "--strict", "--stdin"],
+            &pack,
+        );
+        (stats, pack.len())
+    };
+    let (stats, len) = clone(&path);
     assert_eq!(stats.objects, 44, "40 blobs, two trees, two commits");
-    assert!(pack.len() > 40 << 20);
+    assert!(len > 40 << 20);
+    assert_eq!(stats.reused, 44);
+    assert!(
+        stats.lookahead_bytes < 64 << 10,
+        "{} bytes of stored entries held ahead",
+        stats.lookahead_bytes
+    );
+    // Forty more, left loose (a push of so few objects is not kept as a pack): each is
+    // compressed anew, and the compressed objects held ahead are bounded.
+    add("loose", 40);
+    let (stats, len) = clone(&path);
+    assert_eq!(stats.objects, 86);
+    assert!(len > 80 << 20);
     assert!(
         stats.lookahead_bytes <= (32 << 20) + (2 << 20),
         "{} bytes planned ahead",
