@@ -160,7 +160,8 @@ fn ewah_xor_into(data: &[u8], max_bits: usize, acc: &mut Bits) -> Result<usize, 
         i += 1;
         let run = ((rlw >> 1) & 0xffff_ffff) as usize;
         let literals = (rlw >> 33) as usize;
-        if at + run + literals > wanted + 1 || i + literals > word_count {
+        let end = at.checked_add(run).and_then(|e| e.checked_add(literals));
+        if end.is_none_or(|end| end > wanted + 1) || i + literals > word_count {
             return Err(bad("a bitmap longer than it says"));
         }
         if rlw & 1 == 1 {
@@ -524,23 +525,28 @@ impl PackBitmaps {
             }
             self.data.ewah_xor(start, self.objects, &mut acc)?;
             if k > 0 && k % KEEP_EVERY == 0 {
-                self.keep(e, Arc::new(acc.clone()));
+                self.keep(e, || Arc::new(acc.clone()), false);
             }
         }
         let bits = Arc::new(acc);
-        self.keep(i, Arc::clone(&bits));
+        self.keep(i, || Arc::clone(&bits), true);
         Ok(bits)
     }
 
-    /// Keep the decoded bitmap of entry `i`, within [`DECODED_BYTES`] (all are dropped when
-    /// it is reached).
-    fn keep(&self, i: usize, bits: Arc<Bits>) {
+    /// Keep the decoded bitmap of entry `i`, within [`DECODED_BYTES`]: one asked for
+    /// (`asked`) always, all others dropped when the budget is reached; one met on the way
+    /// only while half the budget is free (so that long chains on a large pack do not drop
+    /// the bitmaps asked for at every request).
+    fn keep(&self, i: usize, bits: impl FnOnce() -> Arc<Bits>, asked: bool) {
         let most = (DECODED_BYTES / self.objects.div_ceil(8).max(1)).max(DECODED_LEAST);
         let mut decoded = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
+        if !asked && decoded.len() >= most / 2 {
+            return;
+        }
         if decoded.len() >= most {
             decoded.clear();
         }
-        decoded.insert(i, bits);
+        decoded.insert(i, bits());
     }
 }
 

@@ -150,6 +150,8 @@ pub(crate) fn copy_runs<'a, W: Write>(
         Ok(())
     };
     let mut next = None;
+    // Where the last entry copied ends in the stored pack.
+    let mut copied_end = 0u64;
     for p in packed.bits.ones() {
         if p >= n {
             break;
@@ -164,6 +166,12 @@ pub(crate) fn copy_runs<'a, W: Write>(
             pack_end
         };
         next = Some((p + 1, end));
+        // Pack order is offset order: an index whose offsets say otherwise (damaged) must
+        // not make copied entries overlap, nor the shifts fall out of order.
+        if off < copied_end {
+            left.push(p);
+            continue;
+        }
         let Ok(entry) = data.entry(off) else {
             left.push(p);
             continue;
@@ -180,14 +188,16 @@ pub(crate) fn copy_runs<'a, W: Write>(
                 let base = off
                     .checked_sub(base_distance)
                     .and_then(|base_off| Some((base_off, rev.position_before(pack, p, base_off)?)));
-                match base {
-                    Some((base_off, bp)) if copied.get(bp) => {
-                        let distance = new_off - (base_off - shift_at(&shifts, base_off));
-                        (distance != base_distance).then_some(Header::OfsDelta {
-                            base_distance: distance,
-                        })
-                    }
-                    _ => {
+                let distance = base
+                    .filter(|&(_, bp)| copied.get(bp))
+                    .and_then(|(base_off, _)| {
+                        new_off.checked_sub(base_off.checked_sub(shift_at(&shifts, base_off))?)
+                    });
+                match distance {
+                    Some(distance) => (distance != base_distance).then_some(Header::OfsDelta {
+                        base_distance: distance,
+                    }),
+                    None => {
                         left.push(p);
                         continue;
                     }
@@ -220,6 +230,7 @@ pub(crate) fn copy_runs<'a, W: Write>(
             }
         }
         copied.set(p);
+        copied_end = end;
         count += 1;
         stats.reused += 1;
         stats.pack_reused += 1;
