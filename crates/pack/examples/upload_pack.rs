@@ -19,7 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::io::stdin().read_to_end(&mut body)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    // With UPLOAD_PACK_PHASES set, how long planning and writing took goes to stderr.
+    // With UPLOAD_PACK_PHASES set, how long planning and writing took, and what was written,
+    // go to stderr.
     let started = std::time::Instant::now();
     let Some(request) = parse_request(&body, Limits::default())? else {
         return Ok(());
@@ -37,10 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ) {
             Ok(plan) => {
                 let planned = started.elapsed();
-                plan.write_to(&mut out)?;
+                let stats = plan.write_to(&mut out)?;
                 if std::env::var_os("UPLOAD_PACK_PHASES").is_some() {
                     eprintln!(
-                        "planned in {planned:.1?}, written by {:.1?}",
+                        "planned in {planned:.1?}, written by {:.1?}: {stats:?}",
                         started.elapsed()
                     );
                 }
