@@ -99,3 +99,46 @@ fn sha256_generation_and_appending() {
     assert_eq!(n.trim(), "4");
     client.fsck(&made.path).unwrap().expect_success();
 }
+
+/// The scale layout: new files go down to `depth` levels (the trees are deep), the top of
+/// `src/` grows wide, large files have the size asked for, the same seed gives the same
+/// history, and the sizes the scale specs promise grow with the megabytes asked for.
+#[test]
+fn deep_layouts_make_deep_and_wide_trees() {
+    let client = GitClient::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = RepoSpec {
+        commits: 400,
+        files: 300,
+        large_every: 70,
+        large_bytes: 2 << 20,
+        depth: 6,
+        ..RepoSpec::small(5)
+    };
+    let a = repo::generate(&dir.path().join("a.git"), &spec).unwrap();
+    let b = repo::generate(&dir.path().join("b.git"), &spec).unwrap();
+    assert_eq!(refs(&client, &a.path), refs(&client, &b.path));
+    client.fsck(&a.path).unwrap().expect_success();
+    let out = |args: &[&str]| client.run(&a.path, args).unwrap().expect_success().stdout;
+    let files = out(&["ls-tree", "-r", "--name-only", "main"]);
+    let deepest = files.lines().map(|f| f.matches('/').count()).max().unwrap();
+    assert!(deepest >= 6, "deepest file {deepest} directories down");
+    let top = out(&["ls-tree", "--name-only", "main", "src/"]);
+    assert!(
+        top.lines().count() >= 200,
+        "src/ holds {}",
+        top.lines().count()
+    );
+    let sizes = out(&[
+        "cat-file",
+        "--batch-all-objects",
+        "--batch-check=%(objecttype) %(objectsize)",
+    ]);
+    assert!(sizes.lines().any(|l| {
+        l.strip_prefix("blob ")
+            .is_some_and(|n| n.parse::<u64>().unwrap() >= 2 << 20)
+    }));
+    let (small, large) = (RepoSpec::scale(1, 50), RepoSpec::scale(1, 1000));
+    assert!(small.commits < large.commits && large.commits <= 500_000);
+    assert!(small.depth > 0 && small.large_bytes > 1 << 20);
+}
