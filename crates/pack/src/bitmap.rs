@@ -592,7 +592,7 @@ pub(crate) trait Known {
 
 impl Known for Loaded {
     fn bitmap(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error> {
-        match self.pos.index.lookup(commit) {
+        match crate::packs::lookup(&self.pos.index, commit) {
             Some(i) => self.bitmaps.get(i),
             None => Ok(None),
         }
@@ -694,9 +694,7 @@ impl Positions {
         if let Some(map) = &self.map {
             return map.get(oid).map(|&p| p as usize);
         }
-        self.index
-            .lookup(oid)
-            .and_then(|i| self.rev.pack_position(&self.index, i))
+        crate::packs::lookup(&self.index, oid).and_then(|i| self.rev.pack_position(&self.index, i))
     }
 
     /// Look objects up in a hash map from now on (worth it for walks over the whole

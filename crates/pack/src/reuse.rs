@@ -73,7 +73,7 @@ pub(crate) struct Copied<'a> {
 impl Copied<'_> {
     /// The pack position of `oid`, if it was copied.
     fn position(&self, oid: &ObjectId) -> Option<(usize, u64)> {
-        let index = self.pack.index.lookup(oid)?;
+        let index = crate::packs::lookup(&self.pack.index, oid)?;
         let p = self.rev.pack_position(&self.pack.index, index)?;
         self.bits
             .get(p)

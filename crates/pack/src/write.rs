@@ -586,7 +586,7 @@ impl<'a> PackWriter<'a> {
         let Some((pack, index)) = self
             .packs
             .iter()
-            .find_map(|pack| Some((pack, pack.index.lookup(oid)?)))
+            .find_map(|pack| Some((pack, crate::packs::lookup(&pack.index, oid)?)))
         else {
             return Vec::new();
         };
@@ -690,7 +690,7 @@ impl<'a> PackWriter<'a> {
             .packs
             .iter()
             .enumerate()
-            .find_map(|(k, p)| p.index.lookup(oid).map(|i| (k, i)))?;
+            .find_map(|(k, p)| crate::packs::lookup(&p.index, oid).map(|i| (k, i)))?;
         let pack = &self.packs[k];
         let offset = pack.index.pack_offset_at_index(index);
         if self.odb_pack.len() < self.packs.len() {
