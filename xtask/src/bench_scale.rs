@@ -122,7 +122,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
 
 /// Generate the repository of about `megabytes` of pack unless it is there, then pack it as
 /// a forge keeps it: one pack with a bitmap (`git repack -adb`, its time kept in the file
-/// `repack-took`), and a commit-graph.
+/// `repack-took`), a commit-graph, packed refs.
 fn prepare(repo: &Path, megabytes: usize) -> Result<()> {
     if !repo.exists() {
         let spec = gitcache_testkit::repo::RepoSpec::scale(1, megabytes);
@@ -152,6 +152,9 @@ fn prepare(repo: &Path, megabytes: usize) -> Result<()> {
         std::fs::write(repo.join("repack-took"), seconds_and_rss(took, rss))?;
         git(repo, &["commit-graph", "write", "--reachable"])?;
     }
+    // Refs packed, as a forge's housekeeping and a mirror's refresh leave them (each request
+    // reads them all, on both sides, for `include-tag`).
+    git(repo, &["pack-refs", "--all"])?;
     Ok(())
 }
 
