@@ -1,4 +1,4 @@
-//! `cargo xtask bench-scale [--sizes 50,300,1000,3000] [--runs N]`: how time and peak memory
+//! `cargo xtask bench-scale [--sizes 50,300,1000,3000] [--runs N] [--only TEXT]`: how time and peak memory
 //! grow with the repository, for gitcache and for git. For each size (megabytes of pack), a
 //! generated repository (`RepoSpec::scale`) packed as a forge keeps it, then:
 //!
@@ -109,7 +109,11 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
                 .trim()
         );
 
-        let cases = requests(&mirror, &tips, true)?;
+        let only = crate::flag_value(args, "--only");
+        let cases: Vec<_> = requests(&mirror, &tips, true)?
+            .into_iter()
+            .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
+            .collect();
         table(
             (&git_upload_pack(), &repo),
             (&[example("upload_pack")], &mirror),
