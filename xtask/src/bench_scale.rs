@@ -1,4 +1,4 @@
-//! `cargo xtask bench-scale [--sizes 50,300,1000,3000] [--runs N] [--only TEXT]`: how time and peak memory
+//! `cargo xtask bench-scale [--sizes 50,300,1000,3000] [--runs N] [--only TEXT|TEXT]`: how time and peak memory
 //! grow with the repository, for gitcache and for git. For each size (megabytes of pack), a
 //! generated repository (`RepoSpec::scale`) packed as a forge keeps it, then:
 //!
@@ -112,7 +112,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         let only = crate::flag_value(args, "--only");
         let cases: Vec<_> = requests(&mirror, &tips, true)?
             .into_iter()
-            .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
+            .filter(|(name, _)| only.is_none_or(|o| o.split('|').any(|o| name.contains(o))))
             .collect();
         table(
             (&git_upload_pack(), &repo),

@@ -156,11 +156,16 @@ impl RepoSpec {
         }
     }
 
-    /// A repository of about `megabytes` of pack for scale benchmarks: from 10,000 commits
-    /// (50 MB) up to 500,000 (3 GB), wide and deep trees, binaries of 32 KiB, and large
-    /// files of 4–5 MiB making up the rest of the bytes.
+    /// A repository of about `megabytes` of pack for scale benchmarks: 10,000 commits up to
+    /// 50 MB, 60,000 up to 300, 100,000 up to 1 GB, 500,000 above; wide and deep trees,
+    /// binaries of 32 KiB, and large files of 4–5 MiB making up the rest of the bytes.
+    /// (Generating takes `git fast-import` about 20 s, 6 minutes and 20 minutes for the first
+    /// three here: every commit rewrites trees that grow wide.)
     pub fn scale(seed: u64, megabytes: usize) -> Self {
-        let commits = (megabytes * 200).clamp(10_000, 500_000);
+        let commits = [(50, 10_000), (300, 60_000), (1000, 100_000)]
+            .into_iter()
+            .find(|&(most, _)| megabytes <= most)
+            .map_or(500_000, |(_, commits)| commits);
         // Measured: about 1.9 KB of pack a commit for the text, trees and commits, and the
         // binaries' bytes as they are (random bytes do not compress).
         let binary_every = 40;
