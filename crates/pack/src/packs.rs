@@ -75,6 +75,7 @@ pub(crate) fn lookup(index: &gix_pack::index::File, oid: &gix_hash::oid) -> Opti
         match key(guess).cmp(&target) {
             std::cmp::Ordering::Less => lo = guess + 1,
             std::cmp::Ordering::Greater => hi = guess,
+            std::cmp::Ordering::Equal if index.oid_at_index(guess) == oid => return Some(guess),
             std::cmp::Ordering::Equal => break,
         }
     }
@@ -521,6 +522,66 @@ mod tests {
         for edge in [0x00u8, 0xff] {
             let oid = gix_hash::ObjectId::from_bytes_or_panic(&[edge; 20]);
             assert_eq!(super::lookup(index, &oid), None);
+        }
+    }
+
+    /// An index of ids that share their first eight bytes in groups (as a table made to
+    /// mislead the guesses could), and one whose ids are out of order (damaged): every id
+    /// of the first is found where it is, and nothing is found wrongly or loops in either.
+    #[test]
+    fn lookups_hold_where_guesses_mislead() {
+        let write_index = |ids: &[[u8; 20]]| {
+            let mut out = vec![0xff, b't', b'O', b'c', 0, 0, 0, 2];
+            for byte in 0..=255u8 {
+                let below = ids.iter().filter(|id| id[0] <= byte).count() as u32;
+                out.extend_from_slice(&below.to_be_bytes());
+            }
+            for id in ids {
+                out.extend_from_slice(id);
+            }
+            for _ in ids {
+                out.extend_from_slice(&0u32.to_be_bytes());
+            }
+            for i in 0..ids.len() as u32 {
+                out.extend_from_slice(&(12 + 100 * i).to_be_bytes());
+            }
+            out.extend_from_slice(&[0u8; 40]);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("pack-x.idx");
+            std::fs::write(&path, out).unwrap();
+            let index = gix_pack::index::File::at(&path, gix_hash::Kind::Sha1).unwrap();
+            (dir, index)
+        };
+        // Sixteen prefixes, each shared by eight ids; the prefixes crowded at both ends.
+        let mut ids = Vec::new();
+        for group in 0..16u8 {
+            let first = if group < 8 { group } else { 0xf0 + group };
+            for member in 0..8u8 {
+                let mut id = [0u8; 20];
+                id[0] = first;
+                id[7] = 0x80;
+                id[19] = member * 2;
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        let (_dir, index) = write_index(&ids);
+        for (i, id) in ids.iter().enumerate() {
+            let oid = gix_hash::ObjectId::from_bytes_or_panic(id);
+            assert_eq!(super::lookup(&index, &oid), Some(i as u32));
+            let mut absent = *id;
+            absent[19] += 1;
+            let absent = gix_hash::ObjectId::from_bytes_or_panic(&absent);
+            assert_eq!(super::lookup(&index, &absent), None);
+        }
+        let mut shuffled = ids.clone();
+        shuffled.reverse();
+        shuffled.swap(3, 90);
+        let (_dir, damaged) = write_index(&shuffled);
+        for (i, id) in shuffled.iter().enumerate() {
+            let oid = gix_hash::ObjectId::from_bytes_or_panic(id);
+            let found = super::lookup(&damaged, &oid);
+            assert!(found.is_none_or(|f| f == i as u32), "a wrong hit");
         }
     }
 

@@ -167,8 +167,9 @@ pub(crate) fn copy_runs<'a, W: Write>(
         };
         next = Some((p + 1, end));
         // Pack order is offset order: an index whose offsets say otherwise (damaged) must
-        // not make copied entries overlap, nor the shifts fall out of order.
-        if off < copied_end {
+        // not make copied entries overlap, nor the shifts fall out of order, nor an entry
+        // run past the pack's end.
+        if off < copied_end || end > pack_end {
             left.push(p);
             continue;
         }

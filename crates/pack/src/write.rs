@@ -351,13 +351,15 @@ impl<'a> PackWriter<'a> {
                 ready.clear();
                 let mut redo = Vec::new();
                 let mut bytes = 0u64;
+                // Bytes of large stored entries read while planning but not held.
+                let mut passed = 0u64;
                 for (place, id) in order
                     .iter()
                     .enumerate()
                     .take((i + BATCH).min(order.len()))
                     .skip(i)
                 {
-                    if next_batch > i && bytes >= BATCH_BYTES {
+                    if next_batch > i && bytes + passed >= BATCH_BYTES {
                         break;
                     }
                     next_batch = next_batch.max(i) + 1;
@@ -376,7 +378,9 @@ impl<'a> PackWriter<'a> {
                     };
                     if reusable && held > HELD_ENTRY_BYTES {
                         // Read again when written: a batch of large files held for nothing
-                        // made a depth-1 clone of them take more memory than git's.
+                        // made a depth-1 clone of them take more memory than git's. Still
+                        // counted, so that planning reads no further ahead of writing.
+                        passed += held;
                         continue;
                     }
                     bytes += held;
