@@ -1,8 +1,8 @@
-//! `write_bitmaps <repo> [--reuse <old.idx>] <tip>...`: mark the repository's pack that is the
-//! closure of the tips with them, write gitcache's reachability bitmaps for it (as a mirror's
-//! consolidation does; with `--reuse`, from the bitmaps of a replaced pack whose index and
-//! bitmap are at that path) and print how long writing took. Used to set it beside
-//! `git repack -adb` (benches/README.md).
+//! `write_bitmaps <repo> [--mark-only | --reuse <old.idx>] <tip>...`: mark the repository's
+//! pack that is the closure of the tips with them, write gitcache's reachability bitmaps for it
+//! (as a mirror's consolidation does; with `--reuse`, from the bitmaps of a replaced pack whose
+//! index and bitmap are at that path) and print how long writing took; with `--mark-only`,
+//! only mark it. Used to set it beside `git repack -adb` (benches/README.md).
 //!
 //! ```sh
 //! cargo run --release -p gitcache-pack --example write_bitmaps -- repo.git $(git -C repo.git for-each-ref --format='%(objectname)')
@@ -15,8 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or("usage: write_bitmaps <repo> [--reuse <old.idx>] <tip>...")?;
+        .ok_or("usage: write_bitmaps <repo> [--mark-only | --reuse <old.idx>] <tip>...")?;
     let mut args = args.peekable();
+    let mark_only = args.next_if(|a| a == "--mark-only").is_some();
     let reuse = if args.peek().is_some_and(|a| a == "--reuse") {
         args.next();
         Some(std::path::PathBuf::from(
@@ -29,7 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|t| ObjectId::from_hex(t.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
     let repo = Repository::open(path)?;
-    repo.mark_pack_tips(&tips)?;
+    let marked = repo.mark_pack_tips(&tips)?;
+    if mark_only {
+        println!("marked: {}", marked.is_some());
+        return Ok(());
+    }
     let started = std::time::Instant::now();
     let written = repo.write_bitmaps_reusing(&tips, reuse.as_deref())?;
     let took = started.elapsed().as_secs_f64();
