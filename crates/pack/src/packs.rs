@@ -495,16 +495,22 @@ mod tests {
     use super::{Order, RevIndex};
     use crate::Repository;
 
+    /// A small generated repository (`seed`), packed by `git` with `repack`.
+    fn repacked(seed: u64, repack: &[&str]) -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.git");
+        let spec = gitcache_testkit::repo::RepoSpec::small(seed);
+        gitcache_testkit::repo::generate(&path, &spec).unwrap();
+        gitcache_testkit::git::git_stdout(&path, repack);
+        let repo = Repository::open(&path).unwrap();
+        (dir, repo)
+    }
+
     /// Every object of a pack is found where the index's own search finds it, and ids it
     /// lacks (each object's id with its last byte changed, and ids past either end) are not.
     #[test]
     fn interpolated_lookups_find_what_the_index_finds() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.git");
-        gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::small(9))
-            .unwrap();
-        gitcache_testkit::git::git_stdout(&path, &["repack", "-adq"]);
-        let repo = Repository::open(&path).unwrap();
+        let (_dir, repo) = repacked(9, &["repack", "-adq"]);
         let packs = repo.stored_packs().unwrap();
         let index = &packs[0].index;
         let mut missing = 0;
@@ -590,15 +596,7 @@ mod tests {
     /// and is the same as the true file's.
     #[test]
     fn a_reverse_index_is_used_only_when_it_is_the_packs_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.git");
-        gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::small(3))
-            .unwrap();
-        gitcache_testkit::git::git_stdout(
-            &path,
-            &["-c", "pack.writeReverseIndex=true", "repack", "-adq"],
-        );
-        let repo = Repository::open(&path).unwrap();
+        let (_dir, repo) = repacked(3, &["-c", "pack.writeReverseIndex=true", "repack", "-adq"]);
         let packs = repo.stored_packs().unwrap();
         let pack = &packs[0];
         let hash = repo.object_format();
