@@ -192,7 +192,12 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
-pub(crate) fn run(root: &Path, repo: Option<&str>, only_cache: bool) -> Result<()> {
+pub(crate) fn run(
+    root: &Path,
+    repo: Option<&str>,
+    only_cache: bool,
+    hits_only: bool,
+) -> Result<()> {
     let (repo, tips) = prepare_repo(root, repo)?;
     let (upstream, backend) = serve_upstream(&repo)?;
 
@@ -250,6 +255,26 @@ pub(crate) fn run(root: &Path, repo: Option<&str>, only_cache: bool) -> Result<(
     let theirs = concurrent(&backend, &depth1, 8)?;
     let ours = concurrent(&gitcache, &depth1, 8)?;
     drop(server);
+    if hits_only {
+        println!("| request | http-backend | gitcache hit | ratio | bytes ratio |");
+        println!("| --- | --- | --- | --- | --- |");
+        for ((name, _), (theirs, hit)) in cases.iter().zip(rows) {
+            println!(
+                "| {name} | {} | {} | {:.2} | {:.2} |",
+                ms(theirs.0),
+                ms(hit.0),
+                hit.0.as_secs_f64() / theirs.0.as_secs_f64(),
+                hit.1 as f64 / theirs.1.max(1) as f64
+            );
+        }
+        println!(
+            "| 8 concurrent clone --depth=1 (wall) | {} | {} | {:.2} | |",
+            ms(theirs),
+            ms(ours),
+            ours.as_secs_f64() / theirs.as_secs_f64()
+        );
+        return Ok(());
+    }
     // Misses: each from no mirror, on a fresh server (no maintenance left running from the
     // run before).
     println!(

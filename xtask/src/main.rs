@@ -7,8 +7,9 @@
 //! - `bench-pack [repo] [--only TEXT]`: time our pack generation against `git upload-pack` on
 //!   the same repository and requests (default: the `large` generated repository; `--only`
 //!   runs the requests whose name contains TEXT).
-//! - `bench-proxy [repo] [--response-cache | --two-instances [--only TEXT] | --concurrency N]`:
-//!   time gitcache (hits and misses) in front of C git's http-backend (with
+//! - `bench-proxy [repo] [--hits | --response-cache | --two-instances [--only TEXT] |
+//!   --concurrency N]`: time gitcache (hits and misses) in front of C git's http-backend
+//!   (with `--hits`, hits alone: for repositories too large to miss five times; with
 //!   `--response-cache`, only the response-cache table; with `--concurrency`, N depth-1
 //!   fetches of different commits at once) against http-backend alone, over HTTP, on the
 //!   same repository and requests.
@@ -54,7 +55,8 @@ fn main() -> Result<()> {
                 return bench_proxy::concurrency(&root, repo, n);
             }
             let only_cache = args.iter().any(|a| a == "--response-cache");
-            bench_proxy::run(&root, repo, only_cache)
+            let hits_only = args.iter().any(|a| a == "--hits");
+            bench_proxy::run(&root, repo, only_cache, hits_only)
         }
         Some("bench-scale") => bench_scale::run(&workspace_root()?, &args[1..]),
         Some("bench-pages") => bench_pages::run(&workspace_root()?, &args[1..]),
@@ -65,7 +67,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--runs N] [--only TEXT] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--hits | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--runs N] [--only TEXT] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }

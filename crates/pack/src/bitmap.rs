@@ -516,14 +516,7 @@ impl PackBitmaps {
             None => Bits::default(),
         };
         for (k, &e) in chain.iter().enumerate().rev() {
-            let Entry {
-                start, position, ..
-            } = self.entries[e];
-            // What a lookup table says must be what the entry says.
-            if u32_at(&self.data.read(start - 6, 4)?, 0)? != position {
-                return Err(bad("a lookup table row names another entry"));
-            }
-            self.data.ewah_xor(start, self.objects, &mut acc)?;
+            self.xor_entry(e, &mut acc)?;
             if k > 0 && k % KEEP_EVERY == 0 {
                 self.keep(e, || Arc::new(acc.clone()), false);
             }
@@ -531,6 +524,134 @@ impl PackBitmaps {
         let bits = Arc::new(acc);
         self.keep(i, || Arc::clone(&bits), true);
         Ok(bits)
+    }
+
+    /// XOR entry `e`'s stored EWAH into `acc`.
+    fn xor_entry(&self, e: usize, acc: &mut Bits) -> Result<(), Error> {
+        let Entry {
+            start, position, ..
+        } = self.entries[e];
+        // What a lookup table says must be what the entry says.
+        if u32_at(&self.data.read(start - 6, 4)?, 0)? != position {
+            return Err(bad("a lookup table row names another entry"));
+        }
+        self.data.ewah_xor(start, self.objects, acc)
+    }
+
+    /// OR the bitmaps of entries `wanted` into `into`, decoding each entry on their XOR
+    /// chains at most once: a chain shared by many of them (the tips of a clone of every
+    /// branch meet the same ones) is decoded once for all, not once per tip as
+    /// [`Self::entry`] does once the kept bitmaps no longer hold them all (611 tips of a
+    /// 1 GB pack, 160 KB each, XORed down chains into the same older entries).
+    ///
+    /// Each wanted entry comes with its commit's pack position: taken in the order given,
+    /// one whose commit is in `into` already (reached by one before it) is not decoded.
+    /// Decoded entries that other chains are XORed against are held until the last of those
+    /// is decoded, within [`UNION_HELD_BYTES`]; past that, a base is decoded again when
+    /// needed. The wanted ones are kept for later requests when they fit in the budget of
+    /// kept bitmaps.
+    pub(crate) fn union_into(
+        &self,
+        wanted: &[(usize, usize)],
+        into: &mut Bits,
+    ) -> Result<(), Error> {
+        let held = UNION_HELD_BYTES / self.objects.div_ceil(8).max(1);
+        self.union_holding(wanted, into, held.max(DECODED_LEAST))
+    }
+
+    /// [`Self::union_into`], holding at most `most_held` decoded bases at a time.
+    fn union_holding(
+        &self,
+        wanted: &[(usize, usize)],
+        into: &mut Bits,
+        most_held: usize,
+    ) -> Result<(), Error> {
+        use std::collections::{HashMap, HashSet};
+        let cached: HashMap<usize, Arc<Bits>> = {
+            let decoded = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
+            decoded.iter().map(|(&i, b)| (i, Arc::clone(b))).collect()
+        };
+        let wanted: Vec<(usize, usize)> = wanted
+            .iter()
+            .copied()
+            .filter(|&(w, _)| w < self.entries.len())
+            .collect();
+        // How many entries are XORed against each one, over every wanted one's chain down
+        // to an entry stored as it is or one kept.
+        let mut uses: HashMap<usize, usize> = HashMap::new();
+        let mut met = HashSet::new();
+        for &(w, _) in &wanted {
+            let mut e = w;
+            let mut steps = 0;
+            while met.insert(e) && !cached.contains_key(&e) {
+                let Some(b) = self.entries[e].base else { break };
+                *uses.entry(b).or_default() += 1;
+                e = b;
+                steps += 1;
+                if steps > self.entries.len() {
+                    return Err(bad("an XOR chain that loops"));
+                }
+            }
+        }
+        let keep_asked = wanted.len() <= (DECODED_BYTES / self.objects.div_ceil(8).max(1)) / 2;
+        let mut held: HashMap<usize, Bits> = HashMap::new();
+        let mut chain = Vec::new();
+        for (w, position) in wanted {
+            if into.get(position) {
+                continue;
+            }
+            // Kept, or decoded on the chain of one before it.
+            if let Some(bits) = cached.get(&w).map(|b| &**b).or_else(|| held.get(&w)) {
+                into.or(bits);
+                continue;
+            }
+            // Down to an entry held, kept, or stored as it is.
+            chain.clear();
+            let mut next = Some(w);
+            let mut acc = Bits::default();
+            while let Some(e) = next {
+                if e != w {
+                    if let Some(bits) = cached.get(&e) {
+                        acc = (**bits).clone();
+                        break;
+                    }
+                    let left = uses.get_mut(&e).map_or(0, |n| {
+                        *n = n.saturating_sub(1);
+                        *n
+                    });
+                    if let Some(bits) = held.remove(&e) {
+                        acc = if left > 0 {
+                            let copy = bits.clone();
+                            held.insert(e, bits);
+                            copy
+                        } else {
+                            bits
+                        };
+                        break;
+                    }
+                }
+                if chain.len() > self.entries.len() {
+                    return Err(bad("an XOR chain that loops"));
+                }
+                chain.push(e);
+                next = self.entries[e].base;
+            }
+            for &e in chain.iter().rev() {
+                self.xor_entry(e, &mut acc)?;
+                // Still to be XORed against by a chain to come.
+                if uses.get(&e).is_some_and(|&n| n > 0)
+                    && held.len() < most_held
+                    && !held.contains_key(&e)
+                {
+                    held.insert(e, acc.clone());
+                }
+            }
+            into.or(&acc);
+            if keep_asked {
+                self.keep(w, || Arc::new(acc), true);
+            }
+        }
+        Ok(())
     }
 
     /// Keep the decoded bitmap of entry `i`, within [`DECODED_BYTES`]: one asked for
@@ -554,6 +675,9 @@ impl PackBitmaps {
 /// pack), and how many it keeps however large the pack.
 const DECODED_BYTES: usize = 16 << 20;
 const DECODED_LEAST: usize = 16;
+/// Bytes of decoded bitmaps [`PackBitmaps::union_into`] holds while entries XORed against
+/// them are still to come.
+const UNION_HELD_BYTES: usize = 64 << 20;
 
 /// Of the entries an XOR chain is decoded through, every this many is kept.
 const KEEP_EVERY: usize = 4;
@@ -588,6 +712,13 @@ fn read_checked(path: &std::path::Path, hash: HashKind) -> Result<Vec<u8>, Error
 /// Where a walk finds stored bitmaps.
 pub(crate) trait Known {
     fn bitmap(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error>;
+
+    /// OR into `bits` the stored bitmaps of those of `commits` that have one, taken in the
+    /// order given, all at once where that saves work (the default does nothing: the walk
+    /// asks for each).
+    fn or_stored(&self, _commits: &[ObjectId], _bits: &mut Bits) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 impl Known for Loaded {
@@ -596,6 +727,21 @@ impl Known for Loaded {
             Some(i) => self.bitmaps.get(i),
             None => Ok(None),
         }
+    }
+
+    fn or_stored(&self, commits: &[ObjectId], bits: &mut Bits) -> Result<(), Error> {
+        let entries: Vec<(usize, usize)> = commits
+            .iter()
+            .filter_map(|c| {
+                let i = crate::packs::lookup(&self.pos.index, c)?;
+                let entry = *self.bitmaps.by_commit.get(&i)?;
+                Some((entry, self.pos.rev.pack_position(&self.pos.index, i)?))
+            })
+            .collect();
+        if entries.len() > 1 {
+            self.bitmaps.union_into(&entries, bits)?;
+        }
+        Ok(())
     }
 }
 
@@ -785,6 +931,15 @@ fn reach_reading(
             gix_object::Kind::Tag => unreachable!("followed above"),
         }
     }
+    // The tips' own stored bitmaps, decoded together (those reached already left out), in
+    // the order the walk takes them.
+    let unreached: Vec<ObjectId> = commits
+        .iter()
+        .rev()
+        .filter(|c| !pos.of(c).is_some_and(|p| bits.get(p)))
+        .copied()
+        .collect();
+    known.or_stored(&unreached, &mut bits)?;
     // Commits first, down to the nearest stored bitmaps; then the trees of the commits
     // walked, skipping whatever those bitmaps already hold (most of each tree).
     while let Some(commit) = commits.pop() {
@@ -1151,6 +1306,75 @@ pub(crate) fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decoded together, bitmaps are what each decoded alone makes, ORed: with and without
+    /// git's lookup table, with every base held, one, or none (each decoded again), and with
+    /// some decoded before.
+    #[test]
+    fn bitmaps_decoded_together_are_those_decoded_alone() {
+        for table in ["false", "true"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("r.git");
+            let spec = gitcache_testkit::repo::RepoSpec::small(71);
+            gitcache_testkit::repo::generate(&path, &spec).unwrap();
+            let option = format!("pack.writeBitmapLookupTable={table}");
+            gitcache_testkit::git::git_stdout(&path, &["-c", &option, "repack", "-adbq"]);
+            let repo = crate::Repository::open(&path).unwrap();
+            let pack = &repo.stored_packs().unwrap()[0];
+            let load = || {
+                PackBitmaps::load(pack, repo.object_format())
+                    .unwrap()
+                    .unwrap()
+            };
+            let alone = load();
+            let count = alone.entries.len();
+            let chained = alone.entries.iter().filter(|e| e.base.is_some()).count();
+            assert!(chained > count / 4, "{chained} of {count} XORed");
+            let rev = RevIndex::from_offsets(pack);
+            let mut skipped = 0;
+            for (step, backwards) in [(1, false), (1, true), (3, true), (7, false)] {
+                let mut wanted: Vec<usize> = (0..count).step_by(step).collect();
+                if backwards {
+                    wanted.reverse();
+                }
+                let mut expected = Bits::default();
+                for &i in &wanted {
+                    expected.or(&alone.entry(i).unwrap());
+                }
+                // With their commits' positions (those reached by one before are skipped),
+                // and with none (every one decoded).
+                let placed: Vec<(usize, usize)> = wanted
+                    .iter()
+                    .map(|&i| {
+                        let at = rev.pack_position(&pack.index, alone.entries[i].position);
+                        (i, at.unwrap())
+                    })
+                    .collect();
+                let unplaced: Vec<(usize, usize)> =
+                    wanted.iter().map(|&i| (i, usize::MAX)).collect();
+                skipped += placed
+                    .iter()
+                    .enumerate()
+                    .filter(|&(k, &(_, at))| {
+                        placed[..k]
+                            .iter()
+                            .any(|&(j, _)| alone.entry(j).unwrap().get(at))
+                    })
+                    .count();
+                for held in [0, 1, usize::MAX] {
+                    for wanted in [&placed, &unplaced] {
+                        let together = load();
+                        // One in the middle of the chains decoded already.
+                        together.entry(count / 2).unwrap();
+                        let mut got = Bits::default();
+                        together.union_holding(wanted, &mut got, held).unwrap();
+                        assert_eq!(got, expected, "step {step}, holding {held}, table {table}");
+                    }
+                }
+            }
+            assert!(skipped > 0, "some commits were reached by others");
+        }
+    }
 
     fn roundtrip(bits: &Bits, n: usize) -> Bits {
         let mut out = Vec::new();

@@ -103,8 +103,9 @@ pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>
 }
 
 /// Read `data` as the bitmap file of `repo`'s first pack (its pack checksum written over
-/// bytes 12.. so that inputs reach past that check) and decode up to 64 of its bitmaps: a
-/// damaged file is an error, never a panic or an allocation the file's size does not bound.
+/// bytes 12.. so that inputs reach past that check) and decode up to 64 of its bitmaps, alone
+/// and together: a damaged file is an error, never a panic or an allocation the file's size
+/// does not bound.
 pub fn bitmap_load(repo: &Repository, data: &[u8]) {
     let Ok(packs) = repo.stored_packs() else {
         return;
@@ -118,11 +119,21 @@ pub fn bitmap_load(repo: &Repository, data: &[u8]) {
     if data.len() >= 12 + hash_len {
         data[12..12 + hash_len].copy_from_slice(checksum.as_bytes());
     }
-    let Ok(bitmaps) = crate::bitmap::PackBitmaps::parse_bytes(data, pack, repo.object_format())
-    else {
+    let hash = repo.object_format();
+    let objects = pack.num_objects();
+    // Up to 64 decoded together, from nothing decoded.
+    if let Ok(bitmaps) = crate::bitmap::PackBitmaps::parse_bytes(data.clone(), pack, hash) {
+        let count = bitmaps.commit_positions().count().min(64);
+        // Positions of the pack, as the walk gives them (not checked against the entries).
+        let wanted: Vec<(usize, usize)> = (0..count).map(|i| (i, i * 7 % objects.max(1))).collect();
+        let mut union = crate::bitmap::Bits::default();
+        if bitmaps.union_into(&wanted, &mut union).is_ok() {
+            assert!(union.ones().all(|b| b < objects), "a bit past the pack");
+        }
+    }
+    let Ok(bitmaps) = crate::bitmap::PackBitmaps::parse_bytes(data, pack, hash) else {
         return;
     };
-    let objects = pack.num_objects();
     assert!(bitmaps.commits.count() <= objects && bitmaps.blobs.count() <= objects);
     let positions: Vec<u32> = bitmaps.commit_positions().take(64).collect();
     for position in positions {
