@@ -101,6 +101,9 @@ pub struct PackStats {
     /// The most bytes of stored entries and objects to compress again planned ahead of
     /// writing at once (under 32 MiB plus one object).
     pub lookahead_bytes: u64,
+    /// Bytes of stored entries read out of packs while writing object by object (a large
+    /// entry sent as stored is read once, when written).
+    pub stored_read_bytes: u64,
 }
 
 /// A stored entry and what it is.
@@ -116,6 +119,16 @@ enum Stored {
         size: u64,
         entry: Vec<u8>,
         header_len: usize,
+    },
+}
+
+/// How an object is stored, or for a large entry only what planning needs.
+enum Peek {
+    Stored(Stored),
+    /// An entry of `len` bytes, a delta against `base` if it is one.
+    Large {
+        len: u64,
+        base: Option<ObjectId>,
     },
 }
 
@@ -253,6 +266,8 @@ pub(crate) struct PackWriter<'a> {
     /// holds a few hundred KiB, and making them again for every batch churned the
     /// allocator (memory kept by it grew with the number of packs written at once).
     zlibs: Vec<flate2::Compress>,
+    /// Bytes of stored entries read out of packs.
+    read_bytes: u64,
 }
 
 impl<'a> PackWriter<'a> {
@@ -274,6 +289,7 @@ impl<'a> PackWriter<'a> {
             buf: Vec::new(),
             bases: OidMap::default(),
             zlibs: Vec::new(),
+            read_bytes: 0,
         }
     }
 
@@ -367,7 +383,21 @@ impl<'a> PackWriter<'a> {
                         // Written early, as the base of a delta.
                         continue;
                     }
-                    let stored = self.stored(id)?;
+                    let stored = match self.stored_within(id, HELD_ENTRY_BYTES)? {
+                        Peek::Stored(stored) => stored,
+                        Peek::Large { len, base } => {
+                            let reusable = base.is_none_or(|base| {
+                                in_pack.contains(&base)
+                                    || (self.opts.thin && client_has.contains(&base))
+                            });
+                            if reusable {
+                                // Read when written, and counted (see below).
+                                passed += len;
+                                continue;
+                            }
+                            self.stored(id)?
+                        }
+                    };
                     let (reusable, held) = match &stored {
                         Stored::Base(entry) => (true, entry.len() as u64),
                         Stored::Delta { base, entry, .. } => (
@@ -473,6 +503,7 @@ impl<'a> PackWriter<'a> {
         let checksum = sink.hasher.clone().finish()?;
         sink.out.write_all(checksum.as_bytes())?;
         stats.bytes = sink.offset + checksum.as_bytes().len() as u64;
+        stats.stored_read_bytes = self.read_bytes;
         Ok(stats)
     }
 
@@ -637,7 +668,18 @@ impl<'a> PackWriter<'a> {
 
     /// How `oid` is stored.
     fn stored(&mut self, oid: &ObjectId) -> Result<Stored, Error> {
-        if let Some(found) = self.stored_in_listed_pack(oid) {
+        Ok(match self.stored_within(oid, u64::MAX)? {
+            Peek::Stored(stored) => stored,
+            // Not with no bound; read as a whole object if it were.
+            Peek::Large { .. } => Stored::Full,
+        })
+    }
+
+    /// How `oid` is stored, but for an entry in the listed packs longer than `most` bytes
+    /// only its length and delta base, from its header: what planning needs to pass over a
+    /// large entry sent as stored without copying it (it is read when written).
+    fn stored_within(&mut self, oid: &ObjectId, most: u64) -> Result<Peek, Error> {
+        if let Some(found) = self.stored_in_listed_pack(oid, most) {
             return Ok(found);
         }
         let odb = self.objects.odb();
@@ -645,21 +687,22 @@ impl<'a> PackWriter<'a> {
             .location_by_oid(oid, &mut self.buf)
             .map_err(Error::odb)?
         else {
-            return Ok(Stored::Full);
+            return Ok(Peek::Stored(Stored::Full));
         };
         let Some(entry) = odb.entry_by_location(&location) else {
-            return Ok(Stored::Full);
+            return Ok(Peek::Stored(Stored::Full));
         };
+        self.read_bytes += entry.data.len() as u64;
         let parsed = match gix_pack::data::Entry::from_bytes(
             &entry.data,
             location.pack_offset,
             self.objects.hash(),
         ) {
             Ok(parsed) => parsed,
-            Err(_) => return Ok(Stored::Full),
+            Err(_) => return Ok(Peek::Stored(Stored::Full)),
         };
         let header_len = parsed.header_size();
-        Ok(match parsed.header {
+        Ok(Peek::Stored(match parsed.header {
             Header::Commit | Header::Tree | Header::Blob | Header::Tag => Stored::Base(entry.data),
             Header::RefDelta { base_id } => Stored::Delta {
                 base: base_id,
@@ -669,7 +712,7 @@ impl<'a> PackWriter<'a> {
             },
             Header::OfsDelta { base_distance } => {
                 let Some(base_offset) = location.pack_offset.checked_sub(base_distance) else {
-                    return Ok(Stored::Full);
+                    return Ok(Peek::Stored(Stored::Full));
                 };
                 match self.base_at(oid, &location, base_offset) {
                     Some(base) => Stored::Delta {
@@ -681,14 +724,14 @@ impl<'a> PackWriter<'a> {
                     None => Stored::Full,
                 }
             }
-        })
+        }))
     }
 
     /// How `oid` is stored, read from one of `packs` with the entry's end taken from the
     /// reverse index, so that nothing is inflated (the object database's lookup by id
     /// inflates the entry to learn its length). `None`: not in those packs, or not readable
-    /// this way.
-    fn stored_in_listed_pack(&mut self, oid: &ObjectId) -> Option<Stored> {
+    /// this way. An entry longer than `most` bytes is read up to its header only.
+    fn stored_in_listed_pack(&mut self, oid: &ObjectId, most: u64) -> Option<Peek> {
         let hash = self.objects.hash();
         let (k, index) = self
             .packs
@@ -723,15 +766,30 @@ impl<'a> PackWriter<'a> {
         };
         let rev = self.rev.get(pack, hash);
         let end = rev.entry_end(pack, index, pack_end)?;
+        let len = end.checked_sub(offset)?;
+        let large = len > most;
         let location = gix_pack::data::entry::Location {
             pack_id,
             pack_offset: offset,
-            entry_size: usize::try_from(end.checked_sub(offset)?).ok()?,
+            // A header is at most ten bytes of type and size, and then a base's distance in
+            // at most ten or its id.
+            entry_size: usize::try_from(if large { len.min(64) } else { len }).ok()?,
         };
         let entry = self.objects.odb().entry_by_location(&location)?.data;
+        self.read_bytes += entry.len() as u64;
         let parsed = gix_pack::data::Entry::from_bytes(&entry, offset, hash).ok()?;
+        if large {
+            let base = match parsed.header {
+                Header::Commit | Header::Tree | Header::Blob | Header::Tag => None,
+                Header::RefDelta { base_id } => Some(base_id),
+                Header::OfsDelta { base_distance } => {
+                    Some(rev.object_at(pack, offset.checked_sub(base_distance)?)?)
+                }
+            };
+            return Some(Peek::Large { len, base });
+        }
         let header_len = parsed.header_size();
-        Some(match parsed.header {
+        Some(Peek::Stored(match parsed.header {
             Header::Commit | Header::Tree | Header::Blob | Header::Tag => Stored::Base(entry),
             Header::RefDelta { base_id } => Stored::Delta {
                 base: base_id,
@@ -748,7 +806,7 @@ impl<'a> PackWriter<'a> {
                     header_len,
                 }
             }
-        })
+        }))
     }
 
     /// The object at `offset` of the pack that holds `known` at `location`.

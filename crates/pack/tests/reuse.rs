@@ -286,6 +286,12 @@ fn the_writers_look_ahead_is_bounded_in_bytes() {
         "{} bytes of stored entries held ahead",
         stats.lookahead_bytes
     );
+    // Each read once: its header alone while planning, the whole entry when written.
+    assert!(
+        stats.stored_read_bytes < len as u64 + (64 << 10),
+        "{} bytes of stored entries read for {len} sent",
+        stats.stored_read_bytes
+    );
     // Forty more, left loose (a push of so few objects is not kept as a pack): each is
     // compressed anew, and the compressed objects held ahead are bounded (the stored entries
     // passed on the way count towards the same bound, so that planning reads no further
