@@ -221,7 +221,7 @@ pub(crate) fn run(
         .join(backend.replace(':', "_"))
         .join("bench/large.git");
 
-    let cases: Vec<(&str, Vec<u8>)> = requests(&repo, &tips, false)?
+    let cases: Vec<(&str, Vec<u8>)> = requests(&repo, &tips, hits_only)?
         .into_iter()
         .map(|(name, fetch)| (name, body(fetch)))
         .collect();

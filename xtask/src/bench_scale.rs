@@ -1,6 +1,8 @@
-//! `cargo xtask bench-scale [--sizes 50,300,1000,3000] [--runs N] [--only TEXT|TEXT]`: how time and peak memory
-//! grow with the repository, for gitcache and for git. For each size (megabytes of pack), a
-//! generated repository (`RepoSpec::scale`) packed as a forge keeps it, then:
+//! `cargo xtask bench-scale [--sizes 50,300,1000,3000] [--runs N] [--only TEXT|TEXT]
+//! [--prepare]`: how time and peak memory grow with the repository, for gitcache and for git.
+//! For each size (megabytes of pack), a generated repository (`RepoSpec::scale`) packed as a
+//! forge keeps it (with `--prepare`, only that: the generation of the largest takes an hour),
+//! then:
 //!
 //! - bitmaps: gitcache's written from nothing (a mirror's first consolidation) against git's
 //!   written for the same pack alone (`git multi-pack-index write --bitmap`), and git's whole
@@ -45,6 +47,9 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         let repo = root.join(format!("target/bench-repos/scale-{megabytes}.git"));
         println!("\n## About {megabytes} MB of pack\n");
         prepare(&repo, megabytes)?;
+        if args.iter().any(|a| a == "--prepare") {
+            continue;
+        }
         let tips: Vec<ObjectId> = git(&repo, &["for-each-ref", "--format=%(objectname)"])?
             .lines()
             .map(oid)

@@ -13,6 +13,9 @@
 //!   `--response-cache`, only the response-cache table; with `--concurrency`, N depth-1
 //!   fetches of different commits at once) against http-backend alone, over HTTP, on the
 //!   same repository and requests.
+//! - `bench-scale [--sizes MB,MB,...] [--runs N] [--only TEXT] [--prepare]`: the same on
+//!   generated repositories of those sizes of pack, with bitmap writing and indexing, against
+//!   git (see `bench_scale`).
 //! - `bench-pages [--files N] [--seconds S]`: the pages listener (release build): deploy time
 //!   of a site of N files against `git clone --depth 1` + `cp -r`, and requests per second
 //!   for a small and a 1 MiB file against `python3 -m http.server`.
@@ -67,7 +70,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--hits | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--runs N] [--only TEXT] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--hits | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--runs N] [--only TEXT] [--prepare] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }

@@ -157,15 +157,16 @@ impl RepoSpec {
     }
 
     /// A repository of about `megabytes` of pack for scale benchmarks: 10,000 commits up to
-    /// 50 MB, 60,000 up to 300, 100,000 up to 1 GB, 500,000 above; wide and deep trees,
+    /// 50 MB, 60,000 up to 300, 100,000 up to 1 GB, 150,000 above; wide and deep trees,
     /// binaries of 32 KiB, and large files of 4–5 MiB making up the rest of the bytes.
     /// (Generating takes `git fast-import` about 20 s, 6 minutes and 20 minutes for the first
-    /// three here: every commit rewrites trees that grow wide.)
+    /// three here, and grows with the square of the commits: every commit rewrites trees
+    /// that grow wide, so that 200,000 commits took over an hour.)
     pub fn scale(seed: u64, megabytes: usize) -> Self {
         let commits = [(50, 10_000), (300, 60_000), (1000, 100_000)]
             .into_iter()
             .find(|&(most, _)| megabytes <= most)
-            .map_or(500_000, |(_, commits)| commits);
+            .map_or(150_000, |(_, commits)| commits);
         // Measured: about 1.9 KB of pack a commit for the text, trees and commits, and the
         // binaries' bytes as they are (random bytes do not compress).
         let binary_every = 40;
