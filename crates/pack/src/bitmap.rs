@@ -310,6 +310,8 @@ pub(crate) struct PackBitmaps {
     /// Entries by their commit's index position (no object ids read to build it).
     by_commit: std::collections::HashMap<u32, usize>,
     decoded: std::sync::Mutex<std::collections::HashMap<usize, Arc<Bits>>>,
+    /// Entries XORed so far (each decoding of one counts).
+    xors: std::sync::atomic::AtomicUsize,
 }
 
 impl PackBitmaps {
@@ -405,7 +407,7 @@ impl PackBitmaps {
                 let offset = u64::from_be_bytes(rows[r + 4..r + 12].try_into().expect("eight"));
                 let start = usize::try_from(offset)
                     .ok()
-                    .filter(|&o| o >= at && o + 6 + 12 <= table)
+                    .filter(|&o| o >= at && o.checked_add(6 + 12).is_some_and(|end| end <= table))
                     .ok_or_else(|| bad("a bitmap entry outside the file"))?
                     + 6;
                 let base = match u32_at(&rows, r + 12)? {
@@ -465,6 +467,7 @@ impl PackBitmaps {
             entries,
             by_commit,
             decoded: Default::default(),
+            xors: Default::default(),
         })
     }
 
@@ -535,28 +538,29 @@ impl PackBitmaps {
         if u32_at(&self.data.read(start - 6, 4)?, 0)? != position {
             return Err(bad("a lookup table row names another entry"));
         }
+        self.xors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.data.ewah_xor(start, self.objects, acc)
     }
 
     /// OR the bitmaps of entries `wanted` into `into`, decoding each entry on their XOR
-    /// chains at most once: a chain shared by many of them (the tips of a clone of every
-    /// branch meet the same ones) is decoded once for all, not once per tip as
-    /// [`Self::entry`] does once the kept bitmaps no longer hold them all (611 tips of a
-    /// 1 GB pack, 160 KB each, XORed down chains into the same older entries).
+    /// chains once: a chain shared by many of them (the tips of a clone of every branch
+    /// meet the same ones) is decoded once for all, not once per tip as [`Self::entry`]
+    /// does once the kept bitmaps no longer hold them all (611 tips of a 1 GB pack, 160 KB
+    /// each, XORed down chains into the same older entries).
     ///
     /// Each wanted entry comes with its commit's pack position: taken in the order given,
-    /// one whose commit is in `into` already (reached by one before it) is not decoded.
-    /// Decoded entries that other chains are XORed against are held until the last of those
-    /// is decoded, within [`UNION_HELD_BYTES`]; past that, a base is decoded again when
-    /// needed. The wanted ones are kept for later requests when they fit in the budget of
-    /// kept bitmaps.
+    /// one whose commit is in `into` already (reached by one before it) is not decoded, and
+    /// one met on the chain of one before it is taken there. Decoded entries that entries
+    /// still to be decoded are XORed against are held until the last of those is, within
+    /// [`UNION_HELD_BYTES`]; past that, a base is decoded again when needed. The wanted
+    /// ones are kept for later requests when they fit in the budget of kept bitmaps.
     pub(crate) fn union_into(
         &self,
         wanted: &[(usize, usize)],
         into: &mut Bits,
     ) -> Result<(), Error> {
         let held = UNION_HELD_BYTES / self.objects.div_ceil(8).max(1);
-        self.union_holding(wanted, into, held.max(DECODED_LEAST))
+        self.union_holding(wanted, into, held.max(2))
     }
 
     /// [`Self::union_into`], holding at most `most_held` decoded bases at a time.
@@ -576,8 +580,8 @@ impl PackBitmaps {
             .copied()
             .filter(|&(w, _)| w < self.entries.len())
             .collect();
-        // How many entries are XORed against each one, over every wanted one's chain down
-        // to an entry stored as it is or one kept.
+        // Entries XORed against each one and not yet decoded, over every wanted one's chain
+        // down to an entry stored as it is or one kept.
         let mut uses: HashMap<usize, usize> = HashMap::new();
         let mut met = HashSet::new();
         for &(w, _) in &wanted {
@@ -594,13 +598,21 @@ impl PackBitmaps {
             }
         }
         let keep_asked = wanted.len() <= (DECODED_BYTES / self.objects.div_ceil(8).max(1)) / 2;
+        let keep = |e: usize, bits: &Bits| {
+            if keep_asked {
+                self.keep(e, || Arc::new(bits.clone()), true);
+            }
+        };
+        let mut pending: HashSet<usize> = wanted.iter().map(|&(w, _)| w).collect();
+        // Entries decoded: the count of their base's uses taken off.
+        let mut done: HashSet<usize> = HashSet::new();
         let mut held: HashMap<usize, Bits> = HashMap::new();
         let mut chain = Vec::new();
         for (w, position) in wanted {
-            if into.get(position) {
+            // Taken on the chain of one before it, or named twice.
+            if !pending.remove(&w) || into.get(position) {
                 continue;
             }
-            // Kept, or decoded on the chain of one before it.
             if let Some(bits) = cached.get(&w).map(|b| &**b).or_else(|| held.get(&w)) {
                 into.or(bits);
                 continue;
@@ -610,25 +622,11 @@ impl PackBitmaps {
             let mut next = Some(w);
             let mut acc = Bits::default();
             while let Some(e) = next {
-                if e != w {
-                    if let Some(bits) = cached.get(&e) {
-                        acc = (**bits).clone();
-                        break;
-                    }
-                    let left = uses.get_mut(&e).map_or(0, |n| {
-                        *n = n.saturating_sub(1);
-                        *n
-                    });
-                    if let Some(bits) = held.remove(&e) {
-                        acc = if left > 0 {
-                            let copy = bits.clone();
-                            held.insert(e, bits);
-                            copy
-                        } else {
-                            bits
-                        };
-                        break;
-                    }
+                if e != w
+                    && let Some(bits) = cached.get(&e).map(|b| &**b).or_else(|| held.get(&e))
+                {
+                    acc = bits.clone();
+                    break;
                 }
                 if chain.len() > self.entries.len() {
                     return Err(bad("an XOR chain that loops"));
@@ -636,20 +634,31 @@ impl PackBitmaps {
                 chain.push(e);
                 next = self.entries[e].base;
             }
-            for &e in chain.iter().rev() {
+            for k in (0..chain.len()).rev() {
+                let e = chain[k];
                 self.xor_entry(e, &mut acc)?;
-                // Still to be XORed against by a chain to come.
-                if uses.get(&e).is_some_and(|&n| n > 0)
-                    && held.len() < most_held
-                    && !held.contains_key(&e)
+                if done.insert(e)
+                    && let Some(b) = self.entries[e].base
+                    && let Some(n) = uses.get_mut(&b)
                 {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        held.remove(&b);
+                    }
+                }
+                // Held for entries to come besides the one above it here, decoded next.
+                let above = usize::from(k > 0 && !done.contains(&chain[k - 1]));
+                let later = uses.get(&e).map_or(0, |&n| n.saturating_sub(above));
+                if later > 0 && held.len() < most_held && !held.contains_key(&e) {
                     held.insert(e, acc.clone());
+                }
+                if e != w && pending.remove(&e) {
+                    into.or(&acc);
+                    keep(e, &acc);
                 }
             }
             into.or(&acc);
-            if keep_asked {
-                self.keep(w, || Arc::new(acc), true);
-            }
+            keep(w, &acc);
         }
         Ok(())
     }
@@ -1312,6 +1321,7 @@ mod tests {
     /// some decoded before.
     #[test]
     fn bitmaps_decoded_together_are_those_decoded_alone() {
+        use std::sync::atomic::Ordering;
         for table in ["false", "true"] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("r.git");
@@ -1366,9 +1376,15 @@ mod tests {
                         let together = load();
                         // One in the middle of the chains decoded already.
                         together.entry(count / 2).unwrap();
+                        let before = together.xors.load(Ordering::Relaxed);
                         let mut got = Bits::default();
                         together.union_holding(wanted, &mut got, held).unwrap();
                         assert_eq!(got, expected, "step {step}, holding {held}, table {table}");
+                        // Holding what is needed, each entry is decoded at most once.
+                        let xors = together.xors.load(Ordering::Relaxed) - before;
+                        if held == usize::MAX {
+                            assert!(xors <= count, "{xors} decodings of {count} entries");
+                        }
                     }
                 }
             }
