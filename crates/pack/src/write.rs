@@ -587,9 +587,11 @@ impl<'a> PackWriter<'a> {
             let next = match self.bases.get(&current) {
                 Some(known) => *known,
                 None => {
-                    let next = match self.stored(&current)? {
-                        Stored::Delta { base, .. } => Some(base),
-                        _ => None,
+                    // The base alone: a large entry's header is enough.
+                    let next = match self.stored_within(&current, HELD_ENTRY_BYTES)? {
+                        Peek::Stored(Stored::Delta { base, .. }) => Some(base),
+                        Peek::Large { base, .. } => base,
+                        Peek::Stored(_) => None,
                     };
                     self.bases.insert(current, next);
                     next
