@@ -383,50 +383,48 @@ impl<'a> PackWriter<'a> {
                         // Written early, as the base of a delta.
                         continue;
                     }
-                    let stored = match self.stored_within(id, HELD_ENTRY_BYTES)? {
-                        Peek::Stored(stored) => stored,
-                        Peek::Large { len, base } => {
-                            let reusable = base.is_none_or(|base| {
-                                in_pack.contains(&base)
-                                    || (self.opts.thin && client_has.contains(&base))
-                            });
-                            if reusable {
-                                // Read when written, and counted (see below).
-                                passed += len;
-                                continue;
-                            }
-                            self.stored(id)?
-                        }
+                    let thin = self.opts.thin;
+                    let usable = |base: &ObjectId| {
+                        in_pack.contains(base) || (thin && client_has.contains(base))
                     };
-                    let (reusable, held) = match &stored {
-                        Stored::Base(entry) => (true, entry.len() as u64),
-                        Stored::Delta { base, entry, .. } => (
-                            in_pack.contains(base) || (self.opts.thin && client_has.contains(base)),
-                            entry.len() as u64,
-                        ),
-                        Stored::Full => (false, 0),
+                    let peek = self.stored_within(id, HELD_ENTRY_BYTES)?;
+                    // Whether it goes as stored, its entry's length, its stored delta base.
+                    let (reusable, held, stored_base) = match &peek {
+                        Peek::Large { len, base } => (base.is_none_or(|b| usable(&b)), *len, *base),
+                        Peek::Stored(Stored::Base(entry)) => (true, entry.len() as u64, None),
+                        Peek::Stored(Stored::Delta { base, entry, .. }) => {
+                            (usable(base), entry.len() as u64, Some(*base))
+                        }
+                        Peek::Stored(Stored::Full) => (false, 0, None),
                     };
                     if reusable && held > HELD_ENTRY_BYTES {
-                        // Read again when written: a batch of large files held for nothing
-                        // made a depth-1 clone of them take more memory than git's. Still
-                        // counted, so that planning reads no further ahead of writing.
+                        // Read when written: a batch of large files held for nothing made a
+                        // depth-1 clone of them take more memory than git's. Still counted,
+                        // so that planning reads no further ahead of writing.
                         passed += held;
                         continue;
                     }
-                    bytes += held;
-                    if !reusable {
-                        bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
-                        let against = match &stored {
-                            Stored::Delta { base, .. } => {
-                                match self.usable_ancestor(base, &in_pack, client_has)? {
+                    let stored = match peek {
+                        Peek::Stored(stored) if reusable => {
+                            bytes += held;
+                            stored
+                        }
+                        // Compressed again from the object: its stored entry is not kept.
+                        _ => {
+                            bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
+                            let against = match stored_base {
+                                Some(base) => match self
+                                    .usable_ancestor(&base, &in_pack, client_has)?
+                                {
                                     Some(ancestor) => vec![ancestor],
                                     None => self.nearest_in_tree(id, place, &in_pack, client_has),
-                                }
-                            }
-                            _ => Vec::new(),
-                        };
-                        redo.push(Redo { oid: *id, against });
-                    }
+                                },
+                                None => Vec::new(),
+                            };
+                            redo.push(Redo { oid: *id, against });
+                            Stored::Full
+                        }
+                    };
                     planned.insert(*id, stored);
                 }
                 stats.lookahead_bytes = stats.lookahead_bytes.max(bytes);
