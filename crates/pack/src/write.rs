@@ -585,8 +585,8 @@ impl<'a> PackWriter<'a> {
             let next = match self.bases.get(&current) {
                 Some(known) => *known,
                 None => {
-                    // The base alone: a large entry's header is enough.
-                    let next = match self.stored_within(&current, HELD_ENTRY_BYTES)? {
+                    // The base alone: an entry's header is enough.
+                    let next = match self.stored_within(&current, 0)? {
                         Peek::Stored(Stored::Delta { base, .. }) => Some(base),
                         Peek::Large { base, .. } => base,
                         Peek::Stored(_) => None,
