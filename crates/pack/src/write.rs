@@ -670,7 +670,7 @@ impl<'a> PackWriter<'a> {
     fn stored(&mut self, oid: &ObjectId) -> Result<Stored, Error> {
         Ok(match self.stored_within(oid, u64::MAX)? {
             Peek::Stored(stored) => stored,
-            // Not with no bound; read as a whole object if it were.
+            // No entry is longer than the largest bound; were one, it would go whole.
             Peek::Large { .. } => Stored::Full,
         })
     }
