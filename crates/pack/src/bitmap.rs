@@ -310,7 +310,8 @@ pub(crate) struct PackBitmaps {
     /// Entries by their commit's index position (no object ids read to build it).
     by_commit: std::collections::HashMap<u32, usize>,
     decoded: std::sync::Mutex<std::collections::HashMap<usize, Arc<Bits>>>,
-    /// Entries XORed so far (each decoding of one counts).
+    /// Entries XORed so far (each decoding of one counts), for tests.
+    #[cfg(test)]
     xors: std::sync::atomic::AtomicUsize,
 }
 
@@ -467,6 +468,7 @@ impl PackBitmaps {
             entries,
             by_commit,
             decoded: Default::default(),
+            #[cfg(test)]
             xors: Default::default(),
         })
     }
@@ -538,6 +540,7 @@ impl PackBitmaps {
         if u32_at(&self.data.read(start - 6, 4)?, 0)? != position {
             return Err(bad("a lookup table row names another entry"));
         }
+        #[cfg(test)]
         self.xors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.data.ewah_xor(start, self.objects, acc)
     }
@@ -723,8 +726,8 @@ pub(crate) trait Known {
     fn bitmap(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error>;
 
     /// OR into `bits` the stored bitmaps of those of `commits` that have one, taken in the
-    /// order given, all at once where that saves work (the default does nothing: the walk
-    /// asks for each).
+    /// order given (one whose commit `bits` holds already is passed over), all at once where
+    /// that saves work (the default does nothing: the walk asks for each).
     fn or_stored(&self, _commits: &[ObjectId], _bits: &mut Bits) -> Result<(), Error> {
         Ok(())
     }
@@ -940,15 +943,10 @@ fn reach_reading(
             gix_object::Kind::Tag => unreachable!("followed above"),
         }
     }
-    // The tips' own stored bitmaps, decoded together (those reached already left out), in
-    // the order the walk takes them.
-    let unreached: Vec<ObjectId> = commits
-        .iter()
-        .rev()
-        .filter(|c| !pos.of(c).is_some_and(|p| bits.get(p)))
-        .copied()
-        .collect();
-    known.or_stored(&unreached, &mut bits)?;
+    // The tips' own stored bitmaps, decoded together in the order the walk takes them (those
+    // reached already, as by `seed`, are passed over there).
+    let in_walk_order: Vec<ObjectId> = commits.iter().rev().copied().collect();
+    known.or_stored(&in_walk_order, &mut bits)?;
     // Commits first, down to the nearest stored bitmaps; then the trees of the commits
     // walked, skipping whatever those bitmaps already hold (most of each tree).
     while let Some(commit) = commits.pop() {
