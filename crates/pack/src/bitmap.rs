@@ -19,7 +19,9 @@ const MAGIC: &[u8; 4] = b"BITM";
 const VERSION: u16 = 1;
 /// The bitmaps hold the whole closure of each commit: the only kind git writes or reads.
 const OPT_FULL_DAG: u16 = 0x1;
-/// A name-hash per object after the entries (git's, ignored here but skipped).
+/// A name hash per object, in index order, after the entries and the lookup table (git's
+/// "hash cache"): the hash of the path each object was first met at, which pack writing
+/// sorts delta candidates by.
 const OPT_HASH_CACHE: u16 = 0x4;
 /// A table of the entries, by commit, before the name-hashes: loads read it instead of
 /// every entry's header.
@@ -310,6 +312,10 @@ pub(crate) struct PackBitmaps {
     /// Entries by their commit's index position (no object ids read to build it).
     by_commit: std::collections::HashMap<u32, usize>,
     decoded: std::sync::Mutex<std::collections::HashMap<usize, Arc<Bits>>>,
+    /// Where the name hashes start, if the file has them.
+    names_at: Option<usize>,
+    /// The name hashes, in index order, when first asked for.
+    names: std::sync::OnceLock<Arc<[u32]>>,
     /// Entries XORed so far (each decoding of one counts), for tests.
     #[cfg(test)]
     xors: std::sync::atomic::AtomicUsize,
@@ -390,14 +396,19 @@ impl PackBitmaps {
         // Only the entries' places now: each is decoded when a fetch needs it. Per entry:
         // its commit's index position, where its EWAH starts, the entry it is XORed with.
         let mut places: Vec<(usize, usize, Option<usize>)> = Vec::with_capacity(count.min(n));
+        // The name hashes end the file, before its checksum.
+        let names_at = match options & OPT_HASH_CACHE {
+            0 => None,
+            _ => Some(
+                (data.len() - hash_len)
+                    .checked_sub(4 * n)
+                    .filter(|&start| start >= at)
+                    .ok_or_else(|| bad("truncated bitmap"))?,
+            ),
+        };
         if options & OPT_LOOKUP_TABLE != 0 {
             // From the table alone: the entries' own pages are read only when needed.
-            let mut end = data.len() - hash_len;
-            if options & OPT_HASH_CACHE != 0 {
-                end = end
-                    .checked_sub(4 * n)
-                    .ok_or_else(|| bad("truncated bitmap"))?;
-            }
+            let end = names_at.unwrap_or(data.len() - hash_len);
             let table = end
                 .checked_sub(count * TABLE_ROW)
                 .filter(|&t| t >= at)
@@ -428,7 +439,7 @@ impl PackBitmaps {
                 let words = u32_at(&whole, at + 4)? as usize;
                 let start = at;
                 at += 12 + words * 8;
-                if at > whole.len() - hash_len {
+                if at > names_at.unwrap_or(whole.len() - hash_len) {
                     return Err(bad("truncated bitmap"));
                 }
                 let base = match xor {
@@ -468,9 +479,29 @@ impl PackBitmaps {
             entries,
             by_commit,
             decoded: Default::default(),
+            names_at,
+            names: Default::default(),
             #[cfg(test)]
             xors: Default::default(),
         })
+    }
+
+    /// The name hash of each object, in index order (the hash of the path the object was
+    /// first met at when the file was written), if the file has them: read when first asked
+    /// for.
+    pub(crate) fn names(&self) -> Result<Option<Arc<[u32]>>, Error> {
+        let Some(at) = self.names_at else {
+            return Ok(None);
+        };
+        if let Some(names) = self.names.get() {
+            return Ok(Some(Arc::clone(names)));
+        }
+        let bytes = self.data.read(at, 4 * self.objects)?;
+        let names: Arc<[u32]> = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes(c.try_into().expect("four bytes")))
+            .collect();
+        Ok(Some(Arc::clone(self.names.get_or_init(|| names))))
     }
 
     /// What the commit at `index_position` (in the pack's `.idx`) reaches, if it has a
@@ -882,10 +913,49 @@ pub(crate) fn reach(
     pos: &Positions,
     known: &dyn Known,
     tips: &[ObjectId],
-    types: Option<&mut [Bits; 4]>,
     seed: Option<&Bits>,
 ) -> Result<Option<Bits>, Error> {
-    reach_reading(objects, None, pos, known, tips, types, seed)
+    reach_reading(objects, None, pos, known, tips, None, seed)
+}
+
+/// git's name hash (`pack_name_hash`) of a path, continued over `more` of it: whitespace is
+/// skipped and each byte shifts the ones before it right by two, so the last sixteen or so
+/// characters decide it (files named alike sort together). A path is hashed whole as
+/// `name_hash(0, path)`; its child's as `name_hash(name_hash(parent, b"/"), name)`.
+pub(crate) fn name_hash(mut hash: u32, more: &[u8]) -> u32 {
+    for &c in more {
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            continue;
+        }
+        hash = (hash >> 2).wrapping_add(u32::from(c) << 24);
+    }
+    hash
+}
+
+/// What the walks that write bitmaps note of each object the first time they reach it, by
+/// pack position: its type, and the name hash of the path it was met at (0 for commits, tags
+/// and root trees, as in git).
+pub(crate) struct Notes {
+    types: [Bits; 4],
+    names: Vec<u32>,
+}
+
+impl Notes {
+    fn new(n: usize) -> Self {
+        Notes {
+            types: std::array::from_fn(|_| Bits::with_len(n)),
+            names: vec![0; n],
+        }
+    }
+
+    /// Note the object at `p`, of type `kind`, met at a path of hash `name`: the first note
+    /// of an object stands.
+    fn note(&mut self, p: usize, kind: usize, name: u32) {
+        if !self.types.iter().any(|t| t.get(p)) {
+            self.types[kind].set(p);
+            self.names[p] = name;
+        }
+    }
 }
 
 /// [`reach`], reading the pack's trees with `chains` where it can.
@@ -895,23 +965,24 @@ fn reach_reading(
     pos: &Positions,
     known: &dyn Known,
     tips: &[ObjectId],
-    mut types: Option<&mut [Bits; 4]>,
+    mut notes: Option<&mut Notes>,
     seed: Option<&Bits>,
 ) -> Result<Option<Bits>, Error> {
     // What `seed` holds is taken as reached already, and not walked through.
     let mut bits = seed.cloned().unwrap_or_else(|| Bits::with_len(pos.len()));
     let mut commits: Vec<ObjectId> = Vec::new();
     let mut trees: Vec<ObjectId> = Vec::new();
-    // Set the bit at `p` (the object's position, `None` outside the pack), noting its type:
-    // whether it was new.
-    let mut note = |bits: &mut Bits, p: Option<usize>, kind: usize| -> Option<bool> {
+    let naming = notes.is_some();
+    // Set the bit at `p` (the object's position, `None` outside the pack), noting its type
+    // and the hash of its path: whether it was new.
+    let mut note = |bits: &mut Bits, p: Option<usize>, kind: usize, name: u32| -> Option<bool> {
         let p = p?;
         if bits.get(p) {
             return Some(false);
         }
         bits.set(p);
-        if let Some(types) = types.as_deref_mut() {
-            types[kind].set(p);
+        if let Some(notes) = notes.as_deref_mut() {
+            notes.note(p, kind, name);
         }
         Some(true)
     };
@@ -923,7 +994,7 @@ fn reach_reading(
         let mut current = *tip;
         let mut hops = 0;
         while kind == gix_object::Kind::Tag {
-            if note(&mut bits, pos.of(&current), 3).is_none() {
+            if note(&mut bits, pos.of(&current), 3, 0).is_none() {
                 return Ok(None);
             }
             (current, kind) = objects.tag_target(&current)?;
@@ -936,7 +1007,7 @@ fn reach_reading(
             gix_object::Kind::Commit => commits.push(current),
             gix_object::Kind::Tree => trees.push(current),
             gix_object::Kind::Blob => {
-                if note(&mut bits, pos.of(&current), 2).is_none() {
+                if note(&mut bits, pos.of(&current), 2, 0).is_none() {
                     return Ok(None);
                 }
             }
@@ -959,7 +1030,7 @@ fn reach_reading(
             bits.or(&stored);
             continue;
         }
-        match note(&mut bits, p, 0) {
+        match note(&mut bits, p, 0, 0) {
             None => return Ok(None),
             Some(false) => continue,
             Some(true) => {}
@@ -972,13 +1043,15 @@ fn reach_reading(
     // before the next. Stored trees are deltas against newer versions, and the object cache
     // keeps what was read, not the bases it went through: oldest first, every tree's chain
     // was resolved from its far end again (most of the time of writing bitmaps).
-    let mut stack = Vec::new();
+    // A tree is pushed with its position, the hash of its path, and that of its path and a
+    // slash (to hash its entries'); one reached already is not pushed.
+    let mut stack: Vec<(ObjectId, Option<usize>, u32, u32)> = Vec::new();
     let mut buf = Vec::new();
+    let (mut entries, mut starts) = (Vec::new(), Vec::new());
     for root in trees {
-        stack.push(root);
-        while let Some(tree) = stack.pop() {
-            let p = pos.of(&tree);
-            match note(&mut bits, p, 1) {
+        stack.push((root, pos.of(&root), 0, 0));
+        while let Some((tree, p, name, prefix)) = stack.pop() {
+            match note(&mut bits, p, 1, name) {
                 None => return Ok(None),
                 Some(false) => continue,
                 Some(true) => {}
@@ -987,23 +1060,59 @@ fn reach_reading(
                 (Some(chains), Some(p)) => chains.read(p, &mut buf)?,
                 _ => None,
             };
-            let entries = match read {
-                Some(gix_object::Kind::Tree) => crate::objects::parse_tree(&buf, objects.hash())
-                    .map_err(|reason| Error::Corrupt { oid: tree, reason })?,
-                Some(_) => {
-                    return Err(Error::Corrupt {
-                        oid: tree,
-                        reason: "expected a tree".into(),
-                    });
+            let read = match read {
+                Some(kind) => kind,
+                None => {
+                    let (kind, data) = objects.read(&tree)?;
+                    buf.clear();
+                    buf.extend_from_slice(data);
+                    kind
                 }
-                None => objects.tree(&tree)?,
             };
-            for entry in entries {
+            if read != gix_object::Kind::Tree {
+                return Err(Error::Corrupt {
+                    oid: tree,
+                    reason: "expected a tree".into(),
+                });
+            }
+            // All entries first, then their lookups one after the other (independent misses
+            // in a map larger than the cache overlap; parsing between them made a walk over
+            // 300 MB of history a third slower).
+            entries.clear();
+            starts.clear();
+            let mut at = 0;
+            while at < buf.len() {
+                let (entry, next) = crate::objects::tree_entry(&buf, at, objects.hash())
+                    .map_err(|reason| Error::Corrupt { oid: tree, reason })?;
+                entries.push(entry);
+                starts.push(at);
+                at = next;
+            }
+            starts.push(buf.len());
+            for (i, entry) in entries.iter().enumerate() {
+                // Names are hashed for objects noted for the first time only.
+                let entry_name = || match naming {
+                    true => {
+                        let own = &buf[starts[i]..starts[i + 1]];
+                        name_hash(prefix, crate::objects::tree_entry_name(own))
+                    }
+                    false => 0,
+                };
                 match entry.kind {
-                    EntryKind::Tree => stack.push(entry.oid),
+                    EntryKind::Tree => {
+                        let q = pos.of(&entry.oid);
+                        if !q.is_some_and(|q| bits.get(q)) {
+                            let name = entry_name();
+                            let prefix = if naming { name_hash(name, b"/") } else { 0 };
+                            stack.push((entry.oid, q, name, prefix));
+                        }
+                    }
                     EntryKind::Blob => {
-                        if note(&mut bits, pos.of(&entry.oid), 2).is_none() {
+                        let Some(q) = pos.of(&entry.oid) else {
                             return Ok(None);
+                        };
+                        if !bits.get(q) {
+                            note(&mut bits, Some(q), 2, entry_name());
                         }
                     }
                     EntryKind::Gitlink => {}
@@ -1061,15 +1170,25 @@ impl Reused {
         Some(out)
     }
 
-    /// Note in `types` the type of every object of the old pack that the new one holds.
-    fn note_types(&self, types: &mut [Bits; 4], n: usize) {
+    /// Note the type of every object of the old pack that the new one holds, and its name
+    /// hash if the old file has them.
+    fn note_types(&self, notes: &mut Notes, n: usize) {
         let old = &self.old.bitmaps;
-        for (into, from) in types
-            .iter_mut()
-            .zip([&old.commits, &old.trees, &old.blobs, &old.tags])
+        for (into, from) in
+            notes
+                .types
+                .iter_mut()
+                .zip([&old.commits, &old.trees, &old.blobs, &old.tags])
         {
             if let Some(bits) = self.translate(from, n, false) {
                 into.or(&bits);
+            }
+        }
+        if let Ok(Some(names)) = old.names() {
+            for (p, &q) in self.to_new.iter().enumerate() {
+                if let Some(name) = notes.names.get_mut(q as usize) {
+                    *name = names[self.old.pos.rev.at(p) as usize];
+                }
             }
         }
     }
@@ -1192,11 +1311,11 @@ pub(crate) fn write(
         .map(|(_, c)| *c)
         .collect();
 
-    let mut types: [Bits; 4] = std::array::from_fn(|_| Bits::with_len(n));
+    let mut notes = Notes::new(n);
     // Objects reached through a reused bitmap are not walked: their types come from the
-    // replaced pack's type bitmaps.
+    // replaced pack's type bitmaps, their names from its hash cache.
     if let Some(reused) = &reused {
-        reused.note_types(&mut types, n);
+        reused.note_types(&mut notes, n);
     }
     let mut known: OidMap<Arc<Bits>> = OidMap::default();
     for commit in &selected {
@@ -1211,7 +1330,7 @@ pub(crate) fn write(
             &pos,
             &both,
             &[*commit],
-            Some(&mut types),
+            Some(&mut notes),
             None,
         )?
         else {
@@ -1231,7 +1350,7 @@ pub(crate) fn write(
         &pos,
         &both,
         tips,
-        Some(&mut types),
+        Some(&mut notes),
         None,
     )?
     else {
@@ -1246,10 +1365,11 @@ pub(crate) fn write(
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&(OPT_FULL_DAG | OPT_LOOKUP_TABLE).to_be_bytes());
+    let options = OPT_FULL_DAG | OPT_LOOKUP_TABLE | OPT_HASH_CACHE;
+    out.extend_from_slice(&options.to_be_bytes());
     out.extend_from_slice(&(selected.len() as u32).to_be_bytes());
     out.extend_from_slice(pack.index.pack_checksum().as_bytes());
-    for bits in &types {
+    for bits in &notes.types {
         ewah_encode(bits, n, &mut out);
     }
     // Each bitmap is stored as it is or XORed with one of the ten before it, whichever is
@@ -1298,6 +1418,14 @@ pub(crate) fn write(
         out.extend_from_slice(&index.to_be_bytes());
         out.extend_from_slice(&offset.to_be_bytes());
         out.extend_from_slice(&base.map_or(NO_ROW, |b| row_of[b]).to_be_bytes());
+    }
+    // The name hashes, in index order.
+    let mut names = vec![0u32; n];
+    for (p, &name) in notes.names.iter().enumerate() {
+        names[rev.at(p) as usize] = name;
+    }
+    for name in names {
+        out.extend_from_slice(&name.to_be_bytes());
     }
     let mut hasher = gix_hash::hasher(hash);
     hasher.update(&out);

@@ -103,8 +103,8 @@ pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>
 }
 
 /// Read `data` as the bitmap file of `repo`'s first pack (its pack checksum written over
-/// bytes 12.. so that inputs reach past that check) and decode up to 64 of its bitmaps, alone
-/// and together: a damaged file is an error, never a panic or an allocation the file's size
+/// bytes 12.. so that inputs reach past that check), decode up to 64 of its bitmaps, alone
+/// and together, and read its name hashes: a damaged file is an error, never a panic or an allocation the file's size
 /// does not bound.
 pub fn bitmap_load(repo: &Repository, data: &[u8]) {
     let Ok(packs) = repo.stored_packs() else {
@@ -135,6 +135,9 @@ pub fn bitmap_load(repo: &Repository, data: &[u8]) {
         return;
     };
     assert!(bitmaps.commits.count() <= objects && bitmaps.blobs.count() <= objects);
+    if let Ok(Some(names)) = bitmaps.names() {
+        assert_eq!(names.len(), objects, "a name hash per object");
+    }
     let positions: Vec<u32> = bitmaps.commit_positions().take(64).collect();
     for position in positions {
         if let Ok(Some(bits)) = bitmaps.get(position) {

@@ -45,6 +45,7 @@ mod reuse;
 mod select;
 mod shallow;
 mod walk;
+mod window;
 mod write;
 
 #[doc(hidden)]
@@ -144,6 +145,8 @@ pub struct PackPlan {
     spawn_objects: Box<dyn Fn() -> Objects + Send + Sync>,
     packs: Vec<packs::StoredPack>,
     rev: std::sync::Arc<packs::RevCache>,
+    /// The packs' bitmaps, for the name hashes new deltas look for bases by.
+    bitmap_cache: std::sync::Arc<bitmap::BitmapCache>,
     write: WriteOptions,
     progress: bool,
     sideband_all: bool,
@@ -272,6 +275,7 @@ impl PackPlan {
                     self.write,
                     &self.packs,
                     &self.rev,
+                    Some(&self.bitmap_cache),
                 );
                 writer.write(
                     &order,
@@ -374,6 +378,7 @@ pub fn plan(
             spawn_objects: Box::new(repo.objects_factory()),
             packs: Vec::new(),
             rev: repo.rev_cache(),
+            bitmap_cache: repo.bitmap_cache(),
             write,
             progress: !fetch.no_progress,
             sideband_all: fetch.sideband_all,
@@ -485,6 +490,7 @@ pub fn plan(
         spawn_objects: Box::new(repo.objects_factory()),
         packs: stored,
         rev: repo.rev_cache(),
+        bitmap_cache: repo.bitmap_cache(),
         write,
         progress: !fetch.no_progress,
         sideband_all: fetch.sideband_all,
@@ -668,6 +674,14 @@ pub struct BitmapsWritten {
 /// The largest buffer decoding one object of a pack may take when a pack is checked (as
 /// ingestion bounds it).
 const MAX_DECODED_BYTES: usize = 2 << 30;
+
+/// git's name hash of a path (`pack_name_hash`), as a bitmap file's hash cache holds it for
+/// each object: the hash of the path the object was first met at. Pack writing sorts
+/// candidate delta bases by it (the last sixteen or so characters decide it, so files named
+/// alike sort together).
+pub fn path_name_hash(path: &[u8]) -> u32 {
+    bitmap::name_hash(0, path)
+}
 
 /// Commits between two stored bitmaps, in the walk [`Repository::write_bitmaps`] makes: a
 /// fetch walks at most about this many commits past the nearest bitmap.

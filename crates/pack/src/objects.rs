@@ -257,6 +257,17 @@ pub(crate) fn parse_tree(data: &[u8], hash: HashKind) -> Result<Vec<TreeEntry>, 
     Ok(entries)
 }
 
+/// The name in one tree entry's bytes (between its mode and its id), as [`tree_entry`]
+/// found them.
+pub(crate) fn tree_entry_name(entry: &[u8]) -> &[u8] {
+    let start = entry.iter().position(|&b| b == b' ').map_or(0, |s| s + 1);
+    let end = entry[start..]
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(entry.len(), |e| start + e);
+    &entry[start..end]
+}
+
 /// The entry of the tree `data` that starts at `at`, and where the next one starts. An entry
 /// is read from its own bytes alone: the same bytes at an entry's start elsewhere are the
 /// same entry.

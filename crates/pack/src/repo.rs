@@ -103,6 +103,11 @@ impl Repository {
         std::sync::Arc::clone(&self.rev)
     }
 
+    /// The bitmaps of the repository's packs, each read when first asked for.
+    pub(crate) fn bitmap_cache(&self) -> std::sync::Arc<crate::bitmap::BitmapCache> {
+        std::sync::Arc::clone(&self.bitmaps)
+    }
+
     /// The bitmaps of `pack`, read once per repository handle.
     pub(crate) fn bitmaps(
         &self,

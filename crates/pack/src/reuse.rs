@@ -80,6 +80,14 @@ impl Copied<'_> {
             .then(|| (p, self.pack.index.pack_offset_at_index(index)))
     }
 
+    /// The positions copied, if they are of `pack`.
+    pub(crate) fn positions_in(
+        &self,
+        pack: &StoredPack,
+    ) -> Option<impl Iterator<Item = usize> + '_> {
+        (self.pack.pack == pack.pack).then(|| self.bits.ones())
+    }
+
     /// Whether `oid` was copied.
     pub(crate) fn contains(&self, oid: &ObjectId) -> bool {
         self.position(oid).is_some()

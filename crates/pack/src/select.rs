@@ -269,11 +269,11 @@ pub(crate) fn select_with_bitmaps(
         return Ok(None);
     };
     let (bitmaps, pos) = (&loaded.bitmaps, &loaded.pos);
-    let Some(had) = crate::bitmap::reach(objects, pos, &*loaded, req.haves, None, None)? else {
+    let Some(had) = crate::bitmap::reach(objects, pos, &*loaded, req.haves, None)? else {
         return Ok(None);
     };
     // What the client has needs no walking on the wants' side.
-    let Some(mut sent) = crate::bitmap::reach(objects, pos, &*loaded, req.wants, None, Some(&had))?
+    let Some(mut sent) = crate::bitmap::reach(objects, pos, &*loaded, req.wants, Some(&had))?
     else {
         return Ok(None);
     };

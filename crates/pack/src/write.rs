@@ -7,7 +7,8 @@
 //! - A stored delta whose base is neither sent nor had gets a new delta against the nearest
 //!   object further down its stored chain that is sent (or had, in a thin pack), or failing
 //!   that against the best of the few nearest such objects of its stored delta tree (see
-//!   [`crate::forest`]), when that delta is less than half the object's size: such objects
+//!   [`crate::forest`]), or of the objects sent whole whose path is named alike (see
+//!   [`crate::window`]), when that delta is less than half the object's size: such objects
 //!   are versions of the same file or directory, and a tree of thousands of entries otherwise
 //!   goes whole.
 //! - Anything else is resolved and compressed again, once, as a whole object.
@@ -54,6 +55,10 @@ const MIN_DELTA_OBJECT: u64 = 64;
 /// repository lie within 16).
 const TREE_CANDIDATES: usize = 4;
 const TREE_VISITS: usize = 128;
+/// Bases tried from the objects sent whole whose path's name hash is nearest (see
+/// [`crate::window`]), for an object whose delta tree offered fewer than
+/// [`TREE_CANDIDATES`].
+const NAME_CANDIDATES: usize = 2;
 /// Bases from the delta tree deeper than this in their stored chain are passed over: a new
 /// delta adds one to its base's chain (git's default limit is 50).
 const TREE_BASE_DEPTH: usize = 40;
@@ -268,6 +273,10 @@ pub(crate) struct PackWriter<'a> {
     zlibs: Vec<flate2::Compress>,
     /// Bytes of stored entries read out of packs.
     read_bytes: u64,
+    /// The bitmaps of the packs, for their name hashes.
+    bitmaps: Option<&'a crate::bitmap::BitmapCache>,
+    /// Each pack's candidate bases by name, when first needed (`None`: it has none).
+    windows: HashMap<usize, Option<crate::window::NameWindow>>,
 }
 
 impl<'a> PackWriter<'a> {
@@ -277,8 +286,11 @@ impl<'a> PackWriter<'a> {
         opts: WriteOptions,
         packs: &'a [StoredPack],
         rev: &'a RevCache,
+        bitmaps: Option<&'a crate::bitmap::BitmapCache>,
     ) -> Self {
         PackWriter {
+            bitmaps,
+            windows: HashMap::new(),
             objects,
             spawn_objects,
             opts,
@@ -413,12 +425,23 @@ impl<'a> PackWriter<'a> {
                         _ => {
                             bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
                             let against = match stored_base {
-                                Some(base) => match self
-                                    .usable_ancestor(&base, &in_pack, client_has)?
-                                {
-                                    Some(ancestor) => vec![ancestor],
-                                    None => self.nearest_in_tree(id, place, &in_pack, client_has),
-                                },
+                                Some(base) => {
+                                    match self.usable_ancestor(&base, &in_pack, client_has)? {
+                                        Some(ancestor) => vec![ancestor],
+                                        None => {
+                                            let mut against = self
+                                                .nearest_in_tree(id, place, &in_pack, client_has);
+                                            if against.len() < TREE_CANDIDATES {
+                                                for named in self.nearest_by_name(id, &in_pack)? {
+                                                    if !against.contains(&named) {
+                                                        against.push(named);
+                                                    }
+                                                }
+                                            }
+                                            against
+                                        }
+                                    }
+                                }
                                 None => Vec::new(),
                             };
                             redo.push(Redo { oid: *id, against });
@@ -654,6 +677,77 @@ impl<'a> PackWriter<'a> {
             .into_iter()
             .map(oid_at)
             .collect()
+    }
+
+    /// Up to [`NAME_CANDIDATES`] objects sent whole from `oid`'s pack whose path's name hash
+    /// is nearest to `oid`'s (files named alike), when the pack's bitmap file has name hashes
+    /// and its delta forest is read. Objects stored whole depend on nothing, so a delta
+    /// against one makes no cycle.
+    fn nearest_by_name(
+        &mut self,
+        oid: &ObjectId,
+        in_pack: &Sent<'_>,
+    ) -> Result<Vec<ObjectId>, Error> {
+        let hash = self.objects.hash();
+        let Some(cache) = self.bitmaps else {
+            return Ok(Vec::new());
+        };
+        let packs = self.packs;
+        let Some((k, pack, index)) = packs
+            .iter()
+            .enumerate()
+            .find_map(|(k, pack)| Some((k, pack, crate::packs::lookup(&pack.index, oid)?)))
+        else {
+            return Ok(Vec::new());
+        };
+        let rev = self.rev.get(pack, hash);
+        let (Some(p), Some(forest)) = (rev.pack_position(&pack.index, index), rev.built_forest())
+        else {
+            return Ok(Vec::new());
+        };
+        let Some(loaded) = cache.get(pack, self.rev, hash) else {
+            return Ok(Vec::new());
+        };
+        let Some(names) = loaded.bitmaps.names()? else {
+            return Ok(Vec::new());
+        };
+        let bitmaps = &loaded.bitmaps;
+        let key_of = |q: usize| {
+            let kind = match () {
+                _ if bitmaps.blobs.get(q) => 2,
+                _ if bitmaps.trees.get(q) => 1,
+                _ => return None,
+            };
+            let name = *names.get(rev.at(q) as usize)?;
+            Some(crate::window::key(kind, name))
+        };
+        let Some(key) = key_of(p) else {
+            return Ok(Vec::new());
+        };
+        let window = self.windows.entry(k).or_insert_with(|| {
+            // The sent objects of this pack that are stored whole.
+            let listed = in_pack.listed.keys().filter_map(|id| {
+                let i = crate::packs::lookup(&pack.index, id)?;
+                rev.pack_position(&pack.index, i)
+            });
+            let copied = in_pack
+                .copied
+                .iter()
+                .flat_map(|c| c.positions_in(pack))
+                .flatten();
+            let window = crate::window::NameWindow::new(listed.chain(copied), |q| {
+                forest.base(q).is_none().then(|| key_of(q)).flatten()
+            });
+            (window.len() > 0).then_some(window)
+        });
+        let Some(window) = window else {
+            return Ok(Vec::new());
+        };
+        Ok(window
+            .nearest(key, p, NAME_CANDIDATES, |_| true)
+            .into_iter()
+            .map(|q| pack.index.oid_at_index(rev.at(q)).to_owned())
+            .collect())
     }
 
     /// Write `oid` as a whole object, compressed again.

@@ -125,6 +125,108 @@ fn our_bitmaps_pass_gits_own_check() {
     }
 }
 
+/// The name hashes at the end of a bitmap file (its hash cache), in index order, if it has
+/// them.
+fn name_hashes(file: &std::path::Path, objects: usize, hash_len: usize) -> Option<Vec<u32>> {
+    let data = std::fs::read(file).unwrap();
+    let options = u16::from_be_bytes([data[6], data[7]]);
+    if options & 0x4 == 0 {
+        return None;
+    }
+    let end = data.len() - hash_len;
+    let names = &data[end - 4 * objects..end];
+    Some(
+        names
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect(),
+    )
+}
+
+/// Our bitmap files carry git's name-hash cache: each tree and blob gets the hash of one of
+/// the paths it lies at in the history, which is the hash git's own file gives it wherever
+/// there is only one such path (git takes the first it meets, walking newest first).
+#[test]
+fn our_name_hashes_are_gits() {
+    for spec in [RepoSpec::small(81), RepoSpec::small(82).sha256()] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo.git");
+        repo::generate(&path, &spec).unwrap();
+        git(&path, &["repack", "-adb", "-q"]);
+        let pack_dir = path.join("objects/pack");
+        let find = |ext: &str| {
+            std::fs::read_dir(&pack_dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|e| e == ext))
+                .unwrap()
+        };
+        let hash_len = if spec.object_format == "sha256" {
+            32
+        } else {
+            20
+        };
+        let listed = std::process::Command::new(gitcache_testkit::git::git_program())
+            .arg("show-index")
+            .arg(format!("--object-format={}", spec.object_format))
+            .stdin(std::fs::File::open(find("idx")).unwrap())
+            .output()
+            .unwrap();
+        let by_index: Vec<ObjectId> = String::from_utf8(listed.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| oid(l.split(' ').nth(1).unwrap()))
+            .collect();
+        let bitmap = find("bitmap");
+        let gits = name_hashes(&bitmap, by_index.len(), hash_len).expect("git writes them");
+        std::fs::remove_file(&bitmap).unwrap();
+        let repo = Repository::open(&path).unwrap();
+        let written = repo.write_bitmaps(&tips(&path)).unwrap().expect("bitmaps");
+        let ours = name_hashes(&written, by_index.len(), hash_len).expect("ours has them");
+
+        // Every path of every tree and blob in the history.
+        let mut paths: std::collections::HashMap<ObjectId, BTreeSet<String>> = Default::default();
+        for commit in git(&path, &["rev-list", "--all"]).lines() {
+            let root = git(&path, &["rev-parse", &format!("{commit}^{{tree}}")]);
+            paths.entry(oid(&root)).or_default().insert(String::new());
+            for line in git(&path, &["ls-tree", "-r", "-t", commit]).lines() {
+                let (meta, name) = line.split_once('\t').unwrap();
+                let id = meta.split(' ').nth(2).unwrap();
+                paths.entry(oid(id)).or_default().insert(name.to_owned());
+            }
+        }
+        let mut alone = 0;
+        for (i, id) in by_index.iter().enumerate() {
+            let Some(at) = paths.get(id) else {
+                // Commits and tags: no path.
+                assert_eq!(ours[i], 0, "{id}");
+                continue;
+            };
+            let hashes: BTreeSet<u32> = at
+                .iter()
+                .map(|p| gitcache_pack::path_name_hash(p.as_bytes()))
+                .collect();
+            assert!(hashes.contains(&ours[i]), "{id} at {at:?}: {:#x}", ours[i]);
+            if at.len() == 1 {
+                assert_eq!(ours[i], gits[i], "{id} at {at:?}");
+                alone += 1;
+            }
+        }
+        assert!(alone > by_index.len() / 4, "{alone} of {}", by_index.len());
+        // The rest of the file reads as before: git checks it.
+        let out = std::process::Command::new(gitcache_testkit::git::git_program())
+            .args(["rev-list", "--test-bitmap", "main"])
+            .current_dir(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn no_bitmaps_for_packs_that_are_not_the_closure() {
     let dir = tempfile::tempdir().unwrap();

@@ -409,6 +409,13 @@ fn a_delta_whose_base_is_not_sent_is_made_again_against_one_that_is() {
     }
 }
 
+/// `n` numbered lines starting with `word`, none like another.
+fn lines(word: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{word} line {i}, {}\n", i * 7919 % 10007))
+        .collect()
+}
+
 /// Offset and delta base of each object of a pack, from `git verify-pack -v`.
 fn layout(repo: &Path, idx: &Path) -> std::collections::HashMap<String, (u64, Option<String>)> {
     git(repo, &["verify-pack", "-v", idx.to_str().unwrap()])
@@ -554,11 +561,6 @@ fn bitmap_answers_copy_runs_of_the_stored_pack() {
 #[test]
 fn a_delta_with_nothing_sent_down_its_chain_is_made_against_a_sibling() {
     let (dir, work, path) = work_tree();
-    let lines = |word: &str, n: usize| -> String {
-        (0..n)
-            .map(|i| format!("{word} line {i}, {}\n", i * 7919 % 10007))
-            .collect()
-    };
     let shared = lines("shared", 400);
     let (a, b) = (lines("alpha", 40), lines("beta", 40));
     // The old version holds both parts, so git makes it the base of both new files, and
@@ -618,4 +620,90 @@ fn a_delta_with_nothing_sent_down_its_chain_is_made_against_a_sibling() {
     );
     assert_eq!(git(&client, &["cat-file", "blob", &x_id]), x);
     assert_eq!(git(&client, &["cat-file", "blob", &y_id]), y);
+}
+
+/// Without `thin-pack`, an object stored as a delta against one the client has, with nothing
+/// sent in its stored delta tree, gets a new delta against an object sent whole whose path's
+/// name hash lies near its own (a file named alike, as git's delta search finds it), when
+/// the pack's bitmap file carries name hashes. Without them it goes whole.
+#[test]
+fn a_delta_with_nothing_sent_in_its_tree_is_made_against_a_file_named_alike() {
+    let (dir, work, path) = work_tree();
+    let shared = lines("shared", 400);
+    // The old version is the larger: git makes it the base of the new one.
+    let old = format!("{shared}{}", lines("old", 80));
+    let new = format!("{shared}new\n");
+    let alike = format!("{shared}alike\n");
+    std::fs::create_dir(work.join("a")).unwrap();
+    std::fs::write(work.join("a/notes-1.txt"), &old).unwrap();
+    gitcache_testkit::git::commit_all(&work, "old");
+    std::fs::write(work.join("a/notes-1.txt"), &new).unwrap();
+    gitcache_testkit::git::commit_all(&work, "new");
+    bare_packed_copy(&work, &path);
+    // A file named alike in another directory, packed whole beside the deltas above.
+    std::fs::create_dir(work.join("b")).unwrap();
+    std::fs::write(work.join("b/notes-2.txt"), &alike).unwrap();
+    gitcache_testkit::git::commit_all(&work, "alike");
+    git(&work, &["push", "-q", path.to_str().unwrap(), "main"]);
+    git(&path, &["repack", "-adq", "--window=0"]);
+
+    let blob = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let (old_id, new_id, alike_id) = (
+        blob("main~2:a/notes-1.txt"),
+        blob("main:a/notes-1.txt"),
+        blob("main:b/notes-2.txt"),
+    );
+    let stored = layout(&path, &pack_file(&path).with_extension("idx"));
+    assert_eq!(stored[&new_id].1.as_ref(), Some(&old_id), "{stored:?}");
+    assert_eq!(stored[&alike_id].1, None, "{stored:?}");
+
+    let tips = oids(&git(&path, &["for-each-ref", "--format=%(objectname)"]));
+    let main = oids(&git(&path, &["rev-parse", "main"]));
+    let mut fetch = clone_request(main.clone());
+    fetch.thin_pack = false;
+    fetch.haves = oids(&git(&path, &["rev-parse", "main~2"]));
+    let answer = |with_names: bool| {
+        let repo = Repository::open(&path).unwrap();
+        let bitmap = repo.write_bitmaps(&tips).unwrap().expect("bitmaps");
+        if !with_names {
+            std::fs::remove_file(&bitmap).unwrap();
+        }
+        let repo = Repository::open(&path).unwrap();
+        send(&repo, &fetch)
+    };
+    let (_, without, _) = answer(false);
+    assert_eq!(without.new_deltas, 0, "{without:?}");
+    let (_, stats, pack) = answer(true);
+    assert_eq!(stats.new_deltas, 1, "{stats:?}");
+    assert!(stats.bytes < without.bytes, "{stats:?} against {without:?}");
+
+    let client = dir.path().join("c.git");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", client.to_str().unwrap()],
+    );
+    let had = gitcache_testkit::git::git_with_input(
+        &path,
+        &["pack-objects", "--revs", "--stdout"],
+        b"main~2\n",
+    );
+    gitcache_testkit::git::git_with_input(&client, &["index-pack", "--stdin"], &had);
+    gitcache_testkit::git::git_with_input(
+        &client,
+        &[
+            "index-pack",
+            "--strict",
+            "--stdin",
+            "objects/pack/pack-received.pack",
+        ],
+        &pack,
+    );
+    let received = layout(&client, &client.join("objects/pack/pack-received.idx"));
+    assert_eq!(
+        received[&new_id].1.as_ref(),
+        Some(&alike_id),
+        "{received:?}"
+    );
+    assert_complete_at(&client, &main[0]);
+    assert_eq!(git(&client, &["cat-file", "blob", &new_id]), new);
 }
