@@ -2,6 +2,8 @@
 //! http-backend, against that http-backend alone, on the same repository and the same
 //! recorded request bodies, over loopback HTTP. Times are until the last response byte.
 //!
+//! `--misses`: misses alone, `--runs` times each (see [`misses`]).
+//!
 //! `--two-instances`: two gitcache processes sharing one bucket of a local S3-compatible
 //! server (moto, from `GITCACHE_TEST_MOTO`): a miss on A, then the same request on B (its
 //! copy hydrated from the bucket), then hits on each.
@@ -333,6 +335,88 @@ pub(crate) fn run(
         ms(median(clones).0)
     );
     response_cache(root, &upstream, &backend, data.path(), &depth1)
+}
+
+/// `--misses [--runs N] [--only TEXT]`: each request whose name contains `only` (one of
+/// `|`-separated texts; the full clone and depth 1 by default), `runs` times from no mirror on
+/// a fresh server, against as many `git clone --mirror` of the same upstream: for
+/// repositories too large for the full run, which misses every request three times.
+pub(crate) fn misses(
+    root: &Path,
+    repo: Option<&str>,
+    only: Option<&str>,
+    runs: usize,
+) -> Result<()> {
+    let (repo, tips) = prepare_repo(root, repo)?;
+    let (upstream, backend) = serve_upstream(&repo)?;
+    let data = tempfile::Builder::new()
+        .prefix("gitcache-bench-")
+        .tempdir()?;
+    let mirror: PathBuf = data
+        .path()
+        .join("mirrors")
+        .join(backend.replace(':', "_"))
+        .join("bench/large.git");
+    let only = only.unwrap_or("full clone|clone --depth=1");
+    let cases: Vec<(&str, Vec<u8>)> = requests(&repo, &tips, true)?
+        .into_iter()
+        .filter(|(name, _)| only.split('|').any(|o| name.contains(o)))
+        .map(|(name, fetch)| (name, body(fetch)))
+        .collect();
+    let runs = runs.max(1);
+    let mut clones = Vec::new();
+    for _ in 0..runs {
+        let target = data.path().join("git-clone-mirror.git");
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        let started = Instant::now();
+        let status = Command::new("git")
+            .args([
+                "clone",
+                "-q",
+                "--mirror",
+                &format!("http://{backend}/{NAME}.git"),
+            ])
+            .arg(&target)
+            .status()?;
+        if !status.success() {
+            bail!("git clone --mirror failed");
+        }
+        clones.push((started.elapsed(), 0));
+    }
+    let clone = median(clones).0;
+    println!(
+        "\nrepository: {} commits; medians of {runs} runs; `git clone --mirror` of the same upstream: {}\n",
+        git(&repo, &["rev-list", "--all", "--count"])?.trim(),
+        ms(clone)
+    );
+    println!("| request | gitcache miss | ratio to `git clone --mirror` | server peak RSS |");
+    println!("| --- | --- | --- | --- |");
+    for (name, request) in &cases {
+        let mut misses = Vec::new();
+        let mut peak = 0;
+        for _ in 0..runs {
+            if mirror.exists() {
+                std::fs::remove_dir_all(&mirror)?;
+            }
+            let (server, gitcache) = start_gitcache(
+                root,
+                &upstream.url(),
+                data.path(),
+                &["--response-cache", "false"],
+            )?;
+            misses.push(post(&gitcache, request)?);
+            peak = peak.max(peak_rss_mib(server.0.id())?);
+        }
+        let miss = median(misses).0;
+        println!(
+            "| {name} | {} | {:.2} | {peak} MiB |",
+            ms(miss),
+            miss.as_secs_f64() / clone.as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// Peak resident memory of a process, in MiB.

@@ -7,10 +7,11 @@
 //! - `bench-pack [repo] [--only TEXT]`: time our pack generation against `git upload-pack` on
 //!   the same repository and requests (default: the `large` generated repository; `--only`
 //!   runs the requests whose name contains TEXT).
-//! - `bench-proxy [repo] [--hits | --response-cache | --two-instances [--only TEXT] |
+//! - `bench-proxy [repo] [--hits | --misses [--runs N] [--only TEXT] | --response-cache |
+//!   --two-instances [--only TEXT] |
 //!   --concurrency N]`: time gitcache (hits and misses) in front of C git's http-backend
 //!   (with `--hits`, hits alone: for repositories too large to miss five times; with
-//!   `--response-cache`, only the response-cache table; with `--concurrency`, N depth-1
+//!   `--misses`, misses alone, `--runs` of each (1 by default); with `--response-cache`, only the response-cache table; with `--concurrency`, N depth-1
 //!   fetches of different commits at once) against http-backend alone, over HTTP, on the
 //!   same repository and requests.
 //! - `bench-scale [--sizes MB,MB,...] [--runs N] [--only TEXT] [--prepare]`: the same on
@@ -57,6 +58,10 @@ fn main() -> Result<()> {
                 let n = number_flag(&args, "--concurrency", 64)? as usize;
                 return bench_proxy::concurrency(&root, repo, n);
             }
+            if args.iter().any(|a| a == "--misses") {
+                let runs = number_flag(&args, "--runs", 1)? as usize;
+                return bench_proxy::misses(&root, repo, flag_value(&args, "--only"), runs);
+            }
             let only_cache = args.iter().any(|a| a == "--response-cache");
             let hits_only = args.iter().any(|a| a == "--hits");
             bench_proxy::run(&root, repo, only_cache, hits_only)
@@ -70,7 +75,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--hits | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--runs N] [--only TEXT] [--prepare] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--hits | --misses [--runs N] [--only TEXT] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--runs N] [--only TEXT] [--prepare] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }
@@ -119,7 +124,8 @@ fn repo_arg(args: &[String]) -> Option<&str> {
         .enumerate()
         .find(|(i, a)| {
             !a.starts_with("--")
-                && (*i == 0 || !["--only", "--concurrency"].contains(&args[i - 1].as_str()))
+                && (*i == 0
+                    || !["--only", "--concurrency", "--runs"].contains(&args[i - 1].as_str()))
         })
         .map(|(_, a)| a.as_str())
 }

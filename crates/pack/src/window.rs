@@ -11,7 +11,7 @@
 //! are made deltas of each other, and the new delta's chain is one entry long.
 
 /// Positions of one pack's candidate bases, by kind and name hash.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct NameWindow {
     /// `(key, position)`, sorted: the key is the kind in the high half, the name hash in the
     /// low one.
