@@ -309,30 +309,10 @@ pub(crate) fn run(
         ms(ours)
     );
     // What a miss is measured against: C git making a mirror of the same upstream.
-    let mut clones = Vec::new();
-    for _ in 0..MISS_RUNS {
-        let target = data.path().join("git-clone-mirror.git");
-        if target.exists() {
-            std::fs::remove_dir_all(&target)?;
-        }
-        let started = Instant::now();
-        let status = Command::new("git")
-            .args([
-                "clone",
-                "-q",
-                "--mirror",
-                &format!("http://{backend}/{NAME}.git"),
-            ])
-            .arg(&target)
-            .status()?;
-        if !status.success() {
-            bail!("git clone --mirror failed");
-        }
-        clones.push((started.elapsed(), 0));
-    }
+    let clone = clone_mirror(&backend, data.path(), MISS_RUNS)?;
     println!(
         "\n`git clone --mirror` of the same upstream: {} (median of {MISS_RUNS})",
-        ms(median(clones).0)
+        ms(clone)
     );
     response_cache(root, &upstream, &backend, data.path(), &depth1)
 }
@@ -364,28 +344,7 @@ pub(crate) fn misses(
         .map(|(name, fetch)| (name, body(fetch)))
         .collect();
     let runs = runs.max(1);
-    let mut clones = Vec::new();
-    for _ in 0..runs {
-        let target = data.path().join("git-clone-mirror.git");
-        if target.exists() {
-            std::fs::remove_dir_all(&target)?;
-        }
-        let started = Instant::now();
-        let status = Command::new("git")
-            .args([
-                "clone",
-                "-q",
-                "--mirror",
-                &format!("http://{backend}/{NAME}.git"),
-            ])
-            .arg(&target)
-            .status()?;
-        if !status.success() {
-            bail!("git clone --mirror failed");
-        }
-        clones.push((started.elapsed(), 0));
-    }
-    let clone = median(clones).0;
+    let clone = clone_mirror(&backend, data.path(), runs)?;
     println!(
         "\nrepository: {} commits; medians of {runs} runs; `git clone --mirror` of the same upstream: {}\n",
         git(&repo, &["rev-list", "--all", "--count"])?.trim(),
@@ -417,6 +376,32 @@ pub(crate) fn misses(
         );
     }
     Ok(())
+}
+
+/// The median time of `runs` runs of `git clone --mirror` from `backend` into `data`.
+fn clone_mirror(backend: &str, data: &Path, runs: usize) -> Result<Duration> {
+    let mut clones = Vec::new();
+    for _ in 0..runs {
+        let target = data.join("git-clone-mirror.git");
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        let started = Instant::now();
+        let status = Command::new("git")
+            .args([
+                "clone",
+                "-q",
+                "--mirror",
+                &format!("http://{backend}/{NAME}.git"),
+            ])
+            .arg(&target)
+            .status()?;
+        if !status.success() {
+            bail!("git clone --mirror failed");
+        }
+        clones.push((started.elapsed(), 0));
+    }
+    Ok(median(clones).0)
 }
 
 /// Peak resident memory of a process, in MiB.
