@@ -401,7 +401,7 @@ impl PackBitmaps {
             0 => None,
             _ => Some(
                 (data.len() - hash_len)
-                    .checked_sub(4 * n)
+                    .checked_sub(n.checked_mul(4).ok_or_else(|| bad("too many objects"))?)
                     .filter(|&start| start >= at)
                     .ok_or_else(|| bad("truncated bitmap"))?,
             ),
@@ -496,7 +496,11 @@ impl PackBitmaps {
         if let Some(names) = self.names.get() {
             return Ok(Some(Arc::clone(names)));
         }
-        let bytes = self.data.read(at, 4 * self.objects)?;
+        let len = self
+            .objects
+            .checked_mul(4)
+            .ok_or_else(|| bad("too many objects"))?;
+        let bytes = self.data.read(at, len)?;
         let names: Arc<[u32]> = bytes
             .chunks_exact(4)
             .map(|c| u32::from_be_bytes(c.try_into().expect("four bytes")))
@@ -934,7 +938,8 @@ pub(crate) fn name_hash(mut hash: u32, more: &[u8]) -> u32 {
 
 /// What the walks that write bitmaps note of each object the first time they reach it, by
 /// pack position: its type, and the name hash of the path it was met at (0 for commits, tags
-/// and root trees, as in git).
+/// and root trees, as in git). An object at several paths gets the first this walk meets,
+/// which need not be the one git's walk (newest commits first) meets first.
 pub(crate) struct Notes {
     types: [Bits; 4],
     names: Vec<u32>,

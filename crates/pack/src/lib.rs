@@ -705,7 +705,8 @@ impl Repository {
     /// meets one of its commits takes that commit's bitmap, translated to the new pack's
     /// order, instead of walking the history below it, as `git repack -b` reuses the old
     /// pack's. A bitmap naming an object the new pack lacks is not taken; an old file whose
-    /// checksum does not match, or that cannot be read, is not used at all. The file written
+    /// checksum does not match, that cannot be read, or that has no name hashes (which the
+    /// objects its bitmaps cover would then lack) is not used at all. The file written
     /// is the one written without them.
     pub fn write_bitmaps_reusing(
         &self,
@@ -724,7 +725,11 @@ impl Repository {
             },
         };
         let rev = self.rev_cache().get(pack, self.object_format());
-        let reuse = old_index.and_then(|path| bitmap::Loaded::replaced(path, self.object_format()));
+        // A file without name hashes is not reused: the objects its bitmaps cover would not
+        // be walked, and would keep no name from one consolidation to the next.
+        let reuse = old_index
+            .and_then(|path| bitmap::Loaded::replaced(path, self.object_format()))
+            .filter(|old| matches!(old.bitmaps.names(), Ok(Some(_))));
         // Trees are read along their chains with a cache of their own unless the pack is too
         // large for its delta tree; then the object handle's cache is the one that helps.
         let mut objects = if pack.num_objects() > forest::MAX_OBJECTS {

@@ -226,11 +226,12 @@ impl SentIn {
         cache: &crate::bitmap::BitmapCache,
         revs: &RevCache,
         hash: gix_hash::Kind,
-    ) -> Result<Option<&NamedWhole>, Error> {
+    ) -> Option<&NamedWhole> {
         if self.named.is_none() {
             let bitmaps = cache.get(pack, revs, hash);
             let names = match &bitmaps {
-                Some(bitmaps) => bitmaps.bitmaps.names()?,
+                // Names only guide the choice of bases: one that cannot be read is none.
+                Some(bitmaps) => bitmaps.bitmaps.names().ok().flatten(),
                 None => None,
             };
             let made = bitmaps.zip(names).and_then(|(bitmaps, names)| {
@@ -246,7 +247,7 @@ impl SentIn {
             });
             self.named = Some(made);
         }
-        Ok(self.named.as_ref().and_then(Option::as_ref))
+        self.named.as_ref().and_then(Option::as_ref)
     }
 }
 
@@ -763,7 +764,7 @@ impl<'a> PackWriter<'a> {
         };
         if found.len() < TREE_CANDIDATES
             && let Some(cache) = cache
-            && let Some(named) = sent.named_whole(pack, &rev, forest, cache, revs, hash)?
+            && let Some(named) = sent.named_whole(pack, &rev, forest, cache, revs, hash)
             && let Some(key) = named.key_of(p)
         {
             for q in named

@@ -262,7 +262,7 @@ fn no_bitmaps_for_packs_that_are_not_the_closure() {
 /// The pack that replaces a bitmapped one (new commits, a deleted branch) gets its bitmaps
 /// from the old pack's (its index and bitmap kept aside, its data gone) where they hold: the
 /// file written is byte for byte the one written without them, and each bitmap is what git's
-/// walk finds. An old file whose checksum does not match is not used.
+/// walk finds. An old file whose checksum does not match, or without name hashes, is not used.
 #[test]
 fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
     for spec in [
@@ -377,6 +377,45 @@ fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
         let (reused, from_damaged) = write(Some(&old_index));
         assert_eq!(reused, 0, "a damaged file is not reused");
         assert!(from_damaged == anew);
+        // Nor is a sound file without name hashes (as older ones were written): the objects its
+        // bitmaps cover would not be walked, and would have no name.
+        damaged[middle] ^= 0x01;
+        let original = damaged;
+        let hash_len = if spec.object_format == "sha256" {
+            32
+        } else {
+            20
+        };
+        let objects = std::process::Command::new(gitcache_testkit::git::git_program())
+            .arg("show-index")
+            .arg(format!("--object-format={}", spec.object_format))
+            .stdin(std::fs::File::open(&old_index).unwrap())
+            .output()
+            .unwrap()
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        let mut unnamed = original[..original.len() - hash_len - 4 * objects].to_vec();
+        unnamed[7] &= !0x4;
+        let kind = if hash_len == 32 {
+            gix_hash::Kind::Sha256
+        } else {
+            gix_hash::Kind::Sha1
+        };
+        let mut hasher = gix_hash::hasher(kind);
+        hasher.update(&unnamed);
+        let trailer = hasher.try_finalize().unwrap();
+        unnamed.extend_from_slice(trailer.as_bytes());
+        std::fs::write(&kept, &unnamed).unwrap();
+        let (reused, from_unnamed) = write(Some(&old_index));
+        assert_eq!(reused, 0, "a file without name hashes is not reused");
+        assert!(from_unnamed == anew);
+        std::fs::write(&kept, &original).unwrap();
+        assert!(
+            write(Some(&old_index)).0 > 0,
+            "the file as it was is reused again"
+        );
 
         std::fs::write(marked.with_extension("bitmap"), &anew).unwrap();
         let repo = Repository::open(&path).unwrap();

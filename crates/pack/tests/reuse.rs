@@ -625,7 +625,8 @@ fn a_delta_with_nothing_sent_down_its_chain_is_made_against_a_sibling() {
 /// Without `thin-pack`, an object stored as a delta against one the client has, with nothing
 /// sent in its stored delta tree, gets a new delta against an object sent whole whose path's
 /// name hash lies near its own (a file named alike, as git's delta search finds it), when
-/// the pack's bitmap file carries name hashes. Without them it goes whole.
+/// the pack's bitmap file carries name hashes (not against objects as like it but named
+/// otherwise). Without them it goes whole.
 #[test]
 fn a_delta_with_nothing_sent_in_its_tree_is_made_against_a_file_named_alike() {
     let (dir, work, path) = work_tree();
@@ -640,9 +641,14 @@ fn a_delta_with_nothing_sent_in_its_tree_is_made_against_a_file_named_alike() {
     std::fs::write(work.join("a/notes-1.txt"), &new).unwrap();
     gitcache_testkit::git::commit_all(&work, "new");
     bare_packed_copy(&work, &path);
-    // A file named alike in another directory, packed whole beside the deltas above.
+    // A file named alike in another directory, packed whole beside the deltas above, and
+    // files as like it in content but named otherwise: the name decides which is tried first.
     std::fs::create_dir(work.join("b")).unwrap();
     std::fs::write(work.join("b/notes-2.txt"), &alike).unwrap();
+    for i in 0..4 {
+        let decoy = format!("{shared}decoy {i}\n");
+        std::fs::write(work.join(format!("b/decoy-{i}.md")), decoy).unwrap();
+    }
     gitcache_testkit::git::commit_all(&work, "alike");
     git(&work, &["push", "-q", path.to_str().unwrap(), "main"]);
     git(&path, &["repack", "-adq", "--window=0"]);
