@@ -217,12 +217,15 @@ impl SentIn {
         }
     }
 
-    /// The objects sent whole by name, made when first asked for.
+    /// The objects sent whole by name, made when first asked for. Which are stored whole is
+    /// read from the forest if there is one, else from each sent entry's first byte (an answer
+    /// of a small part of a large pack reads no forest, and a server may never read one for a
+    /// pack it sends whole to clones).
     fn named_whole(
         &mut self,
         pack: &StoredPack,
         rev: &std::sync::Arc<crate::packs::RevIndex>,
-        forest: &crate::forest::DeltaForest,
+        forest: Option<&crate::forest::DeltaForest>,
         cache: &crate::bitmap::BitmapCache,
         revs: &RevCache,
         hash: gix_hash::Kind,
@@ -241,7 +244,19 @@ impl SentIn {
                     bitmaps,
                     rev: std::sync::Arc::clone(rev),
                 };
-                let whole = self.bits.ones().filter(|&q| forest.base(q).is_none());
+                let map = match forest {
+                    Some(_) => None,
+                    None => Some(crate::mapped::Mapped::open(&pack.pack).ok()?),
+                };
+                let whole = self.bits.ones().filter(|&q| match (forest, &map) {
+                    (Some(forest), _) => forest.base(q).is_none(),
+                    // The type in an entry's first byte: 6 and 7 are deltas.
+                    (None, Some(map)) => usize::try_from(rev.offset(pack, q))
+                        .ok()
+                        .and_then(|at| map.get(at))
+                        .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7)),
+                    (None, None) => false,
+                });
                 named.window = crate::window::NameWindow::new(whole, |q| named.key_of(q));
                 (named.window.len() > 0).then_some(named)
             });
@@ -744,7 +759,7 @@ impl<'a> PackWriter<'a> {
             None if sent.saturating_mul(FOREST_SHARE) >= rev.len() => rev.forest(pack, hash),
             None => None,
         };
-        let (Some(p), Some(forest)) = (rev.pack_position(&pack.index, index), forest) else {
+        let Some(p) = rev.pack_position(&pack.index, index) else {
             return Ok(Vec::new());
         };
         let sent = self
@@ -752,15 +767,18 @@ impl<'a> PackWriter<'a> {
             .entry(k)
             .or_insert_with(|| SentIn::new(pack, &rev, in_pack));
         let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
-        let mut found = {
-            let had = |q: usize| thin && !sent.bits.get(q) && client_has.contains(&oid_at(q));
-            forest.nearest(p, TREE_CANDIDATES, TREE_VISITS, |q| {
-                let usable = sent.written_before(q, place)
-                    || (sent.bits.get(q)
-                        && forest.base(q).is_none_or(|b| sent.bits.get(b) || had(b)))
-                    || had(q);
-                usable && forest.depth(q) <= TREE_BASE_DEPTH
-            })
+        let mut found = match forest {
+            Some(forest) => {
+                let had = |q: usize| thin && !sent.bits.get(q) && client_has.contains(&oid_at(q));
+                forest.nearest(p, TREE_CANDIDATES, TREE_VISITS, |q| {
+                    let usable = sent.written_before(q, place)
+                        || (sent.bits.get(q)
+                            && forest.base(q).is_none_or(|b| sent.bits.get(b) || had(b)))
+                        || had(q);
+                    usable && forest.depth(q) <= TREE_BASE_DEPTH
+                })
+            }
+            None => Vec::new(),
         };
         if found.len() < TREE_CANDIDATES
             && let Some(cache) = cache

@@ -626,90 +626,100 @@ fn a_delta_with_nothing_sent_down_its_chain_is_made_against_a_sibling() {
 /// sent in its stored delta tree, gets a new delta against an object sent whole whose path's
 /// name hash lies near its own (a file named alike, as git's delta search finds it), when
 /// the pack's bitmap file carries name hashes (not against objects as like it but named
-/// otherwise). Without them it goes whole.
+/// otherwise), whether or not the pack's delta forest is read. Without them it goes whole.
 #[test]
 fn a_delta_with_nothing_sent_in_its_tree_is_made_against_a_file_named_alike() {
-    let (dir, work, path) = work_tree();
-    let shared = lines("shared", 400);
-    // The old version is the larger: git makes it the base of the new one.
-    let old = format!("{shared}{}", lines("old", 80));
-    let new = format!("{shared}new\n");
-    let alike = format!("{shared}alike\n");
-    std::fs::create_dir(work.join("a")).unwrap();
-    std::fs::write(work.join("a/notes-1.txt"), &old).unwrap();
-    gitcache_testkit::git::commit_all(&work, "old");
-    std::fs::write(work.join("a/notes-1.txt"), &new).unwrap();
-    gitcache_testkit::git::commit_all(&work, "new");
-    bare_packed_copy(&work, &path);
-    // A file named alike in another directory, packed whole beside the deltas above, and
-    // files as like it in content but named otherwise: the name decides which is tried first.
-    std::fs::create_dir(work.join("b")).unwrap();
-    std::fs::write(work.join("b/notes-2.txt"), &alike).unwrap();
-    for i in 0..4 {
-        let decoy = format!("{shared}decoy {i}\n");
-        std::fs::write(work.join(format!("b/decoy-{i}.md")), decoy).unwrap();
-    }
-    gitcache_testkit::git::commit_all(&work, "alike");
-    git(&work, &["push", "-q", path.to_str().unwrap(), "main"]);
-    git(&path, &["repack", "-adq", "--window=0"]);
-
-    let blob = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
-    let (old_id, new_id, alike_id) = (
-        blob("main~2:a/notes-1.txt"),
-        blob("main:a/notes-1.txt"),
-        blob("main:b/notes-2.txt"),
-    );
-    let stored = layout(&path, &pack_file(&path).with_extension("idx"));
-    assert_eq!(stored[&new_id].1.as_ref(), Some(&old_id), "{stored:?}");
-    assert_eq!(stored[&alike_id].1, None, "{stored:?}");
-
-    let tips = oids(&git(&path, &["for-each-ref", "--format=%(objectname)"]));
-    let main = oids(&git(&path, &["rev-parse", "main"]));
-    let mut fetch = clone_request(main.clone());
-    fetch.thin_pack = false;
-    fetch.haves = oids(&git(&path, &["rev-parse", "main~2"]));
-    let answer = |with_names: bool| {
-        let repo = Repository::open(&path).unwrap();
-        let bitmap = repo.write_bitmaps(&tips).unwrap().expect("bitmaps");
-        if !with_names {
-            std::fs::remove_file(&bitmap).unwrap();
+    for junk in [0, 300] {
+        let (dir, work, path) = work_tree();
+        let shared = lines("shared", 400);
+        // The old version is the larger: git makes it the base of the new one.
+        let old = format!("{shared}{}", lines("old", 80));
+        let new = format!("{shared}new\n");
+        let alike = format!("{shared}alike\n");
+        std::fs::create_dir(work.join("a")).unwrap();
+        std::fs::write(work.join("a/notes-1.txt"), &old).unwrap();
+        // Files the client has, enough to make the answer too small a part of the pack for its
+        // delta forest to be read: which objects are stored whole then comes from their entries.
+        if junk > 0 {
+            std::fs::create_dir(work.join("junk")).unwrap();
+            for i in 0..junk {
+                std::fs::write(work.join(format!("junk/{i}.dat")), format!("junk {i}\n")).unwrap();
+            }
         }
-        let repo = Repository::open(&path).unwrap();
-        send(&repo, &fetch)
-    };
-    let (_, without, _) = answer(false);
-    assert_eq!(without.new_deltas, 0, "{without:?}");
-    let (_, stats, pack) = answer(true);
-    assert_eq!(stats.new_deltas, 1, "{stats:?}");
-    assert!(stats.bytes < without.bytes, "{stats:?} against {without:?}");
+        gitcache_testkit::git::commit_all(&work, "old");
+        std::fs::write(work.join("a/notes-1.txt"), &new).unwrap();
+        gitcache_testkit::git::commit_all(&work, "new");
+        bare_packed_copy(&work, &path);
+        // A file named alike in another directory, packed whole beside the deltas above, and
+        // files as like it in content but named otherwise: the name decides which is tried first.
+        std::fs::create_dir(work.join("b")).unwrap();
+        std::fs::write(work.join("b/notes-2.txt"), &alike).unwrap();
+        for i in 0..4 {
+            let decoy = format!("{shared}decoy {i}\n");
+            std::fs::write(work.join(format!("b/decoy-{i}.md")), decoy).unwrap();
+        }
+        gitcache_testkit::git::commit_all(&work, "alike");
+        git(&work, &["push", "-q", path.to_str().unwrap(), "main"]);
+        git(&path, &["repack", "-adq", "--window=0"]);
 
-    let client = dir.path().join("c.git");
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", client.to_str().unwrap()],
-    );
-    let had = gitcache_testkit::git::git_with_input(
-        &path,
-        &["pack-objects", "--revs", "--stdout"],
-        b"main~2\n",
-    );
-    gitcache_testkit::git::git_with_input(&client, &["index-pack", "--stdin"], &had);
-    gitcache_testkit::git::git_with_input(
-        &client,
-        &[
-            "index-pack",
-            "--strict",
-            "--stdin",
-            "objects/pack/pack-received.pack",
-        ],
-        &pack,
-    );
-    let received = layout(&client, &client.join("objects/pack/pack-received.idx"));
-    assert_eq!(
-        received[&new_id].1.as_ref(),
-        Some(&alike_id),
-        "{received:?}"
-    );
-    assert_complete_at(&client, &main[0]);
-    assert_eq!(git(&client, &["cat-file", "blob", &new_id]), new);
+        let blob = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+        let (old_id, new_id, alike_id) = (
+            blob("main~2:a/notes-1.txt"),
+            blob("main:a/notes-1.txt"),
+            blob("main:b/notes-2.txt"),
+        );
+        let stored = layout(&path, &pack_file(&path).with_extension("idx"));
+        assert_eq!(stored[&new_id].1.as_ref(), Some(&old_id), "{stored:?}");
+        assert_eq!(stored[&alike_id].1, None, "{stored:?}");
+
+        let tips = oids(&git(&path, &["for-each-ref", "--format=%(objectname)"]));
+        let main = oids(&git(&path, &["rev-parse", "main"]));
+        let mut fetch = clone_request(main.clone());
+        fetch.thin_pack = false;
+        fetch.haves = oids(&git(&path, &["rev-parse", "main~2"]));
+        let answer = |with_names: bool| {
+            let repo = Repository::open(&path).unwrap();
+            let bitmap = repo.write_bitmaps(&tips).unwrap().expect("bitmaps");
+            if !with_names {
+                std::fs::remove_file(&bitmap).unwrap();
+            }
+            let repo = Repository::open(&path).unwrap();
+            send(&repo, &fetch)
+        };
+        let (_, without, _) = answer(false);
+        assert_eq!(without.new_deltas, 0, "{without:?}");
+        let (_, stats, pack) = answer(true);
+        assert_eq!(stats.new_deltas, 1, "{stats:?}");
+        assert!(stats.bytes < without.bytes, "{stats:?} against {without:?}");
+
+        let client = dir.path().join("c.git");
+        git(
+            dir.path(),
+            &["init", "-q", "--bare", client.to_str().unwrap()],
+        );
+        let had = gitcache_testkit::git::git_with_input(
+            &path,
+            &["pack-objects", "--revs", "--stdout"],
+            b"main~2\n",
+        );
+        gitcache_testkit::git::git_with_input(&client, &["index-pack", "--stdin"], &had);
+        gitcache_testkit::git::git_with_input(
+            &client,
+            &[
+                "index-pack",
+                "--strict",
+                "--stdin",
+                "objects/pack/pack-received.pack",
+            ],
+            &pack,
+        );
+        let received = layout(&client, &client.join("objects/pack/pack-received.idx"));
+        assert_eq!(
+            received[&new_id].1.as_ref(),
+            Some(&alike_id),
+            "{received:?}"
+        );
+        assert_complete_at(&client, &main[0]);
+        assert_eq!(git(&client, &["cat-file", "blob", &new_id]), new);
+    }
 }
