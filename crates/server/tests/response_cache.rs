@@ -38,6 +38,17 @@ fn depth1(main: &str) -> Vec<u8> {
     )
 }
 
+/// Make the mirror with a clone of everything (sent the pack as it is, never stored) and wait
+/// for its bitmaps, after which the same request gets the same answer.
+fn prime(cache: &Gitcache, upstream: &Upstream) {
+    let git = GitClient::new().unwrap();
+    let url = cache.url("acme/widgets");
+    git.run(git.home(), &["clone", "-q", "--bare", &url, "prime.git"])
+        .unwrap()
+        .expect_success();
+    common::wait_for_bitmaps(&cache.mirror(upstream, "acme/widgets"));
+}
+
 fn post(cache: &Gitcache, body: &[u8]) -> Vec<u8> {
     let answer = http(
         &cache.addr,
@@ -90,6 +101,7 @@ fn generated(mirror: &Path, body: &[u8]) -> Vec<u8> {
 fn a_stored_response_is_byte_for_byte_the_generated_one() {
     let (upstream, main) = setup(801);
     let cache = Gitcache::start(&upstream, &[]);
+    prime(&cache, &upstream);
     let body = depth1(&main);
     let first = post(&cache, &body);
     let second = post(&cache, &body);
@@ -148,6 +160,7 @@ fn fifty_concurrent_identical_clones_cost_one_generation() {
 fn unfinished_or_damaged_entries_are_never_served_after_a_crash() {
     let (upstream, main) = setup(803);
     let cache = Gitcache::start(&upstream, &[]);
+    prime(&cache, &upstream);
     let body = depth1(&main);
     let original = post(&cache, &body);
     let stored = entries(&cache);
@@ -222,12 +235,14 @@ fn admission_on_the_second_request_and_turning_the_cache_off() {
     let (upstream, main) = setup(805);
     let body = depth1(&main);
     let cache = Gitcache::start(&upstream, &["--response-cache-admit-second"]);
+    prime(&cache, &upstream);
     let first = post(&cache, &body);
     assert!(entries(&cache).is_empty(), "not stored the first time");
     assert_eq!(post(&cache, &body), first);
     assert_eq!(entries(&cache).len(), 1, "stored the second time");
 
     let off = Gitcache::start(&upstream, &["--response-cache", "false"]);
+    prime(&off, &upstream);
     assert_eq!(post(&off, &body), post(&off, &body));
     assert!(entries(&off).is_empty());
     assert_eq!(count(&off.log(), "response generated"), 0);

@@ -335,13 +335,24 @@ pub fn count(log: &str, needle: &str) -> usize {
 /// Wait until the first pack of `mirror` is marked with its tips (done in the background
 /// after a mirror's first fetch), so that clones are sent that pack as it is.
 pub fn wait_for_tips_mark(mirror: &std::path::Path) {
+    wait_for_pack_file(mirror, ".tips");
+}
+
+/// Wait until a pack of `mirror` has bitmaps (written in the background after a mirror's
+/// first fetch): answers made before may choose other delta bases (the bitmaps' name hashes
+/// guide that choice), so a test comparing answers takes them after.
+pub fn wait_for_bitmaps(mirror: &std::path::Path) {
+    wait_for_pack_file(mirror, ".bitmap");
+}
+
+fn wait_for_pack_file(mirror: &std::path::Path, suffix: &str) {
     let packs = mirror.join("objects/pack");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !std::fs::read_dir(&packs)
         .unwrap()
-        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tips"))
+        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(suffix))
     {
-        assert!(std::time::Instant::now() < deadline, "no .tips mark");
+        assert!(std::time::Instant::now() < deadline, "no {suffix} file");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
