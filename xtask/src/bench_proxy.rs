@@ -203,9 +203,7 @@ pub(crate) fn run(
     let (repo, tips) = prepare_repo(root, repo)?;
     let (upstream, backend) = serve_upstream(&repo)?;
 
-    let data = tempfile::Builder::new()
-        .prefix("gitcache-bench-")
-        .tempdir()?;
+    let data = bench_data()?;
     if only_cache {
         let depth1 = requests(&repo, &tips, false)?
             .into_iter()
@@ -217,11 +215,7 @@ pub(crate) fn run(
     // Pack generation itself: the response cache off.
     let cache_off = ["--response-cache", "false"];
     let (server, gitcache) = start_gitcache(root, &upstream.url(), data.path(), &cache_off)?;
-    let mirror: PathBuf = data
-        .path()
-        .join("mirrors")
-        .join(backend.replace(':', "_"))
-        .join("bench/large.git");
+    let mirror = mirror_in(data.path(), &backend);
 
     let cases: Vec<(&str, Vec<u8>)> = requests(&repo, &tips, hits_only)?
         .into_iter()
@@ -329,14 +323,8 @@ pub(crate) fn misses(
 ) -> Result<()> {
     let (repo, tips) = prepare_repo(root, repo)?;
     let (upstream, backend) = serve_upstream(&repo)?;
-    let data = tempfile::Builder::new()
-        .prefix("gitcache-bench-")
-        .tempdir()?;
-    let mirror: PathBuf = data
-        .path()
-        .join("mirrors")
-        .join(backend.replace(':', "_"))
-        .join("bench/large.git");
+    let data = bench_data()?;
+    let mirror = mirror_in(data.path(), &backend);
     let only = only.unwrap_or("full clone|clone --depth=1");
     let cases: Vec<(&str, Vec<u8>)> = requests(&repo, &tips, true)?
         .into_iter()
@@ -376,6 +364,21 @@ pub(crate) fn misses(
         );
     }
     Ok(())
+}
+
+/// A data directory for a bench server.
+fn bench_data() -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("gitcache-bench-")
+        .tempdir()?)
+}
+
+/// Where a server with data directory `data` keeps its mirror of the bench repository served
+/// by `backend`.
+fn mirror_in(data: &Path, backend: &str) -> PathBuf {
+    data.join("mirrors")
+        .join(backend.replace(':', "_"))
+        .join("bench/large.git")
 }
 
 /// The median time of `runs` runs of `git clone --mirror` from `backend` into `data`.
@@ -433,12 +436,7 @@ fn response_cache(
     let (server, gitcache) = start_gitcache(root, &upstream.url(), data, &[])?;
     post(&gitcache, depth1)?;
     // The mirror's maintenance must not run behind the measurements.
-    wait_for_maintenance(
-        &data
-            .join("mirrors")
-            .join(backend.replace(':', "_"))
-            .join("bench/large.git"),
-    )?;
+    wait_for_maintenance(&mirror_in(data, backend))?;
     let stored = median(
         (0..RUNS)
             .map(|_| post(&gitcache, depth1))
@@ -513,11 +511,7 @@ pub(crate) fn two_instances(root: &Path, repo: Option<&str>, only: Option<&str>)
         .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
         .map(|(name, fetch)| (name, body(fetch)))
         .collect();
-    let mirror_in = |data: &Path| {
-        data.join("mirrors")
-            .join(backend.replace(':', "_"))
-            .join("bench/large.git")
-    };
+    let mirror_in = |data: &Path| mirror_in(data, &backend);
     println!(
         "\n| request | http-backend | miss on A (upstream) | first on B (bucket) | hit on A | hit on B |"
     );
@@ -578,15 +572,9 @@ pub(crate) fn concurrency(root: &Path, repo: Option<&str>, n: usize) -> Result<(
     const ROUNDS: usize = 3;
     let (repo, tips) = prepare_repo(root, repo)?;
     let (upstream, backend) = serve_upstream(&repo)?;
-    let data = tempfile::Builder::new()
-        .prefix("gitcache-bench-")
-        .tempdir()?;
+    let data = bench_data()?;
     let (server, gitcache) = start_gitcache(root, &upstream.url(), data.path(), &[])?;
-    let mirror = data
-        .path()
-        .join("mirrors")
-        .join(backend.replace(':', "_"))
-        .join("bench/large.git");
+    let mirror = mirror_in(data.path(), &backend);
     let clone = gitcache_protocol::request::Fetch {
         wants: tips.clone(),
         done: true,

@@ -536,7 +536,7 @@ impl<'a> PackWriter<'a> {
                                 Some(base) => {
                                     match self.usable_ancestor(&base, &in_pack, client_has)? {
                                         Some(ancestor) => vec![ancestor],
-                                        None => self.new_bases(id, place, &in_pack, client_has)?,
+                                        None => self.new_bases(id, place, &in_pack, client_has),
                                     }
                                 }
                                 None => Vec::new(),
@@ -740,7 +740,7 @@ impl<'a> PackWriter<'a> {
         place: usize,
         in_pack: &Sent<'_>,
         client_has: &crate::select::Has,
-    ) -> Result<Vec<ObjectId>, Error> {
+    ) -> Vec<ObjectId> {
         let hash = self.objects.hash();
         let (packs, revs, thin, cache) = (self.packs, self.rev, self.opts.thin, self.bitmaps);
         let Some((k, pack, index)) = packs
@@ -748,7 +748,7 @@ impl<'a> PackWriter<'a> {
             .enumerate()
             .find_map(|(k, pack)| Some((k, pack, crate::packs::lookup(&pack.index, oid)?)))
         else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         let rev = revs.get(pack, hash);
         // Reading the forest means reading every entry header of the pack: not for an answer
@@ -760,8 +760,17 @@ impl<'a> PackWriter<'a> {
             None => None,
         };
         let Some(p) = rev.pack_position(&pack.index, index) else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
+        // Without a forest, only names can offer bases: none to offer, nothing to set up.
+        let named = || {
+            cache
+                .and_then(|c| c.get(pack, revs, hash))
+                .is_some_and(|b| matches!(b.bitmaps.names(), Ok(Some(_))))
+        };
+        if forest.is_none() && !named() {
+            return Vec::new();
+        }
         let sent = self
             .sent_in
             .entry(k)
@@ -792,7 +801,7 @@ impl<'a> PackWriter<'a> {
                 found.push(q);
             }
         }
-        Ok(found.into_iter().map(oid_at).collect())
+        found.into_iter().map(oid_at).collect()
     }
 
     /// Write `oid` as a whole object, compressed again.
