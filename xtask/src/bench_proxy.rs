@@ -19,7 +19,7 @@ use gitcache_testkit::upstream::{Access, Upstream};
 
 use crate::bench_pack::{body, git, prepare_repo, requests};
 
-const RUNS: usize = 5;
+pub(crate) const RUNS: usize = 5;
 const MISS_RUNS: usize = 3;
 const NAME: &str = "bench/large";
 const PATH: &str = "/bench/large.git/git-upload-pack";
@@ -134,7 +134,7 @@ fn server_env() -> Vec<(String, String)> {
 /// Wait until the mirror's background maintenance is done (its pack is marked with its tips
 /// and has bitmaps), so that nothing runs behind a measurement.
 fn wait_for_maintenance(mirror: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(900);
+    let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         // Temporaries being written (`incoming-…`) do not count.
         let names: Vec<String> = std::fs::read_dir(mirror.join("objects/pack"))
@@ -199,6 +199,7 @@ pub(crate) fn run(
     repo: Option<&str>,
     only_cache: bool,
     hits_only: bool,
+    runs: usize,
 ) -> Result<()> {
     let (repo, tips) = prepare_repo(root, repo)?;
     let (upstream, backend) = serve_upstream(&repo)?;
@@ -228,21 +229,28 @@ pub(crate) fn run(
         .context("a depth-1 case")?;
 
     println!(
-        "\nrepository: {} commits; medians of {RUNS} runs ({MISS_RUNS} for misses)\n",
+        "\nrepository: {} commits; medians of {runs} runs ({MISS_RUNS} for misses)\n",
         git(&repo, &["rev-list", "--all", "--count"])?.trim()
     );
     // Hits: one mirror, its background maintenance (tips mark, bitmaps) finished first.
-    post(&gitcache, &cases[0].1)?;
+    let (first, _) = post(&gitcache, &cases[0].1)?;
+    let started = Instant::now();
     wait_for_maintenance(&mirror)?;
+    println!(
+        "first {} (a miss): {}; its maintenance finished {} later\n",
+        cases[0].0,
+        ms(first),
+        ms(started.elapsed())
+    );
     let mut rows = Vec::new();
     for (_, request) in &cases {
         let theirs = median(
-            (0..RUNS)
+            (0..runs)
                 .map(|_| post(&backend, request))
                 .collect::<Result<_>>()?,
         );
         let hit = median(
-            (0..RUNS)
+            (0..runs)
                 .map(|_| post(&gitcache, request))
                 .collect::<Result<_>>()?,
         );

@@ -7,7 +7,7 @@
 //! - `bench-pack [repo] [--only TEXT]`: time our pack generation against `git upload-pack` on
 //!   the same repository and requests (default: the `large` generated repository; `--only`
 //!   runs the requests whose name contains TEXT).
-//! - `bench-proxy [repo] [--hits | --misses [--runs N] [--only TEXT] | --response-cache |
+//! - `bench-proxy [repo] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --response-cache |
 //!   --two-instances [--only TEXT] |
 //!   --concurrency N]`: time gitcache (hits and misses) in front of C git's http-backend
 //!   (with `--hits`, hits alone: for repositories too large to miss five times; with
@@ -64,7 +64,8 @@ fn main() -> Result<()> {
             }
             let only_cache = args.iter().any(|a| a == "--response-cache");
             let hits_only = args.iter().any(|a| a == "--hits");
-            bench_proxy::run(&root, repo, only_cache, hits_only)
+            let runs = number_flag(&args, "--runs", bench_proxy::RUNS as u64)? as usize;
+            bench_proxy::run(&root, repo, only_cache, hits_only, runs.max(1))
         }
         Some("bench-scale") => bench_scale::run(&workspace_root()?, &args[1..]),
         Some("bench-pages") => bench_pages::run(&workspace_root()?, &args[1..]),
@@ -75,7 +76,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--hits | --misses [--runs N] [--only TEXT] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--runs N] [--only TEXT] [--prepare] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--runs N] [--only TEXT] [--prepare] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }

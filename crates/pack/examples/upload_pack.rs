@@ -2,6 +2,9 @@
 //! like `git upload-pack --stateless-rpc <repo>` with `GIT_PROTOCOL=version=2`. Used by the
 //! end-to-end benchmark to compare both as processes.
 //!
+//! `UPLOAD_PACK_REPEAT=N` answers a fetch N times in the one process (all but the last into
+//! nothing), as a server that keeps the repository open does: for profiling a warm answer.
+//!
 //! ```sh
 //! cargo run --release -p gitcache-pack --example upload_pack -- repo.git < request > response
 //! ```
@@ -30,26 +33,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let lines = repo.ls_refs(args)?;
             gitcache_protocol::ls_refs::write_response(&mut out, &lines, args)?;
         }
-        Command::Fetch(fetch) => match plan(
-            &repo,
-            fetch,
-            request.capabilities.object_format(),
-            &Options::default(),
-        ) {
-            Ok(plan) => {
-                let planned = started.elapsed();
-                let stats = plan.write_to(&mut out)?;
-                if std::env::var_os("UPLOAD_PACK_PHASES").is_some() {
-                    eprintln!(
-                        "planned in {planned:.1?}, written by {:.1?}: {stats:?}",
-                        started.elapsed()
-                    );
+        Command::Fetch(fetch) => {
+            let repeat: usize = std::env::var("UPLOAD_PACK_REPEAT")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            for round in (0..repeat.max(1)).rev() {
+                let started = if round + 1 == repeat.max(1) {
+                    started
+                } else {
+                    std::time::Instant::now()
+                };
+                let planned = plan(
+                    &repo,
+                    fetch,
+                    request.capabilities.object_format(),
+                    &Options::default(),
+                );
+                let mut sink = std::io::sink();
+                let mut to: &mut dyn Write = if round == 0 { &mut out } else { &mut sink };
+                match planned {
+                    Ok(plan) => {
+                        let planned = started.elapsed();
+                        let stats = plan.write_to(&mut to)?;
+                        if std::env::var_os("UPLOAD_PACK_PHASES").is_some() {
+                            eprintln!(
+                                "planned in {planned:.1?}, written by {:.1?}: {stats:?}",
+                                started.elapsed()
+                            );
+                        }
+                    }
+                    Err(err) => {
+                        pktline::write_error(&mut to, err.wire_message().as_bytes())?;
+                    }
                 }
             }
-            Err(err) => {
-                pktline::write_error(&mut out, err.wire_message().as_bytes())?;
-            }
-        },
+        }
         Command::ObjectInfo(_) => {
             pktline::write_error(&mut out, b"object-info is not supported").map(drop)?
         }

@@ -820,6 +820,7 @@ impl Loaded {
             pack: index.path().with_extension("pack"),
             index: Arc::new(index),
             tips: None,
+            data: Default::default(),
         };
         let bitmaps = PackBitmaps::parse_bytes(bitmap, &pack, hash).ok()?;
         let pos = Positions::new(&pack, Arc::new(RevIndex::from_offsets(&pack)));

@@ -26,7 +26,7 @@ pub(crate) struct ChainReader<'a> {
     hash: gix_hash::Kind,
     /// Read at the first object asked for (a walk of a few new commits may need none).
     forest: Option<Option<&'a DeltaForest>>,
-    data: gix_pack::data::File,
+    data: std::sync::Arc<gix_pack::data::File>,
     cache: gix_pack::cache::lru::MemoryCappedHashmap,
     inflate: gix_zlib::Inflate,
     delta: Vec<u8>,
@@ -42,7 +42,7 @@ impl<'a> ChainReader<'a> {
         hash: gix_hash::Kind,
         cache_bytes: usize,
     ) -> Option<ChainReader<'a>> {
-        let data = gix_pack::data::File::at(&pack.pack, hash).ok()?;
+        let data = pack.data(hash).ok()?;
         Some(ChainReader {
             pack,
             rev,

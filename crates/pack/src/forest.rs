@@ -102,10 +102,8 @@ impl DeltaForest {
         // Every entry's offset, in pack order, when they fit in four bytes each (a pack under
         // 4 GiB): bases are found by binary search in it. Else from the indexes, searching
         // back from the delta.
-        let small: Option<Vec<u32>> = (0..n)
-            .map(|p| u32::try_from(rev.offset(pack, p)).ok())
-            .collect();
-        let offset_at = |p: usize| match &small {
+        let small = rev.all_offsets(pack);
+        let offset_at = |p: usize| match small {
             Some(offsets) => u64::from(offsets[p]),
             None => rev.offset(pack, p),
         };
@@ -122,7 +120,7 @@ impl DeltaForest {
                 match entry.header {
                     Header::OfsDelta { base_distance } => offset
                         .checked_sub(base_distance)
-                        .and_then(|at| match (&small, u32::try_from(at)) {
+                        .and_then(|at| match (small, u32::try_from(at)) {
                             (Some(offsets), Ok(at)) => offsets[..p].binary_search(&at).ok(),
                             _ => rev.position_before(pack, p, at),
                         }),
@@ -137,7 +135,6 @@ impl DeltaForest {
                 *slot = b as u32;
             }
         }
-        drop(small);
         // Each position's count of deltas, then where its range ends; then each delta put
         // from the end of its base's range down, which leaves `first[b]` at the range's start
         // (no second table).

@@ -23,7 +23,15 @@ pub(crate) struct StoredPack {
     /// Shared by every request on the repository handle (one mapping of the file).
     pub(crate) index: std::sync::Arc<gix_pack::index::File>,
     pub(crate) tips: Option<OidSet>,
+    /// The pack file mapped, once asked for; shared like the index.
+    pub(crate) data: MappedData,
 }
+
+/// A pack file's mapping, made when first needed and kept by the repository handle: mapping
+/// it for each answer that copies from it, and unmapping it after, were a tenth of such an
+/// answer (page faults on every page touched again, and the unmapping).
+pub(crate) type MappedData =
+    std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<gix_pack::data::File>>>>;
 
 impl std::fmt::Debug for StoredPack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,6 +48,22 @@ impl StoredPack {
 
     pub(crate) fn contains(&self, oid: &ObjectId) -> bool {
         lookup(&self.index, oid).is_some()
+    }
+
+    /// The pack file, mapped once for every user of this repository handle (an error, as
+    /// when no file handle is free, is not kept: it is tried again next time).
+    pub(crate) fn data(
+        &self,
+        hash: HashKind,
+    ) -> Result<std::sync::Arc<gix_pack::data::File>, Error> {
+        let mut kept = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(data) = kept.as_ref() {
+            return Ok(std::sync::Arc::clone(data));
+        }
+        let data =
+            std::sync::Arc::new(gix_pack::data::File::at(&self.pack, hash).map_err(Error::odb)?);
+        *kept = Some(std::sync::Arc::clone(&data));
+        Ok(data)
     }
 }
 
@@ -94,7 +118,9 @@ pub(crate) fn lookup(index: &gix_pack::index::File, oid: &gix_hash::oid) -> Opti
 /// dropped when their pack is gone.
 #[derive(Default)]
 pub(crate) struct IndexCache(
-    std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<gix_pack::index::File>>>,
+    std::sync::Mutex<
+        std::collections::HashMap<PathBuf, (std::sync::Arc<gix_pack::index::File>, MappedData)>,
+    >,
 );
 
 impl std::fmt::Debug for IndexCache {
@@ -124,18 +150,27 @@ pub(crate) fn list(
         if !pack.is_file() {
             continue;
         }
-        let index = match open.get(&path) {
-            Some(index) => std::sync::Arc::clone(index),
+        let (index, data) = match open.get(&path) {
+            Some((index, data)) => (std::sync::Arc::clone(index), std::sync::Arc::clone(data)),
             None => {
                 let index = std::sync::Arc::new(
                     gix_pack::index::File::at(&path, hash).map_err(Error::odb)?,
                 );
-                open.insert(path.clone(), std::sync::Arc::clone(&index));
-                index
+                let data = MappedData::default();
+                open.insert(
+                    path.clone(),
+                    (std::sync::Arc::clone(&index), std::sync::Arc::clone(&data)),
+                );
+                (index, data)
             }
         };
         let tips = read_tips(&path.with_extension("tips"), hash);
-        packs.push(StoredPack { pack, index, tips });
+        packs.push(StoredPack {
+            pack,
+            index,
+            tips,
+            data,
+        });
     }
     open.retain(|idx, _| packs.iter().any(|p| p.pack.with_extension("idx") == *idx));
     Ok(packs)
@@ -205,6 +240,11 @@ pub(crate) struct RevIndex {
     inverse: std::sync::OnceLock<Vec<u32>>,
     /// Lookups of pack positions so far, while there is no table for them.
     lookups: std::sync::atomic::AtomicUsize,
+    /// Every entry's offset by pack position, made once many were read (`None` inside: a
+    /// pack of 4 GiB or more, whose offsets are read from the index each time).
+    offsets: std::sync::OnceLock<Option<Vec<u32>>>,
+    /// Offsets read from the index so far, while there is no table of them.
+    offset_reads: std::sync::atomic::AtomicUsize,
     /// The pack's delta forest, read when first needed (`None`: unreadable).
     forest: std::sync::OnceLock<Option<crate::forest::DeltaForest>>,
 }
@@ -235,6 +275,10 @@ fn rev_matches(pack: &StoredPack, rev: &[u8], hash: HashKind) -> bool {
 /// Bytes before the positions in a `.rev` file.
 const REV_HEADER: usize = 12;
 
+/// A reverse index makes its table of offsets once it was asked for more than one in this
+/// many of its entries' offsets.
+const OFFSET_READS_SHARE: usize = 32;
+
 impl RevIndex {
     /// Read `pack-<hash>.rev` if git wrote one, else build it from the index.
     pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> RevIndex {
@@ -260,6 +304,8 @@ impl RevIndex {
             order,
             inverse: std::sync::OnceLock::new(),
             lookups: Default::default(),
+            offsets: std::sync::OnceLock::new(),
+            offset_reads: Default::default(),
             forest: std::sync::OnceLock::new(),
         }
     }
@@ -272,11 +318,18 @@ impl RevIndex {
             .map(|i| (pack.index.pack_offset_at_index(i), i))
             .collect();
         by_offset.sort_unstable();
+        // The offsets are read already: kept when they fit.
+        let offsets: Option<Vec<u32>> = by_offset
+            .iter()
+            .map(|&(offset, _)| u32::try_from(offset).ok())
+            .collect();
         RevIndex {
             objects: n,
             order: Order::Built(by_offset.into_iter().map(|(_, i)| i).collect()),
             inverse: std::sync::OnceLock::new(),
             lookups: Default::default(),
+            offsets: std::sync::OnceLock::from(offsets),
+            offset_reads: Default::default(),
             forest: std::sync::OnceLock::new(),
         }
     }
@@ -296,6 +349,11 @@ impl RevIndex {
             }
             Order::Built(order) => order[p],
         }
+    }
+
+    /// [`at`](Self::at), `None` past the last position.
+    pub(crate) fn index_at(&self, p: usize) -> Option<u32> {
+        (p < self.len()).then(|| self.at(p))
     }
 
     /// The pack position of the object at index position `index`: by binary search over
@@ -329,6 +387,9 @@ impl RevIndex {
     /// The pack position of the entry at `offset`, if an entry starts there.
     fn position_of_offset(&self, idx: &gix_pack::index::File, offset: u64) -> Option<usize> {
         // Pack positions are in offset order.
+        if let Some(offsets) = self.offsets(idx) {
+            return offsets.binary_search(&u32::try_from(offset).ok()?).ok();
+        }
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -339,17 +400,6 @@ impl RevIndex {
             }
         }
         None
-    }
-
-    /// Where the entry of index position `index` ends: the next entry's offset, or `end`
-    /// (the pack's trailer) for the last one.
-    pub(crate) fn entry_end(&self, pack: &StoredPack, index: u32, end: u64) -> Option<u64> {
-        let next = self.pack_position(&pack.index, index)? + 1;
-        Some(if next < self.len() {
-            pack.index.pack_offset_at_index(self.at(next))
-        } else {
-            end
-        })
     }
 
     /// The delta forest of `pack`, if it was read already.
@@ -377,7 +427,43 @@ impl RevIndex {
 
     /// The offset in `pack` of the entry at pack position `p`.
     pub(crate) fn offset(&self, pack: &StoredPack, p: usize) -> u64 {
-        pack.index.pack_offset_at_index(self.at(p))
+        match self.offsets(&pack.index) {
+            Some(offsets) => u64::from(offsets[p]),
+            None => pack.index.pack_offset_at_index(self.at(p)),
+        }
+    }
+
+    /// Every entry's offset by pack position, made now if it was not (`None`: a pack of 4 GiB
+    /// or more).
+    pub(crate) fn all_offsets(&self, pack: &StoredPack) -> Option<&[u32]> {
+        self.offsets
+            .get_or_init(|| self.read_offsets(&pack.index))
+            .as_deref()
+    }
+
+    /// The table of offsets by pack position, once it is made or worth making: the index
+    /// keeps offsets by object id, so reading them in pack order is a random read each, and
+    /// answers that copy most of a pack read hundreds of thousands (a tenth of a negotiated
+    /// fetch's time). A few hundred reads, as a small fetch makes, do not pay for the table.
+    fn offsets(&self, idx: &gix_pack::index::File) -> Option<&[u32]> {
+        if let Some(made) = self.offsets.get() {
+            return made.as_deref();
+        }
+        let reads = self
+            .offset_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if reads < self.len() / OFFSET_READS_SHARE {
+            return None;
+        }
+        self.offsets
+            .get_or_init(|| self.read_offsets(idx))
+            .as_deref()
+    }
+
+    fn read_offsets(&self, idx: &gix_pack::index::File) -> Option<Vec<u32>> {
+        (0..self.len())
+            .map(|p| u32::try_from(idx.pack_offset_at_index(self.at(p))).ok())
+            .collect()
     }
 
     /// The position of the entry at `target` in `pack`, searched backwards from position
@@ -589,6 +675,78 @@ mod tests {
             let found = super::lookup(&damaged, &oid);
             assert!(found.is_none_or(|f| f == i as u32), "a wrong hit");
         }
+    }
+
+    /// A reverse index answers offsets and positions of offsets from the index at first, then
+    /// from its table of offsets once many were asked for: the same answers either way, for
+    /// an order read from git's `.rev` and for one built from the index (whose table is made
+    /// with it).
+    #[test]
+    fn offsets_are_the_same_read_from_the_index_or_from_the_table() {
+        let (_dir, repo) = repacked(4, &["-c", "pack.writeReverseIndex=true", "repack", "-adq"]);
+        let packs = repo.stored_packs().unwrap();
+        let pack = &packs[0];
+        let n = pack.num_objects();
+        let truth: Vec<u64> = {
+            let mut offsets: Vec<u64> = (0..n as u32)
+                .map(|i| pack.index.pack_offset_at_index(i))
+                .collect();
+            offsets.sort_unstable();
+            offsets
+        };
+        for rev in [
+            RevIndex::load(pack, repo.object_format()),
+            RevIndex::from_offsets(pack),
+        ] {
+            let mapped = matches!(rev.order, Order::Mapped(_));
+            assert_eq!(rev.offsets.get().is_some(), !mapped);
+            // Past the reads that make the table, and again after it.
+            for round in 0..2 {
+                for (p, &offset) in truth.iter().enumerate() {
+                    assert_eq!(rev.offset(pack, p), offset, "round {round}");
+                    assert_eq!(rev.position_of_offset(&pack.index, offset), Some(p));
+                    assert_eq!(rev.position_of_offset(&pack.index, offset + 1), None);
+                    if p > 0 {
+                        assert_eq!(rev.position_before(pack, p, truth[p - 1]), Some(p - 1));
+                    }
+                }
+            }
+            assert!(
+                rev.offsets.get().is_some_and(Option::is_some),
+                "the table was made"
+            );
+            assert_eq!(rev.all_offsets(pack).map(<[u32]>::len), Some(n));
+        }
+    }
+
+    /// A pack file is mapped once per repository handle: every listing of its packs shares
+    /// the mapping, and a pack replaced by another is let go.
+    #[test]
+    fn a_pack_is_mapped_once_per_repository_handle() {
+        let (dir, repo) = repacked(5, &["repack", "-adq"]);
+        let hash = repo.object_format();
+        let first = repo.stored_packs().unwrap()[0].data(hash).unwrap();
+        let again = repo.stored_packs().unwrap()[0].data(hash).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &again));
+        assert_eq!(
+            std::sync::Arc::strong_count(&first),
+            3,
+            "two answers and the handle"
+        );
+        drop(again);
+        // Replaced (a new pack of everything, the old one removed): the handle lets it go.
+        let path = dir.path().join("r.git");
+        let commit =
+            gitcache_testkit::git::git_stdout(&path, &["commit-tree", "-m", "x", "HEAD^{tree}"]);
+        gitcache_testkit::git::git_stdout(&path, &["update-ref", "refs/heads/x", commit.trim()]);
+        gitcache_testkit::git::git_stdout(&path, &["repack", "-adq"]);
+        let packs = repo.stored_packs().unwrap();
+        assert!(packs.iter().all(|p| p.pack != *first.path()));
+        assert_eq!(
+            std::sync::Arc::strong_count(&first),
+            1,
+            "only this test holds it"
+        );
     }
 
     /// git's `.rev` is read in place when it was written for the pack and is whole; one

@@ -49,12 +49,9 @@ impl Packed {
         }
     }
 
-    /// The selected objects, in pack order.
-    pub(crate) fn oids<'a>(&'a self, pack: &'a StoredPack) -> impl Iterator<Item = ObjectId> + 'a {
-        self.bits
-            .ones()
-            .filter(|&p| p < self.rev.len())
-            .map(|p| pack.index.oid_at_index(self.rev.at(p)).to_owned())
+    /// The positions selected, in pack order.
+    pub(crate) fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.bits.ones().filter(|&p| p < self.rev.len())
     }
 }
 
@@ -123,7 +120,7 @@ pub(crate) fn copy_runs<'a, W: Write>(
     let rev = &*packed.rev;
     let n = rev.len();
     let mut copied = Bits::with_len(n);
-    let Ok(data) = gix_pack::data::File::at(&pack.pack, hash) else {
+    let Ok(data) = pack.data(hash) else {
         // Removed since the plan (consolidation replaced it): everything is written object
         // by object, from where the object database finds it.
         let left = packed.bits.ones().filter(|&p| p < n).collect();

@@ -142,6 +142,19 @@ enum Peek {
 struct Sent<'a> {
     listed: OidMap<usize>,
     copied: Option<Copied<'a>>,
+    /// The pack (of the listed packs) the copied entries are from, and the positions there
+    /// of the first objects of the order: those left by the copy (their ids were not looked
+    /// up to find them).
+    left: Option<(usize, Vec<usize>)>,
+}
+
+impl Sent<'_> {
+    /// The pack and position of the object at `place` in the order, if known without a
+    /// lookup.
+    fn left_at(&self, place: usize) -> Option<(usize, usize)> {
+        let (k, left) = self.left.as_ref()?;
+        Some((*k, *left.get(place)?))
+    }
 }
 
 impl Sent<'_> {
@@ -186,10 +199,30 @@ impl NamedWhole {
 }
 
 impl SentIn {
-    fn new(pack: &StoredPack, rev: &crate::packs::RevIndex, in_pack: &Sent<'_>) -> SentIn {
+    /// `k`: which of the listed packs `pack` is.
+    fn new(
+        k: usize,
+        pack: &StoredPack,
+        rev: &crate::packs::RevIndex,
+        in_pack: &Sent<'_>,
+    ) -> SentIn {
         let mut bits = crate::bitmap::Bits::with_len(rev.len());
         let mut place = HashMap::new();
+        // The objects the copy left are known by position; the rest are looked up.
+        let known = match &in_pack.left {
+            Some((from, left)) if *from == k => left.as_slice(),
+            _ => &[],
+        };
+        for (at, &q) in known.iter().enumerate() {
+            if q < rev.len() {
+                bits.set(q);
+                place.insert(q as u32, at);
+            }
+        }
         for (id, &at) in &in_pack.listed {
+            if at < known.len() {
+                continue;
+            }
             if let Some(q) = crate::packs::lookup(&pack.index, id)
                 .and_then(|i| rev.pack_position(&pack.index, i))
             {
@@ -372,6 +405,8 @@ pub(crate) struct PackWriter<'a> {
     pack_of_id: HashMap<u32, Option<usize>>,
     /// Each of `packs`' id in the object database and where its entries end.
     odb_pack: Vec<Option<(u32, u64)>>,
+    /// Each of `packs`' reverse index, once asked for (the cache is behind a lock).
+    revs: Vec<Option<std::sync::Arc<crate::packs::RevIndex>>>,
     buf: Vec<u8>,
     /// Stored delta bases learnt while looking down chains (`None`: stored whole).
     bases: OidMap<Option<ObjectId>>,
@@ -406,6 +441,7 @@ impl<'a> PackWriter<'a> {
             rev,
             pack_of_id: HashMap::new(),
             odb_pack: Vec::new(),
+            revs: Vec::new(),
             buf: Vec::new(),
             bases: OidMap::default(),
             zlibs: Vec::new(),
@@ -436,7 +472,7 @@ impl<'a> PackWriter<'a> {
             ..PackStats::default()
         };
         let packs = self.packs;
-        let (copied, mut listed) = match packed {
+        let (copied, mut listed, left) = match packed {
             Some(packed) => {
                 let pack = packs.get(packed.pack).ok_or_else(|| Error::Odb {
                     message: "selected from a pack no longer listed".into(),
@@ -445,16 +481,21 @@ impl<'a> PackWriter<'a> {
                     let hash = self.objects.hash();
                     let (copied, left) =
                         crate::reuse::copy_runs(&mut sink, pack, packed, hash, &mut stats)?;
-                    let left: Vec<ObjectId> = left
-                        .into_iter()
-                        .map(|p| pack.index.oid_at_index(packed.rev.at(p)).to_owned())
+                    let oids: Vec<ObjectId> = left
+                        .iter()
+                        .map(|&p| pack.index.oid_at_index(packed.rev.at(p)).to_owned())
                         .collect();
-                    (Some(copied), left)
+                    (Some(copied), oids, Some((packed.pack, left)))
                 } else {
-                    (None, packed.oids(pack).collect())
+                    let left: Vec<usize> = packed.positions().collect();
+                    let oids = left
+                        .iter()
+                        .map(|&p| pack.index.oid_at_index(packed.rev.at(p)).to_owned())
+                        .collect();
+                    (None, oids, Some((packed.pack, left)))
                 }
             }
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), None),
         };
         let order: std::borrow::Cow<'_, [ObjectId]> = if listed.is_empty() {
             order.into()
@@ -469,6 +510,7 @@ impl<'a> PackWriter<'a> {
                 .map(|(at, oid)| (*oid, at))
                 .collect(),
             copied,
+            left,
         };
         let mut written: OidMap<u64> =
             OidMap::with_capacity_and_hasher(order.len(), Default::default());
@@ -507,7 +549,7 @@ impl<'a> PackWriter<'a> {
                     let usable = |base: &ObjectId| {
                         in_pack.contains(base) || (thin && client_has.contains(base))
                     };
-                    let peek = self.stored_within(id, HELD_ENTRY_BYTES)?;
+                    let peek = self.stored_within(id, in_pack.left_at(place), HELD_ENTRY_BYTES)?;
                     // Whether it goes as stored, its entry's length, its stored delta base.
                     let (reusable, held, stored_base) = match &peek {
                         Peek::Large { len, base } => (base.is_none_or(|b| usable(&b)), *len, *base),
@@ -706,7 +748,7 @@ impl<'a> PackWriter<'a> {
                 Some(known) => *known,
                 None => {
                     // The base alone: an entry's header is enough.
-                    let next = match self.stored_within(&current, 0)? {
+                    let next = match self.stored_within(&current, None, 0)? {
                         Peek::Stored(Stored::Delta { base, .. }) => Some(base),
                         Peek::Large { base, .. } => base,
                         Peek::Stored(_) => None,
@@ -774,7 +816,7 @@ impl<'a> PackWriter<'a> {
         let sent = self
             .sent_in
             .entry(k)
-            .or_insert_with(|| SentIn::new(pack, &rev, in_pack));
+            .or_insert_with(|| SentIn::new(k, pack, &rev, in_pack));
         let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
         let mut found = match forest {
             Some(forest) => {
@@ -816,7 +858,7 @@ impl<'a> PackWriter<'a> {
 
     /// How `oid` is stored.
     fn stored(&mut self, oid: &ObjectId) -> Result<Stored, Error> {
-        Ok(match self.stored_within(oid, u64::MAX)? {
+        Ok(match self.stored_within(oid, None, u64::MAX)? {
             Peek::Stored(stored) => stored,
             // No entry is longer than the largest bound; were one, it would go whole.
             Peek::Large { .. } => Stored::Full,
@@ -826,8 +868,14 @@ impl<'a> PackWriter<'a> {
     /// How `oid` is stored, but for an entry in the listed packs longer than `most` bytes
     /// only its length and delta base, from its header: what planning needs to pass over a
     /// large entry sent as stored without copying it (it is read when written).
-    fn stored_within(&mut self, oid: &ObjectId, most: u64) -> Result<Peek, Error> {
-        if let Some(found) = self.stored_in_listed_pack(oid, most) {
+    /// `at`: the pack (of the listed ones) and position of `oid` there, when known.
+    fn stored_within(
+        &mut self,
+        oid: &ObjectId,
+        at: Option<(usize, usize)>,
+        most: u64,
+    ) -> Result<Peek, Error> {
+        if let Some(found) = self.stored_in_listed_pack(oid, at, most) {
             return Ok(found);
         }
         let odb = self.objects.odb();
@@ -879,18 +927,30 @@ impl<'a> PackWriter<'a> {
     /// reverse index, so that nothing is inflated (the object database's lookup by id
     /// inflates the entry to learn its length). `None`: not in those packs, or not readable
     /// this way. An entry longer than `most` bytes is read up to its header only.
-    fn stored_in_listed_pack(&mut self, oid: &ObjectId, most: u64) -> Option<Peek> {
+    fn stored_in_listed_pack(
+        &mut self,
+        oid: &ObjectId,
+        at: Option<(usize, usize)>,
+        most: u64,
+    ) -> Option<Peek> {
         let hash = self.objects.hash();
-        let (k, index) = self
-            .packs
-            .iter()
-            .enumerate()
-            .find_map(|(k, p)| crate::packs::lookup(&p.index, oid).map(|i| (k, i)))?;
-        let pack = &self.packs[k];
-        let offset = pack.index.pack_offset_at_index(index);
         if self.odb_pack.len() < self.packs.len() {
             self.odb_pack.resize(self.packs.len(), None);
+            self.revs.resize(self.packs.len(), None);
         }
+        let (k, index, known_at) = match at.filter(|&(k, _)| k < self.packs.len()) {
+            Some((k, p)) => {
+                let rev = self.revs[k].get_or_insert_with(|| self.rev.get(&self.packs[k], hash));
+                (k, rev.index_at(p)?, Some(p))
+            }
+            None => self
+                .packs
+                .iter()
+                .enumerate()
+                .find_map(|(k, p)| crate::packs::lookup(&p.index, oid).map(|i| (k, i, None)))?,
+        };
+        let pack = &self.packs[k];
+        let offset = pack.index.pack_offset_at_index(index);
         // The object database's id for this pack, learnt once from a lookup by id.
         let (pack_id, pack_end) = match self.odb_pack[k] {
             Some(known) => known,
@@ -912,9 +972,21 @@ impl<'a> PackWriter<'a> {
                 known
             }
         };
-        let rev = self.rev.get(pack, hash);
-        let end = rev.entry_end(pack, index, pack_end)?;
+        let rev = self.revs[k].get_or_insert_with(|| self.rev.get(pack, hash));
+        let p = match known_at {
+            Some(p) => p,
+            None => rev.pack_position(&pack.index, index)?,
+        };
+        let end = match p + 1 {
+            next if next < rev.len() => rev.offset(pack, next),
+            _ => pack_end,
+        };
         let len = end.checked_sub(offset)?;
+        // A delta's base is most often near it: searched for down from its position.
+        let base_at = |distance: u64| {
+            let q = rev.position_before(pack, p, offset.checked_sub(distance)?)?;
+            Some(pack.index.oid_at_index(rev.at(q)).to_owned())
+        };
         let large = len > most;
         let location = gix_pack::data::entry::Location {
             pack_id,
@@ -930,9 +1002,7 @@ impl<'a> PackWriter<'a> {
             let base = match parsed.header {
                 Header::Commit | Header::Tree | Header::Blob | Header::Tag => None,
                 Header::RefDelta { base_id } => Some(base_id),
-                Header::OfsDelta { base_distance } => {
-                    Some(rev.object_at(pack, offset.checked_sub(base_distance)?)?)
-                }
+                Header::OfsDelta { base_distance } => Some(base_at(base_distance)?),
             };
             return Some(Peek::Large { len, base });
         }
@@ -946,7 +1016,7 @@ impl<'a> PackWriter<'a> {
                 header_len,
             },
             Header::OfsDelta { base_distance } => {
-                let base = rev.object_at(pack, offset.checked_sub(base_distance)?)?;
+                let base = base_at(base_distance)?;
                 Stored::Delta {
                     base,
                     size: parsed.decompressed_size,
