@@ -460,10 +460,17 @@ impl RevIndex {
             .as_deref()
     }
 
+    /// `None` also when the offsets are out of order (a `.rev` that is not this pack's order
+    /// despite its checksums): searches by halves in it would go wrong, and reading from the
+    /// index, each search finds nothing where the order is broken instead.
     fn read_offsets(&self, idx: &gix_pack::index::File) -> Option<Vec<u32>> {
-        (0..self.len())
+        let offsets: Vec<u32> = (0..self.len())
             .map(|p| u32::try_from(idx.pack_offset_at_index(self.at(p))).ok())
-            .collect()
+            .collect::<Option<_>>()?;
+        offsets
+            .windows(2)
+            .all(|pair| pair[0] < pair[1])
+            .then_some(offsets)
     }
 
     /// The position of the entry at `target` in `pack`, searched backwards from position
@@ -694,12 +701,19 @@ mod tests {
             offsets.sort_unstable();
             offsets
         };
-        for rev in [
-            RevIndex::load(pack, repo.object_format()),
-            RevIndex::from_offsets(pack),
-        ] {
+        let loaded = RevIndex::load(pack, repo.object_format());
+        assert!(
+            matches!(loaded.order, Order::Mapped(_)),
+            "git's .rev is read"
+        );
+        for rev in [loaded, RevIndex::from_offsets(pack)] {
             let mapped = matches!(rev.order, Order::Mapped(_));
             assert_eq!(rev.offsets.get().is_some(), !mapped);
+            if mapped {
+                // Reads from the index until the table is made.
+                assert_eq!(rev.offset(pack, n / 2), truth[n / 2]);
+                assert!(rev.offsets.get().is_none(), "too few reads for a table");
+            }
             // Past the reads that make the table, and again after it.
             for round in 0..2 {
                 for (p, &offset) in truth.iter().enumerate() {
@@ -708,6 +722,7 @@ mod tests {
                     assert_eq!(rev.position_of_offset(&pack.index, offset + 1), None);
                     if p > 0 {
                         assert_eq!(rev.position_before(pack, p, truth[p - 1]), Some(p - 1));
+                        assert_eq!(rev.position_before(pack, p, truth[p / 3]), Some(p / 3));
                     }
                 }
             }

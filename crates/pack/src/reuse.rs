@@ -121,8 +121,8 @@ pub(crate) fn copy_runs<'a, W: Write>(
     let n = rev.len();
     let mut copied = Bits::with_len(n);
     let Ok(data) = pack.data(hash) else {
-        // Removed since the plan (consolidation replaced it): everything is written object
-        // by object, from where the object database finds it.
+        // Not mapped (no file handle free, or removed before it was ever mapped): everything
+        // is written object by object, from where the object database finds it.
         let left = packed.bits.ones().filter(|&p| p < n).collect();
         let copied = Copied {
             pack,

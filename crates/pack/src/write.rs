@@ -403,8 +403,8 @@ pub(crate) struct PackWriter<'a> {
     rev: &'a RevCache,
     /// Which of `packs` each odb pack id is.
     pack_of_id: HashMap<u32, Option<usize>>,
-    /// Each of `packs`' id in the object database and where its entries end.
-    odb_pack: Vec<Option<(u32, u64)>>,
+    /// Each of `packs`' file, mapped, once asked for.
+    data: Vec<Option<std::sync::Arc<gix_pack::data::File>>>,
     /// Each of `packs`' reverse index, once asked for (the cache is behind a lock).
     revs: Vec<Option<std::sync::Arc<crate::packs::RevIndex>>>,
     buf: Vec<u8>,
@@ -440,7 +440,7 @@ impl<'a> PackWriter<'a> {
             packs,
             rev,
             pack_of_id: HashMap::new(),
-            odb_pack: Vec::new(),
+            data: Vec::new(),
             revs: Vec::new(),
             buf: Vec::new(),
             bases: OidMap::default(),
@@ -934,8 +934,8 @@ impl<'a> PackWriter<'a> {
         most: u64,
     ) -> Option<Peek> {
         let hash = self.objects.hash();
-        if self.odb_pack.len() < self.packs.len() {
-            self.odb_pack.resize(self.packs.len(), None);
+        if self.data.len() < self.packs.len() {
+            self.data.resize(self.packs.len(), None);
             self.revs.resize(self.packs.len(), None);
         }
         let (k, index, known_at) = match at.filter(|&(k, _)| k < self.packs.len()) {
@@ -950,28 +950,23 @@ impl<'a> PackWriter<'a> {
                 .find_map(|(k, p)| crate::packs::lookup(&p.index, oid).map(|i| (k, i, None)))?,
         };
         let pack = &self.packs[k];
+        // A position given for `oid` must be of `oid` (else it is looked for by the object
+        // database).
+        if known_at.is_some() && pack.index.oid_at_index(index) != *oid {
+            return None;
+        }
         let offset = pack.index.pack_offset_at_index(index);
-        // The object database's id for this pack, learnt once from a lookup by id.
-        let (pack_id, pack_end) = match self.odb_pack[k] {
-            Some(known) => known,
+        // Read from this pack's own mapping: the object database could find the same object
+        // in another pack.
+        let data = match &self.data[k] {
+            Some(data) => std::sync::Arc::clone(data),
             None => {
-                let location = self
-                    .objects
-                    .odb()
-                    .location_by_oid(oid, &mut self.buf)
-                    .ok()??;
-                if location.pack_offset != offset {
-                    return None;
-                }
-                let len = std::fs::metadata(&pack.pack).ok()?.len();
-                let known = (
-                    location.pack_id,
-                    len.checked_sub(hash.len_in_bytes() as u64)?,
-                );
-                self.odb_pack[k] = Some(known);
-                known
+                let data = pack.data(hash).ok()?;
+                self.data[k] = Some(std::sync::Arc::clone(&data));
+                data
             }
         };
+        let pack_end = data.pack_end() as u64;
         let rev = self.revs[k].get_or_insert_with(|| self.rev.get(pack, hash));
         let p = match known_at {
             Some(p) => p,
@@ -988,14 +983,13 @@ impl<'a> PackWriter<'a> {
             Some(pack.index.oid_at_index(rev.at(q)).to_owned())
         };
         let large = len > most;
-        let location = gix_pack::data::entry::Location {
-            pack_id,
-            pack_offset: offset,
-            // A header is at most ten bytes of type and size, and then a base's distance in
-            // at most ten or its id.
-            entry_size: usize::try_from(if large { len.min(64) } else { len }).ok()?,
-        };
-        let entry = self.objects.odb().entry_by_location(&location)?.data;
+        // A header is at most ten bytes of type and size, and then a base's distance in at
+        // most ten or its id.
+        let read = if large { len.min(64) } else { len };
+        if end > pack_end {
+            return None;
+        }
+        let entry = data.entry_slice(offset..offset + read)?.to_vec();
         self.read_bytes += entry.len() as u64;
         let parsed = gix_pack::data::Entry::from_bytes(&entry, offset, hash).ok()?;
         if large {
