@@ -34,15 +34,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             gitcache_protocol::ls_refs::write_response(&mut out, &lines, args)?;
         }
         Command::Fetch(fetch) => {
-            let repeat: usize = std::env::var("UPLOAD_PACK_REPEAT")
+            let repeat = std::env::var("UPLOAD_PACK_REPEAT")
                 .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(1);
-            for round in (0..repeat.max(1)).rev() {
-                let started = if round + 1 == repeat.max(1) {
-                    started
-                } else {
-                    std::time::Instant::now()
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(1)
+                .max(1);
+            // Rounds counted down: the last (0) is written out. The first one's time counts
+            // from the process's start, opening and loading included.
+            for round in (0..repeat).rev() {
+                let started = match round + 1 == repeat {
+                    true => started,
+                    false => std::time::Instant::now(),
                 };
                 let planned = plan(
                     &repo,
