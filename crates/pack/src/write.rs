@@ -155,9 +155,7 @@ impl Sent<'_> {
         let (k, left) = self.left.as_ref()?;
         Some((*k, *left.get(place)?))
     }
-}
 
-impl Sent<'_> {
     fn contains(&self, oid: &ObjectId) -> bool {
         self.listed.contains_key(oid) || self.copied.as_ref().is_some_and(|c| c.contains(oid))
     }
@@ -477,23 +475,19 @@ impl<'a> PackWriter<'a> {
                 let pack = packs.get(packed.pack).ok_or_else(|| Error::Odb {
                     message: "selected from a pack no longer listed".into(),
                 })?;
-                if self.opts.ofs_delta {
+                let (copied, left) = if self.opts.ofs_delta {
                     let hash = self.objects.hash();
                     let (copied, left) =
                         crate::reuse::copy_runs(&mut sink, pack, packed, hash, &mut stats)?;
-                    let oids: Vec<ObjectId> = left
-                        .iter()
-                        .map(|&p| pack.index.oid_at_index(packed.rev.at(p)).to_owned())
-                        .collect();
-                    (Some(copied), oids, Some((packed.pack, left)))
+                    (Some(copied), left)
                 } else {
-                    let left: Vec<usize> = packed.positions().collect();
-                    let oids = left
-                        .iter()
-                        .map(|&p| pack.index.oid_at_index(packed.rev.at(p)).to_owned())
-                        .collect();
-                    (None, oids, Some((packed.pack, left)))
-                }
+                    (None, packed.positions().collect())
+                };
+                let oids = left
+                    .iter()
+                    .map(|&p| pack.index.oid_at_index(packed.rev.at(p)).to_owned())
+                    .collect();
+                (copied, oids, Some((packed.pack, left)))
             }
             None => (None, Vec::new(), None),
         };
