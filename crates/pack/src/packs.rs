@@ -549,18 +549,23 @@ pub(crate) fn kinds(
 ) -> Result<Option<Vec<gix_object::Kind>>, Error> {
     use gix_pack::data::entry::Header;
     let mut headers = crate::forest::Headers::open(&pack.pack)?;
-    let offsets: Vec<u64> = (0..rev.len())
-        .map(|p| pack.index.pack_offset_at_index(rev.at(p)))
-        .collect();
-    let mut kinds: Vec<gix_object::Kind> = Vec::with_capacity(offsets.len());
-    for (p, &offset) in offsets.iter().enumerate() {
-        let next = offsets.get(p + 1).copied().unwrap_or(u64::MAX);
+    // Every offset is read in order: the reverse index's table of them (made now) serves.
+    rev.all_offsets(pack);
+    let n = rev.len();
+    let mut kinds: Vec<gix_object::Kind> = Vec::with_capacity(n);
+    for p in 0..n {
+        let offset = rev.offset(pack, p);
+        let next = if p + 1 < n {
+            rev.offset(pack, p + 1)
+        } else {
+            u64::MAX
+        };
         let entry = gix_pack::data::Entry::from_bytes(headers.at(offset, next)?, offset, hash)
             .map_err(Error::odb)?;
         let base = match entry.header {
             Header::OfsDelta { base_distance } => {
                 Header::verified_base_pack_offset(offset, base_distance)
-                    .and_then(|base| offsets.binary_search(&base).ok())
+                    .and_then(|base| rev.position_before(pack, p, base))
             }
             Header::RefDelta { base_id } => pack
                 .index
