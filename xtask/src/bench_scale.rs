@@ -1,8 +1,9 @@
-//! `cargo xtask bench-scale [--sizes 50,300,1000,3000] [--runs N] [--only TEXT|TEXT]
-//! [--prepare]`: how time and peak memory grow with the repository, for gitcache and for git.
-//! For each size (megabytes of pack), a generated repository (`RepoSpec::scale`) packed as a
-//! forge keeps it (with `--prepare`, only that: the generation of the largest takes an hour),
-//! then:
+//! `cargo xtask bench-scale [--sizes 50,300,1000,3000] [--history 500] [--runs N]
+//! [--only TEXT|TEXT] [--prepare]`: how time and peak memory grow with the repository, for
+//! gitcache and for git. For each size (megabytes of pack), a generated repository
+//! (`RepoSpec::scale`), and for each `--history` (thousands of commits) one of a long history
+//! of small changes (`RepoSpec::history`), packed as a forge keeps it (with `--prepare`, only
+//! that: the generation of the largest takes an hour), then:
 //!
 //! - bitmaps: gitcache's written from nothing (a mirror's first consolidation) against git's
 //!   written for the same pack alone (`git multi-pack-index write --bitmap`), and git's whole
@@ -16,21 +17,38 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use gitcache_protocol::ObjectId;
+use gitcache_testkit::repo::RepoSpec;
 
 use crate::bench_pack::{
     build_examples, git, git_upload_pack, linked_copy, oid, peak_rss, requests, table,
 };
 
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
-    let sizes: Vec<usize> = crate::flag_value(args, "--sizes")
-        .unwrap_or("50,300")
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse()
-                .context("--sizes: megabytes, comma separated")
+    let numbers = |flag: &str, default: &str| -> Result<Vec<usize>> {
+        let list = crate::flag_value(args, flag).unwrap_or(default);
+        list.split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse().context(format!("{flag}: comma separated")))
+            .collect()
+    };
+    let history = numbers("--history", "")?;
+    let default_sizes = if history.is_empty() { "50,300" } else { "" };
+    let mut repos: Vec<(String, String, RepoSpec)> = numbers("--sizes", default_sizes)?
+        .into_iter()
+        .map(|megabytes| {
+            let about = format!("About {megabytes} MB of pack");
+            (
+                about,
+                format!("scale-{megabytes}"),
+                RepoSpec::scale(1, megabytes),
+            )
         })
-        .collect::<Result<_>>()?;
+        .collect();
+    repos.extend(history.into_iter().map(|thousands| {
+        let about = format!("A history of {thousands},000 commits");
+        let spec = RepoSpec::history(1, thousands * 1000);
+        (about, format!("history-{thousands}k"), spec)
+    }));
     let runs = crate::number_flag(args, "--runs", 3)? as usize;
     build_examples(
         root,
@@ -43,10 +61,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
             .display()
             .to_string()
     };
-    for megabytes in sizes {
-        let repo = root.join(format!("target/bench-repos/scale-{megabytes}.git"));
-        println!("\n## About {megabytes} MB of pack\n");
-        prepare(&repo, megabytes)?;
+    for (about, name, spec) in repos {
+        let repo = root.join(format!("target/bench-repos/{name}.git"));
+        println!("\n## {about}\n");
+        prepare(&repo, &spec)?;
         if args.iter().any(|a| a == "--prepare") {
             continue;
         }
@@ -131,12 +149,11 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Generate the repository of about `megabytes` of pack unless it is there, then pack it as
+/// Generate the repository `spec` describes unless it is there, then pack it as
 /// a forge keeps it: one pack with a bitmap (`git repack -adb`, its time kept in the file
 /// `repack-took`), a commit-graph, packed refs.
-fn prepare(repo: &Path, megabytes: usize) -> Result<()> {
+fn prepare(repo: &Path, spec: &RepoSpec) -> Result<()> {
     if !repo.exists() {
-        let spec = gitcache_testkit::repo::RepoSpec::scale(1, megabytes);
         println!(
             "generating {} ({} commits)...",
             repo.display(),
@@ -147,7 +164,7 @@ fn prepare(repo: &Path, megabytes: usize) -> Result<()> {
         if partial.exists() {
             std::fs::remove_dir_all(&partial)?;
         }
-        gitcache_testkit::repo::generate(&partial, &spec)?;
+        gitcache_testkit::repo::generate(&partial, spec)?;
         std::fs::rename(&partial, repo)?;
         println!("generated in {:.0?}", started.elapsed());
     }

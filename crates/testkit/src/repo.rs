@@ -79,6 +79,13 @@ pub struct RepoSpec {
     /// Directory levels new text files go down to, each level one of six names (0: a few
     /// fixed directories). Deep levels make deep trees; the shallow ones grow wide.
     pub depth: usize,
+    /// Renamed files go to `moved/`, or, when this is not 0, to one of this many
+    /// directories under it (chosen by the old path), so that no tree grows with every
+    /// rename of a long history.
+    pub moved_dirs: usize,
+    /// Past this many files in a branch, a commit that would add one deletes one instead
+    /// (0: no limit): trees of a long history stop growing.
+    pub most_files: usize,
     /// `"sha1"` or `"sha256"`.
     pub object_format: &'static str,
 }
@@ -98,6 +105,8 @@ impl RepoSpec {
             large_every: 0,
             large_bytes: 1 << 20,
             depth: 0,
+            moved_dirs: 0,
+            most_files: 0,
             object_format: "sha1",
         }
     }
@@ -116,6 +125,8 @@ impl RepoSpec {
             large_every: 100,
             large_bytes: 1 << 20,
             depth: 0,
+            moved_dirs: 0,
+            most_files: 0,
             object_format: "sha1",
         }
     }
@@ -134,6 +145,8 @@ impl RepoSpec {
             large_every: 1000,
             large_bytes: 1 << 20,
             depth: 0,
+            moved_dirs: 0,
+            most_files: 0,
             object_format: "sha1",
         }
     }
@@ -152,6 +165,8 @@ impl RepoSpec {
             large_every: 600,
             large_bytes: 1 << 20,
             depth: 0,
+            moved_dirs: 0,
+            most_files: 0,
             object_format: "sha1",
         }
     }
@@ -187,6 +202,32 @@ impl RepoSpec {
             large_every,
             large_bytes,
             depth: 6,
+            moved_dirs: 0,
+            most_files: 0,
+            object_format: "sha1",
+        }
+    }
+
+    /// A long history: `commits` commits (500,000 for the scale benchmarks) of small
+    /// changes to a tree of a few hundred files three levels deep, 200 branches, a tag
+    /// every 500 commits and a small binary every 200; about 1 KB of pack a commit. Trees
+    /// stay narrow (at most 2,000 files, renames spread over 64 directories), so generating
+    /// takes time in proportion to the commits.
+    pub fn history(seed: u64, commits: usize) -> Self {
+        RepoSpec {
+            seed,
+            commits,
+            branches: (commits / 400).min(200),
+            merge_every: 100,
+            tag_every: 500,
+            files: 200,
+            binary_every: 200,
+            binary_bytes: 16 << 10,
+            large_every: 0,
+            large_bytes: 1 << 20,
+            depth: 3,
+            moved_dirs: 64,
+            most_files: 2000,
             object_format: "sha1",
         }
     }
@@ -304,6 +345,10 @@ struct Writer<W: Write> {
     tags: Vec<String>,
     /// [`RepoSpec::depth`].
     depth: usize,
+    /// [`RepoSpec::moved_dirs`].
+    moved_dirs: usize,
+    /// [`RepoSpec::most_files`].
+    most_files: usize,
     /// [`RepoSpec::large_bytes`].
     large_bytes: usize,
 }
@@ -421,7 +466,8 @@ impl<W: Write> Writer<W> {
                     continue;
                 }
             }
-            if roll < 75 || n < 4 {
+            let full = self.most_files > 0 && n >= self.most_files;
+            if (roll < 75 && !full) || n < 4 {
                 let dir = self.new_dir();
                 let ext = if dir == "scripts" { "sh" } else { "txt" };
                 let path = format!("{dir}/f{}-{}.{ext}", self.mark, self.rng.below(1000));
@@ -435,7 +481,15 @@ impl<W: Write> Writer<W> {
                 branch.remove(&key);
             } else {
                 let key = self.pick(branch);
-                let new = format!("moved/{}", key.replace('/', "-"));
+                let new = match self.moved_dirs {
+                    0 => format!("moved/{}", key.replace('/', "-")),
+                    dirs => {
+                        let dir = key
+                            .bytes()
+                            .fold(0usize, |h, b| h.wrapping_mul(31) + b as usize);
+                        format!("moved/{}/{}", dir % dirs, key.replace('/', "-"))
+                    }
+                };
                 if branch.files.contains_key(&new) {
                     continue;
                 }
@@ -521,6 +575,8 @@ pub fn generate(path: &Path, spec: &RepoSpec) -> io::Result<GeneratedRepo> {
             time: 1_600_000_000,
             tags: Vec::new(),
             depth: spec.depth,
+            moved_dirs: spec.moved_dirs,
+            most_files: spec.most_files,
             large_bytes: spec.large_bytes.max(1 << 20),
         };
         let mut main = Branch::new("main".into(), None);
@@ -673,6 +729,8 @@ pub fn append_commits(repo: &Path, branch: &str, n: usize, seed: u64) -> io::Res
             time: 1_900_000_000 + seed.wrapping_mul(1_000_000) % 1_000_000_000,
             tags: Vec::new(),
             depth: 0,
+            moved_dirs: 0,
+            most_files: 0,
             large_bytes: 1 << 20,
         };
         for i in 0..n {
