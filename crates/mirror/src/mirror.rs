@@ -704,8 +704,8 @@ impl Mirror {
         Ok(format!("pack-{}", written?.checksum))
     }
 
-    /// Write reachability bitmaps for the consolidated pack `pack` (the closure of `tips`),
-    /// so that fetches other than whole clones need no walk; `None` if the mirror holds other
+    /// Write the commit graph and reachability bitmaps for the consolidated pack `pack` (the
+    /// closure of `tips`), so that fetches other than whole clones need no walk; `None` if the mirror holds other
     /// packs too. This takes long on big histories, so it runs apart from consolidation:
     /// refreshes go on meanwhile. A pack never changes, so its bitmaps stay true; if the pack
     /// was consolidated away meanwhile, the file written for it is removed.
@@ -715,6 +715,16 @@ impl Mirror {
             return Ok(Some(bitmap));
         }
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
+        // The pack's commit graph first: the walk that writes the bitmaps, and every fetch
+        // after, read commits from it. Without one (git's format cannot hold every history)
+        // commits are read from their objects.
+        match repo.write_commit_graph(pack) {
+            Ok(Some(graph)) if !pack.with_extension("idx").is_file() => {
+                let _ = std::fs::remove_file(graph);
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "writing the commit graph failed"),
+        }
         // The replaced pack's index and bitmaps, if kept aside.
         let old_index = std::fs::read_dir(self.replaced_dir())
             .into_iter()
@@ -815,7 +825,7 @@ fn remove_pack_file(pack: &Path) -> std::io::Result<()> {
 pub(crate) fn remove_pack(dir: &Path, stem: &str) -> std::io::Result<()> {
     std::fs::remove_file(dir.join(format!("{stem}.idx")))?;
     for ext in [
-        "pack", "rev", "bitmap", "tips", "keep", "promisor", "mtimes",
+        "pack", "rev", "bitmap", "graph", "tips", "keep", "promisor", "mtimes",
     ] {
         match std::fs::remove_file(dir.join(format!("{stem}.{ext}"))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

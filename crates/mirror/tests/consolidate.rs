@@ -177,6 +177,21 @@ async fn many_packs_become_one_that_clones_get_as_it_is() {
     let bitmap = done.bitmap.expect("bitmaps written");
     assert_eq!(bitmap, marked.with_extension("bitmap"));
     assert_git_checks_bitmaps(mirror.git_dir(), "main");
+    // And the pack's commit graph, written first: every commit, read by fetches instead of
+    // the commits, and what `git commit-graph verify` accepts in git's own place.
+    let graph = marked.with_extension("graph");
+    assert!(graph.is_file());
+    let commits: usize = git(mirror.git_dir(), &["rev-list", "--all", "--count"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(repo.commits_in_graphs().unwrap(), commits);
+    std::fs::copy(&graph, mirror.git_dir().join("objects/info/commit-graph")).unwrap();
+    git(
+        mirror.git_dir(),
+        &["commit-graph", "verify", "--no-progress"],
+    );
+    std::fs::remove_file(mirror.git_dir().join("objects/info/commit-graph")).unwrap();
     let main = gix_hash::ObjectId::from_hex(
         git(mirror.git_dir(), &["rev-parse", "main"])
             .trim()

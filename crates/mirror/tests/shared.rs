@@ -153,12 +153,18 @@ async fn two_instances(store: AnyStore) {
     let manifest = f.manifest().await;
     assert_eq!(manifest.packs.len(), 1, "{manifest:?}");
     assert!(
-        manifest.packs[0].files.contains(&"bitmap") && manifest.packs[0].files.contains(&"tips"),
+        ["bitmap", "graph", "tips"]
+            .iter()
+            .all(|ext| manifest.packs[0].files.contains(ext)),
         "{manifest:?}"
     );
     f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
     assert_eq!(f.upstream.counts().fetch, 3);
     assert_eq!(f.packs(&f.b), 1);
+    // B's copy has the commit graph too, and reads it.
+    let b_mirror = f.b.existing(&f.key).expect("a mirror");
+    let b_repo = gitcache_pack::Repository::open(b_mirror.git_dir()).unwrap();
+    assert!(b_repo.commits_in_graphs().unwrap() > 0);
     assert_eq!(f.refs(&f.b), f.refs(&f.a));
     f.fsck(&f.b);
     f.upstream_moves(3);

@@ -821,6 +821,7 @@ impl Loaded {
             index: Arc::new(index),
             tips: None,
             data: Default::default(),
+            graph: None,
         };
         let bitmaps = PackBitmaps::parse_bytes(bitmap, &pack, hash).ok()?;
         let pos = Positions::new(&pack, Arc::new(RevIndex::from_offsets(&pack)));

@@ -35,6 +35,7 @@ mod delta;
 mod error;
 mod filter;
 mod forest;
+mod graph;
 mod indexing;
 mod mapped;
 mod negotiate;
@@ -356,9 +357,10 @@ pub fn plan(
             client: client_format,
         });
     }
+    // Listed first: the object handle reads commits from the graphs of the packs listed.
+    let stored = repo.stored_packs()?;
     let mut objects = repo.objects();
     objects.set_cancel(options.cancel.clone());
-    let stored = repo.stored_packs()?;
     let write = WriteOptions {
         ofs_delta: fetch.ofs_delta,
         thin: fetch.thin_pack,
@@ -503,9 +505,22 @@ pub fn plan(
 /// (a plain clone of exactly the tips a pack is marked with). Such an answer costs what
 /// reading the file costs: keeping a copy of it elsewhere gains nothing.
 pub fn answered_by_marked_pack(repo: &Repository, fetch: &Fetch) -> Result<bool, Error> {
-    let mut objects = repo.objects();
     let stored = repo.stored_packs()?;
+    let mut objects = repo.objects();
     Ok(marked_pack_for(repo, &mut objects, &stored, fetch)?.is_some())
+}
+
+/// The pack marked as the closure of exactly `tips` (other packs, such as one of commits
+/// kept by id, may lie beside it), or the only pack.
+fn closure_pack<'a>(
+    stored: &'a [packs::StoredPack],
+    tips: &[ObjectId],
+) -> Option<&'a packs::StoredPack> {
+    let wanted: OidSet = tips.iter().copied().collect();
+    match stored {
+        [pack] => Some(pack),
+        _ => stored.iter().find(|p| p.tips.as_ref() == Some(&wanted)),
+    }
 }
 
 /// A pack marked as the closure of exactly the wanted tips, when the request is a plain clone
@@ -714,15 +729,8 @@ impl Repository {
         old_index: Option<&std::path::Path>,
     ) -> Result<Option<BitmapsWritten>, Error> {
         let stored = self.stored_packs()?;
-        // The pack marked as the closure of exactly these tips (other packs, such as one of
-        // commits kept by id, may lie beside it).
-        let wanted: OidSet = tips.iter().copied().collect();
-        let pack = match stored.as_slice() {
-            [pack] => pack,
-            _ => match stored.iter().find(|p| p.tips.as_ref() == Some(&wanted)) {
-                Some(pack) => pack,
-                None => return Ok(None),
-            },
+        let Some(pack) = closure_pack(&stored, tips) else {
+            return Ok(None);
         };
         let rev = self.rev_cache().get(pack, self.object_format());
         // A file without name hashes is not reused: the objects its bitmaps cover would not
@@ -754,6 +762,63 @@ impl Repository {
             return Err(err);
         }
         Ok(written)
+    }
+
+    /// The pack that is the closure of `tips`, as [`write_bitmaps`](Self::write_bitmaps)
+    /// finds it: the repository's only pack, or the one marked with exactly these tips.
+    pub fn pack_marked_with(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
+        let stored = self.stored_packs()?;
+        Ok(closure_pack(&stored, tips).map(|p| p.pack.clone()))
+    }
+
+    /// Write the commit graph of the pack `pack` (its path; `pack-<checksum>.graph` beside
+    /// it, in git's `commit-graph` format) unless it has one: every commit of the pack, with
+    /// its tree, parents, committer time and topological level, so that walks read them from
+    /// a table instead of inflating each commit. Returns the file, or `None` when the pack is
+    /// not the repository's or git's format cannot hold its commits (a parent outside the
+    /// pack, a time past 34 bits, an entry whose type its pack does not tell).
+    pub fn write_commit_graph(
+        &self,
+        pack: &std::path::Path,
+    ) -> Result<Option<std::path::PathBuf>, Error> {
+        let path = pack.with_extension("graph");
+        if path.is_file() {
+            return Ok(Some(path));
+        }
+        let stored = self.stored_packs()?;
+        let Some(pack) = stored.iter().find(|p| p.pack == pack) else {
+            return Ok(None);
+        };
+        let rev = self.rev_cache().get(pack, self.object_format());
+        let Some(kinds) = packs::kinds(pack, &rev, self.object_format())? else {
+            return Ok(None);
+        };
+        // Read from the objects themselves, never from another graph.
+        let mut objects = repo::objects_without_graphs(self);
+        let mut commits = Vec::new();
+        for (position, kind) in kinds.iter().enumerate() {
+            if *kind != gix_object::Kind::Commit {
+                continue;
+            }
+            let oid = pack.index.oid_at_index(rev.at(position)).to_owned();
+            let (_, data) = objects.read(&oid)?;
+            let commit = objects::parse_commit(data, self.object_format())
+                .map_err(|reason| Error::Corrupt { oid, reason })?;
+            commits.push((oid, commit));
+        }
+        Ok(graph::write(&path, self.object_format(), commits)?.then_some(path))
+    }
+
+    /// Commits the commit graphs of the repository's packs hold (each sound graph counted;
+    /// a damaged one is not read). For tests and diagnostics.
+    #[doc(hidden)]
+    pub fn commits_in_graphs(&self) -> Result<usize, Error> {
+        let stored = self.stored_packs()?;
+        Ok(stored
+            .iter()
+            .filter_map(|p| p.graph.as_ref())
+            .map(|g| g.len() as usize)
+            .sum())
     }
 
     /// Check the trailing checksum of every bitmap file beside the repository's packs (each

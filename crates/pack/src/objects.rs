@@ -37,10 +37,15 @@ pub(crate) struct Objects {
     hash: HashKind,
     buf: Vec<u8>,
     commits: OidMap<Commit>,
+    /// Commit graphs of the repository's packs: commits found there are not inflated.
+    graphs: Graphs,
     /// Checked every [`CHECK_EVERY`] reads: the one checkpoint every walk passes through.
     cancel: crate::Cancel,
     reads: u32,
 }
+
+/// The commit graphs a request reads commits from, first to last.
+pub(crate) type Graphs = std::sync::Arc<[std::sync::Arc<crate::graph::Graph>]>;
 
 /// Object reads between two cancellation checks.
 const CHECK_EVERY: u32 = 1024;
@@ -60,9 +65,24 @@ impl Objects {
             hash,
             buf: Vec::new(),
             commits: OidMap::default(),
+            graphs: std::sync::Arc::new([]),
             cancel: crate::Cancel::default(),
             reads: 0,
         }
+    }
+
+    /// Read commits from `graphs` where they hold them.
+    pub(crate) fn set_graphs(&mut self, graphs: Graphs) {
+        self.graphs = graphs;
+    }
+
+    /// Count a read; every [`CHECK_EVERY`] reads, see whether the work was cancelled.
+    fn tick(&mut self) -> Result<(), Error> {
+        self.reads = self.reads.wrapping_add(1);
+        if self.reads.is_multiple_of(CHECK_EVERY) && self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
     }
 
     /// Stop reading (with [`Error::Cancelled`]) once `cancel` says so.
@@ -86,10 +106,7 @@ impl Objects {
 
     /// The whole object, decompressed and resolved.
     pub(crate) fn read(&mut self, oid: &ObjectId) -> Result<(Kind, &[u8]), Error> {
-        self.reads = self.reads.wrapping_add(1);
-        if self.reads.is_multiple_of(CHECK_EVERY) && self.cancel.is_cancelled() {
-            return Err(Error::Cancelled);
-        }
+        self.tick()?;
         match self.odb.try_find(oid, &mut self.buf).map_err(Error::odb)? {
             Some(data) => Ok((data.kind, data.data)),
             None => Err(Error::MissingObject { oid: *oid }),
@@ -98,6 +115,11 @@ impl Objects {
 
     /// The commit `oid`, or `None` if it is another kind of object.
     pub(crate) fn try_commit(&mut self, oid: &ObjectId) -> Result<Option<&Commit>, Error> {
+        if !self.commits.contains_key(oid)
+            && let Some(commit) = self.graphed(oid)?
+        {
+            self.commits.insert(*oid, commit);
+        }
         if !self.commits.contains_key(oid) {
             let hash = self.hash;
             let (kind, data) = self.read(oid)?;
@@ -109,6 +131,24 @@ impl Objects {
             self.commits.insert(*oid, commit);
         }
         Ok(self.commits.get(oid))
+    }
+
+    /// The commit `oid` as a commit graph holds it, if one does.
+    fn graphed(&mut self, oid: &ObjectId) -> Result<Option<Commit>, Error> {
+        if self.graphs.is_empty() {
+            return Ok(None);
+        }
+        self.tick()?;
+        for graph in self.graphs.iter() {
+            if let Some(position) = graph.position(oid) {
+                let commit = graph.commit(position).map_err(|reason| Error::Corrupt {
+                    oid: *oid,
+                    reason: format!("commit graph: {reason}"),
+                })?;
+                return Ok(Some(commit));
+            }
+        }
+        Ok(None)
     }
 
     /// The commit `oid`; any other kind of object is an error.

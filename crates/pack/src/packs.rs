@@ -25,6 +25,8 @@ pub(crate) struct StoredPack {
     pub(crate) tips: Option<OidSet>,
     /// The pack file mapped, once asked for; shared like the index.
     pub(crate) data: MappedData,
+    /// The graph of the pack's commits (`pack-<checksum>.graph`), if it has a sound one.
+    pub(crate) graph: Option<std::sync::Arc<crate::graph::Graph>>,
 }
 
 /// A pack file's mapping, made when first needed and kept by the repository handle: mapping
@@ -117,11 +119,22 @@ pub(crate) fn lookup(index: &gix_pack::index::File, oid: &gix_hash::oid) -> Opti
 /// Pack indexes by file, opened once per repository handle (a pack never changes) and
 /// dropped when their pack is gone.
 #[derive(Default)]
-pub(crate) struct IndexCache(
-    std::sync::Mutex<
-        std::collections::HashMap<PathBuf, (std::sync::Arc<gix_pack::index::File>, MappedData)>,
-    >,
-);
+pub(crate) struct IndexCache(std::sync::Mutex<std::collections::HashMap<PathBuf, Opened>>);
+
+/// What is kept of one pack between listings.
+struct Opened {
+    index: std::sync::Arc<gix_pack::index::File>,
+    data: MappedData,
+    /// Its commit graph: loaded, found damaged (not read again), or not there yet (looked
+    /// for at every listing: maintenance writes it after the pack).
+    graph: GraphState,
+}
+
+enum GraphState {
+    Absent,
+    Loaded(std::sync::Arc<crate::graph::Graph>),
+    Damaged,
+}
 
 impl std::fmt::Debug for IndexCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,26 +163,35 @@ pub(crate) fn list(
         if !pack.is_file() {
             continue;
         }
-        let (index, data) = match open.get(&path) {
-            Some((index, data)) => (std::sync::Arc::clone(index), std::sync::Arc::clone(data)),
-            None => {
-                let index = std::sync::Arc::new(
+        let opened = match open.entry(path.clone()) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(Opened {
+                index: std::sync::Arc::new(
                     gix_pack::index::File::at(&path, hash).map_err(Error::odb)?,
-                );
-                let data = MappedData::default();
-                open.insert(
-                    path.clone(),
-                    (std::sync::Arc::clone(&index), std::sync::Arc::clone(&data)),
-                );
-                (index, data)
-            }
+                ),
+                data: MappedData::default(),
+                graph: GraphState::Absent,
+            }),
         };
+        if matches!(opened.graph, GraphState::Absent) {
+            let graph = path.with_extension("graph");
+            if graph.is_file() {
+                opened.graph = match crate::graph::Graph::open(&graph, hash) {
+                    Ok(loaded) => GraphState::Loaded(std::sync::Arc::new(loaded)),
+                    Err(_) => GraphState::Damaged,
+                };
+            }
+        }
         let tips = read_tips(&path.with_extension("tips"), hash);
         packs.push(StoredPack {
             pack,
-            index,
+            index: std::sync::Arc::clone(&opened.index),
             tips,
-            data,
+            data: std::sync::Arc::clone(&opened.data),
+            graph: match &opened.graph {
+                GraphState::Loaded(graph) => Some(std::sync::Arc::clone(graph)),
+                _ => None,
+            },
         });
     }
     open.retain(|idx, _| packs.iter().any(|p| p.pack.with_extension("idx") == *idx));

@@ -45,6 +45,8 @@ pub struct Repository {
     rev: std::sync::Arc<crate::packs::RevCache>,
     bitmaps: std::sync::Arc<crate::bitmap::BitmapCache>,
     indexes: crate::packs::IndexCache,
+    /// The commit graphs of the packs as last listed (`None` before the first listing).
+    graphs: std::sync::Mutex<Option<crate::objects::Graphs>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -81,6 +83,7 @@ impl Repository {
             rev: Default::default(),
             bitmaps: Default::default(),
             indexes: Default::default(),
+            graphs: Default::default(),
         })
     }
 
@@ -96,7 +99,32 @@ impl Repository {
 
     /// The packs of `objects/pack` that have both an index and a data file.
     pub(crate) fn stored_packs(&self) -> Result<Vec<crate::packs::StoredPack>, Error> {
-        crate::packs::list(&self.git_dir, self.hash, &self.indexes)
+        let packs = crate::packs::list(&self.git_dir, self.hash, &self.indexes)?;
+        let graphs: crate::objects::Graphs = packs.iter().filter_map(|p| p.graph.clone()).collect();
+        *self.graphs.lock().unwrap_or_else(|p| p.into_inner()) = Some(graphs);
+        Ok(packs)
+    }
+
+    /// The commit graphs of the packs as last listed (listed now if never before).
+    fn graphs(&self) -> crate::objects::Graphs {
+        let listed = self
+            .graphs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match listed {
+            Some(graphs) => graphs,
+            None => {
+                // A listing that fails leaves commits to be read from the objects.
+                let _ = self.stored_packs();
+                let listed = self
+                    .graphs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                listed.unwrap_or_else(|| std::sync::Arc::new([]))
+            }
+        }
     }
 
     pub(crate) fn rev_cache(&self) -> std::sync::Arc<crate::packs::RevCache> {
@@ -117,20 +145,33 @@ impl Repository {
     }
 
     pub(crate) fn objects(&self) -> Objects {
-        new_objects(&self.store, self.hash)
+        let mut objects = new_objects(&self.store, self.hash);
+        objects.set_graphs(self.graphs());
+        objects
     }
 
     /// An object handle for a walk of the whole history of a large pack (writing bitmaps
     /// without the pack's delta tree): its delta-base cache holds many recent trees.
     pub(crate) fn objects_for_history(&self) -> Objects {
-        objects_caching(&self.store, self.hash, LARGE_HISTORY_CACHE_BYTES)
+        let mut objects = objects_caching(&self.store, self.hash, LARGE_HISTORY_CACHE_BYTES);
+        objects.set_graphs(self.graphs());
+        objects
     }
 
     /// A function that makes object handles, for threads of a request.
     pub(crate) fn objects_factory(&self) -> impl Fn() -> Objects + Send + Sync + 'static {
-        let (store, hash) = (std::sync::Arc::clone(&self.store), self.hash);
-        move || new_objects(&store, hash)
+        let (store, hash, graphs) = (std::sync::Arc::clone(&self.store), self.hash, self.graphs());
+        move || {
+            let mut objects = new_objects(&store, hash);
+            objects.set_graphs(std::sync::Arc::clone(&graphs));
+            objects
+        }
     }
+}
+
+/// An object handle that reads every commit from its object, for writing a commit graph.
+pub(crate) fn objects_without_graphs(repo: &Repository) -> Objects {
+    new_objects(&repo.store, repo.hash)
 }
 
 fn new_objects(store: &std::sync::Arc<gix_odb::Store>, hash: HashKind) -> Objects {

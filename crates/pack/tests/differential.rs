@@ -533,3 +533,99 @@ fn assert_bitmaps(fx: &Fixture, f: &gitcache_protocol::request::Fetch, name: &st
         "{name}: walked instead of using the bitmaps"
     );
 }
+
+/// With the pack's commit graph written (walks read commits from it instead of inflating
+/// them), negotiation, shallow and incremental answers are git's; with the graph damaged,
+/// it is not read, and answers are still git's.
+#[test]
+fn with_a_commit_graph() {
+    let fx = Fixture::new(RepoSpec::small(33));
+    let old_main = fx.rev("refs/heads/main");
+    let far = fx.clone_client("far", &[]);
+    repo::append_commits(&fx.src, "main", 30, 8).unwrap();
+    let mid_main = fx.rev("refs/heads/main");
+    let near = fx.clone_client("near", &[]);
+    repo::append_commits(&fx.src, "main", 3, 9).unwrap();
+    git(&fx.src, &["repack", "-adq"]);
+    let main = fx.rev("refs/heads/main");
+    let repo = Repository::open(&fx.src).unwrap();
+    let pack = std::fs::read_dir(fx.src.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    let graph = repo.write_commit_graph(&pack).unwrap().expect("a graph");
+    let commits = git(&fx.src, &["rev-list", "--all", "--count"]);
+    assert_eq!(
+        repo.commits_in_graphs().unwrap(),
+        commits.trim().parse::<usize>().unwrap()
+    );
+    let since: u64 = git(&fx.src, &["log", "-1", "--format=%ct", "main~10"])
+        .trim()
+        .parse()
+        .unwrap();
+    let cases = |suffix: &str| {
+        let mut thin = fetch(vec![main]);
+        thin.haves = refs_of(&near, "refs/heads/");
+        thin.thin_pack = true;
+        let mut far_fat = fetch(vec![main]);
+        far_fat.haves = refs_of(&far, "refs/heads/");
+        let mut rounds = fetch(vec![main]);
+        (rounds.done, rounds.haves) = (false, vec![mid_main, old_main]);
+        let mut depth = fetch(vec![main]);
+        depth.deepen = Some(3);
+        let mut since_f = fetch(vec![main]);
+        since_f.deepen_since = Some(since);
+        let mut not = fetch(vec![main]);
+        not.deepen_not = vec!["v1.0".into()];
+        [
+            (format!("graph-near-thin{suffix}"), near.clone(), thin),
+            (format!("graph-far-fat{suffix}"), far.clone(), far_fat),
+            (format!("graph-rounds{suffix}"), near.clone(), rounds),
+            (
+                format!("graph-depth{suffix}"),
+                fx.empty_client(&format!("d{suffix}")),
+                depth,
+            ),
+            (
+                format!("graph-since{suffix}"),
+                fx.empty_client(&format!("s{suffix}")),
+                since_f,
+            ),
+            (
+                format!("graph-not{suffix}"),
+                fx.empty_client(&format!("n{suffix}")),
+                not,
+            ),
+        ]
+    };
+    for (name, client, f) in cases("") {
+        run(Case {
+            name: &name,
+            fixture: &fx,
+            client,
+            fetch: f,
+        });
+    }
+    // Damaged: refused at load, commits read from their objects.
+    let mut bytes = std::fs::read(&graph).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::remove_file(&graph).unwrap();
+    std::fs::write(&graph, &bytes).unwrap();
+    assert_eq!(
+        Repository::open(&fx.src)
+            .unwrap()
+            .commits_in_graphs()
+            .unwrap(),
+        0
+    );
+    for (name, client, f) in cases("-damaged") {
+        run(Case {
+            name: &name,
+            fixture: &fx,
+            client,
+            fetch: f,
+        });
+    }
+}

@@ -101,3 +101,9 @@ fn delta_corpus() {
     let n = gitcache_testkit::fuzz::replay("delta", gitcache_pack::fuzzing::delta);
     assert!(n >= 5, "only {n} inputs replayed");
 }
+
+#[test]
+fn commit_graph_corpus() {
+    let n = gitcache_testkit::fuzz::replay("commit_graph", gitcache_pack::fuzzing::commit_graph);
+    assert!(n >= 4, "only {n} inputs replayed");
+}

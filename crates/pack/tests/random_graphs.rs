@@ -1,5 +1,6 @@
 //! Property tests: random commit graphs, random requests, every answer checked against git's
-//! (same acknowledgments, shallow lines and objects added to the client; a valid pack; fsck).
+//! (same acknowledgments, shallow lines and objects added to the client; a valid pack; fsck),
+//! half of them with commits read from a commit-graph file.
 
 mod common;
 
@@ -21,6 +22,8 @@ struct Shape {
     ofs: bool,
     include_tag: bool,
     done: bool,
+    /// Walks read commits from the pack's commit graph.
+    graph: bool,
 }
 
 fn shape() -> impl Strategy<Value = Shape> {
@@ -43,7 +46,7 @@ fn shape() -> impl Strategy<Value = Shape> {
             Just(Filter::Tree(1)),
             (10u64..2000).prop_map(Filter::BlobLimit)
         ]),
-        any::<[bool; 4]>(),
+        any::<[bool; 5]>(),
     )
         .prop_map(
             |(
@@ -65,6 +68,8 @@ fn shape() -> impl Strategy<Value = Shape> {
                     large_every: 0,
                     large_bytes: 1 << 20,
                     depth: 0,
+                    moved_dirs: 0,
+                    most_files: 0,
                     object_format: if sha256 { "sha256" } else { "sha1" },
                 };
                 Shape {
@@ -77,6 +82,7 @@ fn shape() -> impl Strategy<Value = Shape> {
                     ofs: flags[1],
                     include_tag: flags[2],
                     done: flags[3],
+                    graph: flags[4],
                 }
             },
         )
@@ -95,6 +101,17 @@ proptest! {
     #[test]
     fn random_requests_on_random_graphs_answer_as_git(shape in shape()) {
         let fx = Fixture::new(shape.spec.clone());
+        if shape.graph {
+            git(&fx.src, &["repack", "-adq"]);
+            let repo = gitcache_pack::Repository::open(&fx.src).unwrap();
+            let pack = std::fs::read_dir(fx.src.join("objects/pack"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|x| x == "pack"))
+                .unwrap();
+            prop_assert!(repo.write_commit_graph(&pack).unwrap().is_some());
+            prop_assert!(repo.commits_in_graphs().unwrap() > 0);
+        }
         let all = commits(&fx);
         let wants: Vec<ObjectId> = shape.wants.iter().map(|i| *i.get(&all)).collect();
         let mut haves: Vec<ObjectId> = shape.haves.iter().map(|i| *i.get(&all)).collect();
