@@ -278,6 +278,15 @@ impl MirrorManifest {
                     let mut files = Vec::new();
                     let mut next = 0;
                     for word in words {
+                        // A kind of file a later version writes (a short lower-case name) is
+                        // not this version's to fetch; anything else is not a manifest.
+                        let known = PACK_FILES.iter().any(|f| f.as_bytes() == word);
+                        if !known
+                            && (1..=16).contains(&word.len())
+                            && word.iter().all(u8::is_ascii_lowercase)
+                        {
+                            continue;
+                        }
                         let Some(at) = PACK_FILES[next..].iter().position(|f| f.as_bytes() == word)
                         else {
                             return Err(invalid(format!("pack file {:?}", word.as_bstr())));

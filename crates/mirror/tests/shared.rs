@@ -592,6 +592,18 @@ fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
     assert_eq!(manifest.packs[0].files, ["pack", "rev", "idx"]);
     assert_eq!(manifest.retired, [(format!("pack-{}", "2".repeat(40)), 17)]);
     assert_eq!(manifest.encode(), text.as_bytes());
+    // Every kind of pack file this version writes; a kind a later version writes is skipped.
+    let all = text.replacen(" pack rev idx", " pack rev bitmap graph tips idx", 1);
+    let manifest = MirrorManifest::decode(all.as_bytes()).unwrap();
+    assert_eq!(
+        manifest.packs[0].files,
+        ["pack", "rev", "bitmap", "graph", "tips", "idx"]
+    );
+    assert_eq!(manifest.encode(), all.as_bytes());
+    let later = text.replacen(" pack rev idx", " pack rev future idx", 1);
+    let manifest = MirrorManifest::decode(later.as_bytes()).unwrap();
+    assert_eq!(manifest.packs[0].files, ["pack", "rev", "idx"]);
+    assert_eq!(manifest.encode(), text.as_bytes());
     let tombstone =
         format!("gitcache-mirror 1\nformat sha1\nremoved\nretired pack-{oid} 5\nrefs\n");
     let removed = MirrorManifest::decode(tombstone.as_bytes()).unwrap();
@@ -604,6 +616,9 @@ fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
         (" pack rev idx", " pack idx rev"),
         (" pack rev idx", " pack rev idx idx"),
         (" pack rev idx", " pack ../x idx"),
+        (" pack rev idx", " pack Future idx"),
+        (" pack rev idx", " pack averylongfuturename idx"),
+        (" pack rev idx", " pack graph rev idx"),
         ("pack-1111", "pack-../1"),
         ("head refs/heads/main", "head HEAD"),
         ("refs/tags/v1", "refs/heads/a"),

@@ -1,9 +1,9 @@
-//! `write_bitmaps <repo> [--mark-only | --no-graph | --reuse <old.idx>] <tip>...`: mark the
+//! `write_bitmaps <repo> [--mark-only | --graph-only | --no-graph | --reuse <old.idx>] <tip>...`: mark the
 //! repository's pack that is the closure of the tips with them, write its commit graph and
 //! then gitcache's reachability bitmaps for it (as a mirror's consolidation does; with
 //! `--reuse`, from the bitmaps of a replaced pack whose index and bitmap are at that path) and
-//! print how long each took; with `--mark-only`, only mark it; with `--no-graph`, write no
-//! commit graph. Used to set it beside `git repack -adb` (benches/README.md).
+//! print how long each took; with `--mark-only`, only mark it; with `--graph-only`, write no
+//! bitmaps; with `--no-graph`, write no commit graph. Used to set it beside `git repack -adb` (benches/README.md).
 //!
 //! ```sh
 //! cargo run --release -p gitcache-pack --example write_bitmaps -- repo.git $(git -C repo.git for-each-ref --format='%(objectname)')
@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let mut args = args.peekable();
     let mark_only = args.next_if(|a| a == "--mark-only").is_some();
+    let graph_only = args.next_if(|a| a == "--graph-only").is_some();
     let no_graph = args.next_if(|a| a == "--no-graph").is_some();
     let reuse = if args.peek().is_some_and(|a| a == "--reuse") {
         args.next();
@@ -46,6 +47,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(graph) => println!("{took:.3} s: {}", graph.display()),
             None => println!("{took:.3} s: no commit graph (git's format cannot hold it)"),
         }
+    }
+    if graph_only {
+        return Ok(());
     }
     let started = std::time::Instant::now();
     let written = repo.write_bitmaps_reusing(&tips, reuse.as_deref())?;

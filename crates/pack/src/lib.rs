@@ -8,6 +8,11 @@
 //! gitoxide has no server side: negotiation, shallow and selection here are this crate's own,
 //! built on gix-odb and gix-pack for reading objects and pack entries.
 //!
+//! What makes answers fast is written beside a pack, in git's formats, by
+//! [`Repository::write_commit_graph`] (each commit's tree, parents and time, read by every walk
+//! instead of the commit) and [`Repository::write_bitmaps`] (what each sampled commit
+//! reaches); both are read when present, git's own files included.
+//!
 //! # Example
 //!
 //! ```no_run
