@@ -779,6 +779,24 @@ impl Mirror {
         Ok(true)
     }
 
+    /// Write the commit graph of each consolidated pack (one marked with its tips) that has
+    /// none, or a damaged one: a copy that took its packs from a shared store, or made before
+    /// commit graphs. Returns the graphs the consolidated packs now have.
+    pub fn write_missing_graphs(&self) -> Result<Vec<PathBuf>, Error> {
+        let pack_dir = self.git_dir.join("objects").join("pack");
+        let repo = gitcache_pack::Repository::open(&self.git_dir)?;
+        let mut graphs = Vec::new();
+        for stem in pack_names(&pack_dir)? {
+            let pack = pack_dir.join(format!("{stem}.pack"));
+            if pack.with_extension("tips").is_file()
+                && let Some(graph) = repo.write_commit_graph(&pack)?
+            {
+                graphs.push(graph);
+            }
+        }
+        Ok(graphs)
+    }
+
     /// Check the checksum of each bitmap file (each read whole) and remove those that do not
     /// match, so that maintenance writes them again; fetches never read a checksum. Returns
     /// the files removed.

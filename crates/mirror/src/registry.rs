@@ -271,8 +271,8 @@ impl Registry {
     }
 
     /// Check the mirror's bitmap files in the background (each read whole, once), remove
-    /// damaged ones, then [maintain](Self::maintain_in_background) it, which writes them
-    /// again. For when a mirror is opened: loads never read a bitmap's checksum. Must be
+    /// damaged ones, write the commit graphs its consolidated packs lack, then
+    /// [maintain](Self::maintain_in_background) it, which writes the bitmaps again. For when a mirror is opened: loads never read a bitmap's checksum. Must be
     /// called within a Tokio runtime.
     pub fn check_in_background(self: &Arc<Self>, key: &RepoKey) {
         let Some(mirror) = self.existing(key) else {
@@ -297,8 +297,36 @@ impl Registry {
                 Ok(Err(err)) => tracing::warn!(%err, "checking bitmap files failed"),
                 Err(err) => tracing::warn!(%err, "checking bitmap files failed"),
             }
+            registry.write_graphs(&key).await;
             registry.maintain_in_background(&key);
         });
+    }
+
+    /// Write the commit graphs the mirror's consolidated packs lack (see
+    /// [`Mirror::write_missing_graphs`]), one bitmap writer's permit held: each reads every
+    /// commit of its pack.
+    async fn write_graphs(&self, key: &RepoKey) {
+        let Some(mirror) = self.existing(key) else {
+            return;
+        };
+        let Ok(_permit) = Arc::clone(&self.bitmap_writers).acquire_owned().await else {
+            return;
+        };
+        let slot = self.slot(key);
+        let written = tokio::task::spawn_blocking(move || {
+            // A writer's temporary is not a crash's leftover while this is held.
+            let _writing = slot
+                .writing_bitmaps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            mirror.write_missing_graphs()
+        })
+        .await;
+        match written {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(%err, "writing commit graphs failed"),
+            Err(err) => tracing::warn!(%err, "writing commit graphs failed"),
+        }
     }
 
     /// Remove what a crash left in the mirror (see [`crate::ingest::remove_leftovers`]).

@@ -52,7 +52,7 @@ const MAX_PACKS: usize = 4096;
 
 /// The files of a pack the store holds, in the order they are placed locally: the index last,
 /// so that a reader finds a pack only once it is whole.
-pub const PACK_FILES: [&str; 6] = ["pack", "rev", "bitmap", "graph", "tips", "idx"];
+pub const PACK_FILES: [&str; 5] = ["pack", "rev", "bitmap", "tips", "idx"];
 
 /// Packs a manifest no longer names stay in the store this long by default.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
@@ -278,15 +278,6 @@ impl MirrorManifest {
                     let mut files = Vec::new();
                     let mut next = 0;
                     for word in words {
-                        // A kind of file a later version writes (a short lower-case name) is
-                        // not this version's to fetch; anything else is not a manifest.
-                        let known = PACK_FILES.iter().any(|f| f.as_bytes() == word);
-                        if !known
-                            && (1..=16).contains(&word.len())
-                            && word.iter().all(u8::is_ascii_lowercase)
-                        {
-                            continue;
-                        }
                         let Some(at) = PACK_FILES[next..].iter().position(|f| f.as_bytes() == word)
                         else {
                             return Err(invalid(format!("pack file {:?}", word.as_bstr())));
@@ -498,8 +489,7 @@ const MAX_TIPS: u64 = 64 << 20;
 
 /// Check a file taken from the store against the pack `stem` that names it, as git's own
 /// formats allow: a pack's checksum over its content is its name; an index, reverse index
-/// and bitmap carry their own checksum and the pack's; a commit graph its own; tips are
-/// object ids. A file that
+/// and bitmap carry their own checksum and the pack's; tips are object ids. A file that
 /// fails is not the pack's (bit rot, a foreign writer) and is not placed.
 fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Result<bool> {
     use std::io::{Read as _, Seek as _, SeekFrom};
@@ -521,29 +511,21 @@ fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Resu
             .all(|l| l.len() == format.len_in_hex() && ObjectId::from_hex(l.as_bytes()).is_ok()));
     }
     // Where the pack's checksum is: the end of a pack; before the own checksum at the end of
-    // an index or reverse index; in a bitmap's header (after magic, version, flags, count). A
-    // commit graph names no pack (each entry is true of the commit its id names): its own
-    // checksum is checked, and a load checks its structure.
+    // an index or reverse index; in a bitmap's header (after magic, version, flags, count).
     let pack_at = match ext {
         "pack" => size.checked_sub(len),
         "idx" | "rev" => size.checked_sub(2 * len),
         "bitmap" => Some(12),
-        "graph" => None,
         _ => return Ok(false),
     };
-    if size < 12 + len {
+    let Some(pack_at) = pack_at.filter(|at| size >= 12 + len && at + len <= size) else {
         return Ok(false);
-    }
-    if ext != "graph" {
-        let Some(pack_at) = pack_at.filter(|at| at + len <= size) else {
-            return Ok(false);
-        };
-        file.seek(SeekFrom::Start(pack_at))?;
-        let mut named = vec![0; len as usize];
-        file.read_exact(&mut named)?;
-        if hex(&named) != pack_id {
-            return Ok(false);
-        }
+    };
+    file.seek(SeekFrom::Start(pack_at))?;
+    let mut named = vec![0; len as usize];
+    file.read_exact(&mut named)?;
+    if hex(&named) != pack_id {
+        return Ok(false);
     }
     // Every file's last bytes are the checksum of all before them.
     file.seek(SeekFrom::Start(0))?;
@@ -894,7 +876,7 @@ impl Shared {
 
     async fn delete_pack(&self, key: &RepoKey, stem: &str) -> Result<(), Error> {
         // The index first: a pack without it is incomplete to every reader.
-        for ext in ["idx", "pack", "rev", "bitmap", "graph", "tips", "bundle"] {
+        for ext in ["idx", "pack", "rev", "bitmap", "tips", "bundle"] {
             self.store.delete(&Self::file_key(key, stem, ext)?).await?;
         }
         Ok(())

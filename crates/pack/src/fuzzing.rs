@@ -182,8 +182,8 @@ pub fn delta(data: &[u8]) {
 
 /// Read `data` as a commit graph, of SHA-1 ids and of SHA-256 ids, its trailing checksum
 /// written over its last bytes so that inputs reach past that check; look up and read up
-/// to 256 of its commits: a damaged file is an error, never a panic, and what a lookup
-/// finds is the id looked up.
+/// to 256 of its commits, and walk down first parents from 16: a damaged file is an error,
+/// never a panic, what a lookup finds is the id looked up, and every walk ends.
 pub fn commit_graph(data: &[u8]) {
     for hash in [gix_hash::Kind::Sha1, gix_hash::Kind::Sha256] {
         let h = hash.len_in_bytes();
@@ -206,6 +206,19 @@ pub fn commit_graph(data: &[u8]) {
                 assert_eq!(graph.oid(found), oid, "a lookup found another id");
             }
             let _ = graph.commit(position);
+        }
+        // Any walk down parents ends: levels fall from every child to its parents.
+        for start in 0..graph.len().min(16) {
+            let mut at = Some(start);
+            let mut steps = 0;
+            while let Some(position) = at {
+                steps += 1;
+                assert!(steps <= graph.len(), "a walk that does not end");
+                at = graph
+                    .commit(position)
+                    .ok()
+                    .and_then(|c| c.parents.first().and_then(|p| graph.position(p)));
+            }
         }
     }
 }

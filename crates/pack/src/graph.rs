@@ -146,7 +146,8 @@ impl Graph {
         let n = len as usize;
         let (oids, oids_len) = chunk(OIDS).ok_or("no ids")?;
         let (data, data_len) = chunk(DATA).ok_or("no commit data")?;
-        if oids_len != n * h || data_len != n * (h + 16) {
+        let sized = |size: usize, each: usize| n.checked_mul(each) == Some(size);
+        if !sized(oids_len, h) || !sized(data_len, h + 16) {
             return Err("chunks of other sizes than the commit count".into());
         }
         let edges = match chunk(EDGES) {
@@ -154,7 +155,7 @@ impl Graph {
             Some(_) => return Err("extra edges of a partial size".into()),
             None => (0, 0),
         };
-        Ok(Graph {
+        let graph = Graph {
             bytes,
             hash,
             len,
@@ -162,7 +163,84 @@ impl Graph {
             oids,
             data,
             edges,
-        })
+        };
+        // Sorted and each once: a lookup by id finds the one entry a parent position names.
+        for position in 1..graph.len {
+            if graph.oid_bytes(position - 1) >= graph.oid_bytes(position) {
+                return Err(format!("ids out of order at {position}"));
+            }
+        }
+        graph.check_levels()?;
+        Ok(graph)
+    }
+
+    /// The topological level stored for the commit at `position`.
+    fn level(&self, position: u32) -> u32 {
+        let h = self.hash.len_in_bytes();
+        be32(
+            &self.bytes,
+            self.data + position as usize * (h + 16) + h + 8,
+        ) >> 2
+    }
+
+    /// Every commit's parents are in the graph and of a lower level than the commit (git's
+    /// own invariant; levels at git's cap are not taken): so no walk of the graph's parents
+    /// goes round in a circle, whatever the file says.
+    fn check_levels(&self) -> Result<(), String> {
+        for position in 0..self.len {
+            let level = self.level(position);
+            if level == 0 || level >= MAX_LEVEL {
+                return Err(format!("commit {position} of level {level}"));
+            }
+            for parent in self.parent_positions(position)? {
+                if self.level(parent) >= level {
+                    return Err(format!("commit {position} not above its parent {parent}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The positions of the parents of the commit at `position`, each checked to be in the
+    /// graph.
+    fn parent_positions(&self, position: u32) -> Result<Vec<u32>, String> {
+        let h = self.hash.len_in_bytes();
+        let at = self.data + position as usize * (h + 16) + h;
+        let (first, second) = (be32(&self.bytes, at), be32(&self.bytes, at + 4));
+        let mut parents = Vec::new();
+        let mut push = |p: u32| {
+            if p >= self.len {
+                return Err(format!("parent position {p} past the graph"));
+            }
+            parents.push(p);
+            Ok(())
+        };
+        if first != NO_PARENT {
+            push(first)?;
+        }
+        if second == NO_PARENT {
+            return Ok(parents);
+        }
+        if first == NO_PARENT {
+            return Err("a second parent without a first".into());
+        }
+        if second & HIGH_BIT == 0 {
+            push(second)?;
+            return Ok(parents);
+        }
+        let (edges, count) = self.edges;
+        let mut i = (second & !HIGH_BIT) as usize;
+        loop {
+            if i >= count {
+                return Err("extra edges past their chunk".into());
+            }
+            let edge = be32(&self.bytes, edges + 4 * i);
+            push(edge & !HIGH_BIT)?;
+            if edge & HIGH_BIT != 0 {
+                return Ok(parents);
+            }
+            i += 1;
+        }
     }
 
     /// Commits in the graph.
@@ -201,47 +279,18 @@ impl Graph {
         None
     }
 
-    fn parent(&self, position: u32) -> Result<ObjectId, String> {
-        if position >= self.len {
-            return Err(format!("parent position {position} past the graph"));
-        }
-        Ok(self.oid(position))
-    }
-
     /// The commit at `position` (below [`len`](Self::len)): its tree, parents and time.
     pub(crate) fn commit(&self, position: u32) -> Result<Commit, String> {
         let h = self.hash.len_in_bytes();
         let at = self.data + position as usize * (h + 16);
         let entry = &self.bytes[at..at + h + 16];
         let tree = ObjectId::from_bytes_or_panic(&entry[..h]);
-        let (first, second) = (be32(entry, h), be32(entry, h + 4));
         let time = (i64::from(be32(entry, h + 8) & 3) << 32) | i64::from(be32(entry, h + 12));
-        let mut parents = Vec::new();
-        if first != NO_PARENT {
-            parents.push(self.parent(first)?);
-        }
-        if second != NO_PARENT {
-            if first == NO_PARENT {
-                return Err("a second parent without a first".into());
-            }
-            if second & HIGH_BIT == 0 {
-                parents.push(self.parent(second)?);
-            } else {
-                let (edges, count) = self.edges;
-                let mut i = (second & !HIGH_BIT) as usize;
-                loop {
-                    if i >= count || parents.len() > count {
-                        return Err("extra edges past their chunk".into());
-                    }
-                    let edge = be32(&self.bytes, edges + 4 * i);
-                    parents.push(self.parent(edge & !HIGH_BIT)?);
-                    if edge & HIGH_BIT != 0 {
-                        break;
-                    }
-                    i += 1;
-                }
-            }
-        }
+        let parents = self
+            .parent_positions(position)?
+            .into_iter()
+            .map(|p| self.oid(p))
+            .collect();
         Ok(Commit {
             tree,
             parents,
@@ -251,8 +300,9 @@ impl Graph {
 }
 
 /// Write the commit graph of `commits` to `path` (beside a pack, atomically). Returns
-/// `false`, writing nothing, when git's format cannot hold them: a parent that is not among
-/// them, a committer time outside 34 bits, or more commits than positions.
+/// `false`, writing nothing, when git's format (as this module reads it) cannot hold them: a
+/// parent that is not among them, a committer time outside 34 bits, a cycle, more commits
+/// than positions or a history a billion commits deep.
 pub(crate) fn write(
     path: &Path,
     hash: HashKind,
@@ -287,7 +337,7 @@ pub(crate) fn write(
         };
         parents.push(found);
     }
-    let Some(levels) = levels(&parents) else {
+    let Some(levels) = levels(&parents).filter(|l| l.iter().all(|&l| l < MAX_LEVEL)) else {
         return Ok(false);
     };
 
@@ -550,24 +600,189 @@ mod tests {
         }
     }
 
-    /// A damaged file is refused whole, whatever byte changed.
+    /// `bytes` with its trailing checksum made to match.
+    fn sealed(mut bytes: Vec<u8>) -> Vec<u8> {
+        let body = bytes.len() - 20;
+        let mut hasher = gix_hash::hasher(HashKind::Sha1);
+        hasher.update(&bytes[..body]);
+        bytes[body..].copy_from_slice(hasher.try_finalize().unwrap().as_bytes());
+        bytes
+    }
+
+    /// Where chunk `id` of the file `bytes` starts.
+    fn chunk_at(bytes: &[u8], id: &[u8; 4]) -> usize {
+        (0..usize::from(bytes[6]))
+            .map(|i| 8 + 12 * i)
+            .find(|&at| &bytes[at..at + 4] == id)
+            .map(|at| u64::from_be_bytes(bytes[at + 4..at + 12].try_into().unwrap()) as usize)
+            .unwrap()
+    }
+
+    /// Where field `offset` (0: first parent, 4: second, 8: level and time) of commit
+    /// `position`'s data is in the SHA-1 file `bytes`.
+    fn field_at(bytes: &[u8], position: u32, offset: usize) -> usize {
+        chunk_at(bytes, b"CDAT") + position as usize * 36 + 20 + offset
+    }
+
+    fn set(bytes: &mut [u8], at: usize, value: u32) {
+        bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
+    }
+
+    fn get(bytes: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap())
+    }
+
+    /// A damaged file is refused whole: any byte changed (the checksum), and, its checksum
+    /// sealed again, a parent past the graph, a loop, a level not above a parent's, level 0,
+    /// extra edges past their chunk, an id twice, a decreasing fanout.
     #[test]
     fn a_damaged_graph_is_refused() {
         let (_dir, path) = repository(gitcache_testkit::repo::RepoSpec::small(44));
         let repo = Repository::open(&path).unwrap();
         let written = repo.write_commit_graph(&pack_of(&repo)).unwrap().unwrap();
         let good = std::fs::read(&written).unwrap();
+        let parse = |bytes: Vec<u8>| Graph::parse(Box::new(bytes), HashKind::Sha1);
         for at in [0, 5, 7, 20, good.len() / 2, good.len() - 1] {
             let mut bad = good.clone();
             bad[at] ^= 1;
-            assert!(
-                Graph::parse(Box::new(bad), HashKind::Sha1).is_err(),
-                "byte {at}"
-            );
+            assert!(parse(bad).is_err(), "byte {at}");
         }
-        assert!(Graph::parse(Box::new(good[..good.len() - 1].to_vec()), HashKind::Sha1).is_err());
+        assert!(parse(good[..good.len() - 1].to_vec()).is_err());
         assert!(Graph::parse(Box::new(good.clone()), HashKind::Sha256).is_err());
-        assert!(Graph::parse(Box::new(good), HashKind::Sha1).is_ok());
+        let graph = parse(good.clone()).unwrap();
+        let parents = |p: u32| graph.commit(p).unwrap().parents.len();
+        let child = (0..graph.len()).find(|&p| parents(p) == 1).unwrap();
+        let octopus = (0..graph.len()).find(|&p| parents(p) > 2).unwrap();
+        let parent = graph
+            .position(&graph.commit(child).unwrap().parents[0])
+            .unwrap();
+        let field = |position: u32, offset: usize| field_at(&good, position, offset);
+        let level = get(&good, field(child, 8));
+        let changed = |at: usize, value: u32| {
+            let mut bad = good.clone();
+            set(&mut bad, at, value);
+            sealed(bad)
+        };
+        let second = get(&good, field(octopus, 4));
+        for (what, bad) in [
+            (
+                "a parent past the graph",
+                changed(field(child, 0), graph.len()),
+            ),
+            ("its own parent", changed(field(child, 0), child)),
+            ("a parent as high", changed(field(parent, 8), level)),
+            ("level 0", changed(field(child, 8), level & 3)),
+            (
+                "edges past their chunk",
+                changed(field(octopus, 4), second + 1000),
+            ),
+            ("an id twice", {
+                let ids = chunk_at(&good, b"OIDL");
+                let mut bad = good.clone();
+                bad.copy_within(ids..ids + 20, ids + 20);
+                sealed(bad)
+            }),
+            (
+                "a decreasing fanout",
+                changed(chunk_at(&good, b"OIDF") + 400, graph.len() + 1),
+            ),
+        ] {
+            assert!(parse(bad).is_err(), "{what}");
+        }
+        assert!(parse(sealed(good)).is_ok());
+    }
+
+    /// Fetches read commits from the graph: a graph that says `main` has no parent makes a
+    /// depth-2 fetch of it need no shallow boundary (the object says otherwise, and without
+    /// the graph, or with a true one, there is one).
+    #[test]
+    fn plans_read_commits_from_the_graph() {
+        let (_dir, path) = repository(gitcache_testkit::repo::RepoSpec::small(45));
+        let main = git(&path, &["rev-parse", "main"]);
+        let main = ObjectId::from_hex(main.trim().as_bytes()).unwrap();
+        let fetch = gitcache_protocol::request::Fetch {
+            wants: vec![main],
+            deepen: Some(2),
+            done: true,
+            ofs_delta: true,
+            no_progress: true,
+            ..Default::default()
+        };
+        let shallow = |repo: &Repository| {
+            let crate::Plan::Pack(plan) =
+                crate::plan(repo, &fetch, HashKind::Sha1, &Default::default()).unwrap()
+            else {
+                panic!("a pack");
+            };
+            plan.shallow_info()
+                .map(|(s, _)| s.to_vec())
+                .unwrap_or_default()
+        };
+        let repo = Repository::open(&path).unwrap();
+        assert_eq!(shallow(&repo).len(), 1);
+        let written = repo.write_commit_graph(&pack_of(&repo)).unwrap().unwrap();
+        assert_eq!(shallow(&Repository::open(&path).unwrap()).len(), 1);
+        let mut forged = std::fs::read(&written).unwrap();
+        let graph = Graph::parse(Box::new(forged.clone()), HashKind::Sha1).unwrap();
+        let position = graph.position(&main).unwrap();
+        assert_eq!(graph.commit(position).unwrap().parents.len(), 1);
+        let at = field_at(&forged, position, 0);
+        set(&mut forged, at, super::NO_PARENT);
+        std::fs::remove_file(&written).unwrap();
+        std::fs::write(&written, sealed(forged)).unwrap();
+        assert!(shallow(&Repository::open(&path).unwrap()).is_empty());
+    }
+
+    /// A pack whose commits the format cannot hold gets an empty file, which is neither read
+    /// nor tried again; a damaged file is written again.
+    #[test]
+    fn an_empty_file_marks_a_pack_without_a_graph_and_a_damaged_one_is_written_again() {
+        let (_dir, path) = repository(gitcache_testkit::repo::RepoSpec::small(46));
+        let repo = Repository::open(&path).unwrap();
+        let pack = pack_of(&repo);
+        let graph = repo.write_commit_graph(&pack).unwrap().unwrap();
+        let good = std::fs::read(&graph).unwrap();
+        let mut bad = good.clone();
+        bad[100] ^= 1;
+        std::fs::remove_file(&graph).unwrap();
+        std::fs::write(&graph, &bad).unwrap();
+        assert_eq!(
+            Repository::open(&path)
+                .unwrap()
+                .commits_in_graphs()
+                .unwrap(),
+            0
+        );
+        assert_eq!(repo.write_commit_graph(&pack).unwrap(), Some(graph.clone()));
+        assert_eq!(std::fs::read(&graph).unwrap(), good);
+
+        // A commit dated past 34 bits of seconds, on a branch of its own.
+        let tree = git(&path, &["rev-parse", "main^{tree}"]);
+        let far = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&path)
+            .args(["-c", "user.name=a", "-c", "user.email=a@b", "commit-tree"])
+            .args([tree.trim(), "-p", "main", "-m", "far"])
+            .env("GIT_COMMITTER_DATE", "@17179869184 +0000")
+            .output()
+            .unwrap();
+        assert!(far.status.success());
+        let far = String::from_utf8(far.stdout).unwrap();
+        git(&path, &["update-ref", "refs/heads/far", far.trim()]);
+        git(&path, &["repack", "-adq"]);
+        let repo = Repository::open(&path).unwrap();
+        let pack = pack_of(&repo);
+        assert_eq!(repo.write_commit_graph(&pack).unwrap(), None);
+        let marker = pack.with_extension("graph");
+        assert_eq!(std::fs::metadata(&marker).unwrap().len(), 0);
+        assert_eq!(repo.write_commit_graph(&pack).unwrap(), None);
+        assert_eq!(
+            Repository::open(&path)
+                .unwrap()
+                .commits_in_graphs()
+                .unwrap(),
+            0
+        );
     }
 
     fn commit(parents: &[ObjectId], time: i64) -> Commit {

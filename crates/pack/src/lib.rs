@@ -362,9 +362,11 @@ pub fn plan(
             client: client_format,
         });
     }
-    // Listed first: the object handle reads commits from the graphs of the packs listed.
+    // Listed first: the object handles read commits from the graphs of the packs listed.
     let stored = repo.stored_packs()?;
+    let graphs = repo::graphs_of(&stored);
     let mut objects = repo.objects();
+    objects.set_graphs(std::sync::Arc::clone(&graphs));
     objects.set_cancel(options.cancel.clone());
     let write = WriteOptions {
         ofs_delta: fetch.ofs_delta,
@@ -382,7 +384,7 @@ pub fn plan(
                 count: pack.num_objects(),
             },
             objects,
-            spawn_objects: Box::new(repo.objects_factory()),
+            spawn_objects: Box::new(repo.objects_factory(graphs)),
             packs: Vec::new(),
             rev: repo.rev_cache(),
             bitmap_cache: repo.bitmap_cache(),
@@ -494,7 +496,7 @@ pub fn plan(
             .then_some((shallow.shallow, shallow.unshallow)),
         source,
         objects,
-        spawn_objects: Box::new(repo.objects_factory()),
+        spawn_objects: Box::new(repo.objects_factory(graphs)),
         packs: stored,
         rev: repo.rev_cache(),
         bitmap_cache: repo.bitmap_cache(),
@@ -781,22 +783,35 @@ impl Repository {
     /// its tree, parents, committer time and topological level, so that walks read them from
     /// a table instead of inflating each commit. Returns the file, or `None` when the pack is
     /// not the repository's or git's format cannot hold its commits (a parent outside the
-    /// pack, a time past 34 bits, an entry whose type its pack does not tell).
+    /// pack, a time past 34 bits, an entry whose type its pack does not tell): then the file
+    /// is left empty, so that it is not tried again, and is not read. A damaged file is
+    /// written again.
     pub fn write_commit_graph(
         &self,
         pack: &std::path::Path,
     ) -> Result<Option<std::path::PathBuf>, Error> {
         let path = pack.with_extension("graph");
-        if path.is_file() {
-            return Ok(Some(path));
+        match std::fs::metadata(&path) {
+            // Left empty where the format could not hold the pack's commits: not tried again.
+            Ok(meta) if meta.len() == 0 => return Ok(None),
+            Ok(_) if graph::Graph::open(&path, self.object_format()).is_ok() => {
+                return Ok(Some(path));
+            }
+            // Damaged: written again.
+            Ok(_) => std::fs::remove_file(&path)?,
+            Err(_) => {}
         }
         let stored = self.stored_packs()?;
         let Some(pack) = stored.iter().find(|p| p.pack == pack) else {
             return Ok(None);
         };
+        let cannot = || -> Result<Option<std::path::PathBuf>, Error> {
+            packs::write_beside_pack(&path, &[])?;
+            Ok(None)
+        };
         let rev = self.rev_cache().get(pack, self.object_format());
         let Some(kinds) = packs::kinds(pack, &rev, self.object_format())? else {
-            return Ok(None);
+            return cannot();
         };
         // Read from the objects themselves, never from another graph.
         let mut objects = repo::objects_without_graphs(self);
@@ -811,7 +826,11 @@ impl Repository {
                 .map_err(|reason| Error::Corrupt { oid, reason })?;
             commits.push((oid, commit));
         }
-        Ok(graph::write(&path, self.object_format(), commits)?.then_some(path))
+        if graph::write(&path, self.object_format(), commits)? {
+            Ok(Some(path))
+        } else {
+            cannot()
+        }
     }
 
     /// Commits the commit graphs of the repository's packs hold (each sound graph counted;

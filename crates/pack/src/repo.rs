@@ -100,8 +100,7 @@ impl Repository {
     /// The packs of `objects/pack` that have both an index and a data file.
     pub(crate) fn stored_packs(&self) -> Result<Vec<crate::packs::StoredPack>, Error> {
         let packs = crate::packs::list(&self.git_dir, self.hash, &self.indexes)?;
-        let graphs: crate::objects::Graphs = packs.iter().filter_map(|p| p.graph.clone()).collect();
-        *self.graphs.lock().unwrap_or_else(|p| p.into_inner()) = Some(graphs);
+        *self.graphs.lock().unwrap_or_else(|p| p.into_inner()) = Some(graphs_of(&packs));
         Ok(packs)
     }
 
@@ -158,15 +157,24 @@ impl Repository {
         objects
     }
 
-    /// A function that makes object handles, for threads of a request.
-    pub(crate) fn objects_factory(&self) -> impl Fn() -> Objects + Send + Sync + 'static {
-        let (store, hash, graphs) = (std::sync::Arc::clone(&self.store), self.hash, self.graphs());
+    /// A function that makes object handles reading commits from `graphs`, for threads of a
+    /// request.
+    pub(crate) fn objects_factory(
+        &self,
+        graphs: crate::objects::Graphs,
+    ) -> impl Fn() -> Objects + Send + Sync + 'static {
+        let (store, hash) = (std::sync::Arc::clone(&self.store), self.hash);
         move || {
             let mut objects = new_objects(&store, hash);
             objects.set_graphs(std::sync::Arc::clone(&graphs));
             objects
         }
     }
+}
+
+/// The commit graphs of `packs`, in their order.
+pub(crate) fn graphs_of(packs: &[crate::packs::StoredPack]) -> crate::objects::Graphs {
+    packs.iter().filter_map(|p| p.graph.clone()).collect()
 }
 
 /// An object handle that reads every commit from its object, for writing a commit graph.
