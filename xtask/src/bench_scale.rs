@@ -1,5 +1,5 @@
 //! `cargo xtask bench-scale [--sizes 50,300,1000,3000] [--history 500] [--runs N]
-//! [--only TEXT|TEXT] [--prepare]`: how time and peak memory grow with the repository, for
+//! [--only TEXT|TEXT] [--prepare] [--dump DIR]`: how time and peak memory grow with the repository, for
 //! gitcache and for git. For each size (megabytes of pack), a generated repository
 //! (`RepoSpec::scale`), and for each `--history` (thousands of commits) one of a long history
 //! of small changes (`RepoSpec::history`), packed as a forge keeps it (with `--prepare`, only
@@ -9,7 +9,8 @@
 //!   written for the same pack alone (`git multi-pack-index write --bitmap`), and git's whole
 //!   `repack -adb` that prepared the repository;
 //! - taking the pack in (a miss's indexing): gitcache's `ingest` against `git index-pack`;
-//! - the `bench-pack` table of requests, gitcache's `upload_pack` against `git upload-pack`.
+//! - the `bench-pack` table of requests, gitcache's `upload_pack` against `git upload-pack`
+//!   (with `--dump`, each request's body written into that folder first).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -139,6 +140,15 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
             .into_iter()
             .filter(|(name, _)| only.is_none_or(|o| o.split('|').any(|o| name.contains(o))))
             .collect();
+        if let Some(dir) = crate::flag_value(args, "--dump") {
+            // The request bodies, to replay by hand (`upload_pack <mirror> < body`).
+            std::fs::create_dir_all(dir)?;
+            for (i, (case, fetch)) in cases.iter().enumerate() {
+                let file = format!("{dir}/{name}-{i}.req");
+                std::fs::write(&file, crate::bench_pack::body(fetch.clone()))?;
+                println!("{file}: {case}");
+            }
+        }
         table(
             (&git_upload_pack(), &repo),
             (&[example("upload_pack")], &mirror),
