@@ -209,10 +209,11 @@ impl RepoSpec {
     }
 
     /// A long history: `commits` commits (500,000 for the scale benchmarks) of small
-    /// changes to a tree of a few hundred files three levels deep, 200 branches, a tag
-    /// every 500 commits and a small binary every 200; about 1 KB of pack a commit. Trees
-    /// stay narrow (at most 2,000 files, renames spread over 64 directories), so generating
-    /// takes time in proportion to the commits.
+    /// changes to files three levels deep, 200 branches, a tag every 500 commits and a small
+    /// binary every 200. A branch's own changes stop adding files at 2,000 and renames spread
+    /// over 64 directories, but merges bring each branch's files into `main`: at 500,000
+    /// commits `main` holds 31,550 files, the pack 1.3 GB and 4 million objects, and `git
+    /// fast-import` took 31 minutes here (58 s for 60,000 commits).
     pub fn history(seed: u64, commits: usize) -> Self {
         RepoSpec {
             seed,
