@@ -176,7 +176,7 @@ pub(crate) fn list(
         if matches!(opened.graph, GraphState::Absent) {
             let graph = path.with_extension("graph");
             if graph.is_file() {
-                opened.graph = match crate::graph::Graph::open(&graph, hash) {
+                opened.graph = match crate::graph::Graph::load(&graph, hash) {
                     Ok(loaded) => GraphState::Loaded(std::sync::Arc::new(loaded)),
                     Err(_) => GraphState::Damaged,
                 };

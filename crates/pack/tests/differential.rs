@@ -535,8 +535,8 @@ fn assert_bitmaps(fx: &Fixture, f: &gitcache_protocol::request::Fetch, name: &st
 }
 
 /// With the pack's commit graph written (walks read commits from it instead of inflating
-/// them), negotiation, shallow and incremental answers are git's; with the graph damaged,
-/// it is not read, and answers are still git's.
+/// them), negotiation, shallow and incremental answers are git's; a damaged graph is written
+/// again by maintenance, and one cut short is not read, answers still git's.
 #[test]
 fn with_a_commit_graph() {
     let fx = Fixture::new(RepoSpec::small(33));
@@ -607,12 +607,19 @@ fn with_a_commit_graph() {
             fetch: f,
         });
     }
-    // Damaged: refused at load, commits read from their objects.
-    let mut bytes = std::fs::read(&graph).unwrap();
+    // A changed byte: loads do not read the checksum (as for bitmaps); maintenance does and
+    // writes the file again.
+    let good = std::fs::read(&graph).unwrap();
+    let mut bytes = good.clone();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x10;
     std::fs::remove_file(&graph).unwrap();
     std::fs::write(&graph, &bytes).unwrap();
+    assert_eq!(repo.write_commit_graph(&pack).unwrap(), Some(graph.clone()));
+    assert_eq!(std::fs::read(&graph).unwrap(), good);
+    // Cut short: refused at load, commits read from their objects.
+    std::fs::remove_file(&graph).unwrap();
+    std::fs::write(&graph, &good[..good.len() / 2]).unwrap();
     assert_eq!(
         Repository::open(&fx.src)
             .unwrap()
