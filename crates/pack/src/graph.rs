@@ -6,9 +6,12 @@
 //! `pack-<checksum>.graph` holds the commits of that pack and is written with its bitmaps.
 //! Copied to `objects/info/commit-graph`, git reads it and `git commit-graph verify`
 //! checks it against the objects. A commit's entry depends only on the commit, which its id
-//! names, so an entry stays true whatever else the repository holds; a file is taken only
-//! whole (its trailing checksum checked once, when loaded) and every position read from it
-//! is checked, so a damaged file is an error, never a wrong parent or a panic.
+//! names, so an entry stays true whatever else the repository holds. A load checks the
+//! file's structure (chunk sizes, ids sorted and in their fanout buckets), reading a commit
+//! checks its parents' positions and levels: a damaged or forged file is an error, never a
+//! panic or a walk without end. Its checksum is checked by maintenance, not by loads (as
+//! for bitmaps): a flipped bit that keeps the structure sound can give a wrong tree, time or
+//! parent until the mirror is next opened and the file written again.
 
 use std::path::Path;
 
@@ -186,11 +189,23 @@ impl Graph {
             data,
             edges,
         };
-        // Sorted and each once: a lookup by id finds the one entry a parent position names.
+        // Sorted, each once, and in the fanout's bucket of its first byte: a lookup by id
+        // finds every entry, and the one a parent position names (so a walk that enters the
+        // graph's entries stays in them, its levels falling).
         for position in 1..graph.len {
             if graph.oid_bytes(position - 1) >= graph.oid_bytes(position) {
                 return Err(format!("ids out of order at {position}"));
             }
+        }
+        let mut start = 0;
+        for byte in 0..256usize {
+            let end = be32(&graph.bytes, graph.fanout + 4 * byte);
+            for position in [start, end.wrapping_sub(1)] {
+                if start < end && usize::from(graph.oid_bytes(position)[0]) != byte {
+                    return Err(format!("id {position} outside its fanout bucket"));
+                }
+            }
+            start = end;
         }
         Ok(graph)
     }
@@ -641,7 +656,8 @@ mod tests {
     }
 
     /// A damaged file is refused: any byte changed (the checksum), and, its checksum sealed
-    /// again, an id twice or a decreasing fanout when loaded; a parent past the graph, a
+    /// again, an id twice, one outside its fanout bucket or a decreasing fanout when loaded;
+    /// a parent past the graph, a
     /// loop, a level not above a parent's, level 0 or extra edges past their chunk when the
     /// commit is read.
     #[test]
@@ -704,6 +720,16 @@ mod tests {
                     let mut bad = good.clone();
                     bad.copy_within(ids..ids + 20, ids + 20);
                     sealed(bad)
+                },
+                None,
+            ),
+            (
+                "an id outside its fanout bucket",
+                {
+                    let fanout = chunk_at(&good, b"OIDF");
+                    let first = (0..256).find(|&b| get(&good, fanout + 4 * b) > 0).unwrap();
+                    let at = fanout + 4 * first;
+                    changed(at, get(&good, at) - 1)
                 },
                 None,
             ),

@@ -752,6 +752,13 @@ impl Repository {
         } else {
             self.objects()
         };
+        // Bitmaps are kept for good: commits come from this pack's graph only, its checksum
+        // checked (the file is read whole by the walk anyway), or from the objects.
+        let graph = graph::Graph::open(&pack.pack.with_extension("graph"), self.object_format());
+        objects.set_graphs(match graph {
+            Ok(graph) => std::sync::Arc::new([std::sync::Arc::new(graph)]),
+            Err(_) => std::sync::Arc::new([]),
+        });
         let written = bitmap::write(
             &mut objects,
             pack,

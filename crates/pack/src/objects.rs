@@ -141,8 +141,14 @@ impl Objects {
         self.tick()?;
         for graph in self.graphs.iter() {
             if let Some(position) = graph.position(oid) {
-                // An entry that fails its checks is passed over: the object itself is read.
-                return Ok(graph.commit(position).ok());
+                // An entry that fails its checks fails the request: reading that commit from
+                // its object instead would mix a file's parents with the objects' in one
+                // walk, which a forged file could make go round in a circle.
+                let commit = graph.commit(position).map_err(|reason| Error::Corrupt {
+                    oid: *oid,
+                    reason: format!("commit graph: {reason}"),
+                })?;
+                return Ok(Some(commit));
             }
         }
         Ok(None)
