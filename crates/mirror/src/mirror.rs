@@ -705,8 +705,8 @@ impl Mirror {
     }
 
     /// Write the commit graph and reachability bitmaps for the consolidated pack `pack` (the
-    /// closure of `tips`), so that fetches other than whole clones need no walk; `None` if the mirror holds other
-    /// packs too. This takes long on big histories, so it runs apart from consolidation:
+    /// closure of `tips`), so that fetches other than whole clones need no walk; `None` if
+    /// the mirror holds other packs too. This takes long on big histories, so it runs apart from consolidation:
     /// refreshes go on meanwhile. A pack never changes, so its bitmaps stay true; if the pack
     /// was consolidated away meanwhile, the file written for it is removed.
     pub fn write_bitmaps(&self, pack: &Path, tips: &[ObjectId]) -> Result<Option<PathBuf>, Error> {

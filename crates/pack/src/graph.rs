@@ -210,41 +210,46 @@ impl Graph {
         Ok(graph)
     }
 
+    /// Where the data of the commit at `position` starts: its tree id, then the two parent
+    /// fields, then level and time.
+    fn entry(&self, position: u32) -> usize {
+        self.data + position as usize * (self.hash.len_in_bytes() + 16)
+    }
+
     /// The topological level stored for the commit at `position`.
     fn level(&self, position: u32) -> u32 {
-        let h = self.hash.len_in_bytes();
         be32(
             &self.bytes,
-            self.data + position as usize * (h + 16) + h + 8,
+            self.entry(position) + self.hash.len_in_bytes() + 8,
         ) >> 2
     }
 
-    /// The positions of the parents of the commit at `position`, each checked to be in the
-    /// graph.
-    fn parent_positions(&self, position: u32) -> Result<Vec<u32>, String> {
-        let h = self.hash.len_in_bytes();
-        let at = self.data + position as usize * (h + 16) + h;
+    /// Call `each` with the position of every parent of the commit at `position`, in order,
+    /// each checked to be in the graph.
+    fn parent_positions(
+        &self,
+        position: u32,
+        mut each: impl FnMut(u32) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let at = self.entry(position) + self.hash.len_in_bytes();
         let (first, second) = (be32(&self.bytes, at), be32(&self.bytes, at + 4));
-        let mut parents = Vec::new();
         let mut push = |p: u32| {
             if p >= self.len {
                 return Err(format!("parent position {p} past the graph"));
             }
-            parents.push(p);
-            Ok(())
+            each(p)
         };
         if first != NO_PARENT {
             push(first)?;
         }
         if second == NO_PARENT {
-            return Ok(parents);
+            return Ok(());
         }
         if first == NO_PARENT {
             return Err("a second parent without a first".into());
         }
         if second & HIGH_BIT == 0 {
-            push(second)?;
-            return Ok(parents);
+            return push(second);
         }
         let (edges, count) = self.edges;
         let mut i = (second & !HIGH_BIT) as usize;
@@ -255,7 +260,7 @@ impl Graph {
             let edge = be32(&self.bytes, edges + 4 * i);
             push(edge & !HIGH_BIT)?;
             if edge & HIGH_BIT != 0 {
-                return Ok(parents);
+                return Ok(());
             }
             i += 1;
         }
@@ -300,7 +305,7 @@ impl Graph {
     /// The commit at `position` (below [`len`](Self::len)): its tree, parents and time.
     pub(crate) fn commit(&self, position: u32) -> Result<Commit, String> {
         let h = self.hash.len_in_bytes();
-        let at = self.data + position as usize * (h + 16);
+        let at = self.entry(position);
         let entry = &self.bytes[at..at + h + 16];
         let tree = ObjectId::from_bytes_or_panic(&entry[..h]);
         let time = (i64::from(be32(entry, h + 8) & 3) << 32) | i64::from(be32(entry, h + 12));
@@ -310,11 +315,14 @@ impl Graph {
         if level == 0 || level >= MAX_LEVEL {
             return Err(format!("level {level}"));
         }
-        let positions = self.parent_positions(position)?;
-        if let Some(&parent) = positions.iter().find(|&&p| self.level(p) >= level) {
-            return Err(format!("a parent ({parent}) not below its child"));
-        }
-        let parents = positions.into_iter().map(|p| self.oid(p)).collect();
+        let mut parents = Vec::new();
+        self.parent_positions(position, |parent| {
+            if self.level(parent) >= level {
+                return Err(format!("a parent ({parent}) not below its child"));
+            }
+            parents.push(self.oid(parent));
+            Ok(())
+        })?;
         Ok(Commit {
             tree,
             parents,
@@ -483,15 +491,13 @@ mod tests {
 
     /// The bytes of chunk `id` of the commit graph `file`.
     fn chunk(file: &[u8], id: &[u8; 4]) -> Option<Vec<u8>> {
-        let count = usize::from(file[6]);
-        let row = |i: usize| {
-            let at = 8 + 12 * i;
-            let offset = u64::from_be_bytes(file[at + 4..at + 12].try_into().unwrap()) as usize;
-            (&file[at..at + 4], offset)
-        };
-        (0..count)
-            .find(|&i| row(i).0 == id)
-            .map(|i| file[row(i).1..row(i + 1).1].to_vec())
+        let row = (0..usize::from(file[6])).find(|&i| &file[8 + 12 * i..12 + 12 * i] == id)?;
+        let offset = |i: usize| get_u64(file, 8 + 12 * i + 4);
+        Some(file[offset(row)..offset(row + 1)].to_vec())
+    }
+
+    fn get_u64(bytes: &[u8], at: usize) -> usize {
+        u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap()) as usize
     }
 
     /// A small generated repository with an octopus merge of three branches, in one pack;
@@ -637,7 +643,7 @@ mod tests {
         (0..usize::from(bytes[6]))
             .map(|i| 8 + 12 * i)
             .find(|&at| &bytes[at..at + 4] == id)
-            .map(|at| u64::from_be_bytes(bytes[at + 4..at + 12].try_into().unwrap()) as usize)
+            .map(|at| get_u64(bytes, at + 4))
             .unwrap()
     }
 
