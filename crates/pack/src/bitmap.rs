@@ -1285,8 +1285,114 @@ impl Known for MadeOrReused<'_> {
     }
 }
 
+/// The newest commits that all get a bitmap: fetches mostly want and have these.
+const BITMAP_ALL_NEWEST: usize = 100;
+/// Up to this many commits from the newest, one bitmap in every [`BITMAP_GAP_NEAR`] or so.
+const BITMAP_NEAR: usize = 20_000;
+/// The gap between two bitmaps in the near history, and the least gap past it.
+const BITMAP_GAP_NEAR: usize = 100;
+/// The widest gap, in the oldest history: a walk from an old commit meets a bitmap within
+/// about this many commits.
+const BITMAP_GAP_FAR: usize = 5_000;
+
+/// While bitmaps are written, one is also made (and not written) for every this many commits
+/// of the walk that makes them, so that no walk goes much further than this.
+const BITMAP_WALK_STEP: usize = 100;
+
+/// Tips that get a bitmap, the newest first (a repository with many more refs than this
+/// has most of them on old commits, where the gaps' bitmaps serve).
+const MAX_TIP_BITMAPS: usize = 2_000;
+
+/// The newest tips whose first-parent lines get denser bitmaps: one in every
+/// [`DENSE_STEP`] of their last [`DENSE_LINE`] commits.
+const DENSE_TIPS: usize = 100;
+const DENSE_LINE: usize = 100;
+const DENSE_STEP: usize = 10;
+
+/// A commit of the walk that writes bitmaps, as [`choose_commits`] needs it.
+#[derive(Debug, Clone, Copy)]
+struct Walked {
+    /// Committer time.
+    time: i64,
+    merge: bool,
+    /// Its first parent's place in the walk.
+    first_parent: Option<usize>,
+}
+
+/// How many commits, newest first, to pass over after the `i`th before the next bitmap:
+/// none among the newest [`BITMAP_ALL_NEWEST`], then a gap growing to [`BITMAP_GAP_NEAR`]
+/// up to [`BITMAP_NEAR`], then one growing with the distance from there (so doubling the
+/// position of each bitmap) up to [`BITMAP_GAP_FAR`]. These are git's figures
+/// (`pack-bitmap-write.c`), which keep the number of bitmaps to a few hundred at any
+/// history length.
+fn gap_after(i: usize) -> usize {
+    if i <= BITMAP_ALL_NEWEST {
+        0
+    } else if i <= BITMAP_NEAR {
+        (i - BITMAP_ALL_NEWEST).min(BITMAP_GAP_NEAR)
+    } else {
+        (i - BITMAP_NEAR).clamp(BITMAP_GAP_NEAR, BITMAP_GAP_FAR)
+    }
+}
+
+/// Which of `commits` (the closure of the tips, parents first; `walked` tells of each one)
+/// get a bitmap. Taken newest first (by time, then
+/// the later in `commits`), every commit among the newest, then one in each gap of
+/// [`gap_after`]: a tip in it if there is one (the newest such), else its oldest merge (a walk
+/// from below it would otherwise go down both sides), else its oldest commit; and every tip
+/// (up to [`MAX_TIP_BITMAPS`], newest first). All of them when there are no more than
+/// [`BITMAP_ALL_NEWEST`].
+fn choose_commits(commits: &[ObjectId], walked: &[Walked], tips: &OidSet) -> Vec<bool> {
+    let mut chosen = vec![false; commits.len()];
+    if commits.len() <= BITMAP_ALL_NEWEST {
+        chosen.fill(true);
+        return chosen;
+    }
+    let mut newest_first: Vec<usize> = (0..commits.len()).collect();
+    newest_first.sort_unstable_by(|&a, &b| walked[b].time.cmp(&walked[a].time).then(b.cmp(&a)));
+    let mut i = 0;
+    loop {
+        let gap = gap_after(i);
+        if i + gap >= newest_first.len() {
+            break;
+        }
+        let window = &newest_first[i..=i + gap];
+        let pick = window
+            .iter()
+            .find(|&&c| tips.contains(&commits[c]))
+            .or_else(|| window.iter().rev().find(|&&c| walked[c].merge))
+            .unwrap_or(&window[gap]);
+        chosen[*pick] = true;
+        i += gap + 1;
+    }
+    // And the tips: fetches want them, and a tip's own commits (a branch not merged) would
+    // be walked, trees and all, for every fetch wanting it. The newest tips' first-parent
+    // lines, where incremental fetches have, get one in ten of their last commits (a line
+    // stops where it meets one taken already).
+    let mut on_lines = vec![false; commits.len()];
+    let newest_tips = newest_first.iter().filter(|&&c| tips.contains(&commits[c]));
+    for (n, &tip) in newest_tips.take(MAX_TIP_BITMAPS).enumerate() {
+        chosen[tip] = true;
+        if n >= DENSE_TIPS {
+            continue;
+        }
+        let mut at = Some(tip);
+        for distance in 0..DENSE_LINE {
+            let Some(c) = at.filter(|&c| !on_lines[c]) else {
+                break;
+            };
+            on_lines[c] = true;
+            if distance % DENSE_STEP == 0 {
+                chosen[c] = true;
+            }
+            at = walked[c].first_parent;
+        }
+    }
+    chosen
+}
+
 /// Write bitmaps for `pack`, the closure of `tips`: the type bitmaps, and one bitmap for
-/// each commit `tips` peel to and for every `spacing`-th commit of the walk. Written
+/// each commit [`choose_commits`] picks. Written
 /// beside the pack atomically; `None` if the pack is not closed under reachability. With
 /// `reuse` (the bitmaps of the pack this one replaces), walks stop at its commits.
 pub(crate) fn write(
@@ -1295,7 +1401,6 @@ pub(crate) fn write(
     rev: Arc<RevIndex>,
     hash: HashKind,
     tips: &[ObjectId],
-    spacing: usize,
     reuse: Option<Arc<Loaded>>,
 ) -> Result<Option<crate::BitmapsWritten>, Error> {
     let mut chains = crate::chains::ChainReader::new(pack, &rev, hash, HISTORY_CACHE_BYTES);
@@ -1303,7 +1408,8 @@ pub(crate) fn write(
     let n = pos.len();
     let reused = reuse.map(|old| Reused::new(old, &pos));
 
-    // Which commits get a bitmap: the tips and every `spacing`-th commit, parents first.
+    // Every commit the tips reach, parents first: bitmaps are made in this order, so that
+    // each walk stops at the bitmaps made before it.
     let mut order: Vec<ObjectId> = Vec::new();
     let mut seen = OidSet::default();
     let mut tip_commits = Vec::new();
@@ -1334,32 +1440,33 @@ pub(crate) fn write(
                 .map(|p| (p, false)),
         );
     }
-    // Along each tip's first-parent line, where fetches have and want: every tenth commit
-    // for the first `spacing`, then every `spacing`th; elsewhere every `spacing`th of the walk.
-    // A line stops where it joins one walked already (tips mostly share their history: each
-    // sampling it at its own distances would multiply the bitmaps, not the coverage).
-    let spacing = spacing.max(1);
-    let mut picked: OidSet = tip_commits.iter().copied().collect();
-    let mut on_lines = OidSet::default();
-    for tip in &tip_commits {
-        let mut commit = *tip;
-        let mut distance = 0usize;
-        while on_lines.insert(commit) {
-            let step = if distance < spacing { 10 } else { spacing };
-            if distance.is_multiple_of(step) {
-                picked.insert(commit);
-            }
-            let Some(parent) = objects.commit(&commit)?.parents.first().copied() else {
-                break;
-            };
-            commit = parent;
-            distance += 1;
-        }
+    // Which of them get a bitmap: recent history densely, older history ever more sparsely.
+    let place: OidMap<usize> = order.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+    let mut walked = Vec::with_capacity(order.len());
+    for commit in &order {
+        let commit = objects.commit(commit)?;
+        walked.push(Walked {
+            time: commit.time,
+            merge: commit.parents.len() > 1,
+            first_parent: commit.parents.first().and_then(|p| place.get(p).copied()),
+        });
     }
+    drop(place);
+    let tip_set: OidSet = tip_commits.iter().copied().collect();
+    let picked = choose_commits(&order, &walked, &tip_set);
     let selected: Vec<ObjectId> = order
         .iter()
         .enumerate()
-        .filter(|(i, c)| (i + 1) % spacing == 0 || picked.contains(*c))
+        .filter(|(i, _)| picked[*i])
+        .map(|(_, c)| *c)
+        .collect();
+    // Made, and kept while writing only: those and every hundredth commit of the walk.
+    // Without these, each branch forking from a long stretch of history without bitmaps
+    // walked the whole stretch's trees again (twice the time at 300 MB).
+    let made: Vec<ObjectId> = order
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| picked[*i] || (i + 1).is_multiple_of(BITMAP_WALK_STEP))
         .map(|(_, c)| *c)
         .collect();
 
@@ -1370,7 +1477,7 @@ pub(crate) fn write(
         reused.note_types(&mut notes, n);
     }
     let mut known: OidMap<Vec<u8>> = OidMap::default();
-    for commit in &selected {
+    for commit in &made {
         let both = MadeOrReused {
             made: &known,
             reused: reused.as_ref(),
@@ -1501,6 +1608,110 @@ pub(crate) fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ids(n: usize) -> Vec<ObjectId> {
+        (0..n)
+            .map(|i| {
+                let mut id = ObjectId::null(HashKind::Sha1);
+                id.as_mut_slice()[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                id
+            })
+            .collect()
+    }
+
+    /// A line of `n` commits, parents first, each `step` seconds newer than its parent.
+    fn line(n: usize, step: i64) -> Vec<Walked> {
+        (0..n)
+            .map(|i| Walked {
+                time: i as i64 * step,
+                merge: false,
+                first_parent: i.checked_sub(1),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bitmaps_are_dense_near_the_tips_and_sparse_far_from_them() {
+        let n = 500_000;
+        let commits = ids(n);
+        let walked = line(n, 1);
+        let chosen = choose_commits(&commits, &walked, &OidSet::default());
+        // Positions from the newest of the chosen ones.
+        let from_newest: Vec<usize> = (0..n)
+            .rev()
+            .filter(|&i| chosen[i])
+            .map(|i| n - 1 - i)
+            .collect();
+        assert!(
+            from_newest.iter().take(101).copied().eq(0..101),
+            "{:?}",
+            &from_newest[..101]
+        );
+        let gaps: Vec<usize> = from_newest.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| (1..=BITMAP_GAP_FAR + 1).contains(&g)));
+        // Within the near history no walk goes past about a hundred commits.
+        for (w, &g) in from_newest.windows(2).zip(&gaps) {
+            if w[1] <= BITMAP_NEAR {
+                assert!(g <= BITMAP_GAP_NEAR + 1, "{w:?}");
+            }
+        }
+        // The gaps grow to the widest one, and the count stays at a few hundred.
+        assert_eq!(*gaps.iter().max().unwrap(), BITMAP_GAP_FAR + 1);
+        assert!(
+            (300..500).contains(&from_newest.len()),
+            "{}",
+            from_newest.len()
+        );
+        // Ten times the history, not ten times the bitmaps.
+        let long = 5_000_000;
+        let many = choose_commits(&ids(long), &line(long, 1), &OidSet::default());
+        let count = many.iter().filter(|&&c| c).count();
+        assert!(count < 1_500, "{count}");
+        // Few commits: every one.
+        let few = choose_commits(&commits[..100], &walked[..100], &OidSet::default());
+        assert!(few.iter().all(|&c| c));
+    }
+
+    #[test]
+    fn a_gap_takes_its_tip_else_its_oldest_merge() {
+        let n = 30_000;
+        let commits = ids(n);
+        let mut walked = line(n, 10);
+        let plain = choose_commits(&commits, &walked, &OidSet::default());
+        // Some gap of the near history, the oldest of it taken: a merge in it, then a tip.
+        let picked: Vec<usize> = (0..n).rev().filter(|&i| plain[i]).collect();
+        let (upper, lower) = (picked[150], picked[151]);
+        assert!(upper - lower > 50, "{upper} {lower}");
+        let merge = lower + 40;
+        walked[merge].merge = true;
+        walked[merge + 5].merge = true;
+        let with_merges = choose_commits(&commits, &walked, &OidSet::default());
+        assert!(with_merges[merge] && !with_merges[lower] && !with_merges[merge + 5]);
+        let tip = lower + 30;
+        let tips: OidSet = [commits[tip]].into_iter().collect();
+        let with_tip = choose_commits(&commits, &walked, &tips);
+        assert!(with_tip[tip] && !with_tip[merge]);
+        // The tip's first-parent line: one in ten of its last hundred commits.
+        for d in 1..DENSE_LINE {
+            assert_eq!(
+                with_tip[tip - d],
+                d % DENSE_STEP == 0 || plain[tip - d],
+                "{d}"
+            );
+        }
+        // Equal times: the later of the walk counts as the newer.
+        let mut same = walked.clone();
+        same.iter_mut().for_each(|w| (w.time, w.merge) = (7, false));
+        assert_eq!(choose_commits(&commits, &same, &OidSet::default()), plain);
+        // Every tip has one, up to a bound: the newest tips then.
+        let tips: OidSet = (0..n).step_by(10).map(|i| commits[i]).collect();
+        let with_tips = choose_commits(&commits, &same, &tips);
+        let newest = n - 10 * MAX_TIP_BITMAPS;
+        assert!((newest..n).step_by(10).all(|i| with_tips[i]));
+        // Older tips only where a gap takes one.
+        let tipped = (0..newest).step_by(10).filter(|&i| with_tips[i]).count();
+        assert!(tipped > 0 && tipped < 100, "{tipped}");
+    }
 
     /// The table of recent positions answers what the index answers, for ids that share a
     /// slot too (each taking it from the other), and nothing for an id the pack lacks.

@@ -705,18 +705,19 @@ pub fn path_name_hash(path: &[u8]) -> u32 {
     bitmap::name_hash(0, path)
 }
 
-/// Commits between two stored bitmaps, in the walk [`Repository::write_bitmaps`] makes: a
-/// fetch walks at most about this many commits past the nearest bitmap.
-pub const BITMAP_SPACING: usize = 100;
-
 impl Repository {
     /// Write reachability bitmaps in git's format (`pack-<hash>.bitmap`) for the
     /// repository's pack that is the closure of `tips` (its only pack, or the one marked with
-    /// exactly these tips, as a consolidated mirror's is): one bitmap for each commit the tips lead to, for
-    /// every tenth commit of the last [`BITMAP_SPACING`] on each tip's first-parent line and
-    /// every [`BITMAP_SPACING`]th further back (until the line joins one sampled already),
-    /// and for every [`BITMAP_SPACING`]th commit of the rest. Returns the file, or `None` when that does not apply. Fetches then find
-    /// their objects with a few bitmap operations instead of a walk.
+    /// exactly these tips, as a consolidated mirror's is). Returns the file, or `None` when
+    /// that does not apply. Fetches then find their objects with a few bitmap operations
+    /// instead of a walk.
+    ///
+    /// Which commits get one follows git's choice: the commits are taken newest first (by
+    /// committer time); each of the newest hundred gets a bitmap, then one in about every
+    /// hundred up to the 20,000th, then one in a gap that grows with the distance up to one
+    /// in 5,000 (a tip in the gap if there is one, else a merge). Walks from recent commits,
+    /// which fetches mostly want and have, meet a bitmap within a hundred commits; the file
+    /// holds a few hundred bitmaps however long the history.
     pub fn write_bitmaps(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
         Ok(self.write_bitmaps_reusing(tips, None)?.map(|w| w.path))
     }
@@ -728,8 +729,9 @@ impl Repository {
     /// order, instead of walking the history below it, as `git repack -b` reuses the old
     /// pack's. A bitmap naming an object the new pack lacks is not taken; an old file whose
     /// checksum does not match, that cannot be read, or that has no name hashes (which the
-    /// objects its bitmaps cover would then lack) is not used at all. The file written
-    /// is the one written without them.
+    /// objects its bitmaps cover would then lack) is not used at all. The bitmaps written
+    /// are those written without them; an object at several paths may be named (its name
+    /// hash) by another of its paths.
     pub fn write_bitmaps_reusing(
         &self,
         tips: &[ObjectId],
@@ -759,15 +761,7 @@ impl Repository {
             Ok(graph) => std::sync::Arc::new([std::sync::Arc::new(graph)]),
             Err(_) => std::sync::Arc::new([]),
         });
-        let written = bitmap::write(
-            &mut objects,
-            pack,
-            rev,
-            self.object_format(),
-            tips,
-            BITMAP_SPACING,
-            reuse,
-        )?;
+        let written = bitmap::write(&mut objects, pack, rev, self.object_format(), tips, reuse)?;
         // Loads trust the file (as git's do): it is read back once here, where it is made.
         if let Some(written) = &written
             && let Err(err) = bitmap::verify_checksum(&written.path, self.object_format())

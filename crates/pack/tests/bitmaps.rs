@@ -88,10 +88,8 @@ fn our_bitmaps_pass_gits_own_check() {
         }
         let commits = git(&path, &["rev-list", "--all", "--count"]);
         let commits: usize = commits.trim().parse().unwrap();
-        assert!(
-            stored >= commits / gitcache_pack::BITMAP_SPACING,
-            "{stored} of {commits}"
-        );
+        // Each of the newest hundred commits has one (and each tip); not every commit does.
+        assert!(stored > 100 && stored < commits, "{stored} of {commits}");
         // Git reads them and checks them against its own walk (of commits with a bitmap).
         let inner = git(&path, &["rev-list", "main"])
             .lines()
@@ -143,6 +141,69 @@ fn name_hashes(file: &std::path::Path, objects: usize, hash_len: usize) -> Optio
     )
 }
 
+/// The ids of a pack's index, in index order.
+fn index_ids(idx: &std::path::Path, object_format: &str) -> Vec<ObjectId> {
+    let listed = std::process::Command::new(gitcache_testkit::git::git_program())
+        .arg("show-index")
+        .arg(format!("--object-format={object_format}"))
+        .stdin(std::fs::File::open(idx).unwrap())
+        .output()
+        .unwrap();
+    String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| oid(l.split(' ').nth(1).unwrap()))
+        .collect()
+}
+
+/// Every path of every tree and blob in the history of the repository at `path`.
+fn all_paths(path: &std::path::Path) -> std::collections::HashMap<ObjectId, BTreeSet<String>> {
+    let mut paths: std::collections::HashMap<ObjectId, BTreeSet<String>> = Default::default();
+    for commit in git(path, &["rev-list", "--all"]).lines() {
+        let root = git(path, &["rev-parse", &format!("{commit}^{{tree}}")]);
+        paths.entry(oid(&root)).or_default().insert(String::new());
+        for line in git(path, &["ls-tree", "-r", "-t", commit]).lines() {
+            let (meta, name) = line.split_once('\t').unwrap();
+            let id = meta.split(' ').nth(2).unwrap();
+            paths.entry(oid(id)).or_default().insert(name.to_owned());
+        }
+    }
+    paths
+}
+
+/// Two bitmap files of the pack whose index lists `ids` are the same but for their name
+/// hashes (and so their checksums), and each name either gives is the hash of one of its
+/// object's paths.
+fn same_but_names(
+    a: &[u8],
+    b: &[u8],
+    ids: &[ObjectId],
+    paths: &std::collections::HashMap<ObjectId, BTreeSet<String>>,
+    hash_len: usize,
+) {
+    assert_eq!(a.len(), b.len());
+    let names = a.len() - hash_len - 4 * ids.len();
+    assert!(a[..names] == b[..names], "the bitmaps differ");
+    let name = |file: &[u8], i: usize| {
+        u32::from_be_bytes(file[names + 4 * i..names + 4 * i + 4].try_into().unwrap())
+    };
+    for (i, id) in ids.iter().enumerate() {
+        let (x, y) = (name(a, i), name(b, i));
+        if x == y {
+            continue;
+        }
+        let at = paths.get(id).expect("a commit or tag has no name");
+        let hashes: BTreeSet<u32> = at
+            .iter()
+            .map(|p| gitcache_pack::path_name_hash(p.as_bytes()))
+            .collect();
+        assert!(
+            at.len() > 1 && hashes.contains(&x) && hashes.contains(&y),
+            "{id} at {at:?}: {x:#x} and {y:#x}"
+        );
+    }
+}
+
 /// Our bitmap files carry git's name-hash cache: each tree and blob gets the hash of one of
 /// the paths it lies at in the history, which is the hash git's own file gives it wherever
 /// there is only one such path (git takes the first it meets, walking newest first).
@@ -166,17 +227,7 @@ fn our_name_hashes_are_gits() {
         } else {
             20
         };
-        let listed = std::process::Command::new(gitcache_testkit::git::git_program())
-            .arg("show-index")
-            .arg(format!("--object-format={}", spec.object_format))
-            .stdin(std::fs::File::open(find("idx")).unwrap())
-            .output()
-            .unwrap();
-        let by_index: Vec<ObjectId> = String::from_utf8(listed.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| oid(l.split(' ').nth(1).unwrap()))
-            .collect();
+        let by_index = index_ids(&find("idx"), spec.object_format);
         let bitmap = find("bitmap");
         let gits = name_hashes(&bitmap, by_index.len(), hash_len).expect("git writes them");
         std::fs::remove_file(&bitmap).unwrap();
@@ -184,17 +235,7 @@ fn our_name_hashes_are_gits() {
         let written = repo.write_bitmaps(&tips(&path)).unwrap().expect("bitmaps");
         let ours = name_hashes(&written, by_index.len(), hash_len).expect("ours has them");
 
-        // Every path of every tree and blob in the history.
-        let mut paths: std::collections::HashMap<ObjectId, BTreeSet<String>> = Default::default();
-        for commit in git(&path, &["rev-list", "--all"]).lines() {
-            let root = git(&path, &["rev-parse", &format!("{commit}^{{tree}}")]);
-            paths.entry(oid(&root)).or_default().insert(String::new());
-            for line in git(&path, &["ls-tree", "-r", "-t", commit]).lines() {
-                let (meta, name) = line.split_once('\t').unwrap();
-                let id = meta.split(' ').nth(2).unwrap();
-                paths.entry(oid(id)).or_default().insert(name.to_owned());
-            }
-        }
+        let paths = all_paths(&path);
         let mut alone = 0;
         for (i, id) in by_index.iter().enumerate() {
             let Some(at) = paths.get(id) else {
@@ -261,8 +302,8 @@ fn no_bitmaps_for_packs_that_are_not_the_closure() {
 
 /// The pack that replaces a bitmapped one (new commits, a deleted branch) gets its bitmaps
 /// from the old pack's (its index and bitmap kept aside, its data gone) where they hold: the
-/// file written is byte for byte the one written without them, and each bitmap is what git's
-/// walk finds. An old file whose checksum does not match, or without name hashes, is not used.
+/// bitmaps written are byte for byte those written without them (names may differ where an
+/// object has several paths), and each bitmap is what git's walk finds. An old file whose checksum does not match, or without name hashes, is not used.
 #[test]
 fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
     for spec in [
@@ -327,10 +368,16 @@ fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
         assert_eq!(none, 0);
         let (reused, from_old) = write(Some(&old_index));
         assert!(reused > 0, "the old pack's bitmaps were taken");
-        assert!(
-            from_old == anew,
-            "reused bitmaps differ from bitmaps written anew"
-        );
+        // The same bitmaps; an object at several paths may be named by another of them (the
+        // walk that first meets it is another one).
+        let hash_len = if spec.object_format == "sha256" {
+            32
+        } else {
+            20
+        };
+        let ids = index_ids(&marked.with_extension("idx"), spec.object_format);
+        let paths = all_paths(&path);
+        same_but_names(&from_old, &anew, &ids, &paths, hash_len);
         // A reverse index beside it is not trusted (a wrong order would make every
         // translated bitmap name the wrong objects): one with its order reversed changes
         // nothing.
@@ -356,7 +403,7 @@ fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
         let (reused, with_rev) = write(Some(&old_index));
         assert!(reused > 0);
         assert!(
-            with_rev == anew,
+            with_rev == from_old,
             "a reverse index beside the old one was used"
         );
         // Damaged old files are not used; the result is the same.
@@ -381,11 +428,6 @@ fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
         // bitmaps cover would not be walked, and would have no name.
         damaged[middle] ^= 0x01;
         let original = damaged;
-        let hash_len = if spec.object_format == "sha256" {
-            32
-        } else {
-            20
-        };
         let objects = std::process::Command::new(gitcache_testkit::git::git_program())
             .arg("show-index")
             .arg(format!("--object-format={}", spec.object_format))
