@@ -371,3 +371,109 @@ fn headers_in_a_longer_form_and_objects_twice_are_refused() {
     }
     assert_eq!(pack_dir_listing(&mirror), before);
 }
+
+/// A received pack is checked as it is indexed: an object referred to as two kinds, or as a
+/// kind it is not, refuses the pack, and an object referred to from many trees is one
+/// reference (the check's lists drop repeats as they grow).
+#[test]
+fn kinds_are_checked_while_a_pack_is_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.git");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", source.to_str().unwrap()],
+    );
+    let write = |kind: &str, body: &[u8]| -> String {
+        let out = git_with_input(
+            &source,
+            &["hash-object", "-t", kind, "--literally", "-w", "--stdin"],
+            body,
+        );
+        String::from_utf8(out).unwrap().trim().to_owned()
+    };
+    let tree_of = |entries: &[(&str, &str, &str)]| -> String {
+        let mut body = Vec::new();
+        for (mode, name, id) in entries {
+            body.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+            body.extend(
+                (0..40)
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap()),
+            );
+        }
+        write("tree", &body)
+    };
+    let commit_of = |tree: &str, parents: &[&str], n: usize| -> String {
+        let mut body = format!("tree {tree}\n");
+        for parent in parents {
+            body.push_str(&format!("parent {parent}\n"));
+        }
+        body.push_str(&format!(
+            "author A <a@example.com> {n} +0000\ncommitter A <a@example.com> {n} +0000\n\nc{n}\n"
+        ));
+        write("commit", body.as_bytes())
+    };
+    let pack = |objects: &[&str]| -> Vec<u8> {
+        git_with_input(
+            &source,
+            &["pack-objects", "--stdout", "-q"],
+            objects.join("\n").as_bytes(),
+        )
+    };
+    let closed = Closure::Closed {
+        self_contained: true,
+    };
+    let blob = write("blob", b"content\n");
+    let root = tree_of(&[("100644", "top", &blob)]);
+    let first = commit_of(&root, &[], 1);
+    // A commit whose parent is a tree.
+    let confused = commit_of(&root, &[&root], 2);
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let err = ingest_pack_checked(
+        &mirror,
+        Kind::Sha1,
+        &mut &pack(&[&blob, &root, &first, &confused])[..],
+        closed,
+    )
+    .unwrap_err();
+    assert!(err.is_upstream_fault(), "{err}");
+    assert!(
+        err.to_string().contains(&root) && err.to_string().contains("commit"),
+        "{err}"
+    );
+    // A tree naming a blob as a tree.
+    let wrong = tree_of(&[("40000", "dir", &blob)]);
+    let over = commit_of(&wrong, &[], 3);
+    let err = ingest_pack_checked(
+        &mirror,
+        Kind::Sha1,
+        &mut &pack(&[&blob, &wrong, &over])[..],
+        closed,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("a blob where a tree"), "{err}");
+    assert!(
+        pack_dir_listing(&mirror)
+            .iter()
+            .all(|f| !f.ends_with(".idx"))
+    );
+
+    // Trees naming the same blob and tree under many names: each a reference of its own,
+    // a few different ones. Taken.
+    let mut objects = vec![blob.clone(), root.clone()];
+    for n in 0..300 {
+        let names: Vec<(String, String)> = (0..50)
+            .map(|k| (format!("a{k}-{n}"), format!("d{k}-{n}")))
+            .collect();
+        let mut entries: Vec<(&str, &str, &str)> = Vec::new();
+        for (file, dir) in &names {
+            entries.push(("100644", file, &blob));
+            entries.push(("40000", dir, &root));
+        }
+        entries.sort_by_key(|e| e.1);
+        objects.push(tree_of(&entries));
+    }
+    let refs: Vec<&str> = objects.iter().map(String::as_str).collect();
+    let ingested = ingest_pack_checked(&mirror, Kind::Sha1, &mut &pack(&refs)[..], closed).unwrap();
+    assert_eq!(ingested.objects as usize, objects.len());
+}

@@ -6,9 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use gix_hash::ObjectId;
-use gix_hashtable::HashSet;
 
-use crate::closed::{Checker, Found};
+use crate::closed::{Checker, Found, Members};
 use crate::{Error, Repository};
 
 /// An entry of a pack being indexed: where it starts and the CRC-32 of its bytes.
@@ -148,8 +147,8 @@ impl Repository {
             return Err(crate::closed::twice(nodes.iter().map(|n| n.oid)));
         }
         if let Closure::Closed { .. } = closure {
-            let members: HashSet<ObjectId> = nodes.iter().map(|n| n.oid).collect();
-            self.verify_found(found, &members, &others)?;
+            let members: Vec<ObjectId> = nodes.iter().map(|n| n.oid).collect();
+            self.verify_found(found, Members::Sorted(&members), &others)?;
         }
         write_index(index, &nodes, checksum, hash)?;
         Ok(count)
