@@ -1336,11 +1336,12 @@ fn gap_after(i: usize) -> usize {
 }
 
 /// Which of `commits` (the closure of the tips, parents first; `walked` tells of each one)
-/// get a bitmap. Taken newest first (by time, then
-/// the later in `commits`), every commit among the newest, then one in each gap of
-/// [`gap_after`]: a tip in it if there is one (the newest such), else its oldest merge (a walk
-/// from below it would otherwise go down both sides), else its oldest commit; and every tip
-/// (up to [`MAX_TIP_BITMAPS`], newest first). All of them when there are no more than
+/// get a bitmap. Taken newest first (by time, then the later in `commits`): every commit
+/// among the newest, then one in each gap of [`gap_after`] (a tip in it if there is one, the
+/// newest such, else its oldest merge, as a walk from below it would otherwise go down both
+/// sides, else its oldest commit); every tip (up to [`MAX_TIP_BITMAPS`], newest first); and
+/// along the newest [`DENSE_TIPS`] tips' first-parent lines, one in [`DENSE_STEP`] of their
+/// last [`DENSE_LINE`] commits. All of them when there are no more than
 /// [`BITMAP_ALL_NEWEST`].
 fn choose_commits(commits: &[ObjectId], walked: &[Walked], tips: &OidSet) -> Vec<bool> {
     let mut chosen = vec![false; commits.len()];
