@@ -716,8 +716,8 @@ impl Repository {
     /// committer time); each of the newest hundred gets a bitmap, then one in about every
     /// hundred up to the 20,000th, then one in a gap that grows with the distance up to one
     /// in 5,000 (a tip in the gap if there is one, else a merge); and every tip (up to 2,000,
-    /// the newest), with one in ten of the last hundred commits on the newest hundred tips'
-    /// first-parent lines. Walks from recent commits, which fetches mostly want and have,
+    /// the newest), with one in ten of the last hundred commits and one in a hundred of the
+    /// last 2,000 on the newest hundred tips' first-parent lines. Walks from recent commits, which fetches mostly want and have,
     /// meet a bitmap within a hundred commits; the file holds a few hundred bitmaps and about
     /// one per tip however long the history.
     pub fn write_bitmaps(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
