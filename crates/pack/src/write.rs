@@ -161,6 +161,9 @@ impl Sent<'_> {
     }
 }
 
+/// [`SentIn::at_place`] of an object not in the pack.
+const NOT_IN: u32 = u32::MAX;
+
 /// What an answer sends of one pack, by position: made when an object first looks for a new
 /// delta base there (a visit of its delta tree looks at up to 128 entries, each looked up by
 /// id before: a tenth of the time of an answer without `thin-pack`).
@@ -169,6 +172,9 @@ struct SentIn {
     bits: crate::bitmap::Bits,
     /// Where each one written object by object comes in the order (the others are copied).
     place: HashMap<u32, usize>,
+    /// The other way: the position of the object at each place in the order, [`NOT_IN`] for
+    /// one not in this pack (what is written later is then not looked up by id again).
+    at_place: Vec<u32>,
     /// The objects sent whole by name, when first needed (`None` inside: the pack has no name
     /// hashes, or nothing is sent whole).
     named: Option<Option<NamedWhole>>,
@@ -206,6 +212,7 @@ impl SentIn {
     ) -> SentIn {
         let mut bits = crate::bitmap::Bits::with_len(rev.len());
         let mut place = HashMap::new();
+        let mut at_place = vec![NOT_IN; in_pack.listed.len()];
         // The objects the copy left are known by position; the rest are looked up.
         let known = match &in_pack.left {
             Some((from, left)) if *from == k => left.as_slice(),
@@ -223,9 +230,13 @@ impl SentIn {
             }
             if let Some(q) = crate::packs::lookup(&pack.index, id)
                 .and_then(|i| rev.pack_position(&pack.index, i))
+                .and_then(|q| u32::try_from(q).ok())
             {
-                bits.set(q);
-                place.insert(q as u32, at);
+                bits.set(q as usize);
+                place.insert(q, at);
+                if let Some(slot) = at_place.get_mut(at) {
+                    *slot = q;
+                }
             }
         }
         if let Some(copied) = in_pack.copied.as_ref().and_then(|c| c.positions_in(pack)) {
@@ -236,8 +247,15 @@ impl SentIn {
         SentIn {
             bits,
             place,
+            at_place,
             named: None,
         }
+    }
+
+    /// The position of the object at `place` in the order, if it is in this pack.
+    fn position_at(&self, place: usize) -> Option<usize> {
+        let q = *self.at_place.get(place)?;
+        (q != NOT_IN).then_some(q as usize)
     }
 
     /// Whether position `q` is sent and written before the object at `place` in the order.
@@ -275,17 +293,20 @@ impl SentIn {
                     bitmaps,
                     rev: std::sync::Arc::clone(rev),
                 };
-                let map = match forest {
+                // The pack's own mapping, shared by every answer (pages it faulted in stay).
+                let data = match forest {
                     Some(_) => None,
-                    None => Some(crate::mapped::Mapped::open(&pack.pack).ok()?),
+                    None => Some(pack.data(hash).ok()?),
                 };
-                let whole = self.bits.ones().filter(|&q| match (forest, &map) {
+                let whole = self.bits.ones().filter(|&q| match (forest, &data) {
                     (Some(forest), _) => forest.base(q).is_none(),
                     // The type in an entry's first byte: 6 and 7 are deltas.
-                    (None, Some(map)) => usize::try_from(rev.offset(pack, q))
-                        .ok()
-                        .and_then(|at| map.get(at))
-                        .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7)),
+                    (None, Some(data)) => {
+                        let at = rev.offset(pack, q);
+                        data.entry_slice(at..at + 1)
+                            .and_then(|b| b.first().copied())
+                            .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7))
+                    }
                     (None, None) => false,
                 });
                 named.window = crate::window::NameWindow::new(whole, |q| named.key_of(q));
@@ -543,7 +564,13 @@ impl<'a> PackWriter<'a> {
                     let usable = |base: &ObjectId| {
                         in_pack.contains(base) || (thin && client_has.contains(base))
                     };
-                    let peek = self.stored_within(id, in_pack.left_at(place), HELD_ENTRY_BYTES)?;
+                    let at = in_pack.left_at(place).or_else(|| {
+                        // Found when the pack's sent objects were looked up, if they were.
+                        self.sent_in
+                            .iter()
+                            .find_map(|(&k, sent)| Some((k, sent.position_at(place)?)))
+                    });
+                    let peek = self.stored_within(id, at, HELD_ENTRY_BYTES)?;
                     // Whether it goes as stored, its entry's length, its stored delta base.
                     let (reusable, held, stored_base) = match &peek {
                         Peek::Large { len, base } => (base.is_none_or(|b| usable(&b)), *len, *base),
@@ -1166,7 +1193,8 @@ fn compressor(level: u32) -> flate2::Compress {
 type Lane = Result<Vec<(ObjectId, Ready)>, Error>;
 
 /// Make `oids` ready, spread over the calling thread and `workers`, with a compressor of
-/// `zlibs` each (more made, at `level`, if they are too few).
+/// `zlibs` each (more made, at `level`, if they are too few). Each lane takes the next object
+/// not yet taken: one large object does not leave the other lanes idle.
 fn rebuild_all(
     own: &mut Objects,
     workers: &mut [Objects],
@@ -1179,36 +1207,35 @@ fn rebuild_all(
     if oids.is_empty() {
         return Ok(out);
     }
-    // A thread and a compressor (its state zeroed on creation) cost more than compressing a
-    // few objects: each lane gets a fair share.
-    const MIN_PER_LANE: usize = 64;
+    // Every object here is read whole, most through a stored delta chain, so even a few are
+    // worth a thread (tens of microseconds to start, against a few hundred to rebuild one of
+    // them); compressors are kept for the whole pack.
+    const MIN_PER_LANE: usize = 2;
     let lanes = (workers.len() + 1).min(oids.len().div_ceil(MIN_PER_LANE));
-    let per_lane = oids.len().div_ceil(lanes);
     while zlibs.len() < lanes {
         zlibs.push(compressor(level));
     }
-    let mut chunks = oids.chunks(per_lane.max(1));
-    let mine = chunks.next().unwrap_or_default();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let lane = |objects: &mut Objects, zlib: &mut flate2::Compress| -> Lane {
+        let mut made = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(redo) = oids.get(i) else {
+                return Ok(made);
+            };
+            made.push((redo.oid, rebuild(objects, redo, zlib, budget)?));
+        }
+    };
     let (own_zlib, worker_zlibs) = zlibs.split_first_mut().expect("one compressor per lane");
+    let lane = &lane;
     let results: Vec<Lane> = std::thread::scope(|scope| {
         let handles: Vec<_> = workers
             .iter_mut()
             .zip(worker_zlibs.iter_mut())
-            .zip(chunks)
-            .map(|((objects, zlib), chunk)| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|redo| rebuild(objects, redo, zlib, budget).map(|r| (redo.oid, r)))
-                        .collect::<Result<Vec<_>, Error>>()
-                })
-            })
+            .take(lanes - 1)
+            .map(|(objects, zlib)| scope.spawn(move || lane(objects, zlib)))
             .collect();
-        let mut results = vec![
-            mine.iter()
-                .map(|redo| rebuild(own, redo, own_zlib, budget).map(|r| (redo.oid, r)))
-                .collect(),
-        ];
+        let mut results = vec![lane(own, own_zlib)];
         results.extend(handles.into_iter().map(|h| {
             h.join().unwrap_or_else(|_| {
                 Err(Error::Odb {
