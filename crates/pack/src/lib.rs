@@ -84,7 +84,9 @@ pub struct Options {
     /// zlib level (0–9) for objects that must be compressed again (those whose stored delta
     /// base is not sent). Most entries are copied as stored.
     pub compression_level: u32,
-    /// Threads that compress such objects (1: only the thread that writes).
+    /// Threads that compress such objects (1: only the thread that writes, between planning
+    /// and writing each batch; more: that many beside it, compressing the next batch while
+    /// the writing thread plans it and writes this one).
     pub compression_threads: usize,
     /// Asked now and then while planning and writing: once it says so, the work stops with
     /// [`Error::Cancelled`] (the client went away).

@@ -74,8 +74,9 @@ const NEW_DELTA_BUDGET: i64 = 512 << 20;
 /// Bytes of stored entries and of objects to compress again after which a batch takes no
 /// more objects (so it holds at most this plus its last object, and at least one object
 /// however large): a repository of large incompressible files does not cost `BATCH` of
-/// them per request.
-const BATCH_BYTES: u64 = 32 << 20;
+/// them per request. Two batches are held at once: the one written, and the next, planned
+/// and compressed meanwhile.
+const BATCH_BYTES: u64 = 16 << 20;
 
 /// Entries sent as they are stored, larger than this, are not held in a batch but read
 /// when written: holding them saves a second lookup, worth it for small ones only.
@@ -429,10 +430,11 @@ pub(crate) struct PackWriter<'a> {
     buf: Vec<u8>,
     /// Stored delta bases learnt while looking down chains (`None`: stored whole).
     bases: OidMap<Option<ObjectId>>,
-    /// One compressor per lane, made when first needed and kept for the whole pack: each
-    /// holds a few hundred KiB, and making them again for every batch churned the
-    /// allocator (memory kept by it grew with the number of packs written at once).
-    zlibs: Vec<flate2::Compress>,
+    /// The writing thread's compressor, made when first needed and kept for the whole pack
+    /// (as the lanes' are): each holds a few hundred KiB, and making them again for every
+    /// batch churned the allocator (memory kept by it grew with the number of packs written
+    /// at once).
+    zlib: Option<flate2::Compress>,
     /// Bytes of stored entries read out of packs.
     read_bytes: u64,
     /// The bitmaps of the packs, for their name hashes.
@@ -463,7 +465,7 @@ impl<'a> PackWriter<'a> {
             revs: Vec::new(),
             buf: Vec::new(),
             bases: OidMap::default(),
-            zlibs: Vec::new(),
+            zlib: None,
             read_bytes: 0,
         }
     }
@@ -530,151 +532,120 @@ impl<'a> PackWriter<'a> {
         let mut written: OidMap<u64> =
             OidMap::with_capacity_and_hasher(order.len(), Default::default());
         let mut chain: Vec<(ObjectId, Stored)> = Vec::new();
-        let mut workers: Vec<Objects> = (1..self.opts.threads.max(1))
-            .map(|_| (self.spawn_objects)())
-            .collect();
         let mut planned: OidMap<Stored> = OidMap::default();
         let mut ready: OidMap<Ready> = OidMap::default();
-        let mut next_batch = 0;
         let budget = AtomicI64::new(NEW_DELTA_BUDGET);
-        for (i, oid) in order.iter().enumerate() {
-            if i == next_batch {
-                // Plan the next batch, and compress what must be compressed on all threads.
-                planned.clear();
-                ready.clear();
-                let mut redo = Vec::new();
-                let mut bytes = 0u64;
-                // Bytes of large stored entries read while planning but not held.
-                let mut passed = 0u64;
-                for (place, id) in order
-                    .iter()
-                    .enumerate()
-                    .take((i + BATCH).min(order.len()))
-                    .skip(i)
-                {
-                    if next_batch > i && bytes + passed >= BATCH_BYTES {
-                        break;
+        // Compression lanes beside this thread, made when first needed (with one thread, the
+        // writing thread compresses itself, between planning and writing).
+        let background = self.opts.threads > 1;
+        let mut lanes: Vec<LaneState> = Vec::new();
+        std::thread::scope(|scope| -> Result<(), Error> {
+            // Planned up to `planned_to`; the batch written now ends at `batch_end`. The batch
+            // after it is planned, and its objects compressed again on the lanes, while this
+            // one is written (so that two batches' bytes are held at most).
+            let (mut planned_to, mut batch_end) = (0, 0);
+            let mut in_flight: Vec<Rebuilding<'_>> = Vec::new();
+            let mut held_ahead = 0u64;
+            for (i, oid) in order.iter().enumerate() {
+                if i == batch_end {
+                    if i == planned_to {
+                        let (end, redo, bytes) = self.plan_batch(
+                            &order[..],
+                            i,
+                            &in_pack,
+                            client_has,
+                            &written,
+                            &mut planned,
+                        )?;
+                        planned_to = end;
+                        held_ahead = bytes;
+                        in_flight =
+                            self.start_rebuild(scope, &mut lanes, background, redo, &budget)?;
                     }
-                    next_batch = next_batch.max(i) + 1;
-                    if written.contains_key(id) {
-                        // Written early, as the base of a delta.
-                        continue;
-                    }
-                    let thin = self.opts.thin;
-                    let usable = |base: &ObjectId| {
-                        in_pack.contains(base) || (thin && client_has.contains(base))
+                    batch_end = planned_to;
+                    let following = if planned_to < order.len() {
+                        let (end, redo, bytes) = self.plan_batch(
+                            &order[..],
+                            planned_to,
+                            &in_pack,
+                            client_has,
+                            &written,
+                            &mut planned,
+                        )?;
+                        planned_to = end;
+                        stats.lookahead_bytes = stats.lookahead_bytes.max(held_ahead + bytes);
+                        held_ahead = bytes;
+                        redo
+                    } else {
+                        stats.lookahead_bytes = stats.lookahead_bytes.max(held_ahead);
+                        Vec::new()
                     };
-                    let at = in_pack.left_at(place).or_else(|| {
-                        // Found when the pack's sent objects were looked up, if they were.
-                        self.sent_in
-                            .iter()
-                            .find_map(|(&k, sent)| Some((k, sent.position_at(place)?)))
-                    });
-                    let peek = self.stored_within(id, at, HELD_ENTRY_BYTES)?;
-                    // Whether it goes as stored, its entry's length, its stored delta base.
-                    let (reusable, held, stored_base) = match &peek {
-                        Peek::Large { len, base } => (base.is_none_or(|b| usable(&b)), *len, *base),
-                        Peek::Stored(Stored::Base(entry)) => (true, entry.len() as u64, None),
-                        Peek::Stored(Stored::Delta { base, entry, .. }) => {
-                            (usable(base), entry.len() as u64, Some(*base))
+                    for (id, made) in finish_rebuild(std::mem::take(&mut in_flight), &mut lanes)? {
+                        // Written early, as the base of a delta, while it was being made.
+                        if !written.contains_key(&id) {
+                            ready.insert(id, made);
                         }
-                        Peek::Stored(Stored::Full) => (false, 0, None),
-                    };
-                    if reusable && held > HELD_ENTRY_BYTES {
-                        // Read when written: a batch of large files held for nothing made a
-                        // depth-1 clone of them take more memory than git's. Still counted,
-                        // so that planning reads no further ahead of writing.
-                        passed += held;
-                        continue;
                     }
-                    let stored = match peek {
-                        Peek::Stored(stored) if reusable => {
-                            bytes += held;
-                            stored
-                        }
-                        // Compressed again from the object: its stored entry is not kept.
-                        _ => {
-                            bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
-                            let against = match stored_base {
-                                Some(base) => {
-                                    match self.usable_ancestor(&base, &in_pack, client_has)? {
-                                        Some(ancestor) => vec![ancestor],
-                                        None => self.new_bases(id, place, &in_pack, client_has),
-                                    }
+                    in_flight =
+                        self.start_rebuild(scope, &mut lanes, background, following, &budget)?;
+                }
+                if written.contains_key(oid) {
+                    continue;
+                }
+                // Collect the chain of stored bases that are sent but not yet written.
+                let mut current = *oid;
+                loop {
+                    let stored = match planned.remove(&current) {
+                        Some(stored) => stored,
+                        None => self.stored(&current)?,
+                    };
+                    let base = match (ready.get(&current), &stored) {
+                        (Some(Ready::Delta { base, .. }), _) => Some(base),
+                        (Some(Ready::Whole(_)), _) => None,
+                        (None, Stored::Delta { base, .. }) => Some(base),
+                        (None, _) => None,
+                    };
+                    let next = base
+                        .filter(|base| {
+                            in_pack.listed.contains_key(*base)
+                                && !written.contains_key(*base)
+                                && !chain.iter().any(|(c, _)| c == *base)
+                                && **base != current
+                        })
+                        .copied();
+                    chain.push((current, stored));
+                    match next {
+                        Some(base) => current = base,
+                        None => break,
+                    }
+                }
+                while let Some((id, stored)) = chain.pop() {
+                    let start = sink.offset;
+                    match ready.remove(&id) {
+                        Some(Ready::Whole(entry)) => sink.write_all(&entry)?,
+                        Some(Ready::Delta { base, size, data }) => {
+                            let header =
+                                self.delta_header(&sink, &base, &written, client_has, &in_pack);
+                            match header {
+                                Some(header) => {
+                                    header.write_to(size, &mut sink)?;
+                                    sink.write_all(&data)?;
+                                    stats.deltas += 1;
+                                    stats.new_deltas += 1;
                                 }
-                                None => Vec::new(),
-                            };
-                            redo.push(Redo { oid: *id, against });
-                            Stored::Full
-                        }
-                    };
-                    planned.insert(*id, stored);
-                }
-                stats.lookahead_bytes = stats.lookahead_bytes.max(bytes);
-                ready = rebuild_all(
-                    self.objects,
-                    &mut workers,
-                    &redo,
-                    &mut self.zlibs,
-                    self.opts.compression,
-                    &budget,
-                )?;
-            }
-            if written.contains_key(oid) {
-                continue;
-            }
-            // Collect the chain of stored bases that are sent but not yet written.
-            let mut current = *oid;
-            loop {
-                let stored = match planned.remove(&current) {
-                    Some(stored) => stored,
-                    None => self.stored(&current)?,
-                };
-                let base = match (ready.get(&current), &stored) {
-                    (Some(Ready::Delta { base, .. }), _) => Some(base),
-                    (Some(Ready::Whole(_)), _) => None,
-                    (None, Stored::Delta { base, .. }) => Some(base),
-                    (None, _) => None,
-                };
-                let next = base
-                    .filter(|base| {
-                        in_pack.listed.contains_key(*base)
-                            && !written.contains_key(*base)
-                            && !chain.iter().any(|(c, _)| c == *base)
-                            && **base != current
-                    })
-                    .copied();
-                chain.push((current, stored));
-                match next {
-                    Some(base) => current = base,
-                    None => break,
-                }
-            }
-            while let Some((id, stored)) = chain.pop() {
-                let start = sink.offset;
-                match ready.remove(&id) {
-                    Some(Ready::Whole(entry)) => sink.write_all(&entry)?,
-                    Some(Ready::Delta { base, size, data }) => {
-                        let header =
-                            self.delta_header(&sink, &base, &written, client_has, &in_pack);
-                        match header {
-                            Some(header) => {
-                                header.write_to(size, &mut sink)?;
-                                sink.write_all(&data)?;
-                                stats.deltas += 1;
-                                stats.new_deltas += 1;
+                                // Its base could not be written first (a cycle of stored deltas).
+                                None => self.full(&mut sink, &id)?,
                             }
-                            // Its base could not be written first (a cycle of stored deltas).
-                            None => self.full(&mut sink, &id)?,
                         }
+                        None => self.entry(
+                            &mut sink, &id, stored, &written, client_has, &in_pack, &mut stats,
+                        )?,
                     }
-                    None => self.entry(
-                        &mut sink, &id, stored, &written, client_has, &in_pack, &mut stats,
-                    )?,
+                    written.insert(id, start);
                 }
-                written.insert(id, start);
             }
-        }
+            Ok(())
+        })?;
         let done = written.len() + in_pack.copied.as_ref().map_or(0, |c| c.count);
         if done != total {
             return Err(Error::Odb {
@@ -686,6 +657,133 @@ impl<'a> PackWriter<'a> {
         stats.bytes = sink.offset + checksum.as_bytes().len() as u64;
         stats.stored_read_bytes = self.read_bytes;
         Ok(stats)
+    }
+
+    /// Plan the batch of `order` from `start`: read how each object is stored (holding the
+    /// entries sent as stored into `planned`), and list those that must be made again with
+    /// the bases to try for each. Returns where the batch ends, that list, and the bytes held.
+    fn plan_batch(
+        &mut self,
+        order: &[ObjectId],
+        start: usize,
+        in_pack: &Sent<'_>,
+        client_has: &crate::select::Has,
+        written: &OidMap<u64>,
+        planned: &mut OidMap<Stored>,
+    ) -> Result<(usize, Vec<Redo>, u64), Error> {
+        let mut redo = Vec::new();
+        let mut bytes = 0u64;
+        // Bytes of large stored entries read while planning but not held.
+        let mut passed = 0u64;
+        let mut end = start;
+        for (place, id) in order
+            .iter()
+            .enumerate()
+            .take((start + BATCH).min(order.len()))
+            .skip(start)
+        {
+            if end > start && bytes + passed >= BATCH_BYTES {
+                break;
+            }
+            end = place + 1;
+            if written.contains_key(id) {
+                // Written early, as the base of a delta.
+                continue;
+            }
+            let thin = self.opts.thin;
+            let usable =
+                |base: &ObjectId| in_pack.contains(base) || (thin && client_has.contains(base));
+            let at = in_pack.left_at(place).or_else(|| {
+                // Found when the pack's sent objects were looked up, if they were.
+                self.sent_in
+                    .iter()
+                    .find_map(|(&k, sent)| Some((k, sent.position_at(place)?)))
+            });
+            let peek = self.stored_within(id, at, HELD_ENTRY_BYTES)?;
+            // Whether it goes as stored, its entry's length, its stored delta base.
+            let (reusable, held, stored_base) = match &peek {
+                Peek::Large { len, base } => (base.is_none_or(|b| usable(&b)), *len, *base),
+                Peek::Stored(Stored::Base(entry)) => (true, entry.len() as u64, None),
+                Peek::Stored(Stored::Delta { base, entry, .. }) => {
+                    (usable(base), entry.len() as u64, Some(*base))
+                }
+                Peek::Stored(Stored::Full) => (false, 0, None),
+            };
+            if reusable && held > HELD_ENTRY_BYTES {
+                // Read when written: a batch of large files held for nothing made a depth-1
+                // clone of them take more memory than git's. Still counted, so that planning
+                // reads no further ahead of writing.
+                passed += held;
+                continue;
+            }
+            let stored = match peek {
+                Peek::Stored(stored) if reusable => {
+                    bytes += held;
+                    stored
+                }
+                // Compressed again from the object: its stored entry is not kept.
+                _ => {
+                    bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
+                    let against = match stored_base {
+                        Some(base) => match self.usable_ancestor(&base, in_pack, client_has)? {
+                            Some(ancestor) => vec![ancestor],
+                            None => self.new_bases(id, place, in_pack, client_has),
+                        },
+                        None => Vec::new(),
+                    };
+                    redo.push(Redo { oid: *id, against });
+                    Stored::Full
+                }
+            };
+            planned.insert(*id, stored);
+        }
+        Ok((end, redo, bytes))
+    }
+
+    /// Start making `redo` on the lanes (made now if there are none yet), or with one thread,
+    /// make them here and now.
+    fn start_rebuild<'scope>(
+        &mut self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        lanes: &mut Vec<LaneState>,
+        background: bool,
+        redo: Vec<Redo>,
+        budget: &'scope AtomicI64,
+    ) -> Result<Vec<Rebuilding<'scope>>, Error> {
+        if redo.is_empty() {
+            return Ok(Vec::new());
+        }
+        let jobs = std::sync::Arc::new(Jobs {
+            redo,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        });
+        if !background {
+            let level = self.opts.compression;
+            let zlib = self.zlib.get_or_insert_with(|| compressor(level));
+            let made = jobs.work(self.objects, zlib, budget)?;
+            return Ok(vec![Rebuilding::Done(made)]);
+        }
+        // A thread costs tens of microseconds to start, against a few hundred to make one of
+        // these objects again (most are read through a stored delta chain): two are enough
+        // to share.
+        const MIN_PER_LANE: usize = 2;
+        let wanted = self
+            .opts
+            .threads
+            .min(jobs.redo.len().div_ceil(MIN_PER_LANE));
+        while lanes.len() < wanted {
+            lanes.push(((self.spawn_objects)(), compressor(self.opts.compression)));
+        }
+        Ok(lanes
+            .drain(..wanted)
+            .map(|(mut objects, mut zlib)| {
+                let jobs = std::sync::Arc::clone(&jobs);
+                Rebuilding::Running(scope.spawn(move || {
+                    let made = jobs.work(&mut objects, &mut zlib, budget);
+                    ((objects, zlib), made)
+                }))
+            })
+            .collect())
     }
 
     #[allow(clippy::too_many_arguments)] // Reason: the writer's state, passed apart to keep borrows simple.
@@ -869,10 +967,9 @@ impl<'a> PackWriter<'a> {
 
     /// Write `oid` as a whole object, compressed again.
     fn full<W: Write>(&mut self, sink: &mut Sink<W>, oid: &ObjectId) -> Result<(), Error> {
-        if self.zlibs.is_empty() {
-            self.zlibs.push(compressor(self.opts.compression));
-        }
-        let entry = compress_whole(self.objects, oid, &mut self.zlibs[0])?;
+        let level = self.opts.compression;
+        let zlib = self.zlib.get_or_insert_with(|| compressor(level));
+        let entry = compress_whole(self.objects, oid, zlib)?;
         sink.write_all(&entry)?;
         Ok(())
     }
@@ -1192,63 +1289,66 @@ fn compressor(level: u32) -> flate2::Compress {
 /// Objects made ready by one thread, or why it stopped.
 type Lane = Result<Vec<(ObjectId, Ready)>, Error>;
 
-/// Make `oids` ready, spread over the calling thread and `workers`, with a compressor of
-/// `zlibs` each (more made, at `level`, if they are too few). Each lane takes the next object
-/// not yet taken: one large object does not leave the other lanes idle.
-fn rebuild_all(
-    own: &mut Objects,
-    workers: &mut [Objects],
-    oids: &[Redo],
-    zlibs: &mut Vec<flate2::Compress>,
-    level: u32,
-    budget: &AtomicI64,
-) -> Result<OidMap<Ready>, Error> {
-    let mut out = OidMap::default();
-    if oids.is_empty() {
-        return Ok(out);
-    }
-    // Every object here is read whole, most through a stored delta chain, so even a few are
-    // worth a thread (tens of microseconds to start, against a few hundred to rebuild one of
-    // them); compressors are kept for the whole pack.
-    const MIN_PER_LANE: usize = 2;
-    let lanes = (workers.len() + 1).min(oids.len().div_ceil(MIN_PER_LANE));
-    while zlibs.len() < lanes {
-        zlibs.push(compressor(level));
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let lane = |objects: &mut Objects, zlib: &mut flate2::Compress| -> Lane {
+/// A compression lane: an object handle and a compressor (zeroed state of a few hundred KiB
+/// when made), moved to a thread for a batch and back, kept for the whole pack.
+type LaneState = (Objects, flate2::Compress);
+
+/// A batch's objects being made again on one lane, or made already.
+enum Rebuilding<'scope> {
+    Running(std::thread::ScopedJoinHandle<'scope, (LaneState, Lane)>),
+    Done(Vec<(ObjectId, Ready)>),
+}
+
+/// A batch's objects to make again, shared by its lanes: each takes the next not yet taken,
+/// so that one large object does not leave the others idle.
+struct Jobs {
+    redo: Vec<Redo>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Jobs {
+    fn work(&self, objects: &mut Objects, zlib: &mut flate2::Compress, budget: &AtomicI64) -> Lane {
         let mut made = Vec::new();
         loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(redo) = oids.get(i) else {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(redo) = self.redo.get(i) else {
                 return Ok(made);
             };
             made.push((redo.oid, rebuild(objects, redo, zlib, budget)?));
         }
-    };
-    let (own_zlib, worker_zlibs) = zlibs.split_first_mut().expect("one compressor per lane");
-    let lane = &lane;
-    let results: Vec<Lane> = std::thread::scope(|scope| {
-        let handles: Vec<_> = workers
-            .iter_mut()
-            .zip(worker_zlibs.iter_mut())
-            .take(lanes - 1)
-            .map(|(objects, zlib)| scope.spawn(move || lane(objects, zlib)))
-            .collect();
-        let mut results = vec![lane(own, own_zlib)];
-        results.extend(handles.into_iter().map(|h| {
-            h.join().unwrap_or_else(|_| {
-                Err(Error::Odb {
-                    message: "compression thread panicked".into(),
-                })
-            })
-        }));
-        results
-    });
-    for lane in results {
-        out.extend(lane?);
     }
-    Ok(out)
+}
+
+/// Wait for a batch's lanes, take them back into `lanes`, and return what they made.
+fn finish_rebuild(
+    running: Vec<Rebuilding<'_>>,
+    lanes: &mut Vec<LaneState>,
+) -> Result<Vec<(ObjectId, Ready)>, Error> {
+    let mut out = Vec::new();
+    let mut failed = None;
+    for lane in running {
+        let made = match lane {
+            Rebuilding::Done(made) => Ok(made),
+            Rebuilding::Running(handle) => match handle.join() {
+                Ok((state, made)) => {
+                    lanes.push(state);
+                    made
+                }
+                Err(_) => Err(Error::Odb {
+                    message: "compression thread panicked".into(),
+                }),
+            },
+        };
+        // Every lane is waited for (and taken back) before an error is returned.
+        match made {
+            Ok(made) => out.extend(made),
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 #[cfg(test)]

@@ -90,7 +90,15 @@ fn bare_packed_copy(work: &Path, path: &Path) {
 }
 
 fn send(repo: &Repository, fetch: &Fetch) -> (bool, gitcache_pack::PackStats, Vec<u8>) {
-    let Plan::Pack(p) = plan(repo, fetch, ObjectFormat::Sha1, &Options::default()).unwrap() else {
+    send_with(repo, fetch, &Options::default())
+}
+
+fn send_with(
+    repo: &Repository,
+    fetch: &Fetch,
+    options: &Options,
+) -> (bool, gitcache_pack::PackStats, Vec<u8>) {
+    let Plan::Pack(p) = plan(repo, fetch, ObjectFormat::Sha1, options).unwrap() else {
         panic!("no pack")
     };
     let whole = p.is_whole_pack();
@@ -406,6 +414,80 @@ fn a_delta_whose_base_is_not_sent_is_made_again_against_one_that_is() {
         assert_complete_at(&client, &main[0]);
         let content = git(&client, &["cat-file", "blob", &second_id]);
         assert_eq!(content, second);
+    }
+}
+
+/// Objects made again (their stored bases not sent) in batches of hundreds: compressed on the
+/// writing thread alone, or on lanes beside it while the next batch is planned, the pack is
+/// the same, and whole.
+#[test]
+fn objects_made_again_give_one_pack_on_any_number_of_threads() {
+    let (dir, work, path) = work_tree();
+    let shared = lines("shared", 60);
+    // Every file shrinks: git makes the larger, older version the base, and a depth-1 clone
+    // does not send it.
+    let files = 1_200;
+    for i in 0..files {
+        let old = format!("{i}\n{shared}{}", lines(&format!("old{i}"), 20));
+        std::fs::write(work.join(format!("f{i}.txt")), old).unwrap();
+    }
+    gitcache_testkit::git::commit_all(&work, "old");
+    for i in 0..files {
+        std::fs::write(work.join(format!("f{i}.txt")), format!("{i}\n{shared}")).unwrap();
+    }
+    gitcache_testkit::git::commit_all(&work, "new");
+    bare_packed_copy(&work, &path);
+
+    let repo = Repository::open(&path).unwrap();
+    let main = oids(&git(&path, &["rev-parse", "main"]));
+    let mut fetch = clone_request(main.clone());
+    fetch.deepen = Some(1);
+    let answers: Vec<_> = [1, 2, 4]
+        .into_iter()
+        .map(|threads| {
+            let options = Options {
+                compression_threads: threads,
+                ..Options::default()
+            };
+            let (_, stats, pack) = send_with(&repo, &fetch, &options);
+            (threads, stats, pack)
+        })
+        .collect();
+    let (_, one_stats, one_pack) = &answers[0];
+    assert_eq!(one_stats.objects as usize, files + 2, "{one_stats:?}");
+    // All but a few of the files are made again: deltas against each other, or whole.
+    let reused_files = one_stats.reused as usize - 2;
+    assert!(reused_files < files / 10, "{one_stats:?}");
+    assert!(one_stats.new_deltas > 0, "{one_stats:?}");
+    for (threads, stats, pack) in &answers[1..] {
+        assert_eq!(stats, one_stats, "{threads} threads");
+        assert!(pack == one_pack, "{threads} threads: another pack");
+    }
+    let client = dir.path().join("c.git");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", client.to_str().unwrap()],
+    );
+    // `--strict` would also want the commit's parent, which a depth-1 clone leaves out.
+    gitcache_testkit::git::git_with_input(
+        &client,
+        &["index-pack", "--fsck-objects", "--stdin"],
+        one_pack,
+    );
+    let listed = git(&client, &["ls-tree", &main[0].to_string()]);
+    assert_eq!(listed.lines().count(), files);
+    for line in listed.lines().step_by(97) {
+        let (id, name) = line.split_once('\t').unwrap();
+        let i: usize = name
+            .trim_start_matches('f')
+            .trim_end_matches(".txt")
+            .parse()
+            .unwrap();
+        let id = id.rsplit(' ').next().unwrap();
+        assert_eq!(
+            git(&client, &["cat-file", "blob", id]),
+            format!("{i}\n{shared}")
+        );
     }
 }
 
