@@ -4,6 +4,7 @@
 //!
 //! `UPLOAD_PACK_REPEAT=N` answers a fetch N times in the one process (all but the last into
 //! nothing), as a server that keeps the repository open does: for profiling a warm answer.
+//! `UPLOAD_PACK_BEFORE=a.req:b.req` answers those fetches first, into nothing.
 //!
 //! ```sh
 //! cargo run --release -p gitcache-pack --example upload_pack -- repo.git < request > response
@@ -28,6 +29,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Some(request) = parse_request(&body, Limits::default())? else {
         return Ok(());
     };
+    // With UPLOAD_PACK_BEFORE naming request files (separated by ':'), those fetches are
+    // answered first, into nothing: the state a server is in after other answers (a delta
+    // forest read, tables made).
+    if let Ok(before) = std::env::var("UPLOAD_PACK_BEFORE") {
+        for file in before.split(':').filter(|f| !f.is_empty()) {
+            let body = std::fs::read(file)?;
+            if let Some(earlier) = parse_request(&body, Limits::default())?
+                && let Command::Fetch(fetch) = &earlier.command
+            {
+                let format = earlier.capabilities.object_format();
+                plan(&repo, fetch, format, &Options::default())?.write_to(std::io::sink())?;
+            }
+        }
+    }
     match &request.command {
         Command::LsRefs(args) => {
             let lines = repo.ls_refs(args)?;
