@@ -1267,21 +1267,122 @@ impl Reused {
 /// The bitmaps made so far (EWAH-compressed: kept whole, a pack of 4 million objects took
 /// half a megabyte a bitmap, 6 GB for its 12,000), then those of the pack replaced.
 struct MadeOrReused<'a> {
-    made: &'a OidMap<Vec<u8>>,
+    made: &'a MadeBitmaps,
     reused: Option<&'a Reused>,
     objects: usize,
 }
 
 impl Known for MadeOrReused<'_> {
     fn bitmap(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error> {
-        if let Some(encoded) = self.made.get(commit) {
-            let (bits, _) = ewah_decode(encoded, self.objects)?;
-            return Ok(Some(Arc::new(bits)));
+        if let Some(bits) = self.made.get(commit)? {
+            return Ok(Some(bits));
         }
         match self.reused {
             Some(reused) => reused.bitmap(commit, self.objects),
             None => Ok(None),
         }
+    }
+}
+
+/// A made bitmap is kept XORed with the one made just before it (neighbours in the walk reach
+/// nearly the same objects) when that is smaller, in chains of at most this many.
+const MADE_XOR_DEPTH: usize = 16;
+/// Made bitmaps kept decoded, the last asked for: a walk most often stops at one made just
+/// before it.
+const MADE_DECODED: usize = 32;
+
+/// One made bitmap, compressed: whole, or XORed with an earlier one.
+enum MadeEntry {
+    Whole(Vec<u8>),
+    Xor { base: ObjectId, data: Vec<u8> },
+}
+
+/// The bitmaps made so far, by commit: each walk stops where it meets one. Kept whole they
+/// took 1.4 GB at 500,000 commits (a bitmap of an old commit is spread over the whole pack);
+/// XORed with the one made before, a few times less.
+struct MadeBitmaps {
+    objects: usize,
+    by_commit: OidMap<MadeEntry>,
+    /// The last made, decoded, and its chain's depth.
+    last: Option<(ObjectId, usize, Bits)>,
+    decoded: std::cell::RefCell<std::collections::VecDeque<(ObjectId, Arc<Bits>)>>,
+}
+
+impl MadeBitmaps {
+    fn new(objects: usize) -> Self {
+        MadeBitmaps {
+            objects,
+            by_commit: OidMap::default(),
+            last: None,
+            decoded: Default::default(),
+        }
+    }
+
+    /// Keep `bits`, the bitmap of `commit`, whose whole encoding is `whole`.
+    fn insert(&mut self, commit: ObjectId, bits: Bits, whole: Vec<u8>) {
+        let (entry, depth) = match &self.last {
+            Some((base, depth, last)) if *depth < MADE_XOR_DEPTH => {
+                let mut xored = bits.clone();
+                xored.xor(last);
+                let mut data = Vec::new();
+                ewah_encode(&xored, self.objects, &mut data);
+                if data.len() < whole.len() {
+                    let depth = depth + 1;
+                    let base = *base;
+                    (MadeEntry::Xor { base, data }, depth)
+                } else {
+                    (MadeEntry::Whole(whole), 0)
+                }
+            }
+            _ => (MadeEntry::Whole(whole), 0),
+        };
+        self.by_commit.insert(commit, entry);
+        self.last = Some((commit, depth, bits));
+    }
+
+    /// The bitmap of `commit`, if one was made.
+    fn get(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error> {
+        if let Some((last, _, bits)) = &self.last
+            && last == commit
+        {
+            return Ok(Some(Arc::new(bits.clone())));
+        }
+        if let Some((_, bits)) = self.decoded.borrow().iter().find(|(c, _)| c == commit) {
+            return Ok(Some(Arc::clone(bits)));
+        }
+        // Down the chain to a whole one (or one decoded already), then XORed back up.
+        let mut chain = Vec::new();
+        let mut at = *commit;
+        let mut bits = loop {
+            match self.by_commit.get(&at) {
+                None if chain.is_empty() => return Ok(None),
+                None => return Err(bad("a made bitmap's base is missing")),
+                Some(MadeEntry::Whole(data)) => break ewah_decode(data, self.objects)?.0,
+                Some(MadeEntry::Xor { base, data, .. }) => {
+                    chain.push(data);
+                    let cached = self
+                        .decoded
+                        .borrow()
+                        .iter()
+                        .find(|(c, _)| c == base)
+                        .map(|(_, b)| Arc::clone(b));
+                    if let Some(bits) = cached {
+                        break (*bits).clone();
+                    }
+                    at = *base;
+                }
+            }
+        };
+        for data in chain.into_iter().rev() {
+            bits.xor(&ewah_decode(data, self.objects)?.0);
+        }
+        let bits = Arc::new(bits);
+        let mut decoded = self.decoded.borrow_mut();
+        if decoded.len() == MADE_DECODED {
+            decoded.pop_front();
+        }
+        decoded.push_back((*commit, Arc::clone(&bits)));
+        Ok(Some(bits))
     }
 }
 
@@ -1483,7 +1584,17 @@ pub(crate) fn write(
     if let Some(reused) = &reused {
         reused.note_types(&mut notes, n);
     }
-    let mut known: OidMap<Vec<u8>> = OidMap::default();
+    // Each selected bitmap is written (into `entries`) as soon as it is made: stored as it is
+    // or XORed with one of the ten before it, whichever is smallest (neighbouring commits
+    // reach nearly the same objects), as git does. Per entry: its commit's index position,
+    // where it starts in `entries`, its XOR base.
+    let is_selected: OidSet = selected.iter().copied().collect();
+    let mut entries = Vec::new();
+    let mut rows: Vec<(u32, u64, Option<usize>)> = Vec::with_capacity(selected.len());
+    // The last entries, newest last: the XOR candidates.
+    let mut window: std::collections::VecDeque<Bits> =
+        std::collections::VecDeque::with_capacity(MAX_XOR_OFFSET + 1);
+    let mut known = MadeBitmaps::new(n);
     for commit in &made {
         let both = MadeOrReused {
             made: &known,
@@ -1504,8 +1615,39 @@ pub(crate) fn write(
         };
         let mut encoded = Vec::new();
         ewah_encode(&bits, n, &mut encoded);
-        known.insert(*commit, encoded);
+        if is_selected.contains(commit) {
+            let index = pack
+                .index
+                .lookup(commit)
+                .ok_or_else(|| bad("a selected commit outside the pack"))?;
+            let i = rows.len();
+            let mut best: (u8, std::borrow::Cow<'_, [u8]>) = (0, encoded.as_slice().into());
+            for back in 1..=MAX_XOR_OFFSET.min(i) {
+                let mut xored = bits.clone();
+                xored.xor(&window[window.len() - back]);
+                let mut candidate = Vec::new();
+                ewah_encode(&xored, n, &mut candidate);
+                if candidate.len() < best.1.len() {
+                    best = (back as u8, candidate.into());
+                }
+            }
+            rows.push((
+                index,
+                entries.len() as u64,
+                (best.0 > 0).then(|| i - best.0 as usize),
+            ));
+            entries.extend_from_slice(&index.to_be_bytes());
+            entries.push(best.0); // XOR base: this many entries back, or none
+            entries.push(0); // no flags
+            entries.extend_from_slice(&best.1);
+            if window.len() == MAX_XOR_OFFSET {
+                window.pop_front();
+            }
+            window.push_back(bits.clone());
+        }
+        known.insert(*commit, bits, encoded);
     }
+    drop(window);
     // Objects no selected commit reaches (tags, trees and blobs named by refs).
     let both = MadeOrReused {
         made: &known,
@@ -1524,6 +1666,7 @@ pub(crate) fn write(
     else {
         return Ok(None);
     };
+    drop(known);
     // Types seen only through stored bitmaps were noted when those were made.
     if all.count() != n {
         // Not the closure of the tips: no bitmap (git's rule too).
@@ -1540,46 +1683,10 @@ pub(crate) fn write(
     for bits in &notes.types {
         ewah_encode(bits, n, &mut out);
     }
-    // Each bitmap is stored as it is or XORed with one of the ten before it, whichever is
-    // smallest (neighbouring commits reach nearly the same objects), as git does.
-    // Per entry written: its commit's index position, where it starts, its XOR base.
-    let mut rows: Vec<(u32, u64, Option<usize>)> = Vec::with_capacity(selected.len());
-    // The last entries decoded, newest last: the XOR candidates.
-    let mut window: std::collections::VecDeque<Bits> =
-        std::collections::VecDeque::with_capacity(MAX_XOR_OFFSET + 1);
-    for (i, commit) in selected.iter().enumerate() {
-        let index = pack
-            .index
-            .lookup(commit)
-            .ok_or_else(|| bad("a selected commit outside the pack"))?;
-        let stored = known
-            .remove(commit)
-            .ok_or_else(|| bad("a selected commit without its bitmap"))?;
-        let (bits, _) = ewah_decode(&stored, n)?;
-        let mut best = (0u8, stored);
-        for back in 1..=MAX_XOR_OFFSET.min(i) {
-            let mut xored = bits.clone();
-            xored.xor(&window[window.len() - back]);
-            let mut candidate = Vec::new();
-            ewah_encode(&xored, n, &mut candidate);
-            if candidate.len() < best.1.len() {
-                best = (back as u8, candidate);
-            }
-        }
-        if window.len() == MAX_XOR_OFFSET {
-            window.pop_front();
-        }
-        window.push_back(bits);
-        rows.push((
-            index,
-            out.len() as u64,
-            (best.0 > 0).then(|| i - best.0 as usize),
-        ));
-        out.extend_from_slice(&index.to_be_bytes());
-        out.push(best.0); // XOR base: this many entries back, or none
-        out.push(0); // no flags
-        out.extend_from_slice(&best.1);
-    }
+    let entries_at = out.len() as u64;
+    out.reserve(entries.len() + rows.len() * 16 + n * 4 + 64);
+    out.extend_from_slice(&entries);
+    drop(entries);
     // The lookup table: rows by commit index position, XOR bases named by row.
     let mut by_position: Vec<usize> = (0..rows.len()).collect();
     by_position.sort_by_key(|&i| rows[i].0);
@@ -1590,7 +1697,7 @@ pub(crate) fn write(
     for &i in &by_position {
         let (index, offset, base) = rows[i];
         out.extend_from_slice(&index.to_be_bytes());
-        out.extend_from_slice(&offset.to_be_bytes());
+        out.extend_from_slice(&(entries_at + offset).to_be_bytes());
         out.extend_from_slice(&base.map_or(NO_ROW, |b| row_of[b]).to_be_bytes());
     }
     // The name hashes, in index order.
@@ -1936,5 +2043,65 @@ mod tests {
         assert_eq!(a.ones().collect::<Vec<_>>(), [0, 129]);
         a.or(&b);
         assert_eq!(a.count(), 3);
+    }
+
+    /// Made bitmaps kept XORed along chains come back exactly as made, whichever is asked
+    /// for and in whatever order (past the decoded ones kept), and no chain is longer than its
+    /// bound; one that does not shrink by XOR is kept whole.
+    #[test]
+    fn made_bitmaps_come_back_as_made() {
+        let n = 20_000;
+        let commits = ids(300);
+        // Each reaches what the one before did and a few more; every fiftieth is unlike the
+        // others (a branch elsewhere in the pack).
+        let mut made = Vec::new();
+        let mut reach = Bits::with_len(n);
+        for (i, _) in commits.iter().enumerate() {
+            let mut bits = if i % 50 == 49 {
+                let mut other = Bits::with_len(n);
+                for p in (i..n).step_by(3) {
+                    other.set(p);
+                }
+                other
+            } else {
+                for p in (i * 61..).take(7) {
+                    reach.set(p % n);
+                }
+                reach.clone()
+            };
+            bits.set(n - 1);
+            made.push(bits);
+        }
+        let mut kept = MadeBitmaps::new(n);
+        for (commit, bits) in commits.iter().zip(&made) {
+            let mut whole = Vec::new();
+            ewah_encode(bits, n, &mut whole);
+            kept.insert(*commit, bits.clone(), whole);
+        }
+        let mut longest = 0;
+        for commit in &commits {
+            let mut depth = 0;
+            let mut at = *commit;
+            while let Some(MadeEntry::Xor { base, .. }) = kept.by_commit.get(&at) {
+                depth += 1;
+                at = *base;
+            }
+            longest = longest.max(depth);
+        }
+        assert_eq!(longest, MADE_XOR_DEPTH);
+        assert!(
+            matches!(kept.by_commit.get(&commits[49]), Some(MadeEntry::Whole(_))),
+            "an unlike bitmap is kept whole"
+        );
+        // Oldest first, newest first, and out of order: more than the decoded ones kept.
+        let order: Vec<usize> = (0..300)
+            .chain((0..300).rev())
+            .chain((0..300).map(|i| i * 7 % 300))
+            .collect();
+        for i in order {
+            let got = kept.get(&commits[i]).unwrap().expect("made");
+            assert_eq!(*got, made[i], "bitmap {i}");
+        }
+        assert!(kept.get(&ids(301)[300]).unwrap().is_none());
     }
 }
