@@ -1342,6 +1342,10 @@ impl MadeBitmaps {
 
     /// The bitmap of `commit`, if one was made.
     fn get(&self, commit: &ObjectId) -> Result<Option<Arc<Bits>>, Error> {
+        // Most commits a walk meets have none.
+        if !self.by_commit.contains_key(commit) {
+            return Ok(None);
+        }
         if let Some((last, _, bits)) = &self.last
             && last == commit
         {
@@ -1667,6 +1671,11 @@ pub(crate) fn write(
         return Ok(None);
     };
     drop(known);
+    debug_assert_eq!(
+        rows.len(),
+        selected.len(),
+        "every selected commit has its entry"
+    );
     // Types seen only through stored bitmaps were noted when those were made.
     if all.count() != n {
         // Not the closure of the tips: no bitmap (git's rule too).

@@ -164,6 +164,9 @@ impl Sent<'_> {
 
 /// [`SentIn::at_place`] of an object not in the pack.
 const NOT_IN: u32 = u32::MAX;
+/// A pack's [`SentIn::at_place`] is kept when it holds at least one in this many of the
+/// objects sent one by one.
+const AT_PLACE_SHARE: usize = 8;
 
 /// What an answer sends of one pack, by position: made when an object first looks for a new
 /// delta base there (a visit of its delta tree looks at up to 128 entries, each looked up by
@@ -174,7 +177,8 @@ struct SentIn {
     /// Where each one written object by object comes in the order (the others are copied).
     place: HashMap<u32, usize>,
     /// The other way: the position of the object at each place in the order, [`NOT_IN`] for
-    /// one not in this pack (what is written later is then not looked up by id again).
+    /// one not in this pack (what is written later is then not looked up by id again). Empty
+    /// for a pack holding few of them.
     at_place: Vec<u32>,
     /// The objects sent whole by name, when first needed (`None` inside: the pack has no name
     /// hashes, or nothing is sent whole).
@@ -240,6 +244,11 @@ impl SentIn {
                 }
             }
         }
+        // Kept for a pack holding a fair share of what is sent: one holding a few objects
+        // (of thousands of packs) would otherwise cost four bytes for every object sent.
+        if place.len() < in_pack.listed.len() / AT_PLACE_SHARE {
+            at_place = Vec::new();
+        }
         if let Some(copied) = in_pack.copied.as_ref().and_then(|c| c.positions_in(pack)) {
             for q in copied {
                 bits.set(q);
@@ -304,7 +313,7 @@ impl SentIn {
                     // The type in an entry's first byte: 6 and 7 are deltas.
                     (None, Some(data)) => {
                         let at = rev.offset(pack, q);
-                        data.entry_slice(at..at + 1)
+                        data.entry_slice(at..at.saturating_add(1))
                             .and_then(|b| b.first().copied())
                             .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7))
                     }
@@ -539,112 +548,139 @@ impl<'a> PackWriter<'a> {
         // writing thread compresses itself, between planning and writing).
         let background = self.opts.threads > 1;
         let mut lanes: Vec<LaneState> = Vec::new();
+        // Set when writing fails: lanes stop taking objects.
+        let abandon = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| -> Result<(), Error> {
             // Planned up to `planned_to`; the batch written now ends at `batch_end`. The batch
             // after it is planned, and its objects compressed again on the lanes, while this
-            // one is written (so that two batches' bytes are held at most).
+            // one is written (so that two batches are held at most).
             let (mut planned_to, mut batch_end) = (0, 0);
             let mut in_flight: Vec<Rebuilding<'_>> = Vec::new();
+            // The next batch's objects to make, when they were not started early.
+            let mut deferred: Option<Vec<Redo>> = None;
             let mut held_ahead = 0u64;
-            for (i, oid) in order.iter().enumerate() {
-                if i == batch_end {
-                    if i == planned_to {
-                        let (end, redo, bytes) = self.plan_batch(
-                            &order[..],
-                            i,
-                            &in_pack,
-                            client_has,
-                            &written,
-                            &mut planned,
-                        )?;
-                        planned_to = end;
-                        held_ahead = bytes;
-                        in_flight =
-                            self.start_rebuild(scope, &mut lanes, background, redo, &budget)?;
-                    }
-                    batch_end = planned_to;
-                    let following = if planned_to < order.len() {
-                        let (end, redo, bytes) = self.plan_batch(
-                            &order[..],
-                            planned_to,
-                            &in_pack,
-                            client_has,
-                            &written,
-                            &mut planned,
-                        )?;
-                        planned_to = end;
-                        stats.lookahead_bytes = stats.lookahead_bytes.max(held_ahead + bytes);
-                        held_ahead = bytes;
-                        redo
-                    } else {
-                        stats.lookahead_bytes = stats.lookahead_bytes.max(held_ahead);
-                        Vec::new()
-                    };
-                    for (id, made) in finish_rebuild(std::mem::take(&mut in_flight), &mut lanes)? {
-                        // Written early, as the base of a delta, while it was being made.
-                        if !written.contains_key(&id) {
-                            ready.insert(id, made);
+            let mut run = || -> Result<(), Error> {
+                for (i, oid) in order.iter().enumerate() {
+                    if i == batch_end {
+                        if i == planned_to {
+                            let (end, redo, bytes) = self.plan_batch(
+                                &order[..],
+                                i,
+                                &in_pack,
+                                client_has,
+                                &written,
+                                &mut planned,
+                            )?;
+                            planned_to = end;
+                            held_ahead = bytes;
+                            deferred = Some(redo);
                         }
-                    }
-                    in_flight =
-                        self.start_rebuild(scope, &mut lanes, background, following, &budget)?;
-                }
-                if written.contains_key(oid) {
-                    continue;
-                }
-                // Collect the chain of stored bases that are sent but not yet written.
-                let mut current = *oid;
-                loop {
-                    let stored = match planned.remove(&current) {
-                        Some(stored) => stored,
-                        None => self.stored(&current)?,
-                    };
-                    let base = match (ready.get(&current), &stored) {
-                        (Some(Ready::Delta { base, .. }), _) => Some(base),
-                        (Some(Ready::Whole(_)), _) => None,
-                        (None, Stored::Delta { base, .. }) => Some(base),
-                        (None, _) => None,
-                    };
-                    let next = base
-                        .filter(|base| {
-                            in_pack.listed.contains_key(*base)
-                                && !written.contains_key(*base)
-                                && !chain.iter().any(|(c, _)| c == *base)
-                                && **base != current
-                        })
-                        .copied();
-                    chain.push((current, stored));
-                    match next {
-                        Some(base) => current = base,
-                        None => break,
-                    }
-                }
-                while let Some((id, stored)) = chain.pop() {
-                    let start = sink.offset;
-                    match ready.remove(&id) {
-                        Some(Ready::Whole(entry)) => sink.write_all(&entry)?,
-                        Some(Ready::Delta { base, size, data }) => {
-                            let header =
-                                self.delta_header(&sink, &base, &written, client_has, &in_pack);
-                            match header {
-                                Some(header) => {
-                                    header.write_to(size, &mut sink)?;
-                                    sink.write_all(&data)?;
-                                    stats.deltas += 1;
-                                    stats.new_deltas += 1;
-                                }
-                                // Its base could not be written first (a cycle of stored deltas).
-                                None => self.full(&mut sink, &id)?,
+                        if let Some(redo) = deferred.take() {
+                            in_flight = self.start_rebuild(
+                                scope, &mut lanes, background, redo, &budget, &abandon,
+                            )?;
+                        }
+                        batch_end = planned_to;
+                        let (following, bytes) = if planned_to < order.len() {
+                            let (end, redo, bytes) = self.plan_batch(
+                                &order[..],
+                                planned_to,
+                                &in_pack,
+                                client_has,
+                                &written,
+                                &mut planned,
+                            )?;
+                            planned_to = end;
+                            (redo, bytes)
+                        } else {
+                            (Vec::new(), 0)
+                        };
+                        stats.lookahead_bytes = stats.lookahead_bytes.max(held_ahead + bytes);
+                        for (id, made) in
+                            finish_rebuild(std::mem::take(&mut in_flight), &mut lanes)?
+                        {
+                            // Written early, as the base of a delta, while it was being made.
+                            if !written.contains_key(&id) {
+                                ready.insert(id, made);
                             }
                         }
-                        None => self.entry(
-                            &mut sink, &id, stored, &written, client_has, &in_pack, &mut stats,
-                        )?,
+                        // The next batch's objects are made while this one is written, unless the
+                        // two batches are already over their bound (a batch holds at least one
+                        // object however large: two large ones made at once would double it).
+                        if held_ahead + bytes > 2 * BATCH_BYTES {
+                            deferred = Some(following);
+                        } else {
+                            in_flight = self.start_rebuild(
+                                scope, &mut lanes, background, following, &budget, &abandon,
+                            )?;
+                        }
+                        held_ahead = bytes;
                     }
-                    written.insert(id, start);
+                    if written.contains_key(oid) {
+                        continue;
+                    }
+                    // Collect the chain of stored bases that are sent but not yet written.
+                    let mut current = *oid;
+                    loop {
+                        let stored = match planned.remove(&current) {
+                            Some(stored) => stored,
+                            None => self.stored(&current)?,
+                        };
+                        let base = match (ready.get(&current), &stored) {
+                            (Some(Ready::Delta { base, .. }), _) => Some(base),
+                            (Some(Ready::Whole(_)), _) => None,
+                            (None, Stored::Delta { base, .. }) => Some(base),
+                            (None, _) => None,
+                        };
+                        let next = base
+                            .filter(|base| {
+                                in_pack.listed.contains_key(*base)
+                                    && !written.contains_key(*base)
+                                    && !chain.iter().any(|(c, _)| c == *base)
+                                    && **base != current
+                            })
+                            .copied();
+                        chain.push((current, stored));
+                        match next {
+                            Some(base) => current = base,
+                            None => break,
+                        }
+                    }
+                    while let Some((id, stored)) = chain.pop() {
+                        let start = sink.offset;
+                        match ready.remove(&id) {
+                            Some(Ready::Whole(entry)) => sink.write_all(&entry)?,
+                            Some(Ready::Delta { base, size, data }) => {
+                                let header =
+                                    self.delta_header(&sink, &base, &written, client_has, &in_pack);
+                                match header {
+                                    Some(header) => {
+                                        header.write_to(size, &mut sink)?;
+                                        sink.write_all(&data)?;
+                                        stats.deltas += 1;
+                                        stats.new_deltas += 1;
+                                    }
+                                    // Its base could not be written first (a cycle of stored deltas).
+                                    None => self.full(&mut sink, &id)?,
+                                }
+                            }
+                            None => self.entry(
+                                &mut sink, &id, stored, &written, client_has, &in_pack, &mut stats,
+                            )?,
+                        }
+                        written.insert(id, start);
+                    }
                 }
+                Ok(())
+            };
+            let result = run();
+            if result.is_err() {
+                // Lanes still making objects are stopped and waited for here, so that one that
+                // panicked is an error like any other (the scope would panic for it).
+                abandon.store(true, Ordering::Relaxed);
+                let _ = finish_rebuild(std::mem::take(&mut in_flight), &mut lanes);
             }
-            Ok(())
+            result
         })?;
         let done = written.len() + in_pack.copied.as_ref().map_or(0, |c| c.count);
         if done != total {
@@ -657,6 +693,23 @@ impl<'a> PackWriter<'a> {
         stats.bytes = sink.offset + checksum.as_bytes().len() as u64;
         stats.stored_read_bytes = self.read_bytes;
         Ok(stats)
+    }
+
+    /// The pack and position of the object at `place` in the order, if the sent objects were
+    /// looked up in the first packs holding it (the first pack that does, as a lookup by id
+    /// would find it; none if a pack before it was not looked in).
+    fn found_at(&self, place: usize) -> Option<(usize, usize)> {
+        for k in 0..self.packs.len() {
+            let sent = self.sent_in.get(&k)?;
+            if sent.at_place.is_empty() {
+                return None;
+            }
+            match sent.position_at(place) {
+                Some(p) => return Some((k, p)),
+                None => continue,
+            }
+        }
+        None
     }
 
     /// Plan the batch of `order` from `start`: read how each object is stored (holding the
@@ -693,12 +746,7 @@ impl<'a> PackWriter<'a> {
             let thin = self.opts.thin;
             let usable =
                 |base: &ObjectId| in_pack.contains(base) || (thin && client_has.contains(base));
-            let at = in_pack.left_at(place).or_else(|| {
-                // Found when the pack's sent objects were looked up, if they were.
-                self.sent_in
-                    .iter()
-                    .find_map(|(&k, sent)| Some((k, sent.position_at(place)?)))
-            });
+            let at = in_pack.left_at(place).or_else(|| self.found_at(place));
             let peek = self.stored_within(id, at, HELD_ENTRY_BYTES)?;
             // Whether it goes as stored, its entry's length, its stored delta base.
             let (reusable, held, stored_base) = match &peek {
@@ -749,6 +797,7 @@ impl<'a> PackWriter<'a> {
         background: bool,
         redo: Vec<Redo>,
         budget: &'scope AtomicI64,
+        abandon: &'scope std::sync::atomic::AtomicBool,
     ) -> Result<Vec<Rebuilding<'scope>>, Error> {
         if redo.is_empty() {
             return Ok(Vec::new());
@@ -760,7 +809,7 @@ impl<'a> PackWriter<'a> {
         if !background {
             let level = self.opts.compression;
             let zlib = self.zlib.get_or_insert_with(|| compressor(level));
-            let made = jobs.work(self.objects, zlib, budget)?;
+            let made = jobs.work(self.objects, zlib, budget, abandon)?;
             return Ok(vec![Rebuilding::Done(made)]);
         }
         // A thread costs tens of microseconds to start, against a few hundred to make one of
@@ -779,7 +828,7 @@ impl<'a> PackWriter<'a> {
             .map(|(mut objects, mut zlib)| {
                 let jobs = std::sync::Arc::clone(&jobs);
                 Rebuilding::Running(scope.spawn(move || {
-                    let made = jobs.work(&mut objects, &mut zlib, budget);
+                    let made = jobs.work(&mut objects, &mut zlib, budget, abandon);
                     ((objects, zlib), made)
                 }))
             })
@@ -1307,9 +1356,18 @@ struct Jobs {
 }
 
 impl Jobs {
-    fn work(&self, objects: &mut Objects, zlib: &mut flate2::Compress, budget: &AtomicI64) -> Lane {
+    fn work(
+        &self,
+        objects: &mut Objects,
+        zlib: &mut flate2::Compress,
+        budget: &AtomicI64,
+        abandon: &std::sync::atomic::AtomicBool,
+    ) -> Lane {
         let mut made = Vec::new();
         loop {
+            if abandon.load(Ordering::Relaxed) {
+                return Ok(made);
+            }
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(redo) = self.redo.get(i) else {
                 return Ok(made);

@@ -489,6 +489,64 @@ fn objects_made_again_give_one_pack_on_any_number_of_threads() {
             format!("{i}\n{shared}")
         );
     }
+
+    // A second pack holding both versions of half the files again (the new ones stored as
+    // deltas of the old, which are not sent): objects found in two packs, made again from
+    // either. The answer is the same each time.
+    let both: String = (0..files / 2)
+        .flat_map(|i| {
+            let name = format!("f{i}.txt");
+            [format!("main~1:{name}"), format!("main:{name}")]
+        })
+        .map(|rev| git(&path, &["rev-parse", &rev]))
+        .collect();
+    gitcache_testkit::git::git_with_input(
+        &path,
+        &["pack-objects", "-q", "objects/pack/pack"],
+        both.as_bytes(),
+    );
+    let repo = Repository::open(&path).unwrap();
+    let (_, first_stats, first) = send(&repo, &fetch);
+    assert_eq!(first_stats.objects as usize, files + 2, "{first_stats:?}");
+    for _ in 0..3 {
+        let repo = Repository::open(&path).unwrap();
+        let (_, stats, again) = send(&repo, &fetch);
+        assert_eq!(stats, first_stats);
+        assert!(again == first, "another pack from the same two packs");
+    }
+    let client = dir.path().join("d.git");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", client.to_str().unwrap()],
+    );
+    gitcache_testkit::git::git_with_input(
+        &client,
+        &["index-pack", "--fsck-objects", "--stdin"],
+        &first,
+    );
+    let listed = git(&client, &["ls-tree", "-r", &main[0].to_string()]);
+    assert_eq!(listed.lines().count(), files);
+
+    // A client gone while lanes are making the next batch: an error, the lanes stopped and
+    // waited for, nothing left running.
+    struct GoneAfter(usize);
+    impl std::io::Write for GoneAfter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if buf.len() > self.0 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            self.0 -= buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let Plan::Pack(p) = plan(&repo, &fetch, ObjectFormat::Sha1, &Options::default()).unwrap()
+    else {
+        panic!("no pack")
+    };
+    assert!(Plan::Pack(p).write_to(GoneAfter(4096)).is_err());
 }
 
 /// `n` numbered lines starting with `word`, none like another.
