@@ -801,8 +801,17 @@ impl Mirror {
     /// match, so that maintenance writes them again; fetches never read a checksum. Returns
     /// the files removed.
     pub fn remove_damaged_bitmaps(&self) -> Result<Vec<PathBuf>, Error> {
+        self.remove_damaged_bitmaps_except(&|_| false)
+    }
+
+    /// [`remove_damaged_bitmaps`](Self::remove_damaged_bitmaps), not reading the files
+    /// `vouched` vouches for (written and read back by this process, unchanged since).
+    pub fn remove_damaged_bitmaps_except(
+        &self,
+        vouched: &dyn Fn(&Path) -> bool,
+    ) -> Result<Vec<PathBuf>, Error> {
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
-        let damaged = repo.damaged_bitmaps()?;
+        let damaged = repo.damaged_bitmaps_except(vouched)?;
         for path in &damaged {
             std::fs::remove_file(path)?;
         }

@@ -33,6 +33,54 @@ struct Slot {
     writing_bitmaps: Mutex<()>,
     /// Set while a background consolidation of the mirror is started or running.
     maintaining: std::sync::atomic::AtomicBool,
+    /// Bitmap files known sound (written and read back here, or checked), as they were then:
+    /// checking one again when the mirror is next opened would read it whole once more (123
+    /// MB at 500,000 commits, on the cores the first answers need).
+    sound_bitmaps: Mutex<std::collections::HashMap<PathBuf, FileStamp>>,
+}
+
+/// What tells a file apart from another at the same path, or from itself changed: its
+/// inode, length and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: std::time::SystemTime,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+        })
+    }
+}
+
+impl Slot {
+    /// Note the bitmap file at `path` sound as it is now.
+    fn sound(&self, path: &Path) {
+        if let Some(stamp) = FileStamp::of(path) {
+            self.sound_bitmaps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.to_owned(), stamp);
+        }
+    }
+
+    /// Whether the bitmap file at `path` was noted sound and has not changed since.
+    fn still_sound(&self, path: &Path) -> bool {
+        let known = self
+            .sound_bitmaps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .copied();
+        known.is_some() && known == FileStamp::of(path)
+    }
 }
 
 /// Clears a flag when dropped: a task that set it clears it however it ends.
@@ -290,7 +338,10 @@ impl Registry {
                     tracing::warn!(%err, "removing a crash's leftovers failed");
                 }
             }
-            match tokio::task::spawn_blocking(move || mirror.remove_damaged_bitmaps()).await {
+            let checking = Arc::clone(&registry);
+            let checked_key = key.clone();
+            let checked = tokio::task::spawn_blocking(move || checking.check_bitmaps(&checked_key));
+            match checked.await {
                 Ok(Ok(removed)) if !removed.is_empty() => {
                     tracing::warn!(?removed, "damaged bitmap files removed; writing them again");
                 }
@@ -301,6 +352,35 @@ impl Registry {
             registry.write_graphs(&key).await;
             registry.maintain_in_background(&key);
         });
+    }
+
+    /// Check the checksums of the mirror's bitmap files and remove the damaged ones (see
+    /// [`Mirror::remove_damaged_bitmaps`]), but for those this registry wrote or checked and
+    /// finds unchanged since (same inode, length and time): returns the files removed.
+    /// Blocking: each file checked is read whole.
+    pub fn check_bitmaps(&self, key: &RepoKey) -> Result<Vec<PathBuf>, Error> {
+        let Some(mirror) = self.existing(key) else {
+            return Ok(Vec::new());
+        };
+        let slot = self.slot(key);
+        let dir = mirror.git_dir().join("objects").join("pack");
+        let before: Vec<(PathBuf, Option<FileStamp>)> = std::fs::read_dir(&dir)?
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|e| e == "bitmap"))
+            .map(|path| {
+                let stamp = FileStamp::of(&path);
+                (path, stamp)
+            })
+            .collect();
+        let removed = mirror.remove_damaged_bitmaps_except(&|path| slot.still_sound(path))?;
+        // Those checked (or vouched for) and unchanged meanwhile are not read again next time.
+        for (path, stamp) in before {
+            if stamp.is_some() && !removed.contains(&path) && FileStamp::of(&path) == stamp {
+                slot.sound(&path);
+            }
+        }
+        Ok(removed)
     }
 
     /// Write the commit graphs the mirror's consolidated packs lack (see
@@ -638,7 +718,12 @@ impl Registry {
                     .writing_bitmaps
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                writer.write_bitmaps(&pack, &tips)
+                let written = writer.write_bitmaps(&pack, &tips)?;
+                // Read back by the writer: sound as written.
+                if let Some(path) = &written {
+                    slot.sound(path);
+                }
+                Ok::<_, Error>(written)
             })
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;

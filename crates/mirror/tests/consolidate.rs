@@ -305,6 +305,31 @@ async fn damaged_bitmaps_are_found_when_checked_and_written_again() {
     // One flipped bit in the middle: the structure still reads, the checksum does not.
     let mut damaged = good.clone();
     damaged[good.len() / 2] ^= 0x04;
+    // The registry wrote and read back this file: changed behind its back but with its
+    // inode, length and time as they were, it is not read again when the mirror is opened
+    // (which is why the time is put back here: the change is to be found below).
+    let written_at = std::fs::metadata(&bitmap).unwrap().modified().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bitmap)
+        .unwrap();
+    std::io::Write::write_all(&mut &file, &damaged).unwrap();
+    file.set_modified(written_at).unwrap();
+    drop(file);
+    let checking = std::sync::Arc::clone(&registry);
+    let checked_key = key.clone();
+    let removed = tokio::task::spawn_blocking(move || checking.check_bitmaps(&checked_key))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    assert!(
+        mirror
+            .remove_damaged_bitmaps_except(&|_| true)
+            .unwrap()
+            .is_empty()
+    );
+    // Its time changed, as any write changes it: checked, found, and written again.
     std::fs::write(&bitmap, &damaged).unwrap();
     registry.check_in_background(&key);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
