@@ -364,22 +364,37 @@ impl Registry {
         };
         let slot = self.slot(key);
         let dir = mirror.git_dir().join("objects").join("pack");
+        // The bitmaps of the packs the check reads: a pack's own (not a temporary), with its
+        // index and data beside it.
         let before: Vec<(PathBuf, Option<FileStamp>)> = std::fs::read_dir(&dir)?
             .flatten()
             .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|e| e == "bitmap"))
+            .filter(|path| {
+                path.extension().is_some_and(|e| e == "bitmap")
+                    && path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("pack-"))
+                    && path.with_extension("idx").is_file()
+                    && path.with_extension("pack").is_file()
+            })
             .map(|path| {
                 let stamp = FileStamp::of(&path);
                 (path, stamp)
             })
             .collect();
         let removed = mirror.remove_damaged_bitmaps_except(&|path| slot.still_sound(path))?;
-        // Those checked (or vouched for) and unchanged meanwhile are not read again next time.
+        // Those checked (or vouched for) and unchanged meanwhile are not read again next time;
+        // files gone since are forgotten.
+        let mut sound = std::collections::HashMap::new();
         for (path, stamp) in before {
-            if stamp.is_some() && !removed.contains(&path) && FileStamp::of(&path) == stamp {
-                slot.sound(&path);
+            if let Some(stamp) = stamp
+                && !removed.contains(&path)
+                && FileStamp::of(&path) == Some(stamp)
+            {
+                sound.insert(path, stamp);
             }
         }
+        *slot.sound_bitmaps.lock().unwrap_or_else(|p| p.into_inner()) = sound;
         Ok(removed)
     }
 
@@ -718,9 +733,14 @@ impl Registry {
                     .writing_bitmaps
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
+                // A file already there (another writer's, or one taken from the shared
+                // store) is returned as it is: only one written now was read back here.
+                let existing = FileStamp::of(&pack.with_extension("bitmap"));
                 let written = writer.write_bitmaps(&pack, &tips)?;
-                // Read back by the writer: sound as written.
-                if let Some(path) = &written {
+                if let Some(path) = &written
+                    && let Some(now) = FileStamp::of(path)
+                    && existing != Some(now)
+                {
                     slot.sound(path);
                 }
                 Ok::<_, Error>(written)

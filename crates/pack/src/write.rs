@@ -575,7 +575,9 @@ impl<'a> PackWriter<'a> {
                             held_ahead = bytes;
                             deferred = Some(redo);
                         }
-                        if let Some(redo) = deferred.take() {
+                        if let Some(mut redo) = deferred.take() {
+                            // Some may have gone early, as bases of the batch before.
+                            redo.retain(|r| !written.contains_key(&r.oid));
                             in_flight = self.start_rebuild(
                                 scope, &mut lanes, background, redo, &budget, &abandon,
                             )?;
@@ -823,16 +825,26 @@ impl<'a> PackWriter<'a> {
         while lanes.len() < wanted {
             lanes.push(((self.spawn_objects)(), compressor(self.opts.compression)));
         }
-        Ok(lanes
-            .drain(..wanted)
-            .map(|(mut objects, mut zlib)| {
-                let jobs = std::sync::Arc::clone(&jobs);
-                Rebuilding::Running(scope.spawn(move || {
-                    let made = jobs.work(&mut objects, &mut zlib, budget, abandon);
-                    ((objects, zlib), made)
-                }))
-            })
-            .collect())
+        let mut running = Vec::with_capacity(wanted);
+        let taken: Vec<LaneState> = lanes.drain(..wanted).collect();
+        for (mut objects, mut zlib) in taken {
+            let jobs = std::sync::Arc::clone(&jobs);
+            // A thread that cannot be started is an error, not a panic.
+            let started = std::thread::Builder::new().spawn_scoped(scope, move || {
+                let made = jobs.work(&mut objects, &mut zlib, budget, abandon);
+                ((objects, zlib), made)
+            });
+            match started {
+                Ok(handle) => running.push(Rebuilding::Running(handle)),
+                Err(err) => {
+                    // Those started are waited for by the caller's error path.
+                    abandon.store(true, Ordering::Relaxed);
+                    let _ = finish_rebuild(running, lanes);
+                    return Err(Error::Io(err));
+                }
+            }
+        }
+        Ok(running)
     }
 
     #[allow(clippy::too_many_arguments)] // Reason: the writer's state, passed apart to keep borrows simple.
