@@ -417,6 +417,20 @@ fn a_delta_whose_base_is_not_sent_is_made_again_against_one_that_is() {
     }
 }
 
+/// A new bare repository `name` in `dir` holding `pack`, a depth-1 answer, its objects
+/// checked (`--strict` would also want the commit's parent, which a depth-1 clone leaves
+/// out).
+fn shallow_client(dir: &Path, name: &str, pack: &[u8]) -> std::path::PathBuf {
+    let client = dir.join(name);
+    git(dir, &["init", "-q", "--bare", client.to_str().unwrap()]);
+    gitcache_testkit::git::git_with_input(
+        &client,
+        &["index-pack", "--fsck-objects", "--stdin"],
+        pack,
+    );
+    client
+}
+
 /// Objects made again (their stored bases not sent) in batches of hundreds: compressed on the
 /// writing thread alone, or on lanes beside it while the next batch is planned, the pack is
 /// the same, and whole.
@@ -463,17 +477,7 @@ fn objects_made_again_give_one_pack_on_any_number_of_threads() {
         assert_eq!(stats, one_stats, "{threads} threads");
         assert!(pack == one_pack, "{threads} threads: another pack");
     }
-    let client = dir.path().join("c.git");
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", client.to_str().unwrap()],
-    );
-    // `--strict` would also want the commit's parent, which a depth-1 clone leaves out.
-    gitcache_testkit::git::git_with_input(
-        &client,
-        &["index-pack", "--fsck-objects", "--stdin"],
-        one_pack,
-    );
+    let client = shallow_client(dir.path(), "c.git", one_pack);
     let listed = git(&client, &["ls-tree", &main[0].to_string()]);
     assert_eq!(listed.lines().count(), files);
     for line in listed.lines().step_by(97) {
@@ -514,16 +518,7 @@ fn objects_made_again_give_one_pack_on_any_number_of_threads() {
         assert_eq!(stats, first_stats);
         assert!(again == first, "another pack from the same two packs");
     }
-    let client = dir.path().join("d.git");
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", client.to_str().unwrap()],
-    );
-    gitcache_testkit::git::git_with_input(
-        &client,
-        &["index-pack", "--fsck-objects", "--stdin"],
-        &first,
-    );
+    let client = shallow_client(dir.path(), "d.git", &first);
     let listed = git(&client, &["ls-tree", "-r", &main[0].to_string()]);
     assert_eq!(listed.lines().count(), files);
 
