@@ -5,6 +5,9 @@
 //! `UPLOAD_PACK_REPEAT=N` answers a fetch N times in the one process (all but the last into
 //! nothing), as a server that keeps the repository open does: for profiling a warm answer.
 //! `UPLOAD_PACK_BEFORE=a.req:b.req` answers those fetches first, into nothing.
+//! `UPLOAD_PACK_REOPEN=adopt|warm|fresh` then opens the repository again before the answer
+//! (timed from there): keeping what the first handle read (`Repository::reopen`), making it
+//! all again first (`Repository::warm_like` on a fresh handle, its time on stderr), or not.
 //!
 //! ```sh
 //! cargo run --release -p gitcache-pack --example upload_pack -- repo.git < request > response
@@ -18,14 +21,14 @@ use gitcache_protocol::request::{Command, Limits, parse_request};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: upload_pack <repo>")?;
-    let repo = Repository::open(path)?;
+    let mut repo = Repository::open(&path)?;
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     // With UPLOAD_PACK_PHASES set, how long planning and writing took, and what was written,
     // go to stderr.
-    let started = std::time::Instant::now();
+    let mut started = std::time::Instant::now();
     let Some(request) = parse_request(&body, Limits::default())? else {
         return Ok(());
     };
@@ -42,6 +45,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 plan(&repo, fetch, format, &Options::default())?.write_to(std::io::sink())?;
             }
         }
+    }
+    if let Ok(how) = std::env::var("UPLOAD_PACK_REOPEN") {
+        let reopening = std::time::Instant::now();
+        repo = match how.as_str() {
+            "adopt" => repo.reopen()?,
+            "warm" => {
+                let fresh = Repository::open(&path)?;
+                fresh.warm_like(&repo)?;
+                eprintln!("warmed in {:.1?}", reopening.elapsed());
+                fresh
+            }
+            _ => Repository::open(&path)?,
+        };
+        started = std::time::Instant::now();
     }
     match &request.command {
         Command::LsRefs(args) => {

@@ -830,11 +830,15 @@ impl Loaded {
 }
 
 /// Bitmaps by pack file, read once per repository handle (a pack and its bitmap never
-/// change; a bitmap that cannot be read counts as none).
+/// change; a bitmap that cannot be read counts as none) and taken by the handle that replaces
+/// it (see [`BitmapCache::adopt`]), each with its file as it was before it was read.
 #[derive(Debug, Default)]
 pub(crate) struct BitmapCache(
-    std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Option<Arc<Loaded>>>>,
+    std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, BitmapEntry>>,
 );
+
+/// A pack's bitmaps (`None`: none, or unreadable) with the file as it was before it was read.
+type BitmapEntry = (Option<Arc<Loaded>>, Option<crate::packs::Stamp>);
 
 impl BitmapCache {
     pub(crate) fn get(
@@ -846,11 +850,40 @@ impl BitmapCache {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(pack.pack.clone())
             .or_insert_with(|| {
-                let bitmaps = PackBitmaps::load(pack, hash).ok().flatten()?;
-                let pos = Positions::new(pack, revs.get(pack, hash));
-                Some(Arc::new(Loaded { bitmaps, pos }))
+                let stamp = crate::packs::Stamp::of(&pack.pack.with_extension("bitmap"));
+                let loaded = PackBitmaps::load(pack, hash).ok().flatten().map(|bitmaps| {
+                    let pos = Positions::new(pack, revs.get(pack, hash));
+                    Arc::new(Loaded { bitmaps, pos })
+                });
+                (loaded, stamp)
             })
+            .0
             .clone()
+    }
+
+    /// Whether bitmaps were read for some pack, and whether name hashes were for some.
+    pub(crate) fn read_any(&self) -> (bool, bool) {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loaded = map.values().filter_map(|(loaded, _)| loaded.as_ref());
+        let any = loaded.clone().next().is_some();
+        (any, loaded.any(|l| l.bitmaps.names.get().is_some()))
+    }
+
+    /// Take `from`'s (another handle's) bitmaps of `packs` (taken whole from it: see
+    /// [`crate::packs::IndexCache::adopt`]) read with the index taken with the pack, whose
+    /// file is as it was read, with what they decoded since. A pack that had none is looked
+    /// at again: maintenance writes bitmaps after the pack, and removes damaged ones.
+    pub(crate) fn adopt(&self, from: &BitmapCache, packs: &[crate::packs::Adopted]) {
+        let from = from.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut into = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (pack, index) in packs {
+            if let Some((Some(loaded), stamp)) = from.get(pack)
+                && Arc::ptr_eq(&loaded.pos.index, index)
+                && crate::packs::Stamp::unchanged(&pack.with_extension("bitmap"), *stamp)
+            {
+                into.insert(pack.clone(), (Some(Arc::clone(loaded)), *stamp));
+            }
+        }
     }
 }
 

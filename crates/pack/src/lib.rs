@@ -66,7 +66,7 @@ use gix_hash::ObjectId;
 
 pub use error::Error;
 pub use indexing::{Closure, PackEntry};
-pub use repo::{Ref, Repository};
+pub use repo::{Ref, Repository, Warmth};
 pub use write::PackStats;
 
 use objects::Objects;

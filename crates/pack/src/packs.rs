@@ -128,13 +128,100 @@ struct Opened {
     /// Its commit graph: loaded, found damaged (not read again), or not there yet (looked
     /// for at every listing: maintenance writes it after the pack).
     graph: GraphState,
+    /// The index and pack files as they were before they were read.
+    stamps: (Option<Stamp>, Option<Stamp>),
 }
 
 enum GraphState {
     Absent,
-    Loaded(std::sync::Arc<crate::graph::Graph>),
+    /// With the file as it was before it was read.
+    Loaded(std::sync::Arc<crate::graph::Graph>, Option<Stamp>),
     Damaged,
 }
+
+/// A version of a file: its device and inode, length, and times of change. Files beside a
+/// pack are replaced by renaming a new one into place, which changes the inode (while the
+/// file it replaces is open, the inode cannot be reused), and the time of an inode's last
+/// change cannot be set back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    /// `path` as it is now (`None`: not there, or unreadable).
+    pub(crate) fn of(path: &Path) -> Option<Stamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let (device, inode, changed) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino(), (meta.ctime(), meta.ctime_nsec()))
+        };
+        #[cfg(not(unix))]
+        let (device, inode, changed) = (0, 0, (0, 0));
+        Some(Stamp {
+            device,
+            inode,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            changed,
+        })
+    }
+
+    /// Whether `path` is still the file `before` was taken of (a file that was not there
+    /// still is not).
+    pub(crate) fn unchanged(path: &Path, before: Option<Stamp>) -> bool {
+        Stamp::of(path) == before
+    }
+}
+
+impl IndexCache {
+    /// Take what `from` (another handle's) opened of packs whose index and pack files are
+    /// still the ones it read, so that a handle opened again does not map and load them
+    /// again. A commit graph comes along while its file is unchanged; one found damaged is
+    /// looked for again (maintenance writes it again). Returns the packs taken, with their
+    /// indexes.
+    pub(crate) fn adopt(&self, from: &IndexCache) -> Vec<Adopted> {
+        let from = from.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut into = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut packs = Vec::new();
+        for (idx, opened) in from.iter() {
+            let pack = idx.with_extension("pack");
+            if opened.stamps.0.is_none()
+                || !Stamp::unchanged(idx, opened.stamps.0)
+                || !Stamp::unchanged(&pack, opened.stamps.1)
+            {
+                continue;
+            }
+            let graph = match &opened.graph {
+                GraphState::Loaded(graph, stamp)
+                    if Stamp::unchanged(&idx.with_extension("graph"), *stamp) =>
+                {
+                    GraphState::Loaded(std::sync::Arc::clone(graph), *stamp)
+                }
+                _ => GraphState::Absent,
+            };
+            into.insert(
+                idx.clone(),
+                Opened {
+                    index: std::sync::Arc::clone(&opened.index),
+                    data: std::sync::Arc::clone(&opened.data),
+                    graph,
+                    stamps: opened.stamps,
+                },
+            );
+            packs.push((pack, std::sync::Arc::clone(&opened.index)));
+        }
+        packs
+    }
+}
+
+/// A pack file taken by a handle from another, with the index that handle had read.
+pub(crate) type Adopted = (PathBuf, std::sync::Arc<gix_pack::index::File>);
 
 impl std::fmt::Debug for IndexCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,19 +252,26 @@ pub(crate) fn list(
         }
         let opened = match open.entry(path.clone()) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(Opened {
-                index: std::sync::Arc::new(
-                    gix_pack::index::File::at(&path, hash).map_err(Error::odb)?,
-                ),
-                data: MappedData::default(),
-                graph: GraphState::Absent,
-            }),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                // Taken before the files are read: a file replaced meanwhile is not taken
+                // for the one read (see `IndexCache::adopt`).
+                let stamps = (Stamp::of(&path), Stamp::of(&pack));
+                entry.insert(Opened {
+                    index: std::sync::Arc::new(
+                        gix_pack::index::File::at(&path, hash).map_err(Error::odb)?,
+                    ),
+                    data: MappedData::default(),
+                    graph: GraphState::Absent,
+                    stamps,
+                })
+            }
         };
         if matches!(opened.graph, GraphState::Absent) {
             let graph = path.with_extension("graph");
-            if graph.is_file() {
+            let stamp = Stamp::of(&graph);
+            if stamp.is_some() && graph.is_file() {
                 opened.graph = match crate::graph::Graph::load(&graph, hash) {
-                    Ok(loaded) => GraphState::Loaded(std::sync::Arc::new(loaded)),
+                    Ok(loaded) => GraphState::Loaded(std::sync::Arc::new(loaded), stamp),
                     Err(_) => GraphState::Damaged,
                 };
             }
@@ -189,7 +283,7 @@ pub(crate) fn list(
             tips,
             data: std::sync::Arc::clone(&opened.data),
             graph: match &opened.graph {
-                GraphState::Loaded(graph) => Some(std::sync::Arc::clone(graph)),
+                GraphState::Loaded(graph, _) => Some(std::sync::Arc::clone(graph)),
                 _ => None,
             },
         });
@@ -294,6 +388,85 @@ fn rev_matches(pack: &StoredPack, rev: &[u8], hash: HashKind) -> bool {
     hasher.finish().is_ok_and(|sum| sum.as_bytes() == own)
 }
 
+/// Index positions `0..n` in the order of their offsets (`offset_at` of each), ties in index
+/// order, and the offsets so ordered when all fit in 32 bits (`None`: a pack of 4 GiB or more).
+///
+/// A pack's offsets are spread at random over its index (which is by object id), so this is a
+/// sort of every object: a comparison sort of four million took a third of a second, the most
+/// of a first answer on a handle opened again. Offsets under 4 GiB are sorted by radix
+/// instead, 11 bits at a time, stable, passing over digits every offset shares.
+pub(crate) fn by_offset(n: usize, offset_at: impl Fn(u32) -> u64) -> (Vec<u32>, Option<Vec<u32>>) {
+    // Each key is an offset over its index position: unique, and in the order wanted.
+    let mut keys: Vec<u64> = Vec::with_capacity(n);
+    for i in 0..n as u32 {
+        let Ok(offset) = u32::try_from(offset_at(i)) else {
+            // Rare: not worth a radix sort of wider keys.
+            drop(keys);
+            let mut pairs: Vec<(u64, u32)> = (0..n as u32).map(|i| (offset_at(i), i)).collect();
+            pairs.sort_unstable();
+            return (pairs.into_iter().map(|(_, i)| i).collect(), None);
+        };
+        keys.push((u64::from(offset) << 32) | u64::from(i));
+    }
+    if n < RADIX_FROM {
+        keys.sort_unstable();
+    } else {
+        let mut scratch = vec![0u64; n];
+        let mut counts = vec![0usize; 1 << RADIX_BITS];
+        for shift in (32..64).step_by(RADIX_BITS) {
+            let digit = |key: u64| (key >> shift) as usize & ((1 << RADIX_BITS) - 1);
+            counts.fill(0);
+            for &key in &keys {
+                counts[digit(key)] += 1;
+            }
+            if counts.contains(&n) {
+                // Every key has this digit: the order stays as it is.
+                continue;
+            }
+            let mut at = 0;
+            for count in &mut counts {
+                (*count, at) = (at, at + *count);
+            }
+            for &key in &keys {
+                let d = digit(key);
+                scratch[counts[d]] = key;
+                counts[d] += 1;
+            }
+            std::mem::swap(&mut keys, &mut scratch);
+        }
+    }
+    let order = keys.iter().map(|&k| k as u32).collect();
+    let offsets = keys.iter().map(|&k| (k >> 32) as u32).collect();
+    (order, Some(offsets))
+}
+
+/// Bits of an offset [`by_offset`] sorts by in each pass (three passes for 32 bits).
+const RADIX_BITS: usize = 11;
+/// Fewer objects than this are sorted by comparison: a radix pass's counts are not worth it.
+const RADIX_FROM: usize = 1 << 14;
+
+/// The tables a reverse index makes when answers need them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Made {
+    /// Pack positions by index position.
+    pub(crate) positions: bool,
+    /// Offsets by pack position.
+    pub(crate) offsets: bool,
+    /// The delta forest.
+    pub(crate) forest: bool,
+}
+
+impl std::ops::BitOr for Made {
+    type Output = Made;
+    fn bitor(self, other: Made) -> Made {
+        Made {
+            positions: self.positions || other.positions,
+            offsets: self.offsets || other.offsets,
+            forest: self.forest || other.forest,
+        }
+    }
+}
+
 /// Bytes before the positions in a `.rev` file.
 const REV_HEADER: usize = 12;
 
@@ -336,18 +509,10 @@ impl RevIndex {
     /// beside it.
     pub(crate) fn from_offsets(pack: &StoredPack) -> RevIndex {
         let n = pack.num_objects();
-        let mut by_offset: Vec<(u64, u32)> = (0..n as u32)
-            .map(|i| (pack.index.pack_offset_at_index(i), i))
-            .collect();
-        by_offset.sort_unstable();
-        // The offsets are read already: kept when they fit.
-        let offsets: Option<Vec<u32>> = by_offset
-            .iter()
-            .map(|&(offset, _)| u32::try_from(offset).ok())
-            .collect();
+        let (order, offsets) = by_offset(n, |i| pack.index.pack_offset_at_index(i));
         RevIndex {
             objects: n,
-            order: Order::Built(by_offset.into_iter().map(|(_, i)| i).collect()),
+            order: Order::Built(order),
             inverse: std::sync::OnceLock::new(),
             lookups: Default::default(),
             offsets: std::sync::OnceLock::from(offsets),
@@ -393,13 +558,7 @@ impl RevIndex {
         {
             return self
                 .inverse
-                .get_or_init(|| {
-                    let mut inv = vec![0u32; self.len()];
-                    for p in 0..self.len() {
-                        inv[self.at(p) as usize] = p as u32;
-                    }
-                    inv
-                })
+                .get_or_init(|| self.positions_by_index())
                 .get(index as usize)
                 .map(|&p| p as usize);
         }
@@ -422,6 +581,38 @@ impl RevIndex {
             }
         }
         None
+    }
+
+    /// What this reverse index made so far, beyond its order.
+    pub(crate) fn made(&self) -> Made {
+        Made {
+            positions: self.inverse.get().is_some(),
+            offsets: self.offsets.get().is_some_and(Option::is_some),
+            forest: self.forest.get().is_some_and(Option::is_some),
+        }
+    }
+
+    /// Make now what `made` names (of a reverse index of another pack, that answers needed),
+    /// rather than on the answer that first needs it.
+    pub(crate) fn make(&self, pack: &StoredPack, hash: HashKind, made: Made) {
+        if made.positions {
+            self.inverse.get_or_init(|| self.positions_by_index());
+        }
+        if made.offsets {
+            self.all_offsets(pack);
+        }
+        if made.forest {
+            self.forest(pack, hash);
+        }
+    }
+
+    /// Each index position's pack position.
+    fn positions_by_index(&self) -> Vec<u32> {
+        let mut inv = vec![0u32; self.len()];
+        for p in 0..self.len() {
+            inv[self.at(p) as usize] = p as u32;
+        }
+        inv
     }
 
     /// The delta forest of `pack`, if it was read already.
@@ -541,23 +732,83 @@ impl RevIndex {
     }
 }
 
-/// Reverse indexes by pack file, kept for the life of a repository handle (packs never change).
-#[derive(Debug, Default)]
-pub(crate) struct RevCache(
-    std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<RevIndex>>>,
+/// Reverse indexes by pack file, kept for the life of a repository handle (packs never change)
+/// and taken by the handle that replaces it (see [`RevCache::adopt`]).
+#[derive(Default)]
+pub(crate) struct RevCache(std::sync::Mutex<std::collections::HashMap<PathBuf, RevEntry>>);
+
+impl std::fmt::Debug for RevCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevCache").finish_non_exhaustive()
+    }
+}
+
+/// A reverse index with its pack's `.rev` file as it was before it was read, and the index
+/// it was made from.
+type RevEntry = (
+    std::sync::Arc<RevIndex>,
+    Option<Stamp>,
+    std::sync::Arc<gix_pack::index::File>,
 );
 
 impl RevCache {
     pub(crate) fn get(&self, pack: &StoredPack, hash: HashKind) -> std::sync::Arc<RevIndex> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rev) = map.get(&pack.pack) {
+        if let Some((rev, _, _)) = map.get(&pack.pack) {
             return std::sync::Arc::clone(rev);
         }
         // A new pack: those gone since are dropped (checked here, not on every lookup).
         map.retain(|path, _| path.exists());
+        let stamp = Stamp::of(&pack.pack.with_extension("rev"));
         let rev = std::sync::Arc::new(RevIndex::load(pack, hash));
-        map.insert(pack.pack.clone(), std::sync::Arc::clone(&rev));
+        map.insert(
+            pack.pack.clone(),
+            (
+                std::sync::Arc::clone(&rev),
+                stamp,
+                std::sync::Arc::clone(&pack.index),
+            ),
+        );
         rev
+    }
+
+    /// The reverse index of `pack` if one was made already.
+    #[cfg(test)]
+    pub(crate) fn made(&self, pack: &Path) -> Option<std::sync::Arc<RevIndex>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(pack).map(|(rev, _, _)| std::sync::Arc::clone(rev))
+    }
+
+    /// What the reverse indexes made so far made, together (`None`: none was asked for).
+    pub(crate) fn made_any(&self) -> Option<Made> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .map(|(rev, _, _)| rev.made())
+            .reduce(|a, b| a | b)
+    }
+
+    /// Take `from`'s (another handle's) reverse indexes of `packs` (taken whole from it: see
+    /// [`IndexCache::adopt`]) made from the index taken with the pack, whose `.rev` file is as
+    /// it was read, with what they made since (tables of offsets and positions, the delta
+    /// forest).
+    pub(crate) fn adopt(&self, from: &RevCache, packs: &[Adopted]) {
+        let from = from.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut into = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (pack, index) in packs {
+            if let Some((rev, stamp, made_from)) = from.get(pack)
+                && std::sync::Arc::ptr_eq(made_from, index)
+                && Stamp::unchanged(&pack.with_extension("rev"), *stamp)
+            {
+                into.insert(
+                    pack.clone(),
+                    (
+                        std::sync::Arc::clone(rev),
+                        *stamp,
+                        std::sync::Arc::clone(index),
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -838,5 +1089,187 @@ mod tests {
             );
             assert_eq!(order(&rev), built, "{name} file");
         }
+    }
+
+    /// Index positions ordered by offset by radix are what a comparison sort gives: for
+    /// offsets spread at random (as by object id), in order, sharing their high bits (a small
+    /// pack), equal (a damaged index), and of 4 GiB and more.
+    #[test]
+    fn ordering_by_offset_by_radix_is_sorting() {
+        let sorted = |offsets: &[u64]| {
+            let mut pairs: Vec<(u64, u32)> = offsets.iter().copied().zip(0..).collect();
+            pairs.sort_unstable();
+            let order: Vec<u32> = pairs.iter().map(|&(_, i)| i).collect();
+            let fit: Option<Vec<u32>> = pairs.iter().map(|&(o, _)| u32::try_from(o).ok()).collect();
+            (order, fit)
+        };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let n = 3 * super::RADIX_FROM;
+        let cases: Vec<Vec<u64>> = vec![
+            (0..n)
+                .map(|_| random() % (u64::from(u32::MAX) + 1))
+                .collect(),
+            (0..n as u64).map(|i| 12 + 40 * i).collect(),
+            (0..n).map(|_| random() % 5_000).collect(),
+            (0..n).map(|_| (1 << 20) | (random() % 1024)).collect(),
+            (0..100).map(|_| random() % 1_000_000).collect(),
+            (0..n).map(|_| random() % (1 << 34)).collect(),
+            Vec::new(),
+        ];
+        for (case, offsets) in cases.iter().enumerate() {
+            let got = super::by_offset(offsets.len(), |i| offsets[i as usize]);
+            assert_eq!(got, sorted(offsets), "case {case}");
+        }
+    }
+
+    /// A handle opened again takes what the one before read and made of the packs that are
+    /// still as it read them, and reads anew what was added or replaced; answers are the
+    /// same as a fresh handle's. After every pack was replaced, what the handle before had
+    /// made is made again for the new pack on request.
+    #[test]
+    fn a_handle_opened_again_keeps_what_stayed_and_reads_what_changed() {
+        use gitcache_protocol::request::Fetch;
+        use std::sync::Arc;
+
+        let (_dir, first) = repacked(21, &["repack", "-adbq"]);
+        let path = first.git_dir().to_owned();
+        let hash = first.object_format();
+        let git = |args: &[&str]| gitcache_testkit::git::git_stdout(&path, args);
+        let all = super::Made {
+            positions: true,
+            offsets: true,
+            forest: true,
+        };
+        let packs = first.stored_packs().unwrap();
+        let old = packs[0].pack.clone();
+        let rev = first.rev_cache().get(&packs[0], hash);
+        rev.make(&packs[0], hash, all);
+        assert_eq!(rev.made(), all);
+        let bitmaps = first.bitmaps(&packs[0]).expect("git's bitmaps are read");
+
+        // Nothing changed: everything is taken.
+        let second = first.reopen().unwrap();
+        let again = second.stored_packs().unwrap();
+        assert!(Arc::ptr_eq(&again[0].index, &packs[0].index));
+        assert!(Arc::ptr_eq(&second.rev_cache().made(&old).unwrap(), &rev));
+        assert!(Arc::ptr_eq(&second.bitmaps(&again[0]).unwrap(), &bitmaps));
+
+        // A pack added beside: the old one's parts are still taken; the new one is read.
+        let head = git(&["rev-parse", "HEAD"]);
+        let commit = git(&[
+            "commit-tree",
+            "HEAD^{tree}",
+            "-p",
+            head.trim(),
+            "-m",
+            "added",
+        ]);
+        git(&["update-ref", "refs/heads/added", commit.trim()]);
+        git(&["repack", "-dq"]);
+        let third = second.reopen().unwrap();
+        let listed = third.stored_packs().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(Arc::ptr_eq(&third.rev_cache().made(&old).unwrap(), &rev));
+        let new = listed.iter().find(|p| p.pack != old).unwrap();
+        assert!(
+            third.rev_cache().made(&new.pack).is_none(),
+            "the new pack is read when needed"
+        );
+
+        // The bitmap file replaced (the same bytes, a new file): read again, the rest taken.
+        let bitmap = old.with_extension("bitmap");
+        let copy = old.with_extension("copy");
+        std::fs::copy(&bitmap, &copy).unwrap();
+        std::fs::rename(&copy, &bitmap).unwrap();
+        let fourth = third.reopen().unwrap();
+        let listed = fourth.stored_packs().unwrap();
+        let kept = listed.iter().find(|p| p.pack == old).unwrap();
+        let reread = fourth.bitmaps(kept).expect("read again");
+        assert!(!Arc::ptr_eq(&reread, &bitmaps));
+        assert!(Arc::ptr_eq(&fourth.rev_cache().made(&old).unwrap(), &rev));
+
+        // The same answers as a handle opened afresh: a clone, and one of depth 1.
+        let tips: Vec<gix_hash::ObjectId> = git(&["for-each-ref", "--format=%(objectname)"])
+            .lines()
+            .map(|l| gix_hash::ObjectId::from_hex(l.as_bytes()).unwrap())
+            .collect();
+        let clone = Fetch {
+            wants: tips.clone(),
+            done: true,
+            ofs_delta: true,
+            thin_pack: true,
+            no_progress: true,
+            ..Fetch::default()
+        };
+        let shallow = Fetch {
+            deepen: Some(1),
+            ..clone.clone()
+        };
+        let answer = |repo: &Repository, fetch: &Fetch| {
+            let mut out = Vec::new();
+            crate::plan(repo, fetch, hash, &crate::Options::default())
+                .unwrap()
+                .write_to(&mut out)
+                .unwrap();
+            out
+        };
+        let fresh = Repository::open(&path).unwrap();
+        for fetch in [&clone, &shallow] {
+            assert!(answer(&fourth, fetch) == answer(&fresh, fetch));
+        }
+
+        // The bitmap file removed (as a damaged one is): none is taken, none is read.
+        std::fs::remove_file(&bitmap).unwrap();
+        let without = fourth.reopen().unwrap();
+        let listed = without.stored_packs().unwrap();
+        let kept = listed.iter().find(|p| p.pack == old).unwrap();
+        assert!(without.bitmaps(kept).is_none());
+        assert!(Arc::ptr_eq(&without.rev_cache().made(&old).unwrap(), &rev));
+        // The index replaced (the same bytes, a new file): it is read again, and what was
+        // made from the one before is not taken.
+        let idx = old.with_extension("idx");
+        std::fs::copy(&idx, &copy).unwrap();
+        std::fs::rename(&copy, &idx).unwrap();
+        let reindexed = without.reopen().unwrap();
+        let listed = reindexed.stored_packs().unwrap();
+        let kept = listed.iter().find(|p| p.pack == old).unwrap();
+        assert!(!Arc::ptr_eq(&kept.index, &packs[0].index));
+        assert!(reindexed.rev_cache().made(&old).is_none());
+        let now = Repository::open(&path).unwrap();
+        assert!(answer(&reindexed, &shallow) == answer(&now, &shallow));
+
+        // Every pack replaced: nothing is taken, and what the handle before made is made
+        // for the new pack when asked.
+        git(&["repack", "-adbq"]);
+        let fifth = fourth.reopen().unwrap();
+        assert!(fifth.rev_cache().made_any().is_none(), "nothing taken");
+        fifth.warm_like(&fourth).unwrap();
+        let listed = fifth.stored_packs().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_ne!(listed[0].pack, old);
+        assert_eq!(fifth.rev_cache().made(&listed[0].pack).unwrap().made(), all);
+        // The answers above read the name hashes too.
+        assert_eq!(fourth.bitmap_cache().read_any(), (true, true));
+        assert_eq!(fifth.bitmap_cache().read_any(), (true, true));
+        for fetch in [&clone, &shallow] {
+            let now = Repository::open(&path).unwrap();
+            assert!(answer(&fifth, fetch) == answer(&now, fetch));
+        }
+        // After a handle that had made nothing (it sent whole packs): the reverse index
+        // and bitmaps every other answer reads, nothing more.
+        let idle = Repository::open(&path).unwrap();
+        let after_idle = idle.reopen().unwrap();
+        assert!(after_idle.rev_cache().made_any().is_none());
+        after_idle.warm_like(&idle).unwrap();
+        // (A reverse index built from the index keeps the offsets it sorted.)
+        let made = after_idle.rev_cache().made_any().expect("a reverse index");
+        assert!(!made.forest && !made.positions, "{made:?}");
+        assert_eq!(after_idle.bitmap_cache().read_any(), (true, false));
     }
 }

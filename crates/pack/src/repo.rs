@@ -87,6 +87,58 @@ impl Repository {
         })
     }
 
+    /// The repository opened again, as [`open`](Self::open) does, keeping what this handle
+    /// read and made of the packs that are still there as it read them: their mapped
+    /// indexes and files, commit graphs, reverse indexes with their tables and delta
+    /// forests, and bitmaps. Only new packs (and files written beside a pack since, or
+    /// replaced) are read by the new handle, so its first answers are not slower than this
+    /// one's were. For a server that opens a repository again when its packs change.
+    pub fn reopen(&self) -> Result<Self, Error> {
+        let fresh = Repository::open(&self.git_dir)?;
+        if fresh.hash == self.hash {
+            let packs = fresh.indexes.adopt(&self.indexes);
+            fresh.rev.adopt(&self.rev, &packs);
+            fresh.bitmaps.adopt(&self.bitmaps, &packs);
+        }
+        Ok(fresh)
+    }
+
+    /// What this handle has read and made so far beyond what every answer reads, to make on
+    /// another handle before answers ask for it ([`warm`](Self::warm)).
+    pub fn warmth(&self) -> Warmth {
+        Warmth {
+            made: self.rev.made_any().unwrap_or_default(),
+            names: self.bitmaps.read_any().1,
+        }
+    }
+
+    /// Read and make now, for every pack, what answers need: its reverse index and bitmaps
+    /// (nearly every answer but a whole pack sent as it is reads them), and what `like` names
+    /// (the [`warmth`](Self::warmth) of the handle this one replaces: name hashes, tables of
+    /// offsets and positions, delta forests, made for answers that make objects again, such
+    /// as shallow clones). Packs taken from the handle before (see [`reopen`](Self::reopen))
+    /// have most of it already. A server calls it in the background after maintenance
+    /// replaced a repository's packs, so that the first answers after it are not the ones
+    /// that pay for reading the new packs. Blocking: a delta forest reads every entry's
+    /// header.
+    pub fn warm(&self, like: Warmth) -> Result<(), Error> {
+        for pack in self.stored_packs()? {
+            let rev = self.rev.get(&pack, self.hash);
+            if let Some(loaded) = self.bitmaps(&pack)
+                && like.names
+            {
+                loaded.bitmaps.names()?;
+            }
+            rev.make(&pack, self.hash, like.made);
+        }
+        Ok(())
+    }
+
+    /// [`warm`](Self::warm) like `before` was.
+    pub fn warm_like(&self, before: &Repository) -> Result<(), Error> {
+        self.warm(before.warmth())
+    }
+
     /// The repository's folder.
     pub fn git_dir(&self) -> &Path {
         &self.git_dir
@@ -168,6 +220,24 @@ impl Repository {
             let mut objects = new_objects(&store, hash);
             objects.set_graphs(std::sync::Arc::clone(&graphs));
             objects
+        }
+    }
+}
+
+/// What a repository handle read and made for its answers beyond what every answer reads
+/// (see [`Repository::warmth`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Warmth {
+    made: crate::packs::Made,
+    names: bool,
+}
+
+impl std::ops::BitOr for Warmth {
+    type Output = Warmth;
+    fn bitor(self, other: Warmth) -> Warmth {
+        Warmth {
+            made: self.made | other.made,
+            names: self.names || other.names,
         }
     }
 }
