@@ -353,31 +353,122 @@ impl Mirrors {
 
     /// The mirror of `key`, opened again only when its packs changed.
     pub(crate) fn open(&self, key: &RepoKey) -> Result<Option<Arc<Repository>>, Error> {
+        self.open_and_check(key, true)
+    }
+
+    /// [`open`](Self::open); with `check`, a mirror opened anew has its files checked and
+    /// its maintenance taken up in the background.
+    fn open_and_check(&self, key: &RepoKey, check: bool) -> Result<Option<Arc<Repository>>, Error> {
         let Some(mirror) = self.registry.existing(key) else {
             return Ok(None);
         };
         let packs_changed = std::fs::metadata(mirror.git_dir().join("objects").join("pack"))
             .and_then(|m| m.modified())
             .ok();
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = open.get(key)
-            && known.packs_changed.is_some()
-            && known.packs_changed == packs_changed
+        let known = {
+            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            match open.get(key) {
+                Some(known)
+                    if known.packs_changed.is_some() && known.packs_changed == packs_changed =>
+                {
+                    return Ok(Some(Arc::clone(&known.repo)));
+                }
+                known => known.map(|k| Arc::clone(&k.repo)),
+            }
+        };
+        // Packs that stayed are not read again (a refresh adds one small pack). Not under the
+        // table's lock: taking them waits for what the handle before is reading.
+        let repo = Arc::new(match &known {
+            Some(before) => before.reopen()?,
+            None => Repository::open(mirror.git_dir())?,
+        });
         {
-            return Ok(Some(Arc::clone(&known.repo)));
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(current) = open.get(key)
+                && !known
+                    .as_ref()
+                    .is_some_and(|before| Arc::ptr_eq(before, &current.repo))
+                && current.packs_changed.is_some()
+                && current.packs_changed == packs_changed
+            {
+                // Another request opened the same packs meanwhile.
+                return Ok(Some(Arc::clone(&current.repo)));
+            }
+            open.insert(
+                key.clone(),
+                OpenRepo {
+                    packs_changed,
+                    repo: Arc::clone(&repo),
+                },
+            );
         }
-        let repo = Arc::new(Repository::open(mirror.git_dir())?);
         // Opened for the first time here, or its packs changed: its bitmap files are checked
         // once, and maintenance cut short (by a restart) is taken up again.
-        self.registry.check_in_background(key);
-        open.insert(
-            key.clone(),
-            OpenRepo {
-                packs_changed,
-                repo: Arc::clone(&repo),
-            },
-        );
+        if check {
+            self.registry.check_in_background(key);
+        }
         Ok(Some(repo))
+    }
+
+    /// Forever: each mirror maintenance consolidated is opened again at once (or opened, if
+    /// no request has yet), and what answers read of its new pack is read (its reverse index
+    /// and bitmaps), with what the handle it replaces had made (see [`Repository::warm`]),
+    /// one mirror at a time on a blocking thread, so that the next fetch does not pay for
+    /// it. [`Proxy::maintain`] runs it.
+    ///
+    /// [`Proxy::maintain`]: crate::Proxy::maintain
+    pub(crate) async fn prepare_maintained(self: Arc<Self>) {
+        let mut maintained = self.registry.maintained();
+        loop {
+            let key = match maintained.recv().await {
+                Ok(key) => key,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let mirrors = Arc::clone(&self);
+            let span = tracing::info_span!("prepare", repo = %key.relative_path().display());
+            let prepared = {
+                let key = key.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _entered = span.enter();
+                    mirrors.prepare(&key)
+                })
+                .await
+            };
+            match prepared {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(%err, "preparing a maintained mirror failed"),
+                Err(err) => tracing::warn!(%err, "preparing a maintained mirror failed"),
+            }
+            // Not opened with the check (maintenance has just written and read back what it
+            // reads), which would also have taken up maintenance: refreshes that ran while
+            // the bitmaps were written may have left packs for another consolidation.
+            self.registry.maintain_in_background(&key);
+        }
+    }
+
+    /// Open `key`'s mirror again (if its packs changed) and read and make what answers will
+    /// (see [`Repository::warm`]): what every answer reads, and what the handle it replaces
+    /// had made.
+    fn prepare(&self, key: &RepoKey) -> Result<(), Error> {
+        let started = Instant::now();
+        let before = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .map(|known| Arc::clone(&known.repo));
+        // Only what it made is kept: the handle itself goes once no answer holds it.
+        let like = before.map(|before| before.warmth()).unwrap_or_default();
+        let Some(repo) = self.open_and_check(key, false)? else {
+            return Ok(());
+        };
+        repo.warm(like | repo.warmth())?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "maintained mirror opened again and prepared"
+        );
+        Ok(())
     }
 
     /// Bring every mirror this instance has opened up to what other instances committed to

@@ -398,13 +398,15 @@ impl Proxy {
     }
 
     /// Background upkeep, forever: the catalog read again, evicting stored responses over
-    /// their limits. [`serve`] runs it for the server's life.
+    /// their limits, open mirrors prepared again after their maintenance. [`serve`] runs it
+    /// for the server's life.
     ///
     /// [`serve`]: crate::serve
     pub async fn maintain(self: Arc<Self>) {
         if !self.config.refresh_interval.is_zero() {
             tokio::spawn(Arc::clone(&self).refresh_on_schedule());
         }
+        tokio::spawn(Arc::clone(&self.mirrors).prepare_maintained());
         Arc::clone(&self.upkeep).run().await;
     }
 

@@ -122,7 +122,13 @@ pub struct Registry {
     shared: Option<Shared>,
     /// Leases that let one instance at a time refresh or maintain a shared mirror.
     leases: Option<(Arc<dyn Leases>, Duration)>,
+    /// Mirrors whose packs background maintenance replaced (see [`Registry::maintained`]).
+    maintained: tokio::sync::broadcast::Sender<RepoKey>,
 }
+
+/// Maintained mirrors announced and not yet taken by a slow listener (it then misses the
+/// oldest: each is only a chance to prepare for the next answers).
+const MAINTAINED_BACKLOG: usize = 64;
 
 /// Bitmap writers running at once in the process, whatever the mirrors.
 const CONCURRENT_BITMAP_WRITERS: usize = 1;
@@ -167,7 +173,17 @@ impl Registry {
             bitmap_writers: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_BITMAP_WRITERS)),
             shared: None,
             leases: None,
+            maintained: tokio::sync::broadcast::channel(MAINTAINED_BACKLOG).0,
         }
+    }
+
+    /// The mirrors whose packs background maintenance (see
+    /// [`maintain_in_background`](Self::maintain_in_background)) consolidated from now on,
+    /// each as its maintenance ends: the new pack's bitmaps written, the replaced packs
+    /// gone. A server that keeps repositories open opens such a mirror again then, and reads
+    /// the new packs before the next fetch needs them.
+    pub fn maintained(&self) -> tokio::sync::broadcast::Receiver<RepoKey> {
+        self.maintained.subscribe()
     }
 
     /// Coordinate shared mirrors through `leases` (expiring after `ttl` unless renewed): one
@@ -306,12 +322,19 @@ impl Registry {
         tokio::spawn(async move {
             let _clear = ClearOnDrop(&slot.maintaining);
             match registry.consolidate(&key).await {
-                Ok(Some(done)) => tracing::info!(
-                    packs_before = done.packs_before,
-                    objects = done.objects,
-                    bitmaps = done.bitmap.is_some(),
-                    "mirror consolidated"
-                ),
+                Ok(Some(done)) => {
+                    tracing::info!(
+                        packs_before = done.packs_before,
+                        objects = done.objects,
+                        bitmaps = done.bitmap.is_some(),
+                        "mirror consolidated"
+                    );
+                    // Only a mirror whose packs were consolidated with their bitmaps; no one
+                    // listening is no error.
+                    if done.pack.is_some() && done.bitmap.is_some() {
+                        let _ = registry.maintained.send(key);
+                    }
+                }
                 Ok(None) => {}
                 Err(err) => tracing::warn!(%err, "mirror consolidation failed"),
             }

@@ -126,6 +126,9 @@ fn a_pull_requests_merge_commit_is_kept_and_the_next_job_is_a_hit() {
         assert!(Instant::now() < deadline, "never consolidated: {names:?}");
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The proxy had the mirror open: it opens it again as maintenance ends, before a fetch
+    // asks.
+    cache.log_with("maintained mirror opened again and prepared", 1);
     let tips = std::fs::read_to_string(mirror.join(format!("objects/pack/{marked}.tips"))).unwrap();
     assert!(
         !tips.contains(&merge),
