@@ -24,6 +24,9 @@ use crate::target::Target;
 struct OpenRepo {
     packs_changed: Option<SystemTime>,
     repo: Arc<Repository>,
+    /// What the handles it replaced had made for their answers (see
+    /// [`Repository::warmth`]), made for new packs when maintenance has written them.
+    inherited: gitcache_pack::Warmth,
 }
 
 /// What this instance did for one repository since it started (for the admin page).
@@ -373,21 +376,27 @@ impl Mirrors {
                 {
                     return Ok(Some(Arc::clone(&known.repo)));
                 }
-                known => known.map(|k| Arc::clone(&k.repo)),
+                known => known.map(|k| (Arc::clone(&k.repo), k.inherited)),
             }
         };
         // Packs that stayed are not read again (a refresh adds one small pack). Not under the
         // table's lock: taking them waits for what the handle before is reading.
-        let repo = Arc::new(match &known {
-            Some(before) => before.reopen()?,
-            None => Repository::open(mirror.git_dir())?,
-        });
+        let (repo, inherited) = match &known {
+            Some((before, inherited)) => (before.reopen()?, *inherited | before.warmth()),
+            None => (Repository::open(mirror.git_dir())?, Default::default()),
+        };
+        let repo = Arc::new(repo);
         {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            if self.registry.existing(key).is_none() {
+                // Removed or evicted meanwhile (its folder is moved away before its entry
+                // goes): not kept, its files not held.
+                return Ok(None);
+            }
             if let Some(current) = open.get(key)
                 && !known
                     .as_ref()
-                    .is_some_and(|before| Arc::ptr_eq(before, &current.repo))
+                    .is_some_and(|(before, _)| Arc::ptr_eq(before, &current.repo))
                 && current.packs_changed.is_some()
                 && current.packs_changed == packs_changed
             {
@@ -399,6 +408,7 @@ impl Mirrors {
                 OpenRepo {
                     packs_changed,
                     repo: Arc::clone(&repo),
+                    inherited,
                 },
             );
         }
@@ -440,30 +450,39 @@ impl Mirrors {
                 Ok(Err(err)) => tracing::warn!(%err, "preparing a maintained mirror failed"),
                 Err(err) => tracing::warn!(%err, "preparing a maintained mirror failed"),
             }
-            // Not opened with the check (maintenance has just written and read back what it
-            // reads), which would also have taken up maintenance: refreshes that ran while
-            // the bitmaps were written may have left packs for another consolidation.
+            // An open mirror is opened again without the check (maintenance has just written
+            // and read back what it reads), which would also have taken up maintenance:
+            // refreshes that ran while the bitmaps were written may have left packs for
+            // another consolidation.
             self.registry.maintain_in_background(&key);
         }
     }
 
     /// Open `key`'s mirror again (if its packs changed) and read and make what answers will
-    /// (see [`Repository::warm`]): what every answer reads, and what the handle it replaces
-    /// had made.
+    /// (see [`Repository::warm`]): what every answer reads, and what the handles it replaces
+    /// had made (a request may have opened it again first, between the new pack and its
+    /// bitmaps).
     fn prepare(&self, key: &RepoKey) -> Result<(), Error> {
         let started = Instant::now();
-        let before = self
+        let was_open = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key);
+        // A mirror no request opened yet (made by a webhook, or before a restart) is checked
+        // as any first opening checks it.
+        let Some(repo) = self.open_and_check(key, !was_open)? else {
+            return Ok(());
+        };
+        let inherited = self
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .map(|known| Arc::clone(&known.repo));
-        // Only what it made is kept: the handle itself goes once no answer holds it.
-        let like = before.map(|before| before.warmth()).unwrap_or_default();
-        let Some(repo) = self.open_and_check(key, false)? else {
-            return Ok(());
-        };
-        repo.warm(like | repo.warmth())?;
+            .filter(|known| Arc::ptr_eq(&known.repo, &repo))
+            .map(|known| known.inherited)
+            .unwrap_or_default();
+        repo.warm(inherited | repo.warmth())?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "maintained mirror opened again and prepared"
@@ -627,4 +646,108 @@ fn has_wants(repo: &Repository, fetch: &Fetch) -> bool {
                 .and_then(|n| repo.find_ref(n).ok().flatten())
                 .is_some()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use gitcache_mirror::registry::Registry;
+    use gitcache_storage::repo::RepoKey;
+    use gitcache_testkit::repo::{self, RepoSpec};
+    use gitcache_testkit::upstream::{Access, Upstream};
+
+    use super::{Budget, Mirrors};
+
+    /// A maintained mirror no request has opened yet is opened and prepared; one opened again
+    /// carries over what the handles before it made for their answers; one removed is not
+    /// kept, by a request or by preparing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mirrors_opened_again_carry_what_was_made_and_removed_ones_are_not_kept() {
+        let upstream = Upstream::start().unwrap();
+        let source = upstream.repo_path("acme/app");
+        repo::generate(&source, &RepoSpec::small(1361)).unwrap();
+        upstream.adopt_repo("acme/app", Access::Public).unwrap();
+        let client = gitcache_upstream::Upstream::new(
+            &upstream.repo_url("acme/app"),
+            None,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(dir.path()));
+        let key = RepoKey::new("127.0.0.1", "acme", "app.git").unwrap();
+        registry.refresh(&key, &client, &[]).await.unwrap();
+        let mirrors = Arc::new(Mirrors::new(
+            Arc::clone(&registry),
+            Vec::new(),
+            Budget {
+                max_bytes: None,
+                min_free: 0,
+                responses: None,
+                labels: Default::default(),
+            },
+        ));
+        let entry = |mirrors: &Mirrors| {
+            let open = mirrors.open.lock().unwrap();
+            open.get(&key)
+                .map(|known| (Arc::clone(&known.repo), known.inherited))
+        };
+
+        let prepare = || {
+            let (mirrors, key) = (Arc::clone(&mirrors), key.clone());
+            tokio::task::spawn_blocking(move || mirrors.prepare(&key))
+        };
+
+        // Prepared with no request before: opened, and the reverse index read.
+        prepare().await.unwrap().unwrap();
+        let (first, inherited) = entry(&mirrors).expect("opened");
+        assert_eq!(inherited, gitcache_pack::Warmth::default());
+        assert_ne!(first.warmth(), gitcache_pack::Warmth::default(), "prepared");
+
+        // A shallow answer makes more (the delta forest, name hashes); a refresh adds a
+        // pack; the handle opened again inherits what the first had made.
+        let head = gitcache_testkit::git::git_stdout(&source, &["rev-parse", "HEAD"]);
+        let fetch = gitcache_protocol::request::Fetch {
+            wants: vec![gix_hash::ObjectId::from_hex(head.trim().as_bytes()).unwrap()],
+            deepen: Some(1),
+            done: true,
+            ofs_delta: true,
+            no_progress: true,
+            ..Default::default()
+        };
+        let format = first.object_format();
+        gitcache_pack::plan(&first, &fetch, format, &Default::default())
+            .unwrap()
+            .write_to(std::io::sink())
+            .unwrap();
+        let made = first.warmth();
+        assert_ne!(made, gitcache_pack::Warmth::default());
+        repo::append_commits(&source, "main", 2, 7).unwrap();
+        // The pack folder's time moves on with the new pack.
+        std::thread::sleep(Duration::from_millis(20));
+        registry.refresh(&key, &client, &[]).await.unwrap();
+        let reopening = Arc::clone(&mirrors);
+        let reopened_key = key.clone();
+        let second = tokio::task::spawn_blocking(move || reopening.open(&reopened_key))
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("opened again");
+        assert!(!Arc::ptr_eq(&first, &second));
+        let (_, inherited) = entry(&mirrors).unwrap();
+        assert_eq!(
+            inherited | made,
+            inherited,
+            "what the first handle made is kept"
+        );
+
+        // Removed: neither a request nor preparing keeps it open.
+        assert!(mirrors.remove(&key).await.unwrap());
+        assert!(entry(&mirrors).is_none());
+        prepare().await.unwrap().unwrap();
+        assert!(entry(&mirrors).is_none());
+        assert!(mirrors.open(&key).unwrap().is_none());
+    }
 }

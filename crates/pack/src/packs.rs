@@ -140,9 +140,9 @@ enum GraphState {
 }
 
 /// A version of a file: its device and inode, length, and times of change. Files beside a
-/// pack are replaced by renaming a new one into place, which changes the inode (while the
-/// file it replaces is open, the inode cannot be reused), and the time of an inode's last
-/// change cannot be set back.
+/// pack are replaced by renaming a new one into place, which gives them a new inode (or one
+/// freed since, whose time of last change is then later: that time cannot be set back). A
+/// pack file's own name is its checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stamp {
     device: u64,
