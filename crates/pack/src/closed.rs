@@ -101,8 +101,7 @@ impl Repository {
         members: Members<'_>,
         others: &[Arc<gix_pack::index::File>],
     ) -> Result<(), Error> {
-        sort_ids(&mut found.referred, |id| id);
-        found.referred.dedup();
+        found.sort()?;
         let mut among = members.again();
         if let Some(oid) = found
             .referred
@@ -111,8 +110,6 @@ impl Repository {
         {
             return Err(Error::MissingObject { oid: *oid });
         }
-        found.compact_expected()?;
-        sort_ids(&mut found.kinds, |(id, _)| id);
         let mut kinds = found.kinds.iter().peekable();
         let mut among = members;
         let objects = self.objects();
@@ -233,6 +230,17 @@ impl Found {
             .map(|(_, k)| k)
     }
 
+    /// Sort the lists by id and drop repeats, as [`Repository::verify_found`] needs them
+    /// (again is quick: sorted runs are found as such); an object expected as two kinds is
+    /// refused. Its own step, so that it can run beside other work.
+    pub(crate) fn sort(&mut self) -> Result<(), Error> {
+        sort_ids(&mut self.referred, |id| id);
+        self.referred.dedup();
+        self.compact_expected()?;
+        sort_ids(&mut self.kinds, |(id, _)| id);
+        Ok(())
+    }
+
     fn merge(&mut self, other: Found) {
         self.referred.extend(other.referred);
         self.kinds.extend(other.kinds);
@@ -246,7 +254,7 @@ impl Found {
 /// Sort `items` by their ids (`id` gives an item's), then as a whole: equal items end up
 /// side by side. Ids are compared by their first eight bytes as a number first (a call to
 /// compare whole ids for every step was most of the sorting).
-fn sort_ids<T: Ord>(items: &mut [T], id: impl Fn(&T) -> &ObjectId) {
+pub(crate) fn sort_ids<T: Ord>(items: &mut [T], id: impl Fn(&T) -> &ObjectId) {
     let head = |item: &T| {
         let bytes = id(item).as_bytes().first_chunk::<8>();
         bytes.map_or(0, |b| u64::from_be_bytes(*b))

@@ -142,16 +142,84 @@ impl Repository {
         if nodes.len() != entries.len() {
             return Err(Error::odb("not every object of the pack was read"));
         }
-        nodes.sort_unstable_by_key(|node| node.oid);
+        // The check's lists are sorted beside the objects (both a serial second at 4 million
+        // objects, after the decoding that used both cores).
+        let checked = match closure {
+            Closure::Unchecked => {
+                sort_by_id(&mut nodes);
+                None
+            }
+            Closure::Closed { .. } => {
+                let beside = std::thread::scope(|scope| {
+                    let sorting = std::thread::Builder::new()
+                        .spawn_scoped(scope, || found.sort())
+                        .ok();
+                    sort_by_id(&mut nodes);
+                    sorting.map(|sorting| {
+                        sorting
+                            .join()
+                            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                    })
+                });
+                // No thread to be had: one after the other.
+                Some(beside.unwrap_or_else(|| found.sort()))
+            }
+        };
         if nodes.windows(2).any(|pair| pair[0].oid == pair[1].oid) {
             return Err(crate::closed::twice(nodes.iter().map(|n| n.oid)));
         }
-        if let Closure::Closed { .. } = closure {
+        if let Some(sorted) = checked {
+            sorted?;
             let members: Vec<ObjectId> = nodes.iter().map(|n| n.oid).collect();
             self.verify_found(found, Members::Sorted(&members), &others)?;
         }
         write_index(index, &nodes, checksum, hash)?;
         Ok(count)
+    }
+}
+
+/// Sort `nodes` by id: by the ids' first eight bytes as a number first (comparing whole ids at
+/// every step was most of the sorting), on two threads when there are many (halves split by
+/// the ids' first bit, sorted each on its own).
+fn sort_by_id(nodes: &mut [Node]) {
+    let head = |node: &Node| {
+        let bytes = node.oid.as_bytes().first_chunk::<8>();
+        bytes.map_or(0, |b| u64::from_be_bytes(*b))
+    };
+    let sort = |nodes: &mut [Node]| {
+        nodes.sort_unstable_by(|a, b| head(a).cmp(&head(b)).then_with(|| a.oid.cmp(&b.oid)));
+    };
+    if nodes.len() < 1 << 16 {
+        return sort(nodes);
+    }
+    // Those whose id starts with a 0 bit first.
+    let mut low = 0;
+    for i in 0..nodes.len() {
+        if nodes[i]
+            .oid
+            .as_bytes()
+            .first()
+            .is_some_and(|b| b & 0x80 == 0)
+        {
+            nodes.swap(low, i);
+            low += 1;
+        }
+    }
+    let halves = std::thread::scope(|scope| {
+        let (first, second) = nodes.split_at_mut(low);
+        let Ok(sorting) = std::thread::Builder::new().spawn_scoped(scope, || sort(first)) else {
+            return false;
+        };
+        sort(second);
+        if let Err(panic) = sorting.join() {
+            std::panic::resume_unwind(panic);
+        }
+        true
+    });
+    if !halves {
+        // No thread to be had: one after the other.
+        sort(&mut nodes[..low]);
+        sort(&mut nodes[low..]);
     }
 }
 
@@ -214,6 +282,58 @@ fn write_index(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nodes sorted by id on two threads, or on one when few, are in the order of their ids,
+    /// each with its own entry; equal ids end up side by side (a pack holding an object
+    /// twice is found so).
+    #[test]
+    fn nodes_are_sorted_by_id_on_two_threads_as_on_one() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for n in [0usize, 1, 1000, (1 << 16) + 7, 150_000] {
+            let mut nodes: Vec<Node> = (0..n)
+                .map(|i| {
+                    let mut id = [0u8; 20];
+                    for chunk in id.chunks_mut(8) {
+                        let bytes = next().to_be_bytes();
+                        chunk.copy_from_slice(&bytes[..chunk.len()]);
+                    }
+                    // Some share their first eight bytes, some are the same id.
+                    if i % 97 == 1 {
+                        id[..8].fill(7);
+                    }
+                    if i % 1009 == 2 {
+                        id = [9; 20];
+                    }
+                    Node {
+                        entry: PackEntry {
+                            offset: i as u64,
+                            crc32: i as u32,
+                        },
+                        oid: ObjectId::from_bytes_or_panic(&id),
+                    }
+                })
+                .collect();
+            let mut expected: Vec<(ObjectId, u64)> =
+                nodes.iter().map(|n| (n.oid, n.entry.offset)).collect();
+            expected.sort_unstable();
+            sort_by_id(&mut nodes);
+            let ids: Vec<ObjectId> = nodes.iter().map(|n| n.oid).collect();
+            assert!(ids.windows(2).all(|w| w[0] <= w[1]), "{n} sorted");
+            let mut got: Vec<(ObjectId, u64)> =
+                nodes.iter().map(|n| (n.oid, n.entry.offset)).collect();
+            got.sort_unstable();
+            assert_eq!(got, expected, "{n}: the same nodes");
+            if n > 1011 {
+                assert!(ids.windows(2).any(|w| w[0] == w[1]), "repeats side by side");
+            }
+        }
+    }
 
     /// Offsets past 31 bits are kept in the table of 64-bit offsets, as git reads them.
     #[test]
