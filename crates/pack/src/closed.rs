@@ -102,6 +102,16 @@ impl Repository {
         others: &[Arc<gix_pack::index::File>],
     ) -> Result<(), Error> {
         found.sort()?;
+        self.verify_sorted(found, members, others)
+    }
+
+    /// [`verify_found`](Self::verify_found) of what [`Found::sort`] sorted already.
+    pub(crate) fn verify_sorted(
+        &self,
+        found: Found,
+        members: Members<'_>,
+        others: &[Arc<gix_pack::index::File>],
+    ) -> Result<(), Error> {
         let mut among = members.again();
         if let Some(oid) = found
             .referred
@@ -230,9 +240,9 @@ impl Found {
             .map(|(_, k)| k)
     }
 
-    /// Sort the lists by id and drop repeats, as [`Repository::verify_found`] needs them
-    /// (again is quick: sorted runs are found as such); an object expected as two kinds is
-    /// refused. Its own step, so that it can run beside other work.
+    /// Sort the lists by id and drop repeats, as [`Repository::verify_sorted`] needs them; an
+    /// object expected as two kinds is refused. Its own step, so that it can run beside other
+    /// work.
     pub(crate) fn sort(&mut self) -> Result<(), Error> {
         sort_ids(&mut self.referred, |id| id);
         self.referred.dedup();

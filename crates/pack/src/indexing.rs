@@ -171,7 +171,7 @@ impl Repository {
         if let Some(sorted) = checked {
             sorted?;
             let members: Vec<ObjectId> = nodes.iter().map(|n| n.oid).collect();
-            self.verify_found(found, Members::Sorted(&members), &others)?;
+            self.verify_sorted(found, Members::Sorted(&members), &others)?;
         }
         write_index(index, &nodes, checksum, hash)?;
         Ok(count)
@@ -288,13 +288,8 @@ mod tests {
     /// twice is found so).
     #[test]
     fn nodes_are_sorted_by_id_on_two_threads_as_on_one() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = gitcache_testkit::repo::Rng::new(291);
+        let mut next = move || rng.next_u64();
         for n in [0usize, 1, 1000, (1 << 16) + 7, 150_000] {
             let mut nodes: Vec<Node> = (0..n)
                 .map(|i| {

@@ -1103,13 +1103,8 @@ mod tests {
             let fit: Option<Vec<u32>> = pairs.iter().map(|&(o, _)| u32::try_from(o).ok()).collect();
             (order, fit)
         };
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut random = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = gitcache_testkit::repo::Rng::new(1105);
+        let mut random = move || rng.next_u64();
         let n = 3 * super::RADIX_FROM;
         let cases: Vec<Vec<u64>> = vec![
             (0..n)
@@ -1182,15 +1177,23 @@ mod tests {
             "the new pack is read when needed"
         );
 
-        // The bitmap file replaced (the same bytes, a new file): read again, the rest taken.
+        // A file beside the old pack replaced by the same bytes in a new file, as rewriting
+        // it does; the old pack as a handle lists it.
+        let replace = |path: &std::path::Path| {
+            let copy = old.with_extension("copy");
+            std::fs::copy(path, &copy).unwrap();
+            std::fs::rename(&copy, path).unwrap();
+        };
+        let listed_old = |repo: &Repository| {
+            let listed = repo.stored_packs().unwrap();
+            listed.into_iter().find(|p| p.pack == old).unwrap()
+        };
+
+        // The bitmap file replaced: read again, the rest taken.
         let bitmap = old.with_extension("bitmap");
-        let copy = old.with_extension("copy");
-        std::fs::copy(&bitmap, &copy).unwrap();
-        std::fs::rename(&copy, &bitmap).unwrap();
+        replace(&bitmap);
         let fourth = third.reopen().unwrap();
-        let listed = fourth.stored_packs().unwrap();
-        let kept = listed.iter().find(|p| p.pack == old).unwrap();
-        let reread = fourth.bitmaps(kept).expect("read again");
+        let reread = fourth.bitmaps(&listed_old(&fourth)).expect("read again");
         assert!(!Arc::ptr_eq(&reread, &bitmaps));
         assert!(Arc::ptr_eq(&fourth.rev_cache().made(&old).unwrap(), &rev));
 
@@ -1227,19 +1230,13 @@ mod tests {
         // The bitmap file removed (as a damaged one is): none is taken, none is read.
         std::fs::remove_file(&bitmap).unwrap();
         let without = fourth.reopen().unwrap();
-        let listed = without.stored_packs().unwrap();
-        let kept = listed.iter().find(|p| p.pack == old).unwrap();
-        assert!(without.bitmaps(kept).is_none());
+        assert!(without.bitmaps(&listed_old(&without)).is_none());
         assert!(Arc::ptr_eq(&without.rev_cache().made(&old).unwrap(), &rev));
         // The index replaced (the same bytes, a new file): it is read again, and what was
         // made from the one before is not taken.
-        let idx = old.with_extension("idx");
-        std::fs::copy(&idx, &copy).unwrap();
-        std::fs::rename(&copy, &idx).unwrap();
+        replace(&old.with_extension("idx"));
         let reindexed = without.reopen().unwrap();
-        let listed = reindexed.stored_packs().unwrap();
-        let kept = listed.iter().find(|p| p.pack == old).unwrap();
-        assert!(!Arc::ptr_eq(&kept.index, &packs[0].index));
+        assert!(!Arc::ptr_eq(&listed_old(&reindexed).index, &packs[0].index));
         assert!(reindexed.rev_cache().made(&old).is_none());
         let now = Repository::open(&path).unwrap();
         assert!(answer(&reindexed, &shallow) == answer(&now, &shallow));
