@@ -398,8 +398,8 @@ impl Proxy {
     }
 
     /// Background upkeep, forever: the catalog read again, evicting stored responses over
-    /// their limits, open mirrors prepared again after their maintenance. [`serve`] runs it
-    /// for the server's life.
+    /// their limits, mirrors opened again and prepared after their maintenance. [`serve`]
+    /// runs it for the server's life.
     ///
     /// [`serve`]: crate::serve
     pub async fn maintain(self: Arc<Self>) {
