@@ -186,15 +186,52 @@ fn broken_packs_leave_the_mirror_as_it_was() {
         ("header only", pack[..12].to_vec()),
     ];
     for (name, bytes) in cases {
-        let err = ingest_pack(&mirror, Kind::Sha1, &mut &bytes[..]).unwrap_err();
-        assert!(matches!(err, Error::InvalidPack { .. }), "{name}: {err:?}");
-        assert!(err.is_upstream_fault());
-        assert_eq!(
-            pack_dir_listing(&mirror),
-            before,
-            "{name}: nothing left behind"
-        );
+        // Read at once, and in pieces shorter than the trailer.
+        for piece in [1 << 16, 7] {
+            let mut reader = std::io::BufReader::with_capacity(piece, &bytes[..]);
+            let err = ingest_pack(&mirror, Kind::Sha1, &mut reader).unwrap_err();
+            assert!(matches!(err, Error::InvalidPack { .. }), "{name}: {err:?}");
+            assert!(err.is_upstream_fault());
+            assert_eq!(
+                pack_dir_listing(&mirror),
+                before,
+                "{name}: nothing left behind"
+            );
+        }
     }
+}
+
+#[test]
+fn a_pack_named_as_one_there_with_other_bytes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(64))
+        .unwrap()
+        .path;
+    let pack = pack_objects(&source, &["--revs", "--all"], "");
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let ingested = ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap();
+    assert!(ingested.fresh);
+    // As a collision of checksums would have it: the same name, other bytes.
+    let mut perms = std::fs::metadata(&ingested.pack).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&ingested.pack, perms).unwrap();
+    let mut stored = std::fs::read(&ingested.pack).unwrap();
+    let middle = stored.len() / 2;
+    stored[middle] ^= 1;
+    std::fs::write(&ingested.pack, &stored).unwrap();
+    let before = pack_dir_listing(&mirror);
+
+    let err = ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap_err();
+    assert!(err.to_string().contains("with other bytes"), "{err}");
+    assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
+    assert!(std::fs::read(&ingested.pack).unwrap() == stored, "kept");
+    // The very same bytes again are the pack there.
+    stored[middle] ^= 1;
+    std::fs::write(&ingested.pack, &stored).unwrap();
+    let again = ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap();
+    assert!(!again.fresh);
+    assert_eq!(again.checksum, ingested.checksum);
 }
 
 #[test]

@@ -67,7 +67,7 @@ use gix_hash::ObjectId;
 pub use error::Error;
 pub use indexing::{Closure, PackEntry};
 pub use repo::{Ref, Repository, Warmth};
-pub use write::PackStats;
+pub use write::{Checksum, PackStats};
 
 use objects::Objects;
 
