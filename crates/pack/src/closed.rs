@@ -477,6 +477,22 @@ impl Checker {
             if at == data.len() {
                 break;
             }
+            // The bytes from here on as the earlier tree's from the entry compared with next:
+            // the whole entries they cover are those entries (parsing from an entry's start
+            // reads the same entries from the same bytes), skipped without parsing them. Most
+            // entries between a tree's changes are skipped so.
+            if let Some(&from) = bounds.get(theirs) {
+                let run = common_prefix(&data[at..], &before[from..]);
+                let last = bounds.partition_point(|&b| b <= from + run) - 1;
+                if last > theirs {
+                    if keeping {
+                        next.extend(bounds[theirs + 1..last].iter().map(|b| b - from + at));
+                    }
+                    at += bounds[last] - from;
+                    theirs = last;
+                    continue;
+                }
+            }
             let (entry, end) =
                 objects::tree_entry(data, at, self.hash).map_err(TreeError::Parse)?;
             let mine = &data[at..end];
