@@ -191,6 +191,15 @@ pub enum ConfigError {
     },
 }
 
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Proxy {
     /// A proxy with `config` and no catalog or metrics; creates the data directory.
     pub fn new(config: ProxyConfig) -> Result<Arc<Self>, ConfigError> {
@@ -399,14 +408,17 @@ impl Proxy {
 
     /// Background upkeep, forever: the catalog read again, evicting stored responses over
     /// their limits, mirrors opened again and prepared after their maintenance. [`serve`]
-    /// runs it for the server's life.
+    /// runs it for the server's life; dropping it (aborting its task) stops every task it
+    /// started.
     ///
     /// [`serve`]: crate::serve
     pub async fn maintain(self: Arc<Self>) {
+        // Its tasks are aborted when it is dropped.
+        let mut tasks = tokio::task::JoinSet::new();
         if !self.config.refresh_interval.is_zero() {
-            tokio::spawn(Arc::clone(&self).refresh_on_schedule());
+            tasks.spawn(Arc::clone(&self).refresh_on_schedule());
         }
-        tokio::spawn(Arc::clone(&self.mirrors).prepare_maintained());
+        tasks.spawn(Arc::clone(&self.mirrors).prepare_maintained());
         Arc::clone(&self.upkeep).run().await;
     }
 
@@ -420,10 +432,11 @@ impl Proxy {
         let interval = self.config.refresh_interval;
         let tick = (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
         let spread = (interval / 10).min(Duration::from_secs(60));
-        let mut scheduled: HashMap<RepoKey, tokio::task::JoinHandle<()>> = HashMap::new();
+        // Aborted with this task.
+        let mut scheduled: HashMap<RepoKey, AbortOnDrop> = HashMap::new();
         loop {
             tokio::time::sleep(tick).await;
-            scheduled.retain(|_, task| !task.is_finished());
+            scheduled.retain(|_, task| !task.0.is_finished());
             for target in self.mirrors.due(interval, self.config.active_window) {
                 if scheduled.contains_key(&target.key)
                     || self.mirrors.registry().existing(&target.key).is_none()
@@ -443,7 +456,7 @@ impl Proxy {
                             .warm(due.key, upstream, "scheduled refresh", false);
                     }
                 });
-                scheduled.insert(target.key, task);
+                scheduled.insert(target.key, AbortOnDrop(task.abort_handle()));
             }
         }
     }
@@ -981,4 +994,44 @@ fn suffix(route: &Route, query: Option<&str>) -> String {
         suffix.push_str(query);
     }
     suffix
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every task the upkeep started holds the proxy or its mirrors: once the upkeep is
+    /// aborted (as a server stopping does), none is left holding them.
+    #[tokio::test]
+    async fn aborting_the_upkeep_stops_every_task_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::ProxyConfig::new(dir.path(), "http://127.0.0.1:9");
+        config.refresh_interval = Duration::from_millis(50);
+        let proxy = Proxy::new(config).unwrap();
+        let held = |p: &Arc<Proxy>| (Arc::strong_count(p), Arc::strong_count(&p.mirrors));
+        let before = held(&proxy);
+        let upkeep = tokio::spawn(Arc::clone(&proxy).maintain());
+        let mut started = false;
+        for _ in 0..200 {
+            let (proxies, mirrors) = held(&proxy);
+            if proxies > before.0 + 1 && mirrors > before.1 {
+                started = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            started,
+            "the scheduler and the preparing task hold the proxy and mirrors"
+        );
+        upkeep.abort();
+        assert!(upkeep.await.unwrap_err().is_cancelled());
+        for _ in 0..200 {
+            if held(&proxy) == before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(held(&proxy), before, "no task of the upkeep is left");
+    }
 }
