@@ -192,7 +192,7 @@ pub enum ConfigError {
 }
 
 /// A task aborted when this is dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -408,8 +408,8 @@ impl Proxy {
 
     /// Background upkeep, forever: the catalog read again, evicting stored responses over
     /// their limits, mirrors opened again and prepared after their maintenance. [`serve`]
-    /// runs it for the server's life; dropping it (aborting its task) stops every task it
-    /// started.
+    /// runs it for the server's life. Dropping it (aborting its task) stops the tasks it
+    /// started that schedule or wait; refreshes and blocking work already under way finish.
     ///
     /// [`serve`]: crate::serve
     pub async fn maintain(self: Arc<Self>) {
@@ -1000,13 +1000,23 @@ fn suffix(route: &Route, query: Option<&str>) -> String {
 mod tests {
     use super::*;
 
-    /// Every task the upkeep started holds the proxy or its mirrors: once the upkeep is
-    /// aborted (as a server stopping does), none is left holding them.
+    /// Every task the upkeep started (the refresh scheduler, the preparing of maintained
+    /// mirrors, the shared store's catching up) holds the proxy or its mirrors: once the
+    /// upkeep is aborted (as a server stopping does), none is left holding them.
     #[tokio::test]
     async fn aborting_the_upkeep_stops_every_task_it_started() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = crate::ProxyConfig::new(dir.path(), "http://127.0.0.1:9");
         config.refresh_interval = Duration::from_millis(50);
+        // A shared store (never reached: nothing listens there) adds the catching up.
+        config.object_store = Some(gitcache_storage::s3::S3Config {
+            bucket: "mirrors".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            access_key_id: Some("key".into()),
+            secret_access_key: Some("secret".into()),
+            ..Default::default()
+        });
+        config.storage_poll_interval = Duration::from_millis(50);
         let proxy = Proxy::new(config).unwrap();
         let held = |p: &Arc<Proxy>| (Arc::strong_count(p), Arc::strong_count(&p.mirrors));
         let before = held(&proxy);

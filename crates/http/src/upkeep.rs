@@ -36,17 +36,19 @@ pub(crate) struct Upkeep {
 impl Upkeep {
     /// Run forever.
     pub(crate) async fn run(self: Arc<Self>) {
-        if self.mirrors.registry().shared().is_some()
-            && !self.config.storage_poll_interval.is_zero()
-        {
+        // Stops with this.
+        let _catching_up = (self.mirrors.registry().shared().is_some()
+            && !self.config.storage_poll_interval.is_zero())
+        .then(|| {
             let (mirrors, every) = (Arc::clone(&self.mirrors), self.config.storage_poll_interval);
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     mirrors.catch_up().await;
                 }
             });
-        }
+            crate::proxy::AbortOnDrop(task.abort_handle())
+        });
         let tick = self
             .config
             .catalog_reload_interval

@@ -73,6 +73,9 @@ impl Drop for Staging {
 
 /// Index, verify and move into place the pack read from `pack`, into the bare repository at
 /// `git_dir` whose objects are `hash`. Thin packs are completed with bases from the repository.
+/// One ingestion into a repository at a time (the registry's refresh lock): a pack whose
+/// name is taken is compared with the one there, which a second ingestion moving its own
+/// into place meanwhile would defeat.
 ///
 /// Ask upstream for `ofs-delta`: a ref-delta whose base the repository already has is
 /// completed with a copy of that base even when the base is also in the pack, and the pack

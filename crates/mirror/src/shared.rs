@@ -527,9 +527,10 @@ fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Resu
     if hex(&named) != pack_id {
         return Ok(false);
     }
-    // Every file's last bytes are the checksum of all before them.
+    // Every file's last bytes are the checksum of all before them, hashed as ingesting and
+    // writing them hash it (a pack taken in here is not refused on hydrating it).
     file.seek(SeekFrom::Start(0))?;
-    let mut hasher = gix_hash::hasher(format);
+    let mut hasher = gitcache_pack::Checksum::new(format);
     let mut left = size - len;
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {
@@ -541,7 +542,7 @@ fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Resu
     let mut trailer = vec![0; len as usize];
     file.read_exact(&mut trailer)?;
     Ok(hasher
-        .try_finalize()
+        .finish()
         .is_ok_and(|digest| digest.as_bytes() == trailer.as_slice()))
 }
 
