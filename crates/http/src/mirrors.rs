@@ -700,11 +700,16 @@ mod tests {
             tokio::task::spawn_blocking(move || mirrors.prepare(&key))
         };
 
-        // Prepared with no request before: opened, and the reverse index read.
+        // Prepared with no request before: opened, and the reverse index read (written with
+        // the pack's index: nothing had to be made of it).
         prepare().await.unwrap().unwrap();
         let (first, inherited) = entry(&mirrors).expect("opened");
         assert_eq!(inherited, gitcache_pack::Warmth::default());
-        assert_ne!(first.warmth(), gitcache_pack::Warmth::default(), "prepared");
+        assert_eq!(
+            first.warmth(),
+            gitcache_pack::Warmth::default(),
+            "read, not made"
+        );
 
         // A shallow answer makes more (the delta forest, name hashes); a refresh adds a
         // pack; the handle opened again inherits what the first had made.

@@ -143,15 +143,24 @@ pub fn ingest_pack_checked(
     let objects = u32::try_from(entries.len()).unwrap_or(u32::MAX);
     let final_pack = pack_dir.join(format!("pack-{checksum}.pack"));
     let final_index = pack_dir.join(format!("pack-{checksum}.idx"));
+    // Written beside the index, unless gitoxide's indexer made it.
+    let reverse = Some(index.with_extension("rev")).filter(|r| r.is_file());
     let fresh = !final_index.exists();
     if fresh {
-        for file in [&data, &index] {
+        for file in [Some(&data), reverse.as_ref(), Some(&index)]
+            .into_iter()
+            .flatten()
+        {
             std::fs::File::open(file)?.sync_all()?;
             let mut perms = std::fs::metadata(file)?.permissions();
             perms.set_readonly(true);
             std::fs::set_permissions(file, perms)?;
         }
+        // The index last: the pack is found by it, whole by then.
         std::fs::rename(&data, &final_pack)?;
+        if let Some(reverse) = &reverse {
+            std::fs::rename(reverse, final_index.with_extension("rev"))?;
+        }
         std::fs::rename(&index, &final_index)?;
         gitcache_storage::fs::sync_dir(&pack_dir)?;
     } else if !same_bytes(&data, &final_pack)? {

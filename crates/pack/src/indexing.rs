@@ -46,7 +46,9 @@ impl Repository {
     /// read). Every object is decoded once, its deltas resolved on all
     /// cores, to compute its id and, with [`Closure::Closed`], to check what it refers to in
     /// the same reading (before, a received pack was indexed and then read whole a second
-    /// time for the check). Returns the number of objects.
+    /// time for the check). Beside the index, git's reverse index (`.rev`) is written, so that
+    /// no process opening the pack has to order its entries by offset again. Returns the
+    /// number of objects.
     pub fn index_pack(
         &self,
         pack: &Path,
@@ -173,7 +175,18 @@ impl Repository {
             let members: Vec<ObjectId> = nodes.iter().map(|n| n.oid).collect();
             self.verify_sorted(found, Members::Sorted(&members), &others)?;
         }
-        write_index(index, &nodes, checksum, hash)?;
+        // The reverse index beside the index: both are ready for the pack's first reader.
+        let reverse = index.with_extension("rev");
+        std::thread::scope(|scope| {
+            let rev = std::thread::Builder::new()
+                .spawn_scoped(scope, || write_rev(&reverse, &nodes, checksum, hash))
+                .ok();
+            write_index(index, &nodes, checksum, hash)?;
+            match rev {
+                Some(rev) => rev.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                None => write_rev(&reverse, &nodes, checksum, hash),
+            }
+        })?;
         Ok(count)
     }
 }
@@ -276,6 +289,36 @@ fn write_index(
     let (mut file, own) = out.finish()?;
     file.write_all(own.as_bytes())?;
     file.flush()?;
+    Ok(())
+}
+
+/// Write git's reverse index (version 1) of the pack of `nodes` (sorted by id) to `path`: the
+/// index positions of the pack's objects in the order they are in the pack, the pack's
+/// checksum, and the file's own.
+fn write_rev(
+    path: &Path,
+    nodes: &[Node],
+    checksum: &ObjectId,
+    hash: gix_hash::Kind,
+) -> Result<(), Error> {
+    let id: u32 = match hash {
+        gix_hash::Kind::Sha1 => 1,
+        gix_hash::Kind::Sha256 => 2,
+        _ => return Err(Error::odb("no reverse index for this object format")),
+    };
+    let (order, _) = crate::packs::by_offset(nodes.len(), |i| nodes[i as usize].entry.offset);
+    let mut body = Vec::with_capacity(12 + 4 * order.len());
+    body.extend_from_slice(b"RIDX");
+    body.extend_from_slice(&1u32.to_be_bytes());
+    body.extend_from_slice(&id.to_be_bytes());
+    for position in order {
+        body.extend_from_slice(&position.to_be_bytes());
+    }
+    body.extend_from_slice(checksum.as_bytes());
+    let mut sum = crate::write::Checksum::new(hash);
+    sum.update(&body);
+    body.extend_from_slice(sum.finish()?.as_bytes());
+    std::fs::write(path, body)?;
     Ok(())
 }
 
