@@ -132,9 +132,11 @@ pub fn ingest_pack_checked(
         let index = data.with_extension("idx");
         std::fs::rename(&received, &data)?;
         repo.index_pack(&data, &entries, &bases, &checksum, &index, closure)
-            .map_err(|err| match closure {
-                Closure::Closed { .. } => Error::Refused(err),
-                Closure::Unchecked => Error::InvalidPack {
+            .map_err(|err| match (err, closure) {
+                // Writing the index failed here (a full disk): not the upstream's fault.
+                (gitcache_pack::Error::Io(err), _) => Error::Io(err),
+                (err, Closure::Closed { .. }) => Error::Refused(err),
+                (err, Closure::Unchecked) => Error::InvalidPack {
                     message: err.to_string(),
                 },
             })?;
@@ -146,6 +148,7 @@ pub fn ingest_pack_checked(
     // Written beside the index, unless gitoxide's indexer made it.
     let reverse = Some(index.with_extension("rev")).filter(|r| r.is_file());
     let fresh = !final_index.exists();
+    let final_reverse = final_index.with_extension("rev");
     if fresh {
         for file in [Some(&data), reverse.as_ref(), Some(&index)]
             .into_iter()
@@ -159,7 +162,7 @@ pub fn ingest_pack_checked(
         // The index last: the pack is found by it, whole by then.
         std::fs::rename(&data, &final_pack)?;
         if let Some(reverse) = &reverse {
-            std::fs::rename(reverse, final_index.with_extension("rev"))?;
+            std::fs::rename(reverse, &final_reverse)?;
         }
         std::fs::rename(&index, &final_index)?;
         gitcache_storage::fs::sync_dir(&pack_dir)?;
@@ -169,6 +172,15 @@ pub fn ingest_pack_checked(
         return Err(invalid(format!(
             "pack-{checksum} is in the mirror already with other bytes"
         )));
+    } else if let Some(reverse) = reverse.filter(|_| !final_reverse.exists()) {
+        // The pack there has no reverse index (taken in before they were written): this
+        // one's is its own, and readers check it before using it.
+        let mut perms = std::fs::metadata(&reverse)?.permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&reverse, perms)?;
+        std::fs::File::open(&reverse)?.sync_all()?;
+        std::fs::rename(&reverse, &final_reverse)?;
+        gitcache_storage::fs::sync_dir(&pack_dir)?;
     }
     drop(staging.0.take().map(std::fs::remove_dir_all));
     Ok(Ingested {

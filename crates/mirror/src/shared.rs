@@ -670,12 +670,15 @@ impl Shared {
         let pack_dir = git_dir.join("objects").join("pack");
         let started = std::time::Instant::now();
         let mut downloaded = 0u64;
-        // Packs placed by this hydration: a pack is closed only together with the others
-        // the manifest names, so if one cannot be had, those placed go again (the copy
-        // stays as it was, without packs whose history it may lack).
-        let mut placed: Vec<&str> = Vec::new();
+        // Files placed by this hydration, by pack, and whether the pack was there before
+        // (its index): a pack is closed only together with the others the manifest names,
+        // so if one cannot be had, the packs placed go again, and of a pack that was there
+        // only the files placed (the copy stays as it was, without packs whose history it
+        // may lack).
+        let mut placed: Vec<(&str, Vec<&str>, bool)> = Vec::new();
         for pack in &manifest.packs {
-            let mut fresh = false;
+            let had = pack_dir.join(format!("{}.idx", pack.stem)).is_file();
+            placed.push((&pack.stem, Vec::new(), had));
             for ext in pack.files.iter().copied() {
                 let path = pack_dir.join(format!("{}.{ext}", pack.stem));
                 if path.is_file() {
@@ -685,19 +688,24 @@ impl Shared {
                     .download(key, &pack.stem, ext, &path, manifest.format)
                     .await
                 {
-                    for stem in placed.iter().chain(fresh.then_some(&pack.stem.as_str())) {
+                    for (stem, exts, had) in &placed {
+                        if exts.is_empty() {
+                            continue;
+                        }
                         // The index first (placed last): no reader finds a part of a pack.
                         for ext in PACK_FILES.iter().rev() {
-                            let _ = std::fs::remove_file(pack_dir.join(format!("{stem}.{ext}")));
+                            if !had || exts.contains(ext) {
+                                let _ =
+                                    std::fs::remove_file(pack_dir.join(format!("{stem}.{ext}")));
+                            }
                         }
                     }
                     return Err(err);
                 }
-                fresh = true;
+                if let Some((_, exts, _)) = placed.last_mut() {
+                    exts.push(ext);
+                }
                 downloaded += std::fs::metadata(&path).map_or(0, |m| m.len());
-            }
-            if fresh {
-                placed.push(&pack.stem);
             }
         }
         gitcache_storage::fs::sync_dir(&pack_dir)?;

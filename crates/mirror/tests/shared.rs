@@ -538,6 +538,24 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
     refused(shared.hydrate(&f.key, &b_dir).await.unwrap_err());
     assert_eq!(f.refs(&f.b), before);
     f.fsck(&f.b);
+    // The same, with a file of a pack the copy had missing there (its reverse index): the
+    // file is fetched, the newest pack refused, and of the pack the copy had only the file
+    // fetched goes again.
+    let local = b_dir.join("objects/pack");
+    let had_rev = local.join(format!("{old}.rev"));
+    assert!(
+        manifest.packs[0].files.contains(&"rev"),
+        "{:?}",
+        manifest.packs[0].files
+    );
+    std::fs::remove_file(&had_rev).unwrap();
+    refused(shared.hydrate(&f.key, &b_dir).await.unwrap_err());
+    for ext in ["pack", "idx"] {
+        assert!(local.join(format!("{old}.{ext}")).is_file(), "{ext} kept");
+    }
+    assert!(!had_rev.exists());
+    assert_eq!(f.refs(&f.b), before);
+    f.fsck(&f.b);
     std::fs::write(path(new, "pack"), saved).unwrap();
     // One bit flipped in the middle of the index: its own checksum gives it away.
     let saved = std::fs::read(path(new, "idx")).unwrap();
