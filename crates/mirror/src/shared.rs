@@ -688,6 +688,13 @@ impl Shared {
                     .download(key, &pack.stem, ext, &path, manifest.format)
                     .await
                 {
+                    // A reverse index only spares readers ordering the pack by offset: one
+                    // the store lacks, or that is not the pack's, is done without.
+                    if ext == "rev" && matches!(err, Error::Missing { .. } | Error::Mismatch { .. })
+                    {
+                        tracing::warn!(%err, "going on without the pack's reverse index");
+                        continue;
+                    }
                     for (stem, exts, had) in &placed {
                         if exts.is_empty() {
                             continue;

@@ -599,6 +599,47 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
     );
 }
 
+/// A reverse index is a shortcut: one the store lacks, or one that is not its pack's, is
+/// done without, and the pack is taken all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverse_index_the_store_lacks_or_damaged_is_done_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FsStore::new(dir.path());
+    let store = AnyStore::Fs(fs.clone());
+    let f = fleet(store.clone(), Duration::from_secs(3600), 1304);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let manifest = f.manifest().await;
+    let stem = &manifest.packs[0].stem;
+    assert!(manifest.packs[0].files.contains(&"rev"));
+    let rev = fs.path_of(
+        &ObjectKey::new(&format!(
+            "mirrors/127.0.0.1/acme/shared.git/packs/{stem}.rev"
+        ))
+        .unwrap(),
+    );
+    let shared = Shared::new(store.clone(), Duration::from_secs(3600));
+    let b_dir = f.b.path(&f.key);
+    let local = b_dir.join(format!("objects/pack/{stem}.rev"));
+    let written = std::fs::read(&rev).unwrap();
+    let mut damaged = written.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 1;
+    for (what, bytes) in [("damaged", Some(damaged)), ("missing", None)] {
+        match bytes {
+            Some(bytes) => std::fs::write(&rev, bytes).unwrap(),
+            None => std::fs::remove_file(&rev).unwrap(),
+        }
+        let _ = std::fs::remove_dir_all(&b_dir);
+        shared.hydrate(&f.key, &b_dir).await.unwrap();
+        assert!(!local.exists(), "{what}: not placed");
+        for ext in ["pack", "idx"] {
+            assert!(b_dir.join(format!("objects/pack/{stem}.{ext}")).is_file());
+        }
+        git(&b_dir, &["fsck", "--strict", "--no-progress"]);
+        assert_eq!(git(&b_dir, &["show-ref", "--head"]), f.refs(&f.a), "{what}");
+    }
+}
+
 #[test]
 fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
     let oid = "1".repeat(40);
