@@ -308,18 +308,28 @@ fn write_rev(
         _ => return Ok(()),
     };
     let (order, _) = crate::packs::by_offset(nodes.len(), |i| nodes[i as usize].entry.offset);
-    let mut body = Vec::with_capacity(12 + 4 * order.len());
-    body.extend_from_slice(b"RIDX");
-    body.extend_from_slice(&1u32.to_be_bytes());
-    body.extend_from_slice(&id.to_be_bytes());
+    let mut out = crate::write::Sink::new(
+        std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?),
+        hash,
+    );
+    out.write_all(b"RIDX")?;
+    out.write_all(&1u32.to_be_bytes())?;
+    out.write_all(&id.to_be_bytes())?;
+    // Hashed a chunk at a time, not four bytes at a time.
+    let mut chunk = Vec::with_capacity(1 << 16);
     for position in order {
-        body.extend_from_slice(&position.to_be_bytes());
+        chunk.extend_from_slice(&position.to_be_bytes());
+        if chunk.len() >= 1 << 16 {
+            out.write_all(&chunk)?;
+            chunk.clear();
+        }
     }
-    body.extend_from_slice(checksum.as_bytes());
-    let mut sum = crate::write::Checksum::new(hash);
-    sum.update(&body);
-    body.extend_from_slice(sum.finish()?.as_bytes());
-    std::fs::write(path, body)?;
+    out.write_all(&chunk)?;
+    out.write_all(checksum.as_bytes())?;
+    out.flush()?;
+    let (mut file, own) = out.finish()?;
+    file.write_all(own.as_bytes())?;
+    file.flush()?;
     Ok(())
 }
 
