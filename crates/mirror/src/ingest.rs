@@ -226,7 +226,7 @@ fn receive(
         sum: Trailing::new(hash),
         failed: None,
     };
-    // The tee checks the trailer: gitoxide's check hashes with collision detection, a third
+    // The tee checks the trailer: gitoxide's check hashes with collision detection, a quarter
     // of the time of reading a pack on one thread ([`gitcache_pack::Checksum`]).
     let read = input::BytesToEntriesIter::new_from_header(
         &mut tee,

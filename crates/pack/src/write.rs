@@ -354,7 +354,7 @@ enum Ready {
 /// since 2.48. The checksum guards against damage, never stands for the content: objects'
 /// ids, which a collision could forge, are hashed with the detection as before, and a file
 /// named by its checksum replaces nothing of that name with other bytes. The detection took
-/// a sixth of the time of answering a `tree:0` clone, and a third of reading a received pack.
+/// a sixth of the time of answering a `tree:0` clone, and a quarter of reading a received pack.
 ///
 /// ```
 /// let mut sum = gitcache_pack::Checksum::new(gix_hash::Kind::Sha1);
