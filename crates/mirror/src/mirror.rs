@@ -781,13 +781,19 @@ impl Mirror {
 
     /// Write the commit graph of each consolidated pack (one marked with its tips) that has
     /// none, or a damaged one: a copy that took its packs from a shared store, or made before
-    /// commit graphs. Returns the graphs the consolidated packs now have.
+    /// commit graphs. Every pack without a sound reverse index gets one too. Returns the
+    /// graphs the consolidated packs now have.
     pub fn write_missing_graphs(&self) -> Result<Vec<PathBuf>, Error> {
         let pack_dir = self.git_dir.join("objects").join("pack");
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
         let mut graphs = Vec::new();
         for stem in pack_names(&pack_dir)? {
             let pack = pack_dir.join(format!("{stem}.pack"));
+            // Every pack: those taken in before reverse indexes were written lack one (only a
+            // shortcut for readers: not writing it stops nothing else).
+            if let Err(err) = repo.write_reverse_index(&pack) {
+                tracing::warn!(%err, pack = %pack.display(), "writing a reverse index failed");
+            }
             if pack.with_extension("tips").is_file()
                 && let Some(graph) = repo.write_commit_graph(&pack)?
             {

@@ -169,6 +169,37 @@ fn a_thin_pack_is_completed_from_the_mirror() {
     );
 }
 
+/// A pack without its reverse index (taken in before they were written), or with a damaged
+/// one, gets it when the mirror is opened: the same bytes as written with its index.
+#[test]
+fn reverse_indexes_packs_lack_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(65))
+        .unwrap()
+        .path;
+    let pack = pack_objects(&source, &["--revs", "--all"], "");
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let ingested = ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap();
+    let rev = ingested.index.with_extension("rev");
+    let written = std::fs::read(&rev).unwrap();
+    let opened = gitcache_mirror::mirror::Mirror::open(&mirror);
+    let mut damaged = written.clone();
+    damaged[20] ^= 1;
+    for (what, bytes) in [("lacking", None), ("damaged", Some(damaged))] {
+        std::fs::remove_file(&rev).unwrap();
+        if let Some(bytes) = bytes {
+            std::fs::write(&rev, bytes).unwrap();
+        }
+        opened.write_missing_graphs().unwrap();
+        assert!(std::fs::read(&rev).unwrap() == written, "{what}");
+    }
+    let listing = pack_dir_listing(&mirror);
+    assert!(
+        listing.iter().all(|n| !n.starts_with("incoming-")),
+        "{listing:?}"
+    );
+}
+
 #[test]
 fn broken_packs_leave_the_mirror_as_it_was() {
     let dir = tempfile::tempdir().unwrap();

@@ -292,44 +292,20 @@ fn write_index(
     Ok(())
 }
 
-/// Write git's reverse index (version 1) of the pack of `nodes` (sorted by id) to `path`: the
-/// index positions of the pack's objects in the order they are in the pack, the pack's
-/// checksum, and the file's own.
+/// Write git's reverse index of the pack of `nodes` (sorted by id) to `path`, unless git has
+/// none for the object format (readers then build the order).
 fn write_rev(
     path: &Path,
     nodes: &[Node],
     checksum: &ObjectId,
     hash: gix_hash::Kind,
 ) -> Result<(), Error> {
-    let id: u32 = match hash {
-        gix_hash::Kind::Sha1 => 1,
-        gix_hash::Kind::Sha256 => 2,
-        // No reverse index in git's format for it: readers build the order.
-        _ => return Ok(()),
-    };
-    let (order, _) = crate::packs::by_offset(nodes.len(), |i| nodes[i as usize].entry.offset);
-    let mut out = crate::write::Sink::new(
-        std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?),
-        hash,
-    );
-    out.write_all(b"RIDX")?;
-    out.write_all(&1u32.to_be_bytes())?;
-    out.write_all(&id.to_be_bytes())?;
-    // Hashed a chunk at a time, not four bytes at a time.
-    let mut chunk = Vec::with_capacity(1 << 16);
-    for position in order {
-        chunk.extend_from_slice(&position.to_be_bytes());
-        if chunk.len() >= 1 << 16 {
-            out.write_all(&chunk)?;
-            chunk.clear();
-        }
+    if crate::packs::rev_format_id(hash).is_none() {
+        return Ok(());
     }
-    out.write_all(&chunk)?;
-    out.write_all(checksum.as_bytes())?;
-    out.flush()?;
-    let (mut file, own) = out.finish()?;
-    file.write_all(own.as_bytes())?;
-    file.flush()?;
+    let file = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?);
+    let offset_at = |i: u32| nodes[i as usize].entry.offset;
+    crate::packs::write_rev(file, nodes.len(), offset_at, checksum, hash)?;
     Ok(())
 }
 

@@ -783,6 +783,39 @@ impl Repository {
         Ok(closure_pack(&stored, tips).map(|p| p.pack.clone()))
     }
 
+    /// Write git's reverse index of the pack `pack` (its path; `pack-<checksum>.rev` beside
+    /// it) unless it has a sound one: packs indexed by gitcache get one with their index,
+    /// this gives one to those indexed before, or by gitoxide's indexer. Returns the file, or
+    /// `None` when the pack is not the repository's or git has none for its object format.
+    /// A damaged file is written again.
+    pub fn write_reverse_index(
+        &self,
+        pack: &std::path::Path,
+    ) -> Result<Option<std::path::PathBuf>, Error> {
+        let hash = self.object_format();
+        let path = pack.with_extension("rev");
+        let stored = self.stored_packs()?;
+        let Some(pack) = stored.iter().find(|p| p.pack == pack) else {
+            return Ok(None);
+        };
+        if packs::rev_format_id(hash).is_none() {
+            return Ok(None);
+        }
+        if path.is_file() {
+            if packs::RevIndex::load(pack, hash).is_mapped() {
+                return Ok(Some(path));
+            }
+            std::fs::remove_file(&path)?;
+        }
+        let index = &pack.index;
+        let offset_at = |i: u32| index.pack_offset_at_index(i);
+        let checksum = index.pack_checksum();
+        let n = index.num_objects() as usize;
+        let bytes = packs::write_rev(Vec::new(), n, offset_at, &checksum, hash)?;
+        packs::write_beside_pack(&path, &bytes)?;
+        Ok(Some(path))
+    }
+
     /// Write the commit graph of the pack `pack` (its path; `pack-<checksum>.graph` beside
     /// it, in git's `commit-graph` format) unless it has one: every commit of the pack, with
     /// its tree, parents, committer time and topological level, so that walks read them from

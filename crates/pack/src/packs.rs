@@ -345,6 +345,50 @@ pub(crate) fn write_beside_pack(path: &Path, data: &[u8]) -> Result<(), Error> {
     Ok(written?)
 }
 
+/// The number git's reverse index names `hash` by, if it has one for it.
+pub(crate) fn rev_format_id(hash: HashKind) -> Option<u32> {
+    match hash {
+        HashKind::Sha1 => Some(1),
+        HashKind::Sha256 => Some(2),
+        _ => None,
+    }
+}
+
+/// Write git's reverse index (version 1) to `out`: the index positions `0..n` of a pack's
+/// objects in the order they are in the pack (`offset_at` gives each one's offset), the
+/// pack's `checksum`, and the file's own. An object format without one
+/// ([`rev_format_id`]) is an error.
+pub(crate) fn write_rev<W: Write>(
+    out: W,
+    n: usize,
+    offset_at: impl Fn(u32) -> u64,
+    checksum: &ObjectId,
+    hash: HashKind,
+) -> Result<W, Error> {
+    let id = rev_format_id(hash).ok_or_else(|| Error::odb("no reverse index for this format"))?;
+    let (order, _) = by_offset(n, offset_at);
+    let mut out = crate::write::Sink::new(out, hash);
+    out.write_all(b"RIDX")?;
+    out.write_all(&1u32.to_be_bytes())?;
+    out.write_all(&id.to_be_bytes())?;
+    // Hashed a chunk at a time, not four bytes at a time.
+    let mut chunk = Vec::with_capacity(1 << 16);
+    for position in order {
+        chunk.extend_from_slice(&position.to_be_bytes());
+        if chunk.len() >= 1 << 16 {
+            out.write_all(&chunk)?;
+            chunk.clear();
+        }
+    }
+    out.write_all(&chunk)?;
+    out.write_all(checksum.as_bytes())?;
+    out.flush()?;
+    let (mut out, own) = out.finish()?;
+    out.write_all(own.as_bytes())?;
+    out.flush()?;
+    Ok(out)
+}
+
 /// Index positions of a pack's objects in pack order: git's reverse index (its `.rev` file
 /// read in place, or built from the index when there is none), and (made when first asked
 /// for) each index position's pack position.
@@ -475,6 +519,11 @@ const REV_HEADER: usize = 12;
 const OFFSET_READS_SHARE: usize = 32;
 
 impl RevIndex {
+    /// Whether it is the pack's `.rev` file, read in place (a sound one).
+    pub(crate) fn is_mapped(&self) -> bool {
+        matches!(self.order, Order::Mapped(_))
+    }
+
     /// Read `pack-<hash>.rev` if git wrote one, else build it from the index.
     pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> RevIndex {
         let n = pack.num_objects();
