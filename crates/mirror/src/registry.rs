@@ -343,8 +343,9 @@ impl Registry {
 
     /// Check the mirror's bitmap files in the background (each read whole, once), remove
     /// damaged ones, write the commit graphs its consolidated packs lack (or write damaged
-    /// ones again) and the reverse indexes its packs lack, then [maintain](Self::maintain_in_background) it, which writes the bitmaps
-    /// again. For when a mirror is opened: loads never read a bitmap's or a graph's checksum.
+    /// ones again) and the reverse indexes its packs lack, then
+    /// [maintain](Self::maintain_in_background) it, which writes the bitmaps again. For when
+    /// a mirror is opened: loads never read a bitmap's or a graph's checksum.
     /// Must be called within a Tokio runtime.
     pub fn check_in_background(self: &Arc<Self>, key: &RepoKey) {
         let Some(mirror) = self.existing(key) else {

@@ -801,11 +801,9 @@ impl Repository {
         if packs::rev_format_id(hash).is_none() {
             return Ok(None);
         }
-        if path.is_file() {
-            if packs::RevIndex::load(pack, hash).is_mapped() {
-                return Ok(Some(path));
-            }
-            std::fs::remove_file(&path)?;
+        // A damaged one is replaced by the rename below (a reader mapping it keeps its file).
+        if path.is_file() && packs::RevIndex::load(pack, hash).is_mapped() {
+            return Ok(Some(path));
         }
         let index = &pack.index;
         let offset_at = |i: u32| index.pack_offset_at_index(i);
