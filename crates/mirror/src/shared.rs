@@ -688,11 +688,14 @@ impl Shared {
                     .download(key, &pack.stem, ext, &path, manifest.format)
                     .await
                 {
-                    // A reverse index only spares readers ordering the pack by offset: one
-                    // the store lacks, or that is not the pack's, is done without.
-                    if ext == "rev" && matches!(err, Error::Missing { .. } | Error::Mismatch { .. })
+                    // A reverse index only spares readers ordering the pack by offset, and
+                    // bitmaps missing from a consolidated pack are written again by its
+                    // maintenance: one the store lacks, or that is not the pack's, is done
+                    // without.
+                    if matches!(ext, "rev" | "bitmap")
+                        && matches!(err, Error::Missing { .. } | Error::Mismatch { .. })
                     {
-                        tracing::warn!(%err, "going on without the pack's reverse index");
+                        tracing::warn!(%err, ext, "going on without one of a pack's files");
                         continue;
                     }
                     for (stem, exts, had) in &placed {

@@ -599,45 +599,59 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
     );
 }
 
-/// A reverse index is a shortcut: one the store lacks, or one that is not its pack's, is
-/// done without, and the pack is taken all the same.
+/// A reverse index is a shortcut, and bitmaps are written again by maintenance: one the
+/// store lacks, or one that is not its pack's, is done without, and the pack is taken all
+/// the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reverse_index_the_store_lacks_or_damaged_is_done_without() {
+async fn a_reverse_index_or_bitmap_the_store_lacks_or_damaged_is_done_without() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FsStore::new(dir.path());
     let store = AnyStore::Fs(fs.clone());
     let f = fleet(store.clone(), Duration::from_secs(3600), 1304);
     f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    f.a_refreshes_and_consolidates(7).await;
     let manifest = f.manifest().await;
     let stem = &manifest.packs[0].stem;
-    assert!(manifest.packs[0].files.contains(&"rev"));
-    let rev = fs.path_of(
-        &ObjectKey::new(&format!(
-            "mirrors/127.0.0.1/acme/shared.git/packs/{stem}.rev"
-        ))
-        .unwrap(),
-    );
     let shared = Shared::new(store.clone(), Duration::from_secs(3600));
     let b_dir = f.b.path(&f.key);
-    let local = b_dir.join(format!("objects/pack/{stem}.rev"));
-    let written = std::fs::read(&rev).unwrap();
-    let mut damaged = written.clone();
-    let middle = damaged.len() / 2;
-    damaged[middle] ^= 1;
-    for (what, bytes) in [("damaged", Some(damaged)), ("missing", None)] {
-        match bytes {
-            Some(bytes) => std::fs::write(&rev, bytes).unwrap(),
-            None => std::fs::remove_file(&rev).unwrap(),
+    for ext in ["rev", "bitmap"] {
+        assert!(manifest.packs[0].files.contains(&ext), "{ext}");
+        let stored = fs.path_of(
+            &ObjectKey::new(&format!(
+                "mirrors/127.0.0.1/acme/shared.git/packs/{stem}.{ext}"
+            ))
+            .unwrap(),
+        );
+        let local = b_dir.join(format!("objects/pack/{stem}.{ext}"));
+        let written = std::fs::read(&stored).unwrap();
+        let mut damaged = written.clone();
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 1;
+        for (what, bytes) in [("damaged", Some(damaged)), ("missing", None)] {
+            match bytes {
+                Some(bytes) => std::fs::write(&stored, bytes).unwrap(),
+                None => std::fs::remove_file(&stored).unwrap(),
+            }
+            let _ = std::fs::remove_dir_all(&b_dir);
+            shared.hydrate(&f.key, &b_dir).await.unwrap();
+            assert!(!local.exists(), "{ext} {what}: not placed");
+            for ext in ["pack", "idx"] {
+                assert!(b_dir.join(format!("objects/pack/{stem}.{ext}")).is_file());
+            }
+            git(&b_dir, &["fsck", "--strict", "--no-progress"]);
+            assert_eq!(
+                git(&b_dir, &["show-ref", "--head"]),
+                f.refs(&f.a),
+                "{ext} {what}"
+            );
         }
-        let _ = std::fs::remove_dir_all(&b_dir);
-        shared.hydrate(&f.key, &b_dir).await.unwrap();
-        assert!(!local.exists(), "{what}: not placed");
-        for ext in ["pack", "idx"] {
-            assert!(b_dir.join(format!("objects/pack/{stem}.{ext}")).is_file());
-        }
-        git(&b_dir, &["fsck", "--strict", "--no-progress"]);
-        assert_eq!(git(&b_dir, &["show-ref", "--head"]), f.refs(&f.a), "{what}");
+        std::fs::write(&stored, written).unwrap();
     }
+    // The copy without bitmaps is maintained, which writes them again.
+    assert!(f.b.needs_consolidation(&f.key));
+    f.b.consolidate(&f.key).await.unwrap();
+    assert!(b_dir.join(format!("objects/pack/{stem}.bitmap")).is_file());
+    f.fsck(&f.b);
 }
 
 #[test]
