@@ -373,23 +373,25 @@ fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// The checksum of the first `len` bytes of `file`.
-fn checksum_of_file(file: &mut std::fs::File, len: u64, hash: HashKind) -> Result<ObjectId, Error> {
+/// The checksum of the first `len` bytes of `file` (as gitcache hashes trailers: see
+/// [`gitcache_pack::Checksum`]), read from its start; the file is left just past them.
+pub(crate) fn checksum_of_file(
+    file: &mut std::fs::File,
+    len: u64,
+    hash: HashKind,
+) -> std::io::Result<ObjectId> {
     use std::io::{Read, Seek};
     file.seek(std::io::SeekFrom::Start(0))?;
     let mut sum = gitcache_pack::Checksum::new(hash);
     let mut left = len;
-    let mut buf = vec![0; 1 << 16];
+    let mut buf = vec![0; 1 << 20];
     while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(invalid("the pack file ended early"));
-        }
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        file.read_exact(&mut buf[..n])?;
         sum.update(&buf[..n]);
         left -= n as u64;
     }
-    sum.finish().map_err(invalid)
+    sum.finish().map_err(std::io::Error::other)
 }
 
 /// A checksum of everything but the last `hash`-length bytes given to it (a pack's trailer,

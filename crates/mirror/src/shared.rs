@@ -529,21 +529,10 @@ fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Resu
     }
     // Every file's last bytes are the checksum of all before them, hashed as ingesting and
     // writing them hash it (a pack taken in here is not refused on hydrating it).
-    file.seek(SeekFrom::Start(0))?;
-    let mut hasher = gitcache_pack::Checksum::new(format);
-    let mut left = size - len;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let n = buf.len().min(left as usize);
-        file.read_exact(&mut buf[..n])?;
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
+    let digest = crate::ingest::checksum_of_file(&mut file, size - len, format)?;
     let mut trailer = vec![0; len as usize];
     file.read_exact(&mut trailer)?;
-    Ok(hasher
-        .finish()
-        .is_ok_and(|digest| digest.as_bytes() == trailer.as_slice()))
+    Ok(digest.as_bytes() == trailer.as_slice())
 }
 
 /// How far the clocks of instances and the store may disagree: what a purge leaves to the
