@@ -25,6 +25,13 @@ fn pack_objects(repo: &Path, args: &[&str], revs: &str) -> Vec<u8> {
     git_with_input(repo, &all, revs.as_bytes())
 }
 
+/// A repository generated from `spec` at `dir/src.git`, and a pack of all its objects.
+fn source_and_pack(dir: &Path, spec: &RepoSpec) -> (std::path::PathBuf, Vec<u8>) {
+    let source = repo::generate(&dir.join("src.git"), spec).unwrap().path;
+    let pack = pack_objects(&source, &["--revs", "--all"], "");
+    (source, pack)
+}
+
 fn pack_dir_listing(repo: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(repo.join("objects/pack"))
         .map(|d| {
@@ -174,10 +181,7 @@ fn a_thin_pack_is_completed_from_the_mirror() {
 #[test]
 fn reverse_indexes_packs_lack_are_written() {
     let dir = tempfile::tempdir().unwrap();
-    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(65))
-        .unwrap()
-        .path;
-    let pack = pack_objects(&source, &["--revs", "--all"], "");
+    let (_, pack) = source_and_pack(dir.path(), &RepoSpec::small(65));
     let mirror = empty_mirror(dir.path(), "sha1");
     let ingested = ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap();
     let rev = ingested.index.with_extension("rev");
@@ -203,10 +207,7 @@ fn reverse_indexes_packs_lack_are_written() {
 #[test]
 fn broken_packs_leave_the_mirror_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
-    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(63))
-        .unwrap()
-        .path;
-    let pack = pack_objects(&source, &["--revs", "--all"], "");
+    let (_, pack) = source_and_pack(dir.path(), &RepoSpec::small(63));
     let mirror = empty_mirror(dir.path(), "sha1");
     let before = pack_dir_listing(&mirror);
 
@@ -246,10 +247,7 @@ fn broken_packs_leave_the_mirror_as_it_was() {
 #[test]
 fn a_pack_named_as_one_there_with_other_bytes_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(64))
-        .unwrap()
-        .path;
-    let pack = pack_objects(&source, &["--revs", "--all"], "");
+    let (_, pack) = source_and_pack(dir.path(), &RepoSpec::small(64));
     let mirror = empty_mirror(dir.path(), "sha1");
     let ingested = ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap();
     assert!(ingested.fresh);
@@ -297,10 +295,7 @@ fn leftovers_of_a_crash_are_removed() {
 fn files_of_packs_without_an_index_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let mirror = empty_mirror(dir.path(), "sha1");
-    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::tiny(1231))
-        .unwrap()
-        .path;
-    let pack = pack_objects(&source, &["--revs", "--all"], "");
+    let (source, pack) = source_and_pack(dir.path(), &RepoSpec::tiny(1231));
     ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap();
     set_refs_like(&mirror, &source);
     let kept = pack_dir_listing(&mirror);

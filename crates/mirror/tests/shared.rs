@@ -500,6 +500,12 @@ on_both_backends!(cold_refreshes_with_leases:
     cold_refreshes_with_leases_fetch_once_on_the_filesystem_backend,
     cold_refreshes_with_leases_fetch_once_in_a_bucket);
 
+/// Where the filesystem store keeps the fleet's mirror's pack file `stem.ext`.
+fn stored_file(fs: &FsStore, stem: &str, ext: &str) -> std::path::PathBuf {
+    let key = format!("mirrors/127.0.0.1/acme/shared.git/packs/{stem}.{ext}");
+    fs.path_of(&ObjectKey::new(&key).unwrap())
+}
+
 /// What the store holds is checked before it reaches a local copy: a tampered manifest or a
 /// pack file that is not its pack's is refused, the copy left as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,14 +525,7 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
 
     // The newest pack's data replaced by the older pack's: its checksum gives it away.
     let (old, new) = (&manifest.packs[0].stem, &manifest.packs[1].stem);
-    let path = |stem: &str, ext: &str| {
-        fs.path_of(
-            &ObjectKey::new(&format!(
-                "mirrors/127.0.0.1/acme/shared.git/packs/{stem}.{ext}"
-            ))
-            .unwrap(),
-        )
-    };
+    let path = |stem: &str, ext: &str| stored_file(&fs, stem, ext);
     let refused = |err: gitcache_mirror::shared::Error| {
         assert!(
             err.to_string().contains("does not belong to its pack"),
@@ -616,12 +615,7 @@ async fn a_reverse_index_or_bitmap_the_store_lacks_or_damaged_is_done_without() 
     let b_dir = f.b.path(&f.key);
     for ext in ["rev", "bitmap"] {
         assert!(manifest.packs[0].files.contains(&ext), "{ext}");
-        let stored = fs.path_of(
-            &ObjectKey::new(&format!(
-                "mirrors/127.0.0.1/acme/shared.git/packs/{stem}.{ext}"
-            ))
-            .unwrap(),
-        );
+        let stored = stored_file(&fs, stem, ext);
         let local = b_dir.join(format!("objects/pack/{stem}.{ext}"));
         let written = std::fs::read(&stored).unwrap();
         let mut damaged = written.clone();
