@@ -678,10 +678,10 @@ impl Shared {
                     .await
                 {
                     // A reverse index only spares readers ordering the pack by offset, and
-                    // bitmaps missing from a consolidated pack are written again by its
+                    // a pack without its bitmaps or tips is consolidated again by its
                     // maintenance: one the store lacks, or that is not the pack's, is done
                     // without.
-                    if matches!(ext, "rev" | "bitmap")
+                    if matches!(ext, "rev" | "bitmap" | "tips")
                         && matches!(err, Error::Missing { .. } | Error::Mismatch { .. })
                     {
                         tracing::warn!(%err, ext, "going on without one of a pack's files");

@@ -602,7 +602,7 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
 /// store lacks, or one that is not its pack's, is done without, and the pack is taken all
 /// the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reverse_index_or_bitmap_the_store_lacks_or_damaged_is_done_without() {
+async fn a_reverse_index_bitmap_or_tips_the_store_lacks_or_damaged_is_done_without() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FsStore::new(dir.path());
     let store = AnyStore::Fs(fs.clone());
@@ -613,14 +613,19 @@ async fn a_reverse_index_or_bitmap_the_store_lacks_or_damaged_is_done_without() 
     let stem = &manifest.packs[0].stem;
     let shared = Shared::new(store.clone(), Duration::from_secs(3600));
     let b_dir = f.b.path(&f.key);
-    for ext in ["rev", "bitmap"] {
+    for ext in ["rev", "bitmap", "tips"] {
         assert!(manifest.packs[0].files.contains(&ext), "{ext}");
         let stored = stored_file(&fs, stem, ext);
         let local = b_dir.join(format!("objects/pack/{stem}.{ext}"));
         let written = std::fs::read(&stored).unwrap();
         let mut damaged = written.clone();
-        let middle = damaged.len() / 2;
-        damaged[middle] ^= 1;
+        if ext == "tips" {
+            // Ids, checked only for their form.
+            damaged[0] = b'z';
+        } else {
+            let middle = damaged.len() / 2;
+            damaged[middle] ^= 1;
+        }
         for (what, bytes) in [("damaged", Some(damaged)), ("missing", None)] {
             match bytes {
                 Some(bytes) => std::fs::write(&stored, bytes).unwrap(),
@@ -641,10 +646,17 @@ async fn a_reverse_index_or_bitmap_the_store_lacks_or_damaged_is_done_without() 
         }
         std::fs::write(&stored, written).unwrap();
     }
-    // The copy without bitmaps is maintained, which writes them again.
+    // The copy without its tips (the last one hydrated) is maintained, which consolidates it
+    // again: the same pack, marked and with its bitmaps.
     assert!(f.b.needs_consolidation(&f.key));
     f.b.consolidate(&f.key).await.unwrap();
-    assert!(b_dir.join(format!("objects/pack/{stem}.bitmap")).is_file());
+    for ext in ["bitmap", "tips"] {
+        assert!(
+            b_dir.join(format!("objects/pack/{stem}.{ext}")).is_file(),
+            "{ext}"
+        );
+    }
+    assert!(!f.b.needs_consolidation(&f.key));
     f.fsck(&f.b);
 }
 
