@@ -787,13 +787,13 @@ impl Mirror {
         let pack_dir = self.git_dir.join("objects").join("pack");
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
         let mut graphs = Vec::new();
+        // Packs taken in before reverse indexes were written lack one (only a shortcut for
+        // readers: not writing it stops nothing else).
+        if let Err(err) = repo.write_reverse_indexes() {
+            tracing::warn!(%err, git_dir = %self.git_dir.display(), "writing a reverse index failed");
+        }
         for stem in pack_names(&pack_dir)? {
             let pack = pack_dir.join(format!("{stem}.pack"));
-            // Every pack: those taken in before reverse indexes were written lack one (only a
-            // shortcut for readers: not writing it stops nothing else).
-            if let Err(err) = repo.write_reverse_index(&pack) {
-                tracing::warn!(%err, pack = %pack.display(), "writing a reverse index failed");
-            }
             if pack.with_extension("tips").is_file()
                 && let Some(graph) = repo.write_commit_graph(&pack)?
             {

@@ -783,35 +783,31 @@ impl Repository {
         Ok(closure_pack(&stored, tips).map(|p| p.pack.clone()))
     }
 
-    /// Write git's reverse index of the pack `pack` (its path; `pack-<checksum>.rev` beside
-    /// it) unless it has a sound one: packs indexed by gitcache get one with their index,
-    /// this gives one to those indexed before, or by gitoxide's indexer. Returns the file, or
-    /// `None` when the pack is not the repository's or git has none for its object format.
-    /// A damaged file is written again.
-    pub fn write_reverse_index(
-        &self,
-        pack: &std::path::Path,
-    ) -> Result<Option<std::path::PathBuf>, Error> {
+    /// Write git's reverse index (`pack-<checksum>.rev` beside the pack) of every pack that
+    /// lacks a sound one: packs indexed by gitcache get one with their index, this gives one
+    /// to those indexed before, or by gitoxide's indexer. A damaged file is written again.
+    /// Returns the files written; none when git has no reverse index for the object format.
+    pub fn write_reverse_indexes(&self) -> Result<Vec<std::path::PathBuf>, Error> {
         let hash = self.object_format();
-        let path = pack.with_extension("rev");
-        let stored = self.stored_packs()?;
-        let Some(pack) = stored.iter().find(|p| p.pack == pack) else {
-            return Ok(None);
-        };
         if packs::rev_format_id(hash).is_none() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        // A damaged one is replaced by the rename below (a reader mapping it keeps its file).
-        if path.is_file() && packs::RevIndex::load(pack, hash).is_mapped() {
-            return Ok(Some(path));
+        let mut written = Vec::new();
+        for pack in self.stored_packs()? {
+            let path = pack.pack.with_extension("rev");
+            // A damaged one is replaced by the rename (a reader mapping it keeps its file).
+            if path.is_file() && packs::RevIndex::load(&pack, hash).is_mapped() {
+                continue;
+            }
+            let index = &pack.index;
+            let offset_at = |i: u32| index.pack_offset_at_index(i);
+            let (checksum, n) = (index.pack_checksum(), index.num_objects() as usize);
+            packs::write_beside_pack_with(&path, |file| {
+                packs::write_rev(file, n, offset_at, &checksum, hash).map(drop)
+            })?;
+            written.push(path);
         }
-        let index = &pack.index;
-        let offset_at = |i: u32| index.pack_offset_at_index(i);
-        let checksum = index.pack_checksum();
-        let n = index.num_objects() as usize;
-        let bytes = packs::write_rev(Vec::new(), n, offset_at, &checksum, hash)?;
-        packs::write_beside_pack(&path, &bytes)?;
-        Ok(Some(path))
+        Ok(written)
     }
 
     /// Write the commit graph of the pack `pack` (its path; `pack-<checksum>.graph` beside

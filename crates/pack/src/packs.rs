@@ -331,18 +331,27 @@ pub(crate) fn write_tips(pack: &Path, tips: &OidSet) -> Result<PathBuf, Error> {
 /// Write a file beside a pack atomically: through a temporary named `incoming-…` in the same
 /// folder (what mirrors remove after a crash), synced, then renamed into place.
 pub(crate) fn write_beside_pack(path: &Path, data: &[u8]) -> Result<(), Error> {
+    write_beside_pack_with(path, |file| Ok(file.write_all(data)?))
+}
+
+/// [`write_beside_pack`], the content written by `write` to the file as it is made.
+pub(crate) fn write_beside_pack_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<(), Error>,
+) -> Result<(), Error> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!("incoming-{}-{name}", std::process::id()));
     let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(data)?;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        write(&mut file)?;
+        let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        Ok(std::fs::rename(&tmp, path)?)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    Ok(written?)
+    written
 }
 
 /// The number git's reverse index names `hash` by, if it has one for it.
