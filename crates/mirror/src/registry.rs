@@ -987,3 +987,60 @@ impl Registry {
         mirror.refresh_keeping(upstream, extra, keep).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitcache_testkit::repo::{self, RepoSpec};
+    use gitcache_testkit::upstream::{Access, Upstream};
+
+    /// How many files of `git_dir`'s pack folder have the extension `ext`.
+    fn pack_files(git_dir: &Path, ext: &str) -> usize {
+        repo::pack_files(git_dir, ext).unwrap().len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bitmaps_are_written_only_with_a_writers_permit() {
+        let upstream = Upstream::start().unwrap();
+        repo::generate(&upstream.repo_path("acme/held"), &RepoSpec::small(97)).unwrap();
+        upstream.adopt_repo("acme/held", Access::Public).unwrap();
+        let client = gitcache_upstream::Upstream::new(
+            &upstream.repo_url("acme/held"),
+            None,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(dir.path()));
+        let key = RepoKey::new("127.0.0.1", "acme", "held").unwrap();
+        registry.refresh(&key, &client, &[]).await.unwrap();
+        let git_dir = registry.path(&key);
+        assert!(registry.needs_consolidation(&key));
+
+        // Every permit held elsewhere (another mirror's writer): the consolidation is done,
+        // its bitmaps wait.
+        let held = Arc::clone(&registry.bitmap_writers)
+            .acquire_many_owned(CONCURRENT_BITMAP_WRITERS as u32)
+            .await
+            .unwrap();
+        let consolidating = tokio::spawn({
+            let (registry, key) = (Arc::clone(&registry), key.clone());
+            async move { registry.consolidate(&key).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while pack_files(&git_dir, "tips") == 0 {
+            assert!(std::time::Instant::now() < deadline, "not consolidated");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Long enough for a small repository's bitmaps to be written, were they not held.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(pack_files(&git_dir, "bitmap"), 0);
+        assert!(!consolidating.is_finished());
+
+        drop(held);
+        let done = consolidating.await.unwrap().unwrap().unwrap();
+        assert!(done.bitmap.as_deref().is_some_and(Path::is_file));
+        assert_eq!(pack_files(&git_dir, "bitmap"), 1);
+        assert!(!registry.needs_consolidation(&key));
+    }
+}

@@ -42,16 +42,7 @@ fn packs(dir: &std::path::Path) -> usize {
 
 /// How many files of `dir`'s pack folder have the extension `ext`.
 fn pack_files_ending(dir: &std::path::Path, ext: &str) -> usize {
-    std::fs::read_dir(dir.join("objects/pack"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == ext)
-        })
-        .count()
+    repo::pack_files(dir, ext).unwrap().len()
 }
 
 /// Git reads the bitmaps of `dir` and finds them right for `rev`.

@@ -285,17 +285,7 @@ fn no_bitmaps_for_packs_that_are_not_the_closure() {
     let extra = git(&path, &["commit-tree", "-m", "x", "main^{tree}"]);
     git(&path, &["update-ref", "refs/heads/extra", extra.trim()]);
     git(&path, &["repack", "-q"]);
-    let packs = std::fs::read_dir(path.join("objects/pack"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "pack")
-        })
-        .count();
-    assert_eq!(packs, 2);
+    assert_eq!(repo::pack_files(&path, "pack").unwrap().len(), 2);
     let repo = Repository::open(&path).unwrap();
     assert!(repo.write_bitmaps(&tips(&path)).unwrap().is_none());
 }

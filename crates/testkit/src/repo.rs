@@ -768,3 +768,16 @@ pub fn list_refs(repo: &Path) -> io::Result<Vec<String>> {
     let out = crate::git::output(repo, &["for-each-ref", "--format=%(refname)"])?;
     Ok(out.lines().map(str::to_owned).collect())
 }
+
+/// The files of `repo`'s pack folder (`objects/pack`) named `*.<ext>`, sorted.
+pub fn pack_files(repo: &Path, ext: &str) -> io::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(repo.join("objects").join("pack"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|x| x == ext) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
