@@ -282,8 +282,9 @@ impl Registry {
                 }),
         );
         // A consolidated pack without its bitmaps (a restart before they were written, a
-        // damaged file removed) is maintained again, whatever lies beside it.
-        if stems.iter().any(|s| has(s, "tips") && !has(s, "bitmap")) {
+        // damaged file removed), or without its tips (done without when taken from the
+        // shared store), is maintained again, whatever lies beside it.
+        if stems.iter().any(|s| has(s, "tips") != has(s, "bitmap")) {
             return true;
         }
         match stems.as_slice() {
@@ -1023,12 +1024,22 @@ mod tests {
             .acquire_many_owned(CONCURRENT_BITMAP_WRITERS as u32)
             .await
             .unwrap();
+        // The first fetch marked its pack already; consolidation marks it again (a new file
+        // renamed into place) just before its bitmaps are written.
+        let tips = || {
+            let marked = repo::pack_files(&git_dir, "tips").unwrap();
+            marked
+                .first()
+                .map(|f| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(f).unwrap()))
+        };
+        let first = tips();
+        assert!(first.is_some());
         let consolidating = tokio::spawn({
             let (registry, key) = (Arc::clone(&registry), key.clone());
             async move { registry.consolidate(&key).await }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while pack_files(&git_dir, "tips") == 0 {
+        while tips() == first {
             assert!(std::time::Instant::now() < deadline, "not consolidated");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

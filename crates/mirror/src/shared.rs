@@ -63,6 +63,11 @@ const MAGIC: &str = "gitcache-mirror 1";
 /// The file in a local copy that names the manifest version it holds.
 const MARKER: &str = "gitcache-manifest";
 
+/// The file in a local copy that lists (`<stem>.<ext>` lines) the pack files its manifest
+/// names that hydration did without, missing from the store or failing their check: the
+/// next commit that has them made again (by maintenance) writes them to the store again.
+const UNSHARED: &str = "gitcache-unshared";
+
 /// Why the store could not be used, or what it holds is not a valid mirror.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -484,6 +489,25 @@ fn set_local_version(git_dir: &Path, version: &Version) -> std::io::Result<()> {
     gitcache_storage::fs::replace_file(&git_dir.join(MARKER), format!("{}\n", version.0).as_bytes())
 }
 
+/// The files hydration did without (see [`UNSHARED`]).
+fn unshared(git_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(git_dir.join(UNSHARED))
+        .map(|text| text.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn set_unshared(git_dir: &Path, files: &[String]) -> std::io::Result<()> {
+    let path = git_dir.join(UNSHARED);
+    if files.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        };
+    }
+    let text: String = files.iter().map(|f| format!("{f}\n")).collect();
+    gitcache_storage::fs::replace_file(&path, text.as_bytes())
+}
+
 /// The most bytes of a `.tips` file taken from the store.
 const MAX_TIPS: u64 = 64 << 20;
 
@@ -665,6 +689,17 @@ impl Shared {
         // only the files placed (the copy stays as it was, without packs whose history it
         // may lack).
         let mut placed: Vec<(&str, Vec<&str>, bool)> = Vec::new();
+        // Those done without earlier and not written to the store since, if still named.
+        let mut done_without: Vec<String> = unshared(git_dir)
+            .into_iter()
+            .filter(|file| {
+                manifest.packs.iter().any(|p| {
+                    p.files
+                        .iter()
+                        .any(|ext| *file == format!("{}.{ext}", p.stem))
+                })
+            })
+            .collect();
         for pack in &manifest.packs {
             let had = pack_dir.join(format!("{}.idx", pack.stem)).is_file();
             placed.push((&pack.stem, Vec::new(), had));
@@ -685,6 +720,10 @@ impl Shared {
                         && matches!(err, Error::Missing { .. } | Error::Mismatch { .. })
                     {
                         tracing::warn!(%err, ext, "going on without one of a pack's files");
+                        let file = format!("{}.{ext}", pack.stem);
+                        if !done_without.contains(&file) {
+                            done_without.push(file);
+                        }
                         continue;
                     }
                     for (stem, exts, had) in &placed {
@@ -723,6 +762,7 @@ impl Shared {
                 crate::mirror::remove_pack(&pack_dir, &local.stem)?;
             }
         }
+        set_unshared(git_dir, &done_without)?;
         set_local_version(git_dir, &version)?;
         tracing::info!(
             packs = manifest.packs.len(),
@@ -764,6 +804,8 @@ impl Shared {
                 }
             }
             Ok(false) => Err(Error::Missing { key: object }),
+            // Over its bound: not a file gitcache writes for the pack.
+            Err(StoreError::TooLarge { .. }) => Err(Error::Mismatch { key: object }),
             Err(err) => Err(err.into()),
         };
         if placed.is_err() {
@@ -788,6 +830,13 @@ impl Shared {
             )));
         }
         let held = local_version(git_dir);
+        // Files named already but not in the store (see [`UNSHARED`]) that the copy has now.
+        let unshared = unshared(git_dir);
+        let rewritten = |stem: &str, ext: &str| unshared.contains(&format!("{stem}.{ext}"));
+        let rewrites = local
+            .packs
+            .iter()
+            .any(|p| p.files.iter().any(|ext| rewritten(&p.stem, ext)));
         let (previous, expected) = match self.read_raw(key).await? {
             None => (None, None),
             Some((bytes, version)) => match MirrorManifest::decode(&bytes) {
@@ -806,7 +855,7 @@ impl Shared {
                     if held.as_ref() != Some(&version) {
                         return Ok(Published::Conflict);
                     }
-                    if manifest.same_state(&local) {
+                    if manifest.same_state(&local) && !rewrites {
                         return Ok(Published::Done);
                     }
                     (Some(manifest), Some(version))
@@ -823,7 +872,10 @@ impl Shared {
                 .as_ref()
                 .and_then(|m| m.packs.iter().find(|p| p.stem == pack.stem))
                 .map(|p| p.files.clone())
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|ext| !rewritten(&pack.stem, ext))
+                .collect::<Vec<_>>();
             for ext in pack.files.iter().filter(|ext| !known.contains(ext)) {
                 let path = git_dir
                     .join("objects")
@@ -866,6 +918,8 @@ impl Shared {
             .await?
         {
             Replaced::Done(version) => {
+                // What the copy lacks, the manifest no longer names.
+                set_unshared(git_dir, &[])?;
                 set_local_version(git_dir, &version)?;
                 tracing::info!(
                     packs = local.packs.len(),

@@ -644,10 +644,14 @@ async fn a_reverse_index_bitmap_or_tips_the_store_lacks_or_damaged_is_done_witho
                 "{ext} {what}"
             );
         }
-        std::fs::write(&stored, written).unwrap();
+        // The tips stay missing from the store.
+        if ext != "tips" {
+            std::fs::write(&stored, written).unwrap();
+        }
     }
     // The copy without its tips (the last one hydrated) is maintained, which consolidates it
-    // again: the same pack, marked and with its bitmaps.
+    // again: the same pack, marked and with its bitmaps; the tips go to the store again,
+    // though its manifest named them all along.
     assert!(f.b.needs_consolidation(&f.key));
     f.b.consolidate(&f.key).await.unwrap();
     for ext in ["bitmap", "tips"] {
@@ -657,6 +661,25 @@ async fn a_reverse_index_bitmap_or_tips_the_store_lacks_or_damaged_is_done_witho
         );
     }
     assert!(!f.b.needs_consolidation(&f.key));
+    let tips = b_dir.join(format!("objects/pack/{stem}.tips"));
+    assert_eq!(
+        std::fs::read(stored_file(&fs, stem, "tips")).unwrap(),
+        std::fs::read(&tips).unwrap()
+    );
+    assert_eq!(f.manifest().await.packs, manifest.packs);
+    f.fsck(&f.b);
+
+    // A consolidated pack without its tips beside a newer pack is consolidated too.
+    std::fs::remove_file(&tips).unwrap();
+    f.upstream_moves(8);
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(f.packs(&f.b), 2);
+    assert!(f.b.needs_consolidation(&f.key));
+    f.b.consolidate(&f.key).await.unwrap();
+    assert_eq!(f.packs(&f.b), 1);
+    assert!(!f.b.needs_consolidation(&f.key));
+    let manifest = f.manifest().await;
+    assert!(manifest.packs[0].files.contains(&"tips"));
     f.fsck(&f.b);
 }
 
