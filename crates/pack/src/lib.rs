@@ -787,12 +787,14 @@ impl Repository {
     /// lacks a sound one: packs indexed by gitcache get one with their index, this gives one
     /// to those indexed before, or by gitoxide's indexer. A damaged file is written again.
     /// Returns the files written; none when git has no reverse index for the object format.
+    /// A pack whose file cannot be written does not stop the others: the first such error
+    /// is returned after them.
     pub fn write_reverse_indexes(&self) -> Result<Vec<std::path::PathBuf>, Error> {
         let hash = self.object_format();
         if packs::rev_format_id(hash).is_none() {
             return Ok(Vec::new());
         }
-        let mut written = Vec::new();
+        let (mut written, mut failed) = (Vec::new(), None);
         for pack in self.stored_packs()? {
             let path = pack.pack.with_extension("rev");
             // A damaged one is replaced by the rename (a reader mapping it keeps its file).
@@ -802,12 +804,14 @@ impl Repository {
             let index = &pack.index;
             let offset_at = |i: u32| index.pack_offset_at_index(i);
             let (checksum, n) = (index.pack_checksum(), index.num_objects() as usize);
-            packs::write_beside_pack_with(&path, |file| {
+            match packs::write_beside_pack_with(&path, |file| {
                 packs::write_rev(file, n, offset_at, &checksum, hash).map(drop)
-            })?;
-            written.push(path);
+            }) {
+                Ok(()) => written.push(path),
+                Err(err) => failed = failed.or(Some(err)),
+            }
         }
-        Ok(written)
+        failed.map_or(Ok(written), Err)
     }
 
     /// Write the commit graph of the pack `pack` (its path; `pack-<checksum>.graph` beside

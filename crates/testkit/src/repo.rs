@@ -769,12 +769,16 @@ pub fn list_refs(repo: &Path) -> io::Result<Vec<String>> {
     Ok(out.lines().map(str::to_owned).collect())
 }
 
-/// The files of `repo`'s pack folder (`objects/pack`) named `*.<ext>`, sorted.
+/// The files of `repo`'s pack folder (`objects/pack`) named `pack-*.<ext>` (not
+/// temporaries being written), sorted.
 pub fn pack_files(repo: &Path, ext: &str) -> io::Result<Vec<std::path::PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(repo.join("objects").join("pack"))? {
         let path = entry?.path();
-        if path.extension().is_some_and(|x| x == ext) {
+        let named = path.file_name().and_then(|n| n.to_str());
+        if named.is_some_and(|n| n.starts_with("pack-"))
+            && path.extension().is_some_and(|x| x == ext)
+        {
             files.push(path);
         }
     }
