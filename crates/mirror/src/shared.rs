@@ -636,7 +636,11 @@ impl Shared {
     /// that holds the manifest's version already costs one request without a body.
     pub async fn hydrate(&self, key: &RepoKey, git_dir: &Path) -> Result<Hydrated, Error> {
         let held = local_version(git_dir).filter(|_| git_dir.join("HEAD").is_file());
+        // Files done without are tried again (another instance may have written them since,
+        // under the same manifest) though the version is the one held.
+        let retry = !unshared(git_dir).is_empty();
         if let Some(held) = &held
+            && !retry
             && self
                 .store
                 .manifest_version(&Self::manifest_key(key)?)
@@ -651,6 +655,9 @@ impl Shared {
             return Ok(Hydrated::Absent);
         };
         if held.as_ref() == Some(&version) {
+            if retry {
+                self.take_done_without(key, git_dir, &manifest).await?;
+            }
             return Ok(Hydrated::Current);
         }
         if manifest.removed {
@@ -714,10 +721,13 @@ impl Shared {
                 {
                     // A reverse index only spares readers ordering the pack by offset, and
                     // a pack without its bitmaps or tips is consolidated again by its
-                    // maintenance: one the store lacks, or that is not the pack's, is done
-                    // without.
+                    // maintenance: one the store lacks, that is not the pack's, or that
+                    // cannot be read (another instance writing it again) is done without.
                     if matches!(ext, "rev" | "bitmap" | "tips")
-                        && matches!(err, Error::Missing { .. } | Error::Mismatch { .. })
+                        && matches!(
+                            err,
+                            Error::Missing { .. } | Error::Mismatch { .. } | Error::Store(_)
+                        )
                     {
                         tracing::warn!(%err, ext, "going on without one of a pack's files");
                         let file = format!("{}.{ext}", pack.stem);
@@ -743,6 +753,7 @@ impl Shared {
                 if let Some((_, exts, _)) = placed.last_mut() {
                     exts.push(ext);
                 }
+                done_without.retain(|file| *file != format!("{}.{ext}", pack.stem));
                 downloaded += std::fs::metadata(&path).map_or(0, |m| m.len());
             }
         }
@@ -771,6 +782,48 @@ impl Shared {
             "mirror taken from the shared store"
         );
         Ok(Hydrated::Current)
+    }
+
+    /// Download the files of the manifest (the one the copy at `git_dir` holds) that its
+    /// hydration did without, if the store has them now; those it still lacks stay listed.
+    async fn take_done_without(
+        &self,
+        key: &RepoKey,
+        git_dir: &Path,
+        manifest: &MirrorManifest,
+    ) -> Result<(), Error> {
+        let pack_dir = git_dir.join("objects").join("pack");
+        let mut still = Vec::new();
+        for file in unshared(git_dir) {
+            let named = manifest.packs.iter().find_map(|p| {
+                let ext = p
+                    .files
+                    .iter()
+                    .find(|ext| file == format!("{}.{ext}", p.stem))?;
+                Some((p.stem.as_str(), *ext))
+            });
+            let Some((stem, ext)) = named else {
+                continue;
+            };
+            let path = pack_dir.join(&file);
+            if path.is_file() {
+                // Made again here: the next commit writes it to the store.
+                still.push(file);
+                continue;
+            }
+            if !pack_dir.join(format!("{stem}.idx")).is_file() {
+                continue;
+            }
+            match self.download(key, stem, ext, &path, manifest.format).await {
+                Ok(()) => {}
+                Err(Error::Io(err)) => return Err(Error::Io(err)),
+                Err(err) => {
+                    tracing::debug!(%err, ext, "the store still lacks one of a pack's files");
+                    still.push(file);
+                }
+            }
+        }
+        Ok(set_unshared(git_dir, &still)?)
     }
 
     /// Download one file of a pack beside its place, check it, and rename it into place.
@@ -881,6 +934,18 @@ impl Shared {
                     .join("objects")
                     .join("pack")
                     .join(format!("{}.{ext}", pack.stem));
+                // A file made again replaces one every instance reads: checked first.
+                if rewritten(&pack.stem, ext) {
+                    let (checked, stem, ext) = (path.clone(), pack.stem.clone(), *ext);
+                    let sound = tokio::task::spawn_blocking(move || {
+                        verify(&checked, ext, &stem, local.format)
+                    })
+                    .await
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+                    if !sound {
+                        return Err(invalid(format!("{} fails its check", path.display())));
+                    }
+                }
                 self.store
                     .put_file(&Self::file_key(key, &pack.stem, ext)?, &path)
                     .await?;
@@ -918,9 +983,12 @@ impl Shared {
             .await?
         {
             Replaced::Done(version) => {
-                // What the copy lacks, the manifest no longer names.
-                set_unshared(git_dir, &[])?;
                 set_local_version(git_dir, &version)?;
+                // What the copy lacks, the manifest no longer names. Left behind, the list
+                // costs a file written again, no more.
+                if let Err(err) = set_unshared(git_dir, &[]) {
+                    tracing::warn!(%err, "clearing the list of files not in the store");
+                }
                 tracing::info!(
                     packs = local.packs.len(),
                     uploaded,

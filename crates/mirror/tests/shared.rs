@@ -649,9 +649,26 @@ async fn a_reverse_index_bitmap_or_tips_the_store_lacks_or_damaged_is_done_witho
             std::fs::write(&stored, written).unwrap();
         }
     }
-    // The copy without its tips (the last one hydrated) is maintained, which consolidates it
+    // Written to the store again by another instance, under the same manifest: taken when
+    // the copy is next brought up to date.
+    let tips = b_dir.join(format!("objects/pack/{stem}.tips"));
+    let stored = stored_file(&fs, stem, "tips");
+    shared.hydrate(&f.key, &b_dir).await.unwrap();
+    assert!(!tips.exists());
+    let a_tips = f.a.path(&f.key).join(format!("objects/pack/{stem}.tips"));
+    std::fs::copy(&a_tips, &stored).unwrap();
+    shared.hydrate(&f.key, &b_dir).await.unwrap();
+    assert_eq!(
+        std::fs::read(&tips).unwrap(),
+        std::fs::read(&a_tips).unwrap()
+    );
+    // Without them again: the copy without its tips is maintained, which consolidates it
     // again: the same pack, marked and with its bitmaps; the tips go to the store again,
     // though its manifest named them all along.
+    std::fs::remove_file(&stored).unwrap();
+    std::fs::remove_dir_all(&b_dir).unwrap();
+    shared.hydrate(&f.key, &b_dir).await.unwrap();
+    assert!(!tips.exists());
     assert!(f.b.needs_consolidation(&f.key));
     f.b.consolidate(&f.key).await.unwrap();
     for ext in ["bitmap", "tips"] {
@@ -661,9 +678,8 @@ async fn a_reverse_index_bitmap_or_tips_the_store_lacks_or_damaged_is_done_witho
         );
     }
     assert!(!f.b.needs_consolidation(&f.key));
-    let tips = b_dir.join(format!("objects/pack/{stem}.tips"));
     assert_eq!(
-        std::fs::read(stored_file(&fs, stem, "tips")).unwrap(),
+        std::fs::read(&stored).unwrap(),
         std::fs::read(&tips).unwrap()
     );
     assert_eq!(f.manifest().await.packs, manifest.packs);
