@@ -73,47 +73,123 @@ impl StoredPack {
 const INTERPOLATIONS: usize = 6;
 
 /// The index position of `oid` in `index`, as `index.lookup` finds it, in fewer probes: ids
-/// are hashes, spread evenly, so where the first eight bytes of `oid` fall between those of
-/// the range's ends is close to where it is (a few probes, each a compare of two integers,
-/// where halving the range takes a dozen compares of whole ids). After
-/// [`INTERPOLATIONS`] probes, or on two ids sharing their first eight bytes, what is left is
-/// searched by halves: a table made to mislead the guesses costs no more than that.
+/// are hashes, spread evenly, so where the first eight bytes of `oid` fall between the bounds
+/// known of the range's keys is close to where it is. Each probe reads one id (a cache miss
+/// in a large index: the bounds are the keys probed before, not read again) and compares two
+/// integers, where halving the range reads a dozen ids. After [`INTERPOLATIONS`] probes, or
+/// on two ids sharing their first eight bytes, what is left is searched by halves: a table
+/// made to mislead the guesses costs no more than that.
 pub(crate) fn lookup(index: &gix_pack::index::File, oid: &gix_hash::oid) -> Option<u32> {
-    let prefix = |id: &gix_hash::oid| {
-        u64::from_be_bytes(id.as_bytes()[..8].try_into().expect("ids are longer"))
-    };
-    let key = |i: u32| prefix(index.oid_at_index(i));
-    let target = prefix(oid);
-    let (mut lo, mut hi) = (0u32, index.num_objects());
-    for _ in 0..INTERPOLATIONS {
-        if hi - lo <= 8 {
-            break;
+    let mut probe = Probe::new(index, oid);
+    while probe.step(index, oid) {}
+    probe.finish(index, oid)
+}
+
+/// [`lookup`] of each of `ids`, a few at a time with their probes taken in turns: the probes
+/// of different ids do not wait for each other, so the processor has several reads from a
+/// large index under way at once instead of one.
+pub(crate) fn lookup_many(
+    index: &gix_pack::index::File,
+    ids: &[&gix_hash::oid],
+) -> Vec<Option<u32>> {
+    const AT_ONCE: usize = 16;
+    let mut found = Vec::with_capacity(ids.len());
+    for group in ids.chunks(AT_ONCE) {
+        let mut probes: Vec<Probe> = group.iter().map(|oid| Probe::new(index, oid)).collect();
+        for _ in 0..INTERPOLATIONS {
+            let mut going = false;
+            for (probe, oid) in probes.iter_mut().zip(group) {
+                going |= probe.step(index, oid);
+            }
+            if !going {
+                break;
+            }
         }
-        let (first, last) = (key(lo), key(hi - 1));
-        if target < first || target > last {
-            return None;
-        }
-        if first == last {
-            break;
-        }
-        let share = u128::from(target - first) * u128::from(hi - 1 - lo) / u128::from(last - first);
-        let guess = lo + u32::try_from(share).expect("within the range");
-        match key(guess).cmp(&target) {
-            std::cmp::Ordering::Less => lo = guess + 1,
-            std::cmp::Ordering::Greater => hi = guess,
-            std::cmp::Ordering::Equal if index.oid_at_index(guess) == oid => return Some(guess),
-            std::cmp::Ordering::Equal => break,
-        }
-    }
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        match index.oid_at_index(mid).cmp(oid) {
-            std::cmp::Ordering::Less => lo = mid + 1,
-            std::cmp::Ordering::Greater => hi = mid,
-            std::cmp::Ordering::Equal => return Some(mid),
+        for (probe, oid) in probes.iter_mut().zip(group) {
+            found.push(probe.finish(index, oid));
         }
     }
-    None
+    found
+}
+
+/// One [`lookup`] under way.
+struct Probe {
+    /// The range that holds the id if the index does.
+    lo: u32,
+    hi: u32,
+    /// Every key in `lo..hi` lies within `low..=high` (in a sorted index): at first any key,
+    /// then the keys of the probes that bounded the range; `low <= target <= high` holds.
+    low: u64,
+    high: u64,
+    /// The first eight bytes of the id.
+    target: u64,
+    probes: usize,
+    /// Found by a probe, or left to the search by halves.
+    hit: Option<u32>,
+    settled: bool,
+}
+
+impl Probe {
+    fn new(index: &gix_pack::index::File, oid: &gix_hash::oid) -> Self {
+        let target = u64::from_be_bytes(oid.as_bytes()[..8].try_into().expect("ids are longer"));
+        Probe {
+            lo: 0,
+            hi: index.num_objects(),
+            low: 0,
+            high: u64::MAX,
+            target,
+            probes: 0,
+            hit: None,
+            settled: false,
+        }
+    }
+
+    /// One interpolation probe; whether another is worth making.
+    fn step(&mut self, index: &gix_pack::index::File, oid: &gix_hash::oid) -> bool {
+        if self.settled
+            || self.probes == INTERPOLATIONS
+            || self.hi - self.lo <= 8
+            || self.low >= self.high
+        {
+            self.settled = true;
+            return false;
+        }
+        self.probes += 1;
+        let share = u128::from(self.target - self.low) * u128::from(self.hi - 1 - self.lo)
+            / u128::from(self.high - self.low);
+        let guess = self.lo + u32::try_from(share).expect("within the range");
+        let id = index.oid_at_index(guess);
+        let key = u64::from_be_bytes(id.as_bytes()[..8].try_into().expect("ids are longer"));
+        match key.cmp(&self.target) {
+            std::cmp::Ordering::Less => (self.lo, self.low) = (guess + 1, key),
+            std::cmp::Ordering::Greater => (self.hi, self.high) = (guess, key),
+            std::cmp::Ordering::Equal => {
+                self.settled = true;
+                if id == oid {
+                    self.hit = Some(guess);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The position found, by the probes or by halving what is left of the range.
+    fn finish(&self, index: &gix_pack::index::File, oid: &gix_hash::oid) -> Option<u32> {
+        if self.hit.is_some() {
+            return self.hit;
+        }
+        let (mut lo, mut hi) = (self.lo, self.hi);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match index.oid_at_index(mid).cmp(oid) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
 }
 
 /// Pack indexes by file, opened once per repository handle (a pack never changes) and
@@ -958,6 +1034,23 @@ mod tests {
             let oid = gix_hash::ObjectId::from_bytes_or_panic(&[edge; 20]);
             assert_eq!(super::lookup(index, &oid), None);
         }
+        assert_many_as_one(index);
+    }
+
+    /// [`super::lookup_many`] finds what [`super::lookup`] finds, for the ids of `index` and
+    /// ids it lacks, in an order unlike the index's (a partial group at the end).
+    fn assert_many_as_one(index: &gix_pack::index::File) {
+        let mut ids: Vec<gix_hash::ObjectId> = Vec::new();
+        for i in (0..index.num_objects()).rev() {
+            let oid = index.oid_at_index(i).to_owned();
+            let mut absent = oid;
+            absent.as_mut_slice()[19] ^= 0x33;
+            ids.extend([oid, absent]);
+        }
+        ids.push(gix_hash::ObjectId::from_bytes_or_panic(&[0xff; 20]));
+        let refs: Vec<&gix_hash::oid> = ids.iter().map(|id| id.as_ref()).collect();
+        let one: Vec<Option<u32>> = refs.iter().map(|id| super::lookup(index, id)).collect();
+        assert_eq!(super::lookup_many(index, &refs), one);
     }
 
     /// An index of ids that share their first eight bytes in groups (as a table made to
@@ -1009,6 +1102,7 @@ mod tests {
             let absent = gix_hash::ObjectId::from_bytes_or_panic(&absent);
             assert_eq!(super::lookup(&index, &absent), None);
         }
+        assert_many_as_one(&index);
         let mut shuffled = ids.clone();
         shuffled.reverse();
         shuffled.swap(3, 90);
@@ -1018,6 +1112,7 @@ mod tests {
             let found = super::lookup(&damaged, &oid);
             assert!(found.is_none_or(|f| f == i as u32), "a wrong hit");
         }
+        assert_many_as_one(&damaged);
     }
 
     /// A reverse index answers offsets and positions of offsets from the index at first, then

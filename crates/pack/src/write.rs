@@ -229,11 +229,16 @@ impl SentIn {
                 place.insert(q as u32, at);
             }
         }
-        for (id, &at) in &in_pack.listed {
-            if at < known.len() {
-                continue;
-            }
-            if let Some(q) = crate::packs::lookup(&pack.index, id)
+        let unknown: Vec<(&gix_hash::oid, usize)> = in_pack
+            .listed
+            .iter()
+            .filter(|&(_, &at)| at >= known.len())
+            .map(|(id, &at)| (id.as_ref(), at))
+            .collect();
+        let ids: Vec<&gix_hash::oid> = unknown.iter().map(|&(id, _)| id).collect();
+        let found = crate::packs::lookup_many(&pack.index, &ids);
+        for (&(_, at), i) in unknown.iter().zip(found) {
+            if let Some(q) = i
                 .and_then(|i| rev.pack_position(&pack.index, i))
                 .and_then(|q| u32::try_from(q).ok())
             {
