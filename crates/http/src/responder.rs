@@ -29,7 +29,7 @@ pub(crate) struct Responder {
     /// How long a response waits for a client that stopped reading.
     stall: Duration,
     /// Pack responses generated at once.
-    pack_slots: Arc<Semaphore>,
+    pack_slots: PackSlots,
     /// The response cache, if it is on.
     cache: Option<Arc<ResponseCache>>,
 }
@@ -45,7 +45,10 @@ impl Responder {
         Responder {
             pack,
             stall,
-            pack_slots: Arc::new(Semaphore::new(slots.max(1))),
+            pack_slots: PackSlots {
+                semaphore: Arc::new(Semaphore::new(slots.max(1))),
+                total: slots.max(1),
+            },
             cache,
         }
     }
@@ -100,10 +103,11 @@ impl Responder {
         let regenerate: Regenerate = {
             let (repo, fetch) = (Arc::clone(&repo), fetch.clone());
             let options = self.pack.clone();
-            let slots = Arc::clone(&self.pack_slots);
+            let slots = self.pack_slots.clone();
             let runtime = tokio::runtime::Handle::current();
             Arc::new(move |out: &mut dyn std::io::Write| {
-                let _slot = runtime.block_on(pack_slot(&slots));
+                let slot = runtime.block_on(slots.take());
+                let options = shared(&options, slot.as_ref());
                 gitcache_pack::plan(&repo, &fetch, kind, &options)
                     .and_then(|plan| plan.write_to(out))
                     .map(|_| ())
@@ -139,14 +143,14 @@ impl Responder {
                 // waits for its pack slot and runs in tasks of its own, so a leader that
                 // leaves changes nothing for the others (and a generation that ends
                 // unfinished hands its readers over to live generation).
-                let slots = Arc::clone(&self.pack_slots);
+                let slots = self.pack_slots.clone();
                 let options = gitcache_pack::Options {
                     cancel: generation.cancel_when_unread(),
                     ..self.pack.clone()
                 };
                 let cache = Arc::clone(cache);
                 let generate = move |slot: Option<Slot>| {
-                    let _slot = slot;
+                    let options = shared(&options, slot.as_ref());
                     let _enter = span.enter();
                     if !generation.has_readers() {
                         // Every client left while it waited: nothing to do (dropping it
@@ -178,7 +182,7 @@ impl Responder {
                     }
                 };
                 tokio::spawn(async move {
-                    let slot = pack_slot(&slots).await;
+                    let slot = slots.take().await;
                     let _ = tokio::task::spawn_blocking(move || generate(slot)).await;
                 });
                 tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
@@ -197,7 +201,7 @@ impl Responder {
         fetch: Fetch,
         kind: HashKind,
     ) -> Response<Body> {
-        let slot = pack_slot(&self.pack_slots).await;
+        let slot = self.pack_slots.take().await;
         let (tx, rx) = mpsc::channel(4);
         let probe = tx.clone();
         let options = gitcache_pack::Options {
@@ -208,7 +212,7 @@ impl Responder {
         let stall = self.stall;
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            let _slot = slot;
+            let options = shared(&options, slot.as_ref());
             let _enter = span.enter();
             let mut out = ChannelWriter::new(tx, stall);
             let started = Instant::now();
@@ -263,21 +267,52 @@ impl Responder {
     }
 }
 
-/// A pack slot held, counted on `/metrics` as busy while it is.
-type Slot = (tokio::sync::OwnedSemaphorePermit, metrics::PackSlot);
+/// The pack slots: how many packs are generated at once.
+#[derive(Debug, Clone)]
+struct PackSlots {
+    semaphore: Arc<Semaphore>,
+    total: usize,
+}
 
-/// One of `slots`, waited for (and counted as waiting) when all are busy; `None` only if the
-/// semaphore was closed, which this server never does.
-async fn pack_slot(slots: &Arc<Semaphore>) -> Option<Slot> {
-    let permit = match Arc::clone(slots).try_acquire_owned() {
-        Ok(permit) => permit,
-        Err(_) => {
-            tracing::debug!("waiting for a pack slot");
-            let _waiting = metrics::PackSlot::enter("waiting");
-            Arc::clone(slots).acquire_owned().await.ok()?
-        }
-    };
-    Some((permit, metrics::PackSlot::enter("busy")))
+impl PackSlots {
+    /// One slot, waited for (and counted as waiting) when all are busy; `None` only if the
+    /// semaphore was closed, which this server never does.
+    async fn take(&self) -> Option<Slot> {
+        let permit = match Arc::clone(&self.semaphore).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::debug!("waiting for a pack slot");
+                let _waiting = metrics::PackSlot::enter("waiting");
+                Arc::clone(&self.semaphore).acquire_owned().await.ok()?
+            }
+        };
+        let held = self
+            .total
+            .saturating_sub(self.semaphore.available_permits());
+        Some(Slot {
+            _permit: permit,
+            _busy: metrics::PackSlot::enter("busy"),
+            held: held.max(1),
+        })
+    }
+}
+
+/// A pack slot held, counted on `/metrics` as busy while it is.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _busy: metrics::PackSlot,
+    /// Slots held when this one was taken, this one included.
+    held: usize,
+}
+
+/// `options` for a generation in `slot`: the compression threads shared with the other
+/// generations under way when it started (more threads than cores only take turns).
+fn shared(options: &gitcache_pack::Options, slot: Option<&Slot>) -> gitcache_pack::Options {
+    let held = slot.map_or(1, |s| s.held);
+    gitcache_pack::Options {
+        compression_threads: (options.compression_threads / held).max(1),
+        ..options.clone()
+    }
 }
 
 /// The answer to a request git's own upload-pack refuses: one `ERR` line, which git's
@@ -303,4 +338,32 @@ pub(crate) fn set_git_headers(headers: &mut HeaderMap, content_type: &'static st
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn generations_at_once_share_the_compression_threads() {
+        let slots = PackSlots {
+            semaphore: Arc::new(Semaphore::new(3)),
+            total: 3,
+        };
+        let options = gitcache_pack::Options {
+            compression_threads: 4,
+            ..gitcache_pack::Options::default()
+        };
+        let first = slots.take().await.unwrap();
+        assert_eq!(shared(&options, Some(&first)).compression_threads, 4);
+        let second = slots.take().await.unwrap();
+        assert_eq!(shared(&options, Some(&second)).compression_threads, 2);
+        let third = slots.take().await.unwrap();
+        assert_eq!(shared(&options, Some(&third)).compression_threads, 1);
+        // A slot freed is counted free for the next generation.
+        drop((first, second));
+        let next = slots.take().await.unwrap();
+        assert_eq!(shared(&options, Some(&next)).compression_threads, 2);
+        assert_eq!(shared(&options, None).compression_threads, 4);
+    }
 }
