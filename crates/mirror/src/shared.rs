@@ -489,6 +489,16 @@ fn set_local_version(git_dir: &Path, version: &Version) -> std::io::Result<()> {
     gitcache_storage::fs::replace_file(&git_dir.join(MARKER), format!("{}\n", version.0).as_bytes())
 }
 
+/// How long files done without wait before they are looked for in the store again.
+const UNSHARED_RETRY: Duration = Duration::from_secs(600);
+
+/// Whether files done without are listed and were last looked for [`UNSHARED_RETRY`] ago.
+fn retry_unshared(git_dir: &Path) -> bool {
+    std::fs::metadata(git_dir.join(UNSHARED))
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= UNSHARED_RETRY))
+}
+
 /// The files hydration did without (see [`UNSHARED`]).
 fn unshared(git_dir: &Path) -> Vec<String> {
     std::fs::read_to_string(git_dir.join(UNSHARED))
@@ -636,9 +646,9 @@ impl Shared {
     /// that holds the manifest's version already costs one request without a body.
     pub async fn hydrate(&self, key: &RepoKey, git_dir: &Path) -> Result<Hydrated, Error> {
         let held = local_version(git_dir).filter(|_| git_dir.join("HEAD").is_file());
-        // Files done without are tried again (another instance may have written them since,
-        // under the same manifest) though the version is the one held.
-        let retry = !unshared(git_dir).is_empty();
+        // Files done without are tried again now and then (another instance may have written
+        // them since, under the same manifest) though the version is the one held.
+        let retry = retry_unshared(git_dir);
         if let Some(held) = &held
             && !retry
             && self
@@ -721,13 +731,10 @@ impl Shared {
                 {
                     // A reverse index only spares readers ordering the pack by offset, and
                     // a pack without its bitmaps or tips is consolidated again by its
-                    // maintenance: one the store lacks, that is not the pack's, or that
-                    // cannot be read (another instance writing it again) is done without.
+                    // maintenance: one the store lacks, or that is not the pack's, is done
+                    // without (a store that fails is not: the hydration is tried again).
                     if matches!(ext, "rev" | "bitmap" | "tips")
-                        && matches!(
-                            err,
-                            Error::Missing { .. } | Error::Mismatch { .. } | Error::Store(_)
-                        )
+                        && matches!(err, Error::Missing { .. } | Error::Mismatch { .. })
                     {
                         tracing::warn!(%err, ext, "going on without one of a pack's files");
                         let file = format!("{}.{ext}", pack.stem);
@@ -934,7 +941,8 @@ impl Shared {
                     .join("objects")
                     .join("pack")
                     .join(format!("{}.{ext}", pack.stem));
-                // A file made again replaces one every instance reads: checked first.
+                // A file made again replaces one every instance reads: checked first, and
+                // left out if it fails (the manifest names it already).
                 if rewritten(&pack.stem, ext) {
                     let (checked, stem, ext) = (path.clone(), pack.stem.clone(), *ext);
                     let sound = tokio::task::spawn_blocking(move || {
@@ -943,7 +951,8 @@ impl Shared {
                     .await
                     .map_err(|e| Error::Io(std::io::Error::other(e)))??;
                     if !sound {
-                        return Err(invalid(format!("{} fails its check", path.display())));
+                        tracing::warn!(file = %path.display(), "a pack file made again fails its check; not shared");
+                        continue;
                     }
                 }
                 self.store

@@ -657,11 +657,21 @@ async fn a_reverse_index_bitmap_or_tips_the_store_lacks_or_damaged_is_done_witho
     assert!(!tips.exists());
     let a_tips = f.a.path(&f.key).join(format!("objects/pack/{stem}.tips"));
     std::fs::copy(&a_tips, &stored).unwrap();
+    // Looked for again only some minutes after the last time.
+    shared.hydrate(&f.key, &b_dir).await.unwrap();
+    assert!(!tips.exists());
+    let listed = std::fs::File::options()
+        .write(true)
+        .open(b_dir.join("gitcache-unshared"))
+        .unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    listed.set_modified(hour_ago).unwrap();
     shared.hydrate(&f.key, &b_dir).await.unwrap();
     assert_eq!(
         std::fs::read(&tips).unwrap(),
         std::fs::read(&a_tips).unwrap()
     );
+    assert!(!b_dir.join("gitcache-unshared").exists());
     // Without them again: the copy without its tips is maintained, which consolidates it
     // again: the same pack, marked and with its bitmaps; the tips go to the store again,
     // though its manifest named them all along.
