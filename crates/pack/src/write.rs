@@ -229,23 +229,30 @@ impl SentIn {
                 place.insert(q as u32, at);
             }
         }
-        let unknown: Vec<(&gix_hash::oid, usize)> = in_pack
+        // Looked up a few thousand at a time (see `lookup_many`), not all gathered first.
+        let mut unknown = in_pack
             .listed
             .iter()
             .filter(|&(_, &at)| at >= known.len())
-            .map(|(id, &at)| (id.as_ref(), at))
-            .collect();
-        let ids: Vec<&gix_hash::oid> = unknown.iter().map(|&(id, _)| id).collect();
-        let found = crate::packs::lookup_many(&pack.index, &ids);
-        for (&(_, at), i) in unknown.iter().zip(found) {
-            if let Some(q) = i
-                .and_then(|i| rev.pack_position(&pack.index, i))
-                .and_then(|q| u32::try_from(q).ok())
-            {
-                bits.set(q as usize);
-                place.insert(q, at);
-                if let Some(slot) = at_place.get_mut(at) {
-                    *slot = q;
+            .peekable();
+        let (mut ids, mut ats) = (Vec::new(), Vec::new());
+        while unknown.peek().is_some() {
+            ids.clear();
+            ats.clear();
+            for (id, &at) in unknown.by_ref().take(4096) {
+                ids.push(id.as_ref());
+                ats.push(at);
+            }
+            for (&at, i) in ats.iter().zip(crate::packs::lookup_many(&pack.index, &ids)) {
+                if let Some(q) = i
+                    .and_then(|i| rev.pack_position(&pack.index, i))
+                    .and_then(|q| u32::try_from(q).ok())
+                {
+                    bits.set(q as usize);
+                    place.insert(q, at);
+                    if let Some(slot) = at_place.get_mut(at) {
+                        *slot = q;
+                    }
                 }
             }
         }
