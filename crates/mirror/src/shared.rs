@@ -496,7 +496,8 @@ const UNSHARED_RETRY: Duration = Duration::from_secs(600);
 fn retry_unshared(git_dir: &Path) -> bool {
     std::fs::metadata(git_dir.join(UNSHARED))
         .and_then(|m| m.modified())
-        .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= UNSHARED_RETRY))
+        // A time ahead of the clock (set back since) counts by how far ahead it is.
+        .is_ok_and(|at| at.elapsed().unwrap_or_else(|ahead| ahead.duration()) >= UNSHARED_RETRY)
 }
 
 /// The files hydration did without (see [`UNSHARED`]).
@@ -897,6 +898,9 @@ impl Shared {
             .packs
             .iter()
             .any(|p| p.files.iter().any(|ext| rewritten(&p.stem, ext)));
+        // Whether only files made again differ from the manifest (not committed if none of
+        // them can be shared).
+        let mut unchanged = false;
         let (previous, expected) = match self.read_raw(key).await? {
             None => (None, None),
             Some((bytes, version)) => match MirrorManifest::decode(&bytes) {
@@ -915,15 +919,18 @@ impl Shared {
                     if held.as_ref() != Some(&version) {
                         return Ok(Published::Conflict);
                     }
-                    if manifest.same_state(&local) && !rewrites {
-                        return Ok(Published::Done);
+                    if manifest.same_state(&local) {
+                        if !rewrites {
+                            return Ok(Published::Done);
+                        }
+                        unchanged = true;
                     }
                     (Some(manifest), Some(version))
                 }
             },
         };
         let started = std::time::Instant::now();
-        let mut uploaded = 0u64;
+        let (mut uploaded, mut shared_again) = (0u64, 0usize);
         for pack in &local.packs {
             // Files the current manifest names are in the store; every other one is written
             // (again, if a crash left it unnamed: that makes it new, so that collection,
@@ -951,15 +958,22 @@ impl Shared {
                     .await
                     .map_err(|e| Error::Io(std::io::Error::other(e)))??;
                     if !sound {
+                        // Removed, so that maintenance makes it again.
                         tracing::warn!(file = %path.display(), "a pack file made again fails its check; not shared");
+                        std::fs::remove_file(&path)?;
                         continue;
                     }
+                    shared_again += 1;
                 }
                 self.store
                     .put_file(&Self::file_key(key, &pack.stem, ext)?, &path)
                     .await?;
                 uploaded += std::fs::metadata(&path).map_or(0, |m| m.len());
             }
+        }
+        if unchanged && shared_again == 0 {
+            // Nothing to commit: the files made again failed their check and are gone.
+            return Ok(Published::Done);
         }
         // Packs dropped now are retired; those retired longer than the grace period are
         // deleted once this manifest is committed.

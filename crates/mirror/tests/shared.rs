@@ -679,6 +679,15 @@ async fn a_reverse_index_bitmap_or_tips_the_store_lacks_or_damaged_is_done_witho
     std::fs::remove_dir_all(&b_dir).unwrap();
     shared.hydrate(&f.key, &b_dir).await.unwrap();
     assert!(!tips.exists());
+    // Made again wrong: not shared, not committed, and removed to be made again.
+    std::fs::write(&tips, "zz\n").unwrap();
+    let version = shared.read(&f.key).await.unwrap().unwrap().1;
+    assert_eq!(
+        shared.publish(&f.key, &b_dir).await.unwrap(),
+        Published::Done
+    );
+    assert!(!tips.exists() && !stored.exists());
+    assert_eq!(shared.read(&f.key).await.unwrap().unwrap().1, version);
     assert!(f.b.needs_consolidation(&f.key));
     f.b.consolidate(&f.key).await.unwrap();
     for ext in ["bitmap", "tips"] {
