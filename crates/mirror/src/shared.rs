@@ -376,6 +376,16 @@ impl MirrorManifest {
         })
     }
 
+    /// The pack and extension of `file` (`<stem>.<ext>`), if it is one of the pack files
+    /// this manifest names.
+    fn names(&self, file: &str) -> Option<(&str, &'static str)> {
+        self.packs.iter().find_map(|p| {
+            let ext = file.strip_prefix(p.stem.as_str())?.strip_prefix('.')?;
+            let ext = p.files.iter().find(|e| **e == ext)?;
+            Some((p.stem.as_str(), *ext))
+        })
+    }
+
     /// Whether `other` holds the same refs and packs (retired packs aside).
     fn same_state(&self, other: &MirrorManifest) -> bool {
         self.format == other.format
@@ -710,13 +720,7 @@ impl Shared {
         // Those done without earlier and not written to the store since, if still named.
         let mut done_without: Vec<String> = unshared(git_dir)
             .into_iter()
-            .filter(|file| {
-                manifest.packs.iter().any(|p| {
-                    p.files
-                        .iter()
-                        .any(|ext| *file == format!("{}.{ext}", p.stem))
-                })
-            })
+            .filter(|file| manifest.names(file).is_some())
             .collect();
         for pack in &manifest.packs {
             let had = pack_dir.join(format!("{}.idx", pack.stem)).is_file();
@@ -803,14 +807,7 @@ impl Shared {
         let pack_dir = git_dir.join("objects").join("pack");
         let mut still = Vec::new();
         for file in unshared(git_dir) {
-            let named = manifest.packs.iter().find_map(|p| {
-                let ext = p
-                    .files
-                    .iter()
-                    .find(|ext| file == format!("{}.{ext}", p.stem))?;
-                Some((p.stem.as_str(), *ext))
-            });
-            let Some((stem, ext)) = named else {
+            let Some((stem, ext)) = manifest.names(&file) else {
                 continue;
             };
             let path = pack_dir.join(&file);

@@ -105,7 +105,7 @@ pub(crate) fn lookup_many(
                 break;
             }
         }
-        for (probe, oid) in probes.iter_mut().zip(group) {
+        for (probe, oid) in probes.iter().zip(group) {
             found.push(probe.finish(index, oid));
         }
     }
@@ -131,7 +131,7 @@ struct Probe {
 
 impl Probe {
     fn new(index: &gix_pack::index::File, oid: &gix_hash::oid) -> Self {
-        let target = u64::from_be_bytes(oid.as_bytes()[..8].try_into().expect("ids are longer"));
+        let target = Self::key(oid);
         Probe {
             lo: 0,
             hi: index.num_objects(),
@@ -142,6 +142,11 @@ impl Probe {
             hit: None,
             settled: false,
         }
+    }
+
+    /// What the search compares: an id's first eight bytes.
+    fn key(id: &gix_hash::oid) -> u64 {
+        u64::from_be_bytes(id.as_bytes()[..8].try_into().expect("ids are longer"))
     }
 
     /// One interpolation probe; whether another is worth making.
@@ -159,7 +164,7 @@ impl Probe {
             / u128::from(self.high - self.low);
         let guess = self.lo + u32::try_from(share).expect("within the range");
         let id = index.oid_at_index(guess);
-        let key = u64::from_be_bytes(id.as_bytes()[..8].try_into().expect("ids are longer"));
+        let key = Self::key(id);
         match key.cmp(&self.target) {
             std::cmp::Ordering::Less => (self.lo, self.low) = (guess + 1, key),
             std::cmp::Ordering::Greater => (self.hi, self.high) = (guess, key),
