@@ -2,7 +2,11 @@
 //! upstream response passed on), and reading request bodies within limits.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -220,10 +224,167 @@ pub fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, ReadError> {
     Ok(decoded.into())
 }
 
+/// Where responses put what their clients have not taken yet, so that a writer need not wait
+/// for a slow reader: a byte budget all of them share, a cap for each, and free space kept on
+/// the disk. Each response that falls behind gets an unnamed file in the directory (nothing is
+/// left behind if the process dies), emptied whenever its client catches up.
+#[derive(Debug, Clone)]
+pub struct Spill(Arc<SpillArea>);
+
+#[derive(Debug)]
+struct SpillArea {
+    dir: PathBuf,
+    limit: u64,
+    per_response: u64,
+    min_free: u64,
+    used: AtomicU64,
+}
+
+/// Spilled bytes between two looks at the disk's free space.
+const FREE_SPACE_EVERY: u64 = 16 << 20;
+
+impl Spill {
+    /// Spill files in `dir`, at most `limit` bytes in all and `per_response` in one, written
+    /// only while the disk keeps `min_free` bytes free; past any of these, a writer waits for
+    /// its client again. A `limit` of 0 spills nothing.
+    pub fn new(dir: impl Into<PathBuf>, limit: u64, per_response: u64, min_free: u64) -> Self {
+        Spill(Arc::new(SpillArea {
+            dir: dir.into(),
+            limit,
+            per_response,
+            min_free,
+            used: AtomicU64::new(0),
+        }))
+    }
+
+    /// Bytes in spill files (a file's bytes count until its client has taken all of them).
+    pub fn used(&self) -> u64 {
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self, bytes: u64) -> bool {
+        let reserved = self
+            .0
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes)
+                    .filter(|&total| total <= self.0.limit)
+            })
+            .is_ok();
+        if reserved {
+            crate::metrics::spilled(bytes as f64);
+        }
+        reserved
+    }
+
+    fn release(&self, bytes: u64) {
+        if bytes > 0 {
+            self.0.used.fetch_sub(bytes, Ordering::Relaxed);
+            crate::metrics::spilled(-(bytes as f64));
+        }
+    }
+
+    /// Whether the disk keeps its free space with `bytes` more written.
+    fn has_room(&self, bytes: u64) -> bool {
+        gitcache_storage::fs::free_bytes(&self.0.dir)
+            .is_ok_and(|free| free >= self.0.min_free.saturating_add(bytes))
+    }
+}
+
+/// What a writer spilled and has not handed over yet: `file` from `forwarded` to `written`.
+#[derive(Debug)]
+struct Backlog {
+    spill: Spill,
+    file: Option<std::fs::File>,
+    written: u64,
+    forwarded: u64,
+    /// Where the disk's free space is looked at next.
+    look_at: u64,
+    /// The spill file could not be made or written: the writer waits for its client.
+    failed: bool,
+}
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        self.forwarded == self.written
+    }
+
+    /// Put `chunk` at the end of the file; `false` if a budget or the disk has no room.
+    fn append(&mut self, chunk: &[u8]) -> bool {
+        let len = chunk.len() as u64;
+        if self.failed || self.written + len > self.spill.0.per_response {
+            return false;
+        }
+        if self.written + len > self.look_at {
+            if !self.spill.has_room(FREE_SPACE_EVERY) {
+                return false;
+            }
+            self.look_at = self.written + FREE_SPACE_EVERY;
+        }
+        if !self.spill.reserve(len) {
+            return false;
+        }
+        let file = match &self.file {
+            Some(file) => Ok(file),
+            None => tempfile::tempfile_in(&self.spill.0.dir).map(|f| &*self.file.insert(f)),
+        };
+        match file.and_then(|f| f.write_all_at(chunk, self.written)) {
+            Ok(()) => {
+                self.written += len;
+                true
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot spill a response; it waits for its client");
+                self.spill.release(len);
+                self.failed = true;
+                false
+            }
+        }
+    }
+
+    /// The next chunk of the file to hand over.
+    fn next_chunk(&mut self) -> std::io::Result<Bytes> {
+        let len = (self.written - self.forwarded).min(CHUNK as u64) as usize;
+        let mut chunk = vec![0; len];
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("spilled bytes without a spill file"))?;
+        file.read_exact_at(&mut chunk, self.forwarded)?;
+        self.forwarded += len as u64;
+        Ok(Bytes::from(chunk))
+    }
+
+    /// Once everything is handed over, the file is emptied and its bytes leave the budget.
+    fn reset_if_empty(&mut self) {
+        if self.is_empty() && self.written > 0 {
+            if let Some(file) = &self.file
+                && file.set_len(0).is_err()
+            {
+                self.file = None;
+            }
+            self.spill.release(self.written);
+            self.written = 0;
+            self.forwarded = 0;
+            self.look_at = 0;
+        }
+    }
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        self.spill.release(self.written);
+    }
+}
+
 /// A blocking [`Write`] that hands its bytes, in chunks, to a [`Body::channel`]. It fails
 /// with `BrokenPipe` once the response is dropped (the client went away), and with `TimedOut`
 /// when the client stops reading for longer than the stall timeout; either stops the writer
 /// promptly, so a client cannot hold a pack generation slot by not reading.
+///
+/// A writer that [spills](Self::spill_to) does not wait for its client while writing: what
+/// the client has not taken goes to a spill file, and [`finish`](Self::finish) hands it over
+/// once the writer is done (and its pack slot free).
 #[derive(Debug)]
 pub struct ChannelWriter {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -232,6 +393,7 @@ pub struct ChannelWriter {
     stall: Duration,
     /// The runtime whose timer bounds a stalled send (none outside a runtime: no bound).
     runtime: Option<tokio::runtime::Handle>,
+    backlog: Option<Backlog>,
 }
 
 /// Bytes gathered before a chunk is handed over.
@@ -246,7 +408,35 @@ impl ChannelWriter {
             sent: 0,
             stall,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            backlog: None,
         }
+    }
+
+    /// From now on, put what the client has not taken into `spill` rather than wait for it
+    /// (while the budget lasts); [`finish`](Self::finish) hands it all over.
+    pub fn spill_to(&mut self, spill: Spill) {
+        if self.backlog.is_none() {
+            self.backlog = Some(Backlog {
+                spill,
+                file: None,
+                written: 0,
+                forwarded: 0,
+                look_at: 0,
+                failed: false,
+            });
+        }
+    }
+
+    /// Hand over everything written, waiting for the client as long as it keeps reading
+    /// (each chunk within the stall timeout).
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        self.send_buffered()?;
+        self.drain()
+    }
+
+    /// Bytes spilled and not yet handed over.
+    pub fn backlog(&self) -> u64 {
+        self.backlog.as_ref().map_or(0, |b| b.written - b.forwarded)
     }
 
     /// Bytes handed over so far (not counting what is still buffered).
@@ -271,7 +461,7 @@ impl ChannelWriter {
 
     /// End the body abruptly with `err`.
     pub fn abort(self, err: std::io::Error) {
-        let _ = self.tx.blocking_send(Err(err));
+        let _ = self.wait_to_send_result(Err(err));
     }
 
     fn send_buffered(&mut self) -> std::io::Result<()> {
@@ -290,11 +480,79 @@ impl ChannelWriter {
 
     fn send(&mut self, chunk: Bytes) -> std::io::Result<()> {
         let len = chunk.len() as u64;
-        let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away");
+        if self.backlog.is_some() {
+            if self.forward()? {
+                match self.tx.try_reserve() {
+                    Ok(permit) => {
+                        permit.send(Ok(chunk));
+                        self.sent += len;
+                        crate::metrics::pack_sent(len);
+                        return Ok(());
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => return Err(gone()),
+                    Err(mpsc::error::TrySendError::Full(())) => {}
+                }
+            }
+            if self.backlog.as_mut().is_some_and(|b| b.append(&chunk)) {
+                self.sent += len;
+                return Ok(());
+            }
+            // No room to spill: the client's backlog first, then this chunk, waiting for it.
+            self.drain()?;
+        }
+        self.send_waiting(chunk)
+    }
+
+    /// Hand over spilled chunks while the channel has room; `true` once none are left.
+    fn forward(&mut self) -> std::io::Result<bool> {
+        let Some(backlog) = &mut self.backlog else {
+            return Ok(true);
+        };
+        while !backlog.is_empty() {
+            let permit = match self.tx.try_reserve() {
+                Ok(permit) => permit,
+                Err(mpsc::error::TrySendError::Full(())) => return Ok(false),
+                Err(mpsc::error::TrySendError::Closed(())) => return Err(gone()),
+            };
+            let chunk = backlog.next_chunk()?;
+            crate::metrics::pack_sent(chunk.len() as u64);
+            permit.send(Ok(chunk));
+        }
+        backlog.reset_if_empty();
+        Ok(true)
+    }
+
+    /// Hand over every spilled chunk, waiting for the client.
+    fn drain(&mut self) -> std::io::Result<()> {
+        while let Some(backlog) = self.backlog.as_mut().filter(|b| !b.is_empty()) {
+            let chunk = backlog.next_chunk()?;
+            let len = chunk.len() as u64;
+            self.wait_to_send(chunk)?;
+            crate::metrics::pack_sent(len);
+        }
+        if let Some(backlog) = &mut self.backlog {
+            backlog.reset_if_empty();
+        }
+        Ok(())
+    }
+
+    fn send_waiting(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        let len = chunk.len() as u64;
+        self.wait_to_send(chunk)?;
+        self.sent += len;
+        crate::metrics::pack_sent(len);
+        Ok(())
+    }
+
+    /// Hand `chunk` over, waiting for room at most the stall timeout.
+    fn wait_to_send(&self, chunk: Bytes) -> std::io::Result<()> {
+        self.wait_to_send_result(Ok(chunk))
+    }
+
+    fn wait_to_send_result(&self, item: Result<Bytes, std::io::Error>) -> std::io::Result<()> {
         match &self.runtime {
             Some(runtime) => {
-                let sent =
-                    runtime.block_on(tokio::time::timeout(self.stall, self.tx.send(Ok(chunk))));
+                let sent = runtime.block_on(tokio::time::timeout(self.stall, self.tx.send(item)));
                 match sent {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(gone()),
@@ -306,21 +564,20 @@ impl ChannelWriter {
                     }
                 }
             }
-            None => self.tx.blocking_send(Ok(chunk)).map_err(|_| gone())?,
+            None => self.tx.blocking_send(item).map_err(|_| gone())?,
         }
-        self.sent += len;
-        crate::metrics::pack_sent(len);
         Ok(())
     }
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away")
 }
 
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.tx.is_closed() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "client went away",
-            ));
+            return Err(gone());
         }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
@@ -459,6 +716,209 @@ mod tests {
         // The response exists but nobody reads it.
         assert_eq!(writer.await.unwrap(), std::io::ErrorKind::TimedOut);
         drop(rx);
+    }
+
+    /// Reads the whole body of `rx`.
+    async fn read_all(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Vec<u8> {
+        let mut body = Box::pin(Body::channel(rx));
+        let mut all = Vec::new();
+        while let Some(frame) = body.frame().await {
+            all.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        all
+    }
+
+    /// Whole chunks written into a writer spilling into `spill` whose reader takes nothing,
+    /// until it gives up: how many it took, and why it stopped.
+    async fn chunks_taken_unread(spill: &Spill) -> (usize, std::io::ErrorKind) {
+        let (tx, rx) = mpsc::channel(1);
+        let area = spill.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter::new(tx, Duration::from_millis(300));
+            w.spill_to(area);
+            let chunk = vec![7u8; CHUNK];
+            let mut written = 0;
+            loop {
+                if let Err(err) = w.write_all(&chunk) {
+                    return (written, err.kind());
+                }
+                written += 1;
+            }
+        });
+        let stopped = writer.await.unwrap();
+        drop(rx);
+        stopped
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spilling_writer_finishes_writing_without_its_reader_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::new(dir.path(), 64 << 20, 64 << 20, 0);
+        let (tx, rx) = mpsc::channel(2);
+        let data: Vec<u8> = (0..(3 << 20) + 12345u32).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let area = spill.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter::new(tx, Duration::from_millis(200));
+            w.spill_to(area);
+            // Uneven writes, with a flush among them, as a pack writer makes them.
+            for (i, piece) in data.chunks(7919).enumerate() {
+                w.write_all(piece).unwrap();
+                if i == 100 {
+                    w.flush().unwrap();
+                }
+            }
+            // Nobody has read a byte, yet every write returned: the rest was spilled.
+            let backlog = w.backlog();
+            assert!(backlog >= (3 << 20) - 3 * CHUNK as u64, "{backlog}");
+            w
+        });
+        let mut w = writer.await.unwrap();
+        assert_eq!(spill.used(), w.backlog());
+        let reader = tokio::spawn(read_all(rx));
+        tokio::task::spawn_blocking(move || {
+            w.finish().unwrap();
+            assert_eq!(w.backlog(), 0);
+        })
+        .await
+        .unwrap();
+        assert_eq!(reader.await.unwrap(), expected);
+        // Everything handed over: the budget is whole again, and no file has a name.
+        assert_eq!(spill.used(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_spill_budget_a_writer_waits_for_its_reader_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::new(dir.path(), 4 * CHUNK as u64, u64::MAX, 0);
+        // Another response holds half of the budget.
+        let (other_tx, _other_rx) = mpsc::channel(1);
+        let area = spill.clone();
+        let other = tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter::new(other_tx, Duration::from_secs(30));
+            w.spill_to(area);
+            for _ in 0..3 {
+                w.write_all(&vec![1u8; CHUNK]).unwrap();
+            }
+            w
+        })
+        .await
+        .unwrap();
+        assert_eq!(spill.used(), 2 * CHUNK as u64);
+
+        // One chunk in the channel, two spilled, then the writer waits and gives up.
+        let stopped = chunks_taken_unread(&spill).await;
+        assert_eq!(stopped, (3, std::io::ErrorKind::TimedOut));
+        // A writer gone gives its bytes back.
+        assert_eq!(spill.used(), 2 * CHUNK as u64);
+        drop(other);
+        assert_eq!(spill.used(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_that_keeps_up_now_and_then_gets_every_byte_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::new(dir.path(), 64 << 20, 64 << 20, 0);
+        let (tx, rx) = mpsc::channel(1);
+        let mut rng = gitcache_testkit::repo::Rng::new(31);
+        let data = rng.bytes((2 << 20) + 777);
+        let expected = data.clone();
+        let area = spill.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter::new(tx, Duration::from_secs(30));
+            w.spill_to(area.clone());
+            let mut most = 0;
+            for (i, piece) in data.chunks(CHUNK / 3 + 1).enumerate() {
+                w.write_all(piece).unwrap();
+                most = most.max(area.used());
+                if i % 7 == 0 {
+                    // Now and then the writer is slower than the reader.
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+            }
+            w.finish().unwrap();
+            most
+        });
+        // A reader that pauses between chunks, at uneven lengths.
+        let mut body = Box::pin(Body::channel(rx));
+        let mut got = Vec::new();
+        let mut pauses = [0u64, 3, 0, 9, 1, 0, 0, 5].iter().cycle();
+        while let Some(frame) = body.frame().await {
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            tokio::time::sleep(Duration::from_millis(*pauses.next().unwrap())).await;
+        }
+        let most = writer.await.unwrap();
+        assert!(got == expected, "bytes lost, repeated or out of order");
+        // The writer did fall behind and spill.
+        assert!(most > 0);
+        assert_eq!(spill.used(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spill_file_is_emptied_and_reused_when_its_reader_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::new(dir.path(), 64 << 20, 64 << 20, 0);
+        let (tx, mut rx) = mpsc::channel(2);
+        // The two sides take turns: each waits for the other's step to end.
+        let (go, mut steps) = mpsc::channel::<()>(1);
+        let (done, mut stepped) = mpsc::channel::<u64>(1);
+        let area = spill.clone();
+        let chunk = |n: u8| vec![n; CHUNK];
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter::new(tx, Duration::from_secs(30));
+            w.spill_to(area.clone());
+            // Two chunks in the channel, two spilled.
+            for n in 1..=4 {
+                w.write_all(&chunk(n)).unwrap();
+            }
+            done.blocking_send(area.used()).unwrap();
+            steps.blocking_recv().unwrap();
+            // The reader took both: the next write hands over the spilled two, which empties
+            // the file, and spills itself into it again.
+            w.write_all(&chunk(5)).unwrap();
+            done.blocking_send(area.used()).unwrap();
+            steps.blocking_recv().unwrap();
+            w.finish().unwrap();
+            area.used()
+        });
+        let mut got = Vec::new();
+        let first = stepped.recv().await.unwrap();
+        for _ in 0..2 {
+            got.push(rx.recv().await.unwrap().unwrap());
+        }
+        go.send(()).await.unwrap();
+        let second = stepped.recv().await.unwrap();
+        for _ in 0..2 {
+            got.push(rx.recv().await.unwrap().unwrap());
+        }
+        go.send(()).await.unwrap();
+        while let Some(chunk) = rx.recv().await {
+            got.push(chunk.unwrap());
+        }
+        let last = writer.await.unwrap();
+        assert_eq!(first, 2 * CHUNK as u64);
+        assert_eq!(
+            second, CHUNK as u64,
+            "the emptied file's bytes were not given back"
+        );
+        assert_eq!(last, 0, "finished, yet bytes are counted");
+        let firsts: Vec<u8> = got.iter().map(|c| c[0]).collect();
+        assert_eq!(firsts, [1, 2, 3, 4, 5]);
+        assert!(
+            got.iter()
+                .all(|c| c.len() == CHUNK && c.iter().all(|&b| b == c[0]))
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_response_spills_no_more_than_its_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::new(dir.path(), 64 << 20, 2 * CHUNK as u64, 0);
+        // One chunk in the channel, two spilled, then the writer waits for its reader.
+        let stopped = chunks_taken_unread(&spill).await;
+        assert_eq!(stopped, (3, std::io::ErrorKind::TimedOut));
+        assert_eq!(spill.used(), 0);
     }
 
     #[tokio::test]

@@ -134,6 +134,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Pack responses generated at once; more wait their turn.
     pub max_concurrent_packs: usize,
+    /// The most bytes of generated responses kept on disk, all together, for clients that
+    /// read slower than their answers are generated (`<data_dir>/spill`, in unnamed files).
+    /// A generation whose client falls behind goes on into its spill file and frees its pack
+    /// slot when done; once the budget is used up, generations wait for their clients again.
+    pub max_spilled_bytes: u64,
     /// Mirror refreshes (upstream fetches) running at once; more wait their turn. A refresh
     /// goes on when the client that started it leaves, so this also bounds what clients can
     /// start and abandon.
@@ -164,9 +169,10 @@ impl Default for Limits {
             max_connections: 1024,
             // Twice the cores, though generation is CPU-bound (eight depth-1 answers at once on
             // two cores took 0.66 s with four slots, 0.47 s with two): a client that reads
-            // slowly holds its slot for as long as it reads, so fewer slots would take fewer
-            // such clients to hold up every answer.
+            // slowly held its slot for as long as it read, so fewer slots took fewer such
+            // clients to hold up every answer.
             max_concurrent_packs: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            max_spilled_bytes: 4 << 30,
             max_concurrent_refreshes: gitcache_mirror::registry::DEFAULT_CONCURRENT_REFRESHES,
         }
     }

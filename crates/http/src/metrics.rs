@@ -32,6 +32,7 @@ pub(crate) const PACK_BYTES: &str = "gitcache_pack_sent_bytes_total";
 pub(crate) const PACK_SECONDS: &str = "gitcache_pack_generation_duration_seconds";
 pub(crate) const IN_FLIGHT: &str = "gitcache_http_requests_in_flight";
 pub(crate) const PACK_SLOTS: &str = "gitcache_pack_slots";
+pub(crate) const SPILLED: &str = "gitcache_response_spilled_bytes";
 pub(crate) const REFRESH: &str = "gitcache_mirror_refresh_duration_seconds";
 pub(crate) const BUILD_INFO: &str = "gitcache_build_info";
 
@@ -107,6 +108,10 @@ pub(crate) fn describe() {
         );
         describe_gauge!(IN_FLIGHT, "HTTP requests being answered.");
         describe_gauge!(
+            SPILLED,
+            "Bytes of generated responses waiting in spill files for clients that read slower than they are written."
+        );
+        describe_gauge!(
             PACK_SLOTS,
             "Fetch responses being generated (state=busy, at most max_concurrent_packs) and waiting for a slot (state=waiting)."
         );
@@ -173,6 +178,10 @@ pub(crate) fn upstream(kind: &'static str, status: u16, took: Duration) {
 
 pub(crate) fn pack_sent(bytes: u64) {
     counter!(PACK_BYTES).increment(bytes);
+}
+
+pub(crate) fn spilled(delta: f64) {
+    gauge!(SPILLED).increment(delta);
 }
 
 pub(crate) fn pack_generated(took: Duration) {

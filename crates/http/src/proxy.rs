@@ -45,7 +45,7 @@ use tracing::Instrument;
 use crate::access::Fingerprint;
 use crate::access_log::{AccessNote, CacheState, UpstreamCall};
 use crate::admin::Admin;
-use crate::body::{Body, receive_body};
+use crate::body::{Body, Spill, receive_body};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
 use crate::fetch::Fetches;
@@ -280,6 +280,7 @@ impl Proxy {
                 path: registry.root().to_owned(),
                 source: std::io::Error::other(err.to_string()),
             })?;
+        let spill = open_spill(&config)?;
         let responses = match &config.response_cache {
             Some(cache) => {
                 let root = config.data_dir.join("responses");
@@ -346,6 +347,7 @@ impl Proxy {
                     config.pack.clone(),
                     config.limits.response_stall_timeout,
                     config.limits.max_concurrent_packs,
+                    spill,
                     responses,
                 ),
                 gate: Arc::clone(&gate),
@@ -894,6 +896,35 @@ impl Proxy {
         set_git_headers(response.headers_mut(), RESULT_TYPE);
         Ok(response)
     }
+}
+
+/// The spill area of slow clients' responses, `<data_dir>/spill` (it may be a file system of
+/// its own): its files are unnamed, but where the file system cannot make those, a name lives
+/// for a moment; what a crash left there is removed. One response spills at most a share of
+/// the budget as large as one pack slot's.
+fn open_spill(config: &ProxyConfig) -> Result<Spill, ConfigError> {
+    let dir = config.data_dir.join("spill");
+    let error = |source| ConfigError::DataDir {
+        path: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(error)?;
+    for entry in std::fs::read_dir(&dir).map_err(error)? {
+        let entry = entry.map_err(error)?;
+        let removed = if entry.file_type().map_err(error)?.is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+        removed.map_err(error)?;
+    }
+    let limits = &config.limits;
+    Ok(Spill::new(
+        dir,
+        limits.max_spilled_bytes,
+        limits.max_spilled_bytes / limits.max_concurrent_packs.max(1) as u64,
+        config.min_free_bytes,
+    ))
 }
 
 /// The data directory's layout version, in `<data-dir>/layout`.

@@ -13,9 +13,11 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::body::{Body, ChannelWriter};
+use crate::body::{Body, ChannelWriter, Spill};
 use crate::metrics;
-use crate::response_cache::{Lookup, Regenerate, ResponseCache, follow, response_key, send_stored};
+use crate::response_cache::{
+    Lookup, Regenerate, ResponseCache, Resume, follow, response_key, send_stored,
+};
 
 /// The content type of upload-pack results.
 pub(crate) const RESULT_TYPE: &str = "application/x-git-upload-pack-result";
@@ -30,16 +32,20 @@ pub(crate) struct Responder {
     stall: Duration,
     /// Pack responses generated at once.
     pack_slots: PackSlots,
+    /// Where live generations put what their clients have not taken yet.
+    spill: Spill,
     /// The response cache, if it is on.
     cache: Option<Arc<ResponseCache>>,
 }
 
 impl Responder {
-    /// A responder generating with `pack` settings, at most `slots` packs at once.
+    /// A responder generating with `pack` settings, at most `slots` packs at once, spilling
+    /// what slow clients have not taken into `spill`.
     pub(crate) fn new(
         pack: gitcache_pack::Options,
         stall: Duration,
         slots: usize,
+        spill: Spill,
         cache: Option<Arc<ResponseCache>>,
     ) -> Self {
         Responder {
@@ -49,6 +55,7 @@ impl Responder {
                 semaphore: Arc::new(Semaphore::new(slots.max(1))),
                 total: slots.max(1),
             },
+            spill,
             cache,
         }
     }
@@ -105,11 +112,19 @@ impl Responder {
             let options = self.pack.clone();
             let slots = self.pack_slots.clone();
             let runtime = tokio::runtime::Handle::current();
-            Arc::new(move |out: &mut dyn std::io::Write| {
-                let slot = runtime.block_on(slots.take());
+            let spill = self.spill.clone();
+            Arc::new(move |out: &mut Resume<'_>| {
+                let mut slot = runtime.block_on(slots.take());
                 let options = shared(&options, slot.as_ref());
                 gitcache_pack::plan(&repo, &fetch, kind, &options)
-                    .and_then(|plan| plan.write_to(out))
+                    .and_then(|plan| {
+                        if copies_a_file(&plan) {
+                            drop(slot.take());
+                        } else {
+                            out.spill_to(spill.clone());
+                        }
+                        plan.write_to(out)
+                    })
                     .map(|_| ())
                     .map_err(|err| err.wire_message())
             })
@@ -201,7 +216,7 @@ impl Responder {
         fetch: Fetch,
         kind: HashKind,
     ) -> Response<Body> {
-        let slot = self.pack_slots.take().await;
+        let mut slot = self.pack_slots.take().await;
         let (tx, rx) = mpsc::channel(4);
         let probe = tx.clone();
         let options = gitcache_pack::Options {
@@ -210,18 +225,33 @@ impl Responder {
             ..self.pack.clone()
         };
         let stall = self.stall;
+        let spill = self.spill.clone();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let options = shared(&options, slot.as_ref());
             let _enter = span.enter();
             let mut out = ChannelWriter::new(tx, stall);
             let started = Instant::now();
-            let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
-                .and_then(|plan| plan.write_to(&mut out));
+            let result = gitcache_pack::plan(&repo, &fetch, kind, &options).and_then(|plan| {
+                if copies_a_file(&plan) {
+                    // Sending a stored pack as it is takes no CPU to speak of: the slot is
+                    // free for others while the client reads it, however slowly.
+                    drop(slot.take());
+                } else {
+                    // What the client cannot take yet is spilled, so that the slot is
+                    // free once generation ends, not once the client has read it all.
+                    out.spill_to(spill);
+                }
+                plan.write_to(&mut out)
+            });
             metrics::pack_generated(started.elapsed());
+            drop(slot);
             match result {
                 Ok(stats) => {
-                    let _ = std::io::Write::flush(&mut out);
+                    if let Err(err) = out.finish() {
+                        tracing::info!(%err, "pack response abandoned");
+                        return;
+                    }
                     tracing::debug!(
                         objects = stats.objects,
                         reused = stats.reused,
@@ -252,11 +282,13 @@ impl Responder {
                         &mut message,
                         err.wire_message().as_bytes(),
                     );
-                    let _ = std::io::Write::write_all(&mut out, &message)
-                        .and_then(|()| std::io::Write::flush(&mut out));
+                    let _ =
+                        std::io::Write::write_all(&mut out, &message).and_then(|()| out.finish());
                 }
                 Err(err) => {
                     tracing::error!(%err, "generating the pack failed midway");
+                    // What was spilled goes first: it ends with the message on the error band.
+                    let _ = out.finish();
                     out.abort(std::io::Error::other(err.wire_message()));
                 }
             }
@@ -264,6 +296,15 @@ impl Responder {
         let mut response = Response::new(Body::channel(rx));
         set_git_headers(response.headers_mut(), RESULT_TYPE);
         response
+    }
+}
+
+/// Whether writing `plan` only copies a stored file (or sends a few lines): no pack slot is
+/// needed for it.
+fn copies_a_file(plan: &gitcache_pack::Plan) -> bool {
+    match plan {
+        gitcache_pack::Plan::Pack(pack) => pack.is_whole_pack(),
+        gitcache_pack::Plan::Nothing | gitcache_pack::Plan::Acknowledge { .. } => true,
     }
 }
 

@@ -28,7 +28,7 @@ use gitcache_storage::responses::{Entry, PendingEntry, ResponseStore};
 use gix_hash::Kind as HashKind;
 use tokio::sync::watch;
 
-use crate::body::ChannelWriter;
+use crate::body::{ChannelWriter, Spill};
 use crate::shared_responses::{SharedResponses, repo_text};
 
 /// Bumped whenever the bytes gitcache writes for the same key may change.
@@ -103,7 +103,7 @@ pub(crate) enum State {
 /// Writes a whole response into the writer given, from the same mirror snapshot as the
 /// generation it stands in for (its output is byte for byte the same); the message of a
 /// failure is for the client.
-pub(crate) type Regenerate = Arc<dyn Fn(&mut dyn Write) -> Result<(), String> + Send + Sync>;
+pub(crate) type Regenerate = Arc<dyn Fn(&mut Resume<'_>) -> Result<(), String> + Send + Sync>;
 
 /// Bytes a reader keeps of what it sent, to check a regenerated answer against.
 const CHECKED_TAIL: usize = 4096;
@@ -680,7 +680,7 @@ impl Write for Generation {
 }
 
 /// Send a generation's bytes to one client as they are written (blocking; run on a blocking
-/// thread).
+/// thread). If the generation is abandoned, the rest is generated again for this client.
 pub(crate) fn follow(reader: Reader, mut out: ChannelWriter) {
     let Reader {
         mut file,
@@ -790,7 +790,7 @@ fn resume_live(regenerate: &Regenerate, sent: u64, tail: &[u8], mut out: Channel
     let pos = resume.pos;
     match result {
         Ok(()) if pos >= sent => {
-            let _ = out.flush();
+            let _ = out.finish();
         }
         Ok(()) => out.abort(std::io::Error::other(
             "the response generated again is shorter than what was sent",
@@ -799,19 +799,31 @@ fn resume_live(regenerate: &Regenerate, sent: u64, tail: &[u8], mut out: Channel
             out.discard_buffered();
             let mut line = Vec::new();
             let _ = gitcache_protocol::pktline::write_error(&mut line, message.as_bytes());
-            let _ = out.write_all(&line).and_then(|()| out.flush());
+            let _ = out.write_all(&line).and_then(|()| out.finish());
         }
-        Err(message) => out.abort(std::io::Error::other(message)),
+        Err(message) => {
+            // What was spilled goes first: it may end with the message on the error band.
+            let _ = out.finish();
+            out.abort(std::io::Error::other(message));
+        }
     }
 }
 
 /// Passes on what a regenerated response holds past `skip` bytes, checking the bytes
 /// before it against `tail`.
-struct Resume<'a> {
+pub(crate) struct Resume<'a> {
     out: &'a mut ChannelWriter,
     skip: u64,
     tail: &'a [u8],
     pos: u64,
+}
+
+impl Resume<'_> {
+    /// From now on, what the client cannot take yet goes to `spill`: for a regeneration
+    /// that frees its pack slot before the client has read it all.
+    pub(crate) fn spill_to(&mut self, spill: Spill) {
+        self.out.spill_to(spill);
+    }
 }
 
 impl Write for Resume<'_> {
@@ -893,7 +905,7 @@ mod tests {
     }
 
     fn writer_of(bytes: Vec<u8>) -> Regenerate {
-        Arc::new(move |out: &mut dyn Write| {
+        Arc::new(move |out: &mut Resume<'_>| {
             for chunk in bytes.chunks(10_000) {
                 out.write_all(chunk).map_err(|e| e.to_string())?;
             }

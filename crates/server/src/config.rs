@@ -208,6 +208,10 @@ pub(crate) struct Flags {
     /// Pack responses generated at once [default: twice the CPUs].
     #[arg(long, env = "GITCACHE_MAX_CONCURRENT_PACKS", value_name = "N")]
     pub(crate) max_concurrent_packs: Option<usize>,
+    /// Most bytes of generated responses kept on disk for clients that read slower than
+    /// their answers are generated [default: 4294967296].
+    #[arg(long, env = "GITCACHE_MAX_SPILLED_BYTES", value_name = "BYTES")]
+    pub(crate) max_spilled_bytes: Option<u64>,
     /// Mirror refreshes (upstream fetches) running at once [default: 16].
     #[arg(long, env = "GITCACHE_MAX_CONCURRENT_REFRESHES", value_name = "N")]
     pub(crate) max_concurrent_refreshes: Option<usize>,
@@ -464,6 +468,7 @@ struct FileLimits {
     response_stall_timeout: Option<u64>,
     max_connections: Option<usize>,
     max_concurrent_packs: Option<usize>,
+    max_spilled_bytes: Option<u64>,
     max_concurrent_refreshes: Option<usize>,
 }
 
@@ -749,6 +754,10 @@ impl Config {
                 .or(fl.max_concurrent_packs)
                 .unwrap_or(defaults.max_concurrent_packs)
                 .max(1),
+            max_spilled_bytes: flags
+                .max_spilled_bytes
+                .or(fl.max_spilled_bytes)
+                .unwrap_or(defaults.max_spilled_bytes),
             max_concurrent_refreshes: flags
                 .max_concurrent_refreshes
                 .or(fl.max_concurrent_refreshes)

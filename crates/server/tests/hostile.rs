@@ -452,19 +452,25 @@ fn metrics_do_not_list_refused_or_made_up_names() {
     assert!(metrics.contains(r#"owner="_other""#), "{metrics}");
 }
 
+/// `acme/big` on `upstream`, not adopted yet: one commit of 24 MiB that do not compress, far
+/// more than the channel and socket buffers on the way to a client hold.
+fn big_repo(upstream: &Upstream, seed: u64) -> std::path::PathBuf {
+    let repo = upstream.repo_path("acme/big");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_stdout(&repo, &["init", "-q", "-b", "main"]);
+    let mut rng = gitcache_testkit::repo::Rng::new(seed);
+    std::fs::write(repo.join("blob.bin"), rng.bytes(24 << 20)).unwrap();
+    gitcache_testkit::git::commit_all(&repo, "big");
+    repo
+}
+
 /// A client that stops reading a passed-through answer loses its connection after the
 /// stall timeout, so it cannot hold a connection slot forever.
 #[test]
 fn a_client_that_stops_reading_a_passthrough_answer_frees_its_slot() {
     let _shared = shared();
     let upstream = Upstream::start().unwrap();
-    let repo = upstream.repo_path("acme/big");
-    std::fs::create_dir_all(&repo).unwrap();
-    git_stdout(&repo, &["init", "-q", "-b", "main"]);
-    // 24 MiB that do not compress: far more than the socket buffers hold.
-    let mut rng = gitcache_testkit::repo::Rng::new(1211);
-    std::fs::write(repo.join("blob.bin"), rng.bytes(24 << 20)).unwrap();
-    gitcache_testkit::git::commit_all(&repo, "big");
+    let repo = big_repo(&upstream, 1211);
     git_stdout(&repo, &["repack", "-adq"]);
     upstream.adopt_repo("acme/big", Access::Public).unwrap();
     let pack = std::fs::read_dir(repo.join(".git/objects/pack"))
@@ -642,4 +648,114 @@ fn a_garbled_ls_refs_answer_renews_no_grant() {
             "garbled listing: {garbled}; verified again: {verified}"
         );
     }
+}
+
+/// The value of the `/metrics` line that starts with `series`, if there is one.
+fn metric(cache: &Gitcache, series: &str) -> Option<f64> {
+    let text = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Sends `body` as a fetch of `name` and reads only the answer's head: a client that stops
+/// reading. Returns the connection and what was read.
+fn stalled_fetch(cache: &Gitcache, name: &str, body: &[u8]) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(&cache.addr).unwrap();
+    write!(
+        stream,
+        "POST /{name}.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Git-Protocol: version=2\r\n\
+         Content-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut head = [0u8; 512];
+    let n = stream.read(&mut head).unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    (stream, head[..n].to_vec())
+}
+
+/// Clients that stop reading their answers do not hold the pack slots: a stored pack sent as
+/// it is needs none while it is read, and a generated answer spills what its client has not
+/// taken and frees its slot once generated. With one slot, an answer the next client needs
+/// generated is not held up by either; the slow client later gets its whole answer, byte for
+/// byte what a fast one gets; a spill file a crash left is gone at the next start.
+#[test]
+fn clients_that_stop_reading_do_not_hold_the_pack_slots() {
+    let _shared = shared();
+    let upstream = Upstream::start().unwrap();
+    let repo = big_repo(&upstream, 4177);
+    std::fs::write(repo.join("small.txt"), "small\n").unwrap();
+    gitcache_testkit::git::commit_all(&repo, "small");
+    upstream.adopt_repo("acme/big", Access::Public).unwrap();
+    let tip = git_stdout(&repo, &["rev-parse", "main"]).trim().to_owned();
+    let flags = [
+        "--max-concurrent-packs",
+        "1",
+        "--response-cache",
+        "false",
+        "--response-stall-timeout",
+        "600",
+    ];
+    let cache = Gitcache::start(&upstream, &flags);
+    let clone = fetch_body(&tip, &["ofs-delta", "no-progress"]);
+    assert!(upload_pack(&cache, "acme/big", &clone).has_pack());
+    common::wait_for_tips_mark(&cache.mirror(&upstream, "acme/big"));
+    let busy = r#"gitcache_pack_slots{state="busy"}"#;
+    let spilled = "gitcache_response_spilled_bytes";
+
+    // A clone sent the marked pack as it is, read no further than its head.
+    let whole = stalled_fetch(&cache, "acme/big", &clone);
+    common::wait_for("the whole-pack answer to give its slot back", || {
+        metric(&cache, busy) == Some(0.0)
+    });
+    assert_eq!(
+        metric(&cache, spilled).unwrap_or(0.0),
+        0.0,
+        "a stored pack is not copied"
+    );
+
+    // A depth-1 answer is generated; its client reads its head and stops too.
+    let shallow = fetch_body(&tip, &["ofs-delta", "no-progress", "deepen 1"]);
+    let (mut slow, mut raw) = stalled_fetch(&cache, "acme/big", &shallow);
+    common::wait_for(
+        "the generated answer to spill and give its slot back",
+        || metric(&cache, spilled) > Some(0.0) && metric(&cache, busy) == Some(0.0),
+    );
+
+    // The one slot is free: another answer is generated while both clients hold back.
+    let fast = upload_pack(&cache, "acme/big", &shallow);
+    assert!(fast.has_pack());
+    let expected = fast.content();
+
+    // The slow client reads at last: all of it, the same bytes.
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    slow.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let late = common::Answer {
+        status: 200,
+        head: String::from_utf8_lossy(&raw[..split]).into_owned(),
+        body: raw[split + 4..].to_vec(),
+    };
+    assert_eq!(late.content().len(), expected.len());
+    assert!(late.content() == expected, "the spilled answer differs");
+    common::wait_for("the spill to be given back", || {
+        metric(&cache, spilled) == Some(0.0)
+    });
+    drop(whole);
+
+    // A name a crash left in the spill area (where unnamed files cannot be made) is removed
+    // at the next start.
+    let _again = stalled_fetch(&cache, "acme/big", &shallow);
+    let left = cache.data.path().join("spill/.tmpLeft");
+    std::fs::write(&left, b"spilled").unwrap();
+    let cache = cache.crash_and_restart(&upstream, &flags);
+    assert!(!left.exists());
+    assert!(upload_pack(&cache, "acme/big", &shallow).has_pack());
 }

@@ -322,18 +322,18 @@ fn a_leader_leaving_while_its_generation_waits_for_a_slot_leaves_followers_answe
             "--max-concurrent-packs",
             "1",
             "--response-cache-admit-second",
+            // Nothing spilled: a live generation waits for its client, holding its slot.
+            "--max-spilled-bytes",
+            "0",
         ],
     );
     let depth1 = depth1(&main);
     // Asked once, read whole: the mirror is made, and the next ask of this body leads a
     // stored generation.
     post(&cache, &depth1);
-    // A whole clone, asked for the first time (generated live), to a client that reads
-    // nothing: it holds the only pack slot.
-    let occupant = send_unread(
-        &cache.addr,
-        &fetch_body(&main, &["ofs-delta", "no-progress"]),
-    );
+    // A whole clone without offset deltas (no stored pack is sent as it is), asked for the
+    // first time (generated live), to a client that reads nothing: it holds the only slot.
+    let occupant = send_unread(&cache.addr, &fetch_body(&main, &["no-progress"]));
     wait_for_metric(&cache, "gitcache_pack_slots{state=\"busy\"} 1");
     // The leader asks; its generation waits for the slot.
     let leader = send_unread(&cache.addr, &depth1);
