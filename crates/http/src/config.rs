@@ -167,11 +167,12 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(30),
             response_stall_timeout: Duration::from_secs(120),
             max_connections: 1024,
-            // Twice the cores, though generation is CPU-bound (eight depth-1 answers at once on
-            // two cores took 0.66 s with four slots, 0.47 s with two): a client that reads
-            // slowly held its slot for as long as it read, so fewer slots took fewer such
-            // clients to hold up every answer.
-            max_concurrent_packs: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            // One a core (at least two): generation is CPU-bound (eight depth-1 answers at once
+            // on two cores took 0.66 s with four slots, 0.47 s with two). A slot is held while
+            // a pack is generated, not while its client reads it: a stored pack sent as it is
+            // takes none, and what a slow client has not taken is spilled.
+            max_concurrent_packs: std::thread::available_parallelism()
+                .map_or(2, |n| n.get().max(2)),
             max_spilled_bytes: 4 << 30,
             max_concurrent_refreshes: gitcache_mirror::registry::DEFAULT_CONCURRENT_REFRESHES,
         }

@@ -205,7 +205,7 @@ pub(crate) struct Flags {
     /// Connections served at once [default: 1024].
     #[arg(long, env = "GITCACHE_MAX_CONNECTIONS", value_name = "N")]
     pub(crate) max_connections: Option<usize>,
-    /// Pack responses generated at once [default: twice the CPUs].
+    /// Pack responses generated at once [default: the CPUs, at least 2].
     #[arg(long, env = "GITCACHE_MAX_CONCURRENT_PACKS", value_name = "N")]
     pub(crate) max_concurrent_packs: Option<usize>,
     /// Most bytes of generated responses kept on disk for clients that read slower than
