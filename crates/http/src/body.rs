@@ -292,34 +292,61 @@ impl Spill {
 }
 
 /// What a writer spilled and has not handed over yet: `file` from `forwarded` to `written`.
+/// The space of what was handed over is given back as it goes (up to `punched`), so the
+/// budget holds what clients have yet to take, not what they took.
 #[derive(Debug)]
 struct Backlog {
     spill: Spill,
     file: Option<std::fs::File>,
     written: u64,
     forwarded: u64,
+    /// Handed-over bytes before this offset are given back to the disk and the budget.
+    punched: u64,
     /// Where the disk's free space is looked at next.
     look_at: u64,
     /// The spill file could not be made or written: the writer waits for its client.
     failed: bool,
+    /// The file system keeps what is handed over until the file is emptied.
+    no_holes: bool,
 }
 
+/// Handed-over bytes given back to the disk at a time.
+const PUNCH_EVERY: u64 = 1 << 20;
+
 impl Backlog {
+    fn new(spill: Spill) -> Self {
+        Backlog {
+            spill,
+            file: None,
+            written: 0,
+            forwarded: 0,
+            punched: 0,
+            look_at: 0,
+            failed: false,
+            no_holes: false,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.forwarded == self.written
+    }
+
+    /// Bytes counted against the budget: in the file and not given back.
+    fn held(&self) -> u64 {
+        self.written - self.punched
     }
 
     /// Put `chunk` at the end of the file; `false` if a budget or the disk has no room.
     fn append(&mut self, chunk: &[u8]) -> bool {
         let len = chunk.len() as u64;
-        if self.failed || self.written + len > self.spill.0.per_response {
+        if self.failed || self.held() + len > self.spill.0.per_response {
             return false;
         }
-        if self.written + len > self.look_at {
+        if self.held() + len > self.look_at {
             if !self.spill.has_room(FREE_SPACE_EVERY) {
                 return false;
             }
-            self.look_at = self.written + FREE_SPACE_EVERY;
+            self.look_at = self.held() + FREE_SPACE_EVERY;
         }
         if !self.spill.reserve(len) {
             return false;
@@ -342,8 +369,8 @@ impl Backlog {
         }
     }
 
-    /// The next chunk of the file to hand over.
-    fn next_chunk(&mut self) -> std::io::Result<Bytes> {
+    /// The next chunk of the file to hand over; [`handed_over`](Self::handed_over) once it is.
+    fn next_chunk(&self) -> std::io::Result<Bytes> {
         let len = (self.written - self.forwarded).min(CHUNK as u64) as usize;
         let mut chunk = vec![0; len];
         let file = self
@@ -351,36 +378,53 @@ impl Backlog {
             .as_ref()
             .ok_or_else(|| std::io::Error::other("spilled bytes without a spill file"))?;
         file.read_exact_at(&mut chunk, self.forwarded)?;
-        self.forwarded += len as u64;
         Ok(Bytes::from(chunk))
     }
 
-    /// Once everything is handed over, the file is emptied and its bytes leave the budget.
-    fn reset_if_empty(&mut self) {
-        if self.is_empty() && self.written > 0 {
+    /// `len` more bytes reached the channel: the file is emptied once all did, and the space
+    /// of what did is given back every [`PUNCH_EVERY`] bytes.
+    fn handed_over(&mut self, len: u64) {
+        self.forwarded += len;
+        if self.is_empty() {
             if let Some(file) = &self.file
                 && file.set_len(0).is_err()
             {
                 self.file = None;
             }
-            self.spill.release(self.written);
+            self.spill.release(self.held());
             self.written = 0;
             self.forwarded = 0;
+            self.punched = 0;
             self.look_at = 0;
+        } else if !self.no_holes && self.forwarded - self.punched >= PUNCH_EVERY {
+            let Some(file) = &self.file else { return };
+            match gitcache_storage::fs::punch_hole(
+                file,
+                self.punched,
+                self.forwarded - self.punched,
+            ) {
+                Ok(()) => {
+                    self.spill.release(self.forwarded - self.punched);
+                    self.look_at = self.look_at.saturating_sub(self.forwarded - self.punched);
+                    self.punched = self.forwarded;
+                }
+                Err(_) => self.no_holes = true,
+            }
         }
     }
 }
 
 impl Drop for Backlog {
     fn drop(&mut self) {
-        self.spill.release(self.written);
+        self.spill.release(self.held());
     }
 }
 
 /// A blocking [`Write`] that hands its bytes, in chunks, to a [`Body::channel`]. It fails
 /// with `BrokenPipe` once the response is dropped (the client went away), and with `TimedOut`
 /// when the client stops reading for longer than the stall timeout; either stops the writer
-/// promptly, so a client cannot hold a pack generation slot by not reading.
+/// promptly, so a client cannot hold a pack generation slot by not reading. After such a
+/// failure every later write or [`finish`](Self::finish) fails at once.
 ///
 /// A writer that [spills](Self::spill_to) does not wait for its client while writing: what
 /// the client has not taken goes to a spill file, and [`finish`](Self::finish) hands it over
@@ -394,6 +438,8 @@ pub struct ChannelWriter {
     /// The runtime whose timer bounds a stalled send (none outside a runtime: no bound).
     runtime: Option<tokio::runtime::Handle>,
     backlog: Option<Backlog>,
+    /// A send failed: the client is gone or stopped reading.
+    broken: Option<std::io::ErrorKind>,
 }
 
 /// Bytes gathered before a chunk is handed over.
@@ -409,6 +455,7 @@ impl ChannelWriter {
             stall,
             runtime: tokio::runtime::Handle::try_current().ok(),
             backlog: None,
+            broken: None,
         }
     }
 
@@ -416,14 +463,7 @@ impl ChannelWriter {
     /// (while the budget lasts); [`finish`](Self::finish) hands it all over.
     pub fn spill_to(&mut self, spill: Spill) {
         if self.backlog.is_none() {
-            self.backlog = Some(Backlog {
-                spill,
-                file: None,
-                written: 0,
-                forwarded: 0,
-                look_at: 0,
-                failed: false,
-            });
+            self.backlog = Some(Backlog::new(spill));
         }
     }
 
@@ -459,14 +499,27 @@ impl ChannelWriter {
         self.tx.closed().await;
     }
 
-    /// End the body abruptly with `err`.
+    /// End the body abruptly with `err` (at once if the client already stopped reading).
     pub fn abort(self, err: std::io::Error) {
-        let _ = self.wait_to_send_result(Err(err));
+        if self.broken.is_some() {
+            let _ = self.tx.try_send(Err(err));
+        } else {
+            let _ = self.wait_to_send_result(Err(err));
+        }
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        match self.broken {
+            Some(kind) => Err(std::io::Error::new(kind, "the response was given up")),
+            None if self.tx.is_closed() => Err(gone()),
+            None => Ok(()),
+        }
     }
 
     fn send_buffered(&mut self) -> std::io::Result<()> {
+        self.check()?;
         if self.buf.is_empty() {
-            return Ok(());
+            return self.forward().map(|_| ());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.send(chunk)
@@ -500,7 +553,9 @@ impl ChannelWriter {
             // No room to spill: the client's backlog first, then this chunk, waiting for it.
             self.drain()?;
         }
-        self.send_waiting(chunk)
+        self.wait_to_send(chunk)?;
+        self.sent += len;
+        Ok(())
     }
 
     /// Hand over spilled chunks while the channel has room; `true` once none are left.
@@ -515,38 +570,40 @@ impl ChannelWriter {
                 Err(mpsc::error::TrySendError::Closed(())) => return Err(gone()),
             };
             let chunk = backlog.next_chunk()?;
-            crate::metrics::pack_sent(chunk.len() as u64);
+            let len = chunk.len() as u64;
             permit.send(Ok(chunk));
+            crate::metrics::pack_sent(len);
+            backlog.handed_over(len);
         }
-        backlog.reset_if_empty();
         Ok(true)
     }
 
     /// Hand over every spilled chunk, waiting for the client.
     fn drain(&mut self) -> std::io::Result<()> {
-        while let Some(backlog) = self.backlog.as_mut().filter(|b| !b.is_empty()) {
+        while let Some(backlog) = self.backlog.as_ref().filter(|b| !b.is_empty()) {
             let chunk = backlog.next_chunk()?;
             let len = chunk.len() as u64;
             self.wait_to_send(chunk)?;
-            crate::metrics::pack_sent(len);
+            if let Some(backlog) = &mut self.backlog {
+                backlog.handed_over(len);
+            }
         }
-        if let Some(backlog) = &mut self.backlog {
-            backlog.reset_if_empty();
-        }
-        Ok(())
-    }
-
-    fn send_waiting(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        let len = chunk.len() as u64;
-        self.wait_to_send(chunk)?;
-        self.sent += len;
-        crate::metrics::pack_sent(len);
         Ok(())
     }
 
     /// Hand `chunk` over, waiting for room at most the stall timeout.
-    fn wait_to_send(&self, chunk: Bytes) -> std::io::Result<()> {
-        self.wait_to_send_result(Ok(chunk))
+    fn wait_to_send(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        let len = chunk.len() as u64;
+        match self.wait_to_send_result(Ok(chunk)) {
+            Ok(()) => {
+                crate::metrics::pack_sent(len);
+                Ok(())
+            }
+            Err(err) => {
+                self.broken = Some(err.kind());
+                Err(err)
+            }
+        }
     }
 
     fn wait_to_send_result(&self, item: Result<Bytes, std::io::Error>) -> std::io::Result<()> {
@@ -576,12 +633,13 @@ fn gone() -> std::io::Error {
 
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.tx.is_closed() {
-            return Err(gone());
-        }
+        self.check()?;
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
             self.send_buffered()?;
+        } else if self.backlog.as_ref().is_some_and(|b| !b.is_empty()) {
+            // Spilled bytes go on to a client that has room, between chunks too.
+            self.forward()?;
         }
         Ok(data.len())
     }
@@ -909,6 +967,71 @@ mod tests {
             got.iter()
                 .all(|c| c.len() == CHUNK && c.iter().all(|&b| b == c[0]))
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_reader_took_leaves_the_budget_before_it_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::new(dir.path(), 64 << 20, 64 << 20, 0);
+        let (tx, mut rx) = mpsc::channel(1);
+        let area = spill.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter::new(tx, Duration::from_secs(30));
+            w.spill_to(area);
+            for n in 0..40u8 {
+                w.write_all(&vec![n; CHUNK]).unwrap();
+            }
+            w
+        });
+        let mut w = writer.await.unwrap();
+        // The first chunk is in the channel, the other 39 in the file.
+        assert_eq!(spill.used(), 39 * CHUNK as u64);
+        let finishing = tokio::task::spawn_blocking(move || w.finish());
+        for n in 0..20u8 {
+            let chunk = rx.recv().await.unwrap().unwrap();
+            assert_eq!(chunk[0], n);
+        }
+        // At least eighteen spilled chunks were handed over: the first mebibyte of the file
+        // is given back though the reader is still nineteen chunks behind.
+        let used = spill.used();
+        assert!(used <= 23 * CHUNK as u64, "{used}");
+        assert!(used > 0);
+        for n in 20..40u8 {
+            let chunk = rx.recv().await.unwrap().unwrap();
+            assert_eq!(chunk[0], n);
+        }
+        finishing.await.unwrap().unwrap();
+        assert_eq!(spill.used(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_that_gave_up_on_its_reader_sends_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::new(dir.path(), 64 << 20, 64 << 20, 0);
+        let (tx, mut rx) = mpsc::channel(1);
+        let (go, mut steps) = mpsc::channel::<()>(1);
+        let (done, mut stepped) = mpsc::channel::<std::io::ErrorKind>(1);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter::new(tx, Duration::from_millis(100));
+            w.spill_to(spill);
+            for n in 0..3u8 {
+                w.write_all(&vec![n; CHUNK]).unwrap();
+            }
+            // Nobody reads: handing over the spilled chunks times out.
+            done.blocking_send(w.finish().unwrap_err().kind()).unwrap();
+            steps.blocking_recv().unwrap();
+            // The reader came back, too late: nothing more goes out, not a chunk after the
+            // one that was given up.
+            let again = w.finish().unwrap_err().kind();
+            assert_eq!(w.write_all(b"more").unwrap_err().kind(), again);
+            w.abort(std::io::Error::other("given up"));
+        });
+        assert_eq!(stepped.recv().await.unwrap(), std::io::ErrorKind::TimedOut);
+        assert_eq!(rx.recv().await.unwrap().unwrap()[0], 0);
+        go.send(()).await.unwrap();
+        writer.await.unwrap();
+        assert!(rx.recv().await.unwrap().is_err(), "a chunk after a gap");
+        assert!(rx.recv().await.is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -909,14 +909,13 @@ fn open_spill(config: &ProxyConfig) -> Result<Spill, ConfigError> {
         source,
     };
     std::fs::create_dir_all(&dir).map_err(error)?;
-    for entry in std::fs::read_dir(&dir).map_err(error)? {
-        let entry = entry.map_err(error)?;
-        let removed = if entry.file_type().map_err(error)?.is_dir() {
-            std::fs::remove_dir_all(entry.path())
-        } else {
-            std::fs::remove_file(entry.path())
-        };
-        removed.map_err(error)?;
+    // Files only: a file system of its own has folders of its own (`lost+found`).
+    for entry in std::fs::read_dir(&dir).map_err(error)?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file())
+            && let Err(err) = std::fs::remove_file(entry.path())
+        {
+            tracing::warn!(%err, path = %entry.path().display(), "cannot remove a spill file left behind");
+        }
     }
     let limits = &config.limits;
     Ok(Spill::new(

@@ -157,6 +157,24 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
+/// Give the disk space of `len` bytes of `file` from `offset` back to the file system, the
+/// file's length kept (those bytes read as zeros after). Where the file system cannot, an
+/// error, and nothing changed.
+pub fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::FallocateFlags;
+        let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        rustix::fs::fallocate(file, mode, offset, len)?;
+        Ok(())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (file, offset, len);
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
 /// The bytes held by the files under `dir` (symbolic links not followed).
 pub fn tree_size(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
@@ -178,6 +196,33 @@ pub fn tree_size(dir: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_punched_hole_gives_its_blocks_back_and_keeps_the_length() {
+        use std::io::Write;
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&vec![7u8; 4 << 20]).unwrap();
+        file.sync_all().unwrap();
+        let before = file.metadata().unwrap().blocks();
+        match punch_hole(&file, 0, 3 << 20) {
+            Ok(()) => {}
+            // A file system without holes (the spill then keeps its bytes to the end).
+            Err(err) if err.kind() == std::io::ErrorKind::Unsupported => return,
+            Err(err) if err.raw_os_error() == Some(95) => return,
+            Err(err) => panic!("{err}"),
+        }
+        let meta = file.metadata().unwrap();
+        assert_eq!(meta.len(), 4 << 20);
+        assert!(
+            meta.blocks() < before,
+            "{} of {before} blocks",
+            meta.blocks()
+        );
+        let mut tail = [0u8; 2];
+        file.read_exact_at(&mut tail, (3 << 20) - 1).unwrap();
+        assert_eq!(tail, [0, 7]);
+    }
 
     #[test]
     fn a_data_dir_has_one_owner_at_a_time() {
