@@ -440,7 +440,40 @@ pub struct ChannelWriter {
     backlog: Option<Backlog>,
     /// A send failed: the client is gone or stopped reading.
     broken: Option<std::io::ErrorKind>,
+    /// When waiting for the client, give up once others have waited this long.
+    give_way: Option<GiveWay>,
 }
+
+/// What a writer holding a pack slot checks while it waits for its client: whether others
+/// wait for a slot, and how long it keeps its own then.
+#[derive(Clone)]
+pub struct GiveWay {
+    contested: Arc<dyn Fn() -> bool + Send + Sync>,
+    grace: Duration,
+}
+
+impl GiveWay {
+    /// Give way once `contested` has held for `grace` while the writer waited.
+    pub fn new(contested: Arc<dyn Fn() -> bool + Send + Sync>, grace: Duration) -> Self {
+        GiveWay { contested, grace }
+    }
+
+    /// Whether others wait now.
+    pub fn is_contested(&self) -> bool {
+        (self.contested)()
+    }
+}
+
+impl std::fmt::Debug for GiveWay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GiveWay")
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often a writer that may have to give way looks again while it waits.
+const GIVE_WAY_POLL: Duration = Duration::from_millis(200);
 
 /// Bytes gathered before a chunk is handed over.
 const CHUNK: usize = 64 << 10;
@@ -456,7 +489,15 @@ impl ChannelWriter {
             runtime: tokio::runtime::Handle::try_current().ok(),
             backlog: None,
             broken: None,
+            give_way: None,
         }
+    }
+
+    /// While `give_way` is set, waiting for the client ends in `TimedOut` once others have
+    /// waited for a pack slot for its grace: for a writer holding a slot, so that a client
+    /// reading slowly cannot keep it while others wait. `None` once the slot is given back.
+    pub fn give_way(&mut self, give_way: Option<GiveWay>) {
+        self.give_way = give_way;
     }
 
     /// From now on, put what the client has not taken into `spill` rather than wait for it
@@ -607,23 +648,46 @@ impl ChannelWriter {
     }
 
     fn wait_to_send_result(&self, item: Result<Bytes, std::io::Error>) -> std::io::Result<()> {
-        match &self.runtime {
-            Some(runtime) => {
-                let sent = runtime.block_on(tokio::time::timeout(self.stall, self.tx.send(item)));
-                match sent {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(gone()),
-                    Err(_) => {
+        let Some(runtime) = &self.runtime else {
+            return self.tx.blocking_send(item).map_err(|_| gone());
+        };
+        let started = std::time::Instant::now();
+        let mut contested_since = None;
+        loop {
+            let left = self.stall.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client stopped reading",
+                ));
+            }
+            let step = match &self.give_way {
+                Some(_) => left.min(GIVE_WAY_POLL),
+                None => left,
+            };
+            // `reserve` loses nothing when its wait ends unfinished.
+            match runtime.block_on(tokio::time::timeout(step, self.tx.reserve())) {
+                Ok(Ok(permit)) => {
+                    permit.send(item);
+                    return Ok(());
+                }
+                Ok(Err(_)) => return Err(gone()),
+                Err(_) => {}
+            }
+            if let Some(way) = &self.give_way {
+                if way.is_contested() {
+                    let since = *contested_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= way.grace {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
-                            "client stopped reading",
+                            "client too slow while other answers wait for a pack slot",
                         ));
                     }
+                } else {
+                    contested_since = None;
                 }
             }
-            None => self.tx.blocking_send(item).map_err(|_| gone())?,
         }
-        Ok(())
     }
 }
 
@@ -1032,6 +1096,40 @@ mod tests {
         writer.await.unwrap();
         assert!(rx.recv().await.unwrap().is_err(), "a chunk after a gap");
         assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_waiting_for_a_slow_reader_gives_way_only_while_others_wait() {
+        let contested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&contested);
+        let way = GiveWay::new(
+            Arc::new(move || flag.load(Ordering::Relaxed)),
+            Duration::from_millis(300),
+        );
+        let (tx, mut rx) = mpsc::channel(1);
+        let writer = tokio::task::spawn_blocking(move || {
+            // A stall timeout far longer than the test: only giving way ends a wait early.
+            let mut w = ChannelWriter::new(tx, Duration::from_secs(600));
+            w.give_way(Some(way));
+            let mut written = 0u32;
+            loop {
+                if let Err(err) = w.write_all(&vec![1u8; CHUNK]) {
+                    return (written, err);
+                }
+                written += 1;
+            }
+        });
+        // A reader slower than the grace, while nobody else waits: nothing is given up.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(rx.recv().await.unwrap().is_ok());
+        }
+        // Someone waits for a slot: the writer gives up once the grace is over.
+        contested.store(true, Ordering::Relaxed);
+        let (written, err) = writer.await.unwrap();
+        assert!(written >= 3, "{written}");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("pack slot"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gitcache_pack::Repository;
@@ -13,7 +14,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::body::{Body, ChannelWriter, Spill};
+use crate::body::{Body, ChannelWriter, GiveWay, Spill};
 use crate::metrics;
 use crate::response_cache::{
     Lookup, Regenerate, ResponseCache, Resume, follow, response_key, send_stored,
@@ -51,10 +52,7 @@ impl Responder {
         Responder {
             pack,
             stall,
-            pack_slots: PackSlots {
-                semaphore: Arc::new(Semaphore::new(slots.max(1))),
-                total: slots.max(1),
-            },
+            pack_slots: PackSlots::new(slots),
             spill,
             cache,
         }
@@ -116,17 +114,19 @@ impl Responder {
             Arc::new(move |out: &mut Resume<'_>| {
                 let mut slot = runtime.block_on(slots.take());
                 let options = shared(&options, slot.as_ref());
-                gitcache_pack::plan(&repo, &fetch, kind, &options)
+                let written = gitcache_pack::plan(&repo, &fetch, kind, &options)
                     .and_then(|plan| {
                         if copies_a_file(&plan) {
                             drop(slot.take());
                         } else {
-                            out.spill_to(spill.clone());
+                            out.spill_to(spill.clone(), slots.give_way());
                         }
-                        plan.write_to(out)
+                        plan.write_to(&mut *out)
                     })
                     .map(|_| ())
-                    .map_err(|err| err.wire_message())
+                    .map_err(|err| err.wire_message());
+                out.slot_given_back();
+                written
             })
         };
         if cache.take_shared(&rel, &key).await {
@@ -226,6 +226,7 @@ impl Responder {
         };
         let stall = self.stall;
         let spill = self.spill.clone();
+        let give_way = self.pack_slots.give_way();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let options = shared(&options, slot.as_ref());
@@ -239,13 +240,17 @@ impl Responder {
                     drop(slot.take());
                 } else {
                     // What the client cannot take yet is spilled, so that the slot is
-                    // free once generation ends, not once the client has read it all.
+                    // free once generation ends, not once the client has read it all;
+                    // past the spill budget, a slow client keeps it only while nobody
+                    // waits.
                     out.spill_to(spill);
+                    out.give_way(Some(give_way));
                 }
                 plan.write_to(&mut out)
             });
             metrics::pack_generated(started.elapsed());
             drop(slot);
+            out.give_way(None);
             match result {
                 Ok(stats) => {
                     if let Err(err) = out.finish() {
@@ -313,9 +318,19 @@ fn copies_a_file(plan: &gitcache_pack::Plan) -> bool {
 struct PackSlots {
     semaphore: Arc<Semaphore>,
     total: usize,
+    /// Generations waiting for a slot.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl PackSlots {
+    fn new(total: usize) -> Self {
+        PackSlots {
+            semaphore: Arc::new(Semaphore::new(total.max(1))),
+            total: total.max(1),
+            waiting: Arc::default(),
+        }
+    }
+
     /// One slot, waited for (and counted as waiting) when all are busy; `None` only if the
     /// semaphore was closed, which this server never does.
     async fn take(&self) -> Option<Slot> {
@@ -324,7 +339,10 @@ impl PackSlots {
             Err(_) => {
                 tracing::debug!("waiting for a pack slot");
                 let _waiting = metrics::PackSlot::enter("waiting");
-                Arc::clone(&self.semaphore).acquire_owned().await.ok()?
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let permit = Arc::clone(&self.semaphore).acquire_owned().await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                permit.ok()?
             }
         };
         let held = self
@@ -337,6 +355,22 @@ impl PackSlots {
         })
     }
 }
+
+impl PackSlots {
+    /// For a generation holding a slot and waiting for its client: it gives the slot up
+    /// (abandoning its answer) once others have waited [`GIVE_WAY_GRACE`] for one.
+    fn give_way(&self) -> GiveWay {
+        let waiting = Arc::clone(&self.waiting);
+        GiveWay::new(
+            Arc::new(move || waiting.load(Ordering::Relaxed) > 0),
+            GIVE_WAY_GRACE,
+        )
+    }
+}
+
+/// How long a generation that waits for its client keeps its pack slot while others wait
+/// for one (only once the spill budget is used up does a generation wait for its client).
+const GIVE_WAY_GRACE: Duration = Duration::from_secs(10);
 
 /// A pack slot held, counted on `/metrics` as busy while it is.
 struct Slot {
@@ -387,10 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn generations_at_once_share_the_compression_threads() {
-        let slots = PackSlots {
-            semaphore: Arc::new(Semaphore::new(3)),
-            total: 3,
-        };
+        let slots = PackSlots::new(3);
         let options = gitcache_pack::Options {
             compression_threads: 4,
             ..gitcache_pack::Options::default()
@@ -406,5 +437,23 @@ mod tests {
         let next = slots.take().await.unwrap();
         assert_eq!(shared(&options, Some(&next)).compression_threads, 2);
         assert_eq!(shared(&options, None).compression_threads, 4);
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_contested_while_a_generation_waits_for_one() {
+        let slots = PackSlots::new(1);
+        let way = slots.give_way();
+        let held = slots.take().await.unwrap();
+        assert!(!way.is_contested());
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take().await.is_some() })
+        };
+        while !way.is_contested() {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        assert!(waiter.await.unwrap());
+        assert!(!way.is_contested());
     }
 }

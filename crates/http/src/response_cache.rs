@@ -28,7 +28,7 @@ use gitcache_storage::responses::{Entry, PendingEntry, ResponseStore};
 use gix_hash::Kind as HashKind;
 use tokio::sync::watch;
 
-use crate::body::{ChannelWriter, Spill};
+use crate::body::{ChannelWriter, GiveWay, Spill};
 use crate::shared_responses::{SharedResponses, repo_text};
 
 /// Bumped whenever the bytes gitcache writes for the same key may change.
@@ -819,10 +819,17 @@ pub(crate) struct Resume<'a> {
 }
 
 impl Resume<'_> {
-    /// From now on, what the client cannot take yet goes to `spill`: for a regeneration
-    /// that frees its pack slot before the client has read it all.
-    pub(crate) fn spill_to(&mut self, spill: Spill) {
+    /// From now on, what the client cannot take yet goes to `spill`, and waiting for the
+    /// client past it gives way to others as `give_way` says: for a regeneration holding a
+    /// pack slot, which it frees before the client has read it all.
+    pub(crate) fn spill_to(&mut self, spill: Spill, give_way: GiveWay) {
         self.out.spill_to(spill);
+        self.out.give_way(Some(give_way));
+    }
+
+    /// The regeneration's pack slot is free: the client may take its time.
+    pub(crate) fn slot_given_back(&mut self) {
+        self.out.give_way(None);
     }
 }
 

@@ -464,6 +464,26 @@ fn big_repo(upstream: &Upstream, seed: u64) -> std::path::PathBuf {
     repo
 }
 
+/// One pack slot, every answer generated live, and a stall timeout longer than any test.
+const ONE_LIVE_SLOT: [&str; 6] = [
+    "--max-concurrent-packs",
+    "1",
+    "--response-cache",
+    "false",
+    "--response-stall-timeout",
+    "600",
+];
+
+/// [`big_repo`] with a small commit after the big one, adopted; the tip. A depth-1 fetch of
+/// it is generated (the mirror's pack holds both commits), of about 24 MiB.
+fn big_repo_past(upstream: &Upstream, seed: u64) -> String {
+    let repo = big_repo(upstream, seed);
+    std::fs::write(repo.join("small.txt"), "small\n").unwrap();
+    gitcache_testkit::git::commit_all(&repo, "small");
+    upstream.adopt_repo("acme/big", Access::Public).unwrap();
+    git_stdout(&repo, &["rev-parse", "main"]).trim().to_owned()
+}
+
 /// A client that stops reading a passed-through answer loses its connection after the
 /// stall timeout, so it cannot hold a connection slot forever.
 #[test]
@@ -689,19 +709,8 @@ fn stalled_fetch(cache: &Gitcache, name: &str, body: &[u8]) -> (TcpStream, Vec<u
 fn clients_that_stop_reading_do_not_hold_the_pack_slots() {
     let _shared = shared();
     let upstream = Upstream::start().unwrap();
-    let repo = big_repo(&upstream, 4177);
-    std::fs::write(repo.join("small.txt"), "small\n").unwrap();
-    gitcache_testkit::git::commit_all(&repo, "small");
-    upstream.adopt_repo("acme/big", Access::Public).unwrap();
-    let tip = git_stdout(&repo, &["rev-parse", "main"]).trim().to_owned();
-    let flags = [
-        "--max-concurrent-packs",
-        "1",
-        "--response-cache",
-        "false",
-        "--response-stall-timeout",
-        "600",
-    ];
+    let tip = big_repo_past(&upstream, 4177);
+    let flags = ONE_LIVE_SLOT;
     let cache = Gitcache::start(&upstream, &flags);
     let clone = fetch_body(&tip, &["ofs-delta", "no-progress"]);
     assert!(upload_pack(&cache, "acme/big", &clone).has_pack());
@@ -762,4 +771,35 @@ fn clients_that_stop_reading_do_not_hold_the_pack_slots() {
     assert!(!left.exists());
     assert!(kept.is_dir());
     assert!(upload_pack(&cache, "acme/big", &shallow).has_pack());
+}
+
+/// Past the spill budget (none here), a generation waits for its client with its slot held,
+/// but only while nobody waits for one: the next answer needing the only slot gets it after a
+/// grace, and the slow client's answer is given up rather than left to hold it for as long
+/// as the client takes.
+#[test]
+fn a_slow_client_past_the_spill_budget_gives_way_to_waiting_answers() {
+    let _shared = shared();
+    let upstream = Upstream::start().unwrap();
+    let tip = big_repo_past(&upstream, 5309);
+    let flags = [&ONE_LIVE_SLOT[..], &["--max-spilled-bytes", "0"]].concat();
+    let cache = Gitcache::start(&upstream, &flags);
+    let shallow = fetch_body(&tip, &["ofs-delta", "no-progress", "deepen 1"]);
+    let expected = upload_pack(&cache, "acme/big", &shallow);
+    assert!(expected.has_pack());
+    let busy = r#"gitcache_pack_slots{state="busy"}"#;
+    let (mut slow, mut raw) = stalled_fetch(&cache, "acme/big", &shallow);
+    common::wait_for("the slow client's generation to hold the slot", || {
+        metric(&cache, busy) == Some(1.0)
+    });
+    // Waits for the slot, then gets it: the whole answer, within the client's read timeout
+    // (far under the stall timeout).
+    let next = upload_pack(&cache, "acme/big", &shallow);
+    assert!(next.content() == expected.content(), "the waiting answer");
+    // The slow client's answer was given up: it ends short of the whole.
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let _ = slow.read_to_end(&mut raw);
+    assert!(raw.len() < expected.body.len(), "{}", raw.len());
+    cache.log_with("other answers wait for a pack slot", 1);
 }
