@@ -88,6 +88,12 @@ pub struct Options {
     /// and writing each batch; more: that many beside it, compressing the next batch while
     /// the writing thread plans it and writes this one).
     pub compression_threads: usize,
+    /// The longest chain of deltas an object of a written pack may sit at the end of, counted
+    /// over the objects written one by one (git's `pack.depth`, 50 by default): an object
+    /// whose base is at this depth is written whole instead. Long chains cost the client
+    /// every time it reads such an object. Runs of a stored pack copied as they are keep
+    /// their chains as stored, and count as depth 0 for what is written after them.
+    pub max_delta_depth: usize,
     /// Asked now and then while planning and writing: once it says so, the work stops with
     /// [`Error::Cancelled`] (the client went away).
     pub cancel: Cancel,
@@ -124,6 +130,7 @@ impl Default for Options {
         Options {
             compression_level: 3,
             compression_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            max_delta_depth: 50,
             cancel: Cancel::default(),
         }
     }
@@ -375,6 +382,7 @@ pub fn plan(
         thin: fetch.thin_pack,
         compression: options.compression_level.min(9),
         threads: options.compression_threads.max(1),
+        max_depth: options.max_delta_depth.min(write::MAX_DEPTH) as u64,
     };
     if let Some(pack) = marked_pack_for(repo, &mut objects, &stored, fetch)? {
         return Ok(Plan::Pack(Box::new(PackPlan {

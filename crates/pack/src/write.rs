@@ -37,6 +37,24 @@ pub(crate) struct WriteOptions {
     pub(crate) compression: u32,
     /// Threads that compress objects again (1: the writing thread only).
     pub(crate) threads: usize,
+    /// The longest delta chain written (see [`crate::Options::max_delta_depth`]).
+    pub(crate) max_depth: u64,
+}
+
+/// The deepest chain [`WriteOptions::max_depth`] may allow: a written object's depth is kept
+/// in the top byte of its offset.
+pub(crate) const MAX_DEPTH: usize = 255;
+const DEPTH_SHIFT: u32 = 56;
+const OFFSET_BITS: u64 = (1 << DEPTH_SHIFT) - 1;
+
+/// Where `oid` was written, if it was.
+fn offset_of(written: &OidMap<u64>, oid: &ObjectId) -> Option<u64> {
+    written.get(oid).map(|at| at & OFFSET_BITS)
+}
+
+/// The delta chain `oid` was written at the end of (0: whole, or not written one by one).
+fn depth_of(written: &OidMap<u64>, oid: &ObjectId) -> u64 {
+    written.get(oid).map_or(0, |at| at >> DEPTH_SHIFT)
 }
 
 /// Objects planned, and compressed again where needed, ahead of writing: bounds the memory
@@ -689,27 +707,37 @@ impl<'a> PackWriter<'a> {
                     }
                     while let Some((id, stored)) = chain.pop() {
                         let start = sink.offset;
-                        match ready.remove(&id) {
-                            Some(Ready::Whole(entry)) => sink.write_all(&entry)?,
+                        let depth = match ready.remove(&id) {
+                            Some(Ready::Whole(entry)) => {
+                                sink.write_all(&entry)?;
+                                0
+                            }
                             Some(Ready::Delta { base, size, data }) => {
                                 let header =
                                     self.delta_header(&sink, &base, &written, client_has, &in_pack);
                                 match header {
-                                    Some(header) => {
+                                    Some(header)
+                                        if depth_of(&written, &base) < self.opts.max_depth =>
+                                    {
                                         header.write_to(size, &mut sink)?;
                                         sink.write_all(&data)?;
                                         stats.deltas += 1;
                                         stats.new_deltas += 1;
+                                        depth_of(&written, &base) + 1
                                     }
-                                    // Its base could not be written first (a cycle of stored deltas).
-                                    None => self.full(&mut sink, &id)?,
+                                    // Its base could not be written first (a cycle of stored
+                                    // deltas), or ends a chain as long as allowed.
+                                    _ => {
+                                        self.full(&mut sink, &id)?;
+                                        0
+                                    }
                                 }
                             }
                             None => self.entry(
                                 &mut sink, &id, stored, &written, client_has, &in_pack, &mut stats,
                             )?,
-                        }
-                        written.insert(id, start);
+                        };
+                        written.insert(id, start | (depth << DEPTH_SHIFT));
                     }
                 }
                 Ok(())
@@ -896,12 +924,12 @@ impl<'a> PackWriter<'a> {
         client_has: &crate::select::Has,
         in_pack: &Sent<'_>,
         stats: &mut PackStats,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         match stored {
             Stored::Base(entry) => {
                 sink.write_all(&entry)?;
                 stats.reused += 1;
-                return Ok(());
+                return Ok(0);
             }
             Stored::Delta {
                 base,
@@ -909,18 +937,21 @@ impl<'a> PackWriter<'a> {
                 entry,
                 header_len,
             } => {
-                if let Some(header) = self.delta_header(sink, &base, written, client_has, in_pack) {
+                if let Some(header) = self.delta_header(sink, &base, written, client_has, in_pack)
+                    && depth_of(written, &base) < self.opts.max_depth
+                {
                     header.write_to(size, sink)?;
                     sink.write_all(&entry[header_len..])?;
                     stats.reused += 1;
                     stats.reused_deltas += 1;
                     stats.deltas += 1;
-                    return Ok(());
+                    return Ok(depth_of(written, &base) + 1);
                 }
             }
             Stored::Full => {}
         }
-        self.full(sink, oid)
+        self.full(sink, oid)?;
+        Ok(0)
     }
 
     /// The header of a delta against `base` written next, if the client can resolve it: its
@@ -933,7 +964,7 @@ impl<'a> PackWriter<'a> {
         client_has: &crate::select::Has,
         in_pack: &Sent<'_>,
     ) -> Option<Header> {
-        if let Some(base_offset) = written.get(base).copied().or_else(|| {
+        if let Some(base_offset) = offset_of(written, base).or_else(|| {
             in_pack
                 .copied
                 .as_ref()

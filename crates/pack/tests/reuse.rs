@@ -858,3 +858,52 @@ fn a_delta_with_nothing_sent_in_its_tree_is_made_against_a_file_named_alike() {
         assert_eq!(git(&client, &["cat-file", "blob", &new_id]), new);
     }
 }
+
+/// The longest delta chain of the pack `pack` taken into a new repository, checked with
+/// `index-pack --strict`; the repository is complete at `tip`.
+fn longest_chain(pack: &[u8], tip: &ObjectId) -> usize {
+    let check = tempfile::tempdir().unwrap();
+    let client = check.path().join("c.git");
+    git(
+        check.path(),
+        &["init", "-q", "--bare", client.to_str().unwrap()],
+    );
+    gitcache_testkit::git::git_with_input(&client, &["index-pack", "--strict", "--stdin"], pack);
+    assert_complete_at(&client, tip);
+    let idx = gitcache_testkit::repo::pack_files(&client, "idx").unwrap();
+    git(&client, &["verify-pack", "-v", idx[0].to_str().unwrap()])
+        .lines()
+        .filter_map(|l| l.strip_prefix("chain length = "))
+        .map(|l| l.split(':').next().unwrap().parse::<usize>().unwrap())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Delta chains are cut at `max_delta_depth` (git's `pack.depth`): an object whose base ends
+/// a chain that long is written whole, so no object costs the client more than that many
+/// deltas to read. (Without offset deltas, so that no run of the stored pack is copied as it
+/// is, chains and all: every object is written one by one.)
+#[test]
+fn delta_chains_are_no_longer_than_allowed() {
+    let (_dir, path) = packed_repo(35);
+    let repo = Repository::open(&path).unwrap();
+    let main = oids(&git(&path, &["rev-parse", "main"]));
+    let request = Fetch {
+        ofs_delta: false,
+        ..clone_request(main.clone())
+    };
+    let (_, stats, pack) = send(&repo, &request);
+    assert_eq!(stats.pack_reused, 0, "{stats:?}");
+    let stored = longest_chain(&pack, &main[0]);
+    assert!(stored > 2, "the stored chains are copied: {stored} long");
+    let options = Options {
+        max_delta_depth: 2,
+        ..Options::default()
+    };
+    let (_, cut, pack) = send_with(&repo, &request, &options);
+    assert_eq!(longest_chain(&pack, &main[0]), 2);
+    assert!(
+        cut.deltas > 0 && cut.deltas < stats.deltas,
+        "{cut:?} {stats:?}"
+    );
+}
