@@ -442,6 +442,8 @@ pub struct ChannelWriter {
     broken: Option<std::io::ErrorKind>,
     /// When waiting for the client, give up once others have waited this long.
     give_way: Option<GiveWay>,
+    /// How long, in all, this writer waited for its client while others waited for a slot.
+    contested_wait: std::cell::Cell<Duration>,
 }
 
 /// What a writer holding a pack slot checks while it waits for its client: whether others
@@ -490,6 +492,7 @@ impl ChannelWriter {
             backlog: None,
             broken: None,
             give_way: None,
+            contested_wait: std::cell::Cell::new(Duration::ZERO),
         }
     }
 
@@ -652,21 +655,31 @@ impl ChannelWriter {
             return self.tx.blocking_send(item).map_err(|_| gone());
         };
         let started = std::time::Instant::now();
-        let mut contested_since = None;
         loop {
             let left = self.stall.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "client stopped reading",
-                ));
-            }
             let step = match &self.give_way {
                 Some(_) => left.min(GIVE_WAY_POLL),
                 None => left,
             };
+            // The time waited counts over every chunk, while someone waits for a slot.
+            if let Some(way) = &self.give_way {
+                if !way.is_contested() {
+                    self.contested_wait.set(Duration::ZERO);
+                } else if self.contested_wait.get() >= way.grace {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "client too slow while other answers wait for a pack slot",
+                    ));
+                }
+            }
+            let tried = std::time::Instant::now();
             // `reserve` loses nothing when its wait ends unfinished.
-            match runtime.block_on(tokio::time::timeout(step, self.tx.reserve())) {
+            let reserved = runtime.block_on(tokio::time::timeout(step, self.tx.reserve()));
+            if self.give_way.as_ref().is_some_and(GiveWay::is_contested) {
+                self.contested_wait
+                    .set(self.contested_wait.get() + tried.elapsed());
+            }
+            match reserved {
                 Ok(Ok(permit)) => {
                     permit.send(item);
                     return Ok(());
@@ -674,18 +687,11 @@ impl ChannelWriter {
                 Ok(Err(_)) => return Err(gone()),
                 Err(_) => {}
             }
-            if let Some(way) = &self.give_way {
-                if way.is_contested() {
-                    let since = *contested_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() >= way.grace {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "client too slow while other answers wait for a pack slot",
-                        ));
-                    }
-                } else {
-                    contested_since = None;
-                }
+            if started.elapsed() >= self.stall {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client stopped reading",
+                ));
             }
         }
     }
@@ -1124,10 +1130,20 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(500)).await;
             assert!(rx.recv().await.unwrap().is_ok());
         }
-        // Someone waits for a slot: the writer gives up once the grace is over.
+        // Someone waits for a slot, and the reader takes a chunk within every grace: the
+        // writer's waits add up over the chunks, and it gives up after a few.
         contested.store(true, Ordering::Relaxed);
+        let mut after = 0;
+        while let Some(Ok(_)) = rx.recv().await {
+            after += 1;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
         let (written, err) = writer.await.unwrap();
         assert!(written >= 3, "{written}");
+        assert!(
+            after < 12,
+            "{after} chunks taken at a trickle while others waited"
+        );
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(err.to_string().contains("pack slot"), "{err}");
     }

@@ -339,10 +339,9 @@ impl PackSlots {
             Err(_) => {
                 tracing::debug!("waiting for a pack slot");
                 let _waiting = metrics::PackSlot::enter("waiting");
-                self.waiting.fetch_add(1, Ordering::Relaxed);
-                let permit = Arc::clone(&self.semaphore).acquire_owned().await;
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                permit.ok()?
+                // Counted until the wait ends, also when it is given up (the request dropped).
+                let _counted = Waiting::enter(&self.waiting);
+                Arc::clone(&self.semaphore).acquire_owned().await.ok()?
             }
         };
         let held = self
@@ -368,9 +367,26 @@ impl PackSlots {
     }
 }
 
-/// How long a generation that waits for its client keeps its pack slot while others wait
-/// for one (only once the spill budget is used up does a generation wait for its client).
+/// How long in all a generation may wait for its client while others wait for a pack slot
+/// before it gives its own up (only once the spill budget is used up does a generation wait
+/// for its client).
 const GIVE_WAY_GRACE: Duration = Duration::from_secs(10);
+
+/// One generation counted as waiting for a slot, until dropped.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(Arc::clone(count))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A pack slot held, counted on `/metrics` as busy while it is.
 struct Slot {
@@ -455,5 +471,19 @@ mod tests {
         drop(held);
         assert!(waiter.await.unwrap());
         assert!(!way.is_contested());
+
+        // A wait given up (its request dropped) is no longer counted.
+        let held = slots.take().await.unwrap();
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take().await.is_some() })
+        };
+        while !way.is_contested() {
+            tokio::task::yield_now().await;
+        }
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert!(!way.is_contested());
+        drop(held);
     }
 }
