@@ -130,6 +130,11 @@ pub struct Limits {
     /// How long a response may wait for a client that stopped reading before it is
     /// abandoned (its pack generation stops, freeing the slot).
     pub response_stall_timeout: Duration,
+    /// Bytes a second a client must take, on average, while a response waits for it (time
+    /// the server takes to produce the answer does not count); a client that falls behind by
+    /// what it would take in `response_stall_timeout` loses its connection. `0`: only the
+    /// stall timeout applies, and a client may take one chunk per timeout.
+    pub min_read_rate: u64,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
     /// Pack responses generated at once; more wait their turn.
@@ -166,6 +171,8 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(30),
             response_stall_timeout: Duration::from_secs(120),
+            // 32 kbit/s: far under any link a clone is taken over, far over a trickle.
+            min_read_rate: 4 << 10,
             max_connections: 1024,
             // One a core (at least two): generation is CPU-bound (eight depth-1 answers at once
             // on two cores took 0.66 s with four slots, 0.47 s with two). A slot is held while

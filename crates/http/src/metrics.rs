@@ -33,6 +33,7 @@ pub(crate) const PACK_SECONDS: &str = "gitcache_pack_generation_duration_seconds
 pub(crate) const IN_FLIGHT: &str = "gitcache_http_requests_in_flight";
 pub(crate) const PACK_SLOTS: &str = "gitcache_pack_slots";
 pub(crate) const SPILLED: &str = "gitcache_response_spilled_bytes";
+pub(crate) const CUT_OFF: &str = "gitcache_clients_cut_off_total";
 pub(crate) const REFRESH: &str = "gitcache_mirror_refresh_duration_seconds";
 pub(crate) const BUILD_INFO: &str = "gitcache_build_info";
 
@@ -111,6 +112,10 @@ pub(crate) fn describe() {
             SPILLED,
             "Bytes of generated responses waiting in spill files for clients that read slower than they are written."
         );
+        describe_counter!(
+            CUT_OFF,
+            "Connections closed because their client stopped reading (reason=stalled) or read slower than min_read_rate (reason=slow)."
+        );
         describe_gauge!(
             PACK_SLOTS,
             "Fetch responses being generated (state=busy, at most max_concurrent_packs) and waiting for a slot (state=waiting)."
@@ -182,6 +187,10 @@ pub(crate) fn pack_sent(bytes: u64) {
 
 pub(crate) fn spilled(delta: f64) {
     gauge!(SPILLED).increment(delta);
+}
+
+pub(crate) fn cut_off(reason: &'static str) {
+    counter!(CUT_OFF, "reason" => reason).increment(1);
 }
 
 pub(crate) fn pack_generated(took: Duration) {

@@ -171,6 +171,7 @@ pub async fn serve_with(
         });
         let (watcher, acceptor) = (graceful.watcher(), acceptor.clone());
         let (header_timeout, stall) = (limits.header_read_timeout, limits.response_stall_timeout);
+        let min_rate = limits.min_read_rate;
         tokio::spawn(async move {
             let _permit = permit;
             let io: Box<dyn Io> = match acceptor {
@@ -194,7 +195,10 @@ pub async fn serve_with(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(StallGuard::new(io, stall)), service);
+                .serve_connection(
+                    TokioIo::new(StallGuard::new(io, stall, min_rate, peer)),
+                    service,
+                );
             if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(%peer, %err, "connection ended with an error");
             }
@@ -260,50 +264,109 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-/// A connection whose writes fail once the peer has taken no byte for `stall`: a client that
-/// stops reading (whatever the response: a pack, a passed-through answer, a page) loses its
-/// connection, and its connection slot is free again.
+/// A connection whose writes fail once the peer has taken no byte for `stall`, or (with a
+/// minimum read rate) once it has fallen behind that rate by what it would take in `stall`:
+/// a client that stops reading, or reads a trickle (whatever the response: a pack, a
+/// passed-through answer, a page), loses its connection, and its connection slot is free
+/// again.
+///
+/// The rate is owed only while a write waits for the peer: time the server takes to produce
+/// its answer costs the client nothing. A client ahead of it banks at most `stall`'s worth.
 #[derive(Debug)]
 struct StallGuard<S> {
     inner: S,
     stall: Duration,
+    /// Bytes a second the peer must take, on average, while writes wait for it (0: none).
+    min_rate: u64,
+    /// Bytes the peer may still fall behind `min_rate` by: at most `min_rate * stall`.
+    allowance: f64,
+    /// Since when the write waiting now has waited.
+    waiting_since: Option<tokio::time::Instant>,
     /// Armed while a write waits for the peer; reset whenever bytes go out.
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// For the log line when the peer is cut off.
+    peer: std::net::SocketAddr,
+    /// The peer was cut off (counted and logged once).
+    cut_off: bool,
 }
 
 impl<S> StallGuard<S> {
-    fn new(inner: S, stall: Duration) -> Self {
+    fn new(inner: S, stall: Duration, min_rate: u64, peer: std::net::SocketAddr) -> Self {
         StallGuard {
             inner,
+            peer,
+            cut_off: false,
             stall,
+            min_rate,
+            allowance: Self::most(stall, min_rate),
+            waiting_since: None,
             deadline: None,
         }
     }
 
-    /// After a write that is still waiting: fail once the wait has lasted `stall`.
+    /// The most a peer may bank.
+    fn most(stall: Duration, min_rate: u64) -> f64 {
+        stall.as_secs_f64() * min_rate as f64
+    }
+
+    /// After a write that is still waiting: fail once the wait has lasted `stall`, or once
+    /// the peer has used up its allowance.
     fn check_stall(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
-        let stall = self.stall;
-        let deadline = self
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        let (stall, min_rate, allowance) = (self.stall, self.min_rate, self.allowance);
+        self.waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let deadline = self.deadline.get_or_insert_with(|| {
+            let wait = match min_rate {
+                0 => stall,
+                rate => stall.min(Duration::from_secs_f64(allowance.max(0.0) / rate as f64)),
+            };
+            Box::pin(tokio::time::sleep(wait))
+        });
         match deadline.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => std::task::Poll::Ready(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client stopped reading",
-            )),
+            std::task::Poll::Ready(()) => {
+                // The allowance ran out before the stall timeout: the client did take bytes,
+                // too few.
+                let slow = min_rate > 0
+                    && self
+                        .waiting_since
+                        .is_some_and(|since| since.elapsed() < stall);
+                let (reason, message) = if slow {
+                    ("slow", "the client reads slower than the minimum read rate")
+                } else {
+                    ("stalled", "the client stopped reading")
+                };
+                if !std::mem::replace(&mut self.cut_off, true) {
+                    crate::metrics::cut_off(reason);
+                    tracing::info!(peer = %self.peer, reason, "connection closed: {message}");
+                }
+                std::task::Poll::Ready(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
+            }
             std::task::Poll::Pending => std::task::Poll::Pending,
         }
     }
 
-    /// Map one write attempt's outcome: progress disarms the deadline, waiting arms it.
+    /// Map one attempt's outcome: progress disarms the deadline and settles the allowance
+    /// (the wait owed, the bytes taken paid), waiting arms it.
     fn guard<T>(
         &mut self,
         cx: &mut std::task::Context<'_>,
         polled: std::task::Poll<std::io::Result<T>>,
+        taken: impl Fn(&T) -> usize,
     ) -> std::task::Poll<std::io::Result<T>> {
         match polled {
             std::task::Poll::Ready(result) => {
                 self.deadline = None;
+                if self.min_rate > 0 {
+                    let waited = self
+                        .waiting_since
+                        .take()
+                        .map_or(0.0, |since| since.elapsed().as_secs_f64());
+                    let paid = result.as_ref().map_or(0, &taken) as f64;
+                    self.allowance = (self.allowance - waited * self.min_rate as f64 + paid)
+                        .min(Self::most(self.stall, self.min_rate));
+                } else {
+                    self.waiting_since = None;
+                }
                 std::task::Poll::Ready(result)
             }
             std::task::Poll::Pending => self.check_stall(cx).map(Err),
@@ -329,7 +392,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<S> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, data);
-        this.guard(cx, polled)
+        this.guard(cx, polled, |n| *n)
     }
 
     fn poll_write_vectored(
@@ -339,7 +402,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<S> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.guard(cx, polled)
+        this.guard(cx, polled, |n| *n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -352,7 +415,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
-        this.guard(cx, polled)
+        this.guard(cx, polled, |()| 0)
     }
 
     fn poll_shutdown(
@@ -361,6 +424,147 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.guard(cx, polled)
+        this.guard(cx, polled, |()| 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn peer() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9))
+    }
+
+    /// Writes `total` bytes through a guard on one end of a small pipe while the other end
+    /// takes `chunk` bytes every `every` (time paused: it moves only as the tasks wait); how
+    /// many bytes were taken, how the writing ended, and when.
+    async fn trickle(
+        stall: Duration,
+        min_rate: u64,
+        total: usize,
+        chunk: usize,
+        every: Duration,
+    ) -> (usize, std::io::Result<()>) {
+        let (taken, written, _) = trickle_timed(stall, min_rate, total, chunk, every).await;
+        (taken, written)
+    }
+
+    async fn trickle_timed(
+        stall: Duration,
+        min_rate: u64,
+        total: usize,
+        chunk: usize,
+        every: Duration,
+    ) -> (usize, std::io::Result<()>, Duration) {
+        let (near, mut far) = tokio::io::duplex(4 << 10);
+        let mut guarded = StallGuard::new(near, stall, min_rate, peer());
+        let started = tokio::time::Instant::now();
+        let writer = tokio::spawn(async move {
+            let data = vec![7u8; total];
+            let written = guarded.write_all(&data).await;
+            drop(guarded);
+            (written, started.elapsed())
+        });
+        let mut taken = 0;
+        let mut buf = vec![0u8; chunk];
+        loop {
+            tokio::time::sleep(every).await;
+            match far.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => taken += n,
+            }
+        }
+        let (written, ended) = writer.await.unwrap();
+        (taken, written, ended)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_reading_under_the_minimum_rate_is_cut_off() {
+        // 1 KiB a second against 4 KiB: 3 KiB a second behind, 40 KiB of allowance.
+        let (taken, written) = trickle(
+            Duration::from_secs(10),
+            4 << 10,
+            1 << 20,
+            1 << 10,
+            Duration::from_secs(1),
+        )
+        .await;
+        let err = written.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("minimum read rate"), "{err}");
+        assert!(taken < 64 << 10, "{taken}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_reading_over_the_minimum_rate_gets_everything() {
+        // 8 KiB a second against 4 KiB.
+        let (taken, written) = trickle(
+            Duration::from_secs(10),
+            4 << 10,
+            256 << 10,
+            1 << 10,
+            Duration::from_millis(125),
+        )
+        .await;
+        written.unwrap();
+        assert_eq!(taken, 256 << 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_minimum_rate_a_trickle_within_the_stall_timeout_goes_on() {
+        let (taken, written) = trickle(
+            Duration::from_secs(10),
+            0,
+            64 << 10,
+            1 << 10,
+            Duration::from_secs(1),
+        )
+        .await;
+        written.unwrap();
+        assert_eq!(taken, 64 << 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_off_after_the_stall_timeout() {
+        for min_rate in [0, 4 << 10] {
+            let (taken, written, ended) = trickle_timed(
+                Duration::from_secs(10),
+                min_rate,
+                64 << 10,
+                1 << 10,
+                Duration::from_secs(3600),
+            )
+            .await;
+            assert_eq!(written.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+            // What the pipe held, no more.
+            assert!(taken <= 4 << 10, "{taken}");
+            // Cut off at the stall timeout (time is paused: exactly), not when the reader
+            // came back an hour later.
+            assert!(
+                (Duration::from_secs(10)..Duration::from_secs(11)).contains(&ended),
+                "{ended:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_server_takes_is_not_owed() {
+        // The writer pauses a minute between bursts of 4 KiB (well under the rate on
+        // average); the reader takes each burst at once.
+        let (near, mut far) = tokio::io::duplex(64 << 10);
+        let mut guarded = StallGuard::new(near, Duration::from_secs(10), 4 << 10, peer());
+        let writer = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                guarded.write_all(&[1u8; 4 << 10]).await?;
+            }
+            guarded.shutdown().await
+        });
+        let mut all = Vec::new();
+        far.read_to_end(&mut all).await.unwrap();
+        writer.await.unwrap().unwrap();
+        assert_eq!(all.len(), 20 << 10);
     }
 }

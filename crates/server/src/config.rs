@@ -202,6 +202,11 @@ pub(crate) struct Flags {
     /// [default: 120].
     #[arg(long, env = "GITCACHE_RESPONSE_STALL_TIMEOUT", value_name = "SECONDS")]
     pub(crate) response_stall_timeout: Option<u64>,
+    /// Bytes a second a client must take, on average, while a response waits for it; one
+    /// that falls behind by a stall timeout's worth loses its connection (0: none)
+    /// [default: 4096].
+    #[arg(long, env = "GITCACHE_MIN_READ_RATE", value_name = "BYTES")]
+    pub(crate) min_read_rate: Option<u64>,
     /// Connections served at once [default: 1024].
     #[arg(long, env = "GITCACHE_MAX_CONNECTIONS", value_name = "N")]
     pub(crate) max_connections: Option<usize>,
@@ -466,6 +471,7 @@ struct FileLimits {
     body_read_timeout: Option<u64>,
     header_read_timeout: Option<u64>,
     response_stall_timeout: Option<u64>,
+    min_read_rate: Option<u64>,
     max_connections: Option<usize>,
     max_concurrent_packs: Option<usize>,
     max_spilled_bytes: Option<u64>,
@@ -744,6 +750,10 @@ impl Config {
                 .response_stall_timeout
                 .or(fl.response_stall_timeout)
                 .map_or(defaults.response_stall_timeout, Duration::from_secs),
+            min_read_rate: flags
+                .min_read_rate
+                .or(fl.min_read_rate)
+                .unwrap_or(defaults.min_read_rate),
             max_connections: flags
                 .max_connections
                 .or(fl.max_connections)

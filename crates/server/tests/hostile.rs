@@ -680,7 +680,11 @@ fn metric(cache: &Gitcache, series: &str) -> Option<f64> {
 /// Sends `body` as a fetch of `name` and reads only the answer's head: a client that stops
 /// reading. Returns the connection and what was read.
 fn stalled_fetch(cache: &Gitcache, name: &str, body: &[u8]) -> (TcpStream, Vec<u8>) {
-    let mut stream = TcpStream::connect(&cache.addr).unwrap();
+    stalled_fetch_on(TcpStream::connect(&cache.addr).unwrap(), name, body)
+}
+
+/// [`stalled_fetch`] on a connection made by the caller.
+fn stalled_fetch_on(mut stream: TcpStream, name: &str, body: &[u8]) -> (TcpStream, Vec<u8>) {
     write!(
         stream,
         "POST /{name}.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
@@ -802,4 +806,60 @@ fn a_slow_client_past_the_spill_budget_gives_way_to_waiting_answers() {
     let _ = slow.read_to_end(&mut raw);
     assert!(raw.len() < expected.body.len(), "{}", raw.len());
     cache.log_with("other answers wait for a pack slot", 1);
+}
+
+/// A client that keeps reading, but a trickle under `min_read_rate`, loses its connection once
+/// it has fallen a stall timeout's worth behind, rather than holding it (and what its answer
+/// holds) for as long as it likes; a client reading at full speed gets the whole answer.
+#[test]
+fn a_client_reading_under_the_minimum_rate_loses_its_connection() {
+    let _shared = shared();
+    let upstream = Upstream::start().unwrap();
+    let tip = big_repo_past(&upstream, 6007);
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--response-stall-timeout",
+            "5",
+            "--min-read-rate",
+            "4194304",
+        ],
+    );
+    let clone = fetch_body(&tip, &["ofs-delta", "no-progress"]);
+    let expected = upload_pack(&cache, "acme/big", &clone);
+    assert!(expected.has_pack());
+    let slow_cut = r#"gitcache_clients_cut_off_total{reason="slow"}"#;
+    assert_eq!(metric(&cache, slow_cut), None);
+
+    // About 640 KB a second, against 4 MiB: the client falls behind by 3.5 MB a second, past
+    // its 20 MiB of allowance in six seconds. The server's socket takes more once a third of
+    // its send buffer (at most 4 MiB) is free, every two seconds or so: within the stall
+    // timeout, so the client is not taken for one that stopped reading. Its own receive
+    // buffer is kept small.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let addr: std::net::SocketAddr = cache.addr.parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let (mut slow, mut raw) = stalled_fetch_on(socket.into(), "acme/big", &clone);
+    let mut buf = vec![0u8; 64 << 10];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric(&cache, slow_cut) != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trickling client was not cut off"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let n = slow.read(&mut buf).unwrap();
+        assert!(n > 0, "the answer ended before the client was cut off");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    // Whatever was on its way still arrives; then the connection ends, the answer short.
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let _ = slow.read_to_end(&mut raw);
+    assert!(raw.len() < expected.body.len(), "{}", raw.len());
+    cache.log_with(
+        "connection closed: the client reads slower than the minimum read rate",
+        1,
+    );
 }
