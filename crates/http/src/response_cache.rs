@@ -796,12 +796,15 @@ fn resume_live(regenerate: &Regenerate, sent: u64, tail: &[u8], mut out: Channel
             "the response generated again is shorter than what was sent",
         )),
         Err(message) if sent == 0 && out.sent() == 0 => {
+            tracing::info!(%message, "response generated again failed");
             out.discard_buffered();
             let mut line = Vec::new();
             let _ = gitcache_protocol::pktline::write_error(&mut line, message.as_bytes());
             let _ = out.write_all(&line).and_then(|()| out.finish());
         }
         Err(message) => {
+            // A client too slow for its slot, one that left, or a failure midway.
+            tracing::info!(%message, "response generated again abandoned");
             // What was spilled goes first: it may end with the message on the error band.
             let _ = out.finish();
             out.abort(std::io::Error::other(message));

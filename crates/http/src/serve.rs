@@ -318,7 +318,8 @@ impl<S> StallGuard<S> {
         let deadline = self.deadline.get_or_insert_with(|| {
             let wait = match min_rate {
                 0 => stall,
-                rate => stall.min(Duration::from_secs_f64(allowance.max(0.0) / rate as f64)),
+                rate => Duration::try_from_secs_f64(allowance.max(0.0) / rate as f64)
+                    .map_or(stall, |left| stall.min(left)),
             };
             Box::pin(tokio::time::sleep(wait))
         });
@@ -551,20 +552,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn time_the_server_takes_is_not_owed() {
-        // The writer pauses a minute between bursts of 4 KiB (well under the rate on
-        // average); the reader takes each burst at once.
-        let (near, mut far) = tokio::io::duplex(64 << 10);
+        // The writer pauses a minute between bursts of 64 KiB (far under the rate on
+        // average); each burst waits for the reader (a pipe of 1 KiB), which takes it at once.
+        let (near, mut far) = tokio::io::duplex(1 << 10);
         let mut guarded = StallGuard::new(near, Duration::from_secs(10), 4 << 10, peer());
         let writer = tokio::spawn(async move {
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                guarded.write_all(&[1u8; 4 << 10]).await?;
+                guarded.write_all(&[1u8; 64 << 10]).await?;
             }
             guarded.shutdown().await
         });
         let mut all = Vec::new();
         far.read_to_end(&mut all).await.unwrap();
         writer.await.unwrap().unwrap();
-        assert_eq!(all.len(), 20 << 10);
+        assert_eq!(all.len(), 5 * (64 << 10));
     }
 }
