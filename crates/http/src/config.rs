@@ -260,7 +260,8 @@ pub struct ProxyConfig {
     pub upstream_transfer_timeout: Duration,
     /// Packs a mirror may gather before it is consolidated.
     pub consolidate_after: usize,
-    /// Pack generation settings.
+    /// Pack generation settings. Without a store of objects compressed again
+    /// ([`gitcache_pack::Options::remade`]), the proxy makes one of 64 MiB.
     pub pack: gitcache_pack::Options,
     /// Request limits.
     pub limits: Limits,

@@ -39,16 +39,24 @@ pub(crate) struct Responder {
     cache: Option<Arc<ResponseCache>>,
 }
 
+/// Bytes of objects compressed again kept for later answers, unless the configuration gives
+/// a store of its own.
+const REMADE_BYTES: usize = 64 << 20;
+
 impl Responder {
     /// A responder generating with `pack` settings, at most `slots` packs at once, spilling
     /// what slow clients have not taken into `spill`.
     pub(crate) fn new(
-        pack: gitcache_pack::Options,
+        mut pack: gitcache_pack::Options,
         stall: Duration,
         slots: usize,
         spill: Spill,
         cache: Option<Arc<ResponseCache>>,
     ) -> Self {
+        // Objects one answer compresses again are kept for the next (shallow clones of
+        // nearby commits make most of the same ones).
+        pack.remade
+            .get_or_insert_with(|| Arc::new(gitcache_pack::Remade::new(REMADE_BYTES)));
         Responder {
             pack,
             stall,

@@ -46,6 +46,7 @@ mod mapped;
 mod negotiate;
 mod objects;
 mod packs;
+mod remade;
 mod repo;
 mod reuse;
 mod select;
@@ -66,6 +67,7 @@ use gix_hash::ObjectId;
 
 pub use error::Error;
 pub use indexing::{Closure, PackEntry};
+pub use remade::Remade;
 pub use repo::{Ref, Repository, Warmth};
 pub use write::{Checksum, PackStats};
 
@@ -97,6 +99,9 @@ pub struct Options {
     /// Asked now and then while planning and writing: once it says so, the work stops with
     /// [`Error::Cancelled`] (the client went away).
     pub cancel: Cancel,
+    /// Where objects compressed again are kept for later answers, and looked for first
+    /// (none: every answer makes its own). Shared by the answers of a process.
+    pub remade: Option<std::sync::Arc<Remade>>,
 }
 
 /// A question planning and writing ask at checkpoints: has the work become pointless?
@@ -132,6 +137,7 @@ impl Default for Options {
             compression_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             max_delta_depth: 50,
             cancel: Cancel::default(),
+            remade: None,
         }
     }
 }
@@ -287,7 +293,7 @@ impl PackPlan {
                 let mut writer = PackWriter::new(
                     &mut self.objects,
                     &*self.spawn_objects,
-                    self.write,
+                    self.write.clone(),
                     &self.packs,
                     &self.rev,
                     Some(&self.bitmap_cache),
@@ -383,6 +389,7 @@ pub fn plan(
         compression: options.compression_level.min(9),
         threads: options.compression_threads.max(1),
         max_depth: options.max_delta_depth.min(write::MAX_DEPTH) as u64,
+        remade: options.remade.clone(),
     };
     if let Some(pack) = marked_pack_for(repo, &mut objects, &stored, fetch)? {
         return Ok(Plan::Pack(Box::new(PackPlan {

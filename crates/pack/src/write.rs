@@ -29,7 +29,7 @@ use crate::packs::{RevCache, StoredPack};
 use crate::reuse::{Copied, Packed};
 
 /// How the pack may be written.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct WriteOptions {
     pub(crate) ofs_delta: bool,
     pub(crate) thin: bool,
@@ -39,6 +39,8 @@ pub(crate) struct WriteOptions {
     pub(crate) threads: usize,
     /// The longest delta chain written (see [`crate::Options::max_delta_depth`]).
     pub(crate) max_depth: u64,
+    /// Objects made again for earlier answers (see [`crate::Options::remade`]).
+    pub(crate) remade: Option<std::sync::Arc<crate::Remade>>,
 }
 
 /// The deepest chain [`WriteOptions::max_depth`] may allow: a written object's depth is kept
@@ -364,18 +366,10 @@ struct Redo {
     against: Vec<ObjectId>,
 }
 
-/// An object made ready ahead of writing.
-enum Ready {
-    /// A whole object's entry, header included.
-    Whole(Vec<u8>),
-    /// A new delta against `base`: the delta's size and its zlib bytes (the entry's header
-    /// depends on where the base is written).
-    Delta {
-        base: ObjectId,
-        size: u64,
-        data: Vec<u8>,
-    },
-}
+/// An object made ready ahead of writing: a whole object's entry, header included, or a new
+/// delta against `base` (the delta's size and its zlib bytes; the entry's header depends on
+/// where the base is written).
+use crate::remade::Made as Ready;
 
 /// The trailing checksum of a file: one gitcache writes (a pack it sends or stores, an index),
 /// or a pack it receives.
@@ -874,6 +868,8 @@ impl<'a> PackWriter<'a> {
         let jobs = std::sync::Arc::new(Jobs {
             redo,
             next: std::sync::atomic::AtomicUsize::new(0),
+            remade: self.opts.remade.clone(),
+            level: self.opts.compression,
         });
         if !background {
             let level = self.opts.compression;
@@ -1435,6 +1431,10 @@ enum Rebuilding<'scope> {
 struct Jobs {
     redo: Vec<Redo>,
     next: std::sync::atomic::AtomicUsize,
+    /// Objects made for earlier answers, and where those made now are kept.
+    remade: Option<std::sync::Arc<crate::Remade>>,
+    /// The zlib level they are made at.
+    level: u32,
 }
 
 impl Jobs {
@@ -1454,7 +1454,24 @@ impl Jobs {
             let Some(redo) = self.redo.get(i) else {
                 return Ok(made);
             };
-            made.push((redo.oid, rebuild(objects, redo, zlib, budget)?));
+            let Some(remade) = &self.remade else {
+                made.push((redo.oid, rebuild(objects, redo, zlib, budget)?));
+                continue;
+            };
+            let ready = match remade.get(&redo.oid, self.level, &redo.against) {
+                Some(ready) => ready,
+                None => {
+                    let ready = rebuild(objects, redo, zlib, budget)?;
+                    // Kept only if no delta was left untried for want of budget (a failed
+                    // attempt leaves it below zero for good): otherwise a later answer with
+                    // budget to spare would be given what this one settled for.
+                    if budget.load(Ordering::Relaxed) >= 0 {
+                        remade.put(&redo.oid, self.level, &redo.against, &ready);
+                    }
+                    ready
+                }
+            };
+            made.push((redo.oid, ready));
         }
     }
 }

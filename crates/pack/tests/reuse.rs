@@ -434,13 +434,12 @@ fn shallow_client(dir: &Path, name: &str, pack: &[u8]) -> std::path::PathBuf {
 /// Objects made again (their stored bases not sent) in batches of hundreds: compressed on the
 /// writing thread alone, or on lanes beside it while the next batch is planned, the pack is
 /// the same, and whole.
-#[test]
-fn objects_made_again_give_one_pack_on_any_number_of_threads() {
+/// `files` files that all shrink in the second of two commits: git makes the larger, older
+/// versions the bases, and a depth-1 clone does not send them. The repository's work tree,
+/// its bare packed copy, and the text all files share.
+fn shrinking_files(files: usize) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let (dir, work, path) = work_tree();
     let shared = lines("shared", 60);
-    // Every file shrinks: git makes the larger, older version the base, and a depth-1 clone
-    // does not send it.
-    let files = 1_200;
     for i in 0..files {
         let old = format!("{i}\n{shared}{}", lines(&format!("old{i}"), 20));
         std::fs::write(work.join(format!("f{i}.txt")), old).unwrap();
@@ -451,7 +450,13 @@ fn objects_made_again_give_one_pack_on_any_number_of_threads() {
     }
     gitcache_testkit::git::commit_all(&work, "new");
     bare_packed_copy(&work, &path);
+    (dir, path, shared)
+}
 
+#[test]
+fn objects_made_again_give_one_pack_on_any_number_of_threads() {
+    let files = 1_200;
+    let (dir, path, shared) = shrinking_files(files);
     let repo = Repository::open(&path).unwrap();
     let main = oids(&git(&path, &["rev-parse", "main"]));
     let mut fetch = clone_request(main.clone());
@@ -906,4 +911,60 @@ fn delta_chains_are_no_longer_than_allowed() {
         cut.deltas > 0 && cut.deltas < stats.deltas,
         "{cut:?} {stats:?}"
     );
+}
+
+/// Objects made again for one answer are taken from the store by the next answer that makes
+/// them against the same bases at the same level: the same pack, byte for byte, as without
+/// the store.
+#[test]
+fn objects_made_again_are_taken_from_the_store_by_the_next_answer() {
+    let files = 300;
+    let (dir, path, _) = shrinking_files(files);
+    let repo = Repository::open(&path).unwrap();
+    let main = oids(&git(&path, &["rev-parse", "main"]));
+    let mut fetch = clone_request(main.clone());
+    fetch.deepen = Some(1);
+    let (_, plain_stats, plain) = send_with(&repo, &fetch, &Options::default());
+    let made = u64::from(plain_stats.objects - plain_stats.reused);
+    assert!(made as usize > files / 2, "{plain_stats:?}");
+
+    let remade = std::sync::Arc::new(gitcache_pack::Remade::new(64 << 20));
+    let options = Options {
+        remade: Some(std::sync::Arc::clone(&remade)),
+        ..Options::default()
+    };
+    let (_, first_stats, first) = send_with(&repo, &fetch, &options);
+    assert_eq!(first_stats, plain_stats);
+    assert!(first == plain, "the first answer with the store differs");
+    assert_eq!(remade.hits(), 0);
+    assert!(remade.held_bytes() > 0);
+
+    for threads in [1, 2] {
+        let before = remade.hits();
+        let (_, stats, again) = send_with(
+            &repo,
+            &fetch,
+            &Options {
+                compression_threads: threads,
+                ..options.clone()
+            },
+        );
+        assert_eq!(stats, plain_stats);
+        assert!(again == plain, "an answer from the store differs");
+        assert_eq!(remade.hits() - before, made, "{threads} threads");
+    }
+    shallow_client(dir.path(), "c.git", &plain);
+
+    // Another zlib level makes other bytes: nothing is taken.
+    let before = remade.hits();
+    let (_, _, other) = send_with(
+        &repo,
+        &fetch,
+        &Options {
+            compression_level: 9,
+            ..options.clone()
+        },
+    );
+    assert_eq!(remade.hits(), before);
+    shallow_client(dir.path(), "d.git", &other);
 }
