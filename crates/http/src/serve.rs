@@ -357,17 +357,14 @@ impl<S> StallGuard<S> {
         match polled {
             std::task::Poll::Ready(result) => {
                 self.deadline = None;
-                if self.min_rate > 0 {
-                    let waited = self
-                        .waiting_since
-                        .take()
-                        .map_or(0.0, |since| since.elapsed().as_secs_f64());
-                    let paid = result.as_ref().map_or(0, &taken) as f64;
-                    self.allowance = (self.allowance - waited * self.min_rate as f64 + paid)
-                        .min(Self::most(self.stall, self.min_rate));
-                } else {
-                    self.waiting_since = None;
-                }
+                // Without a rate nothing is owed, and the allowance stays at its most, zero.
+                let waited = self
+                    .waiting_since
+                    .take()
+                    .map_or(0.0, |since| since.elapsed().as_secs_f64());
+                let paid = result.as_ref().map_or(0, &taken) as f64;
+                self.allowance = (self.allowance - waited * self.min_rate as f64 + paid)
+                    .min(Self::most(self.stall, self.min_rate));
                 std::task::Poll::Ready(result)
             }
             std::task::Poll::Pending => self.check_stall(cx).map(Err),
@@ -447,17 +444,6 @@ mod tests {
         total: usize,
         chunk: usize,
         every: Duration,
-    ) -> (usize, std::io::Result<()>) {
-        let (taken, written, _) = trickle_timed(stall, min_rate, total, chunk, every).await;
-        (taken, written)
-    }
-
-    async fn trickle_timed(
-        stall: Duration,
-        min_rate: u64,
-        total: usize,
-        chunk: usize,
-        every: Duration,
     ) -> (usize, std::io::Result<()>, Duration) {
         let (near, mut far) = tokio::io::duplex(4 << 10);
         let mut guarded = StallGuard::new(near, stall, min_rate, peer());
@@ -484,7 +470,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_reading_under_the_minimum_rate_is_cut_off() {
         // 1 KiB a second against 4 KiB: 3 KiB a second behind, 40 KiB of allowance.
-        let (taken, written) = trickle(
+        let (taken, written, _) = trickle(
             Duration::from_secs(10),
             4 << 10,
             1 << 20,
@@ -501,7 +487,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_reading_over_the_minimum_rate_gets_everything() {
         // 8 KiB a second against 4 KiB.
-        let (taken, written) = trickle(
+        let (taken, written, _) = trickle(
             Duration::from_secs(10),
             4 << 10,
             256 << 10,
@@ -515,7 +501,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_a_minimum_rate_a_trickle_within_the_stall_timeout_goes_on() {
-        let (taken, written) = trickle(
+        let (taken, written, _) = trickle(
             Duration::from_secs(10),
             0,
             64 << 10,
@@ -530,7 +516,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_stops_reading_is_cut_off_after_the_stall_timeout() {
         for min_rate in [0, 4 << 10] {
-            let (taken, written, ended) = trickle_timed(
+            let (taken, written, ended) = trickle(
                 Duration::from_secs(10),
                 min_rate,
                 64 << 10,

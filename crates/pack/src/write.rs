@@ -709,15 +709,14 @@ impl<'a> PackWriter<'a> {
                             Some(Ready::Delta { base, size, data }) => {
                                 let header =
                                     self.delta_header(&sink, &base, &written, client_has, &in_pack);
+                                let base_depth = depth_of(&written, &base);
                                 match header {
-                                    Some(header)
-                                        if depth_of(&written, &base) < self.opts.max_depth =>
-                                    {
+                                    Some(header) if base_depth < self.opts.max_depth => {
                                         header.write_to(size, &mut sink)?;
                                         sink.write_all(&data)?;
                                         stats.deltas += 1;
                                         stats.new_deltas += 1;
-                                        depth_of(&written, &base) + 1
+                                        base_depth + 1
                                     }
                                     // Its base could not be written first (a cycle of stored
                                     // deltas), or ends a chain as long as allowed.
@@ -933,15 +932,17 @@ impl<'a> PackWriter<'a> {
                 entry,
                 header_len,
             } => {
-                if let Some(header) = self.delta_header(sink, &base, written, client_has, in_pack)
-                    && depth_of(written, &base) < self.opts.max_depth
+                let base_depth = depth_of(written, &base);
+                if base_depth < self.opts.max_depth
+                    && let Some(header) =
+                        self.delta_header(sink, &base, written, client_has, in_pack)
                 {
                     header.write_to(size, sink)?;
                     sink.write_all(&entry[header_len..])?;
                     stats.reused += 1;
                     stats.reused_deltas += 1;
                     stats.deltas += 1;
-                    return Ok(depth_of(written, &base) + 1);
+                    return Ok(base_depth + 1);
                 }
             }
             Stored::Full => {}
@@ -1454,25 +1455,32 @@ impl Jobs {
             let Some(redo) = self.redo.get(i) else {
                 return Ok(made);
             };
-            let Some(remade) = &self.remade else {
-                made.push((redo.oid, rebuild(objects, redo, zlib, budget)?));
-                continue;
-            };
-            let ready = match remade.get(&redo.oid, self.level, &redo.against) {
-                Some(ready) => ready,
-                None => {
-                    let ready = rebuild(objects, redo, zlib, budget)?;
-                    // Kept only if no delta was left untried for want of budget (a failed
-                    // attempt leaves it below zero for good): otherwise a later answer with
-                    // budget to spare would be given what this one settled for.
-                    if budget.load(Ordering::Relaxed) >= 0 {
-                        remade.put(&redo.oid, self.level, &redo.against, &ready);
-                    }
-                    ready
-                }
-            };
-            made.push((redo.oid, ready));
+            made.push((redo.oid, self.make(objects, redo, zlib, budget)?));
         }
+    }
+
+    /// `redo` made, or taken from the store of objects made before.
+    fn make(
+        &self,
+        objects: &mut Objects,
+        redo: &Redo,
+        zlib: &mut flate2::Compress,
+        budget: &AtomicI64,
+    ) -> Result<Ready, Error> {
+        let Some(remade) = &self.remade else {
+            return rebuild(objects, redo, zlib, budget);
+        };
+        if let Some(ready) = remade.get(&redo.oid, self.level, &redo.against) {
+            return Ok(ready);
+        }
+        let ready = rebuild(objects, redo, zlib, budget)?;
+        // Kept only if no delta was left untried for want of budget (a failed attempt leaves
+        // it below zero for good): otherwise a later answer with budget to spare would be
+        // given what this one settled for.
+        if budget.load(Ordering::Relaxed) >= 0 {
+            remade.put(&redo.oid, self.level, &redo.against, &ready);
+        }
+        Ok(ready)
     }
 }
 
