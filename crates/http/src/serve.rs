@@ -144,6 +144,7 @@ pub async fn serve_with(
             },
         };
         let _ = stream.set_nodelay(true);
+        hold_little_unsent(&stream);
         let proxy = Arc::clone(&proxy);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let proxy = Arc::clone(&proxy);
@@ -259,10 +260,61 @@ fn drained(
     now.duration_since(*idle_since) >= idle_exit
 }
 
-/// A client connection, plain or TLS.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+/// Unsent bytes the kernel keeps for a client connection before a write waits (Linux's
+/// `TCP_NOTSENT_LOWAT`; a waiting write is woken once less than half of it is left).
+///
+/// Without it a write is taken while the send buffer has room (up to 4 MiB with Linux's
+/// defaults) and woken only once a third of that is free, so a slow client's waits were
+/// hundreds of kilobytes apart: the read rate was measured coarsely (a client reading 11 KiB a
+/// second waited as long as the stall timeout), and each slow client held megabytes of kernel
+/// memory. Bytes in flight are bounded by the client's receive window either way.
+const UNSENT_LOW_WATER: u32 = 128 << 10;
 
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+/// Keep at most [`UNSENT_LOW_WATER`] unsent bytes queued for this client (where the system has
+/// the option; elsewhere the send buffer alone bounds them).
+fn hold_little_unsent(stream: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(err) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(UNSENT_LOW_WATER) {
+        tracing::debug!(%err, "TCP_NOTSENT_LOWAT not set");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
+}
+
+/// A client connection, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+    /// The TCP connection underneath.
+    fn tcp(&self) -> Option<&tokio::net::TcpStream>;
+}
+
+impl Io for tokio::net::TcpStream {
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
+    }
+}
+
+impl Io for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self.get_ref().0)
+    }
+}
+
+impl Io for Box<dyn Io> {
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        (**self).tcp()
+    }
+}
+
+/// Make closing this connection reset it: what the kernel still holds for the client is
+/// dropped instead of sent (a client cut off for reading too slowly would otherwise still be
+/// sent up to a send buffer's worth, at its own pace, on kernel memory).
+fn reset_on_close(io: &impl Io) {
+    if let Some(tcp) = io.tcp()
+        && let Err(err) = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO))
+    {
+        tracing::debug!(%err, "SO_LINGER not set");
+    }
+}
 
 /// A connection whose writes fail once the peer has taken no byte for `stall`, or (with a
 /// minimum read rate) once it has fallen behind that rate by what it would take in `stall`:
@@ -290,7 +342,7 @@ struct StallGuard<S> {
     cut_off: bool,
 }
 
-impl<S> StallGuard<S> {
+impl<S: Io> StallGuard<S> {
     fn new(inner: S, stall: Duration, min_rate: u64, peer: std::net::SocketAddr) -> Self {
         StallGuard {
             inner,
@@ -337,6 +389,7 @@ impl<S> StallGuard<S> {
                     ("stalled", "the client stopped reading")
                 };
                 if !std::mem::replace(&mut self.cut_off, true) {
+                    reset_on_close(&self.inner);
                     crate::metrics::cut_off(reason);
                     tracing::info!(peer = %self.peer, reason, "connection closed: {message}");
                 }
@@ -382,7 +435,7 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallGuard<S> {
     }
 }
 
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<S> {
+impl<S: Io> tokio::io::AsyncWrite for StallGuard<S> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -430,6 +483,12 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    impl Io for tokio::io::DuplexStream {
+        fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+            None
+        }
+    }
 
     fn peer() -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], 9))

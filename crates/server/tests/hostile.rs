@@ -811,6 +811,11 @@ fn a_slow_client_past_the_spill_budget_gives_way_to_waiting_answers() {
 /// A client that keeps reading, but a trickle under `min_read_rate`, loses its connection once
 /// it has fallen a stall timeout's worth behind, rather than holding it (and what its answer
 /// holds) for as long as it likes; a client reading at full speed gets the whole answer.
+///
+/// The server holds little unsent for a client, so a write waiting for a client that reads
+/// steadily is woken every few dozen kilobytes: one reading over the rate is not taken for one
+/// that stopped, however short the stall timeout. Once cut off, the connection is reset: what
+/// the kernel still held for the client is not sent.
 #[test]
 fn a_client_reading_under_the_minimum_rate_loses_its_connection() {
     let _shared = shared();
@@ -818,45 +823,63 @@ fn a_client_reading_under_the_minimum_rate_loses_its_connection() {
     let tip = big_repo_past(&upstream, 6007);
     let cache = Gitcache::start(
         &upstream,
-        &[
-            "--response-stall-timeout",
-            "5",
-            "--min-read-rate",
-            "4194304",
-        ],
+        &["--response-stall-timeout", "2", "--min-read-rate", "262144"],
     );
     let clone = fetch_body(&tip, &["ofs-delta", "no-progress"]);
     let expected = upload_pack(&cache, "acme/big", &clone);
     assert!(expected.has_pack());
-    let slow_cut = r#"gitcache_clients_cut_off_total{reason="slow"}"#;
-    assert_eq!(metric(&cache, slow_cut), None);
+    let cut = |reason: &str| {
+        metric(
+            &cache,
+            &format!(r#"gitcache_clients_cut_off_total{{reason="{reason}"}}"#),
+        )
+    };
 
-    // About 640 KB a second, against 4 MiB: the client falls behind by 3.5 MB a second, past
-    // its 20 MiB of allowance in six seconds. The server's socket takes more once a third of
-    // its send buffer (at most 4 MiB) is free, every two seconds or so: within the stall
-    // timeout, so the client is not taken for one that stopped reading. Its own receive
-    // buffer is kept small.
+    // The client's receive buffer is small, so what it has not read waits on the server.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(64 << 10).unwrap();
     let addr: std::net::SocketAddr = cache.addr.parse().unwrap();
     socket.connect(&addr.into()).unwrap();
     let (mut slow, mut raw) = stalled_fetch_on(socket.into(), "acme/big", &clone);
-    let mut buf = vec![0u8; 64 << 10];
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while metric(&cache, slow_cut) != Some(1.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the trickling client was not cut off"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        let n = slow.read(&mut buf).unwrap();
-        assert!(n > 0, "the answer ended before the client was cut off");
-        raw.extend_from_slice(&buf[..n]);
-    }
-    // Whatever was on its way still arrives; then the connection ends, the answer short.
+    let mut read_for = |chunk: usize, until: &mut dyn FnMut(&[u8]) -> bool| {
+        let mut buf = vec![0u8; chunk];
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !until(&raw) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} bytes read",
+                raw.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            let n = slow.read(&mut buf).unwrap();
+            assert!(n > 0, "the answer ended early, {} bytes read", raw.len());
+            raw.extend_from_slice(&buf[..n]);
+        }
+    };
+
+    // About 640 KB a second against 256 KiB: 3 MB taken without a cut. Were the kernel to
+    // queue a send buffer's worth (up to 4 MiB) and wake the writer once a third of it is
+    // free, each wait would last about two seconds, the stall timeout.
+    assert!(expected.body.len() > 6 << 20, "{}", expected.body.len());
+    read_for(64 << 10, &mut |raw| raw.len() > 3 << 20);
+    assert_eq!((cut("stalled"), cut("slow")), (None, None));
+
+    // 80 KB a second: 180 KB a second behind, past the 512 KiB of allowance in about three
+    // seconds; each wait for it (about 64 KiB) within the stall timeout.
+    read_for(8 << 10, &mut |_| cut("slow") == Some(1.0));
+    assert_eq!(cut("stalled"), None);
+
+    // The connection is reset: what the client's own buffer holds comes, then the error.
     slow.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let _ = slow.read_to_end(&mut raw);
+    let ended = slow.read_to_end(&mut raw);
+    assert_eq!(
+        ended.map_err(|err| err.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "after {} of {} bytes",
+        raw.len(),
+        expected.body.len()
+    );
     assert!(raw.len() < expected.body.len(), "{}", raw.len());
     cache.log_with(
         "connection closed: the client reads slower than the minimum read rate",
