@@ -35,6 +35,8 @@ pub(crate) const PACK_SLOTS: &str = "gitcache_pack_slots";
 pub(crate) const SPILLED: &str = "gitcache_response_spilled_bytes";
 pub(crate) const CUT_OFF: &str = "gitcache_clients_cut_off_total";
 pub(crate) const REFRESH: &str = "gitcache_mirror_refresh_duration_seconds";
+pub(crate) const REMADE: &str = "gitcache_pack_remade_lookups_total";
+pub(crate) const REMADE_BYTES: &str = "gitcache_pack_remade_bytes";
 pub(crate) const BUILD_INFO: &str = "gitcache_build_info";
 
 /// Histogram buckets suited to these metrics (sub-millisecond decisions to minutes-long
@@ -125,6 +127,14 @@ pub(crate) fn describe() {
             metrics::Unit::Seconds,
             "Mirror refreshes from upstream (fetch and, when due, consolidation), by result."
         );
+        describe_counter!(
+            REMADE,
+            "Objects an answer compressed again (their stored delta base not sent) looked for among those kept from earlier answers, by result (hit, miss)."
+        );
+        describe_gauge!(
+            REMADE_BYTES,
+            "Bytes held by the store of objects compressed again."
+        );
         describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
         gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     });
@@ -187,6 +197,13 @@ pub(crate) fn pack_sent(bytes: u64) {
 
 pub(crate) fn spilled(delta: f64) {
     gauge!(SPILLED).increment(delta);
+}
+
+/// Bring the store of objects compressed again's series up to date (when scraped).
+pub(crate) fn remade(remade: &gitcache_pack::Remade) {
+    counter!(REMADE, "result" => "hit").absolute(remade.hits());
+    counter!(REMADE, "result" => "miss").absolute(remade.misses());
+    gauge!(REMADE_BYTES).set(remade.held_bytes() as f64);
 }
 
 pub(crate) fn cut_off(reason: &'static str) {

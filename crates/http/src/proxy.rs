@@ -606,6 +606,9 @@ impl Proxy {
         let Some(handle) = &self.prometheus else {
             return text(StatusCode::NOT_FOUND, "metrics are off");
         };
+        if let Some(remade) = self.fetches.responder.remade() {
+            metrics::remade(remade);
+        }
         let mut response = Response::new(Body::full(handle.render()));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

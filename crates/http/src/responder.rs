@@ -66,6 +66,11 @@ impl Responder {
         }
     }
 
+    /// The store of objects compressed again that answers share.
+    pub(crate) fn remade(&self) -> Option<&Arc<gitcache_pack::Remade>> {
+        self.pack.remade.as_ref()
+    }
+
     /// The response cache, if it is on.
     pub(crate) fn cache(&self) -> Option<&Arc<ResponseCache>> {
         self.cache.as_ref()

@@ -75,6 +75,7 @@ pub struct Remade {
     inner: Mutex<Inner>,
     max_bytes: usize,
     hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl Remade {
@@ -84,12 +85,18 @@ impl Remade {
             inner: Mutex::new(Inner::default()),
             max_bytes,
             hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
     /// Objects taken from the store instead of being made again, so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Objects looked for and not found (made again, then kept if small enough), so far.
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
     }
 
     /// Bytes held now (data and keys).
@@ -110,9 +117,12 @@ impl Remade {
             against: against.into(),
         };
         let found = self.lock().map.get(&key).cloned();
-        if found.is_some() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        }
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         found
     }
 
@@ -167,7 +177,7 @@ mod tests {
         assert_eq!(remade.get(&id(1), 3, &[id(2)]), None);
         assert_eq!(remade.get(&id(1), 4, &[id(2), id(3)]), None);
         assert_eq!(remade.get(&id(9), 3, &[id(2), id(3)]), None);
-        assert_eq!(remade.hits(), 1);
+        assert_eq!((remade.hits(), remade.misses()), (1, 4));
     }
 
     #[test]

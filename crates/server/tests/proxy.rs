@@ -476,3 +476,72 @@ fn upstream_connections_are_kept_between_requests() {
         upstream.connections()
     );
 }
+
+/// Objects a depth-1 answer compresses again (their stored delta base is not sent) are kept
+/// for the next answer, which takes them instead of making them again; `/metrics` shows it.
+#[test]
+fn objects_compressed_again_are_kept_for_the_next_answer_and_counted() {
+    let upstream = Upstream::start().unwrap();
+    let work = upstream.repo_path("acme/shrinking");
+    std::fs::create_dir_all(&work).unwrap();
+    git_stdout(&work, &["init", "-q", "-b", "main"]);
+    // Each file shrinks: the upstream's pack makes its new version a delta against the old,
+    // which a depth-1 clone is not sent.
+    let files = 150;
+    let text = |word: &str, n: usize| -> String {
+        (0..n)
+            .map(|i| format!("{word} line {i}, {}\n", i * 7919 % 10007))
+            .collect()
+    };
+    let shared = text("shared", 60);
+    for i in 0..files {
+        let old = format!("{i}\n{shared}{}", text(&format!("old{i}"), 20));
+        std::fs::write(work.join(format!("f{i}.txt")), old).unwrap();
+    }
+    gitcache_testkit::git::commit_all(&work, "old");
+    for i in 0..files {
+        std::fs::write(work.join(format!("f{i}.txt")), format!("{i}\n{shared}")).unwrap();
+    }
+    gitcache_testkit::git::commit_all(&work, "new");
+    upstream
+        .adopt_repo("acme/shrinking", Access::Public)
+        .unwrap();
+    let cache = Gitcache::start(&upstream, &["--response-cache", "false"]);
+    let series = |name: &str| -> f64 {
+        let text = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let hits = r#"gitcache_pack_remade_lookups_total{result="hit"}"#;
+    let misses = r#"gitcache_pack_remade_lookups_total{result="miss"}"#;
+
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    let clone = |into: &str| {
+        git.run(
+            &home,
+            &[
+                "clone",
+                "-q",
+                "--depth=1",
+                &cache.url("acme/shrinking"),
+                into,
+            ],
+        )
+        .unwrap()
+        .expect_success();
+        fsck(&home.join(into));
+        git.rev_parse(&home.join(into), "HEAD").unwrap()
+    };
+    let first = clone("one");
+    assert_eq!(series(hits), 0.0);
+    let made = series(misses);
+    assert!(made >= files as f64, "{made}");
+    assert!(series("gitcache_pack_remade_bytes") > 0.0);
+
+    // The same answer again: every object made again is taken from the store.
+    assert_eq!(clone("two"), first);
+    assert_eq!(series(hits), made);
+    assert_eq!(series(misses), made);
+}
