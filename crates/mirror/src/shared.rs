@@ -529,9 +529,6 @@ fn set_unshared(git_dir: &Path, files: &[String]) -> std::io::Result<()> {
     gitcache_storage::fs::replace_file(&path, text.as_bytes())
 }
 
-/// The most bytes of a `.tips` file taken from the store.
-const MAX_TIPS: u64 = 64 << 20;
-
 /// Check a file taken from the store against the pack `stem` that names it, as git's own
 /// formats allow: a pack's checksum over its content is its name; an index, reverse index
 /// and bitmap carry their own checksum and the pack's; tips are object ids. A file that
@@ -544,7 +541,7 @@ fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Resu
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let pack_id = stem.strip_prefix("pack-").unwrap_or_default();
     if ext == "tips" {
-        if size > MAX_TIPS {
+        if size > gitcache_pack::MAX_TIPS_FILE_BYTES {
             return Ok(false);
         }
         let mut text = String::new();
@@ -847,7 +844,11 @@ impl Shared {
         ));
         // Packs have no bound of their own (the disk budget and free-space floor apply);
         // tips are ids, read whole when checked.
-        let limit = if ext == "tips" { MAX_TIPS } else { u64::MAX };
+        let limit = if ext == "tips" {
+            gitcache_pack::MAX_TIPS_FILE_BYTES
+        } else {
+            u64::MAX
+        };
         let placed = match self.store.get_file(&object, &temp, limit).await {
             Ok(true) => {
                 let (checked, stem) = (temp.clone(), stem.to_owned());

@@ -67,6 +67,7 @@ use gix_hash::ObjectId;
 
 pub use error::Error;
 pub use indexing::{Closure, PackEntry};
+pub use packs::MAX_TIPS_FILE_BYTES;
 pub use remade::Remade;
 pub use repo::{Ref, Repository, Warmth};
 pub use write::{Checksum, PackStats};
@@ -588,11 +589,12 @@ fn marked_pack_for<'a>(
 /// Mark `pack` (its `.pack` path) as holding exactly the objects reachable from `tips`,
 /// without checking. For a pack an upstream sent in answer to a fetch of exactly these wants
 /// with no haves, no shallow and no filter: `git upload-pack` answers that with the closure
-/// of the wants. When in doubt, [`Repository::mark_pack_tips`] checks first.
+/// of the wants. When in doubt, [`Repository::mark_pack_tips`] checks first. `None` when
+/// there are too many tips to mark with ([`MAX_TIPS_FILE_BYTES`]).
 pub fn vouch_pack_tips(
     pack: &std::path::Path,
     tips: &[ObjectId],
-) -> Result<std::path::PathBuf, Error> {
+) -> Result<Option<std::path::PathBuf>, Error> {
     let tips: OidSet = tips.iter().copied().collect();
     packs::write_tips(pack, &tips)
 }
@@ -600,7 +602,8 @@ pub fn vouch_pack_tips(
 impl Repository {
     /// Mark the stored pack that holds exactly the objects reachable from `tips` (as a clone
     /// of them would select), so that such clones are answered from it with no walk. Returns
-    /// the pack, or `None` when no single pack matches.
+    /// the pack, or `None` when no single pack matches (or there are too many tips to mark
+    /// it with, [`MAX_TIPS_FILE_BYTES`]).
     pub fn mark_pack_tips(&self, tips: &[ObjectId]) -> Result<Option<std::path::PathBuf>, Error> {
         let fetch = Fetch {
             wants: tips.to_vec(),
@@ -617,8 +620,7 @@ impl Repository {
             return Ok(None);
         };
         let tips: OidSet = tips.iter().copied().collect();
-        packs::write_tips(path, &tips)?;
-        Ok(Some(path.clone()))
+        Ok(packs::write_tips(path, &tips)?.map(|_| path.clone()))
     }
 
     /// Mark the repository's pack `pack` (its `.pack` path) with `tips`, as
@@ -644,8 +646,7 @@ impl Repository {
             return Ok(None);
         }
         let tips: OidSet = tips.iter().copied().collect();
-        packs::write_tips(&found.pack, &tips)?;
-        Ok(Some(found.pack.clone()))
+        Ok(packs::write_tips(&found.pack, &tips)?.map(|_| found.pack.clone()))
     }
 }
 

@@ -373,7 +373,15 @@ pub(crate) fn list(
     Ok(packs)
 }
 
+/// The most bytes of a `.tips` file: one written larger is not written (its pack stays
+/// unmarked), one found larger is not read. Tips are refs' targets, so the file is smaller
+/// than the `ls-refs` answer they came from (bounded at 256 MiB by the upstream client).
+pub const MAX_TIPS_FILE_BYTES: u64 = 256 << 20;
+
 fn read_tips(path: &Path, hash: HashKind) -> Option<OidSet> {
+    if std::fs::metadata(path).ok()?.len() > MAX_TIPS_FILE_BYTES {
+        return None;
+    }
     let text = std::fs::read_to_string(path).ok()?;
     text.lines()
         .map(|l| {
@@ -396,9 +404,21 @@ pub(crate) fn exact_match<'a>(
         .find(|p| objects.iter().all(|oid| p.contains(oid)))
 }
 
-/// Write `tips` beside `pack` atomically.
-pub(crate) fn write_tips(pack: &Path, tips: &OidSet) -> Result<PathBuf, Error> {
+/// Write `tips` beside `pack` atomically; `None` (nothing written) when there are too many
+/// for [`MAX_TIPS_FILE_BYTES`].
+pub(crate) fn write_tips(pack: &Path, tips: &OidSet) -> Result<Option<PathBuf>, Error> {
+    write_tips_within(pack, tips, MAX_TIPS_FILE_BYTES)
+}
+
+fn write_tips_within(pack: &Path, tips: &OidSet, max: u64) -> Result<Option<PathBuf>, Error> {
     let path = pack.with_extension("tips");
+    let Some(first) = tips.iter().next() else {
+        write_beside_pack(&path, b"")?;
+        return Ok(Some(path));
+    };
+    if tips.len() as u64 * (first.kind().len_in_hex() as u64 + 1) > max {
+        return Ok(None);
+    }
     let mut sorted: Vec<&ObjectId> = tips.iter().collect();
     sorted.sort();
     let mut text = Vec::new();
@@ -406,7 +426,7 @@ pub(crate) fn write_tips(pack: &Path, tips: &OidSet) -> Result<PathBuf, Error> {
         writeln!(text, "{oid}")?;
     }
     write_beside_pack(&path, &text)?;
-    Ok(path)
+    Ok(Some(path))
 }
 
 /// Write a file beside a pack atomically: through a temporary named `incoming-…` in the same
@@ -1426,5 +1446,30 @@ mod tests {
         let made = after_idle.rev_cache().made_any().expect("a reverse index");
         assert!(!made.forest && !made.positions, "{made:?}");
         assert_eq!(after_idle.bitmap_cache().read_any(), (true, false));
+    }
+}
+
+#[cfg(test)]
+mod tips_tests {
+    use super::*;
+
+    #[test]
+    fn tips_are_written_and_read_back_within_the_bound_and_not_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pack = dir.path().join("pack-x.pack");
+        let tips: OidSet = (1..=3u8)
+            .map(|n| ObjectId::from_bytes_or_panic(&[n; 20]))
+            .collect();
+        // Three lines of 41 bytes.
+        assert_eq!(write_tips_within(&pack, &tips, 122).unwrap(), None);
+        assert!(!pack.with_extension("tips").exists());
+        let path = write_tips_within(&pack, &tips, 123).unwrap().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 123);
+        assert_eq!(read_tips(&path, HashKind::Sha1), Some(tips));
+        // No tips: an empty file, read back as none.
+        let none = write_tips_within(&pack, &OidSet::default(), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_tips(&none, HashKind::Sha1), Some(OidSet::default()));
     }
 }
