@@ -86,6 +86,7 @@ pub async fn serve_with(
     let face = options.face;
     let acceptor = options.tls.as_ref().map(crate::tls::TlsFiles::acceptor);
     let max_connections = limits.max_connections.max(1);
+    let unsent = unsent_low_water(limits.min_read_rate, limits.response_stall_timeout);
     tokio::pin!(shutdown);
     // After `shutdown`: until when connections are still taken (`/readyz` answering 503 so
     // that load balancers stop sending), and since when none has been open.
@@ -144,7 +145,7 @@ pub async fn serve_with(
             },
         };
         let _ = stream.set_nodelay(true);
-        hold_little_unsent(&stream);
+        hold_little_unsent(&stream, unsent);
         let proxy = Arc::clone(&proxy);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let proxy = Arc::clone(&proxy);
@@ -260,25 +261,38 @@ fn drained(
     now.duration_since(*idle_since) >= idle_exit
 }
 
-/// Unsent bytes the kernel keeps for a client connection before a write waits (Linux's
-/// `TCP_NOTSENT_LOWAT`; a waiting write is woken once less than half of it is left).
+/// Unsent bytes the kernel keeps for a client before a write waits (Linux's
+/// `TCP_NOTSENT_LOWAT`; a waiting write is woken once less than half of it is left): what the
+/// client must take in a stall timeout at the minimum read rate, between 128 KiB and 1 MiB
+/// (1 MiB without a rate; 480 KiB with the defaults).
 ///
 /// Without it a write is taken while the send buffer has room (up to 4 MiB with Linux's
-/// defaults) and woken only once a third of that is free, so a slow client's waits were
-/// hundreds of kilobytes apart: the read rate was measured coarsely (a client reading 11 KiB a
-/// second waited as long as the stall timeout), and each slow client held megabytes of kernel
-/// memory. Bytes in flight are bounded by the client's receive window either way.
-const UNSENT_LOW_WATER: u32 = 128 << 10;
+/// defaults) and woken only once a third of that is free: a slow client's waits were
+/// megabytes apart, so one reading steadily at the minimum rate could wait longer than the
+/// stall timeout and be cut off, and each slow client kept megabytes queued in the kernel.
+/// Now a client reading at half the rate or more is woken for within each stall timeout. Bytes
+/// already sent and not yet acknowledged are bounded by the send buffer, as before.
+fn unsent_low_water(min_rate: u64, stall: Duration) -> u32 {
+    const LEAST: u64 = 128 << 10;
+    const MOST: u64 = 1 << 20;
+    let owed = (min_rate as f64 * stall.as_secs_f64()).min(MOST as f64) as u64;
+    let bytes = if min_rate == 0 {
+        MOST
+    } else {
+        owed.clamp(LEAST, MOST)
+    };
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
 
-/// Keep at most [`UNSENT_LOW_WATER`] unsent bytes queued for this client (where the system has
-/// the option; elsewhere the send buffer alone bounds them).
-fn hold_little_unsent(stream: &tokio::net::TcpStream) {
+/// Keep about `bytes` at most unsent for this client (where the system has the option;
+/// elsewhere the send buffer alone bounds them).
+fn hold_little_unsent(stream: &tokio::net::TcpStream, bytes: u32) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(err) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(UNSENT_LOW_WATER) {
+    if let Err(err) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(bytes) {
         tracing::debug!(%err, "TCP_NOTSENT_LOWAT not set");
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = stream;
+    let _ = (stream, bytes);
 }
 
 /// A client connection, plain or TLS.
@@ -524,6 +538,16 @@ mod tests {
         }
         let (written, ended) = writer.await.unwrap();
         (taken, written, ended)
+    }
+
+    #[test]
+    fn the_kernel_holds_what_a_client_owes_in_a_stall_timeout() {
+        let secs = Duration::from_secs;
+        assert_eq!(unsent_low_water(4 << 10, secs(120)), 480 << 10);
+        assert_eq!(unsent_low_water(1 << 10, secs(10)), 128 << 10);
+        assert_eq!(unsent_low_water(1 << 20, secs(120)), 1 << 20);
+        assert_eq!(unsent_low_water(0, secs(120)), 1 << 20);
+        assert_eq!(unsent_low_water(u64::MAX, Duration::MAX), 1 << 20);
     }
 
     #[tokio::test(start_paused = true)]

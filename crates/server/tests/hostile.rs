@@ -810,12 +810,8 @@ fn a_slow_client_past_the_spill_budget_gives_way_to_waiting_answers() {
 
 /// A client that keeps reading, but a trickle under `min_read_rate`, loses its connection once
 /// it has fallen a stall timeout's worth behind, rather than holding it (and what its answer
-/// holds) for as long as it likes; a client reading at full speed gets the whole answer.
-///
-/// The server holds little unsent for a client, so a write waiting for a client that reads
-/// steadily is woken every few dozen kilobytes: one reading over the rate is not taken for one
-/// that stopped, however short the stall timeout. Once cut off, the connection is reset: what
-/// the kernel still held for the client is not sent.
+/// holds) for as long as it likes; a client reading at full speed gets the whole answer. The
+/// connection is reset: what the kernel still held for the client is not sent.
 #[test]
 fn a_client_reading_under_the_minimum_rate_loses_its_connection() {
     let _shared = shared();
@@ -823,66 +819,133 @@ fn a_client_reading_under_the_minimum_rate_loses_its_connection() {
     let tip = big_repo_past(&upstream, 6007);
     let cache = Gitcache::start(
         &upstream,
-        &["--response-stall-timeout", "2", "--min-read-rate", "262144"],
+        &[
+            "--response-stall-timeout",
+            "5",
+            "--min-read-rate",
+            "4194304",
+        ],
     );
     let clone = fetch_body(&tip, &["ofs-delta", "no-progress"]);
     let expected = upload_pack(&cache, "acme/big", &clone);
     assert!(expected.has_pack());
-    let cut = |reason: &str| {
-        metric(
-            &cache,
-            &format!(r#"gitcache_clients_cut_off_total{{reason="{reason}"}}"#),
-        )
-    };
+    let cut = |reason: &str| cut_off(&cache, reason);
 
-    // The client's receive buffer is small, so what it has not read waits on the server.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(64 << 10).unwrap();
-    let addr: std::net::SocketAddr = cache.addr.parse().unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let (mut slow, mut raw) = stalled_fetch_on(socket.into(), "acme/big", &clone);
-    let mut read_for = |chunk: usize, until: &mut dyn FnMut(&[u8]) -> bool| {
-        let mut buf = vec![0u8; chunk];
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !until(&raw) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} bytes read",
-                raw.len()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-            let n = slow.read(&mut buf).unwrap();
-            assert!(n > 0, "the answer ended early, {} bytes read", raw.len());
-            raw.extend_from_slice(&buf[..n]);
-        }
-    };
-
-    // About 640 KB a second against 256 KiB: 3 MB taken without a cut. Were the kernel to
-    // queue a send buffer's worth (up to 4 MiB) and wake the writer once a third of it is
-    // free, each wait would last about two seconds, the stall timeout.
-    assert!(expected.body.len() > 6 << 20, "{}", expected.body.len());
-    read_for(64 << 10, &mut |raw| raw.len() > 3 << 20);
-    assert_eq!((cut("stalled"), cut("slow")), (None, None));
-
-    // 80 KB a second: 180 KB a second behind, past the 512 KiB of allowance in about three
-    // seconds; each wait for it (about 64 KiB) within the stall timeout.
-    read_for(8 << 10, &mut |_| cut("slow") == Some(1.0));
+    // About 640 KB a second against 4 MiB: the client falls behind by 3.5 MB a second, past
+    // its 20 MiB of allowance in six seconds. The kernel holds at most 1 MiB unsent for it, so
+    // the server's writes are woken for it about every 0.8 s: within the stall timeout, so the
+    // client is not taken for one that stopped reading.
+    let (mut slow, mut raw) = small_window_fetch(&cache, &clone);
+    let seen = read_slowly(&mut slow, &mut raw, 64 << 10, |_| cut("slow") == Some(1.0));
     assert_eq!(cut("stalled"), None);
-
-    // The connection is reset: what the client's own buffer holds comes, then the error.
-    slow.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let ended = slow.read_to_end(&mut raw);
-    assert_eq!(
-        ended.map_err(|err| err.kind()),
-        Err(std::io::ErrorKind::ConnectionReset),
-        "after {} of {} bytes",
-        raw.len(),
-        expected.body.len()
-    );
-    assert!(raw.len() < expected.body.len(), "{}", raw.len());
+    reset_after_cut(&mut slow, &mut raw, expected.body.len(), seen);
     cache.log_with(
         "connection closed: the client reads slower than the minimum read rate",
         1,
     );
+}
+
+/// The kernel holds little unsent for a client (about what it must take in a stall timeout),
+/// so a write waiting for a client that reads steadily is woken often: however short the stall
+/// timeout, a client reading well over the rate is not taken for one that stopped. Without
+/// that, Linux queues up to a send buffer (4 MiB) and wakes the write once a third of it is
+/// free: here, every two seconds, twice the stall timeout. A client that then stops is cut
+/// off and reset.
+#[test]
+fn a_client_reading_steadily_is_not_taken_for_one_that_stopped() {
+    let _shared = shared();
+    let upstream = Upstream::start().unwrap();
+    let tip = big_repo_past(&upstream, 6011);
+    let cache = Gitcache::start(
+        &upstream,
+        &["--response-stall-timeout", "1", "--min-read-rate", "1024"],
+    );
+    let clone = fetch_body(&tip, &["ofs-delta", "no-progress"]);
+    let expected = upload_pack(&cache, "acme/big", &clone);
+    assert!(expected.body.len() > 6 << 20, "{}", expected.body.len());
+
+    // About 640 KB a second, 128 KiB held unsent: woken about every tenth of a second.
+    let (mut steady, mut raw) = small_window_fetch(&cache, &clone);
+    let seen = read_slowly(&mut steady, &mut raw, 64 << 10, |raw| raw.len() > 3 << 20);
+    assert!(seen.is_none(), "{seen:?}");
+    assert_eq!(cut_off(&cache, "stalled"), None);
+    assert_eq!(cut_off(&cache, "slow"), None);
+
+    // It stops reading: cut off after the stall timeout, the connection reset.
+    common::wait_for("the stopped client to be cut off", || {
+        cut_off(&cache, "stalled") == Some(1.0)
+    });
+    reset_after_cut(&mut steady, &mut raw, expected.body.len(), None);
+}
+
+/// `gitcache_clients_cut_off_total` for `reason`.
+fn cut_off(cache: &Gitcache, reason: &str) -> Option<f64> {
+    metric(
+        cache,
+        &format!(r#"gitcache_clients_cut_off_total{{reason="{reason}"}}"#),
+    )
+}
+
+/// A fetch of `acme/big` on a connection whose receive buffer is small, so that what the
+/// client has not read waits on the server; read as far as the answer's head.
+fn small_window_fetch(cache: &Gitcache, body: &[u8]) -> (TcpStream, Vec<u8>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let addr: std::net::SocketAddr = cache.addr.parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    stalled_fetch_on(socket.into(), "acme/big", body)
+}
+
+/// Read up to `chunk` bytes every tenth of a second until `until` says so, within a minute;
+/// the answer must not end first. A reset ends the reading too (`until` must hold then): it
+/// is returned.
+fn read_slowly(
+    stream: &mut TcpStream,
+    raw: &mut Vec<u8>,
+    chunk: usize,
+    mut until: impl FnMut(&[u8]) -> bool,
+) -> Option<std::io::Error> {
+    let mut buf = vec![0u8; chunk];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !until(raw) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} bytes read",
+            raw.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("the answer ended early, {} bytes read", raw.len()),
+            Ok(read) => raw.extend_from_slice(&buf[..read]),
+            Err(err) => {
+                assert!(until(raw), "{err} before the reading was done");
+                return Some(err);
+            }
+        }
+    }
+    None
+}
+
+/// After a cut: what the client's own buffer holds comes, then the reset (unless the reading
+/// met it already, `seen`); the answer short.
+fn reset_after_cut(
+    stream: &mut TcpStream,
+    raw: &mut Vec<u8>,
+    whole: usize,
+    seen: Option<std::io::Error>,
+) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let ended = match seen {
+        Some(err) => Err(err),
+        None => stream.read_to_end(raw).map(|_| ()),
+    };
+    assert_eq!(
+        ended.map_err(|err| err.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "after {} of {whole} bytes",
+        raw.len()
+    );
+    assert!(raw.len() < whole, "{}", raw.len());
 }
