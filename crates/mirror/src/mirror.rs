@@ -325,7 +325,12 @@ impl Mirror {
         if let Some((pack, true)) = &ingested {
             // A first fetch, no haves: upstream sent the closure of the wants, which a clone
             // of the same refs can be sent as it is.
-            gitcache_pack::vouch_pack_tips(&pack.pack, &wants)?;
+            if gitcache_pack::vouch_pack_tips(&pack.pack, &wants)?.is_none() {
+                tracing::warn!(
+                    tips = wants.len(),
+                    "too many tips to mark the pack with: clones of them are generated"
+                );
+            }
         }
         let before: Vec<(BString, Option<ObjectId>)> =
             local.into_iter().map(|r| (r.name, r.oid)).collect();

@@ -544,7 +544,7 @@ fn closure_pack<'a>(
     let wanted: OidSet = tips.iter().copied().collect();
     match stored {
         [pack] => Some(pack),
-        _ => stored.iter().find(|p| p.tips.as_ref() == Some(&wanted)),
+        _ => stored.iter().find(|p| p.tips.as_deref() == Some(&wanted)),
     }
 }
 
@@ -568,7 +568,7 @@ fn marked_pack_for<'a>(
         return Ok(None);
     }
     let wants: OidSet = fetch.wants.iter().copied().collect();
-    let Some(pack) = stored.iter().find(|p| p.tips.as_ref() == Some(&wants)) else {
+    let Some(pack) = stored.iter().find(|p| p.tips.as_deref() == Some(&wants)) else {
         return Ok(None);
     };
     if fetch.include_tag {

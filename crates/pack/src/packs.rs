@@ -22,7 +22,7 @@ pub(crate) struct StoredPack {
     pub(crate) pack: PathBuf,
     /// Shared by every request on the repository handle (one mapping of the file).
     pub(crate) index: std::sync::Arc<gix_pack::index::File>,
-    pub(crate) tips: Option<OidSet>,
+    pub(crate) tips: Option<std::sync::Arc<OidSet>>,
     /// The pack file mapped, once asked for; shared like the index.
     pub(crate) data: MappedData,
     /// The graph of the pack's commits (`pack-<checksum>.graph`), if it has a sound one.
@@ -211,6 +211,9 @@ struct Opened {
     graph: GraphState,
     /// The index and pack files as they were before they were read.
     stamps: (Option<Stamp>, Option<Stamp>),
+    /// Its tips as read, with their file as it was before (read again when it changes: a
+    /// pack is marked after it is listed).
+    tips: (Option<Stamp>, Option<std::sync::Arc<OidSet>>),
 }
 
 enum GraphState {
@@ -293,6 +296,7 @@ impl IndexCache {
                     data: std::sync::Arc::clone(&opened.data),
                     graph,
                     stamps: opened.stamps,
+                    tips: opened.tips.clone(),
                 },
             );
             packs.push((pack, std::sync::Arc::clone(&opened.index)));
@@ -344,6 +348,7 @@ pub(crate) fn list(
                     data: MappedData::default(),
                     graph: GraphState::Absent,
                     stamps,
+                    tips: (None, None),
                 })
             }
         };
@@ -357,11 +362,20 @@ pub(crate) fn list(
                 };
             }
         }
-        let tips = read_tips(&path.with_extension("tips"), hash);
+        let tips_path = path.with_extension("tips");
+        let stamp = Stamp::of(&tips_path);
+        if stamp.is_none() || stamp != opened.tips.0 {
+            // Stamped before it is read: a file replaced meanwhile is read again next time.
+            let tips = stamp
+                .is_some()
+                .then(|| read_tips(&tips_path, hash))
+                .flatten();
+            opened.tips = (stamp, tips.map(std::sync::Arc::new));
+        }
         packs.push(StoredPack {
             pack,
             index: std::sync::Arc::clone(&opened.index),
-            tips,
+            tips: opened.tips.1.clone(),
             data: std::sync::Arc::clone(&opened.data),
             graph: match &opened.graph {
                 GraphState::Loaded(graph, _) => Some(std::sync::Arc::clone(graph)),
@@ -379,10 +393,16 @@ pub(crate) fn list(
 pub const MAX_TIPS_FILE_BYTES: u64 = 256 << 20;
 
 fn read_tips(path: &Path, hash: HashKind) -> Option<OidSet> {
-    if std::fs::metadata(path).ok()?.len() > MAX_TIPS_FILE_BYTES {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_TIPS_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .ok()?;
+    if text.len() as u64 > MAX_TIPS_FILE_BYTES {
         return None;
     }
-    let text = std::fs::read_to_string(path).ok()?;
     text.lines()
         .map(|l| {
             let l = l.trim();

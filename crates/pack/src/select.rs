@@ -358,7 +358,7 @@ pub(crate) fn select_from_marked_pack(
     let Some((k, pack)) = stored
         .iter()
         .enumerate()
-        .find(|(_, p)| p.tips.as_ref() == Some(&wants))
+        .find(|(_, p)| p.tips.as_deref() == Some(&wants))
     else {
         return Ok(None);
     };
