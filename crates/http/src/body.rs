@@ -655,6 +655,8 @@ impl ChannelWriter {
             return self.tx.blocking_send(item).map_err(|_| gone());
         };
         let started = std::time::Instant::now();
+        // Whether others wait for a slot: asked before the first step, then after each.
+        let mut contested = self.give_way.as_ref().is_some_and(GiveWay::is_contested);
         loop {
             let left = self.stall.saturating_sub(started.elapsed());
             let step = match &self.give_way {
@@ -663,7 +665,7 @@ impl ChannelWriter {
             };
             // The time waited counts over every chunk, while someone waits for a slot.
             if let Some(way) = &self.give_way {
-                if !way.is_contested() {
+                if !contested {
                     self.contested_wait.set(Duration::ZERO);
                 } else if self.contested_wait.get() >= way.grace {
                     return Err(std::io::Error::new(
@@ -675,7 +677,8 @@ impl ChannelWriter {
             let tried = std::time::Instant::now();
             // `reserve` loses nothing when its wait ends unfinished.
             let reserved = runtime.block_on(tokio::time::timeout(step, self.tx.reserve()));
-            if self.give_way.as_ref().is_some_and(GiveWay::is_contested) {
+            contested = self.give_way.as_ref().is_some_and(GiveWay::is_contested);
+            if contested {
                 self.contested_wait
                     .set(self.contested_wait.get() + tried.elapsed());
             }
