@@ -1056,6 +1056,26 @@ mod tests {
         (dir, repo)
     }
 
+    /// A pack's tips are read once per version of their file: one written, rewritten or
+    /// removed after a listing shows at the next.
+    #[test]
+    fn tips_follow_their_file_between_listings() {
+        let (_dir, repo) = repacked(77, &["repack", "-adq"]);
+        let tips_of = |repo: &Repository| repo.stored_packs().unwrap()[0].tips.clone();
+        assert_eq!(tips_of(&repo), None);
+        let pack = repo.stored_packs().unwrap()[0].pack.clone();
+        let ids: Vec<_> = (1..=3u8)
+            .map(|n| gix_hash::ObjectId::from_bytes_or_panic(&[n; 20]))
+            .collect();
+        let set = |ids: &[gix_hash::ObjectId]| ids.iter().copied().collect::<super::OidSet>();
+        super::write_tips(&pack, &set(&ids)).unwrap().unwrap();
+        assert_eq!(tips_of(&repo).as_deref(), Some(&set(&ids)));
+        super::write_tips(&pack, &set(&ids[..1])).unwrap().unwrap();
+        assert_eq!(tips_of(&repo).as_deref(), Some(&set(&ids[..1])));
+        std::fs::remove_file(pack.with_extension("tips")).unwrap();
+        assert_eq!(tips_of(&repo), None);
+    }
+
     /// Every object of a pack is found where the index's own search finds it, and ids it
     /// lacks (each object's id with its last byte changed, and ids past either end) are not.
     #[test]
