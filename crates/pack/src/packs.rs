@@ -365,12 +365,13 @@ pub(crate) fn list(
         let tips_path = path.with_extension("tips");
         let stamp = Stamp::of(&tips_path);
         if stamp.is_none() || stamp != opened.tips.0 {
-            // Stamped before it is read: a file replaced meanwhile is read again next time.
-            let tips = stamp
-                .is_some()
-                .then(|| read_tips(&tips_path, hash))
-                .flatten();
-            opened.tips = (stamp, tips.map(std::sync::Arc::new));
+            // Stamped before it is read: a file replaced meanwhile is read again next time,
+            // and so is one that could not be read.
+            opened.tips = match stamp.map(|_| read_tips(&tips_path, hash)) {
+                None => (None, None),
+                Some(Ok(tips)) => (stamp, tips.map(std::sync::Arc::new)),
+                Some(Err(_)) => (None, None),
+            };
         }
         packs.push(StoredPack {
             pack,
@@ -392,25 +393,36 @@ pub(crate) fn list(
 /// than the `ls-refs` answer they came from (bounded at 256 MiB by the upstream client).
 pub const MAX_TIPS_FILE_BYTES: u64 = 256 << 20;
 
-fn read_tips(path: &Path, hash: HashKind) -> Option<OidSet> {
+/// The tips in the file at `path`: `Ok(None)` when there is none, or it is too large or not
+/// a list of ids; an error when it could not be read (tried again at the next listing).
+fn read_tips(path: &Path, hash: HashKind) -> std::io::Result<Option<OidSet>> {
     use std::io::Read as _;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(MAX_TIPS_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .ok()?;
-    if text.len() as u64 > MAX_TIPS_FILE_BYTES {
-        return None;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let len = file.metadata()?.len();
+    if len > MAX_TIPS_FILE_BYTES {
+        return Ok(None);
     }
-    text.lines()
+    let mut text = Vec::with_capacity(len as usize);
+    file.take(MAX_TIPS_FILE_BYTES + 1).read_to_end(&mut text)?;
+    let Ok(text) = std::str::from_utf8(&text) else {
+        return Ok(None);
+    };
+    if text.len() as u64 > MAX_TIPS_FILE_BYTES {
+        return Ok(None);
+    }
+    Ok(text
+        .lines()
         .map(|l| {
             let l = l.trim();
             (l.len() == hash.len_in_hex())
                 .then(|| ObjectId::from_hex(l.as_bytes()).ok())
                 .flatten()
         })
-        .collect()
+        .collect())
 }
 
 /// The one pack whose objects are exactly `objects`, if any.
@@ -1505,11 +1517,14 @@ mod tips_tests {
         assert!(!pack.with_extension("tips").exists());
         let path = write_tips_within(&pack, &tips, 123).unwrap().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 123);
-        assert_eq!(read_tips(&path, HashKind::Sha1), Some(tips));
+        assert_eq!(read_tips(&path, HashKind::Sha1).unwrap(), Some(tips));
         // No tips: an empty file, read back as none.
         let none = write_tips_within(&pack, &OidSet::default(), 0)
             .unwrap()
             .unwrap();
-        assert_eq!(read_tips(&none, HashKind::Sha1), Some(OidSet::default()));
+        assert_eq!(
+            read_tips(&none, HashKind::Sha1).unwrap(),
+            Some(OidSet::default())
+        );
     }
 }
