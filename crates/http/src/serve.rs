@@ -264,20 +264,22 @@ fn drained(
 /// Unsent bytes the kernel keeps for a client before a write waits (Linux's
 /// `TCP_NOTSENT_LOWAT`; a waiting write is woken once less than half of it is left): what the
 /// client must take in a stall timeout at the minimum read rate, between 128 KiB and 1 MiB
-/// (1 MiB without a rate; 480 KiB with the defaults).
+/// (480 KiB with the defaults; 128 KiB without a rate, so that a client taking 64 KiB in each
+/// stall timeout keeps its connection).
 ///
 /// Without it a write is taken while the send buffer has room (up to 4 MiB with Linux's
 /// defaults) and woken only once a third of that is free: a slow client's waits were
 /// megabytes apart, so one reading steadily at the minimum rate could wait longer than the
 /// stall timeout and be cut off, and each slow client kept megabytes queued in the kernel.
-/// Now a client reading at half the rate or more is woken for within each stall timeout. Bytes
-/// already sent and not yet acknowledged are bounded by the send buffer, as before.
+/// Now a client reading at half the rate or more (and at least 64 KiB in a stall timeout) is
+/// woken for within each stall timeout. Bytes already sent and not yet acknowledged are
+/// bounded by the send buffer, as before.
 fn unsent_low_water(min_rate: u64, stall: Duration) -> u32 {
     const LEAST: u64 = 128 << 10;
     const MOST: u64 = 1 << 20;
     let owed = (min_rate as f64 * stall.as_secs_f64()).min(MOST as f64) as u64;
     let bytes = if min_rate == 0 {
-        MOST
+        LEAST
     } else {
         owed.clamp(LEAST, MOST)
     };
@@ -546,7 +548,7 @@ mod tests {
         assert_eq!(unsent_low_water(4 << 10, secs(120)), 480 << 10);
         assert_eq!(unsent_low_water(1 << 10, secs(10)), 128 << 10);
         assert_eq!(unsent_low_water(1 << 20, secs(120)), 1 << 20);
-        assert_eq!(unsent_low_water(0, secs(120)), 1 << 20);
+        assert_eq!(unsent_low_water(0, secs(120)), 128 << 10);
         assert_eq!(unsent_low_water(u64::MAX, Duration::MAX), 1 << 20);
     }
 

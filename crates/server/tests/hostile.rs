@@ -811,7 +811,8 @@ fn a_slow_client_past_the_spill_budget_gives_way_to_waiting_answers() {
 /// A client that keeps reading, but a trickle under `min_read_rate`, loses its connection once
 /// it has fallen a stall timeout's worth behind, rather than holding it (and what its answer
 /// holds) for as long as it likes; a client reading at full speed gets the whole answer. The
-/// connection is reset: what the kernel still held for the client is not sent.
+/// connection is reset: what the kernel still held for the client is not sent. (With the rate
+/// ignored, the client is not cut off; without the reset, its answer ends in a plain close.)
 #[test]
 fn a_client_reading_under_the_minimum_rate_loses_its_connection() {
     let _shared = shared();
@@ -853,7 +854,8 @@ fn a_client_reading_under_the_minimum_rate_loses_its_connection() {
 /// off and reset.
 #[test]
 fn a_client_reading_steadily_is_not_taken_for_one_that_stopped() {
-    let _shared = shared();
+    // Alone: a one-second stall timeout is not for a machine busy with the other tests.
+    let _alone = SERIAL.write().unwrap_or_else(|p| p.into_inner());
     let upstream = Upstream::start().unwrap();
     let tip = big_repo_past(&upstream, 6011);
     let cache = Gitcache::start(
@@ -871,9 +873,10 @@ fn a_client_reading_steadily_is_not_taken_for_one_that_stopped() {
     assert_eq!(cut_off(&cache, "stalled"), None);
     assert_eq!(cut_off(&cache, "slow"), None);
 
-    // It stops reading: cut off after the stall timeout, the connection reset.
+    // It stops reading: cut off, the connection reset. (Which of the two it is counted as
+    // depends on how much its last bytes paid for; the unit tests pin that down.)
     common::wait_for("the stopped client to be cut off", || {
-        cut_off(&cache, "stalled") == Some(1.0)
+        cut_off(&cache, "stalled").unwrap_or(0.0) + cut_off(&cache, "slow").unwrap_or(0.0) == 1.0
     });
     reset_after_cut(&mut steady, &mut raw, expected.body.len(), None);
 }
