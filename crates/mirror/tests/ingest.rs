@@ -562,3 +562,42 @@ fn kinds_are_checked_while_a_pack_is_indexed() {
     let ingested = ingest_pack_checked(&mirror, Kind::Sha1, &mut &pack(&refs)[..], closed).unwrap();
     assert_eq!(ingested.objects as usize, objects.len());
 }
+
+/// An entry whose zlib stream ends with a wrong Adler-32 is refused even when the pack's own
+/// checksum is right (made so after the damage), as `git index-pack` refuses it; nothing is
+/// left behind.
+#[test]
+fn an_entry_with_a_wrong_zlib_checksum_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pack, entry) = one_blob_pack(dir.path());
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let before = pack_dir_listing(&mirror);
+    // The entry's last four bytes are its stream's Adler-32.
+    let mut wrong = pack[entry].to_vec();
+    *wrong.last_mut().unwrap() ^= 1;
+    let wrong = pack_of(&[&wrong]);
+    for piece in [1 << 16, 7] {
+        let mut reader = std::io::BufReader::with_capacity(piece, &wrong[..]);
+        let err = ingest_pack(&mirror, Kind::Sha1, &mut reader).unwrap_err();
+        assert!(err.is_upstream_fault(), "{err:?}");
+        assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
+    }
+    let probe = dir.path().join("probe.git");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", probe.to_str().unwrap()],
+    );
+    let refused = std::process::Command::new("git")
+        .args(["-C", probe.to_str().unwrap(), "index-pack", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(&wrong)?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(!refused.success(), "git takes it");
+}
