@@ -7,7 +7,7 @@ use gitcache_protocol::request::Fetch;
 use gitcache_protocol::response::parse_fetch_response;
 use gitcache_protocol::{ObjectFormat, ObjectId};
 use gitcache_testkit::git::git_stdout as git;
-use gitcache_testkit::repo::{self, RepoSpec};
+use gitcache_testkit::repo::{self, RepoSpec, text_lines};
 
 fn oids(text: &str) -> Vec<ObjectId> {
     text.lines()
@@ -439,16 +439,7 @@ fn shallow_client(dir: &Path, name: &str, pack: &[u8]) -> std::path::PathBuf {
 /// its bare packed copy, and the text all files share.
 fn shrinking_files(files: usize) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let (dir, work, path) = work_tree();
-    let shared = lines("shared", 60);
-    for i in 0..files {
-        let old = format!("{i}\n{shared}{}", lines(&format!("old{i}"), 20));
-        std::fs::write(work.join(format!("f{i}.txt")), old).unwrap();
-    }
-    gitcache_testkit::git::commit_all(&work, "old");
-    for i in 0..files {
-        std::fs::write(work.join(format!("f{i}.txt")), format!("{i}\n{shared}")).unwrap();
-    }
-    gitcache_testkit::git::commit_all(&work, "new");
+    let shared = gitcache_testkit::repo::commit_shrinking_files(&work, files);
     bare_packed_copy(&work, &path);
     (dir, path, shared)
 }
@@ -547,13 +538,6 @@ fn objects_made_again_give_one_pack_on_any_number_of_threads() {
         panic!("no pack")
     };
     assert!(Plan::Pack(p).write_to(GoneAfter(4096)).is_err());
-}
-
-/// `n` numbered lines starting with `word`, none like another.
-fn lines(word: &str, n: usize) -> String {
-    (0..n)
-        .map(|i| format!("{word} line {i}, {}\n", i * 7919 % 10007))
-        .collect()
 }
 
 /// Offset and delta base of each object of a pack, from `git verify-pack -v`.
@@ -701,8 +685,8 @@ fn bitmap_answers_copy_runs_of_the_stored_pack() {
 #[test]
 fn a_delta_with_nothing_sent_down_its_chain_is_made_against_a_sibling() {
     let (dir, work, path) = work_tree();
-    let shared = lines("shared", 400);
-    let (a, b) = (lines("alpha", 40), lines("beta", 40));
+    let shared = text_lines("shared", 400);
+    let (a, b) = (text_lines("alpha", 40), text_lines("beta", 40));
     // The old version holds both parts, so git makes it the base of both new files, and
     // neither new file a delta against the other (each lacks the other's part).
     let old = format!("{shared}{a}{b}");
@@ -771,9 +755,9 @@ fn a_delta_with_nothing_sent_down_its_chain_is_made_against_a_sibling() {
 fn a_delta_with_nothing_sent_in_its_tree_is_made_against_a_file_named_alike() {
     for junk in [0, 300] {
         let (dir, work, path) = work_tree();
-        let shared = lines("shared", 400);
+        let shared = text_lines("shared", 400);
         // The old version is the larger: git makes it the base of the new one.
-        let old = format!("{shared}{}", lines("old", 80));
+        let old = format!("{shared}{}", text_lines("old", 80));
         let new = format!("{shared}new\n");
         let alike = format!("{shared}alike\n");
         std::fs::create_dir(work.join("a")).unwrap();

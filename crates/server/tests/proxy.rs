@@ -488,21 +488,7 @@ fn objects_compressed_again_are_kept_for_the_next_answer_and_counted() {
     // Each file shrinks: the upstream's pack makes its new version a delta against the old,
     // which a depth-1 clone is not sent.
     let files = 150;
-    let text = |word: &str, n: usize| -> String {
-        (0..n)
-            .map(|i| format!("{word} line {i}, {}\n", i * 7919 % 10007))
-            .collect()
-    };
-    let shared = text("shared", 60);
-    for i in 0..files {
-        let old = format!("{i}\n{shared}{}", text(&format!("old{i}"), 20));
-        std::fs::write(work.join(format!("f{i}.txt")), old).unwrap();
-    }
-    gitcache_testkit::git::commit_all(&work, "old");
-    for i in 0..files {
-        std::fs::write(work.join(format!("f{i}.txt")), format!("{i}\n{shared}")).unwrap();
-    }
-    gitcache_testkit::git::commit_all(&work, "new");
+    repo::commit_shrinking_files(&work, files);
     upstream
         .adopt_repo("acme/shrinking", Access::Public)
         .unwrap();

@@ -719,6 +719,32 @@ pub fn generate(path: &Path, spec: &RepoSpec) -> io::Result<GeneratedRepo> {
 }
 
 /// Add `n` commits to `branch` of the bare repository `repo` (each adds a file and changes
+/// `n` numbered lines of `word`, alike enough between words to delta well.
+pub fn text_lines(word: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{word} line {i}, {}\n", i * 7919 % 10007))
+        .collect()
+}
+
+/// In the work tree `work`: two commits of `files` files that shrink from the first to the
+/// second (a line of their own, a shared text, then lines of their own that the second drops).
+/// Packed by git, each new version is a delta against its old one, which a depth-1 clone of the
+/// second commit is not sent. Returns the shared text.
+#[track_caller]
+pub fn commit_shrinking_files(work: &Path, files: usize) -> String {
+    let shared = text_lines("shared", 60);
+    for i in 0..files {
+        let old = format!("{i}\n{shared}{}", text_lines(&format!("old{i}"), 20));
+        std::fs::write(work.join(format!("f{i}.txt")), old).unwrap();
+    }
+    crate::git::commit_all(work, "old");
+    for i in 0..files {
+        std::fs::write(work.join(format!("f{i}.txt")), format!("{i}\n{shared}")).unwrap();
+    }
+    crate::git::commit_all(work, "new");
+    shared
+}
+
 /// another); returns the new tip. Distinct `seed`s give distinct commits.
 pub fn append_commits(repo: &Path, branch: &str, n: usize, seed: u64) -> io::Result<String> {
     let tip = crate::git::rev_parse_in(repo, &format!("refs/heads/{branch}"))?;
