@@ -368,9 +368,8 @@ pub(crate) fn list(
             // Stamped before it is read: a file replaced meanwhile is read again next time,
             // and so is one that could not be read.
             opened.tips = match stamp.map(|_| read_tips(&tips_path, hash)) {
-                None => (None, None),
                 Some(Ok(tips)) => (stamp, tips.map(std::sync::Arc::new)),
-                Some(Err(_)) => (None, None),
+                _ => (None, None),
             };
         }
         packs.push(StoredPack {
@@ -407,6 +406,7 @@ fn read_tips(path: &Path, hash: HashKind) -> std::io::Result<Option<OidSet>> {
         return Ok(None);
     }
     let mut text = Vec::with_capacity(len as usize);
+    // Bounded again: the file may have grown since.
     file.take(MAX_TIPS_FILE_BYTES + 1).read_to_end(&mut text)?;
     let Ok(text) = std::str::from_utf8(&text) else {
         return Ok(None);
