@@ -1297,6 +1297,11 @@ fn compress_whole(
     zlib: &mut flate2::Compress,
 ) -> Result<Vec<u8>, Error> {
     let (kind, data) = objects.read(oid)?;
+    whole_entry(kind, data, zlib)
+}
+
+/// The pack entry of an object of `kind` whose content is `data`, compressed.
+fn whole_entry(kind: Kind, data: &[u8], zlib: &mut flate2::Compress) -> Result<Vec<u8>, Error> {
     let header = match kind {
         Kind::Commit => Header::Commit,
         Kind::Tree => Header::Tree,
@@ -1338,49 +1343,73 @@ fn rebuild(
     zlib: &mut flate2::Compress,
     budget: &AtomicI64,
 ) -> Result<Ready, Error> {
-    if let Some((base, delta)) = best_delta(objects, redo, budget)? {
-        let mut data = Vec::with_capacity(delta.len() / 2 + 64);
-        deflate(zlib, &delta, &mut data)?;
-        return Ok(Ready::Delta {
-            base,
-            size: delta.len() as u64,
-            data,
-        });
+    match best_delta(objects, redo, budget)? {
+        Search::Delta { base, delta } => {
+            let mut data = Vec::with_capacity(delta.len() / 2 + 64);
+            deflate(zlib, &delta, &mut data)?;
+            Ok(Ready::Delta {
+                base,
+                size: delta.len() as u64,
+                data,
+            })
+        }
+        // The object as the search read it: resolving its stored chain again cost as much
+        // as the search's own reading.
+        Search::Whole(Some((kind, target))) => whole_entry(kind, &target, zlib).map(Ready::Whole),
+        Search::Whole(None) => compress_whole(objects, &redo.oid, zlib).map(Ready::Whole),
     }
-    compress_whole(objects, &redo.oid, zlib).map(Ready::Whole)
+}
+
+/// What a search for a new delta found.
+enum Search {
+    Delta {
+        base: ObjectId,
+        delta: Vec<u8>,
+    },
+    /// No delta that pays: the object goes whole (its kind and content, if the search read
+    /// them).
+    Whole(Option<(Kind, Vec<u8>)>),
 }
 
 /// The smallest delta of `redo.oid` against one of `redo.against`, if one is of one kind with
 /// it, of sizes that can make a good delta, and less than half of the object (git's own bar
 /// where there was none).
-fn best_delta(
-    objects: &mut Objects,
-    redo: &Redo,
-    budget: &AtomicI64,
-) -> Result<Option<(ObjectId, Vec<u8>)>, Error> {
+fn best_delta(objects: &mut Objects, redo: &Redo, budget: &AtomicI64) -> Result<Search, Error> {
     if redo.against.is_empty() {
-        return Ok(None);
+        return Ok(Search::Whole(None));
     }
     // Sizes first, from the headers: nothing is inflated for a pair that cannot do.
     let Some((kind, target_size)) = objects.header(&redo.oid)? else {
-        return Ok(None);
+        return Ok(Search::Whole(None));
     };
     if !(MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&target_size) {
-        return Ok(None);
+        return Ok(Search::Whole(None));
     }
     let tries = if target_size > LARGE_DELTA_OBJECT {
         1
     } else {
         redo.against.len()
     };
+    // What a delta may take at most: under half the object (git's bar where there was no
+    // delta), then under the best one found.
+    let mut limit = usize::try_from(target_size / 2)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(20);
     let mut target: Option<Vec<u8>> = None;
     let mut best: Option<(ObjectId, Vec<u8>)> = None;
     for base in redo.against.iter().take(tries) {
         let Some((base_kind, source_size)) = objects.header(base)? else {
             continue;
         };
-        // A delta's object has its base's kind. Like git, no delta from a base 32 times larger.
-        if kind != base_kind || source_size > MAX_DELTA_OBJECT || source_size / 32 > target_size {
+        // A delta's object has its base's kind. Like git, no delta from a base 32 times
+        // larger, nor from one so much smaller that what the object adds to it takes the
+        // whole limit (the added bytes go in as literals; git skips such pairs unread).
+        if kind != base_kind
+            || source_size > MAX_DELTA_OBJECT
+            || source_size / 32 > target_size
+            || usize::try_from(target_size.saturating_sub(source_size))
+                .map_or(true, |grown| grown >= limit)
+        {
             continue;
         }
         let cost = i64::try_from(source_size + target_size).unwrap_or(i64::MAX);
@@ -1395,19 +1424,19 @@ fn best_delta(
         let Some(index) = crate::delta::SourceIndex::new(source) else {
             continue;
         };
-        let mut limit = (target.len() / 2).saturating_sub(20);
-        if let Some((_, shorter)) = &best {
-            limit = limit.min(shorter.len().saturating_sub(1));
-        }
         if let Some(delta) = crate::delta::encode(&index, target, limit) {
             let small = delta.len() * 16 <= target.len();
+            limit = delta.len().saturating_sub(1);
             best = Some((*base, delta));
             if small {
                 break;
             }
         }
     }
-    Ok(best)
+    Ok(match best {
+        Some((base, delta)) => Search::Delta { base, delta },
+        None => Search::Whole(target.map(|t| (kind, t))),
+    })
 }
 
 fn compressor(level: u32) -> flate2::Compress {
@@ -1522,10 +1551,20 @@ mod tests {
 
     use gix_hash::ObjectId;
 
-    use super::{Redo, best_delta};
+    use super::{Redo, Search, best_delta};
     use crate::Repository;
 
-    /// Two versions of a file, their ids, and the repository.
+    /// `content` stored as a loose object of the repository at `path`; its id.
+    fn store(path: &std::path::Path, content: &str) -> ObjectId {
+        let out = gitcache_testkit::git::git_with_input(
+            path,
+            &["hash-object", "-w", "--stdin"],
+            content.as_bytes(),
+        );
+        ObjectId::from_hex(String::from_utf8(out).unwrap().trim().as_bytes()).unwrap()
+    }
+
+    /// Two versions of a file, their ids, and the repository (at `r.git` in the directory).
     fn versions() -> (tempfile::TempDir, Repository, ObjectId, ObjectId) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.git");
@@ -1533,19 +1572,14 @@ mod tests {
             dir.path(),
             &["init", "-q", "--bare", path.to_str().unwrap()],
         );
-        let text: String = (0..300).map(|i| format!("line {i}\n")).collect();
-        let store = |content: &str| {
-            let out = gitcache_testkit::git::git_with_input(
-                &path,
-                &["hash-object", "-w", "--stdin"],
-                content.as_bytes(),
-            );
-            ObjectId::from_hex(String::from_utf8(out).unwrap().trim().as_bytes()).unwrap()
-        };
-        let old = store(&text);
-        let new = store(&format!("{text}one more line\n"));
+        let old = store(&path, &lines(0..300));
+        let new = store(&path, &format!("{}one more line\n", lines(0..300)));
         let repo = Repository::open(&path).unwrap();
         (dir, repo, old, new)
+    }
+
+    fn lines(numbers: impl Iterator<Item = u64>) -> String {
+        numbers.map(|i| format!("line {i}\n")).collect()
     }
 
     #[test]
@@ -1570,13 +1604,69 @@ mod tests {
             against: vec![old],
         };
         let budget = AtomicI64::new(1 << 20);
-        let (base, delta) = best_delta(&mut objects, &redo, &budget).unwrap().unwrap();
+        let Search::Delta { base, delta } = best_delta(&mut objects, &redo, &budget).unwrap()
+        else {
+            panic!("no delta of an object one line longer than its base");
+        };
         assert_eq!(base, old);
         assert!(delta.len() < 64, "{} bytes", delta.len());
         let spent = (1 << 20) - budget.load(Ordering::Relaxed);
         assert!(spent > 2 * 2000, "both sizes counted: {spent}");
         // Less left than the pair's sizes: nothing is tried.
         let budget = AtomicI64::new(100);
-        assert!(best_delta(&mut objects, &redo, &budget).unwrap().is_none());
+        assert!(matches!(
+            best_delta(&mut objects, &redo, &budget).unwrap(),
+            Search::Whole(None)
+        ));
+    }
+
+    /// The newer of [`versions`] to make again against a base of `content` alone.
+    fn against(content: &str) -> (tempfile::TempDir, Repository, Redo) {
+        let (dir, _, _, new) = versions();
+        let path = dir.path().join("r.git");
+        let base = store(&path, content);
+        let redo = Redo {
+            oid: new,
+            against: vec![base],
+        };
+        (dir, Repository::open(&path).unwrap(), redo)
+    }
+
+    #[test]
+    fn a_base_whose_object_adds_more_than_the_limit_is_not_read() {
+        // 20 of the object's 301 lines: the 281 others would go in as literals, more than
+        // half the object.
+        let (_dir, repo, redo) = against(&lines(0..20));
+        let mut objects = repo.objects();
+        let budget = AtomicI64::new(1 << 20);
+        assert!(matches!(
+            best_delta(&mut objects, &redo, &budget).unwrap(),
+            Search::Whole(None)
+        ));
+        assert_eq!(budget.load(Ordering::Relaxed), 1 << 20, "nothing was tried");
+    }
+
+    #[test]
+    fn an_object_no_base_pays_for_goes_whole_as_the_search_read_it() {
+        // As long, nothing in common beyond the word.
+        let (_dir, repo, redo) = against(&lines((0..300).map(|i| i * 7_919 + 1_000_003)));
+        let mut objects = repo.objects();
+        let new = redo.oid;
+        let budget = AtomicI64::new(1 << 20);
+        let Search::Whole(Some((kind, read))) = best_delta(&mut objects, &redo, &budget).unwrap()
+        else {
+            panic!("a delta against an unrelated base, or the object not read");
+        };
+        assert!(
+            budget.load(Ordering::Relaxed) < 1 << 20,
+            "a delta was tried"
+        );
+        assert_eq!(kind, gix_object::Kind::Blob);
+        assert_eq!(read, objects.read(&new).unwrap().1);
+        // The entry made from what the search read is the one made by reading again.
+        let mut zlib = super::compressor(3);
+        let again = super::compress_whole(&mut objects, &new, &mut zlib).unwrap();
+        let made = super::rebuild(&mut objects, &redo, &mut zlib, &budget).unwrap();
+        assert!(matches!(made, super::Ready::Whole(entry) if entry == again));
     }
 }
