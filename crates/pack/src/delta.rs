@@ -91,8 +91,10 @@ pub(crate) fn encode(index: &SourceIndex<'_>, target: &[u8], limit: usize) -> Op
     let mut at = 0;
     while let Some(window) = block_at(target, at) {
         let Some(found) = index.find(window) else {
-            // Bytes more than `MAX_BACK` behind go in as literals whatever comes next.
-            if out.len() + at.saturating_sub(pending + MAX_BACK) > limit {
+            // Bytes more than `MAX_BACK` behind go in as literals whatever comes next, with a
+            // byte of instruction for each 127 of them.
+            let literal = at.saturating_sub(pending + MAX_BACK);
+            if out.len() + literal + literal.div_ceil(MAX_INSERT) > limit {
                 return None;
             }
             at += 1;
@@ -322,6 +324,44 @@ mod tests {
         let delta = encode(&index, &target, usize::MAX).unwrap();
         assert_eq!(apply(&source, &delta).unwrap(), target);
         assert!(delta.len() < 5_100, "{} bytes", delta.len());
+    }
+
+    #[test]
+    fn copies_extend_back_at_most_max_back() {
+        let source = noise(20, 8192);
+        let mut index = SourceIndex::new(&source).unwrap();
+        // Every block lost but one past the middle (as if all before it had collided): the
+        // target, the source itself, is found there first.
+        let found = index
+            .table
+            .iter()
+            .filter_map(|&at| at.checked_sub(1))
+            .map(|at| at as usize)
+            .filter(|&at| at > 2 * MAX_BACK)
+            .min()
+            .unwrap();
+        let buckets = 1 << (64 - index.shift);
+        let keep = (hash(block_at(&source, found).unwrap()) >> index.shift) as usize;
+        index.table = (0..buckets)
+            .map(|bucket| if bucket == keep { found as u32 + 1 } else { 0 })
+            .collect();
+        let delta = encode(&index, &source, usize::MAX).unwrap();
+        assert_eq!(apply(&source, &delta).unwrap(), source);
+        // What comes before the copy: the bytes more than `MAX_BACK` before the block found.
+        let mut rest = &delta[..];
+        take_size(&mut rest).unwrap();
+        take_size(&mut rest).unwrap();
+        let mut literal = 0;
+        while let Some((&command, tail)) = rest.split_first()
+            && command & 0x80 == 0
+        {
+            literal += usize::from(command);
+            rest = &tail[usize::from(command)..];
+        }
+        assert_eq!(literal, found - MAX_BACK);
+        // The limit it fits in gives it, one byte less none.
+        assert_eq!(encode(&index, &source, delta.len()), Some(delta.clone()));
+        assert_eq!(encode(&index, &source, delta.len() - 1), None);
     }
 
     #[test]

@@ -1373,7 +1373,7 @@ enum Search {
 
 /// The smallest delta of `redo.oid` against one of `redo.against`, if one is of one kind with
 /// it, of sizes that can make a good delta, and less than half of the object (git's own bar
-/// where there was none).
+/// where there was none); else the object whole, with its content if a try read it.
 fn best_delta(objects: &mut Objects, redo: &Redo, budget: &AtomicI64) -> Result<Search, Error> {
     if redo.against.is_empty() {
         return Ok(Search::Whole(None));
@@ -1395,15 +1395,16 @@ fn best_delta(objects: &mut Objects, redo: &Redo, budget: &AtomicI64) -> Result<
     let mut limit = usize::try_from(target_size / 2)
         .unwrap_or(usize::MAX)
         .saturating_sub(20);
-    let mut target: Option<Vec<u8>> = None;
+    let mut target: Option<(Kind, Vec<u8>)> = None;
     let mut best: Option<(ObjectId, Vec<u8>)> = None;
     for base in redo.against.iter().take(tries) {
         let Some((base_kind, source_size)) = objects.header(base)? else {
             continue;
         };
         // A delta's object has its base's kind. Like git, no delta from a base 32 times
-        // larger, nor from one so much smaller that what the object adds to it takes the
-        // whole limit (the added bytes go in as literals; git skips such pairs unread).
+        // larger, nor (git's rule too) from one smaller by at least the limit: a delta that
+        // copies each byte of its base once must then insert more than it may take. An
+        // object that repeats its base would make one, and is sent whole, as git sends it.
         if kind != base_kind
             || source_size > MAX_DELTA_OBJECT
             || source_size / 32 > target_size
@@ -1417,9 +1418,10 @@ fn best_delta(objects: &mut Objects, redo: &Redo, budget: &AtomicI64) -> Result<
             break;
         }
         if target.is_none() {
-            target = Some(objects.read(&redo.oid)?.1.to_vec());
+            let (kind, data) = objects.read(&redo.oid)?;
+            target = Some((kind, data.to_vec()));
         }
-        let target = target.as_deref().unwrap_or_default();
+        let target = target.as_ref().map_or(&[][..], |(_, data)| data);
         let (_, source) = objects.read(base)?;
         let Some(index) = crate::delta::SourceIndex::new(source) else {
             continue;
@@ -1435,7 +1437,7 @@ fn best_delta(objects: &mut Objects, redo: &Redo, budget: &AtomicI64) -> Result<
     }
     Ok(match best {
         Some((base, delta)) => Search::Delta { base, delta },
-        None => Search::Whole(target.map(|t| (kind, t))),
+        None => Search::Whole(target),
     })
 }
 
