@@ -36,12 +36,41 @@ pub(crate) struct Objects {
     odb: gix_odb::HandleArc,
     hash: HashKind,
     buf: Vec<u8>,
+    /// The repository's packs as last listed, read through the mappings the writer copies
+    /// entries from: one mapping of each file in the process, where reading through the
+    /// object database mapped each pack and index a second time (and every page read
+    /// through both counted twice). Objects not in them (loose, or in a pack added since)
+    /// are read through `odb`.
+    packs: Packs,
     commits: OidMap<Commit>,
     /// Commit graphs of the repository's packs: commits found there are not inflated.
     graphs: Graphs,
     /// Checked every [`CHECK_EVERY`] reads: the one checkpoint every walk passes through.
     cancel: crate::Cancel,
     reads: u32,
+}
+
+impl Packs {
+    /// The listed pack holding `oid`, and the offset of its entry there.
+    fn find(&self, oid: &gix_hash::oid) -> Option<(usize, u64)> {
+        self.listed.iter().enumerate().find_map(|(k, pack)| {
+            let i = crate::packs::lookup(&pack.index, oid)?;
+            Some((k, pack.index.pack_offset_at_index(i)))
+        })
+    }
+
+    /// The mapping of listed pack `k`.
+    fn data(
+        &self,
+        k: usize,
+        hash: HashKind,
+    ) -> Result<&std::sync::Arc<gix_pack::data::File>, Error> {
+        if let Some(data) = self.data[k].get() {
+            return Ok(data);
+        }
+        let data = self.listed[k].data(hash)?;
+        Ok(self.data[k].get_or_init(|| data))
+    }
 }
 
 /// The commit graphs a request reads commits from, first to last.
@@ -58,12 +87,36 @@ impl std::fmt::Debug for Objects {
     }
 }
 
+/// The packs [`Objects`] reads first, and what decoding their entries needs.
+struct Packs {
+    listed: std::sync::Arc<[crate::packs::StoredPack]>,
+    /// Each listed pack's mapping, taken when first read from.
+    data: Vec<std::cell::OnceCell<std::sync::Arc<gix_pack::data::File>>>,
+    inflate: std::cell::RefCell<gix_zlib::Inflate>,
+    /// Delta bases kept decoded, so that reading along a delta chain does not inflate the
+    /// whole chain again each time.
+    cache: gix_pack::cache::lru::MemoryCappedHashmap,
+}
+
 impl Objects {
-    pub(crate) fn new(odb: gix_odb::HandleArc, hash: HashKind) -> Self {
+    /// Objects of `odb`, those of `packs` read through their own mappings, with a delta-base
+    /// cache of `cache_bytes` for them.
+    pub(crate) fn new(
+        odb: gix_odb::HandleArc,
+        hash: HashKind,
+        packs: std::sync::Arc<[crate::packs::StoredPack]>,
+        cache_bytes: usize,
+    ) -> Self {
         Objects {
             odb,
             hash,
             buf: Vec::new(),
+            packs: Packs {
+                data: packs.iter().map(|_| std::cell::OnceCell::new()).collect(),
+                listed: packs,
+                inflate: Default::default(),
+                cache: gix_pack::cache::lru::MemoryCappedHashmap::new(cache_bytes),
+            },
             commits: OidMap::default(),
             graphs: std::sync::Arc::new([]),
             cancel: crate::Cancel::default(),
@@ -100,6 +153,39 @@ impl Objects {
 
     /// The kind and size of `oid`, or `None` if the repository lacks it.
     pub(crate) fn header(&self, oid: &ObjectId) -> Result<Option<(Kind, u64)>, Error> {
+        // A pack whose file can no longer be mapped (replaced since it was listed) leaves
+        // the object to the object database.
+        if let Some((k, offset)) = self.packs.find(oid)
+            && let Ok(data) = self.packs.data(k, self.hash)
+        {
+            let entry = data.entry(offset).map_err(Error::odb)?;
+            let pack = &self.packs.listed[k];
+            let resolve = |id: &gix_hash::oid| -> gix_error::Result<_> {
+                // A base named by id: in the same pack (a completed thin pack's), else
+                // wherever the object database finds it.
+                if let Some(i) = crate::packs::lookup(&pack.index, id) {
+                    let base = data.entry(pack.index.pack_offset_at_index(i))?;
+                    return Ok(Some(gix_pack::data::decode::header::ResolvedBase::InPack(
+                        base,
+                    )));
+                }
+                Ok(self
+                    .odb
+                    .try_header(id)
+                    .map_err(|err| gix_error::ErrorExt::raise(gix_error::message!("{err}")))?
+                    .map(
+                        |h| gix_pack::data::decode::header::ResolvedBase::OutOfPack {
+                            kind: h.kind,
+                            num_deltas: None,
+                        },
+                    ))
+            };
+            let mut inflate = self.packs.inflate.borrow_mut();
+            let outcome = data
+                .decode_header(entry, &mut inflate, &resolve)
+                .map_err(Error::odb)?;
+            return Ok(Some((outcome.kind, outcome.object_size)));
+        }
         let header = self.odb.try_header(oid).map_err(Error::odb)?;
         Ok(header.map(|h| (h.kind, h.size)))
     }
@@ -107,6 +193,41 @@ impl Objects {
     /// The whole object, decompressed and resolved.
     pub(crate) fn read(&mut self, oid: &ObjectId) -> Result<(Kind, &[u8]), Error> {
         self.tick()?;
+        if let Some((k, offset)) = self.packs.find(oid)
+            && let Ok(data) = self.packs.data(k, self.hash)
+        {
+            let data = std::sync::Arc::clone(data);
+            let entry = data.entry(offset).map_err(Error::odb)?;
+            let pack = &self.packs.listed[k];
+            let odb = &self.odb;
+            let resolve = |id: &gix_hash::oid, out: &mut Vec<u8>| -> gix_error::Result<_> {
+                if let Some(i) = crate::packs::lookup(&pack.index, id) {
+                    let base = data.entry(pack.index.pack_offset_at_index(i))?;
+                    return Ok(Some(gix_pack::data::decode::entry::ResolvedBase::InPack(
+                        base,
+                    )));
+                }
+                let found = odb
+                    .try_find(id, out)
+                    .map_err(|err| gix_error::ErrorExt::raise(gix_error::message!("{err}")))?;
+                Ok(found.map(|object| {
+                    let (kind, end) = (object.kind, object.data.len());
+                    gix_pack::data::decode::entry::ResolvedBase::OutOfPack { kind, end }
+                }))
+            };
+            let outcome = data
+                .decode_entry(
+                    entry,
+                    &mut self.buf,
+                    &mut self.packs.inflate.borrow_mut(),
+                    &resolve,
+                    &mut self.packs.cache,
+                )
+                .map_err(Error::odb)?;
+            // The buffer holds the object and nothing else: the outcome's size is a delta's
+            // own when the object came whole from the cache.
+            return Ok((outcome.kind, &self.buf[..]));
+        }
         match self.odb.try_find(oid, &mut self.buf).map_err(Error::odb)? {
             Some(data) => Ok((data.kind, data.data)),
             None => Err(Error::MissingObject { oid: *oid }),
@@ -347,6 +468,35 @@ pub(crate) fn tree_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_are_read_from_the_listed_packs_alike_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("w");
+        std::fs::create_dir(&work).unwrap();
+        gitcache_testkit::git::git_stdout(&work, &["init", "-q"]);
+        gitcache_testkit::repo::commit_shrinking_files(&work, 8);
+        gitcache_testkit::git::git_stdout(&work, &["repack", "-adq"]);
+        let listed = gitcache_testkit::git::git_stdout(&work, &["rev-list", "--objects", "--all"]);
+        let ids: Vec<ObjectId> = listed
+            .lines()
+            .map(|line| ObjectId::from_hex(&line.as_bytes()[..40]).unwrap())
+            .collect();
+        let repo = crate::Repository::open(work.join(".git")).unwrap();
+        let mut objects = repo.objects();
+        // Twice: the second time, objects stored as deltas come whole from the delta-base
+        // cache (whose outcome states the delta's size, not the object's).
+        for _ in 0..2 {
+            for oid in &ids {
+                assert!(objects.packs.find(oid).is_some(), "{oid} is in the pack");
+                let header = objects.header(oid).unwrap();
+                let (kind, data) = objects.read(oid).unwrap();
+                assert_eq!(header, Some((kind, data.len() as u64)));
+                let id = gix_object::compute_hash(HashKind::Sha1, kind, data).unwrap();
+                assert_eq!(id, *oid, "{kind} read as something else");
+            }
+        }
+    }
 
     #[test]
     fn commit_headers() {

@@ -18,6 +18,7 @@ use crate::Error;
 use crate::OidSet;
 
 /// A stored pack and, if marked, the tips it is the closure of.
+#[derive(Clone)]
 pub(crate) struct StoredPack {
     pub(crate) pack: PathBuf,
     /// Shared by every request on the repository handle (one mapping of the file).
@@ -62,8 +63,11 @@ impl StoredPack {
         if let Some(data) = kept.as_ref() {
             return Ok(std::sync::Arc::clone(data));
         }
-        let data =
-            std::sync::Arc::new(gix_pack::data::File::at(&self.pack, hash).map_err(Error::odb)?);
+        // Objects are decoded from this mapping too: none larger than taking a pack in allows.
+        let data = gix_pack::data::File::at(&self.pack, hash)
+            .map_err(Error::odb)?
+            .with_alloc_limit_bytes(Some(crate::MAX_DECODED_BYTES));
+        let data = std::sync::Arc::new(data);
         *kept = Some(std::sync::Arc::clone(&data));
         Ok(data)
     }

@@ -45,8 +45,15 @@ pub struct Repository {
     rev: std::sync::Arc<crate::packs::RevCache>,
     bitmaps: std::sync::Arc<crate::bitmap::BitmapCache>,
     indexes: crate::packs::IndexCache,
-    /// The commit graphs of the packs as last listed (`None` before the first listing).
-    graphs: std::sync::Mutex<Option<crate::objects::Graphs>>,
+    /// The packs as last listed and their commit graphs (`None` before the first listing).
+    listed: std::sync::Mutex<Option<Listed>>,
+}
+
+/// What a listing of the packs found, kept for the object handles made after it.
+#[derive(Clone)]
+struct Listed {
+    packs: std::sync::Arc<[crate::packs::StoredPack]>,
+    graphs: crate::objects::Graphs,
 }
 
 impl std::fmt::Debug for Repository {
@@ -83,7 +90,7 @@ impl Repository {
             rev: Default::default(),
             bitmaps: Default::default(),
             indexes: Default::default(),
-            graphs: Default::default(),
+            listed: Default::default(),
         })
     }
 
@@ -154,30 +161,39 @@ impl Repository {
     /// The packs of `objects/pack` that have both an index and a data file.
     pub(crate) fn stored_packs(&self) -> Result<Vec<crate::packs::StoredPack>, Error> {
         let packs = crate::packs::list(&self.git_dir, self.hash, &self.indexes)?;
-        *self.graphs.lock().unwrap_or_else(|p| p.into_inner()) = Some(graphs_of(&packs));
+        *self.listed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Listed {
+            packs: packs.clone().into(),
+            graphs: graphs_of(&packs),
+        });
         Ok(packs)
     }
 
-    /// The commit graphs of the packs as last listed (listed now if never before).
+    /// The packs as last listed and their graphs (listed now if never before).
+    fn listed(&self) -> Option<Listed> {
+        let last = || {
+            self.listed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        last().or_else(|| {
+            // A listing that fails leaves objects to the object database, commits to be read
+            // from the objects.
+            let _ = self.stored_packs();
+            last()
+        })
+    }
+
+    /// The commit graphs of the packs as last listed.
     fn graphs(&self) -> crate::objects::Graphs {
-        let listed = self
-            .graphs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match listed {
-            Some(graphs) => graphs,
-            None => {
-                // A listing that fails leaves commits to be read from the objects.
-                let _ = self.stored_packs();
-                let listed = self
-                    .graphs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                listed.unwrap_or_else(|| std::sync::Arc::new([]))
-            }
-        }
+        self.listed()
+            .map_or_else(|| std::sync::Arc::from([]), |listed| listed.graphs)
+    }
+
+    /// The packs as last listed.
+    fn listed_packs(&self) -> std::sync::Arc<[crate::packs::StoredPack]> {
+        self.listed()
+            .map_or_else(|| std::sync::Arc::from([]), |listed| listed.packs)
     }
 
     pub(crate) fn rev_cache(&self) -> std::sync::Arc<crate::packs::RevCache> {
@@ -198,7 +214,7 @@ impl Repository {
     }
 
     pub(crate) fn objects(&self) -> Objects {
-        let mut objects = new_objects(&self.store, self.hash);
+        let mut objects = new_objects(&self.store, self.hash, self.listed_packs());
         objects.set_graphs(self.graphs());
         objects
     }
@@ -206,7 +222,12 @@ impl Repository {
     /// An object handle for a walk of the whole history of a large pack (writing bitmaps
     /// without the pack's delta tree): its delta-base cache holds many recent trees.
     pub(crate) fn objects_for_history(&self) -> Objects {
-        let mut objects = objects_caching(&self.store, self.hash, LARGE_HISTORY_CACHE_BYTES);
+        let mut objects = objects_caching(
+            &self.store,
+            self.hash,
+            self.listed_packs(),
+            LARGE_HISTORY_CACHE_BYTES,
+        );
         objects.set_graphs(self.graphs());
         objects
     }
@@ -217,9 +238,13 @@ impl Repository {
         &self,
         graphs: crate::objects::Graphs,
     ) -> impl Fn() -> Objects + Send + Sync + 'static {
-        let (store, hash) = (std::sync::Arc::clone(&self.store), self.hash);
+        let (store, hash, packs) = (
+            std::sync::Arc::clone(&self.store),
+            self.hash,
+            self.listed_packs(),
+        );
         move || {
-            let mut objects = new_objects(&store, hash);
+            let mut objects = new_objects(&store, hash, std::sync::Arc::clone(&packs));
             objects.set_graphs(std::sync::Arc::clone(&graphs));
             objects
         }
@@ -251,29 +276,37 @@ pub(crate) fn graphs_of(packs: &[crate::packs::StoredPack]) -> crate::objects::G
 
 /// An object handle that reads every commit from its object, for writing a commit graph.
 pub(crate) fn objects_without_graphs(repo: &Repository) -> Objects {
-    new_objects(&repo.store, repo.hash)
+    new_objects(&repo.store, repo.hash, repo.listed_packs())
 }
 
-fn new_objects(store: &std::sync::Arc<gix_odb::Store>, hash: HashKind) -> Objects {
-    objects_caching(store, hash, DELTA_BASE_CACHE_BYTES)
+fn new_objects(
+    store: &std::sync::Arc<gix_odb::Store>,
+    hash: HashKind,
+    packs: std::sync::Arc<[crate::packs::StoredPack]>,
+) -> Objects {
+    objects_caching(store, hash, packs, DELTA_BASE_CACHE_BYTES)
 }
 
-/// An object handle whose delta-base cache holds up to `cache_bytes`.
+/// An object handle reading `packs` first, whose delta-base cache for them holds up to
+/// `cache_bytes`.
 fn objects_caching(
     store: &std::sync::Arc<gix_odb::Store>,
     hash: HashKind,
+    packs: std::sync::Arc<[crate::packs::StoredPack]>,
     cache_bytes: usize,
 ) -> Objects {
     {
         let mut odb = gix_odb::Cache::from(store.to_handle_arc());
-        // Delta bases stay decoded for a while, so reading trees and blobs along a delta
-        // chain does not inflate the whole chain again each time.
+        // For what the listed packs lack (loose objects, a pack added since): delta bases
+        // stay decoded for a while there too, in the small cache of an ordinary handle.
         odb.set_pack_cache(move || {
-            Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(cache_bytes))
+            Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(
+                DELTA_BASE_CACHE_BYTES,
+            ))
         });
         // Pack ids must stay valid between looking an object up and reading its entry.
         odb.prevent_pack_unload();
-        Objects::new(odb, hash)
+        Objects::new(odb, hash, packs, cache_bytes)
     }
 }
 
