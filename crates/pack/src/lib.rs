@@ -711,8 +711,8 @@ pub struct BitmapsWritten {
     pub reused: usize,
 }
 
-/// The largest buffer decoding one object of a pack may take: when a pack is taken in and
-/// checked, and when a stored pack's objects are read.
+/// The largest buffer decoding one object of a pack may take when a pack is checked (as
+/// ingestion bounds it).
 const MAX_DECODED_BYTES: usize = 2 << 30;
 
 /// git's name hash of a path (`pack_name_hash`), as a bitmap file's hash cache holds it for

@@ -31,7 +31,8 @@ pub(crate) struct TreeEntry {
     pub(crate) oid: ObjectId,
 }
 
-/// Object access for one request: a handle of its own and a memo of parsed commits.
+/// Object access for one request: the listed packs read through their own mappings, an
+/// object database handle for the rest, and a memo of parsed commits.
 pub(crate) struct Objects {
     odb: gix_odb::HandleArc,
     hash: HashKind,
@@ -59,17 +60,29 @@ impl Packs {
         })
     }
 
-    /// The mapping of listed pack `k`.
-    fn data(
-        &self,
-        k: usize,
-        hash: HashKind,
-    ) -> Result<&std::sync::Arc<gix_pack::data::File>, Error> {
-        if let Some(data) = self.data[k].get() {
-            return Ok(data);
-        }
-        let data = self.listed[k].data(hash)?;
-        Ok(self.data[k].get_or_init(|| data))
+    /// The mapping of listed pack `k`, if it could be made.
+    fn data(&self, k: usize, hash: HashKind) -> Option<&std::sync::Arc<gix_pack::data::File>> {
+        self.data[k]
+            .get_or_init(|| self.listed[k].data(hash).ok())
+            .as_ref()
+    }
+}
+
+/// The delta-base cache as one listed pack sees it: entries kept under the pack's place in
+/// the listing, not under gitoxide's id of the file (a checksum of its path, which two packs
+/// could share, and would then be given each other's objects).
+struct PackCache<'a> {
+    k: u32,
+    inner: &'a mut gix_pack::cache::lru::MemoryCappedHashmap,
+}
+
+impl gix_pack::cache::DecodeEntry for PackCache<'_> {
+    fn put(&mut self, _: u32, offset: u64, data: &[u8], kind: Kind, compressed_size: usize) {
+        self.inner.put(self.k, offset, data, kind, compressed_size);
+    }
+
+    fn get(&mut self, _: u32, offset: u64, out: &mut Vec<u8>) -> Option<(Kind, usize)> {
+        self.inner.get(self.k, offset, out)
     }
 }
 
@@ -90,8 +103,9 @@ impl std::fmt::Debug for Objects {
 /// The packs [`Objects`] reads first, and what decoding their entries needs.
 struct Packs {
     listed: std::sync::Arc<[crate::packs::StoredPack]>,
-    /// Each listed pack's mapping, taken when first read from.
-    data: Vec<std::cell::OnceCell<std::sync::Arc<gix_pack::data::File>>>,
+    /// Each listed pack's mapping, taken when first read from (`None`: it could not be,
+    /// the file removed since it was listed; its objects are left to the object database).
+    data: Vec<std::cell::OnceCell<Option<std::sync::Arc<gix_pack::data::File>>>>,
     inflate: std::cell::RefCell<gix_zlib::Inflate>,
     /// Delta bases kept decoded, so that reading along a delta chain does not inflate the
     /// whole chain again each time.
@@ -153,12 +167,12 @@ impl Objects {
 
     /// The kind and size of `oid`, or `None` if the repository lacks it.
     pub(crate) fn header(&self, oid: &ObjectId) -> Result<Option<(Kind, u64)>, Error> {
-        // A pack whose file can no longer be mapped (replaced since it was listed) leaves
-        // the object to the object database.
+        // A pack whose file can no longer be mapped (removed since it was listed) leaves the
+        // object to the object database, as does an entry that cannot be decoded here.
         if let Some((k, offset)) = self.packs.find(oid)
-            && let Ok(data) = self.packs.data(k, self.hash)
+            && let Some(data) = self.packs.data(k, self.hash)
+            && let Ok(entry) = data.entry(offset)
         {
-            let entry = data.entry(offset).map_err(Error::odb)?;
             let pack = &self.packs.listed[k];
             let resolve = |id: &gix_hash::oid| -> gix_error::Result<_> {
                 // A base named by id: in the same pack (a completed thin pack's), else
@@ -181,10 +195,9 @@ impl Objects {
                     ))
             };
             let mut inflate = self.packs.inflate.borrow_mut();
-            let outcome = data
-                .decode_header(entry, &mut inflate, &resolve)
-                .map_err(Error::odb)?;
-            return Ok(Some((outcome.kind, outcome.object_size)));
+            if let Ok(outcome) = data.decode_header(entry, &mut inflate, &resolve) {
+                return Ok(Some((outcome.kind, outcome.object_size)));
+            }
         }
         let header = self.odb.try_header(oid).map_err(Error::odb)?;
         Ok(header.map(|h| (h.kind, h.size)))
@@ -194,10 +207,10 @@ impl Objects {
     pub(crate) fn read(&mut self, oid: &ObjectId) -> Result<(Kind, &[u8]), Error> {
         self.tick()?;
         if let Some((k, offset)) = self.packs.find(oid)
-            && let Ok(data) = self.packs.data(k, self.hash)
+            && let Some(data) = self.packs.data(k, self.hash)
+            && let Ok(entry) = data.entry(offset)
         {
             let data = std::sync::Arc::clone(data);
-            let entry = data.entry(offset).map_err(Error::odb)?;
             let pack = &self.packs.listed[k];
             let odb = &self.odb;
             let resolve = |id: &gix_hash::oid, out: &mut Vec<u8>| -> gix_error::Result<_> {
@@ -215,18 +228,24 @@ impl Objects {
                     gix_pack::data::decode::entry::ResolvedBase::OutOfPack { kind, end }
                 }))
             };
-            let outcome = data
-                .decode_entry(
-                    entry,
-                    &mut self.buf,
-                    &mut self.packs.inflate.borrow_mut(),
-                    &resolve,
-                    &mut self.packs.cache,
-                )
-                .map_err(Error::odb)?;
+            let mut cache = PackCache {
+                k: u32::try_from(k).unwrap_or(u32::MAX),
+                inner: &mut self.packs.cache,
+            };
+            let decoded = data.decode_entry(
+                entry,
+                &mut self.buf,
+                &mut self.packs.inflate.borrow_mut(),
+                &resolve,
+                &mut cache,
+            );
             // The buffer holds the object and nothing else: the outcome's size is a delta's
-            // own when the object came whole from the cache.
-            return Ok((outcome.kind, &self.buf[..]));
+            // own when the object came whole from the cache. An entry that cannot be decoded
+            // here (damage, or a chain larger in all than one buffer may be) is left to the
+            // object database, which reads it or says why not.
+            if let Ok(outcome) = decoded {
+                return Ok((outcome.kind, &self.buf[..]));
+            }
         }
         match self.odb.try_find(oid, &mut self.buf).map_err(Error::odb)? {
             Some(data) => Ok((data.kind, data.data)),
@@ -484,8 +503,27 @@ mod tests {
             .collect();
         let repo = crate::Repository::open(work.join(".git")).unwrap();
         let mut objects = repo.objects();
-        // Twice: the second time, objects stored as deltas come whole from the delta-base
-        // cache (whose outcome states the delta's size, not the object's).
+        // Some are stored as deltas, on chains of more than one.
+        let depths: Vec<u32> = ids
+            .iter()
+            .map(|oid| {
+                let (k, offset) = objects.packs.find(oid).expect("in the pack");
+                let data = objects.packs.data(k, HashKind::Sha1).expect("mapped");
+                let mut depth = 0;
+                let mut entry = data.entry(offset).unwrap();
+                while let gix_pack::data::entry::Header::OfsDelta { base_distance } = entry.header {
+                    depth += 1;
+                    entry = data
+                        .entry(entry.checked_base_pack_offset(base_distance).unwrap())
+                        .unwrap();
+                }
+                depth
+            })
+            .collect();
+        assert!(depths.iter().any(|&d| d > 1), "{depths:?}");
+        // Twice: the first time, chains meet bases cached along the way; the second time,
+        // objects stored as deltas come whole from the cache (whose outcome states the
+        // delta's size, not the object's).
         for _ in 0..2 {
             for oid in &ids {
                 assert!(objects.packs.find(oid).is_some(), "{oid} is in the pack");
@@ -496,6 +534,28 @@ mod tests {
                 assert_eq!(id, *oid, "{kind} read as something else");
             }
         }
+        // Read through the pack's own mapping, not the object database.
+        assert!(
+            objects
+                .packs
+                .data
+                .iter()
+                .all(|d| matches!(d.get(), Some(Some(_))))
+        );
+        // An object written after the listing is read through the object database.
+        let loose = gitcache_testkit::git::git_with_input(
+            &work.join(".git"),
+            &["hash-object", "-w", "--stdin"],
+            b"written after the listing\n",
+        );
+        let loose =
+            ObjectId::from_hex(String::from_utf8(loose).unwrap().trim().as_bytes()).unwrap();
+        assert!(objects.packs.find(&loose).is_none());
+        assert_eq!(objects.header(&loose).unwrap(), Some((Kind::Blob, 26)));
+        assert_eq!(
+            objects.read(&loose).unwrap().1,
+            b"written after the listing\n"
+        );
     }
 
     #[test]

@@ -63,11 +63,8 @@ impl StoredPack {
         if let Some(data) = kept.as_ref() {
             return Ok(std::sync::Arc::clone(data));
         }
-        // Objects are decoded from this mapping too: none larger than taking a pack in allows.
-        let data = gix_pack::data::File::at(&self.pack, hash)
-            .map_err(Error::odb)?
-            .with_alloc_limit_bytes(Some(crate::MAX_DECODED_BYTES));
-        let data = std::sync::Arc::new(data);
+        let data =
+            std::sync::Arc::new(gix_pack::data::File::at(&self.pack, hash).map_err(Error::odb)?);
         *kept = Some(std::sync::Arc::clone(&data));
         Ok(data)
     }

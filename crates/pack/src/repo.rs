@@ -10,12 +10,13 @@ use crate::objects::Objects;
 use gitcache_protocol::ls_refs::{RefLine, matches_prefixes};
 use gitcache_protocol::request::LsRefs;
 
-/// Memory for decoded delta bases, per object handle (git's `core.deltaBaseCacheLimit` is 96
-/// MiB). Measured on the 22,000-commit bench repository: 8 MiB made depth-1 fetches 4 MiB
-/// larger (one handle per compression thread) and no request or bitmap write faster than 1.
+/// Memory for decoded delta bases of the listed packs, per object handle (git's
+/// `core.deltaBaseCacheLimit` is 96 MiB), and for what the object database reads beside them.
+/// Measured on the 22,000-commit bench repository: 8 MiB made depth-1 fetches 4 MiB larger
+/// (one handle per compression thread) and no request or bitmap write faster than 1.
 const DELTA_BASE_CACHE_BYTES: usize = 1 << 20;
 /// The same for walks over the whole history of a pack too large for its delta tree to be
-/// read (whose trees the bitmap writer then reads through the object database): on the bench
+/// read (whose trees the bitmap writer then reads along their delta chains): on the bench
 /// repository, whose trees of thousands of entries are deltas of their newer versions, that
 /// took 17 s with 1 MiB, 10 s with 64 MiB.
 const LARGE_HISTORY_CACHE_BYTES: usize = 64 << 20;

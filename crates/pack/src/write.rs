@@ -1202,8 +1202,8 @@ impl<'a> PackWriter<'a> {
             return None;
         }
         let offset = pack.index.pack_offset_at_index(index);
-        // Read from this pack's own mapping: the object database could find the same object
-        // in another pack.
+        // Read from this pack's own mapping: a lookup by id could find the same object in
+        // another pack.
         let data = match &self.data[k] {
             Some(data) => std::sync::Arc::clone(data),
             None => {
