@@ -43,6 +43,9 @@ pub(crate) struct Objects {
     /// through both counted twice). Objects not in them (loose, or in a pack added since)
     /// are read through `odb`.
     packs: Packs,
+    /// Reads and headers the object database answered (for tests to see which path ran).
+    #[cfg(test)]
+    from_odb: std::cell::Cell<u32>,
     commits: OidMap<Commit>,
     /// Commit graphs of the repository's packs: commits found there are not inflated.
     graphs: Graphs,
@@ -125,6 +128,8 @@ impl Objects {
             odb,
             hash,
             buf: Vec::new(),
+            #[cfg(test)]
+            from_odb: std::cell::Cell::new(0),
             packs: Packs {
                 data: packs.iter().map(|_| std::cell::OnceCell::new()).collect(),
                 listed: packs,
@@ -199,6 +204,8 @@ impl Objects {
                 return Ok(Some((outcome.kind, outcome.object_size)));
             }
         }
+        #[cfg(test)]
+        self.from_odb.set(self.from_odb.get() + 1);
         let header = self.odb.try_header(oid).map_err(Error::odb)?;
         Ok(header.map(|h| (h.kind, h.size)))
     }
@@ -247,6 +254,8 @@ impl Objects {
                 return Ok((outcome.kind, &self.buf[..]));
             }
         }
+        #[cfg(test)]
+        self.from_odb.set(self.from_odb.get() + 1);
         match self.odb.try_find(oid, &mut self.buf).map_err(Error::odb)? {
             Some(data) => Ok((data.kind, data.data)),
             None => Err(Error::MissingObject { oid: *oid }),
@@ -488,19 +497,57 @@ pub(crate) fn tree_entry(
 mod tests {
     use super::*;
 
-    #[test]
-    fn objects_are_read_from_the_listed_packs_alike_every_time() {
+    /// A work tree with a history of shrinking files, packed by `git repack -adq` with
+    /// `config` (`-c` options), and the ids of its objects.
+    fn packed_history(config: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, Vec<ObjectId>) {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("w");
         std::fs::create_dir(&work).unwrap();
         gitcache_testkit::git::git_stdout(&work, &["init", "-q"]);
         gitcache_testkit::repo::commit_shrinking_files(&work, 8);
-        gitcache_testkit::git::git_stdout(&work, &["repack", "-adq"]);
+        let repack: Vec<&str> = config.iter().chain(&["repack", "-adq"]).copied().collect();
+        gitcache_testkit::git::git_stdout(&work, &repack);
         let listed = gitcache_testkit::git::git_stdout(&work, &["rev-list", "--objects", "--all"]);
-        let ids: Vec<ObjectId> = listed
+        let ids = listed
             .lines()
             .map(|line| ObjectId::from_hex(&line.as_bytes()[..40]).unwrap())
             .collect();
+        (dir, work, ids)
+    }
+
+    #[test]
+    fn deltas_on_bases_named_by_id_are_read_from_the_listed_packs() {
+        // Deltas whose bases are named by id (`REF_DELTA`), as git writes without
+        // `ofs-delta`.
+        let (_dir, work, ids) = packed_history(&["-c", "repack.useDeltaBaseOffset=false"]);
+        let repo = crate::Repository::open(work.join(".git")).unwrap();
+        let mut objects = repo.objects();
+        let mut by_id = 0;
+        for oid in ids {
+            let (k, offset) = objects.packs.find(&oid).expect("in the pack");
+            let data = objects.packs.data(k, HashKind::Sha1).expect("mapped");
+            let header = data.entry(offset).unwrap().header;
+            by_id += usize::from(matches!(
+                header,
+                gix_pack::data::entry::Header::RefDelta { .. }
+            ));
+            let size = objects.header(&oid).unwrap().map(|(_, size)| size);
+            let (kind, data) = objects.read(&oid).unwrap();
+            assert_eq!(size, Some(data.len() as u64));
+            let id = gix_object::compute_hash(HashKind::Sha1, kind, data).unwrap();
+            assert_eq!(id, oid);
+        }
+        assert!(by_id > 0, "git wrote no delta on a base named by id");
+        assert_eq!(
+            objects.from_odb.get(),
+            0,
+            "all read from the pack's own mapping"
+        );
+    }
+
+    #[test]
+    fn objects_are_read_from_the_listed_packs_alike_every_time() {
+        let (_dir, work, ids) = packed_history(&[]);
         let repo = crate::Repository::open(work.join(".git")).unwrap();
         let mut objects = repo.objects();
         // Some are stored as deltas, on chains of more than one.
@@ -542,6 +589,7 @@ mod tests {
                 .iter()
                 .all(|d| matches!(d.get(), Some(Some(_))))
         );
+        assert_eq!(objects.from_odb.get(), 0);
         // An object written after the listing is read through the object database.
         let loose = gitcache_testkit::git::git_with_input(
             &work.join(".git"),
@@ -556,6 +604,7 @@ mod tests {
             objects.read(&loose).unwrap().1,
             b"written after the listing\n"
         );
+        assert_eq!(objects.from_odb.get(), 2);
     }
 
     #[test]
