@@ -71,6 +71,17 @@ impl Packs {
     }
 }
 
+/// The entry of `id` in `pack` (mapped as `data`), if the pack holds it.
+fn entry_in(
+    pack: &crate::packs::StoredPack,
+    data: &gix_pack::data::File,
+    id: &gix_hash::oid,
+) -> gix_error::Result<Option<gix_pack::data::Entry>> {
+    crate::packs::lookup(&pack.index, id)
+        .map(|i| data.entry(pack.index.pack_offset_at_index(i)))
+        .transpose()
+}
+
 /// The delta-base cache as one listed pack sees it: entries kept under the pack's place in
 /// the listing, not under gitoxide's id of the file (a checksum of its path, which two packs
 /// could share, and would then be given each other's objects).
@@ -182,8 +193,7 @@ impl Objects {
             let resolve = |id: &gix_hash::oid| -> gix_error::Result<_> {
                 // A base named by id: in the same pack (a completed thin pack's), else
                 // wherever the object database finds it.
-                if let Some(i) = crate::packs::lookup(&pack.index, id) {
-                    let base = data.entry(pack.index.pack_offset_at_index(i))?;
+                if let Some(base) = entry_in(pack, data, id)? {
                     return Ok(Some(gix_pack::data::decode::header::ResolvedBase::InPack(
                         base,
                     )));
@@ -221,8 +231,7 @@ impl Objects {
             let pack = &self.packs.listed[k];
             let odb = &self.odb;
             let resolve = |id: &gix_hash::oid, out: &mut Vec<u8>| -> gix_error::Result<_> {
-                if let Some(i) = crate::packs::lookup(&pack.index, id) {
-                    let base = data.entry(pack.index.pack_offset_at_index(i))?;
+                if let Some(base) = entry_in(pack, &data, id)? {
                     return Ok(Some(gix_pack::data::decode::entry::ResolvedBase::InPack(
                         base,
                     )));
@@ -248,8 +257,7 @@ impl Objects {
             );
             // The buffer holds the object and nothing else: the outcome's size is a delta's
             // own when the object came whole from the cache. An entry that cannot be decoded
-            // here (damage, or a chain larger in all than one buffer may be) is left to the
-            // object database, which reads it or says why not.
+            // here is left to the object database, which reads it or says why not.
             if let Ok(outcome) = decoded {
                 return Ok((outcome.kind, &self.buf[..]));
             }
