@@ -599,13 +599,9 @@ mod tests {
         );
         assert_eq!(objects.from_odb.get(), 0);
         // An object written after the listing is read through the object database.
-        let loose = gitcache_testkit::git::git_with_input(
-            &work.join(".git"),
-            &["hash-object", "-w", "--stdin"],
-            b"written after the listing\n",
-        );
         let loose =
-            ObjectId::from_hex(String::from_utf8(loose).unwrap().trim().as_bytes()).unwrap();
+            gitcache_testkit::git::write_blob(&work.join(".git"), b"written after the listing\n");
+        let loose = ObjectId::from_hex(loose.as_bytes()).unwrap();
         assert!(objects.packs.find(&loose).is_none());
         assert_eq!(objects.header(&loose).unwrap(), Some((Kind::Blob, 26)));
         assert_eq!(

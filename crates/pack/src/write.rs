@@ -1558,12 +1558,8 @@ mod tests {
 
     /// `content` stored as a loose object of the repository at `path`; its id.
     fn store(path: &std::path::Path, content: &str) -> ObjectId {
-        let out = gitcache_testkit::git::git_with_input(
-            path,
-            &["hash-object", "-w", "--stdin"],
-            content.as_bytes(),
-        );
-        ObjectId::from_hex(String::from_utf8(out).unwrap().trim().as_bytes()).unwrap()
+        let id = gitcache_testkit::git::write_blob(path, content.as_bytes());
+        ObjectId::from_hex(id.as_bytes()).unwrap()
     }
 
     /// Two versions of a file, their ids, and the repository (at `r.git` in the directory).

@@ -8,21 +8,9 @@ use gitcache_pages::manifest::Content;
 use gitcache_pages::serve::{Answer, answer};
 use gitcache_pages::site::{Pages, TreeFile};
 use gitcache_storage::store::{AnyStore, FsStore};
-use gitcache_testkit::git::{git_stdout, git_with_input};
+use gitcache_testkit::git::{git_stdout, git_with_input, write_blob as blob};
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Upstream};
-
-/// Write `content` as a blob of the bare repository `repo`; its id.
-fn blob(repo: &std::path::Path, content: &[u8]) -> String {
-    String::from_utf8(git_with_input(
-        repo,
-        &["hash-object", "-w", "--stdin"],
-        content,
-    ))
-    .unwrap()
-    .trim()
-    .to_owned()
-}
 
 fn tree(repo: &std::path::Path, lines: &str) -> String {
     String::from_utf8(git_with_input(repo, &["mktree"], lines.as_bytes()))

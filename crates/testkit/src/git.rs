@@ -245,6 +245,13 @@ pub(crate) fn rev_parse_in(repo: &Path, rev: &str) -> io::Result<String> {
         .to_owned())
 }
 
+/// Write `content` as a blob (a loose object) of the repository at `dir`; its id in hex.
+#[track_caller]
+pub fn write_blob(dir: &Path, content: &[u8]) -> String {
+    let out = git_with_input(dir, &["hash-object", "-w", "--stdin"], content);
+    String::from_utf8(out).expect("an id").trim().to_owned()
+}
+
 /// Run `git args…` in `dir` (no machine configuration) with `input` on its standard input;
 /// what it printed, or a panic with git's error output. For tests and benches.
 #[track_caller]
