@@ -236,6 +236,21 @@ fn sort_by_id(nodes: &mut [Node]) {
     }
 }
 
+/// Write the index of a pack whose objects' ids are known (a test's pack written by hand).
+#[cfg(test)]
+pub(crate) fn write_index_of(
+    path: &Path,
+    objects: &[(ObjectId, PackEntry)],
+    checksum: &ObjectId,
+    hash: gix_hash::Kind,
+) -> Result<(), Error> {
+    let mut nodes: Vec<Node> = (objects.iter())
+        .map(|&(oid, entry)| Node { entry, oid })
+        .collect();
+    sort_by_id(&mut nodes);
+    write_index(path, &nodes, checksum, hash)
+}
+
 /// Write a version 2 pack index of `nodes` (sorted by id), as git's `index-pack` writes it.
 fn write_index(
     path: &Path,

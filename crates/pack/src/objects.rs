@@ -611,6 +611,158 @@ mod tests {
         assert_eq!(objects.from_odb.get(), 2);
     }
 
+    /// Write a pack of `entries` (an object's id, its entry's header, the entry's data
+    /// before compression) and its index into the pack directory of `git_dir`, as a writer
+    /// other than git could leave one; the pack's path.
+    fn write_pack_by_hand(
+        git_dir: &std::path::Path,
+        entries: &[(ObjectId, gix_pack::data::entry::Header, Vec<u8>)],
+    ) -> std::path::PathBuf {
+        use std::io::Write as _;
+        let mut pack = b"PACK".to_vec();
+        pack.extend(2u32.to_be_bytes());
+        pack.extend(u32::try_from(entries.len()).unwrap().to_be_bytes());
+        let mut indexed = Vec::new();
+        for (oid, header, data) in entries {
+            let start = pack.len();
+            header.write_to(data.len() as u64, &mut pack).unwrap();
+            let mut zlib = flate2::write::ZlibEncoder::new(&mut pack, Default::default());
+            zlib.write_all(data).unwrap();
+            zlib.finish().unwrap();
+            let mut crc = flate2::Crc::new();
+            crc.update(&pack[start..]);
+            let offset = start as u64;
+            let crc32 = crc.sum();
+            indexed.push((*oid, crate::PackEntry { offset, crc32 }));
+        }
+        let digest: [u8; 20] = <sha1::Sha1 as sha1::Digest>::digest(&pack).into();
+        pack.extend(digest);
+        let checksum = ObjectId::from_bytes_or_panic(&digest);
+        let path = git_dir.join(format!("objects/pack/pack-{checksum}.pack"));
+        std::fs::write(&path, &pack).unwrap();
+        let index = path.with_extension("idx");
+        crate::indexing::write_index_of(&index, &indexed, &checksum, HashKind::Sha1).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_delta_on_a_base_outside_its_pack_is_decoded_there_with_the_base_from_the_odb() {
+        // git never stores such a pack (gitcache completes a thin pack with its bases when
+        // taking it in), but a pack left by another writer may hold one.
+        let dir = tempfile::tempdir().unwrap();
+        gitcache_testkit::git::git_stdout(dir.path(), &["init", "-q", "--bare", "r.git"]);
+        let git_dir = dir.path().join("r.git");
+        let base: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        let base_id = gitcache_testkit::git::write_blob(&git_dir, base.as_bytes());
+        let base_id = ObjectId::from_hex(base_id.as_bytes()).unwrap();
+        let target = format!("{base}and one line more\n");
+        let target_id =
+            gix_object::compute_hash(HashKind::Sha1, Kind::Blob, target.as_bytes()).unwrap();
+        let source = crate::delta::SourceIndex::new(base.as_bytes()).unwrap();
+        let delta = crate::delta::encode(&source, target.as_bytes(), usize::MAX).unwrap();
+        let header = gix_pack::data::entry::Header::RefDelta { base_id };
+        write_pack_by_hand(&git_dir, &[(target_id, header, delta)]);
+
+        let repo = crate::Repository::open(&git_dir).unwrap();
+        let mut objects = repo.objects();
+        assert!(objects.packs.find(&target_id).is_some());
+        assert!(objects.packs.find(&base_id).is_none(), "the base is loose");
+        let size = target.len() as u64;
+        assert_eq!(
+            objects.header(&target_id).unwrap(),
+            Some((Kind::Blob, size))
+        );
+        let (kind, data) = objects.read(&target_id).unwrap();
+        assert_eq!((kind, data), (Kind::Blob, target.as_bytes()));
+        // Decoded through the pack's own mapping: the object database answered for the
+        // base alone, which is not counted.
+        assert!(matches!(objects.packs.data[0].get(), Some(Some(_))));
+        assert_eq!(objects.from_odb.get(), 0);
+        // A base found nowhere: the object database cannot read the delta either.
+        let lacking = b"a base this repository lacks\n";
+        let missing = gix_object::compute_hash(HashKind::Sha1, Kind::Blob, lacking).unwrap();
+        let orphan = format!("{base}a delta on a base that is nowhere\n");
+        let orphan_id =
+            gix_object::compute_hash(HashKind::Sha1, Kind::Blob, orphan.as_bytes()).unwrap();
+        let delta = crate::delta::encode(&source, orphan.as_bytes(), usize::MAX).unwrap();
+        let header = gix_pack::data::entry::Header::RefDelta { base_id: missing };
+        write_pack_by_hand(&git_dir, &[(orphan_id, header, delta)]);
+        let repo = crate::Repository::open(&git_dir).unwrap();
+        let mut objects = repo.objects();
+        assert!(objects.packs.find(&orphan_id).is_some());
+        assert!(objects.read(&orphan_id).is_err());
+        assert_eq!(objects.from_odb.get(), 1, "left to the object database");
+    }
+
+    #[test]
+    fn objects_of_a_pack_removed_before_it_was_mapped_are_read_through_the_odb() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("w");
+        std::fs::create_dir(&work).unwrap();
+        gitcache_testkit::git::git_stdout(&work, &["init", "-q"]);
+        gitcache_testkit::repo::commit_shrinking_files(&work, 3);
+        let listed = gitcache_testkit::git::git_stdout(&work, &["rev-list", "--objects", "--all"]);
+        let ids: Vec<ObjectId> = (listed.lines())
+            .map(|line| ObjectId::from_hex(&line.as_bytes()[..40]).unwrap())
+            .collect();
+        let names: String = ids.iter().map(|id| format!("{id}\n")).collect();
+        // Packed, the loose objects kept (`pack-objects` alone removes nothing).
+        let args = ["pack-objects", "-q", ".git/objects/pack/pack"];
+        let name = gitcache_testkit::git::git_with_input(&work, &args, names.as_bytes());
+        let name = String::from_utf8(name).unwrap();
+        let repo = crate::Repository::open(work.join(".git")).unwrap();
+        let mut objects = repo.objects();
+        assert!(ids.iter().all(|id| objects.packs.find(id).is_some()));
+        // Removed after the listing, before anything was read from it (as a consolidation
+        // removes the packs it replaced).
+        for ext in ["pack", "idx"] {
+            let file = format!("objects/pack/pack-{}.{ext}", name.trim());
+            std::fs::remove_file(work.join(".git").join(file)).unwrap();
+        }
+        for id in &ids {
+            let header = objects.header(id).unwrap();
+            let (kind, data) = objects.read(id).unwrap();
+            assert_eq!(header, Some((kind, data.len() as u64)));
+            let read = gix_object::compute_hash(HashKind::Sha1, kind, data).unwrap();
+            assert_eq!(read, *id);
+        }
+        assert!(
+            matches!(objects.packs.data[0].get(), Some(None)),
+            "not mapped"
+        );
+        assert_eq!(objects.from_odb.get() as usize, 2 * ids.len());
+    }
+
+    #[test]
+    fn the_delta_base_cache_keeps_each_listed_pack_apart() {
+        // gitoxide names a pack by a CRC-32 of its path: two packs could be given the same.
+        let mut inner = gix_pack::cache::lru::MemoryCappedHashmap::new(1 << 20);
+        let same = 7;
+        let mut first = PackCache {
+            k: 0,
+            inner: &mut inner,
+        };
+        gix_pack::cache::DecodeEntry::put(&mut first, same, 12, b"first's", Kind::Blob, 5);
+        let mut second = PackCache {
+            k: 1,
+            inner: &mut inner,
+        };
+        gix_pack::cache::DecodeEntry::put(&mut second, same, 12, b"second's", Kind::Tree, 6);
+        let mut out = Vec::new();
+        for (k, kind, data) in [
+            (0, Kind::Blob, &b"first's"[..]),
+            (1, Kind::Tree, b"second's"),
+        ] {
+            let mut cache = PackCache {
+                k,
+                inner: &mut inner,
+            };
+            let got = gix_pack::cache::DecodeEntry::get(&mut cache, same, 12, &mut out);
+            assert_eq!(got.map(|(kind, _)| kind), Some(kind));
+            assert_eq!(out, data);
+        }
+    }
+
     #[test]
     fn commit_headers() {
         let data = b"tree 1111111111111111111111111111111111111111\n\
