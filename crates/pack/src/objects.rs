@@ -689,9 +689,21 @@ mod tests {
         write_pack_by_hand(&git_dir, &[(orphan_id, header, delta)]);
         let repo = crate::Repository::open(&git_dir).unwrap();
         let mut objects = repo.objects();
-        assert!(objects.packs.find(&orphan_id).is_some());
-        assert!(objects.read(&orphan_id).is_err());
-        assert_eq!(objects.from_odb.get(), 1, "left to the object database");
+        let (k, _) = objects.packs.find(&orphan_id).expect("listed");
+        let err = objects.read(&orphan_id).unwrap_err();
+        assert!(
+            matches!(objects.packs.data[k].get(), Some(Some(_))),
+            "mapped"
+        );
+        assert_eq!(
+            objects.from_odb.get(),
+            1,
+            "left to the object database: {err}"
+        );
+        assert!(
+            !matches!(err, Error::MissingObject { .. }),
+            "the object is there: {err}"
+        );
     }
 
     #[test]
@@ -731,6 +743,50 @@ mod tests {
             "not mapped"
         );
         assert_eq!(objects.from_odb.get() as usize, 2 * ids.len());
+    }
+
+    #[test]
+    fn objects_at_the_same_offset_of_two_packs_are_each_read_from_their_own() {
+        // In each pack, a base and a delta on it: the delta's object is what the delta-base
+        // cache keeps, under the pack it was read from and its offset there.
+        let dir = tempfile::tempdir().unwrap();
+        gitcache_testkit::git::git_stdout(dir.path(), &["init", "-q", "--bare", "r.git"]);
+        let git_dir = dir.path().join("r.git");
+        let blob = |content: &[u8]| {
+            let id = gix_object::compute_hash(HashKind::Sha1, Kind::Blob, content).unwrap();
+            (id, content.to_vec())
+        };
+        let mut deltas = Vec::new();
+        for letter in ["a", "b"] {
+            let (base_id, base) = blob(letter.repeat(300).as_bytes());
+            let (delta_id, target) = blob(format!("{}{letter}\n", letter.repeat(300)).as_bytes());
+            let source = crate::delta::SourceIndex::new(&base).unwrap();
+            let delta = crate::delta::encode(&source, &target, usize::MAX).unwrap();
+            use gix_pack::data::entry::Header;
+            write_pack_by_hand(
+                &git_dir,
+                &[
+                    (base_id, Header::Blob, base),
+                    (delta_id, Header::RefDelta { base_id }, delta),
+                ],
+            );
+            deltas.push((delta_id, target));
+        }
+        let repo = crate::Repository::open(&git_dir).unwrap();
+        let mut objects = repo.objects();
+        let places: Vec<_> = deltas
+            .iter()
+            .map(|(id, _)| objects.packs.find(id).unwrap())
+            .collect();
+        assert_ne!(places[0].0, places[1].0, "in two packs");
+        assert_eq!(places[0].1, places[1].1, "at the same offset");
+        for _ in 0..2 {
+            for (id, target) in &deltas {
+                let (kind, data) = objects.read(id).unwrap();
+                assert_eq!((kind, data), (Kind::Blob, &target[..]));
+            }
+        }
+        assert_eq!(objects.from_odb.get(), 0);
     }
 
     #[test]
