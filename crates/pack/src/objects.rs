@@ -645,6 +645,11 @@ mod tests {
         path
     }
 
+    /// The id of a blob of `content`.
+    fn blob_id(content: &[u8]) -> ObjectId {
+        gix_object::compute_hash(HashKind::Sha1, Kind::Blob, content).unwrap()
+    }
+
     #[test]
     fn a_delta_on_a_base_outside_its_pack_is_decoded_there_with_the_base_from_the_odb() {
         // git never stores such a pack (gitcache completes a thin pack with its bases when
@@ -656,8 +661,7 @@ mod tests {
         let base_id = gitcache_testkit::git::write_blob(&git_dir, base.as_bytes());
         let base_id = ObjectId::from_hex(base_id.as_bytes()).unwrap();
         let target = format!("{base}and one line more\n");
-        let target_id =
-            gix_object::compute_hash(HashKind::Sha1, Kind::Blob, target.as_bytes()).unwrap();
+        let target_id = blob_id(target.as_bytes());
         let source = crate::delta::SourceIndex::new(base.as_bytes()).unwrap();
         let delta = crate::delta::encode(&source, target.as_bytes(), usize::MAX).unwrap();
         let header = gix_pack::data::entry::Header::RefDelta { base_id };
@@ -679,11 +683,9 @@ mod tests {
         assert!(matches!(objects.packs.data[0].get(), Some(Some(_))));
         assert_eq!(objects.from_odb.get(), 0);
         // A base found nowhere: the object database cannot read the delta either.
-        let lacking = b"a base this repository lacks\n";
-        let missing = gix_object::compute_hash(HashKind::Sha1, Kind::Blob, lacking).unwrap();
+        let missing = blob_id(b"a base this repository lacks\n");
         let orphan = format!("{base}a delta on a base that is nowhere\n");
-        let orphan_id =
-            gix_object::compute_hash(HashKind::Sha1, Kind::Blob, orphan.as_bytes()).unwrap();
+        let orphan_id = blob_id(orphan.as_bytes());
         let delta = crate::delta::encode(&source, orphan.as_bytes(), usize::MAX).unwrap();
         let header = gix_pack::data::entry::Header::RefDelta { base_id: missing };
         write_pack_by_hand(&git_dir, &[(orphan_id, header, delta)]);
@@ -752,10 +754,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         gitcache_testkit::git::git_stdout(dir.path(), &["init", "-q", "--bare", "r.git"]);
         let git_dir = dir.path().join("r.git");
-        let blob = |content: &[u8]| {
-            let id = gix_object::compute_hash(HashKind::Sha1, Kind::Blob, content).unwrap();
-            (id, content.to_vec())
-        };
+        let blob = |content: &[u8]| (blob_id(content), content.to_vec());
         let mut deltas = Vec::new();
         for letter in ["a", "b"] {
             let (base_id, base) = blob(letter.repeat(300).as_bytes());
