@@ -315,7 +315,7 @@ impl std::fmt::Debug for IndexCache {
     }
 }
 
-/// The packs of `objects/pack` that have both an index and a data file.
+/// The packs of `objects/pack` that have both an index and a data file, the largest first.
 pub(crate) fn list(
     git_dir: &Path,
     hash: HashKind,
@@ -385,6 +385,16 @@ pub(crate) fn list(
         });
     }
     open.retain(|idx, _| packs.iter().any(|p| p.pack.with_extension("idx") == *idx));
+    // Largest first, then by name: an object is looked for pack by pack in this order, and a
+    // mirror is mostly one large pack (its first fetch or its consolidation) beside the small
+    // ones of later fetches. The directory's own order (a hash of the names on most file
+    // systems) put the large pack anywhere, so a lookup probed the small indexes before it
+    // as often as not.
+    packs.sort_by(|a, b| {
+        b.num_objects()
+            .cmp(&a.num_objects())
+            .then_with(|| a.pack.cmp(&b.pack))
+    });
     Ok(packs)
 }
 
@@ -1067,6 +1077,48 @@ mod tests {
         gitcache_testkit::git::git_stdout(&path, repack);
         let repo = Repository::open(&path).unwrap();
         (dir, repo)
+    }
+
+    /// Packs are listed largest first (ties by name), whatever order the directory gives
+    /// them in: objects are looked for in the listing's order.
+    #[test]
+    fn packs_are_listed_largest_first() {
+        let (dir, repo) = repacked(12, &["repack", "-adq"]);
+        let path = dir.path().join("r.git");
+        let git = |args: &[&str]| gitcache_testkit::git::git_stdout(&path, args);
+        let first = repo.stored_packs().unwrap()[0].pack.clone();
+        // Five small packs of one commit each, of two to six new blobs.
+        for n in 0..5 {
+            let mut tree = String::new();
+            for b in 0..n + 2 {
+                let blob = gitcache_testkit::git::write_blob(
+                    &path,
+                    format!("pack {n} blob {b}\n").as_bytes(),
+                );
+                tree.push_str(&format!("100644 blob {blob}\tf{b}\n"));
+            }
+            let tree = gitcache_testkit::git::git_with_input(&path, &["mktree"], tree.as_bytes());
+            let tree = String::from_utf8(tree).unwrap();
+            let commit = git(&["commit-tree", tree.trim(), "-m", &format!("pack {n}")]);
+            git(&["update-ref", &format!("refs/heads/p{n}"), commit.trim()]);
+            git(&["repack", "-dq"]);
+        }
+        let listed = repo.stored_packs().unwrap();
+        assert_eq!(listed.len(), 6);
+        assert_eq!(
+            listed[0].pack, first,
+            "the first pack holds the most objects"
+        );
+        for pair in listed.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert!(
+                a.num_objects() > b.num_objects()
+                    || (a.num_objects() == b.num_objects() && a.pack < b.pack),
+                "{} objects before {}",
+                a.num_objects(),
+                b.num_objects()
+            );
+        }
     }
 
     /// A pack's tips are read once per version of their file: one written, rewritten or
