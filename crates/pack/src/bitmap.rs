@@ -981,16 +981,104 @@ impl Positions {
 }
 
 /// The objects reachable from `tips` as a bitmap over `pos`, using the stored bitmaps of
-/// `known` where the walk meets their commits. `None` if the walk meets an object outside the
-/// pack.
+/// `known` where the walk meets their commits. Objects outside the pack are kept in `beyond`
+/// (as git keeps them in its bitmap's extended index): without it, `None` if the walk meets
+/// one.
 pub(crate) fn reach(
     objects: &mut Objects,
     pos: &Positions,
     known: &dyn Known,
     tips: &[ObjectId],
     seed: Option<&Bits>,
+    beyond: Option<&mut Beyond>,
 ) -> Result<Option<Bits>, Error> {
-    reach_reading(objects, None, pos, known, tips, None, seed)
+    let keep = match beyond {
+        Some(beyond) => Keep::Beyond(beyond),
+        None => Keep::Nothing,
+    };
+    reach_reading(objects, None, pos, known, tips, keep, seed)
+}
+
+/// What a walk over a pack's bitmaps keeps beside the bits it sets.
+enum Keep<'a> {
+    /// Nothing: an object outside the pack ends the walk.
+    Nothing,
+    /// Each object's type and the name hash of its path (for writing bitmaps); an object
+    /// outside the pack ends the walk.
+    Notes(&'a mut Notes),
+    /// The objects beyond the pack, by id.
+    Beyond(&'a mut Beyond),
+}
+
+/// What a walk over a pack's bitmaps reached outside the pack: the objects of the packs
+/// fetched since the bitmapped one (a mirror between two consolidations), found by id.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Beyond {
+    /// Every object outside the pack reached, those it was seeded with included: a walk does
+    /// not go through them again.
+    seen: OidSet,
+    /// Those this walk reached first, with their kinds, in the order met.
+    pub(crate) new: Vec<(ObjectId, gix_object::Kind)>,
+    /// Whose trees are walked among the commits beyond the pack.
+    trees: BeyondTrees,
+}
+
+/// Whose trees a walk reads among the commits beyond the bitmapped pack.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BeyondTrees {
+    /// Every commit's: what the wants reach is sent.
+    #[default]
+    All,
+    /// The tips' own only: what the haves reach is left out of the answer, and, as git
+    /// marks the client's side when it walks without bitmaps, their edge is enough. An object
+    /// of an older tree of the client's that comes back later is sent again (never one
+    /// missed); reading the trees of every commit since the consolidation, for a fetch whose
+    /// have is a few commits old, made it ten times slower.
+    OfTips,
+    /// None (an answer that sends no trees or blobs, as `tree:0`'s).
+    None,
+}
+
+impl Beyond {
+    /// Nothing seen yet; the trees of commits beyond the pack walked as `trees` says.
+    pub(crate) fn new(trees: BeyondTrees) -> Self {
+        Beyond {
+            trees,
+            ..Beyond::default()
+        }
+    }
+
+    /// Walk on from what was seen (taken as reached already, and not gone through again),
+    /// the trees of commits beyond the pack walked as `trees` says; what was new so far is
+    /// forgotten.
+    pub(crate) fn walk_on(&mut self, trees: BeyondTrees) {
+        self.trees = trees;
+        self.new.clear();
+    }
+
+    /// Every object seen but `new` (the last walk's).
+    pub(crate) fn into_seen_without(mut self, new: &[(ObjectId, gix_object::Kind)]) -> OidSet {
+        for (oid, _) in new {
+            self.seen.remove(oid);
+        }
+        self.seen
+    }
+
+    /// Whether `oid` was new: then noted as met, of kind `kind` (0 commit, 1 tree, 2 blob,
+    /// 3 tag, as the walks number them).
+    fn note(&mut self, oid: &ObjectId, kind: usize) -> bool {
+        if !self.seen.insert(*oid) {
+            return false;
+        }
+        let kind = match kind {
+            0 => gix_object::Kind::Commit,
+            1 => gix_object::Kind::Tree,
+            2 => gix_object::Kind::Blob,
+            _ => gix_object::Kind::Tag,
+        };
+        self.new.push((*oid, kind));
+        true
+    }
 }
 
 /// git's name hash (`pack_name_hash`) of a path, continued over `more` of it: whitespace is
@@ -1041,23 +1129,37 @@ fn reach_reading(
     pos: &Positions,
     known: &dyn Known,
     tips: &[ObjectId],
-    mut notes: Option<&mut Notes>,
+    mut keep: Keep<'_>,
     seed: Option<&Bits>,
 ) -> Result<Option<Bits>, Error> {
     // What `seed` holds is taken as reached already, and not walked through.
     let mut bits = seed.cloned().unwrap_or_else(|| Bits::with_len(pos.len()));
     let mut commits: Vec<ObjectId> = Vec::new();
     let mut trees: Vec<ObjectId> = Vec::new();
-    let naming = notes.is_some();
-    // Set the bit at `p` (the object's position, `None` outside the pack), noting its type
-    // and the hash of its path: whether it was new.
-    let mut note = |bits: &mut Bits, p: Option<usize>, kind: usize, name: u32| -> Option<bool> {
-        let p = p?;
+    let naming = matches!(keep, Keep::Notes(_));
+    let beyond_trees = match &keep {
+        Keep::Beyond(beyond) => beyond.trees,
+        _ => BeyondTrees::All,
+    };
+    // Set the bit at `p` (the object's position, `None` outside the pack: then noted in
+    // `beyond`, if kept), noting its type and the hash of its path: whether it was new.
+    let mut note = |bits: &mut Bits,
+                    p: Option<usize>,
+                    oid: &ObjectId,
+                    kind: usize,
+                    name: u32|
+     -> Option<bool> {
+        let Some(p) = p else {
+            return match &mut keep {
+                Keep::Beyond(beyond) => Some(beyond.note(oid, kind)),
+                _ => None,
+            };
+        };
         if bits.get(p) {
             return Some(false);
         }
         bits.set(p);
-        if let Some(notes) = notes.as_deref_mut() {
+        if let Keep::Notes(notes) = &mut keep {
             notes.note(p, kind, name);
         }
         Some(true)
@@ -1070,7 +1172,7 @@ fn reach_reading(
         let mut current = *tip;
         let mut hops = 0;
         while kind == gix_object::Kind::Tag {
-            if note(&mut bits, pos.of(&current), 3, 0).is_none() {
+            if note(&mut bits, pos.of(&current), &current, 3, 0).is_none() {
                 return Ok(None);
             }
             (current, kind) = objects.tag_target(&current)?;
@@ -1083,7 +1185,7 @@ fn reach_reading(
             gix_object::Kind::Commit => commits.push(current),
             gix_object::Kind::Tree => trees.push(current),
             gix_object::Kind::Blob => {
-                if note(&mut bits, pos.of(&current), 2, 0).is_none() {
+                if note(&mut bits, pos.of(&current), &current, 2, 0).is_none() {
                     return Ok(None);
                 }
             }
@@ -1093,6 +1195,10 @@ fn reach_reading(
     // The tips' own stored bitmaps, decoded together in the order the walk takes them (those
     // reached already, as by `seed`, are passed over there).
     let in_walk_order: Vec<ObjectId> = commits.iter().rev().copied().collect();
+    let tip_commits: OidSet = match beyond_trees {
+        BeyondTrees::OfTips => commits.iter().copied().collect(),
+        _ => OidSet::default(),
+    };
     known.or_stored(&in_walk_order, &mut bits)?;
     // Commits first, down to the nearest stored bitmaps; then the trees of the commits
     // walked, skipping whatever those bitmaps already hold (most of each tree).
@@ -1106,13 +1212,21 @@ fn reach_reading(
             bits.or(&stored);
             continue;
         }
-        match note(&mut bits, p, 0, 0) {
+        match note(&mut bits, p, &commit, 0, 0) {
             None => return Ok(None),
             Some(false) => continue,
             Some(true) => {}
         }
         let parsed = objects.commit(&commit)?;
-        trees.push(parsed.tree);
+        let walk_tree = p.is_some()
+            || match beyond_trees {
+                BeyondTrees::All => true,
+                BeyondTrees::OfTips => tip_commits.contains(&commit),
+                BeyondTrees::None => false,
+            };
+        if walk_tree {
+            trees.push(parsed.tree);
+        }
         commits.extend(parsed.parents.clone());
     }
     // Root trees in the order their commits were met, newest first, each one's subtrees
@@ -1132,7 +1246,7 @@ fn reach_reading(
     for root in trees {
         stack.push((root, pos.of(&root), 0, 0));
         while let Some((tree, p, name, prefix)) = stack.pop() {
-            match note(&mut bits, p, 1, name) {
+            match note(&mut bits, p, &tree, 1, name) {
                 None => return Ok(None),
                 Some(false) => continue,
                 Some(true) => {}
@@ -1188,14 +1302,18 @@ fn reach_reading(
                             stack.push((entry.oid, q, name, prefix));
                         }
                     }
-                    EntryKind::Blob => {
-                        let Some(q) = recent.of(pos, &entry.oid) else {
-                            return Ok(None);
-                        };
-                        if !bits.get(q) {
-                            note(&mut bits, Some(q), 2, entry_name());
+                    EntryKind::Blob => match recent.of(pos, &entry.oid) {
+                        Some(q) => {
+                            if !bits.get(q) {
+                                note(&mut bits, Some(q), &entry.oid, 2, entry_name());
+                            }
                         }
-                    }
+                        None => {
+                            if note(&mut bits, None, &entry.oid, 2, 0).is_none() {
+                                return Ok(None);
+                            }
+                        }
+                    },
                     EntryKind::Gitlink => {}
                 }
             }
@@ -1680,7 +1798,7 @@ pub(crate) fn write(
             &pos,
             &both,
             &[*commit],
-            Some(&mut notes),
+            Keep::Notes(&mut notes),
             None,
         )?
         else {
@@ -1733,7 +1851,7 @@ pub(crate) fn write(
         &pos,
         &both,
         tips,
-        Some(&mut notes),
+        Keep::Notes(&mut notes),
         None,
     )?
     else {

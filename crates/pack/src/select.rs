@@ -245,10 +245,12 @@ impl BitmapFilter {
 }
 
 /// The same selection from a pack's reachability bitmaps, when they answer the request: no
-/// shallow boundary, a filter the type bitmaps answer (`blob:none`, `blob:limit`, `tree:0`,
-/// `object:type`, and combinations of them, as git's bitmap walk does), and every want and
-/// have within the one bitmapped pack. The objects sent are exactly those the wants reach
-/// and the haves do not (git's answer with bitmaps), in pack order. `None`: walk instead.
+/// shallow boundary, and a filter the type bitmaps answer (`blob:none`, `blob:limit`,
+/// `tree:0`, `object:type`, and combinations of them, as git's bitmap walk does). The objects
+/// sent are exactly those the wants reach and the haves do not (git's answer with bitmaps):
+/// those of the bitmapped pack in pack order; those of packs fetched since (a mirror between
+/// two consolidations) found by id as the walk meets them, as git keeps them in its bitmap's
+/// extended index. `None`: walk instead.
 pub(crate) fn select_with_bitmaps(
     repo: &Repository,
     objects: &mut Objects,
@@ -269,19 +271,44 @@ pub(crate) fn select_with_bitmaps(
         return Ok(None);
     };
     let (bitmaps, pos) = (&loaded.bitmaps, &loaded.pos);
-    let Some(had) = crate::bitmap::reach(objects, pos, &*loaded, req.haves, None)? else {
+    // Trees beyond the pack are not walked for an answer that sends neither trees nor blobs
+    // (those named by the wants aside, which are sent whatever they are); on the haves' side,
+    // only the haves' own.
+    use crate::bitmap::{Beyond, BeyondTrees};
+    let no_trees = filter.without.contains(&Kind::Tree) && filter.without.contains(&Kind::Blob);
+    let (had_trees, sent_trees) = match no_trees {
+        true => (BeyondTrees::None, BeyondTrees::None),
+        false => (BeyondTrees::OfTips, BeyondTrees::All),
+    };
+    let mut beyond = Beyond::new(had_trees);
+    let Some(had) =
+        crate::bitmap::reach(objects, pos, &*loaded, req.haves, None, Some(&mut beyond))?
+    else {
         return Ok(None);
     };
-    // What the client has needs no walking on the wants' side.
-    let Some(mut sent) = crate::bitmap::reach(objects, pos, &*loaded, req.wants, Some(&had))?
+    // What the client has needs no walking on the wants' side: the same set goes on, and
+    // what the wants' walk adds to it is what is sent.
+    beyond.walk_on(sent_trees);
+    let Some(mut sent) = crate::bitmap::reach(
+        objects,
+        pos,
+        &*loaded,
+        req.wants,
+        Some(&had),
+        Some(&mut beyond),
+    )?
     else {
         return Ok(None);
     };
     sent.and_not(&had);
+    let mut extra = std::mem::take(&mut beyond.new);
+    // What the client has beyond the pack: delta bases in a thin pack, as the bits are.
+    let client_has = beyond.into_seen_without(&extra);
     if !filter.without.is_empty() || filter.blob_limit.is_some() {
+        let named_ids = named_by(objects, req.wants)?;
         let mut named = crate::bitmap::Bits::with_len(pos.len());
-        for oid in named_by(objects, req.wants)? {
-            if let Some(p) = pos.of(&oid) {
+        for oid in &named_ids {
+            if let Some(p) = pos.of(oid) {
                 named.set(p);
             }
         }
@@ -312,24 +339,56 @@ pub(crate) fn select_with_bitmaps(
             sent.and_not(&drop);
         }
         sent.or(&named);
+        // The same filter on the objects beyond the pack, those named by the wants kept.
+        let named_ids: OidSet = named_ids.into_iter().collect();
+        let mut kept = Vec::with_capacity(extra.len());
+        for (oid, kind) in extra {
+            let keep = !filter.without.contains(&kind)
+                && match (kind, filter.blob_limit) {
+                    // As in the pack: a blob whose size cannot be read is not left out.
+                    (Kind::Blob, Some(limit)) => {
+                        objects.header(&oid)?.is_none_or(|(_, size)| size < limit)
+                    }
+                    _ => true,
+                };
+            if keep || named_ids.contains(&oid) {
+                kept.push((oid, kind));
+            }
+        }
+        extra = kept;
     }
     let mut out = Selection::default();
+    // The objects listed, for `include-tag` to know them sent.
+    let mut emitted = OidSet::default();
+    for (oid, kind) in extra {
+        if req.include_tag {
+            emitted.insert(oid);
+        }
+        match kind {
+            Kind::Commit => out.commits.push(oid),
+            Kind::Tag => out.tags.push(oid),
+            Kind::Tree | Kind::Blob => out.others.push(oid),
+        }
+    }
+    out.client_has.extend(client_has);
     out.client_has.bits = Some((std::sync::Arc::clone(&loaded), had));
-    with_packed(repo, objects, out, (k, pos, sent), req.include_tag).map(Some)
+    with_packed(repo, objects, out, emitted, (k, pos, sent), req.include_tag).map(Some)
 }
 
 /// `out` with the objects at positions `sent` of the stored pack `k` whose positions `pos`
-/// gives, and with `include_tag` the tags of what they hold.
+/// gives, and with `include_tag` the tags of what they and `emitted` (the objects `out`
+/// lists) hold.
 fn with_packed(
     repo: &Repository,
     objects: &mut Objects,
     mut out: Selection,
+    mut emitted: OidSet,
     (k, pos, sent): (usize, &crate::bitmap::Positions, crate::bitmap::Bits),
     include_tag: bool,
 ) -> Result<Selection, Error> {
     if include_tag {
         let sent_here = |oid: &ObjectId| pos.of(oid).is_some_and(|p| sent.get(p));
-        include_tags(repo, objects, &mut OidSet::default(), sent_here, &mut out)?;
+        include_tags(repo, objects, &mut emitted, sent_here, &mut out)?;
     }
     out.packed = Some(crate::reuse::Packed::new(k, pos.rev(), sent));
     Ok(out)
@@ -386,7 +445,15 @@ pub(crate) fn select_from_marked_pack(
         }
     }
     let out = Selection::default();
-    with_packed(repo, objects, out, (k, &pos, sent), req.include_tag).map(Some)
+    with_packed(
+        repo,
+        objects,
+        out,
+        OidSet::default(),
+        (k, &pos, sent),
+        req.include_tag,
+    )
+    .map(Some)
 }
 
 /// The objects `wants` name, sent whatever a filter says of their type or size: each want,

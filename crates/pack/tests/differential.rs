@@ -488,36 +488,214 @@ fn with_reachability_bitmaps() {
                 ])),
             ),
         ] {
-            let mut f = fetch(wants);
-            f.include_tag = tags;
-            f.filter = filter;
-            assert_bitmaps(&fx, &f, name);
-            run(Case {
-                name,
-                fixture: &fx,
-                client: fx.empty_client(&format!("c-{name}")),
-                fetch: f,
-            });
+            bitmap_clone(&fx, name, wants, tags, filter);
         }
         for (name, client, have, thin) in [
             ("bitmap-near-thin", &near, mid_main, true),
             ("bitmap-near-fat", &near, mid_main, false),
             ("bitmap-far-thin", &far, old_main, true),
         ] {
-            let mut f = fetch(vec![main]);
-            f.haves = refs_of(client, "refs/heads/");
-            assert!(f.haves.contains(&have));
-            f.thin_pack = thin;
-            f.include_tag = true;
-            assert_bitmaps(&fx, &f, name);
-            run(Case {
-                name,
-                fixture: &fx,
-                client: client.clone(),
-                fetch: f,
-            });
+            bitmap_fetch(&fx, name, vec![main], (client, have), thin, None);
         }
     }
+}
+
+/// A mirror between two consolidations: its bitmapped pack, and packs fetched since that
+/// hold newer commits, a new branch and a new annotated tag. Answers are still taken from the
+/// bitmaps, the objects beyond the bitmapped pack found by id as the walk meets them (git's
+/// extended index), and are git's: clones, filters, `include-tag`, and incremental fetches
+/// whose haves lie in the bitmapped pack or beyond it.
+#[test]
+fn with_bitmaps_and_packs_fetched_since() {
+    for spec in [RepoSpec::small(36), RepoSpec::small(37).sha256()] {
+        let fx = Fixture::new(spec);
+        git(&fx.src, &["repack", "-adb", "-q"]);
+        let old_main = fx.rev("refs/heads/main");
+        let far = fx.clone_client("far", &[]);
+        // Each append packed on its own (`repack -d` without `-a` packs the loose objects
+        // alone), beside the bitmapped pack.
+        repo::append_commits(&fx.src, "main", 6, 11).unwrap();
+        git(&fx.src, &["repack", "-dq"]);
+        let mid_main = fx.rev("refs/heads/main");
+        let near = fx.clone_client("near", &[]);
+        repo::append_commits(&fx.src, "main", 4, 12).unwrap();
+        git(&fx.src, &["repack", "-dq"]);
+        git(&fx.src, &["branch", "topic", "main~2"]);
+        repo::append_commits(&fx.src, "topic", 3, 13).unwrap();
+        git(
+            &fx.src,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@e",
+                "tag",
+                "-a",
+                "-m",
+                "release beyond the bitmaps",
+                "v-beyond",
+                "topic",
+            ],
+        );
+        git(&fx.src, &["repack", "-dq"]);
+        let packs = std::fs::read_dir(fx.src.join("objects/pack"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "pack")
+            })
+            .count();
+        assert_eq!(packs, 4, "the bitmapped pack and three fetched since");
+        let all_refs = refs_of(&fx.src, "refs/");
+        let main = fx.rev("refs/heads/main");
+        let tag = fx.rev("refs/tags/v-beyond");
+        // Not a blob of the tree named too, and no commit of that tree with `tree:0`: git
+        // leaves a named object out under a filter when its walk met it first through another
+        // want beyond the pack (the filter marks it seen there), which gitcache does not copy:
+        // it sends every object a want names.
+        let named = vec![fx.rev("main^{tree}"), fx.rev("topic:appended/LAST"), main];
+        for (name, wants, tags, filter) in [
+            ("beyond-full", all_refs.clone(), false, None),
+            (
+                "beyond-include-tag",
+                vec![main, fx.rev("refs/heads/topic")],
+                true,
+                None,
+            ),
+            ("beyond-single", vec![main], true, None),
+            ("beyond-tag", vec![tag], false, None),
+            // A tree and a blob beyond the pack named by wants: sent whatever the filter.
+            ("beyond-named", named.clone(), false, Some(Filter::BlobNone)),
+            (
+                "beyond-named-tree-0",
+                named[..2].to_vec(),
+                false,
+                Some(Filter::Tree(0)),
+            ),
+            (
+                "beyond-blob-none",
+                all_refs.clone(),
+                true,
+                Some(Filter::BlobNone),
+            ),
+            (
+                "beyond-blob-none-single",
+                vec![main],
+                false,
+                Some(Filter::BlobNone),
+            ),
+            (
+                "beyond-tree-0",
+                all_refs.clone(),
+                true,
+                Some(Filter::Tree(0)),
+            ),
+            ("beyond-tree-0-tag", vec![tag], false, Some(Filter::Tree(0))),
+            (
+                "beyond-blob-limit",
+                all_refs.clone(),
+                true,
+                Some(Filter::BlobLimit(200)),
+            ),
+            (
+                "beyond-type-blob",
+                all_refs.clone(),
+                false,
+                Some(Filter::ObjectType(ObjectType::Blob)),
+            ),
+            (
+                "beyond-type-commit",
+                all_refs.clone(),
+                true,
+                Some(Filter::ObjectType(ObjectType::Commit)),
+            ),
+            (
+                "beyond-type-tag",
+                all_refs.clone(),
+                false,
+                Some(Filter::ObjectType(ObjectType::Tag)),
+            ),
+        ] {
+            bitmap_clone(&fx, name, wants, tags, filter);
+        }
+        for (name, client, have, thin, filter) in [
+            ("beyond-near-thin", &near, mid_main, true, None),
+            ("beyond-near-fat", &near, mid_main, false, None),
+            ("beyond-far-thin", &far, old_main, true, None),
+            (
+                "beyond-near-blob-none",
+                &near,
+                mid_main,
+                true,
+                Some(Filter::BlobNone),
+            ),
+            (
+                "beyond-near-tree-0",
+                &near,
+                mid_main,
+                true,
+                Some(Filter::Tree(0)),
+            ),
+            (
+                "beyond-far-blob-limit",
+                &far,
+                old_main,
+                false,
+                Some(Filter::BlobLimit(200)),
+            ),
+        ] {
+            let wants = vec![main, fx.rev("refs/heads/topic")];
+            bitmap_fetch(&fx, name, wants, (client, have), thin, filter);
+        }
+    }
+}
+
+/// A clone of `wants` into an empty client, answered from the bitmaps, against git's.
+fn bitmap_clone(
+    fx: &Fixture,
+    name: &str,
+    wants: Vec<ObjectId>,
+    include_tag: bool,
+    filter: Option<Filter>,
+) {
+    let mut f = fetch(wants);
+    f.include_tag = include_tag;
+    f.filter = filter;
+    assert_bitmaps(fx, &f, name);
+    run(Case {
+        name,
+        fixture: fx,
+        client: fx.empty_client(&format!("c-{name}")),
+        fetch: f,
+    });
+}
+
+/// A fetch of `wants` by `client`, which has its branches (`have` among them), answered
+/// from the bitmaps, with `include-tag`, against git's.
+fn bitmap_fetch(
+    fx: &Fixture,
+    name: &str,
+    wants: Vec<ObjectId>,
+    (client, have): (&std::path::PathBuf, ObjectId),
+    thin: bool,
+    filter: Option<Filter>,
+) {
+    let mut f = fetch(wants);
+    f.haves = refs_of(client, "refs/heads/");
+    assert!(f.haves.contains(&have));
+    f.thin_pack = thin;
+    f.filter = filter;
+    f.include_tag = true;
+    assert_bitmaps(fx, &f, name);
+    run(Case {
+        name,
+        fixture: fx,
+        client: client.clone(),
+        fetch: f,
+    });
 }
 
 /// Our planner answers `f` from the bitmaps (or from a whole stored pack, which needs no
