@@ -271,6 +271,13 @@ pub(crate) fn select_with_bitmaps(
         return Ok(None);
     };
     let (bitmaps, pos) = (&loaded.bitmaps, &loaded.pos);
+    // As git does: when every have lies beyond the bitmapped pack (a client that fetched
+    // since the consolidation), walking from the wants down to the haves reads fewer commits
+    // than the bitmaps' walk from the haves through every commit since the consolidation
+    // (a fetch whose have was 100 commits old took twice as long).
+    if !req.haves.is_empty() && req.haves.iter().all(|have| pos.of(have).is_none()) {
+        return Ok(None);
+    }
     // Trees beyond the pack are not walked for an answer that sends neither trees nor blobs
     // (those named by the wants aside, which are sent whatever they are); on the haves' side,
     // only the haves' own.

@@ -518,6 +518,7 @@ fn with_bitmaps_and_packs_fetched_since() {
         git(&fx.src, &["repack", "-dq"]);
         let mid_main = fx.rev("refs/heads/main");
         let near = fx.clone_client("near", &[]);
+        let near_only = fx.clone_client("near-only", &[]);
         repo::append_commits(&fx.src, "main", 4, 12).unwrap();
         git(&fx.src, &["repack", "-dq"]);
         git(&fx.src, &["branch", "topic", "main~2"]);
@@ -650,6 +651,29 @@ fn with_bitmaps_and_packs_fetched_since() {
             let wants = vec![main, fx.rev("refs/heads/topic")];
             bitmap_fetch(&fx, name, wants, (client, have), thin, filter);
         }
+        // Every have beyond the bitmapped pack (the client's other branches, which lie in it,
+        // not told): walked down to them, as git does.
+        let wants = vec![main, fx.rev("refs/heads/topic")];
+        for (name, filter) in [
+            ("beyond-haves-only", None),
+            ("beyond-haves-only-blob-none", Some(Filter::BlobNone)),
+        ] {
+            let mut f = fetch_of(wants.clone(), (&near_only, mid_main), true, filter);
+            f.haves = vec![mid_main];
+            let repo = Repository::open(&fx.src).unwrap();
+            let Plan::Pack(plan) =
+                plan(&repo, &f, repo.object_format(), &Options::default()).unwrap()
+            else {
+                panic!("{name}: a pack");
+            };
+            assert!(!plan.used_bitmaps(), "{name}: answered from the bitmaps");
+            run(Case {
+                name,
+                fixture: &fx,
+                client: near_only.clone(),
+                fetch: f,
+            });
+        }
     }
 }
 
@@ -683,12 +707,7 @@ fn bitmap_fetch(
     thin: bool,
     filter: Option<Filter>,
 ) {
-    let mut f = fetch(wants);
-    f.haves = refs_of(client, "refs/heads/");
-    assert!(f.haves.contains(&have));
-    f.thin_pack = thin;
-    f.filter = filter;
-    f.include_tag = true;
+    let f = fetch_of(wants, (client, have), thin, filter);
     assert_bitmaps(fx, &f, name);
     run(Case {
         name,
@@ -696,6 +715,23 @@ fn bitmap_fetch(
         client: client.clone(),
         fetch: f,
     });
+}
+
+/// A fetch of `wants`, with `include-tag`, by `client`, which has its branches (`have`
+/// among them).
+fn fetch_of(
+    wants: Vec<ObjectId>,
+    (client, have): (&std::path::PathBuf, ObjectId),
+    thin: bool,
+    filter: Option<Filter>,
+) -> gitcache_protocol::request::Fetch {
+    let mut f = fetch(wants);
+    f.haves = refs_of(client, "refs/heads/");
+    assert!(f.haves.contains(&have));
+    f.thin_pack = thin;
+    f.filter = filter;
+    f.include_tag = true;
+    f
 }
 
 /// Our planner answers `f` from the bitmaps (or from a whole stored pack, which needs no
