@@ -57,10 +57,17 @@ pub(crate) struct Objects {
 impl Packs {
     /// The listed pack holding `oid`, and the offset of its entry there.
     fn find(&self, oid: &gix_hash::oid) -> Option<(usize, u64)> {
-        self.listed.iter().enumerate().find_map(|(k, pack)| {
+        let last = self.last.get();
+        let at = |k: usize| {
+            let pack = self.listed.get(k)?;
             let i = crate::packs::lookup(&pack.index, oid)?;
             Some((k, pack.index.pack_offset_at_index(i)))
-        })
+        };
+        let found = at(last).or_else(|| (0..self.listed.len()).filter(|&k| k != last).find_map(at));
+        if let Some((k, _)) = found {
+            self.last.set(k);
+        }
+        found
     }
 
     /// The mapping of listed pack `k`, if it could be made.
@@ -121,6 +128,8 @@ struct Packs {
     /// the file removed since it was listed; its objects are left to the object database).
     data: Vec<std::cell::OnceCell<Option<std::sync::Arc<gix_pack::data::File>>>>,
     inflate: std::cell::RefCell<gix_zlib::Inflate>,
+    /// The listed pack the last object was found in, looked in first.
+    last: std::cell::Cell<usize>,
     /// Delta bases kept decoded, so that reading along a delta chain does not inflate the
     /// whole chain again each time.
     cache: gix_pack::cache::lru::MemoryCappedHashmap,
@@ -145,6 +154,7 @@ impl Objects {
                 data: packs.iter().map(|_| std::cell::OnceCell::new()).collect(),
                 listed: packs,
                 inflate: Default::default(),
+                last: std::cell::Cell::new(0),
                 cache: gix_pack::cache::lru::MemoryCappedHashmap::new(cache_bytes),
             },
             commits: OidMap::default(),
