@@ -4,6 +4,8 @@
 //!
 //! `--misses`: misses alone, `--runs` times each (see [`misses`]).
 //!
+//! `--moved ROUNDS`: hits on a mirror between two consolidations (see [`moved`]).
+//!
 //! `--two-instances`: two gitcache processes sharing one bucket of a local S3-compatible
 //! server (moto, from `GITCACHE_TEST_MOTO`): a miss on A, then the same request on B (its
 //! copy hydrated from the bucket), then hits on each.
@@ -322,6 +324,120 @@ pub(crate) fn run(
         ms(clone)
     );
     response_cache(root, &upstream, &backend, data.path(), &depth1)
+}
+
+/// `--moved ROUNDS [--runs N]`: the hits of a mirror between two consolidations. The mirror
+/// is made from a copy of the repository and maintained (one pack with its bitmaps), then
+/// the upstream gains `ROUNDS` rounds of 50 commits on `main`, each pushed as a pack of its
+/// own, and a fetch of the new tip after each brings it into the mirror as a pack beside the
+/// consolidated one (a mirror is consolidated past eight). Then the requests of the full run,
+/// plus a fetch whose have is the consolidated tip, against `http-backend` on the same
+/// packs (git's bitmaps cover its first pack only, as on a forge between repacks).
+pub(crate) fn moved(root: &Path, repo: Option<&str>, rounds: usize, runs: usize) -> Result<()> {
+    let (repo, _) = prepare_repo(root, repo)?;
+    // A copy the rounds add to (hard links: the bench repository stays as it is).
+    let copy = repo.with_extension("moved.git");
+    if copy.exists() {
+        std::fs::remove_dir_all(&copy)?;
+    }
+    let status = Command::new("cp")
+        .arg("-al")
+        .arg(&repo)
+        .arg(&copy)
+        .status()?;
+    if !status.success() {
+        bail!("copying the repository failed");
+    }
+    let tips_of = |repo: &Path| -> Result<Vec<gitcache_protocol::ObjectId>> {
+        git(repo, &["for-each-ref", "--format=%(objectname)"])?
+            .lines()
+            .map(crate::bench_pack::oid)
+            .collect()
+    };
+    let consolidated = crate::bench_pack::oid(&git(&copy, &["rev-parse", "main"])?)?;
+    let (upstream, backend) = serve_upstream(&copy)?;
+    let data = bench_data()?;
+    let cache_off = ["--response-cache", "false"];
+    let (server, gitcache) = start_gitcache(root, &upstream.url(), data.path(), &cache_off)?;
+    let mirror = mirror_in(data.path(), &backend);
+    let clone = |tips: Vec<gitcache_protocol::ObjectId>| {
+        body(gitcache_protocol::request::Fetch {
+            wants: tips,
+            done: true,
+            thin_pack: true,
+            ofs_delta: true,
+            no_progress: true,
+            ..Default::default()
+        })
+    };
+    post(&gitcache, &clone(tips_of(&copy)?))?;
+    wait_for_maintenance(&mirror)?;
+    for round in 0..rounds {
+        gitcache_testkit::repo::append_commits(&copy, "main", 50, 7_000 + round as u64)?;
+        git(&copy, &["repack", "-dq"])?;
+        post(&gitcache, &clone(tips_of(&copy)?))?;
+    }
+    let packs = |dir: &Path| -> Result<usize> {
+        Ok(std::fs::read_dir(dir.join("objects/pack"))?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count())
+    };
+    println!(
+        "\nrepository: {} commits, {} past the consolidated tip; packs: gitcache's mirror {}, \
+         http-backend's {}; medians of {runs} runs\n",
+        git(&copy, &["rev-list", "--all", "--count"])?.trim(),
+        rounds * 50,
+        packs(&mirror)?,
+        packs(&copy)?
+    );
+    let tips = tips_of(&copy)?;
+    let mut cases: Vec<(String, Vec<u8>)> = requests(&copy, &tips, true)?
+        .into_iter()
+        .filter(|(name, _)| !name.contains("5,000"))
+        .map(|(name, fetch)| (name.to_owned(), body(fetch)))
+        .collect();
+    let main = crate::bench_pack::oid(&git(&copy, &["rev-parse", "main"])?)?;
+    cases.push((
+        "fetch, have the consolidated tip".into(),
+        body(gitcache_protocol::request::Fetch {
+            wants: vec![main],
+            haves: vec![consolidated],
+            done: true,
+            thin_pack: true,
+            ofs_delta: true,
+            no_progress: true,
+            include_tag: true,
+            ..Default::default()
+        }),
+    ));
+    println!("| request | http-backend | gitcache | ratio | first run | ratio | bytes ratio |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (name, request) in &cases {
+        let theirs = median(
+            (0..runs)
+                .map(|_| post(&backend, request))
+                .collect::<Result<_>>()?,
+        );
+        let ours: Vec<_> = (0..runs)
+            .map(|_| post(&gitcache, request))
+            .collect::<Result<_>>()?;
+        let first = ours[0].0;
+        let hit = median(ours);
+        println!(
+            "| {name} | {} | {} | {:.2} | {} | {:.2} | {:.2} |",
+            ms(theirs.0),
+            ms(hit.0),
+            hit.0.as_secs_f64() / theirs.0.as_secs_f64(),
+            ms(first),
+            first.as_secs_f64() / theirs.0.as_secs_f64(),
+            hit.1 as f64 / theirs.1.max(1) as f64
+        );
+    }
+    drop(server);
+    drop(upstream);
+    std::fs::remove_dir_all(&copy)?;
+    Ok(())
 }
 
 /// `--misses [--runs N] [--only TEXT]`: each request whose name contains `only` (one of
