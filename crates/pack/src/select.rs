@@ -13,6 +13,7 @@ use gix_object::Kind;
 
 use crate::Error;
 use crate::OidSet;
+use crate::bitmap::{Beyond, BeyondTrees};
 use crate::filter::{Answer, FilterState, Situation};
 use crate::objects::{EntryKind, Objects};
 use crate::repo::Repository;
@@ -20,7 +21,7 @@ use crate::repo::Repository;
 /// The objects to send, in write order groups, and what the client is known to have.
 #[derive(Debug, Default)]
 pub(crate) struct Selection {
-    /// Commits, newest first.
+    /// Commits, newest first (those beyond a bitmapped pack in the order its walk met them).
     pub(crate) commits: Vec<ObjectId>,
     /// Tag objects.
     pub(crate) tags: Vec<ObjectId>,
@@ -281,7 +282,6 @@ pub(crate) fn select_with_bitmaps(
     // Trees beyond the pack are not walked for an answer that sends neither trees nor blobs
     // (those named by the wants aside, which are sent whatever they are); on the haves' side,
     // only the haves' own.
-    use crate::bitmap::{Beyond, BeyondTrees};
     let no_trees = filter.without.contains(&Kind::Tree) && filter.without.contains(&Kind::Blob);
     let (had_trees, sent_trees) = match no_trees {
         true => (BeyondTrees::None, BeyondTrees::None),
