@@ -192,6 +192,43 @@ fn serve_upstream(repo: &Path) -> Result<(Upstream, String)> {
     Ok((upstream, backend))
 }
 
+/// A response's time until its last byte, and its bytes.
+type Timed = (Duration, u64);
+
+/// `request` `runs` times against each: `http-backend`'s median, then gitcache's median and
+/// its first run apart (later runs may take objects the first compressed again from the
+/// server's store of them).
+fn side_by_side(
+    backend: &str,
+    gitcache: &str,
+    request: &[u8],
+    runs: usize,
+) -> Result<(Timed, Timed, Duration)> {
+    let theirs = median(
+        (0..runs)
+            .map(|_| post(backend, request))
+            .collect::<Result<_>>()?,
+    );
+    let ours: Vec<_> = (0..runs)
+        .map(|_| post(gitcache, request))
+        .collect::<Result<_>>()?;
+    let first = ours[0].0;
+    Ok((theirs, median(ours), first))
+}
+
+/// One row of the hits table: the request, both medians, the first run, and the ratios.
+fn hit_row(name: &str, theirs: Timed, hit: Timed, first: Duration) {
+    println!(
+        "| {name} | {} | {} | {:.2} | {} | {:.2} | {:.2} |",
+        ms(theirs.0),
+        ms(hit.0),
+        hit.0.as_secs_f64() / theirs.0.as_secs_f64(),
+        ms(first),
+        first.as_secs_f64() / theirs.0.as_secs_f64(),
+        hit.1 as f64 / theirs.1.max(1) as f64
+    );
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
@@ -246,18 +283,9 @@ pub(crate) fn run(
     );
     let (mut rows, mut firsts) = (Vec::new(), Vec::new());
     for (_, request) in &cases {
-        let theirs = median(
-            (0..runs)
-                .map(|_| post(&backend, request))
-                .collect::<Result<_>>()?,
-        );
-        // The first run apart: later ones may take objects the first compressed again from
-        // the server's store of them.
-        let ours: Vec<_> = (0..runs)
-            .map(|_| post(&gitcache, request))
-            .collect::<Result<_>>()?;
-        firsts.push(ours[0].0);
-        rows.push((theirs, median(ours)));
+        let (theirs, ours, first) = side_by_side(&backend, &gitcache, request, runs)?;
+        firsts.push(first);
+        rows.push((theirs, ours));
     }
     let theirs = concurrent(&backend, &depth1, 8)?;
     let ours = concurrent(&gitcache, &depth1, 8)?;
@@ -268,15 +296,7 @@ pub(crate) fn run(
         );
         println!("| --- | --- | --- | --- | --- | --- | --- |");
         for (((name, _), (theirs, hit)), first) in cases.iter().zip(rows).zip(firsts) {
-            println!(
-                "| {name} | {} | {} | {:.2} | {} | {:.2} | {:.2} |",
-                ms(theirs.0),
-                ms(hit.0),
-                hit.0.as_secs_f64() / theirs.0.as_secs_f64(),
-                ms(first),
-                first.as_secs_f64() / theirs.0.as_secs_f64(),
-                hit.1 as f64 / theirs.1.max(1) as f64
-            );
+            hit_row(name, theirs, hit, first);
         }
         println!(
             "| 8 concurrent clone --depth=1 (wall) | {} | {} | {:.2} | | | |",
@@ -414,25 +434,8 @@ pub(crate) fn moved(root: &Path, repo: Option<&str>, rounds: usize, runs: usize)
     println!("| request | http-backend | gitcache | ratio | first run | ratio | bytes ratio |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (name, request) in &cases {
-        let theirs = median(
-            (0..runs)
-                .map(|_| post(&backend, request))
-                .collect::<Result<_>>()?,
-        );
-        let ours: Vec<_> = (0..runs)
-            .map(|_| post(&gitcache, request))
-            .collect::<Result<_>>()?;
-        let first = ours[0].0;
-        let hit = median(ours);
-        println!(
-            "| {name} | {} | {} | {:.2} | {} | {:.2} | {:.2} |",
-            ms(theirs.0),
-            ms(hit.0),
-            hit.0.as_secs_f64() / theirs.0.as_secs_f64(),
-            ms(first),
-            first.as_secs_f64() / theirs.0.as_secs_f64(),
-            hit.1 as f64 / theirs.1.max(1) as f64
-        );
+        let (theirs, hit, first) = side_by_side(&backend, &gitcache, request, runs)?;
+        hit_row(name, theirs, hit, first);
     }
     drop(server);
     drop(upstream);
