@@ -1012,7 +1012,7 @@ enum Keep<'a> {
 
 /// What a walk over a pack's bitmaps reached outside the pack: the objects of the packs
 /// fetched since the bitmapped one (a mirror between two consolidations), found by id.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub(crate) struct Beyond {
     /// Every object outside the pack reached, those it was seeded with included: a walk does
     /// not go through them again.
@@ -1195,11 +1195,12 @@ fn reach_reading(
     // The tips' own stored bitmaps, decoded together in the order the walk takes them (those
     // reached already, as by `seed`, are passed over there).
     let in_walk_order: Vec<ObjectId> = commits.iter().rev().copied().collect();
+    known.or_stored(&in_walk_order, &mut bits)?;
+    // The tips' commits, whose trees are walked beyond the pack with `OfTips`.
     let tip_commits: OidSet = match beyond_trees {
-        BeyondTrees::OfTips => commits.iter().copied().collect(),
+        BeyondTrees::OfTips => in_walk_order.iter().copied().collect(),
         _ => OidSet::default(),
     };
-    known.or_stored(&in_walk_order, &mut bits)?;
     // Commits first, down to the nearest stored bitmaps; then the trees of the commits
     // walked, skipping whatever those bitmaps already hold (most of each tree).
     while let Some(commit) = commits.pop() {
