@@ -299,12 +299,7 @@ impl PackPlan {
                     &self.rev,
                     Some(&self.bitmap_cache),
                 );
-                writer.write(
-                    &order,
-                    selection.packed.as_ref(),
-                    &selection.client_has,
-                    out,
-                )
+                writer.write(&order, selection, out)
             }
         }
     }
@@ -481,6 +476,7 @@ pub fn plan(
         grafts: &shallow.grafts,
         filter: fetch.filter.as_ref(),
         include_tag: fetch.include_tag,
+        thin: fetch.thin_pack,
     };
     let bitmapped = if shallow.section || !fetch.shallows.is_empty() {
         None
@@ -498,8 +494,12 @@ pub fn plan(
         Some(selection) => selection,
         None => select::select(repo, &mut objects, &request)?,
     };
-    // A stored pack holding exactly these objects goes out as it is (it may hold ofs-deltas).
-    let source = match selection.exact_pack(&stored).filter(|_| fetch.ofs_delta) {
+    // A stored pack holding exactly these objects goes out as it is (it may hold ofs-deltas),
+    // unless objects of it stored whole may go as deltas against what the client has at
+    // their paths.
+    let source = match selection.exact_pack(&stored).filter(|pack| {
+        fetch.ofs_delta && !pack.holds_whole(selection.path_bases.keys(), objects.hash())
+    }) {
         Some(pack) => Source::WholePack {
             path: pack.pack.clone(),
             count: pack.num_objects(),
@@ -668,6 +668,7 @@ impl Repository {
                 grafts: &grafts,
                 filter: None,
                 include_tag: false,
+                thin: false,
             },
         )
         .map_err(|err| match err {

@@ -371,6 +371,19 @@ impl Objects {
         Ok((kind == Kind::Commit).then_some(target))
     }
 
+    /// Tree `oid` with its entries' names.
+    pub(crate) fn named_tree(&mut self, oid: &ObjectId) -> Result<NamedTree, Error> {
+        let hash = self.hash;
+        let (kind, data) = self.read(oid)?;
+        if kind != Kind::Tree {
+            return Err(Error::Corrupt {
+                oid: *oid,
+                reason: "expected a tree".into(),
+            });
+        }
+        NamedTree::parse(data.to_vec(), hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
+    }
+
     /// The entries of tree `oid`.
     pub(crate) fn tree(&mut self, oid: &ObjectId) -> Result<Vec<TreeEntry>, Error> {
         let hash = self.hash;
@@ -465,6 +478,80 @@ pub(crate) fn parse_tree(data: &[u8], hash: HashKind) -> Result<Vec<TreeEntry>, 
         at = next;
     }
     Ok(entries)
+}
+
+/// A tree's entries with their names.
+#[derive(Debug)]
+pub(crate) struct NamedTree {
+    pub(crate) entries: Vec<TreeEntry>,
+    pub(crate) names: Names,
+}
+
+/// The names of a tree's entries: its bytes, and where each entry starts in them.
+#[derive(Debug)]
+pub(crate) struct Names {
+    data: Vec<u8>,
+    starts: Vec<u32>,
+}
+
+impl Names {
+    /// The name of entry `i`.
+    pub(crate) fn get(&self, i: usize) -> &[u8] {
+        let at = self
+            .starts
+            .get(i)
+            .map_or(self.data.len(), |&at| at as usize);
+        tree_entry_name(&self.data[at..])
+    }
+}
+
+impl NamedTree {
+    fn parse(data: Vec<u8>, hash: HashKind) -> Result<NamedTree, String> {
+        let (mut entries, mut starts) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        while at < data.len() {
+            let (entry, next) = tree_entry(&data, at, hash)?;
+            entries.push(entry);
+            starts.push(u32::try_from(at).map_err(|_| "tree of 4 GiB or more")?);
+            at = next;
+        }
+        Ok(NamedTree {
+            entries,
+            names: Names { data, starts },
+        })
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.names.data.len() + self.entries.len() * (std::mem::size_of::<TreeEntry>() + 4)
+    }
+
+    /// The entry named `name` of kind `kind`, found by git's order of entries (a tree's name
+    /// sorts as if it ended in `/`). In a tree not in that order, or one whose names hold a
+    /// `/`, it may be missed, never another one returned.
+    pub(crate) fn find(&self, name: &[u8], kind: EntryKind) -> Option<TreeEntry> {
+        let slash = |k: EntryKind| if k == EntryKind::Tree { &b"/"[..] } else { b"" };
+        let key = || name.iter().chain(slash(kind));
+        let (mut low, mut high) = (0, self.entries.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let entry = self.entries[mid];
+            match self
+                .names
+                .get(mid)
+                .iter()
+                .chain(slash(entry.kind))
+                .cmp(key())
+            {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => {
+                    return (entry.kind == kind && self.names.get(mid) == name).then_some(entry);
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The name in one tree entry's bytes (between its mode and its id), as [`tree_entry`]
@@ -860,5 +947,72 @@ mod tests {
             [EntryKind::Blob, EntryKind::Tree, EntryKind::Gitlink]
         );
         assert!(parse_tree(&data[..data.len() - 1], HashKind::Sha1).is_err());
+    }
+
+    /// Raw tree bytes of `(mode, name, id byte)` entries, in the order given.
+    fn raw_tree(entries: &[(&str, &str, u8)]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (mode, name, id) in entries {
+            data.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+            data.extend_from_slice(&[*id; 20]);
+        }
+        data
+    }
+
+    #[test]
+    fn entries_are_found_by_name_and_kind_in_gits_order() {
+        // git's order: a tree's name sorts as if it ended in `/` (after `a.b`, before `ab`).
+        let data = raw_tree(&[
+            ("100644", "a-b", 1),
+            ("100644", "a.b", 2),
+            ("40000", "a", 3),
+            ("100644", "ab", 4),
+            ("160000", "sub", 5),
+        ]);
+        let tree = NamedTree::parse(data, HashKind::Sha1).unwrap();
+        let id = |n: u8| ObjectId::from_bytes_or_panic(&[n; 20]);
+        for (name, kind, n) in [
+            ("a-b", EntryKind::Blob, 1),
+            ("a.b", EntryKind::Blob, 2),
+            ("a", EntryKind::Tree, 3),
+            ("ab", EntryKind::Blob, 4),
+            ("sub", EntryKind::Gitlink, 5),
+        ] {
+            let found = tree.find(name.as_bytes(), kind).unwrap();
+            assert_eq!((found.oid, found.kind), (id(n), kind), "{name}");
+        }
+        assert_eq!(tree.names.get(2), b"a");
+        // Of the other kind, or absent: nothing.
+        assert_eq!(tree.find(b"a", EntryKind::Blob), None);
+        assert_eq!(tree.find(b"sub", EntryKind::Blob), None);
+        assert_eq!(tree.find(b"ab", EntryKind::Tree), None);
+        assert_eq!(tree.find(b"b", EntryKind::Blob), None);
+        assert_eq!(tree.find(b"", EntryKind::Blob), None);
+
+        // Out of order, or a name holding a `/` (a blob `d/` sorts as the tree `d` does): an
+        // entry may be missed, but whatever is found has that name and kind.
+        let data = raw_tree(&[
+            ("100644", "z", 1),
+            ("100644", "a", 2),
+            ("100644", "d/", 3),
+            ("40000", "d", 4),
+            ("160000", "g", 5),
+            ("100644", "m", 6),
+        ]);
+        let tree = NamedTree::parse(data, HashKind::Sha1).unwrap();
+        for name in ["z", "a", "d", "d/", "g", "m", "q"] {
+            for kind in [EntryKind::Blob, EntryKind::Tree] {
+                if let Some(found) = tree.find(name.as_bytes(), kind) {
+                    let at = tree.entries.iter().position(|e| *e == found).unwrap();
+                    assert_eq!(tree.names.get(at), name.as_bytes());
+                    assert_eq!(found.kind, kind, "{name}");
+                }
+            }
+        }
+        assert_eq!(
+            tree.find(b"g", EntryKind::Blob),
+            None,
+            "a gitlink is no blob"
+        );
     }
 }

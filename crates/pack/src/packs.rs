@@ -53,6 +53,25 @@ impl StoredPack {
         lookup(&self.index, oid).is_some()
     }
 
+    /// Whether some of `oids` is stored whole here (its entry's type is no delta's); `true`
+    /// if the pack cannot be read, which says nothing either way.
+    pub(crate) fn holds_whole<'a>(
+        &self,
+        mut oids: impl Iterator<Item = &'a ObjectId>,
+        hash: HashKind,
+    ) -> bool {
+        let Ok(data) = self.data(hash) else {
+            return true;
+        };
+        oids.any(|oid| {
+            lookup(&self.index, oid)
+                .map(|i| self.index.pack_offset_at_index(i))
+                .and_then(|at| data.entry_slice(at..at.saturating_add(1)))
+                .and_then(|b| b.first().copied())
+                .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7))
+        })
+    }
+
     /// The pack file, mapped once for every user of this repository handle (an error, as
     /// when no file handle is free, is not kept: it is tried again next time).
     pub(crate) fn data(

@@ -1,11 +1,13 @@
 //! Objects compressed again, kept for the next answer that needs them.
 //!
 //! An object whose stored delta base a client is not sent is compressed again: a new delta
-//! against one of the objects the answer offers as bases, or whole. Answers for nearby
-//! commits of one repository (shallow clones of a branch's recent tips, as CI fleets make)
-//! make most of the same objects again against the same bases. What is made depends only on
-//! the object, the bases offered, in order, and the zlib level, all named by the key, so an
-//! object taken from here is byte for byte what making it would give.
+//! against one of the objects the answer offers as bases, or whole. One stored whole may be
+//! tried against the client's object at its path in a thin pack: a new delta, or none (it
+//! goes as stored). Answers for nearby commits of one repository (shallow clones of a
+//! branch's recent tips, as CI fleets make) make most of the same objects again against the
+//! same bases. What is made depends only on the object, the bases offered, in order, the zlib
+//! level and whether the object is stored whole, all named by the key, so an object taken
+//! from here is byte for byte what making it would give.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -13,8 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gix_hash::ObjectId;
 
-/// What an object made again is: whole (its entry, header included), or a delta against
-/// `base` (its size and zlib bytes; the entry's header depends on where the base goes).
+/// What an object made again is: whole (its entry, header included), a delta against
+/// `base` (its size and zlib bytes; the entry's header depends on where the base goes), or,
+/// for one stored whole that no base paid for, its stored entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Made {
     Whole(Vec<u8>),
@@ -23,22 +26,26 @@ pub(crate) enum Made {
         size: u64,
         data: Vec<u8>,
     },
+    AsStored,
 }
 
 impl Made {
     fn bytes(&self) -> usize {
         match self {
             Made::Whole(data) | Made::Delta { data, .. } => data.len(),
+            Made::AsStored => 0,
         }
     }
 }
 
-/// What was made: this object, against these bases in this order, at this zlib level.
+/// What was made: this object, against these bases in this order, at this zlib level, and
+/// whether it was stored whole (then [`Made::AsStored`] stands for no delta that pays).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     oid: ObjectId,
     level: u32,
     against: Box<[ObjectId]>,
+    stored_whole: bool,
 }
 
 impl Key {
@@ -109,12 +116,20 @@ impl Remade {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `oid` made against `against` at `level` before, if it is still here.
-    pub(crate) fn get(&self, oid: &ObjectId, level: u32, against: &[ObjectId]) -> Option<Made> {
+    /// `oid` made against `against` at `level` before (as stored whole or not), if it is
+    /// still here.
+    pub(crate) fn get(
+        &self,
+        oid: &ObjectId,
+        level: u32,
+        against: &[ObjectId],
+        stored_whole: bool,
+    ) -> Option<Made> {
         let key = Key {
             oid: *oid,
             level,
             against: against.into(),
+            stored_whole,
         };
         let found = self.lock().map.get(&key).cloned();
         let counter = if found.is_some() {
@@ -126,12 +141,21 @@ impl Remade {
         found
     }
 
-    /// Keep `made`, `oid` made against `against` at `level`, making room for it.
-    pub(crate) fn put(&self, oid: &ObjectId, level: u32, against: &[ObjectId], made: &Made) {
+    /// Keep `made`, `oid` made against `against` at `level` (as stored whole or not), making
+    /// room for it.
+    pub(crate) fn put(
+        &self,
+        oid: &ObjectId,
+        level: u32,
+        against: &[ObjectId],
+        stored_whole: bool,
+        made: &Made,
+    ) {
         let key = Key {
             oid: *oid,
             level,
             against: against.into(),
+            stored_whole,
         };
         let size = made.bytes() + key.overhead();
         if size > self.max_bytes / 16 {
@@ -171,13 +195,20 @@ mod tests {
             size: 40,
             data: vec![1; 30],
         };
-        remade.put(&id(1), 3, &[id(2), id(3)], &made);
-        assert_eq!(remade.get(&id(1), 3, &[id(2), id(3)]), Some(made));
-        assert_eq!(remade.get(&id(1), 3, &[id(3), id(2)]), None);
-        assert_eq!(remade.get(&id(1), 3, &[id(2)]), None);
-        assert_eq!(remade.get(&id(1), 4, &[id(2), id(3)]), None);
-        assert_eq!(remade.get(&id(9), 3, &[id(2), id(3)]), None);
-        assert_eq!((remade.hits(), remade.misses()), (1, 4));
+        remade.put(&id(1), 3, &[id(2), id(3)], false, &made);
+        assert_eq!(remade.get(&id(1), 3, &[id(2), id(3)], false), Some(made));
+        assert_eq!(remade.get(&id(1), 3, &[id(3), id(2)], false), None);
+        assert_eq!(remade.get(&id(1), 3, &[id(2)], false), None);
+        assert_eq!(remade.get(&id(1), 4, &[id(2), id(3)], false), None);
+        assert_eq!(remade.get(&id(9), 3, &[id(2), id(3)], false), None);
+        // Tried as stored whole, against the same bases: another key.
+        assert_eq!(remade.get(&id(1), 3, &[id(2), id(3)], true), None);
+        remade.put(&id(1), 3, &[id(2), id(3)], true, &Made::AsStored);
+        assert_eq!(
+            remade.get(&id(1), 3, &[id(2), id(3)], true),
+            Some(Made::AsStored)
+        );
+        assert_eq!((remade.hits(), remade.misses()), (2, 5));
     }
 
     #[test]
@@ -185,16 +216,16 @@ mod tests {
         let max = 64 << 10;
         let remade = Remade::new(max);
         for n in 0..200u8 {
-            remade.put(&id(n), 1, &[], &Made::Whole(vec![n; 1000]));
+            remade.put(&id(n), 1, &[], false, &Made::Whole(vec![n; 1000]));
             assert!(remade.held_bytes() <= max, "{}", remade.held_bytes());
         }
-        assert_eq!(remade.get(&id(0), 1, &[]), None);
+        assert_eq!(remade.get(&id(0), 1, &[], false), None);
         assert_eq!(
-            remade.get(&id(199), 1, &[]),
+            remade.get(&id(199), 1, &[], false),
             Some(Made::Whole(vec![199; 1000]))
         );
         // Too large a share of the store: not kept.
-        remade.put(&id(250), 1, &[], &Made::Whole(vec![0; max / 8]));
-        assert_eq!(remade.get(&id(250), 1, &[]), None);
+        remade.put(&id(250), 1, &[], false, &Made::Whole(vec![0; max / 8]));
+        assert_eq!(remade.get(&id(250), 1, &[], false), None);
     }
 }

@@ -6,6 +6,13 @@
 //! trees), minus what the filter leaves out. Objects named in a `want` are sent whatever the
 //! filter says, as git sends them. With `include-tag`, annotated tags whose target is sent go
 //! along.
+//!
+//! For a thin pack, the walk also pairs each tree and blob it sends with the client's object
+//! at the same path in the trees of the first commits at its edge, the client's commits whose
+//! children are sent (git's preferred bases): the writer tries a delta against it for an
+//! object stored whole.
+
+use std::rc::Rc;
 
 use gitcache_protocol::filter::{Filter, ObjectType};
 use gix_hash::ObjectId;
@@ -15,7 +22,7 @@ use crate::Error;
 use crate::OidSet;
 use crate::bitmap::{Beyond, BeyondTrees};
 use crate::filter::{Answer, FilterState, Situation};
-use crate::objects::{EntryKind, Objects};
+use crate::objects::{EntryKind, NamedTree, Names, Objects, TreeEntry};
 use crate::repo::Repository;
 
 /// The objects to send, in write order groups, and what the client is known to have.
@@ -31,6 +38,10 @@ pub(crate) struct Selection {
     pub(crate) client_has: Has,
     /// Further objects, as positions of one stored pack (none of them in the lists above).
     pub(crate) packed: Option<crate::reuse::Packed>,
+    /// For a thin pack, of the trees and blobs sent (as far as the walk knew when it met
+    /// them), the client's object at the same path in one of the trees at the edge of the
+    /// walk (git's preferred bases): a delta base to try for one stored whole.
+    pub(crate) path_bases: crate::OidMap<ObjectId>,
 }
 
 /// What the client has: a set, and with bitmaps, the haves' bitmap (not turned into a set:
@@ -99,6 +110,8 @@ pub(crate) struct SelectRequest<'a> {
     pub(crate) grafts: &'a OidSet,
     pub(crate) filter: Option<&'a Filter>,
     pub(crate) include_tag: bool,
+    /// Whether the pack may be thin: the walk then finds [`Selection::path_bases`].
+    pub(crate) thin: bool,
 }
 
 pub(crate) fn select(
@@ -152,6 +165,33 @@ pub(crate) fn select(
     for tree in boundary_trees.into_iter().chain(had_trees) {
         mark_tree_had(objects, tree, &mut out.client_has.set)?;
     }
+    // The trees of the edge (the client's commits that are parents of commits sent, in walk
+    // order), in which sent objects look for their path's object: a thin pack's deltas
+    // against what the client has.
+    let mut paths = PathBases::default();
+    let mut edge = Vec::new();
+    if req.thin {
+        let mut seen = OidSet::default();
+        'edge: for commit in walked.interesting() {
+            if req.grafts.contains(commit) {
+                continue;
+            }
+            for parent in objects.commit(commit)?.parents.clone() {
+                if edge.len() == PREFERRED_TREES {
+                    break 'edge;
+                }
+                if !walked.uninteresting.contains(&parent) {
+                    continue;
+                }
+                let tree = objects.commit(&parent)?.tree;
+                if seen.insert(tree)
+                    && let Some(named) = paths.tree(objects, &tree)
+                {
+                    edge.push((tree, named));
+                }
+            }
+        }
+    }
 
     let mut filter = req.filter.map(FilterState::new).transpose()?;
     let mut trees = Traversal {
@@ -160,19 +200,24 @@ pub(crate) fn select(
         emitted: &mut emitted,
         out: &mut out.others,
         client_has: &out.client_has.set,
+        paths: req.thin.then_some(&mut paths),
     };
     let commits: Vec<ObjectId> = walked.interesting().copied().collect();
     // Objects named in a want come first, shown whatever the filter says; then each commit's
     // tree, whose contents the filter judges.
     for (oid, kind) in &given {
         match kind {
-            Kind::Tree => trees.tree(objects, *oid, true)?,
+            Kind::Tree => trees.tree(objects, *oid, true, Vec::new())?,
             _ => trees.blob(objects, *oid, true)?,
         }
     }
     for commit in &commits {
         let tree = objects.commit(commit)?.tree;
-        trees.tree(objects, tree, false)?;
+        let against = edge.iter().map(|(_, named)| Rc::clone(named)).collect();
+        trees.tree(objects, tree, false, against)?;
+        if let Some((base, _)) = edge.iter().find(|(base, _)| *base != tree) {
+            trees.path_base(tree, *base);
+        }
     }
     // Commits the client named are sent; the filter judges the others.
     for commit in commits {
@@ -186,7 +231,42 @@ pub(crate) fn select(
     if req.include_tag {
         include_tags(repo, objects, &mut emitted, |_| false, &mut out)?;
     }
+    out.path_bases = paths.found;
     Ok(out)
+}
+
+/// Trees at the edge of the walk whose objects are offered as bases by path (git's window,
+/// 10, bounds its own preferred bases).
+const PREFERRED_TREES: usize = 4;
+/// Bytes of the client's trees read to find bases by path: past this, no more are read.
+const PATH_TREE_BYTES: usize = 16 << 20;
+
+/// The client's trees read to find bases by path (those at the paths of trees sent), and
+/// what was found.
+#[derive(Default)]
+struct PathBases {
+    trees: crate::OidMap<Rc<NamedTree>>,
+    bytes: usize,
+    /// By object sent, the client's object at its path.
+    found: crate::OidMap<ObjectId>,
+}
+
+impl PathBases {
+    /// Tree `oid`, read once; `None` once the bound of bytes read is reached, or if it cannot
+    /// be read (its entries were read as the client's before: this is not the place to fail
+    /// a fetch, a base by path is only worth trying).
+    fn tree(&mut self, objects: &mut Objects, oid: &ObjectId) -> Option<Rc<NamedTree>> {
+        if let Some(named) = self.trees.get(oid) {
+            return Some(Rc::clone(named));
+        }
+        if self.bytes >= PATH_TREE_BYTES {
+            return None;
+        }
+        let named = Rc::new(objects.named_tree(oid).ok()?);
+        self.bytes += named.bytes();
+        self.trees.insert(*oid, Rc::clone(&named));
+        Some(named)
+    }
 }
 
 /// A filter as the type bitmaps answer it (git's `can_filter_bitmap`): types left out but
@@ -530,14 +610,19 @@ struct Traversal<'a> {
     emitted: &'a mut OidSet,
     out: &'a mut Vec<ObjectId>,
     client_has: &'a OidSet,
+    /// For a thin pack: bases by path, found as trees are walked.
+    paths: Option<&'a mut PathBases>,
 }
 
 /// A tree being walked: its entries and how far we are.
 struct Frame {
     tree: ObjectId,
-    entries: Vec<crate::objects::TreeEntry>,
+    entries: Vec<TreeEntry>,
     next: usize,
     given: bool,
+    /// The client's trees at this tree's path, and this tree's names (read only with some).
+    against: Vec<Rc<NamedTree>>,
+    names: Option<Names>,
 }
 
 impl Traversal<'_> {
@@ -582,34 +667,61 @@ impl Traversal<'_> {
         Ok(())
     }
 
-    /// Begin a tree; returns the frame to walk, if its contents are to be walked.
+    /// Note `base`, an object of the client's at the path of `oid`, for a thin pack, if
+    /// `oid` is sent.
+    fn path_base(&mut self, oid: ObjectId, base: ObjectId) {
+        if let Some(paths) = self.paths.as_deref_mut()
+            && self.emitted.contains(&oid)
+        {
+            paths.found.entry(oid).or_insert(base);
+        }
+    }
+
+    /// Begin a tree (`against`: the client's trees at its path); returns the frame to walk,
+    /// if its contents are to be walked.
     fn begin(
         &mut self,
         objects: &mut Objects,
         tree: ObjectId,
         given: bool,
+        against: Vec<Rc<NamedTree>>,
     ) -> Result<Option<Frame>, Error> {
         if self.skip(&tree) {
             return Ok(None);
         }
         let answer = self.ask(objects, Situation::BeginTree, &tree, given)?;
         self.apply(tree, answer);
-        let entries = if answer.skip_tree {
-            Vec::new()
+        let (entries, names) = if answer.skip_tree {
+            (Vec::new(), None)
+        } else if against.is_empty() || self.paths.is_none() {
+            (objects.tree(&tree)?, None)
         } else {
-            objects.tree(&tree)?
+            let named = objects.named_tree(&tree)?;
+            (named.entries, Some(named.names))
         };
         Ok(Some(Frame {
             tree,
             entries,
             next: 0,
             given,
+            against,
+            names,
         }))
     }
 
-    /// Walk `root` depth first in entry order, as git's list-objects does.
-    fn tree(&mut self, objects: &mut Objects, root: ObjectId, given: bool) -> Result<(), Error> {
-        let mut stack: Vec<Frame> = self.begin(objects, root, given)?.into_iter().collect();
+    /// Walk `root` depth first in entry order, as git's list-objects does (`against`: the
+    /// client's trees at the root, for bases by path).
+    fn tree(
+        &mut self,
+        objects: &mut Objects,
+        root: ObjectId,
+        given: bool,
+        against: Vec<Rc<NamedTree>>,
+    ) -> Result<(), Error> {
+        let mut stack: Vec<Frame> = self
+            .begin(objects, root, given, against)?
+            .into_iter()
+            .collect();
         while let Some(frame) = stack.last_mut() {
             let Some(entry) = frame.entries.get(frame.next).copied() else {
                 let frame = stack.pop().expect("non-empty");
@@ -617,15 +729,40 @@ impl Traversal<'_> {
                 self.apply(frame.tree, answer);
                 continue;
             };
+            let at = frame.next;
             frame.next += 1;
+            if entry.kind == EntryKind::Gitlink || self.skip(&entry.oid) {
+                continue;
+            }
+            // The client's objects at this entry's path, of its kind.
+            let mut found: Vec<ObjectId> = Vec::new();
+            if let Some(names) = &frame.names {
+                let name = names.get(at);
+                for e in frame
+                    .against
+                    .iter()
+                    .filter_map(|t| t.find(name, entry.kind))
+                {
+                    if e.oid != entry.oid && !found.contains(&e.oid) {
+                        found.push(e.oid);
+                    }
+                }
+            }
             match entry.kind {
                 EntryKind::Tree => {
-                    if let Some(child) = self.begin(objects, entry.oid, false)? {
+                    let mut against = Vec::new();
+                    if let Some(paths) = self.paths.as_deref_mut() {
+                        against.extend(found.iter().filter_map(|t| paths.tree(objects, t)));
+                    }
+                    if let Some(child) = self.begin(objects, entry.oid, false, against)? {
                         stack.push(child);
                     }
                 }
                 EntryKind::Blob => self.blob(objects, entry.oid, false)?,
                 EntryKind::Gitlink => {}
+            }
+            if let Some(&first) = found.first() {
+                self.path_base(entry.oid, first);
             }
         }
         Ok(())

@@ -11,6 +11,10 @@
 //!   [`crate::window`]), when that delta is less than half the object's size: such objects
 //!   are versions of the same file or directory, and a tree of thousands of entries otherwise
 //!   goes whole.
+//! - In a thin pack, an object stored whole gets a new delta against the client's object at
+//!   its path (see [`crate::select::Selection::path_bases`]) when that delta is less than
+//!   half its size, as git's walk finds such deltas against its preferred bases; otherwise it
+//!   is copied as stored.
 //! - Anything else is resolved and compressed again, once, as a whole object.
 
 use std::collections::HashMap;
@@ -26,7 +30,7 @@ use crate::Error;
 use crate::OidMap;
 use crate::objects::Objects;
 use crate::packs::{RevCache, StoredPack};
-use crate::reuse::{Copied, Packed};
+use crate::reuse::Copied;
 
 /// How the pack may be written.
 #[derive(Debug, Clone)]
@@ -91,6 +95,29 @@ const LARGE_DELTA_OBJECT: u64 = 1 << 20;
 /// CPU bound of the search, about a second of it here.
 const NEW_DELTA_BUDGET: i64 = 512 << 20;
 
+/// The same for deltas tried against the client's objects at their paths for objects stored
+/// whole (see [`crate::select::Selection::path_bases`]): a budget of their own, so that these
+/// tries, which only make a pack smaller, never leave objects that must be compressed again
+/// without theirs.
+const PATH_DELTA_BUDGET: i64 = 256 << 20;
+
+/// What new deltas may look at in one pack: for objects that cannot go as stored, and for
+/// objects stored whole tried against the client's objects at their paths.
+struct Budgets {
+    needed: AtomicI64,
+    by_path: AtomicI64,
+}
+
+impl Budgets {
+    fn of(&self, redo: &Redo) -> &AtomicI64 {
+        if redo.stored_whole {
+            &self.by_path
+        } else {
+            &self.needed
+        }
+    }
+}
+
 /// Bytes of stored entries and of objects to compress again after which a batch takes no
 /// more objects (so it holds at most this plus its last object, and at least one object
 /// however large): a repository of large incompressible files does not cost `BATCH` of
@@ -118,7 +145,8 @@ pub struct PackStats {
     pub pack_reused: u32,
     /// Of those, deltas.
     pub pack_reused_deltas: u32,
-    /// Deltas made for this pack, for objects whose stored base is not sent.
+    /// Deltas made for this pack: for objects whose stored base is not sent, and in a thin
+    /// pack for objects stored whole, against the client's objects at their paths.
     pub new_deltas: u32,
     /// Whether a stored pack was sent as it is.
     pub whole_pack: bool,
@@ -360,10 +388,13 @@ impl SentIn {
     }
 }
 
-/// An object that cannot be copied as stored, and bases to try a new delta against.
+/// An object that cannot be copied as stored, or one stored whole that may go as a delta
+/// against what the client has at its path, and bases to try a new delta against.
 struct Redo {
     oid: ObjectId,
     against: Vec<ObjectId>,
+    /// Stored whole: without a delta that pays, it goes as stored.
+    stored_whole: bool,
 }
 
 /// An object made ready ahead of writing: a whole object's entry, header included, or a new
@@ -536,10 +567,11 @@ impl<'a> PackWriter<'a> {
     pub(crate) fn write<W: Write>(
         &mut self,
         order: &[ObjectId],
-        packed: Option<&Packed>,
-        client_has: &crate::select::Has,
+        selection: &crate::select::Selection,
         out: W,
     ) -> Result<PackStats, Error> {
+        let (packed, client_has) = (selection.packed.as_ref(), &selection.client_has);
+        let path_bases = &selection.path_bases;
         let total = order.len() + packed.map_or(0, |p| p.count);
         let count = u32::try_from(total).map_err(|_| Error::Odb {
             message: "more than 2^32 objects".into(),
@@ -594,7 +626,10 @@ impl<'a> PackWriter<'a> {
         let mut chain: Vec<(ObjectId, Stored)> = Vec::new();
         let mut planned: OidMap<Stored> = OidMap::default();
         let mut ready: OidMap<Ready> = OidMap::default();
-        let budget = AtomicI64::new(NEW_DELTA_BUDGET);
+        let budget = Budgets {
+            needed: AtomicI64::new(NEW_DELTA_BUDGET),
+            by_path: AtomicI64::new(PATH_DELTA_BUDGET),
+        };
         // Compression lanes beside this thread, made when first needed (with one thread, the
         // writing thread compresses itself, between planning and writing).
         let background = self.opts.threads > 1;
@@ -618,7 +653,7 @@ impl<'a> PackWriter<'a> {
                                 &order[..],
                                 i,
                                 &in_pack,
-                                client_has,
+                                (client_has, path_bases),
                                 &written,
                                 &mut planned,
                             )?;
@@ -639,7 +674,7 @@ impl<'a> PackWriter<'a> {
                                 &order[..],
                                 planned_to,
                                 &in_pack,
-                                client_has,
+                                (client_has, path_bases),
                                 &written,
                                 &mut planned,
                             )?;
@@ -675,15 +710,20 @@ impl<'a> PackWriter<'a> {
                     // Collect the chain of stored bases that are sent but not yet written.
                     let mut current = *oid;
                     loop {
-                        let stored = match planned.remove(&current) {
-                            Some(stored) => stored,
-                            None => self.stored(&current)?,
+                        let stored = match (planned.remove(&current), ready.get(&current)) {
+                            (Some(stored), _) => stored,
+                            // Made again: what is stored is not read (a large entry was not
+                            // held), the object is read again if its delta cannot be written.
+                            (None, Some(Ready::Delta { .. } | Ready::Whole(_))) => Stored::Full,
+                            (None, _) => self.stored(&current)?,
                         };
                         let base = match (ready.get(&current), &stored) {
                             (Some(Ready::Delta { base, .. }), _) => Some(base),
                             (Some(Ready::Whole(_)), _) => None,
-                            (None, Stored::Delta { base, .. }) => Some(base),
-                            (None, _) => None,
+                            (Some(Ready::AsStored) | None, Stored::Delta { base, .. }) => {
+                                Some(base)
+                            }
+                            (Some(Ready::AsStored) | None, _) => None,
                         };
                         let next = base
                             .filter(|base| {
@@ -719,14 +759,15 @@ impl<'a> PackWriter<'a> {
                                         base_depth + 1
                                     }
                                     // Its base could not be written first (a cycle of stored
-                                    // deltas), or ends a chain as long as allowed.
-                                    _ => {
-                                        self.full(&mut sink, &id)?;
-                                        0
-                                    }
+                                    // deltas), or ends a chain as long as allowed: as stored
+                                    // if it can be, else whole.
+                                    _ => self.entry(
+                                        &mut sink, &id, stored, &written, client_has, &in_pack,
+                                        &mut stats,
+                                    )?,
                                 }
                             }
-                            None => self.entry(
+                            Some(Ready::AsStored) | None => self.entry(
                                 &mut sink, &id, stored, &written, client_has, &in_pack, &mut stats,
                             )?,
                         };
@@ -782,7 +823,7 @@ impl<'a> PackWriter<'a> {
         order: &[ObjectId],
         start: usize,
         in_pack: &Sent<'_>,
-        client_has: &crate::select::Has,
+        (client_has, path_bases): (&crate::select::Has, &OidMap<ObjectId>),
         written: &OidMap<u64>,
         planned: &mut OidMap<Stored>,
     ) -> Result<(usize, Vec<Redo>, u64), Error> {
@@ -810,6 +851,22 @@ impl<'a> PackWriter<'a> {
                 |base: &ObjectId| in_pack.contains(base) || (thin && client_has.contains(base));
             let at = in_pack.left_at(place).or_else(|| self.found_at(place));
             let peek = self.stored_within(id, at, HELD_ENTRY_BYTES)?;
+            // The client's object at its path, in a thin pack (git's preferred base).
+            let path_base = path_bases
+                .get(id)
+                .filter(|base| thin && client_has.contains(base))
+                .copied();
+            if let (Some(base), Peek::Stored(Stored::Base(_)) | Peek::Large { base: None, .. }) =
+                (path_base, &peek)
+                && self.opts.max_depth > 0
+            {
+                // Tried while the batch before is written; as stored if no delta pays.
+                redo.push(Redo {
+                    oid: *id,
+                    against: vec![base],
+                    stored_whole: true,
+                });
+            }
             // Whether it goes as stored, its entry's length, its stored delta base.
             let (reusable, held, stored_base) = match &peek {
                 Peek::Large { len, base } => (base.is_none_or(|b| usable(&b)), *len, *base),
@@ -834,14 +891,21 @@ impl<'a> PackWriter<'a> {
                 // Compressed again from the object: its stored entry is not kept.
                 _ => {
                     bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
-                    let against = match stored_base {
+                    let mut against = match stored_base {
                         Some(base) => match self.usable_ancestor(&base, in_pack, client_has)? {
                             Some(ancestor) => vec![ancestor],
                             None => self.new_bases(id, place, in_pack, client_has),
                         },
                         None => Vec::new(),
                     };
-                    redo.push(Redo { oid: *id, against });
+                    if let Some(base) = path_base.filter(|b| !against.contains(b)) {
+                        against.push(base);
+                    }
+                    redo.push(Redo {
+                        oid: *id,
+                        against,
+                        stored_whole: false,
+                    });
                     Stored::Full
                 }
             };
@@ -858,7 +922,7 @@ impl<'a> PackWriter<'a> {
         lanes: &mut Vec<LaneState>,
         background: bool,
         redo: Vec<Redo>,
-        budget: &'scope AtomicI64,
+        budget: &'scope Budgets,
         abandon: &'scope std::sync::atomic::AtomicBool,
     ) -> Result<Vec<Rebuilding<'scope>>, Error> {
         if redo.is_empty() {
@@ -1353,6 +1417,8 @@ fn rebuild(
                 data,
             })
         }
+        // Copied as it is stored.
+        Search::Whole(_) if redo.stored_whole => Ok(Ready::AsStored),
         // The object as the search read it: resolving its stored chain again cost as much
         // as the search's own reading.
         Search::Whole(Some((kind, target))) => whole_entry(kind, &target, zlib).map(Ready::Whole),
@@ -1474,7 +1540,7 @@ impl Jobs {
         &self,
         objects: &mut Objects,
         zlib: &mut flate2::Compress,
-        budget: &AtomicI64,
+        budget: &Budgets,
         abandon: &std::sync::atomic::AtomicBool,
     ) -> Lane {
         let mut made = Vec::new();
@@ -1496,12 +1562,13 @@ impl Jobs {
         objects: &mut Objects,
         redo: &Redo,
         zlib: &mut flate2::Compress,
-        budget: &AtomicI64,
+        budgets: &Budgets,
     ) -> Result<Ready, Error> {
+        let budget = budgets.of(redo);
         let Some(remade) = &self.remade else {
             return rebuild(objects, redo, zlib, budget);
         };
-        if let Some(ready) = remade.get(&redo.oid, self.level, &redo.against) {
+        if let Some(ready) = remade.get(&redo.oid, self.level, &redo.against, redo.stored_whole) {
             return Ok(ready);
         }
         let ready = rebuild(objects, redo, zlib, budget)?;
@@ -1509,7 +1576,13 @@ impl Jobs {
         // it below zero for good): otherwise a later answer with budget to spare would be
         // given what this one settled for.
         if budget.load(Ordering::Relaxed) >= 0 {
-            remade.put(&redo.oid, self.level, &redo.against, &ready);
+            remade.put(
+                &redo.oid,
+                self.level,
+                &redo.against,
+                redo.stored_whole,
+                &ready,
+            );
         }
         Ok(ready)
     }
@@ -1600,6 +1673,7 @@ mod tests {
         let redo = Redo {
             oid: new,
             against: vec![old],
+            stored_whole: false,
         };
         let budget = AtomicI64::new(1 << 20);
         let Search::Delta { base, delta } = best_delta(&mut objects, &redo, &budget).unwrap()
@@ -1626,6 +1700,7 @@ mod tests {
         let redo = Redo {
             oid: new,
             against: vec![base],
+            stored_whole: false,
         };
         (dir, Repository::open(&path).unwrap(), redo)
     }

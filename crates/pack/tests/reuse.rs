@@ -952,3 +952,121 @@ fn objects_made_again_are_taken_from_the_store_by_the_next_answer() {
     assert_eq!(remade.hits(), before);
     shallow_client(dir.path(), "d.git", &other);
 }
+
+/// Issue 16: in a thin pack, an object stored whole (a pack fetched after the client's
+/// commit, whose new versions had their bases in another pack) goes as a delta against the
+/// client's object at the same path, as git's walk finds it among the trees at the edge of
+/// the client's history (its preferred bases); not without `thin-pack`, and not against an
+/// object at another path. The client resolves the pack with what it has.
+#[test]
+fn an_object_stored_whole_goes_as_a_delta_against_the_clients_at_its_path() {
+    let (dir, work, path) = work_tree();
+    let shared = text_lines("shared", 400);
+    std::fs::create_dir(work.join("dir")).unwrap();
+    let version = |n: u32| format!("{shared}version {n}\n");
+    std::fs::write(work.join("dir/a.txt"), version(1)).unwrap();
+    // As like the new version as the old one is, but at another path: not a base by path.
+    std::fs::write(work.join("b.txt"), version(3)).unwrap();
+    // Rewritten whole: tried against the old version at its path, and sent as stored.
+    std::fs::write(work.join("e.txt"), text_lines("epsilon", 300)).unwrap();
+    gitcache_testkit::git::commit_all(&work, "old");
+    bare_packed_copy(&work, &path);
+    // Walked, as git walks a fetch whose haves lie beyond its bitmapped pack (with bitmaps,
+    // git reads no trees at the edge, and sends such objects whole).
+    for file in std::fs::read_dir(path.join("objects/pack")).unwrap() {
+        let file = file.unwrap().path();
+        if file.extension().is_some_and(|e| e == "bitmap") {
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+    let client = dir.path().join("client.git");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            path.to_str().unwrap(),
+            client.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(work.join("dir/a.txt"), version(2)).unwrap();
+    std::fs::write(work.join("e.txt"), text_lines("zeta", 300)).unwrap();
+    // New, at a path the client has nothing at.
+    std::fs::write(work.join("c.txt"), text_lines("gamma", 400)).unwrap();
+    gitcache_testkit::git::commit_all(&work, "new");
+    // The new objects in a pack of their own, each stored whole (their bases by content lie
+    // in the other pack), as a mirror keeps a pack fetched without thin deltas.
+    git(&path, &["fetch", "-q", work.to_str().unwrap(), "main:main"]);
+    git(&path, &["repack", "-dq"]);
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let (new_a, old_a, new_c) = (
+        id("main:dir/a.txt"),
+        id("main~1:dir/a.txt"),
+        id("main:c.txt"),
+    );
+    let new_e = id("main:e.txt");
+    let packs: Vec<std::path::PathBuf> = std::fs::read_dir(path.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+        .collect();
+    let stored: std::collections::HashMap<_, _> =
+        packs.iter().flat_map(|idx| layout(&path, idx)).collect();
+    assert_eq!(stored[&new_a].1, None, "stored whole: {stored:?}");
+    assert_eq!(stored[&new_c].1, None, "stored whole: {stored:?}");
+    assert_eq!(stored[&new_e].1, None, "stored whole: {stored:?}");
+
+    let repo = Repository::open(&path).unwrap();
+    let mut fetch = clone_request(oids(&id("main")));
+    fetch.haves = oids(&id("main~1"));
+    let remade = std::sync::Arc::new(gitcache_pack::Remade::new(1 << 20));
+    let options = Options {
+        remade: Some(std::sync::Arc::clone(&remade)),
+        ..Options::default()
+    };
+    let (whole, stats, pack) = send_with(&repo, &fetch, &options);
+    assert!(!whole, "the stored pack is not sent as it is");
+    assert_eq!(stats.new_deltas, 1, "{stats:?}");
+    assert_eq!(
+        stats.reused,
+        stats.objects - 1,
+        "the rest as stored: {stats:?}"
+    );
+    // The next answer takes what was tried from the store, a delta and a miss alike, and is
+    // the same pack.
+    let hits = remade.hits();
+    assert_eq!(send_with(&repo, &fetch, &options).2, pack);
+    assert!(remade.hits() >= hits + 2, "{} {hits}", remade.hits());
+    gitcache_testkit::git::git_with_input(
+        &client,
+        &[
+            "index-pack",
+            "--fsck-objects",
+            "--fix-thin",
+            "--stdin",
+            "objects/pack/pack-received.pack",
+        ],
+        &pack,
+    );
+    let received = layout(&client, &client.join("objects/pack/pack-received.idx"));
+    assert_eq!(received[&new_a].1.as_ref(), Some(&old_a), "{received:?}");
+    assert_eq!(
+        received[&new_c].1, None,
+        "no base at its path: {received:?}"
+    );
+    assert_eq!(received[&new_e].1, None, "no delta pays: {received:?}");
+    assert_complete_at(&client, &oids(&id("main"))[0]);
+    assert_eq!(git(&client, &["cat-file", "blob", &new_a]), version(2));
+
+    // Without thin-pack: the stored pack as it is.
+    fetch.thin_pack = false;
+    let (whole, stats, plain) = send(&repo, &fetch);
+    assert!(whole && stats.new_deltas == 0, "{stats:?}");
+    assert!(
+        plain.len() > pack.len() + 500,
+        "{} {}",
+        plain.len(),
+        pack.len()
+    );
+}
