@@ -374,27 +374,26 @@ impl Objects {
     /// Tree `oid` with its entries' names.
     pub(crate) fn named_tree(&mut self, oid: &ObjectId) -> Result<NamedTree, Error> {
         let hash = self.hash;
-        let (kind, data) = self.read(oid)?;
-        if kind != Kind::Tree {
-            return Err(Error::Corrupt {
-                oid: *oid,
-                reason: "expected a tree".into(),
-            });
-        }
-        NamedTree::parse(data.to_vec(), hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
+        let data = self.tree_bytes(oid)?.to_vec();
+        NamedTree::parse(data, hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
     }
 
     /// The entries of tree `oid`.
     pub(crate) fn tree(&mut self, oid: &ObjectId) -> Result<Vec<TreeEntry>, Error> {
         let hash = self.hash;
-        let (kind, data) = self.read(oid)?;
-        if kind != Kind::Tree {
-            return Err(Error::Corrupt {
+        let data = self.tree_bytes(oid)?;
+        parse_tree(data, hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
+    }
+
+    /// The content of `oid`, which must be a tree.
+    fn tree_bytes(&mut self, oid: &ObjectId) -> Result<&[u8], Error> {
+        match self.read(oid)? {
+            (Kind::Tree, data) => Ok(data),
+            _ => Err(Error::Corrupt {
                 oid: *oid,
                 reason: "expected a tree".into(),
-            });
+            }),
         }
-        parse_tree(data, hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
     }
 }
 

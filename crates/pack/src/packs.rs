@@ -65,10 +65,7 @@ impl StoredPack {
         };
         oids.any(|oid| {
             lookup(&self.index, oid)
-                .map(|i| self.index.pack_offset_at_index(i))
-                .and_then(|at| data.entry_slice(at..at.saturating_add(1)))
-                .and_then(|b| b.first().copied())
-                .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7))
+                .is_some_and(|i| stored_whole_at(&data, self.index.pack_offset_at_index(i)))
         })
     }
 
@@ -87,6 +84,14 @@ impl StoredPack {
         *kept = Some(std::sync::Arc::clone(&data));
         Ok(data)
     }
+}
+
+/// Whether the entry of `data` at offset `at` is a whole object: its type, in its first byte,
+/// is not a delta's (6 or 7). `false` if it cannot be read.
+pub(crate) fn stored_whole_at(data: &gix_pack::data::File, at: u64) -> bool {
+    data.entry_slice(at..at.saturating_add(1))
+        .and_then(|b| b.first().copied())
+        .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7))
 }
 
 /// Interpolation probes [`lookup`] makes before it searches by halves.

@@ -370,13 +370,7 @@ impl SentIn {
                 };
                 let whole = self.bits.ones().filter(|&q| match (forest, &data) {
                     (Some(forest), _) => forest.base(q).is_none(),
-                    // The type in an entry's first byte: 6 and 7 are deltas.
-                    (None, Some(data)) => {
-                        let at = rev.offset(pack, q);
-                        data.entry_slice(at..at.saturating_add(1))
-                            .and_then(|b| b.first().copied())
-                            .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7))
-                    }
+                    (None, Some(data)) => crate::packs::stored_whole_at(data, rev.offset(pack, q)),
                     (None, None) => false,
                 });
                 named.window = crate::window::NameWindow::new(whole, |q| named.key_of(q));
