@@ -38,10 +38,20 @@ pub(crate) struct Selection {
     pub(crate) client_has: Has,
     /// Further objects, as positions of one stored pack (none of them in the lists above).
     pub(crate) packed: Option<crate::reuse::Packed>,
-    /// For a thin pack, of the trees and blobs sent (as far as the walk knew when it met
-    /// them), the client's object at the same path in one of the trees at the edge of the
-    /// walk (git's preferred bases): a delta base to try for one stored whole.
-    pub(crate) path_bases: crate::OidMap<ObjectId>,
+    /// For an incremental fetch answered by a walk, of the trees and blobs sent, objects at
+    /// the same path: delta bases to try for one stored whole.
+    pub(crate) path_bases: crate::OidMap<PathBase>,
+}
+
+/// Objects at the path of one sent, as the walk met them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PathBase {
+    /// The object sent before it at that path (of a commit walked before, so newer: git's
+    /// window pairs such versions).
+    pub(crate) sent: Option<ObjectId>,
+    /// For a thin pack, the client's object there, in one of the trees at the edge of the
+    /// walk (git's preferred bases).
+    pub(crate) client: Option<ObjectId>,
 }
 
 /// What the client has: a set, and with bitmaps, the haves' bitmap (not turned into a set:
@@ -110,7 +120,8 @@ pub(crate) struct SelectRequest<'a> {
     pub(crate) grafts: &'a OidSet,
     pub(crate) filter: Option<&'a Filter>,
     pub(crate) include_tag: bool,
-    /// Whether the pack may be thin: the walk then finds [`Selection::path_bases`].
+    /// Whether the pack may be thin: the walk then also finds the client's objects at the
+    /// paths of those sent ([`PathBase::client`]).
     pub(crate) thin: bool,
 }
 
@@ -165,30 +176,35 @@ pub(crate) fn select(
     for tree in boundary_trees.into_iter().chain(had_trees) {
         mark_tree_had(objects, tree, &mut out.client_has.set)?;
     }
-    // The trees of the edge (the client's commits that are parents of commits sent, in walk
-    // order), in which sent objects look for their path's object: a thin pack's deltas
-    // against what the client has.
+    // The edge: the client's commits that are parents of commits sent, in walk order. With
+    // one, objects sent are paired with others at their paths (see `PathBase`); in a thin
+    // pack, the trees of its first commits are those the client's objects are looked for in.
     let mut paths = PathBases::default();
+    let mut edge_trees = Vec::new();
     let mut edge = Vec::new();
-    if req.thin {
-        let mut seen = OidSet::default();
-        'edge: for commit in walked.interesting() {
-            if req.grafts.contains(commit) {
-                continue;
+    'edge: for commit in walked.interesting() {
+        if req.grafts.contains(commit) {
+            continue;
+        }
+        for parent in objects.commit(commit)?.parents.clone() {
+            if edge_trees.len() == PREFERRED_TREES {
+                break 'edge;
             }
-            for parent in objects.commit(commit)?.parents.clone() {
-                if edge.len() == PREFERRED_TREES {
-                    break 'edge;
-                }
-                if !walked.uninteresting.contains(&parent) {
-                    continue;
-                }
+            if walked.uninteresting.contains(&parent) {
                 let tree = objects.commit(&parent)?.tree;
-                if seen.insert(tree)
-                    && let Some(named) = paths.tree(objects, &tree)
-                {
-                    edge.push((tree, named));
+                if !edge_trees.contains(&tree) {
+                    edge_trees.push(tree);
                 }
+            }
+        }
+        if !req.thin && !edge_trees.is_empty() {
+            break;
+        }
+    }
+    if req.thin {
+        for tree in &edge_trees {
+            if let Some(named) = paths.tree(objects, tree) {
+                edge.push((*tree, named));
             }
         }
     }
@@ -200,7 +216,7 @@ pub(crate) fn select(
         emitted: &mut emitted,
         out: &mut out.others,
         client_has: &out.client_has.set,
-        paths: req.thin.then_some(&mut paths),
+        paths: (!edge_trees.is_empty()).then_some(&mut paths),
     };
     let commits: Vec<ObjectId> = walked.interesting().copied().collect();
     // Objects named in a want come first, shown whatever the filter says; then each commit's
@@ -214,10 +230,12 @@ pub(crate) fn select(
     for commit in &commits {
         let tree = objects.commit(commit)?.tree;
         let against = edge.iter().map(|(_, named)| Rc::clone(named)).collect();
+        let client = edge
+            .iter()
+            .map(|(base, _)| *base)
+            .find(|base| *base != tree);
         trees.tree(objects, tree, false, against)?;
-        if let Some((base, _)) = edge.iter().find(|(base, _)| *base != tree) {
-            trees.path_base(tree, *base);
-        }
+        trees.path_base(tree, ROOT_PATH, client);
     }
     // Commits the client named are sent; the filter judges the others.
     for commit in commits {
@@ -247,8 +265,21 @@ const PATH_TREE_BYTES: usize = 16 << 20;
 struct PathBases {
     trees: crate::OidMap<Rc<NamedTree>>,
     bytes: usize,
-    /// By object sent, the client's object at its path.
-    found: crate::OidMap<ObjectId>,
+    /// By path (a hash of it), the object last sent there.
+    last: std::collections::HashMap<u64, ObjectId>,
+    /// By object sent, objects at its path.
+    found: crate::OidMap<PathBase>,
+}
+
+/// The hash of the root's path.
+const ROOT_PATH: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The hash of the path of entry `name` of the tree at the path hashed as `parent`. A
+/// collision only offers a base that will not pay.
+fn child_path(parent: u64, name: &[u8]) -> u64 {
+    name.iter().fold(parent.rotate_left(23) ^ 0x2f, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl PathBases {
@@ -610,7 +641,7 @@ struct Traversal<'a> {
     emitted: &'a mut OidSet,
     out: &'a mut Vec<ObjectId>,
     client_has: &'a OidSet,
-    /// For a thin pack: bases by path, found as trees are walked.
+    /// For an incremental fetch: bases by path, found as trees are walked.
     paths: Option<&'a mut PathBases>,
 }
 
@@ -620,8 +651,10 @@ struct Frame {
     entries: Vec<TreeEntry>,
     next: usize,
     given: bool,
-    /// The client's trees at this tree's path, and this tree's names (read only with some).
+    /// The client's trees at this tree's path, the hash of its path, and its names (read
+    /// when bases by path are looked for).
     against: Vec<Rc<NamedTree>>,
+    path: u64,
     names: Option<Names>,
 }
 
@@ -667,24 +700,28 @@ impl Traversal<'_> {
         Ok(())
     }
 
-    /// Note `base`, an object of the client's at the path of `oid`, for a thin pack, if
-    /// `oid` is sent.
-    fn path_base(&mut self, oid: ObjectId, base: ObjectId) {
+    /// Note the objects at the path of `oid` (hashed as `path`), if it is sent: the one sent
+    /// before it there, and `client`, the client's.
+    fn path_base(&mut self, oid: ObjectId, path: u64, client: Option<ObjectId>) {
         if let Some(paths) = self.paths.as_deref_mut()
             && self.emitted.contains(&oid)
         {
-            paths.found.entry(oid).or_insert(base);
+            let sent = paths.last.insert(path, oid).filter(|sent| *sent != oid);
+            if sent.is_some() || client.is_some() {
+                paths.found.entry(oid).or_insert(PathBase { sent, client });
+            }
         }
     }
 
-    /// Begin a tree (`against`: the client's trees at its path); returns the frame to walk,
-    /// if its contents are to be walked.
+    /// Begin a tree (`against`: the client's trees at its path, hashed as `path`); returns
+    /// the frame to walk, if its contents are to be walked.
     fn begin(
         &mut self,
         objects: &mut Objects,
         tree: ObjectId,
         given: bool,
         against: Vec<Rc<NamedTree>>,
+        path: u64,
     ) -> Result<Option<Frame>, Error> {
         if self.skip(&tree) {
             return Ok(None);
@@ -693,7 +730,7 @@ impl Traversal<'_> {
         self.apply(tree, answer);
         let (entries, names) = if answer.skip_tree {
             (Vec::new(), None)
-        } else if against.is_empty() || self.paths.is_none() {
+        } else if self.paths.is_none() {
             (objects.tree(&tree)?, None)
         } else {
             let named = objects.named_tree(&tree)?;
@@ -705,6 +742,7 @@ impl Traversal<'_> {
             next: 0,
             given,
             against,
+            path,
             names,
         }))
     }
@@ -719,7 +757,7 @@ impl Traversal<'_> {
         against: Vec<Rc<NamedTree>>,
     ) -> Result<(), Error> {
         let mut stack: Vec<Frame> = self
-            .begin(objects, root, given, against)?
+            .begin(objects, root, given, against, ROOT_PATH)?
             .into_iter()
             .collect();
         while let Some(frame) = stack.last_mut() {
@@ -734,10 +772,12 @@ impl Traversal<'_> {
             if entry.kind == EntryKind::Gitlink || self.skip(&entry.oid) {
                 continue;
             }
-            // The client's objects at this entry's path, of its kind.
+            // The path, and the client's objects there of this entry's kind.
+            let mut path = None;
             let mut found: Vec<ObjectId> = Vec::new();
             if let Some(names) = &frame.names {
                 let name = names.get(at);
+                path = Some(child_path(frame.path, name));
                 for e in frame
                     .against
                     .iter()
@@ -754,15 +794,16 @@ impl Traversal<'_> {
                     if let Some(paths) = self.paths.as_deref_mut() {
                         against.extend(found.iter().filter_map(|t| paths.tree(objects, t)));
                     }
-                    if let Some(child) = self.begin(objects, entry.oid, false, against)? {
+                    let at_path = path.unwrap_or(ROOT_PATH);
+                    if let Some(child) = self.begin(objects, entry.oid, false, against, at_path)? {
                         stack.push(child);
                     }
                 }
                 EntryKind::Blob => self.blob(objects, entry.oid, false)?,
                 EntryKind::Gitlink => {}
             }
-            if let Some(&first) = found.first() {
-                self.path_base(entry.oid, first);
+            if let Some(path) = path {
+                self.path_base(entry.oid, path, found.first().copied());
             }
         }
         Ok(())

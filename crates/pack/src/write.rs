@@ -11,10 +11,11 @@
 //!   [`crate::window`]), when that delta is less than half the object's size: such objects
 //!   are versions of the same file or directory, and a tree of thousands of entries otherwise
 //!   goes whole.
-//! - In a thin pack, an object stored whole gets a new delta against the client's object at
-//!   its path (see [`crate::select::Selection::path_bases`]) when that delta is less than
-//!   half its size, as git's walk finds such deltas against its preferred bases; otherwise it
-//!   is copied as stored.
+//! - In an incremental fetch answered by a walk, an object stored whole gets a new delta
+//!   against an object at its path (see [`crate::select::Selection::path_bases`]) when that
+//!   delta is less than half its size: the version sent before it, if that one is stored
+//!   whole too, or in a thin pack the client's version, as git's delta search finds such
+//!   bases in its window and among its preferred bases; otherwise it is copied as stored.
 //! - Anything else is resolved and compressed again, once, as a whole object.
 
 use std::collections::HashMap;
@@ -526,6 +527,8 @@ pub(crate) struct PackWriter<'a> {
     bitmaps: Option<&'a crate::bitmap::BitmapCache>,
     /// What the answer sends of each pack, by position, when first needed.
     sent_in: HashMap<usize, SentIn>,
+    /// Objects planned so far that are stored whole: bases by path for those after them.
+    planned_whole: crate::OidSet,
 }
 
 impl<'a> PackWriter<'a> {
@@ -540,6 +543,7 @@ impl<'a> PackWriter<'a> {
         PackWriter {
             bitmaps,
             sent_in: HashMap::new(),
+            planned_whole: crate::OidSet::default(),
             objects,
             spawn_objects,
             opts,
@@ -817,7 +821,7 @@ impl<'a> PackWriter<'a> {
         order: &[ObjectId],
         start: usize,
         in_pack: &Sent<'_>,
-        (client_has, path_bases): (&crate::select::Has, &OidMap<ObjectId>),
+        (client_has, path_bases): (&crate::select::Has, &OidMap<crate::select::PathBase>),
         written: &OidMap<u64>,
         planned: &mut OidMap<Stored>,
     ) -> Result<(usize, Vec<Redo>, u64), Error> {
@@ -845,21 +849,29 @@ impl<'a> PackWriter<'a> {
                 |base: &ObjectId| in_pack.contains(base) || (thin && client_has.contains(base));
             let at = in_pack.left_at(place).or_else(|| self.found_at(place));
             let peek = self.stored_within(id, at, HELD_ENTRY_BYTES)?;
-            // The client's object at its path, in a thin pack (git's preferred base).
-            let path_base = path_bases
-                .get(id)
-                .filter(|base| thin && client_has.contains(base))
-                .copied();
-            if let (Some(base), Peek::Stored(Stored::Base(_)) | Peek::Large { base: None, .. }) =
-                (path_base, &peek)
-                && self.opts.max_depth > 0
-            {
-                // Tried while the batch before is written; as stored if no delta pays.
-                redo.push(Redo {
-                    oid: *id,
-                    against: vec![base],
-                    stored_whole: true,
-                });
+            let whole = matches!(
+                peek,
+                Peek::Stored(Stored::Base(_)) | Peek::Large { base: None, .. }
+            );
+            // Bases by path: the object sent before at its path, if it was planned as stored
+            // whole (then nothing it depends on comes after it: no two objects are made
+            // deltas of each other), and in a thin pack the client's object there (git's
+            // preferred base).
+            let mut by_path = Vec::new();
+            if let Some(bases) = path_bases.get(id) {
+                by_path.extend(bases.sent.filter(|b| self.planned_whole.contains(b)));
+                by_path.extend(bases.client.filter(|b| thin && client_has.contains(b)));
+            }
+            if whole {
+                self.planned_whole.insert(*id);
+                if !by_path.is_empty() && self.opts.max_depth > 0 {
+                    // Tried while the batch before is written; as stored if no delta pays.
+                    redo.push(Redo {
+                        oid: *id,
+                        against: by_path.clone(),
+                        stored_whole: true,
+                    });
+                }
             }
             // Whether it goes as stored, its entry's length, its stored delta base.
             let (reusable, held, stored_base) = match &peek {
@@ -892,8 +904,10 @@ impl<'a> PackWriter<'a> {
                         },
                         None => Vec::new(),
                     };
-                    if let Some(base) = path_base.filter(|b| !against.contains(b)) {
-                        against.push(base);
+                    for base in by_path {
+                        if !against.contains(&base) {
+                            against.push(base);
+                        }
                     }
                     redo.push(Redo {
                         oid: *id,

@@ -556,6 +556,53 @@ fn layout(repo: &Path, idx: &Path) -> std::collections::HashMap<String, (u64, Op
         .collect()
 }
 
+/// `path`'s packs without their bitmaps: fetches are walked, as git walks a fetch whose
+/// haves lie beyond its bitmapped pack.
+fn without_bitmaps(path: &Path) {
+    for file in std::fs::read_dir(path.join("objects/pack")).unwrap() {
+        let file = file.unwrap().path();
+        if file.extension().is_some_and(|e| e == "bitmap") {
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+}
+
+/// The layout of every pack of `path`, together.
+fn stored_layout(path: &Path) -> std::collections::HashMap<String, (u64, Option<String>)> {
+    std::fs::read_dir(path.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+        .flat_map(|idx| layout(path, &idx))
+        .collect()
+}
+
+/// A new bare repository `name` in `dir` holding `pack` (checked object by object, no base
+/// outside it), and the layout of that pack there.
+fn received_alone(
+    dir: &Path,
+    name: &str,
+    pack: &[u8],
+) -> (
+    std::path::PathBuf,
+    std::collections::HashMap<String, (u64, Option<String>)>,
+) {
+    let client = dir.join(name);
+    git(dir, &["init", "-q", "--bare", client.to_str().unwrap()]);
+    gitcache_testkit::git::git_with_input(
+        &client,
+        &[
+            "index-pack",
+            "--fsck-objects",
+            "--stdin",
+            "objects/pack/pack-received.pack",
+        ],
+        pack,
+    );
+    let received = layout(&client, &client.join("objects/pack/pack-received.idx"));
+    (client, received)
+}
+
 /// Issue 16: an answer the bitmaps select is written by copying runs of the stored pack
 /// (git's pack reuse), offset deltas whose base moved nearer across left-out entries given
 /// the shorter distance; entries whose base is not copied are written after, one by one.
@@ -718,22 +765,7 @@ fn a_delta_with_nothing_sent_down_its_chain_is_made_against_a_sibling() {
     let (_, stats, pack) = send(&repo, &fetch);
     assert_eq!(stats.objects, 4, "{stats:?}");
     assert_eq!(stats.new_deltas, 1, "{stats:?}");
-    let client = dir.path().join("c.git");
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", client.to_str().unwrap()],
-    );
-    gitcache_testkit::git::git_with_input(
-        &client,
-        &[
-            "index-pack",
-            "--fsck-objects",
-            "--stdin",
-            "objects/pack/pack-received.pack",
-        ],
-        &pack,
-    );
-    let received = layout(&client, &client.join("objects/pack/pack-received.idx"));
+    let (client, received) = received_alone(dir.path(), "c.git", &pack);
     let based: Vec<_> = [&x_id, &y_id]
         .into_iter()
         .filter_map(|id| Some((id.clone(), received[id].1.clone()?)))
@@ -973,12 +1005,7 @@ fn an_object_stored_whole_goes_as_a_delta_against_the_clients_at_its_path() {
     bare_packed_copy(&work, &path);
     // Walked, as git walks a fetch whose haves lie beyond its bitmapped pack (with bitmaps,
     // git reads no trees at the edge, and sends such objects whole).
-    for file in std::fs::read_dir(path.join("objects/pack")).unwrap() {
-        let file = file.unwrap().path();
-        if file.extension().is_some_and(|e| e == "bitmap") {
-            std::fs::remove_file(file).unwrap();
-        }
-    }
+    without_bitmaps(&path);
     let client = dir.path().join("client.git");
     git(
         dir.path(),
@@ -1006,13 +1033,7 @@ fn an_object_stored_whole_goes_as_a_delta_against_the_clients_at_its_path() {
         id("main:c.txt"),
     );
     let new_e = id("main:e.txt");
-    let packs: Vec<std::path::PathBuf> = std::fs::read_dir(path.join("objects/pack"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
-        .collect();
-    let stored: std::collections::HashMap<_, _> =
-        packs.iter().flat_map(|idx| layout(&path, idx)).collect();
+    let stored = stored_layout(&path);
     assert_eq!(stored[&new_a].1, None, "stored whole: {stored:?}");
     assert_eq!(stored[&new_c].1, None, "stored whole: {stored:?}");
     assert_eq!(stored[&new_e].1, None, "stored whole: {stored:?}");
@@ -1069,4 +1090,53 @@ fn an_object_stored_whole_goes_as_a_delta_against_the_clients_at_its_path() {
         plain.len(),
         pack.len()
     );
+}
+
+/// Issue 16: an object stored whole goes as a delta against the version of its path sent
+/// before it (a newer commit's), when that one is stored whole too, as git's window pairs
+/// versions of a file both sent; with or without `thin-pack`. Fetched packs of a mirror hold
+/// each refresh's version of a file whole.
+#[test]
+fn versions_of_a_path_sent_together_are_made_deltas_of_each_other() {
+    let (dir, work, path) = work_tree();
+    let shared = text_lines("shared", 400);
+    let version = |n: u32| format!("{shared}version {n}\n");
+    std::fs::write(work.join("a.txt"), text_lines("unrelated", 300)).unwrap();
+    gitcache_testkit::git::commit_all(&work, "old");
+    bare_packed_copy(&work, &path);
+    without_bitmaps(&path);
+    // Two refreshes, each a pack of its own in which the new version is stored whole.
+    for n in [2, 3] {
+        std::fs::write(work.join("a.txt"), version(n)).unwrap();
+        gitcache_testkit::git::commit_all(&work, &format!("v{n}"));
+        git(&path, &["fetch", "-q", work.to_str().unwrap(), "main:main"]);
+        git(&path, &["repack", "-dq"]);
+    }
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let (v2, v3) = (id("main~1:a.txt"), id("main:a.txt"));
+    let stored = stored_layout(&path);
+    assert_eq!(
+        (&stored[&v2].1, &stored[&v3].1),
+        (&None, &None),
+        "{stored:?}"
+    );
+
+    let repo = Repository::open(&path).unwrap();
+    for thin in [false, true] {
+        let mut fetch = clone_request(oids(&id("main")));
+        fetch.haves = oids(&id("main~2"));
+        fetch.thin_pack = thin;
+        let (whole, stats, pack) = send(&repo, &fetch);
+        assert!(!whole && stats.new_deltas == 1, "thin {thin}: {stats:?}");
+        let (client, received) = received_alone(dir.path(), &format!("client-{thin}.git"), &pack);
+        // The older version against the newer: the newer's base (the client's old file)
+        // is unlike it.
+        assert_eq!(
+            received[&v2].1.as_ref(),
+            Some(&v3),
+            "thin {thin}: {received:?}"
+        );
+        assert_eq!(received[&v3].1, None, "thin {thin}: {received:?}");
+        assert_eq!(git(&client, &["cat-file", "blob", &v2]), version(2));
+    }
 }
