@@ -476,6 +476,7 @@ pub fn plan(
         grafts: &shallow.grafts,
         filter: fetch.filter.as_ref(),
         include_tag: fetch.include_tag,
+        by_path: true,
         thin: fetch.thin_pack,
     };
     let bitmapped = if shallow.section || !fetch.shallows.is_empty() {
@@ -495,10 +496,11 @@ pub fn plan(
         None => select::select(repo, &mut objects, &request)?,
     };
     // A stored pack holding exactly these objects goes out as it is (it may hold ofs-deltas),
-    // unless objects of it stored whole may go as deltas against what the client has at
-    // their paths.
+    // unless objects of it stored whole are to be tried as deltas against others at their
+    // paths.
     let source = match selection.exact_pack(&stored).filter(|pack| {
-        fetch.ofs_delta && !pack.holds_whole(selection.path_bases.keys(), objects.hash())
+        fetch.ofs_delta
+            && !pack.tries_by_path(&selection.path_bases, fetch.thin_pack, objects.hash())
     }) {
         Some(pack) => Source::WholePack {
             path: pack.pack.clone(),
@@ -668,6 +670,7 @@ impl Repository {
                 grafts: &grafts,
                 filter: None,
                 include_tag: false,
+                by_path: false,
                 thin: false,
             },
         )

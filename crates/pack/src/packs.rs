@@ -53,19 +53,29 @@ impl StoredPack {
         lookup(&self.index, oid).is_some()
     }
 
-    /// Whether some of `oids` is stored whole here (its entry's type is no delta's); `true`
-    /// if the pack cannot be read, which says nothing either way.
-    pub(crate) fn holds_whole<'a>(
+    /// Whether an object of `bases` stored whole here would be tried as a delta against one
+    /// at its path, as the writer tries them: the client's (in a `thin` pack), or the one
+    /// sent before it, stored whole too. `true` if the pack cannot be read, which says
+    /// nothing either way.
+    pub(crate) fn tries_by_path(
         &self,
-        mut oids: impl Iterator<Item = &'a ObjectId>,
+        bases: &crate::OidMap<crate::select::PathBase>,
+        thin: bool,
         hash: HashKind,
     ) -> bool {
+        if bases.is_empty() {
+            return false;
+        }
         let Ok(data) = self.data(hash) else {
             return true;
         };
-        oids.any(|oid| {
+        let whole = |oid: &ObjectId| {
             lookup(&self.index, oid)
                 .is_some_and(|i| stored_whole_at(&data, self.index.pack_offset_at_index(i)))
+        };
+        bases.iter().any(|(oid, base)| {
+            let offered = (thin && base.client.is_some()) || base.sent.is_some_and(|s| whole(&s));
+            offered && whole(oid)
         })
     }
 

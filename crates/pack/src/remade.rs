@@ -2,7 +2,7 @@
 //!
 //! An object whose stored delta base a client is not sent is compressed again: a new delta
 //! against one of the objects the answer offers as bases, or whole. One stored whole may be
-//! tried against the client's object at its path in a thin pack: a new delta, or none (it
+//! tried against objects at its path in an incremental fetch: a new delta, or none (it
 //! goes as stored). Answers for nearby commits of one repository (shallow clones of a
 //! branch's recent tips, as CI fleets make) make most of the same objects again against the
 //! same bases. What is made depends only on the object, the bases offered, in order, the zlib

@@ -7,10 +7,10 @@
 //! filter says, as git sends them. With `include-tag`, annotated tags whose target is sent go
 //! along.
 //!
-//! For a thin pack, the walk also pairs each tree and blob it sends with the client's object
-//! at the same path in the trees of the first commits at its edge, the client's commits whose
-//! children are sent (git's preferred bases): the writer tries a delta against it for an
-//! object stored whole.
+//! For an incremental fetch, the walk also pairs each tree and blob it sends with the object
+//! sent before it at the same path and, for a thin pack, with the client's object there in
+//! the trees of the first commits at its edge, the client's commits whose children are sent
+//! (git's preferred bases): the writer tries a delta against them for an object stored whole.
 
 use std::rc::Rc;
 
@@ -46,8 +46,9 @@ pub(crate) struct Selection {
 /// Objects at the path of one sent, as the walk met them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PathBase {
-    /// The object sent before it at that path (of a commit walked before, so newer: git's
-    /// window pairs such versions).
+    /// The object sent before it at that path (most often a newer commit's: git's window
+    /// pairs such versions). The writer takes it only if it comes earlier in the pack and
+    /// is stored whole.
     pub(crate) sent: Option<ObjectId>,
     /// For a thin pack, the client's object there, in one of the trees at the edge of the
     /// walk (git's preferred bases).
@@ -120,8 +121,11 @@ pub(crate) struct SelectRequest<'a> {
     pub(crate) grafts: &'a OidSet,
     pub(crate) filter: Option<&'a Filter>,
     pub(crate) include_tag: bool,
-    /// Whether the pack may be thin: the walk then also finds the client's objects at the
-    /// paths of those sent ([`PathBase::client`]).
+    /// Whether objects sent are paired with others at their paths ([`Selection::path_bases`]),
+    /// when the walk has an edge: for a pack to write, not for a check.
+    pub(crate) by_path: bool,
+    /// Whether the pack may be thin: the client's objects at the paths of those sent are
+    /// looked for too ([`PathBase::client`]).
     pub(crate) thin: bool,
 }
 
@@ -182,7 +186,7 @@ pub(crate) fn select(
     let mut paths = PathBases::default();
     let mut edge_trees = Vec::new();
     let mut edge = Vec::new();
-    'edge: for commit in walked.interesting() {
+    'edge: for commit in walked.interesting().take_while(|_| req.by_path) {
         if req.grafts.contains(commit) {
             continue;
         }
@@ -201,7 +205,7 @@ pub(crate) fn select(
             break;
         }
     }
-    if req.thin {
+    if req.by_path && req.thin {
         for tree in &edge_trees {
             if let Some(named) = paths.tree(objects, tree) {
                 edge.push((*tree, named));
@@ -216,14 +220,14 @@ pub(crate) fn select(
         emitted: &mut emitted,
         out: &mut out.others,
         client_has: &out.client_has.set,
-        paths: (!edge_trees.is_empty()).then_some(&mut paths),
+        paths: (req.by_path && !edge_trees.is_empty()).then_some(&mut paths),
     };
     let commits: Vec<ObjectId> = walked.interesting().copied().collect();
     // Objects named in a want come first, shown whatever the filter says; then each commit's
     // tree, whose contents the filter judges.
     for (oid, kind) in &given {
         match kind {
-            Kind::Tree => trees.tree(objects, *oid, true, Vec::new())?,
+            Kind::Tree => trees.tree(objects, *oid, true, Vec::new(), None)?,
             _ => trees.blob(objects, *oid, true)?,
         }
     }
@@ -234,7 +238,7 @@ pub(crate) fn select(
             .iter()
             .map(|(base, _)| *base)
             .find(|base| *base != tree);
-        trees.tree(objects, tree, false, against)?;
+        trees.tree(objects, tree, false, against, Some(ROOT_PATH))?;
         trees.path_base(tree, ROOT_PATH, client);
     }
     // Commits the client named are sent; the filter judges the others.
@@ -651,10 +655,11 @@ struct Frame {
     entries: Vec<TreeEntry>,
     next: usize,
     given: bool,
-    /// The client's trees at this tree's path, the hash of its path, and its names (read
-    /// when bases by path are looked for).
+    /// The client's trees at this tree's path, the hash of its path (none for a tree a want
+    /// names: its entries' paths are not known), and its names (read when bases by path are
+    /// looked for).
     against: Vec<Rc<NamedTree>>,
-    path: u64,
+    path: Option<u64>,
     names: Option<Names>,
 }
 
@@ -721,7 +726,7 @@ impl Traversal<'_> {
         tree: ObjectId,
         given: bool,
         against: Vec<Rc<NamedTree>>,
-        path: u64,
+        path: Option<u64>,
     ) -> Result<Option<Frame>, Error> {
         if self.skip(&tree) {
             return Ok(None);
@@ -730,7 +735,7 @@ impl Traversal<'_> {
         self.apply(tree, answer);
         let (entries, names) = if answer.skip_tree {
             (Vec::new(), None)
-        } else if self.paths.is_none() {
+        } else if self.paths.is_none() || path.is_none() {
             (objects.tree(&tree)?, None)
         } else {
             let named = objects.named_tree(&tree)?;
@@ -748,16 +753,17 @@ impl Traversal<'_> {
     }
 
     /// Walk `root` depth first in entry order, as git's list-objects does (`against`: the
-    /// client's trees at the root, for bases by path).
+    /// client's trees at the root, hashed as `path`, for bases by path).
     fn tree(
         &mut self,
         objects: &mut Objects,
         root: ObjectId,
         given: bool,
         against: Vec<Rc<NamedTree>>,
+        path: Option<u64>,
     ) -> Result<(), Error> {
         let mut stack: Vec<Frame> = self
-            .begin(objects, root, given, against, ROOT_PATH)?
+            .begin(objects, root, given, against, path)?
             .into_iter()
             .collect();
         while let Some(frame) = stack.last_mut() {
@@ -775,9 +781,9 @@ impl Traversal<'_> {
             // The path, and the client's objects there of this entry's kind.
             let mut path = None;
             let mut found: Vec<ObjectId> = Vec::new();
-            if let Some(names) = &frame.names {
+            if let (Some(names), Some(parent)) = (&frame.names, frame.path) {
                 let name = names.get(at);
-                path = Some(child_path(frame.path, name));
+                path = Some(child_path(parent, name));
                 for e in frame
                     .against
                     .iter()
@@ -794,8 +800,7 @@ impl Traversal<'_> {
                     if let Some(paths) = self.paths.as_deref_mut() {
                         against.extend(found.iter().filter_map(|t| paths.tree(objects, t)));
                     }
-                    let at_path = path.unwrap_or(ROOT_PATH);
-                    if let Some(child) = self.begin(objects, entry.oid, false, against, at_path)? {
+                    if let Some(child) = self.begin(objects, entry.oid, false, against, path)? {
                         stack.push(child);
                     }
                 }

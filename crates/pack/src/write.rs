@@ -96,14 +96,13 @@ const LARGE_DELTA_OBJECT: u64 = 1 << 20;
 /// CPU bound of the search, about a second of it here.
 const NEW_DELTA_BUDGET: i64 = 512 << 20;
 
-/// The same for deltas tried against the client's objects at their paths for objects stored
-/// whole (see [`crate::select::Selection::path_bases`]): a budget of their own, so that these
+/// The same for deltas tried against objects at their paths for objects stored whole (see [`crate::select::Selection::path_bases`]): a budget of their own, so that these
 /// tries, which only make a pack smaller, never leave objects that must be compressed again
 /// without theirs.
 const PATH_DELTA_BUDGET: i64 = 256 << 20;
 
 /// What new deltas may look at in one pack: for objects that cannot go as stored, and for
-/// objects stored whole tried against the client's objects at their paths.
+/// objects stored whole tried against objects at their paths.
 struct Budgets {
     needed: AtomicI64,
     by_path: AtomicI64,
@@ -146,8 +145,8 @@ pub struct PackStats {
     pub pack_reused: u32,
     /// Of those, deltas.
     pub pack_reused_deltas: u32,
-    /// Deltas made for this pack: for objects whose stored base is not sent, and in a thin
-    /// pack for objects stored whole, against the client's objects at their paths.
+    /// Deltas made for this pack: for objects whose stored base is not sent, and in an
+    /// incremental fetch for objects stored whole, against objects at their paths.
     pub new_deltas: u32,
     /// Whether a stored pack was sent as it is.
     pub whole_pack: bool,
@@ -384,7 +383,7 @@ impl SentIn {
 }
 
 /// An object that cannot be copied as stored, or one stored whole that may go as a delta
-/// against what the client has at its path, and bases to try a new delta against.
+/// against an object at its path, and bases to try a new delta against.
 struct Redo {
     oid: ObjectId,
     against: Vec<ObjectId>,
@@ -527,7 +526,9 @@ pub(crate) struct PackWriter<'a> {
     bitmaps: Option<&'a crate::bitmap::BitmapCache>,
     /// What the answer sends of each pack, by position, when first needed.
     sent_in: HashMap<usize, SentIn>,
-    /// Objects planned so far that are stored whole: bases by path for those after them.
+    /// Objects offered as bases by path (as [`crate::select::PathBase::sent`]), and of those
+    /// the ones planned so far that are stored whole: usable by those after them.
+    offered: crate::OidSet,
     planned_whole: crate::OidSet,
 }
 
@@ -543,6 +544,7 @@ impl<'a> PackWriter<'a> {
         PackWriter {
             bitmaps,
             sent_in: HashMap::new(),
+            offered: crate::OidSet::default(),
             planned_whole: crate::OidSet::default(),
             objects,
             spawn_objects,
@@ -570,6 +572,7 @@ impl<'a> PackWriter<'a> {
     ) -> Result<PackStats, Error> {
         let (packed, client_has) = (selection.packed.as_ref(), &selection.client_has);
         let path_bases = &selection.path_bases;
+        self.offered = path_bases.values().filter_map(|b| b.sent).collect();
         let total = order.len() + packed.map_or(0, |p| p.count);
         let count = u32::try_from(total).map_err(|_| Error::Odb {
             message: "more than 2^32 objects".into(),
@@ -863,7 +866,9 @@ impl<'a> PackWriter<'a> {
                 by_path.extend(bases.client.filter(|b| thin && client_has.contains(b)));
             }
             if whole {
-                self.planned_whole.insert(*id);
+                if self.offered.contains(id) {
+                    self.planned_whole.insert(*id);
+                }
                 if !by_path.is_empty() && self.opts.max_depth > 0 {
                     // Tried while the batch before is written; as stored if no delta pays.
                     redo.push(Redo {

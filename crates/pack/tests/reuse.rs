@@ -1122,13 +1122,16 @@ fn versions_of_a_path_sent_together_are_made_deltas_of_each_other() {
     );
 
     let repo = Repository::open(&path).unwrap();
-    for thin in [false, true] {
+    // As offset deltas and as deltas naming their base by id.
+    for (thin, ofs) in [(false, true), (true, true), (false, false)] {
         let mut fetch = clone_request(oids(&id("main")));
         fetch.haves = oids(&id("main~2"));
         fetch.thin_pack = thin;
+        fetch.ofs_delta = ofs;
         let (whole, stats, pack) = send(&repo, &fetch);
         assert!(!whole && stats.new_deltas == 1, "thin {thin}: {stats:?}");
-        let (client, received) = received_alone(dir.path(), &format!("client-{thin}.git"), &pack);
+        let name = format!("client-{thin}-{ofs}.git");
+        let (client, received) = received_alone(dir.path(), &name, &pack);
         // The older version against the newer: the newer's base (the client's old file)
         // is unlike it.
         assert_eq!(
