@@ -65,7 +65,8 @@ pub fn fetch_from_bytes(objects: &[ObjectId], refs: &[bstr::BString], data: &[u8
 }
 
 /// Plan and write `fetch`; returns the pack bytes, if a pack was sent. A written pack is read
-/// back entry by entry and its checksum verified; anything else is a bug and panics.
+/// back entry by entry (each offset delta's base an entry before it) and its checksum
+/// verified; anything else is a bug and panics.
 pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>>, Error> {
     let plan = plan(repo, fetch, repo.object_format(), &Options::default())?;
     let is_pack = matches!(plan, Plan::Pack(_));
@@ -91,8 +92,18 @@ pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>
     )
     .expect("pack header");
     let mut count = 0;
+    // Where entries start: an offset delta's base must be one of those before it.
+    let mut starts = std::collections::HashSet::new();
     for entry in entries {
-        entry.expect("every entry decodes and the checksum matches");
+        let entry = entry.expect("every entry decodes and the checksum matches");
+        if let gix_pack::data::entry::Header::OfsDelta { base_distance } = entry.header {
+            let base = entry.pack_offset.checked_sub(base_distance);
+            assert!(
+                base.is_some_and(|base| starts.contains(&base)),
+                "an offset delta's base is an entry before it"
+            );
+        }
+        starts.insert(entry.pack_offset);
         count += 1;
     }
     assert_eq!(
