@@ -96,8 +96,9 @@ const LARGE_DELTA_OBJECT: u64 = 1 << 20;
 /// CPU bound of the search, about a second of it here.
 const NEW_DELTA_BUDGET: i64 = 512 << 20;
 
-/// The same for deltas tried against objects at their paths for objects stored whole (see [`crate::select::Selection::path_bases`]): a budget of their own, so that these
-/// tries, which only make a pack smaller, never leave objects that must be compressed again
+/// The same for deltas tried for objects stored whole against objects at their paths (see
+/// [`crate::select::Selection::path_bases`]): a budget of their own, so that these tries,
+/// which only make a pack smaller, never leave objects that must be compressed again
 /// without theirs.
 const PATH_DELTA_BUDGET: i64 = 256 << 20;
 
