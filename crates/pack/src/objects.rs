@@ -57,6 +57,10 @@ pub(crate) struct Objects {
 impl Packs {
     /// The listed pack holding `oid`, and the offset of its entry there.
     fn find(&self, oid: &gix_hash::oid) -> Option<(usize, u64)> {
+        let recent = self.recent.get();
+        if let Some(&(_, k, offset)) = recent.iter().flatten().find(|(id, ..)| id.as_ref() == oid) {
+            return Some((k, offset));
+        }
         let last = self.last.get();
         let at = |k: usize| {
             let pack = self.listed.get(k)?;
@@ -64,8 +68,10 @@ impl Packs {
             Some((k, pack.index.pack_offset_at_index(i)))
         };
         let found = at(last).or_else(|| (0..self.listed.len()).filter(|&k| k != last).find_map(at));
-        if let Some((k, _)) = found {
+        if let Some((k, offset)) = found {
             self.last.set(k);
+            self.recent
+                .set([Some((oid.to_owned(), k, offset)), recent[0]]);
         }
         found
     }
@@ -130,6 +136,11 @@ struct Packs {
     inflate: std::cell::RefCell<gix_zlib::Inflate>,
     /// The listed pack the last object was found in, looked in first.
     last: std::cell::Cell<usize>,
+    /// The last two objects found, newest first: an object's header is read before the
+    /// object, and a delta is tried between two objects read in turn (a lookup in the
+    /// large pack's index that misses, before the small pack that has it, is most of a
+    /// read of a small object).
+    recent: std::cell::Cell<[Option<(ObjectId, usize, u64)>; 2]>,
     /// Delta bases kept decoded, so that reading along a delta chain does not inflate the
     /// whole chain again each time.
     cache: gix_pack::cache::lru::MemoryCappedHashmap,
@@ -155,6 +166,7 @@ impl Objects {
                 listed: packs,
                 inflate: Default::default(),
                 last: std::cell::Cell::new(0),
+                recent: std::cell::Cell::new([None; 2]),
                 cache: gix_pack::cache::lru::MemoryCappedHashmap::new(cache_bytes),
             },
             commits: OidMap::default(),
