@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use gix_hash::ObjectId;
 use gix_object::Kind;
@@ -103,10 +103,58 @@ const NEW_DELTA_BUDGET: i64 = 512 << 20;
 const PATH_DELTA_BUDGET: i64 = 256 << 20;
 
 /// What new deltas may look at in one pack: for objects that cannot go as stored, and for
-/// objects stored whole tried against objects at their paths.
+/// objects stored whole tried against objects at their paths; and how the latter went.
 struct Budgets {
     needed: AtomicI64,
     by_path: AtomicI64,
+    path_tries: PathTries,
+}
+
+/// Tries by path (objects stored whole, against objects at their paths) whose outcome is
+/// known, and how many gave a delta, for trees and for blobs. Where files are rewritten
+/// whole at every change (generated or minified files, data) none pays, and each try still
+/// costs inflating the object and its base and reading both through: once the answer's first
+/// [`PATH_TRIES_SAMPLE`] tries of a kind are known and fewer than one in
+/// [`PATH_TRIES_SHARE`] paid, the rest of that kind is sent as stored, untried. What a batch
+/// tries is decided when the batches before it are done, so that the same answer is the same
+/// pack (objects taken from the store of objects made again count as tried).
+#[derive(Default)]
+struct PathTries {
+    tried: [AtomicU32; 2],
+    paid: [AtomicU32; 2],
+}
+
+/// Tries by path of one kind known before the rest of that kind may be left untried.
+const PATH_TRIES_SAMPLE: u32 = 32;
+/// Fewer than one try in this many paying leaves the rest of their kind untried.
+const PATH_TRIES_SHARE: u32 = 16;
+
+impl PathTries {
+    fn slot(kind: Kind) -> Option<usize> {
+        match kind {
+            Kind::Tree => Some(0),
+            Kind::Blob => Some(1),
+            Kind::Commit | Kind::Tag => None,
+        }
+    }
+
+    fn record(&self, kind: Kind, paid: bool) {
+        if let Some(k) = Self::slot(kind) {
+            self.tried[k].fetch_add(1, Ordering::Relaxed);
+            if paid {
+                self.paid[k].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether tries for objects of `kind` are left out from now on.
+    fn hopeless(&self, kind: Kind) -> bool {
+        Self::slot(kind).is_some_and(|k| {
+            let tried = self.tried[k].load(Ordering::Relaxed);
+            let paid = self.paid[k].load(Ordering::Relaxed);
+            tried >= PATH_TRIES_SAMPLE && paid.saturating_mul(PATH_TRIES_SHARE) < tried
+        })
+    }
 }
 
 impl Budgets {
@@ -159,6 +207,9 @@ pub struct PackStats {
     /// Bytes of stored entries read out of packs while writing object by object (a large
     /// entry sent as stored is read once, when written).
     pub stored_read_bytes: u64,
+    /// Objects stored whole sent as stored without trying the delta against the object at
+    /// their path that they were offered: tries of their kind had kept failing.
+    pub untried: u32,
 }
 
 /// A stored entry and what it is.
@@ -390,6 +441,8 @@ struct Redo {
     against: Vec<ObjectId>,
     /// Stored whole: without a delta that pays, it goes as stored.
     stored_whole: bool,
+    /// The kind of an object stored whole, when planning read it (not for a large entry).
+    kind: Option<Kind>,
 }
 
 /// An object made ready ahead of writing: a whole object's entry, header included, or a new
@@ -531,6 +584,9 @@ pub(crate) struct PackWriter<'a> {
     /// the ones planned so far that are stored whole: usable by those after them.
     offered: crate::OidSet,
     planned_whole: crate::OidSet,
+    /// Tries by path planned, by [`PathTries::slot`], and objects stored whole left untried.
+    path_planned: [u32; 2],
+    untried: u32,
 }
 
 impl<'a> PackWriter<'a> {
@@ -547,6 +603,8 @@ impl<'a> PackWriter<'a> {
             sent_in: HashMap::new(),
             offered: crate::OidSet::default(),
             planned_whole: crate::OidSet::default(),
+            path_planned: [0; 2],
+            untried: 0,
             objects,
             spawn_objects,
             opts,
@@ -631,6 +689,7 @@ impl<'a> PackWriter<'a> {
         let budget = Budgets {
             needed: AtomicI64::new(NEW_DELTA_BUDGET),
             by_path: AtomicI64::new(PATH_DELTA_BUDGET),
+            path_tries: PathTries::default(),
         };
         // Compression lanes beside this thread, made when first needed (with one thread, the
         // writing thread compresses itself, between planning and writing).
@@ -797,6 +856,7 @@ impl<'a> PackWriter<'a> {
         sink.out.write_all(checksum.as_bytes())?;
         stats.bytes = sink.offset + checksum.as_bytes().len() as u64;
         stats.stored_read_bytes = self.read_bytes;
+        stats.untried = self.untried;
         Ok(stats)
     }
 
@@ -834,13 +894,17 @@ impl<'a> PackWriter<'a> {
         // Bytes of large stored entries read while planning but not held.
         let mut passed = 0u64;
         let mut end = start;
+        // Set when this batch holds the last of a kind's first tries by path: the batches
+        // after it are started once those are known, and leave the kind untried if they
+        // did not pay (see [`PathTries`]).
+        let mut sampled = false;
         for (place, id) in order
             .iter()
             .enumerate()
             .take((start + BATCH).min(order.len()))
             .skip(start)
         {
-            if end > start && bytes + passed >= BATCH_BYTES {
+            if end > start && (bytes + passed >= BATCH_BYTES || sampled) {
                 break;
             }
             end = place + 1;
@@ -870,13 +934,25 @@ impl<'a> PackWriter<'a> {
                 if self.offered.contains(id) {
                     self.planned_whole.insert(*id);
                 }
-                if !by_path.is_empty() && self.opts.max_depth > 0 {
+                // Kind and size from the entry's header: an object too small for a delta
+                // is not tried at all.
+                let header = match &peek {
+                    Peek::Stored(Stored::Base(entry)) => whole_header(entry, self.objects.hash()),
+                    _ => None,
+                };
+                let large_enough = header.is_none_or(|(_, size)| size >= MIN_DELTA_OBJECT);
+                if !by_path.is_empty() && self.opts.max_depth > 0 && large_enough {
                     // Tried while the batch before is written; as stored if no delta pays.
                     redo.push(Redo {
                         oid: *id,
                         against: by_path.clone(),
                         stored_whole: true,
+                        kind: header.map(|(kind, _)| kind),
                     });
+                    if let Some(k) = header.and_then(|(kind, _)| PathTries::slot(kind)) {
+                        self.path_planned[k] += 1;
+                        sampled |= self.path_planned[k] == PATH_TRIES_SAMPLE;
+                    }
                 }
             }
             // Whether it goes as stored, its entry's length, its stored delta base.
@@ -919,6 +995,7 @@ impl<'a> PackWriter<'a> {
                         oid: *id,
                         against,
                         stored_whole: false,
+                        kind: None,
                     });
                     Stored::Full
                 }
@@ -939,6 +1016,13 @@ impl<'a> PackWriter<'a> {
         budget: &'scope Budgets,
         abandon: &'scope std::sync::atomic::AtomicBool,
     ) -> Result<Vec<Rebuilding<'scope>>, Error> {
+        // Tries by path of a kind that kept failing in the batches before are not made.
+        let before = redo.len();
+        let redo: Vec<Redo> = redo
+            .into_iter()
+            .filter(|r| !(r.stored_whole && r.kind.is_some_and(|k| budget.path_tries.hopeless(k))))
+            .collect();
+        self.untried += (before - redo.len()) as u32;
         if redo.is_empty() {
             return Ok(Vec::new());
         }
@@ -1378,6 +1462,19 @@ fn compress_whole(
     whole_entry(kind, data, zlib)
 }
 
+/// The kind and size of the object whose whole entry is `entry`, from its header.
+fn whole_header(entry: &[u8], hash: gix_hash::Kind) -> Option<(Kind, u64)> {
+    let parsed = gix_pack::data::Entry::from_bytes(entry, 0, hash).ok()?;
+    let kind = match parsed.header {
+        Header::Commit => Kind::Commit,
+        Header::Tree => Kind::Tree,
+        Header::Blob => Kind::Blob,
+        Header::Tag => Kind::Tag,
+        Header::OfsDelta { .. } | Header::RefDelta { .. } => return None,
+    };
+    Some((kind, parsed.decompressed_size))
+}
+
 /// The pack entry of an object of `kind` whose content is `data`, compressed.
 fn whole_entry(kind: Kind, data: &[u8], zlib: &mut flate2::Compress) -> Result<Vec<u8>, Error> {
     let header = match kind {
@@ -1578,6 +1675,24 @@ impl Jobs {
         zlib: &mut flate2::Compress,
         budgets: &Budgets,
     ) -> Result<Ready, Error> {
+        let ready = self.made(objects, redo, zlib, budgets)?;
+        if redo.stored_whole
+            && let Some(kind) = redo.kind
+        {
+            budgets
+                .path_tries
+                .record(kind, matches!(ready, Ready::Delta { .. }));
+        }
+        Ok(ready)
+    }
+
+    fn made(
+        &self,
+        objects: &mut Objects,
+        redo: &Redo,
+        zlib: &mut flate2::Compress,
+        budgets: &Budgets,
+    ) -> Result<Ready, Error> {
         let budget = budgets.of(redo);
         let Some(remade) = &self.remade else {
             return rebuild(objects, redo, zlib, budget);
@@ -1688,6 +1803,7 @@ mod tests {
             oid: new,
             against: vec![old],
             stored_whole: false,
+            kind: None,
         };
         let budget = AtomicI64::new(1 << 20);
         let Search::Delta { base, delta } = best_delta(&mut objects, &redo, &budget).unwrap()
@@ -1715,6 +1831,7 @@ mod tests {
             oid: new,
             against: vec![base],
             stored_whole: false,
+            kind: None,
         };
         (dir, Repository::open(&path).unwrap(), redo)
     }

@@ -567,6 +567,26 @@ fn without_bitmaps(path: &Path) {
     }
 }
 
+/// `work` packed at `path` without bitmaps, so that fetches are walked (as git walks a fetch
+/// whose haves lie beyond its bitmapped pack: with bitmaps, git reads no trees at the edge and
+/// sends objects stored whole as they are), and a client's bare clone of it, in `dir`.
+fn walked_copy_with_client(work: &Path, path: &Path, dir: &Path) -> std::path::PathBuf {
+    bare_packed_copy(work, path);
+    without_bitmaps(path);
+    let client = dir.join("client.git");
+    git(
+        dir,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            path.to_str().unwrap(),
+            client.to_str().unwrap(),
+        ],
+    );
+    client
+}
+
 /// The layout of every pack of `path`, together.
 fn stored_layout(path: &Path) -> std::collections::HashMap<String, (u64, Option<String>)> {
     std::fs::read_dir(path.join("objects/pack"))
@@ -1002,21 +1022,7 @@ fn an_object_stored_whole_goes_as_a_delta_against_the_clients_at_its_path() {
     // Rewritten whole: tried against the old version at its path, and sent as stored.
     std::fs::write(work.join("e.txt"), text_lines("epsilon", 300)).unwrap();
     gitcache_testkit::git::commit_all(&work, "old");
-    bare_packed_copy(&work, &path);
-    // Walked, as git walks a fetch whose haves lie beyond its bitmapped pack (with bitmaps,
-    // git reads no trees at the edge, and sends such objects whole).
-    without_bitmaps(&path);
-    let client = dir.path().join("client.git");
-    git(
-        dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            path.to_str().unwrap(),
-            client.to_str().unwrap(),
-        ],
-    );
+    let client = walked_copy_with_client(&work, &path, dir.path());
     std::fs::write(work.join("dir/a.txt"), version(2)).unwrap();
     std::fs::write(work.join("e.txt"), text_lines("zeta", 300)).unwrap();
     // New, at a path the client has nothing at.
@@ -1142,4 +1148,121 @@ fn versions_of_a_path_sent_together_are_made_deltas_of_each_other() {
         assert_eq!(received[&v3].1, None, "thin {thin}: {received:?}");
         assert_eq!(git(&client, &["cat-file", "blob", &v2]), version(2));
     }
+}
+
+/// `lines` lines of 32 hexadecimal digits, a different text for each seed: no two share a run
+/// long enough for a delta.
+fn noise(seed: u64, lines: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..lines)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{x:016x}{:016x}\n", x.rotate_left(29) ^ seed)
+        })
+        .collect()
+}
+
+/// Issue 16: tries by path that keep failing stop. Files rewritten whole at every change give
+/// no delta against the client's versions: once the answer's first 32 blobs tried gave none,
+/// the rest are sent as stored untried (each try inflates the object and its base). Where
+/// tries pay, every one is made. Either way the same request is the same pack, with or without
+/// the store of objects made again, and the client resolves it.
+#[test]
+fn tries_by_path_that_keep_failing_stop() {
+    let (dir, work, path) = work_tree();
+    // Edited files sort before the rewritten ones, so their tries come first.
+    let rewrite = |round: u64| {
+        for i in 0..80 {
+            let text = noise(round * 1000 + i, 60);
+            std::fs::write(work.join(format!("f{i:02}.txt")), text).unwrap();
+        }
+    };
+    rewrite(0);
+    for i in 0..40 {
+        std::fs::write(work.join(format!("e{i:02}.txt")), noise(5000 + i, 60)).unwrap();
+    }
+    gitcache_testkit::git::commit_all(&work, "old");
+    let client = walked_copy_with_client(&work, &path, dir.path());
+    // Unpacked loose, then packed alone: nothing is a delta against an object outside.
+    let refresh = || {
+        let from = work.to_str().unwrap();
+        let unpack = ["-c", "transfer.unpackLimit=100000"];
+        git(
+            &path,
+            &[&unpack[..], &["fetch", "-q", from, "main:main"]].concat(),
+        );
+        git(&path, &["repack", "-dq"]);
+    };
+    // Two refreshes, each a pack of its own holding its new objects whole: the first edits
+    // the forty files and rewrites the eighty, the second rewrites the eighty only.
+    rewrite(1);
+    for i in 0..40 {
+        let text = format!("{}edited\n", noise(5000 + i, 60));
+        std::fs::write(work.join(format!("e{i:02}.txt")), text).unwrap();
+    }
+    gitcache_testkit::git::commit_all(&work, "edit and rewrite");
+    refresh();
+    rewrite(2);
+    gitcache_testkit::git::commit_all(&work, "rewrite");
+    refresh();
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let stored = stored_layout(&path);
+    for rev in ["main~1:e00.txt", "main~1:f79.txt", "main:f79.txt"] {
+        assert_eq!(stored[&id(rev)].1, None, "{rev} stored whole");
+    }
+
+    let repo = Repository::open(&path).unwrap();
+    let remade = std::sync::Arc::new(gitcache_pack::Remade::new(1 << 20));
+    let with_store = Options {
+        remade: Some(std::sync::Arc::clone(&remade)),
+        ..Options::default()
+    };
+    let receive = |pack: &[u8], tip: &str| {
+        gitcache_testkit::git::git_with_input(
+            &client,
+            &["index-pack", "--fsck-objects", "--fix-thin", "--stdin"],
+            pack,
+        );
+        assert_complete_at(&client, &oids(&id(tip))[0]);
+    };
+
+    // The edits pay from the first try: all 120 blobs are tried.
+    let mut fetch = clone_request(oids(&id("main~1")));
+    fetch.haves = oids(&id("main~2"));
+    let (_, stats, pack) = send(&repo, &fetch);
+    assert_eq!(stats.untried, 0, "{stats:?}");
+    assert!(stats.new_deltas >= 40, "the edited files: {stats:?}");
+    assert_eq!(send_with(&repo, &fetch, &with_store).2, pack);
+    assert_eq!(
+        send_with(&repo, &fetch, &with_store).2,
+        pack,
+        "from the store"
+    );
+    receive(&pack, "main~1");
+
+    // Only rewrites: 32 blobs tried, 48 left.
+    fetch.wants = oids(&id("main"));
+    fetch.haves = oids(&id("main~1"));
+    let (_, stats, pack) = send(&repo, &fetch);
+    assert_eq!(stats.untried, 48, "{stats:?}");
+    assert!(stats.new_deltas <= 1, "the root tree at most: {stats:?}");
+    let hits = remade.hits();
+    assert_eq!(send_with(&repo, &fetch, &with_store).2, pack);
+    assert_eq!(
+        send_with(&repo, &fetch, &with_store).2,
+        pack,
+        "from the store"
+    );
+    assert!(remade.hits() >= hits + 32, "{} {hits}", remade.hits());
+    receive(&pack, "main");
+    let received = std::fs::read_dir(client.join("objects/pack"))
+        .unwrap()
+        .count();
+    assert!(received >= 4, "both packs kept: {received} files");
+    assert_eq!(
+        git(&client, &["cat-file", "blob", &id("main:f00.txt")]),
+        noise(2000, 60)
+    );
 }
