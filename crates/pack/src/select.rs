@@ -278,10 +278,15 @@ struct PathBases {
 /// The hash of the root's path.
 const ROOT_PATH: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The hash of the path of entry `name` of the tree at the path hashed as `parent`. A
-/// collision only offers a base that will not pay.
-fn child_path(parent: u64, name: &[u8]) -> u64 {
-    name.iter().fold(parent.rotate_left(23) ^ 0x2f, |h, &b| {
+/// The hash of the path of entry `name` of the tree at the path hashed as `parent`, with the
+/// entry's kind: a blob replaced by a directory of its name (or the other way round) is no
+/// base for it. A collision only offers a base that will not pay.
+fn child_path(parent: u64, name: &[u8], kind: EntryKind) -> u64 {
+    let kind = match kind {
+        EntryKind::Tree => 0x2f,
+        EntryKind::Blob | EntryKind::Gitlink => 0x3a,
+    };
+    name.iter().fold(parent.rotate_left(23) ^ kind, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
@@ -783,7 +788,7 @@ impl Traversal<'_> {
             let mut found: Vec<ObjectId> = Vec::new();
             if let (Some(names), Some(parent)) = (&frame.names, frame.path) {
                 let name = names.get(at);
-                path = Some(child_path(parent, name));
+                path = Some(child_path(parent, name, entry.kind));
                 for e in frame
                     .against
                     .iter()
@@ -850,4 +855,37 @@ fn include_tags(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EntryKind, ROOT_PATH, child_path};
+
+    #[test]
+    fn a_path_hash_tells_name_parent_and_kind_apart() {
+        let path = |names: &[(&[u8], EntryKind)]| {
+            names.iter().fold(ROOT_PATH, |parent, (name, kind)| {
+                child_path(parent, name, *kind)
+            })
+        };
+        let (tree, blob) = (EntryKind::Tree, EntryKind::Blob);
+        let d = path(&[(b"d", tree)]);
+        assert_eq!(d, path(&[(b"d", tree)]));
+        assert_ne!(
+            d,
+            path(&[(b"d", blob)]),
+            "a directory and a file of one name"
+        );
+        assert_ne!(path(&[(b"d", tree), (b"a", blob)]), path(&[(b"a", blob)]));
+        assert_ne!(
+            path(&[(b"a", tree), (b"b", blob)]),
+            path(&[(b"ab", blob)]),
+            "a/b and ab"
+        );
+        assert_ne!(
+            path(&[(b"a", tree), (b"b", tree), (b"c", blob)]),
+            path(&[(b"b", tree), (b"a", tree), (b"c", blob)]),
+            "a/b/c and b/a/c"
+        );
+    }
 }
