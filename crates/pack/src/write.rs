@@ -231,10 +231,12 @@ enum Stored {
 /// How an object is stored, or for a large entry only what planning needs.
 enum Peek {
     Stored(Stored),
-    /// An entry of `len` bytes, a delta against `base` if it is one.
+    /// An entry of `len` bytes, a delta against `base` if it is one, else a whole object of
+    /// the kind and size in `whole`.
     Large {
         len: u64,
         base: Option<ObjectId>,
+        whole: Option<(Kind, u64)>,
     },
 }
 
@@ -934,14 +936,16 @@ impl<'a> PackWriter<'a> {
                 if self.offered.contains(id) {
                     self.planned_whole.insert(*id);
                 }
-                // Kind and size from the entry's header: an object too small for a delta
-                // is not tried at all.
+                // Kind and size from the entry's header: an object of a size no delta is
+                // made for is not tried at all.
                 let header = match &peek {
                     Peek::Stored(Stored::Base(entry)) => whole_header(entry, self.objects.hash()),
-                    _ => None,
+                    Peek::Large { whole, .. } => *whole,
+                    Peek::Stored(_) => None,
                 };
-                let large_enough = header.is_none_or(|(_, size)| size >= MIN_DELTA_OBJECT);
-                if !by_path.is_empty() && self.opts.max_depth > 0 && large_enough {
+                let sized = header
+                    .is_none_or(|(_, size)| (MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&size));
+                if !by_path.is_empty() && self.opts.max_depth > 0 && sized {
                     // Tried while the batch before is written; as stored if no delta pays.
                     redo.push(Redo {
                         oid: *id,
@@ -957,7 +961,7 @@ impl<'a> PackWriter<'a> {
             }
             // Whether it goes as stored, its entry's length, its stored delta base.
             let (reusable, held, stored_base) = match &peek {
-                Peek::Large { len, base } => (base.is_none_or(|b| usable(&b)), *len, *base),
+                Peek::Large { len, base, .. } => (base.is_none_or(|b| usable(&b)), *len, *base),
                 Peek::Stored(Stored::Base(entry)) => (true, entry.len() as u64, None),
                 Peek::Stored(Stored::Delta { base, entry, .. }) => {
                     (usable(base), entry.len() as u64, Some(*base))
@@ -1406,7 +1410,8 @@ impl<'a> PackWriter<'a> {
                 Header::RefDelta { base_id } => Some(base_id),
                 Header::OfsDelta { base_distance } => Some(base_at(base_distance)?),
             };
-            return Some(Peek::Large { len, base });
+            let whole = whole_kind(parsed.header).map(|kind| (kind, parsed.decompressed_size));
+            return Some(Peek::Large { len, base, whole });
         }
         let header_len = parsed.header_size();
         Some(Peek::Stored(match parsed.header {
@@ -1465,14 +1470,18 @@ fn compress_whole(
 /// The kind and size of the object whose whole entry is `entry`, from its header.
 fn whole_header(entry: &[u8], hash: gix_hash::Kind) -> Option<(Kind, u64)> {
     let parsed = gix_pack::data::Entry::from_bytes(entry, 0, hash).ok()?;
-    let kind = match parsed.header {
-        Header::Commit => Kind::Commit,
-        Header::Tree => Kind::Tree,
-        Header::Blob => Kind::Blob,
-        Header::Tag => Kind::Tag,
-        Header::OfsDelta { .. } | Header::RefDelta { .. } => return None,
-    };
-    Some((kind, parsed.decompressed_size))
+    Some((whole_kind(parsed.header)?, parsed.decompressed_size))
+}
+
+/// The kind of object an entry with `header` holds whole (`None`: a delta).
+fn whole_kind(header: Header) -> Option<Kind> {
+    match header {
+        Header::Commit => Some(Kind::Commit),
+        Header::Tree => Some(Kind::Tree),
+        Header::Blob => Some(Kind::Blob),
+        Header::Tag => Some(Kind::Tag),
+        Header::OfsDelta { .. } | Header::RefDelta { .. } => None,
+    }
 }
 
 /// The pack entry of an object of `kind` whose content is `data`, compressed.
@@ -1509,7 +1518,8 @@ fn deflate(zlib: &mut flate2::Compress, mut input: &[u8], out: &mut Vec<u8>) -> 
     }
 }
 
-/// `redo.oid` as a new delta against the best of `redo.against` when that pays, else whole.
+/// `redo.oid` as a new delta against the best of `redo.against` when that pays, else whole;
+/// and whether a delta was tried (the object read and encoded against a base).
 /// Each delta tried takes its object's and its base's sizes from `budget`; none is tried once
 /// it is spent.
 fn rebuild(
@@ -1517,24 +1527,26 @@ fn rebuild(
     redo: &Redo,
     zlib: &mut flate2::Compress,
     budget: &AtomicI64,
-) -> Result<Ready, Error> {
-    match best_delta(objects, redo, budget)? {
+) -> Result<(Ready, bool), Error> {
+    Ok(match best_delta(objects, redo, budget)? {
         Search::Delta { base, delta } => {
             let mut data = Vec::with_capacity(delta.len() / 2 + 64);
             deflate(zlib, &delta, &mut data)?;
-            Ok(Ready::Delta {
-                base,
-                size: delta.len() as u64,
-                data,
-            })
+            let size = delta.len() as u64;
+            (Ready::Delta { base, size, data }, true)
         }
         // Copied as it is stored.
-        Search::Whole(_) if redo.stored_whole => Ok(Ready::AsStored),
+        Search::Whole(read) if redo.stored_whole => (Ready::AsStored, read.is_some()),
         // The object as the search read it: resolving its stored chain again cost as much
         // as the search's own reading.
-        Search::Whole(Some((kind, target))) => whole_entry(kind, &target, zlib).map(Ready::Whole),
-        Search::Whole(None) => compress_whole(objects, &redo.oid, zlib).map(Ready::Whole),
-    }
+        Search::Whole(Some((kind, target))) => {
+            (Ready::Whole(whole_entry(kind, &target, zlib)?), true)
+        }
+        Search::Whole(None) => (
+            Ready::Whole(compress_whole(objects, &redo.oid, zlib)?),
+            false,
+        ),
+    })
 }
 
 /// What a search for a new delta found.
@@ -1544,7 +1556,7 @@ enum Search {
         delta: Vec<u8>,
     },
     /// No delta that pays: the object goes whole (its kind and content, if the search read
-    /// them).
+    /// them: then a delta was tried).
     Whole(Option<(Kind, Vec<u8>)>),
 }
 
@@ -1675,36 +1687,37 @@ impl Jobs {
         zlib: &mut flate2::Compress,
         budgets: &Budgets,
     ) -> Result<Ready, Error> {
-        let ready = self.made(objects, redo, zlib, budgets)?;
-        if redo.stored_whole
-            && let Some(kind) = redo.kind
-        {
-            budgets
-                .path_tries
-                .record(kind, matches!(ready, Ready::Delta { .. }));
-        }
-        Ok(ready)
-    }
-
-    fn made(
-        &self,
-        objects: &mut Objects,
-        redo: &Redo,
-        zlib: &mut flate2::Compress,
-        budgets: &Budgets,
-    ) -> Result<Ready, Error> {
-        let budget = budgets.of(redo);
-        let Some(remade) = &self.remade else {
-            return rebuild(objects, redo, zlib, budget);
+        // A try by path is counted when a delta was tried, now or for an answer before (an
+        // object stored whole goes into the store only then): the same answer counts the same
+        // tries whether it finds them there or not.
+        let tally = |ready: &Ready| {
+            if redo.stored_whole
+                && let Some(kind) = redo.kind
+            {
+                let paid = matches!(ready, Ready::Delta { .. });
+                budgets.path_tries.record(kind, paid);
+            }
         };
-        if let Some(ready) = remade.get(&redo.oid, self.level, &redo.against, redo.stored_whole) {
+        let budget = budgets.of(redo);
+        if let Some(remade) = &self.remade
+            && let Some(ready) = remade.get(&redo.oid, self.level, &redo.against, redo.stored_whole)
+        {
+            tally(&ready);
             return Ok(ready);
         }
-        let ready = rebuild(objects, redo, zlib, budget)?;
+        let (ready, tried) = rebuild(objects, redo, zlib, budget)?;
+        if tried {
+            tally(&ready);
+        }
         // Kept only if no delta was left untried for want of budget (a failed attempt leaves
         // it below zero for good): otherwise a later answer with budget to spare would be
-        // given what this one settled for.
-        if budget.load(Ordering::Relaxed) >= 0 {
+        // given what this one settled for. An object stored whole that no delta was tried for
+        // (its base of another kind, or of sizes that cannot do) is not kept: nothing was
+        // spent on it.
+        if let Some(remade) = &self.remade
+            && budget.load(Ordering::Relaxed) >= 0
+            && (tried || !redo.stored_whole)
+        {
             remade.put(
                 &redo.oid,
                 self.level,
@@ -1870,7 +1883,8 @@ mod tests {
         // The entry made from what the search read is the one made by reading again.
         let mut zlib = super::compressor(3);
         let again = super::compress_whole(&mut objects, &new, &mut zlib).unwrap();
-        let made = super::rebuild(&mut objects, &redo, &mut zlib, &budget).unwrap();
+        let (made, tried) = super::rebuild(&mut objects, &redo, &mut zlib, &budget).unwrap();
         assert!(matches!(made, super::Ready::Whole(entry) if entry == again));
+        assert!(tried, "a delta was tried");
     }
 }
