@@ -160,6 +160,32 @@ fn wait_for_maintenance(mirror: &Path) -> Result<()> {
     }
 }
 
+/// Wait until no maintenance of `mirror` is under way or about to start: nothing being written
+/// (`incoming-…`), every pack marked with its tips with its bitmaps, for a second in a row
+/// (a consolidation starts in the background just after the refresh that calls for it).
+fn wait_for_settled(mirror: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut calm = 0;
+    while calm < 5 {
+        let names: Vec<String> = std::fs::read_dir(mirror.join("objects/pack"))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let has = |name: &str| names.iter().any(|n| n == name);
+        let settled = !names.iter().any(|n| n.starts_with("incoming-"))
+            && names
+                .iter()
+                .filter_map(|n| n.strip_suffix(".tips"))
+                .all(|stem| has(&format!("{stem}.bitmap")));
+        calm = if settled { calm + 1 } else { 0 };
+        if Instant::now() > deadline {
+            bail!("the mirror's maintenance never finished");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 /// `n` identical requests at once: wall time until the last one finished.
 fn concurrent(addr: &str, body: &[u8], n: usize) -> Result<Duration> {
     let barrier = std::sync::Barrier::new(n);
@@ -346,14 +372,22 @@ pub(crate) fn run(
     response_cache(root, &upstream, &backend, data.path(), &depth1)
 }
 
-/// `--moved ROUNDS [--runs N]`: the hits of a mirror between two consolidations. The mirror
-/// is made from a copy of the repository and maintained (one pack with its bitmaps), then
-/// the upstream gains `ROUNDS` rounds of 50 commits on `main`, each pushed as a pack of its
-/// own, and a fetch of the new tip after each brings it into the mirror as a pack beside the
-/// consolidated one (a mirror is consolidated past eight). Then the requests of the full run,
-/// plus a fetch whose have is the consolidated tip, against `http-backend` on the same
-/// packs (git's bitmaps cover its first pack only, as on a forge between repacks).
-pub(crate) fn moved(root: &Path, repo: Option<&str>, rounds: usize, runs: usize) -> Result<()> {
+/// `--moved ROUNDS [--commits N] [--runs N]`: the hits of a mirror between two
+/// consolidations. The mirror is made from a copy of the repository and maintained (one pack
+/// with its bitmaps), then the upstream gains `ROUNDS` rounds of `N` commits (50 by default)
+/// on `main`, each pushed as a pack of its own, and a fetch of the new tip after each brings
+/// it into the mirror as a pack beside the consolidated one (a mirror is consolidated past
+/// eight packs, or when those beside hold more than a 64th of its objects; the next round
+/// waits for it). Then the requests of the full run, plus a fetch whose have is the tip of
+/// the first consolidation, against `http-backend` on the same packs (git's bitmaps cover its
+/// first pack only, as on a forge between repacks).
+pub(crate) fn moved(
+    root: &Path,
+    repo: Option<&str>,
+    rounds: usize,
+    per_round: usize,
+    runs: usize,
+) -> Result<()> {
     let (repo, _) = prepare_repo(root, repo)?;
     // A copy the rounds add to (hard links: the bench repository stays as it is).
     let copy = repo.with_extension("moved.git");
@@ -393,9 +427,13 @@ pub(crate) fn moved(root: &Path, repo: Option<&str>, rounds: usize, runs: usize)
     post(&gitcache, &clone(tips_of(&copy)?))?;
     wait_for_maintenance(&mirror)?;
     for round in 0..rounds {
-        gitcache_testkit::repo::append_commits(&copy, "main", 50, 7_000 + round as u64)?;
+        let seed = 7_000 + round as u64;
+        gitcache_testkit::repo::append_commits(&copy, "main", per_round, seed)?;
         git(&copy, &["repack", "-dq"])?;
         post(&gitcache, &clone(tips_of(&copy)?))?;
+        // A consolidation the refresh called for (past eight packs, or far past the
+        // consolidated one) is done before the next round.
+        wait_for_settled(&mirror)?;
     }
     let packs = |dir: &Path| -> Result<usize> {
         Ok(std::fs::read_dir(dir.join("objects/pack"))?
@@ -404,10 +442,10 @@ pub(crate) fn moved(root: &Path, repo: Option<&str>, rounds: usize, runs: usize)
             .count())
     };
     println!(
-        "\nrepository: {} commits, {} past the consolidated tip; packs: gitcache's mirror {}, \
+        "\nrepository: {} commits, {} added since the first consolidation; packs: gitcache's mirror {}, \
          http-backend's {}; medians of {runs} runs\n",
         git(&copy, &["rev-list", "--all", "--count"])?.trim(),
-        rounds * 50,
+        rounds * per_round,
         packs(&mirror)?,
         packs(&copy)?
     );

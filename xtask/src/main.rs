@@ -8,10 +8,10 @@
 //!   the same repository and requests (default: the `large` generated repository; `--only`
 //!   runs the requests whose name contains TEXT).
 //! - `bench-proxy [repo] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --response-cache |
-//!   --two-instances [--only TEXT] | --moved ROUNDS [--runs N] |
+//!   --two-instances [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] |
 //!   --concurrency N]`: time gitcache (hits and misses) in front of C git's http-backend
 //!   (with `--hits`, hits alone: for repositories too large to miss five times; with
-//!   `--misses`, misses alone, `--runs` of each (1 by default); with `--response-cache`, only the response-cache table; with `--moved ROUNDS`, hits on a mirror between two consolidations, ROUNDS packs past its consolidated one; with `--concurrency`, N depth-1
+//!   `--misses`, misses alone, `--runs` of each (1 by default); with `--response-cache`, only the response-cache table; with `--moved ROUNDS`, hits on a mirror between two consolidations, ROUNDS packs of `--commits` commits each (50 by default) past its consolidated one; with `--concurrency`, N depth-1
 //!   fetches of different commits at once) against http-backend alone, over HTTP, on the
 //!   same repository and requests.
 //! - `bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR]`: the same on
@@ -60,8 +60,10 @@ fn main() -> Result<()> {
             }
             if args.iter().any(|a| a == "--moved") {
                 let rounds = number_flag(&args, "--moved", 4)? as usize;
+                let per_round = number_flag(&args, "--commits", 50)? as usize;
                 let runs = number_flag(&args, "--runs", bench_proxy::RUNS as u64)? as usize;
-                return bench_proxy::moved(&root, repo, rounds.clamp(1, 8), runs.max(1));
+                let (rounds, per_round) = (rounds.clamp(1, 8), per_round.clamp(1, 5_000));
+                return bench_proxy::moved(&root, repo, rounds, per_round, runs.max(1));
             }
             if args.iter().any(|a| a == "--misses") {
                 let runs = number_flag(&args, "--runs", 1)? as usize;
@@ -81,7 +83,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --moved ROUNDS [--runs N] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }
@@ -131,7 +133,7 @@ fn repo_arg(args: &[String]) -> Option<&str> {
         .find(|(i, a)| {
             !a.starts_with("--")
                 && (*i == 0
-                    || !["--only", "--concurrency", "--runs", "--moved"]
+                    || !["--only", "--concurrency", "--runs", "--moved", "--commits"]
                         .contains(&args[i - 1].as_str()))
         })
         .map(|(_, a)| a.as_str())

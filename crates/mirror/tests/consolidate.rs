@@ -240,6 +240,37 @@ async fn mirrors_consolidate_in_the_background_after_enough_packs() {
     assert!(!registry.needs_consolidation(&key));
 }
 
+/// Issue 16: a mirror whose packs beside the consolidated one hold many objects is
+/// consolidated however few those packs are (every answer from the bitmaps walks their
+/// commits and trees); a few commits beside it wait for more packs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_far_past_its_consolidated_pack_is_consolidated_before_it_has_many_packs() {
+    let (_upstream, _dir, source, registry, key, client) = served("far", 98, None);
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    registry.consolidate(&key).await.unwrap().unwrap();
+    assert!(!registry.needs_consolidation(&key));
+    let mirror = registry.existing(&key).unwrap();
+
+    repo::append_commits(&source, "main", 3, 1).unwrap();
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    assert_eq!(packs(mirror.git_dir()), 2);
+    assert!(!registry.needs_consolidation(&key), "a few objects beside");
+
+    // A long absence: hundreds of commits in one refresh.
+    repo::append_commits(&source, "main", 300, 2).unwrap();
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    assert_eq!(packs(mirror.git_dir()), 3);
+    let beside = git(mirror.git_dir(), &["count-objects", "-v"]);
+    assert!(
+        registry.needs_consolidation(&key),
+        "three packs, far past the consolidated one: {beside}"
+    );
+    registry.consolidate(&key).await.unwrap().unwrap();
+    assert_eq!(packs(mirror.git_dir()), 1);
+    assert!(!registry.needs_consolidation(&key));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_cut_short_is_taken_up_when_asked_again() {
     let (_upstream, _dir, _, registry, key, client) = served("restarted", 97, None);
