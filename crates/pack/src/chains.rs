@@ -113,7 +113,7 @@ impl<'a> ChainReader<'a> {
                     let Some(kind) = header.as_kind() else {
                         return Ok(None);
                     };
-                    decompress(&self.data, &entry, &mut self.inflate, out)?;
+                    crate::objects::inflate_entry(&self.data, &entry, &mut self.inflate, out)?;
                     self.cache.put(0, offset, out, kind, 0);
                     break kind;
                 }
@@ -121,7 +121,7 @@ impl<'a> ChainReader<'a> {
         };
         // Down again, each link applied and kept.
         while let Some((q, entry)) = self.chain.pop() {
-            decompress(&self.data, &entry, &mut self.inflate, &mut self.delta)?;
+            crate::objects::inflate_entry(&self.data, &entry, &mut self.inflate, &mut self.delta)?;
             // What the delta says it makes, before making it: a few bytes of instructions
             // can state gigabytes of copies.
             if crate::delta::target_size(&self.delta).is_none_or(|size| size > MAX_OBJECT) {
@@ -142,23 +142,6 @@ impl<'a> ChainReader<'a> {
         }
         Ok(Some(kind))
     }
-}
-
-/// The data of `entry` (a whole object's, or a delta's instructions), inflated into `out`.
-fn decompress(
-    data: &gix_pack::data::File,
-    entry: &gix_pack::data::Entry,
-    inflate: &mut gix_zlib::Inflate,
-    out: &mut Vec<u8>,
-) -> Result<(), Error> {
-    let size = usize::try_from(entry.decompressed_size).map_err(|_| Error::Odb {
-        message: "an entry too large for memory".into(),
-    })?;
-    out.clear();
-    out.resize(size, 0);
-    data.decompress_entry(entry, inflate, out)
-        .map_err(Error::odb)?;
-    Ok(())
 }
 
 #[cfg(test)]

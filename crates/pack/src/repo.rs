@@ -320,6 +320,13 @@ fn objects_caching(
 }
 
 impl Repository {
+    /// An object handle on the listed packs whose delta-base cache holds `cache_bytes`.
+    #[cfg(test)]
+    pub(crate) fn objects_caching(&self, cache_bytes: usize) -> Objects {
+        let packs = std::sync::Arc::from(self.stored_packs().expect("packs listed"));
+        objects_caching(&self.store, self.object_format(), packs, cache_bytes)
+    }
+
     /// Whether the object database holds `oid`.
     pub fn contains(&self, oid: &ObjectId) -> bool {
         // A plain handle: an existence check needs no delta-base cache.
