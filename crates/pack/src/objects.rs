@@ -928,6 +928,41 @@ mod tests {
         path
     }
 
+    /// A pack whose deltas name each other as bases (a cycle no writer makes, as damage or a
+    /// hostile writer could leave): reading fails with an error, in bounded time, and
+    /// nothing is kept as if it were an object.
+    #[test]
+    fn deltas_whose_chain_is_a_cycle_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        gitcache_testkit::git::git_stdout(dir.path(), &["init", "-q", "--bare", "r.git"]);
+        let git_dir = dir.path().join("r.git");
+        let base: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        let source = crate::delta::SourceIndex::new(base.as_bytes()).unwrap();
+        let delta = |extra: &str| {
+            let target = format!("{base}{extra}\n");
+            let delta = crate::delta::encode(&source, target.as_bytes(), usize::MAX).unwrap();
+            (blob_id(target.as_bytes()), delta)
+        };
+        let (own, own_delta) = delta("its own base");
+        let ((a, a_delta), (b, b_delta)) = (delta("a"), delta("b"));
+        let by_id = |base_id| gix_pack::data::entry::Header::RefDelta { base_id };
+        write_pack_by_hand(
+            &git_dir,
+            &[
+                (own, by_id(own), own_delta),
+                (a, by_id(b), a_delta),
+                (b, by_id(a), b_delta),
+            ],
+        );
+        let repo = crate::Repository::open(&git_dir).unwrap();
+        let mut objects = repo.objects();
+        for oid in [own, a, b, own] {
+            assert!(objects.packs.find(&oid).is_some());
+            assert!(objects.read(&oid).is_err(), "{oid} read");
+        }
+        assert_eq!(objects.chained.get(), 0);
+    }
+
     /// The id of a blob of `content`.
     fn blob_id(content: &[u8]) -> ObjectId {
         gix_object::compute_hash(HashKind::Sha1, Kind::Blob, content).unwrap()
