@@ -27,7 +27,7 @@ pub(crate) struct ChainReader<'a> {
     /// Read at the first object asked for (a walk of a few new commits may need none).
     forest: Option<Option<&'a DeltaForest>>,
     data: std::sync::Arc<gix_pack::data::File>,
-    cache: gix_pack::cache::lru::MemoryCappedHashmap,
+    cache: crate::objects::BoundedCache,
     inflate: gix_zlib::Inflate,
     delta: Vec<u8>,
     chain: Vec<(usize, gix_pack::data::Entry)>,
@@ -49,7 +49,7 @@ impl<'a> ChainReader<'a> {
             hash,
             forest: None,
             data,
-            cache: gix_pack::cache::lru::MemoryCappedHashmap::new(cache_bytes),
+            cache: crate::objects::BoundedCache::new(cache_bytes),
             inflate: gix_zlib::Inflate::default(),
             delta: Vec::new(),
             chain: Vec::new(),

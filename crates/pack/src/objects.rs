@@ -103,7 +103,37 @@ fn entry_in(
 /// could share, and would then be given each other's objects).
 struct PackCache<'a> {
     k: u32,
-    inner: &'a mut gix_pack::cache::lru::MemoryCappedHashmap,
+    inner: &'a mut BoundedCache,
+}
+
+/// gitoxide's delta-base cache, given no object of half its size or more. Its map refuses an
+/// object as large as itself, and the buffer refused is kept for the next object put, whatever
+/// its size: a chain of large objects, each link put, left as many large buffers behind, each
+/// weighed later as the small object it came to hold.
+pub(crate) struct BoundedCache {
+    inner: gix_pack::cache::lru::MemoryCappedHashmap,
+    most: usize,
+}
+
+impl BoundedCache {
+    pub(crate) fn new(bytes: usize) -> Self {
+        BoundedCache {
+            inner: gix_pack::cache::lru::MemoryCappedHashmap::new(bytes.max(1)),
+            most: bytes / 2,
+        }
+    }
+}
+
+impl gix_pack::cache::DecodeEntry for BoundedCache {
+    fn put(&mut self, k: u32, offset: u64, data: &[u8], kind: Kind, compressed_size: usize) {
+        if data.len() < self.most {
+            self.inner.put(k, offset, data, kind, compressed_size);
+        }
+    }
+
+    fn get(&mut self, k: u32, offset: u64, out: &mut Vec<u8>) -> Option<(Kind, usize)> {
+        self.inner.get(k, offset, out)
+    }
 }
 
 impl gix_pack::cache::DecodeEntry for PackCache<'_> {
@@ -169,7 +199,7 @@ struct Packs {
     recent: std::cell::Cell<[Option<(ObjectId, usize, u64)>; 2]>,
     /// Delta bases kept decoded, so that reading along a delta chain does not inflate the
     /// whole chain again each time.
-    cache: gix_pack::cache::lru::MemoryCappedHashmap,
+    cache: BoundedCache,
 }
 
 impl Objects {
@@ -195,7 +225,7 @@ impl Objects {
                 inflate: Default::default(),
                 last: std::cell::Cell::new(0),
                 recent: std::cell::Cell::new([None; 2]),
-                cache: gix_pack::cache::lru::MemoryCappedHashmap::new(cache_bytes),
+                cache: BoundedCache::new(cache_bytes),
             },
             commits: OidMap::default(),
             graphs: std::sync::Arc::new([]),
@@ -278,8 +308,10 @@ impl Objects {
             && let Ok(entry) = data.entry(offset)
         {
             let data = std::sync::Arc::clone(data);
+            // A chain that cannot be read this way (or fails to) is left to gitoxide, then to
+            // the object database, which may hold a sound copy elsewhere.
             if entry.header.is_delta()
-                && let Some(kind) = self.read_along_chain(k, &data, entry.clone())?
+                && let Some(kind) = self.read_along_chain(k, &data, entry.clone())
             {
                 return Ok((kind, &self.buf[..]));
             }
@@ -339,21 +371,36 @@ impl Objects {
         k: usize,
         data: &gix_pack::data::File,
         entry: gix_pack::data::Entry,
+    ) -> Option<Kind> {
+        let mut out = std::mem::take(&mut self.buf);
+        let read = self.chain_into(k, data, entry, &mut out);
+        self.buf = out;
+        let kind = read.ok().flatten()?;
+        #[cfg(test)]
+        self.chained.set(self.chained.get() + 1);
+        Some(kind)
+    }
+
+    /// [`read_along_chain`](Self::read_along_chain) into `out`.
+    fn chain_into(
+        &mut self,
+        k: usize,
+        data: &gix_pack::data::File,
+        entry: gix_pack::data::Entry,
+        out: &mut Vec<u8>,
     ) -> Result<Option<Kind>, Error> {
         use gix_pack::cache::DecodeEntry as _;
         let pack = &self.packs.listed[k];
         let slot = u32::try_from(k).unwrap_or(u32::MAX);
         let cache = &mut self.packs.cache;
-        let mut out = std::mem::take(&mut self.buf);
         let mut chain: Vec<gix_pack::data::Entry> = Vec::new();
         let mut at = entry;
         // Down the chain to an object kept already, or to the whole object at its end.
         let kind = loop {
             if chain.len() > MAX_CHAIN || at.decompressed_size > MAX_CHAINED_OBJECT {
-                self.buf = out;
                 return Ok(None);
             }
-            if let Some((kind, _)) = cache.get(slot, at.data_offset, &mut out) {
+            if let Some((kind, _)) = cache.get(slot, at.data_offset, out) {
                 break kind;
             }
             let base = match at.header {
@@ -368,16 +415,14 @@ impl Objects {
                 }
                 header => {
                     let Some(kind) = header.as_kind() else {
-                        self.buf = out;
                         return Ok(None);
                     };
-                    inflate_entry(data, &at, &mut self.packs.inflate.borrow_mut(), &mut out)?;
-                    cache.put(slot, at.data_offset, &out, kind, 0);
+                    inflate_entry(data, &at, &mut self.packs.inflate.borrow_mut(), out)?;
+                    cache.put(slot, at.data_offset, out, kind, 0);
                     break kind;
                 }
             };
             let Some(next) = base.and_then(|offset| data.entry(offset).ok()) else {
-                self.buf = out;
                 return Ok(None);
             };
             chain.push(std::mem::replace(&mut at, next));
@@ -394,21 +439,17 @@ impl Objects {
             // What the delta says it makes, before making it: a few bytes of instructions can
             // state gigabytes of copies.
             if crate::delta::target_size(&delta).is_none_or(|size| size > MAX_CHAINED_OBJECT) {
-                self.buf = out;
                 return Ok(None);
             }
-            out = crate::delta::apply(&out, &delta).map_err(|reason| Error::Odb {
+            *out = crate::delta::apply(out, &delta).map_err(|reason| Error::Odb {
                 message: format!(
                     "{}: the delta at offset {}: {reason}",
                     pack.pack.display(),
                     link.pack_offset()
                 ),
             })?;
-            cache.put(slot, link.data_offset, &out, kind, 0);
+            cache.put(slot, link.data_offset, out, kind, 0);
         }
-        self.buf = out;
-        #[cfg(test)]
-        self.chained.set(self.chained.get() + 1);
         Ok(Some(kind))
     }
 
@@ -1107,9 +1148,30 @@ mod tests {
     }
 
     #[test]
+    fn the_delta_base_cache_keeps_no_object_of_half_its_size() {
+        use gix_pack::cache::DecodeEntry as _;
+        let mut cache = BoundedCache::new(1 << 10);
+        let mut out = Vec::new();
+        cache.put(0, 12, &[1; 511], Kind::Blob, 5);
+        cache.put(0, 24, &[2; 512], Kind::Blob, 5);
+        assert_eq!(cache.get(0, 12, &mut out), Some((Kind::Blob, 5)));
+        assert_eq!(out, [1; 511]);
+        assert_eq!(cache.get(0, 24, &mut out), None);
+        // Large and small in turn: the large never reach the map (which would keep each
+        // refused buffer for the next object), the small are kept.
+        for offset in 0..64 {
+            cache.put(0, 100 + offset, &[3; 4 << 10], Kind::Blob, 5);
+            cache.put(0, 1000 + offset, &[4; 8], Kind::Blob, 5);
+        }
+        assert_eq!(cache.get(0, 163, &mut out), None);
+        assert_eq!(cache.get(0, 1063, &mut out), Some((Kind::Blob, 5)));
+        assert_eq!(out, [4; 8]);
+    }
+
+    #[test]
     fn the_delta_base_cache_keeps_each_listed_pack_apart() {
         // gitoxide names a pack by a CRC-32 of its path: two packs could be given the same.
-        let mut inner = gix_pack::cache::lru::MemoryCappedHashmap::new(1 << 20);
+        let mut inner = BoundedCache::new(1 << 20);
         let same = 7;
         let mut first = PackCache {
             k: 0,
