@@ -119,21 +119,33 @@ pub const BESIDE_SHARE: u64 = 64;
 /// them is cheap, and small repositories would be consolidated at every refresh.
 pub const BESIDE_AT_LEAST: u64 = 1024;
 
-/// Whether `beside` (the packs beside a consolidated pack of `consolidated` objects: when
-/// their index was written, and their objects) is more than [`BESIDE_SHARE`] allows. With
-/// `kept_pack`, the oldest of them is the pack consolidation wrote for commits kept by id
-/// (every refresh since wrote a newer one), which is not counted: consolidating would write
-/// it again.
-fn far_past(
-    consolidated: u64,
-    mut beside: Vec<(std::time::SystemTime, u64)>,
-    kept_pack: bool,
-) -> bool {
-    if kept_pack && let Some(oldest) = (0..beside.len()).min_by_key(|&i| beside[i].0) {
-        beside.swap_remove(oldest);
-    }
-    let objects: u64 = beside.iter().map(|(_, n)| n).sum();
+/// Whether `beside` (the objects of each pack beside a consolidated pack of `consolidated`
+/// objects) is more than [`BESIDE_SHARE`] allows.
+fn far_past(consolidated: u64, beside: &[u64]) -> bool {
+    let objects = beside.iter().fold(0u64, |sum, n| sum.saturating_add(*n));
     objects >= BESIDE_AT_LEAST && objects.saturating_mul(BESIDE_SHARE) > consolidated
+}
+
+/// The commits kept by id, as `packed-refs` lists them.
+fn kept_commits(packed_refs: &[u8]) -> Vec<gix_hash::ObjectId> {
+    use bstr::ByteSlice as _;
+    packed_refs
+        .lines()
+        .filter_map(|line| {
+            let (id, name) = line.split_once_str(" ")?;
+            name.starts_with(crate::mirror::KEPT_PREFIX.as_bytes())
+                .then(|| gix_hash::ObjectId::from_hex(id).ok())?
+        })
+        .collect()
+}
+
+/// Whether the pack index at `path` lists one of `ids`.
+fn holds_any(path: &Path, ids: &[gix_hash::ObjectId]) -> bool {
+    let Some(first) = ids.first() else {
+        return false;
+    };
+    gix_pack::index::File::at(path, first.kind())
+        .is_ok_and(|index| ids.iter().any(|id| index.lookup(id).is_some()))
 }
 
 /// Objects in the version 2 pack index at `path`, from the last entry of its fan-out table
@@ -339,17 +351,18 @@ impl Registry {
         {
             let pack_dir = self.path(key).join("objects").join("pack");
             let idx = |stem: &str| pack_dir.join(format!("{stem}.idx"));
-            let beside: Vec<(std::time::SystemTime, u64)> = stems
+            // The pack consolidation wrote for commits kept by id holds one of them, and is
+            // not counted: consolidating would only write it again.
+            let kept = std::fs::read(self.path(key).join("packed-refs"))
+                .map(|refs| kept_commits(&refs))
+                .unwrap_or_default();
+            let beside: Vec<u64> = stems
                 .iter()
-                .filter(|s| *s != main)
-                .filter_map(|s| {
-                    let path = idx(s);
-                    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-                    Some((modified, idx_objects(&path)?))
-                })
+                .filter(|s| *s != main && !holds_any(&idx(s), &kept))
+                .filter_map(|s| idx_objects(&idx(s)))
                 .collect();
             if let Some(objects) = idx_objects(&idx(main))
-                && far_past(objects, beside, kept_pack == 1)
+                && far_past(objects, &beside)
             {
                 return true;
             }
@@ -1069,23 +1082,18 @@ mod tests {
 
     #[test]
     fn a_mirror_is_far_past_its_consolidation_by_the_share_of_objects_beside_it() {
-        let at = |s: u64| std::time::UNIX_EPOCH + Duration::from_secs(s);
         // 128,000 objects: more than 2,000 beside, counted together.
-        assert!(!far_past(
-            128_000,
-            vec![(at(1), 1_200), (at(2), 800)],
-            false
-        ));
-        assert!(far_past(128_000, vec![(at(1), 1_200), (at(2), 801)], false));
+        assert!(!far_past(128_000, &[1_200, 800]));
+        assert!(far_past(128_000, &[1_200, 801]));
         // Never for fewer than BESIDE_AT_LEAST, however small the consolidated pack.
-        assert!(!far_past(10, vec![(at(1), BESIDE_AT_LEAST - 1)], false));
-        assert!(far_past(10, vec![(at(1), BESIDE_AT_LEAST)], false));
-        // The pack of kept commits, the oldest beside, is not counted; the newer ones are.
-        let kept = vec![(at(3), 2_000), (at(1), 50_000), (at(2), 300)];
-        assert!(far_past(200_000, kept.clone(), false));
-        assert!(!far_past(200_000, kept.clone(), true), "2,300 of 200,000");
-        assert!(far_past(100_000, kept, true));
-        assert!(!far_past(64_000, Vec::new(), true));
+        assert!(!far_past(10, &[BESIDE_AT_LEAST - 1]));
+        assert!(far_past(10, &[BESIDE_AT_LEAST]));
+        assert!(!far_past(64_000, &[]));
+        let most = u64::from(u32::MAX);
+        assert!(
+            far_past(most, &[most, most, most]),
+            "counts of indexes at their largest"
+        );
     }
 
     #[test]
@@ -1105,6 +1113,21 @@ mod tests {
             .unwrap();
         assert!(in_pack > 10);
         assert_eq!(idx_objects(&idx[0]), Some(in_pack));
+        // The kept commits of `packed-refs`, and whether an index lists one.
+        let main = git(&["rev-parse", "main"]);
+        let main = gix_hash::ObjectId::from_hex(main.trim().as_bytes()).unwrap();
+        let other = gix_hash::ObjectId::from_hex(&[b'7'; 40]).unwrap();
+        let refs = format!(
+            "# pack-refs with: peeled fully-peeled sorted\n{main} refs/heads/main\n\
+             {other} {}1/{other}\n{main} {}2/{main}\n",
+            crate::mirror::KEPT_PREFIX,
+            crate::mirror::KEPT_PREFIX
+        );
+        assert_eq!(kept_commits(refs.as_bytes()), [other, main]);
+        assert!(holds_any(&idx[0], &[other, main]));
+        assert!(!holds_any(&idx[0], &[other]));
+        assert!(!holds_any(&idx[0], &[]));
+        assert!(!holds_any(&path.join("HEAD"), &[main]));
         // Not an index: none.
         assert_eq!(idx_objects(&path.join("HEAD")), None);
         std::fs::write(dir.path().join("short.idx"), b"\xfftOc\0\0\0\x02").unwrap();
