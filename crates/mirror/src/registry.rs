@@ -33,6 +33,9 @@ struct Slot {
     writing_bitmaps: Mutex<()>,
     /// Set while a background consolidation of the mirror is started or running.
     maintaining: std::sync::atomic::AtomicBool,
+    /// When the last background consolidation failed: none is started again before
+    /// [`MAINTENANCE_BACKOFF`] has passed.
+    failed_at: Mutex<Option<std::time::Instant>>,
     /// Bitmap files known sound (written and read back here, or checked), as they were then:
     /// checking one again when the mirror is next opened would read it whole once more (123
     /// MB at 500,000 commits, on the cores the first answers need).
@@ -104,6 +107,11 @@ fn try_hold(lock: &Mutex<()>) -> Option<std::sync::MutexGuard<'_, ()>> {
 
 /// Packs a mirror may gather before it is consolidated in the background.
 pub const DEFAULT_CONSOLIDATE_AFTER: usize = 8;
+
+/// How long after a failed background consolidation (a full disk, a damaged pack) none is
+/// started again: each one writes the whole history, and refreshes (each of which asks for
+/// one) come far more often.
+pub const MAINTENANCE_BACKOFF: Duration = Duration::from_secs(600);
 
 /// A mirror is consolidated, whatever its number of packs, once the packs beside its
 /// consolidated one hold more than this share of its objects (and at least
@@ -396,12 +404,17 @@ impl Registry {
             return;
         }
         let slot = self.slot(key);
+        let failed_at = *slot.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        if failed_at.is_some_and(|at| at.elapsed() < MAINTENANCE_BACKOFF) {
+            return;
+        }
         if slot.maintaining.swap(true, Ordering::AcqRel) {
             return;
         }
         let (registry, key) = (Arc::clone(self), key.clone());
         tokio::spawn(async move {
             let _clear = ClearOnDrop(&slot.maintaining);
+            let failed = |at| *slot.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = at;
             match registry.consolidate(&key).await {
                 Ok(Some(done)) => {
                     tracing::info!(
@@ -417,8 +430,13 @@ impl Registry {
                     }
                 }
                 Ok(None) => {}
-                Err(err) => tracing::warn!(%err, "mirror consolidation failed"),
+                Err(err) => {
+                    failed(Some(std::time::Instant::now()));
+                    tracing::warn!(%err, "mirror consolidation failed; not tried again for a while");
+                    return;
+                }
             }
+            failed(None);
         });
     }
 
@@ -1132,6 +1150,71 @@ mod tests {
         assert_eq!(idx_objects(&path.join("HEAD")), None);
         std::fs::write(dir.path().join("short.idx"), b"\xfftOc\0\0\0\x02").unwrap();
         assert_eq!(idx_objects(&dir.path().join("short.idx")), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_background_consolidation_is_not_started_again_at_once() {
+        let upstream = Upstream::start().unwrap();
+        let source = upstream.repo_path("acme/failing");
+        repo::generate(&source, &RepoSpec::small(95)).unwrap();
+        upstream.adopt_repo("acme/failing", Access::Public).unwrap();
+        let client = gitcache_upstream::Upstream::new(
+            &upstream.repo_url("acme/failing"),
+            None,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(dir.path()).with_consolidate_after(1));
+        let key = RepoKey::new("127.0.0.1", "acme", "failing").unwrap();
+        registry.refresh(&key, &client, &[]).await.unwrap();
+        repo::append_commits(&source, "main", 2, 96).unwrap();
+        registry.refresh(&key, &client, &[]).await.unwrap();
+        let git_dir = registry.path(&key);
+        assert_eq!(pack_files(&git_dir, "pack"), 2);
+        assert!(registry.needs_consolidation(&key));
+        // Where the consolidated pack is written, a folder: writing it fails.
+        let staging = git_dir.join(format!(
+            "objects/pack/incoming-{}-consolidate",
+            std::process::id()
+        ));
+        std::fs::create_dir(&staging).unwrap();
+        let slot = registry.slot(&key);
+        let settled = || async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while slot.maintaining.load(Ordering::Acquire) {
+                assert!(std::time::Instant::now() < deadline, "still maintaining");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        registry.maintain_in_background(&key);
+        assert!(slot.maintaining.load(Ordering::Acquire), "started");
+        settled().await;
+        assert_eq!(pack_files(&git_dir, "pack"), 2, "nothing consolidated");
+        assert!(slot.failed_at.lock().unwrap().is_some());
+        // Asked again (as after every refresh): not started, though it could succeed now.
+        std::fs::remove_dir(&staging).unwrap();
+        registry.maintain_in_background(&key);
+        assert!(
+            !slot.maintaining.load(Ordering::Acquire),
+            "started again at once"
+        );
+        // Asked directly, it is done; a background one after a success is not held back.
+        registry.consolidate(&key).await.unwrap().unwrap();
+        assert_eq!(pack_files(&git_dir, "pack"), 1);
+        // As long ago as the wait lasts (none, on a clock younger than that).
+        *slot.failed_at.lock().unwrap() =
+            std::time::Instant::now().checked_sub(MAINTENANCE_BACKOFF);
+        repo::append_commits(&source, "main", 2, 97).unwrap();
+        registry.refresh(&key, &client, &[]).await.unwrap();
+        registry.maintain_in_background(&key);
+        assert!(
+            slot.maintaining.load(Ordering::Acquire),
+            "started once the wait is over"
+        );
+        settled().await;
+        assert!(slot.failed_at.lock().unwrap().is_none());
+        assert_eq!(pack_files(&git_dir, "pack"), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
