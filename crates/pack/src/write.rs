@@ -936,16 +936,21 @@ impl<'a> PackWriter<'a> {
                 if self.offered.contains(id) {
                     self.planned_whole.insert(*id);
                 }
-                // Kind and size from the entry's header: an object of a size no delta is
-                // made for is not tried at all.
-                let header = match &peek {
+                // Kind and size from the entry's header (read only for an object with a base
+                // by path): an object of a size no delta is made for is not tried at all.
+                let header = || match &peek {
                     Peek::Stored(Stored::Base(entry)) => whole_header(entry, self.objects.hash()),
                     Peek::Large { whole, .. } => *whole,
                     Peek::Stored(_) => None,
                 };
-                let sized = header
-                    .is_none_or(|(_, size)| (MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&size));
-                if !by_path.is_empty() && self.opts.max_depth > 0 && sized {
+                let header = (!by_path.is_empty() && self.opts.max_depth > 0)
+                    .then(header)
+                    .filter(|header| {
+                        header.is_none_or(|(_, size)| {
+                            (MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&size)
+                        })
+                    });
+                if let Some(header) = header {
                     // Tried while the batch before is written; as stored if no delta pays.
                     redo.push(Redo {
                         oid: *id,
@@ -1410,7 +1415,7 @@ impl<'a> PackWriter<'a> {
                 Header::RefDelta { base_id } => Some(base_id),
                 Header::OfsDelta { base_distance } => Some(base_at(base_distance)?),
             };
-            let whole = whole_kind(parsed.header).map(|kind| (kind, parsed.decompressed_size));
+            let whole = parsed.header.as_kind().map(|kind| (kind, parsed.decompressed_size));
             return Some(Peek::Large { len, base, whole });
         }
         let header_len = parsed.header_size();
@@ -1470,18 +1475,7 @@ fn compress_whole(
 /// The kind and size of the object whose whole entry is `entry`, from its header.
 fn whole_header(entry: &[u8], hash: gix_hash::Kind) -> Option<(Kind, u64)> {
     let parsed = gix_pack::data::Entry::from_bytes(entry, 0, hash).ok()?;
-    Some((whole_kind(parsed.header)?, parsed.decompressed_size))
-}
-
-/// The kind of object an entry with `header` holds whole (`None`: a delta).
-fn whole_kind(header: Header) -> Option<Kind> {
-    match header {
-        Header::Commit => Some(Kind::Commit),
-        Header::Tree => Some(Kind::Tree),
-        Header::Blob => Some(Kind::Blob),
-        Header::Tag => Some(Kind::Tag),
-        Header::OfsDelta { .. } | Header::RefDelta { .. } => None,
-    }
+    Some((parsed.header.as_kind()?, parsed.decompressed_size))
 }
 
 /// The pack entry of an object of `kind` whose content is `data`, compressed.
