@@ -5,7 +5,8 @@
 //! Trees are stored as deltas of their newer versions, so reading a history's trees from
 //! older to newer resolved each one's chain from its far end again. Here each link of the
 //! chain is decoded once and kept, in a cache bounded in bytes, so the next object whose
-//! chain passes through it starts there. Used for writing bitmaps.
+//! chain passes through it starts there. [`ChainReader`] reads by pack position for writing
+//! bitmaps; [`Resolve`] applies a chain, for it and for every read of a delta in a listed pack.
 
 use gix_pack::cache::DecodeEntry as _;
 use gix_pack::data::entry::Header;
@@ -30,7 +31,7 @@ pub(crate) struct ChainReader<'a> {
     cache: crate::objects::BoundedCache,
     inflate: gix_zlib::Inflate,
     delta: Vec<u8>,
-    chain: Vec<(usize, gix_pack::data::Entry)>,
+    chain: Vec<gix_pack::data::Entry>,
 }
 
 impl<'a> ChainReader<'a> {
@@ -79,10 +80,10 @@ impl<'a> ChainReader<'a> {
                 return Ok(None);
             }
             let offset = self.rev.offset(self.pack, at);
-            if let Some((kind, _)) = self.cache.get(0, offset, out) {
+            let entry = self.data.entry(offset).map_err(Error::odb)?;
+            if let Some((kind, _)) = self.cache.get(0, entry.data_offset, out) {
                 break kind;
             }
-            let entry = self.data.entry(offset).map_err(Error::odb)?;
             if entry.decompressed_size > MAX_OBJECT {
                 return Ok(None);
             }
@@ -106,7 +107,7 @@ impl<'a> ChainReader<'a> {
                     if !named {
                         return Ok(None);
                     }
-                    self.chain.push((at, entry));
+                    self.chain.push(entry);
                     at = base;
                 }
                 header => {
@@ -114,33 +115,66 @@ impl<'a> ChainReader<'a> {
                         return Ok(None);
                     };
                     crate::objects::inflate_entry(&self.data, &entry, &mut self.inflate, out)?;
-                    self.cache.put(0, offset, out, kind, 0);
+                    self.cache.put(0, entry.data_offset, out, kind, 0);
                     break kind;
                 }
             }
         };
         // Down again, each link applied and kept.
-        while let Some((q, entry)) = self.chain.pop() {
-            crate::objects::inflate_entry(&self.data, &entry, &mut self.inflate, &mut self.delta)?;
-            // What the delta says it makes, before making it: a few bytes of instructions
-            // can state gigabytes of copies.
-            if crate::delta::target_size(&self.delta).is_none_or(|size| size > MAX_OBJECT) {
-                return Ok(None);
-            }
-            *out = crate::delta::apply(out, &self.delta).map_err(|reason| Error::Odb {
-                message: format!(
-                    "{}: the delta at offset {}: {reason}",
-                    self.pack.pack.display(),
-                    self.rev.offset(self.pack, q)
-                ),
-            })?;
-            if (out.len() as u64) > MAX_OBJECT {
-                return Ok(None);
-            }
-            self.cache
-                .put(0, self.rev.offset(self.pack, q), out, kind, 0);
+        let mut up = Resolve {
+            data: &self.data,
+            inflate: &mut self.inflate,
+            cache: &mut self.cache,
+            slot: 0,
+            most: MAX_OBJECT,
+        };
+        if !up.apply_chain(&mut self.chain, kind, out, &mut self.delta)? {
+            return Ok(None);
         }
         Ok(Some(kind))
+    }
+}
+
+/// What applying a delta chain needs: the pack's data, an inflater, and the cache that keeps
+/// each object made (under `slot` and its entry's data offset), with the largest object a
+/// delta may state.
+pub(crate) struct Resolve<'a> {
+    pub(crate) data: &'a gix_pack::data::File,
+    pub(crate) inflate: &'a mut gix_zlib::Inflate,
+    pub(crate) cache: &'a mut crate::objects::BoundedCache,
+    pub(crate) slot: u32,
+    pub(crate) most: u64,
+}
+
+impl Resolve<'_> {
+    /// The deltas of `chain` applied, its last link first, to `out` (the object of `kind` the
+    /// last link is a delta of), each object made kept in the cache; `delta` holds each
+    /// delta's instructions on the way. `Ok(false)` when a delta states an object over the
+    /// largest (`out` is then no object).
+    pub(crate) fn apply_chain(
+        &mut self,
+        chain: &mut Vec<gix_pack::data::Entry>,
+        kind: gix_object::Kind,
+        out: &mut Vec<u8>,
+        delta: &mut Vec<u8>,
+    ) -> Result<bool, Error> {
+        while let Some(link) = chain.pop() {
+            crate::objects::inflate_entry(self.data, &link, self.inflate, delta)?;
+            // What the delta says it makes, before making it: a few bytes of instructions
+            // can state gigabytes of copies.
+            if crate::delta::target_size(delta).is_none_or(|size| size > self.most) {
+                return Ok(false);
+            }
+            *out = crate::delta::apply(out, delta).map_err(|reason| Error::Odb {
+                message: format!(
+                    "{}: the delta at offset {}: {reason}",
+                    self.data.path().display(),
+                    link.pack_offset()
+                ),
+            })?;
+            self.cache.put(self.slot, link.data_offset, out, kind, 0);
+        }
+        Ok(true)
     }
 }
 

@@ -428,27 +428,15 @@ impl Objects {
             chain.push(std::mem::replace(&mut at, next));
         };
         // Up again, each delta applied and its object kept.
-        let mut delta = Vec::new();
-        while let Some(link) = chain.pop() {
-            inflate_entry(
-                data,
-                &link,
-                &mut self.packs.inflate.borrow_mut(),
-                &mut delta,
-            )?;
-            // What the delta says it makes, before making it: a few bytes of instructions can
-            // state gigabytes of copies.
-            if crate::delta::target_size(&delta).is_none_or(|size| size > MAX_CHAINED_OBJECT) {
-                return Ok(None);
-            }
-            *out = crate::delta::apply(out, &delta).map_err(|reason| Error::Odb {
-                message: format!(
-                    "{}: the delta at offset {}: {reason}",
-                    pack.pack.display(),
-                    link.pack_offset()
-                ),
-            })?;
-            cache.put(slot, link.data_offset, out, kind, 0);
+        let mut up = crate::chains::Resolve {
+            data,
+            inflate: &mut self.packs.inflate.borrow_mut(),
+            cache,
+            slot,
+            most: MAX_CHAINED_OBJECT,
+        };
+        if !up.apply_chain(&mut chain, kind, out, &mut Vec::new())? {
+            return Ok(None);
         }
         Ok(Some(kind))
     }

@@ -1415,7 +1415,10 @@ impl<'a> PackWriter<'a> {
                 Header::RefDelta { base_id } => Some(base_id),
                 Header::OfsDelta { base_distance } => Some(base_at(base_distance)?),
             };
-            let whole = parsed.header.as_kind().map(|kind| (kind, parsed.decompressed_size));
+            let whole = parsed
+                .header
+                .as_kind()
+                .map(|kind| (kind, parsed.decompressed_size));
             return Some(Peek::Large { len, base, whole });
         }
         let header_len = parsed.header_size();
