@@ -127,6 +127,7 @@ impl<'a> ChainReader<'a> {
             cache: &mut self.cache,
             slot: 0,
             most: MAX_OBJECT,
+            cancel: None,
         };
         if !up.apply_chain(&mut self.chain, kind, out, &mut self.delta)? {
             return Ok(None);
@@ -137,20 +138,26 @@ impl<'a> ChainReader<'a> {
 
 /// What applying a delta chain needs: the pack's data, an inflater, and the cache that keeps
 /// each object made (under `slot` and its entry's data offset), with the largest object a
-/// delta may state.
+/// delta may state, and the question asked between links (`None`: none is asked).
 pub(crate) struct Resolve<'a> {
     pub(crate) data: &'a gix_pack::data::File,
     pub(crate) inflate: &'a mut gix_zlib::Inflate,
     pub(crate) cache: &'a mut crate::objects::BoundedCache,
     pub(crate) slot: u32,
     pub(crate) most: u64,
+    pub(crate) cancel: Option<&'a crate::Cancel>,
 }
+
+/// Links of a chain applied between two cancellation checks: a chain of 4,096 links of 64 MiB
+/// objects is minutes of copying, one read of one object.
+const CHECK_LINKS: usize = 16;
 
 impl Resolve<'_> {
     /// The deltas of `chain` applied, its last link first, to `out` (the object of `kind` the
     /// last link is a delta of), each object made kept in the cache; `delta` holds each
     /// delta's instructions on the way. `Ok(false)` when a delta states an object over the
-    /// largest (`out` is then no object).
+    /// largest (`out` is then no object). [`Error::Cancelled`] once `cancel` says so, asked
+    /// every [`CHECK_LINKS`] links (a shorter chain is one read among the reads that ask).
     pub(crate) fn apply_chain(
         &mut self,
         chain: &mut Vec<gix_pack::data::Entry>,
@@ -158,7 +165,13 @@ impl Resolve<'_> {
         out: &mut Vec<u8>,
         delta: &mut Vec<u8>,
     ) -> Result<bool, Error> {
+        let mut applied = 0usize;
         while let Some(link) = chain.pop() {
+            applied += 1;
+            if applied.is_multiple_of(CHECK_LINKS) && self.cancel.is_some_and(|c| c.is_cancelled())
+            {
+                return Err(Error::Cancelled);
+            }
             crate::objects::inflate_entry(self.data, &link, self.inflate, delta)?;
             // What the delta says it makes, before making it: a few bytes of instructions
             // can state gigabytes of copies.

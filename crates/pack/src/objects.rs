@@ -311,7 +311,7 @@ impl Objects {
             // A chain that cannot be read this way (or fails to) is left to gitoxide, then to
             // the object database, which may hold a sound copy elsewhere.
             if entry.header.is_delta()
-                && let Some(kind) = self.read_along_chain(k, &data, entry.clone())
+                && let Some(kind) = self.read_along_chain(k, &data, entry.clone())?
             {
                 return Ok((kind, &self.buf[..]));
             }
@@ -364,21 +364,25 @@ impl Objects {
     /// newest first: each read resolved its chain from the whole object at its far end again
     /// (a fetch of 50 commits each adding a file to a directory of 1,750 entries spent a third
     /// of its time inflating that whole object, 50 times). `None` when it is not read this way
-    /// (a base outside the pack, a chain too long, an object too large): the caller reads it
-    /// as before.
+    /// (a base outside the pack, a chain too long, an object too large, or one that fails to
+    /// read): the caller reads it as before. [`Error::Cancelled`] is the one error returned.
     fn read_along_chain(
         &mut self,
         k: usize,
         data: &gix_pack::data::File,
         entry: gix_pack::data::Entry,
-    ) -> Option<Kind> {
+    ) -> Result<Option<Kind>, Error> {
         let mut out = std::mem::take(&mut self.buf);
         let read = self.chain_into(k, data, entry, &mut out);
         self.buf = out;
-        let kind = read.ok().flatten()?;
+        let kind = match read {
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Ok(Some(kind)) => kind,
+            Ok(None) | Err(_) => return Ok(None),
+        };
         #[cfg(test)]
         self.chained.set(self.chained.get() + 1);
-        Some(kind)
+        Ok(Some(kind))
     }
 
     /// [`read_along_chain`](Self::read_along_chain) into `out`.
@@ -434,6 +438,7 @@ impl Objects {
             cache,
             slot,
             most: MAX_CHAINED_OBJECT,
+            cancel: Some(&self.cancel),
         };
         if !up.apply_chain(&mut chain, kind, out, &mut Vec::new())? {
             return Ok(None);
@@ -990,6 +995,53 @@ mod tests {
             assert!(objects.read(&oid).is_err(), "{oid} read");
         }
         assert_eq!(objects.chained.get(), 0);
+    }
+
+    /// A read along a long chain asks whether the work was cancelled between its links: a
+    /// chain of 4,096 links of large objects is one read, and minutes of copying.
+    #[test]
+    fn a_read_along_a_long_chain_stops_once_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        gitcache_testkit::git::git_stdout(dir.path(), &["init", "-q", "--bare", "r.git"]);
+        let git_dir = dir.path().join("r.git");
+        // A blob, then 40 versions each stored as a delta of the one before.
+        let version = |n: usize| -> Vec<u8> {
+            (0..200 + n)
+                .map(|i| format!("line {i}\n"))
+                .collect::<String>()
+                .into_bytes()
+        };
+        let mut entries = vec![(
+            blob_id(&version(0)),
+            gix_pack::data::entry::Header::Blob,
+            version(0),
+        )];
+        for n in 1..=40 {
+            let before = version(n - 1);
+            let source = crate::delta::SourceIndex::new(&before).unwrap();
+            let delta = crate::delta::encode(&source, &version(n), usize::MAX).unwrap();
+            let base_id = entries[n - 1].0;
+            let header = gix_pack::data::entry::Header::RefDelta { base_id };
+            entries.push((blob_id(&version(n)), header, delta));
+        }
+        write_pack_by_hand(&git_dir, &entries);
+        let repo = crate::Repository::open(&git_dir).unwrap();
+        let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let read = |at: usize, cancel: bool| {
+            let mut objects = repo.objects_caching(0);
+            let flag = std::sync::Arc::clone(&cancelled);
+            flag.store(cancel, std::sync::atomic::Ordering::Relaxed);
+            objects.set_cancel(crate::Cancel::when(move || {
+                flag.load(std::sync::atomic::Ordering::Relaxed)
+            }));
+            objects.read(&entries[at].0).map(|(_, data)| data.to_vec())
+        };
+        // Not cancelled: the last version, read along all 40 links.
+        assert_eq!(read(40, false).unwrap(), version(40));
+        // Cancelled: a chain shorter than the links between two checks is one read among
+        // those that ask; a longer one stops on the way, not left to another reader.
+        assert_eq!(read(10, true).unwrap(), version(10));
+        assert!(matches!(read(40, true), Err(Error::Cancelled)));
     }
 
     /// The id of a blob of `content`.

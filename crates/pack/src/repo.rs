@@ -241,11 +241,12 @@ impl Repository {
         objects
     }
 
-    /// A function that makes object handles reading commits from `graphs`, for threads of a
-    /// request.
+    /// A function that makes object handles reading commits from `graphs` and stopping once
+    /// `cancel` says so, for threads of a request.
     pub(crate) fn objects_factory(
         &self,
         graphs: crate::objects::Graphs,
+        cancel: crate::Cancel,
     ) -> impl Fn() -> Objects + Send + Sync + 'static {
         let (store, hash, packs) = (
             std::sync::Arc::clone(&self.store),
@@ -255,6 +256,7 @@ impl Repository {
         move || {
             let mut objects = new_objects(&store, hash, std::sync::Arc::clone(&packs));
             objects.set_graphs(std::sync::Arc::clone(&graphs));
+            objects.set_cancel(cancel.clone());
             objects
         }
     }
