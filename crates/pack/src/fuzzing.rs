@@ -66,7 +66,8 @@ pub fn fetch_from_bytes(objects: &[ObjectId], refs: &[bstr::BString], data: &[u8
 
 /// Plan and write `fetch`; returns the pack bytes, if a pack was sent. A written pack is read
 /// back entry by entry (each offset delta's base an entry before it) and its checksum
-/// verified; anything else is a bug and panics.
+/// verified, then every object resolved (see [`resolve_all`]); anything else is a bug and
+/// panics.
 pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>>, Error> {
     let plan = plan(repo, fetch, repo.object_format(), &Options::default())?;
     let is_pack = matches!(plan, Plan::Pack(_));
@@ -87,30 +88,134 @@ pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>
     let entries = gix_pack::data::input::BytesToEntriesIter::new_from_header(
         std::io::BufReader::new(&pack[..]),
         gix_pack::data::input::Mode::Verify,
-        gix_pack::data::input::EntryDataMode::Ignore,
+        gix_pack::data::input::EntryDataMode::Keep,
         repo.object_format(),
     )
     .expect("pack header");
-    let mut count = 0;
+    let mut read = Vec::new();
     // Where entries start: an offset delta's base must be one of those before it.
-    let mut starts = std::collections::HashSet::new();
+    let mut starts = std::collections::HashMap::new();
     for entry in entries {
         let entry = entry.expect("every entry decodes and the checksum matches");
         if let gix_pack::data::entry::Header::OfsDelta { base_distance } = entry.header {
             let base = entry.pack_offset.checked_sub(base_distance);
             assert!(
-                base.is_some_and(|base| starts.contains(&base)),
+                base.is_some_and(|base| starts.contains_key(&base)),
                 "an offset delta's base is an entry before it"
             );
         }
-        starts.insert(entry.pack_offset);
-        count += 1;
+        starts.insert(entry.pack_offset, read.len());
+        let mut data = Vec::new();
+        let compressed = entry.compressed.expect("kept");
+        std::io::Read::read_to_end(
+            &mut flate2::read::ZlibDecoder::new(&compressed[..]),
+            &mut data,
+        )
+        .expect("every entry inflates");
+        assert_eq!(
+            data.len() as u64,
+            entry.decompressed_size,
+            "the stated size"
+        );
+        read.push((entry.pack_offset, entry.header, data));
     }
     assert_eq!(
         u32::from_be_bytes(pack[8..12].try_into().expect("header")),
-        count
+        read.len() as u32
     );
+    resolve_all(repo, &read, &starts, fetch.thin_pack);
     Ok(Some(pack))
+}
+
+/// Resolve every entry of a written pack (its offset, header and inflated data; `starts`:
+/// the entry at each offset) and check what it is: a delta's base is in the pack, or in a
+/// thin pack an object of the repository; no chain within the pack is a cycle; each object
+/// is one of the repository's objects (its id hashed from what the deltas make), and none is
+/// sent twice.
+fn resolve_all(
+    repo: &Repository,
+    read: &[(u64, gix_pack::data::entry::Header, Vec<u8>)],
+    starts: &std::collections::HashMap<u64, usize>,
+    thin: bool,
+) {
+    use gix_pack::data::entry::Header;
+    let hash = repo.object_format();
+    let mut objects = repo.objects();
+    let mut made: Vec<Option<(gix_object::Kind, Vec<u8>)>> = vec![None; read.len()];
+    let mut at_id: crate::OidMap<usize> = crate::OidMap::default();
+    let mut left = read.len();
+    // Bases taken from the repository (a thin pack's).
+    let mut from_repo: crate::OidMap<(gix_object::Kind, Vec<u8>)> = crate::OidMap::default();
+    // Passes over what is left until all is made: a delta named by id may come before its
+    // base; offset deltas come after theirs.
+    while left > 0 {
+        let before = left;
+        for (i, (offset, header, data)) in read.iter().enumerate() {
+            if made[i].is_some() {
+                continue;
+            }
+            let base = match header {
+                Header::OfsDelta { base_distance } => {
+                    made[starts[&(offset - base_distance)]].clone()
+                }
+                Header::RefDelta { base_id } => match at_id.get(base_id) {
+                    Some(&b) => made[b].clone(),
+                    None => from_repo.get(base_id).cloned(),
+                },
+                _ => Some((header.as_kind().expect("a whole object"), Vec::new())),
+            };
+            let Some((kind, base)) = base else {
+                continue;
+            };
+            let object = match header.is_delta() {
+                true => crate::delta::apply(&base, data).expect("a delta applies to its base"),
+                false => data.clone(),
+            };
+            let id = gix_object::compute_hash(hash, kind, &object).expect("hashed");
+            assert!(
+                repo.contains(&id),
+                "{id} is not an object of the repository"
+            );
+            assert!(at_id.insert(id, i).is_none(), "{id} is sent twice");
+            made[i] = Some((kind, object));
+            left -= 1;
+        }
+        if left == before {
+            // What is left names bases by id that are not in the pack: only a thin pack may,
+            // and only objects of the repository.
+            let header = read
+                .iter()
+                .zip(&made)
+                .find_map(|((_, header, _), made)| made.is_none().then_some(header))
+                .expect("an entry left");
+            let Header::RefDelta { base_id } = header else {
+                panic!("an offset delta whose base cannot be made");
+            };
+            assert!(thin, "a delta on {base_id}, not in a pack that is not thin");
+            let (kind, data) = objects.read(base_id).expect("a thin pack's base is had");
+            from_repo.insert(*base_id, (kind, data.to_vec()));
+        }
+    }
+    // No chain within the pack is a cycle (taking a base from the repository above would
+    // have made one resolve).
+    for (offset, header, _) in read {
+        let mut at = (*offset, *header);
+        for step in 0.. {
+            let next = match at.1 {
+                Header::OfsDelta { base_distance } => Some(starts[&(at.0 - base_distance)]),
+                Header::RefDelta { base_id } => at_id.get(&base_id).copied(),
+                _ => None,
+            };
+            let Some(next) = next else {
+                break;
+            };
+            assert!(
+                step < read.len(),
+                "a chain of deltas within the pack is a cycle"
+            );
+            at = (read[next].0, read[next].1);
+        }
+    }
 }
 
 /// Read `data` as the bitmap file of `repo`'s first pack (its pack checksum written over
