@@ -203,6 +203,32 @@ impl DeltaForest {
         depth
     }
 
+    /// The longest chain of deltas stored below position `p` through positions `keep` accepts
+    /// (0: none), or `None` past `visits` positions (a bound on the work, and on a cycle of
+    /// bases by id in a damaged pack).
+    pub(crate) fn height(
+        &self,
+        p: usize,
+        visits: usize,
+        keep: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let mut stack = vec![(p, 0usize)];
+        let (mut height, mut visited) = (0, 0);
+        while let Some((at, depth)) = stack.pop() {
+            visited += 1;
+            if visited > visits {
+                return None;
+            }
+            height = height.max(depth);
+            stack.extend(
+                self.neighbours(at, true)
+                    .filter(|&c| self.base(c) == Some(at) && keep(c))
+                    .map(|c| (c, depth + 1)),
+            );
+        }
+        Some(height)
+    }
+
     /// Up to `most` positions of `p`'s delta tree that `usable` accepts, nearest first
     /// (breadth first through bases and deltas), looking at no more than `visits` positions;
     /// none stored below `p`.
@@ -281,5 +307,22 @@ mod tests {
         assert_eq!(f.depth(3), 3);
         assert_eq!(f.depth(0), 0);
         assert_eq!(f.depth(5), 2);
+    }
+
+    #[test]
+    fn the_longest_chain_below_a_position_through_those_kept() {
+        // 0 ← 1 ← 2 ← 3, and 0 ← 4 ← 5; 6 alone.
+        let f = forest(&[NONE, 0, 1, 2, 0, 4, NONE]);
+        assert_eq!(f.height(0, 64, |_| true), Some(3));
+        assert_eq!(f.height(4, 64, |_| true), Some(1));
+        assert_eq!(f.height(6, 64, |_| true), Some(0));
+        // Not through 2: what lies below it is not counted.
+        assert_eq!(f.height(0, 64, |q| q != 2), Some(2));
+        // Bounded: the six positions of 0's tree are more than five visits.
+        assert_eq!(f.height(0, 6, |_| true), Some(3));
+        assert_eq!(f.height(0, 5, |_| true), None);
+        // A cycle of bases (a damaged pack's bases by id) ends at the bound.
+        let cycle = forest(&[1, 0]);
+        assert_eq!(cycle.height(0, 64, |_| true), None);
     }
 }

@@ -107,13 +107,14 @@ fn shift_at(shifts: &[(u64, u64)], old: u64) -> u64 {
     }
 }
 
-/// Copy the entries of `packed` that can go as stored into `sink`, in pack order; the pack's
-/// header is already written. Returns what was copied and the positions left for the
-/// object-by-object writer.
+/// Copy the entries of `packed` that can go as stored into `sink`, in pack order, but those of
+/// `held`; the pack's header is already written. Returns what was copied and the positions left
+/// for the object-by-object writer (with `held`, every delta whose base is left).
 pub(crate) fn copy_runs<'a, W: Write>(
     sink: &mut Sink<W>,
     pack: &'a StoredPack,
     packed: &'a Packed,
+    held: Option<&Bits>,
     hash: gix_hash::Kind,
     stats: &mut PackStats,
 ) -> Result<(Copied<'a>, Vec<usize>), Error> {
@@ -171,6 +172,10 @@ pub(crate) fn copy_runs<'a, W: Write>(
             pack_end
         };
         next = Some((p + 1, end));
+        if held.is_some_and(|held| held.get(p)) {
+            left.push(p);
+            continue;
+        }
         // Pack order is offset order: an index whose offsets say otherwise (damaged) must
         // not make copied entries overlap, nor the shifts fall out of order, nor an entry
         // run past the pack's end.

@@ -16,6 +16,11 @@
 //!   delta is less than half its size: the version sent before it, if that one is stored
 //!   whole too, or in a thin pack the client's version, as git's delta search finds such
 //!   bases in its window and among its preferred bases; otherwise it is copied as stored.
+//! - In an answer from a pack's bitmaps of a small part of it, an object stored whole gets a
+//!   new delta against the next larger object sent whole whose path's name hash is its own
+//!   (see [`PackWriter::pair_whole`]), when that delta is less than half its size and the
+//!   chain stored below it leaves room: git's delta search finds such pairs among what it does
+//!   not send as stored deltas.
 //! - Anything else is resolved and compressed again, once, as a whole object.
 
 use std::collections::HashMap;
@@ -29,6 +34,7 @@ use gix_pack::data::entry::Header;
 
 use crate::Error;
 use crate::OidMap;
+use crate::bitmap::Bits;
 use crate::objects::Objects;
 use crate::packs::{RevCache, StoredPack};
 use crate::reuse::Copied;
@@ -90,6 +96,17 @@ const TREE_BASE_DEPTH: usize = 40;
 /// An answer of at least one object in this many of a pack's has the pack's delta forest read
 /// (once for the repository handle), if it was not already.
 const FOREST_SHARE: usize = 16;
+/// Objects stored whole are paired with larger ones of their name (see
+/// [`PackWriter::pair_whole`]) in answers from a pack's bitmaps of at most this share of the
+/// pack: at most this many pairs, each object's chain below looked for through at most this many
+/// positions.
+const PAIRED_SHARE: usize = 4;
+const PAIRED_MOST: usize = 1024;
+const HEIGHT_VISITS: usize = 1024;
+/// Such an answer of at least one object in this many of the pack's reads the pack's delta
+/// forest for it, if it was not read already (every entry header of the pack: about 12 ms for
+/// 134,000 entries; a server keeps the forest for the answers after).
+const PAIRED_FOREST_SHARE: usize = 64;
 /// Objects larger than this get one new delta tried, not one per candidate base.
 const LARGE_DELTA_OBJECT: u64 = 1 << 20;
 /// Bytes of objects and bases one pack's new deltas may look at (each try counts both): the
@@ -589,6 +606,9 @@ pub(crate) struct PackWriter<'a> {
     /// Tries by path planned, by [`PathTries::slot`], and objects stored whole left untried.
     path_planned: [u32; 2],
     untried: u32,
+    /// Objects stored whole of an answer from a pack's bitmaps, each with a larger one of its
+    /// name sent before it to try as its base (see [`PackWriter::pair_whole`]).
+    paired: OidMap<ObjectId>,
 }
 
 impl<'a> PackWriter<'a> {
@@ -607,6 +627,7 @@ impl<'a> PackWriter<'a> {
             planned_whole: crate::OidSet::default(),
             path_planned: [0; 2],
             untried: 0,
+            paired: OidMap::default(),
             objects,
             spawn_objects,
             opts,
@@ -652,10 +673,17 @@ impl<'a> PackWriter<'a> {
                 let pack = packs.get(packed.pack).ok_or_else(|| Error::Odb {
                     message: "selected from a pack no longer listed".into(),
                 })?;
+                let held = self.pair_whole(pack, packed);
                 let (copied, left) = if self.opts.ofs_delta {
                     let hash = self.objects.hash();
-                    let (copied, left) =
-                        crate::reuse::copy_runs(&mut sink, pack, packed, hash, &mut stats)?;
+                    let (copied, left) = crate::reuse::copy_runs(
+                        &mut sink,
+                        pack,
+                        packed,
+                        held.as_ref(),
+                        hash,
+                        &mut stats,
+                    )?;
                     (Some(copied), left)
                 } else {
                     (None, packed.positions().collect())
@@ -862,6 +890,94 @@ impl<'a> PackWriter<'a> {
         Ok(stats)
     }
 
+    /// Of the objects an answer sends from `packed` (a pack's bitmaps chose them), those stored
+    /// whole that may go as a delta of another sent whole, as git's delta search finds for
+    /// objects it does not send as stored deltas: trees and blobs sorted by kind, path's name
+    /// hash and size (largest first), each paired with the one before it of the same kind and
+    /// name (most often a newer version of the same file or directory, stored whole in another
+    /// fetched pack), when the chain of what is stored below it, one link longer, stays within
+    /// the allowed depth (counting its base's link, if paired itself). The pairs go to
+    /// [`PackWriter::paired`]; their positions are returned, to be held out of the runs copied
+    /// (with what is stored below them) and written after them, as a delta if one pays.
+    ///
+    /// `None` for an answer of more than a [`PAIRED_SHARE`]th of the pack (a clone's pack is
+    /// copied in runs, as git reuses it), a pack without name hashes, or without its delta
+    /// forest (read here for an answer of at least a [`PAIRED_FOREST_SHARE`]th of the pack).
+    fn pair_whole(&mut self, pack: &StoredPack, packed: &crate::reuse::Packed) -> Option<Bits> {
+        let rev = &*packed.rev;
+        let max_depth = usize::try_from(self.opts.max_depth).unwrap_or(usize::MAX);
+        if max_depth == 0 || packed.count.saturating_mul(PAIRED_SHARE) > rev.len() {
+            return None;
+        }
+        let hash = self.objects.hash();
+        let loaded = self.bitmaps?.get(pack, self.rev, hash)?;
+        let names = loaded.bitmaps.names().ok().flatten()?;
+        // Trees and blobs by kind and name, only those whose name another one sent shares.
+        let mut named: Vec<(u64, usize)> = packed
+            .positions()
+            .filter_map(|q| {
+                let kind = match () {
+                    _ if loaded.bitmaps.blobs.get(q) => 2,
+                    _ if loaded.bitmaps.trees.get(q) => 1,
+                    _ => return None,
+                };
+                Some((crate::window::key(kind, *names.get(rev.at(q) as usize)?), q))
+            })
+            .collect();
+        named.sort_unstable();
+        let shared = |named: &[(u64, usize)], i: usize| {
+            let key = named[i].0;
+            (i > 0 && named[i - 1].0 == key) || named.get(i + 1).is_some_and(|n| n.0 == key)
+        };
+        // Of those, the ones stored whole with a size a delta is made for: (kind and name, size
+        // largest first, position).
+        let data = pack.data(hash).ok()?;
+        let mut whole: Vec<(u64, std::cmp::Reverse<u64>, usize)> = (0..named.len())
+            .filter(|&i| shared(&named, i))
+            .filter_map(|i| {
+                let (key, q) = named[i];
+                let entry = data.entry(rev.offset(pack, q)).ok()?;
+                let size = entry.decompressed_size;
+                (!entry.header.is_delta() && (MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&size))
+                    .then_some((key, std::cmp::Reverse(size), q))
+            })
+            .collect();
+        whole.sort_unstable();
+        if !(0..whole.len()).any(|i| i > 0 && whole[i - 1].0 == whole[i].0) {
+            return None;
+        }
+        // What is stored below each (an answer with nothing to pair reads no forest).
+        let forest = match rev.built_forest() {
+            Some(forest) => forest,
+            None if packed.count.saturating_mul(PAIRED_FOREST_SHARE) >= rev.len() => {
+                rev.forest(pack, hash)?
+            }
+            None => return None,
+        };
+        let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
+        let mut held = Bits::with_len(rev.len());
+        for group in whole.chunk_by(|a, b| a.0 == b.0) {
+            // The one before, and the depth it will have if its own delta pays.
+            let mut before: Option<(usize, usize)> = None;
+            for &(_, _, q) in group {
+                let depth = before.and_then(|(b, depth)| {
+                    let below = forest.height(q, HEIGHT_VISITS, |c| packed.bits.get(c))?;
+                    (self.paired.len() < PAIRED_MOST && depth + 1 + below <= max_depth)
+                        .then(|| (b, depth + 1))
+                });
+                match depth {
+                    Some((b, depth)) => {
+                        held.set(q);
+                        self.paired.insert(oid_at(q), oid_at(b));
+                        before = Some((q, depth));
+                    }
+                    None => before = Some((q, 0)),
+                }
+            }
+        }
+        (!self.paired.is_empty()).then_some(held)
+    }
+
     /// The pack and position of the object at `place` in the order, if the sent objects were
     /// looked up in the first packs holding it (the first pack that does, as a lookup by id
     /// would find it; none if a pack before it was not looked in).
@@ -932,6 +1048,7 @@ impl<'a> PackWriter<'a> {
                 by_path.extend(bases.sent.filter(|b| self.planned_whole.contains(b)));
                 by_path.extend(bases.client.filter(|b| thin && client_has.contains(b)));
             }
+            by_path.extend(self.paired.get(id));
             if whole {
                 if self.offered.contains(id) {
                     self.planned_whole.insert(*id);

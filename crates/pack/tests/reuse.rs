@@ -1276,3 +1276,83 @@ fn tries_by_path_that_keep_failing_stop() {
         noise(2000, 60)
     );
 }
+
+/// Issue 16: an answer the bitmaps select sends the versions of a file stored whole (as packs
+/// fetched one after the other leave them, and consolidation keeps them) as deltas of each
+/// other, as git's delta search does for what it does not send as stored deltas: each
+/// version against the one next larger of its name, within the allowed depth. An answer of
+/// most of the pack (a clone) is copied as stored.
+#[test]
+fn whole_versions_sent_from_the_bitmaps_are_made_deltas_of_each_other() {
+    let (dir, work, path) = work_tree();
+    // Files the client has: the answer is a small part of the pack.
+    std::fs::create_dir(work.join("junk")).unwrap();
+    for i in 0..300 {
+        std::fs::write(work.join(format!("junk/{i}.dat")), format!("junk {i}\n")).unwrap();
+    }
+    let mut text = text_lines("shared", 300);
+    std::fs::write(work.join("f.txt"), &text).unwrap();
+    gitcache_testkit::git::commit_all(&work, "start");
+    for n in 0..20 {
+        text.push_str(&format!("line {n}\n"));
+        std::fs::write(work.join("f.txt"), &text).unwrap();
+        gitcache_testkit::git::commit_all(&work, &format!("v{n}"));
+    }
+    bare_packed_copy(&work, &path);
+    // Every object stored whole.
+    git(&path, &["repack", "-adfq", "--window=0"]);
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let versions: Vec<String> = (0..20).map(|n| id(&format!("main~{n}:f.txt"))).collect();
+    let tips = oids(&git(&path, &["for-each-ref", "--format=%(objectname)"]));
+    Repository::open(&path)
+        .unwrap()
+        .write_bitmaps(&tips)
+        .unwrap()
+        .expect("bitmaps");
+    let repo = Repository::open(&path).unwrap();
+    let mut fetch = clone_request(oids(&id("main")));
+    fetch.haves = oids(&id("main~20"));
+    fetch.thin_pack = false;
+    let chain_of = |received: &std::collections::HashMap<String, (u64, Option<String>)>,
+                    oid: &String| {
+        let (mut at, mut links) = (oid, 0);
+        while let Some(base) = &received[at].1 {
+            (at, links) = (base, links + 1);
+        }
+        links
+    };
+    for (depth, name) in [(50, "deep.git"), (4, "shallow.git")] {
+        let options = Options {
+            max_delta_depth: depth,
+            ..Options::default()
+        };
+        let (whole, stats, pack) = send_with(&repo, &fetch, &options);
+        assert!(
+            !whole && stats.pack_reused > 0,
+            "from the bitmaps: {stats:?}"
+        );
+        assert!(stats.new_deltas >= 16, "{stats:?}");
+        let (client, received) = received_alone(dir.path(), name, &pack);
+        // The largest (newest) version whole, each other one a delta of the next larger
+        // unless its chain would be longer than allowed: then whole, and the next one's base.
+        assert_eq!(received[&versions[0]].1, None, "{received:?}");
+        for (n, v) in versions.iter().enumerate().skip(1) {
+            let expected = (n % (depth + 1) != 0).then(|| &versions[n - 1]);
+            assert_eq!(
+                received[v].1.as_ref(),
+                expected,
+                "version {n}: {received:?}"
+            );
+        }
+        let longest = versions.iter().map(|v| chain_of(&received, v)).max();
+        assert_eq!(longest, Some(depth.min(19)), "{received:?}");
+        assert_eq!(git(&client, &["cat-file", "blob", &versions[19]]), {
+            let mut text = text_lines("shared", 300);
+            text.push_str("line 0\n");
+            text
+        });
+    }
+    // A clone of every tip is the stored pack, copied as it is.
+    let (whole, stats, _) = send(&repo, &clone_request(tips));
+    assert!(whole && stats.new_deltas == 0, "{stats:?}");
+}
