@@ -856,6 +856,15 @@ impl RevIndex {
         self.forest.get().and_then(Option::as_ref)
     }
 
+    /// Whether the delta forest may be had: read already, or never tried, for a pack of no
+    /// more objects than a forest holds (a read that failed is not tried again).
+    pub(crate) fn forest_possible(&self) -> bool {
+        match self.forest.get() {
+            Some(forest) => forest.is_some(),
+            None => self.len() <= crate::forest::MAX_OBJECTS,
+        }
+    }
+
     /// The delta forest of `pack` (this reverse index's pack), read once.
     pub(crate) fn forest(
         &self,

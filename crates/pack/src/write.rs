@@ -98,14 +98,18 @@ const TREE_BASE_DEPTH: usize = 40;
 const FOREST_SHARE: usize = 16;
 /// Objects stored whole are paired with larger ones of their name (see
 /// [`PackWriter::pair_whole`]) in answers from a pack's bitmaps of at most this share of the
-/// pack: at most this many pairs, each object's chain below looked for through at most this many
-/// positions.
+/// pack.
 const PAIRED_SHARE: usize = 4;
-const PAIRED_MOST: usize = 1024;
-const HEIGHT_VISITS: usize = 1024;
-/// Such an answer of at least one object in this many of the pack's reads the pack's delta
-/// forest for it, if it was not read already (every entry header of the pack: about 12 ms for
-/// 134,000 entries; a server keeps the forest for the answers after).
+/// The most objects paired in one answer: each is held out of the copied runs with what is
+/// stored below it, to be written one by one.
+const PAIRED_MOST: usize = 256;
+/// Sent positions looked at below an object to learn its longest chain (itself included): one
+/// with more is not paired.
+const HEIGHT_VISITS: usize = 256;
+/// An answer to pair of at least one object in this many of the pack's reads the pack's delta
+/// forest for it, if it was not read already: every entry header, through a buffer (about 12 ms
+/// for a pack of 31 MB and 134,000 entries, growing with the pack; kept with the handle, as
+/// for new bases).
 const PAIRED_FOREST_SHARE: usize = 64;
 /// Objects larger than this get one new delta tried, not one per candidate base.
 const LARGE_DELTA_OBJECT: u64 = 1 << 20;
@@ -894,9 +898,11 @@ impl<'a> PackWriter<'a> {
     /// whole that may go as a delta of another sent whole, as git's delta search finds for
     /// objects it does not send as stored deltas: trees and blobs sorted by kind, path's name
     /// hash and size (largest first), each paired with the one before it of the same kind and
-    /// name (most often a newer version of the same file or directory, stored whole in another
-    /// fetched pack), when the chain of what is stored below it, one link longer, stays within
-    /// the allowed depth (counting its base's link, if paired itself). The pairs go to
+    /// name (most often a newer version of the same file or directory, which a fetched pack
+    /// brought whole and consolidation kept so), when the chain of what is sent stored below
+    /// it, one link longer, stays within the allowed depth (counting its base's link, if
+    /// paired itself). An object stored below it whose own base is not sent, given a new delta
+    /// against it, is not counted: past the depth, it goes whole. The pairs go to
     /// [`PackWriter::paired`]; their positions are returned, to be held out of the runs copied
     /// (with what is stored below them) and written after them, as a delta if one pays.
     ///
@@ -909,6 +915,16 @@ impl<'a> PackWriter<'a> {
         if max_depth == 0 || packed.count.saturating_mul(PAIRED_SHARE) > rev.len() {
             return None;
         }
+        // The forest is needed to know the chains: built, or to be read for this answer.
+        let read_forest = match rev.built_forest() {
+            Some(_) => false,
+            None if rev.forest_possible()
+                && packed.count.saturating_mul(PAIRED_FOREST_SHARE) >= rev.len() =>
+            {
+                true
+            }
+            None => return None,
+        };
         let hash = self.objects.hash();
         let loaded = self.bitmaps?.get(pack, self.rev, hash)?;
         let names = loaded.bitmaps.names().ok().flatten()?;
@@ -947,23 +963,23 @@ impl<'a> PackWriter<'a> {
             return None;
         }
         // What is stored below each (an answer with nothing to pair reads no forest).
-        let forest = match rev.built_forest() {
-            Some(forest) => forest,
-            None if packed.count.saturating_mul(PAIRED_FOREST_SHARE) >= rev.len() => {
-                rev.forest(pack, hash)?
-            }
-            None => return None,
+        let forest = match read_forest {
+            true => rev.forest(pack, hash)?,
+            false => rev.built_forest()?,
         };
         let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
         let mut held = Bits::with_len(rev.len());
         for group in whole.chunk_by(|a, b| a.0 == b.0) {
+            if self.paired.len() >= PAIRED_MOST {
+                break;
+            }
             // The one before, and the depth it will have if its own delta pays.
             let mut before: Option<(usize, usize)> = None;
             for &(_, _, q) in group {
-                let depth = before.and_then(|(b, depth)| {
+                let room = self.paired.len() < PAIRED_MOST;
+                let depth = before.filter(|_| room).and_then(|(b, depth)| {
                     let below = forest.height(q, HEIGHT_VISITS, |c| packed.bits.get(c))?;
-                    (self.paired.len() < PAIRED_MOST && depth + 1 + below <= max_depth)
-                        .then(|| (b, depth + 1))
+                    (depth + 1 + below <= max_depth).then(|| (b, depth + 1))
                 });
                 match depth {
                     Some((b, depth)) => {

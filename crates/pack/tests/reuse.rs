@@ -1277,6 +1277,38 @@ fn tries_by_path_that_keep_failing_stop() {
     );
 }
 
+/// 300 small files in `work/junk`, for a client to have: answers of a few files' changes
+/// are then a small part of the pack.
+fn junk_files(work: &Path) {
+    std::fs::create_dir(work.join("junk")).unwrap();
+    for i in 0..300 {
+        std::fs::write(work.join(format!("junk/{i}.dat")), format!("junk {i}\n")).unwrap();
+    }
+}
+
+/// `path` opened with gitcache's bitmaps written for its refs, and their objects.
+fn with_bitmaps(path: &Path) -> (Repository, Vec<ObjectId>) {
+    let tips = oids(&git(path, &["for-each-ref", "--format=%(objectname)"]));
+    Repository::open(path)
+        .unwrap()
+        .write_bitmaps(&tips)
+        .unwrap()
+        .expect("bitmaps");
+    (Repository::open(path).unwrap(), tips)
+}
+
+/// How many deltas lie below `oid` in a received pack's `layout`.
+fn chain_length(
+    layout: &std::collections::HashMap<String, (u64, Option<String>)>,
+    oid: &str,
+) -> usize {
+    let (mut at, mut links) = (oid, 0);
+    while let Some(base) = &layout[at].1 {
+        (at, links) = (base.as_str(), links + 1);
+    }
+    links
+}
+
 /// Issue 16: an answer the bitmaps select sends the versions of a file stored whole (as packs
 /// fetched one after the other leave them, and consolidation keeps them) as deltas of each
 /// other, as git's delta search does for what it does not send as stored deltas: each
@@ -1286,10 +1318,7 @@ fn tries_by_path_that_keep_failing_stop() {
 fn whole_versions_sent_from_the_bitmaps_are_made_deltas_of_each_other() {
     let (dir, work, path) = work_tree();
     // Files the client has: the answer is a small part of the pack.
-    std::fs::create_dir(work.join("junk")).unwrap();
-    for i in 0..300 {
-        std::fs::write(work.join(format!("junk/{i}.dat")), format!("junk {i}\n")).unwrap();
-    }
+    junk_files(&work);
     let mut text = text_lines("shared", 300);
     std::fs::write(work.join("f.txt"), &text).unwrap();
     gitcache_testkit::git::commit_all(&work, "start");
@@ -1303,24 +1332,10 @@ fn whole_versions_sent_from_the_bitmaps_are_made_deltas_of_each_other() {
     git(&path, &["repack", "-adfq", "--window=0"]);
     let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
     let versions: Vec<String> = (0..20).map(|n| id(&format!("main~{n}:f.txt"))).collect();
-    let tips = oids(&git(&path, &["for-each-ref", "--format=%(objectname)"]));
-    Repository::open(&path)
-        .unwrap()
-        .write_bitmaps(&tips)
-        .unwrap()
-        .expect("bitmaps");
-    let repo = Repository::open(&path).unwrap();
+    let (repo, tips) = with_bitmaps(&path);
     let mut fetch = clone_request(oids(&id("main")));
     fetch.haves = oids(&id("main~20"));
     fetch.thin_pack = false;
-    let chain_of = |received: &std::collections::HashMap<String, (u64, Option<String>)>,
-                    oid: &String| {
-        let (mut at, mut links) = (oid, 0);
-        while let Some(base) = &received[at].1 {
-            (at, links) = (base, links + 1);
-        }
-        links
-    };
     for (depth, name) in [(50, "deep.git"), (4, "shallow.git")] {
         let options = Options {
             max_delta_depth: depth,
@@ -1344,7 +1359,7 @@ fn whole_versions_sent_from_the_bitmaps_are_made_deltas_of_each_other() {
                 "version {n}: {received:?}"
             );
         }
-        let longest = versions.iter().map(|v| chain_of(&received, v)).max();
+        let longest = versions.iter().map(|v| chain_length(&received, v)).max();
         assert_eq!(longest, Some(depth.min(19)), "{received:?}");
         assert_eq!(git(&client, &["cat-file", "blob", &versions[19]]), {
             let mut text = text_lines("shared", 300);
@@ -1355,4 +1370,79 @@ fn whole_versions_sent_from_the_bitmaps_are_made_deltas_of_each_other() {
     // A clone of every tip is the stored pack, copied as it is.
     let (whole, stats, _) = send(&repo, &clone_request(tips));
     assert!(whole && stats.new_deltas == 0, "{stats:?}");
+}
+
+/// The same with versions stored in chains (as `git repack` leaves them, a whole version at
+/// the root of each): a root is paired only when what is stored below it, one link longer,
+/// stays within the allowed depth, so that nothing below it has to go whole; as offset
+/// deltas or naming their bases by id, and the same pack with one compression thread or
+/// four.
+#[test]
+fn whole_versions_with_chains_below_are_paired_within_the_depth() {
+    let (dir, work, path) = work_tree();
+    junk_files(&work);
+    let mut text = text_lines("shared", 300);
+    std::fs::write(work.join("f.txt"), &text).unwrap();
+    gitcache_testkit::git::commit_all(&work, "start");
+    bare_packed_copy(&work, &path);
+    // Six refreshes of three versions each, a pack of its own with the newest whole and the
+    // two before it a chain below it; then one pack of them all, as stored.
+    for round in 0..6 {
+        for n in 0..3 {
+            text.push_str(&format!("line {round} {n}\n"));
+            std::fs::write(work.join("f.txt"), &text).unwrap();
+            gitcache_testkit::git::commit_all(&work, &format!("v{round}.{n}"));
+        }
+        git(&path, &["fetch", "-q", work.to_str().unwrap(), "main:main"]);
+        git(&path, &["repack", "-dq"]);
+    }
+    git(&path, &["repack", "-adq", "--window=0"]);
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let versions: Vec<String> = (0..18).map(|n| id(&format!("main~{n}:f.txt"))).collect();
+    let stored = stored_layout(&path);
+    let stored_whole: Vec<&String> = versions.iter().filter(|v| stored[*v].1.is_none()).collect();
+    let has_below = |v: &String| versions.iter().any(|d| stored[d].1.as_ref() == Some(v));
+    let roots = stored_whole.iter().filter(|v| has_below(v)).count();
+    assert!(
+        stored_whole.len() >= 4 && roots >= 3,
+        "{} whole, {roots} with chains below",
+        stored_whole.len()
+    );
+    let (repo, _) = with_bitmaps(&path);
+    let max_delta_depth = 5;
+    for ofs in [true, false] {
+        let mut fetch = clone_request(oids(&id("main")));
+        fetch.haves = oids(&id("main~18"));
+        fetch.thin_pack = false;
+        fetch.ofs_delta = ofs;
+        let answer = |threads: usize| {
+            let options = Options {
+                max_delta_depth,
+                compression_threads: threads,
+                ..Options::default()
+            };
+            send_with(&repo, &fetch, &options)
+        };
+        let (_, stats, pack) = answer(1);
+        let (_, _, on_four) = answer(4);
+        assert!(pack == on_four, "ofs {ofs}: one thread or four, one pack");
+        assert!(stats.new_deltas > 0, "ofs {ofs}: {stats:?}");
+        let name = format!("client-{ofs}.git");
+        let (_, received) = received_alone(dir.path(), &name, &pack);
+        let whole_now = versions.iter().filter(|v| received[*v].1.is_none()).count();
+        assert!(
+            whole_now < stored_whole.len(),
+            "ofs {ofs}: {whole_now} whole, {} stored whole",
+            stored_whole.len()
+        );
+        for v in &versions {
+            // Nothing stored as a delta went whole, no chain is longer than allowed.
+            assert!(
+                stored[v].1.is_none() || received[v].1.is_some(),
+                "ofs {ofs}: {v} went whole"
+            );
+            let depth = chain_length(&received, v);
+            assert!(depth <= max_delta_depth, "ofs {ofs}: {v} at {depth}");
+        }
+    }
 }
