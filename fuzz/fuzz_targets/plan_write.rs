@@ -12,6 +12,8 @@ use gitcache_testkit::repo::{self, RepoSpec};
 struct Fixture {
     _dir: tempfile_free::Dir,
     repo: Repository,
+    /// A copy of it with gitcache's bitmaps (answers from bitmaps: runs copied, pairs made).
+    bitmapped: Repository,
     objects: Vec<ObjectId>,
     refs: Vec<BString>,
 }
@@ -34,11 +36,16 @@ fn fixture() -> &'static Fixture {
         repo::generate(&path, &RepoSpec::small(7)).expect("fixture repository");
         let objects = repo::list_objects(&path).unwrap().iter().map(|h| ObjectId::from_hex(h.as_bytes()).unwrap()).collect();
         let refs = repo::list_refs(&path).unwrap().into_iter().map(BString::from).collect();
-        Fixture { repo: Repository::open(&path).unwrap(), _dir: tempfile_free::Dir(dir), objects, refs }
+        let copy = dir.join("bitmapped.git");
+        assert!(std::process::Command::new("cp").arg("-a").arg(&path).arg(&copy).status().unwrap().success());
+        let bitmapped = gitcache_pack::fuzzing::bitmapped_fixture(&copy);
+        Fixture { repo: Repository::open(&path).unwrap(), bitmapped, _dir: tempfile_free::Dir(dir), objects, refs }
     })
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let f = fixture();
-    let _ = plan_and_write(&f.repo, &fetch_from_bytes(&f.objects, &f.refs, data));
+    let fetch = fetch_from_bytes(&f.objects, &f.refs, data);
+    let _ = plan_and_write(&f.repo, &fetch);
+    let _ = plan_and_write(&f.bitmapped, &fetch);
 });

@@ -218,6 +218,34 @@ fn resolve_all(
     }
 }
 
+/// The repository at `path`, packed in one pack with short delta chains (`git repack -adq
+/// --window=2 --depth=2`, many objects stored whole), with gitcache's bitmaps for the objects
+/// of its refs: fetches planned against it take the paths of answers from bitmaps (runs of the
+/// stored pack copied, objects stored whole paired by name), which a repository without
+/// bitmaps never reaches. Runs `git`: for fuzzing and tests only.
+pub fn bitmapped_fixture(path: &std::path::Path) -> Repository {
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(path)
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    git(&["repack", "-adq", "--window=2", "--depth=2"]);
+    let tips: Vec<ObjectId> = git(&["for-each-ref", "--format=%(objectname)"])
+        .lines()
+        .map(|line| ObjectId::from_hex(line.trim().as_bytes()).expect("an id"))
+        .collect();
+    let repo = Repository::open(path).expect("opens");
+    repo.write_bitmaps(&tips)
+        .expect("bitmaps written")
+        .expect("a pack");
+    Repository::open(path).expect("opens")
+}
+
 /// Read `data` as the bitmap file of `repo`'s first pack (its pack checksum written over
 /// bytes 12.. so that inputs reach past that check), decode up to 64 of its bitmaps, alone
 /// and together, and read its name hashes: a damaged file is an error, never a panic or an allocation the file's size

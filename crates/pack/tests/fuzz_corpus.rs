@@ -28,6 +28,19 @@ fn plan_write_corpus() {
         .map(BString::from)
         .collect();
     let repo = Repository::open(&path).unwrap();
+    // A copy with gitcache's bitmaps: each input is planned against it too, its pack checked
+    // by `plan_and_write` alone.
+    let bitmapped = dir.path().join("bitmapped.git");
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&path)
+            .arg(&bitmapped)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let bitmapped = gitcache_pack::fuzzing::bitmapped_fixture(&bitmapped);
 
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
     let (mut replayed, mut packs) = (0, 0);
@@ -43,6 +56,7 @@ fn plan_write_corpus() {
             let data = std::fs::read(&file).unwrap();
             let fetch = fetch_from_bytes(&objects, &refs, &data);
             replayed += 1;
+            let _ = plan_and_write(&bitmapped, &fetch);
             let Ok(Some(pack)) = plan_and_write(&repo, &fetch) else {
                 continue;
             };
