@@ -319,15 +319,26 @@ struct NamedWhole {
 impl NamedWhole {
     /// The window's key of position `p`: a tree or blob with a name hash.
     fn key_of(&self, p: usize) -> Option<u64> {
-        let types = &self.bitmaps.bitmaps;
-        let kind = match () {
-            _ if types.blobs.get(p) => 2,
-            _ if types.trees.get(p) => 1,
-            _ => return None,
-        };
-        let name = *self.names.get(self.rev.at(p) as usize)?;
-        Some(crate::window::key(kind, name))
+        name_key(&self.bitmaps, &self.names, &self.rev, p)
     }
+}
+
+/// The kind and name hash of the tree or blob at position `p` of a pack with `bitmaps` and their
+/// `names` (by index position), as [`crate::window::key`] orders them.
+fn name_key(
+    bitmaps: &crate::bitmap::Loaded,
+    names: &[u32],
+    rev: &crate::packs::RevIndex,
+    p: usize,
+) -> Option<u64> {
+    let types = &bitmaps.bitmaps;
+    let kind = match () {
+        _ if types.blobs.get(p) => 2,
+        _ if types.trees.get(p) => 1,
+        _ => return None,
+    };
+    let name = *names.get(rev.at(p) as usize)?;
+    Some(crate::window::key(kind, name))
 }
 
 impl SentIn {
@@ -928,30 +939,20 @@ impl<'a> PackWriter<'a> {
         let hash = self.objects.hash();
         let loaded = self.bitmaps?.get(pack, self.rev, hash)?;
         let names = loaded.bitmaps.names().ok().flatten()?;
-        // Trees and blobs by kind and name, only those whose name another one sent shares.
+        // Trees and blobs by kind and name.
         let mut named: Vec<(u64, usize)> = packed
             .positions()
-            .filter_map(|q| {
-                let kind = match () {
-                    _ if loaded.bitmaps.blobs.get(q) => 2,
-                    _ if loaded.bitmaps.trees.get(q) => 1,
-                    _ => return None,
-                };
-                Some((crate::window::key(kind, *names.get(rev.at(q) as usize)?), q))
-            })
+            .filter_map(|q| Some((name_key(&loaded, &names, rev, q)?, q)))
             .collect();
         named.sort_unstable();
-        let shared = |named: &[(u64, usize)], i: usize| {
-            let key = named[i].0;
-            (i > 0 && named[i - 1].0 == key) || named.get(i + 1).is_some_and(|n| n.0 == key)
-        };
-        // Of those, the ones stored whole with a size a delta is made for: (kind and name, size
-        // largest first, position).
+        // Of those whose name another one shares, the ones stored whole with a size a delta is
+        // made for: (kind and name, size largest first, position).
         let data = pack.data(hash).ok()?;
-        let mut whole: Vec<(u64, std::cmp::Reverse<u64>, usize)> = (0..named.len())
-            .filter(|&i| shared(&named, i))
-            .filter_map(|i| {
-                let (key, q) = named[i];
+        let mut whole: Vec<(u64, std::cmp::Reverse<u64>, usize)> = named
+            .chunk_by(|a, b| a.0 == b.0)
+            .filter(|group| group.len() > 1)
+            .flatten()
+            .filter_map(|&(key, q)| {
                 let entry = data.entry(rev.offset(pack, q)).ok()?;
                 let size = entry.decompressed_size;
                 (!entry.header.is_delta() && (MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&size))
@@ -959,7 +960,10 @@ impl<'a> PackWriter<'a> {
             })
             .collect();
         whole.sort_unstable();
-        if !(0..whole.len()).any(|i| i > 0 && whole[i - 1].0 == whole[i].0) {
+        if !whole
+            .chunk_by(|a, b| a.0 == b.0)
+            .any(|group| group.len() > 1)
+        {
             return None;
         }
         // What is stored below each (an answer with nothing to pair reads no forest).
