@@ -231,6 +231,9 @@ pub struct PackStats {
     /// Objects stored whole sent as stored without trying the delta against the object at
     /// their path that they were offered: tries of their kind had kept failing.
     pub untried: u32,
+    /// New deltas made for objects written before they were made, and so lost: each was
+    /// pulled forward as the base of an object written earlier.
+    pub lost_deltas: u32,
 }
 
 /// A stored entry and what it is.
@@ -306,6 +309,8 @@ struct SentIn {
     /// The objects sent whole by name, when first needed (`None` inside: the pack has no name
     /// hashes, or nothing is sent whole).
     named: Option<Option<NamedWhole>>,
+    /// The positions copied in runs, when this is the pack they were copied from.
+    copied: Option<crate::bitmap::Bits>,
 }
 
 /// The objects an answer sends whole from one pack, by kind and name hash.
@@ -395,16 +400,24 @@ impl SentIn {
         if place.len() < in_pack.listed.len() / AT_PLACE_SHARE {
             at_place = Vec::new();
         }
-        if let Some(copied) = in_pack.copied.as_ref().and_then(|c| c.positions_in(pack)) {
-            for q in copied {
-                bits.set(q);
-            }
-        }
+        let copied = in_pack
+            .copied
+            .as_ref()
+            .and_then(|c| c.positions_in(pack))
+            .map(|positions| {
+                let mut copied = crate::bitmap::Bits::with_len(rev.len());
+                for q in positions {
+                    bits.set(q);
+                    copied.set(q);
+                }
+                copied
+            });
         SentIn {
             bits,
             place,
             at_place,
             named: None,
+            copied,
         }
     }
 
@@ -796,6 +809,8 @@ impl<'a> PackWriter<'a> {
                             // Written early, as the base of a delta, while it was being made.
                             if !written.contains_key(&id) {
                                 ready.insert(id, made);
+                            } else if matches!(made, Ready::Delta { .. }) {
+                                stats.lost_deltas += 1;
                             }
                         }
                         // The next batch's objects are made while this one is written, unless the
@@ -910,10 +925,10 @@ impl<'a> PackWriter<'a> {
     /// objects it does not send as stored deltas: trees and blobs sorted by kind, path's name
     /// hash and size (largest first), each paired with the one before it of the same kind and
     /// name (most often a newer version of the same file or directory, which a fetched pack
-    /// brought whole and consolidation kept so), when the chain of what is sent stored below
-    /// it, one link longer, stays within the allowed depth (counting its base's link, if
-    /// paired itself). An object stored below it whose own base is not sent, given a new delta
-    /// against it, is not counted: past the depth, it goes whole. The pairs go to
+    /// brought whole and consolidation kept so), when the longest chain stored below it (sent
+    /// or not: an object below whose base is not sent gets a new delta against one above it),
+    /// one link longer and with its base's links (if paired itself), still leaves room under
+    /// the allowed depth for one more link (a new delta against one of them). The pairs go to
     /// [`PackWriter::paired`]; their positions are returned, to be held out of the runs copied
     /// (with what is stored below them) and written after them, as a delta if one pays.
     ///
@@ -982,8 +997,8 @@ impl<'a> PackWriter<'a> {
             for &(_, _, q) in group {
                 let room = self.paired.len() < PAIRED_MOST;
                 let depth = before.filter(|_| room).and_then(|(b, depth)| {
-                    let below = forest.height(q, HEIGHT_VISITS, |c| packed.bits.get(c))?;
-                    (depth + 1 + below <= max_depth).then(|| (b, depth + 1))
+                    let below = forest.height(q, HEIGHT_VISITS, |_| true)?;
+                    (depth + 2 + below <= max_depth).then(|| (b, depth + 1))
                 });
                 match depth {
                     Some((b, depth)) => {
@@ -1377,10 +1392,17 @@ impl<'a> PackWriter<'a> {
             Some(forest) => {
                 let had = |q: usize| thin && !sent.bits.get(q) && client_has.contains(&oid_at(q));
                 forest.nearest(p, TREE_CANDIDATES, TREE_VISITS, |q| {
-                    let usable = sent.written_before(q, place)
-                        || (sent.bits.get(q)
-                            && forest.base(q).is_none_or(|b| sent.bits.get(b) || had(b)))
-                        || had(q);
+                    // Written before it, or written as stored whatever comes first: copied in
+                    // runs, or stored whole, or (with no runs) a delta whose base is sent. An
+                    // object written one by one after it is pulled forward as a base, before
+                    // what its own batch makes of it: a delta whose base must be made again
+                    // would then go whole.
+                    let as_stored = match &sent.copied {
+                        Some(copied) => copied.get(q) || forest.base(q).is_none(),
+                        None => forest.base(q).is_none_or(|b| sent.bits.get(b) || had(b)),
+                    };
+                    let usable =
+                        sent.written_before(q, place) || (sent.bits.get(q) && as_stored) || had(q);
                     usable && forest.depth(q) <= TREE_BASE_DEPTH
                 })
             }
