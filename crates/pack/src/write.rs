@@ -232,7 +232,9 @@ pub struct PackStats {
     /// their path that they were offered: tries of their kind had kept failing.
     pub untried: u32,
     /// New deltas made for objects written before they were made, and so lost: each was
-    /// pulled forward as the base of an object written earlier.
+    /// pulled forward as the base of an object written earlier, while its batch's deltas were
+    /// being made. (An object pulled forward before its batch started is not tried at all,
+    /// and not counted.)
     pub lost_deltas: u32,
 }
 
@@ -1341,8 +1343,10 @@ impl<'a> PackWriter<'a> {
     /// Bases to try a new delta of `oid` (at `place` in the order) against, from its pack:
     ///
     /// - the few objects nearest to it in its stored delta tree that are had by the client in
-    ///   a thin pack, or sent and either written before it or copied as stored (whole, or a
-    ///   delta whose base is sent), so that no two objects are made deltas of each other;
+    ///   a thin pack, or sent and either written before it or written as stored whenever they
+    ///   come (copied in runs or stored whole when the answer copies runs of this pack; else
+    ///   stored whole or a delta whose base is sent), so that no two objects are made deltas
+    ///   of each other and none is pulled forward ahead of the delta its batch makes for it;
     /// - when those are fewer than [`TREE_CANDIDATES`] and the pack's bitmap file has name
     ///   hashes, the [`NAME_CANDIDATES`] objects sent whole whose path's name hash is nearest
     ///   to `oid`'s (files named alike; an object stored whole depends on nothing).
