@@ -1392,6 +1392,10 @@ impl<'a> PackWriter<'a> {
             .entry(k)
             .or_insert_with(|| SentIn::new(k, pack, &rev, in_pack));
         let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
+        // Objects stored whole that are paired go as the delta their batch makes, if it pays:
+        // not as stored whenever they come.
+        let paired = &self.paired;
+        let is_paired = |q: usize| !paired.is_empty() && paired.contains_key(&oid_at(q));
         let mut found = match forest {
             Some(forest) => {
                 let had = |q: usize| thin && !sent.bits.get(q) && client_has.contains(&oid_at(q));
@@ -1402,7 +1406,9 @@ impl<'a> PackWriter<'a> {
                     // what its own batch makes of it: a delta whose base must be made again
                     // would then go whole.
                     let as_stored = match &sent.copied {
-                        Some(copied) => copied.get(q) || forest.base(q).is_none(),
+                        Some(copied) => {
+                            copied.get(q) || (forest.base(q).is_none() && !is_paired(q))
+                        }
                         None => forest.base(q).is_none_or(|b| sent.bits.get(b) || had(b)),
                     };
                     let usable =
@@ -1417,10 +1423,9 @@ impl<'a> PackWriter<'a> {
             && let Some(named) = sent.named_whole(pack, &rev, forest, cache, revs, hash)
             && let Some(key) = named.key_of(p)
         {
-            for q in named
-                .window
-                .nearest(key, p, NAME_CANDIDATES, |q| !found.contains(&q))
-            {
+            for q in named.window.nearest(key, p, NAME_CANDIDATES, |q| {
+                !found.contains(&q) && !is_paired(q)
+            }) {
                 found.push(q);
             }
         }
