@@ -1277,13 +1277,17 @@ fn tries_by_path_that_keep_failing_stop() {
     );
 }
 
-/// 300 small files in `work/junk`, for a client to have: answers of a few files' changes
-/// are then a small part of the pack.
-fn junk_files(work: &Path) {
+/// A first commit in `work` of 300 small files in `junk/` (for a client to have: answers of
+/// a few files' changes are then a small part of the pack) and `f.txt`, whose text it returns.
+fn junk_and_a_file(work: &Path) -> String {
     std::fs::create_dir(work.join("junk")).unwrap();
     for i in 0..300 {
         std::fs::write(work.join(format!("junk/{i}.dat")), format!("junk {i}\n")).unwrap();
     }
+    let text = text_lines("shared", 300);
+    std::fs::write(work.join("f.txt"), &text).unwrap();
+    gitcache_testkit::git::commit_all(work, "start");
+    text
 }
 
 /// `path` opened with gitcache's bitmaps written for its refs, and their objects.
@@ -1317,11 +1321,7 @@ fn chain_length(
 #[test]
 fn whole_versions_sent_from_the_bitmaps_are_made_deltas_of_each_other() {
     let (dir, work, path) = work_tree();
-    // Files the client has: the answer is a small part of the pack.
-    junk_files(&work);
-    let mut text = text_lines("shared", 300);
-    std::fs::write(work.join("f.txt"), &text).unwrap();
-    gitcache_testkit::git::commit_all(&work, "start");
+    let mut text = junk_and_a_file(&work);
     for n in 0..20 {
         text.push_str(&format!("line {n}\n"));
         std::fs::write(work.join("f.txt"), &text).unwrap();
@@ -1375,16 +1375,14 @@ fn whole_versions_sent_from_the_bitmaps_are_made_deltas_of_each_other() {
 
 /// The same with versions stored in chains (as `git repack` leaves them, a whole version at
 /// the root of each): a root is paired only when what is stored below it, one link longer,
-/// stays within the allowed depth, so that nothing below it has to go whole; as offset
+/// still leaves room for one more link under the allowed depth, so that nothing below it has
+/// to go whole; as offset
 /// deltas or naming their bases by id, and the same pack with one compression thread or
 /// four.
 #[test]
 fn whole_versions_with_chains_below_are_paired_within_the_depth() {
     let (dir, work, path) = work_tree();
-    junk_files(&work);
-    let mut text = text_lines("shared", 300);
-    std::fs::write(work.join("f.txt"), &text).unwrap();
-    gitcache_testkit::git::commit_all(&work, "start");
+    let mut text = junk_and_a_file(&work);
     bare_packed_copy(&work, &path);
     // Six refreshes of three versions each, a pack of its own with the newest whole and the
     // two before it a chain below it; then one pack of them all, as stored.
