@@ -1017,11 +1017,17 @@ pub(crate) struct Beyond {
     /// Every object outside the pack reached, those it was seeded with included: a walk does
     /// not go through them again.
     seen: OidSet,
-    /// Those this walk reached first, with their kinds, in the order met.
-    pub(crate) new: Vec<(ObjectId, gix_object::Kind)>,
+    /// Those this walk reached first, in the order met: each with its kind and the name hash
+    /// of the path it was met at (0 for commits, tags and root trees), which the writer pairs
+    /// objects stored whole by, as it pairs those of the pack by the names its bitmaps keep.
+    pub(crate) new: Vec<Met>,
     /// Whose trees are walked among the commits beyond the pack.
     trees: BeyondTrees,
 }
+
+/// An object a walk over a pack's bitmaps met beyond the pack: its id, kind, and the name hash
+/// of its path.
+pub(crate) type Met = (ObjectId, gix_object::Kind, u32);
 
 /// Whose trees a walk reads among the commits beyond the bitmapped pack.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -1057,16 +1063,16 @@ impl Beyond {
     }
 
     /// Every object seen but `new` (the last walk's).
-    pub(crate) fn into_seen_without(mut self, new: &[(ObjectId, gix_object::Kind)]) -> OidSet {
-        for (oid, _) in new {
+    pub(crate) fn into_seen_without(mut self, new: &[Met]) -> OidSet {
+        for (oid, _, _) in new {
             self.seen.remove(oid);
         }
         self.seen
     }
 
     /// Whether `oid` was new: then noted as met, of kind `kind` (0 commit, 1 tree, 2 blob,
-    /// 3 tag, as the walks number them).
-    fn note(&mut self, oid: &ObjectId, kind: usize) -> bool {
+    /// 3 tag, as the walks number them), at a path of hash `name`.
+    fn note(&mut self, oid: &ObjectId, kind: usize, name: u32) -> bool {
         if !self.seen.insert(*oid) {
             return false;
         }
@@ -1076,7 +1082,7 @@ impl Beyond {
             2 => gix_object::Kind::Blob,
             _ => gix_object::Kind::Tag,
         };
-        self.new.push((*oid, kind));
+        self.new.push((*oid, kind, name));
         true
     }
 }
@@ -1136,7 +1142,8 @@ fn reach_reading(
     let mut bits = seed.cloned().unwrap_or_else(|| Bits::with_len(pos.len()));
     let mut commits: Vec<ObjectId> = Vec::new();
     let mut trees: Vec<ObjectId> = Vec::new();
-    let naming = matches!(keep, Keep::Notes(_));
+    // Names are hashed for bitmaps written, and for the objects met beyond the pack.
+    let naming = matches!(keep, Keep::Notes(_) | Keep::Beyond(_));
     let beyond_trees = match &keep {
         Keep::Beyond(beyond) => beyond.trees,
         _ => BeyondTrees::All,
@@ -1151,7 +1158,7 @@ fn reach_reading(
      -> Option<bool> {
         let Some(p) = p else {
             return match &mut keep {
-                Keep::Beyond(beyond) => Some(beyond.note(oid, kind)),
+                Keep::Beyond(beyond) => Some(beyond.note(oid, kind, name)),
                 _ => None,
             };
         };
@@ -1310,7 +1317,7 @@ fn reach_reading(
                             }
                         }
                         None => {
-                            if note(&mut bits, None, &entry.oid, 2, 0).is_none() {
+                            if note(&mut bits, None, &entry.oid, 2, entry_name()).is_none() {
                                 return Ok(None);
                             }
                         }

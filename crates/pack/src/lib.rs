@@ -194,7 +194,7 @@ impl std::fmt::Debug for PackPlan {
 #[derive(Debug)]
 enum Source {
     /// Written object by object.
-    Selected(Selection),
+    Selected(Box<Selection>),
     /// A stored pack sent as it is.
     WholePack {
         path: std::path::PathBuf,
@@ -506,7 +506,7 @@ pub fn plan(
             path: pack.pack.clone(),
             count: pack.num_objects(),
         },
-        None => Source::Selected(selection),
+        None => Source::Selected(Box::new(selection)),
     };
     Ok(Plan::Pack(Box::new(PackPlan {
         acks,

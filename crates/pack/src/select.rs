@@ -41,6 +41,9 @@ pub(crate) struct Selection {
     /// For an incremental fetch answered by a walk, of the trees and blobs sent, objects at
     /// the same path: delta bases to try for one stored whole.
     pub(crate) path_bases: crate::OidMap<PathBase>,
+    /// For an answer from a pack's bitmaps, the name hash of the path of each of `others`
+    /// (the trees and blobs beyond the pack), as the walk met them; else empty.
+    pub(crate) others_names: Vec<u32>,
 }
 
 /// Objects at the path of one sent, as the walk met them.
@@ -469,7 +472,7 @@ pub(crate) fn select_with_bitmaps(
         // The same filter on the objects beyond the pack, those named by the wants kept.
         let named_ids: OidSet = named_ids.into_iter().collect();
         let mut kept = Vec::with_capacity(extra.len());
-        for (oid, kind) in extra {
+        for (oid, kind, name) in extra {
             let keep = !filter.without.contains(&kind)
                 && match (kind, filter.blob_limit) {
                     // As in the pack: a blob whose size cannot be read is not left out.
@@ -479,7 +482,7 @@ pub(crate) fn select_with_bitmaps(
                     _ => true,
                 };
             if keep || named_ids.contains(&oid) {
-                kept.push((oid, kind));
+                kept.push((oid, kind, name));
             }
         }
         extra = kept;
@@ -487,14 +490,17 @@ pub(crate) fn select_with_bitmaps(
     let mut out = Selection::default();
     // The objects listed, for `include-tag` to know them sent.
     let mut emitted = OidSet::default();
-    for (oid, kind) in extra {
+    for (oid, kind, name) in extra {
         if req.include_tag {
             emitted.insert(oid);
         }
         match kind {
             Kind::Commit => out.commits.push(oid),
             Kind::Tag => out.tags.push(oid),
-            Kind::Tree | Kind::Blob => out.others.push(oid),
+            Kind::Tree | Kind::Blob => {
+                out.others.push(oid);
+                out.others_names.push(name);
+            }
         }
     }
     out.client_has.extend(client_has);

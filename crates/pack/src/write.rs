@@ -111,6 +111,12 @@ const HEIGHT_VISITS: usize = 256;
 /// for a pack of 31 MB and 134,000 entries, growing with the pack; kept with the handle, as
 /// for new bases).
 const PAIRED_FOREST_SHARE: usize = 64;
+/// Of the objects an answer from a pack's bitmaps sends from beyond that pack, at most this
+/// many whose name another one shares are looked up to be paired (see
+/// [`PackWriter::pair_beyond`]).
+const BEYOND_LOOKED_AT: usize = 1 << 16;
+/// Positions of delta forests those paired from beyond the pack may look at, all together.
+const BEYOND_VISITS: usize = 1 << 22;
 /// Objects larger than this get one new delta tried, not one per candidate base.
 const LARGE_DELTA_OBJECT: u64 = 1 << 20;
 /// Bytes of objects and bases one pack's new deltas may look at (each try counts both): the
@@ -732,6 +738,12 @@ impl<'a> PackWriter<'a> {
             listed.extend_from_slice(order);
             listed.into()
         };
+        let order = self.pair_beyond(
+            order,
+            &selection.others,
+            &selection.others_names,
+            packed.map(|p| p.pack),
+        );
         let in_pack = Sent {
             listed: order
                 .iter()
@@ -1013,6 +1025,183 @@ impl<'a> PackWriter<'a> {
             }
         }
         (!self.paired.is_empty()).then_some(held)
+    }
+
+    /// Of the trees and blobs an answer from a pack's bitmaps sends from beyond that pack
+    /// (`others`, listed last in `order`, with the name hashes the walk met them at: the packs
+    /// fetched since a consolidation), those stored whole, paired as
+    /// [`PackWriter::pair_whole`] pairs the pack's own: by kind and name, each with the one
+    /// before it, when the longest chain stored below it, one link longer and with its base's
+    /// links, leaves room for one more link under the allowed depth. Here "before" is in the
+    /// order of writing: an object stored whole is written at its place, or earlier as the
+    /// stored base of a delta below it that comes first (writing a delta writes its bases
+    /// first). Each paired object is moved to that first place in `order`, which is returned,
+    /// so that its delta is made by the time it is written, and its base is written before
+    /// it. Objects written one by one break no copied runs: the bounds are on the work
+    /// ([`BEYOND_LOOKED_AT`], [`BEYOND_VISITS`]), not on the pairs.
+    fn pair_beyond<'o>(
+        &mut self,
+        order: std::borrow::Cow<'o, [ObjectId]>,
+        others: &[ObjectId],
+        names: &[u32],
+        bitmapped: Option<usize>,
+    ) -> std::borrow::Cow<'o, [ObjectId]> {
+        let max_depth = usize::try_from(self.opts.max_depth).unwrap_or(usize::MAX);
+        let Some(start) = order.len().checked_sub(others.len()) else {
+            return order;
+        };
+        if max_depth == 0
+            || others.len() < 2
+            || names.len() != others.len()
+            || order[start..] != *others
+        {
+            return order;
+        }
+        // Those whose name another one shares, in the order they come (most often by pack).
+        let mut by_name: Vec<(u32, usize)> = names.iter().copied().zip(0..).collect();
+        by_name.sort_unstable();
+        let mut shared = vec![false; others.len()];
+        for &(_, i) in by_name
+            .chunk_by(|a, b| a.0 == b.0)
+            .filter(|group| group.len() > 1)
+            .flatten()
+            .take(BEYOND_LOOKED_AT)
+        {
+            shared[i] = true;
+        }
+        // Of those, the ones stored whole with a size a delta is made for, by pack: (pack,
+        // position there, kind and name, index in `others`). None is in the bitmapped pack;
+        // each is looked for first where the one before was found. (An object stored in two
+        // packs may be found in another than the writer reads it from: its pairing then
+        // counts the wrong chains, and the writer's own checks of depth still hold.)
+        let hash = self.objects.hash();
+        if self.data.len() < self.packs.len() {
+            self.data.resize(self.packs.len(), None);
+            self.revs.resize(self.packs.len(), None);
+        }
+        let mut whole: Vec<(usize, usize, u64, usize)> = Vec::new();
+        let mut last: Option<usize> = None;
+        for (i, oid) in others.iter().enumerate().filter(|&(i, _)| shared[i]) {
+            let in_last =
+                last.and_then(|k| Some((k, crate::packs::lookup(&self.packs[k].index, oid)?)));
+            let found = in_last.or_else(|| {
+                self.packs
+                    .iter()
+                    .enumerate()
+                    .filter(|&(k, _)| Some(k) != bitmapped && Some(k) != last)
+                    .find_map(|(k, pack)| Some((k, crate::packs::lookup(&pack.index, oid)?)))
+            });
+            let Some((k, index)) = found else {
+                continue;
+            };
+            last = Some(k);
+            let pack = &self.packs[k];
+            let file = match &self.data[k] {
+                Some(file) => file,
+                None => match pack.data(hash) {
+                    Ok(file) => self.data[k].insert(file),
+                    Err(_) => continue,
+                },
+            };
+            let Ok(entry) = file.entry(pack.index.pack_offset_at_index(index)) else {
+                continue;
+            };
+            let kind = match entry.header {
+                Header::Tree => 1,
+                Header::Blob => 2,
+                _ => continue,
+            };
+            if !(MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&entry.decompressed_size) {
+                continue;
+            }
+            let rev = self.revs[k].get_or_insert_with(|| self.rev.get(pack, hash));
+            if let Some(p) = rev.pack_position(&pack.index, index) {
+                whole.push((k, p, crate::window::key(kind, names[i]), i));
+            }
+        }
+        if whole.len() < 2 {
+            return order;
+        }
+        // Where each is first written, and the longest chain stored below it (every entry
+        // counted), from its pack's delta forest: read (if it was not already) for a pack of
+        // at most [`FOREST_SHARE`] times the objects sent from beyond the bitmapped pack,
+        // which are most often most of these packs.
+        let place: OidMap<usize> = others.iter().zip(start..).map(|(o, at)| (*o, at)).collect();
+        whole.sort_unstable();
+        let mut found: Vec<(u64, usize, usize, usize)> = Vec::new();
+        let visits = std::cell::Cell::new(0);
+        for in_pack in whole.chunk_by(|a, b| a.0 == b.0) {
+            let pack = &self.packs[in_pack[0].0];
+            let rev = self.rev.get(pack, hash);
+            let forest = match rev.built_forest() {
+                Some(forest) => forest,
+                None if rev.forest_possible()
+                    && others.len().saturating_mul(FOREST_SHARE) >= rev.len() =>
+                {
+                    match rev.forest(pack, hash) {
+                        Some(forest) => forest,
+                        None => continue,
+                    }
+                }
+                None => continue,
+            };
+            for &(_, p, key, i) in in_pack {
+                if visits.get() >= BEYOND_VISITS {
+                    break;
+                }
+                let first = std::cell::Cell::new(start + i);
+                let below = forest.height(p, HEIGHT_VISITS, |q| {
+                    visits.set(visits.get() + 1);
+                    let oid = pack.index.oid_at_index(rev.at(q));
+                    if let Some(&at) = place.get(oid) {
+                        first.set(first.get().min(at));
+                    }
+                    true
+                });
+                if let Some(below) = below {
+                    found.push((key, first.get(), below, i));
+                }
+            }
+        }
+        // By kind and name, in the order of writing: each paired with the one before it.
+        found.sort_unstable();
+        let mut moved: Vec<(usize, usize)> = Vec::new();
+        for group in found.chunk_by(|a, b| a.0 == b.0) {
+            // The one before, and the depth it will have if its own delta pays.
+            let mut before: Option<(usize, usize)> = None;
+            for &(_, first, below, i) in group {
+                let depth = before.and_then(|(b, depth)| {
+                    (depth + 2 + below <= max_depth).then_some((b, depth + 1))
+                });
+                match depth {
+                    Some((b, depth)) => {
+                        self.paired.insert(others[i], others[b]);
+                        if first < start + i {
+                            moved.push((first, start + i));
+                        }
+                        before = Some((i, depth));
+                    }
+                    None => before = Some((i, 0)),
+                }
+            }
+        }
+        if moved.is_empty() {
+            return order;
+        }
+        // Each moved object just before the one whose writing would have written it.
+        moved.sort_unstable();
+        let from: std::collections::HashSet<usize> = moved.iter().map(|&(_, at)| at).collect();
+        let mut out = Vec::with_capacity(order.len());
+        let mut next = moved.iter().peekable();
+        for (at, oid) in order.iter().enumerate() {
+            while let Some(&(_, was)) = next.next_if(|&&(to, _)| to == at) {
+                out.push(order[was]);
+            }
+            if !from.contains(&at) {
+                out.push(*oid);
+            }
+        }
+        out.into()
     }
 
     /// The pack and position of the object at `place` in the order, if the sent objects were
@@ -1409,7 +1598,10 @@ impl<'a> PackWriter<'a> {
                         Some(copied) => {
                             copied.get(q) || (forest.base(q).is_none() && !is_paired(q))
                         }
-                        None => forest.base(q).is_none_or(|b| sent.bits.get(b) || had(b)),
+                        None => match forest.base(q) {
+                            None => !is_paired(q),
+                            Some(b) => sent.bits.get(b) || had(b),
+                        },
                     };
                     let usable =
                         sent.written_before(q, place) || (sent.bits.get(q) && as_stored) || had(q);

@@ -1301,6 +1301,51 @@ fn with_bitmaps(path: &Path) -> (Repository, Vec<ObjectId>) {
     (Repository::open(path).unwrap(), tips)
 }
 
+/// The answer without `thin-pack` to a fetch of `want` from `have` in `repo`, with offset
+/// deltas or not, under `max_delta_depth`: the same pack on one compression thread and on
+/// four. Returns whether it is the stored pack, the stats and the pack.
+fn paired_answer(
+    repo: &Repository,
+    (want, have): (&str, &str),
+    ofs: bool,
+    max_delta_depth: usize,
+) -> (bool, gitcache_pack::PackStats, Vec<u8>) {
+    let mut fetch = clone_request(oids(want));
+    fetch.haves = oids(have);
+    fetch.thin_pack = false;
+    fetch.ofs_delta = ofs;
+    let answer = |threads: usize| {
+        let options = Options {
+            max_delta_depth,
+            compression_threads: threads,
+            ..Options::default()
+        };
+        send_with(repo, &fetch, &options)
+    };
+    let (whole, stats, pack) = answer(1);
+    let (_, _, on_four) = answer(4);
+    assert!(pack == on_four, "ofs {ofs}: one thread or four, one pack");
+    (whole, stats, pack)
+}
+
+/// Of `versions`, none `stored` as a delta went whole in the `received` pack, and none lies
+/// deeper than `max_delta_depth` there.
+fn no_delta_lost_and_none_too_deep(
+    versions: &[String],
+    stored: &std::collections::HashMap<String, (u64, Option<String>)>,
+    received: &std::collections::HashMap<String, (u64, Option<String>)>,
+    max_delta_depth: usize,
+) {
+    for v in versions {
+        assert!(
+            stored[v].1.is_none() || received[v].1.is_some(),
+            "{v} went whole"
+        );
+        let depth = chain_length(received, v);
+        assert!(depth <= max_delta_depth, "{v} at {depth}");
+    }
+}
+
 /// How many deltas lie below `oid` in a received pack's `layout`.
 fn chain_length(
     layout: &std::collections::HashMap<String, (u64, Option<String>)>,
@@ -1409,22 +1454,9 @@ fn whole_versions_with_chains_below_are_paired_within_the_depth() {
     );
     let (repo, _) = with_bitmaps(&path);
     let max_delta_depth = 5;
+    let (want, have) = (id("main"), id("main~18"));
     for ofs in [true, false] {
-        let mut fetch = clone_request(oids(&id("main")));
-        fetch.haves = oids(&id("main~18"));
-        fetch.thin_pack = false;
-        fetch.ofs_delta = ofs;
-        let answer = |threads: usize| {
-            let options = Options {
-                max_delta_depth,
-                compression_threads: threads,
-                ..Options::default()
-            };
-            send_with(&repo, &fetch, &options)
-        };
-        let (_, stats, pack) = answer(1);
-        let (_, _, on_four) = answer(4);
-        assert!(pack == on_four, "ofs {ofs}: one thread or four, one pack");
+        let (_, stats, pack) = paired_answer(&repo, (&want, &have), ofs, max_delta_depth);
         assert!(stats.new_deltas > 0, "ofs {ofs}: {stats:?}");
         let name = format!("client-{ofs}.git");
         let (_, received) = received_alone(dir.path(), &name, &pack);
@@ -1434,15 +1466,106 @@ fn whole_versions_with_chains_below_are_paired_within_the_depth() {
             "ofs {ofs}: {whole_now} whole, {} stored whole",
             stored_whole.len()
         );
-        for v in &versions {
-            // Nothing stored as a delta went whole, no chain is longer than allowed.
-            assert!(
-                stored[v].1.is_none() || received[v].1.is_some(),
-                "ofs {ofs}: {v} went whole"
-            );
-            let depth = chain_length(&received, v);
-            assert!(depth <= max_delta_depth, "ofs {ofs}: {v} at {depth}");
+        no_delta_lost_and_none_too_deep(&versions, &stored, &received, max_delta_depth);
+    }
+}
+
+/// The same beyond the bitmapped pack: packs fetched since the consolidation, as `git
+/// fast-import` writes them (the oldest version of each file in a pack whole, the newer ones
+/// a chain of deltas on it), whose objects the bitmaps' walk finds by id and names by the
+/// paths it meets them at. Each whole version is paired with the one of its name written
+/// before it (moved ahead of the newer versions stored on it, which come first and would
+/// otherwise write it whole first), within the allowed depth; nothing stored as a delta goes
+/// whole, and no delta is made for an object already written.
+#[test]
+fn whole_versions_beyond_the_bitmapped_pack_are_paired_by_name() {
+    let (dir, work, path) = work_tree();
+    // The versions are those of directory `d` (`fast-import` stores a tree as a delta of its
+    // version before, a blob as one of the blob before it in the stream). Each commit also
+    // rewrites files enough to put a version's older ones in later batches of the writer
+    // than its own.
+    std::fs::create_dir(work.join("d")).unwrap();
+    for i in 0..20 {
+        std::fs::write(work.join(format!("d/{i}.txt")), format!("{i}\n")).unwrap();
+    }
+    junk_and_a_file(&work);
+    let mut commits = 0;
+    let mut edit = || {
+        let file = work.join(format!("d/{}.txt", commits % 20));
+        std::fs::write(file, format!("edit {commits}\n")).unwrap();
+        std::fs::create_dir_all(work.join("many")).unwrap();
+        for i in 0..300 {
+            let file = work.join(format!("many/{i}"));
+            std::fs::write(file, format!("{commits} {i}\n")).unwrap();
         }
+        commits += 1;
+        gitcache_testkit::git::commit_all(&work, &format!("edit {commits}"));
+    };
+    edit();
+    bare_packed_copy(&work, &path);
+    let _ = with_bitmaps(&path);
+    // Five versions a round: the newest, written first, is more than two of the writer's
+    // batches before the oldest, stored whole, that it is stored on.
+    let (rounds, per_round) = (3, 5);
+    for _ in 0..rounds {
+        for _ in 0..per_round {
+            edit();
+        }
+        let stream = git(
+            &work,
+            &[
+                "fast-export",
+                "--reference-excluded-parents",
+                &format!("main~{per_round}..main"),
+            ],
+        );
+        gitcache_testkit::git::git_with_input(
+            &path,
+            &["-c", "fastimport.unpackLimit=0", "fast-import", "--quiet"],
+            stream.as_bytes(),
+        );
+    }
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    assert_eq!(id("main"), git(&work, &["rev-parse", "main"]).trim());
+    let versions: Vec<String> = (0..per_round * rounds)
+        .map(|n| id(&format!("main~{n}:d")))
+        .collect();
+    let stored = stored_layout(&path);
+    let stored_whole: Vec<&String> = versions.iter().filter(|v| stored[*v].1.is_none()).collect();
+    let has_below = |v: &String| versions.iter().any(|d| stored[d].1.as_ref() == Some(v));
+    assert!(
+        stored_whole.len() == rounds && stored_whole.iter().all(|v| has_below(v)),
+        "each pack's oldest version whole, with the newer ones on it: {stored:?}"
+    );
+    let repo = Repository::open(&path).unwrap();
+    // Each whole one has four links below it: paired one after the other at depths 1 and 2
+    // under a depth of 8, the first whole.
+    let max_delta_depth = 8;
+    let have = id(&format!("main~{}", per_round * rounds + 1));
+    for ofs in [true, false] {
+        let (whole, stats, pack) = paired_answer(&repo, (&id("main"), &have), ofs, max_delta_depth);
+        // Runs are copied for a client that takes offset deltas.
+        assert!(
+            !whole && (stats.pack_reused > 0 || !ofs),
+            "ofs {ofs}: from the bitmaps: {stats:?}"
+        );
+        assert!(
+            stats.new_deltas > 0 && stats.lost_deltas == 0,
+            "ofs {ofs}: {stats:?}"
+        );
+        let name = format!("client-{ofs}.git");
+        let (client, received) = received_alone(dir.path(), &name, &pack);
+        let whole_now = versions.iter().filter(|v| received[*v].1.is_none()).count();
+        assert!(
+            whole_now == 1,
+            "ofs {ofs}: {whole_now} whole of {rounds} stored whole: {received:?}"
+        );
+        no_delta_lost_and_none_too_deep(&versions, &stored, &received, max_delta_depth);
+        assert_eq!(
+            git(&client, &["ls-tree", &versions[0]]),
+            git(&path, &["ls-tree", &versions[0]]),
+            "ofs {ofs}"
+        );
     }
 }
 
