@@ -220,20 +220,34 @@ fn resolve_all(
 
 /// The repository at `path`, packed in one pack with short delta chains (`git repack -adq
 /// --window=2 --depth=2`, many objects stored whole), with gitcache's bitmaps for the objects
-/// of its refs: fetches planned against it take the paths of answers from bitmaps (runs of the
-/// stored pack copied, objects stored whole paired by name), which a repository without
-/// bitmaps never reaches. Runs `git`: for fuzzing and tests only.
+/// of its refs; then `main` moved on by two packs of three commits each, as `git fast-import`
+/// writes them (a mirror between two consolidations; each file's oldest version in a pack
+/// whole, the newer ones deltas on it). Fetches planned against it take the paths of answers
+/// from bitmaps (runs of the stored pack copied, objects stored whole paired by name, in the
+/// pack and beyond it), which a repository without bitmaps never reaches. Runs `git`: for
+/// fuzzing and tests only.
 pub fn bitmapped_fixture(path: &std::path::Path) -> Repository {
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
+    let run = |args: &[&str], input: &[u8]| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("git")
             .arg("-C")
             .arg(path)
             .args(args)
-            .output()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .expect("git runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("input written");
+        let out = child.wait_with_output().expect("git runs");
         assert!(out.status.success(), "git {args:?}");
         String::from_utf8(out.stdout).expect("utf-8")
     };
+    let git = |args: &[&str]| run(args, b"");
     git(&["repack", "-adq", "--window=2", "--depth=2"]);
     let tips: Vec<ObjectId> = git(&["for-each-ref", "--format=%(objectname)"])
         .lines()
@@ -243,6 +257,30 @@ pub fn bitmapped_fixture(path: &std::path::Path) -> Repository {
     repo.write_bitmaps(&tips)
         .expect("bitmaps written")
         .expect("a pack");
+    for round in 0..2 {
+        let mut stream = String::new();
+        for n in 0..3 {
+            stream.push_str("commit refs/heads/main\ncommitter t <t@e> 1700000000 +0000\n");
+            let message = format!("beyond {round} {n}\n");
+            stream.push_str(&format!("data {}\n{message}", message.len()));
+            if n == 0 {
+                stream.push_str("from refs/heads/main^0\n");
+            }
+            for file in ["a", "b"] {
+                let text: String = (0..40 + 10 * n)
+                    .map(|line| format!("{file} {round} {line}\n"))
+                    .collect();
+                stream.push_str(&format!(
+                    "M 100644 inline beyond/{file}.txt\ndata {}\n{text}",
+                    text.len()
+                ));
+            }
+        }
+        run(
+            &["-c", "fastimport.unpackLimit=0", "fast-import", "--quiet"],
+            stream.as_bytes(),
+        );
+    }
     Repository::open(path).expect("opens")
 }
 
