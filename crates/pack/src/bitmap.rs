@@ -1023,6 +1023,9 @@ pub(crate) struct Beyond {
     pub(crate) new: Vec<Met>,
     /// Whose trees are walked among the commits beyond the pack.
     trees: BeyondTrees,
+    /// Whether the paths of the objects met are hashed ([`Beyond::walk_on`]'s walk: the
+    /// objects sent).
+    naming: bool,
 }
 
 /// An object a walk over a pack's bitmaps met beyond the pack: its id, kind, and the name hash
@@ -1055,10 +1058,11 @@ impl Beyond {
     }
 
     /// Walk on from what was seen (taken as reached already, and not gone through again),
-    /// the trees of commits beyond the pack walked as `trees` says; what was new so far is
-    /// forgotten.
+    /// the trees of commits beyond the pack walked as `trees` says, the paths of what it meets
+    /// hashed; what was new so far is forgotten.
     pub(crate) fn walk_on(&mut self, trees: BeyondTrees) {
         self.trees = trees;
+        self.naming = true;
         self.new.clear();
     }
 
@@ -1142,8 +1146,12 @@ fn reach_reading(
     let mut bits = seed.cloned().unwrap_or_else(|| Bits::with_len(pos.len()));
     let mut commits: Vec<ObjectId> = Vec::new();
     let mut trees: Vec<ObjectId> = Vec::new();
-    // Names are hashed for bitmaps written, and for the objects met beyond the pack.
-    let naming = matches!(keep, Keep::Notes(_) | Keep::Beyond(_));
+    // Names are hashed for bitmaps written, and for the objects sent from beyond the pack.
+    let naming = match &keep {
+        Keep::Notes(_) => true,
+        Keep::Beyond(beyond) => beyond.naming,
+        Keep::Nothing => false,
+    };
     let beyond_trees = match &keep {
         Keep::Beyond(beyond) => beyond.trees,
         _ => BeyondTrees::All,

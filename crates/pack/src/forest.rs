@@ -204,8 +204,9 @@ impl DeltaForest {
     }
 
     /// The longest chain of deltas stored below position `p` through positions `keep` accepts
-    /// (0: none), or `None` past `visits` positions (a bound on the work, and on a cycle of
-    /// bases by id in a damaged pack).
+    /// (0: none), or `None` past `visits` positions, `p` and each one below it looked at
+    /// counted (a bound on the work, however many deltas one base has, and on a cycle of bases
+    /// by id in a damaged pack).
     pub(crate) fn height(
         &self,
         p: usize,
@@ -213,18 +214,24 @@ impl DeltaForest {
         keep: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let mut stack = vec![(p, 0usize)];
-        let (mut height, mut visited) = (0, 0);
+        let (mut height, mut visited) = (0, 1);
+        if visited > visits {
+            return None;
+        }
         while let Some((at, depth)) = stack.pop() {
-            visited += 1;
-            if visited > visits {
-                return None;
-            }
             height = height.max(depth);
-            stack.extend(
-                self.neighbours(at, true)
-                    .filter(|&c| self.base(c) == Some(at) && keep(c))
-                    .map(|c| (c, depth + 1)),
-            );
+            for c in self.neighbours(at, true) {
+                if self.base(c) != Some(at) {
+                    continue;
+                }
+                visited += 1;
+                if visited > visits {
+                    return None;
+                }
+                if keep(c) {
+                    stack.push((c, depth + 1));
+                }
+            }
         }
         Some(height)
     }

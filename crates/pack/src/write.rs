@@ -21,6 +21,10 @@
 //!   (see [`PackWriter::pair_whole`]), when that delta is less than half its size and the
 //!   chain stored below it leaves room: git's delta search finds such pairs among what it does
 //!   not send as stored deltas.
+//! - The objects such an answer sends from beyond the bitmapped pack (packs fetched since a
+//!   consolidation) are paired the same way, whatever the answer's share of the pack, by the
+//!   names the walk met them at and in the order they are written, each moved ahead to where
+//!   the first delta stored on it would write it (see [`PackWriter::pair_beyond`]).
 //! - Anything else is resolved and compressed again, once, as a whole object.
 
 use std::collections::HashMap;
@@ -115,7 +119,10 @@ const PAIRED_FOREST_SHARE: usize = 64;
 /// many whose name another one shares are looked up to be paired (see
 /// [`PackWriter::pair_beyond`]).
 const BEYOND_LOOKED_AT: usize = 1 << 16;
-/// Positions of delta forests those paired from beyond the pack may look at, all together.
+/// Of those, at most this many of one name (the root trees share theirs).
+const BEYOND_GROUP: usize = 4096;
+/// Positions of delta forests those paired from beyond the pack may look at, all together
+/// (past it, no more are paired; one object's look is bounded by [`HEIGHT_VISITS`]).
 const BEYOND_VISITS: usize = 1 << 22;
 /// Objects larger than this get one new delta tried, not one per candidate base.
 const LARGE_DELTA_OBJECT: u64 = 1 << 20;
@@ -645,6 +652,9 @@ pub(crate) struct PackWriter<'a> {
     /// Objects stored whole of an answer from a pack's bitmaps, each with a larger one of its
     /// name sent before it to try as its base (see [`PackWriter::pair_whole`]).
     paired: OidMap<ObjectId>,
+    /// What is stored below the objects paired from beyond the bitmapped pack (see
+    /// [`PackWriter::pair_beyond`]).
+    below_paired: crate::OidSet,
 }
 
 impl<'a> PackWriter<'a> {
@@ -664,6 +674,7 @@ impl<'a> PackWriter<'a> {
             path_planned: [0; 2],
             untried: 0,
             paired: OidMap::default(),
+            below_paired: crate::OidSet::default(),
             objects,
             spawn_objects,
             opts,
@@ -1037,8 +1048,9 @@ impl<'a> PackWriter<'a> {
     /// stored base of a delta below it that comes first (writing a delta writes its bases
     /// first). Each paired object is moved to that first place in `order`, which is returned,
     /// so that its delta is made by the time it is written, and its base is written before
-    /// it. Objects written one by one break no copied runs: the bounds are on the work
-    /// ([`BEYOND_LOOKED_AT`], [`BEYOND_VISITS`]), not on the pairs.
+    /// it; what is stored below it goes to [`PackWriter::below_paired`]. Objects written one
+    /// by one break no copied runs: the bounds are on the work ([`BEYOND_LOOKED_AT`],
+    /// [`BEYOND_GROUP`], [`BEYOND_VISITS`]), not on the pairs.
     fn pair_beyond<'o>(
         &mut self,
         order: std::borrow::Cow<'o, [ObjectId]>,
@@ -1057,29 +1069,34 @@ impl<'a> PackWriter<'a> {
         {
             return order;
         }
-        // Those whose name another one shares, in the order they come (most often by pack).
+        // Those whose name another one shares, in the order they come (most often by pack);
+        // at most [`BEYOND_GROUP`] of one name (the root trees share theirs).
         let mut by_name: Vec<(u32, usize)> = names.iter().copied().zip(0..).collect();
         by_name.sort_unstable();
         let mut shared = vec![false; others.len()];
         for &(_, i) in by_name
             .chunk_by(|a, b| a.0 == b.0)
             .filter(|group| group.len() > 1)
-            .flatten()
+            .flat_map(|group| group.iter().take(BEYOND_GROUP))
             .take(BEYOND_LOOKED_AT)
         {
             shared[i] = true;
         }
-        // Of those, the ones stored whole with a size a delta is made for, by pack: (pack,
-        // position there, kind and name, index in `others`). None is in the bitmapped pack;
-        // each is looked for first where the one before was found. (An object stored in two
-        // packs may be found in another than the writer reads it from: its pairing then
-        // counts the wrong chains, and the writer's own checks of depth still hold.)
+        drop(by_name);
+        // Of those, the ones stored whole with a size a delta is made for: (kind and name,
+        // pack, position there, index in `others`). None is in the bitmapped pack; each is
+        // looked for first where the one before was found. (An object stored in two packs may
+        // be found in another than the writer reads it from: its pairing then counts the wrong
+        // chains, and the writer's own checks of depth still hold.) How many of them each pack
+        // holds decides whether its delta forest is worth reading.
         let hash = self.objects.hash();
         if self.data.len() < self.packs.len() {
             self.data.resize(self.packs.len(), None);
             self.revs.resize(self.packs.len(), None);
         }
-        let mut whole: Vec<(usize, usize, u64, usize)> = Vec::new();
+        let mut held_here = vec![0usize; self.packs.len()];
+        let mut unreadable = vec![false; self.packs.len()];
+        let mut whole: Vec<(u64, usize, usize, usize)> = Vec::new();
         let mut last: Option<usize> = None;
         for (i, oid) in others.iter().enumerate().filter(|&(i, _)| shared[i]) {
             let in_last =
@@ -1095,12 +1112,19 @@ impl<'a> PackWriter<'a> {
                 continue;
             };
             last = Some(k);
+            held_here[k] += 1;
+            if unreadable[k] {
+                continue;
+            }
             let pack = &self.packs[k];
             let file = match &self.data[k] {
                 Some(file) => file,
                 None => match pack.data(hash) {
                     Ok(file) => self.data[k].insert(file),
-                    Err(_) => continue,
+                    Err(_) => {
+                        unreadable[k] = true;
+                        continue;
+                    }
                 },
             };
             let Ok(entry) = file.entry(pack.index.pack_offset_at_index(index)) else {
@@ -1116,27 +1140,40 @@ impl<'a> PackWriter<'a> {
             }
             let rev = self.revs[k].get_or_insert_with(|| self.rev.get(pack, hash));
             if let Some(p) = rev.pack_position(&pack.index, index) {
-                whole.push((k, p, crate::window::key(kind, names[i]), i));
+                whole.push((crate::window::key(kind, names[i]), k, p, i));
             }
         }
-        if whole.len() < 2 {
+        drop(shared);
+        // Only those whose kind and name another one shares.
+        whole.sort_unstable();
+        let whole: Vec<(u64, usize, usize, usize)> = whole
+            .chunk_by(|a, b| a.0 == b.0)
+            .filter(|group| group.len() > 1)
+            .flatten()
+            .copied()
+            .collect();
+        if whole.is_empty() {
             return order;
         }
         // Where each is first written, and the longest chain stored below it (every entry
-        // counted), from its pack's delta forest: read (if it was not already) for a pack of
-        // at most [`FOREST_SHARE`] times the objects sent from beyond the bitmapped pack,
-        // which are most often most of these packs.
+        // counted), from its pack's delta forest: read (if it was not already) for a pack that
+        // holds at least one in [`FOREST_SHARE`] of its objects among those looked up.
         let place: OidMap<usize> = others.iter().zip(start..).map(|(o, at)| (*o, at)).collect();
-        whole.sort_unstable();
-        let mut found: Vec<(u64, usize, usize, usize)> = Vec::new();
         let visits = std::cell::Cell::new(0);
-        for in_pack in whole.chunk_by(|a, b| a.0 == b.0) {
-            let pack = &self.packs[in_pack[0].0];
-            let rev = self.rev.get(pack, hash);
+        // (kind and name, first place, longest chain below, pack, position, index in `others`)
+        let mut found: Vec<(u64, usize, usize, usize, usize, usize)> = Vec::new();
+        for &(key, k, p, i) in &whole {
+            if visits.get() >= BEYOND_VISITS {
+                break;
+            }
+            let pack = &self.packs[k];
+            let Some(rev) = self.revs[k].as_ref() else {
+                continue;
+            };
             let forest = match rev.built_forest() {
                 Some(forest) => forest,
                 None if rev.forest_possible()
-                    && others.len().saturating_mul(FOREST_SHARE) >= rev.len() =>
+                    && held_here[k].saturating_mul(FOREST_SHARE) >= rev.len() =>
                 {
                     match rev.forest(pack, hash) {
                         Some(forest) => forest,
@@ -1145,43 +1182,50 @@ impl<'a> PackWriter<'a> {
                 }
                 None => continue,
             };
-            for &(_, p, key, i) in in_pack {
-                if visits.get() >= BEYOND_VISITS {
-                    break;
+            let first = std::cell::Cell::new(start + i);
+            let below = forest.height(p, HEIGHT_VISITS, |q| {
+                visits.set(visits.get() + 1);
+                let oid = pack.index.oid_at_index(rev.at(q));
+                if let Some(&at) = place.get(oid) {
+                    first.set(first.get().min(at));
                 }
-                let first = std::cell::Cell::new(start + i);
-                let below = forest.height(p, HEIGHT_VISITS, |q| {
-                    visits.set(visits.get() + 1);
-                    let oid = pack.index.oid_at_index(rev.at(q));
-                    if let Some(&at) = place.get(oid) {
-                        first.set(first.get().min(at));
-                    }
-                    true
-                });
-                if let Some(below) = below {
-                    found.push((key, first.get(), below, i));
-                }
+                true
+            });
+            if let Some(below) = below {
+                found.push((key, first.get(), below, k, p, i));
             }
         }
+        drop(place);
         // By kind and name, in the order of writing: each paired with the one before it.
         found.sort_unstable();
         let mut moved: Vec<(usize, usize)> = Vec::new();
         for group in found.chunk_by(|a, b| a.0 == b.0) {
             // The one before, and the depth it will have if its own delta pays.
             let mut before: Option<(usize, usize)> = None;
-            for &(_, first, below, i) in group {
+            for &(_, first, below, k, p, i) in group {
                 let depth = before.and_then(|(b, depth)| {
                     (depth + 2 + below <= max_depth).then_some((b, depth + 1))
                 });
-                match depth {
-                    Some((b, depth)) => {
-                        self.paired.insert(others[i], others[b]);
-                        if first < start + i {
-                            moved.push((first, start + i));
-                        }
-                        before = Some((i, depth));
-                    }
-                    None => before = Some((i, 0)),
+                let Some((b, depth)) = depth else {
+                    before = Some((i, 0));
+                    continue;
+                };
+                self.paired.insert(others[i], others[b]);
+                if first < start + i {
+                    moved.push((first, start + i));
+                }
+                before = Some((i, depth));
+                // What is stored below it: no base for a new delta of an object written
+                // before it (that would write it, through them, ahead of its own delta).
+                let pack = &self.packs[k];
+                if let Some(forest) = self.revs[k].as_ref().and_then(|r| r.built_forest()) {
+                    let rev = self.revs[k].as_ref().expect("read above");
+                    let below_paired = std::cell::RefCell::new(&mut self.below_paired);
+                    forest.height(p, HEIGHT_VISITS, |q| {
+                        let oid = pack.index.oid_at_index(rev.at(q)).to_owned();
+                        below_paired.borrow_mut().insert(oid);
+                        true
+                    });
                 }
             }
         }
@@ -1585,6 +1629,11 @@ impl<'a> PackWriter<'a> {
         // not as stored whenever they come.
         let paired = &self.paired;
         let is_paired = |q: usize| !paired.is_empty() && paired.contains_key(&oid_at(q));
+        // Nor does what is stored below one paired from beyond the bitmapped pack: writing it
+        // writes that one.
+        let below_paired = &self.below_paired;
+        let is_below_paired =
+            |q: usize| !below_paired.is_empty() && below_paired.contains(&oid_at(q));
         let mut found = match forest {
             Some(forest) => {
                 let had = |q: usize| thin && !sent.bits.get(q) && client_has.contains(&oid_at(q));
@@ -1600,7 +1649,7 @@ impl<'a> PackWriter<'a> {
                         }
                         None => match forest.base(q) {
                             None => !is_paired(q),
-                            Some(b) => sent.bits.get(b) || had(b),
+                            Some(b) => (sent.bits.get(b) || had(b)) && !is_below_paired(q),
                         },
                     };
                     let usable =

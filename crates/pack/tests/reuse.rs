@@ -1538,34 +1538,35 @@ fn whole_versions_beyond_the_bitmapped_pack_are_paired_by_name() {
         "each pack's oldest version whole, with the newer ones on it: {stored:?}"
     );
     let repo = Repository::open(&path).unwrap();
-    // Each whole one has four links below it: paired one after the other at depths 1 and 2
-    // under a depth of 8, the first whole.
-    let max_delta_depth = 8;
+    // Each whole one has four links below it: under a depth of 8, the first stays whole and
+    // the two after it are paired at depths 1 and 2 (2 + 2 + 4 <= 8); under 6, the second is
+    // paired at depth 1 and the third stays whole (1 + 2 + 4 > 6).
     let have = id(&format!("main~{}", per_round * rounds + 1));
-    for ofs in [true, false] {
-        let (whole, stats, pack) = paired_answer(&repo, (&id("main"), &have), ofs, max_delta_depth);
-        // Runs are copied for a client that takes offset deltas.
-        assert!(
-            !whole && (stats.pack_reused > 0 || !ofs),
-            "ofs {ofs}: from the bitmaps: {stats:?}"
-        );
-        assert!(
-            stats.new_deltas > 0 && stats.lost_deltas == 0,
-            "ofs {ofs}: {stats:?}"
-        );
-        let name = format!("client-{ofs}.git");
-        let (client, received) = received_alone(dir.path(), &name, &pack);
-        let whole_now = versions.iter().filter(|v| received[*v].1.is_none()).count();
-        assert!(
-            whole_now == 1,
-            "ofs {ofs}: {whole_now} whole of {rounds} stored whole: {received:?}"
-        );
-        no_delta_lost_and_none_too_deep(&versions, &stored, &received, max_delta_depth);
-        assert_eq!(
-            git(&client, &["ls-tree", &versions[0]]),
-            git(&path, &["ls-tree", &versions[0]]),
-            "ofs {ofs}"
-        );
+    for (max_delta_depth, whole_after) in [(8, 1), (6, 2)] {
+        for ofs in [true, false] {
+            let case = format!("depth {max_delta_depth}, ofs {ofs}");
+            let (whole, stats, pack) =
+                paired_answer(&repo, (&id("main"), &have), ofs, max_delta_depth);
+            // Runs are copied for a client that takes offset deltas.
+            assert!(
+                !whole && (stats.pack_reused > 0 || !ofs),
+                "{case}: from the bitmaps: {stats:?}"
+            );
+            assert!(
+                stats.new_deltas > 0 && stats.lost_deltas == 0,
+                "{case}: {stats:?}"
+            );
+            let name = format!("client-{max_delta_depth}-{ofs}.git");
+            let (client, received) = received_alone(dir.path(), &name, &pack);
+            let whole_now = versions.iter().filter(|v| received[*v].1.is_none()).count();
+            assert_eq!(whole_now, whole_after, "{case}: {received:?}");
+            no_delta_lost_and_none_too_deep(&versions, &stored, &received, max_delta_depth);
+            assert_eq!(
+                git(&client, &["ls-tree", &versions[0]]),
+                git(&path, &["ls-tree", &versions[0]]),
+                "{case}"
+            );
+        }
     }
 }
 
