@@ -24,7 +24,9 @@
 //! - The objects such an answer sends from beyond the bitmapped pack (packs fetched since a
 //!   consolidation) are paired the same way, whatever the answer's share of the pack, by the
 //!   names the walk met them at and in the order they are written, each moved ahead to where
-//!   the first delta stored on it would write it (see [`PackWriter::pair_beyond`]).
+//!   the first delta stored on it would write it (see [`PackWriter::pair_beyond`]); and the
+//!   largest of a name sent from the pack is paired with a version of its name from beyond it
+//!   stored whole.
 //! - Anything else is resolved and compressed again, once, as a whole object.
 
 use std::collections::HashMap;
@@ -121,6 +123,11 @@ const PAIRED_FOREST_SHARE: usize = 64;
 const BEYOND_LOOKED_AT: usize = 1 << 16;
 /// Of those, at most this many of one name (the root trees share theirs).
 const BEYOND_GROUP: usize = 4096;
+/// Objects from beyond the bitmapped pack of one name looked at as the base of the largest of
+/// that name in the pack (a refresh's pack stores one version in 50 or so whole), and of all
+/// names in one answer.
+const BEYOND_BASES: usize = 256;
+const BEYOND_BASES_ALL: usize = 4096;
 /// Positions of delta forests those paired from beyond the pack may look at, all together
 /// (past it, no more are paired; one object's look is bounded by [`HEIGHT_VISITS`]).
 const BEYOND_VISITS: usize = 1 << 22;
@@ -655,6 +662,9 @@ pub(crate) struct PackWriter<'a> {
     /// What is stored below the objects paired from beyond the bitmapped pack (see
     /// [`PackWriter::pair_beyond`]).
     below_paired: crate::OidSet,
+    /// Objects from beyond the bitmapped pack that an object of the pack is paired with:
+    /// written as stored ahead of their place, so not paired themselves.
+    pinned: crate::OidSet,
 }
 
 impl<'a> PackWriter<'a> {
@@ -675,6 +685,7 @@ impl<'a> PackWriter<'a> {
             untried: 0,
             paired: OidMap::default(),
             below_paired: crate::OidSet::default(),
+            pinned: crate::OidSet::default(),
             objects,
             spawn_objects,
             opts,
@@ -720,7 +731,8 @@ impl<'a> PackWriter<'a> {
                 let pack = packs.get(packed.pack).ok_or_else(|| Error::Odb {
                     message: "selected from a pack no longer listed".into(),
                 })?;
-                let held = self.pair_whole(pack, packed);
+                let beyond = (&selection.others[..], &selection.others_names[..]);
+                let held = self.pair_whole(pack, packed, beyond);
                 let (copied, left) = if self.opts.ofs_delta {
                     let hash = self.objects.hash();
                     let (copied, left) = crate::reuse::copy_runs(
@@ -955,12 +967,20 @@ impl<'a> PackWriter<'a> {
     /// one link longer and with its base's links (if paired itself), still leaves room under
     /// the allowed depth for one more link (a new delta against one of them). The pairs go to
     /// [`PackWriter::paired`]; their positions are returned, to be held out of the runs copied
-    /// (with what is stored below them) and written after them, as a delta if one pays.
+    /// (with what is stored below them) and written after them, as a delta if one pays. The
+    /// first of each name, which has none before it here, is paired with a version of its name
+    /// from beyond the pack (`others`, with `others_names`) stored whole, if there is one (see
+    /// [`PackWriter::beyond_base`]).
     ///
     /// `None` for an answer of more than a [`PAIRED_SHARE`]th of the pack (a clone's pack is
     /// copied in runs, as git reuses it), a pack without name hashes, or without its delta
     /// forest (read here for an answer of at least a [`PAIRED_FOREST_SHARE`]th of the pack).
-    fn pair_whole(&mut self, pack: &StoredPack, packed: &crate::reuse::Packed) -> Option<Bits> {
+    fn pair_whole(
+        &mut self,
+        pack: &StoredPack,
+        packed: &crate::reuse::Packed,
+        (others, others_names): (&[ObjectId], &[u32]),
+    ) -> Option<Bits> {
         let rev = &*packed.rev;
         let max_depth = usize::try_from(self.opts.max_depth).unwrap_or(usize::MAX);
         if max_depth == 0 || packed.count.saturating_mul(PAIRED_SHARE) > rev.len() {
@@ -985,12 +1005,25 @@ impl<'a> PackWriter<'a> {
             .filter_map(|q| Some((name_key(&loaded, &names, rev, q)?, q)))
             .collect();
         named.sort_unstable();
-        // Of those whose name another one shares, the ones stored whole with a size a delta is
-        // made for: (kind and name, size largest first, position).
+        // The objects sent from beyond the pack by name (the first few of each), for the
+        // largest of a name here to be paired with (see `beyond_base`).
+        let mut beyond: HashMap<u32, Vec<usize>> = HashMap::new();
+        if others_names.len() == others.len() {
+            for (i, &name) in others_names.iter().enumerate() {
+                let those = beyond.entry(name).or_default();
+                if those.len() < BEYOND_BASES {
+                    those.push(i);
+                }
+            }
+        }
+        let beyond_has = |key: u64| beyond.contains_key(&(key as u32));
+        let mut looked = 0;
+        // Of those whose name another one shares, here or beyond the pack, the ones stored
+        // whole with a size a delta is made for: (kind and name, size largest first, position).
         let data = pack.data(hash).ok()?;
         let mut whole: Vec<(u64, std::cmp::Reverse<u64>, usize)> = named
             .chunk_by(|a, b| a.0 == b.0)
-            .filter(|group| group.len() > 1)
+            .filter(|group| group.len() > 1 || beyond_has(group[0].0))
             .flatten()
             .filter_map(|&(key, q)| {
                 let entry = data.entry(rev.offset(pack, q)).ok()?;
@@ -1002,7 +1035,7 @@ impl<'a> PackWriter<'a> {
         whole.sort_unstable();
         if !whole
             .chunk_by(|a, b| a.0 == b.0)
-            .any(|group| group.len() > 1)
+            .any(|group| group.len() > 1 || beyond_has(group[0].0))
         {
             return None;
         }
@@ -1017,9 +1050,28 @@ impl<'a> PackWriter<'a> {
             if self.paired.len() >= PAIRED_MOST {
                 break;
             }
+            // The largest is paired with one of its name beyond the pack, stored whole there
+            // (most often its newer version, which a refresh brought whole).
+            let (key, _, first) = group[0];
+            let room = || {
+                forest
+                    .height(first, HEIGHT_VISITS, |_| true)
+                    .is_some_and(|below| 2 + below <= max_depth)
+            };
+            let base = beyond
+                .get(&(key as u32))
+                .filter(|_| room())
+                .and_then(|those| self.beyond_base(key, those, others, packed.pack, &mut looked));
+            let mut start = 0;
+            if let Some(base) = base {
+                held.set(first);
+                self.paired.insert(oid_at(first), base);
+                self.pinned.insert(base);
+                start = 1;
+            }
             // The one before, and the depth it will have if its own delta pays.
-            let mut before: Option<(usize, usize)> = None;
-            for &(_, _, q) in group {
+            let mut before: Option<(usize, usize)> = (start == 1).then_some((first, 1));
+            for &(_, _, q) in &group[start..] {
                 let room = self.paired.len() < PAIRED_MOST;
                 let depth = before.filter(|_| room).and_then(|(b, depth)| {
                     let below = forest.height(q, HEIGHT_VISITS, |_| true)?;
@@ -1036,6 +1088,49 @@ impl<'a> PackWriter<'a> {
             }
         }
         (!self.paired.is_empty()).then_some(held)
+    }
+
+    /// Of `those` (indexes in `others`, the objects sent from beyond the bitmapped pack
+    /// `bitmapped`, of one name), the first stored whole, of the kind `key` says and a size
+    /// a delta is made for: a base that the object paired with it, written with the objects
+    /// held out of the copied runs, writes as stored ahead of its place (it is then kept out
+    /// of [`PackWriter::pair_beyond`]'s pairs: [`PackWriter::pinned`]).
+    fn beyond_base(
+        &mut self,
+        key: u64,
+        those: &[usize],
+        others: &[ObjectId],
+        bitmapped: usize,
+        looked: &mut usize,
+    ) -> Option<ObjectId> {
+        let hash = self.objects.hash();
+        those.iter().find_map(|&i| {
+            if *looked >= BEYOND_BASES_ALL {
+                return None;
+            }
+            *looked += 1;
+            let oid = others.get(i)?;
+            let (k, index) = self
+                .packs
+                .iter()
+                .enumerate()
+                .filter(|&(k, _)| k != bitmapped)
+                .find_map(|(k, pack)| Some((k, crate::packs::lookup(&pack.index, oid)?)))?;
+            let pack = &self.packs[k];
+            let entry = pack
+                .data(hash)
+                .ok()?
+                .entry(pack.index.pack_offset_at_index(index))
+                .ok()?;
+            let kind = match entry.header {
+                Header::Tree => 1,
+                Header::Blob => 2,
+                _ => return None,
+            };
+            (crate::window::key(kind, key as u32) == key
+                && (MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&entry.decompressed_size))
+            .then_some(*oid)
+        })
     }
 
     /// Of the trees and blobs an answer from a pack's bitmaps sends from beyond that pack
@@ -1182,7 +1277,9 @@ impl<'a> PackWriter<'a> {
                 }
                 None => continue,
             };
-            let first = std::cell::Cell::new(start + i);
+            // One pinned is written ahead of every object listed here.
+            let pinned = self.pinned.contains(&others[i]);
+            let first = std::cell::Cell::new(if pinned { start } else { start + i });
             let below = forest.height(p, HEIGHT_VISITS, |q| {
                 visits.set(visits.get() + 1);
                 let oid = pack.index.oid_at_index(rev.at(q));
@@ -1203,9 +1300,11 @@ impl<'a> PackWriter<'a> {
             // The one before, and the depth it will have if its own delta pays.
             let mut before: Option<(usize, usize)> = None;
             for &(_, first, below, k, p, i) in group {
-                let depth = before.and_then(|(b, depth)| {
-                    (depth + 2 + below <= max_depth).then_some((b, depth + 1))
-                });
+                let depth = before
+                    .filter(|_| !self.pinned.contains(&others[i]))
+                    .and_then(|(b, depth)| {
+                        (depth + 2 + below <= max_depth).then_some((b, depth + 1))
+                    });
                 let Some((b, depth)) = depth else {
                     before = Some((i, 0));
                     continue;

@@ -1570,6 +1570,75 @@ fn whole_versions_beyond_the_bitmapped_pack_are_paired_by_name() {
     }
 }
 
+/// The largest version of a name that an answer sends from the bitmapped pack, stored whole
+/// there, goes as a delta of a version of its name from beyond the pack stored whole (git's
+/// window pairs them): the newer version a refresh brought whole, written as stored ahead of
+/// its place.
+#[test]
+fn the_largest_of_a_name_in_the_pack_is_paired_with_one_beyond_it() {
+    let (dir, work, path) = work_tree();
+    let mut text = junk_and_a_file(&work);
+    let edit = |text: &mut String, n: usize| {
+        text.push_str(&format!("line {n}\n"));
+        std::fs::write(work.join("f.txt"), &*text).unwrap();
+        gitcache_testkit::git::commit_all(&work, &format!("v{n}"));
+    };
+    for n in 0..5 {
+        edit(&mut text, n);
+    }
+    bare_packed_copy(&work, &path);
+    // Every version in the pack stored whole.
+    git(&path, &["repack", "-adfq", "--window=0"]);
+    let _ = with_bitmaps(&path);
+    for n in 5..8 {
+        edit(&mut text, n);
+    }
+    let stream = git(
+        &work,
+        &[
+            "fast-export",
+            "--reference-excluded-parents",
+            "main~3..main",
+        ],
+    );
+    gitcache_testkit::git::git_with_input(
+        &path,
+        &["-c", "fastimport.unpackLimit=0", "fast-import", "--quiet"],
+        stream.as_bytes(),
+    );
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let version = |back: usize| id(&format!("main~{back}:f.txt"));
+    // In the pack: main~3 (the largest there) down to main~7; beyond it, main~2 (stored whole:
+    // the first of its pack) and the two newer ones on it.
+    let stored = stored_layout(&path);
+    assert_eq!(stored[&version(2)].1, None, "{stored:?}");
+    assert_eq!(stored[&version(3)].1, None, "{stored:?}");
+    let repo = Repository::open(&path).unwrap();
+    let (want, have) = (id("main"), id("main~7"));
+    let max_delta_depth = 50;
+    for ofs in [true, false] {
+        let (whole, stats, pack) = paired_answer(&repo, (&want, &have), ofs, max_delta_depth);
+        assert!(!whole && stats.lost_deltas == 0, "ofs {ofs}: {stats:?}");
+        let name = format!("client-{ofs}.git");
+        let (_, received) = received_alone(dir.path(), &name, &pack);
+        assert_eq!(
+            received[&version(3)].1,
+            Some(version(2)),
+            "ofs {ofs}: {received:?}"
+        );
+        // The smaller versions of the pack each on the one above it.
+        for back in 4..7 {
+            assert_eq!(
+                received[&version(back)].1,
+                Some(version(back - 1)),
+                "ofs {ofs}: main~{back}"
+            );
+        }
+        let versions: Vec<String> = (0..7).map(version).collect();
+        no_delta_lost_and_none_too_deep(&versions, &stored, &received, max_delta_depth);
+    }
+}
+
 /// An object planned to be made again is not pulled forward, as the base of an object written
 /// before it, ahead of its own making (it would then go whole): a new delta's base taken from
 /// the stored delta tree is one written before it, or one that goes as stored whatever comes
