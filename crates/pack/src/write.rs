@@ -124,9 +124,9 @@ const BEYOND_LOOKED_AT: usize = 1 << 16;
 /// Of those, at most this many of one name (the root trees share theirs).
 const BEYOND_GROUP: usize = 4096;
 /// Objects from beyond the bitmapped pack of one name looked at as the base of the largest of
-/// that name in the pack (a refresh's pack stores one version in 50 or so whole), and of all
-/// names in one answer.
+/// that name in the pack (a refresh's pack stores one version in 50 or so whole).
 const BEYOND_BASES: usize = 256;
+/// The same, of all names in one answer.
 const BEYOND_BASES_ALL: usize = 4096;
 /// Positions of delta forests those paired from beyond the pack may look at, all together
 /// (past it, no more are paired; one object's look is bounded by [`HEIGHT_VISITS`]).
@@ -308,6 +308,13 @@ impl Sent<'_> {
     fn contains(&self, oid: &ObjectId) -> bool {
         self.listed.contains_key(oid) || self.copied.as_ref().is_some_and(|c| c.contains(oid))
     }
+}
+
+/// What [`PackWriter::beyond_base`] has looked at in one answer: objects, and packs that
+/// could not be mapped (not tried again).
+struct BeyondLooks {
+    looked: usize,
+    unreadable: Vec<bool>,
 }
 
 /// [`SentIn::at_place`] of an object not in the pack.
@@ -662,8 +669,8 @@ pub(crate) struct PackWriter<'a> {
     /// What is stored below the objects paired from beyond the bitmapped pack (see
     /// [`PackWriter::pair_beyond`]).
     below_paired: crate::OidSet,
-    /// Objects from beyond the bitmapped pack that an object of the pack is paired with:
-    /// written as stored ahead of their place, so not paired themselves.
+    /// Objects from beyond the bitmapped pack that an object of the pack is paired with: given
+    /// no base of their own (the delta on one may write it first, ahead of its place).
     pinned: crate::OidSet,
 }
 
@@ -970,7 +977,9 @@ impl<'a> PackWriter<'a> {
     /// (with what is stored below them) and written after them, as a delta if one pays. The
     /// first of each name, which has none before it here, is paired with a version of its name
     /// from beyond the pack (`others`, with `others_names`) stored whole, if there is one (see
-    /// [`PackWriter::beyond_base`]).
+    /// [`PackWriter::beyond_base`]) and the chain below it, one link longer, leaves room for
+    /// one more. At most [`PAIRED_MOST`] objects are paired, and [`HEIGHT_VISITS`] positions
+    /// looked at below each.
     ///
     /// `None` for an answer of more than a [`PAIRED_SHARE`]th of the pack (a clone's pack is
     /// copied in runs, as git reuses it), a pack without name hashes, or without its delta
@@ -1005,19 +1014,24 @@ impl<'a> PackWriter<'a> {
             .filter_map(|q| Some((name_key(&loaded, &names, rev, q)?, q)))
             .collect();
         named.sort_unstable();
-        // The objects sent from beyond the pack by name (the first few of each), for the
+        // The objects sent from beyond the pack by name, in the order they come, for the
         // largest of a name here to be paired with (see `beyond_base`).
-        let mut beyond: HashMap<u32, Vec<usize>> = HashMap::new();
-        if others_names.len() == others.len() {
-            for (i, &name) in others_names.iter().enumerate() {
-                let those = beyond.entry(name).or_default();
-                if those.len() < BEYOND_BASES {
-                    those.push(i);
-                }
-            }
-        }
-        let beyond_has = |key: u64| beyond.contains_key(&(key as u32));
-        let mut looked = 0;
+        let mut beyond: Vec<(u32, usize)> = match others_names.len() == others.len() {
+            true => others_names.iter().copied().zip(0..).collect(),
+            false => Vec::new(),
+        };
+        beyond.sort_unstable();
+        let beyond_of = |key: u64| {
+            let name = key as u32;
+            let from = beyond.partition_point(|&(n, _)| n < name);
+            let to = beyond.partition_point(|&(n, _)| n <= name);
+            &beyond[from..to]
+        };
+        let beyond_has = |key: u64| !beyond_of(key).is_empty();
+        let mut looks = BeyondLooks {
+            looked: 0,
+            unreadable: vec![false; self.packs.len()],
+        };
         // Of those whose name another one shares, here or beyond the pack, the ones stored
         // whole with a size a delta is made for: (kind and name, size largest first, position).
         let data = pack.data(hash).ok()?;
@@ -1053,15 +1067,15 @@ impl<'a> PackWriter<'a> {
             // The largest is paired with one of its name beyond the pack, stored whole there
             // (most often its newer version, which a refresh brought whole).
             let (key, _, first) = group[0];
+            let those = beyond_of(key);
             let room = || {
                 forest
                     .height(first, HEIGHT_VISITS, |_| true)
                     .is_some_and(|below| 2 + below <= max_depth)
             };
-            let base = beyond
-                .get(&(key as u32))
-                .filter(|_| room())
-                .and_then(|those| self.beyond_base(key, those, others, packed.pack, &mut looked));
+            let base = (!those.is_empty() && looks.looked < BEYOND_BASES_ALL && room())
+                .then(|| self.beyond_base(key, those, others, packed.pack, &mut looks))
+                .flatten();
             let mut start = 0;
             if let Some(base) = base {
                 held.set(first);
@@ -1087,28 +1101,42 @@ impl<'a> PackWriter<'a> {
                 }
             }
         }
+        // Without copied runs nothing is held out of them: what is stored below a paired
+        // object is no base for a new delta of an object written before it, as below one
+        // paired from beyond the pack.
+        if !self.opts.ofs_delta {
+            let below_paired = std::cell::RefCell::new(&mut self.below_paired);
+            for q in held.ones() {
+                forest.height(q, HEIGHT_VISITS, |c| {
+                    below_paired.borrow_mut().insert(oid_at(c));
+                    true
+                });
+            }
+        }
         (!self.paired.is_empty()).then_some(held)
     }
 
-    /// Of `those` (indexes in `others`, the objects sent from beyond the bitmapped pack
-    /// `bitmapped`, of one name), the first stored whole, of the kind `key` says and a size
-    /// a delta is made for: a base that the object paired with it, written with the objects
-    /// held out of the copied runs, writes as stored ahead of its place (it is then kept out
-    /// of [`PackWriter::pair_beyond`]'s pairs: [`PackWriter::pinned`]).
+    /// Of `those` (the objects sent from beyond the bitmapped pack `bitmapped` whose name hash
+    /// is that of `key`, by index in `others`, in the order they come), the first of the first
+    /// [`BEYOND_BASES`] stored whole, of the kind `key` says and of a size a delta is made for:
+    /// the base of the object of the pack paired with it, which [`PackWriter::pinned`] then
+    /// holds: given no base of its own among [`PackWriter::pair_beyond`]'s pairs (when the
+    /// delta on it pays, writing that delta, after the copied runs, writes it first, as
+    /// stored).
     fn beyond_base(
         &mut self,
         key: u64,
-        those: &[usize],
+        those: &[(u32, usize)],
         others: &[ObjectId],
         bitmapped: usize,
-        looked: &mut usize,
+        looks: &mut BeyondLooks,
     ) -> Option<ObjectId> {
         let hash = self.objects.hash();
-        those.iter().find_map(|&i| {
-            if *looked >= BEYOND_BASES_ALL {
+        those.iter().take(BEYOND_BASES).find_map(|&(_, i)| {
+            if looks.looked >= BEYOND_BASES_ALL {
                 return None;
             }
-            *looked += 1;
+            looks.looked += 1;
             let oid = others.get(i)?;
             let (k, index) = self
                 .packs
@@ -1116,12 +1144,15 @@ impl<'a> PackWriter<'a> {
                 .enumerate()
                 .filter(|&(k, _)| k != bitmapped)
                 .find_map(|(k, pack)| Some((k, crate::packs::lookup(&pack.index, oid)?)))?;
+            if looks.unreadable.get(k).is_none_or(|&u| u) {
+                return None;
+            }
             let pack = &self.packs[k];
-            let entry = pack
-                .data(hash)
-                .ok()?
-                .entry(pack.index.pack_offset_at_index(index))
-                .ok()?;
+            let Ok(data) = pack.data(hash) else {
+                looks.unreadable[k] = true;
+                return None;
+            };
+            let entry = data.entry(pack.index.pack_offset_at_index(index)).ok()?;
             let kind = match entry.header {
                 Header::Tree => 1,
                 Header::Blob => 2,

@@ -1571,9 +1571,10 @@ fn whole_versions_beyond_the_bitmapped_pack_are_paired_by_name() {
 }
 
 /// The largest version of a name that an answer sends from the bitmapped pack, stored whole
-/// there, goes as a delta of a version of its name from beyond the pack stored whole (git's
-/// window pairs them): the newer version a refresh brought whole, written as stored ahead of
-/// its place.
+/// there with older versions on it, goes as a delta of a version of its name from beyond the
+/// pack stored whole (git's window pairs them), when the chain below it, one link longer,
+/// leaves room for one more: the newer version a refresh brought whole. That one gets no base
+/// of its own among the pairs beyond the pack, and is the base of the one there after it.
 #[test]
 fn the_largest_of_a_name_in_the_pack_is_paired_with_one_beyond_it() {
     let (dir, work, path) = work_tree();
@@ -1586,56 +1587,65 @@ fn the_largest_of_a_name_in_the_pack_is_paired_with_one_beyond_it() {
     for n in 0..5 {
         edit(&mut text, n);
     }
+    // The newest version in the pack whole, the older ones in a chain on it.
     bare_packed_copy(&work, &path);
-    // Every version in the pack stored whole.
-    git(&path, &["repack", "-adfq", "--window=0"]);
     let _ = with_bitmaps(&path);
-    for n in 5..8 {
-        edit(&mut text, n);
+    // Two refreshes of three versions, as `fast-import` writes them: the oldest of each whole.
+    for round in 0..2 {
+        for n in 0..3 {
+            edit(&mut text, 5 + 3 * round + n);
+        }
+        let stream = git(
+            &work,
+            &[
+                "fast-export",
+                "--reference-excluded-parents",
+                "main~3..main",
+            ],
+        );
+        gitcache_testkit::git::git_with_input(
+            &path,
+            &["-c", "fastimport.unpackLimit=0", "fast-import", "--quiet"],
+            stream.as_bytes(),
+        );
     }
-    let stream = git(
-        &work,
-        &[
-            "fast-export",
-            "--reference-excluded-parents",
-            "main~3..main",
-        ],
-    );
-    gitcache_testkit::git::git_with_input(
-        &path,
-        &["-c", "fastimport.unpackLimit=0", "fast-import", "--quiet"],
-        stream.as_bytes(),
-    );
     let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
     let version = |back: usize| id(&format!("main~{back}:f.txt"));
-    // In the pack: main~3 (the largest there) down to main~7; beyond it, main~2 (stored whole:
-    // the first of its pack) and the two newer ones on it.
+    // main~0..=main~5 beyond the pack (main~2 and main~5 whole), main~6 the largest in it.
+    let versions: Vec<String> = (0..10).map(version).collect();
     let stored = stored_layout(&path);
-    assert_eq!(stored[&version(2)].1, None, "{stored:?}");
-    assert_eq!(stored[&version(3)].1, None, "{stored:?}");
+    for back in [2, 5, 6] {
+        assert_eq!(stored[&versions[back]].1, None, "main~{back}: {stored:?}");
+    }
+    // The longest chains stored on the largest in the pack, and on main~5 beyond it.
+    let depth = |backs: std::ops::Range<usize>| {
+        backs
+            .map(|back| chain_length(&stored, &versions[back]))
+            .max()
+            .unwrap()
+    };
+    let (below, below_beyond) = (depth(7..10), depth(3..5));
+    assert!(below >= 1 && below_beyond >= 1, "chains: {stored:?}");
     let repo = Repository::open(&path).unwrap();
-    let (want, have) = (id("main"), id("main~7"));
-    let max_delta_depth = 50;
-    for ofs in [true, false] {
-        let (whole, stats, pack) = paired_answer(&repo, (&want, &have), ofs, max_delta_depth);
-        assert!(!whole && stats.lost_deltas == 0, "ofs {ofs}: {stats:?}");
-        let name = format!("client-{ofs}.git");
-        let (_, received) = received_alone(dir.path(), &name, &pack);
-        assert_eq!(
-            received[&version(3)].1,
-            Some(version(2)),
-            "ofs {ofs}: {received:?}"
-        );
-        // The smaller versions of the pack each on the one above it.
-        for back in 4..7 {
-            assert_eq!(
-                received[&version(back)].1,
-                Some(version(back - 1)),
-                "ofs {ofs}: main~{back}"
-            );
+    // Sent: main~9 (v1) and up; the client has main~10 (v0).
+    let (want, have) = (id("main"), id("main~10"));
+    // Room for the pair at `below + 2`, none at `below + 1`.
+    for (max_delta_depth, paired) in [(below + 2, true), (below + 1, false), (50, true)] {
+        for ofs in [true, false] {
+            let case = format!("depth {max_delta_depth}, ofs {ofs}");
+            let (whole, stats, pack) = paired_answer(&repo, (&want, &have), ofs, max_delta_depth);
+            assert!(!whole && stats.lost_deltas == 0, "{case}: {stats:?}");
+            let name = format!("client-{max_delta_depth}-{ofs}.git");
+            let (_, received) = received_alone(dir.path(), &name, &pack);
+            let expected = paired.then(|| versions[2].clone());
+            assert_eq!(received[&versions[6]].1, expected, "{case}: {received:?}");
+            // The one it is paired with goes as stored (whole), and is the base of the other
+            // version beyond the pack stored whole where that one's chain leaves room.
+            assert_eq!(received[&versions[2]].1, None, "{case}");
+            let expected = (2 + below_beyond <= max_delta_depth).then_some(&versions[2]);
+            assert_eq!(received[&versions[5]].1.as_ref(), expected, "{case}");
+            no_delta_lost_and_none_too_deep(&versions, &stored, &received, max_delta_depth);
         }
-        let versions: Vec<String> = (0..7).map(version).collect();
-        no_delta_lost_and_none_too_deep(&versions, &stored, &received, max_delta_depth);
     }
 }
 
