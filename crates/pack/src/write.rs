@@ -310,6 +310,20 @@ impl Sent<'_> {
     }
 }
 
+/// The kind (1 tree, 2 blob) of the entry of `data` at `offset`, if it is a tree or blob
+/// stored whole of a size a delta is made for: one to pair.
+fn whole_to_pair(data: &gix_pack::data::File, offset: u64) -> Option<u8> {
+    let entry = data.entry(offset).ok()?;
+    let kind = match entry.header {
+        Header::Tree => 1,
+        Header::Blob => 2,
+        _ => return None,
+    };
+    (MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT)
+        .contains(&entry.decompressed_size)
+        .then_some(kind)
+}
+
 /// What [`PackWriter::beyond_base`] has looked at in one answer: objects, and packs that
 /// could not be mapped (not tried again).
 struct BeyondLooks {
@@ -1152,15 +1166,8 @@ impl<'a> PackWriter<'a> {
                 looks.unreadable[k] = true;
                 return None;
             };
-            let entry = data.entry(pack.index.pack_offset_at_index(index)).ok()?;
-            let kind = match entry.header {
-                Header::Tree => 1,
-                Header::Blob => 2,
-                _ => return None,
-            };
-            (crate::window::key(kind, key as u32) == key
-                && (MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&entry.decompressed_size))
-            .then_some(*oid)
+            let kind = whole_to_pair(&data, pack.index.pack_offset_at_index(index))?;
+            (crate::window::key(kind, key as u32) == key).then_some(*oid)
         })
     }
 
@@ -1253,17 +1260,9 @@ impl<'a> PackWriter<'a> {
                     }
                 },
             };
-            let Ok(entry) = file.entry(pack.index.pack_offset_at_index(index)) else {
+            let Some(kind) = whole_to_pair(file, pack.index.pack_offset_at_index(index)) else {
                 continue;
             };
-            let kind = match entry.header {
-                Header::Tree => 1,
-                Header::Blob => 2,
-                _ => continue,
-            };
-            if !(MIN_DELTA_OBJECT..=MAX_DELTA_OBJECT).contains(&entry.decompressed_size) {
-                continue;
-            }
             let rev = self.revs[k].get_or_insert_with(|| self.rev.get(pack, hash));
             if let Some(p) = rev.pack_position(&pack.index, index) {
                 whole.push((crate::window::key(kind, names[i]), k, p, i));
