@@ -95,7 +95,8 @@ pub struct Options {
     /// over the objects written one by one (git's `pack.depth`, 50 by default): an object
     /// whose base is at this depth is written whole instead. Long chains cost the client
     /// every time it reads such an object. Runs of a stored pack copied as they are keep
-    /// their chains as stored, and count as depth 0 for what is written after them.
+    /// their chains as stored (as git's pack reuse does); an object written after them
+    /// against a copied entry counts that entry's stored chain.
     pub max_delta_depth: usize,
     /// Asked now and then while planning and writing: once it says so, the work stops with
     /// [`Error::Cancelled`] (the client went away).

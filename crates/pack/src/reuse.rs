@@ -13,6 +13,7 @@
 //! Offsets after gaps move back; the writer records the difference each time it changes, so
 //! a copied entry's new offset is its old one less the difference recorded at or before it.
 
+use std::collections::HashMap;
 use std::io::Write;
 
 use gix_hash::ObjectId;
@@ -21,7 +22,7 @@ use gix_pack::data::entry::Header;
 use crate::Error;
 use crate::bitmap::Bits;
 use crate::packs::{RevIndex, StoredPack};
-use crate::write::{PackStats, Sink};
+use crate::write::{MAX_DEPTH, PackStats, Sink};
 
 /// Bytes of a run written at once.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -65,6 +66,10 @@ pub(crate) struct Copied<'a> {
     pub(crate) count: usize,
     /// From each old offset on (until the next row): old offset less new offset.
     shifts: Vec<(u64, u64)>,
+    /// The stored pack's data, to read the headers of copied entries.
+    data: Option<std::sync::Arc<gix_pack::data::File>>,
+    /// Depths found by [`Copied::depth_of`], by stored offset.
+    depths: std::cell::RefCell<HashMap<u64, u8>>,
 }
 
 impl Copied<'_> {
@@ -97,6 +102,43 @@ impl Copied<'_> {
 
     fn shift_at(&self, old: u64) -> u64 {
         shift_at(&self.shifts, old)
+    }
+
+    /// How many deltas lie below `oid` in the pack written, if it was copied: its chain as
+    /// stored, which was copied with it (an entry is copied only with its base). Chains longer
+    /// than [`MAX_DEPTH`] count as that long.
+    pub(crate) fn depth_of(&self, oid: &ObjectId) -> Option<u64> {
+        let (_, offset) = self.position(oid)?;
+        let data = self.data.as_ref()?;
+        let mut depths = self.depths.borrow_mut();
+        // Down the chain to an entry whose depth is known or that is stored whole.
+        let mut chain = Vec::new();
+        let mut at = offset;
+        let below = loop {
+            if let Some(&known) = depths.get(&at) {
+                break usize::from(known);
+            }
+            if chain.len() >= MAX_DEPTH {
+                return Some(MAX_DEPTH as u64);
+            }
+            match data.entry(at).ok()?.header {
+                Header::OfsDelta { base_distance } => {
+                    chain.push(at);
+                    at = at.checked_sub(base_distance)?;
+                }
+                Header::RefDelta { .. } => return None,
+                Header::Commit | Header::Tree | Header::Blob | Header::Tag => {
+                    depths.insert(at, 0);
+                    break 0;
+                }
+            }
+        };
+        let links = chain.len();
+        for (i, at) in chain.into_iter().enumerate() {
+            let depth = (below + links - i).min(MAX_DEPTH);
+            depths.insert(at, depth as u8);
+        }
+        Some((below + links).min(MAX_DEPTH) as u64)
     }
 }
 
@@ -131,6 +173,8 @@ pub(crate) fn copy_runs<'a, W: Write>(
             bits: copied,
             count: 0,
             shifts: Vec::new(),
+            data: None,
+            depths: Default::default(),
         };
         return Ok((copied, left));
     };
@@ -259,6 +303,8 @@ pub(crate) fn copy_runs<'a, W: Write>(
             bits: copied,
             count,
             shifts,
+            data: Some(data),
+            depths: Default::default(),
         },
         left,
     ))

@@ -71,9 +71,17 @@ fn offset_of(written: &OidMap<u64>, oid: &ObjectId) -> Option<u64> {
     written.get(oid).map(|at| at & OFFSET_BITS)
 }
 
-/// The delta chain `oid` was written at the end of (0: whole, or not written one by one).
-fn depth_of(written: &OidMap<u64>, oid: &ObjectId) -> u64 {
-    written.get(oid).map_or(0, |at| at >> DEPTH_SHIFT)
+/// The delta chain `oid` was written at the end of: as recorded if it was written one by
+/// one, as stored if it was copied in a run (0: whole, or neither).
+fn depth_of(written: &OidMap<u64>, oid: &ObjectId, in_pack: &Sent<'_>) -> u64 {
+    match written.get(oid) {
+        Some(at) => at >> DEPTH_SHIFT,
+        None => in_pack
+            .copied
+            .as_ref()
+            .and_then(|copied| copied.depth_of(oid))
+            .unwrap_or(0),
+    }
 }
 
 /// Objects planned, and compressed again where needed, ahead of writing: bounds the memory
@@ -928,7 +936,7 @@ impl<'a> PackWriter<'a> {
                             Some(Ready::Delta { base, size, data }) => {
                                 let header =
                                     self.delta_header(&sink, &base, &written, client_has, &in_pack);
-                                let base_depth = depth_of(&written, &base);
+                                let base_depth = depth_of(&written, &base, &in_pack);
                                 match header {
                                     Some(header) if base_depth < self.opts.max_depth => {
                                         header.write_to(size, &mut sink)?;
@@ -1619,7 +1627,7 @@ impl<'a> PackWriter<'a> {
                 entry,
                 header_len,
             } => {
-                let base_depth = depth_of(written, &base);
+                let base_depth = depth_of(written, &base, in_pack);
                 if base_depth < self.opts.max_depth
                     && let Some(header) =
                         self.delta_header(sink, &base, written, client_has, in_pack)
@@ -1694,7 +1702,17 @@ impl<'a> PackWriter<'a> {
             let Some(next) = next else {
                 return Ok(None);
             };
-            if in_pack.contains(&next) || (self.opts.thin && client_has.contains(&next)) {
+            // A copied one ends its stored chain: passed over if the delta would make it too
+            // long (one further down is shallower).
+            let room = || {
+                in_pack
+                    .copied
+                    .as_ref()
+                    .and_then(|copied| copied.depth_of(&next))
+                    .is_none_or(|depth| depth < self.opts.max_depth)
+            };
+            if (in_pack.contains(&next) && room()) || (self.opts.thin && client_has.contains(&next))
+            {
                 return Ok(Some(next));
             }
             current = next;
@@ -1763,6 +1781,13 @@ impl<'a> PackWriter<'a> {
         let below_paired = &self.below_paired;
         let is_below_paired =
             |q: usize| !below_paired.is_empty() && below_paired.contains(&oid_at(q));
+        // A base from the tree deeper than this leaves no room for the delta (a copied one
+        // is written at its stored depth), or for what is stored on it.
+        let base_depth = TREE_BASE_DEPTH.min(
+            usize::try_from(self.opts.max_depth)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(1),
+        );
         let mut found = match forest {
             Some(forest) => {
                 let had = |q: usize| thin && !sent.bits.get(q) && client_has.contains(&oid_at(q));
@@ -1783,7 +1808,7 @@ impl<'a> PackWriter<'a> {
                     };
                     let usable =
                         sent.written_before(q, place) || (sent.bits.get(q) && as_stored) || had(q);
-                    usable && forest.depth(q) <= TREE_BASE_DEPTH
+                    usable && forest.depth(q) <= base_depth
                 })
             }
             None => Vec::new(),

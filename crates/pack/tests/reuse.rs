@@ -949,6 +949,85 @@ fn delta_chains_are_no_longer_than_allowed() {
     );
 }
 
+/// The layout of `pack` taken into a new repository that borrows `source`'s objects (a thin
+/// pack's bases are appended whole, as a client's `index-pack --fix-thin` does).
+fn received_over(
+    source: &Path,
+    pack: &[u8],
+) -> std::collections::HashMap<String, (u64, Option<String>)> {
+    let check = tempfile::tempdir().unwrap();
+    let client = check.path().join("c.git");
+    git(
+        check.path(),
+        &["init", "-q", "--bare", client.to_str().unwrap()],
+    );
+    std::fs::write(
+        client.join("objects/info/alternates"),
+        format!("{}\n", source.join("objects").display()),
+    )
+    .unwrap();
+    gitcache_testkit::git::git_with_input(
+        &client,
+        &["index-pack", "--strict", "--stdin", "--fix-thin"],
+        pack,
+    );
+    let idx = gitcache_testkit::repo::pack_files(&client, "idx").unwrap();
+    layout(&client, &idx[0])
+}
+
+/// Runs copied from the stored pack keep their chains as stored (as git's pack reuse does),
+/// and what is written one by one after them counts those chains: under a limit shorter than
+/// the stored chains, no object lies deeper than the limit unless its whole chain is the
+/// stored one. (Copied entries counted as depth 0 once, and objects given new deltas against
+/// them, and what went as stored on those, lay deeper.)
+#[test]
+fn chains_of_copied_runs_count_for_what_is_written_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.git");
+    let spec = RepoSpec {
+        commits: 300,
+        ..RepoSpec::small(0)
+    };
+    repo::generate(&path, &spec).unwrap();
+    git(&path, &["repack", "-adfq", "--depth=50", "--window=50"]);
+    let (repo, _) = with_bitmaps(&path);
+    let stored = stored_layout(&path);
+    let max_delta_depth = 3;
+    let mut new_deltas = 0;
+    for (have, thin) in [("main~30", false), ("main~100", true), ("main~100", false)] {
+        let mut fetch = clone_request(oids(&git(&path, &["rev-parse", "main"])));
+        fetch.haves = oids(&git(&path, &["rev-parse", have]));
+        fetch.thin_pack = thin;
+        let options = Options {
+            max_delta_depth,
+            ..Options::default()
+        };
+        let (_, stats, pack) = send_with(&repo, &fetch, &options);
+        assert!(stats.pack_reused > 0, "{have}: runs copied {stats:?}");
+        new_deltas += stats.new_deltas;
+        let received = received_over(&path, &pack);
+        let mut deepest = 0;
+        for oid in received.keys() {
+            let depth = chain_length(&received, oid);
+            deepest = deepest.max(depth);
+            if depth <= max_delta_depth {
+                continue;
+            }
+            let mut at = oid.as_str();
+            while let Some(base) = &received[at].1 {
+                assert_eq!(
+                    stored[at].1.as_ref(),
+                    Some(base),
+                    "{have}, thin {thin}: {oid} at {depth}, not as stored below {at}"
+                );
+                at = base;
+            }
+        }
+        assert!(deepest > max_delta_depth, "{have}: stored chains copied");
+    }
+    assert!(new_deltas > 0, "new deltas were made");
+}
+
 /// Objects made again for one answer are taken from the store by the next answer that makes
 /// them against the same bases at the same level: the same pack, byte for byte, as without
 /// the store.
