@@ -261,9 +261,13 @@ pub struct PackStats {
     pub untried: u32,
     /// New deltas made for objects written before they were made, and so lost: each was
     /// pulled forward as the base of an object written earlier, while its batch's deltas were
-    /// being made. (An object pulled forward before its batch started is not tried at all,
-    /// and not counted.)
+    /// being made. (An object pulled forward before its batch started is not tried at all:
+    /// see [`PackStats::pulled_forward`].)
     pub lost_deltas: u32,
+    /// Objects to be made again, or tried as a delta against the object at their path,
+    /// that were written before their batch started, as the base of an object written
+    /// earlier: sent without the try (whole, or as stored).
+    pub pulled_forward: u32,
 }
 
 /// A stored entry and what it is.
@@ -848,7 +852,9 @@ impl<'a> PackWriter<'a> {
                         }
                         if let Some(mut redo) = deferred.take() {
                             // Some may have gone early, as bases of the batch before.
+                            let before = redo.len();
                             redo.retain(|r| !written.contains_key(&r.oid));
+                            stats.pulled_forward += (before - redo.len()) as u32;
                             in_flight = self.start_rebuild(
                                 scope, &mut lanes, background, redo, &budget, &abandon,
                             )?;
