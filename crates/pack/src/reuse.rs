@@ -13,7 +13,6 @@
 //! Offsets after gaps move back; the writer records the difference each time it changes, so
 //! a copied entry's new offset is its old one less the difference recorded at or before it.
 
-use std::collections::HashMap;
 use std::io::Write;
 
 use gix_hash::ObjectId;
@@ -23,6 +22,9 @@ use crate::Error;
 use crate::bitmap::Bits;
 use crate::packs::{RevIndex, StoredPack};
 use crate::write::{MAX_DEPTH, PackStats, Sink};
+
+// A copied entry's depth is kept in a byte.
+const _: () = assert!(MAX_DEPTH == u8::MAX as usize);
 
 /// Bytes of a run written at once.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -66,10 +68,8 @@ pub(crate) struct Copied<'a> {
     pub(crate) count: usize,
     /// From each old offset on (until the next row): old offset less new offset.
     shifts: Vec<(u64, u64)>,
-    /// The stored pack's data, to read the headers of copied entries.
-    data: Option<std::sync::Arc<gix_pack::data::File>>,
-    /// Depths found by [`Copied::depth_of`], by stored offset.
-    depths: std::cell::RefCell<HashMap<u64, u8>>,
+    /// By position: how many deltas lie below each copied entry (up to [`MAX_DEPTH`]).
+    depths: Vec<u8>,
 }
 
 impl Copied<'_> {
@@ -108,37 +108,8 @@ impl Copied<'_> {
     /// stored, which was copied with it (an entry is copied only with its base). Chains longer
     /// than [`MAX_DEPTH`] count as that long.
     pub(crate) fn depth_of(&self, oid: &ObjectId) -> Option<u64> {
-        let (_, offset) = self.position(oid)?;
-        let data = self.data.as_ref()?;
-        let mut depths = self.depths.borrow_mut();
-        // Down the chain to an entry whose depth is known or that is stored whole.
-        let mut chain = Vec::new();
-        let mut at = offset;
-        let below = loop {
-            if let Some(&known) = depths.get(&at) {
-                break usize::from(known);
-            }
-            if chain.len() >= MAX_DEPTH {
-                return Some(MAX_DEPTH as u64);
-            }
-            match data.entry(at).ok()?.header {
-                Header::OfsDelta { base_distance } => {
-                    chain.push(at);
-                    at = at.checked_sub(base_distance)?;
-                }
-                Header::RefDelta { .. } => return None,
-                Header::Commit | Header::Tree | Header::Blob | Header::Tag => {
-                    depths.insert(at, 0);
-                    break 0;
-                }
-            }
-        };
-        let links = chain.len();
-        for (i, at) in chain.into_iter().enumerate() {
-            let depth = (below + links - i).min(MAX_DEPTH);
-            depths.insert(at, depth as u8);
-        }
-        Some((below + links).min(MAX_DEPTH) as u64)
+        let (p, _) = self.position(oid)?;
+        self.depths.get(p).map(|&depth| u64::from(depth))
     }
 }
 
@@ -163,6 +134,8 @@ pub(crate) fn copy_runs<'a, W: Write>(
     let rev = &*packed.rev;
     let n = rev.len();
     let mut copied = Bits::with_len(n);
+    // Zeroed lazily by the allocator: only the pages of copied positions are touched.
+    let mut depths = vec![0u8; n];
     let Ok(data) = pack.data(hash) else {
         // Not mapped (no file handle free, or removed before it was ever mapped): everything
         // is written object by object, from where the object database finds it.
@@ -173,8 +146,7 @@ pub(crate) fn copy_runs<'a, W: Write>(
             bits: copied,
             count: 0,
             shifts: Vec::new(),
-            data: None,
-            depths: Default::default(),
+            depths: Vec::new(),
         };
         return Ok((copied, left));
     };
@@ -245,13 +217,18 @@ pub(crate) fn copy_runs<'a, W: Write>(
                     .and_then(|base_off| Some((base_off, rev.position_before(pack, p, base_off)?)));
                 let distance = base
                     .filter(|&(_, bp)| copied.get(bp))
-                    .and_then(|(base_off, _)| {
-                        new_off.checked_sub(base_off.checked_sub(shift_at(&shifts, base_off))?)
+                    .and_then(|(base_off, bp)| {
+                        let distance = new_off
+                            .checked_sub(base_off.checked_sub(shift_at(&shifts, base_off))?)?;
+                        Some((distance, bp))
                     });
                 match distance {
-                    Some(distance) => (distance != base_distance).then_some(Header::OfsDelta {
-                        base_distance: distance,
-                    }),
+                    Some((distance, bp)) => {
+                        depths[p] = depths[bp].saturating_add(1);
+                        (distance != base_distance).then_some(Header::OfsDelta {
+                            base_distance: distance,
+                        })
+                    }
                     None => {
                         left.push(p);
                         continue;
@@ -303,8 +280,7 @@ pub(crate) fn copy_runs<'a, W: Write>(
             bits: copied,
             count,
             shifts,
-            data: Some(data),
-            depths: Default::default(),
+            depths,
         },
         left,
     ))

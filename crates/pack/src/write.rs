@@ -310,6 +310,16 @@ struct Sent<'a> {
 }
 
 impl Sent<'_> {
+    /// Whether a delta against `base` would lie within `max_depth`, if `base` was copied in a
+    /// run (it ends its stored chain there); the depth of what is written one by one is known
+    /// only once written.
+    fn room_on(&self, base: &ObjectId, max_depth: u64) -> bool {
+        self.copied
+            .as_ref()
+            .and_then(|copied| copied.depth_of(base))
+            .is_none_or(|depth| depth < max_depth)
+    }
+
     /// The pack and position of the object at `place` in the order, if known without a
     /// lookup.
     fn left_at(&self, place: usize) -> Option<(usize, usize)> {
@@ -1443,9 +1453,13 @@ impl<'a> PackWriter<'a> {
                 // Written early, as the base of a delta.
                 continue;
             }
-            let thin = self.opts.thin;
-            let usable =
-                |base: &ObjectId| in_pack.contains(base) || (thin && client_has.contains(base));
+            let (thin, max_depth) = (self.opts.thin, self.opts.max_depth);
+            // A copied base with no room below the allowed depth: the object is made again
+            // (against one further down its chain, if it can be).
+            let usable = |base: &ObjectId| {
+                (in_pack.contains(base) && in_pack.room_on(base, max_depth))
+                    || (thin && client_has.contains(base))
+            };
             let at = in_pack.left_at(place).or_else(|| self.found_at(place));
             let peek = self.stored_within(id, at, HELD_ENTRY_BYTES)?;
             let whole = matches!(
@@ -1708,16 +1722,9 @@ impl<'a> PackWriter<'a> {
             let Some(next) = next else {
                 return Ok(None);
             };
-            // A copied one ends its stored chain: passed over if the delta would make it too
-            // long (one further down is shallower).
-            let room = || {
-                in_pack
-                    .copied
-                    .as_ref()
-                    .and_then(|copied| copied.depth_of(&next))
-                    .is_none_or(|depth| depth < self.opts.max_depth)
-            };
-            if (in_pack.contains(&next) && room()) || (self.opts.thin && client_has.contains(&next))
+            // A copied one too deep is passed over (one further down is shallower).
+            if (in_pack.contains(&next) && in_pack.room_on(&next, self.opts.max_depth))
+                || (self.opts.thin && client_has.contains(&next))
             {
                 return Ok(Some(next));
             }
@@ -1812,9 +1819,10 @@ impl<'a> PackWriter<'a> {
                             Some(b) => (sent.bits.get(b) || had(b)) && !is_below_paired(q),
                         },
                     };
-                    let usable =
-                        sent.written_before(q, place) || (sent.bits.get(q) && as_stored) || had(q);
-                    usable && forest.depth(q) <= base_depth
+                    // The client's objects are whole for it.
+                    had(q)
+                        || ((sent.written_before(q, place) || (sent.bits.get(q) && as_stored))
+                            && forest.depth(q) <= base_depth)
                 })
             }
             None => Vec::new(),
