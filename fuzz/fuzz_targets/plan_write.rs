@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use bstr::BString;
 use gitcache_pack::Repository;
-use gitcache_pack::fuzzing::{fetch_from_bytes, plan_and_write};
+use gitcache_pack::fuzzing::{fetch_from_bytes, options_from_bytes, plan_and_write_with};
 use gitcache_protocol::ObjectId;
 use gitcache_testkit::repo::{self, RepoSpec};
 
@@ -46,6 +46,7 @@ fn fixture() -> &'static Fixture {
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let fetch = fetch_from_bytes(&f.objects, &f.refs, data);
-    let _ = plan_and_write(&f.repo, &fetch);
-    let _ = plan_and_write(&f.bitmapped, &fetch);
+    let options = options_from_bytes(data);
+    let _ = plan_and_write_with(&f.repo, &fetch, &options);
+    let _ = plan_and_write_with(&f.bitmapped, &fetch, &options);
 });

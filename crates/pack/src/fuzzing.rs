@@ -64,16 +64,39 @@ pub fn fetch_from_bytes(objects: &[ObjectId], refs: &[bstr::BString], data: &[u8
     fetch
 }
 
-/// Plan and write `fetch`; returns the pack bytes, if a pack was sent. A written pack is read
-/// back entry by entry (each offset delta's base an entry before it) and its checksum
-/// verified, then every object resolved (see [`resolve_all`]); anything else is a bug and
-/// panics.
+/// The writer's options for `data`: its last byte picks a limit on delta chains shorter than
+/// the fixtures' stored chains for one input in four (1 or 2 links), else the default.
+pub fn options_from_bytes(data: &[u8]) -> Options {
+    let max_delta_depth = match data.last().map(|b| b % 8) {
+        Some(1) => 1,
+        Some(2) => 2,
+        _ => Options::default().max_delta_depth,
+    };
+    Options {
+        max_delta_depth,
+        ..Options::default()
+    }
+}
+
+/// [`plan_and_write_with`] the default options.
 pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>>, Error> {
-    let plan = plan(repo, fetch, repo.object_format(), &Options::default())?;
+    plan_and_write_with(repo, fetch, &Options::default())
+}
+
+/// Plan and write `fetch` with `options`; returns the pack bytes, if a pack was sent. A
+/// written pack is read back entry by entry (each offset delta's base an entry before it) and
+/// its checksum verified, then every object resolved (see [`resolve_all`]); anything else is a
+/// bug and panics.
+pub fn plan_and_write_with(
+    repo: &Repository,
+    fetch: &Fetch,
+    options: &Options,
+) -> Result<Option<Vec<u8>>, Error> {
+    let plan = plan(repo, fetch, repo.object_format(), options)?;
     let is_pack = matches!(plan, Plan::Pack(_));
     let nothing = matches!(plan, Plan::Nothing);
     let mut out = Vec::new();
-    plan.write_to(&mut out)?;
+    let stats = plan.write_to(&mut out)?;
     if nothing {
         // No want: git answers with no bytes at all.
         assert!(out.is_empty());
@@ -123,7 +146,21 @@ pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>
         u32::from_be_bytes(pack[8..12].try_into().expect("header")),
         read.len() as u32
     );
-    resolve_all(repo, &read, &starts, fetch.thin_pack);
+    let depths = resolve_all(repo, &read, &starts, fetch.thin_pack);
+    // Runs copied from a stored pack come first and keep their chains as stored (a whole
+    // stored pack sent as it is, all of them); whatever is written after them lies within the
+    // limit, counting the chains of copied bases.
+    let copied = match stats.whole_pack {
+        true => depths.len(),
+        false => stats.pack_reused as usize,
+    };
+    for (i, depth) in depths.into_iter().enumerate().skip(copied) {
+        assert!(
+            depth <= options.max_delta_depth,
+            "entry {i} (after {copied} copied) at depth {depth}, over {}",
+            options.max_delta_depth
+        );
+    }
     Ok(Some(pack))
 }
 
@@ -131,13 +168,13 @@ pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>
 /// the entry at each offset) and check what it is: a delta's base is in the pack, or in a
 /// thin pack an object of the repository; no chain within the pack is a cycle; each object
 /// is one of the repository's objects (its id hashed from what the deltas make), and none is
-/// sent twice.
+/// sent twice. Returns each entry's depth: the deltas in its chain within the pack.
 fn resolve_all(
     repo: &Repository,
     read: &[(u64, gix_pack::data::entry::Header, Vec<u8>)],
     starts: &std::collections::HashMap<u64, usize>,
     thin: bool,
-) {
+) -> Vec<usize> {
     use gix_pack::data::entry::Header;
     let hash = repo.object_format();
     let mut objects = repo.objects();
@@ -198,24 +235,33 @@ fn resolve_all(
     }
     // No chain within the pack is a cycle (taking a base from the repository above would
     // have made one resolve).
+    let mut depths = Vec::with_capacity(read.len());
     for (offset, header, _) in read {
         let mut at = (*offset, *header);
-        for step in 0.. {
+        let mut depth = 0;
+        loop {
             let next = match at.1 {
                 Header::OfsDelta { base_distance } => Some(starts[&(at.0 - base_distance)]),
                 Header::RefDelta { base_id } => at_id.get(&base_id).copied(),
                 _ => None,
             };
+            // A thin pack's base from the repository is one more link for the client, once
+            // it appended it.
+            if at.1.is_delta() {
+                depth += 1;
+            }
             let Some(next) = next else {
                 break;
             };
             assert!(
-                step < read.len(),
+                depth <= read.len(),
                 "a chain of deltas within the pack is a cycle"
             );
             at = (read[next].0, read[next].1);
         }
+        depths.push(depth);
     }
+    depths
 }
 
 /// The repository at `path`, packed in one pack with short delta chains (`git repack -adq

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use bstr::BString;
 use gitcache_pack::Repository;
-use gitcache_pack::fuzzing::{fetch_from_bytes, plan_and_write};
+use gitcache_pack::fuzzing::{fetch_from_bytes, options_from_bytes, plan_and_write_with};
 use gitcache_protocol::ObjectId;
 use gitcache_testkit::repo::{self, RepoSpec};
 
@@ -29,7 +29,7 @@ fn plan_write_corpus() {
         .collect();
     let repo = Repository::open(&path).unwrap();
     // A copy with gitcache's bitmaps: each input is planned against it too, its pack checked
-    // by `plan_and_write` alone.
+    // by `plan_and_write_with` alone.
     let bitmapped = dir.path().join("bitmapped.git");
     assert!(
         Command::new("cp")
@@ -56,8 +56,9 @@ fn plan_write_corpus() {
             let data = std::fs::read(&file).unwrap();
             let fetch = fetch_from_bytes(&objects, &refs, &data);
             replayed += 1;
-            let _ = plan_and_write(&bitmapped, &fetch);
-            let Ok(Some(pack)) = plan_and_write(&repo, &fetch) else {
+            let options = options_from_bytes(&data);
+            let _ = plan_and_write_with(&bitmapped, &fetch, &options);
+            let Ok(Some(pack)) = plan_and_write_with(&repo, &fetch, &options) else {
                 continue;
             };
             packs += 1;
