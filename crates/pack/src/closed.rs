@@ -7,6 +7,7 @@ use gix_hash::ObjectId;
 use gix_hashtable::HashSet;
 use gix_object::Kind;
 
+use crate::delta::{common_prefix, common_suffix};
 use crate::{Error, Repository, objects};
 
 impl Repository {
@@ -437,14 +438,25 @@ impl Checker {
     /// suffix, or by walking both trees' entries side by side), which is then the same
     /// entry, checked by this copy already. Anything else is checked as it is.
     fn tree(&mut self, data: &[u8]) -> Result<(), TreeError> {
-        let alike = (self.recent.iter().enumerate())
-            .map(|(i, tree)| (common_prefix(&tree.data, data), i))
-            .max();
-        let previous = alike
-            .and_then(|(_, i)| self.recent.remove(i))
-            .unwrap_or_default();
+        // The one with the longest common prefix, the latest of those alike. A tree can
+        // share more than the best so far only if it shares the byte after it: most are
+        // passed over on that byte, not compared from their start again.
+        let mut alike: Option<(usize, usize)> = None;
+        for (i, tree) in self.recent.iter().enumerate().rev() {
+            let best = alike.map_or(0, |(prefix, _)| prefix);
+            if alike.is_some() && (best >= data.len() || tree.data.get(best) != data.get(best)) {
+                continue;
+            }
+            let prefix = common_prefix(&tree.data, data);
+            if alike.is_none() || prefix > best {
+                alike = Some((prefix, i));
+            }
+        }
+        let (prefix, previous) = match alike {
+            Some((prefix, i)) => (prefix, self.recent.remove(i).unwrap_or_default()),
+            None => (0, Previous::default()),
+        };
         let (before, bounds) = (&previous.data, &previous.bounds);
-        let prefix = common_prefix(before, data);
         // The earlier tree's entries that end within the common prefix are this tree's first.
         let kept = bounds.partition_point(|&b| b <= prefix);
         let resume = kept.checked_sub(1).map_or(0, |last| bounds[last]);
@@ -589,38 +601,6 @@ fn entry_name(entry: &[u8]) -> &[u8] {
     let start = entry.iter().position(|&b| b == b' ').map_or(0, |i| i + 1);
     let end = start + entry[start..].iter().position(|&b| b == 0).unwrap_or(0);
     &entry[start..end]
-}
-
-/// How many bytes `a` and `b` start with alike.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    const STEP: usize = 64;
-    let n = a.len().min(b.len());
-    let mut i = 0;
-    while i + STEP <= n && a[i..i + STEP] == b[i..i + STEP] {
-        i += STEP;
-    }
-    i + a[i..n]
-        .iter()
-        .zip(&b[i..n])
-        .take_while(|(x, y)| x == y)
-        .count()
-}
-
-/// How many bytes `a` and `b` end with alike.
-fn common_suffix(a: &[u8], b: &[u8]) -> usize {
-    const STEP: usize = 64;
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
-    let mut i = 0;
-    while i + STEP <= n && a[n - i - STEP..n - i] == b[n - i - STEP..n - i] {
-        i += STEP;
-    }
-    i + a[..n - i]
-        .iter()
-        .rev()
-        .zip(b[..n - i].iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count()
 }
 
 #[cfg(test)]
@@ -817,18 +797,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn common_ends() {
-        let a: Vec<u8> = (0..200u8).collect();
-        let mut b = a.clone();
-        b[130] = 0;
-        assert_eq!(common_prefix(&a, &b), 130);
-        assert_eq!(common_suffix(&a, &b), 69);
-        assert_eq!(common_prefix(&a, &a[..70]), 70);
-        assert_eq!(common_suffix(&a, &a[150..]), 50);
-        assert_eq!(common_suffix(&a[..3], &a[150..]), 0);
-        assert_eq!(common_prefix(&[], &a), 0);
     }
 }

@@ -116,11 +116,17 @@ pub(crate) fn encode(index: &SourceIndex<'_>, target: &[u8], limit: usize) -> Op
 }
 
 /// How many bytes `a` and `b` share at their start.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+pub(crate) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let most = a.len().min(b.len());
+    let (a, b) = (&a[..most], &b[..most]);
     let mut n = 0;
-    // Eight bytes at a time, as numbers: the first differing byte is the lowest differing
-    // bit's of the little-endian difference.
-    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+    // Long runs a block at a time (the C library compares those with vector instructions).
+    while n + ALIKE_BLOCK <= most && a[n..n + ALIKE_BLOCK] == b[n..n + ALIKE_BLOCK] {
+        n += ALIKE_BLOCK;
+    }
+    // Then eight bytes at a time, as numbers: the first differing byte is the lowest
+    // differing bit's of the little-endian difference.
+    for (x, y) in a[n..].chunks_exact(8).zip(b[n..].chunks_exact(8)) {
         let x = u64::from_le_bytes(x.try_into().unwrap_or_default());
         let y = u64::from_le_bytes(y.try_into().unwrap_or_default());
         if x != y {
@@ -136,13 +142,37 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// How many bytes `a` and `b` share at their end.
-fn common_suffix(a: &[u8], b: &[u8]) -> usize {
-    a.iter()
+pub(crate) fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    let most = a.len().min(b.len());
+    let (a, b) = (&a[a.len() - most..], &b[b.len() - most..]);
+    let mut n = 0;
+    while n + ALIKE_BLOCK <= most
+        && a[most - n - ALIKE_BLOCK..most - n] == b[most - n - ALIKE_BLOCK..most - n]
+    {
+        n += ALIKE_BLOCK;
+    }
+    // Then eight bytes at a time from the end: the last differing byte is the highest
+    // differing bit's of the little-endian difference.
+    let (a, b) = (&a[..most - n], &b[..most - n]);
+    for (x, y) in a.rchunks_exact(8).zip(b.rchunks_exact(8)) {
+        let x = u64::from_le_bytes(x.try_into().unwrap_or_default());
+        let y = u64::from_le_bytes(y.try_into().unwrap_or_default());
+        if x != y {
+            return n + ((x ^ y).leading_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    let left = most - n;
+    n + a[..left]
+        .iter()
         .rev()
-        .zip(b.iter().rev())
+        .zip(b[..left].iter().rev())
         .take_while(|(p, q)| p == q)
         .count()
 }
+
+/// Bytes compared at once, first, by [`common_prefix`] and [`common_suffix`].
+const ALIKE_BLOCK: usize = 64;
 
 fn put_size(out: &mut Vec<u8>, mut size: u64) {
     loop {
@@ -262,6 +292,38 @@ fn take_size(rest: &mut &[u8]) -> Result<u64, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn common_ends() {
+        let a: Vec<u8> = (0..200u8).collect();
+        let mut b = a.clone();
+        b[130] = 0;
+        assert_eq!(common_prefix(&a, &b), 130);
+        assert_eq!(common_suffix(&a, &b), 69);
+        assert_eq!(common_prefix(&a, &a[..70]), 70);
+        assert_eq!(common_suffix(&a, &a[150..]), 50);
+        assert_eq!(common_suffix(&a[..3], &a[150..]), 0);
+        assert_eq!(common_prefix(&[], &a), 0);
+        assert_eq!(common_suffix(&a, &[]), 0);
+    }
+
+    proptest! {
+        /// Eight bytes at a time, as one byte at a time finds them.
+        #[test]
+        fn common_ends_as_byte_by_byte(
+            shared in proptest::collection::vec(0u8..4, 0..300),
+            a in proptest::collection::vec(0u8..4, 0..40),
+            b in proptest::collection::vec(0u8..4, 0..40),
+        ) {
+            let (x, y) = ([&shared[..], &a].concat(), [&shared[..], &b].concat());
+            let prefix = x.iter().zip(&y).take_while(|(p, q)| p == q).count();
+            prop_assert_eq!(common_prefix(&x, &y), prefix);
+            let (x, y) = ([&a[..], &shared].concat(), [&b[..], &shared].concat());
+            let suffix = x.iter().rev().zip(y.iter().rev()).take_while(|(p, q)| p == q).count();
+            prop_assert_eq!(common_suffix(&x, &y), suffix);
+        }
+    }
 
     fn round_trip(source: &[u8], target: &[u8]) -> Option<usize> {
         let index = SourceIndex::new(source).unwrap();
