@@ -68,7 +68,8 @@ pub(crate) struct Copied<'a> {
     pub(crate) count: usize,
     /// From each old offset on (until the next row): old offset less new offset.
     shifts: Vec<(u64, u64)>,
-    /// By position: how many deltas lie below each copied entry (up to [`MAX_DEPTH`]).
+    /// By position: how many deltas lie below each copied entry (up to [`MAX_DEPTH`]); empty
+    /// when no delta was copied.
     depths: Vec<u8>,
 }
 
@@ -109,7 +110,7 @@ impl Copied<'_> {
     /// than [`MAX_DEPTH`] count as that long.
     pub(crate) fn depth_of(&self, oid: &ObjectId) -> Option<u64> {
         let (p, _) = self.position(oid)?;
-        self.depths.get(p).map(|&depth| u64::from(depth))
+        Some(self.depths.get(p).map_or(0, |&depth| u64::from(depth)))
     }
 }
 
@@ -134,8 +135,6 @@ pub(crate) fn copy_runs<'a, W: Write>(
     let rev = &*packed.rev;
     let n = rev.len();
     let mut copied = Bits::with_len(n);
-    // Zeroed lazily by the allocator: only the pages of copied positions are touched.
-    let mut depths = vec![0u8; n];
     let Ok(data) = pack.data(hash) else {
         // Not mapped (no file handle free, or removed before it was ever mapped): everything
         // is written object by object, from where the object database finds it.
@@ -171,6 +170,8 @@ pub(crate) fn copy_runs<'a, W: Write>(
         }
         Ok(())
     };
+    // A byte for each position of the pack, once a delta is copied.
+    let mut depths: Vec<u8> = Vec::new();
     let mut next = None;
     // Where the last entry copied ends in the stored pack.
     let mut copied_end = 0u64;
@@ -224,6 +225,9 @@ pub(crate) fn copy_runs<'a, W: Write>(
                     });
                 match distance {
                     Some((distance, bp)) => {
+                        if depths.is_empty() {
+                            depths = vec![0; n];
+                        }
                         depths[p] = depths[bp].saturating_add(1);
                         (distance != base_distance).then_some(Header::OfsDelta {
                             base_distance: distance,

@@ -264,9 +264,10 @@ pub struct PackStats {
     /// being made. (An object pulled forward before its batch started is not tried at all:
     /// see [`PackStats::pulled_forward`].)
     pub lost_deltas: u32,
-    /// Objects to be made again, or tried as a delta against the object at their path,
-    /// that were written before their batch started, as the base of an object written
-    /// earlier: sent without the try (whole, or as stored).
+    /// Objects that were to be tried as a delta (made again, or tried against the object at
+    /// their path) but were written before their batch started, as the base of an object
+    /// written earlier: sent without the try (whole, or as stored). A batch starts late only
+    /// when the two batches held are over their bound in bytes.
     pub pulled_forward: u32,
 }
 
@@ -310,16 +311,6 @@ struct Sent<'a> {
 }
 
 impl Sent<'_> {
-    /// Whether a delta against `base` would lie within `max_depth`, if `base` was copied in a
-    /// run (it ends its stored chain there); the depth of what is written one by one is known
-    /// only once written.
-    fn room_on(&self, base: &ObjectId, max_depth: u64) -> bool {
-        self.copied
-            .as_ref()
-            .and_then(|copied| copied.depth_of(base))
-            .is_none_or(|depth| depth < max_depth)
-    }
-
     /// The pack and position of the object at `place` in the order, if known without a
     /// lookup.
     fn left_at(&self, place: usize) -> Option<(usize, usize)> {
@@ -862,9 +853,16 @@ impl<'a> PackWriter<'a> {
                         }
                         if let Some(mut redo) = deferred.take() {
                             // Some may have gone early, as bases of the batch before.
-                            let before = redo.len();
-                            redo.retain(|r| !written.contains_key(&r.oid));
-                            stats.pulled_forward += (before - redo.len()) as u32;
+                            let mut pulled = 0;
+                            redo.retain(|r| {
+                                let left = !written.contains_key(&r.oid);
+                                let hopeless = r.stored_whole
+                                    && r.kind.is_some_and(|k| budget.path_tries.hopeless(k));
+                                let tried = !r.against.is_empty() && !hopeless;
+                                pulled += u32::from(!left && tried);
+                                left
+                            });
+                            stats.pulled_forward += pulled;
                             in_flight = self.start_rebuild(
                                 scope, &mut lanes, background, redo, &budget, &abandon,
                             )?;
@@ -1454,10 +1452,11 @@ impl<'a> PackWriter<'a> {
                 continue;
             }
             let (thin, max_depth) = (self.opts.thin, self.opts.max_depth);
-            // A copied base with no room below the allowed depth: the object is made again
-            // (against one further down its chain, if it can be).
+            // A base copied or written already with no room below the allowed depth: the
+            // object is made again (against one further down its chain, if it can be). The
+            // depth of one written later is known only then.
             let usable = |base: &ObjectId| {
-                (in_pack.contains(base) && in_pack.room_on(base, max_depth))
+                (in_pack.contains(base) && depth_of(written, base, in_pack) < max_depth)
                     || (thin && client_has.contains(base))
             };
             let at = in_pack.left_at(place).or_else(|| self.found_at(place));
@@ -1533,10 +1532,12 @@ impl<'a> PackWriter<'a> {
                 _ => {
                     bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
                     let mut against = match stored_base {
-                        Some(base) => match self.usable_ancestor(&base, in_pack, client_has)? {
-                            Some(ancestor) => vec![ancestor],
-                            None => self.new_bases(id, place, in_pack, client_has),
-                        },
+                        Some(base) => {
+                            match self.usable_ancestor(&base, in_pack, client_has, written)? {
+                                Some(ancestor) => vec![ancestor],
+                                None => self.new_bases(id, place, in_pack, client_has, written),
+                            }
+                        }
                         None => Vec::new(),
                     };
                     for base in by_path {
@@ -1697,12 +1698,14 @@ impl<'a> PackWriter<'a> {
     }
 
     /// The first object below `base` in its stored delta chain that a delta may be made
-    /// against: one that is sent, or in a thin pack one the client has.
+    /// against: one that is sent (and if copied or `written` already, with room below the
+    /// allowed depth), or in a thin pack one the client has.
     fn usable_ancestor(
         &mut self,
         base: &ObjectId,
         in_pack: &Sent<'_>,
         client_has: &crate::select::Has,
+        written: &OidMap<u64>,
     ) -> Result<Option<ObjectId>, Error> {
         let mut current = *base;
         for _ in 0..CHAIN_LOOKUP {
@@ -1722,8 +1725,8 @@ impl<'a> PackWriter<'a> {
             let Some(next) = next else {
                 return Ok(None);
             };
-            // A copied one too deep is passed over (one further down is shallower).
-            if (in_pack.contains(&next) && in_pack.room_on(&next, self.opts.max_depth))
+            // One copied or written too deep is passed over (one further down is shallower).
+            if (in_pack.contains(&next) && depth_of(written, &next, in_pack) < self.opts.max_depth)
                 || (self.opts.thin && client_has.contains(&next))
             {
                 return Ok(Some(next));
@@ -1743,12 +1746,16 @@ impl<'a> PackWriter<'a> {
     /// - when those are fewer than [`TREE_CANDIDATES`] and the pack's bitmap file has name
     ///   hashes, the [`NAME_CANDIDATES`] objects sent whole whose path's name hash is nearest
     ///   to `oid`'s (files named alike; an object stored whole depends on nothing).
+    ///
+    /// A base from the tree leaves room for one more link, and some for what is stored on the
+    /// object: at the depth it was written at if it was, else its stored depth.
     fn new_bases(
         &mut self,
         oid: &ObjectId,
         place: usize,
         in_pack: &Sent<'_>,
         client_has: &crate::select::Has,
+        written: &OidMap<u64>,
     ) -> Vec<ObjectId> {
         let hash = self.objects.hash();
         let (packs, revs, thin, cache) = (self.packs, self.rev, self.opts.thin, self.bitmaps);
@@ -1819,10 +1826,14 @@ impl<'a> PackWriter<'a> {
                             Some(b) => (sent.bits.get(b) || had(b)) && !is_below_paired(q),
                         },
                     };
+                    let shallow = || match written.get(&oid_at(q)) {
+                        Some(at) => (at >> DEPTH_SHIFT) as usize <= base_depth,
+                        None => forest.depth(q) <= base_depth,
+                    };
                     // The client's objects are whole for it.
                     had(q)
                         || ((sent.written_before(q, place) || (sent.bits.get(q) && as_stored))
-                            && forest.depth(q) <= base_depth)
+                            && shallow())
                 })
             }
             None => Vec::new(),

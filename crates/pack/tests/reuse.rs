@@ -979,8 +979,7 @@ fn received_over(
 /// and what is written one by one after them counts those chains: under a limit shorter than
 /// the stored chains, only copied entries lie deeper than the limit. (Copied entries counted
 /// as depth 0 once: objects given new deltas against them, and what went as stored on those,
-/// lay deeper.) Objects whose copied base is too deep are made again against one with room
-/// (further down the chain, or near in the delta tree), not sent whole.
+/// lay deeper.)
 #[test]
 fn chains_of_copied_runs_count_for_what_is_written_after_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -998,15 +997,13 @@ fn chains_of_copied_runs_count_for_what_is_written_after_them() {
         let mut fetch = clone_request(main.clone());
         fetch.haves = oids(&git(&path, &["rev-parse", have]));
         fetch.thin_pack = thin;
-        let answer = |max_delta_depth: usize| {
-            let options = Options {
-                max_delta_depth,
-                ..Options::default()
-            };
-            send_with(&repo, &fetch, &options)
+        let options = Options {
+            max_delta_depth: limit,
+            ..Options::default()
         };
         let case = format!("{have}, thin {thin}");
-        let (_, stats, pack) = answer(limit);
+        let (_, stats, pack) = send_with(&repo, &fetch, &options);
+        assert!(stats.pack_reused > 0, "{case}: runs copied {stats:?}");
         let received = received_over(&path, &pack);
         // Copied runs come first in the pack (thin bases the client appends come last).
         let mut by_offset: Vec<(&u64, &String)> =
@@ -1028,13 +1025,6 @@ fn chains_of_copied_runs_count_for_what_is_written_after_them() {
                 "{case}: {oid}, written one by one, at {depth}"
             );
         }
-        // The limit costs few new deltas: what a too deep base would have had goes against
-        // another base.
-        let (_, unlimited, _) = answer(50);
-        assert!(
-            stats.pack_reused > 0 && stats.new_deltas * 4 >= unlimited.new_deltas * 3,
-            "{case}: {stats:?} against {unlimited:?}"
-        );
     }
 }
 
@@ -1760,7 +1750,7 @@ fn no_delta_is_lost_to_a_base_pulled_forward() {
         fetch.thin_pack = false;
         let (_, stats, _) = send(&repo, &fetch);
         assert!(stats.pack_reused > 0 && stats.new_deltas > 0, "{stats:?}");
-        lost.push((stats.lost_deltas, stats.pulled_forward));
+        lost.push(stats.lost_deltas);
     }
-    assert_eq!(lost, [(0, 0), (0, 0), (0, 0)]);
+    assert_eq!(lost, [0, 0, 0]);
 }
