@@ -1532,6 +1532,8 @@ impl<'a> PackWriter<'a> {
                 _ => {
                     bytes += self.objects.header(id)?.map_or(0, |(_, size)| size);
                     let mut against = match stored_base {
+                        // No delta at all under a limit of 0.
+                        Some(_) if max_depth == 0 => Vec::new(),
                         Some(base) => {
                             match self.usable_ancestor(&base, in_pack, client_has, written)? {
                                 Some(ancestor) => vec![ancestor],
@@ -1540,7 +1542,7 @@ impl<'a> PackWriter<'a> {
                         }
                         None => Vec::new(),
                     };
-                    for base in by_path {
+                    for base in by_path.into_iter().filter(|_| max_depth > 0) {
                         if !against.contains(&base) {
                             against.push(base);
                         }
@@ -1803,11 +1805,8 @@ impl<'a> PackWriter<'a> {
             |q: usize| !below_paired.is_empty() && below_paired.contains(&oid_at(q));
         // A base from the tree deeper than this leaves no room for the delta (a copied one
         // is written at its stored depth), or for what is stored on it.
-        let base_depth = TREE_BASE_DEPTH.min(
-            usize::try_from(self.opts.max_depth)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(1),
-        );
+        let max_depth = usize::try_from(self.opts.max_depth).unwrap_or(usize::MAX);
+        let base_depth = TREE_BASE_DEPTH.min(max_depth.saturating_sub(1));
         let mut found = match forest {
             Some(forest) => {
                 let had = |q: usize| thin && !sent.bits.get(q) && client_has.contains(&oid_at(q));
@@ -1826,9 +1825,21 @@ impl<'a> PackWriter<'a> {
                             Some(b) => (sent.bits.get(b) || had(b)) && !is_below_paired(q),
                         },
                     };
-                    let shallow = || match written.get(&oid_at(q)) {
-                        Some(at) => (at >> DEPTH_SHIFT) as usize <= base_depth,
-                        None => forest.depth(q) <= base_depth,
+                    // Shallow enough as stored or as written, if it has room for the link
+                    // as written (a copied one is as stored).
+                    let shallow = || {
+                        let copied = sent.copied.as_ref().is_some_and(|c| c.get(q));
+                        let written = (!copied)
+                            .then(|| written.get(&oid_at(q)))
+                            .flatten()
+                            .map(|at| (at >> DEPTH_SHIFT) as usize);
+                        match written {
+                            Some(depth) => {
+                                depth < max_depth
+                                    && (depth <= base_depth || forest.depth(q) <= base_depth)
+                            }
+                            None => forest.depth(q) <= base_depth,
+                        }
                     };
                     // The client's objects are whole for it.
                     had(q)
