@@ -321,6 +321,19 @@ impl Sent<'_> {
     fn contains(&self, oid: &ObjectId) -> bool {
         self.listed.contains_key(oid) || self.copied.as_ref().is_some_and(|c| c.contains(oid))
     }
+
+    /// How many deltas lie below `oid` in the pack written, if it is sent: as written, 0 while
+    /// it waits to be written, or as copied. One lookup where [`Sent::contains`] and then
+    /// [`depth_of`] would look a copied object up twice.
+    fn sent_depth(&self, written: &OidMap<u64>, oid: &ObjectId) -> Option<u64> {
+        if let Some(at) = written.get(oid) {
+            return Some(at >> DEPTH_SHIFT);
+        }
+        if self.listed.contains_key(oid) {
+            return Some(0);
+        }
+        self.copied.as_ref()?.depth_of(oid)
+    }
 }
 
 /// The kind (1 tree, 2 blob) of the entry of `data` at `offset`, if it is a tree or blob
@@ -1456,7 +1469,9 @@ impl<'a> PackWriter<'a> {
             // object is made again (against one further down its chain, if it can be). The
             // depth of one written later is known only then.
             let usable = |base: &ObjectId| {
-                (in_pack.contains(base) && depth_of(written, base, in_pack) < max_depth)
+                in_pack
+                    .sent_depth(written, base)
+                    .is_some_and(|depth| depth < max_depth)
                     || (thin && client_has.contains(base))
             };
             let at = in_pack.left_at(place).or_else(|| self.found_at(place));
@@ -1728,7 +1743,9 @@ impl<'a> PackWriter<'a> {
                 return Ok(None);
             };
             // One copied or written too deep is passed over (one further down is shallower).
-            if (in_pack.contains(&next) && depth_of(written, &next, in_pack) < self.opts.max_depth)
+            if in_pack
+                .sent_depth(written, &next)
+                .is_some_and(|depth| depth < self.opts.max_depth)
                 || (self.opts.thin && client_has.contains(&next))
             {
                 return Ok(Some(next));
