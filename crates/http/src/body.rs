@@ -21,7 +21,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body.
 #[derive(Debug)]
-pub struct Body(Kind);
+pub struct Body(Kind, Option<Held>);
+
+/// What a body keeps until it is sent or dropped.
+struct Held {
+    _kept: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
+}
 
 #[derive(Debug)]
 enum Kind {
@@ -34,23 +45,33 @@ impl Body {
     /// A body of `bytes`.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        Body(Kind::Full((!bytes.is_empty()).then_some(bytes)))
+        Body(Kind::Full((!bytes.is_empty()).then_some(bytes)), None)
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        Body(Kind::Full(None))
+        Body(Kind::Full(None), None)
     }
 
     /// A body of the chunks sent into the other end of `rx`; an `Err` ends it abruptly, so
     /// the client sees a broken response rather than a short one.
     pub fn channel(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Self {
-        Body(Kind::Channel(rx))
+        Body(Kind::Channel(rx), None)
     }
 
     /// An upstream response body, passed on as it arrives.
     pub fn upstream(body: ResponseBody) -> Self {
-        Body(Kind::Upstream(body))
+        Body(Kind::Upstream(body), None)
+    }
+}
+
+impl Body {
+    /// This body, keeping `held` until it is sent whole or dropped (a client gone).
+    pub fn holding(mut self, held: impl Send + Sync + 'static) -> Self {
+        self.1 = Some(Held {
+            _kept: Box::new(held),
+        });
+        self
     }
 }
 
@@ -62,7 +83,8 @@ impl hyper::body::Body for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().0 {
+        let this = self.get_mut();
+        let frame = match &mut this.0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Channel(rx) => rx
                 .poll_recv(cx)
@@ -70,7 +92,13 @@ impl hyper::body::Body for Body {
             Kind::Upstream(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(Into::into))),
+        };
+        if let Poll::Ready(None | Some(Err(_))) = frame {
+            // Sent whole (or broken off): what it held is let go now, whenever the server
+            // drops the body.
+            this.1 = None;
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -753,6 +781,27 @@ pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 mod tests {
     use super::*;
     use http_body_util::Full;
+
+    /// What a body holds is let go once its last chunk is taken, before the body is dropped;
+    /// a body dropped unsent lets it go too.
+    #[tokio::test]
+    async fn what_a_body_holds_goes_when_it_is_sent() {
+        let held = Arc::new(());
+        let (tx, rx) = mpsc::channel(2);
+        let mut body = Body::channel(rx).holding(Arc::clone(&held));
+        tx.send(Ok(Bytes::from_static(b"pack"))).await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), &b"pack"[..]);
+        assert_eq!(Arc::strong_count(&held), 2, "let go before the end");
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        assert_eq!(Arc::strong_count(&held), 1, "kept after the end");
+
+        let unsent = Body::full("x").holding(Arc::clone(&held));
+        assert_eq!(Arc::strong_count(&held), 2);
+        drop(unsent);
+        assert_eq!(Arc::strong_count(&held), 1);
+    }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -56,10 +56,12 @@ impl Fetches {
             return Ok(with_state(response, CacheState::Hit));
         }
 
-        // A miss: bring the mirror up to date with the client's credential, then serve.
+        // A miss: bring the mirror up to date with the client's credential, then serve. The
+        // mirror's background work waits until this answer is sent.
         let upstream = self
             .gate
             .upstream(target, self.gate.credential(target, headers))?;
+        let answering = self.mirrors.registry().answering(&target.key);
         let failure = self
             .mirrors
             .refresh(&target.key, upstream, true)
@@ -103,7 +105,8 @@ impl Fetches {
                 let response = self
                     .responder
                     .serve(target.key.relative_path(), repo, fetch, kind)
-                    .await;
+                    .await
+                    .map(|body| body.holding(answering));
                 Ok(with_state(response, CacheState::Miss))
             }
             (None, fetch) => {
@@ -128,7 +131,8 @@ impl Fetches {
                         let response = self
                             .responder
                             .serve(target.key.relative_path(), repo, fetch, kind)
-                            .await;
+                            .await
+                            .map(|body| body.holding(answering));
                         Ok(with_state(response, CacheState::Miss))
                     }
                     (kept, _) => {

@@ -40,6 +40,11 @@ struct Slot {
     /// checking one again when the mirror is next opened would read it whole once more (123
     /// MB at 500,000 commits, on the cores the first answers need).
     sound_bitmaps: Mutex<std::collections::HashMap<PathBuf, FileStamp>>,
+    /// Answers that waited on a refresh of the mirror and are not yet sent (see
+    /// [`Registry::answering`]).
+    answering: std::sync::atomic::AtomicUsize,
+    /// Told when the last of those is sent.
+    quieted: tokio::sync::Notify,
 }
 
 /// What tells a file apart from another at the same path, or from itself changed: its
@@ -83,6 +88,41 @@ impl Slot {
             .get(path)
             .copied();
         known.is_some() && known == FileStamp::of(path)
+    }
+}
+
+impl Slot {
+    /// Until no answer that waited on a refresh of the mirror is left to send, or `most` has
+    /// passed.
+    async fn quiet(&self, most: Duration) {
+        let deadline = tokio::time::Instant::now() + most;
+        loop {
+            let notified = self.quieted.notified();
+            tokio::pin!(notified);
+            // Listening before looking: a last answer sent in between still wakes this.
+            notified.as_mut().enable();
+            if self.answering.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// An answer that waited on a refresh of a mirror, until it is sent (dropped): background
+/// work on that mirror waits for it (see [`Registry::answering`]).
+#[derive(Debug)]
+pub struct Answering {
+    slot: Arc<Slot>,
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if self.slot.answering.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.slot.quieted.notify_waiters();
+        }
     }
 }
 
@@ -188,7 +228,15 @@ pub struct Registry {
     leases: Option<(Arc<dyn Leases>, Duration)>,
     /// Mirrors whose packs background maintenance replaced (see [`Registry::maintained`]).
     maintained: tokio::sync::broadcast::Sender<RepoKey>,
+    /// The longest background work on a mirror waits for the answers that waited on its
+    /// refresh (see [`Registry::answering`]).
+    quiet_wait: Duration,
 }
+
+/// How long background work on a mirror waits at most for the answers that waited on its
+/// refresh: long enough for generating any of them, short enough that a client reading
+/// slowly holds nothing back for long.
+pub const DEFAULT_QUIET_WAIT: Duration = Duration::from_secs(10);
 
 /// Maintained mirrors announced and not yet taken by a slow listener (it then misses the
 /// oldest: each is only a chance to prepare for the next answers).
@@ -238,7 +286,29 @@ impl Registry {
             shared: None,
             leases: None,
             maintained: tokio::sync::broadcast::channel(MAINTAINED_BACKLOG).0,
+            quiet_wait: DEFAULT_QUIET_WAIT,
         }
+    }
+
+    /// Let background work on a mirror wait at most `wait` for the answers that waited on
+    /// its refresh (default [`DEFAULT_QUIET_WAIT`]; zero: not at all).
+    pub fn with_quiet_wait(mut self, wait: Duration) -> Self {
+        self.quiet_wait = wait;
+        self
+    }
+
+    /// Note an answer that is about to wait on a refresh of `key`'s mirror (a miss) and then
+    /// be sent from it. Until the guard returned is dropped (once the answer is sent), and
+    /// for at most [`with_quiet_wait`](Self::with_quiet_wait), background work on the
+    /// mirror waits before it starts: the consolidation a refresh asks for (writing the
+    /// bitmaps of a first pack takes a core for seconds), and the checks made when the
+    /// mirror is first opened. The client that waited for the download has the cores for its
+    /// answer first; whoever comes after finds the work under way. Take it before the refresh
+    /// is asked for: the work it holds back starts as the refresh ends.
+    pub fn answering(&self, key: &RepoKey) -> Answering {
+        let slot = self.slot(key);
+        slot.answering.fetch_add(1, Ordering::AcqRel);
+        Answering { slot }
     }
 
     /// The mirrors whose packs background maintenance (see
@@ -397,8 +467,10 @@ impl Registry {
 
     /// If the mirror of `key` [needs it](Self::needs_consolidation), consolidate it in a
     /// background task (which waits for any refresh of it to finish), unless one is under way
-    /// already. Also worth calling when a mirror is first opened: maintenance cut short (by a
-    /// restart) is taken up again. Must be called within a Tokio runtime.
+    /// already; it starts once the answers that waited on the mirror's refresh are sent
+    /// (see [`answering`](Self::answering)). Also worth calling when a mirror is first
+    /// opened: maintenance cut short (by a restart) is taken up again. Must be called within
+    /// a Tokio runtime.
     pub fn maintain_in_background(self: &Arc<Self>, key: &RepoKey) {
         if !self.needs_consolidation(key) {
             return;
@@ -414,6 +486,7 @@ impl Registry {
         let (registry, key) = (Arc::clone(self), key.clone());
         tokio::spawn(async move {
             let _clear = ClearOnDrop(&slot.maintaining);
+            slot.quiet(registry.quiet_wait).await;
             let failed = |at| *slot.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = at;
             match registry.consolidate(&key).await {
                 Ok(Some(done)) => {
@@ -444,14 +517,16 @@ impl Registry {
     /// damaged ones, write the commit graphs its consolidated packs lack (or write damaged
     /// ones again) and the reverse indexes its packs lack, then
     /// [maintain](Self::maintain_in_background) it, which writes the bitmaps again. For when
-    /// a mirror is opened: loads never read a bitmap's or a graph's checksum.
-    /// Must be called within a Tokio runtime.
+    /// a mirror is opened: loads never read a bitmap's or a graph's checksum. Starts once
+    /// the answers that waited on the mirror's refresh are sent (see
+    /// [`answering`](Self::answering)). Must be called within a Tokio runtime.
     pub fn check_in_background(self: &Arc<Self>, key: &RepoKey) {
         let Some(mirror) = self.existing(key) else {
             return;
         };
         let (registry, key) = (Arc::clone(self), key.clone());
         tokio::spawn(async move {
+            registry.slot(&key).quiet(registry.quiet_wait).await;
             {
                 // Leftovers of a crash go when the mirror is first opened, not only at its
                 // next refresh.

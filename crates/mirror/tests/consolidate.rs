@@ -271,6 +271,65 @@ async fn a_mirror_far_past_its_consolidated_pack_is_consolidated_before_it_has_m
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
 
+/// Until the mirror of `key` no longer needs consolidating (a minute at most).
+async fn until_maintained(registry: &Registry, key: &RepoKey) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while registry.needs_consolidation(key) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mirror was never maintained"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 16 (a miss starts the background work after its answer): the maintenance a refresh
+/// asks for waits until the answers of the clients that waited on that refresh are sent,
+/// rather than taking the cores from them; a client that never reads its answer holds it
+/// back for the registry's quiet wait only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_after_a_miss_waits_for_its_answers() {
+    let (_upstream, _dir, _, registry, key, client) = served("answered", 94, None);
+    // Nothing held, as a measure: how long a refresh and its maintenance take here.
+    let free_dir = tempfile::tempdir().unwrap();
+    let free = std::sync::Arc::new(Registry::new(free_dir.path()));
+    let started = std::time::Instant::now();
+    free.refresh_and_maintain(&key, &client, &[]).await.unwrap();
+    until_maintained(&free, &key).await;
+    let window = (started.elapsed() * 3).max(Duration::from_secs(1));
+
+    // Two clients waited on the miss; their answers are being sent.
+    let (first, second) = (registry.answering(&key), registry.answering(&key));
+    registry
+        .refresh_and_maintain(&key, &client, &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(window).await;
+    assert!(
+        registry.needs_consolidation(&key),
+        "maintained while the miss's answers were being sent"
+    );
+    drop(first);
+    tokio::time::sleep(window).await;
+    assert!(
+        registry.needs_consolidation(&key),
+        "maintained while one answer was still being sent"
+    );
+    drop(second);
+    until_maintained(&registry, &key).await;
+    let mirror = registry.existing(&key).unwrap();
+    assert_eq!(pack_files_ending(mirror.git_dir(), "bitmap"), 1);
+
+    // An answer never read.
+    let held_dir = tempfile::tempdir().unwrap();
+    let held = std::sync::Arc::new(
+        Registry::new(held_dir.path()).with_quiet_wait(Duration::from_millis(200)),
+    );
+    let _never_sent = held.answering(&key);
+    held.refresh_and_maintain(&key, &client, &[]).await.unwrap();
+    until_maintained(&held, &key).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_cut_short_is_taken_up_when_asked_again() {
     let (_upstream, _dir, _, registry, key, client) = served("restarted", 97, None);
