@@ -32,10 +32,13 @@ pub enum Closure {
     },
 }
 
-/// One object while the pack is indexed.
-struct Node {
-    entry: PackEntry,
-    oid: ObjectId,
+/// One object while the pack is indexed: its entry, by position among the pack's entries,
+/// and its id once read. The delta tree holds one for every object of the pack (64 bytes an
+/// object with SHA-1 ids, where a node holding its entry and an [`ObjectId`] took 96).
+#[derive(Debug, Clone, Copy)]
+struct Node<const N: usize> {
+    entry: u32,
+    oid: [u8; N],
 }
 
 impl Repository {
@@ -59,6 +62,24 @@ impl Repository {
         closure: Closure,
     ) -> Result<u32, Error> {
         let hash = self.object_format();
+        match hash.len_in_bytes() {
+            20 => self.index_pack_as::<20>(pack, entries, bases, checksum, index, closure),
+            32 => self.index_pack_as::<32>(pack, entries, bases, checksum, index, closure),
+            len => Err(Error::odb(format!("object ids of {len} bytes"))),
+        }
+    }
+
+    /// [`index_pack`](Self::index_pack) for ids of `N` bytes.
+    fn index_pack_as<const N: usize>(
+        &self,
+        pack: &Path,
+        entries: &[PackEntry],
+        bases: &std::collections::HashMap<ObjectId, u64>,
+        checksum: &ObjectId,
+        index: &Path,
+        closure: Closure,
+    ) -> Result<u32, Error> {
+        let hash = self.object_format();
         let count = u32::try_from(entries.len()).map_err(|_| Error::Odb {
             message: "too many objects for one pack".into(),
         })?;
@@ -69,11 +90,8 @@ impl Repository {
         let interrupt = std::sync::atomic::AtomicBool::new(false);
         let tree = gix_pack::cache::delta::Tree::from_offsets_in_pack(
             pack,
-            entries.iter().map(|&entry| Node {
-                entry,
-                oid: hash.null(),
-            }),
-            &|node: &Node| node.entry.offset,
+            (0..count).map(|entry| Node { entry, oid: [0; N] }),
+            &|node: &Node<N>| entries[node.entry as usize].offset,
             &|id| Ok(bases.get(&id.to_owned()).copied()),
             &mut gix_utils::progress::Discard,
             &interrupt,
@@ -101,16 +119,19 @@ impl Repository {
                 Arc::clone(&shared),
             )),
         };
-        let processor = move |node: &mut Node,
+        let processor = move |node: &mut Node<N>,
                               _: &dyn gix_utils::progress::Progress,
                               context: gix_pack::cache::delta::traverse::Context<'_>|
               -> gix_error::Result {
             let kind = context.entry.header.as_kind().ok_or_else(|| {
                 gix_error::ErrorExt::raise(gix_error::message!("a delta where an object was due"))
             })?;
-            node.oid = gix_object::compute_hash(hash, kind, context.decompressed)?;
+            let oid = gix_object::compute_hash(hash, kind, context.decompressed)?;
+            node.oid = <[u8; N]>::try_from(oid.as_bytes()).map_err(|_| {
+                gix_error::ErrorExt::raise(gix_error::message!("an id of another length"))
+            })?;
             if let Some(checker) = &mut checker {
-                checker.read(node.oid, kind, context.decompressed)?;
+                checker.read(oid, kind, context.decompressed)?;
             }
             Ok(())
         };
@@ -137,7 +158,7 @@ impl Repository {
             return Err(err);
         }
         let outcome = traversed.map_err(Error::odb)?;
-        let mut nodes: Vec<Node> = (outcome.roots.into_iter())
+        let mut nodes: Vec<Node<N>> = (outcome.roots.into_iter())
             .chain(outcome.children)
             .map(|item| item.data)
             .collect();
@@ -168,23 +189,25 @@ impl Repository {
             }
         };
         if nodes.windows(2).any(|pair| pair[0].oid == pair[1].oid) {
-            return Err(crate::closed::twice(nodes.iter().map(|n| n.oid)));
+            return Err(crate::closed::twice(nodes.iter().map(Node::id)));
         }
         if let Some(sorted) = checked {
             sorted?;
-            let members: Vec<ObjectId> = nodes.iter().map(|n| n.oid).collect();
+            let members: Vec<ObjectId> = nodes.iter().map(Node::id).collect();
             self.verify_sorted(found, Members::Sorted(&members), &others)?;
         }
         // The reverse index beside the index: both are ready for the pack's first reader.
         let reverse = index.with_extension("rev");
         std::thread::scope(|scope| {
             let rev = std::thread::Builder::new()
-                .spawn_scoped(scope, || write_rev(&reverse, &nodes, checksum, hash))
+                .spawn_scoped(scope, || {
+                    write_rev(&reverse, entries, &nodes, checksum, hash)
+                })
                 .ok();
-            write_index(index, &nodes, checksum, hash)?;
+            write_index(index, entries, &nodes, checksum, hash)?;
             match rev {
                 Some(rev) => rev.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                None => write_rev(&reverse, &nodes, checksum, hash),
+                None => write_rev(&reverse, entries, &nodes, checksum, hash),
             }
         })?;
         Ok(count)
@@ -194,12 +217,12 @@ impl Repository {
 /// Sort `nodes` by id: by the ids' first eight bytes as a number first (comparing whole ids at
 /// every step was most of the sorting), on two threads when there are many (halves split by
 /// the ids' first bit, sorted each on its own).
-fn sort_by_id(nodes: &mut [Node]) {
-    let head = |node: &Node| {
-        let bytes = node.oid.as_bytes().first_chunk::<8>();
+fn sort_by_id<const N: usize>(nodes: &mut [Node<N>]) {
+    let head = |node: &Node<N>| {
+        let bytes = node.oid.first_chunk::<8>();
         bytes.map_or(0, |b| u64::from_be_bytes(*b))
     };
-    let sort = |nodes: &mut [Node]| {
+    let sort = |nodes: &mut [Node<N>]| {
         nodes.sort_unstable_by(|a, b| head(a).cmp(&head(b)).then_with(|| a.oid.cmp(&b.oid)));
     };
     if nodes.len() < 1 << 16 {
@@ -208,12 +231,7 @@ fn sort_by_id(nodes: &mut [Node]) {
     // Those whose id starts with a 0 bit first.
     let mut low = 0;
     for i in 0..nodes.len() {
-        if nodes[i]
-            .oid
-            .as_bytes()
-            .first()
-            .is_some_and(|b| b & 0x80 == 0)
-        {
+        if nodes[i].oid.first().is_some_and(|b| b & 0x80 == 0) {
             nodes.swap(low, i);
             low += 1;
         }
@@ -244,17 +262,29 @@ pub(crate) fn write_index_of(
     checksum: &ObjectId,
     hash: gix_hash::Kind,
 ) -> Result<(), Error> {
-    let mut nodes: Vec<Node> = (objects.iter())
-        .map(|&(oid, entry)| Node { entry, oid })
+    let entries: Vec<PackEntry> = objects.iter().map(|&(_, entry)| entry).collect();
+    let mut nodes: Vec<Node<20>> = (objects.iter().zip(0..))
+        .map(|(&(oid, _), entry)| Node {
+            entry,
+            oid: oid.as_bytes().try_into().expect("a SHA-1 id"),
+        })
         .collect();
     sort_by_id(&mut nodes);
-    write_index(path, &nodes, checksum, hash)
+    write_index(path, &entries, &nodes, checksum, hash)
 }
 
-/// Write a version 2 pack index of `nodes` (sorted by id), as git's `index-pack` writes it.
-fn write_index(
+impl<const N: usize> Node<N> {
+    fn id(&self) -> ObjectId {
+        ObjectId::from_bytes_or_panic(&self.oid)
+    }
+}
+
+/// Write a version 2 pack index of `nodes` (sorted by id; their entries among `entries`), as
+/// git's `index-pack` writes it.
+fn write_index<const N: usize>(
     path: &Path,
-    nodes: &[Node],
+    entries: &[PackEntry],
+    nodes: &[Node<N>],
     checksum: &ObjectId,
     hash: gix_hash::Kind,
 ) -> Result<(), Error> {
@@ -266,7 +296,7 @@ fn write_index(
     out.write_all(&2u32.to_be_bytes())?;
     let mut fanout = [0u32; 256];
     for node in nodes {
-        fanout[usize::from(node.oid.as_bytes()[0])] += 1;
+        fanout[usize::from(node.oid.first().copied().unwrap_or_default())] += 1;
     }
     let mut total = 0u32;
     for count in fanout {
@@ -274,15 +304,15 @@ fn write_index(
         out.write_all(&total.to_be_bytes())?;
     }
     for node in nodes {
-        out.write_all(node.oid.as_bytes())?;
+        out.write_all(&node.oid)?;
     }
     for node in nodes {
-        out.write_all(&node.entry.crc32.to_be_bytes())?;
+        out.write_all(&entries[node.entry as usize].crc32.to_be_bytes())?;
     }
     // Offsets past 31 bits go to a table of 64-bit offsets, referred to by position.
     let mut large: Vec<u64> = Vec::new();
     for node in nodes {
-        let offset = node.entry.offset;
+        let offset = entries[node.entry as usize].offset;
         let small = match u32::try_from(offset) {
             Ok(small) if small < 0x8000_0000 => small,
             _ => {
@@ -307,11 +337,13 @@ fn write_index(
     Ok(())
 }
 
-/// Write git's reverse index of the pack of `nodes` (sorted by id) to `path`, unless git has
-/// none for the object format (readers then build the order).
-fn write_rev(
+/// Write git's reverse index of the pack of `nodes` (sorted by id; their entries among
+/// `entries`) to `path`, unless git has none for the object format (readers then build the
+/// order).
+fn write_rev<const N: usize>(
     path: &Path,
-    nodes: &[Node],
+    entries: &[PackEntry],
+    nodes: &[Node<N>],
     checksum: &ObjectId,
     hash: gix_hash::Kind,
 ) -> Result<(), Error> {
@@ -319,7 +351,7 @@ fn write_rev(
         return Ok(());
     }
     let file = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?);
-    let offset_at = |i: u32| nodes[i as usize].entry.offset;
+    let offset_at = |i: u32| entries[nodes[i as usize].entry as usize].offset;
     crate::packs::write_rev(file, nodes.len(), offset_at, checksum, hash)?;
     Ok(())
 }
@@ -336,7 +368,7 @@ mod tests {
         let mut rng = gitcache_testkit::repo::Rng::new(291);
         let mut next = move || rng.next_u64();
         for n in [0usize, 1, 1000, (1 << 16) + 7, 150_000] {
-            let mut nodes: Vec<Node> = (0..n)
+            let mut nodes: Vec<Node<20>> = (0..n)
                 .map(|i| {
                     let mut id = [0u8; 20];
                     for chunk in id.chunks_mut(8) {
@@ -351,22 +383,18 @@ mod tests {
                         id = [9; 20];
                     }
                     Node {
-                        entry: PackEntry {
-                            offset: i as u64,
-                            crc32: i as u32,
-                        },
-                        oid: ObjectId::from_bytes_or_panic(&id),
+                        entry: i as u32,
+                        oid: id,
                     }
                 })
                 .collect();
-            let mut expected: Vec<(ObjectId, u64)> =
-                nodes.iter().map(|n| (n.oid, n.entry.offset)).collect();
+            let mut expected: Vec<(ObjectId, u32)> =
+                nodes.iter().map(|n| (n.id(), n.entry)).collect();
             expected.sort_unstable();
             sort_by_id(&mut nodes);
-            let ids: Vec<ObjectId> = nodes.iter().map(|n| n.oid).collect();
+            let ids: Vec<ObjectId> = nodes.iter().map(Node::id).collect();
             assert!(ids.windows(2).all(|w| w[0] <= w[1]), "{n} sorted");
-            let mut got: Vec<(ObjectId, u64)> =
-                nodes.iter().map(|n| (n.oid, n.entry.offset)).collect();
+            let mut got: Vec<(ObjectId, u32)> = nodes.iter().map(|n| (n.id(), n.entry)).collect();
             got.sort_unstable();
             assert_eq!(got, expected, "{n}: the same nodes");
             if n > 1011 {
@@ -381,20 +409,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pack-0.idx");
         let offsets = [12, 0x7fff_ffff, 0x8000_0000, 5 << 30, 12 << 40];
-        let mut nodes: Vec<Node> = offsets
-            .iter()
-            .enumerate()
-            .map(|(i, &offset)| Node {
-                entry: PackEntry {
-                    offset,
-                    crc32: i as u32,
-                },
-                oid: ObjectId::from_bytes_or_panic(&[i as u8 * 40; 20]),
+        let entries: Vec<PackEntry> = (offsets.iter().zip(0..))
+            .map(|(&offset, crc32)| PackEntry { offset, crc32 })
+            .collect();
+        let mut nodes: Vec<Node<20>> = (0..offsets.len() as u32)
+            .map(|entry| Node {
+                entry,
+                oid: [entry as u8 * 40; 20],
             })
             .collect();
         nodes.sort_unstable_by_key(|n| n.oid);
         let checksum = ObjectId::from_bytes_or_panic(&[7; 20]);
-        write_index(&path, &nodes, &checksum, gix_hash::Kind::Sha1).unwrap();
+        write_index(&path, &entries, &nodes, &checksum, gix_hash::Kind::Sha1).unwrap();
         let index = gix_pack::index::File::at(&path, gix_hash::Kind::Sha1).unwrap();
         assert_eq!(index.num_objects(), 5);
         assert_eq!(index.pack_checksum(), checksum);
@@ -404,9 +430,10 @@ mod tests {
                 .is_ok()
         );
         for node in &nodes {
-            let at = index.lookup(node.oid).unwrap();
-            assert_eq!(index.pack_offset_at_index(at), node.entry.offset);
-            assert_eq!(index.crc32_at_index(at), Some(node.entry.crc32));
+            let at = index.lookup(node.id()).unwrap();
+            let entry = entries[node.entry as usize];
+            assert_eq!(index.pack_offset_at_index(at), entry.offset);
+            assert_eq!(index.crc32_at_index(at), Some(entry.crc32));
         }
     }
 }
