@@ -46,22 +46,24 @@ impl Fetches {
         fetch: Fetch,
         kind: HashKind,
     ) -> Result<Response<Body>, Error> {
+        // The mirror's background work (the checks when it is first opened, the maintenance
+        // a refresh asks for) waits until this answer is handed over.
+        let answering = self.mirrors.registry().answering(&target.key);
         let (repo, fetch) = self.mirrors.with_wants(&target.key, fetch).await?;
         if let Some(repo) = repo {
             tracing::info!(result = "hit", "fetch");
             let response = self
                 .responder
                 .serve(target.key.relative_path(), repo, fetch, kind)
-                .await;
+                .await
+                .map(|body| body.holding(answering));
             return Ok(with_state(response, CacheState::Hit));
         }
 
-        // A miss: bring the mirror up to date with the client's credential, then serve. The
-        // mirror's background work waits until this answer is sent.
+        // A miss: bring the mirror up to date with the client's credential, then serve.
         let upstream = self
             .gate
             .upstream(target, self.gate.credential(target, headers))?;
-        let answering = self.mirrors.registry().answering(&target.key);
         let failure = self
             .mirrors
             .refresh(&target.key, upstream, true)

@@ -297,14 +297,17 @@ impl Registry {
         self
     }
 
-    /// Note an answer that is about to wait on a refresh of `key`'s mirror (a miss) and then
-    /// be sent from it. Until the guard returned is dropped (once the answer is sent), and
-    /// for at most [`with_quiet_wait`](Self::with_quiet_wait), background work on the
-    /// mirror waits before it starts: the consolidation a refresh asks for (writing the
-    /// bitmaps of a first pack takes a core for seconds), and the checks made when the
-    /// mirror is first opened. The client that waited for the download has the cores for its
-    /// answer first; whoever comes after finds the work under way. Take it before the refresh
-    /// is asked for: the work it holds back starts as the refresh ends.
+    /// Note an answer about to be served from `key`'s mirror, which may first open it or wait
+    /// on its refresh (a miss). Until the guard returned is dropped (once the answer is
+    /// handed over whole), background work on the mirror waits before it starts: the
+    /// consolidation a refresh asks for (writing the bitmaps of a first pack takes a core for
+    /// seconds), and the checks made when the mirror is first opened (each bitmap file read
+    /// whole). The client that waited for the download has the cores for its answer first;
+    /// whoever comes after finds the work under way. Each such start waits at most
+    /// [`with_quiet_wait`](Self::with_quiet_wait), counted from when it was asked for (the
+    /// checks, then the maintenance they ask for, may each wait that long). Take the guard
+    /// before the mirror is opened or the refresh asked for: the work it holds back starts
+    /// as they end.
     pub fn answering(&self, key: &RepoKey) -> Answering {
         let slot = self.slot(key);
         slot.answering.fetch_add(1, Ordering::AcqRel);
@@ -521,12 +524,16 @@ impl Registry {
     /// the answers that waited on the mirror's refresh are sent (see
     /// [`answering`](Self::answering)). Must be called within a Tokio runtime.
     pub fn check_in_background(self: &Arc<Self>, key: &RepoKey) {
-        let Some(mirror) = self.existing(key) else {
+        if self.existing(key).is_none() {
             return;
-        };
+        }
         let (registry, key) = (Arc::clone(self), key.clone());
         tokio::spawn(async move {
             registry.slot(&key).quiet(registry.quiet_wait).await;
+            // Evicted or removed meanwhile: nothing to check.
+            let Some(mirror) = registry.existing(&key) else {
+                return;
+            };
             {
                 // Leftovers of a crash go when the mirror is first opened, not only at its
                 // next refresh.

@@ -289,7 +289,11 @@ async fn until_maintained(registry: &Registry, key: &RepoKey) {
 /// back for the registry's quiet wait only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_after_a_miss_waits_for_its_answers() {
-    let (_upstream, _dir, _, registry, key, client) = served("answered", 94, None);
+    let (_upstream, dir, _, _, key, client) = served("answered", 94, None);
+    // Held back for as long as the answers take (a wait past the test's own deadline, so that
+    // only the last answer sent can start the work).
+    let registry =
+        std::sync::Arc::new(Registry::new(dir.path()).with_quiet_wait(Duration::from_secs(3600)));
     // Nothing held, as a measure: how long a refresh and its maintenance take here.
     let free_dir = tempfile::tempdir().unwrap();
     let free = std::sync::Arc::new(Registry::new(free_dir.path()));
