@@ -114,17 +114,16 @@ impl Repository {
         others: &[Arc<gix_pack::index::File>],
     ) -> Result<(), Error> {
         let mut among = members.again();
-        if let Some(oid) = found
-            .referred
-            .iter()
-            .find(|oid| !among.contains(oid) && others.iter().all(|i| i.lookup(*oid).is_none()))
+        if let Some(oid) = (0..found.referred.len())
+            .map(|i| found.referred.at(i).0)
+            .find(|oid| !among.contains(oid) && others.iter().all(|i| i.lookup(oid).is_none()))
         {
-            return Err(Error::MissingObject { oid: *oid });
+            return Err(Error::MissingObject { oid });
         }
-        let mut kinds = found.kinds.iter().peekable();
+        let mut kinds = (0..found.kinds.len()).map(|i| found.kinds.at(i)).peekable();
         let mut among = members;
         let objects = self.objects();
-        for (oid, want) in found.expected {
+        for (oid, want) in (0..found.expected.len()).map(|i| found.expected.at(i)) {
             while kinds.next_if(|(id, _)| *id < oid).is_some() {}
             let found = match kinds.peek() {
                 Some((id, kind)) if *id == oid => *kind,
@@ -172,11 +171,11 @@ pub(crate) fn twice(sorted: impl Iterator<Item = ObjectId>) -> Error {
 #[derive(Default)]
 pub(crate) struct Found {
     /// Objects referred to, to be looked up once the pack's objects are all known.
-    referred: Vec<ObjectId>,
+    referred: Ids<()>,
     /// The kind of each commit, tree and tag of the pack.
-    kinds: Vec<(ObjectId, Kind)>,
+    kinds: Ids<Kind>,
     /// The kind each commit, tree and tag referred to is expected to be.
-    expected: Vec<(ObjectId, Kind)>,
+    expected: Ids<Kind>,
     /// The lengths past which `referred` and `expected` are compacted next.
     referred_room: usize,
     expected_room: usize,
@@ -191,10 +190,9 @@ impl Found {
     /// `oid` is referred to (and may be one of the pack's own objects): at most `most`
     /// different ones.
     fn refer(&mut self, oid: ObjectId, most: usize) -> Result<(), Error> {
-        self.referred.push(oid);
+        self.referred.push(&oid, ())?;
         if self.referred.len() > self.referred_room.max(LEAST_ROOM) {
-            sort_ids(&mut self.referred, |id| id);
-            self.referred.dedup();
+            self.referred.sort_dedup();
             self.referred_room = 2 * self.referred.len();
             if self.referred.len() > most {
                 return Err(Error::Corrupt {
@@ -208,7 +206,7 @@ impl Found {
 
     /// `oid` is expected to be a `kind`.
     fn expect(&mut self, oid: ObjectId, kind: Kind) -> Result<(), Error> {
-        self.expected.push((oid, kind));
+        self.expected.push(&oid, kind)?;
         if self.expected.len() > self.expected_room.max(LEAST_ROOM) {
             let compacted = self.compact_expected();
             self.expected_room = 2 * self.expected.len();
@@ -220,12 +218,11 @@ impl Found {
     /// Sort the expected kinds and drop repeats. Expected as two kinds (none of them a
     /// blob), an object is not one of them: refused.
     fn compact_expected(&mut self) -> Result<(), Error> {
-        sort_ids(&mut self.expected, |(id, _)| id);
-        self.expected.dedup();
-        match self.expected.windows(2).find(|w| w[0].0 == w[1].0) {
-            Some(w) => Err(Error::Corrupt {
-                oid: w[0].0,
-                reason: format!("referred to as a {} and as a {}", w[0].1, w[1].1),
+        self.expected.sort_dedup();
+        match self.expected.repeated() {
+            Some((oid, one, other)) => Err(Error::Corrupt {
+                oid,
+                reason: format!("referred to as a {one} and as a {other}"),
             }),
             None => Ok(()),
         }
@@ -233,10 +230,10 @@ impl Found {
 
     /// A kind expected of `oid` (the last one listed).
     #[cfg(test)]
-    fn expected_kind(&self, oid: &ObjectId) -> Option<&Kind> {
-        self.expected
-            .iter()
+    fn expected_kind(&self, oid: &ObjectId) -> Option<Kind> {
+        (0..self.expected.len())
             .rev()
+            .map(|i| self.expected.at(i))
             .find(|(id, _)| id == oid)
             .map(|(_, k)| k)
     }
@@ -245,32 +242,133 @@ impl Found {
     /// object expected as two kinds is refused. Its own step, so that it can run beside other
     /// work.
     pub(crate) fn sort(&mut self) -> Result<(), Error> {
-        sort_ids(&mut self.referred, |id| id);
-        self.referred.dedup();
+        self.referred.sort_dedup();
         self.compact_expected()?;
-        sort_ids(&mut self.kinds, |(id, _)| id);
+        self.kinds.sort();
         Ok(())
     }
 
     fn merge(&mut self, other: Found) {
-        self.referred.extend(other.referred);
-        self.kinds.extend(other.kinds);
-        self.expected.extend(other.expected);
+        let merged = [
+            self.referred.append(other.referred),
+            self.kinds.append(other.kinds),
+            self.expected.append(other.expected),
+        ];
         if let Some(err) = other.failure {
+            self.failure.get_or_insert(err);
+        }
+        if let Some(Err(err)) = merged.into_iter().find(Result::is_err) {
             self.failure.get_or_insert(err);
         }
     }
 }
 
-/// Sort `items` by their ids (`id` gives an item's), then as a whole: equal items end up
-/// side by side. Ids are compared by their first eight bytes as a number first (a call to
-/// compare whole ids for every step was most of the sorting).
-pub(crate) fn sort_ids<T: Ord>(items: &mut [T], id: impl Fn(&T) -> &ObjectId) {
-    let head = |item: &T| {
-        let bytes = id(item).as_bytes().first_chunk::<8>();
-        bytes.map_or(0, |b| u64::from_be_bytes(*b))
-    };
-    items.sort_unstable_by(|a, b| head(a).cmp(&head(b)).then_with(|| a.cmp(b)));
+/// Object ids listed for the check, each with a `T` beside it, kept as their bytes only: 20
+/// for SHA-1, where an [`ObjectId`] takes 33 whatever its format (the lists hold about as
+/// many ids as the pack has objects, twice that before their repeats go). Empty until the
+/// first id says the format.
+#[derive(Default)]
+enum Ids<T> {
+    #[default]
+    Empty,
+    Sha1(Vec<([u8; 20], T)>),
+    Sha256(Vec<([u8; 32], T)>),
+}
+
+/// An id's first eight bytes as a number: ids are ordered by it first (a call comparing whole
+/// ids for every step was most of the sorting).
+fn head(id: &[u8]) -> u64 {
+    id.first_chunk::<8>().map_or(0, |b| u64::from_be_bytes(*b))
+}
+
+/// Sort `items` by id, then as a whole: equal items end up side by side.
+fn sort_raw<const N: usize, T: Ord>(items: &mut [([u8; N], T)]) {
+    items.sort_unstable_by(|a, b| head(&a.0).cmp(&head(&b.0)).then_with(|| a.cmp(b)));
+}
+
+/// The first two neighbours of `items` with the same id.
+fn repeated_raw<const N: usize, T: Copy>(items: &[([u8; N], T)]) -> Option<(ObjectId, T, T)> {
+    let w = items.windows(2).find(|w| w[0].0 == w[1].0)?;
+    Some((ObjectId::from_bytes_or_panic(&w[0].0), w[0].1, w[1].1))
+}
+
+fn two_formats() -> Error {
+    Error::odb("object ids of two formats in one check")
+}
+
+impl<T: Copy + Ord> Ids<T> {
+    fn push(&mut self, oid: &ObjectId, with: T) -> Result<(), Error> {
+        let bytes = oid.as_bytes();
+        if let Ids::Empty = self {
+            *self = match bytes.len() {
+                20 => Ids::Sha1(Vec::new()),
+                _ => Ids::Sha256(Vec::new()),
+            };
+        }
+        match self {
+            Ids::Sha1(items) => items.push((bytes.try_into().map_err(|_| two_formats())?, with)),
+            Ids::Sha256(items) => {
+                items.push((bytes.try_into().map_err(|_| two_formats())?, with));
+            }
+            Ids::Empty => {}
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Ids::Empty => 0,
+            Ids::Sha1(items) => items.len(),
+            Ids::Sha256(items) => items.len(),
+        }
+    }
+
+    /// The `i`th id listed and what is beside it.
+    fn at(&self, i: usize) -> (ObjectId, T) {
+        let (id, with) = match self {
+            Ids::Sha1(items) => (&items[i].0[..], items[i].1),
+            Ids::Sha256(items) => (&items[i].0[..], items[i].1),
+            Ids::Empty => panic!("no id at {i} of none"),
+        };
+        (ObjectId::from_bytes_or_panic(id), with)
+    }
+
+    fn sort(&mut self) {
+        match self {
+            Ids::Empty => {}
+            Ids::Sha1(items) => sort_raw(items),
+            Ids::Sha256(items) => sort_raw(items),
+        }
+    }
+
+    fn sort_dedup(&mut self) {
+        self.sort();
+        match self {
+            Ids::Empty => {}
+            Ids::Sha1(items) => items.dedup(),
+            Ids::Sha256(items) => items.dedup(),
+        }
+    }
+
+    /// Sorted: the first two neighbours with the same id, and what is beside each.
+    fn repeated(&self) -> Option<(ObjectId, T, T)> {
+        match self {
+            Ids::Empty => None,
+            Ids::Sha1(items) => repeated_raw(items),
+            Ids::Sha256(items) => repeated_raw(items),
+        }
+    }
+
+    fn append(&mut self, other: Ids<T>) -> Result<(), Error> {
+        match (self, other) {
+            (_, Ids::Empty) => {}
+            (this @ Ids::Empty, other) => *this = other,
+            (Ids::Sha1(items), Ids::Sha1(more)) => items.extend(more),
+            (Ids::Sha256(items), Ids::Sha256(more)) => items.extend(more),
+            _ => return Err(two_formats()),
+        }
+        Ok(())
+    }
 }
 
 /// Whether ids are among the pack's objects: a set, or the sorted ids, asked in ascending
@@ -359,8 +457,7 @@ impl Drop for Checker {
         // Handed over without repeats: the lists merged stay within each copy's different
         // references, not twice them.
         let mut found = std::mem::take(&mut self.found);
-        sort_ids(&mut found.referred, |id| id);
-        found.referred.dedup();
+        found.referred.sort_dedup();
         if let Err(err) = found.compact_expected() {
             found.failure.get_or_insert(err);
         }
@@ -425,7 +522,7 @@ impl Checker {
                 self.refer(target, kind)?;
             }
         }
-        self.found.kinds.push((oid, kind));
+        self.found.kinds.push(&oid, kind)?;
         Ok(())
     }
 
@@ -675,9 +772,54 @@ mod tests {
         assert!(checker.tree(&after).is_ok());
         assert_eq!(
             checker.found.expected_kind(&oid(1)),
-            Some(&Kind::Tree),
+            Some(Kind::Tree),
             "the later tree's last entry names it as a tree"
         );
+    }
+
+    /// Ids are listed as their bytes in either format, sorted as [`ObjectId`]s sort, and a
+    /// list never mixes formats (an error, not a wrong answer).
+    #[test]
+    fn ids_are_listed_compactly_in_either_format_and_never_mixed() {
+        for kind in [gix_hash::Kind::Sha1, gix_hash::Kind::Sha256] {
+            let mut rng = gitcache_testkit::repo::Rng::new(77);
+            let mut ids: Vec<ObjectId> = (0..500)
+                .map(|i| {
+                    let mut id = ObjectId::null(kind);
+                    for b in id.as_mut_slice().iter_mut() {
+                        *b = rng.next_u64() as u8;
+                    }
+                    // Some share their first eight bytes.
+                    if i % 7 == 0 {
+                        id.as_mut_slice()[..8].fill(3);
+                    }
+                    id
+                })
+                .collect();
+            let mut listed = Ids::default();
+            for (i, id) in ids.iter().chain(&ids[..100]).enumerate() {
+                listed.push(id, i == 510).unwrap();
+            }
+            listed.sort_dedup();
+            ids.sort_unstable();
+            let got: Vec<ObjectId> = (0..listed.len()).map(|i| listed.at(i).0).collect();
+            // An id listed beside `false` and `true` both: side by side.
+            let (repeat, one, other) = listed.repeated().unwrap();
+            assert_eq!((one, other), (false, true));
+            assert!(ids.binary_search(&repeat).is_ok());
+            let mut deduped = got.clone();
+            deduped.dedup();
+            assert_eq!(deduped, ids);
+            assert_eq!(got.len(), ids.len() + 1);
+        }
+        let mut one = Ids::default();
+        one.push(&oid(1), ()).unwrap();
+        let other = ObjectId::null(gix_hash::Kind::Sha256);
+        assert!(one.push(&other, ()).is_err());
+        let mut two = Ids::default();
+        two.push(&other, ()).unwrap();
+        assert!(one.append(two).is_err());
+        assert_eq!(one.len(), 1);
     }
 
     /// With the pack's objects not known yet, references are recorded for later, repeats
@@ -712,9 +854,11 @@ mod tests {
             assert_eq!(got.is_err(), refused, "at most {most}");
             if !refused {
                 assert!(longest.0 <= 2 * ids.len() + 1 && longest.1 <= 2 * ids.len() + 1);
-                found.referred.sort_unstable();
-                found.referred.dedup();
-                assert_eq!(found.referred, ids);
+                found.referred.sort_dedup();
+                let referred: Vec<ObjectId> = (0..found.referred.len())
+                    .map(|i| found.referred.at(i).0)
+                    .collect();
+                assert_eq!(referred, ids);
                 assert!(found.compact_expected().is_ok());
                 assert_eq!(found.expected.len(), ids.len());
             }
@@ -793,7 +937,7 @@ mod tests {
             }
             for entry in accepted.iter().flatten() {
                 if entry.kind == objects::EntryKind::Tree {
-                    prop_assert_eq!(checker.found.expected_kind(&entry.oid), Some(&Kind::Tree));
+                    prop_assert_eq!(checker.found.expected_kind(&entry.oid), Some(Kind::Tree));
                 }
             }
         }
