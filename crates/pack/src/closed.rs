@@ -363,8 +363,15 @@ impl<T: Copy + Ord> Ids<T> {
         match (self, other) {
             (_, Ids::Empty) => {}
             (this @ Ids::Empty, other) => *this = other,
-            (Ids::Sha1(items), Ids::Sha1(more)) => items.extend(more),
-            (Ids::Sha256(items), Ids::Sha256(more)) => items.extend(more),
+            // Room for exactly both: the merged lists are the largest the check holds.
+            (Ids::Sha1(items), Ids::Sha1(more)) => {
+                items.reserve_exact(more.len());
+                items.extend(more);
+            }
+            (Ids::Sha256(items), Ids::Sha256(more)) => {
+                items.reserve_exact(more.len());
+                items.extend(more);
+            }
             _ => return Err(two_formats()),
         }
         Ok(())
