@@ -459,14 +459,26 @@ fn headers_in_a_longer_form_and_objects_twice_are_refused() {
 
 /// A received pack is checked as it is indexed: an object referred to as two kinds, or as a
 /// kind it is not, refuses the pack, and an object referred to from many trees is one
-/// reference (the check's lists drop repeats as they grow).
+/// reference (the check's lists drop repeats as they grow). In either object format.
 #[test]
 fn kinds_are_checked_while_a_pack_is_indexed() {
+    for (format, kind) in [("sha1", Kind::Sha1), ("sha256", Kind::Sha256)] {
+        kinds_are_checked_in(format, kind);
+    }
+}
+
+fn kinds_are_checked_in(format: &str, kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source.git");
     git(
         dir.path(),
-        &["init", "-q", "--bare", source.to_str().unwrap()],
+        &[
+            "init",
+            "-q",
+            "--bare",
+            &format!("--object-format={format}"),
+            source.to_str().unwrap(),
+        ],
     );
     let write = |kind: &str, body: &[u8]| -> String {
         let out = git_with_input(
@@ -481,7 +493,7 @@ fn kinds_are_checked_while_a_pack_is_indexed() {
         for (mode, name, id) in entries {
             body.extend_from_slice(format!("{mode} {name}\0").as_bytes());
             body.extend(
-                (0..40)
+                (0..id.len())
                     .step_by(2)
                     .map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap()),
             );
@@ -513,10 +525,10 @@ fn kinds_are_checked_while_a_pack_is_indexed() {
     let first = commit_of(&root, &[], 1);
     // A commit whose parent is a tree.
     let confused = commit_of(&root, &[&root], 2);
-    let mirror = empty_mirror(dir.path(), "sha1");
+    let mirror = empty_mirror(dir.path(), format);
     let err = ingest_pack_checked(
         &mirror,
-        Kind::Sha1,
+        kind,
         &mut &pack(&[&blob, &root, &first, &confused])[..],
         closed,
     )
@@ -531,7 +543,7 @@ fn kinds_are_checked_while_a_pack_is_indexed() {
     let over = commit_of(&wrong, &[], 3);
     let err = ingest_pack_checked(
         &mirror,
-        Kind::Sha1,
+        kind,
         &mut &pack(&[&blob, &wrong, &over])[..],
         closed,
     )
@@ -559,7 +571,7 @@ fn kinds_are_checked_while_a_pack_is_indexed() {
         objects.push(tree_of(&entries));
     }
     let refs: Vec<&str> = objects.iter().map(String::as_str).collect();
-    let ingested = ingest_pack_checked(&mirror, Kind::Sha1, &mut &pack(&refs)[..], closed).unwrap();
+    let ingested = ingest_pack_checked(&mirror, kind, &mut &pack(&refs)[..], closed).unwrap();
     assert_eq!(ingested.objects as usize, objects.len());
 }
 

@@ -302,7 +302,8 @@ impl<T: Copy + Ord> Ids<T> {
         if let Ids::Empty = self {
             *self = match bytes.len() {
                 20 => Ids::Sha1(Vec::new()),
-                _ => Ids::Sha256(Vec::new()),
+                32 => Ids::Sha256(Vec::new()),
+                len => return Err(Error::odb(format!("an object id of {len} bytes"))),
             };
         }
         match self {
@@ -310,7 +311,7 @@ impl<T: Copy + Ord> Ids<T> {
             Ids::Sha256(items) => {
                 items.push((bytes.try_into().map_err(|_| two_formats())?, with));
             }
-            Ids::Empty => {}
+            Ids::Empty => return Err(Error::odb("an id listed nowhere")),
         }
         Ok(())
     }
@@ -350,6 +351,15 @@ impl<T: Copy + Ord> Ids<T> {
         }
     }
 
+    /// Let go of the room past the ids listed.
+    fn shrink(&mut self) {
+        match self {
+            Ids::Empty => {}
+            Ids::Sha1(items) => items.shrink_to_fit(),
+            Ids::Sha256(items) => items.shrink_to_fit(),
+        }
+    }
+
     /// Sorted: the first two neighbours with the same id, and what is beside each.
     fn repeated(&self) -> Option<(ObjectId, T, T)> {
         match self {
@@ -363,7 +373,8 @@ impl<T: Copy + Ord> Ids<T> {
         match (self, other) {
             (_, Ids::Empty) => {}
             (this @ Ids::Empty, other) => *this = other,
-            // Room for exactly both: the merged lists are the largest the check holds.
+            // Room for exactly both (each copy's lists are shrunk to their ids when handed
+            // over): the merged lists are the largest the check holds once decoding ends.
             (Ids::Sha1(items), Ids::Sha1(more)) => {
                 items.reserve_exact(more.len());
                 items.extend(more);
@@ -468,6 +479,9 @@ impl Drop for Checker {
         if let Err(err) = found.compact_expected() {
             found.failure.get_or_insert(err);
         }
+        found.referred.shrink();
+        found.expected.shrink();
+        found.kinds.shrink();
         self.lock().merge(found);
     }
 }
@@ -805,15 +819,15 @@ mod tests {
                 .collect();
             let mut listed = Ids::default();
             for (i, id) in ids.iter().chain(&ids[..100]).enumerate() {
-                listed.push(id, i == 510).unwrap();
+                let kind = if i == 510 { Kind::Commit } else { Kind::Tree };
+                listed.push(id, kind).unwrap();
             }
+            // Listed as a tree and as a commit: side by side once sorted.
+            let twice = ids[10];
             listed.sort_dedup();
             ids.sort_unstable();
             let got: Vec<ObjectId> = (0..listed.len()).map(|i| listed.at(i).0).collect();
-            // An id listed beside `false` and `true` both: side by side.
-            let (repeat, one, other) = listed.repeated().unwrap();
-            assert_eq!((one, other), (false, true));
-            assert!(ids.binary_search(&repeat).is_ok());
+            assert_eq!(listed.repeated(), Some((twice, Kind::Tree, Kind::Commit)));
             let mut deduped = got.clone();
             deduped.dedup();
             assert_eq!(deduped, ids);
@@ -827,6 +841,19 @@ mod tests {
         two.push(&other, ()).unwrap();
         assert!(one.append(two).is_err());
         assert_eq!(one.len(), 1);
+        // Nothing listed on either side.
+        one.append(Ids::default()).unwrap();
+        let mut none = Ids::default();
+        none.append(one).unwrap();
+        assert_eq!(none.at(0), (oid(1), ()));
+
+        // Merged from two copies: a mix of formats is a failure of the check, not dropped.
+        let mut found = Found::default();
+        found.refer(oid(1), 10).unwrap();
+        let mut other_copy = Found::default();
+        other_copy.refer(other, 10).unwrap();
+        found.merge(other_copy);
+        assert!(found.failure.is_some());
     }
 
     /// With the pack's objects not known yet, references are recorded for later, repeats

@@ -262,6 +262,7 @@ pub(crate) fn write_index_of(
     checksum: &ObjectId,
     hash: gix_hash::Kind,
 ) -> Result<(), Error> {
+    assert_eq!(hash, gix_hash::Kind::Sha1, "a test's SHA-1 pack");
     let entries: Vec<PackEntry> = objects.iter().map(|&(_, entry)| entry).collect();
     let mut nodes: Vec<Node<20>> = (objects.iter().zip(0..))
         .map(|(&(oid, _), entry)| Node {
@@ -288,6 +289,7 @@ fn write_index<const N: usize>(
     checksum: &ObjectId,
     hash: gix_hash::Kind,
 ) -> Result<(), Error> {
+    debug_assert_eq!(N, hash.len_in_bytes());
     let mut out = crate::write::Sink::new(
         std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?),
         hash,
@@ -347,6 +349,7 @@ fn write_rev<const N: usize>(
     checksum: &ObjectId,
     hash: gix_hash::Kind,
 ) -> Result<(), Error> {
+    debug_assert_eq!(N, hash.len_in_bytes());
     if crate::packs::rev_format_id(hash).is_none() {
         return Ok(());
     }
