@@ -63,9 +63,7 @@ impl Body {
     pub fn upstream(body: ResponseBody) -> Self {
         Body(Kind::Upstream(body), None)
     }
-}
 
-impl Body {
     /// This body, keeping `held` until it is sent whole or dropped (a client gone).
     pub fn holding(mut self, held: impl Send + Sync + 'static) -> Self {
         self.1 = Some(Held {

@@ -40,10 +40,9 @@ struct Slot {
     /// checking one again when the mirror is next opened would read it whole once more (123
     /// MB at 500,000 commits, on the cores the first answers need).
     sound_bitmaps: Mutex<std::collections::HashMap<PathBuf, FileStamp>>,
-    /// Answers that waited on a refresh of the mirror and are not yet sent (see
-    /// [`Registry::answering`]).
+    /// Answers from the mirror not yet handed over (see [`Registry::answering`]).
     answering: std::sync::atomic::AtomicUsize,
-    /// Told when the last of those is sent.
+    /// Told when the last of those is handed over.
     quieted: tokio::sync::Notify,
 }
 
@@ -89,11 +88,8 @@ impl Slot {
             .copied();
         known.is_some() && known == FileStamp::of(path)
     }
-}
 
-impl Slot {
-    /// Until no answer that waited on a refresh of the mirror is left to send, or `most` has
-    /// passed.
+    /// Until no answer from the mirror is left to hand over, or `most` has passed.
     async fn quiet(&self, most: Duration) {
         let deadline = tokio::time::Instant::now() + most;
         loop {
@@ -111,8 +107,8 @@ impl Slot {
     }
 }
 
-/// An answer that waited on a refresh of a mirror, until it is sent (dropped): background
-/// work on that mirror waits for it (see [`Registry::answering`]).
+/// An answer from a mirror, until it is handed over (dropped): background work on that
+/// mirror waits for it (see [`Registry::answering`]).
 #[derive(Debug)]
 pub struct Answering {
     slot: Arc<Slot>,
@@ -228,14 +224,14 @@ pub struct Registry {
     leases: Option<(Arc<dyn Leases>, Duration)>,
     /// Mirrors whose packs background maintenance replaced (see [`Registry::maintained`]).
     maintained: tokio::sync::broadcast::Sender<RepoKey>,
-    /// The longest background work on a mirror waits for the answers that waited on its
-    /// refresh (see [`Registry::answering`]).
+    /// The longest background work on a mirror waits for the answers from it (see
+    /// [`Registry::answering`]).
     quiet_wait: Duration,
 }
 
-/// How long background work on a mirror waits at most for the answers that waited on its
-/// refresh: long enough for generating any of them, short enough that a client reading
-/// slowly holds nothing back for long.
+/// How long background work on a mirror waits at most for the answers from it: long enough
+/// for generating any of them, short enough that a client reading slowly holds nothing back
+/// for long.
 pub const DEFAULT_QUIET_WAIT: Duration = Duration::from_secs(10);
 
 /// Maintained mirrors announced and not yet taken by a slow listener (it then misses the
@@ -290,8 +286,8 @@ impl Registry {
         }
     }
 
-    /// Let background work on a mirror wait at most `wait` for the answers that waited on
-    /// its refresh (default [`DEFAULT_QUIET_WAIT`]; zero: not at all).
+    /// Let background work on a mirror wait at most `wait` for the answers from it (default
+    /// [`DEFAULT_QUIET_WAIT`]; zero: not at all).
     pub fn with_quiet_wait(mut self, wait: Duration) -> Self {
         self.quiet_wait = wait;
         self
@@ -470,8 +466,8 @@ impl Registry {
 
     /// If the mirror of `key` [needs it](Self::needs_consolidation), consolidate it in a
     /// background task (which waits for any refresh of it to finish), unless one is under way
-    /// already; it starts once the answers that waited on the mirror's refresh are sent
-    /// (see [`answering`](Self::answering)). Also worth calling when a mirror is first
+    /// already; it starts once the answers from the mirror are handed over (see
+    /// [`answering`](Self::answering)). Also worth calling when a mirror is first
     /// opened: maintenance cut short (by a restart) is taken up again. Must be called within
     /// a Tokio runtime.
     pub fn maintain_in_background(self: &Arc<Self>, key: &RepoKey) {
@@ -521,8 +517,8 @@ impl Registry {
     /// ones again) and the reverse indexes its packs lack, then
     /// [maintain](Self::maintain_in_background) it, which writes the bitmaps again. For when
     /// a mirror is opened: loads never read a bitmap's or a graph's checksum. Starts once
-    /// the answers that waited on the mirror's refresh are sent (see
-    /// [`answering`](Self::answering)). Must be called within a Tokio runtime.
+    /// the answers from the mirror are handed over (see [`answering`](Self::answering)).
+    /// Must be called within a Tokio runtime.
     pub fn check_in_background(self: &Arc<Self>, key: &RepoKey) {
         if self.existing(key).is_none() {
             return;
