@@ -407,3 +407,69 @@ fn scheduled_refreshes_keep_mirrors_in_use_fresh() {
         "{fetches_for_the_client:?}"
     );
 }
+
+/// A client still being sent the answer its fetch waited for (a miss) holds the new mirror's
+/// maintenance back, which would take the cores that answer needs: the first pack gets its
+/// bitmaps once the answer is handed over.
+#[test]
+fn a_miss_still_being_sent_holds_the_mirrors_maintenance_back() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/heavy");
+    // Files of 4-5 MiB at the tip: an answer far larger than the sockets hold.
+    let spec = RepoSpec {
+        large_every: 24,
+        large_bytes: 4 << 20,
+        ..RepoSpec::small(703)
+    };
+    repo::generate(&source, &spec).unwrap();
+    upstream.adopt_repo("acme/heavy", Access::Public).unwrap();
+    let main = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let cache = Gitcache::start(&upstream, &[]);
+    let mirror = cache.mirror(&upstream, "acme/heavy");
+    let bitmaps = || {
+        std::fs::read_dir(mirror.join("objects/pack"))
+            .unwrap()
+            .any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".bitmap")
+            })
+    };
+
+    // The history of main, read no further than its first bytes.
+    let body = fetch_body(&main, &["ofs-delta", "no-progress"]);
+    let mut stream = std::net::TcpStream::connect(&cache.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /acme/heavy.git/git-upload-pack HTTP/1.1\r\nHost: {}\r\nGit-Protocol: version=2\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        cache.addr,
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body).unwrap();
+    let mut first = [0u8; 4096];
+    let n = stream.read(&mut first).unwrap();
+    let head = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The answer has begun, so the mirror is made (its first pack marked with its tips);
+    // its bitmaps wait, for longer than writing them takes.
+    common::wait_for_tips_mark(&mirror);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!bitmaps(), "maintained while the answer was being sent");
+
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(
+        n + rest.len() > 16 << 20,
+        "the answer: {} bytes",
+        n + rest.len()
+    );
+    common::wait_for_bitmaps(&mirror);
+}
