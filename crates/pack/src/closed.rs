@@ -114,16 +114,16 @@ impl Repository {
         others: &[Arc<gix_pack::index::File>],
     ) -> Result<(), Error> {
         let mut among = members.again();
-        if let Some(oid) = (0..found.referred.len())
-            .map(|i| found.referred.at(i).0)
+        if let Some(oid) = (found.referred.iter())
+            .map(|(oid, ())| oid)
             .find(|oid| !among.contains(oid) && others.iter().all(|i| i.lookup(oid).is_none()))
         {
             return Err(Error::MissingObject { oid });
         }
-        let mut kinds = (0..found.kinds.len()).map(|i| found.kinds.at(i)).peekable();
+        let mut kinds = found.kinds.iter().peekable();
         let mut among = members;
         let objects = self.objects();
-        for (oid, want) in (0..found.expected.len()).map(|i| found.expected.at(i)) {
+        for (oid, want) in found.expected.iter() {
             while kinds.next_if(|(id, _)| *id < oid).is_some() {}
             let found = match kinds.peek() {
                 Some((id, kind)) if *id == oid => *kind,
@@ -231,9 +231,7 @@ impl Found {
     /// A kind expected of `oid` (the last one listed).
     #[cfg(test)]
     fn expected_kind(&self, oid: &ObjectId) -> Option<Kind> {
-        (0..self.expected.len())
-            .rev()
-            .map(|i| self.expected.at(i))
+        (self.expected.iter().rev())
             .find(|(id, _)| id == oid)
             .map(|(_, k)| k)
     }
@@ -277,7 +275,7 @@ enum Ids<T> {
 
 /// An id's first eight bytes as a number: ids are ordered by it first (a call comparing whole
 /// ids for every step was most of the sorting).
-fn head(id: &[u8]) -> u64 {
+pub(crate) fn head(id: &[u8]) -> u64 {
     id.first_chunk::<8>().map_or(0, |b| u64::from_be_bytes(*b))
 }
 
@@ -322,6 +320,11 @@ impl<T: Copy + Ord> Ids<T> {
             Ids::Sha1(items) => items.len(),
             Ids::Sha256(items) => items.len(),
         }
+    }
+
+    /// The ids listed, in their order, each with what is beside it.
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (ObjectId, T)> + '_ {
+        (0..self.len()).map(|i| self.at(i))
     }
 
     /// The `i`th id listed and what is beside it.
@@ -826,7 +829,7 @@ mod tests {
             let twice = ids[10];
             listed.sort_dedup();
             ids.sort_unstable();
-            let got: Vec<ObjectId> = (0..listed.len()).map(|i| listed.at(i).0).collect();
+            let got: Vec<ObjectId> = listed.iter().map(|(id, _)| id).collect();
             assert_eq!(listed.repeated(), Some((twice, Kind::Tree, Kind::Commit)));
             let mut deduped = got.clone();
             deduped.dedup();
@@ -889,9 +892,7 @@ mod tests {
             if !refused {
                 assert!(longest.0 <= 2 * ids.len() + 1 && longest.1 <= 2 * ids.len() + 1);
                 found.referred.sort_dedup();
-                let referred: Vec<ObjectId> = (0..found.referred.len())
-                    .map(|i| found.referred.at(i).0)
-                    .collect();
+                let referred: Vec<ObjectId> = found.referred.iter().map(|(id, ())| id).collect();
                 assert_eq!(referred, ids);
                 assert!(found.compact_expected().is_ok());
                 assert_eq!(found.expected.len(), ids.len());

@@ -41,6 +41,12 @@ struct Node<const N: usize> {
     oid: [u8; N],
 }
 
+impl<const N: usize> Node<N> {
+    fn id(&self) -> ObjectId {
+        ObjectId::from_bytes_or_panic(&self.oid)
+    }
+}
+
 impl Repository {
     /// Write the version 2 index of the pack at `pack` to `index`. The pack is complete and
     /// its checksum `checksum` checked (as receiving it does); `entries` are all of its
@@ -218,12 +224,13 @@ impl Repository {
 /// every step was most of the sorting), on two threads when there are many (halves split by
 /// the ids' first bit, sorted each on its own).
 fn sort_by_id<const N: usize>(nodes: &mut [Node<N>]) {
-    let head = |node: &Node<N>| {
-        let bytes = node.oid.first_chunk::<8>();
-        bytes.map_or(0, |b| u64::from_be_bytes(*b))
-    };
+    use crate::closed::head;
     let sort = |nodes: &mut [Node<N>]| {
-        nodes.sort_unstable_by(|a, b| head(a).cmp(&head(b)).then_with(|| a.oid.cmp(&b.oid)));
+        nodes.sort_unstable_by(|a, b| {
+            head(&a.oid)
+                .cmp(&head(&b.oid))
+                .then_with(|| a.oid.cmp(&b.oid))
+        });
     };
     if nodes.len() < 1 << 16 {
         return sort(nodes);
@@ -272,12 +279,6 @@ pub(crate) fn write_index_of(
         .collect();
     sort_by_id(&mut nodes);
     write_index(path, &entries, &nodes, checksum, hash)
-}
-
-impl<const N: usize> Node<N> {
-    fn id(&self) -> ObjectId {
-        ObjectId::from_bytes_or_panic(&self.oid)
-    }
 }
 
 /// Write a version 2 pack index of `nodes` (sorted by id; their entries among `entries`), as
