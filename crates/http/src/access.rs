@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gitcache_storage::repo::RepoKey;
+use gix_hash::Kind as HashKind;
 
 /// The SHA-256 of `data`.
 pub(crate) fn sha256(data: &[u8]) -> gix_hash::ObjectId {
@@ -57,7 +58,15 @@ const PRUNE_AT: usize = 100_000;
 #[derive(Debug)]
 pub struct AccessGrants {
     ttl: Duration,
-    grants: Mutex<HashMap<(RepoKey, Fingerprint), Instant>>,
+    grants: Mutex<HashMap<(RepoKey, Fingerprint), Grant>>,
+}
+
+/// When the upstream last accepted a credential for a repository, and in which object
+/// format it advertised the repository then, if the acceptance was an advertisement.
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    at: Instant,
+    format: Option<HashKind>,
 }
 
 impl AccessGrants {
@@ -69,14 +78,16 @@ impl AccessGrants {
         }
     }
 
-    /// Record that the upstream accepted `who` for `key` just now.
-    pub fn grant(&self, key: &RepoKey, who: Fingerprint) {
-        self.grant_at(key, who, Instant::now());
+    /// Record that the upstream accepted `who` for `key` just now, advertising the
+    /// repository in `format` if the acceptance was its `info/refs`.
+    pub fn grant(&self, key: &RepoKey, who: Fingerprint, format: Option<HashKind>) {
+        self.grant_at(key, who, Instant::now(), format);
     }
 
     /// Record that the upstream accepted `who` for `key` at `at` (when its answer arrived:
-    /// a grant renewed after a long answer was read counts from its start).
-    pub fn grant_at(&self, key: &RepoKey, who: Fingerprint, at: Instant) {
+    /// a grant renewed after a long answer was read counts from its start). Without a
+    /// `format`, the one recorded before is kept.
+    pub fn grant_at(&self, key: &RepoKey, who: Fingerprint, at: Instant, format: Option<HashKind>) {
         if self.ttl.is_zero() {
             return;
         }
@@ -84,21 +95,38 @@ impl AccessGrants {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         if grants.len() >= PRUNE_AT {
             let ttl = self.ttl;
-            grants.retain(|_, at| now.duration_since(*at) < ttl);
+            grants.retain(|_, grant| now.duration_since(grant.at) < ttl);
         }
-        let entry = grants.entry((key.clone(), who)).or_insert(at);
-        *entry = (*entry).max(at);
+        let entry = grants
+            .entry((key.clone(), who))
+            .or_insert(Grant { at, format: None });
+        entry.at = entry.at.max(at);
+        if format.is_some() {
+            entry.format = format;
+        }
     }
 
-    /// Whether `who` was accepted for `key` within the TTL.
-    pub fn is_fresh(&self, key: &RepoKey, who: Fingerprint) -> bool {
+    /// The grant of `who` for `key`, if it is younger than the TTL.
+    fn fresh(&self, key: &RepoKey, who: Fingerprint) -> Option<Grant> {
         if self.ttl.is_zero() {
-            return false;
+            return None;
         }
         let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         grants
             .get(&(key.clone(), who))
-            .is_some_and(|at| at.elapsed() < self.ttl)
+            .filter(|grant| grant.at.elapsed() < self.ttl)
+            .copied()
+    }
+
+    /// Whether `who` was accepted for `key` within the TTL.
+    pub fn is_fresh(&self, key: &RepoKey, who: Fingerprint) -> bool {
+        self.fresh(key, who).is_some()
+    }
+
+    /// The object format the upstream advertised `key` in when it accepted `who`, if that
+    /// grant is fresh: a refresh on `who`'s behalf need not ask for it again.
+    pub fn format(&self, key: &RepoKey, who: Fingerprint) -> Option<HashKind> {
+        self.fresh(key, who)?.format
     }
 }
 
@@ -115,7 +143,7 @@ mod tests {
         let grants = AccessGrants::new(Duration::from_secs(60));
         let alice = Fingerprint::of(Some(b"Basic YWxpY2U6cHc="));
         let bob = Fingerprint::of(Some(b"Basic Ym9iOnB3"));
-        grants.grant(&key("widgets"), alice);
+        grants.grant(&key("widgets"), alice, None);
         assert!(grants.is_fresh(&key("widgets"), alice));
         assert!(!grants.is_fresh(&key("widgets"), bob));
         assert!(!grants.is_fresh(&key("gadgets"), alice));
@@ -128,18 +156,37 @@ mod tests {
     fn grants_expire() {
         let grants = AccessGrants::new(Duration::from_millis(30));
         let who = Fingerprint::of(Some(b"Bearer t"));
-        grants.grant(&key("widgets"), who);
+        grants.grant(&key("widgets"), who, Some(HashKind::Sha1));
         assert!(grants.is_fresh(&key("widgets"), who));
+        assert_eq!(grants.format(&key("widgets"), who), Some(HashKind::Sha1));
         std::thread::sleep(Duration::from_millis(40));
         assert!(!grants.is_fresh(&key("widgets"), who));
+        assert_eq!(grants.format(&key("widgets"), who), None);
     }
 
     #[test]
     fn a_zero_ttl_keeps_nothing() {
         let grants = AccessGrants::new(Duration::ZERO);
         let who = Fingerprint::of(None);
-        grants.grant(&key("widgets"), who);
+        grants.grant(&key("widgets"), who, Some(HashKind::Sha1));
         assert!(!grants.is_fresh(&key("widgets"), who));
+        assert_eq!(grants.format(&key("widgets"), who), None);
+    }
+
+    #[test]
+    fn a_renewal_without_a_format_keeps_the_advertised_one() {
+        let grants = AccessGrants::new(Duration::from_secs(60));
+        let who = Fingerprint::of(Some(b"Bearer t"));
+        let other = Fingerprint::of(Some(b"Bearer u"));
+        // An ls-refs answer proves access but names no format of its own.
+        grants.grant(&key("widgets"), who, None);
+        assert_eq!(grants.format(&key("widgets"), who), None);
+        grants.grant(&key("widgets"), who, Some(HashKind::Sha256));
+        grants.grant_at(&key("widgets"), who, Instant::now(), None);
+        assert_eq!(grants.format(&key("widgets"), who), Some(HashKind::Sha256));
+        // Per credential, as the grant itself.
+        assert_eq!(grants.format(&key("widgets"), other), None);
+        assert_eq!(grants.format(&key("gadgets"), who), None);
     }
 
     #[test]

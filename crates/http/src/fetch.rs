@@ -61,9 +61,7 @@ impl Fetches {
         }
 
         // A miss: bring the mirror up to date with the client's credential, then serve.
-        let upstream = self
-            .gate
-            .upstream(target, self.gate.credential(target, headers))?;
+        let upstream = self.gate.upstream_for(target, headers)?;
         let failure = self
             .mirrors
             .refresh(&target.key, upstream, true)
@@ -120,9 +118,7 @@ impl Fetches {
                     let response = self.passthrough.forward_body(target, headers, body).await?;
                     return Ok(with_state(response, CacheState::Passthrough));
                 };
-                let upstream = self
-                    .gate
-                    .upstream(target, self.gate.credential(target, headers))?;
+                let upstream = self.gate.upstream_for(target, headers)?;
                 let kept = self
                     .mirrors
                     .refresh_keeping(&target.key, upstream, false, missing.clone())

@@ -16,11 +16,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response};
 
-use crate::access::AccessGrants;
+use crate::access::{AccessGrants, Fingerprint};
 use crate::body::{Body, passed_on, strip_hop_by_hop};
 use crate::config::{CredentialMode, ProxyConfig, Secret};
 use crate::error::Error;
 use crate::metrics;
+use crate::proxy::fingerprint;
 use crate::target::Target;
 
 /// The largest advertisement read from upstream to learn its object format.
@@ -88,6 +89,32 @@ impl AccessGate {
         Ok(Upstream::new(&target.url, credential, target.timeout)?
             .with_limits(limits)
             .with_connections(self.connections.clone()))
+    }
+
+    /// The upstream as reached on behalf of the client sending `headers`: with its credential,
+    /// and knowing the object format (see [`knowing_format`](Self::knowing_format)).
+    pub(crate) fn upstream_for(
+        &self,
+        target: &Target,
+        headers: &HeaderMap,
+    ) -> Result<Upstream, Error> {
+        let upstream = self.upstream(target, self.credential(target, headers))?;
+        Ok(self.knowing_format(upstream, target, fingerprint(headers)))
+    }
+
+    /// `upstream`, told the object format the upstream advertised `target` in when it last
+    /// granted `who` access, if that grant is fresh: a refresh then need not ask for it
+    /// again. A repository's format is its own, whichever credential reaches it.
+    pub(crate) fn knowing_format(
+        &self,
+        upstream: Upstream,
+        target: &Target,
+        who: Fingerprint,
+    ) -> Upstream {
+        match self.grants.format(&target.key, who) {
+            Some(format) => upstream.with_object_format(format),
+            None => upstream,
+        }
     }
 
     /// Ask the upstream whether the client's credential may read the repository.

@@ -748,7 +748,9 @@ impl Proxy {
             }
             Verified::Answer(response) => return Ok(with_state(response, CacheState::Passthrough)),
         };
-        self.gate.grants().grant(&target.key, fingerprint(headers));
+        self.gate
+            .grants()
+            .grant(&target.key, fingerprint(headers), Some(kind));
         let mut body = Vec::new();
         let mut advertised =
             Advertisement::new(concat!("git/gitcache-", env!("CARGO_PKG_VERSION")), kind);
@@ -777,7 +779,7 @@ impl Proxy {
         let who = fingerprint(headers);
         if !self.gate.grants().is_fresh(&target.key, who) {
             match self.gate.verify(target, headers).await? {
-                Verified::V2(_) => self.gate.grants().grant(&target.key, who),
+                Verified::V2(kind) => self.gate.grants().grant(&target.key, who, Some(kind)),
                 Verified::Answer(response) if !response.status().is_success() => {
                     return Ok(with_state(response, CacheState::Rejected));
                 }

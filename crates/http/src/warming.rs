@@ -135,7 +135,9 @@ impl Warming {
             tracing::info!("the upstream's ls-refs answer is not protocol v2; no grant");
             return;
         };
-        self.gate.grants().grant_at(&target.key, who, answered);
+        self.gate
+            .grants()
+            .grant_at(&target.key, who, answered, None);
         if !self.mirrors.moved(&target.key, &remote) {
             return;
         }
@@ -144,6 +146,7 @@ impl Warming {
             async move {
                 let credential = proxy.credential(&target, credential).await;
                 if let Ok(upstream) = proxy.gate.upstream(&target, credential) {
+                    let upstream = proxy.gate.knowing_format(upstream, &target, who);
                     proxy
                         .mirrors
                         .warm(target.key.clone(), upstream, "refs moved", true);

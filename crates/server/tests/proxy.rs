@@ -438,6 +438,65 @@ fn push_and_protocol_v0_pass_through() {
     }
 }
 
+/// A miss asks the upstream for its advertisement once: the access check's answer names the
+/// repository's object format, and the refresh that makes the mirror takes it from there
+/// instead of asking twice more (once to create the mirror, once to refresh it).
+#[test]
+fn a_miss_asks_for_the_advertisement_only_at_the_gate() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::tiny(406));
+    public_repo(&upstream, "acme/gadgets", &RepoSpec::tiny(407));
+    public_repo(&upstream, "acme/modern", &RepoSpec::tiny(408).sha256());
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+
+    // A clone: the client's handshake is the check; its ls-refs and the refresh's are two.
+    for (name, format) in [("acme/widgets", "sha1"), ("acme/modern", "sha256")] {
+        upstream.reset_counts();
+        let dir = name.replace('/', "-");
+        git.run(&home, &["clone", "-q", &cache.url(name), &dir])
+            .unwrap()
+            .expect_success();
+        fsck(&home.join(&dir));
+        assert_eq!(
+            git_stdout(&home.join(&dir), &["rev-parse", "--show-object-format"]).trim(),
+            format
+        );
+        cache.log_with("result=\"miss\"", 1 + usize::from(format == "sha256"));
+        let counts = upstream.counts();
+        assert_eq!(
+            (counts.info_refs, counts.ls_refs, counts.fetch),
+            (1, 2, 1),
+            "{name}: {counts:?}"
+        );
+    }
+
+    // A fetch with no handshake before it (as CI sends): the gate asks, and only the gate.
+    upstream.reset_counts();
+    let sha = git_stdout(&upstream.repo_path("acme/gadgets"), &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let answer = http(
+        &cache.addr,
+        "POST",
+        "/acme/gadgets.git/git-upload-pack",
+        &[
+            ("Git-Protocol", "version=2"),
+            ("Content-Type", "application/x-git-upload-pack-request"),
+        ],
+        &fetch_body(&sha, &[]),
+    );
+    assert!(answer.has_pack(), "{}", answer.head);
+    let counts = upstream.counts();
+    assert_eq!(
+        (counts.info_refs, counts.ls_refs, counts.fetch),
+        (1, 1, 1),
+        "{counts:?}"
+    );
+    fsck(&cache.mirror(&upstream, "acme/gadgets"));
+}
+
 /// Requests upstream on behalf of clients reuse kept connections (per credential): six
 /// `ls-remote`s (an advertisement and an `ls-refs` each) do not open twelve connections.
 #[test]

@@ -152,6 +152,8 @@ pub struct Upstream {
     timeout: Duration,
     limits: Limits,
     connections: Option<Connections>,
+    /// The object format, once the upstream advertised it (or the caller knew it).
+    format: std::sync::OnceLock<HashKind>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -230,7 +232,15 @@ impl Upstream {
             timeout,
             limits: Limits::default(),
             connections: None,
+            format: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Take `format` as the upstream's object format, as advertised to this credential a
+    /// moment ago (the access check's `info/refs`), instead of asking for it again.
+    pub fn with_object_format(self, format: HashKind) -> Self {
+        let _ = self.format.set(format);
+        self
     }
 
     /// Take connections from `connections` and keep them there afterwards.
@@ -541,24 +551,30 @@ impl Upstream {
             .map_err(|_| Error::Timeout(total))?
     }
 
-    /// The upstream's object format, from its v2 capability advertisement.
+    /// The upstream's object format, from its v2 capability advertisement: asked for once,
+    /// then remembered (see [`with_object_format`](Self::with_object_format)).
     pub async fn object_format(&self) -> Result<HashKind, Error> {
-        self.with_timeout(async {
-            let response = self
-                .send(Method::GET, "/info/refs?service=git-upload-pack", None)
-                .await?;
-            let body = self
-                .read_whole(response.into_body(), "advertisement", MAX_ADVERTISEMENT)
-                .await?;
-            match gitcache_protocol::advertise::read_advertised(&body) {
-                Ok(Advertised::V2(format)) => Ok(format),
-                Ok(Advertised::Other) => Err(Error::Protocol(
-                    "the upstream does not speak protocol v2".into(),
-                )),
-                Err(err) => Err(Error::Protocol(err.to_string())),
-            }
-        })
-        .await
+        if let Some(format) = self.format.get() {
+            return Ok(*format);
+        }
+        let format = self
+            .with_timeout(async {
+                let response = self
+                    .send(Method::GET, "/info/refs?service=git-upload-pack", None)
+                    .await?;
+                let body = self
+                    .read_whole(response.into_body(), "advertisement", MAX_ADVERTISEMENT)
+                    .await?;
+                match gitcache_protocol::advertise::read_advertised(&body) {
+                    Ok(Advertised::V2(format)) => Ok(format),
+                    Ok(Advertised::Other) => Err(Error::Protocol(
+                        "the upstream does not speak protocol v2".into(),
+                    )),
+                    Err(err) => Err(Error::Protocol(err.to_string())),
+                }
+            })
+            .await?;
+        Ok(*self.format.get_or_init(|| format))
     }
 
     /// `ls-refs` with `args`.
