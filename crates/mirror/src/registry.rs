@@ -89,6 +89,24 @@ impl Slot {
         known.is_some() && known == FileStamp::of(path)
     }
 
+    /// Whether dropping this slot (no one holding it) loses nothing worth its few hundred
+    /// bytes: no bitmap file is remembered sound (a mirror on disk would be checked again
+    /// when next opened) and no failed maintenance is still being waited out. What else it
+    /// holds (the last refresh's outcome) only matters to callers holding it. Slots of keys
+    /// without a mirror (refused, failed, evicted) are forgettable, so their number is
+    /// bounded by the mirrors on disk and the work under way, not by the keys ever asked for.
+    fn forgettable(&self) -> bool {
+        let no_bitmaps = self
+            .sound_bitmaps
+            .try_lock()
+            .is_ok_and(|sound| sound.is_empty());
+        let no_backoff = self
+            .failed_at
+            .try_lock()
+            .is_ok_and(|at| !at.is_some_and(|at| at.elapsed() < MAINTENANCE_BACKOFF));
+        no_bitmaps && no_backoff
+    }
+
     /// Until no answer from the mirror is left to hand over, or `most` has passed.
     async fn quiet(&self, most: Duration) {
         let deadline = tokio::time::Instant::now() + most;
@@ -209,7 +227,7 @@ fn idx_objects(path: &Path) -> Option<u64> {
 #[derive(Debug)]
 pub struct Registry {
     root: PathBuf,
-    slots: Mutex<HashMap<RepoKey, Arc<Slot>>>,
+    slots: Mutex<Slots>,
     consolidate_after: usize,
     /// Refreshes of different mirrors running at once (each may download a whole
     /// repository, and goes on when its client leaves).
@@ -267,6 +285,41 @@ fn sweep_removed(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The state shared by the callers working on one mirror, by key.
+#[derive(Debug)]
+struct Slots {
+    by_key: HashMap<RepoKey, Arc<Slot>>,
+    /// At this many slots, those that no one holds and that remember nothing worth keeping
+    /// are dropped (see [`Slot::forgettable`]).
+    prune_at: usize,
+}
+
+/// Slots are never pruned below this many.
+const SLOTS_PRUNE_MIN: usize = 1024;
+
+impl Slots {
+    fn new() -> Self {
+        Slots {
+            by_key: HashMap::new(),
+            prune_at: SLOTS_PRUNE_MIN,
+        }
+    }
+
+    /// `key`'s slot, made if there is none. Slots are handed out only here, under the
+    /// registry's lock, and every holder counts in the slot's strong count: a slot only the
+    /// map holds has no one working with it, so dropping it cannot leave two slots (two
+    /// refreshes at once) for one key.
+    fn get(&mut self, key: &RepoKey) -> Arc<Slot> {
+        if self.by_key.len() >= self.prune_at && !self.by_key.contains_key(key) {
+            self.by_key
+                .retain(|_, slot| Arc::strong_count(slot) > 1 || !slot.forgettable());
+            // Pruning again only after as many new slots as are left: a constant cost per slot.
+            self.prune_at = (self.by_key.len() * 2).max(SLOTS_PRUNE_MIN);
+        }
+        Arc::clone(self.by_key.entry(key.clone()).or_default())
+    }
+}
+
 /// Refreshes of different mirrors that run at once unless told otherwise.
 pub const DEFAULT_CONCURRENT_REFRESHES: usize = 16;
 
@@ -275,7 +328,7 @@ impl Registry {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Registry {
             root: root.into(),
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots::new()),
             consolidate_after: DEFAULT_CONSOLIDATE_AFTER,
             refreshes: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_REFRESHES)),
             bitmap_writers: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_BITMAP_WRITERS)),
@@ -639,8 +692,10 @@ impl Registry {
     }
 
     fn slot(&self, key: &RepoKey) -> Arc<Slot> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(slots.entry(key.clone()).or_default())
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
     }
 
     /// Where the mirror of `key` lives.
@@ -819,6 +874,12 @@ impl Registry {
         ));
         std::fs::rename(&path, &gone)?;
         gitcache_storage::fs::sync_parent(&path)?;
+        // Its bitmap files went with it: nothing left to remember of them.
+        self.slot(key)
+            .sound_bitmaps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(true)
     }
 
@@ -1174,6 +1235,57 @@ mod tests {
     /// How many files of `git_dir`'s pack folder have the extension `ext`.
     fn pack_files(git_dir: &Path, ext: &str) -> usize {
         repo::pack_files(git_dir, ext).unwrap().len()
+    }
+
+    /// Keys asked for once (refused upstream, failed, evicted) do not keep a slot each for
+    /// ever; a slot someone holds, or one remembering sound bitmaps or a failed maintenance,
+    /// is kept and stays the only one of its key.
+    #[test]
+    fn slots_no_one_holds_are_pruned_and_held_ones_stay_single() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path());
+        let key = |i: usize| RepoKey::new("example.com", "acme", &format!("r{i}")).unwrap();
+        let count = || registry.slots.lock().unwrap().by_key.len();
+
+        let held = registry.answering(&key(0));
+        let sound = registry.slot(&key(1));
+        let bitmap = dir.path().join("pack.bitmap");
+        std::fs::write(&bitmap, b"x").unwrap();
+        sound.sound(&bitmap);
+        drop(sound);
+        let failed = registry.slot(&key(2));
+        *failed.failed_at.lock().unwrap() = Some(std::time::Instant::now());
+        drop(failed);
+
+        for i in 3..10 * SLOTS_PRUNE_MIN {
+            drop(registry.answering(&key(i)));
+            assert!(
+                count() <= SLOTS_PRUNE_MIN,
+                "{} slots after {i} keys",
+                count()
+            );
+        }
+        // The held slot is the one the map hands out: a refresh now would wait on it.
+        assert!(Arc::ptr_eq(&held.slot, &registry.slot(&key(0))));
+        assert!(registry.slot(&key(1)).still_sound(&bitmap));
+        assert!(registry.slot(&key(2)).failed_at.lock().unwrap().is_some());
+        drop(held);
+
+        // More held at once than the pruning threshold: every one stays the map's own,
+        // through the prunes their arrival sets off; once let go, they are pruned.
+        let many: Vec<Answering> = (0..3 * SLOTS_PRUNE_MIN)
+            .map(|i| registry.answering(&key(100_000 + i)))
+            .collect();
+        for (i, held) in many.iter().enumerate() {
+            assert!(Arc::ptr_eq(&held.slot, &registry.slot(&key(100_000 + i))));
+        }
+        let prune_at = registry.slots.lock().unwrap().prune_at;
+        assert!(count() >= many.len());
+        drop(many);
+        for i in 0..prune_at {
+            drop(registry.answering(&key(300_000 + i)));
+        }
+        assert!(count() <= SLOTS_PRUNE_MIN, "{} slots", count());
     }
 
     #[test]

@@ -20,7 +20,11 @@ fn client(upstream: &TestUpstream, name: &str, token: &str) -> Upstream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_format_is_asked_for_once_and_a_refusal_is_not_remembered() {
     let upstream = TestUpstream::start().unwrap();
-    repo::generate(&upstream.repo_path("acme/modern"), &RepoSpec::tiny(7).sha256()).unwrap();
+    repo::generate(
+        &upstream.repo_path("acme/modern"),
+        &RepoSpec::tiny(7).sha256(),
+    )
+    .unwrap();
     upstream
         .adopt_repo("acme/modern", Access::private(["alice"]))
         .unwrap();
