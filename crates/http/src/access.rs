@@ -61,12 +61,12 @@ pub struct AccessGrants {
     grants: Mutex<HashMap<(RepoKey, Fingerprint), Grant>>,
 }
 
-/// When the upstream last accepted a credential for a repository, and in which object
-/// format it advertised the repository then, if the acceptance was an advertisement.
+/// When the upstream last accepted a credential for a repository, and the object format it
+/// last advertised the repository in to that credential, and when.
 #[derive(Debug, Clone, Copy)]
 struct Grant {
     at: Instant,
-    format: Option<HashKind>,
+    format: Option<(HashKind, Instant)>,
 }
 
 impl AccessGrants {
@@ -101,8 +101,8 @@ impl AccessGrants {
             .entry((key.clone(), who))
             .or_insert(Grant { at, format: None });
         entry.at = entry.at.max(at);
-        if format.is_some() {
-            entry.format = format;
+        if let Some(format) = format {
+            entry.format = Some((format, at));
         }
     }
 
@@ -123,10 +123,12 @@ impl AccessGrants {
         self.fresh(key, who).is_some()
     }
 
-    /// The object format the upstream advertised `key` in when it accepted `who`, if that
-    /// grant is fresh: a refresh on `who`'s behalf need not ask for it again.
+    /// The object format the upstream advertised `key` in to `who`, if it did within the
+    /// TTL (a grant renewed since by other answers does not make an old advertisement new):
+    /// a refresh on `who`'s behalf need not ask for it again.
     pub fn format(&self, key: &RepoKey, who: Fingerprint) -> Option<HashKind> {
-        self.fresh(key, who)?.format
+        let (format, at) = self.fresh(key, who)?.format?;
+        (at.elapsed() < self.ttl).then_some(format)
     }
 }
 
@@ -184,6 +186,15 @@ mod tests {
         grants.grant(&key("widgets"), who, Some(HashKind::Sha256));
         grants.grant_at(&key("widgets"), who, Instant::now(), None);
         assert_eq!(grants.format(&key("widgets"), who), Some(HashKind::Sha256));
+        // Renewals do not keep an advertisement older than the TTL.
+        let old = Instant::now().checked_sub(Duration::from_secs(61));
+        if let Some(old) = old {
+            let grants = AccessGrants::new(Duration::from_secs(60));
+            grants.grant_at(&key("widgets"), who, old, Some(HashKind::Sha256));
+            grants.grant_at(&key("widgets"), who, Instant::now(), None);
+            assert!(grants.is_fresh(&key("widgets"), who));
+            assert_eq!(grants.format(&key("widgets"), who), None);
+        }
         // Per credential, as the grant itself.
         assert_eq!(grants.format(&key("widgets"), other), None);
         assert_eq!(grants.format(&key("gadgets"), who), None);
