@@ -62,11 +62,31 @@ impl Fetches {
 
         // A miss: bring the mirror up to date with the client's credential, then serve.
         let upstream = self.gate.upstream_for(target, headers)?;
-        let failure = self
-            .mirrors
-            .refresh(&target.key, upstream, true)
-            .await
-            .err();
+        let refresh = self.mirrors.refresh(&target.key, upstream, true);
+        let failure = if arriving_answers(&fetch) {
+            // A clone of what a mirror made from nothing fetches is that first pack: sent
+            // as it arrives, while the mirror takes it in (the refresh goes on in a task of
+            // its own).
+            tokio::pin!(refresh);
+            let registry = self.mirrors.registry();
+            tokio::select! {
+                biased;
+                outcome = &mut refresh => outcome.err(),
+                pack = registry.live_pack(&target.key) => {
+                    if pack.answers(&fetch.wants) && pack.object_format() == kind {
+                        tracing::info!(result = "miss", arriving = true, "fetch");
+                        let response = self
+                            .responder
+                            .serve_arriving(pack, fetch.sideband_all)
+                            .map(|body| body.holding(answering));
+                        return Ok(with_state(response, CacheState::Miss));
+                    }
+                    refresh.await.err()
+                }
+            }
+        } else {
+            refresh.await.err()
+        };
         if let Some(err @ Error::LowDisk { .. }) = &failure {
             // No room for the mirror: the upstream answers this one.
             tracing::warn!(%err, result = "passthrough", "fetch");
@@ -146,7 +166,25 @@ impl Fetches {
             }
         }
     }
+}
 
+/// Whether `fetch` could be answered by a mirror's first pack as it arrives: a clone (`done`,
+/// nothing had, no shallow or filter, no ref asked for by name) taking offset deltas, whose
+/// wants are then compared with that pack's.
+fn arriving_answers(fetch: &Fetch) -> bool {
+    fetch.done
+        && fetch.ofs_delta
+        && !fetch.wants.is_empty()
+        && fetch.haves.is_empty()
+        && fetch.want_refs.is_empty()
+        && fetch.shallows.is_empty()
+        && !fetch.is_deepening()
+        && !fetch.deepen_relative
+        && fetch.filter.is_none()
+        && fetch.packfile_uris.is_empty()
+}
+
+impl Fetches {
     /// The wants of `fetch` the mirror of `target` lacks, when they are worth fetching by id
     /// and keeping: at most [`MAX_KEPT_PER_FETCH`], and no `want-ref` (a ref that is not
     /// mirrored is the upstream's to resolve).

@@ -214,6 +214,8 @@ impl Mirrors {
         self.room_for_refresh().await?;
         let started = Instant::now();
         let (mirrors, task_key) = (Arc::clone(self), key.clone());
+        // The outcome is noted by the task: a miss answered while the refresh still runs
+        // (its first pack, as it arrives) does not wait for it.
         let outcome = tokio::spawn(
             async move {
                 let prefixes: Vec<&str> = mirrors
@@ -222,7 +224,7 @@ impl Mirrors {
                     .map(String::as_str)
                     .collect();
                 let registry = &mirrors.registry;
-                if !keep.is_empty() {
+                let outcome = if !keep.is_empty() {
                     let outcome = registry.keep(&task_key, &upstream, &prefixes, &keep).await;
                     if outcome.is_ok() {
                         registry.maintain_in_background(&task_key);
@@ -240,22 +242,26 @@ impl Mirrors {
                         registry.maintain_in_background(&task_key);
                     }
                     outcome
-                }
+                };
+                let outcome = outcome.map_err(Error::Mirror);
+                mirrors.note_refresh(
+                    &task_key,
+                    started,
+                    outcome.as_ref().err().map(ToString::to_string),
+                );
+                outcome
             }
             .in_current_span(),
         )
         .await;
-        let outcome = match outcome {
-            Ok(Ok(done)) => Ok(done),
-            Ok(Err(err)) => Err(Error::Mirror(err)),
-            Err(err) => Err(Error::Internal(err.to_string())),
-        };
-        self.note_refresh(
-            key,
-            started,
-            outcome.as_ref().err().map(ToString::to_string),
-        );
-        outcome
+        match outcome {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                let err = Error::Internal(err.to_string());
+                self.note_refresh(key, started, Some(err.to_string()));
+                Err(err)
+            }
+        }
     }
 
     /// Refuse a refresh that would start with less disk free than the budget keeps, after

@@ -317,6 +317,82 @@ impl Responder {
     }
 }
 
+/// How long a reader of an arriving pack waits for more bytes before it looks again (the
+/// refresh's own timeouts decide when the pack has failed).
+const ARRIVING_WAIT: Duration = Duration::from_secs(1);
+
+impl Responder {
+    /// Answer a fetch with the first pack of a mirror while it arrives (see
+    /// [`gitcache_mirror::live`]): the `packfile` section, the pack's bytes on band 1 as they
+    /// are written, the end once it is whole. A pack that fails midway ends the answer with
+    /// the reason on the error band. Nothing is generated: no pack slot is taken, and a
+    /// client that reads slowly only holds its own thread.
+    pub(crate) fn serve_arriving(
+        &self,
+        pack: Arc<gitcache_mirror::live::LivePack>,
+        sideband_all: bool,
+    ) -> Response<Body> {
+        let (tx, rx) = mpsc::channel(4);
+        let stall = self.stall;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            match send_arriving(&pack, ChannelWriter::new(tx, stall), sideband_all) {
+                Ok(bytes) => tracing::debug!(bytes, "arriving pack sent"),
+                Err(err) => tracing::info!(%err, "arriving pack not sent whole"),
+            }
+        });
+        let mut response = Response::new(Body::channel(rx));
+        set_git_headers(response.headers_mut(), RESULT_TYPE);
+        response
+    }
+}
+
+/// Write `pack` into `out` as a fetch response while it arrives; the pack's bytes sent.
+fn send_arriving(
+    pack: &gitcache_mirror::live::LivePack,
+    out: ChannelWriter,
+    sideband_all: bool,
+) -> std::io::Result<u64> {
+    use gitcache_mirror::live::Progress;
+    use std::io::Write;
+    let wire = |err: gitcache_protocol::response::Error| std::io::Error::other(err.to_string());
+    let mut band = gitcache_protocol::response::ResponseWriter::new(out, sideband_all)
+        .packfile()
+        .map_err(wire)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut sent = 0u64;
+    loop {
+        let upto = match pack.wait_past(sent, ARRIVING_WAIT) {
+            Progress::Arriving(n) | Progress::Whole(n) if n > sent => n,
+            Progress::Arriving(_) => continue,
+            Progress::Whole(_) => break,
+            Progress::Failed(why) => {
+                let message = format!("gitcache: {why}");
+                let _ = band.error(message.as_bytes());
+                let _ = band.finish().map(|mut out| out.finish());
+                return Err(std::io::Error::other(why));
+            }
+        };
+        while sent < upto {
+            let want = buf.len().min((upto - sent) as usize);
+            let read = pack.read_at(&mut buf[..want], sent)?;
+            if read == 0 {
+                return Err(std::io::Error::other(
+                    "the arriving pack's file ended early",
+                ));
+            }
+            band.write_all(&buf[..read])?;
+            sent += read as u64;
+        }
+    }
+    let mut out = band
+        .finish()
+        .map_err(|err| std::io::Error::other(err.to_string()))?;
+    out.finish()?;
+    Ok(sent)
+}
+
 /// Whether writing `plan` only copies a stored file (or sends a few lines): no pack slot is
 /// needed for it.
 fn copies_a_file(plan: &gitcache_pack::Plan) -> bool {

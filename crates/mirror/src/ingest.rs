@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use gitcache_pack::{Closure, PackEntry};
+
+use crate::live::{Board, Publisher};
 use gix_hash::{Kind as HashKind, ObjectId};
 
 /// The largest single allocation a received pack may cause. A pack header can claim any
@@ -103,6 +105,28 @@ pub fn ingest_pack_checked(
     pack: &mut dyn BufRead,
     closure: Closure,
 ) -> Result<Ingested, Error> {
+    ingest_pack_announced(git_dir, hash, pack, closure, None)
+}
+
+/// A pack to be announced on a [`Board`] while it arrives: the wants it was asked for.
+#[derive(Debug)]
+pub struct Announce {
+    /// Where it is announced.
+    pub board: std::sync::Arc<Board>,
+    /// The wants of the fetch that brings it (a first fetch: no haves).
+    pub wants: Vec<ObjectId>,
+}
+
+/// [`ingest_pack_checked`], announcing the pack on `announce`'s board while it arrives
+/// (see [`crate::live`]): readers may follow its bytes as they are written, until it is
+/// whole (before it is indexed and checked) or has failed.
+pub fn ingest_pack_announced(
+    git_dir: &Path,
+    hash: HashKind,
+    pack: &mut dyn BufRead,
+    closure: Closure,
+    announce: Option<Announce>,
+) -> Result<Ingested, Error> {
     let pack_dir = git_dir.join("objects").join("pack");
     std::fs::create_dir_all(&pack_dir)?;
     let staging_dir = pack_dir.join(format!("incoming-{}-{}", std::process::id(), unique()));
@@ -115,7 +139,7 @@ pub fn ingest_pack_checked(
         checksum,
         bases,
         ref_deltas_within,
-    } = receive(git_dir, hash, pack, &received)?;
+    } = receive(git_dir, hash, pack, &received, announce)?;
     let repo = gitcache_pack::Repository::open(git_dir).map_err(std::io::Error::other)?;
     if repo.object_format() != hash {
         return Err(std::io::Error::other(format!(
@@ -211,6 +235,7 @@ fn receive(
     hash: HashKind,
     pack: &mut dyn BufRead,
     to: &Path,
+    announce: Option<Announce>,
 ) -> Result<Received, Error> {
     use gix_pack::data::entry::Header;
     use gix_pack::data::input;
@@ -220,11 +245,21 @@ fn receive(
         .write(true)
         .create_new(true)
         .open(to)?;
+    let live = match announce {
+        Some(Announce { board, wants }) => Some(Live {
+            publisher: board.announce(wants, hash, file.try_clone()?),
+            written: 0,
+            published: 0,
+            held: hash.len_in_bytes() as u64,
+        }),
+        None => None,
+    };
     let mut tee = Tee {
         inner: pack,
         out: std::io::BufWriter::with_capacity(1 << 16, file),
         sum: Trailing::new(hash),
         failed: None,
+        live,
     };
     // The tee checks the trailer: gitoxide's check hashes with collision detection, a quarter
     // of the time of reading a pack on one thread ([`gitcache_pack::Checksum`]).
@@ -279,6 +314,7 @@ fn receive(
     if let Some(err) = tee.failed.take() {
         return Err(err.into());
     }
+    let live = tee.live.take();
     let mut file = tee.out.into_inner().map_err(|e| e.into_error())?;
     let (Some(mut checksum), false) = (checksum, entries.is_empty()) else {
         return Err(Error::InvalidPack {
@@ -343,6 +379,15 @@ fn receive(
             // Nothing added: the trailer goes back as it was.
             file.seek(std::io::SeekFrom::Start(end))?;
             file.write_all(checksum.as_bytes())?;
+        }
+    }
+    if let Some(live) = live {
+        if bases.is_empty() {
+            // The file holds the pack as received, trailer and all.
+            live.publisher.whole(end + hash.len_in_bytes() as u64);
+        } else {
+            live.publisher
+                .failed("the upstream's pack left out objects it needs (a thin pack)");
         }
     }
     Ok(Received {
@@ -448,6 +493,33 @@ struct Tee<'a> {
     out: std::io::BufWriter<std::fs::File>,
     sum: Trailing,
     failed: Option<std::io::Error>,
+    /// Readers following the file, told how far it may be read.
+    live: Option<Live>,
+}
+
+/// How far a pack announced while it arrives has been written.
+struct Live {
+    publisher: Publisher,
+    /// Bytes given to the file's buffered writer.
+    written: u64,
+    /// Bytes the readers were told of.
+    published: u64,
+    /// Bytes at the end held back from the readers until the pack is whole: what may be the
+    /// trailer, which completing a thin pack writes anew.
+    held: u64,
+}
+
+impl Live {
+    /// `amount` more bytes were given to `out`: tell the readers of those written through.
+    fn wrote(&mut self, amount: usize, out: &std::io::BufWriter<std::fs::File>) {
+        self.written += amount as u64;
+        let through = self.written - out.buffer().len() as u64;
+        let readable = through.saturating_sub(self.held);
+        if readable > self.published {
+            self.published = readable;
+            self.publisher.arrived(readable);
+        }
+    }
 }
 
 impl std::io::Read for Tee<'_> {
@@ -470,7 +542,11 @@ impl BufRead for Tee<'_> {
             let result = match self.inner.fill_buf() {
                 Ok(data) if data.len() >= amount => {
                     self.sum.update(&data[..amount]);
-                    std::io::Write::write_all(&mut self.out, &data[..amount])
+                    let written = std::io::Write::write_all(&mut self.out, &data[..amount]);
+                    if let (Ok(()), Some(live)) = (&written, &mut self.live) {
+                        live.wrote(amount, &self.out);
+                    }
+                    written
                 }
                 Ok(_) => Err(std::io::Error::other("consumed more than was read")),
                 Err(err) => Err(err),

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod ingest;
+pub mod live;
 pub mod mirror;
 pub mod registry;
 pub mod shared;

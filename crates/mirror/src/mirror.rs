@@ -23,6 +23,7 @@ use gitcache_protocol::response::PackStream;
 use gix_hash::{Kind as HashKind, ObjectId};
 
 use crate::ingest;
+use crate::live::Board;
 use gitcache_upstream::{self as upstream, Upstream};
 
 /// What a refresh did.
@@ -104,6 +105,8 @@ impl Error {
 #[derive(Debug, Clone)]
 pub struct Mirror {
     git_dir: PathBuf,
+    /// Where a first fetch's pack is announced while it arrives.
+    board: Option<std::sync::Arc<Board>>,
 }
 
 impl Mirror {
@@ -124,14 +127,26 @@ impl Mirror {
         // unfinished mirror, replaced by the next refresh.
         gitcache_storage::fs::replace_file(&git_dir.join("config"), config.as_bytes())?;
         gitcache_storage::fs::replace_file(&git_dir.join("HEAD"), b"ref: refs/heads/main\n")?;
-        Ok(Mirror { git_dir })
+        Ok(Mirror {
+            git_dir,
+            board: None,
+        })
     }
 
     /// The mirror at `git_dir`.
     pub fn open(git_dir: impl Into<PathBuf>) -> Mirror {
         Mirror {
             git_dir: git_dir.into(),
+            board: None,
         }
+    }
+
+    /// Announce the pack of a first fetch (a mirror with nothing yet) on `board` while it
+    /// arrives, so that a clone of the same tips can be answered with its bytes as they come
+    /// (see [`crate::live`]).
+    pub fn announcing_on(mut self, board: std::sync::Arc<Board>) -> Mirror {
+        self.board = Some(board);
+        self
     }
 
     /// The repository folder.
@@ -415,6 +430,12 @@ impl Mirror {
             no_progress: true,
             ..Fetch::default()
         };
+        let announce = (self.board.clone())
+            .filter(|_| first)
+            .map(|board| ingest::Announce {
+                board,
+                wants: fetch.wants.clone(),
+            });
         let (mut sender, receiver) = tokio::io::duplex(RECEIVE_BUFFER);
         let download = async move {
             let result = upstream.fetch_into(format, fetch, &mut sender).await;
@@ -444,11 +465,12 @@ impl Mirror {
                 self_contained: first,
             };
             let mut pack = BufReader::new(stream);
-            let ingested = ingest::ingest_pack_checked(&git_dir, format, &mut pack, closure)
-                .map_err(|err| match err {
-                    ingest::Error::Refused(err) => Error::Disconnected(err),
-                    other => Error::Ingest(other),
-                })?;
+            let ingested =
+                ingest::ingest_pack_announced(&git_dir, format, &mut pack, closure, announce)
+                    .map_err(|err| match err {
+                        ingest::Error::Refused(err) => Error::Disconnected(err),
+                        other => Error::Ingest(other),
+                    })?;
             // Read what follows the pack (the response's end), so that the download finishes
             // as it would have unread. The pack is in place, whole and checked, by now: what
             // comes after it cannot make it a failed fetch.

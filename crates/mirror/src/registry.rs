@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use crate::live::{Board, LivePack};
 use crate::mirror::{Error, Mirror, Refreshed};
 use crate::shared::{Hydrated, Published, Shared};
 use gitcache_storage::lease::{Held, Leases};
@@ -44,6 +45,8 @@ struct Slot {
     answering: std::sync::atomic::AtomicUsize,
     /// Told when the last of those is handed over.
     quieted: tokio::sync::Notify,
+    /// Where the mirror's first pack is announced while it arrives.
+    live: Arc<Board>,
 }
 
 /// What tells a file apart from another at the same path, or from itself changed: its
@@ -361,6 +364,15 @@ impl Registry {
         let slot = self.slot(key);
         slot.answering.fetch_add(1, Ordering::AcqRel);
         Answering { slot }
+    }
+
+    /// The first pack of `key`'s mirror while it arrives (a mirror made from nothing, by a
+    /// refresh of this registry): the one being received now, or the next one announced.
+    /// A clone of the same tips may be answered with its bytes as they come (see
+    /// [`crate::live`]); wait for it beside the refresh, which may bring none.
+    pub async fn live_pack(&self, key: &RepoKey) -> Arc<LivePack> {
+        let slot = self.slot(key);
+        slot.live.next().await
     }
 
     /// The mirrors whose packs background maintenance (see
@@ -1221,7 +1233,17 @@ impl Registry {
                 Mirror::create(path, format)?
             }
         };
-        Self::tidy(&self.slot(key), &mirror)?;
+        let slot = self.slot(key);
+        Self::tidy(&slot, &mirror)?;
+        // However the refresh ends (cut short too), its pack is announced no more.
+        struct Clear<'a>(&'a Board);
+        impl Drop for Clear<'_> {
+            fn drop(&mut self) {
+                self.0.clear();
+            }
+        }
+        let _clear = Clear(&slot.live);
+        let mirror = mirror.announcing_on(Arc::clone(&slot.live));
         mirror.refresh_keeping(upstream, extra, keep).await
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use common::{Gitcache, basic, fetch_body, fsck, http};
 use gitcache_testkit::git::{GitClient, git_stdout};
 use gitcache_testkit::repo::{self, RepoSpec};
-use gitcache_testkit::upstream::{Access, RequestKind, Upstream};
+use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
 
 fn refs(repo: &Path) -> String {
     git_stdout(repo, &["for-each-ref", "--format=%(objectname) %(refname)"])
@@ -385,6 +385,134 @@ fn twenty_concurrent_cold_clones_make_one_upstream_fetch() {
     fsck(&git.home().join("c7"));
 }
 
+/// A clone of a repository with no mirror yet is sent the upstream's pack as it arrives,
+/// while the mirror takes it in: the mirror is made and checked as before, and the next clone
+/// is a hit. A clone asking for less than the mirror fetches waits for the mirror, and a pack
+/// cut short ends the answer with the reason.
+#[test]
+fn a_first_clone_is_sent_the_pack_as_it_arrives() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/fresh", &RepoSpec::small(409));
+    public_repo(&upstream, "acme/narrow", &RepoSpec::small(410));
+    public_repo(&upstream, "acme/cut", &RepoSpec::small(411));
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    let arriving = |cache: &Gitcache| common::count(&cache.log(), "arriving=true");
+    // The client's ls-refs starts the refresh; the upstream's pack comes slowly, so that the
+    // client's fetch finds it running, as it does for a large repository.
+    let slow_pack = || {
+        upstream.inject(
+            Fault::Delay(std::time::Duration::from_millis(800)),
+            1,
+            Some(RequestKind::Fetch),
+        );
+    };
+
+    slow_pack();
+    git.run(&home, &["clone", "-q", &cache.url("acme/fresh"), "fresh"])
+        .unwrap()
+        .expect_success();
+    fsck(&home.join("fresh"));
+    let source = upstream.repo_path("acme/fresh");
+    assert_eq!(
+        git_stdout(&home.join("fresh"), &["tag"]),
+        git_stdout(&source, &["tag"])
+    );
+    cache.log_with("arriving=true", 1);
+    // The mirror, taken in after (or while) the answer went out, is whole and marked.
+    let mirror = cache.mirror(&upstream, "acme/fresh");
+    common::wait_for_tips_mark(&mirror);
+    fsck(&mirror);
+    assert_eq!(refs(&mirror), refs(&source));
+    upstream.reset_counts();
+    git.run(&home, &["clone", "-q", &cache.url("acme/fresh"), "again"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(upstream.counts().fetch, 0, "the second clone is a hit");
+    assert_eq!(arriving(&cache), 1);
+
+    // One branch, no tags: not the mirror's first pack, which holds more.
+    slow_pack();
+    git.run(
+        &home,
+        &[
+            "clone",
+            "-q",
+            "--single-branch",
+            "--no-tags",
+            &cache.url("acme/narrow"),
+            "narrow",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    fsck(&home.join("narrow"));
+    cache.log_with("result=\"miss\"", 2);
+    assert_eq!(arriving(&cache), 1, "{}", cache.log());
+
+    // The upstream's pack cut short, under a fetch with no ls-refs before it (as CI sends):
+    // the answer ends with the reason, no mirror claims the pack, the next fetch works.
+    let source = upstream.repo_path("acme/cut");
+    let tips = git_stdout(&source, &["for-each-ref", "--format=want %(objectname)"]);
+    let mut wants: Vec<&str> = tips.lines().collect();
+    wants.push("ofs-delta");
+    let head = git_stdout(&source, &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    let fetch = || {
+        http(
+            &cache.addr,
+            "POST",
+            "/acme/cut.git/git-upload-pack",
+            &[
+                ("Git-Protocol", "version=2"),
+                ("Content-Type", "application/x-git-upload-pack-request"),
+            ],
+            &fetch_body(&head, &wants),
+        )
+    };
+    upstream.inject(Fault::CutAfter(20_000), 1, Some(RequestKind::Fetch));
+    let cut = fetch();
+    let told = String::from_utf8_lossy(&cut.body).contains("gitcache: the upstream's pack");
+    assert!(
+        told || cut.status == 502,
+        "{} {}",
+        cut.head,
+        cut.body_text()
+    );
+    let mirror = cache.mirror(&upstream, "acme/cut");
+    assert!(
+        !mirror.join("packed-refs").exists() && !mirror.join("refs/heads/main").exists(),
+        "a failed first fetch leaves no refs"
+    );
+    upstream.clear_faults();
+    let before = arriving(&cache);
+    upstream.inject(
+        Fault::Trickle {
+            chunk: 4096,
+            every: std::time::Duration::from_millis(5),
+        },
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let whole = fetch();
+    assert!(whole.has_pack(), "{}", whole.head);
+    cache.log_with("arriving=true", before + 1);
+    common::wait_for_tips_mark(&mirror);
+    fsck(&mirror);
+    assert_eq!(refs(&mirror), refs(&source));
+    // The answer is the pack the mirror took in, byte for byte.
+    let answer = gitcache_protocol::response::parse_fetch_response(
+        &whole.content(),
+        gitcache_protocol::ObjectFormat::Sha1,
+    )
+    .unwrap();
+    let packs = gitcache_testkit::repo::pack_files(&mirror, "pack").unwrap();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    assert!(answer.pack.unwrap() == std::fs::read(&packs[0]).unwrap());
+}
+
 #[test]
 fn push_and_protocol_v0_pass_through() {
     let upstream = Upstream::start().unwrap();
@@ -452,8 +580,15 @@ fn a_miss_asks_for_the_advertisement_only_at_the_gate() {
     let home = git.home().to_owned();
 
     // A clone: the client's handshake is the check; its ls-refs and the refresh's are two.
+    // (The client's ls-refs starts the refresh; the upstream's pack comes slowly, so that
+    // the client's fetch finds it running and waits for it, as it does for a large one.)
     for (name, format) in [("acme/widgets", "sha1"), ("acme/modern", "sha256")] {
         upstream.reset_counts();
+        upstream.inject(
+            Fault::Delay(std::time::Duration::from_millis(800)),
+            1,
+            Some(RequestKind::Fetch),
+        );
         let dir = name.replace('/', "-");
         git.run(&home, &["clone", "-q", &cache.url(name), &dir])
             .unwrap()
