@@ -244,6 +244,10 @@ impl Mirrors {
                     outcome
                 };
                 let outcome = outcome.map_err(Error::Mirror);
+                if let Err(err) = &outcome {
+                    // Said here too: an answer sent as the pack arrived did not wait for it.
+                    tracing::info!(%err, "refresh failed");
+                }
                 mirrors.note_refresh(
                     &task_key,
                     started,

@@ -348,7 +348,9 @@ impl Responder {
     }
 }
 
-/// Write `pack` into `out` as a fetch response while it arrives; the pack's bytes sent.
+/// Write `pack` into `out` as a fetch response while it arrives; the pack's bytes sent. A
+/// pack that fails, or a file that cannot be read, ends the answer with the reason on the
+/// error band; a client that has gone is noticed within [`ARRIVING_WAIT`].
 fn send_arriving(
     pack: &gitcache_mirror::live::LivePack,
     out: ChannelWriter,
@@ -356,35 +358,41 @@ fn send_arriving(
 ) -> std::io::Result<u64> {
     use gitcache_mirror::live::Progress;
     use std::io::Write;
-    let wire = |err: gitcache_protocol::response::Error| std::io::Error::other(err.to_string());
     let mut band = gitcache_protocol::response::ResponseWriter::new(out, sideband_all)
         .packfile()
-        .map_err(wire)?;
+        .map_err(|err| std::io::Error::other(err.to_string()))?;
     let mut buf = vec![0u8; 1 << 16];
     let mut sent = 0u64;
-    loop {
+    let failure = 'follow: loop {
         let upto = match pack.wait_past(sent, ARRIVING_WAIT) {
             Progress::Arriving(n) | Progress::Whole(n) if n > sent => n,
-            Progress::Arriving(_) => continue,
-            Progress::Whole(_) => break,
-            Progress::Failed(why) => {
-                let message = format!("gitcache: {why}");
-                let _ = band.error(message.as_bytes());
-                let _ = band.finish().map(|mut out| out.finish());
-                return Err(std::io::Error::other(why));
+            Progress::Arriving(_) if band.get_mut().is_closed() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the client went away",
+                ));
             }
+            Progress::Arriving(_) => continue,
+            Progress::Whole(_) => break None,
+            Progress::Failed(why) => break Some(why),
         };
         while sent < upto {
             let want = buf.len().min((upto - sent) as usize);
-            let read = pack.read_at(&mut buf[..want], sent)?;
-            if read == 0 {
-                return Err(std::io::Error::other(
-                    "the arriving pack's file ended early",
-                ));
-            }
+            let read = match pack.read_at(&mut buf[..want], sent) {
+                Ok(0) => break 'follow Some("the arriving pack's file ended early".into()),
+                Ok(read) => read,
+                Err(err) => break 'follow Some(format!("reading the arriving pack: {err}")),
+            };
             band.write_all(&buf[..read])?;
             sent += read as u64;
         }
+    };
+    if let Some(why) = failure {
+        tracing::warn!(why, sent, "the arriving pack failed midway");
+        let message = format!("gitcache: {why}");
+        let _ = band.error(message.as_bytes());
+        let _ = band.finish().map(|mut out| out.finish());
+        return Err(std::io::Error::other(why));
     }
     let mut out = band
         .finish()
@@ -523,6 +531,102 @@ pub(crate) fn set_git_headers(headers: &mut HeaderMap, content_type: &'static st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gitcache_mirror::live::{Board, Publisher};
+
+    /// A pack announced on a board of its own, its file holding `bytes` so far.
+    fn arriving(
+        dir: &std::path::Path,
+        bytes: &[u8],
+    ) -> (Arc<gitcache_mirror::live::LivePack>, Publisher) {
+        let path = dir.join("received.pack");
+        std::fs::write(&path, bytes).unwrap();
+        let board = Board::default();
+        let publisher = board.announce(vec![], HashKind::Sha1, std::fs::File::open(&path).unwrap());
+        publisher.arrived(bytes.len() as u64);
+        (board.current().unwrap(), publisher)
+    }
+
+    /// Follow `pack` on a blocking thread; the response's bytes and how it ended.
+    async fn follow(pack: Arc<gitcache_mirror::live::LivePack>) -> (Vec<u8>, std::io::Result<u64>) {
+        let (tx, mut rx) = mpsc::channel(4);
+        let sending = tokio::task::spawn_blocking(move || {
+            send_arriving(
+                &pack,
+                ChannelWriter::new(tx, Duration::from_secs(30)),
+                false,
+            )
+        });
+        let mut got = Vec::new();
+        while let Some(Ok(chunk)) = rx.recv().await {
+            got.extend_from_slice(&chunk);
+        }
+        (got, sending.await.unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn followers_of_an_arriving_pack_get_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (pack, publisher) = arriving(dir.path(), &bytes[..70_000]);
+        let (a, b) = (
+            tokio::spawn(follow(Arc::clone(&pack))),
+            tokio::spawn(follow(pack)),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The rest arrives, then the pack is whole.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("received.pack"))
+            .unwrap();
+        std::io::Write::write_all(&mut file, &bytes[70_000..]).unwrap();
+        publisher.whole(bytes.len() as u64);
+        for follower in [a, b] {
+            let (got, sent) = follower.await.unwrap();
+            assert_eq!(sent.unwrap(), bytes.len() as u64);
+            let answer =
+                gitcache_protocol::response::parse_fetch_response(&got, HashKind::Sha1).unwrap();
+            assert!(answer.pack.unwrap() == bytes);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pack_that_fails_midway_ends_on_the_error_band() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pack, publisher) = arriving(dir.path(), b"PACK\0\0\0\x02");
+        let following = tokio::spawn(follow(pack));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(publisher);
+        let (got, sent) = following.await.unwrap();
+        assert!(sent.is_err());
+        let text = String::from_utf8_lossy(&got);
+        // What arrived went first, then the reason on band 3.
+        assert!(text.contains("packfile\n"), "{text:?}");
+        assert!(text.contains("\u{1}PACK"), "{text:?}");
+        assert!(
+            text.contains("\u{3}gitcache: the upstream's pack was not received whole"),
+            "{text:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_whose_client_left_stops_while_the_pack_still_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pack, _publisher) = arriving(dir.path(), b"PACK");
+        let (tx, rx) = mpsc::channel(4);
+        drop(rx);
+        let sending = tokio::task::spawn_blocking(move || {
+            send_arriving(
+                &pack,
+                ChannelWriter::new(tx, Duration::from_secs(30)),
+                false,
+            )
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(30), sending)
+            .await
+            .expect("the follower noticed")
+            .unwrap();
+        assert!(ended.is_err());
+    }
 
     #[tokio::test]
     async fn generations_at_once_share_the_compression_threads() {

@@ -423,8 +423,8 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
     // The mirror, taken in after (or while) the answer went out, is whole and marked.
     let mirror = cache.mirror(&upstream, "acme/fresh");
     common::wait_for_tips_mark(&mirror);
+    common::wait_for("the mirror's refs", || refs(&mirror) == refs(&source));
     fsck(&mirror);
-    assert_eq!(refs(&mirror), refs(&source));
     upstream.reset_counts();
     git.run(&home, &["clone", "-q", &cache.url("acme/fresh"), "again"])
         .unwrap()
@@ -500,8 +500,8 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
     assert!(whole.has_pack(), "{}", whole.head);
     cache.log_with("arriving=true", before + 1);
     common::wait_for_tips_mark(&mirror);
+    common::wait_for("the mirror's refs", || refs(&mirror) == refs(&source));
     fsck(&mirror);
-    assert_eq!(refs(&mirror), refs(&source));
     // The answer is the pack the mirror took in, byte for byte.
     let answer = gitcache_protocol::response::parse_fetch_response(
         &whole.content(),
@@ -581,7 +581,7 @@ fn a_miss_asks_for_the_advertisement_only_at_the_gate() {
 
     // A clone: the client's handshake is the check; its ls-refs and the refresh's are two.
     // (The client's ls-refs starts the refresh; the upstream's pack comes slowly, so that
-    // the client's fetch finds it running and waits for it, as it does for a large one.)
+    // the client's fetch finds it running and joins it, as it does for a large one.)
     for (name, format) in [("acme/widgets", "sha1"), ("acme/modern", "sha256")] {
         upstream.reset_counts();
         upstream.inject(
