@@ -607,6 +607,9 @@ fn a_miss_asks_for_the_advertisement_only_at_the_gate() {
         );
     }
 
+    // Both clones were sent the first pack as it arrived, SHA-256 as SHA-1.
+    cache.log_with("arriving=true", 2);
+
     // A fetch with no handshake before it (as CI sends): the gate asks, and only the gate.
     upstream.reset_counts();
     let sha = git_stdout(&upstream.repo_path("acme/gadgets"), &["rev-parse", "main"])
