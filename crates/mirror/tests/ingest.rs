@@ -613,3 +613,89 @@ fn an_entry_with_a_wrong_zlib_checksum_is_refused() {
         .unwrap();
     assert!(!refused.success(), "git takes it");
 }
+
+/// A first pack announced while it is taken in: a reader following it is only ever told of
+/// bytes already in the file and exactly as received (large entries, written past the
+/// buffer, and small ones alike), and the whole pack once its trailer is checked.
+#[test]
+fn an_announced_pack_is_followed_as_it_is_written() {
+    use gitcache_mirror::ingest::{Announce, ingest_pack_announced};
+    use gitcache_mirror::live::{Board, Progress};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(63))
+        .unwrap()
+        .path;
+    // A blob larger than the file's write buffer, which goes past it in one write.
+    let noise: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let big = git_with_input(&source, &["hash-object", "-w", "--stdin"], &noise);
+    let big = String::from_utf8(big).unwrap();
+    let mut objects = git(&source, &["rev-list", "--objects", "--all"]);
+    objects.push_str(&big);
+    let pack = pack_objects(&source, &[], &objects);
+    let mirror = empty_mirror(dir.path(), "sha1");
+
+    let board = std::sync::Arc::new(Board::default());
+    let follower = std::thread::spawn({
+        let (board, pack) = (std::sync::Arc::clone(&board), pack.clone());
+        move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let live = loop {
+                if let Some(live) = board.current() {
+                    break live;
+                }
+                assert!(std::time::Instant::now() < deadline, "never announced");
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            let (mut seen, mut steps) = (0u64, 0);
+            loop {
+                let (upto, whole) = match live.wait_past(seen, Duration::from_secs(60)) {
+                    Progress::Arriving(n) => (n, false),
+                    Progress::Whole(n) => (n, true),
+                    Progress::Failed(why) => panic!("{why}"),
+                };
+                let mut got = vec![0; upto as usize];
+                let mut at = 0;
+                while at < got.len() {
+                    let read = live.read_at(&mut got[at..], at as u64).unwrap();
+                    assert!(read > 0, "told of {upto} bytes, the file has {at}");
+                    at += read;
+                }
+                assert!(got[..] == pack[..got.len()], "bytes as received, to {upto}");
+                if whole {
+                    assert_eq!(upto, pack.len() as u64);
+                    return steps;
+                }
+                assert!(upto + 20 <= pack.len() as u64, "the trailer is held back");
+                (seen, steps) = (upto, steps + 1);
+            }
+        }
+    });
+    // Read in pieces smaller than the entries, as a slow download comes.
+    struct Slow<'a>(&'a [u8]);
+    impl std::io::Read for Slow<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(2));
+            self.0.read(buf)
+        }
+    }
+    let mut slow = std::io::BufReader::with_capacity(7_000, Slow(&pack[..]));
+    let announce = Announce {
+        board: std::sync::Arc::clone(&board),
+        wants: Vec::new(),
+    };
+    let ingested = ingest_pack_announced(
+        &mirror,
+        Kind::Sha1,
+        &mut slow,
+        Closure::Unchecked,
+        Some(announce),
+    )
+    .unwrap();
+    let steps = follower.join().unwrap();
+    assert!(steps > 1, "followed in {steps} steps");
+    assert!(std::fs::read(&ingested.pack).unwrap() == pack);
+}
