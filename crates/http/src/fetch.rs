@@ -166,25 +166,7 @@ impl Fetches {
             }
         }
     }
-}
 
-/// Whether `fetch` could be answered by a mirror's first pack as it arrives: a clone (`done`,
-/// nothing had, no shallow or filter, no ref asked for by name) taking offset deltas, whose
-/// wants are then compared with that pack's.
-fn arriving_answers(fetch: &Fetch) -> bool {
-    fetch.done
-        && fetch.ofs_delta
-        && !fetch.wants.is_empty()
-        && fetch.haves.is_empty()
-        && fetch.want_refs.is_empty()
-        && fetch.shallows.is_empty()
-        && !fetch.is_deepening()
-        && !fetch.deepen_relative
-        && fetch.filter.is_none()
-        && fetch.packfile_uris.is_empty()
-}
-
-impl Fetches {
     /// The wants of `fetch` the mirror of `target` lacks, when they are worth fetching by id
     /// and keeping: at most [`MAX_KEPT_PER_FETCH`], and no `want-ref` (a ref that is not
     /// mirrored is the upstream's to resolve).
@@ -212,5 +194,64 @@ impl Fetches {
             && missing.len() <= MAX_KEPT_PER_FETCH
             && !self.mirrors.refused_lately(&target.key, &missing);
         Ok(worth.then_some(missing))
+    }
+}
+
+/// Whether `fetch` could be answered by a mirror's first pack as it arrives: a clone (`done`,
+/// nothing had, no shallow or filter, no ref asked for by name) taking offset deltas, whose
+/// wants are then compared with that pack's.
+fn arriving_answers(fetch: &Fetch) -> bool {
+    fetch.done
+        && fetch.ofs_delta
+        && !fetch.wants.is_empty()
+        && fetch.haves.is_empty()
+        && fetch.want_refs.is_empty()
+        && fetch.shallows.is_empty()
+        && !fetch.is_deepening()
+        && !fetch.deepen_relative
+        && fetch.filter.is_none()
+        && fetch.packfile_uris.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plain_clone_is_answered_by_an_arriving_pack() {
+        let clone = Fetch {
+            wants: vec![gix_hash::ObjectId::from_bytes_or_panic(&[1; 20])],
+            done: true,
+            ofs_delta: true,
+            thin_pack: true,
+            no_progress: true,
+            include_tag: true,
+            ..Fetch::default()
+        };
+        assert!(arriving_answers(&clone));
+        let oid = clone.wants[0];
+        let unlike: [fn(&mut Fetch); 10] = [
+            |f| f.done = false,
+            |f| f.ofs_delta = false,
+            |f| f.wants.clear(),
+            |f| {
+                f.haves
+                    .push(gix_hash::ObjectId::from_bytes_or_panic(&[2; 20]))
+            },
+            |f| f.want_refs.push("refs/heads/main".into()),
+            |f| f.deepen = Some(1),
+            |f| f.deepen_since = Some(1),
+            |f| f.deepen_relative = true,
+            |f| f.filter = Some(gitcache_protocol::filter::Filter::BlobNone),
+            |f| f.packfile_uris.push("https".into()),
+        ];
+        for (i, change) in unlike.iter().enumerate() {
+            let mut fetch = clone.clone();
+            change(&mut fetch);
+            assert!(!arriving_answers(&fetch), "case {i}");
+        }
+        let mut shallow = clone.clone();
+        shallow.shallows.push(oid);
+        assert!(!arriving_answers(&shallow));
     }
 }
