@@ -427,7 +427,18 @@ fn bucket_is_whole(server: &S3Server, upstream: &Upstream, name: &str) -> usize 
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (manifest, _) = shared.read(&key).await.unwrap().expect("a manifest");
+        // A first clone may be answered as its pack arrives, before the mirror it makes is
+        // committed: the manifest is waited for.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let (manifest, _) = loop {
+            match shared.read(&key).await.unwrap() {
+                Some(read) => break read,
+                None if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None => panic!("a manifest"),
+            }
+        };
         let base = gitcache_mirror::shared::Shared::manifest_key(&key).unwrap();
         let packs =
             gitcache_storage::store::ObjectKey::new(&base.as_str().replace("/manifest", "/packs"))
