@@ -92,6 +92,10 @@ fn every_series_the_dashboard_queries_is_exported() {
     clone(cache.url("acme/one"), &[], "c2");
     clone(cache.url("acme/one"), &["--depth=1"], "c3");
     clone(cache.url("acme/one"), &["--depth=1"], "c4");
+    common::wait_for_mirror(
+        &cache.mirror(&upstream, "acme/one"),
+        &upstream.repo_path("acme/one"),
+    );
     // The upstream moves: an ls-refs through gitcache starts warming.
     repo::append_commits(&upstream.repo_path("acme/one"), "main", 1, 1342).unwrap();
     git.run(git.home(), &["ls-remote", &cache.url("acme/one")])

@@ -80,6 +80,7 @@ fn refreshes_gitcache_starts_use_installation_tokens_renewed_before_they_expire(
     // (The clone's ls-refs found no mirror yet and started warming: that refresh is
     // gitcache's own, with the App's token.)
     let mirror = cache.mirror(&upstream, "acme/app");
+    common::wait_for_mirror(&mirror, &source);
 
     let push = |tip: &str| {
         let body = format!(

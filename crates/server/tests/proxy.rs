@@ -46,6 +46,7 @@ fn clones_are_served_from_the_mirror_and_a_second_clone_is_a_hit() {
     // The mirror's first pack gets marked with its tips in the background, so that clones
     // are sent it as it is.
     common::wait_for_tips_mark(&mirror);
+    common::wait_for_mirror(&mirror, &source);
 
     upstream.reset_counts();
     git.run(

@@ -29,6 +29,7 @@ fn ls_refs_showing_new_refs_warms_the_mirror_with_the_service_token() {
         .unwrap()
         .expect_success();
     let mirror = cache.mirror(&upstream, "acme/busy");
+    common::wait_for_mirror(&mirror, &source);
 
     // New commits upstream; an ls-remote through gitcache notices and warms the mirror.
     let tip = repo::append_commits(&source, "main", 4, 7).unwrap();
@@ -242,6 +243,7 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
     .unwrap()
     .expect_success();
     let mirror = cache.mirror(&upstream, "acme/widgets");
+    common::wait_for_mirror(&mirror, &source);
     let tip = repo::append_commits(&source, "main", 2, 1402).unwrap();
 
     let event = |name: &str| {
@@ -376,6 +378,7 @@ fn scheduled_refreshes_keep_mirrors_in_use_fresh() {
     .unwrap()
     .expect_success();
     let mirror = cache.mirror(&upstream, "acme/busy");
+    common::wait_for_mirror(&mirror, &source);
     let tip = repo::append_commits(&source, "main", 2, 1402).unwrap();
     wait_for("the scheduled refresh", || {
         git_stdout(

@@ -338,6 +338,22 @@ pub fn wait_for_tips_mark(mirror: &std::path::Path) {
     wait_for_pack_file(mirror, ".tips");
 }
 
+/// Wait until `mirror` holds every ref of `source` as `source` has it: a first clone may be
+/// answered as its pack arrives, before the mirror it makes is whole.
+pub fn wait_for_mirror(mirror: &std::path::Path, source: &std::path::Path) {
+    let refs = |repo: &std::path::Path| {
+        if !repo.join("HEAD").is_file() {
+            return String::new();
+        }
+        gitcache_testkit::git::git_stdout(
+            repo,
+            &["for-each-ref", "--format=%(objectname) %(refname)"],
+        )
+    };
+    let want = refs(source);
+    wait_for("the mirror to be whole", || refs(mirror) == want);
+}
+
 /// Wait until a pack of `mirror` has bitmaps (written in the background after a mirror's
 /// first fetch): answers made before may choose other delta bases (the bitmaps' name hashes
 /// guide that choice), so a test comparing answers takes them after.
