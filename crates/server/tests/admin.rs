@@ -307,6 +307,12 @@ fn catalog_records_choose_what_is_cached_and_clones_show_in_metrics_and_log() {
 
     let git = GitClient::new().unwrap();
     let one = clone(&git, &cache, "acme/widgets", "one");
+    // The first clone may be answered as its pack arrives: the second is a hit once the
+    // mirror is whole.
+    common::wait_for_mirror(
+        &cache.mirror(&upstream, "acme/widgets"),
+        &upstream.repo_path("acme/widgets"),
+    );
     let two = clone(&git, &cache, "acme/widgets", "two");
     common::fsck(&one);
     common::fsck(&two);
@@ -774,6 +780,7 @@ fn a_removal_killed_midway_is_finished_at_the_next_start() {
     assert_eq!(status, 201);
     let three = clone(&git, &cache, "acme/widgets", "three");
     common::fsck(&three);
+    common::wait_for_mirror(&mirror, &upstream.repo_path("acme/widgets"));
     common::fsck(&mirror);
 }
 

@@ -47,6 +47,12 @@ fn the_admin_page_adds_edits_disables_and_removes_a_repository() {
         )
         .unwrap()
         .expect_success();
+        // The first clone may be answered as its pack arrives: the second is a hit once
+        // the mirror is whole.
+        common::wait_for_mirror(
+            &cache.mirror(&upstream, "acme/gadgets"),
+            &upstream.repo_path("acme/gadgets"),
+        );
     }
 
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");

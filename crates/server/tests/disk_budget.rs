@@ -77,6 +77,7 @@ fn beyond_the_budget_the_least_recently_used_mirror_goes() {
     fsck(&git.home().join("one-b"));
     wait_for("the second mirror's eviction", || !two.exists());
     assert!(one.join("HEAD").is_file());
+    common::wait_for_mirror(&one, &upstream.repo_path(names[0]));
     fsck(&one);
     let metrics = common::http(&cache.addr, "GET", "/metrics", &[], b"");
     let text = metrics.body_text();

@@ -150,6 +150,10 @@ fn case_twins_on_a_case_sensitive_upstream_are_two_mirrors() {
         .collect();
     mirrors.sort();
     assert_eq!(mirrors, ["^widgets.git", "widgets.git"]);
+    common::wait_for_mirror(
+        &owner.join("widgets.git"),
+        &upstream.repo_path("acme/widgets"),
+    );
     assert!(git_stdout(&owner.join("widgets.git"), &["rev-parse", "main"]).trim() == private_tip);
     assert!(
         git_stdout(&owner.join("^widgets.git"), &["rev-parse", "main"]).trim()
@@ -605,12 +609,9 @@ fn an_earlier_layout_drops_what_case_folding_may_have_mixed() {
     )
     .unwrap()
     .expect_success();
-    assert!(
-        cache
-            .mirror(&upstream, "acme/widgets")
-            .join("packed-refs")
-            .is_file()
-    );
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    common::wait_for_mirror(&mirror, &upstream.repo_path("acme/widgets"));
+    assert!(mirror.join("packed-refs").is_file());
 }
 
 /// A client's `ls-refs` renews its grant only when the upstream's answer is a whole, parsed

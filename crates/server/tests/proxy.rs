@@ -42,11 +42,11 @@ fn clones_are_served_from_the_mirror_and_a_second_clone_is_a_hit() {
         git_stdout(&source, &["tag"])
     );
     let mirror = cache.mirror(&upstream, "acme/widgets");
-    fsck(&mirror);
-    // The mirror's first pack gets marked with its tips in the background, so that clones
-    // are sent it as it is.
+    // The mirror's first pack gets marked with its tips, so that clones are sent it as it
+    // is (the clone may have been answered as that pack arrived, before).
     common::wait_for_tips_mark(&mirror);
     common::wait_for_mirror(&mirror, &source);
+    fsck(&mirror);
 
     upstream.reset_counts();
     git.run(

@@ -81,6 +81,8 @@ fn a_clone_through_one_instance_is_a_hit_on_the_other() {
     git.run(git.home(), &["clone", "-q", &a.url("acme/fleet"), "via-a"])
         .unwrap()
         .expect_success();
+    // A's clone may be answered as its pack arrives: its mirror is committed after.
+    bucket_is_whole(&server, &upstream, "acme/fleet");
     assert_eq!(upstream.counts().fetch, 1, "A's miss fetched once");
     git.run(git.home(), &["clone", "-q", &b.url("acme/fleet"), "via-b"])
         .unwrap()
@@ -277,6 +279,7 @@ fn without_the_object_store_instances_go_on_alone_and_catch_up_when_it_returns()
     git.run(git.home(), &["clone", "-q", &a.url("acme/outage"), "via-a"])
         .unwrap()
         .expect_success();
+    bucket_is_whole(&server, &upstream, "acme/outage");
     let via_a = git.home().join("via-a");
 
     // The bucket goes away; the upstream moves. Both instances still answer, from their own
@@ -778,6 +781,7 @@ fn an_instance_catches_up_on_ls_refs_taking_only_the_new_packs() {
     git.run(git.home(), &["clone", "-q", &a.url("acme/notice"), "via-a"])
         .unwrap()
         .expect_success();
+    bucket_is_whole(&server, &upstream, "acme/notice");
     git.run(git.home(), &["clone", "-q", &b.url("acme/notice"), "via-b"])
         .unwrap()
         .expect_success();

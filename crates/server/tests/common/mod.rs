@@ -332,8 +332,9 @@ pub fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
-/// Wait until the first pack of `mirror` is marked with its tips (done in the background
-/// after a mirror's first fetch), so that clones are sent that pack as it is.
+/// Wait until the first pack of `mirror` is marked with its tips (by the refresh that made
+/// the mirror, before it writes the refs: see [`wait_for_mirror`] for those), so that
+/// clones are sent that pack as it is.
 pub fn wait_for_tips_mark(mirror: &std::path::Path) {
     wait_for_pack_file(mirror, ".tips");
 }
