@@ -14,6 +14,17 @@ fn refs(repo: &Path) -> String {
     git_stdout(repo, &["for-each-ref", "--format=%(objectname) %(refname)"])
 }
 
+/// The upstream's next pack comes slowly: a clone's `ls-refs` starts the mirror's refresh,
+/// and the clone's fetch then finds it running and joins it, as it does for a large
+/// repository (not a refresh already over).
+fn slow_next_pack(upstream: &Upstream) {
+    upstream.inject(
+        Fault::Delay(std::time::Duration::from_millis(800)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+}
+
 fn public_repo(upstream: &Upstream, name: &str, spec: &RepoSpec) {
     repo::generate(&upstream.repo_path(name), spec).unwrap();
     upstream.adopt_repo(name, Access::Public).unwrap();
@@ -400,15 +411,7 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
     let git = GitClient::new().unwrap();
     let home = git.home().to_owned();
     let arriving = |cache: &Gitcache| common::count(&cache.log(), "arriving=true");
-    // The client's ls-refs starts the refresh; the upstream's pack comes slowly, so that the
-    // client's fetch finds it running, as it does for a large repository.
-    let slow_pack = || {
-        upstream.inject(
-            Fault::Delay(std::time::Duration::from_millis(800)),
-            1,
-            Some(RequestKind::Fetch),
-        );
-    };
+    let slow_pack = || slow_next_pack(&upstream);
 
     slow_pack();
     git.run(&home, &["clone", "-q", &cache.url("acme/fresh"), "fresh"])
@@ -424,7 +427,7 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
     // The mirror, taken in after (or while) the answer went out, is whole and marked.
     let mirror = cache.mirror(&upstream, "acme/fresh");
     common::wait_for_tips_mark(&mirror);
-    common::wait_for("the mirror's refs", || refs(&mirror) == refs(&source));
+    common::wait_for_mirror(&mirror, &source);
     fsck(&mirror);
     upstream.reset_counts();
     git.run(&home, &["clone", "-q", &cache.url("acme/fresh"), "again"])
@@ -501,7 +504,7 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
     assert!(whole.has_pack(), "{}", whole.head);
     cache.log_with("arriving=true", before + 1);
     common::wait_for_tips_mark(&mirror);
-    common::wait_for("the mirror's refs", || refs(&mirror) == refs(&source));
+    common::wait_for_mirror(&mirror, &source);
     fsck(&mirror);
     // The answer is the pack the mirror took in, byte for byte.
     let answer = gitcache_protocol::response::parse_fetch_response(
@@ -581,15 +584,9 @@ fn a_miss_asks_for_the_advertisement_only_at_the_gate() {
     let home = git.home().to_owned();
 
     // A clone: the client's handshake is the check; its ls-refs and the refresh's are two.
-    // (The client's ls-refs starts the refresh; the upstream's pack comes slowly, so that
-    // the client's fetch finds it running and joins it, as it does for a large one.)
     for (name, format) in [("acme/widgets", "sha1"), ("acme/modern", "sha256")] {
         upstream.reset_counts();
-        upstream.inject(
-            Fault::Delay(std::time::Duration::from_millis(800)),
-            1,
-            Some(RequestKind::Fetch),
-        );
+        slow_next_pack(&upstream);
         let dir = name.replace('/', "-");
         git.run(&home, &["clone", "-q", &cache.url(name), &dir])
             .unwrap()
