@@ -52,7 +52,10 @@ pub(crate) struct Mirrors {
     /// Refs outside `refs/heads/` and `refs/tags/` that mirrors keep too.
     extra_ref_prefixes: Vec<String>,
     open: Mutex<HashMap<RepoKey, OpenRepo>>,
-    stats: Mutex<HashMap<RepoKey, RepoStats>>,
+    /// Activity by repository, and the number of the note that last changed it.
+    stats: Mutex<HashMap<RepoKey, (RepoStats, u64)>>,
+    /// Notes taken so far.
+    notes: std::sync::atomic::AtomicU64,
     /// Repositories fetched through this instance: how to reach them, and when last.
     used: Mutex<HashMap<RepoKey, (Target, Instant)>>,
     budget: Budget,
@@ -65,6 +68,10 @@ pub(crate) struct Mirrors {
 const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 /// The most refused ids remembered; the memory is cleared when full.
 const MAX_REFUSED: usize = 10_000;
+/// The most repositories without a mirror on disk whose activity and last use are kept (see
+/// [`Mirrors::forget_beyond`]): those of mirrors on disk are bounded by the disk, these by
+/// this.
+pub(crate) const MAX_KEPT_OFF_DISK: usize = 10_000;
 
 impl Mirrors {
     pub(crate) fn new(
@@ -77,6 +84,7 @@ impl Mirrors {
             extra_ref_prefixes,
             open: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
+            notes: Default::default(),
             used: Mutex::new(HashMap::new()),
             budget,
             refused_ids: Mutex::new(HashMap::new()),
@@ -121,7 +129,10 @@ impl Mirrors {
 
     /// What happened to `key`'s repository since the start.
     pub(crate) fn stats(&self, key: &RepoKey) -> RepoStats {
-        self.lock_stats().get(key).cloned().unwrap_or_default()
+        self.lock_stats()
+            .get(key)
+            .map(|(stats, _)| stats.clone())
+            .unwrap_or_default()
     }
 
     /// Note that `target` was just fetched through this instance.
@@ -150,7 +161,7 @@ impl Mirrors {
             .filter(|(target, _)| {
                 stats
                     .get(&target.key)
-                    .and_then(|s| s.last_refresh)
+                    .and_then(|(s, _)| s.last_refresh)
                     .is_none_or(|(at, _)| unix.saturating_sub(at) >= interval.as_secs() as i64)
             })
             .map(|(target, _)| target.clone())
@@ -161,15 +172,39 @@ impl Mirrors {
     pub(crate) fn all_stats(&self) -> Vec<(RepoKey, RepoStats)> {
         self.lock_stats()
             .iter()
-            .map(|(k, s)| (k.clone(), s.clone()))
+            .map(|(k, (s, _))| (k.clone(), s.clone()))
             .collect()
     }
 
     pub(crate) fn note(&self, key: &RepoKey, update: impl FnOnce(&mut RepoStats)) {
-        update(self.lock_stats().entry(key.clone()).or_default());
+        let number = (self.notes).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut stats = self.lock_stats();
+        let (noted, last) = stats.entry(key.clone()).or_default();
+        update(noted);
+        *last = number;
     }
 
-    fn lock_stats(&self) -> std::sync::MutexGuard<'_, HashMap<RepoKey, RepoStats>> {
+    /// Forget the activity and last use of the repositories without a mirror in `on_disk`
+    /// beyond the `keep` noted most recently (activity lives as long as the process, and
+    /// anyone may ask for any number of public repositories whose mirror is then evicted, or
+    /// never made): the repositories forgotten, for the memory of what was written to the
+    /// catalog. A repository forgotten starts again from nothing when it comes back.
+    pub(crate) fn forget_beyond(
+        &self,
+        on_disk: &std::collections::HashSet<RepoKey>,
+        keep: usize,
+    ) -> Vec<RepoKey> {
+        let forgotten = drop_oldest_off_disk(&mut self.lock_stats(), on_disk, keep, |(_, at)| *at);
+        drop_oldest_off_disk(
+            &mut self.used.lock().unwrap_or_else(|p| p.into_inner()),
+            on_disk,
+            keep,
+            |(_, at)| *at,
+        );
+        forgotten
+    }
+
+    fn lock_stats(&self) -> std::sync::MutexGuard<'_, HashMap<RepoKey, (RepoStats, u64)>> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -647,6 +682,33 @@ impl Mirrors {
     }
 }
 
+/// Remove from `map` the keys not in `on_disk` beyond the `keep` of them that come last by
+/// `at`, and return them.
+fn drop_oldest_off_disk<V, T: Ord>(
+    map: &mut HashMap<RepoKey, V>,
+    on_disk: &std::collections::HashSet<RepoKey>,
+    keep: usize,
+    at: impl Fn(&V) -> T,
+) -> Vec<RepoKey> {
+    let mut off: Vec<(T, &RepoKey)> = map
+        .iter()
+        .filter(|(key, _)| !on_disk.contains(*key))
+        .map(|(key, value)| (at(value), key))
+        .collect();
+    if off.len() <= keep {
+        return Vec::new();
+    }
+    off.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let dropped: Vec<RepoKey> = off[..off.len() - keep]
+        .iter()
+        .map(|(_, key)| (*key).clone())
+        .collect();
+    for key in &dropped {
+        map.remove(key);
+    }
+    dropped
+}
+
 /// Whether `repo` has every object and ref `fetch` wants.
 fn has_wants(repo: &Repository, fetch: &Fetch) -> bool {
     fetch.wants.iter().all(|w| repo.contains(w))
@@ -670,6 +732,16 @@ mod tests {
 
     use super::{Budget, Mirrors};
 
+    /// No disk budget, no stored responses.
+    fn unbounded() -> Budget {
+        Budget {
+            max_bytes: None,
+            min_free: 0,
+            responses: None,
+            labels: Default::default(),
+        }
+    }
+
     /// A maintained mirror no request has opened yet is opened and prepared; one opened again
     /// carries over what the handles before it made for their answers; one removed is not
     /// kept, by a request or by preparing.
@@ -689,16 +761,7 @@ mod tests {
         let registry = Arc::new(Registry::new(dir.path()));
         let key = RepoKey::new("127.0.0.1", "acme", "app.git").unwrap();
         registry.refresh(&key, &client, &[]).await.unwrap();
-        let mirrors = Arc::new(Mirrors::new(
-            Arc::clone(&registry),
-            Vec::new(),
-            Budget {
-                max_bytes: None,
-                min_free: 0,
-                responses: None,
-                labels: Default::default(),
-            },
-        ));
+        let mirrors = Arc::new(Mirrors::new(Arc::clone(&registry), Vec::new(), unbounded()));
         let entry = |mirrors: &Mirrors| {
             let open = mirrors.open.lock().unwrap();
             open.get(&key)
@@ -764,5 +827,74 @@ mod tests {
         prepare().await.unwrap().unwrap();
         assert!(entry(&mirrors).is_none());
         assert!(mirrors.open(&key).unwrap().is_none());
+    }
+
+    /// Activity and last uses of repositories without a mirror on disk are kept for the
+    /// `keep` noted last; those with a mirror on disk are kept however old.
+    #[test]
+    fn activity_off_disk_is_forgotten_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirrors = Mirrors::new(Arc::new(Registry::new(dir.path())), Vec::new(), unbounded());
+        let key = |i: usize| RepoKey::new("127.0.0.1", "acme", &format!("r{i}.git")).unwrap();
+        let target = |i: usize| crate::target::Target {
+            host_name: "127.0.0.1".into(),
+            url: format!("http://127.0.0.1:1/acme/r{i}.git"),
+            name: format!("acme/r{i}"),
+            key: key(i),
+            cached: true,
+            bypassed: false,
+            timeout: Duration::from_secs(30),
+        };
+        for i in 0..8 {
+            mirrors.note(&key(i), |s| s.hits += i as u64 + 1);
+            mirrors.used(&target(i));
+            // Instants apart, whatever the clock's resolution.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // r0 is the oldest, and its mirror is on disk.
+        let on_disk: std::collections::HashSet<RepoKey> = [key(0)].into_iter().collect();
+        // Noted again: r2 is now the newest.
+        mirrors.note(&key(2), |s| s.misses += 1);
+
+        let forgotten = mirrors.forget_beyond(&on_disk, 4);
+        let mut forgotten: Vec<String> = forgotten.iter().map(|k| k.repo().to_owned()).collect();
+        forgotten.sort();
+        assert_eq!(forgotten, ["r1", "r3", "r4"]);
+        let mut kept: Vec<(String, u64)> = mirrors
+            .all_stats()
+            .into_iter()
+            .map(|(k, s)| (k.repo().to_owned(), s.hits))
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                ("r0".to_owned(), 1),
+                ("r2".to_owned(), 3),
+                ("r5".to_owned(), 6),
+                ("r6".to_owned(), 7),
+                ("r7".to_owned(), 8)
+            ]
+        );
+        assert_eq!(mirrors.stats(&key(2)).misses, 1);
+        assert_eq!(
+            mirrors.stats(&key(1)),
+            Default::default(),
+            "starts from nothing"
+        );
+        // Last uses: r0 on disk, then the four used last (r2's note was no use).
+        let mut used: Vec<String> = mirrors
+            .used
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|k| k.repo().to_owned())
+            .collect();
+        used.sort();
+        assert_eq!(used, ["r0", "r4", "r5", "r6", "r7"]);
+
+        // Within the bound nothing more goes.
+        assert!(mirrors.forget_beyond(&on_disk, 4).is_empty());
+        assert_eq!(mirrors.all_stats().len(), 5);
     }
 }

@@ -1079,4 +1079,28 @@ mod tests {
         }
         assert_eq!(held(&proxy), before, "no task of the upkeep is left");
     }
+
+    /// The upkeep's pass keeps what is remembered of repositories without a mirror within
+    /// its bound, the last noted kept.
+    #[tokio::test]
+    async fn the_upkeep_forgets_the_oldest_activity_beyond_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = Proxy::new(crate::ProxyConfig::new(dir.path(), "http://127.0.0.1:9")).unwrap();
+        let most = crate::mirrors::MAX_KEPT_OFF_DISK;
+        let key = |i: usize| RepoKey::new("127.0.0.1", "acme", &format!("r{i}.git")).unwrap();
+        for i in 0..most + 3 {
+            proxy.mirrors.note(&key(i), |s| s.misses += 1);
+        }
+        // The first is noted again: the newest now.
+        proxy.mirrors.note(&key(0), |s| s.hits += 1);
+        proxy.upkeep.pass(false);
+        let stats = proxy.mirrors.all_stats();
+        assert_eq!(stats.len(), most);
+        assert_eq!(proxy.mirrors.stats(&key(0)).hits, 1);
+        assert_eq!(proxy.mirrors.stats(&key(most + 2)).misses, 1);
+        let gone = (1..4)
+            .filter(|&i| proxy.mirrors.stats(&key(i)).misses == 0)
+            .count();
+        assert_eq!(gone, 3, "the three noted first, but the one noted again");
+    }
 }

@@ -121,12 +121,12 @@ impl Upkeep {
     /// One pass of the blocking work: count mirrors, and evict when `evict`. Run once when
     /// the proxy is made too, so that gauges are there at the first scrape.
     pub(crate) fn pass(&self, evict: bool) {
-        let mirrors = self.mirrors.registry().on_disk();
-        metrics::mirrors(mirrors.len());
+        let on_disk: std::collections::HashSet<gitcache_storage::repo::RepoKey> =
+            self.mirrors.registry().on_disk().into_iter().collect();
+        metrics::mirrors(on_disk.len());
         // Repositories with caching enabled, as the catalog says (a disabled record passes
         // its repository through), and those mirrored under the server-wide settings.
-        let mut enabled: std::collections::HashSet<gitcache_storage::repo::RepoKey> =
-            mirrors.into_iter().collect();
+        let mut enabled = on_disk.clone();
         if let Some(catalog) = &self.catalog {
             for record in catalog.records() {
                 if let Ok(key) = self.config.key(&record.host, &record.owner, &record.name) {
@@ -139,6 +139,16 @@ impl Upkeep {
             }
         }
         metrics::repos_active(enabled.len());
+        // What is remembered of repositories that have no mirror here stays bounded.
+        let forgotten = self
+            .mirrors
+            .forget_beyond(&on_disk, crate::mirrors::MAX_KEPT_OFF_DISK);
+        if !forgotten.is_empty() {
+            let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+            for key in &forgotten {
+                pushed.remove(&crate::shared_responses::repo_text(&key.relative_path()));
+            }
+        }
         if evict && let Some(cache) = &self.responses {
             cache.evict(self.response_limits(), |rel, entries, bytes| {
                 let labels = self.rel_labels(rel);
