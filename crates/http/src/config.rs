@@ -239,6 +239,12 @@ pub struct ProxyConfig {
     pub refresh_interval: Duration,
     /// See `refresh_interval`.
     pub active_window: Duration,
+    /// How long a fetch waits for a mirror being made from nothing (its first fetch not
+    /// ended) before the upstream answers it instead, with the client's credential; the
+    /// mirror is made all the same. A clone that the arriving pack answers is sent that pack
+    /// (see the proxy's docs). `None`: every fetch waits for the mirror, and the upstream
+    /// makes one pack for all of them.
+    pub first_fetch_wait: Option<Duration>,
     /// The most bytes mirrors may hold together; beyond, whole mirrors are evicted, least
     /// recently used first (`None`: no cap).
     pub max_mirror_bytes: Option<u64>,
@@ -339,6 +345,7 @@ impl ProxyConfig {
             storage_poll_interval: Duration::from_secs(30),
             refresh_interval: Duration::ZERO,
             active_window: Duration::from_secs(24 * 3600),
+            first_fetch_wait: None,
             max_mirror_bytes: None,
             min_free_bytes: 1 << 30,
             case_insensitive_hosts: BTreeSet::from(["github.com".to_owned()]),

@@ -1,6 +1,7 @@
 //! The fetch decision: a `fetch` from a client that passed the access gate is answered from
 //! the mirror (a hit), from the mirror refreshed first (a miss), from the mirror as it is when
-//! the upstream is away (`serve_stale`), or by the upstream (what no refresh brings).
+//! the upstream is away (`serve_stale`), or by the upstream (what no refresh brings, and what
+//! waited past `first_fetch_wait` for a mirror being made from nothing).
 
 use std::sync::Arc;
 
@@ -32,6 +33,18 @@ pub(crate) struct Fetches {
     pub(crate) passthrough: Passthrough,
     /// Serve the mirror as it is when the upstream cannot be reached.
     pub(crate) serve_stale: bool,
+    /// How long a fetch waits for a mirror made from nothing before it is passed through.
+    pub(crate) first_fetch_wait: Option<std::time::Duration>,
+}
+
+/// What a miss's wait for the refresh ended with.
+enum Waited {
+    /// The refresh ended (with its error, if it failed).
+    Refreshed(Option<Error>),
+    /// The pack the refresh receives answers the fetch.
+    Arriving(Arc<gitcache_mirror::live::LivePack>),
+    /// The mirror is being made from nothing and took longer than the first fetch may wait.
+    TooLong,
 }
 
 impl Fetches {
@@ -62,30 +75,61 @@ impl Fetches {
 
         // A miss: bring the mirror up to date with the client's credential, then serve.
         let upstream = self.gate.upstream_for(target, headers)?;
+        // A mirror made from nothing may take long: past `first_fetch_wait`, the upstream
+        // answers (the refresh goes on in a task of its own either way).
+        let patience = self
+            .first_fetch_wait
+            .filter(|_| self.mirrors.registry().unfetched(&target.key));
+        let too_long = async move {
+            match patience {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
         let refresh = self.mirrors.refresh(&target.key, upstream, true);
-        let failure = if arriving_answers(&fetch) {
+        tokio::pin!(refresh, too_long);
+        let waited = if arriving_answers(&fetch) {
             // A clone of what a mirror made from nothing fetches is that first pack: sent
-            // as it arrives, while the mirror takes it in (the refresh goes on in a task of
-            // its own).
-            tokio::pin!(refresh);
+            // as it arrives, while the mirror takes it in. Faster than the upstream's own
+            // answer, and no second pack upstream: not passed through for taking long.
             let registry = self.mirrors.registry();
             tokio::select! {
                 biased;
-                outcome = &mut refresh => outcome.err(),
+                outcome = &mut refresh => Waited::Refreshed(outcome.err()),
                 pack = registry.live_pack(&target.key) => {
                     if pack.answers(&fetch.wants) && pack.object_format() == kind {
-                        tracing::info!(result = "miss", arriving = true, "fetch");
-                        let response = self
-                            .responder
-                            .serve_arriving(pack, fetch.sideband_all)
-                            .map(|body| body.holding(answering));
-                        return Ok(with_state(response, CacheState::Miss));
+                        Waited::Arriving(pack)
+                    } else {
+                        tokio::select! {
+                            biased;
+                            outcome = &mut refresh => Waited::Refreshed(outcome.err()),
+                            () = &mut too_long => Waited::TooLong,
+                        }
                     }
-                    refresh.await.err()
                 }
             }
         } else {
-            refresh.await.err()
+            tokio::select! {
+                biased;
+                outcome = &mut refresh => Waited::Refreshed(outcome.err()),
+                () = &mut too_long => Waited::TooLong,
+            }
+        };
+        let failure = match waited {
+            Waited::Refreshed(failure) => failure,
+            Waited::Arriving(pack) => {
+                tracing::info!(result = "miss", arriving = true, "fetch");
+                let response = self
+                    .responder
+                    .serve_arriving(pack, fetch.sideband_all)
+                    .map(|body| body.holding(answering));
+                return Ok(with_state(response, CacheState::Miss));
+            }
+            Waited::TooLong => {
+                tracing::info!(result = "passthrough", creating = true, "fetch");
+                let response = self.passthrough.forward_body(target, headers, body).await?;
+                return Ok(with_state(response, CacheState::Passthrough));
+            }
         };
         if let Some(err @ Error::LowDisk { .. }) = &failure {
             // No room for the mirror: the upstream answers this one.

@@ -353,6 +353,7 @@ impl Proxy {
                 gate: Arc::clone(&gate),
                 passthrough: passthrough.clone(),
                 serve_stale: config.serve_stale,
+                first_fetch_wait: config.first_fetch_wait,
             },
             warming: Arc::new(Warming {
                 mirrors: Arc::clone(&mirrors),

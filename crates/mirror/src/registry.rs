@@ -721,6 +721,12 @@ impl Registry {
         path.join("HEAD").is_file().then(|| Mirror::open(path))
     }
 
+    /// Whether `key`'s mirror has not been fetched into yet here: there is none on disk, or
+    /// its first fetch has not ended (a mirror has refs once one has, if only none).
+    pub fn unfetched(&self, key: &RepoKey) -> bool {
+        !self.path(key).join("packed-refs").is_file()
+    }
+
     /// Refresh the mirror of `key` from `upstream`, creating it (in the upstream's object
     /// format) if needed. While a refresh of the same mirror runs, callers wait and share its
     /// outcome.

@@ -131,6 +131,11 @@ pub(crate) struct Flags {
     /// refreshes [default: 86400].
     #[arg(long, env = "GITCACHE_ACTIVE_WINDOW", value_name = "SECONDS")]
     pub(crate) active_window: Option<u64>,
+    /// Seconds a fetch waits for a mirror being made from nothing before the upstream
+    /// answers it instead (a clone that the arriving pack answers is not passed through);
+    /// unset: it waits for the mirror [default: unset].
+    #[arg(long, env = "GITCACHE_FIRST_FETCH_WAIT", value_name = "SECONDS")]
+    pub(crate) first_fetch_wait: Option<u64>,
     /// The most bytes mirrors may hold together; beyond, whole mirrors are evicted, least
     /// recently used first [default: no cap].
     #[arg(long, env = "GITCACHE_MAX_MIRROR_BYTES", value_name = "BYTES")]
@@ -364,6 +369,7 @@ struct File {
 struct FileMirrors {
     refresh_interval: Option<u64>,
     active_window: Option<u64>,
+    first_fetch_wait: Option<u64>,
     max_bytes: Option<u64>,
     min_free_bytes: Option<u64>,
 }
@@ -659,6 +665,10 @@ impl Config {
         if let Some(secs) = flags.active_window.or(file.mirrors.active_window) {
             proxy.active_window = Duration::from_secs(secs.max(1));
         }
+        proxy.first_fetch_wait = flags
+            .first_fetch_wait
+            .or(file.mirrors.first_fetch_wait)
+            .map(Duration::from_secs);
         if let Some(secs) = flags.lease_ttl.or(file.storage.lease_ttl) {
             proxy.lease_ttl = Duration::from_secs(secs.clamp(1, 3600));
         }
@@ -1024,6 +1034,7 @@ max_connections = 7
 [mirrors]
 refresh_interval = 300
 active_window = 7200
+first_fetch_wait = 9
 max_bytes = 5000000000
 min_free_bytes = 0
 "#,
@@ -1036,9 +1047,12 @@ min_free_bytes = 0
             "127.0.0.1:0",
             "--access-ttl",
             "0",
+            "--first-fetch-wait",
+            "2",
         ])
         .unwrap();
         assert_eq!(config.listen.port(), 0);
+        assert_eq!(config.proxy.first_fetch_wait, Some(Duration::from_secs(2)));
         assert_eq!(config.proxy.upstream, "https://git.example");
         assert_eq!(config.proxy.access_ttl, Duration::ZERO);
         assert!(config.proxy.serve_stale);

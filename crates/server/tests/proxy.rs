@@ -633,6 +633,67 @@ fn a_miss_asks_for_the_advertisement_only_at_the_gate() {
     fsck(&cache.mirror(&upstream, "acme/gadgets"));
 }
 
+/// With `--first-fetch-wait`, a fetch that finds its mirror still being made from nothing
+/// is answered by the upstream once that wait is over, and the mirror is made all the same;
+/// a clone the arriving pack answers is still sent that pack.
+#[test]
+fn a_first_fetch_passes_through_while_its_mirror_is_made() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::small(409));
+    public_repo(&upstream, "acme/gadgets", &RepoSpec::tiny(410));
+    let source = upstream.repo_path("acme/widgets");
+    let cache = Gitcache::start(&upstream, &["--first-fetch-wait", "0"]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+
+    // The client's ls-refs and then the mirror's are slow: the mirror cannot be there when
+    // the clone's fetch comes.
+    upstream.reset_counts();
+    upstream.inject(
+        Fault::Delay(std::time::Duration::from_millis(1500)),
+        2,
+        Some(RequestKind::LsRefs),
+    );
+    let shallow_clone = |dir: &str| {
+        git.run(
+            &home,
+            &["clone", "-q", "--depth=1", &cache.url("acme/widgets"), dir],
+        )
+        .unwrap()
+        .expect_success();
+        fsck(&home.join(dir));
+    };
+    shallow_clone("shallow");
+    assert_eq!(
+        git.rev_parse(&home.join("shallow"), "HEAD").unwrap(),
+        git.rev_parse(&source, "main").unwrap()
+    );
+    let log = cache.log_with("creating=true", 1);
+    assert_eq!(log.matches("result=\"passthrough\"").count(), 1, "{log}");
+    // The mirror is made all the same: its own fetch upstream, beside the client's.
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    common::wait_for_mirror(&mirror, &source);
+    fsck(&mirror);
+    assert_eq!(upstream.counts().fetch, 2, "{:?}", upstream.counts());
+
+    // Made: the same clone again is answered by the mirror.
+    upstream.reset_counts();
+    shallow_clone("again");
+    cache.log_with("result=\"hit\"", 1);
+    assert_eq!(upstream.counts().fetch, 0, "{:?}", upstream.counts());
+
+    // A whole clone of a new mirror is sent the pack as it arrives, not passed through.
+    upstream.reset_counts();
+    slow_next_pack(&upstream);
+    git.run(&home, &["clone", "-q", &cache.url("acme/gadgets"), "whole"])
+        .unwrap()
+        .expect_success();
+    fsck(&home.join("whole"));
+    cache.log_with("arriving=true", 1);
+    assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+    assert_eq!(cache.log().matches("creating=true").count(), 1);
+}
+
 /// Requests upstream on behalf of clients reuse kept connections (per credential): six
 /// `ls-remote`s (an advertisement and an `ls-refs` each) do not open twelve connections.
 #[test]
