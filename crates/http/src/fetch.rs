@@ -37,6 +37,18 @@ pub(crate) struct Fetches {
     pub(crate) first_fetch_wait: Option<std::time::Duration>,
 }
 
+/// How long after a miss a clone that a mirror's first pack may answer waits for that pack
+/// to be announced, when `first_fetch_wait` is shorter.
+const ANNOUNCED_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sleeps until `deadline`, or forever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What a miss's wait for the refresh ended with.
 enum Waited {
     /// The refresh ended (with its error, if it failed).
@@ -75,23 +87,24 @@ impl Fetches {
 
         // A miss: bring the mirror up to date with the client's credential, then serve.
         let upstream = self.gate.upstream_for(target, headers)?;
-        // A mirror made from nothing may take long: past `first_fetch_wait`, the upstream
-        // answers (the refresh goes on in a task of its own either way).
-        let patience = self
+        // A mirror made from nothing may take long: past `first_fetch_wait` (from now), the
+        // upstream answers (the refresh goes on in a task of its own either way).
+        let deadline = self
             .first_fetch_wait
-            .filter(|_| self.mirrors.registry().unfetched(&target.key));
-        let too_long = async move {
-            match patience {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => std::future::pending().await,
-            }
-        };
+            .filter(|_| self.mirrors.registry().unfetched(&target.key))
+            .map(|wait| tokio::time::Instant::now() + wait);
+        let too_long = until(deadline);
+        // A clone that the first pack may answer waits a little longer for that pack to be
+        // announced (the refresh's `ls-refs` and the upstream's start come first), but not
+        // for a pack received elsewhere (another instance's, a copy from the bucket).
+        let unannounced =
+            until(deadline.map(|d| d.max(tokio::time::Instant::now() + ANNOUNCED_WITHIN)));
         let refresh = self.mirrors.refresh(&target.key, upstream, true);
-        tokio::pin!(refresh, too_long);
+        tokio::pin!(refresh, too_long, unannounced);
         let waited = if arriving_answers(&fetch) {
             // A clone of what a mirror made from nothing fetches is that first pack: sent
             // as it arrives, while the mirror takes it in. Faster than the upstream's own
-            // answer, and no second pack upstream: not passed through for taking long.
+            // answer, and no second pack upstream.
             let registry = self.mirrors.registry();
             tokio::select! {
                 biased;
@@ -107,6 +120,7 @@ impl Fetches {
                         }
                     }
                 }
+                () = &mut unannounced => Waited::TooLong,
             }
         } else {
             tokio::select! {

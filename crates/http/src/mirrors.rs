@@ -177,8 +177,8 @@ impl Mirrors {
     }
 
     pub(crate) fn note(&self, key: &RepoKey, update: impl FnOnce(&mut RepoStats)) {
-        let number = (self.notes).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut stats = self.lock_stats();
+        let number = (self.notes).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (noted, last) = stats.entry(key.clone()).or_default();
         update(noted);
         *last = number;
@@ -246,13 +246,14 @@ impl Mirrors {
         create: bool,
         keep: Vec<gix_hash::ObjectId>,
     ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
-        self.room_for_refresh().await?;
         let started = Instant::now();
         let (mirrors, task_key) = (Arc::clone(self), key.clone());
         // The outcome is noted by the task: a miss answered while the refresh still runs
-        // (its first pack, as it arrives) does not wait for it.
+        // (its first pack, as it arrives) does not wait for it. Room is made in the task too:
+        // an eviction is not cut short by a caller that stops waiting.
         let outcome = tokio::spawn(
             async move {
+                mirrors.room_for_refresh().await?;
                 let prefixes: Vec<&str> = mirrors
                     .extra_ref_prefixes
                     .iter()
@@ -698,11 +699,12 @@ fn drop_oldest_off_disk<V, T: Ord>(
     if off.len() <= keep {
         return Vec::new();
     }
-    off.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let dropped: Vec<RepoKey> = off[..off.len() - keep]
-        .iter()
-        .map(|(_, key)| (*key).clone())
-        .collect();
+    let count = off.len() - keep;
+    if keep > 0 {
+        // The `count` oldest first, in no order among themselves.
+        off.select_nth_unstable_by(count, |a, b| a.0.cmp(&b.0));
+    }
+    let dropped: Vec<RepoKey> = off[..count].iter().map(|(_, key)| (*key).clone()).collect();
     for key in &dropped {
         map.remove(key);
     }

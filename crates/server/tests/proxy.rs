@@ -641,6 +641,7 @@ fn a_first_fetch_passes_through_while_its_mirror_is_made() {
     let upstream = Upstream::start().unwrap();
     public_repo(&upstream, "acme/widgets", &RepoSpec::small(409));
     public_repo(&upstream, "acme/gadgets", &RepoSpec::tiny(410));
+    public_repo(&upstream, "acme/tools", &RepoSpec::small(411));
     let source = upstream.repo_path("acme/widgets");
     let cache = Gitcache::start(&upstream, &["--first-fetch-wait", "0"]);
     let git = GitClient::new().unwrap();
@@ -682,6 +683,28 @@ fn a_first_fetch_passes_through_while_its_mirror_is_made() {
     cache.log_with("result=\"hit\"", 1);
     assert_eq!(upstream.counts().fetch, 0, "{:?}", upstream.counts());
 
+    // A clone of one branch waits for the first pack to be announced, which does not
+    // answer it: passed through.
+    slow_next_pack(&upstream);
+    git.run(
+        &home,
+        &[
+            "clone",
+            "-q",
+            "--single-branch",
+            &cache.url("acme/tools"),
+            "one",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    fsck(&home.join("one"));
+    cache.log_with("creating=true", 2);
+    common::wait_for_mirror(
+        &cache.mirror(&upstream, "acme/tools"),
+        &upstream.repo_path("acme/tools"),
+    );
+
     // A whole clone of a new mirror is sent the pack as it arrives, not passed through.
     upstream.reset_counts();
     slow_next_pack(&upstream);
@@ -691,7 +714,30 @@ fn a_first_fetch_passes_through_while_its_mirror_is_made() {
     fsck(&home.join("whole"));
     cache.log_with("arriving=true", 1);
     assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
-    assert_eq!(cache.log().matches("creating=true").count(), 1);
+    assert_eq!(cache.log().matches("creating=true").count(), 2);
+
+    // A wait longer than the mirror takes: the fetch is answered by the mirror.
+    let patient = Gitcache::start(&upstream, &["--first-fetch-wait", "60"]);
+    upstream.inject(
+        Fault::Delay(std::time::Duration::from_millis(1500)),
+        2,
+        Some(RequestKind::LsRefs),
+    );
+    git.run(
+        &home,
+        &[
+            "clone",
+            "-q",
+            "--depth=1",
+            &patient.url("acme/widgets"),
+            "patient",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    fsck(&home.join("patient"));
+    let log = patient.log_with("result=\"miss\"", 1);
+    assert!(!log.contains("creating=true"), "{log}");
 }
 
 /// Requests upstream on behalf of clients reuse kept connections (per credential): six
