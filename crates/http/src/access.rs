@@ -5,12 +5,13 @@
 //! only with a grant younger than the TTL; otherwise the upstream is asked first. Credentials
 //! are kept only as their SHA-256 fingerprint.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gitcache_storage::repo::RepoKey;
 use gix_hash::Kind as HashKind;
+
+use crate::bounded::Bounded;
 
 /// The SHA-256 of `data`.
 pub(crate) fn sha256(data: &[u8]) -> gix_hash::ObjectId {
@@ -51,14 +52,18 @@ impl std::fmt::Debug for Fingerprint {
     }
 }
 
-/// Grants older than this many are dropped when the table is pruned.
+/// Expired grants are dropped first when the table holds this many, then each time it
+/// doubles.
 const PRUNE_AT: usize = 100_000;
+/// The most grants held: past half of it in live grants, all are forgotten (each client is
+/// then checked upstream again).
+const MOST_GRANTS: usize = 1 << 18;
 
 /// The grants of all clients, in memory.
 #[derive(Debug)]
 pub struct AccessGrants {
     ttl: Duration,
-    grants: Mutex<HashMap<(RepoKey, Fingerprint), Grant>>,
+    grants: Mutex<Bounded<(RepoKey, Fingerprint), Grant>>,
 }
 
 /// When the upstream last accepted a credential for a repository, and the object format it
@@ -74,7 +79,7 @@ impl AccessGrants {
     pub fn new(ttl: Duration) -> Self {
         AccessGrants {
             ttl,
-            grants: Mutex::new(HashMap::new()),
+            grants: Mutex::new(Bounded::new(PRUNE_AT, MOST_GRANTS)),
         }
     }
 
@@ -93,10 +98,8 @@ impl AccessGrants {
         }
         let now = Instant::now();
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        if grants.len() >= PRUNE_AT {
-            let ttl = self.ttl;
-            grants.retain(|_, grant| now.duration_since(grant.at) < ttl);
-        }
+        let ttl = self.ttl;
+        grants.make_room(|_, grant| now.duration_since(grant.at) < ttl);
         let entry = grants
             .entry((key.clone(), who))
             .or_insert(Grant { at, format: None });

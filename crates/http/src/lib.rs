@@ -28,6 +28,7 @@ pub mod access;
 pub mod access_log;
 mod admin;
 pub mod body;
+mod bounded;
 pub mod config;
 mod error;
 mod fetch;

@@ -27,6 +27,8 @@ struct OpenRepo {
     /// What the handles it replaced had made for their answers (see
     /// [`Repository::warmth`]), made for new packs when maintenance has written them.
     inherited: gitcache_pack::Warmth,
+    /// When a request last took it.
+    used: Instant,
 }
 
 /// What this instance did for one repository since it started (for the admin page).
@@ -72,6 +74,8 @@ const MAX_REFUSED: usize = 10_000;
 /// [`Mirrors::forget_beyond`]): those of mirrors on disk are bounded by the disk, these by
 /// this.
 pub(crate) const MAX_KEPT_OFF_DISK: usize = 10_000;
+/// The most open mirrors kept that no request holds (see [`Mirrors::close_idle`]).
+pub(crate) const MAX_IDLE_OPEN: usize = 256;
 
 impl Mirrors {
     pub(crate) fn new(
@@ -194,14 +198,29 @@ impl Mirrors {
         on_disk: &std::collections::HashSet<RepoKey>,
         keep: usize,
     ) -> Vec<RepoKey> {
-        let forgotten = drop_oldest_off_disk(&mut self.lock_stats(), on_disk, keep, |(_, at)| *at);
-        drop_oldest_off_disk(
-            &mut self.used.lock().unwrap_or_else(|p| p.into_inner()),
-            on_disk,
+        let forgotten = drop_oldest(
+            &mut self.lock_stats(),
             keep,
+            |key, _| !on_disk.contains(key),
+            |(_, at)| *at,
+        );
+        drop_oldest(
+            &mut self.used.lock().unwrap_or_else(|p| p.into_inner()),
+            keep,
+            |key, _| !on_disk.contains(key),
             |(_, at)| *at,
         );
         forgotten
+    }
+
+    /// Close the open mirrors that no request holds and that are gone from disk (`on_disk`:
+    /// removed by another instance, say), and those beyond the `keep` used last: each holds
+    /// its files mapped. One closed is opened again by the next request that needs it.
+    pub(crate) fn close_idle(&self, on_disk: &std::collections::HashSet<RepoKey>, keep: usize) {
+        let idle = |known: &OpenRepo| Arc::strong_count(&known.repo) == 1;
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|key, known| !idle(known) || on_disk.contains(key));
+        drop_oldest(&mut open, keep, |_, known| idle(known), |known| known.used);
     }
 
     fn lock_stats(&self) -> std::sync::MutexGuard<'_, HashMap<RepoKey, (RepoStats, u64)>> {
@@ -415,11 +434,12 @@ impl Mirrors {
             .and_then(|m| m.modified())
             .ok();
         let known = {
-            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            match open.get(key) {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            match open.get_mut(key) {
                 Some(known)
                     if known.packs_changed.is_some() && known.packs_changed == packs_changed =>
                 {
+                    known.used = Instant::now();
                     return Ok(Some(Arc::clone(&known.repo)));
                 }
                 known => known.map(|k| (Arc::clone(&k.repo), k.inherited)),
@@ -455,6 +475,7 @@ impl Mirrors {
                     packs_changed,
                     repo: Arc::clone(&repo),
                     inherited,
+                    used: Instant::now(),
                 },
             );
         }
@@ -683,28 +704,31 @@ impl Mirrors {
     }
 }
 
-/// Remove from `map` the keys not in `on_disk` beyond the `keep` of them that come last by
-/// `at`, and return them.
-fn drop_oldest_off_disk<V, T: Ord>(
+/// Remove from `map` the entries `eligible` says may go beyond the `keep` of them that come
+/// last by `at`, and return their keys.
+fn drop_oldest<V, T: Ord>(
     map: &mut HashMap<RepoKey, V>,
-    on_disk: &std::collections::HashSet<RepoKey>,
     keep: usize,
+    eligible: impl Fn(&RepoKey, &V) -> bool,
     at: impl Fn(&V) -> T,
 ) -> Vec<RepoKey> {
-    let mut off: Vec<(T, &RepoKey)> = map
+    let mut those: Vec<(T, &RepoKey)> = map
         .iter()
-        .filter(|(key, _)| !on_disk.contains(*key))
+        .filter(|(key, value)| eligible(key, value))
         .map(|(key, value)| (at(value), key))
         .collect();
-    if off.len() <= keep {
+    if those.len() <= keep {
         return Vec::new();
     }
-    let count = off.len() - keep;
+    let count = those.len() - keep;
     if keep > 0 {
         // The `count` oldest first, in no order among themselves.
-        off.select_nth_unstable_by(count, |a, b| a.0.cmp(&b.0));
+        those.select_nth_unstable_by(count, |a, b| a.0.cmp(&b.0));
     }
-    let dropped: Vec<RepoKey> = off[..count].iter().map(|(_, key)| (*key).clone()).collect();
+    let dropped: Vec<RepoKey> = those[..count]
+        .iter()
+        .map(|(_, key)| (*key).clone())
+        .collect();
     for key in &dropped {
         map.remove(key);
     }
@@ -898,5 +922,46 @@ mod tests {
         // Within the bound nothing more goes.
         assert!(mirrors.forget_beyond(&on_disk, 4).is_empty());
         assert_eq!(mirrors.all_stats().len(), 5);
+    }
+
+    /// Open mirrors no request holds are closed past the most kept, the least recently used
+    /// first, and when gone from disk; one a request holds stays open.
+    #[tokio::test]
+    async fn idle_open_mirrors_are_closed_past_the_bound_and_when_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(dir.path()));
+        let mirrors = Mirrors::new(Arc::clone(&registry), Vec::new(), unbounded());
+        let key = |i: usize| RepoKey::new("127.0.0.1", "acme", &format!("r{i}.git")).unwrap();
+        for i in 0..3 {
+            let path = registry.path(&key(i));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            gitcache_mirror::mirror::Mirror::create(path, gix_hash::Kind::Sha1).unwrap();
+        }
+        let held = mirrors.open(&key(0)).unwrap().expect("opened");
+        for i in 1..3 {
+            std::thread::sleep(Duration::from_millis(2));
+            mirrors.open(&key(i)).unwrap().expect("opened");
+        }
+        let open = |mirrors: &Mirrors| {
+            let mut keys: Vec<String> = (mirrors.open.lock().unwrap().keys())
+                .map(|k| k.repo().to_owned())
+                .collect();
+            keys.sort();
+            keys
+        };
+        let all: std::collections::HashSet<RepoKey> = (0..3).map(key).collect();
+
+        // One idle kept: the one used last (r0 is held, so not idle).
+        mirrors.close_idle(&all, 1);
+        assert_eq!(open(&mirrors), ["r0", "r2"]);
+        // Gone from disk: closed when idle, kept while held.
+        mirrors.close_idle(&Default::default(), 10);
+        assert_eq!(open(&mirrors), ["r0"]);
+        drop(held);
+        mirrors.close_idle(&Default::default(), 10);
+        assert!(open(&mirrors).is_empty());
+        // Opened again when asked for.
+        assert!(mirrors.open(&key(1)).unwrap().is_some());
+        assert_eq!(open(&mirrors), ["r1"]);
     }
 }

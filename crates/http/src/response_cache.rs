@@ -195,7 +195,7 @@ pub(crate) struct ResponseCache {
     store: ResponseStore,
     config: ResponseCacheConfig,
     flights: Flights,
-    seen: Mutex<HashMap<FlightKey, Instant>>,
+    seen: Mutex<crate::bounded::Bounded<FlightKey, Instant>>,
     stats: Arc<ResponseCacheStats>,
     /// Tests: the store fails once an entry would exceed this many bytes.
     fail_store_after: Option<u64>,
@@ -297,7 +297,7 @@ impl ResponseCache {
             store,
             config,
             flights: Flights::default(),
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(crate::bounded::Bounded::new(100_000, 1 << 18)),
             stats: Arc::default(),
             fail_store_after: None,
             shared: None,
@@ -417,9 +417,7 @@ impl ResponseCache {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             let window = self.config.admission_window;
             let now = Instant::now();
-            if seen.len() > 100_000 {
-                seen.retain(|_, at| now.duration_since(*at) < window);
-            }
+            seen.make_room(|_, at| now.duration_since(*at) < window);
             let admitted = seen
                 .insert(id.clone(), now)
                 .is_some_and(|at| now.duration_since(at) < window);

@@ -40,6 +40,30 @@ pub(crate) struct SharedResponses {
 /// A stored response: its repository folder and key.
 type Entry = (String, String);
 
+/// A request's share in the download of one entry: the last to leave (done, or dropped with
+/// its request when the client went away) removes the entry's lock from the table.
+struct Turn<'a> {
+    shared: &'a SharedResponses,
+    id: Entry,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut downloading = (self.shared.downloading)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // The table's and this one's: no other request waits.
+        if Arc::strong_count(&self.lock) <= 2
+            && downloading
+                .get(&self.id)
+                .is_some_and(|lock| Arc::ptr_eq(lock, &self.lock))
+        {
+            downloading.remove(&self.id);
+        }
+    }
+}
+
 /// A repository folder (`host/owner/repo.git`) as `/`-separated text.
 pub(crate) fn repo_text(rel: &Path) -> String {
     rel.components()
@@ -94,30 +118,32 @@ impl SharedResponses {
         if self.recently_missing(repo, key) {
             return false;
         }
-        let id = (repo.to_owned(), key.to_owned());
-        let turn = Arc::clone(
+        let turn = self.turn((repo.to_owned(), key.to_owned()));
+        let _held = turn.lock.lock().await;
+        // Another request's download may have placed it (or found it missing) meanwhile.
+        if to.exists() {
+            true
+        } else if self.recently_missing(repo, key) {
+            false
+        } else {
+            self.fetch(repo, key, to, limit).await
+        }
+    }
+
+    /// The turn to download `id`, shared by the requests that want it at once.
+    fn turn(&self, id: Entry) -> Turn<'_> {
+        let lock = Arc::clone(
             self.downloading
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(id.clone())
                 .or_default(),
         );
-        let taken = {
-            let _turn = turn.lock().await;
-            // Another request's download may have placed it (or found it missing) meanwhile.
-            if to.exists() {
-                true
-            } else if self.recently_missing(repo, key) {
-                false
-            } else {
-                self.fetch(repo, key, to, limit).await
-            }
-        };
-        let mut downloading = self.downloading.lock().unwrap_or_else(|p| p.into_inner());
-        if Arc::strong_count(&turn) <= 2 {
-            downloading.remove(&id);
+        Turn {
+            shared: self,
+            id,
+            lock,
         }
-        taken
     }
 
     async fn fetch(&self, repo: &str, key: &str, to: &Path, limit: u64) -> bool {
@@ -273,5 +299,47 @@ impl SharedResponses {
             }
         }
         Ok(evicted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(dir: &Path) -> SharedResponses {
+        SharedResponses::new(
+            AnyStore::Fs(gitcache_storage::store::FsStore::new(dir)),
+            None,
+            None,
+        )
+    }
+
+    /// A download whose request goes away while it waits for another's leaves nothing in
+    /// the table once the other is done; one that ends leaves nothing either.
+    #[tokio::test]
+    async fn downloads_given_up_leave_no_turn_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let to = dir.path().join("local.resp");
+        let held = |shared: &SharedResponses| shared.downloading.lock().unwrap().len();
+
+        // Another request holds the turn; this one waits for it, and its client leaves.
+        let other = shared.turn(("h/o/r.git".into(), "k".into()));
+        let guard = other.lock.lock().await;
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            shared.download("h/o/r.git", "k", &to, 1 << 20),
+        )
+        .await;
+        assert!(waiting.is_err(), "it waited for the turn");
+        assert_eq!(held(&shared), 1, "the other still holds it");
+        drop(guard);
+        drop(other);
+        assert_eq!(held(&shared), 0);
+
+        // One that runs to its end (nothing in the store) leaves nothing either.
+        assert!(!shared.download("h/o/r.git", "k2", &to, 1 << 20).await);
+        assert_eq!(held(&shared), 0);
+        assert!(!to.exists());
     }
 }

@@ -139,7 +139,10 @@ impl Upkeep {
             }
         }
         metrics::repos_active(enabled.len());
-        // What is remembered of repositories that have no mirror here stays bounded.
+        // What is remembered of repositories that have no mirror here stays bounded, and so
+        // do the mirrors kept open.
+        self.mirrors
+            .close_idle(&on_disk, crate::mirrors::MAX_IDLE_OPEN);
         let forgotten = self
             .mirrors
             .forget_beyond(&on_disk, crate::mirrors::MAX_KEPT_OFF_DISK);
