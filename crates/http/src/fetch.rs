@@ -92,11 +92,13 @@ impl Fetches {
         let deadline = self
             .first_fetch_wait
             .filter(|_| self.mirrors.registry().unfetched(&target.key))
-            .map(|wait| tokio::time::Instant::now() + wait);
+            // A wait past what the clock can hold is no deadline.
+            .and_then(|wait| tokio::time::Instant::now().checked_add(wait));
         let too_long = until(deadline);
         // A clone that the first pack may answer waits a little longer for that pack to be
-        // announced (the refresh's `ls-refs` and the upstream's start come first), but not
-        // for a pack received elsewhere (another instance's, a copy from the bucket).
+        // announced (the refresh's `ls-refs` and the upstream's start come first): up to
+        // `ANNOUNCED_WITHIN`, after which it is passed through too (no pack is announced here
+        // when another instance fetches the mirror, or it is copied from the bucket).
         let unannounced =
             until(deadline.map(|d| d.max(tokio::time::Instant::now() + ANNOUNCED_WITHIN)));
         let refresh = self.mirrors.refresh(&target.key, upstream, true);

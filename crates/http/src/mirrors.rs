@@ -58,6 +58,8 @@ pub(crate) struct Mirrors {
     stats: Mutex<HashMap<RepoKey, (RepoStats, u64)>>,
     /// Notes taken so far.
     notes: std::sync::atomic::AtomicU64,
+    /// Held while a refresh makes room on the disk.
+    making_room: tokio::sync::Mutex<()>,
     /// Repositories fetched through this instance: how to reach them, and when last.
     used: Mutex<HashMap<RepoKey, (Target, Instant)>>,
     budget: Budget,
@@ -76,6 +78,9 @@ const MAX_REFUSED: usize = 10_000;
 pub(crate) const MAX_KEPT_OFF_DISK: usize = 10_000;
 /// The most open mirrors kept that no request holds (see [`Mirrors::close_idle`]).
 pub(crate) const MAX_IDLE_OPEN: usize = 256;
+/// How long an open mirror must have gone unused before it counts against
+/// [`MAX_IDLE_OPEN`]: a handle is not closed between two requests close together.
+pub(crate) const IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Mirrors {
     pub(crate) fn new(
@@ -89,6 +94,7 @@ impl Mirrors {
             open: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
             notes: Default::default(),
+            making_room: Default::default(),
             used: Mutex::new(HashMap::new()),
             budget,
             refused_ids: Mutex::new(HashMap::new()),
@@ -203,7 +209,10 @@ impl Mirrors {
             keep,
             |key, _| !on_disk.contains(key),
             |(_, at)| *at,
-        );
+        )
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
         drop_oldest(
             &mut self.used.lock().unwrap_or_else(|p| p.into_inner()),
             keep,
@@ -214,13 +223,35 @@ impl Mirrors {
     }
 
     /// Close the open mirrors that no request holds and that are gone from disk (`on_disk`:
-    /// removed by another instance, say), and those beyond the `keep` used last: each holds
-    /// its files mapped. One closed is opened again by the next request that needs it.
-    pub(crate) fn close_idle(&self, on_disk: &std::collections::HashSet<RepoKey>, keep: usize) {
-        let idle = |known: &OpenRepo| Arc::strong_count(&known.repo) == 1;
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|key, known| !idle(known) || on_disk.contains(key));
-        drop_oldest(&mut open, keep, |_, known| idle(known), |known| known.used);
+    /// removed by another instance, say), and, of those unused for `idle_for`, all but the
+    /// `keep` used last: each holds its files mapped. One closed is opened again by the next
+    /// request that needs it.
+    pub(crate) fn close_idle(
+        &self,
+        on_disk: &std::collections::HashSet<RepoKey>,
+        keep: usize,
+        idle_for: std::time::Duration,
+    ) {
+        let unheld = |known: &OpenRepo| Arc::strong_count(&known.repo) == 1;
+        let idle = |known: &OpenRepo| unheld(known) && known.used.elapsed() >= idle_for;
+        let mut closed = Vec::new();
+        {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<RepoKey> = open
+                .iter()
+                .filter(|(key, known)| unheld(known) && !on_disk.contains(*key))
+                .map(|(key, _)| key.clone())
+                .collect();
+            closed.extend(gone.into_iter().filter_map(|key| open.remove_entry(&key)));
+            closed.extend(drop_oldest(
+                &mut open,
+                keep,
+                |_, known| idle(known),
+                |known| known.used,
+            ));
+        }
+        // Their files are unmapped and closed after the table's lock is released.
+        drop(closed);
     }
 
     fn lock_stats(&self) -> std::sync::MutexGuard<'_, HashMap<RepoKey, (RepoStats, u64)>> {
@@ -332,6 +363,12 @@ impl Mirrors {
         }
         let root = self.registry.root().to_owned();
         let free = || gitcache_storage::fs::free_bytes(&root).unwrap_or(u64::MAX);
+        if free() >= keep {
+            return Ok(());
+        }
+        // One eviction at a time: refreshes starting together would each evict for the
+        // same shortfall.
+        let _one = self.making_room.lock().await;
         if free() >= keep {
             return Ok(());
         }
@@ -560,14 +597,23 @@ impl Mirrors {
     /// Bring every mirror this instance has opened up to what other instances committed to
     /// the shared store (see [`Registry::catch_up`]), one after another.
     pub(crate) async fn catch_up(&self) {
-        let keys: Vec<RepoKey> = self
+        // The mirrors served here: open now, or used (and closed since when idle).
+        let mut keys: std::collections::HashSet<RepoKey> = self
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
             .cloned()
             .collect();
+        keys.extend(
+            (self.used.lock().unwrap_or_else(|p| p.into_inner()))
+                .keys()
+                .cloned(),
+        );
         for key in keys {
+            if self.registry.existing(&key).is_none() {
+                continue;
+            }
             if let Err(err) = self.registry.catch_up(&key).await {
                 tracing::warn!(repo = %key.relative_path().display(), %err, "catching up with the shared store failed");
             }
@@ -705,13 +751,13 @@ impl Mirrors {
 }
 
 /// Remove from `map` the entries `eligible` says may go beyond the `keep` of them that come
-/// last by `at`, and return their keys.
+/// last by `at`, and return them.
 fn drop_oldest<V, T: Ord>(
     map: &mut HashMap<RepoKey, V>,
     keep: usize,
     eligible: impl Fn(&RepoKey, &V) -> bool,
     at: impl Fn(&V) -> T,
-) -> Vec<RepoKey> {
+) -> Vec<(RepoKey, V)> {
     let mut those: Vec<(T, &RepoKey)> = map
         .iter()
         .filter(|(key, value)| eligible(key, value))
@@ -729,10 +775,10 @@ fn drop_oldest<V, T: Ord>(
         .iter()
         .map(|(_, key)| (*key).clone())
         .collect();
-    for key in &dropped {
-        map.remove(key);
-    }
     dropped
+        .into_iter()
+        .filter_map(|key| map.remove_entry(&key))
+        .collect()
 }
 
 /// Whether `repo` has every object and ref `fetch` wants.
@@ -952,13 +998,16 @@ mod tests {
         let all: std::collections::HashSet<RepoKey> = (0..3).map(key).collect();
 
         // One idle kept: the one used last (r0 is held, so not idle).
-        mirrors.close_idle(&all, 1);
+        let (now, long) = (Duration::ZERO, Duration::from_secs(3600));
+        mirrors.close_idle(&all, 1, long);
+        assert_eq!(open(&mirrors), ["r0", "r1", "r2"], "none unused for long");
+        mirrors.close_idle(&all, 1, now);
         assert_eq!(open(&mirrors), ["r0", "r2"]);
         // Gone from disk: closed when idle, kept while held.
-        mirrors.close_idle(&Default::default(), 10);
+        mirrors.close_idle(&Default::default(), 10, long);
         assert_eq!(open(&mirrors), ["r0"]);
         drop(held);
-        mirrors.close_idle(&Default::default(), 10);
+        mirrors.close_idle(&Default::default(), 10, long);
         assert!(open(&mirrors).is_empty());
         // Opened again when asked for.
         assert!(mirrors.open(&key(1)).unwrap().is_some());

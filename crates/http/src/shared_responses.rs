@@ -45,7 +45,14 @@ type Entry = (String, String);
 struct Turn<'a> {
     shared: &'a SharedResponses,
     id: Entry,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    /// Taken when the turn ends, under the table's lock.
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Turn<'_> {
+    fn lock(&self) -> &tokio::sync::Mutex<()> {
+        self.lock.as_deref().expect("held until dropped")
+    }
 }
 
 impl Drop for Turn<'_> {
@@ -53,11 +60,12 @@ impl Drop for Turn<'_> {
         let mut downloading = (self.shared.downloading)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        // The table's and this one's: no other request waits.
-        if Arc::strong_count(&self.lock) <= 2
-            && downloading
-                .get(&self.id)
-                .is_some_and(|lock| Arc::ptr_eq(lock, &self.lock))
+        // Shares are taken and given back under the table's lock: the last to leave sees
+        // the table's alone.
+        drop(self.lock.take());
+        if downloading
+            .get(&self.id)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
         {
             downloading.remove(&self.id);
         }
@@ -119,7 +127,7 @@ impl SharedResponses {
             return false;
         }
         let turn = self.turn((repo.to_owned(), key.to_owned()));
-        let _held = turn.lock.lock().await;
+        let _held = turn.lock().lock().await;
         // Another request's download may have placed it (or found it missing) meanwhile.
         if to.exists() {
             true
@@ -142,7 +150,7 @@ impl SharedResponses {
         Turn {
             shared: self,
             id,
-            lock,
+            lock: Some(lock),
         }
     }
 
@@ -325,7 +333,7 @@ mod tests {
 
         // Another request holds the turn; this one waits for it, and its client leaves.
         let other = shared.turn(("h/o/r.git".into(), "k".into()));
-        let guard = other.lock.lock().await;
+        let guard = other.lock().lock().await;
         let waiting = tokio::time::timeout(
             std::time::Duration::from_millis(20),
             shared.download("h/o/r.git", "k", &to, 1 << 20),

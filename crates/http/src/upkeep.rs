@@ -121,8 +121,18 @@ impl Upkeep {
     /// One pass of the blocking work: count mirrors, and evict when `evict`. Run once when
     /// the proxy is made too, so that gauges are there at the first scrape.
     pub(crate) fn pass(&self, evict: bool) {
-        let on_disk: std::collections::HashSet<gitcache_storage::repo::RepoKey> =
-            self.mirrors.registry().on_disk().into_iter().collect();
+        // A listing that failed (say, out of file handles) does not mean mirrors are gone.
+        let (on_disk, listed): (std::collections::HashSet<_>, bool) =
+            match self.mirrors.registry().try_on_disk() {
+                Ok(keys) => (keys.into_iter().collect(), true),
+                Err(err) => {
+                    tracing::warn!(%err, "listing the mirrors failed");
+                    (
+                        self.mirrors.registry().on_disk().into_iter().collect(),
+                        false,
+                    )
+                }
+            };
         metrics::mirrors(on_disk.len());
         // Repositories with caching enabled, as the catalog says (a disabled record passes
         // its repository through), and those mirrored under the server-wide settings.
@@ -139,18 +149,8 @@ impl Upkeep {
             }
         }
         metrics::repos_active(enabled.len());
-        // What is remembered of repositories that have no mirror here stays bounded, and so
-        // do the mirrors kept open.
-        self.mirrors
-            .close_idle(&on_disk, crate::mirrors::MAX_IDLE_OPEN);
-        let forgotten = self
-            .mirrors
-            .forget_beyond(&on_disk, crate::mirrors::MAX_KEPT_OFF_DISK);
-        if !forgotten.is_empty() {
-            let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
-            for key in &forgotten {
-                pushed.remove(&crate::shared_responses::repo_text(&key.relative_path()));
-            }
+        if listed {
+            self.bound_memory(&on_disk);
         }
         if evict && let Some(cache) = &self.responses {
             cache.evict(self.response_limits(), |rel, entries, bytes| {
@@ -160,6 +160,25 @@ impl Upkeep {
                     None => metrics::response_size(labels, bytes),
                 }
             });
+        }
+    }
+
+    /// What is remembered of repositories that have no mirror here stays bounded, and so do
+    /// the mirrors kept open.
+    fn bound_memory(&self, on_disk: &std::collections::HashSet<gitcache_storage::repo::RepoKey>) {
+        self.mirrors.close_idle(
+            on_disk,
+            crate::mirrors::MAX_IDLE_OPEN,
+            crate::mirrors::IDLE_FOR,
+        );
+        let forgotten = self
+            .mirrors
+            .forget_beyond(on_disk, crate::mirrors::MAX_KEPT_OFF_DISK);
+        if !forgotten.is_empty() {
+            let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+            for key in &forgotten {
+                pushed.remove(&crate::shared_responses::repo_text(&key.relative_path()));
+            }
         }
     }
 

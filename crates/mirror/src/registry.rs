@@ -839,21 +839,39 @@ impl Registry {
 
     /// Every mirror folder under the root, by key (the trash and foreign folders aside).
     pub fn on_disk(&self) -> Vec<RepoKey> {
-        let dirs = |path: &Path| -> Vec<std::ffi::OsString> {
-            std::fs::read_dir(path)
-                .map(|entries| {
-                    entries
-                        .filter_map(Result::ok)
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.file_name())
-                        .collect()
-                })
-                .unwrap_or_default()
+        self.listed(false).unwrap_or_default()
+    }
+
+    /// [`on_disk`](Self::on_disk), or the error of a folder that could not be listed (no
+    /// folder at all is no mirror): for callers that must not take a failed listing for
+    /// mirrors gone.
+    pub fn try_on_disk(&self) -> std::io::Result<Vec<RepoKey>> {
+        self.listed(true)
+    }
+
+    /// The mirror folders; with `strict`, a folder that cannot be listed is an error, else
+    /// it holds none.
+    fn listed(&self, strict: bool) -> std::io::Result<Vec<RepoKey>> {
+        let dirs = |path: &Path| -> std::io::Result<Vec<std::ffi::OsString>> {
+            let listing = || -> std::io::Result<Vec<std::ffi::OsString>> {
+                let mut names = Vec::new();
+                for entry in std::fs::read_dir(path)? {
+                    let entry = entry?;
+                    if entry.file_type()?.is_dir() {
+                        names.push(entry.file_name());
+                    }
+                }
+                Ok(names)
+            };
+            match listing() {
+                Err(err) if strict && err.kind() != std::io::ErrorKind::NotFound => Err(err),
+                listed => Ok(listed.unwrap_or_default()),
+            }
         };
         let mut keys = Vec::new();
-        for host in dirs(&self.root) {
-            for owner in dirs(&self.root.join(&host)) {
-                for repo in dirs(&self.root.join(&host).join(&owner)) {
+        for host in dirs(&self.root)? {
+            for owner in dirs(&self.root.join(&host))? {
+                for repo in dirs(&self.root.join(&host).join(&owner))? {
                     let relative = Path::new(&host).join(&owner).join(&repo);
                     if let Some(key) = RepoKey::from_relative_path(&relative) {
                         keys.push(key);
@@ -861,7 +879,7 @@ impl Registry {
                 }
             }
         }
-        keys
+        Ok(keys)
     }
 
     /// Drop `key`'s local folder to free disk space, unless a refresh or consolidation of it
