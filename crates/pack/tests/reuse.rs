@@ -1369,6 +1369,31 @@ fn junk_and_a_file(work: &Path) -> String {
     text
 }
 
+/// A work tree with junk and five versions of `f.txt` (a line more each), its bare copy in one
+/// pack with gitcache's bitmaps, and the text of the last version.
+fn five_versions_bitmapped() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    String,
+) {
+    let (dir, work, path) = work_tree();
+    let mut text = junk_and_a_file(&work);
+    for n in 0..5 {
+        add_a_line(&work, &mut text, n);
+    }
+    bare_packed_copy(&work, &path);
+    let _ = with_bitmaps(&path);
+    (dir, work, path, text)
+}
+
+/// `text` with a line for `n` added, written to `work`'s `f.txt` and committed.
+fn add_a_line(work: &Path, text: &mut String, n: usize) {
+    text.push_str(&format!("line {n}\n"));
+    std::fs::write(work.join("f.txt"), &*text).unwrap();
+    gitcache_testkit::git::commit_all(work, &format!("v{n}"));
+}
+
 /// `path` opened with gitcache's bitmaps written for its refs, and their objects.
 fn with_bitmaps(path: &Path) -> (Repository, Vec<ObjectId>) {
     let tips = oids(&git(path, &["for-each-ref", "--format=%(objectname)"]));
@@ -1656,19 +1681,9 @@ fn whole_versions_beyond_the_bitmapped_pack_are_paired_by_name() {
 /// of its own among the pairs beyond the pack, and is the base of the one there after it.
 #[test]
 fn the_largest_of_a_name_in_the_pack_is_paired_with_one_beyond_it() {
-    let (dir, work, path) = work_tree();
-    let mut text = junk_and_a_file(&work);
-    let edit = |text: &mut String, n: usize| {
-        text.push_str(&format!("line {n}\n"));
-        std::fs::write(work.join("f.txt"), &*text).unwrap();
-        gitcache_testkit::git::commit_all(&work, &format!("v{n}"));
-    };
-    for n in 0..5 {
-        edit(&mut text, n);
-    }
     // The newest version in the pack whole, the older ones in a chain on it.
-    bare_packed_copy(&work, &path);
-    let _ = with_bitmaps(&path);
+    let (dir, work, path, mut text) = five_versions_bitmapped();
+    let edit = |text: &mut String, n: usize| add_a_line(&work, text, n);
     // Two refreshes of three versions, as `fast-import` writes them: the oldest of each whole.
     for round in 0..2 {
         for n in 0..3 {
@@ -1725,6 +1740,92 @@ fn the_largest_of_a_name_in_the_pack_is_paired_with_one_beyond_it() {
             assert_eq!(received[&versions[5]].1.as_ref(), expected, "{case}");
             no_delta_lost_and_none_too_deep(&versions, &stored, &received, max_delta_depth);
         }
+    }
+}
+
+/// The object beyond the bitmapped pack that the largest of a name in the pack is paired with
+/// is written first (the delta on it writes it ahead of its place) and gets no base of its
+/// own, even when another whole one of its name would come before it: here `w`, the stored
+/// base of a delta `d` met before `b` (at another path), while `b` is the one paired with.
+/// `w` is then paired with `b` instead, and nothing goes whole that was to be a delta.
+#[test]
+fn the_object_paired_with_from_the_pack_is_written_first_and_given_no_base() {
+    let (dir, work, path, text) = five_versions_bitmapped();
+
+    // Beyond the pack: `w` (a larger f.txt), then `b` (f.txt again) with `d` (at a.txt, `w`
+    // but its last lines).
+    let w_text = format!("{text}{}", text_lines("w", 40));
+    std::fs::write(work.join("f.txt"), &w_text).unwrap();
+    gitcache_testkit::git::commit_all(&work, "w");
+    let d_text: String = w_text
+        .lines()
+        .take(w_text.lines().count() - 3)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(work.join("a.txt"), &d_text).unwrap();
+    std::fs::write(work.join("f.txt"), format!("{text}{}", text_lines("b", 20))).unwrap();
+    gitcache_testkit::git::commit_all(&work, "b and d");
+    // Fetched loose, then packed as wanted: `d` a delta on `w`, `b` whole in a pack of its
+    // own, the commits and trees in a third.
+    git(
+        &path,
+        &[
+            "-c",
+            "fetch.unpackLimit=100000",
+            "fetch",
+            "-q",
+            work.to_str().unwrap(),
+            "main:main",
+        ],
+    );
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let (w, b, d) = (id("main~1:f.txt"), id("main:f.txt"), id("main:a.txt"));
+    let pack = |objects: String| {
+        gitcache_testkit::git::git_with_input(
+            &path,
+            &["pack-objects", "-q", "--window=10", "objects/pack/pack"],
+            objects.as_bytes(),
+        );
+    };
+    pack(format!("{w} f.txt\n{d} f.txt\n"));
+    pack(format!("{b} f.txt\n"));
+    let commits_and_trees: String = ["main", "main~1", "main^{tree}", "main~1^{tree}"]
+        .iter()
+        .map(|rev| format!("{}\n", id(rev)))
+        .collect();
+    pack(commits_and_trees);
+    git(&path, &["prune-packed"]);
+    assert_eq!(
+        git(&path, &["count-objects"]).trim(),
+        "0 objects, 0 kilobytes"
+    );
+    let stored = stored_layout(&path);
+    assert_eq!(stored[&d].1.as_deref(), Some(w.as_str()), "{stored:?}");
+    assert_eq!((stored[&w].1.as_ref(), stored[&b].1.as_ref()), (None, None));
+    // The largest f.txt in the pack, whole there, with the older ones below it.
+    let largest = id("main~2:f.txt");
+    assert_eq!(stored[&largest].1, None);
+
+    let repo = Repository::open(&path).unwrap();
+    let (want, have) = (id("main"), id("main~7"));
+    for ofs in [true, false] {
+        let (whole, stats, pack) = paired_answer(&repo, (&want, &have), ofs, 50);
+        assert!(!whole, "ofs {ofs}");
+        assert_eq!(
+            (stats.lost_deltas, stats.pulled_forward),
+            (0, 0),
+            "ofs {ofs}: {stats:?}"
+        );
+        let (_, received) = received_alone(dir.path(), &format!("client-{ofs}.git"), &pack);
+        // The pair from the pack, on `b`; `b` whole; `w` on `b`; `d` still on `w`.
+        assert_eq!(
+            received[&largest].1.as_ref(),
+            Some(&b),
+            "ofs {ofs}: {received:?}"
+        );
+        assert_eq!(received[&b].1, None, "ofs {ofs}");
+        assert_eq!(received[&w].1.as_ref(), Some(&b), "ofs {ofs}");
+        assert_eq!(received[&d].1.as_ref(), Some(&w), "ofs {ofs}");
     }
 }
 
