@@ -496,7 +496,8 @@ impl<S: ObjectStore> Pages<S> {
 
     /// Keep `held` in memory as `key`: a deployed site with the others, an absent one apart.
     fn hold(&self, key: ObjectKey, held: Held) {
-        let cost = Self::cost(&held);
+        // The key is held twice: by the entry and in the order of use.
+        let cost = Self::cost(&held) + 2 * key.as_str().len();
         let (into, out) = if held.site.is_some() {
             (&self.memory.sites, &self.memory.absent)
         } else {
