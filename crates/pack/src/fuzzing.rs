@@ -65,8 +65,8 @@ pub fn fetch_from_bytes(objects: &[ObjectId], refs: &[bstr::BString], data: &[u8
 }
 
 /// The writer's options for `data`: its length (which no byte of the fetch depends on) sets
-/// a limit on delta chains for half the inputs: one link for a quarter, under the fixtures'
-/// stored chains of two, and two links for another quarter; else the default.
+/// a limit on delta chains for half the inputs: one link for a quarter and two links for
+/// another, both under the bitmapped fixture's stored chains of up to four; else the default.
 pub fn options_from_bytes(data: &[u8]) -> Options {
     let max_delta_depth = match data.len() % 4 {
         1 => 1,
@@ -266,7 +266,8 @@ fn resolve_all(
 }
 
 /// The repository at `path`, packed in one pack with short delta chains (`git repack -adq
-/// --window=2 --depth=2`, many objects stored whole), with gitcache's bitmaps for the objects
+/// --window=4 --depth=4`: longer than the writer's limits [`options_from_bytes`] sets, many
+/// objects stored whole), with gitcache's bitmaps for the objects
 /// of its refs; then `main` moved on by two packs of three commits each, as `git fast-import`
 /// writes them (a mirror between two consolidations; each file's oldest version in a pack
 /// whole, the newer ones deltas on it). Fetches planned against it take the paths of answers
@@ -295,7 +296,7 @@ pub fn bitmapped_fixture(path: &std::path::Path) -> Repository {
         String::from_utf8(out.stdout).expect("utf-8")
     };
     let git = |args: &[&str]| run(args, b"");
-    git(&["repack", "-adq", "--window=2", "--depth=2"]);
+    git(&["repack", "-adq", "--window=4", "--depth=4"]);
     let tips: Vec<ObjectId> = git(&["for-each-ref", "--format=%(objectname)"])
         .lines()
         .map(|line| ObjectId::from_hex(line.trim().as_bytes()).expect("an id"))
