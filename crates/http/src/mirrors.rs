@@ -58,8 +58,10 @@ pub(crate) struct Mirrors {
     stats: Mutex<HashMap<RepoKey, (RepoStats, u64)>>,
     /// Notes taken so far.
     notes: std::sync::atomic::AtomicU64,
-    /// Held while a refresh makes room on the disk.
+    /// Held while room is made on the disk (by a refresh, or the upkeep's budget).
     making_room: tokio::sync::Mutex<()>,
+    /// Evictions made for refreshes so far.
+    evictions: std::sync::atomic::AtomicU64,
     /// Repositories fetched through this instance: how to reach them, and when last.
     used: Mutex<HashMap<RepoKey, (Target, Instant)>>,
     budget: Budget,
@@ -95,6 +97,7 @@ impl Mirrors {
             stats: Mutex::new(HashMap::new()),
             notes: Default::default(),
             making_room: Default::default(),
+            evictions: Default::default(),
             used: Mutex::new(HashMap::new()),
             budget,
             refused_ids: Mutex::new(HashMap::new()),
@@ -222,13 +225,13 @@ impl Mirrors {
         forgotten
     }
 
-    /// Close the open mirrors that no request holds and that are gone from disk (`on_disk`:
-    /// removed by another instance, say), and, of those unused for `idle_for`, all but the
-    /// `keep` used last: each holds its files mapped. One closed is opened again by the next
-    /// request that needs it.
+    /// Close the open mirrors that no request holds and that are gone from disk (`on_disk`,
+    /// when the listing could be made: removed by another instance, say), and, of those unused
+    /// for `idle_for`, all but the `keep` used last: each holds its files mapped. One closed
+    /// is opened again by the next request that needs it.
     pub(crate) fn close_idle(
         &self,
-        on_disk: &std::collections::HashSet<RepoKey>,
+        on_disk: Option<&std::collections::HashSet<RepoKey>>,
         keep: usize,
         idle_for: std::time::Duration,
     ) {
@@ -239,7 +242,7 @@ impl Mirrors {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<RepoKey> = open
                 .iter()
-                .filter(|(key, known)| unheld(known) && !on_disk.contains(*key))
+                .filter(|(key, known)| unheld(known) && on_disk.is_some_and(|d| !d.contains(*key)))
                 .map(|(key, _)| key.clone())
                 .collect();
             closed.extend(gone.into_iter().filter_map(|key| open.remove_entry(&key)));
@@ -367,12 +370,14 @@ impl Mirrors {
             return Ok(());
         }
         // One eviction at a time: refreshes starting together would each evict for the
-        // same shortfall.
+        // same shortfall. One that waited for another's takes its outcome.
+        let seen = self.evictions.load(std::sync::atomic::Ordering::Acquire);
         let _one = self.making_room.lock().await;
-        if free() >= keep {
-            return Ok(());
+        if self.evictions.load(std::sync::atomic::Ordering::Acquire) == seen && free() < keep {
+            self.enforce(&self.budget).await;
+            self.evictions
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
-        self.enforce(&self.budget).await;
         match free() {
             free if free >= keep => Ok(()),
             free => Err(Error::LowDisk { free, keep }),
@@ -594,24 +599,28 @@ impl Mirrors {
         Ok(())
     }
 
-    /// Bring every mirror this instance has opened up to what other instances committed to
-    /// the shared store (see [`Registry::catch_up`]), one after another.
-    pub(crate) async fn catch_up(&self) {
-        // The mirrors served here: open now, or used (and closed since when idle).
-        let mut keys: std::collections::HashSet<RepoKey> = self
+    /// Bring the mirrors this instance serves up to what other instances committed to the
+    /// shared store (see [`Registry::catch_up`]), one after another.
+    pub(crate) async fn catch_up(&self, window: std::time::Duration) {
+        // The mirrors served here: open now, or used within `window` (and closed since when
+        // idle), the most recently used first.
+        let mut keys: Vec<(Instant, RepoKey)> = self
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
+            .iter()
+            .map(|(key, known)| (known.used, key.clone()))
             .collect();
         keys.extend(
             (self.used.lock().unwrap_or_else(|p| p.into_inner()))
-                .keys()
-                .cloned(),
+                .iter()
+                .filter(|(_, (_, at))| at.elapsed() <= window)
+                .map(|(key, (_, at))| (*at, key.clone())),
         );
-        for key in keys {
-            if self.registry.existing(&key).is_none() {
+        keys.sort_unstable_by_key(|(at, _)| std::cmp::Reverse(*at));
+        let mut done = std::collections::HashSet::new();
+        for (_, key) in keys {
+            if !done.insert(key.clone()) {
                 continue;
             }
             if let Err(err) = self.registry.catch_up(&key).await {
@@ -746,6 +755,10 @@ impl Mirrors {
         if self.budget.max_bytes.is_none() && self.budget.min_free == 0 {
             return 0;
         }
+        // A refresh making room now does this work: the next tick comes soon.
+        let Ok(_one) = self.making_room.try_lock() else {
+            return 0;
+        };
         self.enforce(&self.budget).await
     }
 }
@@ -999,15 +1012,17 @@ mod tests {
 
         // One idle kept: the one used last (r0 is held, so not idle).
         let (now, long) = (Duration::ZERO, Duration::from_secs(3600));
-        mirrors.close_idle(&all, 1, long);
+        mirrors.close_idle(Some(&all), 1, long);
         assert_eq!(open(&mirrors), ["r0", "r1", "r2"], "none unused for long");
-        mirrors.close_idle(&all, 1, now);
+        mirrors.close_idle(Some(&all), 1, now);
         assert_eq!(open(&mirrors), ["r0", "r2"]);
         // Gone from disk: closed when idle, kept while held.
-        mirrors.close_idle(&Default::default(), 10, long);
+        mirrors.close_idle(None, 0, long);
+        assert_eq!(open(&mirrors), ["r0", "r2"], "no listing: none is gone");
+        mirrors.close_idle(Some(&Default::default()), 10, long);
         assert_eq!(open(&mirrors), ["r0"]);
         drop(held);
-        mirrors.close_idle(&Default::default(), 10, long);
+        mirrors.close_idle(Some(&Default::default()), 10, long);
         assert!(open(&mirrors).is_empty());
         // Opened again when asked for.
         assert!(mirrors.open(&key(1)).unwrap().is_some());

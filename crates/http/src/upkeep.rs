@@ -40,11 +40,15 @@ impl Upkeep {
         let _catching_up = (self.mirrors.registry().shared().is_some()
             && !self.config.storage_poll_interval.is_zero())
         .then(|| {
-            let (mirrors, every) = (Arc::clone(&self.mirrors), self.config.storage_poll_interval);
+            let (mirrors, every, window) = (
+                Arc::clone(&self.mirrors),
+                self.config.storage_poll_interval,
+                self.config.active_window,
+            );
             let task = tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    mirrors.catch_up().await;
+                    mirrors.catch_up(window).await;
                 }
             });
             crate::proxy::AbortOnDrop(task.abort_handle())
@@ -149,9 +153,7 @@ impl Upkeep {
             }
         }
         metrics::repos_active(enabled.len());
-        if listed {
-            self.bound_memory(&on_disk);
-        }
+        self.bound_memory(listed.then_some(&on_disk));
         if evict && let Some(cache) = &self.responses {
             cache.evict(self.response_limits(), |rel, entries, bytes| {
                 let labels = self.rel_labels(rel);
@@ -165,12 +167,20 @@ impl Upkeep {
 
     /// What is remembered of repositories that have no mirror here stays bounded, and so do
     /// the mirrors kept open.
-    fn bound_memory(&self, on_disk: &std::collections::HashSet<gitcache_storage::repo::RepoKey>) {
+    /// (`on_disk`: the mirrors listed, unless the listing failed; then only the open mirrors
+    /// unused for long are closed.)
+    fn bound_memory(
+        &self,
+        on_disk: Option<&std::collections::HashSet<gitcache_storage::repo::RepoKey>>,
+    ) {
         self.mirrors.close_idle(
             on_disk,
             crate::mirrors::MAX_IDLE_OPEN,
             crate::mirrors::IDLE_FOR,
         );
+        let Some(on_disk) = on_disk else {
+            return;
+        };
         let forgotten = self
             .mirrors
             .forget_beyond(on_disk, crate::mirrors::MAX_KEPT_OFF_DISK);

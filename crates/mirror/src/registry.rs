@@ -852,24 +852,30 @@ impl Registry {
     /// The mirror folders; with `strict`, a folder that cannot be listed is an error, else
     /// it holds none.
     fn listed(&self, strict: bool) -> std::io::Result<Vec<RepoKey>> {
+        // The folders in `path`. An entry gone or unreadable meanwhile is none; a folder gone
+        // is empty.
         let dirs = |path: &Path| -> std::io::Result<Vec<std::ffi::OsString>> {
-            let listing = || -> std::io::Result<Vec<std::ffi::OsString>> {
-                let mut names = Vec::new();
-                for entry in std::fs::read_dir(path)? {
-                    let entry = entry?;
-                    if entry.file_type()?.is_dir() {
-                        names.push(entry.file_name());
-                    }
+            let entries = match std::fs::read_dir(path) {
+                Ok(entries) => entries,
+                Err(err) if strict && err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(err);
                 }
-                Ok(names)
+                Err(_) => return Ok(Vec::new()),
             };
-            match listing() {
-                Err(err) if strict && err.kind() != std::io::ErrorKind::NotFound => Err(err),
-                listed => Ok(listed.unwrap_or_default()),
-            }
+            Ok(entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name())
+                .collect())
         };
         let mut keys = Vec::new();
-        for host in dirs(&self.root)? {
+        // Hosts only: not the trash or other dot folders, not a file system's `lost+found`
+        // (which this process may not read).
+        let hosts = dirs(&self.root)?.into_iter().filter(|name| {
+            let name = name.as_encoded_bytes();
+            !name.starts_with(b".") && name != b"lost+found"
+        });
+        for host in hosts {
             for owner in dirs(&self.root.join(&host))? {
                 for repo in dirs(&self.root.join(&host).join(&owner))? {
                     let relative = Path::new(&host).join(&owner).join(&repo);
@@ -1281,6 +1287,36 @@ mod tests {
     /// How many files of `git_dir`'s pack folder have the extension `ext`.
     fn pack_files(git_dir: &Path, ext: &str) -> usize {
         repo::pack_files(git_dir, ext).unwrap().len()
+    }
+
+    /// The mirrors listed are the folders that make keys: files, dot folders (the trash)
+    /// and `lost+found` at the top are passed over, a repository named with a dot is not; a
+    /// data directory not made yet holds none.
+    #[test]
+    fn mirrors_on_disk_are_the_folders_that_make_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path().join("mirrors"));
+        assert_eq!(registry.try_on_disk().unwrap(), Vec::new());
+        let keys = [
+            RepoKey::new("example.com", "acme", "app.git").unwrap(),
+            RepoKey::new("example.com", "acme", ".github.git").unwrap(),
+        ];
+        for key in &keys {
+            std::fs::create_dir_all(registry.path(key)).unwrap();
+        }
+        let root = registry.root().to_owned();
+        for folder in [".removed/x/y", "lost+found/x/y"] {
+            std::fs::create_dir_all(root.join(folder)).unwrap();
+        }
+        std::fs::write(root.join("stray"), b"").unwrap();
+        std::fs::write(root.join("example.com/stray"), b"").unwrap();
+        std::fs::write(root.join("example.com/acme/stray.git"), b"").unwrap();
+        let mut listed = registry.try_on_disk().unwrap();
+        listed.sort_by_key(|k| k.relative_path());
+        let mut expected = keys.to_vec();
+        expected.sort_by_key(|k| k.relative_path());
+        assert_eq!(listed, expected);
+        assert_eq!(registry.on_disk().len(), 2);
     }
 
     /// Keys asked for once (refused upstream, failed, evicted) do not keep a slot each for
