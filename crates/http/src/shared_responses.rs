@@ -345,6 +345,19 @@ mod tests {
         drop(other);
         assert_eq!(held(&shared), 0);
 
+        // Two shares of one turn, left in either order: the last removes it.
+        for first_leaves in [0, 1] {
+            let mut turns = vec![
+                shared.turn(("h/o/r.git".into(), "k".into())),
+                shared.turn(("h/o/r.git".into(), "k".into())),
+            ];
+            assert_eq!(held(&shared), 1, "one turn a key");
+            drop(turns.remove(first_leaves));
+            assert_eq!(held(&shared), 1, "the other still holds it");
+            drop(turns);
+            assert_eq!(held(&shared), 0);
+        }
+
         // One that runs to its end (nothing in the store) leaves nothing either.
         assert!(!shared.download("h/o/r.git", "k2", &to, 1 << 20).await);
         assert_eq!(held(&shared), 0);
