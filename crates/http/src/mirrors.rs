@@ -67,12 +67,12 @@ pub(crate) struct Mirrors {
     budget: Budget,
     /// Ids the upstream would not give by id, by repository, and when: not asked again for a
     /// while (a client repeating them must not repeat the upstream's work).
-    refused_ids: Mutex<HashMap<(RepoKey, gix_hash::ObjectId), Instant>>,
+    refused_ids: Mutex<crate::bounded::Bounded<(RepoKey, gix_hash::ObjectId), Instant>>,
 }
 
 /// How long an id the upstream refused is not asked for again.
 const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
-/// The most refused ids remembered; the memory is cleared when full.
+/// The most refused ids remembered (see [`crate::bounded::Bounded`]).
 const MAX_REFUSED: usize = 10_000;
 /// The most repositories without a mirror on disk whose activity and last use are kept (see
 /// [`Mirrors::forget_beyond`]): those of mirrors on disk are bounded by the disk, these by
@@ -100,7 +100,7 @@ impl Mirrors {
             evictions: Default::default(),
             used: Mutex::new(HashMap::new()),
             budget,
-            refused_ids: Mutex::new(HashMap::new()),
+            refused_ids: Mutex::new(crate::bounded::Bounded::new(MAX_REFUSED, MAX_REFUSED)),
         }
     }
 
@@ -117,11 +117,10 @@ impl Mirrors {
     /// Note that the upstream would not give `oids` of `key` by id.
     pub(crate) fn note_refused(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) {
         let mut refused = self.refused_ids.lock().unwrap_or_else(|p| p.into_inner());
-        if refused.len() + oids.len() > MAX_REFUSED {
-            refused.clear();
-        }
+        let now = Instant::now();
         for oid in oids {
-            refused.insert((key.clone(), *oid), Instant::now());
+            refused.make_room(|_, at| now.duration_since(*at) < REFUSED_FOR);
+            refused.insert((key.clone(), *oid), now);
         }
     }
 
@@ -240,12 +239,13 @@ impl Mirrors {
         let mut closed = Vec::new();
         {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            let gone: Vec<RepoKey> = open
-                .iter()
-                .filter(|(key, known)| unheld(known) && on_disk.is_some_and(|d| !d.contains(*key)))
-                .map(|(key, _)| key.clone())
-                .collect();
-            closed.extend(gone.into_iter().filter_map(|key| open.remove_entry(&key)));
+            let gone = |key: &RepoKey| on_disk.is_some_and(|d| !d.contains(key));
+            closed.extend(drop_oldest(
+                &mut open,
+                0,
+                |key, known| unheld(known) && gone(key),
+                |known| known.used,
+            ));
             closed.extend(drop_oldest(
                 &mut open,
                 keep,

@@ -24,6 +24,8 @@ use gitcache_storage::store::{AnyStore, ObjectKey, ObjectStore as _, StoreError}
 
 /// How long a key found missing in the bucket is not asked for again.
 const MISSING_FOR: Duration = Duration::from_secs(60);
+/// The most keys remembered missing.
+const MOST_MISSING: usize = 100_000;
 
 /// The bucket side of the response cache.
 #[derive(Debug)]
@@ -31,7 +33,7 @@ pub(crate) struct SharedResponses {
     store: AnyStore,
     index: Option<Arc<dyn ResponseIndex>>,
     leases: Option<(Arc<dyn Leases>, Duration)>,
-    missing: Mutex<HashMap<Entry, Instant>>,
+    missing: Mutex<crate::bounded::Bounded<Entry, Instant>>,
     /// Downloads under way, one per key: simultaneous misses of one key wait for the first
     /// and take its file.
     downloading: Mutex<HashMap<Entry, Arc<tokio::sync::Mutex<()>>>>,
@@ -98,25 +100,29 @@ impl SharedResponses {
             store,
             index,
             leases,
-            missing: Mutex::new(HashMap::new()),
+            missing: Mutex::new(crate::bounded::Bounded::new(MOST_MISSING, MOST_MISSING)),
             downloading: Mutex::new(HashMap::new()),
         }
     }
 
     fn recently_missing(&self, repo: &str, key: &str) -> bool {
-        let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        let missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if missing.len() > 100_000 {
-            missing.retain(|_, at| now.duration_since(*at) < MISSING_FOR);
-            if missing.len() > 50_000 {
-                // Clients mint keys freely: forgetting costs a request to the bucket each,
-                // scanning a full map on every call would cost every request.
-                missing.clear();
-            }
-        }
         missing
             .get(&(repo.to_owned(), key.to_owned()))
             .is_some_and(|at| now.duration_since(*at) < MISSING_FOR)
+    }
+
+    /// Remember that the bucket has no entry `key` of `repo`, for [`MISSING_FOR`]. Clients
+    /// mint keys freely: past [`MOST_MISSING`] the memory is pruned (see [`Bounded`]), and
+    /// forgetting costs a request to the bucket each.
+    ///
+    /// [`Bounded`]: crate::bounded::Bounded
+    fn note_missing(&self, repo: &str, key: &str) {
+        let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        missing.make_room(|_, at| now.duration_since(*at) < MISSING_FOR);
+        missing.insert((repo.to_owned(), key.to_owned()), now);
     }
 
     /// Copy `repo`'s entry `key` from the bucket to `to` (its local place); `false` if the
@@ -170,10 +176,7 @@ impl SharedResponses {
                 true
             }
             Ok(false) => {
-                self.missing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((repo.to_owned(), key.to_owned()), Instant::now());
+                self.note_missing(repo, key);
                 false
             }
             Err(err) => {
@@ -184,10 +187,7 @@ impl SharedResponses {
                 } else {
                     tracing::warn!(%err, "object store unavailable; generating the response here");
                 }
-                self.missing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((repo.to_owned(), key.to_owned()), Instant::now());
+                self.note_missing(repo, key);
                 false
             }
         }
