@@ -324,7 +324,12 @@ pub(crate) fn requests(
     Ok(cases)
 }
 
-pub(crate) fn run(root: &Path, repo: Option<&str>, only: Option<&str>) -> Result<()> {
+pub(crate) fn run(
+    root: &Path,
+    repo: Option<&str>,
+    only: Option<&str>,
+    dump: Option<&str>,
+) -> Result<()> {
     let (theirs_repo, tips) = prepare_repo(root, repo)?;
     let repo = as_mirror(&theirs_repo, &tips)?;
 
@@ -338,8 +343,15 @@ pub(crate) fn run(root: &Path, repo: Option<&str>, only: Option<&str>) -> Result
 
     let cases: Vec<_> = requests(&repo, &tips, true)?
         .into_iter()
-        .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
+        .filter(|(name, _)| crate::selected(only, name))
         .collect();
+    if let Some(dir) = dump {
+        let name = theirs_repo
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or("repo");
+        self::dump(dir, name, &cases)?;
+    }
     let commits = git(&repo, &["rev-list", "--all", "--count"])?;
     println!(
         "\nrepository: {} commits, {}",
@@ -350,6 +362,18 @@ pub(crate) fn run(root: &Path, repo: Option<&str>, only: Option<&str>) -> Result
             .unwrap_or("")
     );
     table((&theirs, &theirs_repo), (&ours, &repo), &cases, RUNS)
+}
+
+/// Each case's request body written into `dir` as `<name>-<i>.req`, to replay by hand
+/// (`upload_pack <mirror> < body`).
+pub(crate) fn dump(dir: &str, name: &str, cases: &[(&str, Fetch)]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (i, (case, fetch)) in cases.iter().enumerate() {
+        let file = format!("{dir}/{name}-{i}.req");
+        std::fs::write(&file, body(fetch.clone()))?;
+        println!("{file}: {case}");
+    }
+    Ok(())
 }
 
 /// Build the release `examples` of `packages`.

@@ -498,7 +498,7 @@ pub(crate) fn misses(
     let only = only.unwrap_or("full clone|clone --depth=1");
     let cases: Vec<(&str, Vec<u8>)> = requests(&repo, &tips, true)?
         .into_iter()
-        .filter(|(name, _)| only.split('|').any(|o| name.contains(o)))
+        .filter(|(name, _)| crate::selected(Some(only), name))
         .map(|(name, fetch)| (name, body(fetch)))
         .collect();
     let runs = runs.max(1);

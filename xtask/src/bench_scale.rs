@@ -138,16 +138,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         let only = crate::flag_value(args, "--only");
         let cases: Vec<_> = requests(&mirror, &tips, true)?
             .into_iter()
-            .filter(|(name, _)| only.is_none_or(|o| o.split('|').any(|o| name.contains(o))))
+            .filter(|(name, _)| crate::selected(only, name))
             .collect();
         if let Some(dir) = crate::flag_value(args, "--dump") {
-            // The request bodies, to replay by hand (`upload_pack <mirror> < body`).
-            std::fs::create_dir_all(dir)?;
-            for (i, (case, fetch)) in cases.iter().enumerate() {
-                let file = format!("{dir}/{name}-{i}.req");
-                std::fs::write(&file, crate::bench_pack::body(fetch.clone()))?;
-                println!("{file}: {case}");
-            }
+            crate::bench_pack::dump(dir, &name, &cases)?;
         }
         table(
             (&git_upload_pack(), &repo),

@@ -4,7 +4,7 @@
 //!   protocol fixtures (`crates/protocol/tests/fixtures/transcripts`) and seed the fuzz corpora.
 //! - `gen-repo <tiny|small|medium|large> <seed> <path> [sha256]`: generate a test repository
 //!   (the benches use `large`: 22,000 commits, about 50 MB of pack).
-//! - `bench-pack [repo] [--only TEXT]`: time our pack generation against `git upload-pack` on
+//! - `bench-pack [repo] [--only TEXT|TEXT] [--dump DIR]`: time our pack generation against `git upload-pack` on
 //!   the same repository and requests (default: the `large` generated repository; `--only`
 //!   runs the requests whose name contains TEXT).
 //! - `bench-proxy [repo] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --response-cache |
@@ -48,6 +48,7 @@ fn main() -> Result<()> {
             &workspace_root()?,
             repo_arg(&args[1..]),
             flag_value(&args, "--only"),
+            flag_value(&args, "--dump"),
         ),
         Some("bench-proxy") => {
             let (root, repo) = (workspace_root()?, repo_arg(&args[1..]));
@@ -83,7 +84,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT] | bench-proxy [REPO] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT|TEXT] [--dump DIR] | bench-proxy [REPO] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }
@@ -119,6 +120,12 @@ fn gen_repo(args: &[String]) -> Result<()> {
 
 /// The number after `flag` in `args`, or `default` when the flag is absent.
 /// The value after `flag`, if given.
+/// Whether the case `name` is one `--only` names (any of its `|`-separated parts; all
+/// cases without `--only`).
+pub(crate) fn selected(only: Option<&str>, name: &str) -> bool {
+    only.is_none_or(|o| o.split('|').any(|o| name.contains(o)))
+}
+
 fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
     args.iter()
         .position(|a| a == flag)
@@ -133,8 +140,15 @@ fn repo_arg(args: &[String]) -> Option<&str> {
         .find(|(i, a)| {
             !a.starts_with("--")
                 && (*i == 0
-                    || !["--only", "--concurrency", "--runs", "--moved", "--commits"]
-                        .contains(&args[i - 1].as_str()))
+                    || ![
+                        "--only",
+                        "--dump",
+                        "--concurrency",
+                        "--runs",
+                        "--moved",
+                        "--commits",
+                    ]
+                    .contains(&args[i - 1].as_str()))
         })
         .map(|(_, a)| a.as_str())
 }
