@@ -104,6 +104,29 @@ pub(crate) fn stored_whole_at(data: &gix_pack::data::File, at: u64) -> bool {
         .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7))
 }
 
+/// The size of the object whose entry is at offset `at` of `data`, as that entry states it: a
+/// whole object's from its header, a delta's from the start of its delta (the size of what it
+/// makes), as git reads sizes for `blob:limit`. One entry is read, not its delta chain. `None`
+/// if the entry cannot be read.
+pub(crate) fn stated_size(
+    data: &gix_pack::data::File,
+    at: u64,
+    inflate: &mut gix_zlib::Inflate,
+) -> Option<u64> {
+    let entry = data.entry(at).ok()?;
+    if entry.header.as_kind().is_some() {
+        return Some(entry.decompressed_size);
+    }
+    // A delta starts with two sizes of at most ten bytes each. Inflating stops once they
+    // are out, however much of the pack the input reaches to.
+    let end = (data.pack_end() as u64).min(entry.data_offset.saturating_add(64 << 10));
+    let input = data.entry_slice(entry.data_offset..end)?;
+    let mut sizes = [0u8; 20];
+    inflate.reset();
+    let (_, _, written) = inflate.once(input, &mut sizes).ok()?;
+    crate::delta::target_size(&sizes[..written])
+}
+
 /// Interpolation probes [`lookup`] makes before it searches by halves.
 const INTERPOLATIONS: usize = 6;
 
@@ -1120,6 +1143,46 @@ mod tests {
         gitcache_testkit::git::git_stdout(&path, repack);
         let repo = Repository::open(&path).unwrap();
         (dir, repo)
+    }
+
+    /// The size an entry states is the object's, as git gives it, for whole objects and
+    /// deltas alike (at every depth of their chains), without the chain being read.
+    #[test]
+    fn entries_state_their_objects_sizes() {
+        let (dir, repo) = repacked(31, &["repack", "-adfq", "--window=50", "--depth=20"]);
+        let path = dir.path().join("r.git");
+        let listed = gitcache_testkit::git::git_stdout(
+            &path,
+            &[
+                "cat-file",
+                "--batch-all-objects",
+                "--batch-check=%(objectname) %(objectsize) %(deltabase)",
+            ],
+        );
+        let pack = &repo.stored_packs().unwrap()[0];
+        let data = pack.data(gix_hash::Kind::Sha1).unwrap();
+        let mut inflate = gix_zlib::Inflate::default();
+        let (mut objects, mut deltas) = (0, 0);
+        for line in listed.lines() {
+            let mut fields = line.split(' ');
+            let (id, size, base) = (
+                gix_hash::ObjectId::from_hex(fields.next().unwrap().as_bytes()).unwrap(),
+                fields.next().unwrap().parse::<u64>().unwrap(),
+                fields.next().unwrap(),
+            );
+            let at = pack
+                .index
+                .pack_offset_at_index(pack.index.lookup(id).unwrap());
+            assert_eq!(
+                super::stated_size(&data, at, &mut inflate),
+                Some(size),
+                "{id}"
+            );
+            objects += 1;
+            deltas += usize::from(base.bytes().any(|b| b != b'0'));
+        }
+        assert_eq!(objects, pack.num_objects());
+        assert!(deltas > objects / 4, "{deltas} deltas of {objects}");
     }
 
     /// Packs are listed largest first (ties by name), whatever order the directory gives

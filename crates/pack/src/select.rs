@@ -452,19 +452,12 @@ pub(crate) fn select_with_bitmaps(
             });
         }
         if let Some(limit) = filter.blob_limit {
-            let large: Vec<usize> = sent
-                .ones()
-                .filter(|p| bitmaps.blobs.get(*p))
-                .map(|p| Ok((p, objects.header(&pos.oid(p))?)))
-                .filter_map(|found: Result<_, Error>| match found {
-                    Ok((p, Some((_, size)))) if size >= limit => Some(Ok(p)),
-                    Ok(_) => None,
-                    Err(err) => Some(Err(err)),
-                })
-                .collect::<Result<_, Error>>()?;
+            let mut sizes = SizesAt::new(&stored[k], pos, objects.hash());
             let mut drop = crate::bitmap::Bits::with_len(pos.len());
-            for p in large {
-                drop.set(p);
+            for p in sent.ones().filter(|p| bitmaps.blobs.get(*p)) {
+                if sizes.of(objects, p)?.is_some_and(|size| size >= limit) {
+                    drop.set(p);
+                }
             }
             sent.and_not(&drop);
         }
@@ -565,13 +558,14 @@ pub(crate) fn select_from_marked_pack(
             sent.set(p);
         }
     }
+    let mut sizes = SizesAt::new(pack, &pos, objects.hash());
     for (p, kind) in kinds.into_iter().enumerate() {
         let mut keep = !filter.without.contains(&kind);
         if keep
             && kind == Kind::Blob
             && let Some(limit) = filter.blob_limit
         {
-            keep = !matches!(objects.header(&pos.oid(p))?, Some((_, size)) if size >= limit);
+            keep = sizes.of(objects, p)?.is_none_or(|size| size < limit);
         }
         if keep {
             sent.set(p);
@@ -587,6 +581,44 @@ pub(crate) fn select_from_marked_pack(
         req.include_tag,
     )
     .map(Some)
+}
+
+/// Sizes of a pack's objects by pack position, for `blob:limit`: as each entry states it,
+/// read at its offset (as git reads them: one entry, not its delta chain, nor the index by
+/// id); looked up by id only where the entry cannot be read.
+struct SizesAt<'a> {
+    pack: &'a crate::packs::StoredPack,
+    pos: &'a crate::bitmap::Positions,
+    rev: std::sync::Arc<crate::packs::RevIndex>,
+    data: Option<std::sync::Arc<gix_pack::data::File>>,
+    inflate: gix_zlib::Inflate,
+}
+
+impl<'a> SizesAt<'a> {
+    fn new(
+        pack: &'a crate::packs::StoredPack,
+        pos: &'a crate::bitmap::Positions,
+        hash: gix_hash::Kind,
+    ) -> Self {
+        SizesAt {
+            pack,
+            pos,
+            rev: pos.rev(),
+            data: pack.data(hash).ok(),
+            inflate: gix_zlib::Inflate::default(),
+        }
+    }
+
+    /// The size of the object at pack position `p`, `None` if it cannot be read.
+    fn of(&mut self, objects: &Objects, p: usize) -> Result<Option<u64>, Error> {
+        let at = self.rev.offset(self.pack, p);
+        let stated = (self.data.as_deref())
+            .and_then(|data| crate::packs::stated_size(data, at, &mut self.inflate));
+        Ok(match stated {
+            Some(size) => Some(size),
+            None => objects.header(&self.pos.oid(p))?.map(|(_, size)| size),
+        })
+    }
 }
 
 /// The objects `wants` name, sent whatever a filter says of their type or size: each want,
