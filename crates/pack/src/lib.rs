@@ -104,6 +104,12 @@ pub struct Options {
     /// Where objects compressed again are kept for later answers, and looked for first
     /// (none: every answer makes its own). Shared by the answers of a process.
     pub remade: Option<std::sync::Arc<Remade>>,
+    /// Bytes of stored entries and of objects to compress again that a batch of the writer
+    /// takes before it closes (16 MiB by default). An answer holds two batches: the one
+    /// written and the next, planned and compressed meanwhile; when those two are over twice
+    /// this, the next batch's compressing waits until it is the one written. Each batch
+    /// holds at least one object, however large.
+    pub lookahead_bytes: u64,
 }
 
 /// A question planning and writing ask at checkpoints: has the work become pointless?
@@ -140,6 +146,7 @@ impl Default for Options {
             max_delta_depth: 50,
             cancel: Cancel::default(),
             remade: None,
+            lookahead_bytes: 16 << 20,
         }
     }
 }
@@ -387,6 +394,7 @@ pub fn plan(
         threads: options.compression_threads.max(1),
         max_depth: options.max_delta_depth.min(write::MAX_DEPTH) as u64,
         remade: options.remade.clone(),
+        batch_bytes: options.lookahead_bytes.max(1),
     };
     if let Some(pack) = marked_pack_for(repo, &mut objects, &stored, fetch)? {
         return Ok(Plan::Pack(Box::new(PackPlan {

@@ -58,6 +58,9 @@ pub(crate) struct WriteOptions {
     pub(crate) max_depth: u64,
     /// Objects made again for earlier answers (see [`crate::Options::remade`]).
     pub(crate) remade: Option<std::sync::Arc<crate::Remade>>,
+    /// Bytes after which a batch takes no more objects (see
+    /// [`crate::Options::lookahead_bytes`]).
+    pub(crate) batch_bytes: u64,
 }
 
 /// The deepest chain [`WriteOptions::max_depth`] may allow: a written object's depth is kept
@@ -85,7 +88,7 @@ fn depth_of(written: &OidMap<u64>, oid: &ObjectId, in_pack: &Sent<'_>) -> u64 {
 }
 
 /// Objects planned, and compressed again where needed, ahead of writing: bounds the memory
-/// that compressed-ahead objects take, with [`BATCH_BYTES`].
+/// that compressed-ahead objects take, with [`WriteOptions::batch_bytes`].
 const BATCH: usize = 512;
 /// How far down an object's stored delta chain a base for a new delta is looked for.
 const CHAIN_LOOKUP: usize = 16;
@@ -216,13 +219,6 @@ impl Budgets {
     }
 }
 
-/// Bytes of stored entries and of objects to compress again after which a batch takes no
-/// more objects (so it holds at most this plus its last object, and at least one object
-/// however large): a repository of large incompressible files does not cost `BATCH` of
-/// them per request. Two batches are held at once: the one written, and the next, planned
-/// and compressed meanwhile.
-const BATCH_BYTES: u64 = 16 << 20;
-
 /// Entries sent as they are stored, larger than this, are not held in a batch but read
 /// when written: holding them saves a second lookup, worth it for small ones only.
 const HELD_ENTRY_BYTES: u64 = 64 << 10;
@@ -251,7 +247,8 @@ pub struct PackStats {
     /// Bytes of pack data written.
     pub bytes: u64,
     /// The most bytes of stored entries and objects to compress again planned ahead of
-    /// writing at once (under 32 MiB plus one object).
+    /// writing at once (at most twice [`crate::Options::lookahead_bytes`], plus the last
+    /// object of each of the two batches).
     pub lookahead_bytes: u64,
     /// Bytes of stored entries read out of packs while writing object by object (a large
     /// entry sent as stored is read once, when written).
@@ -909,7 +906,7 @@ impl<'a> PackWriter<'a> {
                         // The next batch's objects are made while this one is written, unless the
                         // two batches are already over their bound (a batch holds at least one
                         // object however large: two large ones made at once would double it).
-                        if held_ahead + bytes > 2 * BATCH_BYTES {
+                        if held_ahead + bytes > 2 * self.opts.batch_bytes {
                             deferred = Some(following);
                         } else {
                             in_flight = self.start_rebuild(
@@ -1456,7 +1453,7 @@ impl<'a> PackWriter<'a> {
             .take((start + BATCH).min(order.len()))
             .skip(start)
         {
-            if end > start && (bytes + passed >= BATCH_BYTES || sampled) {
+            if end > start && (bytes + passed >= self.opts.batch_bytes || sampled) {
                 break;
             }
             end = place + 1;

@@ -1855,3 +1855,44 @@ fn no_delta_is_lost_to_a_base_pulled_forward() {
     }
     assert_eq!(lost, [0, 0, 0]);
 }
+
+/// With a small lookahead, the writer defers the next batch's compressing whenever the two
+/// batches held are over their bound, and an object of that batch may then be written
+/// early, as the base of an object of the batch before, ahead of its try (`pulled_forward`).
+/// The answer is still whole and holds the same objects: every object once, every delta on
+/// a base in the pack, nothing lost.
+#[test]
+fn an_object_pulled_forward_before_its_batch_is_still_sent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.git");
+    repo::generate(&path, &RepoSpec::medium(41)).unwrap();
+    git(&path, &["repack", "-adfq"]);
+    let repo = Repository::open(&path).unwrap();
+    let mut fetch = clone_request(oids(&git(&path, &["rev-parse", "main"])));
+    fetch.deepen = Some(1);
+    let (_, stats, pack) = send(&repo, &fetch);
+    assert_eq!(stats.pulled_forward, 0, "{stats:?}");
+    let options = Options {
+        lookahead_bytes: 64 << 10,
+        ..Options::default()
+    };
+    let (_, small, small_pack) = send_with(&repo, &fetch, &options);
+    assert!(small.pulled_forward > 0, "{small:?}");
+    assert!(small.lookahead_bytes < stats.lookahead_bytes, "{small:?}");
+    assert_eq!(
+        (small.objects, small.lost_deltas),
+        (stats.objects, 0),
+        "{small:?}"
+    );
+    // Checked by `git index-pack --strict` as received: the same objects, and no base
+    // appended to complete it (a shallow clone's pack is not thin).
+    let (received, small_received) = (
+        received_over(&path, &pack),
+        received_over(&path, &small_pack),
+    );
+    let ids = |r: &std::collections::HashMap<String, (u64, Option<String>)>| {
+        r.keys().cloned().collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(small_received.len(), small.objects as usize);
+    assert_eq!(ids(&small_received), ids(&received));
+}
