@@ -906,7 +906,9 @@ impl<'a> PackWriter<'a> {
                         // The next batch's objects are made while this one is written, unless the
                         // two batches are already over their bound (a batch holds at least one
                         // object however large: two large ones made at once would double it).
-                        if held_ahead + bytes > 2 * self.opts.batch_bytes {
+                        if held_ahead.saturating_add(bytes)
+                            > self.opts.batch_bytes.saturating_mul(2)
+                        {
                             deferred = Some(following);
                         } else {
                             in_flight = self.start_rebuild(
