@@ -92,8 +92,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let stats = plan.write_to(&mut to)?;
                         if std::env::var_os("UPLOAD_PACK_PHASES").is_some() {
                             eprintln!(
-                                "planned in {planned:.1?}, written by {:.1?}: {stats:?}",
-                                started.elapsed()
+                                "planned in {planned:.1?}, written by {:.1?}: {stats:?}; {:?}",
+                                started.elapsed(),
+                                repo.warmth()
                             );
                         }
                     }

@@ -270,6 +270,18 @@ pub struct Warmth {
     names: bool,
 }
 
+impl Warmth {
+    /// The name hashes of the bitmap files (4 bytes an object), which answers that compress
+    /// objects again read to find them bases by path: shallow clones (a CI fleet's usual
+    /// fetch) and fetches without `thin-pack`.
+    pub fn name_hashes() -> Warmth {
+        Warmth {
+            made: crate::packs::Made::default(),
+            names: true,
+        }
+    }
+}
+
 impl std::ops::BitOr for Warmth {
     type Output = Warmth;
     fn bitor(self, other: Warmth) -> Warmth {
