@@ -591,10 +591,16 @@ impl Mirrors {
             .filter(|known| Arc::ptr_eq(&known.repo, &repo))
             .map(|known| known.inherited)
             .unwrap_or_default();
-        // Name hashes whatever the handles before it read: the first shallow clone after a
+        // A mirror requests opened gets its name hashes whatever the handles before it read
+        // (4 bytes an object, held while it is open): the first shallow clone after a
         // mirror's first maintenance read them (about 25 ms at 4 million objects), and
-        // shallow clones are most of what a CI fleet asks.
-        repo.warm(inherited | repo.warmth() | gitcache_pack::Warmth::name_hashes())?;
+        // shallow clones are most of what a CI fleet asks. One no request opened yet (made
+        // by a webhook, or before a restart) is warmed like its handles before only.
+        let names = match was_open {
+            true => gitcache_pack::Warmth::name_hashes(),
+            false => gitcache_pack::Warmth::default(),
+        };
+        repo.warm(inherited | repo.warmth() | names)?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "maintained mirror opened again and prepared"
@@ -949,9 +955,9 @@ mod tests {
         assert!(mirrors.open(&key).unwrap().is_none());
     }
 
-    /// A maintained mirror is prepared with its name hashes read, though no answer of the
-    /// handle before it read them: the first shallow clone after maintenance does not pay
-    /// for them.
+    /// A maintained mirror that requests opened is prepared with its name hashes read,
+    /// though no answer of the handle before it read them: the first shallow clone after
+    /// maintenance does not pay for them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn maintained_mirrors_are_prepared_with_their_name_hashes() {
         let Fetched {
@@ -962,7 +968,9 @@ mod tests {
             mirrors,
             ..
         } = fetched(1362).await;
-        // Opened by a request, before its bitmaps are written.
+        let mut maintained = registry.maintained();
+        // Opened by a request, before its bitmaps are written: the first opening's check
+        // takes up the maintenance a first pack asks for (its bitmaps, with name hashes).
         let opening = Arc::clone(&mirrors);
         let opened_key = key.clone();
         let before = tokio::task::spawn_blocking(move || opening.open(&opened_key))
@@ -971,20 +979,20 @@ mod tests {
             .unwrap()
             .expect("opened");
         assert_eq!(before.warmth(), gitcache_pack::Warmth::default());
-        // Maintenance writes the bitmaps (with their name hashes), then prepares the mirror.
-        let path = registry.path(&key);
-        let tips: Vec<gix_hash::ObjectId> =
-            gitcache_testkit::git::git_stdout(&path, &["for-each-ref", "--format=%(objectname)"])
-                .lines()
-                .map(|l| gix_hash::ObjectId::from_hex(l.as_bytes()).unwrap())
-                .collect();
-        // The pack folder's time moves on with the bitmaps.
-        std::thread::sleep(Duration::from_millis(20));
-        gitcache_pack::Repository::open(&path)
-            .unwrap()
-            .write_bitmaps(&tips)
-            .unwrap()
-            .expect("bitmaps written");
+        tokio::time::timeout(Duration::from_secs(120), async {
+            while maintained.recv().await.unwrap() != key {}
+        })
+        .await
+        .expect("maintained");
+        assert!(
+            registry
+                .path(&key)
+                .join("objects/pack")
+                .read_dir()
+                .unwrap()
+                .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "bitmap")),
+            "bitmaps written"
+        );
         let (preparing, prepared_key) = (Arc::clone(&mirrors), key.clone());
         tokio::task::spawn_blocking(move || preparing.prepare(&prepared_key))
             .await
