@@ -6,7 +6,8 @@
 //!   (the benches use `large`: 22,000 commits, about 50 MB of pack).
 //! - `bench-pack [repo] [--only TEXT|TEXT] [--dump DIR]`: time our pack generation against `git upload-pack` on
 //!   the same repository and requests (default: the `large` generated repository; `--only`
-//!   runs the requests whose name contains TEXT).
+//!   runs the requests whose name contains one of the TEXTs; `--dump` writes each request's
+//!   body into DIR first).
 //! - `bench-proxy [repo] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --response-cache |
 //!   --two-instances [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] |
 //!   --concurrency N]`: time gitcache (hits and misses) in front of C git's http-backend
@@ -118,14 +119,16 @@ fn gen_repo(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The number after `flag` in `args`, or `default` when the flag is absent.
-/// The value after `flag`, if given.
-/// Whether the case `name` is one `--only` names (any of its `|`-separated parts; all
-/// cases without `--only`).
+/// Whether the case `name` is one `--only` names (any of its non-empty `|`-separated parts;
+/// all cases without `--only`).
 pub(crate) fn selected(only: Option<&str>, name: &str) -> bool {
-    only.is_none_or(|o| o.split('|').any(|o| name.contains(o)))
+    only.is_none_or(|o| {
+        o.split('|')
+            .any(|part| !part.is_empty() && name.contains(part))
+    })
 }
 
+/// The value after `flag`, if given.
 fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
     args.iter()
         .position(|a| a == flag)

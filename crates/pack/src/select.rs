@@ -558,14 +558,15 @@ pub(crate) fn select_from_marked_pack(
             sent.set(p);
         }
     }
-    let mut sizes = SizesAt::new(pack, &pos, objects.hash());
+    let mut sizes =
+        (filter.blob_limit).map(|limit| (limit, SizesAt::new(pack, &pos, objects.hash())));
     for (p, kind) in kinds.into_iter().enumerate() {
         let mut keep = !filter.without.contains(&kind);
         if keep
             && kind == Kind::Blob
-            && let Some(limit) = filter.blob_limit
+            && let Some((limit, sizes)) = &mut sizes
         {
-            keep = sizes.of(objects, p)?.is_none_or(|size| size < limit);
+            keep = sizes.of(objects, p)?.is_none_or(|size| size < *limit);
         }
         if keep {
             sent.set(p);

@@ -1866,7 +1866,8 @@ fn an_object_pulled_forward_before_its_batch_is_still_sent_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.git");
     repo::generate(&path, &RepoSpec::medium(41)).unwrap();
-    git(&path, &["repack", "-adfq"]);
+    // One thread: the same deltas on every run.
+    git(&path, &["-c", "pack.threads=1", "repack", "-adfq"]);
     let repo = Repository::open(&path).unwrap();
     let mut fetch = clone_request(oids(&git(&path, &["rev-parse", "main"])));
     fetch.deepen = Some(1);
