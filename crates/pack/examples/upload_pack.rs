@@ -26,8 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::io::stdin().read_to_end(&mut body)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    // With UPLOAD_PACK_PHASES set, how long planning and writing took, and what was written,
-    // go to stderr.
+    // With UPLOAD_PACK_PHASES set, how long planning and writing took, what was written, and
+    // what the handle has read and made for its answers (its warmth) go to stderr.
     let mut started = std::time::Instant::now();
     let Some(request) = parse_request(&body, Limits::default())? else {
         return Ok(());

@@ -105,10 +105,10 @@ pub struct Options {
     /// (none: every answer makes its own). Shared by the answers of a process.
     pub remade: Option<std::sync::Arc<Remade>>,
     /// Bytes of stored entries and of objects to compress again that a batch of the writer
-    /// takes before it closes (16 MiB by default). An answer holds two batches: the one
-    /// written and the next, planned and compressed meanwhile; when those two are over twice
-    /// this, the next batch's compressing waits until it is the one written. Each batch
-    /// holds at least one object, however large.
+    /// takes before it closes (16 MiB by default; 0 counts as 1). An answer holds two
+    /// batches: the one written and the next, planned and compressed meanwhile; when those
+    /// two are over twice this, the next batch's compressing waits until it is the one
+    /// written. Each batch holds at least one object, however large, and at most 512.
     pub lookahead_bytes: u64,
 }
 
