@@ -874,6 +874,27 @@ mod tests {
         }
     }
 
+    /// `key`'s mirror opened as a request opens it, on a blocking thread.
+    async fn opened(
+        mirrors: &Arc<Mirrors>,
+        key: &RepoKey,
+    ) -> Option<Arc<gitcache_pack::Repository>> {
+        let (mirrors, key) = (Arc::clone(mirrors), key.clone());
+        tokio::task::spawn_blocking(move || mirrors.open(&key))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// `key`'s mirror prepared as after its maintenance, on a blocking thread.
+    async fn prepared(mirrors: &Arc<Mirrors>, key: &RepoKey) {
+        let (mirrors, key) = (Arc::clone(mirrors), key.clone());
+        tokio::task::spawn_blocking(move || mirrors.prepare(&key))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     /// A maintained mirror no request has opened yet is opened and prepared; one opened again
     /// carries over what the handles before it made for their answers; one removed is not
     /// kept, by a request or by preparing.
@@ -894,14 +915,9 @@ mod tests {
                 .map(|known| (Arc::clone(&known.repo), known.inherited))
         };
 
-        let prepare = || {
-            let (mirrors, key) = (Arc::clone(&mirrors), key.clone());
-            tokio::task::spawn_blocking(move || mirrors.prepare(&key))
-        };
-
         // Prepared with no request before: opened, and the reverse index read (written with
         // the pack's index: nothing had to be made of it).
-        prepare().await.unwrap().unwrap();
+        prepared(&mirrors, &key).await;
         let (first, inherited) = entry(&mirrors).expect("opened");
         assert_eq!(inherited, gitcache_pack::Warmth::default());
         assert_eq!(
@@ -932,13 +948,7 @@ mod tests {
         // The pack folder's time moves on with the new pack.
         std::thread::sleep(Duration::from_millis(20));
         registry.refresh(&key, &client, &[]).await.unwrap();
-        let reopening = Arc::clone(&mirrors);
-        let reopened_key = key.clone();
-        let second = tokio::task::spawn_blocking(move || reopening.open(&reopened_key))
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("opened again");
+        let second = opened(&mirrors, &key).await.expect("opened again");
         assert!(!Arc::ptr_eq(&first, &second));
         let (_, inherited) = entry(&mirrors).unwrap();
         assert_eq!(
@@ -950,7 +960,7 @@ mod tests {
         // Removed: neither a request nor preparing keeps it open.
         assert!(mirrors.remove(&key).await.unwrap());
         assert!(entry(&mirrors).is_none());
-        prepare().await.unwrap().unwrap();
+        prepared(&mirrors, &key).await;
         assert!(entry(&mirrors).is_none());
         assert!(mirrors.open(&key).unwrap().is_none());
     }
@@ -971,13 +981,7 @@ mod tests {
         let mut maintained = registry.maintained();
         // Opened by a request, before its bitmaps are written: the first opening's check
         // takes up the maintenance a first pack asks for (its bitmaps, with name hashes).
-        let opening = Arc::clone(&mirrors);
-        let opened_key = key.clone();
-        let before = tokio::task::spawn_blocking(move || opening.open(&opened_key))
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("opened");
+        let before = opened(&mirrors, &key).await.expect("opened");
         assert_eq!(before.warmth(), gitcache_pack::Warmth::default());
         tokio::time::timeout(Duration::from_secs(120), async {
             while maintained.recv().await.unwrap() != key {}
@@ -993,11 +997,7 @@ mod tests {
                 .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "bitmap")),
             "bitmaps written"
         );
-        let (preparing, prepared_key) = (Arc::clone(&mirrors), key.clone());
-        tokio::task::spawn_blocking(move || preparing.prepare(&prepared_key))
-            .await
-            .unwrap()
-            .unwrap();
+        prepared(&mirrors, &key).await;
         let after = Arc::clone(&mirrors.open.lock().unwrap().get(&key).expect("open").repo);
         assert!(!Arc::ptr_eq(&before, &after), "opened again");
         assert_eq!(
