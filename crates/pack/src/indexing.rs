@@ -89,8 +89,8 @@ impl Repository {
         let count = u32::try_from(entries.len()).map_err(|_| Error::Odb {
             message: "too many objects for one pack".into(),
         })?;
-        let data = gix_pack::data::File::at(pack, hash).map_err(Error::odb)?;
-        let end = (data.data_len() as u64)
+        let data = crate::mapped::ReadOnce::open(pack)?;
+        let end = (data.bytes().len() as u64)
             .checked_sub(hash.len_in_bytes() as u64)
             .ok_or_else(|| Error::odb("pack shorter than its checksum"))?;
         let interrupt = std::sync::atomic::AtomicBool::new(false);
@@ -143,9 +143,7 @@ impl Repository {
         };
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
         let traversed = tree.traverse(
-            |range: gix_pack::data::EntryRange, data: &gix_pack::data::File| {
-                data.entry_slice(range)
-            },
+            |range: gix_pack::data::EntryRange, data: &crate::mapped::ReadOnce| data.read(range),
             &data,
             end,
             processor,
