@@ -555,6 +555,56 @@ fn kinds_are_checked_in(format: &str, kind: Kind) {
             .all(|f| !f.ends_with(".idx"))
     );
 
+    // A commit, tree or tag referred to and not there, whatever refers to it: missing.
+    let refused_missing = |objects: &[&str], missing: &str| {
+        let err = ingest_pack_checked(&mirror, kind, &mut &pack(objects)[..], closed).unwrap_err();
+        assert!(err.is_upstream_fault(), "{err}");
+        let missing = gix_hash::ObjectId::from_hex(missing.as_bytes()).unwrap();
+        assert!(
+            matches!(
+                &err,
+                Error::Refused(gitcache_pack::Error::MissingObject { oid }) if *oid == missing
+            ),
+            "{err}"
+        );
+    };
+    let lost = "2".repeat(blob.len());
+    let holey = tree_of(&[("40000", "gone", &lost), ("100644", "top", &blob)]);
+    let orphan = commit_of(&root, &[&lost], 4);
+    let treeless = commit_of(&lost, &[], 5);
+    let tag = write(
+        "tag",
+        format!("object {lost}\ntype tree\ntag v1\ntagger A <a@example.com> 1 +0000\n\nv1\n")
+            .as_bytes(),
+    );
+    for objects in [
+        [blob.as_str(), &holey].as_slice(),
+        &[&blob, &root, &orphan],
+        &[&treeless],
+        &[&tag],
+    ] {
+        refused_missing(objects, &lost);
+    }
+    // The same tree found in the mirror instead, for a pack that need not stand alone: taken.
+    ingest_pack_checked(
+        &mirror,
+        kind,
+        &mut &pack(&[&blob, &root, &first])[..],
+        closed,
+    )
+    .unwrap();
+    let later = commit_of(&root, &[], 6);
+    refused_missing(&[&later], &root);
+    ingest_pack_checked(
+        &mirror,
+        kind,
+        &mut &pack(&[&later])[..],
+        Closure::Closed {
+            self_contained: false,
+        },
+    )
+    .unwrap();
+
     // Trees naming the same blob and tree under many names: each a reference of its own,
     // a few different ones. Taken.
     let mut objects = vec![blob.clone(), root.clone()];

@@ -129,6 +129,11 @@ impl Repository {
                 Some((id, kind)) if *id == oid => *kind,
                 // Only the pack's commits, trees and tags have their kind kept.
                 _ if among.contains(&oid) => Kind::Blob,
+                // Elsewhere, only in the packs the check may count on: the repository's
+                // object store holds more when the pack must stand alone.
+                _ if others.iter().all(|i| i.lookup(oid).is_none()) => {
+                    return Err(Error::MissingObject { oid });
+                }
                 _ => match objects.header(&oid)? {
                     Some((kind, _)) => kind,
                     None => return Err(Error::MissingObject { oid }),
@@ -204,13 +209,20 @@ impl Found {
         Ok(())
     }
 
-    /// `oid` is expected to be a `kind`.
-    fn expect(&mut self, oid: ObjectId, kind: Kind) -> Result<(), Error> {
+    /// `oid` is expected to be a `kind`: at most `most` different ones (those of the pack and
+    /// those found elsewhere).
+    fn expect(&mut self, oid: ObjectId, kind: Kind, most: usize) -> Result<(), Error> {
         self.expected.push(&oid, kind)?;
         if self.expected.len() > self.expected_room.max(LEAST_ROOM) {
             let compacted = self.compact_expected();
             self.expected_room = 2 * self.expected.len();
             compacted?;
+            if self.expected.len() > most {
+                return Err(Error::Corrupt {
+                    oid,
+                    reason: "more objects referred to than there are".into(),
+                });
+            }
         }
         Ok(())
     }
@@ -708,10 +720,15 @@ impl Checker {
             None if self.others.iter().any(|i| i.lookup(oid).is_some()) => {
                 self.outside.insert(oid);
             }
+            // A commit, tree or tag is looked up at the end as the kind expected of it
+            // (listed below): most references are to trees, each was listed twice.
+            None if kind != Kind::Blob => {}
             None => self.found.refer(oid, self.most)?,
         }
         if kind != Kind::Blob {
-            self.found.expect(oid, kind)?;
+            // Each different one is the pack's or found elsewhere (and remembered).
+            let most = self.most.saturating_add(self.outside.len());
+            self.found.expect(oid, kind, most)?;
         }
         Ok(())
     }
@@ -880,7 +897,7 @@ mod tests {
                     let kind = if i % 2 == 0 { Kind::Tree } else { Kind::Commit };
                     got = found
                         .refer(*id, most)
-                        .and_then(|()| found.expect(*id, kind));
+                        .and_then(|()| found.expect(*id, kind, most));
                     if got.is_err() {
                         break 'rounds;
                     }
@@ -898,10 +915,19 @@ mod tests {
                 assert_eq!(found.expected.len(), ids.len());
             }
         }
+        // Commits, trees and tags are expected of a kind only (not listed as referred to as
+        // well): no more different ones than there are objects either.
+        for (most, refused) in [(50_000, false), (40_000, true)] {
+            let mut found = Found::default();
+            let got = (ids.iter().cycle().take(2 * ids.len()))
+                .try_for_each(|id| found.expect(*id, Kind::Tree, most));
+            assert_eq!(got.is_err(), refused, "at most {most}");
+            assert!(found.expected.len() <= 2 * ids.len() + 1);
+        }
         // Expected as two kinds: refused when the list is compacted.
         let mut found = Found::default();
-        found.expect(ids[0], Kind::Tree).unwrap();
-        found.expect(ids[0], Kind::Commit).unwrap();
+        found.expect(ids[0], Kind::Tree, 10).unwrap();
+        found.expect(ids[0], Kind::Commit, 10).unwrap();
         let err = found.compact_expected().unwrap_err();
         let said = err.to_string();
         assert!(
