@@ -103,14 +103,18 @@ impl Repository {
         others: &[Arc<gix_pack::index::File>],
     ) -> Result<(), Error> {
         found.sort()?;
-        self.verify_sorted(found, members, others)
+        let kinds = std::mem::take(&mut found.kinds);
+        self.verify_sorted(found, members, kinds.iter(), others)
     }
 
-    /// [`verify_found`](Self::verify_found) of what [`Found::sort`] sorted already.
+    /// [`verify_found`](Self::verify_found) of what [`Found::sort`] sorted already, with the
+    /// kinds of the pack's commits, trees and tags (`kinds`, sorted by id) kept apart: an
+    /// indexing keeps them with the ids it learns.
     pub(crate) fn verify_sorted(
         &self,
         found: Found,
         members: Members<'_>,
+        kinds: impl Iterator<Item = (ObjectId, Kind)>,
         others: &[Arc<gix_pack::index::File>],
     ) -> Result<(), Error> {
         let mut among = members.again();
@@ -120,7 +124,7 @@ impl Repository {
         {
             return Err(Error::MissingObject { oid });
         }
-        let mut kinds = found.kinds.iter().peekable();
+        let mut kinds = kinds.peekable();
         let mut among = members;
         let objects = self.objects();
         for (oid, want) in found.expected.iter() {
@@ -177,7 +181,8 @@ pub(crate) fn twice(sorted: impl Iterator<Item = ObjectId>) -> Error {
 pub(crate) struct Found {
     /// Objects referred to, to be looked up once the pack's objects are all known.
     referred: Ids<()>,
-    /// The kind of each commit, tree and tag of the pack.
+    /// The kind of each commit, tree and tag of the pack, when its objects are known (an
+    /// indexing keeps them itself).
     kinds: Ids<Kind>,
     /// The kind each commit, tree and tag referred to is expected to be.
     expected: Ids<Kind>,
@@ -558,7 +563,11 @@ impl Checker {
                 self.refer(target, kind)?;
             }
         }
-        self.found.kinds.push(&oid, kind)?;
+        // With the pack's objects unknown (it is being indexed), the indexer keeps their
+        // kinds with their ids.
+        if self.members.is_some() {
+            self.found.kinds.push(&oid, kind)?;
+        }
         Ok(())
     }
 
