@@ -8,7 +8,8 @@
 //! - bitmaps: gitcache's written from nothing (a mirror's first consolidation) against git's
 //!   written for the same pack alone (`git multi-pack-index write --bitmap`), and git's whole
 //!   `repack -adb` that prepared the repository;
-//! - taking the pack in (a miss's indexing): gitcache's `ingest` against `git index-pack`;
+//! - taking the pack in (a miss's indexing): gitcache's `ingest` against `git index-pack`, alone
+//!   and with the check a clone asks of it;
 //! - the `bench-pack` table of requests, gitcache's `upload_pack` against `git upload-pack`
 //!   (with `--dump`, each request's body written into that folder first).
 
@@ -109,24 +110,30 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         let (took, rss) = timed(&mut write)?;
         let our_bitmaps = seconds_and_rss(took, rss);
 
-        // Taking the pack in: as a miss does, against git's indexing of it.
-        let scratch = tempfile::tempdir()?;
-        git(scratch.path(), &["init", "--quiet", "--bare", "theirs.git"])?;
-        let (took, rss) = timed_with(
-            Command::new("git")
-                .arg("-C")
-                .arg(scratch.path().join("theirs.git"))
-                .args(["index-pack", "--stdin"]),
-            Some(std::fs::File::open(&pack)?),
-        )?;
-        drop(scratch);
-        let git_index = seconds_and_rss(took, rss);
+        // Taking the pack in: as a miss does, against git's indexing of it, alone and with
+        // the check a clone asks of it.
+        let git_index_pack = |check: &[&str]| -> Result<String> {
+            let scratch = tempfile::tempdir()?;
+            git(scratch.path(), &["init", "--quiet", "--bare", "theirs.git"])?;
+            let (took, rss) = timed_with(
+                Command::new("git")
+                    .arg("-C")
+                    .arg(scratch.path().join("theirs.git"))
+                    .args(["index-pack", "--stdin"])
+                    .args(check),
+                Some(std::fs::File::open(&pack)?),
+            )?;
+            Ok(seconds_and_rss(took, rss))
+        };
+        let git_index = git_index_pack(&[])?;
+        let git_checked = git_index_pack(&["--check-self-contained-and-connected"])?;
         let (took, rss) = timed(Command::new(example("ingest")).arg(&pack))?;
         let our_index = seconds_and_rss(took, rss);
         println!(
             "\n| step | git | gitcache |\n| --- | --- | --- |\n\
              | bitmaps from nothing (git: `multi-pack-index write --bitmap`) | {git_bitmaps} | {our_bitmaps} |\n\
-             | taking the pack in (git: `index-pack --stdin`; gitcache's checks it closed too) | {git_index} | {our_index} |"
+             | taking the pack in (git: `index-pack --stdin`; gitcache's checks it closed too) | {git_index} | {our_index} |\n\
+             | the same, git checking it closed too (`--check-self-contained-and-connected`, as a clone does) | {git_checked} | {our_index} |"
         );
         println!(
             "\n`git repack -adb` that packed it: {}",
