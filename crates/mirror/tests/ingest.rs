@@ -535,7 +535,22 @@ fn kinds_are_checked_in(format: &str, kind: Kind) {
     .unwrap_err();
     assert!(err.is_upstream_fault(), "{err}");
     assert!(
-        err.to_string().contains(&root) && err.to_string().contains("commit"),
+        err.to_string().contains(&root) && err.to_string().contains("as a tree and as a commit"),
+        "{err}"
+    );
+    // A commit whose parent is a tree of the pack that nothing names as a tree: the kind the
+    // indexing found for it.
+    let other = tree_of(&[("100644", "other", &blob)]);
+    let odd = commit_of(&root, &[&other], 7);
+    let err = ingest_pack_checked(
+        &mirror,
+        kind,
+        &mut &pack(&[&blob, &root, &other, &odd])[..],
+        closed,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&other) && err.to_string().contains("a tree where a commit"),
         "{err}"
     );
     // A tree naming a blob as a tree.

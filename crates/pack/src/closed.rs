@@ -176,7 +176,8 @@ pub(crate) fn twice(sorted: impl Iterator<Item = ObjectId>) -> Error {
 /// ids: at 4 million objects, inserting each into a hash set was a sixth of indexing. Sorting
 /// needs no trust in the ids (a hash table keyed by ids the pack chose would need a seeded
 /// hasher). A copy's lists stay within twice its different references (at most the pack's
-/// objects, or it stops), the merged ones within the copies' different references.
+/// objects, and for the kinds expected, those it found in the repository's other packs too,
+/// or it stops), the merged ones within the copies' different references.
 #[derive(Default)]
 pub(crate) struct Found {
     /// Objects referred to, to be looked up once the pack's objects are all known.
@@ -942,6 +943,57 @@ mod tests {
         assert!(
             said.contains("as a tree") && said.contains("as a commit"),
             "{said}"
+        );
+    }
+
+    /// While a pack is indexed, the trees it refers to in the repository's other packs count
+    /// beside its own objects towards the most different kinds expected: a small thin pack
+    /// may refer to many of the mirror's trees. As many that are nowhere are refused.
+    #[test]
+    fn trees_found_in_other_packs_count_towards_the_most_expected() {
+        let n = LEAST_ROOM as u32 + 5_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pack-other.idx");
+        // Spread as real ids are (the set of those found elsewhere hashes by their first
+        // bytes): an odd multiplier maps different numbers to different ones.
+        let at = |i: u32| {
+            let mut id = ObjectId::null(gix_hash::Kind::Sha1);
+            let spread = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            id.as_mut_slice()[..8].copy_from_slice(&spread.to_be_bytes());
+            id
+        };
+        let mut objects: Vec<(ObjectId, crate::PackEntry)> = (0..n)
+            .map(|i| {
+                let entry = crate::PackEntry {
+                    offset: 12 + 10 * u64::from(i),
+                    crc32: i,
+                };
+                (at(i), entry)
+            })
+            .collect();
+        objects.sort_by_key(|(id, _)| *id);
+        let checksum = ObjectId::from_bytes_or_panic(&[5; 20]);
+        crate::indexing::write_index_of(&path, &objects, &checksum, gix_hash::Kind::Sha1).unwrap();
+        let other = Arc::new(gix_pack::index::File::at(&path, gix_hash::Kind::Sha1).unwrap());
+        let checker = |others: Vec<Arc<gix_pack::index::File>>| {
+            Checker::new(
+                gix_hash::Kind::Sha1,
+                None,
+                10,
+                Arc::new(others),
+                Arc::default(),
+            )
+        };
+        let mut thin = checker(vec![Arc::clone(&other)]);
+        for i in 0..n {
+            thin.refer(at(i), Kind::Tree).unwrap();
+        }
+        assert!(thin.found.expected.len() > 10 && thin.outside.len() == n as usize);
+        let mut alone = checker(Vec::new());
+        let refused = (0..n).try_for_each(|i| alone.refer(at(i), Kind::Tree));
+        assert!(
+            matches!(&refused, Err(Error::Corrupt { reason, .. }) if reason.contains("more objects")),
+            "{refused:?}"
         );
     }
 

@@ -445,6 +445,23 @@ mod tests {
         }
     }
 
+    /// A node keeps its entry's position whole beside any kind, the last position a pack may
+    /// have included, and a kind set again replaces the one before.
+    #[test]
+    fn a_node_keeps_its_entry_beside_its_kind() {
+        use gix_object::Kind;
+        let kinds = [Kind::Blob, Kind::Tree, Kind::Commit, Kind::Tag];
+        for entry in [0, 1, 0x1234_5678 >> 2, (1 << ENTRY_BITS) - 1] {
+            let mut node = Node::new(entry, [3u8; 20]);
+            assert_eq!((node.entry(), node.kind()), (entry as usize, Kind::Blob));
+            for kind in kinds.into_iter().chain(kinds.into_iter().rev()) {
+                node.set_kind(kind);
+                assert_eq!((node.entry(), node.kind()), (entry as usize, kind));
+            }
+            assert_eq!(node.oid, [3u8; 20]);
+        }
+    }
+
     /// Offsets past 31 bits are kept in the table of 64-bit offsets, as git reads them.
     #[test]
     fn large_offsets_go_to_their_own_table() {
