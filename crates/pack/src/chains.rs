@@ -20,6 +20,10 @@ const MAX_CHAIN: usize = 4096;
 /// Objects larger than this are left to the object database (and not kept here).
 const MAX_OBJECT: u64 = 64 << 20;
 
+/// Bytes read (as [`crate::mapped::LetGo`] counts them) between two lettings go of the
+/// pack's pages.
+const LET_GO_EVERY: u64 = 256 << 20;
+
 /// Reads objects of `pack` by pack position.
 pub(crate) struct ChainReader<'a> {
     pack: &'a StoredPack,
@@ -27,11 +31,13 @@ pub(crate) struct ChainReader<'a> {
     hash: gix_hash::Kind,
     /// Read at the first object asked for (a walk of a few new commits may need none).
     forest: Option<Option<&'a DeltaForest>>,
-    data: std::sync::Arc<gix_pack::data::File>,
+    data: std::sync::Arc<crate::packs::PackData>,
     cache: crate::objects::BoundedCache,
     inflate: gix_zlib::Inflate,
     delta: Vec<u8>,
     chain: Vec<gix_pack::data::Entry>,
+    /// What was read since the pack's pages were last let go of.
+    read: crate::mapped::LetGo,
 }
 
 impl<'a> ChainReader<'a> {
@@ -54,7 +60,15 @@ impl<'a> ChainReader<'a> {
             inflate: gix_zlib::Inflate::default(),
             delta: Vec::new(),
             chain: Vec::new(),
+            read: crate::mapped::LetGo::every(LET_GO_EVERY),
         })
+    }
+
+    /// Let go of the pack's pages every `bytes` read (as [`crate::mapped::LetGo`] counts).
+    #[cfg(test)]
+    fn letting_go_every(mut self, bytes: u64) -> Self {
+        self.read = crate::mapped::LetGo::every(bytes);
+        self
     }
 
     /// The object at pack position `p` into `out`, with its kind; `None` if it is not read
@@ -81,6 +95,14 @@ impl<'a> ChainReader<'a> {
             }
             let offset = self.rev.offset(self.pack, at);
             let entry = self.data.entry(offset).map_err(Error::odb)?;
+            // A walk reads most of the pack once: its pages are let go of as it goes (its
+            // size inflated counts for what is read of it: no more than that).
+            if self
+                .read
+                .read(usize::try_from(entry.decompressed_size).unwrap_or(usize::MAX))
+            {
+                self.pack.let_go();
+            }
             if let Some((kind, _)) = self.cache.get(0, entry.data_offset, out) {
                 break kind;
             }
@@ -140,7 +162,7 @@ impl<'a> ChainReader<'a> {
 /// each object made (under `slot` and its entry's data offset), with the largest object a
 /// delta may state, and the question asked between links (`None`: none is asked).
 pub(crate) struct Resolve<'a> {
-    pub(crate) data: &'a gix_pack::data::File,
+    pub(crate) data: &'a crate::packs::PackData,
     pub(crate) inflate: &'a mut gix_zlib::Inflate,
     pub(crate) cache: &'a mut crate::objects::BoundedCache,
     pub(crate) slot: u32,
@@ -199,10 +221,11 @@ mod tests {
     /// Every object of a pack with deep delta chains, read by position in an order that
     /// starts chains in the middle (every third position, from each of the first three), is
     /// the object the object database reads, with a cache small enough to drop bases on the
-    /// way: with bases named by offset, and by id.
+    /// way: with bases named by offset, and by id; with the pack's pages let go of every
+    /// read, and then left.
     #[test]
     fn objects_read_along_their_chains_are_the_stored_objects() {
-        for by_offset in [true, false] {
+        for (by_offset, let_go) in [(true, 1), (false, u64::MAX)] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("r.git");
             gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::small(7))
@@ -217,7 +240,9 @@ mod tests {
             let pack = &packs[0];
             let hash = repo.object_format();
             let rev = repo.rev_cache().get(pack, hash);
-            let mut reader = ChainReader::new(pack, &rev, hash, 64 << 10).unwrap();
+            let mut reader = ChainReader::new(pack, &rev, hash, 64 << 10)
+                .unwrap()
+                .letting_go_every(let_go);
             let mut objects = repo.objects();
             let mut out = Vec::new();
             let (mut read, mut deltas) = (0, 0);
@@ -234,5 +259,29 @@ mod tests {
             assert_eq!(read, rev.len(), "each position once");
             assert!(deltas > read / 4, "{deltas} of {read} are deltas");
         }
+    }
+
+    /// Letting go of a pack's pages leaves none of them resident, and what is read after
+    /// is what was read before.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_pack_whose_pages_were_let_go_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.git");
+        gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::small(3))
+            .unwrap();
+        gitcache_testkit::git::git_stdout(&path, &["repack", "-adq"]);
+        let repo = Repository::open(&path).unwrap();
+        let packs = repo.stored_packs().unwrap();
+        let pack = &packs[0];
+        let data = pack.data(repo.object_format()).unwrap();
+        let len = data.data_len() as u64;
+        let before = data.entry_slice(0..len).unwrap().to_vec();
+        let at = data.entry_slice(0..1).unwrap().as_ptr();
+        assert!(crate::mapped::resident(at) > 0);
+        pack.let_go();
+        assert_eq!(crate::mapped::resident(at), 0);
+        assert!(data.entry_slice(0..len).unwrap() == before.as_slice());
+        assert!(crate::mapped::resident(at) > 0);
     }
 }

@@ -14,8 +14,9 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A file mapped read-only.
-pub(crate) struct Mapped(memmap2::Mmap);
+/// A file mapped read-only; its clones share the one map.
+#[derive(Clone)]
+pub(crate) struct Mapped(std::sync::Arc<memmap2::Mmap>);
 
 impl std::fmt::Debug for Mapped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,7 +34,25 @@ impl Mapped {
         // never modifies or truncates afterwards (see the module documentation), so the
         // mapped bytes do not change while the map lives.
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        Ok(Mapped(map))
+        Ok(Mapped(std::sync::Arc::new(map)))
+    }
+
+    /// Drop every page of the map from the process (not from the page cache): a long reading
+    /// of the file does not keep all of it resident. Elsewhere than on Unix, nothing.
+    pub(crate) fn release(&self) -> std::io::Result<()> {
+        // SAFETY: `MADV_DONTNEED` on a shared file mapping only unmaps its pages; the next
+        // access maps them again from the page cache (or the file), with the same bytes: the
+        // file never changes while mapped (see the module documentation), and the map is
+        // read-only, so no write of ours is lost. Slices borrowed from it meanwhile (other
+        // threads reading entries) read the same bytes before and after. memmap2 marks the
+        // advice unsafe for every map: an anonymous one reads back zeroes, and a private one
+        // loses what was written to it.
+        #[cfg(unix)]
+        unsafe {
+            self.0.unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        }
+        #[cfg(not(unix))]
+        Ok(())
     }
 }
 
@@ -45,17 +64,55 @@ impl std::ops::Deref for Mapped {
     }
 }
 
-/// A file read through once, in an order of its reader's own, whose pages are let go of every
-/// [`ReadOnce::RELEASE_EVERY`] bytes read: a pack being indexed, which gitoxide's delta
-/// traversal reads as one borrowed slice. Without this, every page of the pack stayed mapped
-/// into the process until the end, and counted in its resident memory: 1.3 GB of the 2 GB an
-/// indexing of 4 million objects took, where git's `index-pack` reads through a buffer.
+/// Counts what a long reading of a map touches, and says when to let go of its pages
+/// ([`Mapped::release`]): every [`LetGo::EVERY`] bytes, each read counted with 64 KiB more
+/// (reading a few bytes maps the pages around them too: Linux maps up to 64 KiB of what the
+/// page cache holds at each fault). Counted by their bytes alone, the entries of a pack of
+/// mostly small deltas kept 60 MB mapped between releases; with a page more, `large` peaked
+/// at 31 MiB, with 64 KiB at 27 MiB.
+#[derive(Debug)]
+pub(crate) struct LetGo {
+    read: AtomicU64,
+    every: u64,
+}
+
+impl LetGo {
+    /// Bytes read between two lettings go of the pages when each byte is read once (a pack
+    /// indexed). At 16 MiB, taking in a 50 MB pack of large files peaked at 51 MiB, at 4 MiB
+    /// 42 MiB; the 64,000 releases taking in a pack of 4 million objects took no time that
+    /// could be measured.
+    pub(crate) const EVERY: u64 = 4 << 20;
+
+    /// What a read maps around its bytes.
+    const AROUND: u64 = 64 << 10;
+
+    /// Letting go every `every` bytes counted (at least one).
+    pub(crate) fn every(every: u64) -> LetGo {
+        LetGo {
+            read: AtomicU64::new(0),
+            every: every.max(1),
+        }
+    }
+
+    /// Count a read of `len` bytes: whether the pages should go now.
+    pub(crate) fn read(&self, len: usize) -> bool {
+        let len = (len as u64).saturating_add(Self::AROUND);
+        let before = self.read.fetch_add(len, Ordering::Relaxed);
+        before / self.every != before.wrapping_add(len) / self.every
+    }
+}
+
+/// A file read through once, in an order of its reader's own, whose pages are let go of as
+/// [`LetGo`] says: a pack being indexed, which gitoxide's delta traversal reads as one
+/// borrowed slice. Without this, every page of the pack stayed mapped into the process until
+/// the end, and counted in its resident memory: 1.3 GB of the 2 GB an indexing of 4 million
+/// objects took, where git's `index-pack` reads through a buffer.
 ///
 /// The pages go back to the page cache, not away: the file is read again from there (a minor
 /// fault) if a page is wanted again, and the pack's first readers find it there.
 pub(crate) struct ReadOnce {
     map: Mapped,
-    read: AtomicU64,
+    read: LetGo,
 }
 
 impl std::fmt::Debug for ReadOnce {
@@ -68,16 +125,11 @@ impl std::fmt::Debug for ReadOnce {
 }
 
 impl ReadOnce {
-    /// Bytes read between two lettings go of the pages. At 16 MiB, taking in a 50 MB pack of
-    /// large files peaked at 51 MiB, at 4 MiB 42 MiB; the 64,000 releases taking in a pack of
-    /// 4 million objects took no time that could be measured.
-    pub(crate) const RELEASE_EVERY: u64 = 4 << 20;
-
     /// Map the file at `path`.
     pub(crate) fn open(path: &Path) -> std::io::Result<ReadOnce> {
         Ok(ReadOnce {
             map: Mapped::open(path)?,
-            read: AtomicU64::new(0),
+            read: LetGo::every(LetGo::EVERY),
         })
     }
 
@@ -86,78 +138,51 @@ impl ReadOnce {
         &self.map
     }
 
-    /// The bytes in `range`, `None` past the end; counts them as read, with 64 KiB more
-    /// (reading a few bytes maps the pages around them too: Linux maps up to 64 KiB of what
-    /// the page cache holds at each fault), and lets go of the file's pages when that
-    /// passes another [`RELEASE_EVERY`](Self::RELEASE_EVERY) bytes. Counted by their bytes
-    /// alone, the entries of a pack of mostly small deltas kept 60 MB mapped between
-    /// releases; with a page more, `large` peaked at 31 MiB, with 64 KiB at 27 MiB.
+    /// The bytes in `range`, `None` past the end, counted as read: the file's pages are let
+    /// go of when [`LetGo`] says so.
     pub(crate) fn read(&self, range: std::ops::Range<u64>) -> Option<&[u8]> {
-        const AROUND: u64 = 64 << 10;
         let bytes = self
             .map
             .get(usize::try_from(range.start).ok()?..usize::try_from(range.end).ok()?)?;
-        let len = bytes.len() as u64 + AROUND;
-        let before = self.read.fetch_add(len, Ordering::Relaxed);
-        if before / Self::RELEASE_EVERY != (before + len) / Self::RELEASE_EVERY {
+        if self.read.read(bytes.len()) {
             // Failing to let go only costs memory.
-            let _ = self.release();
+            let _ = self.map.release();
         }
         Some(bytes)
     }
+}
 
-    /// Drop every page of the map from the process (not from the page cache). Elsewhere
-    /// than on Unix, nothing.
-    fn release(&self) -> std::io::Result<()> {
-        // SAFETY: `MADV_DONTNEED` on a shared file mapping only unmaps its pages; the next
-        // access maps them again from the page cache (or the file), with the same bytes: the
-        // file never changes while mapped (see the module documentation), and the map is
-        // read-only, so no write of ours is lost. Slices borrowed from it meanwhile (other
-        // threads decompressing entries) read the same bytes before and after. memmap2 marks
-        // the advice unsafe for every map: an anonymous one reads back zeroes, and a private
-        // one loses what was written to it.
-        #[cfg(unix)]
-        unsafe {
-            self.map
-                .0
-                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+/// Resident bytes of the mapping holding `at`, from `/proc/self/smaps`.
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn resident(at: *const u8) -> usize {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let at = at as usize;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let range = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'));
+        if let Some((Ok(start), Ok(end))) =
+            range.map(|(s, e)| (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16)))
+        {
+            inside = (start..end).contains(&at);
+        } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+            return kb
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<usize>()
+                .unwrap()
+                << 10;
         }
-        #[cfg(not(unix))]
-        Ok(())
     }
+    panic!("no mapping holds {at:#x}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Resident bytes of the mapping holding `at`, from `/proc/self/smaps`.
-    #[cfg(target_os = "linux")]
-    fn resident(at: *const u8) -> usize {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let at = at as usize;
-        let mut inside = false;
-        for line in smaps.lines() {
-            let range = line
-                .split_whitespace()
-                .next()
-                .and_then(|r| r.split_once('-'));
-            if let Some((Ok(start), Ok(end))) =
-                range.map(|(s, e)| (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16)))
-            {
-                inside = (start..end).contains(&at);
-            } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
-                return kb
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<usize>()
-                    .unwrap()
-                    << 10;
-            }
-        }
-        panic!("no mapping holds {at:#x}");
-    }
 
     /// A file read through whole keeps about one stretch between releases resident, not the
     /// whole file, and what is read again (a slice held across releases too) is the file's.
@@ -166,7 +191,7 @@ mod tests {
     fn pages_read_are_let_go_and_read_the_same_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pack");
-        let every = usize::try_from(ReadOnce::RELEASE_EVERY).unwrap();
+        let every = usize::try_from(LetGo::EVERY).unwrap();
         let len = 4 * every + 12_345;
         let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
         std::fs::write(&path, &bytes).unwrap();

@@ -80,7 +80,7 @@ impl Packs {
     }
 
     /// The mapping of listed pack `k`, if it could be made.
-    fn data(&self, k: usize, hash: HashKind) -> Option<&std::sync::Arc<gix_pack::data::File>> {
+    fn data(&self, k: usize, hash: HashKind) -> Option<&std::sync::Arc<crate::packs::PackData>> {
         self.data[k]
             .get_or_init(|| self.listed[k].data(hash).ok())
             .as_ref()
@@ -90,7 +90,7 @@ impl Packs {
 /// The entry of `id` in `pack` (mapped as `data`), if the pack holds it.
 fn entry_in(
     pack: &crate::packs::StoredPack,
-    data: &gix_pack::data::File,
+    data: &crate::packs::PackData,
     id: &gix_hash::oid,
 ) -> gix_error::Result<Option<gix_pack::data::Entry>> {
     crate::packs::lookup(&pack.index, id)
@@ -157,7 +157,7 @@ const MAX_CHAINED_OBJECT: u64 = 64 << 20;
 
 /// The data of `entry` (a whole object's, or a delta's instructions), inflated into `out`.
 pub(crate) fn inflate_entry(
-    data: &gix_pack::data::File,
+    data: &crate::packs::PackData,
     entry: &gix_pack::data::Entry,
     inflate: &mut gix_zlib::Inflate,
     out: &mut Vec<u8>,
@@ -188,7 +188,7 @@ struct Packs {
     listed: std::sync::Arc<[crate::packs::StoredPack]>,
     /// Each listed pack's mapping, taken when first read from (`None`: it could not be,
     /// the file removed since it was listed; its objects are left to the object database).
-    data: Vec<std::cell::OnceCell<Option<std::sync::Arc<gix_pack::data::File>>>>,
+    data: Vec<std::cell::OnceCell<Option<std::sync::Arc<crate::packs::PackData>>>>,
     inflate: std::cell::RefCell<gix_zlib::Inflate>,
     /// The listed pack the last object was found in, looked in first.
     last: std::cell::Cell<usize>,
@@ -369,7 +369,7 @@ impl Objects {
     fn read_along_chain(
         &mut self,
         k: usize,
-        data: &gix_pack::data::File,
+        data: &crate::packs::PackData,
         entry: gix_pack::data::Entry,
     ) -> Result<Option<Kind>, Error> {
         let mut out = std::mem::take(&mut self.buf);
@@ -389,7 +389,7 @@ impl Objects {
     fn chain_into(
         &mut self,
         k: usize,
-        data: &gix_pack::data::File,
+        data: &crate::packs::PackData,
         entry: gix_pack::data::Entry,
         out: &mut Vec<u8>,
     ) -> Result<Option<Kind>, Error> {

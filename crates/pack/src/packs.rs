@@ -30,11 +30,15 @@ pub(crate) struct StoredPack {
     pub(crate) graph: Option<std::sync::Arc<crate::graph::Graph>>,
 }
 
+/// A pack file as gitoxide reads it, through gitcache's own map of it (whose pages a long
+/// walk may let go of: [`StoredPack::let_go`]).
+pub(crate) type PackData = gix_pack::data::File<crate::mapped::Mapped>;
+
 /// A pack file's mapping, made when first needed and kept by the repository handle: mapping
 /// it for each answer that copies from it, and unmapping it after, were a tenth of such an
 /// answer (page faults on every page touched again, and the unmapping).
 pub(crate) type MappedData =
-    std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<gix_pack::data::File>>>>;
+    std::sync::Arc<std::sync::Mutex<Option<(std::sync::Arc<PackData>, crate::mapped::Mapped)>>>;
 
 impl std::fmt::Debug for StoredPack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,24 +85,35 @@ impl StoredPack {
 
     /// The pack file, mapped once for every user of this repository handle (an error, as
     /// when no file handle is free, is not kept: it is tried again next time).
-    pub(crate) fn data(
-        &self,
-        hash: HashKind,
-    ) -> Result<std::sync::Arc<gix_pack::data::File>, Error> {
+    pub(crate) fn data(&self, hash: HashKind) -> Result<std::sync::Arc<PackData>, Error> {
         let mut kept = self.data.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(data) = kept.as_ref() {
+        if let Some((data, _)) = kept.as_ref() {
             return Ok(std::sync::Arc::clone(data));
         }
-        let data =
-            std::sync::Arc::new(gix_pack::data::File::at(&self.pack, hash).map_err(Error::odb)?);
-        *kept = Some(std::sync::Arc::clone(&data));
+        let map = crate::mapped::Mapped::open(&self.pack)?;
+        let data = std::sync::Arc::new(
+            PackData::from_data(map.clone(), self.pack.clone(), hash).map_err(Error::odb)?,
+        );
+        *kept = Some((std::sync::Arc::clone(&data), map));
         Ok(data)
+    }
+
+    /// Let go of the pages of the pack file read so far, if it is mapped: a walk reading much
+    /// of a large pack (writing its bitmaps) keeps only what it reads between two calls
+    /// resident, not the whole file. Readers sharing the map read the pages again from the
+    /// page cache.
+    pub(crate) fn let_go(&self) {
+        let kept = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, map)) = kept.as_ref() {
+            // Failing to let go only costs memory.
+            let _ = map.release();
+        }
     }
 }
 
 /// Whether the entry of `data` at offset `at` is a whole object: its type, in its first byte,
 /// is not a delta's (6 or 7). `false` if it cannot be read.
-pub(crate) fn stored_whole_at(data: &gix_pack::data::File, at: u64) -> bool {
+pub(crate) fn stored_whole_at(data: &PackData, at: u64) -> bool {
     data.entry_slice(at..at.saturating_add(1))
         .and_then(|b| b.first().copied())
         .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7))
@@ -109,7 +124,7 @@ pub(crate) fn stored_whole_at(data: &gix_pack::data::File, at: u64) -> bool {
 /// makes), as git reads sizes for `blob:limit`. One entry is read, not its delta chain. `None`
 /// if the entry cannot be read.
 pub(crate) fn stated_size(
-    data: &gix_pack::data::File,
+    data: &PackData,
     at: u64,
     inflate: &mut gix_zlib::Inflate,
 ) -> Option<u64> {

@@ -591,7 +591,7 @@ struct SizesAt<'a> {
     pack: &'a crate::packs::StoredPack,
     pos: &'a crate::bitmap::Positions,
     rev: std::sync::Arc<crate::packs::RevIndex>,
-    data: Option<std::sync::Arc<gix_pack::data::File>>,
+    data: Option<std::sync::Arc<crate::packs::PackData>>,
     inflate: gix_zlib::Inflate,
 }
 

@@ -335,7 +335,7 @@ impl Sent<'_> {
 
 /// The kind (1 tree, 2 blob) of the entry of `data` at `offset`, if it is a tree or blob
 /// stored whole of a size a delta is made for: one to pair.
-fn whole_to_pair(data: &gix_pack::data::File, offset: u64) -> Option<u8> {
+fn whole_to_pair(data: &crate::packs::PackData, offset: u64) -> Option<u8> {
     let entry = data.entry(offset).ok()?;
     let kind = match entry.header {
         Header::Tree => 1,
@@ -676,7 +676,7 @@ pub(crate) struct PackWriter<'a> {
     /// Which of `packs` each odb pack id is.
     pack_of_id: HashMap<u32, Option<usize>>,
     /// Each of `packs`' file, mapped, once asked for.
-    data: Vec<Option<std::sync::Arc<gix_pack::data::File>>>,
+    data: Vec<Option<std::sync::Arc<crate::packs::PackData>>>,
     /// Each of `packs`' reverse index, once asked for (the cache is behind a lock).
     revs: Vec<Option<std::sync::Arc<crate::packs::RevIndex>>>,
     buf: Vec<u8>,
