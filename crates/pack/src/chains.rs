@@ -21,8 +21,8 @@ const MAX_CHAIN: usize = 4096;
 const MAX_OBJECT: u64 = 64 << 20;
 
 /// Bytes read (as [`crate::mapped::LetGo`] counts them) between two lettings go of the
-/// pack's pages.
-const LET_GO_EVERY: u64 = 256 << 20;
+/// pack's pages while writing bitmaps.
+pub(crate) const LET_GO_EVERY: u64 = 256 << 20;
 
 /// Reads objects of `pack` by pack position.
 pub(crate) struct ChainReader<'a> {
@@ -38,6 +38,9 @@ pub(crate) struct ChainReader<'a> {
     chain: Vec<gix_pack::data::Entry>,
     /// What was read since the pack's pages were last let go of.
     read: crate::mapped::LetGo,
+    /// How many times they were.
+    #[cfg(test)]
+    lets_go: usize,
 }
 
 impl<'a> ChainReader<'a> {
@@ -61,6 +64,8 @@ impl<'a> ChainReader<'a> {
             delta: Vec::new(),
             chain: Vec::new(),
             read: crate::mapped::LetGo::every(LET_GO_EVERY),
+            #[cfg(test)]
+            lets_go: 0,
         })
     }
 
@@ -95,16 +100,22 @@ impl<'a> ChainReader<'a> {
             }
             let offset = self.rev.offset(self.pack, at);
             let entry = self.data.entry(offset).map_err(Error::odb)?;
-            // A walk reads most of the pack once: its pages are let go of as it goes (its
-            // size inflated counts for what is read of it: no more than that).
-            if self
-                .read
-                .read(usize::try_from(entry.decompressed_size).unwrap_or(usize::MAX))
-            {
-                self.pack.let_go();
-            }
             if let Some((kind, _)) = self.cache.get(0, entry.data_offset, out) {
                 break kind;
+            }
+            // A walk reads most of the pack once: its pages are let go of as it goes, counted
+            // by the entry's bytes in the pack (to the next entry's start).
+            let span = if at + 1 < self.rev.len() {
+                self.rev.offset(self.pack, at + 1).saturating_sub(offset)
+            } else {
+                entry.decompressed_size
+            };
+            if self.read.read(usize::try_from(span).unwrap_or(usize::MAX)) {
+                self.pack.let_go();
+                #[cfg(test)]
+                {
+                    self.lets_go += 1;
+                }
             }
             if entry.decompressed_size > MAX_OBJECT {
                 return Ok(None);
@@ -258,6 +269,8 @@ mod tests {
             }
             assert_eq!(read, rev.len(), "each position once");
             assert!(deltas > read / 4, "{deltas} of {read} are deltas");
+            // Let go of at each entry not found decoded, or never.
+            assert_eq!(reader.lets_go > read / 2, let_go == 1, "{}", reader.lets_go);
         }
     }
 

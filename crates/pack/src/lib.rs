@@ -765,6 +765,10 @@ impl Repository {
     /// objects its bitmaps cover would then lack) is not used at all. The bitmaps written
     /// are those written without them; an object at several paths may be named (its name
     /// hash) by another of its paths.
+    ///
+    /// The walk reads most of the pack, and lets go of the pages it read every 256 MiB or so,
+    /// so that the pack does not stay resident whole: other readers of this handle map them
+    /// again from the page cache (a mirror writes its bitmaps on a handle of its own).
     pub fn write_bitmaps_reusing(
         &self,
         tips: &[ObjectId],
@@ -787,6 +791,9 @@ impl Repository {
         } else {
             self.objects()
         };
+        // The walk reads most of the pack: through the chain reader, or through the object
+        // handle when the pack has no delta forest. Either lets go of its pages as it goes.
+        objects.letting_go_every(chains::LET_GO_EVERY);
         // Bitmaps are kept for good: commits come from this pack's graph only, its checksum
         // checked (the file is read whole by the walk anyway), or from the objects.
         let graph = graph::Graph::open(&pack.pack.with_extension("graph"), self.object_format());

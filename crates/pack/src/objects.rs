@@ -55,6 +55,9 @@ pub(crate) struct Objects {
     /// Checked every [`CHECK_EVERY`] reads: the one checkpoint every walk passes through.
     cancel: crate::Cancel,
     reads: u32,
+    /// Set for a walk reading much of a pack: what it read since the pack's pages were let go
+    /// of ([`StoredPack::let_go`](crate::packs::StoredPack::let_go)).
+    let_go: Option<crate::mapped::LetGo>,
 }
 
 impl Packs {
@@ -231,7 +234,14 @@ impl Objects {
             graphs: std::sync::Arc::new([]),
             cancel: crate::Cancel::default(),
             reads: 0,
+            let_go: None,
         }
+    }
+
+    /// Let go of a pack's pages every `bytes` read from it (as [`crate::mapped::LetGo`]
+    /// counts): for a walk that reads much of a large pack.
+    pub(crate) fn letting_go_every(&mut self, bytes: u64) {
+        self.let_go = Some(crate::mapped::LetGo::every(bytes));
     }
 
     /// Read commits from `graphs` where they hold them.
@@ -308,6 +318,11 @@ impl Objects {
             && let Ok(entry) = data.entry(offset)
         {
             let data = std::sync::Arc::clone(data);
+            if let Some(let_go) = &self.let_go
+                && let_go.read(usize::try_from(entry.decompressed_size).unwrap_or(usize::MAX))
+            {
+                self.packs.listed[k].let_go();
+            }
             // A chain that cannot be read this way (or fails to) is left to gitoxide, then to
             // the object database, which may hold a sound copy elsewhere.
             if entry.header.is_delta()
@@ -817,7 +832,8 @@ mod tests {
 
     /// Every object of packs with chains of up to 50 deltas (on bases named by offset, and by
     /// id), read in orders that meet chains from either end and in the middle, with a cache
-    /// small enough to drop bases on the way, hashes to its id.
+    /// small enough to drop bases on the way, hashes to its id (with bases named by id, the
+    /// pack's pages let go of at every read).
     #[test]
     fn deltas_read_along_their_chains_are_the_stored_objects() {
         for by_offset in [true, false] {
@@ -843,6 +859,10 @@ mod tests {
                 .map(|line| ObjectId::from_hex(&line.as_bytes()[..40]).unwrap())
                 .collect();
             let mut objects = repo.objects_caching(16 << 10);
+            if !by_offset {
+                // The pack's pages let go of at every read.
+                objects.letting_go_every(1);
+            }
             let n = ids.len();
             let orders: [Vec<usize>; 3] = [
                 (0..n).collect(),

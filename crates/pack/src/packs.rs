@@ -103,8 +103,11 @@ impl StoredPack {
     /// resident, not the whole file. Readers sharing the map read the pages again from the
     /// page cache.
     pub(crate) fn let_go(&self) {
-        let kept = self.data.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, map)) = kept.as_ref() {
+        // Released outside the lock: other readers of the handle may map it meanwhile.
+        let map = (self.data.lock().unwrap_or_else(|p| p.into_inner()))
+            .as_ref()
+            .map(|(_, map)| map.clone());
+        if let Some(map) = map {
             // Failing to let go only costs memory.
             let _ = map.release();
         }
