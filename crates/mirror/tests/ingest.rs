@@ -526,44 +526,31 @@ fn kinds_are_checked_in(format: &str, kind: Kind) {
     // A commit whose parent is a tree.
     let confused = commit_of(&root, &[&root], 2);
     let mirror = empty_mirror(dir.path(), format);
-    let err = ingest_pack_checked(
-        &mirror,
-        kind,
-        &mut &pack(&[&blob, &root, &first, &confused])[..],
-        closed,
-    )
-    .unwrap_err();
-    assert!(err.is_upstream_fault(), "{err}");
-    assert!(
-        err.to_string().contains(&root) && err.to_string().contains("as a tree and as a commit"),
-        "{err}"
+    // Refused by the upstream's fault, saying `what` of `object`.
+    let refused_as = |objects: &[&str], object: &str, what: &str| {
+        let err = ingest_pack_checked(&mirror, kind, &mut &pack(objects)[..], closed).unwrap_err();
+        assert!(err.is_upstream_fault(), "{err}");
+        let said = err.to_string();
+        assert!(said.contains(object) && said.contains(what), "{said}");
+    };
+    refused_as(
+        &[&blob, &root, &first, &confused],
+        &root,
+        "as a tree and as a commit",
     );
     // A commit whose parent is a tree of the pack that nothing names as a tree: the kind the
     // indexing found for it.
     let other = tree_of(&[("100644", "other", &blob)]);
     let odd = commit_of(&root, &[&other], 7);
-    let err = ingest_pack_checked(
-        &mirror,
-        kind,
-        &mut &pack(&[&blob, &root, &other, &odd])[..],
-        closed,
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string().contains(&other) && err.to_string().contains("a tree where a commit"),
-        "{err}"
+    refused_as(
+        &[&blob, &root, &other, &odd],
+        &other,
+        "a tree where a commit",
     );
     // A tree naming a blob as a tree.
     let wrong = tree_of(&[("40000", "dir", &blob)]);
     let over = commit_of(&wrong, &[], 3);
-    let err = ingest_pack_checked(
-        &mirror,
-        kind,
-        &mut &pack(&[&blob, &wrong, &over])[..],
-        closed,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("a blob where a tree"), "{err}");
+    refused_as(&[&blob, &wrong, &over], &blob, "a blob where a tree");
     assert!(
         pack_dir_listing(&mirror)
             .iter()

@@ -86,7 +86,7 @@ pub fn plan_and_write(repo: &Repository, fetch: &Fetch) -> Result<Option<Vec<u8>
 
 /// Plan and write `fetch` with `options`; returns the pack bytes, if a pack was sent. A
 /// written pack is read back entry by entry (each offset delta's base an entry before it) and
-/// its checksum verified, then every object resolved (see [`resolve_all`]); anything else is a
+/// its checksum verified, then every object resolved as a delta chain allows; anything else is a
 /// bug and panics.
 pub fn plan_and_write_with(
     repo: &Repository,

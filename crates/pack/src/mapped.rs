@@ -1,13 +1,16 @@
-//! Read-only maps of the files beside a pack: git's reverse indexes are read in place, so a
-//! request touches only the pages it needs instead of copying whole files. A received pack is
-//! read through a map while it is indexed, its pages let go as the reading goes on
+//! Read-only maps of packs and of the files beside them: git's reverse indexes are read in
+//! place, so a request touches only the pages it needs instead of copying whole files, and
+//! gitoxide reads packs through these maps ([`crate::packs::PackData`]), so that a walk
+//! reading much of a pack can let go of its pages as it goes ([`LetGo`]). A received pack is
+//! read through a map while it is indexed, its pages let go of as the reading goes on
 //! ([`ReadOnce`]).
 //!
 //! The crate's one reviewed exception to `forbid(unsafe_code)`: mapping a file is unsafe in
-//! Rust because another process could change it while it is mapped. These files never change
-//! in place: git and gitcache write them whole under a temporary name and rename them into
-//! place, and remove them by unlinking (the mapped inode lives on). gix maps packs and their
-//! indexes on the same grounds.
+//! Rust because another process could change it while it is mapped, and so is letting go of
+//! a map's pages, which reads them again from the file. These files never change in place:
+//! git and gitcache write them whole under a temporary name and rename them into place, and
+//! remove them by unlinking (the mapped inode lives on). gix maps packs and their indexes on
+//! the same grounds.
 
 #![allow(unsafe_code)]
 
