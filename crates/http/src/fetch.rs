@@ -97,8 +97,9 @@ impl Fetches {
         let too_long = until(deadline);
         // A clone that the first pack may answer waits a little longer for that pack to be
         // announced (the refresh's `ls-refs` and the upstream's start come first): up to
-        // `ANNOUNCED_WITHIN`, after which it is passed through too (no pack is announced here
-        // when another instance fetches the mirror, or it is copied from the bucket).
+        // `ANNOUNCED_WITHIN`, after which it is passed through too. A refresh that finds
+        // the mirror coming from elsewhere (another instance's fetch, the shared store) says
+        // so at once, and the clone then waits as any other fetch.
         let unannounced =
             until(deadline.map(|d| d.max(tokio::time::Instant::now() + ANNOUNCED_WITHIN)));
         let refresh = self.mirrors.refresh(&target.key, upstream, true);
@@ -112,7 +113,12 @@ impl Fetches {
                 biased;
                 outcome = &mut refresh => Waited::Refreshed(outcome.err()),
                 pack = registry.live_pack(&target.key) => {
-                    if pack.answers(&fetch.wants) && pack.object_format() == kind {
+                    // None: the mirror comes from elsewhere (another instance fetches it, or
+                    // the shared store holds it), and the clone waits as any fetch does.
+                    if let Some(pack) = pack
+                        && pack.answers(&fetch.wants)
+                        && pack.object_format() == kind
+                    {
                         Waited::Arriving(pack)
                     } else {
                         tokio::select! {

@@ -143,11 +143,22 @@ impl Drop for Publisher {
     }
 }
 
-/// Where a mirror's first pack is announced while it arrives (one a mirror).
+/// Where a mirror's first pack is announced while it arrives (one a mirror), or said to be
+/// coming from elsewhere.
 #[derive(Debug, Default)]
 pub struct Board {
-    current: Mutex<Option<Arc<LivePack>>>,
+    posted: Mutex<Posted>,
     told: tokio::sync::Notify,
+}
+
+/// What a board says now.
+#[derive(Debug, Default)]
+struct Posted {
+    /// The pack arriving now.
+    pack: Option<Arc<LivePack>>,
+    /// The refresh under way brings the mirror from elsewhere (another instance fetches it,
+    /// or it is copied from a shared store): no pack is announced here meanwhile.
+    elsewhere: bool,
 }
 
 impl Board {
@@ -170,36 +181,60 @@ impl Board {
             progress: Mutex::new(Progress::Arriving(0)),
             changed: Condvar::new(),
         });
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&pack));
+        *self.posted() = Posted {
+            pack: Some(Arc::clone(&pack)),
+            elsewhere: false,
+        };
         self.told.notify_waiters();
         Publisher { pack }
     }
 
-    /// The pack announced now, if any.
-    pub fn current(&self) -> Option<Arc<LivePack>> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The refresh under way brings the mirror from elsewhere: those waiting for a pack
+    /// ([`next`](Self::next)) are told none is coming, until one is announced or the board
+    /// is [cleared](Self::clear).
+    pub fn elsewhere(&self) {
+        let mut posted = self.posted();
+        if posted.pack.is_none() {
+            posted.elsewhere = true;
+            drop(posted);
+            self.told.notify_waiters();
+        }
     }
 
-    /// The pack announced now, or the next one announced.
-    pub async fn next(&self) -> Arc<LivePack> {
+    /// The pack announced now, if any.
+    pub fn current(&self) -> Option<Arc<LivePack>> {
+        self.posted().pack.clone()
+    }
+
+    /// The pack announced now, or the next one announced; `None` once the refresh under way
+    /// is said to bring the mirror from [elsewhere](Self::elsewhere).
+    pub async fn next(&self) -> Option<Arc<LivePack>> {
         loop {
             let told = self.told.notified();
             tokio::pin!(told);
             // Listening before looking: an announcement in between still wakes this.
             told.as_mut().enable();
-            if let Some(pack) = self.current() {
-                return pack;
+            {
+                let posted = self.posted();
+                if let Some(pack) = &posted.pack {
+                    return Some(Arc::clone(pack));
+                }
+                if posted.elsewhere {
+                    return None;
+                }
             }
             told.await;
         }
     }
 
-    /// No pack is announced any more (the refresh that announced it ended).
+    /// No pack is announced any more, nor said to come from elsewhere (the refresh that did
+    /// ended).
     pub fn clear(&self) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.posted() = Posted::default();
+    }
+
+    fn posted(&self) -> std::sync::MutexGuard<'_, Posted> {
+        self.posted.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -294,29 +329,70 @@ mod tests {
         assert_eq!(pack.wait_past(4, Duration::ZERO), Progress::Whole(4));
     }
 
+    /// A task waiting on `board` for the next pack, still waiting a moment later.
+    async fn waiting_on(board: &Arc<Board>) -> tokio::task::JoinHandle<Option<Arc<LivePack>>> {
+        let waiting = tokio::spawn({
+            let board = Arc::clone(board);
+            async move { board.next().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        waiting
+    }
+
+    /// What a waiting task was told.
+    async fn told(
+        waiting: tokio::task::JoinHandle<Option<Arc<LivePack>>>,
+    ) -> Option<Arc<LivePack>> {
+        tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("told within the time")
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn the_next_announcement_is_waited_for() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("received.pack");
         std::fs::write(&path, b"").unwrap();
         let board = Arc::new(Board::default());
-        let waiting = tokio::spawn({
-            let board = Arc::clone(&board);
-            async move { board.next().await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished());
+        let waiting = waiting_on(&board).await;
         let _publisher = board.announce(
             vec![oid(7)],
             HashKind::Sha1,
             std::fs::File::open(&path).unwrap(),
         );
-        let pack = tokio::time::timeout(Duration::from_secs(30), waiting)
-            .await
-            .unwrap()
-            .unwrap();
+        let pack = told(waiting).await.expect("announced");
         assert!(pack.answers(&[oid(7)]));
         // Announced already: found at once.
-        assert!(board.next().await.answers(&[oid(7)]));
+        assert!(board.next().await.unwrap().answers(&[oid(7)]));
+    }
+
+    #[tokio::test]
+    async fn a_mirror_from_elsewhere_tells_those_waiting_that_no_pack_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.pack");
+        std::fs::write(&path, b"").unwrap();
+        let board = Arc::new(Board::default());
+        let waiting = waiting_on(&board).await;
+        board.elsewhere();
+        assert!(told(waiting).await.is_none());
+        // Said already: told at once.
+        assert!(board.next().await.is_none());
+
+        // The mirror's own first fetch after all (the other instance's failed): announced.
+        let _publisher = board.announce(
+            vec![oid(7)],
+            HashKind::Sha1,
+            std::fs::File::open(&path).unwrap(),
+        );
+        assert!(board.next().await.unwrap().answers(&[oid(7)]));
+        // A pack announced is not taken back by word of elsewhere.
+        board.elsewhere();
+        assert!(board.next().await.is_some());
+
+        // Cleared, a board waits again.
+        board.clear();
+        waiting_on(&board).await.abort();
     }
 }

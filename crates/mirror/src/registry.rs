@@ -152,6 +152,15 @@ impl Drop for ClearOnDrop<'_> {
     }
 }
 
+/// Clears a board when dropped: a refresh clears what it posted however it ends.
+struct Clearing<'a>(&'a Board);
+
+impl Drop for Clearing<'_> {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// `lock` if nobody holds it; a holder that panicked left nothing to protect (the lock only
 /// says "someone is writing"), so a poisoned lock is taken too.
 fn try_hold(lock: &Mutex<()>) -> Option<std::sync::MutexGuard<'_, ()>> {
@@ -369,8 +378,10 @@ impl Registry {
     /// The first pack of `key`'s mirror while it arrives (a mirror made from nothing, by a
     /// refresh of this registry): the one being received now, or the next one announced.
     /// A clone of the same tips may be answered with its bytes as they come (see
-    /// [`crate::live`]); wait for it beside the refresh, which may bring none.
-    pub async fn live_pack(&self, key: &RepoKey) -> Arc<LivePack> {
+    /// [`crate::live`]); wait for it beside the refresh, which may bring none. `None` once
+    /// the refresh under way is known to bring the mirror from elsewhere instead (another
+    /// instance fetches it, or the shared store holds it): no pack will be announced here.
+    pub async fn live_pack(&self, key: &RepoKey) -> Option<Arc<LivePack>> {
         let slot = self.slot(key);
         slot.live.next().await
     }
@@ -402,8 +413,27 @@ impl Registry {
     /// no progress must not stop the fleet): then the work goes on without, its commit still
     /// conditional.
     async fn wait_for_lease(&self, kind: &str, key: &RepoKey) -> Option<Held> {
+        self.wait_for_lease_noting(kind, key, || {}).await
+    }
+
+    /// [`wait_for_lease`](Self::wait_for_lease), calling `waiting` first if another instance
+    /// holds the lease now.
+    async fn wait_for_lease_noting(
+        &self,
+        kind: &str,
+        key: &RepoKey,
+        waiting: impl FnOnce(),
+    ) -> Option<Held> {
         let (leases, ttl) = self.leases.as_ref()?;
         let name = Self::lease_name(kind, key);
+        match Held::try_take(Arc::clone(leases), name.clone(), *ttl).await {
+            Ok(Some(held)) => return Some(held),
+            Ok(None) => waiting(),
+            Err(err) => {
+                tracing::warn!(%err, "leases unavailable; going on without");
+                return None;
+            }
+        }
         let waiting = Held::take(Arc::clone(leases), name, *ttl, LEASE_POLL);
         match tokio::time::timeout(*ttl * LEASE_PATIENCE, waiting).await {
             Ok(Ok(held)) => Some(held),
@@ -778,6 +808,9 @@ impl Registry {
         let slot = self.slot(key);
         let seen = slot.last.lock().unwrap_or_else(|p| p.into_inner()).0;
         let _running = slot.running.lock().await;
+        // However the refresh ends (cut short too), what it posted on the board goes (before
+        // the lock does).
+        let _clear = Clearing(&slot.live);
         if !create && self.existing(key).is_none() {
             return Err(Arc::new(Error::NoMirror));
         }
@@ -1112,8 +1145,12 @@ impl Registry {
             return self.refresh_local(key, upstream, extra, keep).await;
         };
         // While another instance refreshes, wait (holding no permit: refreshes of other
-        // mirrors go on): its result is then taken from the store.
-        let lease = self.wait_for_lease("refresh", key).await;
+        // mirrors go on): its result is then taken from the store, and no first pack is
+        // announced here meanwhile.
+        let slot = self.slot(key);
+        let lease = self
+            .wait_for_lease_noting("refresh", key, || slot.live.elsewhere())
+            .await;
         let outcome = match self.permit().await {
             Ok(_permit) => {
                 self.refresh_shared(shared, key, upstream, extra, keep)
@@ -1145,11 +1182,16 @@ impl Registry {
     ) -> Result<Refreshed, Error> {
         let path = self.path(key);
         let before = self.refs_of(key);
+        let slot = self.slot(key);
         for _ in 0..COMMIT_TRIES {
             // The store out of reach (or holding something unusable) does not stop the
             // instance: the local copy is refreshed alone and committed once the store
-            // answers again (the next refresh hydrates, then publishes).
-            match self.take_shared(shared, key).await {
+            // answers again (the next refresh hydrates, then publishes). A mirror taken from
+            // the store is not fetched from nothing here: no first pack is announced.
+            match self
+                .take_shared_noting(shared, key, || slot.live.elsewhere())
+                .await
+            {
                 Ok(()) => {}
                 Err(Error::Shared(err)) => {
                     tracing::warn!(%err, "object store unavailable; refreshing the local copy alone");
@@ -1234,7 +1276,18 @@ impl Registry {
     /// Bring `key`'s local copy to what the shared store holds (call with its refresh lock);
     /// a copy whose manifest was removed there (a purge on another instance) goes.
     async fn take_shared(&self, shared: &Shared, key: &RepoKey) -> Result<(), Error> {
-        if shared.hydrate(key, &self.path(key)).await? == Hydrated::Removed {
+        self.take_shared_noting(shared, key, || {}).await
+    }
+
+    /// [`take_shared`](Self::take_shared), calling `taking` once the store is found to hold
+    /// a state the local copy lacks, before it is taken.
+    async fn take_shared_noting(
+        &self,
+        shared: &Shared,
+        key: &RepoKey,
+        taking: impl FnOnce(),
+    ) -> Result<(), Error> {
+        if shared.hydrate_noting(key, &self.path(key), taking).await? == Hydrated::Removed {
             tracing::info!("the shared mirror was removed; dropping the local copy");
             self.discard(key)?;
         }
@@ -1265,14 +1318,8 @@ impl Registry {
         };
         let slot = self.slot(key);
         Self::tidy(&slot, &mirror)?;
-        // However the refresh ends (cut short too), its pack is announced no more.
-        struct Clear<'a>(&'a Board);
-        impl Drop for Clear<'_> {
-            fn drop(&mut self) {
-                self.0.clear();
-            }
-        }
-        let _clear = Clear(&slot.live);
+        // However the local refresh ends (cut short too), its pack is announced no more.
+        let _clear = Clearing(&slot.live);
         let mirror = mirror.announcing_on(Arc::clone(&slot.live));
         mirror.refresh_keeping(upstream, extra, keep).await
     }

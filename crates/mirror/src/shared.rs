@@ -653,6 +653,17 @@ impl Shared {
     /// store. Call with no refresh of the mirror under way (the registry's lock). A copy
     /// that holds the manifest's version already costs one request without a body.
     pub async fn hydrate(&self, key: &RepoKey, git_dir: &Path) -> Result<Hydrated, Error> {
+        self.hydrate_noting(key, git_dir, || {}).await
+    }
+
+    /// [`hydrate`](Self::hydrate), calling `taking` once the store is found to hold a state
+    /// of the mirror the local copy lacks, before that state is taken (downloaded).
+    pub async fn hydrate_noting(
+        &self,
+        key: &RepoKey,
+        git_dir: &Path,
+        taking: impl FnOnce(),
+    ) -> Result<Hydrated, Error> {
         let held = local_version(git_dir).filter(|_| git_dir.join("HEAD").is_file());
         // Files done without are tried again now and then (another instance may have written
         // them since, under the same manifest) though the version is the one held.
@@ -685,6 +696,7 @@ impl Shared {
                 Hydrated::Absent
             });
         }
+        taking();
         if git_dir.join("HEAD").is_file() {
             let local = gitcache_pack::Repository::open(git_dir)
                 .map_err(|e| Error::Io(std::io::Error::other(e)))?

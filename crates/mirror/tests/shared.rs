@@ -71,6 +71,21 @@ fn fleet(store: AnyStore, grace: Duration, seed: u64) -> Fleet {
 }
 
 impl Fleet {
+    /// The two instances again, on the same folders and store, sharing leases.
+    fn with_leases(mut self) -> Fleet {
+        let (first, second) = MemoryLeases::pair();
+        let again = |registry: &Arc<Registry>, leases: MemoryLeases| {
+            Arc::new(
+                Registry::new(registry.root())
+                    .with_shared(Shared::new(self.store.clone(), Duration::from_secs(3600)))
+                    .with_leases(Arc::new(leases), Duration::from_secs(30)),
+            )
+        };
+        self.a = again(&self.a, first);
+        self.b = again(&self.b, second);
+        self
+    }
+
     fn refs(&self, registry: &Registry) -> String {
         let mirror = registry.existing(&self.key).expect("a mirror");
         git(mirror.git_dir(), &["show-ref", "--head"])
@@ -458,18 +473,7 @@ on_both_backends!(racing_commits:
 /// Twenty cold refreshes spread over two instances that share leases: one fetches from the
 /// upstream, the others wait for its lease and take its result from the store.
 async fn cold_refreshes_with_leases(store: AnyStore) {
-    let mut f = fleet(store.clone(), Duration::from_secs(3600), 1304);
-    let (first, second) = MemoryLeases::pair();
-    let with_leases = |registry: &Arc<Registry>, leases: MemoryLeases| {
-        let dir = registry.root().to_owned();
-        Arc::new(
-            Registry::new(dir)
-                .with_shared(Shared::new(store.clone(), Duration::from_secs(3600)))
-                .with_leases(Arc::new(leases), Duration::from_secs(30)),
-        )
-    };
-    f.a = with_leases(&f.a, first);
-    f.b = with_leases(&f.b, second);
+    let f = fleet(store.clone(), Duration::from_secs(3600), 1304).with_leases();
     f.upstream.inject(
         Fault::Delay(Duration::from_millis(500)),
         1,
@@ -499,6 +503,81 @@ async fn cold_refreshes_with_leases(store: AnyStore) {
 on_both_backends!(cold_refreshes_with_leases:
     cold_refreshes_with_leases_fetch_once_on_the_filesystem_backend,
     cold_refreshes_with_leases_fetch_once_in_a_bucket);
+
+/// A refresh that brings a new mirror from elsewhere says so on the board where a first pack
+/// would be announced (a clone waiting for that pack then waits as any fetch): when another
+/// instance holds the refresh lease, and when the store holds the mirror.
+async fn a_mirror_from_elsewhere_announces_no_pack(store: AnyStore) {
+    let f = fleet(store.clone(), Duration::from_secs(3600), 1305).with_leases();
+    let told = |registry: &Arc<Registry>| {
+        let (registry, key) = (Arc::clone(registry), f.key.clone());
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), registry.live_pack(&key))
+                .await
+                .expect("the board says what comes")
+        }
+    };
+
+    // A holds the refresh lease while its fetch is on its way.
+    f.upstream.inject(
+        Fault::Delay(Duration::from_secs(2)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let a = tokio::spawn({
+        let (registry, key, client) = (Arc::clone(&f.a), f.key.clone(), f.client.clone());
+        async move { registry.refresh(&key, &client, &[]).await }
+    });
+    let asked = std::time::Instant::now();
+    while f.upstream.counts().fetch == 0 {
+        assert!(asked.elapsed() < Duration::from_secs(30), "A never fetched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let b = tokio::spawn({
+        let (registry, key, client) = (Arc::clone(&f.b), f.key.clone(), f.client.clone());
+        async move { registry.refresh(&key, &client, &[]).await }
+    });
+    assert!(told(&f.b).await.is_none(), "B waits for A's lease");
+    // A's own pack is announced on A's board.
+    let pack = told(&f.a).await.expect("A fetches the first pack");
+    assert_eq!(pack.object_format(), gix_hash::Kind::Sha1);
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    assert_eq!(
+        f.upstream.counts().fetch,
+        1,
+        "B took A's mirror from the store"
+    );
+    assert_eq!(f.refs(&f.a), f.refs(&f.b));
+
+    // A third instance with no lease to wait for finds the mirror in the store (its
+    // `ls-refs` after the download is slow, so that the refresh is still under way).
+    let third = tempfile::tempdir().unwrap();
+    let c = Arc::new(
+        Registry::new(third.path()).with_shared(Shared::new(store, Duration::from_secs(3600))),
+    );
+    f.upstream.inject(
+        Fault::Delay(Duration::from_millis(1500)),
+        1,
+        Some(RequestKind::LsRefs),
+    );
+    let refresh = tokio::spawn({
+        let (registry, key, client) = (Arc::clone(&c), f.key.clone(), f.client.clone());
+        async move { registry.refresh(&key, &client, &[]).await }
+    });
+    assert!(
+        told(&c).await.is_none(),
+        "C takes the mirror from the store"
+    );
+    refresh.await.unwrap().unwrap();
+    assert_eq!(f.upstream.counts().fetch, 1, "nothing fetched again");
+    assert_eq!(f.refs(&c), f.refs(&f.a));
+    f.fsck(&c);
+}
+
+on_both_backends!(a_mirror_from_elsewhere_announces_no_pack:
+    a_mirror_from_elsewhere_announces_no_pack_on_the_filesystem_backend,
+    a_mirror_from_elsewhere_announces_no_pack_in_a_bucket);
 
 /// Where the filesystem store keeps the fleet's mirror's pack file `stem.ext`.
 fn stored_file(fs: &FsStore, stem: &str, ext: &str) -> std::path::PathBuf {
