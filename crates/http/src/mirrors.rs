@@ -64,6 +64,10 @@ pub(crate) struct Mirrors {
     evictions: std::sync::atomic::AtomicU64,
     /// Repositories fetched through this instance: how to reach them, and when last.
     used: Mutex<HashMap<RepoKey, (Target, Instant)>>,
+    /// What the handles closed while idle had made for their answers (see
+    /// [`OpenRepo::inherited`]): the next handle of the mirror inherits it. Kept for mirrors
+    /// on disk only.
+    closed_warmth: Mutex<HashMap<RepoKey, gitcache_pack::Warmth>>,
     budget: Budget,
     /// Ids the upstream would not give by id, by repository, and when: not asked again for a
     /// while (a client repeating them must not repeat the upstream's work).
@@ -99,6 +103,7 @@ impl Mirrors {
             making_room: Default::default(),
             evictions: Default::default(),
             used: Mutex::new(HashMap::new()),
+            closed_warmth: Mutex::new(HashMap::new()),
             budget,
             refused_ids: Mutex::new(crate::bounded::Bounded::new(MAX_REFUSED, MAX_REFUSED)),
         }
@@ -221,6 +226,8 @@ impl Mirrors {
             |key, _| !on_disk.contains(key),
             |(_, at)| *at,
         );
+        self.lock_closed_warmth()
+            .retain(|key, _| on_disk.contains(key));
         forgotten
     }
 
@@ -236,29 +243,40 @@ impl Mirrors {
     ) {
         let unheld = |known: &OpenRepo| Arc::strong_count(&known.repo) == 1;
         let idle = |known: &OpenRepo| unheld(known) && known.used.elapsed() >= idle_for;
-        let mut closed = Vec::new();
-        {
+        let (gone, idle) = {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             let gone = |key: &RepoKey| on_disk.is_some_and(|d| !d.contains(key));
-            closed.extend(drop_oldest(
+            let gone = drop_oldest(
                 &mut open,
                 0,
                 |key, known| unheld(known) && gone(key),
                 |known| known.used,
-            ));
-            closed.extend(drop_oldest(
-                &mut open,
-                keep,
-                |_, known| idle(known),
-                |known| known.used,
-            ));
+            );
+            let idle = drop_oldest(&mut open, keep, |_, known| idle(known), |known| known.used);
+            (gone, idle)
+        };
+        // What an idle handle had made is made again by the next one after maintenance.
+        {
+            let mut remembered = self.lock_closed_warmth();
+            for (key, _) in &gone {
+                remembered.remove(key);
+            }
+            for (key, known) in &idle {
+                remembered.insert(key.clone(), known.inherited | known.repo.warmth());
+            }
         }
-        // Their files are unmapped and closed after the table's lock is released.
-        drop(closed);
+        // Their files are unmapped and closed after the tables' locks are released.
+        drop((gone, idle));
     }
 
     fn lock_stats(&self) -> std::sync::MutexGuard<'_, HashMap<RepoKey, (RepoStats, u64)>> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_closed_warmth(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<RepoKey, gitcache_pack::Warmth>> {
+        self.closed_warmth.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Record how a refresh of `key` ended.
@@ -491,7 +509,12 @@ impl Mirrors {
         // table's lock: taking them waits for what the handle before is reading.
         let (repo, inherited) = match &known {
             Some((before, inherited)) => (before.reopen()?, *inherited | before.warmth()),
-            None => (Repository::open(mirror.git_dir())?, Default::default()),
+            None => {
+                let repo = Repository::open(mirror.git_dir())?;
+                // A handle closed while idle passes on what it had made.
+                let closed = self.lock_closed_warmth().remove(key);
+                (repo, closed.unwrap_or_default())
+            }
         };
         let repo = Arc::new(repo);
         {
@@ -896,8 +919,8 @@ mod tests {
     }
 
     /// A maintained mirror no request has opened yet is opened and prepared; one opened again
-    /// carries over what the handles before it made for their answers; one removed is not
-    /// kept, by a request or by preparing.
+    /// carries over what the handles before it made for their answers, also after one was
+    /// closed while idle; one removed is not kept, by a request or by preparing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mirrors_opened_again_carry_what_was_made_and_removed_ones_are_not_kept() {
         let Fetched {
@@ -956,6 +979,22 @@ mod tests {
             inherited,
             "what the first handle made is kept"
         );
+
+        // Closed while idle, opened again: what the handles before had made is still kept.
+        drop((first, second));
+        let on_disk: std::collections::HashSet<RepoKey> = [key.clone()].into();
+        mirrors.close_idle(Some(&on_disk), 0, Duration::ZERO);
+        assert!(entry(&mirrors).is_none(), "closed");
+        opened(&mirrors, &key).await.expect("opened again");
+        let (_, after_idle) = entry(&mirrors).unwrap();
+        assert_eq!(after_idle | made, after_idle, "kept through the closing");
+        // Gone from disk: nothing is kept for it.
+        let third = entry(&mirrors).unwrap().0;
+        drop(third);
+        mirrors.close_idle(Some(&on_disk), 0, Duration::ZERO);
+        assert!(mirrors.lock_closed_warmth().contains_key(&key));
+        mirrors.forget_beyond(&Default::default(), 0);
+        assert!(mirrors.lock_closed_warmth().is_empty());
 
         // Removed: neither a request nor preparing keeps it open.
         assert!(mirrors.remove(&key).await.unwrap());
