@@ -77,6 +77,9 @@ impl std::ops::Deref for Mapped {
 pub(crate) struct LetGo {
     read: AtomicU64,
     every: u64,
+    /// How many times it said to let go (for tests to see that it did).
+    #[cfg(test)]
+    said: AtomicU64,
 }
 
 impl LetGo {
@@ -94,14 +97,49 @@ impl LetGo {
         LetGo {
             read: AtomicU64::new(0),
             every: every.max(1),
+            #[cfg(test)]
+            said: AtomicU64::new(0),
         }
     }
 
-    /// Count a read of `len` bytes: whether the pages should go now.
-    pub(crate) fn read(&self, len: usize) -> bool {
-        let len = (len as u64).saturating_add(Self::AROUND);
+    /// Count `reads` reads of `len` bytes in all: whether the pages should go now.
+    pub(crate) fn read(&self, len: u64, reads: u64) -> bool {
+        let len = len.saturating_add(reads.saturating_mul(Self::AROUND));
         let before = self.read.fetch_add(len, Ordering::Relaxed);
-        before / self.every != before.wrapping_add(len) / self.every
+        let now = before / self.every != before.wrapping_add(len) / self.every;
+        #[cfg(test)]
+        if now {
+            self.said.fetch_add(1, Ordering::Relaxed);
+        }
+        now
+    }
+
+    /// How many times [`read`](Self::read) said to let go.
+    #[cfg(test)]
+    pub(crate) fn said(&self) -> u64 {
+        self.said.load(Ordering::Relaxed)
+    }
+}
+
+/// Entries inflated from a pack: their compressed bytes and their number, which a reader
+/// letting go of the pack's pages counts ([`LetGo::read`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Inflated {
+    pub(crate) bytes: u64,
+    pub(crate) entries: u64,
+}
+
+impl Inflated {
+    /// One more entry, of `bytes` compressed.
+    pub(crate) fn add(&mut self, bytes: u64) {
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.entries += 1;
+    }
+
+    /// Counted by `let_go` (and then none): whether the pages should go now.
+    pub(crate) fn count(&mut self, let_go: &LetGo) -> bool {
+        let taken = std::mem::take(self);
+        taken.entries > 0 && let_go.read(taken.bytes, taken.entries)
     }
 }
 
@@ -147,7 +185,7 @@ impl ReadOnce {
         let bytes = self
             .map
             .get(usize::try_from(range.start).ok()?..usize::try_from(range.end).ok()?)?;
-        if self.read.read(bytes.len()) {
+        if self.read.read(bytes.len() as u64, 1) {
             // Failing to let go only costs memory.
             let _ = self.map.release();
         }

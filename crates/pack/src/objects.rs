@@ -58,6 +58,8 @@ pub(crate) struct Objects {
     /// Set for a walk reading much of a pack: what it read since the pack's pages were let go
     /// of ([`StoredPack::let_go`](crate::packs::StoredPack::let_go)).
     let_go: Option<crate::mapped::LetGo>,
+    /// The entries the read under way inflated, counted by `let_go` once it is done.
+    inflated: crate::mapped::Inflated,
 }
 
 impl Packs {
@@ -158,21 +160,23 @@ const MAX_CHAIN: usize = 4096;
 /// Objects larger than this are read by gitoxide's resolution, without every base kept.
 const MAX_CHAINED_OBJECT: u64 = 64 << 20;
 
-/// The data of `entry` (a whole object's, or a delta's instructions), inflated into `out`.
+/// The data of `entry` (a whole object's, or a delta's instructions), inflated into `out`;
+/// the compressed bytes read for it.
 pub(crate) fn inflate_entry(
     data: &crate::packs::PackData,
     entry: &gix_pack::data::Entry,
     inflate: &mut gix_zlib::Inflate,
     out: &mut Vec<u8>,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     let size = usize::try_from(entry.decompressed_size).map_err(|_| Error::Odb {
         message: "an entry too large for memory".into(),
     })?;
     out.clear();
     out.resize(size, 0);
-    data.decompress_entry(entry, inflate, out)
+    let read = data
+        .decompress_entry(entry, inflate, out)
         .map_err(Error::odb)?;
-    Ok(())
+    Ok(read as u64)
 }
 
 /// Object reads between two cancellation checks.
@@ -235,6 +239,7 @@ impl Objects {
             cancel: crate::Cancel::default(),
             reads: 0,
             let_go: None,
+            inflated: Default::default(),
         }
     }
 
@@ -318,16 +323,12 @@ impl Objects {
             && let Ok(entry) = data.entry(offset)
         {
             let data = std::sync::Arc::clone(data);
-            if let Some(let_go) = &self.let_go
-                && let_go.read(usize::try_from(entry.decompressed_size).unwrap_or(usize::MAX))
-            {
-                self.packs.listed[k].let_go();
-            }
             // A chain that cannot be read this way (or fails to) is left to gitoxide, then to
             // the object database, which may hold a sound copy elsewhere.
             if entry.header.is_delta()
                 && let Some(kind) = self.read_along_chain(k, &data, entry.clone())?
             {
+                self.count_inflated(k);
                 return Ok((kind, &self.buf[..]));
             }
             let pack = &self.packs.listed[k];
@@ -361,8 +362,16 @@ impl Objects {
             // own when the object came whole from the cache. An entry that cannot be decoded
             // here is left to the object database, which reads it or says why not.
             if let Ok(outcome) = decoded {
+                // What the cache did not have, read from the pack (its entries' compressed
+                // bytes; the deltas applied, and the object at the chain's end).
+                if outcome.compressed_size > 0 {
+                    self.inflated.bytes += outcome.compressed_size as u64;
+                    self.inflated.entries += u64::from(outcome.num_deltas) + 1;
+                }
+                self.count_inflated(k);
                 return Ok((outcome.kind, &self.buf[..]));
             }
+            self.inflated = Default::default();
         }
         #[cfg(test)]
         self.from_odb.set(self.from_odb.get() + 1);
@@ -370,6 +379,17 @@ impl Objects {
             Some(data) => Ok((data.kind, data.data)),
             None => Err(Error::MissingObject { oid: *oid }),
         }
+    }
+
+    /// The entries the read just done inflated counted, and listed pack `k`'s pages let go of
+    /// if a walk reading much of it is due to (see [`letting_go_every`](Self::letting_go_every)).
+    fn count_inflated(&mut self, k: usize) {
+        if let Some(let_go) = &self.let_go
+            && self.inflated.count(let_go)
+        {
+            self.packs.listed[k].let_go();
+        }
+        self.inflated = Default::default();
     }
 
     /// The delta `entry` of listed pack `k` (mapped as `data`) resolved into the buffer along
@@ -436,7 +456,8 @@ impl Objects {
                     let Some(kind) = header.as_kind() else {
                         return Ok(None);
                     };
-                    inflate_entry(data, &at, &mut self.packs.inflate.borrow_mut(), out)?;
+                    let read = inflate_entry(data, &at, &mut self.packs.inflate.borrow_mut(), out)?;
+                    self.inflated.add(read);
                     cache.put(slot, at.data_offset, out, kind, 0);
                     break kind;
                 }
@@ -454,6 +475,7 @@ impl Objects {
             slot,
             most: MAX_CHAINED_OBJECT,
             cancel: Some(&self.cancel),
+            inflated: &mut self.inflated,
         };
         if !up.apply_chain(&mut chain, kind, out, &mut Vec::new())? {
             return Ok(None);
@@ -887,6 +909,9 @@ mod tests {
                 3 * n
             );
             assert_eq!(objects.from_odb.get(), 0);
+            // Reads that inflated entries said to let go (each one, at every byte).
+            let said = objects.let_go.as_ref().map_or(0, |l| l.said());
+            assert_eq!(said as usize > n / 2, !by_offset, "{said} of {}", 3 * n);
         }
     }
 
