@@ -975,6 +975,36 @@ fn received_over(
     layout(&client, &idx[0])
 }
 
+/// A bare repository of 300 commits packed with chains up to 50 deltas long (`git` options
+/// `before` the `repack`).
+fn deep_chains(seed: u64, before: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.git");
+    let spec = RepoSpec {
+        commits: 300,
+        ..RepoSpec::small(seed)
+    };
+    repo::generate(&path, &spec).unwrap();
+    let repack = ["repack", "-adfq", "--depth=50", "--window=50"];
+    git(&path, &[before, &repack[..]].concat());
+    (dir, path)
+}
+
+/// The objects of a received pack (its layout) that were copied in runs from the stored pack:
+/// copied runs come first (thin bases the client appends come last).
+fn copied<'a>(
+    received: &'a std::collections::HashMap<String, (u64, Option<String>)>,
+    stats: &gitcache_pack::PackStats,
+) -> std::collections::HashSet<&'a String> {
+    let mut by_offset: Vec<(&u64, &String)> =
+        received.iter().map(|(oid, (at, _))| (at, oid)).collect();
+    by_offset.sort();
+    by_offset[..stats.pack_reused as usize]
+        .iter()
+        .map(|(_, oid)| *oid)
+        .collect()
+}
+
 /// Runs copied from the stored pack keep their chains as stored (as git's pack reuse does),
 /// and what is written one by one after them counts those chains: under a limit shorter than
 /// the stored chains, only copied entries lie deeper than the limit. (Copied entries counted
@@ -982,14 +1012,7 @@ fn received_over(
 /// lay deeper.)
 #[test]
 fn chains_of_copied_runs_count_for_what_is_written_after_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("r.git");
-    let spec = RepoSpec {
-        commits: 300,
-        ..RepoSpec::small(0)
-    };
-    repo::generate(&path, &spec).unwrap();
-    git(&path, &["repack", "-adfq", "--depth=50", "--window=50"]);
+    let (_dir, path) = deep_chains(0, &[]);
     let (repo, _) = with_bitmaps(&path);
     let main = oids(&git(&path, &["rev-parse", "main"]));
     let limit = 3;
@@ -1005,14 +1028,7 @@ fn chains_of_copied_runs_count_for_what_is_written_after_them() {
         let (_, stats, pack) = send_with(&repo, &fetch, &options);
         assert!(stats.pack_reused > 0, "{case}: runs copied {stats:?}");
         let received = received_over(&path, &pack);
-        // Copied runs come first in the pack (thin bases the client appends come last).
-        let mut by_offset: Vec<(&u64, &String)> =
-            received.iter().map(|(oid, (at, _))| (at, oid)).collect();
-        by_offset.sort();
-        let copied: std::collections::HashSet<&String> = by_offset[..stats.pack_reused as usize]
-            .iter()
-            .map(|(_, oid)| *oid)
-            .collect();
+        let copied = copied(&received, &stats);
         let deepest = received
             .keys()
             .map(|oid| chain_length(&received, oid))
@@ -1026,6 +1042,54 @@ fn chains_of_copied_runs_count_for_what_is_written_after_them() {
             );
         }
     }
+}
+
+/// An object written one by one whose stored delta base was sent, in a batch before it, at
+/// the depth limit is made again (against a base further down that chain, or another), not
+/// sent whole as stored deltas on a base too deep are when the base's depth is known only
+/// as they are written. One-object batches make every base's depth known when what rests on
+/// it is planned (at the default batch size this 2.9 MB answer is one batch). Some such
+/// objects go as deltas; with the base's depth ignored when planning, none did.
+#[test]
+fn objects_on_a_base_sent_at_the_limit_are_made_deltas_again() {
+    // One thread: the same stored pack every time.
+    let (_dir, path) = deep_chains(2, &["-c", "pack.threads=1"]);
+    let (repo, _) = with_bitmaps(&path);
+    let stored = layout(&path, &repo::pack_files(&path, "idx").unwrap()[0]);
+    let main = oids(&git(&path, &["rev-parse", "main"]));
+    let limit = 2;
+    let options = Options {
+        max_delta_depth: limit,
+        lookahead_bytes: 0,
+        ..Options::default()
+    };
+    let (_, stats, pack) = send_with(&repo, &clone_request(main), &options);
+    let received = received_over(&path, &pack);
+    let copied = copied(&received, &stats);
+    assert!(!copied.is_empty(), "{stats:?}");
+    let (mut whole, mut deltas) = (0, 0);
+    for (oid, (at, base)) in &received {
+        if copied.contains(oid) {
+            continue;
+        }
+        assert!(chain_length(&received, oid) <= limit, "{oid} too deep");
+        let Some((_, Some(stored_base))) = stored.get(oid) else {
+            continue;
+        };
+        let Some((base_at, _)) = received.get(stored_base) else {
+            continue;
+        };
+        if base_at < at && chain_length(&received, stored_base) >= limit {
+            match base {
+                Some(_) => deltas += 1,
+                None => whole += 1,
+            }
+        }
+    }
+    assert!(
+        deltas > 0,
+        "{whole} on a base sent at the limit, all whole: {stats:?}"
+    );
 }
 
 /// Objects made again for one answer are taken from the store by the next answer that makes
