@@ -253,18 +253,19 @@ impl Mirrors {
                 |known| known.used,
             );
             let idle = drop_oldest(&mut open, keep, |_, known| idle(known), |known| known.used);
-            (gone, idle)
-        };
-        // What an idle handle had made is made again by the next one after maintenance.
-        {
+            // What an idle handle had made is made again by the next one after maintenance:
+            // noted before the table's lock goes, so that a request opening the mirror
+            // meanwhile finds it (the two locks are taken in this order only).
             let mut remembered = self.lock_closed_warmth();
             for (key, _) in &gone {
                 remembered.remove(key);
             }
             for (key, known) in &idle {
-                remembered.insert(key.clone(), known.inherited | known.repo.warmth());
+                let kept = remembered.entry(key.clone()).or_default();
+                *kept = *kept | known.inherited | known.repo.warmth();
             }
-        }
+            (gone, idle)
+        };
         // Their files are unmapped and closed after the tables' locks are released.
         drop((gone, idle));
     }
@@ -673,6 +674,7 @@ impl Mirrors {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+        self.lock_closed_warmth().remove(key);
         Ok(removed)
     }
 
@@ -754,6 +756,7 @@ impl Mirrors {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(key);
+            self.lock_closed_warmth().remove(key);
             if let Some(responses) = &budget.responses
                 && let Err(err) = responses.remove_repo(&key.relative_path())
             {
@@ -988,16 +991,25 @@ mod tests {
         opened(&mirrors, &key).await.expect("opened again");
         let (_, after_idle) = entry(&mirrors).unwrap();
         assert_eq!(after_idle | made, after_idle, "kept through the closing");
-        // Gone from disk: nothing is kept for it.
-        let third = entry(&mirrors).unwrap().0;
-        drop(third);
+        // Kept while its mirror is on disk; closed as gone from disk, nothing is kept.
+        let remembered = |mirrors: &Mirrors| mirrors.lock_closed_warmth().contains_key(&key);
         mirrors.close_idle(Some(&on_disk), 0, Duration::ZERO);
-        assert!(mirrors.lock_closed_warmth().contains_key(&key));
+        assert!(remembered(&mirrors));
+        mirrors.forget_beyond(&on_disk, 0);
+        assert!(remembered(&mirrors));
         mirrors.forget_beyond(&Default::default(), 0);
-        assert!(mirrors.lock_closed_warmth().is_empty());
+        assert!(!remembered(&mirrors));
+        opened(&mirrors, &key).await.expect("opened again");
+        mirrors.close_idle(Some(&Default::default()), 10, Duration::from_secs(3600));
+        assert!(entry(&mirrors).is_none() && !remembered(&mirrors));
+        // Closed while idle, then removed: forgotten with it.
+        opened(&mirrors, &key).await.expect("opened again");
+        mirrors.close_idle(Some(&on_disk), 0, Duration::ZERO);
+        assert!(remembered(&mirrors));
+        assert!(mirrors.remove(&key).await.unwrap());
+        assert!(!remembered(&mirrors));
 
         // Removed: neither a request nor preparing keeps it open.
-        assert!(mirrors.remove(&key).await.unwrap());
         assert!(entry(&mirrors).is_none());
         prepared(&mirrors, &key).await;
         assert!(entry(&mirrors).is_none());

@@ -538,6 +538,7 @@ async fn a_mirror_from_elsewhere_announces_no_pack(store: AnyStore) {
         async move { registry.refresh(&key, &client, &[]).await }
     });
     assert!(told(&f.b).await.is_none(), "B waits for A's lease");
+    assert!(!a.is_finished(), "told while A held the lease");
     // A's own pack is announced on A's board.
     let pack = told(&f.a).await.expect("A fetches the first pack");
     assert_eq!(pack.object_format(), gix_hash::Kind::Sha1);

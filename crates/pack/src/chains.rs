@@ -248,7 +248,9 @@ mod tests {
             let mut reader = ChainReader::new(pack, &rev, hash, 64 << 10)
                 .unwrap()
                 .letting_go_every(let_go);
-            let mut objects = repo.objects();
+            // Read the other way through a handle of its own, so that its pages are its own.
+            let other = Repository::open(&path).unwrap();
+            let mut objects = other.objects();
             let mut out = Vec::new();
             let (mut read, mut deltas) = (0, 0);
             for start in 0..3 {
@@ -263,9 +265,21 @@ mod tests {
             }
             assert_eq!(read, rev.len(), "each position once");
             assert!(deltas > read / 4, "{deltas} of {read} are deltas");
-            // Let go of at each entry not found decoded, or never.
+            // Let go of at each entry not found decoded, or never: none of the pack resident
+            // after the last read, or most of it.
             let said = reader.read.said();
             assert_eq!(said as usize > read / 2, let_go == 1, "{said}");
+            #[cfg(target_os = "linux")]
+            {
+                let data = pack.data(hash).unwrap();
+                let (len, at) = (data.data_len(), data.entry_slice(0..1).unwrap().as_ptr());
+                let resident = crate::mapped::resident(at);
+                assert_eq!(
+                    resident < len / 2,
+                    let_go == 1,
+                    "{resident} of {len} resident"
+                );
+            }
         }
     }
 

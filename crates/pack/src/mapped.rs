@@ -133,7 +133,7 @@ impl Inflated {
     /// One more entry, of `bytes` compressed.
     pub(crate) fn add(&mut self, bytes: u64) {
         self.bytes = self.bytes.saturating_add(bytes);
-        self.entries += 1;
+        self.entries = self.entries.saturating_add(1);
     }
 
     /// Counted by `let_go` (and then none): whether the pages should go now.
