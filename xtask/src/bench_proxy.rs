@@ -160,10 +160,28 @@ fn wait_for_maintenance(mirror: &Path) -> Result<()> {
     }
 }
 
-/// Wait until no maintenance of `mirror` is under way or about to start: nothing being written
-/// (`incoming-…`), every pack marked with its tips with its bitmaps, for a second in a row
-/// (a consolidation starts in the background just after the refresh that calls for it).
-fn wait_for_settled(mirror: &Path) -> Result<()> {
+/// The server's background maintenance under way, as its `/metrics` say.
+fn maintenance_running(addr: &str) -> Result<f64> {
+    let mut stream = TcpStream::connect(addr)?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("gitcache_mirror_maintenance_running "))
+        .context("no maintenance gauge in /metrics")?
+        .trim()
+        .parse()
+        .context("the maintenance gauge")
+}
+
+/// Wait until no maintenance of `mirror` is under way or about to start: none under way on
+/// the server at `addr` (counted from when a refresh asks for it), nothing being written
+/// (`incoming-…`), every pack marked with its tips with its bitmaps, for a second in a row.
+fn wait_for_settled(addr: &str, mirror: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut calm = 0;
     while calm < 5 {
@@ -172,7 +190,8 @@ fn wait_for_settled(mirror: &Path) -> Result<()> {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         let has = |name: &str| names.iter().any(|n| n == name);
-        let settled = !names.iter().any(|n| n.starts_with("incoming-"))
+        let settled = maintenance_running(addr)? == 0.0
+            && !names.iter().any(|n| n.starts_with("incoming-"))
             && names
                 .iter()
                 .filter_map(|n| n.strip_suffix(".tips"))
@@ -433,7 +452,7 @@ pub(crate) fn moved(
         post(&gitcache, &clone(tips_of(&copy)?))?;
         // A consolidation the refresh called for (past eight packs, or far past the
         // consolidated one) is done before the next round.
-        wait_for_settled(&mirror)?;
+        wait_for_settled(&gitcache, &mirror)?;
     }
     let packs = |dir: &Path| -> Result<usize> {
         Ok(std::fs::read_dir(dir.join("objects/pack"))?

@@ -35,6 +35,8 @@ pub(crate) const PACK_SLOTS: &str = "gitcache_pack_slots";
 pub(crate) const SPILLED: &str = "gitcache_response_spilled_bytes";
 pub(crate) const CUT_OFF: &str = "gitcache_clients_cut_off_total";
 pub(crate) const REFRESH: &str = "gitcache_mirror_refresh_duration_seconds";
+pub(crate) const MAINTENANCE_RUNNING: &str = "gitcache_mirror_maintenance_running";
+pub(crate) const MAINTENANCE: &str = "gitcache_mirror_maintenance_total";
 pub(crate) const REMADE: &str = "gitcache_pack_remade_lookups_total";
 pub(crate) const REMADE_BYTES: &str = "gitcache_pack_remade_bytes";
 pub(crate) const BUILD_INFO: &str = "gitcache_build_info";
@@ -127,6 +129,14 @@ pub(crate) fn describe() {
             metrics::Unit::Seconds,
             "Mirror refreshes from upstream (fetch and, when due, consolidation), by result."
         );
+        describe_gauge!(
+            MAINTENANCE_RUNNING,
+            "Background mirror maintenance under way (waiting for answers to be sent, consolidating packs, writing bitmaps)."
+        );
+        describe_counter!(
+            MAINTENANCE,
+            "Background mirror maintenance ended, by result (consolidated, skipped, failed)."
+        );
         describe_counter!(
             REMADE,
             "Objects an answer compressed again (their stored delta base not sent) looked for among those kept from earlier answers, by result (hit, miss)."
@@ -200,6 +210,14 @@ pub(crate) fn spilled(delta: f64) {
 }
 
 /// Bring the store of objects compressed again's series up to date (when scraped).
+/// Background maintenance as the registry counts it (read when the metrics are rendered).
+pub(crate) fn maintenance(maintenance: gitcache_mirror::registry::Maintenance) {
+    gauge!(MAINTENANCE_RUNNING).set(maintenance.running as f64);
+    counter!(MAINTENANCE, "result" => "consolidated").absolute(maintenance.consolidated);
+    counter!(MAINTENANCE, "result" => "skipped").absolute(maintenance.skipped);
+    counter!(MAINTENANCE, "result" => "failed").absolute(maintenance.failed);
+}
+
 pub(crate) fn remade(remade: &gitcache_pack::Remade) {
     counter!(REMADE, "result" => "hit").absolute(remade.hits());
     counter!(REMADE, "result" => "miss").absolute(remade.misses());

@@ -610,6 +610,7 @@ impl Proxy {
         if let Some(remade) = self.fetches.responder.remade() {
             metrics::remade(remade);
         }
+        metrics::maintenance(self.fetches.mirrors.registry().maintenance());
         let mut response = Response::new(Body::full(handle.render()));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -257,6 +257,49 @@ pub struct Registry {
     /// The longest background work on a mirror waits for the answers from it (see
     /// [`Registry::answering`]).
     quiet_wait: Duration,
+    /// Background maintenance so far (see [`Registry::maintenance`]).
+    maintenance: Arc<MaintenanceCounts>,
+}
+
+/// Background maintenance of a registry's mirrors (see
+/// [`Registry::maintain_in_background`]): under way now, and how it ended so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Under way: waiting for the answers from the mirror to be handed over, consolidating
+    /// its packs or writing their bitmaps.
+    pub running: u64,
+    /// Ended with the mirror's packs consolidated.
+    pub consolidated: u64,
+    /// Ended with nothing to do: the mirror gone meanwhile, or another instance's
+    /// consolidation taken instead.
+    pub skipped: u64,
+    /// Ended in failure (not started again for [`MAINTENANCE_BACKOFF`]).
+    pub failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct MaintenanceCounts {
+    running: std::sync::atomic::AtomicU64,
+    consolidated: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+/// One background maintenance under way, counted until it is dropped (with its task, had
+/// the task never run).
+struct Running(Arc<MaintenanceCounts>);
+
+impl Running {
+    fn start(counts: &Arc<MaintenanceCounts>) -> Self {
+        counts.running.fetch_add(1, Ordering::AcqRel);
+        Running(Arc::clone(counts))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How long background work on a mirror waits at most for the answers from it: long enough
@@ -348,6 +391,19 @@ impl Registry {
             leases: None,
             maintained: tokio::sync::broadcast::channel(MAINTAINED_BACKLOG).0,
             quiet_wait: DEFAULT_QUIET_WAIT,
+            maintenance: Arc::default(),
+        }
+    }
+
+    /// Background maintenance under way now, and how it ended since the registry was made
+    /// (for metrics, and for waiting until the mirrors are settled).
+    pub fn maintenance(&self) -> Maintenance {
+        let counts = &self.maintenance;
+        Maintenance {
+            running: counts.running.load(Ordering::Acquire),
+            consolidated: counts.consolidated.load(Ordering::Relaxed),
+            skipped: counts.skipped.load(Ordering::Relaxed),
+            failed: counts.failed.load(Ordering::Relaxed),
         }
     }
 
@@ -578,11 +634,23 @@ impl Registry {
             return;
         }
         let (registry, key) = (Arc::clone(self), key.clone());
+        // Counted from now: a maintenance asked for is under way before its task runs.
+        let running = Running::start(&self.maintenance);
         tokio::spawn(async move {
             let _clear = ClearOnDrop(&slot.maintaining);
+            // Ends before the flag above is cleared: one who saw that may count on this.
+            let _running = running;
+            let counts = &registry.maintenance;
             slot.quiet(registry.quiet_wait).await;
             let failed = |at| *slot.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = at;
-            match registry.consolidate(&key).await {
+            let outcome = registry.consolidate(&key).await;
+            let ended = match &outcome {
+                Ok(Some(_)) => &counts.consolidated,
+                Ok(None) => &counts.skipped,
+                Err(_) => &counts.failed,
+            };
+            ended.fetch_add(1, Ordering::Relaxed);
+            match outcome {
                 Ok(Some(done)) => {
                     tracing::info!(
                         packs_before = done.packs_before,
@@ -1511,6 +1579,11 @@ mod tests {
         settled().await;
         assert_eq!(pack_files(&git_dir, "pack"), 2, "nothing consolidated");
         assert!(slot.failed_at.lock().unwrap().is_some());
+        let failed = crate::registry::Maintenance {
+            failed: 1,
+            ..Default::default()
+        };
+        assert_eq!(registry.maintenance(), failed);
         // Asked again (as after every refresh): not started, though it could succeed now.
         std::fs::remove_dir(&staging).unwrap();
         registry.maintain_in_background(&key);
@@ -1534,6 +1607,9 @@ mod tests {
         settled().await;
         assert!(slot.failed_at.lock().unwrap().is_none());
         assert_eq!(pack_files(&git_dir, "pack"), 1);
+        // Counted as a background maintenance that consolidated (the direct one is not).
+        let ended = registry.maintenance();
+        assert_eq!((ended.running, ended.consolidated, ended.failed), (0, 1, 1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -351,6 +351,29 @@ fn catalog_records_choose_what_is_cached_and_clones_show_in_metrics_and_log() {
     );
     assert!(m.contains("# HELP gitcache_cache_fetch_total"));
     assert!(m.contains("gitcache_build_info{version=\""));
+    // The first pack's bitmaps are written by background maintenance, which the metrics
+    // show under way and then ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let maintained = loop {
+        let m = metrics(&cache.addr);
+        let consolidated = series(
+            &m,
+            "gitcache_mirror_maintenance_total{result=\"consolidated\"}",
+        );
+        if consolidated >= 1.0 && series(&m, "gitcache_mirror_maintenance_running") == 0.0 {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        series(
+            &maintained,
+            "gitcache_mirror_maintenance_total{result=\"failed\"}"
+        ),
+        0.0
+    );
+    assert!(maintained.contains("# HELP gitcache_mirror_maintenance_running"));
 
     // The access log says the same, one JSON object per line.
     let log = cache.log_with("\"cache_state\":\"hit\"", 1);
