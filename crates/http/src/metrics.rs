@@ -209,7 +209,6 @@ pub(crate) fn spilled(delta: f64) {
     gauge!(SPILLED).increment(delta);
 }
 
-/// Bring the store of objects compressed again's series up to date (when scraped).
 /// Background maintenance as the registry counts it (read when the metrics are rendered).
 pub(crate) fn maintenance(maintenance: gitcache_mirror::registry::Maintenance) {
     gauge!(MAINTENANCE_RUNNING).set(maintenance.running as f64);
@@ -218,6 +217,7 @@ pub(crate) fn maintenance(maintenance: gitcache_mirror::registry::Maintenance) {
     counter!(MAINTENANCE, "result" => "failed").absolute(maintenance.failed);
 }
 
+/// Bring the store of objects compressed again's series up to date (when scraped).
 pub(crate) fn remade(remade: &gitcache_pack::Remade) {
     counter!(REMADE, "result" => "hit").absolute(remade.hits());
     counter!(REMADE, "result" => "miss").absolute(remade.misses());

@@ -518,9 +518,13 @@ async fn a_mirror_from_elsewhere_announces_no_pack(store: AnyStore) {
         }
     };
 
-    // A holds the refresh lease while its fetch is on its way.
+    // A holds the refresh lease while its fetch is on its way: the upstream counts the fetch
+    // as its answer starts, then sends it slowly.
     f.upstream.inject(
-        Fault::Delay(Duration::from_secs(2)),
+        Fault::Trickle {
+            chunk: 256,
+            every: Duration::from_millis(40),
+        },
         1,
         Some(RequestKind::Fetch),
     );

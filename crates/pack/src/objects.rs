@@ -353,6 +353,7 @@ impl Objects {
                 k: u32::try_from(k).unwrap_or(u32::MAX),
                 inner: &mut self.packs.cache,
             };
+            let delta = entry.header.is_delta();
             let decoded = data.decode_entry(
                 entry,
                 &mut self.buf,
@@ -367,10 +368,11 @@ impl Objects {
                 // A whole object: its entry's compressed bytes. A delta resolved here (too
                 // large or too deep to be read along its chain above, which is rare): gitoxide
                 // says only the last delta's compressed bytes, so the object's size stands
-                // for the chain read, which lets go sooner rather than later.
-                if outcome.num_deltas == 0 {
+                // for the chain read, which lets go sooner rather than later; none at all
+                // when the object came whole from the cache.
+                if !delta {
                     self.inflated.add(outcome.compressed_size as u64);
-                } else {
+                } else if outcome.num_deltas > 0 {
                     self.inflated.bytes = self.inflated.bytes.saturating_add(outcome.object_size);
                     self.inflated.entries =
                         (self.inflated.entries).saturating_add(u64::from(outcome.num_deltas) + 1);
