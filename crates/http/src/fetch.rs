@@ -109,26 +109,36 @@ impl Fetches {
             // as it arrives, while the mirror takes it in. Faster than the upstream's own
             // answer, and no second pack upstream.
             let registry = self.mirrors.registry();
-            tokio::select! {
-                biased;
-                outcome = &mut refresh => Waited::Refreshed(outcome.err()),
-                pack = registry.live_pack(&target.key) => {
-                    // None: the mirror comes from elsewhere (another instance fetches it, or
-                    // the shared store holds it), and the clone waits as any fetch does.
-                    if let Some(pack) = pack
-                        && pack.answers(&fetch.wants)
-                        && pack.object_format() == kind
-                    {
-                        Waited::Arriving(pack)
-                    } else {
-                        tokio::select! {
-                            biased;
-                            outcome = &mut refresh => Waited::Refreshed(outcome.err()),
-                            () = &mut too_long => Waited::TooLong,
+            let answers = |pack: &gitcache_mirror::live::LivePack| {
+                pack.answers(&fetch.wants) && pack.object_format() == kind
+            };
+            // Waiting for the first pack's announcement (`unannounced` bounds it), then, once
+            // it was made or the mirror is said to come from elsewhere, as any fetch waits
+            // (`too_long`). A clone told the mirror comes from elsewhere (another instance
+            // fetches it, or the shared store holds it) still takes the first pack should
+            // this instance fetch it after all (the other instance's fetch failed).
+            let (mut live, mut announced) = (true, false);
+            loop {
+                tokio::select! {
+                    biased;
+                    outcome = &mut refresh => break Waited::Refreshed(outcome.err()),
+                    pack = registry.live_pack(&target.key), if live => {
+                        live = false;
+                        match pack {
+                            Some(pack) if answers(&pack) => break Waited::Arriving(pack),
+                            Some(_) => {}
+                            None => announced = true,
                         }
                     }
+                    pack = registry.announced_pack(&target.key), if announced => {
+                        announced = false;
+                        if answers(&pack) {
+                            break Waited::Arriving(pack);
+                        }
+                    }
+                    () = &mut unannounced, if live => break Waited::TooLong,
+                    () = &mut too_long, if !live => break Waited::TooLong,
                 }
-                () = &mut unannounced => Waited::TooLong,
             }
         } else {
             tokio::select! {

@@ -209,19 +209,29 @@ impl Board {
     /// The pack announced now, or the next one announced; `None` once the refresh under way
     /// is said to bring the mirror from [elsewhere](Self::elsewhere).
     pub async fn next(&self) -> Option<Arc<LivePack>> {
+        self.wait_for(|posted| match &posted.pack {
+            Some(pack) => Some(Some(Arc::clone(pack))),
+            None => posted.elsewhere.then_some(None),
+        })
+        .await
+    }
+
+    /// The pack announced now, or the next one announced, whatever was said of elsewhere: for
+    /// those told none was coming, should this instance fetch the mirror itself after all
+    /// (the other instance's fetch failed).
+    pub async fn announced(&self) -> Arc<LivePack> {
+        self.wait_for(|posted| posted.pack.clone()).await
+    }
+
+    /// What `pick` makes of what is posted, once it makes something.
+    async fn wait_for<T>(&self, pick: impl Fn(&Posted) -> Option<T>) -> T {
         loop {
             let told = self.told.notified();
             tokio::pin!(told);
             // Listening before looking: an announcement in between still wakes this.
             told.as_mut().enable();
-            {
-                let posted = self.posted();
-                if let Some(pack) = &posted.pack {
-                    return Some(Arc::clone(pack));
-                }
-                if posted.elsewhere {
-                    return None;
-                }
+            if let Some(picked) = pick(&self.posted()) {
+                return picked;
             }
             told.await;
         }
@@ -368,6 +378,34 @@ mod tests {
         assert!(board.next().await.unwrap().answers(&[oid(7)]));
     }
 
+    /// One told that no pack comes may still wait for one: announced should this instance
+    /// fetch the mirror itself after all.
+    #[tokio::test]
+    async fn a_pack_announced_after_word_of_elsewhere_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.pack");
+        std::fs::write(&path, b"").unwrap();
+        let board = Arc::new(Board::default());
+        board.elsewhere();
+        assert!(board.next().await.is_none());
+        let waiting = tokio::spawn({
+            let board = Arc::clone(&board);
+            async move { board.announced().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "word of elsewhere is no pack");
+        let _publisher = board.announce(
+            vec![oid(3)],
+            HashKind::Sha1,
+            std::fs::File::open(&path).unwrap(),
+        );
+        let pack = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(pack.answers(&[oid(3)]));
+    }
+
     #[tokio::test]
     async fn a_mirror_from_elsewhere_tells_those_waiting_that_no_pack_comes() {
         let dir = tempfile::tempdir().unwrap();
@@ -390,6 +428,7 @@ mod tests {
         // A pack announced is not taken back by word of elsewhere.
         board.elsewhere();
         assert!(board.next().await.is_some());
+        assert!(board.announced().await.answers(&[oid(7)]));
 
         // Cleared, a board waits again.
         board.clear();

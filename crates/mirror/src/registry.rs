@@ -442,6 +442,15 @@ impl Registry {
         slot.live.next().await
     }
 
+    /// The first pack of `key`'s mirror announced now or next, whatever was said of the mirror
+    /// coming from elsewhere: for a clone told so ([`live_pack`](Self::live_pack) was
+    /// `None`), should this registry fetch the mirror itself after all (the other instance's
+    /// fetch failed, its lease lapsed).
+    pub async fn announced_pack(&self, key: &RepoKey) -> Arc<LivePack> {
+        let slot = self.slot(key);
+        slot.live.announced().await
+    }
+
     /// The mirrors whose packs background maintenance (see
     /// [`maintain_in_background`](Self::maintain_in_background)) consolidated from now on,
     /// each as its maintenance ends: the new pack's bitmaps written, the replaced packs

@@ -71,6 +71,26 @@ fn fleet(store: AnyStore, grace: Duration, seed: u64) -> Fleet {
 }
 
 impl Fleet {
+    /// A refresh of the mirror by `registry`, in a task of its own.
+    fn refreshing(
+        &self,
+        registry: &Arc<Registry>,
+    ) -> tokio::task::JoinHandle<
+        Result<gitcache_mirror::mirror::Refreshed, Arc<gitcache_mirror::mirror::Error>>,
+    > {
+        let (registry, key, client) = (Arc::clone(registry), self.key.clone(), self.client.clone());
+        tokio::spawn(async move { registry.refresh(&key, &client, &[]).await })
+    }
+
+    /// Wait until the upstream has counted `fetches` fetches (as each answer starts).
+    async fn until_fetched(&self, fetches: usize) {
+        let asked = std::time::Instant::now();
+        while self.upstream.counts().fetch < fetches {
+            assert!(asked.elapsed() < Duration::from_secs(30), "never fetched");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The two instances again, on the same folders and store, sharing leases.
     fn with_leases(mut self) -> Fleet {
         let (first, second) = MemoryLeases::pair();
@@ -528,19 +548,9 @@ async fn a_mirror_from_elsewhere_announces_no_pack(store: AnyStore) {
         1,
         Some(RequestKind::Fetch),
     );
-    let a = tokio::spawn({
-        let (registry, key, client) = (Arc::clone(&f.a), f.key.clone(), f.client.clone());
-        async move { registry.refresh(&key, &client, &[]).await }
-    });
-    let asked = std::time::Instant::now();
-    while f.upstream.counts().fetch == 0 {
-        assert!(asked.elapsed() < Duration::from_secs(30), "A never fetched");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let b = tokio::spawn({
-        let (registry, key, client) = (Arc::clone(&f.b), f.key.clone(), f.client.clone());
-        async move { registry.refresh(&key, &client, &[]).await }
-    });
+    let a = f.refreshing(&f.a);
+    f.until_fetched(1).await;
+    let b = f.refreshing(&f.b);
     assert!(told(&f.b).await.is_none(), "B waits for A's lease");
     assert!(!a.is_finished(), "told while A held the lease");
     // A's own pack is announced on A's board.
@@ -583,6 +593,53 @@ async fn a_mirror_from_elsewhere_announces_no_pack(store: AnyStore) {
 on_both_backends!(a_mirror_from_elsewhere_announces_no_pack:
     a_mirror_from_elsewhere_announces_no_pack_on_the_filesystem_backend,
     a_mirror_from_elsewhere_announces_no_pack_in_a_bucket);
+
+/// Told that the mirror comes from elsewhere, one waiting for the first pack still gets it
+/// when the other instance's fetch fails and this one fetches the mirror itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_pack_fetched_here_after_the_other_instance_failed_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fleet(
+        AnyStore::Fs(FsStore::new(dir.path())),
+        Duration::from_secs(3600),
+        1306,
+    )
+    .with_leases();
+    // A's answer comes slowly (about a second), then breaks off: its refresh fails, holding
+    // the lease till then.
+    for fault in [
+        Fault::Trickle {
+            chunk: 128,
+            every: Duration::from_millis(60),
+        },
+        Fault::CutAfter(2048),
+    ] {
+        f.upstream.inject(fault, 1, Some(RequestKind::Fetch));
+    }
+    let a = f.refreshing(&f.a);
+    f.until_fetched(1).await;
+    // B's own fetch, after A's, comes slowly too: its pack stays announced a while.
+    f.upstream.inject(
+        Fault::Trickle {
+            chunk: 1024,
+            every: Duration::from_millis(40),
+        },
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let b = f.refreshing(&f.b);
+    let within = Duration::from_secs(30);
+    let told = tokio::time::timeout(within, f.b.live_pack(&f.key)).await;
+    assert!(told.expect("told").is_none(), "B waits for A's lease");
+    let pack = tokio::time::timeout(within, f.b.announced_pack(&f.key))
+        .await
+        .expect("B fetches the mirror itself and announces its first pack");
+    assert_eq!(pack.object_format(), gix_hash::Kind::Sha1);
+    assert!(a.await.unwrap().is_err(), "A's fetch broke off");
+    b.await.unwrap().unwrap();
+    assert_eq!(f.upstream.counts().fetch, 2);
+    f.fsck(&f.b);
+}
 
 /// Where the filesystem store keeps the fleet's mirror's pack file `stem.ext`.
 fn stored_file(fs: &FsStore, stem: &str, ext: &str) -> std::path::PathBuf {
