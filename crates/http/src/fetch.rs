@@ -99,7 +99,7 @@ impl Fetches {
         // announced (the refresh's `ls-refs` and the upstream's start come first): up to
         // `ANNOUNCED_WITHIN`, after which it is passed through too. A refresh that finds
         // the mirror coming from elsewhere (another instance's fetch, the shared store) says
-        // so at once, and the clone then waits as any other fetch.
+        // so at once (see the wait below).
         let unannounced =
             until(deadline.map(|d| d.max(tokio::time::Instant::now() + ANNOUNCED_WITHIN)));
         let refresh = self.mirrors.refresh(&target.key, upstream, true);

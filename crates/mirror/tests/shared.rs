@@ -605,19 +605,22 @@ async fn a_first_pack_fetched_here_after_the_other_instance_failed_is_announced(
         1306,
     )
     .with_leases();
-    // A's answer comes slowly (about a second), then breaks off: its refresh fails, holding
-    // the lease till then.
+    // A's fetch is answered after 2.5 s, with an error: its refresh fails, holding the lease
+    // till then. (The upstream counts a request once it answers: A's `ls-refs`, which comes
+    // just before its fetch, says A holds the lease.)
     for fault in [
-        Fault::Trickle {
-            chunk: 128,
-            every: Duration::from_millis(60),
-        },
-        Fault::CutAfter(2048),
+        Fault::Delay(Duration::from_millis(2500)),
+        Fault::Status(500),
     ] {
         f.upstream.inject(fault, 1, Some(RequestKind::Fetch));
     }
     let a = f.refreshing(&f.a);
-    f.until_fetched(1).await;
+    let asked = std::time::Instant::now();
+    while f.upstream.counts().ls_refs == 0 {
+        assert!(asked.elapsed() < Duration::from_secs(30), "A never asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // B's own fetch, after A's, comes slowly too: its pack stays announced a while.
     f.upstream.inject(
         Fault::Trickle {
@@ -635,7 +638,7 @@ async fn a_first_pack_fetched_here_after_the_other_instance_failed_is_announced(
         .await
         .expect("B fetches the mirror itself and announces its first pack");
     assert_eq!(pack.object_format(), gix_hash::Kind::Sha1);
-    assert!(a.await.unwrap().is_err(), "A's fetch broke off");
+    assert!(a.await.unwrap().is_err(), "A's fetch failed");
     b.await.unwrap().unwrap();
     assert_eq!(f.upstream.counts().fetch, 2);
     f.fsck(&f.b);

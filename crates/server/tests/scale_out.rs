@@ -205,6 +205,70 @@ fn twenty_cold_clones_over_two_instances_fetch_once() {
     fsck(&git.home().join("clone-1"));
 }
 
+/// A first clone on B while A holds the refresh lease is told the mirror comes from A; when
+/// A's fetch breaks off, B fetches the mirror itself, and the clone is sent B's first pack
+/// as it arrives, not made to wait for B to take it in.
+#[test]
+fn a_first_clone_waiting_on_another_instance_that_fails_gets_the_pack_fetched_here() {
+    let Some((server, upstream, source)) = setup("gitcache-failover", "acme/failover", 1319) else {
+        return;
+    };
+    let Some(database) = postgres_database("failover") else {
+        return;
+    };
+    let flags = ["--database-url", database.as_str()];
+    let a = instance_with(&upstream, &server, &flags);
+    let b = instance_with(&upstream, &server, &flags);
+    // A's fetch is answered after 2.5 s, with an error.
+    for fault in [
+        Fault::Delay(Duration::from_millis(2500)),
+        Fault::Status(500),
+    ] {
+        upstream.inject(fault, 1, Some(RequestKind::Fetch));
+    }
+    let git = GitClient::new().unwrap();
+    std::thread::scope(|scope| {
+        let failing = scope.spawn(|| {
+            git.run(
+                git.home(),
+                &["clone", "-q", &a.url("acme/failover"), "on-a"],
+            )
+            .unwrap()
+        });
+        // The upstream counts a request once it answers: the second `ls-refs` (the
+        // client's, then A's refresh's, just before its fetch) says A holds the lease.
+        let asked = std::time::Instant::now();
+        while upstream.counts().ls_refs < 2 {
+            assert!(
+                asked.elapsed() < Duration::from_secs(60),
+                "A never refreshed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // B's own fetch comes next, at a pace that keeps its pack arriving for a while.
+        upstream.inject(
+            Fault::Trickle {
+                chunk: 64 << 10,
+                every: Duration::from_millis(40),
+            },
+            1,
+            Some(RequestKind::Fetch),
+        );
+        git.run(
+            git.home(),
+            &["clone", "-q", &b.url("acme/failover"), "on-b"],
+        )
+        .unwrap()
+        .expect_success();
+        assert!(!failing.join().unwrap().success(), "A's clone failed");
+    });
+    fsck(&git.home().join("on-b"));
+    assert_eq!(tip(&git.home().join("on-b")), tip(&source));
+    assert_eq!(upstream.counts().fetch, 2, "{:?}", upstream.counts());
+    b.log_with("arriving=true", 1);
+}
+
 #[test]
 fn a_killed_instances_refresh_is_taken_over_when_its_lease_lapses() {
     let Some((server, upstream, _)) = setup("gitcache-kill", "acme/kill", 1312) else {
