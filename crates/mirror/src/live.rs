@@ -339,21 +339,28 @@ mod tests {
         assert_eq!(pack.wait_past(4, Duration::ZERO), Progress::Whole(4));
     }
 
-    /// A task waiting on `board` for the next pack, still waiting a moment later.
-    async fn waiting_on(board: &Arc<Board>) -> tokio::task::JoinHandle<Option<Arc<LivePack>>> {
-        let waiting = tokio::spawn({
-            let board = Arc::clone(board);
-            async move { board.next().await }
-        });
+    /// A task waiting on `board` as `wait` does, still waiting a moment later.
+    async fn waiting_as<T, F>(
+        board: &Arc<Board>,
+        wait: impl FnOnce(Arc<Board>) -> F,
+    ) -> tokio::task::JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let waiting = tokio::spawn(wait(Arc::clone(board)));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished());
         waiting
     }
 
+    /// A task waiting on `board` for the next pack, still waiting a moment later.
+    async fn waiting_on(board: &Arc<Board>) -> tokio::task::JoinHandle<Option<Arc<LivePack>>> {
+        waiting_as(board, |board| async move { board.next().await }).await
+    }
+
     /// What a waiting task was told.
-    async fn told(
-        waiting: tokio::task::JoinHandle<Option<Arc<LivePack>>>,
-    ) -> Option<Arc<LivePack>> {
+    async fn told<T>(waiting: tokio::task::JoinHandle<T>) -> T {
         tokio::time::timeout(Duration::from_secs(30), waiting)
             .await
             .expect("told within the time")
@@ -388,22 +395,14 @@ mod tests {
         let board = Arc::new(Board::default());
         board.elsewhere();
         assert!(board.next().await.is_none());
-        let waiting = tokio::spawn({
-            let board = Arc::clone(&board);
-            async move { board.announced().await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "word of elsewhere is no pack");
+        // Word of elsewhere is no pack: still waiting.
+        let waiting = waiting_as(&board, |board| async move { board.announced().await }).await;
         let _publisher = board.announce(
             vec![oid(3)],
             HashKind::Sha1,
             std::fs::File::open(&path).unwrap(),
         );
-        let pack = tokio::time::timeout(Duration::from_secs(30), waiting)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(pack.answers(&[oid(3)]));
+        assert!(told(waiting).await.answers(&[oid(3)]));
     }
 
     #[tokio::test]

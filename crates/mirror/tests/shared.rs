@@ -82,6 +82,13 @@ impl Fleet {
         tokio::spawn(async move { registry.refresh(&key, &client, &[]).await })
     }
 
+    /// The upstream's next fetch answered `chunk` bytes at a time, 40 ms apart.
+    fn next_fetch_slow(&self, chunk: usize) {
+        let every = Duration::from_millis(40);
+        let slow = Fault::Trickle { chunk, every };
+        self.upstream.inject(slow, 1, Some(RequestKind::Fetch));
+    }
+
     /// Wait until the upstream has counted `fetches` fetches (as each answer starts).
     async fn until_fetched(&self, fetches: usize) {
         let asked = std::time::Instant::now();
@@ -540,14 +547,7 @@ async fn a_mirror_from_elsewhere_announces_no_pack(store: AnyStore) {
 
     // A holds the refresh lease while its fetch is on its way: the upstream counts the fetch
     // as its answer starts, then sends it slowly.
-    f.upstream.inject(
-        Fault::Trickle {
-            chunk: 256,
-            every: Duration::from_millis(40),
-        },
-        1,
-        Some(RequestKind::Fetch),
-    );
+    f.next_fetch_slow(256);
     let a = f.refreshing(&f.a);
     f.until_fetched(1).await;
     let b = f.refreshing(&f.b);
@@ -622,14 +622,7 @@ async fn a_first_pack_fetched_here_after_the_other_instance_failed_is_announced(
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     // B's own fetch, after A's, comes slowly too: its pack stays announced a while.
-    f.upstream.inject(
-        Fault::Trickle {
-            chunk: 1024,
-            every: Duration::from_millis(40),
-        },
-        1,
-        Some(RequestKind::Fetch),
-    );
+    f.next_fetch_slow(1024);
     let b = f.refreshing(&f.b);
     let within = Duration::from_secs(30);
     let told = tokio::time::timeout(within, f.b.live_pack(&f.key)).await;
