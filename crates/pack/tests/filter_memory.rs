@@ -4,43 +4,14 @@
 //! This file holds one test on purpose: the allocator below counts the bytes the whole
 //! process holds, so nothing else may run beside it.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::ObjectId;
 use gitcache_protocol::filter::Filter;
 use gitcache_protocol::request::Fetch;
+use gitcache_testkit::heap::{Counting, Peak};
 use gitcache_testkit::repo::{self, RepoSpec};
-
-/// The system allocator, keeping count of the bytes held now and the most held since the
-/// measurement began.
-struct Counting;
-
-static HELD: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// A global allocator can only be written with `unsafe`; this one adds counting to the
-// system's and nothing else.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract is passed on unchanged.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            let held = HELD.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(held, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract is passed on unchanged.
-        unsafe { System.dealloc(ptr, layout) };
-        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -55,15 +26,14 @@ fn peak_while_planning(repo: &Repository, wants: &[ObjectId], filter: Filter) ->
         filter: Some(filter),
         ..Fetch::default()
     };
-    let start = HELD.load(Ordering::Relaxed);
-    PEAK.store(start, Ordering::Relaxed);
+    let peak = Peak::start();
     let planned = plan(repo, &fetch, repo.object_format(), &Options::default()).unwrap();
     let Plan::Pack(pack) = planned else {
         panic!("a fetch with wants and done gets a pack")
     };
     let objects = pack.object_count();
     drop(pack);
-    (PEAK.load(Ordering::Relaxed) - start, objects)
+    (peak.grown(), objects)
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! - [`repo`]: seedable repository generators (SHA-1 and SHA-256) and appending commits.
 //! - [`git::GitClient`]: the real `git` client with its own `HOME` and no machine configuration.
 //! - [`fuzz::replay`]: fuzz corpora and saved crashes replayed in ordinary tests.
+//! - [`heap::Counting`]: an allocator counting the heap a test holds, at its peak.
 //! - [`crash::campaign`]: the server binary killed at random instants and checked after each.
 //! - [`s3::S3Server`]: a real S3-compatible server (moto); [`relay::Relay`]: a TCP relay that
 //!   can be cut, to take a server away and bring it back.
@@ -27,7 +28,7 @@
 //! assert_eq!(upstream.counts().fetch, 1);
 //! # Ok::<(), std::io::Error>(())
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod crash;
@@ -35,6 +36,7 @@ pub mod dns;
 pub mod fuzz;
 pub mod git;
 pub mod github;
+pub mod heap;
 pub mod relay;
 pub mod repo;
 pub mod s3;
