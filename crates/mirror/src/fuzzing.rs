@@ -1,13 +1,22 @@
 //! The entry points shared by the fuzz targets and the tests that replay their corpora:
 //! arbitrary bytes offered as a received pack, and as a shared mirror's manifest.
 
-use crate::ingest::{Error, ingest_pack_checked};
+use crate::ingest::{Error, ingest_streaming_from};
 
 /// Offer `data` as a first fetch's pack to an empty object directory, checked as one (its
 /// history whole within it). It is taken in whole (a `.pack`, its `.idx` and, unless it has
 /// deltas on bases named by id, its `.rev`; nothing else) or refused with a typed error
-/// leaving the directory empty.
+/// leaving the directory empty. It is offered twice, blobs hashed as they are read from the
+/// usual size on and then every one: both end alike, with the same index.
 pub fn ingest(data: &[u8]) {
+    let usual = ingest_streaming(data, crate::ingest::STREAMED_BLOB);
+    let every = ingest_streaming(data, 0);
+    assert_eq!(usual, every, "streaming every blob changed the outcome");
+}
+
+/// What [`ingest`] left with blobs from `streamed_from` bytes on hashed as they are read:
+/// the index's bytes, or the refusal.
+fn ingest_streaming(data: &[u8], streamed_from: u64) -> Option<Vec<u8>> {
     let dir = std::env::temp_dir().join(format!(
         "gitcache-ingest-fuzz-{}-{:?}",
         std::process::id(),
@@ -19,25 +28,35 @@ pub fn ingest(data: &[u8]) {
     let closure = gitcache_pack::Closure::Closed {
         self_contained: true,
     };
-    let outcome = ingest_pack_checked(&dir, gix_hash::Kind::Sha1, &mut &data[..], closure);
+    let outcome = ingest_streaming_from(
+        &dir,
+        gix_hash::Kind::Sha1,
+        &mut &data[..],
+        closure,
+        None,
+        streamed_from,
+    );
     let mut left: Vec<String> = std::fs::read_dir(dir.join("objects").join("pack"))
         .expect("pack folder")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    match outcome {
+    let index = match outcome {
         Ok(ingested) => {
             let stem = format!("pack-{}", ingested.checksum);
             let whole = [format!("{stem}.idx"), format!("{stem}.pack")];
             let with_rev = [whole[0].clone(), whole[1].clone(), format!("{stem}.rev")];
             assert!(left == whole || left == with_rev, "{left:?}");
+            Some(std::fs::read(&ingested.index).expect("the index written"))
         }
         Err(Error::InvalidPack { .. } | Error::Refused(_)) => {
-            assert!(left.is_empty(), "left behind: {left:?}")
+            assert!(left.is_empty(), "left behind: {left:?}");
+            None
         }
         Err(err) => panic!("a local failure on fuzz input: {err}"),
-    }
+    };
     let _ = std::fs::remove_dir_all(&dir);
+    index
 }
 
 /// Offer `data` as a mirror manifest read from a shared store: refused with a typed error, or

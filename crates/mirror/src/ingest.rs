@@ -21,6 +21,12 @@ use gix_hash::{Kind as HashKind, ObjectId};
 /// us allocate tens of gigabytes. 2 GiB admits about 26 million objects.
 pub const MAX_ALLOCATION: usize = 2 << 30;
 
+/// Blobs stored whole from this size on are hashed as they arrive, and unless a delta rests
+/// on them not decoded again ([`gitcache_pack::ReadPack::hashed`]): taking in a pack takes
+/// the same memory whatever the size of its files. Smaller ones are hashed when the pack's
+/// objects are decoded, on all cores rather than on the thread reading the pack.
+pub const STREAMED_BLOB: u64 = 1 << 20;
+
 /// A pack now part of the mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
@@ -127,6 +133,19 @@ pub fn ingest_pack_announced(
     closure: Closure,
     announce: Option<Announce>,
 ) -> Result<Ingested, Error> {
+    ingest_streaming_from(git_dir, hash, pack, closure, announce, STREAMED_BLOB)
+}
+
+/// [`ingest_pack_announced`], hashing blobs stored whole from `streamed_from` bytes on as
+/// they arrive (see [`STREAMED_BLOB`]; the fuzz target hashes every one so).
+pub(crate) fn ingest_streaming_from(
+    git_dir: &Path,
+    hash: HashKind,
+    pack: &mut dyn BufRead,
+    closure: Closure,
+    announce: Option<Announce>,
+    streamed_from: u64,
+) -> Result<Ingested, Error> {
     let pack_dir = git_dir.join("objects").join("pack");
     std::fs::create_dir_all(&pack_dir)?;
     let staging_dir = pack_dir.join(format!("incoming-{}-{}", std::process::id(), unique()));
@@ -139,7 +158,8 @@ pub fn ingest_pack_announced(
         checksum,
         bases,
         ref_deltas_within,
-    } = receive(git_dir, hash, pack, &received, announce)?;
+        hashed,
+    } = receive(git_dir, hash, pack, &received, announce, streamed_from)?;
     let repo = gitcache_pack::Repository::open(git_dir).map_err(std::io::Error::other)?;
     if repo.object_format() != hash {
         return Err(std::io::Error::other(format!(
@@ -155,7 +175,13 @@ pub fn ingest_pack_announced(
         let data = staging_dir.join(format!("pack-{checksum}.pack"));
         let index = data.with_extension("idx");
         std::fs::rename(&received, &data)?;
-        repo.index_pack(&data, &entries, &bases, &checksum, &index, closure)
+        let read = gitcache_pack::ReadPack {
+            entries: &entries,
+            bases: &bases,
+            hashed: &hashed,
+            checksum: &checksum,
+        };
+        repo.index_pack(&data, read, &index, closure)
             .map_err(|err| match (err, closure) {
                 // Writing the index failed here (a full disk): not the upstream's fault.
                 (gitcache_pack::Error::Io(err), _) => Error::Io(err),
@@ -218,24 +244,29 @@ pub fn ingest_pack_announced(
 
 /// A received pack in its file: its entries, its checksum, where the bases added to complete
 /// it as a thin pack are, by id, and whether some delta's base is named by id and was not
-/// added (a base within the pack).
+/// added (a base within the pack), and its blobs hashed as they were read (stored whole, from
+/// the size asked, no delta on them; by position, in order).
 struct Received {
     entries: Vec<PackEntry>,
     checksum: ObjectId,
     bases: std::collections::HashMap<ObjectId, u64>,
     ref_deltas_within: bool,
+    hashed: Vec<(u32, ObjectId)>,
 }
 
 /// Read the pack from `pack` into the file `to` as it is received, then complete a thin pack
 /// as `git index-pack --fix-thin` does: the bases its deltas name by id that the repository
 /// has are added at the end of the file (the deltas keep naming them by id), and the count
-/// and checksum are written anew.
+/// and checksum are written anew. Blobs stored whole from `streamed_from` bytes on are hashed
+/// as they are read, and kept so unless a delta rests on them by offset (a delta naming its
+/// base by id is completed, or read by gitoxide's indexer, which decodes every object).
 fn receive(
     git_dir: &Path,
     hash: HashKind,
     pack: &mut dyn BufRead,
     to: &Path,
     announce: Option<Announce>,
+    streamed_from: u64,
 ) -> Result<Received, Error> {
     use gix_pack::data::entry::Header;
     use gix_pack::data::input;
@@ -263,64 +294,67 @@ fn receive(
     };
     // The tee checks the trailer: gitoxide's check hashes with collision detection, a quarter
     // of the time of reading a pack on one thread ([`gitcache_pack::Checksum`]).
-    let read = input::BytesToEntriesIter::new_from_header(
-        &mut tee,
-        input::Mode::AsIs,
-        input::EntryDataMode::Crc32,
-        hash,
-    )
-    .map_err(invalid)?;
+    let mut read =
+        gitcache_pack::incoming::Incoming::new(&mut tee, hash, streamed_from).map_err(invalid)?;
     // A header may claim any count: nothing is sized by it beyond this bound.
-    let claimed = read.size_hint().0;
+    let claimed = read.count() as usize;
     if claimed.saturating_mul(std::mem::size_of::<PackEntry>() * 4) > MAX_ALLOCATION {
         return Err(Error::InvalidPack {
             message: format!("the pack claims {claimed} objects, more than can be indexed"),
         });
     }
     let mut entries = Vec::new();
-    let mut checksum = None;
     // Where the last entry read ends: the file must end there, with the checksum.
     let mut entries_end = gix_pack::data::header::SIZE as u64;
     // Bases named by id, each once, in the order first named; the set is keyed by ids the
     // pack chose, hence std's seeded hasher.
     let (mut named, mut seen) = (Vec::new(), std::collections::HashSet::new());
-    for entry in read {
-        let entry = entry.map_err(invalid)?;
+    // The blobs hashed as they were read so far, by offset: their positions and ids.
+    let mut hashed = std::collections::HashMap::new();
+    while let Some(entry) = read.next_entry().map_err(invalid)? {
         // The index keeps a CRC-32 of each entry as written in its shortest form, which git
         // always writes: a longer form would not match it.
-        if entry.header_size as usize != entry.header.size(entry.decompressed_size) {
+        if entry.header_size as usize != entry.header.size(entry.size) {
             return Err(Error::InvalidPack {
                 message: format!(
                     "the entry at offset {} has a header not in its shortest form",
-                    entry.pack_offset
+                    entry.offset
                 ),
             });
         }
-        if let Header::RefDelta { base_id } = entry.header
-            && seen.insert(base_id)
-        {
-            named.push(base_id);
+        let position =
+            u32::try_from(entries.len()).map_err(|_| invalid("too many objects for one pack"))?;
+        match (entry.header, entry.id) {
+            (Header::RefDelta { base_id }, _) if seen.insert(base_id) => named.push(base_id),
+            (Header::OfsDelta { base_distance }, _) => {
+                // A base comes before its deltas: not decoded only if none rests on it.
+                if let Some(base) = entry.offset.checked_sub(base_distance) {
+                    hashed.remove(&base);
+                }
+            }
+            (_, Some(id)) => {
+                hashed.insert(entry.offset, (position, id));
+            }
+            _ => {}
         }
-        let crc32 = entry.crc32.ok_or_else(|| Error::InvalidPack {
-            message: "an entry without its checksum".into(),
-        })?;
         entries.push(PackEntry {
-            offset: entry.pack_offset,
-            crc32,
+            offset: entry.offset,
+            crc32: entry.crc32,
         });
-        entries_end = entry.pack_offset + entry.bytes_in_pack();
-        checksum = entry.trailer.or(checksum);
+        entries_end = entry.end();
     }
+    let checksum = read.trailer().map_err(invalid)?;
     if let Some(err) = tee.failed.take() {
         return Err(err.into());
     }
     let live = tee.live.take();
     let mut file = tee.out.into_inner().map_err(|e| e.into_error())?;
-    let (Some(mut checksum), false) = (checksum, entries.is_empty()) else {
+    let mut checksum = checksum;
+    if entries.is_empty() {
         return Err(Error::InvalidPack {
             message: "no pack was written".into(),
         });
-    };
+    }
     let (computed, trailer) = tee.sum.finish()?;
     if trailer != checksum.as_slice() || computed != checksum {
         return Err(invalid(format!(
@@ -390,11 +424,14 @@ fn receive(
                 .failed("the upstream's pack left out objects it needs (a thin pack)");
         }
     }
+    let mut hashed: Vec<(u32, ObjectId)> = hashed.into_values().collect();
+    hashed.sort_unstable_by_key(|&(position, _)| position);
     Ok(Received {
         entries,
         checksum,
         bases,
         ref_deltas_within,
+        hashed,
     })
 }
 

@@ -359,18 +359,7 @@ fn the_index_is_the_one_git_writes() {
         let mirror = empty_mirror(dir.path(), format);
         let kind = hash_kind(format);
         let ingested = ingest_pack(&mirror, kind, &mut &pack[..]).unwrap();
-        let theirs = dir.path().join("theirs.idx");
-        git(
-            dir.path(),
-            &[
-                "index-pack",
-                "--rev-index",
-                &format!("--object-format={format}"),
-                "-o",
-                theirs.to_str().unwrap(),
-                ingested.pack.to_str().unwrap(),
-            ],
-        );
+        let theirs = index_as_git_writes_it(dir.path(), format, &ingested.pack);
         assert!(
             std::fs::read(&ingested.index).unwrap() == std::fs::read(&theirs).unwrap(),
             "{format}, ofs-delta {ofs_delta}: the index differs from git's"
@@ -388,6 +377,24 @@ fn the_index_is_the_one_git_writes() {
         set_refs_like(&mirror, &source);
         git(&mirror, &["fsck", "--strict", "--no-progress"]);
     }
+}
+
+/// The index `git index-pack` writes for `pack` (in `format`), with its reverse index
+/// beside: `dir/theirs.idx`.
+fn index_as_git_writes_it(dir: &Path, format: &str, pack: &Path) -> std::path::PathBuf {
+    let theirs = dir.join("theirs.idx");
+    git(
+        dir,
+        &[
+            "index-pack",
+            "--rev-index",
+            &format!("--object-format={format}"),
+            "-o",
+            theirs.to_str().unwrap(),
+            pack.to_str().unwrap(),
+        ],
+    );
+    theirs
 }
 
 /// A pack of one small blob as git writes it, and where its only entry starts and ends.
@@ -750,4 +757,114 @@ fn an_announced_pack_is_followed_as_it_is_written() {
     let steps = follower.join().unwrap();
     assert!(steps > 1, "followed in {steps} steps");
     assert!(std::fs::read(&ingested.pack).unwrap() == pack);
+}
+
+/// A repository in `format` at `dir/large.git` with large files (over
+/// [`gitcache_mirror::ingest::STREAMED_BLOB`]): one stored whole that nothing rests on, one
+/// changed in a few bytes (one version a delta on the other), and small files beside.
+fn large_files_repo(dir: &Path, format: &str) -> std::path::PathBuf {
+    let work = dir.join("large");
+    git(
+        dir,
+        &[
+            "init",
+            "-q",
+            &format!("--object-format={format}"),
+            work.to_str().unwrap(),
+        ],
+    );
+    let mut rng = repo::Rng::new(7);
+    let lone = rng.bytes(3 << 20);
+    let mut changed = rng.bytes(2 << 20);
+    std::fs::write(work.join("lone.bin"), &lone).unwrap();
+    std::fs::write(work.join("changed.bin"), &changed).unwrap();
+    std::fs::write(work.join("README"), "large files\n").unwrap();
+    let commit = |message: &str| {
+        git(&work, &["add", "-A"]);
+        git(
+            &work,
+            &[
+                "-c",
+                "user.name=A",
+                "-c",
+                "user.email=a@example.com",
+                "commit",
+                "-q",
+                "-m",
+                message,
+            ],
+        );
+    };
+    commit("first");
+    changed[1 << 20] ^= 0xff;
+    changed.extend_from_slice(b"more");
+    std::fs::write(work.join("changed.bin"), &changed).unwrap();
+    std::fs::write(work.join("README"), "large files, changed\n").unwrap();
+    commit("second");
+    let bare = dir.join("large.git");
+    git(
+        dir,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    bare
+}
+
+/// Blobs over the streaming size stored whole are hashed as they are read (the memory test
+/// shows they are never whole in memory), one a delta rests on is decoded as any base: the
+/// index is byte for byte git's, the pack checked closed, the mirror whole, in either format.
+#[test]
+fn large_blobs_stored_whole_are_indexed_as_git_does() {
+    use gitcache_mirror::ingest::STREAMED_BLOB;
+    for format in ["sha1", "sha256"] {
+        let dir = tempfile::tempdir().unwrap();
+        let source = large_files_repo(dir.path(), format);
+        let pack = pack_objects(&source, &["--revs", "--all"], "");
+        let mirror = empty_mirror(dir.path(), format);
+        let closed = Closure::Closed {
+            self_contained: true,
+        };
+        let ingested =
+            ingest_pack_checked(&mirror, hash_kind(format), &mut &pack[..], closed).unwrap();
+        // The pack holds both shapes: a large blob stored whole that no delta rests on, and
+        // one that is a delta's base.
+        let listing = git(
+            dir.path(),
+            &[
+                "verify-pack",
+                "-v",
+                &format!("--object-format={format}"),
+                ingested.index.to_str().unwrap(),
+            ],
+        );
+        let rows: Vec<Vec<&str>> = (listing.lines())
+            .map(|line| line.split_whitespace().collect())
+            .filter(|row: &Vec<&str>| row.len() >= 5 && row[1] == "blob")
+            .collect();
+        let bases: Vec<&str> = rows.iter().filter(|r| r.len() == 7).map(|r| r[6]).collect();
+        let large_whole = |based: bool| {
+            rows.iter().any(|r| {
+                r.len() == 5
+                    && r[2].parse::<u64>().unwrap() >= STREAMED_BLOB
+                    && bases.contains(&r[0]) == based
+            })
+        };
+        assert!(
+            large_whole(false),
+            "{format}: no large blob alone\n{listing}"
+        );
+        assert!(large_whole(true), "{format}: no large base\n{listing}");
+        let theirs = index_as_git_writes_it(dir.path(), format, &ingested.pack);
+        assert!(
+            std::fs::read(&ingested.index).unwrap() == std::fs::read(&theirs).unwrap(),
+            "{format}: the index differs from git's"
+        );
+        set_refs_like(&mirror, &source);
+        git(&mirror, &["fsck", "--strict", "--no-progress"]);
+    }
 }

@@ -452,3 +452,91 @@ pub fn commit_graph(data: &[u8]) {
         }
     }
 }
+
+/// Read `data` as a pack arriving, entry by entry ([`crate::incoming::Incoming`]). Hashing
+/// no blob, it reads the entries gitoxide's reader reads, field for field, or fails where
+/// that fails. Hashing every blob stored whole, it reads the same or fails (a stream whose
+/// Adler-32 is wrong, which only inflating checks), and each id is that of the blob inflated
+/// whole here. Never a panic, and nothing is sized by what the bytes claim.
+pub fn incoming(data: &[u8]) {
+    use crate::incoming::{Incoming, IncomingEntry};
+    use gix_pack::data::input;
+    let hash = gix_hash::Kind::Sha1;
+    let ours = |hash_from: u64| -> Result<(Vec<IncomingEntry>, Option<ObjectId>), Error> {
+        let mut read = data;
+        let mut incoming = Incoming::new(&mut read, hash, hash_from)?;
+        let mut entries = Vec::new();
+        while let Some(entry) = incoming.next_entry()? {
+            entries.push(entry);
+        }
+        let trailer = (incoming.count() > 0)
+            .then(|| incoming.trailer())
+            .transpose()?;
+        Ok((entries, trailer))
+    };
+    let plain = ours(u64::MAX);
+    let theirs = input::BytesToEntriesIter::new_from_header(
+        &mut &data[..],
+        input::Mode::AsIs,
+        input::EntryDataMode::Crc32,
+        hash,
+    )
+    .map_err(|err| err.to_string())
+    .and_then(|entries| {
+        entries
+            .map(|entry| entry.map_err(|err| err.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    match (&plain, &theirs) {
+        (Ok((ours, trailer)), Ok(theirs)) => {
+            assert_eq!(ours.len(), theirs.len(), "as many entries");
+            for (ours, theirs) in ours.iter().zip(theirs) {
+                assert_eq!(
+                    (ours.offset, &ours.header, ours.size, ours.compressed_size),
+                    (
+                        theirs.pack_offset,
+                        &theirs.header,
+                        theirs.decompressed_size,
+                        theirs.compressed_size
+                    )
+                );
+                assert_eq!(ours.header_size, theirs.header_size);
+                assert_eq!(Some(ours.crc32), theirs.crc32);
+            }
+            assert_eq!(*trailer, theirs.last().and_then(|entry| entry.trailer));
+        }
+        (Err(_), Err(_)) => {}
+        (ours, theirs) => panic!("gitcache read {ours:?}, gitoxide {theirs:?}"),
+    }
+    let (Ok((plain, _)), Ok((hashed, _))) = (plain, ours(0)) else {
+        return;
+    };
+    assert_eq!(plain.len(), hashed.len(), "as many entries");
+    for (plain, hashed) in plain.iter().zip(&hashed) {
+        assert_eq!(
+            plain,
+            &IncomingEntry {
+                id: None,
+                ..hashed.clone()
+            }
+        );
+        let start = usize::try_from(plain.offset + u64::from(plain.header_size)).unwrap();
+        let end = usize::try_from(plain.end()).unwrap();
+        match (&plain.header, hashed.id) {
+            (gix_pack::data::entry::Header::Blob, Some(id)) => {
+                let mut blob = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::ZlibDecoder::new(&data[start..end]),
+                    &mut blob,
+                )
+                .expect("a stream read whole once inflates again");
+                assert_eq!(
+                    id,
+                    gix_object::compute_hash(hash, gix_object::Kind::Blob, &blob).unwrap()
+                );
+            }
+            (_, None) => {}
+            (header, Some(_)) => panic!("a {header:?} hashed"),
+        }
+    }
+}

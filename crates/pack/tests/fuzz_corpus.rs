@@ -122,3 +122,9 @@ fn commit_graph_corpus() {
     let n = gitcache_testkit::fuzz::replay("commit_graph", gitcache_pack::fuzzing::commit_graph);
     assert!(n >= 4, "only {n} inputs replayed");
 }
+
+#[test]
+fn pack_entries_corpus() {
+    let n = gitcache_testkit::fuzz::replay("pack_entries", gitcache_pack::fuzzing::incoming);
+    assert!(n >= 20, "only {n} inputs replayed");
+}
