@@ -399,20 +399,20 @@ fn index_as_git_writes_it(dir: &Path, format: &str, pack: &Path) -> std::path::P
 
 /// A pack of one small blob as git writes it, and where its only entry starts and ends.
 fn one_blob_pack(dir: &Path) -> (Vec<u8>, std::ops::Range<usize>) {
-    let source = dir.join("blob.git");
-    git(dir, &["init", "-q", "--bare", source.to_str().unwrap()]);
-    let blob = String::from_utf8(git_with_input(
-        &source,
-        &["hash-object", "-w", "--stdin"],
-        b"hello\n",
-    ))
-    .unwrap();
-    let pack = git_with_input(
-        &source,
-        &["pack-objects", "--stdout", "-q"],
-        blob.as_bytes(),
-    );
+    let (pack, entry) = blob_pack(dir, b"hello\n");
     assert_eq!(pack[12], 0x36, "a blob of 6 bytes, its header in one byte");
+    (pack, entry)
+}
+
+/// A SHA-1 pack of one blob of `content` as git writes it, and where its only entry starts and
+/// ends.
+fn blob_pack(dir: &Path, content: &[u8]) -> (Vec<u8>, std::ops::Range<usize>) {
+    let source = dir.join("blob.git");
+    if !source.exists() {
+        git(dir, &["init", "-q", "--bare", source.to_str().unwrap()]);
+    }
+    let blob = git_with_input(&source, &["hash-object", "-w", "--stdin"], content);
+    let pack = git_with_input(&source, &["pack-objects", "--stdout", "-q"], &blob);
     let end = pack.len() - 20;
     (pack, 12..end)
 }
@@ -867,4 +867,43 @@ fn large_blobs_stored_whole_are_indexed_as_git_does() {
         set_refs_like(&mirror, &source);
         git(&mirror, &["fsck", "--strict", "--no-progress"]);
     }
+}
+
+/// A large blob, hashed as it arrives rather than decoded, is refused as any entry is when its
+/// stream is damaged: its Adler-32 wrong, its size not the header's, cut short. Nothing is
+/// left behind.
+#[test]
+fn a_large_blob_with_a_damaged_stream_is_refused() {
+    use gitcache_mirror::ingest::STREAMED_BLOB;
+    use gix_pack::data::entry::Header;
+    let dir = tempfile::tempdir().unwrap();
+    let size = STREAMED_BLOB as usize + 4096;
+    let (pack, entry) = blob_pack(dir.path(), &repo::Rng::new(11).bytes(size));
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let entry = &pack[entry];
+    let header_size = Header::Blob.size(size as u64);
+    let stream = &entry[header_size..];
+    // The stream's last four bytes are its Adler-32.
+    let mut adler = entry.to_vec();
+    *adler.last_mut().unwrap() ^= 1;
+    // The same stream under a header one byte longer.
+    let mut longer = Vec::new();
+    Header::Blob.write_to(size as u64 + 1, &mut longer).unwrap();
+    longer.extend_from_slice(stream);
+    // Cut inside the stream: no trailer either.
+    let cut = pack[..pack.len() / 2].to_vec();
+    for (what, bad) in [
+        ("a wrong Adler-32", pack_of(&[&adler])),
+        ("a size not the header's", pack_of(&[&longer])),
+        ("cut short", cut),
+    ] {
+        for piece in [1 << 16, 7] {
+            let mut reader = std::io::BufReader::with_capacity(piece, &bad[..]);
+            let err = ingest_pack(&mirror, Kind::Sha1, &mut reader).unwrap_err();
+            assert!(err.is_upstream_fault(), "{what}: {err:?}");
+            assert!(pack_dir_listing(&mirror).is_empty(), "{what}: left behind");
+        }
+    }
+    // The pack as git wrote it is taken.
+    ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap();
 }

@@ -454,17 +454,21 @@ pub fn commit_graph(data: &[u8]) {
 }
 
 /// Read `data` as a pack arriving, entry by entry ([`crate::incoming::Incoming`]). Hashing
-/// no blob, it reads the entries gitoxide's reader reads, field for field, or fails where
-/// that fails. Hashing every blob stored whole, it reads the same or fails (a stream whose
-/// Adler-32 is wrong, which only inflating checks), and each id is that of the blob inflated
-/// whole here. Never a panic, and nothing is sized by what the bytes claim.
+/// no blob, it reads the entries gitoxide's reader reads, field for field (the CRC-32 where
+/// the header is in its shortest form: gitoxide takes it of that form), or fails where that
+/// fails (or on a header longer than any in its shortest form, which gitoxide takes). Hashing
+/// every blob stored whole, through a reader handing out 7 bytes at a time (headers and
+/// streams split across reads), it reads the same or fails (a stream whose Adler-32 is wrong,
+/// which only inflating checks), and each id is that of the blob inflated whole here. Never a
+/// panic, and nothing is sized by what the bytes claim.
 pub fn incoming(data: &[u8]) {
-    use crate::incoming::{Incoming, IncomingEntry};
+    use crate::incoming::{Incoming, IncomingEntry, LONGEST_HEADER};
     use gix_pack::data::input;
     let hash = gix_hash::Kind::Sha1;
-    let ours = |hash_from: u64| -> Result<(Vec<IncomingEntry>, Option<ObjectId>), Error> {
-        let mut read = data;
-        let mut incoming = Incoming::new(&mut read, hash, hash_from)?;
+    let ours = |read: &mut dyn std::io::BufRead,
+                hash_from: u64|
+     -> Result<(Vec<IncomingEntry>, Option<ObjectId>), Error> {
+        let mut incoming = Incoming::new(read, hash, hash_from)?;
         let mut entries = Vec::new();
         while let Some(entry) = incoming.next_entry()? {
             entries.push(entry);
@@ -474,7 +478,7 @@ pub fn incoming(data: &[u8]) {
             .transpose()?;
         Ok((entries, trailer))
     };
-    let plain = ours(u64::MAX);
+    let plain = ours(&mut &data[..], u64::MAX);
     let theirs = input::BytesToEntriesIter::new_from_header(
         &mut &data[..],
         input::Mode::AsIs,
@@ -501,14 +505,21 @@ pub fn incoming(data: &[u8]) {
                     )
                 );
                 assert_eq!(ours.header_size, theirs.header_size);
-                assert_eq!(Some(ours.crc32), theirs.crc32);
+                if usize::from(ours.header_size) == ours.header.size(ours.size) {
+                    assert_eq!(Some(ours.crc32), theirs.crc32);
+                }
             }
             assert_eq!(*trailer, theirs.last().and_then(|entry| entry.trailer));
         }
         (Err(_), Err(_)) => {}
+        (Err(_), Ok(theirs))
+            if theirs
+                .iter()
+                .any(|entry| usize::from(entry.header_size) > LONGEST_HEADER) => {}
         (ours, theirs) => panic!("gitcache read {ours:?}, gitoxide {theirs:?}"),
     }
-    let (Ok((plain, _)), Ok((hashed, _))) = (plain, ours(0)) else {
+    let mut small = std::io::BufReader::with_capacity(7, data);
+    let (Ok((plain, _)), Ok((hashed, _))) = (plain, ours(&mut small, 0)) else {
         return;
     };
     assert_eq!(plain.len(), hashed.len(), "as many entries");

@@ -34,9 +34,10 @@ use gix_pack::data::entry::Header;
 
 use crate::Error;
 
-/// The most bytes an entry's header takes: its kind and size (ten bytes for 64 bits), then a
-/// base's offset (ten) or id (32).
-const LONGEST_HEADER: usize = 10 + 32;
+/// The most bytes an entry's header takes in its shortest form: its kind and size (ten bytes
+/// for 64 bits), then a base's offset (ten) or id (32). A longer one is refused, wherever the
+/// bytes that arrived so far end.
+pub const LONGEST_HEADER: usize = 10 + 32;
 
 /// A pack read entry by entry from its bytes as they arrive.
 pub struct Incoming<'a> {
@@ -145,6 +146,9 @@ impl<'a> Incoming<'a> {
             gix_pack::data::Entry::from_read(&mut self.read, offset, self.hash.len_in_bytes())
                 .map_err(|err| at(&err))?
         };
+        if header.header_size() > LONGEST_HEADER {
+            return Err(at(&"a header longer than any in its shortest form"));
+        }
         let header_size =
             u16::try_from(header.header_size()).map_err(|_| at(&"a header too long"))?;
         let (decompressed, compressed, id) = match header.header {
@@ -192,7 +196,9 @@ impl<'a> Incoming<'a> {
     }
 
     /// Inflate the zlib stream of a blob of `size` bytes at `offset` from the reader, hashing
-    /// it as it comes: the bytes of its stream and its id.
+    /// it as it comes: the bytes of its stream and its id. Any size is taken, as git takes
+    /// it: nothing here grows with it, and inflating it costs what following its stream to
+    /// the end costs any entry.
     fn hash_blob(&mut self, size: u64, offset: u64) -> Result<(u64, ObjectId), Error> {
         let corrupt =
             |what: &dyn std::fmt::Display| invalid(&format!("the blob at offset {offset}: {what}"));
