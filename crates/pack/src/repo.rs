@@ -200,7 +200,7 @@ impl Repository {
     }
 
     /// The packs as last listed.
-    fn listed_packs(&self) -> std::sync::Arc<[crate::packs::StoredPack]> {
+    pub(crate) fn listed_packs(&self) -> std::sync::Arc<[crate::packs::StoredPack]> {
         self.listed()
             .map_or_else(|| std::sync::Arc::from([]), |listed| listed.packs)
     }

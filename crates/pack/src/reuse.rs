@@ -158,6 +158,7 @@ pub(crate) fn copy_runs<'a, W: Write>(
     let corrupt = |what: &str| Error::Odb {
         message: format!("{}: {what}", pack.pack.display()),
     };
+    let let_go = crate::mapped::LetGo::every(crate::write::LET_GO_EVERY);
     let flush = |sink: &mut Sink<W>, run: &mut Option<(u64, u64)>| -> Result<(), Error> {
         if let Some((start, end)) = run.take() {
             let bytes = data
@@ -166,6 +167,9 @@ pub(crate) fn copy_runs<'a, W: Write>(
             // In pieces, each hashed while its pages are fresh.
             for piece in bytes.chunks(WRITE_CHUNK) {
                 sink.write_all(piece)?;
+            }
+            if let_go.read(end - start, 0) {
+                pack.let_go();
             }
         }
         Ok(())
