@@ -164,12 +164,13 @@ pub(crate) fn copy_runs<'a, W: Write>(
             let bytes = data
                 .entry_slice(start..end)
                 .ok_or_else(|| corrupt("entry beyond the pack's end"))?;
-            // In pieces, each hashed while its pages are fresh.
+            // In pieces, each hashed while its pages are fresh; a run may be most of the pack,
+            // so its pages are let go of as it is copied, not after.
             for piece in bytes.chunks(WRITE_CHUNK) {
                 sink.write_all(piece)?;
-            }
-            if let_go.read(end - start, 0) {
-                pack.let_go();
+                if let_go.read(piece.len() as u64, 0) {
+                    pack.let_go();
+                }
             }
         }
         Ok(())

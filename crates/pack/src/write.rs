@@ -2036,8 +2036,9 @@ impl<'a> PackWriter<'a> {
         // Counted by their bytes alone: an answer reads many small entries near each other,
         // and counting the pages mapped around each let go many times an answer, every
         // concurrent answer on the pack mapping them again.
+        // All the packs read: the count is of all of them.
         if self.let_go.read(read, 0) {
-            pack.let_go();
+            self.packs.iter().for_each(crate::packs::StoredPack::let_go);
         }
         let parsed = gix_pack::data::Entry::from_bytes(&entry, offset, hash).ok()?;
         if large {
@@ -2463,28 +2464,49 @@ mod tests {
             };
             let planned =
                 crate::plan(&repo, &fetch, repo.object_format(), &Default::default()).unwrap();
-            let mut sent = Vec::new();
+            // The pack's map, shared by every reader of the handle: how much of it is
+            // resident is looked at as the answer is written.
+            let data = repo.listed_packs()[0].data(gix_hash::Kind::Sha1).unwrap();
+            let mut sent = Sampled {
+                at: data.entry_slice(0..1).unwrap().as_ptr(),
+                bytes: Vec::new(),
+                most: 0,
+            };
             let stats = planned.write_to(&mut sent).unwrap();
             // The clone copies runs of the pack (its bitmaps say what it holds), the depth-1
             // answer entry by entry.
             match deepen {
-                None => assert_eq!(stats.pack_reused, 25, "{stats:?}"),
+                None => assert!(stats.pack_reused >= 24, "{stats:?}"),
                 Some(_) => assert!(stats.stored_read_bytes > 24 << 20, "{stats:?}"),
             }
+            let len = sent.bytes.len();
+            assert!(len > 24 << 20, "{deepen:?}: {len} bytes sent");
+            // Letting go every 8 MiB, then the piece being copied (1 MiB) and the pages the
+            // kernel reads ahead.
             assert!(
-                sent.len() > 24 << 20,
-                "{deepen:?}: {} bytes sent",
-                sent.len()
+                sent.most < 12 << 20,
+                "{deepen:?}: {} bytes of the pack resident at most",
+                sent.most
             );
-            let packs = repo.listed_packs();
-            let data = packs[0].data(gix_hash::Kind::Sha1).unwrap();
-            let at = data.entry_slice(0..1).unwrap().as_ptr();
-            let resident = crate::mapped::resident(at) as u64;
-            // Letting go every 8 MiB, and a few pages more read since.
-            assert!(
-                resident < 10 << 20,
-                "{deepen:?}: {resident} bytes of the pack resident"
-            );
+        }
+    }
+
+    /// A writer keeping what it is given and the most of a map found resident at its writes.
+    struct Sampled {
+        at: *const u8,
+        bytes: Vec<u8>,
+        most: usize,
+    }
+
+    impl std::io::Write for Sampled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.most = self.most.max(crate::mapped::resident(self.at));
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 
