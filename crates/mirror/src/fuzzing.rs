@@ -1,7 +1,7 @@
 //! The entry points shared by the fuzz targets and the tests that replay their corpora:
 //! arbitrary bytes offered as a received pack, and as a shared mirror's manifest.
 
-use crate::ingest::{Error, ingest_streaming_from};
+use crate::ingest::{Error, ingest_hashing_from};
 
 /// Offer `data` as a first fetch's pack to an empty object directory, checked as one (its
 /// history whole within it). It is taken in whole (a `.pack`, its `.idx` and, unless it has
@@ -9,14 +9,17 @@ use crate::ingest::{Error, ingest_streaming_from};
 /// leaving the directory empty. It is offered twice, blobs hashed as they are read from the
 /// usual size on and then every one: both end alike, with the same index.
 pub fn ingest(data: &[u8]) {
-    let usual = ingest_streaming(data, crate::ingest::STREAMED_BLOB);
-    let every = ingest_streaming(data, 0);
-    assert_eq!(usual, every, "streaming every blob changed the outcome");
+    let usual = ingest_hashing(data, crate::ingest::HASHED_ON_ARRIVAL);
+    let every = ingest_hashing(data, 0);
+    assert_eq!(
+        usual, every,
+        "hashing every blob on arrival changed the outcome"
+    );
 }
 
-/// What [`ingest`] left with blobs from `streamed_from` bytes on hashed as they are read:
+/// What [`ingest`] left with blobs from `hash_from` bytes on hashed as they are read:
 /// the index's bytes, or the refusal.
-fn ingest_streaming(data: &[u8], streamed_from: u64) -> Option<Vec<u8>> {
+fn ingest_hashing(data: &[u8], hash_from: u64) -> Option<Vec<u8>> {
     let dir = std::env::temp_dir().join(format!(
         "gitcache-ingest-fuzz-{}-{:?}",
         std::process::id(),
@@ -28,13 +31,13 @@ fn ingest_streaming(data: &[u8], streamed_from: u64) -> Option<Vec<u8>> {
     let closure = gitcache_pack::Closure::Closed {
         self_contained: true,
     };
-    let outcome = ingest_streaming_from(
+    let outcome = ingest_hashing_from(
         &dir,
         gix_hash::Kind::Sha1,
         &mut &data[..],
         closure,
         None,
-        streamed_from,
+        hash_from,
     );
     let mut left: Vec<String> = std::fs::read_dir(dir.join("objects").join("pack"))
         .expect("pack folder")

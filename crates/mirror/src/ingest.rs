@@ -25,7 +25,7 @@ pub const MAX_ALLOCATION: usize = 2 << 30;
 /// on them not decoded again ([`gitcache_pack::ReadPack::hashed`]): taking in a pack takes
 /// the same memory whatever the size of its files. Smaller ones are hashed when the pack's
 /// objects are decoded, on all cores rather than on the thread reading the pack.
-pub const STREAMED_BLOB: u64 = 1 << 20;
+pub const HASHED_ON_ARRIVAL: u64 = 1 << 20;
 
 /// A pack now part of the mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,18 +133,18 @@ pub fn ingest_pack_announced(
     closure: Closure,
     announce: Option<Announce>,
 ) -> Result<Ingested, Error> {
-    ingest_streaming_from(git_dir, hash, pack, closure, announce, STREAMED_BLOB)
+    ingest_hashing_from(git_dir, hash, pack, closure, announce, HASHED_ON_ARRIVAL)
 }
 
-/// [`ingest_pack_announced`], hashing blobs stored whole from `streamed_from` bytes on as
-/// they arrive (see [`STREAMED_BLOB`]; the fuzz target hashes every one so).
-pub(crate) fn ingest_streaming_from(
+/// [`ingest_pack_announced`], hashing blobs stored whole from `hash_from` bytes on as
+/// they arrive (see [`HASHED_ON_ARRIVAL`]; the fuzz target hashes every one so).
+pub(crate) fn ingest_hashing_from(
     git_dir: &Path,
     hash: HashKind,
     pack: &mut dyn BufRead,
     closure: Closure,
     announce: Option<Announce>,
-    streamed_from: u64,
+    hash_from: u64,
 ) -> Result<Ingested, Error> {
     let pack_dir = git_dir.join("objects").join("pack");
     std::fs::create_dir_all(&pack_dir)?;
@@ -159,7 +159,7 @@ pub(crate) fn ingest_streaming_from(
         bases,
         ref_deltas_within,
         hashed,
-    } = receive(git_dir, hash, pack, &received, announce, streamed_from)?;
+    } = receive(git_dir, hash, pack, &received, announce, hash_from)?;
     let repo = gitcache_pack::Repository::open(git_dir).map_err(std::io::Error::other)?;
     if repo.object_format() != hash {
         return Err(std::io::Error::other(format!(
@@ -257,7 +257,7 @@ struct Received {
 /// Read the pack from `pack` into the file `to` as it is received, then complete a thin pack
 /// as `git index-pack --fix-thin` does: the bases its deltas name by id that the repository
 /// has are added at the end of the file (the deltas keep naming them by id), and the count
-/// and checksum are written anew. Blobs stored whole from `streamed_from` bytes on are hashed
+/// and checksum are written anew. Blobs stored whole from `hash_from` bytes on are hashed
 /// as they are read, and kept so unless a delta rests on them by offset (a delta naming its
 /// base by id is completed, or read by gitoxide's indexer, which decodes every object).
 fn receive(
@@ -266,7 +266,7 @@ fn receive(
     pack: &mut dyn BufRead,
     to: &Path,
     announce: Option<Announce>,
-    streamed_from: u64,
+    hash_from: u64,
 ) -> Result<Received, Error> {
     use gix_pack::data::entry::Header;
     use gix_pack::data::input;
@@ -295,7 +295,7 @@ fn receive(
     // The tee checks the trailer: gitoxide's check hashes with collision detection, a quarter
     // of the time of reading a pack on one thread ([`gitcache_pack::Checksum`]).
     let mut read =
-        gitcache_pack::incoming::Incoming::new(&mut tee, hash, streamed_from).map_err(invalid)?;
+        gitcache_pack::incoming::Incoming::new(&mut tee, hash, hash_from).map_err(invalid)?;
     // A header may claim any count: nothing is sized by it beyond this bound.
     let claimed = read.count() as usize;
     if claimed.saturating_mul(std::mem::size_of::<PackEntry>() * 4) > MAX_ALLOCATION {
@@ -343,13 +343,12 @@ fn receive(
         });
         entries_end = entry.end();
     }
-    let checksum = read.trailer().map_err(invalid)?;
+    let mut checksum = read.trailer().map_err(invalid)?;
     if let Some(err) = tee.failed.take() {
         return Err(err.into());
     }
     let live = tee.live.take();
     let mut file = tee.out.into_inner().map_err(|e| e.into_error())?;
-    let mut checksum = checksum;
     if entries.is_empty() {
         return Err(Error::InvalidPack {
             message: "no pack was written".into(),

@@ -760,7 +760,7 @@ fn an_announced_pack_is_followed_as_it_is_written() {
 }
 
 /// A repository in `format` at `dir/large.git` with large files (over
-/// [`gitcache_mirror::ingest::STREAMED_BLOB`]): one stored whole that nothing rests on, one
+/// [`gitcache_mirror::ingest::HASHED_ON_ARRIVAL`]): one stored whole that nothing rests on, one
 /// changed in a few bytes (one version a delta on the other), and small files beside.
 fn large_files_repo(dir: &Path, format: &str) -> std::path::PathBuf {
     let work = dir.join("large");
@@ -815,12 +815,12 @@ fn large_files_repo(dir: &Path, format: &str) -> std::path::PathBuf {
     bare
 }
 
-/// Blobs over the streaming size stored whole are hashed as they are read (the memory test
+/// Blobs stored whole from the size hashed on arrival are hashed as they are read (the memory test
 /// shows they are never whole in memory), one a delta rests on is decoded as any base: the
 /// index is byte for byte git's, the pack checked closed, the mirror whole, in either format.
 #[test]
 fn large_blobs_stored_whole_are_indexed_as_git_does() {
-    use gitcache_mirror::ingest::STREAMED_BLOB;
+    use gitcache_mirror::ingest::HASHED_ON_ARRIVAL;
     for format in ["sha1", "sha256"] {
         let dir = tempfile::tempdir().unwrap();
         let source = large_files_repo(dir.path(), format);
@@ -850,7 +850,7 @@ fn large_blobs_stored_whole_are_indexed_as_git_does() {
         let large_whole = |based: bool| {
             rows.iter().any(|r| {
                 r.len() == 5
-                    && r[2].parse::<u64>().unwrap() >= STREAMED_BLOB
+                    && r[2].parse::<u64>().unwrap() >= HASHED_ON_ARRIVAL
                     && bases.contains(&r[0]) == based
             })
         };
@@ -874,10 +874,10 @@ fn large_blobs_stored_whole_are_indexed_as_git_does() {
 /// left behind.
 #[test]
 fn a_large_blob_with_a_damaged_stream_is_refused() {
-    use gitcache_mirror::ingest::STREAMED_BLOB;
+    use gitcache_mirror::ingest::HASHED_ON_ARRIVAL;
     use gix_pack::data::entry::Header;
     let dir = tempfile::tempdir().unwrap();
-    let size = STREAMED_BLOB as usize + 4096;
+    let size = HASHED_ON_ARRIVAL as usize + 4096;
     let (pack, entry) = blob_pack(dir.path(), &repo::Rng::new(11).bytes(size));
     let mirror = empty_mirror(dir.path(), "sha1");
     let entry = &pack[entry];

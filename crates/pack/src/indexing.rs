@@ -110,9 +110,9 @@ impl Repository {
     /// learned. Every object is decoded once, its deltas resolved on all cores, to compute its
     /// id and, with [`Closure::Closed`], to check what it refers to in the same reading
     /// (before, a received pack was indexed and then read whole a second time for the
-    /// check); the blobs of [`ReadPack::hashed`] are known already. Beside the index, git's reverse index (`.rev`) is written, so that no
-    /// process opening the pack has to order its entries by offset again. Returns the number
-    /// of objects.
+    /// check); the blobs of [`ReadPack::hashed`] are known already. Beside the index, git's
+    /// reverse index (`.rev`) is written, so that no process opening the pack has to order
+    /// its entries by offset again. Returns the number of objects.
     pub fn index_pack(
         &self,
         pack: &Path,
