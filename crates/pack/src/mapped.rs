@@ -57,6 +57,32 @@ impl Mapped {
         #[cfg(not(unix))]
         Ok(())
     }
+
+    /// Drop the pages holding `range` of the file from the process, as [`release`] does for
+    /// all of them: what one reader has just copied, leaving the pages other readers of the
+    /// map are using where they are. The range is clamped to the file; the pages at its two
+    /// ends go whole (a neighbour reading them maps them again).
+    ///
+    /// [`release`]: Self::release
+    pub(crate) fn release_range(&self, range: std::ops::Range<u64>) -> std::io::Result<()> {
+        let len = self.0.len() as u64;
+        let (start, end) = (range.start.min(len), range.end.min(len));
+        if start >= end {
+            return Ok(());
+        }
+        // Within the map's length once clamped (memmap2 checks the offset and the length
+        // each against it, not their sum), so both fit a `usize`.
+        let (start, end) = (start as usize, end as usize);
+        // SAFETY: as for `release`: pages of a read-only shared file mapping, mapped again
+        // with the same bytes when next read.
+        #[cfg(unix)]
+        unsafe {
+            self.0
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        }
+        #[cfg(not(unix))]
+        Ok(())
+    }
 }
 
 impl std::ops::Deref for Mapped {
@@ -118,6 +144,51 @@ impl LetGo {
     #[cfg(test)]
     pub(crate) fn said(&self) -> u64 {
         self.said.load(Ordering::Relaxed)
+    }
+}
+
+/// What a reader moving forward through a map (runs of a pack copied in pack order) read
+/// since it last let go of pages: a stretch, let go of ([`Mapped::release_range`]) once it
+/// holds [`Forward::STRETCH`] bytes read, or before a gap wider than that, so that the pages
+/// between two distant reads, which other readers of the map may be using, are kept.
+#[derive(Debug, Default)]
+pub(crate) struct Forward {
+    start: u64,
+    end: u64,
+    read: u64,
+}
+
+impl Forward {
+    /// Bytes read between two lettings go, and the widest gap a stretch spans. Each madvise
+    /// is a system call, and the pages at a stretch's ends are mapped again if read again: a
+    /// run of small entries let go of one by one would fault on the same page over and over.
+    pub(crate) const STRETCH: u64 = 1 << 20;
+
+    /// `range` was read, after what was read before it: the stretch to let go of now, if any.
+    pub(crate) fn read(&mut self, range: std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
+        let len = range.end.saturating_sub(range.start);
+        if self.read > 0 && range.start > self.end.saturating_add(Self::STRETCH) {
+            // Far from the stretch: it goes, and this read starts the next one.
+            let done = self.start..self.end;
+            *self = Forward {
+                start: range.start,
+                end: range.end,
+                read: len,
+            };
+            return Some(done);
+        }
+        if self.read == 0 {
+            self.start = range.start;
+        }
+        self.end = self.end.max(range.end);
+        self.read = self.read.saturating_add(len);
+        (self.read >= Self::STRETCH).then(|| self.rest()).flatten()
+    }
+
+    /// The stretch read and not let go of yet (none if nothing was).
+    pub(crate) fn rest(&mut self) -> Option<std::ops::Range<u64>> {
+        let done = std::mem::take(self);
+        (done.read > 0).then_some(done.start..done.end)
     }
 }
 
@@ -224,6 +295,79 @@ pub(crate) fn resident(at: *const u8) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forward reader lets go of what it read in stretches of about a MiB, and of a
+    /// stretch before a wide gap, never of the gap.
+    #[test]
+    fn forward_reads_go_in_stretches_without_their_gaps() {
+        let mib = Forward::STRETCH;
+        let mut forward = Forward::default();
+        assert_eq!(forward.rest(), None);
+        // Small runs close to each other: one stretch, let go of once a MiB is read.
+        let mut gone = Vec::new();
+        for i in 0..40u64 {
+            let start = 100 + i * 40_000;
+            gone.extend(forward.read(start..start + 30_000));
+        }
+        assert_eq!(gone, vec![100..100 + 34 * 40_000 + 30_000]);
+        // A gap wider than a stretch: what was read before it goes, alone.
+        assert_eq!(
+            forward.read(10 * mib..10 * mib + 500),
+            Some(35 * 40_000 + 100..39 * 40_000 + 30_100)
+        );
+        assert_eq!(forward.read(10 * mib + 600..10 * mib + 700), None);
+        // A piece of a MiB at once goes with what came before it.
+        assert_eq!(
+            forward.read(10 * mib + 700..11 * mib + 700),
+            Some(10 * mib..11 * mib + 700)
+        );
+        assert_eq!(forward.rest(), None);
+        assert_eq!(forward.read(20 * mib..20 * mib + 5), None);
+        assert_eq!(forward.rest(), Some(20 * mib..20 * mib + 5));
+        assert_eq!(forward.rest(), None);
+    }
+
+    /// Letting go of a range drops its pages alone, whatever the range's alignment, and a
+    /// range reaching past the end is clamped to the file.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_range_let_go_leaves_the_other_pages_resident() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pack");
+        let mib = 1usize << 20;
+        let len = 16 * mib + 999;
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 13 % 241) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let map = Mapped::open(&path).unwrap();
+        let touch = |map: &Mapped| (0..len).step_by(4096).map(|i| map[i] as u64).sum::<u64>();
+        touch(&map);
+        let whole = resident(map.as_ptr());
+        assert!(whole >= 16 * mib, "{whole} resident after reading it all");
+        // The file's pages may be mapped in folios of up to 2 MiB (ext4 on Linux 6.18 maps
+        // them so), which go whole.
+        let folio = 2 * mib;
+        // Four MiB, not on page boundaries: those pages go, a page or folio either side at
+        // most.
+        map.release_range(4 * mib as u64 + 100..8 * mib as u64 + 100)
+            .unwrap();
+        let after = resident(map.as_ptr());
+        assert!(
+            after <= whole - 4 * mib + 8192 && after >= whole - 4 * mib - 2 * folio,
+            "{after} resident after letting go of 4 MiB of {whole}"
+        );
+        // Past the end: clamped, the tail goes; wholly past it, or empty: nothing.
+        map.release_range(15 * mib as u64..u64::MAX).unwrap();
+        map.release_range(len as u64 + 1..len as u64 + 5000)
+            .unwrap();
+        map.release_range(3 * mib as u64..3 * mib as u64).unwrap();
+        let tail = resident(map.as_ptr());
+        assert!(
+            tail + mib <= after && tail + mib + folio + 8192 >= after,
+            "{tail} resident after letting go of the last MiB and more, {after} before"
+        );
+        // What was let go of reads the same again.
+        assert!(map[..] == bytes[..]);
+    }
 
     /// A file read through whole keeps about one stretch between releases resident, not the
     /// whole file, and what is read again (a slice held across releases too) is the file's.

@@ -112,6 +112,19 @@ impl StoredPack {
             let _ = map.release();
         }
     }
+
+    /// Let go of the pages holding `range` of the pack file, if it is mapped: a reader done
+    /// with a large stretch it copied (a run of the pack, a large entry) keeps none of it
+    /// resident and leaves the rest of the map, which other answers may be reading, as it is.
+    pub(crate) fn let_go_of(&self, range: std::ops::Range<u64>) {
+        let map = (self.data.lock().unwrap_or_else(|p| p.into_inner()))
+            .as_ref()
+            .map(|(_, map)| map.clone());
+        if let Some(map) = map {
+            // Failing to let go only costs memory.
+            let _ = map.release_range(range);
+        }
+    }
 }
 
 /// Whether the entry of `data` at offset `at` is a whole object: its type, in its first byte,

@@ -158,19 +158,23 @@ pub(crate) fn copy_runs<'a, W: Write>(
     let corrupt = |what: &str| Error::Odb {
         message: format!("{}: {what}", pack.pack.display()),
     };
-    let let_go = crate::mapped::LetGo::every(crate::write::LET_GO_EVERY);
-    let flush = |sink: &mut Sink<W>, run: &mut Option<(u64, u64)>| -> Result<(), Error> {
+    let mut read = crate::mapped::Forward::default();
+    let mut flush = |sink: &mut Sink<W>, run: &mut Option<(u64, u64)>| -> Result<(), Error> {
         if let Some((start, end)) = run.take() {
             let bytes = data
                 .entry_slice(start..end)
                 .ok_or_else(|| corrupt("entry beyond the pack's end"))?;
             // In pieces, each hashed while its pages are fresh; a run may be most of the pack,
-            // so its pages are let go of as it is copied, not after.
+            // so what was copied is let go of as it is copied (that alone: other answers may
+            // be reading elsewhere in the map).
+            let mut at = start;
             for piece in bytes.chunks(WRITE_CHUNK) {
                 sink.write_all(piece)?;
-                if let_go.read(piece.len() as u64, 0) {
-                    pack.let_go();
+                let next = at + piece.len() as u64;
+                if let Some(stretch) = read.read(at..next) {
+                    pack.let_go_of(stretch);
                 }
+                at = next;
             }
         }
         Ok(())
@@ -270,6 +274,11 @@ pub(crate) fn copy_runs<'a, W: Write>(
                 run = Some((off + header_len, end));
             }
         }
+        // Written once it holds a piece: reading the entries' headers walks the pack ahead
+        // of what is written, and a run of most of the pack held its pages all until its end.
+        if run.is_some_and(|(start, end)| end - start >= WRITE_CHUNK as u64) {
+            flush(sink, &mut run)?;
+        }
         copied.set(p);
         copied_end = end;
         count += 1;
@@ -282,6 +291,9 @@ pub(crate) fn copy_runs<'a, W: Write>(
         }
     }
     flush(sink, &mut run)?;
+    if let Some(stretch) = read.rest() {
+        pack.let_go_of(stretch);
+    }
     Ok((
         Copied {
             pack,

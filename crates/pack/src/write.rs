@@ -2033,11 +2033,17 @@ impl<'a> PackWriter<'a> {
         }
         let entry = data.entry_slice(offset..offset + read)?.to_vec();
         self.read_bytes += entry.len() as u64;
-        // Counted by their bytes alone: an answer reads many small entries near each other,
-        // and counting the pages mapped around each let go many times an answer, every
-        // concurrent answer on the pack mapping them again.
-        // All the packs read: the count is of all of them.
-        if self.let_go.read(read, 0) {
+        if read >= crate::mapped::Forward::STRETCH {
+            // A large entry, copied: its pages alone go at once, the rest of the map (which
+            // other answers may be reading) stays.
+            pack.let_go_of(offset..offset + read);
+        } else if self.let_go.read(read, u64::from(large)) {
+            // Counted by their bytes alone: an answer reads many small entries near each
+            // other, and counting the pages mapped around each let go many times an answer,
+            // every concurrent answer on the pack mapping them again. But the header of a
+            // large entry (read alone while planning) counts with the pages mapped around it:
+            // planning a batch of large entries read a few bytes of each and mapped all their
+            // pages. All the packs read: the count is of all of them.
             self.packs.iter().for_each(crate::packs::StoredPack::let_go);
         }
         let parsed = gix_pack::data::Entry::from_bytes(&entry, offset, hash).ok()?;
@@ -2424,22 +2430,78 @@ mod tests {
         numbers.map(|i| format!("line {i}\n")).collect()
     }
 
-    /// An answer copying more of a pack's stored entries than [`super::LET_GO_EVERY`] (8 MiB)
-    /// lets go of the pack's pages as it goes: after a clone (runs of the pack copied) or a
-    /// depth-1 fetch (entry by entry) of 24 MiB of incompressible blobs, at most about that
-    /// much of the pack stays resident, where without letting go all of it did (25 MB).
+    /// An answer lets go of the pack's pages as it copies large stretches of it: in a clone
+    /// (runs of the pack copied) and a depth-1 fetch (entry by entry) of 24 MiB of
+    /// incompressible blobs, about a MiB of the pack is resident at a time, where without
+    /// letting go all of it was (25 MB), and letting go of the whole map every
+    /// [`super::LET_GO_EVERY`] (8 MiB) copied kept up to 10 MiB. In 64 KiB blobs, a clone
+    /// (one run of the whole pack) keeps as little: the run is written as it grows, where it
+    /// was written at its end, the pages its entries' headers were read from resident until
+    /// then (24 MiB); a depth-1 answer lets go of the whole map every 8 MiB of small entries.
     #[cfg(target_os = "linux")]
     #[test]
     fn answers_let_go_of_the_pages_they_copied() {
-        use gitcache_protocol::request::Fetch;
+        for (blob, depth1_most) in [(1 << 20, 6 << 20), (64 << 10, 12 << 20)] {
+            let (_dir, repo, want) = blobs_repo(24 << 20, blob);
+            for deepen in [None, Some(1)] {
+                let most = match deepen {
+                    None => 6 << 20,
+                    Some(_) => depth1_most,
+                };
+                let fetch = gitcache_protocol::request::Fetch {
+                    wants: vec![want],
+                    deepen,
+                    done: true,
+                    ofs_delta: true,
+                    no_progress: true,
+                    ..Default::default()
+                };
+                let planned =
+                    crate::plan(&repo, &fetch, repo.object_format(), &Default::default()).unwrap();
+                // The pack's map, shared by every reader of the handle: how much of it is
+                // resident is looked at as the answer is written.
+                let data = repo.listed_packs()[0].data(gix_hash::Kind::Sha1).unwrap();
+                let mut sent = Sampled {
+                    at: data.entry_slice(0..1).unwrap().as_ptr(),
+                    bytes: Vec::new(),
+                    most: 0,
+                };
+                let stats = planned.write_to(&mut sent).unwrap();
+                // The clone copies runs of the pack (its bitmaps say what it holds), the
+                // depth-1 answer entry by entry.
+                let blobs = u32::try_from((24 << 20) / blob).unwrap();
+                match deepen {
+                    None => assert!(stats.pack_reused >= blobs, "{stats:?}"),
+                    Some(_) => assert!(stats.stored_read_bytes > 24 << 20, "{stats:?}"),
+                }
+                let len = sent.bytes.len();
+                assert!(len > 24 << 20, "{deepen:?}: {len} bytes sent");
+                // The stretch copied since the last letting go (a MiB) and the piece or entry
+                // being copied (a MiB), in the folios the file's pages are mapped in (up to 2
+                // MiB each on ext4); for small entries one at a time, the 8 MiB between two
+                // lettings go of the whole map.
+                assert!(
+                    sent.most <= most,
+                    "{blob}-byte blobs, {deepen:?}: {} bytes of the pack resident at most",
+                    sent.most
+                );
+            }
+        }
+    }
+
+    /// A repository of `total` bytes of incompressible blobs of `blob` bytes each, packed with
+    /// bitmaps, and the commit holding them (a later commit is in the pack too, so that
+    /// answers for it are not the pack sent as it is).
+    #[cfg(target_os = "linux")]
+    fn blobs_repo(total: usize, blob: usize) -> (tempfile::TempDir, Repository, ObjectId) {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("w");
         std::fs::create_dir(&work).unwrap();
         let git = |args: &[&str]| gitcache_testkit::git::git_stdout(&work, args);
         git(&["init", "-q"]);
         let mut rng = gitcache_testkit::repo::Rng::new(5);
-        for i in 0..24 {
-            std::fs::write(work.join(format!("{i}.bin")), rng.bytes(1 << 20)).unwrap();
+        for i in 0..total / blob {
+            std::fs::write(work.join(format!("{i}.bin")), rng.bytes(blob)).unwrap();
         }
         let commit = |message: &str| {
             git(&["add", "-A"]);
@@ -2447,48 +2509,12 @@ mod tests {
             git(&[&who[..], &["commit", "-qm", message]].concat());
         };
         commit("blobs");
-        // A later commit in the pack too: the answers are not the pack sent as it is.
         std::fs::write(work.join("later"), "later\n").unwrap();
         commit("later");
         git(&["repack", "-adqb"]);
-        let head = ObjectId::from_hex(git(&["rev-parse", "HEAD~1"]).trim().as_bytes()).unwrap();
-        for deepen in [None, Some(1)] {
-            let repo = Repository::open(work.join(".git")).unwrap();
-            let fetch = Fetch {
-                wants: vec![head],
-                deepen,
-                done: true,
-                ofs_delta: true,
-                no_progress: true,
-                ..Fetch::default()
-            };
-            let planned =
-                crate::plan(&repo, &fetch, repo.object_format(), &Default::default()).unwrap();
-            // The pack's map, shared by every reader of the handle: how much of it is
-            // resident is looked at as the answer is written.
-            let data = repo.listed_packs()[0].data(gix_hash::Kind::Sha1).unwrap();
-            let mut sent = Sampled {
-                at: data.entry_slice(0..1).unwrap().as_ptr(),
-                bytes: Vec::new(),
-                most: 0,
-            };
-            let stats = planned.write_to(&mut sent).unwrap();
-            // The clone copies runs of the pack (its bitmaps say what it holds), the depth-1
-            // answer entry by entry.
-            match deepen {
-                None => assert!(stats.pack_reused >= 24, "{stats:?}"),
-                Some(_) => assert!(stats.stored_read_bytes > 24 << 20, "{stats:?}"),
-            }
-            let len = sent.bytes.len();
-            assert!(len > 24 << 20, "{deepen:?}: {len} bytes sent");
-            // Letting go every 8 MiB, then the piece being copied (1 MiB) and the pages the
-            // kernel reads ahead.
-            assert!(
-                sent.most < 12 << 20,
-                "{deepen:?}: {} bytes of the pack resident at most",
-                sent.most
-            );
-        }
+        let want = ObjectId::from_hex(git(&["rev-parse", "HEAD~1"]).trim().as_bytes()).unwrap();
+        let repo = Repository::open(work.join(".git")).unwrap();
+        (dir, repo, want)
     }
 
     /// A writer keeping what it is given and the most of a map found resident at its writes.
