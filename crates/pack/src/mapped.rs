@@ -149,46 +149,50 @@ impl LetGo {
 
 /// What a reader moving forward through a map (runs of a pack copied in pack order) read
 /// since it last let go of pages: a stretch, let go of ([`Mapped::release_range`]) once it
-/// holds [`Forward::STRETCH`] bytes read, or before a gap wider than that, so that the pages
-/// between two distant reads, which other readers of the map may be using, are kept.
+/// spans [`Forward::STRETCH`] bytes, or before a read further than that from it. A stretch
+/// holds what was read and the gaps between, each narrower than a stretch: the pages of
+/// distant parts of the map, which other readers may be using, are kept.
 #[derive(Debug, Default)]
 pub(crate) struct Forward {
     start: u64,
     end: u64,
-    read: u64,
+    /// Whether anything was read since the last letting go.
+    read: bool,
 }
 
 impl Forward {
-    /// Bytes read between two lettings go, and the widest gap a stretch spans. Each madvise
-    /// is a system call, and the pages at a stretch's ends are mapped again if read again: a
-    /// run of small entries let go of one by one would fault on the same page over and over.
+    /// The span of a stretch, and the widest gap it spans. Each madvise is a system call,
+    /// and the pages at a stretch's ends are mapped again if read again: a run of small
+    /// entries let go of one by one would fault on the same page over and over.
     pub(crate) const STRETCH: u64 = 1 << 20;
 
     /// `range` was read, after what was read before it: the stretch to let go of now, if any.
     pub(crate) fn read(&mut self, range: std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
-        let len = range.end.saturating_sub(range.start);
-        if self.read > 0 && range.start > self.end.saturating_add(Self::STRETCH) {
+        debug_assert!(!self.read || range.start >= self.start, "read in order");
+        if self.read && range.start > self.end.saturating_add(Self::STRETCH) {
             // Far from the stretch: it goes, and this read starts the next one.
             let done = self.start..self.end;
             *self = Forward {
                 start: range.start,
                 end: range.end,
-                read: len,
+                read: true,
             };
             return Some(done);
         }
-        if self.read == 0 {
+        if !self.read {
             self.start = range.start;
+            self.read = true;
         }
         self.end = self.end.max(range.end);
-        self.read = self.read.saturating_add(len);
-        (self.read >= Self::STRETCH).then(|| self.rest()).flatten()
+        (self.end.saturating_sub(self.start) >= Self::STRETCH)
+            .then(|| self.rest())
+            .flatten()
     }
 
     /// The stretch read and not let go of yet (none if nothing was).
     pub(crate) fn rest(&mut self) -> Option<std::ops::Range<u64>> {
         let done = std::mem::take(self);
-        (done.read > 0).then_some(done.start..done.end)
+        done.read.then_some(done.start..done.end)
     }
 }
 
@@ -296,32 +300,38 @@ pub(crate) fn resident(at: *const u8) -> usize {
 mod tests {
     use super::*;
 
-    /// A forward reader lets go of what it read in stretches of about a MiB, and of a
-    /// stretch before a wide gap, never of the gap.
+    /// A forward reader lets go of what it read in stretches of about a MiB, the gaps
+    /// between its reads with them, and of a stretch before a wide gap, never of the gap.
     #[test]
-    fn forward_reads_go_in_stretches_without_their_gaps() {
+    fn forward_reads_go_in_stretches_without_their_wide_gaps() {
         let mib = Forward::STRETCH;
         let mut forward = Forward::default();
         assert_eq!(forward.rest(), None);
-        // Small runs close to each other: one stretch, let go of once a MiB is read.
+        // Small runs close to each other: one stretch, let go of once it spans a MiB.
         let mut gone = Vec::new();
         for i in 0..40u64 {
             let start = 100 + i * 40_000;
             gone.extend(forward.read(start..start + 30_000));
         }
-        assert_eq!(gone, vec![100..100 + 34 * 40_000 + 30_000]);
+        assert_eq!(gone, vec![100..100 + 26 * 40_000 + 30_000]);
         // A gap wider than a stretch: what was read before it goes, alone.
         assert_eq!(
             forward.read(10 * mib..10 * mib + 500),
-            Some(35 * 40_000 + 100..39 * 40_000 + 30_100)
+            Some(27 * 40_000 + 100..39 * 40_000 + 30_100)
         );
         assert_eq!(forward.read(10 * mib + 600..10 * mib + 700), None);
-        // A piece of a MiB at once goes with what came before it.
+        // Small reads far apart, each gap under a stretch: let go of once they span one.
+        assert_eq!(forward.read(10 * mib + 900_000..10 * mib + 900_100), None);
         assert_eq!(
-            forward.read(10 * mib + 700..11 * mib + 700),
-            Some(10 * mib..11 * mib + 700)
+            forward.read(11 * mib + 100..11 * mib + 200),
+            Some(10 * mib..11 * mib + 200)
         );
         assert_eq!(forward.rest(), None);
+        // A piece of a MiB at once goes at once.
+        assert_eq!(
+            forward.read(11 * mib + 300..12 * mib + 300),
+            Some(11 * mib + 300..12 * mib + 300)
+        );
         assert_eq!(forward.read(20 * mib..20 * mib + 5), None);
         assert_eq!(forward.rest(), Some(20 * mib..20 * mib + 5));
         assert_eq!(forward.rest(), None);
@@ -340,7 +350,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let map = Mapped::open(&path).unwrap();
         let touch = |map: &Mapped| (0..len).step_by(4096).map(|i| map[i] as u64).sum::<u64>();
-        touch(&map);
+        std::hint::black_box(touch(&map));
         let whole = resident(map.as_ptr());
         assert!(whole >= 16 * mib, "{whole} resident after reading it all");
         // The file's pages may be mapped in folios of up to 2 MiB (ext4 on Linux 6.18 maps

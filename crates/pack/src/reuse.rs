@@ -159,23 +159,37 @@ pub(crate) fn copy_runs<'a, W: Write>(
         message: format!("{}: {what}", pack.pack.display()),
     };
     let mut read = crate::mapped::Forward::default();
-    let mut flush = |sink: &mut Sink<W>, run: &mut Option<(u64, u64)>| -> Result<(), Error> {
-        if let Some((start, end)) = run.take() {
-            let bytes = data
-                .entry_slice(start..end)
-                .ok_or_else(|| corrupt("entry beyond the pack's end"))?;
-            // In pieces, each hashed while its pages are fresh; a run may be most of the pack,
-            // so what was copied is let go of as it is copied (that alone: other answers may
-            // be reading elsewhere in the map).
-            let mut at = start;
-            for piece in bytes.chunks(WRITE_CHUNK) {
-                sink.write_all(piece)?;
-                let next = at + piece.len() as u64;
-                if let Some(stretch) = read.read(at..next) {
-                    pack.let_go_of(stretch);
-                }
-                at = next;
+    // Writes the run, or with `whole_pieces` only as many whole pieces of it as it holds,
+    // the rest left to grow.
+    let mut flush = |sink: &mut Sink<W>,
+                     run: &mut Option<(u64, u64)>,
+                     whole_pieces: bool|
+     -> Result<(), Error> {
+        let Some((start, end)) = run.take() else {
+            return Ok(());
+        };
+        let cut = if whole_pieces {
+            start + (end - start) / WRITE_CHUNK as u64 * WRITE_CHUNK as u64
+        } else {
+            end
+        };
+        if cut < end {
+            *run = Some((cut, end));
+        }
+        let bytes = data
+            .entry_slice(start..cut)
+            .ok_or_else(|| corrupt("entry beyond the pack's end"))?;
+        // In pieces, each hashed while its pages are fresh; a run may be most of the pack,
+        // so what was copied is let go of as it is copied (with the gaps under a MiB between
+        // runs; not the rest of the map, which other answers may be reading).
+        let mut at = start;
+        for piece in bytes.chunks(WRITE_CHUNK) {
+            sink.write_all(piece)?;
+            let next = at + piece.len() as u64;
+            if let Some(stretch) = read.read(at..next) {
+                pack.let_go_of(stretch);
             }
+            at = next;
         }
         Ok(())
     };
@@ -264,20 +278,21 @@ pub(crate) fn copy_runs<'a, W: Write>(
             None => match &mut run {
                 Some((_, run_end)) if *run_end == off => *run_end = end,
                 _ => {
-                    flush(sink, &mut run)?;
+                    flush(sink, &mut run, false)?;
                     run = Some((off, end));
                 }
             },
             Some(header) => {
-                flush(sink, &mut run)?;
+                flush(sink, &mut run, false)?;
                 header.write_to(entry.decompressed_size, sink)?;
                 run = Some((off + header_len, end));
             }
         }
-        // Written once it holds a piece: reading the entries' headers walks the pack ahead
-        // of what is written, and a run of most of the pack held its pages all until its end.
+        // Written a piece at a time as it grows: reading the entries' headers walks the pack
+        // ahead of what is written, and a run of most of the pack held its pages all until
+        // its end.
         if run.is_some_and(|(start, end)| end - start >= WRITE_CHUNK as u64) {
-            flush(sink, &mut run)?;
+            flush(sink, &mut run, true)?;
         }
         copied.set(p);
         copied_end = end;
@@ -290,7 +305,7 @@ pub(crate) fn copy_runs<'a, W: Write>(
             stats.deltas += 1;
         }
     }
-    flush(sink, &mut run)?;
+    flush(sink, &mut run, false)?;
     if let Some(stretch) = read.rest() {
         pack.let_go_of(stretch);
     }

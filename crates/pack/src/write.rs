@@ -2037,13 +2037,18 @@ impl<'a> PackWriter<'a> {
             // A large entry, copied: its pages alone go at once, the rest of the map (which
             // other answers may be reading) stays.
             pack.let_go_of(offset..offset + read);
-        } else if self.let_go.read(read, u64::from(large)) {
+        } else if self
+            .let_go
+            .read(read, u64::from(large && len > HELD_ENTRY_BYTES))
+        {
             // Counted by their bytes alone: an answer reads many small entries near each
             // other, and counting the pages mapped around each let go many times an answer,
-            // every concurrent answer on the pack mapping them again. But the header of a
-            // large entry (read alone while planning) counts with the pages mapped around it:
-            // planning a batch of large entries read a few bytes of each and mapped all their
-            // pages. All the packs read: the count is of all of them.
+            // every concurrent answer on the pack mapping them again. But the header of an
+            // entry sent as stored but read when written (over 64 KiB, its header read alone
+            // while planning) counts with the 64 KiB mapped around it: planning a batch of
+            // them read a few bytes of each and mapped all their pages. (Headers of small
+            // entries read alone, down a delta chain, count by their bytes.) All the packs
+            // read: the count is of all of them.
             self.packs.iter().for_each(crate::packs::StoredPack::let_go);
         }
         let parsed = gix_pack::data::Entry::from_bytes(&entry, offset, hash).ok()?;
