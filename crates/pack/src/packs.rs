@@ -113,6 +113,13 @@ impl StoredPack {
         }
     }
 
+    /// The pack file's map, if it is mapped ([`Self::data`] maps it).
+    pub(crate) fn mapped(&self) -> Option<crate::mapped::Mapped> {
+        (self.data.lock().unwrap_or_else(|p| p.into_inner()))
+            .as_ref()
+            .map(|(_, map)| map.clone())
+    }
+
     /// Let go of the pages holding `range` of the pack file, if it is mapped: a reader done
     /// with a large stretch it copied (a run of the pack, a large entry) keeps none of it
     /// resident and leaves the rest of the map, which other answers may be reading, as it is.
