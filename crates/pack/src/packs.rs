@@ -121,7 +121,7 @@ impl StoredPack {
     }
 
     /// Let go of the pages holding `range` of the pack file, if it is mapped: a reader done
-    /// with a large stretch it copied (a run of the pack, a large entry) keeps none of it
+    /// with a large stretch it copied (runs of the pack) keeps none of it
     /// resident and leaves the rest of the map, which other answers may be reading, as it is.
     pub(crate) fn let_go_of(&self, range: std::ops::Range<u64>) {
         let map = (self.data.lock().unwrap_or_else(|p| p.into_inner()))

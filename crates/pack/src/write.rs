@@ -285,10 +285,10 @@ enum Stored {
 }
 
 /// A stored entry's bytes: copied out of the pack, or for a large entry (a MiB or more) the
-/// pack's map itself, whose pages holding it are let go of once it is dropped (written).
-/// Copying large files out of the map cost a fresh allocation for each (glibc maps one of
-/// that size anew, its pages faulted in and zeroed) and a copy: a tenth of a depth-1 answer
-/// at 3 GB, 2.5 GB of it stored entries.
+/// pack's map itself, whose pages are let go of as it is written and when it is dropped.
+/// Copying large files out of the map cost an allocation for each (glibc may map one of that
+/// size anew, its pages faulted in and zeroed) and a copy: a tenth of a depth-1 answer at 3
+/// GB, 2.5 GB of it stored entries.
 enum EntryBytes {
     Copied(Vec<u8>),
     Mapped {
@@ -305,6 +305,25 @@ impl std::ops::Deref for EntryBytes {
             EntryBytes::Copied(bytes) => bytes,
             EntryBytes::Mapped { map, range } => &map[range.clone()],
         }
+    }
+}
+
+impl EntryBytes {
+    /// Write the bytes from `from` on: a mapped entry a MiB at a time, each piece's pages let
+    /// go of once written, so that a file of gigabytes is not resident whole while it goes.
+    fn write_from<W: Write>(&self, from: usize, sink: &mut Sink<W>) -> std::io::Result<()> {
+        let EntryBytes::Mapped { map, range } = self else {
+            return sink.write_all(self.get(from..).unwrap_or_default());
+        };
+        let piece = crate::mapped::Forward::STRETCH as usize;
+        let mut at = range.start.saturating_add(from).min(range.end);
+        while at < range.end {
+            let end = at.saturating_add(piece).min(range.end);
+            sink.write_all(&map[at..end])?;
+            let _ = map.release_range(at as u64..end as u64);
+            at = end;
+        }
+        Ok(())
     }
 }
 
@@ -1698,7 +1717,7 @@ impl<'a> PackWriter<'a> {
     ) -> Result<u64, Error> {
         match stored {
             Stored::Base(entry) => {
-                sink.write_all(&entry)?;
+                entry.write_from(0, sink)?;
                 stats.reused += 1;
                 return Ok(0);
             }
@@ -1714,7 +1733,7 @@ impl<'a> PackWriter<'a> {
                         self.delta_header(sink, &base, written, client_has, in_pack)
                 {
                     header.write_to(size, sink)?;
-                    sink.write_all(&entry[header_len..])?;
+                    entry.write_from(header_len, sink)?;
                     stats.reused += 1;
                     stats.reused_deltas += 1;
                     stats.deltas += 1;

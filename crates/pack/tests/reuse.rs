@@ -1961,3 +1961,73 @@ fn an_object_pulled_forward_before_its_batch_is_still_sent_once() {
     assert_eq!(small_received.len(), small.objects as usize);
     assert_eq!(ids(&small_received), ids(&received));
 }
+
+/// Stored entries of a MiB or more are written from the pack's map in pieces: a large blob
+/// stored as a delta against another (each version 1.25 MiB of its own random bytes after
+/// 2 MiB they share) and the one stored whole, on two unrelated branches, are each sent to a
+/// client holding the other branch, as stored (the delta against the client's blob in a thin
+/// pack, entry by entry; the whole one in a run of the pack), and the client's `index-pack
+/// --strict --fix-thin` takes them, with the right bytes.
+#[test]
+fn large_stored_entries_are_sent_from_the_map() {
+    let (_dir, work, path) = work_tree();
+    let mut rng = repo::Rng::new(77);
+    let shared = rng.bytes(2 << 20);
+    let who = ["-c", "user.name=A", "-c", "user.email=a@example.com"];
+    let mut versions = Vec::new();
+    for branch in ["one", "two"] {
+        git(&work, &["checkout", "-q", "--orphan", branch]);
+        let content = [shared.clone(), rng.bytes(5 << 18)].concat();
+        std::fs::write(work.join("big.bin"), &content).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &[&who[..], &["commit", "-qm", branch]].concat());
+        let blob = git(&work, &["rev-parse", "HEAD:big.bin"]).trim().to_owned();
+        let commit = ObjectId::from_hex(git(&work, &["rev-parse", "HEAD"]).trim().as_bytes());
+        versions.push((branch, commit.unwrap(), blob, content));
+    }
+    bare_packed_copy(&work, &path);
+    let repo = Repository::open(&path).unwrap();
+    let mut deltas = 0;
+    for (want, have) in [(0, 1), (1, 0)] {
+        let (branch, commit, blob, content) = &versions[want];
+        let fetch = Fetch {
+            haves: vec![versions[have].1],
+            ..clone_request(vec![*commit])
+        };
+        let (_, stats, pack) = send(&repo, &fetch);
+        assert_eq!(stats.reused, 3, "{branch}: {stats:?}");
+        if stats.reused_deltas > 0 {
+            // The delta against the client's blob, read whole from the stored pack (the
+            // blob stored whole goes in a run of the pack).
+            assert!(stats.stored_read_bytes > 5 << 18, "{branch}: {stats:?}");
+        }
+        deltas += stats.reused_deltas;
+        let check = tempfile::tempdir().unwrap();
+        let client = check.path().join("c.git");
+        git(
+            check.path(),
+            &["init", "-q", "--bare", client.to_str().unwrap()],
+        );
+        let held = gitcache_testkit::git::git_with_input(
+            &path,
+            &["pack-objects", "--revs", "--stdout"],
+            format!("{}\n", versions[have].0).as_bytes(),
+        );
+        gitcache_testkit::git::git_with_input(&client, &["index-pack", "--stdin"], &held);
+        gitcache_testkit::git::git_with_input(
+            &client,
+            &["index-pack", "--strict", "--stdin", "--fix-thin"],
+            &pack,
+        );
+        assert_complete_at(&client, commit);
+        let sent = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&client)
+            .args(["cat-file", "blob", blob])
+            .output()
+            .unwrap();
+        assert!(sent.stdout == *content, "{branch}: the blob's bytes");
+    }
+    // One of the two is stored as a delta of the other, and went as stored.
+    assert_eq!(deltas, 1);
+}
