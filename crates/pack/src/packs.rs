@@ -103,34 +103,28 @@ impl StoredPack {
     /// resident, not the whole file. Readers sharing the map read the pages again from the
     /// page cache.
     pub(crate) fn let_go(&self) {
-        // Released outside the lock: other readers of the handle may map it meanwhile.
-        let map = (self.data.lock().unwrap_or_else(|p| p.into_inner()))
-            .as_ref()
-            .map(|(_, map)| map.clone());
-        if let Some(map) = map {
+        if let Some(map) = self.mapped() {
             // Failing to let go only costs memory.
             let _ = map.release();
         }
     }
 
-    /// The pack file's map, if it is mapped ([`Self::data`] maps it).
+    /// Let go of the pages holding `range` of the pack file, if it is mapped: a reader done
+    /// with a large stretch it copied (runs of the pack) keeps none of it resident and leaves
+    /// the rest of the map, which other answers may be reading, as it is.
+    pub(crate) fn let_go_of(&self, range: std::ops::Range<u64>) {
+        if let Some(map) = self.mapped() {
+            // Failing to let go only costs memory.
+            let _ = map.release_range(range);
+        }
+    }
+
+    /// The pack file's map, if it is mapped ([`Self::data`] maps it); taken out of the lock,
+    /// so that letting go of its pages holds no other reader of the handle up.
     pub(crate) fn mapped(&self) -> Option<crate::mapped::Mapped> {
         (self.data.lock().unwrap_or_else(|p| p.into_inner()))
             .as_ref()
             .map(|(_, map)| map.clone())
-    }
-
-    /// Let go of the pages holding `range` of the pack file, if it is mapped: a reader done
-    /// with a large stretch it copied (runs of the pack) keeps none of it
-    /// resident and leaves the rest of the map, which other answers may be reading, as it is.
-    pub(crate) fn let_go_of(&self, range: std::ops::Range<u64>) {
-        let map = (self.data.lock().unwrap_or_else(|p| p.into_inner()))
-            .as_ref()
-            .map(|(_, map)| map.clone());
-        if let Some(map) = map {
-            // Failing to let go only costs memory.
-            let _ = map.release_range(range);
-        }
     }
 }
 
