@@ -62,6 +62,22 @@ fn assert_complete_at(client: &Path, tip: &ObjectId) {
     git(client, &["fsck", "--strict", "--no-progress"]);
 }
 
+/// A new bare repository `c.git` in `dir` holding the objects `revs` (lines for `git
+/// pack-objects --revs`, empty for none) reach in `repo`: a client that has them.
+fn client_holding(dir: &Path, repo: &Path, revs: &[u8]) -> std::path::PathBuf {
+    let client = dir.join("c.git");
+    git(dir, &["init", "-q", "--bare", client.to_str().unwrap()]);
+    if !revs.is_empty() {
+        let held = gitcache_testkit::git::git_with_input(
+            repo,
+            &["pack-objects", "--revs", "--stdout"],
+            revs,
+        );
+        gitcache_testkit::git::git_with_input(&client, &["index-pack", "--stdin"], &held);
+    }
+    client
+}
+
 /// A new work tree (on `main`), and where its bare copy goes.
 fn work_tree() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -391,20 +407,9 @@ fn a_delta_whose_base_is_not_sent_is_made_again_against_one_that_is() {
         let (_, stats, pack) = send(&repo, &fetch);
         assert_eq!(stats.new_deltas, 1, "{stats:?}");
         let check = tempfile::tempdir().unwrap();
-        let client = check.path().join("c.git");
-        git(
-            check.path(),
-            &["init", "-q", "--bare", client.to_str().unwrap()],
-        );
-        if has_first {
-            // What the client has: the first commit's objects.
-            let listed = gitcache_testkit::git::git_with_input(
-                &path,
-                &["pack-objects", "--revs", "--stdout"],
-                b"main~1\n",
-            );
-            gitcache_testkit::git::git_with_input(&client, &["index-pack", "--stdin"], &listed);
-        }
+        // What the client has: the first commit's objects, or nothing.
+        let held: &[u8] = if has_first { b"main~1\n" } else { b"" };
+        let client = client_holding(check.path(), &path, held);
         let args: &[&str] = if has_first {
             &["index-pack", "--strict", "--stdin", "--fix-thin"]
         } else {
@@ -868,17 +873,7 @@ fn a_delta_with_nothing_sent_in_its_tree_is_made_against_a_file_named_alike() {
         assert_eq!(stats.new_deltas, 1, "{stats:?}");
         assert!(stats.bytes < without.bytes, "{stats:?} against {without:?}");
 
-        let client = dir.path().join("c.git");
-        git(
-            dir.path(),
-            &["init", "-q", "--bare", client.to_str().unwrap()],
-        );
-        let had = gitcache_testkit::git::git_with_input(
-            &path,
-            &["pack-objects", "--revs", "--stdout"],
-            b"main~2\n",
-        );
-        gitcache_testkit::git::git_with_input(&client, &["index-pack", "--stdin"], &had);
+        let client = client_holding(dir.path(), &path, b"main~2\n");
         gitcache_testkit::git::git_with_input(
             &client,
             &[
@@ -2003,17 +1998,8 @@ fn large_stored_entries_are_sent_from_the_map() {
         }
         deltas += stats.reused_deltas;
         let check = tempfile::tempdir().unwrap();
-        let client = check.path().join("c.git");
-        git(
-            check.path(),
-            &["init", "-q", "--bare", client.to_str().unwrap()],
-        );
-        let held = gitcache_testkit::git::git_with_input(
-            &path,
-            &["pack-objects", "--revs", "--stdout"],
-            format!("{}\n", versions[have].0).as_bytes(),
-        );
-        gitcache_testkit::git::git_with_input(&client, &["index-pack", "--stdin"], &held);
+        let held = format!("{}\n", versions[have].0);
+        let client = client_holding(check.path(), &path, held.as_bytes());
         gitcache_testkit::git::git_with_input(
             &client,
             &["index-pack", "--strict", "--stdin", "--fix-thin"],
