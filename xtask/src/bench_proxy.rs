@@ -447,10 +447,34 @@ pub(crate) fn moved(
     };
     post(&gitcache, &clone(tips_of(&copy)?))?;
     wait_for_maintenance(&mirror)?;
+    // The first fetch after each push upstream is a miss that refreshes the mirror: by turns
+    // a depth-1 clone of the new tip (a CI job) and a fetch of it with the tip before (a
+    // developer's `git fetch`), timed against `http-backend` answering the same request.
+    let mut refreshed = Vec::new();
     for round in 0..rounds {
         let seed = 7_000 + round as u64;
+        let before = crate::bench_pack::oid(&git(&copy, &["rev-parse", "main"])?)?;
         gitcache_testkit::repo::append_commits(&copy, "main", per_round, seed)?;
         git(&copy, &["repack", "-dq"])?;
+        let tip = crate::bench_pack::oid(&git(&copy, &["rev-parse", "main"])?)?;
+        let (name, request) = if round % 2 == 0 {
+            let fetch = gitcache_protocol::request::Fetch {
+                wants: vec![tip],
+                deepen: Some(1),
+                ..git_fetch()
+            };
+            ("clone --depth=1 of the new tip", body(fetch))
+        } else {
+            let fetch = gitcache_protocol::request::Fetch {
+                wants: vec![tip],
+                haves: vec![before],
+                ..git_fetch()
+            };
+            ("fetch, have the tip before", body(fetch))
+        };
+        let miss = post(&gitcache, &request)?;
+        let theirs = post(&backend, &request)?;
+        refreshed.push((round, name, theirs, miss));
         post(&gitcache, &clone(tips_of(&copy)?))?;
         // A consolidation the refresh called for (past eight packs, or far past the
         // consolidated one) is done before the next round.
@@ -482,12 +506,7 @@ pub(crate) fn moved(
         body(gitcache_protocol::request::Fetch {
             wants: vec![main],
             haves: vec![consolidated],
-            done: true,
-            thin_pack: true,
-            ofs_delta: true,
-            no_progress: true,
-            include_tag: true,
-            ..Default::default()
+            ..git_fetch()
         }),
     ));
     println!("| request | http-backend | gitcache | ratio | first run | ratio | bytes ratio |");
@@ -496,10 +515,39 @@ pub(crate) fn moved(
         let (theirs, hit, first) = side_by_side(&backend, &gitcache, request, runs)?;
         hit_row(name, theirs, hit, first);
     }
+    println!(
+        "\nthe first fetch after each push ({per_round} commits), a miss refreshing the mirror\n"
+    );
+    println!(
+        "| round | request | http-backend | gitcache (refresh and answer) | ratio | bytes ratio |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (round, name, theirs, miss) in refreshed {
+        println!(
+            "| {} | {name} | {} | {} | {:.2} | {:.2} |",
+            round + 1,
+            ms(theirs.0),
+            ms(miss.0),
+            miss.0.as_secs_f64() / theirs.0.as_secs_f64(),
+            miss.1 as f64 / theirs.1.max(1) as f64
+        );
+    }
     drop(server);
     drop(upstream);
     std::fs::remove_dir_all(&copy)?;
     Ok(())
+}
+
+/// A fetch with the options `git fetch` sends (wants and haves to be filled in).
+fn git_fetch() -> gitcache_protocol::request::Fetch {
+    gitcache_protocol::request::Fetch {
+        done: true,
+        thin_pack: true,
+        ofs_delta: true,
+        no_progress: true,
+        include_tag: true,
+        ..Default::default()
+    }
 }
 
 /// `--misses [--runs N] [--only TEXT]`: each request whose name contains `only` (one of
