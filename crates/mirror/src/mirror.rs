@@ -1,10 +1,11 @@
 //! A mirror: a bare repository that follows one upstream repository.
 //!
 //! A refresh asks upstream for its refs, fetches in one round whatever tips the mirror lacks
-//! (its own tips as haves), takes the pack in (see [`crate::ingest`]), and only then replaces
-//! all refs at once by renaming a new `packed-refs` into place. Readers see the old state or
-//! the new one, never a mix; refs upstream deleted are gone after the rename. A failure at any
-//! step leaves the previous state whole.
+//! (at most 16 of its own tips as haves, those new commits most likely build on), takes the
+//! pack in (see [`crate::ingest`]), and only then replaces all refs at once by renaming a new
+//! `packed-refs` into place. Readers see the old state or the new one, never a mix; refs
+//! upstream deleted are gone after the rename. A failure at any step leaves the previous
+//! state whole.
 //!
 //! The upstream is not trusted: ref names and symbolic ref targets must pass git's
 //! `check-ref-format` rules and lie under the prefixes asked for; peeled values are computed
@@ -302,9 +303,17 @@ impl Mirror {
         let mut ingested = None;
         if !wants.is_empty() {
             let first = haves.is_empty();
-            let pack = self
-                .fetch(upstream, format, wants.clone(), haves.clone())
-                .await?;
+            let offered = {
+                let (git_dir, local, remote) =
+                    (self.git_dir.clone(), local.clone(), remote.clone());
+                tokio::task::spawn_blocking(move || {
+                    let repo = gitcache_pack::Repository::open(git_dir)?;
+                    Ok::<_, gitcache_pack::Error>(offered_haves(&repo, &local, &remote))
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??
+            };
+            let pack = self.fetch(upstream, format, wants.clone(), offered).await?;
             fetched_objects = pack.objects;
             ingested = Some((pack, first));
         }
@@ -519,6 +528,58 @@ impl Mirror {
         );
         Ok(ingested)
     }
+}
+
+/// The most haves a refresh offers the upstream. Every have the upstream cannot find in its
+/// bitmaps it walks (`git upload-pack` with the 151 tips of the bench repository as haves
+/// took 0.12 s to answer a fetch of 50 new commits, with one have 0.01 s, for 0.2% fewer
+/// bytes), so a refresh offers what the upstream most likely builds on, as `git fetch`'s
+/// first round of 16 haves does.
+const MAX_OFFERED_HAVES: usize = 16;
+
+/// The haves a refresh of the mirror whose refs are `local` offers the upstream whose refs
+/// are `remote`: first what the refs the upstream moved pointed at here (new commits mostly
+/// build on them) and the mirror's `HEAD` (new branches mostly start from it), then the
+/// newest of its other tips; [`MAX_OFFERED_HAVES`] at most, and at least one when the
+/// mirror has any tip. Objects the upstream sends that the mirror has anyway cost bytes,
+/// nothing else: a pack is checked against every tip the mirror has, offered or not.
+fn offered_haves(
+    repo: &gitcache_pack::Repository,
+    local: &[gitcache_pack::Ref],
+    remote: &[RefLine],
+) -> Vec<ObjectId> {
+    let mut offered: Vec<ObjectId> = Vec::new();
+    let offer = |oid: ObjectId, offered: &mut Vec<ObjectId>| {
+        if offered.len() < MAX_OFFERED_HAVES && !offered.contains(&oid) {
+            offered.push(oid);
+        }
+    };
+    if let Some(head) = local.iter().find(|r| r.name == "HEAD").and_then(|r| r.oid) {
+        offer(head, &mut offered);
+    }
+    for line in remote {
+        let moved = local
+            .iter()
+            .find(|r| r.name == line.name)
+            .and_then(|r| r.oid)
+            .filter(|oid| line.oid != Some(*oid));
+        if let Some(oid) = moved {
+            offer(oid, &mut offered);
+        }
+    }
+    let others: Vec<ObjectId> = local.iter().filter_map(|r| r.oid).collect();
+    for oid in repo.newest_commits(&others, MAX_OFFERED_HAVES) {
+        offer(oid, &mut offered);
+    }
+    // Tips that are no commits (a tag of a tree): offered rather than none, so that the
+    // upstream sends no more than it must.
+    for oid in others {
+        if !offered.is_empty() {
+            break;
+        }
+        offer(oid, &mut offered);
+    }
+    offered
 }
 
 /// How many bytes of a response may wait between the download and the indexer.

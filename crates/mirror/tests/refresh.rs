@@ -643,3 +643,61 @@ async fn consolidation_keeps_kept_commits_beside_the_refs_pack() {
         assert!(git(mirror.git_dir(), &["for-each-ref", KEPT_PREFIX]).contains(&head));
     }
 }
+
+/// A refresh offers the upstream what the moved refs pointed at and a few of the newest
+/// tips, not every tip: each have the upstream's bitmaps lack costs it a walk. The mirror
+/// still ends up whole, also for a branch made from a tip it did not offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::small(1301)).unwrap();
+    for i in 1..=40 {
+        git(
+            &source,
+            &["branch", &format!("old/{i}"), &format!("main~{i}")],
+        );
+    }
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/widgets", None);
+    mirror.refresh(&up, &[]).await.unwrap();
+    let tips = git(
+        mirror.git_dir(),
+        &["for-each-ref", "--format=%(objectname)"],
+    );
+    let tips: std::collections::BTreeSet<&str> = tips.lines().collect();
+    assert!(tips.len() > 40, "{}", tips.len());
+    let old_main = git(&source, &["rev-parse", "main"]).trim().to_owned();
+
+    repo::append_commits(&source, "main", 3, 1302).unwrap();
+    // A branch from a tip far from the newest, moved on.
+    git(&source, &["branch", "topic", "old/35"]);
+    repo::append_commits(&source, "topic", 2, 1303).unwrap();
+    upstream.set_recording(true);
+    let refreshed = mirror.refresh(&up, &[]).await.unwrap();
+    assert!(refreshed.changed);
+    let fetch = upstream
+        .requests()
+        .into_iter()
+        .rfind(|r| r.kind == RequestKind::Fetch)
+        .expect("a fetch");
+    let body = String::from_utf8_lossy(&fetch.body).into_owned();
+    let haves: Vec<&str> = body
+        .split("have ")
+        .skip(1)
+        .map(|rest| &rest[..40])
+        .collect();
+    assert!(
+        !haves.is_empty() && haves.len() <= 16,
+        "{haves:?} in {body:?}"
+    );
+    assert_eq!(haves[0], old_main, "HEAD first: {body}");
+    assert!(
+        haves.iter().all(|h| tips.contains(h)),
+        "only the mirror's tips"
+    );
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}

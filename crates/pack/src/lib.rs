@@ -704,6 +704,29 @@ impl Repository {
         ))
     }
 
+    /// Of `ids`, the `n` commits with the newest committer times, newest first (ties in the
+    /// order given; ids that are no commit here are passed over). At most `MOST_READ` of
+    /// them are read, the first ones given.
+    pub fn newest_commits(&self, ids: &[ObjectId], n: usize) -> Vec<ObjectId> {
+        /// Commits read at most: a repository of a hundred thousand refs is not read whole
+        /// to pick a few.
+        const MOST_READ: usize = 10_000;
+        let mut objects = self.objects();
+        let mut seen = std::collections::HashSet::new();
+        let mut timed: Vec<(i64, usize, ObjectId)> = ids
+            .iter()
+            .take(MOST_READ)
+            .enumerate()
+            .filter(|(_, oid)| seen.insert(**oid))
+            .filter_map(|(i, oid)| {
+                let time = objects.try_commit(oid).ok().flatten()?.time;
+                Some((time, i, *oid))
+            })
+            .collect();
+        timed.sort_by_key(|&(time, i, _)| (std::cmp::Reverse(time), i));
+        timed.into_iter().take(n).map(|(_, _, oid)| oid).collect()
+    }
+
     /// What `oid` peels to when it is an annotated tag (followed through tags of tags), or
     /// `None` when it is not a tag.
     pub fn peeled(&self, oid: &ObjectId) -> Result<Option<ObjectId>, Error> {
