@@ -447,9 +447,11 @@ pub(crate) fn moved(
     };
     post(&gitcache, &clone(tips_of(&copy)?))?;
     wait_for_maintenance(&mirror)?;
-    // The first fetch after each push upstream is a miss that refreshes the mirror: by turns
-    // a depth-1 clone of the new tip (a CI job) and a fetch of it with the tip before (a
-    // developer's `git fetch`), timed against `http-backend` answering the same request.
+    // The first fetch after each push upstream is a miss that refreshes the mirror: in turn
+    // a depth-1 clone of the new tip (a CI job fetching a commit by id sends no `ls-refs`),
+    // a fetch of it with the tip before, and the same as `git fetch` sends it, `ls-refs`
+    // first (whose answer, passed on from the upstream, starts the refresh), timed against
+    // `http-backend` answering the same requests.
     let mut refreshed = Vec::new();
     for round in 0..rounds {
         let seed = 7_000 + round as u64;
@@ -457,23 +459,37 @@ pub(crate) fn moved(
         gitcache_testkit::repo::append_commits(&copy, "main", per_round, seed)?;
         git(&copy, &["repack", "-dq"])?;
         let tip = crate::bench_pack::oid(&git(&copy, &["rev-parse", "main"])?)?;
-        let (name, request) = if round % 2 == 0 {
-            let fetch = gitcache_protocol::request::Fetch {
-                wants: vec![tip],
-                deepen: Some(1),
-                ..git_fetch()
-            };
-            ("clone --depth=1 of the new tip", body(fetch))
-        } else {
-            let fetch = gitcache_protocol::request::Fetch {
-                wants: vec![tip],
-                haves: vec![before],
-                ..git_fetch()
-            };
-            ("fetch, have the tip before", body(fetch))
+        let incremental = body(gitcache_protocol::request::Fetch {
+            wants: vec![tip],
+            haves: vec![before],
+            ..git_fetch()
+        });
+        let (name, requests) = match round % 3 {
+            0 => {
+                let fetch = gitcache_protocol::request::Fetch {
+                    wants: vec![tip],
+                    deepen: Some(1),
+                    ..git_fetch()
+                };
+                ("clone --depth=1 of the new tip", vec![body(fetch)])
+            }
+            1 => ("fetch, have the tip before", vec![incremental]),
+            _ => (
+                "`ls-refs`, then that fetch",
+                vec![ls_refs_of_branches(), incremental],
+            ),
         };
-        let miss = post(&gitcache, &request)?;
-        let theirs = post(&backend, &request)?;
+        let exchange = |addr: &str| -> Result<Timed> {
+            let (mut took, mut bytes) = (Duration::ZERO, 0);
+            for request in &requests {
+                let (t, b) = post(addr, request)?;
+                took += t;
+                bytes += b;
+            }
+            Ok((took, bytes))
+        };
+        let miss = exchange(&gitcache)?;
+        let theirs = exchange(&backend)?;
         refreshed.push((round, name, theirs, miss));
         post(&gitcache, &clone(tips_of(&copy)?))?;
         // A consolidation the refresh called for (past eight packs, or far past the
@@ -536,6 +552,25 @@ pub(crate) fn moved(
     drop(upstream);
     std::fs::remove_dir_all(&copy)?;
     Ok(())
+}
+
+/// The `ls-refs` that `git fetch` of the branches sends.
+fn ls_refs_of_branches() -> Vec<u8> {
+    let request = gitcache_protocol::request::Request {
+        capabilities: gitcache_protocol::request::Capabilities {
+            agent: Some("git/2.47.3".into()),
+            ..Default::default()
+        },
+        command: gitcache_protocol::request::Command::LsRefs(gitcache_protocol::request::LsRefs {
+            symrefs: true,
+            peel: true,
+            unborn: false,
+            ref_prefixes: vec!["refs/heads/".into(), "refs/tags/".into()],
+        }),
+    };
+    let mut out = Vec::new();
+    request.write_to(&mut out).expect("in memory");
+    out
 }
 
 /// A fetch with the options `git fetch` sends (wants and haves to be filled in).
