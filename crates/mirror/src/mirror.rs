@@ -313,7 +313,9 @@ impl Mirror {
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))??
             };
-            let pack = self.fetch(upstream, format, wants.clone(), offered).await?;
+            let pack = self
+                .fetch(upstream, format, wants.clone(), offered, first)
+                .await?;
             fetched_objects = pack.objects;
             ingested = Some((pack, first));
         }
@@ -420,15 +422,16 @@ impl Mirror {
 
     /// Fetch `wants` in one round and take the pack in, as it arrives: the response is
     /// read, its pack indexed as far as that can go in one pass, while the rest is still on
-    /// its way (deltas are resolved on all cores once the whole pack is there).
+    /// its way (deltas are resolved on all cores once the whole pack is there). `first`: the
+    /// mirror has no tips (and `haves` is empty), so the pack must hold all it needs.
     async fn fetch(
         &self,
         upstream: &Upstream,
         format: HashKind,
         wants: Vec<ObjectId>,
         haves: Vec<ObjectId>,
+        first: bool,
     ) -> Result<ingest::Ingested, Error> {
-        let first = haves.is_empty();
         let started = std::time::Instant::now();
         let fetch = Fetch {
             wants,
@@ -538,46 +541,53 @@ impl Mirror {
 const MAX_OFFERED_HAVES: usize = 16;
 
 /// The haves a refresh of the mirror whose refs are `local` offers the upstream whose refs
-/// are `remote`: first what the refs the upstream moved pointed at here (new commits mostly
-/// build on them) and the mirror's `HEAD` (new branches mostly start from it), then the
-/// newest of its other tips; [`MAX_OFFERED_HAVES`] at most, and at least one when the
-/// mirror has any tip. Objects the upstream sends that the mirror has anyway cost bytes,
-/// nothing else: a pack is checked against every tip the mirror has, offered or not.
+/// are `remote`, [`MAX_OFFERED_HAVES`] at most: the mirror's `HEAD` (new branches mostly
+/// start from it), what the refs the upstream moved pointed at here (new commits mostly
+/// build on them), newest first, then the newest of the tips the upstream still lists as
+/// they are here (which it surely has); an annotated tag counts as the commit it peels to.
+/// At least one when the mirror has any tip. What the upstream then sends that the mirror
+/// has anyway costs bytes, and disk until the next consolidation; a pack is checked against
+/// all of the mirror's objects either way.
 fn offered_haves(
     repo: &gitcache_pack::Repository,
     local: &[gitcache_pack::Ref],
     remote: &[RefLine],
 ) -> Vec<ObjectId> {
+    let listed: std::collections::HashMap<&[u8], Option<ObjectId>> = remote
+        .iter()
+        .map(|line| (line.name.as_slice(), line.oid))
+        .collect();
+    let (mut moved, mut unchanged) = (Vec::new(), Vec::new());
+    let mut head = None;
+    for r in local {
+        let Some(commit) = r.peeled.or(r.oid) else {
+            continue;
+        };
+        if r.name == "HEAD" {
+            head = Some(commit);
+        } else if let Some(now) = listed.get(r.name.as_slice()) {
+            if *now == r.oid {
+                unchanged.push(commit);
+            } else {
+                moved.push(commit);
+            }
+        }
+    }
     let mut offered: Vec<ObjectId> = Vec::new();
-    let offer = |oid: ObjectId, offered: &mut Vec<ObjectId>| {
+    let picked = head.into_iter().chain(
+        repo.newest_commits(&moved, MAX_OFFERED_HAVES)
+            .into_iter()
+            .chain(repo.newest_commits(&unchanged, MAX_OFFERED_HAVES)),
+    );
+    for oid in picked {
         if offered.len() < MAX_OFFERED_HAVES && !offered.contains(&oid) {
             offered.push(oid);
         }
-    };
-    if let Some(head) = local.iter().find(|r| r.name == "HEAD").and_then(|r| r.oid) {
-        offer(head, &mut offered);
     }
-    for line in remote {
-        let moved = local
-            .iter()
-            .find(|r| r.name == line.name)
-            .and_then(|r| r.oid)
-            .filter(|oid| line.oid != Some(*oid));
-        if let Some(oid) = moved {
-            offer(oid, &mut offered);
-        }
-    }
-    let others: Vec<ObjectId> = local.iter().filter_map(|r| r.oid).collect();
-    for oid in repo.newest_commits(&others, MAX_OFFERED_HAVES) {
-        offer(oid, &mut offered);
-    }
-    // Tips that are no commits (a tag of a tree): offered rather than none, so that the
-    // upstream sends no more than it must.
-    for oid in others {
-        if !offered.is_empty() {
-            break;
-        }
-        offer(oid, &mut offered);
+    if offered.is_empty() {
+        // No commit among them (tips of trees, or only refs the upstream dropped): one tip
+        // rather than none, so that the upstream sends no more than it must.
+        offered.extend(local.iter().find_map(|r| r.oid));
     }
     offered
 }

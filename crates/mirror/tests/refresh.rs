@@ -644,9 +644,9 @@ async fn consolidation_keeps_kept_commits_beside_the_refs_pack() {
     }
 }
 
-/// A refresh offers the upstream what the moved refs pointed at and a few of the newest
-/// tips, not every tip: each have the upstream's bitmaps lack costs it a walk. The mirror
-/// still ends up whole, also for a branch made from a tip it did not offer.
+/// A refresh offers the upstream its `HEAD`, what the moved refs pointed at and a few of the
+/// newest tips, not every tip: each have the upstream's bitmaps lack costs it a walk. The
+/// mirror still ends up whole, also for a branch made from a tip it did not offer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
     let upstream = Upstream::start().unwrap();
@@ -658,6 +658,29 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
             &["branch", &format!("old/{i}"), &format!("main~{i}")],
         );
     }
+    // Branches of a commit of their own each, older than any other (2001): never among the
+    // newest tips, so never offered.
+    let mut sides = Vec::new();
+    for i in 0..20 {
+        let base = format!("main~{}", 20 + i);
+        let date = format!("{} +0000", 978_307_200 + i);
+        let out = std::process::Command::new("git")
+            .current_dir(&source)
+            .args(["commit-tree", &format!("{base}^{{tree}}"), "-p", &base])
+            .args(["-m", &format!("side {i}")])
+            .env("GIT_AUTHOR_NAME", "A")
+            .env("GIT_AUTHOR_EMAIL", "a@example.com")
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_NAME", "C")
+            .env("GIT_COMMITTER_EMAIL", "c@example.com")
+            .env("GIT_COMMITTER_DATE", &date)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let side = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        git(&source, &["branch", &format!("side/{i}"), &side]);
+        sides.push(side);
+    }
     upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
@@ -668,13 +691,15 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
         &["for-each-ref", "--format=%(objectname)"],
     );
     let tips: std::collections::BTreeSet<&str> = tips.lines().collect();
-    assert!(tips.len() > 40, "{}", tips.len());
-    let old_main = git(&source, &["rev-parse", "main"]).trim().to_owned();
+    assert!(tips.len() > 60, "{}", tips.len());
+    let rev = |name: &str| git(&source, &["rev-parse", name]).trim().to_owned();
+    let (old_main, old_3) = (rev("main"), rev("old/3"));
 
+    // HEAD moves, and so does another branch; a new branch starts from a side branch.
     repo::append_commits(&source, "main", 3, 1302).unwrap();
-    // A branch from a tip far from the newest, moved on.
-    git(&source, &["branch", "topic", "old/35"]);
-    repo::append_commits(&source, "topic", 2, 1303).unwrap();
+    repo::append_commits(&source, "old/3", 1, 1303).unwrap();
+    git(&source, &["branch", "topic", "side/0"]);
+    repo::append_commits(&source, "topic", 2, 1304).unwrap();
     upstream.set_recording(true);
     let refreshed = mirror.refresh(&up, &[]).await.unwrap();
     assert!(refreshed.changed);
@@ -694,6 +719,11 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
         "{haves:?} in {body:?}"
     );
     assert_eq!(haves[0], old_main, "HEAD first: {body}");
+    assert!(haves.contains(&old_3.as_str()), "a moved ref's old value");
+    assert!(
+        !haves.iter().any(|h| sides.iter().any(|s| s == h)),
+        "no side branch is among the newest"
+    );
     assert!(
         haves.iter().all(|h| tips.contains(h)),
         "only the mirror's tips"

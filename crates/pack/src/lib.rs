@@ -705,20 +705,24 @@ impl Repository {
     }
 
     /// Of `ids`, the `n` commits with the newest committer times, newest first (ties in the
-    /// order given; ids that are no commit here are passed over). At most `MOST_READ` of
-    /// them are read, the first ones given.
+    /// order given). Ids that are no commit here, or a commit of over a MiB, are passed over
+    /// unread; at most [`NEWEST_OF_AT_MOST`] ids are looked at, the first ones given.
     pub fn newest_commits(&self, ids: &[ObjectId], n: usize) -> Vec<ObjectId> {
-        /// Commits read at most: a repository of a hundred thousand refs is not read whole
-        /// to pick a few.
-        const MOST_READ: usize = 10_000;
+        /// Larger commits are not read to be compared (a commit is a few hundred bytes).
+        const MOST_COMMIT_BYTES: u64 = 1 << 20;
         let mut objects = self.objects();
         let mut seen = std::collections::HashSet::new();
         let mut timed: Vec<(i64, usize, ObjectId)> = ids
             .iter()
-            .take(MOST_READ)
+            .take(NEWEST_OF_AT_MOST)
             .enumerate()
             .filter(|(_, oid)| seen.insert(**oid))
             .filter_map(|(i, oid)| {
+                let header = objects.header(oid).ok().flatten();
+                if !matches!(header, Some((gix_object::Kind::Commit, size)) if size <= MOST_COMMIT_BYTES)
+                {
+                    return None;
+                }
                 let time = objects.try_commit(oid).ok().flatten()?.time;
                 Some((time, i, *oid))
             })
@@ -738,6 +742,10 @@ impl Repository {
         }
     }
 }
+
+/// The most ids [`Repository::newest_commits`] looks at: a mirror of a hundred thousand refs
+/// is not read whole to pick a few.
+pub const NEWEST_OF_AT_MOST: usize = 1_000;
 
 /// Bitmaps written by [`Repository::write_bitmaps_reusing`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! `Repository::check_pack_closed`: a pack is taken only if every object in it refers to
 //! objects there are, each of the kind it is referred to as, read as the pack writer's walk
 //! reads them. Packs are made by `git pack-objects` from objects written with
-//! `git hash-object --literally` (what a hostile upstream can send).
+//! `git hash-object --literally` (what a hostile upstream can send). Also
+//! `Repository::newest_commits`, which a mirror's refresh reads its tips with.
 
 use std::path::{Path, PathBuf};
 
@@ -205,4 +206,53 @@ fn every_kind_an_object_is_referred_to_as_is_checked() {
     let lenient = s.tree(&[("100644", "file", &root)]);
     let (pack, index) = s.pack(&[&lenient]);
     repo.check_pack_closed(&pack, &index, false).unwrap();
+}
+
+#[test]
+fn the_newest_commits_are_picked_and_other_objects_passed_over() {
+    let s = Scratch::new();
+    let blob = s.object("blob", b"content\n");
+    let root = s.tree(&[("100644", "top", &blob)]);
+    let at = |time: u64, message: &str| {
+        let text = format!(
+            "tree {root}\nauthor A <a@example.com> {time} +0000\n\
+             committer A <a@example.com> {time} +0000\n\n{message}\n"
+        );
+        s.object("commit", text.as_bytes())
+    };
+    let (old, newest, middle, tied) = (at(100, "a"), at(300, "b"), at(200, "c"), at(200, "d"));
+    // The newest of all, but too large to be read to be compared.
+    let huge = at(400, &"x".repeat(1 << 20));
+    let tag = s.object(
+        "tag",
+        format!("object {newest}\ntype commit\ntag v1\ntagger A <a@example.com> 500 +0000\n\nv1\n")
+            .as_bytes(),
+    );
+    let oid = |hex: &str| gitcache_protocol::ObjectId::from_hex(hex.as_bytes()).unwrap();
+    let ids: Vec<_> = [
+        &blob,
+        &root,
+        &tag,
+        &old,
+        &middle,
+        &huge,
+        &newest,
+        &tied,
+        &old,
+        &"5".repeat(40),
+    ]
+    .into_iter()
+    .map(|hex| oid(hex))
+    .collect();
+    let repo = Repository::open(&s.git_dir).unwrap();
+    let picked = |n| -> Vec<String> {
+        repo.newest_commits(&ids, n)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    // Ties in the order given; each commit once.
+    assert_eq!(picked(10), [newest.clone(), middle.clone(), tied, old]);
+    assert_eq!(picked(2), [newest, middle]);
+    assert!(picked(0).is_empty());
 }
