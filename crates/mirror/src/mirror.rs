@@ -559,7 +559,14 @@ fn offered_haves(
         .collect();
     let (mut moved, mut unchanged) = (Vec::new(), Vec::new());
     let mut head = None;
-    for r in local {
+    // Branches and tags first: [`gitcache_pack::NEWEST_OF_AT_MOST`] tips are compared at
+    // most, and extra prefixes (`refs/pull/`) may list thousands.
+    let rank = |r: &&gitcache_pack::Ref| {
+        !(r.name.starts_with(b"refs/heads/") || r.name.starts_with(b"refs/tags/"))
+    };
+    let mut ranked: Vec<&gitcache_pack::Ref> = local.iter().collect();
+    ranked.sort_by_key(rank);
+    for r in ranked {
         let Some(commit) = r.peeled.or(r.oid) else {
             continue;
         };

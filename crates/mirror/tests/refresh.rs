@@ -658,16 +658,12 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
             &["branch", &format!("old/{i}"), &format!("main~{i}")],
         );
     }
-    // Branches of a commit of their own each, older than any other (2001): never among the
-    // newest tips, so never offered.
-    let mut sides = Vec::new();
-    for i in 0..20 {
-        let base = format!("main~{}", 20 + i);
-        let date = format!("{} +0000", 978_307_200 + i);
+    // `git` at a given time (seconds since the epoch) for what it writes.
+    let dated = |args: &[&str], time: u64| {
+        let date = format!("{time} +0000");
         let out = std::process::Command::new("git")
             .current_dir(&source)
-            .args(["commit-tree", &format!("{base}^{{tree}}"), "-p", &base])
-            .args(["-m", &format!("side {i}")])
+            .args(args)
             .env("GIT_AUTHOR_NAME", "A")
             .env("GIT_AUTHOR_EMAIL", "a@example.com")
             .env("GIT_AUTHOR_DATE", &date)
@@ -677,20 +673,47 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        let side = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let commit_on = |base: &str, message: &str, time: u64| {
+        let tree = format!("{base}^{{tree}}");
+        dated(&["commit-tree", &tree, "-p", base, "-m", message], time)
+    };
+    // Branches of a commit of their own each, older than any other (2001): never among the
+    // newest tips, so never offered.
+    let mut sides = Vec::new();
+    for i in 0..20 {
+        let side = commit_on(
+            &format!("main~{}", 20 + i),
+            &format!("side {i}"),
+            978_307_200 + i,
+        );
         git(&source, &["branch", &format!("side/{i}"), &side]);
         sides.push(side);
     }
+    // The newest commits of all (2036): one only an annotated tag points at (offered as the
+    // commit, not the tag), one on a branch the upstream will delete (not offered).
+    let tagged = commit_on("main", "tagged", 2_100_000_000);
+    dated(
+        &["tag", "-a", "-m", "newest", "newest", &tagged],
+        2_100_000_000,
+    );
+    let tag = git(&source, &["rev-parse", "refs/tags/newest"])
+        .trim()
+        .to_owned();
+    let doomed = commit_on("main", "doomed", 2_100_000_001);
+    git(&source, &["branch", "doomed", &doomed]);
     upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
     let up = client(&upstream, "acme/widgets", None);
     mirror.refresh(&up, &[]).await.unwrap();
+    // Every tip, and what the tags among them peel to.
     let tips = git(
         mirror.git_dir(),
-        &["for-each-ref", "--format=%(objectname)"],
+        &["for-each-ref", "--format=%(objectname)%0a%(*objectname)"],
     );
-    let tips: std::collections::BTreeSet<&str> = tips.lines().collect();
+    let tips: std::collections::BTreeSet<&str> = tips.lines().filter(|l| !l.is_empty()).collect();
     assert!(tips.len() > 60, "{}", tips.len());
     let rev = |name: &str| git(&source, &["rev-parse", name]).trim().to_owned();
     let (old_main, old_3) = (rev("main"), rev("old/3"));
@@ -700,6 +723,7 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
     repo::append_commits(&source, "old/3", 1, 1303).unwrap();
     git(&source, &["branch", "topic", "side/0"]);
     repo::append_commits(&source, "topic", 2, 1304).unwrap();
+    git(&source, &["branch", "-D", "doomed"]);
     upstream.set_recording(true);
     let refreshed = mirror.refresh(&up, &[]).await.unwrap();
     assert!(refreshed.changed);
@@ -723,6 +747,15 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
     assert!(
         !haves.iter().any(|h| sides.iter().any(|s| s == h)),
         "no side branch is among the newest"
+    );
+    assert!(
+        haves.contains(&tagged.as_str()),
+        "a tag counts as its commit"
+    );
+    assert!(!haves.contains(&tag.as_str()), "not as the tag");
+    assert!(
+        !haves.contains(&doomed.as_str()),
+        "a ref the upstream dropped"
     );
     assert!(
         haves.iter().all(|h| tips.contains(h)),

@@ -705,18 +705,19 @@ impl Repository {
     }
 
     /// Of `ids`, the `n` commits with the newest committer times, newest first (ties in the
-    /// order given). Ids that are no commit here, or a commit of over a MiB, are passed over
-    /// unread; at most [`NEWEST_OF_AT_MOST`] ids are looked at, the first ones given.
+    /// order given). Ids that are no commit here, or a commit of over 64 KiB, are passed over
+    /// unread; at most [`NEWEST_OF_AT_MOST`] different ids are looked at, the first given.
     pub fn newest_commits(&self, ids: &[ObjectId], n: usize) -> Vec<ObjectId> {
-        /// Larger commits are not read to be compared (a commit is a few hundred bytes).
-        const MOST_COMMIT_BYTES: u64 = 1 << 20;
+        /// Larger commits are not read to be compared (a commit is a few hundred bytes): a
+        /// call inflates 64 MiB at most.
+        const MOST_COMMIT_BYTES: u64 = 64 << 10;
         let mut objects = self.objects();
         let mut seen = std::collections::HashSet::new();
         let mut timed: Vec<(i64, usize, ObjectId)> = ids
             .iter()
+            .filter(|oid| seen.insert(**oid))
             .take(NEWEST_OF_AT_MOST)
             .enumerate()
-            .filter(|(_, oid)| seen.insert(**oid))
             .filter_map(|(i, oid)| {
                 let header = objects.header(oid).ok().flatten();
                 if !matches!(header, Some((gix_object::Kind::Commit, size)) if size <= MOST_COMMIT_BYTES)

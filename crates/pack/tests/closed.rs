@@ -222,7 +222,7 @@ fn the_newest_commits_are_picked_and_other_objects_passed_over() {
     };
     let (old, newest, middle, tied) = (at(100, "a"), at(300, "b"), at(200, "c"), at(200, "d"));
     // The newest of all, but too large to be read to be compared.
-    let huge = at(400, &"x".repeat(1 << 20));
+    let huge = at(400, &"x".repeat(64 << 10));
     let tag = s.object(
         "tag",
         format!("object {newest}\ntype commit\ntag v1\ntagger A <a@example.com> 500 +0000\n\nv1\n")
@@ -244,6 +244,8 @@ fn the_newest_commits_are_picked_and_other_objects_passed_over() {
     .into_iter()
     .map(|hex| oid(hex))
     .collect();
+    // Read from a pack, as a mirror holds them.
+    s.pack(&[&blob, &root, &old, &newest, &middle, &tied, &huge, &tag]);
     let repo = Repository::open(&s.git_dir).unwrap();
     let picked = |n| -> Vec<String> {
         repo.newest_commits(&ids, n)
