@@ -559,7 +559,7 @@ fn offered_haves(
         .collect();
     let (mut moved, mut unchanged) = (Vec::new(), Vec::new());
     let mut head = None;
-    // Branches and tags first: [`gitcache_pack::NEWEST_OF_AT_MOST`] tips are compared at
+    // Branches and tags first: `gitcache_pack::NEWEST_OF_AT_MOST` tips are compared at
     // most, and extra prefixes (`refs/pull/`) may list thousands.
     let rank = |r: &&gitcache_pack::Ref| {
         !(r.name.starts_with(b"refs/heads/") || r.name.starts_with(b"refs/tags/"))

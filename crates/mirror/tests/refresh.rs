@@ -703,11 +703,24 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
         .to_owned();
     let doomed = commit_on("main", "doomed", 2_100_000_001);
     git(&source, &["branch", "doomed", &doomed]);
+    // A thousand pull-request refs on commits older than the tagged one, listed by name
+    // before the tags: branches and tags are compared first, so the tag's commit is still
+    // found among the newest.
+    git(&source, &["branch", "pulls", "main"]);
+    repo::append_commits(&source, "pulls", 1_000, 1_000).unwrap();
+    let pulls = git(&source, &["rev-list", "--max-count=1000", "pulls"]);
+    let updates: String = pulls
+        .lines()
+        .enumerate()
+        .map(|(i, oid)| format!("create refs/pull/{i}/head {oid}\n"))
+        .collect();
+    gitcache_testkit::git::git_with_input(&source, &["update-ref", "--stdin"], updates.as_bytes());
+    git(&source, &["branch", "-D", "pulls"]);
     upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
     let up = client(&upstream, "acme/widgets", None);
-    mirror.refresh(&up, &[]).await.unwrap();
+    mirror.refresh(&up, &["refs/pull/"]).await.unwrap();
     // Every tip, and what the tags among them peel to.
     let tips = git(
         mirror.git_dir(),
@@ -725,7 +738,7 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
     repo::append_commits(&source, "topic", 2, 1304).unwrap();
     git(&source, &["branch", "-D", "doomed"]);
     upstream.set_recording(true);
-    let refreshed = mirror.refresh(&up, &[]).await.unwrap();
+    let refreshed = mirror.refresh(&up, &["refs/pull/"]).await.unwrap();
     assert!(refreshed.changed);
     let fetch = upstream
         .requests()

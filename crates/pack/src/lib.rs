@@ -706,10 +706,12 @@ impl Repository {
 
     /// Of `ids`, the `n` commits with the newest committer times, newest first (ties in the
     /// order given). Ids that are no commit here, or a commit of over 64 KiB, are passed over
-    /// unread; at most [`NEWEST_OF_AT_MOST`] different ids are looked at, the first given.
+    /// unread; at most [`NEWEST_OF_AT_MOST`] different ids are looked at (commits or not),
+    /// the first ones given.
     pub fn newest_commits(&self, ids: &[ObjectId], n: usize) -> Vec<ObjectId> {
         /// Larger commits are not read to be compared (a commit is a few hundred bytes): a
-        /// call inflates 64 MiB at most.
+        /// call reads 64 MiB of commits at most, the delta bases they are stored against
+        /// aside.
         const MOST_COMMIT_BYTES: u64 = 64 << 10;
         let mut objects = self.objects();
         let mut seen = std::collections::HashSet::new();

@@ -254,7 +254,16 @@ fn the_newest_commits_are_picked_and_other_objects_passed_over() {
             .collect()
     };
     // Ties in the order given; each commit once.
-    assert_eq!(picked(10), [newest.clone(), middle.clone(), tied, old]);
-    assert_eq!(picked(2), [newest, middle]);
+    assert_eq!(picked(10), [&*newest, &*middle, &*tied, &*old]);
+    assert_eq!(picked(2), [&*newest, &*middle]);
     assert!(picked(0).is_empty());
+    // Repeats count once against the ids looked at.
+    let mut repeated = vec![oid(&old); gitcache_pack::NEWEST_OF_AT_MOST];
+    repeated.push(oid(&newest));
+    let picked: Vec<String> = repo
+        .newest_commits(&repeated, 2)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(picked, [newest, old]);
 }
