@@ -4,7 +4,8 @@
 //!
 //! `--misses`: misses alone, `--runs` times each (see [`misses`]).
 //!
-//! `--moved ROUNDS`: hits on a mirror between two consolidations (see [`moved`]).
+//! `--moved ROUNDS`: the first fetch after each of ROUNDS pushes (a miss that refreshes the
+//! mirror), then hits on the mirror between two consolidations (see [`moved`]).
 //!
 //! `--two-instances`: two gitcache processes sharing one bucket of a local S3-compatible
 //! server (moto, from `GITCACHE_TEST_MOTO`): a miss on A, then the same request on B (its
@@ -396,8 +397,9 @@ pub(crate) fn run(
 /// `--moved ROUNDS [--commits N] [--runs N]`: the hits of a mirror between two
 /// consolidations. The mirror is made from a copy of the repository and maintained (one pack
 /// with its bitmaps), then the upstream gains `ROUNDS` rounds of `N` commits (50 by default)
-/// on `main`, each pushed as a pack of its own, and a fetch of the new tip after each brings
-/// it into the mirror as a pack beside the consolidated one (a mirror is consolidated past
+/// on `main`, each pushed as a pack of its own, and the first fetch of the new tip after each
+/// (timed against `http-backend`: a miss that refreshes the mirror) brings it into the mirror
+/// as a pack beside the consolidated one (a mirror is consolidated past
 /// eight packs, or when those beside hold more than a 64th of its objects; the next round
 /// waits for it). Then the requests of the full run, plus a fetch whose have is the tip of
 /// the first consolidation, against `http-backend` on the same packs (git's bitmaps cover its

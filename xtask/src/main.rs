@@ -12,7 +12,7 @@
 //!   --two-instances [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] |
 //!   --concurrency N]`: time gitcache (hits and misses) in front of C git's http-backend
 //!   (with `--hits`, hits alone: for repositories too large to miss five times; with
-//!   `--misses`, misses alone, `--runs` of each (1 by default); with `--response-cache`, only the response-cache table; with `--moved ROUNDS`, hits on a mirror between two consolidations, ROUNDS packs of `--commits` commits each (50 by default) past its consolidated one; with `--concurrency`, N depth-1
+//!   `--misses`, misses alone, `--runs` of each (1 by default); with `--response-cache`, only the response-cache table; with `--moved ROUNDS`, the first fetch after each of ROUNDS pushes of `--commits` commits (50 by default), then hits on the mirror between two consolidations, ROUNDS packs past its consolidated one; with `--concurrency`, N depth-1
 //!   fetches of different commits at once) against http-backend alone, over HTTP, on the
 //!   same repository and requests.
 //! - `bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR]`: the same on
