@@ -659,16 +659,13 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
         );
     }
     // `git` at a given time (seconds since the epoch) for what it writes.
+    let git_client = gitcache_testkit::git::GitClient::new().unwrap();
     let dated = |args: &[&str], time: u64| {
         let date = format!("{time} +0000");
-        let out = std::process::Command::new("git")
-            .current_dir(&source)
+        let out = git_client
+            .command(&source)
             .args(args)
-            .env("GIT_AUTHOR_NAME", "A")
-            .env("GIT_AUTHOR_EMAIL", "a@example.com")
             .env("GIT_AUTHOR_DATE", &date)
-            .env("GIT_COMMITTER_NAME", "C")
-            .env("GIT_COMMITTER_EMAIL", "c@example.com")
             .env("GIT_COMMITTER_DATE", &date)
             .output()
             .unwrap();
