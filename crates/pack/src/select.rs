@@ -11,6 +11,9 @@
 //! sent before it at the same path and, for a thin pack, with the client's object there in
 //! the trees of the first commits at its edge, the client's commits whose children are sent
 //! (git's preferred bases): the writer tries a delta against them for an object stored whole.
+//! An answer from a pack's bitmaps walks no trees; for a small one in a thin pack, the trees
+//! of the wants are compared with those of the haves to find the client's objects at the
+//! paths of those sent (see [`client_path_bases`]).
 
 use std::rc::Rc;
 
@@ -39,7 +42,8 @@ pub(crate) struct Selection {
     /// Further objects, as positions of one stored pack (none of them in the lists above).
     pub(crate) packed: Option<crate::reuse::Packed>,
     /// For an incremental fetch answered by a walk, of the trees and blobs sent, objects at
-    /// the same path: delta bases to try for one stored whole.
+    /// the same path: delta bases to try for one stored whole. For a small thin answer from a
+    /// pack's bitmaps, the client's objects only ([`PathBase::client`]).
     pub(crate) path_bases: crate::OidMap<PathBase>,
     /// For an answer from a pack's bitmaps, the name hash of the path of each of `others`
     /// (the trees and blobs beyond the pack), as the walk met them; else empty.
@@ -498,7 +502,108 @@ pub(crate) fn select_with_bitmaps(
     }
     out.client_has.extend(client_has);
     out.client_has.bits = Some((std::sync::Arc::clone(&loaded), had));
+    if req.by_path
+        && req.thin
+        && !no_trees
+        && !req.haves.is_empty()
+        && sent.count() + out.others.len() <= CLIENT_PATHS_ANSWER
+    {
+        let beyond: OidSet = out.others.iter().copied().collect();
+        let is_sent = |oid: &ObjectId| match pos.of(oid) {
+            Some(p) => sent.get(p),
+            None => beyond.contains(oid),
+        };
+        out.path_bases = client_path_bases(objects, req, is_sent, &out.client_has);
+    }
     with_packed(repo, objects, out, emitted, (k, pos, sent), req.include_tag).map(Some)
+}
+
+/// Answers from a pack's bitmaps of at most this many objects look for the client's objects
+/// at the paths of those sent (see [`client_path_bases`]); a larger one is copied as the
+/// bitmaps select it, as git's pack reuse copies it.
+const CLIENT_PATHS_ANSWER: usize = 1 << 14;
+
+/// For a thin answer from a pack's bitmaps, which reads no trees: the client's object at the
+/// path of each tree and blob sent, where there is one (git's preferred bases, the trees at
+/// the edge of its walk). The root trees of the first [`PREFERRED_TREES`] wants that are
+/// commits are compared with those of as many of the first haves that are (a client lists
+/// its newest first), entry by entry, down only the trees that are sent: an entry sent whose
+/// name and kind the client's tree there holds with another id is paired with that id. An
+/// object stored whole in the runs copied from the pack is then tried as a delta against it
+/// (an object of which consolidation keeps the newest version whole, the client's older one
+/// stored on it, otherwise goes whole where the upstream, between two repacks, sends a thin
+/// delta). Reads at most [`PATH_TREE_BYTES`] of trees; one that cannot be read ends the look
+/// (this is no place to fail a fetch).
+fn client_path_bases(
+    objects: &mut Objects,
+    req: &SelectRequest<'_>,
+    is_sent: impl Fn(&ObjectId) -> bool,
+    has: &Has,
+) -> crate::OidMap<PathBase> {
+    let mut roots = |ids: &[ObjectId]| -> Vec<ObjectId> {
+        ids.iter()
+            .filter_map(|id| {
+                let (commit, kind) = peel_chain(objects, id, |_| {}).ok()?;
+                (kind == Kind::Commit).then_some(())?;
+                Some(objects.commit(&commit).ok()?.tree)
+            })
+            .take(PREFERRED_TREES)
+            .collect()
+    };
+    let (ours, theirs) = (roots(req.wants), roots(req.haves));
+    let mut paths = PathBases::default();
+    let client: Vec<Rc<NamedTree>> = theirs
+        .iter()
+        .filter_map(|tree| paths.tree(objects, tree))
+        .collect();
+    let mut found = crate::OidMap::default();
+    let mut pair = |oid: ObjectId, base: Option<ObjectId>| {
+        if let Some(base) = base {
+            found.entry(oid).or_insert(PathBase {
+                sent: None,
+                client: Some(base),
+            });
+        }
+    };
+    // Trees sent, with the client's trees at their path.
+    let mut stack: Vec<(ObjectId, Vec<Rc<NamedTree>>)> = Vec::new();
+    for root in ours.into_iter().filter(|root| is_sent(root)) {
+        pair(root, theirs.iter().find(|t| **t != root).copied());
+        stack.push((root, client.clone()));
+    }
+    let mut walked = OidSet::default();
+    while let Some((tree, against)) = stack.pop() {
+        if against.is_empty() || !walked.insert(tree) {
+            continue;
+        }
+        let Some(named) = paths.tree(objects, &tree) else {
+            break;
+        };
+        for (i, entry) in named.entries.iter().enumerate() {
+            if entry.kind == EntryKind::Gitlink || !is_sent(&entry.oid) {
+                continue;
+            }
+            let name = named.names.get(i);
+            let at: Vec<TreeEntry> = against
+                .iter()
+                .filter_map(|t| t.find(name, entry.kind))
+                .collect();
+            pair(
+                entry.oid,
+                at.iter()
+                    .map(|e| e.oid)
+                    .find(|oid| *oid != entry.oid && has.contains(oid)),
+            );
+            if entry.kind == EntryKind::Tree {
+                let below = at
+                    .iter()
+                    .filter_map(|e| paths.tree(objects, &e.oid))
+                    .collect();
+                stack.push((entry.oid, below));
+            }
+        }
+    }
+    found
 }
 
 /// `out` with the objects at positions `sent` of the stored pack `k` whose positions `pos`

@@ -16,6 +16,10 @@
 //!   delta is less than half its size: the version sent before it, if that one is stored
 //!   whole too, or in a thin pack the client's version, as git's delta search finds such
 //!   bases in its window and among its preferred bases; otherwise it is copied as stored.
+//!   In a small thin answer from a pack's bitmaps, one stored whole with a client's version
+//!   at its path is held out of the runs copied and tried the same way (see
+//!   [`PackWriter::hold_for_client`]): consolidation stores the newest version of a file
+//!   whole, the client's older one as a delta on it.
 //! - In an answer from a pack's bitmaps of a small part of it, an object stored whole gets a
 //!   new delta against the next larger object sent whole whose path's name hash is its own
 //!   (see [`PackWriter::pair_whole`]), when that delta is less than half its size and the
@@ -607,6 +611,61 @@ impl SentIn {
     }
 }
 
+/// Of the positions an answer sends from one pack, the deltas stored on each one that are
+/// sent too, read from every sent entry's header (for an answer small enough that no delta
+/// forest of the whole pack is read for it).
+struct SentBelow {
+    on: HashMap<u32, Vec<u32>>,
+}
+
+impl SentBelow {
+    fn new(
+        pack: &StoredPack,
+        data: &crate::packs::PackData,
+        packed: &crate::reuse::Packed,
+        position: impl Fn(&ObjectId) -> Option<usize>,
+    ) -> SentBelow {
+        let rev = &*packed.rev;
+        let mut on: HashMap<u32, Vec<u32>> = HashMap::new();
+        for p in packed.positions() {
+            let offset = rev.offset(pack, p);
+            let Ok(entry) = data.entry(offset) else {
+                continue;
+            };
+            let base = match entry.header {
+                Header::OfsDelta { base_distance } => offset
+                    .checked_sub(base_distance)
+                    .and_then(|at| rev.position_before(pack, p, at)),
+                Header::RefDelta { base_id } => position(&base_id),
+                _ => None,
+            };
+            if let Some(b) = base.filter(|&b| b != p && packed.bits.get(b)) {
+                on.entry(b as u32).or_default().push(p as u32);
+            }
+        }
+        SentBelow { on }
+    }
+
+    /// The longest chain of sent deltas stored below position `q` (0: none), or `None` past
+    /// `visits` positions looked at (a bound on the work, and on a cycle of bases by id in a
+    /// damaged pack).
+    fn height(&self, q: usize, visits: usize) -> Option<usize> {
+        let mut stack = vec![(q as u32, 0usize)];
+        let (mut height, mut visited) = (0, 1);
+        while let Some((at, depth)) = stack.pop() {
+            height = height.max(depth);
+            for &c in self.on.get(&at).map_or(&[][..], Vec::as_slice) {
+                visited += 1;
+                if visited > visits {
+                    return None;
+                }
+                stack.push((c, depth + 1));
+            }
+        }
+        Some(height)
+    }
+}
+
 /// An object that cannot be copied as stored, or one stored whole that may go as a delta
 /// against an object at its path, and bases to try a new delta against.
 struct Redo {
@@ -765,6 +824,9 @@ pub(crate) struct PackWriter<'a> {
     /// Objects stored whole of an answer from a pack's bitmaps, each with a larger one of its
     /// name sent before it to try as its base (see [`PackWriter::pair_whole`]).
     paired: OidMap<ObjectId>,
+    /// Objects stored whole of an answer from a pack's bitmaps, each with the client's object
+    /// of its kind and name to try as its base (see [`PackWriter::hold_for_client`]).
+    by_client: OidMap<ObjectId>,
     /// What is stored below the objects paired from beyond the bitmapped pack (see
     /// [`PackWriter::pair_beyond`]).
     below_paired: crate::OidSet,
@@ -790,6 +852,7 @@ impl<'a> PackWriter<'a> {
             path_planned: [0; 2],
             untried: 0,
             paired: OidMap::default(),
+            by_client: OidMap::default(),
             below_paired: crate::OidSet::default(),
             pinned: crate::OidSet::default(),
             objects,
@@ -840,6 +903,7 @@ impl<'a> PackWriter<'a> {
                 })?;
                 let beyond = (&selection.others[..], &selection.others_names[..]);
                 let held = self.pair_whole(pack, packed, beyond);
+                let held = self.hold_for_client(pack, packed, path_bases, held);
                 let (copied, left) = if self.opts.ofs_delta {
                     let hash = self.objects.hash();
                     let (copied, left) = crate::reuse::copy_runs(
@@ -1227,6 +1291,101 @@ impl<'a> PackWriter<'a> {
         (!self.paired.is_empty()).then_some(held)
     }
 
+    /// `held` with the objects `packed` sends stored whole that a thin pack may send as a
+    /// delta against the client's object at their path: held out of the runs copied, to be
+    /// written after them, as a delta if one pays (see [`PackWriter::plan_batch`]), as stored
+    /// otherwise. Those are the objects [`crate::select::PathBase::client`] pairs (the trees
+    /// of the wants compared with the haves'), and the other versions sent of their paths:
+    /// the objects of the same kind and name hash as a client's object found so (as git's
+    /// window pairs an object with the preferred bases its name sorts it next to; at most
+    /// [`PAIRED_MOST`] of these). Each only when the longest chain of deltas sent stored below
+    /// it (written one by one after it, then), one link longer, is within the allowed depth
+    /// (a sent delta whose base is not sent gets a new base whose depth the writer checks
+    /// then; held with its stored chain too long, the deepest would be made again).
+    fn hold_for_client(
+        &mut self,
+        pack: &StoredPack,
+        packed: &crate::reuse::Packed,
+        path_bases: &OidMap<crate::select::PathBase>,
+        held: Option<Bits>,
+    ) -> Option<Bits> {
+        let max_depth = usize::try_from(self.opts.max_depth).unwrap_or(usize::MAX);
+        if !self.opts.thin || max_depth == 0 || !path_bases.values().any(|b| b.client.is_some()) {
+            return held;
+        }
+        let hash = self.objects.hash();
+        let Ok(data) = pack.data(hash) else {
+            return held;
+        };
+        let rev = &*packed.rev;
+        let position = |oid: &ObjectId| {
+            crate::packs::lookup(&pack.index, oid)
+                .and_then(|i| rev.pack_position(&pack.index, i))
+                .filter(|&q| q < rev.len())
+        };
+        let taken = |q: usize| held.as_ref().is_some_and(|h| h.get(q));
+        // Positions to hold, each with the base to try if the selection did not name it.
+        let mut candidates: Vec<(usize, Option<ObjectId>)> = Vec::new();
+        for (oid, _) in path_bases.iter().filter(|(_, b)| b.client.is_some()) {
+            if let Some(q) = position(oid).filter(|&q| packed.bits.get(q) && !taken(q))
+                && whole_to_pair(&data, rev.offset(pack, q)).is_some()
+            {
+                candidates.push((q, None));
+            }
+        }
+        // The client's objects found, by kind and name hash (when the pack's bitmaps have
+        // the names).
+        let loaded = self.bitmaps.and_then(|b| b.get(pack, self.rev, hash));
+        let named =
+            loaded.and_then(|loaded| Some((loaded.bitmaps.names().ok().flatten()?, loaded)));
+        if let Some((names, loaded)) = &named {
+            let mut by_name: HashMap<u64, ObjectId> = HashMap::new();
+            for base in path_bases.values().filter_map(|b| b.client) {
+                if let Some(key) = position(&base).and_then(|q| name_key(loaded, names, rev, q)) {
+                    by_name.entry(key).or_insert(base);
+                }
+            }
+            let mut found = 0;
+            for q in packed.positions() {
+                if found >= PAIRED_MOST {
+                    break;
+                }
+                let Some(&base) = name_key(loaded, names, rev, q).and_then(|k| by_name.get(&k))
+                else {
+                    continue;
+                };
+                if taken(q) || whole_to_pair(&data, rev.offset(pack, q)).is_none() {
+                    continue;
+                }
+                let oid = pack.index.oid_at_index(rev.at(q));
+                if !path_bases.contains_key(oid) {
+                    candidates.push((q, Some(base)));
+                    found += 1;
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return held;
+        }
+        let below = SentBelow::new(pack, &data, packed, position);
+        let mut any = held.is_some();
+        let mut more = held.unwrap_or_else(|| Bits::with_len(rev.len()));
+        for (q, base) in candidates {
+            let room = below
+                .height(q, HEIGHT_VISITS)
+                .is_some_and(|height| height < max_depth);
+            if room {
+                more.set(q);
+                any = true;
+                if let Some(base) = base {
+                    let oid = pack.index.oid_at_index(rev.at(q)).to_owned();
+                    self.by_client.insert(oid, base);
+                }
+            }
+        }
+        any.then_some(more)
+    }
+
     /// Of `those` (the objects sent from beyond the bitmapped pack `bitmapped` whose name hash
     /// is that of `key`, by index in `others`, in the order they come), the first of the first
     /// [`BEYOND_BASES`] stored whole, of the kind `key` says and of a size a delta is made for:
@@ -1552,6 +1711,11 @@ impl<'a> PackWriter<'a> {
                 by_path.extend(bases.client.filter(|b| thin && client_has.contains(b)));
             }
             by_path.extend(self.paired.get(id));
+            by_path.extend(
+                self.by_client
+                    .get(id)
+                    .filter(|b| thin && client_has.contains(b) && !by_path.contains(b)),
+            );
             if whole {
                 if self.offered.contains(id) {
                     self.planned_whole.insert(*id);

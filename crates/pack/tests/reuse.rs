@@ -614,18 +614,24 @@ fn received_alone(
 ) {
     let client = dir.join(name);
     git(dir, &["init", "-q", "--bare", client.to_str().unwrap()]);
-    gitcache_testkit::git::git_with_input(
-        &client,
-        &[
-            "index-pack",
-            "--fsck-objects",
-            "--stdin",
-            "objects/pack/pack-received.pack",
-        ],
-        pack,
-    );
-    let received = layout(&client, &client.join("objects/pack/pack-received.idx"));
+    let received = taken_in(&client, pack, false);
     (client, received)
+}
+
+/// `pack` taken into `client`, every object checked (with `thin`, its missing bases appended
+/// from the client's objects), and the layout of that pack there.
+fn taken_in(
+    client: &Path,
+    pack: &[u8],
+    thin: bool,
+) -> std::collections::HashMap<String, (u64, Option<String>)> {
+    let mut args = vec!["index-pack", "--fsck-objects"];
+    if thin {
+        args.push("--fix-thin");
+    }
+    args.extend(["--stdin", "objects/pack/pack-received.pack"]);
+    gitcache_testkit::git::git_with_input(client, &args, pack);
+    layout(client, &client.join("objects/pack/pack-received.idx"))
 }
 
 /// Issue 16: an answer the bitmaps select is written by copying runs of the stored pack
@@ -1203,18 +1209,7 @@ fn an_object_stored_whole_goes_as_a_delta_against_the_clients_at_its_path() {
     let hits = remade.hits();
     assert_eq!(send_with(&repo, &fetch, &options).2, pack);
     assert!(remade.hits() >= hits + 2, "{} {hits}", remade.hits());
-    gitcache_testkit::git::git_with_input(
-        &client,
-        &[
-            "index-pack",
-            "--fsck-objects",
-            "--fix-thin",
-            "--stdin",
-            "objects/pack/pack-received.pack",
-        ],
-        &pack,
-    );
-    let received = layout(&client, &client.join("objects/pack/pack-received.idx"));
+    let received = taken_in(&client, &pack, true);
     assert_eq!(received[&new_a].1.as_ref(), Some(&old_a), "{received:?}");
     assert_eq!(
         received[&new_c].1, None,
@@ -1960,9 +1955,10 @@ fn an_object_pulled_forward_before_its_batch_is_still_sent_once() {
 /// Stored entries of a MiB or more are written from the pack's map in pieces: a large blob
 /// stored as a delta against another (each version 1.25 MiB of its own random bytes after
 /// 2 MiB they share) and the one stored whole, on two unrelated branches, are each sent to a
-/// client holding the other branch, as stored (the delta against the client's blob in a thin
-/// pack, entry by entry; the whole one in a run of the pack), and the client's `index-pack
-/// --strict --fix-thin` takes them, with the right bytes.
+/// client holding the other branch: the delta as stored against the client's blob in a thin
+/// pack, entry by entry; the whole one as a new delta against the client's version at its
+/// path in a thin pack, and as stored in a run of the pack without `thin-pack`. The client's
+/// `index-pack --strict --fix-thin` takes them, with the right bytes.
 #[test]
 fn large_stored_entries_are_sent_from_the_map() {
     let (_dir, work, path) = work_tree();
@@ -1982,28 +1978,14 @@ fn large_stored_entries_are_sent_from_the_map() {
     }
     bare_packed_copy(&work, &path);
     let repo = Repository::open(&path).unwrap();
-    let mut deltas = 0;
-    for (want, have) in [(0, 1), (1, 0)] {
-        let (branch, commit, blob, content) = &versions[want];
-        let fetch = Fetch {
-            haves: vec![versions[have].1],
-            ..clone_request(vec![*commit])
-        };
-        let (_, stats, pack) = send(&repo, &fetch);
-        assert_eq!(stats.reused, 3, "{branch}: {stats:?}");
-        if stats.reused_deltas > 0 {
-            // The delta against the client's blob, read whole from the stored pack (the
-            // blob stored whole goes in a run of the pack).
-            assert!(stats.stored_read_bytes > 5 << 18, "{branch}: {stats:?}");
-        }
-        deltas += stats.reused_deltas;
+    let received = |pack: &[u8], have: usize, commit: &ObjectId, blob: &str| {
         let check = tempfile::tempdir().unwrap();
         let held = format!("{}\n", versions[have].0);
         let client = client_holding(check.path(), &path, held.as_bytes());
         gitcache_testkit::git::git_with_input(
             &client,
             &["index-pack", "--strict", "--stdin", "--fix-thin"],
-            &pack,
+            pack,
         );
         assert_complete_at(&client, commit);
         let sent = std::process::Command::new("git")
@@ -2012,8 +1994,213 @@ fn large_stored_entries_are_sent_from_the_map() {
             .args(["cat-file", "blob", blob])
             .output()
             .unwrap();
-        assert!(sent.stdout == *content, "{branch}: the blob's bytes");
+        sent.stdout
+    };
+    let (mut deltas, mut made) = (0, 0);
+    for (want, have) in [(0, 1), (1, 0)] {
+        let (branch, commit, blob, content) = &versions[want];
+        let mut fetch = Fetch {
+            haves: vec![versions[have].1],
+            ..clone_request(vec![*commit])
+        };
+        let (_, stats, pack) = send(&repo, &fetch);
+        // The blob stored whole goes as a new delta against the client's version at its
+        // path, the other as its stored delta; the rest as stored.
+        assert_eq!(stats.reused + stats.new_deltas, 3, "{branch}: {stats:?}");
+        made += stats.new_deltas;
+        deltas += stats.reused_deltas;
+        if stats.reused_deltas > 0 {
+            // The delta against the client's blob, read whole from the stored pack.
+            assert!(stats.stored_read_bytes > 5 << 18, "{branch}: {stats:?}");
+        }
+        assert!(received(&pack, have, commit, blob) == *content, "{branch}");
+        if stats.new_deltas > 0 {
+            assert!(pack.len() < content.len() / 2, "{branch}: {}", pack.len());
+            // Without thin-pack it goes as stored, in a run of the pack.
+            fetch.thin_pack = false;
+            let (_, stats, pack) = send(&repo, &fetch);
+            assert_eq!(
+                (stats.reused, stats.pack_reused),
+                (3, 3),
+                "{branch}: {stats:?}"
+            );
+            assert!(pack.len() > content.len() / 2, "{branch}: {}", pack.len());
+            assert!(received(&pack, have, commit, blob) == *content, "{branch}");
+        }
     }
-    // One of the two is stored as a delta of the other, and went as stored.
-    assert_eq!(deltas, 1);
+    // One of the two is stored as a delta of the other, and went as stored; the other went
+    // as a new delta against it.
+    assert_eq!((deltas, made), (1, 1));
+}
+
+/// Issue 16: in an answer the bitmaps select, an object stored whole in the runs copied goes
+/// in a thin pack as a delta against the client's object at its path. Consolidation stores
+/// the newest version of a directory whole and the older ones as deltas on it; the upstream,
+/// between two repacks, has the new version as a delta on the client's and sends that.
+#[test]
+fn an_object_stored_whole_in_the_bitmapped_pack_goes_as_a_delta_against_the_clients() {
+    let (dir, work, path) = work_tree();
+    std::fs::create_dir(work.join("dir")).unwrap();
+    for i in 0..300 {
+        std::fs::write(work.join(format!("dir/{i}.txt")), format!("file {i}\n")).unwrap();
+    }
+    // Rewritten whole at every commit: its try against the client's version does not pay.
+    std::fs::write(work.join("noise.txt"), noise(1, 200)).unwrap();
+    gitcache_testkit::git::commit_all(&work, "start");
+    for n in 0..3 {
+        std::fs::write(work.join(format!("dir/{n}.txt")), format!("changed {n}\n")).unwrap();
+        std::fs::write(work.join("noise.txt"), noise(n + 2, 200)).unwrap();
+        gitcache_testkit::git::commit_all(&work, &format!("change {n}"));
+    }
+    bare_packed_copy(&work, &path);
+    let (repo, _) = with_bitmaps(&path);
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let (new_dir, old_dir) = (id("main:dir"), id("main~1:dir"));
+    let (new_noise, old_noise) = (id("main:noise.txt"), id("main~1:noise.txt"));
+    let stored = stored_layout(&path);
+    assert_eq!(stored[&new_dir].1, None, "stored whole: {stored:?}");
+    assert!(stored[&old_dir].1.is_some(), "a delta: {stored:?}");
+    assert_eq!(stored[&new_noise].1, None, "stored whole: {stored:?}");
+
+    let mut fetch = clone_request(oids(&id("main")));
+    fetch.haves = oids(&id("main~1"));
+    let (whole, stats, pack) = send(&repo, &fetch);
+    assert!(!whole);
+    assert_eq!(stats.new_deltas, 1, "{stats:?}");
+    let (client, received) = received_thin(dir.path(), &path, "main~1", &pack);
+    assert_eq!(
+        received[&new_dir].1.as_ref(),
+        Some(&old_dir),
+        "{received:?}"
+    );
+    assert_eq!(received[&new_noise].1, None, "no delta pays: {received:?}");
+    assert_ne!(old_noise, new_noise);
+    assert_complete_at(&client, &oids(&id("main"))[0]);
+
+    // git's own answer from the same repository, with its bitmaps, copies the tree whole
+    // (its pack reuse); from a copy without bitmaps, its walk offers the client's trees as
+    // preferred bases and it sends the delta. Ours is within 5% of the latter.
+    let git_answer = |repo: &Path| {
+        let pkt = |line: String| format!("{:04x}{line}", line.len() + 4);
+        let mut request = pkt("command=fetch\n".into()) + "0001";
+        for line in ["thin-pack", "no-progress", "ofs-delta"] {
+            request += &pkt(format!("{line}\n"));
+        }
+        request += &pkt(format!("want {}\n", id("main")));
+        request += &pkt(format!("have {}\n", id("main~1")));
+        request += &(pkt("done\n".into()) + "0000");
+        let out = std::process::Command::new(gitcache_testkit::git::git_program())
+            .args(["upload-pack", "--stateless-rpc"])
+            .arg(repo)
+            .env("GIT_PROTOCOL", "version=2")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child.stdin.take().unwrap().write_all(request.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success());
+        parse_fetch_response(&out.stdout, ObjectFormat::Sha1)
+            .unwrap()
+            .pack
+            .unwrap()
+    };
+    let split = dir.path().join("split.git");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            "--no-local",
+            work.to_str().unwrap(),
+            split.to_str().unwrap(),
+        ],
+    );
+    let upstream = git_answer(&split);
+    assert!(
+        pack.len() <= upstream.len() * 105 / 100,
+        "{} against {}",
+        pack.len(),
+        upstream.len()
+    );
+    let consolidated = git_answer(&path);
+    assert!(
+        pack.len() + 1000 < consolidated.len(),
+        "{} against {}",
+        pack.len(),
+        consolidated.len()
+    );
+
+    // Without thin-pack the tree goes as stored.
+    fetch.thin_pack = false;
+    let (_, stats, plain) = send(&repo, &fetch);
+    assert_eq!(stats.new_deltas, 0, "{stats:?}");
+    assert!(plain.len() > pack.len() + 1000);
+}
+
+/// A client in `dir` holding what `have` reaches in `repo`, with the thin `pack` taken in
+/// (`--fix-thin`, every object checked), and the layout of that pack there.
+fn received_thin(
+    dir: &Path,
+    repo: &Path,
+    have: &str,
+    pack: &[u8],
+) -> (
+    std::path::PathBuf,
+    std::collections::HashMap<String, (u64, Option<String>)>,
+) {
+    let client = client_holding(dir, repo, format!("{have}\n").as_bytes());
+    let received = taken_in(&client, pack, true);
+    (client, received)
+}
+
+/// Issue 16: the other versions sent of a path whose client's object the trees of the wants
+/// and haves give are tried against it too, by kind and name hash, as git's window pairs them
+/// with its preferred bases: here the largest version of a directory, between the client's
+/// and the tip's, is what the stored pack keeps whole.
+#[test]
+fn a_version_stored_whole_between_the_clients_and_the_tip_goes_as_a_delta_against_the_clients() {
+    let (dir, work, path) = work_tree();
+    std::fs::create_dir(work.join("dir")).unwrap();
+    let files = |range: std::ops::Range<u32>| {
+        for i in range {
+            std::fs::write(work.join(format!("dir/{i}.txt")), format!("file {i}\n")).unwrap();
+        }
+    };
+    files(0..300);
+    gitcache_testkit::git::commit_all(&work, "start");
+    files(300..400);
+    gitcache_testkit::git::commit_all(&work, "more");
+    for i in 100..250 {
+        std::fs::remove_file(work.join(format!("dir/{i}.txt"))).unwrap();
+    }
+    gitcache_testkit::git::commit_all(&work, "fewer");
+    bare_packed_copy(&work, &path);
+    let (repo, _) = with_bitmaps(&path);
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let (tip_dir, between, client_dir) = (id("main:dir"), id("main~1:dir"), id("main~2:dir"));
+    let stored = stored_layout(&path);
+    assert_eq!(
+        stored[&between].1, None,
+        "the largest stored whole: {stored:?}"
+    );
+    assert!(stored[&tip_dir].1.is_some(), "{stored:?}");
+
+    let mut fetch = clone_request(oids(&id("main")));
+    fetch.haves = oids(&id("main~2"));
+    let (_, stats, pack) = send(&repo, &fetch);
+    assert!(stats.new_deltas >= 1, "{stats:?}");
+    let (client, received) = received_thin(dir.path(), &path, "main~2", &pack);
+    assert_eq!(
+        received[&between].1.as_ref(),
+        Some(&client_dir),
+        "{received:?}"
+    );
+    assert!(received[&tip_dir].1.is_some(), "{received:?}");
+    assert_complete_at(&client, &oids(&id("main"))[0]);
 }
