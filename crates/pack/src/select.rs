@@ -507,6 +507,7 @@ pub(crate) fn select_with_bitmaps(
         && !no_trees
         && !req.haves.is_empty()
         && sent.count() + out.others.len() <= CLIENT_PATHS_ANSWER
+        && sends_whole(&stored[k], &pos.rev(), &sent, objects.hash())
     {
         let beyond: OidSet = out.others.iter().copied().collect();
         let is_sent = |oid: &ObjectId| match pos.of(oid) {
@@ -518,10 +519,27 @@ pub(crate) fn select_with_bitmaps(
     with_packed(repo, objects, out, emitted, (k, pos, sent), req.include_tag).map(Some)
 }
 
+/// Whether any tree or blob of positions `sent` of `pack` is stored whole, of a size a delta
+/// is made for: what [`client_path_bases`] is looked for for (copied runs send the rest as
+/// stored deltas, whatever bases the client has).
+fn sends_whole(
+    pack: &crate::packs::StoredPack,
+    rev: &crate::packs::RevIndex,
+    sent: &crate::bitmap::Bits,
+    hash: gix_hash::Kind,
+) -> bool {
+    let Ok(data) = pack.data(hash) else {
+        return false;
+    };
+    sent.ones()
+        .filter(|&p| p < rev.len())
+        .any(|p| crate::write::whole_to_pair(&data, rev.offset(pack, p)).is_some())
+}
+
 /// Answers from a pack's bitmaps of at most this many objects look for the client's objects
 /// at the paths of those sent (see [`client_path_bases`]); a larger one is copied as the
 /// bitmaps select it, as git's pack reuse copies it.
-const CLIENT_PATHS_ANSWER: usize = 1 << 14;
+pub(crate) const CLIENT_PATHS_ANSWER: usize = 1 << 14;
 
 /// For a thin answer from a pack's bitmaps, which reads no trees: the client's object at the
 /// path of each tree and blob sent, where there is one (git's preferred bases, the trees at
@@ -532,8 +550,8 @@ const CLIENT_PATHS_ANSWER: usize = 1 << 14;
 /// object stored whole in the runs copied from the pack is then tried as a delta against it
 /// (an object of which consolidation keeps the newest version whole, the client's older one
 /// stored on it, otherwise goes whole where the upstream, between two repacks, sends a thin
-/// delta). Reads at most [`PATH_TREE_BYTES`] of trees; one that cannot be read ends the look
-/// (this is no place to fail a fetch).
+/// delta). No tree is read once [`PATH_TREE_BYTES`] have been; a sent tree that cannot be
+/// read ends the look, a client's one is passed over (this is no place to fail a fetch).
 fn client_path_bases(
     objects: &mut Objects,
     req: &SelectRequest<'_>,
@@ -551,11 +569,6 @@ fn client_path_bases(
             .collect()
     };
     let (ours, theirs) = (roots(req.wants), roots(req.haves));
-    let mut paths = PathBases::default();
-    let client: Vec<Rc<NamedTree>> = theirs
-        .iter()
-        .filter_map(|tree| paths.tree(objects, tree))
-        .collect();
     let mut found = crate::OidMap::default();
     let mut pair = |oid: ObjectId, base: Option<ObjectId>| {
         if let Some(base) = base {
@@ -565,45 +578,81 @@ fn client_path_bases(
             });
         }
     };
-    // Trees sent, with the client's trees at their path.
-    let mut stack: Vec<(ObjectId, Vec<Rc<NamedTree>>)> = Vec::new();
+    // Trees sent, with the client's trees at their path (read when the tree is walked).
+    let mut stack: Vec<(ObjectId, Vec<ObjectId>)> = Vec::new();
     for root in ours.into_iter().filter(|root| is_sent(root)) {
-        pair(root, theirs.iter().find(|t| **t != root).copied());
-        stack.push((root, client.clone()));
+        let base = theirs.iter().find(|t| **t != root && has.contains(t));
+        pair(root, base.copied());
+        stack.push((root, theirs.clone()));
     }
+    let mut paths = PathBases::default();
     let mut walked = OidSet::default();
     while let Some((tree, against)) = stack.pop() {
         if against.is_empty() || !walked.insert(tree) {
             continue;
         }
+        let against: Vec<Rc<NamedTree>> = against
+            .iter()
+            .filter_map(|t| paths.tree(objects, t))
+            .collect();
         let Some(named) = paths.tree(objects, &tree) else {
             break;
         };
+        // Both in git's order of entries: each client tree is read once, alongside.
+        let mut at = vec![0usize; against.len()];
         for (i, entry) in named.entries.iter().enumerate() {
-            if entry.kind == EntryKind::Gitlink || !is_sent(&entry.oid) {
+            if entry.kind == EntryKind::Gitlink {
                 continue;
             }
             let name = named.names.get(i);
-            let at: Vec<TreeEntry> = against
-                .iter()
-                .filter_map(|t| t.find(name, entry.kind))
-                .collect();
+            let mut theirs: Vec<ObjectId> = Vec::new();
+            for (client, next) in against.iter().zip(at.iter_mut()) {
+                if let Some(oid) = entry_at(client, next, name, entry.kind) {
+                    theirs.push(oid);
+                }
+            }
+            // Most entries are the client's as they are: known without looking the id up.
+            if theirs.contains(&entry.oid) || !is_sent(&entry.oid) {
+                continue;
+            }
             pair(
                 entry.oid,
-                at.iter()
-                    .map(|e| e.oid)
-                    .find(|oid| *oid != entry.oid && has.contains(oid)),
+                theirs.iter().copied().find(|oid| has.contains(oid)),
             );
             if entry.kind == EntryKind::Tree {
-                let below = at
-                    .iter()
-                    .filter_map(|e| paths.tree(objects, &e.oid))
-                    .collect();
-                stack.push((entry.oid, below));
+                stack.push((entry.oid, theirs));
             }
         }
     }
     found
+}
+
+/// The id of the entry named `name` of kind `kind` in `tree`, looked for from entry `*next`
+/// on, which moves past the entries that sort before it (git's order: a tree's name sorts as
+/// if it ended in `/`). Asked in that order, a tree is read through once. In a tree not in
+/// that order an entry may be missed, never another one returned.
+fn entry_at(tree: &NamedTree, next: &mut usize, name: &[u8], kind: EntryKind) -> Option<ObjectId> {
+    let slash = |k: EntryKind| if k == EntryKind::Tree { &b"/"[..] } else { b"" };
+    while let Some(entry) = tree.entries.get(*next) {
+        let theirs = tree.names.get(*next);
+        // The bytes both names have first decide, but where one name begins the other.
+        let common = theirs.len().min(name.len());
+        let order = match theirs[..common].cmp(&name[..common]) {
+            std::cmp::Ordering::Equal => theirs
+                .iter()
+                .chain(slash(entry.kind))
+                .cmp(name.iter().chain(slash(kind))),
+            other => other,
+        };
+        match order {
+            std::cmp::Ordering::Less => *next += 1,
+            std::cmp::Ordering::Equal => {
+                return (entry.kind == kind && theirs == name).then_some(entry.oid);
+            }
+            std::cmp::Ordering::Greater => return None,
+        }
+    }
+    None
 }
 
 /// `out` with the objects at positions `sent` of the stored pack `k` whose positions `pos`

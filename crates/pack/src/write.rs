@@ -399,7 +399,7 @@ impl Sent<'_> {
 
 /// The kind (1 tree, 2 blob) of the entry of `data` at `offset`, if it is a tree or blob
 /// stored whole of a size a delta is made for: one to pair.
-fn whole_to_pair(data: &crate::packs::PackData, offset: u64) -> Option<u8> {
+pub(crate) fn whole_to_pair(data: &crate::packs::PackData, offset: u64) -> Option<u8> {
     let entry = data.entry(offset).ok()?;
     let kind = match entry.header {
         Header::Tree => 1,
@@ -646,6 +646,22 @@ impl SentBelow {
         SentBelow { on }
     }
 
+    /// Each sent delta stored below position `q`, at most `visits` of them.
+    fn under(&self, q: usize, visits: usize, mut each: impl FnMut(usize)) {
+        let mut stack = vec![q as u32];
+        let mut visited = 0;
+        while let Some(at) = stack.pop() {
+            for &c in self.on.get(&at).map_or(&[][..], Vec::as_slice) {
+                visited += 1;
+                if visited > visits {
+                    return;
+                }
+                each(c as usize);
+                stack.push(c);
+            }
+        }
+    }
+
     /// The longest chain of sent deltas stored below position `q` (0: none), or `None` past
     /// `visits` positions looked at (a bound on the work, and on a cycle of bases by id in a
     /// damaged pack).
@@ -827,6 +843,11 @@ pub(crate) struct PackWriter<'a> {
     /// Objects stored whole of an answer from a pack's bitmaps, each with the client's object
     /// of its kind and name to try as its base (see [`PackWriter::hold_for_client`]).
     by_client: OidMap<ObjectId>,
+    /// For an answer from a pack's bitmaps, the objects of that pack to try against the
+    /// client's (those [`PackWriter::hold_for_client`] found room for): no other is, and no
+    /// other object takes one of them as a base that goes as stored. `None` for an answer
+    /// by a walk.
+    client_held: Option<crate::OidSet>,
     /// What is stored below the objects paired from beyond the bitmapped pack (see
     /// [`PackWriter::pair_beyond`]).
     below_paired: crate::OidSet,
@@ -853,6 +874,7 @@ impl<'a> PackWriter<'a> {
             untried: 0,
             paired: OidMap::default(),
             by_client: OidMap::default(),
+            client_held: None,
             below_paired: crate::OidSet::default(),
             pinned: crate::OidSet::default(),
             objects,
@@ -1301,7 +1323,11 @@ impl<'a> PackWriter<'a> {
     /// [`PAIRED_MOST`] of these). Each only when the longest chain of deltas sent stored below
     /// it (written one by one after it, then), one link longer, is within the allowed depth
     /// (a sent delta whose base is not sent gets a new base whose depth the writer checks
-    /// then; held with its stored chain too long, the deepest would be made again).
+    /// then; held with its stored chain too long, the deepest would be made again). Those
+    /// held, with the objects from beyond the pack and those `held` already, go to
+    /// [`PackWriter::client_held`]: the only ones tried against the client's objects. Without
+    /// offset deltas (no runs) the same are tried, and what is stored below them goes to
+    /// [`PackWriter::below_paired`].
     fn hold_for_client(
         &mut self,
         pack: &StoredPack,
@@ -1310,7 +1336,12 @@ impl<'a> PackWriter<'a> {
         held: Option<Bits>,
     ) -> Option<Bits> {
         let max_depth = usize::try_from(self.opts.max_depth).unwrap_or(usize::MAX);
-        if !self.opts.thin || max_depth == 0 || !path_bases.values().any(|b| b.client.is_some()) {
+        self.client_held = Some(crate::OidSet::default());
+        if !self.opts.thin
+            || max_depth == 0
+            || packed.count > crate::select::CLIENT_PATHS_ANSWER
+            || !path_bases.values().any(|b| b.client.is_some())
+        {
             return held;
         }
         let hash = self.objects.hash();
@@ -1326,11 +1357,22 @@ impl<'a> PackWriter<'a> {
         let taken = |q: usize| held.as_ref().is_some_and(|h| h.get(q));
         // Positions to hold, each with the base to try if the selection did not name it.
         let mut candidates: Vec<(usize, Option<ObjectId>)> = Vec::new();
+        // Tried against the client's as they come: objects from beyond the pack (written one
+        // by one, as a walk's are), and those `pair_whole` holds (with room for a link).
+        let mut client_held = crate::OidSet::default();
         for (oid, _) in path_bases.iter().filter(|(_, b)| b.client.is_some()) {
-            if let Some(q) = position(oid).filter(|&q| packed.bits.get(q) && !taken(q))
-                && whole_to_pair(&data, rev.offset(pack, q)).is_some()
-            {
-                candidates.push((q, None));
+            match position(oid).filter(|&q| packed.bits.get(q)) {
+                None => {
+                    client_held.insert(*oid);
+                }
+                Some(q) if taken(q) => {
+                    client_held.insert(*oid);
+                }
+                Some(q) => {
+                    if whole_to_pair(&data, rev.offset(pack, q)).is_some() {
+                        candidates.push((q, None));
+                    }
+                }
             }
         }
         // The client's objects found, by kind and name hash (when the pack's bitmaps have
@@ -1365,24 +1407,36 @@ impl<'a> PackWriter<'a> {
             }
         }
         if candidates.is_empty() {
+            self.client_held = Some(client_held);
             return held;
         }
         let below = SentBelow::new(pack, &data, packed, position);
+        let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
         let mut any = held.is_some();
         let mut more = held.unwrap_or_else(|| Bits::with_len(rev.len()));
         for (q, base) in candidates {
             let room = below
                 .height(q, HEIGHT_VISITS)
                 .is_some_and(|height| height < max_depth);
-            if room {
-                more.set(q);
-                any = true;
-                if let Some(base) = base {
-                    let oid = pack.index.oid_at_index(rev.at(q)).to_owned();
-                    self.by_client.insert(oid, base);
-                }
+            if !room {
+                continue;
+            }
+            more.set(q);
+            any = true;
+            let oid = oid_at(q);
+            if let Some(base) = base {
+                self.by_client.insert(oid, base);
+            }
+            client_held.insert(oid);
+            // Without copied runs nothing is held out of them: what is stored below it is no
+            // base for a new delta of an object written before it (see `pair_whole`).
+            if !self.opts.ofs_delta {
+                below.under(q, HEIGHT_VISITS, |c| {
+                    self.below_paired.insert(oid_at(c));
+                });
             }
         }
+        self.client_held = Some(client_held);
         any.then_some(more)
     }
 
@@ -1707,8 +1761,16 @@ impl<'a> PackWriter<'a> {
             // preferred base).
             let mut by_path = Vec::new();
             if let Some(bases) = path_bases.get(id) {
+                let room = self
+                    .client_held
+                    .as_ref()
+                    .is_none_or(|held| held.contains(id));
                 by_path.extend(bases.sent.filter(|b| self.planned_whole.contains(b)));
-                by_path.extend(bases.client.filter(|b| thin && client_has.contains(b)));
+                by_path.extend(
+                    bases
+                        .client
+                        .filter(|b| thin && room && client_has.contains(b)),
+                );
             }
             by_path.extend(self.paired.get(id));
             by_path.extend(
@@ -2039,8 +2101,14 @@ impl<'a> PackWriter<'a> {
         let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
         // Objects stored whole that are paired go as the delta their batch makes, if it pays:
         // not as stored whenever they come.
-        let paired = &self.paired;
-        let is_paired = |q: usize| !paired.is_empty() && paired.contains_key(&oid_at(q));
+        let (paired, client_held) = (&self.paired, self.client_held.as_ref());
+        let is_paired = |q: usize| {
+            let held = client_held.is_some_and(|h| !h.is_empty());
+            (held || !paired.is_empty()) && {
+                let oid = oid_at(q);
+                paired.contains_key(&oid) || client_held.is_some_and(|h| h.contains(&oid))
+            }
+        };
         // Nor does what is stored below one paired from beyond the bitmapped pack: writing it
         // writes that one.
         let below_paired = &self.below_paired;

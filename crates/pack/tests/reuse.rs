@@ -2136,6 +2136,20 @@ fn an_object_stored_whole_in_the_bitmapped_pack_goes_as_a_delta_against_the_clie
         consolidated.len()
     );
 
+    // Without offset deltas (no runs copied), the same.
+    fetch.ofs_delta = false;
+    let (_, stats, refs) = send(&repo, &fetch);
+    assert_eq!(stats.new_deltas, 1, "{stats:?}");
+    let check = tempfile::tempdir().unwrap();
+    let (client, received) = received_thin(check.path(), &path, "main~1", &refs);
+    assert_eq!(
+        received[&new_dir].1.as_ref(),
+        Some(&old_dir),
+        "{received:?}"
+    );
+    assert_complete_at(&client, &oids(&id("main"))[0]);
+    fetch.ofs_delta = true;
+
     // Without thin-pack the tree goes as stored.
     fetch.thin_pack = false;
     let (_, stats, plain) = send(&repo, &fetch);
