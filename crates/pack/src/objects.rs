@@ -731,6 +731,11 @@ impl NamedTree {
         })
     }
 
+    /// The tree's content, as stored.
+    pub(crate) fn content(&self) -> &[u8] {
+        &self.names.data
+    }
+
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.names.data.len() + self.entries.len() * (std::mem::size_of::<TreeEntry>() + 4)

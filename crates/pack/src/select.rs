@@ -45,6 +45,9 @@ pub(crate) struct Selection {
     /// the same path: delta bases to try for one stored whole. For a small thin answer from a
     /// pack's bitmaps, the client's objects only ([`PathBase::client`]).
     pub(crate) path_bases: crate::OidMap<PathBase>,
+    /// The content of the client's trees [`PathBase::client`] names for an answer from a
+    /// pack's bitmaps, as read to find them: the writer's delta bases, not read again.
+    pub(crate) client_read: crate::OidMap<std::sync::Arc<[u8]>>,
     /// For an answer from a pack's bitmaps, the name hash of the path of each of `others`
     /// (the trees and blobs beyond the pack), as the walk met them; else empty.
     pub(crate) others_names: Vec<u32>,
@@ -514,7 +517,8 @@ pub(crate) fn select_with_bitmaps(
             Some(p) => sent.get(p),
             None => beyond.contains(oid),
         };
-        out.path_bases = client_path_bases(objects, req, is_sent, &out.client_has);
+        (out.path_bases, out.client_read) =
+            client_path_bases(objects, req, is_sent, &out.client_has);
     }
     with_packed(repo, objects, out, emitted, (k, pos, sent), req.include_tag).map(Some)
 }
@@ -552,12 +556,13 @@ pub(crate) const CLIENT_PATHS_ANSWER: usize = 1 << 14;
 /// stored on it, otherwise goes whole where the upstream, between two repacks, sends a thin
 /// delta). No tree is read once [`PATH_TREE_BYTES`] have been; a sent tree that cannot be
 /// read ends the look, a client's one is passed over (this is no place to fail a fetch).
+/// Returned with the content of the client's trees paired, as read.
 fn client_path_bases(
     objects: &mut Objects,
     req: &SelectRequest<'_>,
     is_sent: impl Fn(&ObjectId) -> bool,
     has: &Has,
-) -> crate::OidMap<PathBase> {
+) -> (crate::OidMap<PathBase>, crate::OidMap<std::sync::Arc<[u8]>>) {
     let mut roots = |ids: &[ObjectId]| -> Vec<ObjectId> {
         ids.iter()
             .filter_map(|id| {
@@ -624,7 +629,14 @@ fn client_path_bases(
             }
         }
     }
-    found
+    let read = found
+        .values()
+        .filter_map(|base| {
+            let oid = base.client?;
+            Some((oid, std::sync::Arc::from(paths.trees.get(&oid)?.content())))
+        })
+        .collect();
+    (found, read)
 }
 
 /// The id of the entry named `name` of kind `kind` in `tree`, looked for from entry `*next`

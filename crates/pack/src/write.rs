@@ -691,6 +691,8 @@ struct Redo {
     stored_whole: bool,
     /// The kind of an object stored whole, when planning read it (not for a large entry).
     kind: Option<Kind>,
+    /// Bases of `against` whose content selection read (the client's trees): not read again.
+    read: Vec<(ObjectId, std::sync::Arc<[u8]>)>,
 }
 
 /// An object made ready ahead of writing: a whole object's entry, header included, or a new
@@ -848,6 +850,9 @@ pub(crate) struct PackWriter<'a> {
     /// other object takes one of them as a base that goes as stored. `None` for an answer
     /// by a walk.
     client_held: Option<crate::OidSet>,
+    /// The content of the client's trees selection read (see
+    /// [`crate::select::Selection::client_read`]).
+    client_read: OidMap<std::sync::Arc<[u8]>>,
     /// What is stored below the objects paired from beyond the bitmapped pack (see
     /// [`PackWriter::pair_beyond`]).
     below_paired: crate::OidSet,
@@ -875,6 +880,7 @@ impl<'a> PackWriter<'a> {
             paired: OidMap::default(),
             by_client: OidMap::default(),
             client_held: None,
+            client_read: OidMap::default(),
             below_paired: crate::OidSet::default(),
             pinned: crate::OidSet::default(),
             objects,
@@ -905,6 +911,7 @@ impl<'a> PackWriter<'a> {
         let (packed, client_has) = (selection.packed.as_ref(), &selection.client_has);
         let path_bases = &selection.path_bases;
         self.offered = path_bases.values().filter_map(|b| b.sent).collect();
+        self.client_read.clone_from(&selection.client_read);
         let total = order.len() + packed.map_or(0, |p| p.count);
         let count = u32::try_from(total).map_err(|_| Error::Odb {
             message: "more than 2^32 objects".into(),
@@ -1704,6 +1711,17 @@ impl<'a> PackWriter<'a> {
         None
     }
 
+    /// Of `bases`, those whose content selection read, with it.
+    fn read_of(&self, bases: &[ObjectId]) -> Vec<(ObjectId, std::sync::Arc<[u8]>)> {
+        if self.client_read.is_empty() {
+            return Vec::new();
+        }
+        bases
+            .iter()
+            .filter_map(|b| Some((*b, std::sync::Arc::clone(self.client_read.get(b)?))))
+            .collect()
+    }
+
     /// Plan the batch of `order` from `start`: read how each object is stored (holding the
     /// entries sent as stored into `planned`), and list those that must be made again with
     /// the bases to try for each. Returns where the batch ends, that list, and the bytes held.
@@ -1800,6 +1818,7 @@ impl<'a> PackWriter<'a> {
                     // Tried while the batch before is written; as stored if no delta pays.
                     redo.push(Redo {
                         oid: *id,
+                        read: self.read_of(&by_path),
                         against: by_path.clone(),
                         stored_whole: true,
                         kind: header.map(|(kind, _)| kind),
@@ -1852,6 +1871,7 @@ impl<'a> PackWriter<'a> {
                     }
                     redo.push(Redo {
                         oid: *id,
+                        read: self.read_of(&against),
                         against,
                         stored_whole: false,
                         kind: None,
@@ -2550,7 +2570,10 @@ fn best_delta(objects: &mut Objects, redo: &Redo, budget: &AtomicI64) -> Result<
             target = Some((kind, data.to_vec()));
         }
         let target = target.as_ref().map_or(&[][..], |(_, data)| data);
-        let (_, source) = objects.read(base)?;
+        let source = match redo.read.iter().find(|(read, _)| read == base) {
+            Some((_, content)) => &content[..],
+            None => objects.read(base)?.1,
+        };
         let Some(index) = crate::delta::SourceIndex::new(source) else {
             continue;
         };
@@ -2862,6 +2885,7 @@ mod tests {
             against: vec![old],
             stored_whole: false,
             kind: None,
+            read: Vec::new(),
         };
         let budget = AtomicI64::new(1 << 20);
         let Search::Delta { base, delta } = best_delta(&mut objects, &redo, &budget).unwrap()
@@ -2890,6 +2914,7 @@ mod tests {
             against: vec![base],
             stored_whole: false,
             kind: None,
+            read: Vec::new(),
         };
         (dir, Repository::open(&path).unwrap(), redo)
     }
