@@ -215,7 +215,8 @@ pub(crate) fn select(
             break;
         }
     }
-    if req.by_path && req.thin {
+    // Not under a filter: a partial clone may lack the client's objects at those paths.
+    if req.by_path && req.thin && req.filter.is_none() {
         for tree in &edge_trees {
             if let Some(named) = paths.tree(objects, tree) {
                 edge.push((*tree, named));
@@ -505,9 +506,10 @@ pub(crate) fn select_with_bitmaps(
     }
     out.client_has.extend(client_has);
     out.client_has.bits = Some((std::sync::Arc::clone(&loaded), had));
+    // Not under a filter: a partial clone may lack the client's objects at those paths.
     if req.by_path
         && req.thin
-        && !no_trees
+        && req.filter.is_none()
         && !req.haves.is_empty()
         && sent.count() + out.others.len() <= CLIENT_PATHS_ANSWER
         && sends_whole(&stored[k], &pos.rev(), &sent, objects.hash())
@@ -596,13 +598,13 @@ fn client_path_bases(
         if against.is_empty() || !walked.insert(tree) {
             continue;
         }
+        let Some(named) = paths.tree(objects, &tree) else {
+            break;
+        };
         let against: Vec<Rc<NamedTree>> = against
             .iter()
             .filter_map(|t| paths.tree(objects, t))
             .collect();
-        let Some(named) = paths.tree(objects, &tree) else {
-            break;
-        };
         // Both in git's order of entries: each client tree is read once, alongside.
         let mut at = vec![0usize; against.len()];
         for (i, entry) in named.entries.iter().enumerate() {

@@ -845,10 +845,10 @@ pub(crate) struct PackWriter<'a> {
     /// Objects stored whole of an answer from a pack's bitmaps, each with the client's object
     /// of its kind and name to try as its base (see [`PackWriter::hold_for_client`]).
     by_client: OidMap<ObjectId>,
-    /// For an answer from a pack's bitmaps, the objects of that pack to try against the
-    /// client's (those [`PackWriter::hold_for_client`] found room for): no other is, and no
-    /// other object takes one of them as a base that goes as stored. `None` for an answer
-    /// by a walk.
+    /// For an answer from a pack's bitmaps, the objects stored whole to try against the
+    /// client's (see [`PackWriter::hold_for_client`]): no other object stored whole is, and
+    /// no other object takes one of them as a base that goes as stored. `None` for an
+    /// answer by a walk.
     client_held: Option<crate::OidSet>,
     /// The content of the client's trees selection read (see
     /// [`crate::select::Selection::client_read`]).
@@ -1352,9 +1352,6 @@ impl<'a> PackWriter<'a> {
             return held;
         }
         let hash = self.objects.hash();
-        let Ok(data) = pack.data(hash) else {
-            return held;
-        };
         let rev = &*packed.rev;
         let position = |oid: &ObjectId| {
             crate::packs::lookup(&pack.index, oid)
@@ -1362,11 +1359,12 @@ impl<'a> PackWriter<'a> {
                 .filter(|&q| q < rev.len())
         };
         let taken = |q: usize| held.as_ref().is_some_and(|h| h.get(q));
-        // Positions to hold, each with the base to try if the selection did not name it.
-        let mut candidates: Vec<(usize, Option<ObjectId>)> = Vec::new();
+        // The bases of `pair_whole`'s pairs: written early as such, as stored.
+        let bases: crate::OidSet = self.paired.values().copied().collect();
         // Tried against the client's as they come: objects from beyond the pack (written one
         // by one, as a walk's are), and those `pair_whole` holds (with room for a link).
         let mut client_held = crate::OidSet::default();
+        let mut in_pack = Vec::new();
         for (oid, _) in path_bases.iter().filter(|(_, b)| b.client.is_some()) {
             match position(oid).filter(|&q| packed.bits.get(q)) {
                 None => {
@@ -1375,13 +1373,20 @@ impl<'a> PackWriter<'a> {
                 Some(q) if taken(q) => {
                     client_held.insert(*oid);
                 }
-                Some(q) => {
-                    if whole_to_pair(&data, rev.offset(pack, q)).is_some() {
-                        candidates.push((q, None));
-                    }
-                }
+                Some(_) if bases.contains(oid) => {}
+                Some(q) => in_pack.push(q),
             }
         }
+        let Ok(data) = pack.data(hash) else {
+            self.client_held = Some(client_held);
+            return held;
+        };
+        // Positions to hold, each with the base to try if the selection did not name it.
+        let mut candidates: Vec<(usize, Option<ObjectId>)> = in_pack
+            .into_iter()
+            .filter(|&q| whole_to_pair(&data, rev.offset(pack, q)).is_some())
+            .map(|q| (q, None))
+            .collect();
         // The client's objects found, by kind and name hash (when the pack's bitmaps have
         // the names).
         let loaded = self.bitmaps.and_then(|b| b.get(pack, self.rev, hash));
@@ -1403,11 +1408,17 @@ impl<'a> PackWriter<'a> {
                 else {
                     continue;
                 };
-                if taken(q) || whole_to_pair(&data, rev.offset(pack, q)).is_none() {
+                if whole_to_pair(&data, rev.offset(pack, q)).is_none() {
                     continue;
                 }
-                let oid = pack.index.oid_at_index(rev.at(q));
-                if !path_bases.contains_key(oid) {
+                let oid = pack.index.oid_at_index(rev.at(q)).to_owned();
+                if path_bases.contains_key(&oid) || bases.contains(&oid) {
+                    continue;
+                }
+                if taken(q) {
+                    self.by_client.insert(oid, base);
+                    client_held.insert(oid);
+                } else {
                     candidates.push((q, Some(base)));
                     found += 1;
                 }
@@ -1779,10 +1790,12 @@ impl<'a> PackWriter<'a> {
             // preferred base).
             let mut by_path = Vec::new();
             if let Some(bases) = path_bases.get(id) {
-                let room = self
-                    .client_held
-                    .as_ref()
-                    .is_none_or(|held| held.contains(id));
+                // An object made again anyway (its stored base not sent) takes any base.
+                let room = !whole
+                    || self
+                        .client_held
+                        .as_ref()
+                        .is_none_or(|held| held.contains(id));
                 by_path.extend(bases.sent.filter(|b| self.planned_whole.contains(b)));
                 by_path.extend(
                     bases

@@ -2136,6 +2136,13 @@ fn an_object_stored_whole_in_the_bitmapped_pack_goes_as_a_delta_against_the_clie
         consolidated.len()
     );
 
+    // Under a filter (a partial clone, which may lack objects its commits reach), no base
+    // the client is only supposed to have.
+    fetch.filter = Some(gitcache_protocol::filter::Filter::BlobLimit(1 << 20));
+    let (_, stats, _) = send(&repo, &fetch);
+    assert_eq!(stats.new_deltas, 0, "{stats:?}");
+    fetch.filter = None;
+
     // Without offset deltas (no runs copied), the same.
     fetch.ofs_delta = false;
     let (_, stats, refs) = send(&repo, &fetch);
