@@ -611,6 +611,40 @@ impl SentIn {
     }
 }
 
+/// What is stored below the positions an answer sends from one pack: the pack's delta forest,
+/// or for a small answer without one, what its own entries are stored on ([`SentBelow`]: the
+/// chains of sent deltas, which the writer writes one link longer when their base is held
+/// out of the runs; a delta whose base is not sent gets a new base whose depth the writer
+/// checks then).
+enum Below<'f> {
+    Forest(&'f crate::forest::DeltaForest),
+    Sent(SentBelow),
+}
+
+impl Below<'_> {
+    /// The longest chain stored below `q` (see [`crate::forest::DeltaForest::height`]).
+    fn height(&self, q: usize, visits: usize) -> Option<usize> {
+        match self {
+            Below::Forest(forest) => forest.height(q, visits, |_| true),
+            Below::Sent(sent) => sent.height(q, visits),
+        }
+    }
+
+    /// Each position stored below `q`, at most `visits` of them.
+    fn under(&self, q: usize, visits: usize, each: impl FnMut(usize)) {
+        match self {
+            Below::Forest(forest) => {
+                let each = std::cell::RefCell::new(each);
+                forest.height(q, visits, |c| {
+                    (each.borrow_mut())(c);
+                    true
+                });
+            }
+            Below::Sent(sent) => sent.under(q, visits, each),
+        }
+    }
+}
+
 /// Of the positions an answer sends from one pack, the deltas stored on each one that are
 /// sent too, read from every sent entry's header (for an answer small enough that no delta
 /// forest of the whole pack is read for it).
@@ -1186,8 +1220,10 @@ impl<'a> PackWriter<'a> {
     /// looked at below each.
     ///
     /// `None` for an answer of more than a [`PAIRED_SHARE`]th of the pack (a clone's pack is
-    /// copied in runs, as git reuses it), a pack without name hashes, or without its delta
-    /// forest (read here for an answer of at least a [`PAIRED_FOREST_SHARE`]th of the pack).
+    /// copied in runs, as git reuses it), a pack without name hashes, or an answer of more
+    /// than [`crate::select::CLIENT_PATHS_ANSWER`] objects without the pack's delta forest
+    /// (read here for an answer of at least a [`PAIRED_FOREST_SHARE`]th of the pack; a
+    /// smaller answer reads what its own entries are stored on instead, see [`Below`]).
     fn pair_whole(
         &mut self,
         pack: &StoredPack,
@@ -1199,14 +1235,16 @@ impl<'a> PackWriter<'a> {
         if max_depth == 0 || packed.count.saturating_mul(PAIRED_SHARE) > rev.len() {
             return None;
         }
-        // The forest is needed to know the chains: built, or to be read for this answer.
+        // The chains: from the forest, built or to be read for this answer, or for a small
+        // answer from its own entries' bases (`None`).
         let read_forest = match rev.built_forest() {
-            Some(_) => false,
+            Some(_) => Some(false),
             None if rev.forest_possible()
                 && packed.count.saturating_mul(PAIRED_FOREST_SHARE) >= rev.len() =>
             {
-                true
+                Some(true)
             }
+            None if packed.count <= crate::select::CLIENT_PATHS_ANSWER => None,
             None => return None,
         };
         let hash = self.objects.hash();
@@ -1259,8 +1297,16 @@ impl<'a> PackWriter<'a> {
         }
         // What is stored below each (an answer with nothing to pair reads no forest).
         let forest = match read_forest {
-            true => rev.forest(pack, hash)?,
-            false => rev.built_forest()?,
+            Some(true) => Below::Forest(rev.forest(pack, hash)?),
+            Some(false) => Below::Forest(rev.built_forest()?),
+            None => {
+                let position = |oid: &ObjectId| {
+                    crate::packs::lookup(&pack.index, oid)
+                        .and_then(|i| rev.pack_position(&pack.index, i))
+                        .filter(|&q| q < rev.len())
+                };
+                Below::Sent(SentBelow::new(pack, &data, packed, position))
+            }
         };
         let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
         let mut held = Bits::with_len(rev.len());
@@ -1274,7 +1320,7 @@ impl<'a> PackWriter<'a> {
             let those = beyond_of(key);
             let room = || {
                 forest
-                    .height(first, HEIGHT_VISITS, |_| true)
+                    .height(first, HEIGHT_VISITS)
                     .is_some_and(|below| 2 + below <= max_depth)
             };
             let base = (!those.is_empty() && looks.looked < BEYOND_BASES_ALL && room())
@@ -1292,7 +1338,7 @@ impl<'a> PackWriter<'a> {
             for &(_, _, q) in &group[start..] {
                 let room = self.paired.len() < PAIRED_MOST;
                 let depth = before.filter(|_| room).and_then(|(b, depth)| {
-                    let below = forest.height(q, HEIGHT_VISITS, |_| true)?;
+                    let below = forest.height(q, HEIGHT_VISITS)?;
                     (depth + 2 + below <= max_depth).then(|| (b, depth + 1))
                 });
                 match depth {
@@ -1309,11 +1355,9 @@ impl<'a> PackWriter<'a> {
         // object is no base for a new delta of an object written before it, as below one
         // paired from beyond the pack.
         if !self.opts.ofs_delta {
-            let below_paired = std::cell::RefCell::new(&mut self.below_paired);
             for q in held.ones() {
-                forest.height(q, HEIGHT_VISITS, |c| {
-                    below_paired.borrow_mut().insert(oid_at(c));
-                    true
+                forest.under(q, HEIGHT_VISITS, |c| {
+                    self.below_paired.insert(oid_at(c));
                 });
             }
         }

@@ -1413,8 +1413,13 @@ fn tries_by_path_that_keep_failing_stop() {
 /// A first commit in `work` of 300 small files in `junk/` (for a client to have: answers of
 /// a few files' changes are then a small part of the pack) and `f.txt`, whose text it returns.
 fn junk_and_a_file(work: &Path) -> String {
+    junk_files_and_a_file(work, 300)
+}
+
+/// [`junk_and_a_file`] with `junk` junk files.
+fn junk_files_and_a_file(work: &Path, junk: usize) -> String {
     std::fs::create_dir(work.join("junk")).unwrap();
-    for i in 0..300 {
+    for i in 0..junk {
         std::fs::write(work.join(format!("junk/{i}.dat")), format!("junk {i}\n")).unwrap();
     }
     let text = text_lines("shared", 300);
@@ -1523,22 +1528,8 @@ fn chain_length(
 /// most of the pack (a clone) is copied as stored.
 #[test]
 fn whole_versions_sent_from_the_bitmaps_are_made_deltas_of_each_other() {
-    let (dir, work, path) = work_tree();
-    let mut text = junk_and_a_file(&work);
-    for n in 0..20 {
-        text.push_str(&format!("line {n}\n"));
-        std::fs::write(work.join("f.txt"), &text).unwrap();
-        gitcache_testkit::git::commit_all(&work, &format!("v{n}"));
-    }
-    bare_packed_copy(&work, &path);
-    // Every object stored whole.
-    git(&path, &["repack", "-adfq", "--window=0"]);
-    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
-    let versions: Vec<String> = (0..20).map(|n| id(&format!("main~{n}:f.txt"))).collect();
+    let (dir, path, versions, fetch) = whole_versions(300);
     let (repo, tips) = with_bitmaps(&path);
-    let mut fetch = clone_request(oids(&id("main")));
-    fetch.haves = oids(&id("main~20"));
-    fetch.thin_pack = false;
     for (depth, name) in [(50, "deep.git"), (4, "shallow.git")] {
         let options = Options {
             max_delta_depth: depth,
@@ -1574,6 +1565,27 @@ fn whole_versions_sent_from_the_bitmaps_are_made_deltas_of_each_other() {
     // A clone of every tip is the stored pack, copied as it is.
     let (whole, stats, _) = send(&repo, &clone_request(tips));
     assert!(whole && stats.new_deltas == 0, "{stats:?}");
+}
+
+/// A work tree's bare copy with `junk` junk files and 20 versions of `f.txt` after the first,
+/// every object stored whole in one pack; the versions' ids, newest first, and the fetch of
+/// them (without `thin-pack`) by a client holding the first.
+fn whole_versions(junk: usize) -> (tempfile::TempDir, std::path::PathBuf, Vec<String>, Fetch) {
+    let (dir, work, path) = work_tree();
+    let mut text = junk_files_and_a_file(&work, junk);
+    for n in 0..20 {
+        text.push_str(&format!("line {n}\n"));
+        std::fs::write(work.join("f.txt"), &text).unwrap();
+        gitcache_testkit::git::commit_all(&work, &format!("v{n}"));
+    }
+    bare_packed_copy(&work, &path);
+    git(&path, &["repack", "-adfq", "--window=0"]);
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let versions: Vec<String> = (0..20).map(|n| id(&format!("main~{n}:f.txt"))).collect();
+    let mut fetch = clone_request(oids(&id("main")));
+    fetch.haves = oids(&id("main~20"));
+    fetch.thin_pack = false;
+    (dir, path, versions, fetch)
 }
 
 /// The same with versions stored in chains (as `git repack` leaves them, a whole version at
@@ -2224,4 +2236,23 @@ fn a_version_stored_whole_between_the_clients_and_the_tip_goes_as_a_delta_agains
     );
     assert!(received[&tip_dir].1.is_some(), "{received:?}");
     assert_complete_at(&client, &oids(&id("main"))[0]);
+}
+
+/// Issue 16: the same pairing for an answer too small a share of its pack to read the pack's
+/// delta forest for (one object in 64 or more): what is stored below each version is read from
+/// the entries the answer sends. Before, such an answer (an incremental fetch of a large
+/// repository in a server that had not read the forest) sent every version whole.
+#[test]
+fn whole_versions_of_a_small_answer_are_paired_without_the_delta_forest() {
+    let (dir, path, versions, fetch) = whole_versions(5000);
+    let (repo, _) = with_bitmaps(&path);
+    let (whole, stats, pack) = send(&repo, &fetch);
+    assert!(!whole && stats.pack_reused > 0, "{stats:?}");
+    assert!(stats.objects * 64 < 5000, "{stats:?}");
+    assert!(stats.new_deltas >= 19, "{stats:?}");
+    let (_, received) = received_alone(dir.path(), "small.git", &pack);
+    assert_eq!(received[&versions[0]].1, None, "{received:?}");
+    for (n, v) in versions.iter().enumerate().skip(1) {
+        assert_eq!(received[v].1.as_ref(), Some(&versions[n - 1]), "{n}");
+    }
 }
