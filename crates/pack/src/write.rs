@@ -1459,10 +1459,8 @@ impl<'a> PackWriter<'a> {
                 if path_bases.contains_key(&oid) || bases.contains(&oid) {
                     continue;
                 }
-                if taken(q) {
-                    self.by_client.insert(oid, base);
-                    client_held.insert(oid);
-                } else {
+                // One `pair_whole` holds has its base (a try against each would cost twice).
+                if !taken(q) {
                     candidates.push((q, Some(base)));
                     found += 1;
                 }
