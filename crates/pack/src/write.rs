@@ -647,7 +647,8 @@ impl Below<'_> {
 
 /// Of the positions an answer sends from one pack, the deltas stored on each one that are
 /// sent too, read from every sent entry's header (for an answer small enough that no delta
-/// forest of the whole pack is read for it).
+/// forest of the whole pack is read for it); a sent delta whose stored base is not sent
+/// counts as stored on the first sent one down its chain, as it is made again against that.
 struct SentBelow {
     on: HashMap<u32, Vec<u32>>,
 }
@@ -660,19 +661,28 @@ impl SentBelow {
         position: impl Fn(&ObjectId) -> Option<usize>,
     ) -> SentBelow {
         let rev = &*packed.rev;
-        let mut on: HashMap<u32, Vec<u32>> = HashMap::new();
-        for p in packed.positions() {
+        // The position the entry at `p` is stored on, if any.
+        let base_of = |p: usize| {
             let offset = rev.offset(pack, p);
-            let Ok(entry) = data.entry(offset) else {
-                continue;
-            };
-            let base = match entry.header {
+            match data.entry(offset).ok()?.header {
                 Header::OfsDelta { base_distance } => offset
                     .checked_sub(base_distance)
                     .and_then(|at| rev.position_before(pack, p, at)),
                 Header::RefDelta { base_id } => position(&base_id),
                 _ => None,
-            };
+            }
+        };
+        let mut on: HashMap<u32, Vec<u32>> = HashMap::new();
+        for p in packed.positions() {
+            // A delta whose base is not sent is made again against the first one sent down
+            // its stored chain (as the writer looks for it): counted below that one.
+            let mut base = base_of(p);
+            for _ in 0..CHAIN_LOOKUP {
+                match base {
+                    Some(b) if b != p && !packed.bits.get(b) => base = base_of(b),
+                    _ => break,
+                }
+            }
             if let Some(b) = base.filter(|&b| b != p && packed.bits.get(b)) {
                 on.entry(b as u32).or_default().push(p as u32);
             }
@@ -1208,8 +1218,8 @@ impl<'a> PackWriter<'a> {
     /// hash and size (largest first), each paired with the one before it of the same kind and
     /// name (most often a newer version of the same file or directory, which a fetched pack
     /// brought whole and consolidation kept so), when the longest chain stored below it (sent
-    /// or not: an object below whose base is not sent gets a new delta against one above it),
-    /// one link longer and with its base's links (if paired itself), still leaves room under
+    /// or not: an object below whose base is not sent gets a new delta against one above it;
+    /// for a small answer without the forest, as [`SentBelow`] counts it), one link longer and with its base's links (if paired itself), still leaves room under
     /// the allowed depth for one more link (a new delta against one of them). The pairs go to
     /// [`PackWriter::paired`]; their positions are returned, to be held out of the runs copied
     /// (with what is stored below them) and written after them, as a delta if one pays. The
@@ -1296,10 +1306,13 @@ impl<'a> PackWriter<'a> {
             return None;
         }
         // What is stored below each (an answer with nothing to pair reads no forest).
-        let forest = match read_forest {
-            Some(true) => Below::Forest(rev.forest(pack, hash)?),
-            Some(false) => Below::Forest(rev.built_forest()?),
-            None => {
+        let forest = match read_forest.and_then(|read| match read {
+            true => rev.forest(pack, hash),
+            false => rev.built_forest(),
+        }) {
+            Some(forest) => Below::Forest(forest),
+            // A forest that could not be read: as for a small answer, if this one is.
+            None if packed.count <= crate::select::CLIENT_PATHS_ANSWER => {
                 let position = |oid: &ObjectId| {
                     crate::packs::lookup(&pack.index, oid)
                         .and_then(|i| rev.pack_position(&pack.index, i))
@@ -1307,6 +1320,7 @@ impl<'a> PackWriter<'a> {
                 };
                 Below::Sent(SentBelow::new(pack, &data, packed, position))
             }
+            None => return None,
         };
         let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
         let mut held = Bits::with_len(rev.len());
@@ -1375,8 +1389,8 @@ impl<'a> PackWriter<'a> {
     /// it (written one by one after it, then), one link longer, is within the allowed depth
     /// (a sent delta whose base is not sent gets a new base whose depth the writer checks
     /// then; held with its stored chain too long, the deepest would be made again). Those
-    /// held, with the objects from beyond the pack and those `held` already, go to
-    /// [`PackWriter::client_held`]: the only ones tried against the client's objects. Without
+    /// held, with the objects from beyond the pack and those of `path_bases` `held` already,
+    /// go to [`PackWriter::client_held`]: the only ones tried against the client's objects. Without
     /// offset deltas (no runs) the same are tried, and what is stored below them goes to
     /// [`PackWriter::below_paired`].
     fn hold_for_client(
