@@ -51,8 +51,8 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 
 /// What a miss's wait for the refresh ended with.
 enum Waited {
-    /// The refresh ended (with its error, if it failed).
-    Refreshed(Option<Error>),
+    /// The refresh ended: the ids it asked for ahead of the refs, or its error.
+    Refreshed(Result<Vec<gix_hash::ObjectId>, Error>),
     /// The pack the refresh receives answers the fetch.
     Arriving(Arc<gitcache_mirror::live::LivePack>),
     /// The mirror is being made from nothing and took longer than the first fetch may wait.
@@ -102,7 +102,15 @@ impl Fetches {
         // so at once (see the wait below).
         let unannounced =
             until(deadline.map(|d| d.max(tokio::time::Instant::now() + ANNOUNCED_WITHIN)));
-        let refresh = self.mirrors.refresh(&target.key, upstream, true);
+        // The wants the mirror lacks are fetched by id beside the refresh's `ls-refs` (most
+        // often the tip a push just made, which a CI job fetches by id).
+        let hints = self
+            .missing_wants(target, &fetch)
+            .await?
+            .unwrap_or_default();
+        let refresh = self
+            .mirrors
+            .refresh_asking(&target.key, upstream, true, Vec::new(), hints);
         tokio::pin!(refresh, too_long, unannounced);
         let waited = if arriving_answers(&fetch) {
             // A clone of what a mirror made from nothing fetches is that first pack: sent
@@ -121,7 +129,7 @@ impl Fetches {
             loop {
                 tokio::select! {
                     biased;
-                    outcome = &mut refresh => break Waited::Refreshed(outcome.err()),
+                    outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
                     pack = registry.live_pack(&target.key), if live => {
                         live = false;
                         match pack {
@@ -143,12 +151,17 @@ impl Fetches {
         } else {
             tokio::select! {
                 biased;
-                outcome = &mut refresh => Waited::Refreshed(outcome.err()),
+                outcome = &mut refresh => Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
                 () = &mut too_long => Waited::TooLong,
             }
         };
+        let mut asked_ahead = Vec::new();
         let failure = match waited {
-            Waited::Refreshed(failure) => failure,
+            Waited::Refreshed(Ok(asked)) => {
+                asked_ahead = asked;
+                None
+            }
+            Waited::Refreshed(Err(failure)) => Some(failure),
             Waited::Arriving(pack) => {
                 tracing::info!(result = "miss", arriving = true, "fetch");
                 let response = self
@@ -214,10 +227,20 @@ impl Fetches {
                     let response = self.passthrough.forward_body(target, headers, body).await?;
                     return Ok(with_state(response, CacheState::Passthrough));
                 };
+                // Asked for by id ahead of the refs just now, and not given.
+                if missing.iter().all(|m| asked_ahead.contains(m)) {
+                    tracing::info!(
+                        "commits asked for by id not kept: the upstream did not give them"
+                    );
+                    self.mirrors.note_refused(&target.key, &missing);
+                    tracing::info!(result = "passthrough", "fetch");
+                    let response = self.passthrough.forward_body(target, headers, body).await?;
+                    return Ok(with_state(response, CacheState::Passthrough));
+                }
                 let upstream = self.gate.upstream_for(target, headers)?;
                 let kept = self
                     .mirrors
-                    .refresh_keeping(&target.key, upstream, false, missing.clone())
+                    .refresh_asking(&target.key, upstream, false, missing.clone(), Vec::new())
                     .await;
                 match (kept, self.mirrors.with_wants(&target.key, fetch).await?) {
                     (Ok(_), (Some(repo), fetch)) => {

@@ -305,18 +305,21 @@ impl Mirrors {
         upstream: Upstream,
         create: bool,
     ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
-        self.refresh_keeping(key, upstream, create, Vec::new())
+        self.refresh_asking(key, upstream, create, Vec::new(), Vec::new())
             .await
     }
 
     /// [`refresh`](Self::refresh), also fetching the commits `keep` by id and keeping them
-    /// (a mirror that exists only; see [`Registry::keep`]).
-    pub(crate) async fn refresh_keeping(
+    /// (a mirror that exists only; see [`Registry::keep`]), or else fetching `hints` (the
+    /// wants of a fetch the mirror lacks) by id beside asking for the upstream's refs (see
+    /// [`gitcache_mirror::mirror::Mirror::refresh_hinted`]).
+    pub(crate) async fn refresh_asking(
         self: &Arc<Self>,
         key: &RepoKey,
         upstream: Upstream,
         create: bool,
         keep: Vec<gix_hash::ObjectId>,
+        hints: Vec<gix_hash::ObjectId>,
     ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
         let started = Instant::now();
         let (mirrors, task_key) = (Arc::clone(self), key.clone());
@@ -340,7 +343,7 @@ impl Mirrors {
                     outcome
                 } else if create {
                     registry
-                        .refresh_and_maintain(&task_key, &upstream, &prefixes)
+                        .refresh_hinted_and_maintain(&task_key, &upstream, &prefixes, &hints)
                         .await
                 } else {
                     let outcome = registry

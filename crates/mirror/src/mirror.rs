@@ -36,6 +36,9 @@ pub struct Refreshed {
     pub changed: bool,
     /// Objects in the pack fetched (0 when nothing was missing).
     pub fetched_objects: u32,
+    /// The ids asked for by id ahead of the refs (see [`Mirror::refresh_hinted`]), whether
+    /// the upstream gave them or not: one still missing after it was refused.
+    pub asked_ahead: Vec<ObjectId>,
 }
 
 /// Why a refresh failed; the mirror is unchanged.
@@ -177,6 +180,27 @@ impl Mirror {
         extra_prefixes: &[&str],
         keep: &[ObjectId],
     ) -> Result<Refreshed, Error> {
+        self.refresh_hinted(upstream, extra_prefixes, keep, &[])
+            .await
+    }
+
+    /// [`refresh_keeping`](Self::refresh_keeping), with `hints`: objects a client asked for
+    /// that the mirror lacks (most often the tip the upstream just moved a branch to). The
+    /// mirror's first of two exchanges, asking the upstream for its refs, waits for the
+    /// second, fetching what they point at; a fetch of the hints by id goes out beside it
+    /// (with the mirror's `HEAD` and newest tips as haves), so that when the refs point at
+    /// nothing else new, that fetch is all there is. What it brings is checked as any pack
+    /// is; a hint no listed ref points at is kept as [`refresh_keeping`](Self::refresh_keeping)
+    /// keeps ids; a hint the upstream refuses leaves the refresh as it would have been. Only
+    /// for a mirror with tips (a first fetch is the whole repository anyway), at most
+    /// [`MAX_HINTS`].
+    pub async fn refresh_hinted(
+        &self,
+        upstream: &Upstream,
+        extra_prefixes: &[&str],
+        keep: &[ObjectId],
+        hints: &[ObjectId],
+    ) -> Result<Refreshed, Error> {
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
         let format = upstream.object_format().await?;
         if format != repo.object_format() {
@@ -196,17 +220,61 @@ impl Mirror {
             .filter(|p| !KEPT_PREFIX.starts_with(p) && !p.starts_with(KEPT_PREFIX))
             .collect();
         prefixes.extend(extra_prefixes.iter().map(|p| BString::from(*p)));
-        let remote = upstream
-            .ls_refs(
-                format,
-                LsRefs {
-                    symrefs: true,
-                    peel: true,
-                    unborn: false,
-                    ref_prefixes: prefixes.clone(),
-                },
+        let local = repo.refs()?;
+        let mut hinted: Vec<ObjectId> = Vec::new();
+        if local.iter().any(|r| r.oid.is_some()) {
+            for hint in hints {
+                if hinted.len() < MAX_HINTS && !hinted.contains(hint) && !repo.contains(hint) {
+                    hinted.push(*hint);
+                }
+            }
+        }
+        let listing = upstream.ls_refs(
+            format,
+            LsRefs {
+                symrefs: true,
+                peel: true,
+                unborn: false,
+                ref_prefixes: prefixes.clone(),
+            },
+        );
+        let ahead = async {
+            if hinted.is_empty() {
+                return None;
+            }
+            Some(
+                self.fetch_ahead(upstream, format, &local, hinted.clone())
+                    .await,
             )
-            .await?;
+        };
+        let (remote, ahead) = tokio::join!(listing, ahead);
+        let ahead = match ahead {
+            Some(Ok(pack)) => Some(pack),
+            Some(Err(err)) => {
+                tracing::debug!(%err, "objects asked for by id not fetched ahead");
+                None
+            }
+            None => None,
+        };
+        let remote = match remote {
+            Ok(remote) => remote,
+            Err(err) => {
+                if let Some(pack) = ahead.as_ref().filter(|pack| pack.fresh) {
+                    // Nothing refers to it yet: the mirror stays as it was.
+                    let _ = remove_pack_file(&pack.pack);
+                }
+                return Err(err.into());
+            }
+        };
+        // What came ahead is seen from here on.
+        let repo = match ahead {
+            Some(_) => gitcache_pack::Repository::open(&self.git_dir)?,
+            None => repo,
+        };
+        let fetched_ahead: &[ObjectId] = match ahead {
+            Some(_) => &hinted,
+            None => &[],
+        };
         // As git does with a remote ref it cannot take: left out, with a warning; the
         // other refs are mirrored.
         let mut remote = remote;
@@ -224,7 +292,6 @@ impl Mirror {
             }
         });
 
-        let local = repo.refs()?;
         // Kept refs: those still young enough, then the new ones (under today's date).
         let today = unix_now() / 86_400;
         let mut kept: Vec<(u64, RefLine)> = local
@@ -235,7 +302,7 @@ impl Mirror {
                 young.then(|| Some((day, RefLine::new(r.oid?, r.name.clone()))))?
             })
             .collect();
-        for oid in keep {
+        for oid in keep.iter().chain(fetched_ahead) {
             let listed = remote.iter().any(|line| line.oid == Some(*oid));
             let held = kept.iter().any(|(_, line)| line.oid == Some(*oid));
             if !listed && !held {
@@ -274,10 +341,11 @@ impl Mirror {
                 new_tips.push(oid);
             }
         }
+        // Those fetched ahead came in a pack checked as any: their history is whole.
         let present: Vec<ObjectId> = new_tips
             .iter()
             .copied()
-            .filter(|t| !wants.contains(t))
+            .filter(|t| !wants.contains(t) && !fetched_ahead.contains(t))
             .collect();
         // Tips on disk whose history was not whole: fetched again, then walked again.
         let mut rewalk: Vec<ObjectId> = Vec::new();
@@ -299,7 +367,7 @@ impl Mirror {
             wants.extend(broken);
         }
 
-        let mut fetched_objects = 0;
+        let mut fetched_objects = ahead.as_ref().map_or(0, |pack| pack.objects);
         let mut ingested = None;
         if !wants.is_empty() {
             let first = haves.is_empty();
@@ -313,10 +381,21 @@ impl Mirror {
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))??
             };
-            let pack = self
+            // What came ahead is the mirror's too.
+            let offered = fetched_ahead.iter().copied().chain(offered).collect();
+            let fetched = self
                 .fetch(upstream, format, wants.clone(), offered, first)
-                .await?;
-            fetched_objects = pack.objects;
+                .await;
+            let pack = match fetched {
+                Ok(pack) => pack,
+                Err(err) => {
+                    if let Some(pack) = ahead.as_ref().filter(|pack| pack.fresh) {
+                        let _ = remove_pack_file(&pack.pack);
+                    }
+                    return Err(err);
+                }
+            };
+            fetched_objects += pack.objects;
             ingested = Some((pack, first));
         }
         let repo = std::sync::Arc::new(gitcache_pack::Repository::open(&self.git_dir)?);
@@ -331,7 +410,10 @@ impl Mirror {
             })
             .collect();
         remote.extend(kept);
-        let fetched_pack = ingested.as_ref().map(|(pack, _)| pack.pack.clone());
+        let fetched_pack = ingested
+            .as_ref()
+            .map(|(pack, _)| pack.pack.clone())
+            .or_else(|| ahead.as_ref().map(|pack| pack.pack.clone()));
         let checked = self
             .check_fetched(&repo, &remote, &new_tips, &haves, fetched_pack, &rewalk)
             .await;
@@ -341,7 +423,8 @@ impl Mirror {
             "fetched history checked"
         );
         if let Err(err) = checked {
-            if let Some((pack, _)) = ingested.as_ref().filter(|(pack, _)| pack.fresh) {
+            let fetched = ingested.as_ref().map(|(pack, _)| pack).into_iter();
+            for pack in fetched.chain(ahead.as_ref()).filter(|pack| pack.fresh) {
                 // Nothing refers to it: it goes, and the mirror is as it was (a pack the
                 // mirror had already, sent again, stays).
                 let _ = remove_pack_file(&pack.pack);
@@ -367,6 +450,7 @@ impl Mirror {
             refs: after.iter().filter(|(n, _)| n != "HEAD").count(),
             changed: before != after,
             fetched_objects,
+            asked_ahead: hinted,
         })
     }
 
@@ -418,6 +502,32 @@ impl Mirror {
             err @ gitcache_pack::Error::MissingObject { .. } => Error::Disconnected(err),
             other => Error::Repository(other),
         })
+    }
+
+    /// Fetch `hints` by id, ahead of knowing the upstream's refs: with the mirror's `HEAD`
+    /// and newest tips (of `local`) as haves.
+    async fn fetch_ahead(
+        &self,
+        upstream: &Upstream,
+        format: HashKind,
+        local: &[gitcache_pack::Ref],
+        hints: Vec<ObjectId>,
+    ) -> Result<ingest::Ingested, Error> {
+        let offered = {
+            let (git_dir, local) = (self.git_dir.clone(), local.to_vec());
+            tokio::task::spawn_blocking(move || {
+                let repo = gitcache_pack::Repository::open(git_dir)?;
+                // Every tip as the upstream lists it, as far as the mirror knows.
+                let listed: Vec<RefLine> = local
+                    .iter()
+                    .filter_map(|r| Some(RefLine::new(r.oid?, r.name.clone())))
+                    .collect();
+                Ok::<_, gitcache_pack::Error>(offered_haves(&repo, &local, &listed))
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??
+        };
+        self.fetch(upstream, format, hints, offered, false).await
     }
 
     /// Fetch `wants` in one round and take the pack in, as it arrives: the response is
@@ -532,6 +642,9 @@ impl Mirror {
         Ok(ingested)
     }
 }
+
+/// The most hints a refresh fetches ahead (see [`Mirror::refresh_hinted`]).
+pub const MAX_HINTS: usize = 16;
 
 /// The most haves a refresh offers the upstream. Every have the upstream cannot find in its
 /// bitmaps it walks (`git upload-pack` with the 151 tips of the bench repository as haves

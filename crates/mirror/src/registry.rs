@@ -617,7 +617,24 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Outcome {
-        let outcome = self.refresh(key, upstream, extra_prefixes).await;
+        self.refresh_hinted_and_maintain(key, upstream, extra_prefixes, &[])
+            .await
+    }
+
+    /// [`refresh_and_maintain`](Self::refresh_and_maintain), fetching `hints` (objects a
+    /// client asked for that the mirror lacks) by id beside asking for the upstream's refs
+    /// (see [`Mirror::refresh_hinted`]). A refresh already under way is waited for and shared
+    /// as it is.
+    pub async fn refresh_hinted_and_maintain(
+        self: &Arc<Self>,
+        key: &RepoKey,
+        upstream: &Upstream,
+        extra_prefixes: &[&str],
+        hints: &[gix_hash::ObjectId],
+    ) -> Outcome {
+        let outcome = self
+            .refresh_with(key, upstream, extra_prefixes, true, &[], hints)
+            .await;
         if outcome.is_ok() {
             self.maintain_in_background(key);
         }
@@ -843,7 +860,7 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Outcome {
-        self.refresh_with(key, upstream, extra_prefixes, true, &[])
+        self.refresh_with(key, upstream, extra_prefixes, true, &[], &[])
             .await
     }
 
@@ -855,7 +872,7 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Outcome {
-        self.refresh_with(key, upstream, extra_prefixes, false, &[])
+        self.refresh_with(key, upstream, extra_prefixes, false, &[], &[])
             .await
     }
 
@@ -870,7 +887,7 @@ impl Registry {
         extra_prefixes: &[&str],
         oids: &[gix_hash::ObjectId],
     ) -> Outcome {
-        self.refresh_with(key, upstream, extra_prefixes, false, oids)
+        self.refresh_with(key, upstream, extra_prefixes, false, oids, &[])
             .await
     }
 
@@ -881,6 +898,7 @@ impl Registry {
         extra_prefixes: &[&str],
         create: bool,
         keep: &[gix_hash::ObjectId],
+        hints: &[gix_hash::ObjectId],
     ) -> Outcome {
         let slot = self.slot(key);
         let seen = slot.last.lock().unwrap_or_else(|p| p.into_inner()).0;
@@ -902,14 +920,10 @@ impl Registry {
             return outcome;
         }
         if !keep.is_empty() && self.holds(key, keep).await {
-            return Ok(Refreshed {
-                refs: 0,
-                changed: false,
-                fetched_objects: 0,
-            });
+            return Ok(Refreshed::default());
         }
         let outcome = self
-            .refresh_now(key, upstream, extra_prefixes, keep)
+            .refresh_now(key, upstream, extra_prefixes, keep, hints)
             .await
             .map_err(Arc::new);
         // Refreshes that waited share a plain refresh's outcome only: one that also fetched
@@ -1216,10 +1230,11 @@ impl Registry {
         upstream: &Upstream,
         extra: &[&str],
         keep: &[gix_hash::ObjectId],
+        hints: &[gix_hash::ObjectId],
     ) -> Result<Refreshed, Error> {
         let Some(shared) = &self.shared else {
             let _permit = self.permit().await?;
-            return self.refresh_local(key, upstream, extra, keep).await;
+            return self.refresh_local(key, upstream, extra, keep, hints).await;
         };
         // While another instance refreshes, wait (holding no permit: refreshes of other
         // mirrors go on): its result is then taken from the store, and no first pack is
@@ -1230,7 +1245,7 @@ impl Registry {
             .await;
         let outcome = match self.permit().await {
             Ok(_permit) => {
-                self.refresh_shared(shared, key, upstream, extra, keep)
+                self.refresh_shared(shared, key, upstream, extra, keep, hints)
                     .await
             }
             Err(err) => Err(err),
@@ -1256,6 +1271,7 @@ impl Registry {
         upstream: &Upstream,
         extra: &[&str],
         keep: &[gix_hash::ObjectId],
+        hints: &[gix_hash::ObjectId],
     ) -> Result<Refreshed, Error> {
         let path = self.path(key);
         let before = self.refs_of(key);
@@ -1272,7 +1288,9 @@ impl Registry {
                 Ok(()) => {}
                 Err(Error::Shared(err)) => {
                     tracing::warn!(%err, "object store unavailable; refreshing the local copy alone");
-                    let mut done = self.refresh_local(key, upstream, extra, keep).await?;
+                    let mut done = self
+                        .refresh_local(key, upstream, extra, keep, hints)
+                        .await?;
                     // A manifest that could not be read is replaced by this commit; one that
                     // names a damaged file is left to a later one (this copy is behind it).
                     if let Err(err) = shared.publish(key, &path).await {
@@ -1283,7 +1301,9 @@ impl Registry {
                 }
                 Err(err) => return Err(err),
             }
-            let mut done = self.refresh_local(key, upstream, extra, keep).await?;
+            let mut done = self
+                .refresh_local(key, upstream, extra, keep, hints)
+                .await?;
             match shared.publish(key, &path).await {
                 Ok(Published::Done) => {
                     done.changed = self.refs_of(key) != before;
@@ -1377,6 +1397,7 @@ impl Registry {
         upstream: &Upstream,
         extra: &[&str],
         keep: &[gix_hash::ObjectId],
+        hints: &[gix_hash::ObjectId],
     ) -> Result<Refreshed, Error> {
         let mirror = match self.existing(key) {
             Some(mirror) => mirror,
@@ -1398,7 +1419,7 @@ impl Registry {
         // However the local refresh ends (cut short too), its pack is announced no more.
         let _clear = Clearing(&slot.live);
         let mirror = mirror.announcing_on(Arc::clone(&slot.live));
-        mirror.refresh_keeping(upstream, extra, keep).await
+        mirror.refresh_hinted(upstream, extra, keep, hints).await
     }
 }
 

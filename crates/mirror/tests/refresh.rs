@@ -774,3 +774,86 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
     assert_eq!(refs(mirror.git_dir()), refs(&source));
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
+
+/// Objects a client asked for that the mirror lacks (most often the tip a push just made,
+/// which a CI job fetches by id) are fetched by id beside the refresh's `ls-refs`: when the
+/// upstream's refs point at nothing else new, that fetch is the only one. A hint no mirrored
+/// ref reaches is kept, as ids fetched by id are; a hint the upstream refuses leaves the
+/// refresh as it would have been; one more branch moved is fetched after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_asked_for_are_fetched_beside_the_refs() {
+    use gitcache_mirror::mirror::KEPT_PREFIX;
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/hinted");
+    repo::generate(&source, &RepoSpec::small(1717)).unwrap();
+    upstream.adopt_repo("acme/hinted", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/hinted", None);
+    mirror.refresh(&up, &[]).await.unwrap();
+    let oid = |hex: &str| gix_hash::ObjectId::from_hex(hex.trim().as_bytes()).unwrap();
+
+    // A push to main, and a commit only a ref mirrors do not take reaches.
+    let new_main = repo::append_commits(&source, "main", 3, 1).unwrap();
+    let hidden = git(
+        &source,
+        &["commit-tree", "main^{tree}", "-p", "main", "-m", "hidden"],
+    );
+    git(&source, &["update-ref", "refs/pull/9/merge", hidden.trim()]);
+    upstream.reset_counts();
+    let done = mirror
+        .refresh_hinted(&up, &[], &[], &[oid(&new_main), oid(&hidden)])
+        .await
+        .unwrap();
+    assert!(done.changed && done.fetched_objects > 0);
+    let counts = upstream.counts();
+    assert_eq!((counts.ls_refs, counts.fetch), (1, 1), "{counts:?}");
+    let kept = git(
+        mirror.git_dir(),
+        &["for-each-ref", "--format=%(objectname)", KEPT_PREFIX],
+    );
+    assert_eq!(
+        kept.trim(),
+        hidden.trim(),
+        "the hint no listed ref points at is kept"
+    );
+    let listed = |repo: &Path| {
+        refs(repo)
+            .lines()
+            .filter(|l| !l.contains("refs/pull/") && !l.contains(KEPT_PREFIX))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(listed(mirror.git_dir()), listed(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+
+    // A hint the upstream refuses (no such object): the refresh goes on as without it.
+    let newer = repo::append_commits(&source, "main", 2, 2).unwrap();
+    upstream.reset_counts();
+    let bogus = oid(&"5".repeat(40));
+    mirror
+        .refresh_hinted(&up, &[], &[], &[bogus, oid(&newer)])
+        .await
+        .unwrap();
+    assert_eq!(
+        upstream.counts().fetch,
+        2,
+        "the refused fetch, then the refs'"
+    );
+    assert_eq!(listed(mirror.git_dir()), listed(&source));
+    assert!(!refs(mirror.git_dir()).contains(&bogus.to_string()));
+
+    // Another branch moved too: fetched after, with what came ahead as a have.
+    let tip = repo::append_commits(&source, "main", 2, 3).unwrap();
+    git(&source, &["branch", "-f", "side", "main~1"]);
+    let side = repo::append_commits(&source, "side", 2, 4).unwrap();
+    upstream.reset_counts();
+    mirror
+        .refresh_hinted(&up, &[], &[], &[oid(&tip)])
+        .await
+        .unwrap();
+    assert_eq!(upstream.counts().fetch, 2);
+    assert_eq!(listed(mirror.git_dir()), listed(&source));
+    assert!(refs(mirror.git_dir()).contains(side.trim()));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}

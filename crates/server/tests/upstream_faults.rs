@@ -60,7 +60,9 @@ fn upstream_failures_during_a_miss() {
     .enumerate()
     {
         let tip = repo::append_commits(&source, "main", 2, seed as u64).unwrap();
-        upstream.inject(fault.clone(), 1, Some(RequestKind::Fetch));
+        // Both of the refresh's fetches fail: the new tip asked for by id ahead of the refs
+        // (a failure there only leaves the refresh as it would have been), then the refs'.
+        upstream.inject(fault.clone(), 2, Some(RequestKind::Fetch));
         let dir = git.home().join(format!("b{seed}"));
         let failed = fetch_commit(&git, &dir, &url, &tip);
         assert!(!failed.success(), "{failed}\n{}", cache.log());
