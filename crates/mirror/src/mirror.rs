@@ -34,10 +34,12 @@ pub struct Refreshed {
     pub refs: usize,
     /// Whether any ref changed.
     pub changed: bool,
-    /// Objects in the pack fetched (0 when nothing was missing).
+    /// Objects in the packs fetched (0 when nothing was missing).
     pub fetched_objects: u32,
-    /// The ids asked for by id ahead of the refs (see [`Mirror::refresh_hinted`]), whether
-    /// the upstream gave them or not: one still missing after it was refused.
+    /// The ids asked for by id ahead of the refs (see [`Mirror::refresh_hinted`]) when the
+    /// upstream answered that fetch: with them, or refusing them (an error of its own, such as
+    /// `not our ref`); one of them still missing was refused. Empty when that fetch failed
+    /// otherwise (a timeout, a broken connection), which says nothing about the ids.
     pub asked_ahead: Vec<ObjectId>,
 }
 
@@ -185,13 +187,13 @@ impl Mirror {
     }
 
     /// [`refresh_keeping`](Self::refresh_keeping), with `hints`: objects a client asked for
-    /// that the mirror lacks (most often the tip the upstream just moved a branch to). The
-    /// mirror's first of two exchanges, asking the upstream for its refs, waits for the
-    /// second, fetching what they point at; a fetch of the hints by id goes out beside it
-    /// (with the mirror's `HEAD` and newest tips as haves), so that when the refs point at
-    /// nothing else new, that fetch is all there is. What it brings is checked as any pack
-    /// is; a hint no listed ref points at is kept as [`refresh_keeping`](Self::refresh_keeping)
-    /// keeps ids; a hint the upstream refuses leaves the refresh as it would have been. Only
+    /// that the mirror lacks (most often the tip the upstream just moved a branch to). A
+    /// refresh asks the upstream for its refs, then fetches what they point at; the hints are
+    /// fetched by id beside the first exchange (with the mirror's `HEAD` and newest tips as
+    /// haves), so that when the refs point at nothing else new, the second has nothing to
+    /// fetch. What comes ahead is checked as any pack is; a hint the new refs do not reach is
+    /// kept as [`refresh_keeping`](Self::refresh_keeping) keeps ids; a hint the upstream
+    /// refuses, or a fetch ahead that fails, leaves the refresh as it would have been. Only
     /// for a mirror with tips (a first fetch is the whole repository anyway), at most
     /// [`MAX_HINTS`].
     pub async fn refresh_hinted(
@@ -248,32 +250,50 @@ impl Mirror {
             )
         };
         let (remote, ahead) = tokio::join!(listing, ahead);
+        // The ids the upstream answered for, with a pack or a refusal of its own.
+        let mut asked_ahead = Vec::new();
         let ahead = match ahead {
-            Some(Ok(pack)) => Some(pack),
+            Some(Ok(pack)) => {
+                asked_ahead.clone_from(&hinted);
+                Some(pack)
+            }
             Some(Err(err)) => {
+                if matches!(
+                    err,
+                    Error::Response(
+                        gitcache_protocol::response::Error::Remote { .. }
+                            | gitcache_protocol::response::Error::SidebandError { .. }
+                    )
+                ) {
+                    asked_ahead.clone_from(&hinted);
+                }
                 tracing::debug!(%err, "objects asked for by id not fetched ahead");
                 None
             }
             None => None,
         };
-        let remote = match remote {
-            Ok(remote) => remote,
-            Err(err) => {
-                if let Some(pack) = ahead.as_ref().filter(|pack| pack.fresh) {
-                    // Nothing refers to it yet: the mirror stays as it was.
-                    let _ = remove_pack_file(&pack.pack);
-                }
-                return Err(err.into());
-            }
-        };
+        // Until the refs are written, nothing refers to a pack fetched ahead: on any failure
+        // it goes, and the mirror is as it was (a pack the mirror had already stays).
+        let mut unpublished = Unpublished(
+            ahead
+                .iter()
+                .filter(|pack| pack.fresh)
+                .map(|pack| pack.pack.clone())
+                .collect(),
+        );
+        let remote = remote?;
         // What came ahead is seen from here on.
         let repo = match ahead {
             Some(_) => gitcache_pack::Repository::open(&self.git_dir)?,
             None => repo,
         };
-        let fetched_ahead: &[ObjectId] = match ahead {
-            Some(_) => &hinted,
-            None => &[],
+        let fetched_ahead: Vec<ObjectId> = match ahead {
+            Some(_) => hinted
+                .iter()
+                .copied()
+                .filter(|h| repo.contains(h))
+                .collect(),
+            None => Vec::new(),
         };
         // As git does with a remote ref it cannot take: left out, with a warning; the
         // other refs are mirrored.
@@ -302,7 +322,7 @@ impl Mirror {
                 young.then(|| Some((day, RefLine::new(r.oid?, r.name.clone()))))?
             })
             .collect();
-        for oid in keep.iter().chain(fetched_ahead) {
+        for oid in keep {
             let listed = remote.iter().any(|line| line.oid == Some(*oid));
             let held = kept.iter().any(|(_, line)| line.oid == Some(*oid));
             if !listed && !held {
@@ -383,23 +403,45 @@ impl Mirror {
             };
             // What came ahead is the mirror's too.
             let offered = fetched_ahead.iter().copied().chain(offered).collect();
-            let fetched = self
+            let pack = self
                 .fetch(upstream, format, wants.clone(), offered, first)
-                .await;
-            let pack = match fetched {
-                Ok(pack) => pack,
-                Err(err) => {
-                    if let Some(pack) = ahead.as_ref().filter(|pack| pack.fresh) {
-                        let _ = remove_pack_file(&pack.pack);
-                    }
-                    return Err(err);
-                }
-            };
+                .await?;
             fetched_objects += pack.objects;
             ingested = Some((pack, first));
         }
         let repo = std::sync::Arc::new(gitcache_pack::Repository::open(&self.git_dir)?);
         let checking = std::time::Instant::now();
+        // Commits fetched ahead that the new refs do not reach are kept, as ids asked for by id
+        // are: a pull request's merge commit, which the next job fetches again.
+        let mut kept = kept;
+        let unlisted: Vec<ObjectId> = fetched_ahead
+            .iter()
+            .copied()
+            .filter(|oid| !remote.iter().any(|line| line.oid == Some(*oid)))
+            .filter(|oid| !kept.iter().any(|line| line.oid == Some(*oid)))
+            .collect();
+        if !unlisted.is_empty() {
+            let listed: Vec<ObjectId> = remote
+                .iter()
+                .filter_map(|line| line.peeled.or(line.oid))
+                .collect();
+            let (repo, haves, unlisted) = (std::sync::Arc::clone(&repo), haves.clone(), unlisted);
+            let unreached = tokio::task::spawn_blocking(move || {
+                let reached = repo.reached_by(&listed, &haves, &unlisted)?;
+                Ok::<_, gitcache_pack::Error>(
+                    unlisted
+                        .into_iter()
+                        .filter(|oid| !reached.contains(oid))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            for oid in unreached.into_iter().rev() {
+                kept.insert(0, RefLine::new(oid, format!("{KEPT_PREFIX}{today}/{oid}")));
+            }
+            kept.truncate(MAX_KEPT);
+        }
         // Only commits are kept (an id of a tree or blob fetched by id stays unreferenced, and
         // goes at the next consolidation).
         let kept: Vec<RefLine> = kept
@@ -423,8 +465,7 @@ impl Mirror {
             "fetched history checked"
         );
         if let Err(err) = checked {
-            let fetched = ingested.as_ref().map(|(pack, _)| pack).into_iter();
-            for pack in fetched.chain(ahead.as_ref()).filter(|pack| pack.fresh) {
+            if let Some((pack, _)) = ingested.as_ref().filter(|(pack, _)| pack.fresh) {
                 // Nothing refers to it: it goes, and the mirror is as it was (a pack the
                 // mirror had already, sent again, stays).
                 let _ = remove_pack_file(&pack.pack);
@@ -444,13 +485,14 @@ impl Mirror {
         let before: Vec<(BString, Option<ObjectId>)> =
             local.into_iter().map(|r| (r.name, r.oid)).collect();
         write_refs(&self.git_dir, &repo, &remote)?;
+        unpublished.0.clear();
         let after: Vec<(BString, Option<ObjectId>)> =
             repo.refs()?.into_iter().map(|r| (r.name, r.oid)).collect();
         Ok(Refreshed {
             refs: after.iter().filter(|(n, _)| n != "HEAD").count(),
             changed: before != after,
             fetched_objects,
-            asked_ahead: hinted,
+            asked_ahead,
         })
     }
 
@@ -640,6 +682,19 @@ impl Mirror {
             "pack fetched"
         );
         Ok(ingested)
+    }
+}
+
+/// Packs fetched ahead of a refresh's refs, removed when dropped (the refresh failed) unless
+/// the refs were written and the list emptied.
+struct Unpublished(Vec<PathBuf>);
+
+impl Drop for Unpublished {
+    fn drop(&mut self) {
+        for pack in &self.0 {
+            // Failing to remove leaves a closed pack no ref needs, for consolidation to drop.
+            let _ = remove_pack_file(pack);
+        }
     }
 }
 

@@ -916,8 +916,12 @@ impl Registry {
         if let Some(outcome) = finished
             && (keep.is_empty() || self.holds(key, keep).await)
         {
-            // A refresh finished while we waited (with what was to be kept): it is ours too.
-            return outcome;
+            // A refresh finished while we waited (with what was to be kept): it is ours too,
+            // but for what it asked for ahead, which was another caller's to ask.
+            return outcome.map(|done| Refreshed {
+                asked_ahead: Vec::new(),
+                ..done
+            });
         }
         if !keep.is_empty() && self.holds(key, keep).await {
             return Ok(Refreshed::default());
@@ -927,7 +931,8 @@ impl Registry {
             .await
             .map_err(Arc::new);
         // Refreshes that waited share a plain refresh's outcome only: one that also fetched
-        // ids (which the upstream may refuse, for one client) is not theirs.
+        // ids to keep (which the upstream may refuse, for one client) is not theirs. One that
+        // fetched ids ahead is (a refusal there fails nothing).
         if keep.is_empty() {
             let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
             *last = (last.0 + 1, Some(outcome.clone()));

@@ -827,11 +827,14 @@ async fn ids_asked_for_are_fetched_beside_the_refs() {
     assert_eq!(listed(mirror.git_dir()), listed(&source));
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 
-    // A hint the upstream refuses (no such object): the refresh goes on as without it.
+    assert_eq!(done.asked_ahead.len(), 2);
+
+    // A hint the upstream refuses (no such object): the refresh goes on as without it, and
+    // says the upstream answered for it.
     let newer = repo::append_commits(&source, "main", 2, 2).unwrap();
     upstream.reset_counts();
     let bogus = oid(&"5".repeat(40));
-    mirror
+    let done = mirror
         .refresh_hinted(&up, &[], &[], &[bogus, oid(&newer)])
         .await
         .unwrap();
@@ -840,8 +843,49 @@ async fn ids_asked_for_are_fetched_beside_the_refs() {
         2,
         "the refused fetch, then the refs'"
     );
+    assert_eq!(done.asked_ahead, vec![bogus, oid(&newer)]);
     assert_eq!(listed(mirror.git_dir()), listed(&source));
     assert!(!refs(mirror.git_dir()).contains(&bogus.to_string()));
+
+    // A fetch ahead that fails otherwise says nothing about the ids: none reported, and the
+    // refs' own fetch follows. A hint the new refs reach (not the tip) is not kept.
+    let tip = repo::append_commits(&source, "main", 1, 6).unwrap();
+    upstream.inject(Fault::Status(500), 1, Some(RequestKind::Fetch));
+    let done = mirror
+        .refresh_hinted(&up, &[], &[], &[oid(&tip)])
+        .await
+        .unwrap();
+    assert!(done.asked_ahead.is_empty());
+    assert_eq!(listed(mirror.git_dir()), listed(&source));
+    let later = repo::append_commits(&source, "main", 2, 7).unwrap();
+    let below_tip = git(&source, &["rev-parse", "main~1"]);
+    mirror
+        .refresh_hinted(&up, &[], &[], &[oid(&below_tip)])
+        .await
+        .unwrap();
+    let kept_now = git(
+        mirror.git_dir(),
+        &["for-each-ref", "--format=%(objectname)", KEPT_PREFIX],
+    );
+    assert_eq!(
+        kept_now.trim(),
+        hidden.trim(),
+        "only the unreachable hint is kept"
+    );
+    assert!(refs(mirror.git_dir()).contains(later.trim()));
+
+    // The refs not listed after a fetch ahead: the refresh fails, and its pack goes.
+    let packs = pack_files(mirror.git_dir());
+    let orphan = repo::append_commits(&source, "main", 2, 8).unwrap();
+    upstream.inject(Fault::Status(500), 1, Some(RequestKind::LsRefs));
+    let failed = mirror.refresh_hinted(&up, &[], &[], &[oid(&orphan)]).await;
+    assert!(failed.is_err());
+    assert_eq!(
+        pack_files(mirror.git_dir()),
+        packs,
+        "nothing left of the fetch ahead"
+    );
+    upstream.clear_faults();
 
     // Another branch moved too: fetched after, with what came ahead as a have.
     let tip = repo::append_commits(&source, "main", 2, 3).unwrap();

@@ -696,6 +696,38 @@ impl Repository {
         }
     }
 
+    /// Of the commits `among`, those that the commits `tips` reach without going through
+    /// what the commits `known` reach (commits the repository has; others are left out),
+    /// each once: the history between two states of a repository's refs, walked commit by
+    /// commit (no trees read).
+    pub fn reached_by(
+        &self,
+        tips: &[ObjectId],
+        known: &[ObjectId],
+        among: &[ObjectId],
+    ) -> Result<Vec<ObjectId>, Error> {
+        let commits = |ids: &[ObjectId]| -> Vec<ObjectId> {
+            ids.iter()
+                .copied()
+                .filter(|id| self.is_commit(id).unwrap_or(false))
+                .collect()
+        };
+        let (tips, known) = (commits(tips), commits(known));
+        if tips.is_empty() || among.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut objects = self.objects();
+        let walked = walk::limited_walk(&mut objects, &tips, &known, &OidSet::default(), None)?;
+        let reached: OidSet = walked.interesting().copied().collect();
+        let mut out: Vec<ObjectId> = Vec::new();
+        for oid in among {
+            if reached.contains(oid) && !out.contains(oid) {
+                out.push(*oid);
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether `oid` is a commit the repository has.
     pub fn is_commit(&self, oid: &ObjectId) -> Result<bool, Error> {
         Ok(matches!(
