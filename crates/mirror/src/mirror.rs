@@ -37,8 +37,8 @@ pub struct Refreshed {
     /// Objects in the packs fetched (0 when nothing was missing).
     pub fetched_objects: u32,
     /// The ids asked for by id ahead of the refs (see [`Mirror::refresh_hinted`]) when the
-    /// upstream answered that fetch: with them, or refusing them (an error of its own, such as
-    /// `not our ref`); one of them still missing was refused. Empty when that fetch failed
+    /// upstream answered that fetch: with them, or refusing them (an `ERR` of its own, such
+    /// as `not our ref`); one of them still missing was refused. Empty when that fetch failed
     /// otherwise (a timeout, a broken connection), which says nothing about the ids.
     pub asked_ahead: Vec<ObjectId>,
 }
@@ -260,10 +260,7 @@ impl Mirror {
             Some(Err(err)) => {
                 if matches!(
                     err,
-                    Error::Response(
-                        gitcache_protocol::response::Error::Remote { .. }
-                            | gitcache_protocol::response::Error::SidebandError { .. }
-                    )
+                    Error::Response(gitcache_protocol::response::Error::Remote { .. })
                 ) {
                     asked_ahead.clone_from(&hinted);
                 }
@@ -421,22 +418,27 @@ impl Mirror {
             .filter(|oid| !kept.iter().any(|line| line.oid == Some(*oid)))
             .collect();
         if !unlisted.is_empty() {
-            let listed: Vec<ObjectId> = remote
+            // Walked from the refs that moved down to the commits the old ones peel to.
+            let moved: Vec<ObjectId> = remote
                 .iter()
+                .filter(|line| line.oid.is_some_and(|oid| !haves.contains(&oid)))
                 .filter_map(|line| line.peeled.or(line.oid))
                 .collect();
-            let (repo, haves, unlisted) = (std::sync::Arc::clone(&repo), haves.clone(), unlisted);
+            let known: Vec<ObjectId> = local.iter().filter_map(|r| r.peeled.or(r.oid)).collect();
+            let (repo, unlisted) = (std::sync::Arc::clone(&repo), unlisted);
             let unreached = tokio::task::spawn_blocking(move || {
-                let reached = repo.reached_by(&listed, &haves, &unlisted)?;
-                Ok::<_, gitcache_pack::Error>(
-                    unlisted
-                        .into_iter()
-                        .filter(|oid| !reached.contains(oid))
-                        .collect::<Vec<_>>(),
-                )
+                // A history that cannot be walked keeps nothing here: the check below says
+                // what is wrong with it.
+                let reached = repo
+                    .reached_by(&moved, &known, &unlisted)
+                    .unwrap_or_else(|_| unlisted.clone());
+                unlisted
+                    .into_iter()
+                    .filter(|oid| !reached.contains(oid))
+                    .collect::<Vec<_>>()
             })
             .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
             for oid in unreached.into_iter().rev() {
                 kept.insert(0, RefLine::new(oid, format!("{KEPT_PREFIX}{today}/{oid}")));
             }
@@ -484,8 +486,9 @@ impl Mirror {
         }
         let before: Vec<(BString, Option<ObjectId>)> =
             local.into_iter().map(|r| (r.name, r.oid)).collect();
-        write_refs(&self.git_dir, &repo, &remote)?;
+        // From here the refs may need what came ahead, even when writing them fails half-way.
         unpublished.0.clear();
+        write_refs(&self.git_dir, &repo, &remote)?;
         let after: Vec<(BString, Option<ObjectId>)> =
             repo.refs()?.into_iter().map(|r| (r.name, r.oid)).collect();
         Ok(Refreshed {
