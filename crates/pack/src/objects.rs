@@ -741,31 +741,66 @@ impl NamedTree {
         self.names.data.len() + self.entries.len() * (std::mem::size_of::<TreeEntry>() + 4)
     }
 
-    /// The entry named `name` of kind `kind`, found by git's order of entries (a tree's name
-    /// sorts as if it ended in `/`). In a tree not in that order, or one whose names hold a
-    /// `/`, it may be missed, never another one returned.
+    /// The entry named `name` of kind `kind`, found by git's order of entries (see
+    /// [`git_order`]). In a tree not in that order, or one whose names hold a `/`, it may be
+    /// missed, never another one returned.
     pub(crate) fn find(&self, name: &[u8], kind: EntryKind) -> Option<TreeEntry> {
-        let slash = |k: EntryKind| if k == EntryKind::Tree { &b"/"[..] } else { b"" };
-        let key = || name.iter().chain(slash(kind));
         let (mut low, mut high) = (0, self.entries.len());
         while low < high {
             let mid = low + (high - low) / 2;
             let entry = self.entries[mid];
-            match self
-                .names
-                .get(mid)
-                .iter()
-                .chain(slash(entry.kind))
-                .cmp(key())
-            {
+            let theirs = self.names.get(mid);
+            match git_order(theirs, entry.kind, name, kind) {
                 std::cmp::Ordering::Less => low = mid + 1,
                 std::cmp::Ordering::Greater => high = mid,
                 std::cmp::Ordering::Equal => {
-                    return (entry.kind == kind && self.names.get(mid) == name).then_some(entry);
+                    return (entry.kind == kind && theirs == name).then_some(entry);
                 }
             }
         }
         None
+    }
+
+    /// The id of the entry named `name` of kind `kind`, looked for from entry `*next` on,
+    /// which moves past the entries that sort before it: asked for in git's order (another
+    /// tree's entries, read alongside), the tree is read through once. As [`Self::find`], an
+    /// entry may be missed in a tree out of order, never another one returned.
+    pub(crate) fn find_from(
+        &self,
+        next: &mut usize,
+        name: &[u8],
+        kind: EntryKind,
+    ) -> Option<ObjectId> {
+        while let Some(entry) = self.entries.get(*next) {
+            let theirs = self.names.get(*next);
+            match git_order(theirs, entry.kind, name, kind) {
+                std::cmp::Ordering::Less => *next += 1,
+                std::cmp::Ordering::Equal => {
+                    return (entry.kind == kind && theirs == name).then_some(entry.oid);
+                }
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
+    }
+}
+
+/// How two tree entries sort in git's order: by name, a tree's as if it ended in `/`.
+pub(crate) fn git_order(
+    a: &[u8],
+    a_kind: EntryKind,
+    b: &[u8],
+    b_kind: EntryKind,
+) -> std::cmp::Ordering {
+    let slash = |k: EntryKind| if k == EntryKind::Tree { &b"/"[..] } else { b"" };
+    // The bytes both names have decide, but where one name begins the other.
+    let common = a.len().min(b.len());
+    match a[..common].cmp(&b[..common]) {
+        std::cmp::Ordering::Equal => a
+            .iter()
+            .chain(slash(a_kind))
+            .cmp(b.iter().chain(slash(b_kind))),
+        other => other,
     }
 }
 

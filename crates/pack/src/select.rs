@@ -614,7 +614,7 @@ fn client_path_bases(
             let name = named.names.get(i);
             let mut theirs: Vec<ObjectId> = Vec::new();
             for (client, next) in against.iter().zip(at.iter_mut()) {
-                if let Some(oid) = entry_at(client, next, name, entry.kind) {
+                if let Some(oid) = client.find_from(next, name, entry.kind) {
                     theirs.push(oid);
                 }
             }
@@ -639,34 +639,6 @@ fn client_path_bases(
         })
         .collect();
     (found, read)
-}
-
-/// The id of the entry named `name` of kind `kind` in `tree`, looked for from entry `*next`
-/// on, which moves past the entries that sort before it (git's order: a tree's name sorts as
-/// if it ended in `/`). Asked in that order, a tree is read through once. In a tree not in
-/// that order an entry may be missed, never another one returned.
-fn entry_at(tree: &NamedTree, next: &mut usize, name: &[u8], kind: EntryKind) -> Option<ObjectId> {
-    let slash = |k: EntryKind| if k == EntryKind::Tree { &b"/"[..] } else { b"" };
-    while let Some(entry) = tree.entries.get(*next) {
-        let theirs = tree.names.get(*next);
-        // The bytes both names have first decide, but where one name begins the other.
-        let common = theirs.len().min(name.len());
-        let order = match theirs[..common].cmp(&name[..common]) {
-            std::cmp::Ordering::Equal => theirs
-                .iter()
-                .chain(slash(entry.kind))
-                .cmp(name.iter().chain(slash(kind))),
-            other => other,
-        };
-        match order {
-            std::cmp::Ordering::Less => *next += 1,
-            std::cmp::Ordering::Equal => {
-                return (entry.kind == kind && theirs == name).then_some(entry.oid);
-            }
-            std::cmp::Ordering::Greater => return None,
-        }
-    }
-    None
 }
 
 /// `out` with the objects at positions `sent` of the stored pack `k` whose positions `pos`
