@@ -116,21 +116,18 @@ impl DeltaForest {
             };
             let entry = gix_pack::data::Entry::from_bytes(headers.at(offset, next)?, offset, hash)
                 .map_err(Error::odb)?;
-            let found =
-                match entry.header {
-                    Header::OfsDelta { base_distance } => offset
-                        .checked_sub(base_distance)
-                        .and_then(|at| match (small, u32::try_from(at)) {
+            let found = match entry.header {
+                Header::OfsDelta { base_distance } => {
+                    offset.checked_sub(base_distance).and_then(|at| {
+                        match (small, u32::try_from(at)) {
                             (Some(offsets), Ok(at)) => offsets[..p].binary_search(&at).ok(),
                             _ => rev.position_before(pack, p, at),
-                        }),
-                    Header::RefDelta { base_id } => pack
-                        .index
-                        .lookup(base_id)
-                        .and_then(|i| rev.pack_position(&pack.index, i))
-                        .filter(|&b| b != p),
-                    _ => None,
-                };
+                        }
+                    })
+                }
+                Header::RefDelta { base_id } => rev.position_of(pack, &base_id).filter(|&b| b != p),
+                _ => None,
+            };
             if let Some(b) = found {
                 *slot = b as u32;
             }

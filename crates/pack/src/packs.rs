@@ -834,6 +834,33 @@ impl RevIndex {
         (p < self.len()).then(|| self.at(p))
     }
 
+    /// The pack position of `oid` in `pack` (whose reverse index this is), if it holds it.
+    pub(crate) fn position_of(&self, pack: &StoredPack, oid: &gix_hash::oid) -> Option<usize> {
+        lookup(&pack.index, oid)
+            .and_then(|i| self.pack_position(&pack.index, i))
+            .filter(|&q| q < self.len())
+    }
+
+    /// The pack position of the entry that the entry at position `p` of `pack` (at `offset`,
+    /// with `header`) is stored on, if it is a delta on one in the pack.
+    pub(crate) fn base_position(
+        &self,
+        pack: &StoredPack,
+        p: usize,
+        offset: u64,
+        header: gix_pack::data::entry::Header,
+    ) -> Option<usize> {
+        use gix_pack::data::entry::Header;
+        match header {
+            Header::OfsDelta { base_distance } => {
+                Header::verified_base_pack_offset(offset, base_distance)
+                    .and_then(|base| self.position_before(pack, p, base))
+            }
+            Header::RefDelta { base_id } => self.position_of(pack, &base_id),
+            _ => None,
+        }
+    }
+
     /// The pack position of the object at index position `index`: by binary search over
     /// offsets for the first lookups, from a table of every object's once there were many
     /// (a few hundred lookups, as an incremental fetch makes, do not pay for the table).
@@ -1120,7 +1147,6 @@ pub(crate) fn kinds(
     rev: &RevIndex,
     hash: HashKind,
 ) -> Result<Option<Vec<gix_object::Kind>>, Error> {
-    use gix_pack::data::entry::Header;
     let mut headers = crate::forest::Headers::open(&pack.pack)?;
     // Every offset is read in order: the reverse index's table of them (made now) serves.
     rev.all_offsets(pack);
@@ -1135,23 +1161,11 @@ pub(crate) fn kinds(
         };
         let entry = gix_pack::data::Entry::from_bytes(headers.at(offset, next)?, offset, hash)
             .map_err(Error::odb)?;
-        let base = match entry.header {
-            Header::OfsDelta { base_distance } => {
-                Header::verified_base_pack_offset(offset, base_distance)
-                    .and_then(|base| rev.position_before(pack, p, base))
-            }
-            Header::RefDelta { base_id } => pack
-                .index
-                .lookup(base_id)
-                .and_then(|i| rev.pack_position(&pack.index, i)),
-            header => match header.as_kind() {
-                Some(kind) => {
-                    kinds.push(kind);
-                    continue;
-                }
-                None => None,
-            },
-        };
+        if let Some(kind) = entry.header.as_kind() {
+            kinds.push(kind);
+            continue;
+        }
+        let base = rev.base_position(pack, p, offset, entry.header);
         // Only a base earlier in the pack has its type known by now.
         match base.and_then(|p| kinds.get(p)) {
             Some(&kind) => kinds.push(kind),

@@ -618,7 +618,7 @@ impl SentIn {
 /// checks then).
 enum Below<'f> {
     Forest(&'f crate::forest::DeltaForest),
-    Sent(SentBelow),
+    Sent(&'f SentBelow),
 }
 
 impl Below<'_> {
@@ -658,19 +658,12 @@ impl SentBelow {
         pack: &StoredPack,
         data: &crate::packs::PackData,
         packed: &crate::reuse::Packed,
-        position: impl Fn(&ObjectId) -> Option<usize>,
     ) -> SentBelow {
         let rev = &*packed.rev;
         // The position the entry at `p` is stored on, if any.
         let base_of = |p: usize| {
             let offset = rev.offset(pack, p);
-            match data.entry(offset).ok()?.header {
-                Header::OfsDelta { base_distance } => offset
-                    .checked_sub(base_distance)
-                    .and_then(|at| rev.position_before(pack, p, at)),
-                Header::RefDelta { base_id } => position(&base_id),
-                _ => None,
-            }
+            rev.base_position(pack, p, offset, data.entry(offset).ok()?.header)
         };
         let mut on: HashMap<u32, Vec<u32>> = HashMap::new();
         for p in packed.positions() {
@@ -897,6 +890,9 @@ pub(crate) struct PackWriter<'a> {
     /// The content of the client's trees selection read (see
     /// [`crate::select::Selection::client_read`]).
     client_read: OidMap<std::sync::Arc<[u8]>>,
+    /// What the sent entries of the bitmapped pack are stored on, when read for the answer
+    /// (see [`SentBelow`]): once for `pair_whole` and `hold_for_client`.
+    sent_below: Option<SentBelow>,
     /// What is stored below the objects paired from beyond the bitmapped pack (see
     /// [`PackWriter::pair_beyond`]).
     below_paired: crate::OidSet,
@@ -925,6 +921,7 @@ impl<'a> PackWriter<'a> {
             by_client: OidMap::default(),
             client_held: None,
             client_read: OidMap::default(),
+            sent_below: None,
             below_paired: crate::OidSet::default(),
             pinned: crate::OidSet::default(),
             objects,
@@ -1305,7 +1302,9 @@ impl<'a> PackWriter<'a> {
         {
             return None;
         }
-        // What is stored below each (an answer with nothing to pair reads no forest).
+        // What is stored below each (an answer with nothing to pair reads no forest), kept for
+        // `hold_for_client` when read from the answer's entries.
+        let mut sent_below = None;
         let forest = match read_forest.and_then(|read| match read {
             true => rev.forest(pack, hash),
             false => rev.built_forest(),
@@ -1313,12 +1312,11 @@ impl<'a> PackWriter<'a> {
             Some(forest) => Below::Forest(forest),
             // A forest that could not be read: as for a small answer, if this one is.
             None if packed.count <= crate::select::CLIENT_PATHS_ANSWER => {
-                let position = |oid: &ObjectId| {
-                    crate::packs::lookup(&pack.index, oid)
-                        .and_then(|i| rev.pack_position(&pack.index, i))
-                        .filter(|&q| q < rev.len())
-                };
-                Below::Sent(SentBelow::new(pack, &data, packed, position))
+                let sent = self
+                    .sent_below
+                    .take()
+                    .unwrap_or_else(|| SentBelow::new(pack, &data, packed));
+                Below::Sent(sent_below.insert(sent))
             }
             None => return None,
         };
@@ -1375,6 +1373,7 @@ impl<'a> PackWriter<'a> {
                 });
             }
         }
+        self.sent_below = sent_below;
         (!self.paired.is_empty()).then_some(held)
     }
 
@@ -1411,11 +1410,7 @@ impl<'a> PackWriter<'a> {
         }
         let hash = self.objects.hash();
         let rev = &*packed.rev;
-        let position = |oid: &ObjectId| {
-            crate::packs::lookup(&pack.index, oid)
-                .and_then(|i| rev.pack_position(&pack.index, i))
-                .filter(|&q| q < rev.len())
-        };
+        let position = |oid: &ObjectId| rev.position_of(pack, oid);
         let taken = |q: usize| held.as_ref().is_some_and(|h| h.get(q));
         // The bases of `pair_whole`'s pairs: written early as such, as stored.
         let bases: crate::OidSet = self.paired.values().copied().collect();
@@ -1484,7 +1479,10 @@ impl<'a> PackWriter<'a> {
             self.client_held = Some(client_held);
             return held;
         }
-        let below = SentBelow::new(pack, &data, packed, position);
+        let below = self
+            .sent_below
+            .take()
+            .unwrap_or_else(|| SentBelow::new(pack, &data, packed));
         let oid_at = |q: usize| pack.index.oid_at_index(rev.at(q)).to_owned();
         let mut any = held.is_some();
         let mut more = held.unwrap_or_else(|| Bits::with_len(rev.len()));
@@ -1511,6 +1509,7 @@ impl<'a> PackWriter<'a> {
             }
         }
         self.client_held = Some(client_held);
+        self.sent_below = Some(below);
         any.then_some(more)
     }
 
