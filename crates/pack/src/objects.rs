@@ -49,6 +49,9 @@ pub(crate) struct Objects {
     /// Deltas read along their chains with every base kept (for tests likewise).
     #[cfg(test)]
     chained: std::cell::Cell<u32>,
+    /// Objects stored whole inflated, as read or as the base of a chain (likewise).
+    #[cfg(test)]
+    inflated_whole: std::cell::Cell<u32>,
     commits: OidMap<Commit>,
     /// Commit graphs of the repository's packs: commits found there are not inflated.
     graphs: Graphs,
@@ -226,6 +229,8 @@ impl Objects {
             from_odb: std::cell::Cell::new(0),
             #[cfg(test)]
             chained: std::cell::Cell::new(0),
+            #[cfg(test)]
+            inflated_whole: std::cell::Cell::new(0),
             packs: Packs {
                 data: packs.iter().map(|_| std::cell::OnceCell::new()).collect(),
                 listed: packs,
@@ -325,6 +330,17 @@ impl Objects {
             && let Ok(entry) = data.entry(offset)
         {
             let data = std::sync::Arc::clone(data);
+            // A whole object kept as the base of a chain read before (a directory's newest
+            // version, read again as itself) is not inflated again.
+            if !entry.header.is_delta() {
+                use gix_pack::cache::DecodeEntry as _;
+                let slot = u32::try_from(k).unwrap_or(u32::MAX);
+                if let Some((kind, _)) =
+                    (self.packs.cache).get(slot, entry.data_offset, &mut self.buf)
+                {
+                    return Ok((kind, &self.buf[..]));
+                }
+            }
             // A chain that cannot be read this way (or fails to) is left to gitoxide, then to
             // the object database, which may hold a sound copy elsewhere.
             if entry.header.is_delta()
@@ -354,6 +370,7 @@ impl Objects {
                 inner: &mut self.packs.cache,
             };
             let delta = entry.header.is_delta();
+            let data_offset = entry.data_offset;
             let decoded = data.decode_entry(
                 entry,
                 &mut self.buf,
@@ -371,7 +388,16 @@ impl Objects {
                 // for the chain read, which lets go sooner rather than later; none at all
                 // when the object came whole from the cache.
                 if !delta {
+                    #[cfg(test)]
+                    self.inflated_whole.set(self.inflated_whole.get() + 1);
                     self.inflated.add(outcome.compressed_size as u64);
+                    // A tree read whole is the base of its older versions' chains: kept, so
+                    // that reading one of them next does not inflate it again.
+                    if outcome.kind == Kind::Tree {
+                        use gix_pack::cache::DecodeEntry as _;
+                        let slot = u32::try_from(k).unwrap_or(u32::MAX);
+                        (self.packs.cache).put(slot, data_offset, &self.buf, Kind::Tree, 0);
+                    }
                 } else if outcome.num_deltas > 0 {
                     self.inflated.bytes = self.inflated.bytes.saturating_add(outcome.object_size);
                     self.inflated.entries =
@@ -465,6 +491,8 @@ impl Objects {
                         return Ok(None);
                     };
                     let read = inflate_entry(data, &at, &mut self.packs.inflate.borrow_mut(), out)?;
+                    #[cfg(test)]
+                    self.inflated_whole.set(self.inflated_whole.get() + 1);
                     self.inflated.add(read);
                     cache.put(slot, at.data_offset, out, kind, 0);
                     break kind;
@@ -974,6 +1002,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A tree read whole and then an older version stored as a delta on it (a walk reads a
+    /// directory's newest version first): the whole one is inflated once, not again as the
+    /// base of the other's chain; read again, it comes from the cache, the same.
+    #[test]
+    fn a_tree_read_whole_is_not_inflated_again_as_a_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("w");
+        std::fs::create_dir(&work).unwrap();
+        gitcache_testkit::git::git_stdout(&work, &["init", "-q"]);
+        // A directory of many files, one of them changed in every commit.
+        for i in 0..200 {
+            std::fs::write(work.join(format!("f{i:03}")), format!("file {i}\n")).unwrap();
+        }
+        let mut roots = Vec::new();
+        for round in 0..4 {
+            std::fs::write(work.join("f000"), format!("round {round}\n")).unwrap();
+            gitcache_testkit::git::git_stdout(&work, &["add", "-A"]);
+            gitcache_testkit::git::git_stdout(&work, &["commit", "-qm", "c"]);
+            let root = gitcache_testkit::git::git_stdout(&work, &["rev-parse", "HEAD^{tree}"]);
+            roots.push(ObjectId::from_hex(root.trim().as_bytes()).unwrap());
+        }
+        gitcache_testkit::git::git_stdout(&work, &["repack", "-adfq"]);
+        let repo = crate::Repository::open(work.join(".git")).unwrap();
+        let mut objects = repo.objects();
+        let stored = |objects: &Objects, oid: &ObjectId| {
+            let (k, offset) = objects.packs.find(oid).expect("in the pack");
+            let data = objects.packs.data(k, HashKind::Sha1).expect("mapped");
+            data.entry(offset).unwrap().header.is_delta()
+        };
+        // git keeps the newest version whole and the older ones as deltas on it.
+        let newest = *roots.last().unwrap();
+        assert!(!stored(&objects, &newest));
+        let older = roots[2];
+        assert!(stored(&objects, &older));
+        let whole = objects.read(&newest).unwrap().1.to_vec();
+        assert_eq!(objects.inflated_whole.get(), 1);
+        let (kind, data) = objects.read(&older).unwrap();
+        let id = gix_object::compute_hash(HashKind::Sha1, kind, data).unwrap();
+        assert_eq!(id, older);
+        assert_eq!(objects.inflated_whole.get(), 1, "the base inflated again");
+        assert_eq!(objects.read(&newest).unwrap(), (Kind::Tree, &whole[..]));
+        assert_eq!(objects.inflated_whole.get(), 1);
     }
 
     #[test]
