@@ -1258,7 +1258,10 @@ fn reach_reading(
         on: trees.len() > 1,
         slots: Vec::new(),
     };
-    let mut walked = TreesWalked::default();
+    let mut walked = TreesWalked {
+        on: trees.len() > 1,
+        ..TreesWalked::default()
+    };
     let mut buf = Vec::new();
     let (mut entries, mut starts) = (Vec::new(), Vec::new());
     for (root_no, root) in trees.into_iter().enumerate() {
@@ -1349,7 +1352,10 @@ fn reach_reading(
 /// begins), so that everything they hold is reached; the key only finds a likely one.
 #[derive(Default)]
 struct TreesWalked {
+    /// Whether trees are kept (a walk from one root tree never compares with them).
+    on: bool,
     by_path: std::collections::HashMap<u64, WalkedTree>,
+    /// What the trees kept hold: their buffers and their entries' starts.
     bytes: usize,
 }
 
@@ -1359,6 +1365,13 @@ struct WalkedTree {
     data: Vec<u8>,
     /// Where each entry starts, then the data's length.
     starts: Vec<u32>,
+}
+
+impl WalkedTree {
+    /// The memory it holds.
+    fn held(&self) -> usize {
+        self.data.capacity() + 4 * self.starts.capacity()
+    }
 }
 
 /// The bytes of trees [`TreesWalked`] keeps at most.
@@ -1500,9 +1513,16 @@ impl TreesWalked {
         k: usize,
         rest: Option<usize>,
     ) -> bool {
+        if !self.on {
+            return false;
+        }
         let old = self.by_path.get(&key);
-        let freed = old.map_or(0, |o| o.data.len());
-        if self.bytes - freed + data.len() > WALKED_BYTES {
+        let freed = old.map_or(0, WalkedTree::held);
+        // Counted as held: the buffer without what it has room for beyond its bytes (taken
+        // as it is, a small tree read into the buffer of a large one would hold its room),
+        // and the starts, with room for one more than read.
+        let held = data.len() + 4 * (read.len() + k + 1);
+        if self.bytes - freed + held > WALKED_BYTES {
             return false;
         }
         let Ok(len) = u32::try_from(data.len()) else {
@@ -1520,9 +1540,11 @@ impl TreesWalked {
             starts.extend(ends.iter().map(|&at| at + len - old_len));
         }
         starts.push(len);
-        self.bytes = self.bytes - freed + data.len();
-        let data = std::mem::take(data);
-        self.by_path.insert(key, WalkedTree { root, data, starts });
+        let mut data = std::mem::take(data);
+        data.shrink_to_fit();
+        let tree = WalkedTree { root, data, starts };
+        self.bytes = self.bytes - freed + tree.held();
+        self.by_path.insert(key, tree);
         true
     }
 
@@ -2173,6 +2195,14 @@ mod tests {
         ObjectId::from_bytes_or_panic(&[byte; 20])
     }
 
+    /// Trees walked kept, as for a walk from more than one root tree.
+    fn walking() -> TreesWalked {
+        TreesWalked {
+            on: true,
+            ..TreesWalked::default()
+        }
+    }
+
     /// Entries a tree shares with the version of its path walked for an earlier root, at its
     /// start and at its end, are not read; the rest are, whatever moved around them; every
     /// start kept is an entry's (the version after is compared with them).
@@ -2191,7 +2221,7 @@ mod tests {
             }
             tree_of(&entries)
         };
-        let mut walked = TreesWalked::default();
+        let mut walked = walking();
         let first = version(&[], None);
         let (ids, _) = read(&mut walked, 7, 0, &first);
         assert_eq!(ids.len(), 40, "nothing walked before: all read");
@@ -2227,7 +2257,7 @@ mod tests {
     /// (there, the end of a name and its id) are read: only whole entries are passed over.
     #[test]
     fn bytes_shared_at_the_end_that_are_no_entry_before_are_read() {
-        let mut walked = TreesWalked::default();
+        let mut walked = walking();
         // One entry whose name ends the way the next version's second entry begins.
         let before = tree_of(&[("100644", "zz100644 b", 0x22)]);
         let (ids, _) = read(&mut walked, 1, 0, &before);
@@ -2241,7 +2271,7 @@ mod tests {
     /// in its new version.
     #[test]
     fn trees_walked_are_kept_up_to_a_bound() {
-        let mut walked = TreesWalked::default();
+        let mut walked = walking();
         // Entries of 37 bytes, a little over half the bound.
         let entries = WALKED_BYTES / 2 / 37 + 10;
         let names: Vec<String> = (0..entries).map(|i| format!("{i:09}")).collect();
@@ -2263,6 +2293,26 @@ mod tests {
         assert!(walked.bytes <= WALKED_BYTES);
         let (ids, _) = read(&mut walked, 1, 1, &big);
         assert!(ids.is_empty(), "the same version: nothing read");
+        // A small tree read into the buffer of a large one is kept without its room.
+        let small = tree_of(&[("100644", "a", 1)]);
+        buf.clear();
+        buf.extend_from_slice(&small);
+        assert!(buf.capacity() >= big.len());
+        let before = walked.bytes;
+        let kept = walked.read_new(3, 2, &mut buf, hash, &mut entries_read, &mut starts);
+        assert!(kept.unwrap());
+        assert!(
+            walked.bytes - before < 1024,
+            "{} held",
+            walked.bytes - before
+        );
+        // Not kept at all on a walk from one root tree: every entry read.
+        let mut one = TreesWalked::default();
+        let mut buf = small.clone();
+        let kept = one.read_new(1, 0, &mut buf, hash, &mut entries_read, &mut starts);
+        assert!(!kept.unwrap());
+        assert_eq!(entries_read.len(), 1);
+        assert_eq!(one.data(1), None);
     }
 
     fn ids(n: usize) -> Vec<ObjectId> {
