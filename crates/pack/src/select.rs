@@ -406,8 +406,19 @@ pub(crate) fn select_with_bitmaps(
     // As git does: when every have lies beyond the bitmapped pack (a client that fetched
     // since the consolidation), walking from the wants down to the haves reads fewer commits
     // than the bitmaps' walk from the haves through every commit since the consolidation
-    // (a fetch whose have was 100 commits old took twice as long).
-    if !req.haves.is_empty() && req.haves.iter().all(|have| pos.of(have).is_none()) {
+    // (a fetch whose have was 100 commits old, 2,000 past the consolidation, took twice as
+    // long). Unless little lies beyond the pack (a few pushes since the consolidation): the
+    // bitmaps' walk then reads few commits, where the walk reads the whole trees of the
+    // haves (the first fetch after a push of 50 commits on a repository of deep trees took
+    // 11 ms walked and 4.6 from the bitmaps).
+    let beyond: usize = (stored.iter().enumerate())
+        .filter(|(j, _)| *j != k)
+        .map(|(_, p)| p.num_objects())
+        .sum();
+    if !req.haves.is_empty()
+        && beyond.saturating_mul(FEW_BEYOND) > stored[k].num_objects()
+        && req.haves.iter().all(|have| pos.of(have).is_none())
+    {
         return Ok(None);
     }
     // Trees beyond the pack are not walked for an answer that sends neither trees nor blobs
@@ -541,6 +552,11 @@ fn sends_whole(
         .filter(|&p| p < rev.len())
         .any(|p| crate::write::whole_to_pair(&data, rev.offset(pack, p)).is_some())
 }
+
+/// A fetch whose haves all lie beyond the bitmapped pack is answered from the bitmaps when the
+/// packs beyond it hold at most this fraction of its objects (one part in this many), and
+/// walked otherwise.
+const FEW_BEYOND: usize = 32;
 
 /// Answers from a pack's bitmaps of at most this many objects look for the client's objects
 /// at the paths of those sent (see [`client_path_bases`]); a larger one is copied as the

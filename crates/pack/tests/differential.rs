@@ -677,6 +677,46 @@ fn with_bitmaps_and_packs_fetched_since() {
     }
 }
 
+/// A mirror a push or two past its consolidation (a pack of 120 commits and two packs of a
+/// commit each fetched since): a fetch whose every have lies beyond the bitmapped pack is
+/// answered from the bitmaps (the walk down to the pack's commits is short), and is git's,
+/// thin or not, with a filter or not, SHA-1 and SHA-256.
+#[test]
+fn haves_a_push_past_the_bitmapped_pack_are_answered_from_the_bitmaps() {
+    for spec in [RepoSpec::small(38), RepoSpec::small(39).sha256()] {
+        let fx = Fixture::new(spec);
+        git(&fx.src, &["repack", "-adb", "-q"]);
+        repo::append_commits(&fx.src, "main", 1, 21).unwrap();
+        git(&fx.src, &["repack", "-dq"]);
+        let pushed = fx.rev("refs/heads/main");
+        let client = fx.clone_client("pushed", &[]);
+        repo::append_commits(&fx.src, "main", 1, 22).unwrap();
+        git(&fx.src, &["repack", "-dq"]);
+        let main = fx.rev("refs/heads/main");
+        for (name, thin, filter) in [
+            ("push-past-thin", true, None),
+            ("push-past-fat", false, None),
+            ("push-past-blob-none", true, Some(Filter::BlobNone)),
+        ] {
+            let mut f = fetch_of(vec![main], (&client, pushed), thin, filter);
+            f.haves = vec![pushed];
+            let repo = Repository::open(&fx.src).unwrap();
+            let Plan::Pack(plan) =
+                plan(&repo, &f, repo.object_format(), &Options::default()).unwrap()
+            else {
+                panic!("{name}: a pack");
+            };
+            assert!(plan.used_bitmaps(), "{name}: walked");
+            run(Case {
+                name,
+                fixture: &fx,
+                client: client.clone(),
+                fetch: f,
+            });
+        }
+    }
+}
+
 /// A clone of `wants` into an empty client, answered from the bitmaps, against git's.
 fn bitmap_clone(
     fx: &Fixture,
