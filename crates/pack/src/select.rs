@@ -523,7 +523,7 @@ pub(crate) fn select_with_bitmaps(
         && req.filter.is_none()
         && !req.haves.is_empty()
         && sent.count() + out.others.len() <= CLIENT_PATHS_ANSWER
-        && sends_whole(&stored[k], &pos.rev(), &sent, objects.hash())
+        && (!out.others.is_empty() || sends_whole(&stored[k], &pos.rev(), &sent, objects.hash()))
     {
         let beyond: OidSet = out.others.iter().copied().collect();
         let is_sent = |oid: &ObjectId| match pos.of(oid) {

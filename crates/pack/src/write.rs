@@ -973,7 +973,7 @@ impl<'a> PackWriter<'a> {
                 })?;
                 let beyond = (&selection.others[..], &selection.others_names[..]);
                 let held = self.pair_whole(pack, packed, beyond);
-                let held = self.hold_for_client(pack, packed, path_bases, held);
+                let held = self.hold_for_client(pack, packed, path_bases, held, beyond);
                 let (copied, left) = if self.opts.ofs_delta {
                     let hash = self.objects.hash();
                     let (copied, left) = crate::reuse::copy_runs(
@@ -1377,6 +1377,57 @@ impl<'a> PackWriter<'a> {
         (!self.paired.is_empty()).then_some(held)
     }
 
+    /// Objects from beyond the pack (`beyond`: packs fetched since it, with their name
+    /// hashes) of the name of one [`client_path_bases`](crate::select) paired with the
+    /// client's object (the other versions of a directory or file a push changed several
+    /// times, sent together): tried against that object too, when of its kind, at most
+    /// [`PAIRED_MOST`]. Only the versions of the wants' own trees have a path found; the
+    /// oldest version of a push, stored whole in the pack fetched, went whole.
+    fn hold_beyond_by_name(
+        &mut self,
+        path_bases: &OidMap<crate::select::PathBase>,
+        (others, names): (&[ObjectId], &[u32]),
+        client_held: &mut crate::OidSet,
+    ) {
+        if names.len() != others.len() {
+            return;
+        }
+        let mut by_name: HashMap<u32, ObjectId> = HashMap::new();
+        for (oid, name) in others.iter().zip(names) {
+            if let Some(client) = path_bases.get(oid).and_then(|b| b.client) {
+                by_name.entry(*name).or_insert(client);
+            }
+        }
+        if by_name.is_empty() {
+            return;
+        }
+        let mut kinds: OidMap<Option<Kind>> = OidMap::default();
+        let mut kind_of = |objects: &Objects, oid: &ObjectId| -> Option<Kind> {
+            *kinds
+                .entry(*oid)
+                .or_insert_with(|| objects.header(oid).ok().flatten().map(|(kind, _)| kind))
+        };
+        let mut found = 0;
+        for (oid, name) in others.iter().zip(names) {
+            if found >= PAIRED_MOST {
+                break;
+            }
+            let Some(&base) = by_name.get(name) else {
+                continue;
+            };
+            if path_bases.contains_key(oid) || self.by_client.contains_key(oid) {
+                continue;
+            }
+            let kind = kind_of(self.objects, oid);
+            if kind.is_none() || kind != kind_of(self.objects, &base) {
+                continue;
+            }
+            self.by_client.insert(*oid, base);
+            client_held.insert(*oid);
+            found += 1;
+        }
+    }
+
     /// `held` with the objects `packed` sends stored whole that a thin pack may send as a
     /// delta against the client's object at their path: held out of the runs copied, to be
     /// written after them, as a delta if one pays (see [`PackWriter::plan_batch`]), as stored
@@ -1398,6 +1449,7 @@ impl<'a> PackWriter<'a> {
         packed: &crate::reuse::Packed,
         path_bases: &OidMap<crate::select::PathBase>,
         held: Option<Bits>,
+        beyond: (&[ObjectId], &[u32]),
     ) -> Option<Bits> {
         let max_depth = usize::try_from(self.opts.max_depth).unwrap_or(usize::MAX);
         self.client_held = Some(crate::OidSet::default());
@@ -1430,6 +1482,7 @@ impl<'a> PackWriter<'a> {
                 Some(q) => in_pack.push(q),
             }
         }
+        self.hold_beyond_by_name(path_bases, beyond, &mut client_held);
         let Ok(data) = pack.data(hash) else {
             self.client_held = Some(client_held);
             return held;

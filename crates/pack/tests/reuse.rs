@@ -2256,3 +2256,64 @@ fn whole_versions_of_a_small_answer_are_paired_without_the_delta_forest() {
         assert_eq!(received[v].1.as_ref(), Some(&versions[n - 1]), "{n}");
     }
 }
+
+/// Issue 16: a client a push past the bitmapped pack (its have and what the next push
+/// brought both in packs fetched since): the other versions of a directory the next push
+/// sends, the oldest stored whole in the pack that push came in, go as deltas against the
+/// client's version at their path, as git's walk offers it, not whole.
+#[test]
+fn versions_beyond_the_bitmapped_pack_go_as_deltas_against_the_clients() {
+    let (dir, work, path) = work_tree();
+    std::fs::create_dir(work.join("d")).unwrap();
+    for i in 0..200 {
+        let file = work.join(format!("d/{i}.txt"));
+        std::fs::write(file, format!("file {i} of a directory\n")).unwrap();
+    }
+    // Much in the bitmapped pack, little beyond it: the bitmaps answer.
+    junk_files_and_a_file(&work, 2000);
+    bare_packed_copy(&work, &path);
+    let _ = with_bitmaps(&path);
+    let mut commits = 0;
+    let mut push = |n: usize| {
+        for _ in 0..n {
+            let file = work.join(format!("d/{}.txt", commits % 200));
+            std::fs::write(file, format!("edit {commits}\n")).unwrap();
+            commits += 1;
+            gitcache_testkit::git::commit_all(&work, &format!("edit {commits}"));
+        }
+        // Fetched as a pack of its own, the first version of each tree of it stored whole.
+        let stream = git(
+            &work,
+            &[
+                "fast-export",
+                "--reference-excluded-parents",
+                &format!("main~{n}..main"),
+            ],
+        );
+        gitcache_testkit::git::git_with_input(
+            &path,
+            &["-c", "fastimport.unpackLimit=0", "fast-import", "--quiet"],
+            stream.as_bytes(),
+        );
+    };
+    push(1);
+    push(3);
+    let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
+    let client_dir = id("main~3:d");
+    let versions: Vec<String> = (0..3).map(|n| id(&format!("main~{n}:d"))).collect();
+    let stored = stored_layout(&path);
+    let oldest = &versions[2];
+    assert_eq!(stored[oldest].1, None, "stored whole: {stored:?}");
+    let repo = Repository::open(&path).unwrap();
+    let mut fetch = clone_request(oids(&id("main")));
+    fetch.haves = oids(&id("main~3"));
+    let (whole, stats, pack) = send(&repo, &fetch);
+    assert!(!whole && stats.new_deltas > 0, "{stats:?}");
+    let (client, received) = received_thin(dir.path(), &path, "main~3", &pack);
+    assert_eq!(
+        received[oldest].1.as_ref(),
+        Some(&client_dir),
+        "{received:?}"
+    );
+    assert_complete_at(&client, &oids(&id("main"))[0]);
+}
