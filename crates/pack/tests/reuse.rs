@@ -1681,19 +1681,7 @@ fn whole_versions_beyond_the_bitmapped_pack_are_paired_by_name() {
         for _ in 0..per_round {
             edit();
         }
-        let stream = git(
-            &work,
-            &[
-                "fast-export",
-                "--reference-excluded-parents",
-                &format!("main~{per_round}..main"),
-            ],
-        );
-        gitcache_testkit::git::git_with_input(
-            &path,
-            &["-c", "fastimport.unpackLimit=0", "fast-import", "--quiet"],
-            stream.as_bytes(),
-        );
+        fetched_as_a_pack(&work, &path, per_round);
     }
     let id = |rev: &str| git(&path, &["rev-parse", rev]).trim().to_owned();
     assert_eq!(id("main"), git(&work, &["rev-parse", "main"]).trim());
@@ -2257,6 +2245,22 @@ fn whole_versions_of_a_small_answer_are_paired_without_the_delta_forest() {
     }
 }
 
+/// The last `n` commits of `work`'s `main` taken into the bare `path` as a pack of their own
+/// (`fast-import`: the first version of each tree and blob in it stored whole, each later
+/// one as a delta of the one before), as a refresh fetches a push.
+fn fetched_as_a_pack(work: &Path, path: &Path, n: usize) {
+    let range = format!("main~{n}..main");
+    let stream = git(
+        work,
+        &["fast-export", "--reference-excluded-parents", &range],
+    );
+    gitcache_testkit::git::git_with_input(
+        path,
+        &["-c", "fastimport.unpackLimit=0", "fast-import", "--quiet"],
+        stream.as_bytes(),
+    );
+}
+
 /// Issue 16: a client a push past the bitmapped pack (its have and what the next push
 /// brought both in packs fetched since): the other versions of a directory the next push
 /// sends, the oldest stored whole in the pack that push came in, go as deltas against the
@@ -2281,20 +2285,7 @@ fn versions_beyond_the_bitmapped_pack_go_as_deltas_against_the_clients() {
             commits += 1;
             gitcache_testkit::git::commit_all(&work, &format!("edit {commits}"));
         }
-        // Fetched as a pack of its own, the first version of each tree of it stored whole.
-        let stream = git(
-            &work,
-            &[
-                "fast-export",
-                "--reference-excluded-parents",
-                &format!("main~{n}..main"),
-            ],
-        );
-        gitcache_testkit::git::git_with_input(
-            &path,
-            &["-c", "fastimport.unpackLimit=0", "fast-import", "--quiet"],
-            stream.as_bytes(),
-        );
+        fetched_as_a_pack(&work, &path, n);
     };
     push(1);
     push(3);
