@@ -416,7 +416,7 @@ pub(crate) fn select_with_bitmaps(
         .map(|(_, p)| p.num_objects())
         .sum();
     if !req.haves.is_empty()
-        && beyond.saturating_mul(FEW_BEYOND) > stored[k].num_objects()
+        && (beyond > FEW_BEYOND_MOST || beyond.saturating_mul(FEW_BEYOND) > stored[k].num_objects())
         && req.haves.iter().all(|have| pos.of(have).is_none())
     {
         return Ok(None);
@@ -554,9 +554,12 @@ fn sends_whole(
 }
 
 /// A fetch whose haves all lie beyond the bitmapped pack is answered from the bitmaps when the
-/// packs beyond it hold at most this fraction of its objects (one part in this many), and
-/// walked otherwise.
+/// packs beyond it hold at most this fraction of its objects (one part in this many) and at
+/// most [`FEW_BEYOND_MOST`] objects, and walked otherwise: the objects beyond bound the
+/// commits the bitmaps' walk reads down from the haves.
 const FEW_BEYOND: usize = 32;
+/// See [`FEW_BEYOND`].
+const FEW_BEYOND_MOST: usize = 4096;
 
 /// Answers from a pack's bitmaps of at most this many objects look for the client's objects
 /// at the paths of those sent (see [`client_path_bases`]); a larger one is copied as the

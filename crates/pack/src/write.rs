@@ -879,8 +879,9 @@ pub(crate) struct PackWriter<'a> {
     /// Objects stored whole of an answer from a pack's bitmaps, each with a larger one of its
     /// name sent before it to try as its base (see [`PackWriter::pair_whole`]).
     paired: OidMap<ObjectId>,
-    /// Objects stored whole of an answer from a pack's bitmaps, each with the client's object
-    /// of its kind and name to try as its base (see [`PackWriter::hold_for_client`]).
+    /// Objects of an answer from a pack's bitmaps, each with the client's object of its kind
+    /// and name to try as its base when it is made again: stored whole in the pack (see
+    /// [`PackWriter::hold_for_client`]), or from beyond it however stored.
     by_client: OidMap<ObjectId>,
     /// For an answer from a pack's bitmaps, the objects stored whole to try against the
     /// client's (see [`PackWriter::hold_for_client`]): no other object stored whole is, and
@@ -1392,36 +1393,38 @@ impl<'a> PackWriter<'a> {
         if names.len() != others.len() {
             return;
         }
-        let mut by_name: HashMap<u32, ObjectId> = HashMap::new();
+        let kind_of = |objects: &Objects, oid: &ObjectId| -> Option<Kind> {
+            objects.header(oid).ok().flatten().map(|(kind, _)| kind)
+        };
+        // By name hash and kind (a file and a directory may share a hash): the first found.
+        let mut by_name: HashMap<(u32, Kind), ObjectId> = HashMap::new();
         for (oid, name) in others.iter().zip(names) {
-            if let Some(client) = path_bases.get(oid).and_then(|b| b.client) {
-                by_name.entry(*name).or_insert(client);
+            if let Some(client) = path_bases.get(oid).and_then(|b| b.client)
+                && let Some(kind) = kind_of(self.objects, &client)
+            {
+                by_name.entry((*name, kind)).or_insert(client);
             }
         }
         if by_name.is_empty() {
             return;
         }
-        let mut kinds: OidMap<Option<Kind>> = OidMap::default();
-        let mut kind_of = |objects: &Objects, oid: &ObjectId| -> Option<Kind> {
-            *kinds
-                .entry(*oid)
-                .or_insert_with(|| objects.header(oid).ok().flatten().map(|(kind, _)| kind))
-        };
+        let named: std::collections::HashSet<u32> = by_name.keys().map(|(name, _)| *name).collect();
         let mut found = 0;
         for (oid, name) in others.iter().zip(names) {
             if found >= PAIRED_MOST {
                 break;
             }
-            let Some(&base) = by_name.get(name) else {
+            if !named.contains(name)
+                || path_bases.contains_key(oid)
+                || self.by_client.contains_key(oid)
+            {
+                continue;
+            }
+            let Some(&base) =
+                kind_of(self.objects, oid).and_then(|kind| by_name.get(&(*name, kind)))
+            else {
                 continue;
             };
-            if path_bases.contains_key(oid) || self.by_client.contains_key(oid) {
-                continue;
-            }
-            let kind = kind_of(self.objects, oid);
-            if kind.is_none() || kind != kind_of(self.objects, &base) {
-                continue;
-            }
             self.by_client.insert(*oid, base);
             client_held.insert(*oid);
             found += 1;

@@ -652,7 +652,14 @@ fn with_bitmaps_and_packs_fetched_since() {
             bitmap_fetch(&fx, name, wants, (client, have), thin, filter);
         }
         // Every have beyond the bitmapped pack (the client's other branches, which lie in it,
-        // not told): walked down to them, as git does.
+        // not told): walked down to them, as git does, the packs beyond holding more than a
+        // 32nd of the bitmapped pack's objects here (the other side of that line is
+        // `haves_a_push_past_the_bitmapped_pack_are_answered_from_the_bitmaps`).
+        let (bitmapped, beyond) = objects_in_packs(&fx.src);
+        assert!(
+            beyond * 32 > bitmapped,
+            "{beyond} beyond, {bitmapped} in the pack"
+        );
         let wants = vec![main, fx.rev("refs/heads/topic")];
         for (name, filter) in [
             ("beyond-haves-only", None),
@@ -675,6 +682,33 @@ fn with_bitmaps_and_packs_fetched_since() {
             });
         }
     }
+}
+
+/// The objects of `repo`'s pack that has bitmaps, and those of its other packs.
+fn objects_in_packs(repo: &std::path::Path) -> (usize, usize) {
+    let (mut bitmapped, mut beyond) = (0, 0);
+    for entry in std::fs::read_dir(repo.join("objects/pack")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "idx") {
+            continue;
+        }
+        // Run in the repository, for its object format.
+        let count = std::process::Command::new(gitcache_testkit::git::git_program())
+            .args(["show-index"])
+            .current_dir(repo)
+            .stdin(std::fs::File::open(&path).unwrap())
+            .output()
+            .unwrap()
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .count();
+        match path.with_extension("bitmap").exists() {
+            true => bitmapped += count,
+            false => beyond += count,
+        }
+    }
+    (bitmapped, beyond)
 }
 
 /// A mirror a push or two past its consolidation (a pack of 120 commits and two packs of a
