@@ -657,7 +657,7 @@ fn with_bitmaps_and_packs_fetched_since() {
         // `haves_a_push_past_the_bitmapped_pack_are_answered_from_the_bitmaps`).
         let (bitmapped, beyond) = objects_in_packs(&fx.src);
         assert!(
-            beyond * 32 > bitmapped,
+            bitmapped > 0 && beyond * 32 > bitmapped,
             "{beyond} beyond, {bitmapped} in the pack"
         );
         let wants = vec![main, fx.rev("refs/heads/topic")];
