@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::git;
+use common::{git, index_ids};
 use gitcache_pack::Repository;
 use gitcache_protocol::ObjectId;
 use gitcache_testkit::repo::{self, RepoSpec};
@@ -139,21 +139,6 @@ fn name_hashes(file: &std::path::Path, objects: usize, hash_len: usize) -> Optio
             .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
             .collect(),
     )
-}
-
-/// The ids of a pack's index, in index order.
-fn index_ids(idx: &std::path::Path, object_format: &str) -> Vec<ObjectId> {
-    let listed = std::process::Command::new(gitcache_testkit::git::git_program())
-        .arg("show-index")
-        .arg(format!("--object-format={object_format}"))
-        .stdin(std::fs::File::open(idx).unwrap())
-        .output()
-        .unwrap();
-    String::from_utf8(listed.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| oid(l.split(' ').nth(1).unwrap()))
-        .collect()
 }
 
 /// Every path of every tree and blob in the history of the repository at `path`.
@@ -418,16 +403,7 @@ fn bitmaps_of_a_replaced_pack_are_reused_as_if_written_anew() {
         // bitmaps cover would not be walked, and would have no name.
         damaged[middle] ^= 0x01;
         let original = damaged;
-        let objects = std::process::Command::new(gitcache_testkit::git::git_program())
-            .arg("show-index")
-            .arg(format!("--object-format={}", spec.object_format))
-            .stdin(std::fs::File::open(&old_index).unwrap())
-            .output()
-            .unwrap()
-            .stdout
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count();
+        let objects = index_ids(&old_index, spec.object_format).len();
         let mut unnamed = original[..original.len() - hash_len - 4 * objects].to_vec();
         unnamed[7] &= !0x4;
         let kind = if hash_len == 32 {

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Case, Fixture, fetch, git, refs_of, run, shallow_of, upload_pack};
+use common::{Case, Fixture, fetch, git, index_ids, refs_of, run, shallow_of, upload_pack};
 use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::filter::{Filter, ObjectType};
 use gitcache_protocol::{ObjectFormat, ObjectId};
@@ -686,23 +686,15 @@ fn with_bitmaps_and_packs_fetched_since() {
 
 /// The objects of `repo`'s pack that has bitmaps, and those of its other packs.
 fn objects_in_packs(repo: &std::path::Path) -> (usize, usize) {
+    let format = git(repo, &["rev-parse", "--show-object-format"]);
+    let format = format.trim();
     let (mut bitmapped, mut beyond) = (0, 0);
     for entry in std::fs::read_dir(repo.join("objects/pack")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|x| x != "idx") {
             continue;
         }
-        // Run in the repository, for its object format.
-        let count = std::process::Command::new(gitcache_testkit::git::git_program())
-            .args(["show-index"])
-            .current_dir(repo)
-            .stdin(std::fs::File::open(&path).unwrap())
-            .output()
-            .unwrap()
-            .stdout
-            .split(|&b| b == b'\n')
-            .filter(|line| !line.is_empty())
-            .count();
+        let count = index_ids(&path, format).len();
         match path.with_extension("bitmap").exists() {
             true => bitmapped += count,
             false => beyond += count,

@@ -319,6 +319,21 @@ pub(crate) fn fetch(wants: Vec<ObjectId>) -> Fetch {
     }
 }
 
+/// The ids of a pack's index, in index order.
+pub(crate) fn index_ids(idx: &Path, object_format: &str) -> Vec<ObjectId> {
+    let listed = std::process::Command::new(gitcache_testkit::git::git_program())
+        .arg("show-index")
+        .arg(format!("--object-format={object_format}"))
+        .stdin(std::fs::File::open(idx).unwrap())
+        .output()
+        .unwrap();
+    String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| ObjectId::from_hex(l.split(' ').nth(1).unwrap().as_bytes()).unwrap())
+        .collect()
+}
+
 pub(crate) fn refs_of(repo: &Path, pattern: &str) -> Vec<ObjectId> {
     git(repo, &["for-each-ref", "--format=%(objectname)", pattern])
         .lines()
