@@ -14,7 +14,7 @@ use crate::access_log::CacheState;
 use crate::body::Body;
 use crate::error::Error;
 use crate::gate::AccessGate;
-use crate::mirrors::Mirrors;
+use crate::mirrors::{Mirrors, Wanted};
 use crate::passthrough::Passthrough;
 use crate::proxy::with_state;
 use crate::responder::Responder;
@@ -74,16 +74,19 @@ impl Fetches {
         // The mirror's background work (the checks when it is first opened, the maintenance
         // a refresh asks for) waits until this answer is handed over.
         let answering = self.mirrors.registry().answering(&target.key);
-        let (repo, fetch) = self.mirrors.with_wants(&target.key, fetch).await?;
-        if let Some(repo) = repo {
-            tracing::info!(result = "hit", "fetch");
-            let response = self
-                .responder
-                .serve(target.key.relative_path(), repo, fetch, kind)
-                .await
-                .map(|body| body.holding(answering));
-            return Ok(with_state(response, CacheState::Hit));
-        }
+        let (wanted, fetch) = self.mirrors.with_wants(&target.key, fetch).await?;
+        let missing = match wanted {
+            Wanted::Present(repo) => {
+                tracing::info!(result = "hit", "fetch");
+                let response = self
+                    .responder
+                    .serve(target.key.relative_path(), repo, fetch, kind)
+                    .await
+                    .map(|body| body.holding(answering));
+                return Ok(with_state(response, CacheState::Hit));
+            }
+            Wanted::Lacking(missing) => missing,
+        };
 
         // A miss: bring the mirror up to date with the client's credential, then serve.
         let upstream = self.gate.upstream_for(target, headers)?;
@@ -105,8 +108,7 @@ impl Fetches {
         // The wants the mirror lacks are fetched by id beside the refresh's `ls-refs` (most
         // often the tip a push just made, which a CI job fetches by id).
         let hints = self
-            .missing_wants(target, &fetch)
-            .await?
+            .worth_keeping(target, &fetch, missing)
             .unwrap_or_default();
         let refresh = self
             .mirrors
@@ -209,7 +211,7 @@ impl Fetches {
             return Err(err);
         }
         match self.mirrors.with_wants(&target.key, fetch).await? {
-            (Some(repo), fetch) => {
+            (Wanted::Present(repo), fetch) => {
                 tracing::info!(result = "miss", "fetch");
                 let response = self
                     .responder
@@ -218,11 +220,11 @@ impl Fetches {
                     .map(|body| body.holding(answering));
                 Ok(with_state(response, CacheState::Miss))
             }
-            (None, fetch) => {
+            (Wanted::Lacking(missing), fetch) => {
                 // Wants no mirrored ref reaches (a pull request's merge commit that CI fetches
                 // by id): fetched by id into the mirror and kept, so that the next job is a
                 // hit; what the upstream will not give by id is passed through.
-                let Some(missing) = self.missing_wants(target, &fetch).await? else {
+                let Some(missing) = self.worth_keeping(target, &fetch, missing) else {
                     tracing::info!(result = "passthrough", "fetch");
                     let response = self.passthrough.forward_body(target, headers, body).await?;
                     return Ok(with_state(response, CacheState::Passthrough));
@@ -243,7 +245,7 @@ impl Fetches {
                     .refresh_asking(&target.key, upstream, false, missing.clone(), Vec::new())
                     .await;
                 match (kept, self.mirrors.with_wants(&target.key, fetch).await?) {
-                    (Ok(_), (Some(repo), fetch)) => {
+                    (Ok(_), (Wanted::Present(repo), fetch)) => {
                         tracing::info!(result = "miss", kept = true, "fetch");
                         let response = self
                             .responder
@@ -266,33 +268,20 @@ impl Fetches {
         }
     }
 
-    /// The wants of `fetch` the mirror of `target` lacks, when they are worth fetching by id
-    /// and keeping: at most [`MAX_KEPT_PER_FETCH`], and no `want-ref` (a ref that is not
-    /// mirrored is the upstream's to resolve).
-    async fn missing_wants(
+    /// `missing`, the wants of `fetch` the mirror of `target` lacks, when they are worth
+    /// fetching by id and keeping: at most [`MAX_KEPT_PER_FETCH`], none refused lately, and
+    /// no `want-ref` (a ref that is not mirrored is the upstream's to resolve).
+    fn worth_keeping(
         &self,
         target: &Target,
         fetch: &Fetch,
-    ) -> Result<Option<Vec<gix_hash::ObjectId>>, Error> {
-        if !fetch.want_refs.is_empty() {
-            return Ok(None);
-        }
-        let Some(repo) = self.mirrors.open_blocking(&target.key).await? else {
-            return Ok(None);
-        };
-        let wants = fetch.wants.clone();
-        let missing = tokio::task::spawn_blocking(move || {
-            wants
-                .into_iter()
-                .filter(|w| !repo.contains(w))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        let worth = !missing.is_empty()
+        missing: Vec<gix_hash::ObjectId>,
+    ) -> Option<Vec<gix_hash::ObjectId>> {
+        let worth = fetch.want_refs.is_empty()
+            && !missing.is_empty()
             && missing.len() <= MAX_KEPT_PER_FETCH
             && !self.mirrors.refused_lately(&target.key, &missing);
-        Ok(worth.then_some(missing))
+        worth.then_some(missing)
     }
 }
 

@@ -462,11 +462,14 @@ impl Mirrors {
         self: &Arc<Self>,
         key: &RepoKey,
         fetch: Fetch,
-    ) -> Result<(Option<Arc<Repository>>, Fetch), Error> {
+    ) -> Result<(Wanted, Fetch), Error> {
         let (mirrors, key) = (Arc::clone(self), key.clone());
         tokio::task::spawn_blocking(move || {
-            let repo = mirrors.open(&key)?.filter(|r| has_wants(r, &fetch));
-            Ok((repo, fetch))
+            let wanted = match mirrors.open(&key)? {
+                Some(repo) => wanted_in(repo, &fetch),
+                None => Wanted::Lacking(Vec::new()),
+            };
+            Ok((wanted, fetch))
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))?
@@ -833,14 +836,36 @@ fn drop_oldest<V, T: Ord>(
 }
 
 /// Whether `repo` has every object and ref `fetch` wants.
-fn has_wants(repo: &Repository, fetch: &Fetch) -> bool {
-    fetch.wants.iter().all(|w| repo.contains(w))
-        && fetch.want_refs.iter().all(|name| {
+/// What a mirror holds of a fetch's wants.
+#[derive(Debug)]
+pub(crate) enum Wanted {
+    /// The mirror has every object and ref the fetch wants.
+    Present(Arc<Repository>),
+    /// It lacks some: the wanted ids it lacks (none when there is no mirror yet, or when
+    /// what it lacks is a ref asked for by name).
+    Lacking(Vec<gix_hash::ObjectId>),
+}
+
+fn wanted_in(repo: Arc<Repository>, fetch: &Fetch) -> Wanted {
+    let missing: Vec<gix_hash::ObjectId> = fetch
+        .wants
+        .iter()
+        .filter(|w| !repo.contains(w))
+        .copied()
+        .collect();
+    let refs = || {
+        fetch.want_refs.iter().all(|name| {
             name.to_str()
                 .ok()
                 .and_then(|n| repo.find_ref(n).ok().flatten())
                 .is_some()
         })
+    };
+    if missing.is_empty() && refs() {
+        Wanted::Present(repo)
+    } else {
+        Wanted::Lacking(missing)
+    }
 }
 
 #[cfg(test)]
