@@ -78,11 +78,7 @@ impl Fetches {
         let missing = match wanted {
             Wanted::Present(repo) => {
                 tracing::info!(result = "hit", "fetch");
-                let response = self
-                    .responder
-                    .serve(target.key.relative_path(), repo, fetch, kind)
-                    .await
-                    .map(|body| body.holding(answering));
+                let response = self.answer(target, repo, fetch, kind, answering).await;
                 return Ok(with_state(response, CacheState::Hit));
             }
             Wanted::Lacking(missing) => missing,
@@ -213,11 +209,7 @@ impl Fetches {
         match self.mirrors.with_wants(&target.key, fetch).await? {
             (Wanted::Present(repo), fetch) => {
                 tracing::info!(result = "miss", "fetch");
-                let response = self
-                    .responder
-                    .serve(target.key.relative_path(), repo, fetch, kind)
-                    .await
-                    .map(|body| body.holding(answering));
+                let response = self.answer(target, repo, fetch, kind, answering).await;
                 Ok(with_state(response, CacheState::Miss))
             }
             (Wanted::Lacking(missing), fetch) => {
@@ -247,11 +239,7 @@ impl Fetches {
                 match (kept, self.mirrors.with_wants(&target.key, fetch).await?) {
                     (Ok(_), (Wanted::Present(repo), fetch)) => {
                         tracing::info!(result = "miss", kept = true, "fetch");
-                        let response = self
-                            .responder
-                            .serve(target.key.relative_path(), repo, fetch, kind)
-                            .await
-                            .map(|body| body.holding(answering));
+                        let response = self.answer(target, repo, fetch, kind, answering).await;
                         Ok(with_state(response, CacheState::Miss))
                     }
                     (kept, _) => {
@@ -266,6 +254,22 @@ impl Fetches {
                 }
             }
         }
+    }
+
+    /// The answer to `fetch` from `repo`, the mirror of `target`, holding its background work
+    /// back (`answering`) until it is handed over.
+    async fn answer(
+        &self,
+        target: &Target,
+        repo: Arc<gitcache_pack::Repository>,
+        fetch: Fetch,
+        kind: HashKind,
+        answering: gitcache_mirror::registry::Answering,
+    ) -> Response<Body> {
+        self.responder
+            .serve(target.key.relative_path(), repo, fetch, kind)
+            .await
+            .map(|body| body.holding(answering))
     }
 
     /// `missing`, the wants of `fetch` the mirror of `target` lacks, when they are worth
