@@ -1226,7 +1226,7 @@ fn write_refs(
     }
     // Loose refs would hide packed ones; a mirror keeps none.
     remove_loose_refs(&git_dir.join("refs"))?;
-    gitcache_storage::fs::replace_file(&git_dir.join("packed-refs"), &text)?;
+    gitcache_storage::fs::replace_file_if_changed(&git_dir.join("packed-refs"), &text)?;
     if let Some(target) = remote
         .iter()
         .find(|r| r.name == "HEAD")
@@ -1235,7 +1235,7 @@ fn write_refs(
         let mut head = b"ref: ".to_vec();
         head.extend_from_slice(target.as_bytes());
         head.push(b'\n');
-        gitcache_storage::fs::replace_file(&git_dir.join("HEAD"), &head)?;
+        gitcache_storage::fs::replace_file_if_changed(&git_dir.join("HEAD"), &head)?;
     }
     Ok(())
 }

@@ -781,12 +781,12 @@ impl Shared {
         gitcache_storage::fs::sync_dir(&pack_dir)?;
         let mut packed = b"# pack-refs with: peeled fully-peeled sorted \n".to_vec();
         packed.extend_from_slice(&manifest.refs);
-        gitcache_storage::fs::replace_file(&git_dir.join("packed-refs"), &packed)?;
+        gitcache_storage::fs::replace_file_if_changed(&git_dir.join("packed-refs"), &packed)?;
         if let Some(head) = &manifest.head {
             let mut text = b"ref: ".to_vec();
             text.extend_from_slice(head);
             text.push(b'\n');
-            gitcache_storage::fs::replace_file(&git_dir.join("HEAD"), &text)?;
+            gitcache_storage::fs::replace_file_if_changed(&git_dir.join("HEAD"), &text)?;
         }
         let named: Vec<&str> = manifest.packs.iter().map(|p| p.stem.as_str()).collect();
         for local in MirrorManifest::of_local(git_dir)?.packs {

@@ -75,12 +75,21 @@ async fn a_mirror_follows_its_upstream() {
         "refs/heads/main"
     );
 
-    // Nothing changed upstream: refs are asked for, nothing is fetched.
+    // Nothing changed upstream: refs are asked for, nothing is fetched, and neither
+    // `packed-refs` nor `HEAD` is written again.
+    let inode = |name: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(mirror.git_dir().join(name))
+            .unwrap()
+            .ino()
+    };
+    let (packed, head) = (inode("packed-refs"), inode("HEAD"));
     upstream.reset_counts();
     let same = mirror.refresh(&up, &[]).await.unwrap();
     assert!(!same.changed);
     assert_eq!(same.fetched_objects, 0);
     assert_eq!(upstream.counts().fetch, 0);
+    assert_eq!((inode("packed-refs"), inode("HEAD")), (packed, head));
 
     // New commits, a new annotated tag, a deleted branch: one fetch, refs replaced, prune.
     let tip = repo::append_commits(&source, "main", 6, 2).unwrap();
@@ -93,6 +102,17 @@ async fn a_mirror_follows_its_upstream() {
     assert_eq!(refs(mirror.git_dir()), refs(&source));
     assert!(!refs(mirror.git_dir()).contains("refs/heads/feature/1"));
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+    assert_ne!(inode("packed-refs"), packed);
+    assert_eq!(inode("HEAD"), head);
+
+    // The upstream's default branch changes: the mirror's `HEAD` follows.
+    git(&source, &["symbolic-ref", "HEAD", "refs/heads/feature/2"]);
+    let moved = mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(moved.fetched_objects, 0);
+    assert_eq!(
+        git(mirror.git_dir(), &["symbolic-ref", "HEAD"]).trim(),
+        "refs/heads/feature/2"
+    );
 
     // The mirror serves: a real clone from it passes fsck.
     let clone_dir = dir.path().join("clone");

@@ -83,6 +83,16 @@ pub fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
     replace_file_with(path, |file| file.write_all(content))
 }
 
+/// [`replace_file`], unless `path` holds `content` already: a replacement waits for the disk
+/// twice (the file, then its folder), and most refreshes of a mirror leave its `HEAD`, and
+/// many all of its refs, as they were.
+pub fn replace_file_if_changed(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    match std::fs::read(path) {
+        Ok(old) if old == content => Ok(()),
+        _ => replace_file(path, content),
+    }
+}
+
 /// [`replace_file`] with the content written by `write` into the new file.
 pub fn replace_file_with(
     path: &Path,
