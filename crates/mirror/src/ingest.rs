@@ -152,14 +152,6 @@ pub(crate) fn ingest_hashing_from(
     std::fs::create_dir(&staging_dir)?;
     let mut staging = Staging(Some(staging_dir.clone()));
 
-    let received = staging_dir.join("received.pack");
-    let Received {
-        entries,
-        checksum,
-        bases,
-        ref_deltas_within,
-        hashed,
-    } = receive(git_dir, hash, pack, &received, announce, hash_from)?;
     let repo = gitcache_pack::Repository::open(git_dir).map_err(std::io::Error::other)?;
     if repo.object_format() != hash {
         return Err(std::io::Error::other(format!(
@@ -168,6 +160,14 @@ pub(crate) fn ingest_hashing_from(
         ))
         .into());
     }
+    let received = staging_dir.join("received.pack");
+    let Received {
+        entries,
+        checksum,
+        bases,
+        ref_deltas_within,
+        hashed,
+    } = receive(&repo, hash, pack, &received, announce, hash_from)?;
     let (data, index) = if ref_deltas_within {
         // Deltas on a base named by id within the pack: gitoxide's indexer resolves them.
         index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure)?
@@ -261,7 +261,7 @@ struct Received {
 /// as they are read, and kept so unless a delta rests on them by offset (a delta naming its
 /// base by id is completed, or read by gitoxide's indexer, which decodes every object).
 fn receive(
-    git_dir: &Path,
+    repo: &gitcache_pack::Repository,
     hash: HashKind,
     pack: &mut dyn BufRead,
     to: &Path,
@@ -269,7 +269,6 @@ fn receive(
     hash_from: u64,
 ) -> Result<Received, Error> {
     use gix_pack::data::entry::Header;
-    use gix_pack::data::input;
     use std::io::{Seek, Write};
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -371,31 +370,21 @@ fn receive(
     let mut bases = std::collections::HashMap::new();
     let mut ref_deltas_within = false;
     if !named.is_empty() {
-        let mut odb = gix_odb::at(git_dir.join("objects"), hash)?;
-        // An id the repository lacks is not worth a new look at the disk for each: the pack
-        // may name many (a base within the pack, or nowhere).
-        odb.refresh_never();
-        let compression = gix_pack::bundle::write::Options::default().compression;
+        let mut thin = repo.thin_bases();
         file.set_len(end)?;
         file.seek(std::io::SeekFrom::Start(end))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut file);
-        let mut buf = Vec::new();
+        let mut entry = Vec::new();
         for id in named {
-            let Some(object) =
-                gix_object::Find::try_find(&odb, &id, &mut buf).map_err(std::io::Error::other)?
-            else {
+            entry.clear();
+            let Some(crc32) = thin.entry(&id, &mut entry).map_err(std::io::Error::other)? else {
                 ref_deltas_within = true;
                 continue;
             };
-            let entry = input::Entry::from_data_obj(&object, end, compression).map_err(invalid)?;
-            entry.header.write_to(entry.decompressed_size, &mut out)?;
-            out.write_all(entry.compressed.as_deref().unwrap_or_default())?;
-            entries.push(PackEntry {
-                offset: end,
-                crc32: entry.crc32.unwrap_or_default(),
-            });
+            out.write_all(&entry)?;
+            entries.push(PackEntry { offset: end, crc32 });
             bases.insert(id, end);
-            end += entry.bytes_in_pack();
+            end += entry.len() as u64;
         }
         out.flush()?;
         drop(out);

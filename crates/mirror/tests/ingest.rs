@@ -120,15 +120,39 @@ fn a_full_pack_lands_whole_and_fsck_passes() {
     }
 }
 
+/// Each object of the pack at `idx` as `git verify-pack -v` lists it: its offset, the size
+/// of its entry, and whether it is stored whole.
+fn entries_of(idx: &Path) -> std::collections::HashMap<String, (usize, usize, bool)> {
+    let listed = git(
+        idx.parent().unwrap(),
+        &["verify-pack", "-v", idx.to_str().unwrap()],
+    );
+    listed
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [oid, _kind, _size, len, offset, rest @ ..] = &fields[..] else {
+                return None;
+            };
+            Some((
+                oid.to_string(),
+                (offset.parse().ok()?, len.parse().ok()?, rest.is_empty()),
+            ))
+        })
+        .collect()
+}
+
 #[test]
 fn a_thin_pack_is_completed_from_the_mirror() {
     let dir = tempfile::tempdir().unwrap();
     let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(62))
         .unwrap()
         .path;
-    let old = git(&source, &["rev-parse", "main"]).trim().to_owned();
+    // The client's side a few commits back: its versions of the files changed since are
+    // stored as deltas of newer ones in the mirror's pack, the others whole.
+    let old = git(&source, &["rev-parse", "main~3"]).trim().to_owned();
     let mirror = empty_mirror(dir.path(), "sha1");
-    ingest_pack(
+    let first = ingest_pack(
         &mirror,
         Kind::Sha1,
         &mut &pack_objects(&source, &["--revs", "--all"], "")[..],
@@ -166,6 +190,28 @@ fn a_thin_pack_is_completed_from_the_mirror() {
         ],
     );
     assert!(std::fs::read(&ingested.index).unwrap() == std::fs::read(&theirs).unwrap());
+    // A base the mirror stores whole is added as it is stored, byte for byte; one stored as
+    // a delta is added whole (index-pack and fsck above read both).
+    let (before, after) = (entries_of(&first.index), entries_of(&ingested.index));
+    let (old_pack, new_pack) = (std::fs::read(&first.pack).unwrap(), stored);
+    let (mut copied, mut made) = (0, 0);
+    for (oid, &(at, len, whole)) in &after {
+        if at < thin.len() - 20 {
+            continue;
+        }
+        assert!(whole, "{oid}: a base is added whole");
+        let (there, there_len, stored_whole) = before[oid];
+        if stored_whole {
+            assert!(
+                new_pack[at..at + len] == old_pack[there..there + there_len],
+                "{oid}"
+            );
+            copied += 1;
+        } else {
+            made += 1;
+        }
+    }
+    assert!(copied > 0 && made > 0, "{copied} copied, {made} made whole");
     let verified = git(
         dir.path(),
         &["verify-pack", "-v", ingested.index.to_str().unwrap()],

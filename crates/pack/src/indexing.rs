@@ -104,7 +104,93 @@ pub struct ReadPack<'a> {
     pub checksum: &'a ObjectId,
 }
 
+/// The entries that complete a thin pack ([`Repository::thin_bases`]): each object its
+/// deltas name by id as a base, from the repository, to be added at the pack's end as
+/// `git index-pack --fix-thin` adds them.
+pub struct ThinBases {
+    hash: gix_hash::Kind,
+    packs: Arc<[crate::packs::StoredPack]>,
+    revs: Arc<crate::packs::RevCache>,
+    objects: crate::objects::Objects,
+    zlib: Option<flate2::Compress>,
+}
+
+impl std::fmt::Debug for ThinBases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThinBases")
+            .field("packs", &self.packs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ThinBases {
+    /// Append the pack entry of `oid` (its header and compressed bytes) to `out`, and return
+    /// the entry's CRC-32; `None` if the repository's packs lack it (nothing else is looked
+    /// for: a pack may name many ids that are nowhere, each costing a look at the disk). An
+    /// object stored whole is copied as it is stored: inflating a base and compressing it
+    /// again (a zlib compressor set up for each) was most of taking a thin pack of a few
+    /// hundred objects in. Any other is read whole and compressed at zlib's fastest level.
+    pub fn entry(&mut self, oid: &ObjectId, out: &mut Vec<u8>) -> Result<Option<u32>, Error> {
+        let Some((pack, i)) = (self.packs.iter())
+            .find_map(|pack| Some((pack, crate::packs::lookup(&pack.index, oid)?)))
+        else {
+            return Ok(None);
+        };
+        let start = out.len();
+        if !copy_whole(pack, i, &self.revs, self.hash, out) {
+            let (kind, data) = self.objects.read(oid)?;
+            let zlib = self.zlib.get_or_insert_with(|| crate::write::compressor(1));
+            out.extend_from_slice(&crate::write::whole_entry(kind, data, zlib)?);
+        }
+        Ok(Some(crc32fast::hash(&out[start..])))
+    }
+}
+
+/// Append the `i`th object of `pack`'s index to `out` as its entry is stored, header
+/// included, if it is stored whole.
+fn copy_whole(
+    pack: &crate::packs::StoredPack,
+    i: u32,
+    revs: &crate::packs::RevCache,
+    hash: gix_hash::Kind,
+    out: &mut Vec<u8>,
+) -> bool {
+    let offset = pack.index.pack_offset_at_index(i);
+    let Ok(data) = pack.data(hash) else {
+        return false;
+    };
+    if !crate::packs::stored_whole_at(&data, offset) {
+        return false;
+    }
+    let rev = revs.get(pack, hash);
+    let Some(p) = rev.pack_position(&pack.index, i) else {
+        return false;
+    };
+    let end = match p + 1 {
+        next if next < rev.len() => rev.offset(pack, next),
+        _ => data.pack_end() as u64,
+    };
+    match data.entry_slice(offset..end) {
+        Some(entry) => {
+            out.extend_from_slice(entry);
+            true
+        }
+        None => false,
+    }
+}
+
 impl Repository {
+    /// What completes a thin pack from this repository (see [`ThinBases`]).
+    pub fn thin_bases(&self) -> ThinBases {
+        ThinBases {
+            hash: self.object_format(),
+            packs: self.listed_packs(),
+            revs: self.rev_cache(),
+            objects: self.objects(),
+            zlib: None,
+        }
+    }
+
     /// Write the version 2 index of the pack at `pack` to `index`. The pack is complete and
     /// its checksum checked (as receiving it does); `read` says what reading it as it arrived
     /// learned. Every object is decoded once, its deltas resolved on all cores, to compute its
@@ -201,6 +287,8 @@ impl Repository {
                 Arc::clone(&shared),
             )),
         };
+        // The bases added to complete a thin pack come last; they are the repository's.
+        let added_from = bases.values().min().copied().unwrap_or(u64::MAX);
         let processor = move |node: &mut Node<N>,
                               _: &dyn gix_utils::progress::Progress,
                               context: gix_pack::cache::delta::traverse::Context<'_>|
@@ -214,7 +302,11 @@ impl Repository {
             })?;
             node.set_kind(kind);
             if let Some(checker) = &mut checker {
-                checker.read(oid, kind, context.decompressed)?;
+                if entries[node.entry()].offset >= added_from {
+                    checker.read_known(oid, kind, context.decompressed)?;
+                } else {
+                    checker.read(oid, kind, context.decompressed)?;
+                }
             }
             Ok(())
         };

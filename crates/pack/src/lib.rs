@@ -67,7 +67,7 @@ use gitcache_protocol::response::ResponseWriter;
 use gix_hash::ObjectId;
 
 pub use error::Error;
-pub use indexing::{Closure, PackEntry, ReadPack};
+pub use indexing::{Closure, PackEntry, ReadPack, ThinBases};
 pub use packs::MAX_TIPS_FILE_BYTES;
 pub use remade::Remade;
 pub use repo::{Ref, Repository, Warmth};

@@ -2568,7 +2568,11 @@ fn whole_header(entry: &[u8], hash: gix_hash::Kind) -> Option<(Kind, u64)> {
 }
 
 /// The pack entry of an object of `kind` whose content is `data`, compressed.
-fn whole_entry(kind: Kind, data: &[u8], zlib: &mut flate2::Compress) -> Result<Vec<u8>, Error> {
+pub(crate) fn whole_entry(
+    kind: Kind,
+    data: &[u8],
+    zlib: &mut flate2::Compress,
+) -> Result<Vec<u8>, Error> {
     let header = match kind {
         Kind::Commit => Header::Commit,
         Kind::Tree => Header::Tree,
@@ -2716,7 +2720,7 @@ fn best_delta(objects: &mut Objects, redo: &Redo, budget: &AtomicI64) -> Result<
     })
 }
 
-fn compressor(level: u32) -> flate2::Compress {
+pub(crate) fn compressor(level: u32) -> flate2::Compress {
     flate2::Compress::new(flate2::Compression::new(level), true)
 }
 
