@@ -835,7 +835,6 @@ fn drop_oldest<V, T: Ord>(
         .collect()
 }
 
-/// Whether `repo` has every object and ref `fetch` wants.
 /// What a mirror holds of a fetch's wants.
 #[derive(Debug)]
 pub(crate) enum Wanted {
@@ -846,6 +845,7 @@ pub(crate) enum Wanted {
     Lacking(Vec<gix_hash::ObjectId>),
 }
 
+/// What `repo` holds of what `fetch` wants.
 fn wanted_in(repo: Arc<Repository>, fetch: &Fetch) -> Wanted {
     let missing: Vec<gix_hash::ObjectId> = fetch
         .wants

@@ -370,7 +370,8 @@ fn receive(
     let mut bases = std::collections::HashMap::new();
     let mut ref_deltas_within = false;
     if !named.is_empty() {
-        let mut thin = repo.thin_bases();
+        // The mirror's own packs: failing to list them is no fault of the upstream's.
+        let mut thin = repo.thin_bases().map_err(std::io::Error::other)?;
         file.set_len(end)?;
         file.seek(std::io::SeekFrom::Start(end))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut file);

@@ -222,6 +222,103 @@ fn a_thin_pack_is_completed_from_the_mirror() {
     );
 }
 
+/// A thin pack is completed from the mirror whatever it is taken in as, but the bases added
+/// count as the mirror's only when the mirror's objects do: a pack that must stand alone (a
+/// first fetch, vouched for as its tips' whole history) with deltas on bases it lacks is
+/// refused. And a delta on a base added is checked where it differs from it: an entry
+/// naming an object there is not refuses the pack.
+#[test]
+fn bases_added_count_as_the_mirrors_only_where_its_objects_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(63))
+        .unwrap()
+        .path;
+    let old = git(&source, &["rev-parse", "main"]).trim().to_owned();
+    let mirror = empty_mirror(dir.path(), "sha1");
+    ingest_pack(
+        &mirror,
+        Kind::Sha1,
+        &mut &pack_objects(&source, &["--revs", "--all"], "")[..],
+    )
+    .unwrap();
+    set_refs_like(&mirror, &source);
+    let before = pack_dir_listing(&mirror);
+
+    // A root commit whose tree is the mirror's root tree and one new file: the commit, the
+    // new blob, and the tree as a delta on the mirror's root tree (named by id). Everything
+    // it names but the files it shares with the mirror's tree is in the pack. (Written by
+    // hand: git makes no delta on an unrelated history's tree.)
+    let root = git(&source, &["rev-parse", &format!("{old}^{{tree}}")])
+        .trim()
+        .to_owned();
+    let base = git_with_input(&source, &["cat-file", "tree", &root], b"");
+    let content = b"new file\n";
+    let blob = git_with_input(&source, &["hash-object", "--stdin"], content);
+    let blob =
+        gix_hash::ObjectId::from_hex(String::from_utf8(blob).unwrap().trim().as_bytes()).unwrap();
+    let mut added = b"100644 zz-new\0".to_vec();
+    added.extend_from_slice(blob.as_bytes());
+    let mut grown = base.clone();
+    grown.extend_from_slice(&added);
+    let grown = git_with_input(&source, &["hash-object", "-t", "tree", "--stdin"], &grown);
+    let grown = String::from_utf8(grown).unwrap().trim().to_owned();
+    let commit = format!(
+        "tree {grown}\nauthor A <a@example.com> 1 +0000\ncommitter A <a@example.com> 1 +0000\n\nalone\n"
+    );
+    let root_id = gix_hash::ObjectId::from_hex(root.as_bytes()).unwrap();
+    let thin = pack_of(&[
+        &entry(1, commit.as_bytes()),
+        &entry(3, content),
+        &tree_grown(&root_id, base.len(), &added),
+    ]);
+    let alone = Closure::Closed {
+        self_contained: true,
+    };
+    let err = ingest_pack_checked(&mirror, Kind::Sha1, &mut &thin[..], alone).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Refused(gitcache_pack::Error::MissingObject { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
+    // Taken in as a later fetch, the same pack is whole with the mirror's objects.
+    let closed = Closure::Closed {
+        self_contained: false,
+    };
+    ingest_pack_checked(&mirror, Kind::Sha1, &mut &thin[..], closed).unwrap();
+    let before = pack_dir_listing(&mirror);
+
+    // The mirror's root tree with one more entry, naming a blob that is nowhere: sent as a
+    // delta on the root tree the mirror has (a thin pack's base, added).
+    let mut listing = git(&source, &["ls-tree", &root]);
+    let nowhere = "5".repeat(old.len());
+    listing.push_str(&format!("100644 blob {nowhere}\tzz-nowhere\n"));
+    let holey = git_with_input(&source, &["mktree", "--missing"], listing.as_bytes());
+    let holey = String::from_utf8(holey).unwrap().trim().to_owned();
+    let commit = git(&source, &["commit-tree", &holey, "-p", &old, "-m", "holey"])
+        .trim()
+        .to_owned();
+    let thin = pack_objects(
+        &source,
+        &["--revs", "--thin", "--missing=allow-any"],
+        &format!("{commit}\n^{old}\n"),
+    );
+    let sent = u32::from_be_bytes(thin[8..12].try_into().unwrap());
+    assert_eq!(sent, 2, "the commit and its tree, a delta on the mirror's");
+    let err = ingest_pack_checked(&mirror, Kind::Sha1, &mut &thin[..], closed).unwrap_err();
+    let nowhere = gix_hash::ObjectId::from_hex(nowhere.as_bytes()).unwrap();
+    assert!(
+        matches!(
+            &err,
+            Error::Refused(gitcache_pack::Error::MissingObject { oid }) if *oid == nowhere
+        ),
+        "{err}"
+    );
+    assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
+}
+
 /// A pack without its reverse index (taken in before they were written), or with a damaged
 /// one, gets it when the mirror is opened: the same bytes as written with its index.
 #[test]
@@ -461,6 +558,74 @@ fn blob_pack(dir: &Path, content: &[u8]) -> (Vec<u8>, std::ops::Range<usize>) {
     let pack = git_with_input(&source, &["pack-objects", "--stdout", "-q"], &blob);
     let end = pack.len() - 20;
     (pack, 12..end)
+}
+
+/// `data` as a zlib stream of stored blocks (no compression: a pack's entries may be so).
+fn zlib_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x78, 0x01];
+    let mut chunks = data.chunks(0xffff).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(chunk) = chunks.next() {
+        out.push(u8::from(chunks.peek().is_none()));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in data {
+        a = (a + u32::from(byte)) % 65521;
+        b = (b + a) % 65521;
+    }
+    out.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    out
+}
+
+/// A pack entry's header: its type and the size of what follows, in the shortest form.
+fn entry_header(kind: u8, size: usize) -> Vec<u8> {
+    let mut header = vec![(kind << 4) | (size & 0x0f) as u8];
+    let mut rest = size >> 4;
+    while rest > 0 {
+        *header.last_mut().unwrap() |= 0x80;
+        header.push((rest & 0x7f) as u8);
+        rest >>= 7;
+    }
+    header
+}
+
+/// The entry of a whole object of pack type `kind` (1 commit, 2 tree, 3 blob).
+fn entry(kind: u8, data: &[u8]) -> Vec<u8> {
+    let mut entry = entry_header(kind, data.len());
+    entry.extend_from_slice(&zlib_stored(data));
+    entry
+}
+
+/// The entry of a delta on the object `base` (of `base_len` bytes, named by id) that
+/// appends `added` (at most 127 bytes) to it.
+fn tree_grown(base: &gix_hash::ObjectId, base_len: usize, added: &[u8]) -> Vec<u8> {
+    let size = |mut n: usize, out: &mut Vec<u8>| loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    };
+    assert!(base_len < 1 << 16 && !added.is_empty() && added.len() < 128);
+    let mut delta = Vec::new();
+    size(base_len, &mut delta);
+    size(base_len + added.len(), &mut delta);
+    // Copy the whole base (offset 0, two size bytes), then insert.
+    delta.extend_from_slice(&[0x80 | 0x10 | 0x20, base_len as u8, (base_len >> 8) as u8]);
+    delta.push(added.len() as u8);
+    delta.extend_from_slice(added);
+    let mut entry = entry_header(7, delta.len());
+    entry.extend_from_slice(base.as_bytes());
+    entry.extend_from_slice(&zlib_stored(&delta));
+    entry
 }
 
 /// `entries` after a pack header claiming as many, and the pack's checksum.

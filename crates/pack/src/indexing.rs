@@ -170,6 +170,10 @@ fn copy_whole(
         next if next < rev.len() => rev.offset(pack, next),
         _ => data.pack_end() as u64,
     };
+    // A reverse index out of step with the pack is not trusted with where an entry ends.
+    if rev.offset(pack, p) != offset || end <= offset {
+        return false;
+    }
     match data.entry_slice(offset..end) {
         Some(entry) => {
             out.extend_from_slice(entry);
@@ -180,15 +184,17 @@ fn copy_whole(
 }
 
 impl Repository {
-    /// What completes a thin pack from this repository (see [`ThinBases`]).
-    pub fn thin_bases(&self) -> ThinBases {
-        ThinBases {
+    /// What completes a thin pack from this repository's packs as they are now (see
+    /// [`ThinBases`]); an error if they cannot be listed.
+    pub fn thin_bases(&self) -> Result<ThinBases, Error> {
+        let packs = self.stored_packs()?.into();
+        Ok(ThinBases {
             hash: self.object_format(),
-            packs: self.listed_packs(),
+            packs,
             revs: self.rev_cache(),
             objects: self.objects(),
             zlib: None,
-        }
+        })
     }
 
     /// Write the version 2 index of the pack at `pack` to `index`. The pack is complete and
@@ -287,8 +293,16 @@ impl Repository {
                 Arc::clone(&shared),
             )),
         };
-        // The bases added to complete a thin pack come last; they are the repository's.
-        let added_from = bases.values().min().copied().unwrap_or(u64::MAX);
+        // The bases added to complete a thin pack come last; they are the repository's, whose
+        // packs are closed, and count as read when the repository's objects count. A pack
+        // that must stand alone (a first fetch, vouched for as its tips' whole history) has
+        // every object checked against its own.
+        let added_from = match closure {
+            Closure::Closed {
+                self_contained: false,
+            } => bases.values().min().copied().unwrap_or(u64::MAX),
+            _ => u64::MAX,
+        };
         let processor = move |node: &mut Node<N>,
                               _: &dyn gix_utils::progress::Progress,
                               context: gix_pack::cache::delta::traverse::Context<'_>|

@@ -85,10 +85,23 @@ pub fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
 
 /// [`replace_file`], unless `path` holds `content` already: a replacement waits for the disk
 /// twice (the file, then its folder), and most refreshes of a mirror leave its `HEAD`, and
-/// many all of its refs, as they were.
+/// many all of its refs, as they were. A file left as it is gets the time of the call as its
+/// modification time, as a replacement would have (readers may take it for when it was last
+/// written, such as a mirror's last refresh), and its folder is made durable, in case the
+/// replacement that wrote it was cut short before that.
 pub fn replace_file_if_changed(path: &Path, content: &[u8]) -> std::io::Result<()> {
     match std::fs::read(path) {
-        Ok(old) if old == content => Ok(()),
+        Ok(old) if old == content => {
+            let touched = File::options()
+                .write(true)
+                .open(path)
+                .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+            match touched {
+                Ok(()) => sync_parent(path),
+                // Not writable in place (its permissions): replaced as any.
+                Err(_) => replace_file(path, content),
+            }
+        }
         _ => replace_file(path, content),
     }
 }
@@ -206,6 +219,34 @@ pub fn tree_size(dir: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same content leaves the file in place (the same inode), its modification time
+    /// moved on as a replacement would move it; other content replaces it.
+    #[test]
+    fn a_file_holding_the_content_already_is_left_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("packed-refs");
+        replace_file_if_changed(&path, b"one\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"one\n");
+        let long_ago = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let before = std::fs::metadata(&path).unwrap();
+
+        replace_file_if_changed(&path, b"one\n").unwrap();
+        let same = std::fs::metadata(&path).unwrap();
+        assert_eq!(same.ino(), before.ino(), "not written again");
+        assert!(same.modified().unwrap() > long_ago, "its time moved on");
+
+        replace_file_if_changed(&path, b"two\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two\n");
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), before.ino());
+    }
 
     #[test]
     fn a_punched_hole_gives_its_blocks_back_and_keeps_the_length() {
