@@ -7,7 +7,8 @@ use crate::ingest::{Error, ingest_hashing_from};
 /// history whole within it). It is taken in whole (a `.pack`, its `.idx` and, unless it has
 /// deltas on bases named by id, its `.rev`; nothing else) or refused with a typed error
 /// leaving the directory empty. It is offered twice, blobs hashed as they are read from the
-/// usual size on and then every one: both end alike, with the same index.
+/// usual size on and then every one: both end alike, with the same index. Then it is offered
+/// as a later fetch's pack ([`ingest_later`]).
 pub fn ingest(data: &[u8]) {
     let usual = ingest_hashing(data, crate::ingest::HASHED_ON_ARRIVAL);
     let every = ingest_hashing(data, 0);
@@ -15,6 +16,138 @@ pub fn ingest(data: &[u8]) {
         usual, every,
         "hashing every blob on arrival changed the outcome"
     );
+    ingest_later(data);
+}
+
+/// The objects of the mirror a later fetch's pack is offered to (see [`ingest`]), with their
+/// ids: a blob, a tree naming it (`b`), a root tree naming the blob (`a`) and that tree
+/// (`d`), and a commit of the root tree. A thin pack of the corpus names them as bases.
+pub fn seed() -> Vec<(gix_hash::ObjectId, gix_object::Kind, Vec<u8>)> {
+    use gix_object::Kind;
+    let id = |kind: Kind, data: &[u8]| {
+        gix_object::compute_hash(gix_hash::Kind::Sha1, kind, data).expect("SHA-1 is supported")
+    };
+    let blob = b"seed\n".to_vec();
+    let blob_id = id(Kind::Blob, &blob);
+    let mut sub = b"100644 b\0".to_vec();
+    sub.extend_from_slice(blob_id.as_bytes());
+    let sub_id = id(Kind::Tree, &sub);
+    let mut root = b"100644 a\0".to_vec();
+    root.extend_from_slice(blob_id.as_bytes());
+    root.extend_from_slice(b"40000 d\0");
+    root.extend_from_slice(sub_id.as_bytes());
+    let root_id = id(Kind::Tree, &root);
+    let commit = format!(
+        "tree {root_id}\nauthor S <s@example.com> 1 +0000\ncommitter S <s@example.com> 1 +0000\n\nseed\n"
+    )
+    .into_bytes();
+    let commit_id = id(Kind::Commit, &commit);
+    vec![
+        (blob_id, Kind::Blob, blob),
+        (sub_id, Kind::Tree, sub),
+        (root_id, Kind::Tree, root),
+        (commit_id, Kind::Commit, commit),
+    ]
+}
+
+/// [`seed`]'s objects as a pack.
+fn seed_pack() -> Vec<u8> {
+    let objects = seed();
+    let mut pack = b"PACK\0\0\0\x02".to_vec();
+    pack.extend_from_slice(&(objects.len() as u32).to_be_bytes());
+    for (_, kind, data) in &objects {
+        let object = gix_object::Data::new(data, *kind, gix_hash::Kind::Sha1);
+        let entry = gix_pack::data::input::Entry::from_data_obj(
+            &object,
+            pack.len() as u64,
+            gix_pack::bundle::write::Options::default().compression,
+        )
+        .expect("an entry of the seed");
+        entry
+            .header
+            .write_to(entry.decompressed_size, &mut pack)
+            .expect("writing to memory");
+        pack.extend_from_slice(entry.compressed.as_deref().unwrap_or_default());
+    }
+    let mut hasher = gix_hash::hasher(gix_hash::Kind::Sha1);
+    hasher.update(&pack);
+    pack.extend_from_slice(hasher.try_finalize().expect("SHA-1").as_bytes());
+    pack
+}
+
+/// Offer `data` as a later fetch's pack to a mirror holding [`seed`]'s objects, which a thin
+/// pack's deltas may name as bases: it is taken in whole beside the seed's pack, and then
+/// closed with the mirror's objects as a check reading every object whole finds it, or
+/// refused with a typed error leaving only the seed's pack. Whether it was taken in.
+pub fn ingest_later(data: &[u8]) -> bool {
+    let dir = std::env::temp_dir().join(format!(
+        "gitcache-ingest-fuzz-seeded-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::mirror::Mirror::create(&dir, gix_hash::Kind::Sha1).expect("temporary mirror");
+    let pack_dir = dir.join("objects").join("pack");
+    std::fs::create_dir_all(&pack_dir).expect("temporary folder");
+    let alone = gitcache_pack::Closure::Closed {
+        self_contained: true,
+    };
+    let seeded = ingest_hashing_from(
+        &dir,
+        gix_hash::Kind::Sha1,
+        &mut &seed_pack()[..],
+        alone,
+        None,
+        crate::ingest::HASHED_ON_ARRIVAL,
+    )
+    .expect("the seed is taken in");
+    let listing = || {
+        let mut left: Vec<String> = std::fs::read_dir(&pack_dir)
+            .expect("pack folder")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        left
+    };
+    let before = listing();
+    let later = gitcache_pack::Closure::Closed {
+        self_contained: false,
+    };
+    let outcome = ingest_hashing_from(
+        &dir,
+        gix_hash::Kind::Sha1,
+        &mut &data[..],
+        later,
+        None,
+        crate::ingest::HASHED_ON_ARRIVAL,
+    );
+    let taken = outcome.is_ok();
+    match outcome {
+        Ok(ingested) if ingested.checksum == seeded.checksum => {
+            assert_eq!(listing(), before, "the seed's pack sent again");
+        }
+        Ok(ingested) => {
+            let stem = format!("pack-{}", ingested.checksum);
+            let added: Vec<String> = listing()
+                .into_iter()
+                .filter(|name| !before.contains(name))
+                .collect();
+            let whole = [format!("{stem}.idx"), format!("{stem}.pack")];
+            let with_rev = [whole[0].clone(), whole[1].clone(), format!("{stem}.rev")];
+            assert!(added == whole || added == with_rev, "{added:?}");
+            // Every object it names is there: the mirror stays whole.
+            let repo = gitcache_pack::Repository::open(&dir).expect("the mirror opens");
+            let (pack, index) = (ingested.pack, ingested.index);
+            repo.check_pack_closed(&pack, &index, false)
+                .expect("a pack taken in is closed with the mirror's objects");
+        }
+        Err(Error::InvalidPack { .. } | Error::Refused(_)) => {
+            assert_eq!(listing(), before, "left behind");
+        }
+        Err(err) => panic!("a local failure on fuzz input: {err}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    taken
 }
 
 /// What [`ingest`] left with blobs from `hash_from` bytes on hashed as they are read:

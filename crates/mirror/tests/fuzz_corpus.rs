@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// Every saved input of `target` through `entry`; how many there were.
-fn replay(target: &str, entry: fn(&[u8])) -> usize {
+fn replay(target: &str, mut entry: impl FnMut(&[u8])) -> usize {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
     let mut replayed = 0;
     for folder in ["corpus", "artifacts"] {
@@ -27,6 +27,24 @@ fn replay(target: &str, entry: fn(&[u8])) -> usize {
 fn pack_ingest_corpus() {
     let replayed = replay("pack_ingest", gitcache_mirror::fuzzing::ingest);
     assert!(replayed >= 5, "only {replayed} inputs replayed");
+}
+
+/// The corpus offered as later fetches' packs: some thin packs on the seed's objects are
+/// taken in (their bases added from the mirror), some refused.
+#[test]
+fn pack_ingest_corpus_as_later_fetches() {
+    let (mut taken, mut refused) = (0, 0);
+    replay("pack_ingest", |data| {
+        if gitcache_mirror::fuzzing::ingest_later(data) {
+            taken += 1;
+        } else {
+            refused += 1;
+        }
+    });
+    assert!(
+        taken >= 1 && refused >= 1,
+        "{taken} taken, {refused} refused"
+    );
 }
 
 #[test]
