@@ -101,14 +101,7 @@ pub fn ingest_later(data: &[u8]) -> bool {
         crate::ingest::HASHED_ON_ARRIVAL,
     )
     .expect("the seed is taken in");
-    let listing = || {
-        let mut left: Vec<String> = std::fs::read_dir(&pack_dir)
-            .expect("pack folder")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        left
-    };
+    let listing = || files_in(&pack_dir);
     let before = listing();
     let later = gitcache_pack::Closure::Closed {
         self_contained: false,
@@ -127,14 +120,11 @@ pub fn ingest_later(data: &[u8]) -> bool {
             assert_eq!(listing(), before, "the seed's pack sent again");
         }
         Ok(ingested) => {
-            let stem = format!("pack-{}", ingested.checksum);
             let added: Vec<String> = listing()
                 .into_iter()
                 .filter(|name| !before.contains(name))
                 .collect();
-            let whole = [format!("{stem}.idx"), format!("{stem}.pack")];
-            let with_rev = [whole[0].clone(), whole[1].clone(), format!("{stem}.rev")];
-            assert!(added == whole || added == with_rev, "{added:?}");
+            assert_pack_files(&added, &ingested.checksum);
             // Every object it names is there: the mirror stays whole.
             let repo = gitcache_pack::Repository::open(&dir).expect("the mirror opens");
             let (pack, index) = (ingested.pack, ingested.index);
@@ -172,17 +162,10 @@ fn ingest_hashing(data: &[u8], hash_from: u64) -> Option<Vec<u8>> {
         None,
         hash_from,
     );
-    let mut left: Vec<String> = std::fs::read_dir(dir.join("objects").join("pack"))
-        .expect("pack folder")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
+    let left = files_in(&dir.join("objects").join("pack"));
     let index = match outcome {
         Ok(ingested) => {
-            let stem = format!("pack-{}", ingested.checksum);
-            let whole = [format!("{stem}.idx"), format!("{stem}.pack")];
-            let with_rev = [whole[0].clone(), whole[1].clone(), format!("{stem}.rev")];
-            assert!(left == whole || left == with_rev, "{left:?}");
+            assert_pack_files(&left, &ingested.checksum);
             Some(std::fs::read(&ingested.index).expect("the index written"))
         }
         Err(Error::InvalidPack { .. } | Error::Refused(_)) => {
@@ -193,6 +176,25 @@ fn ingest_hashing(data: &[u8], hash_from: u64) -> Option<Vec<u8>> {
     };
     let _ = std::fs::remove_dir_all(&dir);
     index
+}
+
+/// The names in `dir`, sorted.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("pack folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `files` are those of one pack taken in, of checksum `checksum`: its `.idx` and `.pack`,
+/// and its `.rev` unless it has deltas on bases named by id.
+fn assert_pack_files(files: &[String], checksum: &gix_hash::ObjectId) {
+    let stem = format!("pack-{checksum}");
+    let whole = [format!("{stem}.idx"), format!("{stem}.pack")];
+    let with_rev = [whole[0].clone(), whole[1].clone(), format!("{stem}.rev")];
+    assert!(files == whole || files == with_rev, "{files:?}");
 }
 
 /// Offer `data` as a mirror manifest read from a shared store: refused with a typed error, or
