@@ -511,7 +511,7 @@ impl ChannelWriter {
     pub fn new(tx: mpsc::Sender<Result<Bytes, std::io::Error>>, stall: Duration) -> Self {
         ChannelWriter {
             tx,
-            buf: Vec::new(),
+            buf: Vec::with_capacity(CHUNK),
             sent: 0,
             stall,
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -733,6 +733,11 @@ fn gone() -> std::io::Error {
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.check()?;
+        // What is gathered goes before it would have to grow: growing copied it again (a
+        // side-band line of 64 KiB after a few bytes did so for nearly every chunk).
+        if !self.buf.is_empty() && self.buf.len() + data.len() > self.buf.capacity() {
+            self.send_buffered()?;
+        }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
             self.send_buffered()?;
