@@ -621,16 +621,21 @@ impl Mirrors {
             .filter(|known| Arc::ptr_eq(&known.repo, &repo))
             .map(|known| known.inherited)
             .unwrap_or_default();
-        // A mirror requests opened gets its name hashes whatever the handles before it read
-        // (4 bytes an object, held while it is open): the first shallow clone after a
-        // mirror's first maintenance read them (about 25 ms at 4 million objects), and
-        // shallow clones are most of what a CI fleet asks. One no request opened yet (made
-        // by a webhook, or before a restart) is warmed like its handles before only.
-        let names = match was_open {
-            true => gitcache_pack::Warmth::name_hashes(),
+        // A mirror requests opened, or asked for (a clone a mirror's first pack answered as
+        // it arrived opens none), gets what shallow clones read and make, whatever the
+        // handles before it made: its name hashes (4 bytes an object, held while it is open;
+        // the first shallow clone after a mirror's first maintenance read them, about 25 ms
+        // at 4 million objects), and for packs of up to a million objects their delta
+        // forests (see `Repository::shallow_clone_warmth`). Shallow clones are most of what
+        // a CI fleet asks. One no request asked for yet (made by a webhook, or before a
+        // restart) is warmed like its handles before only.
+        let requested =
+            was_open || (self.used.lock().unwrap_or_else(|p| p.into_inner())).contains_key(key);
+        let shallow = match requested {
+            true => repo.shallow_clone_warmth(),
             false => gitcache_pack::Warmth::default(),
         };
-        repo.warm(inherited | repo.warmth() | names)?;
+        repo.warm(inherited | repo.warmth() | shallow)?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "maintained mirror opened again and prepared"
@@ -1044,11 +1049,11 @@ mod tests {
         assert!(mirrors.open(&key).unwrap().is_none());
     }
 
-    /// A maintained mirror that requests opened is prepared with its name hashes read,
-    /// though no answer of the handle before it read them: the first shallow clone after
-    /// maintenance does not pay for them.
+    /// A maintained mirror that requests opened is prepared with its name hashes read and
+    /// (a small one) its delta forest made, though no answer of the handle before it needed
+    /// them: the first shallow clone after maintenance does not pay for them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn maintained_mirrors_are_prepared_with_their_name_hashes() {
+    async fn maintained_mirrors_are_prepared_for_shallow_clones() {
         let Fetched {
             upstream: _upstream,
             dir: _dir,
@@ -1079,10 +1084,64 @@ mod tests {
         prepared(&mirrors, &key).await;
         let after = Arc::clone(&mirrors.open.lock().unwrap().get(&key).expect("open").repo);
         assert!(!Arc::ptr_eq(&before, &after), "opened again");
+        let shallow = after.shallow_clone_warmth();
+        assert_ne!(
+            shallow | gitcache_pack::Warmth::name_hashes(),
+            gitcache_pack::Warmth::name_hashes(),
+            "a small mirror's delta forest is named too"
+        );
         assert_eq!(
-            after.warmth() | gitcache_pack::Warmth::name_hashes(),
+            after.warmth() | shallow,
             after.warmth(),
-            "name hashes read"
+            "name hashes read, delta forest made"
+        );
+    }
+
+    /// A mirror asked for but never opened (a clone its first pack answered as it arrived)
+    /// is prepared for shallow clones as one opened is; one neither asked for nor opened
+    /// (made by a webhook) is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mirrors_asked_for_are_prepared_for_shallow_clones() {
+        let Fetched {
+            upstream: _upstream,
+            dir: _dir,
+            key,
+            mirrors,
+            ..
+        } = fetched(1363).await;
+        let warmth = |mirrors: &Mirrors| {
+            let open = mirrors.open.lock().unwrap();
+            let repo = &open.get(&key).expect("open").repo;
+            (repo.warmth(), repo.shallow_clone_warmth())
+        };
+        prepared(&mirrors, &key).await;
+        let (made, _) = warmth(&mirrors);
+        assert_eq!(made, gitcache_pack::Warmth::default(), "not asked for");
+
+        // Another instance of the table, so that the mirror is not open there yet.
+        let asked = Arc::new(Mirrors::new(
+            Arc::clone(&mirrors.registry),
+            Vec::new(),
+            unbounded(),
+        ));
+        asked.used(&crate::target::Target {
+            host_name: "127.0.0.1".into(),
+            url: "http://127.0.0.1:1/acme/app.git".into(),
+            name: "acme/app".into(),
+            key: key.clone(),
+            cached: true,
+            bypassed: false,
+            timeout: Duration::from_secs(30),
+        });
+        prepared(&asked, &key).await;
+        let (made, shallow) = warmth(&asked);
+        assert_ne!(shallow, gitcache_pack::Warmth::name_hashes());
+        // Its delta forest made; no bitmaps are written yet, so no name hashes to read.
+        let names = gitcache_pack::Warmth::name_hashes();
+        assert_eq!(
+            made | names,
+            shallow | names,
+            "asked for: made for shallow clones"
         );
     }
 

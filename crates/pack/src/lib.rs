@@ -70,7 +70,7 @@ pub use error::Error;
 pub use indexing::{Closure, PackEntry, ReadPack, ThinBases};
 pub use packs::MAX_TIPS_FILE_BYTES;
 pub use remade::Remade;
-pub use repo::{Ref, Repository, Warmth};
+pub use repo::{Ref, Repository, WARM_FOREST_MOST, Warmth};
 pub use write::{Checksum, PackStats};
 
 use objects::Objects;
