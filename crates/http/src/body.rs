@@ -884,6 +884,31 @@ mod tests {
         assert_eq!(err.status(), 408);
     }
 
+    /// What is gathered is handed over before a write would make it grow: a few bytes, then a
+    /// whole chunk's worth, go as two chunks in their order, each within a chunk's capacity.
+    #[tokio::test]
+    async fn a_chunk_is_handed_over_before_it_would_grow() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter::new(tx, Duration::from_secs(5));
+            w.write_all(b"0005\x01").unwrap();
+            w.write_all(&vec![9u8; CHUNK]).unwrap();
+            w.write_all(b"end").unwrap();
+            w.flush().unwrap();
+        })
+        .await
+        .unwrap();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            chunks.push(chunk.unwrap());
+        }
+        let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, [5, CHUNK, 3]);
+        assert_eq!(&chunks[0][..], b"0005\x01");
+        assert!(chunks[1].iter().all(|&b| b == 9));
+        assert_eq!(&chunks[2][..], b"end");
+    }
+
     #[tokio::test]
     async fn the_channel_writer_gives_up_on_a_client_that_stops_reading() {
         let (tx, rx) = mpsc::channel(1);

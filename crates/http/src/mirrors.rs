@@ -621,16 +621,18 @@ impl Mirrors {
             .filter(|known| Arc::ptr_eq(&known.repo, &repo))
             .map(|known| known.inherited)
             .unwrap_or_default();
-        // A mirror requests opened, or asked for (a clone a mirror's first pack answered as
-        // it arrived opens none), gets what shallow clones read and make, whatever the
-        // handles before it made: its name hashes (4 bytes an object, held while it is open;
-        // the first shallow clone after a mirror's first maintenance read them, about 25 ms
-        // at 4 million objects), and for packs of up to a million objects their delta
-        // forests (see `Repository::shallow_clone_warmth`). Shallow clones are most of what
-        // a CI fleet asks. One no request asked for yet (made by a webhook, or before a
-        // restart) is warmed like its handles before only.
-        let requested =
-            was_open || (self.used.lock().unwrap_or_else(|p| p.into_inner())).contains_key(key);
+        // A mirror requests opened, or asked for within `IDLE_FOR` (a clone a mirror's first
+        // pack answered as it arrived opens none), gets what shallow clones read and make,
+        // whatever the handles before it made: its name hashes (4 bytes an object, held
+        // while it is open; the first shallow clone after a mirror's first maintenance read
+        // them, about 25 ms at 4 million objects), and for packs of up to a million objects
+        // their delta forests and tables (see `Repository::shallow_clone_warmth`). Shallow
+        // clones are most of what a CI fleet asks. One not asked for lately (made by a
+        // webhook, before a restart, or idle) is warmed like its handles before only.
+        let requested = was_open
+            || (self.used.lock().unwrap_or_else(|p| p.into_inner()))
+                .get(key)
+                .is_some_and(|(_, at)| at.elapsed() < IDLE_FOR);
         let shallow = match requested {
             true => repo.shallow_clone_warmth(),
             false => gitcache_pack::Warmth::default(),

@@ -307,6 +307,11 @@ fn bases_added_count_as_the_mirrors_only_where_its_objects_count() {
     );
     let sent = u32::from_be_bytes(thin[8..12].try_into().unwrap());
     assert_eq!(sent, 2, "the commit and its tree, a delta on the mirror's");
+    assert!(
+        thin.windows(root_id.as_bytes().len())
+            .any(|w| w == root_id.as_bytes()),
+        "the tree's delta names the mirror's root tree as its base"
+    );
     let err = ingest_pack_checked(&mirror, Kind::Sha1, &mut &thin[..], closed).unwrap_err();
     let nowhere = gix_hash::ObjectId::from_hex(nowhere.as_bytes()).unwrap();
     assert!(

@@ -170,16 +170,14 @@ fn copy_whole(
         next if next < rev.len() => rev.offset(pack, next),
         _ => data.pack_end() as u64,
     };
-    // A reverse index out of step with the pack is not trusted with where an entry ends.
-    if rev.offset(pack, p) != offset || end <= offset {
-        return false;
-    }
+    // The bytes found are the entry the index names only if they have its CRC-32: a
+    // reverse index out of step with the pack, or damaged bytes, are not copied.
     match data.entry_slice(offset..end) {
-        Some(entry) => {
+        Some(entry) if pack.index.crc32_at_index(i) == Some(crc32fast::hash(entry)) => {
             out.extend_from_slice(entry);
             true
         }
-        None => false,
+        _ => false,
     }
 }
 

@@ -155,18 +155,20 @@ impl Repository {
     /// What shallow clones (a CI fleet's usual fetch) read and make of this repository beyond
     /// what every answer reads, for [`warm`](Self::warm): the name hashes (4 bytes an
     /// object), and while its packs hold at most [`WARM_FOREST_MOST`] objects in all, their
-    /// delta forests and the tables they are made with (12 bytes an object more, held while
-    /// the handle is open; making one reads every entry's header). Made during the first
+    /// delta forests and the tables they are made with (20 bytes an object more, held while
+    /// the handle is open; making one reads every entry's header). Packs that cannot be
+    /// listed give the name hashes alone. Made during the first
     /// depth-1 clone instead, the forest and tables cost it more than making them apart: on
     /// the 50 MB bench repository that answer took 76 ms in a process whose handle had made
     /// none of it, 49 ms once it was made (in 11 ms).
     pub fn shallow_clone_warmth(&self) -> Warmth {
-        let objects: u64 = self
-            .listed_packs()
-            .iter()
-            .map(|pack| u64::from(pack.index.num_objects()))
-            .sum();
-        let forest = objects <= WARM_FOREST_MOST;
+        let objects: Option<u64> = self.stored_packs().ok().map(|packs| {
+            packs
+                .iter()
+                .map(|pack| u64::from(pack.index.num_objects()))
+                .sum()
+        });
+        let forest = objects.is_some_and(|objects| objects <= WARM_FOREST_MOST);
         Warmth {
             made: crate::packs::Made {
                 positions: forest,
@@ -288,7 +290,7 @@ impl Repository {
 }
 
 /// The most objects a repository's packs may hold for [`Repository::shallow_clone_warmth`] to
-/// name their delta forests: 12 MiB of them at most per handle.
+/// name their delta forests: 20 MiB of them and their tables at most per handle.
 pub const WARM_FOREST_MOST: u64 = 1 << 20;
 
 /// What a repository handle read and made for its answers beyond what every answer reads
