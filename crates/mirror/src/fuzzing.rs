@@ -80,40 +80,13 @@ fn seed_pack() -> Vec<u8> {
 /// closed with the mirror's objects as a check reading every object whole finds it, or
 /// refused with a typed error leaving only the seed's pack. Whether it was taken in.
 pub fn ingest_later(data: &[u8]) -> bool {
-    let dir = std::env::temp_dir().join(format!(
-        "gitcache-ingest-fuzz-seeded-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    crate::mirror::Mirror::create(&dir, gix_hash::Kind::Sha1).expect("temporary mirror");
+    let dir = empty_mirror("seeded");
     let pack_dir = dir.join("objects").join("pack");
-    std::fs::create_dir_all(&pack_dir).expect("temporary folder");
-    let alone = gitcache_pack::Closure::Closed {
-        self_contained: true,
-    };
-    let seeded = ingest_hashing_from(
-        &dir,
-        gix_hash::Kind::Sha1,
-        &mut &seed_pack()[..],
-        alone,
-        None,
-        crate::ingest::HASHED_ON_ARRIVAL,
-    )
-    .expect("the seed is taken in");
+    let seeded = offer(&dir, &seed_pack(), true, crate::ingest::HASHED_ON_ARRIVAL)
+        .expect("the seed is taken in");
     let listing = || files_in(&pack_dir);
     let before = listing();
-    let later = gitcache_pack::Closure::Closed {
-        self_contained: false,
-    };
-    let outcome = ingest_hashing_from(
-        &dir,
-        gix_hash::Kind::Sha1,
-        &mut &data[..],
-        later,
-        None,
-        crate::ingest::HASHED_ON_ARRIVAL,
-    );
+    let outcome = offer(&dir, data, false, crate::ingest::HASHED_ON_ARRIVAL);
     let taken = outcome.is_ok();
     match outcome {
         Ok(ingested) if ingested.checksum == seeded.checksum => {
@@ -143,25 +116,8 @@ pub fn ingest_later(data: &[u8]) -> bool {
 /// What [`ingest`] left with blobs from `hash_from` bytes on hashed as they are read:
 /// the index's bytes, or the refusal.
 fn ingest_hashing(data: &[u8], hash_from: u64) -> Option<Vec<u8>> {
-    let dir = std::env::temp_dir().join(format!(
-        "gitcache-ingest-fuzz-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    crate::mirror::Mirror::create(&dir, gix_hash::Kind::Sha1).expect("temporary mirror");
-    std::fs::create_dir_all(dir.join("objects").join("pack")).expect("temporary folder");
-    let closure = gitcache_pack::Closure::Closed {
-        self_contained: true,
-    };
-    let outcome = ingest_hashing_from(
-        &dir,
-        gix_hash::Kind::Sha1,
-        &mut &data[..],
-        closure,
-        None,
-        hash_from,
-    );
+    let dir = empty_mirror("first");
+    let outcome = offer(&dir, data, true, hash_from);
     let left = files_in(&dir.join("objects").join("pack"));
     let index = match outcome {
         Ok(ingested) => {
@@ -176,6 +132,41 @@ fn ingest_hashing(data: &[u8], hash_from: u64) -> Option<Vec<u8>> {
     };
     let _ = std::fs::remove_dir_all(&dir);
     index
+}
+
+/// An empty SHA-1 mirror in a temporary folder of this thread's, `name` telling the uses
+/// apart (one left by a run cut short is removed first).
+fn empty_mirror(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gitcache-ingest-fuzz-{name}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::mirror::Mirror::create(&dir, gix_hash::Kind::Sha1).expect("temporary mirror");
+    std::fs::create_dir_all(dir.join("objects").join("pack")).expect("temporary folder");
+    dir
+}
+
+/// `data` offered to the mirror at `dir` as a received pack, checked closed (within itself
+/// when `alone`), blobs from `hash_from` bytes on hashed as they arrive.
+fn offer(
+    dir: &std::path::Path,
+    data: &[u8],
+    alone: bool,
+    hash_from: u64,
+) -> Result<crate::ingest::Ingested, Error> {
+    let closure = gitcache_pack::Closure::Closed {
+        self_contained: alone,
+    };
+    ingest_hashing_from(
+        dir,
+        gix_hash::Kind::Sha1,
+        &mut &data[..],
+        closure,
+        None,
+        hash_from,
+    )
 }
 
 /// The names in `dir`, sorted.

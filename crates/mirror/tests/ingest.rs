@@ -142,16 +142,21 @@ fn entries_of(idx: &Path) -> std::collections::HashMap<String, (usize, usize, bo
         .collect()
 }
 
-#[test]
-fn a_thin_pack_is_completed_from_the_mirror() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(62))
+/// A repository generated from `RepoSpec::small(seed)` at `dir/src.git`, and a SHA-1 mirror
+/// of it beside it that took a pack of all its objects in and has its refs: the source, the
+/// mirror, and that first pack.
+fn mirrored_source(
+    dir: &Path,
+    seed: u64,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    gitcache_mirror::ingest::Ingested,
+) {
+    let source = repo::generate(&dir.join("src.git"), &RepoSpec::small(seed))
         .unwrap()
         .path;
-    // The client's side a few commits back: its versions of the files changed since are
-    // stored as deltas of newer ones in the mirror's pack, the others whole.
-    let old = git(&source, &["rev-parse", "main~3"]).trim().to_owned();
-    let mirror = empty_mirror(dir.path(), "sha1");
+    let mirror = empty_mirror(dir, "sha1");
     let first = ingest_pack(
         &mirror,
         Kind::Sha1,
@@ -159,6 +164,16 @@ fn a_thin_pack_is_completed_from_the_mirror() {
     )
     .unwrap();
     set_refs_like(&mirror, &source);
+    (source, mirror, first)
+}
+
+#[test]
+fn a_thin_pack_is_completed_from_the_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, mirror, first) = mirrored_source(dir.path(), 62);
+    // The client's side a few commits back: its versions of the files changed since are
+    // stored as deltas of newer ones in the mirror's pack, the others whole.
+    let old = git(&source, &["rev-parse", "main~3"]).trim().to_owned();
 
     let new = repo::append_commits(&source, "main", 5, 3).unwrap();
     let thin = pack_objects(&source, &["--revs", "--thin"], &format!("{new}\n^{old}\n"));
@@ -230,18 +245,8 @@ fn a_thin_pack_is_completed_from_the_mirror() {
 #[test]
 fn bases_added_count_as_the_mirrors_only_where_its_objects_count() {
     let dir = tempfile::tempdir().unwrap();
-    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(63))
-        .unwrap()
-        .path;
+    let (source, mirror, _) = mirrored_source(dir.path(), 63);
     let old = git(&source, &["rev-parse", "main"]).trim().to_owned();
-    let mirror = empty_mirror(dir.path(), "sha1");
-    ingest_pack(
-        &mirror,
-        Kind::Sha1,
-        &mut &pack_objects(&source, &["--revs", "--all"], "")[..],
-    )
-    .unwrap();
-    set_refs_like(&mirror, &source);
     let before = pack_dir_listing(&mirror);
 
     // A root commit whose tree is the mirror's root tree and one new file: the commit, the
