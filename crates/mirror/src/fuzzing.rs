@@ -50,6 +50,31 @@ pub fn seed() -> Vec<(gix_hash::ObjectId, gix_object::Kind, Vec<u8>)> {
     ]
 }
 
+/// A pack's checksum, and the files it left in a mirror's pack folder (names and bytes).
+type Seeded = (gix_hash::ObjectId, Vec<(String, Vec<u8>)>);
+
+/// The files [`seed`]'s pack leaves in a mirror's pack folder once taken in, and its
+/// checksum: taken in once per process (its files written and synced), then written as they
+/// are into each mirror an input is offered to.
+fn seeded() -> &'static Seeded {
+    static SEEDED: std::sync::OnceLock<Seeded> = std::sync::OnceLock::new();
+    SEEDED.get_or_init(|| {
+        let dir = empty_mirror("seed");
+        let seeded = offer(&dir, &seed_pack(), true, crate::ingest::HASHED_ON_ARRIVAL)
+            .expect("the seed is taken in");
+        let pack_dir = dir.join("objects").join("pack");
+        let files = files_in(&pack_dir)
+            .into_iter()
+            .map(|name| {
+                let bytes = std::fs::read(pack_dir.join(&name)).expect("a file of the seed");
+                (name, bytes)
+            })
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        (seeded.checksum, files)
+    })
+}
+
 /// [`seed`]'s objects as a pack.
 fn seed_pack() -> Vec<u8> {
     let objects = seed();
@@ -82,14 +107,16 @@ fn seed_pack() -> Vec<u8> {
 pub fn ingest_later(data: &[u8]) -> bool {
     let dir = empty_mirror("seeded");
     let pack_dir = dir.join("objects").join("pack");
-    let seeded = offer(&dir, &seed_pack(), true, crate::ingest::HASHED_ON_ARRIVAL)
-        .expect("the seed is taken in");
+    let (seed_checksum, seed_files) = seeded();
+    for (name, bytes) in seed_files {
+        std::fs::write(pack_dir.join(name), bytes).expect("the seed's files");
+    }
     let listing = || files_in(&pack_dir);
     let before = listing();
     let outcome = offer(&dir, data, false, crate::ingest::HASHED_ON_ARRIVAL);
     let taken = outcome.is_ok();
     match outcome {
-        Ok(ingested) if ingested.checksum == seeded.checksum => {
+        Ok(ingested) if ingested.checksum == *seed_checksum => {
             assert_eq!(listing(), before, "the seed's pack sent again");
         }
         Ok(ingested) => {
