@@ -157,10 +157,10 @@ impl Repository {
     /// object), and while its packs hold at most [`WARM_FOREST_MOST`] objects in all, their
     /// delta forests and the tables they are made with (20 bytes an object more, held while
     /// the handle is open; making one reads every entry's header). Packs that cannot be
-    /// listed give the name hashes alone. Made during the first
-    /// depth-1 clone instead, the forest and tables cost it more than making them apart: on
-    /// the 50 MB bench repository that answer took 76 ms in a process whose handle had made
-    /// none of it, 49 ms once it was made (in 11 ms).
+    /// listed give the name hashes alone. Made during the first depth-1 clone instead, they
+    /// cost it more than making them apart: on the 50 MB bench repository that answer took
+    /// 57–60 ms on a handle that had made none of it, 46–49 ms on one that had (made in 7–8
+    /// ms).
     pub fn shallow_clone_warmth(&self) -> Warmth {
         let objects: Option<u64> = self.stored_packs().ok().map(|packs| {
             packs
