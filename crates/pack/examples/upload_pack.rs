@@ -4,7 +4,8 @@
 //!
 //! `UPLOAD_PACK_REPEAT=N` answers a fetch N times in the one process (all but the last into
 //! nothing), as a server that keeps the repository open does: for profiling a warm answer.
-//! `UPLOAD_PACK_BEFORE=a.req:b.req` answers those fetches first, into nothing.
+//! `UPLOAD_PACK_BEFORE=a.req:b.req` answers those fetches first, into nothing (the answer
+//! measured is timed from after them).
 //! `UPLOAD_PACK_REOPEN=adopt|warm|fresh` then opens the repository again before the answer
 //! (timed from there): keeping what the first handle read (`Repository::reopen`), making it
 //! all again first (`Repository::warm_like` on a fresh handle, its time on stderr), or not.
@@ -45,6 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 plan(&repo, fetch, format, &Options::default())?.write_to(std::io::sink())?;
             }
         }
+        // The answer measured is timed alone, from here.
+        started = std::time::Instant::now();
     }
     if let Ok(how) = std::env::var("UPLOAD_PACK_REOPEN") {
         let reopening = std::time::Instant::now();
