@@ -318,14 +318,7 @@ fn bases_added_count_as_the_mirrors_only_where_its_objects_count() {
         "the tree's delta names the mirror's root tree as its base"
     );
     let err = ingest_pack_checked(&mirror, Kind::Sha1, &mut &thin[..], closed).unwrap_err();
-    let nowhere = gix_hash::ObjectId::from_hex(nowhere.as_bytes()).unwrap();
-    assert!(
-        matches!(
-            &err,
-            Error::Refused(gitcache_pack::Error::MissingObject { oid }) if *oid == nowhere
-        ),
-        "{err}"
-    );
+    assert_refused_missing(&err, &nowhere);
     assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
 }
 
@@ -570,6 +563,18 @@ fn blob_pack(dir: &Path, content: &[u8]) -> (Vec<u8>, std::ops::Range<usize>) {
     (pack, 12..end)
 }
 
+/// `err` refuses a pack for the object of id `missing` (hex) it refers to and is not there.
+fn assert_refused_missing(err: &Error, missing: &str) {
+    let missing = gix_hash::ObjectId::from_hex(missing.as_bytes()).unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Refused(gitcache_pack::Error::MissingObject { oid }) if *oid == missing
+        ),
+        "{err}"
+    );
+}
+
 /// `data` as a zlib stream of stored blocks (no compression: a pack's entries may be so).
 fn zlib_stored(data: &[u8]) -> Vec<u8> {
     let mut out = vec![0x78, 0x01];
@@ -789,14 +794,7 @@ fn kinds_are_checked_in(format: &str, kind: Kind) {
     let refused_missing = |objects: &[&str], missing: &str| {
         let err = ingest_pack_checked(&mirror, kind, &mut &pack(objects)[..], closed).unwrap_err();
         assert!(err.is_upstream_fault(), "{err}");
-        let missing = gix_hash::ObjectId::from_hex(missing.as_bytes()).unwrap();
-        assert!(
-            matches!(
-                &err,
-                Error::Refused(gitcache_pack::Error::MissingObject { oid }) if *oid == missing
-            ),
-            "{err}"
-        );
+        assert_refused_missing(&err, missing);
     };
     let lost = "2".repeat(blob.len());
     let holey = tree_of(&[("40000", "gone", &lost), ("100644", "top", &blob)]);
