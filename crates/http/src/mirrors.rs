@@ -638,8 +638,20 @@ impl Mirrors {
             false => gitcache_pack::Warmth::default(),
         };
         repo.warm(inherited | repo.warmth() | shallow)?;
+        // And the directories of its `HEAD`, which shallow clones of it read and fetches of
+        // it compare with the client's (kept by the handle, and handed on when it is opened
+        // again after a refresh). A tree that cannot be read fails the answer that reads it,
+        // not the preparing.
+        let trees = match requested {
+            true => repo.keep_head_trees().unwrap_or_else(|err| {
+                tracing::debug!(%err, "reading the trees of HEAD failed");
+                0
+            }),
+            false => 0,
+        };
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
+            trees,
             "maintained mirror opened again and prepared"
         );
         Ok(())
@@ -1097,6 +1109,7 @@ mod tests {
             after.warmth(),
             "name hashes read, delta forest made"
         );
+        assert!(after.kept_trees().bytes > 0, "the trees of HEAD read");
     }
 
     /// A mirror asked for but never opened (a clone its first pack answered as it arrived)
@@ -1114,11 +1127,16 @@ mod tests {
         let warmth = |mirrors: &Mirrors| {
             let open = mirrors.open.lock().unwrap();
             let repo = &open.get(&key).expect("open").repo;
-            (repo.warmth(), repo.shallow_clone_warmth())
+            (
+                repo.warmth(),
+                repo.shallow_clone_warmth(),
+                repo.kept_trees().bytes,
+            )
         };
         prepared(&mirrors, &key).await;
-        let (made, _) = warmth(&mirrors);
+        let (made, _, trees) = warmth(&mirrors);
         assert_eq!(made, gitcache_pack::Warmth::default(), "not asked for");
+        assert_eq!(trees, 0, "not asked for: no trees read");
 
         // Another instance of the table, so that the mirror is not open there yet.
         let asked = Arc::new(Mirrors::new(
@@ -1136,7 +1154,8 @@ mod tests {
             timeout: Duration::from_secs(30),
         });
         prepared(&asked, &key).await;
-        let (made, shallow) = warmth(&asked);
+        let (made, shallow, trees) = warmth(&asked);
+        assert!(trees > 0, "asked for: the trees of HEAD read");
         assert_ne!(shallow, gitcache_pack::Warmth::name_hashes());
         // Its delta forest made; no bitmaps are written yet, so no name hashes to read.
         let names = gitcache_pack::Warmth::name_hashes();

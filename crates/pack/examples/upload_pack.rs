@@ -6,9 +6,12 @@
 //! nothing), as a server that keeps the repository open does: for profiling a warm answer.
 //! `UPLOAD_PACK_BEFORE=a.req:b.req` answers those fetches first, into nothing (the answer
 //! measured is timed from after them).
-//! `UPLOAD_PACK_REOPEN=adopt|warm|fresh` then opens the repository again before the answer
-//! (timed from there): keeping what the first handle read (`Repository::reopen`), making it
-//! all again first (`Repository::warm_like` on a fresh handle, its time on stderr), or not.
+//! `UPLOAD_PACK_REOPEN=adopt|warm|prepared|fresh` then opens the repository again before the
+//! answer (timed from there): keeping what the first handle read (`Repository::reopen`),
+//! making it all again first (`Repository::warm_like` on a fresh handle, its time on stderr),
+//! preparing a fresh handle as a server prepares a mirror asked for lately
+//! (`Repository::shallow_clone_warmth` and `Repository::keep_head_trees`, likewise timed),
+//! or not.
 //!
 //! ```sh
 //! cargo run --release -p gitcache-pack --example upload_pack -- repo.git < request > response
@@ -57,6 +60,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let fresh = Repository::open(&path)?;
                 fresh.warm_like(&repo)?;
                 eprintln!("warmed in {:.1?}", reopening.elapsed());
+                fresh
+            }
+            "prepared" => {
+                let fresh = Repository::open(&path)?;
+                fresh.warm(fresh.shallow_clone_warmth())?;
+                let trees = fresh.keep_head_trees()?;
+                eprintln!("prepared in {:.1?} ({trees} trees)", reopening.elapsed());
                 fresh
             }
             _ => Repository::open(&path)?,

@@ -52,6 +52,7 @@ mod repo;
 mod reuse;
 mod select;
 mod shallow;
+mod trees;
 mod walk;
 mod window;
 mod write;
@@ -71,6 +72,7 @@ pub use indexing::{Closure, PackEntry, ReadPack, ThinBases};
 pub use packs::MAX_TIPS_FILE_BYTES;
 pub use remade::Remade;
 pub use repo::{Ref, Repository, WARM_FOREST_MOST, Warmth};
+pub use trees::KeptTrees;
 pub use write::{Checksum, PackStats};
 
 use objects::Objects;

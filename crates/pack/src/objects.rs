@@ -63,6 +63,8 @@ pub(crate) struct Objects {
     let_go: Option<crate::mapped::LetGo>,
     /// The entries the read under way inflated, counted by `let_go` once it is done.
     inflated: crate::mapped::Inflated,
+    /// Trees read for the answers of a repository handle, kept for its next ones.
+    trees: Option<std::sync::Arc<crate::trees::TreeCache>>,
 }
 
 impl Packs {
@@ -245,7 +247,14 @@ impl Objects {
             reads: 0,
             let_go: None,
             inflated: Default::default(),
+            trees: None,
         }
+    }
+
+    /// Read trees from `trees` when it holds them, and keep there those read for a tip's
+    /// directories (see [`named_tree_kept`](Self::named_tree_kept)).
+    pub(crate) fn keep_trees(&mut self, trees: std::sync::Arc<crate::trees::TreeCache>) {
+        self.trees = Some(trees);
     }
 
     /// Let go of a pack's pages every `bytes` read from it (as [`crate::mapped::LetGo`]
@@ -612,22 +621,47 @@ impl Objects {
 
     /// Tree `oid` with its entries' names.
     pub(crate) fn named_tree(&mut self, oid: &ObjectId) -> Result<NamedTree, Error> {
+        self.named_tree_keeping(oid, false)
+    }
+
+    /// [`named_tree`](Self::named_tree), keeping what is read for the repository handle's
+    /// next answers (see [`keep_trees`](Self::keep_trees)): for the directories of a tip,
+    /// which most answers read. A walk of a history keeps nothing, or every version of a
+    /// wide directory would be copied there to push out the others.
+    pub(crate) fn named_tree_kept(&mut self, oid: &ObjectId) -> Result<NamedTree, Error> {
+        self.named_tree_keeping(oid, true)
+    }
+
+    fn named_tree_keeping(&mut self, oid: &ObjectId, keep: bool) -> Result<NamedTree, Error> {
         let hash = self.hash;
-        let data = self.tree_bytes(oid)?.to_vec();
+        let data = self.tree_bytes(oid, keep)?.to_vec();
         NamedTree::parse(data, hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
     }
 
     /// The entries of tree `oid`.
     pub(crate) fn tree(&mut self, oid: &ObjectId) -> Result<Vec<TreeEntry>, Error> {
         let hash = self.hash;
-        let data = self.tree_bytes(oid)?;
+        let data = self.tree_bytes(oid, false)?;
         parse_tree(data, hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
     }
 
-    /// The content of `oid`, which must be a tree.
-    fn tree_bytes(&mut self, oid: &ObjectId) -> Result<&[u8], Error> {
+    /// The content of `oid`, which must be a tree: kept already, or read (and with `keep`,
+    /// kept).
+    fn tree_bytes(&mut self, oid: &ObjectId, keep: bool) -> Result<&[u8], Error> {
+        let trees = self.trees.clone();
+        if let Some(kept) = trees.as_ref().and_then(|trees| trees.get(oid)) {
+            self.tick()?;
+            self.buf.clear();
+            self.buf.extend_from_slice(&kept);
+            return Ok(&self.buf);
+        }
         match self.read(oid)? {
-            (Kind::Tree, data) => Ok(data),
+            (Kind::Tree, data) => {
+                if let Some(trees) = trees.filter(|_| keep) {
+                    trees.put(oid, data);
+                }
+                Ok(data)
+            }
             _ => Err(Error::Corrupt {
                 oid: *oid,
                 reason: "expected a tree".into(),

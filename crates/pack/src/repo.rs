@@ -20,6 +20,9 @@ use gitcache_protocol::request::LsRefs;
 /// 150 versions on chains of up to 50 deltas, cloned whole or fetched without `thin-pack`,
 /// took the same time with 512 KiB as with 1 MiB.
 const DELTA_BASE_CACHE_BYTES: usize = 1 << 19;
+/// Bytes of trees a repository handle keeps between its answers (see [`crate::trees`]): the
+/// directories of a tip of a 50 MB generated repository hold 0.4 MB.
+const TREE_CACHE_BYTES: usize = 4 << 20;
 /// The same for the object database's reads of what the listed packs lack (loose objects, a
 /// pack added since they were listed): held only when such objects are read.
 const ODB_DELTA_BASE_CACHE_BYTES: usize = 1 << 20;
@@ -56,6 +59,8 @@ pub struct Repository {
     indexes: crate::packs::IndexCache,
     /// The packs as last listed and their commit graphs (`None` before the first listing).
     listed: std::sync::Mutex<Option<Listed>>,
+    /// Trees its answers read, kept for the next ones.
+    trees: std::sync::Arc<crate::trees::TreeCache>,
 }
 
 /// What a listing of the packs found, kept for the object handles made after it.
@@ -100,6 +105,7 @@ impl Repository {
             bitmaps: Default::default(),
             indexes: Default::default(),
             listed: Default::default(),
+            trees: std::sync::Arc::new(crate::trees::TreeCache::new(TREE_CACHE_BYTES)),
         })
     }
 
@@ -110,8 +116,10 @@ impl Repository {
     /// replaced) are read by the new handle, so its first answers are not slower than this
     /// one's were. For a server that opens a repository again when its packs change.
     pub fn reopen(&self) -> Result<Self, Error> {
-        let fresh = Repository::open(&self.git_dir)?;
+        let mut fresh = Repository::open(&self.git_dir)?;
         if fresh.hash == self.hash {
+            // A tree's content is its id's: what was read stays true in the new packs.
+            fresh.trees = std::sync::Arc::clone(&self.trees);
             let packs = fresh.indexes.adopt(&self.indexes);
             fresh.rev.adopt(&self.rev, &packs);
             fresh.bitmaps.adopt(&self.bitmaps, &packs);
@@ -177,6 +185,49 @@ impl Repository {
             },
             names: true,
         }
+    }
+
+    /// Read the directories of the commit `HEAD` names into the trees this handle keeps for
+    /// its answers (see [`reopen`](Self::reopen), which hands them on): a shallow clone of
+    /// it reads every one of them, and a fetch of it compares those it sends with the
+    /// client's. At most half of what the handle keeps is read. Returns how many trees were
+    /// read; none without a `HEAD` naming a commit. Blocking: a directory stored deep in a
+    /// delta chain is read through the whole chain.
+    pub fn keep_head_trees(&self) -> Result<usize, Error> {
+        let Some(head) = self.find_ref("HEAD")?.and_then(|r| r.oid) else {
+            return Ok(0);
+        };
+        let mut objects = self.objects();
+        let (commit, kind) = objects.peel(&head)?;
+        if kind != gix_object::Kind::Commit {
+            return Ok(0);
+        }
+        let mut stack = vec![objects.commit(&commit)?.tree];
+        let mut seen = crate::OidSet::default();
+        let (mut read, mut bytes) = (0, 0);
+        while let Some(tree) = stack.pop() {
+            if bytes >= TREE_CACHE_BYTES / 2 {
+                break;
+            }
+            if !seen.insert(tree) {
+                continue;
+            }
+            let named = objects.named_tree_kept(&tree)?;
+            read += 1;
+            bytes += named.bytes();
+            stack.extend(
+                (named.entries.iter())
+                    .filter(|entry| entry.kind == crate::objects::EntryKind::Tree)
+                    .map(|entry| entry.oid),
+            );
+        }
+        Ok(read)
+    }
+
+    /// What this handle keeps of the trees its answers read, and how often they took them
+    /// from there.
+    pub fn kept_trees(&self) -> crate::KeptTrees {
+        self.trees.kept()
     }
 
     /// [`warm`](Self::warm) like `before` was.
@@ -252,6 +303,7 @@ impl Repository {
     pub(crate) fn objects(&self) -> Objects {
         let mut objects = new_objects(&self.store, self.hash, self.listed_packs());
         objects.set_graphs(self.graphs());
+        objects.keep_trees(std::sync::Arc::clone(&self.trees));
         objects
     }
 

@@ -2308,3 +2308,34 @@ fn versions_beyond_the_bitmapped_pack_go_as_deltas_against_the_clients() {
     );
     assert_complete_at(&client, &oids(&id("main"))[0]);
 }
+
+/// The trees of `HEAD` read ahead, as a server prepares a mirror asked for lately, are the
+/// ones a shallow clone of it then reads: its answer takes them from the handle and is byte
+/// for byte the answer of a handle that read them from the pack; a handle opened again (after
+/// a refresh) keeps them.
+#[test]
+fn trees_of_head_read_ahead_serve_a_shallow_clone() {
+    let (_dir, path) = packed_repo(37);
+    let head = oids(&git(&path, &["rev-parse", "HEAD"]));
+    let mut fetch = clone_request(head);
+    fetch.deepen = Some(1);
+    let (_, _, expected) = send(&Repository::open(&path).unwrap(), &fetch);
+
+    let prepared = Repository::open(&path).unwrap();
+    assert_eq!(prepared.kept_trees(), gitcache_pack::KeptTrees::default());
+    let read = prepared.keep_head_trees().unwrap();
+    let trees = git(&path, &["ls-tree", "-r", "-d", "HEAD"]).lines().count() + 1;
+    assert_eq!(read, trees, "the root and every directory below it");
+    let kept = prepared.kept_trees();
+    assert!(kept.bytes > 0 && kept.hits == 0, "{kept:?}");
+    let (_, _, pack) = send(&prepared, &fetch);
+    assert_eq!(pack, expected);
+    let after = prepared.kept_trees();
+    assert!(after.hits >= read as u64, "{after:?}, {read} trees");
+
+    let reopened = prepared.reopen().unwrap();
+    assert_eq!(reopened.kept_trees(), after, "handed on");
+    let (_, _, pack) = send(&reopened, &fetch);
+    assert_eq!(pack, expected);
+    assert!(reopened.kept_trees().hits >= after.hits + read as u64);
+}
