@@ -242,7 +242,7 @@ impl Mirrors {
         idle_for: std::time::Duration,
     ) {
         let unheld = |known: &OpenRepo| Arc::strong_count(&known.repo) == 1;
-        let idle = |known: &OpenRepo| unheld(known) && known.used.elapsed() >= idle_for;
+        let is_idle = |known: &OpenRepo| unheld(known) && known.used.elapsed() >= idle_for;
         let (gone, idle) = {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             let gone = |key: &RepoKey| on_disk.is_some_and(|d| !d.contains(key));
@@ -252,7 +252,17 @@ impl Mirrors {
                 |key, known| unheld(known) && gone(key),
                 |known| known.used,
             );
-            let idle = drop_oldest(&mut open, keep, |_, known| idle(known), |known| known.used);
+            let idle = drop_oldest(
+                &mut open,
+                keep,
+                |_, known| is_idle(known),
+                |known| known.used,
+            );
+            // The idle handles kept let go of the trees they kept (up to 4 MiB each): only
+            // mirrors used lately hold them.
+            for known in open.values().filter(|known| is_idle(known)) {
+                known.repo.forget_kept_trees();
+            }
             // What an idle handle had made is made again by the next one after maintenance:
             // noted before the table's lock goes, so that a request opening the mirror
             // meanwhile finds it (the two locks are taken in this order only).
@@ -1110,6 +1120,12 @@ mod tests {
             "name hashes read, delta forest made"
         );
         assert!(after.kept_trees().bytes > 0, "the trees of HEAD read");
+        drop(after);
+        // Kept open while idle, it lets go of them.
+        mirrors.close_idle(None, 10, Duration::ZERO);
+        let open = mirrors.open.lock().unwrap();
+        let kept = open.get(&key).expect("kept open").repo.kept_trees();
+        assert_eq!(kept.bytes, 0, "idle: trees let go of");
     }
 
     /// A mirror asked for but never opened (a clone its first pack answered as it arrived)

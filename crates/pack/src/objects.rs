@@ -63,8 +63,10 @@ pub(crate) struct Objects {
     let_go: Option<crate::mapped::LetGo>,
     /// The entries the read under way inflated, counted by `let_go` once it is done.
     inflated: crate::mapped::Inflated,
-    /// Trees read for the answers of a repository handle, kept for its next ones.
+    /// Trees kept by the repository handle for its answers, with the bytes this handle may
+    /// still put there (one answer must not push out all the others kept).
     trees: Option<std::sync::Arc<crate::trees::TreeCache>>,
+    may_keep: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Packs {
@@ -248,13 +250,20 @@ impl Objects {
             let_go: None,
             inflated: Default::default(),
             trees: None,
+            may_keep: Default::default(),
         }
     }
 
-    /// Read trees from `trees` when it holds them, and keep there those read for a tip's
-    /// directories (see [`named_tree_kept`](Self::named_tree_kept)).
-    pub(crate) fn keep_trees(&mut self, trees: std::sync::Arc<crate::trees::TreeCache>) {
+    /// Read trees from `trees` when it holds them, and keep there up to `bytes` (as
+    /// [`crate::trees::weight`] counts) of those read by
+    /// [`named_tree_kept`](Self::named_tree_kept).
+    pub(crate) fn keep_trees(
+        &mut self,
+        trees: std::sync::Arc<crate::trees::TreeCache>,
+        bytes: usize,
+    ) {
         self.trees = Some(trees);
+        self.may_keep = std::sync::Arc::new(bytes.into());
     }
 
     /// Let go of a pack's pages every `bytes` read from it (as [`crate::mapped::LetGo`]
@@ -625,9 +634,10 @@ impl Objects {
     }
 
     /// [`named_tree`](Self::named_tree), keeping what is read for the repository handle's
-    /// next answers (see [`keep_trees`](Self::keep_trees)): for the directories of a tip,
-    /// which most answers read. A walk of a history keeps nothing, or every version of a
-    /// wide directory would be copied there to push out the others.
+    /// next answers (see [`keep_trees`](Self::keep_trees)): for the directories at the paths
+    /// of what an answer sends (a tip's, and the client's there), which the next answers
+    /// read again. The other reads keep nothing: a walk of a history would copy every version
+    /// of a wide directory there, to push out the others.
     pub(crate) fn named_tree_kept(&mut self, oid: &ObjectId) -> Result<NamedTree, Error> {
         self.named_tree_keeping(oid, true)
     }
@@ -655,10 +665,15 @@ impl Objects {
             self.buf.extend_from_slice(&kept);
             return Ok(&self.buf);
         }
+        let may_keep = std::sync::Arc::clone(&self.may_keep);
         match self.read(oid)? {
             (Kind::Tree, data) => {
-                if let Some(trees) = trees.filter(|_| keep) {
-                    trees.put(oid, data);
+                let weight = crate::trees::weight(data.len());
+                let left = may_keep.load(std::sync::atomic::Ordering::Relaxed);
+                if let Some(trees) = trees.filter(|_| keep && weight <= left)
+                    && trees.put(oid, data)
+                {
+                    may_keep.store(left - weight, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok(data)
             }

@@ -21,7 +21,8 @@ use gitcache_protocol::request::LsRefs;
 /// took the same time with 512 KiB as with 1 MiB.
 const DELTA_BASE_CACHE_BYTES: usize = 1 << 19;
 /// Bytes of trees a repository handle keeps between its answers (see [`crate::trees`]): the
-/// directories of a tip of a 50 MB generated repository hold 0.4 MB.
+/// directories of a tip of a 50 MB generated repository weigh 0.6 MB there. One answer keeps
+/// at most a quarter of it, [`Repository::keep_head_trees`] half.
 const TREE_CACHE_BYTES: usize = 4 << 20;
 /// The same for the object database's reads of what the listed packs lack (loose objects, a
 /// pack added since they were listed): held only when such objects are read.
@@ -59,7 +60,7 @@ pub struct Repository {
     indexes: crate::packs::IndexCache,
     /// The packs as last listed and their commit graphs (`None` before the first listing).
     listed: std::sync::Mutex<Option<Listed>>,
-    /// Trees its answers read, kept for the next ones.
+    /// Trees kept for its answers (see [`Repository::keep_head_trees`]).
     trees: std::sync::Arc<crate::trees::TreeCache>,
 }
 
@@ -112,7 +113,7 @@ impl Repository {
     /// The repository opened again, as [`open`](Self::open) does, keeping what this handle
     /// read and made of the packs that are still there as it read them: their mapped
     /// indexes and files, commit graphs, reverse indexes with their tables and delta
-    /// forests, and bitmaps. Only new packs (and files written beside a pack since, or
+    /// forests, and bitmaps; and the trees it keeps. Only new packs (and files written beside a pack since, or
     /// replaced) are read by the new handle, so its first answers are not slower than this
     /// one's were. For a server that opens a repository again when its packs change.
     pub fn reopen(&self) -> Result<Self, Error> {
@@ -188,24 +189,30 @@ impl Repository {
     }
 
     /// Read the directories of the commit `HEAD` names into the trees this handle keeps for
-    /// its answers (see [`reopen`](Self::reopen), which hands them on): a shallow clone of
-    /// it reads every one of them, and a fetch of it compares those it sends with the
-    /// client's. At most half of what the handle keeps is read. Returns how many trees were
-    /// read; none without a `HEAD` naming a commit. Blocking: a directory stored deep in a
-    /// delta chain is read through the whole chain.
+    /// its answers, the root first, then level by level: a shallow clone of it reads every
+    /// one of them, and a fetch of it compares those it sends with the client's (reading them
+    /// otherwise costs each its whole delta chain). Every tree read looks there first; an
+    /// answer keeps the trees it compares with the client's too (a quarter of the bound at
+    /// most), but a walk keeps none. The trees are handed on by [`reopen`](Self::reopen) and
+    /// let go of by [`forget_kept_trees`](Self::forget_kept_trees). At most half of the bound
+    /// is read here. Returns how many trees were read or found kept; none without a `HEAD`
+    /// naming a commit. Blocking: a directory deep in a delta chain is read through all of it.
     pub fn keep_head_trees(&self) -> Result<usize, Error> {
         let Some(head) = self.find_ref("HEAD")?.and_then(|r| r.oid) else {
             return Ok(0);
         };
+        // Listed, so that the trees are read through the pack's own chain reader.
+        self.stored_packs()?;
         let mut objects = self.objects();
+        objects.keep_trees(std::sync::Arc::clone(&self.trees), TREE_CACHE_BYTES / 2);
         let (commit, kind) = objects.peel(&head)?;
         if kind != gix_object::Kind::Commit {
             return Ok(0);
         }
-        let mut stack = vec![objects.commit(&commit)?.tree];
+        let mut queue = std::collections::VecDeque::from([objects.commit(&commit)?.tree]);
         let mut seen = crate::OidSet::default();
         let (mut read, mut bytes) = (0, 0);
-        while let Some(tree) = stack.pop() {
+        while let Some(tree) = queue.pop_front() {
             if bytes >= TREE_CACHE_BYTES / 2 {
                 break;
             }
@@ -214,8 +221,8 @@ impl Repository {
             }
             let named = objects.named_tree_kept(&tree)?;
             read += 1;
-            bytes += named.bytes();
-            stack.extend(
+            bytes += crate::trees::weight(named.content().len());
+            queue.extend(
                 (named.entries.iter())
                     .filter(|entry| entry.kind == crate::objects::EntryKind::Tree)
                     .map(|entry| entry.oid),
@@ -224,10 +231,16 @@ impl Repository {
         Ok(read)
     }
 
-    /// What this handle keeps of the trees its answers read, and how often they took them
-    /// from there.
+    /// What this handle keeps of the trees its answers read (see
+    /// [`keep_head_trees`](Self::keep_head_trees)), and how often reads took them from there.
     pub fn kept_trees(&self) -> crate::KeptTrees {
         self.trees.kept()
+    }
+
+    /// Let go of the trees this handle keeps (a server's handle gone idle: they are read
+    /// again when next needed).
+    pub fn forget_kept_trees(&self) {
+        self.trees.clear();
     }
 
     /// [`warm`](Self::warm) like `before` was.
@@ -303,7 +316,7 @@ impl Repository {
     pub(crate) fn objects(&self) -> Objects {
         let mut objects = new_objects(&self.store, self.hash, self.listed_packs());
         objects.set_graphs(self.graphs());
-        objects.keep_trees(std::sync::Arc::clone(&self.trees));
+        objects.keep_trees(std::sync::Arc::clone(&self.trees), TREE_CACHE_BYTES / 4);
         objects
     }
 

@@ -18,6 +18,11 @@ use gix_hash::ObjectId;
 /// shared buffer.
 const OVERHEAD: usize = 64;
 
+/// What a tree of `len` bytes weighs kept (the bound also counts one for each kept).
+pub(crate) fn weight(len: usize) -> usize {
+    len + OVERHEAD + 1
+}
+
 /// Weighs a kept tree by its bytes.
 struct Weight;
 
@@ -45,7 +50,7 @@ pub(crate) struct TreeCache {
 pub struct KeptTrees {
     /// Bytes held now (contents and their overhead).
     pub bytes: usize,
-    /// Trees answers took from there instead of reading them, so far.
+    /// Tree reads that found them there, so far.
     pub hits: u64,
 }
 
@@ -84,16 +89,20 @@ impl TreeCache {
         found
     }
 
-    /// Keep `data`, the content of tree `oid`, unless it is too large.
-    pub(crate) fn put(&self, oid: &ObjectId, data: &[u8]) {
+    /// Keep `data`, the content of tree `oid`, unless it is too large. Returns whether it
+    /// was put.
+    pub(crate) fn put(&self, oid: &ObjectId, data: &[u8]) -> bool {
         if data.len() > self.largest {
-            return;
+            return false;
         }
         let mut kept = self.lock();
-        if kept.get(oid).is_none() {
-            // Refused only when heavier than the whole cache, which `largest` rules out.
-            let _ = kept.put_with_weight(*oid, Arc::from(data));
-        }
+        // Refused only when heavier than the whole cache, which `largest` rules out.
+        kept.peek(oid).is_none() && kept.put_with_weight(*oid, Arc::from(data)).is_ok()
+    }
+
+    /// Keep nothing (for a handle gone idle).
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
     }
 
     /// Bytes held now (contents and their overhead).

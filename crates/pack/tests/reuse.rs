@@ -2319,7 +2319,9 @@ fn trees_of_head_read_ahead_serve_a_shallow_clone() {
     let head = oids(&git(&path, &["rev-parse", "HEAD"]));
     let mut fetch = clone_request(head);
     fetch.deepen = Some(1);
-    let (_, _, expected) = send(&Repository::open(&path).unwrap(), &fetch);
+    let walked = Repository::open(&path).unwrap();
+    let (_, _, expected) = send(&walked, &fetch);
+    assert_eq!(walked.kept_trees().bytes, 0, "a walk keeps no tree");
 
     let prepared = Repository::open(&path).unwrap();
     assert_eq!(prepared.kept_trees(), gitcache_pack::KeptTrees::default());
