@@ -254,9 +254,10 @@ impl Objects {
         }
     }
 
-    /// Read trees from `trees` when it holds them, and keep there up to `bytes` (as
-    /// [`crate::trees::weight`] counts) of those read by
-    /// [`named_tree_kept`](Self::named_tree_kept).
+    /// Read trees from `trees` when it holds them, and keep there the first `bytes` (as
+    /// [`crate::trees::weight`] counts) of those read otherwise: a walk reads the
+    /// directories of its wants first, which the next answers read again; past them, it
+    /// would copy version after version of a wide directory there to push out the others.
     pub(crate) fn keep_trees(
         &mut self,
         trees: std::sync::Arc<crate::trees::TreeCache>,
@@ -630,34 +631,21 @@ impl Objects {
 
     /// Tree `oid` with its entries' names.
     pub(crate) fn named_tree(&mut self, oid: &ObjectId) -> Result<NamedTree, Error> {
-        self.named_tree_keeping(oid, false)
-    }
-
-    /// [`named_tree`](Self::named_tree), keeping what is read for the repository handle's
-    /// next answers (see [`keep_trees`](Self::keep_trees)): for the directories at the paths
-    /// of what an answer sends (a tip's, and the client's there), which the next answers
-    /// read again. The other reads keep nothing: a walk of a history would copy every version
-    /// of a wide directory there, to push out the others.
-    pub(crate) fn named_tree_kept(&mut self, oid: &ObjectId) -> Result<NamedTree, Error> {
-        self.named_tree_keeping(oid, true)
-    }
-
-    fn named_tree_keeping(&mut self, oid: &ObjectId, keep: bool) -> Result<NamedTree, Error> {
         let hash = self.hash;
-        let data = self.tree_bytes(oid, keep)?.to_vec();
+        let data = self.tree_bytes(oid)?.to_vec();
         NamedTree::parse(data, hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
     }
 
     /// The entries of tree `oid`.
     pub(crate) fn tree(&mut self, oid: &ObjectId) -> Result<Vec<TreeEntry>, Error> {
         let hash = self.hash;
-        let data = self.tree_bytes(oid, false)?;
+        let data = self.tree_bytes(oid)?;
         parse_tree(data, hash).map_err(|reason| Error::Corrupt { oid: *oid, reason })
     }
 
-    /// The content of `oid`, which must be a tree: kept already, or read (and with `keep`,
-    /// kept).
-    fn tree_bytes(&mut self, oid: &ObjectId, keep: bool) -> Result<&[u8], Error> {
+    /// The content of `oid`, which must be a tree: kept already, or read (and kept, while
+    /// this handle may keep more; see [`keep_trees`](Self::keep_trees)).
+    fn tree_bytes(&mut self, oid: &ObjectId) -> Result<&[u8], Error> {
         let trees = self.trees.clone();
         if let Some(kept) = trees.as_ref().and_then(|trees| trees.get(oid)) {
             self.tick()?;
@@ -670,7 +658,7 @@ impl Objects {
             (Kind::Tree, data) => {
                 let weight = crate::trees::weight(data.len());
                 let left = may_keep.load(std::sync::atomic::Ordering::Relaxed);
-                if let Some(trees) = trees.filter(|_| keep && weight <= left)
+                if let Some(trees) = trees.filter(|_| weight <= left)
                     && trees.put(oid, data)
                 {
                     may_keep.store(left - weight, std::sync::atomic::Ordering::Relaxed);
@@ -1095,6 +1083,59 @@ mod tests {
         assert_eq!(objects.inflated_whole.get(), 1, "the base inflated again");
         assert_eq!(objects.read(&newest).unwrap(), (Kind::Tree, &whole[..]));
         assert_eq!(objects.inflated_whole.get(), 1);
+    }
+
+    /// An object handle keeps the first trees it reads, up to the bytes it may keep, and a
+    /// handle reading a kept one takes it from there: the same content, nothing inflated.
+    #[test]
+    fn trees_read_first_are_kept_up_to_the_handles_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("w");
+        std::fs::create_dir(&work).unwrap();
+        gitcache_testkit::git::git_stdout(&work, &["init", "-q"]);
+        let mut roots = Vec::new();
+        for round in 0..3 {
+            for i in 0..100 {
+                std::fs::write(work.join(format!("f{i:03}")), format!("{round}\n")).unwrap();
+            }
+            gitcache_testkit::git::git_stdout(&work, &["add", "-A"]);
+            gitcache_testkit::git::git_stdout(&work, &["commit", "-qm", "c"]);
+            let root = gitcache_testkit::git::git_stdout(&work, &["rev-parse", "HEAD^{tree}"]);
+            roots.push(ObjectId::from_hex(root.trim().as_bytes()).unwrap());
+        }
+        gitcache_testkit::git::git_stdout(&work, &["repack", "-adfq"]);
+        let repo = crate::Repository::open(work.join(".git")).unwrap();
+        repo.stored_packs().unwrap();
+        // Each root holds 100 entries of the same names: the same size.
+        let size = 100 * "100644 f000\0".len() + 100 * 20;
+        let trees = std::sync::Arc::new(crate::trees::TreeCache::new(1 << 20));
+        let mut objects = repo.objects();
+        objects.keep_trees(
+            std::sync::Arc::clone(&trees),
+            2 * crate::trees::weight(size) + 1,
+        );
+        let read: Vec<Vec<TreeEntry>> = (roots.iter().rev())
+            .map(|root| objects.tree(root).unwrap())
+            .collect();
+        assert!(trees.held_bytes() <= 2 * crate::trees::weight(size));
+        assert!(trees.get(&roots[2]).is_some() && trees.get(&roots[1]).is_some());
+        assert!(trees.get(&roots[0]).is_none(), "past the handle's share");
+
+        let mut other = repo.objects();
+        other.keep_trees(std::sync::Arc::clone(&trees), 0);
+        assert_eq!(other.tree(&roots[2]).unwrap(), read[0]);
+        assert_eq!(other.tree(&roots[1]).unwrap(), read[1]);
+        assert_eq!(
+            (other.inflated_whole.get(), other.chained.get()),
+            (0, 0),
+            "taken as kept"
+        );
+        assert_eq!(other.tree(&roots[0]).unwrap(), read[2]);
+        assert!(other.inflated_whole.get() + other.chained.get() > 0, "read");
+        assert!(
+            trees.get(&roots[0]).is_none(),
+            "a handle of no share keeps nothing"
+        );
     }
 
     #[test]

@@ -191,9 +191,9 @@ impl Repository {
     /// Read the directories of the commit `HEAD` names into the trees this handle keeps for
     /// its answers, the root first, then level by level: a shallow clone of it reads every
     /// one of them, and a fetch of it compares those it sends with the client's (reading them
-    /// otherwise costs each its whole delta chain). Every tree read looks there first; an
-    /// answer keeps the trees it compares with the client's too (a quarter of the bound at
-    /// most), but a walk keeps none. The trees are handed on by [`reopen`](Self::reopen) and
+    /// otherwise costs each its whole delta chain). Every tree read looks there first, and
+    /// each answer keeps the first it reads otherwise, up to a quarter of the bound (a walk
+    /// reads its wants' directories first). The trees are handed on by [`reopen`](Self::reopen) and
     /// let go of by [`forget_kept_trees`](Self::forget_kept_trees). At most half of the bound
     /// is read here. Returns how many trees were read or found kept; none without a `HEAD`
     /// naming a commit. Blocking: a directory deep in a delta chain is read through all of it.
@@ -219,7 +219,7 @@ impl Repository {
             if !seen.insert(tree) {
                 continue;
             }
-            let named = objects.named_tree_kept(&tree)?;
+            let named = objects.named_tree(&tree)?;
             read += 1;
             bytes += crate::trees::weight(named.content().len());
             queue.extend(

@@ -313,7 +313,7 @@ impl PathBases {
         if self.bytes >= PATH_TREE_BYTES {
             return None;
         }
-        let named = Rc::new(objects.named_tree_kept(oid).ok()?);
+        let named = Rc::new(objects.named_tree(oid).ok()?);
         self.bytes += named.bytes();
         self.trees.insert(*oid, Rc::clone(&named));
         Some(named)

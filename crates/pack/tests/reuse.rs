@@ -2311,8 +2311,8 @@ fn versions_beyond_the_bitmapped_pack_go_as_deltas_against_the_clients() {
 
 /// The trees of `HEAD` read ahead, as a server prepares a mirror asked for lately, are the
 /// ones a shallow clone of it then reads: its answer takes them from the handle and is byte
-/// for byte the answer of a handle that read them from the pack; a handle opened again (after
-/// a refresh) keeps them.
+/// for byte the answer of a handle that read them from the pack (which keeps them too); a
+/// handle opened again (after a refresh) keeps them.
 #[test]
 fn trees_of_head_read_ahead_serve_a_shallow_clone() {
     let (_dir, path) = packed_repo(37);
@@ -2321,7 +2321,10 @@ fn trees_of_head_read_ahead_serve_a_shallow_clone() {
     fetch.deepen = Some(1);
     let walked = Repository::open(&path).unwrap();
     let (_, _, expected) = send(&walked, &fetch);
-    assert_eq!(walked.kept_trees().bytes, 0, "a walk keeps no tree");
+    assert!(
+        walked.kept_trees().bytes > 0,
+        "the walk keeps its want's trees"
+    );
 
     let prepared = Repository::open(&path).unwrap();
     assert_eq!(prepared.kept_trees(), gitcache_pack::KeptTrees::default());
