@@ -1046,24 +1046,15 @@ mod tests {
     /// base of the other's chain; read again, it comes from the cache, the same.
     #[test]
     fn a_tree_read_whole_is_not_inflated_again_as_a_base() {
-        let dir = tempfile::tempdir().unwrap();
-        let work = dir.path().join("w");
-        std::fs::create_dir(&work).unwrap();
-        gitcache_testkit::git::git_stdout(&work, &["init", "-q"]);
         // A directory of many files, one of them changed in every commit.
-        for i in 0..200 {
-            std::fs::write(work.join(format!("f{i:03}")), format!("file {i}\n")).unwrap();
-        }
-        let mut roots = Vec::new();
-        for round in 0..4 {
+        let (_dir, repo, roots) = root_versions(4, |work, round| {
+            if round == 0 {
+                for i in 0..200 {
+                    std::fs::write(work.join(format!("f{i:03}")), format!("file {i}\n")).unwrap();
+                }
+            }
             std::fs::write(work.join("f000"), format!("round {round}\n")).unwrap();
-            gitcache_testkit::git::git_stdout(&work, &["add", "-A"]);
-            gitcache_testkit::git::git_stdout(&work, &["commit", "-qm", "c"]);
-            let root = gitcache_testkit::git::git_stdout(&work, &["rev-parse", "HEAD^{tree}"]);
-            roots.push(ObjectId::from_hex(root.trim().as_bytes()).unwrap());
-        }
-        gitcache_testkit::git::git_stdout(&work, &["repack", "-adfq"]);
-        let repo = crate::Repository::open(work.join(".git")).unwrap();
+        });
         let mut objects = repo.objects();
         let stored = |objects: &Objects, oid: &ObjectId| {
             let (k, offset) = objects.packs.find(oid).expect("in the pack");
@@ -1085,26 +1076,39 @@ mod tests {
         assert_eq!(objects.inflated_whole.get(), 1);
     }
 
+    /// A repository of `rounds` commits, each made after `write(work tree, round)`, packed
+    /// with deltas (`git repack -adf`), with the root tree of each commit, oldest first.
+    fn root_versions(
+        rounds: usize,
+        write: impl Fn(&std::path::Path, usize),
+    ) -> (tempfile::TempDir, crate::Repository, Vec<ObjectId>) {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("w");
+        std::fs::create_dir(&work).unwrap();
+        let git = |args: &[&str]| gitcache_testkit::git::git_stdout(&work, args);
+        git(&["init", "-q"]);
+        let roots = (0..rounds)
+            .map(|round| {
+                write(&work, round);
+                git(&["add", "-A"]);
+                git(&["commit", "-qm", "c"]);
+                ObjectId::from_hex(git(&["rev-parse", "HEAD^{tree}"]).trim().as_bytes()).unwrap()
+            })
+            .collect();
+        git(&["repack", "-adfq"]);
+        let repo = crate::Repository::open(work.join(".git")).unwrap();
+        (dir, repo, roots)
+    }
+
     /// An object handle keeps the first trees it reads, up to the bytes it may keep, and a
     /// handle reading a kept one takes it from there: the same content, nothing inflated.
     #[test]
     fn trees_read_first_are_kept_up_to_the_handles_share() {
-        let dir = tempfile::tempdir().unwrap();
-        let work = dir.path().join("w");
-        std::fs::create_dir(&work).unwrap();
-        gitcache_testkit::git::git_stdout(&work, &["init", "-q"]);
-        let mut roots = Vec::new();
-        for round in 0..3 {
+        let (_dir, repo, roots) = root_versions(3, |work, round| {
             for i in 0..100 {
                 std::fs::write(work.join(format!("f{i:03}")), format!("{round}\n")).unwrap();
             }
-            gitcache_testkit::git::git_stdout(&work, &["add", "-A"]);
-            gitcache_testkit::git::git_stdout(&work, &["commit", "-qm", "c"]);
-            let root = gitcache_testkit::git::git_stdout(&work, &["rev-parse", "HEAD^{tree}"]);
-            roots.push(ObjectId::from_hex(root.trim().as_bytes()).unwrap());
-        }
-        gitcache_testkit::git::git_stdout(&work, &["repack", "-adfq"]);
-        let repo = crate::Repository::open(work.join(".git")).unwrap();
+        });
         repo.stored_packs().unwrap();
         // Each root holds 100 entries of the same names: the same size.
         let size = 100 * "100644 f000\0".len() + 100 * 20;
