@@ -39,6 +39,7 @@ pub(crate) const MAINTENANCE_RUNNING: &str = "gitcache_mirror_maintenance_runnin
 pub(crate) const MAINTENANCE: &str = "gitcache_mirror_maintenance_total";
 pub(crate) const REMADE: &str = "gitcache_pack_remade_lookups_total";
 pub(crate) const REMADE_BYTES: &str = "gitcache_pack_remade_bytes";
+pub(crate) const KEPT_TREE_BYTES: &str = "gitcache_pack_kept_tree_bytes";
 pub(crate) const BUILD_INFO: &str = "gitcache_build_info";
 
 /// Histogram buckets suited to these metrics (sub-millisecond decisions to minutes-long
@@ -145,6 +146,10 @@ pub(crate) fn describe() {
             REMADE_BYTES,
             "Bytes held by the store of objects compressed again."
         );
+        describe_gauge!(
+            KEPT_TREE_BYTES,
+            "Bytes of trees the open mirrors keep for their answers."
+        );
         describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
         gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     });
@@ -222,6 +227,11 @@ pub(crate) fn remade(remade: &gitcache_pack::Remade) {
     counter!(REMADE, "result" => "hit").absolute(remade.hits());
     counter!(REMADE, "result" => "miss").absolute(remade.misses());
     gauge!(REMADE_BYTES).set(remade.held_bytes() as f64);
+}
+
+/// The trees the open mirrors keep (when scraped).
+pub(crate) fn kept_trees(bytes: usize) {
+    gauge!(KEPT_TREE_BYTES).set(bytes as f64);
 }
 
 pub(crate) fn cut_off(reason: &'static str) {

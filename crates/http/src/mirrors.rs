@@ -235,6 +235,15 @@ impl Mirrors {
     /// when the listing could be made: removed by another instance, say), and, of those unused
     /// for `idle_for`, all but the `keep` used last: each holds its files mapped. One closed
     /// is opened again by the next request that needs it.
+    /// Bytes of trees the open mirrors keep for their answers (see
+    /// [`Repository::keep_head_trees`]).
+    pub(crate) fn kept_tree_bytes(&self) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.values()
+            .map(|known| known.repo.kept_trees().bytes)
+            .sum()
+    }
+
     pub(crate) fn close_idle(
         &self,
         on_disk: Option<&std::collections::HashSet<RepoKey>>,

@@ -611,6 +611,7 @@ impl Proxy {
             metrics::remade(remade);
         }
         metrics::maintenance(self.fetches.mirrors.registry().maintenance());
+        metrics::kept_trees(self.fetches.mirrors.kept_tree_bytes());
         let mut response = Response::new(Body::full(handle.render()));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

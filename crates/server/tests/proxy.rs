@@ -780,7 +780,8 @@ fn upstream_connections_are_kept_between_requests() {
 }
 
 /// Objects a depth-1 answer compresses again (their stored delta base is not sent) are kept
-/// for the next answer, which takes them instead of making them again; `/metrics` shows it.
+/// for the next answer, which takes them instead of making them again; `/metrics` shows it,
+/// and the trees the mirror's handle keeps.
 #[test]
 fn objects_compressed_again_are_kept_for_the_next_answer_and_counted() {
     let upstream = Upstream::start().unwrap();
@@ -827,6 +828,8 @@ fn objects_compressed_again_are_kept_for_the_next_answer_and_counted() {
     let made = series(misses);
     assert!(made >= files as f64, "{made}");
     assert!(series("gitcache_pack_remade_bytes") > 0.0);
+    // The walk's first trees are kept by the mirror's handle for the next answers.
+    assert!(series("gitcache_pack_kept_tree_bytes") > 0.0);
 
     // The same answer again: every object made again is taken from the store.
     assert_eq!(clone("two"), first);
