@@ -1257,6 +1257,15 @@ impl<'a> PackWriter<'a> {
         };
         let hash = self.objects.hash();
         let loaded = self.bitmaps?.get(pack, self.rev, hash)?;
+        // An answer of commits and tags alone (`tree:0`) pairs nothing: its name hashes are
+        // not read (a tenth of such an answer in a process of its own).
+        let types = &loaded.bitmaps;
+        if !packed
+            .positions()
+            .any(|q| types.blobs.get(q) || types.trees.get(q))
+        {
+            return None;
+        }
         let names = loaded.bitmaps.names().ok().flatten()?;
         // Trees and blobs by kind and name.
         let mut named: Vec<(u64, usize)> = packed
