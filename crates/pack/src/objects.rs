@@ -167,6 +167,26 @@ const MAX_CHAIN: usize = 4096;
 /// Objects larger than this are read by gitoxide's resolution, without every base kept.
 const MAX_CHAINED_OBJECT: u64 = 64 << 20;
 
+/// Where the base of the delta `entry` of `pack` lies (`Some(None)`: not in the pack), or
+/// `None` for an object stored whole.
+fn base_offset(
+    pack: &crate::packs::StoredPack,
+    entry: &gix_pack::data::Entry,
+) -> Option<Option<u64>> {
+    match entry.header {
+        // A base lies before its delta: no cycle.
+        gix_pack::data::entry::Header::OfsDelta { base_distance } => Some(
+            (entry.pack_offset())
+                .checked_sub(base_distance)
+                .filter(|_| base_distance > 0),
+        ),
+        gix_pack::data::entry::Header::RefDelta { base_id } => Some(
+            crate::packs::lookup(&pack.index, &base_id).map(|i| pack.index.pack_offset_at_index(i)),
+        ),
+        _ => None,
+    }
+}
+
 /// The data of `entry` (a whole object's, or a delta's instructions), inflated into `out`;
 /// the compressed bytes read for it.
 pub(crate) fn inflate_entry(
@@ -495,18 +515,10 @@ impl Objects {
             if let Some((kind, _)) = cache.get(slot, at.data_offset, out) {
                 break kind;
             }
-            let base = match at.header {
-                // A base lies before its delta: no cycle.
-                gix_pack::data::entry::Header::OfsDelta { base_distance } => at
-                    .pack_offset()
-                    .checked_sub(base_distance)
-                    .filter(|_| base_distance > 0),
-                gix_pack::data::entry::Header::RefDelta { base_id } => {
-                    crate::packs::lookup(&pack.index, &base_id)
-                        .map(|i| pack.index.pack_offset_at_index(i))
-                }
-                header => {
-                    let Some(kind) = header.as_kind() else {
+            let base = match base_offset(pack, &at) {
+                Some(base) => base,
+                None => {
+                    let Some(kind) = at.header.as_kind() else {
                         return Ok(None);
                     };
                     let read = inflate_entry(data, &at, &mut self.packs.inflate.borrow_mut(), out)?;
@@ -627,6 +639,37 @@ impl Objects {
     pub(crate) fn peel_to_commit(&mut self, oid: &ObjectId) -> Result<Option<ObjectId>, Error> {
         let (target, kind) = self.peel(oid)?;
         Ok((kind == Kind::Commit).then_some(target))
+    }
+
+    /// About the bytes reading `oid` makes: the length of its delta chain (the object itself
+    /// counted) times the size of the object stored whole at the chain's end (each link
+    /// applied makes an object of about that size), from entry headers alone. 0 for a tree
+    /// kept, and for what is not read along a chain of a listed pack (read as before).
+    pub(crate) fn read_cost(&mut self, oid: &ObjectId) -> u64 {
+        if self.trees.as_ref().is_some_and(|trees| trees.contains(oid)) {
+            return 0;
+        }
+        let Some((k, offset)) = self.packs.find(oid) else {
+            return 0;
+        };
+        let Some(data) = self.packs.data(k, self.hash) else {
+            return 0;
+        };
+        let pack = &self.packs.listed[k];
+        let mut at = match data.entry(offset) {
+            Ok(entry) => entry,
+            Err(_) => return 0,
+        };
+        for links in 1..=MAX_CHAIN as u64 {
+            let Some(base) = base_offset(pack, &at) else {
+                return links.saturating_mul(at.decompressed_size);
+            };
+            match base.and_then(|offset| data.entry(offset).ok()) {
+                Some(entry) => at = entry,
+                None => return 0,
+            }
+        }
+        u64::MAX
     }
 
     /// Tree `oid` with its entries' names.
@@ -914,7 +957,7 @@ pub(crate) fn tree_entry(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A work tree with a history of shrinking files, packed by `git repack -adq` with
@@ -1046,15 +1089,7 @@ mod tests {
     /// base of the other's chain; read again, it comes from the cache, the same.
     #[test]
     fn a_tree_read_whole_is_not_inflated_again_as_a_base() {
-        // A directory of many files, one of them changed in every commit.
-        let (_dir, repo, roots) = root_versions(4, |work, round| {
-            if round == 0 {
-                for i in 0..200 {
-                    std::fs::write(work.join(format!("f{i:03}")), format!("file {i}\n")).unwrap();
-                }
-            }
-            std::fs::write(work.join("f000"), format!("round {round}\n")).unwrap();
-        });
+        let (_dir, repo, roots) = one_file_changed(4);
         let mut objects = repo.objects();
         let stored = |objects: &Objects, oid: &ObjectId| {
             let (k, offset) = objects.packs.find(oid).expect("in the pack");
@@ -1078,7 +1113,7 @@ mod tests {
 
     /// A repository of `rounds` commits, each made after `write(work tree, round)`, packed
     /// with deltas (`git repack -adf`), with the root tree of each commit, oldest first.
-    fn root_versions(
+    pub(crate) fn root_versions(
         rounds: usize,
         write: impl Fn(&std::path::Path, usize),
     ) -> (tempfile::TempDir, crate::Repository, Vec<ObjectId>) {
@@ -1098,6 +1133,41 @@ mod tests {
         git(&["repack", "-adfq"]);
         let repo = crate::Repository::open(work.join(".git")).unwrap();
         (dir, repo, roots)
+    }
+
+    /// [`root_versions`] of a directory of 200 files, one of them changed in every commit:
+    /// git stores the older roots as deltas.
+    pub(crate) fn one_file_changed(
+        rounds: usize,
+    ) -> (tempfile::TempDir, crate::Repository, Vec<ObjectId>) {
+        root_versions(rounds, |work, round| {
+            if round == 0 {
+                for i in 0..200 {
+                    std::fs::write(work.join(format!("f{i:03}")), format!("file {i}\n")).unwrap();
+                }
+            }
+            std::fs::write(work.join("f000"), format!("round {round}\n")).unwrap();
+        })
+    }
+
+    /// What reading a tree makes, from its headers: its size stored whole, its chain's links
+    /// times the size at its end stored as a delta, nothing kept.
+    #[test]
+    fn the_cost_of_a_read_is_its_chain_times_its_size() {
+        let (_dir, repo, roots) = one_file_changed(3);
+        repo.stored_packs().unwrap();
+        let size = 200 * "100644 f000\0".len() as u64 + 200 * 20;
+        let mut objects = repo.objects();
+        // git keeps the newest version whole and the older ones as deltas, on it or on each
+        // other.
+        assert_eq!(objects.read_cost(&roots[2]), size);
+        let older = objects.read_cost(&roots[1]);
+        assert!(older >= 2 * size && older % size == 0, "{older}");
+        assert!(objects.read_cost(&roots[0]) >= 2 * size);
+        objects.tree(&roots[1]).unwrap();
+        assert_eq!(objects.read_cost(&roots[1]), 0, "kept");
+        let absent = ObjectId::from_bytes_or_panic(&[7; 20]);
+        assert_eq!(objects.read_cost(&absent), 0);
     }
 
     /// An object handle keeps the first trees it reads, up to the bytes it may keep, and a

@@ -89,6 +89,11 @@ impl TreeCache {
         found
     }
 
+    /// Whether tree `oid` is kept (not counted as a hit, nor made the most recently used).
+    pub(crate) fn contains(&self, oid: &ObjectId) -> bool {
+        self.lock().peek(oid).is_some()
+    }
+
     /// Keep `data`, the content of tree `oid`, unless it is too large. Returns whether it
     /// was put.
     pub(crate) fn put(&self, oid: &ObjectId, data: &[u8]) -> bool {
