@@ -231,10 +231,6 @@ impl Mirrors {
         forgotten
     }
 
-    /// Close the open mirrors that no request holds and that are gone from disk (`on_disk`,
-    /// when the listing could be made: removed by another instance, say), and, of those unused
-    /// for `idle_for`, all but the `keep` used last: each holds its files mapped. One closed
-    /// is opened again by the next request that needs it.
     /// Bytes of trees the open mirrors keep for their answers (see
     /// [`Repository::keep_head_trees`]).
     pub(crate) fn kept_tree_bytes(&self) -> usize {
@@ -244,6 +240,11 @@ impl Mirrors {
             .sum()
     }
 
+    /// Close the open mirrors that no request holds and that are gone from disk (`on_disk`,
+    /// when the listing could be made: removed by another instance, say), and, of those unused
+    /// for `idle_for`, all but the `keep` used last: each holds its files mapped. One closed
+    /// is opened again by the next request that needs it. Those kept let go of the trees
+    /// they kept.
     pub(crate) fn close_idle(
         &self,
         on_disk: Option<&std::collections::HashSet<RepoKey>>,

@@ -643,8 +643,10 @@ impl Objects {
 
     /// About the bytes reading `oid` makes: the length of its delta chain (the object itself
     /// counted) times the size of the object stored whole at the chain's end (each link
-    /// applied makes an object of about that size), from entry headers alone. 0 for a tree
-    /// kept, and for what is not read along a chain of a listed pack (read as before).
+    /// applied makes an object of about that size, though a delta may state a larger one),
+    /// from entry headers alone. 0 for a tree kept and for an object outside the listed packs
+    /// (loose: one inflation); `u64::MAX` for a chain that cannot be followed within its pack
+    /// in [`MAX_CHAIN`] links (a base elsewhere costs what cannot be told from here).
     pub(crate) fn read_cost(&mut self, oid: &ObjectId) -> u64 {
         if self.trees.as_ref().is_some_and(|trees| trees.contains(oid)) {
             return 0;
@@ -658,7 +660,7 @@ impl Objects {
         let pack = &self.packs.listed[k];
         let mut at = match data.entry(offset) {
             Ok(entry) => entry,
-            Err(_) => return 0,
+            Err(_) => return u64::MAX,
         };
         for links in 1..=MAX_CHAIN as u64 {
             let Some(base) = base_offset(pack, &at) else {
@@ -666,7 +668,7 @@ impl Objects {
             };
             match base.and_then(|offset| data.entry(offset).ok()) {
                 Some(entry) => at = entry,
-                None => return 0,
+                None => return u64::MAX,
             }
         }
         u64::MAX
