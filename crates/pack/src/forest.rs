@@ -16,58 +16,52 @@ const NONE: u32 = u32::MAX;
 /// Depths are counted up to this (git's own limit is 4095).
 const MAX_DEPTH: usize = 4096;
 
-/// Entry headers of a pack file read in order through one buffer: the file is not mapped,
-/// so reading every header does not make the whole pack resident in the process.
-pub(crate) struct Headers {
-    file: std::fs::File,
-    buf: Vec<u8>,
-    /// The file offset of `buf[0]`, and how many bytes of `buf` hold data.
-    start: u64,
-    len: usize,
+/// Entry headers of a pack read in order through its map, the pages read let go of a stretch
+/// at a time (see [`crate::mapped::Forward`]): reading every header does not leave the whole
+/// pack resident in the process, nor copy it (a read through a buffer copied every byte of the
+/// small entries between the headers).
+pub(crate) struct Headers<'a> {
+    pack: &'a StoredPack,
+    data: std::sync::Arc<crate::packs::PackData>,
+    read: crate::mapped::Forward,
 }
 
 /// The longest entry header: type and size (at most 10 bytes), then a base's distance (at
 /// most 10) or id (at most 32).
 const MAX_HEADER: u64 = 64;
-const HEADERS_BUFFER: usize = 256 << 10;
 
-impl Headers {
-    pub(crate) fn open(path: &std::path::Path) -> Result<Headers, Error> {
+impl<'a> Headers<'a> {
+    pub(crate) fn new(pack: &'a StoredPack, hash: gix_hash::Kind) -> Result<Headers<'a>, Error> {
         Ok(Headers {
-            file: std::fs::File::open(path)?,
-            buf: vec![0; HEADERS_BUFFER],
-            start: 0,
-            len: 0,
+            pack,
+            data: pack.data(hash)?,
+            read: crate::mapped::Forward::default(),
         })
     }
 
-    /// The bytes from `offset` on: at least an entry header's worth, unless the file ends.
-    /// `next` is where the following entry starts: past a large entry, only its header is
-    /// read.
-    pub(crate) fn at(&mut self, offset: u64, next: u64) -> Result<&[u8], Error> {
-        let end = self.start + self.len as u64;
-        if offset < self.start || offset.saturating_add(MAX_HEADER) > end {
-            let want = if next.saturating_sub(offset) > self.buf.len() as u64 {
-                MAX_HEADER as usize
-            } else {
-                self.buf.len()
-            };
-            self.start = offset;
-            self.len = 0;
-            while self.len < want {
-                let read = std::os::unix::fs::FileExt::read_at(
-                    &self.file,
-                    &mut self.buf[self.len..want],
-                    offset.saturating_add(self.len as u64),
-                )?;
-                if read == 0 {
-                    break;
-                }
-                self.len += read;
-            }
+    /// The bytes from `offset` on: an entry header's worth, fewer where the file ends.
+    /// Offsets are asked in increasing order.
+    pub(crate) fn at(&mut self, offset: u64) -> Result<&[u8], Error> {
+        let end = offset
+            .saturating_add(MAX_HEADER)
+            .min(self.data.data_len() as u64);
+        if let Some(stretch) = self.read.read(offset..end.max(offset)) {
+            self.pack.let_go_of(stretch);
         }
-        let from = (offset - self.start) as usize;
-        Ok(&self.buf[from..self.len])
+        (self.data.entry_slice(offset..end.max(offset))).ok_or_else(|| Error::Odb {
+            message: format!(
+                "{}: an entry at {offset}, beyond the end",
+                self.pack.pack.display()
+            ),
+        })
+    }
+}
+
+impl Drop for Headers<'_> {
+    fn drop(&mut self) {
+        if let Some(rest) = self.read.rest() {
+            self.pack.let_go_of(rest);
+        }
     }
 }
 
@@ -98,7 +92,7 @@ impl DeltaForest {
             });
         }
         let mut base = vec![NONE; n];
-        let mut headers = Headers::open(&pack.pack)?;
+        let mut headers = Headers::new(pack, hash)?;
         // Every entry's offset, in pack order, when they fit in four bytes each (a pack under
         // 4 GiB): bases are found by binary search in it. Else from the indexes, searching
         // back from the delta.
@@ -109,12 +103,7 @@ impl DeltaForest {
         };
         for (p, slot) in base.iter_mut().enumerate() {
             let offset = offset_at(p);
-            let next = if p + 1 < n {
-                offset_at(p + 1)
-            } else {
-                u64::MAX
-            };
-            let entry = gix_pack::data::Entry::from_bytes(headers.at(offset, next)?, offset, hash)
+            let entry = gix_pack::data::Entry::from_bytes(headers.at(offset)?, offset, hash)
                 .map_err(Error::odb)?;
             let found = match entry.header {
                 Header::OfsDelta { base_distance } => {

@@ -1147,19 +1147,14 @@ pub(crate) fn kinds(
     rev: &RevIndex,
     hash: HashKind,
 ) -> Result<Option<Vec<gix_object::Kind>>, Error> {
-    let mut headers = crate::forest::Headers::open(&pack.pack)?;
+    let mut headers = crate::forest::Headers::new(pack, hash)?;
     // Every offset is read in order: the reverse index's table of them (made now) serves.
     rev.all_offsets(pack);
     let n = rev.len();
     let mut kinds: Vec<gix_object::Kind> = Vec::with_capacity(n);
     for p in 0..n {
         let offset = rev.offset(pack, p);
-        let next = if p + 1 < n {
-            rev.offset(pack, p + 1)
-        } else {
-            u64::MAX
-        };
-        let entry = gix_pack::data::Entry::from_bytes(headers.at(offset, next)?, offset, hash)
+        let entry = gix_pack::data::Entry::from_bytes(headers.at(offset)?, offset, hash)
             .map_err(Error::odb)?;
         if let Some(kind) = entry.header.as_kind() {
             kinds.push(kind);
