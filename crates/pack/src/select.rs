@@ -1111,7 +1111,103 @@ fn include_tags(
 
 #[cfg(test)]
 mod tests {
-    use super::{EntryKind, PathBases, ROOT_PATH, child_path};
+    use super::{EntryKind, Has, OidSet, PathBases, ROOT_PATH, SelectRequest, child_path};
+    use gix_hash::ObjectId;
+
+    /// The tip's version of a directory, stored whole, is paired with the client's version
+    /// at its path; when reading the client's version (91 links deep) would make more than
+    /// the work allowed, it is neither read nor offered as a base.
+    #[test]
+    fn a_clients_tree_too_deep_for_the_work_allowed_is_no_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("w");
+        let git = |at: &std::path::Path, args: &[&str]| gitcache_testkit::git::git_stdout(at, args);
+        git(
+            dir.path(),
+            &["init", "-q", "-b", "main", work.to_str().unwrap()],
+        );
+        std::fs::create_dir(work.join("d")).unwrap();
+        for i in 0..300 {
+            std::fs::write(work.join(format!("d/{i}.txt")), format!("file {i}\n")).unwrap();
+        }
+        gitcache_testkit::git::commit_all(&work, "start");
+        for round in 0..100 {
+            std::fs::write(
+                work.join(format!("d/{round}.txt")),
+                format!("round {round}\n"),
+            )
+            .unwrap();
+            gitcache_testkit::git::commit_all(&work, &format!("round {round}"));
+        }
+        let path = dir.path().join("r.git");
+        git(
+            dir.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                work.to_str().unwrap(),
+                path.to_str().unwrap(),
+            ],
+        );
+        // The oldest version deep in a chain on the newest (one thread: the same layout every
+        // time; with a window of one it would be a delta on the newest itself).
+        let repack = [
+            "-c",
+            "pack.threads=1",
+            "repack",
+            "-adfq",
+            "--window=2",
+            "--depth=100",
+        ];
+        git(&path, &repack);
+        let id = |rev: &str| ObjectId::from_hex(git(&path, &["rev-parse", rev]).trim().as_bytes());
+        let (tip, client) = (id("main").unwrap(), id("main~99").unwrap());
+        let (tip_dir, client_dir) = (id("main:d").unwrap(), id("main~99:d").unwrap());
+        let (tip_root, client_root) = (id("main^{tree}").unwrap(), id("main~99^{tree}").unwrap());
+        let repo = crate::Repository::open(&path).unwrap();
+        repo.stored_packs().unwrap();
+        let grafts = OidSet::default();
+        let (wants, haves) = ([tip], [client]);
+        let req = SelectRequest {
+            wants: &wants,
+            haves: &haves,
+            grafts: &grafts,
+            filter: None,
+            include_tag: false,
+            by_path: true,
+            thin: true,
+        };
+        let is_sent = |oid: &ObjectId| [tip_root, tip_dir].contains(oid);
+        let has = Has {
+            set: [client_root, client_dir].into_iter().collect(),
+            ..Has::default()
+        };
+        let mut objects = repo.objects();
+        objects.keep_trees(
+            std::sync::Arc::new(crate::trees::TreeCache::new(1 << 20)),
+            0,
+        );
+        let deep = objects.read_cost(&client_dir);
+        assert!(deep > 50 * objects.read_cost(&tip_dir), "{deep}");
+
+        let (found, read) = super::client_path_bases(&mut objects, &req, is_sent, &has, None);
+        assert_eq!(found[&tip_dir].client, Some(client_dir), "no bound: paired");
+        assert!(read.contains_key(&client_dir));
+        let (found, read) =
+            super::client_path_bases(&mut objects, &req, is_sent, &has, Some(deep - 1));
+        assert_eq!(
+            found.get(&tip_dir).and_then(|b| b.client),
+            None,
+            "over the bound"
+        );
+        assert!(!read.contains_key(&client_dir));
+        assert_eq!(
+            found[&tip_root].client,
+            Some(client_root),
+            "the roots within it"
+        );
+    }
 
     /// A tree whose read would make more than the work left is not read, nor costed again;
     /// one within it is (to the last byte), and its cost is taken off; one read already
