@@ -13,6 +13,11 @@
 //! instead of the commit) and [`Repository::write_bitmaps`] (what each sampled commit
 //! reaches); both are read when present, git's own files included.
 //!
+//! A [`Repository`] is meant to be kept open between answers: it keeps what they read and
+//! made (indexes, reverse indexes, bitmaps, delta forests, and the trees they read first, see
+//! [`Repository::keep_head_trees`]), and [`Repository::reopen`] hands it on when the packs
+//! change.
+//!
 //! # Example
 //!
 //! ```no_run
