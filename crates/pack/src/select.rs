@@ -287,7 +287,7 @@ struct PathBases {
     /// What is left of the bytes reading trees may make (see [`Objects::read_cost`]), for
     /// a look whose gain is bounded; `None`: no bound but [`PATH_TREE_BYTES`].
     work_left: Option<u64>,
-    /// Trees not read for that bound.
+    /// Trees not read for that bound (not costed again).
     passed_over: OidSet,
 }
 
@@ -591,11 +591,11 @@ fn whole_to_pair(
 /// The bytes reading trees may make in looking for the client's versions of objects stored
 /// whole, per byte those take in the pack (see [`Objects::read_cost`]), for an answer sending
 /// nothing from beyond the pack (one that does is bounded by [`PATH_TREE_BYTES`] alone: what
-/// it sends from beyond is not counted there). Measured on a 50 MB
-/// generated repository, a fetch of 50 commits: its 86 objects stored whole took 62 KB, and
-/// finding their client's versions read the two widest directories through chains 37 and 42
-/// links deep (4 MB made, half the answer's time) for 46 KB less sent; a consolidated pack
-/// keeps the newest versions whole, whose reads make about their size.
+/// it sends from beyond is not counted there). Measured on a 50 MB generated repository, a
+/// fetch of 50 commits: its 86 objects stored whole took 62 KB, and finding their client's
+/// versions read the two widest directories through chains 37 and 42 links deep (4 MB made,
+/// half the answer's time) for 46 KB less sent; a consolidated pack keeps the newest versions
+/// whole, whose reads make about their size.
 const PATH_WORK_PER_BYTE: u64 = 16;
 
 /// A fetch whose haves all lie beyond the bitmapped pack is answered from the bitmaps when the
@@ -654,9 +654,12 @@ fn client_path_bases(
     };
     // Trees sent, with the client's trees at their path (read when the tree is walked).
     let mut stack: Vec<(ObjectId, Vec<ObjectId>)> = Vec::new();
+    // The trees sent that were paired: their client's versions are read when they are.
+    let mut trees_paired = OidSet::default();
     for root in ours.into_iter().filter(|root| is_sent(root)) {
         let base = theirs.iter().find(|t| **t != root && has.contains(t));
         pair(root, base.copied());
+        trees_paired.insert(root);
         stack.push((root, theirs.clone()));
     }
     let mut paths = PathBases {
@@ -697,13 +700,19 @@ fn client_path_bases(
                 theirs.iter().copied().find(|oid| has.contains(oid)),
             );
             if entry.kind == EntryKind::Tree {
+                trees_paired.insert(entry.oid);
                 stack.push((entry.oid, theirs));
             }
         }
     }
-    // A client's tree not read for the bound is not offered as a base either: the writer
-    // would read it (through the whole chain the bound passed over) to make the delta.
-    found.retain(|_, base| base.client.is_none_or(|c| !paths.passed_over.contains(&c)));
+    // Under a bound, a client's tree not read (passed over, or under a sent tree passed over)
+    // is not offered as a base either: the writer would read it, through the chain the bound
+    // spared, to make the delta.
+    if work.is_some() {
+        found.retain(|sent, base| {
+            !trees_paired.contains(sent) || base.client.is_none_or(|c| paths.trees.contains_key(&c))
+        });
+    }
     let read = found
         .values()
         .filter_map(|base| {
@@ -1207,6 +1216,17 @@ mod tests {
             Some(client_root),
             "the roots within it"
         );
+        // Room for the roots alone: the tip's version is passed over, and with it the client's.
+        let roots = objects.read_cost(&tip_root) + objects.read_cost(&client_root);
+        let (found, read) =
+            super::client_path_bases(&mut objects, &req, is_sent, &has, Some(roots));
+        assert_eq!(
+            found.get(&tip_dir).and_then(|b| b.client),
+            None,
+            "under one passed over"
+        );
+        assert!(!read.contains_key(&client_dir));
+        assert_eq!(found[&tip_root].client, Some(client_root));
     }
 
     /// A tree whose read would make more than the work left is not read, nor costed again;
