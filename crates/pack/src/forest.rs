@@ -42,13 +42,13 @@ impl<'a> Headers<'a> {
     /// The bytes from `offset` on: an entry header's worth, fewer where the file ends.
     /// Offsets are asked in increasing order.
     pub(crate) fn at(&mut self, offset: u64) -> Result<&[u8], Error> {
-        let end = offset
-            .saturating_add(MAX_HEADER)
-            .min(self.data.data_len() as u64);
-        if let Some(stretch) = self.read.read(offset..end.max(offset)) {
+        let end = (offset.saturating_add(MAX_HEADER))
+            .min(self.data.data_len() as u64)
+            .max(offset);
+        if let Some(stretch) = self.read.read(offset..end) {
             self.pack.let_go_of(stretch);
         }
-        (self.data.entry_slice(offset..end.max(offset))).ok_or_else(|| Error::Odb {
+        (self.data.entry_slice(offset..end)).ok_or_else(|| Error::Odb {
             message: format!(
                 "{}: an entry at {offset}, beyond the end",
                 self.pack.pack.display()

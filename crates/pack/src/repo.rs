@@ -113,9 +113,10 @@ impl Repository {
     /// The repository opened again, as [`open`](Self::open) does, keeping what this handle
     /// read and made of the packs that are still there as it read them: their mapped
     /// indexes and files, commit graphs, reverse indexes with their tables and delta
-    /// forests, and bitmaps; and the trees it keeps. Only new packs (and files written beside a pack since, or
-    /// replaced) are read by the new handle, so its first answers are not slower than this
-    /// one's were. For a server that opens a repository again when its packs change.
+    /// forests, and bitmaps; and the trees it keeps. Only new packs (and files written
+    /// beside a pack since, or replaced) are read by the new handle, so its first answers are
+    /// not slower than this one's were. For a server that opens a repository again when its
+    /// packs change.
     pub fn reopen(&self) -> Result<Self, Error> {
         let mut fresh = Repository::open(&self.git_dir)?;
         if fresh.hash == self.hash {
@@ -193,9 +194,9 @@ impl Repository {
     /// one of them, and a fetch of it compares those it sends with the client's (reading them
     /// otherwise costs each its whole delta chain). Every tree read looks there first, and
     /// each answer keeps the first it reads otherwise, up to a quarter of the bound (a walk
-    /// reads its wants' directories first). The trees are handed on by [`reopen`](Self::reopen) and
-    /// let go of by [`forget_kept_trees`](Self::forget_kept_trees). At most half of the bound
-    /// is read here. Returns how many trees were read or found kept; none without a `HEAD`
+    /// reads its wants' directories first). The trees are handed on by
+    /// [`reopen`](Self::reopen) and let go of by
+    /// [`forget_kept_trees`](Self::forget_kept_trees). At most half of the bound is read here. Returns how many trees were read or found kept; none without a `HEAD`
     /// naming a commit. Blocking: a directory deep in a delta chain is read through all of it.
     pub fn keep_head_trees(&self) -> Result<usize, Error> {
         let Some(head) = self.find_ref("HEAD")?.and_then(|r| r.oid) else {
