@@ -10,6 +10,8 @@ use gitcache_protocol::request::Fetch;
 use gix_hash::Kind as HashKind;
 use hyper::{HeaderMap, Response};
 
+use gitcache_mirror::mirror::{ClientFetch, Hints, MAX_CLIENT_HAVES};
+
 use crate::access_log::CacheState;
 use crate::body::Body;
 use crate::error::Error;
@@ -103,9 +105,22 @@ impl Fetches {
             until(deadline.map(|d| d.max(tokio::time::Instant::now() + ANNOUNCED_WITHIN)));
         // The wants the mirror lacks are fetched by id beside the refresh's `ls-refs` (most
         // often the tip a push just made, which a CI job fetches by id).
-        let hints = self
+        let ids = self
             .worth_keeping(target, &fetch, missing)
             .unwrap_or_default();
+        // A fetch of commits the mirror lacks, all of them, from a client holding some of
+        // what the mirror holds: the pack fetched ahead is asked for as this client asks, and
+        // may answer it as it arrives.
+        let client =
+            (answered_ahead(&fetch) && fetch.wants.iter().all(|w| ids.contains(w))).then(|| {
+                ClientFetch {
+                    haves: fetch.haves.clone(),
+                    thin_pack: fetch.thin_pack,
+                    include_tag: fetch.include_tag,
+                }
+            });
+        let ahead = client.is_some();
+        let hints = Hints { ids, client };
         let refresh = self
             .mirrors
             .refresh_asking(&target.key, upstream, true, Vec::new(), hints);
@@ -146,6 +161,37 @@ impl Fetches {
                     () = &mut too_long, if !live => break Waited::TooLong,
                 }
             }
+        } else if ahead {
+            // Waiting for the refresh, and meanwhile for a pack announced that answers this
+            // fetch (another client's may, or may not).
+            let registry = self.mirrors.registry();
+            // One that failed already is passed over: the refresh goes on without it.
+            let answers = |pack: &gitcache_mirror::live::LivePack| {
+                pack.answers_fetch(
+                    &fetch.wants,
+                    &fetch.haves,
+                    fetch.thin_pack,
+                    fetch.include_tag,
+                ) && pack.object_format() == kind
+                    && !matches!(
+                        pack.wait_past(0, std::time::Duration::ZERO),
+                        gitcache_mirror::live::Progress::Failed(_)
+                    )
+            };
+            let (mut seen, mut live) = (None, true);
+            loop {
+                let next = registry.live_pack_after(&target.key, seen.as_ref());
+                tokio::select! {
+                    biased;
+                    outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
+                    pack = next, if live => match pack {
+                        Some(pack) if answers(&pack) => break Waited::Arriving(pack),
+                        Some(pack) => seen = Some(pack),
+                        None => live = false,
+                    },
+                    () = &mut too_long => break Waited::TooLong,
+                }
+            }
         } else {
             tokio::select! {
                 biased;
@@ -162,9 +208,12 @@ impl Fetches {
             Waited::Refreshed(Err(failure)) => Some(failure),
             Waited::Arriving(pack) => {
                 tracing::info!(result = "miss", arriving = true, "fetch");
+                // A fetch that did not say `done` is told which of its haves the pack
+                // was asked for with, and that it comes.
+                let common = (!fetch.done).then(|| pack.haves().to_vec());
                 let response = self
                     .responder
-                    .serve_arriving(pack, fetch.sideband_all)
+                    .serve_arriving(pack, fetch.sideband_all, common)
                     .map(|body| body.holding(answering));
                 return Ok(with_state(response, CacheState::Miss));
             }
@@ -234,7 +283,13 @@ impl Fetches {
                 let upstream = self.gate.upstream_for(target, headers)?;
                 let kept = self
                     .mirrors
-                    .refresh_asking(&target.key, upstream, false, missing.clone(), Vec::new())
+                    .refresh_asking(
+                        &target.key,
+                        upstream,
+                        false,
+                        missing.clone(),
+                        Hints::default(),
+                    )
                     .await;
                 match (kept, self.mirrors.with_wants(&target.key, fetch).await?) {
                     (Ok(_), (Wanted::Present(repo), fetch)) => {
@@ -289,14 +344,28 @@ impl Fetches {
     }
 }
 
-/// Whether `fetch` could be answered by a mirror's first pack as it arrives: a clone (`done`,
-/// nothing had, no shallow or filter, no ref asked for by name) taking offset deltas, whose
-/// wants are then compared with that pack's.
+/// Whether `fetch` could be answered by a mirror's first pack as it arrives: a plain clone
+/// (`done`, nothing had), whose wants are then compared with that pack's.
 fn arriving_answers(fetch: &Fetch) -> bool {
-    fetch.done
-        && fetch.ofs_delta
+    fetch.done && fetch.haves.is_empty() && plain(fetch)
+}
+
+/// Whether `fetch` could be answered by a pack fetched ahead of the refs as it arrives: a
+/// plain fetch with haves (at most [`MAX_CLIENT_HAVES`]) that may be sent a pack now
+/// (`done`, or not waiting for it), whose wants and haves are then compared with that
+/// pack's.
+fn answered_ahead(fetch: &Fetch) -> bool {
+    (fetch.done || !fetch.wait_for_done)
+        && !fetch.haves.is_empty()
+        && fetch.haves.len() <= MAX_CLIENT_HAVES
+        && plain(fetch)
+}
+
+/// Whether `fetch` wants objects by id and takes offset deltas, with no shallow, deepening
+/// or filter and no ref asked for by name: what a pack fetched by a mirror may answer.
+fn plain(fetch: &Fetch) -> bool {
+    fetch.ofs_delta
         && !fetch.wants.is_empty()
-        && fetch.haves.is_empty()
         && fetch.want_refs.is_empty()
         && fetch.shallows.is_empty()
         && !fetch.is_deepening()
@@ -308,6 +377,23 @@ fn arriving_answers(fetch: &Fetch) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Changes to a fetch that no pack as it arrives answers: no offset deltas, a ref by name,
+    /// a shallow or deepening fetch, a filter, packfile URIs.
+    const NEITHER: [fn(&mut Fetch); 9] = [
+        |f| f.ofs_delta = false,
+        |f| f.want_refs.push("refs/heads/main".into()),
+        |f| {
+            f.shallows
+                .push(gix_hash::ObjectId::from_bytes_or_panic(&[3; 20]))
+        },
+        |f| f.deepen = Some(1),
+        |f| f.deepen_since = Some(1),
+        |f| f.deepen_not.push("refs/heads/old".into()),
+        |f| f.deepen_relative = true,
+        |f| f.filter = Some(gitcache_protocol::filter::Filter::BlobNone),
+        |f| f.packfile_uris.push("https".into()),
+    ];
 
     #[test]
     fn only_a_plain_clone_is_answered_by_an_arriving_pack() {
@@ -321,29 +407,51 @@ mod tests {
             ..Fetch::default()
         };
         assert!(arriving_answers(&clone));
-        let oid = clone.wants[0];
-        let unlike: [fn(&mut Fetch); 10] = [
+        let unlike: [fn(&mut Fetch); 3] = [
             |f| f.done = false,
-            |f| f.ofs_delta = false,
             |f| f.wants.clear(),
             |f| {
                 f.haves
                     .push(gix_hash::ObjectId::from_bytes_or_panic(&[2; 20]))
             },
-            |f| f.want_refs.push("refs/heads/main".into()),
-            |f| f.deepen = Some(1),
-            |f| f.deepen_since = Some(1),
-            |f| f.deepen_relative = true,
-            |f| f.filter = Some(gitcache_protocol::filter::Filter::BlobNone),
-            |f| f.packfile_uris.push("https".into()),
         ];
-        for (i, change) in unlike.iter().enumerate() {
+        for (i, change) in unlike.iter().chain(&NEITHER).enumerate() {
             let mut fetch = clone.clone();
             change(&mut fetch);
             assert!(!arriving_answers(&fetch), "case {i}");
         }
-        let mut shallow = clone.clone();
-        shallow.shallows.push(oid);
-        assert!(!arriving_answers(&shallow));
+    }
+
+    #[test]
+    fn only_a_plain_fetch_with_haves_is_answered_by_a_pack_fetched_ahead() {
+        let oid = |n: u8| gix_hash::ObjectId::from_bytes_or_panic(&[n; 20]);
+        let fetch = Fetch {
+            wants: vec![oid(1)],
+            haves: vec![oid(2)],
+            ofs_delta: true,
+            thin_pack: true,
+            ..Fetch::default()
+        };
+        assert!(answered_ahead(&fetch));
+        assert!(answered_ahead(&Fetch {
+            done: true,
+            wait_for_done: true,
+            ..fetch.clone()
+        }));
+        let unlike: [fn(&mut Fetch); 4] = [
+            |f| f.wait_for_done = true,
+            |f| f.wants.clear(),
+            |f| f.haves.clear(),
+            |f| {
+                f.haves = (0..=MAX_CLIENT_HAVES)
+                    .map(|i| gix_hash::ObjectId::from_bytes_or_panic(&[i as u8; 20]))
+                    .collect();
+            },
+        ];
+        for (i, change) in unlike.iter().chain(&NEITHER).enumerate() {
+            let mut changed = fetch.clone();
+            change(&mut changed);
+            assert!(!answered_ahead(&changed), "case {i}");
+        }
     }
 }

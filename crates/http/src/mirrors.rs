@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use bstr::ByteSlice;
+use gitcache_mirror::mirror::Hints;
 use gitcache_mirror::registry::Registry;
 use gitcache_pack::Repository;
 use gitcache_protocol::ls_refs::RefLine;
@@ -325,7 +326,7 @@ impl Mirrors {
         upstream: Upstream,
         create: bool,
     ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
-        self.refresh_asking(key, upstream, create, Vec::new(), Vec::new())
+        self.refresh_asking(key, upstream, create, Vec::new(), Hints::default())
             .await
     }
 
@@ -339,7 +340,7 @@ impl Mirrors {
         upstream: Upstream,
         create: bool,
         keep: Vec<gix_hash::ObjectId>,
-        hints: Vec<gix_hash::ObjectId>,
+        hints: Hints,
     ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
         let started = Instant::now();
         let (mirrors, task_key) = (Arc::clone(self), key.clone());

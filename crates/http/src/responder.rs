@@ -322,22 +322,25 @@ impl Responder {
 const ARRIVING_WAIT: Duration = Duration::from_secs(1);
 
 impl Responder {
-    /// Answer a fetch with the first pack of a mirror while it arrives (see
-    /// [`gitcache_mirror::live`]): the `packfile` section, the pack's bytes on band 1 as they
-    /// are written, the end once it is whole. A pack that fails midway ends the answer with
+    /// Answer a fetch with a pack a mirror fetches while it arrives (see
+    /// [`gitcache_mirror::live`]): the `acknowledgments` section when there are `common`
+    /// haves to tell (a fetch that did not say `done`), with `ready`; then the `packfile`
+    /// section, the pack's bytes on band 1 as they are written, the end once it is whole. A pack that fails midway ends the answer with
     /// the reason on the error band. Nothing is generated: no pack slot is taken, and a
     /// client that reads slowly only holds its own thread.
     pub(crate) fn serve_arriving(
         &self,
         pack: Arc<gitcache_mirror::live::LivePack>,
         sideband_all: bool,
+        common: Option<Vec<gix_hash::ObjectId>>,
     ) -> Response<Body> {
         let (tx, rx) = mpsc::channel(4);
         let stall = self.stall;
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
-            match send_arriving(&pack, ChannelWriter::new(tx, stall), sideband_all) {
+            let out = ChannelWriter::new(tx, stall);
+            match send_arriving(&pack, out, sideband_all, common.as_deref()) {
                 Ok(bytes) => tracing::debug!(bytes, "arriving pack sent"),
                 Err(err) => tracing::info!(%err, "arriving pack not sent whole"),
             }
@@ -348,17 +351,25 @@ impl Responder {
     }
 }
 
-/// Write `pack` into `out` as a fetch response while it arrives; the pack's bytes sent. A
+/// Write `pack` into `out` as a fetch response while it arrives, after acknowledging
+/// `common` if given; the pack's bytes sent. A
 /// pack that fails, or a file that cannot be read, ends the answer with the reason on the
 /// error band; a client that has gone is noticed within [`ARRIVING_WAIT`].
 fn send_arriving(
     pack: &gitcache_mirror::live::LivePack,
     out: ChannelWriter,
     sideband_all: bool,
+    common: Option<&[gix_hash::ObjectId]>,
 ) -> std::io::Result<u64> {
     use gitcache_mirror::live::Progress;
     use std::io::Write;
-    let mut band = gitcache_protocol::response::ResponseWriter::new(out, sideband_all)
+    let mut response = gitcache_protocol::response::ResponseWriter::new(out, sideband_all);
+    if let Some(common) = common {
+        response
+            .acknowledgments(common, true)
+            .map_err(|err| std::io::Error::other(err.to_string()))?;
+    }
+    let mut band = response
         .packfile()
         .map_err(|err| std::io::Error::other(err.to_string()))?;
     let mut buf = vec![0u8; 1 << 16];
@@ -531,7 +542,7 @@ pub(crate) fn set_git_headers(headers: &mut HeaderMap, content_type: &'static st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gitcache_mirror::live::{Board, Publisher};
+    use gitcache_mirror::live::{Asked, Board, Publisher};
 
     /// A pack announced on a board of its own, its file holding `bytes` so far.
     fn arriving(
@@ -541,7 +552,11 @@ mod tests {
         let path = dir.join("received.pack");
         std::fs::write(&path, bytes).unwrap();
         let board = Board::default();
-        let publisher = board.announce(vec![], HashKind::Sha1, std::fs::File::open(&path).unwrap());
+        let publisher = board.announce(
+            Asked::default(),
+            HashKind::Sha1,
+            std::fs::File::open(&path).unwrap(),
+        );
         publisher.arrived(bytes.len() as u64);
         (board.current().unwrap(), publisher)
     }
@@ -554,6 +569,7 @@ mod tests {
                 &pack,
                 ChannelWriter::new(tx, Duration::from_secs(30)),
                 false,
+                None,
             )
         });
         let mut got = Vec::new();
@@ -619,6 +635,7 @@ mod tests {
                 &pack,
                 ChannelWriter::new(tx, Duration::from_secs(30)),
                 false,
+                None,
             )
         });
         let ended = tokio::time::timeout(Duration::from_secs(30), sending)

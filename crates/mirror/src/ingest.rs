@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 
 use gitcache_pack::{Closure, PackEntry};
 
-use crate::live::{Board, Publisher};
+use crate::live::{Asked, Board, Publisher};
 use gix_hash::{Kind as HashKind, ObjectId};
 
 /// The largest single allocation a received pack may cause. A pack header can claim any
@@ -114,18 +114,21 @@ pub fn ingest_pack_checked(
     ingest_pack_announced(git_dir, hash, pack, closure, None)
 }
 
-/// A pack to be announced on a [`Board`] while it arrives: the wants it was asked for.
+/// A pack to be announced on a [`Board`] while it arrives: what it was asked for with.
 #[derive(Debug)]
 pub struct Announce {
     /// Where it is announced.
     pub board: std::sync::Arc<Board>,
-    /// The wants of the fetch that brings it (a first fetch: no haves).
-    pub wants: Vec<ObjectId>,
+    /// What the fetch that brings it asked for.
+    pub asked: Asked,
 }
 
 /// [`ingest_pack_checked`], announcing the pack on `announce`'s board while it arrives
 /// (see [`crate::live`]): readers may follow its bytes as they are written, until it is
-/// whole (before it is indexed and checked) or has failed.
+/// whole (before it is indexed and checked) or has failed. A pack asked for with haves and
+/// `thin-pack` is whole as received once its trailer is checked, bases left out and all (its
+/// readers take thin packs); any other is whole once it is found to need no bases from the
+/// mirror, and failed otherwise.
 pub fn ingest_pack_announced(
     git_dir: &Path,
     hash: HashKind,
@@ -276,8 +279,11 @@ fn receive(
         .create_new(true)
         .open(to)?;
     let live = match announce {
-        Some(Announce { board, wants }) => Some(Live {
-            publisher: board.announce(wants, hash, file.try_clone()?),
+        Some(Announce { board, asked }) => Some(Live {
+            as_received: !asked.haves.is_empty(),
+            thin: asked.thin_pack,
+            publisher: board.announce(asked, hash, file.try_clone()?),
+            head: Vec::with_capacity(gix_pack::data::header::SIZE),
             written: 0,
             published: 0,
             held: hash.len_in_bytes() as u64,
@@ -367,6 +373,14 @@ fn receive(
         ));
     }
 
+    let live = match live {
+        Some(live) if live.as_received && (live.thin || named.is_empty()) => {
+            // Whole as received, for readers that take what the upstream sends as it is.
+            live.publisher.whole_as_received(end, checksum.as_slice());
+            None
+        }
+        live => live,
+    };
     let mut bases = std::collections::HashMap::new();
     let mut ref_deltas_within = false;
     if !named.is_empty() {
@@ -526,6 +540,12 @@ struct Tee<'a> {
 /// How far a pack announced while it arrives has been written.
 struct Live {
     publisher: Publisher,
+    /// Whole as received once its trailer is checked (see [`ingest_pack_announced`]).
+    as_received: bool,
+    /// Asked for as a thin pack: bases named by id it may leave out.
+    thin: bool,
+    /// The pack's header, as far as it has come.
+    head: Vec<u8>,
     /// Bytes given to the file's buffered writer.
     written: u64,
     /// Bytes the readers were told of.
@@ -536,6 +556,18 @@ struct Live {
 }
 
 impl Live {
+    /// `bytes` more are being written: the header, while it comes, is kept for the readers
+    /// (completing a thin pack writes another count into the file).
+    fn received(&mut self, bytes: &[u8]) {
+        let room = gix_pack::data::header::SIZE - self.head.len();
+        if room > 0 {
+            self.head.extend_from_slice(&bytes[..room.min(bytes.len())]);
+            if self.head.len() == gix_pack::data::header::SIZE {
+                self.publisher.received_head(&self.head);
+            }
+        }
+    }
+
     /// `amount` more bytes were given to `out`: tell the readers of those written through.
     fn wrote(&mut self, amount: usize, out: &std::io::BufWriter<std::fs::File>) {
         self.written += amount as u64;
@@ -568,6 +600,9 @@ impl BufRead for Tee<'_> {
             let result = match self.inner.fill_buf() {
                 Ok(data) if data.len() >= amount => {
                     self.sum.update(&data[..amount]);
+                    if let Some(live) = &mut self.live {
+                        live.received(&data[..amount]);
+                    }
                     let written = std::io::Write::write_all(&mut self.out, &data[..amount]);
                     if let (Ok(()), Some(live)) = (&written, &mut self.live) {
                         live.wrote(amount, &self.out);

@@ -1,14 +1,16 @@
-//! A mirror's first pack while it arrives, readable before it is taken in.
+//! A pack a mirror fetches, readable while it arrives, before it is taken in.
 //!
 //! A mirror made from nothing fetches the closure of the upstream's tips in one pack, and a
-//! clone of the same tips is answered by exactly that pack. Its bytes are written to a file
-//! as they arrive; a [`LivePack`] lets a reader follow that file, so that the clone that
-//! asked for the mirror gets the pack as the upstream sends it, rather than after the whole
-//! pack is indexed and checked (which, for a large repository, takes longer than the
+//! clone of the same tips is answered by exactly that pack. A fetch of commits a push just
+//! made, with haves the mirror holds, is answered by the pack the mirror fetches ahead of its
+//! refs when that pack is asked for with the client's own wants, haves and options. Its bytes
+//! are written to a file as they arrive; a [`LivePack`] lets a reader follow that file, so
+//! that the client that asked gets the pack as the upstream sends it, rather than after the
+//! whole pack is indexed and checked (which, for a large repository, takes longer than the
 //! download). The mirror still takes the pack in, and checks it, as it would have.
 //!
 //! ```
-//! use gitcache_mirror::live::{Board, Progress};
+//! use gitcache_mirror::live::{Asked, Board, Progress};
 //! use std::io::Write;
 //! use std::time::Duration;
 //!
@@ -16,7 +18,7 @@
 //! let dir = tempfile::tempdir().unwrap();
 //! let mut file = std::fs::File::create(dir.path().join("received.pack")).unwrap();
 //! let reader = std::fs::File::open(dir.path().join("received.pack")).unwrap();
-//! let publisher = board.announce(vec![], gix_hash::Kind::Sha1, reader);
+//! let publisher = board.announce(Asked::first(vec![]), gix_hash::Kind::Sha1, reader);
 //! let pack = board.current().unwrap();
 //!
 //! file.write_all(b"PACK").unwrap();
@@ -46,26 +48,87 @@ pub enum Progress {
     Failed(String),
 }
 
-/// A first pack while it is received: the wants it answers and its bytes so far.
+/// What a pack was asked of the upstream with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// The wants.
+    pub wants: Vec<ObjectId>,
+    /// The haves (none for a mirror's first pack).
+    pub haves: Vec<ObjectId>,
+    /// Whether deltas on objects the haves reach may come (`thin-pack`).
+    pub thin_pack: bool,
+    /// Whether tags pointing into the pack come with it (`include-tag`).
+    pub include_tag: bool,
+}
+
+impl Asked {
+    /// A mirror's first pack: the closure of `wants`, nothing had.
+    pub fn first(wants: Vec<ObjectId>) -> Asked {
+        Asked {
+            wants,
+            ..Asked::default()
+        }
+    }
+}
+
+/// `ids` sorted, each once.
+fn sorted(ids: &[ObjectId]) -> Vec<ObjectId> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// A pack while it is received: what it was asked for with and its bytes so far.
 #[derive(Debug)]
 pub struct LivePack {
-    /// The wants the pack was asked for, sorted, each once.
-    wants: Vec<ObjectId>,
+    /// What the pack was asked for with, the wants and haves sorted, each once.
+    asked: Asked,
     format: HashKind,
     /// The file the pack is written to (read at offsets: renaming it or removing it, as
     /// taking the pack in does, changes nothing for a reader holding it).
     file: std::fs::File,
+    /// The pack's header as received, once it has arrived: completing a thin pack writes its
+    /// count anew in the file.
+    head: std::sync::OnceLock<Vec<u8>>,
+    /// Where the entries end and the trailer as received, once the pack is whole: completing
+    /// a thin pack writes bases and a new trailer from there on.
+    trailer: std::sync::OnceLock<(u64, Vec<u8>)>,
     progress: Mutex<Progress>,
     changed: Condvar,
 }
 
 impl LivePack {
-    /// Whether the pack answers a fetch of exactly `wants` (in any order, repeats aside).
+    /// Whether the pack answers a clone of exactly `wants` (in any order, repeats aside): a
+    /// mirror's first pack, asked for with no haves.
     pub fn answers(&self, wants: &[ObjectId]) -> bool {
-        let mut wants = wants.to_vec();
-        wants.sort_unstable();
-        wants.dedup();
-        wants == self.wants
+        self.asked.haves.is_empty() && sorted(wants) == self.asked.wants
+    }
+
+    /// Whether the pack answers a fetch of exactly `wants` from a client that has `haves`, asks
+    /// for a thin pack or not (`thin_pack`) and for the tags pointing into it or not
+    /// (`include_tag`): a pack asked for with the same wants, with haves among `haves` (the
+    /// client then has all they reach, which the pack leaves out), thin only when the
+    /// client takes thin packs, with the tags when the client wants them.
+    pub fn answers_fetch(
+        &self,
+        wants: &[ObjectId],
+        haves: &[ObjectId],
+        thin_pack: bool,
+        include_tag: bool,
+    ) -> bool {
+        let asked = &self.asked;
+        !asked.haves.is_empty()
+            && sorted(wants) == asked.wants
+            && asked.haves.iter().all(|h| haves.contains(h))
+            && (thin_pack || !asked.thin_pack)
+            && (asked.include_tag || !include_tag)
+    }
+
+    /// The haves the pack was asked for with, sorted, each once (objects the mirror holds;
+    /// the pack leaves out what they reach).
+    pub fn haves(&self) -> &[ObjectId] {
+        &self.asked.haves
     }
 
     /// The object format of the pack.
@@ -73,10 +136,32 @@ impl LivePack {
         self.format
     }
 
-    /// Read the file's bytes at `offset` into `buf` (only what [`wait_past`](Self::wait_past)
-    /// said has arrived is meaningful).
+    /// Read the pack's bytes as received at `offset` into `buf` (only what
+    /// [`wait_past`](Self::wait_past) said has arrived is meaningful).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
+        let mut buf = buf;
+        if let Some((end, trailer)) = self.trailer.get() {
+            if let Some(into) = offset.checked_sub(*end) {
+                // The trailer, from what was received (the file may hold bases there now).
+                let from = usize::try_from(into).map_or(trailer.len(), |i| i.min(trailer.len()));
+                let n = buf.len().min(trailer.len() - from);
+                buf[..n].copy_from_slice(&trailer[from..from + n]);
+                return Ok(n);
+            }
+            let before = usize::try_from(end - offset).unwrap_or(usize::MAX);
+            let len = buf.len().min(before);
+            buf = &mut buf[..len];
+        }
+        let read = std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)?;
+        if let Some(head) = self.head.get()
+            && let Ok(start) = usize::try_from(offset)
+            && start < head.len()
+        {
+            // The header as received (the file may hold another count there now).
+            let n = read.min(head.len() - start);
+            buf[..n].copy_from_slice(&head[start..start + n]);
+        }
+        Ok(read)
     }
 
     /// How far the pack has arrived, once more than `offset` bytes have, or it ended, or
@@ -119,6 +204,13 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// The pack's header as received (its first 12 bytes): readers are given these bytes
+    /// from here on, whatever the file holds there. Said before more than 12 bytes are said
+    /// to have arrived, and once.
+    pub fn received_head(&self, head: &[u8]) {
+        let _ = self.pack.head.set(head.to_vec());
+    }
+
     /// The first `bytes` of the file may be read now.
     pub fn arrived(&self, bytes: u64) {
         self.pack.set(Progress::Arriving(bytes));
@@ -127,6 +219,13 @@ impl Publisher {
     /// The whole pack is in the file: `bytes`, trailer included.
     pub fn whole(self, bytes: u64) {
         self.pack.set(Progress::Whole(bytes));
+    }
+
+    /// The whole pack arrived: its entries, in the file up to `end`, then `trailer`, which
+    /// readers are given from memory (completing a thin pack writes bases after `end`).
+    pub fn whole_as_received(self, end: u64, trailer: &[u8]) {
+        let _ = self.pack.trailer.set((end, trailer.to_vec()));
+        self.pack.set(Progress::Whole(end + trailer.len() as u64));
     }
 
     /// Receiving failed: `why`.
@@ -143,8 +242,8 @@ impl Drop for Publisher {
     }
 }
 
-/// Where a mirror's first pack is announced while it arrives (one a mirror), or said to be
-/// coming from elsewhere.
+/// Where a mirror's pack is announced while it arrives (one at a time a mirror), or its first
+/// pack said to be coming from elsewhere.
 #[derive(Debug, Default)]
 pub struct Board {
     posted: Mutex<Posted>,
@@ -162,22 +261,21 @@ struct Posted {
 }
 
 impl Board {
-    /// A pack asked for with `wants`, in `format`, arriving into the file `file` is read
+    /// A pack `asked` of the upstream, in `format`, arriving into the file `file` is read
     /// from: announced until [`clear`](Self::clear). The returned publisher tells its
     /// readers how far it has arrived.
-    pub fn announce(
-        &self,
-        wants: Vec<ObjectId>,
-        format: HashKind,
-        file: std::fs::File,
-    ) -> Publisher {
-        let mut wants = wants;
-        wants.sort_unstable();
-        wants.dedup();
+    pub fn announce(&self, asked: Asked, format: HashKind, file: std::fs::File) -> Publisher {
+        let asked = Asked {
+            wants: sorted(&asked.wants),
+            haves: sorted(&asked.haves),
+            ..asked
+        };
         let pack = Arc::new(LivePack {
-            wants,
+            asked,
             format,
             file,
+            head: std::sync::OnceLock::new(),
+            trailer: std::sync::OnceLock::new(),
             progress: Mutex::new(Progress::Arriving(0)),
             changed: Condvar::new(),
         });
@@ -212,6 +310,16 @@ impl Board {
         self.wait_for(|posted| match &posted.pack {
             Some(pack) => Some(Some(Arc::clone(pack))),
             None => posted.elsewhere.then_some(None),
+        })
+        .await
+    }
+
+    /// The pack announced now if it is not `seen`, or the next one announced; `None` once the
+    /// refresh under way is said to bring the mirror from [elsewhere](Self::elsewhere).
+    pub async fn next_after(&self, seen: &Arc<LivePack>) -> Option<Arc<LivePack>> {
+        self.wait_for(|posted| match &posted.pack {
+            Some(pack) if !Arc::ptr_eq(pack, seen) => Some(Some(Arc::clone(pack))),
+            _ => posted.elsewhere.then_some(None),
         })
         .await
     }
@@ -264,7 +372,7 @@ mod tests {
         let mut file = std::fs::File::create(&path).unwrap();
         let board = Board::default();
         let publisher = board.announce(
-            vec![oid(2), oid(1), oid(2)],
+            Asked::first(vec![oid(2), oid(1), oid(2)]),
             HashKind::Sha1,
             std::fs::File::open(&path).unwrap(),
         );
@@ -312,7 +420,7 @@ mod tests {
         let board = Board::default();
         let open = || std::fs::File::open(&path).unwrap();
 
-        let publisher = board.announce(vec![oid(1)], HashKind::Sha1, open());
+        let publisher = board.announce(Asked::first(vec![oid(1)]), HashKind::Sha1, open());
         let pack = board.current().unwrap();
         publisher.arrived(4);
         assert_eq!(
@@ -325,7 +433,7 @@ mod tests {
             Progress::Failed("bad entry".into())
         );
 
-        let publisher = board.announce(vec![oid(1)], HashKind::Sha1, open());
+        let publisher = board.announce(Asked::first(vec![oid(1)]), HashKind::Sha1, open());
         let pack = board.current().unwrap();
         drop(publisher);
         assert!(matches!(
@@ -333,10 +441,94 @@ mod tests {
             Progress::Failed(_)
         ));
 
-        let publisher = board.announce(vec![oid(1)], HashKind::Sha1, open());
+        let publisher = board.announce(Asked::first(vec![oid(1)]), HashKind::Sha1, open());
         let pack = board.current().unwrap();
         publisher.whole(4);
         assert_eq!(pack.wait_past(4, Duration::ZERO), Progress::Whole(4));
+    }
+
+    /// Readers are given the header and trailer as received, whatever the file holds there
+    /// after (a thin pack completed with bases).
+    #[test]
+    fn the_header_and_trailer_are_read_as_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.pack");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let board = Board::default();
+        let asked = Asked {
+            wants: vec![oid(2)],
+            haves: vec![oid(1)],
+            thin_pack: true,
+            include_tag: false,
+        };
+        let publisher = board.announce(asked, HashKind::Sha1, std::fs::File::open(&path).unwrap());
+        let pack = board.current().unwrap();
+        let received = b"PACK\0\0\0\x02\0\0\0\x01entryTRAILER";
+        file.write_all(&received[..17]).unwrap();
+        publisher.received_head(&received[..12]);
+        publisher.arrived(17);
+        // Completed: another count, and bases where the trailer was.
+        std::os::unix::fs::FileExt::write_at(&file, b"\0\0\0\x05", 8).unwrap();
+        publisher.whole_as_received(17, b"TRAILER");
+        file.write_all(b"BASES AND ANOTHER TRAILER").unwrap();
+        assert_eq!(pack.wait_past(0, Duration::ZERO), Progress::Whole(24));
+        let read_all = |step: usize| {
+            let mut got = Vec::new();
+            while got.len() < 24 {
+                let mut buf = vec![0; step];
+                let n = pack.read_at(&mut buf, got.len() as u64).unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        };
+        for step in [1, 5, 7, 64] {
+            assert_eq!(read_all(step), received, "step {step}");
+        }
+        let mut past = [0; 4];
+        assert_eq!(
+            pack.read_at(&mut past, 24).unwrap(),
+            0,
+            "nothing past the end"
+        );
+    }
+
+    /// A pack fetched for a client answers that client's fetch, with the same wants, its
+    /// haves among the client's, thin only for a client that takes thin packs and with the
+    /// tags when the client wants them; a mirror's first pack answers clones only.
+    #[test]
+    fn a_pack_answers_the_fetches_it_was_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.pack");
+        std::fs::write(&path, b"").unwrap();
+        let board = Board::default();
+        let asked = Asked {
+            wants: vec![oid(3), oid(2)],
+            haves: vec![oid(1)],
+            thin_pack: false,
+            include_tag: true,
+        };
+        let _publisher = board.announce(asked, HashKind::Sha1, std::fs::File::open(&path).unwrap());
+        let pack = board.current().unwrap();
+        let (wants, haves) = ([oid(2), oid(3), oid(2)], [oid(4), oid(1)]);
+        assert!(pack.answers_fetch(&wants, &haves, false, true));
+        assert!(pack.answers_fetch(&wants, &haves, true, false));
+        assert!(!pack.answers_fetch(&wants[..1], &haves, true, true));
+        assert!(!pack.answers_fetch(&wants, &haves[..1], true, true));
+        assert!(!pack.answers(&wants), "asked for with haves: no clone's");
+        assert_eq!(pack.haves(), &[oid(1)]);
+
+        let _publisher = board.announce(
+            Asked::first(vec![oid(2)]),
+            HashKind::Sha1,
+            std::fs::File::open(&path).unwrap(),
+        );
+        let first = board.current().unwrap();
+        assert!(first.answers(&[oid(2)]));
+        assert!(
+            !first.answers_fetch(&[oid(2)], &haves, true, true),
+            "no fetch's"
+        );
     }
 
     /// A task waiting on `board` as `wait` does, still waiting a moment later.
@@ -375,7 +567,7 @@ mod tests {
         let board = Arc::new(Board::default());
         let waiting = waiting_on(&board).await;
         let _publisher = board.announce(
-            vec![oid(7)],
+            Asked::first(vec![oid(7)]),
             HashKind::Sha1,
             std::fs::File::open(&path).unwrap(),
         );
@@ -383,6 +575,29 @@ mod tests {
         assert!(pack.answers(&[oid(7)]));
         // Announced already: found at once.
         assert!(board.next().await.unwrap().answers(&[oid(7)]));
+    }
+
+    /// A pack seen that answered nothing: the next one announced is waited for.
+    #[tokio::test]
+    async fn the_next_pack_after_one_seen_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.pack");
+        std::fs::write(&path, b"").unwrap();
+        let board = Arc::new(Board::default());
+        let open = || std::fs::File::open(&path).unwrap();
+        let _first = board.announce(Asked::first(vec![oid(1)]), HashKind::Sha1, open());
+        let seen = board.next().await.unwrap();
+        let waiting = waiting_as(&board, {
+            let seen = Arc::clone(&seen);
+            |board| async move { board.next_after(&seen).await }
+        })
+        .await;
+        let _second = board.announce(Asked::first(vec![oid(2)]), HashKind::Sha1, open());
+        assert!(told(waiting).await.unwrap().answers(&[oid(2)]));
+        // Cleared, then said to come from elsewhere: none comes.
+        board.clear();
+        board.elsewhere();
+        assert!(board.next_after(&seen).await.is_none());
     }
 
     /// One told that no pack comes may still wait for one: announced should this instance
@@ -398,7 +613,7 @@ mod tests {
         // Word of elsewhere is no pack: still waiting.
         let waiting = waiting_as(&board, |board| async move { board.announced().await }).await;
         let _publisher = board.announce(
-            vec![oid(3)],
+            Asked::first(vec![oid(3)]),
             HashKind::Sha1,
             std::fs::File::open(&path).unwrap(),
         );
@@ -419,7 +634,7 @@ mod tests {
 
         // The mirror's own first fetch after all (the other instance's failed): announced.
         let _publisher = board.announce(
-            vec![oid(7)],
+            Asked::first(vec![oid(7)]),
             HashKind::Sha1,
             std::fs::File::open(&path).unwrap(),
         );

@@ -24,7 +24,7 @@ use gitcache_protocol::response::PackStream;
 use gix_hash::{Kind as HashKind, ObjectId};
 
 use crate::ingest;
-use crate::live::Board;
+use crate::live::{Asked, Board};
 use gitcache_upstream::{self as upstream, Upstream};
 
 /// What a refresh did.
@@ -182,7 +182,7 @@ impl Mirror {
         extra_prefixes: &[&str],
         keep: &[ObjectId],
     ) -> Result<Refreshed, Error> {
-        self.refresh_hinted(upstream, extra_prefixes, keep, &[])
+        self.refresh_hinted(upstream, extra_prefixes, keep, &Hints::default())
             .await
     }
 
@@ -196,12 +196,19 @@ impl Mirror {
     /// refuses, or a fetch ahead that fails, leaves the refresh as it would have been. Only
     /// for a mirror with tips (a first fetch is the whole repository anyway), at most
     /// [`MAX_HINTS`].
+    ///
+    /// When the hints are a client's wants (`hints.client`), the pack fetched ahead is asked
+    /// for with that client's haves the mirror holds and its options, and announced on the
+    /// mirror's board while it arrives, so that it may answer that client as the upstream
+    /// sends it (see [`crate::live`]): when the client sent at most [`MAX_CLIENT_HAVES`]
+    /// haves and they include one the mirror would offer itself (its `HEAD`, its newest
+    /// tips), so that the pack is about what the mirror lacks.
     pub async fn refresh_hinted(
         &self,
         upstream: &Upstream,
         extra_prefixes: &[&str],
         keep: &[ObjectId],
-        hints: &[ObjectId],
+        hints: &Hints,
     ) -> Result<Refreshed, Error> {
         let repo = gitcache_pack::Repository::open(&self.git_dir)?;
         let format = upstream.object_format().await?;
@@ -225,7 +232,7 @@ impl Mirror {
         let local = repo.refs()?;
         let mut hinted: Vec<ObjectId> = Vec::new();
         if local.iter().any(|r| r.oid.is_some()) {
-            for hint in hints {
+            for hint in &hints.ids {
                 if hinted.len() < MAX_HINTS && !hinted.contains(hint) && !repo.contains(hint) {
                     hinted.push(*hint);
                 }
@@ -245,8 +252,14 @@ impl Mirror {
                 return None;
             }
             Some(
-                self.fetch_ahead(upstream, format, &local, hinted.clone())
-                    .await,
+                self.fetch_ahead(
+                    upstream,
+                    format,
+                    &local,
+                    hinted.clone(),
+                    hints.client.as_ref(),
+                )
+                .await,
             )
         };
         let (remote, ahead) = tokio::join!(listing, ahead);
@@ -401,7 +414,13 @@ impl Mirror {
             // What came ahead is the mirror's too.
             let offered = fetched_ahead.iter().copied().chain(offered).collect();
             let pack = self
-                .fetch(upstream, format, wants.clone(), offered, first)
+                .fetch(
+                    upstream,
+                    format,
+                    asking(wants.clone(), offered),
+                    first,
+                    first,
+                )
                 .await?;
             fetched_objects += pack.objects;
             ingested = Some((pack, first));
@@ -550,16 +569,18 @@ impl Mirror {
     }
 
     /// Fetch `hints` by id, ahead of knowing the upstream's refs: with the mirror's `HEAD`
-    /// and newest tips (of `local`) as haves.
+    /// and newest tips (of `local`) as haves, or as `client` asks (see
+    /// [`refresh_hinted`](Self::refresh_hinted)).
     async fn fetch_ahead(
         &self,
         upstream: &Upstream,
         format: HashKind,
         local: &[gitcache_pack::Ref],
         hints: Vec<ObjectId>,
+        client: Option<&ClientFetch>,
     ) -> Result<ingest::Ingested, Error> {
-        let offered = {
-            let (git_dir, local) = (self.git_dir.clone(), local.to_vec());
+        let (offered, client) = {
+            let (git_dir, local, client) = (self.git_dir.clone(), local.to_vec(), client.cloned());
             tokio::task::spawn_blocking(move || {
                 let repo = gitcache_pack::Repository::open(git_dir)?;
                 // Every tip as the upstream lists it, as far as the mirror knows.
@@ -567,41 +588,51 @@ impl Mirror {
                     .iter()
                     .filter_map(|r| Some(RefLine::new(r.oid?, r.name.clone())))
                     .collect();
-                Ok::<_, gitcache_pack::Error>(offered_haves(&repo, &local, &listed))
+                let offered = offered_haves(&repo, &local, &listed);
+                let client = client.and_then(|c| client_haves(&repo, &offered, c));
+                Ok::<_, gitcache_pack::Error>((offered, client))
             })
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??
         };
-        self.fetch(upstream, format, hints, offered, false).await
+        let (request, announce) = match client {
+            Some(client) => {
+                let request = Fetch {
+                    thin_pack: client.thin_pack,
+                    include_tag: client.include_tag,
+                    ..asking(hints, client.haves)
+                };
+                (request, true)
+            }
+            None => (asking(hints, offered), false),
+        };
+        self.fetch(upstream, format, request, false, announce).await
     }
 
-    /// Fetch `wants` in one round and take the pack in, as it arrives: the response is
-    /// read, its pack indexed as far as that can go in one pass, while the rest is still on
-    /// its way (deltas are resolved on all cores once the whole pack is there). `first`: the
-    /// mirror has no tips (and `haves` is empty), so the pack must hold all it needs.
+    /// Fetch what `fetch` asks for in one round and take the pack in, as it arrives: the
+    /// response is read, its pack indexed as far as that can go in one pass, while the rest
+    /// is still on its way (deltas are resolved on all cores once the whole pack is there).
+    /// `first`: the mirror has no tips (and `fetch` no haves), so the pack must hold all it
+    /// needs. `announce`: the pack is announced on the mirror's board while it arrives.
     async fn fetch(
         &self,
         upstream: &Upstream,
         format: HashKind,
-        wants: Vec<ObjectId>,
-        haves: Vec<ObjectId>,
+        fetch: Fetch,
         first: bool,
+        announce: bool,
     ) -> Result<ingest::Ingested, Error> {
         let started = std::time::Instant::now();
-        let fetch = Fetch {
-            wants,
-            haves,
-            done: true,
-            thin_pack: true,
-            ofs_delta: true,
-            no_progress: true,
-            ..Fetch::default()
-        };
         let announce = (self.board.clone())
-            .filter(|_| first)
+            .filter(|_| announce)
             .map(|board| ingest::Announce {
                 board,
-                wants: fetch.wants.clone(),
+                asked: Asked {
+                    wants: fetch.wants.clone(),
+                    haves: fetch.haves.clone(),
+                    thin_pack: fetch.thin_pack,
+                    include_tag: fetch.include_tag,
+                },
             });
         let (mut sender, receiver) = tokio::io::duplex(RECEIVE_BUFFER);
         let download = async move {
@@ -703,6 +734,74 @@ impl Drop for Unpublished {
 
 /// The most hints a refresh fetches ahead (see [`Mirror::refresh_hinted`]).
 pub const MAX_HINTS: usize = 16;
+
+/// What a refresh fetches by id ahead of the upstream's refs (see
+/// [`Mirror::refresh_hinted`]).
+#[derive(Debug, Clone, Default)]
+pub struct Hints {
+    /// Objects the mirror lacks: most often the tip a push just made.
+    pub ids: Vec<ObjectId>,
+    /// The fetch of a client that wants exactly `ids`, which the pack fetched ahead is to
+    /// answer as it arrives.
+    pub client: Option<ClientFetch>,
+}
+
+impl From<Vec<ObjectId>> for Hints {
+    fn from(ids: Vec<ObjectId>) -> Hints {
+        Hints { ids, client: None }
+    }
+}
+
+/// A client's fetch, as far as a pack fetched ahead for it is concerned.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFetch {
+    /// The client's haves (only those the mirror holds are offered the upstream).
+    pub haves: Vec<ObjectId>,
+    /// The client takes thin packs.
+    pub thin_pack: bool,
+    /// The client wants the tags pointing into the pack.
+    pub include_tag: bool,
+}
+
+/// The most haves of a client a pack fetched ahead is asked for with (a fetch with more has
+/// negotiated at length: it waits for the refreshed mirror).
+pub const MAX_CLIENT_HAVES: usize = 64;
+
+/// `client` with only its haves that `repo` holds, when it sent at most
+/// [`MAX_CLIENT_HAVES`] and they include one of the haves the mirror offers itself
+/// (`offered`: its `HEAD`, its newest tips): the pack the upstream then sends is about what
+/// the mirror lacks, as its own would be.
+fn client_haves(
+    repo: &gitcache_pack::Repository,
+    offered: &[ObjectId],
+    client: ClientFetch,
+) -> Option<ClientFetch> {
+    if client.haves.len() > MAX_CLIENT_HAVES {
+        return None;
+    }
+    let mut haves: Vec<ObjectId> = Vec::new();
+    for have in client.haves {
+        if !haves.contains(&have) && repo.contains(&have) {
+            haves.push(have);
+        }
+    }
+    let shared = haves.iter().any(|h| offered.contains(h));
+    shared.then_some(ClientFetch { haves, ..client })
+}
+
+/// A fetch of `wants` with `haves` in one round, as a mirror asks: a thin pack with offset
+/// deltas, no progress.
+fn asking(wants: Vec<ObjectId>, haves: Vec<ObjectId>) -> Fetch {
+    Fetch {
+        wants,
+        haves,
+        done: true,
+        thin_pack: true,
+        ofs_delta: true,
+        no_progress: true,
+        ..Fetch::default()
+    }
+}
 
 /// The most haves a refresh offers the upstream. Every have the upstream cannot find in its
 /// bitmaps it walks (`git upload-pack` with the 151 tips of the bench repository as haves

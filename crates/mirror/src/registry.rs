@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::live::{Board, LivePack};
-use crate::mirror::{Error, Mirror, Refreshed};
+use crate::mirror::{Error, Hints, Mirror, Refreshed};
 use crate::shared::{Hydrated, Published, Shared};
 use gitcache_storage::lease::{Held, Leases};
 use gitcache_storage::repo::RepoKey;
@@ -442,6 +442,22 @@ impl Registry {
         slot.live.next().await
     }
 
+    /// The pack of `key`'s mirror announced now, when it is not `seen`, or the next one: a
+    /// pack fetched ahead of the refs for a client may answer that client as it comes (see
+    /// [`crate::live`]). `None` once the refresh under way is known to bring the mirror from
+    /// elsewhere.
+    pub async fn live_pack_after(
+        &self,
+        key: &RepoKey,
+        seen: Option<&Arc<LivePack>>,
+    ) -> Option<Arc<LivePack>> {
+        let slot = self.slot(key);
+        match seen {
+            Some(seen) => slot.live.next_after(seen).await,
+            None => slot.live.next().await,
+        }
+    }
+
     /// The first pack of `key`'s mirror announced now or next, whatever was said of the mirror
     /// coming from elsewhere: for a clone told so ([`live_pack`](Self::live_pack) was
     /// `None`), should this registry fetch the mirror itself after all (the other instance's
@@ -617,7 +633,7 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Outcome {
-        self.refresh_hinted_and_maintain(key, upstream, extra_prefixes, &[])
+        self.refresh_hinted_and_maintain(key, upstream, extra_prefixes, &Hints::default())
             .await
     }
 
@@ -630,7 +646,7 @@ impl Registry {
         key: &RepoKey,
         upstream: &Upstream,
         extra_prefixes: &[&str],
-        hints: &[gix_hash::ObjectId],
+        hints: &Hints,
     ) -> Outcome {
         let outcome = self
             .refresh_with(key, upstream, extra_prefixes, true, &[], hints)
@@ -860,7 +876,7 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Outcome {
-        self.refresh_with(key, upstream, extra_prefixes, true, &[], &[])
+        self.refresh_with(key, upstream, extra_prefixes, true, &[], &Hints::default())
             .await
     }
 
@@ -872,7 +888,7 @@ impl Registry {
         upstream: &Upstream,
         extra_prefixes: &[&str],
     ) -> Outcome {
-        self.refresh_with(key, upstream, extra_prefixes, false, &[], &[])
+        self.refresh_with(key, upstream, extra_prefixes, false, &[], &Hints::default())
             .await
     }
 
@@ -887,8 +903,15 @@ impl Registry {
         extra_prefixes: &[&str],
         oids: &[gix_hash::ObjectId],
     ) -> Outcome {
-        self.refresh_with(key, upstream, extra_prefixes, false, oids, &[])
-            .await
+        self.refresh_with(
+            key,
+            upstream,
+            extra_prefixes,
+            false,
+            oids,
+            &Hints::default(),
+        )
+        .await
     }
 
     async fn refresh_with(
@@ -898,7 +921,7 @@ impl Registry {
         extra_prefixes: &[&str],
         create: bool,
         keep: &[gix_hash::ObjectId],
-        hints: &[gix_hash::ObjectId],
+        hints: &Hints,
     ) -> Outcome {
         let slot = self.slot(key);
         let seen = slot.last.lock().unwrap_or_else(|p| p.into_inner()).0;
@@ -1235,7 +1258,7 @@ impl Registry {
         upstream: &Upstream,
         extra: &[&str],
         keep: &[gix_hash::ObjectId],
-        hints: &[gix_hash::ObjectId],
+        hints: &Hints,
     ) -> Result<Refreshed, Error> {
         let Some(shared) = &self.shared else {
             let _permit = self.permit().await?;
@@ -1276,7 +1299,7 @@ impl Registry {
         upstream: &Upstream,
         extra: &[&str],
         keep: &[gix_hash::ObjectId],
-        hints: &[gix_hash::ObjectId],
+        hints: &Hints,
     ) -> Result<Refreshed, Error> {
         let path = self.path(key);
         let before = self.refs_of(key);
@@ -1402,7 +1425,7 @@ impl Registry {
         upstream: &Upstream,
         extra: &[&str],
         keep: &[gix_hash::ObjectId],
-        hints: &[gix_hash::ObjectId],
+        hints: &Hints,
     ) -> Result<Refreshed, Error> {
         let mirror = match self.existing(key) {
             Some(mirror) => mirror,

@@ -892,6 +892,30 @@ fn an_entry_with_a_wrong_zlib_checksum_is_refused() {
     assert!(!refused.success(), "git takes it");
 }
 
+/// Bytes read with a pause before each read, as a slow download comes.
+struct Slow<'a>(&'a [u8]);
+
+impl std::io::Read for Slow<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        self.0.read(buf)
+    }
+}
+
+/// The pack announced on `board`, once one is (within a minute).
+fn announced_on(
+    board: &gitcache_mirror::live::Board,
+) -> std::sync::Arc<gitcache_mirror::live::LivePack> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(live) = board.current() {
+            return live;
+        }
+        assert!(std::time::Instant::now() < deadline, "never announced");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// A first pack announced while it is taken in: a reader following it is only ever told of
 /// bytes already in the file and exactly as received (large entries, written past the
 /// buffer, and small ones alike), and the whole pack once its trailer is checked.
@@ -920,14 +944,7 @@ fn an_announced_pack_is_followed_as_it_is_written() {
     let follower = std::thread::spawn({
         let (board, pack) = (std::sync::Arc::clone(&board), pack.clone());
         move || {
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            let live = loop {
-                if let Some(live) = board.current() {
-                    break live;
-                }
-                assert!(std::time::Instant::now() < deadline, "never announced");
-                std::thread::sleep(Duration::from_millis(1));
-            };
+            let live = announced_on(&board);
             let (mut seen, mut steps) = (0u64, 0);
             loop {
                 let (upto, whole) = match live.wait_past(seen, Duration::from_secs(60)) {
@@ -953,17 +970,10 @@ fn an_announced_pack_is_followed_as_it_is_written() {
         }
     });
     // Read in pieces smaller than the entries, as a slow download comes.
-    struct Slow<'a>(&'a [u8]);
-    impl std::io::Read for Slow<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            std::thread::sleep(Duration::from_millis(2));
-            self.0.read(buf)
-        }
-    }
     let mut slow = std::io::BufReader::with_capacity(7_000, Slow(&pack[..]));
     let announce = Announce {
         board: std::sync::Arc::clone(&board),
-        wants: Vec::new(),
+        asked: gitcache_mirror::live::Asked::default(),
     };
     let ingested = ingest_pack_announced(
         &mirror,
@@ -976,6 +986,122 @@ fn an_announced_pack_is_followed_as_it_is_written() {
     let steps = follower.join().unwrap();
     assert!(steps > 1, "followed in {steps} steps");
     assert!(std::fs::read(&ingested.pack).unwrap() == pack);
+}
+
+/// A pack fetched for a client (asked for with haves) announced while it is taken in: thin,
+/// it is whole as received once its trailer is checked, and readers, early or late, are given
+/// the bytes the upstream sent, while the file is completed with bases under them (another
+/// count in its header, bases where the trailer was).
+#[test]
+fn an_announced_thin_pack_is_read_as_received_while_it_is_completed() {
+    use gitcache_mirror::ingest::{Announce, ingest_pack_announced};
+    use gitcache_mirror::live::{Asked, Board, LivePack, Progress};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (source, mirror, _) = mirrored_source(dir.path(), 64);
+    let old = gix_hash::ObjectId::from_hex(git(&source, &["rev-parse", "main"]).trim().as_bytes())
+        .unwrap();
+    let new = repo::append_commits(&source, "main", 5, 4).unwrap();
+    let new = gix_hash::ObjectId::from_hex(new.as_bytes()).unwrap();
+    // A blob that compresses to more than the file's write buffer, so that readers are told
+    // of bytes before the pack is whole.
+    let noise = repo::Rng::new(11).bytes(300_000);
+    let big = git_with_input(&source, &["hash-object", "-w", "--stdin"], &noise);
+    let big = String::from_utf8(big).unwrap();
+    let tree = git_with_input(
+        &source,
+        &["mktree"],
+        format!("100644 blob {}\tbig.bin\n", big.trim()).as_bytes(),
+    );
+    let tree = String::from_utf8(tree).unwrap();
+    let new = git(
+        &source,
+        &[
+            "commit-tree",
+            tree.trim(),
+            "-p",
+            &new.to_string(),
+            "-m",
+            "big",
+        ],
+    );
+    let new = gix_hash::ObjectId::from_hex(new.trim().as_bytes()).unwrap();
+    let revs = format!("{new}\n^{old}\n");
+    let thin = pack_objects(&source, &["--revs", "--thin"], &revs);
+
+    /// Every byte of `live` up to its end, as it is told of them, and how many times it was
+    /// told of bytes before the end.
+    fn follow(live: &LivePack) -> (Vec<u8>, usize) {
+        let (mut got, mut steps) = (Vec::new(), 0);
+        loop {
+            let (upto, whole) = match live.wait_past(got.len() as u64, Duration::from_secs(60)) {
+                Progress::Arriving(n) => (n, false),
+                Progress::Whole(n) => (n, true),
+                Progress::Failed(why) => panic!("{why}"),
+            };
+            while (got.len() as u64) < upto {
+                let mut buf = vec![0; 1000.min(upto as usize - got.len())];
+                let read = live.read_at(&mut buf, got.len() as u64).unwrap();
+                assert!(read > 0, "told of {upto} bytes, read {}", got.len());
+                got.extend_from_slice(&buf[..read]);
+            }
+            if whole {
+                return (got, steps);
+            }
+            steps += 1;
+        }
+    }
+    let board = std::sync::Arc::new(Board::default());
+    let follower = std::thread::spawn({
+        let board = std::sync::Arc::clone(&board);
+        move || {
+            let live = announced_on(&board);
+            (follow(&live), live)
+        }
+    });
+    let announce = Announce {
+        board: std::sync::Arc::clone(&board),
+        asked: Asked {
+            wants: vec![new],
+            haves: vec![old],
+            thin_pack: true,
+            include_tag: false,
+        },
+    };
+    // Read in small pieces, as a slow download comes.
+    let mut slow = std::io::BufReader::with_capacity(1_000, Slow(&thin[..]));
+    let ingested = ingest_pack_announced(
+        &mirror,
+        Kind::Sha1,
+        &mut slow,
+        Closure::Closed {
+            self_contained: false,
+        },
+        Some(announce),
+    )
+    .unwrap();
+    let ((followed, steps), live) = follower.join().unwrap();
+    assert!(followed == thin, "the reader had the pack as sent");
+    assert!(steps > 1, "followed in {steps} steps");
+    let stored = std::fs::read(&ingested.pack).unwrap();
+    assert!(
+        stored[8..12] != thin[8..12] && stored.len() > thin.len(),
+        "the file was completed with bases"
+    );
+    assert!(
+        follow(&live).0 == thin,
+        "a late reader has the pack as sent"
+    );
+    // It answers a client with those haves (or more) taking thin packs, nothing else.
+    let other = gix_hash::ObjectId::from_bytes_or_panic(&[9; 20]);
+    assert!(live.answers_fetch(&[new], &[other, old], true, false));
+    assert!(!live.answers_fetch(&[new], &[other], true, false));
+    assert!(!live.answers_fetch(&[new], &[old], false, false));
+    assert!(!live.answers_fetch(&[new], &[old], true, true));
+    assert!(!live.answers_fetch(&[new, other], &[old], true, false));
+    assert!(!live.answers(&[new]), "no clone's");
+    assert_eq!(live.haves(), &[old]);
 }
 
 /// A repository in `format` at `dir/large.git` with large files (over

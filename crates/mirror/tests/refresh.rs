@@ -822,7 +822,7 @@ async fn ids_asked_for_are_fetched_beside_the_refs() {
     git(&source, &["update-ref", "refs/pull/9/merge", hidden.trim()]);
     upstream.reset_counts();
     let done = mirror
-        .refresh_hinted(&up, &[], &[], &[oid(&new_main), oid(&hidden)])
+        .refresh_hinted(&up, &[], &[], &vec![oid(&new_main), oid(&hidden)].into())
         .await
         .unwrap();
     assert!(done.changed && done.fetched_objects > 0);
@@ -855,7 +855,7 @@ async fn ids_asked_for_are_fetched_beside_the_refs() {
     upstream.reset_counts();
     let bogus = oid(&"5".repeat(40));
     let done = mirror
-        .refresh_hinted(&up, &[], &[], &[bogus, oid(&newer)])
+        .refresh_hinted(&up, &[], &[], &vec![bogus, oid(&newer)].into())
         .await
         .unwrap();
     assert_eq!(
@@ -872,7 +872,7 @@ async fn ids_asked_for_are_fetched_beside_the_refs() {
     let tip = repo::append_commits(&source, "main", 1, 6).unwrap();
     upstream.inject(Fault::Status(500), 1, Some(RequestKind::Fetch));
     let done = mirror
-        .refresh_hinted(&up, &[], &[], &[oid(&tip)])
+        .refresh_hinted(&up, &[], &[], &vec![oid(&tip)].into())
         .await
         .unwrap();
     assert!(done.asked_ahead.is_empty());
@@ -880,7 +880,7 @@ async fn ids_asked_for_are_fetched_beside_the_refs() {
     let later = repo::append_commits(&source, "main", 2, 7).unwrap();
     let below_tip = git(&source, &["rev-parse", "main~1"]);
     mirror
-        .refresh_hinted(&up, &[], &[], &[oid(&below_tip)])
+        .refresh_hinted(&up, &[], &[], &vec![oid(&below_tip)].into())
         .await
         .unwrap();
     let kept_now = git(
@@ -898,7 +898,9 @@ async fn ids_asked_for_are_fetched_beside_the_refs() {
     let packs = pack_files(mirror.git_dir());
     let orphan = repo::append_commits(&source, "main", 2, 8).unwrap();
     upstream.inject(Fault::Status(500), 1, Some(RequestKind::LsRefs));
-    let failed = mirror.refresh_hinted(&up, &[], &[], &[oid(&orphan)]).await;
+    let failed = mirror
+        .refresh_hinted(&up, &[], &[], &vec![oid(&orphan)].into())
+        .await;
     assert!(failed.is_err());
     assert_eq!(
         pack_files(mirror.git_dir()),
@@ -913,7 +915,7 @@ async fn ids_asked_for_are_fetched_beside_the_refs() {
     let side = repo::append_commits(&source, "side", 2, 4).unwrap();
     upstream.reset_counts();
     mirror
-        .refresh_hinted(&up, &[], &[], &[oid(&tip)])
+        .refresh_hinted(&up, &[], &[], &vec![oid(&tip)].into())
         .await
         .unwrap();
     assert_eq!(upstream.counts().fetch, 2);

@@ -517,6 +517,148 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
     assert!(answer.pack.unwrap() == std::fs::read(&packs[0]).unwrap());
 }
 
+/// A fetch of a commit a push just made, by id with no `ls-refs` before it (as CI fetches a
+/// new tip), from a client holding the mirror's tips: the pack fetched ahead of the refs is
+/// asked for as this client asks and sent to it as it arrives (acknowledging its haves
+/// first), while the mirror takes it in; one pack is fetched upstream in all, and the same
+/// fetch from another clone is a hit.
+#[test]
+fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/app", &RepoSpec::small(412));
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    let url = cache.url("acme/app");
+    for work in ["work", "other"] {
+        git.run(&home, &["clone", "-q", &url, work])
+            .unwrap()
+            .expect_success();
+    }
+    let source = upstream.repo_path("acme/app");
+    let mirror = cache.mirror(&upstream, "acme/app");
+    common::wait_for_mirror(&mirror, &source);
+    let arriving = |cache: &Gitcache| common::count(&cache.log(), "arriving=true");
+    let before = arriving(&cache);
+
+    let tip = repo::append_commits(&source, "main", 3, 4120).unwrap();
+    upstream.reset_counts();
+    // The pack comes slowly: the answer follows it as it arrives.
+    upstream.inject(
+        Fault::Trickle {
+            chunk: 512,
+            every: std::time::Duration::from_millis(5),
+        },
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let by_id = format!("{tip}:refs/remotes/origin/main");
+    let fetch = [
+        "-c",
+        "protocol.version=2",
+        "fetch",
+        "--no-tags",
+        "origin",
+        &by_id,
+    ];
+    let work = home.join("work");
+    git.run(&work, &fetch).unwrap().expect_success();
+    assert_eq!(
+        git_stdout(&work, &["rev-parse", "refs/remotes/origin/main"]).trim(),
+        tip
+    );
+    fsck(&work);
+    cache.log_with("arriving=true", before + 1);
+    // The mirror took the same pack in and moved its refs; nothing else was fetched.
+    common::wait_for_mirror(&mirror, &source);
+    fsck(&mirror);
+    let counts = upstream.counts();
+    assert_eq!(counts.fetch, 1, "one pack fetched upstream");
+
+    let other = home.join("other");
+    git.run(&other, &fetch).unwrap().expect_success();
+    fsck(&other);
+    assert_eq!(upstream.counts().fetch, 1, "the second fetch is a hit");
+    assert_eq!(arriving(&cache), before + 1);
+
+    // The same after two more pushes, as other clients ask: with `done` and no `thin-pack`
+    // (a pack that stands alone beside what the client has), then without `done` (its have
+    // acknowledged, `ready`, then a thin pack).
+    let trickle = || {
+        upstream.inject(
+            Fault::Trickle {
+                chunk: 512,
+                every: std::time::Duration::from_millis(5),
+            },
+            1,
+            Some(RequestKind::Fetch),
+        )
+    };
+    for (round, done) in [(1, true), (2, false)] {
+        let had = git_stdout(&source, &["rev-parse", "main"])
+            .trim()
+            .to_owned();
+        let tip = repo::append_commits(&source, "main", 3, 4120 + round).unwrap();
+        trickle();
+        let mut body = Vec::new();
+        for line in ["command=fetch", "object-format=sha1"] {
+            common::pkt(&mut body, line);
+        }
+        body.extend_from_slice(b"0001");
+        let options: &[&str] = if done { &[] } else { &["thin-pack"] };
+        let lines = [
+            format!("want {tip}"),
+            format!("have {had}"),
+            "ofs-delta".into(),
+        ];
+        for line in lines
+            .iter()
+            .map(String::as_str)
+            .chain(options.iter().copied())
+        {
+            common::pkt(&mut body, line);
+        }
+        if done {
+            common::pkt(&mut body, "done");
+        }
+        body.extend_from_slice(b"0000");
+        let answer = http(
+            &cache.addr,
+            "POST",
+            "/acme/app.git/git-upload-pack",
+            &[
+                ("Git-Protocol", "version=2"),
+                ("Content-Type", "application/x-git-upload-pack-request"),
+            ],
+            &body,
+        );
+        assert_eq!(answer.status, 200, "{}", answer.body_text());
+        cache.log_with("arriving=true", before + 1 + round as usize);
+        let answer = gitcache_protocol::response::parse_fetch_response(
+            &answer.content(),
+            gitcache_protocol::ObjectFormat::Sha1,
+        )
+        .unwrap();
+        let had = gitcache_protocol::ObjectId::from_hex(had.as_bytes()).unwrap();
+        if done {
+            assert!(!answer.has_acknowledgments);
+        } else {
+            assert_eq!((answer.acks, answer.ready), (vec![had], true));
+        }
+        let pack = answer.pack.expect("a pack");
+        let index = if done {
+            vec!["index-pack", "--strict", "--stdin"]
+        } else {
+            vec!["index-pack", "--strict", "--stdin", "--fix-thin"]
+        };
+        let indexed = gitcache_testkit::git::git_with_input(&other, &index, &pack);
+        assert!(!indexed.is_empty());
+        git_stdout(&other, &["cat-file", "-e", &format!("{tip}^{{commit}}")]);
+        common::wait_for_mirror(&mirror, &source);
+    }
+    fsck(&mirror);
+}
+
 #[test]
 fn push_and_protocol_v0_pass_through() {
     let upstream = Upstream::start().unwrap();
