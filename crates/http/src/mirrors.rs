@@ -319,20 +319,10 @@ impl Mirrors {
     /// Bring `key`'s mirror up to date from `upstream` (creating it when `create`), in a task
     /// of its own: a client that leaves (or gives up on a long first download) does not
     /// throw away what was fetched for the next one. The upstream's idle and transfer
-    /// timeouts bound it.
-    pub(crate) async fn refresh(
-        self: &Arc<Self>,
-        key: &RepoKey,
-        upstream: Upstream,
-        create: bool,
-    ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
-        self.refresh_asking(key, upstream, create, Vec::new(), Hints::default())
-            .await
-    }
-
-    /// [`refresh`](Self::refresh), also fetching the commits `keep` by id and keeping them
-    /// (a mirror that exists only; see [`Registry::keep`]), or else fetching `hints` (the
-    /// wants of a fetch the mirror lacks) by id beside asking for the upstream's refs (see
+    /// timeouts bound it. Also fetching the commits `keep` by id and keeping them (a mirror
+    /// that exists only; see [`Registry::keep`]), or else fetching `hints` (the wants of a
+    /// fetch the mirror lacks, or what an `ls-refs` answer's refs moved to) by id beside
+    /// asking for the upstream's refs (see
     /// [`gitcache_mirror::mirror::Mirror::refresh_hinted`]).
     pub(crate) async fn refresh_asking(
         self: &Arc<Self>,
@@ -428,42 +418,69 @@ impl Mirrors {
     }
 
     /// Whether `remote` (an upstream's `ls-refs` answer) gives a mirrored ref another value
-    /// than `key`'s mirror holds (true when there is no mirror to compare with).
-    pub(crate) fn moved(&self, key: &RepoKey, remote: &[RefLine]) -> bool {
+    /// than `key`'s mirror holds (also when there is no mirror to compare with): then the
+    /// new values the mirror lacks, [`MAX_HINTS`](gitcache_mirror::mirror::MAX_HINTS) at
+    /// most, for a refresh to fetch ahead of its own `ls-refs`.
+    pub(crate) fn moved(
+        &self,
+        key: &RepoKey,
+        remote: &[RefLine],
+    ) -> Option<Vec<gix_hash::ObjectId>> {
         let Ok(Some(repo)) = self.open(key) else {
-            return true;
+            return Some(Vec::new());
         };
         let Ok(local) = repo.refs() else {
-            return true;
+            return Some(Vec::new());
         };
         let local: HashMap<_, _> = local.into_iter().map(|r| (r.name, r.oid)).collect();
-        remote.iter().any(|line| {
-            line.oid.is_some()
-                && self.is_mirrored(line.name.as_ref())
+        let mut moved = false;
+        let mut lacking = Vec::new();
+        for line in remote {
+            let Some(oid) = line.oid else {
+                continue;
+            };
+            if self.is_mirrored(line.name.as_ref())
                 && local.get(&line.name).copied().flatten() != line.oid
-        })
+            {
+                moved = true;
+                if lacking.len() < gitcache_mirror::mirror::MAX_HINTS
+                    && !lacking.contains(&oid)
+                    && !repo.contains(&oid)
+                {
+                    lacking.push(oid);
+                }
+            }
+        }
+        moved.then_some(lacking)
     }
 
     /// Refresh `key`'s mirror in a task of its own, nobody waiting for it (warming, after
-    /// `why`; creating the mirror only when `create`): counted in the warming metric, logged
-    /// either way.
+    /// `why`; creating the mirror only when `create`, and then fetching `hints` ahead of its
+    /// refs, see [`refresh_asking`](Self::refresh_asking)): counted in the warming metric,
+    /// logged either way.
     pub(crate) fn warm(
         self: &Arc<Self>,
         key: RepoKey,
         upstream: Upstream,
         why: &'static str,
         create: bool,
+        hints: Vec<gix_hash::ObjectId>,
     ) {
         let mirrors = Arc::clone(self);
         tokio::spawn(
             async move {
-                match mirrors.refresh(&key, upstream, create).await {
+                let hints = Hints::from(hints);
+                match mirrors
+                    .refresh_asking(&key, upstream, create, Vec::new(), hints)
+                    .await
+                {
                     Ok(done) => {
                         metrics::warm("ok");
                         tracing::info!(
                             why,
                             refs = done.refs,
                             objects = done.fetched_objects,
+                            ahead = done.asked_ahead.len(),
                             "mirror warmed"
                         );
                     }

@@ -454,9 +454,13 @@ impl Proxy {
                     // Had when it is used (an App's token is renewed as it nears expiry).
                     let credential = proxy.warming.credential(&due, None).await;
                     if let Ok(upstream) = proxy.gate.upstream(&due, credential) {
-                        proxy
-                            .mirrors
-                            .warm(due.key, upstream, "scheduled refresh", false);
+                        proxy.mirrors.warm(
+                            due.key,
+                            upstream,
+                            "scheduled refresh",
+                            false,
+                            Vec::new(),
+                        );
                     }
                 });
                 scheduled.insert(target.key, AbortOnDrop(task.abort_handle()));
@@ -728,9 +732,11 @@ impl Proxy {
                 let credential = proxy.warming.credential(&target, None).await;
                 match proxy.gate.upstream(&target, credential) {
                     // Never a new mirror: one removed since the check above stays removed.
-                    Ok(upstream) => proxy
-                        .mirrors
-                        .warm(target.key, upstream, "push webhook", false),
+                    Ok(upstream) => {
+                        proxy
+                            .mirrors
+                            .warm(target.key, upstream, "push webhook", false, Vec::new())
+                    }
                     Err(err) => tracing::warn!(%err, "push webhook: no upstream"),
                 }
             }

@@ -138,9 +138,10 @@ impl Warming {
         self.gate
             .grants()
             .grant_at(&target.key, who, answered, None);
-        if !self.mirrors.moved(&target.key, &remote) {
+        // What the refs moved to, fetched ahead of the refresh's own `ls-refs`.
+        let Some(hints) = self.mirrors.moved(&target.key, &remote) else {
             return;
-        }
+        };
         let (proxy, target) = (Arc::clone(self), target.clone());
         tokio::spawn(
             async move {
@@ -149,7 +150,7 @@ impl Warming {
                     let upstream = proxy.gate.knowing_format(upstream, &target, who);
                     proxy
                         .mirrors
-                        .warm(target.key.clone(), upstream, "refs moved", true);
+                        .warm(target.key.clone(), upstream, "refs moved", true, hints);
                 }
             }
             .in_current_span(),
