@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use bstr::ByteSlice;
-use gitcache_mirror::mirror::Hints;
+use gitcache_mirror::mirror::{ClientFetch, Hints, MAX_HINTS};
 use gitcache_mirror::registry::Registry;
 use gitcache_pack::Repository;
 use gitcache_protocol::ls_refs::RefLine;
@@ -418,40 +418,49 @@ impl Mirrors {
     }
 
     /// Whether `remote` (an upstream's `ls-refs` answer) gives a mirrored ref another value
-    /// than `key`'s mirror holds (also when there is no mirror to compare with): then the
-    /// new values the mirror lacks, [`MAX_HINTS`](gitcache_mirror::mirror::MAX_HINTS) at
-    /// most, for a refresh to fetch ahead of its own `ls-refs`.
-    pub(crate) fn moved(
-        &self,
-        key: &RepoKey,
-        remote: &[RefLine],
-    ) -> Option<Vec<gix_hash::ObjectId>> {
+    /// than `key`'s mirror holds (also when there is no mirror to compare with): then what a
+    /// refresh may fetch ahead of its own `ls-refs` (see [`Mirrors::refresh_asking`]): the
+    /// new values the mirror lacks, [`MAX_HINTS`] at most, asked for as the client that
+    /// listed them most likely fetches them next (`git fetch`): with what those refs pointed
+    /// at here as haves, a thin pack, tags included.
+    pub(crate) fn moved(&self, key: &RepoKey, remote: &[RefLine]) -> Option<Hints> {
         let Ok(Some(repo)) = self.open(key) else {
-            return Some(Vec::new());
+            return Some(Hints::default());
         };
         let Ok(local) = repo.refs() else {
-            return Some(Vec::new());
+            return Some(Hints::default());
         };
-        let local: HashMap<_, _> = local.into_iter().map(|r| (r.name, r.oid)).collect();
+        let local: HashMap<_, _> = local
+            .into_iter()
+            .map(|r| (r.name, (r.oid, r.peeled.or(r.oid))))
+            .collect();
         let mut moved = false;
-        let mut lacking = Vec::new();
+        let (mut lacking, mut had) = (Vec::new(), Vec::new());
         for line in remote {
             let Some(oid) = line.oid else {
                 continue;
             };
-            if self.is_mirrored(line.name.as_ref())
-                && local.get(&line.name).copied().flatten() != line.oid
-            {
-                moved = true;
-                if lacking.len() < gitcache_mirror::mirror::MAX_HINTS
-                    && !lacking.contains(&oid)
-                    && !repo.contains(&oid)
-                {
-                    lacking.push(oid);
+            let (before, peeled) = local.get(&line.name).copied().unwrap_or_default();
+            if !self.is_mirrored(line.name.as_ref()) || before == line.oid {
+                continue;
+            }
+            moved = true;
+            if lacking.len() < MAX_HINTS && !lacking.contains(&oid) && !repo.contains(&oid) {
+                lacking.push(oid);
+                if let Some(peeled) = peeled.filter(|p| !had.contains(p)) {
+                    had.push(peeled);
                 }
             }
         }
-        moved.then_some(lacking)
+        let client = (!had.is_empty()).then_some(ClientFetch {
+            haves: had,
+            thin_pack: true,
+            include_tag: true,
+        });
+        moved.then_some(Hints {
+            ids: lacking,
+            client,
+        })
     }
 
     /// Refresh `key`'s mirror in a task of its own, nobody waiting for it (warming, after
@@ -464,12 +473,11 @@ impl Mirrors {
         upstream: Upstream,
         why: &'static str,
         create: bool,
-        hints: Vec<gix_hash::ObjectId>,
+        hints: Hints,
     ) {
         let mirrors = Arc::clone(self);
         tokio::spawn(
             async move {
-                let hints = Hints::from(hints);
                 match mirrors
                     .refresh_asking(&key, upstream, create, Vec::new(), hints)
                     .await

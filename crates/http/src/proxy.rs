@@ -459,7 +459,7 @@ impl Proxy {
                             upstream,
                             "scheduled refresh",
                             false,
-                            Vec::new(),
+                            Default::default(),
                         );
                     }
                 });
@@ -732,11 +732,13 @@ impl Proxy {
                 let credential = proxy.warming.credential(&target, None).await;
                 match proxy.gate.upstream(&target, credential) {
                     // Never a new mirror: one removed since the check above stays removed.
-                    Ok(upstream) => {
-                        proxy
-                            .mirrors
-                            .warm(target.key, upstream, "push webhook", false, Vec::new())
-                    }
+                    Ok(upstream) => proxy.mirrors.warm(
+                        target.key,
+                        upstream,
+                        "push webhook",
+                        false,
+                        Default::default(),
+                    ),
                     Err(err) => tracing::warn!(%err, "push webhook: no upstream"),
                 }
             }

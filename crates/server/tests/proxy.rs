@@ -659,6 +659,62 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
     fsck(&mirror);
 }
 
+/// A `git fetch` after a push, whose `ls-refs` (or another client's) starts the refresh:
+/// what the moved refs point at is fetched ahead, with what they pointed at as haves, as
+/// `git fetch` then asks for it; the fetch that joins that refresh is sent its pack as it
+/// arrives, and nothing else is fetched upstream.
+#[test]
+fn a_git_fetch_after_a_push_follows_the_pack_its_ls_refs_had_fetched() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/app", &RepoSpec::small(413));
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    let url = cache.url("acme/app");
+    let clone = ["clone", "-q", "--single-branch", "--no-tags", &url, "work"];
+    git.run(&home, &clone).unwrap().expect_success();
+    let work = home.join("work");
+    let source = upstream.repo_path("acme/app");
+    let mirror = cache.mirror(&upstream, "acme/app");
+    common::wait_for_mirror(&mirror, &source);
+    let arriving = |cache: &Gitcache| common::count(&cache.log(), "arriving=true");
+    let before = arriving(&cache);
+
+    let tip = repo::append_commits(&source, "main", 3, 4130).unwrap();
+    upstream.reset_counts();
+    // Listed by another client first; that refresh's pack comes slowly.
+    upstream.inject(
+        Fault::Trickle {
+            chunk: 256,
+            every: std::time::Duration::from_millis(20),
+        },
+        1,
+        Some(RequestKind::Fetch),
+    );
+    git.run(&home, &["ls-remote", &url])
+        .unwrap()
+        .expect_success();
+    // Its pack is on its way before the fetch starts.
+    common::wait_for("the refresh's fetch", || upstream.counts().fetch == 1);
+    git.run(
+        &work,
+        &["-c", "protocol.version=2", "fetch", "-q", "origin"],
+    )
+    .unwrap()
+    .expect_success();
+    assert_eq!(
+        git_stdout(&work, &["rev-parse", "refs/remotes/origin/main"]).trim(),
+        tip
+    );
+    fsck(&work);
+    cache.log_with("arriving=true", before + 1);
+    common::wait_for_mirror(&mirror, &source);
+    fsck(&mirror);
+    assert_eq!(upstream.counts().fetch, 1, "one pack fetched upstream");
+    // The refresh says what it fetched ahead.
+    cache.log_with("ahead=1", 1);
+}
+
 #[test]
 fn push_and_protocol_v0_pass_through() {
     let upstream = Upstream::start().unwrap();
