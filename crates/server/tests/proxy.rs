@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{Gitcache, basic, fetch_body, fsck, http};
 use gitcache_testkit::git::{GitClient, git_stdout};
@@ -23,6 +23,20 @@ fn slow_next_pack(upstream: &Upstream) {
         1,
         Some(RequestKind::Fetch),
     );
+}
+
+/// The upstream's next pack comes `chunk` bytes at a time, `every_ms` apart.
+fn trickle_next_pack(upstream: &Upstream, chunk: usize, every_ms: u64) {
+    let every = std::time::Duration::from_millis(every_ms);
+    upstream.inject(Fault::Trickle { chunk, every }, 1, Some(RequestKind::Fetch));
+}
+
+/// `name`'s source upstream and its mirror, once the mirror holds the same refs.
+fn mirrored(cache: &Gitcache, upstream: &Upstream, name: &str) -> (PathBuf, PathBuf) {
+    let source = upstream.repo_path(name);
+    let mirror = cache.mirror(upstream, name);
+    common::wait_for_mirror(&mirror, &source);
+    (source, mirror)
 }
 
 fn public_repo(upstream: &Upstream, name: &str, spec: &RepoSpec) {
@@ -535,23 +549,14 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
             .unwrap()
             .expect_success();
     }
-    let source = upstream.repo_path("acme/app");
-    let mirror = cache.mirror(&upstream, "acme/app");
-    common::wait_for_mirror(&mirror, &source);
+    let (source, mirror) = mirrored(&cache, &upstream, "acme/app");
     let arriving = |cache: &Gitcache| common::count(&cache.log(), "arriving=true");
     let before = arriving(&cache);
 
     let tip = repo::append_commits(&source, "main", 3, 4120).unwrap();
     upstream.reset_counts();
     // The pack comes slowly: the answer follows it as it arrives.
-    upstream.inject(
-        Fault::Trickle {
-            chunk: 512,
-            every: std::time::Duration::from_millis(5),
-        },
-        1,
-        Some(RequestKind::Fetch),
-    );
+    trickle_next_pack(&upstream, 512, 5);
     let by_id = format!("{tip}:refs/remotes/origin/main");
     let fetch = [
         "-c",
@@ -584,22 +589,12 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
     // The same after two more pushes, as other clients ask: with `done` and no `thin-pack`
     // (a pack that stands alone beside what the client has), then without `done` (its have
     // acknowledged, `ready`, then a thin pack).
-    let trickle = || {
-        upstream.inject(
-            Fault::Trickle {
-                chunk: 512,
-                every: std::time::Duration::from_millis(5),
-            },
-            1,
-            Some(RequestKind::Fetch),
-        )
-    };
     for (round, done) in [(1, true), (2, false)] {
         let had = git_stdout(&source, &["rev-parse", "main"])
             .trim()
             .to_owned();
         let tip = repo::append_commits(&source, "main", 3, 4120 + round).unwrap();
-        trickle();
+        trickle_next_pack(&upstream, 512, 5);
         let mut body = Vec::new();
         for line in ["command=fetch", "object-format=sha1"] {
             common::pkt(&mut body, line);
@@ -674,23 +669,14 @@ fn a_git_fetch_after_a_push_follows_the_pack_its_ls_refs_had_fetched() {
     let clone = ["clone", "-q", "--single-branch", "--no-tags", &url, "work"];
     git.run(&home, &clone).unwrap().expect_success();
     let work = home.join("work");
-    let source = upstream.repo_path("acme/app");
-    let mirror = cache.mirror(&upstream, "acme/app");
-    common::wait_for_mirror(&mirror, &source);
+    let (source, mirror) = mirrored(&cache, &upstream, "acme/app");
     let arriving = |cache: &Gitcache| common::count(&cache.log(), "arriving=true");
     let before = arriving(&cache);
 
     let tip = repo::append_commits(&source, "main", 3, 4130).unwrap();
     upstream.reset_counts();
     // Listed by another client first; that refresh's pack comes slowly.
-    upstream.inject(
-        Fault::Trickle {
-            chunk: 256,
-            every: std::time::Duration::from_millis(20),
-        },
-        1,
-        Some(RequestKind::Fetch),
-    );
+    trickle_next_pack(&upstream, 256, 20);
     git.run(&home, &["ls-remote", &url])
         .unwrap()
         .expect_success();
