@@ -120,7 +120,11 @@ impl Fetches {
                 }
             });
         let ahead = client.is_some();
-        let hints = Hints { ids, client };
+        let hints = Hints {
+            ids,
+            client,
+            keep_unreached: true,
+        };
         let refresh = self
             .mirrors
             .refresh_asking(&target.key, upstream, true, Vec::new(), hints);

@@ -420,9 +420,11 @@ impl Mirrors {
     /// Whether `remote` (an upstream's `ls-refs` answer) gives a mirrored ref another value
     /// than `key`'s mirror holds (also when there is no mirror to compare with): then what a
     /// refresh may fetch ahead of its own `ls-refs` (see [`Mirrors::refresh_asking`]): the
-    /// new values the mirror lacks, [`MAX_HINTS`] at most, asked for as the client that
-    /// listed them most likely fetches them next (`git fetch`): with what those refs pointed
-    /// at here as haves, a thin pack, tags included.
+    /// new values of the branches (and other refs but tags, which `include-tag` brings) that
+    /// the mirror lacks, [`MAX_HINTS`] at most, asked for as the client that listed them
+    /// most likely fetches them next (`git fetch`): with what those refs pointed at here (the
+    /// mirror's `HEAD` for a new one) as haves, a thin pack, tags included. Not kept when the
+    /// refresh's own refs do not reach them.
     pub(crate) fn moved(&self, key: &RepoKey, remote: &[RefLine]) -> Option<Hints> {
         let Ok(Some(repo)) = self.open(key) else {
             return Some(Hints::default());
@@ -434,8 +436,11 @@ impl Mirrors {
             .into_iter()
             .map(|r| (r.name, (r.oid, r.peeled.or(r.oid))))
             .collect();
+        let head = local
+            .get(b"HEAD".as_slice())
+            .and_then(|(_, peeled)| *peeled);
         let mut moved = false;
-        let (mut lacking, mut had) = (Vec::new(), Vec::new());
+        let (mut ids, mut haves) = (Vec::new(), Vec::new());
         for line in remote {
             let Some(oid) = line.oid else {
                 continue;
@@ -445,21 +450,26 @@ impl Mirrors {
                 continue;
             }
             moved = true;
-            if lacking.len() < MAX_HINTS && !lacking.contains(&oid) && !repo.contains(&oid) {
-                lacking.push(oid);
-                if let Some(peeled) = peeled.filter(|p| !had.contains(p)) {
-                    had.push(peeled);
+            let fetched = !line.name.starts_with(b"refs/tags/")
+                && !line
+                    .name
+                    .starts_with(gitcache_mirror::mirror::KEPT_PREFIX.as_bytes());
+            if fetched && ids.len() < MAX_HINTS && !ids.contains(&oid) && !repo.contains(&oid) {
+                ids.push(oid);
+                if let Some(had) = peeled.or(head).filter(|h| !haves.contains(h)) {
+                    haves.push(had);
                 }
             }
         }
-        let client = (!had.is_empty()).then_some(ClientFetch {
-            haves: had,
+        let client = (!haves.is_empty()).then_some(ClientFetch {
+            haves,
             thin_pack: true,
             include_tag: true,
         });
         moved.then_some(Hints {
-            ids: lacking,
+            ids,
             client,
+            keep_unreached: false,
         })
     }
 

@@ -192,7 +192,8 @@ impl Mirror {
     /// fetched by id beside the first exchange (with the mirror's `HEAD` and newest tips as
     /// haves), so that when the refs point at nothing else new, the second has nothing to
     /// fetch. What comes ahead is checked as any pack is; a hint the new refs do not reach is
-    /// kept as [`refresh_keeping`](Self::refresh_keeping) keeps ids; a hint the upstream
+    /// kept as [`refresh_keeping`](Self::refresh_keeping) keeps ids when
+    /// `hints.keep_unreached` says so; a hint the upstream
     /// refuses, or a fetch ahead that fails, leaves the refresh as it would have been. Only
     /// for a mirror with tips (a first fetch is the whole repository anyway), at most
     /// [`MAX_HINTS`].
@@ -428,11 +429,14 @@ impl Mirror {
         let repo = std::sync::Arc::new(gitcache_pack::Repository::open(&self.git_dir)?);
         let checking = std::time::Instant::now();
         // Commits fetched ahead that the new refs do not reach are kept, as ids asked for by id
-        // are: a pull request's merge commit, which the next job fetches again.
+        // are: a pull request's merge commit, which the next job fetches again. (Not those
+        // another `ls-refs` answer named: a ref moved again or dropped since, which the next
+        // consolidation lets go.)
         let mut kept = kept;
         let unlisted: Vec<ObjectId> = fetched_ahead
             .iter()
             .copied()
+            .filter(|_| hints.keep_unreached)
             .filter(|oid| !remote.iter().any(|line| line.oid == Some(*oid)))
             .filter(|oid| !kept.iter().any(|line| line.oid == Some(*oid)))
             .collect();
@@ -744,11 +748,20 @@ pub struct Hints {
     /// The fetch of a client that wants exactly `ids`, which the pack fetched ahead is to
     /// answer as it arrives.
     pub client: Option<ClientFetch>,
+    /// Whether ids the upstream's refs do not reach are kept (see
+    /// [`Mirror::refresh_keeping`]): those a client asked for by id; not what an `ls-refs`
+    /// answer named, which the refresh's own refs may no longer list.
+    pub keep_unreached: bool,
 }
 
 impl From<Vec<ObjectId>> for Hints {
+    /// Ids a client asked for by id: kept when no ref reaches them.
     fn from(ids: Vec<ObjectId>) -> Hints {
-        Hints { ids, client: None }
+        Hints {
+            ids,
+            client: None,
+            keep_unreached: true,
+        }
     }
 }
 

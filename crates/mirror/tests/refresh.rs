@@ -795,6 +795,103 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
 
+/// A fetch ahead for a client is asked as the client asks (its haves the mirror holds, its
+/// options) only when those haves include one the mirror would offer itself; hints not to
+/// be kept are not, when no ref reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_ahead_is_asked_as_the_client_asks_when_it_builds_on_the_mirror() {
+    use gitcache_mirror::mirror::{ClientFetch, Hints, KEPT_PREFIX};
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/asked");
+    repo::generate(&source, &RepoSpec::small(1718)).unwrap();
+    upstream.adopt_repo("acme/asked", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/asked", None);
+    mirror.refresh(&up, &[]).await.unwrap();
+    let oid = |hex: &str| gix_hash::ObjectId::from_hex(hex.trim().as_bytes()).unwrap();
+    let (old_main, older) = (
+        git(&source, &["rev-parse", "main"]),
+        git(&source, &["rev-parse", "main~2"]),
+    );
+    let absent = oid(&"7".repeat(40));
+    upstream.set_recording(true);
+    // The haves of the fetch ahead.
+    let asked = |upstream: &Upstream| -> (Vec<String>, String) {
+        let fetch = upstream
+            .requests()
+            .into_iter()
+            .find(|r| r.kind == RequestKind::Fetch)
+            .expect("a fetch");
+        let body = String::from_utf8_lossy(&fetch.body).into_owned();
+        let haves = body
+            .split("have ")
+            .skip(1)
+            .map(|rest| rest[..40].to_owned())
+            .collect();
+        (haves, body)
+    };
+
+    // Building on the mirror's HEAD: the client's haves it holds, and its options.
+    let tip = repo::append_commits(&source, "main", 2, 11).unwrap();
+    upstream.reset_counts();
+    let hints = Hints {
+        ids: vec![oid(&tip)],
+        client: Some(ClientFetch {
+            haves: vec![absent, oid(&older), oid(&old_main)],
+            thin_pack: false,
+            include_tag: true,
+        }),
+        keep_unreached: true,
+    };
+    mirror.refresh_hinted(&up, &[], &[], &hints).await.unwrap();
+    let (haves, body) = asked(&upstream);
+    assert_eq!(haves, [older.trim(), old_main.trim()], "{body}");
+    assert!(
+        body.contains("include-tag") && !body.contains("thin-pack"),
+        "{body}"
+    );
+    assert_eq!(upstream.counts().fetch, 1);
+
+    // Building only on an older commit: the mirror's own haves, as it would ask.
+    let old_main = tip;
+    let tip = repo::append_commits(&source, "main", 2, 12).unwrap();
+    upstream.reset_counts();
+    let hints = Hints {
+        ids: vec![oid(&tip)],
+        client: Some(ClientFetch {
+            haves: vec![oid(&older)],
+            thin_pack: true,
+            include_tag: false,
+        }),
+        keep_unreached: true,
+    };
+    mirror.refresh_hinted(&up, &[], &[], &hints).await.unwrap();
+    let (haves, body) = asked(&upstream);
+    assert_eq!(haves[0], old_main.trim(), "HEAD first: {body}");
+    assert!(!haves.contains(&older.trim().to_owned()), "{body}");
+    assert!(body.contains("thin-pack"), "{body}");
+
+    // Named by an `ls-refs` answer, not asked for by id: not kept when no ref reaches it.
+    let hidden = git(
+        &source,
+        &["commit-tree", "main^{tree}", "-p", "main", "-m", "hidden"],
+    );
+    let hints = Hints {
+        ids: vec![oid(&hidden)],
+        client: None,
+        keep_unreached: false,
+    };
+    let done = mirror.refresh_hinted(&up, &[], &[], &hints).await.unwrap();
+    assert_eq!(done.asked_ahead, [oid(&hidden)]);
+    let fetched = format!("{}^{{commit}}", hidden.trim());
+    git(mirror.git_dir(), &["cat-file", "-e", &fetched]);
+    let kept = git(mirror.git_dir(), &["for-each-ref", KEPT_PREFIX]);
+    assert!(kept.trim().is_empty(), "{kept}");
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
 /// Objects a client asked for that the mirror lacks (most often the tip a push just made,
 /// which a CI job fetches by id) are fetched by id beside the refresh's `ls-refs`: when the
 /// upstream's refs point at nothing else new, that fetch is the only one. A hint no mirrored

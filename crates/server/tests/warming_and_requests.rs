@@ -34,7 +34,6 @@ fn ls_refs_showing_new_refs_warms_the_mirror_with_the_service_token() {
     // New commits upstream; an ls-remote through gitcache notices and warms the mirror.
     let tip = repo::append_commits(&source, "main", 4, 7).unwrap();
     upstream.reset_counts();
-    let warmed_before = common::count(&cache.log(), "mirror warmed");
     git.run(git.home(), &["ls-remote", &url])
         .unwrap()
         .expect_success();
@@ -62,9 +61,7 @@ fn ls_refs_showing_new_refs_warms_the_mirror_with_the_service_token() {
     );
     // The new tip the answer showed was fetched ahead of the refresh's own `ls-refs`: that
     // fetch was the only one.
-    let log = cache.log_with("mirror warmed", warmed_before + 1);
-    let warmed = log.lines().rfind(|l| l.contains("mirror warmed"));
-    assert!(warmed.is_some_and(|l| l.contains("ahead=1")), "{log}");
+    cache.log_with("ahead=1", 1);
 
     // The client's fetch is now a hit.
     upstream.reset_counts();
