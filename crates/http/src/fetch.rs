@@ -167,9 +167,10 @@ impl Fetches {
             }
         } else if ahead {
             // Waiting for the refresh, and meanwhile for a pack announced that answers this
-            // fetch (another client's may, or may not).
+            // fetch (another client's may, or may not). One that answers is followed once it
+            // is whole, or has come past `FOLLOWED_PAST`: one that fails before is passed over
+            // (the refresh goes on without it, and fetches again).
             let registry = self.mirrors.registry();
-            // One that failed already is passed over: the refresh goes on without it.
             let answers = |pack: &gitcache_mirror::live::LivePack| {
                 pack.answers_fetch(
                     &fetch.wants,
@@ -177,19 +178,23 @@ impl Fetches {
                     fetch.thin_pack,
                     fetch.include_tag,
                 ) && pack.object_format() == kind
-                    && !matches!(
-                        pack.wait_past(0, std::time::Duration::ZERO),
-                        gitcache_mirror::live::Progress::Failed(_)
-                    )
             };
-            let (mut seen, mut live) = (None, true);
+            let (mut seen, mut live, mut candidate) = (None, true, None);
             loop {
                 let next = registry.live_pack_after(&target.key, seen.as_ref());
+                let settled = settled(candidate.clone());
                 tokio::select! {
                     biased;
                     outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
-                    pack = next, if live => match pack {
-                        Some(pack) if answers(&pack) => break Waited::Arriving(pack),
+                    followed = settled, if candidate.is_some() => {
+                        let pack = candidate.take().expect("a candidate");
+                        if followed {
+                            break Waited::Arriving(pack);
+                        }
+                        seen = Some(pack);
+                    }
+                    pack = next, if live && candidate.is_none() => match pack {
+                        Some(pack) if answers(&pack) => candidate = Some(pack),
                         Some(pack) => seen = Some(pack),
                         None => live = false,
                     },
@@ -345,6 +350,34 @@ impl Fetches {
             && missing.len() <= MAX_KEPT_PER_FETCH
             && !self.mirrors.refused_lately(&target.key, &missing);
         worth.then_some(missing)
+    }
+}
+
+/// How much of a pack fetched ahead must have arrived before a fetch it answers follows it,
+/// when it is not whole yet: a pack that fails before then is passed over, and the refresh's
+/// own fetch answers instead. (Most packs after a push are smaller: they are sent once whole
+/// and checked, which costs the copy of a few KiB.)
+const FOLLOWED_PAST: u64 = 1 << 20;
+
+/// Whether `pack` is to be followed: once it is whole, or past [`FOLLOWED_PAST`]; not once it
+/// failed. Never ends without a pack.
+async fn settled(pack: Option<Arc<gitcache_mirror::live::LivePack>>) -> bool {
+    use gitcache_mirror::live::Progress;
+    let Some(pack) = pack else {
+        return std::future::pending().await;
+    };
+    loop {
+        let watched = Arc::clone(&pack);
+        let progress = tokio::task::spawn_blocking(move || {
+            watched.wait_past(FOLLOWED_PAST, std::time::Duration::from_secs(1))
+        })
+        .await;
+        match progress {
+            Ok(Progress::Whole(_)) => return true,
+            Ok(Progress::Arriving(n)) if n > FOLLOWED_PAST => return true,
+            Ok(Progress::Arriving(_)) => {}
+            Ok(Progress::Failed(_)) | Err(_) => return false,
+        }
     }
 }
 

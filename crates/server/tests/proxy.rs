@@ -651,6 +651,22 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
         git_stdout(&other, &["cat-file", "-e", &format!("{tip}^{{commit}}")]);
         common::wait_for_mirror(&mirror, &source);
     }
+
+    // The pack fetched ahead is cut short before it is whole: the fetch is not sent it, but
+    // answered from the mirror once the refresh's own fetch brought the commits.
+    git.run(&work, &["fetch", "-q", "origin"])
+        .unwrap()
+        .expect_success();
+    let tip = repo::append_commits(&source, "main", 3, 4129).unwrap();
+    upstream.reset_counts();
+    upstream.inject(Fault::CutAfter(600), 1, Some(RequestKind::Fetch));
+    let by_id = format!("{tip}:refs/remotes/origin/main");
+    let fetch = ["-c", "protocol.version=2", "fetch", "origin", &by_id];
+    git.run(&work, &fetch).unwrap().expect_success();
+    fsck(&work);
+    assert_eq!(upstream.counts().fetch, 2, "fetched again by the refresh");
+    assert_eq!(arriving(&cache), before + 3);
+    common::wait_for_mirror(&mirror, &source);
     fsck(&mirror);
 }
 
