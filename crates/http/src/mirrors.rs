@@ -73,6 +73,9 @@ pub(crate) struct Mirrors {
     /// Ids the upstream would not give by id, by repository, and when: not asked again for a
     /// while (a client repeating them must not repeat the upstream's work).
     refused_ids: Mutex<crate::bounded::Bounded<(RepoKey, gix_hash::ObjectId), Instant>>,
+    /// The settings answers are written with, when preparing a mirror makes ahead what a
+    /// shallow clone of its `HEAD` compresses again (see [`Mirrors::prepare`]).
+    answers: std::sync::OnceLock<gitcache_pack::Options>,
 }
 
 /// How long an id the upstream refused is not asked for again.
@@ -107,7 +110,15 @@ impl Mirrors {
             closed_warmth: Mutex::new(HashMap::new()),
             budget,
             refused_ids: Mutex::new(crate::bounded::Bounded::new(MAX_REFUSED, MAX_REFUSED)),
+            answers: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Answers are written with `options`: preparing a mirror asked for lately also answers
+    /// a shallow clone of its `HEAD` into nothing, so that what that answer compresses again
+    /// is in `options`' store of such objects (when it has one) before a client asks.
+    pub(crate) fn answer_with(&self, options: gitcache_pack::Options) {
+        let _ = self.answers.set(options);
     }
 
     /// Whether one of `oids` was refused by the upstream for `key` lately.
@@ -705,9 +716,22 @@ impl Mirrors {
             }),
             false => 0,
         };
+        // And what a shallow clone of its `HEAD` compresses again (objects whose stored base
+        // it does not send): made here, kept in the answers' store, taken from there by the
+        // first such clone. What cannot be made fails that clone, not the preparing.
+        let made = match self.answers.get() {
+            Some(options) if requested && options.remade.is_some() => {
+                shallow_clone_of_head(&repo, options).unwrap_or_else(|err| {
+                    tracing::debug!(%err, "making a shallow clone of HEAD failed");
+                    0
+                })
+            }
+            _ => 0,
+        };
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             trees,
+            made,
             "maintained mirror opened again and prepared"
         );
         Ok(())
@@ -877,6 +901,31 @@ impl Mirrors {
         };
         self.enforce(&self.budget).await
     }
+}
+
+/// Answer a shallow clone of `repo`'s `HEAD` (depth 1, as `git clone --depth=1` asks) with
+/// `options` into nothing; the objects it compressed again (none without a `HEAD` naming a
+/// commit).
+fn shallow_clone_of_head(
+    repo: &Repository,
+    options: &gitcache_pack::Options,
+) -> Result<u64, gitcache_pack::Error> {
+    let Some(head) = repo.find_ref("HEAD")?.and_then(|r| r.oid) else {
+        return Ok(0);
+    };
+    let fetch = Fetch {
+        wants: vec![head],
+        deepen: Some(1),
+        done: true,
+        thin_pack: true,
+        ofs_delta: true,
+        no_progress: true,
+        include_tag: true,
+        ..Fetch::default()
+    };
+    let plan = gitcache_pack::plan(repo, &fetch, repo.object_format(), options)?;
+    let stats = plan.write_to(&mut std::io::sink())?;
+    Ok(u64::from(stats.objects.saturating_sub(stats.reused)))
 }
 
 /// Remove from `map` the entries `eligible` says may go beyond the `keep` of them that come

@@ -335,6 +335,14 @@ impl Proxy {
         );
         let gate = Arc::new(AccessGate::new(&config));
         let passthrough = Passthrough::new(Arc::clone(&gate));
+        let responder = Responder::new(
+            config.pack.clone(),
+            config.limits.response_stall_timeout,
+            config.limits.max_concurrent_packs,
+            spill,
+            responses,
+        );
+        mirrors.answer_with(responder.options().clone());
         Ok(Arc::new(Proxy {
             targets: Targets::new(
                 Arc::clone(&config),
@@ -343,13 +351,7 @@ impl Proxy {
             ),
             fetches: Fetches {
                 mirrors: Arc::clone(&mirrors),
-                responder: Responder::new(
-                    config.pack.clone(),
-                    config.limits.response_stall_timeout,
-                    config.limits.max_concurrent_packs,
-                    spill,
-                    responses,
-                ),
+                responder,
                 gate: Arc::clone(&gate),
                 passthrough: passthrough.clone(),
                 serve_stale: config.serve_stale,

@@ -66,6 +66,12 @@ impl Responder {
         }
     }
 
+    /// The settings answers are written with (their store of objects compressed again
+    /// included).
+    pub(crate) fn options(&self) -> &gitcache_pack::Options {
+        &self.pack
+    }
+
     /// The store of objects compressed again that answers share.
     pub(crate) fn remade(&self) -> Option<&Arc<gitcache_pack::Remade>> {
         self.pack.remade.as_ref()

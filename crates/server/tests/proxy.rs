@@ -985,54 +985,82 @@ fn upstream_connections_are_kept_between_requests() {
 #[test]
 fn objects_compressed_again_are_kept_for_the_next_answer_and_counted() {
     let upstream = Upstream::start().unwrap();
-    let work = upstream.repo_path("acme/shrinking");
-    std::fs::create_dir_all(&work).unwrap();
-    git_stdout(&work, &["init", "-q", "-b", "main"]);
-    // Each file shrinks: the upstream's pack makes its new version a delta against the old,
-    // which a depth-1 clone is not sent.
     let files = 150;
-    repo::commit_shrinking_files(&work, files);
-    upstream
-        .adopt_repo("acme/shrinking", Access::Public)
-        .unwrap();
+    shrinking_repo(&upstream, "acme/shrinking", files);
     let cache = Gitcache::start(&upstream, &["--response-cache", "false"]);
-    let series = |name: &str| -> f64 {
-        let text = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    let hits = r#"gitcache_pack_remade_lookups_total{result="hit"}"#;
-    let misses = r#"gitcache_pack_remade_lookups_total{result="miss"}"#;
-
+    let series = |name: &str| metric(&cache, name);
     let git = GitClient::new().unwrap();
-    let home = git.home().to_owned();
-    let clone = |into: &str| {
-        git.run(
-            &home,
-            &[
-                "clone",
-                "-q",
-                "--depth=1",
-                &cache.url("acme/shrinking"),
-                into,
-            ],
-        )
-        .unwrap()
-        .expect_success();
-        fsck(&home.join(into));
-        git.rev_parse(&home.join(into), "HEAD").unwrap()
-    };
+    let clone = |into: &str| shallow_clone(&git, &cache.url("acme/shrinking"), into);
+    // The first clone, and the preparing after the mirror's first maintenance (which answers
+    // a shallow clone of `HEAD` too), whichever comes first, make each object once.
     let first = clone("one");
-    assert_eq!(series(hits), 0.0);
-    let made = series(misses);
+    cache.log_with("maintained mirror opened again and prepared", 1);
+    let made = series(REMADE_MISSES);
     assert!(made >= files as f64, "{made}");
     assert!(series("gitcache_pack_remade_bytes") > 0.0);
     // The walk's first trees are kept by the mirror's handle for the next answers.
     assert!(series("gitcache_pack_kept_tree_bytes") > 0.0);
 
     // The same answer again: every object made again is taken from the store.
+    let hits = series(REMADE_HITS);
     assert_eq!(clone("two"), first);
-    assert_eq!(series(hits), made);
-    assert_eq!(series(misses), made);
+    assert_eq!(series(REMADE_HITS) - hits, made);
+    assert_eq!(series(REMADE_MISSES), made);
+}
+
+/// Lookups in the store of objects compressed again that found what they looked for.
+const REMADE_HITS: &str = r#"gitcache_pack_remade_lookups_total{result="hit"}"#;
+/// Lookups in the store of objects compressed again that made the object.
+const REMADE_MISSES: &str = r#"gitcache_pack_remade_lookups_total{result="miss"}"#;
+
+/// The value of the series `name` (its name and labels) on `cache`'s `/metrics`; 0 if absent.
+fn metric(cache: &Gitcache, name: &str) -> f64 {
+    let text = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `git clone --depth=1` of `url` into `into` under `git`'s home, checked; its `HEAD`.
+fn shallow_clone(git: &GitClient, url: &str, into: &str) -> String {
+    let home = git.home().to_owned();
+    git.run(&home, &["clone", "-q", "--depth=1", url, into])
+        .unwrap()
+        .expect_success();
+    fsck(&home.join(into));
+    git.rev_parse(&home.join(into), "HEAD").unwrap()
+}
+
+/// A repository whose files each shrink in its last commit, served at `name`: the
+/// upstream's pack stores the new versions as deltas against the old, which a depth-1 clone
+/// is not sent, so that such a clone compresses them again.
+fn shrinking_repo(upstream: &Upstream, name: &str, files: usize) {
+    let work = upstream.repo_path(name);
+    std::fs::create_dir_all(&work).unwrap();
+    git_stdout(&work, &["init", "-q", "-b", "main"]);
+    repo::commit_shrinking_files(&work, files);
+    upstream.adopt_repo(name, Access::Public).unwrap();
+}
+
+/// A mirror asked for lately is prepared after its maintenance with what a shallow clone of
+/// its `HEAD` compresses again: the first such clone takes every one of them from the store.
+#[test]
+fn a_maintained_mirror_is_prepared_with_what_a_shallow_clone_of_head_makes() {
+    let upstream = Upstream::start().unwrap();
+    let files = 150;
+    shrinking_repo(&upstream, "acme/shrinking", files);
+    let cache = Gitcache::start(&upstream, &["--response-cache", "false"]);
+    let git = GitClient::new().unwrap();
+    let url = cache.url("acme/shrinking");
+    git.run(git.home(), &["clone", "-q", &url, "full"])
+        .unwrap()
+        .expect_success();
+    let log = cache.log_with("maintained mirror opened again and prepared", 1);
+    let made = metric(&cache, REMADE_MISSES);
+    assert!(made >= files as f64, "{made}: {log}");
+    assert_eq!(metric(&cache, REMADE_HITS), 0.0);
+
+    shallow_clone(&git, &url, "shallow");
+    assert_eq!(metric(&cache, REMADE_HITS), made);
+    assert_eq!(metric(&cache, REMADE_MISSES), made, "nothing made again");
 }
