@@ -185,7 +185,14 @@ impl Fetches {
                 let settled = settled(candidate.clone());
                 tokio::select! {
                     biased;
-                    outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
+                    outcome = &mut refresh => {
+                        // The refresh ended (whichever way) as the pack was whole: that pack
+                        // answers, as it is.
+                        if let Some(pack) = candidate.take_if(|p| followed(&p.progress())) {
+                            break Waited::Arriving(pack);
+                        }
+                        break Waited::Refreshed(outcome.map(|done| done.asked_ahead));
+                    }
                     followed = settled, if candidate.is_some() => {
                         let pack = candidate.take().expect("a candidate");
                         if followed {
@@ -362,22 +369,19 @@ const FOLLOWED_PAST: u64 = 1 << 20;
 /// Whether `pack` is to be followed: once it is whole, or past [`FOLLOWED_PAST`]; not once it
 /// failed. Never ends without a pack.
 async fn settled(pack: Option<Arc<gitcache_mirror::live::LivePack>>) -> bool {
-    use gitcache_mirror::live::Progress;
     let Some(pack) = pack else {
         return std::future::pending().await;
     };
-    loop {
-        let watched = Arc::clone(&pack);
-        let progress = tokio::task::spawn_blocking(move || {
-            watched.wait_past(FOLLOWED_PAST, std::time::Duration::from_secs(1))
-        })
-        .await;
-        match progress {
-            Ok(Progress::Whole(_)) => return true,
-            Ok(Progress::Arriving(n)) if n > FOLLOWED_PAST => return true,
-            Ok(Progress::Arriving(_)) => {}
-            Ok(Progress::Failed(_)) | Err(_) => return false,
-        }
+    followed(&pack.arrived_past(FOLLOWED_PAST).await)
+}
+
+/// Whether a pack that has come as far as `progress` is to be followed (see [`settled`]).
+fn followed(progress: &gitcache_mirror::live::Progress) -> bool {
+    use gitcache_mirror::live::Progress;
+    match progress {
+        Progress::Whole(_) => true,
+        Progress::Arriving(n) => *n > FOLLOWED_PAST,
+        Progress::Failed(_) => false,
     }
 }
 
@@ -457,6 +461,54 @@ mod tests {
             change(&mut fetch);
             assert!(!arriving_answers(&fetch), "case {i}");
         }
+    }
+
+    /// A pack fetched ahead is followed once whole or past `FOLLOWED_PAST`, not once it
+    /// failed (a publisher dropped before the end is a failure).
+    #[tokio::test]
+    async fn a_pack_is_followed_once_whole_or_past_its_first_mib() {
+        use gitcache_mirror::live::{Asked, Board};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.pack");
+        std::fs::write(&path, b"").unwrap();
+        let board = Board::default();
+        let announce = || {
+            let file = std::fs::File::open(&path).unwrap();
+            let publisher = board.announce(Asked::default(), HashKind::Sha1, file);
+            (board.current().unwrap(), publisher)
+        };
+        let within =
+            |pack| tokio::time::timeout(std::time::Duration::from_secs(30), settled(Some(pack)));
+
+        let (pack, publisher) = announce();
+        let waiting = tokio::spawn(within(Arc::clone(&pack)));
+        publisher.arrived(100);
+        publisher.arrived(FOLLOWED_PAST);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "not past its first MiB yet");
+        publisher.arrived(FOLLOWED_PAST + 1);
+        assert!(waiting.await.unwrap().unwrap());
+
+        let (pack, publisher) = announce();
+        publisher.arrived(100);
+        publisher.whole(200);
+        assert!(within(pack).await.unwrap());
+
+        let (pack, publisher) = announce();
+        let waiting = tokio::spawn(within(Arc::clone(&pack)));
+        publisher.arrived(100);
+        publisher.failed("cut");
+        assert!(!waiting.await.unwrap().unwrap());
+
+        let (pack, publisher) = announce();
+        drop(publisher);
+        assert!(!within(pack).await.unwrap());
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), settled(None))
+                .await
+                .is_err(),
+            "no pack: never"
+        );
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct LivePack {
     trailer: std::sync::OnceLock<(u64, Vec<u8>)>,
     progress: Mutex<Progress>,
     changed: Condvar,
+    /// Told of every change too, for readers waiting in a task.
+    told: tokio::sync::Notify,
 }
 
 impl LivePack {
@@ -186,12 +188,38 @@ impl LivePack {
         }
     }
 
+    /// How far the pack has arrived, once more than `offset` bytes have or it ended: as
+    /// [`wait_past`](Self::wait_past), for a task (no bound: a pack ends, whole or failed,
+    /// when its refresh does).
+    pub async fn arrived_past(&self, offset: u64) -> Progress {
+        loop {
+            let told = self.told.notified();
+            tokio::pin!(told);
+            // Listening before looking: a change in between still wakes this.
+            told.as_mut().enable();
+            match self.progress() {
+                Progress::Arriving(n) if n <= offset => {}
+                other => return other,
+            }
+            told.await;
+        }
+    }
+
+    /// How far the pack has arrived now.
+    pub fn progress(&self) -> Progress {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn set(&self, to: Progress) {
         let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         // An end is final.
         if matches!(*progress, Progress::Arriving(_)) {
             *progress = to;
             self.changed.notify_all();
+            self.told.notify_waiters();
         }
     }
 }
@@ -278,6 +306,7 @@ impl Board {
             trailer: std::sync::OnceLock::new(),
             progress: Mutex::new(Progress::Arriving(0)),
             changed: Condvar::new(),
+            told: tokio::sync::Notify::new(),
         });
         *self.posted() = Posted {
             pack: Some(Arc::clone(&pack)),

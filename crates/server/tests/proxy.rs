@@ -692,7 +692,7 @@ fn a_git_fetch_after_a_push_follows_the_pack_its_ls_refs_had_fetched() {
     let tip = repo::append_commits(&source, "main", 3, 4130).unwrap();
     upstream.reset_counts();
     // Listed by another client first; that refresh's pack comes slowly.
-    trickle_next_pack(&upstream, 64, 50);
+    trickle_next_pack(&upstream, 32, 50);
     git.run(&home, &["ls-remote", &url])
         .unwrap()
         .expect_success();
