@@ -31,6 +31,24 @@ fn trickle_next_pack(upstream: &Upstream, chunk: usize, every_ms: u64) {
     upstream.inject(Fault::Trickle { chunk, every }, 1, Some(RequestKind::Fetch));
 }
 
+/// After a fetch of `tip` into `work`'s `origin/main` (whole): the answers sent as their
+/// packs arrived are `arrived` now, and the mirror of `acme/app`, whole, took that pack in
+/// and moved its refs, one pack fetched upstream in all.
+fn followed_and_taken_in(
+    cache: &Gitcache,
+    upstream: &Upstream,
+    (work, tip): (&Path, &str),
+    arrived: usize,
+) {
+    let origin = git_stdout(work, &["rev-parse", "refs/remotes/origin/main"]);
+    assert_eq!(origin.trim(), tip);
+    fsck(work);
+    cache.log_with("arriving=true", arrived);
+    mirrored(cache, upstream, "acme/app");
+    fsck(&cache.mirror(upstream, "acme/app"));
+    assert_eq!(upstream.counts().fetch, 1, "one pack fetched upstream");
+}
+
 /// `name`'s source upstream and its mirror, once the mirror holds the same refs.
 fn mirrored(cache: &Gitcache, upstream: &Upstream, name: &str) -> (PathBuf, PathBuf) {
     let source = upstream.repo_path(name);
@@ -568,17 +586,7 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
     ];
     let work = home.join("work");
     git.run(&work, &fetch).unwrap().expect_success();
-    assert_eq!(
-        git_stdout(&work, &["rev-parse", "refs/remotes/origin/main"]).trim(),
-        tip
-    );
-    fsck(&work);
-    cache.log_with("arriving=true", before + 1);
-    // The mirror took the same pack in and moved its refs; nothing else was fetched.
-    common::wait_for_mirror(&mirror, &source);
-    fsck(&mirror);
-    let counts = upstream.counts();
-    assert_eq!(counts.fetch, 1, "one pack fetched upstream");
+    followed_and_taken_in(&cache, &upstream, (&work, &tip), before + 1);
 
     let other = home.join("other");
     git.run(&other, &fetch).unwrap().expect_success();
@@ -685,7 +693,7 @@ fn a_git_fetch_after_a_push_follows_the_pack_its_ls_refs_had_fetched() {
     let clone = ["clone", "-q", "--single-branch", "--no-tags", &url, "work"];
     git.run(&home, &clone).unwrap().expect_success();
     let work = home.join("work");
-    let (source, mirror) = mirrored(&cache, &upstream, "acme/app");
+    let (source, _) = mirrored(&cache, &upstream, "acme/app");
     let arriving = |cache: &Gitcache| common::count(&cache.log(), "arriving=true");
     let before = arriving(&cache);
 
@@ -704,15 +712,7 @@ fn a_git_fetch_after_a_push_follows_the_pack_its_ls_refs_had_fetched() {
     )
     .unwrap()
     .expect_success();
-    assert_eq!(
-        git_stdout(&work, &["rev-parse", "refs/remotes/origin/main"]).trim(),
-        tip
-    );
-    fsck(&work);
-    cache.log_with("arriving=true", before + 1);
-    common::wait_for_mirror(&mirror, &source);
-    fsck(&mirror);
-    assert_eq!(upstream.counts().fetch, 1, "one pack fetched upstream");
+    followed_and_taken_in(&cache, &upstream, (&work, &tip), before + 1);
     // The refresh says what it fetched ahead.
     cache.log_with("ahead=1", 1);
 }
