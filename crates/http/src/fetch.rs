@@ -108,9 +108,9 @@ impl Fetches {
         let ids = self
             .worth_keeping(target, &fetch, missing)
             .unwrap_or_default();
-        // A fetch of commits the mirror lacks, all of them, from a client holding some of
-        // what the mirror holds: the pack fetched ahead is asked for as this client asks, and
-        // may answer it as it arrives.
+        // A fetch whose wants the mirror all lacks (most often the tips a push just made):
+        // the pack fetched ahead is asked for as this client asks when it builds on what the
+        // mirror holds (see `Mirror::refresh_hinted`), and may answer it as it arrives.
         let client =
             (answered_ahead(&fetch) && fetch.wants.iter().all(|w| ids.contains(w))).then(|| {
                 ClientFetch {
