@@ -23,6 +23,29 @@ fn client(upstream: &Upstream, name: &str, auth: Option<&str>) -> Client {
     .unwrap()
 }
 
+/// A small repository (`RepoSpec::small(seed)`) served by `upstream` as `name`, and a SHA-1
+/// mirror of it refreshed once in a temporary folder: the source, the folder, the mirror and
+/// its client.
+async fn refreshed(
+    upstream: &Upstream,
+    name: &str,
+    seed: u64,
+) -> (std::path::PathBuf, tempfile::TempDir, Mirror, Client) {
+    let source = upstream.repo_path(name);
+    repo::generate(&source, &RepoSpec::small(seed)).unwrap();
+    upstream.adopt_repo(name, Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(upstream, name, None);
+    mirror.refresh(&up, &[]).await.unwrap();
+    (source, dir, mirror, up)
+}
+
+/// The object id `hex` names (a line of `git` output, its newline aside).
+fn oid(hex: &str) -> gix_hash::ObjectId {
+    gix_hash::ObjectId::from_hex(hex.trim().as_bytes()).unwrap()
+}
+
 fn pack_files(mirror: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(mirror.join("objects/pack"))
         .unwrap()
@@ -802,14 +825,7 @@ async fn a_refresh_offers_few_haves_and_still_ends_up_whole() {
 async fn a_fetch_ahead_is_asked_as_the_client_asks_when_it_builds_on_the_mirror() {
     use gitcache_mirror::mirror::{ClientFetch, Hints, KEPT_PREFIX};
     let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/asked");
-    repo::generate(&source, &RepoSpec::small(1718)).unwrap();
-    upstream.adopt_repo("acme/asked", Access::Public).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
-    let up = client(&upstream, "acme/asked", None);
-    mirror.refresh(&up, &[]).await.unwrap();
-    let oid = |hex: &str| gix_hash::ObjectId::from_hex(hex.trim().as_bytes()).unwrap();
+    let (source, _dir, mirror, up) = refreshed(&upstream, "acme/asked", 1718).await;
     let (old_main, older) = (
         git(&source, &["rev-parse", "main"]),
         git(&source, &["rev-parse", "main~2"]),
@@ -901,14 +917,7 @@ async fn a_fetch_ahead_is_asked_as_the_client_asks_when_it_builds_on_the_mirror(
 async fn ids_asked_for_are_fetched_beside_the_refs() {
     use gitcache_mirror::mirror::KEPT_PREFIX;
     let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/hinted");
-    repo::generate(&source, &RepoSpec::small(1717)).unwrap();
-    upstream.adopt_repo("acme/hinted", Access::Public).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
-    let up = client(&upstream, "acme/hinted", None);
-    mirror.refresh(&up, &[]).await.unwrap();
-    let oid = |hex: &str| gix_hash::ObjectId::from_hex(hex.trim().as_bytes()).unwrap();
+    let (source, _dir, mirror, up) = refreshed(&upstream, "acme/hinted", 1717).await;
 
     // A push to main, and a commit only a ref mirrors do not take reaches.
     let new_main = repo::append_commits(&source, "main", 3, 1).unwrap();
