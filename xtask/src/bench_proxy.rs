@@ -403,13 +403,19 @@ pub(crate) fn run(
 /// eight packs, or when those beside hold more than a 64th of its objects; the next round
 /// waits for it). Then the requests of the full run, plus a fetch whose have is the tip of
 /// the first consolidation, against `http-backend` on the same packs (git's bitmaps cover its
-/// first pack only, as on a forge between repacks).
+/// first pack only, as on a forge between repacks). With `ls_refs_delay`, the upstream waits
+/// that long before each `ls-refs` answer of the rounds, as a forge listing many refs does.
+/// With `keep`, the mirror and the upstream
+/// are copied there (`mirror.git`, `upstream.git`, with the first consolidation's tip in
+/// `consolidated`) at the end, to be taken apart.
 pub(crate) fn moved(
     root: &Path,
     repo: Option<&str>,
     rounds: usize,
     per_round: usize,
     runs: usize,
+    ls_refs_delay: Option<Duration>,
+    keep: Option<PathBuf>,
 ) -> Result<()> {
     let (repo, _) = prepare_repo(root, repo)?;
     // A copy the rounds add to (hard links: the bench repository stays as it is).
@@ -454,6 +460,13 @@ pub(crate) fn moved(
     // a fetch of it with the tip before, and the same as `git fetch` sends it, `ls-refs`
     // first (whose answer, passed on from the upstream, starts the refresh), timed against
     // `http-backend` answering the same requests.
+    if let Some(delay) = ls_refs_delay {
+        upstream.inject(
+            gitcache_testkit::upstream::Fault::Delay(delay),
+            usize::MAX,
+            Some(gitcache_testkit::upstream::RequestKind::LsRefs),
+        );
+    }
     let mut refreshed = Vec::new();
     for round in 0..rounds {
         let seed = 7_000 + round as u64;
@@ -468,12 +481,17 @@ pub(crate) fn moved(
         });
         let (name, requests) = match round % 3 {
             0 => {
+                // As CI's checkout asks (`fetch --no-tags --depth=1 origin <id>`).
                 let fetch = gitcache_protocol::request::Fetch {
                     wants: vec![tip],
                     deepen: Some(1),
+                    include_tag: false,
                     ..git_fetch()
                 };
-                ("clone --depth=1 of the new tip", vec![body(fetch)])
+                (
+                    "fetch --depth=1 --no-tags of the new tip",
+                    vec![body(fetch)],
+                )
             }
             1 => ("fetch, have the tip before", vec![incremental]),
             _ => (
@@ -498,6 +516,7 @@ pub(crate) fn moved(
         // consolidated one) is done before the next round.
         wait_for_settled(&gitcache, &mirror)?;
     }
+    upstream.clear_faults();
     let packs = |dir: &Path| -> Result<usize> {
         Ok(std::fs::read_dir(dir.join("objects/pack"))?
             .filter_map(Result::ok)
@@ -552,6 +571,25 @@ pub(crate) fn moved(
     }
     drop(server);
     drop(upstream);
+    if let Some(keep) = keep {
+        std::fs::create_dir_all(&keep)?;
+        for (from, to) in [(&mirror, "mirror.git"), (&copy, "upstream.git")] {
+            let to = keep.join(to);
+            if to.exists() {
+                std::fs::remove_dir_all(&to)?;
+            }
+            if !Command::new("cp")
+                .arg("-a")
+                .arg(from)
+                .arg(&to)
+                .status()?
+                .success()
+            {
+                bail!("copying {} failed", from.display());
+            }
+        }
+        std::fs::write(keep.join("consolidated"), format!("{consolidated}\n"))?;
+    }
     std::fs::remove_dir_all(&copy)?;
     Ok(())
 }

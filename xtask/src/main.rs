@@ -9,10 +9,10 @@
 //!   runs the requests whose name contains one of the TEXTs; `--dump` writes each request's
 //!   body into DIR first).
 //! - `bench-proxy [repo] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --response-cache |
-//!   --two-instances [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] |
+//!   --two-instances [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] [--ls-refs-ms MS] [--keep DIR] |
 //!   --concurrency N]`: time gitcache (hits and misses) in front of C git's http-backend
 //!   (with `--hits`, hits alone: for repositories too large to miss five times; with
-//!   `--misses`, misses alone, `--runs` of each (1 by default); with `--response-cache`, only the response-cache table; with `--moved ROUNDS`, the first fetch after each of ROUNDS pushes of `--commits` commits (50 by default), then hits on the mirror between two consolidations, ROUNDS packs past its consolidated one; with `--concurrency`, N depth-1
+//!   `--misses`, misses alone, `--runs` of each (1 by default); with `--response-cache`, only the response-cache table; with `--moved ROUNDS`, the first fetch after each of ROUNDS pushes of `--commits` commits (50 by default), then hits on the mirror between two consolidations, ROUNDS packs past its consolidated one, the upstream's `ls-refs` answers of the rounds slowed down by `--ls-refs-ms` MS (a forge listing many refs), the mirror and the upstream copied into `--keep` DIR at the end to be taken apart; with `--concurrency`, N depth-1
 //!   fetches of different commits at once) against http-backend alone, over HTTP, on the
 //!   same repository and requests.
 //! - `bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR]`: the same on
@@ -65,7 +65,22 @@ fn main() -> Result<()> {
                 let per_round = number_flag(&args, "--commits", 50)? as usize;
                 let runs = number_flag(&args, "--runs", bench_proxy::RUNS as u64)? as usize;
                 let (rounds, per_round) = (rounds.clamp(1, 8), per_round.clamp(1, 5_000));
-                return bench_proxy::moved(&root, repo, rounds, per_round, runs.max(1));
+                let keep = flag_value(&args, "--keep").map(std::path::PathBuf::from);
+                let ls_refs_delay = args
+                    .iter()
+                    .any(|a| a == "--ls-refs-ms")
+                    .then(|| number_flag(&args, "--ls-refs-ms", 0))
+                    .transpose()?
+                    .map(std::time::Duration::from_millis);
+                return bench_proxy::moved(
+                    &root,
+                    repo,
+                    rounds,
+                    per_round,
+                    runs.max(1),
+                    ls_refs_delay,
+                    keep,
+                );
             }
             if args.iter().any(|a| a == "--misses") {
                 let runs = number_flag(&args, "--runs", 1)? as usize;
@@ -85,7 +100,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT|TEXT] [--dump DIR] | bench-proxy [REPO] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT|TEXT] [--dump DIR] | bench-proxy [REPO] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] [--ls-refs-ms MS] [--keep DIR] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }
@@ -150,6 +165,8 @@ fn repo_arg(args: &[String]) -> Option<&str> {
                         "--runs",
                         "--moved",
                         "--commits",
+                        "--keep",
+                        "--ls-refs-ms",
                     ]
                     .contains(&args[i - 1].as_str()))
         })

@@ -11,7 +11,10 @@
 //! making it all again first (`Repository::warm_like` on a fresh handle, its time on stderr),
 //! preparing a fresh handle as a server prepares a mirror asked for lately
 //! (`Repository::shallow_clone_warmth` and `Repository::keep_head_trees`, likewise timed),
-//! or not.
+//! or not. `UPLOAD_PACK_ARRIVES=<pack stem>` (with a reopen) holds that pack of the repository
+//! aside until the reopen, as a pack a refresh fetches arrives between two answers.
+//! `UPLOAD_PACK_REMADE=MiB` gives the answers a store of objects compressed again, shared
+//! by them all, as a server's are.
 //!
 //! ```sh
 //! cargo run --release -p gitcache-pack --example upload_pack -- repo.git < request > response
@@ -25,7 +28,15 @@ use gitcache_protocol::request::{Command, Limits, parse_request};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: upload_pack <repo>")?;
+    let arriving = Arriving::hold(&path)?;
     let mut repo = Repository::open(&path)?;
+    let options = Options {
+        remade: std::env::var("UPLOAD_PACK_REMADE")
+            .ok()
+            .and_then(|mib| mib.parse::<usize>().ok())
+            .map(|mib| std::sync::Arc::new(gitcache_pack::Remade::new(mib << 20))),
+        ..Options::default()
+    };
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body)?;
     let stdout = std::io::stdout();
@@ -46,13 +57,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 && let Command::Fetch(fetch) = &earlier.command
             {
                 let format = earlier.capabilities.object_format();
-                plan(&repo, fetch, format, &Options::default())?.write_to(std::io::sink())?;
+                plan(&repo, fetch, format, &options)?.write_to(std::io::sink())?;
             }
         }
         // The answer measured is timed alone, from here.
         started = std::time::Instant::now();
     }
     if let Ok(how) = std::env::var("UPLOAD_PACK_REOPEN") {
+        arriving.arrive()?;
         let reopening = std::time::Instant::now();
         repo = match how.as_str() {
             "adopt" => repo.reopen()?,
@@ -91,12 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     true => started,
                     false => std::time::Instant::now(),
                 };
-                let planned = plan(
-                    &repo,
-                    fetch,
-                    request.capabilities.object_format(),
-                    &Options::default(),
-                );
+                let planned = plan(&repo, fetch, request.capabilities.object_format(), &options);
                 let mut sink = std::io::sink();
                 let mut to: &mut dyn Write = if round == 0 { &mut out } else { &mut sink };
                 match planned {
@@ -125,4 +132,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The files of the pack `UPLOAD_PACK_ARRIVES` names, held aside (renamed) until
+/// [`arrive`](Self::arrive), and put back if the example ends before.
+struct Arriving(Vec<(std::path::PathBuf, std::path::PathBuf)>);
+
+impl Arriving {
+    fn hold(repo: &str) -> std::io::Result<Self> {
+        let Ok(stem) = std::env::var("UPLOAD_PACK_ARRIVES") else {
+            return Ok(Arriving(Vec::new()));
+        };
+        let dir = std::path::Path::new(repo).join("objects/pack");
+        let mut held = Vec::new();
+        // The index first: a pack without one is not listed.
+        for ext in ["idx", "pack", "rev"] {
+            let at = dir.join(format!("{stem}.{ext}"));
+            let aside = dir.join(format!("{stem}.{ext}.arriving"));
+            if at.exists() {
+                std::fs::rename(&at, &aside)?;
+                held.push((at, aside));
+            }
+        }
+        Ok(Arriving(held))
+    }
+
+    fn arrive(&self) -> std::io::Result<()> {
+        for (at, aside) in self.0.iter().rev() {
+            if aside.exists() {
+                std::fs::rename(aside, at)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        let _ = self.arrive();
+    }
 }
