@@ -260,8 +260,10 @@ pub(crate) fn response_key(
         fetch.no_progress,
         fetch.wait_for_done,
     ));
-    // Answers that depend on refs: the refs they read are part of the key.
-    if !fetch.deepen_not.is_empty() || fetch.include_tag {
+    // Answers that depend on refs: the refs they read are part of the key (`deepen-relative`
+    // counts from the client's shallow commits that refs reach).
+    let relative = fetch.deepen_relative && !fetch.shallows.is_empty();
+    if !fetch.deepen_not.is_empty() || fetch.include_tag || relative {
         let mut deepen_not: Vec<String> = fetch.deepen_not.iter().map(|r| r.to_string()).collect();
         deepen_not.sort();
         for name in deepen_not {
@@ -272,7 +274,7 @@ pub(crate) fn response_key(
             .into_iter()
             .filter(|r| {
                 r.name.starts_with(b"refs/tags/")
-                    || (!fetch.deepen_not.is_empty() && r.name != "HEAD")
+                    || ((!fetch.deepen_not.is_empty() || relative) && r.name != "HEAD")
             })
             .map(|r| format!("ref {} {:?}\n", r.name, r.oid))
             .collect();
@@ -1093,6 +1095,45 @@ mod tests {
             assert!(body == bytes, "every reader gets every byte");
         }
         assert!(cache.store.open(repo, "k").unwrap().is_some(), "stored");
+    }
+
+    /// What refs an answer reads are part of its key: a `deepen-relative` fetch counts from
+    /// the client's shallow commits that refs reach, so moving a ref gives it another key; a
+    /// plain `deepen` reads none.
+    #[test]
+    fn a_relative_deepening_is_keyed_with_the_refs() {
+        use gitcache_testkit::git::git_stdout;
+        use gitcache_testkit::repo::{self, RepoSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo.git");
+        repo::generate(&path, &RepoSpec::tiny(7)).unwrap();
+        let id = |rev: &str| {
+            gix_hash::ObjectId::from_hex(git_stdout(&path, &["rev-parse", rev]).trim().as_bytes())
+                .unwrap()
+        };
+        let fetch = Fetch {
+            wants: vec![id("main")],
+            shallows: vec![id("main~1")],
+            deepen: Some(1),
+            deepen_relative: true,
+            done: true,
+            ofs_delta: true,
+            ..Fetch::default()
+        };
+        let plain = Fetch {
+            deepen_relative: false,
+            ..fetch.clone()
+        };
+        let keys = || {
+            let repo = Repository::open(&path).unwrap();
+            let key = |f: &Fetch| response_key(&repo, f, HashKind::Sha1).unwrap().unwrap();
+            (key(&fetch), key(&plain))
+        };
+        let before = keys();
+        git_stdout(&path, &["branch", "-f", "elsewhere", "main~1"]);
+        let after = keys();
+        assert_ne!(before.0, after.0, "refs moved: another key");
+        assert_eq!(before.1, after.1, "a plain deepening reads no refs");
     }
 
     #[test]
