@@ -57,6 +57,9 @@ enum Waited {
     Refreshed(Result<Vec<gix_hash::ObjectId>, Error>),
     /// The pack the refresh receives answers the fetch.
     Arriving(Arc<gitcache_mirror::live::LivePack>),
+    /// The refresh took in a pack that holds every want: the mirror answers now, its refs
+    /// still to be written.
+    Landed(Arc<gitcache_pack::Repository>),
     /// The mirror is being made from nothing and took longer than the first fetch may wait.
     TooLong,
 }
@@ -76,6 +79,9 @@ impl Fetches {
         // The mirror's background work (the checks when it is first opened, the maintenance
         // a refresh asks for) waits until this answer is handed over.
         let answering = self.mirrors.registry().answering(&target.key);
+        // Packs landed so far: one a refresh under way takes in from here on may answer a
+        // miss (see below).
+        let mut landings = self.mirrors.registry().landings(&target.key);
         let (wanted, fetch) = self.mirrors.with_wants(&target.key, fetch).await?;
         let missing = match wanted {
             Wanted::Present(repo) => {
@@ -125,6 +131,10 @@ impl Fetches {
             client,
             keep_unreached: true,
         };
+        // A fetch that depends on the mirror's objects alone is answered once a pack the
+        // refresh takes in holds all it wants (a pack fetched ahead lands before the
+        // upstream's refs are listed when that is slower), not once the refs are written.
+        let early = answered_once_landed(&fetch);
         let refresh = self
             .mirrors
             .refresh_asking(&target.key, upstream, true, Vec::new(), hints);
@@ -159,6 +169,12 @@ impl Fetches {
                         announced = false;
                         if answers(&pack) {
                             break Waited::Arriving(pack);
+                        }
+                    }
+                    landed = registry.landed_after(&target.key, landings), if early => {
+                        landings = landed;
+                        if let Some(repo) = self.landed_holding(target, &fetch).await {
+                            break Waited::Landed(repo);
                         }
                     }
                     () = &mut unannounced, if live => break Waited::TooLong,
@@ -205,14 +221,29 @@ impl Fetches {
                         Some(pack) => seen = Some(pack),
                         None => live = false,
                     },
+                    landed = registry.landed_after(&target.key, landings), if early => {
+                        landings = landed;
+                        if let Some(repo) = self.landed_holding(target, &fetch).await {
+                            break Waited::Landed(repo);
+                        }
+                    }
                     () = &mut too_long => break Waited::TooLong,
                 }
             }
         } else {
-            tokio::select! {
-                biased;
-                outcome = &mut refresh => Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
-                () = &mut too_long => Waited::TooLong,
+            let registry = self.mirrors.registry();
+            loop {
+                tokio::select! {
+                    biased;
+                    outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
+                    landed = registry.landed_after(&target.key, landings), if early => {
+                        landings = landed;
+                        if let Some(repo) = self.landed_holding(target, &fetch).await {
+                            break Waited::Landed(repo);
+                        }
+                    }
+                    () = &mut too_long => break Waited::TooLong,
+                }
             }
         };
         let mut asked_ahead = Vec::new();
@@ -231,6 +262,11 @@ impl Fetches {
                     .responder
                     .serve_arriving(pack, fetch.sideband_all, common)
                     .map(|body| body.holding(answering));
+                return Ok(with_state(response, CacheState::Miss));
+            }
+            Waited::Landed(repo) => {
+                tracing::info!(result = "miss", landed = true, "fetch");
+                let response = self.answer(target, repo, fetch, kind, answering).await;
                 return Ok(with_state(response, CacheState::Miss));
             }
             Waited::TooLong => {
@@ -327,6 +363,22 @@ impl Fetches {
         }
     }
 
+    /// The mirror of `target` if it holds every want of `fetch` now that a refresh took a
+    /// pack in; `None` also when it cannot be opened (the fetch waits for the refresh).
+    async fn landed_holding(
+        &self,
+        target: &Target,
+        fetch: &Fetch,
+    ) -> Option<Arc<gitcache_pack::Repository>> {
+        match self.mirrors.holding(&target.key, fetch.wants.clone()).await {
+            Ok(repo) => repo,
+            Err(err) => {
+                tracing::debug!(%err, "mirror not opened after a pack landed");
+                None
+            }
+        }
+    }
+
     /// The answer to `fetch` from `repo`, the mirror of `target`, holding its background work
     /// back (`answering`) until it is handed over.
     async fn answer(
@@ -402,6 +454,19 @@ fn answered_ahead(fetch: &Fetch) -> bool {
         && plain(fetch)
 }
 
+/// Whether `fetch` may be answered from a mirror whose refresh has taken in its wants but not
+/// yet written the refs: its answer must not depend on the refs, so no ref asked for by name,
+/// no `deepen-not` (refs named as the history's edge), no `deepen-relative` (counted from the
+/// client's shallow commits that refs reach) and no `include-tag` (the tags sent are the
+/// mirror's tags that point at what is sent, and a tag the push made comes with the refs).
+fn answered_once_landed(fetch: &Fetch) -> bool {
+    !fetch.wants.is_empty()
+        && fetch.want_refs.is_empty()
+        && fetch.deepen_not.is_empty()
+        && !fetch.deepen_relative
+        && !fetch.include_tag
+}
+
 /// Whether `fetch` wants objects by id and takes offset deltas, with no shallow, deepening
 /// or filter and no ref asked for by name: what a pack fetched by a mirror may answer.
 fn plain(fetch: &Fetch) -> bool {
@@ -460,6 +525,48 @@ mod tests {
             let mut fetch = clone.clone();
             change(&mut fetch);
             assert!(!arriving_answers(&fetch), "case {i}");
+        }
+    }
+
+    /// Every fetch shape but those whose answer reads the mirror's refs (a ref by name,
+    /// `deepen-not`, `deepen-relative`, `include-tag`) is answered once a pack holding its
+    /// wants is in.
+    #[test]
+    fn fetches_that_read_no_refs_are_answered_once_their_pack_is_in() {
+        let ci = Fetch {
+            wants: vec![gix_hash::ObjectId::from_bytes_or_panic(&[1; 20])],
+            done: true,
+            ofs_delta: true,
+            deepen: Some(1),
+            no_progress: true,
+            ..Fetch::default()
+        };
+        assert!(answered_once_landed(&ci));
+        let objects_alone: [fn(&mut Fetch); 4] = [
+            |f| f.deepen = None,
+            |f| f.filter = Some(gitcache_protocol::filter::Filter::BlobNone),
+            |f| f.thin_pack = true,
+            |f| {
+                f.haves
+                    .push(gix_hash::ObjectId::from_bytes_or_panic(&[2; 20]))
+            },
+        ];
+        for (i, change) in objects_alone.iter().enumerate() {
+            let mut fetch = ci.clone();
+            change(&mut fetch);
+            assert!(answered_once_landed(&fetch), "case {i}");
+        }
+        let reading_refs: [fn(&mut Fetch); 5] = [
+            |f| f.include_tag = true,
+            |f| f.want_refs.push("refs/heads/main".into()),
+            |f| f.deepen_not.push("refs/heads/old".into()),
+            |f| f.deepen_relative = true,
+            |f| f.wants.clear(),
+        ];
+        for (i, change) in reading_refs.iter().enumerate() {
+            let mut fetch = ci.clone();
+            change(&mut fetch);
+            assert!(!answered_once_landed(&fetch), "case {i}");
         }
     }
 

@@ -542,6 +542,23 @@ impl Mirrors {
         .map_err(|e| Error::Internal(e.to_string()))?
     }
 
+    /// The mirror of `key` if it holds every one of `wants` now, looked up on a blocking
+    /// thread: for a fetch waiting for a refresh that has taken a pack in (see
+    /// [`Registry::landed_after`](gitcache_mirror::registry::Registry::landed_after)).
+    pub(crate) async fn holding(
+        self: &Arc<Self>,
+        key: &RepoKey,
+        wants: Vec<gix_hash::ObjectId>,
+    ) -> Result<Option<Arc<Repository>>, Error> {
+        let (mirrors, key) = (Arc::clone(self), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let repo = mirrors.open(&key)?;
+            Ok(repo.filter(|repo| wants.iter().all(|w| repo.contains(w))))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
     /// [`open`](Self::open) on a blocking thread.
     pub(crate) async fn open_blocking(
         self: &Arc<Self>,

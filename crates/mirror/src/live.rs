@@ -286,6 +286,9 @@ struct Posted {
     /// The refresh under way brings the mirror from elsewhere (another instance fetches it,
     /// or it is copied from a shared store): no pack is announced here meanwhile.
     elsewhere: bool,
+    /// Packs taken into the mirror by its refreshes so far, before their refs were written
+    /// (see [`Board::landed`]); never reset.
+    landings: u64,
 }
 
 impl Board {
@@ -308,10 +311,11 @@ impl Board {
             changed: Condvar::new(),
             told: tokio::sync::Notify::new(),
         });
-        *self.posted() = Posted {
-            pack: Some(Arc::clone(&pack)),
-            elsewhere: false,
-        };
+        {
+            let mut posted = self.posted();
+            posted.pack = Some(Arc::clone(&pack));
+            posted.elsewhere = false;
+        }
         self.told.notify_waiters();
         Publisher { pack }
     }
@@ -374,10 +378,34 @@ impl Board {
         }
     }
 
+    /// A pack the refresh under way fetched is now in the mirror, taken in and checked as
+    /// any, while its refs are still to be written: fetches waiting for that refresh whose
+    /// wants it brought may be answered now (see [`landed_after`](Self::landed_after)).
+    pub fn landed(&self) {
+        self.posted().landings += 1;
+        self.told.notify_waiters();
+    }
+
+    /// How many packs have [landed](Self::landed) so far: what to wait past with
+    /// [`landed_after`](Self::landed_after).
+    pub fn landings(&self) -> u64 {
+        self.posted().landings
+    }
+
+    /// Once more than `seen` packs have [landed](Self::landed): how many have.
+    pub async fn landed_after(&self, seen: u64) -> u64 {
+        self.wait_for(|posted| (posted.landings > seen).then_some(posted.landings))
+            .await
+    }
+
     /// No pack is announced any more, nor said to come from elsewhere (the refresh that did
     /// ended).
     pub fn clear(&self) {
-        *self.posted() = Posted::default();
+        let mut posted = self.posted();
+        *posted = Posted {
+            landings: posted.landings,
+            ..Posted::default()
+        };
     }
 
     fn posted(&self) -> std::sync::MutexGuard<'_, Posted> {
@@ -627,6 +655,24 @@ mod tests {
         board.clear();
         board.elsewhere();
         assert!(board.next_after(&seen).await.is_none());
+    }
+
+    /// Those waiting past the packs landed so far are told of the next; a refresh's end
+    /// (the board cleared) forgets nothing of them.
+    #[tokio::test]
+    async fn packs_landed_are_counted_and_waited_past() {
+        let board = Arc::new(Board::default());
+        assert_eq!(board.landings(), 0);
+        let waiting = waiting_as(&board, |board| async move { board.landed_after(0).await }).await;
+        board.landed();
+        assert_eq!(told(waiting).await, 1);
+        board.clear();
+        assert_eq!(board.landings(), 1);
+        // Landed already: told at once.
+        assert_eq!(board.landed_after(0).await, 1);
+        let waiting = waiting_as(&board, |board| async move { board.landed_after(1).await }).await;
+        board.landed();
+        assert_eq!(told(waiting).await, 2);
     }
 
     /// One told that no pack comes may still wait for one: announced should this instance

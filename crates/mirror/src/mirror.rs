@@ -252,26 +252,34 @@ impl Mirror {
             if hinted.is_empty() {
                 return None;
             }
-            Some(
-                self.fetch_ahead(
+            let pack = self
+                .fetch_ahead(
                     upstream,
                     format,
                     &local,
                     hinted.clone(),
                     hints.client.as_ref(),
                 )
-                .await,
-            )
+                .await;
+            // In the mirror and checked, while the refs are still being listed: fetches
+            // waiting for this refresh that it answers need not wait for the rest.
+            let told = pack.is_ok() && self.landed();
+            Some((pack, told))
         };
         let (remote, ahead) = tokio::join!(listing, ahead);
         // The ids the upstream answered for, with a pack or a refusal of its own.
         let mut asked_ahead = Vec::new();
+        // Said to have landed, a pack may be read by answers already: it stays should the
+        // refresh fail (its objects are checked; the next consolidation drops what no ref
+        // reaches).
+        let mut landed = false;
         let ahead = match ahead {
-            Some(Ok(pack)) => {
+            Some((Ok(pack), told)) => {
                 asked_ahead.clone_from(&hinted);
+                landed = told;
                 Some(pack)
             }
-            Some(Err(err)) => {
+            Some((Err(err), _)) => {
                 if matches!(
                     err,
                     Error::Response(gitcache_protocol::response::Error::Remote { .. })
@@ -288,7 +296,7 @@ impl Mirror {
         let mut unpublished = Unpublished(
             ahead
                 .iter()
-                .filter(|pack| pack.fresh)
+                .filter(|pack| pack.fresh && !landed)
                 .map(|pack| pack.pack.clone())
                 .collect(),
         );
@@ -423,6 +431,11 @@ impl Mirror {
                     first,
                 )
                 .await?;
+            if !first {
+                // Its refs are written next, or the refresh fails and it stays as a pack no
+                // ref needs, as before.
+                self.landed();
+            }
             fetched_objects += pack.objects;
             ingested = Some((pack, first));
         }
@@ -490,9 +503,13 @@ impl Mirror {
             "fetched history checked"
         );
         if let Err(err) = checked {
-            if let Some((pack, _)) = ingested.as_ref().filter(|(pack, _)| pack.fresh) {
-                // Nothing refers to it: it goes, and the mirror is as it was (a pack the
-                // mirror had already, sent again, stays).
+            // Nothing refers to it: it goes, and the mirror is as it was (a pack the mirror
+            // had already, sent again, stays; so does one said to have landed, which answers
+            // may be reading).
+            let landed = |first: bool| !first && self.board.is_some();
+            if let Some((pack, _)) =
+                (ingested.as_ref()).filter(|(pack, first)| pack.fresh && !landed(*first))
+            {
                 let _ = remove_pack_file(&pack.pack);
             }
             return Err(err);
@@ -613,6 +630,15 @@ impl Mirror {
         self.fetch(upstream, format, request, false, announce).await
     }
 
+    /// Tell those waiting on the board that a pack is in (see [`Board::landed`]); whether
+    /// there was a board to tell.
+    fn landed(&self) -> bool {
+        if let Some(board) = &self.board {
+            board.landed();
+        }
+        self.board.is_some()
+    }
+
     /// Fetch what `fetch` asks for in one round and take the pack in, as it arrives: the
     /// response is read, its pack indexed as far as that can go in one pass, while the rest
     /// is still on its way (deltas are resolved on all cores once the whole pack is there).
@@ -724,7 +750,7 @@ impl Mirror {
 }
 
 /// Packs fetched ahead of a refresh's refs, removed when dropped (the refresh failed) unless
-/// the refs were written and the list emptied.
+/// the refs were written and the list emptied (a pack said to have landed is not listed).
 struct Unpublished(Vec<PathBuf>);
 
 impl Drop for Unpublished {

@@ -458,6 +458,20 @@ impl Registry {
         }
     }
 
+    /// How many packs refreshes of `key`'s mirror have taken in ahead of their refs so far
+    /// (see [`Board::landed`]): what [`landed_after`](Self::landed_after) waits past.
+    pub fn landings(&self, key: &RepoKey) -> u64 {
+        self.slot(key).live.landings()
+    }
+
+    /// Once a refresh of `key`'s mirror has taken in a pack (fetched ahead of its refs, or
+    /// its own fetch) past the `seen`th, before its refs are written: how many it has. A
+    /// fetch waiting for that refresh whose wants are now all there may be answered at once.
+    pub async fn landed_after(&self, key: &RepoKey, seen: u64) -> u64 {
+        let slot = self.slot(key);
+        slot.live.landed_after(seen).await
+    }
+
     /// The first pack of `key`'s mirror announced now or next, whatever was said of the mirror
     /// coming from elsewhere: for a clone told so ([`live_pack`](Self::live_pack) was
     /// `None`), should this registry fetch the mirror itself after all (the other instance's

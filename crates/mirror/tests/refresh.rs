@@ -1013,6 +1013,24 @@ async fn ids_asked_for_are_fetched_beside_the_refs() {
         packs,
         "nothing left of the fetch ahead"
     );
+    // The same on a mirror that tells a board of packs landing: once told, answers may be
+    // reading the pack, and it stays (checked; no ref needs it).
+    let board = std::sync::Arc::new(gitcache_mirror::live::Board::default());
+    let told = Mirror::open(mirror.git_dir()).announcing_on(std::sync::Arc::clone(&board));
+    upstream.inject(Fault::Status(500), 1, Some(RequestKind::LsRefs));
+    let failed = told
+        .refresh_hinted(&up, &[], &[], &vec![oid(&orphan)].into())
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(board.landings(), 1);
+    let now = pack_files(mirror.git_dir());
+    assert!(packs.iter().all(|name| now.contains(name)), "{now:?}");
+    assert!(
+        (now.iter()).any(|name| name.ends_with(".pack") && !packs.contains(name)),
+        "the pack that landed stays: {now:?}"
+    );
+    git(mirror.git_dir(), &["cat-file", "-e", orphan.trim()]);
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
     upstream.clear_faults();
 
     // Another branch moved too: fetched after, with what came ahead as a have.

@@ -717,6 +717,77 @@ fn a_git_fetch_after_a_push_follows_the_pack_its_ls_refs_had_fetched() {
     cache.log_with("ahead=1", 1);
 }
 
+/// A fetch of a commit a push just made whose answer reads no refs (by id, without tags:
+/// a shallow one as CI's checkout asks, then a whole one into an empty repository): once the
+/// pack the refresh fetches ahead for it is in the mirror and checked, the fetch is answered,
+/// while the refresh still waits for the upstream's refs (here slowed down, as a forge's
+/// listing of many refs is slow). The refs come after, as before.
+#[test]
+fn a_fetch_after_a_push_reading_no_refs_is_answered_once_its_pack_is_in() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/app", &RepoSpec::small(414));
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    git.run(&home, &["clone", "-q", &cache.url("acme/app"), "work"])
+        .unwrap()
+        .expect_success();
+    let (source, mirror) = mirrored(&cache, &upstream, "acme/app");
+
+    let cases: [(&str, &[&str]); 2] = [
+        ("shallow.git", &["deepen 1", "ofs-delta", "no-progress"]),
+        ("whole.git", &["ofs-delta", "no-progress"]),
+    ];
+    for (round, (client, options)) in cases.into_iter().enumerate() {
+        let before = git_stdout(&mirror, &["rev-parse", "main"]);
+        let tip = repo::append_commits(&source, "main", 3, 4140 + round as u64).unwrap();
+        upstream.reset_counts();
+        upstream.inject(
+            Fault::Delay(std::time::Duration::from_secs(8)),
+            1,
+            Some(RequestKind::LsRefs),
+        );
+        let answer = http(
+            &cache.addr,
+            "POST",
+            "/acme/app.git/git-upload-pack",
+            &[
+                ("Git-Protocol", "version=2"),
+                ("Content-Type", "application/x-git-upload-pack-request"),
+            ],
+            &fetch_body(&tip, options),
+        );
+        // Answered before the refs were written: the mirror's `main` is where it was.
+        assert_eq!(git_stdout(&mirror, &["rev-parse", "main"]), before);
+        assert_eq!(answer.status, 200, "{}", answer.body_text());
+        cache.log_with("landed=true", round + 1);
+        let answer = gitcache_protocol::response::parse_fetch_response(
+            &answer.content(),
+            gitcache_protocol::ObjectFormat::Sha1,
+        )
+        .unwrap();
+        git.run(&home, &["init", "-q", "--bare", client])
+            .unwrap()
+            .expect_success();
+        let client = home.join(client);
+        if options.contains(&"deepen 1") {
+            let tip_id = gitcache_protocol::ObjectId::from_hex(tip.as_bytes()).unwrap();
+            assert_eq!(answer.shallow, vec![tip_id]);
+            // The pack stands alone but for the parents of the shallow tip.
+            std::fs::write(client.join("shallow"), format!("{tip}\n")).unwrap();
+        }
+        let pack = answer.pack.expect("a pack");
+        let index = ["index-pack", "--strict", "--stdin"];
+        gitcache_testkit::git::git_with_input(&client, &index, &pack);
+        git_stdout(&client, &["update-ref", "refs/heads/main", &tip]);
+        fsck(&client);
+        // The refresh goes on: the refs come once the upstream lists them.
+        common::wait_for_mirror(&mirror, &source);
+        fsck(&mirror);
+        assert_eq!(upstream.counts().fetch, 1, "one pack fetched upstream");
+    }
+}
+
 #[test]
 fn push_and_protocol_v0_pass_through() {
     let upstream = Upstream::start().unwrap();
