@@ -133,8 +133,10 @@ impl Fetches {
         };
         // A fetch that depends on the mirror's objects alone is answered once a pack the
         // refresh takes in holds all it wants (a pack fetched ahead lands before the
-        // upstream's refs are listed when that is slower), not once the refs are written.
-        let early = answered_once_landed(&fetch);
+        // upstream's refs are listed when that is slower), not once the refs are written;
+        // one with `include-tag` too when a client's listing just now showed the mirror's
+        // tags (see `answered_once_landed`).
+        let early = reads_no_refs_but_tags(&fetch);
         let refresh = self
             .mirrors
             .refresh_asking(&target.key, upstream, true, Vec::new(), hints);
@@ -363,13 +365,17 @@ impl Fetches {
         }
     }
 
-    /// The mirror of `target` if it holds every want of `fetch` now that a refresh took a
-    /// pack in; `None` also when it cannot be opened (the fetch waits for the refresh).
+    /// The mirror of `target` if `fetch` may be answered now that a refresh took a pack in
+    /// (see [`answered_once_landed`]) and it holds every want; `None` also when it cannot be
+    /// opened (the fetch waits for the refresh).
     async fn landed_holding(
         &self,
         target: &Target,
         fetch: &Fetch,
     ) -> Option<Arc<gitcache_pack::Repository>> {
+        if !answered_once_landed(fetch, || self.mirrors.tags_as_listed_lately(&target.key)) {
+            return None;
+        }
         match self.mirrors.holding(&target.key, fetch.wants.clone()).await {
             Ok(repo) => repo,
             Err(err) => {
@@ -457,14 +463,21 @@ fn answered_ahead(fetch: &Fetch) -> bool {
 /// Whether `fetch` may be answered from a mirror whose refresh has taken in its wants but not
 /// yet written the refs: its answer must not depend on the refs, so no ref asked for by name,
 /// no `deepen-not` (refs named as the history's edge), no `deepen-relative` (counted from the
-/// client's shallow commits that refs reach) and no `include-tag` (the tags sent are the
-/// mirror's tags that point at what is sent, and a tag the push made comes with the refs).
-fn answered_once_landed(fetch: &Fetch) -> bool {
+/// client's shallow commits that refs reach), and no `include-tag` (the tags sent are the
+/// mirror's tags that point at what is sent, and a tag the push made comes with the refs)
+/// unless `tags_as_listed` (a client's `ls-refs` answer of every tag, just now, listed the
+/// mirror's tags as they are: the refresh brings no other).
+fn answered_once_landed(fetch: &Fetch, tags_as_listed: impl FnOnce() -> bool) -> bool {
+    reads_no_refs_but_tags(fetch) && (!fetch.include_tag || tags_as_listed())
+}
+
+/// Whether `fetch` wants objects and reads no refs but the tags of `include-tag` (see
+/// [`answered_once_landed`]).
+fn reads_no_refs_but_tags(fetch: &Fetch) -> bool {
     !fetch.wants.is_empty()
         && fetch.want_refs.is_empty()
         && fetch.deepen_not.is_empty()
         && !fetch.deepen_relative
-        && !fetch.include_tag
 }
 
 /// Whether `fetch` wants objects by id and takes offset deltas, with no shallow, deepening
@@ -541,7 +554,8 @@ mod tests {
             no_progress: true,
             ..Fetch::default()
         };
-        assert!(answered_once_landed(&ci));
+        let neither = || false;
+        assert!(answered_once_landed(&ci, neither));
         let objects_alone: [fn(&mut Fetch); 4] = [
             |f| f.deepen = None,
             |f| f.filter = Some(gitcache_protocol::filter::Filter::BlobNone),
@@ -554,8 +568,14 @@ mod tests {
         for (i, change) in objects_alone.iter().enumerate() {
             let mut fetch = ci.clone();
             change(&mut fetch);
-            assert!(answered_once_landed(&fetch), "case {i}");
+            assert!(answered_once_landed(&fetch, neither), "case {i}");
         }
+        // Tags: only when a listing of them just now found the mirror's.
+        let tags = Fetch {
+            include_tag: true,
+            ..ci.clone()
+        };
+        assert!(answered_once_landed(&tags, || true));
         let reading_refs: [fn(&mut Fetch); 5] = [
             |f| f.include_tag = true,
             |f| f.want_refs.push("refs/heads/main".into()),
@@ -566,7 +586,13 @@ mod tests {
         for (i, change) in reading_refs.iter().enumerate() {
             let mut fetch = ci.clone();
             change(&mut fetch);
-            assert!(!answered_once_landed(&fetch), "case {i}");
+            assert!(!answered_once_landed(&fetch, neither), "case {i}");
+            let refs_beyond_tags = i > 0;
+            assert_eq!(
+                answered_once_landed(&fetch, || true),
+                !refs_beyond_tags,
+                "case {i}"
+            );
         }
     }
 

@@ -73,11 +73,19 @@ pub(crate) struct Mirrors {
     /// Ids the upstream would not give by id, by repository, and when: not asked again for a
     /// while (a client repeating them must not repeat the upstream's work).
     refused_ids: Mutex<crate::bounded::Bounded<(RepoKey, gix_hash::ObjectId), Instant>>,
+    /// By repository, when the last client's `ls-refs` answer that said anything of the tags
+    /// was answered, and whether it found them the mirror's (see [`Mirrors::moved`]).
+    tags_listed: Mutex<crate::bounded::Bounded<RepoKey, (Instant, bool)>>,
     /// The settings answers are written with, when preparing a mirror makes ahead what a
     /// shallow clone of its `HEAD` compresses again (see [`Mirrors::prepare`]).
     answers: std::sync::OnceLock<gitcache_pack::Options>,
 }
 
+/// How long a client's listing of the tags vouches for the mirror's (see
+/// [`Mirrors::tags_as_listed_lately`]): a client fetches within seconds of its `ls-refs`.
+const TAGS_LISTED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most repositories whose last listing of the tags is remembered.
+const MAX_TAGS_LISTED: usize = 10_000;
 /// How long an id the upstream refused is not asked for again.
 const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 /// The most refused ids remembered (see [`crate::bounded::Bounded`]).
@@ -110,6 +118,10 @@ impl Mirrors {
             closed_warmth: Mutex::new(HashMap::new()),
             budget,
             refused_ids: Mutex::new(crate::bounded::Bounded::new(MAX_REFUSED, MAX_REFUSED)),
+            tags_listed: Mutex::new(crate::bounded::Bounded::new(
+                MAX_TAGS_LISTED,
+                MAX_TAGS_LISTED,
+            )),
             answers: std::sync::OnceLock::new(),
         }
     }
@@ -139,6 +151,34 @@ impl Mirrors {
             refused.make_room(|_, at| now.duration_since(*at) < REFUSED_FOR);
             refused.insert((key.clone(), *oid), now);
         }
+    }
+
+    /// A client's `ls-refs` answer of every tag, answered at `answered`, is on its way: until
+    /// it is read whole (see [`moved`](Self::moved)), the mirror's tags are vouched for by no
+    /// earlier one.
+    pub(crate) fn tags_listing(&self, key: &RepoKey, answered: Instant) {
+        self.note_tags(key, answered, false);
+    }
+
+    /// Remember what a client's listing answered at `answered` says of the mirror's tags
+    /// (`same`: exactly the listed ones), unless a later listing's is known already.
+    fn note_tags(&self, key: &RepoKey, answered: Instant, same: bool) {
+        let mut listed = self.tags_listed.lock().unwrap_or_else(|p| p.into_inner());
+        if listed.get(key).is_some_and(|(at, _)| *at > answered) {
+            return;
+        }
+        listed.make_room(|_, (at, _)| at.elapsed() < TAGS_LISTED_FOR);
+        listed.insert(key.clone(), (answered, same));
+    }
+
+    /// Whether the last client's `ls-refs` answer listing every tag of `key`, within
+    /// [`TAGS_LISTED_FOR`], found the mirror's tags as they are, and no listing since showed
+    /// one otherwise (see [`moved`](Self::moved)): a refresh it started brings no other.
+    pub(crate) fn tags_as_listed_lately(&self, key: &RepoKey) -> bool {
+        let listed = self.tags_listed.lock().unwrap_or_else(|p| p.into_inner());
+        listed
+            .get(key)
+            .is_some_and(|(at, same)| *same && at.elapsed() < TAGS_LISTED_FOR)
     }
 
     pub(crate) fn registry(&self) -> &Arc<Registry> {
@@ -436,7 +476,12 @@ impl Mirrors {
     /// most likely fetches them next (`git fetch`): with what those refs pointed at here (the
     /// mirror's `HEAD` for a new one) as haves, a thin pack, tags included. Not kept when the
     /// refresh's own refs do not reach them.
-    pub(crate) fn moved(&self, key: &RepoKey, remote: &[RefLine]) -> Option<Hints> {
+    pub(crate) fn moved(
+        &self,
+        key: &RepoKey,
+        remote: &[RefLine],
+        listed: Option<&Listed>,
+    ) -> Option<Hints> {
         let Ok(Some(repo)) = self.open(key) else {
             return Some(Hints::default());
         };
@@ -447,6 +492,9 @@ impl Mirrors {
             .into_iter()
             .map(|r| (r.name, (r.oid, r.peeled.or(r.oid))))
             .collect();
+        if let Some(listed) = listed {
+            self.note_listed_tags(key, listed, &local, remote);
+        }
         let head = local
             .get(b"HEAD".as_slice())
             .and_then(|(_, peeled)| *peeled);
@@ -482,6 +530,34 @@ impl Mirrors {
             client,
             keep_unreached: false,
         })
+    }
+
+    /// What a client's listing `remote` says of the mirror's tags (`local`: its refs, with
+    /// their values and what they peel to): a listing of every tag vouches for them when its
+    /// tags are exactly the mirror's; any listing with a tag the mirror holds otherwise (or
+    /// lacks) vouches against them.
+    fn note_listed_tags(
+        &self,
+        key: &RepoKey,
+        listed: &Listed,
+        local: &HashMap<bstr::BString, (Option<gix_hash::ObjectId>, Option<gix_hash::ObjectId>)>,
+        remote: &[RefLine],
+    ) {
+        let tags = || (remote.iter()).filter(|line| line.name.starts_with(b"refs/tags/"));
+        let differs =
+            tags().any(|line| local.get(&line.name).map(|(oid, _)| *oid) != Some(line.oid));
+        if listed.every_tag {
+            let local_tags = (local.keys()).filter(|name| name.starts_with(b"refs/tags/"));
+            let same = !differs && {
+                let listed: std::collections::HashSet<&bstr::BString> =
+                    tags().map(|line| &line.name).collect();
+                local_tags.clone().count() == listed.len()
+                    && local_tags.into_iter().all(|name| listed.contains(name))
+            };
+            self.note_tags(key, listed.answered, same);
+        } else if differs {
+            self.note_tags(key, listed.answered, false);
+        }
     }
 
     /// Refresh `key`'s mirror in a task of its own, nobody waiting for it (warming, after
@@ -976,6 +1052,14 @@ fn drop_oldest<V, T: Ord>(
         .collect()
 }
 
+/// A client's whole `ls-refs` answer passed on: when it was answered, and whether it was
+/// asked for every tag.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listed {
+    pub(crate) answered: Instant,
+    pub(crate) every_tag: bool,
+}
+
 /// What a mirror holds of a fetch's wants.
 #[derive(Debug)]
 pub(crate) enum Wanted {
@@ -1019,7 +1103,8 @@ mod tests {
     use gitcache_testkit::repo::{self, RepoSpec};
     use gitcache_testkit::upstream::{Access, Upstream};
 
-    use super::{Budget, Mirrors};
+    use super::{Budget, Listed, Mirrors, RefLine, TAGS_LISTED_FOR};
+    use std::time::Instant;
 
     /// No disk budget, no stored responses.
     fn unbounded() -> Budget {
@@ -1088,6 +1173,93 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// What `remote`, listed at `answered` (of every tag or not), says of `key`'s mirror,
+    /// noted as a passed-on `ls-refs` answer notes it, on a blocking thread.
+    async fn noted(
+        mirrors: &Arc<Mirrors>,
+        key: &RepoKey,
+        remote: &[RefLine],
+        every_tag: bool,
+        answered: Instant,
+    ) {
+        let (mirrors, key, remote) = (Arc::clone(mirrors), key.clone(), remote.to_vec());
+        let listed = Listed {
+            answered,
+            every_tag,
+        };
+        tokio::task::spawn_blocking(move || mirrors.moved(&key, &remote, Some(&listed)))
+            .await
+            .unwrap();
+    }
+
+    /// A listing of every tag vouches for the mirror's tags when they are exactly its own;
+    /// one on its way, a later one with a tag moved or added (of every tag or not), or time
+    /// vouches against them; an earlier listing noted late changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_of_every_tag_vouches_for_the_mirrors_tags_until_another_says_otherwise() {
+        let Fetched {
+            upstream: _upstream,
+            source,
+            dir: _dir,
+            key,
+            mirrors,
+            ..
+        } = fetched(1362).await;
+        let listing = |source: &std::path::Path| -> Vec<RefLine> {
+            let refs = gitcache_testkit::git::git_stdout(
+                source,
+                &["for-each-ref", "--format=%(objectname) %(refname)"],
+            );
+            refs.lines()
+                .map(|line| {
+                    let (oid, name) = line.split_once(' ').unwrap();
+                    RefLine::new(gix_hash::ObjectId::from_hex(oid.as_bytes()).unwrap(), name)
+                })
+                .collect()
+        };
+        let same = listing(&source);
+        assert!(same.iter().any(|line| line.name.starts_with(b"refs/tags/")));
+        assert!(!mirrors.tags_as_listed_lately(&key), "nothing listed yet");
+        let first = Instant::now();
+        mirrors.tags_listing(&key, first);
+        assert!(!mirrors.tags_as_listed_lately(&key), "on its way");
+        noted(&mirrors, &key, &same, true, first).await;
+        assert!(mirrors.tags_as_listed_lately(&key));
+        // Branches alone say nothing of the tags.
+        let branches: Vec<RefLine> = (same.iter())
+            .filter(|line| !line.name.starts_with(b"refs/tags/"))
+            .cloned()
+            .collect();
+        noted(&mirrors, &key, &branches, false, Instant::now()).await;
+        assert!(mirrors.tags_as_listed_lately(&key));
+        // A tag the mirror lacks, in a listing of some tags: against.
+        gitcache_testkit::git::git_stdout(&source, &["tag", "pushed-now", "main~1"]);
+        let added = listing(&source);
+        let later = Instant::now();
+        noted(&mirrors, &key, &added, false, later).await;
+        assert!(!mirrors.tags_as_listed_lately(&key));
+        // The first listing, noted again after it: older, it changes nothing.
+        noted(&mirrors, &key, &same, true, first).await;
+        assert!(!mirrors.tags_as_listed_lately(&key));
+        // A listing of every tag missing one the mirror has: against.
+        let fewer: Vec<RefLine> = (same.iter())
+            .filter(|line| line.name != "refs/tags/v1.0")
+            .cloned()
+            .collect();
+        assert!(fewer.len() < same.len());
+        noted(&mirrors, &key, &fewer, true, Instant::now()).await;
+        assert!(!mirrors.tags_as_listed_lately(&key));
+        // The mirror's own again, but too long ago: against.
+        let long_ago = Instant::now().checked_sub(TAGS_LISTED_FOR * 2);
+        noted(&mirrors, &key, &same, true, Instant::now()).await;
+        assert!(mirrors.tags_as_listed_lately(&key));
+        if let Some(long_ago) = long_ago {
+            mirrors.tags_listed.lock().unwrap().clear();
+            noted(&mirrors, &key, &same, true, long_ago).await;
+            assert!(!mirrors.tags_as_listed_lately(&key));
+        }
     }
 
     /// A maintained mirror no request has opened yet is opened and prepared; one opened again

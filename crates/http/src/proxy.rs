@@ -845,9 +845,12 @@ impl Proxy {
         };
         let kind = request.capabilities.object_format();
         match request.command {
-            Command::LsRefs(_) => {
+            Command::LsRefs(args) => {
                 metrics::ls_refs();
-                self.warming.ls_refs(target, headers, body, kind).await
+                let every_tag = crate::warming::lists_every_tag(&args);
+                self.warming
+                    .ls_refs(target, headers, body, kind, every_tag)
+                    .await
             }
             Command::Fetch(fetch) => {
                 let result = self.fetches.fetch(target, headers, body, fetch, kind).await;

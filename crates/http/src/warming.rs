@@ -50,6 +50,7 @@ impl Warming {
         headers: &HeaderMap,
         body: Bytes,
         kind: HashKind,
+        every_tag: bool,
     ) -> Result<Response<Body>, Error> {
         // Ask for the answer unencoded, so that the copy kept for comparison can be read.
         let mut ask = headers.clone();
@@ -60,6 +61,11 @@ impl Warming {
         }
         let who = fingerprint(headers);
         let answered = Instant::now();
+        if every_tag {
+            // Until this listing is read whole, the mirror's tags are not vouched for: a fetch
+            // sent meanwhile waits for the refs (see `Mirrors::note_tags_listed`).
+            self.mirrors.tags_listing(&target.key, answered);
+        }
         let idle = target.timeout;
         // Pass the answer on as it arrives, keeping a copy to compare with the mirror.
         let (parts, mut upstream_body) = response.into_parts();
@@ -109,7 +115,11 @@ impl Warming {
                 if complete {
                     // Parsing and comparing with the mirror is CPU and disk work.
                     let _ = tokio::task::spawn_blocking(move || {
-                        warming.after_ls_refs(&target, who, answered, &copy, kind, warm_credential);
+                        let listed = crate::mirrors::Listed {
+                            answered,
+                            every_tag,
+                        };
+                        warming.after_ls_refs(&target, who, listed, &copy, kind, warm_credential);
                     })
                     .await;
                 }
@@ -126,7 +136,7 @@ impl Warming {
         self: &Arc<Self>,
         target: &Target,
         who: Fingerprint,
-        answered: Instant,
+        listed: crate::mirrors::Listed,
         ls_refs: &[u8],
         kind: HashKind,
         credential: Option<String>,
@@ -137,9 +147,11 @@ impl Warming {
         };
         self.gate
             .grants()
-            .grant_at(&target.key, who, answered, None);
-        // What the refs moved to, fetched ahead of the refresh's own `ls-refs`.
-        let Some(hints) = self.mirrors.moved(&target.key, &remote) else {
+            .grant_at(&target.key, who, listed.answered, None);
+        // What the refs moved to, fetched ahead of the refresh's own `ls-refs`; what the
+        // listing says of the tags noted first (a fetch waiting for that refresh reads it
+        // once a pack lands).
+        let Some(hints) = self.mirrors.moved(&target.key, &remote, Some(&listed)) else {
             return;
         };
         let (proxy, target) = (Arc::clone(self), target.clone());
@@ -180,5 +192,39 @@ impl Warming {
             .as_ref()
             .map(|t| t.authorization())
             .or(fallback)
+    }
+}
+
+/// Whether an `ls-refs` request asks for every tag: no ref prefix, or one that every tag's
+/// name starts with.
+pub(crate) fn lists_every_tag(args: &gitcache_protocol::request::LsRefs) -> bool {
+    args.ref_prefixes.is_empty()
+        || (args.ref_prefixes.iter()).any(|p| b"refs/tags/".starts_with(p.as_slice()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lists_every_tag;
+    use gitcache_protocol::request::LsRefs;
+
+    fn ls_refs(prefixes: &[&str]) -> LsRefs {
+        LsRefs {
+            symrefs: true,
+            peel: true,
+            unborn: false,
+            ref_prefixes: prefixes.iter().map(|p| (*p).into()).collect(),
+        }
+    }
+
+    /// As `git clone` and `git fetch` ask, and with no prefix: every tag; a branch's or a
+    /// tag's own prefix: not.
+    #[test]
+    fn a_listing_of_every_tag_is_told_from_one_of_some() {
+        for every in [&[][..], &["HEAD", "refs/heads/", "refs/tags/"], &["refs/"]] {
+            assert!(lists_every_tag(&ls_refs(every)), "{every:?}");
+        }
+        for some in [&["refs/heads/"][..], &["refs/tags/v1"], &["HEAD"]] {
+            assert!(!lists_every_tag(&ls_refs(some)), "{some:?}");
+        }
     }
 }

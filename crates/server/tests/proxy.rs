@@ -717,6 +717,61 @@ fn a_git_fetch_after_a_push_follows_the_pack_its_ls_refs_had_fetched() {
     cache.log_with("ahead=1", 1);
 }
 
+/// `git clone --depth=1` right after a push, its `ls-refs` and the refresh's both slow (a
+/// forge listing many refs): when the client's listing shows the mirror's tags as they are,
+/// the clone's fetch (`include-tag`) is answered once the pack fetched ahead is in, before
+/// the refresh's own listing; when the push made a tag, it waits for the refs and the tag
+/// comes with the clone.
+#[test]
+fn a_shallow_clone_after_a_push_waits_for_the_refs_only_when_tags_moved() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/app", &RepoSpec::small(415));
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    let url = cache.url("acme/app");
+    git.run(&home, &["clone", "-q", &url, "work"])
+        .unwrap()
+        .expect_success();
+    let (source, mirror) = mirrored(&cache, &upstream, "acme/app");
+    let slow = |ms| Fault::Delay(std::time::Duration::from_millis(ms));
+
+    for (round, tagged) in [(0, false), (1, true)] {
+        let before = git_stdout(&mirror, &["rev-parse", "main"]);
+        let tip = repo::append_commits(&source, "main", 3, 4150 + round).unwrap();
+        let tag = format!("pushed-{round}");
+        if tagged {
+            git_stdout(&source, &["tag", "-a", "-m", "release", &tag, "main"]);
+        }
+        // The client's listing and the refresh's, then the pack fetched ahead.
+        upstream.inject(slow(5000), 2, Some(RequestKind::LsRefs));
+        upstream.inject(slow(300), 1, Some(RequestKind::Fetch));
+        let shallow = format!("shallow-{round}");
+        git.run(&home, &["clone", "-q", "--depth=1", &url, &shallow])
+            .unwrap()
+            .expect_success();
+        let shallow = home.join(&shallow);
+        assert_eq!(
+            git_stdout(&shallow, &["rev-parse", "HEAD"]),
+            format!("{tip}\n")
+        );
+        fsck(&shallow);
+        let refs_then = git_stdout(&mirror, &["rev-parse", "main"]);
+        if tagged {
+            // Waited for the refs: the tag the push made came along.
+            assert_ne!(refs_then, before);
+            let tags = git_stdout(&shallow, &["tag"]);
+            assert!(tags.lines().any(|t| t == tag), "{tags}");
+        } else {
+            assert_eq!(refs_then, before, "answered before the refs were written");
+            cache.log_with("landed=true", 1);
+        }
+        common::wait_for_mirror(&mirror, &source);
+        upstream.clear_faults();
+    }
+    assert_eq!(common::count(&cache.log(), "landed=true"), 1);
+}
+
 /// A fetch of a commit a push just made whose answer reads no refs (by id, without tags:
 /// a shallow one as CI's checkout asks, then a whole one into an empty repository): once the
 /// pack the refresh fetches ahead for it is in the mirror and checked, the fetch is answered,
