@@ -456,9 +456,10 @@ pub(crate) fn moved(
     post(&gitcache, &clone(tips_of(&copy)?))?;
     wait_for_maintenance(&mirror)?;
     // The first fetch after each push upstream is a miss that refreshes the mirror: in turn
-    // a depth-1 clone of the new tip (a CI job fetching a commit by id sends no `ls-refs`),
-    // a fetch of it with the tip before, and the same as `git fetch` sends it, `ls-refs`
-    // first (whose answer, passed on from the upstream, starts the refresh), timed against
+    // a depth-1 fetch of the new tip without tags (a CI job fetching a commit by id sends no
+    // `ls-refs`), a fetch of it with the tip before, the same as `git fetch` sends it,
+    // `ls-refs` first (whose answer, passed on from the upstream, starts the refresh), and
+    // a depth-1 clone of it, `ls-refs` first and tags included, timed against
     // `http-backend` answering the same requests.
     if let Some(delay) = ls_refs_delay {
         upstream.inject(
@@ -479,7 +480,7 @@ pub(crate) fn moved(
             haves: vec![before],
             ..git_fetch()
         });
-        let (name, requests) = match round % 3 {
+        let (name, requests) = match round % 4 {
             0 => {
                 // As CI's checkout asks (`fetch --no-tags --depth=1 origin <id>`).
                 let fetch = gitcache_protocol::request::Fetch {
@@ -494,10 +495,22 @@ pub(crate) fn moved(
                 )
             }
             1 => ("fetch, have the tip before", vec![incremental]),
-            _ => (
+            2 => (
                 "`ls-refs`, then that fetch",
                 vec![ls_refs_of_branches(), incremental],
             ),
+            _ => {
+                // As `git clone --depth=1` asks, tags included.
+                let fetch = gitcache_protocol::request::Fetch {
+                    wants: vec![tip],
+                    deepen: Some(1),
+                    ..git_fetch()
+                };
+                (
+                    "`ls-refs`, then clone --depth=1 of the new tip",
+                    vec![ls_refs_of_branches(), body(fetch)],
+                )
+            }
         };
         let exchange = |addr: &str| -> Result<Timed> {
             let (mut took, mut bytes) = (Duration::ZERO, 0);
