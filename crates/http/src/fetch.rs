@@ -173,11 +173,8 @@ impl Fetches {
                             break Waited::Arriving(pack);
                         }
                     }
-                    landed = registry.landed_after(&target.key, landings), if early => {
-                        landings = landed;
-                        if let Some(repo) = self.landed_holding(target, &fetch).await {
-                            break Waited::Landed(repo);
-                        }
+                    repo = self.landed(target, &fetch, &mut landings), if early => {
+                        break Waited::Landed(repo);
                     }
                     () = &mut unannounced, if live => break Waited::TooLong,
                     () = &mut too_long, if !live => break Waited::TooLong,
@@ -223,29 +220,18 @@ impl Fetches {
                         Some(pack) => seen = Some(pack),
                         None => live = false,
                     },
-                    landed = registry.landed_after(&target.key, landings), if early => {
-                        landings = landed;
-                        if let Some(repo) = self.landed_holding(target, &fetch).await {
-                            break Waited::Landed(repo);
-                        }
+                    repo = self.landed(target, &fetch, &mut landings), if early => {
+                        break Waited::Landed(repo);
                     }
                     () = &mut too_long => break Waited::TooLong,
                 }
             }
         } else {
-            let registry = self.mirrors.registry();
-            loop {
-                tokio::select! {
-                    biased;
-                    outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
-                    landed = registry.landed_after(&target.key, landings), if early => {
-                        landings = landed;
-                        if let Some(repo) = self.landed_holding(target, &fetch).await {
-                            break Waited::Landed(repo);
-                        }
-                    }
-                    () = &mut too_long => break Waited::TooLong,
-                }
+            tokio::select! {
+                biased;
+                outcome = &mut refresh => Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
+                repo = self.landed(target, &fetch, &mut landings), if early => Waited::Landed(repo),
+                () = &mut too_long => Waited::TooLong,
             }
         };
         let mut asked_ahead = Vec::new();
@@ -361,6 +347,24 @@ impl Fetches {
                         Ok(with_state(response, CacheState::Passthrough))
                     }
                 }
+            }
+        }
+    }
+
+    /// Once a refresh of `target`'s mirror has taken in a pack past the `landings`th after
+    /// which `fetch` may be answered (see [`landed_holding`](Self::landed_holding)): the
+    /// mirror to answer from. Never ends otherwise.
+    async fn landed(
+        &self,
+        target: &Target,
+        fetch: &Fetch,
+        landings: &mut u64,
+    ) -> Arc<gitcache_pack::Repository> {
+        let registry = self.mirrors.registry();
+        loop {
+            *landings = registry.landed_after(&target.key, *landings).await;
+            if let Some(repo) = self.landed_holding(target, fetch).await {
+                return repo;
             }
         }
     }
