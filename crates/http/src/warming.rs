@@ -63,7 +63,7 @@ impl Warming {
         let answered = Instant::now();
         if every_tag {
             // Until this listing is read whole, the mirror's tags are not vouched for: a fetch
-            // sent meanwhile waits for the refs (see `Mirrors::note_tags_listed`).
+            // sent meanwhile waits for the refs (see `Mirrors::moved`).
             self.mirrors.tags_listing(&target.key, answered);
         }
         let idle = target.timeout;
