@@ -70,9 +70,9 @@ pub(crate) struct Mirrors {
     /// on disk only.
     closed_warmth: Mutex<HashMap<RepoKey, gitcache_pack::Warmth>>,
     budget: Budget,
-    /// Ids the upstream would not give by id, by repository, and when: not asked again for a
-    /// while (a client repeating them must not repeat the upstream's work).
-    refused_ids: Mutex<crate::bounded::Bounded<(RepoKey, gix_hash::ObjectId), Instant>>,
+    /// Ids the upstream would not give by id, by repository and to whom, and when: not asked
+    /// again for a while (a client repeating them must not repeat the upstream's work).
+    refused_ids: Mutex<crate::bounded::Bounded<(RepoKey, gix_hash::ObjectId, Asker), Instant>>,
     /// By repository, when the last client's `ls-refs` answer that said anything of the tags
     /// was answered, and whether it found them the mirror's (see [`Mirrors::moved`]).
     tags_listed: Mutex<crate::bounded::Bounded<RepoKey, (Instant, bool)>>,
@@ -133,23 +133,34 @@ impl Mirrors {
         let _ = self.answers.set(options);
     }
 
-    /// Whether one of `oids` was refused by the upstream for `key` lately.
+    /// Whether one of `oids` was refused by the upstream for `key` lately, to a client's
+    /// fetch.
     pub(crate) fn refused_lately(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) -> bool {
+        self.refused_to(key, oids, Asker::Client)
+    }
+
+    /// Note that the upstream would not give `oids` of `key` by id to a client's fetch.
+    pub(crate) fn note_refused(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) {
+        self.note_refused_to(key, oids, Asker::Client);
+    }
+
+    /// Whether one of `oids` was refused by the upstream for `key` lately, to `asker`.
+    fn refused_to(&self, key: &RepoKey, oids: &[gix_hash::ObjectId], asker: Asker) -> bool {
         let refused = self.refused_ids.lock().unwrap_or_else(|p| p.into_inner());
         oids.iter().any(|oid| {
             refused
-                .get(&(key.clone(), *oid))
+                .get(&(key.clone(), *oid, asker))
                 .is_some_and(|at| at.elapsed() < REFUSED_FOR)
         })
     }
 
-    /// Note that the upstream would not give `oids` of `key` by id.
-    pub(crate) fn note_refused(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) {
+    /// Note that the upstream would not give `oids` of `key` by id to `asker`.
+    fn note_refused_to(&self, key: &RepoKey, oids: &[gix_hash::ObjectId], asker: Asker) {
         let mut refused = self.refused_ids.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         for oid in oids {
             refused.make_room(|_, at| now.duration_since(*at) < REFUSED_FOR);
-            refused.insert((key.clone(), *oid), now);
+            refused.insert((key.clone(), *oid, asker), now);
         }
     }
 
@@ -179,6 +190,19 @@ impl Mirrors {
         listed
             .get(key)
             .is_some_and(|(at, same)| *same && at.elapsed() < TAGS_LISTED_FOR)
+    }
+
+    /// Note those of `oids` that a warming refresh of `key` asked for ahead and the mirror
+    /// still lacks as refused to warming (its credential may see other refs than the clients
+    /// whose listings named them). Blocking: the mirror is opened.
+    fn note_refused_ahead(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) {
+        let Ok(Some(repo)) = self.open(key) else {
+            return;
+        };
+        let lacking: Vec<_> = oids.iter().copied().filter(|o| !repo.contains(o)).collect();
+        if !lacking.is_empty() {
+            self.note_refused_to(key, &lacking, Asker::Warming);
+        }
     }
 
     pub(crate) fn registry(&self) -> &Arc<Registry> {
@@ -472,10 +496,12 @@ impl Mirrors {
     /// than `key`'s mirror holds (also when there is no mirror to compare with): then what a
     /// refresh may fetch ahead of its own `ls-refs` (see [`Mirrors::refresh_asking`]): the
     /// new values of the branches (and other refs but tags, which `include-tag` brings) that
-    /// the mirror lacks, [`MAX_HINTS`] at most, asked for as the client that listed them
-    /// most likely fetches them next (`git fetch`): with what those refs pointed at here (the
-    /// mirror's `HEAD` for a new one) as haves, a thin pack, tags included. Not kept when the
-    /// refresh's own refs do not reach them.
+    /// the mirror lacks and a warming refresh was not refused lately, [`MAX_HINTS`] at most,
+    /// asked for as the client that listed them most likely fetches them next (`git fetch`):
+    /// with what those refs pointed at here (the mirror's `HEAD` for a new one) as haves, a
+    /// thin pack, tags included. Not kept when the refresh's own refs do not reach them.
+    /// With `listed`, what the listing says of the mirror's tags is noted too (see
+    /// [`tags_as_listed_lately`](Self::tags_as_listed_lately)).
     pub(crate) fn moved(
         &self,
         key: &RepoKey,
@@ -513,7 +539,12 @@ impl Mirrors {
                 && !line
                     .name
                     .starts_with(gitcache_mirror::mirror::KEPT_PREFIX.as_bytes());
-            if fetched && ids.len() < MAX_HINTS && !ids.contains(&oid) && !repo.contains(&oid) {
+            if fetched
+                && ids.len() < MAX_HINTS
+                && !ids.contains(&oid)
+                && !repo.contains(&oid)
+                && !self.refused_to(key, &[oid], Asker::Warming)
+            {
                 ids.push(oid);
                 if let Some(had) = peeled.or(head).filter(|h| !haves.contains(h)) {
                     haves.push(had);
@@ -581,6 +612,17 @@ impl Mirrors {
                 {
                     Ok(done) => {
                         metrics::warm("ok");
+                        // What the upstream answered for and the mirror still lacks, it
+                        // refused: not asked for ahead again for a while (a listing the
+                        // warming credential does not see alike names it again and again).
+                        if !done.asked_ahead.is_empty() {
+                            let (refused, key) = (Arc::clone(&mirrors), key.clone());
+                            let asked = done.asked_ahead.clone();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                refused.note_refused_ahead(&key, &asked);
+                            })
+                            .await;
+                        }
                         tracing::info!(
                             why,
                             refs = done.refs,
@@ -1050,6 +1092,14 @@ fn drop_oldest<V, T: Ord>(
         .into_iter()
         .filter_map(|key| map.remove_entry(&key))
         .collect()
+}
+
+/// Who asked the upstream for objects by id (see [`Mirrors::refused_lately`]): a client's
+/// fetch, with its credential, or a warming refresh, with gitcache's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Asker {
+    Client,
+    Warming,
 }
 
 /// A client's whole `ls-refs` answer passed on: when it was answered, and whether it was

@@ -73,6 +73,36 @@ fn ls_refs_showing_new_refs_warms_the_mirror_with_the_service_token() {
         tip
     );
     assert_eq!(upstream.counts().fetch, 0);
+
+    // A branch the client sees and the warming credential is refused (here, an id no object
+    // has): asked for ahead once, and not again while the refusal is remembered, however
+    // often listings name it.
+    let ghost = format!("{} refs/heads/ghost", "7".repeat(40)).into_bytes();
+    let warmed = |log: &str| common::count(log, "why=\"refs moved\"");
+    let (before, ahead_before) = (warmed(&cache.log()), common::count(&cache.log(), "ahead=1"));
+    for (listing, asked) in [(1, 1), (2, 0)] {
+        upstream.inject(
+            Fault::ExtraLine(ghost.clone()),
+            1,
+            Some(RequestKind::LsRefs),
+        );
+        git.run(git.home(), &["ls-remote", &url])
+            .unwrap()
+            .expect_success();
+        let log = cache.log_with("why=\"refs moved\"", before + listing);
+        let last = log.lines().rfind(|l| l.contains("why=\"refs moved\""));
+        assert!(
+            last.is_some_and(|l| l.contains(&format!("ahead={asked}"))),
+            "{log}"
+        );
+    }
+    assert_eq!(common::count(&cache.log(), "ahead=1"), ahead_before + 1);
+    assert_eq!(
+        upstream.counts().fetch,
+        1,
+        "the refused id was asked for once: {}",
+        cache.log()
+    );
 }
 
 #[test]
