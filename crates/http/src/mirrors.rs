@@ -194,9 +194,12 @@ impl Mirrors {
 
     /// Note those of `oids` that a warming refresh of `key` asked for ahead and the mirror
     /// still lacks as refused to warming (its credential may see other refs than the clients
-    /// whose listings named them). Blocking: the mirror is opened.
+    /// whose listings named them). Blocking: the mirror is opened anew (a handle kept for
+    /// answers is opened again only once the pack folder's time changes).
     fn note_refused_ahead(&self, key: &RepoKey, oids: &[gix_hash::ObjectId]) {
-        let Ok(Some(repo)) = self.open(key) else {
+        let Some(repo) = (self.registry.existing(key))
+            .and_then(|mirror| Repository::open(mirror.git_dir()).ok())
+        else {
             return;
         };
         let lacking: Vec<_> = oids.iter().copied().filter(|o| !repo.contains(o)).collect();
@@ -1153,7 +1156,7 @@ mod tests {
     use gitcache_testkit::repo::{self, RepoSpec};
     use gitcache_testkit::upstream::{Access, Upstream};
 
-    use super::{Budget, Listed, Mirrors, RefLine, TAGS_LISTED_FOR};
+    use super::{Asker, Budget, Listed, Mirrors, RefLine, TAGS_LISTED_FOR};
     use std::time::Instant;
 
     /// No disk budget, no stored responses.
@@ -1244,19 +1247,40 @@ mod tests {
             .unwrap();
     }
 
+    /// Ids a warming refresh asked for ahead are noted as refused to warming only when the
+    /// mirror lacks them after it, and apart from those refused to clients' own fetches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_to_warming_are_what_it_did_not_get_and_kept_apart() {
+        let fixture = fetched(1363).await;
+        let (source, key, mirrors) = (&fixture.source, &fixture.key, &fixture.mirrors);
+        let id = |hex: &str| gix_hash::ObjectId::from_hex(hex.trim().as_bytes()).unwrap();
+        let held = id(&gitcache_testkit::git::git_stdout(
+            source,
+            &["rev-parse", "main"],
+        ));
+        let lacking = id(&"7".repeat(40));
+        let (noting, noted_key) = (Arc::clone(mirrors), key.clone());
+        tokio::task::spawn_blocking(move || {
+            noting.note_refused_ahead(&noted_key, &[held, lacking])
+        })
+        .await
+        .unwrap();
+        assert!(mirrors.refused_to(key, &[lacking], Asker::Warming));
+        assert!(!mirrors.refused_to(key, &[held], Asker::Warming));
+        assert!(!mirrors.refused_lately(key, &[lacking]), "clients' apart");
+        let other = id(&"8".repeat(40));
+        mirrors.note_refused(key, &[other]);
+        assert!(mirrors.refused_lately(key, &[other]));
+        assert!(!mirrors.refused_to(key, &[other], Asker::Warming));
+    }
+
     /// A listing of every tag vouches for the mirror's tags when they are exactly its own;
     /// one on its way, a later one with a tag moved or added (of every tag or not), or time
     /// vouches against them; an earlier listing noted late changes nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_listing_of_every_tag_vouches_for_the_mirrors_tags_until_another_says_otherwise() {
-        let Fetched {
-            upstream: _upstream,
-            source,
-            dir: _dir,
-            key,
-            mirrors,
-            ..
-        } = fetched(1362).await;
+        let fixture = fetched(1362).await;
+        let (source, key, mirrors) = (&fixture.source, &fixture.key, &fixture.mirrors);
         let listing = |source: &std::path::Path| -> Vec<RefLine> {
             let refs = gitcache_testkit::git::git_stdout(
                 source,
@@ -1269,46 +1293,46 @@ mod tests {
                 })
                 .collect()
         };
-        let same = listing(&source);
+        let same = listing(source);
         assert!(same.iter().any(|line| line.name.starts_with(b"refs/tags/")));
-        assert!(!mirrors.tags_as_listed_lately(&key), "nothing listed yet");
+        assert!(!mirrors.tags_as_listed_lately(key), "nothing listed yet");
         let first = Instant::now();
-        mirrors.tags_listing(&key, first);
-        assert!(!mirrors.tags_as_listed_lately(&key), "on its way");
-        noted(&mirrors, &key, &same, true, first).await;
-        assert!(mirrors.tags_as_listed_lately(&key));
+        mirrors.tags_listing(key, first);
+        assert!(!mirrors.tags_as_listed_lately(key), "on its way");
+        noted(mirrors, key, &same, true, first).await;
+        assert!(mirrors.tags_as_listed_lately(key));
         // Branches alone say nothing of the tags.
         let branches: Vec<RefLine> = (same.iter())
             .filter(|line| !line.name.starts_with(b"refs/tags/"))
             .cloned()
             .collect();
-        noted(&mirrors, &key, &branches, false, Instant::now()).await;
-        assert!(mirrors.tags_as_listed_lately(&key));
+        noted(mirrors, key, &branches, false, Instant::now()).await;
+        assert!(mirrors.tags_as_listed_lately(key));
         // A tag the mirror lacks, in a listing of some tags: against.
-        gitcache_testkit::git::git_stdout(&source, &["tag", "pushed-now", "main~1"]);
-        let added = listing(&source);
+        gitcache_testkit::git::git_stdout(source, &["tag", "pushed-now", "main~1"]);
+        let added = listing(source);
         let later = Instant::now();
-        noted(&mirrors, &key, &added, false, later).await;
-        assert!(!mirrors.tags_as_listed_lately(&key));
+        noted(mirrors, key, &added, false, later).await;
+        assert!(!mirrors.tags_as_listed_lately(key));
         // The first listing, noted again after it: older, it changes nothing.
-        noted(&mirrors, &key, &same, true, first).await;
-        assert!(!mirrors.tags_as_listed_lately(&key));
+        noted(mirrors, key, &same, true, first).await;
+        assert!(!mirrors.tags_as_listed_lately(key));
         // A listing of every tag missing one the mirror has: against.
         let fewer: Vec<RefLine> = (same.iter())
             .filter(|line| line.name != "refs/tags/v1.0")
             .cloned()
             .collect();
         assert!(fewer.len() < same.len());
-        noted(&mirrors, &key, &fewer, true, Instant::now()).await;
-        assert!(!mirrors.tags_as_listed_lately(&key));
+        noted(mirrors, key, &fewer, true, Instant::now()).await;
+        assert!(!mirrors.tags_as_listed_lately(key));
         // The mirror's own again, but too long ago: against.
         let long_ago = Instant::now().checked_sub(TAGS_LISTED_FOR * 2);
-        noted(&mirrors, &key, &same, true, Instant::now()).await;
-        assert!(mirrors.tags_as_listed_lately(&key));
+        noted(mirrors, key, &same, true, Instant::now()).await;
+        assert!(mirrors.tags_as_listed_lately(key));
         if let Some(long_ago) = long_ago {
             mirrors.tags_listed.lock().unwrap().clear();
-            noted(&mirrors, &key, &same, true, long_ago).await;
-            assert!(!mirrors.tags_as_listed_lately(&key));
+            noted(mirrors, key, &same, true, long_ago).await;
+            assert!(!mirrors.tags_as_listed_lately(key));
         }
     }
 
