@@ -597,7 +597,9 @@ impl Mirrors {
     /// Refresh `key`'s mirror in a task of its own, nobody waiting for it (warming, after
     /// `why`; creating the mirror only when `create`, and then fetching `hints` ahead of its
     /// refs, see [`refresh_asking`](Self::refresh_asking)): counted in the warming metric,
-    /// logged either way.
+    /// logged either way. With `own_credential` (`upstream` asks with gitcache's credential,
+    /// not a client's), the hints the upstream refused are remembered (see
+    /// [`moved`](Self::moved)); a client's refusal is its own.
     pub(crate) fn warm(
         self: &Arc<Self>,
         key: RepoKey,
@@ -605,6 +607,7 @@ impl Mirrors {
         why: &'static str,
         create: bool,
         hints: Hints,
+        own_credential: bool,
     ) {
         let mirrors = Arc::clone(self);
         tokio::spawn(
@@ -618,7 +621,7 @@ impl Mirrors {
                         // What the upstream answered for and the mirror still lacks, it
                         // refused: not asked for ahead again for a while (a listing the
                         // warming credential does not see alike names it again and again).
-                        if !done.asked_ahead.is_empty() {
+                        if own_credential && !done.asked_ahead.is_empty() {
                             let (refused, key) = (Arc::clone(&mirrors), key.clone());
                             let asked = done.asked_ahead.clone();
                             let _ = tokio::task::spawn_blocking(move || {

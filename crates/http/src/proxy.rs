@@ -462,6 +462,7 @@ impl Proxy {
                             "scheduled refresh",
                             false,
                             Default::default(),
+                            true,
                         );
                     }
                 });
@@ -740,6 +741,7 @@ impl Proxy {
                         "push webhook",
                         false,
                         Default::default(),
+                        true,
                     ),
                     Err(err) => tracing::warn!(%err, "push webhook: no upstream"),
                 }

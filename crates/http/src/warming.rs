@@ -157,12 +157,16 @@ impl Warming {
         let (proxy, target) = (Arc::clone(self), target.clone());
         tokio::spawn(
             async move {
+                let client = credential.clone();
                 let credential = proxy.credential(&target, credential).await;
+                // The listing client's own credential, when gitcache has none of its own.
+                let own = credential.is_some() && credential != client;
                 if let Ok(upstream) = proxy.gate.upstream(&target, credential) {
                     let upstream = proxy.gate.knowing_format(upstream, &target, who);
+                    let key = target.key.clone();
                     proxy
                         .mirrors
-                        .warm(target.key.clone(), upstream, "refs moved", true, hints);
+                        .warm(key, upstream, "refs moved", true, hints, own);
                 }
             }
             .in_current_span(),

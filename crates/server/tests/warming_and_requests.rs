@@ -77,24 +77,10 @@ fn ls_refs_showing_new_refs_warms_the_mirror_with_the_service_token() {
     // A branch the client sees and the warming credential is refused (here, an id no object
     // has): asked for ahead once, and not again while the refusal is remembered, however
     // often listings name it.
-    let ghost = format!("{} refs/heads/ghost", "7".repeat(40)).into_bytes();
-    let warmed = |log: &str| common::count(log, "why=\"refs moved\"");
-    let (before, ahead_before) = (warmed(&cache.log()), common::count(&cache.log(), "ahead=1"));
-    for (listing, asked) in [(1, 1), (2, 0)] {
-        upstream.inject(
-            Fault::ExtraLine(ghost.clone()),
-            1,
-            Some(RequestKind::LsRefs),
-        );
-        git.run(git.home(), &["ls-remote", &url])
-            .unwrap()
-            .expect_success();
-        let log = cache.log_with("why=\"refs moved\"", before + listing);
-        let last = log.lines().rfind(|l| l.contains("why=\"refs moved\""));
-        assert!(
-            last.is_some_and(|l| l.contains(&format!("ahead={asked}"))),
-            "{log}"
-        );
+    let ahead_before = common::count(&cache.log(), "ahead=1");
+    for asked in [1, 0] {
+        let warm = warmed_after_a_ghost_listing(&cache, &upstream, &git, &url);
+        assert!(warm.contains(&format!("ahead={asked}")), "{warm}");
     }
     assert_eq!(common::count(&cache.log(), "ahead=1"), ahead_before + 1);
     assert_eq!(
@@ -103,6 +89,51 @@ fn ls_refs_showing_new_refs_warms_the_mirror_with_the_service_token() {
         "the refused id was asked for once: {}",
         cache.log()
     );
+}
+
+/// Without a credential of its own, warming asks with the listing client's: what the
+/// upstream refuses that credential is not remembered for other clients' warmings (each
+/// listing naming the id has it asked for ahead again).
+#[test]
+fn refusals_to_a_clients_credential_are_not_remembered_for_warming() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/plain");
+    repo::generate(&source, &RepoSpec::tiny(703)).unwrap();
+    upstream.adopt_repo("acme/plain", Access::Public).unwrap();
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let url = cache.url("acme/plain");
+    git.run(git.home(), &["clone", "-q", &url, "work"])
+        .unwrap()
+        .expect_success();
+    common::wait_for_mirror(&cache.mirror(&upstream, "acme/plain"), &source);
+    upstream.reset_counts();
+    for _ in 0..2 {
+        let warm = warmed_after_a_ghost_listing(&cache, &upstream, &git, &url);
+        assert!(warm.contains("ahead=1"), "{warm}");
+    }
+    assert_eq!(upstream.counts().fetch, 2, "{}", cache.log());
+}
+
+/// `git ls-remote url` through the cache, the upstream's answer naming a branch no object
+/// is (as a listing shows a ref that the warming credential may not see): the log line of
+/// the warming it starts, once it is done.
+fn warmed_after_a_ghost_listing(
+    cache: &Gitcache,
+    upstream: &Upstream,
+    git: &GitClient,
+    url: &str,
+) -> String {
+    let warmed = "why=\"refs moved\"";
+    let before = common::count(&cache.log(), warmed);
+    let ghost = format!("{} refs/heads/ghost", "7".repeat(40)).into_bytes();
+    upstream.inject(Fault::ExtraLine(ghost), 1, Some(RequestKind::LsRefs));
+    git.run(git.home(), &["ls-remote", url])
+        .unwrap()
+        .expect_success();
+    let log = cache.log_with(warmed, before + 1);
+    let last = log.lines().rfind(|l| l.contains(warmed));
+    last.expect("a warming logged").to_owned()
 }
 
 #[test]
