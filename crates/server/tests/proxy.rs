@@ -49,6 +49,11 @@ fn followed_and_taken_in(
     assert_eq!(upstream.counts().fetch, 1, "one pack fetched upstream");
 }
 
+/// How many answers the cache has sent as their packs arrived, so far.
+fn arrived(cache: &Gitcache) -> usize {
+    common::count(&cache.log(), "arriving=true")
+}
+
 /// `name`'s source upstream and its mirror, once the mirror holds the same refs.
 fn mirrored(cache: &Gitcache, upstream: &Upstream, name: &str) -> (PathBuf, PathBuf) {
     let source = upstream.repo_path(name);
@@ -442,7 +447,6 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
     let cache = Gitcache::start(&upstream, &[]);
     let git = GitClient::new().unwrap();
     let home = git.home().to_owned();
-    let arriving = |cache: &Gitcache| common::count(&cache.log(), "arriving=true");
     let slow_pack = || slow_next_pack(&upstream);
 
     slow_pack();
@@ -466,7 +470,7 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
         .unwrap()
         .expect_success();
     assert_eq!(upstream.counts().fetch, 0, "the second clone is a hit");
-    assert_eq!(arriving(&cache), 1);
+    assert_eq!(arrived(&cache), 1);
 
     // One branch, no tags: not the mirror's first pack, which holds more.
     slow_pack();
@@ -485,7 +489,7 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
     .expect_success();
     fsck(&home.join("narrow"));
     cache.log_with("result=\"miss\"", 2);
-    assert_eq!(arriving(&cache), 1, "{}", cache.log());
+    assert_eq!(arrived(&cache), 1, "{}", cache.log());
 
     // The upstream's pack cut short, under a fetch with no ls-refs before it (as CI sends):
     // the answer ends with the reason, no mirror claims the pack, the next fetch works.
@@ -523,7 +527,7 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
         "a failed first fetch leaves no refs"
     );
     upstream.clear_faults();
-    let before = arriving(&cache);
+    let before = arrived(&cache);
     upstream.inject(
         Fault::Trickle {
             chunk: 4096,
@@ -568,8 +572,7 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
             .expect_success();
     }
     let (source, mirror) = mirrored(&cache, &upstream, "acme/app");
-    let arriving = |cache: &Gitcache| common::count(&cache.log(), "arriving=true");
-    let before = arriving(&cache);
+    let before = arrived(&cache);
 
     let tip = repo::append_commits(&source, "main", 3, 4120).unwrap();
     upstream.reset_counts();
@@ -592,7 +595,7 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
     git.run(&other, &fetch).unwrap().expect_success();
     fsck(&other);
     assert_eq!(upstream.counts().fetch, 1, "the second fetch is a hit");
-    assert_eq!(arriving(&cache), before + 1);
+    assert_eq!(arrived(&cache), before + 1);
 
     // The same after two more pushes, as other clients ask: with `done` and no `thin-pack`
     // (a pack that stands alone beside what the client has), then without `done` (its have
@@ -673,7 +676,7 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
     git.run(&work, &fetch).unwrap().expect_success();
     fsck(&work);
     assert_eq!(upstream.counts().fetch, 2, "fetched again by the refresh");
-    assert_eq!(arriving(&cache), before + 3);
+    assert_eq!(arrived(&cache), before + 3);
     common::wait_for_mirror(&mirror, &source);
     fsck(&mirror);
 }
@@ -694,8 +697,7 @@ fn a_git_fetch_after_a_push_follows_the_pack_its_ls_refs_had_fetched() {
     git.run(&home, &clone).unwrap().expect_success();
     let work = home.join("work");
     let (source, _) = mirrored(&cache, &upstream, "acme/app");
-    let arriving = |cache: &Gitcache| common::count(&cache.log(), "arriving=true");
-    let before = arriving(&cache);
+    let before = arrived(&cache);
 
     let tip = repo::append_commits(&source, "main", 3, 4130).unwrap();
     upstream.reset_counts();
