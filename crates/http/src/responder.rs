@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::body::{Body, ChannelWriter, GiveWay, Spill};
 use crate::metrics;
 use crate::response_cache::{
-    Lookup, Regenerate, ResponseCache, Resume, follow, response_key, send_stored,
+    Lookup, Regenerate, ResponseCache, Resume, follow, response_key, send_stored, still_keyed,
 };
 
 /// The content type of upload-pack results.
@@ -96,13 +96,14 @@ impl Responder {
         };
         let keyed = {
             let repo = Arc::clone(&repo);
+            let mut fetch = fetch;
             tokio::task::spawn_blocking(move || {
                 // A stored pack sent as it is (a clone of the marked tips) is not stored
                 // again: its first answer is already the time of reading the file.
                 if gitcache_pack::answered_by_marked_pack(&repo, &fetch).unwrap_or(false) {
                     return (Ok(None), fetch);
                 }
-                let key = response_key(&repo, &fetch, kind);
+                let key = response_key(&repo, &mut fetch, kind);
                 (key, fetch)
             })
             .await
@@ -204,7 +205,14 @@ impl Responder {
                                 whole_pack = stats.whole_pack,
                                 "response generated"
                             );
-                            cache.finish(generation, None);
+                            // The plan read the refs again: stored only if they are still
+                            // those the key names (a refresh may have moved them since).
+                            if still_keyed(&repo, &fetch, &key, kind) {
+                                cache.finish(generation, None);
+                            } else {
+                                tracing::debug!(key, "refs moved while generating: not stored");
+                                cache.finish_unstored(generation);
+                            }
                         }
                         // Nobody reads it any more (cancelled): given up, not failed, so
                         // that nobody joining now is told of an error that is not theirs.

@@ -203,11 +203,46 @@ pub(crate) struct ResponseCache {
     shared: Option<Arc<SharedResponses>>,
 }
 
+/// Whether the answer to `fetch` reads the mirror's refs (by name, for tags, or to stop at
+/// them): they are then part of its key ([`response_key`]), and may move before it is
+/// written.
+fn reads_refs(fetch: &Fetch) -> bool {
+    !fetch.want_refs.is_empty()
+        || fetch.include_tag
+        || !fetch.deepen_not.is_empty()
+        || (fetch.deepen_relative && !fetch.shallows.is_empty())
+}
+
+/// Whether the answer to `fetch` (keyed `key` by [`response_key`], which pinned its haves)
+/// may be stored once written: it read no refs, or they are still those the key names. Its
+/// plan read them again, and a refresh may have moved them between the two readings.
+pub(crate) fn still_keyed(repo: &Repository, fetch: &Fetch, key: &str, kind: HashKind) -> bool {
+    !reads_refs(fetch)
+        || matches!(
+            response_key(repo, &mut fetch.clone(), kind),
+            Ok(Some(now)) if now == key
+        )
+}
+
+/// How a generation ended.
+enum Ending {
+    /// Whole, and stored for later requests.
+    Stored,
+    /// Whole, for its readers only.
+    Unstored,
+    /// Cut short, with the message its readers are sent.
+    Failed(String),
+}
+
 /// The key of the response to `fetch` from `repo`: everything that shapes its bytes. `None`
 /// for requests still negotiating (no `done`), which are cheap and rarely repeated.
+///
+/// The haves `repo` lacks are dropped from `fetch` itself: they shape nothing now (a done
+/// fetch is sent no acknowledgements), and one that arrived in the mirror before the answer
+/// is planned would shape an answer stored under a key without it, for clients without it.
 pub(crate) fn response_key(
     repo: &Repository,
-    fetch: &Fetch,
+    fetch: &mut Fetch,
     kind: HashKind,
 ) -> Result<Option<String>, gitcache_pack::Error> {
     if !fetch.done {
@@ -234,14 +269,8 @@ pub(crate) fn response_key(
     }
     want_refs.sort();
     text.extend(want_refs);
-    // Only the haves the mirror has shape the answer.
-    let present: Vec<_> = fetch
-        .haves
-        .iter()
-        .copied()
-        .filter(|h| repo.contains(h))
-        .collect();
-    for have in sorted(&present) {
+    fetch.haves.retain(|h| repo.contains(h));
+    for have in sorted(&fetch.haves) {
         text.push_str(&format!("have {have}\n"));
     }
     for shallow in sorted(&fetch.shallows) {
@@ -261,7 +290,8 @@ pub(crate) fn response_key(
         fetch.wait_for_done,
     ));
     // Answers that depend on refs: the refs they read are part of the key (`deepen-relative`
-    // counts from the client's shallow commits that refs reach).
+    // counts from the client's shallow commits that refs reach; `deepen-not HEAD` stops at
+    // whatever branch `HEAD` names).
     let relative = fetch.deepen_relative && !fetch.shallows.is_empty();
     if !fetch.deepen_not.is_empty() || fetch.include_tag || relative {
         let mut deepen_not: Vec<String> = fetch.deepen_not.iter().map(|r| r.to_string()).collect();
@@ -273,8 +303,7 @@ pub(crate) fn response_key(
             .refs()?
             .into_iter()
             .filter(|r| {
-                r.name.starts_with(b"refs/tags/")
-                    || ((!fetch.deepen_not.is_empty() || relative) && r.name != "HEAD")
+                r.name.starts_with(b"refs/tags/") || !fetch.deepen_not.is_empty() || relative
             })
             .map(|r| format!("ref {} {:?}\n", r.name, r.oid))
             .collect();
@@ -467,7 +496,18 @@ impl ResponseCache {
     }
 
     /// Finish `generation`: publish it, or fail every reader with `error`.
-    pub(crate) fn finish(&self, mut generation: Box<Generation>, error: Option<String>) {
+    pub(crate) fn finish(&self, generation: Box<Generation>, error: Option<String>) {
+        self.end(generation, error.map_or(Ending::Stored, Ending::Failed));
+    }
+
+    /// The generation ended whole but is not to be stored (the refs its key names moved
+    /// while it was planned): its readers get every byte, later requests a generation of
+    /// their own.
+    pub(crate) fn finish_unstored(&self, generation: Box<Generation>) {
+        self.end(generation, Ending::Unstored);
+    }
+
+    fn end(&self, mut generation: Box<Generation>, ending: Ending) {
         let flush = generation.flush_buffer();
         let pending = generation.pending.take().expect("finished once");
         let written = pending.len();
@@ -483,8 +523,8 @@ impl ResponseCache {
             generation.flight.state.send_replace(State::Abandoned);
             return;
         }
-        match error {
-            None => {
+        match ending {
+            Ending::Stored => {
                 // Published while still listed: a request arriving now either opens the
                 // pending file before the rename or finds the entry after it.
                 match pending.commit() {
@@ -500,7 +540,13 @@ impl ResponseCache {
                 land(&self.flights, &generation.id, &generation.flight);
                 generation.flight.state.send_replace(State::Done(written));
             }
-            Some(message) => {
+            Ending::Unstored => {
+                // Its readers opened the file while the flight was listed: they read on.
+                drop(pending);
+                land(&self.flights, &generation.id, &generation.flight);
+                generation.flight.state.send_replace(State::Done(written));
+            }
+            Ending::Failed(message) => {
                 drop(pending);
                 land(&self.flights, &generation.id, &generation.flight);
                 generation
@@ -957,6 +1003,56 @@ mod tests {
         (generation, bytes[n..].to_vec())
     }
 
+    /// The repository folder the cache tests store under.
+    const REPO: &str = "h/o/r.git";
+
+    /// A cache in a folder of its own (kept while the folder is).
+    fn new_cache() -> (tempfile::TempDir, Arc<ResponseCache>) {
+        let root = tempfile::tempdir().unwrap();
+        let cache =
+            ResponseCache::new(root.path().join("r"), ResponseCacheConfig::default()).unwrap();
+        (root, Arc::new(cache))
+    }
+
+    /// The first lookup of key `k` leads (readers handed over to live generation are sent
+    /// `regenerated`), the next `followers` follow: the generation, and every reader, the
+    /// leader's first.
+    fn lead(
+        cache: &ResponseCache,
+        regenerated: Vec<u8>,
+        followers: usize,
+    ) -> (Box<Generation>, Vec<Reader>) {
+        let Lookup::Lead(generation, first) =
+            cache.lookup(Path::new(REPO), "k", writer_of(regenerated))
+        else {
+            panic!("the first request leads");
+        };
+        let mut readers = vec![first];
+        for _ in 0..followers {
+            let Lookup::Follow(reader) = cache.lookup(Path::new(REPO), "k", writer_of(Vec::new()))
+            else {
+                panic!("later requests follow");
+            };
+            readers.push(reader);
+        }
+        (generation, readers)
+    }
+
+    /// A generated bare repository (`RepoSpec::tiny(seed)`) in a folder of its own.
+    fn generated(seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo.git");
+        gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::tiny(seed))
+            .unwrap();
+        (dir, path)
+    }
+
+    /// The id `rev` names in `repo`.
+    fn rev(repo: &Path, rev: &str) -> gix_hash::ObjectId {
+        let hex = gitcache_testkit::git::git_stdout(repo, &["rev-parse", rev]);
+        gix_hash::ObjectId::from_hex(hex.trim().as_bytes()).unwrap()
+    }
+
     /// Lead one generation of `bytes` into a store that fails after 100 kB, with two
     /// readers; returns what each reader's client received (`Err` when it was broken off).
     async fn failing_store(
@@ -1055,22 +1151,9 @@ mod tests {
     /// bytes in memory are the same ones.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readers_that_keep_up_share_the_writers_buffers() {
-        let root = tempfile::tempdir().unwrap();
-        let cache = Arc::new(
-            ResponseCache::new(root.path().join("r"), ResponseCacheConfig::default()).unwrap(),
-        );
-        let repo = Path::new("h/o/r.git");
+        let (_root, cache) = new_cache();
         let bytes = content(200_000);
-        let Lookup::Lead(generation, first) = cache.lookup(repo, "k", writer_of(Vec::new())) else {
-            panic!("the first request leads");
-        };
-        let mut readers = vec![first];
-        for _ in 0..3 {
-            let Lookup::Follow(reader) = cache.lookup(repo, "k", writer_of(Vec::new())) else {
-                panic!("later requests follow");
-            };
-            readers.push(reader);
-        }
+        let (generation, readers) = lead(&cache, Vec::new(), 3);
         let recent = Arc::clone(&readers[0].recent);
         let mut bodies = read_all(readers, 64);
         // One chunk, then wait until every reader sent it on.
@@ -1094,7 +1177,10 @@ mod tests {
             }
             assert!(body == bytes, "every reader gets every byte");
         }
-        assert!(cache.store.open(repo, "k").unwrap().is_some(), "stored");
+        assert!(
+            cache.store.open(Path::new(REPO), "k").unwrap().is_some(),
+            "stored"
+        );
     }
 
     /// What refs an answer reads are part of its key: a `deepen-relative` fetch counts from
@@ -1103,14 +1189,8 @@ mod tests {
     #[test]
     fn a_relative_deepening_is_keyed_with_the_refs() {
         use gitcache_testkit::git::git_stdout;
-        use gitcache_testkit::repo::{self, RepoSpec};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("repo.git");
-        repo::generate(&path, &RepoSpec::tiny(7)).unwrap();
-        let id = |rev: &str| {
-            gix_hash::ObjectId::from_hex(git_stdout(&path, &["rev-parse", rev]).trim().as_bytes())
-                .unwrap()
-        };
+        let (_dir, path) = generated(7);
+        let id = |name: &str| rev(&path, name);
         let fetch = Fetch {
             wants: vec![id("main")],
             shallows: vec![id("main~1")],
@@ -1126,7 +1206,11 @@ mod tests {
         };
         let keys = || {
             let repo = Repository::open(&path).unwrap();
-            let key = |f: &Fetch| response_key(&repo, f, HashKind::Sha1).unwrap().unwrap();
+            let key = |f: &Fetch| {
+                response_key(&repo, &mut f.clone(), HashKind::Sha1)
+                    .unwrap()
+                    .unwrap()
+            };
             (key(&fetch), key(&plain))
         };
         let before = keys();
@@ -1134,6 +1218,199 @@ mod tests {
         let after = keys();
         assert_ne!(before.0, after.0, "refs moved: another key");
         assert_eq!(before.1, after.1, "a plain deepening reads no refs");
+    }
+
+    /// `deepen-not HEAD` stops at the branch `HEAD` names: pointing it at another branch
+    /// gives the answer another key, though no branch moved.
+    #[test]
+    fn deepen_not_head_is_keyed_with_what_head_names() {
+        use gitcache_testkit::git::git_stdout;
+        let (_dir, path) = generated(8);
+        git_stdout(&path, &["branch", "-f", "older", "main~2"]);
+        let fetch = Fetch {
+            wants: vec![rev(&path, "main")],
+            deepen_not: vec!["HEAD".into()],
+            done: true,
+            ofs_delta: true,
+            ..Fetch::default()
+        };
+        let key = || {
+            let repo = Repository::open(&path).unwrap();
+            response_key(&repo, &mut fetch.clone(), HashKind::Sha1)
+                .unwrap()
+                .unwrap()
+        };
+        let before = key();
+        assert_eq!(key(), before, "nothing moved: the same key");
+        git_stdout(&path, &["symbolic-ref", "HEAD", "refs/heads/older"]);
+        assert_ne!(key(), before, "HEAD names another branch: another key");
+    }
+
+    /// An answer that reads refs is stored only if they did not move while it was made.
+    #[test]
+    fn an_answer_is_still_keyed_only_while_the_refs_it_read_stay() {
+        use gitcache_testkit::git::git_stdout;
+        let (_dir, path) = generated(10);
+        let tags = Fetch {
+            wants: vec![rev(&path, "main")],
+            include_tag: true,
+            done: true,
+            ofs_delta: true,
+            ..Fetch::default()
+        };
+        let plain = Fetch {
+            include_tag: false,
+            ..tags.clone()
+        };
+        let keyed = |fetch: &Fetch| {
+            let repo = Repository::open(&path).unwrap();
+            let mut fetch = fetch.clone();
+            let key = response_key(&repo, &mut fetch, HashKind::Sha1)
+                .unwrap()
+                .unwrap();
+            (fetch, key)
+        };
+        let still = |(fetch, key): &(Fetch, String)| {
+            still_keyed(
+                &Repository::open(&path).unwrap(),
+                fetch,
+                key,
+                HashKind::Sha1,
+            )
+        };
+        let (with_tags, without) = (keyed(&tags), keyed(&plain));
+        assert!(still(&with_tags) && still(&without));
+        git_stdout(&path, &["tag", "-f", "v-new", "main~1"]);
+        assert!(
+            !still(&with_tags),
+            "a tag moved: not stored under the old key"
+        );
+        assert!(still(&without), "an answer reading no refs stays keyed");
+    }
+
+    /// A have the mirror lacks is dropped from the fetch when it is keyed: if it arrives
+    /// before the answer is planned, the answer stored under the key (which does not name
+    /// it) is still the one for every client without it, not an answer that counts on it.
+    #[test]
+    fn a_have_that_arrives_after_the_key_shapes_nothing() {
+        use gitcache_testkit::git::git_stdout;
+        let (dir, path) = generated(9);
+        // A commit on top of `main` that the mirror does not have yet (a pull request's).
+        let work = dir.path().join("work");
+        git_stdout(
+            dir.path(),
+            &[
+                "clone",
+                "-q",
+                path.to_str().unwrap(),
+                work.to_str().unwrap(),
+            ],
+        );
+        git_stdout(
+            &work,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                "pr",
+            ],
+        );
+        let (main, old, pr) = (rev(&path, "main"), rev(&path, "main~2"), rev(&work, "HEAD"));
+        let fetch = Fetch {
+            wants: vec![main],
+            haves: vec![old, pr],
+            done: true,
+            ofs_delta: true,
+            ..Fetch::default()
+        };
+        let mut pinned = fetch.clone();
+        let repo = Repository::open(&path).unwrap();
+        let key = response_key(&repo, &mut pinned, HashKind::Sha1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(pinned.haves, vec![old], "only what the mirror has");
+
+        // The pull request's commit lands in the mirror before the answer is planned.
+        git_stdout(
+            &path,
+            &[
+                "fetch",
+                "-q",
+                work.to_str().unwrap(),
+                "HEAD:refs/pull/1/head",
+            ],
+        );
+        let repo = Repository::open(&path).unwrap();
+        let answer = |fetch: &Fetch| {
+            let mut out = Vec::new();
+            gitcache_pack::plan(
+                &repo,
+                fetch,
+                HashKind::Sha1,
+                &gitcache_pack::Options::default(),
+            )
+            .unwrap()
+            .write_to(&mut out)
+            .unwrap();
+            out
+        };
+        let without = Fetch {
+            haves: vec![old],
+            ..fetch.clone()
+        };
+        assert_eq!(
+            answer(&pinned),
+            answer(&without),
+            "the answer for clients without it"
+        );
+        assert_ne!(
+            answer(&fetch),
+            answer(&without),
+            "the have, had it stayed, would shape it"
+        );
+        assert_eq!(
+            response_key(&repo, &mut without.clone(), HashKind::Sha1)
+                .unwrap()
+                .unwrap(),
+            key
+        );
+    }
+
+    /// A generation whose refs moved while it was planned reaches its readers whole but is
+    /// not stored: the next request generates its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unstored_generation_is_read_whole_and_not_found_later() {
+        let (_root, cache) = new_cache();
+        let bytes = content(150_000);
+        let (generation, readers) = lead(&cache, Vec::new(), 1);
+        let bodies = read_all(readers, 64);
+        let (mut generation, rest) = write_first(generation, &bytes, 70_000).await;
+        let leader = Arc::clone(&cache);
+        tokio::task::spawn_blocking(move || {
+            generation.write_all(&rest).unwrap();
+            leader.finish_unstored(generation);
+        })
+        .await
+        .unwrap();
+        for mut rx in bodies {
+            let mut body = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                body.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(body, bytes, "every reader gets the whole answer");
+        }
+        assert!(
+            matches!(
+                cache.lookup(Path::new(REPO), "k", writer_of(Vec::new())),
+                Lookup::Lead(..)
+            ),
+            "nothing stored: the next request leads a generation of its own"
+        );
     }
 
     #[test]
@@ -1175,22 +1452,12 @@ mod tests {
     /// leaving them waiting forever; the next request leads anew.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readers_of_a_leader_dropped_unfinished_finish_live() {
-        let root = tempfile::tempdir().unwrap();
-        let cache = Arc::new(
-            ResponseCache::new(root.path().join("r"), ResponseCacheConfig::default()).unwrap(),
-        );
-        let repo = Path::new("h/o/r.git");
+        let (_root, cache) = new_cache();
         let bytes = content(150_000);
-        let Lookup::Lead(generation, first) = cache.lookup(repo, "k", writer_of(bytes.clone()))
-        else {
-            panic!("the first request leads");
-        };
-        let Lookup::Follow(second) = cache.lookup(repo, "k", writer_of(Vec::new())) else {
-            panic!("the second request follows");
-        };
+        let (generation, readers) = lead(&cache, bytes.clone(), 1);
         // The leader's client stays (its reader is followed) but its generation is dropped
         // before writing a byte, as when the task awaiting its pack slot is cancelled.
-        let bodies = read_all(vec![first, second], 4);
+        let bodies = read_all(readers, 4);
         drop(generation);
         for mut rx in bodies {
             let mut body = Vec::new();
@@ -1206,7 +1473,7 @@ mod tests {
         assert!(cache.flights.lock().unwrap().is_empty(), "off the list");
         assert!(
             matches!(
-                cache.lookup(repo, "k", writer_of(Vec::new())),
+                cache.lookup(Path::new(REPO), "k", writer_of(Vec::new())),
                 Lookup::Lead(..)
             ),
             "the next request leads a new generation"
