@@ -72,6 +72,15 @@ pub struct AccessGrants {
 struct Grant {
     at: Instant,
     format: Option<(HashKind, Instant)>,
+    /// When the upstream last refused the credential: acceptances from before it grant
+    /// nothing (an answer read after the refusal, but sent before it, among them).
+    refused: Option<Instant>,
+}
+
+impl Grant {
+    fn stands(&self) -> bool {
+        self.refused.is_none_or(|refused| self.at > refused)
+    }
 }
 
 impl AccessGrants {
@@ -100,12 +109,27 @@ impl AccessGrants {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let ttl = self.ttl;
         grants.make_room(|_, grant| now.duration_since(grant.at) < ttl);
-        let entry = grants
-            .entry((key.clone(), who))
-            .or_insert(Grant { at, format: None });
+        let entry = grants.entry((key.clone(), who)).or_insert(Grant {
+            at,
+            format: None,
+            refused: None,
+        });
+        if entry.refused.is_some_and(|refused| at <= refused) {
+            return;
+        }
         entry.at = entry.at.max(at);
         if let Some(format) = format {
             entry.format = Some((format, at));
+        }
+    }
+
+    /// Record that the upstream refused `who` for `key` just now (a credential revoked, or
+    /// access taken away): its grant ends here, before its TTL.
+    pub fn revoke(&self, key: &RepoKey, who: Fingerprint) {
+        let now = Instant::now();
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(grant) = grants.get_mut(&(key.clone(), who)) {
+            grant.refused = Some(now);
         }
     }
 
@@ -117,7 +141,7 @@ impl AccessGrants {
         let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         grants
             .get(&(key.clone(), who))
-            .filter(|grant| grant.at.elapsed() < self.ttl)
+            .filter(|grant| grant.stands() && grant.at.elapsed() < self.ttl)
             .copied()
     }
 
@@ -155,6 +179,30 @@ mod tests {
         assert!(!grants.is_fresh(&key("widgets"), Fingerprint::of(None)));
         assert!(Fingerprint::of(None).is_anonymous());
         assert_ne!(alice, bob);
+    }
+
+    #[test]
+    fn a_refusal_ends_a_grant_and_what_was_accepted_before_it() {
+        let grants = AccessGrants::new(Duration::from_secs(60));
+        let (alice, bob) = (
+            Fingerprint::of(Some(b"Bearer a")),
+            Fingerprint::of(Some(b"Bearer b")),
+        );
+        let before = Instant::now();
+        grants.grant(&key("widgets"), alice, None);
+        grants.grant(&key("widgets"), bob, None);
+        grants.revoke(&key("widgets"), alice);
+        assert!(!grants.is_fresh(&key("widgets"), alice));
+        assert!(
+            grants.is_fresh(&key("widgets"), bob),
+            "another credential's stands"
+        );
+        // An answer accepted before the refusal and read after it grants nothing.
+        grants.grant_at(&key("widgets"), alice, before, None);
+        assert!(!grants.is_fresh(&key("widgets"), alice));
+        // The upstream accepts the credential again: granted again.
+        grants.grant(&key("widgets"), alice, None);
+        assert!(grants.is_fresh(&key("widgets"), alice));
     }
 
     #[test]

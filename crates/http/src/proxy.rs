@@ -759,6 +759,9 @@ impl Proxy {
         let kind = match self.gate.verify(target, headers).await? {
             Verified::V2(kind) => kind,
             Verified::Answer(response) if !response.status().is_success() => {
+                if matches!(response.status().as_u16(), 401 | 403 | 404) {
+                    self.gate.grants().revoke(&target.key, fingerprint(headers));
+                }
                 return Ok(with_state(response, CacheState::Rejected));
             }
             Verified::Answer(response) => return Ok(with_state(response, CacheState::Passthrough)),

@@ -56,10 +56,14 @@ impl Warming {
         let mut ask = headers.clone();
         ask.remove(header::ACCEPT_ENCODING);
         let response = self.passthrough.forward_body(target, &ask, body).await?;
+        let who = fingerprint(headers);
         if !response.status().is_success() {
+            if matches!(response.status().as_u16(), 401 | 403 | 404) {
+                // Refused now: the grant this request passed on ends here, not at its TTL.
+                self.gate.grants().revoke(&target.key, who);
+            }
             return Ok(with_state(response, CacheState::Rejected));
         }
-        let who = fingerprint(headers);
         let answered = Instant::now();
         if every_tag {
             // Until this listing is read whole, the mirror's tags are not vouched for: a fetch

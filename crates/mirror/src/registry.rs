@@ -946,10 +946,13 @@ impl Registry {
         if !create && self.existing(key).is_none() {
             return Err(Arc::new(Error::NoMirror));
         }
+        // A refusal of the credential is not shared: it was another caller's credential
+        // (one revoked, or never valid), and this caller's may be good.
         let finished = {
             let last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
             if last.0 != seen { last.1.clone() } else { None }
-        };
+        }
+        .filter(|outcome| !matches!(outcome, Err(err) if err.is_access_denied()));
         if let Some(outcome) = finished
             && (keep.is_empty() || self.holds(key, keep).await)
         {

@@ -56,6 +56,49 @@ async fn twenty_concurrent_refreshes_of_a_cold_mirror_fetch_once() {
     assert_eq!(upstream.counts().fetch, 1);
 }
 
+/// Callers that waited for a refresh share its outcome, but not a refusal of its credential:
+/// a client whose credential was revoked must not have its refusal handed to a client with a
+/// good one whose refresh waited behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_credential_is_not_shared_with_the_refreshes_that_waited() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/secret"), &RepoSpec::tiny(82)).unwrap();
+    upstream
+        .adopt_repo("acme/secret", Access::private(["t0k3n"]))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(Registry::new(dir.path()));
+    let key = RepoKey::new("127.0.0.1", "acme", "secret.git").unwrap();
+    let client = |auth: &str| {
+        Client::new(
+            &upstream.repo_url("acme/secret"),
+            Some(auth.to_owned()),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    let (good, revoked) = (client("Bearer t0k3n"), client("Bearer revoked"));
+    registry.refresh(&key, &good, &[]).await.unwrap();
+
+    // The revoked credential's refresh holds the lock (its first request is slow, then
+    // refused) while the good one's waits for it.
+    upstream.inject(Fault::Delay(Duration::from_millis(800)), 1, None);
+    let refused = {
+        let (registry, key) = (Arc::clone(&registry), key.clone());
+        tokio::spawn(async move { registry.refresh(&key, &revoked, &[]).await })
+    };
+    while upstream.pending_faults() > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waited = registry.refresh(&key, &good, &[]).await;
+    let err = refused.await.unwrap().unwrap_err();
+    assert!(err.is_access_denied(), "{err}");
+    assert!(
+        waited.is_ok(),
+        "the good credential's own refresh: {waited:?}"
+    );
+}
+
 #[test]
 fn names_are_checked_before_they_touch_the_disk() {
     for (owner, repo) in [

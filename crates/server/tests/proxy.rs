@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Gitcache, basic, fetch_body, fsck, http};
+use common::{Gitcache, basic, fetch_body, fsck, http, pkt};
 use gitcache_testkit::git::{GitClient, git_stdout};
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
@@ -409,6 +409,77 @@ fn the_access_gate() {
     );
 }
 
+/// A credential the upstream refuses is refused from then on, not only once its grant is
+/// older than the TTL: a listing or an advertisement the upstream refuses ends the grant.
+#[test]
+fn a_refusal_ends_the_grant_before_its_ttl() {
+    let upstream = Upstream::start().unwrap();
+    repo::generate(&upstream.repo_path("acme/secret"), &RepoSpec::tiny(406)).unwrap();
+    upstream
+        .adopt_repo("acme/secret", Access::private(["good", "other"]))
+        .unwrap();
+    let sha = git_stdout(&upstream.repo_path("acme/secret"), &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let cache = Gitcache::start(&upstream, &["--access-ttl", "600"]);
+    let v2 = ("Git-Protocol", "version=2");
+    let post = |token: &str, body: &[u8]| {
+        let authorization = basic(token);
+        http(
+            &cache.addr,
+            "POST",
+            "/acme/secret.git/git-upload-pack",
+            &[
+                v2,
+                ("Content-Type", "application/x-git-upload-pack-request"),
+                ("Authorization", &authorization),
+            ],
+            body,
+        )
+    };
+    let fetch = |token: &str| post(token, &fetch_body(&sha, &[]));
+    let mut ls_refs = Vec::new();
+    pkt(&mut ls_refs, "command=ls-refs");
+    pkt(&mut ls_refs, "object-format=sha1");
+    ls_refs.extend_from_slice(b"0001");
+    pkt(&mut ls_refs, "ref-prefix refs/heads/");
+    ls_refs.extend_from_slice(b"0000");
+
+    for token in ["good", "other"] {
+        let answer = fetch(token);
+        assert_eq!(answer.status, 200, "{}", answer.head);
+        assert!(answer.has_pack());
+    }
+    upstream.revoke_token("acme/secret", "good");
+    // Within the TTL the grant still stands: a fetch is served without asking.
+    let answer = fetch("good");
+    assert!(answer.has_pack(), "{}", answer.head);
+    // Its listing, always asked upstream, is refused: the grant ends there.
+    let answer = post("good", &ls_refs);
+    assert_eq!(answer.status, 404, "{}", answer.head);
+    let answer = fetch("good");
+    assert_eq!(answer.status, 404, "{}", answer.body_text());
+    assert!(!answer.has_pack());
+    // Another credential's grant is its own.
+    let answer = fetch("other");
+    assert!(answer.has_pack(), "{}", answer.head);
+
+    // The same through an advertisement the upstream refuses.
+    upstream.revoke_token("acme/secret", "other");
+    let authorization = basic("other");
+    let answer = http(
+        &cache.addr,
+        "GET",
+        "/acme/secret.git/info/refs?service=git-upload-pack",
+        &[v2, ("Authorization", &authorization)],
+        b"",
+    );
+    assert_eq!(answer.status, 404, "{}", answer.head);
+    let answer = fetch("other");
+    assert_eq!(answer.status, 404, "{}", answer.body_text());
+    assert!(!answer.has_pack());
+}
+
 #[test]
 fn twenty_concurrent_cold_clones_make_one_upstream_fetch() {
     let upstream = Upstream::start().unwrap();
@@ -608,7 +679,7 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
         trickle_next_pack(&upstream, 512, 5);
         let mut body = Vec::new();
         for line in ["command=fetch", "object-format=sha1"] {
-            common::pkt(&mut body, line);
+            pkt(&mut body, line);
         }
         body.extend_from_slice(b"0001");
         let options: &[&str] = if done { &[] } else { &["thin-pack"] };
@@ -622,7 +693,7 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
             .map(String::as_str)
             .chain(options.iter().copied())
         {
-            common::pkt(&mut body, line);
+            pkt(&mut body, line);
         }
         if done {
             common::pkt(&mut body, "done");
