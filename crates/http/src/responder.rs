@@ -260,7 +260,9 @@ impl Responder {
             let _enter = span.enter();
             let mut out = ChannelWriter::new(tx, stall);
             let started = Instant::now();
+            let mut planned = Duration::ZERO;
             let result = gitcache_pack::plan(&repo, &fetch, kind, &options).and_then(|plan| {
+                planned = started.elapsed();
                 if copies_a_file(&plan) {
                     // Sending a stored pack as it is takes no CPU to speak of: the slot is
                     // free for others while the client reads it, however slowly.
@@ -275,7 +277,8 @@ impl Responder {
                 }
                 plan.write_to(&mut out)
             });
-            metrics::pack_generated(started.elapsed());
+            let generated = started.elapsed();
+            metrics::pack_generated(generated);
             drop(slot);
             out.give_way(None);
             match result {
@@ -289,6 +292,8 @@ impl Responder {
                         reused = stats.reused,
                         whole_pack = stats.whole_pack,
                         bytes = stats.bytes,
+                        plan_ms = planned.as_secs_f64() * 1e3,
+                        write_ms = (generated - planned).as_secs_f64() * 1e3,
                         "pack sent"
                     );
                 }
