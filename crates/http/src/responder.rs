@@ -98,12 +98,13 @@ impl Responder {
             let repo = Arc::clone(&repo);
             let mut fetch = fetch;
             tokio::task::spawn_blocking(move || {
+                // Keyed first: the key pins the haves the answer is made with.
+                let key = response_key(&repo, &mut fetch, kind);
                 // A stored pack sent as it is (a clone of the marked tips) is not stored
                 // again: its first answer is already the time of reading the file.
                 if gitcache_pack::answered_by_marked_pack(&repo, &fetch).unwrap_or(false) {
                     return (Ok(None), fetch);
                 }
-                let key = response_key(&repo, &mut fetch, kind);
                 (key, fetch)
             })
             .await

@@ -32,7 +32,7 @@ use crate::body::{ChannelWriter, GiveWay, Spill};
 use crate::shared_responses::{SharedResponses, repo_text};
 
 /// Bumped whenever the bytes gitcache writes for the same key may change.
-const FORMAT: &str = "gitcache-response-v1";
+const FORMAT: &str = "gitcache-response-v2";
 /// Bytes read or written at a time.
 const CHUNK: usize = 64 << 10;
 
@@ -1385,10 +1385,13 @@ mod tests {
     /// not stored: the next request generates its own.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unstored_generation_is_read_whole_and_not_found_later() {
-        let (_root, cache) = new_cache();
-        let bytes = content(150_000);
+        let (root, cache) = new_cache();
+        // More than the last chunks kept in memory, and readers that lag (a channel of one
+        // chunk, read only once the file is gone): what they send is read from the file
+        // they opened.
+        let bytes = content(1_500_000);
         let (generation, readers) = lead(&cache, Vec::new(), 1);
-        let bodies = read_all(readers, 64);
+        let bodies = read_all(readers, 1);
         let (mut generation, rest) = write_first(generation, &bytes, 70_000).await;
         let leader = Arc::clone(&cache);
         tokio::task::spawn_blocking(move || {
@@ -1397,6 +1400,25 @@ mod tests {
         })
         .await
         .unwrap();
+        fn files(dir: &Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            files(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+        }
+        assert_eq!(
+            files(root.path()),
+            0,
+            "no file kept: the readers read theirs, gone"
+        );
         for mut rx in bodies {
             let mut body = Vec::new();
             while let Some(chunk) = rx.recv().await {
