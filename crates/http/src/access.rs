@@ -123,14 +123,32 @@ impl AccessGrants {
         }
     }
 
-    /// Record that the upstream refused `who` for `key` just now (a credential revoked, or
-    /// access taken away): its grant ends here, before its TTL.
-    pub fn revoke(&self, key: &RepoKey, who: Fingerprint) {
+    /// The upstream answered `who`'s request for `key` with `status`: a refusal (401, 404;
+    /// 403 but for anonymous clients) ends the grant here, before its TTL, and acceptances
+    /// asked for before now grant nothing. A 403 is also how some forges answer a rate limit
+    /// or a firewall rule: for one credential that costs only its own next check, but all
+    /// anonymous clients share one grant, which no one of them may end for all.
+    pub fn refused(&self, key: &RepoKey, who: Fingerprint, status: u16) {
+        let ends = match status {
+            401 | 404 => true,
+            403 => !who.is_anonymous(),
+            _ => false,
+        };
+        if !ends || self.ttl.is_zero() {
+            return;
+        }
         let now = Instant::now();
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(grant) = grants.get_mut(&(key.clone(), who)) {
-            grant.refused = Some(now);
-        }
+        let ttl = self.ttl;
+        grants.make_room(|_, grant| now.duration_since(grant.at) < ttl);
+        // Kept as a refusal even without a grant: an acceptance on its way (asked for before
+        // now) is refused its grant when it arrives.
+        let grant = grants.entry((key.clone(), who)).or_insert(Grant {
+            at: now,
+            format: None,
+            refused: None,
+        });
+        grant.refused = Some(now);
     }
 
     /// The grant of `who` for `key`, if it is younger than the TTL.
@@ -188,21 +206,39 @@ mod tests {
             Fingerprint::of(Some(b"Bearer a")),
             Fingerprint::of(Some(b"Bearer b")),
         );
+        let anonymous = Fingerprint::of(None);
         let before = Instant::now();
-        grants.grant(&key("widgets"), alice, None);
-        grants.grant(&key("widgets"), bob, None);
-        grants.revoke(&key("widgets"), alice);
+        for who in [alice, bob, anonymous] {
+            grants.grant(&key("widgets"), who, None);
+        }
+        grants.refused(&key("widgets"), alice, 500);
+        assert!(
+            grants.is_fresh(&key("widgets"), alice),
+            "a failure is no refusal"
+        );
+        grants.refused(&key("widgets"), alice, 403);
         assert!(!grants.is_fresh(&key("widgets"), alice));
         assert!(
             grants.is_fresh(&key("widgets"), bob),
             "another credential's stands"
         );
-        // An answer accepted before the refusal and read after it grants nothing.
+        // An answer asked for before the refusal and read after it grants nothing.
         grants.grant_at(&key("widgets"), alice, before, None);
         assert!(!grants.is_fresh(&key("widgets"), alice));
         // The upstream accepts the credential again: granted again.
+        std::thread::sleep(Duration::from_millis(2));
         grants.grant(&key("widgets"), alice, None);
         assert!(grants.is_fresh(&key("widgets"), alice));
+        // Anonymous clients share one grant: a 403 (a rate limit, a firewall rule) to one of
+        // them ends it for none; a 401 or 404 (the repository made private) does.
+        grants.refused(&key("widgets"), anonymous, 403);
+        assert!(grants.is_fresh(&key("widgets"), anonymous));
+        grants.refused(&key("widgets"), anonymous, 404);
+        assert!(!grants.is_fresh(&key("widgets"), anonymous));
+        // A refusal with no grant to end still refuses an acceptance asked for before it.
+        grants.refused(&key("gadgets"), bob, 401);
+        grants.grant_at(&key("gadgets"), bob, before, None);
+        assert!(!grants.is_fresh(&key("gadgets"), bob));
     }
 
     #[test]

@@ -756,19 +756,21 @@ impl Proxy {
         target: &Target,
         headers: &HeaderMap,
     ) -> Result<Response<Body>, Error> {
+        // A grant counts from when it was asked for: a refusal that overtook it wins.
+        let asked = Instant::now();
+        let who = fingerprint(headers);
         let kind = match self.gate.verify(target, headers).await? {
             Verified::V2(kind) => kind,
             Verified::Answer(response) if !response.status().is_success() => {
-                if matches!(response.status().as_u16(), 401 | 403 | 404) {
-                    self.gate.grants().revoke(&target.key, fingerprint(headers));
-                }
+                let status = response.status().as_u16();
+                self.gate.grants().refused(&target.key, who, status);
                 return Ok(with_state(response, CacheState::Rejected));
             }
             Verified::Answer(response) => return Ok(with_state(response, CacheState::Passthrough)),
         };
         self.gate
             .grants()
-            .grant(&target.key, fingerprint(headers), Some(kind));
+            .grant_at(&target.key, who, asked, Some(kind));
         let mut body = Vec::new();
         let mut advertised =
             Advertisement::new(concat!("git/gitcache-", env!("CARGO_PKG_VERSION")), kind);
@@ -796,9 +798,16 @@ impl Proxy {
     {
         let who = fingerprint(headers);
         if !self.gate.grants().is_fresh(&target.key, who) {
+            let asked = Instant::now();
             match self.gate.verify(target, headers).await? {
-                Verified::V2(kind) => self.gate.grants().grant(&target.key, who, Some(kind)),
+                Verified::V2(kind) => {
+                    self.gate
+                        .grants()
+                        .grant_at(&target.key, who, asked, Some(kind));
+                }
                 Verified::Answer(response) if !response.status().is_success() => {
+                    let status = response.status().as_u16();
+                    self.gate.grants().refused(&target.key, who, status);
                     return Ok(with_state(response, CacheState::Rejected));
                 }
                 // The upstream stopped speaking v2: let it answer the request itself.

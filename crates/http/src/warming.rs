@@ -55,16 +55,17 @@ impl Warming {
         // Ask for the answer unencoded, so that the copy kept for comparison can be read.
         let mut ask = headers.clone();
         ask.remove(header::ACCEPT_ENCODING);
+        // The listing counts from when it was asked for (the grant it renews, the tags it
+        // vouches for): a refusal that overtook it wins.
+        let answered = Instant::now();
         let response = self.passthrough.forward_body(target, &ask, body).await?;
         let who = fingerprint(headers);
         if !response.status().is_success() {
-            if matches!(response.status().as_u16(), 401 | 403 | 404) {
-                // Refused now: the grant this request passed on ends here, not at its TTL.
-                self.gate.grants().revoke(&target.key, who);
-            }
+            // Refused now: the grant this request passed on ends here, not at its TTL.
+            let status = response.status().as_u16();
+            self.gate.grants().refused(&target.key, who, status);
             return Ok(with_state(response, CacheState::Rejected));
         }
-        let answered = Instant::now();
         if every_tag {
             // Until this listing is read whole, the mirror's tags are not vouched for: a fetch
             // sent meanwhile waits for the refs (see `Mirrors::moved`).

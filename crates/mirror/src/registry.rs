@@ -26,8 +26,9 @@ type Outcome = Result<Refreshed, Arc<Error>>;
 struct Slot {
     /// Held while a refresh runs.
     running: tokio::sync::Mutex<()>,
-    /// The number of refreshes finished, and the last outcome.
-    last: Mutex<(u64, Option<Outcome>)>,
+    /// The number of refreshes finished, and the last outcome with the digest of the
+    /// credential it was fetched with.
+    last: Mutex<(u64, Option<(Outcome, u64)>)>,
     /// Held while bitmaps are written for the mirror (one writer at a time; a second waits
     /// and finds the first one's file), and while leftovers are removed: the writer's
     /// temporary is never taken for a crash's.
@@ -946,13 +947,17 @@ impl Registry {
         if !create && self.existing(key).is_none() {
             return Err(Arc::new(Error::NoMirror));
         }
-        // A refusal of the credential is not shared: it was another caller's credential
-        // (one revoked, or never valid), and this caller's may be good.
+        // A refusal of another credential is not shared (one revoked, or never valid): this
+        // caller's may be good.
+        let credential = upstream.credential_digest();
         let finished = {
             let last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
             if last.0 != seen { last.1.clone() } else { None }
         }
-        .filter(|outcome| !matches!(outcome, Err(err) if err.is_access_denied()));
+        .filter(|(outcome, by)| {
+            *by == credential || !matches!(outcome, Err(err) if err.is_access_denied())
+        })
+        .map(|(outcome, _)| outcome);
         if let Some(outcome) = finished
             && (keep.is_empty() || self.holds(key, keep).await)
         {
@@ -975,7 +980,7 @@ impl Registry {
         // fetched ids ahead is (a refusal there fails nothing).
         if keep.is_empty() {
             let mut last = slot.last.lock().unwrap_or_else(|p| p.into_inner());
-            *last = (last.0 + 1, Some(outcome.clone()));
+            *last = (last.0 + 1, Some((outcome.clone(), credential)));
         }
         outcome
     }

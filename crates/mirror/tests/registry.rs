@@ -79,23 +79,47 @@ async fn a_refused_credential_is_not_shared_with_the_refreshes_that_waited() {
     };
     let (good, revoked) = (client("Bearer t0k3n"), client("Bearer revoked"));
     registry.refresh(&key, &good, &[]).await.unwrap();
+    let requests = || {
+        let c = upstream.counts();
+        c.info_refs + c.ls_refs + c.fetch + c.other
+    };
+    // What one refused refresh asks upstream.
+    let before = requests();
+    assert!(registry.refresh(&key, &revoked, &[]).await.is_err());
+    let one_refusal = requests() - before;
 
     // The revoked credential's refresh holds the lock (its first request is slow, then
-    // refused) while the good one's waits for it.
-    upstream.inject(Fault::Delay(Duration::from_millis(800)), 1, None);
-    let refused = {
-        let (registry, key) = (Arc::clone(&registry), key.clone());
-        tokio::spawn(async move { registry.refresh(&key, &revoked, &[]).await })
+    // refused) while `waiting`'s waits for it.
+    let behind = |waiting: Client| {
+        upstream.inject(Fault::Delay(Duration::from_millis(800)), 1, None);
+        let refused = {
+            let (registry, key, revoked) = (Arc::clone(&registry), key.clone(), revoked.clone());
+            tokio::spawn(async move { registry.refresh(&key, &revoked, &[]).await })
+        };
+        let (registry, key, upstream) = (Arc::clone(&registry), key.clone(), &upstream);
+        async move {
+            while upstream.pending_faults() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let waited = registry.refresh(&key, &waiting, &[]).await;
+            let err = refused.await.unwrap().unwrap_err();
+            assert!(err.is_access_denied(), "{err}");
+            waited
+        }
     };
-    while upstream.pending_faults() > 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let waited = registry.refresh(&key, &good, &[]).await;
-    let err = refused.await.unwrap().unwrap_err();
-    assert!(err.is_access_denied(), "{err}");
+    let waited = behind(good.clone()).await;
     assert!(
         waited.is_ok(),
         "the good credential's own refresh: {waited:?}"
+    );
+    // The same credential waiting behind it shares the refusal: asked once, not twice.
+    let before = requests();
+    let waited = behind(revoked.clone()).await;
+    assert!(waited.unwrap_err().is_access_denied());
+    assert_eq!(
+        requests() - before,
+        one_refusal,
+        "one refresh asked upstream"
     );
 }
 

@@ -236,6 +236,16 @@ impl Upstream {
         })
     }
 
+    /// A digest of the credential this upstream is asked with (the same for every upstream
+    /// asked with the same one, or with none, in this process; keyed anew in each process):
+    /// to tell whether an outcome was another credential's without keeping the secret.
+    pub fn credential_digest(&self) -> u64 {
+        use std::hash::BuildHasher;
+        static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        KEYS.get_or_init(std::hash::RandomState::new)
+            .hash_one(&self.authorization)
+    }
+
     /// Take `format` as the upstream's object format, as advertised to this credential a
     /// moment ago (the access check's `info/refs`), instead of asking for it again.
     pub fn with_object_format(self, format: HashKind) -> Self {
