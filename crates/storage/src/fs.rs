@@ -130,6 +130,37 @@ pub fn replace_file_with(
 
 /// A name beside `path` to write before renaming over it, unique per call (see
 /// [`is_leftover_temp`]).
+/// A temporary file removed when this is dropped unless [`Temporary::keep`] was called: a
+/// download cut short (its task dropped midway, when the client that waited for it left)
+/// leaves nothing behind.
+#[derive(Debug)]
+pub(crate) struct Temporary(Option<PathBuf>);
+
+impl Temporary {
+    /// A name beside `path` ([`temp_beside`]), removed on drop.
+    pub(crate) fn beside(path: &Path) -> std::io::Result<Temporary> {
+        Ok(Temporary(Some(temp_beside(path)?)))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// The file is in its place (renamed), or to stay: nothing is removed.
+    pub(crate) fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            // Gone already (never made, or renamed into place) is fine.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 pub(crate) fn temp_beside(path: &Path) -> std::io::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut name = path

@@ -342,7 +342,9 @@ impl ObjectStore for S3Store {
         if let Some(dir) = to.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }
-        let temp = crate::fs::temp_beside(to)?;
+        // Removed if the download fails, or is dropped midway.
+        let temporary = crate::fs::Temporary::beside(to)?;
+        let temp = temporary.path().to_owned();
         let written: Result<(), StoreError> = async {
             let size = got.meta.size;
             let e_tag = got.meta.e_tag.clone();
@@ -379,10 +381,8 @@ impl ObjectStore for S3Store {
             Ok(())
         }
         .await;
-        if let Err(err) = written {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(err);
-        }
+        written?;
+        temporary.keep();
         let to = to.to_owned();
         tokio::task::spawn_blocking(move || crate::fs::sync_parent(&to))
             .await

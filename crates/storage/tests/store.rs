@@ -271,6 +271,24 @@ async fn large_objects_go_up_in_parts() {
         std::fs::read(&back).unwrap() == content,
         "the same bytes back"
     );
+    // A download dropped midway (the request that waited for it gone) leaves nothing.
+    let cut = dir.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    let into = cut.join("big.pack");
+    let mut download = Box::pin(store.get_file(&big, &into, u64::MAX));
+    let midway = loop {
+        tokio::select! {
+            _ = &mut download => break false,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => {
+                if !walk(&cut).is_empty() {
+                    break true;
+                }
+            }
+        }
+    };
+    assert!(midway, "the download's file was seen before it ended");
+    drop(download);
+    assert!(walk(&cut).is_empty(), "left behind: {:?}", walk(&cut));
     let listed = store.list(&key("mirrors/h/acme/big")).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].size, size as u64);
