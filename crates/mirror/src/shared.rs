@@ -482,6 +482,22 @@ fn bundle_header(
     Ok((listed > 0).then_some((header, listed)))
 }
 
+/// Remove what a hydration cut short placed: of each pack, the files placed (all of them
+/// when the pack was not there before), its index first so that no reader finds a part of
+/// a pack.
+fn unplace(pack_dir: &Path, placed: &[(&str, Vec<&str>, bool)]) {
+    for (stem, exts, had) in placed {
+        if exts.is_empty() {
+            continue;
+        }
+        for ext in PACK_FILES.iter().rev() {
+            if !had || exts.contains(ext) {
+                let _ = std::fs::remove_file(pack_dir.join(format!("{stem}.{ext}")));
+            }
+        }
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -731,6 +747,10 @@ impl Shared {
             .into_iter()
             .filter(|file| manifest.names(file).is_some())
             .collect();
+        // The indexes of new packs, checked, placed together once every file is in: a pack
+        // is found by its index, and one found before the others could name history that
+        // is not in place yet (a fetch judged a hit, then failing).
+        let mut indexes: Vec<(PathBuf, PathBuf)> = Vec::new();
         for pack in &manifest.packs {
             let had = pack_dir.join(format!("{}.idx", pack.stem)).is_file();
             placed.push((&pack.stem, Vec::new(), had));
@@ -739,10 +759,15 @@ impl Shared {
                 if path.is_file() {
                     continue;
                 }
-                if let Err(err) = self
-                    .download(key, &pack.stem, ext, &path, manifest.format)
-                    .await
-                {
+                let got = if ext == "idx" {
+                    self.download_beside(key, &pack.stem, ext, &path, manifest.format)
+                        .await
+                        .map(|temp| indexes.push((temp, path.clone())))
+                } else {
+                    self.download(key, &pack.stem, ext, &path, manifest.format)
+                        .await
+                };
+                if let Err(err) = got {
                     // A reverse index only spares readers ordering the pack by offset, and
                     // a pack without its bitmaps or tips is consolidated again by its
                     // maintenance: one the store lacks, or that is not the pack's, is done
@@ -757,25 +782,30 @@ impl Shared {
                         }
                         continue;
                     }
-                    for (stem, exts, had) in &placed {
-                        if exts.is_empty() {
-                            continue;
-                        }
-                        // The index first (placed last): no reader finds a part of a pack.
-                        for ext in PACK_FILES.iter().rev() {
-                            if !had || exts.contains(ext) {
-                                let _ =
-                                    std::fs::remove_file(pack_dir.join(format!("{stem}.{ext}")));
-                            }
-                        }
+                    for (temp, _) in &indexes {
+                        let _ = std::fs::remove_file(temp);
                     }
+                    unplace(&pack_dir, &placed);
                     return Err(err);
                 }
                 if let Some((_, exts, _)) = placed.last_mut() {
                     exts.push(ext);
                 }
                 done_without.retain(|file| *file != format!("{}.{ext}", pack.stem));
-                downloaded += std::fs::metadata(&path).map_or(0, |m| m.len());
+                let now = indexes
+                    .last()
+                    .filter(|(_, to)| *to == path)
+                    .map_or(&path, |(t, _)| t);
+                downloaded += std::fs::metadata(now).map_or(0, |m| m.len());
+            }
+        }
+        for (at, (temp, path)) in indexes.iter().enumerate() {
+            if let Err(err) = std::fs::rename(temp, path) {
+                for (temp, _) in &indexes[at..] {
+                    let _ = std::fs::remove_file(temp);
+                }
+                unplace(&pack_dir, &placed);
+                return Err(err.into());
             }
         }
         gitcache_storage::fs::sync_dir(&pack_dir)?;
@@ -849,6 +879,23 @@ impl Shared {
         path: &Path,
         format: HashKind,
     ) -> Result<(), Error> {
+        let temp = self.download_beside(key, stem, ext, path, format).await?;
+        std::fs::rename(&temp, path).map_err(|err| {
+            let _ = std::fs::remove_file(&temp);
+            Error::from(err)
+        })
+    }
+
+    /// [`download`](Self::download) without the rename: the checked file, beside `path`
+    /// under a name swept as a leftover (`incoming-…`), for the caller to place.
+    async fn download_beside(
+        &self,
+        key: &RepoKey,
+        stem: &str,
+        ext: &'static str,
+        path: &Path,
+        format: HashKind,
+    ) -> Result<PathBuf, Error> {
         let object = Self::file_key(key, stem, ext)?;
         let temp = path.with_file_name(format!(
             "incoming-{}-hydrate-{stem}.{ext}",
@@ -869,7 +916,7 @@ impl Shared {
                         .await
                         .map_err(|e| Error::Io(std::io::Error::other(e)))?;
                 match verified {
-                    Ok(true) => std::fs::rename(&temp, path).map_err(Error::from),
+                    Ok(true) => Ok(temp.clone()),
                     Ok(false) => Err(Error::Mismatch { key: object }),
                     Err(err) => Err(err.into()),
                 }

@@ -1070,3 +1070,90 @@ async fn one_maintainer_at_a_time_and_retired_packs_stay_for_the_grace_period() 
         );
     }
 }
+
+/// The upstream's `main` gains a commit holding one file of `len` random bytes (whose pack
+/// takes a while to copy and check).
+fn commit_big_file(repo: &Path, len: usize, seed: u64) {
+    let file = repo.join(format!("big-{seed}.bin"));
+    std::fs::write(&file, repo::Rng::new(seed).bytes(len)).unwrap();
+    let blob = git(repo, &["hash-object", "-w", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    let mut mktree = std::process::Command::new("git")
+        .args(["mktree"])
+        .current_dir(repo)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let entry = format!("100644 blob {}\tbig-{seed}.bin\n", blob.trim());
+    std::io::Write::write_all(&mut mktree.stdin.take().unwrap(), entry.as_bytes()).unwrap();
+    let tree = String::from_utf8(mktree.wait_with_output().unwrap().stdout).unwrap();
+    let commit = git(
+        repo,
+        &[
+            "commit-tree",
+            tree.trim(),
+            "-p",
+            "main",
+            "-m",
+            &format!("big {seed}"),
+        ],
+    );
+    git(repo, &["update-ref", "refs/heads/main", commit.trim()]);
+}
+
+/// Packs the store brings are found all at once, once every file of each is in place: a
+/// pack found (its index in place) while another is still on its way could name history
+/// that is not there yet, and a fetch judged a hit would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_from_the_store_are_found_together_once_all_are_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = AnyStore::Fs(FsStore::new(dir.path()));
+    let f = fleet(store.clone(), Duration::from_secs(3600), 1404);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let upstream = f.upstream.repo_path("acme/shared");
+    for seed in [1, 2, 3] {
+        commit_big_file(&upstream, 8 << 20, seed);
+        f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    }
+    let b_dir = f.b.path(&f.key);
+    let local = b_dir.join("objects/pack");
+    let new: Vec<String> = f
+        .manifest()
+        .await
+        .packs
+        .into_iter()
+        .map(|p| p.stem)
+        .filter(|stem| !local.join(format!("{stem}.idx")).is_file())
+        .collect();
+    assert_eq!(new.len(), 3, "three packs for B to take");
+
+    // Watch B's pack folder while it takes them: no new pack's index before every new
+    // pack's data is in.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, local, new) = (Arc::clone(&stop), local.clone(), new.clone());
+        std::thread::spawn(move || {
+            let mut looks = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                looks += 1;
+                let has = |name: String| local.join(name).is_file();
+                let found = new.iter().filter(|s| has(format!("{s}.idx"))).count();
+                let whole = new.iter().all(|s| has(format!("{s}.pack")));
+                if found > 0 && !whole {
+                    return Err(format!("{found} found before every pack was in"));
+                }
+            }
+            Ok(looks)
+        })
+    };
+    let hydrated = Shared::new(store.clone(), Duration::from_secs(3600))
+        .hydrate(&f.key, &b_dir)
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let looks = watcher.join().unwrap().unwrap();
+    assert!(looks > 10, "the folder was looked at while the packs came");
+    assert!(matches!(hydrated, Ok(Hydrated::Current)), "{hydrated:?}");
+    f.fsck(&f.b);
+}
