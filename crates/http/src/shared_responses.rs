@@ -26,6 +26,12 @@ use gitcache_storage::store::{AnyStore, ObjectKey, ObjectStore as _, StoreError}
 const MISSING_FOR: Duration = Duration::from_secs(60);
 /// The most keys remembered missing.
 const MOST_MISSING: usize = 100_000;
+/// Stored responses written to the bucket at once: each may hold up to the store's
+/// multipart threshold (32 MiB) in memory while it goes.
+const UPLOADS_AT_ONCE: usize = 2;
+/// Uploads waiting their turn, at most: past that, a new entry is not shared (it stays this
+/// instance's; the others generate their own).
+const UPLOADS_WAITING_MOST: usize = 64;
 
 /// The bucket side of the response cache.
 #[derive(Debug)]
@@ -37,6 +43,9 @@ pub(crate) struct SharedResponses {
     /// Downloads under way, one per key: simultaneous misses of one key wait for the first
     /// and take its file.
     downloading: Mutex<HashMap<Entry, Arc<tokio::sync::Mutex<()>>>>,
+    /// Turns to upload ([`UPLOADS_AT_ONCE`]), and the uploads holding or awaiting one.
+    uploads: tokio::sync::Semaphore,
+    uploading: std::sync::atomic::AtomicUsize,
 }
 
 /// A stored response: its repository folder and key.
@@ -102,6 +111,8 @@ impl SharedResponses {
             leases,
             missing: Mutex::new(crate::bounded::Bounded::new(MOST_MISSING, MOST_MISSING)),
             downloading: Mutex::new(HashMap::new()),
+            uploads: tokio::sync::Semaphore::new(UPLOADS_AT_ONCE),
+            uploading: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -195,6 +206,25 @@ impl SharedResponses {
 
     /// Upload the local entry at `from` as `repo`'s entry `key`.
     pub(crate) async fn upload(&self, repo: &str, key: &str, from: &Path) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// Counts one upload from its start to its end, however it ends.
+        struct Counted<'a>(&'a AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let before = self.uploading.fetch_add(1, Ordering::AcqRel);
+        let _counted = Counted(&self.uploading);
+        if before >= UPLOADS_AT_ONCE + UPLOADS_WAITING_MOST {
+            tracing::debug!(key, "too many responses waiting to be shared: not shared");
+            return;
+        }
+        let _turn = self.uploads.acquire().await;
+        self.upload_now(repo, key, from).await;
+    }
+
+    async fn upload_now(&self, repo: &str, key: &str, from: &Path) {
         let uploaded = match object(repo, key) {
             Ok(object) => self.store.put_file(&object, from).await,
             Err(err) => Err(err),
@@ -320,6 +350,52 @@ mod tests {
             None,
             None,
         )
+    }
+
+    /// Uploads go a few at a time; past a bound on those waiting, an entry is not shared.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_wait_their_turn_and_past_a_bound_are_not_shared() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(shared(&dir.path().join("bucket")));
+        let from = dir.path().join("local.resp");
+        std::fs::write(&from, b"a stored response").unwrap();
+        let repo = "h/o/r.git";
+        let in_bucket = |key: &str| {
+            let object = object(repo, key).unwrap();
+            let store = &shared.store;
+            async move { store.size(&object).await.unwrap().is_some() }
+        };
+        // Every turn taken: uploads wait, up to the bound.
+        let turns = shared
+            .uploads
+            .acquire_many(UPLOADS_AT_ONCE as u32)
+            .await
+            .unwrap();
+        let most = UPLOADS_AT_ONCE + UPLOADS_WAITING_MOST;
+        let waiting: Vec<_> = (0..most)
+            .map(|i| {
+                let (shared, from) = (Arc::clone(&shared), from.clone());
+                tokio::spawn(async move { shared.upload(repo, &format!("k{i}"), &from).await })
+            })
+            .collect();
+        while shared.uploading.load(Ordering::Acquire) < most {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // One more is not shared: it returns at once, and nothing of it reaches the bucket.
+        tokio::time::timeout(Duration::from_secs(10), shared.upload(repo, "over", &from))
+            .await
+            .expect("not kept waiting");
+        assert!(!in_bucket("k0").await, "none went before a turn was free");
+        drop(turns);
+        for task in waiting {
+            task.await.unwrap();
+        }
+        for i in 0..most {
+            assert!(in_bucket(&format!("k{i}")).await, "k{i} shared");
+        }
+        assert!(!in_bucket("over").await);
+        assert_eq!(shared.uploading.load(Ordering::Acquire), 0);
     }
 
     /// A download whose request goes away while it waits for another's leaves nothing in
