@@ -468,18 +468,23 @@ impl Mirrors {
         }
     }
 
+    /// Whether the disk has at least the free space the budget keeps (always, without a
+    /// floor, or when it cannot be told).
+    fn above_the_floor(&self) -> bool {
+        let keep = self.budget.min_free;
+        keep == 0
+            || gitcache_storage::fs::free_bytes(self.registry.root()).unwrap_or(u64::MAX) >= keep
+    }
+
     /// Refuse a refresh that would start with less disk free than the budget keeps, after
     /// evicting what can be evicted.
     async fn room_for_refresh(&self) -> Result<(), Error> {
-        let keep = self.budget.min_free;
-        if keep == 0 {
+        if self.above_the_floor() {
             return Ok(());
         }
+        let keep = self.budget.min_free;
         let root = self.registry.root().to_owned();
         let free = || gitcache_storage::fs::free_bytes(&root).unwrap_or(u64::MAX);
-        if free() >= keep {
-            return Ok(());
-        }
         // One eviction at a time: refreshes starting together would each evict for the
         // same shortfall. One that waited for another's takes its outcome.
         let seen = self.evictions.load(std::sync::atomic::Ordering::Acquire);
@@ -902,6 +907,16 @@ impl Mirrors {
             if !done.insert(key.clone()) {
                 continue;
             }
+            // Packs from the store take disk as a refresh's do (a consolidated pack arrives
+            // beside the packs it replaces): none below the floor. Nothing is evicted for
+            // them here (the upkeep's eviction does that); the copies stay as they are.
+            if !self.above_the_floor() {
+                tracing::warn!(
+                    keep = self.budget.min_free,
+                    "not enough free disk space to catch up with the shared store"
+                );
+                return;
+            }
             if let Err(err) = self.registry.catch_up(&key).await {
                 tracing::warn!(repo = %key.relative_path().display(), %err, "catching up with the shared store failed");
             }
@@ -1207,6 +1222,43 @@ mod tests {
             registry,
             key,
             mirrors,
+        }
+    }
+
+    /// Catching up with the shared store takes disk as a refresh does: below the free-space
+    /// floor the copies stay as they are (nothing evicted for it), above it they catch up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catching_up_keeps_to_the_free_space_floor() {
+        use gitcache_mirror::shared::Shared;
+        use gitcache_storage::store::{AnyStore, FsStore};
+        let f = fetched(1505).await;
+        let bucket = tempfile::tempdir().unwrap();
+        let store = AnyStore::Fs(FsStore::new(bucket.path()));
+        let shared = || Shared::new(store.clone(), Duration::from_secs(3600));
+        let a = Arc::new(Registry::new(f.dir.path().join("a")).with_shared(shared()));
+        let b_dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(Registry::new(b_dir.path()).with_shared(shared()));
+        a.refresh(&f.key, &f.client, &[]).await.unwrap();
+        b.refresh(&f.key, &f.client, &[]).await.unwrap();
+        let new_tip = repo::append_commits(&f.source, "main", 2, 1505).unwrap();
+        a.refresh(&f.key, &f.client, &[]).await.unwrap();
+        let b_main = || {
+            let mirror = b.existing(&f.key).expect("B's copy stays");
+            gitcache_testkit::git::git_stdout(mirror.git_dir(), &["rev-parse", "main"])
+                .trim()
+                .to_owned()
+        };
+        let before = b_main();
+        assert_ne!(before, new_tip);
+        let budget = |min_free| Budget {
+            min_free,
+            ..unbounded()
+        };
+        for (min_free, caught_up) in [(u64::MAX, false), (0, true)] {
+            let mirrors = Arc::new(Mirrors::new(Arc::clone(&b), Vec::new(), budget(min_free)));
+            assert!(opened(&mirrors, &f.key).await.is_some());
+            mirrors.catch_up(Duration::from_secs(60)).await;
+            assert_eq!(b_main() == new_tip, caught_up, "floor {min_free}");
         }
     }
 
