@@ -1,8 +1,9 @@
 //! The S3-compatible backend of [`ObjectStore`], through the `object_store` crate.
 //!
-//! - Immutable objects are created with `If-None-Match: *` (one that exists is left as it
-//!   is); files over [`MULTIPART_FROM`] go up in parts of [`PART`] bytes, so memory stays
-//!   bounded whatever their size.
+//! - Objects named by their content are written plainly, over any copy there (the same
+//!   bytes; writing one again makes its write time now, which the collection of unnamed
+//!   files counts from); files over [`MULTIPART_FROM`] go up in parts of [`PART`] bytes, so
+//!   memory stays bounded whatever their size.
 //! - A manifest's version is its ETag; a replacement is a `PUT` with `If-Match` on it (or
 //!   `If-None-Match: *` to create one), which the bucket applies atomically: of writers racing
 //!   from one version, one wins and the others get 412 ([`Replaced::Conflict`]).
