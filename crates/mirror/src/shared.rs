@@ -93,6 +93,11 @@ pub enum Error {
         /// The object.
         key: ObjectKey,
     },
+    /// Taking the store's state of the mirror (this manifest version) failed this long ago,
+    /// for a file missing or damaged there: not tried again before the manifest changes or
+    /// ten minutes have passed.
+    #[error("the store's state of this mirror could not be taken {0:?} ago; not tried again yet")]
+    FailedLately(Duration),
     /// The store's mirror has another object format than the local copy.
     #[error("the store's mirror uses {store}, the local copy {local}")]
     ObjectFormat {
@@ -426,7 +431,15 @@ pub struct Shared {
     bundles: bool,
     /// Bundle objects asked about: whether each exists, and since when that is known.
     bundles_seen: std::sync::Arc<std::sync::Mutex<HashMap<ObjectKey, (bool, std::time::Instant)>>>,
+    /// Mirrors whose state in the store could not be taken (a file missing or damaged
+    /// there), the manifest version then, and when.
+    failed: std::sync::Arc<std::sync::Mutex<HashMap<RepoKey, (Version, std::time::Instant)>>>,
 }
+
+/// How long a manifest version whose files could not be had is not tried again.
+const FAILED_FOR: Duration = Duration::from_secs(600);
+/// Mirrors remembered so, at most.
+const FAILED_MOST: usize = 10_000;
 
 /// How long a bundle found in the store is taken to be there without asking again (well
 /// within the grace period its pack stays after retirement).
@@ -605,6 +618,7 @@ impl Shared {
             grace,
             bundles: false,
             bundles_seen: Default::default(),
+            failed: Default::default(),
         }
     }
 
@@ -712,7 +726,46 @@ impl Shared {
                 Hydrated::Absent
             });
         }
+        if let Some(ago) = self.failed_lately(key, &version) {
+            return Err(Error::FailedLately(ago));
+        }
         taking();
+        let taken = self.take(key, git_dir, &manifest, &version).await;
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        match &taken {
+            // What the store lacks, or holds damaged, stays so until the manifest changes:
+            // not downloaded again and again meanwhile (every file of every pack before it).
+            Err(Error::Missing { .. } | Error::Mismatch { .. }) => {
+                if failed.len() >= FAILED_MOST {
+                    failed.retain(|_, (_, at)| at.elapsed() < FAILED_FOR);
+                }
+                if failed.len() < FAILED_MOST {
+                    failed.insert(key.clone(), (version.clone(), std::time::Instant::now()));
+                }
+            }
+            _ => {
+                failed.remove(key);
+            }
+        }
+        taken
+    }
+
+    /// How long ago taking `version` of `key`'s state failed, if within [`FAILED_FOR`].
+    fn failed_lately(&self, key: &RepoKey, version: &Version) -> Option<Duration> {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        let (at_version, at) = failed.get(key)?;
+        (at_version == version && at.elapsed() < FAILED_FOR).then(|| at.elapsed())
+    }
+
+    /// Take `manifest` (at `version`) into the copy at `git_dir`: the files it lacks, then
+    /// the refs, then the packs no longer named go.
+    async fn take(
+        &self,
+        key: &RepoKey,
+        git_dir: &Path,
+        manifest: &MirrorManifest,
+        version: &Version,
+    ) -> Result<Hydrated, Error> {
         if git_dir.join("HEAD").is_file() {
             let local = gitcache_pack::Repository::open(git_dir)
                 .map_err(|e| Error::Io(std::io::Error::other(e)))?
@@ -825,7 +878,7 @@ impl Shared {
             }
         }
         set_unshared(git_dir, &done_without)?;
-        set_local_version(git_dir, &version)?;
+        set_local_version(git_dir, version)?;
         tracing::info!(
             packs = manifest.packs.len(),
             downloaded,

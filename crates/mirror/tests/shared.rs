@@ -657,7 +657,9 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
     f.upstream_moves(6);
     f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
     let manifest = f.manifest().await;
-    let shared = Shared::new(store.clone(), Duration::from_secs(3600));
+    // Each try on an instance of its own: one instance does not try a version whose files
+    // it could not have again for a while.
+    let shared = || Shared::new(store.clone(), Duration::from_secs(3600));
     let b_dir = f.b.path(&f.key);
 
     // The newest pack's data replaced by the older pack's: its checksum gives it away.
@@ -671,7 +673,14 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
     };
     let saved = std::fs::read(path(new, "pack")).unwrap();
     std::fs::copy(path(old, "pack"), path(new, "pack")).unwrap();
-    refused(shared.hydrate(&f.key, &b_dir).await.unwrap_err());
+    let once = shared();
+    refused(once.hydrate(&f.key, &b_dir).await.unwrap_err());
+    // Tried again on the same instance, the same manifest is not downloaded again.
+    let again = once.hydrate(&f.key, &b_dir).await.unwrap_err();
+    assert!(
+        matches!(again, gitcache_mirror::shared::Error::FailedLately(_)),
+        "{again}"
+    );
     assert_eq!(f.refs(&f.b), before);
     f.fsck(&f.b);
     // The same, with a file of a pack the copy had missing there (its reverse index): the
@@ -685,7 +694,7 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
         manifest.packs[0].files
     );
     std::fs::remove_file(&had_rev).unwrap();
-    refused(shared.hydrate(&f.key, &b_dir).await.unwrap_err());
+    refused(shared().hydrate(&f.key, &b_dir).await.unwrap_err());
     for ext in ["pack", "idx"] {
         assert!(local.join(format!("{old}.{ext}")).is_file(), "{ext} kept");
     }
@@ -699,7 +708,7 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x10;
     std::fs::write(path(new, "idx"), &flipped).unwrap();
-    refused(shared.hydrate(&f.key, &b_dir).await.unwrap_err());
+    refused(shared().hydrate(&f.key, &b_dir).await.unwrap_err());
     assert_eq!(f.refs(&f.b), before);
     std::fs::write(path(new, "idx"), saved).unwrap();
 
@@ -713,7 +722,7 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
         .replace_manifest(&key, bad.as_bytes(), Some(&read.version))
         .await
         .unwrap();
-    let err = shared.hydrate(&f.key, &b_dir).await.unwrap_err();
+    let err = shared().hydrate(&f.key, &b_dir).await.unwrap_err();
     assert!(err.to_string().contains("invalid mirror manifest"), "{err}");
     assert_eq!(f.refs(&f.b), before);
     let leftovers: Vec<_> = std::fs::read_dir(b_dir.join("objects/pack"))
@@ -733,6 +742,11 @@ async fn a_damaged_store_leaves_the_local_copy_as_it_was() {
             &["show-ref", "--head"]
         )
     );
+    // Once the manifest changes, the instance that failed tries again.
+    f.upstream_moves(8);
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    once.hydrate(&f.key, &b_dir).await.unwrap();
+    assert_eq!(f.refs(&f.b), f.refs(&f.a));
 }
 
 /// A reverse index is a shortcut, and bitmaps are written again by maintenance: one the
