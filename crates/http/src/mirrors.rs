@@ -903,21 +903,28 @@ impl Mirrors {
         );
         keys.sort_unstable_by_key(|(at, _)| std::cmp::Reverse(*at));
         let mut done = std::collections::HashSet::new();
+        let mut below = false;
         for (_, key) in keys {
             if !done.insert(key.clone()) {
                 continue;
             }
             // Packs from the store take disk as a refresh's do (a consolidated pack arrives
-            // beside the packs it replaces): none below the floor. Nothing is evicted for
-            // them here (the upkeep's eviction does that); the copies stay as they are.
-            if !self.above_the_floor() {
-                tracing::warn!(
-                    keep = self.budget.min_free,
-                    "not enough free disk space to catch up with the shared store"
-                );
-                return;
-            }
-            if let Err(err) = self.registry.catch_up(&key).await {
+            // beside the packs it replaces): none below the floor, where only a purge
+            // elsewhere is applied (it frees disk). Nothing is evicted for them here (the
+            // upkeep's eviction does that); the copies stay as they are.
+            let caught_up = if self.above_the_floor() {
+                self.registry.catch_up(&key).await
+            } else {
+                if !below {
+                    below = true;
+                    tracing::warn!(
+                        keep = self.budget.min_free,
+                        "not enough free disk space to take packs from the shared store"
+                    );
+                }
+                self.registry.catch_up_removal(&key).await
+            };
+            if let Err(err) = caught_up {
                 tracing::warn!(repo = %key.relative_path().display(), %err, "catching up with the shared store failed");
             }
         }
@@ -1226,7 +1233,8 @@ mod tests {
     }
 
     /// Catching up with the shared store takes disk as a refresh does: below the free-space
-    /// floor the copies stay as they are (nothing evicted for it), above it they catch up.
+    /// floor the copies stay as they are (nothing evicted for it) but for a purge elsewhere,
+    /// which is applied; above it they catch up.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn catching_up_keeps_to_the_free_space_floor() {
         use gitcache_mirror::shared::Shared;
@@ -1243,23 +1251,41 @@ mod tests {
         let new_tip = repo::append_commits(&f.source, "main", 2, 1505).unwrap();
         a.refresh(&f.key, &f.client, &[]).await.unwrap();
         let b_main = || {
-            let mirror = b.existing(&f.key).expect("B's copy stays");
-            gitcache_testkit::git::git_stdout(mirror.git_dir(), &["rev-parse", "main"])
-                .trim()
-                .to_owned()
+            let mirror = b.existing(&f.key)?;
+            let main = gitcache_testkit::git::git_stdout(mirror.git_dir(), &["rev-parse", "main"]);
+            Some(main.trim().to_owned())
         };
-        let before = b_main();
-        assert_ne!(before, new_tip);
-        let budget = |min_free| Budget {
-            min_free,
+        assert_ne!(b_main().unwrap(), new_tip);
+        let below = Budget {
+            min_free: u64::MAX,
             ..unbounded()
         };
-        for (min_free, caught_up) in [(u64::MAX, false), (0, true)] {
-            let mirrors = Arc::new(Mirrors::new(Arc::clone(&b), Vec::new(), budget(min_free)));
-            assert!(opened(&mirrors, &f.key).await.is_some());
-            mirrors.catch_up(Duration::from_secs(60)).await;
-            assert_eq!(b_main() == new_tip, caught_up, "floor {min_free}");
-        }
+        // The mirror as used lately (not opened: a first open starts its maintenance, which
+        // takes the store's state on its own before it consolidates).
+        let serving = |budget: Budget| {
+            let mirrors = Arc::new(Mirrors::new(Arc::clone(&b), Vec::new(), budget));
+            mirrors.used(&crate::target::Target {
+                host_name: "127.0.0.1".into(),
+                url: "http://127.0.0.1:1/acme/app.git".into(),
+                name: "acme/app".into(),
+                key: f.key.clone(),
+                cached: true,
+                bypassed: false,
+                timeout: Duration::from_secs(30),
+            });
+            mirrors
+        };
+        serving(below.clone())
+            .catch_up(Duration::from_secs(60))
+            .await;
+        assert_ne!(b_main().unwrap(), new_tip, "nothing taken below the floor");
+        serving(unbounded()).catch_up(Duration::from_secs(60)).await;
+        assert_eq!(b_main().unwrap(), new_tip, "caught up above the floor");
+
+        // A purge on A reaches B below the floor too: it frees disk.
+        assert!(a.remove(&f.key).await.unwrap());
+        serving(below).catch_up(Duration::from_secs(60)).await;
+        assert!(b_main().is_none(), "the purged copy goes");
     }
 
     /// `key`'s mirror opened as a request opens it, on a blocking thread.

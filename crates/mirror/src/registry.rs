@@ -1337,7 +1337,11 @@ impl Registry {
             {
                 Ok(()) => {}
                 Err(Error::Shared(err)) => {
-                    tracing::warn!(%err, "object store unavailable; refreshing the local copy alone");
+                    if matches!(err, crate::shared::Error::FailedLately(_)) {
+                        tracing::info!(%err, "refreshing the local copy alone");
+                    } else {
+                        tracing::warn!(%err, "object store unavailable; refreshing the local copy alone");
+                    }
                     let mut done = self
                         .refresh_local(key, upstream, extra, keep, hints)
                         .await?;
@@ -1407,6 +1411,16 @@ impl Registry {
     /// a newer manifest (one small read when it does not). Skipped while a refresh of it runs
     /// (that refresh takes the store's state anyway) and without a shared store.
     pub async fn catch_up(&self, key: &RepoKey) -> Result<(), Error> {
+        self.catching_up(key, true).await
+    }
+
+    /// [`catch_up`](Self::catch_up) with a purge elsewhere alone: a copy whose manifest was
+    /// removed from the store goes, and nothing is downloaded (for a disk below its floor).
+    pub async fn catch_up_removal(&self, key: &RepoKey) -> Result<(), Error> {
+        self.catching_up(key, false).await
+    }
+
+    async fn catching_up(&self, key: &RepoKey, download: bool) -> Result<(), Error> {
         let Some(shared) = &self.shared else {
             return Ok(());
         };
@@ -1417,7 +1431,14 @@ impl Registry {
         if self.existing(key).is_none() {
             return Ok(());
         }
-        self.take_shared(shared, key).await
+        if download {
+            return self.take_shared(shared, key).await;
+        }
+        if shared.removed(key, &self.path(key)).await? {
+            tracing::info!("the shared mirror was removed; dropping the local copy");
+            self.discard(key)?;
+        }
+        Ok(())
     }
 
     /// Bring `key`'s local copy to what the shared store holds (call with its refresh lock);

@@ -606,8 +606,9 @@ fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Resu
     Ok(digest.as_bytes() == trailer.as_slice())
 }
 
-/// How far the clocks of instances and the store may disagree: what a purge leaves to the
-/// grace period rather than deleting at once.
+/// How far the clocks of instances and the store may disagree: added to the grace period
+/// wherever one instance's clock stamped what another's measures (unnamed files, retired
+/// packs), and what a purge leaves to it rather than deleting at once.
 const CLOCK_MARGIN: Duration = Duration::from_secs(300);
 
 impl Shared {
@@ -684,6 +685,26 @@ impl Shared {
     /// that holds the manifest's version already costs one request without a body.
     pub async fn hydrate(&self, key: &RepoKey, git_dir: &Path) -> Result<Hydrated, Error> {
         self.hydrate_noting(key, git_dir, || {}).await
+    }
+
+    /// Whether the store's manifest of `key` is a tombstone the copy at `git_dir` has not
+    /// taken (a purge on another instance): what [`hydrate`](Self::hydrate) finds as
+    /// [`Hydrated::Removed`], with nothing else downloaded.
+    pub async fn removed(&self, key: &RepoKey, git_dir: &Path) -> Result<bool, Error> {
+        let held = local_version(git_dir).filter(|_| git_dir.join("HEAD").is_file());
+        if held.is_none()
+            || self
+                .store
+                .manifest_version(&Self::manifest_key(key)?)
+                .await?
+                == held
+        {
+            return Ok(false);
+        }
+        Ok(self
+            .read(key)
+            .await?
+            .is_some_and(|(manifest, _)| manifest.removed))
     }
 
     /// [`hydrate`](Self::hydrate), calling `taking` once the store is found to hold a state
@@ -1086,9 +1107,15 @@ impl Shared {
             return Ok(Published::Done);
         }
         // Packs dropped now are retired; those retired longer than the grace period are
-        // deleted once this manifest is committed.
+        // deleted once this manifest is committed. Their retirement was stamped by another
+        // instance's clock: a period at all is kept that much longer, so that clocks that
+        // disagree do not shorten it (as the collection of unnamed files does).
         let now = unix_now();
-        let grace = self.grace.as_secs();
+        let grace = if self.grace.is_zero() {
+            0
+        } else {
+            (self.grace + CLOCK_MARGIN).as_secs()
+        };
         let mut expired = Vec::new();
         if let Some(previous) = &previous {
             let live = |stem: &str| local.packs.iter().any(|p| p.stem == stem);

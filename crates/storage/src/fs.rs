@@ -128,8 +128,6 @@ pub fn replace_file_with(
     sync_parent(path)
 }
 
-/// A name beside `path` to write before renaming over it, unique per call (see
-/// [`is_leftover_temp`]).
 /// A temporary file removed when this is dropped unless [`Temporary::keep`] was called: a
 /// download cut short (its task dropped midway, when the client that waited for it left)
 /// leaves nothing behind.
@@ -161,6 +159,8 @@ impl Drop for Temporary {
     }
 }
 
+/// A name beside `path` to write before renaming over it, unique per call (see
+/// [`is_leftover_temp`]).
 pub(crate) fn temp_beside(path: &Path) -> std::io::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut name = path
