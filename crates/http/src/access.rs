@@ -64,7 +64,16 @@ const MOST_GRANTS: usize = 1 << 18;
 pub struct AccessGrants {
     ttl: Duration,
     grants: Mutex<Bounded<(RepoKey, Fingerprint), Grant>>,
+    /// Refusals of credentials that held no grant then, and when: an acceptance asked for
+    /// before one grants nothing. Kept apart (and smaller), so that refused credentials,
+    /// which anyone can make up, never crowd the grants out.
+    refusals: Mutex<Bounded<(RepoKey, Fingerprint), Instant>>,
 }
+
+/// Refusals without a grant are dropped first when their table holds this many.
+const PRUNE_REFUSALS_AT: usize = 1024;
+/// The most refusals without a grant held (all forgotten past half of it in live ones).
+const MOST_REFUSALS: usize = 1 << 13;
 
 /// When the upstream last accepted a credential for a repository, and the object format it
 /// last advertised the repository in to that credential, and when.
@@ -89,6 +98,7 @@ impl AccessGrants {
         AccessGrants {
             ttl,
             grants: Mutex::new(Bounded::new(PRUNE_AT, MOST_GRANTS)),
+            refusals: Mutex::new(Bounded::new(PRUNE_REFUSALS_AT, MOST_REFUSALS)),
         }
     }
 
@@ -98,9 +108,10 @@ impl AccessGrants {
         self.grant_at(key, who, Instant::now(), format);
     }
 
-    /// Record that the upstream accepted `who` for `key` at `at` (when its answer arrived:
-    /// a grant renewed after a long answer was read counts from its start). Without a
-    /// `format`, the one recorded before is kept.
+    /// Record that the upstream accepted `who` for `key` at `at` (when the request it
+    /// answered was sent: a grant renewed after a long answer was read counts from before
+    /// it, and one asked for before a refusal grants nothing). Without a `format`, the one
+    /// recorded before is kept.
     pub fn grant_at(&self, key: &RepoKey, who: Fingerprint, at: Instant, format: Option<HashKind>) {
         if self.ttl.is_zero() {
             return;
@@ -108,12 +119,29 @@ impl AccessGrants {
         let now = Instant::now();
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let ttl = self.ttl;
-        grants.make_room(|_, grant| now.duration_since(grant.at) < ttl);
-        let entry = grants.entry((key.clone(), who)).or_insert(Grant {
-            at,
-            format: None,
-            refused: None,
-        });
+        let id = (key.clone(), who);
+        if !grants.contains_key(&id) {
+            // A refusal without a grant, newer than what this acceptance was asked for,
+            // stands; an older one becomes the new grant's.
+            let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            let refused = refusals.get(&id).copied();
+            if refused.is_some_and(|refused| at <= refused) {
+                return;
+            }
+            refusals.remove(&id);
+            grants.make_room(|_, grant| now.duration_since(grant.at) < ttl);
+            grants.insert(
+                id.clone(),
+                Grant {
+                    at,
+                    format: None,
+                    refused,
+                },
+            );
+        }
+        let Some(entry) = grants.get_mut(&id) else {
+            return;
+        };
         if entry.refused.is_some_and(|refused| at <= refused) {
             return;
         }
@@ -139,16 +167,17 @@ impl AccessGrants {
         }
         let now = Instant::now();
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let ttl = self.ttl;
-        grants.make_room(|_, grant| now.duration_since(grant.at) < ttl);
+        let id = (key.clone(), who);
+        if let Some(grant) = grants.get_mut(&id) {
+            grant.refused = Some(now);
+            return;
+        }
         // Kept as a refusal even without a grant: an acceptance on its way (asked for before
         // now) is refused its grant when it arrives.
-        let grant = grants.entry((key.clone(), who)).or_insert(Grant {
-            at: now,
-            format: None,
-            refused: None,
-        });
-        grant.refused = Some(now);
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let ttl = self.ttl;
+        refusals.make_room(|_, at| now.duration_since(*at) < ttl);
+        refusals.insert(id, now);
     }
 
     /// The grant of `who` for `key`, if it is younger than the TTL.
@@ -239,6 +268,24 @@ mod tests {
         grants.refused(&key("gadgets"), bob, 401);
         grants.grant_at(&key("gadgets"), bob, before, None);
         assert!(!grants.is_fresh(&key("gadgets"), bob));
+    }
+
+    #[test]
+    fn refused_credentials_never_crowd_the_grants_out() {
+        let grants = AccessGrants::new(Duration::from_secs(60));
+        let alice = Fingerprint::of(Some(b"Bearer a"));
+        grants.grant(&key("widgets"), alice, None);
+        for i in 0..(3 * MOST_REFUSALS) {
+            let made_up = format!("Bearer made-up-{i}");
+            grants.refused(
+                &key("widgets"),
+                Fingerprint::of(Some(made_up.as_bytes())),
+                401,
+            );
+        }
+        assert!(grants.is_fresh(&key("widgets"), alice));
+        assert!(grants.refusals.lock().unwrap().len() < MOST_REFUSALS);
+        assert_eq!(grants.grants.lock().unwrap().len(), 1);
     }
 
     #[test]
