@@ -73,8 +73,8 @@ pub(crate) struct Mirrors {
     /// Ids the upstream would not give by id, by repository and to whom, and when: not asked
     /// again for a while (a client repeating them must not repeat the upstream's work).
     refused_ids: Mutex<crate::bounded::Bounded<(RepoKey, gix_hash::ObjectId, Asker), Instant>>,
-    /// By repository, when the last client's `ls-refs` answer that said anything of the tags
-    /// was answered, and whether it found them the mirror's (see [`Mirrors::moved`]).
+    /// By repository, when the last client's `ls-refs` that said anything of the tags was
+    /// asked for, and whether its answer found them the mirror's (see [`Mirrors::moved`]).
     tags_listed: Mutex<crate::bounded::Bounded<RepoKey, (Instant, bool)>>,
     /// The settings answers are written with, when preparing a mirror makes ahead what a
     /// shallow clone of its `HEAD` compresses again (see [`Mirrors::prepare`]).
@@ -164,22 +164,22 @@ impl Mirrors {
         }
     }
 
-    /// A client's `ls-refs` answer of every tag, answered at `answered`, is on its way: until
+    /// A client's `ls-refs` answer of every tag, asked for at `asked`, is on its way: until
     /// it is read whole (see [`moved`](Self::moved)), the mirror's tags are vouched for by no
     /// earlier one.
-    pub(crate) fn tags_listing(&self, key: &RepoKey, answered: Instant) {
-        self.note_tags(key, answered, false);
+    pub(crate) fn tags_listing(&self, key: &RepoKey, asked: Instant) {
+        self.note_tags(key, asked, false);
     }
 
-    /// Remember what a client's listing answered at `answered` says of the mirror's tags
+    /// Remember what a client's listing asked for at `asked` says of the mirror's tags
     /// (`same`: exactly the listed ones), unless a later listing's is known already.
-    fn note_tags(&self, key: &RepoKey, answered: Instant, same: bool) {
+    fn note_tags(&self, key: &RepoKey, asked: Instant, same: bool) {
         let mut listed = self.tags_listed.lock().unwrap_or_else(|p| p.into_inner());
-        if listed.get(key).is_some_and(|(at, _)| *at > answered) {
+        if listed.get(key).is_some_and(|(at, _)| *at > asked) {
             return;
         }
         listed.make_room(|_, (at, _)| at.elapsed() < TAGS_LISTED_FOR);
-        listed.insert(key.clone(), (answered, same));
+        listed.insert(key.clone(), (asked, same));
     }
 
     /// Whether the last client's `ls-refs` answer listing every tag of `key`, within
@@ -593,9 +593,9 @@ impl Mirrors {
                 local_tags.clone().count() == listed.len()
                     && local_tags.into_iter().all(|name| listed.contains(name))
             };
-            self.note_tags(key, listed.answered, same);
+            self.note_tags(key, listed.asked, same);
         } else if differs {
-            self.note_tags(key, listed.answered, false);
+            self.note_tags(key, listed.asked, false);
         }
     }
 
@@ -924,8 +924,16 @@ impl Mirrors {
                 }
                 self.registry.catch_up_removal(&key).await
             };
-            if let Err(err) = caught_up {
-                tracing::warn!(repo = %key.relative_path().display(), %err, "catching up with the shared store failed");
+            match caught_up {
+                Ok(()) => {}
+                // A manifest version whose files could not be had, not tried again yet: said
+                // once, when it failed.
+                Err(gitcache_mirror::mirror::Error::Shared(
+                    gitcache_mirror::shared::Error::FailedLately(_),
+                )) => {}
+                Err(err) => {
+                    tracing::warn!(repo = %key.relative_path().display(), %err, "catching up with the shared store failed");
+                }
             }
         }
     }
@@ -1130,11 +1138,11 @@ enum Asker {
     Warming,
 }
 
-/// A client's whole `ls-refs` answer passed on: when it was answered, and whether it was
+/// A client's whole `ls-refs` answer passed on: when it was asked for, and whether it was
 /// asked for every tag.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Listed {
-    pub(crate) answered: Instant,
+    pub(crate) asked: Instant,
     pub(crate) every_tag: bool,
 }
 
@@ -1309,20 +1317,17 @@ mod tests {
             .unwrap();
     }
 
-    /// What `remote`, listed at `answered` (of every tag or not), says of `key`'s mirror,
+    /// What `remote`, listed as asked for at `asked` (of every tag or not), says of `key`'s mirror,
     /// noted as a passed-on `ls-refs` answer notes it, on a blocking thread.
     async fn noted(
         mirrors: &Arc<Mirrors>,
         key: &RepoKey,
         remote: &[RefLine],
         every_tag: bool,
-        answered: Instant,
+        asked: Instant,
     ) {
         let (mirrors, key, remote) = (Arc::clone(mirrors), key.clone(), remote.to_vec());
-        let listed = Listed {
-            answered,
-            every_tag,
-        };
+        let listed = Listed { asked, every_tag };
         tokio::task::spawn_blocking(move || mirrors.moved(&key, &remote, Some(&listed)))
             .await
             .unwrap();

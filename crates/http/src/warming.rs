@@ -57,7 +57,7 @@ impl Warming {
         ask.remove(header::ACCEPT_ENCODING);
         // The listing counts from when it was asked for (the grant it renews, the tags it
         // vouches for): a refusal that overtook it wins.
-        let answered = Instant::now();
+        let asked = Instant::now();
         let response = self.passthrough.forward_body(target, &ask, body).await?;
         let who = fingerprint(headers);
         if !response.status().is_success() {
@@ -69,7 +69,7 @@ impl Warming {
         if every_tag {
             // Until this listing is read whole, the mirror's tags are not vouched for: a fetch
             // sent meanwhile waits for the refs (see `Mirrors::moved`).
-            self.mirrors.tags_listing(&target.key, answered);
+            self.mirrors.tags_listing(&target.key, asked);
         }
         let idle = target.timeout;
         // Pass the answer on as it arrives, keeping a copy to compare with the mirror.
@@ -120,10 +120,7 @@ impl Warming {
                 if complete {
                     // Parsing and comparing with the mirror is CPU and disk work.
                     let _ = tokio::task::spawn_blocking(move || {
-                        let listed = crate::mirrors::Listed {
-                            answered,
-                            every_tag,
-                        };
+                        let listed = crate::mirrors::Listed { asked, every_tag };
                         warming.after_ls_refs(&target, who, listed, &copy, kind, warm_credential);
                     })
                     .await;
@@ -152,7 +149,7 @@ impl Warming {
         };
         self.gate
             .grants()
-            .grant_at(&target.key, who, listed.answered, None);
+            .grant_at(&target.key, who, listed.asked, None);
         // What the refs moved to, fetched ahead of the refresh's own `ls-refs`; what the
         // listing says of the tags noted first (a fetch waiting for that refresh reads it
         // once a pack lands).

@@ -20,8 +20,8 @@
 //!   manifest that named them); [`Shared::collect`] also deletes files no manifest ever named
 //!   (an upload cut short) once they are older than the grace period.
 //! - [`Shared::hydrate`] brings the local copy to the manifest: missing pack files are
-//!   downloaded (each checked against its pack's checksum, the index last, as ingestion
-//!   does), then the refs are replaced at once, then packs the manifest does not name are
+//!   downloaded (each checked against its pack's checksum; the indexes, by which readers
+//!   find packs, placed together once every other file is in), then the refs are replaced at once, then packs the manifest does not name are
 //!   removed. A file `gitcache-manifest` in the repository records which version the copy
 //!   holds, so that an unchanged manifest costs one small read.
 //!
@@ -612,7 +612,8 @@ fn verify(path: &Path, ext: &str, stem: &str, format: HashKind) -> std::io::Resu
 const CLOCK_MARGIN: Duration = Duration::from_secs(300);
 
 impl Shared {
-    /// Mirrors in `store`; retired packs are deleted `grace` after they were dropped.
+    /// Mirrors in `store`; retired packs are deleted `grace` after they were dropped (and
+    /// [`CLOCK_MARGIN`] more, unless `grace` is zero).
     pub fn new(store: AnyStore, grace: Duration) -> Self {
         Shared {
             store,

@@ -696,7 +696,7 @@ fn a_fetch_after_a_push_is_sent_the_pack_fetched_for_it_as_it_arrives() {
             pkt(&mut body, line);
         }
         if done {
-            common::pkt(&mut body, "done");
+            pkt(&mut body, "done");
         }
         body.extend_from_slice(b"0000");
         let answer = http(
