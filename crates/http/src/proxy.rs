@@ -249,6 +249,7 @@ impl Proxy {
         let instance = instance_name();
         let mut registry = Registry::new(mirrors)
             .with_consolidate_after(config.consolidate_after)
+            .with_min_free(config.min_free_bytes)
             .with_max_concurrent_refreshes(config.limits.max_concurrent_refreshes);
         if let Some(bucket) = &config.object_store {
             let store = S3Store::new(bucket)?;

@@ -242,6 +242,10 @@ pub struct Registry {
     root: PathBuf,
     slots: Mutex<Slots>,
     consolidate_after: usize,
+    /// Bytes kept free on the disk of `root`: no consolidation starts below (it writes a
+    /// pack as large as the mirror's beside the ones it replaces, and with a shared store
+    /// first takes what the store holds). 0: no floor.
+    min_free: u64,
     /// Refreshes of different mirrors running at once (each may download a whole
     /// repository, and goes on when its client leaves).
     refreshes: Arc<tokio::sync::Semaphore>,
@@ -386,6 +390,7 @@ impl Registry {
             root: root.into(),
             slots: Mutex::new(Slots::new()),
             consolidate_after: DEFAULT_CONSOLIDATE_AFTER,
+            min_free: 0,
             refreshes: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_REFRESHES)),
             bitmap_writers: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_BITMAP_WRITERS)),
             shared: None,
@@ -575,6 +580,13 @@ impl Registry {
     /// [`refresh_and_maintain`](Self::refresh_and_maintain)).
     pub fn with_consolidate_after(mut self, packs: usize) -> Self {
         self.consolidate_after = packs.max(1);
+        self
+    }
+
+    /// Start no consolidation while the disk of the mirrors has less than `bytes` free (see
+    /// [`consolidate`](Self::consolidate)); 0: no floor.
+    pub fn with_min_free(mut self, bytes: u64) -> Self {
+        self.min_free = bytes;
         self
     }
 
@@ -1110,6 +1122,17 @@ impl Registry {
         &self,
         key: &RepoKey,
     ) -> Result<Option<crate::mirror::Consolidated>, Error> {
+        // Below the floor, nothing starts: the mirror keeps serving from its packs as they
+        // are, and is consolidated once eviction has made room.
+        if self.min_free > 0
+            && gitcache_storage::fs::free_bytes(&self.root).unwrap_or(u64::MAX) < self.min_free
+        {
+            tracing::info!(
+                keep = self.min_free,
+                "not enough free disk space to consolidate"
+            );
+            return Ok(None);
+        }
         // One instance at a time maintains a shared mirror; the others leave it to it.
         let lease = match &self.leases {
             Some((leases, ttl)) if self.shared.is_some() => {

@@ -271,6 +271,26 @@ async fn a_mirror_far_past_its_consolidated_pack_is_consolidated_before_it_has_m
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
 
+/// Below the free-space floor no consolidation starts (it writes a pack as large as the
+/// mirror's beside the others): the packs stay as they are until there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_consolidation_starts_below_the_free_space_floor() {
+    let (_upstream, dir, source, registry, key, client) = served("tight", 99, None);
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    repo::append_commits(&source, "main", 3, 3).unwrap();
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    let mirror = registry.existing(&key).unwrap();
+    assert_eq!(packs(mirror.git_dir()), 2);
+    // No disk has this much free.
+    let tight = Registry::new(dir.path()).with_min_free(u64::MAX);
+    assert!(tight.consolidate(&key).await.unwrap().is_none());
+    assert_eq!(packs(mirror.git_dir()), 2, "nothing written");
+    let roomy = Registry::new(dir.path()).with_min_free(1);
+    assert!(roomy.consolidate(&key).await.unwrap().is_some());
+    assert_eq!(packs(mirror.git_dir()), 1);
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
 /// Until the mirror of `key` no longer needs consolidating (a minute at most).
 async fn until_maintained(registry: &Registry, key: &RepoKey) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
