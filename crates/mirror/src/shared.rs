@@ -945,6 +945,27 @@ impl Shared {
         Ok(set_unshared(git_dir, &still)?)
     }
 
+    /// Write again each of `written` (objects this commit wrote, from the files, at those
+    /// times) written longer than half the grace period ago that the store no longer has:
+    /// another instance's collection takes files no manifest names once they are older than
+    /// the grace period, and a commit held up that long (a paused process, a slow upload)
+    /// must not name a file collected meanwhile, which no instance could then take.
+    async fn written_again_if_collected(
+        &self,
+        written: &[(ObjectKey, PathBuf, std::time::Instant)],
+    ) -> Result<(), Error> {
+        if self.grace.is_zero() {
+            return Ok(());
+        }
+        for (object, path, at) in written {
+            if at.elapsed() > self.grace / 2 && self.store.size(object).await?.is_none() {
+                tracing::warn!(%object, "a file written long before its commit was collected; writing it again");
+                self.store.put_file(object, path).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Download one file of a pack beside its place, check it, and rename it into place.
     async fn download(
         &self,
@@ -1063,6 +1084,8 @@ impl Shared {
         };
         let started = std::time::Instant::now();
         let (mut uploaded, mut shared_again) = (0u64, 0usize);
+        // What this commit wrote, and when, to see again before it names them.
+        let mut written: Vec<(ObjectKey, PathBuf, std::time::Instant)> = Vec::new();
         for pack in &local.packs {
             // Files the current manifest names are in the store; every other one is written
             // (again, if a crash left it unnamed: that makes it new, so that collection,
@@ -1097,12 +1120,14 @@ impl Shared {
                     }
                     shared_again += 1;
                 }
-                self.store
-                    .put_file(&Self::file_key(key, &pack.stem, ext)?, &path)
-                    .await?;
+                let object = Self::file_key(key, &pack.stem, ext)?;
+                let at = std::time::Instant::now();
+                self.store.put_file(&object, &path).await?;
                 uploaded += std::fs::metadata(&path).map_or(0, |m| m.len());
+                written.push((object, path, at));
             }
         }
+        self.written_again_if_collected(&written).await?;
         if unchanged && shared_again == 0 {
             // Nothing to commit: the files made again failed their check and are gone.
             return Ok(Published::Done);
@@ -1391,4 +1416,36 @@ fn cap_retired(retired: &mut Vec<(String, u64)>) {
 /// The local copy's marker file name, for a crash's leftovers sweep and tests.
 pub fn marker(git_dir: &Path) -> PathBuf {
     git_dir.join(MARKER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitcache_storage::store::FsStore;
+
+    /// A file a commit wrote longer than half the grace period ago, collected meanwhile, is
+    /// written again before the commit names it; one written a moment ago is not asked for.
+    #[tokio::test]
+    async fn a_file_collected_before_its_commit_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsStore::new(dir.path().join("bucket"));
+        let file = dir.path().join("pack-1.pack");
+        std::fs::write(&file, b"pack bytes").unwrap();
+        let object = ObjectKey::new("mirrors/h/o/r.git/packs/pack-1.pack").unwrap();
+        let in_store = fs.path_of(&object);
+        for (grace, wait, again) in [
+            (Duration::from_millis(20), Duration::from_millis(30), true),
+            (Duration::from_secs(3600), Duration::ZERO, false),
+        ] {
+            let shared = Shared::new(AnyStore::Fs(fs.clone()), grace);
+            let at = std::time::Instant::now();
+            shared.store.put_file(&object, &file).await.unwrap();
+            // Collected by another instance while this commit was held up.
+            std::fs::remove_file(&in_store).unwrap();
+            tokio::time::sleep(wait).await;
+            let written = [(object.clone(), file.clone(), at)];
+            shared.written_again_if_collected(&written).await.unwrap();
+            assert_eq!(in_store.is_file(), again, "grace {grace:?}");
+        }
+    }
 }
