@@ -129,7 +129,10 @@ impl AccessGrants {
                 return;
             }
             refusals.remove(&id);
-            grants.make_room(|_, grant| now.duration_since(grant.at) < ttl);
+            grants.make_room(|_, grant| {
+                now.duration_since(grant.at) < ttl
+                    || grant.refused.is_some_and(|at| now.duration_since(at) < ttl)
+            });
             grants.insert(
                 id.clone(),
                 Grant {

@@ -590,6 +590,19 @@ impl Registry {
         self
     }
 
+    /// How many packs (with an index) `key`'s mirror has.
+    fn pack_count(&self, key: &RepoKey) -> usize {
+        std::fs::read_dir(self.path(key).join("objects").join("pack")).map_or(0, |dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("pack-") && name.ends_with(".idx")
+                })
+                .count()
+        })
+    }
+
     /// Whether the mirror of `key` should be consolidated: it has more packs than the policy
     /// allows, or one pack not yet marked with its tips or without reachability bitmaps (a
     /// mirror's first fetch: marking it lets clones be answered from it as it is, bitmaps
@@ -1122,9 +1135,12 @@ impl Registry {
         &self,
         key: &RepoKey,
     ) -> Result<Option<crate::mirror::Consolidated>, Error> {
-        // Below the floor, nothing starts: the mirror keeps serving from its packs as they
-        // are, and is consolidated once eviction has made room.
+        // Below the floor, no packs are merged: the mirror keeps serving from its packs as
+        // they are, and is consolidated by a later maintenance (after its next refresh, or
+        // when it is next opened) with room. A lone pack (a mirror's first) is only marked
+        // and given its bitmaps, a fraction of its size: that goes on.
         if self.min_free > 0
+            && self.pack_count(key) > 1
             && gitcache_storage::fs::free_bytes(&self.root).unwrap_or(u64::MAX) < self.min_free
         {
             tracing::info!(

@@ -946,20 +946,22 @@ impl Shared {
     }
 
     /// Write again each of `written` (objects this commit wrote, from the files, at those
-    /// times) written longer than half the grace period ago that the store no longer has:
-    /// another instance's collection takes files no manifest names once they are older than
-    /// the grace period, and a commit held up that long (a paused process, a slow upload)
-    /// must not name a file collected meanwhile, which no instance could then take.
+    /// wall-clock times) written longer than half the grace period ago: another instance's
+    /// collection takes files no manifest names once they are older than the grace period
+    /// (by the bucket's clock), and a commit held up that long (a paused or suspended
+    /// process, a slow upload) must not name a file collected meanwhile, which no instance
+    /// could then take. Written again, a file is new again, whether it was collected or not.
     async fn written_again_if_collected(
         &self,
-        written: &[(ObjectKey, PathBuf, std::time::Instant)],
+        written: &[(ObjectKey, PathBuf, SystemTime)],
     ) -> Result<(), Error> {
         if self.grace.is_zero() {
             return Ok(());
         }
         for (object, path, at) in written {
-            if at.elapsed() > self.grace / 2 && self.store.size(object).await?.is_none() {
-                tracing::warn!(%object, "a file written long before its commit was collected; writing it again");
+            let age = SystemTime::now().duration_since(*at).unwrap_or_default();
+            if age > self.grace / 2 {
+                tracing::warn!(%object, "a file written long before its commit; writing it again");
                 self.store.put_file(object, path).await?;
             }
         }
@@ -1085,7 +1087,7 @@ impl Shared {
         let started = std::time::Instant::now();
         let (mut uploaded, mut shared_again) = (0u64, 0usize);
         // What this commit wrote, and when, to see again before it names them.
-        let mut written: Vec<(ObjectKey, PathBuf, std::time::Instant)> = Vec::new();
+        let mut written: Vec<(ObjectKey, PathBuf, SystemTime)> = Vec::new();
         for pack in &local.packs {
             // Files the current manifest names are in the store; every other one is written
             // (again, if a crash left it unnamed: that makes it new, so that collection,
@@ -1121,7 +1123,7 @@ impl Shared {
                     shared_again += 1;
                 }
                 let object = Self::file_key(key, &pack.stem, ext)?;
-                let at = std::time::Instant::now();
+                let at = SystemTime::now();
                 self.store.put_file(&object, &path).await?;
                 uploaded += std::fs::metadata(&path).map_or(0, |m| m.len());
                 written.push((object, path, at));
@@ -1423,8 +1425,8 @@ mod tests {
     use super::*;
     use gitcache_storage::store::FsStore;
 
-    /// A file a commit wrote longer than half the grace period ago, collected meanwhile, is
-    /// written again before the commit names it; one written a moment ago is not asked for.
+    /// A file a commit wrote longer than half the grace period ago (collected meanwhile,
+    /// here) is written again before the commit names it; one written a moment ago is not.
     #[tokio::test]
     async fn a_file_collected_before_its_commit_is_written_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -1438,7 +1440,7 @@ mod tests {
             (Duration::from_secs(3600), Duration::ZERO, false),
         ] {
             let shared = Shared::new(AnyStore::Fs(fs.clone()), grace);
-            let at = std::time::Instant::now();
+            let at = SystemTime::now();
             shared.store.put_file(&object, &file).await.unwrap();
             // Collected by another instance while this commit was held up.
             std::fs::remove_file(&in_store).unwrap();

@@ -271,18 +271,23 @@ async fn a_mirror_far_past_its_consolidated_pack_is_consolidated_before_it_has_m
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
 
-/// Below the free-space floor no consolidation starts (it writes a pack as large as the
-/// mirror's beside the others): the packs stay as they are until there is room.
+/// Below the free-space floor no packs are merged (that writes a pack as large as the
+/// mirror's beside the others): they stay as they are until there is room. A first pack is
+/// still marked and given its bitmaps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_consolidation_starts_below_the_free_space_floor() {
     let (_upstream, dir, source, registry, key, client) = served("tight", 99, None);
     registry.refresh(&key, &client, &[]).await.unwrap();
+    // A first pack is only marked and given its bitmaps (no pack written): that goes on.
+    let tight = Registry::new(dir.path()).with_min_free(u64::MAX);
+    assert!(tight.needs_consolidation(&key));
+    assert!(tight.consolidate(&key).await.unwrap().is_some());
+    assert!(!tight.needs_consolidation(&key), "marked, with its bitmaps");
     repo::append_commits(&source, "main", 3, 3).unwrap();
     registry.refresh(&key, &client, &[]).await.unwrap();
     let mirror = registry.existing(&key).unwrap();
     assert_eq!(packs(mirror.git_dir()), 2);
-    // No disk has this much free.
-    let tight = Registry::new(dir.path()).with_min_free(u64::MAX);
+    // No disk has this much free: two packs are not merged.
     assert!(tight.consolidate(&key).await.unwrap().is_none());
     assert_eq!(packs(mirror.git_dir()), 2, "nothing written");
     let roomy = Registry::new(dir.path()).with_min_free(1);
