@@ -151,9 +151,15 @@ pub async fn lookup_txt(
     name: &str,
     timeout: Duration,
 ) -> Result<Vec<String>, DnsError> {
-    let id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u16);
+    // An id an off-path sender cannot guess (with the random source port): hashed with keys
+    // the process drew from the system's randomness, not read off the clock.
+    let id = {
+        use std::hash::BuildHasher;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        std::hash::RandomState::new().hash_one(nanos) as u16
+    };
     let question = query(id, name)?;
     let local: SocketAddr = if server.is_ipv4() {
         ([0, 0, 0, 0], 0).into()

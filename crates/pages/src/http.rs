@@ -92,8 +92,19 @@ impl Wildcard {
         (!user.is_empty() && !user.contains('.')).then_some(user)
     }
 
-    /// The repository URLs whose pushes deploy `project` of `user`'s site.
+    /// The repository URLs whose pushes deploy `project` of `user`'s site: none for a
+    /// project named with more than letters, digits, `.`, `_` and `-` (`%2F`, `?`, `#`, `@`
+    /// would reach the forge's URL as whatever it makes of them).
     pub fn sources(&self, user: &str, project: &str) -> Vec<String> {
+        let plain = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        if !plain(user) || (project != ".index" && !plain(project)) {
+            return Vec::new();
+        }
         let url = |repo: &str| {
             self.clone_url
                 .replace("<user>", user)
@@ -157,9 +168,14 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     response
 }
 
-/// The `Host` of a request, lower-cased, without a port.
+/// The `Host` of a request, lower-cased, without a port; none for a request with two (which
+/// a cache in front could key on the other).
 fn host_of<B>(request: &Request<B>) -> Option<String> {
-    let host = request.headers().get(header::HOST)?.to_str().ok()?;
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next()?.to_str().ok()?;
+    if hosts.next().is_some() {
+        return None;
+    }
     let name = host.rsplit_once(':').map_or(host, |(name, port)| {
         if port.bytes().all(|b| b.is_ascii_digit()) {
             name
@@ -258,7 +274,7 @@ impl PagesService {
             .to_owned();
         let response = match host.as_deref() {
             Some(host) => self.answer(host, request).await,
-            None => text(StatusCode::BAD_REQUEST, "no Host header"),
+            None => text(StatusCode::BAD_REQUEST, "no single Host header"),
         };
         let bytes = hyper::body::Body::size_hint(response.body())
             .exact()
@@ -615,6 +631,12 @@ impl PagesService {
                 Err(refused) => return refused,
             };
             let sources = wildcard.sources(user, &project);
+            if sources.is_empty() {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "a project is named with letters, digits, '.', '_' and '-'",
+                );
+            }
             if self.insecure {
                 tracing::warn!(host, "deploy without authorization (--pages-insecure)");
             } else if !sources.contains(&event.repository.clone_url) {
@@ -1068,7 +1090,45 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::byte_range;
+    use super::{Wildcard, byte_range, host_of};
+
+    #[test]
+    fn a_request_with_two_hosts_names_no_site() {
+        let request = |hosts: &[&str]| {
+            let mut request = hyper::Request::builder().uri("/");
+            for host in hosts {
+                request = request.header(hyper::header::HOST, *host);
+            }
+            request.body(()).unwrap()
+        };
+        assert_eq!(
+            host_of(&request(&["Site.Example:8080"])).as_deref(),
+            Some("site.example")
+        );
+        assert_eq!(host_of(&request(&["a.example", "b.example"])), None);
+        assert_eq!(host_of(&request(&[])), None);
+    }
+
+    #[test]
+    fn wildcard_projects_are_plain_names() {
+        let wildcard = Wildcard {
+            domain: "example.page".into(),
+            clone_url: "https://forge.example/<user>/<project>.git".into(),
+            index_repos: vec!["<user>.example.page".into()],
+            branch: "pages".into(),
+        };
+        assert_eq!(
+            wildcard.sources("alice", "blog"),
+            ["https://forge.example/alice/blog.git"]
+        );
+        assert_eq!(
+            wildcard.sources("alice", ".index"),
+            ["https://forge.example/alice/alice.example.page.git"]
+        );
+        for odd in ["a%2Fb", "x?y", "x#y", "u@h", "%2e%2e", "a b", ""] {
+            assert!(wildcard.sources("alice", odd).is_empty(), "{odd:?}");
+        }
+    }
 
     #[test]
     fn byte_ranges_are_read_as_http_says() {
