@@ -248,32 +248,10 @@ impl<S: ObjectStore> Pages<S> {
     /// deployments shorter than `grace` lose nothing to a sweep, however they interleave.
     pub async fn collect(&self, grace: std::time::Duration) -> Result<Collected, Error> {
         let mut done = Collected::default();
-        let mut named: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
-        let mut name_all = |manifest: &SiteManifest| {
-            for entry in manifest.entries.values() {
-                if let Entry::File(Content::Blob { hash, .. }) = entry {
-                    named.insert(*hash);
-                }
-            }
-        };
         let cutoff = std::time::SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(std::time::UNIX_EPOCH);
-        for staged in self.store.list(&ObjectKey::new("pages/staged")?).await? {
-            if staged.modified < cutoff {
-                self.store.delete(&staged.key).await?;
-                done.staged += 1;
-            } else if let Some(read) = self.store.read_manifest(&staged.key).await?
-                && let Ok(manifest) = SiteManifest::decode(&read.bytes)
-            {
-                name_all(&manifest);
-            }
-        }
-        for site in self.store.list(&ObjectKey::new("pages/site")?).await? {
-            if let Some(read) = self.store.read_manifest(&site.key).await? {
-                name_all(&SiteManifest::decode(&read.bytes)?);
-            }
-        }
+        let named = self.named_blobs(Some((cutoff, &mut done))).await?;
         let now = std::time::Instant::now();
         let blobs = self.store.list(&ObjectKey::new("pages/blob")?).await?;
         let mut doomed = Vec::new();
@@ -290,11 +268,21 @@ impl<S: ObjectStore> Pages<S> {
                 }
                 let since = *unnamed.entry(blob.key.clone()).or_insert(now);
                 if now.duration_since(since) >= grace && blob.modified < cutoff {
-                    doomed.push(blob.key.clone());
+                    doomed.push((blob.key.clone(), hash));
                 }
             }
         }
-        for key in doomed {
+        if doomed.is_empty() {
+            return Ok(done);
+        }
+        // Named again just before they go: a deployment that staged, found one of them in
+        // the store (so did not write it), committed and dropped its staged manifest while
+        // this sweep read the others would otherwise lose it for good.
+        let named = self.named_blobs(None).await?;
+        for (key, hash) in doomed {
+            if hash.is_some_and(|h| named.contains(&h)) {
+                continue;
+            }
             self.store.delete(&key).await?;
             self.unnamed
                 .lock()
@@ -303,6 +291,40 @@ impl<S: ObjectStore> Pages<S> {
             done.blobs += 1;
         }
         Ok(done)
+    }
+
+    /// The blobs the sites and the staged deployments name. With a cutoff, staged manifests
+    /// older than it (deployments that never finished) are deleted instead, and counted.
+    async fn named_blobs(
+        &self,
+        mut stale: Option<(std::time::SystemTime, &mut Collected)>,
+    ) -> Result<std::collections::HashSet<[u8; 32]>, Error> {
+        let mut named = std::collections::HashSet::new();
+        let mut name_all = |manifest: &SiteManifest| {
+            for entry in manifest.entries.values() {
+                if let Entry::File(Content::Blob { hash, .. }) = entry {
+                    named.insert(*hash);
+                }
+            }
+        };
+        for staged in self.store.list(&ObjectKey::new("pages/staged")?).await? {
+            if let Some((cutoff, done)) = &mut stale
+                && staged.modified < *cutoff
+            {
+                self.store.delete(&staged.key).await?;
+                done.staged += 1;
+            } else if let Some(read) = self.store.read_manifest(&staged.key).await?
+                && let Ok(manifest) = SiteManifest::decode(&read.bytes)
+            {
+                name_all(&manifest);
+            }
+        }
+        for site in self.store.list(&ObjectKey::new("pages/site")?).await? {
+            if let Some(read) = self.store.read_manifest(&site.key).await? {
+                name_all(&SiteManifest::decode(&read.bytes)?);
+            }
+        }
+        Ok(named)
     }
 
     fn site_key(host: &str, project: &str) -> Result<ObjectKey, Error> {

@@ -38,8 +38,8 @@ async fn body(pages: &Pages<AnyStore>, answer: &Answer<'_>) -> Vec<u8> {
 }
 
 /// Deploy `tree(script)` from `commit` as example.org's root site.
-async fn deploy(
-    pages: &Pages<AnyStore>,
+async fn deploy<S: gitcache_storage::store::ObjectStore>(
+    pages: &Pages<S>,
     commit: &str,
     script: &[u8],
 ) -> gitcache_pages::site::Deployed {
@@ -348,4 +348,142 @@ fn dns_answer_fuzz_corpus() {
 fn rules_fuzz_corpus() {
     let n = gitcache_testkit::fuzz::replay("pages_rules", gitcache_pages::fuzzing::rules);
     assert!(n >= 3, "only {n} inputs replayed");
+}
+
+/// A store that, once armed, runs a hook when a sweep lists the blobs: what a deployment
+/// does while the sweep goes through the rest.
+#[derive(Debug, Clone)]
+struct Interleaved {
+    inner: FsStore,
+    on_blob_listing: std::sync::Arc<std::sync::Mutex<Option<SiteWrite>>>,
+}
+
+/// A site manifest's key and the bytes a deployment commits there.
+type SiteWrite = (String, Vec<u8>);
+
+impl gitcache_storage::store::ObjectStore for Interleaved {
+    async fn put_file_after(
+        &self,
+        key: &gitcache_storage::store::ObjectKey,
+        head: &[u8],
+        from: &std::path::Path,
+    ) -> Result<(), gitcache_storage::store::StoreError> {
+        self.inner.put_file_after(key, head, from).await
+    }
+    async fn get_file(
+        &self,
+        key: &gitcache_storage::store::ObjectKey,
+        to: &std::path::Path,
+        limit: u64,
+    ) -> Result<bool, gitcache_storage::store::StoreError> {
+        self.inner.get_file(key, to, limit).await
+    }
+    async fn get_bytes(
+        &self,
+        key: &gitcache_storage::store::ObjectKey,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, gitcache_storage::store::StoreError> {
+        self.inner.get_bytes(key, limit).await
+    }
+    async fn size(
+        &self,
+        key: &gitcache_storage::store::ObjectKey,
+    ) -> Result<Option<u64>, gitcache_storage::store::StoreError> {
+        self.inner.size(key).await
+    }
+    async fn delete(
+        &self,
+        key: &gitcache_storage::store::ObjectKey,
+    ) -> Result<(), gitcache_storage::store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &gitcache_storage::store::ObjectKey,
+    ) -> Result<Vec<gitcache_storage::store::Listed>, gitcache_storage::store::StoreError> {
+        if prefix.as_str() == "pages/blob" {
+            let hook = self.on_blob_listing.lock().unwrap().take();
+            if let Some((site, bytes)) = hook {
+                let key = gitcache_storage::store::ObjectKey::new(&site).unwrap();
+                let version = self.inner.manifest_version(&key).await?;
+                self.inner
+                    .replace_manifest(&key, &bytes, version.as_ref())
+                    .await?;
+            }
+        }
+        self.inner.list(prefix).await
+    }
+    async fn read_manifest(
+        &self,
+        key: &gitcache_storage::store::ObjectKey,
+    ) -> Result<Option<gitcache_storage::store::Manifest>, gitcache_storage::store::StoreError>
+    {
+        self.inner.read_manifest(key).await
+    }
+    async fn manifest_version(
+        &self,
+        key: &gitcache_storage::store::ObjectKey,
+    ) -> Result<Option<gitcache_storage::store::Version>, gitcache_storage::store::StoreError> {
+        self.inner.manifest_version(key).await
+    }
+    async fn replace_manifest(
+        &self,
+        key: &gitcache_storage::store::ObjectKey,
+        bytes: &[u8],
+        expected: Option<&gitcache_storage::store::Version>,
+    ) -> Result<gitcache_storage::store::Replaced, gitcache_storage::store::StoreError> {
+        self.inner.replace_manifest(key, bytes, expected).await
+    }
+}
+
+/// A blob unnamed long enough to go, named again by a site committed while the sweep read
+/// the other manifests (a deployment of old content that found it in the store and so did
+/// not write it), is not deleted: the sweep names the blobs again just before it deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_named_again_while_a_sweep_runs_is_kept() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Interleaved {
+        inner: FsStore::new(dir.path()),
+        on_blob_listing: Default::default(),
+    };
+    let pages = Pages::new(store.clone());
+    let grace = std::time::Duration::from_millis(200);
+    let site = "pages/site/example.org/.index";
+    deploy(&pages, COMMIT, &[b'a'; 1000]).await;
+    let old = store
+        .read_manifest(&ObjectKey::new(site).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .bytes;
+    deploy(&pages, NEXT, &[b'b'; 1000]).await;
+    let blobs = || async {
+        store
+            .list(&ObjectKey::new("pages/blob").unwrap())
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(blobs().await, 2);
+    // Marked unnamed, then past the grace period.
+    assert_eq!(pages.collect(grace).await.unwrap().blobs, 0);
+    tokio::time::sleep(grace).await;
+    // The old content is deployed again as the sweep reads the manifests.
+    *store.on_blob_listing.lock().unwrap() = Some((site.to_owned(), old));
+    assert_eq!(
+        pages.collect(grace).await.unwrap().blobs,
+        0,
+        "nothing deleted"
+    );
+    assert_eq!(blobs().await, 2);
+    let served = pages.site("example.org", ".index").await.unwrap().unwrap();
+    for entry in served.manifest.entries.values() {
+        if let gitcache_pages::manifest::Entry::File(Content::Blob { hash, .. }) = entry {
+            assert!(
+                pages.blob(hash).await.unwrap().is_some(),
+                "a named blob is there"
+            );
+        }
+    }
 }
