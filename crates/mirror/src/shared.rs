@@ -495,6 +495,14 @@ fn bundle_header(
     Ok((listed > 0).then_some((header, listed)))
 }
 
+/// Rename the checked file `temp` into its place `path` (removed if that fails).
+fn place(temp: &Path, path: &Path) -> Result<(), Error> {
+    std::fs::rename(temp, path).map_err(|err| {
+        let _ = std::fs::remove_file(temp);
+        Error::from(err)
+    })
+}
+
 /// Remove what a hydration cut short placed: of each pack, the files placed (all of them
 /// when the pack was not there before), its index first so that no reader finds a part of
 /// a pack.
@@ -834,14 +842,16 @@ impl Shared {
                 if path.is_file() {
                     continue;
                 }
-                let got = if ext == "idx" {
-                    self.download_beside(key, &pack.stem, ext, &path, manifest.format)
-                        .await
-                        .map(|temp| indexes.push((temp, path.clone())))
-                } else {
-                    self.download(key, &pack.stem, ext, &path, manifest.format)
-                        .await
-                };
+                let got = self
+                    .download_beside(key, &pack.stem, ext, &path, manifest.format)
+                    .await
+                    .and_then(|temp| match ext {
+                        "idx" => {
+                            indexes.push((temp, path.clone()));
+                            Ok(())
+                        }
+                        _ => place(&temp, &path),
+                    });
                 if let Err(err) = got {
                     // A reverse index only spares readers ordering the pack by offset, and
                     // a pack without its bitmaps or tips is consolidated again by its
@@ -933,7 +943,10 @@ impl Shared {
             if !pack_dir.join(format!("{stem}.idx")).is_file() {
                 continue;
             }
-            match self.download(key, stem, ext, &path, manifest.format).await {
+            let got = self
+                .download_beside(key, stem, ext, &path, manifest.format)
+                .await;
+            match got.and_then(|temp| place(&temp, &path)) {
                 Ok(()) => {}
                 Err(Error::Io(err)) => return Err(Error::Io(err)),
                 Err(err) => {
@@ -968,24 +981,8 @@ impl Shared {
         Ok(())
     }
 
-    /// Download one file of a pack beside its place, check it, and rename it into place.
-    async fn download(
-        &self,
-        key: &RepoKey,
-        stem: &str,
-        ext: &'static str,
-        path: &Path,
-        format: HashKind,
-    ) -> Result<(), Error> {
-        let temp = self.download_beside(key, stem, ext, path, format).await?;
-        std::fs::rename(&temp, path).map_err(|err| {
-            let _ = std::fs::remove_file(&temp);
-            Error::from(err)
-        })
-    }
-
-    /// [`download`](Self::download) without the rename: the checked file, beside `path`
-    /// under a name swept as a leftover (`incoming-…`), for the caller to place.
+    /// Download one file of a pack beside its place `path` and check it: the checked file,
+    /// under a name swept as a leftover (`incoming-…`), for the caller to place ([`place`]).
     async fn download_beside(
         &self,
         key: &RepoKey,

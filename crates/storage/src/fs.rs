@@ -111,20 +111,15 @@ pub fn replace_file_with(
     path: &Path,
     write: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let temp = temp_beside(path)?;
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
-        write(&mut file)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if let Err(err) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(err);
-    }
+    let temp = Temporary::beside(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(temp.path())?;
+    write(&mut file)?;
+    file.sync_all()?;
+    std::fs::rename(temp.path(), path)?;
+    temp.keep();
     sync_parent(path)
 }
 
