@@ -260,15 +260,16 @@ pub struct PackStats {
     /// Objects stored whole sent as stored without trying the delta against the object at
     /// their path that they were offered: tries of their kind had kept failing.
     pub untried: u32,
-    /// New deltas made for objects written before they were made, and so lost: each was
-    /// pulled forward as the base of an object written earlier, while its batch's deltas were
-    /// being made. (An object pulled forward before its batch started is not tried at all:
-    /// see [`PackStats::pulled_forward`].)
+    /// New deltas made for objects written before they were made, and so lost. None should
+    /// be: an object that the writing of the batch before its own will write first, as the
+    /// base of one of that batch's deltas, is left out of its batch's making (see
+    /// [`PackStats::pulled_forward`]). Counted to show it.
     pub lost_deltas: u32,
     /// Objects that were to be tried as a delta (made again, or tried against the object at
-    /// their path) but were written before their batch started, as the base of an object
-    /// written earlier: sent without the try (whole, or as stored). A batch starts late only
-    /// when the two batches held are over their bound in bytes.
+    /// their path) but are written before their batch, as the base of an object written
+    /// earlier: sent without the try (whole, or as stored). Found when their batch is started
+    /// (while the batch before it is written, or after it, when the two batches held are over
+    /// their bound in bytes), from the deltas the batch before writes.
     pub pulled_forward: u32,
 }
 
@@ -1101,6 +1102,27 @@ impl<'a> PackWriter<'a> {
                                 stats.lost_deltas += 1;
                             }
                         }
+                        // Those that writing this batch will write first, as bases, are not
+                        // made: a lane could finish one before it is written (its delta lost)
+                        // or not, as the lanes' timing goes.
+                        let mut following = following;
+                        let pulled = self.pulled_by(
+                            &order[i..batch_end],
+                            &following,
+                            (&ready, &mut planned),
+                            &written,
+                            &in_pack,
+                        )?;
+                        if !pulled.is_empty() {
+                            following.retain(|r| {
+                                let left = !pulled.contains(&r.oid);
+                                let hopeless = r.stored_whole
+                                    && r.kind.is_some_and(|k| budget.path_tries.hopeless(k));
+                                let tried = !r.against.is_empty() && !hopeless;
+                                stats.pulled_forward += u32::from(!left && tried);
+                                left
+                            });
+                        }
                         // The next batch's objects are made while this one is written, unless the
                         // two batches are already over their bound (a batch holds at least one
                         // object however large: two large ones made at once would double it).
@@ -1128,22 +1150,16 @@ impl<'a> PackWriter<'a> {
                             (None, Some(Ready::Delta { .. } | Ready::Whole(_))) => Stored::Full,
                             (None, _) => self.stored(&current)?,
                         };
-                        let base = match (ready.get(&current), &stored) {
-                            (Some(Ready::Delta { base, .. }), _) => Some(base),
-                            (Some(Ready::Whole(_)), _) => None,
-                            (Some(Ready::AsStored) | None, Stored::Delta { base, .. }) => {
-                                Some(base)
-                            }
-                            (Some(Ready::AsStored) | None, _) => None,
+                        let stored_base = match &stored {
+                            Stored::Delta { base, .. } => Some(*base),
+                            _ => None,
                         };
-                        let next = base
-                            .filter(|base| {
-                                in_pack.listed.contains_key(*base)
-                                    && !written.contains_key(*base)
-                                    && !chain.iter().any(|(c, _)| c == *base)
-                                    && **base != current
-                            })
-                            .copied();
+                        let next = base_first(ready.get(&current), stored_base).filter(|base| {
+                            in_pack.listed.contains_key(base)
+                                && !written.contains_key(base)
+                                && !chain.iter().any(|(c, _)| c == base)
+                                && *base != current
+                        });
                         chain.push((current, stored));
                         match next {
                             Some(base) => current = base,
@@ -2017,6 +2033,73 @@ impl<'a> PackWriter<'a> {
         Ok((end, redo, bytes))
     }
 
+    /// Of the objects `following` makes, those that writing `batch` writes first: each object
+    /// of the batch is written after its base (the one made for it, else the stored one) if
+    /// that is in the pack and not written yet, and that base after its own, as the writing
+    /// loop walks them. `ready` holds what was made for the batch, `planned` how the objects
+    /// planned are stored; the entries of others are read for their base alone (or kept in
+    /// `planned`, when read whole).
+    fn pulled_by(
+        &mut self,
+        batch: &[ObjectId],
+        following: &[Redo],
+        (ready, planned): (&OidMap<Ready>, &mut OidMap<Stored>),
+        written: &OidMap<u64>,
+        in_pack: &Sent<'_>,
+    ) -> Result<crate::OidSet, Error> {
+        let mut pulled = crate::OidSet::default();
+        if following.is_empty() {
+            return Ok(pulled);
+        }
+        let made: crate::OidSet = following.iter().map(|r| r.oid).collect();
+        // Written by the time the walk reaches them again.
+        let mut walked = crate::OidSet::default();
+        for oid in batch {
+            if written.contains_key(oid) || !walked.insert(*oid) {
+                continue;
+            }
+            let mut current = *oid;
+            loop {
+                let stored_base = match planned.get(&current) {
+                    Some(Stored::Delta { base, .. }) => Some(*base),
+                    Some(_) => None,
+                    // Written from what was made: its stored entry is not read.
+                    None if matches!(
+                        ready.get(&current),
+                        Some(Ready::Delta { .. } | Ready::Whole(_))
+                    ) =>
+                    {
+                        None
+                    }
+                    // An entry of a listed pack: its header alone. One read whole (from
+                    // another pack) is kept for the writing, which would read it again.
+                    None => match self.stored_within(&current, None, 0)? {
+                        Peek::Large { base, .. } => base,
+                        Peek::Stored(stored) => {
+                            let base = match &stored {
+                                Stored::Delta { base, .. } => Some(*base),
+                                _ => None,
+                            };
+                            planned.insert(current, stored);
+                            base
+                        }
+                    },
+                };
+                let next = base_first(ready.get(&current), stored_base).filter(|base| {
+                    in_pack.listed.contains_key(base)
+                        && !written.contains_key(base)
+                        && walked.insert(*base)
+                });
+                let Some(base) = next else { break };
+                if made.contains(&base) {
+                    pulled.insert(base);
+                }
+                current = base;
+            }
+        }
+        Ok(pulled)
+    }
+
     /// Start making `redo` on the lanes (made now if there are none yet), or with one thread,
     /// make them here and now.
     fn start_rebuild<'scope>(
@@ -2830,6 +2913,16 @@ impl Jobs {
 }
 
 /// Wait for a batch's lanes, take them back into `lanes`, and return what they made.
+/// The base an object is written after, if it is one of the pack's: the one it was made a
+/// delta of, else (unless it was made whole) the one it is stored a delta of.
+fn base_first(ready: Option<&Ready>, stored_base: Option<ObjectId>) -> Option<ObjectId> {
+    match ready {
+        Some(Ready::Delta { base, .. }) => Some(*base),
+        Some(Ready::Whole(_)) => None,
+        Some(Ready::AsStored) | None => stored_base,
+    }
+}
+
 fn finish_rebuild(
     running: Vec<Rebuilding<'_>>,
     lanes: &mut Vec<LaneState>,
