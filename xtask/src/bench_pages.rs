@@ -210,7 +210,12 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         .args(["--listen", "127.0.0.1:0", "--upstream", &upstream.url()])
         .arg("--data-dir")
         .arg(&data)
-        .args(["--pages-listen", "127.0.0.1:0", "--pages-insecure"])
+        .args([
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-insecure",
+            "--pages-private-sources",
+        ])
         .args([
             "--log-level",
             "warn",

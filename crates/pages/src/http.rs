@@ -12,7 +12,9 @@
 //! (`Authorization: Pages <password>`, or `Basic` for the user `Pages`) hashed with the host,
 //! `SHA256("<host> <password>")` in hex, must be a TXT record at
 //! `_git-pages-challenge.<host>`, asked of the configured DNS server. Run insecure
-//! (`--pages-insecure`), deploys go unchecked, logged at each.
+//! (`--pages-insecure`), deploys go unchecked, logged at each. Whoever deploys names the
+//! URL, so a deploy reaches public addresses only, or the repositories under the prefixes
+//! [`Sources`] names.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,6 +132,46 @@ pub struct Options {
     pub dns: Option<std::net::SocketAddr>,
     /// A wildcard domain whose push events are authorized by their repository.
     pub wildcard: Option<Wildcard>,
+    /// Where deploys may fetch from. The wildcard's own repositories are fetched whatever
+    /// this says.
+    pub sources: Sources,
+}
+
+/// Where deploys may fetch from: a deployer names the repository URL, so by default only
+/// hosts of the public internet are reached (a name is resolved at each connection and its
+/// loopback, private, link-local and reserved addresses are left out), never the server's
+/// own network.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// URL prefixes (`https://forge.example/`): when there are any, a deploy fetches only a
+    /// repository under one of them, at whatever address its host has. A prefix is compared
+    /// byte for byte and ends at a `/`: `https://forge.example` does not take
+    /// `https://forge.example.evil/`. A URL with a `.` or `..` segment is under none.
+    pub prefixes: Vec<String>,
+    /// Without prefixes, reach any address, private ones included (for a development server
+    /// beside a local forge).
+    pub private: bool,
+}
+
+impl Sources {
+    /// Whether `url` is under one of the prefixes.
+    pub fn names(&self, url: &str) -> bool {
+        let dotted = url
+            .split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split(['/', '\\'])
+            .skip(1)
+            .any(|segment| {
+                let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+                segment == "." || segment == ".."
+            });
+        !dotted
+            && self.prefixes.iter().any(|prefix| {
+                url.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                    prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
+                })
+            })
+    }
 }
 
 /// The most push events for a wildcard host read at once (before they are authorized).
@@ -149,6 +191,8 @@ pub struct PagesService {
     dns: Option<std::net::SocketAddr>,
     /// A wildcard domain.
     wildcard: Option<Wildcard>,
+    /// Where deploys may fetch from.
+    sources: Sources,
     /// Deploys run at once (each a fetch and a pack to index).
     deploys: Arc<tokio::sync::Semaphore>,
     /// Push events for wildcard hosts read at once.
@@ -214,6 +258,7 @@ impl PagesService {
                 insecure,
                 dns,
                 wildcard: None,
+                sources: Sources::default(),
             },
         )
     }
@@ -232,6 +277,7 @@ impl PagesService {
             insecure: options.insecure,
             dns: options.dns,
             wildcard: options.wildcard,
+            sources: options.sources,
             deploys: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DEPLOYS)),
             event_reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_EVENT_READS)),
         })
@@ -601,7 +647,7 @@ impl PagesService {
             Some((url, branch)) => (url, branch.to_owned()),
             None => (url, branch_header.unwrap_or_else(|| "pages".to_owned())),
         };
-        self.deploy(host, &project, url, &branch).await
+        self.deploy(host, &project, url, &branch, false).await
     }
 
     /// A forge's push event (GitHub's, Gitea's or Forgejo's) at `/` or `/<project>/`,
@@ -618,6 +664,9 @@ impl PagesService {
             .wildcard
             .as_ref()
             .and_then(|w| Some((w, w.user_of(host)?)));
+        // The repository is the one the wildcard's template names (not only authorized by
+        // the DNS challenge or unchecked): fetched from wherever it is.
+        let mut configured = false;
         let (_deploying, project, event, wanted_branch) = if let Some((wildcard, user)) = wildcard {
             // Authorized by the event's repository: the body is read first, a few at a time.
             let Ok(_reading) = self.event_reads.try_acquire() else {
@@ -648,6 +697,7 @@ impl PagesService {
                     ),
                 );
             }
+            configured = sources.contains(&event.repository.clone_url);
             let Some(slot) = self.deploy_slot() else {
                 return busy();
             };
@@ -685,8 +735,14 @@ impl PagesService {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "the site cannot be read");
             }
         }
-        self.deploy(host, &project, &event.repository.clone_url, branch)
-            .await
+        self.deploy(
+            host,
+            &project,
+            &event.repository.clone_url,
+            branch,
+            configured,
+        )
+        .await
     }
 
     /// The push event `request` carries, or the refusal to send.
@@ -759,17 +815,32 @@ impl PagesService {
         }
     }
 
-    /// Fetch `branch` of the repository at `url` and deploy its tree as `project` of `host`.
+    /// Fetch `branch` of the repository at `url` and deploy its tree as `project` of `host`:
+    /// a URL the configuration names (`configured`: the wildcard's) from wherever it is,
+    /// others as [`Sources`] allow.
     async fn deploy(
         &self,
         host: &str,
         project: &str,
         url: &str,
         branch: &str,
+        configured: bool,
     ) -> Response<Full<Bytes>> {
         let upstream = match gitcache_upstream::Upstream::new(url, None, self.timeout) {
             Ok(upstream) => upstream,
             Err(err) => return text(StatusCode::BAD_REQUEST, &format!("repository URL: {err}")),
+        };
+        let upstream = if configured || self.sources.names(url) {
+            upstream
+        } else if !self.sources.prefixes.is_empty() {
+            return text(
+                StatusCode::FORBIDDEN,
+                "not a repository this server deploys from",
+            );
+        } else if self.sources.private {
+            upstream
+        } else {
+            upstream.public_only()
         };
         let source = format!("{url}#{branch}");
         // The commit deployed from this source, if any: a push or PUT that changes nothing
@@ -796,6 +867,12 @@ impl PagesService {
             }
             Err(err @ (FetchError::NoBranch(_) | FetchError::BadBranch(_))) => {
                 return text(StatusCode::BAD_REQUEST, &err.to_string());
+            }
+            Err(FetchError::Upstream(gitcache_upstream::Error::NotPublic(_))) => {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "the repository's host has no public address",
+                );
             }
             Err(FetchError::Tree(err)) => {
                 return text(
@@ -1090,7 +1167,7 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::{Wildcard, byte_range, host_of};
+    use super::{Sources, Wildcard, byte_range, host_of};
 
     #[test]
     fn a_request_with_two_hosts_names_no_site() {
@@ -1128,6 +1205,41 @@ mod tests {
         for odd in ["a%2Fb", "x?y", "x#y", "u@h", "%2e%2e", "a b", ""] {
             assert!(wildcard.sources("alice", odd).is_empty(), "{odd:?}");
         }
+    }
+
+    #[test]
+    fn sources_are_prefixes_ending_at_a_slash() {
+        let sources = Sources {
+            prefixes: vec![
+                "https://forge.example".into(),
+                "https://git.example/team/".into(),
+            ],
+            private: false,
+        };
+        for url in [
+            "https://forge.example/acme/site.git",
+            "https://git.example/team/site.git",
+            "https://git.example/team/a.b/..c.git",
+        ] {
+            assert!(sources.names(url), "{url}");
+        }
+        for url in [
+            "https://forge.example.evil/acme/site.git",
+            "https://forge.example@evil.example/acme/site.git",
+            "https://forge.example:8443/acme/site.git",
+            "http://forge.example/acme/site.git",
+            "https://git.example/teammate/site.git",
+            "https://git.example/team/../other/site.git",
+            "https://git.example/team/%2E%2e/other/site.git",
+            "https://git.example/team/.%2e/other/site.git",
+            "https://git.example/team/./site.git",
+            "https://git.example/team/..\\other/site.git",
+            "https://git.example/team/..",
+            "https://git.example/",
+        ] {
+            assert!(!sources.names(url), "{url}");
+        }
+        assert!(!Sources::default().names("https://forge.example/acme/site.git"));
     }
 
     #[test]

@@ -298,6 +298,20 @@ pub(crate) struct Flags {
         value_name = "TEMPLATE"
     )]
     pub(crate) pages_wildcard_clone_url: Option<String>,
+    /// A URL prefix pages may be deployed from (repeatable; replaces the config file's): a
+    /// deploy fetches only repositories under one, at any address [default: any repository
+    /// at a public address].
+    #[arg(
+        long = "pages-source",
+        env = "GITCACHE_PAGES_SOURCES",
+        value_name = "PREFIX",
+        value_delimiter = ','
+    )]
+    pub(crate) pages_sources: Vec<String>,
+    /// Without --pages-source, let deploys reach private and loopback addresses too (for a
+    /// development server beside a local forge).
+    #[arg(long, env = "GITCACHE_PAGES_PRIVATE_SOURCES")]
+    pub(crate) pages_private_sources: bool,
     /// Bytes of pages' manifests and files kept in memory [default: 64 MiB].
     #[arg(long, env = "GITCACHE_PAGES_CACHE_BYTES", value_name = "BYTES")]
     pub(crate) pages_cache_bytes: Option<u64>,
@@ -401,6 +415,8 @@ struct FilePages {
     insecure: Option<bool>,
     dns_server: Option<String>,
     cache_bytes: Option<u64>,
+    sources: Option<Vec<String>>,
+    private_sources: Option<bool>,
     /// Seconds between garbage sweeps of the pages' store.
     sweep_interval: Option<u64>,
     /// Seconds a blob stays unnamed, or a deploy staged, before a sweep removes it.
@@ -902,6 +918,15 @@ impl Config {
                         insecure: flags.pages_insecure || file.pages.insecure.unwrap_or(false),
                         dns,
                         wildcard,
+                        sources: gitcache_pages::http::Sources {
+                            prefixes: if flags.pages_sources.is_empty() {
+                                file.pages.sources.unwrap_or_default()
+                            } else {
+                                flags.pages_sources
+                            },
+                            private: flags.pages_private_sources
+                                || file.pages.private_sources.unwrap_or(false),
+                        },
                     },
                     cache_bytes: usize::try_from(
                         flags
@@ -1011,6 +1036,33 @@ mod tests {
         );
         assert!(!config.proxy.admin_tokens.accepts("from-file"));
         assert!(format!("{:?}", config.proxy).contains("AdminTokens(2 configured)"));
+    }
+
+    #[test]
+    fn pages_sources_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitcache.toml");
+        std::fs::write(
+            &path,
+            "[pages]\nlisten = \"127.0.0.1:0\"\nsources = [\"https://forge.example/\"]\nprivate_sources = true\n",
+        )
+        .unwrap();
+        let sources = |args: &[&str]| parse(args).unwrap().pages.unwrap().options.sources;
+        let from_file = sources(&["--config", path.to_str().unwrap()]);
+        assert_eq!(from_file.prefixes, ["https://forge.example/"]);
+        assert!(from_file.private);
+        let from_flags = sources(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--pages-source",
+            "https://a.example/,https://b.example/",
+        ]);
+        assert_eq!(
+            from_flags.prefixes,
+            ["https://a.example/", "https://b.example/"]
+        );
+        let default = sources(&["--pages-listen", "127.0.0.1:0"]);
+        assert!(default.prefixes.is_empty() && !default.private);
     }
 
     #[test]

@@ -63,7 +63,12 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     let blog = branch(&source, "blog", &[("index.html", "<h1>blog</h1>")]);
     let cache = Gitcache::start(
         &upstream,
-        &["--pages-listen", "127.0.0.1:0", "--pages-insecure"],
+        &[
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-insecure",
+            "--pages-private-sources",
+        ],
     );
     let addr = pages_addr(&cache);
     let repo_url = upstream.repo_url("acme/site");
@@ -167,6 +172,87 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     }
 }
 
+/// A deployer names the repository URL, so by default a deploy reaches only public
+/// addresses: a repository on the loopback, named by address or by a name that resolves there
+/// (`localhost`), is refused `403` before anything is asked of it. With `--pages-source`, only
+/// repositories under a prefix are deployed, wherever they are; others (and a URL climbing
+/// out of a prefix with `..`) are refused.
+#[test]
+fn deploys_reach_only_public_addresses_or_the_sources_named() {
+    let upstream = Upstream::start().unwrap();
+    for name in ["acme/site", "other/site"] {
+        let source = upstream.repo_path(name);
+        repo::generate(&source, &RepoSpec::tiny(1511)).unwrap();
+        upstream.adopt_repo(name, Access::Public).unwrap();
+        branch(&source, "pages", &[("index.html", name)]);
+    }
+    let put = |addr: &str, url: &str| {
+        http(
+            addr,
+            "PUT",
+            "/",
+            &[("Host", "site.example")],
+            url.as_bytes(),
+        )
+    };
+
+    let open = Gitcache::start(
+        &upstream,
+        &["--pages-listen", "127.0.0.1:0", "--pages-insecure"],
+    );
+    let addr = pages_addr(&open);
+    let port = upstream.url().rsplit_once(':').unwrap().1.to_owned();
+    for url in [
+        upstream.repo_url("acme/site"),
+        format!("http://localhost:{port}/acme/site"),
+    ] {
+        let refused = put(&addr, &url);
+        assert_eq!(refused.status, 403, "{url}: {}", refused.body_text());
+        assert!(
+            refused.body_text().contains("no public address"),
+            "{}",
+            refused.body_text()
+        );
+    }
+    assert_eq!(
+        upstream.counts().info_refs + upstream.counts().ls_refs,
+        0,
+        "nothing was asked of the loopback"
+    );
+    drop(open);
+
+    let prefix = format!("{}/acme/", upstream.url());
+    let listed = Gitcache::start(
+        &upstream,
+        &[
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-insecure",
+            "--pages-source",
+            &prefix,
+        ],
+    );
+    let addr = pages_addr(&listed);
+    let deployed = put(&addr, &upstream.repo_url("acme/site"));
+    assert_eq!(deployed.status, 201, "{}", deployed.body_text());
+    for url in [
+        upstream.repo_url("other/site"),
+        format!("{prefix}../other/site"),
+    ] {
+        let refused = put(&addr, &url);
+        assert_eq!(refused.status, 403, "{url}: {}", refused.body_text());
+        assert!(
+            refused
+                .body_text()
+                .contains("not a repository this server deploys from"),
+            "{}",
+            refused.body_text()
+        );
+    }
+    let served = http(&addr, "GET", "/", &[("Host", "site.example")], b"");
+    assert_eq!(served.body_text(), "acme/site");
+}
+
 /// Redeploys between two branches under 50 concurrent readers: every answer is wholly one
 /// version or the other, its `ETag` that version's, and the last deploy is what stays.
 #[test]
@@ -181,7 +267,12 @@ fn redeploys_under_concurrent_readers_never_mix_versions() {
     branch(&source, "two", &[("index.html", &two)]);
     let cache = Gitcache::start(
         &upstream,
-        &["--pages-listen", "127.0.0.1:0", "--pages-insecure"],
+        &[
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-insecure",
+            "--pages-private-sources",
+        ],
     );
     let addr = pages_addr(&cache);
     let url = upstream.repo_url("acme/flip");
@@ -264,6 +355,7 @@ fn deploys_are_authorized_by_a_dns_challenge() {
         &["unrelated", &challenge],
     );
     let server = dns.addr().to_string();
+    let source = format!("{}/acme/", upstream.url());
     let cache = Gitcache::start(
         &upstream,
         &[
@@ -271,6 +363,8 @@ fn deploys_are_authorized_by_a_dns_challenge() {
             "127.0.0.1:0",
             "--pages-dns-server",
             &server,
+            "--pages-source",
+            &source,
         ],
     );
     let addr = pages_addr(&cache);
@@ -321,7 +415,12 @@ fn push_events_redeploy_the_deployed_branch() {
     branch(&source, "pages", &[("index.html", "<h1>first</h1>")]);
     let cache = Gitcache::start(
         &upstream,
-        &["--pages-listen", "127.0.0.1:0", "--pages-insecure"],
+        &[
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-insecure",
+            "--pages-private-sources",
+        ],
     );
     let addr = pages_addr(&cache);
     let url = upstream.repo_url("acme/hooked");
@@ -412,6 +511,7 @@ fn rules_compression_and_access_lines() {
             "--pages-listen",
             "127.0.0.1:0",
             "--pages-insecure",
+            "--pages-private-sources",
             "--log-format",
             "json",
         ],
@@ -705,6 +805,7 @@ fn the_server_sweeps_blobs_no_site_names() {
             "--pages-listen",
             "127.0.0.1:0",
             "--pages-insecure",
+            "--pages-private-sources",
         ],
     );
     let addr = pages_addr(&cache);
@@ -789,7 +890,12 @@ fn a_deployed_site_renders_in_a_browser() {
     );
     let cache = Gitcache::start(
         &upstream,
-        &["--pages-listen", "127.0.0.1:0", "--pages-insecure"],
+        &[
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-insecure",
+            "--pages-private-sources",
+        ],
     );
     let addr = pages_addr(&cache);
     let host = "www.site.example";

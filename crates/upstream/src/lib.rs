@@ -87,6 +87,9 @@ pub enum Error {
     /// The upstream's answer is not what the protocol allows.
     #[error("upstream answered something unexpected: {0}")]
     Protocol(String),
+    /// The upstream was to be reached at public addresses only, and its host has none.
+    #[error("upstream host '{0}' has no public address")]
+    NotPublic(String),
     /// An answer larger than gitcache reads.
     #[error("upstream's {what} exceeds {limit} bytes")]
     TooLarge {
@@ -152,6 +155,8 @@ pub struct Upstream {
     timeout: Duration,
     limits: Limits,
     connections: Option<Connections>,
+    /// Connect only to public addresses (see [`Upstream::public_only`]).
+    public_only: bool,
     /// The object format, once the upstream advertised it (or the caller knew it).
     format: std::sync::OnceLock<HashKind>,
 }
@@ -232,6 +237,7 @@ impl Upstream {
             timeout,
             limits: Limits::default(),
             connections: None,
+            public_only: false,
             format: std::sync::OnceLock::new(),
         })
     }
@@ -265,6 +271,18 @@ impl Upstream {
         self
     }
 
+    /// Connect only to public addresses: the host's name is resolved at each connection and
+    /// those of its addresses that are loopback, private, link-local, shared (CGNAT),
+    /// multicast, documentation or otherwise reserved are left out (see [`is_public`]); with
+    /// none left, [`Error::NotPublic`]. For URLs that someone other than the operator names
+    /// (a pages deploy), so that they cannot reach the server's own network. Checked on the
+    /// address connected to, so a name that resolves to another address later gains nothing.
+    /// Kept connections are not used.
+    pub fn public_only(mut self) -> Self {
+        self.public_only = true;
+        self
+    }
+
     /// Use `config` for `https://` instead of the system's roots (e.g. a private CA).
     pub fn with_tls(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
         if self.tls.is_some() {
@@ -275,9 +293,13 @@ impl Upstream {
 
     /// A new HTTP/1.1 connection to the upstream, over TLS for `https://`.
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>, Error> {
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(Error::Connect)?;
+        let stream = if self.public_only {
+            self.connect_public().await?
+        } else {
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(Error::Connect)?
+        };
         match &self.tls {
             None => handshake(stream).await,
             Some(config) => {
@@ -297,6 +319,22 @@ impl Upstream {
         }
     }
 
+    /// A connection to the first of the host's public addresses that takes one.
+    async fn connect_public(&self) -> Result<tokio::net::TcpStream, Error> {
+        let addresses = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(Error::Connect)?
+            .filter(|address| is_public(address.ip()));
+        let mut last = None;
+        for address in addresses {
+            match tokio::net::TcpStream::connect(address).await {
+                Ok(stream) => return Ok(stream),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.map_or_else(|| Error::NotPublic(self.host.clone()), Error::Connect))
+    }
+
     /// Send `request` and return the answer's head. With `again` (a request whose body is
     /// in memory, made again on demand), on a kept connection if one is ready, else a new
     /// one, kept afterwards. A kept connection can turn out closed by the upstream (its
@@ -310,7 +348,7 @@ impl Upstream {
         again: Option<&(dyn Fn() -> Result<hyper::Request<RequestBody>, Error> + Sync)>,
     ) -> Result<hyper::Response<ResponseBody>, Error> {
         let key = match (&self.connections, again) {
-            (Some(_), Some(_)) => Some(Connections::key(
+            (Some(_), Some(_)) if !self.public_only => Some(Connections::key(
                 self.tls.as_ref(),
                 &self.host,
                 self.port,
@@ -646,6 +684,62 @@ impl Upstream {
 }
 
 /// An HTTP/1.1 connection over `io`, driven by a task of its own.
+/// Whether `ip` is an address of the public internet: not unspecified, loopback, private
+/// (RFC 1918, IPv6 unique local), link-local, shared (RFC 6598), multicast, broadcast,
+/// documentation, benchmarking, or otherwise reserved; for an IPv6 address that carries an
+/// IPv4 one (mapped, compatible, NAT64), the IPv4 address decides.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => is_public_v4(v4),
+        std::net::IpAddr::V6(v6) => {
+            let [a, b, ..] = v6.segments();
+            let octets = v6.octets();
+            let embedded =
+                || std::net::Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]);
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            // IPv4-compatible (::a.b.c.d, deprecated); NAT64's 64:ff9b::/96 (its local-use
+            // 64:ff9b:1::/48 is not public).
+            if v6.segments()[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() {
+                return is_public_v4(embedded());
+            }
+            if a == 0x64 && b == 0xff9b {
+                return v6.segments()[2..6] == [0; 4] && is_public_v4(embedded());
+            }
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                // Unique local fc00::/7, link-local fe80::/10, site-local fec0::/10.
+                || (a & 0xfe00) == 0xfc00
+                || (a & 0xffc0) == 0xfe80
+                || (a & 0xffc0) == 0xfec0
+                // Documentation 2001:db8::/32 and 3fff::/20; IETF assignments 2001::/23
+                // (Teredo, benchmarking, ORCHID and others).
+                || (a == 0x2001 && b == 0x0db8)
+                || (a & 0xfff0) == 0x3ff0
+                || (a == 0x2001 && b < 0x0200)
+                // Discard-only 100::/64 and 6to4 2002::/16 (it carries an IPv4 address).
+                || (a == 0x0100 && v6.segments()[1..4] == [0; 3])
+                || a == 0x2002)
+        }
+    }
+}
+
+fn is_public_v4(ip: std::net::Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(a == 0 // "this network", and unspecified
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || (a == 100 && (b & 0xc0) == 64) // shared address space (CGNAT), 100.64.0.0/10
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments, 192.0.0.0/24
+        || ip.is_documentation()
+        || (a == 198 && (b & 0xfe) == 18) // benchmarking, 198.18.0.0/15
+        || ip.is_multicast()
+        || a >= 240) // reserved, and broadcast
+}
+
 async fn handshake<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>, Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -687,4 +781,76 @@ fn encode(format: HashKind, command: Command) -> Vec<u8> {
     let mut body = Vec::new();
     request.write_to(&mut body).expect("writing to memory");
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_public;
+
+    #[test]
+    fn only_addresses_of_the_public_internet_are_public() {
+        let public = [
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.32.0.1",
+            "192.0.1.1",
+            "198.20.0.1",
+            "223.255.255.255",
+            "2606:4700::1111",
+            "2a00:1450::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "::8.8.8.8",
+        ];
+        let not_public = [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "127.255.0.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::808:808",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+            "2001::1",
+            "2001:10::1",
+            "2002:7f00:1::1",
+            "3fff::1",
+            "100::1",
+        ];
+        for ip in public {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in not_public {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
 }
