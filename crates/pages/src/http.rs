@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Limited};
 use hyper::{Method, Request, Response, StatusCode, header};
 
+use crate::body::Body;
 use crate::encoding::{Encoding, negotiate, worth_compressing};
 use crate::fetch::FetchError;
 use crate::manifest::Content;
@@ -202,8 +203,8 @@ pub struct PagesService {
 /// The most deploys run at once; more are told to come back.
 const CONCURRENT_DEPLOYS: usize = 2;
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(Body::full(Bytes::from(format!("{body}\n"))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -289,7 +290,7 @@ impl PagesService {
     }
 
     /// Answer `request`.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -303,7 +304,7 @@ impl PagesService {
         &self,
         request: Request<B>,
         remote: Option<std::net::SocketAddr>,
-    ) -> Response<Full<Bytes>>
+    ) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -346,7 +347,7 @@ impl PagesService {
         response
     }
 
-    async fn answer<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>>
+    async fn answer<B>(&self, host: &str, request: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -387,7 +388,7 @@ impl PagesService {
         response
     }
 
-    async fn get<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>> {
+    async fn get<B>(&self, host: &str, request: Request<B>) -> Response<Body> {
         let path = request.uri().path().to_owned();
         // Routing by exclusion: a project of the first segment's name, if deployed.
         let first = path
@@ -487,8 +488,8 @@ impl PagesService {
         &self,
         site: &crate::site::Site,
         path: &str,
-        mut response: Response<Full<Bytes>>,
-    ) -> Response<Full<Bytes>> {
+        mut response: Response<Body>,
+    ) -> Response<Body> {
         for (name, value) in site.rules.headers(path) {
             if let (Ok(name), Ok(value)) = (
                 header::HeaderName::from_bytes(name.as_bytes()),
@@ -508,7 +509,7 @@ impl PagesService {
         request: &Request<B>,
         status: StatusCode,
         file: &File<'_>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<Body> {
         let headers = request.headers();
         let length = match file.content {
             Content::Inline(bytes) => bytes.len() as u64,
@@ -530,30 +531,34 @@ impl PagesService {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
         let response = if not_modified {
-            let mut response = Response::new(Full::new(Bytes::new()));
+            let mut response = Response::new(Body::full(Bytes::new()));
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             response
         } else if request.method() == Method::HEAD {
             // The manifest knows the length: no blob is read (nor compressed).
-            let mut response = sized(status, Bytes::new(), length, file.content_type);
+            let mut response = sized(status, Body::full(Bytes::new()), length, file.content_type);
             response.headers_mut().insert(
                 header::ACCEPT_RANGES,
                 header::HeaderValue::from_static("bytes"),
             );
             return with_etag(response, &file.etag, compressible);
         } else {
-            let content = match file.content {
-                Content::Inline(bytes) => Bytes::from(bytes.clone()),
-                Content::Blob { hash, .. } => match self.pages.blob(hash).await {
+            // A large blob that goes as it is: read in pieces as it is sent.
+            let stored = match file.content {
+                Content::Blob { hash, size }
+                    if encoding.is_none() && !self.pages.reads_whole(*size) =>
+                {
+                    Some((hash, *size))
+                }
+                _ => None,
+            };
+            let content = match (stored, file.content) {
+                (Some(_), _) => Bytes::new(),
+                (None, Content::Inline(bytes)) => Bytes::from(bytes.clone()),
+                (None, Content::Blob { hash, .. }) => match self.pages.blob(hash).await {
                     Ok(Some(bytes)) => bytes,
-                    Ok(None) => {
-                        tracing::error!(path = file.path, "a blob the site names is missing");
-                        return text(StatusCode::INTERNAL_SERVER_ERROR, "the site is damaged");
-                    }
-                    Err(err) => {
-                        tracing::warn!(%err, "reading a blob failed");
-                        return text(StatusCode::SERVICE_UNAVAILABLE, "the site cannot be read");
-                    }
+                    Ok(None) => return missing_blob(&file.path),
+                    Err(err) => return unreadable_blob(&err),
                 },
             };
             let compressed = match (encoding, file.content) {
@@ -566,7 +571,7 @@ impl PagesService {
             };
             if let Some((encoding, bytes)) = compressed {
                 let length = bytes.len() as u64;
-                let mut response = sized(status, bytes, length, file.content_type);
+                let mut response = sized(status, Body::full(bytes), length, file.content_type);
                 response.headers_mut().insert(
                     header::CONTENT_ENCODING,
                     header::HeaderValue::from_static(encoding.token()),
@@ -577,11 +582,25 @@ impl PagesService {
                 .get(header::RANGE)
                 .and_then(|v| v.to_str().ok())
                 .filter(|_| status == StatusCode::OK);
-            let length = content.len() as u64;
+            let length = stored.map_or(content.len() as u64, |(_, size)| size);
+            // The bytes `part` of the file.
+            let body = async |part: std::ops::Range<u64>| match stored {
+                None => Ok(Body::full(
+                    content.slice(part.start as usize..part.end as usize),
+                )),
+                Some((hash, _)) => match self.pages.blob_pieces(hash, part.clone()).await {
+                    Ok(Some(pieces)) => Ok(Body::pieces(pieces, part.end - part.start)),
+                    Ok(None) => Err(missing_blob(&file.path)),
+                    Err(err) => Err(unreadable_blob(&err)),
+                },
+            };
             match range.map(|r| byte_range(r, length)) {
                 // One satisfiable range: that part (`206`).
                 Some(Some(Some((start, end)))) => {
-                    let part = content.slice(start as usize..end as usize + 1);
+                    let part = match body(start..end + 1).await {
+                        Ok(part) => part,
+                        Err(refused) => return refused,
+                    };
                     let mut response = sized(
                         StatusCode::PARTIAL_CONTENT,
                         part,
@@ -605,7 +624,11 @@ impl PagesService {
                 }
                 // No range, or one this server does not read (several): the whole file.
                 _ => {
-                    let mut response = sized(status, content, length, file.content_type);
+                    let whole = match body(0..length).await {
+                        Ok(whole) => whole,
+                        Err(refused) => return refused,
+                    };
+                    let mut response = sized(status, whole, length, file.content_type);
                     response.headers_mut().insert(
                         header::ACCEPT_RANGES,
                         header::HeaderValue::from_static("bytes"),
@@ -622,7 +645,7 @@ impl PagesService {
         )
     }
 
-    async fn put<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>>
+    async fn put<B>(&self, host: &str, request: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -655,7 +678,7 @@ impl PagesService {
     /// (the one the wildcard's template computes, its branch the wildcard's): the pushed
     /// branch of the event's repository is deployed when it is the one deployed there (or
     /// nothing is deployed there yet); other pushes are answered `202`, nothing done.
-    async fn post<B>(&self, host: &str, request: Request<B>) -> Response<Full<Bytes>>
+    async fn post<B>(&self, host: &str, request: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -746,7 +769,7 @@ impl PagesService {
     }
 
     /// The push event `request` carries, or the refusal to send.
-    async fn read_event<B>(&self, request: Request<B>) -> Result<PushEvent, Response<Full<Bytes>>>
+    async fn read_event<B>(&self, request: Request<B>) -> Result<PushEvent, Response<Body>>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -765,7 +788,7 @@ impl PagesService {
         &self,
         host: &str,
         request: &Request<B>,
-    ) -> Result<(tokio::sync::OwnedSemaphorePermit, String), Response<Full<Bytes>>> {
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, String), Response<Body>> {
         if self.insecure {
             tracing::warn!(host, "deploy without authorization (--pages-insecure)");
         } else if let Some(refused) = self.authorize(host, request.headers()).await {
@@ -794,7 +817,7 @@ impl PagesService {
         request: Request<B>,
         limit: usize,
         within: Duration,
-    ) -> Result<Bytes, Response<Full<Bytes>>>
+    ) -> Result<Bytes, Response<Body>>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -825,7 +848,7 @@ impl PagesService {
         url: &str,
         branch: &str,
         configured: bool,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<Body> {
         let upstream = match gitcache_upstream::Upstream::new(url, None, self.timeout) {
             Ok(upstream) => upstream,
             Err(err) => return text(StatusCode::BAD_REQUEST, &format!("repository URL: {err}")),
@@ -929,7 +952,7 @@ impl PagesService {
 }
 
 /// The answer when deploys are busy.
-fn busy() -> Response<Full<Bytes>> {
+fn busy() -> Response<Body> {
     text(
         StatusCode::SERVICE_UNAVAILABLE,
         "deploys are busy: try again shortly",
@@ -945,14 +968,26 @@ fn location_of(project: &str) -> String {
     }
 }
 
+/// The answer when a blob a site names is not in the store.
+fn missing_blob(path: &str) -> Response<Body> {
+    tracing::error!(path, "a blob the site names is missing");
+    text(StatusCode::INTERNAL_SERVER_ERROR, "the site is damaged")
+}
+
+/// The answer when the store could not be read.
+fn unreadable_blob(err: &crate::site::Error) -> Response<Body> {
+    tracing::warn!(%err, "reading a blob failed");
+    text(StatusCode::SERVICE_UNAVAILABLE, "the site cannot be read")
+}
+
 /// A `status` answer of `body` (empty for `HEAD`) said to be `length` bytes of `content_type`.
 fn sized(
     status: StatusCode,
-    body: Bytes,
+    body: Body,
     length: u64,
     content_type: &'static str,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
+) -> Response<Body> {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -969,11 +1004,7 @@ impl PagesService {
     /// <password>`, or `Basic` for the user `Pages`) hashed with the host as git-pages does,
     /// `SHA256("<host> <password>")` in hex, is one of the TXT records at
     /// `_git-pages-challenge.<host>`. Otherwise the refusal to send.
-    async fn authorize(
-        &self,
-        host: &str,
-        headers: &hyper::HeaderMap,
-    ) -> Option<Response<Full<Bytes>>> {
+    async fn authorize(&self, host: &str, headers: &hyper::HeaderMap) -> Option<Response<Body>> {
         let Some(password) = password(headers) else {
             let mut response = text(
                 StatusCode::UNAUTHORIZED,
@@ -1072,7 +1103,7 @@ fn byte_range(value: &str, length: u64) -> Option<Option<(u64, u64)>> {
     Some(range)
 }
 
-fn redirect(status: StatusCode, to: &str) -> Response<Full<Bytes>> {
+fn redirect(status: StatusCode, to: &str) -> Response<Body> {
     let Ok(location) = header::HeaderValue::from_str(to) else {
         return text(StatusCode::BAD_REQUEST, "not a path of the site");
     };
@@ -1087,11 +1118,7 @@ fn variant_etag(etag: &str, encoding: Encoding) -> String {
 }
 
 /// `response` with `etag`, and `Vary: Accept-Encoding` when the file may be sent compressed.
-fn with_etag(
-    mut response: Response<Full<Bytes>>,
-    etag: &str,
-    compressible: bool,
-) -> Response<Full<Bytes>> {
+fn with_etag(mut response: Response<Body>, etag: &str, compressible: bool) -> Response<Body> {
     if let Ok(etag) = header::HeaderValue::from_str(etag) {
         response.headers_mut().insert(header::ETAG, etag);
     }

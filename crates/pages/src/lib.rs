@@ -12,6 +12,7 @@
 //! - [`manifest`]: the manifest and its stable, versioned binary encoding.
 //! - [`rules`]: a site's own `_redirects` and `_headers` files.
 //! - [`encoding`]: `gzip` and `br` answers.
+//! - [`body`]: an answer's body, from memory or read from the store as it is sent.
 //! - [`cache`]: the byte-bounded memory of manifests and blobs.
 //! - [`site`]: deploying a tree and reading a site back ([`site::Pages`]).
 //! - [`serve`]: what a `GET` of a path answers: routing by exclusion, `index.html`, redirects
@@ -49,6 +50,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod body;
 pub mod cache;
 pub mod dns;
 pub mod encoding;

@@ -607,6 +607,26 @@ impl<S: ObjectStore> Pages<S> {
         Ok(Some(bytes))
     }
 
+    /// Whether a blob of `size` bytes is read whole to be sent (and kept in memory): one no
+    /// larger than the largest the memory keeps. Larger ones are read in pieces as they are
+    /// sent ([`Pages::blob_pieces`]), so that many requests for large files take no more
+    /// memory than their connections' buffers.
+    pub fn reads_whole(&self, size: u64) -> bool {
+        size <= self.memory.blob_max as u64
+    }
+
+    /// The bytes `range` of the blob `hash`, read from the store in pieces as they are taken,
+    /// if the store has it. Never kept in memory.
+    pub async fn blob_pieces(
+        &self,
+        hash: &[u8; 32],
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<gitcache_storage::store::ByteStream>, Error> {
+        count("blob", false);
+        let key = Self::blob_key(hash)?;
+        Ok(self.store.read_range(&key, range).await?)
+    }
+
     /// `content` (whose SHA-256 is `hash`) compressed with `encoding`: from memory when it was
     /// compressed before, else compressed on a blocking thread and kept. `None` (send it as it
     /// is) when every core is compressing already, or that thread failed.

@@ -150,6 +150,20 @@ async fn suite(store: AnyStore) {
     );
 }
 
+/// A store in `server`'s bucket.
+fn bucket(server: &S3Server) -> AnyStore {
+    AnyStore::S3(
+        S3Store::new(&S3Config {
+            bucket: server.bucket().to_owned(),
+            endpoint: Some(server.endpoint()),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            ..S3Config::default()
+        })
+        .unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sites_deploy_and_serve_on_the_filesystem_backend() {
     let dir = tempfile::tempdir().unwrap();
@@ -161,15 +175,94 @@ async fn sites_deploy_and_serve_in_a_bucket() {
     let Some(server) = S3Server::start("gitcache-pages") else {
         return;
     };
-    let store = S3Store::new(&S3Config {
-        bucket: server.bucket().to_owned(),
-        endpoint: Some(server.endpoint()),
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test".into()),
-        ..S3Config::default()
-    })
-    .unwrap();
-    suite(AnyStore::S3(store)).await;
+    suite(bucket(&server)).await;
+}
+
+/// A file larger than the memory keeps is read from the store in pieces as it is sent: whole,
+/// and in ranges, with the right bytes and lengths; one the memory keeps is still read whole.
+async fn large_files(store: AnyStore) {
+    let dir = tempfile::tempdir().unwrap();
+    // A MiB of memory keeps blobs of at most 48 KiB.
+    let pages = Pages::with_cache(store, 1 << 20);
+    let big = gitcache_testkit::repo::Rng::new(3).bytes(700 << 10);
+    let small = gitcache_testkit::repo::Rng::new(4).bytes(20 << 10);
+    assert!(!pages.reads_whole(big.len() as u64) && pages.reads_whole(small.len() as u64));
+    let tree = vec![
+        TreeFile::file("big.bin", big.clone()),
+        TreeFile::file("small.bin", small.clone()),
+    ];
+    pages
+        .deploy(
+            "example.org",
+            ".index",
+            COMMIT,
+            "https://forge/a.git#pages",
+            tree,
+        )
+        .await
+        .unwrap();
+    let service = gitcache_pages::http::PagesService::new(
+        pages,
+        dir.path().join("scratch"),
+        std::time::Duration::from_secs(10),
+        false,
+    );
+    let get = async |path: &str, range: Option<&str>| {
+        let mut request = hyper::Request::get(path).header("host", "example.org");
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        let response = service
+            .handle(
+                request
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap(),
+            )
+            .await;
+        let status = response.status().as_u16();
+        let length = response
+            .headers()
+            .get("content-length")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        if status != 416 {
+            assert_eq!(Some(body.len() as u64), length, "{path} {range:?}");
+        }
+        (status, body.to_vec())
+    };
+    for (file, content) in [("/big.bin", &big), ("/small.bin", &small)] {
+        let whole = get(file, None).await;
+        assert!(whole.0 == 200 && whole.1 == *content, "{file}");
+        let middle = get(file, Some("bytes=1000-17999")).await;
+        assert!(
+            middle.0 == 206 && middle.1 == content[1000..18000],
+            "{file}"
+        );
+        let tail = get(file, Some("bytes=-10")).await;
+        assert!(
+            tail.0 == 206 && tail.1 == content[content.len() - 10..],
+            "{file}"
+        );
+        let past = get(file, Some(&format!("bytes={}-", content.len() + 1))).await;
+        assert_eq!(past.0, 416, "{file}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_are_sent_in_pieces_from_the_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    large_files(AnyStore::Fs(FsStore::new(dir.path()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_are_sent_in_pieces_from_a_bucket() {
+    let Some(server) = S3Server::start("gitcache-pages-large") else {
+        return;
+    };
+    large_files(bucket(&server)).await;
 }
 
 /// Trees that cannot be a site are refused before anything is written.
@@ -384,6 +477,14 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
         limit: u64,
     ) -> Result<Option<Vec<u8>>, gitcache_storage::store::StoreError> {
         self.inner.get_bytes(key, limit).await
+    }
+    async fn read_range(
+        &self,
+        key: &gitcache_storage::store::ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<gitcache_storage::store::ByteStream>, gitcache_storage::store::StoreError>
+    {
+        self.inner.read_range(key, range).await
     }
     async fn size(
         &self,

@@ -419,6 +419,31 @@ impl ObjectStore for S3Store {
         Ok(Some(got.bytes().await.map_err(backend)?.to_vec()))
     }
 
+    async fn read_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<crate::store::ByteStream>, StoreError> {
+        use futures_util::TryStreamExt as _;
+        if range.is_empty() {
+            // A bucket refuses an empty range: whether the object is there is all there is.
+            return Ok(self
+                .size(key)
+                .await?
+                .map(|_| Box::pin(futures_util::stream::empty()) as crate::store::ByteStream));
+        }
+        let path = self.path(key)?;
+        let options = GetOptions {
+            range: Some(object_store::GetRange::Bounded(range)),
+            ..GetOptions::default()
+        };
+        match self.inner.get_opts(&path, options).await {
+            Ok(got) => Ok(Some(Box::pin(got.into_stream().map_err(backend)))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(backend(err)),
+        }
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let mut deleted = self

@@ -169,6 +169,12 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// Part of an object, in pieces: what [`ObjectStore::read_range`] gives.
+pub type ByteStream = futures_util::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>>;
+
+/// The most bytes a piece of a [`ByteStream`] read from a file holds.
+const READ_PIECE: u64 = 256 << 10;
+
 /// Where objects and manifests live. Methods are `async`: a backend may be remote.
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Store the local file `from` as the object `key`, whole (readers see the old object or
@@ -210,6 +216,16 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         key: &ObjectKey,
         limit: u64,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// The bytes `range` of the object `key`, if it exists, as a stream of pieces read as
+    /// they are taken (one request to a bucket; an open file on disk, which a removal while
+    /// it is read does not cut short). Fewer bytes when the object ends first: the caller
+    /// counts them. A range starting past the end is an error or no bytes, by backend.
+    fn read_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> impl Future<Output = Result<Option<ByteStream>, StoreError>> + Send;
 
     /// The size of the object `key` in bytes, if it exists (a `HEAD` in a bucket).
     fn size(&self, key: &ObjectKey)
@@ -394,6 +410,37 @@ impl ObjectStore for FsStore {
         .await
     }
 
+    async fn read_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<ByteStream>, StoreError> {
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+        let Some(mut file) = not_found_is_none(tokio::fs::File::open(self.path_of(key)).await)?
+        else {
+            return Ok(None);
+        };
+        file.seek(std::io::SeekFrom::Start(range.start)).await?;
+        let left = range.end.saturating_sub(range.start);
+        let pieces =
+            futures_util::stream::try_unfold((file, left), |(mut file, left)| async move {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let mut piece = vec![0; left.min(READ_PIECE) as usize];
+                let read = file.read(&mut piece).await?;
+                if read == 0 {
+                    return Ok(None);
+                }
+                piece.truncate(read);
+                Ok(Some((
+                    bytes::Bytes::from(piece),
+                    (file, left - read as u64),
+                )))
+            });
+        Ok(Some(Box::pin(pieces)))
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         let key = key.clone();
         self.blocking(move |store| {
@@ -546,6 +593,17 @@ impl ObjectStore for AnyStore {
         match self {
             AnyStore::Fs(store) => store.get_bytes(key, limit).await,
             AnyStore::S3(store) => store.get_bytes(key, limit).await,
+        }
+    }
+
+    async fn read_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<ByteStream>, StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.read_range(key, range).await,
+            AnyStore::S3(store) => store.read_range(key, range).await,
         }
     }
 
