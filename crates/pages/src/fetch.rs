@@ -66,25 +66,8 @@ pub async fn branch_tree_unless(
     scratch: &Path,
     deployed: Option<&str>,
 ) -> Result<Changed, FetchError> {
-    let name = format!("refs/heads/{branch}");
-    if gix_validate::reference::name(name.as_str().into()).is_err() {
-        return Err(FetchError::BadBranch(branch.to_owned()));
-    }
     let format = upstream.object_format().await?;
-    let refs = upstream
-        .ls_refs(
-            format,
-            LsRefs {
-                ref_prefixes: vec![name.clone().into()],
-                ..LsRefs::default()
-            },
-        )
-        .await?;
-    let tip = refs
-        .iter()
-        .find(|line| line.name == name.as_str())
-        .and_then(|line| line.oid)
-        .ok_or_else(|| FetchError::NoBranch(branch.to_owned()))?;
+    let tip = branch_tip(upstream, branch).await?;
     if deployed.is_some_and(|deployed| deployed.eq_ignore_ascii_case(&tip.to_string())) {
         return Ok(Changed::No);
     }
@@ -143,6 +126,31 @@ pub async fn branch_tree_unless(
     }
     .await;
     Ok(Changed::Tree(tip.to_string(), result?))
+}
+
+/// The commit at the tip of `branch` of `upstream`'s repository (one `ls-refs`).
+pub async fn branch_tip(
+    upstream: &Upstream,
+    branch: &str,
+) -> Result<gitcache_protocol::ObjectId, FetchError> {
+    let name = format!("refs/heads/{branch}");
+    if gix_validate::reference::name(name.as_str().into()).is_err() {
+        return Err(FetchError::BadBranch(branch.to_owned()));
+    }
+    let format = upstream.object_format().await?;
+    let refs = upstream
+        .ls_refs(
+            format,
+            LsRefs {
+                ref_prefixes: vec![name.clone().into()],
+                ..LsRefs::default()
+            },
+        )
+        .await?;
+    refs.iter()
+        .find(|line| line.name == name.as_str())
+        .and_then(|line| line.oid)
+        .ok_or_else(|| FetchError::NoBranch(branch.to_owned()))
 }
 
 /// Removes its folder when dropped.

@@ -909,9 +909,23 @@ impl PagesService {
                 return text(StatusCode::BAD_GATEWAY, "the repository could not be read");
             }
         };
+        // Should another deploy commit the site meanwhile, this one goes over it only while
+        // its commit is still the branch's tip.
+        let still_tip = || -> futures_util::future::BoxFuture<'static, bool> {
+            let (upstream, branch, commit) = (upstream.clone(), branch.to_owned(), commit.clone());
+            Box::pin(async move {
+                match crate::fetch::branch_tip(&upstream, &branch).await {
+                    Ok(tip) => tip.to_string().eq_ignore_ascii_case(&commit),
+                    Err(err) => {
+                        tracing::warn!(%err, "deploy: the branch's tip could not be asked again");
+                        false
+                    }
+                }
+            })
+        };
         match self
             .pages
-            .deploy(host, project, &commit, &source, tree)
+            .deploy_unless_superseded(host, project, &commit, &source, tree, still_tip)
             .await
         {
             Ok(done) => {
@@ -942,6 +956,15 @@ impl PagesService {
             }
             Err(err @ (SiteError::Name(_) | SiteError::Path(_) | SiteError::Rules(_))) => {
                 text(StatusCode::BAD_REQUEST, &err.to_string())
+            }
+            Err(err @ SiteError::Superseded) => {
+                tracing::info!(
+                    host,
+                    project,
+                    commit,
+                    "deploy superseded: nothing committed"
+                );
+                text(StatusCode::CONFLICT, &err.to_string())
             }
             Err(err) => {
                 tracing::warn!(%err, "deploy failed");

@@ -99,6 +99,11 @@ pub enum Error {
     /// The site's manifest kept changing under this deployment.
     #[error("the site kept changing during the deployment")]
     Contended,
+    /// Another deployment committed the site while this one ran, and this one's commit is no
+    /// longer its branch's tip: nothing was committed (an older tip would roll the site
+    /// back).
+    #[error("the site was deployed meanwhile, and this commit is no longer its branch's tip")]
+    Superseded,
     /// The site's `_redirects` or `_headers` file does not parse.
     #[error(transparent)]
     Rules(#[from] RuleError),
@@ -352,6 +357,26 @@ impl<S: ObjectStore> Pages<S> {
         source: &str,
         tree: Vec<TreeFile>,
     ) -> Result<Deployed, Error> {
+        self.deploy_unless_superseded(host, project, commit, source, tree, || {
+            Box::pin(async { true })
+        })
+        .await
+    }
+
+    /// [`Pages::deploy`] of a tree that was its branch's tip when it was read: should another
+    /// deployment commit the site while this one runs, this one replaces it only if
+    /// `still_tip` says its commit is still the branch's tip, and otherwise ends with
+    /// [`Error::Superseded`]. Two pushes in quick succession make two deployments; the one
+    /// of the older tip must not commit last.
+    pub async fn deploy_unless_superseded(
+        &self,
+        host: &str,
+        project: &str,
+        commit: &str,
+        source: &str,
+        tree: Vec<TreeFile>,
+        mut still_tip: impl FnMut() -> futures_util::future::BoxFuture<'static, bool> + Send,
+    ) -> Result<Deployed, Error> {
         let site_key = Self::site_key(host, project)?;
         let (manifest, blobs) = build(commit, source, tree)?;
         let current = self.store.read_manifest(&site_key).await?;
@@ -399,8 +424,13 @@ impl<S: ObjectStore> Pages<S> {
                     committed = true;
                     break;
                 }
-                // Another deployment committed meanwhile: the later one wins.
+                // Another deployment committed meanwhile: this one goes over it only while
+                // its commit is the branch's tip.
                 Replaced::Conflict => {
+                    if !still_tip().await {
+                        let _ = self.store.delete(&staged).await;
+                        return Err(Error::Superseded);
+                    }
                     expected = self.store.manifest_version(&site_key).await?;
                 }
             }

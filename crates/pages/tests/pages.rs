@@ -449,6 +449,36 @@ fn rules_fuzz_corpus() {
 struct Interleaved {
     inner: FsStore,
     on_blob_listing: std::sync::Arc<std::sync::Mutex<Option<SiteWrite>>>,
+    /// Done as a blob is first looked for (as a deployment uploads its blobs).
+    on_blob_size: std::sync::Arc<std::sync::Mutex<Option<SiteWrite>>>,
+}
+
+impl Interleaved {
+    /// A store under `dir`, with no hooks set.
+    fn new(dir: &std::path::Path) -> Self {
+        Interleaved {
+            inner: FsStore::new(dir),
+            on_blob_listing: Default::default(),
+            on_blob_size: Default::default(),
+        }
+    }
+
+    /// Commit the site write `hook` holds, if any, once.
+    async fn commit(
+        &self,
+        hook: &std::sync::Mutex<Option<SiteWrite>>,
+    ) -> Result<(), gitcache_storage::store::StoreError> {
+        use gitcache_storage::store::ObjectStore as _;
+        let write = hook.lock().unwrap().take();
+        if let Some((site, bytes)) = write {
+            let key = gitcache_storage::store::ObjectKey::new(&site).unwrap();
+            let version = self.inner.manifest_version(&key).await?;
+            self.inner
+                .replace_manifest(&key, &bytes, version.as_ref())
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// A site manifest's key and the bytes a deployment commits there.
@@ -490,6 +520,9 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
         &self,
         key: &gitcache_storage::store::ObjectKey,
     ) -> Result<Option<u64>, gitcache_storage::store::StoreError> {
+        if key.as_str().starts_with("pages/blob/") {
+            self.commit(&self.on_blob_size).await?;
+        }
         self.inner.size(key).await
     }
     async fn delete(
@@ -503,14 +536,7 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
         prefix: &gitcache_storage::store::ObjectKey,
     ) -> Result<Vec<gitcache_storage::store::Listed>, gitcache_storage::store::StoreError> {
         if prefix.as_str() == "pages/blob" {
-            let hook = self.on_blob_listing.lock().unwrap().take();
-            if let Some((site, bytes)) = hook {
-                let key = gitcache_storage::store::ObjectKey::new(&site).unwrap();
-                let version = self.inner.manifest_version(&key).await?;
-                self.inner
-                    .replace_manifest(&key, &bytes, version.as_ref())
-                    .await?;
-            }
+            self.commit(&self.on_blob_listing).await?;
         }
         self.inner.list(prefix).await
     }
@@ -544,10 +570,7 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
 async fn a_blob_named_again_while_a_sweep_runs_is_kept() {
     use gitcache_storage::store::{ObjectKey, ObjectStore as _};
     let dir = tempfile::tempdir().unwrap();
-    let store = Interleaved {
-        inner: FsStore::new(dir.path()),
-        on_blob_listing: Default::default(),
-    };
+    let store = Interleaved::new(dir.path());
     let pages = Pages::new(store.clone());
     let grace = std::time::Duration::from_millis(200);
     let site = "pages/site/example.org/.index";
@@ -587,4 +610,69 @@ async fn a_blob_named_again_while_a_sweep_runs_is_kept() {
             );
         }
     }
+}
+
+/// Two deploys of one site that race (two pushes in quick succession): the one that finds the
+/// site committed by the other while it ran goes over it only while its own commit is still
+/// the branch's tip. Otherwise it commits nothing and the site stays as the other left it:
+/// an older tip committed last would roll the site back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_overtaken_by_another_commits_only_while_it_is_the_tip() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    const THIRD: &str = "fedcba9876543210fedcba9876543210fedcba98";
+    let dir = tempfile::tempdir().unwrap();
+    let store = Interleaved::new(dir.path());
+    let pages = Pages::new(store.clone());
+    let site = "pages/site/example.org/.index";
+    let manifest = async || {
+        store
+            .read_manifest(&ObjectKey::new(site).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .bytes
+    };
+    deploy(&pages, NEXT, b"newer").await;
+    let newer = manifest().await;
+    deploy(&pages, THIRD, b"third").await;
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let deploy_racing = async |other: Vec<u8>, tip: bool| {
+        *store.on_blob_size.lock().unwrap() = Some((site.to_owned(), other));
+        let asked = std::sync::Arc::clone(&asked);
+        pages
+            .deploy_unless_superseded(
+                "example.org",
+                ".index",
+                COMMIT,
+                "https://forge/acme/site.git#pages",
+                tree(&[b'o'; 1000]),
+                move || {
+                    asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Box::pin(async move { tip })
+                },
+            )
+            .await
+    };
+    // Overtaken by the newer tip's deploy: nothing committed.
+    let superseded = deploy_racing(newer.clone(), false).await;
+    assert!(
+        matches!(superseded, Err(Error::Superseded)),
+        "{superseded:?}"
+    );
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let served = pages.site("example.org", ".index").await.unwrap().unwrap();
+    assert_eq!(served.manifest.commit, NEXT, "the newer tip stays");
+    // Overtaken, but still the tip (the other deploy was of an older one): committed.
+    deploy(&pages, THIRD, b"third").await;
+    let deployed = deploy_racing(newer, true).await.unwrap();
+    assert!(!deployed.unchanged);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let served = pages.site("example.org", ".index").await.unwrap().unwrap();
+    assert_eq!(served.manifest.commit, COMMIT);
+    // Nothing staged is left behind either way.
+    let staged = store
+        .list(&ObjectKey::new("pages/staged").unwrap())
+        .await
+        .unwrap();
+    assert!(staged.is_empty(), "{staged:?}");
 }
