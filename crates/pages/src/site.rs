@@ -333,10 +333,13 @@ impl<S: ObjectStore> Pages<S> {
     }
 
     fn site_key(host: &str, project: &str) -> Result<ObjectKey, Error> {
-        if !valid_host(host) {
+        // A name the filesystem store takes for a write in progress is not listed: a sweep
+        // would not see what that site names.
+        let temporary = gitcache_storage::fs::is_leftover_temp;
+        if !valid_host(host) || temporary(host) {
             return Err(Error::Name(host.to_owned()));
         }
-        if !valid_project(project) {
+        if !valid_project(project) || temporary(project) {
             return Err(Error::Name(project.to_owned()));
         }
         Ok(ObjectKey::new(&format!("pages/site/{host}/{project}"))?)

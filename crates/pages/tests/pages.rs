@@ -287,6 +287,14 @@ async fn bad_trees_and_names_are_refused() {
         deploy("example.org", "..", one()).await,
         Err(Error::Name(_))
     ));
+    // Names the filesystem store takes for a write in progress: its listing, and so a
+    // sweep's reading of what the sites name, would pass over them.
+    for (host, project) in [("example.tmp-1", ".index"), ("example.org", "blog.tmp-2-3")] {
+        assert!(
+            matches!(deploy(host, project, one()).await, Err(Error::Name(_))),
+            "{host} {project}"
+        );
+    }
     for path in ["../x", "a//b", "/abs"] {
         let tree = vec![TreeFile::file(path, b"x".to_vec())];
         assert!(
