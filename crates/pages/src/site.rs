@@ -33,6 +33,11 @@ pub const MAX_FILE_BYTES: u64 = 100 << 20;
 /// The most bytes a site's files may take together.
 pub const MAX_SITE_BYTES: u64 = 1 << 30;
 
+/// The most projects (the root tree counted) deployed under one host, by default (see
+/// [`Pages::with_max_projects`]): a deployer authorized for a host cannot fill the store
+/// with sites of their own.
+pub const MAX_PROJECTS: usize = 1_000;
+
 /// One path of a tree to deploy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeFile {
@@ -184,6 +189,8 @@ pub struct Pages<S> {
     /// period later (see [`Pages::collect`]).
     unnamed:
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ObjectKey, std::time::Instant>>>,
+    /// The most projects under one host.
+    max_projects: usize,
 }
 
 /// What a garbage sweep did.
@@ -238,7 +245,15 @@ impl<S: ObjectStore> Pages<S> {
                 blob_max: (cache_bytes - cache_bytes / 4) / 16,
             }),
             unnamed: Default::default(),
+            max_projects: MAX_PROJECTS,
         }
+    }
+
+    /// At most `max` projects under one host (the root tree counted); a deployment of one
+    /// more is refused ([`Error::TooLarge`]).
+    pub fn with_max_projects(mut self, max: usize) -> Self {
+        self.max_projects = max;
+        self
     }
 
     /// The store the sites are kept in.
@@ -395,6 +410,17 @@ impl<S: ObjectStore> Pages<S> {
                 unchanged: true,
                 uploaded: 0,
             });
+        }
+        if current.is_none() {
+            let host_key = ObjectKey::new(&format!("pages/site/{host}"))?;
+            let projects = self.store.list(&host_key).await?.len();
+            if projects >= self.max_projects {
+                return Err(Error::TooLarge {
+                    what: "projects under the host",
+                    got: projects as u64 + 1,
+                    limit: self.max_projects as u64,
+                });
+            }
         }
         let encoded = manifest.encode();
         // What is committed must read back: never a site that answers nothing.

@@ -265,6 +265,29 @@ async fn large_files_are_sent_in_pieces_from_a_bucket() {
     large_files(bucket(&server)).await;
 }
 
+/// A host holds at most so many projects: one more is refused, a redeploy of one of them is
+/// not, and another host has its own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_holds_a_bounded_number_of_projects() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = Pages::new(AnyStore::Fs(FsStore::new(dir.path()))).with_max_projects(3);
+    let one = || vec![TreeFile::file("index.html", b"x".to_vec())];
+    let deploy = async |host: &str, project: &str, commit: &str| {
+        pages.deploy(host, project, commit, "src", one()).await
+    };
+    for project in [".index", "a", "b"] {
+        deploy("example.org", project, COMMIT).await.unwrap();
+    }
+    let refused = deploy("example.org", "c", COMMIT).await;
+    assert!(
+        matches!(refused, Err(Error::TooLarge { limit: 3, .. })),
+        "{refused:?}"
+    );
+    assert!(!deploy("example.org", "a", NEXT).await.unwrap().unchanged);
+    deploy("example.net", "c", COMMIT).await.unwrap();
+    assert!(pages.site("example.org", "c").await.unwrap().is_none());
+}
+
 /// Trees that cannot be a site are refused before anything is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_trees_and_names_are_refused() {
