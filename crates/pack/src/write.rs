@@ -2037,8 +2037,8 @@ impl<'a> PackWriter<'a> {
     /// of the batch is written after its base (the one made for it, else the stored one) if
     /// that is in the pack and not written yet, and that base after its own, as the writing
     /// loop walks them. `ready` holds what was made for the batch, `planned` how the objects
-    /// planned are stored; the entries of others are read for their base alone (or kept in
-    /// `planned`, when read whole).
+    /// planned are stored; the entries of others are read for their base (kept in `planned`
+    /// for the writing when small, read for their header alone when large).
     fn pulled_by(
         &mut self,
         batch: &[ObjectId],
@@ -2071,16 +2071,21 @@ impl<'a> PackWriter<'a> {
                     {
                         None
                     }
-                    // An entry of a listed pack: its header alone. One read whole (from
-                    // another pack) is kept for the writing, which would read it again.
-                    None => match self.stored_within(&current, None, 0)? {
+                    // A large entry of a listed pack: its header alone. One read whole is
+                    // kept for the writing, which would read it again, unless it is large
+                    // (from another pack, which is read whole): held no longer than planning
+                    // holds one.
+                    None => match self.stored_within(&current, None, HELD_ENTRY_BYTES)? {
                         Peek::Large { base, .. } => base,
                         Peek::Stored(stored) => {
-                            let base = match &stored {
-                                Stored::Delta { base, .. } => Some(*base),
-                                _ => None,
+                            let (base, len) = match &stored {
+                                Stored::Delta { base, entry, .. } => (Some(*base), entry.len()),
+                                Stored::Base(entry) => (None, entry.len()),
+                                Stored::Full => (None, 0),
                             };
-                            planned.insert(current, stored);
+                            if len as u64 <= HELD_ENTRY_BYTES {
+                                planned.insert(current, stored);
+                            }
                             base
                         }
                     },
@@ -2912,7 +2917,6 @@ impl Jobs {
     }
 }
 
-/// Wait for a batch's lanes, take them back into `lanes`, and return what they made.
 /// The base an object is written after, if it is one of the pack's: the one it was made a
 /// delta of, else (unless it was made whole) the one it is stored a delta of.
 fn base_first(ready: Option<&Ready>, stored_base: Option<ObjectId>) -> Option<ObjectId> {
@@ -2923,6 +2927,7 @@ fn base_first(ready: Option<&Ready>, stored_base: Option<ObjectId>) -> Option<Ob
     }
 }
 
+/// Wait for a batch's lanes, take them back into `lanes`, and return what they made.
 fn finish_rebuild(
     running: Vec<Rebuilding<'_>>,
     lanes: &mut Vec<LaneState>,

@@ -14,7 +14,12 @@ pub struct Body(Inner);
 
 enum Inner {
     Full(Option<Bytes>),
-    Pieces { pieces: ByteStream, left: u64 },
+    Pieces {
+        pieces: ByteStream,
+        left: u64,
+        /// The file's path in its site, for the log.
+        path: String,
+    },
 }
 
 impl Body {
@@ -23,11 +28,15 @@ impl Body {
         Body(Inner::Full(Some(bytes).filter(|b| !b.is_empty())))
     }
 
-    /// `len` bytes from `pieces`. Should the pieces end short of `len`, or fail, the body
-    /// fails there (the connection is closed: the client sees an answer cut short, never
-    /// another file's bytes). Bytes past `len` are not sent.
-    pub fn pieces(pieces: ByteStream, len: u64) -> Self {
-        Body(Inner::Pieces { pieces, left: len })
+    /// `len` bytes from `pieces` (the file `path` of a site). Should the pieces end short of
+    /// `len`, or fail, the body fails there, logged (the connection is closed: the client sees
+    /// an answer cut short, never another file's bytes). Bytes past `len` are not sent.
+    pub fn pieces(pieces: ByteStream, len: u64, path: &str) -> Self {
+        Body(Inner::Pieces {
+            pieces,
+            left: len,
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -38,7 +47,11 @@ impl std::fmt::Debug for Body {
                 .debug_tuple("Full")
                 .field(&bytes.as_ref().map_or(0, Bytes::len))
                 .finish(),
-            Inner::Pieces { left, .. } => f.debug_struct("Pieces").field("left", left).finish(),
+            Inner::Pieces { left, path, .. } => f
+                .debug_struct("Pieces")
+                .field("left", left)
+                .field("path", path)
+                .finish(),
         }
     }
 }
@@ -53,7 +66,7 @@ impl hyper::body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.get_mut().0 {
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Pieces { pieces, left } => loop {
+            Inner::Pieces { pieces, left, path } => loop {
                 if *left == 0 {
                     return Poll::Ready(None);
                 }
@@ -70,11 +83,13 @@ impl hyper::body::Body for Body {
                         return Poll::Ready(Some(Ok(Frame::data(piece))));
                     }
                     Some(Err(err)) => {
+                        tracing::warn!(%err, path, left, "reading a file being sent failed");
                         *left = 0;
                         return Poll::Ready(Some(Err(Box::new(err))));
                     }
                     None => {
                         let short = std::mem::take(left);
+                        tracing::warn!(path, short, "a file being sent ended short of its length");
                         return Poll::Ready(Some(Err(format!(
                             "the stored file ended {short} bytes short"
                         )
@@ -121,11 +136,11 @@ mod tests {
     #[test]
     fn pieces_make_exactly_the_length_or_fail() {
         block_on(async {
-            let body = Body::pieces(pieces(&[b"abc", b"", b"defgh"]), 6);
+            let body = Body::pieces(pieces(&[b"abc", b"", b"defgh"]), 6, "a");
             assert_eq!(hyper::body::Body::size_hint(&body).exact(), Some(6));
             let got = body.collect().await.unwrap().to_bytes();
             assert_eq!(&got[..], b"abcdef", "cut at the length");
-            let short = Body::pieces(pieces(&[b"abc"]), 4).collect().await;
+            let short = Body::pieces(pieces(&[b"abc"]), 4, "b").collect().await;
             assert!(short.unwrap_err().to_string().contains("1 bytes short"));
             let full = Body::full(Bytes::from_static(b"xyz"));
             assert_eq!(&full.collect().await.unwrap().to_bytes()[..], b"xyz");

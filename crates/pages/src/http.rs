@@ -97,10 +97,11 @@ impl Wildcard {
 
     /// The repository URLs whose pushes deploy `project` of `user`'s site: none for a
     /// project named with more than letters, digits, `.`, `_` and `-` (`%2F`, `?`, `#`, `@`
-    /// would reach the forge's URL as whatever it makes of them).
+    /// would reach the forge's URL as whatever it makes of them), or with dots alone.
     pub fn sources(&self, user: &str, project: &str) -> Vec<String> {
         let plain = |name: &str| {
             !name.is_empty()
+                && !name.bytes().all(|b| b == b'.')
                 && name
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -147,7 +148,8 @@ pub struct Sources {
     /// URL prefixes (`https://forge.example/`): when there are any, a deploy fetches only a
     /// repository under one of them, at whatever address its host has. A prefix is compared
     /// byte for byte and ends at a `/`: `https://forge.example` does not take
-    /// `https://forge.example.evil/`. A URL with a `.` or `..` segment is under none.
+    /// `https://forge.example.evil/`. What follows it must be plain path segments (see
+    /// [`Sources::names`]).
     pub prefixes: Vec<String>,
     /// Without prefixes, reach any address, private ones included (for a development server
     /// beside a local forge).
@@ -155,23 +157,29 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// Whether `url` is under one of the prefixes.
+    /// Whether `url` is under one of the prefixes: what follows the prefix is plain path
+    /// segments (letters, digits, `-`, `.`, `_`, `~`), none of them `.` or `..`. Nothing a
+    /// server in front of the forge could read as another path passes: no `%` escapes
+    /// (`..%2F`), no `;` parameters (`..;/`), no backslash, `?` or `#`.
     pub fn names(&self, url: &str) -> bool {
-        let dotted = url
-            .split_once("://")
-            .map_or(url, |(_, rest)| rest)
-            .split(['/', '\\'])
-            .skip(1)
-            .any(|segment| {
-                let segment = segment.to_ascii_lowercase().replace("%2e", ".");
-                segment == "." || segment == ".."
-            });
-        !dotted
-            && self.prefixes.iter().any(|prefix| {
-                url.strip_prefix(prefix.as_str()).is_some_and(|rest| {
-                    prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
-                })
+        self.prefixes.iter().any(|prefix| {
+            url.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                let rest = if prefix.ends_with('/') {
+                    rest
+                } else if let Some(rest) = rest.strip_prefix('/') {
+                    rest
+                } else {
+                    return false;
+                };
+                !rest.is_empty()
+                    && rest.split('/').all(|segment| {
+                        !matches!(segment, "" | "." | "..")
+                            && segment.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+                            })
+                    })
             })
+        })
     }
 }
 
@@ -543,6 +551,20 @@ impl PagesService {
             );
             return with_etag(response, &file.etag, compressible);
         } else {
+            // A compressed copy the memory holds goes without reading the blob; otherwise one
+            // is made only when a compression is free (taken before the blob is read whole),
+            // and the blob goes as it is when none is.
+            let mut compression = None;
+            let mut encoding = encoding;
+            if let (Some(chosen), Content::Blob { hash, .. }) = (encoding, file.content) {
+                if let Some(bytes) = self.pages.held_compressed(hash, chosen) {
+                    return compressed_answer(status, bytes, chosen, file.content_type, &etag);
+                }
+                compression = self.pages.compression_slot();
+                if compression.is_none() {
+                    encoding = None;
+                }
+            }
             // A large blob that goes as it is: read in pieces as it is sent.
             let stored = match file.content {
                 Content::Blob { hash, size }
@@ -561,27 +583,24 @@ impl PagesService {
                     Err(err) => return unreadable_blob(&err),
                 },
             };
-            let compressed = match (encoding, file.content) {
-                (Some(encoding), Content::Blob { hash, .. }) => self
+            if let (Some(chosen), Some(slot), Content::Blob { hash, .. }) =
+                (encoding, compression, file.content)
+                && let Some(bytes) = self
                     .pages
-                    .compressed(hash, content.clone(), encoding)
+                    .compress(hash, content.clone(), chosen, slot)
                     .await
-                    .map(|bytes| (encoding, bytes)),
-                _ => None,
-            };
-            if let Some((encoding, bytes)) = compressed {
-                let length = bytes.len() as u64;
-                let mut response = sized(status, Body::full(bytes), length, file.content_type);
-                response.headers_mut().insert(
-                    header::CONTENT_ENCODING,
-                    header::HeaderValue::from_static(encoding.token()),
-                );
-                return with_etag(response, &etag, compressible);
+            {
+                return compressed_answer(status, bytes, chosen, file.content_type, &etag);
             }
+            // A range of the file the client holds part of: with `If-Range` naming another
+            // version (or a date: none is sent), the whole file instead.
+            let same_version = headers
+                .get(header::IF_RANGE)
+                .is_none_or(|tag| tag.as_bytes() == file.etag.as_bytes());
             let range = headers
                 .get(header::RANGE)
                 .and_then(|v| v.to_str().ok())
-                .filter(|_| status == StatusCode::OK);
+                .filter(|_| status == StatusCode::OK && same_version);
             let length = stored.map_or(content.len() as u64, |(_, size)| size);
             // The bytes `part` of the file.
             let body = async |part: std::ops::Range<u64>| match stored {
@@ -589,7 +608,7 @@ impl PagesService {
                     content.slice(part.start as usize..part.end as usize),
                 )),
                 Some((hash, _)) => match self.pages.blob_pieces(hash, part.clone()).await {
-                    Ok(Some(pieces)) => Ok(Body::pieces(pieces, part.end - part.start)),
+                    Ok(Some(pieces)) => Ok(Body::pieces(pieces, part.end - part.start, &file.path)),
                     Ok(None) => Err(missing_blob(&file.path)),
                     Err(err) => Err(unreadable_blob(&err)),
                 },
@@ -991,6 +1010,23 @@ fn location_of(project: &str) -> String {
     }
 }
 
+/// A `status` answer of `bytes`, the file compressed with `encoding`, named `etag`.
+fn compressed_answer(
+    status: StatusCode,
+    bytes: Bytes,
+    encoding: Encoding,
+    content_type: &'static str,
+    etag: &str,
+) -> Response<Body> {
+    let length = bytes.len() as u64;
+    let mut response = sized(status, Body::full(bytes), length, content_type);
+    response.headers_mut().insert(
+        header::CONTENT_ENCODING,
+        header::HeaderValue::from_static(encoding.token()),
+    );
+    with_etag(response, etag, true)
+}
+
 /// The answer when a blob a site names is not in the store.
 fn missing_blob(path: &str) -> Response<Body> {
     tracing::error!(path, "a blob the site names is missing");
@@ -1252,7 +1288,7 @@ mod tests {
             wildcard.sources("alice", ".index"),
             ["https://forge.example/alice/alice.example.page.git"]
         );
-        for odd in ["a%2Fb", "x?y", "x#y", "u@h", "%2e%2e", "a b", ""] {
+        for odd in ["a%2Fb", "x?y", "x#y", "u@h", "%2e%2e", "a b", "", ".", ".."] {
             assert!(wildcard.sources("alice", odd).is_empty(), "{odd:?}");
         }
     }
@@ -1285,6 +1321,14 @@ mod tests {
             "https://git.example/team/./site.git",
             "https://git.example/team/..\\other/site.git",
             "https://git.example/team/..",
+            "https://git.example/team/..%2Fother/site.git",
+            "https://git.example/team/%2e%2e%2fother/site.git",
+            "https://git.example/team/..;/other/site.git",
+            "https://git.example/team/..%5cother/site.git",
+            "https://git.example/team/site.git?x=/../../other",
+            "https://git.example/team/site.git#main",
+            "https://git.example/team/",
+            "https://git.example/team//site.git",
             "https://git.example/",
         ] {
             assert!(!sources.names(url), "{url}");

@@ -695,31 +695,57 @@ impl<S: ObjectStore> Pages<S> {
         content: Bytes,
         encoding: Encoding,
     ) -> Option<Bytes> {
-        let key = (*hash, Some(encoding));
+        if let Some(bytes) = self.held_compressed(hash, encoding) {
+            return Some(bytes);
+        }
+        let slot = self.compression_slot()?;
+        self.compress(hash, content, encoding, slot).await
+    }
+
+    /// The copy of the blob `hash` compressed with `encoding`, if the memory holds one.
+    pub fn held_compressed(&self, hash: &[u8; 32], encoding: Encoding) -> Option<Bytes> {
         let held = self
             .memory
             .blobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key);
-        if let Some(bytes) = held {
-            count("compressed", true);
-            return Some(bytes);
-        }
-        // All cores compressing already: this answer goes out as it is.
-        let _slot = self.memory.compressing.try_acquire().ok()?;
-        count("compressed", false);
+            .get(&(*hash, Some(encoding)));
+        count("compressed", held.is_some());
+        held
+    }
+
+    /// One of the compressions that may run at once (one per core), if one is free: taken
+    /// before a blob too large to keep is read whole to be compressed, so that it is not read
+    /// whole for nothing.
+    pub fn compression_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.memory.compressing.try_acquire().ok()
+    }
+
+    /// `content` (the blob `hash`) compressed with `encoding` on a blocking thread, in
+    /// `slot`, and kept when it is small enough. `None` when that thread failed.
+    pub async fn compress(
+        &self,
+        hash: &[u8; 32],
+        content: Bytes,
+        encoding: Encoding,
+        slot: tokio::sync::SemaphorePermit<'_>,
+    ) -> Option<Bytes> {
         let compressed =
             match tokio::task::spawn_blocking(move || encoding.compress(&content)).await {
                 Ok(compressed) => Bytes::from(compressed),
                 Err(_) => return None,
             };
+        drop(slot);
         if compressed.len() <= self.memory.blob_max {
             self.memory
                 .blobs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(key, compressed.clone(), compressed.len());
+                .insert(
+                    (*hash, Some(encoding)),
+                    compressed.clone(),
+                    compressed.len(),
+                );
         }
         Some(compressed)
     }

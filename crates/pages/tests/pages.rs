@@ -183,13 +183,18 @@ async fn sites_deploy_and_serve_in_a_bucket() {
 async fn large_files(store: AnyStore) {
     let dir = tempfile::tempdir().unwrap();
     // A MiB of memory keeps blobs of at most 48 KiB.
-    let pages = Pages::with_cache(store, 1 << 20);
+    let pages = Pages::with_cache(store.clone(), 1 << 20);
     let big = gitcache_testkit::repo::Rng::new(3).bytes(700 << 10);
     let small = gitcache_testkit::repo::Rng::new(4).bytes(20 << 10);
     assert!(!pages.reads_whole(big.len() as u64) && pages.reads_whole(small.len() as u64));
+    let text = "<p>the same paragraph, again and again</p>\n"
+        .repeat(20_000)
+        .into_bytes();
+    assert!(!pages.reads_whole(text.len() as u64));
     let tree = vec![
         TreeFile::file("big.bin", big.clone()),
         TreeFile::file("small.bin", small.clone()),
+        TreeFile::file("big.txt", text.clone()),
     ];
     pages
         .deploy(
@@ -207,10 +212,10 @@ async fn large_files(store: AnyStore) {
         std::time::Duration::from_secs(10),
         false,
     );
-    let get = async |path: &str, range: Option<&str>| {
+    let get = async |path: &str, headers: &[(&str, &str)]| {
         let mut request = hyper::Request::get(path).header("host", "example.org");
-        if let Some(range) = range {
-            request = request.header("range", range);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = service
             .handle(
@@ -220,34 +225,67 @@ async fn large_files(store: AnyStore) {
             )
             .await;
         let status = response.status().as_u16();
-        let length = response
-            .headers()
-            .get("content-length")
-            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        let head = response.headers().clone();
         let body = http_body_util::BodyExt::collect(response.into_body())
             .await
             .unwrap()
             .to_bytes();
         if status != 416 {
-            assert_eq!(Some(body.len() as u64), length, "{path} {range:?}");
+            let length: u64 = head["content-length"].to_str().unwrap().parse().unwrap();
+            assert_eq!(body.len() as u64, length, "{path} {headers:?}");
         }
-        (status, body.to_vec())
+        (status, head, body.to_vec())
     };
     for (file, content) in [("/big.bin", &big), ("/small.bin", &small)] {
-        let whole = get(file, None).await;
-        assert!(whole.0 == 200 && whole.1 == *content, "{file}");
-        let middle = get(file, Some("bytes=1000-17999")).await;
+        let whole = get(file, &[]).await;
+        assert!(whole.0 == 200 && whole.2 == *content, "{file}");
+        let middle = get(file, &[("range", "bytes=1000-17999")]).await;
         assert!(
-            middle.0 == 206 && middle.1 == content[1000..18000],
+            middle.0 == 206 && middle.2 == content[1000..18000],
             "{file}"
         );
-        let tail = get(file, Some("bytes=-10")).await;
+        let tail = get(file, &[("range", "bytes=-10")]).await;
         assert!(
-            tail.0 == 206 && tail.1 == content[content.len() - 10..],
+            tail.0 == 206 && tail.2 == content[content.len() - 10..],
             "{file}"
         );
-        let past = get(file, Some(&format!("bytes={}-", content.len() + 1))).await;
+        let past = get(file, &[("range", &format!("bytes={}-", content.len() + 1))]).await;
         assert_eq!(past.0, 416, "{file}");
+        // A range of another version of the file (`If-Range`): the whole file instead.
+        let etag = whole.1["etag"].to_str().unwrap().to_owned();
+        for (if_range, status) in [(etag.as_str(), 206), ("\"another\"", 200)] {
+            let resumed = get(
+                file,
+                &[("range", "bytes=1000-17999"), ("if-range", if_range)],
+            )
+            .await;
+            assert_eq!(resumed.0, status, "{file} {if_range}");
+        }
+    }
+    // Too large to keep whole, but sent compressed: read whole once to compress, then the
+    // compressed copy the memory keeps is sent without reading the file (gone from the store
+    // for the second round).
+    let text_key = {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(&text)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        gitcache_storage::store::ObjectKey::new(&format!("pages/blob/{hex}")).unwrap()
+    };
+    for round in 0..2 {
+        if round == 1 {
+            gitcache_storage::store::ObjectStore::delete(&store, &text_key)
+                .await
+                .unwrap();
+        }
+        let (status, head, body) = get("/big.txt", &[("accept-encoding", "gzip")]).await;
+        assert_eq!(status, 200);
+        assert_eq!(head["content-encoding"], "gzip", "round {round}");
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut back)
+            .unwrap();
+        assert!(back == text, "round {round}");
     }
 }
 

@@ -683,11 +683,12 @@ impl Upstream {
     }
 }
 
-/// An HTTP/1.1 connection over `io`, driven by a task of its own.
 /// Whether `ip` is an address of the public internet: not unspecified, loopback, private
 /// (RFC 1918, IPv6 unique local), link-local, shared (RFC 6598), multicast, broadcast,
 /// documentation, benchmarking, or otherwise reserved; for an IPv6 address that carries an
-/// IPv4 one (mapped, compatible, NAT64), the IPv4 address decides.
+/// IPv4 one (mapped, translated, compatible, NAT64's well-known prefix), the IPv4 address
+/// decides. A network's own NAT64 prefix is not known here: on an IPv6-only host behind
+/// DNS64 with one, a private IPv4 address comes back as a public-looking IPv6 one.
 pub fn is_public(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => is_public_v4(v4),
@@ -696,8 +697,12 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
             let octets = v6.octets();
             let embedded =
                 || std::net::Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]);
+            // IPv4-mapped ::ffff:a.b.c.d, and IPv4-translated ::ffff:0:a.b.c.d.
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public_v4(v4);
+            }
+            if v6.segments()[..6] == [0, 0, 0, 0, 0xffff, 0] {
+                return is_public_v4(embedded());
             }
             // IPv4-compatible (::a.b.c.d, deprecated); NAT64's 64:ff9b::/96 (its local-use
             // 64:ff9b:1::/48 is not public).
@@ -717,7 +722,7 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
                 // Documentation 2001:db8::/32 and 3fff::/20; IETF assignments 2001::/23
                 // (Teredo, benchmarking, ORCHID and others).
                 || (a == 0x2001 && b == 0x0db8)
-                || (a & 0xfff0) == 0x3ff0
+                || (a == 0x3fff && b < 0x1000)
                 || (a == 0x2001 && b < 0x0200)
                 // Discard-only 100::/64 and 6to4 2002::/16 (it carries an IPv4 address).
                 || (a == 0x0100 && v6.segments()[1..4] == [0; 3])
@@ -734,12 +739,14 @@ fn is_public_v4(ip: std::net::Ipv4Addr) -> bool {
         || ip.is_link_local()
         || (a == 100 && (b & 0xc0) == 64) // shared address space (CGNAT), 100.64.0.0/10
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments, 192.0.0.0/24
+        || (a == 192 && b == 88 && c == 99) // the former 6to4 relay anycast, 192.88.99.0/24
         || ip.is_documentation()
         || (a == 198 && (b & 0xfe) == 18) // benchmarking, 198.18.0.0/15
         || ip.is_multicast()
         || a >= 240) // reserved, and broadcast
 }
 
+/// An HTTP/1.1 connection over `io`, driven by a task of its own.
 async fn handshake<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>, Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -803,6 +810,8 @@ mod tests {
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
             "::8.8.8.8",
+            "::ffff:0:8.8.8.8",
+            "3ff0::1",
         ];
         let not_public = [
             "0.0.0.0",
@@ -831,6 +840,10 @@ mod tests {
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
             "::127.0.0.1",
+            "::ffff:0:10.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "192.88.99.1",
+            "3fff:fff::1",
             "64:ff9b::7f00:1",
             "64:ff9b::a00:1",
             "64:ff9b:1::808:808",
