@@ -107,6 +107,19 @@ impl Error {
     }
 }
 
+/// The file in a mirror that says when it was created (milliseconds since the epoch).
+const CREATED: &str = "gitcache-created";
+
+/// When the mirror at `git_dir` was created (milliseconds since the epoch), if it says: one
+/// created by an older gitcache does not.
+pub fn created_at(git_dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(git_dir.join(CREATED))
+        .ok()?
+        .trim_end()
+        .parse()
+        .ok()
+}
+
 /// A bare repository kept in step with an upstream.
 #[derive(Debug, Clone)]
 pub struct Mirror {
@@ -132,6 +145,10 @@ impl Mirror {
         // Each file whole and on disk before the next; HEAD last: a folder without it is an
         // unfinished mirror, replaced by the next refresh.
         gitcache_storage::fs::replace_file(&git_dir.join("config"), config.as_bytes())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        gitcache_storage::fs::replace_file(&git_dir.join(CREATED), format!("{now}\n").as_bytes())?;
         gitcache_storage::fs::replace_file(&git_dir.join("HEAD"), b"ref: refs/heads/main\n")?;
         Ok(Mirror {
             git_dir,

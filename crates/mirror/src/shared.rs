@@ -134,6 +134,11 @@ pub struct MirrorManifest {
     /// A tombstone: the mirror was removed (a purge). It names no packs and no refs; copies
     /// taken from an earlier manifest are dropped, and a new mirror replaces it.
     pub removed: bool,
+    /// When the mirror was removed (milliseconds since the epoch; 0 when the tombstone does
+    /// not say): a copy that took no state from the store (one from before the store was
+    /// used, or made alone while it was out of reach) and was created before this is dropped
+    /// too, never committed over the tombstone.
+    pub removed_at: u64,
 }
 
 fn invalid(what: impl Into<String>) -> Error {
@@ -213,7 +218,11 @@ impl MirrorManifest {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = format!("{MAGIC}\nformat {}\n", self.format).into_bytes();
         if self.removed {
-            out.extend_from_slice(b"removed\n");
+            if self.removed_at == 0 {
+                out.extend_from_slice(b"removed\n");
+            } else {
+                out.extend_from_slice(format!("removed {}\n", self.removed_at).as_bytes());
+            }
         }
         if let Some(head) = &self.head {
             out.extend_from_slice(b"head ");
@@ -258,18 +267,26 @@ impl MirrorManifest {
             retired: Vec::new(),
             refs: refs.to_vec(),
             removed: false,
+            removed_at: 0,
         };
         for line in lines {
             let (word, rest) = line.split_once_str(" ").unwrap_or((line, b""));
             match word {
                 b"removed"
-                    if rest.is_empty()
-                        && !manifest.removed
+                    if !manifest.removed
                         && manifest.head.is_none()
                         && manifest.packs.is_empty()
                         && manifest.retired.is_empty() =>
                 {
                     manifest.removed = true;
+                    if !rest.is_empty() {
+                        manifest.removed_at = rest
+                            .to_str()
+                            .ok()
+                            .filter(|t| !t.starts_with(['0', '+']))
+                            .and_then(|t| t.parse::<u64>().ok())
+                            .ok_or_else(|| invalid("a removal's time"))?;
+                    }
                 }
                 b"head" | b"pack" if manifest.removed => {
                     return Err(invalid("a removed mirror names no packs or HEAD"));
@@ -378,6 +395,7 @@ impl MirrorManifest {
             retired: Vec::new(),
             refs,
             removed: false,
+            removed_at: 0,
         })
     }
 
@@ -517,6 +535,19 @@ fn unplace(pack_dir: &Path, placed: &[(&str, Vec<&str>, bool)]) {
             }
         }
     }
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether the copy at `git_dir`, which took no state from the store, was created before
+/// `tombstone`'s removal (a copy without a creation stamp, from an older gitcache, counts as
+/// created before any removal that says when it was).
+fn predates(git_dir: &Path, tombstone: &MirrorManifest) -> bool {
+    crate::mirror::created_at(git_dir).unwrap_or(0) < tombstone.removed_at
 }
 
 fn unix_now() -> u64 {
@@ -700,8 +731,9 @@ impl Shared {
     /// taken (a purge on another instance): what [`hydrate`](Self::hydrate) finds as
     /// [`Hydrated::Removed`], with nothing else downloaded.
     pub async fn removed(&self, key: &RepoKey, git_dir: &Path) -> Result<bool, Error> {
-        let held = local_version(git_dir).filter(|_| git_dir.join("HEAD").is_file());
-        if held.is_none()
+        let copy = git_dir.join("HEAD").is_file();
+        let held = local_version(git_dir).filter(|_| copy);
+        if !copy
             || self
                 .store
                 .manifest_version(&Self::manifest_key(key)?)
@@ -710,10 +742,9 @@ impl Shared {
         {
             return Ok(false);
         }
-        Ok(self
-            .read(key)
-            .await?
-            .is_some_and(|(manifest, _)| manifest.removed))
+        Ok(self.read(key).await?.is_some_and(|(manifest, _)| {
+            manifest.removed && (held.is_some() || predates(git_dir, &manifest))
+        }))
     }
 
     /// [`hydrate`](Self::hydrate), calling `taking` once the store is found to hold a state
@@ -750,11 +781,16 @@ impl Shared {
             return Ok(Hydrated::Current);
         }
         if manifest.removed {
-            return Ok(if held.is_some() {
-                Hydrated::Removed
-            } else {
-                Hydrated::Absent
-            });
+            // A copy taken from an earlier manifest, or one that took none and is older than
+            // the removal, goes.
+            let copy = git_dir.join("HEAD").is_file();
+            return Ok(
+                if held.is_some() || (copy && predates(git_dir, &manifest)) {
+                    Hydrated::Removed
+                } else {
+                    Hydrated::Absent
+                },
+            );
         }
         if let Some(ago) = self.failed_lately(key, &version) {
             return Err(Error::FailedLately(ago));
@@ -1061,8 +1097,13 @@ impl Shared {
                     (None, Some(version))
                 }
                 Ok(manifest) if manifest.removed => {
-                    if held.as_ref().is_some_and(|h| *h != version) {
-                        // Taken before the removal: it goes, it is not committed.
+                    let stale = match &held {
+                        Some(held) => *held != version,
+                        None => predates(git_dir, &manifest),
+                    };
+                    if stale {
+                        // Taken before the removal, or made before it: it goes, it is not
+                        // committed.
                         return Ok(Published::Conflict);
                     }
                     (Some(manifest), Some(version))
@@ -1376,6 +1417,7 @@ impl Shared {
                 retired,
                 refs: Vec::new(),
                 removed: true,
+                removed_at: unix_now_ms(),
             };
             let expected = current.map(|(_, version)| version);
             match self

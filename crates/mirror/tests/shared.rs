@@ -883,8 +883,23 @@ fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
     let tombstone =
         format!("gitcache-mirror 1\nformat sha1\nremoved\nretired pack-{oid} 5\nrefs\n");
     let removed = MirrorManifest::decode(tombstone.as_bytes()).unwrap();
-    assert!(removed.removed && removed.packs.is_empty());
+    assert!(removed.removed && removed.packs.is_empty() && removed.removed_at == 0);
     assert_eq!(removed.encode(), tombstone.as_bytes());
+    let dated = tombstone.replace("removed\n", "removed 1764979200123\n");
+    let removed = MirrorManifest::decode(dated.as_bytes()).unwrap();
+    assert_eq!(removed.removed_at, 1_764_979_200_123);
+    assert_eq!(removed.encode(), dated.as_bytes());
+    for bad in [
+        "removed 0",
+        "removed 01",
+        "removed +1",
+        "removed -1",
+        "removed x",
+        "removed  1",
+    ] {
+        let bad = tombstone.replace("removed", bad);
+        assert!(MirrorManifest::decode(bad.as_bytes()).is_err(), "{bad}");
+    }
     for (from, to) in [
         ("gitcache-mirror 1", "gitcache-mirror 2"),
         ("format sha1", "format md5"),
@@ -904,6 +919,49 @@ fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
         let bad = text.replacen(from, to, 1);
         assert_ne!(bad, text, "{from}");
         assert!(MirrorManifest::decode(bad.as_bytes()).is_err(), "{bad}");
+    }
+}
+
+/// A copy that took no state from the store (made before the store was used, or alone while
+/// it was out of reach) and is older than a purge is dropped, never committed over the
+/// tombstone: it would bring back what was purged, to every instance. The refresh fetches
+/// anew, from nothing, and that new copy replaces the tombstone. A copy without a creation
+/// stamp (from an older gitcache) counts as older than any purge that says when it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_older_than_a_purge_is_dropped_not_committed_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fleet(
+        AnyStore::Fs(FsStore::new(dir.path())),
+        Duration::from_secs(3600),
+        1461,
+    );
+    for unstamped in [false, true] {
+        f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+        f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+        // B's copy as one that took nothing from the store.
+        let git_dir = f.b.existing(&f.key).unwrap().git_dir().to_owned();
+        std::fs::remove_file(git_dir.join("gitcache-manifest")).unwrap();
+        if unstamped {
+            std::fs::remove_file(git_dir.join("gitcache-created")).unwrap();
+        }
+        let created = gitcache_mirror::mirror::created_at(&git_dir);
+        assert_eq!(created.is_none(), unstamped);
+        assert!(f.a.remove(&f.key).await.unwrap());
+        let tombstone = f.manifest().await;
+        assert!(tombstone.removed && tombstone.removed_at >= created.unwrap_or(0));
+        let fetches = f.upstream.counts().fetch;
+        f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+        assert_eq!(
+            f.upstream.counts().fetch,
+            fetches + 1,
+            "fetched anew (unstamped: {unstamped})"
+        );
+        let git_dir = f.b.existing(&f.key).unwrap().git_dir().to_owned();
+        let created = gitcache_mirror::mirror::created_at(&git_dir).expect("stamped");
+        assert!(created >= tombstone.removed_at, "a new copy");
+        let manifest = f.manifest().await;
+        assert!(!manifest.removed, "{manifest:?}");
+        f.fsck(&f.b);
     }
 }
 
