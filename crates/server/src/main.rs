@@ -203,6 +203,9 @@ fn main() -> Result<()> {
         };
         let proxy = gitcache_http::Proxy::with_services(config.proxy, services)
             .context("invalid configuration")?;
+        if let Some(shared) = proxy.registry().shared() {
+            check_bucket(shared.store()).await?;
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -301,6 +304,35 @@ fn main() -> Result<()> {
 
 /// Sweep the pages' store every `interval`: blobs no site names and deploys that never
 /// finished go once `grace` has passed (see `Pages::collect`).
+/// Refuse a bucket that ignores conditional writes (instances would overwrite each other's
+/// commits); one that cannot be asked now is used anyway, as the instance does while it is
+/// out of reach.
+async fn check_bucket(store: &AnyStore) -> anyhow::Result<()> {
+    use std::hash::BuildHasher as _;
+    let nonce = std::hash::RandomState::new().hash_one(std::time::SystemTime::now());
+    let probe =
+        gitcache_storage::store::ObjectKey::new(&format!("health/conditional-{nonce:016x}"))?;
+    let checked = tokio::time::timeout(
+        Duration::from_secs(30),
+        gitcache_storage::store::check_conditional_writes(store, &probe),
+    )
+    .await;
+    match checked {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err @ gitcache_storage::store::StoreError::NotConditional(_))) => {
+            Err(anyhow::anyhow!(err).context("the object store cannot be shared"))
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(%err, "the object store's conditional writes could not be checked");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("the object store's conditional writes could not be checked in time");
+            Ok(())
+        }
+    }
+}
+
 async fn sweep_pages(
     pages: gitcache_pages::site::Pages<AnyStore>,
     interval: Duration,

@@ -167,6 +167,59 @@ pub enum StoreError {
     /// The backend failed (an object store's error, a task that did not finish).
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The store does not honour conditional writes (see [`check_conditional_writes`]).
+    #[error(
+        "the store does not honour conditional writes: {0} (instances sharing it would overwrite each other's commits)"
+    )]
+    NotConditional(&'static str),
+}
+
+/// Check that `store` honours conditional writes, on the manifest `key` (created, then
+/// deleted: a key of the caller's own, so that instances starting together do not meet):
+/// a second create-only write must conflict, a replacement from the version before must
+/// conflict, and one from the current version must succeed. Some S3-compatible servers
+/// ignore `If-None-Match` or `If-Match`; instances sharing such a bucket would overwrite
+/// each other's commits without a word, so a server checks this before it uses one.
+pub async fn check_conditional_writes<S: ObjectStore>(
+    store: &S,
+    key: &ObjectKey,
+) -> Result<(), StoreError> {
+    let ignored = StoreError::NotConditional;
+    store.delete(key).await?;
+    let first = match store.replace_manifest(key, b"first\n", None).await? {
+        Replaced::Done(version) => version,
+        Replaced::Conflict => return Err(ignored("a create-only write found an object deleted")),
+    };
+    let checked = async {
+        if store.replace_manifest(key, b"again\n", None).await? != Replaced::Conflict {
+            return Err(ignored(
+                "a create-only write replaced an object (If-None-Match)",
+            ));
+        }
+        let Replaced::Done(second) = store
+            .replace_manifest(key, b"second\n", Some(&first))
+            .await?
+        else {
+            return Err(ignored("a write from the current version was refused"));
+        };
+        if store
+            .replace_manifest(key, b"stale\n", Some(&first))
+            .await?
+            != Replaced::Conflict
+        {
+            return Err(ignored(
+                "a write from a version replaced since went through (If-Match)",
+            ));
+        }
+        let held = store.read_manifest(key).await?;
+        if held.as_ref().map(|m| (&m.bytes[..], &m.version)) != Some((&b"second\n"[..], &second)) {
+            return Err(ignored("what was read back is not what was written"));
+        }
+        Ok(())
+    }
+    .await;
+    let deleted = store.delete(key).await;
+    checked.and(deleted)
 }
 
 /// Part of an object, in pieces: what [`ObjectStore::read_range`] gives.

@@ -9,6 +9,93 @@ fn key(s: &str) -> ObjectKey {
     ObjectKey::new(s).unwrap()
 }
 
+/// The check a server runs before it shares a store passes, and leaves nothing behind.
+async fn conditional_writes(store: &impl ObjectStore) {
+    let probe = key("health/conditional-1");
+    gitcache_storage::store::check_conditional_writes(store, &probe)
+        .await
+        .unwrap();
+    assert_eq!(store.read_manifest(&probe).await.unwrap(), None);
+}
+
+/// A store that takes every conditional write as if its condition held, as some
+/// S3-compatible servers do.
+#[derive(Debug)]
+struct Unconditional(FsStore);
+
+impl ObjectStore for Unconditional {
+    async fn put_file_after(
+        &self,
+        key: &ObjectKey,
+        head: &[u8],
+        from: &std::path::Path,
+    ) -> Result<(), StoreError> {
+        self.0.put_file_after(key, head, from).await
+    }
+    async fn get_file(
+        &self,
+        key: &ObjectKey,
+        to: &std::path::Path,
+        limit: u64,
+    ) -> Result<bool, StoreError> {
+        self.0.get_file(key, to, limit).await
+    }
+    async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get_bytes(key, limit).await
+    }
+    async fn read_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<gitcache_storage::store::ByteStream>, StoreError> {
+        self.0.read_range(key, range).await
+    }
+    async fn size(&self, key: &ObjectKey) -> Result<Option<u64>, StoreError> {
+        self.0.size(key).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.0.delete(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &ObjectKey,
+    ) -> Result<Vec<gitcache_storage::store::Listed>, StoreError> {
+        self.0.list(prefix).await
+    }
+    async fn read_manifest(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<Option<gitcache_storage::store::Manifest>, StoreError> {
+        self.0.read_manifest(key).await
+    }
+    async fn manifest_version(&self, key: &ObjectKey) -> Result<Option<Version>, StoreError> {
+        self.0.manifest_version(key).await
+    }
+    async fn replace_manifest(
+        &self,
+        key: &ObjectKey,
+        bytes: &[u8],
+        _expected: Option<&Version>,
+    ) -> Result<Replaced, StoreError> {
+        let current = self.0.manifest_version(key).await?;
+        self.0.replace_manifest(key, bytes, current.as_ref()).await
+    }
+}
+
+/// A store that ignores the conditions of its writes is found out, and the check's object
+/// does not stay.
+#[tokio::test]
+async fn a_store_ignoring_conditions_is_found_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Unconditional(FsStore::new(dir.path()));
+    let probe = key("health/conditional-1");
+    let err = gitcache_storage::store::check_conditional_writes(&store, &probe)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("If-None-Match"), "{err}");
+    assert_eq!(store.read_manifest(&probe).await.unwrap(), None);
+}
+
 /// The bytes `range` of `key`, read piece by piece.
 async fn read_range(
     store: &impl ObjectStore,
@@ -245,6 +332,7 @@ async fn the_filesystem_backend_passes_the_suite() {
     objects(&store, dir.path()).await;
     manifests(&store).await;
     racing_writers(&store).await;
+    conditional_writes(&store).await;
     // Nothing but the objects is left: no temporary file survives a write.
     let leftovers: Vec<_> = walk(&dir.path().join("store"))
         .into_iter()
@@ -302,6 +390,7 @@ async fn the_s3_backend_passes_the_suite() {
     objects(&store, dir.path()).await;
     manifests(&store).await;
     racing_writers(&store).await;
+    conditional_writes(&store).await;
     // Another prefix in the same bucket sees none of it.
     let other = s3_store(&server, Some("deployment-b"));
     assert!(other.list(&key("mirrors")).await.unwrap().is_empty());
