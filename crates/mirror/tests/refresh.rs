@@ -484,6 +484,46 @@ async fn a_slow_but_steady_upstream_gets_through() {
     assert!(err.to_string().contains("within"), "{err}");
 }
 
+/// An upstream that sends a little now and then, never silent for the idle timeout, is cut
+/// off once a window of `min_rate` goes by with fewer bytes than its least; one that is slow
+/// but well above it gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_below_the_least_rate_is_cut_off() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::small(1226)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = Client::new(
+        &upstream.repo_url("acme/widgets"),
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .with_limits(gitcache_upstream::Limits {
+        min_rate: Some((16 << 10, Duration::from_millis(500))),
+        ..Default::default()
+    });
+    // 2 KB/s, a piece every 50 ms: never idle, far below 32 KiB/s.
+    let trickle = Fault::Trickle {
+        chunk: 100,
+        every: Duration::from_millis(50),
+    };
+    upstream.inject(trickle, 1, Some(RequestKind::Fetch));
+    let err = mirror.refresh(&up, &[]).await.unwrap_err().to_string();
+    assert!(err.contains("fewer than 16384 bytes"), "{err}");
+    assert!(pack_files(mirror.git_dir()).is_empty());
+    // 320 KiB/s: ten times the least.
+    let steady = Fault::Trickle {
+        chunk: 16 << 10,
+        every: Duration::from_millis(50),
+    };
+    upstream.inject(steady, 1, Some(RequestKind::Fetch));
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+}
+
 /// Review of issue 12: an upstream that lists a ref to an object it does not have and sends
 /// again the very pack the mirror holds already: the refresh fails, and the pack the
 /// mirror's refs need stays.

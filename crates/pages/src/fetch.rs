@@ -12,6 +12,21 @@ use gitcache_upstream::Upstream;
 
 use crate::site::{MAX_FILES, MAX_SITE_BYTES, TreeFile};
 
+/// The slowest a deploy's upstream may answer: 256 KiB in every 30 seconds (whatever its
+/// idle timeout), so that one that sends a byte now and then holds a deploy's slot for half
+/// a minute, not the whole transfer timeout.
+pub const MIN_RATE: (u64, std::time::Duration) = (256 << 10, std::time::Duration::from_secs(30));
+
+/// The limits of a deploy's exchanges before its fetch: its listing (`ls-refs`) within a
+/// minute, at [`MIN_RATE`].
+pub fn listing_limits() -> gitcache_upstream::Limits {
+    gitcache_upstream::Limits {
+        transfer_timeout: std::time::Duration::from_secs(60),
+        min_rate: Some(MIN_RATE),
+        ..gitcache_upstream::Limits::default()
+    }
+}
+
 /// Why a branch's tree could not be had.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -83,6 +98,7 @@ pub async fn branch_tree_unless(
         let upstream = upstream.clone().with_limits(gitcache_upstream::Limits {
             max_pack_bytes: 2 * MAX_SITE_BYTES,
             transfer_timeout: std::time::Duration::from_secs(300),
+            min_rate: Some(MIN_RATE),
         });
         let fetch = Fetch {
             wants: vec![tip],

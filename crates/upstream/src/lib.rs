@@ -87,6 +87,14 @@ pub enum Error {
     /// The upstream's answer is not what the protocol allows.
     #[error("upstream answered something unexpected: {0}")]
     Protocol(String),
+    /// The upstream sent its answer slower than [`Limits::min_rate`] allows.
+    #[error("upstream sent fewer than {least} bytes in {every:?}")]
+    TooSlow {
+        /// The least bytes in each window.
+        least: u64,
+        /// The window.
+        every: Duration,
+    },
     /// The upstream was to be reached at public addresses only, and its host has none.
     #[error("upstream host '{0}' has no public address")]
     NotPublic(String),
@@ -109,7 +117,7 @@ impl Error {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Connect(_) | Error::Http(_) | Error::Timeout(_) => true,
+            Error::Connect(_) | Error::Http(_) | Error::Timeout(_) | Error::TooSlow { .. } => true,
             Error::Status { status, .. } => status.is_server_error(),
             _ => false,
         }
@@ -130,6 +138,11 @@ pub struct Limits {
     pub transfer_timeout: Duration,
     /// The most bytes a fetch response (the pack) may have.
     pub max_pack_bytes: u64,
+    /// The slowest an answer's body may come: at least `.0` bytes in every `.1` of it, or
+    /// the exchange ends ([`Error::TooSlow`]). An upstream that sends a byte now and then
+    /// passes the idle timeout; this bounds what it holds (a deploy's slot) by rate too.
+    /// `None` (the default): the idle and transfer timeouts alone.
+    pub min_rate: Option<(u64, Duration)>,
 }
 
 impl Default for Limits {
@@ -137,7 +150,41 @@ impl Default for Limits {
         Limits {
             transfer_timeout: Duration::from_secs(3600),
             max_pack_bytes: 64 << 30,
+            min_rate: None,
         }
+    }
+}
+
+/// A body's bytes counted against [`Limits::min_rate`], window by window.
+struct Pace {
+    min_rate: Option<(u64, Duration)>,
+    since: std::time::Instant,
+    counted: u64,
+}
+
+impl Pace {
+    fn new(min_rate: Option<(u64, Duration)>) -> Self {
+        Pace {
+            min_rate,
+            since: std::time::Instant::now(),
+            counted: 0,
+        }
+    }
+
+    /// Count `bytes` more: an error once a whole window went by with fewer than the least.
+    fn count(&mut self, bytes: u64) -> Result<(), Error> {
+        let Some((least, every)) = self.min_rate else {
+            return Ok(());
+        };
+        self.counted += bytes;
+        if self.since.elapsed() >= every {
+            if self.counted < least {
+                return Err(Error::TooSlow { least, every });
+            }
+            self.since = std::time::Instant::now();
+            self.counted = 0;
+        }
+        Ok(())
     }
 }
 
@@ -555,6 +602,7 @@ impl Upstream {
         mut sink: impl FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<u64, Error> {
         let mut read = 0u64;
+        let mut pace = Pace::new(self.limits.min_rate);
         loop {
             let frame = tokio::time::timeout(self.timeout, body.frame())
                 .await
@@ -567,6 +615,7 @@ impl Upstream {
                 if read > limit {
                     return Err(Error::TooLarge { what, limit });
                 }
+                pace.count(data.len() as u64)?;
                 sink(&data)?;
             }
         }
@@ -658,6 +707,7 @@ impl Upstream {
             let mut body = response.into_body();
             let mut written = 0u64;
             let limit = self.limits.max_pack_bytes;
+            let mut pace = Pace::new(self.limits.min_rate);
             loop {
                 let frame = tokio::time::timeout(self.timeout, body.frame())
                     .await
@@ -673,6 +723,7 @@ impl Upstream {
                             limit,
                         });
                     }
+                    pace.count(data.len() as u64)?;
                     out.write_all(&data).await.map_err(Error::Connect)?;
                 }
             }
