@@ -1476,6 +1476,7 @@ impl Registry {
         if shared.removed(key, &self.path(key)).await? {
             tracing::info!("the shared mirror was removed; dropping the local copy");
             self.discard(key)?;
+            shared.copy_dropped(key);
         }
         Ok(())
     }
@@ -1497,6 +1498,7 @@ impl Registry {
         if shared.hydrate_noting(key, &self.path(key), taking).await? == Hydrated::Removed {
             tracing::info!("the shared mirror was removed; dropping the local copy");
             self.discard(key)?;
+            shared.copy_dropped(key);
         }
         Ok(())
     }

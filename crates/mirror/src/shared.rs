@@ -452,6 +452,10 @@ pub struct Shared {
     /// Mirrors whose state in the store could not be taken (a file missing or damaged
     /// there), the manifest version then, and when.
     failed: std::sync::Arc<std::sync::Mutex<HashMap<RepoKey, (Version, std::time::Instant)>>>,
+    /// Tombstones found, by mirror: the version, and whether no copy made before it is left
+    /// here (there was none, or the one there was dropped). A copy made here after that is
+    /// newer than the removal, whatever the instances' clocks say.
+    tombstones: std::sync::Arc<std::sync::Mutex<HashMap<RepoKey, (Version, bool)>>>,
 }
 
 /// How long a manifest version whose files could not be had is not tried again.
@@ -660,6 +664,7 @@ impl Shared {
             bundles: false,
             bundles_seen: Default::default(),
             failed: Default::default(),
+            tombstones: Default::default(),
         }
     }
 
@@ -742,9 +747,57 @@ impl Shared {
         {
             return Ok(false);
         }
-        Ok(self.read(key).await?.is_some_and(|(manifest, _)| {
-            manifest.removed && (held.is_some() || predates(git_dir, &manifest))
-        }))
+        let Some((manifest, version)) = self.read(key).await? else {
+            return Ok(false);
+        };
+        let stale = manifest.removed
+            && (held.is_some() || self.older_than_removal(key, git_dir, &manifest, &version));
+        if manifest.removed {
+            self.note_tombstone(key, &version, !stale);
+        }
+        Ok(stale)
+    }
+
+    /// Remember the tombstone `version` of `key`, and whether no copy made before it is left
+    /// here (`gone`).
+    fn note_tombstone(&self, key: &RepoKey, version: &Version, gone: bool) {
+        let mut tombstones = self.tombstones.lock().unwrap_or_else(|p| p.into_inner());
+        if tombstones.len() >= FAILED_MOST && !tombstones.contains_key(key) {
+            tombstones.clear();
+        }
+        tombstones.insert(key.clone(), (version.clone(), gone));
+    }
+
+    /// The local copy of `key` was dropped for the tombstone found last: a copy made here from
+    /// now on is newer than that removal.
+    pub fn copy_dropped(&self, key: &RepoKey) {
+        if let Some((_, gone)) = self
+            .tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(key)
+        {
+            *gone = true;
+        }
+    }
+
+    /// Whether the copy of `key` at `git_dir`, which took no state from the store, is older
+    /// than the removal `tombstone` (at `version`): created before it by the clocks, unless
+    /// it was made here after this instance found that tombstone with no older copy left.
+    fn older_than_removal(
+        &self,
+        key: &RepoKey,
+        git_dir: &Path,
+        tombstone: &MirrorManifest,
+        version: &Version,
+    ) -> bool {
+        let made_after = self
+            .tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|(found, gone)| found == version && *gone);
+        !made_after && predates(git_dir, tombstone)
     }
 
     /// [`hydrate`](Self::hydrate), calling `taking` once the store is found to hold a state
@@ -784,13 +837,14 @@ impl Shared {
             // A copy taken from an earlier manifest, or one that took none and is older than
             // the removal, goes.
             let copy = git_dir.join("HEAD").is_file();
-            return Ok(
-                if held.is_some() || (copy && predates(git_dir, &manifest)) {
-                    Hydrated::Removed
-                } else {
-                    Hydrated::Absent
-                },
-            );
+            let stale = held.is_some()
+                || (copy && self.older_than_removal(key, git_dir, &manifest, &version));
+            self.note_tombstone(key, &version, !stale);
+            return Ok(if stale {
+                Hydrated::Removed
+            } else {
+                Hydrated::Absent
+            });
         }
         if let Some(ago) = self.failed_lately(key, &version) {
             return Err(Error::FailedLately(ago));
@@ -1099,7 +1153,7 @@ impl Shared {
                 Ok(manifest) if manifest.removed => {
                     let stale = match &held {
                         Some(held) => *held != version,
-                        None => predates(git_dir, &manifest),
+                        None => self.older_than_removal(key, git_dir, &manifest, &version),
                     };
                     if stale {
                         // Taken before the removal, or made before it: it goes, it is not

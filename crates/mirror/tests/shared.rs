@@ -963,6 +963,24 @@ async fn a_copy_older_than_a_purge_is_dropped_not_committed_over_it() {
         assert!(!manifest.removed, "{manifest:?}");
         f.fsck(&f.b);
     }
+    // A purge stamped by a clock an hour ahead of B's: B's new copy, made after B dropped the
+    // older one for that very tombstone, is newer than it whatever the stamps say, and is
+    // committed, not dropped and fetched again and again.
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert!(f.a.remove(&f.key).await.unwrap());
+    let manifest_key = Shared::manifest_key(&f.key).unwrap();
+    let stored = f.store.read_manifest(&manifest_key).await.unwrap().unwrap();
+    let mut ahead = MirrorManifest::decode(&stored.bytes).unwrap();
+    ahead.removed_at += 3_600_000;
+    f.store
+        .replace_manifest(&manifest_key, &ahead.encode(), Some(&stored.version))
+        .await
+        .unwrap();
+    let fetches = f.upstream.counts().fetch;
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(f.upstream.counts().fetch, fetches + 1, "fetched anew, once");
+    assert!(!f.manifest().await.removed);
 }
 
 /// Files under a mirror's packs that no manifest names (an upload cut short by a crash) are

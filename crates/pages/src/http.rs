@@ -171,6 +171,8 @@ impl Sources {
                 } else {
                     return false;
                 };
+                // One slash may end it, as in a URL copied from a browser.
+                let rest = rest.strip_suffix('/').unwrap_or(rest);
                 !rest.is_empty()
                     && rest.split('/').all(|segment| {
                         !matches!(segment, "" | "." | "..")
@@ -552,17 +554,20 @@ impl PagesService {
             return with_etag(response, &file.etag, compressible);
         } else {
             // A compressed copy the memory holds goes without reading the blob; otherwise one
-            // is made only when a compression is free (taken before the blob is read whole),
-            // and the blob goes as it is when none is.
+            // is made when a compression is free. For a blob too large to keep, that is known
+            // before it is read whole (the compression taken then): without one, it goes as
+            // it is, in pieces.
             let mut compression = None;
             let mut encoding = encoding;
-            if let (Some(chosen), Content::Blob { hash, .. }) = (encoding, file.content) {
+            if let (Some(chosen), Content::Blob { hash, size }) = (encoding, file.content) {
                 if let Some(bytes) = self.pages.held_compressed(hash, chosen) {
                     return compressed_answer(status, bytes, chosen, file.content_type, &etag);
                 }
-                compression = self.pages.compression_slot();
-                if compression.is_none() {
-                    encoding = None;
+                if !self.pages.reads_whole(*size) {
+                    compression = self.pages.compression_slot();
+                    if compression.is_none() {
+                        encoding = None;
+                    }
                 }
             }
             // A large blob that goes as it is: read in pieces as it is sent.
@@ -583,8 +588,8 @@ impl PagesService {
                     Err(err) => return unreadable_blob(&err),
                 },
             };
-            if let (Some(chosen), Some(slot), Content::Blob { hash, .. }) =
-                (encoding, compression, file.content)
+            if let (Some(chosen), Content::Blob { hash, .. }) = (encoding, file.content)
+                && let Some(slot) = compression.or_else(|| self.pages.compression_slot())
                 && let Some(bytes) = self
                     .pages
                     .compress(hash, content.clone(), chosen, slot)
@@ -869,7 +874,7 @@ impl PagesService {
         configured: bool,
     ) -> Response<Body> {
         let upstream = match gitcache_upstream::Upstream::new(url, None, self.timeout) {
-            Ok(upstream) => upstream,
+            Ok(upstream) => upstream.with_limits(crate::fetch::listing_limits()),
             Err(err) => return text(StatusCode::BAD_REQUEST, &format!("repository URL: {err}")),
         };
         let upstream = if configured || self.sources.names(url) {
@@ -885,6 +890,15 @@ impl PagesService {
             upstream.public_only()
         };
         let source = format!("{url}#{branch}");
+        // The site's version before its tree is read: a deploy committed from here on, during
+        // the fetch as during the upload, is one this deploy must not go over blindly.
+        let since = match self.pages.site_version(host, project).await {
+            Ok(since) => since,
+            Err(err) => {
+                tracing::warn!(%err, "reading a site failed");
+                return text(StatusCode::SERVICE_UNAVAILABLE, "the site cannot be read");
+            }
+        };
         // The commit deployed from this source, if any: a push or PUT that changes nothing
         // costs one `ls-refs`, not a fetch.
         let deployed = match self.pages.site(host, project).await {
@@ -930,21 +944,22 @@ impl PagesService {
         };
         // Should another deploy commit the site meanwhile, this one goes over it only while
         // its commit is still the branch's tip.
-        let still_tip = || -> futures_util::future::BoxFuture<'static, bool> {
+        let still_tip = || -> futures_util::future::BoxFuture<'static, Result<bool, String>> {
             let (upstream, branch, commit) = (upstream.clone(), branch.to_owned(), commit.clone());
             Box::pin(async move {
                 match crate::fetch::branch_tip(&upstream, &branch).await {
-                    Ok(tip) => tip.to_string().eq_ignore_ascii_case(&commit),
+                    Ok(tip) => Ok(tip.to_string().eq_ignore_ascii_case(&commit)),
                     Err(err) => {
+                        // The upstream's own words stay in the log.
                         tracing::warn!(%err, "deploy: the branch's tip could not be asked again");
-                        false
+                        Err("the repository could not be read".to_owned())
                     }
                 }
             })
         };
         match self
             .pages
-            .deploy_unless_superseded(host, project, &commit, &source, tree, still_tip)
+            .deploy_unless_superseded(host, project, &commit, &source, tree, since, still_tip)
             .await
         {
             Ok(done) => {
@@ -985,6 +1000,7 @@ impl PagesService {
                 );
                 text(StatusCode::CONFLICT, &err.to_string())
             }
+            Err(err @ SiteError::TipUnknown(_)) => text(StatusCode::BAD_GATEWAY, &err.to_string()),
             Err(err) => {
                 tracing::warn!(%err, "deploy failed");
                 text(StatusCode::SERVICE_UNAVAILABLE, &format!("gitcache: {err}"))
@@ -1306,6 +1322,8 @@ mod tests {
             "https://forge.example/acme/site.git",
             "https://git.example/team/site.git",
             "https://git.example/team/a.b/..c.git",
+            "https://git.example/team/site.git/",
+            "https://git.example/team/~user/site",
         ] {
             assert!(sources.names(url), "{url}");
         }
@@ -1329,6 +1347,7 @@ mod tests {
             "https://git.example/team/site.git#main",
             "https://git.example/team/",
             "https://git.example/team//site.git",
+            "https://git.example/team/site.git//",
             "https://git.example/",
         ] {
             assert!(!sources.names(url), "{url}");

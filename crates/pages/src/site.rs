@@ -109,6 +109,10 @@ pub enum Error {
     /// back).
     #[error("the site was deployed meanwhile, and this commit is no longer its branch's tip")]
     Superseded,
+    /// Another deployment committed the site while this one ran, and the branch's tip could
+    /// not be asked again to tell which is newer: nothing was committed.
+    #[error("the site was deployed meanwhile, and the branch's tip could not be asked: {0}")]
+    TipUnknown(String),
     /// The site's `_redirects` or `_headers` file does not parse.
     #[error(transparent)]
     Rules(#[from] RuleError),
@@ -375,17 +379,30 @@ impl<S: ObjectStore> Pages<S> {
         source: &str,
         tree: Vec<TreeFile>,
     ) -> Result<Deployed, Error> {
-        self.deploy_unless_superseded(host, project, commit, source, tree, || {
-            Box::pin(async { true })
+        let since = self.site_version(host, project).await?;
+        self.deploy_unless_superseded(host, project, commit, source, tree, since, || {
+            Box::pin(async { Ok(true) })
         })
         .await
     }
 
-    /// [`Pages::deploy`] of a tree that was its branch's tip when it was read: should another
-    /// deployment commit the site while this one runs, this one replaces it only if
-    /// `still_tip` says its commit is still the branch's tip, and otherwise ends with
-    /// [`Error::Superseded`]. Two pushes in quick succession make two deployments; the one
-    /// of the older tip must not commit last.
+    /// The version of the site `project` of `host` in the store now (`None`: none is
+    /// deployed): what [`Pages::deploy_unless_superseded`] takes, read before the tree is.
+    pub async fn site_version(&self, host: &str, project: &str) -> Result<Option<Version>, Error> {
+        Ok(self
+            .store
+            .manifest_version(&Self::site_key(host, project)?)
+            .await?)
+    }
+
+    /// [`Pages::deploy`] of a tree that was its branch's tip when it was read, the site then
+    /// at version `since` ([`Pages::site_version`], read before the tree): should another
+    /// deployment have committed the site since, this one replaces it only if `still_tip`
+    /// says its commit is still the branch's tip, and otherwise ends with
+    /// [`Error::Superseded`] (or [`Error::TipUnknown`] when the tip could not be asked). Two
+    /// pushes in quick succession make two deployments; the one of the older tip must not
+    /// commit last, however long its fetch took.
+    #[allow(clippy::too_many_arguments)]
     pub async fn deploy_unless_superseded(
         &self,
         host: &str,
@@ -393,7 +410,9 @@ impl<S: ObjectStore> Pages<S> {
         commit: &str,
         source: &str,
         tree: Vec<TreeFile>,
-        mut still_tip: impl FnMut() -> futures_util::future::BoxFuture<'static, bool> + Send,
+        since: Option<Version>,
+        mut still_tip: impl FnMut() -> futures_util::future::BoxFuture<'static, Result<bool, String>>
+        + Send,
     ) -> Result<Deployed, Error> {
         let site_key = Self::site_key(host, project)?;
         let (manifest, blobs) = build(commit, source, tree)?;
@@ -441,7 +460,9 @@ impl<S: ObjectStore> Pages<S> {
         // Created, or there already (the same deployment under way): either way staged.
         self.store.replace_manifest(&staged, &encoded, None).await?;
         let uploaded = self.store_blobs(&blobs).await?;
-        let mut expected = current.map(|c| c.version);
+        // From the version before the tree was read: a deployment committed during the fetch
+        // is a conflict as much as one committed during the upload.
+        let mut expected = since;
         let mut committed = false;
         for _ in 0..4 {
             match self
@@ -456,9 +477,10 @@ impl<S: ObjectStore> Pages<S> {
                 // Another deployment committed meanwhile: this one goes over it only while
                 // its commit is the branch's tip.
                 Replaced::Conflict => {
-                    if !still_tip().await {
+                    let tip = still_tip().await;
+                    if tip != Ok(true) {
                         let _ = self.store.delete(&staged).await;
-                        return Err(Error::Superseded);
+                        return Err(tip.map_or_else(Error::TipUnknown, |_| Error::Superseded));
                     }
                     expected = self.store.manifest_version(&site_key).await?;
                 }

@@ -682,9 +682,10 @@ async fn a_blob_named_again_while_a_sweep_runs_is_kept() {
 }
 
 /// Two deploys of one site that race (two pushes in quick succession): the one that finds the
-/// site committed by the other while it ran goes over it only while its own commit is still
-/// the branch's tip. Otherwise it commits nothing and the site stays as the other left it:
-/// an older tip committed last would roll the site back.
+/// site committed by the other while it ran (while its tree was fetched, or its blobs went
+/// up) goes over it only while its own commit is still the branch's tip. Otherwise it commits
+/// nothing and the site stays as the other left it: an older tip committed last would roll
+/// the site back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_overtaken_by_another_commits_only_while_it_is_the_tip() {
     use gitcache_storage::store::{ObjectKey, ObjectStore as _};
@@ -705,8 +706,18 @@ async fn a_deploy_overtaken_by_another_commits_only_while_it_is_the_tip() {
     let newer = manifest().await;
     deploy(&pages, THIRD, b"third").await;
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let deploy_racing = async |other: Vec<u8>, tip: bool| {
-        *store.on_blob_size.lock().unwrap() = Some((site.to_owned(), other));
+    let asked_times = || asked.load(std::sync::atomic::Ordering::SeqCst);
+    // A deploy of COMMIT from the site as it is now; `during_upload` is committed by another
+    // as its blobs go up, `during_fetch` deploys another commit before it starts (as while
+    // its tree was fetched); `tip` is what asking the branch's tip again says.
+    let deploy_racing = async |during_upload: Option<Vec<u8>>,
+                               during_fetch: Option<&str>,
+                               tip: Result<bool, String>| {
+        let since = pages.site_version("example.org", ".index").await.unwrap();
+        if let Some(commit) = during_fetch {
+            deploy(&pages, commit, commit.as_bytes()).await;
+        }
+        *store.on_blob_size.lock().unwrap() = during_upload.map(|other| (site.to_owned(), other));
         let asked = std::sync::Arc::clone(&asked);
         pages
             .deploy_unless_superseded(
@@ -715,27 +726,44 @@ async fn a_deploy_overtaken_by_another_commits_only_while_it_is_the_tip() {
                 COMMIT,
                 "https://forge/acme/site.git#pages",
                 tree(&[b'o'; 1000]),
+                since,
                 move || {
                     asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let tip = tip.clone();
                     Box::pin(async move { tip })
                 },
             )
             .await
     };
-    // Overtaken by the newer tip's deploy: nothing committed.
-    let superseded = deploy_racing(newer.clone(), false).await;
+    // Overtaken by the newer tip's deploy as its blobs went up: nothing committed.
+    let superseded = deploy_racing(Some(newer.clone()), None, Ok(false)).await;
     assert!(
         matches!(superseded, Err(Error::Superseded)),
         "{superseded:?}"
     );
-    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(asked_times(), 1);
     let served = pages.site("example.org", ".index").await.unwrap().unwrap();
     assert_eq!(served.manifest.commit, NEXT, "the newer tip stays");
+    // Overtaken while its tree was fetched, long before its upload: the same.
+    deploy(&pages, THIRD, b"third").await;
+    let superseded = deploy_racing(None, Some(NEXT), Ok(false)).await;
+    assert!(
+        matches!(superseded, Err(Error::Superseded)),
+        "{superseded:?}"
+    );
+    assert_eq!(asked_times(), 2);
+    let served = pages.site("example.org", ".index").await.unwrap().unwrap();
+    assert_eq!(served.manifest.commit, NEXT, "the newer tip stays");
+    // The tip cannot be asked again: nothing committed, and not said to be superseded.
+    deploy(&pages, THIRD, b"third").await;
+    let unknown = deploy_racing(Some(newer.clone()), None, Err("down".into())).await;
+    assert!(matches!(unknown, Err(Error::TipUnknown(_))), "{unknown:?}");
+    assert_eq!(asked_times(), 3);
     // Overtaken, but still the tip (the other deploy was of an older one): committed.
     deploy(&pages, THIRD, b"third").await;
-    let deployed = deploy_racing(newer, true).await.unwrap();
+    let deployed = deploy_racing(Some(newer), None, Ok(true)).await.unwrap();
     assert!(!deployed.unchanged);
-    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(asked_times(), 4);
     let served = pages.site("example.org", ".index").await.unwrap().unwrap();
     assert_eq!(served.manifest.commit, COMMIT);
     // Nothing staged is left behind either way.
