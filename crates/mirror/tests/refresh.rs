@@ -485,8 +485,8 @@ async fn a_slow_but_steady_upstream_gets_through() {
 }
 
 /// An upstream that sends a little now and then, never silent for the idle timeout, is cut
-/// off once a window of `min_rate` goes by with fewer bytes than its least; one that is slow
-/// but well above it gets through.
+/// off once a window of `min_rate` goes by with fewer bytes than its least (judged as it
+/// ends, bytes or not); one that is slow but well above it gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickle_below_the_least_rate_is_cut_off() {
     let upstream = Upstream::start().unwrap();
@@ -511,6 +511,16 @@ async fn a_trickle_below_the_least_rate_is_cut_off() {
         every: Duration::from_millis(50),
     };
     upstream.inject(trickle, 1, Some(RequestKind::Fetch));
+    let err = mirror.refresh(&up, &[]).await.unwrap_err().to_string();
+    assert!(err.contains("fewer than 16384 bytes"), "{err}");
+    assert!(pack_files(mirror.git_dir()).is_empty());
+    // Bursts, each enough for a window, then silence under the idle timeout: a window that
+    // ends without a byte is judged as it ends, not when the next burst comes.
+    let bursts = Fault::Trickle {
+        chunk: 20 << 10,
+        every: Duration::from_secs(2),
+    };
+    upstream.inject(bursts, 1, Some(RequestKind::Fetch));
     let err = mirror.refresh(&up, &[]).await.unwrap_err().to_string();
     assert!(err.contains("fewer than 16384 bytes"), "{err}");
     assert!(pack_files(mirror.git_dir()).is_empty());

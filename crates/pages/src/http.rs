@@ -873,6 +873,8 @@ impl PagesService {
         branch: &str,
         configured: bool,
     ) -> Response<Body> {
+        // One repository with or without a slash at its end: one source.
+        let url = url.strip_suffix('/').unwrap_or(url);
         let upstream = match gitcache_upstream::Upstream::new(url, None, self.timeout) {
             Ok(upstream) => upstream.with_limits(crate::fetch::listing_limits()),
             Err(err) => return text(StatusCode::BAD_REQUEST, &format!("repository URL: {err}")),

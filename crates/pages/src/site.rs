@@ -396,12 +396,14 @@ impl<S: ObjectStore> Pages<S> {
     }
 
     /// [`Pages::deploy`] of a tree that was its branch's tip when it was read, the site then
-    /// at version `since` ([`Pages::site_version`], read before the tree): should another
-    /// deployment have committed the site since, this one replaces it only if `still_tip`
-    /// says its commit is still the branch's tip, and otherwise ends with
+    /// at version `since` ([`Pages::site_version`], read before the tree): it commits only
+    /// while `still_tip` says its commit is still the branch's tip (asked before each try,
+    /// after the version it replaces was read), and only over that version or one read
+    /// after another deployment committed meanwhile. Otherwise it ends with
     /// [`Error::Superseded`] (or [`Error::TipUnknown`] when the tip could not be asked). Two
     /// pushes in quick succession make two deployments; the one of the older tip must not
-    /// commit last, however long its fetch took.
+    /// commit last, however long its fetch took, nor one of a tip the branch was pushed back
+    /// from.
     #[allow(clippy::too_many_arguments)]
     pub async fn deploy_unless_superseded(
         &self,
@@ -465,6 +467,14 @@ impl<S: ObjectStore> Pages<S> {
         let mut expected = since;
         let mut committed = false;
         for _ in 0..4 {
+            // Asked before each commit, after the version it commits over was read: the
+            // branch may have moved on since its tree was read (or back, to what another
+            // deploy found deployed and so left as it was).
+            let tip = still_tip().await;
+            if tip != Ok(true) {
+                let _ = self.store.delete(&staged).await;
+                return Err(tip.map_or_else(Error::TipUnknown, |_| Error::Superseded));
+            }
             match self
                 .store
                 .replace_manifest(&site_key, &encoded, expected.as_ref())
@@ -475,13 +485,8 @@ impl<S: ObjectStore> Pages<S> {
                     break;
                 }
                 // Another deployment committed meanwhile: this one goes over it only while
-                // its commit is the branch's tip.
+                // its commit is still the tip (asked again, next round).
                 Replaced::Conflict => {
-                    let tip = still_tip().await;
-                    if tip != Ok(true) {
-                        let _ = self.store.delete(&staged).await;
-                        return Err(tip.map_or_else(Error::TipUnknown, |_| Error::Superseded));
-                    }
                     expected = self.store.manifest_version(&site_key).await?;
                 }
             }

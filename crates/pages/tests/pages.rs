@@ -681,11 +681,11 @@ async fn a_blob_named_again_while_a_sweep_runs_is_kept() {
     }
 }
 
-/// Two deploys of one site that race (two pushes in quick succession): the one that finds the
-/// site committed by the other while it ran (while its tree was fetched, or its blobs went
-/// up) goes over it only while its own commit is still the branch's tip. Otherwise it commits
-/// nothing and the site stays as the other left it: an older tip committed last would roll
-/// the site back.
+/// Two deploys of one site that race (two pushes in quick succession): a deploy commits only
+/// while its commit is still the branch's tip, asked before each try, and the one that finds
+/// the site committed by the other while it ran (while its tree was fetched, or its blobs
+/// went up) goes over it only then. Otherwise it commits nothing and the site stays as the
+/// other left it: an older tip committed last would roll the site back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_overtaken_by_another_commits_only_while_it_is_the_tip() {
     use gitcache_storage::store::{ObjectKey, ObjectStore as _};
@@ -759,11 +759,25 @@ async fn a_deploy_overtaken_by_another_commits_only_while_it_is_the_tip() {
     let unknown = deploy_racing(Some(newer.clone()), None, Err("down".into())).await;
     assert!(matches!(unknown, Err(Error::TipUnknown(_))), "{unknown:?}");
     assert_eq!(asked_times(), 3);
-    // Overtaken, but still the tip (the other deploy was of an older one): committed.
+    // Not overtaken, but the branch was pushed back meanwhile to what is deployed (which
+    // another deploy then found deployed, and left as it was): nothing committed.
     deploy(&pages, THIRD, b"third").await;
+    let pushed_back = deploy_racing(None, None, Ok(false)).await;
+    assert!(
+        matches!(pushed_back, Err(Error::Superseded)),
+        "{pushed_back:?}"
+    );
+    assert_eq!(asked_times(), 4);
+    let served = pages.site("example.org", ".index").await.unwrap().unwrap();
+    assert_eq!(
+        served.manifest.commit, THIRD,
+        "what the branch is back to stays"
+    );
+    // Overtaken, but still the tip (the other deploy was of an older one): committed, the
+    // tip asked before each try.
     let deployed = deploy_racing(Some(newer), None, Ok(true)).await.unwrap();
     assert!(!deployed.unchanged);
-    assert_eq!(asked_times(), 4);
+    assert_eq!(asked_times(), 6);
     let served = pages.site("example.org", ".index").await.unwrap().unwrap();
     assert_eq!(served.manifest.commit, COMMIT);
     // Nothing staged is left behind either way.

@@ -302,8 +302,6 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Sweep the pages' store every `interval`: blobs no site names and deploys that never
-/// finished go once `grace` has passed (see `Pages::collect`).
 /// Refuse a bucket that ignores conditional writes (instances would overwrite each other's
 /// commits); one that cannot be asked now is used anyway, as the instance does while it is
 /// out of reach.
@@ -333,6 +331,8 @@ async fn check_bucket(store: &AnyStore) -> anyhow::Result<()> {
     }
 }
 
+/// Sweep the pages' store every `interval`: blobs no site names and deploys that never
+/// finished go once `grace` has passed (see `Pages::collect`).
 async fn sweep_pages(
     pages: gitcache_pages::site::Pages<AnyStore>,
     interval: Duration,

@@ -174,52 +174,88 @@ pub enum StoreError {
     NotConditional(&'static str),
 }
 
-/// Check that `store` honours conditional writes, on the manifest `key` (created, then
-/// deleted: a key of the caller's own, so that instances starting together do not meet):
-/// a second create-only write must conflict, a replacement from the version before must
-/// conflict, and one from the current version must succeed. Some S3-compatible servers
-/// ignore `If-None-Match` or `If-Match`; instances sharing such a bucket would overwrite
-/// each other's commits without a word, so a server checks this before it uses one.
+/// Check that `store` honours conditional writes, on the manifest `key` (a new key of the
+/// caller's own, so that instances starting together do not meet; created, then deleted):
+/// a second create-only write must conflict, and a replacement from a version replaced
+/// since must conflict. Some S3-compatible servers ignore `If-None-Match` or `If-Match`;
+/// instances sharing such a bucket would overwrite each other's commits without a word, so a
+/// server checks this before it uses one ([`StoreError::NotConditional`]). A write that
+/// conflicts where it should not (a retried request whose first try went through) is read
+/// back: what it wrote being there, it went through; anything else is a
+/// [`StoreError::Backend`] error, not a finding. Probe objects under `key`'s folder named
+/// like it and older than an hour (left by a check cut short) are deleted first.
 pub async fn check_conditional_writes<S: ObjectStore>(
     store: &S,
     key: &ObjectKey,
 ) -> Result<(), StoreError> {
-    let ignored = StoreError::NotConditional;
-    store.delete(key).await?;
-    let first = match store.replace_manifest(key, b"first\n", None).await? {
-        Replaced::Done(version) => version,
-        Replaced::Conflict => return Err(ignored("a create-only write found an object deleted")),
+    sweep_old_probes(store, key).await?;
+    // What `bytes`, written over `expected`, left: its version when it is there.
+    let written = async |bytes: &[u8], expected: Option<&Version>| match store
+        .replace_manifest(key, bytes, expected)
+        .await?
+    {
+        Replaced::Done(version) => Ok(version),
+        Replaced::Conflict => match store.read_manifest(key).await? {
+            Some(read) if read.bytes == bytes => Ok(read.version),
+            _ => Err(StoreError::Backend(
+                "a conditional write that should have gone through conflicted".into(),
+            )),
+        },
     };
+    let first = written(b"first\n", None).await?;
     let checked = async {
         if store.replace_manifest(key, b"again\n", None).await? != Replaced::Conflict {
-            return Err(ignored(
+            return Err(StoreError::NotConditional(
                 "a create-only write replaced an object (If-None-Match)",
             ));
         }
-        let Replaced::Done(second) = store
-            .replace_manifest(key, b"second\n", Some(&first))
-            .await?
-        else {
-            return Err(ignored("a write from the current version was refused"));
-        };
+        let second = written(b"second\n", Some(&first)).await?;
         if store
             .replace_manifest(key, b"stale\n", Some(&first))
             .await?
             != Replaced::Conflict
         {
-            return Err(ignored(
+            return Err(StoreError::NotConditional(
                 "a write from a version replaced since went through (If-Match)",
             ));
         }
         let held = store.read_manifest(key).await?;
         if held.as_ref().map(|m| (&m.bytes[..], &m.version)) != Some((&b"second\n"[..], &second)) {
-            return Err(ignored("what was read back is not what was written"));
+            return Err(StoreError::Backend(
+                "what was read back is not what was written".into(),
+            ));
         }
         Ok(())
     }
     .await;
     let deleted = store.delete(key).await;
     checked.and(deleted)
+}
+
+/// Delete probes of [`check_conditional_writes`] beside `key` (named like it up to its last
+/// `-`) written more than an hour ago.
+async fn sweep_old_probes<S: ObjectStore>(store: &S, key: &ObjectKey) -> Result<(), StoreError> {
+    let (Some((folder, name)), Some(hour_ago)) = (
+        key.as_str().rsplit_once('/'),
+        std::time::SystemTime::now().checked_sub(std::time::Duration::from_secs(3600)),
+    ) else {
+        return Ok(());
+    };
+    let Some((stem, _)) = name.rsplit_once('-') else {
+        return Ok(());
+    };
+    for old in store.list(&ObjectKey::new(folder)?).await? {
+        let probe = old
+            .key
+            .as_str()
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with(&format!("{stem}-")));
+        if probe && old.modified < hour_ago {
+            store.delete(&old.key).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Part of an object, in pieces: what [`ObjectStore::read_range`] gives.

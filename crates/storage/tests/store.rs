@@ -82,6 +82,36 @@ impl ObjectStore for Unconditional {
     }
 }
 
+/// The check deletes probes an earlier check left behind (cut short) once they are an hour
+/// old, and nothing else.
+#[tokio::test]
+async fn old_probes_are_swept_by_the_next_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    for name in ["conditional-old", "conditional-new", "other"] {
+        let probe = key(&format!("health/{name}"));
+        store.replace_manifest(&probe, b"x", None).await.unwrap();
+    }
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(store.path_of(&key("health/conditional-old")))
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    gitcache_storage::store::check_conditional_writes(&store, &key("health/conditional-2"))
+        .await
+        .unwrap();
+    let left: Vec<String> = store
+        .list(&key("health"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key.as_str().to_owned())
+        .collect();
+    assert_eq!(left, ["health/conditional-new", "health/other"]);
+}
+
 /// A store that ignores the conditions of its writes is found out, and the check's object
 /// does not stay.
 #[tokio::test]

@@ -155,36 +155,69 @@ impl Default for Limits {
     }
 }
 
-/// A body's bytes counted against [`Limits::min_rate`], window by window.
+/// A body's bytes counted against [`Limits::min_rate`], window by window: each window is
+/// judged when it ends, whether bytes arrive then or not (the reader waits for the next
+/// frame no longer than the window's end), and the next one follows it at once.
 struct Pace {
     min_rate: Option<(u64, Duration)>,
-    since: std::time::Instant,
+    /// The end of the current window.
+    ends: std::time::Instant,
     counted: u64,
 }
 
 impl Pace {
     fn new(min_rate: Option<(u64, Duration)>) -> Self {
+        let every = min_rate.map_or(Duration::ZERO, |(_, every)| every);
         Pace {
             min_rate,
-            since: std::time::Instant::now(),
+            ends: std::time::Instant::now() + every,
             counted: 0,
         }
     }
 
-    /// Count `bytes` more: an error once a whole window went by with fewer than the least.
+    /// When the current window ends, if there is a least rate.
+    fn window_end(&self) -> Option<std::time::Instant> {
+        self.min_rate.map(|_| self.ends)
+    }
+
+    /// Count `bytes` more, and judge the windows that have ended: an error for one that went
+    /// by with fewer bytes than the least.
     fn count(&mut self, bytes: u64) -> Result<(), Error> {
         let Some((least, every)) = self.min_rate else {
             return Ok(());
         };
         self.counted += bytes;
-        if self.since.elapsed() >= every {
+        let now = std::time::Instant::now();
+        while now >= self.ends {
             if self.counted < least {
                 return Err(Error::TooSlow { least, every });
             }
-            self.since = std::time::Instant::now();
             self.counted = 0;
+            self.ends += every;
         }
         Ok(())
+    }
+
+    /// The next frame of `body`, waiting no longer than `idle` nor past the current window's
+    /// end (judged then, as it ends without a byte).
+    async fn frame(
+        &mut self,
+        body: &mut ResponseBody,
+        idle: Duration,
+    ) -> Result<Option<hyper::body::Frame<Bytes>>, Error> {
+        let idle_ends = tokio::time::Instant::now() + idle;
+        loop {
+            let until = self
+                .window_end()
+                .map_or(idle_ends, |ends| idle_ends.min(ends.into()));
+            match tokio::time::timeout_at(until, body.frame()).await {
+                Ok(frame) => return frame.transpose().map_err(Error::Http),
+                Err(_) if tokio::time::Instant::now() >= idle_ends => {
+                    return Err(Error::Timeout(idle));
+                }
+                Err(_) => self.count(0)?,
+            }
+        }
     }
 }
 
@@ -604,13 +637,10 @@ impl Upstream {
         let mut read = 0u64;
         let mut pace = Pace::new(self.limits.min_rate);
         loop {
-            let frame = tokio::time::timeout(self.timeout, body.frame())
-                .await
-                .map_err(|_| Error::Timeout(self.timeout))?;
-            let Some(frame) = frame else {
+            let Some(frame) = pace.frame(&mut body, self.timeout).await? else {
                 return Ok(read);
             };
-            if let Ok(data) = frame?.into_data() {
+            if let Ok(data) = frame.into_data() {
                 read += data.len() as u64;
                 if read > limit {
                     return Err(Error::TooLarge { what, limit });
@@ -709,13 +739,10 @@ impl Upstream {
             let limit = self.limits.max_pack_bytes;
             let mut pace = Pace::new(self.limits.min_rate);
             loop {
-                let frame = tokio::time::timeout(self.timeout, body.frame())
-                    .await
-                    .map_err(|_| Error::Timeout(self.timeout))?;
-                let Some(frame) = frame else {
+                let Some(frame) = pace.frame(&mut body, self.timeout).await? else {
                     break;
                 };
-                if let Ok(data) = frame?.into_data() {
+                if let Ok(data) = frame.into_data() {
                     written += data.len() as u64;
                     if written > limit {
                         return Err(Error::TooLarge {
