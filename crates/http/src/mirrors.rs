@@ -688,6 +688,24 @@ impl Mirrors {
         .map_err(|e| Error::Internal(e.to_string()))?
     }
 
+    /// Where the mirror of `key` has the ref `name` now (`None`: no such ref, or no mirror),
+    /// looked up on a blocking thread; an error for a name that is no ref name.
+    pub(crate) async fn ref_now(
+        self: &Arc<Self>,
+        key: &RepoKey,
+        name: String,
+    ) -> Result<Option<gix_hash::ObjectId>, Error> {
+        let (mirrors, key) = (Arc::clone(self), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let Some(repo) = mirrors.open(&key)? else {
+                return Ok(None);
+            };
+            Ok(repo.find_ref(&name)?.and_then(|r| r.oid))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
     /// [`open`](Self::open) on a blocking thread.
     pub(crate) async fn open_blocking(
         self: &Arc<Self>,

@@ -80,6 +80,8 @@ pub struct Proxy {
     parse_slots: Arc<Semaphore>,
     /// Webhook events read at once (see [`crate::webhook::CONCURRENT_EVENTS`]).
     webhook_slots: Arc<Semaphore>,
+    /// Pushes that refreshed a mirror lately (see [`crate::webhook::Seen`]).
+    webhook_seen: crate::webhook::Seen,
     draining: AtomicBool,
     catalog: Option<Arc<Catalog>>,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -377,6 +379,7 @@ impl Proxy {
                     .max(1),
             )),
             webhook_slots: Arc::new(Semaphore::new(crate::webhook::CONCURRENT_EVENTS)),
+            webhook_seen: Default::default(),
             draining: AtomicBool::new(false),
             catalog: services.catalog,
             prometheus: services.prometheus,
@@ -687,11 +690,16 @@ impl Proxy {
                 "too many webhook events at once",
             ));
         };
+        // Within a few seconds: the slots are few, and anyone may hold one until the body is
+        // read.
         let body = receive_body(
             headers,
             body,
             crate::webhook::MAX_EVENT_BYTES,
-            self.config.limits.body_read_timeout,
+            self.config
+                .limits
+                .body_read_timeout
+                .min(crate::webhook::EVENT_READ_TIMEOUT),
         )
         .await?
         .decode(crate::webhook::MAX_EVENT_BYTES)?;
@@ -726,6 +734,25 @@ impl Proxy {
         };
         if !target.cached || self.mirrors.registry().existing(&target.key).is_none() {
             return accepted("not mirrored here: nothing to do");
+        }
+        // What was pushed: a replayed event, or one whose push the mirror has already, moves
+        // nothing (every holder of one signed event could otherwise keep refreshes running).
+        let Some((name, after)) = pushed.moved else {
+            return accepted("no pushed ref in the event: nothing to do");
+        };
+        if !self.mirrors.is_mirrored(name.as_bytes()) {
+            return accepted("not a ref the mirror keeps: nothing to do");
+        }
+        if self.webhook_seen.again(&target.key, &name, after) {
+            return accepted("the same push again: nothing to do");
+        }
+        let deleted = after.is_null();
+        match self.mirrors.ref_now(&target.key, name).await {
+            Ok(now) if now == Some(after) || (deleted && now.is_none()) => {
+                return accepted("the mirror has the push already: nothing to do");
+            }
+            Ok(_) => {}
+            Err(_) => return accepted("not a ref name: nothing to do"),
         }
         tracing::info!(repo = %target.name, "push webhook");
         // The credential is had in the background too (an App's token may need the API):

@@ -175,17 +175,19 @@ impl Warming {
         );
     }
 
-    /// The credential for a refresh gitcache starts on its own: a GitHub App installation
-    /// token (for the default upstream) when an App is configured, else the service token,
-    /// else `fallback` (the credential of the request that noticed the change).
+    /// The credential for a refresh gitcache starts on its own: for the default upstream, a
+    /// GitHub App installation token when an App is configured, else the service token; else
+    /// (and for every other upstream: the token is the default upstream's, never sent to
+    /// another host) `fallback`, the credential of the request that noticed the change.
     pub(crate) async fn credential(
         &self,
         target: &Target,
         fallback: Option<String>,
     ) -> Option<String> {
-        if let Some(app) = &self.github_app
-            && target.host_name == self.default_host
-        {
+        if target.host_name != self.default_host {
+            return fallback;
+        }
+        if let Some(app) = &self.github_app {
             match app
                 .authorization(target.key.owner(), target.key.repo())
                 .await

@@ -14,6 +14,8 @@ use hmac::{KeyInit as _, Mac as _};
 pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
 /// Events read at once; more get 503 (each may hold [`MAX_EVENT_BYTES`] before its check).
 pub(crate) const CONCURRENT_EVENTS: usize = 4;
+/// The longest an event's body may take to arrive (a forge sends a few KiB at once).
+pub(crate) const EVENT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why an event is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,13 +28,60 @@ pub(crate) enum Refused {
     BadSignature,
 }
 
-/// The repository a push event names.
+/// The repository a push event names, and what it says was pushed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pushed {
     /// The host of its clone URL (with a port when it has one).
     pub(crate) host: String,
     pub(crate) owner: String,
     pub(crate) repo: String,
+    /// The ref pushed (`ref`) and where it is now (`after`; all zeros for a deletion), when
+    /// the event says both.
+    pub(crate) moved: Option<(String, gix_hash::ObjectId)>,
+}
+
+/// The most recent pushes remembered per mirror (see [`Seen`]).
+const SEEN_PER_MIRROR: usize = 16;
+/// How long a push is remembered.
+const SEEN_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+/// The most mirrors whose pushes are remembered; the memory is cleared when full.
+const SEEN_MIRRORS: usize = 10_000;
+
+/// Pushes that refreshed a mirror lately, by mirror: the same push again (a replayed or
+/// redelivered event) refreshes nothing for [`SEEN_FOR`]. An event is signed with one secret
+/// for every repository, and the signature covers its body only, so anyone holding one
+/// signed event can send it again and again.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    pushes: std::sync::Mutex<std::collections::HashMap<gitcache_storage::repo::RepoKey, Pushes>>,
+}
+
+/// A mirror's pushes seen lately: the ref, where it went, and when.
+type Pushes = std::collections::VecDeque<(String, gix_hash::ObjectId, std::time::Instant)>;
+
+impl Seen {
+    /// Whether `ref` moving to `after` in `key` was seen lately; noted as seen now if not.
+    pub(crate) fn again(
+        &self,
+        key: &gitcache_storage::repo::RepoKey,
+        name: &str,
+        after: gix_hash::ObjectId,
+    ) -> bool {
+        let mut pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
+        if pushes.len() >= SEEN_MIRRORS && !pushes.contains_key(key) {
+            pushes.clear();
+        }
+        let seen = pushes.entry(key.clone()).or_default();
+        seen.retain(|(_, _, at)| at.elapsed() < SEEN_FOR);
+        if seen.iter().any(|(n, a, _)| n == name && *a == after) {
+            return true;
+        }
+        if seen.len() >= SEEN_PER_MIRROR {
+            seen.pop_front();
+        }
+        seen.push_back((name.to_owned(), after, std::time::Instant::now()));
+        false
+    }
 }
 
 /// Check `body` against the signature in `headers` with `secret`.
@@ -92,10 +141,18 @@ pub(crate) fn pushed(body: &[u8]) -> Option<Pushed> {
     if host.is_empty() || owner.is_empty() || repo.is_empty() || repo.contains('/') {
         return None;
     }
+    let name = event.get("ref").and_then(|r| r.as_str());
+    let after = event
+        .get("after")
+        .and_then(|a| a.as_str())
+        .and_then(|a| gix_hash::ObjectId::from_hex(a.as_bytes()).ok());
     Some(Pushed {
         host,
         owner: owner.to_owned(),
         repo: repo.to_owned(),
+        moved: name
+            .zip(after)
+            .map(|(name, after)| (name.to_owned(), after)),
     })
 }
 
@@ -182,8 +239,20 @@ mod tests {
             Some(Pushed {
                 host: "github.com".into(),
                 owner: "Acme".into(),
-                repo: "Widgets".into()
+                repo: "Widgets".into(),
+                moved: None,
             })
+        );
+        let tip = "1".repeat(40);
+        let body = format!(
+            r#"{{"ref":"refs/heads/main","after":"{tip}","repository":{{"full_name":"a/b","clone_url":"https://h/a/b.git"}}}}"#
+        );
+        assert_eq!(
+            pushed(body.as_bytes()).unwrap().moved,
+            Some((
+                "refs/heads/main".to_owned(),
+                gix_hash::ObjectId::from_hex(tip.as_bytes()).unwrap()
+            ))
         );
         for bad in [
             &br#"{"repository":{"full_name":"acme/widgets"}}"#[..],
@@ -194,5 +263,27 @@ mod tests {
         ] {
             assert_eq!(pushed(bad), None);
         }
+    }
+
+    #[test]
+    fn a_push_seen_lately_is_seen_again() {
+        let seen = Seen::default();
+        let key = gitcache_storage::repo::RepoKey::new("h", "a", "b").unwrap();
+        let other = gitcache_storage::repo::RepoKey::new("h", "a", "c").unwrap();
+        let at = |n: u8| gix_hash::ObjectId::from_bytes_or_panic(&[n; 20]);
+        assert!(!seen.again(&key, "refs/heads/main", at(1)));
+        assert!(seen.again(&key, "refs/heads/main", at(1)), "the same push");
+        assert!(!seen.again(&key, "refs/heads/dev", at(1)), "another ref");
+        assert!(
+            !seen.again(&other, "refs/heads/main", at(1)),
+            "another mirror"
+        );
+        for n in 2..2 + SEEN_PER_MIRROR as u8 {
+            assert!(!seen.again(&key, "refs/heads/main", at(n)));
+        }
+        assert!(
+            !seen.again(&key, "refs/heads/main", at(1)),
+            "pushed out by as many others"
+        );
     }
 }

@@ -156,3 +156,49 @@ fn static_credentials_replace_the_clients_and_none_sends_nothing() {
             .all(|r| r.headers.iter().all(|(k, _)| k != "authorization"))
     );
 }
+
+/// The service token is the default upstream's: a refresh gitcache starts on its own for a
+/// repository of another upstream (here warming, after a client's listing showed it moved)
+/// asks with the credential of the client that noticed, never with that token.
+#[test]
+fn the_service_token_goes_to_the_default_upstream_only() {
+    let default = Upstream::start().unwrap();
+    let other = Upstream::start().unwrap();
+    let source = other.repo_path("team/tool");
+    repo::generate(&source, &RepoSpec::tiny(604)).unwrap();
+    other.adopt_repo("team/tool", Access::Public).unwrap();
+    let host = format!("--upstream-host=forge.local={}", other.url());
+    let cache = Gitcache::start(&default, &[&host, "--service-token", "warmer"]);
+    let git = GitClient::new().unwrap();
+    let url = cache.url("forge.local/team/tool");
+    git.run(git.home(), &["clone", "-q", &url, "c"])
+        .unwrap()
+        .expect_success();
+    let mirror = cache.data.path().join("mirrors/forge.local/team/tool.git");
+    common::wait_for_mirror(&mirror, &source);
+    let tip = repo::append_commits(&source, "main", 2, 605).unwrap();
+    other.reset_counts();
+    git.run(git.home(), &["ls-remote", &url])
+        .unwrap()
+        .expect_success();
+    common::wait_for("the mirror to be warmed", || {
+        gitcache_testkit::git::git_stdout(&mirror, &["rev-parse", "main"]).trim() == tip
+    });
+    let requests = other.requests();
+    assert!(
+        requests.iter().any(|r| r.kind == RequestKind::Fetch),
+        "warmed by a fetch"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.headers.iter().all(|(k, _)| k != "authorization")),
+        "no credential went to the other upstream: {requests:?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.headers.iter().any(|(_, v)| *v == basic("warmer"))),
+        "the service token stayed home"
+    );
+}

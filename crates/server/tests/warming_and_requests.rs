@@ -284,8 +284,9 @@ fn connections_beyond_the_limit_wait_their_turn() {
 }
 
 /// Issue 14: a signed push webhook refreshes the mirror, so the next fetch of the new commit
-/// is a hit; unsigned or wrongly signed events are refused, and events for repositories not
-/// mirrored here create nothing.
+/// is a hit; unsigned or wrongly signed events are refused, events for repositories not
+/// mirrored here create nothing, and an event replayed (or of a push the mirror has, or
+/// saying nothing was pushed) refreshes nothing.
 #[test]
 fn a_signed_push_webhook_refreshes_the_mirror() {
     let upstream = Upstream::start().unwrap();
@@ -372,6 +373,47 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
         upstream.counts().fetch,
         0,
         "the fetch after the push is a hit"
+    );
+
+    // The same event again (replayed, or redelivered), and one saying of another ref what
+    // the mirror has already: accepted, and nothing asked upstream.
+    let head_moved = body.replace("refs/heads/main", "HEAD");
+    let head_signed = format!(
+        "sha256={}",
+        gitcache_http::webhook::sign(b"s3cret", head_moved.as_bytes())
+    );
+    // A signed event of another kind relabelled as a push: it says nothing was pushed.
+    let star = format!(
+        r#"{{"action":"created","repository":{{"full_name":"acme/widgets","clone_url":"{}"}}}}"#,
+        upstream.repo_url("acme/widgets")
+    );
+    let star_signed = format!(
+        "sha256={}",
+        gitcache_http::webhook::sign(b"s3cret", star.as_bytes())
+    );
+    upstream.reset_counts();
+    for (event, signature) in [
+        (&body, &github),
+        (&head_moved, &head_signed),
+        (&star, &star_signed),
+    ] {
+        assert_eq!(
+            post(
+                &[
+                    ("X-GitHub-Event", "push"),
+                    ("X-Hub-Signature-256", signature)
+                ],
+                event
+            ),
+            202
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let counts = upstream.counts();
+    assert_eq!(
+        (counts.info_refs, counts.ls_refs, counts.fetch),
+        (0, 0, 0),
+        "nothing refreshed"
     );
 
     // Gitea's signature header; a repository the upstream has and the cache does not mirror:
