@@ -770,9 +770,19 @@ pub(crate) fn passed_on(
 
 /// Drop the headers that belong to one connection.
 pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    // Those a `Connection` header names are hop-by-hop too.
+    let named: Vec<hyper::header::HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| hyper::header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
     let names: Vec<_> = headers
         .keys()
-        .filter(|name| gitcache_upstream::is_hop_by_hop(name))
+        .filter(|name| {
+            gitcache_upstream::is_hop_by_hop(name) || not_ours(name) || named.contains(name)
+        })
         .cloned()
         .collect();
     for name in names {
@@ -780,10 +790,46 @@ pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
 }
 
+/// Headers of an upstream's answer that would apply to gitcache's own address, which serves
+/// several upstreams (and clients that keep them send them back, to whatever host a path
+/// names): cookies, HSTS, alternative services.
+fn not_ours(name: &hyper::header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "set-cookie" | "set-cookie2" | "strict-transport-security" | "alt-svc"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::Full;
+
+    /// An upstream's answer reaches the client without hop-by-hop headers, those its
+    /// `Connection` header names, and those that would apply to gitcache's own address.
+    #[test]
+    fn headers_of_the_hop_and_of_the_upstream_site_are_not_passed_on() {
+        let mut headers = hyper::HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("set-cookie", "session=1; Path=/"),
+            ("strict-transport-security", "max-age=31536000"),
+            ("alt-svc", "h3=\":443\""),
+            ("content-type", "application/x-git-upload-pack-result"),
+            ("www-authenticate", "Basic realm=\"GitHub\""),
+        ] {
+            headers.append(
+                hyper::header::HeaderName::from_static(name),
+                value.parse().unwrap(),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "www-authenticate"]);
+    }
 
     /// What a body holds is let go once its last chunk is taken, before the body is dropped;
     /// a body dropped unsent lets it go too.

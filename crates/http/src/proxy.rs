@@ -513,6 +513,20 @@ impl Proxy {
             _ if !face.serves_git() => return text(StatusCode::NOT_FOUND, "not found"),
             _ => {}
         }
+        // A credential that cannot go upstream as it is (not visible ASCII) would be checked as
+        // no credential and granted as itself.
+        if parts
+            .headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .any(|v| v.to_str().is_err())
+            || parts.headers.get_all(header::AUTHORIZATION).iter().count() > 1
+        {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "gitcache: one Authorization header, in visible ASCII",
+            );
+        }
         let route = match route(&path, parts.uri.query(), self.targets.path_hosts()) {
             Ok(route) => route,
             Err(err) => return Error::from(err).into_response(),

@@ -953,3 +953,35 @@ fn reset_after_cut(
     );
     assert!(raw.len() < whole, "{}", raw.len());
 }
+
+/// A credential that could not go upstream as it is (bytes beyond visible ASCII), or two of
+/// them, is refused before anything: it would be checked as no credential at all, and
+/// granted as itself.
+#[test]
+fn an_authorization_that_cannot_go_upstream_is_refused() {
+    let _shared = shared();
+    let upstream = Upstream::start().unwrap();
+    repo_on(&upstream, "acme/open", 1901, Access::Public);
+    let cache = Gitcache::start(&upstream, &[]);
+    upstream.reset_counts();
+    let odd = info_refs(&cache, "acme/open", Some("Basic é"));
+    assert_eq!(odd.status, 400, "{}", odd.body_text());
+    let twice = http(
+        &cache.addr,
+        "GET",
+        "/acme/open.git/info/refs?service=git-upload-pack",
+        &[
+            V2,
+            ("Authorization", "Basic a"),
+            ("Authorization", "Basic b"),
+        ],
+        b"",
+    );
+    assert_eq!(twice.status, 400, "{}", twice.body_text());
+    let counts = upstream.counts();
+    assert_eq!((counts.info_refs, counts.ls_refs, counts.fetch), (0, 0, 0));
+    assert_eq!(
+        info_refs(&cache, "acme/open", Some("Basic YTpi")).status,
+        200
+    );
+}
