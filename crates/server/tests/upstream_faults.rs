@@ -116,3 +116,52 @@ fn a_clone_in_flight_finishes_after_sigterm() {
     // New connections are refused now.
     assert!(std::net::TcpStream::connect(&cache.addr).is_err());
 }
+
+/// A request passed on with its body streamed (a push, a protocol v0 fetch) that takes longer
+/// to go up than the upstream's idle timeout, bytes moving all along, is answered: the idle
+/// timeout counts from the body's last bytes, not from the request's start.
+#[test]
+fn a_streamed_request_slower_than_the_idle_timeout_but_moving_gets_through() {
+    use std::io::{Read as _, Write as _};
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/slowpush");
+    repo::generate(&source, &RepoSpec::tiny(506)).unwrap();
+    upstream
+        .adopt_repo("acme/slowpush", Access::Public)
+        .unwrap();
+    let cache = Gitcache::start(&upstream, &["--upstream-timeout", "1"]);
+    let tip = git_stdout(&source, &["rev-parse", "main"]);
+    let want = format!("want {} ofs-delta\n", tip.trim());
+    let pkt = |line: &str| format!("{:04x}{line}", line.len() + 4);
+    let pieces = [pkt(&want), "0000".to_owned(), pkt("done\n")];
+    let mut stream = std::net::TcpStream::connect(&cache.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /acme/slowpush.git/git-upload-pack HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/x-git-upload-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n",
+        cache.addr
+    )
+    .unwrap();
+    // 2.4 seconds in all, a piece every 0.3 (the body split in bytes-sized chunks).
+    let body: String = pieces.concat();
+    let bytes = body.as_bytes();
+    let step = bytes.len().div_ceil(8);
+    for chunk in bytes.chunks(step) {
+        write!(stream, "{:x}\r\n", chunk.len()).unwrap();
+        stream.write_all(chunk).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let head = String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        answer.windows(4).any(|w| w == b"PACK"),
+        "a pack came back: {head}"
+    );
+}

@@ -155,6 +155,66 @@ impl Default for Limits {
     }
 }
 
+/// When a request body last gave bytes (or ended), for the idle timeout of a streamed
+/// request.
+struct Progress {
+    since: std::time::Instant,
+    /// Milliseconds from `since` to the last frame given.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            since: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn moved(&self) {
+        let now = self.since.elapsed().as_millis() as u64;
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the body last moved.
+    fn idle(&self) -> Duration {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.since
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+}
+
+/// A request body whose frames are noted in a [`Progress`].
+struct Watched<B> {
+    inner: std::pin::Pin<Box<B>>,
+    progress: std::sync::Arc<Progress>,
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Watched<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let polled = self.inner.as_mut().poll_frame(cx);
+        if polled.is_ready() {
+            self.progress.moved();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A body's bytes counted against [`Limits::min_rate`], window by window: each window is
 /// judged when it ends, whether bytes arrive then or not (the reader waits for the next
 /// frame no longer than the window's end), and the next one follows it at once.
@@ -508,14 +568,29 @@ impl Upstream {
                 .forward_bytes(method, suffix, headers, Bytes::new())
                 .await;
         }
+        let progress = std::sync::Arc::new(Progress::new());
+        let watched = Watched {
+            inner: Box::pin(body),
+            progress: std::sync::Arc::clone(&progress),
+        };
         let request = self
             .forwarded(&method, suffix, headers)
-            .body(body.map_err(Into::into).boxed_unsync())
+            .body(watched.map_err(Into::into).boxed_unsync())
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        // The response head within the idle timeout; the body is the caller's to bound.
-        tokio::time::timeout(self.timeout, self.exchange(request, None))
-            .await
-            .map_err(|_| Error::Timeout(self.timeout))?
+        // The response head within the idle timeout counted from the body's last bytes (a
+        // large push takes its time to go up, and the upstream answers once it has it all);
+        // the answer's body is the caller's to bound.
+        let exchange = self.exchange(request, None);
+        tokio::pin!(exchange);
+        loop {
+            let wait = self.timeout.saturating_sub(progress.idle());
+            if wait.is_zero() {
+                return Err(Error::Timeout(self.timeout));
+            }
+            if let Ok(answered) = tokio::time::timeout(wait, &mut exchange).await {
+                return answered;
+            }
+        }
     }
 
     /// [`forward`](Self::forward) with a body held in memory: the request can be made again,
