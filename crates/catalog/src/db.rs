@@ -516,8 +516,36 @@ impl Postgres {
     }
 }
 
+/// How long connecting may take, unless the URL says.
+const PG_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long one statement may run on the server, unless the URL's options say.
+const PG_STATEMENT_TIMEOUT_MS: u64 = 30_000;
+
+/// A connection to `url`: within [`PG_CONNECT_TIMEOUT`], each statement within
+/// [`PG_STATEMENT_TIMEOUT_MS`], and TCP keepalives on, so that a database that stops
+/// answering (a host gone, a lock held) fails the catalog's work instead of holding it, and
+/// the upkeep and leases behind it, for good.
 async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(PG_CONNECT_TIMEOUT);
+    }
+    let options = config.get_options().unwrap_or("").to_owned();
+    if !options.contains("statement_timeout") {
+        config.options(format!("{options} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}").trim());
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(30));
+    // The socket's connect is bounded by the setting; the handshake after it by this.
+    let within = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(PG_CONNECT_TIMEOUT)
+        * 2;
+    let (client, connection) = tokio::time::timeout(within, config.connect(tokio_postgres::NoTls))
+        .await
+        .map_err(|_| Error::Unanswered(within))??;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::warn!(%err, "catalog database connection lost");

@@ -70,6 +70,9 @@ pub enum Error {
     /// A database task ended abnormally.
     #[error("catalog database task: {0}")]
     Task(String),
+    /// PostgreSQL did not answer the connection within this long.
+    #[error("catalog database (PostgreSQL): no answer within {0:?}")]
+    Unanswered(std::time::Duration),
 }
 
 impl Error {

@@ -266,6 +266,22 @@ async fn an_unreachable_postgres_is_a_clear_error() {
     );
 }
 
+/// A PostgreSQL that takes the connection and never answers (a host gone half-way, a proxy
+/// that hangs) is an error in bounded time, not a catalog that waits for good.
+#[tokio::test]
+async fn a_postgres_that_never_answers_is_an_error_in_time() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || silent.accept().map(|(stream, _)| stream));
+    let err = Catalog::open(&format!(
+        "postgres://gitcache@127.0.0.1:{port}/gitcache?connect_timeout=1"
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Unanswered(_)), "{err}");
+    drop(held.join());
+}
+
 /// Leases in PostgreSQL: one holder at a time among instances, extended by its holder,
 /// free once released or lapsed (by the database's clock); SQLite has none to offer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

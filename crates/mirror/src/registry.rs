@@ -527,11 +527,18 @@ impl Registry {
     ) -> Option<Held> {
         let (leases, ttl) = self.leases.as_ref()?;
         let name = Self::lease_name(kind, key);
-        match Held::try_take(Arc::clone(leases), name.clone(), *ttl).await {
-            Ok(Some(held)) => return Some(held),
-            Ok(None) => waiting(),
-            Err(err) => {
+        // A database that does not answer holds nothing up longer than a lease lasts.
+        let first =
+            tokio::time::timeout(*ttl, Held::try_take(Arc::clone(leases), name.clone(), *ttl));
+        match first.await {
+            Ok(Ok(Some(held))) => return Some(held),
+            Ok(Ok(None)) => waiting(),
+            Ok(Err(err)) => {
                 tracing::warn!(%err, "leases unavailable; going on without");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(kind, "leases did not answer in time; going on without");
                 return None;
             }
         }
