@@ -38,7 +38,13 @@ impl std::fmt::Debug for Held {
 enum Kind {
     Full(Option<Bytes>),
     Channel(mpsc::Receiver<Result<Bytes, std::io::Error>>),
-    Upstream(ResponseBody),
+    /// An upstream's body, and the longest it may keep the client waiting for its next
+    /// bytes (with the deadline of the wait under way, if one is).
+    Upstream(
+        ResponseBody,
+        std::time::Duration,
+        Option<Pin<Box<tokio::time::Sleep>>>,
+    ),
 }
 
 impl Body {
@@ -59,9 +65,11 @@ impl Body {
         Body(Kind::Channel(rx), None)
     }
 
-    /// An upstream response body, passed on as it arrives.
-    pub fn upstream(body: ResponseBody) -> Self {
-        Body(Kind::Upstream(body), None)
+    /// An upstream response body, passed on as it arrives; an upstream that keeps the
+    /// client waiting longer than `idle` for its next bytes breaks it off (the time a slow
+    /// client takes to read does not count: only waits for the upstream do).
+    pub fn upstream(body: ResponseBody, idle: std::time::Duration) -> Self {
+        Body(Kind::Upstream(body, idle, None), None)
     }
 
     /// This body, keeping `held` until it is sent whole or dropped (a client gone).
@@ -87,9 +95,23 @@ impl hyper::body::Body for Body {
             Kind::Channel(rx) => rx
                 .poll_recv(cx)
                 .map(|chunk| chunk.map(|c| c.map(Frame::data).map_err(Into::into))),
-            Kind::Upstream(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|f| f.map(|f| f.map_err(Into::into))),
+            Kind::Upstream(body, idle, waiting) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    *waiting = None;
+                    Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                }
+                Poll::Pending => {
+                    let deadline =
+                        waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                    match deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                            "the upstream sent nothing for {idle:?}"
+                        )
+                        .into()))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            },
         };
         if let Poll::Ready(None | Some(Err(_))) = frame {
             // Sent whole (or broken off): what it held is let go now, whenever the server
@@ -103,7 +125,7 @@ impl hyper::body::Body for Body {
         match &self.0 {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Channel(_) => false,
-            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Upstream(body, ..) => body.is_end_stream(),
         }
     }
 
@@ -111,7 +133,7 @@ impl hyper::body::Body for Body {
         match &self.0 {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Channel(_) => SizeHint::default(),
-            Kind::Upstream(body) => body.size_hint(),
+            Kind::Upstream(body, ..) => body.size_hint(),
         }
     }
 }
@@ -758,6 +780,7 @@ impl Write for ChannelWriter {
 pub(crate) fn passed_on(
     response: hyper::Response<ResponseBody>,
     started: std::time::Instant,
+    idle: std::time::Duration,
 ) -> hyper::Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -765,7 +788,7 @@ pub(crate) fn passed_on(
         status: parts.status.as_u16(),
         duration_ms: started.elapsed().as_millis() as u64,
     });
-    hyper::Response::from_parts(parts, Body::upstream(body))
+    hyper::Response::from_parts(parts, Body::upstream(body, idle))
 }
 
 /// Drop the headers that belong to one connection.

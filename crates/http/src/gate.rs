@@ -141,7 +141,11 @@ impl AccessGate {
         metrics::upstream("verify", response.status().as_u16(), started.elapsed());
         if !response.status().is_success() {
             tracing::info!(status = %response.status(), "upstream refused access");
-            return Ok(Verified::Answer(passed_on(response, started)));
+            return Ok(Verified::Answer(passed_on(
+                response,
+                started,
+                target.timeout,
+            )));
         }
         let (parts, body) = response.into_parts();
         let body = tokio::time::timeout(

@@ -59,7 +59,7 @@ impl Passthrough {
             .forward_bytes(Method::POST, "/git-upload-pack", &headers, body)
             .await?;
         metrics::upstream("forward", response.status().as_u16(), started.elapsed());
-        Ok(passed_on(response, started))
+        Ok(passed_on(response, started, target.timeout))
     }
 
     /// Pass a request through to the upstream, streamed both ways.
@@ -81,6 +81,6 @@ impl Passthrough {
         let started = std::time::Instant::now();
         let response = upstream.forward(method, suffix, headers, body).await?;
         metrics::upstream("forward", response.status().as_u16(), started.elapsed());
-        Ok(passed_on(response, started))
+        Ok(passed_on(response, started, target.timeout))
     }
 }

@@ -165,3 +165,52 @@ fn a_streamed_request_slower_than_the_idle_timeout_but_moving_gets_through() {
         "a pack came back: {head}"
     );
 }
+
+/// An answer passed on from the upstream (here a protocol v0 fetch) whose upstream goes
+/// silent halfway is broken off after the idle timeout, not held open for good with the
+/// client's connection and its slot.
+#[test]
+fn a_passed_on_answer_whose_upstream_goes_silent_is_broken_off() {
+    use std::io::{Read as _, Write as _};
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/stalls");
+    repo::generate(&source, &RepoSpec::tiny(507)).unwrap();
+    upstream.adopt_repo("acme/stalls", Access::Public).unwrap();
+    let cache = Gitcache::start(&upstream, &["--upstream-timeout", "1"]);
+    let tip = git_stdout(&source, &["rev-parse", "main"]);
+    let want = format!("want {} ofs-delta\n", tip.trim());
+    let pkt = |line: &str| format!("{:04x}{line}", line.len() + 4);
+    let body = [pkt(&want), "0000".to_owned(), pkt("done\n")].concat();
+    // A first piece, then nothing for longer than the idle timeout, again and again.
+    upstream.inject(
+        Fault::Trickle {
+            chunk: 64,
+            every: Duration::from_secs(30),
+        },
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let mut stream = std::net::TcpStream::connect(&cache.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /acme/stalls.git/git-upload-pack HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n{body}",
+        cache.addr,
+        body.len()
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    assert!(
+        !matches!(&read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the answer was held open: {read:?}"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("chunked") && !answer.ends_with(b"0\r\n\r\n"),
+        "broken off, not ended: {text}"
+    );
+}
