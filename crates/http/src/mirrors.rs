@@ -79,7 +79,14 @@ pub(crate) struct Mirrors {
     /// The settings answers are written with, when preparing a mirror makes ahead what a
     /// shallow clone of its `HEAD` compresses again (see [`Mirrors::prepare`]).
     answers: std::sync::OnceLock<gitcache_pack::Options>,
+    /// Warming refreshes started and not ended (queued for a refresh permit, or running).
+    warming: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// The most warming refreshes waiting or running at once; past it, a warming is dropped (a
+/// client's next fetch refreshes the mirror if it needs to). Anyone can ask for listings, each
+/// of which can start one (for a repository not mirrored yet, a whole clone).
+const MAX_WARMING: usize = 64;
 
 /// How long a client's listing of the tags vouches for the mirror's (see
 /// [`Mirrors::tags_as_listed_lately`]): a client fetches within seconds of its `ls-refs`.
@@ -123,6 +130,7 @@ impl Mirrors {
                 MAX_TAGS_LISTED,
             )),
             answers: std::sync::OnceLock::new(),
+            warming: Default::default(),
         }
     }
 
@@ -614,9 +622,28 @@ impl Mirrors {
         hints: Hints,
         own_credential: bool,
     ) {
+        use std::sync::atomic::Ordering;
+        if self.warming.fetch_add(1, Ordering::AcqRel) >= MAX_WARMING {
+            self.warming.fetch_sub(1, Ordering::AcqRel);
+            metrics::warm("dropped");
+            tracing::info!(
+                why,
+                "too many warming refreshes under way: this one dropped"
+            );
+            return;
+        }
+        /// Counts a warming as ended however its task ends.
+        struct Ended(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        let ended = Ended(Arc::clone(&self.warming));
         let mirrors = Arc::clone(self);
         tokio::spawn(
             async move {
+                let _ended = ended;
                 match mirrors
                     .refresh_asking(&key, upstream, create, Vec::new(), hints)
                     .await
@@ -1209,6 +1236,32 @@ mod tests {
 
     use super::{Asker, Budget, Listed, Mirrors, RefLine, TAGS_LISTED_FOR};
     use std::time::Instant;
+
+    /// Warmings past [`super::MAX_WARMING`] waiting or running are dropped, not queued: a
+    /// listing anyone may ask for starts at most so many refreshes, whole clones included.
+    #[tokio::test]
+    async fn warmings_past_the_bound_are_dropped() {
+        // An upstream that takes the connection and never answers: each refresh waits.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/acme/repo.git", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut streams = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                streams.push(stream);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(dir.path()));
+        let mirrors = Arc::new(Mirrors::new(registry, Vec::new(), unbounded()));
+        let client = gitcache_upstream::Upstream::new(&url, None, Duration::from_secs(60)).unwrap();
+        for n in 0..super::MAX_WARMING + 6 {
+            let key = RepoKey::new("127.0.0.1", "acme", &format!("repo{n}")).unwrap();
+            mirrors.warm(key, client.clone(), "test", true, Default::default(), false);
+        }
+        let warming = |m: &Mirrors| m.warming.load(std::sync::atomic::Ordering::Acquire);
+        assert_eq!(warming(&mirrors), super::MAX_WARMING);
+        held.abort();
+    }
 
     /// No disk budget, no stored responses.
     fn unbounded() -> Budget {
