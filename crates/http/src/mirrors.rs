@@ -83,6 +83,27 @@ pub(crate) struct Mirrors {
     warming: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// Why a mirror is refreshed in the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Warming {
+    /// A client's listing showed refs the mirror lacks.
+    RefsMoved,
+    /// A scheduled refresh of a repository the catalog names.
+    Scheduled,
+    /// A push webhook.
+    PushWebhook,
+}
+
+impl Warming {
+    fn as_str(self) -> &'static str {
+        match self {
+            Warming::RefsMoved => "refs moved",
+            Warming::Scheduled => "scheduled refresh",
+            Warming::PushWebhook => "push webhook",
+        }
+    }
+}
+
 /// The most warming refreshes waiting or running at once; past it, a warming is dropped (a
 /// client's next fetch refreshes the mirror if it needs to). Anyone can ask for listings, each
 /// of which can start one (for a repository not mirrored yet, a whole clone).
@@ -617,15 +638,23 @@ impl Mirrors {
         self: &Arc<Self>,
         key: RepoKey,
         upstream: Upstream,
-        why: &'static str,
+        reason: Warming,
         create: bool,
         hints: Hints,
         own_credential: bool,
     ) {
         use std::sync::atomic::Ordering;
+        let why = reason.as_str();
+        // A push webhook's refresh is not counted where anyone may read the count: every
+        // holder of the secret could tell from it what is mirrored.
+        let count = move |result| {
+            if reason != Warming::PushWebhook {
+                metrics::warm(result);
+            }
+        };
         if self.warming.fetch_add(1, Ordering::AcqRel) >= MAX_WARMING {
             self.warming.fetch_sub(1, Ordering::AcqRel);
-            metrics::warm("dropped");
+            count("dropped");
             tracing::info!(
                 why,
                 "too many warming refreshes under way: this one dropped"
@@ -649,7 +678,7 @@ impl Mirrors {
                     .await
                 {
                     Ok(done) => {
-                        metrics::warm("ok");
+                        count("ok");
                         // What the upstream answered for and the mirror still lacks, it
                         // refused: not asked for ahead again for a while (a listing the
                         // warming credential does not see alike names it again and again).
@@ -670,7 +699,7 @@ impl Mirrors {
                         );
                     }
                     Err(err) => {
-                        metrics::warm("error");
+                        count("error");
                         tracing::warn!(why, %err, "warming the mirror failed");
                     }
                 }
@@ -1256,7 +1285,14 @@ mod tests {
         let client = gitcache_upstream::Upstream::new(&url, None, Duration::from_secs(60)).unwrap();
         for n in 0..super::MAX_WARMING + 6 {
             let key = RepoKey::new("127.0.0.1", "acme", &format!("repo{n}")).unwrap();
-            mirrors.warm(key, client.clone(), "test", true, Default::default(), false);
+            mirrors.warm(
+                key,
+                client.clone(),
+                super::Warming::RefsMoved,
+                true,
+                Default::default(),
+                false,
+            );
         }
         let warming = |m: &Mirrors| m.warming.load(std::sync::atomic::Ordering::Acquire);
         assert_eq!(warming(&mirrors), super::MAX_WARMING);

@@ -463,7 +463,7 @@ impl Proxy {
                         proxy.mirrors.warm(
                             due.key,
                             upstream,
-                            "scheduled refresh",
+                            crate::mirrors::Warming::Scheduled,
                             false,
                             Default::default(),
                             true,
@@ -780,7 +780,7 @@ impl Proxy {
                     Ok(upstream) => proxy.mirrors.warm(
                         target.key,
                         upstream,
-                        "push webhook",
+                        crate::mirrors::Warming::PushWebhook,
                         false,
                         Default::default(),
                         true,

@@ -166,9 +166,14 @@ impl Warming {
                 if let Ok(upstream) = proxy.gate.upstream(&target, credential) {
                     let upstream = proxy.gate.knowing_format(upstream, &target, who);
                     let key = target.key.clone();
-                    proxy
-                        .mirrors
-                        .warm(key, upstream, "refs moved", true, hints, own);
+                    proxy.mirrors.warm(
+                        key,
+                        upstream,
+                        crate::mirrors::Warming::RefsMoved,
+                        true,
+                        hints,
+                        own,
+                    );
                 }
             }
             .in_current_span(),

@@ -352,6 +352,18 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
         "refused events ask nothing upstream"
     );
 
+    // The metrics anyone may read on this port say nothing of the webhook's refresh: the
+    // secret's holders could tell from them what is mirrored here.
+    let warm_lines = || {
+        let metrics = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("gitcache_cache_warm_total"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let warmed_before = warm_lines();
+    let logged_before = common::count(&cache.log(), "mirror warmed");
     assert_eq!(
         post(
             &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &github)],
@@ -362,6 +374,9 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
     wait_for("the mirror to hold the pushed commit", || {
         git_stdout(&mirror, &["rev-parse", "main"]).trim() == tip
     });
+    // Once the refresh has ended (and would have been counted).
+    cache.log_with("mirror warmed", logged_before + 1);
+    assert_eq!(warm_lines(), warmed_before);
     assert_eq!(upstream.counts().fetch, 1, "one refresh");
     upstream.reset_counts();
     git.run(&clone, &["fetch", "-q", "origin"])
