@@ -157,10 +157,16 @@ pub(crate) enum Db {
     Postgres(Postgres),
 }
 
-#[derive(Debug)]
 pub(crate) struct Postgres {
     url: String,
     client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+impl std::fmt::Debug for Postgres {
+    /// Never shows the URL, which may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres").finish_non_exhaustive()
+    }
 }
 
 impl Db {

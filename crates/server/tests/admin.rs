@@ -93,6 +93,24 @@ fn without_a_token_the_admin_side_is_off() {
     assert!(metrics(&cache.addr).contains("gitcache_build_info{version="));
 }
 
+/// The admin page is not to be framed by another site, nor read as another type, and its
+/// scripts come from itself only.
+#[test]
+fn the_admin_page_is_not_framed_or_sniffed() {
+    let upstream = upstream_with(&[], RepoSpec::tiny);
+    let cache = Gitcache::start(&upstream, &["--admin-token", TOKEN]);
+    let page = http(&cache.addr, "GET", "/admin", &[], b"");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("x-frame-options").as_deref(), Some("DENY"));
+    assert_eq!(
+        page.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    let policy = page.header("content-security-policy").unwrap();
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(policy.contains("default-src 'self'"), "{policy}");
+}
+
 #[test]
 fn tokens_guard_the_api() {
     let upstream = upstream_with(&[], RepoSpec::tiny);
