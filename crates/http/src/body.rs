@@ -160,6 +160,9 @@ pub enum ReadError {
     /// The gzip stream is broken.
     #[error("request body is not valid gzip: {0}")]
     Gzip(std::io::Error),
+    /// The bytes request bodies may hold at once are taken: try again shortly.
+    #[error("too many request bodies held at once; try again shortly")]
+    Busy,
 }
 
 impl ReadError {
@@ -171,6 +174,7 @@ impl ReadError {
             ReadError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ReadError::Encoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ReadError::Receive(_) | ReadError::Gzip(_) => StatusCode::BAD_REQUEST,
+            ReadError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -198,17 +202,99 @@ where
 pub struct Received {
     raw: Bytes,
     gzip: bool,
+    /// Its share of a [`BodyBudget`], if it is read within one.
+    held: Option<(BodyBudget, tokio::sync::OwnedSemaphorePermit)>,
 }
 
 impl Received {
     /// The body as sent by the client, gunzipped when it was compressed, refused past `limit`
-    /// bytes. CPU work: run it off the async workers.
+    /// bytes. CPU work: run it off the async workers. Read within a [`BodyBudget`], the bytes
+    /// returned keep their share of it until the last of them is dropped (a gunzipped body
+    /// takes its own share, [`ReadError::Busy`] when there is none).
     pub fn decode(self, limit: usize) -> Result<Bytes, ReadError> {
+        let Some((budget, mut permit)) = self.held else {
+            return if self.gzip {
+                gunzip(&self.raw, limit)
+            } else {
+                Ok(self.raw)
+            };
+        };
         if self.gzip {
-            gunzip(&self.raw, limit)
+            let decoded = gunzip(&self.raw, limit)?;
+            drop(self.raw);
+            // The raw bytes' share now stands for the decoded ones, topped up as needed.
+            budget.top_up(&mut permit, decoded.len())?;
+            Ok(Bytes::from_owner(Budgeted {
+                bytes: decoded,
+                _share: permit,
+            }))
         } else {
-            Ok(self.raw)
+            Ok(Bytes::from_owner(Budgeted {
+                bytes: self.raw,
+                _share: permit,
+            }))
         }
+    }
+}
+
+/// Bytes and their share of a [`BodyBudget`], let go together.
+struct Budgeted {
+    bytes: Bytes,
+    _share: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A byte budget that request bodies share while they are read and held, so that many
+/// clients sending large bodies at once cannot take more memory than it allows, whatever the
+/// number of connections: a body that finds it spent is refused ([`ReadError::Busy`], `503`).
+/// Counted in units of [`BodyBudget::UNIT`] bytes.
+#[derive(Debug, Clone)]
+pub struct BodyBudget(Arc<tokio::sync::Semaphore>);
+
+impl BodyBudget {
+    /// The unit of account.
+    pub const UNIT: usize = 64 << 10;
+
+    /// A budget of `bytes` (at least one unit).
+    pub fn new(bytes: u64) -> Self {
+        let units =
+            (bytes / Self::UNIT as u64).clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u64);
+        BodyBudget(Arc::new(tokio::sync::Semaphore::new(units as usize)))
+    }
+
+    /// Bytes of the budget not held now.
+    pub fn available(&self) -> u64 {
+        self.0.available_permits() as u64 * Self::UNIT as u64
+    }
+
+    /// Make `permit` stand for `bytes`, taking more of the budget if it must.
+    fn top_up(
+        &self,
+        permit: &mut tokio::sync::OwnedSemaphorePermit,
+        bytes: usize,
+    ) -> Result<(), ReadError> {
+        let need = bytes.div_ceil(Self::UNIT).max(1);
+        let have = permit.num_permits();
+        if need > have {
+            let more = u32::try_from(need - have).map_err(|_| ReadError::Busy)?;
+            let more = Arc::clone(&self.0)
+                .try_acquire_many_owned(more)
+                .map_err(|_| ReadError::Busy)?;
+            permit.merge(more);
+        }
+        Ok(())
+    }
+
+    /// A first share, of one unit.
+    fn first(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ReadError> {
+        Arc::clone(&self.0)
+            .try_acquire_owned()
+            .map_err(|_| ReadError::Busy)
     }
 }
 
@@ -224,6 +310,21 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
+    receive_body_within(headers, body, limit, timeout, None).await
+}
+
+/// [`receive_body`], the bytes held counted against `budget` as they arrive.
+pub async fn receive_body_within<B>(
+    headers: &hyper::HeaderMap,
+    body: B,
+    limit: usize,
+    timeout: Duration,
+    budget: Option<&BodyBudget>,
+) -> Result<Received, ReadError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     let encoding = headers.get(hyper::header::CONTENT_ENCODING).map(|v| {
         String::from_utf8_lossy(v.as_bytes())
             .trim()
@@ -234,13 +335,21 @@ where
         Some("gzip" | "x-gzip") => true,
         Some(other) => return Err(ReadError::Encoding(other.to_owned())),
     };
-    let raw = tokio::time::timeout(timeout, collect_limited(body, limit))
+    let mut held = match budget {
+        Some(budget) => Some((budget.clone(), budget.first()?)),
+        None => None,
+    };
+    let raw = tokio::time::timeout(timeout, collect_limited(body, limit, &mut held))
         .await
         .map_err(|_| ReadError::Timeout(timeout))??;
-    Ok(Received { raw, gzip })
+    Ok(Received { raw, gzip, held })
 }
 
-async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, ReadError>
+async fn collect_limited<B>(
+    body: B,
+    limit: usize,
+    held: &mut Option<(BodyBudget, tokio::sync::OwnedSemaphorePermit)>,
+) -> Result<Bytes, ReadError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -252,6 +361,9 @@ where
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > limit {
                 return Err(ReadError::TooLarge { limit });
+            }
+            if let Some((budget, permit)) = held.as_mut() {
+                budget.top_up(permit, out.len() + data.len())?;
             }
             out.extend_from_slice(&data);
         }
@@ -827,6 +939,65 @@ fn not_ours(name: &hyper::header::HeaderName) -> bool {
 mod tests {
     use super::*;
     use http_body_util::Full;
+
+    /// Bodies read within a budget hold their share while their bytes live, and one that
+    /// finds it spent is refused, not read; a gzipped one holds the share of what it inflates
+    /// to.
+    #[tokio::test]
+    async fn request_bodies_share_a_byte_budget() {
+        let unit = BodyBudget::UNIT;
+        let budget = BodyBudget::new(4 * unit as u64);
+        let headers = hyper::HeaderMap::new();
+        let read = |len: usize, headers: hyper::HeaderMap, budget: BodyBudget| async move {
+            let body = Full::new(Bytes::from(vec![b'x'; len]));
+            receive_body_within(
+                &headers,
+                body,
+                1 << 30,
+                Duration::from_secs(5),
+                Some(&budget),
+            )
+            .await
+        };
+        let first = read(3 * unit, headers.clone(), budget.clone())
+            .await
+            .unwrap()
+            .decode(1 << 30)
+            .unwrap();
+        assert_eq!(first.len(), 3 * unit);
+        assert_eq!(budget.available(), unit as u64);
+        let refused = read(2 * unit, headers.clone(), budget.clone()).await;
+        assert!(matches!(refused, Err(ReadError::Busy)), "{refused:?}");
+        assert_eq!(
+            refused.unwrap_err().status(),
+            hyper::StatusCode::SERVICE_UNAVAILABLE
+        );
+        let kept = first.slice(..10);
+        drop(first);
+        assert_eq!(budget.available(), unit as u64, "a slice keeps the share");
+        drop(kept);
+        assert_eq!(budget.available(), 4 * unit as u64);
+        // Small on the wire, five units once inflated.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &vec![b'y'; 5 * unit]).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut gzipped = hyper::HeaderMap::new();
+        gzipped.insert(
+            hyper::header::CONTENT_ENCODING,
+            hyper::header::HeaderValue::from_static("gzip"),
+        );
+        let received = receive_body_within(
+            &gzipped,
+            Full::new(Bytes::from(gz)),
+            1 << 30,
+            Duration::from_secs(5),
+            Some(&budget),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(received.decode(1 << 30), Err(ReadError::Busy)));
+        assert_eq!(budget.available(), 4 * unit as u64);
+    }
 
     /// An upstream's answer reaches the client without hop-by-hop headers, those its
     /// `Connection` header names, and those that would apply to gitcache's own address.

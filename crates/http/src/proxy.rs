@@ -82,6 +82,8 @@ pub struct Proxy {
     webhook_slots: Arc<Semaphore>,
     /// Pushes that refreshed a mirror lately (see [`crate::webhook::Seen`]).
     webhook_seen: crate::webhook::Seen,
+    /// What fetch request bodies may hold at once, all together.
+    body_budget: crate::body::BodyBudget,
     draining: AtomicBool,
     catalog: Option<Arc<Catalog>>,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -380,6 +382,7 @@ impl Proxy {
             )),
             webhook_slots: Arc::new(Semaphore::new(crate::webhook::CONCURRENT_EVENTS)),
             webhook_seen: Default::default(),
+            body_budget: crate::body::BodyBudget::new(body_budget_bytes(&config.limits)),
             draining: AtomicBool::new(false),
             catalog: services.catalog,
             prometheus: services.prometheus,
@@ -863,11 +866,12 @@ impl Proxy {
             }
         }
         let limits = &self.config.limits;
-        let received = receive_body(
+        let received = crate::body::receive_body_within(
             headers,
             body,
             limits.max_body_bytes,
             limits.body_read_timeout,
+            Some(&self.body_budget),
         )
         .await?;
         let max_body_bytes = limits.max_body_bytes;
@@ -1079,6 +1083,12 @@ pub(crate) fn fingerprint(headers: &HeaderMap) -> Fingerprint {
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
     )
+}
+
+/// What fetch request bodies may hold at once, all together: 1 GiB, or four of the largest
+/// body if that is more (so that one always fits).
+pub(crate) fn body_budget_bytes(limits: &crate::config::Limits) -> u64 {
+    (1u64 << 30).max(4 * limits.max_body_bytes as u64)
 }
 
 /// The part of the upstream URL after the repository, query included: for `info/refs` only
