@@ -183,6 +183,25 @@ impl AccessGrants {
         refusals.insert(id, now);
     }
 
+    /// Whether the upstream refused `who` for `key` at `since` or after (a grant that let a
+    /// request in may have ended while it waited).
+    pub fn refused_since(&self, key: &RepoKey, who: Fingerprint, since: Instant) -> bool {
+        let id = (key.clone(), who);
+        let granted = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        if granted
+            .get(&id)
+            .is_some_and(|grant| grant.refused.is_some_and(|at| at >= since))
+        {
+            return true;
+        }
+        drop(granted);
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|at| *at >= since)
+    }
+
     /// The grant of `who` for `key`, if it is younger than the TTL.
     fn fresh(&self, key: &RepoKey, who: Fingerprint) -> Option<Grant> {
         if self.ttl.is_zero() {
@@ -229,6 +248,32 @@ mod tests {
         assert!(!grants.is_fresh(&key("widgets"), Fingerprint::of(None)));
         assert!(Fingerprint::of(None).is_anonymous());
         assert_ne!(alice, bob);
+    }
+
+    /// A request let in by a grant learns whether the upstream refused its credential while
+    /// it waited: a refusal at or after its check counts, one before does not, and so does a
+    /// refusal kept without a grant.
+    #[test]
+    fn a_refusal_after_a_request_was_let_in_is_seen() {
+        let grants = AccessGrants::new(Duration::from_secs(60));
+        let (alice, bob) = (
+            Fingerprint::of(Some(b"Bearer a")),
+            Fingerprint::of(Some(b"Bearer b")),
+        );
+        grants.grant(&key("w"), alice, None);
+        let before = Instant::now();
+        std::thread::sleep(Duration::from_millis(5));
+        let checked = Instant::now();
+        assert!(!grants.refused_since(&key("w"), alice, checked));
+        grants.refused(&key("w"), alice, 401);
+        grants.refused(&key("w"), bob, 404);
+        let after = Instant::now() + Duration::from_millis(5);
+        for who in [alice, bob] {
+            assert!(grants.refused_since(&key("w"), who, checked));
+            assert!(grants.refused_since(&key("w"), who, before));
+            assert!(!grants.refused_since(&key("w"), who, after));
+            assert!(!grants.refused_since(&key("other"), who, before));
+        }
     }
 
     #[test]

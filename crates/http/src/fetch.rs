@@ -75,7 +75,11 @@ impl Fetches {
         body: Bytes,
         fetch: Fetch,
         kind: HashKind,
+        checked: std::time::Instant,
     ) -> Result<Response<Body>, Error> {
+        // Who passed the gate, and when: a refusal since then (while this request waited for
+        // a refresh) stops the answer before its first byte.
+        let vouched = (crate::proxy::fingerprint(headers), checked);
         // The mirror's background work (the checks when it is first opened, the maintenance
         // a refresh asks for) waits until this answer is handed over.
         let answering = self.mirrors.registry().answering(&target.key);
@@ -86,7 +90,9 @@ impl Fetches {
         let missing = match wanted {
             Wanted::Present(repo) => {
                 tracing::info!(result = "hit", "fetch");
-                let response = self.answer(target, repo, fetch, kind, answering).await;
+                let response = self
+                    .answer(target, repo, fetch, kind, answering, vouched)
+                    .await;
                 return Ok(with_state(response, CacheState::Hit));
             }
             Wanted::Lacking(missing) => missing,
@@ -254,7 +260,9 @@ impl Fetches {
             }
             Waited::Landed(repo) => {
                 tracing::info!(result = "miss", landed = true, "fetch");
-                let response = self.answer(target, repo, fetch, kind, answering).await;
+                let response = self
+                    .answer(target, repo, fetch, kind, answering, vouched)
+                    .await;
                 return Ok(with_state(response, CacheState::Miss));
             }
             Waited::TooLong => {
@@ -298,7 +306,9 @@ impl Fetches {
         match self.mirrors.with_wants(&target.key, fetch).await? {
             (Wanted::Present(repo), fetch) => {
                 tracing::info!(result = "miss", "fetch");
-                let response = self.answer(target, repo, fetch, kind, answering).await;
+                let response = self
+                    .answer(target, repo, fetch, kind, answering, vouched)
+                    .await;
                 Ok(with_state(response, CacheState::Miss))
             }
             (Wanted::Lacking(missing), fetch) => {
@@ -334,7 +344,9 @@ impl Fetches {
                 match (kept, self.mirrors.with_wants(&target.key, fetch).await?) {
                     (Ok(_), (Wanted::Present(repo), fetch)) => {
                         tracing::info!(result = "miss", kept = true, "fetch");
-                        let response = self.answer(target, repo, fetch, kind, answering).await;
+                        let response = self
+                            .answer(target, repo, fetch, kind, answering, vouched)
+                            .await;
                         Ok(with_state(response, CacheState::Miss))
                     }
                     (kept, _) => {
@@ -398,7 +410,21 @@ impl Fetches {
         fetch: Fetch,
         kind: HashKind,
         answering: gitcache_mirror::registry::Answering,
+        (who, checked): (crate::access::Fingerprint, std::time::Instant),
     ) -> Response<Body> {
+        if self.gate.grants().refused_since(&target.key, who, checked) {
+            tracing::info!(
+                result = "rejected",
+                "fetch: the credential was refused while it waited"
+            );
+            return with_state(
+                crate::error::text(
+                    hyper::StatusCode::FORBIDDEN,
+                    "gitcache: the upstream refused this credential while the request waited",
+                ),
+                CacheState::Rejected,
+            );
+        }
         self.responder
             .serve(target.key.relative_path(), repo, fetch, kind)
             .await

@@ -842,8 +842,10 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
     {
         let who = fingerprint(headers);
+        // When the gate let this request in: a refusal from then on stops its answer.
+        let checked = Instant::now();
         if !self.gate.grants().is_fresh(&target.key, who) {
-            let asked = Instant::now();
+            let asked = checked;
             match self.gate.verify(target, headers).await? {
                 Verified::V2(kind) => {
                     self.gate
@@ -913,7 +915,10 @@ impl Proxy {
                     .await
             }
             Command::Fetch(fetch) => {
-                let result = self.fetches.fetch(target, headers, body, fetch, kind).await;
+                let result = self
+                    .fetches
+                    .fetch(target, headers, body, fetch, kind, checked)
+                    .await;
                 let state = match &result {
                     Ok(response) => response.extensions().get::<CacheState>().copied(),
                     Err(err) => Some(error_state(err)),
