@@ -117,23 +117,29 @@ fn a_clone_in_flight_finishes_after_sigterm() {
     assert!(std::net::TcpStream::connect(&cache.addr).is_err());
 }
 
+/// An upstream holding a new public repository `name`, gitcache in front of it with an idle
+/// timeout of one second, and a protocol v0 fetch of the repository's `main` (which gitcache
+/// passes on as it arrives).
+fn v0_fetch_of_a_new_repository(name: &str, seed: u64) -> (Upstream, Gitcache, String) {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path(name);
+    repo::generate(&source, &RepoSpec::tiny(seed)).unwrap();
+    upstream.adopt_repo(name, Access::Public).unwrap();
+    let cache = Gitcache::start(&upstream, &["--upstream-timeout", "1"]);
+    let tip = git_stdout(&source, &["rev-parse", "main"]);
+    let want = format!("want {} ofs-delta\n", tip.trim());
+    let pkt = |line: &str| format!("{:04x}{line}", line.len() + 4);
+    let body = [pkt(&want), "0000".to_owned(), pkt("done\n")].concat();
+    (upstream, cache, body)
+}
+
 /// A request passed on with its body streamed (a push, a protocol v0 fetch) that takes longer
 /// to go up than the upstream's idle timeout, bytes moving all along, is answered: the idle
 /// timeout counts from the body's last bytes, not from the request's start.
 #[test]
 fn a_streamed_request_slower_than_the_idle_timeout_but_moving_gets_through() {
     use std::io::{Read as _, Write as _};
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/slowpush");
-    repo::generate(&source, &RepoSpec::tiny(506)).unwrap();
-    upstream
-        .adopt_repo("acme/slowpush", Access::Public)
-        .unwrap();
-    let cache = Gitcache::start(&upstream, &["--upstream-timeout", "1"]);
-    let tip = git_stdout(&source, &["rev-parse", "main"]);
-    let want = format!("want {} ofs-delta\n", tip.trim());
-    let pkt = |line: &str| format!("{:04x}{line}", line.len() + 4);
-    let pieces = [pkt(&want), "0000".to_owned(), pkt("done\n")];
+    let (_upstream, cache, body) = v0_fetch_of_a_new_repository("acme/slowpush", 506);
     let mut stream = std::net::TcpStream::connect(&cache.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -145,7 +151,6 @@ fn a_streamed_request_slower_than_the_idle_timeout_but_moving_gets_through() {
     )
     .unwrap();
     // 2.4 seconds in all, a piece every 0.3 (the body split in bytes-sized chunks).
-    let body: String = pieces.concat();
     let bytes = body.as_bytes();
     let step = bytes.len().div_ceil(8);
     for chunk in bytes.chunks(step) {
@@ -172,15 +177,7 @@ fn a_streamed_request_slower_than_the_idle_timeout_but_moving_gets_through() {
 #[test]
 fn a_passed_on_answer_whose_upstream_goes_silent_is_broken_off() {
     use std::io::{Read as _, Write as _};
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/stalls");
-    repo::generate(&source, &RepoSpec::tiny(507)).unwrap();
-    upstream.adopt_repo("acme/stalls", Access::Public).unwrap();
-    let cache = Gitcache::start(&upstream, &["--upstream-timeout", "1"]);
-    let tip = git_stdout(&source, &["rev-parse", "main"]);
-    let want = format!("want {} ofs-delta\n", tip.trim());
-    let pkt = |line: &str| format!("{:04x}{line}", line.len() + 4);
-    let body = [pkt(&want), "0000".to_owned(), pkt("done\n")].concat();
+    let (upstream, cache, body) = v0_fetch_of_a_new_repository("acme/stalls", 507);
     // A first piece, then nothing for longer than the idle timeout, again and again.
     upstream.inject(
         Fault::Trickle {
