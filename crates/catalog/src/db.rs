@@ -214,6 +214,9 @@ impl Db {
     pub(crate) async fn postgres(url: &str) -> Result<Db, Error> {
         let mut client = pg_connect(url).await?;
         let tx = client.transaction().await?;
+        // Waiting for another instance's migration, and migrating, may take longer than a
+        // statement is otherwise allowed.
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         tx.batch_execute(SCHEMA_TABLE).await?;
@@ -540,9 +543,12 @@ async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, Error> {
     if !options.contains("statement_timeout") {
         config.options(format!("{options} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}").trim());
     }
+    // A server that went silent is found out within about a minute and a half.
     config
         .keepalives(true)
-        .keepalives_idle(std::time::Duration::from_secs(30));
+        .keepalives_idle(std::time::Duration::from_secs(30))
+        .keepalives_interval(std::time::Duration::from_secs(10))
+        .keepalives_retries(6);
     // The socket's connect is bounded by the setting; the handshake after it by this.
     let within = config
         .get_connect_timeout()

@@ -183,16 +183,13 @@ impl AccessGrants {
         refusals.insert(id, now);
     }
 
-    /// Whether the upstream refused `who` for `key` at `since` or after (a grant that let a
-    /// request in may have ended while it waited).
+    /// Whether the upstream refused `who` for `key` at `since` or after, and has not accepted
+    /// it again since (a grant that let a request in may have ended while it waited).
     pub fn refused_since(&self, key: &RepoKey, who: Fingerprint, since: Instant) -> bool {
         let id = (key.clone(), who);
         let granted = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        if granted
-            .get(&id)
-            .is_some_and(|grant| grant.refused.is_some_and(|at| at >= since))
-        {
-            return true;
+        if let Some(grant) = granted.get(&id) {
+            return grant.refused.is_some_and(|at| at >= since) && !grant.stands();
         }
         drop(granted);
         self.refusals
@@ -274,6 +271,10 @@ mod tests {
             assert!(!grants.refused_since(&key("w"), who, after));
             assert!(!grants.refused_since(&key("other"), who, before));
         }
+        // Accepted again since: no longer refused.
+        std::thread::sleep(Duration::from_millis(5));
+        grants.grant(&key("w"), alice, None);
+        assert!(!grants.refused_since(&key("w"), alice, checked));
     }
 
     #[test]

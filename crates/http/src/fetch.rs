@@ -248,6 +248,9 @@ impl Fetches {
             }
             Waited::Refreshed(Err(failure)) => Some(failure),
             Waited::Arriving(pack) => {
+                if let Some(refused) = self.refused_meanwhile(target, vouched) {
+                    return Ok(refused);
+                }
                 tracing::info!(result = "miss", arriving = true, "fetch");
                 // A fetch that did not say `done` is told which of its haves the pack
                 // was asked for with, and that it comes.
@@ -283,6 +286,9 @@ impl Fetches {
                 && err.is_upstream_unavailable()
                 && let Some(repo) = self.mirrors.open_blocking(&target.key).await?
             {
+                if let Some(refused) = self.refused_meanwhile(target, vouched) {
+                    return Ok(refused);
+                }
                 let mut stale = fetch;
                 let present = Arc::clone(&repo);
                 let stale = tokio::task::spawn_blocking(move || {
@@ -412,23 +418,37 @@ impl Fetches {
         answering: gitcache_mirror::registry::Answering,
         (who, checked): (crate::access::Fingerprint, std::time::Instant),
     ) -> Response<Body> {
-        if self.gate.grants().refused_since(&target.key, who, checked) {
-            tracing::info!(
-                result = "rejected",
-                "fetch: the credential was refused while it waited"
-            );
-            return with_state(
-                crate::error::text(
-                    hyper::StatusCode::FORBIDDEN,
-                    "gitcache: the upstream refused this credential while the request waited",
-                ),
-                CacheState::Rejected,
-            );
+        if let Some(refused) = self.refused_meanwhile(target, (who, checked)) {
+            return refused;
         }
         self.responder
             .serve(target.key.relative_path(), repo, fetch, kind)
             .await
             .map(|body| body.holding(answering))
+    }
+
+    /// The answer to send instead of the mirror's when the upstream refused `who`'s
+    /// credential for `target` since `checked`, when the gate let the request in (while it
+    /// waited for a refresh), and the credential was not accepted again since.
+    fn refused_meanwhile(
+        &self,
+        target: &Target,
+        (who, checked): (crate::access::Fingerprint, std::time::Instant),
+    ) -> Option<Response<Body>> {
+        if !self.gate.grants().refused_since(&target.key, who, checked) {
+            return None;
+        }
+        tracing::info!(
+            result = "rejected",
+            "fetch: the credential was refused while it waited"
+        );
+        Some(with_state(
+            crate::error::text(
+                hyper::StatusCode::FORBIDDEN,
+                "gitcache: the upstream refused this credential while the request waited",
+            ),
+            CacheState::Rejected,
+        ))
     }
 
     /// `missing`, the wants of `fetch` the mirror of `target` lacks, when they are worth

@@ -652,7 +652,11 @@ impl Mirrors {
                 metrics::warm(result);
             }
         };
-        if self.warming.fetch_add(1, Ordering::AcqRel) >= MAX_WARMING {
+        // Only warmings any client's listing may start are bounded: scheduled refreshes (the
+        // catalog's) and webhooks' (signed, and each push once) never wait behind them.
+        if reason == Warming::RefsMoved
+            && self.warming.fetch_add(1, Ordering::AcqRel) >= MAX_WARMING
+        {
             self.warming.fetch_sub(1, Ordering::AcqRel);
             count("dropped");
             tracing::info!(
@@ -660,6 +664,9 @@ impl Mirrors {
                 "too many warming refreshes under way: this one dropped"
             );
             return;
+        }
+        if reason != Warming::RefsMoved {
+            self.warming.fetch_add(1, Ordering::AcqRel);
         }
         /// Counts a warming as ended however its task ends.
         struct Ended(Arc<std::sync::atomic::AtomicUsize>);

@@ -764,13 +764,15 @@ impl Proxy {
             return accepted("the same push again: nothing to do");
         }
         let deleted = after.is_null();
-        match self.mirrors.ref_now(&target.key, name).await {
+        match self.mirrors.ref_now(&target.key, name.clone()).await {
             Ok(now) if now == Some(after) || (deleted && now.is_none()) => {
                 return accepted("the mirror has the push already: nothing to do");
             }
             Ok(_) => {}
-            Err(_) => return accepted("not a ref name: nothing to do"),
+            // Not readable now: the refresh tells.
+            Err(err) => tracing::debug!(%err, "push webhook: the mirror's ref not read"),
         }
+        self.webhook_seen.refreshed(&target.key, &name, after);
         tracing::info!(repo = %target.name, "push webhook");
         // The credential is had in the background too (an App's token may need the API):
         // the forge gets its answer at once.

@@ -183,14 +183,16 @@ impl Warming {
     /// The credential for a refresh gitcache starts on its own: for the default upstream, a
     /// GitHub App installation token when an App is configured, else the service token; else
     /// (and for every other upstream: the token is the default upstream's, never sent to
-    /// another host) `fallback`, the credential of the request that noticed the change.
+    /// another host) `fallback`, the credential of the request that noticed the change, or
+    /// in `static` mode that host's own token.
     pub(crate) async fn credential(
         &self,
         target: &Target,
         fallback: Option<String>,
     ) -> Option<String> {
         if target.host_name != self.default_host {
-            return fallback;
+            // That host's own credential in `static` mode, else the client's.
+            return fallback.or_else(|| self.gate.credential(target, &HeaderMap::new()));
         }
         if let Some(app) = &self.github_app {
             match app

@@ -60,27 +60,37 @@ pub(crate) struct Seen {
 type Pushes = std::collections::VecDeque<(String, gix_hash::ObjectId, std::time::Instant)>;
 
 impl Seen {
-    /// Whether `ref` moving to `after` in `key` was seen lately; noted as seen now if not.
+    /// Whether `ref` moving to `after` in `key` refreshed the mirror lately.
     pub(crate) fn again(
         &self,
         key: &gitcache_storage::repo::RepoKey,
         name: &str,
         after: gix_hash::ObjectId,
     ) -> bool {
+        let pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
+        pushes.get(key).is_some_and(|seen| {
+            seen.iter()
+                .any(|(n, a, at)| n == name && *a == after && at.elapsed() < SEEN_FOR)
+        })
+    }
+
+    /// Note that `ref` moving to `after` in `key` starts a refresh of the mirror.
+    pub(crate) fn refreshed(
+        &self,
+        key: &gitcache_storage::repo::RepoKey,
+        name: &str,
+        after: gix_hash::ObjectId,
+    ) {
         let mut pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
         if pushes.len() >= SEEN_MIRRORS && !pushes.contains_key(key) {
             pushes.clear();
         }
         let seen = pushes.entry(key.clone()).or_default();
         seen.retain(|(_, _, at)| at.elapsed() < SEEN_FOR);
-        if seen.iter().any(|(n, a, _)| n == name && *a == after) {
-            return true;
-        }
         if seen.len() >= SEEN_PER_MIRROR {
             seen.pop_front();
         }
         seen.push_back((name.to_owned(), after, std::time::Instant::now()));
-        false
     }
 }
 
@@ -272,6 +282,11 @@ mod tests {
         let other = gitcache_storage::repo::RepoKey::new("h", "a", "c").unwrap();
         let at = |n: u8| gix_hash::ObjectId::from_bytes_or_panic(&[n; 20]);
         assert!(!seen.again(&key, "refs/heads/main", at(1)));
+        assert!(
+            !seen.again(&key, "refs/heads/main", at(1)),
+            "not refreshed yet"
+        );
+        seen.refreshed(&key, "refs/heads/main", at(1));
         assert!(seen.again(&key, "refs/heads/main", at(1)), "the same push");
         assert!(!seen.again(&key, "refs/heads/dev", at(1)), "another ref");
         assert!(
@@ -280,6 +295,7 @@ mod tests {
         );
         for n in 2..2 + SEEN_PER_MIRROR as u8 {
             assert!(!seen.again(&key, "refs/heads/main", at(n)));
+            seen.refreshed(&key, "refs/heads/main", at(n));
         }
         assert!(
             !seen.again(&key, "refs/heads/main", at(1)),

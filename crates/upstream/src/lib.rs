@@ -582,13 +582,22 @@ impl Upstream {
         // the answer's body is the caller's to bound.
         let exchange = self.exchange(request, None);
         tokio::pin!(exchange);
+        // The whole wait within the transfer timeout too: a body trickling a byte now and
+        // then holds nothing for longer.
+        let total = self.limits.transfer_timeout;
+        let ends = tokio::time::Instant::now() + total;
         loop {
             let wait = self.timeout.saturating_sub(progress.idle());
             if wait.is_zero() {
                 return Err(Error::Timeout(self.timeout));
             }
-            if let Ok(answered) = tokio::time::timeout(wait, &mut exchange).await {
-                return answered;
+            let until = (tokio::time::Instant::now() + wait).min(ends);
+            match tokio::time::timeout_at(until, &mut exchange).await {
+                Ok(answered) => return answered,
+                Err(_) if tokio::time::Instant::now() >= ends => {
+                    return Err(Error::Timeout(total));
+                }
+                Err(_) => {}
             }
         }
     }
