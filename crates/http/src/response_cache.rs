@@ -235,7 +235,8 @@ enum Ending {
 }
 
 /// The key of the response to `fetch` from `repo`: everything that shapes its bytes. `None`
-/// for requests still negotiating (no `done`), which are cheap and rarely repeated.
+/// for requests still negotiating (no `done`), which are cheap and rarely repeated, and for
+/// answers that read refs from a mirror whose refs are not written yet.
 ///
 /// The haves `repo` lacks are dropped from `fetch` itself: they shape nothing now (a done
 /// fetch is sent no acknowledgements), and one that arrived in the mirror before the answer
@@ -299,8 +300,13 @@ pub(crate) fn response_key(
         for name in deepen_not {
             text.push_str(&format!("deepen-not {name}\n"));
         }
-        let mut refs: Vec<String> = repo
-            .refs()?
+        let all = repo.refs()?;
+        if all.iter().all(|r| r.oid.is_none()) {
+            // A mirror being made: its pack is in, its refs not yet. What its answer reads of
+            // them is about to change; it is answered as it is, and not stored.
+            return Ok(None);
+        }
+        let mut refs: Vec<String> = all
             .into_iter()
             .filter(|r| {
                 r.name.starts_with(b"refs/tags/") || !fetch.deepen_not.is_empty() || relative
@@ -1244,6 +1250,41 @@ mod tests {
         assert_eq!(key(), before, "nothing moved: the same key");
         git_stdout(&path, &["symbolic-ref", "HEAD", "refs/heads/older"]);
         assert_ne!(key(), before, "HEAD names another branch: another key");
+    }
+
+    /// A mirror being made (its pack in, its refs not yet written) keys no answer that reads
+    /// refs: what it reads is about to change, so it is answered as it is and not stored; an
+    /// answer that reads none is keyed as ever.
+    #[test]
+    fn answers_reading_refs_are_not_keyed_before_the_refs_are_written() {
+        let (_dir, path) = generated(12);
+        let main = rev(&path, "main");
+        for leftover in ["packed-refs", "refs/heads", "refs/tags"] {
+            let _ = std::fs::remove_file(path.join(leftover));
+            let _ = std::fs::remove_dir_all(path.join(leftover));
+        }
+        std::fs::create_dir_all(path.join("refs/heads")).unwrap();
+        let repo = Repository::open(&path).unwrap();
+        let tags = Fetch {
+            wants: vec![main],
+            include_tag: true,
+            done: true,
+            ofs_delta: true,
+            ..Fetch::default()
+        };
+        assert_eq!(
+            response_key(&repo, &mut tags.clone(), HashKind::Sha1).unwrap(),
+            None
+        );
+        let plain = Fetch {
+            include_tag: false,
+            ..tags
+        };
+        assert!(
+            response_key(&repo, &mut plain.clone(), HashKind::Sha1)
+                .unwrap()
+                .is_some()
+        );
     }
 
     /// An answer that reads refs is stored only if they did not move while it was made.
