@@ -529,9 +529,7 @@ fn a_client_that_stops_reading_a_passthrough_answer_frees_its_slot() {
         String::from_utf8_lossy(&head[..n])
     );
     // The one connection slot is taken until the stall timeout ends it.
-    let mut next = TcpStream::connect(&cache.addr).unwrap();
-    next.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut next = common::connect(&cache.addr, Duration::from_secs(60));
     write!(
         next,
         "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

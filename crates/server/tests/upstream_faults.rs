@@ -140,10 +140,7 @@ fn v0_fetch_of_a_new_repository(name: &str, seed: u64) -> (Upstream, Gitcache, S
 fn a_streamed_request_slower_than_the_idle_timeout_but_moving_gets_through() {
     use std::io::{Read as _, Write as _};
     let (_upstream, cache, body) = v0_fetch_of_a_new_repository("acme/slowpush", 506);
-    let mut stream = std::net::TcpStream::connect(&cache.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = common::connect(&cache.addr, Duration::from_secs(60));
     write!(
         stream,
         "POST /acme/slowpush.git/git-upload-pack HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/x-git-upload-pack-request\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -187,10 +184,7 @@ fn a_passed_on_answer_whose_upstream_goes_silent_is_broken_off() {
         1,
         Some(RequestKind::Fetch),
     );
-    let mut stream = std::net::TcpStream::connect(&cache.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let mut stream = common::connect(&cache.addr, Duration::from_secs(20));
     write!(
         stream,
         "POST /acme/stalls.git/git-upload-pack HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\n\r\n{body}",

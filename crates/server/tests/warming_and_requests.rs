@@ -234,9 +234,7 @@ fn request_bodies_gzip_limits_and_slow_clients() {
     );
 
     // A client that never finishes its headers is cut off.
-    let mut slow = std::net::TcpStream::connect(&cache.addr).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let mut slow = common::connect(&cache.addr, Duration::from_secs(20));
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     let mut rest = Vec::new();
@@ -565,10 +563,7 @@ fn a_miss_still_being_sent_holds_the_mirrors_maintenance_back() {
 
     // The history of main, read no further than its first bytes.
     let body = fetch_body(&main, &["ofs-delta", "no-progress"]);
-    let mut stream = std::net::TcpStream::connect(&cache.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = common::connect(&cache.addr, Duration::from_secs(60));
     write!(
         stream,
         "POST /acme/heavy.git/git-upload-pack HTTP/1.1\r\nHost: {}\r\nGit-Protocol: version=2\r\n\
