@@ -88,6 +88,14 @@ impl Error {
             StatusCode::FORBIDDEN | StatusCode::NOT_FOUND if !matches!(self, Error::Route(_)) => {
                 "gitcache: the upstream refused access to this repository".to_owned()
             }
+            // What failed on the server's side (its paths, its disk) is for its log, which
+            // the caller writes, not for clients.
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                "gitcache: internal error (the server's log has the cause)".to_owned()
+            }
+            StatusCode::INSUFFICIENT_STORAGE => {
+                "gitcache: the cache is short of disk space for this repository".to_owned()
+            }
             _ => format!("gitcache: {self}"),
         };
         let mut response = text(status, &message);
@@ -114,4 +122,35 @@ pub(crate) fn text(status: StatusCode, message: &str) -> Response<Body> {
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(err: Error) -> (StatusCode, String) {
+        let response = err.into_response();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn what_failed_on_the_server_stays_in_its_log() {
+        let (status, body) = body_of(Error::Internal("/srv/gitcache/mirrors/x: oops".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !body.contains("/srv") && body.contains("internal error"),
+            "{body}"
+        );
+        let (status, body) = body_of(Error::LowDisk {
+            free: 123_456_789,
+            keep: 987_654_321,
+        })
+        .await;
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(!body.contains("123") && !body.contains("987"), "{body}");
+        assert!(body.contains("disk space"), "{body}");
+    }
 }

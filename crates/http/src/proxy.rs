@@ -537,7 +537,10 @@ impl Proxy {
         let started = Instant::now();
         let target = match self.targets.resolve(&route) {
             Ok(target) => target,
-            Err(err) => return err.into_response(),
+            Err(err) => {
+                tracing::warn!(%err, status = %err.status(), "request failed");
+                return err.into_response();
+            }
         };
         metrics::decision("cache_lookup", started.elapsed());
         if self.config.credentials != CredentialMode::PassThrough

@@ -436,6 +436,9 @@ struct FileWildcard {
 /// The shortest `pages.sweep_grace` taken, in seconds.
 const MIN_SWEEP_GRACE: u64 = 10;
 
+/// The shortest admin token taken, in characters.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 /// How pages are served.
 #[derive(Debug)]
 pub(crate) struct PagesConfig {
@@ -851,6 +854,17 @@ impl Config {
         } else {
             flags.admin_tokens
         };
+        // A token opens the catalog for writing: one short enough to guess is refused.
+        if let Some(short) = admin_tokens
+            .iter()
+            .find(|t| t.trim().chars().count() < MIN_ADMIN_TOKEN_CHARS)
+        {
+            bail!(
+                "admin tokens must be at least {MIN_ADMIN_TOKEN_CHARS} characters (one is {}); \
+                 make one with `openssl rand -hex 32`",
+                short.trim().chars().count()
+            );
+        }
         proxy.admin_tokens = AdminTokens::new(admin_tokens.iter().map(|t| t.trim()));
         let admin_listen = match flags.admin_listen.or(file.admin.listen) {
             Some(addr) => Some(
@@ -1015,26 +1029,27 @@ mod tests {
         let path = dir.path().join("gitcache.toml");
         std::fs::write(
             &path,
-            "database_url = \"postgres://db.invalid/gitcache\"\n[admin]\ntokens = [\"from-file\"]\nlisten = \"127.0.0.1:9091\"\n",
+            "database_url = \"postgres://db.invalid/gitcache\"\n[admin]\ntokens = [\"from-the-config-file\"]\nlisten = \"127.0.0.1:9091\"\n",
         )
         .unwrap();
         let config = parse(&["--config", path.to_str().unwrap()]).unwrap();
-        assert!(config.proxy.admin_tokens.accepts("from-file"));
+        assert!(config.proxy.admin_tokens.accepts("from-the-config-file"));
         assert_eq!(config.admin_listen.unwrap().port(), 9091);
         assert_eq!(config.database, "postgres://db.invalid/gitcache");
         let config = parse(&[
             "--config",
             path.to_str().unwrap(),
             "--admin-token",
-            "one",
+            "the-first-admin-token",
             "--admin-token",
-            "two",
+            "the-second-admin-token",
         ])
         .unwrap();
         assert!(
-            config.proxy.admin_tokens.accepts("one") && config.proxy.admin_tokens.accepts("two")
+            config.proxy.admin_tokens.accepts("the-first-admin-token")
+                && config.proxy.admin_tokens.accepts("the-second-admin-token")
         );
-        assert!(!config.proxy.admin_tokens.accepts("from-file"));
+        assert!(!config.proxy.admin_tokens.accepts("from-the-config-file"));
         assert!(format!("{:?}", config.proxy).contains("AdminTokens(2 configured)"));
     }
 
@@ -1214,8 +1229,12 @@ min_free_bytes = 0
                 "needs at least one --admin-token",
             ),
             (
-                &["--admin-token", "t", "--admin-listen", "x"],
+                &["--admin-token", "0123456789abcdef", "--admin-listen", "x"],
                 "invalid admin listen address",
+            ),
+            (
+                &["--admin-token", "0123456789abcde"],
+                "at least 16 characters (one is 15)",
             ),
         ] {
             let err = parse(args).unwrap_err();

@@ -11,7 +11,7 @@ use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Upstream};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "admin-secret-1";
+const TOKEN: &str = "admin-secret-one";
 
 fn upstream_with(names: &[&str], spec: fn(u64) -> RepoSpec) -> Upstream {
     let upstream = Upstream::start().unwrap();

@@ -15,7 +15,7 @@ use gitcache_testkit::git::GitClient;
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Upstream};
 
-const TOKEN: &str = "page-test-token";
+const TOKEN: &str = "page-test-token-one";
 
 #[test]
 fn the_admin_page_adds_edits_disables_and_removes_a_repository() {
