@@ -160,6 +160,8 @@ pub(crate) enum Db {
 pub(crate) struct Postgres {
     url: String,
     client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    /// How long the answer to one call is waited for (see [`answer_bound`]).
+    wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -238,6 +240,7 @@ impl Db {
         Ok(Db::Postgres(Postgres {
             url: url.to_owned(),
             client: tokio::sync::Mutex::new(Some(Arc::new(client))),
+            wait: answer_bound(url)?,
         }))
     }
 
@@ -275,25 +278,27 @@ impl Db {
                 .await
             }
             Db::Postgres(pg) => {
-                let client = pg.client().await?;
-                let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = params
-                    .into_iter()
-                    .map(|v| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
-                        match v {
-                            Value::Int(i) => Box::new(i),
-                            Value::Text(t) => Box::new(t),
-                            Value::Bool(b) => Box::new(b),
-                        }
-                    })
-                    .collect();
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                    .iter()
-                    .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
-                    .collect();
-                let rows = client.query(sql, &refs).await?;
-                rows.iter()
-                    .map(|row| Ok(record_from!(row.try_get)))
-                    .collect()
+                pg.run(|client| async move {
+                    let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = params
+                        .into_iter()
+                        .map(|v| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                            match v {
+                                Value::Int(i) => Box::new(i),
+                                Value::Text(t) => Box::new(t),
+                                Value::Bool(b) => Box::new(b),
+                            }
+                        })
+                        .collect();
+                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect();
+                    let rows = client.query(sql, &refs).await?;
+                    rows.iter()
+                        .map(|row| Ok(record_from!(row.try_get)))
+                        .collect()
+                })
+                .await
             }
         }
     }
@@ -302,8 +307,11 @@ impl Db {
 impl Postgres {
     /// A trivial query: the server answers.
     pub(crate) async fn ping(&self) -> Result<(), Error> {
-        self.client().await?.simple_query("SELECT 1").await?;
-        Ok(())
+        self.run(|client| async move {
+            client.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Take or extend the lease `name` for `holder` until `ttl` seconds from the database's
@@ -314,20 +322,22 @@ impl Postgres {
         holder: &str,
         ttl: f64,
     ) -> Result<bool, Error> {
-        let client = self.client().await?;
-        let taken = client
-            .query_opt(
-                "INSERT INTO gitcache_leases (name, holder, expires_at)
+        self.run(|client| async move {
+            let taken = client
+                .query_opt(
+                    "INSERT INTO gitcache_leases (name, holder, expires_at)
                  VALUES ($1, $2, now() + make_interval(secs => $3))
                  ON CONFLICT (name) DO UPDATE
                      SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
                      WHERE gitcache_leases.expires_at < now()
                          OR gitcache_leases.holder = EXCLUDED.holder
                  RETURNING holder",
-                &[&name, &holder, &ttl],
-            )
-            .await?;
-        Ok(taken.is_some())
+                    &[&name, &holder, &ttl],
+                )
+                .await?;
+            Ok(taken.is_some())
+        })
+        .await
     }
 
     /// Note `repo`'s response `key` (of `bytes`) as used now.
@@ -337,41 +347,44 @@ impl Postgres {
         key: &str,
         bytes: i64,
     ) -> Result<(), Error> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO gitcache_responses (repo, key, bytes, last_used)
+        self.run(|client| async move {
+            client
+                .execute(
+                    "INSERT INTO gitcache_responses (repo, key, bytes, last_used)
                  VALUES ($1, $2, $3, now())
                  ON CONFLICT (repo, key) DO UPDATE
                      SET bytes = EXCLUDED.bytes, last_used = EXCLUDED.last_used",
-                &[&repo, &key, &bytes],
-            )
-            .await?;
-        Ok(())
+                    &[&repo, &key, &bytes],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Every indexed response, most recently used first: repository, key, bytes, and last
     /// use in seconds since the epoch.
     pub(crate) async fn responses(&self) -> Result<Vec<(String, String, i64, f64)>, Error> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT repo, key, bytes, EXTRACT(EPOCH FROM last_used)::float8
+        self.run(|client| async move {
+            let rows = client
+                .query(
+                    "SELECT repo, key, bytes, EXTRACT(EPOCH FROM last_used)::float8
                  FROM gitcache_responses ORDER BY last_used DESC",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                ))
-            })
-            .collect()
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                    ))
+                })
+                .collect()
+        })
+        .await
     }
 
     /// Forget `repo`'s response `key`, or all of `repo`'s.
@@ -380,23 +393,25 @@ impl Postgres {
         repo: &str,
         key: Option<&str>,
     ) -> Result<(), Error> {
-        let client = self.client().await?;
-        match key {
-            Some(key) => {
-                client
-                    .execute(
-                        "DELETE FROM gitcache_responses WHERE repo = $1 AND key = $2",
-                        &[&repo, &key],
-                    )
-                    .await?
-            }
-            None => {
-                client
-                    .execute("DELETE FROM gitcache_responses WHERE repo = $1", &[&repo])
-                    .await?
-            }
-        };
-        Ok(())
+        self.run(|client| async move {
+            match key {
+                Some(key) => {
+                    client
+                        .execute(
+                            "DELETE FROM gitcache_responses WHERE repo = $1 AND key = $2",
+                            &[&repo, &key],
+                        )
+                        .await?
+                }
+                None => {
+                    client
+                        .execute("DELETE FROM gitcache_responses WHERE repo = $1", &[&repo])
+                        .await?
+                }
+            };
+            Ok(())
+        })
+        .await
     }
 
     /// Write `instance`'s activity for each repository (replacing what it wrote before), and
@@ -407,51 +422,64 @@ impl Postgres {
         rows: &[(String, crate::Activity)],
         keep_days: i64,
     ) -> Result<(), Error> {
-        let client = self.client().await?;
-        let upsert = client
-            .prepare(
-                "INSERT INTO gitcache_repo_activity (instance, repo, hits, misses, last_refresh,
-                     last_refresh_ok, last_error, last_error_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
-                 ON CONFLICT (instance, repo) DO UPDATE SET hits = EXCLUDED.hits,
-                     misses = EXCLUDED.misses, last_refresh = EXCLUDED.last_refresh,
-                     last_refresh_ok = EXCLUDED.last_refresh_ok, last_error = EXCLUDED.last_error,
-                     last_error_at = EXCLUDED.last_error_at, updated_at = now()",
-            )
-            .await?;
+        let mut repos = Vec::with_capacity(rows.len());
+        let (mut hits, mut misses) = (
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+        );
+        let (mut refreshed, mut ok) = (
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+        );
+        let (mut errors, mut error_at) = (
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+        );
         for (repo, a) in rows {
-            let (hits, misses) = (a.hits as i64, a.misses as i64);
-            let (refreshed, ok) = (a.last_refresh.map(|r| r.0), a.last_refresh.map(|r| r.1));
+            repos.push(repo.as_str());
+            hits.push(a.hits as i64);
+            misses.push(a.misses as i64);
+            refreshed.push(a.last_refresh.map(|r| r.0));
+            ok.push(a.last_refresh.map(|r| r.1));
             // An upstream's error text can hold anything; PostgreSQL's text takes no NUL.
-            let (error_at, error) = match &a.last_error {
-                Some((at, text)) => (
-                    Some(*at),
-                    Some(
-                        text.chars()
-                            .filter(|c| !c.is_control())
-                            .take(1000)
-                            .collect::<String>(),
-                    ),
-                ),
-                None => (None, None),
-            };
+            errors.push(a.last_error.as_ref().map(|(_, text)| {
+                text.chars()
+                    .filter(|c| !c.is_control())
+                    .take(1000)
+                    .collect::<String>()
+            }));
+            error_at.push(a.last_error.as_ref().map(|(at, _)| *at));
+        }
+        self.run(|client| async move {
+            // Every row in one statement: one round trip however many repositories.
             client
                 .execute(
-                    &upsert,
+                    "INSERT INTO gitcache_repo_activity (instance, repo, hits, misses,
+                         last_refresh, last_refresh_ok, last_error, last_error_at, updated_at)
+                     SELECT $1, repo, hits, misses, refreshed, ok, error, error_at, now()
+                     FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                         $6::bool[], $7::text[], $8::bigint[])
+                         AS rows (repo, hits, misses, refreshed, ok, error, error_at)
+                     ON CONFLICT (instance, repo) DO UPDATE SET hits = EXCLUDED.hits,
+                         misses = EXCLUDED.misses, last_refresh = EXCLUDED.last_refresh,
+                         last_refresh_ok = EXCLUDED.last_refresh_ok,
+                         last_error = EXCLUDED.last_error,
+                         last_error_at = EXCLUDED.last_error_at, updated_at = now()",
                     &[
-                        &instance, repo, &hits, &misses, &refreshed, &ok, &error, &error_at,
+                        &instance, &repos, &hits, &misses, &refreshed, &ok, &errors, &error_at,
                     ],
                 )
                 .await?;
-        }
-        client
-            .execute(
-                "DELETE FROM gitcache_repo_activity
-                 WHERE updated_at < now() - make_interval(days => $1::int)",
-                &[&(keep_days as i32)],
-            )
-            .await?;
-        Ok(())
+            client
+                .execute(
+                    "DELETE FROM gitcache_repo_activity
+                     WHERE updated_at < now() - make_interval(days => $1::int)",
+                    &[&(keep_days as i32)],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Every instance's activity but `except`'s, summed by repository in the database (one
@@ -461,54 +489,81 @@ impl Postgres {
         &self,
         except: &str,
     ) -> Result<std::collections::HashMap<String, crate::Activity>, Error> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT repo, sum(hits)::bigint, sum(misses)::bigint,
+        self.run(|client| async move {
+            let rows = client
+                .query(
+                    "SELECT repo, sum(hits)::bigint, sum(misses)::bigint,
                      max(last_refresh),
                      (array_agg(last_refresh_ok ORDER BY last_refresh DESC NULLS LAST))[1],
                      (array_agg(last_error ORDER BY last_error_at DESC NULLS LAST))[1],
                      max(last_error_at)
                  FROM gitcache_repo_activity WHERE instance <> $1 GROUP BY repo",
-                &[&except],
-            )
-            .await?;
-        let mut fleet = std::collections::HashMap::with_capacity(rows.len());
-        for row in rows {
-            let activity = crate::Activity {
-                hits: row.try_get::<_, Option<i64>>(1)?.unwrap_or(0).max(0) as u64,
-                misses: row.try_get::<_, Option<i64>>(2)?.unwrap_or(0).max(0) as u64,
-                last_refresh: match (
-                    row.try_get::<_, Option<i64>>(3)?,
-                    row.try_get::<_, Option<bool>>(4)?,
-                ) {
-                    (Some(at), Some(ok)) => Some((at, ok)),
-                    _ => None,
-                },
-                last_error: match (
-                    row.try_get::<_, Option<i64>>(6)?,
-                    row.try_get::<_, Option<String>>(5)?,
-                ) {
-                    (Some(at), Some(text)) => Some((at, text)),
-                    _ => None,
-                },
-            };
-            fleet.insert(row.try_get::<_, String>(0)?, activity);
-        }
-        Ok(fleet)
+                    &[&except],
+                )
+                .await?;
+            let mut fleet = std::collections::HashMap::with_capacity(rows.len());
+            for row in rows {
+                let activity = crate::Activity {
+                    hits: row.try_get::<_, Option<i64>>(1)?.unwrap_or(0).max(0) as u64,
+                    misses: row.try_get::<_, Option<i64>>(2)?.unwrap_or(0).max(0) as u64,
+                    last_refresh: match (
+                        row.try_get::<_, Option<i64>>(3)?,
+                        row.try_get::<_, Option<bool>>(4)?,
+                    ) {
+                        (Some(at), Some(ok)) => Some((at, ok)),
+                        _ => None,
+                    },
+                    last_error: match (
+                        row.try_get::<_, Option<i64>>(6)?,
+                        row.try_get::<_, Option<String>>(5)?,
+                    ) {
+                        (Some(at), Some(text)) => Some((at, text)),
+                        _ => None,
+                    },
+                };
+                fleet.insert(row.try_get::<_, String>(0)?, activity);
+            }
+            Ok(fleet)
+        })
+        .await
     }
 
     /// Give the lease `name` up if `holder` has it.
     pub(crate) async fn release_lease(&self, name: &str, holder: &str) -> Result<(), Error> {
+        self.run(|client| async move {
+            client
+                .execute(
+                    "DELETE FROM gitcache_leases WHERE name = $1 AND holder = $2",
+                    &[&name, &holder],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// `work` on the connection, its answer waited for within [`Postgres::wait`]. A database
+    /// that does not answer in time loses the connection: the next call connects again
+    /// rather than queueing behind a statement that may never come back.
+    async fn run<T, F>(
+        &self,
+        work: impl FnOnce(Arc<tokio_postgres::Client>) -> F,
+    ) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, Error>>,
+    {
         let client = self.client().await?;
-        client
-            .execute(
-                "DELETE FROM gitcache_leases WHERE name = $1 AND holder = $2",
-                &[&name, &holder],
-            )
-            .await?;
-        Ok(())
+        match tokio::time::timeout(self.wait, work(Arc::clone(&client))).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let mut slot = self.client.lock().await;
+                if slot.as_ref().is_some_and(|held| Arc::ptr_eq(held, &client)) {
+                    *slot = None;
+                }
+                tracing::warn!(wait = ?self.wait, "catalog database did not answer; connecting again next time");
+                Err(Error::Unanswered(self.wait))
+            }
+        }
     }
 
     /// The connection, made again when the last one broke.
@@ -566,6 +621,47 @@ async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, Error> {
     Ok(client)
 }
 
+/// How long a call's answer is waited for: twice the statement timeout, this build's or the
+/// one the URL's options set (`-c statement_timeout=N`, milliseconds or with a unit of `ms`,
+/// `s`, `min` or `h`). One set as `0` (none), or in a form not read here, leaves a quarter of
+/// an hour.
+fn answer_bound(url: &str) -> Result<std::time::Duration, Error> {
+    let config: tokio_postgres::Config = url.parse()?;
+    let fallback = std::time::Duration::from_secs(15 * 60);
+    let Some(options) = config.get_options() else {
+        return Ok(std::time::Duration::from_millis(
+            2 * PG_STATEMENT_TIMEOUT_MS,
+        ));
+    };
+    let Some((_, setting)) = options.split_once("statement_timeout") else {
+        return Ok(std::time::Duration::from_millis(
+            2 * PG_STATEMENT_TIMEOUT_MS,
+        ));
+    };
+    let value = setting
+        .trim_start()
+        .strip_prefix('=')
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("");
+    let digits = value.len() - value.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (number, unit) = value.split_at(digits);
+    let scale = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        _ => return Ok(fallback),
+    };
+    Ok(match number.parse::<u64>() {
+        Ok(n) if n > 0 => {
+            std::time::Duration::from_millis(n.saturating_mul(scale).saturating_mul(2))
+        }
+        _ => fallback,
+    })
+}
+
 fn check_version(found: i64) -> Result<(), Error> {
     let known = known_version();
     if found > known {
@@ -585,4 +681,30 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|err| Error::Task(err.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_answer_bound_follows_the_statement_timeout() {
+        let bound = |url: &str| super::answer_bound(url).unwrap();
+        let base = "postgres://u@127.0.0.1/db";
+        assert_eq!(bound(base), Duration::from_secs(60));
+        for (options, expected) in [
+            ("-c%20statement_timeout%3D300", Duration::from_millis(600)),
+            ("-c%20statement_timeout%3D5s", Duration::from_secs(10)),
+            ("-c%20statement_timeout%3D2min", Duration::from_secs(240)),
+            ("-c%20statement_timeout%3D0", Duration::from_secs(900)),
+            ("-c%20statement_timeout%3D5days", Duration::from_secs(900)),
+            ("-c%20search_path%3Dx", Duration::from_secs(60)),
+        ] {
+            assert_eq!(
+                bound(&format!("{base}?options={options}")),
+                expected,
+                "{options}"
+            );
+        }
+    }
 }

@@ -70,7 +70,7 @@ pub enum Error {
     /// A database task ended abnormally.
     #[error("catalog database task: {0}")]
     Task(String),
-    /// PostgreSQL did not answer the connection within this long.
+    /// PostgreSQL did not answer (a connection, or a call on one) within this long.
     #[error("catalog database (PostgreSQL): no answer within {0:?}")]
     Unanswered(std::time::Duration),
 }

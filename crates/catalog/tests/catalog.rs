@@ -282,6 +282,72 @@ async fn a_postgres_that_never_answers_is_an_error_in_time() {
     drop(held.join());
 }
 
+/// A PostgreSQL that goes silent on an open connection (a host gone, a proxy that hangs)
+/// fails the call once twice its statement timeout has passed, and the next call connects
+/// again instead of queueing behind the lost one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_gone_silent_fails_the_call_in_time_and_is_connected_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let (head, rest) = url.split_once('@').expect("a user in the URL");
+    let (server, database) = rest.split_once('/').expect("a database in the URL");
+    let server = server.to_owned();
+    // A relay in front of the server: the answers on its first connection can be dropped.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = relay.local_addr().unwrap().port();
+    let silent = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU32::new(0));
+    let relaying = {
+        let (silent, accepted) = (Arc::clone(&silent), Arc::clone(&accepted));
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = relay.accept().await.unwrap();
+                let first = accepted.fetch_add(1, Ordering::SeqCst) == 0;
+                let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                let (mut from_client, mut to_server) = (client, upstream);
+                let silent = Arc::clone(&silent);
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = from_client.split();
+                    let (mut server_read, mut server_write) = to_server.split();
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = async {
+                        let mut buf = vec![0; 16 * 1024];
+                        loop {
+                            let n = server_read.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            if !(first && silent.load(Ordering::SeqCst)) {
+                                client_write.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        })
+    };
+    let through =
+        format!("{head}@127.0.0.1:{port}/{database}?options=-c%20statement_timeout%3D500");
+    let catalog = Catalog::open(&through).await.unwrap();
+    catalog.ping().await.unwrap();
+    silent.store(true, Ordering::SeqCst);
+    let lost = tokio::time::timeout(std::time::Duration::from_secs(30), catalog.ping())
+        .await
+        .expect("the call ends on its own bound")
+        .unwrap_err();
+    assert!(matches!(lost, Error::Unanswered(_)), "{lost}");
+    catalog.ping().await.expect("a new connection answers");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "connected again once");
+    assert!(catalog.list().await.unwrap().is_empty());
+    relaying.abort();
+}
+
 /// Leases in PostgreSQL: one holder at a time among instances, extended by its holder,
 /// free once released or lapsed (by the database's clock); SQLite has none to offer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
