@@ -480,6 +480,104 @@ fn a_refusal_ends_the_grant_before_its_ttl() {
     assert!(!answer.has_pack());
 }
 
+/// A fetch that passed the gate and then waited for a refresh is not answered from the
+/// mirror when the upstream refused its credential meanwhile: the refresh (another
+/// client's, which it joined) succeeds, the refused credential gets a 403 and no pack.
+#[test]
+fn a_credential_refused_while_its_fetch_waits_gets_nothing_from_the_mirror() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/secret");
+    repo::generate(&source, &RepoSpec::tiny(407)).unwrap();
+    upstream
+        .adopt_repo("acme/secret", Access::private(["good", "other"]))
+        .unwrap();
+    let first = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let cache = Gitcache::start(&upstream, &["--access-ttl", "600"]);
+    let v2 = ("Git-Protocol", "version=2");
+    let post = |token: &str, body: &[u8]| {
+        let authorization = basic(token);
+        http(
+            &cache.addr,
+            "POST",
+            "/acme/secret.git/git-upload-pack",
+            &[
+                v2,
+                ("Content-Type", "application/x-git-upload-pack-request"),
+                ("Authorization", &authorization),
+            ],
+            body,
+        )
+    };
+    let answer = post("other", &fetch_body(&first, &[]));
+    assert!(answer.has_pack(), "{}", answer.head);
+    let mirror = cache.mirror(&upstream, "acme/secret");
+    common::wait_for_mirror(&mirror, &source);
+
+    // A new commit the mirror lacks; the refresh's fetch of it is held up upstream.
+    let tip = repo::append_commits(&source, "main", 2, 408).unwrap();
+    upstream.inject(
+        Fault::Delay(std::time::Duration::from_secs(3)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let asked_with = |token: &str| {
+        let authorization = basic(token);
+        upstream
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.headers
+                    .iter()
+                    .any(|(k, v)| k == "authorization" && *v == authorization)
+            })
+            .count()
+    };
+    std::thread::scope(|scope| {
+        let refreshing = scope.spawn(|| post("other", &fetch_body(&tip, &[])));
+        common::wait_for("the refresh's fetch to reach the upstream", || {
+            upstream.pending_faults() == 0
+        });
+        // A credential with no grant yet: the gate asks the upstream, which accepts it, and
+        // the fetch joins the refresh under way.
+        let waiting = scope.spawn(|| post("good", &fetch_body(&tip, &[])));
+        common::wait_for("the gate's check of the credential", || {
+            asked_with("good") > 0
+        });
+        // Then the credential loses the repository, and a listing finds out.
+        upstream.revoke_token("acme/secret", "good");
+        let mut ls_refs = Vec::new();
+        pkt(&mut ls_refs, "command=ls-refs");
+        pkt(&mut ls_refs, "object-format=sha1");
+        ls_refs.extend_from_slice(b"0000");
+        assert_eq!(post("good", &ls_refs).status, 404);
+
+        let answer = waiting.join().unwrap();
+        assert_eq!(
+            answer.status,
+            403,
+            "{}\n{}",
+            answer.body_text(),
+            cache.log()
+        );
+        assert!(
+            answer
+                .body_text()
+                .contains("refused this credential while the request waited"),
+            "{}",
+            answer.body_text()
+        );
+        assert!(!answer.has_pack());
+        let answer = refreshing.join().unwrap();
+        assert!(answer.has_pack(), "{}", answer.head);
+    });
+    assert_eq!(
+        git_stdout(&mirror, &["cat-file", "-t", &tip]).trim(),
+        "commit"
+    );
+}
+
 #[test]
 fn twenty_concurrent_cold_clones_make_one_upstream_fetch() {
     let upstream = Upstream::start().unwrap();
