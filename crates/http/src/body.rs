@@ -220,12 +220,17 @@ impl Received {
             };
         };
         if self.gzip {
-            let decoded = gunzip(&self.raw, limit)?;
+            // The share covers the raw bytes and the decoded ones' allocation as it grows,
+            // so a small body inflating to the limit takes its size of the budget while it
+            // is decoded, not after.
+            let raw = self.raw.len();
+            let decoded = gunzip_counted(&self.raw, limit, |capacity| {
+                budget.top_up(&mut permit, raw + capacity)
+            })?;
             drop(self.raw);
-            // The raw bytes' share now stands for the decoded ones, topped up as needed.
-            budget.top_up(&mut permit, decoded.len())?;
+            budget.shrink(&mut permit, decoded.capacity());
             Ok(Bytes::from_owner(Budgeted {
-                bytes: decoded,
+                bytes: Bytes::from(decoded),
                 _share: permit,
             }))
         } else {
@@ -288,6 +293,14 @@ impl BodyBudget {
             permit.merge(more);
         }
         Ok(())
+    }
+
+    /// Give back what `permit` holds beyond `bytes` (at least one unit stays).
+    fn shrink(&self, permit: &mut tokio::sync::OwnedSemaphorePermit, bytes: usize) {
+        let keep = bytes.div_ceil(Self::UNIT).max(1);
+        if permit.num_permits() > keep {
+            drop(permit.split(permit.num_permits() - keep));
+        }
     }
 
     /// A first share, of one unit.
@@ -355,20 +368,74 @@ where
     B::Error: std::fmt::Display,
 {
     let mut body = std::pin::pin!(body);
-    let mut out = bytes::BytesMut::new();
+    let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Receive(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > limit {
                 return Err(ReadError::TooLarge { limit });
             }
-            if let Some((budget, permit)) = held.as_mut() {
-                budget.top_up(permit, out.len() + data.len())?;
-            }
+            // What is allocated is counted, not what is filled: the buffer doubles, within
+            // the limit.
+            grow(&mut out, data.len(), limit, |capacity| {
+                match held.as_mut() {
+                    Some((budget, permit)) => budget.top_up(permit, capacity),
+                    None => Ok(()),
+                }
+            })?;
             out.extend_from_slice(&data);
         }
     }
-    Ok(out.freeze())
+    if out.capacity() > out.len()
+        && let Some((budget, permit)) = held.as_mut()
+    {
+        out.shrink_to_fit();
+        budget.shrink(permit, out.capacity());
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Make room in `out` for `more` bytes, doubling its allocation (at most to `limit`), after
+/// `account` agreed to the new capacity.
+fn grow(
+    out: &mut Vec<u8>,
+    more: usize,
+    limit: usize,
+    account: impl FnOnce(usize) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    let need = out.len() + more;
+    if need > out.capacity() {
+        let capacity = need.max(out.capacity().saturating_mul(2).max(1024).min(limit));
+        account(capacity)?;
+        out.reserve_exact(capacity - out.len());
+    }
+    Ok(())
+}
+
+/// Decode a gzip body, refusing to inflate past `limit`, with `account` asked before the
+/// decoded bytes' allocation grows (to the capacity it grows to).
+fn gunzip_counted(
+    raw: &[u8],
+    limit: usize,
+    mut account: impl FnMut(usize) -> Result<(), ReadError>,
+) -> Result<Vec<u8>, ReadError> {
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw);
+    let mut decoded = Vec::new();
+    let mut chunk = vec![0; 64 << 10];
+    loop {
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(ReadError::Gzip(err)),
+        };
+        if decoded.len() + n > limit {
+            return Err(ReadError::TooLarge { limit });
+        }
+        grow(&mut decoded, n, limit, &mut account)?;
+        decoded.extend_from_slice(&chunk[..n]);
+    }
+    Ok(decoded)
 }
 
 /// Decode a gzip body, refusing to inflate past `limit`.
@@ -997,6 +1064,61 @@ mod tests {
         .unwrap();
         assert!(matches!(received.decode(1 << 30), Err(ReadError::Busy)));
         assert_eq!(budget.available(), 4 * unit as u64);
+    }
+
+    /// What a body's bytes take is counted as they are allocated: a body read in small
+    /// pieces holds its allocation's share while it is read, and a gzip body is refused as
+    /// soon as its decoded bytes would outgrow what the budget agrees to, not after.
+    #[tokio::test]
+    async fn the_budget_counts_allocations_as_they_grow() {
+        let unit = BodyBudget::UNIT;
+        // A body of 2.5 units in 100-byte frames: read whole, it holds three units (its
+        // length, the doubled allocation given back).
+        let budget = BodyBudget::new(8 * unit as u64);
+        let pieces = (5 * unit / 2) / 100;
+        let (tx, rx) = mpsc::channel(pieces);
+        for _ in 0..pieces {
+            tx.try_send(Ok(Bytes::from(vec![b'z'; 100]))).unwrap();
+        }
+        drop(tx);
+        let body = Body::channel(rx);
+        let received = receive_body_within(
+            &hyper::HeaderMap::new(),
+            body,
+            1 << 30,
+            Duration::from_secs(5),
+            Some(&budget),
+        )
+        .await
+        .unwrap();
+        assert_eq!(budget.available(), 5 * unit as u64);
+        let bytes = received.decode(1 << 30).unwrap();
+        assert_eq!(bytes.len(), (5 * unit / 2) / 100 * 100);
+        drop(bytes);
+        assert_eq!(budget.available(), 8 * unit as u64);
+
+        // 64 MiB of zeros in about 64 KiB of gzip: the decoding stops at the first growth
+        // past what is agreed.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &vec![0; 64 << 20]).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut asked = Vec::new();
+        let refused = gunzip_counted(&gz, 1 << 30, |capacity| {
+            asked.push(capacity);
+            if capacity > 1 << 20 {
+                Err(ReadError::Busy)
+            } else {
+                Ok(())
+            }
+        });
+        assert!(matches!(refused, Err(ReadError::Busy)), "{refused:?}");
+        assert!(asked.iter().all(|&c| c <= 2 << 20), "{asked:?}");
+        // Agreed to, the same bytes decode whole within the limit, and not past it.
+        let whole = gunzip_counted(&gz, 64 << 20, |_| Ok(())).unwrap();
+        assert_eq!(whole.len(), 64 << 20);
+        assert!(whole.capacity() <= 64 << 20);
+        let over = gunzip_counted(&gz, (64 << 20) - 1, |_| Ok(()));
+        assert!(matches!(over, Err(ReadError::TooLarge { .. })), "{over:?}");
     }
 
     /// An upstream's answer reaches the client without hop-by-hop headers, those its
