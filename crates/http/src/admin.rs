@@ -338,10 +338,10 @@ impl Admin {
                 Err(err) => Err(err),
             },
             (&Method::GET, Some(Ok(id))) => match catalog.get(id).await {
-                Ok(record) => Ok(json_response(
-                    StatusCode::OK,
-                    &self.view(&record, &self.fleet().await),
-                )),
+                Ok(record) => self
+                    .view(record)
+                    .await
+                    .map(|view| json_response(StatusCode::OK, &view)),
                 Err(err) => Err(AdminError::from(err)),
             },
             (&Method::PATCH, Some(Ok(id))) => match read_json(body).await {
@@ -432,8 +432,7 @@ impl Admin {
         catalog: &gitcache_catalog::Catalog,
     ) -> Result<Response<Body>, AdminError> {
         let records = catalog.list().await?;
-        let fleet = self.fleet().await;
-        let views: Vec<Value> = records.iter().map(|r| self.view(r, &fleet)).collect();
+        let views = self.views(records).await?;
         Ok(json_response(StatusCode::OK, &Value::Array(views)))
     }
 
@@ -498,9 +497,9 @@ impl Admin {
         new.max_cache_size_mb = optional_size(&mut fields, "max_cache_size_mb")?;
         let record = catalog.create(&new).await?;
         tracing::info!(id = record.id, repo = %record.full_name(), host = %record.host, "cached repository added");
-        let fleet = self.fleet().await;
-        let mut response = json_response(StatusCode::CREATED, &self.view(&record, &fleet));
-        if let Ok(location) = HeaderValue::from_str(&format!("/api/cached-repos/{}", record.id)) {
+        let id = record.id;
+        let mut response = json_response(StatusCode::CREATED, &self.view(record).await?);
+        if let Ok(location) = HeaderValue::from_str(&format!("/api/cached-repos/{id}")) {
             response.headers_mut().insert(header::LOCATION, location);
         }
         Ok(response)
@@ -538,13 +537,69 @@ impl Admin {
         };
         let record = catalog.update(id, &changes).await?;
         tracing::info!(id, repo = %record.full_name(), enabled = record.enabled, timeout_seconds = record.timeout_seconds, max_cache_size_mb = ?record.max_cache_size_mb, "cached repository changed");
-        let fleet = self.fleet().await;
-        Ok(json_response(StatusCode::OK, &self.view(&record, &fleet)))
+        Ok(json_response(StatusCode::OK, &self.view(record).await?))
     }
 
-    /// A record as the API shows it: its fields and what the fleet knows of it (this
-    /// instance's activity, live, with what the others last wrote to the catalog).
-    fn view(&self, record: &Record, fleet: &Fleet) -> Value {
+    /// One record as the API shows it (see [`Admin::views`]).
+    async fn view(&self, record: Record) -> Result<Value, AdminError> {
+        let mut views = self.views(vec![record]).await?;
+        Ok(views.pop().unwrap_or_default())
+    }
+
+    /// Records as the API shows them: their fields and what the fleet knows of each (this
+    /// instance's activity, live, with what the others last wrote to the catalog). What
+    /// their mirrors and stored responses take is read from the disk off the async workers.
+    async fn views(&self, records: Vec<Record>) -> Result<Vec<Value>, AdminError> {
+        let fleet = self.fleet().await;
+        let places: Vec<_> = records
+            .iter()
+            .map(|record| {
+                let key = self
+                    .config()
+                    .key(&record.host, &record.owner, &record.name)
+                    .ok();
+                let mirror = key
+                    .as_ref()
+                    .and_then(|k| self.mirrors.registry().existing(k))
+                    .map(|m| m.git_dir().to_owned());
+                (key.map(|k| k.relative_path()), mirror)
+            })
+            .collect();
+        let responses = self.responses.clone();
+        let sizes = tokio::task::spawn_blocking(move || {
+            places
+                .into_iter()
+                .map(|(relative, mirror)| {
+                    let mirror_bytes =
+                        mirror.and_then(|dir| gitcache_storage::fs::tree_size(&dir).ok());
+                    let cache_bytes = match (&relative, &responses) {
+                        (Some(rel), Some(cache)) => Some(cache.repo_size(rel)),
+                        _ => None,
+                    };
+                    (mirror_bytes, cache_bytes)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|err| {
+            AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading sizes failed: {err}"),
+            )
+        })?;
+        Ok(records
+            .iter()
+            .zip(sizes)
+            .map(|(record, sizes)| self.view_with(record, &fleet, sizes))
+            .collect())
+    }
+
+    fn view_with(
+        &self,
+        record: &Record,
+        fleet: &Fleet,
+        (mirror_bytes, cache_bytes): (Option<u64>, Option<u64>),
+    ) -> Value {
         let mut value = serde_json::to_value(record).unwrap_or_default();
         let key = self
             .config()
@@ -560,16 +615,9 @@ impl Admin {
         {
             stats.add(others);
         }
-        let mirror_bytes = key
-            .as_ref()
-            .and_then(|k| self.mirrors.registry().existing(k))
-            .and_then(|m| gitcache_storage::fs::tree_size(m.git_dir()).ok());
-        let (cache_bytes, cache_limit) = match (&key, &self.responses) {
-            (Some(k), Some(cache)) => (
-                Some(cache.repo_size(&k.relative_path())),
-                self.response_limit(record),
-            ),
-            _ => (None, None),
+        let cache_limit = match (&key, &self.responses) {
+            (Some(_), Some(_)) => self.response_limit(record),
+            _ => None,
         };
         let fetches = stats.hits + stats.misses;
         let when = |t: i64| gitcache_catalog::record::rfc3339(t);
