@@ -206,12 +206,31 @@ pub struct PagesService {
     sources: Sources,
     /// Deploys run at once (each a fetch and a pack to index).
     deploys: Arc<tokio::sync::Semaphore>,
+    /// Hosts with a deploy running: one at a time each, so that one host's deployer cannot
+    /// hold every slot.
+    deploying: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Push events for wildcard hosts read at once.
     event_reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The most deploys run at once; more are told to come back.
 const CONCURRENT_DEPLOYS: usize = 2;
+
+/// A deploy's turn: one of the slots, and its host's, given back when dropped.
+struct DeploySlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    host: String,
+    deploying: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Drop for DeploySlot {
+    fn drop(&mut self) {
+        self.deploying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.host);
+    }
+}
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(Body::full(Bytes::from(format!("{body}\n"))));
@@ -290,6 +309,7 @@ impl PagesService {
             wildcard: options.wildcard,
             sources: options.sources,
             deploys: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DEPLOYS)),
+            deploying: Arc::default(),
             event_reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_EVENT_READS)),
         })
     }
@@ -745,7 +765,7 @@ impl PagesService {
                 );
             }
             configured = sources.contains(&event.repository.clone_url);
-            let Some(slot) = self.deploy_slot() else {
+            let Some(slot) = self.deploy_slot(host) else {
                 return busy();
             };
             (slot, project, event, Some(wildcard.branch.clone()))
@@ -812,13 +832,13 @@ impl PagesService {
         &self,
         host: &str,
         request: &Request<B>,
-    ) -> Result<(tokio::sync::OwnedSemaphorePermit, String), Response<Body>> {
+    ) -> Result<(DeploySlot, String), Response<Body>> {
         if self.insecure {
             tracing::warn!(host, "deploy without authorization (--pages-insecure)");
         } else if let Some(refused) = self.authorize(host, request.headers()).await {
             return Err(refused);
         }
-        let slot = self.deploy_slot().ok_or_else(busy)?;
+        let slot = self.deploy_slot(host).ok_or_else(busy)?;
         let Some(project) = project_of(request.uri().path()) else {
             return Err(text(
                 StatusCode::BAD_REQUEST,
@@ -829,9 +849,19 @@ impl PagesService {
     }
 
     /// One of the deploys that may run at once, held while it runs; `None` when all are
-    /// taken.
-    fn deploy_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        Arc::clone(&self.deploys).try_acquire_owned().ok()
+    /// taken, or when `host` has one running.
+    fn deploy_slot(&self, host: &str) -> Option<DeploySlot> {
+        let mut deploying = self.deploying.lock().unwrap_or_else(|p| p.into_inner());
+        if deploying.contains(host) {
+            return None;
+        }
+        let permit = Arc::clone(&self.deploys).try_acquire_owned().ok()?;
+        deploying.insert(host.to_owned());
+        Some(DeploySlot {
+            _permit: permit,
+            host: host.to_owned(),
+            deploying: Arc::clone(&self.deploying),
+        })
     }
 
     /// The body of `request`, at most `limit` bytes, `within` that long; otherwise the
@@ -1013,10 +1043,14 @@ impl PagesService {
 
 /// The answer when deploys are busy.
 fn busy() -> Response<Body> {
-    text(
+    let mut response = text(
         StatusCode::SERVICE_UNAVAILABLE,
-        "deploys are busy: try again shortly",
-    )
+        "deploys are busy (or this host's is running): try again shortly",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    response
 }
 
 /// Where a deployed project is served: `/` for the root tree, else `/<project>/`.

@@ -9,7 +9,7 @@ use std::io::{Read as _, Write as _};
 use common::{Gitcache, http};
 use gitcache_testkit::git::{git_stdout, git_with_input};
 use gitcache_testkit::repo::{self, RepoSpec};
-use gitcache_testkit::upstream::{Access, Upstream};
+use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
 
 fn object(repo: &std::path::Path, args: &[&str], input: &str) -> String {
     String::from_utf8(git_with_input(repo, args, input.as_bytes()))
@@ -177,6 +177,58 @@ fn sites_deploy_by_put_and_are_served_by_host() {
 /// (`localhost`), is refused `403` before anything is asked of it. With `--pages-source`, only
 /// repositories under a prefix are deployed, wherever they are; others (and a URL climbing
 /// out of a prefix with `..`) are refused.
+/// A host deploys one thing at a time: while its deploy runs (its fetch held up upstream),
+/// another of the same host is told to come back, and other hosts still deploy.
+#[test]
+fn a_host_deploys_one_at_a_time_and_leaves_the_other_slot_to_others() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/site");
+    repo::generate(&source, &RepoSpec::tiny(1512)).unwrap();
+    upstream.adopt_repo("acme/site", Access::Public).unwrap();
+    branch(&source, "pages", &[("index.html", "<h1>home</h1>")]);
+    branch(&source, "blog", &[("index.html", "<h1>blog</h1>")]);
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--pages-listen",
+            "127.0.0.1:0",
+            "--pages-insecure",
+            "--pages-private-sources",
+        ],
+    );
+    let addr = pages_addr(&cache);
+    let repo_url = upstream.repo_url("acme/site");
+    let put = |host: &str, path: &str, branch: &str| {
+        http(
+            &addr,
+            "PUT",
+            path,
+            &[("Host", host), ("X-Pages-Branch", branch)],
+            repo_url.as_bytes(),
+        )
+    };
+    upstream.inject(
+        Fault::Delay(std::time::Duration::from_secs(3)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| put("a.example", "/", "pages"));
+        common::wait_for("the first deploy's fetch upstream", || {
+            upstream.pending_faults() == 0
+        });
+        let same_host = put("a.example", "/blog/", "blog");
+        assert_eq!(same_host.status, 503, "{}", same_host.body_text());
+        assert_eq!(same_host.header("retry-after").as_deref(), Some("5"));
+        let other_host = put("b.example", "/", "pages");
+        assert_eq!(other_host.status, 201, "{}", other_host.body_text());
+        let first = first.join().unwrap();
+        assert_eq!(first.status, 201, "{}", first.body_text());
+    });
+    let again = put("a.example", "/blog/", "blog");
+    assert_eq!(again.status, 201, "{}", again.body_text());
+}
+
 #[test]
 fn deploys_reach_only_public_addresses_or_the_sources_named() {
     let upstream = Upstream::start().unwrap();
