@@ -80,6 +80,42 @@ impl Error {
         )
     }
 
+    /// What a client is told of this failure. What failed on the server's side (its
+    /// paths, its disk, its bucket) is for its log, which the caller writes; of an
+    /// upstream's error answer only the status is told (its body answered a refresh, which
+    /// may have asked with another client's credential).
+    fn client_message(&self) -> String {
+        use gitcache_mirror::mirror::Error as MirrorError;
+        use gitcache_upstream::Error as UpstreamError;
+        const INTERNAL: &str = "gitcache: internal error (the server's log has the cause)";
+        let upstream = |e: &UpstreamError| match e {
+            UpstreamError::Status { status, .. } => {
+                format!("gitcache: the upstream answered {status}")
+            }
+            UpstreamError::Url { .. } => INTERNAL.to_owned(),
+            other => format!("gitcache: {other}"),
+        };
+        match self {
+            Error::Upstream(e) => upstream(e),
+            Error::Mirror(e) => match &**e {
+                MirrorError::Upstream(e) => upstream(e),
+                MirrorError::Response(_)
+                | MirrorError::ObjectFormat { .. }
+                | MirrorError::Incomplete { .. }
+                | MirrorError::InvalidRef { .. } => format!("gitcache: {e}"),
+                MirrorError::Ingest(e) if e.is_upstream_fault() => {
+                    "gitcache: the upstream sent a pack that cannot be used".to_owned()
+                }
+                MirrorError::Disconnected(_) => {
+                    "gitcache: the upstream's pack is incomplete".to_owned()
+                }
+                _ => INTERNAL.to_owned(),
+            },
+            Error::Repository(_) | Error::Internal(_) => INTERNAL.to_owned(),
+            _ => format!("gitcache: {self}"),
+        }
+    }
+
     /// The response the client gets.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
@@ -88,15 +124,10 @@ impl Error {
             StatusCode::FORBIDDEN | StatusCode::NOT_FOUND if !matches!(self, Error::Route(_)) => {
                 "gitcache: the upstream refused access to this repository".to_owned()
             }
-            // What failed on the server's side (its paths, its disk) is for its log, which
-            // the caller writes, not for clients.
-            StatusCode::INTERNAL_SERVER_ERROR => {
-                "gitcache: internal error (the server's log has the cause)".to_owned()
-            }
             StatusCode::INSUFFICIENT_STORAGE => {
                 "gitcache: the cache is short of disk space for this repository".to_owned()
             }
-            _ => format!("gitcache: {self}"),
+            _ => self.client_message(),
         };
         let mut response = text(status, &message);
         if status == StatusCode::UNAUTHORIZED {
@@ -152,5 +183,24 @@ mod tests {
         assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
         assert!(!body.contains("123") && !body.contains("987"), "{body}");
         assert!(body.contains("disk space"), "{body}");
+        // A local failure while storing a refresh's pack (its path, the disk full) is a
+        // 502, told without its cause.
+        let stored = gitcache_mirror::mirror::Error::Ingest(gitcache_mirror::ingest::Error::Io(
+            std::io::Error::other("/srv/gitcache/mirrors/x.git: No space left on device"),
+        ));
+        let (status, body) = body_of(Error::Mirror(std::sync::Arc::new(stored))).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(!body.contains("/srv") && !body.contains("space"), "{body}");
+        // An upstream's error answer: its status, not its body.
+        let answered = gitcache_upstream::Error::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "maintenance for org acme-internal".into(),
+        };
+        let (status, body) = body_of(Error::Upstream(answered)).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(
+            body.contains("503") && !body.contains("acme-internal"),
+            "{body}"
+        );
     }
 }

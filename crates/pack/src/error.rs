@@ -119,9 +119,15 @@ impl Error {
         )
     }
 
-    /// The text for an `ERR` line or a band-3 message.
+    /// The text for an `ERR` line or a band-3 message: git's own wording for what the
+    /// request did wrong; for a failure on the server's side (a path, a corrupt object, the
+    /// object database's own words), only that it failed: the cause is for its log.
     pub fn wire_message(&self) -> String {
-        self.to_string()
+        if self.is_client_error() || matches!(self, Error::Cancelled) {
+            self.to_string()
+        } else {
+            "internal error: the server could not answer from its copy of the repository".to_owned()
+        }
     }
 
     pub(crate) fn odb(err: impl std::fmt::Display) -> Self {
@@ -134,5 +140,34 @@ impl Error {
 impl From<gitcache_protocol::pktline::Error> for Error {
     fn from(err: gitcache_protocol::pktline::Error) -> Self {
         Error::Response(err.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_of_the_server_keep_their_cause_off_the_wire() {
+        let open = Error::Open {
+            path: "/srv/gitcache/mirrors/acme/secret.git".into(),
+            message: "permission denied".into(),
+        };
+        let corrupt = Error::Corrupt {
+            oid: gix_hash::ObjectId::null(gix_hash::Kind::Sha1),
+            reason: "inflate failed".into(),
+        };
+        for err in [open, corrupt, Error::odb("/srv/x: I/O error")] {
+            let wire = err.wire_message();
+            assert!(
+                !wire.contains("/srv") && !wire.contains("inflate"),
+                "{wire}"
+            );
+            assert!(wire.starts_with("internal error"), "{wire}");
+        }
+        let refused = Error::UnknownRef {
+            name: "refs/heads/nope".into(),
+        };
+        assert_eq!(refused.wire_message(), "unknown ref refs/heads/nope");
     }
 }

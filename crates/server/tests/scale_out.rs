@@ -365,7 +365,8 @@ fn without_the_object_store_instances_go_on_alone_and_catch_up_when_it_returns()
     assert_eq!(ready.status, 200);
     assert!(
         ready.body_text().contains("ready, degraded")
-            && ready.body_text().contains("object store: unreachable"),
+            && ready.body_text().contains("object store: unreachable")
+            && !ready.body_text().contains("127.0.0.1"),
         "{}",
         ready.body_text()
     );
