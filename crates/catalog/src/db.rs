@@ -159,7 +159,7 @@ pub(crate) enum Db {
 
 pub(crate) struct Postgres {
     url: String,
-    client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    client: tokio::sync::Mutex<Slot>,
     /// How long the answer to one call is waited for (see [`answer_bound`]).
     wait: std::time::Duration,
 }
@@ -214,8 +214,8 @@ impl Db {
 
     /// Connect to PostgreSQL at `url` and bring its schema up to date.
     pub(crate) async fn postgres(url: &str) -> Result<Db, Error> {
-        let mut client = pg_connect(url).await?;
-        let tx = client.transaction().await?;
+        let mut connection = pg_connect(url).await?;
+        let tx = connection.client.transaction().await?;
         // Waiting for another instance's migration, and migrating, may take longer than a
         // statement is otherwise allowed.
         tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
@@ -239,7 +239,10 @@ impl Db {
         tx.commit().await?;
         Ok(Db::Postgres(Postgres {
             url: url.to_owned(),
-            client: tokio::sync::Mutex::new(Some(Arc::new(client))),
+            client: tokio::sync::Mutex::new(Slot {
+                connection: Some(Arc::new(connection)),
+                failed: None,
+            }),
             wait: answer_bound(url)?,
         }))
     }
@@ -437,8 +440,8 @@ impl Postgres {
         );
         for (repo, a) in rows {
             repos.push(repo.as_str());
-            hits.push(a.hits as i64);
-            misses.push(a.misses as i64);
+            hits.push(i64::try_from(a.hits).unwrap_or(i64::MAX));
+            misses.push(i64::try_from(a.misses).unwrap_or(i64::MAX));
             refreshed.push(a.last_refresh.map(|r| r.0));
             ok.push(a.last_refresh.map(|r| r.1));
             // An upstream's error text can hold anything; PostgreSQL's text takes no NUL.
@@ -451,7 +454,8 @@ impl Postgres {
             error_at.push(a.last_error.as_ref().map(|(at, _)| *at));
         }
         self.run(|client| async move {
-            // Every row in one statement: one round trip however many repositories.
+            // Every row in one statement, however many repositories (keys are unique: the
+            // rows come from a map).
             client
                 .execute(
                     "INSERT INTO gitcache_repo_activity (instance, repo, hits, misses,
@@ -543,40 +547,138 @@ impl Postgres {
     }
 
     /// `work` on the connection, its answer waited for within [`Postgres::wait`]. A database
-    /// that does not answer in time loses the connection: the next call connects again
-    /// rather than queueing behind a statement that may never come back.
-    async fn run<T, F>(
-        &self,
-        work: impl FnOnce(Arc<tokio_postgres::Client>) -> F,
-    ) -> Result<T, Error>
+    /// that does not answer in time loses the connection: the statement is cancelled on the
+    /// server, the connection closed, and the next call connects again rather than queueing
+    /// behind a statement that may never come back. The same when the caller stops waiting
+    /// (its own bound, shorter than this one) after [`GIVEN_UP_AFTER`]. A call given up has
+    /// an unknown outcome: its statement may have run.
+    async fn run<T, F>(&self, work: impl FnOnce(Arc<Connection>) -> F) -> Result<T, Error>
     where
         F: std::future::Future<Output = Result<T, Error>>,
     {
-        let client = self.client().await?;
-        match tokio::time::timeout(self.wait, work(Arc::clone(&client))).await {
+        let connection = self.client().await?;
+        let mut call = Call {
+            connection: &connection,
+            started: std::time::Instant::now(),
+            over: false,
+        };
+        let answer = tokio::time::timeout(self.wait, work(Arc::clone(&connection))).await;
+        call.over = true;
+        match answer {
             Ok(answer) => answer,
             Err(_) => {
-                let mut slot = self.client.lock().await;
-                if slot.as_ref().is_some_and(|held| Arc::ptr_eq(held, &client)) {
-                    *slot = None;
-                }
                 tracing::warn!(wait = ?self.wait, "catalog database did not answer; connecting again next time");
+                connection.give_up();
                 Err(Error::Unanswered(self.wait))
             }
         }
     }
 
-    /// The connection, made again when the last one broke.
-    async fn client(&self) -> Result<Arc<tokio_postgres::Client>, Error> {
+    /// The connection, made again when the last one broke or was given up. Within
+    /// [`RETRY_AFTER`] of a failed attempt, the failure again at once: callers queued behind
+    /// an attempt do not each wait for one of their own.
+    async fn client(&self) -> Result<Arc<Connection>, Error> {
         let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref()
-            && !client.is_closed()
+        if let Some(connection) = slot.connection.as_ref()
+            && connection.usable()
         {
-            return Ok(Arc::clone(client));
+            return Ok(Arc::clone(connection));
         }
-        let client = Arc::new(pg_connect(&self.url).await?);
-        *slot = Some(Arc::clone(&client));
-        Ok(client)
+        slot.connection = None;
+        if let Some(failed) = slot.failed
+            && failed.elapsed() < RETRY_AFTER
+        {
+            return Err(Error::Unanswered(RETRY_AFTER));
+        }
+        match pg_connect(&self.url).await {
+            Ok(connection) => {
+                let connection = Arc::new(connection);
+                *slot = Slot {
+                    connection: Some(Arc::clone(&connection)),
+                    failed: None,
+                };
+                Ok(connection)
+            }
+            Err(err) => {
+                slot.failed = Some(std::time::Instant::now());
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The connection a [`Postgres`] holds, and when connecting last failed.
+struct Slot {
+    connection: Option<Arc<Connection>>,
+    failed: Option<std::time::Instant>,
+}
+
+/// A caller that stops waiting for a call after this long gives its connection up.
+const GIVEN_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a failed connection attempt answers for the callers after it.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the server is given to hear a cancellation.
+const CANCEL_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One connection to PostgreSQL: its client, the task driving it, and whether a call on it
+/// was given up.
+pub(crate) struct Connection {
+    client: tokio_postgres::Client,
+    task: tokio::task::AbortHandle,
+    given_up: std::sync::atomic::AtomicBool,
+}
+
+impl std::ops::Deref for Connection {
+    type Target = tokio_postgres::Client;
+
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
+impl Connection {
+    fn usable(&self) -> bool {
+        !self.client.is_closed() && !self.given_up.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// No more calls on this connection: the statement running is cancelled on the server
+    /// (it may hold locks the next connection's would wait for), then the connection ends.
+    fn give_up(&self) {
+        if self
+            .given_up
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let cancel = self.client.cancel_token();
+        let task = self.task.clone();
+        tokio::spawn(async move {
+            if let Ok(Err(err)) =
+                tokio::time::timeout(CANCEL_WITHIN, cancel.cancel_query(tokio_postgres::NoTls))
+                    .await
+            {
+                tracing::debug!(%err, "cancelling a statement given up failed");
+            }
+            task.abort();
+        });
+    }
+}
+
+/// A call under way: given up if its caller stops waiting after [`GIVEN_UP_AFTER`].
+struct Call<'a> {
+    connection: &'a Connection,
+    started: std::time::Instant,
+    over: bool,
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.over && self.started.elapsed() >= GIVEN_UP_AFTER {
+            tracing::warn!(
+                "a catalog database call was given up by its caller; connecting again next time"
+            );
+            self.connection.give_up();
+        }
     }
 }
 
@@ -589,7 +691,7 @@ const PG_STATEMENT_TIMEOUT_MS: u64 = 30_000;
 /// [`PG_STATEMENT_TIMEOUT_MS`], and TCP keepalives on, so that a database that stops
 /// answering (a host gone, a lock held) fails the catalog's work instead of holding it, and
 /// the upkeep and leases behind it, for good.
-async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, Error> {
+async fn pg_connect(url: &str) -> Result<Connection, Error> {
     let mut config: tokio_postgres::Config = url.parse()?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(PG_CONNECT_TIMEOUT);
@@ -613,12 +715,16 @@ async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, Error> {
     let (client, connection) = tokio::time::timeout(within, config.connect(tokio_postgres::NoTls))
         .await
         .map_err(|_| Error::Unanswered(within))??;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::warn!(%err, "catalog database connection lost");
         }
     });
-    Ok(client)
+    Ok(Connection {
+        client,
+        task: task.abort_handle(),
+        given_up: std::sync::atomic::AtomicBool::new(false),
+    })
 }
 
 /// How long a call's answer is waited for: twice the statement timeout, this build's or the
@@ -633,7 +739,8 @@ fn answer_bound(url: &str) -> Result<std::time::Duration, Error> {
             2 * PG_STATEMENT_TIMEOUT_MS,
         ));
     };
-    let Some((_, setting)) = options.split_once("statement_timeout") else {
+    // The server takes the last setting given.
+    let Some((_, setting)) = options.rsplit_once("statement_timeout") else {
         return Ok(std::time::Duration::from_millis(
             2 * PG_STATEMENT_TIMEOUT_MS,
         ));
@@ -655,8 +762,9 @@ fn answer_bound(url: &str) -> Result<std::time::Duration, Error> {
         _ => return Ok(fallback),
     };
     Ok(match number.parse::<u64>() {
+        // At least a second: a bound of milliseconds would give every call up.
         Ok(n) if n > 0 => {
-            std::time::Duration::from_millis(n.saturating_mul(scale).saturating_mul(2))
+            std::time::Duration::from_millis(n.saturating_mul(scale).saturating_mul(2).max(1_000))
         }
         _ => fallback,
     })
@@ -693,7 +801,12 @@ mod tests {
         let base = "postgres://u@127.0.0.1/db";
         assert_eq!(bound(base), Duration::from_secs(60));
         for (options, expected) in [
-            ("-c%20statement_timeout%3D300", Duration::from_millis(600)),
+            ("-c%20statement_timeout%3D300", Duration::from_secs(1)),
+            ("-c%20statement_timeout%3D800", Duration::from_millis(1_600)),
+            (
+                "-c%20statement_timeout%3D1s%20-c%20statement_timeout%3D0",
+                Duration::from_secs(900),
+            ),
             ("-c%20statement_timeout%3D5s", Duration::from_secs(10)),
             ("-c%20statement_timeout%3D2min", Duration::from_secs(240)),
             ("-c%20statement_timeout%3D0", Duration::from_secs(900)),

@@ -70,7 +70,8 @@ pub enum Error {
     /// A database task ended abnormally.
     #[error("catalog database task: {0}")]
     Task(String),
-    /// PostgreSQL did not answer (a connection, or a call on one) within this long.
+    /// PostgreSQL did not answer (a connection, or a call on one) within this long. A call
+    /// given up has an unknown outcome: its statement may have run.
     #[error("catalog database (PostgreSQL): no answer within {0:?}")]
     Unanswered(std::time::Duration),
 }

@@ -284,36 +284,39 @@ async fn a_postgres_that_never_answers_is_an_error_in_time() {
 
 /// A PostgreSQL that goes silent on an open connection (a host gone, a proxy that hangs)
 /// fails the call once twice its statement timeout has passed, and the next call connects
-/// again instead of queueing behind the lost one.
+/// again instead of queueing behind the lost one. The same when the caller stops waiting
+/// first (its own bound shorter than the call's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_gone_silent_fails_the_call_in_time_and_is_connected_again() {
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let Some(url) = postgres_database().await else {
         return;
     };
-    let (head, rest) = url.split_once('@').expect("a user in the URL");
+    let Some((head, rest)) = url.split_once('@') else {
+        panic!("the test server's URL names a user and a TCP address: {url}");
+    };
     let (server, database) = rest.split_once('/').expect("a database in the URL");
     let server = server.to_owned();
-    // A relay in front of the server: the answers on its first connection can be dropped.
+    // A relay in front of the server: the answers on the connections numbered within
+    // `silenced` (counting from 0 as they are accepted) can be dropped.
     let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = relay.local_addr().unwrap().port();
-    let silent = Arc::new(AtomicBool::new(false));
+    let silenced = Arc::new(std::sync::Mutex::new(0..0));
     let accepted = Arc::new(AtomicU32::new(0));
     let relaying = {
-        let (silent, accepted) = (Arc::clone(&silent), Arc::clone(&accepted));
+        let (silenced, accepted) = (Arc::clone(&silenced), Arc::clone(&accepted));
         tokio::spawn(async move {
             loop {
-                let (client, _) = relay.accept().await.unwrap();
-                let first = accepted.fetch_add(1, Ordering::SeqCst) == 0;
-                let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
-                let (mut from_client, mut to_server) = (client, upstream);
-                let silent = Arc::clone(&silent);
+                let (mut client, _) = relay.accept().await.unwrap();
+                let number = accepted.fetch_add(1, Ordering::SeqCst);
+                let mut upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                let silenced = Arc::clone(&silenced);
                 tokio::spawn(async move {
-                    let (mut client_read, mut client_write) = from_client.split();
-                    let (mut server_read, mut server_write) = to_server.split();
+                    let (mut client_read, mut client_write) = client.split();
+                    let (mut server_read, mut server_write) = upstream.split();
                     let up = tokio::io::copy(&mut client_read, &mut server_write);
                     let down = async {
                         let mut buf = vec![0; 16 * 1024];
@@ -322,7 +325,7 @@ async fn a_postgres_gone_silent_fails_the_call_in_time_and_is_connected_again() 
                             if n == 0 {
                                 return Ok::<_, std::io::Error>(());
                             }
-                            if !(first && silent.load(Ordering::SeqCst)) {
+                            if !silenced.lock().unwrap().contains(&number) {
                                 client_write.write_all(&buf[..n]).await?;
                             }
                         }
@@ -332,19 +335,42 @@ async fn a_postgres_gone_silent_fails_the_call_in_time_and_is_connected_again() 
             }
         })
     };
-    let through =
-        format!("{head}@127.0.0.1:{port}/{database}?options=-c%20statement_timeout%3D500");
-    let catalog = Catalog::open(&through).await.unwrap();
+    let through = |statement_timeout: &str| {
+        format!(
+            "{head}@127.0.0.1:{port}/{database}?options=-c%20statement_timeout%3D{statement_timeout}"
+        )
+    };
+
+    // The call's own bound: 1 s (twice 500 ms is under the floor of a second).
+    // Its connection is the one opened meanwhile.
+    let silence_what_opens = |open: std::ops::Range<u32>| *silenced.lock().unwrap() = open;
+    let before = accepted.load(Ordering::SeqCst);
+    let catalog = Catalog::open(&through("500")).await.unwrap();
     catalog.ping().await.unwrap();
-    silent.store(true, Ordering::SeqCst);
-    let lost = tokio::time::timeout(std::time::Duration::from_secs(30), catalog.ping())
+    silence_what_opens(before..accepted.load(Ordering::SeqCst));
+    let lost = tokio::time::timeout(Duration::from_secs(30), catalog.ping())
         .await
         .expect("the call ends on its own bound")
         .unwrap_err();
     assert!(matches!(lost, Error::Unanswered(_)), "{lost}");
     catalog.ping().await.expect("a new connection answers");
-    assert_eq!(accepted.load(Ordering::SeqCst), 2, "connected again once");
     assert!(catalog.list().await.unwrap().is_empty());
+
+    // The caller's bound (6 s) before the call's (20 s): the connection is given up all the
+    // same, and the next call answers on a new one without waiting out the old.
+    let before = accepted.load(Ordering::SeqCst);
+    let catalog = Catalog::open(&through("10s")).await.unwrap();
+    catalog.ping().await.unwrap();
+    silence_what_opens(before..accepted.load(Ordering::SeqCst));
+    let waited = tokio::time::timeout(Duration::from_secs(6), catalog.ping()).await;
+    assert!(
+        waited.is_err(),
+        "the silent connection answered: {waited:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), catalog.ping())
+        .await
+        .expect("answered on a new connection, not queued behind the silent one")
+        .expect("a new connection answers");
     relaying.abort();
 }
 
