@@ -37,6 +37,8 @@ fn page_policy() -> &'static HeaderValue {
                 .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
                 .map(|(inner, _)| inner)
                 .expect("the page has one inline script and one style");
+            // Browsers hash the element's text, whose line ends the parser made `\n`.
+            let inner = inner.replace("\r\n", "\n").replace('\r', "\n");
             let digest = crate::access::sha256(inner.as_bytes());
             format!(
                 "'sha256-{}'",
@@ -106,6 +108,9 @@ impl AdminError {
 
     /// The one place admin errors become responses.
     fn into_response(self) -> Response<Body> {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, error = %self.message, "admin request failed");
+        }
         let mut response = json_response(
             self.status,
             &json!({ "error": self.message, "field": self.field }),

@@ -854,18 +854,27 @@ impl Config {
         } else {
             flags.admin_tokens
         };
-        // A token opens the catalog for writing: one short enough to guess is refused.
-        if let Some(short) = admin_tokens
+        // A token opens the catalog for writing: one short enough to guess is refused, and
+        // one no `Authorization` header can carry (a placeholder left as written). Empty
+        // entries (a stray comma) are none.
+        let admin_tokens: Vec<&str> = admin_tokens
             .iter()
-            .find(|t| t.trim().chars().count() < MIN_ADMIN_TOKEN_CHARS)
-        {
-            bail!(
-                "admin tokens must be at least {MIN_ADMIN_TOKEN_CHARS} characters (one is {}); \
-                 make one with `openssl rand -hex 32`",
-                short.trim().chars().count()
-            );
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .collect();
+        for token in &admin_tokens {
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                bail!("admin tokens are visible ASCII without spaces: one is not");
+            }
+            if token.len() < MIN_ADMIN_TOKEN_CHARS {
+                bail!(
+                    "admin tokens must be at least {MIN_ADMIN_TOKEN_CHARS} characters (one is {}); \
+                     make one with `openssl rand -hex 32`",
+                    token.len()
+                );
+            }
         }
-        proxy.admin_tokens = AdminTokens::new(admin_tokens.iter().map(|t| t.trim()));
+        proxy.admin_tokens = AdminTokens::new(admin_tokens);
         let admin_listen = match flags.admin_listen.or(file.admin.listen) {
             Some(addr) => Some(
                 addr.parse::<SocketAddr>()
@@ -1235,6 +1244,10 @@ min_free_bytes = 0
             (
                 &["--admin-token", "0123456789abcde"],
                 "at least 16 characters (one is 15)",
+            ),
+            (
+                &["--admin-token", "<output of openssl rand -hex 32>"],
+                "visible ASCII without spaces",
             ),
         ] {
             let err = parse(args).unwrap_err();
