@@ -1071,6 +1071,27 @@ impl Shared {
         Ok(())
     }
 
+    /// After a commit, write again each of `written` the store no longer has: a commit held
+    /// up (a paused process) between [`written_again_if_collected`](Self::written_again_if_collected)
+    /// and the manifest's replacement, or a collection that listed a file before it was
+    /// written again, may have taken one the manifest now names. The writer still has it;
+    /// without this, no instance could take the manifest until its next commit.
+    async fn restored_if_collected(
+        &self,
+        written: &[(ObjectKey, PathBuf, SystemTime)],
+    ) -> Result<(), Error> {
+        if self.grace.is_zero() {
+            return Ok(());
+        }
+        for (object, path, _) in written {
+            if self.store.size(object).await?.is_none() {
+                tracing::warn!(%object, "a file the commit names was collected meanwhile; writing it again");
+                self.store.put_file(object, path).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Download one file of a pack beside its place `path` and check it: the checked file,
     /// under a name swept as a leftover (`incoming-…`), for the caller to place ([`place`]).
     async fn download_beside(
@@ -1264,6 +1285,7 @@ impl Shared {
         {
             Replaced::Done(version) => {
                 set_local_version(git_dir, &version)?;
+                self.restored_if_collected(&written).await?;
                 // What the copy lacks, the manifest no longer names. Left behind, the list
                 // costs a file written again, no more.
                 if let Err(err) = set_unshared(git_dir, &[]) {
@@ -1542,5 +1564,36 @@ mod tests {
             shared.written_again_if_collected(&written).await.unwrap();
             assert_eq!(in_store.is_file(), again, "grace {grace:?}");
         }
+    }
+
+    /// After a commit, a file it names that a collection took meanwhile is written again;
+    /// one still there is left as it is.
+    #[tokio::test]
+    async fn a_file_collected_after_it_was_written_again_is_restored_after_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsStore::new(dir.path().join("bucket"));
+        let shared = Shared::new(AnyStore::Fs(fs.clone()), Duration::from_secs(3600));
+        let (one, two) = (
+            dir.path().join("pack-1.pack"),
+            dir.path().join("pack-2.pack"),
+        );
+        std::fs::write(&one, b"pack one").unwrap();
+        std::fs::write(&two, b"pack two").unwrap();
+        let key = |n| ObjectKey::new(&format!("mirrors/h/o/r.git/packs/pack-{n}.pack")).unwrap();
+        for (object, file) in [(key(1), &one), (key(2), &two)] {
+            shared.store.put_file(&object, file).await.unwrap();
+        }
+        let kept = fs.path_of(&key(2));
+        let before = std::fs::metadata(&kept).unwrap().modified().unwrap();
+        // Collected between its writing again and the commit.
+        std::fs::remove_file(fs.path_of(&key(1))).unwrap();
+        let now = SystemTime::now();
+        let written = [(key(1), one.clone(), now), (key(2), two.clone(), now)];
+        shared.restored_if_collected(&written).await.unwrap();
+        assert_eq!(std::fs::read(fs.path_of(&key(1))).unwrap(), b"pack one");
+        assert_eq!(
+            std::fs::metadata(&kept).unwrap().modified().unwrap(),
+            before
+        );
     }
 }
