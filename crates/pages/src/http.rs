@@ -206,9 +206,9 @@ pub struct PagesService {
     sources: Sources,
     /// Deploys run at once (each a fetch and a pack to index).
     deploys: Arc<tokio::sync::Semaphore>,
-    /// Hosts with a deploy running: one at a time each, so that one host's deployer cannot
-    /// hold every slot.
-    deploying: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Each host's turn: one deploy of a host at a time, so that one host's deployer cannot
+    /// hold every slot; the next waits for it (see [`PagesService::deploy_slot`]).
+    turns: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>>,
     /// Push events for wildcard hosts read at once.
     event_reads: Arc<tokio::sync::Semaphore>,
 }
@@ -216,19 +216,41 @@ pub struct PagesService {
 /// The most deploys run at once; more are told to come back.
 const CONCURRENT_DEPLOYS: usize = 2;
 
+/// The most deploys of one host that wait for its turn; more are told to come back. Each
+/// deploy reads the branch's tip when its turn comes, so a push that finds one waiting
+/// loses nothing by being told so.
+const WAITING_PER_HOST: usize = 2;
+/// The longest a deploy waits for its host's turn (a deploy's exchanges are bounded: its
+/// listing by a minute, its fetch by five).
+const HOST_TURN_WAIT: Duration = Duration::from_secs(600);
+
+type Turns = Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>>;
+
 /// A deploy's turn: one of the slots, and its host's, given back when dropped.
 struct DeploySlot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    permits: Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
     host: String,
-    deploying: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    turns: Turns,
 }
 
 impl Drop for DeploySlot {
     fn drop(&mut self) {
-        self.deploying
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.host);
+        drop(self.permits.take());
+        forget_idle_turn(&self.turns, &self.host);
+    }
+}
+
+/// Forget `host`'s turn when nobody holds or waits for it.
+fn forget_idle_turn(turns: &Turns, host: &str) {
+    let mut turns = turns.lock().unwrap_or_else(|p| p.into_inner());
+    if turns
+        .get(host)
+        .is_some_and(|turn| Arc::strong_count(turn) == 1)
+    {
+        turns.remove(host);
     }
 }
 
@@ -242,8 +264,8 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     response
 }
 
-/// The `Host` of a request, lower-cased, without a port; none for a request with two (which
-/// a cache in front could key on the other).
+/// The `Host` of a request, lower-cased, without a port or a final dot; none for a request
+/// with two (which a cache in front could key on the other).
 fn host_of<B>(request: &Request<B>) -> Option<String> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host = hosts.next()?.to_str().ok()?;
@@ -257,7 +279,9 @@ fn host_of<B>(request: &Request<B>) -> Option<String> {
             host
         }
     });
-    Some(name.to_ascii_lowercase())
+    // `example.org.` is `example.org`: one site, one host's turn.
+    let name = name.strip_suffix('.').unwrap_or(name);
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
 impl PagesService {
@@ -309,7 +333,7 @@ impl PagesService {
             wildcard: options.wildcard,
             sources: options.sources,
             deploys: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DEPLOYS)),
-            deploying: Arc::default(),
+            turns: Arc::default(),
             event_reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_EVENT_READS)),
         })
     }
@@ -765,8 +789,9 @@ impl PagesService {
                 );
             }
             configured = sources.contains(&event.repository.clone_url);
-            let Some(slot) = self.deploy_slot(host) else {
-                return busy();
+            let slot = match self.deploy_slot(host).await {
+                Ok(slot) => slot,
+                Err(busy) => return busy,
             };
             (slot, project, event, Some(wildcard.branch.clone()))
         } else {
@@ -838,7 +863,7 @@ impl PagesService {
         } else if let Some(refused) = self.authorize(host, request.headers()).await {
             return Err(refused);
         }
-        let slot = self.deploy_slot(host).ok_or_else(busy)?;
+        let slot = self.deploy_slot(host).await?;
         let Some(project) = project_of(request.uri().path()) else {
             return Err(text(
                 StatusCode::BAD_REQUEST,
@@ -848,20 +873,45 @@ impl PagesService {
         Ok((slot, project))
     }
 
-    /// One of the deploys that may run at once, held while it runs; `None` when all are
-    /// taken, or when `host` has one running.
-    fn deploy_slot(&self, host: &str) -> Option<DeploySlot> {
-        let mut deploying = self.deploying.lock().unwrap_or_else(|p| p.into_inner());
-        if deploying.contains(host) {
-            return None;
+    /// `host`'s turn, then one of the deploys that may run at once, held while it runs. A
+    /// deploy of the same host waits for the one running (at most [`WAITING_PER_HOST`] wait,
+    /// each up to [`HOST_TURN_WAIT`]); with every slot taken by other hosts, or too many
+    /// waiting, the refusal to send.
+    async fn deploy_slot(&self, host: &str) -> Result<DeploySlot, Response<Body>> {
+        let turn = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            let turn = Arc::clone(
+                turns
+                    .entry(host.to_owned())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1))),
+            );
+            // The map's reference, this one, the running deploy's and the waiting ones'.
+            if Arc::strong_count(&turn) > 2 + WAITING_PER_HOST {
+                return Err(busy());
+            }
+            turn
+        };
+        let waited = tokio::time::timeout(HOST_TURN_WAIT, Arc::clone(&turn).acquire_owned()).await;
+        drop(turn);
+        let own = match waited {
+            Ok(Ok(own)) => own,
+            _ => {
+                forget_idle_turn(&self.turns, host);
+                return Err(busy());
+            }
+        };
+        match Arc::clone(&self.deploys).try_acquire_owned() {
+            Ok(slot) => Ok(DeploySlot {
+                permits: Some((slot, own)),
+                host: host.to_owned(),
+                turns: Arc::clone(&self.turns),
+            }),
+            Err(_) => {
+                drop(own);
+                forget_idle_turn(&self.turns, host);
+                Err(busy())
+            }
         }
-        let permit = Arc::clone(&self.deploys).try_acquire_owned().ok()?;
-        deploying.insert(host.to_owned());
-        Some(DeploySlot {
-            _permit: permit,
-            host: host.to_owned(),
-            deploying: Arc::clone(&self.deploying),
-        })
     }
 
     /// The body of `request`, at most `limit` bytes, `within` that long; otherwise the
@@ -1280,14 +1330,27 @@ pub async fn serve(
         let service = Arc::clone(&service);
         tokio::spawn(async move {
             let _permit = permit;
-            let handler = hyper::service::service_fn(move |request| {
-                let service = Arc::clone(&service);
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        service.handle_from(request, Some(peer)).await,
-                    )
-                }
-            });
+            let handler =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let service = Arc::clone(&service);
+                    async move {
+                        // A deploy goes on if its client leaves (a forge gives up on a webhook
+                        // after ten seconds): it runs in a task of its own.
+                        let deploys = matches!(*request.method(), Method::PUT | Method::POST);
+                        let response = if deploys {
+                            let run = tokio::spawn(async move {
+                                service.handle_from(request, Some(peer)).await
+                            });
+                            run.await.unwrap_or_else(|err| {
+                                tracing::error!(%err, "a deploy's task failed");
+                                text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                            })
+                        } else {
+                            service.handle_from(request, Some(peer)).await
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -1320,6 +1383,11 @@ mod tests {
             host_of(&request(&["Site.Example:8080"])).as_deref(),
             Some("site.example")
         );
+        assert_eq!(
+            host_of(&request(&["Site.Example.:8080"])).as_deref(),
+            Some("site.example")
+        );
+        assert_eq!(host_of(&request(&["."])), None);
         assert_eq!(host_of(&request(&["a.example", "b.example"])), None);
         assert_eq!(host_of(&request(&[])), None);
     }
