@@ -550,8 +550,10 @@ impl Postgres {
     /// that does not answer in time loses the connection: the statement is cancelled on the
     /// server, the connection closed, and the next call connects again rather than queueing
     /// behind a statement that may never come back. The same when the caller stops waiting
-    /// (its own bound, shorter than this one) after [`GIVEN_UP_AFTER`]. A call given up has
-    /// an unknown outcome: its statement may have run.
+    /// (its own bound, shorter than this one) after half of it, the statement timeout the
+    /// server keeps: by then a statement that runs has been stopped there, so nothing answers
+    /// on that connection. A call given up has an unknown outcome: its statement may have
+    /// run.
     async fn run<T, F>(&self, work: impl FnOnce(Arc<Connection>) -> F) -> Result<T, Error>
     where
         F: std::future::Future<Output = Result<T, Error>>,
@@ -560,6 +562,7 @@ impl Postgres {
         let mut call = Call {
             connection: &connection,
             started: std::time::Instant::now(),
+            given_up_after: self.wait / 2,
             over: false,
         };
         let answer = tokio::time::timeout(self.wait, work(Arc::clone(&connection))).await;
@@ -585,10 +588,10 @@ impl Postgres {
             return Ok(Arc::clone(connection));
         }
         slot.connection = None;
-        if let Some(failed) = slot.failed
+        if let Some((failed, why)) = &slot.failed
             && failed.elapsed() < RETRY_AFTER
         {
-            return Err(Error::Unanswered(RETRY_AFTER));
+            return Err(Error::Unreachable(why.clone()));
         }
         match pg_connect(&self.url).await {
             Ok(connection) => {
@@ -600,21 +603,18 @@ impl Postgres {
                 Ok(connection)
             }
             Err(err) => {
-                slot.failed = Some(std::time::Instant::now());
+                slot.failed = Some((std::time::Instant::now(), err.to_string()));
                 Err(err)
             }
         }
     }
 }
 
-/// The connection a [`Postgres`] holds, and when connecting last failed.
+/// The connection a [`Postgres`] holds, and when connecting last failed, and why.
 struct Slot {
     connection: Option<Arc<Connection>>,
-    failed: Option<std::time::Instant>,
+    failed: Option<(std::time::Instant, String)>,
 }
-
-/// A caller that stops waiting for a call after this long gives its connection up.
-const GIVEN_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a failed connection attempt answers for the callers after it.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long the server is given to hear a cancellation.
@@ -650,9 +650,15 @@ impl Connection {
         {
             return;
         }
-        let cancel = self.client.cancel_token();
         let task = self.task.clone();
-        tokio::spawn(async move {
+        // Called from a drop too, which may happen where no runtime is: then the
+        // connection's task alone is ended.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            task.abort();
+            return;
+        };
+        let cancel = self.client.cancel_token();
+        runtime.spawn(async move {
             if let Ok(Err(err)) =
                 tokio::time::timeout(CANCEL_WITHIN, cancel.cancel_query(tokio_postgres::NoTls))
                     .await
@@ -664,16 +670,18 @@ impl Connection {
     }
 }
 
-/// A call under way: given up if its caller stops waiting after [`GIVEN_UP_AFTER`].
+/// A call under way: its connection given up if its caller stops waiting after
+/// `given_up_after`.
 struct Call<'a> {
     connection: &'a Connection,
     started: std::time::Instant,
+    given_up_after: std::time::Duration,
     over: bool,
 }
 
 impl Drop for Call<'_> {
     fn drop(&mut self) {
-        if !self.over && self.started.elapsed() >= GIVEN_UP_AFTER {
+        if !self.over && self.started.elapsed() >= self.given_up_after {
             tracing::warn!(
                 "a catalog database call was given up by its caller; connecting again next time"
             );

@@ -74,6 +74,9 @@ pub enum Error {
     /// given up has an unknown outcome: its statement may have run.
     #[error("catalog database (PostgreSQL): no answer within {0:?}")]
     Unanswered(std::time::Duration),
+    /// Connecting to PostgreSQL failed a moment ago, for this reason; not tried again yet.
+    #[error("{0} (a moment ago; not tried again yet)")]
+    Unreachable(String),
 }
 
 impl Error {

@@ -224,10 +224,11 @@ impl Received {
             // so a small body inflating to the limit takes its size of the budget while it
             // is decoded, not after.
             let raw = self.raw.len();
-            let decoded = gunzip_counted(&self.raw, limit, |capacity| {
+            let mut decoded = gunzip_counted(&self.raw, limit, |capacity| {
                 budget.top_up(&mut permit, raw + capacity)
             })?;
             drop(self.raw);
+            decoded.shrink_to_fit();
             budget.shrink(&mut permit, decoded.capacity());
             Ok(Bytes::from_owner(Budgeted {
                 bytes: Bytes::from(decoded),

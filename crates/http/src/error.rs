@@ -88,19 +88,29 @@ impl Error {
         use gitcache_mirror::mirror::Error as MirrorError;
         use gitcache_upstream::Error as UpstreamError;
         const INTERNAL: &str = "gitcache: internal error (the server's log has the cause)";
+        // The upstream's own words (an `ERR` line, a TLS error naming its certificate) stay
+        // in the log with the rest.
         let upstream = |e: &UpstreamError| match e {
             UpstreamError::Status { status, .. } => {
                 format!("gitcache: the upstream answered {status}")
             }
             UpstreamError::Url { .. } => INTERNAL.to_owned(),
+            UpstreamError::Connect(_) | UpstreamError::Http(_) => {
+                "gitcache: the upstream could not be reached".to_owned()
+            }
+            UpstreamError::Protocol(_) => {
+                "gitcache: the upstream answered something unexpected".to_owned()
+            }
             other => format!("gitcache: {other}"),
         };
         match self {
             Error::Upstream(e) => upstream(e),
             Error::Mirror(e) => match &**e {
                 MirrorError::Upstream(e) => upstream(e),
-                MirrorError::Response(_)
-                | MirrorError::ObjectFormat { .. }
+                MirrorError::Response(_) => {
+                    "gitcache: the upstream failed the refresh's fetch".to_owned()
+                }
+                MirrorError::ObjectFormat { .. }
                 | MirrorError::Incomplete { .. }
                 | MirrorError::InvalidRef { .. } => format!("gitcache: {e}"),
                 MirrorError::Ingest(e) if e.is_upstream_fault() => {
@@ -202,5 +212,18 @@ mod tests {
             body.contains("503") && !body.contains("acme-internal"),
             "{body}"
         );
+        // Its `ERR` line, or an answer it could not frame.
+        for err in [
+            gitcache_mirror::mirror::Error::Response(gitcache_protocol::response::Error::Remote {
+                message: "access denied for org acme-internal".into(),
+            }),
+            gitcache_mirror::mirror::Error::Upstream(gitcache_upstream::Error::Protocol(
+                "ERR acme-internal".into(),
+            )),
+        ] {
+            let (status, body) = body_of(Error::Mirror(std::sync::Arc::new(err))).await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+            assert!(!body.contains("acme-internal"), "{body}");
+        }
     }
 }

@@ -145,7 +145,13 @@ impl Responder {
                         plan.write_to(&mut *out)
                     })
                     .map(|_| ())
-                    .map_err(|err| err.wire_message());
+                    .map_err(|err| {
+                        // The client is told only what `wire_message` lets through.
+                        if !err.is_client_error() {
+                            tracing::error!(%err, "generating a stored response again failed");
+                        }
+                        err.wire_message()
+                    });
                 out.slot_given_back();
                 written
             })

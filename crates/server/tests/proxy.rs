@@ -515,10 +515,11 @@ fn a_credential_refused_while_its_fetch_waits_gets_nothing_from_the_mirror() {
     let mirror = cache.mirror(&upstream, "acme/secret");
     common::wait_for_mirror(&mirror, &source);
 
-    // A new commit the mirror lacks; the refresh's fetch of it is held up upstream.
+    // A new commit the mirror lacks; the refresh's fetch of it is held up upstream (long
+    // enough for the steps below on a loaded machine: a few requests to the upstream).
     let tip = repo::append_commits(&source, "main", 2, 408).unwrap();
     upstream.inject(
-        Fault::Delay(std::time::Duration::from_secs(3)),
+        Fault::Delay(std::time::Duration::from_secs(6)),
         1,
         Some(RequestKind::Fetch),
     );
