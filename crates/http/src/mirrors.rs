@@ -642,7 +642,7 @@ impl Mirrors {
         create: bool,
         hints: Hints,
         own_credential: bool,
-    ) {
+    ) -> Option<tokio::task::JoinHandle<bool>> {
         use std::sync::atomic::Ordering;
         let why = reason.as_str();
         // A push webhook's refresh is not counted where anyone may read the count: every
@@ -663,7 +663,7 @@ impl Mirrors {
                 why,
                 "too many warming refreshes under way: this one dropped"
             );
-            return;
+            return None;
         }
         if reason != Warming::RefsMoved {
             self.warming.fetch_add(1, Ordering::AcqRel);
@@ -677,7 +677,7 @@ impl Mirrors {
         }
         let ended = Ended(Arc::clone(&self.warming));
         let mirrors = Arc::clone(self);
-        tokio::spawn(
+        Some(tokio::spawn(
             async move {
                 let _ended = ended;
                 match mirrors
@@ -704,15 +704,17 @@ impl Mirrors {
                             ahead = done.asked_ahead.len(),
                             "mirror warmed"
                         );
+                        true
                     }
                     Err(err) => {
                         count("error");
                         tracing::warn!(why, %err, "warming the mirror failed");
+                        false
                     }
                 }
             }
             .in_current_span(),
-        );
+        ))
     }
 
     /// The mirror of `key` if it has everything `fetch` wants, looked up on a blocking

@@ -788,17 +788,29 @@ impl Proxy {
         tokio::spawn(
             async move {
                 let credential = proxy.warming.credential(&target, None).await;
-                match proxy.gate.upstream(&target, credential) {
+                let refreshed = match proxy.gate.upstream(&target, credential) {
                     // Never a new mirror: one removed since the check above stays removed.
-                    Ok(upstream) => proxy.mirrors.warm(
-                        target.key,
+                    Ok(upstream) => match proxy.mirrors.warm(
+                        target.key.clone(),
                         upstream,
                         crate::mirrors::Warming::PushWebhook,
                         false,
                         Default::default(),
                         true,
-                    ),
-                    Err(err) => tracing::warn!(%err, "push webhook: no upstream"),
+                    ) {
+                        Some(warming) => warming.await.unwrap_or(false),
+                        None => false,
+                    },
+                    Err(err) => {
+                        tracing::warn!(%err, "push webhook: no upstream");
+                        false
+                    }
+                };
+                // A push whose refresh failed may be delivered again (a forge's redelivery)
+                // and refresh then.
+                if !refreshed {
+                    proxy.webhook_seen.forget(&target.key, &name, after);
+                    tracing::info!("push webhook: the refresh failed; a redelivery refreshes");
                 }
             }
             .in_current_span(),

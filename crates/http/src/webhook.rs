@@ -74,6 +74,22 @@ impl Seen {
         })
     }
 
+    /// Forget that `ref` moving to `after` in `key` was seen: its refresh failed.
+    pub(crate) fn forget(
+        &self,
+        key: &gitcache_storage::repo::RepoKey,
+        name: &str,
+        after: gix_hash::ObjectId,
+    ) {
+        let mut pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(seen) = pushes.get_mut(key) {
+            seen.retain(|(n, a, _)| !(n == name && *a == after));
+            if seen.is_empty() {
+                pushes.remove(key);
+            }
+        }
+    }
+
     /// Note that `ref` moving to `after` in `key` starts a refresh of the mirror.
     pub(crate) fn refreshed(
         &self,
@@ -288,6 +304,10 @@ mod tests {
         );
         seen.refreshed(&key, "refs/heads/main", at(1));
         assert!(seen.again(&key, "refs/heads/main", at(1)), "the same push");
+        // A push whose refresh failed is not one seen.
+        seen.forget(&key, "refs/heads/main", at(1));
+        assert!(!seen.again(&key, "refs/heads/main", at(1)));
+        seen.refreshed(&key, "refs/heads/main", at(1));
         assert!(!seen.again(&key, "refs/heads/dev", at(1)), "another ref");
         assert!(
             !seen.again(&other, "refs/heads/main", at(1)),

@@ -360,6 +360,20 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
+    // A delivery whose refresh fails (the upstream's listing fails) is not a push seen:
+    // the forge's redelivery refreshes.
+    upstream.inject(Fault::Status(500), 1, Some(RequestKind::LsRefs));
+    assert_eq!(
+        post(
+            &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &github)],
+            &body
+        ),
+        202
+    );
+    cache.log_with("a redelivery refreshes", 1);
+    assert_ne!(git_stdout(&mirror, &["rev-parse", "main"]).trim(), tip);
+    upstream.reset_counts();
+
     let warmed_before = warm_lines();
     let logged_before = common::count(&cache.log(), "mirror warmed");
     assert_eq!(
