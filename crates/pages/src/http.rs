@@ -1006,12 +1006,6 @@ impl PagesService {
             Err(err @ (FetchError::NoBranch(_) | FetchError::BadBranch(_))) => {
                 return text(StatusCode::BAD_REQUEST, &err.to_string());
             }
-            Err(FetchError::Upstream(gitcache_upstream::Error::NotPublic(_))) => {
-                return text(
-                    StatusCode::FORBIDDEN,
-                    "the repository's host has no public address",
-                );
-            }
             Err(FetchError::Tree(err)) => {
                 return text(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -246,9 +246,9 @@ fn a_host_deploys_one_at_a_time_and_a_deploy_outlives_its_client() {
 
 /// A deployer names the repository URL, so by default a deploy reaches only public
 /// addresses: a repository on the loopback, named by address or by a name that resolves there
-/// (`localhost`), is refused `403` before anything is asked of it. With `--pages-source`, only
-/// repositories under a prefix are deployed, wherever they are; others (and a URL climbing
-/// out of a prefix with `..`) are refused.
+/// (`localhost`), is refused (`502`, as one that cannot be read) before anything is asked of
+/// it. With `--pages-source`, only repositories under a prefix are deployed, wherever they
+/// are; others (and a URL climbing out of a prefix with `..`) are refused.
 #[test]
 fn deploys_reach_only_public_addresses_or_the_sources_named() {
     let upstream = Upstream::start().unwrap();
@@ -278,14 +278,16 @@ fn deploys_reach_only_public_addresses_or_the_sources_named() {
         upstream.repo_url("acme/site"),
         format!("http://localhost:{port}/acme/site"),
     ] {
+        // Answered as any repository that cannot be read (a name that does not resolve):
+        // whether a name resolves to private addresses is for the log, not the deployer.
         let refused = put(&addr, &url);
-        assert_eq!(refused.status, 403, "{url}: {}", refused.body_text());
-        assert!(
-            refused.body_text().contains("no public address"),
-            "{}",
-            refused.body_text()
+        assert_eq!(refused.status, 502, "{url}: {}", refused.body_text());
+        assert_eq!(
+            refused.body_text().trim(),
+            "the repository could not be read"
         );
     }
+    open.log_with("no public address", 2);
     assert_eq!(
         upstream.counts().info_refs + upstream.counts().ls_refs,
         0,
