@@ -51,7 +51,7 @@ fn serves_health_and_stops_on_sigterm() {
     // Nothing listens upstream: a clear 502, not a hang.
     let (status, body) = get(&addr, "/acme/widgets.git/info/refs?service=git-upload-pack");
     assert_eq!(status, 502);
-    assert!(body.contains("upstream connection failed"), "{body}");
+    assert!(body.contains("the upstream could not be reached"), "{body}");
 
     let pid = child.id().to_string();
     assert!(
