@@ -312,6 +312,56 @@ impl BodyBudget {
     }
 }
 
+/// A copy of bytes passing through (an answer passed on), kept within a [`BodyBudget`] and a
+/// bound of its own: once either says no, the copy is given up, and its share with it.
+#[derive(Debug)]
+pub(crate) struct BudgetedCopy {
+    budget: BodyBudget,
+    limit: usize,
+    kept: Option<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>)>,
+}
+
+impl BudgetedCopy {
+    pub(crate) fn new(budget: BodyBudget, limit: usize) -> Self {
+        BudgetedCopy {
+            budget,
+            limit,
+            kept: Some((Vec::new(), None)),
+        }
+    }
+
+    /// Keep `data` too; `false` when the copy is given up (now or before).
+    pub(crate) fn push(&mut self, data: &[u8]) -> bool {
+        let Some((copy, share)) = self.kept.as_mut() else {
+            return false;
+        };
+        if copy.len() + data.len() > self.limit {
+            self.kept = None;
+            return false;
+        }
+        let budget = &self.budget;
+        let grown = grow(copy, data.len(), self.limit, |capacity| {
+            let permit = match share {
+                Some(permit) => permit,
+                None => share.insert(budget.first()?),
+            };
+            budget.top_up(permit, capacity)
+        });
+        if grown.is_err() {
+            self.kept = None;
+            return false;
+        }
+        copy.extend_from_slice(data);
+        true
+    }
+
+    /// The bytes kept, with their share of the budget (held until both are dropped); `None`
+    /// if the copy was given up.
+    pub(crate) fn finish(self) -> Option<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>)> {
+        self.kept
+    }
+}
+
 /// Receive a whole request body of at most `limit` bytes within `timeout`, checking its
 /// `Content-Encoding` (gzip or none) but not decoding it yet.
 pub async fn receive_body<B>(
@@ -1120,6 +1170,49 @@ mod tests {
         assert!(whole.capacity() <= 64 << 20);
         let over = gunzip_counted(&gz, (64 << 20) - 1, |_| Ok(()));
         assert!(matches!(over, Err(ReadError::TooLarge { .. })), "{over:?}");
+    }
+
+    /// A copy of an answer passed on holds its share of the budget while it lives, and is
+    /// given up (its share with it) past its own bound or when the budget is spent.
+    #[test]
+    fn copies_kept_of_answers_share_the_budget() {
+        let unit = BodyBudget::UNIT;
+        let budget = BodyBudget::new(4 * unit as u64);
+        let piece = vec![b'r'; unit / 2];
+        let mut first = BudgetedCopy::new(budget.clone(), 1 << 30);
+        for _ in 0..5 {
+            assert!(first.push(&piece));
+        }
+        // 2.5 units kept, in a buffer of at most twice that.
+        let held = 4 * unit as u64 - budget.available();
+        assert!(
+            (3 * unit as u64..=5 * unit as u64).contains(&held),
+            "{held}"
+        );
+        // Another copy finds too little left: given up, and stays so.
+        let mut second = BudgetedCopy::new(budget.clone(), 1 << 30);
+        let mut kept = true;
+        for _ in 0..8 {
+            kept &= second.push(&piece);
+        }
+        assert!(!kept && !second.push(b"more"));
+        assert!(second.finish().is_none());
+        assert_eq!(
+            4 * unit as u64 - budget.available(),
+            held,
+            "its share went back"
+        );
+        // The first one's bytes, with the share they hold until dropped.
+        let (bytes, share) = first.finish().unwrap();
+        assert_eq!(bytes.len(), 5 * piece.len());
+        drop((bytes, share));
+        assert_eq!(budget.available(), 4 * unit as u64);
+        // Past its own bound, whatever the budget.
+        let mut bounded = BudgetedCopy::new(budget.clone(), 10);
+        assert!(bounded.push(b"0123456789"));
+        assert!(!bounded.push(b"!"));
+        assert!(bounded.finish().is_none());
+        assert_eq!(budget.available(), 4 * unit as u64);
     }
 
     /// An upstream's answer reaches the client without hop-by-hop headers, those its

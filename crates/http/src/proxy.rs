@@ -217,6 +217,7 @@ impl Proxy {
     ) -> Result<Arc<Self>, ConfigError> {
         metrics::describe();
         let default_host = url_host(&config.upstream).map_err(ConfigError::Upstream)?;
+        let body_budget = crate::body::BodyBudget::new(body_budget_bytes(&config.limits));
         for url in config.hosts.values() {
             url_host(url).map_err(ConfigError::Upstream)?;
         }
@@ -370,6 +371,7 @@ impl Proxy {
                 github_app: config.github_app.clone(),
                 service_token: config.service_token.clone(),
                 default_host: default_host.clone(),
+                budget: body_budget.clone(),
             }),
             mirrors,
             passthrough,
@@ -382,7 +384,7 @@ impl Proxy {
             )),
             webhook_slots: Arc::new(Semaphore::new(crate::webhook::CONCURRENT_EVENTS)),
             webhook_seen: Default::default(),
-            body_budget: crate::body::BodyBudget::new(body_budget_bytes(&config.limits)),
+            body_budget,
             draining: AtomicBool::new(false),
             catalog: services.catalog,
             prometheus: services.prometheus,

@@ -41,6 +41,8 @@ pub(crate) struct Warming {
     pub(crate) service_token: Option<Secret>,
     /// The default upstream's host (the one a GitHub App serves).
     pub(crate) default_host: String,
+    /// What the copies of listings kept to compare take, with request bodies.
+    pub(crate) budget: crate::body::BodyBudget,
 }
 
 impl Warming {
@@ -81,8 +83,10 @@ impl Warming {
         let warm_credential = self.gate.credential(&target, headers);
         tokio::spawn(
             async move {
-                let mut copy = Vec::new();
-                let mut complete = true;
+                // Within the bound of one and the budget shared with request bodies: beyond,
+                // the listing is passed on all the same, not compared.
+                let mut copy =
+                    crate::body::BudgetedCopy::new(warming.budget.clone(), MAX_LS_REFS_COPY);
                 loop {
                     // An upstream that goes silent is let go too.
                     let Ok(frame) = tokio::time::timeout(idle, upstream_body.frame()).await else {
@@ -99,11 +103,7 @@ impl Warming {
                             let Ok(data) = frame.into_data() else {
                                 continue;
                             };
-                            if copy.len() + data.len() <= MAX_LS_REFS_COPY {
-                                copy.extend_from_slice(&data);
-                            } else {
-                                complete = false;
-                            }
+                            copy.push(&data);
                             // A client that stops reading is let go, not waited for.
                             let sent = tokio::time::timeout(stall, tx.send(Ok(data))).await;
                             if !matches!(sent, Ok(Ok(()))) {
@@ -117,13 +117,25 @@ impl Warming {
                     }
                 }
                 drop(tx);
-                if complete {
-                    // Parsing and comparing with the mirror is CPU and disk work.
-                    let _ = tokio::task::spawn_blocking(move || {
-                        let listed = crate::mirrors::Listed { asked, every_tag };
-                        warming.after_ls_refs(&target, who, listed, &copy, kind, warm_credential);
-                    })
-                    .await;
+                match copy.finish() {
+                    Some((copy, _share)) => {
+                        // Parsing and comparing with the mirror is CPU and disk work.
+                        let _ = tokio::task::spawn_blocking(move || {
+                            let listed = crate::mirrors::Listed { asked, every_tag };
+                            warming.after_ls_refs(
+                                &target,
+                                who,
+                                listed,
+                                &copy,
+                                kind,
+                                warm_credential,
+                            );
+                        })
+                        .await;
+                    }
+                    None => tracing::info!(
+                        "a listing too large to keep (or no budget left): passed on, not compared"
+                    ),
                 }
             }
             .in_current_span(),
