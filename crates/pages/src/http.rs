@@ -223,6 +223,8 @@ const WAITING_PER_HOST: usize = 2;
 /// The longest a deploy waits for its host's turn (a deploy's exchanges are bounded: its
 /// listing by a minute, its fetch by five).
 const HOST_TURN_WAIT: Duration = Duration::from_secs(600);
+/// The longest a deploy that waited for its host's turn then waits for a slot.
+const SLOT_WAIT: Duration = Duration::from_secs(60);
 
 type Turns = Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>>;
 
@@ -718,8 +720,8 @@ impl PagesService {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (_deploying, project) = match self.admit(host, &request).await {
-            Ok(admitted) => admitted,
+        let project = match self.admit(host, &request).await {
+            Ok(project) => project,
             Err(refused) => return refused,
         };
         let branch_header = request
@@ -727,9 +729,15 @@ impl PagesService {
             .get("x-pages-branch")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        // The body (a URL) is read before the deploy waits for its turn: a client that
+        // leaves meanwhile has sent it whole.
         let body = match self.read_body(request, MAX_PUT_BODY, self.timeout).await {
             Ok(body) => body,
             Err(refused) => return refused,
+        };
+        let _deploying = match self.deploy_slot(host).await {
+            Ok(slot) => slot,
+            Err(busy) => return busy,
         };
         let Ok(url) = std::str::from_utf8(&body).map(str::trim) else {
             return text(StatusCode::BAD_REQUEST, "the body is the repository URL");
@@ -770,6 +778,7 @@ impl PagesService {
                 Ok(event) => event,
                 Err(refused) => return refused,
             };
+            drop(_reading);
             let sources = wildcard.sources(user, &project);
             if sources.is_empty() {
                 return text(
@@ -795,13 +804,17 @@ impl PagesService {
             };
             (slot, project, event, Some(wildcard.branch.clone()))
         } else {
-            let (slot, project) = match self.admit(host, &request).await {
-                Ok(admitted) => admitted,
+            let project = match self.admit(host, &request).await {
+                Ok(project) => project,
                 Err(refused) => return refused,
             };
-            match self.read_event(request).await {
-                Ok(event) => (slot, project, event, None),
+            let event = match self.read_event(request).await {
+                Ok(event) => event,
                 Err(refused) => return refused,
+            };
+            match self.deploy_slot(host).await {
+                Ok(slot) => (slot, project, event, None),
+                Err(busy) => return busy,
             }
         };
         let Some(branch) = event.branch.strip_prefix("refs/heads/") else {
@@ -853,46 +866,38 @@ impl PagesService {
     /// A deploy to `host` may go ahead: authorized (or insecure, logged), one of the deploys
     /// that may run at once, to the project its path names. Its slot while it runs, and the
     /// project; otherwise the refusal to send.
-    async fn admit<B>(
-        &self,
-        host: &str,
-        request: &Request<B>,
-    ) -> Result<(DeploySlot, String), Response<Body>> {
+    async fn admit<B>(&self, host: &str, request: &Request<B>) -> Result<String, Response<Body>> {
         if self.insecure {
             tracing::warn!(host, "deploy without authorization (--pages-insecure)");
         } else if let Some(refused) = self.authorize(host, request.headers()).await {
             return Err(refused);
         }
-        let slot = self.deploy_slot(host).await?;
-        let Some(project) = project_of(request.uri().path()) else {
-            return Err(text(
-                StatusCode::BAD_REQUEST,
-                "PUT or POST / or /<project>/",
-            ));
-        };
-        Ok((slot, project))
+        project_of(request.uri().path())
+            .ok_or_else(|| text(StatusCode::BAD_REQUEST, "PUT or POST / or /<project>/"))
     }
 
     /// `host`'s turn, then one of the deploys that may run at once, held while it runs. A
     /// deploy of the same host waits for the one running (at most [`WAITING_PER_HOST`] wait,
-    /// each up to [`HOST_TURN_WAIT`]); with every slot taken by other hosts, or too many
-    /// waiting, the refusal to send.
+    /// each up to [`HOST_TURN_WAIT`]), then for a slot (up to [`SLOT_WAIT`]: its client may
+    /// have left, and it would be lost); one that found its turn free is refused at once
+    /// when other hosts hold every slot, as when too many wait.
     async fn deploy_slot(&self, host: &str) -> Result<DeploySlot, Response<Body>> {
-        let turn = {
+        let (turn, free) = {
             let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
             let turn = Arc::clone(
                 turns
                     .entry(host.to_owned())
                     .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1))),
             );
-            // The map's reference, this one, the running deploy's and the waiting ones'.
+            // The map's reference, this one, the running deploy's permit's and each waiting
+            // one's (its wait holds it).
             if Arc::strong_count(&turn) > 2 + WAITING_PER_HOST {
                 return Err(busy());
             }
-            turn
+            let free = turn.available_permits() > 0;
+            (turn, free)
         };
-        let waited = tokio::time::timeout(HOST_TURN_WAIT, Arc::clone(&turn).acquire_owned()).await;
-        drop(turn);
+        let waited = tokio::time::timeout(HOST_TURN_WAIT, turn.acquire_owned()).await;
         let own = match waited {
             Ok(Ok(own)) => own,
             _ => {
@@ -900,13 +905,23 @@ impl PagesService {
                 return Err(busy());
             }
         };
-        match Arc::clone(&self.deploys).try_acquire_owned() {
-            Ok(slot) => Ok(DeploySlot {
+        let slot = match Arc::clone(&self.deploys).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) if !free => {
+                tokio::time::timeout(SLOT_WAIT, Arc::clone(&self.deploys).acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        match slot {
+            Some(slot) => Ok(DeploySlot {
                 permits: Some((slot, own)),
                 host: host.to_owned(),
                 turns: Arc::clone(&self.turns),
             }),
-            Err(_) => {
+            None => {
                 drop(own);
                 forget_idle_turn(&self.turns, host);
                 Err(busy())
@@ -1323,16 +1338,19 @@ pub async fn serve(
         };
         let service = Arc::clone(&service);
         tokio::spawn(async move {
-            let _permit = permit;
+            // The connection's slot, held by a deploy it started until that ends too.
+            let permit = Arc::new(permit);
             let handler =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let service = Arc::clone(&service);
+                    let permit = Arc::clone(&permit);
                     async move {
                         // A deploy goes on if its client leaves (a forge gives up on a webhook
                         // after ten seconds): it runs in a task of its own.
                         let deploys = matches!(*request.method(), Method::PUT | Method::POST);
                         let response = if deploys {
                             let run = tokio::spawn(async move {
+                                let _slot = permit;
                                 service.handle_from(request, Some(peer)).await
                             });
                             run.await.unwrap_or_else(|err| {

@@ -173,7 +173,7 @@ fn sites_deploy_by_put_and_are_served_by_host() {
 }
 
 /// A host deploys one thing at a time: while its deploy runs (its fetch held up upstream),
-/// the next of the same host waits for its turn and other hosts deploy beside it; a deploy
+/// the next two of the same host wait for their turns and other hosts deploy beside it; a deploy
 /// whose client leaves (a forge gives up on a webhook after ten seconds) goes on.
 #[test]
 fn a_host_deploys_one_at_a_time_and_a_deploy_outlives_its_client() {
@@ -217,12 +217,15 @@ fn a_host_deploys_one_at_a_time_and_a_deploy_outlives_its_client() {
             upstream.pending_faults() == 0
         });
         let same_host = scope.spawn(|| put("a.example", "/blog/", "blog"));
+        let and_another = scope.spawn(|| put("a.example", "/again/", "pages"));
         let other_host = put("b.example", "/", "pages");
         assert_eq!(other_host.status, 201, "{}", other_host.body_text());
         let first = first.join().unwrap();
         assert_eq!(first.status, 201, "{}", first.body_text());
         let same_host = same_host.join().unwrap();
         assert_eq!(same_host.status, 201, "{}", same_host.body_text());
+        let and_another = and_another.join().unwrap();
+        assert_eq!(and_another.status, 201, "{}", and_another.body_text());
     });
     let get = |host: &str, path: &str| http(&addr, "GET", path, &[("Host", host)], b"");
     assert_eq!(get("a.example", "/blog/").body_text(), "<h1>blog</h1>");
