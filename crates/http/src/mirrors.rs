@@ -81,6 +81,8 @@ pub(crate) struct Mirrors {
     answers: std::sync::OnceLock<gitcache_pack::Options>,
     /// Warming refreshes started and not ended (queued for a refresh permit, or running).
     warming: Arc<std::sync::atomic::AtomicUsize>,
+    /// The same for push webhooks' refreshes.
+    webhook_warming: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Why a mirror is refreshed in the background.
@@ -108,6 +110,9 @@ impl Warming {
 /// client's next fetch refreshes the mirror if it needs to). Anyone can ask for listings, each
 /// of which can start one (for a repository not mirrored yet, a whole clone).
 const MAX_WARMING: usize = 64;
+/// The same for push webhooks' refreshes: whoever holds the secret can send events for every
+/// repository, each naming a push of its own.
+const MAX_WEBHOOK_WARMING: usize = 16;
 
 /// How long a client's listing of the tags vouches for the mirror's (see
 /// [`Mirrors::tags_as_listed_lately`]): a client fetches within seconds of its `ls-refs`.
@@ -152,6 +157,7 @@ impl Mirrors {
             )),
             answers: std::sync::OnceLock::new(),
             warming: Default::default(),
+            webhook_warming: Default::default(),
         }
     }
 
@@ -408,12 +414,14 @@ impl Mirrors {
         self.closed_warmth.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Record how a refresh of `key` ended.
-    fn note_refresh(&self, key: &RepoKey, started: Instant, error: Option<String>) {
-        metrics::refresh(
-            if error.is_none() { "ok" } else { "error" },
-            started.elapsed(),
-        );
+    /// Record how a refresh of `key` ended (on `/metrics` when `counted`).
+    fn note_refresh(&self, key: &RepoKey, started: Instant, error: Option<String>, counted: bool) {
+        if counted {
+            metrics::refresh(
+                if error.is_none() { "ok" } else { "error" },
+                started.elapsed(),
+            );
+        }
         let now = crate::proxy::unix_now();
         self.note(key, |s| {
             s.last_refresh = Some((now, error.is_none()));
@@ -438,6 +446,20 @@ impl Mirrors {
         create: bool,
         keep: Vec<gix_hash::ObjectId>,
         hints: Hints,
+    ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
+        self.refresh_counted(key, upstream, create, keep, hints, true)
+            .await
+    }
+
+    /// [`refresh_asking`](Self::refresh_asking), on `/metrics` only when `counted`.
+    async fn refresh_counted(
+        self: &Arc<Self>,
+        key: &RepoKey,
+        upstream: Upstream,
+        create: bool,
+        keep: Vec<gix_hash::ObjectId>,
+        hints: Hints,
+        counted: bool,
     ) -> Result<gitcache_mirror::mirror::Refreshed, Error> {
         let started = Instant::now();
         let (mirrors, task_key) = (Arc::clone(self), key.clone());
@@ -481,6 +503,7 @@ impl Mirrors {
                     &task_key,
                     started,
                     outcome.as_ref().err().map(ToString::to_string),
+                    counted,
                 );
                 outcome
             }
@@ -491,7 +514,7 @@ impl Mirrors {
             Ok(outcome) => outcome,
             Err(err) => {
                 let err = Error::Internal(err.to_string());
-                self.note_refresh(key, started, Some(err.to_string()));
+                self.note_refresh(key, started, Some(err.to_string()), counted);
                 Err(err)
             }
         }
@@ -652,21 +675,22 @@ impl Mirrors {
                 metrics::warm(result);
             }
         };
-        // Only warmings any client's listing may start are bounded: scheduled refreshes (the
-        // catalog's) and webhooks' (signed, and each push once) never wait behind them.
-        if reason == Warming::RefsMoved
-            && self.warming.fetch_add(1, Ordering::AcqRel) >= MAX_WARMING
-        {
-            self.warming.fetch_sub(1, Ordering::AcqRel);
+        // Warmings any client's listing may start are bounded, and webhooks' (signed, but
+        // one secret for every repository) on a count of their own, so that neither crowds
+        // the other out; scheduled refreshes (the catalog's) never wait behind them.
+        let (counter, bound) = match reason {
+            Warming::RefsMoved => (&self.warming, Some(MAX_WARMING)),
+            Warming::PushWebhook => (&self.webhook_warming, Some(MAX_WEBHOOK_WARMING)),
+            _ => (&self.warming, None),
+        };
+        if counter.fetch_add(1, Ordering::AcqRel) >= bound.unwrap_or(usize::MAX) {
+            counter.fetch_sub(1, Ordering::AcqRel);
             count("dropped");
             tracing::info!(
                 why,
                 "too many warming refreshes under way: this one dropped"
             );
             return None;
-        }
-        if reason != Warming::RefsMoved {
-            self.warming.fetch_add(1, Ordering::AcqRel);
         }
         /// Counts a warming as ended however its task ends.
         struct Ended(Arc<std::sync::atomic::AtomicUsize>);
@@ -675,13 +699,14 @@ impl Mirrors {
                 self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             }
         }
-        let ended = Ended(Arc::clone(&self.warming));
+        let ended = Ended(Arc::clone(counter));
         let mirrors = Arc::clone(self);
         Some(tokio::spawn(
             async move {
                 let _ended = ended;
+                let counted = reason != Warming::PushWebhook;
                 match mirrors
-                    .refresh_asking(&key, upstream, create, Vec::new(), hints)
+                    .refresh_counted(&key, upstream, create, Vec::new(), hints, counted)
                     .await
                 {
                     Ok(done) => {

@@ -782,7 +782,9 @@ impl Proxy {
             // Not readable now: the refresh tells.
             Err(err) => tracing::debug!(%err, "push webhook: the mirror's ref not read"),
         }
-        self.webhook_seen.refreshed(&target.key, &name, after);
+        let Some(token) = self.webhook_seen.refreshed(&target.key, &name, after) else {
+            return accepted("the same push again: nothing to do");
+        };
         tracing::info!(repo = %target.name, "push webhook");
         // The credential is had in the background too (an App's token may need the API):
         // the forge gets its answer at once.
@@ -808,11 +810,20 @@ impl Proxy {
                         false
                     }
                 };
-                // A push whose refresh failed may be delivered again (a forge's redelivery)
-                // and refresh then.
-                if !refreshed {
-                    proxy.webhook_seen.forget(&target.key, &name, after);
-                    tracing::info!("push webhook: the refresh failed; a redelivery refreshes");
+                // A refresh that ended well may still not have brought the push (one under way
+                // before it, whose outcome this one shared).
+                let brought = refreshed
+                    && match proxy.mirrors.ref_now(&target.key, name).await {
+                        Ok(now) => now == Some(after) || (deleted && now.is_none()),
+                        Err(_) => false,
+                    };
+                // A push whose refresh failed counts as seen for a short while only: a
+                // forge's redelivery refreshes then, a replay not back to back.
+                if !brought {
+                    proxy
+                        .webhook_seen
+                        .failed(&target.key, token, crate::webhook::RETRY_FAILED_AFTER);
+                    tracing::info!("push webhook: the refresh did not bring the push; a redelivery in a minute refreshes");
                 }
             }
             .in_current_span(),

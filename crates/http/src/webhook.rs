@@ -40,6 +40,9 @@ pub(crate) struct Pushed {
     pub(crate) moved: Option<(String, gix_hash::ObjectId)>,
 }
 
+/// The longest ref name an event's push is read for.
+const MAX_REF_NAME: usize = 1024;
+
 /// The most recent pushes remembered per mirror (see [`Seen`]).
 const SEEN_PER_MIRROR: usize = 16;
 /// How long a push is remembered.
@@ -56,8 +59,13 @@ pub(crate) struct Seen {
     pushes: std::sync::Mutex<std::collections::HashMap<gitcache_storage::repo::RepoKey, Pushes>>,
 }
 
-/// A mirror's pushes seen lately: the ref, where it went, and when.
-type Pushes = std::collections::VecDeque<(String, gix_hash::ObjectId, std::time::Instant)>;
+/// A mirror's pushes seen lately: the ref, where it went, until when it counts, and the
+/// token of the refresh that noted it.
+type Pushes = std::collections::VecDeque<(String, gix_hash::ObjectId, std::time::Instant, u64)>;
+
+/// How soon a push whose refresh failed (or did not bring it) refreshes again: a forge's
+/// redelivery gets through, a replay of the event does not refresh the mirror back to back.
+pub(crate) const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Seen {
     /// Whether `ref` moving to `after` in `key` refreshed the mirror lately.
@@ -68,45 +76,55 @@ impl Seen {
         after: gix_hash::ObjectId,
     ) -> bool {
         let pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
         pushes.get(key).is_some_and(|seen| {
             seen.iter()
-                .any(|(n, a, at)| n == name && *a == after && at.elapsed() < SEEN_FOR)
+                .any(|(n, a, until, _)| n == name && *a == after && *until > now)
         })
     }
 
-    /// Forget that `ref` moving to `after` in `key` was seen: its refresh failed.
-    pub(crate) fn forget(
-        &self,
-        key: &gitcache_storage::repo::RepoKey,
-        name: &str,
-        after: gix_hash::ObjectId,
-    ) {
-        let mut pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(seen) = pushes.get_mut(key) {
-            seen.retain(|(n, a, _)| !(n == name && *a == after));
-            if seen.is_empty() {
-                pushes.remove(key);
-            }
-        }
-    }
-
-    /// Note that `ref` moving to `after` in `key` starts a refresh of the mirror.
+    /// Note that `ref` moving to `after` in `key` starts a refresh of the mirror, unless it
+    /// was noted lately (then `None`: checked and noted at once, so that two deliveries of
+    /// one push at the same time refresh once). The token names this note.
     pub(crate) fn refreshed(
         &self,
         key: &gitcache_storage::repo::RepoKey,
         name: &str,
         after: gix_hash::ObjectId,
-    ) {
+    ) -> Option<u64> {
+        static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
         if pushes.len() >= SEEN_MIRRORS && !pushes.contains_key(key) {
             pushes.clear();
         }
+        let now = std::time::Instant::now();
         let seen = pushes.entry(key.clone()).or_default();
-        seen.retain(|(_, _, at)| at.elapsed() < SEEN_FOR);
+        seen.retain(|(_, _, until, _)| *until > now);
+        if seen.iter().any(|(n, a, _, _)| n == name && *a == after) {
+            return None;
+        }
         if seen.len() >= SEEN_PER_MIRROR {
             seen.pop_front();
         }
-        seen.push_back((name.to_owned(), after, std::time::Instant::now()));
+        let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        seen.push_back((name.to_owned(), after, now + SEEN_FOR, token));
+        Some(token)
+    }
+
+    /// The refresh noted as `token` failed, or did not bring its push: the push counts as
+    /// seen for [`RETRY_FAILED_AFTER`] only (`retry_after`, in tests), not [`SEEN_FOR`].
+    pub(crate) fn failed(
+        &self,
+        key: &gitcache_storage::repo::RepoKey,
+        token: u64,
+        retry_after: std::time::Duration,
+    ) {
+        let mut pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(seen) = pushes.get_mut(key)
+            && let Some(entry) = seen.iter_mut().find(|(_, _, _, t)| *t == token)
+        {
+            entry.2 = entry.2.min(std::time::Instant::now() + retry_after);
+        }
     }
 }
 
@@ -167,7 +185,12 @@ pub(crate) fn pushed(body: &[u8]) -> Option<Pushed> {
     if host.is_empty() || owner.is_empty() || repo.is_empty() || repo.contains('/') {
         return None;
     }
-    let name = event.get("ref").and_then(|r| r.as_str());
+    // A ref name longer than git's refs ever are names nothing a mirror keeps (and is not
+    // remembered, see `Seen`).
+    let name = event
+        .get("ref")
+        .and_then(|r| r.as_str())
+        .filter(|name| name.len() <= MAX_REF_NAME);
     let after = event
         .get("after")
         .and_then(|a| a.as_str())
@@ -280,6 +303,13 @@ mod tests {
                 gix_hash::ObjectId::from_hex(tip.as_bytes()).unwrap()
             ))
         );
+        let long = format!("refs/heads/{}", "x".repeat(MAX_REF_NAME));
+        let body = body.replace("refs/heads/main", &long);
+        assert_eq!(
+            pushed(body.as_bytes()).unwrap().moved,
+            None,
+            "a ref name too long"
+        );
         for bad in [
             &br#"{"repository":{"full_name":"acme/widgets"}}"#[..],
             br#"{"repository":{"full_name":"acme","clone_url":"https://h/acme.git"}}"#,
@@ -302,12 +332,22 @@ mod tests {
             !seen.again(&key, "refs/heads/main", at(1)),
             "not refreshed yet"
         );
-        seen.refreshed(&key, "refs/heads/main", at(1));
+        let token = seen.refreshed(&key, "refs/heads/main", at(1)).unwrap();
         assert!(seen.again(&key, "refs/heads/main", at(1)), "the same push");
-        // A push whose refresh failed is not one seen.
-        seen.forget(&key, "refs/heads/main", at(1));
-        assert!(!seen.again(&key, "refs/heads/main", at(1)));
-        seen.refreshed(&key, "refs/heads/main", at(1));
+        assert_eq!(
+            seen.refreshed(&key, "refs/heads/main", at(1)),
+            None,
+            "noted once"
+        );
+        // A push whose refresh failed counts for a short while only; another note's token
+        // changes nothing.
+        seen.failed(&key, token + 1000, std::time::Duration::ZERO);
+        assert!(seen.again(&key, "refs/heads/main", at(1)));
+        seen.failed(&key, token, std::time::Duration::from_millis(30));
+        assert!(seen.again(&key, "refs/heads/main", at(1)), "not at once");
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert!(!seen.again(&key, "refs/heads/main", at(1)), "then again");
+        seen.refreshed(&key, "refs/heads/main", at(1)).unwrap();
         assert!(!seen.again(&key, "refs/heads/dev", at(1)), "another ref");
         assert!(
             !seen.again(&other, "refs/heads/main", at(1)),
@@ -315,7 +355,7 @@ mod tests {
         );
         for n in 2..2 + SEEN_PER_MIRROR as u8 {
             assert!(!seen.again(&key, "refs/heads/main", at(n)));
-            seen.refreshed(&key, "refs/heads/main", at(n));
+            seen.refreshed(&key, "refs/heads/main", at(n)).unwrap();
         }
         assert!(
             !seen.again(&key, "refs/heads/main", at(1)),

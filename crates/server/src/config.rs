@@ -528,6 +528,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: Duration,
     pub(crate) log_format: LogFormat,
     pub(crate) log_level: tracing::Level,
+    /// What the settings leave open, logged at start.
+    pub(crate) warnings: Vec<String>,
 }
 
 fn pairs(what: &str, entries: &[String]) -> Result<BTreeMap<String, String>> {
@@ -629,11 +631,23 @@ impl Config {
             .or(file.service_token)
             .filter(|t| !t.is_empty())
             .map(Secret::new);
-        proxy.webhook_secret = flags
+        let webhook_secret = flags
             .webhook_secret
             .or(file.webhook.secret)
-            .filter(|s| !s.is_empty())
-            .map(Secret::new);
+            .filter(|s| !s.is_empty());
+        let mut warnings = Vec::new();
+        // A forge's secret is chosen there, so a short one is taken, with a word: one
+        // captured event lets it be guessed offline.
+        if webhook_secret
+            .as_ref()
+            .is_some_and(|s| s.chars().count() < MIN_ADMIN_TOKEN_CHARS)
+        {
+            warnings.push(format!(
+                "the webhook secret is shorter than {MIN_ADMIN_TOKEN_CHARS} characters: one \
+                 signed event lets it be guessed offline (`openssl rand -hex 32` makes one)"
+            ));
+        }
+        proxy.webhook_secret = webhook_secret.map(Secret::new);
         let bucket = flags.s3_bucket.or(file.storage.s3_bucket);
         proxy.object_store = bucket.filter(|b| !b.is_empty()).map(|bucket| {
             // Keys from the environment, else from the shared credentials file's profile
@@ -1003,6 +1017,7 @@ impl Config {
             ),
             log_format,
             log_level,
+            warnings,
         })
     }
 }
@@ -1030,6 +1045,19 @@ mod tests {
         assert_eq!(config.database, "./gitcache-data/catalog.db");
         assert!(config.proxy.admin_tokens.is_empty());
         assert_eq!(config.admin_listen, None);
+    }
+
+    #[test]
+    fn a_short_webhook_secret_is_taken_with_a_warning() {
+        let config = parse(&["--webhook-secret", "s3cret"]).unwrap();
+        assert!(config.proxy.webhook_secret.is_some());
+        assert!(
+            config.warnings.iter().any(|w| w.contains("webhook secret")),
+            "{:?}",
+            config.warnings
+        );
+        let config = parse(&["--webhook-secret", "0123456789abcdef0123"]).unwrap();
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     }
 
     #[test]

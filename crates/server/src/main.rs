@@ -152,6 +152,9 @@ fn main() -> Result<()> {
     bound_malloc_arenas();
     let config = Config::load(Flags::parse())?;
     init_tracing(&config);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     return_freed_memory();
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(gitcache_http::metrics::BUCKETS)
