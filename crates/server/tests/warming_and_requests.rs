@@ -356,7 +356,10 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
         let metrics = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
         metrics
             .lines()
-            .filter(|l| l.starts_with("gitcache_cache_warm_total"))
+            .filter(|l| {
+                l.starts_with("gitcache_cache_warm_total")
+                    || l.starts_with("gitcache_mirror_refresh_duration_seconds_count")
+            })
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
