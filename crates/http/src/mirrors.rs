@@ -83,6 +83,8 @@ pub(crate) struct Mirrors {
     warming: Arc<std::sync::atomic::AtomicUsize>,
     /// The same for push webhooks' refreshes.
     webhook_warming: Arc<std::sync::atomic::AtomicUsize>,
+    /// The same for the others (the catalog's schedule), which no bound drops.
+    other_warming: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Why a mirror is refreshed in the background.
@@ -158,6 +160,7 @@ impl Mirrors {
             answers: std::sync::OnceLock::new(),
             warming: Default::default(),
             webhook_warming: Default::default(),
+            other_warming: Default::default(),
         }
     }
 
@@ -677,11 +680,12 @@ impl Mirrors {
         };
         // Warmings any client's listing may start are bounded, and webhooks' (signed, but
         // one secret for every repository) on a count of their own, so that neither crowds
-        // the other out; scheduled refreshes (the catalog's) never wait behind them.
+        // the other out; scheduled refreshes (the catalog's) are counted apart, never
+        // dropped, and crowd neither out.
         let (counter, bound) = match reason {
             Warming::RefsMoved => (&self.warming, Some(MAX_WARMING)),
             Warming::PushWebhook => (&self.webhook_warming, Some(MAX_WEBHOOK_WARMING)),
-            _ => (&self.warming, None),
+            _ => (&self.other_warming, None),
         };
         if counter.fetch_add(1, Ordering::AcqRel) >= bound.unwrap_or(usize::MAX) {
             counter.fetch_sub(1, Ordering::AcqRel);
@@ -740,6 +744,21 @@ impl Mirrors {
             }
             .in_current_span(),
         ))
+    }
+
+    /// Whether `key`'s mirror holds `oid` (looked up on a blocking thread); `false` without
+    /// a mirror, or when it cannot be read.
+    pub(crate) async fn holds(self: &Arc<Self>, key: &RepoKey, oid: gix_hash::ObjectId) -> bool {
+        let (mirrors, key) = (Arc::clone(self), key.clone());
+        tokio::task::spawn_blocking(move || {
+            mirrors
+                .open(&key)
+                .ok()
+                .flatten()
+                .is_some_and(|repo| repo.contains(&oid))
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// The mirror of `key` if it has everything `fetch` wants, looked up on a blocking

@@ -371,7 +371,7 @@ impl Proxy {
                 github_app: config.github_app.clone(),
                 service_token: config.service_token.clone(),
                 default_host: default_host.clone(),
-                budget: body_budget.clone(),
+                budget: crate::body::BodyBudget::new(LISTING_COPIES_BYTES),
             }),
             mirrors,
             passthrough,
@@ -774,14 +774,17 @@ impl Proxy {
             return accepted("the same push again: nothing to do");
         }
         let deleted = after.is_null();
-        match self.mirrors.ref_now(&target.key, name.clone()).await {
+        let before = match self.mirrors.ref_now(&target.key, name.clone()).await {
             Ok(now) if now == Some(after) || (deleted && now.is_none()) => {
                 return accepted("the mirror has the push already: nothing to do");
             }
-            Ok(_) => {}
+            Ok(now) => now,
             // Not readable now: the refresh tells.
-            Err(err) => tracing::debug!(%err, "push webhook: the mirror's ref not read"),
-        }
+            Err(err) => {
+                tracing::debug!(%err, "push webhook: the mirror's ref not read");
+                None
+            }
+        };
         let Some(token) = self.webhook_seen.refreshed(&target.key, &name, after) else {
             return accepted("the same push again: nothing to do");
         };
@@ -811,11 +814,18 @@ impl Proxy {
                     }
                 };
                 // A refresh that ended well may still not have brought the push (one under way
-                // before it, whose outcome this one shared).
+                // before it, whose outcome this one shared). It did when the mirror holds what
+                // was pushed (the ref may have moved on since: a later push), or, for a
+                // deletion, when the ref went or moved.
                 let brought = refreshed
-                    && match proxy.mirrors.ref_now(&target.key, name).await {
-                        Ok(now) => now == Some(after) || (deleted && now.is_none()),
-                        Err(_) => false,
+                    && if deleted {
+                        proxy
+                            .mirrors
+                            .ref_now(&target.key, name)
+                            .await
+                            .is_ok_and(|now| now.is_none() || now != before)
+                    } else {
+                        proxy.mirrors.holds(&target.key, after).await
                     };
                 // A push whose refresh failed counts as seen for a short while only: a
                 // forge's redelivery refreshes then, a replay not back to back.
@@ -1124,6 +1134,10 @@ pub(crate) fn fingerprint(headers: &HeaderMap) -> Fingerprint {
             .map(HeaderValue::as_bytes),
     )
 }
+
+/// What the copies of `ls-refs` answers kept to compare with the mirror may hold at once, all
+/// together (apart from request bodies, which they must not crowd out).
+const LISTING_COPIES_BYTES: u64 = 256 << 20;
 
 /// What fetch request bodies may hold at once, all together: 1 GiB, or four of the largest
 /// body if that is more (so that one always fits).

@@ -41,7 +41,7 @@ pub(crate) struct Warming {
     pub(crate) service_token: Option<Secret>,
     /// The default upstream's host (the one a GitHub App serves).
     pub(crate) default_host: String,
-    /// What the copies of listings kept to compare take, with request bodies.
+    /// What the copies of listings kept to compare may take, all together.
     pub(crate) budget: crate::body::BodyBudget,
 }
 
@@ -83,8 +83,8 @@ impl Warming {
         let warm_credential = self.gate.credential(&target, headers);
         tokio::spawn(
             async move {
-                // Within the bound of one and the budget shared with request bodies: beyond,
-                // the listing is passed on all the same, not compared.
+                // Within the bound of one and the budget of all: beyond, the listing is passed
+                // on all the same, not compared.
                 let mut copy =
                     crate::body::BudgetedCopy::new(warming.budget.clone(), MAX_LS_REFS_COPY);
                 loop {
@@ -133,7 +133,7 @@ impl Warming {
                         })
                         .await;
                     }
-                    None => tracing::info!(
+                    None => tracing::debug!(
                         "a listing too large to keep (or no budget left): passed on, not compared"
                     ),
                 }

@@ -735,16 +735,16 @@ impl PagesService {
             Ok(body) => body,
             Err(refused) => return refused,
         };
-        let _deploying = match self.deploy_slot(host).await {
-            Ok(slot) => slot,
-            Err(busy) => return busy,
-        };
         let Ok(url) = std::str::from_utf8(&body).map(str::trim) else {
             return text(StatusCode::BAD_REQUEST, "the body is the repository URL");
         };
         let (url, branch) = match url.split_once('#') {
             Some((url, branch)) => (url, branch.to_owned()),
             None => (url, branch_header.unwrap_or_else(|| "pages".to_owned())),
+        };
+        let _deploying = match self.deploy_slot(host).await {
+            Ok(slot) => slot,
+            Err(busy) => return busy,
         };
         self.deploy(host, &project, url, &branch, false).await
     }
@@ -766,7 +766,7 @@ impl PagesService {
         // The repository is the one the wildcard's template names (not only authorized by
         // the DNS challenge or unchecked): fetched from wherever it is.
         let mut configured = false;
-        let (_deploying, project, event, wanted_branch) = if let Some((wildcard, user)) = wildcard {
+        let (project, event, wanted_branch) = if let Some((wildcard, user)) = wildcard {
             // Authorized by the event's repository: the body is read first, a few at a time.
             let Ok(_reading) = self.event_reads.try_acquire() else {
                 return busy();
@@ -798,25 +798,19 @@ impl PagesService {
                 );
             }
             configured = sources.contains(&event.repository.clone_url);
-            let slot = match self.deploy_slot(host).await {
-                Ok(slot) => slot,
-                Err(busy) => return busy,
-            };
-            (slot, project, event, Some(wildcard.branch.clone()))
+            (project, event, Some(wildcard.branch.clone()))
         } else {
             let project = match self.admit(host, &request).await {
                 Ok(project) => project,
                 Err(refused) => return refused,
             };
-            let event = match self.read_event(request).await {
-                Ok(event) => event,
+            match self.read_event(request).await {
+                Ok(event) => (project, event, None),
                 Err(refused) => return refused,
-            };
-            match self.deploy_slot(host).await {
-                Ok(slot) => (slot, project, event, None),
-                Err(busy) => return busy,
             }
         };
+        // What is answered without a deploy is answered before the turn is waited for: an
+        // event that deploys nothing takes no place of a host's.
         let Some(branch) = event.branch.strip_prefix("refs/heads/") else {
             return text(StatusCode::ACCEPTED, "not a branch: nothing to deploy");
         };
@@ -826,6 +820,10 @@ impl PagesService {
                 "not the deployed branch: nothing to deploy",
             );
         }
+        let _deploying = match self.deploy_slot(host).await {
+            Ok(slot) => slot,
+            Err(busy) => return busy,
+        };
         let source = format!("{}#{branch}", event.repository.clone_url);
         match self.pages.site(host, &project).await {
             Ok(Some(site)) if site.manifest.source != source => {
@@ -882,7 +880,7 @@ impl PagesService {
     /// have left, and it would be lost); one that found its turn free is refused at once
     /// when other hosts hold every slot, as when too many wait.
     async fn deploy_slot(&self, host: &str) -> Result<DeploySlot, Response<Body>> {
-        let (turn, free) = {
+        let turn = {
             let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
             let turn = Arc::clone(
                 turns
@@ -894,15 +892,24 @@ impl PagesService {
             if Arc::strong_count(&turn) > 2 + WAITING_PER_HOST {
                 return Err(busy());
             }
-            let free = turn.available_permits() > 0;
-            (turn, free)
+            // Taken here if free, under the lock: no other deploy of the host can take it
+            // between the look and the taking.
+            match Arc::clone(&turn).try_acquire_owned() {
+                Ok(own) => (turn, Some(own)),
+                Err(_) => (turn, None),
+            }
         };
-        let waited = tokio::time::timeout(HOST_TURN_WAIT, turn.acquire_owned()).await;
-        let own = match waited {
-            Ok(Ok(own)) => own,
-            _ => {
-                forget_idle_turn(&self.turns, host);
-                return Err(busy());
+        let free = turn.1.is_some();
+        let own = match turn {
+            (_, Some(own)) => own,
+            (turn, None) => {
+                match tokio::time::timeout(HOST_TURN_WAIT, turn.acquire_owned()).await {
+                    Ok(Ok(own)) => own,
+                    _ => {
+                        forget_idle_turn(&self.turns, host);
+                        return Err(busy());
+                    }
+                }
             }
         };
         let slot = match Arc::clone(&self.deploys).try_acquire_owned() {

@@ -463,6 +463,38 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
         "nothing refreshed"
     );
 
+    // A push overtaken by a later one before its event came: the refresh brings the later
+    // push, which holds the first; the first is seen for the full while, so its replays
+    // refresh nothing.
+    let later = repo::append_commits(&source, "main", 1, 1404).unwrap();
+    let overtaken = repo::append_commits(&source, "main", 1, 1405).unwrap();
+    let old_event = body.replace(&tip, &later);
+    let old_signed = format!(
+        "sha256={}",
+        gitcache_http::webhook::sign(b"s3cret", old_event.as_bytes())
+    );
+    let warmed = common::count(&cache.log(), "mirror warmed");
+    let push_old = || {
+        post(
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", &old_signed),
+            ],
+            &old_event,
+        )
+    };
+    assert_eq!(push_old(), 202);
+    cache.log_with("mirror warmed", warmed + 1);
+    wait_for("the mirror to hold the later push", || {
+        git_stdout(&mirror, &["rev-parse", "main"]).trim() == overtaken
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    upstream.reset_counts();
+    assert_eq!(push_old(), 202);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(upstream.counts().ls_refs, 0, "the replay refreshed nothing");
+    assert_eq!(common::count(&cache.log(), "a redelivery in a minute"), 1);
+
     // Gitea's signature header; a repository the upstream has and the cache does not mirror:
     // nothing is created, nothing asked upstream.
     repo::generate(&upstream.repo_path("acme/elsewhere"), &RepoSpec::tiny(1403)).unwrap();
