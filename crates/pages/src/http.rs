@@ -245,6 +245,18 @@ impl Drop for DeploySlot {
     }
 }
 
+/// Forgets a host's turn, if idle, when dropped.
+struct Leaving<'a> {
+    turns: &'a Turns,
+    host: &'a str,
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        forget_idle_turn(self.turns, self.host);
+    }
+}
+
 /// Forget `host`'s turn when nobody holds or waits for it.
 fn forget_idle_turn(turns: &Turns, host: &str) {
     let mut turns = turns.lock().unwrap_or_else(|p| p.into_inner());
@@ -880,6 +892,13 @@ impl PagesService {
     /// have left, and it would be lost); one that found its turn free is refused at once
     /// when other hosts hold every slot, as when too many wait.
     async fn deploy_slot(&self, host: &str) -> Result<DeploySlot, Response<Body>> {
+        // However this ends (a refusal, a wait given up or dropped), the host's turn is
+        // forgotten if nobody holds or waits for it: dropped last, after the turn's
+        // references below.
+        let _leaving = Leaving {
+            turns: &self.turns,
+            host,
+        };
         let turn = {
             let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
             let turn = Arc::clone(
@@ -905,10 +924,7 @@ impl PagesService {
             (turn, None) => {
                 match tokio::time::timeout(HOST_TURN_WAIT, turn.acquire_owned()).await {
                     Ok(Ok(own)) => own,
-                    _ => {
-                        forget_idle_turn(&self.turns, host);
-                        return Err(busy());
-                    }
+                    _ => return Err(busy()),
                 }
             }
         };
@@ -930,7 +946,6 @@ impl PagesService {
             }),
             None => {
                 drop(own);
-                forget_idle_turn(&self.turns, host);
                 Err(busy())
             }
         }
