@@ -13,6 +13,7 @@
 //! present (git's connectivity check) before the refs are published. A pack that fails the
 //! check is removed again.
 
+use std::collections::HashSet;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
@@ -370,19 +371,23 @@ impl Mirror {
         kept.sort_by_key(|(day, _)| std::cmp::Reverse(*day));
         kept.truncate(MAX_KEPT);
         let kept: Vec<RefLine> = kept.into_iter().map(|(_, line)| line).collect();
+        // In the order listed, each once; the sets keep this linear in the number of refs
+        // (an upstream may list millions).
         let mut wants: Vec<ObjectId> = Vec::new();
+        let mut wanted: HashSet<ObjectId> = HashSet::new();
         for line in remote.iter().chain(&kept) {
             if let Some(oid) = line.oid
                 && !repo.contains(&oid)
-                && !wants.contains(&oid)
+                && wanted.insert(oid)
             {
                 wants.push(oid);
             }
         }
         let mut haves: Vec<ObjectId> = Vec::new();
+        let mut had: HashSet<ObjectId> = HashSet::new();
         for r in &local {
             if let Some(oid) = r.oid
-                && !haves.contains(&oid)
+                && had.insert(oid)
             {
                 haves.push(oid);
             }
@@ -392,24 +397,30 @@ impl Mirror {
         // whose history is not whole here is asked for too, or the mirror could never take
         // it.
         let mut new_tips: Vec<ObjectId> = Vec::new();
+        let mut tips_seen: HashSet<ObjectId> = HashSet::new();
         for oid in remote.iter().chain(&kept).filter_map(|line| line.oid) {
-            if !haves.contains(&oid) && !new_tips.contains(&oid) {
+            if !had.contains(&oid) && tips_seen.insert(oid) {
                 new_tips.push(oid);
             }
         }
         // Those fetched ahead came in a pack checked as any: their history is whole.
+        let ahead_set: HashSet<ObjectId> = fetched_ahead.iter().copied().collect();
         let present: Vec<ObjectId> = new_tips
             .iter()
             .copied()
-            .filter(|t| !wants.contains(t) && !fetched_ahead.contains(t))
+            .filter(|t| !wanted.contains(t) && !ahead_set.contains(t))
             .collect();
         // Tips on disk whose history was not whole: fetched again, then walked again.
         let mut rewalk: Vec<ObjectId> = Vec::new();
         if !present.is_empty() {
-            // One walk per tip (a failure must name which tips to fetch), on one handle.
+            // One walk for them all; only when it fails, one per tip (a failure must name
+            // which tips to fetch), on one handle.
             let (git_dir, haves) = (self.git_dir.clone(), haves.clone());
             let broken = tokio::task::spawn_blocking(move || {
                 let repo = gitcache_pack::Repository::open(git_dir)?;
+                if repo.check_connected(&present, &haves).is_ok() {
+                    return Ok(Vec::new());
+                }
                 Ok::<_, gitcache_pack::Error>(
                     present
                         .into_iter()
@@ -1372,10 +1383,22 @@ fn write_refs(
     let mut text = b"# pack-refs with: peeled fully-peeled sorted \n".to_vec();
     for line in lines {
         let oid = line.oid.expect("filtered");
+        let peeled = match repo.peeled(&oid) {
+            Ok(peeled) => peeled,
+            // A chain of tags deeper than gitcache peels (git peels any depth): that ref is
+            // left out, as one with an invalid name is, rather than every refresh failing.
+            Err(gitcache_pack::Error::Corrupt { reason, .. })
+                if reason == gitcache_pack::TAG_CHAIN_TOO_LONG =>
+            {
+                tracing::warn!(name = %line.name, %oid, "a ref whose tag chain is too long to peel: left out");
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
         text.extend_from_slice(format!("{oid} ").as_bytes());
         text.extend_from_slice(&line.name);
         text.push(b'\n');
-        if let Some(peeled) = repo.peeled(&oid)? {
+        if let Some(peeled) = peeled {
             text.extend_from_slice(format!("^{peeled}\n").as_bytes());
         }
     }

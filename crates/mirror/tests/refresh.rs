@@ -376,6 +376,37 @@ async fn refs_no_git_would_write_are_left_out() {
     );
 }
 
+/// A chain of annotated tags deeper than gitcache peels (anyone who may push a tag can make
+/// one): that ref is left out, the others are written, and the refresh does not fail (it
+/// would again at every refresh, the mirror stuck at its old refs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_chain_too_deep_to_peel_leaves_out_its_ref_only() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::tiny(1222)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/widgets", None);
+    mirror.refresh(&up, &[]).await.unwrap();
+    let mut below = "main".to_owned();
+    for n in 1..=66 {
+        let name = format!("deep-{n}");
+        git(&source, &["tag", "-a", "-m", &name, &name, &below]);
+        below = name;
+    }
+    let moved = repo::append_commits(&source, "main", 1, 1223).unwrap();
+    mirror.refresh(&up, &[]).await.unwrap();
+    let packed = std::fs::read_to_string(mirror.git_dir().join("packed-refs")).unwrap();
+    assert!(
+        packed.contains(&format!("{moved} refs/heads/main\n")),
+        "{packed}"
+    );
+    assert!(packed.contains(" refs/tags/deep-1\n"), "{packed}");
+    assert!(!packed.contains(" refs/tags/deep-66\n"), "{packed}");
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
 /// Issue 12: a first pack that lacks history its tips reach (here: a shallow upstream that
 /// does not say so) is not published, and the mirror stays whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

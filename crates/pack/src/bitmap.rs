@@ -1193,7 +1193,7 @@ fn reach_reading(
             (current, kind) = objects.tag_target(&current)?;
             hops += 1;
             if hops > 64 {
-                return Err(bad("tag chain too long"));
+                return Err(bad(crate::TAG_CHAIN_TOO_LONG));
             }
         }
         match kind {

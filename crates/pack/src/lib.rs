@@ -785,6 +785,10 @@ impl Repository {
     }
 }
 
+/// The reason of the [`Error::Corrupt`] a chain of more than 64 annotated tags gives when
+/// peeled (git peels any depth; this bound keeps the work of a hostile chain small).
+pub const TAG_CHAIN_TOO_LONG: &str = "tag chain too long";
+
 /// The most ids [`Repository::newest_commits`] looks at: a mirror of a hundred thousand refs
 /// is not read whole to pick a few.
 pub const NEWEST_OF_AT_MOST: usize = 1_000;

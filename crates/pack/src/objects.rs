@@ -631,7 +631,7 @@ impl Objects {
         }
         Err(Error::Corrupt {
             oid: *oid,
-            reason: "tag chain too long".into(),
+            reason: crate::TAG_CHAIN_TOO_LONG.into(),
         })
     }
 

@@ -880,7 +880,7 @@ fn peel_chain(
     }
     Err(Error::Corrupt {
         oid: *oid,
-        reason: "tag chain too long".into(),
+        reason: crate::TAG_CHAIN_TOO_LONG.into(),
     })
 }
 

@@ -93,7 +93,21 @@ pub enum Error {
     /// The response ended early.
     #[error("fetch response ended before its flush")]
     Truncated,
+    /// The sections before the pack (acknowledgments, shallow info, wanted refs, packfile
+    /// URIs) hold more than is read of them.
+    #[error("fetch response's sections before the pack exceed {limit} bytes")]
+    SectionsTooLarge {
+        /// The bound.
+        limit: usize,
+    },
 }
+
+/// What the sections before the pack may hold, counted as their lines' bytes plus
+/// [`LINE_COST`] for each line kept (its allocations): a server that sends endless `ACK`s or
+/// `shallow` lines is cut off, not kept.
+pub const MAX_SECTION_BYTES: usize = 16 << 20;
+/// What one kept line of a section is counted for beyond its bytes.
+const LINE_COST: usize = 64;
 
 /// Writes a fetch response section by section into `out`.
 #[derive(Debug)]
@@ -315,6 +329,8 @@ pub struct PackStream<R> {
     expect_header: bool,
     /// Whether a `packfile` section started.
     head_pack: bool,
+    /// What the sections' lines kept so far count for (see [`MAX_SECTION_BYTES`]).
+    section_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,6 +354,7 @@ impl<R: std::io::BufRead> PackStream<R> {
             section: None,
             expect_header: true,
             head_pack: false,
+            section_bytes: 0,
         }
     }
 
@@ -499,6 +516,12 @@ impl<R: std::io::BufRead> PackStream<R> {
 
     /// One line of the section being read.
     fn section_line(&mut self, text: &[u8]) -> Result<(), Error> {
+        self.section_bytes += text.len() + LINE_COST;
+        if self.section_bytes > MAX_SECTION_BYTES {
+            return Err(Error::SectionsTooLarge {
+                limit: MAX_SECTION_BYTES,
+            });
+        }
         let (word, rest) = match text.find_byte(b' ') {
             Some(i) => (&text[..i], &text[i + 1..]),
             None => (text, &b""[..]),

@@ -325,3 +325,37 @@ fn pack_stream_reports_errors_as_typed_errors() {
     let mut stream = PackStream::new(&body[..body.len() - 30_000], ObjectFormat::Sha1);
     assert!(stream.read_to_end(&mut Vec::new()).is_err());
 }
+
+/// Endless lines before the pack (here `packfile-uris`, which nobody asked for, each a pair
+/// of strings kept) are cut off at a bound, not kept: the reader stops well before the
+/// server does.
+#[test]
+fn pack_stream_bounds_what_it_keeps_of_the_sections() {
+    use gitcache_protocol::response::{Error, MAX_SECTION_BYTES, PackStream};
+    struct Endless {
+        served: usize,
+        header: Vec<u8>,
+    }
+    impl std::io::Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.served < self.header.len() {
+                let n = buf.len().min(self.header.len() - self.served);
+                buf[..n].copy_from_slice(&self.header[self.served..self.served + n]);
+                self.served += n;
+                return Ok(n);
+            }
+            let line = b"0007a b";
+            let n = buf.len().min(line.len());
+            buf[..n].copy_from_slice(&line[..n]);
+            self.served += n;
+            Ok(n)
+        }
+    }
+    let mut header = Vec::new();
+    pktline::write_data(&mut header, b"packfile-uris\n").unwrap();
+    let endless = Endless { served: 0, header };
+    let mut stream = PackStream::new(std::io::BufReader::new(endless), ObjectFormat::Sha1);
+    let err = stream.read_sections().unwrap_err();
+    assert!(matches!(err, Error::SectionsTooLarge { .. }), "{err}");
+    assert!(stream.head().packfile_uris.len() * 7 < MAX_SECTION_BYTES);
+}
