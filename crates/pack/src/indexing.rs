@@ -47,15 +47,6 @@ struct Node<const N: usize> {
 /// Bits of [`Node::entry_and_kind`] below the kind: the most entries a pack may have.
 const ENTRY_BITS: u32 = 30;
 
-/// How many bytes a pack's objects may decode to, in all, for each byte of the pack (the
-/// objects the stream hashed as they came aside): the `large` generated repository's pack,
-/// all wide trees stored as small deltas, decodes to about 60 times its size, a real
-/// repository's to less. A hostile pack of small deltas each copying one large base again
-/// would decode to terabytes.
-const DECODED_PER_PACK_BYTE: u64 = 256;
-/// The budget of a small pack's decoding, whatever its size.
-const MIN_DECODED_BUDGET: u64 = 4 << 30;
-
 impl<const N: usize> Node<N> {
     /// The node of the `entry`th entry (below `1 << ENTRY_BITS`), not read yet.
     fn new(entry: u32, oid: [u8; N]) -> Self {
@@ -310,25 +301,10 @@ impl Repository {
             } => bases.values().min().copied().unwrap_or(u64::MAX),
             _ => u64::MAX,
         };
-        // What the objects decode to, in all: a small pack of deltas that each copy a large
-        // base again costs that much hashing (and what is held while its deltas are
-        // resolved), so it is bounded by the pack's size (see `DECODED_PER_PACK_BYTE`).
-        let decoded = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let decoded_budget = end
-            .saturating_mul(DECODED_PER_PACK_BYTE)
-            .max(MIN_DECODED_BUDGET);
-        let over_budget = Arc::clone(&decoded);
         let processor = move |node: &mut Node<N>,
                               _: &dyn gix_utils::progress::Progress,
                               context: gix_pack::cache::delta::traverse::Context<'_>|
               -> gix_error::Result {
-            let len = context.decompressed.len() as u64;
-            let total = decoded.fetch_add(len, std::sync::atomic::Ordering::Relaxed) + len;
-            if total > decoded_budget {
-                return Err(gix_error::ErrorExt::raise(gix_error::message!(
-                    "the pack's objects decode to more than {decoded_budget} bytes"
-                )));
-            }
             let kind = context.entry.header.as_kind().ok_or_else(|| {
                 gix_error::ErrorExt::raise(gix_error::message!("a delta where an object was due"))
             })?;
@@ -361,11 +337,6 @@ impl Repository {
                 alloc_limit_bytes: Some(crate::MAX_DECODED_BYTES),
             },
         );
-        if over_budget.load(std::sync::atomic::Ordering::Relaxed) > decoded_budget {
-            return Err(Error::odb(format!(
-                "the pack's objects decode to more than {decoded_budget} bytes, {DECODED_PER_PACK_BYTE} times its size or 4 GiB"
-            )));
-        }
         // Every copy of the processor is dropped by now, each having handed its findings over.
         let mut found = std::mem::take(&mut *shared.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(err) = found.failure.take() {
