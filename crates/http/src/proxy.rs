@@ -778,13 +778,16 @@ impl Proxy {
             Ok(now) if now == Some(after) || (deleted && now.is_none()) => {
                 return accepted("the mirror has the push already: nothing to do");
             }
-            Ok(now) => now,
+            Ok(now) => Some(now),
             // Not readable now: the refresh tells.
             Err(err) => {
                 tracing::debug!(%err, "push webhook: the mirror's ref not read");
                 None
             }
         };
+        // A commit the mirror holds already (an old push sent again, or a branch made at a
+        // commit it has): no refresh brings it, so it does not tell whether one did.
+        let held_before = !deleted && self.mirrors.holds(&target.key, after).await;
         let Some(token) = self.webhook_seen.refreshed(&target.key, &name, after) else {
             return accepted("the same push again: nothing to do");
         };
@@ -814,18 +817,18 @@ impl Proxy {
                     }
                 };
                 // A refresh that ended well may still not have brought the push (one under way
-                // before it, whose outcome this one shared). It did when the mirror holds what
-                // was pushed (the ref may have moved on since: a later push), or, for a
-                // deletion, when the ref went or moved.
+                // before it, whose outcome this one shared). It did when the ref is where the
+                // push put it, or moved on from where it was (a later push) with what was
+                // pushed now held; a commit held before counts as brought (its push is old,
+                // or only names what the mirror has).
+                let now = proxy.mirrors.ref_now(&target.key, name).await.ok();
+                let moved = before.is_some() && now.is_some() && now != before;
                 let brought = refreshed
-                    && if deleted {
-                        proxy
-                            .mirrors
-                            .ref_now(&target.key, name)
-                            .await
-                            .is_ok_and(|now| now.is_none() || now != before)
-                    } else {
-                        proxy.mirrors.holds(&target.key, after).await
+                    && match now {
+                        Some(now) if now == Some(after) || (deleted && now.is_none()) => true,
+                        _ if deleted => false,
+                        _ if held_before => true,
+                        _ => moved && proxy.mirrors.holds(&target.key, after).await,
                     };
                 // A push whose refresh failed counts as seen for a short while only: a
                 // forge's redelivery refreshes then, a replay not back to back.

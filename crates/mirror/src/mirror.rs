@@ -418,6 +418,12 @@ impl Mirror {
             let (git_dir, haves) = (self.git_dir.clone(), haves.clone());
             let broken = tokio::task::spawn_blocking(move || {
                 let repo = gitcache_pack::Repository::open(git_dir)?;
+                // A tag chain too deep to peel is left out of the refs written (see
+                // `write_refs`), not walked: walked, it would fail every refresh.
+                let present: Vec<ObjectId> = present
+                    .into_iter()
+                    .filter(|tip| !too_deep_to_peel(&repo, tip))
+                    .collect();
                 if repo.check_connected(&present, &haves).is_ok() {
                     return Ok(Vec::new());
                 }
@@ -485,7 +491,7 @@ impl Mirror {
             // Walked from the refs that moved down to the commits the old ones peel to.
             let moved: Vec<ObjectId> = remote
                 .iter()
-                .filter(|line| line.oid.is_some_and(|oid| !haves.contains(&oid)))
+                .filter(|line| line.oid.is_some_and(|oid| !had.contains(&oid)))
                 .filter_map(|line| line.peeled.or(line.oid))
                 .collect();
             let known: Vec<ObjectId> = local.iter().filter_map(|r| r.peeled.or(r.oid)).collect();
@@ -1368,6 +1374,14 @@ fn check_ref(line: &RefLine, prefixes: &[BString]) -> Result<(), Error> {
 }
 
 /// Replace every ref with `remote`'s: one `packed-refs` renamed into place, then `HEAD`.
+/// Whether `oid` starts a chain of annotated tags too long to peel.
+fn too_deep_to_peel(repo: &gitcache_pack::Repository, oid: &ObjectId) -> bool {
+    matches!(
+        repo.peeled(oid),
+        Err(gitcache_pack::Error::Corrupt { ref reason, .. }) if reason == gitcache_pack::TAG_CHAIN_TOO_LONG
+    )
+}
+
 /// Peeled values come from `repo`'s objects, not from the upstream's answer.
 fn write_refs(
     git_dir: &Path,

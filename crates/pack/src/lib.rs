@@ -785,7 +785,7 @@ impl Repository {
     }
 }
 
-/// The reason of the [`Error::Corrupt`] a chain of more than 64 annotated tags gives when
+/// The reason of the [`Error::Corrupt`] a chain of 64 annotated tags or more gives when
 /// peeled (git peels any depth; this bound keeps the work of a hostile chain small).
 pub const TAG_CHAIN_TOO_LONG: &str = "tag chain too long";
 
