@@ -409,6 +409,22 @@ fn the_access_gate() {
     );
 }
 
+/// A protocol v2 `git-upload-pack` POST of `body` to `repo` with `token` as its credential.
+fn upload_pack_as(addr: &str, repo: &str, token: &str, body: &[u8]) -> common::Answer {
+    let authorization = basic(token);
+    http(
+        addr,
+        "POST",
+        &format!("/{repo}.git/git-upload-pack"),
+        &[
+            ("Git-Protocol", "version=2"),
+            ("Content-Type", "application/x-git-upload-pack-request"),
+            ("Authorization", &authorization),
+        ],
+        body,
+    )
+}
+
 /// A credential the upstream refuses is refused from then on, not only once its grant is
 /// older than the TTL: a listing or an advertisement the upstream refuses ends the grant.
 #[test]
@@ -422,21 +438,7 @@ fn a_refusal_ends_the_grant_before_its_ttl() {
         .trim()
         .to_owned();
     let cache = Gitcache::start(&upstream, &["--access-ttl", "600"]);
-    let v2 = ("Git-Protocol", "version=2");
-    let post = |token: &str, body: &[u8]| {
-        let authorization = basic(token);
-        http(
-            &cache.addr,
-            "POST",
-            "/acme/secret.git/git-upload-pack",
-            &[
-                v2,
-                ("Content-Type", "application/x-git-upload-pack-request"),
-                ("Authorization", &authorization),
-            ],
-            body,
-        )
-    };
+    let post = |token: &str, body: &[u8]| upload_pack_as(&cache.addr, "acme/secret", token, body);
     let fetch = |token: &str| post(token, &fetch_body(&sha, &[]));
     let mut ls_refs = Vec::new();
     pkt(&mut ls_refs, "command=ls-refs");
@@ -471,7 +473,10 @@ fn a_refusal_ends_the_grant_before_its_ttl() {
         &cache.addr,
         "GET",
         "/acme/secret.git/info/refs?service=git-upload-pack",
-        &[v2, ("Authorization", &authorization)],
+        &[
+            ("Git-Protocol", "version=2"),
+            ("Authorization", &authorization),
+        ],
         b"",
     );
     assert_eq!(answer.status, 404, "{}", answer.head);
@@ -495,21 +500,7 @@ fn a_credential_refused_while_its_fetch_waits_gets_nothing_from_the_mirror() {
         .trim()
         .to_owned();
     let cache = Gitcache::start(&upstream, &["--access-ttl", "600"]);
-    let v2 = ("Git-Protocol", "version=2");
-    let post = |token: &str, body: &[u8]| {
-        let authorization = basic(token);
-        http(
-            &cache.addr,
-            "POST",
-            "/acme/secret.git/git-upload-pack",
-            &[
-                v2,
-                ("Content-Type", "application/x-git-upload-pack-request"),
-                ("Authorization", &authorization),
-            ],
-            body,
-        )
-    };
+    let post = |token: &str, body: &[u8]| upload_pack_as(&cache.addr, "acme/secret", token, body);
     let answer = post("other", &fetch_body(&first, &[]));
     assert!(answer.has_pack(), "{}", answer.head);
     let mirror = cache.mirror(&upstream, "acme/secret");
