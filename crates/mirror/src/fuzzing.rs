@@ -193,6 +193,7 @@ fn offer(
         closure,
         None,
         hash_from,
+        &std::sync::atomic::AtomicBool::new(false),
     )
 }
 

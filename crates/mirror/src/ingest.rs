@@ -136,7 +136,36 @@ pub fn ingest_pack_announced(
     closure: Closure,
     announce: Option<Announce>,
 ) -> Result<Ingested, Error> {
-    ingest_hashing_from(git_dir, hash, pack, closure, announce, HASHED_ON_ARRIVAL)
+    ingest_pack_stopping(
+        git_dir,
+        hash,
+        pack,
+        closure,
+        announce,
+        &AtomicBool::new(false),
+    )
+}
+
+/// [`ingest_pack_announced`], given up (the pack refused, nothing left behind) once `stop`
+/// is set: a caller's deadline for decoding a pack, which a hostile upstream can make cost
+/// far more than its size (deltas each copying one large base again).
+pub fn ingest_pack_stopping(
+    git_dir: &Path,
+    hash: HashKind,
+    pack: &mut dyn BufRead,
+    closure: Closure,
+    announce: Option<Announce>,
+    stop: &AtomicBool,
+) -> Result<Ingested, Error> {
+    ingest_hashing_from(
+        git_dir,
+        hash,
+        pack,
+        closure,
+        announce,
+        HASHED_ON_ARRIVAL,
+        stop,
+    )
 }
 
 /// [`ingest_pack_announced`], hashing blobs stored whole from `hash_from` bytes on as
@@ -148,6 +177,7 @@ pub(crate) fn ingest_hashing_from(
     closure: Closure,
     announce: Option<Announce>,
     hash_from: u64,
+    stop: &AtomicBool,
 ) -> Result<Ingested, Error> {
     let pack_dir = git_dir.join("objects").join("pack");
     std::fs::create_dir_all(&pack_dir)?;
@@ -173,7 +203,7 @@ pub(crate) fn ingest_hashing_from(
     } = receive(&repo, hash, pack, &received, announce, hash_from)?;
     let (data, index) = if ref_deltas_within {
         // Deltas on a base named by id within the pack: gitoxide's indexer resolves them.
-        index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure)?
+        index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure, stop)?
     } else {
         let data = staging_dir.join(format!("pack-{checksum}.pack"));
         let index = data.with_extension("idx");
@@ -183,6 +213,7 @@ pub(crate) fn ingest_hashing_from(
             bases: &bases,
             hashed: &hashed,
             checksum: &checksum,
+            stop,
         };
         repo.index_pack(&data, read, &index, closure)
             .map_err(|err| match (err, closure) {
@@ -628,6 +659,7 @@ fn index_with_ref_deltas(
     received: &Path,
     staging_dir: &Path,
     closure: Closure,
+    stop: &AtomicBool,
 ) -> Result<(PathBuf, PathBuf), Error> {
     let dir = staging_dir.join("indexed");
     std::fs::create_dir(&dir)?;
@@ -635,7 +667,7 @@ fn index_with_ref_deltas(
         &mut std::io::BufReader::new(std::fs::File::open(received)?),
         Some(&dir),
         &mut gix_utils::progress::Discard,
-        &AtomicBool::new(false),
+        stop,
         None::<gix_odb::Handle>,
         hash,
         gix_pack::bundle::write::Options {

@@ -710,6 +710,9 @@ impl Mirror {
             inner: receiver,
             runtime: tokio::runtime::Handle::current(),
         };
+        // Set when taking the pack in outlasts its deadline after the download (see below).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
         let take_in = tokio::task::spawn_blocking(move || -> Result<ingest::Ingested, Error> {
             let mut stream =
                 PackStream::new(BufReader::with_capacity(RECEIVE_BUFFER, reader), format);
@@ -727,12 +730,13 @@ impl Mirror {
                 self_contained: first,
             };
             let mut pack = BufReader::new(stream);
-            let ingested =
-                ingest::ingest_pack_announced(&git_dir, format, &mut pack, closure, announce)
-                    .map_err(|err| match err {
-                        ingest::Error::Refused(err) => Error::Disconnected(err),
-                        other => Error::Ingest(other),
-                    })?;
+            let ingested = ingest::ingest_pack_stopping(
+                &git_dir, format, &mut pack, closure, announce, &stopping,
+            )
+            .map_err(|err| match err {
+                ingest::Error::Refused(err) => Error::Disconnected(err),
+                other => Error::Ingest(other),
+            })?;
             // Read what follows the pack (the response's end), so that the download finishes
             // as it would have unread. The pack is in place, whole and checked, by now: what
             // comes after it cannot make it a failed fetch.
@@ -749,7 +753,22 @@ impl Mirror {
         let mut take_in = take_in;
         let (downloaded, ingested) = tokio::select! {
             biased;
-            downloaded = &mut download => (downloaded, take_in.await),
+            downloaded = &mut download => {
+                // Decoding what arrived may take a while (deltas resolved on all cores), but
+                // not without end: a hostile pack of small deltas each copying one large base
+                // again would cost terabytes of copying and hashing. Given a deadline that
+                // grows with the pack, it is stopped and refused.
+                let received = downloaded.0.as_ref().map_or(0, |bytes| *bytes);
+                let within = decoding_deadline(received);
+                match tokio::time::timeout(within, &mut take_in).await {
+                    Ok(ingested) => (downloaded, ingested),
+                    Err(_) => {
+                        tracing::warn!(?within, received, "taking the pack in outlasted its deadline: stopped");
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        (downloaded, take_in.await)
+                    }
+                }
+            }
             ingested = &mut take_in => match ingested {
                 Ok(Ok(ingested)) => (download.await, Ok(Ok(ingested))),
                 Ok(Err(err)) => return Err(err),
@@ -1380,6 +1399,13 @@ fn too_deep_to_peel(repo: &gitcache_pack::Repository, oid: &ObjectId) -> bool {
         repo.peeled(oid),
         Err(gitcache_pack::Error::Corrupt { ref reason, .. }) if reason == gitcache_pack::TAG_CHAIN_TOO_LONG
     )
+}
+
+/// How long taking a pack of `bytes` in may go on after its download: two minutes, and a
+/// second more for each MiB (the `large` generated repository's 29 MB pack takes 1.4 s, a
+/// 3 GB one a few minutes on two cores).
+fn decoding_deadline(bytes: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(120 + bytes / (1 << 20))
 }
 
 /// Peeled values come from `repo`'s objects, not from the upstream's answer.

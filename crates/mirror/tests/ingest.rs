@@ -656,6 +656,85 @@ fn pack_of(entries: &[&[u8]]) -> Vec<u8> {
     pack
 }
 
+/// A pack of `copies` deltas each copying one base of 64 MiB of zeros again, with a byte of
+/// its own (no two objects alike): a few KB per copy, 64 MiB each to decode and hash.
+fn copies_of_one_large_base(dir: &Path, copies: u8) -> Vec<u8> {
+    let base_len = 64 << 20;
+    let (git_pack, base_entry) = blob_pack(dir, &vec![0u8; base_len]);
+    let base = &git_pack[base_entry];
+    let varint = |mut n: usize, out: &mut Vec<u8>| loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    };
+    let mut entries: Vec<Vec<u8>> = vec![base.to_vec()];
+    let mut offset = 12 + base.len();
+    for i in 0..copies {
+        let mut delta = Vec::new();
+        varint(base_len, &mut delta);
+        varint(base_len + 1, &mut delta);
+        let piece = 0xff_0000;
+        for start in (0..base_len).step_by(piece) {
+            let len = piece.min(base_len - start);
+            delta.push(0xff);
+            delta.extend_from_slice(&(start as u32).to_le_bytes());
+            delta.extend_from_slice(&(len as u32).to_le_bytes()[..3]);
+        }
+        delta.extend_from_slice(&[1, i]);
+        // An offset delta on the base: its distance back, in git's form.
+        let mut distance = offset - 12;
+        let mut back = vec![(distance & 0x7f) as u8];
+        distance >>= 7;
+        while distance > 0 {
+            distance -= 1;
+            back.push(0x80 | (distance & 0x7f) as u8);
+            distance >>= 7;
+        }
+        back.reverse();
+        let mut entry = entry_header(6, delta.len());
+        entry.extend_from_slice(&back);
+        entry.extend_from_slice(&zlib_stored(&delta));
+        offset += entry.len();
+        entries.push(entry);
+    }
+    let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+    pack_of(&refs)
+}
+
+/// Taking a pack in stops when its caller says (a deadline after the download: a small
+/// hostile pack can cost terabytes to decode), refusing it and leaving nothing behind.
+#[test]
+fn taking_a_pack_in_stops_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = copies_of_one_large_base(dir.path(), 200);
+    assert!(pack.len() < 1 << 20, "{}", pack.len());
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let before = pack_dir_listing(&mirror);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        gitcache_mirror::ingest::ingest_pack_stopping(
+            &mirror,
+            Kind::Sha1,
+            &mut &pack[..],
+            Closure::Unchecked,
+            None,
+            &stop,
+        )
+    });
+    // Not stopped, the 200 copies (12.5 GiB) are decoded and the pack taken in.
+    let err = result.unwrap_err();
+    assert!(err.is_upstream_fault(), "{err}");
+    assert_eq!(pack_dir_listing(&mirror), before);
+}
+
 /// An entry header in a longer form than needed (git never writes one) would move every
 /// offset after it in the file written, which holds headers in their shortest form; an
 /// object twice would be sent twice. Both are refused, leaving nothing behind.

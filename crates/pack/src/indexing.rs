@@ -102,6 +102,8 @@ pub struct ReadPack<'a> {
     pub hashed: &'a [(u32, ObjectId)],
     /// The pack's checksum, checked as it was received.
     pub checksum: &'a ObjectId,
+    /// Set to stop decoding (its caller's deadline passed): the pack is refused.
+    pub stop: &'a std::sync::atomic::AtomicBool,
 }
 
 /// The entries that complete a thin pack ([`Repository::thin_bases`]): each object its
@@ -231,6 +233,7 @@ impl Repository {
             bases,
             hashed,
             checksum,
+            stop: interrupt,
         } = read;
         let hash = self.object_format();
         let count = u32::try_from(entries.len())
@@ -248,7 +251,6 @@ impl Repository {
         let end = (data.bytes().len() as u64)
             .checked_sub(hash.len_in_bytes() as u64)
             .ok_or_else(|| Error::odb("pack shorter than its checksum"))?;
-        let interrupt = std::sync::atomic::AtomicBool::new(false);
         let hashed: Vec<Node<N>> = (hashed.iter())
             .map(|(entry, id)| {
                 let oid = <[u8; N]>::try_from(id.as_bytes())
@@ -266,7 +268,7 @@ impl Repository {
             &|node: &Node<N>| entries[node.entry()].offset,
             &|id| Ok(bases.get(&id.to_owned()).copied()),
             &mut gix_utils::progress::Discard,
-            &interrupt,
+            interrupt,
             hash,
         )
         .map_err(Error::odb)?;
@@ -332,7 +334,7 @@ impl Repository {
                 object_progress: Box::new(gix_utils::progress::Discard),
                 size_progress: &mut gix_utils::progress::Discard,
                 thread_limit: Some(threads),
-                should_interrupt: &interrupt,
+                should_interrupt: interrupt,
                 object_hash: hash,
                 alloc_limit_bytes: Some(crate::MAX_DECODED_BYTES),
             },
