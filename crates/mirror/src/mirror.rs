@@ -1421,6 +1421,7 @@ fn write_refs(
     lines.sort_by(|a, b| a.name.cmp(&b.name));
     lines.dedup_by(|a, b| a.name == b.name);
     let mut text = b"# pack-refs with: peeled fully-peeled sorted \n".to_vec();
+    let mut left_out: Vec<&BString> = Vec::new();
     for line in lines {
         let oid = line.oid.expect("filtered");
         let peeled = match repo.peeled(&oid) {
@@ -1431,6 +1432,7 @@ fn write_refs(
                 if reason == gitcache_pack::TAG_CHAIN_TOO_LONG =>
             {
                 tracing::warn!(name = %line.name, %oid, "a ref whose tag chain is too long to peel: left out");
+                left_out.push(&line.name);
                 continue;
             }
             Err(err) => return Err(err.into()),
@@ -1449,6 +1451,12 @@ fn write_refs(
         .iter()
         .find(|r| r.name == "HEAD")
         .and_then(|r| r.symref_target.as_ref())
+        // Not onto a ref left out: `HEAD` would name nothing.
+        .filter(|target| {
+            !left_out
+                .iter()
+                .any(|name| name.as_bstr() == target.as_bstr())
+        })
     {
         let mut head = b"ref: ".to_vec();
         head.extend_from_slice(target.as_bytes());

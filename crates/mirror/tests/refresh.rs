@@ -395,6 +395,9 @@ async fn a_tag_chain_too_deep_to_peel_leaves_out_its_ref_only() {
         git(&source, &["tag", "-a", "-m", &name, &name, &below]);
         below = name;
     }
+    // The upstream's `HEAD` names it too: the mirror's keeps what it named.
+    let head = std::fs::read(mirror.git_dir().join("HEAD")).unwrap();
+    git(&source, &["symbolic-ref", "HEAD", "refs/tags/deep-66"]);
     // The refresh that fetches the chain, and the ones after it (the chain then on disk,
     // its ref still listed and not written).
     for seed in [1223, 1224, 1225] {
@@ -407,6 +410,7 @@ async fn a_tag_chain_too_deep_to_peel_leaves_out_its_ref_only() {
         );
         assert!(packed.contains(" refs/tags/deep-1\n"), "{packed}");
         assert!(!packed.contains(" refs/tags/deep-66\n"), "{packed}");
+        assert_eq!(std::fs::read(mirror.git_dir().join("HEAD")).unwrap(), head);
     }
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
