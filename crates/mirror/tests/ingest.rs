@@ -617,10 +617,9 @@ fn entry(kind: u8, data: &[u8]) -> Vec<u8> {
     entry
 }
 
-/// The entry of a delta on the object `base` (of `base_len` bytes, named by id) that
-/// appends `added` (at most 127 bytes) to it.
-fn tree_grown(base: &gix_hash::ObjectId, base_len: usize, added: &[u8]) -> Vec<u8> {
-    let size = |mut n: usize, out: &mut Vec<u8>| loop {
+/// `n` as a delta's size: seven bits a byte, least significant first.
+fn delta_size(mut n: usize, out: &mut Vec<u8>) {
+    loop {
         let byte = (n & 0x7f) as u8;
         n >>= 7;
         if n == 0 {
@@ -628,11 +627,16 @@ fn tree_grown(base: &gix_hash::ObjectId, base_len: usize, added: &[u8]) -> Vec<u
             break;
         }
         out.push(byte | 0x80);
-    };
+    }
+}
+
+/// The entry of a delta on the object `base` (of `base_len` bytes, named by id) that
+/// appends `added` (at most 127 bytes) to it.
+fn tree_grown(base: &gix_hash::ObjectId, base_len: usize, added: &[u8]) -> Vec<u8> {
     assert!(base_len < 1 << 16 && !added.is_empty() && added.len() < 128);
     let mut delta = Vec::new();
-    size(base_len, &mut delta);
-    size(base_len + added.len(), &mut delta);
+    delta_size(base_len, &mut delta);
+    delta_size(base_len + added.len(), &mut delta);
     // Copy the whole base (offset 0, two size bytes), then insert.
     delta.extend_from_slice(&[0x80 | 0x10 | 0x20, base_len as u8, (base_len >> 8) as u8]);
     delta.push(added.len() as u8);
@@ -662,21 +666,12 @@ fn copies_of_one_large_base(dir: &Path, copies: u8) -> Vec<u8> {
     let base_len = 64 << 20;
     let (git_pack, base_entry) = blob_pack(dir, &vec![0u8; base_len]);
     let base = &git_pack[base_entry];
-    let varint = |mut n: usize, out: &mut Vec<u8>| loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    };
     let mut entries: Vec<Vec<u8>> = vec![base.to_vec()];
     let mut offset = 12 + base.len();
     for i in 0..copies {
         let mut delta = Vec::new();
-        varint(base_len, &mut delta);
-        varint(base_len + 1, &mut delta);
+        delta_size(base_len, &mut delta);
+        delta_size(base_len + 1, &mut delta);
         let piece = 0xff_0000;
         for start in (0..base_len).step_by(piece) {
             let len = piece.min(base_len - start);
