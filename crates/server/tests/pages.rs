@@ -36,6 +36,21 @@ fn branch(repo: &std::path::Path, branch: &str, files: &[(&str, &str)]) -> Strin
     commit
 }
 
+/// A server whose pages deploy without authorization from anywhere (the upstream is on the
+/// loopback), with `extra` flags, and its pages address.
+fn open_pages(upstream: &Upstream, extra: &[&str]) -> (Gitcache, String) {
+    let mut flags = vec![
+        "--pages-listen",
+        "127.0.0.1:0",
+        "--pages-insecure",
+        "--pages-private-sources",
+    ];
+    flags.extend_from_slice(extra);
+    let cache = Gitcache::start(upstream, &flags);
+    let addr = pages_addr(&cache);
+    (cache, addr)
+}
+
 fn pages_addr(cache: &Gitcache) -> String {
     let log = cache.log_with("gitcache pages listening on http://", 1);
     log.lines()
@@ -61,16 +76,7 @@ fn sites_deploy_by_put_and_are_served_by_host() {
         ],
     );
     let blog = branch(&source, "blog", &[("index.html", "<h1>blog</h1>")]);
-    let cache = Gitcache::start(
-        &upstream,
-        &[
-            "--pages-listen",
-            "127.0.0.1:0",
-            "--pages-insecure",
-            "--pages-private-sources",
-        ],
-    );
-    let addr = pages_addr(&cache);
+    let (cache, addr) = open_pages(&upstream, &[]);
     let repo_url = upstream.repo_url("acme/site");
     let host = [("Host", "site.example")];
 
@@ -183,16 +189,7 @@ fn a_host_deploys_one_at_a_time_and_a_deploy_outlives_its_client() {
     upstream.adopt_repo("acme/site", Access::Public).unwrap();
     branch(&source, "pages", &[("index.html", "<h1>home</h1>")]);
     branch(&source, "blog", &[("index.html", "<h1>blog</h1>")]);
-    let cache = Gitcache::start(
-        &upstream,
-        &[
-            "--pages-listen",
-            "127.0.0.1:0",
-            "--pages-insecure",
-            "--pages-private-sources",
-        ],
-    );
-    let addr = pages_addr(&cache);
+    let (_cache, addr) = open_pages(&upstream, &[]);
     let repo_url = upstream.repo_url("acme/site");
     let put = |host: &str, path: &str, branch: &str| {
         http(
@@ -342,16 +339,7 @@ fn redeploys_under_concurrent_readers_never_mix_versions() {
     let (one, two) = (page("1"), page("2"));
     branch(&source, "one", &[("index.html", &one)]);
     branch(&source, "two", &[("index.html", &two)]);
-    let cache = Gitcache::start(
-        &upstream,
-        &[
-            "--pages-listen",
-            "127.0.0.1:0",
-            "--pages-insecure",
-            "--pages-private-sources",
-        ],
-    );
-    let addr = pages_addr(&cache);
+    let (_cache, addr) = open_pages(&upstream, &[]);
     let url = upstream.repo_url("acme/flip");
     let deploy = |branch: &str| {
         let put = http(
@@ -490,16 +478,7 @@ fn push_events_redeploy_the_deployed_branch() {
     repo::generate(&source, &RepoSpec::tiny(1540)).unwrap();
     upstream.adopt_repo("acme/hooked", Access::Public).unwrap();
     branch(&source, "pages", &[("index.html", "<h1>first</h1>")]);
-    let cache = Gitcache::start(
-        &upstream,
-        &[
-            "--pages-listen",
-            "127.0.0.1:0",
-            "--pages-insecure",
-            "--pages-private-sources",
-        ],
-    );
-    let addr = pages_addr(&cache);
+    let (_cache, addr) = open_pages(&upstream, &[]);
     let url = upstream.repo_url("acme/hooked");
     let event = |git_ref: &str, clone_url: &str| {
         let body = format!(r#"{{"ref":"{git_ref}","repository":{{"clone_url":"{clone_url}"}}}}"#);
@@ -965,16 +944,7 @@ fn a_deployed_site_renders_in_a_browser() {
             ("_headers", "/*\n  X-Frame-Options: DENY\n"),
         ],
     );
-    let cache = Gitcache::start(
-        &upstream,
-        &[
-            "--pages-listen",
-            "127.0.0.1:0",
-            "--pages-insecure",
-            "--pages-private-sources",
-        ],
-    );
-    let addr = pages_addr(&cache);
+    let (_cache, addr) = open_pages(&upstream, &[]);
     let host = "www.site.example";
     let put = http(
         &addr,
