@@ -95,9 +95,10 @@ pub struct Options {
     /// zlib level (0–9) for objects that must be compressed again (those whose stored delta
     /// base is not sent). Most entries are copied as stored.
     pub compression_level: u32,
-    /// Threads that compress such objects (1: only the thread that writes, between planning
-    /// and writing each batch; more: that many beside it, compressing the next batch while
-    /// the writing thread plans it and writes this one).
+    /// Threads that compress such objects, the writing thread counted (1: only it, between
+    /// planning and writing each batch; more: all but one beside it, compressing the next
+    /// batch while the writing thread plans it and writes this one, which then takes what is
+    /// left of that batch's queue rather than wait).
     pub compression_threads: usize,
     /// The longest chain of deltas an object of a written pack may sit at the end of, counted
     /// over the objects written one by one (git's `pack.depth`, 50 by default): an object

@@ -1092,9 +1092,13 @@ impl<'a> PackWriter<'a> {
                             (Vec::new(), 0)
                         };
                         stats.lookahead_bytes = stats.lookahead_bytes.max(held_ahead + bytes);
-                        for (id, made) in
-                            finish_rebuild(std::mem::take(&mut in_flight), &mut lanes)?
-                        {
+                        let made = self.join_rebuild(
+                            std::mem::take(&mut in_flight),
+                            &mut lanes,
+                            &budget,
+                            &abandon,
+                        )?;
+                        for (id, made) in made {
                             // Written early, as the base of a delta, while it was being made.
                             if !written.contains_key(&id) {
                                 ready.insert(id, made);
@@ -2140,16 +2144,18 @@ impl<'a> PackWriter<'a> {
         }
         // A thread costs tens of microseconds to start, against a few hundred to make one of
         // these objects again (most are read through a stored delta chain): two are enough
-        // to share.
+        // to share. The writing thread is one of the threads: it takes from the same queue
+        // when it comes to wait.
         const MIN_PER_LANE: usize = 2;
-        let wanted = self
-            .opts
-            .threads
+        let wanted = (self.opts.threads - 1)
+            .max(1)
             .min(jobs.redo.len().div_ceil(MIN_PER_LANE));
         while lanes.len() < wanted {
             lanes.push(((self.spawn_objects)(), compressor(self.opts.compression)));
         }
-        let mut running = Vec::with_capacity(wanted);
+        let mut running = Vec::with_capacity(wanted + 1);
+        // This thread takes what is left when it comes to wait for them.
+        running.push(Rebuilding::Shared(std::sync::Arc::clone(&jobs)));
         let taken: Vec<LaneState> = lanes.drain(..wanted).collect();
         for (mut objects, mut zlib) in taken {
             let jobs = std::sync::Arc::clone(&jobs);
@@ -2169,6 +2175,40 @@ impl<'a> PackWriter<'a> {
             }
         }
         Ok(running)
+    }
+
+    /// Wait for a batch's lanes, making here meanwhile the objects none of them has taken
+    /// yet: this thread would otherwise sit idle while a lane still has a queue.
+    fn join_rebuild(
+        &mut self,
+        in_flight: Vec<Rebuilding<'_>>,
+        lanes: &mut Vec<LaneState>,
+        budget: &Budgets,
+        abandon: &std::sync::atomic::AtomicBool,
+    ) -> Result<Vec<(ObjectId, Ready)>, Error> {
+        let mut here = Vec::new();
+        let mut failed = None;
+        for lane in &in_flight {
+            if let Rebuilding::Shared(jobs) = lane {
+                let level = self.opts.compression;
+                let zlib = self.zlib.get_or_insert_with(|| compressor(level));
+                match jobs.work(self.objects, zlib, budget, abandon) {
+                    Ok(made) => here.extend(made),
+                    Err(e) => {
+                        // The lanes stop at their next object, and are waited for below.
+                        abandon.store(true, Ordering::Relaxed);
+                        failed = Some(e);
+                    }
+                }
+            }
+        }
+        let made = finish_rebuild(in_flight, lanes);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut made = made?;
+        made.extend(here);
+        Ok(made)
     }
 
     #[allow(clippy::too_many_arguments)] // Reason: the writer's state, passed apart to keep borrows simple.
@@ -2832,6 +2872,8 @@ type LaneState = (Objects, flate2::Compress);
 enum Rebuilding<'scope> {
     Running(std::thread::ScopedJoinHandle<'scope, (LaneState, Lane)>),
     Done(Vec<(ObjectId, Ready)>),
+    /// The batch's queue, for the writing thread to take from when it waits.
+    Shared(std::sync::Arc<Jobs>),
 }
 
 /// A batch's objects to make again, shared by its lanes: each takes the next not yet taken,
@@ -2937,6 +2979,7 @@ fn finish_rebuild(
     for lane in running {
         let made = match lane {
             Rebuilding::Done(made) => Ok(made),
+            Rebuilding::Shared(_) => Ok(Vec::new()),
             Rebuilding::Running(handle) => match handle.join() {
                 Ok((state, made)) => {
                     lanes.push(state);
