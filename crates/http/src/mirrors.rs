@@ -76,6 +76,11 @@ pub(crate) struct Mirrors {
     /// By repository, when the last client's `ls-refs` that said anything of the tags was
     /// asked for, and whether its answer found them the mirror's (see [`Mirrors::moved`]).
     tags_listed: Mutex<crate::bounded::Bounded<RepoKey, (Instant, bool)>>,
+    /// By repository, the refs its last refresh's listing named that the mirror did not
+    /// take, with their values (see [`Refreshed::left_out`](gitcache_mirror::mirror::Refreshed)):
+    /// a client's listing that shows them alike has not moved. Repositories with none have
+    /// no entry.
+    left_out: Mutex<crate::bounded::Bounded<RepoKey, LeftOut>>,
     /// The settings answers are written with, when preparing a mirror makes ahead what a
     /// shallow clone of its `HEAD` compresses again (see [`Mirrors::prepare`]).
     answers: std::sync::OnceLock<gitcache_pack::Options>,
@@ -115,6 +120,11 @@ const MAX_WARMING: usize = 64;
 /// The same for push webhooks' refreshes: whoever holds the secret can send events for every
 /// repository, each naming a push of its own.
 const MAX_WEBHOOK_WARMING: usize = 16;
+
+/// Refs a mirror did not take, and the values they were listed with.
+type LeftOut = Arc<Vec<(bstr::BString, gix_hash::ObjectId)>>;
+/// The most repositories whose refs left out are remembered (few have any).
+const MAX_LEFT_OUT_REPOS: usize = 1_000;
 
 /// How long a client's listing of the tags vouches for the mirror's (see
 /// [`Mirrors::tags_as_listed_lately`]): a client fetches within seconds of its `ls-refs`.
@@ -156,6 +166,10 @@ impl Mirrors {
             tags_listed: Mutex::new(crate::bounded::Bounded::new(
                 MAX_TAGS_LISTED,
                 MAX_TAGS_LISTED,
+            )),
+            left_out: Mutex::new(crate::bounded::Bounded::new(
+                MAX_LEFT_OUT_REPOS / 8,
+                MAX_LEFT_OUT_REPOS,
             )),
             answers: std::sync::OnceLock::new(),
             warming: Default::default(),
@@ -498,6 +512,11 @@ impl Mirrors {
                     outcome
                 };
                 let outcome = outcome.map_err(Error::Mirror);
+                if let Ok(done) = &outcome
+                    && let Some(left_out) = &done.left_out
+                {
+                    mirrors.note_left_out(&task_key, left_out);
+                }
                 if let Err(err) = &outcome {
                     // Said here too: an answer sent as the pack arrived did not wait for it.
                     tracing::info!(%err, "refresh failed");
@@ -555,8 +574,21 @@ impl Mirrors {
         }
     }
 
+    /// Note what `key`'s refresh left out of the refs its listing named (see
+    /// [`Mirrors::left_out`]).
+    fn note_left_out(&self, key: &RepoKey, left_out: &[(bstr::BString, gix_hash::ObjectId)]) {
+        let mut table = self.left_out.lock().unwrap_or_else(|p| p.into_inner());
+        if left_out.is_empty() {
+            table.remove(key);
+        } else {
+            table.make_room(|_, _| true);
+            table.insert(key.clone(), Arc::new(left_out.to_vec()));
+        }
+    }
+
     /// Whether `remote` (an upstream's `ls-refs` answer) gives a mirrored ref another value
-    /// than `key`'s mirror holds (also when there is no mirror to compare with): then what a
+    /// than `key`'s mirror holds (also when there is no mirror to compare with), but for refs
+    /// the mirror's last refresh left out, listed alike: then what a
     /// refresh may fetch ahead of its own `ls-refs` (see [`Mirrors::refresh_asking`]): the
     /// new values of the branches (and other refs but tags, which `include-tag` brings) that
     /// the mirror lacks and a warming refresh was not refused lately, [`MAX_HINTS`] at most,
@@ -581,6 +613,24 @@ impl Mirrors {
             .into_iter()
             .map(|r| (r.name, (r.oid, r.peeled.or(r.oid))))
             .collect();
+        // A ref the mirror does not take is seen as it was left out, not as moved: every
+        // listing would otherwise start a refresh that leaves it out again.
+        let left_out = (self.left_out.lock().unwrap_or_else(|p| p.into_inner()))
+            .get(key)
+            .cloned();
+        let taken: std::borrow::Cow<'_, [RefLine]> = match &left_out {
+            Some(left_out) => remote
+                .iter()
+                .filter(|line| {
+                    !left_out
+                        .iter()
+                        .any(|(name, oid)| *name == line.name && Some(*oid) == line.oid)
+                })
+                .cloned()
+                .collect(),
+            None => remote.into(),
+        };
+        let remote = &taken[..];
         if let Some(listed) = listed {
             self.note_listed_tags(key, listed, &local, remote);
         }

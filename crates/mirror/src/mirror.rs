@@ -42,7 +42,18 @@ pub struct Refreshed {
     /// as `not our ref`); one of them still missing was refused. Empty when that fetch failed
     /// otherwise (a timeout, a broken connection), which says nothing about the ids.
     pub asked_ahead: Vec<ObjectId>,
+    /// The refs the upstream listed that the mirror did not take, with the values listed (a
+    /// name git refuses, a chain of tags too deep to peel), [`MAX_LEFT_OUT`] at most, names
+    /// of up to [`MAX_LEFT_OUT_NAME`] bytes; `None`
+    /// when no listing was read (a refresh joined that had nothing to do). Listings that
+    /// show them alike have not moved.
+    pub left_out: Option<Vec<(BString, ObjectId)>>,
 }
+
+/// The most refs left out that a refresh reports (see [`Refreshed::left_out`]).
+pub const MAX_LEFT_OUT: usize = 64;
+/// The longest name of a ref left out that a refresh reports.
+pub const MAX_LEFT_OUT_NAME: usize = 1024;
 
 /// Why a refresh failed; the mirror is unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -336,15 +347,26 @@ impl Mirror {
         // other refs are mirrored.
         let mut remote = remote;
         remote.retain(|line| !line.name.starts_with(KEPT_PREFIX.as_bytes()));
+        let mut left_out: Vec<(BString, ObjectId)> = Vec::new();
+        let mut leave_out = |line: &RefLine| {
+            if let Some(oid) = line.oid
+                && left_out.len() < MAX_LEFT_OUT
+                && line.name.len() <= MAX_LEFT_OUT_NAME
+            {
+                left_out.push((line.name.clone(), oid));
+            }
+        };
         remote.retain_mut(|line| match check_ref(line, &prefixes) {
             Ok(()) => true,
             Err(err) if line.name == "HEAD" => {
                 tracing::warn!(%err, "upstream's HEAD points at a ref gitcache does not take; kept as it was");
+                leave_out(line);
                 line.symref_target = None;
                 true
             }
             Err(err) => {
                 tracing::warn!(%err, "upstream listed a ref gitcache does not take; left out");
+                leave_out(line);
                 false
             }
         });
@@ -562,14 +584,22 @@ impl Mirror {
             local.into_iter().map(|r| (r.name, r.oid)).collect();
         // From here the refs may need what came ahead, even when writing them fails half-way.
         unpublished.0.clear();
-        write_refs(&self.git_dir, &repo, &remote)?;
+        let too_deep = write_refs(&self.git_dir, &repo, &remote)?;
         let after: Vec<(BString, Option<ObjectId>)> =
             repo.refs()?.into_iter().map(|r| (r.name, r.oid)).collect();
+        let room = MAX_LEFT_OUT.saturating_sub(left_out.len());
+        left_out.extend(
+            too_deep
+                .into_iter()
+                .filter(|(name, _)| name.len() <= MAX_LEFT_OUT_NAME)
+                .take(room),
+        );
         Ok(Refreshed {
             refs: after.iter().filter(|(n, _)| n != "HEAD").count(),
             changed: before != after,
             fetched_objects,
             asked_ahead,
+            left_out: Some(left_out),
         })
     }
 
@@ -1392,7 +1422,6 @@ fn check_ref(line: &RefLine, prefixes: &[BString]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Replace every ref with `remote`'s: one `packed-refs` renamed into place, then `HEAD`.
 /// Whether `oid` starts a chain of annotated tags too long to peel.
 fn too_deep_to_peel(repo: &gitcache_pack::Repository, oid: &ObjectId) -> bool {
     matches!(
@@ -1408,12 +1437,14 @@ fn decoding_deadline(bytes: u64) -> std::time::Duration {
     std::time::Duration::from_secs(120 + bytes / (1 << 20))
 }
 
-/// Peeled values come from `repo`'s objects, not from the upstream's answer.
+/// Replace every ref with `remote`'s: one `packed-refs` renamed into place, then `HEAD`.
+/// Peeled values come from `repo`'s objects, not from the upstream's answer. Returns the
+/// refs left out (a chain of tags too deep to peel), with their values.
 fn write_refs(
     git_dir: &Path,
     repo: &gitcache_pack::Repository,
     remote: &[RefLine],
-) -> Result<(), Error> {
+) -> Result<Vec<(BString, ObjectId)>, Error> {
     let mut lines: Vec<&RefLine> = remote
         .iter()
         .filter(|r| r.name != "HEAD" && r.oid.is_some())
@@ -1421,7 +1452,7 @@ fn write_refs(
     lines.sort_by(|a, b| a.name.cmp(&b.name));
     lines.dedup_by(|a, b| a.name == b.name);
     let mut text = b"# pack-refs with: peeled fully-peeled sorted \n".to_vec();
-    let mut left_out: Vec<&BString> = Vec::new();
+    let mut left_out: Vec<(BString, ObjectId)> = Vec::new();
     for line in lines {
         let oid = line.oid.expect("filtered");
         let peeled = match repo.peeled(&oid) {
@@ -1432,7 +1463,7 @@ fn write_refs(
                 if reason == gitcache_pack::TAG_CHAIN_TOO_LONG =>
             {
                 tracing::warn!(name = %line.name, %oid, "a ref whose tag chain is too long to peel: left out");
-                left_out.push(&line.name);
+                left_out.push((line.name.clone(), oid));
                 continue;
             }
             Err(err) => return Err(err.into()),
@@ -1455,7 +1486,7 @@ fn write_refs(
         .filter(|target| {
             !left_out
                 .iter()
-                .any(|name| name.as_bstr() == target.as_bstr())
+                .any(|(name, _)| name.as_bstr() == target.as_bstr())
         })
     {
         let mut head = b"ref: ".to_vec();
@@ -1463,7 +1494,7 @@ fn write_refs(
         head.push(b'\n');
         gitcache_storage::fs::replace_file_if_changed(&git_dir.join("HEAD"), &head)?;
     }
-    Ok(())
+    Ok(left_out)
 }
 
 fn remove_loose_refs(dir: &Path) -> std::io::Result<()> {

@@ -8,7 +8,7 @@ use gitcache_testkit::git::git_stdout as git;
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Fault, RequestKind, Upstream};
 use gitcache_upstream::Upstream as Client;
-use gix_hash::Kind;
+use gix_hash::{Kind, ObjectId};
 
 fn refs(repo: &Path) -> String {
     git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"])
@@ -402,7 +402,20 @@ async fn a_tag_chain_too_deep_to_peel_leaves_out_its_ref_only() {
     // its ref still listed and not written).
     for seed in [1223, 1224, 1225] {
         let moved = repo::append_commits(&source, "main", 1, seed).unwrap();
-        mirror.refresh(&up, &[]).await.unwrap();
+        let done = mirror.refresh(&up, &[]).await.unwrap();
+        // The tags past the depth peeled, said with the values listed, so that listings
+        // showing them alike are not news.
+        let too_deep: Vec<(bstr::BString, ObjectId)> = (64..=66)
+            .map(|n| {
+                let name = format!("refs/tags/deep-{n}");
+                let oid = git(&source, &["rev-parse", &name]);
+                (
+                    name.into(),
+                    ObjectId::from_hex(oid.trim().as_bytes()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(done.left_out, Some(too_deep));
         let packed = std::fs::read_to_string(mirror.git_dir().join("packed-refs")).unwrap();
         assert!(
             packed.contains(&format!("{moved} refs/heads/main\n")),

@@ -136,6 +136,67 @@ fn warmed_after_a_ghost_listing(
     last.expect("a warming logged").to_owned()
 }
 
+/// A ref the mirror does not take (here a name git refuses, listed by every `ls-refs` answer
+/// of the upstream) is left out by the refresh the first listing showing it starts; later
+/// listings that show it alike start none.
+#[test]
+fn a_ref_left_out_is_not_seen_as_moved_by_every_listing() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/odd");
+    repo::generate(&source, &RepoSpec::tiny(705)).unwrap();
+    upstream.adopt_repo("acme/odd", Access::Public).unwrap();
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let url = cache.url("acme/odd");
+    git.run(git.home(), &["clone", "-q", &url, "work"])
+        .unwrap()
+        .expect_success();
+    let mirror = cache.mirror(&upstream, "acme/odd");
+    common::wait_for_mirror(&mirror, &source);
+    let main = git_stdout(&source, &["rev-parse", "main"]);
+    let odd = format!("{} refs/heads/odd..name", main.trim()).into_bytes();
+    upstream.inject(Fault::ExtraLine(odd), 1_000, Some(RequestKind::LsRefs));
+
+    // The first listing that shows it starts a refresh, which leaves it out.
+    let warmed = "why=\"refs moved\"";
+    let before = common::count(&cache.log(), warmed);
+    git.run(git.home(), &["ls-remote", &url])
+        .unwrap()
+        .expect_success();
+    cache.log_with(warmed, before + 1);
+    assert!(
+        cache
+            .log()
+            .contains("upstream listed a ref gitcache does not take"),
+        "{}",
+        cache.log()
+    );
+    assert!(
+        !git_stdout(&mirror, &["for-each-ref"]).contains("odd"),
+        "left out of the mirror"
+    );
+
+    // Later listings show it alike: no refresh asks the upstream for its refs again.
+    upstream.reset_counts();
+    for _ in 0..3 {
+        let listed = git
+            .run(git.home(), &["ls-remote", &url])
+            .unwrap()
+            .expect_success()
+            .stdout;
+        assert!(listed.contains("refs/heads/odd..name"), "{listed}");
+    }
+    // A refresh would have asked within this (a warming starts as the answer is passed on).
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        upstream.counts().ls_refs,
+        3,
+        "the clients' listings only: {}",
+        cache.log()
+    );
+    assert_eq!(common::count(&cache.log(), warmed), before + 1);
+}
+
 #[test]
 fn serve_stale_answers_from_the_mirror_while_upstream_is_down() {
     let upstream = Upstream::start().unwrap();
