@@ -21,6 +21,15 @@ use gix_hash::{Kind as HashKind, ObjectId};
 /// us allocate tens of gigabytes. 2 GiB admits about 26 million objects.
 pub const MAX_ALLOCATION: usize = 2 << 30;
 
+/// What each object a pack's header claims is counted for against [`MAX_ALLOCATION`]: its
+/// entry, and the tables indexing sizes by the count.
+pub const CLAIMED_OBJECT_BYTES: usize = std::mem::size_of::<PackEntry>() * 4;
+
+/// What each base a received pack names by id (a delta's base the pack does not hold before
+/// it) is counted for against [`MAX_ALLOCATION`] beside its objects: its id in the list and
+/// the set of those named, with their room to grow.
+pub const NAMED_BASE_BYTES: usize = 160;
+
 /// Blobs stored whole from this size on are hashed as they arrive, and unless a delta rests
 /// on them not decoded again ([`gitcache_pack::ReadPack::hashed`]): taking in a pack takes
 /// the same memory whatever the size of its files. Smaller ones are hashed when the pack's
@@ -334,7 +343,8 @@ fn receive(
         gitcache_pack::incoming::Incoming::new(&mut tee, hash, hash_from).map_err(invalid)?;
     // A header may claim any count: nothing is sized by it beyond this bound.
     let claimed = read.count() as usize;
-    if claimed.saturating_mul(std::mem::size_of::<PackEntry>() * 4) > MAX_ALLOCATION {
+    let claimed_bytes = claimed.saturating_mul(CLAIMED_OBJECT_BYTES);
+    if claimed_bytes > MAX_ALLOCATION {
         return Err(Error::InvalidPack {
             message: format!("the pack claims {claimed} objects, more than can be indexed"),
         });
@@ -361,7 +371,18 @@ fn receive(
         let position =
             u32::try_from(entries.len()).map_err(|_| invalid("too many objects for one pack"))?;
         match (entry.header, entry.id) {
-            (Header::RefDelta { base_id }, _) if seen.insert(base_id) => named.push(base_id),
+            (Header::RefDelta { base_id }, _) if seen.insert(base_id) => {
+                named.push(base_id);
+                // Each costs a hundred bytes or so: a pack of deltas on distinct made-up
+                // bases, 30 bytes each, would otherwise hold gigabytes within the count.
+                let held = named.len().saturating_mul(NAMED_BASE_BYTES);
+                if claimed_bytes.saturating_add(held) > MAX_ALLOCATION {
+                    return Err(invalid(format!(
+                        "the pack names more than {} bases by id, more than can be held",
+                        named.len() - 1
+                    )));
+                }
+            }
             (Header::OfsDelta { base_distance }, _) => {
                 // A base comes before its deltas: not decoded only if none rests on it.
                 if let Some(base) = entry.offset.checked_sub(base_distance) {

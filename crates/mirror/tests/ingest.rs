@@ -479,6 +479,32 @@ fn a_header_claiming_a_billion_objects_is_refused_without_allocating_for_them() 
     assert!(pack_dir_listing(&mirror).is_empty());
 }
 
+/// Each base a pack names by id is held while the pack is read: past what the count its
+/// header claims leaves of the bound, the pack is refused as it names one more, not read on
+/// (a hostile upstream's deltas on made-up bases are 30 bytes each and cost a hundred).
+#[test]
+fn bases_named_by_id_count_against_the_bound() {
+    use gitcache_mirror::ingest::{CLAIMED_OBJECT_BYTES, MAX_ALLOCATION, NAMED_BASE_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = empty_mirror(dir.path(), "sha1");
+    // A count that leaves room for 1,000 bases named, and 2,000 deltas on distinct ones.
+    let claimed = (MAX_ALLOCATION - 1_000 * NAMED_BASE_BYTES) / CLAIMED_OBJECT_BYTES;
+    let mut pack = b"PACK\0\0\0\x02".to_vec();
+    pack.extend_from_slice(&u32::try_from(claimed).unwrap().to_be_bytes());
+    for n in 0..2_000u32 {
+        let mut id = [0x5a; 20];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        pack.extend_from_slice(&tree_grown(&gix_hash::ObjectId::from(id), 10, b"x"));
+    }
+    let err = ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("bases by id, more than can be held"),
+        "{err}"
+    );
+    assert!(pack_dir_listing(&mirror).is_empty());
+}
+
 /// The index written for a received pack is byte for byte the one `git index-pack` writes
 /// for it, with deltas on offsets (as the mirror asks for) and on bases named by id within
 /// the pack (as an upstream may still send them).
