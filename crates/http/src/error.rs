@@ -59,6 +59,7 @@ impl Error {
             Error::Upstream(e) => upstream(e),
             Error::Mirror(e) => match &**e {
                 MirrorError::Upstream(e) => upstream(e),
+                MirrorError::LowDisk { .. } => StatusCode::INSUFFICIENT_STORAGE,
                 MirrorError::Io(_) | MirrorError::Repository(_) => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }

@@ -511,7 +511,14 @@ impl Mirrors {
                     }
                     outcome
                 };
-                let outcome = outcome.map_err(Error::Mirror);
+                // Stopped for the disk as its pack arrived: as refused for it at the start.
+                let outcome = outcome.map_err(|err| match &*err {
+                    gitcache_mirror::mirror::Error::LowDisk { free, keep } => Error::LowDisk {
+                        free: *free,
+                        keep: *keep,
+                    },
+                    _ => Error::Mirror(err),
+                });
                 if let Ok(done) = &outcome
                     && let Some(left_out) = &done.left_out
                 {

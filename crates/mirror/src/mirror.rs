@@ -110,6 +110,15 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
+    /// The disk fell below the free space kept (see [`Mirror::keeping_free`]) while a pack
+    /// arrived: the refresh was stopped, its staging removed.
+    #[error("not enough free disk space for the pack: {free} bytes free, {keep} kept free")]
+    LowDisk {
+        /// Bytes free when it was stopped.
+        free: u64,
+        /// Bytes to keep free.
+        keep: u64,
+    },
 }
 
 impl Error {
@@ -138,6 +147,8 @@ pub struct Mirror {
     git_dir: PathBuf,
     /// Where a first fetch's pack is announced while it arrives.
     board: Option<std::sync::Arc<Board>>,
+    /// Bytes of the disk kept free while a pack arrives (0: none).
+    keep_free: u64,
 }
 
 impl Mirror {
@@ -165,6 +176,7 @@ impl Mirror {
         Ok(Mirror {
             git_dir,
             board: None,
+            keep_free: 0,
         })
     }
 
@@ -173,7 +185,17 @@ impl Mirror {
         Mirror {
             git_dir: git_dir.into(),
             board: None,
+            keep_free: 0,
         }
+    }
+
+    /// Stop a refresh whose pack, as it arrives, leaves less than `bytes` of the mirror's disk
+    /// free (checked as it starts and every [`FLOOR_CHECKED_EVERY`] bytes received): a pack
+    /// is staged up to the upstream's `max_pack_bytes`, far more than a check before the
+    /// refresh can allow for. 0: no floor.
+    pub fn keeping_free(mut self, bytes: u64) -> Mirror {
+        self.keep_free = bytes;
+        self
     }
 
     /// Announce the pack of a first fetch (a mirror with nothing yet) on `board` while it
@@ -736,44 +758,59 @@ impl Mirror {
             (result, started.elapsed())
         };
         let git_dir = self.git_dir.clone();
-        let reader = BlockingRead {
-            inner: receiver,
-            runtime: tokio::runtime::Handle::current(),
+        // Set when the disk fell below its floor while the pack arrived.
+        let below = std::sync::Arc::new(std::sync::OnceLock::new());
+        let reader = AboveFloor {
+            inner: BlockingRead {
+                inner: receiver,
+                runtime: tokio::runtime::Handle::current(),
+            },
+            dir: self.git_dir.clone(),
+            keep: self.keep_free,
+            unchecked: FLOOR_CHECKED_EVERY,
+            below: std::sync::Arc::clone(&below),
         };
         // Set when taking the pack in outlasts its deadline after the download (see below).
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = std::sync::Arc::clone(&stop);
         let take_in = tokio::task::spawn_blocking(move || -> Result<ingest::Ingested, Error> {
-            let mut stream =
-                PackStream::new(BufReader::with_capacity(RECEIVE_BUFFER, reader), format);
-            stream.read_sections()?;
-            if !stream.has_pack() {
-                return Err(gitcache_protocol::response::Error::Unexpected {
-                    line: "upstream answered a fetch with done but sent no pack".into(),
+            let taken = (move || -> Result<ingest::Ingested, Error> {
+                let mut stream =
+                    PackStream::new(BufReader::with_capacity(RECEIVE_BUFFER, reader), format);
+                stream.read_sections()?;
+                if !stream.has_pack() {
+                    return Err(gitcache_protocol::response::Error::Unexpected {
+                        line: "upstream answered a fetch with done but sent no pack".into(),
+                    }
+                    .into());
                 }
-                .into());
+                // Checked before it joins the mirror: every object of the pack refers only to
+                // objects there are (within the pack alone for a first fetch, whose pack is then
+                // vouched for as the whole history of its tips).
+                let closure = Closure::Closed {
+                    self_contained: first,
+                };
+                let mut pack = BufReader::new(stream);
+                let ingested = ingest::ingest_pack_stopping(
+                    &git_dir, format, &mut pack, closure, announce, &stopping,
+                )
+                .map_err(|err| match err {
+                    ingest::Error::Refused(err) => Error::Disconnected(err),
+                    other => Error::Ingest(other),
+                })?;
+                // Read what follows the pack (the response's end), so that the download finishes
+                // as it would have unread. The pack is in place, whole and checked, by now: what
+                // comes after it cannot make it a failed fetch.
+                if let Err(err) = std::io::copy(&mut pack, &mut std::io::sink()) {
+                    tracing::warn!(%err, "the upstream's response failed after a whole pack");
+                }
+                Ok(ingested)
+            })();
+            // Stopped for the disk: that is the cause, whatever the reading made of it.
+            match (taken, below.get()) {
+                (Err(_), Some(&(free, keep))) => Err(Error::LowDisk { free, keep }),
+                (taken, _) => taken,
             }
-            // Checked before it joins the mirror: every object of the pack refers only to
-            // objects there are (within the pack alone for a first fetch, whose pack is then
-            // vouched for as the whole history of its tips).
-            let closure = Closure::Closed {
-                self_contained: first,
-            };
-            let mut pack = BufReader::new(stream);
-            let ingested = ingest::ingest_pack_stopping(
-                &git_dir, format, &mut pack, closure, announce, &stopping,
-            )
-            .map_err(|err| match err {
-                ingest::Error::Refused(err) => Error::Disconnected(err),
-                other => Error::Ingest(other),
-            })?;
-            // Read what follows the pack (the response's end), so that the download finishes
-            // as it would have unread. The pack is in place, whole and checked, by now: what
-            // comes after it cannot make it a failed fetch.
-            if let Err(err) = std::io::copy(&mut pack, &mut std::io::sink()) {
-                tracing::warn!(%err, "the upstream's response failed after a whole pack");
-            }
-            Ok(ingested)
         });
         // The download ends first, or taking the pack in does: when that fails, its error is
         // the cause and the download is dropped (an upstream that stalls after bad bytes is
@@ -1428,6 +1465,40 @@ fn too_deep_to_peel(repo: &gitcache_pack::Repository, oid: &ObjectId) -> bool {
         repo.peeled(oid),
         Err(gitcache_pack::Error::Corrupt { ref reason, .. }) if reason == gitcache_pack::TAG_CHAIN_TOO_LONG
     )
+}
+
+/// How often the free space is checked while a pack arrives (see [`Mirror::keeping_free`]).
+pub const FLOOR_CHECKED_EVERY: u64 = 16 << 20;
+
+/// The upstream's answer as it is read, with the disk under `dir` checked to keep `keep`
+/// bytes free as the reading starts and every [`FLOOR_CHECKED_EVERY`] bytes: below it, reading
+/// fails, and `below` says how much was free.
+struct AboveFloor<R> {
+    inner: R,
+    dir: PathBuf,
+    keep: u64,
+    /// Bytes read since the last check.
+    unchecked: u64,
+    below: std::sync::Arc<std::sync::OnceLock<(u64, u64)>>,
+}
+
+impl<R: std::io::Read> std::io::Read for AboveFloor<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.keep > 0 && self.unchecked >= FLOOR_CHECKED_EVERY {
+            // A disk that cannot be told about is not held against the refresh.
+            let free = gitcache_storage::fs::free_bytes(&self.dir).unwrap_or(u64::MAX);
+            if free < self.keep {
+                let _ = self.below.set((free, self.keep));
+                return Err(std::io::Error::other(
+                    "the disk fell below the free space kept while the pack arrived",
+                ));
+            }
+            self.unchecked = 0;
+        }
+        let read = self.inner.read(buf)?;
+        self.unchecked += read as u64;
+        Ok(read)
+    }
 }
 
 /// How long taking a pack of `bytes` in may go on after its download: two minutes, and a

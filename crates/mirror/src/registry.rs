@@ -591,7 +591,8 @@ impl Registry {
     }
 
     /// Start no consolidation while the disk of the mirrors has less than `bytes` free (see
-    /// [`consolidate`](Self::consolidate)); 0: no floor.
+    /// [`consolidate`](Self::consolidate)), and stop a refresh whose pack, as it arrives,
+    /// takes it below that (see [`Mirror::keeping_free`]); 0: no floor.
     pub fn with_min_free(mut self, bytes: u64) -> Self {
         self.min_free = bytes;
         self
@@ -1537,7 +1538,9 @@ impl Registry {
         Self::tidy(&slot, &mirror)?;
         // However the local refresh ends (cut short too), its pack is announced no more.
         let _clear = Clearing(&slot.live);
-        let mirror = mirror.announcing_on(Arc::clone(&slot.live));
+        let mirror = mirror
+            .announcing_on(Arc::clone(&slot.live))
+            .keeping_free(self.min_free);
         mirror.refresh_hinted(upstream, extra, keep, hints).await
     }
 }

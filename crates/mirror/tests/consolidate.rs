@@ -296,6 +296,46 @@ async fn no_consolidation_starts_below_the_free_space_floor() {
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
 
+/// Below the floor, a refresh is stopped as its pack arrives (a pack is staged up to the
+/// upstream's limit, more than any check before the refresh allows for): the mirror stays as
+/// it was, nothing staged is left behind, and with room the same refresh goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_is_stopped_when_its_pack_takes_the_disk_below_the_floor() {
+    let (_upstream, dir, source, registry, key, client) = served("floor", 98, None);
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    let mirror = registry.existing(&key).unwrap();
+    let listing = |git_dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(git_dir.join("objects/pack"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let (refs_before, packs_before) = (
+        git(mirror.git_dir(), &["for-each-ref"]),
+        listing(mirror.git_dir()),
+    );
+    let tip = repo::append_commits(&source, "main", 3, 5).unwrap();
+    // No disk has this much free.
+    let tight = Registry::new(dir.path()).with_min_free(u64::MAX);
+    let err = tight.refresh(&key, &client, &[]).await.unwrap_err();
+    assert!(
+        matches!(&*err, gitcache_mirror::mirror::Error::LowDisk { keep, .. } if *keep == u64::MAX),
+        "{err:?}"
+    );
+    assert_eq!(git(mirror.git_dir(), &["for-each-ref"]), refs_before);
+    assert_eq!(
+        listing(mirror.git_dir()),
+        packs_before,
+        "nothing staged is left"
+    );
+    let roomy = Registry::new(dir.path()).with_min_free(1);
+    roomy.refresh(&key, &client, &[]).await.unwrap();
+    assert_eq!(git(mirror.git_dir(), &["rev-parse", "main"]).trim(), tip);
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
 /// Until the mirror of `key` no longer needs consolidating (a minute at most).
 async fn until_maintained(registry: &Registry, key: &RepoKey) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
