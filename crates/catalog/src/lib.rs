@@ -220,6 +220,17 @@ impl Catalog {
             .await
     }
 
+    /// At most `limit` records with ids above `after`, by id, read from the database: a page
+    /// of the list, the next one after the last id of this one.
+    pub async fn list_page(&self, after: i64, limit: u32) -> Result<Vec<Record>, Error> {
+        self.db
+            .records(
+                &format!("SELECT {COLUMNS} FROM cached_repos WHERE id > $1 ORDER BY id LIMIT $2"),
+                vec![Value::Int(Some(after)), Value::Int(Some(i64::from(limit)))],
+            )
+            .await
+    }
+
     /// The record `id`, read from the database.
     pub async fn get(&self, id: i64) -> Result<Record, Error> {
         self.db

@@ -95,6 +95,13 @@ async fn records_round_trip(location: &str) {
     assert_eq!(catalog.get(created.id).await.unwrap(), created);
     let listed = catalog.list().await.unwrap();
     assert_eq!(listed, vec![created.clone(), second.clone()]);
+    // By pages: each from after the last id of the one before.
+    let first_page = catalog.list_page(0, 1).await.unwrap();
+    assert_eq!(first_page, vec![created.clone()]);
+    let next = catalog.list_page(first_page[0].id, 1).await.unwrap();
+    assert_eq!(next, vec![second.clone()]);
+    assert!(catalog.list_page(second.id, 1).await.unwrap().is_empty());
+    assert_eq!(catalog.list_page(0, 10).await.unwrap(), listed);
 
     // The in-memory view follows every change at once.
     let seen = catalog.lookup("GITHUB.COM", "Acme", "Widgets.git").unwrap();

@@ -337,7 +337,7 @@ impl Admin {
                 StatusCode::NOT_FOUND,
                 "no cached repository with that id",
             )),
-            (&Method::GET, None) => self.list(catalog).await,
+            (&Method::GET, None) => self.list(catalog, parts.uri.query()).await,
             (&Method::POST, None) => match read_json(body).await {
                 Ok(value) => self.create(catalog, value).await,
                 Err(err) => Err(err),
@@ -432,13 +432,28 @@ impl Admin {
         }
     }
 
+    /// A page of the records, by id: `limit` (at most [`MAX_PAGE`], the default) after the
+    /// id `after` (0 by default). A full page names the next in a `Link` header.
     async fn list(
         &self,
         catalog: &gitcache_catalog::Catalog,
+        query: Option<&str>,
     ) -> Result<Response<Body>, AdminError> {
-        let records = catalog.list().await?;
+        let (after, limit) = page_of(query)?;
+        let records = catalog.list_page(after, limit).await?;
+        let next = (records.len() == limit as usize)
+            .then(|| records.last().map(|r| r.id))
+            .flatten();
         let views = self.views(records).await?;
-        Ok(json_response(StatusCode::OK, &Value::Array(views)))
+        let mut response = json_response(StatusCode::OK, &Value::Array(views));
+        if let Some(last) = next
+            && let Ok(link) = HeaderValue::from_str(&format!(
+                "</api/cached-repos?after={last}&limit={limit}>; rel=\"next\""
+            ))
+        {
+            response.headers_mut().insert(header::LINK, link);
+        }
+        Ok(response)
     }
 
     async fn create(
@@ -642,6 +657,42 @@ impl Admin {
     }
 }
 
+/// The most records one answer of the list holds, and how many when not asked: each is
+/// shown with the size of its mirror, read from the disk.
+pub(crate) const MAX_PAGE: u32 = 1_000;
+
+/// `after` and `limit` of a list's query (see [`Admin::list`]); anything else is refused.
+fn page_of(query: Option<&str>) -> Result<(i64, u32), AdminError> {
+    let (mut after, mut limit) = (0i64, MAX_PAGE);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |what: &str| AdminError::field(StatusCode::BAD_REQUEST, name, what.to_owned());
+        match name {
+            "after" => {
+                after = value
+                    .parse()
+                    .ok()
+                    .filter(|id: &i64| *id >= 0)
+                    .ok_or_else(|| bad("must be a record id (0 or more)"))?;
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| bad(&format!("must be from 1 to {MAX_PAGE}")))?;
+            }
+            _ => {
+                return Err(AdminError::new(
+                    StatusCode::BAD_REQUEST,
+                    "the list takes only `after` and `limit`",
+                ));
+            }
+        }
+    }
+    Ok((after, limit))
+}
+
 async fn read_json<B>(body: B) -> Result<Value, AdminError>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -756,6 +807,27 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_page_of_the_list_is_asked_for_by_after_and_limit_only() {
+        assert_eq!(page_of(None).unwrap(), (0, MAX_PAGE));
+        assert_eq!(page_of(Some("")).unwrap(), (0, MAX_PAGE));
+        assert_eq!(page_of(Some("after=41&limit=2")).unwrap(), (41, 2));
+        assert_eq!(page_of(Some("limit=1000")).unwrap(), (0, 1000));
+        for (query, field) in [
+            ("limit=0", Some("limit")),
+            ("limit=1001", Some("limit")),
+            ("limit=x", Some("limit")),
+            ("after=-1", Some("after")),
+            ("after=", Some("after")),
+            ("offset=3", None),
+            ("after", Some("after")),
+        ] {
+            let err = page_of(Some(query)).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{query}");
+            assert_eq!(err.field.as_deref(), field, "{query}");
+        }
+    }
 
     #[test]
     fn admin_paths_never_take_repository_paths() {

@@ -304,6 +304,66 @@ fn records_of_a_case_insensitive_upstream_hold_folded_names() {
     assert_eq!(status, 409, "one repository, one record");
 }
 
+/// The list comes a page at a time: a full page names the next in a `Link` header, the
+/// last one names none, and a query the list does not take is refused.
+#[test]
+fn the_list_comes_a_page_at_a_time() {
+    let upstream = upstream_with(&[], RepoSpec::tiny);
+    let cache = Gitcache::start(&upstream, &["--admin-token", TOKEN]);
+    let ids: Vec<i64> = ["one", "two", "three"]
+        .into_iter()
+        .map(|name| {
+            let (status, created) = add(&cache, json!({"owner": "acme", "name": name}));
+            assert_eq!(status, 201, "{created}");
+            created["id"].as_i64().unwrap()
+        })
+        .collect();
+    let (mut seen, mut path) = (Vec::new(), "/api/cached-repos?limit=2".to_owned());
+    let mut pages = 0;
+    loop {
+        let (status, page, answer) = api(&cache, "GET", &path, None);
+        assert_eq!(status, 200, "{path}: {page}");
+        pages += 1;
+        seen.extend(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_i64().unwrap()),
+        );
+        let Some(link) = answer.header("link") else {
+            break;
+        };
+        let next = link
+            .strip_prefix('<')
+            .and_then(|l| l.split_once(">; rel=\"next\""))
+            .map(|(url, _)| url.to_owned())
+            .unwrap_or_else(|| panic!("a next link: {link}"));
+        assert_eq!(
+            next,
+            format!("/api/cached-repos?after={}&limit=2", seen.last().unwrap())
+        );
+        path = next;
+    }
+    assert_eq!(
+        (seen, pages),
+        (ids.clone(), 2),
+        "two pages, every record once"
+    );
+    // Without a query, a whole page of up to a thousand: all of them, no link.
+    let (_, all, answer) = api(&cache, "GET", "/api/cached-repos", None);
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    assert!(answer.header("link").is_none());
+    for (query, field) in [
+        ("limit=0", json!("limit")),
+        ("limit=1001", json!("limit")),
+        ("after=-4", json!("after")),
+        ("page=2", Value::Null),
+    ] {
+        let (status, error, _) = api(&cache, "GET", &format!("/api/cached-repos?{query}"), None);
+        assert_eq!((status, &error["field"]), (400, &field), "{query}: {error}");
+    }
+}
+
 /// The "done when" walk: a repository added through the API, cloned twice: a miss then a
 /// hit, in `/metrics` and in the access log; disabled, it passes through.
 #[test]
