@@ -506,7 +506,9 @@ impl Mirrors {
                     let outcome = registry
                         .refresh_existing(&task_key, &upstream, &prefixes)
                         .await;
-                    if outcome.is_ok() {
+                    // Not counted, not maintained: its consolidation would show on
+                    // `/metrics`. The next request that opens the mirror takes it up.
+                    if outcome.is_ok() && counted {
                         registry.maintain_in_background(&task_key);
                     }
                     outcome
