@@ -356,10 +356,13 @@ impl Fetches {
                         Ok(with_state(response, CacheState::Miss))
                     }
                     (kept, _) => {
-                        if let Err(err) = kept {
+                        if let Err(err) = &kept {
                             tracing::info!(%err, "commits asked for by id not kept");
                         }
-                        self.mirrors.note_refused(&target.key, &missing);
+                        // Short of disk, the upstream was not asked, or not to the end.
+                        if !matches!(kept, Err(Error::LowDisk { .. })) {
+                            self.mirrors.note_refused(&target.key, &missing);
+                        }
                         tracing::info!(result = "passthrough", "fetch");
                         let response = self.passthrough.forward_body(target, headers, body).await?;
                         Ok(with_state(response, CacheState::Passthrough))

@@ -81,6 +81,10 @@ pub(crate) struct Mirrors {
     /// a client's listing that shows them alike has not moved. Repositories with none have
     /// no entry.
     left_out: Mutex<crate::bounded::Bounded<RepoKey, LeftOut>>,
+    /// By repository, how much of its last refresh's pack had arrived when the refresh was
+    /// stopped for the disk's floor: its next refresh starts only with twice that free above
+    /// the floor (evicting for it), so that it is not downloaded in part again and again.
+    stopped_for_disk: Mutex<crate::bounded::Bounded<RepoKey, u64>>,
     /// The settings answers are written with, when preparing a mirror makes ahead what a
     /// shallow clone of its `HEAD` compresses again (see [`Mirrors::prepare`]).
     answers: std::sync::OnceLock<gitcache_pack::Options>,
@@ -122,7 +126,7 @@ const MAX_WARMING: usize = 64;
 const MAX_WEBHOOK_WARMING: usize = 16;
 
 /// Refs a mirror did not take, and the values they were listed with.
-type LeftOut = Arc<Vec<(bstr::BString, gix_hash::ObjectId)>>;
+type LeftOut = Arc<Vec<RefLine>>;
 /// The most repositories whose refs left out are remembered (few have any).
 const MAX_LEFT_OUT_REPOS: usize = 1_000;
 
@@ -168,6 +172,10 @@ impl Mirrors {
                 MAX_TAGS_LISTED,
             )),
             left_out: Mutex::new(crate::bounded::Bounded::new(
+                MAX_LEFT_OUT_REPOS / 8,
+                MAX_LEFT_OUT_REPOS,
+            )),
+            stopped_for_disk: Mutex::new(crate::bounded::Bounded::new(
                 MAX_LEFT_OUT_REPOS / 8,
                 MAX_LEFT_OUT_REPOS,
             )),
@@ -485,7 +493,7 @@ impl Mirrors {
         // an eviction is not cut short by a caller that stops waiting.
         let outcome = tokio::spawn(
             async move {
-                mirrors.room_for_refresh().await?;
+                mirrors.room_for_refresh(&task_key).await?;
                 let prefixes: Vec<&str> = mirrors
                     .extra_ref_prefixes
                     .iter()
@@ -513,14 +521,25 @@ impl Mirrors {
                     }
                     outcome
                 };
-                // Stopped for the disk as its pack arrived: as refused for it at the start.
+                // Stopped for the disk as its pack arrived: as refused for it at the start, and
+                // its next refresh waits for the room this one lacked.
                 let outcome = outcome.map_err(|err| match &*err {
-                    gitcache_mirror::mirror::Error::LowDisk { free, keep } => Error::LowDisk {
-                        free: *free,
-                        keep: *keep,
-                    },
+                    gitcache_mirror::mirror::Error::LowDisk {
+                        free,
+                        keep,
+                        received,
+                    } => {
+                        mirrors.note_stopped_for_disk(&task_key, Some(*received));
+                        Error::LowDisk {
+                            free: *free,
+                            keep: *keep,
+                        }
+                    }
                     _ => Error::Mirror(err),
                 });
+                if outcome.is_ok() {
+                    mirrors.note_stopped_for_disk(&task_key, None);
+                }
                 if let Ok(done) = &outcome
                     && let Some(left_out) = &done.left_out
                 {
@@ -559,21 +578,34 @@ impl Mirrors {
             || gitcache_storage::fs::free_bytes(self.registry.root()).unwrap_or(u64::MAX) >= keep
     }
 
-    /// Refuse a refresh that would start with less disk free than the budget keeps, after
-    /// evicting what can be evicted.
-    async fn room_for_refresh(&self) -> Result<(), Error> {
-        if self.above_the_floor() {
+    /// Refuse a refresh of `key` that would start with less disk free than the budget keeps
+    /// (and twice what its last refresh had received when it was stopped for the floor, see
+    /// [`Mirrors::stopped_for_disk`]), after evicting what can be evicted.
+    async fn room_for_refresh(&self, key: &RepoKey) -> Result<(), Error> {
+        let headroom = (self
+            .stopped_for_disk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
+        .get(key)
+        .map_or(0, |received| received.saturating_mul(2));
+        if headroom == 0 && self.above_the_floor() {
             return Ok(());
         }
-        let keep = self.budget.min_free;
+        let keep = self.budget.min_free.saturating_add(headroom);
         let root = self.registry.root().to_owned();
         let free = || gitcache_storage::fs::free_bytes(&root).unwrap_or(u64::MAX);
         // One eviction at a time: refreshes starting together would each evict for the
-        // same shortfall. One that waited for another's takes its outcome.
+        // same shortfall. One that waited for another's takes its outcome (unless it needs
+        // more room than the floor).
         let seen = self.evictions.load(std::sync::atomic::Ordering::Acquire);
         let _one = self.making_room.lock().await;
-        if self.evictions.load(std::sync::atomic::Ordering::Acquire) == seen && free() < keep {
-            self.enforce(&self.budget).await;
+        let evicted = self.evictions.load(std::sync::atomic::Ordering::Acquire) != seen;
+        if (!evicted || headroom > 0) && free() < keep {
+            let budget = Budget {
+                min_free: keep,
+                ..self.budget.clone()
+            };
+            self.enforce(&budget, Some(key)).await;
             self.evictions
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
@@ -583,9 +615,24 @@ impl Mirrors {
         }
     }
 
+    /// Note how much of `key`'s refresh had arrived when it was stopped for the disk's
+    /// floor, or (`None`) that a refresh of it went through.
+    fn note_stopped_for_disk(&self, key: &RepoKey, received: Option<u64>) {
+        let mut table = (self.stopped_for_disk.lock()).unwrap_or_else(|p| p.into_inner());
+        match received {
+            Some(received) => {
+                table.make_room(|_, _| true);
+                table.insert(key.clone(), received.max(1));
+            }
+            None => {
+                table.remove(key);
+            }
+        }
+    }
+
     /// Note what `key`'s refresh left out of the refs its listing named (see
     /// [`Mirrors::left_out`]).
-    fn note_left_out(&self, key: &RepoKey, left_out: &[(bstr::BString, gix_hash::ObjectId)]) {
+    fn note_left_out(&self, key: &RepoKey, left_out: &[RefLine]) {
         let mut table = self.left_out.lock().unwrap_or_else(|p| p.into_inner());
         if left_out.is_empty() {
             table.remove(key);
@@ -631,9 +678,14 @@ impl Mirrors {
             Some(left_out) => remote
                 .iter()
                 .filter(|line| {
-                    !left_out
-                        .iter()
-                        .any(|(name, oid)| *name == line.name && Some(*oid) == line.oid)
+                    // The same name and value, and (for `HEAD`) the same target when the
+                    // listing says one: a new target is news even at the same commit.
+                    !left_out.iter().any(|out| {
+                        out.name == line.name
+                            && out.oid == line.oid
+                            && (line.symref_target.is_none()
+                                || out.symref_target == line.symref_target)
+                    })
                 })
                 .cloned()
                 .collect(),
@@ -1152,9 +1204,10 @@ impl Mirrors {
 
     /// Keep mirrors within the disk budget: while they hold more than `budget.max_bytes` in
     /// all, or the disk has less than `budget.min_free` free, evict whole mirrors (and their
-    /// stored responses), least recently used first, never one being served or refreshed.
-    /// Reports each mirror's size. Returns how many were evicted.
-    pub(crate) async fn enforce(&self, budget: &Budget) -> usize {
+    /// stored responses), least recently used first, never one being served or refreshed
+    /// (nor `spare`, the one room is made for). Reports each mirror's size. Returns how many
+    /// were evicted.
+    pub(crate) async fn enforce(&self, budget: &Budget, spare: Option<&RepoKey>) -> usize {
         let keys = self.registry.on_disk();
         let root = self.registry.root().to_owned();
         let registry = Arc::clone(&self.registry);
@@ -1199,7 +1252,7 @@ impl Mirrors {
             if !over && free >= budget.min_free {
                 break;
             }
-            if self.in_use(key) {
+            if self.in_use(key) || spare == Some(key) {
                 continue;
             }
             match self.registry.evict_local(key).await {
@@ -1256,7 +1309,7 @@ impl Mirrors {
         let Ok(_one) = self.making_room.try_lock() else {
             return 0;
         };
-        self.enforce(&self.budget).await
+        self.enforce(&self.budget, None).await
     }
 }
 
@@ -1457,6 +1510,123 @@ mod tests {
             key,
             mirrors,
         }
+    }
+
+    /// A listing that shows a ref as the mirror's last refresh left it out has not moved;
+    /// one that shows it with another value, or (for `HEAD`) naming another target, has.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refs_left_out_as_listed_have_not_moved() {
+        let f = fetched(1507).await;
+        let repo = super::Repository::open(f.registry.existing(&f.key).unwrap().git_dir()).unwrap();
+        let listed: Vec<RefLine> = (repo.refs().unwrap().into_iter())
+            .map(|r| RefLine {
+                oid: r.oid,
+                name: r.name,
+                symref_target: r.symref_target,
+                peeled: r.peeled,
+            })
+            .collect();
+        let main = listed.iter().find(|r| r.name == "refs/heads/main").unwrap();
+        let other = (listed.iter())
+            .filter_map(|r| r.oid)
+            .find(|oid| Some(*oid) != main.oid)
+            .expect("another commit");
+        let with = |extra: &[RefLine]| {
+            let mut lines: Vec<RefLine> = (listed.iter())
+                .filter(|r| !extra.iter().any(|e| e.name == r.name))
+                .cloned()
+                .collect();
+            lines.extend(extra.iter().cloned());
+            f.mirrors.moved(&f.key, &lines, None).is_some()
+        };
+        assert!(!with(&[]), "the mirror's own refs have not moved");
+        let odd = RefLine::new(main.oid.unwrap(), "refs/heads/odd..name");
+        let head = RefLine {
+            oid: Some(other),
+            name: "HEAD".into(),
+            symref_target: Some("refs/tags/too-deep".into()),
+            peeled: None,
+        };
+        assert!(with(std::slice::from_ref(&odd)));
+        assert!(with(std::slice::from_ref(&head)));
+        f.mirrors
+            .note_left_out(&f.key, &[odd.clone(), head.clone()]);
+        assert!(!with(&[odd.clone(), head.clone()]));
+        let head_untold = RefLine {
+            symref_target: None,
+            ..head.clone()
+        };
+        assert!(
+            !with(&[head_untold]),
+            "a listing without symrefs says no more"
+        );
+        let odd_moved = RefLine::new(other, "refs/heads/odd..name");
+        assert!(with(&[odd_moved]), "another value");
+        let head_moved = RefLine {
+            symref_target: Some("refs/heads/main".into()),
+            ..head
+        };
+        assert!(with(&[head_moved]), "another target, the same commit");
+    }
+
+    /// A refresh stopped for the disk's floor as its pack arrived (here the registry's floor
+    /// is one no disk has, the start's check one any disk has: the disk filled meanwhile) is
+    /// a `LowDisk` failure, noted; the next refresh of that mirror starts only with twice what
+    /// had arrived free above the floor: refused at the start, nothing downloaded again in
+    /// part. One that goes through forgets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_stopped_for_the_disk_waits_for_the_room_it_lacked() {
+        let f = fetched(1506).await;
+        let floor = Budget {
+            min_free: 1,
+            ..unbounded()
+        };
+        let tight = Arc::new(Registry::new(f.dir.path()).with_min_free(u64::MAX));
+        let mirrors = Arc::new(Mirrors::new(tight, Vec::new(), floor.clone()));
+        repo::append_commits(&f.source, "main", 2, 1506).unwrap();
+        f.upstream.reset_counts();
+        let refresh = |mirrors: &Arc<Mirrors>| {
+            let mirrors = Arc::clone(mirrors);
+            let (key, client) = (f.key.clone(), f.client.clone());
+            async move {
+                mirrors
+                    .refresh_asking(&key, client, false, Vec::new(), Default::default())
+                    .await
+            }
+        };
+        let err = refresh(&mirrors).await.unwrap_err();
+        assert!(
+            matches!(err, super::Error::LowDisk { keep, .. } if keep == u64::MAX),
+            "{err:?}"
+        );
+        // Stopped at its first read (the floor is checked as the pack starts to arrive), and
+        // noted. Had an exabyte arrived by then, the next refresh would need twice that.
+        assert!(
+            mirrors
+                .stopped_for_disk
+                .lock()
+                .unwrap()
+                .contains_key(&f.key)
+        );
+        let received = 1 << 60;
+        mirrors.note_stopped_for_disk(&f.key, Some(received));
+        let asked = |upstream: &Upstream| {
+            let counts = upstream.counts();
+            counts.ls_refs + counts.fetch
+        };
+        let before = asked(&f.upstream);
+        assert!(before >= 1, "the listing was asked for");
+        let err = refresh(&mirrors).await.unwrap_err();
+        assert!(
+            matches!(err, super::Error::LowDisk { keep, .. } if keep == 1 + 2 * received),
+            "{err:?}"
+        );
+        assert_eq!(asked(&f.upstream), before, "refused at the start");
+        // With room (a little asked for above the floor), it goes through and is forgotten.
+        let roomy = Arc::new(Mirrors::new(Arc::clone(&f.registry), Vec::new(), floor));
+        roomy.note_stopped_for_disk(&f.key, Some(1));
+        refresh(&roomy).await.unwrap();
+        assert!(roomy.stopped_for_disk.lock().unwrap().is_empty());
     }
 
     /// Catching up with the shared store takes disk as a refresh does: below the free-space

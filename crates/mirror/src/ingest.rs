@@ -18,16 +18,17 @@ use gix_hash::{Kind as HashKind, ObjectId};
 
 /// The largest single allocation a received pack may cause. A pack header can claim any
 /// object count, and indexing sizes its tables by it: a hostile upstream could otherwise make
-/// us allocate tens of gigabytes. 2 GiB admits about 26 million objects.
+/// us allocate tens of gigabytes. 2 GiB admits about 33 million objects
+/// ([`CLAIMED_OBJECT_BYTES`] each).
 pub const MAX_ALLOCATION: usize = 2 << 30;
 
 /// What each object a pack's header claims is counted for against [`MAX_ALLOCATION`]: its
 /// entry, and the tables indexing sizes by the count.
 pub const CLAIMED_OBJECT_BYTES: usize = std::mem::size_of::<PackEntry>() * 4;
 
-/// What each base a received pack names by id (a delta's base the pack does not hold before
-/// it) is counted for against [`MAX_ALLOCATION`] beside its objects: its id in the list and
-/// the set of those named, with their room to grow.
+/// What each distinct base a received pack names by id (a `REF_DELTA`'s base, in the pack
+/// or not) is counted for against [`MAX_ALLOCATION`] beside its objects: its id in the list
+/// and the set of those named, with their room to grow.
 pub const NAMED_BASE_BYTES: usize = 160;
 
 /// Blobs stored whole from this size on are hashed as they arrive, and unless a delta rests

@@ -42,18 +42,25 @@ pub struct Refreshed {
     /// as `not our ref`); one of them still missing was refused. Empty when that fetch failed
     /// otherwise (a timeout, a broken connection), which says nothing about the ids.
     pub asked_ahead: Vec<ObjectId>,
-    /// The refs the upstream listed that the mirror did not take, with the values listed (a
-    /// name git refuses, a chain of tags too deep to peel), [`MAX_LEFT_OUT`] at most, names
-    /// of up to [`MAX_LEFT_OUT_NAME`] bytes; `None`
+    /// The refs the upstream listed that the mirror did not take, as listed (a name git
+    /// refuses, a chain of tags too deep to peel, a `HEAD` naming such a ref or a target git
+    /// refuses), [`MAX_LEFT_OUT`] at most, names of up to [`MAX_LEFT_OUT_NAME`] bytes; `None`
     /// when no listing was read (a refresh joined that had nothing to do). Listings that
     /// show them alike have not moved.
-    pub left_out: Option<Vec<(BString, ObjectId)>>,
+    pub left_out: Option<Vec<RefLine>>,
 }
 
 /// The most refs left out that a refresh reports (see [`Refreshed::left_out`]).
 pub const MAX_LEFT_OUT: usize = 64;
-/// The longest name of a ref left out that a refresh reports.
+/// The longest name (with its symbolic target) of a ref left out that a refresh reports.
 pub const MAX_LEFT_OUT_NAME: usize = 1024;
+
+/// Whether a ref left out is reported (see [`Refreshed::left_out`]): one with a value, its
+/// name and target within [`MAX_LEFT_OUT_NAME`].
+fn reported_left_out(line: &RefLine) -> bool {
+    let target = line.symref_target.as_ref().map_or(0, |t| t.len());
+    line.oid.is_some() && line.name.len().saturating_add(target) <= MAX_LEFT_OUT_NAME
+}
 
 /// Why a refresh failed; the mirror is unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -112,12 +119,17 @@ pub enum Error {
     },
     /// The disk fell below the free space kept (see [`Mirror::keeping_free`]) while a pack
     /// arrived: the refresh was stopped, its staging removed.
-    #[error("not enough free disk space for the pack: {free} bytes free, {keep} kept free")]
+    #[error(
+        "not enough free disk space for the pack: {free} bytes free, {keep} kept free, {received} bytes received"
+    )]
     LowDisk {
         /// Bytes free when it was stopped.
         free: u64,
         /// Bytes to keep free.
         keep: u64,
+        /// Bytes of the upstream's answer received by then: the next try needs at least
+        /// that much more room.
+        received: u64,
     },
 }
 
@@ -369,13 +381,10 @@ impl Mirror {
         // other refs are mirrored.
         let mut remote = remote;
         remote.retain(|line| !line.name.starts_with(KEPT_PREFIX.as_bytes()));
-        let mut left_out: Vec<(BString, ObjectId)> = Vec::new();
+        let mut left_out: Vec<RefLine> = Vec::new();
         let mut leave_out = |line: &RefLine| {
-            if let Some(oid) = line.oid
-                && left_out.len() < MAX_LEFT_OUT
-                && line.name.len() <= MAX_LEFT_OUT_NAME
-            {
-                left_out.push((line.name.clone(), oid));
+            if left_out.len() < MAX_LEFT_OUT && reported_left_out(line) {
+                left_out.push(line.clone());
             }
         };
         remote.retain_mut(|line| match check_ref(line, &prefixes) {
@@ -610,12 +619,7 @@ impl Mirror {
         let after: Vec<(BString, Option<ObjectId>)> =
             repo.refs()?.into_iter().map(|r| (r.name, r.oid)).collect();
         let room = MAX_LEFT_OUT.saturating_sub(left_out.len());
-        left_out.extend(
-            too_deep
-                .into_iter()
-                .filter(|(name, _)| name.len() <= MAX_LEFT_OUT_NAME)
-                .take(room),
-        );
+        left_out.extend(too_deep.into_iter().filter(reported_left_out).take(room));
         Ok(Refreshed {
             refs: after.iter().filter(|(n, _)| n != "HEAD").count(),
             changed: before != after,
@@ -768,6 +772,7 @@ impl Mirror {
             dir: self.git_dir.clone(),
             keep: self.keep_free,
             unchecked: FLOOR_CHECKED_EVERY,
+            read: 0,
             below: std::sync::Arc::clone(&below),
         };
         // Set when taking the pack in outlasts its deadline after the download (see below).
@@ -808,7 +813,11 @@ impl Mirror {
             })();
             // Stopped for the disk: that is the cause, whatever the reading made of it.
             match (taken, below.get()) {
-                (Err(_), Some(&(free, keep))) => Err(Error::LowDisk { free, keep }),
+                (Err(_), Some(&(free, keep, received))) => Err(Error::LowDisk {
+                    free,
+                    keep,
+                    received,
+                }),
                 (taken, _) => taken,
             }
         });
@@ -1472,14 +1481,16 @@ pub const FLOOR_CHECKED_EVERY: u64 = 16 << 20;
 
 /// The upstream's answer as it is read, with the disk under `dir` checked to keep `keep`
 /// bytes free as the reading starts and every [`FLOOR_CHECKED_EVERY`] bytes: below it, reading
-/// fails, and `below` says how much was free.
+/// fails, and `below` says how much was free, the floor, and how much had been read.
 struct AboveFloor<R> {
     inner: R,
     dir: PathBuf,
     keep: u64,
     /// Bytes read since the last check.
     unchecked: u64,
-    below: std::sync::Arc<std::sync::OnceLock<(u64, u64)>>,
+    /// Bytes read in all.
+    read: u64,
+    below: std::sync::Arc<std::sync::OnceLock<(u64, u64, u64)>>,
 }
 
 impl<R: std::io::Read> std::io::Read for AboveFloor<R> {
@@ -1488,7 +1499,7 @@ impl<R: std::io::Read> std::io::Read for AboveFloor<R> {
             // A disk that cannot be told about is not held against the refresh.
             let free = gitcache_storage::fs::free_bytes(&self.dir).unwrap_or(u64::MAX);
             if free < self.keep {
-                let _ = self.below.set((free, self.keep));
+                let _ = self.below.set((free, self.keep, self.read));
                 return Err(std::io::Error::other(
                     "the disk fell below the free space kept while the pack arrived",
                 ));
@@ -1497,6 +1508,7 @@ impl<R: std::io::Read> std::io::Read for AboveFloor<R> {
         }
         let read = self.inner.read(buf)?;
         self.unchecked += read as u64;
+        self.read += read as u64;
         Ok(read)
     }
 }
@@ -1515,7 +1527,7 @@ fn write_refs(
     git_dir: &Path,
     repo: &gitcache_pack::Repository,
     remote: &[RefLine],
-) -> Result<Vec<(BString, ObjectId)>, Error> {
+) -> Result<Vec<RefLine>, Error> {
     let mut lines: Vec<&RefLine> = remote
         .iter()
         .filter(|r| r.name != "HEAD" && r.oid.is_some())
@@ -1523,7 +1535,7 @@ fn write_refs(
     lines.sort_by(|a, b| a.name.cmp(&b.name));
     lines.dedup_by(|a, b| a.name == b.name);
     let mut text = b"# pack-refs with: peeled fully-peeled sorted \n".to_vec();
-    let mut left_out: Vec<(BString, ObjectId)> = Vec::new();
+    let mut left_out: Vec<RefLine> = Vec::new();
     for line in lines {
         let oid = line.oid.expect("filtered");
         let peeled = match repo.peeled(&oid) {
@@ -1534,7 +1546,7 @@ fn write_refs(
                 if reason == gitcache_pack::TAG_CHAIN_TOO_LONG =>
             {
                 tracing::warn!(name = %line.name, %oid, "a ref whose tag chain is too long to peel: left out");
-                left_out.push((line.name.clone(), oid));
+                left_out.push((*line).clone());
                 continue;
             }
             Err(err) => return Err(err.into()),
@@ -1549,21 +1561,18 @@ fn write_refs(
     // Loose refs would hide packed ones; a mirror keeps none.
     remove_loose_refs(&git_dir.join("refs"))?;
     gitcache_storage::fs::replace_file_if_changed(&git_dir.join("packed-refs"), &text)?;
-    if let Some(target) = remote
-        .iter()
-        .find(|r| r.name == "HEAD")
-        .and_then(|r| r.symref_target.as_ref())
-        // Not onto a ref left out: `HEAD` would name nothing.
-        .filter(|target| {
-            !left_out
-                .iter()
-                .any(|(name, _)| name.as_bstr() == target.as_bstr())
-        })
-    {
-        let mut head = b"ref: ".to_vec();
-        head.extend_from_slice(target.as_bytes());
-        head.push(b'\n');
-        gitcache_storage::fs::replace_file_if_changed(&git_dir.join("HEAD"), &head)?;
+    let head = remote.iter().find(|r| r.name == "HEAD");
+    if let Some((head, target)) = head.and_then(|h| Some((h, h.symref_target.as_ref()?))) {
+        if left_out.iter().any(|r| r.name == *target) {
+            // Not onto a ref left out: `HEAD` would name nothing. It stays as it was, and
+            // is left out as listed.
+            left_out.push(head.clone());
+        } else {
+            let mut head = b"ref: ".to_vec();
+            head.extend_from_slice(target.as_bytes());
+            head.push(b'\n');
+            gitcache_storage::fs::replace_file_if_changed(&git_dir.join("HEAD"), &head)?;
+        }
     }
     Ok(left_out)
 }

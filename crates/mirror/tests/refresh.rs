@@ -405,17 +405,30 @@ async fn a_tag_chain_too_deep_to_peel_leaves_out_its_ref_only() {
         let done = mirror.refresh(&up, &[]).await.unwrap();
         // The tags past the depth peeled, said with the values listed, so that listings
         // showing them alike are not news.
-        let too_deep: Vec<(bstr::BString, ObjectId)> = (64..=66)
+        let left_out: Vec<(String, ObjectId, Option<String>)> = done
+            .left_out
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let target = r.symref_target.map(|t| t.to_string());
+                (r.name.to_string(), r.oid.unwrap(), target)
+            })
+            .collect();
+        let mut expected: Vec<(String, ObjectId, Option<String>)> = (64..=66)
             .map(|n| {
                 let name = format!("refs/tags/deep-{n}");
                 let oid = git(&source, &["rev-parse", &name]);
                 (
-                    name.into(),
+                    name,
                     ObjectId::from_hex(oid.trim().as_bytes()).unwrap(),
+                    None,
                 )
             })
             .collect();
-        assert_eq!(done.left_out, Some(too_deep));
+        // And `HEAD`, which names the last of them: not pointed at it, left out as listed.
+        let deepest = expected[2].1;
+        expected.push(("HEAD".into(), deepest, Some("refs/tags/deep-66".into())));
+        assert_eq!(left_out, expected);
         let packed = std::fs::read_to_string(mirror.git_dir().join("packed-refs")).unwrap();
         assert!(
             packed.contains(&format!("{moved} refs/heads/main\n")),

@@ -2192,12 +2192,24 @@ impl<'a> PackWriter<'a> {
             if let Rebuilding::Shared(jobs) = lane {
                 let level = self.opts.compression;
                 let zlib = self.zlib.get_or_insert_with(|| compressor(level));
-                match jobs.work(self.objects, zlib, budget, abandon) {
-                    Ok(made) => here.extend(made),
-                    Err(e) => {
+                // A panic here is an error like a lane's, after the lanes are waited for (it
+                // would otherwise unwind through the scope with them still at work).
+                let objects = &mut *self.objects;
+                let worked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    jobs.work(objects, zlib, budget, abandon)
+                }));
+                match worked {
+                    Ok(Ok(made)) => here.extend(made),
+                    Ok(Err(e)) => {
                         // The lanes stop at their next object, and are waited for below.
                         abandon.store(true, Ordering::Relaxed);
                         failed = Some(e);
+                    }
+                    Err(_) => {
+                        abandon.store(true, Ordering::Relaxed);
+                        failed = Some(Error::Odb {
+                            message: "compression panicked".into(),
+                        });
                     }
                 }
             }
