@@ -45,7 +45,7 @@ use tracing::Instrument;
 use crate::access::Fingerprint;
 use crate::access_log::{AccessNote, CacheState, UpstreamCall};
 use crate::admin::Admin;
-use crate::body::{Body, Spill, receive_body};
+use crate::body::{Body, Spill};
 use crate::config::{CredentialMode, ProxyConfig, url_host};
 use crate::error::{Error, text};
 use crate::fetch::Fetches;
@@ -78,8 +78,8 @@ pub struct Proxy {
     /// Request bodies decoded and parsed at once (CPU work): one per core but one, the rest
     /// wait without holding a thread.
     parse_slots: Arc<Semaphore>,
-    /// Webhook events read at once (see [`crate::webhook::CONCURRENT_EVENTS`]).
-    webhook_slots: Arc<Semaphore>,
+    /// What webhook events being read may hold (see [`crate::webhook::EVENT_BYTES_HELD`]).
+    webhook_budget: crate::body::BodyBudget,
     /// Pushes that refreshed a mirror lately (see [`crate::webhook::Seen`]).
     webhook_seen: crate::webhook::Seen,
     /// What fetch request bodies may hold at once, all together.
@@ -382,7 +382,7 @@ impl Proxy {
                     .map_or(1, |n| n.get().saturating_sub(1))
                     .max(1),
             )),
-            webhook_slots: Arc::new(Semaphore::new(crate::webhook::CONCURRENT_EVENTS)),
+            webhook_budget: crate::body::BodyBudget::new(crate::webhook::EVENT_BYTES_HELD),
             webhook_seen: Default::default(),
             body_budget,
             draining: AtomicBool::new(false),
@@ -711,15 +711,9 @@ impl Proxy {
                 "webhook events are read uncompressed",
             ));
         }
-        let Ok(_slot) = Arc::clone(&self.webhook_slots).try_acquire_owned() else {
-            return Ok(text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many webhook events at once",
-            ));
-        };
-        // Within a few seconds: the slots are few, and anyone may hold one until the body is
-        // read.
-        let body = receive_body(
+        // Within a few seconds, and within the events' budget: anyone may hold a share of it
+        // until the body is read.
+        let body = match crate::body::receive_body_within(
             headers,
             body,
             crate::webhook::MAX_EVENT_BYTES,
@@ -727,9 +721,18 @@ impl Proxy {
                 .limits
                 .body_read_timeout
                 .min(crate::webhook::EVENT_READ_TIMEOUT),
+            Some(&self.webhook_budget),
         )
-        .await?
-        .decode(crate::webhook::MAX_EVENT_BYTES)?;
+        .await
+        {
+            Err(crate::body::ReadError::Busy) => {
+                return Ok(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many webhook events at once",
+                ));
+            }
+            received => received?.decode(crate::webhook::MAX_EVENT_BYTES)?,
+        };
         if let Err(refused) = crate::webhook::verify(secret.as_bytes(), headers, &body) {
             tracing::warn!(%refused, "webhook refused");
             return Ok(text(StatusCode::UNAUTHORIZED, &refused.to_string()));

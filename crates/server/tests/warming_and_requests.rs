@@ -611,6 +611,54 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
     );
 }
 
+/// Webhook events being read hold shares of a byte budget, not a few slots: senders that
+/// trickle their bodies do not keep a forge's events out; bodies that hold the whole budget
+/// do, until they are gone.
+#[test]
+fn slow_webhook_senders_hold_shares_not_the_intake() {
+    let upstream = Upstream::start().unwrap();
+    let cache = Gitcache::start(&upstream, &["--webhook-secret", "s3cret-for-the-hooks"]);
+    let ping = r#"{"zen":"Keep it logically awesome."}"#;
+    let signed = format!(
+        "sha256={}",
+        gitcache_http::webhook::sign(b"s3cret-for-the-hooks", ping.as_bytes())
+    );
+    let post_ping = || {
+        http(
+            &cache.addr,
+            "POST",
+            "/api/hooks/push",
+            &[("X-GitHub-Event", "ping"), ("X-Hub-Signature-256", &signed)],
+            ping.as_bytes(),
+        )
+        .status
+    };
+    // Senders that stop after a few bytes of a body they said was longer.
+    let holding = |count: usize, sent: usize| {
+        (0..count)
+            .map(|_| {
+                let mut stream = common::connect(&cache.addr, Duration::from_secs(20));
+                let head = format!(
+                    "POST /api/hooks/push HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nContent-Length: {}\r\n\r\n",
+                    1 << 20
+                );
+                stream.write_all(head.as_bytes()).unwrap();
+                stream.write_all(&vec![b'{'; sent]).unwrap();
+                stream
+            })
+            .collect::<Vec<_>>()
+    };
+    let trickling = holding(8, 10);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(post_ping(), 202, "eight trickling senders keep nothing out");
+    drop(trickling);
+    // Sixteen nearly whole bodies of 1 MiB hold the 16 MiB.
+    let filling = holding(16, (1 << 20) - 100);
+    wait_for("the events' budget to be held", || post_ping() == 503);
+    drop(filling);
+    wait_for("the budget to be given back", || post_ping() == 202);
+}
+
 /// Issue 14: with a refresh interval, mirrors in use are refreshed in the background (no
 /// client asking), and nothing else is.
 #[test]
