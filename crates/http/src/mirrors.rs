@@ -30,6 +30,32 @@ struct OpenRepo {
     inherited: gitcache_pack::Warmth,
     /// When a request last took it.
     used: Instant,
+    /// Whether its files were checked and its maintenance taken up (not when only a
+    /// webhook's questions opened it: the next request does it).
+    checked: bool,
+}
+
+impl OpenRepo {
+    /// The handle, taken now as `how` says, and whether its check and maintenance are to be
+    /// taken up (it was opened so far only for a webhook's questions).
+    fn taken(&mut self, how: Opening) -> (Arc<Repository>, bool) {
+        self.used = Instant::now();
+        let take_up = how == Opening::Checked && !self.checked;
+        self.checked |= how != Opening::Question;
+        (Arc::clone(&self.repo), take_up)
+    }
+}
+
+/// Why a mirror is opened (see [`Mirrors::open_and_check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// For a request: checked, maintenance taken up, when opened anew.
+    Checked,
+    /// After its maintenance: nothing to take up.
+    Maintained,
+    /// For a webhook's questions: nothing taken up (it would show on `/metrics`); the next
+    /// request does it.
+    Question,
 }
 
 /// What this instance did for one repository since it started (for the admin page).
@@ -82,9 +108,10 @@ pub(crate) struct Mirrors {
     /// no entry.
     left_out: Mutex<crate::bounded::Bounded<RepoKey, LeftOut>>,
     /// By repository, how much of its last refresh's pack had arrived when the refresh was
-    /// stopped for the disk's floor: its next refresh starts only with twice that free above
-    /// the floor (evicting for it), so that it is not downloaded in part again and again.
-    stopped_for_disk: Mutex<crate::bounded::Bounded<RepoKey, u64>>,
+    /// stopped for the disk's floor, and when: for [`STOPPED_FOR_DISK_FOR`] its next refresh
+    /// starts only with twice that free above the floor (evicting for it when that can be
+    /// had), so that it is not downloaded in part again and again.
+    stopped_for_disk: Mutex<crate::bounded::Bounded<RepoKey, (u64, Instant)>>,
     /// The settings answers are written with, when preparing a mirror makes ahead what a
     /// shallow clone of its `HEAD` compresses again (see [`Mirrors::prepare`]).
     answers: std::sync::OnceLock<gitcache_pack::Options>,
@@ -129,6 +156,10 @@ const MAX_WEBHOOK_WARMING: usize = 16;
 type LeftOut = Arc<Vec<RefLine>>;
 /// The most repositories whose refs left out are remembered (few have any).
 const MAX_LEFT_OUT_REPOS: usize = 1_000;
+
+/// How long a refresh stopped for the disk's floor asks its successors for the room it
+/// lacked (see [`Mirrors::stopped_for_disk`]): past it, one tries as any does.
+const STOPPED_FOR_DISK_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How long a client's listing of the tags vouches for the mirror's (see
 /// [`Mirrors::tags_as_listed_lately`]): a client fetches within seconds of its `ls-refs`.
@@ -587,7 +618,8 @@ impl Mirrors {
             .lock()
             .unwrap_or_else(|p| p.into_inner()))
         .get(key)
-        .map_or(0, |received| received.saturating_mul(2));
+        .filter(|(_, at)| at.elapsed() < STOPPED_FOR_DISK_FOR)
+        .map_or(0, |(received, _)| received.saturating_mul(2));
         if headroom == 0 && self.above_the_floor() {
             return Ok(());
         }
@@ -621,8 +653,8 @@ impl Mirrors {
         let mut table = (self.stopped_for_disk.lock()).unwrap_or_else(|p| p.into_inner());
         match received {
             Some(received) => {
-                table.make_room(|_, _| true);
-                table.insert(key.clone(), received.max(1));
+                table.make_room(|_, (_, at)| at.elapsed() < STOPPED_FOR_DISK_FOR);
+                table.insert(key.clone(), (received.max(1), Instant::now()));
             }
             None => {
                 table.remove(key);
@@ -858,12 +890,13 @@ impl Mirrors {
     }
 
     /// Whether `key`'s mirror holds `oid` (looked up on a blocking thread); `false` without
-    /// a mirror, or when it cannot be read.
+    /// a mirror, or when it cannot be read. A webhook's question: the mirror is opened without
+    /// taking up its maintenance (see [`refresh_counted`](Self::refresh_counted)).
     pub(crate) async fn holds(self: &Arc<Self>, key: &RepoKey, oid: gix_hash::ObjectId) -> bool {
         let (mirrors, key) = (Arc::clone(self), key.clone());
         tokio::task::spawn_blocking(move || {
             mirrors
-                .open(&key)
+                .open_and_check(&key, Opening::Question)
                 .ok()
                 .flatten()
                 .is_some_and(|repo| repo.contains(&oid))
@@ -909,7 +942,8 @@ impl Mirrors {
     }
 
     /// Where the mirror of `key` has the ref `name` now (`None`: no such ref, or no mirror),
-    /// looked up on a blocking thread; an error for a name that is no ref name.
+    /// looked up on a blocking thread; an error for a name that is no ref name. A webhook's
+    /// question, as [`holds`](Self::holds).
     pub(crate) async fn ref_now(
         self: &Arc<Self>,
         key: &RepoKey,
@@ -917,7 +951,7 @@ impl Mirrors {
     ) -> Result<Option<gix_hash::ObjectId>, Error> {
         let (mirrors, key) = (Arc::clone(self), key.clone());
         tokio::task::spawn_blocking(move || {
-            let Some(repo) = mirrors.open(&key)? else {
+            let Some(repo) = mirrors.open_and_check(&key, Opening::Question)? else {
                 return Ok(None);
             };
             Ok(repo.find_ref(&name)?.and_then(|r| r.oid))
@@ -939,12 +973,19 @@ impl Mirrors {
 
     /// The mirror of `key`, opened again only when its packs changed.
     pub(crate) fn open(&self, key: &RepoKey) -> Result<Option<Arc<Repository>>, Error> {
-        self.open_and_check(key, true)
+        self.open_and_check(key, Opening::Checked)
     }
 
-    /// [`open`](Self::open); with `check`, a mirror opened anew has its files checked and
-    /// its maintenance taken up in the background.
-    fn open_and_check(&self, key: &RepoKey, check: bool) -> Result<Option<Arc<Repository>>, Error> {
+    /// [`open`](Self::open), as `how` says: a mirror opened anew (or so far only for a
+    /// webhook's questions) has its files checked and its maintenance taken up in the
+    /// background, unless maintenance has just run or the opening is a webhook's question.
+    fn open_and_check(
+        &self,
+        key: &RepoKey,
+        how: Opening,
+    ) -> Result<Option<Arc<Repository>>, Error> {
+        let check = how == Opening::Checked;
+        let checked = how != Opening::Question;
         let Some(mirror) = self.registry.existing(key) else {
             return Ok(None);
         };
@@ -957,8 +998,12 @@ impl Mirrors {
                 Some(known)
                     if known.packs_changed.is_some() && known.packs_changed == packs_changed =>
                 {
-                    known.used = Instant::now();
-                    return Ok(Some(Arc::clone(&known.repo)));
+                    let (repo, take_up) = known.taken(how);
+                    drop(open);
+                    if take_up {
+                        self.registry.check_in_background(key);
+                    }
+                    return Ok(Some(repo));
                 }
                 known => known.map(|k| (Arc::clone(&k.repo), k.inherited)),
             }
@@ -982,15 +1027,21 @@ impl Mirrors {
                 // goes): not kept, its files not held.
                 return Ok(None);
             }
-            if let Some(current) = open.get(key)
+            if let Some(current) = open.get_mut(key)
                 && !known
                     .as_ref()
                     .is_some_and(|(before, _)| Arc::ptr_eq(before, &current.repo))
                 && current.packs_changed.is_some()
                 && current.packs_changed == packs_changed
             {
-                // Another request opened the same packs meanwhile.
-                return Ok(Some(Arc::clone(&current.repo)));
+                // Another request opened the same packs meanwhile (and checks them, unless it
+                // was a webhook's question).
+                let (repo, take_up) = current.taken(how);
+                drop(open);
+                if take_up {
+                    self.registry.check_in_background(key);
+                }
+                return Ok(Some(repo));
             }
             open.insert(
                 key.clone(),
@@ -999,6 +1050,7 @@ impl Mirrors {
                     repo: Arc::clone(&repo),
                     inherited,
                     used: Instant::now(),
+                    checked,
                 },
             );
         }
@@ -1061,7 +1113,11 @@ impl Mirrors {
             .contains_key(key);
         // A mirror no request opened yet (made by a webhook, or before a restart) is checked
         // as any first opening checks it.
-        let Some(repo) = self.open_and_check(key, !was_open)? else {
+        let how = match was_open {
+            true => Opening::Maintained,
+            false => Opening::Checked,
+        };
+        let Some(repo) = self.open_and_check(key, how)? else {
             return Ok(());
         };
         let inherited = self
@@ -1205,8 +1261,9 @@ impl Mirrors {
     /// Keep mirrors within the disk budget: while they hold more than `budget.max_bytes` in
     /// all, or the disk has less than `budget.min_free` free, evict whole mirrors (and their
     /// stored responses), least recently used first, never one being served or refreshed
-    /// (nor `spare`, the one room is made for). Reports each mirror's size. Returns how many
-    /// were evicted.
+    /// (nor `spare`, the one room is made for; then nothing is evicted unless evicting can
+    /// free what the budget keeps). Reports each mirror's size. Returns how many were
+    /// evicted.
     pub(crate) async fn enforce(&self, budget: &Budget, spare: Option<&RepoKey>) -> usize {
         let keys = self.registry.on_disk();
         let root = self.registry.root().to_owned();
@@ -1245,6 +1302,15 @@ impl Mirrors {
             return 0;
         };
         let mut total: u64 = sizes.iter().map(|(_, size, _)| size).sum();
+        // Room made for one refresh: all of it or none, so that a refresh that cannot start
+        // anyway (one asking for more than the disk can give) empties nothing.
+        let evictable: u64 = (sizes.iter())
+            .filter(|(key, _, _)| !self.in_use(key) && spare != Some(key))
+            .map(|(_, size, _)| size)
+            .sum();
+        if spare.is_some() && free.saturating_add(evictable) < budget.min_free {
+            return 0;
+        }
         let mut evicted: Vec<&RepoKey> = Vec::new();
         for (key, size, _) in &sizes {
             let (key, size) = (key, *size);
@@ -1608,6 +1674,11 @@ mod tests {
                 .unwrap()
                 .contains_key(&f.key)
         );
+        // Another mirror beside it, which evicting could take.
+        let other = RepoKey::new("127.0.0.1", "acme", "other.git").unwrap();
+        f.registry.refresh(&other, &f.client, &[]).await.unwrap();
+        let mirrors_before = f.registry.on_disk().len();
+        assert_eq!(mirrors_before, 2);
         let received = 1 << 60;
         mirrors.note_stopped_for_disk(&f.key, Some(received));
         let asked = |upstream: &Upstream| {
@@ -1622,6 +1693,11 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(asked(&f.upstream), before, "refused at the start");
+        assert_eq!(
+            f.registry.on_disk().len(),
+            mirrors_before,
+            "nothing evicted for room no eviction could make"
+        );
         // With room (a little asked for above the floor), it goes through and is forgotten.
         let roomy = Arc::new(Mirrors::new(Arc::clone(&f.registry), Vec::new(), floor));
         roomy.note_stopped_for_disk(&f.key, Some(1));

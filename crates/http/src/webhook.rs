@@ -12,11 +12,12 @@ use hmac::{KeyInit as _, Mac as _};
 /// The largest event body read before its signature is checked (push events are a few KiB;
 /// anyone can send one, so little is held for them).
 pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
-/// What all events being read may hold before their checks, shared by bytes as they
-/// arrive (64 KiB at least each, see [`crate::body::BodyBudget`]); past it an event gets
-/// 503. By bytes, not by events: a sender trickling a few bytes holds one share of 256, not
-/// one of a few slots, and the connection limit comes first.
-pub(crate) const EVENT_BYTES_HELD: u64 = 16 << 20;
+/// What all events being read may hold before their checks, shared by what their buffers
+/// take as they grow (64 KiB at least each, from their headers on, see
+/// [`crate::body::BodyBudget`]); past it an event gets 503. By bytes, not by events: a sender
+/// trickling a few bytes holds one share of 1,024, as many as the default connection limit
+/// of a listener, not one of a few slots.
+pub(crate) const EVENT_BYTES_HELD: u64 = 64 << 20;
 /// The longest an event's body may take to arrive (a forge sends a few KiB at once).
 pub(crate) const EVENT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -1536,6 +1536,7 @@ fn write_refs(
     lines.dedup_by(|a, b| a.name == b.name);
     let mut text = b"# pack-refs with: peeled fully-peeled sorted \n".to_vec();
     let mut left_out: Vec<RefLine> = Vec::new();
+    let mut written: std::collections::HashSet<&BString> = std::collections::HashSet::new();
     for line in lines {
         let oid = line.oid.expect("filtered");
         let peeled = match repo.peeled(&oid) {
@@ -1554,6 +1555,7 @@ fn write_refs(
         text.extend_from_slice(format!("{oid} ").as_bytes());
         text.extend_from_slice(&line.name);
         text.push(b'\n');
+        written.insert(&line.name);
         if let Some(peeled) = peeled {
             text.extend_from_slice(format!("^{peeled}\n").as_bytes());
         }
@@ -1563,9 +1565,9 @@ fn write_refs(
     gitcache_storage::fs::replace_file_if_changed(&git_dir.join("packed-refs"), &text)?;
     let head = remote.iter().find(|r| r.name == "HEAD");
     if let Some((head, target)) = head.and_then(|h| Some((h, h.symref_target.as_ref()?))) {
-        if left_out.iter().any(|r| r.name == *target) {
-            // Not onto a ref left out: `HEAD` would name nothing. It stays as it was, and
-            // is left out as listed.
+        if head.oid.is_some() && !written.contains(target) {
+            // Not onto a ref not written (left out, or outside the prefixes mirrored):
+            // `HEAD` would name nothing. It stays as it was, and is left out as listed.
             left_out.push(head.clone());
         } else {
             let mut head = b"ref: ".to_vec();

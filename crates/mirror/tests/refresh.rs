@@ -353,6 +353,14 @@ async fn refs_no_git_would_write_are_left_out() {
     }
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 
+    // The upstream's `HEAD` names a ref outside the prefixes mirrored: the mirror's stays as
+    // it was, naming a ref it has.
+    git(&source, &["update-ref", "refs/notes/elsewhere", &tip]);
+    git(&source, &["symbolic-ref", "HEAD", "refs/notes/elsewhere"]);
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(std::fs::read(mirror.git_dir().join("HEAD")).unwrap(), head);
+    git(&source, &["symbolic-ref", "HEAD", "refs/heads/main"]);
+
     // A lying peeled value is not written: packed-refs says what the objects say.
     let tags: Vec<String> = git(&source, &["tag"]).lines().map(str::to_owned).collect();
     let annotated = tags

@@ -17,6 +17,11 @@ use crate::site::{MAX_FILES, MAX_SITE_BYTES, TreeFile};
 /// a minute, not the whole transfer timeout.
 pub const MIN_RATE: (u64, std::time::Duration) = (256 << 10, std::time::Duration::from_secs(30));
 
+/// How long a deploy's upstream has to start its pack: the first window of [`MIN_RATE`] (a
+/// forge counts the objects of a large repository's tree before it sends any, keep-alives
+/// aside).
+pub const PACK_STARTS_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The limits of a deploy's exchanges before its fetch: its listing (`ls-refs`) within a
 /// minute, at [`MIN_RATE`].
 pub fn listing_limits() -> gitcache_upstream::Limits {
@@ -99,6 +104,7 @@ pub async fn branch_tree_unless(
             max_pack_bytes: 2 * MAX_SITE_BYTES,
             transfer_timeout: std::time::Duration::from_secs(300),
             min_rate: Some(MIN_RATE),
+            first_window: Some(PACK_STARTS_WITHIN),
         });
         let fetch = Fetch {
             wants: vec![tip],

@@ -368,8 +368,9 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
     .expect_success();
     let mirror = cache.mirror(&upstream, "acme/widgets");
     common::wait_for_mirror(&mirror, &source);
-    // Enough to need a consolidation after (more than a 64th of the mirror's objects).
-    let tip = repo::append_commits(&source, "main", 40, 1402).unwrap();
+    // Enough to need a consolidation after (over a thousand objects beside the mirror's
+    // consolidated pack).
+    let tip = repo::append_commits(&source, "main", 250, 1402).unwrap();
 
     let event = |name: &str| {
         format!(
@@ -486,6 +487,19 @@ fn a_signed_push_webhook_refreshes_the_mirror() {
         0,
         "the fetch after the push is a hit"
     );
+    // That request opened the mirror, and took up the maintenance the webhook left.
+    let consolidated = |lines: &std::collections::BTreeSet<String>| {
+        lines
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("gitcache_mirror_maintenance_total{result=\"consolidated\"} ")
+            })
+            .map(|n| n.parse::<f64>().unwrap())
+    };
+    let before = consolidated(&warmed_before).unwrap();
+    wait_for("the mirror to be consolidated", || {
+        consolidated(&warm_lines()) == Some(before + 1.0)
+    });
 
     // The same event again (replayed, or redelivered), and one saying of another ref what
     // the mirror has already: accepted, and nothing asked upstream.
@@ -652,8 +666,8 @@ fn slow_webhook_senders_hold_shares_not_the_intake() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(post_ping(), 202, "eight trickling senders keep nothing out");
     drop(trickling);
-    // Sixteen nearly whole bodies of 1 MiB hold the 16 MiB.
-    let filling = holding(16, (1 << 20) - 100);
+    // Sixty-four nearly whole bodies of 1 MiB hold the 64 MiB.
+    let filling = holding(64, (1 << 20) - 100);
     wait_for("the events' budget to be held", || post_ping() == 503);
     drop(filling);
     wait_for("the budget to be given back", || post_ping() == 202);

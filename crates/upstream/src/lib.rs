@@ -143,6 +143,11 @@ pub struct Limits {
     /// passes the idle timeout; this bounds what it holds (a deploy's slot) by rate too.
     /// `None` (the default): the idle and transfer timeouts alone.
     pub min_rate: Option<(u64, Duration)>,
+    /// How long the first window of `min_rate` lasts, when longer than the others: an
+    /// upstream that works out its answer before it sends it (a forge counting the objects
+    /// of a pack, sending only keep-alives meanwhile) is given that long to start. `None`
+    /// (the default): as long as the others.
+    pub first_window: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -151,6 +156,7 @@ impl Default for Limits {
             transfer_timeout: Duration::from_secs(3600),
             max_pack_bytes: 64 << 30,
             min_rate: None,
+            first_window: None,
         }
     }
 }
@@ -226,11 +232,12 @@ struct Pace {
 }
 
 impl Pace {
-    fn new(min_rate: Option<(u64, Duration)>) -> Self {
-        let every = min_rate.map_or(Duration::ZERO, |(_, every)| every);
+    fn new(limits: &Limits) -> Self {
+        let every = limits.min_rate.map_or(Duration::ZERO, |(_, every)| every);
+        let first = limits.first_window.map_or(every, |first| first.max(every));
         Pace {
-            min_rate,
-            ends: std::time::Instant::now() + every,
+            min_rate: limits.min_rate,
+            ends: std::time::Instant::now() + first,
             counted: 0,
         }
     }
@@ -719,7 +726,7 @@ impl Upstream {
         mut sink: impl FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<u64, Error> {
         let mut read = 0u64;
-        let mut pace = Pace::new(self.limits.min_rate);
+        let mut pace = Pace::new(&self.limits);
         loop {
             let Some(frame) = pace.frame(&mut body, self.timeout).await? else {
                 return Ok(read);
@@ -821,7 +828,7 @@ impl Upstream {
             let mut body = response.into_body();
             let mut written = 0u64;
             let limit = self.limits.max_pack_bytes;
-            let mut pace = Pace::new(self.limits.min_rate);
+            let mut pace = Pace::new(&self.limits);
             loop {
                 let Some(frame) = pace.frame(&mut body, self.timeout).await? else {
                     break;
