@@ -279,7 +279,8 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
 }
 
 /// The `Host` of a request, lower-cased, without a port or a final dot; none for a request
-/// with two (which a cache in front could key on the other).
+/// with two, or in absolute form naming another host (which a cache in front could key on
+/// instead).
 fn host_of<B>(request: &Request<B>) -> Option<String> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host = hosts.next()?.to_str().ok()?;
@@ -295,7 +296,15 @@ fn host_of<B>(request: &Request<B>) -> Option<String> {
     });
     // `example.org.` is `example.org`: one site, one host's turn.
     let name = name.strip_suffix('.').unwrap_or(name);
-    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+    let name = name.to_ascii_lowercase();
+    if let Some(authority) = request.uri().authority() {
+        let named = authority.host();
+        let named = named.strip_suffix('.').unwrap_or(named);
+        if !named.eq_ignore_ascii_case(&name) {
+            return None;
+        }
+    }
+    (!name.is_empty()).then_some(name)
 }
 
 impl PagesService {
@@ -558,12 +567,31 @@ impl PagesService {
         path: &str,
         mut response: Response<Body>,
     ) -> Response<Body> {
+        let mut set_type = false;
         for (name, value) in site.rules.headers(path) {
             if let (Ok(name), Ok(value)) = (
                 header::HeaderName::from_bytes(name.as_bytes()),
                 header::HeaderValue::from_str(value),
             ) {
-                response.headers_mut().append(name, value);
+                let headers = response.headers_mut();
+                // The site's `Content-Type` replaces the server's (the first block's wins),
+                // not beside it: two would be read differently by a cache and a browser.
+                let added = if name == header::CONTENT_TYPE {
+                    let first = !set_type;
+                    set_type = true;
+                    if first {
+                        headers.try_insert(name, value).map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                } else {
+                    headers.try_append(name, value).map(|_| ())
+                };
+                // A header map holds a bounded number of headers (rules stored by an older
+                // release may hold more): the rest are not added, rather than fail.
+                if added.is_err() {
+                    break;
+                }
             }
         }
         response
@@ -597,7 +625,13 @@ impl PagesService {
             && headers
                 .get(header::IF_NONE_MATCH)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+                .is_some_and(|tags| {
+                    // Compared weakly, as `If-None-Match` is: `W/"x"` matches `"x"`.
+                    tags.split(',').any(|t| {
+                        let t = t.trim();
+                        t.strip_prefix("W/").unwrap_or(t) == etag || t == "*"
+                    })
+                });
         let response = if not_modified {
             let mut response = Response::new(Body::full(Bytes::new()));
             *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -1424,6 +1458,20 @@ mod tests {
         assert_eq!(host_of(&request(&["."])), None);
         assert_eq!(host_of(&request(&["a.example", "b.example"])), None);
         assert_eq!(host_of(&request(&[])), None);
+        // In absolute form, the request names its host twice: both must agree.
+        let absolute = |uri: &str, host: &str| {
+            let request = hyper::Request::builder()
+                .uri(uri)
+                .header(hyper::header::HOST, host)
+                .body(())
+                .unwrap();
+            host_of(&request)
+        };
+        assert_eq!(absolute("http://victim.example/", "attacker.example"), None);
+        assert_eq!(
+            absolute("http://Site.Example./x", "site.example:80").as_deref(),
+            Some("site.example")
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ const MAX_LINE: usize = 4096;
 const MAX_SEGMENTS: usize = 32;
 /// The most headers one `_headers` block sets.
 const MAX_HEADERS_PER_RULE: usize = 64;
+/// The most header lines of a `_headers` file in all: every block may match one path, and an
+/// answer holds a bounded number of headers.
+pub const MAX_HEADER_LINES: usize = 1024;
 
 /// The redirects file at the root of a site's tree.
 pub const REDIRECTS_FILE: &str = "_redirects";
@@ -200,7 +203,9 @@ pub struct Applied {
     pub to: String,
 }
 
-/// Headers the site may not set: they frame the answer, or belong to the connection.
+/// Headers the site may not set: they frame the answer, belong to the connection, are the
+/// server's to say (`Location`), or reach past the site (`Set-Cookie`: sites of one wildcard
+/// domain share a parent domain).
 const RESERVED_HEADERS: &[&str] = &[
     "accept-ranges",
     "connection",
@@ -210,7 +215,10 @@ const RESERVED_HEADERS: &[&str] = &[
     "date",
     "etag",
     "keep-alive",
+    "location",
+    "proxy-authenticate",
     "proxy-connection",
+    "set-cookie",
     "te",
     "trailer",
     "transfer-encoding",
@@ -435,6 +443,7 @@ fn parse_redirects(text: &str) -> Result<Vec<Redirect>, RuleError> {
 
 fn parse_headers(text: &str) -> Result<Vec<HeaderRule>, RuleError> {
     let mut rules: Vec<HeaderRule> = Vec::new();
+    let mut header_lines = 0;
     for (line, content) in lines(HEADERS_FILE, text)? {
         let error = |reason: String| RuleError {
             file: HEADERS_FILE,
@@ -469,6 +478,12 @@ fn parse_headers(text: &str) -> Result<Vec<HeaderRule>, RuleError> {
         if rule.headers.len() == MAX_HEADERS_PER_RULE {
             return Err(error(format!(
                 "more than {MAX_HEADERS_PER_RULE} headers for one path"
+            )));
+        }
+        header_lines += 1;
+        if header_lines > MAX_HEADER_LINES {
+            return Err(error(format!(
+                "more than {MAX_HEADER_LINES} header lines in all"
             )));
         }
         rule.headers.push((lower, value.to_owned()));
@@ -603,6 +618,15 @@ mod tests {
         for (headers, needle) in [
             ("  X-A: b", "before any path"),
             ("/*\n  Content-Length: 5", "cannot be set"),
+            (
+                "/*\n  Location: https://elsewhere.example/",
+                "cannot be set",
+            ),
+            (
+                "/*\n  Set-Cookie: a=b; Domain=example.page",
+                "cannot be set",
+            ),
+            ("/*\n  Proxy-Authenticate: Basic", "cannot be set"),
             ("/*\n  Bad Name: 5", "not a valid header"),
             ("/*\n  X-A", "Name: value"),
             ("/*\n  X-A: \u{1}", "not a valid header"),
@@ -612,5 +636,17 @@ mod tests {
         }
         let many: String = (0..=MAX_RULES).map(|i| format!("/a{i} /b\n")).collect();
         assert!(Rules::parse(Some(&many), None).is_err());
+        // Header lines are bounded in all, not only per block: every block may match.
+        let lines = |n: usize| -> String {
+            (0..n)
+                .map(|i| match i % 64 {
+                    0 => format!("/*\n\tx-{i}:\n"),
+                    _ => format!("\tx-{i}:\n"),
+                })
+                .collect()
+        };
+        assert!(Rules::parse(None, Some(&lines(MAX_HEADER_LINES))).is_ok());
+        let err = Rules::parse(None, Some(&lines(MAX_HEADER_LINES + 1))).unwrap_err();
+        assert!(err.reason.contains("in all"), "{err}");
     }
 }

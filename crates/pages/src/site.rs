@@ -155,6 +155,9 @@ struct Memory {
     blobs: Mutex<Lru<BlobKey, Bytes>>,
     /// The largest blob kept.
     blob_max: usize,
+    /// The most a site held may take (all of its share: a site that could not be held would
+    /// be read and decoded again for every request).
+    site_max: usize,
     /// Compressions run at once (one per core); a file that finds none free goes out as it
     /// is.
     compressing: tokio::sync::Semaphore,
@@ -247,6 +250,7 @@ impl<S: ObjectStore> Pages<S> {
                 ),
                 blobs: Mutex::new(Lru::new(cache_bytes - cache_bytes / 4)),
                 blob_max: (cache_bytes - cache_bytes / 4) / 16,
+                site_max: cache_bytes / 4,
             }),
             unnamed: Default::default(),
             max_projects: MAX_PROJECTS,
@@ -417,7 +421,17 @@ impl<S: ObjectStore> Pages<S> {
         + Send,
     ) -> Result<Deployed, Error> {
         let site_key = Self::site_key(host, project)?;
-        let (manifest, blobs) = build(commit, source, tree)?;
+        let (manifest, blobs, rules) = build(commit, source, tree)?;
+        // A site that memory could not hold would be read from the store and decoded again
+        // for every request it answers.
+        let held = Self::site_cost(&manifest, &rules) + 2 * site_key.as_str().len();
+        if held > self.memory.site_max {
+            return Err(Error::TooLarge {
+                what: "the site as held in memory (a quarter of the pages cache)",
+                got: held as u64,
+                limit: self.memory.site_max as u64,
+            });
+        }
         let current = self.store.read_manifest(&site_key).await?;
         if let Some(current) = &current
             && let Ok(deployed) = SiteManifest::decode(&current.bytes)
@@ -619,22 +633,25 @@ impl<S: ObjectStore> Pages<S> {
 
     /// About the memory a held site takes.
     fn cost(held: &Held) -> usize {
-        let manifest = held.site.as_ref().map_or(0, |site| {
-            site.manifest
-                .entries
-                .iter()
-                .map(|(path, entry)| {
-                    path.len()
-                        + 64
-                        + match entry {
-                            Entry::File(Content::Inline(bytes)) => bytes.len(),
-                            Entry::Symlink(target) => target.len(),
-                            _ => 0,
-                        }
-                })
-                .sum::<usize>()
-        });
-        256 + manifest + held.site.as_ref().map_or(0, |site| site.rules.cost())
+        held.site
+            .as_ref()
+            .map_or(256, |site| Self::site_cost(&site.manifest, &site.rules))
+    }
+
+    /// About the memory a site with `manifest` and `rules` takes when held.
+    fn site_cost(manifest: &SiteManifest, rules: &Rules) -> usize {
+        let entries: usize = (manifest.entries.iter())
+            .map(|(path, entry)| {
+                path.len()
+                    + 64
+                    + match entry {
+                        Entry::File(Content::Inline(bytes)) => bytes.len(),
+                        Entry::Symlink(target) => target.len(),
+                        _ => 0,
+                    }
+            })
+            .sum();
+        256 + entries + rules.cost()
     }
 
     /// The rules of a deployed site. Deployments check them, so rules that do not parse
@@ -794,7 +811,11 @@ fn parse_hex(name: &str) -> Option<[u8; 32]> {
 type Blobs = BTreeMap<[u8; 32], Vec<u8>>;
 
 /// The manifest of `tree`, and the blobs it names with their contents.
-fn build(commit: &str, source: &str, tree: Vec<TreeFile>) -> Result<(SiteManifest, Blobs), Error> {
+fn build(
+    commit: &str,
+    source: &str,
+    tree: Vec<TreeFile>,
+) -> Result<(SiteManifest, Blobs, Rules), Error> {
     if commit.is_empty() || commit.len() > 64 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Name(commit.to_owned()));
     }
@@ -888,7 +909,7 @@ fn build(commit: &str, source: &str, tree: Vec<TreeFile>) -> Result<(SiteManifes
         }
         entries.insert(file.path, entry);
     }
-    Rules::parse(rules[0].as_deref(), rules[1].as_deref())?;
+    let rules = Rules::parse(rules[0].as_deref(), rules[1].as_deref())?;
     Ok((
         SiteManifest {
             commit: commit.to_owned(),
@@ -896,5 +917,6 @@ fn build(commit: &str, source: &str, tree: Vec<TreeFile>) -> Result<(SiteManifes
             entries,
         },
         blobs,
+        rules,
     ))
 }

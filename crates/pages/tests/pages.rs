@@ -385,6 +385,25 @@ async fn bad_trees_and_names_are_refused() {
         pages.site("example.org", ".index").await.unwrap().is_none(),
         "nothing deployed"
     );
+    // A site memory could not hold (a quarter of the cache, here 256 KiB), which would be
+    // read and decoded again for every request: 3,000 inline files of 200 bytes.
+    let small = Pages::with_cache(AnyStore::Fs(FsStore::new(dir.path())), 1 << 20);
+    let inline: Vec<TreeFile> = (0..3_000)
+        .map(|i| TreeFile::file(format!("f{i}.html"), vec![b'x'; 200]))
+        .collect();
+    let refused = small
+        .deploy("example.org", ".index", COMMIT, "src", inline.clone())
+        .await;
+    assert!(
+        matches!(refused, Err(Error::TooLarge { what, .. }) if what.contains("held in memory")),
+        "{refused:?}"
+    );
+    // The same with room for it.
+    let roomy = Pages::with_cache(AnyStore::Fs(FsStore::new(dir.path())), 8 << 20);
+    roomy
+        .deploy("example.org", ".index", COMMIT, "src", inline)
+        .await
+        .unwrap();
 }
 
 #[test]

@@ -121,6 +121,9 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     assert_eq!(css.body_text(), style);
     let etag = css.header("etag").expect("an ETag");
     assert_eq!(get("/style.css", &[("If-None-Match", &etag)]).status, 304);
+    // Weakly compared, as a proxy that compressed the answer sends it back.
+    let weak = format!("W/{etag}");
+    assert_eq!(get("/style.css", &[("If-None-Match", &weak)]).status, 304);
     // Ranges: a part, the last bytes, one past the end.
     let part = get("/style.css", &[("Range", "bytes=2-5")]);
     assert_eq!(
@@ -171,7 +174,7 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     for series in [
         "gitcache_pages_deploys_total{result=\"deployed\"} 2",
         "gitcache_pages_deploys_total{result=\"unchanged\"} 1",
-        "gitcache_pages_requests_total{status=\"304\"} 1",
+        "gitcache_pages_requests_total{status=\"304\"} 2",
         "gitcache_pages_sent_bytes_total ",
     ] {
         assert!(metrics.contains(series), "{series}: {metrics}");
@@ -549,7 +552,8 @@ fn rules_compression_and_access_lines() {
             ),
             (
                 "_headers",
-                "/*\n  X-Frame-Options: DENY\n/big.css\n  Cache-Control: max-age=60\n",
+                "/*\n  X-Frame-Options: DENY\n/big.css\n  Cache-Control: max-age=60\n\
+                 /spa.html\n  Content-Type: text/plain; charset=utf-8\n",
             ),
         ],
     );
@@ -653,6 +657,17 @@ fn rules_compression_and_access_lines() {
     assert_eq!(shadowed.header("x-frame-options"), Some("DENY".into()));
     assert_eq!(shadowed.header("cache-control"), Some("max-age=60".into()));
     assert_eq!(get("/", &[]).header("cache-control"), None);
+    // A site's `Content-Type` replaces the server's: one, the site's.
+    let retyped = get("/spa.html", &[]);
+    let types: Vec<&str> = (retyped.head.lines())
+        .filter(|l| l.to_ascii_lowercase().starts_with("content-type:"))
+        .collect();
+    assert_eq!(
+        types,
+        ["content-type: text/plain; charset=utf-8"],
+        "{}",
+        retyped.head
+    );
 
     // Compressed answers: each its own ETag; a range is taken from the file as it is.
     let plain_etag = shadowed.header("etag").unwrap();
