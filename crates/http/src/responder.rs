@@ -190,6 +190,7 @@ impl Responder {
                     cancel: generation.cancel_when_unread(),
                     ..self.pack.clone()
                 };
+                let unread = generation.cancel_when_unread();
                 let cache = Arc::clone(cache);
                 let generate = move |slot: Option<Slot>| {
                     let options = shared(&options, slot.as_ref());
@@ -231,7 +232,13 @@ impl Responder {
                     }
                 };
                 tokio::spawn(async move {
-                    let slot = slots.take().await;
+                    // Given up as soon as nobody reads it any more, not once a slot is free:
+                    // a generation waiting holds its file, its request and its mirror, and
+                    // counts among those that wait for a slot.
+                    let slot = tokio::select! {
+                        slot = slots.take() => slot,
+                        () = until_cancelled(&unread) => return,
+                    };
                     let _ = tokio::task::spawn_blocking(move || generate(slot)).await;
                 });
                 tokio::task::spawn_blocking(move || follow(reader, ChannelWriter::new(tx, stall)));
@@ -530,6 +537,13 @@ struct Slot {
     held: usize,
 }
 
+/// Once `cancel` says so (looked at four times a second).
+async fn until_cancelled(cancel: &gitcache_pack::Cancel) {
+    while !cancel.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// `options` for a generation in `slot`: the compression threads shared with the other
 /// generations under way when it started (more threads than cores only take turns).
 fn shared(options: &gitcache_pack::Options, slot: Option<&Slot>) -> gitcache_pack::Options {
@@ -689,6 +703,54 @@ mod tests {
         let next = slots.take().await.unwrap();
         assert_eq!(shared(&options, Some(&next)).compression_threads, 2);
         assert_eq!(shared(&options, None).compression_threads, 4);
+    }
+
+    /// A generation for the response cache that waits for a pack slot is given up once
+    /// nobody reads it any more (its client left), not only once a slot is free: it no
+    /// longer counts among those waiting, so slots are not contested for nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_generation_nobody_reads_stops_waiting_for_a_slot() {
+        use gitcache_testkit::repo::{self, RepoSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let git_dir = dir.path().join("r.git");
+        repo::generate(&git_dir, &RepoSpec::tiny(41)).unwrap();
+        let tip = gitcache_testkit::git::git_stdout(&git_dir, &["rev-parse", "main"]);
+        let repo = Arc::new(Repository::open(&git_dir).unwrap());
+        let cache = ResponseCache::new(
+            dir.path().join("responses"),
+            crate::response_cache::ResponseCacheConfig::default(),
+        )
+        .unwrap();
+        let responder = Responder::new(
+            gitcache_pack::Options::default(),
+            Duration::from_secs(30),
+            1,
+            Spill::new(dir.path().join("spill"), 64 << 20, 64 << 20, 0),
+            Some(Arc::new(cache)),
+        );
+        let way = responder.pack_slots.give_way();
+        let held = responder.pack_slots.take().await.unwrap();
+        let fetch = Fetch {
+            wants: vec![gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap()],
+            done: true,
+            ofs_delta: true,
+            ..Fetch::default()
+        };
+        let response = responder
+            .serve("r.git".into(), repo, fetch, HashKind::Sha1)
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !way.is_contested() {
+            assert!(Instant::now() < deadline, "the generation waits for a slot");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The client leaves before a byte was sent.
+        drop(response);
+        while way.is_contested() {
+            assert!(Instant::now() < deadline, "the wait was not given up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(held);
     }
 
     #[tokio::test]

@@ -771,7 +771,10 @@ pub(crate) fn follow(reader: Reader, mut out: ChannelWriter) {
                 None => {
                     // Shared chunks stood in for file reads: the file is behind.
                     if file_pos != sent {
-                        if file.seek(std::io::SeekFrom::Start(sent)).is_err() {
+                        if let Err(err) = file.seek(std::io::SeekFrom::Start(sent)) {
+                            // Ended as failed, not as whole: a client must not take a cut
+                            // answer for a complete one.
+                            out.abort(err);
                             return;
                         }
                         file_pos = sent;
@@ -783,8 +786,11 @@ pub(crate) fn follow(reader: Reader, mut out: ChannelWriter) {
                         .take(want)
                         .read_to_end(&mut chunk);
                     if !matches!(read, Ok(n) if n as u64 == want) {
-                        // The file vanished under us: this reader stops, the writer and the
-                        // other readers go on.
+                        // The file vanished under us: this reader stops (its answer ended as
+                        // failed), the writer and the other readers go on.
+                        out.abort(std::io::Error::other(
+                            "the stored answer could not be read back",
+                        ));
                         return;
                     }
                     bytes::Bytes::from(chunk)

@@ -88,14 +88,19 @@ impl PendingEntry {
         self.len == 0
     }
 
-    /// Append trailer, sync, and publish under the final name.
+    /// Append trailer, sync, and publish under the final name. On failure the file being
+    /// written goes (as when dropped), whatever step failed.
     pub fn commit(mut self) -> std::io::Result<PathBuf> {
-        let mut file = self.file.take().expect("committed once");
+        let Some(file) = self.file.as_mut() else {
+            return Err(std::io::Error::other("committed once"));
+        };
         let digest = std::mem::take(&mut self.hasher).finalize();
         file.write_all(&digest)?;
         file.write_all(MAGIC)?;
         file.sync_all()?;
         std::fs::rename(&self.temp, &self.path)?;
+        // Published: nothing left to remove when dropped.
+        self.file = None;
         crate::fs::sync_parent(&self.path)?;
         Ok(self.path.clone())
     }
@@ -239,6 +244,16 @@ impl ResponseStore {
     /// Remove temporaries a crash left behind (none can be in progress: call at start).
     pub fn remove_leftovers(&self) -> std::io::Result<usize> {
         let mut removed = 0;
+        // A repository's folder renamed away by a removal a crash cut short.
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(".removed-")
+                    && std::fs::remove_dir_all(entry.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
         for (_, files) in self.repos()? {
             for (path, _, _) in files {
                 if crate::fs::is_leftover_temp(&path.to_string_lossy()) && remove_entry(&path)? {
@@ -328,10 +343,15 @@ fn evict_listed(
         let mut kept = Vec::new();
         for (path, len, used) in files {
             if limit.is_some_and(|limit| size > limit) {
-                if remove_entry(&path)? {
-                    note(&repo, len);
+                match evict_entry(&path) {
+                    Some(removed) => {
+                        if removed {
+                            note(&repo, len);
+                        }
+                        size -= len;
+                    }
+                    None => kept.push((repo.clone(), path, len, used)),
                 }
-                size -= len;
             } else {
                 kept.push((repo.clone(), path, len, used));
             }
@@ -341,18 +361,22 @@ fn evict_listed(
     if let Some(limit) = total {
         all.sort_by_key(|f| f.3);
         let mut size: u64 = all.iter().map(|f| f.2).sum();
-        let mut removed = 0;
-        for (repo, path, len, _) in &all {
+        let mut gone = vec![false; all.len()];
+        for (at, (repo, path, len, _)) in all.iter().enumerate() {
             if size <= limit {
                 break;
             }
-            if remove_entry(path)? {
-                note(repo, *len);
+            // One that cannot be removed is still held: counted, and kept in the sizes.
+            if let Some(removed) = evict_entry(path) {
+                if removed {
+                    note(repo, *len);
+                }
+                size -= len;
+                gone[at] = true;
             }
-            size -= len;
-            removed += 1;
         }
-        all.drain(..removed);
+        let mut gone = gone.into_iter();
+        all.retain(|_| !gone.next().unwrap_or(false));
     }
     let mut sizes: Vec<(PathBuf, u64)> = Vec::new();
     for (repo, _, len, _) in &all {
@@ -376,6 +400,19 @@ fn remove_entry(path: &Path) -> std::io::Result<bool> {
         Ok(()) => Ok(true),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(err) => Err(err),
+    }
+}
+
+/// [`remove_entry`] during an eviction: whether the file is gone (`Some(true)` when this
+/// removed it). One that cannot be removed is logged and passed over (`None`: still held),
+/// so that one file does not stop every eviction after it.
+fn evict_entry(path: &Path) -> Option<bool> {
+    match remove_entry(path) {
+        Ok(removed) => Some(removed),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), %err, "a stored answer could not be evicted");
+            None
+        }
     }
 }
 
@@ -466,8 +503,28 @@ mod tests {
         let store = ResponseStore::new(root.path());
         put(&store, "r", "kept", b"x");
         std::fs::write(root.path().join("r/gone.resp.tmp-1-2"), b"half").unwrap();
-        assert_eq!(store.remove_leftovers().unwrap(), 1);
+        // A repository's folder renamed away by a removal the crash cut short.
+        std::fs::create_dir_all(root.path().join(".removed-1-3/a")).unwrap();
+        std::fs::write(root.path().join(".removed-1-3/a/x.resp"), b"old").unwrap();
+        assert_eq!(store.remove_leftovers().unwrap(), 2);
         assert!(read(&store, "r", "kept").is_some());
+        assert!(!root.path().join(".removed-1-3").exists());
+    }
+
+    #[test]
+    fn a_commit_that_fails_leaves_nothing_written() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ResponseStore::new(root.path());
+        let mut entry = store.begin(Path::new("r"), "k").unwrap();
+        entry.write_all(b"content").unwrap();
+        let temp = entry.temp_path().to_owned();
+        // Its final name taken by a folder that is not empty: the rename fails.
+        std::fs::create_dir_all(store.entry_path(Path::new("r"), "k").join("x")).unwrap();
+        assert!(entry.commit().is_err());
+        assert!(
+            !temp.exists(),
+            "the file being written went with the failure"
+        );
     }
 
     #[test]
