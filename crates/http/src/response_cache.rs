@@ -32,7 +32,7 @@ use crate::body::{ChannelWriter, GiveWay, Spill};
 use crate::shared_responses::{SharedResponses, repo_text};
 
 /// Bumped whenever the bytes gitcache writes for the same key may change.
-const FORMAT: &str = "gitcache-response-v2";
+const FORMAT: &str = "gitcache-response-v3";
 /// Bytes read or written at a time.
 const CHUNK: usize = 64 << 10;
 
@@ -266,7 +266,8 @@ pub(crate) fn response_key(
             .ok()
             .and_then(|n| repo.find_ref(n).ok().flatten())
             .and_then(|r| r.oid);
-        want_refs.push(format!("want-ref {name} {oid:?}\n"));
+        // Names as the client sent them, quoted: one holding a line break cannot pass for two.
+        want_refs.push(format!("want-ref {name:?} {oid:?}\n"));
     }
     want_refs.sort();
     text.extend(want_refs);
@@ -295,11 +296,11 @@ pub(crate) fn response_key(
     // whatever branch `HEAD` names).
     let relative = fetch.deepen_relative && !fetch.shallows.is_empty();
     if !fetch.deepen_not.is_empty() || fetch.include_tag || relative {
-        let mut deepen_not: Vec<String> = fetch.deepen_not.iter().map(|r| r.to_string()).collect();
+        let mut deepen_not: Vec<String> = (fetch.deepen_not.iter())
+            .map(|name| format!("deepen-not {name:?}\n"))
+            .collect();
         deepen_not.sort();
-        for name in deepen_not {
-            text.push_str(&format!("deepen-not {name}\n"));
-        }
+        text.extend(deepen_not);
         let all = repo.refs()?;
         if all.iter().all(|r| r.oid.is_none()) {
             // A mirror being made: its pack is in, its refs not yet. What its answer reads of
@@ -311,7 +312,7 @@ pub(crate) fn response_key(
             .filter(|r| {
                 r.name.starts_with(b"refs/tags/") || !fetch.deepen_not.is_empty() || relative
             })
-            .map(|r| format!("ref {} {:?}\n", r.name, r.oid))
+            .map(|r| format!("ref {:?} {:?}\n", r.name, r.oid))
             .collect();
         refs.sort();
         text.extend(refs);
@@ -1256,6 +1257,21 @@ mod tests {
         assert_eq!(key(), before, "nothing moved: the same key");
         git_stdout(&path, &["symbolic-ref", "HEAD", "refs/heads/older"]);
         assert_ne!(key(), before, "HEAD names another branch: another key");
+
+        // A name holding a line break does not pass for two names.
+        let repo = Repository::open(&path).unwrap();
+        let with = |names: &[&str]| {
+            let mut fetch = Fetch {
+                deepen_not: names.iter().map(|n| (*n).into()).collect(),
+                want_refs: names.iter().map(|n| (*n).into()).collect(),
+                ..fetch.clone()
+            };
+            response_key(&repo, &mut fetch, HashKind::Sha1)
+                .unwrap()
+                .unwrap()
+        };
+        assert_ne!(with(&["a\ndeepen-not b"]), with(&["a", "b"]));
+        assert_ne!(with(&["a 1\nwant-ref b"]), with(&["a 1", "b"]));
     }
 
     /// A mirror being made (its pack in, its refs not yet written) keys no answer that reads
