@@ -468,13 +468,8 @@ impl PagesService {
     async fn get<B>(&self, host: &str, request: Request<B>) -> Response<Body> {
         let path = request.uri().path().to_owned();
         // Routing by exclusion: a project of the first segment's name, if deployed.
-        let first = path
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        let project_site = if first.is_empty() || first == ".index" {
+        let first = crate::serve::first_segment(&path).unwrap_or_default();
+        let project_site = if first.is_empty() {
             None
         } else {
             match self.pages.site(host, &first).await {
@@ -488,7 +483,8 @@ impl PagesService {
         };
         let (project, rest) = route(&path, |name| project_site.is_some() && name == first);
         if project != ".index" && rest.is_empty() {
-            return redirect(StatusCode::MOVED_PERMANENTLY, &format!("/{project}/"));
+            let named = crate::serve::percent_encode(&project, b"-._~!$&'()*+,;=:@");
+            return redirect(StatusCode::MOVED_PERMANENTLY, &format!("/{named}/"));
         }
         let site = match project_site {
             Some(site) if project != ".index" => site,

@@ -49,11 +49,22 @@ pub enum Answer<'a> {
 /// tree (`.index`) with the whole path.
 pub fn route(path: &str, deployed: impl Fn(&str) -> bool) -> (String, &str) {
     let trimmed = path.trim_start_matches('/');
-    let first = trimmed.split('/').next().unwrap_or_default();
-    if !first.is_empty() && first != ".index" && deployed(first) {
-        return (first.to_owned(), &trimmed[first.len()..]);
+    let raw = trimmed.split('/').next().unwrap_or_default();
+    // Decoded, as the files' paths are: `/%62log/` is project `blog`'s.
+    if let Some(first) = first_segment(path)
+        && deployed(&first)
+    {
+        return (first, &trimmed[raw.len()..]);
     }
     (".index".to_owned(), path)
+}
+
+/// The first segment of `path`, percent-decoded, when it could name a project: not empty,
+/// not `.index`, decoding to no `/`.
+pub fn first_segment(path: &str) -> Option<String> {
+    let raw = path.trim_start_matches('/').split('/').next()?;
+    let first = decode(raw)?;
+    (!first.is_empty() && first != ".index" && !first.contains('/')).then_some(first)
 }
 
 /// `segments` joined by `/`, each byte outside unreserved characters and a few harmless ones

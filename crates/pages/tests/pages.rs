@@ -418,6 +418,13 @@ fn projects_are_routed_by_exclusion() {
     assert_eq!(route("/other/x", deployed), (".index".into(), "/other/x"));
     assert_eq!(route("/", deployed), (".index".into(), "/"));
     assert_eq!(route("/.index/x", |_| true), (".index".into(), "/.index/x"));
+    // The first segment decoded, as files' paths are: one URL, one site.
+    assert_eq!(route("/%62log/x", deployed), ("blog".into(), "/x"));
+    assert_eq!(
+        route("/%2Eindex/x", |_| true),
+        (".index".into(), "/%2Eindex/x")
+    );
+    assert_eq!(route("/a%2Fb/x", |_| true), (".index".into(), "/a%2Fb/x"));
 }
 
 /// The fuzz corpus of site manifests, replayed: every input is refused or reads back as
