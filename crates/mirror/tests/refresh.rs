@@ -557,6 +557,41 @@ async fn a_slow_but_steady_upstream_gets_through() {
     assert!(err.to_string().contains("within"), "{err}");
 }
 
+/// An upstream that works out its pack before it sends any (a forge counting objects) is
+/// given `first_window` to start, where the windows after it are judged as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_window_gives_an_upstream_time_to_start() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &RepoSpec::small(1227)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let client = |first_window: Option<Duration>| {
+        Client::new(
+            &upstream.repo_url("acme/widgets"),
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .with_limits(gitcache_upstream::Limits {
+            min_rate: Some((16 << 10, Duration::from_millis(500))),
+            first_window,
+            ..Default::default()
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let pause = Fault::PauseBody(Duration::from_millis(1500));
+    upstream.inject(pause.clone(), 1, Some(RequestKind::Fetch));
+    let err = mirror.refresh(&client(None), &[]).await.unwrap_err();
+    assert!(err.to_string().contains("fewer than 16384 bytes"), "{err}");
+    upstream.inject(pause, 1, Some(RequestKind::Fetch));
+    mirror
+        .refresh(&client(Some(Duration::from_secs(3))), &[])
+        .await
+        .unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+}
+
 /// An upstream that sends a little now and then, never silent for the idle timeout, is cut
 /// off once a window of `min_rate` goes by with fewer bytes than its least (judged as it
 /// ends, bytes or not); one that is slow but well above it gets through.

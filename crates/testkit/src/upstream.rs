@@ -125,6 +125,9 @@ pub enum Fault {
         /// The wait between pieces.
         every: Duration,
     },
+    /// Serve, the response's head at once and its body after this long (an upstream working
+    /// out a pack before it sends any).
+    PauseBody(Duration),
     /// Serve, with this pkt-line payload added before the final flush of the answer (an
     /// `ls-refs` listing a ref that does not exist, or one no git would write).
     ExtraLine(Vec<u8>),
@@ -656,6 +659,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
 
     let mut cut_after = None;
     let mut trickle = None;
+    let mut pause = None;
     let mut extra_line = None;
     for fault in take_fault(&shared, kind) {
         match fault {
@@ -667,6 +671,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
             Fault::Delay(d) => tokio::time::sleep(d).await,
             Fault::CutAfter(n) => cut_after = Some(n),
             Fault::Trickle { chunk, every } => trickle = Some((chunk.max(1), every)),
+            Fault::PauseBody(wait) => pause = Some(wait),
             Fault::ExtraLine(line) => extra_line = Some(line),
             Fault::Endless => {
                 let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(2);
@@ -787,7 +792,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
         body,
         body_done,
         recording,
-        Shaping { cut_after, trickle },
+        Shaping {
+            cut_after,
+            trickle,
+            pause,
+        },
     )
     .await
     {
@@ -839,6 +848,8 @@ struct Shaping {
     cut_after: Option<u64>,
     /// Send pieces of this many bytes with this wait between them.
     trickle: Option<(usize, Duration)>,
+    /// Wait this long before the body's first bytes.
+    pause: Option<Duration>,
 }
 
 /// Copy a response body into a shared buffer as it is sent.
@@ -905,7 +916,11 @@ async fn run_cgi(
     recording: bool,
     shaping: Shaping,
 ) -> io::Result<(Response<Body>, Vec<u8>)> {
-    let Shaping { cut_after, trickle } = shaping;
+    let Shaping {
+        cut_after,
+        trickle,
+        mut pause,
+    } = shaping;
     let header = |name: &str| {
         parts
             .headers
@@ -1028,6 +1043,9 @@ async fn run_cgi(
         let mut pending = Bytes::from(rest);
         loop {
             if !pending.is_empty() {
+                if let Some(wait) = pause.take() {
+                    tokio::time::sleep(wait).await;
+                }
                 let mut data = pending;
                 if let Some(limit) = cut_after {
                     let room = limit.saturating_sub(sent) as usize;
