@@ -201,7 +201,13 @@ pub(crate) struct ResponseCache {
     fail_store_after: Option<u64>,
     /// Entries shared with other instances through the object store.
     shared: Option<Arc<SharedResponses>>,
+    /// Bytes stored since the last eviction (see [`ResponseCache::cleanup_due`]).
+    stored_since_eviction: AtomicU64,
 }
+
+/// The share of `max_total_bytes` that, stored since the last eviction, brings the next one
+/// forward (one in eight): the limit is kept between two cleanups too, not only at them.
+const EARLY_EVICTION_SHARE: u64 = 8;
 
 /// Whether the answer to `fetch` reads the mirror's refs (by name, for tags, or to stop at
 /// them): they are then part of its key ([`response_key`]), and may move before it is
@@ -339,6 +345,7 @@ impl ResponseCache {
             stats: Arc::default(),
             fail_store_after: None,
             shared: None,
+            stored_since_eviction: AtomicU64::new(0),
         })
     }
 
@@ -537,6 +544,8 @@ impl ResponseCache {
                 match pending.commit() {
                     Ok(path) => {
                         self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                        self.stored_since_eviction
+                            .fetch_add(written, Ordering::Relaxed);
                         self.share(&generation.id, path);
                     }
                     Err(err) => {
@@ -574,6 +583,7 @@ impl ResponseCache {
         limit: impl Fn(&Path) -> Option<u64>,
         mut report: impl FnMut(&Path, Option<usize>, u64),
     ) {
+        self.stored_since_eviction.store(0, Ordering::Relaxed);
         match self.store.evict(limit, self.config.max_total_bytes) {
             Ok(eviction) => {
                 for e in eviction.evicted {
@@ -594,6 +604,14 @@ impl ResponseCache {
     /// Bytes the stored responses of the repository under `repo` take.
     pub(crate) fn repo_size(&self, repo: &Path) -> u64 {
         self.store.repo_size(repo)
+    }
+
+    /// Whether enough was stored since the last eviction that the next is due now, before
+    /// its interval: an eighth of `max_total_bytes` (no sooner without one).
+    pub(crate) fn cleanup_due(&self) -> bool {
+        self.config.max_total_bytes.is_some_and(|max| {
+            self.stored_since_eviction.load(Ordering::Relaxed) > max / EARLY_EVICTION_SHARE
+        })
     }
 
     pub(crate) fn cleanup_interval(&self) -> Duration {

@@ -106,7 +106,9 @@ impl Upkeep {
             if let Some(handle) = &self.prometheus {
                 handle.run_upkeep();
             }
-            let due = cleanup.is_some_and(|c| last_cleanup.elapsed() >= c);
+            // Due at its interval, or sooner when much was stored since the last.
+            let due = cleanup.is_some_and(|c| last_cleanup.elapsed() >= c)
+                || self.responses.as_ref().is_some_and(|c| c.cleanup_due());
             if due {
                 last_cleanup = Instant::now();
             }

@@ -230,6 +230,33 @@ fn eviction_keeps_repositories_under_their_limit() {
     );
 }
 
+/// Stored answers past an eighth of the cache's limit since the last eviction bring the
+/// next one forward: the limit holds between cleanups too (here an hour apart).
+#[test]
+fn storing_much_brings_the_eviction_forward() {
+    let (upstream, main) = setup(806);
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--response-cache-max-bytes",
+            "8",
+            "--response-cache-cleanup-interval",
+            "3600",
+        ],
+    );
+    post(&cache, &depth1(&main));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !entries(&cache).is_empty() {
+        assert!(Instant::now() < deadline, "not evicted before the interval");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        cache
+            .log_with("responses evicted", 1)
+            .contains("responses evicted")
+    );
+}
+
 #[test]
 fn admission_on_the_second_request_and_turning_the_cache_off() {
     let (upstream, main) = setup(805);
