@@ -218,9 +218,15 @@ fn eviction_keeps_repositories_under_their_limit() {
         ],
     );
     post(&cache, &depth1(&main));
+    wait_evicted(&cache, "never evicted");
+}
+
+/// Until `cache` has no stored answer left and logged their eviction (30 s at most, else
+/// fail with `otherwise`).
+fn wait_evicted(cache: &Gitcache, otherwise: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !entries(&cache).is_empty() {
-        assert!(Instant::now() < deadline, "never evicted");
+    while !entries(cache).is_empty() {
+        assert!(Instant::now() < deadline, "{otherwise}");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
@@ -245,16 +251,7 @@ fn storing_much_brings_the_eviction_forward() {
         ],
     );
     post(&cache, &depth1(&main));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !entries(&cache).is_empty() {
-        assert!(Instant::now() < deadline, "not evicted before the interval");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        cache
-            .log_with("responses evicted", 1)
-            .contains("responses evicted")
-    );
+    wait_evicted(&cache, "not evicted before the interval");
 }
 
 #[test]
