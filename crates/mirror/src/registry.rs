@@ -259,6 +259,8 @@ pub struct Registry {
     leases: Option<(Arc<dyn Leases>, Duration)>,
     /// Mirrors whose packs background maintenance replaced (see [`Registry::maintained`]).
     maintained: tokio::sync::broadcast::Sender<RepoKey>,
+    /// Local copies dropped for a removal made elsewhere (see [`Registry::removed_elsewhere`]).
+    removed_elsewhere: tokio::sync::broadcast::Sender<RepoKey>,
     /// The longest background work on a mirror waits for the answers from it (see
     /// [`Registry::answering`]).
     quiet_wait: Duration,
@@ -396,6 +398,7 @@ impl Registry {
             shared: None,
             leases: None,
             maintained: tokio::sync::broadcast::channel(MAINTAINED_BACKLOG).0,
+            removed_elsewhere: tokio::sync::broadcast::channel(MAINTAINED_BACKLOG).0,
             quiet_wait: DEFAULT_QUIET_WAIT,
             maintenance: Arc::default(),
         }
@@ -494,6 +497,13 @@ impl Registry {
     /// the new packs before the next fetch needs them.
     pub fn maintained(&self) -> tokio::sync::broadcast::Receiver<RepoKey> {
         self.maintained.subscribe()
+    }
+
+    /// The mirrors whose local copies were dropped from now on because the shared store
+    /// says they were removed (a purge or removal on another instance), each as it goes: a
+    /// server drops what else it keeps of them (stored answers).
+    pub fn removed_elsewhere(&self) -> tokio::sync::broadcast::Receiver<RepoKey> {
+        self.removed_elsewhere.subscribe()
     }
 
     /// Coordinate shared mirrors through `leases` (expiring after `ttl` unless renewed): one
@@ -1485,6 +1495,7 @@ impl Registry {
             tracing::info!("the shared mirror was removed; dropping the local copy");
             self.discard(key)?;
             shared.copy_dropped(key);
+            let _ = self.removed_elsewhere.send(key.clone());
         }
         Ok(())
     }
@@ -1507,6 +1518,7 @@ impl Registry {
             tracing::info!("the shared mirror was removed; dropping the local copy");
             self.discard(key)?;
             shared.copy_dropped(key);
+            let _ = self.removed_elsewhere.send(key.clone());
         }
         Ok(())
     }

@@ -983,6 +983,34 @@ async fn a_copy_older_than_a_purge_is_dropped_not_committed_over_it() {
     assert!(!f.manifest().await.removed);
 }
 
+/// A copy dropped because the store says its mirror was removed elsewhere (a purge on
+/// another instance) is announced, both ways a copy catches up: so that a server drops what
+/// else it keeps of it (its stored answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_dropped_for_a_removal_elsewhere_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fleet(
+        AnyStore::Fs(FsStore::new(dir.path())),
+        Duration::from_secs(3600),
+        1462,
+    );
+    for download in [false, true] {
+        f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+        f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+        let mut removed = f.b.removed_elsewhere();
+        assert!(f.a.remove(&f.key).await.unwrap());
+        match download {
+            false => f.b.catch_up_removal(&f.key).await.unwrap(),
+            true => f.b.catch_up(&f.key).await.unwrap(),
+        }
+        assert!(
+            f.b.existing(&f.key).is_none(),
+            "dropped (download: {download})"
+        );
+        assert_eq!(removed.try_recv().unwrap(), f.key);
+    }
+}
+
 /// Files under a mirror's packs that no manifest names (an upload cut short by a crash) are
 /// collected once older than the grace period (and the clock margin), not before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
