@@ -111,7 +111,7 @@ pub(crate) struct Mirrors {
     /// stopped for the disk's floor, and when: for [`STOPPED_FOR_DISK_FOR`] its next refresh
     /// starts only with twice that free above the floor (evicting for it when that can be
     /// had), so that it is not downloaded in part again and again.
-    stopped_for_disk: Mutex<crate::bounded::Bounded<RepoKey, (u64, Instant)>>,
+    stopped_for_disk: Mutex<crate::bounded::Bounded<RepoKey, StoppedForDisk>>,
     /// The settings answers are written with, when preparing a mirror makes ahead what a
     /// shallow clone of its `HEAD` compresses again (see [`Mirrors::prepare`]).
     answers: std::sync::OnceLock<gitcache_pack::Options>,
@@ -156,6 +156,18 @@ const MAX_WEBHOOK_WARMING: usize = 16;
 type LeftOut = Arc<Vec<RefLine>>;
 /// The most repositories whose refs left out are remembered (few have any).
 const MAX_LEFT_OUT_REPOS: usize = 1_000;
+
+/// A refresh stopped for the disk's floor (see [`Mirrors::stopped_for_disk`]).
+#[derive(Debug, Clone, Copy)]
+struct StoppedForDisk {
+    /// What had arrived of its pack.
+    received: u64,
+    /// When it was first stopped, since it has been stopped.
+    since: Instant,
+    /// Whether a refresh of it evicted other mirrors since: once in a while only, so that an
+    /// upstream whose pack never ends cannot have the cache emptied, doubling by doubling.
+    evicted: bool,
+}
 
 /// How long a refresh stopped for the disk's floor asks its successors for the room it
 /// lacked (see [`Mirrors::stopped_for_disk`]): past it, one tries as any does.
@@ -613,13 +625,22 @@ impl Mirrors {
     /// (and twice what its last refresh had received when it was stopped for the floor, see
     /// [`Mirrors::stopped_for_disk`]), after evicting what can be evicted.
     async fn room_for_refresh(&self, key: &RepoKey) -> Result<(), Error> {
-        let headroom = (self
-            .stopped_for_disk
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()))
-        .get(key)
-        .filter(|(_, at)| at.elapsed() < STOPPED_FOR_DISK_FOR)
-        .map_or(0, |(received, _)| received.saturating_mul(2));
+        // Room asked for beyond the floor, and whether evicting for it is still allowed: once
+        // per window (see [`StoppedForDisk::evicted`]), taken now.
+        let (headroom, may_evict) = {
+            let mut table = (self.stopped_for_disk.lock()).unwrap_or_else(|p| p.into_inner());
+            match table
+                .get_mut(key)
+                .filter(|stopped| stopped.since.elapsed() < STOPPED_FOR_DISK_FOR)
+            {
+                Some(stopped) => {
+                    let may = !stopped.evicted;
+                    stopped.evicted = true;
+                    (stopped.received.saturating_mul(2), may)
+                }
+                None => (0, true),
+            }
+        };
         if headroom == 0 && self.above_the_floor() {
             return Ok(());
         }
@@ -632,7 +653,7 @@ impl Mirrors {
         let seen = self.evictions.load(std::sync::atomic::Ordering::Acquire);
         let _one = self.making_room.lock().await;
         let evicted = self.evictions.load(std::sync::atomic::Ordering::Acquire) != seen;
-        if (!evicted || headroom > 0) && free() < keep {
+        if may_evict && (!evicted || headroom > 0) && free() < keep {
             let budget = Budget {
                 min_free: keep,
                 ..self.budget.clone()
@@ -653,8 +674,22 @@ impl Mirrors {
         let mut table = (self.stopped_for_disk.lock()).unwrap_or_else(|p| p.into_inner());
         match received {
             Some(received) => {
-                table.make_room(|_, (_, at)| at.elapsed() < STOPPED_FOR_DISK_FOR);
-                table.insert(key.clone(), (received.max(1), Instant::now()));
+                table.make_room(|_, stopped| stopped.since.elapsed() < STOPPED_FOR_DISK_FOR);
+                // The window (and whether it evicted) goes on from the first stop in it.
+                let (since, evicted) = match table.get(key) {
+                    Some(before) if before.since.elapsed() < STOPPED_FOR_DISK_FOR => {
+                        (before.since, before.evicted)
+                    }
+                    _ => (Instant::now(), false),
+                };
+                table.insert(
+                    key.clone(),
+                    StoppedForDisk {
+                        received: received.max(1),
+                        since,
+                        evicted,
+                    },
+                );
             }
             None => {
                 table.remove(key);
@@ -1305,14 +1340,14 @@ impl Mirrors {
         // Room made for one refresh: all of it or none, so that a refresh that cannot start
         // anyway (one asking for more than the disk can give) empties nothing.
         let evictable: u64 = (sizes.iter())
-            .filter(|(key, _, _)| !self.in_use(key) && spare != Some(key))
+            .filter(|(key, _, _)| {
+                !self.in_use(key) && spare != Some(key) && !self.registry.is_busy(key)
+            })
             .map(|(_, size, _)| size)
             .sum();
-        if spare.is_some() && free.saturating_add(evictable) < budget.min_free {
-            return 0;
-        }
+        let out_of_reach = spare.is_some() && free.saturating_add(evictable) < budget.min_free;
         let mut evicted: Vec<&RepoKey> = Vec::new();
-        for (key, size, _) in &sizes {
+        for (key, size, _) in sizes.iter().filter(|_| !out_of_reach) {
             let (key, size) = (key, *size);
             let over = budget.max_bytes.is_some_and(|max| total > max);
             if !over && free >= budget.min_free {

@@ -908,6 +908,12 @@ impl Registry {
             .get(key)
     }
 
+    /// Whether `key`'s mirror is being refreshed, maintained or evicted now (its refresh
+    /// lock is held): [`evict_local`](Self::evict_local) would pass over it.
+    pub fn is_busy(&self, key: &RepoKey) -> bool {
+        self.slot(key).running.try_lock().is_err()
+    }
+
     /// Where the mirror of `key` lives.
     pub fn path(&self, key: &RepoKey) -> PathBuf {
         self.root.join(key.relative_path())

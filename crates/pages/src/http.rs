@@ -62,7 +62,11 @@ struct EventRepository {
 fn project_of(path: &str) -> Option<String> {
     match path.trim_matches('/') {
         "" => Some(".index".to_owned()),
-        name if !name.contains('/') => Some(name.to_owned()),
+        // Decoded, as a request's first segment is when it is served: `PUT /a%20b/` deploys
+        // the project that `/a%20b/` is routed to.
+        name if !name.contains('/') => {
+            crate::serve::decode(name).filter(|name| !name.is_empty() && !name.contains('/'))
+        }
         _ => None,
     }
 }
@@ -499,10 +503,12 @@ impl PagesService {
                 }
             },
         };
+        // As it goes in a URL: the project's name encoded again.
         let base = if project == ".index" {
             String::new()
         } else {
-            format!("/{project}")
+            let named = crate::serve::percent_encode(&project, b"-._~!$&'()*+,;=:@");
+            format!("/{named}")
         };
         let mut found = answer(&site, rest);
         if found == Answer::BadPath {
@@ -583,8 +589,8 @@ impl PagesService {
                 } else {
                     headers.try_append(name, value).map(|_| ())
                 };
-                // A header map holds a bounded number of headers (rules stored by an older
-                // release may hold more): the rest are not added, rather than fail.
+                // A header map holds a bounded number of headers: past it, the rest are not
+                // added, rather than fail.
                 if added.is_err() {
                     break;
                 }
@@ -1169,7 +1175,8 @@ fn location_of(project: &str) -> String {
     if project == ".index" {
         "/".to_owned()
     } else {
-        format!("/{project}/")
+        let named = crate::serve::percent_encode(project, b"-._~!$&'()*+,;=:@");
+        format!("/{named}/")
     }
 }
 
@@ -1432,7 +1439,23 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::{Sources, Wildcard, byte_range, host_of};
+    use super::{Sources, Wildcard, byte_range, host_of, location_of, project_of};
+
+    /// A deploy names its project as a request's first segment is routed: decoded, and
+    /// encoded again in its `Content-Location`.
+    #[test]
+    fn a_deploy_names_its_project_as_requests_are_routed() {
+        assert_eq!(project_of("/").as_deref(), Some(".index"));
+        assert_eq!(project_of("/blog/").as_deref(), Some("blog"));
+        assert_eq!(project_of("/a%20b/").as_deref(), Some("a b"));
+        assert_eq!(project_of("/a%2Fb/"), None);
+        assert_eq!(project_of("/a/b/"), None);
+        assert_eq!(location_of("a b"), "/a%20b/");
+        assert_eq!(
+            crate::serve::route("/a%20b/x", |name| name == "a b"),
+            ("a b".into(), "/x")
+        );
+    }
 
     #[test]
     fn a_request_with_two_hosts_names_no_site() {

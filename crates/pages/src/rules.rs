@@ -268,12 +268,33 @@ fn lines(file: &'static str, text: &str) -> Result<Vec<(usize, String)>, RuleErr
 impl Rules {
     /// Read a site's rules from the contents of its `_redirects` and `_headers` files.
     pub fn parse(redirects: Option<&str>, headers: Option<&str>) -> Result<Self, RuleError> {
+        Self::parse_as(redirects, headers, false)
+    }
+
+    /// [`Rules::parse`] of rules a deployment took before (an older release checked them
+    /// less): a header line it would now refuse as one a site may not set, or past the
+    /// most header lines, is left out rather than the whole file.
+    pub fn parse_deployed(
+        redirects: Option<&str>,
+        headers: Option<&str>,
+    ) -> Result<Self, RuleError> {
+        Self::parse_as(redirects, headers, true)
+    }
+
+    fn parse_as(
+        redirects: Option<&str>,
+        headers: Option<&str>,
+        lenient: bool,
+    ) -> Result<Self, RuleError> {
         Ok(Rules {
             redirects: redirects
                 .map(parse_redirects)
                 .transpose()?
                 .unwrap_or_default(),
-            headers: headers.map(parse_headers).transpose()?.unwrap_or_default(),
+            headers: headers
+                .map(|text| parse_headers(text, lenient))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -441,7 +462,7 @@ fn parse_redirects(text: &str) -> Result<Vec<Redirect>, RuleError> {
     Ok(rules)
 }
 
-fn parse_headers(text: &str) -> Result<Vec<HeaderRule>, RuleError> {
+fn parse_headers(text: &str, lenient: bool) -> Result<Vec<HeaderRule>, RuleError> {
     let mut rules: Vec<HeaderRule> = Vec::new();
     let mut header_lines = 0;
     for (line, content) in lines(HEADERS_FILE, text)? {
@@ -473,6 +494,9 @@ fn parse_headers(text: &str) -> Result<Vec<HeaderRule>, RuleError> {
         }
         let lower = name.to_ascii_lowercase();
         if RESERVED_HEADERS.contains(&lower.as_str()) {
+            if lenient {
+                continue;
+            }
             return Err(error(format!("{name} cannot be set by a site")));
         }
         if rule.headers.len() == MAX_HEADERS_PER_RULE {
@@ -482,6 +506,9 @@ fn parse_headers(text: &str) -> Result<Vec<HeaderRule>, RuleError> {
         }
         header_lines += 1;
         if header_lines > MAX_HEADER_LINES {
+            if lenient {
+                continue;
+            }
             return Err(error(format!(
                 "more than {MAX_HEADER_LINES} header lines in all"
             )));
@@ -648,5 +675,26 @@ mod tests {
         assert!(Rules::parse(None, Some(&lines(MAX_HEADER_LINES))).is_ok());
         let err = Rules::parse(None, Some(&lines(MAX_HEADER_LINES + 1))).unwrap_err();
         assert!(err.reason.contains("in all"), "{err}");
+    }
+
+    /// Rules a deployment took before these checks (an older release's) keep what they may
+    /// still set: the lines now refused are left out, not the whole file with its security
+    /// headers.
+    #[test]
+    fn rules_deployed_before_keep_what_may_still_be_set() {
+        let text = "/*\n  X-Frame-Options: DENY\n  Set-Cookie: a=b; Domain=example.page\n";
+        assert!(Rules::parse(None, Some(text)).is_err());
+        let rules = Rules::parse_deployed(None, Some(text)).unwrap();
+        assert_eq!(rules.headers("/x"), vec![("x-frame-options", "DENY")]);
+        // Past the most header lines in all: the first that many kept.
+        let many: String = (0..MAX_HEADER_LINES + 64)
+            .map(|i| match i % 64 {
+                0 => format!("/*\n\tx-{i}: v\n"),
+                _ => format!("\tx-{i}: v\n"),
+            })
+            .collect();
+        assert!(Rules::parse(None, Some(&many)).is_err());
+        let rules = Rules::parse_deployed(None, Some(&many)).unwrap();
+        assert_eq!(rules.headers("/x").len(), MAX_HEADER_LINES);
     }
 }

@@ -672,7 +672,7 @@ impl<S: ObjectStore> Pages<S> {
             };
             *text = Some(String::from_utf8_lossy(&bytes).into_owned());
         }
-        match Rules::parse(texts[0].as_deref(), texts[1].as_deref()) {
+        match Rules::parse_deployed(texts[0].as_deref(), texts[1].as_deref()) {
             Ok(rules) => Ok(rules),
             Err(err) => {
                 tracing::warn!(%err, commit = manifest.commit, "a deployed site's rules do not parse");
