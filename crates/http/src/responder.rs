@@ -223,8 +223,10 @@ impl Responder {
                             }
                         }
                         // Nobody reads it any more (cancelled): given up, not failed, so
-                        // that nobody joining now is told of an error that is not theirs.
-                        Err(_) if !generation.has_readers() => drop(generation),
+                        // that nobody joining now is told of an error that is not theirs. By
+                        // the error's kind too: a reader that joined after the cancellation
+                        // finishes live rather than get it.
+                        Err(err) if gave_up(&err) || !generation.has_readers() => drop(generation),
                         Err(err) => {
                             tracing::warn!(%err, "response generation failed");
                             cache.finish(generation, Some(err.wire_message()));
@@ -537,6 +539,16 @@ struct Slot {
     held: usize,
 }
 
+/// Whether a generation's `err` says only that it was given up for want of readers (its
+/// cancellation, or a write told nobody reads it), not that it failed.
+fn gave_up(err: &gitcache_pack::Error) -> bool {
+    match err {
+        gitcache_pack::Error::Cancelled => true,
+        gitcache_pack::Error::Io(io) => io.kind() == std::io::ErrorKind::BrokenPipe,
+        _ => false,
+    }
+}
+
 /// Once `cancel` says so (looked at four times a second).
 async fn until_cancelled(cancel: &gitcache_pack::Cancel) {
     while !cancel.is_cancelled() {
@@ -751,6 +763,21 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         drop(held);
+    }
+
+    /// A generation given up for want of readers ends as abandoned (its late joiners finish
+    /// live), one that failed as failed: told apart by the error, not by a reader count a
+    /// joiner may change meanwhile.
+    #[test]
+    fn a_generation_given_up_is_told_from_one_that_failed() {
+        use gitcache_pack::Error;
+        assert!(gave_up(&Error::Cancelled));
+        let pipe = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "nobody reads");
+        assert!(gave_up(&Error::Io(pipe)));
+        assert!(!gave_up(&Error::Io(std::io::Error::other("disk"))));
+        assert!(!gave_up(&Error::Odb {
+            message: "broken".into()
+        }));
     }
 
     #[tokio::test]
