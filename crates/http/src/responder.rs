@@ -94,6 +94,9 @@ impl Responder {
         let Some(cache) = &self.cache else {
             return self.serve_live(repo, fetch, kind).await;
         };
+        // Taken first: the mirror handle was opened before, and an answer from it is not
+        // stored after a removal of the repository's answers (a purge) since.
+        let removals = cache.removals_of(&rel);
         let keyed = {
             let repo = Arc::clone(&repo);
             let mut fetch = fetch;
@@ -163,7 +166,7 @@ impl Responder {
                 "response taken from the shared store"
             );
         }
-        match cache.lookup(&rel, &key, Arc::clone(&regenerate)) {
+        match cache.lookup_since(&rel, &key, Arc::clone(&regenerate), removals) {
             Lookup::Live => return self.serve_live(repo, fetch, kind).await,
             Lookup::Stored(entry) => {
                 tracing::debug!(cache = "stored", "response");

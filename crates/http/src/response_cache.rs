@@ -203,7 +203,13 @@ pub(crate) struct ResponseCache {
     shared: Option<Arc<SharedResponses>>,
     /// Bytes stored since the last eviction (see [`ResponseCache::cleanup_due`]).
     stored_since_eviction: AtomicU64,
+    /// Removals of each repository's answers so far (see [`ResponseCache::remove_repo`]): a
+    /// generation begun before one (from the mirror as it was) is not stored after it.
+    removals: Mutex<HashMap<PathBuf, u64>>,
 }
+
+/// The most repositories whose removals are counted (see [`ResponseCache::remove_repo`]).
+const MAX_REMOVALS_KEPT: usize = 100_000;
 
 /// The share of `max_total_bytes` that, stored since the last eviction, brings the next one
 /// forward (one in eight): the limit is kept between two cleanups too, not only at them.
@@ -346,6 +352,7 @@ impl ResponseCache {
             fail_store_after: None,
             shared: None,
             stored_since_eviction: AtomicU64::new(0),
+            removals: Mutex::new(HashMap::new()),
         })
     }
 
@@ -432,7 +439,21 @@ impl ResponseCache {
 
     /// Join a generation in progress, take a stored entry, or lead a new generation;
     /// `regenerate` is how readers of a new generation finish if the store fails.
+    #[cfg(test)]
     pub(crate) fn lookup(&self, repo: &Path, key: &str, regenerate: Regenerate) -> Lookup {
+        self.lookup_since(repo, key, regenerate, self.removals_of(repo))
+    }
+
+    /// [`lookup`](Self::lookup) for a request that took its mirror when `repo`'s answers had
+    /// been removed `removals` times ([`ResponseCache::removals_of`]): a generation it leads
+    /// is not stored if they were removed since (it reads the mirror as it was).
+    pub(crate) fn lookup_since(
+        &self,
+        repo: &Path,
+        key: &str,
+        regenerate: Regenerate,
+        removals: u64,
+    ) -> Lookup {
         let id: FlightKey = (repo.to_owned(), key.to_owned());
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&id) {
@@ -499,6 +520,7 @@ impl ResponseCache {
                 buf: Vec::with_capacity(CHUNK),
                 store_failed: false,
                 fail_after: self.fail_store_after,
+                removals,
             }),
             Reader {
                 file,
@@ -537,6 +559,14 @@ impl ResponseCache {
             generation.flight.state.send_replace(State::Abandoned);
             return;
         }
+        // The repository's answers were removed since it began: its readers get it whole,
+        // later requests a generation of their own.
+        let ending = match ending {
+            Ending::Stored if self.removals_of(&generation.id.0) != generation.removals => {
+                Ending::Unstored
+            }
+            ending => ending,
+        };
         match ending {
             Ending::Stored => {
                 // Published while still listed: a request arriving now either opens the
@@ -618,9 +648,28 @@ impl ResponseCache {
         self.config.cleanup_interval
     }
 
-    /// Drop every stored response of `repo`.
+    /// Drop every stored response of `repo`; generations of it under way are not stored
+    /// (their readers still get every byte).
     pub(crate) fn remove_repo(&self, repo: &Path) -> std::io::Result<()> {
+        {
+            let mut removals = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: counts start again from a number no generation under way took.
+            if removals.len() >= MAX_REMOVALS_KEPT && !removals.contains_key(repo) {
+                let restart = removals.values().copied().max().unwrap_or(0) + 1;
+                removals.clear();
+                removals.insert(repo.to_owned(), restart);
+            }
+            *removals.entry(repo.to_owned()).or_default() += 1;
+        }
         self.store.remove_repo(repo)
+    }
+
+    /// How many times `repo`'s answers were removed so far.
+    pub(crate) fn removals_of(&self, repo: &Path) -> u64 {
+        (self.removals.lock().unwrap_or_else(|p| p.into_inner()))
+            .get(repo)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub(crate) fn remove(&self, repo: &Path, key: &str) {
@@ -666,6 +715,8 @@ pub(crate) struct Generation {
     /// A write to the store failed: the entry is given up.
     store_failed: bool,
     fail_after: Option<u64>,
+    /// The repository's removals when it began (see [`ResponseCache::remove_repo`]).
+    removals: u64,
 }
 
 impl Generation {
@@ -1034,6 +1085,21 @@ mod tests {
         (generation, bytes[n..].to_vec())
     }
 
+    /// `generation` writes `bytes` and ends whole, on a blocking thread.
+    async fn write_and_finish(
+        cache: &Arc<ResponseCache>,
+        mut generation: Box<Generation>,
+        bytes: Vec<u8>,
+    ) {
+        let leader = Arc::clone(cache);
+        tokio::task::spawn_blocking(move || {
+            generation.write_all(&bytes).unwrap();
+            leader.finish(generation, None);
+        })
+        .await
+        .unwrap();
+    }
+
     /// The repository folder the cache tests store under.
     const REPO: &str = "h/o/r.git";
 
@@ -1144,6 +1210,36 @@ mod tests {
 
     /// Issue 6: a disk-full error midway falls back to generating live, for the leader's
     /// client and for those who joined it, with the same bytes.
+    /// A generation begun before its repository's answers were removed (a purge: it reads
+    /// the mirror as it was) is sent whole to its readers and not stored after the removal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_generation_begun_before_a_removal_is_not_stored() {
+        let (_root, cache) = new_cache();
+        let bytes = content(50_000);
+        // The request took its mirror, then the purge came, then it leads a generation.
+        let before = cache.removals_of(Path::new(REPO));
+        cache.remove_repo(Path::new(REPO)).unwrap();
+        let Lookup::Lead(generation, reader) =
+            cache.lookup_since(Path::new(REPO), "k", writer_of(Vec::new()), before)
+        else {
+            panic!("the first request leads");
+        };
+        let mut bodies = read_all(vec![reader], 4);
+        write_and_finish(&cache, generation, bytes.clone()).await;
+        let mut got = Vec::new();
+        while let Some(chunk) = bodies[0].recv().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(got == bytes, "its reader got it whole");
+        assert!(cache.store.open(Path::new(REPO), "k").unwrap().is_none());
+        assert_eq!(cache.stats().stored.load(Ordering::Relaxed), 0);
+        // One begun after it is stored.
+        let (generation, readers) = lead(&cache, Vec::new(), 0);
+        let _bodies = read_all(readers, 64);
+        write_and_finish(&cache, generation, bytes).await;
+        assert!(cache.store.open(Path::new(REPO), "k").unwrap().is_some());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_failing_midway_falls_back_to_live_generation() {
         let bytes = content(300_000);
