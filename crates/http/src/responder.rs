@@ -166,7 +166,17 @@ impl Responder {
                 "response taken from the shared store"
             );
         }
-        match cache.lookup_since(&rel, &key, Arc::clone(&regenerate), removals) {
+        // Files opened, read and made: off the async workers.
+        let looked = {
+            let (cache, rel, key) = (Arc::clone(cache), rel.clone(), key.clone());
+            let regenerate = Arc::clone(&regenerate);
+            tokio::task::spawn_blocking(move || {
+                cache.lookup_since(&rel, &key, regenerate, removals)
+            })
+            .await
+        };
+        // A lookup that panicked (a bug) is answered live, not stored.
+        match looked.unwrap_or(Lookup::Live) {
             Lookup::Live => return self.serve_live(repo, fetch, kind).await,
             Lookup::Stored(entry) => {
                 tracing::debug!(cache = "stored", "response");
