@@ -1339,13 +1339,15 @@ impl Mirrors {
         let mut total: u64 = sizes.iter().map(|(_, size, _)| size).sum();
         // Room made for one refresh: all of it or none, so that a refresh that cannot start
         // anyway (one asking for more than the disk can give) empties nothing.
-        let evictable: u64 = (sizes.iter())
-            .filter(|(key, _, _)| {
-                !self.in_use(key) && spare != Some(key) && !self.registry.is_busy(key)
-            })
-            .map(|(_, size, _)| size)
-            .sum();
-        let out_of_reach = spare.is_some() && free.saturating_add(evictable) < budget.min_free;
+        let out_of_reach = spare.is_some() && {
+            let evictable: u64 = (sizes.iter())
+                .filter(|(key, _, _)| {
+                    !self.in_use(key) && spare != Some(key) && !self.registry.is_busy(key)
+                })
+                .map(|(_, size, _)| size)
+                .sum();
+            free.saturating_add(evictable) < budget.min_free
+        };
         let mut evicted: Vec<&RepoKey> = Vec::new();
         for (key, size, _) in sizes.iter().filter(|_| !out_of_reach) {
             let (key, size) = (key, *size);

@@ -331,6 +331,16 @@ impl Proxy {
         });
         // Gauges are there at the first scrape, not after the first upkeep tick.
         upkeep.pass(false);
+        // The stored answers of a mirror the shared store says was removed elsewhere (a purge
+        // on another instance) go with its local copy: what the removal dropped is not sent
+        // from here.
+        if let Some(responses) = responses.clone() {
+            mirrors.registry().on_removed_elsewhere(move |key| {
+                if let Err(err) = responses.remove_repo(&key.relative_path()) {
+                    tracing::warn!(%err, repo = %key.relative_path().display(), "dropping the stored answers of a mirror removed elsewhere failed");
+                }
+            });
+        }
         let admin = Admin::new(
             Arc::clone(&config),
             services.catalog.clone(),
@@ -433,12 +443,6 @@ impl Proxy {
             tasks.spawn(Arc::clone(&self).refresh_on_schedule());
         }
         tasks.spawn(Arc::clone(&self.mirrors).prepare_maintained());
-        if let Some(responses) = self.upkeep.responses.clone() {
-            tasks.spawn(drop_answers_removed_elsewhere(
-                self.mirrors.registry().removed_elsewhere(),
-                responses,
-            ));
-        }
         Arc::clone(&self.upkeep).run().await;
     }
 
@@ -1177,28 +1181,6 @@ fn suffix(route: &Route, query: Option<&str>) -> String {
         suffix.push_str(query);
     }
     suffix
-}
-
-/// Forever: the stored answers of each mirror the shared store says was removed elsewhere
-/// (a purge or removal on another instance) go with its local copy, so that what the
-/// removal dropped is not sent from here.
-async fn drop_answers_removed_elsewhere(
-    mut removed: tokio::sync::broadcast::Receiver<RepoKey>,
-    responses: Arc<ResponseCache>,
-) {
-    loop {
-        let key = match removed.recv().await {
-            Ok(key) => key,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        let responses = Arc::clone(&responses);
-        let rel = key.relative_path();
-        let dropped = tokio::task::spawn_blocking(move || responses.remove_repo(&rel)).await;
-        if let Ok(Err(err)) = dropped {
-            tracing::warn!(%err, repo = %key.relative_path().display(), "dropping the stored answers of a mirror removed elsewhere failed");
-        }
-    }
 }
 
 #[cfg(test)]

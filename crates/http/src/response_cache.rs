@@ -392,6 +392,10 @@ impl ResponseCache {
         let taken = shared.download(&repo_text(repo), key, &path, limit).await;
         if taken {
             self.stats.taken_shared.fetch_add(1, Ordering::Relaxed);
+            // On this disk as much as one generated here (see `cleanup_due`).
+            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            self.stored_since_eviction
+                .fetch_add(bytes, Ordering::Relaxed);
         }
         taken
     }

@@ -259,8 +259,9 @@ pub struct Registry {
     leases: Option<(Arc<dyn Leases>, Duration)>,
     /// Mirrors whose packs background maintenance replaced (see [`Registry::maintained`]).
     maintained: tokio::sync::broadcast::Sender<RepoKey>,
-    /// Local copies dropped for a removal made elsewhere (see [`Registry::removed_elsewhere`]).
-    removed_elsewhere: tokio::sync::broadcast::Sender<RepoKey>,
+    /// Told of each local copy dropped for a removal made elsewhere (see
+    /// [`Registry::on_removed_elsewhere`]).
+    removed_elsewhere: std::sync::OnceLock<RemovedElsewhere>,
     /// The longest background work on a mirror waits for the answers from it (see
     /// [`Registry::answering`]).
     quiet_wait: Duration,
@@ -313,6 +314,15 @@ impl Drop for Running {
 /// for generating any of them, short enough that a client reading slowly holds nothing back
 /// for long.
 pub const DEFAULT_QUIET_WAIT: Duration = Duration::from_secs(10);
+
+/// What [`Registry::on_removed_elsewhere`] calls.
+struct RemovedElsewhere(Box<dyn Fn(&RepoKey) + Send + Sync>);
+
+impl std::fmt::Debug for RemovedElsewhere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemovedElsewhere")
+    }
+}
 
 /// Maintained mirrors announced and not yet taken by a slow listener (it then misses the
 /// oldest: each is only a chance to prepare for the next answers).
@@ -398,7 +408,7 @@ impl Registry {
             shared: None,
             leases: None,
             maintained: tokio::sync::broadcast::channel(MAINTAINED_BACKLOG).0,
-            removed_elsewhere: tokio::sync::broadcast::channel(MAINTAINED_BACKLOG).0,
+            removed_elsewhere: std::sync::OnceLock::new(),
             quiet_wait: DEFAULT_QUIET_WAIT,
             maintenance: Arc::default(),
         }
@@ -499,11 +509,21 @@ impl Registry {
         self.maintained.subscribe()
     }
 
-    /// The mirrors whose local copies were dropped from now on because the shared store
-    /// says they were removed (a purge or removal on another instance), each as it goes: a
-    /// server drops what else it keeps of them (stored answers).
-    pub fn removed_elsewhere(&self) -> tokio::sync::broadcast::Receiver<RepoKey> {
-        self.removed_elsewhere.subscribe()
+    /// Call `then` with each mirror whose local copy is dropped from now on because the
+    /// shared store says it was removed (a purge or removal on another instance), as it
+    /// goes, on the task that drops it: a server drops what else it keeps of it (stored
+    /// answers). Every one is told, none missed. Set once; `false` if it was set before.
+    pub fn on_removed_elsewhere(&self, then: impl Fn(&RepoKey) + Send + Sync + 'static) -> bool {
+        (self.removed_elsewhere)
+            .set(RemovedElsewhere(Box::new(then)))
+            .is_ok()
+    }
+
+    /// Tell [`on_removed_elsewhere`](Self::on_removed_elsewhere)'s callback of `key`.
+    fn tell_removed_elsewhere(&self, key: &RepoKey) {
+        if let Some(then) = self.removed_elsewhere.get() {
+            (then.0)(key);
+        }
     }
 
     /// Coordinate shared mirrors through `leases` (expiring after `ttl` unless renewed): one
@@ -1501,7 +1521,7 @@ impl Registry {
             tracing::info!("the shared mirror was removed; dropping the local copy");
             self.discard(key)?;
             shared.copy_dropped(key);
-            let _ = self.removed_elsewhere.send(key.clone());
+            self.tell_removed_elsewhere(key);
         }
         Ok(())
     }
@@ -1524,7 +1544,7 @@ impl Registry {
             tracing::info!("the shared mirror was removed; dropping the local copy");
             self.discard(key)?;
             shared.copy_dropped(key);
-            let _ = self.removed_elsewhere.send(key.clone());
+            self.tell_removed_elsewhere(key);
         }
         Ok(())
     }

@@ -65,7 +65,7 @@ fn project_of(path: &str) -> Option<String> {
         // Decoded, as a request's first segment is when it is served: `PUT /a%20b/` deploys
         // the project that `/a%20b/` is routed to.
         name if !name.contains('/') => {
-            crate::serve::decode(name).filter(|name| !name.is_empty() && !name.contains('/'))
+            crate::serve::decode(name).filter(|name| crate::site::valid_project(name))
         }
         _ => None,
     }
@@ -1449,6 +1449,11 @@ mod tests {
         assert_eq!(project_of("/blog/").as_deref(), Some("blog"));
         assert_eq!(project_of("/a%20b/").as_deref(), Some("a b"));
         assert_eq!(project_of("/a%2Fb/"), None);
+        // Names no project may have are no project, refused as a bad name (not a store
+        // failure).
+        for bad in ["/%00/", "/%2E%2E/", "/a%5Cb/"] {
+            assert_eq!(project_of(bad), None, "{bad}");
+        }
         assert_eq!(project_of("/a/b/"), None);
         assert_eq!(location_of("a b"), "/a%20b/");
         assert_eq!(

@@ -227,7 +227,7 @@ fn valid_host(host: &str) -> bool {
 }
 
 /// Whether `project` can name a site under a host: `.index`, or one path segment.
-fn valid_project(project: &str) -> bool {
+pub(crate) fn valid_project(project: &str) -> bool {
     project == ".index" || (valid_path(project) && !project.contains('/') && project.len() <= 255)
 }
 
