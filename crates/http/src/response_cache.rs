@@ -701,7 +701,9 @@ impl ResponseCache {
             return;
         };
         let (shared, repo, key) = (Arc::clone(shared), repo_text(&id.0), id.1.clone());
-        runtime.spawn(async move { shared.upload(&repo, &key, &path).await });
+        // Taken now, as it is stored: a purge from here on is one its upload must not outlive.
+        let deletions = shared.deletions_of(&repo);
+        runtime.spawn(async move { shared.upload_since(&repo, &key, &path, deletions).await });
     }
 }
 

@@ -46,7 +46,13 @@ pub(crate) struct SharedResponses {
     /// Turns to upload ([`UPLOADS_AT_ONCE`]), and the uploads holding or awaiting one.
     uploads: tokio::sync::Semaphore,
     uploading: std::sync::atomic::AtomicUsize,
+    /// Deletions of each repository's entries so far (a purge): an upload queued before one
+    /// is not made after it, and one made meanwhile is deleted again.
+    deletions: Mutex<HashMap<String, u64>>,
 }
+
+/// The most repositories whose deletions are counted (see [`SharedResponses::delete`]).
+const MAX_DELETIONS_KEPT: usize = 100_000;
 
 /// A stored response: its repository folder and key.
 type Entry = (String, String);
@@ -113,6 +119,7 @@ impl SharedResponses {
             downloading: Mutex::new(HashMap::new()),
             uploads: tokio::sync::Semaphore::new(UPLOADS_AT_ONCE),
             uploading: std::sync::atomic::AtomicUsize::new(0),
+            deletions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -205,7 +212,16 @@ impl SharedResponses {
     }
 
     /// Upload the local entry at `from` as `repo`'s entry `key`.
+    #[cfg(test)]
     pub(crate) async fn upload(&self, repo: &str, key: &str, from: &Path) {
+        self.upload_since(repo, key, from, self.deletions_of(repo))
+            .await;
+    }
+
+    /// [`upload`](Self::upload) of an entry stored when `repo`'s entries had been deleted
+    /// `deletions` times ([`SharedResponses::deletions_of`]): not made if they were deleted
+    /// (purged) since.
+    pub(crate) async fn upload_since(&self, repo: &str, key: &str, from: &Path, deletions: u64) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         /// Counts one upload from its start to its end, however it ends.
         struct Counted<'a>(&'a AtomicUsize);
@@ -221,7 +237,25 @@ impl SharedResponses {
             return;
         }
         let _turn = self.uploads.acquire().await;
+        // The repository's entries were deleted (purged) while this one waited: not shared.
+        if self.deletions_of(repo) != deletions {
+            return;
+        }
         self.upload_now(repo, key, from).await;
+        // Deleted while it was uploaded: it goes too.
+        if self.deletions_of(repo) != deletions
+            && let Err(err) = self.delete(repo, Some(key)).await
+        {
+            tracing::warn!(%err, "deleting a response shared during a purge failed");
+        }
+    }
+
+    /// How many times `repo`'s entries were deleted so far.
+    pub(crate) fn deletions_of(&self, repo: &str) -> u64 {
+        (self.deletions.lock().unwrap_or_else(|p| p.into_inner()))
+            .get(repo)
+            .copied()
+            .unwrap_or(0)
     }
 
     async fn upload_now(&self, repo: &str, key: &str, from: &Path) {
@@ -248,6 +282,17 @@ impl SharedResponses {
 
     /// Delete `repo`'s entry `key` (found corrupt), or all of `repo`'s entries.
     pub(crate) async fn delete(&self, repo: &str, key: Option<&str>) -> Result<(), StoreError> {
+        if key.is_none() {
+            let mut deletions = self.deletions.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: a repository that starts again counts from a number no queued upload
+            // took.
+            if deletions.len() >= MAX_DELETIONS_KEPT && !deletions.contains_key(repo) {
+                let restart = deletions.values().copied().max().unwrap_or(0) + 1;
+                deletions.clear();
+                deletions.insert(repo.to_owned(), restart);
+            }
+            *deletions.entry(repo.to_owned()).or_default() += 1;
+        }
         match key {
             Some(key) => self.store.delete(&object(repo, key)?).await?,
             None => {
@@ -350,6 +395,46 @@ mod tests {
             None,
             None,
         )
+    }
+
+    /// An upload that waited for its turn while the repository's entries were deleted (a
+    /// purge) is not made after it; one queued after the deletion is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_queued_before_a_purge_is_not_made_after_it() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(shared(&dir.path().join("bucket")));
+        let from = dir.path().join("local.resp");
+        std::fs::write(&from, b"a stored response").unwrap();
+        let repo = "h/o/r.git";
+        let in_bucket = |key: &str| {
+            let object = object(repo, key).unwrap();
+            let store = &shared.store;
+            async move { store.size(&object).await.unwrap().is_some() }
+        };
+        let turns = shared
+            .uploads
+            .acquire_many(UPLOADS_AT_ONCE as u32)
+            .await
+            .unwrap();
+        // Stored before the purge, its upload queued behind the turns taken.
+        let since = shared.deletions_of(repo);
+        let queued = {
+            let (shared, from) = (Arc::clone(&shared), from.clone());
+            tokio::spawn(async move { shared.upload_since(repo, "before", &from, since).await })
+        };
+        while shared.uploading.load(Ordering::Acquire) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        shared.delete(repo, None).await.unwrap();
+        drop(turns);
+        queued.await.unwrap();
+        assert!(
+            !in_bucket("before").await,
+            "queued before the purge: not shared"
+        );
+        shared.upload(repo, "after", &from).await;
+        assert!(in_bucket("after").await);
     }
 
     /// Uploads go a few at a time; past a bound on those waiting, an entry is not shared.
