@@ -397,21 +397,31 @@ mod tests {
         )
     }
 
+    /// The repository folder these tests share entries of.
+    const REPO: &str = "h/o/r.git";
+
+    /// A bucket under `dir`, and a stored response there to upload.
+    fn uploading(dir: &Path) -> (Arc<SharedResponses>, std::path::PathBuf) {
+        let shared = Arc::new(shared(&dir.join("bucket")));
+        let from = dir.join("local.resp");
+        std::fs::write(&from, b"a stored response").unwrap();
+        (shared, from)
+    }
+
+    /// Whether the bucket holds `REPO`'s entry `key`.
+    async fn in_bucket(shared: &SharedResponses, key: &str) -> bool {
+        let object = object(REPO, key).unwrap();
+        shared.store.size(&object).await.unwrap().is_some()
+    }
+
     /// An upload that waited for its turn while the repository's entries were deleted (a
     /// purge) is not made after it; one queued after the deletion is.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_upload_queued_before_a_purge_is_not_made_after_it() {
         use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().unwrap();
-        let shared = Arc::new(shared(&dir.path().join("bucket")));
-        let from = dir.path().join("local.resp");
-        std::fs::write(&from, b"a stored response").unwrap();
-        let repo = "h/o/r.git";
-        let in_bucket = |key: &str| {
-            let object = object(repo, key).unwrap();
-            let store = &shared.store;
-            async move { store.size(&object).await.unwrap().is_some() }
-        };
+        let (shared, from) = uploading(dir.path());
+        let repo = REPO;
         let turns = shared
             .uploads
             .acquire_many(UPLOADS_AT_ONCE as u32)
@@ -430,11 +440,11 @@ mod tests {
         drop(turns);
         queued.await.unwrap();
         assert!(
-            !in_bucket("before").await,
+            !in_bucket(&shared, "before").await,
             "queued before the purge: not shared"
         );
         shared.upload(repo, "after", &from).await;
-        assert!(in_bucket("after").await);
+        assert!(in_bucket(&shared, "after").await);
     }
 
     /// Uploads go a few at a time; past a bound on those waiting, an entry is not shared.
@@ -442,15 +452,8 @@ mod tests {
     async fn uploads_wait_their_turn_and_past_a_bound_are_not_shared() {
         use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().unwrap();
-        let shared = Arc::new(shared(&dir.path().join("bucket")));
-        let from = dir.path().join("local.resp");
-        std::fs::write(&from, b"a stored response").unwrap();
-        let repo = "h/o/r.git";
-        let in_bucket = |key: &str| {
-            let object = object(repo, key).unwrap();
-            let store = &shared.store;
-            async move { store.size(&object).await.unwrap().is_some() }
-        };
+        let (shared, from) = uploading(dir.path());
+        let repo = REPO;
         // Every turn taken: uploads wait, up to the bound.
         let turns = shared
             .uploads
@@ -471,15 +474,18 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), shared.upload(repo, "over", &from))
             .await
             .expect("not kept waiting");
-        assert!(!in_bucket("k0").await, "none went before a turn was free");
+        assert!(
+            !in_bucket(&shared, "k0").await,
+            "none went before a turn was free"
+        );
         drop(turns);
         for task in waiting {
             task.await.unwrap();
         }
         for i in 0..most {
-            assert!(in_bucket(&format!("k{i}")).await, "k{i} shared");
+            assert!(in_bucket(&shared, &format!("k{i}")).await, "k{i} shared");
         }
-        assert!(!in_bucket("over").await);
+        assert!(!in_bucket(&shared, "over").await);
         assert_eq!(shared.uploading.load(Ordering::Acquire), 0);
     }
 
