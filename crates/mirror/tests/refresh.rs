@@ -14,6 +14,15 @@ fn refs(repo: &Path) -> String {
     git(repo, &["for-each-ref", "--format=%(objectname) %(refname)"])
 }
 
+/// A real upstream serving `acme/widgets`, generated from `spec`, to anyone; and its path.
+fn public_repo(spec: RepoSpec) -> (Upstream, std::path::PathBuf) {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/widgets");
+    repo::generate(&source, &spec).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    (upstream, source)
+}
+
 fn client(upstream: &Upstream, name: &str, auth: Option<&str>) -> Client {
     Client::new(
         &upstream.repo_url(name),
@@ -57,10 +66,7 @@ fn pack_files(mirror: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_follows_its_upstream() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/widgets");
-    repo::generate(&source, &RepoSpec::small(71)).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let (upstream, source) = public_repo(RepoSpec::small(71));
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
     let up = client(&upstream, "acme/widgets", None);
@@ -318,10 +324,7 @@ async fn https_upstreams_are_verified() {
 /// git would write is left out (as git leaves it out, with a warning), the rest mirrored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refs_no_git_would_write_are_left_out() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/widgets");
-    repo::generate(&source, &RepoSpec::tiny(1221)).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let (upstream, source) = public_repo(RepoSpec::tiny(1221));
     let tip = git(&source, &["rev-parse", "main"]).trim().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
@@ -389,10 +392,7 @@ async fn refs_no_git_would_write_are_left_out() {
 /// would again at every refresh, the mirror stuck at its old refs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_chain_too_deep_to_peel_leaves_out_its_ref_only() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/widgets");
-    repo::generate(&source, &RepoSpec::tiny(1222)).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let (upstream, source) = public_repo(RepoSpec::tiny(1222));
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
     let up = client(&upstream, "acme/widgets", None);
@@ -453,10 +453,7 @@ async fn a_tag_chain_too_deep_to_peel_leaves_out_its_ref_only() {
 /// does not say so) is not published, and the mirror stays whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pack_missing_history_is_not_published() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/widgets");
-    repo::generate(&source, &RepoSpec::small(1222)).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let (upstream, source) = public_repo(RepoSpec::small(1222));
     // The upstream pretends main~3 has no parents.
     let graft = git(&source, &["rev-parse", "main~3"]);
     std::fs::write(source.join("shallow"), graft).unwrap();
@@ -485,10 +482,7 @@ async fn a_pack_missing_history_is_not_published() {
 /// off with an error, not read into memory or onto the disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_answers_are_cut_off() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/widgets");
-    repo::generate(&source, &RepoSpec::tiny(1223)).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let (upstream, source) = public_repo(RepoSpec::tiny(1223));
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
     let up = client(&upstream, "acme/widgets", None).with_limits(gitcache_upstream::Limits {
@@ -525,10 +519,7 @@ async fn endless_answers_are_cut_off() {
 /// slow but steady gets a large pack through although it takes longer than the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_but_steady_upstream_gets_through() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/widgets");
-    repo::generate(&source, &RepoSpec::small(1224)).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let (upstream, source) = public_repo(RepoSpec::small(1224));
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
     let timeout = Duration::from_millis(500);
@@ -561,10 +552,7 @@ async fn a_slow_but_steady_upstream_gets_through() {
 /// given `first_window` to start, where the windows after it are judged as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_window_gives_an_upstream_time_to_start() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/widgets");
-    repo::generate(&source, &RepoSpec::small(1227)).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let (upstream, source) = public_repo(RepoSpec::small(1227));
     let client = |first_window: Option<Duration>| {
         Client::new(
             &upstream.repo_url("acme/widgets"),
@@ -597,10 +585,7 @@ async fn a_first_window_gives_an_upstream_time_to_start() {
 /// ends, bytes or not); one that is slow but well above it gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickle_below_the_least_rate_is_cut_off() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/widgets");
-    repo::generate(&source, &RepoSpec::small(1226)).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let (upstream, source) = public_repo(RepoSpec::small(1226));
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
     let up = Client::new(
@@ -647,10 +632,7 @@ async fn a_trickle_below_the_least_rate_is_cut_off() {
 /// mirror's refs need stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pack_sent_again_is_not_removed_when_a_refresh_fails() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/widgets");
-    repo::generate(&source, &RepoSpec::tiny(1226)).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let (upstream, source) = public_repo(RepoSpec::tiny(1226));
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
     let up = client(&upstream, "acme/widgets", None);
@@ -686,10 +668,7 @@ async fn a_pack_sent_again_is_not_removed_when_a_refresh_fails() {
 /// history (a stray object of an earlier pack), is fetched whole, not published as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tip_on_disk_without_its_history_is_fetched_whole() {
-    let upstream = Upstream::start().unwrap();
-    let source = upstream.repo_path("acme/widgets");
-    repo::generate(&source, &RepoSpec::tiny(1227)).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let (upstream, source) = public_repo(RepoSpec::tiny(1227));
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
     let up = client(&upstream, "acme/widgets", None);
