@@ -335,11 +335,9 @@ impl Proxy {
         // on another instance) go with its local copy: what the removal dropped is not sent
         // from here.
         if let Some(responses) = responses.clone() {
-            mirrors.registry().on_removed_elsewhere(move |key| {
-                if let Err(err) = responses.remove_repo(&key.relative_path()) {
-                    tracing::warn!(%err, repo = %key.relative_path().display(), "dropping the stored answers of a mirror removed elsewhere failed");
-                }
-            });
+            mirrors
+                .registry()
+                .on_removed_elsewhere(move |key| responses.removed_elsewhere(&key.relative_path()));
         }
         let admin = Admin::new(
             Arc::clone(&config),

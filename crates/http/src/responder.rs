@@ -96,7 +96,7 @@ impl Responder {
         };
         // Taken first: the mirror handle was opened before, and an answer from it is not
         // stored after a removal of the repository's answers (a purge) since.
-        let removals = cache.removals_of(&rel);
+        let removals = (cache.removals_of(&rel), cache.shared_deletions_of(&rel));
         let keyed = {
             let repo = Arc::clone(&repo);
             let mut fetch = fetch;
@@ -555,9 +555,14 @@ struct Slot {
 /// Whether a generation's `err` says only that it was given up for want of readers (its
 /// cancellation, or a write told nobody reads it), not that it failed.
 fn gave_up(err: &gitcache_pack::Error) -> bool {
+    use gitcache_protocol::{pktline, response};
     match err {
         gitcache_pack::Error::Cancelled => true,
-        gitcache_pack::Error::Io(io) => io.kind() == std::io::ErrorKind::BrokenPipe,
+        // Written straight, or through the pkt-line framing (sections, progress, the end).
+        gitcache_pack::Error::Io(io)
+        | gitcache_pack::Error::Response(response::Error::PktLine(pktline::Error::Io(io))) => {
+            io.kind() == std::io::ErrorKind::BrokenPipe
+        }
         _ => false,
     }
 }
@@ -787,6 +792,10 @@ mod tests {
         assert!(gave_up(&Error::Cancelled));
         let pipe = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "nobody reads");
         assert!(gave_up(&Error::Io(pipe)));
+        let framed = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "nobody reads");
+        assert!(gave_up(&Error::from(
+            gitcache_protocol::pktline::Error::Io(framed)
+        )));
         assert!(!gave_up(&Error::Io(std::io::Error::other("disk"))));
         assert!(!gave_up(&Error::Odb {
             message: "broken".into()

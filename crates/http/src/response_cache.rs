@@ -205,11 +205,61 @@ pub(crate) struct ResponseCache {
     stored_since_eviction: AtomicU64,
     /// Removals of each repository's answers so far (see [`ResponseCache::remove_repo`]): a
     /// generation begun before one (from the mirror as it was) is not stored after it.
-    removals: Mutex<HashMap<PathBuf, u64>>,
+    removals: Mutex<Counts<PathBuf>>,
 }
 
-/// The most repositories whose removals are counted (see [`ResponseCache::remove_repo`]).
-const MAX_REMOVALS_KEPT: usize = 100_000;
+/// Counts by repository, bounded: past [`Counts::MOST`] repositories they are forgotten,
+/// and every repository counts from above any count given out before (the floor), so that a
+/// count taken before a bump never equals one read after it.
+#[derive(Debug)]
+pub(crate) struct Counts<K> {
+    counts: HashMap<K, u64>,
+    floor: u64,
+}
+
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts {
+            counts: HashMap::new(),
+            floor: 0,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Counts<K> {
+    /// The most repositories counted at once.
+    const MOST: usize = 100_000;
+
+    /// `key`'s count now.
+    pub(crate) fn of<Q>(&self, key: &Q) -> u64
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.counts.get(key).copied().unwrap_or(self.floor)
+    }
+
+    /// Count one more for `key`.
+    pub(crate) fn bump<Q>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if self.counts.len() >= Self::MOST && !self.counts.contains_key(key) {
+            self.floor = self
+                .counts
+                .values()
+                .copied()
+                .max()
+                .unwrap_or(0)
+                .max(self.floor)
+                + 1;
+            self.counts.clear();
+        }
+        let floor = self.floor;
+        *self.counts.entry(key.to_owned()).or_insert(floor) += 1;
+    }
+}
 
 /// The share of `max_total_bytes` that, stored since the last eviction, brings the next one
 /// forward (one in eight): the limit is kept between two cleanups too, not only at them.
@@ -352,7 +402,7 @@ impl ResponseCache {
             fail_store_after: None,
             shared: None,
             stored_since_eviction: AtomicU64::new(0),
-            removals: Mutex::new(HashMap::new()),
+            removals: Mutex::new(Counts::default()),
         })
     }
 
@@ -389,7 +439,13 @@ impl ResponseCache {
             .flatten()
             .min()
             .unwrap_or(u64::MAX);
-        let taken = shared.download(&repo_text(repo), key, &path, limit).await;
+        let removals = self.removals_of(repo);
+        let mut taken = shared.download(&repo_text(repo), key, &path, limit).await;
+        // The repository's answers were removed while it came (a purge): it goes too.
+        if taken && self.removals_of(repo) != removals {
+            self.store.remove(repo, key);
+            taken = false;
+        }
         if taken {
             self.stats.taken_shared.fetch_add(1, Ordering::Relaxed);
             // On this disk as much as one generated here (see `cleanup_due`).
@@ -445,18 +501,21 @@ impl ResponseCache {
     /// `regenerate` is how readers of a new generation finish if the store fails.
     #[cfg(test)]
     pub(crate) fn lookup(&self, repo: &Path, key: &str, regenerate: Regenerate) -> Lookup {
-        self.lookup_since(repo, key, regenerate, self.removals_of(repo))
+        let since = (self.removals_of(repo), self.shared_deletions_of(repo));
+        self.lookup_since(repo, key, regenerate, since)
     }
 
     /// [`lookup`](Self::lookup) for a request that took its mirror when `repo`'s answers had
-    /// been removed `removals` times ([`ResponseCache::removals_of`]): a generation it leads
-    /// is not stored if they were removed since (it reads the mirror as it was).
+    /// been removed `removals.0` times here ([`ResponseCache::removals_of`]) and `removals.1`
+    /// times from the bucket ([`ResponseCache::shared_deletions_of`]): a generation it leads
+    /// is not stored if they were removed here since (it reads the mirror as it was), nor
+    /// shared if they were deleted from the bucket since.
     pub(crate) fn lookup_since(
         &self,
         repo: &Path,
         key: &str,
         regenerate: Regenerate,
-        removals: u64,
+        removals: (u64, u64),
     ) -> Lookup {
         let id: FlightKey = (repo.to_owned(), key.to_owned());
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
@@ -524,7 +583,8 @@ impl ResponseCache {
                 buf: Vec::with_capacity(CHUNK),
                 store_failed: false,
                 fail_after: self.fail_store_after,
-                removals,
+                removals: removals.0,
+                deletions: removals.1,
             }),
             Reader {
                 file,
@@ -580,7 +640,7 @@ impl ResponseCache {
                         self.stats.stored.fetch_add(1, Ordering::Relaxed);
                         self.stored_since_eviction
                             .fetch_add(written, Ordering::Relaxed);
-                        self.share(&generation.id, path);
+                        self.share(&generation.id, path, generation.deletions);
                     }
                     Err(err) => {
                         // Readers have every byte already; only publishing failed.
@@ -655,25 +715,40 @@ impl ResponseCache {
     /// Drop every stored response of `repo`; generations of it under way are not stored
     /// (their readers still get every byte).
     pub(crate) fn remove_repo(&self, repo: &Path) -> std::io::Result<()> {
-        {
-            let mut removals = self.removals.lock().unwrap_or_else(|p| p.into_inner());
-            // Bounded: counts start again from a number no generation under way took.
-            if removals.len() >= MAX_REMOVALS_KEPT && !removals.contains_key(repo) {
-                let restart = removals.values().copied().max().unwrap_or(0) + 1;
-                removals.clear();
-                removals.insert(repo.to_owned(), restart);
-            }
-            *removals.entry(repo.to_owned()).or_default() += 1;
-        }
+        (self.removals.lock().unwrap_or_else(|p| p.into_inner())).bump(repo);
         self.store.remove_repo(repo)
+    }
+
+    /// How many times `repo`'s entries were deleted from the bucket so far (0 without one).
+    pub(crate) fn shared_deletions_of(&self, repo: &Path) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |shared| shared.deletions_of(&repo_text(repo)))
+    }
+
+    /// `repo`'s mirror was removed on another instance (a purge): answers begun before are
+    /// neither stored nor shared after it, and its stored answers go (on a blocking thread
+    /// when there is a runtime).
+    pub(crate) fn removed_elsewhere(self: &Arc<Self>, repo: &Path) {
+        (self.removals.lock().unwrap_or_else(|p| p.into_inner())).bump(repo);
+        if let Some(shared) = &self.shared {
+            shared.note_deletion(&repo_text(repo));
+        }
+        let (cache, repo) = (Arc::clone(self), repo.to_owned());
+        let remove = move || {
+            if let Err(err) = cache.store.remove_repo(&repo) {
+                tracing::warn!(%err, repo = %repo.display(), "dropping the stored answers of a mirror removed elsewhere failed");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
     }
 
     /// How many times `repo`'s answers were removed so far.
     pub(crate) fn removals_of(&self, repo: &Path) -> u64 {
-        (self.removals.lock().unwrap_or_else(|p| p.into_inner()))
-            .get(repo)
-            .copied()
-            .unwrap_or(0)
+        (self.removals.lock().unwrap_or_else(|p| p.into_inner())).of(repo)
     }
 
     pub(crate) fn remove(&self, repo: &Path, key: &str) {
@@ -693,7 +768,7 @@ impl ResponseCache {
     }
 
     /// Upload the entry just published at `path` to the shared store, in the background.
-    fn share(&self, id: &FlightKey, path: PathBuf) {
+    fn share(&self, id: &FlightKey, path: PathBuf, deletions: u64) {
         let Some(shared) = &self.shared else {
             return;
         };
@@ -701,8 +776,6 @@ impl ResponseCache {
             return;
         };
         let (shared, repo, key) = (Arc::clone(shared), repo_text(&id.0), id.1.clone());
-        // Taken now, as it is stored: a purge from here on is one its upload must not outlive.
-        let deletions = shared.deletions_of(&repo);
         runtime.spawn(async move { shared.upload_since(&repo, &key, &path, deletions).await });
     }
 }
@@ -721,8 +794,11 @@ pub(crate) struct Generation {
     /// A write to the store failed: the entry is given up.
     store_failed: bool,
     fail_after: Option<u64>,
-    /// The repository's removals when it began (see [`ResponseCache::remove_repo`]).
+    /// The repository's removals when its request took the mirror (see
+    /// [`ResponseCache::remove_repo`]).
     removals: u64,
+    /// Its deletions from the bucket then (see [`ResponseCache::shared_deletions_of`]).
+    deletions: u64,
 }
 
 impl Generation {
@@ -1216,6 +1292,28 @@ mod tests {
 
     /// Issue 6: a disk-full error midway falls back to generating live, for the leader's
     /// client and for those who joined it, with the same bytes.
+    /// Counts taken before a bump never equal one read after it, the bound's forgetting
+    /// included: forgotten repositories count from above every count given out.
+    #[test]
+    fn counts_taken_before_a_bump_never_match_after_it() {
+        let mut counts: Counts<String> = Counts::default();
+        let taken = counts.of("x");
+        counts.bump("x");
+        assert_ne!(counts.of("x"), taken);
+        let before_forgetting = counts.of("x");
+        // Other repositories fill the table: it is forgotten, "x" with it.
+        for i in 0..Counts::<String>::MOST {
+            counts.bump(format!("r{i}").as_str());
+        }
+        assert!(
+            counts.of("x") > before_forgetting,
+            "above every count given out"
+        );
+        let y = counts.of("y");
+        counts.bump("y");
+        assert_ne!(counts.of("y"), y);
+    }
+
     /// A generation begun before its repository's answers were removed (a purge: it reads
     /// the mirror as it was) is sent whole to its readers and not stored after the removal.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1223,7 +1321,7 @@ mod tests {
         let (_root, cache) = new_cache();
         let bytes = content(50_000);
         // The request took its mirror, then the purge came, then it leads a generation.
-        let before = cache.removals_of(Path::new(REPO));
+        let before = (cache.removals_of(Path::new(REPO)), 0);
         cache.remove_repo(Path::new(REPO)).unwrap();
         let Lookup::Lead(generation, reader) =
             cache.lookup_since(Path::new(REPO), "k", writer_of(Vec::new()), before)

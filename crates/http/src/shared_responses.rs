@@ -48,11 +48,8 @@ pub(crate) struct SharedResponses {
     uploading: std::sync::atomic::AtomicUsize,
     /// Deletions of each repository's entries so far (a purge): an upload queued before one
     /// is not made after it, and one made meanwhile is deleted again.
-    deletions: Mutex<HashMap<String, u64>>,
+    deletions: Mutex<crate::response_cache::Counts<String>>,
 }
-
-/// The most repositories whose deletions are counted (see [`SharedResponses::delete`]).
-const MAX_DELETIONS_KEPT: usize = 100_000;
 
 /// A stored response: its repository folder and key.
 type Entry = (String, String);
@@ -119,7 +116,7 @@ impl SharedResponses {
             downloading: Mutex::new(HashMap::new()),
             uploads: tokio::sync::Semaphore::new(UPLOADS_AT_ONCE),
             uploading: std::sync::atomic::AtomicUsize::new(0),
-            deletions: Mutex::new(HashMap::new()),
+            deletions: Mutex::new(Default::default()),
         }
     }
 
@@ -252,10 +249,13 @@ impl SharedResponses {
 
     /// How many times `repo`'s entries were deleted so far.
     pub(crate) fn deletions_of(&self, repo: &str) -> u64 {
-        (self.deletions.lock().unwrap_or_else(|p| p.into_inner()))
-            .get(repo)
-            .copied()
-            .unwrap_or(0)
+        (self.deletions.lock().unwrap_or_else(|p| p.into_inner())).of(repo)
+    }
+
+    /// Count a deletion of `repo`'s entries made elsewhere (see
+    /// [`upload_since`](Self::upload_since)).
+    pub(crate) fn note_deletion(&self, repo: &str) {
+        (self.deletions.lock().unwrap_or_else(|p| p.into_inner())).bump(repo);
     }
 
     async fn upload_now(&self, repo: &str, key: &str, from: &Path) {
@@ -283,15 +283,7 @@ impl SharedResponses {
     /// Delete `repo`'s entry `key` (found corrupt), or all of `repo`'s entries.
     pub(crate) async fn delete(&self, repo: &str, key: Option<&str>) -> Result<(), StoreError> {
         if key.is_none() {
-            let mut deletions = self.deletions.lock().unwrap_or_else(|p| p.into_inner());
-            // Bounded: a repository that starts again counts from a number no queued upload
-            // took.
-            if deletions.len() >= MAX_DELETIONS_KEPT && !deletions.contains_key(repo) {
-                let restart = deletions.values().copied().max().unwrap_or(0) + 1;
-                deletions.clear();
-                deletions.insert(repo.to_owned(), restart);
-            }
-            *deletions.entry(repo.to_owned()).or_default() += 1;
+            self.note_deletion(repo);
         }
         match key {
             Some(key) => self.store.delete(&object(repo, key)?).await?,
