@@ -291,7 +291,8 @@ impl Proxy {
             Some(cache) => {
                 let root = config.data_dir.join("responses");
                 let mut responses = ResponseCache::new(root.clone(), cache.clone())
-                    .map_err(|source| ConfigError::DataDir { path: root, source })?;
+                    .map_err(|source| ConfigError::DataDir { path: root, source })?
+                    .with_min_free(config.min_free_bytes);
                 if let Some(store) = registry.shared().map(|s| s.store().clone()) {
                     let catalog = services.catalog.as_ref();
                     let index = catalog

@@ -206,6 +206,9 @@ pub(crate) struct ResponseCache {
     /// Removals of each repository's answers so far (see [`ResponseCache::remove_repo`]): a
     /// generation begun before one (from the mirror as it was) is not stored after it.
     removals: Mutex<Counts<PathBuf>>,
+    /// Bytes of the disk kept free: no answer is stored with less (see
+    /// [`ResponseCache::with_min_free`]).
+    min_free: u64,
 }
 
 /// Counts by repository, bounded: past [`Counts::MOST`] repositories they are forgotten,
@@ -403,7 +406,15 @@ impl ResponseCache {
             shared: None,
             stored_since_eviction: AtomicU64::new(0),
             removals: Mutex::new(Counts::default()),
+            min_free: 0,
         })
+    }
+
+    /// Store no answer while the disk has less than `bytes` free (answers are then
+    /// generated live): the floor mirrors and spilled answers keep. 0: no floor.
+    pub(crate) fn with_min_free(mut self, bytes: u64) -> Self {
+        self.min_free = bytes;
+        self
     }
 
     /// Share entries with other instances through `shared` (see [`crate::shared_responses`]).
@@ -553,6 +564,14 @@ impl ResponseCache {
             if !admitted {
                 return Lookup::Live;
             }
+        }
+        // Below the disk's floor: answered, not stored.
+        if self.min_free > 0
+            && gitcache_storage::fs::free_bytes(self.store.root()).unwrap_or(u64::MAX)
+                < self.min_free
+        {
+            tracing::debug!("the disk is below its floor: not storing the response");
+            return Lookup::Live;
         }
         let pending = match self.store.begin(repo, key) {
             Ok(pending) => pending,
@@ -1292,6 +1311,28 @@ mod tests {
 
     /// Issue 6: a disk-full error midway falls back to generating live, for the leader's
     /// client and for those who joined it, with the same bytes.
+    /// Below the disk's floor an answer is generated live, not stored; with room it leads a
+    /// stored generation.
+    #[test]
+    fn below_the_disk_floor_answers_are_not_stored() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = |floor: u64| {
+            ResponseCache::new(root.path().join("r"), ResponseCacheConfig::default())
+                .unwrap()
+                .with_min_free(floor)
+        };
+        let tight = cache(u64::MAX);
+        assert!(matches!(
+            tight.lookup(Path::new(REPO), "k", writer_of(Vec::new())),
+            Lookup::Live
+        ));
+        let roomy = cache(1);
+        assert!(matches!(
+            roomy.lookup(Path::new(REPO), "k", writer_of(Vec::new())),
+            Lookup::Lead(..)
+        ));
+    }
+
     /// Counts taken before a bump never equal one read after it, the bound's forgetting
     /// included: forgotten repositories count from above every count given out.
     #[test]

@@ -154,6 +154,11 @@ impl ResponseStore {
         ResponseStore { root: root.into() }
     }
 
+    /// The folder every repository's entries are under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The folder of `repo` (a relative path such as `host/owner/repo`).
     pub fn repo_dir(&self, repo: &Path) -> PathBuf {
         self.root.join(repo)
