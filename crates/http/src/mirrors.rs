@@ -1141,13 +1141,15 @@ impl Mirrors {
     /// bitmaps).
     fn prepare(&self, key: &RepoKey) -> Result<(), Error> {
         let started = Instant::now();
+        // Opened by a request (or its maintenance), not only for a webhook's questions.
         let was_open = self
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(key);
-        // A mirror no request opened yet (made by a webhook, or before a restart) is checked
-        // as any first opening checks it.
+            .get(key)
+            .is_some_and(|known| known.checked);
+        // A mirror no request opened yet (made or asked about by a webhook, or before a
+        // restart) is checked as any first opening checks it.
         let how = match was_open {
             true => Opening::Maintained,
             false => Opening::Checked,
@@ -1811,6 +1813,15 @@ mod tests {
     }
 
     /// `key`'s mirror prepared as after its maintenance, on a blocking thread.
+    /// Where `key`'s mirror has the ref `name`, asked as a webhook asks.
+    async fn rev_of(mirrors: &Arc<Mirrors>, key: &RepoKey, name: &str) -> gix_hash::ObjectId {
+        mirrors
+            .ref_now(key, name.to_owned())
+            .await
+            .unwrap()
+            .expect("the ref")
+    }
+
     async fn prepared(mirrors: &Arc<Mirrors>, key: &RepoKey) {
         let (mirrors, key) = (Arc::clone(mirrors), key.clone());
         tokio::task::spawn_blocking(move || mirrors.prepare(&key))
@@ -2099,6 +2110,22 @@ mod tests {
         let (made, _, trees) = warmth(&mirrors);
         assert_eq!(made, gitcache_pack::Warmth::default(), "not asked for");
         assert_eq!(trees, 0, "not asked for: no trees read");
+        // On another instance of the table, a webhook's questions open it: still not asked
+        // for.
+        let questioned = Arc::new(Mirrors::new(
+            Arc::clone(&mirrors.registry),
+            Vec::new(),
+            unbounded(),
+        ));
+        let main = rev_of(&questioned, &key, "refs/heads/main").await;
+        assert!(questioned.holds(&key, main).await);
+        prepared(&questioned, &key).await;
+        let (made, _, trees) = warmth(&questioned);
+        assert_eq!(
+            (made, trees),
+            (gitcache_pack::Warmth::default(), 0),
+            "a webhook's questions are no request"
+        );
 
         // Another instance of the table, so that the mirror is not open there yet.
         let asked = Arc::new(Mirrors::new(
