@@ -451,20 +451,21 @@ impl ResponseCache {
             .min()
             .unwrap_or(u64::MAX);
         let removals = self.removals_of(repo);
-        let mut taken = shared.download(&repo_text(repo), key, &path, limit).await;
+        let mut taken = (shared.download_counted(&repo_text(repo), key, &path, limit)).await;
         // The repository's answers were removed while it came (a purge): it goes too.
-        if taken && self.removals_of(repo) != removals {
+        if taken.is_some() && self.removals_of(repo) != removals {
             self.store.remove(repo, key);
-            taken = false;
+            taken = None;
         }
-        if taken {
+        // Counted once, by the request that fetched it, not by those that waited for it.
+        if taken == Some(true) {
             self.stats.taken_shared.fetch_add(1, Ordering::Relaxed);
             // On this disk as much as one generated here (see `cleanup_due`).
             let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             self.stored_since_eviction
                 .fetch_add(bytes, Ordering::Relaxed);
         }
-        taken
+        taken.is_some()
     }
 
     /// Delete every stored response of `repo` from the shared store too.
@@ -516,7 +517,8 @@ impl ResponseCache {
         self.lookup_since(repo, key, regenerate, since)
     }
 
-    /// [`lookup`](Self::lookup) for a request that took its mirror when `repo`'s answers had
+    /// The cache's answer for `key` of `repo` (stored, joined, led, or live), for a request
+    /// that took its mirror when `repo`'s answers had
     /// been removed `removals.0` times here ([`ResponseCache::removals_of`]) and `removals.1`
     /// times from the bucket ([`ResponseCache::shared_deletions_of`]): a generation it leads
     /// is not stored if they were removed here since (it reads the mirror as it was), nor

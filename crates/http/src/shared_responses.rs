@@ -140,22 +140,35 @@ impl SharedResponses {
         missing.insert((repo.to_owned(), key.to_owned()), now);
     }
 
-    /// Copy `repo`'s entry `key` from the bucket to `to` (its local place); `false` if the
-    /// bucket has none, or one larger than `limit` bytes, or could not be asked (logged; the
-    /// caller generates).
+    /// Whether [`download_counted`](Self::download_counted) found the entry.
+    #[cfg(test)]
     pub(crate) async fn download(&self, repo: &str, key: &str, to: &Path, limit: u64) -> bool {
+        self.download_counted(repo, key, to, limit).await.is_some()
+    }
+
+    /// Copy `repo`'s entry `key` from the bucket to `to` (its local place): `Some(true)` when
+    /// this call fetched it, `Some(false)` when another request's download placed it
+    /// meanwhile; `None` if the bucket has none, or one larger than `limit` bytes, or could
+    /// not be asked (logged; the caller generates).
+    pub(crate) async fn download_counted(
+        &self,
+        repo: &str,
+        key: &str,
+        to: &Path,
+        limit: u64,
+    ) -> Option<bool> {
         if self.recently_missing(repo, key) {
-            return false;
+            return None;
         }
         let turn = self.turn((repo.to_owned(), key.to_owned()));
         let _held = turn.lock().lock().await;
         // Another request's download may have placed it (or found it missing) meanwhile.
         if to.exists() {
-            true
+            Some(false)
         } else if self.recently_missing(repo, key) {
-            false
+            None
         } else {
-            self.fetch(repo, key, to, limit).await
+            self.fetch(repo, key, to, limit).await.then_some(true)
         }
     }
 
@@ -215,9 +228,9 @@ impl SharedResponses {
             .await;
     }
 
-    /// [`upload`](Self::upload) of an entry stored when `repo`'s entries had been deleted
-    /// `deletions` times ([`SharedResponses::deletions_of`]): not made if they were deleted
-    /// (purged) since.
+    /// Share the stored entry `key` of `repo` (the file `from`), stored when `repo`'s entries
+    /// had been deleted `deletions` times ([`SharedResponses::deletions_of`]): a few at a
+    /// time, and not if they were deleted (purged) since.
     pub(crate) async fn upload_since(&self, repo: &str, key: &str, from: &Path, deletions: u64) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         /// Counts one upload from its start to its end, however it ends.
