@@ -33,6 +33,9 @@ struct OpenRepo {
     /// Whether its files were checked and its maintenance taken up (not when only a
     /// webhook's questions opened it: the next request does it).
     checked: bool,
+    /// Whether a request took this mirror (this handle or one it replaced): it is then
+    /// prepared for shallow clones after maintenance (see [`Mirrors::prepare`]).
+    requested: bool,
 }
 
 impl OpenRepo {
@@ -1008,7 +1011,13 @@ impl Mirrors {
 
     /// The mirror of `key`, opened again only when its packs changed.
     pub(crate) fn open(&self, key: &RepoKey) -> Result<Option<Arc<Repository>>, Error> {
-        self.open_and_check(key, Opening::Checked)
+        let repo = self.open_and_check(key, Opening::Checked)?;
+        if repo.is_some()
+            && let Some(known) = (self.open.lock().unwrap_or_else(|p| p.into_inner())).get_mut(key)
+        {
+            known.requested = true;
+        }
+        Ok(repo)
     }
 
     /// [`open`](Self::open), as `how` says: a mirror opened anew (or so far only for a
@@ -1040,13 +1049,14 @@ impl Mirrors {
                     }
                     return Ok(Some(repo));
                 }
-                known => known.map(|k| (Arc::clone(&k.repo), k.inherited)),
+                known => known.map(|k| (Arc::clone(&k.repo), k.inherited, k.requested)),
             }
         };
+        let requested = known.as_ref().is_some_and(|(_, _, requested)| *requested);
         // Packs that stayed are not read again (a refresh adds one small pack). Not under the
         // table's lock: taking them waits for what the handle before is reading.
         let (repo, inherited) = match &known {
-            Some((before, inherited)) => (before.reopen()?, *inherited | before.warmth()),
+            Some((before, inherited, _)) => (before.reopen()?, *inherited | before.warmth()),
             None => {
                 let repo = Repository::open(mirror.git_dir())?;
                 // A handle closed while idle passes on what it had made.
@@ -1065,7 +1075,7 @@ impl Mirrors {
             if let Some(current) = open.get_mut(key)
                 && !known
                     .as_ref()
-                    .is_some_and(|(before, _)| Arc::ptr_eq(before, &current.repo))
+                    .is_some_and(|(before, _, _)| Arc::ptr_eq(before, &current.repo))
                 && current.packs_changed.is_some()
                 && current.packs_changed == packs_changed
             {
@@ -1086,6 +1096,7 @@ impl Mirrors {
                     inherited,
                     used: Instant::now(),
                     checked,
+                    requested,
                 },
             );
         }
@@ -1141,13 +1152,13 @@ impl Mirrors {
     /// bitmaps).
     fn prepare(&self, key: &RepoKey) -> Result<(), Error> {
         let started = Instant::now();
-        // Opened by a request (or its maintenance), not only for a webhook's questions.
+        // Taken by a request, not only opened for a webhook's questions (or by a preparing).
         let was_open = self
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .is_some_and(|known| known.checked);
+            .is_some_and(|known| known.requested);
         // A mirror no request opened yet (made or asked about by a webhook, or before a
         // restart) is checked as any first opening checks it.
         let how = match was_open {
@@ -1812,7 +1823,6 @@ mod tests {
             .unwrap()
     }
 
-    /// `key`'s mirror prepared as after its maintenance, on a blocking thread.
     /// Where `key`'s mirror has the ref `name`, asked as a webhook asks.
     async fn rev_of(mirrors: &Arc<Mirrors>, key: &RepoKey, name: &str) -> gix_hash::ObjectId {
         mirrors
@@ -1822,6 +1832,7 @@ mod tests {
             .expect("the ref")
     }
 
+    /// `key`'s mirror prepared as after its maintenance, on a blocking thread.
     async fn prepared(mirrors: &Arc<Mirrors>, key: &RepoKey) {
         let (mirrors, key) = (Arc::clone(mirrors), key.clone());
         tokio::task::spawn_blocking(move || mirrors.prepare(&key))
@@ -2088,6 +2099,27 @@ mod tests {
     /// A mirror asked for but never opened (a clone its first pack answered as it arrived)
     /// is prepared for shallow clones as one opened is; one neither asked for nor opened
     /// (made by a webhook) is not.
+    /// A mirror requests took stays asked for when a webhook's questions open it again
+    /// after a refresh (new packs): it is still prepared for shallow clones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_webhooks_questions_keep_a_requested_mirror_asked_for() {
+        let f = fetched(1364).await;
+        opened(&f.mirrors, &f.key)
+            .await
+            .expect("opened by a request");
+        repo::append_commits(&f.source, "main", 3, 1364).unwrap();
+        f.registry.refresh(&f.key, &f.client, &[]).await.unwrap();
+        let main = rev_of(&f.mirrors, &f.key, "refs/heads/main").await;
+        assert!(f.mirrors.holds(&f.key, main).await);
+        prepared(&f.mirrors, &f.key).await;
+        let open = f.mirrors.open.lock().unwrap();
+        let repo = &open.get(&f.key).expect("open").repo;
+        assert!(
+            repo.kept_trees().bytes > 0,
+            "still asked for: the trees of HEAD read"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mirrors_asked_for_are_prepared_for_shallow_clones() {
         let Fetched {

@@ -748,17 +748,25 @@ impl ResponseCache {
     }
 
     /// `repo`'s mirror was removed on another instance (a purge): answers begun before are
-    /// neither stored nor shared after it, and its stored answers go (on a blocking thread
-    /// when there is a runtime).
-    pub(crate) fn removed_elsewhere(self: &Arc<Self>, repo: &Path) {
+    /// neither stored nor shared after it, and its stored answers go (renamed away at once,
+    /// their files removed on a blocking thread when there is a runtime).
+    pub(crate) fn removed_elsewhere(&self, repo: &Path) {
         (self.removals.lock().unwrap_or_else(|p| p.into_inner())).bump(repo);
         if let Some(shared) = &self.shared {
             shared.note_deletion(&repo_text(repo));
         }
-        let (cache, repo) = (Arc::clone(self), repo.to_owned());
-        let remove = move || {
-            if let Err(err) = cache.store.remove_repo(&repo) {
+        // Renamed away at once (no lookup finds them from here on), removed after.
+        let gone = match self.store.take_away(repo) {
+            Ok(Some(gone)) => gone,
+            Ok(None) => return,
+            Err(err) => {
                 tracing::warn!(%err, repo = %repo.display(), "dropping the stored answers of a mirror removed elsewhere failed");
+                return;
+            }
+        };
+        let remove = move || {
+            if let Err(err) = std::fs::remove_dir_all(&gone) {
+                tracing::warn!(%err, "removing stored answers taken away failed");
             }
         };
         match tokio::runtime::Handle::try_current() {

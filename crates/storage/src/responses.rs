@@ -208,6 +208,16 @@ impl ResponseStore {
     /// Remove every stored response of `repo` (its folder renamed away first, so that no
     /// lookup finds a part of them); readers with an entry open keep reading it.
     pub fn remove_repo(&self, repo: &Path) -> std::io::Result<()> {
+        match self.take_away(repo)? {
+            Some(gone) => std::fs::remove_dir_all(&gone),
+            None => Ok(()),
+        }
+    }
+
+    /// The first half of [`remove_repo`](Self::remove_repo): `repo`'s folder renamed away at
+    /// once (no lookup finds its entries from here on), where it is to be removed (`None`
+    /// when there was none). A folder left there by a crash goes with the leftovers.
+    pub fn take_away(&self, repo: &Path) -> std::io::Result<Option<PathBuf>> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = self.repo_dir(repo);
         let gone = self.root.join(format!(
@@ -216,8 +226,8 @@ impl ResponseStore {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         match std::fs::rename(&dir, &gone) {
-            Ok(()) => std::fs::remove_dir_all(&gone),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(Some(gone)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err),
         }
     }
