@@ -48,7 +48,7 @@ pub(crate) struct SharedResponses {
     uploading: std::sync::atomic::AtomicUsize,
     /// Deletions of each repository's entries so far (a purge): an upload queued before one
     /// is not made after it, and one made meanwhile is deleted again.
-    deletions: Mutex<crate::response_cache::Counts<String>>,
+    deletions: Mutex<crate::bounded::Counts<String>>,
 }
 
 /// A stored response: its repository folder and key.
@@ -413,6 +413,15 @@ mod tests {
         (shared, from)
     }
 
+    /// Every upload turn, held until dropped: uploads wait.
+    async fn every_turn(shared: &SharedResponses) -> tokio::sync::SemaphorePermit<'_> {
+        shared
+            .uploads
+            .acquire_many(UPLOADS_AT_ONCE as u32)
+            .await
+            .unwrap()
+    }
+
     /// Whether the bucket holds `REPO`'s entry `key`.
     async fn in_bucket(shared: &SharedResponses, key: &str) -> bool {
         let object = object(REPO, key).unwrap();
@@ -427,11 +436,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (shared, from) = uploading(dir.path());
         let repo = REPO;
-        let turns = shared
-            .uploads
-            .acquire_many(UPLOADS_AT_ONCE as u32)
-            .await
-            .unwrap();
+        let turns = every_turn(&shared).await;
         // Stored before the purge, its upload queued behind the turns taken.
         let since = shared.deletions_of(repo);
         let queued = {
@@ -460,11 +465,7 @@ mod tests {
         let (shared, from) = uploading(dir.path());
         let repo = REPO;
         // Every turn taken: uploads wait, up to the bound.
-        let turns = shared
-            .uploads
-            .acquire_many(UPLOADS_AT_ONCE as u32)
-            .await
-            .unwrap();
+        let turns = every_turn(&shared).await;
         let most = UPLOADS_AT_ONCE + UPLOADS_WAITING_MOST;
         let waiting: Vec<_> = (0..most)
             .map(|i| {

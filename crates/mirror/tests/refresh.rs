@@ -23,6 +23,24 @@ fn public_repo(spec: RepoSpec) -> (Upstream, std::path::PathBuf) {
     (upstream, source)
 }
 
+/// [`public_repo`], an empty mirror in a folder of its own (kept while the folder is), and
+/// a client of the repository without a credential.
+fn with_empty_mirror(
+    spec: RepoSpec,
+) -> (
+    Upstream,
+    std::path::PathBuf,
+    tempfile::TempDir,
+    Mirror,
+    Client,
+) {
+    let (upstream, source) = public_repo(spec);
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/widgets", None);
+    (upstream, source, dir, mirror, up)
+}
+
 fn client(upstream: &Upstream, name: &str, auth: Option<&str>) -> Client {
     Client::new(
         &upstream.repo_url(name),
@@ -66,10 +84,7 @@ fn pack_files(mirror: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_follows_its_upstream() {
-    let (upstream, source) = public_repo(RepoSpec::small(71));
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
-    let up = client(&upstream, "acme/widgets", None);
+    let (upstream, source, dir, mirror, up) = with_empty_mirror(RepoSpec::small(71));
 
     let first = mirror.refresh(&up, &[]).await.unwrap();
     assert!(first.changed && first.fetched_objects > 0);
@@ -392,10 +407,7 @@ async fn refs_no_git_would_write_are_left_out() {
 /// would again at every refresh, the mirror stuck at its old refs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_chain_too_deep_to_peel_leaves_out_its_ref_only() {
-    let (upstream, source) = public_repo(RepoSpec::tiny(1222));
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
-    let up = client(&upstream, "acme/widgets", None);
+    let (_upstream, source, _dir, mirror, up) = with_empty_mirror(RepoSpec::tiny(1222));
     mirror.refresh(&up, &[]).await.unwrap();
     let mut below = "main".to_owned();
     for n in 1..=66 {
@@ -632,10 +644,7 @@ async fn a_trickle_below_the_least_rate_is_cut_off() {
 /// mirror's refs need stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pack_sent_again_is_not_removed_when_a_refresh_fails() {
-    let (upstream, source) = public_repo(RepoSpec::tiny(1226));
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
-    let up = client(&upstream, "acme/widgets", None);
+    let (upstream, source, _dir, mirror, up) = with_empty_mirror(RepoSpec::tiny(1226));
     upstream.set_recording(true);
     mirror.refresh(&up, &[]).await.unwrap();
     let first_answer = upstream
@@ -668,10 +677,7 @@ async fn a_pack_sent_again_is_not_removed_when_a_refresh_fails() {
 /// history (a stray object of an earlier pack), is fetched whole, not published as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tip_on_disk_without_its_history_is_fetched_whole() {
-    let (upstream, source) = public_repo(RepoSpec::tiny(1227));
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
-    let up = client(&upstream, "acme/widgets", None);
+    let (_upstream, source, _dir, mirror, up) = with_empty_mirror(RepoSpec::tiny(1227));
     mirror.refresh(&up, &[]).await.unwrap();
 
     // A new branch upstream; its commit alone (no tree) is already in the mirror.
