@@ -1,6 +1,7 @@
 //! Tables that requests add to, kept within bounds: pruned of what is no longer live each
 //! time they double (so a prune costs a constant per insertion, not a scan per request),
-//! and emptied when even the live entries reach the most they may hold.
+//! and emptied when even the live entries reach the most they may hold. Counts by key are
+//! bounded too, forgotten from above every count they gave out.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -58,9 +59,84 @@ impl<K, V> std::ops::DerefMut for Bounded<K, V> {
     }
 }
 
+/// Counts by key (a repository), bounded: past [`Counts::MOST`] repositories they are forgotten,
+/// and every repository counts from above any count given out before (the floor), so that a
+/// count taken before a bump never equals one read after it.
+#[derive(Debug)]
+pub(crate) struct Counts<K> {
+    counts: HashMap<K, u64>,
+    floor: u64,
+}
+
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts {
+            counts: HashMap::new(),
+            floor: 0,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Counts<K> {
+    /// The most repositories counted at once.
+    const MOST: usize = 100_000;
+
+    /// `key`'s count now.
+    pub(crate) fn of<Q>(&self, key: &Q) -> u64
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.counts.get(key).copied().unwrap_or(self.floor)
+    }
+
+    /// Count one more for `key`.
+    pub(crate) fn bump<Q>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if self.counts.len() >= Self::MOST && !self.counts.contains_key(key) {
+            self.floor = self
+                .counts
+                .values()
+                .copied()
+                .max()
+                .unwrap_or(0)
+                .max(self.floor)
+                + 1;
+            self.counts.clear();
+        }
+        let floor = self.floor;
+        *self.counts.entry(key.to_owned()).or_insert(floor) += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Bounded;
+    use super::{Bounded, Counts};
+
+    /// Counts taken before a bump never equal one read after it, the bound's forgetting
+    /// included: forgotten repositories count from above every count given out.
+    #[test]
+    fn counts_taken_before_a_bump_never_match_after_it() {
+        let mut counts: Counts<String> = Counts::default();
+        let taken = counts.of("x");
+        counts.bump("x");
+        assert_ne!(counts.of("x"), taken);
+        let before_forgetting = counts.of("x");
+        // Other repositories fill the table: it is forgotten, "x" with it.
+        for i in 0..Counts::<String>::MOST {
+            counts.bump(format!("r{i}").as_str());
+        }
+        assert!(
+            counts.of("x") > before_forgetting,
+            "above every count given out"
+        );
+        let y = counts.of("y");
+        counts.bump("y");
+        assert_ne!(counts.of("y"), y);
+    }
 
     #[test]
     fn pruned_when_doubled_and_emptied_when_live_entries_fill_it() {

@@ -205,63 +205,10 @@ pub(crate) struct ResponseCache {
     stored_since_eviction: AtomicU64,
     /// Removals of each repository's answers so far (see [`ResponseCache::remove_repo`]): a
     /// generation begun before one (from the mirror as it was) is not stored after it.
-    removals: Mutex<Counts<PathBuf>>,
+    removals: Mutex<crate::bounded::Counts<PathBuf>>,
     /// Bytes of the disk kept free: no answer is stored with less (see
     /// [`ResponseCache::with_min_free`]).
     min_free: u64,
-}
-
-/// Counts by repository, bounded: past [`Counts::MOST`] repositories they are forgotten,
-/// and every repository counts from above any count given out before (the floor), so that a
-/// count taken before a bump never equals one read after it.
-#[derive(Debug)]
-pub(crate) struct Counts<K> {
-    counts: HashMap<K, u64>,
-    floor: u64,
-}
-
-impl<K> Default for Counts<K> {
-    fn default() -> Self {
-        Counts {
-            counts: HashMap::new(),
-            floor: 0,
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq> Counts<K> {
-    /// The most repositories counted at once.
-    const MOST: usize = 100_000;
-
-    /// `key`'s count now.
-    pub(crate) fn of<Q>(&self, key: &Q) -> u64
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        self.counts.get(key).copied().unwrap_or(self.floor)
-    }
-
-    /// Count one more for `key`.
-    pub(crate) fn bump<Q>(&mut self, key: &Q)
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
-    {
-        if self.counts.len() >= Self::MOST && !self.counts.contains_key(key) {
-            self.floor = self
-                .counts
-                .values()
-                .copied()
-                .max()
-                .unwrap_or(0)
-                .max(self.floor)
-                + 1;
-            self.counts.clear();
-        }
-        let floor = self.floor;
-        *self.counts.entry(key.to_owned()).or_insert(floor) += 1;
-    }
 }
 
 /// The share of `max_total_bytes` that, stored since the last eviction, brings the next one
@@ -405,7 +352,7 @@ impl ResponseCache {
             fail_store_after: None,
             shared: None,
             stored_since_eviction: AtomicU64::new(0),
-            removals: Mutex::new(Counts::default()),
+            removals: Mutex::new(Default::default()),
             min_free: 0,
         })
     }
@@ -1341,28 +1288,6 @@ mod tests {
             roomy.lookup(Path::new(REPO), "k", writer_of(Vec::new())),
             Lookup::Lead(..)
         ));
-    }
-
-    /// Counts taken before a bump never equal one read after it, the bound's forgetting
-    /// included: forgotten repositories count from above every count given out.
-    #[test]
-    fn counts_taken_before_a_bump_never_match_after_it() {
-        let mut counts: Counts<String> = Counts::default();
-        let taken = counts.of("x");
-        counts.bump("x");
-        assert_ne!(counts.of("x"), taken);
-        let before_forgetting = counts.of("x");
-        // Other repositories fill the table: it is forgotten, "x" with it.
-        for i in 0..Counts::<String>::MOST {
-            counts.bump(format!("r{i}").as_str());
-        }
-        assert!(
-            counts.of("x") > before_forgetting,
-            "above every count given out"
-        );
-        let y = counts.of("y");
-        counts.bump("y");
-        assert_ne!(counts.of("y"), y);
     }
 
     /// A generation begun before its repository's answers were removed (a purge: it reads
