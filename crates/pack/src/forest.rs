@@ -24,6 +24,8 @@ pub(crate) struct Headers<'a> {
     pack: &'a StoredPack,
     data: std::sync::Arc<crate::packs::PackData>,
     read: crate::mapped::Forward,
+    /// The least offset the next header may be at: past the last one read.
+    past: u64,
 }
 
 /// The longest entry header: type and size (at most 10 bytes), then a base's distance (at
@@ -36,12 +38,23 @@ impl<'a> Headers<'a> {
             pack,
             data: pack.data(hash)?,
             read: crate::mapped::Forward::default(),
+            past: 0,
         })
     }
 
     /// The bytes from `offset` on: an entry header's worth, fewer where the file ends.
-    /// Offsets are asked in increasing order.
+    /// Offsets are asked in increasing order: one that is not (pack order from a damaged
+    /// reverse index) is an error.
     pub(crate) fn at(&mut self, offset: u64) -> Result<&[u8], Error> {
+        if offset < self.past {
+            return Err(Error::Odb {
+                message: format!(
+                    "{}: an entry at {offset} read after one further on (a damaged reverse index)",
+                    self.pack.pack.display()
+                ),
+            });
+        }
+        self.past = offset.saturating_add(1);
         let end = (offset.saturating_add(MAX_HEADER))
             .min(self.data.data_len() as u64)
             .max(offset);

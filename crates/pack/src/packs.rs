@@ -658,16 +658,24 @@ enum Order {
     Built(Vec<u32>),
 }
 
-/// Whether `rev` (a whole `.rev` file of `n` positions) was written for `pack` and is whole:
-/// its trailer names the pack's checksum and ends with the file's own. One that was not (another
-/// pack's, or damaged) could name entries out of offset order and make runs of the pack
-/// copied for a fetch overlap. Hashing the file reads it in order; checking the order itself
-/// read the index's offsets in random order, most of a small fetch's time on a large pack.
-fn rev_matches(pack: &StoredPack, rev: &[u8], hash: HashKind) -> bool {
+/// Whether `rev` (a whole `.rev` file) was written for `pack`: its trailer names the pack's
+/// checksum, and with `checksum`, the file's own checksum is right.
+///
+/// Loads for answers do not hash the file (git does not either): at 500,000 commits hashing
+/// its 16 MB was a fifth of a process answering one incremental fetch, and read every page of
+/// it into the process. What a damaged file can do is bounded without it: a position past the
+/// last reads as the first ([`RevIndex::at`]), copying runs of the pack checks their offsets
+/// rise ([`crate::reuse`]), lookups by offset find nothing out of order. Its answers can be
+/// wrong, as with a damaged index or graph, until the mirror is next opened: maintenance then
+/// checks the checksum ([`RevIndex::load_verified`]) and writes a damaged file again.
+fn rev_matches(pack: &StoredPack, rev: &[u8], hash: HashKind, checksum: bool) -> bool {
     let len = hash.len_in_bytes();
     let (body, own) = rev.split_at(rev.len() - len);
     if body[body.len() - len..] != *pack.index.pack_checksum().as_bytes() {
         return false;
+    }
+    if !checksum {
+        return true;
     }
     let mut hasher = crate::write::Checksum::new(hash);
     hasher.update(body);
@@ -766,21 +774,33 @@ impl RevIndex {
         matches!(self.order, Order::Mapped(_))
     }
 
-    /// Read `pack-<hash>.rev` if git wrote one, else build it from the index.
+    /// Read `pack-<hash>.rev` in place if there is one for the pack (its header, size and
+    /// the pack it names checked, not its checksum: see [`rev_matches`]), else build the
+    /// order from the index.
     pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> RevIndex {
+        Self::load_checked(pack, hash, false)
+    }
+
+    /// [`load`](Self::load), the file's checksum checked too (the file read whole): for
+    /// maintenance, which writes a damaged one again.
+    pub(crate) fn load_verified(pack: &StoredPack, hash: HashKind) -> RevIndex {
+        Self::load_checked(pack, hash, true)
+    }
+
+    fn load_checked(pack: &StoredPack, hash: HashKind, checksum: bool) -> RevIndex {
         let n = pack.num_objects();
         let order = match crate::mapped::Mapped::open(&pack.pack.with_extension("rev")) {
             Ok(map)
                 if map.len() == REV_HEADER + 4 * n + 2 * hash.len_in_bytes()
                     && map.starts_with(b"RIDX")
                     && map[4..8] == 1u32.to_be_bytes()
-                    && map[REV_HEADER..REV_HEADER + 4 * n]
-                        .chunks_exact(4)
-                        .all(|c| {
-                            (u32::from_be_bytes(c.try_into().expect("four bytes")) as usize) < n
-                        })
-                    && rev_matches(pack, &map, hash) =>
+                    && rev_format_id(hash).is_some_and(|id| map[8..12] == id.to_be_bytes())
+                    && rev_matches(pack, &map, hash, checksum) =>
             {
+                if checksum {
+                    // Read whole: answers read only the pages they need.
+                    let _ = map.release();
+                }
                 Order::Mapped(map)
             }
             _ => return Self::from_offsets(pack),
@@ -818,12 +838,17 @@ impl RevIndex {
     }
 
     /// The index position (into the `.idx`, by object id) of the object at pack position
-    /// `p`.
+    /// `p`. A damaged `.rev` naming a position past the last reads as the first.
     pub(crate) fn at(&self, p: usize) -> u32 {
         match &self.order {
             Order::Mapped(map) => {
                 let at = REV_HEADER + 4 * p;
-                u32::from_be_bytes(map[at..at + 4].try_into().expect("four bytes"))
+                let index = u32::from_be_bytes(map[at..at + 4].try_into().expect("four bytes"));
+                if (index as usize) < self.objects {
+                    index
+                } else {
+                    0
+                }
             }
             Order::Built(order) => order[p],
         }
@@ -1472,9 +1497,10 @@ mod tests {
         );
     }
 
-    /// git's `.rev` is read in place when it was written for the pack and is whole; one
-    /// damaged, or another pack's, is not used: the order is built from the index instead,
-    /// and is the same as the true file's.
+    /// git's `.rev` is read in place when it was written for the pack; another pack's is not
+    /// used: the order is built from the index instead, and is the same as the true file's.
+    /// Maintenance's load also checks the checksum and refuses a damaged one; answers' loads
+    /// do not, and read a position past the last as the first.
     #[test]
     fn a_reverse_index_is_used_only_when_it_is_the_packs_own() {
         let (_dir, repo) = repacked(3, &["-c", "pack.writeReverseIndex=true", "repack", "-adq"]);
@@ -1510,15 +1536,49 @@ mod tests {
         let sum = hasher.try_finalize().unwrap();
         let end = other.len() - len;
         other[end..].copy_from_slice(sum.as_bytes());
-        for (name, bytes) in [("a damaged", swapped), ("another pack's", other)] {
+        for (name, bytes, loaded) in [
+            ("a damaged", swapped.clone(), true),
+            ("another pack's", other, false),
+        ] {
             std::fs::write(&rev_path, &bytes).unwrap();
             let rev = RevIndex::load(pack, hash);
-            assert!(
-                matches!(rev.order, Order::Built(_)),
-                "{name} file is not used"
+            assert_eq!(
+                matches!(rev.order, Order::Mapped(_)),
+                loaded,
+                "{name} file, loaded for answers"
             );
-            assert_eq!(order(&rev), built, "{name} file");
+            let verified = RevIndex::load_verified(pack, hash);
+            assert!(
+                matches!(verified.order, Order::Built(_)),
+                "{name} file is not used by maintenance"
+            );
+            assert_eq!(order(&verified), built, "{name} file");
         }
+        // Loaded for answers, the swapped file reads as it says.
+        std::fs::write(&rev_path, &swapped).unwrap();
+        let mut expected = built.clone();
+        expected.swap(0, n - 1);
+        assert_eq!(order(&RevIndex::load(pack, hash)), expected);
+        // A position past the last reads as the first.
+        let mut past = good.clone();
+        past[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
+        std::fs::write(&rev_path, &past).unwrap();
+        let rev = RevIndex::load(pack, hash);
+        assert!(matches!(rev.order, Order::Mapped(_)));
+        assert_eq!(rev.at(0), 0);
+        assert_eq!(order(&rev)[1..], built[1..]);
+        // Maintenance writes the damaged file again, and it is the true one.
+        assert_eq!(
+            repo.write_reverse_indexes().unwrap(),
+            vec![rev_path.clone()]
+        );
+        assert_eq!(std::fs::read(&rev_path).unwrap(), good);
+        let verified = RevIndex::load_verified(pack, hash);
+        assert!(matches!(verified.order, Order::Mapped(_)));
+        assert_eq!(
+            repo.write_reverse_indexes().unwrap(),
+            Vec::<std::path::PathBuf>::new()
+        );
     }
 
     /// Index positions ordered by offset by radix are what a comparison sort gives: for

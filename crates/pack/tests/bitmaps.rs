@@ -594,3 +594,112 @@ fn a_marked_pack_answers_type_filters_without_bitmaps() {
         }
     }
 }
+
+/// A damaged reverse index: answers' loads do not hash it (git's do not either), so its
+/// answers can be wrong, but never panic nor read out of bounds (positions past the last, an
+/// order reversed, positions repeated, each answered from a fresh handle). Maintenance's
+/// check finds it and writes it again, and answers are the same as before.
+#[test]
+fn a_damaged_reverse_index_never_panics_and_is_written_again() {
+    use gitcache_protocol::filter::Filter;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("repo.git");
+    repo::generate(&path, &RepoSpec::small(78)).unwrap();
+    git(
+        &path,
+        &["-c", "pack.writeReverseIndex=true", "repack", "-adb", "-q"],
+    );
+    let rev = std::fs::read_dir(path.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "rev"))
+        .expect("git wrote a reverse index");
+    let good = std::fs::read(&rev).unwrap();
+    let main = oid(&git(&path, &["rev-parse", "main"]));
+    let base = gitcache_protocol::request::Fetch {
+        wants: tips(&path),
+        done: true,
+        ofs_delta: true,
+        no_progress: true,
+        ..Default::default()
+    };
+    let fetches = [
+        base.clone(),
+        gitcache_protocol::request::Fetch {
+            wants: vec![main],
+            deepen: Some(1),
+            ..base.clone()
+        },
+        gitcache_protocol::request::Fetch {
+            filter: Some(Filter::BlobNone),
+            ..base.clone()
+        },
+        gitcache_protocol::request::Fetch {
+            haves: vec![oid(&git(&path, &["rev-parse", "main~3"]))],
+            thin_pack: true,
+            ..base.clone()
+        },
+    ];
+    let answer = |fetch: &gitcache_protocol::request::Fetch| -> Result<Vec<u8>, String> {
+        let repo = Repository::open(&path).map_err(|e| e.to_string())?;
+        match gitcache_pack::plan(&repo, fetch, repo.object_format(), &Default::default())
+            .map_err(|e| e.to_string())?
+        {
+            gitcache_pack::Plan::Pack(plan) => {
+                let mut out = Vec::new();
+                plan.write_pack(&mut out).map_err(|e| e.to_string())?;
+                Ok(out)
+            }
+            _ => Err("no pack".into()),
+        }
+    };
+    let expected: Vec<Vec<u8>> = fetches.iter().map(|f| answer(f).unwrap()).collect();
+    let (header, trailer) = (12, 2 * 20);
+    let n = (good.len() - header - trailer) / 4;
+    assert!(n > 100, "{n} objects");
+    let positions = |each: &dyn Fn(usize, u32) -> u32| {
+        let mut bytes = good.clone();
+        for p in 0..n {
+            let at = header + 4 * p;
+            let was = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+            bytes[at..at + 4].copy_from_slice(&each(p, was).to_be_bytes());
+        }
+        bytes
+    };
+    let last = n as u32 - 1;
+    let damaged = [
+        ("past the last", positions(&|_, _| u32::MAX)),
+        (
+            "some past the last",
+            positions(&|p, was| if p % 7 == 0 { last + 1 + p as u32 } else { was }),
+        ),
+        ("reversed", positions(&|p, _| last - p as u32)),
+        (
+            "repeated",
+            positions(&|p, was| if p % 3 == 0 { 0 } else { was }),
+        ),
+        ("shifted", positions(&|_, was| (was + 1) % n as u32)),
+    ];
+    let mut wrong = 0;
+    for (what, bytes) in &damaged {
+        std::fs::write(&rev, bytes).unwrap();
+        for (fetch, expected) in fetches.iter().zip(&expected) {
+            // A panic fails the test; an error or a wrong pack is what damage may give.
+            if answer(fetch).as_ref() != Ok(expected) {
+                wrong += 1;
+            }
+        }
+        // Maintenance's check refuses it and writes the true one again.
+        let repo = Repository::open(&path).unwrap();
+        assert_eq!(
+            repo.write_reverse_indexes().unwrap(),
+            vec![rev.clone()],
+            "{what}"
+        );
+        assert_eq!(std::fs::read(&rev).unwrap(), good, "{what}");
+        for (fetch, expected) in fetches.iter().zip(&expected) {
+            assert_eq!(&answer(fetch).unwrap(), expected, "{what}, written again");
+        }
+    }
+    assert!(wrong > 0, "the damage was read by answers");
+}
