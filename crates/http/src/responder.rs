@@ -118,14 +118,15 @@ impl Responder {
                 "gitcache: internal error",
             );
         };
-        let key = match key {
-            Ok(Some(key)) => key,
+        let keyed = match key {
+            Ok(Some(keyed)) => keyed,
             Ok(None) => return self.serve_live(repo, fetch, kind).await,
             Err(err) => {
                 tracing::warn!(%err, "no response key, generating live");
                 return self.serve_live(repo, fetch, kind).await;
             }
         };
+        let key = keyed.key.clone();
         let (tx, rx) = mpsc::channel(4);
         let stall = self.stall;
         let span = tracing::Span::current();
@@ -228,7 +229,7 @@ impl Responder {
                             );
                             // The plan read the refs again: stored only if they are still
                             // those the key names (a refresh may have moved them since).
-                            if still_keyed(&repo, &fetch, &key, kind) {
+                            if still_keyed(&repo, &fetch, &keyed) {
                                 cache.finish(generation, None);
                             } else {
                                 tracing::debug!(key, "refs moved while generating: not stored");

@@ -32,7 +32,7 @@ use crate::body::{ChannelWriter, GiveWay, Spill};
 use crate::shared_responses::{SharedResponses, repo_text};
 
 /// Bumped whenever the bytes gitcache writes for the same key may change.
-const FORMAT: &str = "gitcache-response-v3";
+const FORMAT: &str = "gitcache-response-v4";
 /// Bytes read or written at a time.
 const CHUNK: usize = 64 << 10;
 
@@ -227,12 +227,14 @@ fn reads_refs(fetch: &Fetch) -> bool {
 
 /// Whether the answer to `fetch` (keyed `key` by [`response_key`], which pinned its haves)
 /// may be stored once written: it read no refs, or they are still those the key names. Its
-/// plan read them again, and a refresh may have moved them between the two readings.
-pub(crate) fn still_keyed(repo: &Repository, fetch: &Fetch, key: &str, kind: HashKind) -> bool {
+/// plan read them again, and a refresh may have moved them between the two readings. Only
+/// the refs are read again: the rest of the key (wants and haves by the hundred thousand)
+/// is its hash kept from the keying.
+pub(crate) fn still_keyed(repo: &Repository, fetch: &Fetch, key: &ResponseKey) -> bool {
     !reads_refs(fetch)
         || matches!(
-            response_key(repo, &mut fetch.clone(), kind),
-            Ok(Some(now)) if now == key
+            keyed_with_refs(repo, fetch, &key.fixed),
+            Ok(Some(now)) if now == key.key
         )
 }
 
@@ -246,6 +248,52 @@ enum Ending {
     Failed(String),
 }
 
+/// The key of an answer ([`response_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResponseKey {
+    /// What entries are stored under: the hash of all that shapes the answer.
+    pub(crate) key: String,
+    /// The hash of the part of it that reads no refs.
+    fixed: gix_hash::ObjectId,
+}
+
+/// A key's text, hashed a line at a time as it is made (requests of 200,000 wants and haves
+/// make tens of MB of it).
+struct KeyText {
+    hasher: gix_hash::Hasher,
+    line: String,
+}
+
+impl KeyText {
+    fn new() -> Self {
+        KeyText {
+            hasher: gix_hash::hasher(HashKind::Sha256),
+            line: String::new(),
+        }
+    }
+
+    fn line(&mut self, args: std::fmt::Arguments<'_>) {
+        use std::fmt::Write as _;
+        self.line.clear();
+        let _ = writeln!(self.line, "{args}");
+        self.hasher.update(self.line.as_bytes());
+    }
+
+    /// Lines made elsewhere, in the order of their text.
+    fn sorted(&mut self, mut lines: Vec<String>) {
+        lines.sort();
+        for line in lines {
+            self.hasher.update(line.as_bytes());
+        }
+    }
+
+    fn finish(self) -> gix_hash::ObjectId {
+        self.hasher
+            .try_finalize()
+            .expect("SHA-256 has no collision detection to fail")
+    }
+}
+
 /// The key of the response to `fetch` from `repo`: everything that shapes its bytes. `None`
 /// for requests still negotiating (no `done`), which are cheap and rarely repeated, and for
 /// answers that read refs from a mirror whose refs are not written yet.
@@ -257,11 +305,15 @@ pub(crate) fn response_key(
     repo: &Repository,
     fetch: &mut Fetch,
     kind: HashKind,
-) -> Result<Option<String>, gitcache_pack::Error> {
+) -> Result<Option<ResponseKey>, gitcache_pack::Error> {
     if !fetch.done {
         return Ok(None);
     }
-    let mut text = format!("{FORMAT}\nformat {kind}\n");
+    fetch.haves.retain(|h| repo.contains(h));
+    // What the request names, read no refs.
+    let mut text = KeyText::new();
+    text.line(format_args!("{FORMAT}"));
+    text.line(format_args!("format {kind}"));
     let sorted = |ids: &[gix_hash::ObjectId]| {
         let mut ids = ids.to_vec();
         ids.sort();
@@ -269,29 +321,16 @@ pub(crate) fn response_key(
         ids
     };
     for want in sorted(&fetch.wants) {
-        text.push_str(&format!("want {want}\n"));
+        text.line(format_args!("want {want}"));
     }
-    let mut want_refs: Vec<String> = Vec::new();
-    for name in &fetch.want_refs {
-        let oid = name
-            .to_str()
-            .ok()
-            .and_then(|n| repo.find_ref(n).ok().flatten())
-            .and_then(|r| r.oid);
-        // Names as the client sent them, quoted: one holding a line break cannot pass for two.
-        want_refs.push(format!("want-ref {name:?} {oid:?}\n"));
-    }
-    want_refs.sort();
-    text.extend(want_refs);
-    fetch.haves.retain(|h| repo.contains(h));
     for have in sorted(&fetch.haves) {
-        text.push_str(&format!("have {have}\n"));
+        text.line(format_args!("have {have}"));
     }
     for shallow in sorted(&fetch.shallows) {
-        text.push_str(&format!("shallow {shallow}\n"));
+        text.line(format_args!("shallow {shallow}"));
     }
-    text.push_str(&format!(
-        "deepen {:?} relative {} since {:?}\nfilter {}\nthin {} ofs {} tags {} sideband-all {} no-progress {} wait-for-done {}\n",
+    text.line(format_args!(
+        "deepen {:?} relative {} since {:?}\nfilter {}\nthin {} ofs {} tags {} sideband-all {} no-progress {} wait-for-done {}",
         fetch.deepen,
         fetch.deepen_relative,
         fetch.deepen_since,
@@ -303,35 +342,65 @@ pub(crate) fn response_key(
         fetch.no_progress,
         fetch.wait_for_done,
     ));
+    // Names as the client sent them, quoted: one holding a line break cannot pass for two.
+    text.sorted(
+        (fetch.deepen_not.iter())
+            .map(|name| format!("deepen-not {name:?}\n"))
+            .collect(),
+    );
+    text.sorted(
+        (fetch.want_refs.iter())
+            .map(|name| format!("want-ref {name:?}\n"))
+            .collect(),
+    );
+    let fixed = text.finish();
+    Ok(keyed_with_refs(repo, fetch, &fixed)?.map(|key| ResponseKey { key, fixed }))
+}
+
+/// The key of `fetch`'s answer from the hash of its part that reads no refs (`fixed`) and
+/// the refs the answer reads now; `None` when it reads refs a mirror being made has not
+/// written yet.
+fn keyed_with_refs(
+    repo: &Repository,
+    fetch: &Fetch,
+    fixed: &gix_hash::ObjectId,
+) -> Result<Option<String>, gitcache_pack::Error> {
+    let mut text = KeyText::new();
+    text.line(format_args!("{FORMAT}"));
+    text.line(format_args!("fixed {fixed}"));
+    text.sorted(
+        (fetch.want_refs.iter())
+            .map(|name| {
+                let oid = name
+                    .to_str()
+                    .ok()
+                    .and_then(|n| repo.find_ref(n).ok().flatten())
+                    .and_then(|r| r.oid);
+                format!("want-ref {name:?} {oid:?}\n")
+            })
+            .collect(),
+    );
     // Answers that depend on refs: the refs they read are part of the key (`deepen-relative`
     // counts from the client's shallow commits that refs reach; `deepen-not HEAD` stops at
     // whatever branch `HEAD` names).
     let relative = fetch.deepen_relative && !fetch.shallows.is_empty();
     if !fetch.deepen_not.is_empty() || fetch.include_tag || relative {
-        let mut deepen_not: Vec<String> = (fetch.deepen_not.iter())
-            .map(|name| format!("deepen-not {name:?}\n"))
-            .collect();
-        deepen_not.sort();
-        text.extend(deepen_not);
         let all = repo.refs()?;
         if all.iter().all(|r| r.oid.is_none()) {
             // A mirror being made: its pack is in, its refs not yet. What its answer reads of
             // them is about to change; it is answered as it is, and not stored.
             return Ok(None);
         }
-        let mut refs: Vec<String> = all
-            .into_iter()
-            .filter(|r| {
-                r.name.starts_with(b"refs/tags/") || !fetch.deepen_not.is_empty() || relative
-            })
-            .map(|r| format!("ref {:?} {:?}\n", r.name, r.oid))
-            .collect();
-        refs.sort();
-        text.extend(refs);
+        text.sorted(
+            all.into_iter()
+                .filter(|r| {
+                    r.name.starts_with(b"refs/tags/") || !fetch.deepen_not.is_empty() || relative
+                })
+                .map(|r| format!("ref {:?} {:?}\n", r.name, r.oid))
+                .collect(),
+        );
     }
-    Ok(Some(
-        crate::access::sha256(text.as_bytes()).to_hex().to_string(),
-    ))
+    Ok(Some(text.finish().to_hex().to_string()))
 }
 
 impl ResponseCache {
@@ -1527,22 +1596,31 @@ mod tests {
                 .unwrap();
             (fetch, key)
         };
-        let still = |(fetch, key): &(Fetch, String)| {
-            still_keyed(
-                &Repository::open(&path).unwrap(),
-                fetch,
-                key,
-                HashKind::Sha1,
-            )
+        let still = |(fetch, key): &(Fetch, ResponseKey)| {
+            still_keyed(&Repository::open(&path).unwrap(), fetch, key)
         };
-        let (with_tags, without) = (keyed(&tags), keyed(&plain));
-        assert!(still(&with_tags) && still(&without));
+        let by_name = Fetch {
+            wants: Vec::new(),
+            want_refs: vec!["refs/heads/main".into()],
+            ..plain.clone()
+        };
+        let older = Fetch {
+            wants: vec![rev(&path, "main~1")],
+            ..tags.clone()
+        };
+        let (with_tags, without, named) = (keyed(&tags), keyed(&plain), keyed(&by_name));
+        assert!(still(&with_tags) && still(&without) && still(&named));
+        assert_ne!(keyed(&older).1, with_tags.1, "another want, another key");
         git_stdout(&path, &["tag", "-f", "v-new", "main~1"]);
         assert!(
             !still(&with_tags),
             "a tag moved: not stored under the old key"
         );
         assert!(still(&without), "an answer reading no refs stays keyed");
+        assert!(still(&named), "the ref wanted by name did not move");
+        git_stdout(&path, &["update-ref", "refs/heads/main", "main~1"]);
+        assert!(!still(&named), "the ref wanted by name moved");
+        assert_ne!(keyed(&by_name).1, named.1);
     }
 
     /// A have the mirror lacks is dropped from the fetch when it is keyed: if it arrives
