@@ -209,6 +209,28 @@ pub(crate) struct ResponseCache {
     /// Bytes of the disk kept free: no answer is stored with less (see
     /// [`ResponseCache::with_min_free`]).
     min_free: u64,
+    /// The disk's free bytes under a folder (a test may set what it says).
+    free_bytes: FreeBytes,
+}
+
+/// How the free bytes of the disk holding a folder are read.
+type FreeBytes = fn(&Path) -> Option<u64>;
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    gitcache_storage::fs::free_bytes(path).ok()
+}
+
+/// A generation checks the disk's floor again each time it has written this many bytes.
+const FLOOR_CHECKED_EVERY: u64 = 16 << 20;
+
+/// The disk's floor as a generation checks it while it writes.
+#[derive(Debug)]
+struct Floor {
+    root: PathBuf,
+    keep: u64,
+    free_bytes: FreeBytes,
+    /// Bytes written since it was last checked.
+    unchecked: u64,
 }
 
 /// The share of `max_total_bytes` that, stored since the last eviction, brings the next one
@@ -423,14 +445,27 @@ impl ResponseCache {
             stored_since_eviction: AtomicU64::new(0),
             removals: Mutex::new(Default::default()),
             min_free: 0,
+            free_bytes,
         })
     }
 
     /// Store no answer while the disk has less than `bytes` free (answers are then
-    /// generated live): the floor mirrors and spilled answers keep. 0: no floor.
+    /// generated live): the floor mirrors and spilled answers keep. 0: no floor. Checked as
+    /// a generation begins and every 16 MiB it writes (below it, its readers finish live and
+    /// nothing is stored), and before an answer is taken from the bucket (one that would
+    /// not fit above it is not).
     pub(crate) fn with_min_free(mut self, bytes: u64) -> Self {
         self.min_free = bytes;
         self
+    }
+
+    /// Bytes that may be stored above the disk's floor (`None`: no floor, or the free space
+    /// could not be read).
+    fn room(&self) -> Option<u64> {
+        if self.min_free == 0 {
+            return None;
+        }
+        (self.free_bytes)(self.store.root()).map(|free| free.saturating_sub(self.min_free))
     }
 
     /// Share entries with other instances through `shared` (see [`crate::shared_responses`]).
@@ -466,6 +501,11 @@ impl ResponseCache {
             .flatten()
             .min()
             .unwrap_or(u64::MAX);
+        // Nor one that would not fit above the disk's floor.
+        let limit = limit.min(self.room().unwrap_or(u64::MAX));
+        if limit == 0 {
+            return false;
+        }
         let removals = self.removals_of(repo);
         let mut taken = (shared.download_counted(&repo_text(repo), key, &path, limit)).await;
         // The repository's answers were removed while it came (a purge): it goes too.
@@ -584,10 +624,7 @@ impl ResponseCache {
             }
         }
         // Below the disk's floor: answered, not stored.
-        if self.min_free > 0
-            && gitcache_storage::fs::free_bytes(self.store.root()).unwrap_or(u64::MAX)
-                < self.min_free
-        {
+        if self.room() == Some(0) {
             tracing::debug!("the disk is below its floor: not storing the response");
             return Lookup::Live;
         }
@@ -620,6 +657,12 @@ impl ResponseCache {
                 buf: Vec::with_capacity(CHUNK),
                 store_failed: false,
                 fail_after: self.fail_store_after,
+                floor: (self.min_free > 0).then(|| Floor {
+                    root: self.store.root().to_owned(),
+                    keep: self.min_free,
+                    free_bytes: self.free_bytes,
+                    unchecked: 0,
+                }),
                 removals: removals.0,
                 deletions: removals.1,
             }),
@@ -839,6 +882,8 @@ pub(crate) struct Generation {
     /// A write to the store failed: the entry is given up.
     store_failed: bool,
     fail_after: Option<u64>,
+    /// The disk's floor, checked as it writes.
+    floor: Option<Floor>,
     /// The repository's removals when its request took the mirror (see
     /// [`ResponseCache::remove_repo`]).
     removals: u64,
@@ -860,6 +905,14 @@ impl Generation {
         }
         let pending = self.pending.as_mut().expect("not finished");
         if !self.buf.is_empty() {
+            let below_floor = self.floor.as_mut().is_some_and(|floor| {
+                floor.unchecked += self.buf.len() as u64;
+                if floor.unchecked < FLOOR_CHECKED_EVERY {
+                    return false;
+                }
+                floor.unchecked = 0;
+                (floor.free_bytes)(&floor.root).is_some_and(|free| free < floor.keep)
+            });
             let stored = if self
                 .fail_after
                 .is_some_and(|limit| pending.len() + self.buf.len() as u64 > limit)
@@ -867,6 +920,11 @@ impl Generation {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::StorageFull,
                     "no space left (test fault)",
+                ))
+            } else if below_floor {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "the disk is below its floor",
                 ))
             } else {
                 pending.write_all(&self.buf)
@@ -1357,6 +1415,108 @@ mod tests {
             roomy.lookup(Path::new(REPO), "k", writer_of(Vec::new())),
             Lookup::Lead(..)
         ));
+    }
+
+    /// What the disk's free bytes read as in the floor tests (a test at a time sets it).
+    static FREE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+    static FLOOR_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    fn free_as_set(_: &Path) -> Option<u64> {
+        Some(FREE.load(Ordering::SeqCst))
+    }
+
+    /// A generation that finds the disk below its floor as it writes stops storing: its reader
+    /// finishes live, whole, and nothing is stored. With room, the same answer is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_generation_stops_storing_once_the_disk_is_below_its_floor() {
+        let _one = FLOOR_TESTS.lock().await;
+        let bytes = content(FLOOR_CHECKED_EVERY as usize + 300_000);
+        for room in [true, false] {
+            FREE.store(u64::MAX, Ordering::SeqCst);
+            let root = tempfile::tempdir().unwrap();
+            let mut cache = ResponseCache::new(root.path().join("r"), Default::default())
+                .unwrap()
+                .with_min_free(1 << 20);
+            cache.free_bytes = free_as_set;
+            let cache = Arc::new(cache);
+            let (generation, readers) = lead(&cache, bytes.clone(), 0);
+            let mut bodies = read_all(readers, 64);
+            let (generation, rest) = write_first(generation, &bytes, 70_000).await;
+            if !room {
+                FREE.store(1000, Ordering::SeqCst);
+            }
+            let leader = Arc::clone(&cache);
+            tokio::task::spawn_blocking(move || {
+                let mut generation = generation;
+                let written = generation.write_all(&rest);
+                assert_eq!(written.is_ok(), room, "{written:?}");
+                leader.finish(generation, None);
+            })
+            .await
+            .unwrap();
+            let mut got = Vec::new();
+            while let Some(chunk) = bodies[0].recv().await {
+                got.extend_from_slice(&chunk.unwrap());
+            }
+            assert!(got == bytes, "the reader got it whole (room: {room})");
+            let stored = cache.store.open(Path::new(REPO), "k").unwrap().is_some();
+            assert_eq!(stored, room);
+            assert_eq!(
+                cache.stats().stored.load(Ordering::Relaxed),
+                u64::from(room)
+            );
+            assert_eq!(
+                cache.stats().abandoned.load(Ordering::Relaxed),
+                u64::from(!room)
+            );
+        }
+    }
+
+    /// An answer in the bucket is taken only when it fits above the disk's floor.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_is_taken_from_the_bucket_only_if_it_fits_above_the_floor() {
+        let _one = FLOOR_TESTS.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = || {
+            SharedResponses::new(
+                gitcache_storage::store::AnyStore::Fs(gitcache_storage::store::FsStore::new(
+                    dir.path().join("bucket"),
+                )),
+                None,
+                None,
+            )
+        };
+        // An answer stored by another instance, shared.
+        let (_made_in, made) = new_cache();
+        let (generation, readers) = lead(&made, Vec::new(), 0);
+        let _bodies = read_all(readers, 64);
+        write_and_finish(&made, generation, content(100_000)).await;
+        let answer = made.store.entry_path(Path::new(REPO), "k");
+        bucket().upload(REPO, "k", &answer).await;
+        let size = std::fs::metadata(&answer).unwrap().len();
+        let floor = 1 << 20;
+        for (free, taken) in [
+            (floor - 1, false),
+            (floor + size - 1, false),
+            (floor + size, true),
+        ] {
+            FREE.store(free, Ordering::SeqCst);
+            let local = tempfile::tempdir().unwrap();
+            let mut cache = ResponseCache::new(local.path().join("r"), Default::default())
+                .unwrap()
+                .with_min_free(floor)
+                .with_shared(bucket());
+            cache.free_bytes = free_as_set;
+            assert_eq!(
+                cache.take_shared(Path::new(REPO), "k").await,
+                taken,
+                "{free} bytes free"
+            );
+            assert_eq!(
+                cache.store.open(Path::new(REPO), "k").unwrap().is_some(),
+                taken
+            );
+        }
     }
 
     /// A generation begun before its repository's answers were removed (a purge: it reads
