@@ -658,28 +658,51 @@ enum Order {
     Built(Vec<u32>),
 }
 
-/// Whether `rev` (a whole `.rev` file) was written for `pack`: its trailer names the pack's
-/// checksum, and with `checksum`, the file's own checksum is right.
+/// Whether `rev` (a whole `.rev` file of `n` positions after its header) was written for
+/// `pack` and is whole: its trailer names the pack's checksum, every position is within the
+/// pack, and it ends with its own checksum. One that was not (another pack's, or damaged)
+/// could name entries out of offset order, or some twice and others not at all, and make
+/// answers copy runs of the pack past their entries (git reads it unchecked). Hashing the file
+/// reads it in order; checking the order itself read the index's offsets in random order,
+/// most of a small fetch's time on a large pack.
 ///
-/// Loads for answers do not hash the file (git does not either): at 500,000 commits hashing
-/// its 16 MB was a fifth of a process answering one incremental fetch, and read every page of
-/// it into the process. What a damaged file can do is bounded without it: a position past the
-/// last reads as the first ([`RevIndex::at`]), copying runs of the pack checks their offsets
-/// rise ([`crate::reuse`]), lookups by offset find nothing out of order. Its answers can be
-/// wrong, as with a damaged index or graph, until the mirror is next opened: maintenance then
-/// checks the checksum ([`RevIndex::load_verified`]) and writes a damaged file again.
-fn rev_matches(pack: &StoredPack, rev: &[u8], hash: HashKind, checksum: bool) -> bool {
+/// Read a MiB at a time, each let go of once read ([`Mapped::release_range`]): a load leaves
+/// none of the file in the process (16 MB at 4 million objects); answers map again the pages
+/// they read.
+///
+/// [`Mapped::release_range`]: crate::mapped::Mapped::release_range
+fn rev_sound(pack: &StoredPack, rev: &crate::mapped::Mapped, n: usize, hash: HashKind) -> bool {
+    const PIECE: usize = 1 << 20;
     let len = hash.len_in_bytes();
     let (body, own) = rev.split_at(rev.len() - len);
     if body[body.len() - len..] != *pack.index.pack_checksum().as_bytes() {
         return false;
     }
-    if !checksum {
-        return true;
-    }
+    let positions = REV_HEADER..REV_HEADER + 4 * n;
     let mut hasher = crate::write::Checksum::new(hash);
-    hasher.update(body);
-    hasher.finish().is_ok_and(|sum| sum.as_bytes() == own)
+    let mut in_range = true;
+    for (i, piece) in body.chunks(PIECE).enumerate() {
+        let start = i * PIECE;
+        // Pieces and positions both start at multiples of four: none is cut in two.
+        let (from, to) = (
+            positions.start.max(start),
+            positions.end.min(start + piece.len()),
+        );
+        if from < to {
+            let mut past = 0u32;
+            for c in piece[from - start..to - start].chunks_exact(4) {
+                let position = u32::from_be_bytes(c.try_into().expect("four bytes"));
+                past |= u32::from(position as usize >= n);
+            }
+            in_range &= past == 0;
+        }
+        hasher.update(piece);
+        let _ = rev.release_range(start as u64..(start + piece.len()) as u64);
+    }
+    let sound = in_range && hasher.finish().is_ok_and(|sum| sum.as_bytes() == own);
+    // The trailer's page, read again to compare.
+    let _ = rev.release();
+    sound
 }
 
 /// Index positions `0..n` in the order of their offsets (`offset_at` of each), ties in index
@@ -774,20 +797,9 @@ impl RevIndex {
         matches!(self.order, Order::Mapped(_))
     }
 
-    /// Read `pack-<hash>.rev` in place if there is one for the pack (its header, size and
-    /// the pack it names checked, not its checksum: see [`rev_matches`]), else build the
-    /// order from the index.
+    /// Read `pack-<hash>.rev` in place if it is the pack's and whole (see [`rev_sound`]),
+    /// else build the order from the index.
     pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> RevIndex {
-        Self::load_checked(pack, hash, false)
-    }
-
-    /// [`load`](Self::load), the file's checksum checked too (the file read whole): for
-    /// maintenance, which writes a damaged one again.
-    pub(crate) fn load_verified(pack: &StoredPack, hash: HashKind) -> RevIndex {
-        Self::load_checked(pack, hash, true)
-    }
-
-    fn load_checked(pack: &StoredPack, hash: HashKind, checksum: bool) -> RevIndex {
         let n = pack.num_objects();
         let order = match crate::mapped::Mapped::open(&pack.pack.with_extension("rev")) {
             Ok(map)
@@ -795,12 +807,8 @@ impl RevIndex {
                     && map.starts_with(b"RIDX")
                     && map[4..8] == 1u32.to_be_bytes()
                     && rev_format_id(hash).is_some_and(|id| map[8..12] == id.to_be_bytes())
-                    && rev_matches(pack, &map, hash, checksum) =>
+                    && rev_sound(pack, &map, n, hash) =>
             {
-                if checksum {
-                    // Read whole: answers read only the pages they need.
-                    let _ = map.release();
-                }
                 Order::Mapped(map)
             }
             _ => return Self::from_offsets(pack),
@@ -838,17 +846,12 @@ impl RevIndex {
     }
 
     /// The index position (into the `.idx`, by object id) of the object at pack position
-    /// `p`. A damaged `.rev` naming a position past the last reads as the first.
+    /// `p`.
     pub(crate) fn at(&self, p: usize) -> u32 {
         match &self.order {
             Order::Mapped(map) => {
                 let at = REV_HEADER + 4 * p;
-                let index = u32::from_be_bytes(map[at..at + 4].try_into().expect("four bytes"));
-                if (index as usize) < self.objects {
-                    index
-                } else {
-                    0
-                }
+                u32::from_be_bytes(map[at..at + 4].try_into().expect("four bytes"))
             }
             Order::Built(order) => order[p],
         }
@@ -1497,10 +1500,10 @@ mod tests {
         );
     }
 
-    /// git's `.rev` is read in place when it was written for the pack; another pack's is not
-    /// used: the order is built from the index instead, and is the same as the true file's.
-    /// Maintenance's load also checks the checksum and refuses a damaged one; answers' loads
-    /// do not, and read a position past the last as the first.
+    /// git's `.rev` is read in place when it was written for the pack and is whole; one
+    /// damaged, another pack's, one naming a position past the last or of another object
+    /// format (their checksums made right), is not used: the order is built from the index
+    /// instead, and is the same as the true file's. A load leaves none of the file resident.
     #[test]
     fn a_reverse_index_is_used_only_when_it_is_the_packs_own() {
         let (_dir, repo) = repacked(3, &["-c", "pack.writeReverseIndex=true", "repack", "-adq"]);
@@ -1513,10 +1516,11 @@ mod tests {
         let built = order(&RevIndex::from_offsets(pack));
 
         let read = RevIndex::load(pack, hash);
-        assert!(
-            matches!(read.order, Order::Mapped(_)),
-            "the pack's own is read"
-        );
+        let Order::Mapped(map) = &read.order else {
+            panic!("the pack's own is read");
+        };
+        #[cfg(target_os = "linux")]
+        assert_eq!(crate::mapped::resident(map.as_ptr()), 0, "let go of");
         assert_eq!(order(&read), built);
 
         let n = pack.num_objects();
@@ -1527,58 +1531,38 @@ mod tests {
         let first: [u8; 4] = swapped[a..a + 4].try_into().unwrap();
         swapped.copy_within(b..b + 4, a);
         swapped[b..b + 4].copy_from_slice(&first);
-        // Another pack's: whole, its own checksum right, but naming another pack.
-        let mut other = good.clone();
-        let at = other.len() - 2 * len;
-        other[at] ^= 0x01;
-        let mut hasher = gix_hash::hasher(hash);
-        hasher.update(&other[..other.len() - len]);
-        let sum = hasher.try_finalize().unwrap();
-        let end = other.len() - len;
-        other[end..].copy_from_slice(sum.as_bytes());
-        for (name, bytes, loaded) in [
-            ("a damaged", swapped.clone(), true),
-            ("another pack's", other, false),
+        // The file's own checksum made right again after `change`.
+        let resummed = |change: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = good.clone();
+            change(&mut bytes);
+            let mut hasher = gix_hash::hasher(hash);
+            hasher.update(&bytes[..bytes.len() - len]);
+            let sum = hasher.try_finalize().unwrap();
+            let end = bytes.len() - len;
+            bytes[end..].copy_from_slice(sum.as_bytes());
+            bytes
+        };
+        // Another pack's: whole, but naming another pack.
+        let other = resummed(&|bytes| {
+            let at = bytes.len() - 2 * len;
+            bytes[at] ^= 0x01;
+        });
+        let past = resummed(&|bytes| bytes[12..16].copy_from_slice(&(n as u32).to_be_bytes()));
+        let format = resummed(&|bytes| bytes[8..12].copy_from_slice(&2u32.to_be_bytes()));
+        for (name, bytes) in [
+            ("a damaged", swapped),
+            ("another pack's", other),
+            ("a position past the last in a", past),
+            ("another object format's", format),
         ] {
             std::fs::write(&rev_path, &bytes).unwrap();
             let rev = RevIndex::load(pack, hash);
-            assert_eq!(
-                matches!(rev.order, Order::Mapped(_)),
-                loaded,
-                "{name} file, loaded for answers"
-            );
-            let verified = RevIndex::load_verified(pack, hash);
             assert!(
-                matches!(verified.order, Order::Built(_)),
-                "{name} file is not used by maintenance"
+                matches!(rev.order, Order::Built(_)),
+                "{name} file is not used"
             );
-            assert_eq!(order(&verified), built, "{name} file");
+            assert_eq!(order(&rev), built, "{name} file");
         }
-        // Loaded for answers, the swapped file reads as it says.
-        std::fs::write(&rev_path, &swapped).unwrap();
-        let mut expected = built.clone();
-        expected.swap(0, n - 1);
-        assert_eq!(order(&RevIndex::load(pack, hash)), expected);
-        // A position past the last reads as the first.
-        let mut past = good.clone();
-        past[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-        std::fs::write(&rev_path, &past).unwrap();
-        let rev = RevIndex::load(pack, hash);
-        assert!(matches!(rev.order, Order::Mapped(_)));
-        assert_eq!(rev.at(0), 0);
-        assert_eq!(order(&rev)[1..], built[1..]);
-        // Maintenance writes the damaged file again, and it is the true one.
-        assert_eq!(
-            repo.write_reverse_indexes().unwrap(),
-            vec![rev_path.clone()]
-        );
-        assert_eq!(std::fs::read(&rev_path).unwrap(), good);
-        let verified = RevIndex::load_verified(pack, hash);
-        assert!(matches!(verified.order, Order::Mapped(_)));
-        assert_eq!(
-            repo.write_reverse_indexes().unwrap(),
-            Vec::<std::path::PathBuf>::new()
-        );
     }
 
     /// Index positions ordered by offset by radix are what a comparison sort gives: for
