@@ -242,7 +242,10 @@ impl Responder {
                         // finishes live rather than get it.
                         Err(err) if gave_up(&err) || !generation.has_readers() => drop(generation),
                         Err(err) => {
-                            tracing::warn!(%err, "response generation failed");
+                            // A store that failed says so itself as the generation ends.
+                            if !generation.store_failed() {
+                                tracing::warn!(%err, "response generation failed");
+                            }
                             cache.finish(generation, Some(err.wire_message()));
                         }
                     }

@@ -211,6 +211,9 @@ pub(crate) struct ResponseCache {
     min_free: u64,
     /// The disk's free bytes under a folder (a test may set what it says).
     free_bytes: FreeBytes,
+    /// When an answer last did not fit above the disk's floor, and how much of it had
+    /// (see [`ResponseCache::room_needed`]).
+    short_of_room: Mutex<Option<(Instant, u64)>>,
 }
 
 /// How the free bytes of the disk holding a folder are read.
@@ -220,8 +223,13 @@ fn free_bytes(path: &Path) -> Option<u64> {
     gitcache_storage::fs::free_bytes(path).ok()
 }
 
-/// A generation checks the disk's floor again each time it has written this many bytes.
+/// A generation checks the disk's floor again each time it has written this many bytes; a
+/// generation begins only with this much room above it.
 const FLOOR_CHECKED_EVERY: u64 = 16 << 20;
+
+/// For how long after an answer did not fit above the disk's floor generations begin only
+/// with twice the room it took (see [`ResponseCache::room_needed`]).
+const SHORT_OF_ROOM_FOR: Duration = Duration::from_secs(600);
 
 /// The disk's floor as a generation checks it while it writes.
 #[derive(Debug)]
@@ -446,6 +454,7 @@ impl ResponseCache {
             removals: Mutex::new(Default::default()),
             min_free: 0,
             free_bytes,
+            short_of_room: Mutex::new(None),
         })
     }
 
@@ -466,6 +475,25 @@ impl ResponseCache {
             return None;
         }
         (self.free_bytes)(self.store.root()).map(|free| free.saturating_sub(self.min_free))
+    }
+
+    /// The room above the floor a generation begins with: [`FLOOR_CHECKED_EVERY`], and for
+    /// [`SHORT_OF_ROOM_FOR`] after an answer did not fit (stopped as it was stored, or too
+    /// large to take from the bucket), twice what it had taken. Near the floor, a large
+    /// answer would otherwise be begun, stopped, its file removed, and begun again by the
+    /// next request, each stop sending its readers to generate it again for themselves.
+    fn room_needed(&self) -> u64 {
+        let short = *self.short_of_room.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = short
+            .filter(|(at, _)| at.elapsed() < SHORT_OF_ROOM_FOR)
+            .map_or(0, |(_, bytes)| bytes.saturating_mul(2));
+        recent.max(FLOOR_CHECKED_EVERY)
+    }
+
+    /// An answer did not fit above the floor once `bytes` of it were there.
+    fn note_short_of_room(&self, bytes: u64) {
+        *self.short_of_room.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), bytes));
     }
 
     /// Share entries with other instances through `shared` (see [`crate::shared_responses`]).
@@ -502,12 +530,20 @@ impl ResponseCache {
             .min()
             .unwrap_or(u64::MAX);
         // Nor one that would not fit above the disk's floor.
-        let limit = limit.min(self.room().unwrap_or(u64::MAX));
-        if limit == 0 {
+        let room = self.room().unwrap_or(u64::MAX);
+        if room == 0 {
             return false;
         }
         let removals = self.removals_of(repo);
-        let mut taken = (shared.download_counted(&repo_text(repo), key, &path, limit)).await;
+        let mut taken =
+            match (shared.download_counted(&repo_text(repo), key, &path, limit, room)).await {
+                Ok(taken) => taken,
+                Err(crate::shared_responses::NoRoom) => {
+                    // Generated here, it would not fit either.
+                    self.note_short_of_room(room);
+                    None
+                }
+            };
         // The repository's answers were removed while it came (a purge): it goes too.
         if taken.is_some() && self.removals_of(repo) != removals {
             self.store.remove(repo, key);
@@ -623,8 +659,8 @@ impl ResponseCache {
                 return Lookup::Live;
             }
         }
-        // Below the disk's floor: answered, not stored.
-        if self.room() == Some(0) {
+        // Near the disk's floor: answered, not stored.
+        if self.room().is_some_and(|room| room < self.room_needed()) {
             tracing::debug!("the disk is below its floor: not storing the response");
             return Lookup::Live;
         }
@@ -663,6 +699,7 @@ impl ResponseCache {
                     free_bytes: self.free_bytes,
                     unchecked: 0,
                 }),
+                below_floor: false,
                 removals: removals.0,
                 deletions: removals.1,
             }),
@@ -694,10 +731,18 @@ impl ResponseCache {
         if generation.store_failed || flush.is_err() {
             // The bytes in the file are good but end early: readers go on live.
             self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                written,
-                "storing the response failed; its readers finish live"
-            );
+            if generation.below_floor {
+                tracing::info!(
+                    written,
+                    "the disk fell below its floor while a response was stored; its readers finish live"
+                );
+                self.note_short_of_room(written);
+            } else {
+                tracing::warn!(
+                    written,
+                    "storing the response failed; its readers finish live"
+                );
+            }
             drop(pending);
             land(&self.flights, &generation.id, &generation.flight);
             generation.flight.state.send_replace(State::Abandoned);
@@ -884,6 +929,8 @@ pub(crate) struct Generation {
     fail_after: Option<u64>,
     /// The disk's floor, checked as it writes.
     floor: Option<Floor>,
+    /// It stopped storing for the floor.
+    below_floor: bool,
     /// The repository's removals when its request took the mirror (see
     /// [`ResponseCache::remove_repo`]).
     removals: u64,
@@ -911,8 +958,10 @@ impl Generation {
                     return false;
                 }
                 floor.unchecked = 0;
-                (floor.free_bytes)(&floor.root).is_some_and(|free| free < floor.keep)
+                (floor.free_bytes)(&floor.root)
+                    .is_some_and(|free| free < floor.keep.saturating_add(self.buf.len() as u64))
             });
+            self.below_floor |= below_floor;
             let stored = if self
                 .fail_after
                 .is_some_and(|limit| pending.len() + self.buf.len() as u64 > limit)
@@ -947,6 +996,11 @@ impl Generation {
 }
 
 impl Generation {
+    /// Whether writing to the store failed (the generation's own error is then that).
+    pub(crate) fn store_failed(&self) -> bool {
+        self.store_failed
+    }
+
     /// Whether any client still reads this generation.
     pub(crate) fn has_readers(&self) -> bool {
         self.flight.state.receiver_count() > 0
@@ -1448,7 +1502,9 @@ mod tests {
             let leader = Arc::clone(&cache);
             tokio::task::spawn_blocking(move || {
                 let mut generation = generation;
-                let written = generation.write_all(&rest);
+                // In pieces no larger than a pkt-line, as answers are written.
+                let written =
+                    (rest.chunks(65_516)).try_for_each(|piece| generation.write_all(piece));
                 assert_eq!(written.is_ok(), room, "{written:?}");
                 leader.finish(generation, None);
             })
@@ -1469,10 +1525,40 @@ mod tests {
                 cache.stats().abandoned.load(Ordering::Relaxed),
                 u64::from(!room)
             );
+            if room {
+                continue;
+            }
+            // Then, for a while, generations begin only with twice the room it had taken:
+            // near the floor a large answer is not begun, stopped, and begun again.
+            let took = cache.short_of_room.lock().unwrap().expect("noted").1;
+            assert!(
+                (FLOOR_CHECKED_EVERY - 2 * CHUNK as u64..FLOOR_CHECKED_EVERY).contains(&took),
+                "stopped at the first check: {took}"
+            );
+            assert!(!leads_with_room(&cache, 2 * took - 1));
+            assert!(leads_with_room(&cache, 2 * took + CHUNK as u64));
         }
+        // Nor does a generation begin with less room than it checks the floor every.
+        let root = tempfile::tempdir().unwrap();
+        let mut cache = ResponseCache::new(root.path().join("r"), Default::default())
+            .unwrap()
+            .with_min_free(1 << 20);
+        cache.free_bytes = free_as_set;
+        assert!(!leads_with_room(&cache, FLOOR_CHECKED_EVERY - 1));
+        assert!(leads_with_room(&cache, FLOOR_CHECKED_EVERY));
     }
 
-    /// An answer in the bucket is taken only when it fits above the disk's floor.
+    /// Whether a lookup of `cache` (its floor 1 MiB, its free bytes [`free_as_set`]) leads a
+    /// generation with `room` bytes free above the floor.
+    fn leads_with_room(cache: &ResponseCache, room: u64) -> bool {
+        FREE.store((1 << 20) + room, Ordering::SeqCst);
+        let lookup = cache.lookup(Path::new(REPO), "k", writer_of(Vec::new()));
+        matches!(lookup, Lookup::Lead(..))
+    }
+
+    /// An answer in the bucket is taken only when it fits above the disk's floor; one that
+    /// did not fit is not noted as missing (it is taken once there is room), and no
+    /// generation of it begins meanwhile.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_answer_is_taken_from_the_bucket_only_if_it_fits_above_the_floor() {
         let _one = FLOOR_TESTS.lock().await;
@@ -1495,18 +1581,18 @@ mod tests {
         bucket().upload(REPO, "k", &answer).await;
         let size = std::fs::metadata(&answer).unwrap().len();
         let floor = 1 << 20;
+        let local = tempfile::tempdir().unwrap();
+        let mut cache = ResponseCache::new(local.path().join("r"), Default::default())
+            .unwrap()
+            .with_min_free(floor)
+            .with_shared(bucket());
+        cache.free_bytes = free_as_set;
         for (free, taken) in [
             (floor - 1, false),
             (floor + size - 1, false),
             (floor + size, true),
         ] {
             FREE.store(free, Ordering::SeqCst);
-            let local = tempfile::tempdir().unwrap();
-            let mut cache = ResponseCache::new(local.path().join("r"), Default::default())
-                .unwrap()
-                .with_min_free(floor)
-                .with_shared(bucket());
-            cache.free_bytes = free_as_set;
             assert_eq!(
                 cache.take_shared(Path::new(REPO), "k").await,
                 taken,
@@ -1516,6 +1602,12 @@ mod tests {
                 cache.store.open(Path::new(REPO), "k").unwrap().is_some(),
                 taken
             );
+            if free == floor + size - 1 {
+                // Not generated here either, with room for less than twice it.
+                FREE.store(floor + 2 * size - 1, Ordering::SeqCst);
+                let lookup = cache.lookup(Path::new(REPO), "other", writer_of(Vec::new()));
+                assert!(matches!(lookup, Lookup::Live));
+            }
         }
     }
 

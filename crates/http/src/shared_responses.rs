@@ -102,6 +102,11 @@ fn object(repo: &str, key: &str) -> Result<ObjectKey, StoreError> {
     repo_prefix(repo)?.join(&format!("{key}.resp"))
 }
 
+/// A shared answer larger than the disk's room above its floor (see
+/// [`SharedResponses::download_counted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NoRoom;
+
 impl SharedResponses {
     pub(crate) fn new(
         store: AnyStore,
@@ -143,32 +148,38 @@ impl SharedResponses {
     /// Whether [`download_counted`](Self::download_counted) found the entry.
     #[cfg(test)]
     pub(crate) async fn download(&self, repo: &str, key: &str, to: &Path, limit: u64) -> bool {
-        self.download_counted(repo, key, to, limit).await.is_some()
+        (self.download_counted(repo, key, to, limit, u64::MAX).await).is_ok_and(|d| d.is_some())
     }
 
     /// Copy `repo`'s entry `key` from the bucket to `to` (its local place): `Some(true)` when
     /// this call fetched it, `Some(false)` when another request's download placed it
     /// meanwhile; `None` if the bucket has none, or one larger than `limit` bytes, or could
-    /// not be asked (logged; the caller generates).
+    /// not be asked (logged; the caller generates). [`NoRoom`] when it is larger than `room`
+    /// (the disk's room above its floor, under `limit`): not noted as missing, as the disk may
+    /// have room again soon.
     pub(crate) async fn download_counted(
         &self,
         repo: &str,
         key: &str,
         to: &Path,
         limit: u64,
-    ) -> Option<bool> {
+        room: u64,
+    ) -> Result<Option<bool>, NoRoom> {
         if self.recently_missing(repo, key) {
-            return None;
+            return Ok(None);
         }
         let turn = self.turn((repo.to_owned(), key.to_owned()));
         let _held = turn.lock().lock().await;
         // Another request's download may have placed it (or found it missing) meanwhile.
         if to.exists() {
-            Some(false)
+            Ok(Some(false))
         } else if self.recently_missing(repo, key) {
-            None
+            Ok(None)
         } else {
-            self.fetch(repo, key, to, limit).await.then_some(true)
+            Ok(self
+                .fetch(repo, key, to, limit, room)
+                .await?
+                .then_some(true))
         }
     }
 
@@ -188,9 +199,16 @@ impl SharedResponses {
         }
     }
 
-    async fn fetch(&self, repo: &str, key: &str, to: &Path, limit: u64) -> bool {
+    async fn fetch(
+        &self,
+        repo: &str,
+        key: &str,
+        to: &Path,
+        limit: u64,
+        room: u64,
+    ) -> Result<bool, NoRoom> {
         let found = match object(repo, key) {
-            Ok(object) => self.store.get_file(&object, to, limit).await,
+            Ok(object) => self.store.get_file(&object, to, limit.min(room)).await,
             Err(err) => Err(err),
         };
         match found {
@@ -201,11 +219,19 @@ impl SharedResponses {
                 {
                     tracing::warn!(%err, "noting a shared response's use failed");
                 }
-                true
+                Ok(true)
             }
             Ok(false) => {
                 self.note_missing(repo, key);
-                false
+                Ok(false)
+            }
+            Err(StoreError::TooLarge { .. }) if room < limit => {
+                tracing::debug!(
+                    key,
+                    room,
+                    "a shared response larger than the disk's room above its floor"
+                );
+                Err(NoRoom)
             }
             Err(err) => {
                 // Not asked again for a while: a store that does not answer must not hold
@@ -216,7 +242,7 @@ impl SharedResponses {
                     tracing::warn!(%err, "object store unavailable; generating the response here");
                 }
                 self.note_missing(repo, key);
-                false
+                Ok(false)
             }
         }
     }
