@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use bstr::ByteSlice;
 use gitcache_mirror::mirror::{ClientFetch, Hints, MAX_HINTS};
 use gitcache_mirror::registry::Registry;
 use gitcache_pack::Repository;
@@ -1519,14 +1518,8 @@ fn wanted_in(repo: Arc<Repository>, fetch: &Fetch) -> Wanted {
         .filter(|w| !repo.contains(w))
         .copied()
         .collect();
-    let refs = || {
-        fetch.want_refs.iter().all(|name| {
-            name.to_str()
-                .ok()
-                .and_then(|n| repo.find_ref(n).ok().flatten())
-                .is_some()
-        })
-    };
+    let refs =
+        || (repo.find_refs(&fetch.want_refs).iter()).all(|found| matches!(found, Ok(Some(_))));
     if missing.is_empty() && refs() {
         Wanted::Present(repo)
     } else {

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bstr::ByteSlice;
 use gitcache_pack::Repository;
 use gitcache_protocol::request::Fetch;
 use gitcache_storage::responses::{Entry, PendingEntry, ResponseStore};
@@ -398,18 +397,17 @@ fn keyed_with_refs(
     let mut text = KeyText::new();
     text.line(format_args!("{FORMAT}"));
     text.line(format_args!("fixed {fixed}"));
-    text.sorted(
-        (fetch.want_refs.iter())
-            .map(|name| {
-                let oid = name
-                    .to_str()
-                    .ok()
-                    .and_then(|n| repo.find_ref(n).ok().flatten())
-                    .and_then(|r| r.oid);
-                format!("want-ref {name:?} {oid:?}\n")
-            })
-            .collect(),
-    );
+    if !fetch.want_refs.is_empty() {
+        let found = repo.find_refs(&fetch.want_refs);
+        text.sorted(
+            (fetch.want_refs.iter().zip(found))
+                .map(|(name, found)| {
+                    let oid = found.ok().flatten().and_then(|r| r.oid);
+                    format!("want-ref {name:?} {oid:?}\n")
+                })
+                .collect(),
+        );
+    }
     // Answers that depend on refs: the refs they read are part of the key (`deepen-relative`
     // counts from the client's shallow commits that refs reach; `deepen-not HEAD` stops at
     // whatever branch `HEAD` names).
@@ -421,14 +419,12 @@ fn keyed_with_refs(
             // them is about to change; it is answered as it is, and not stored.
             return Ok(None);
         }
-        text.sorted(
-            all.into_iter()
-                .filter(|r| {
-                    r.name.starts_with(b"refs/tags/") || !fetch.deepen_not.is_empty() || relative
-                })
-                .map(|r| format!("ref {:?} {:?}\n", r.name, r.oid))
-                .collect(),
-        );
+        // In the order they come (`HEAD`, then by name), each into the hash as it is.
+        for r in all.iter().filter(|r| {
+            r.name.starts_with(b"refs/tags/") || !fetch.deepen_not.is_empty() || relative
+        }) {
+            text.line(format_args!("ref {:?} {:?}", r.name, r.oid));
+        }
     }
     Ok(Some(text.finish().to_hex().to_string()))
 }

@@ -439,17 +439,14 @@ pub fn plan(
         }
     }
     let mut wanted_refs: Vec<(ObjectId, BString)> = Vec::new();
-    for name in &fetch.want_refs {
-        let found = std::str::from_utf8(name)
-            .ok()
-            .map(|n| repo.find_ref(n))
-            .transpose()?
-            .flatten()
-            .and_then(|r| r.oid);
-        let Some(oid) = found else {
+    let found = repo.find_refs(&fetch.want_refs);
+    let mut named: std::collections::HashSet<&BString> =
+        std::collections::HashSet::with_capacity(fetch.want_refs.len());
+    for (name, found) in fetch.want_refs.iter().zip(found) {
+        let Some(oid) = found?.and_then(|r| r.oid) else {
             return Err(Error::UnknownRef { name: name.clone() });
         };
-        if wanted_refs.iter().any(|(_, n)| n == name) {
+        if !named.insert(name) {
             return Err(Error::DuplicateWantRef { name: name.clone() });
         }
         wanted_refs.push((oid, name.clone()));

@@ -472,6 +472,20 @@ impl Repository {
         self.find_in(&self.ref_store(), name)
     }
 
+    /// [`find_ref`](Self::find_ref) of each of `names`, in order, from one reading of the ref
+    /// store (a request may name 200,000 refs: each lookup on its own opened the store and
+    /// mapped `packed-refs` again). A name that is not UTF-8 names no ref; one git refuses
+    /// is an error of its own.
+    pub fn find_refs(&self, names: &[BString]) -> Vec<Result<Option<Ref>, Error>> {
+        let store = self.ref_store();
+        (names.iter())
+            .map(|name| match name.to_str() {
+                Ok(name) => self.find_in(&store, name),
+                Err(_) => Ok(None),
+            })
+            .collect()
+    }
+
     fn find_in(&self, store: &gix_ref::file::Store, name: &str) -> Result<Option<Ref>, Error> {
         let Some(reference) = store.try_find(name).map_err(Error::odb)? else {
             return Ok(None);
@@ -630,5 +644,46 @@ mod tests {
             Ok(HashKind::Sha1)
         );
         assert!(object_format_from_config(b"[extensions]\nobjectformat = md5\n").is_err());
+    }
+
+    /// Refs looked up together are those looked up one by one: packed and loose ones,
+    /// `HEAD` through its target, names of no ref and names that are not UTF-8.
+    #[test]
+    fn refs_found_together_are_those_found_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.git");
+        gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::tiny(31))
+            .unwrap();
+        gitcache_testkit::git::git_stdout(&path, &["pack-refs", "--all"]);
+        gitcache_testkit::git::git_stdout(&path, &["update-ref", "refs/heads/loose", "main~1"]);
+        let repo = Repository::open(&path).unwrap();
+        let names: Vec<BString> = [
+            &b"HEAD"[..],
+            b"refs/heads/main",
+            b"refs/heads/loose",
+            b"refs/heads/none",
+            b"refs/heads/\xff",
+            b"refs/heads/main",
+        ]
+        .iter()
+        .map(|n| BString::from(*n))
+        .collect();
+        let together: Vec<Option<Ref>> = (repo.find_refs(&names).into_iter())
+            .map(Result::unwrap)
+            .collect();
+        let alone: Vec<Option<Ref>> = (names.iter())
+            .map(|n| n.to_str().ok().and_then(|n| repo.find_ref(n).unwrap()))
+            .collect();
+        assert!(repo.find_refs(&["refs/heads/a..b".into()])[0].is_err());
+        let oids = |refs: &[Option<Ref>]| {
+            refs.iter()
+                .map(|r| r.as_ref().and_then(|r| r.oid))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(oids(&together), oids(&alone));
+        assert_eq!(
+            together.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, true, true, false, false, true]
+        );
     }
 }
