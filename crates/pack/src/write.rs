@@ -447,7 +447,7 @@ struct SentIn {
 /// The objects an answer sends whole from one pack, by kind and name hash.
 struct NamedWhole {
     window: crate::window::NameWindow,
-    names: std::sync::Arc<[u32]>,
+    names: crate::bitmap::Names,
     bitmaps: std::sync::Arc<crate::bitmap::Loaded>,
     rev: std::sync::Arc<crate::packs::RevIndex>,
 }
@@ -463,7 +463,7 @@ impl NamedWhole {
 /// `names` (by index position), as [`crate::window::key`] orders them.
 fn name_key(
     bitmaps: &crate::bitmap::Loaded,
-    names: &[u32],
+    names: &crate::bitmap::Names,
     rev: &crate::packs::RevIndex,
     p: usize,
 ) -> Option<u64> {
@@ -473,7 +473,7 @@ fn name_key(
         _ if types.trees.get(p) => 1,
         _ => return None,
     };
-    let name = *names.get(rev.at(p) as usize)?;
+    let name = names.get(rev.at(p))?;
     Some(crate::window::key(kind, name))
 }
 
@@ -583,7 +583,12 @@ impl SentIn {
             let bitmaps = cache.get(pack, revs, hash);
             let names = match &bitmaps {
                 // Names only guide the choice of bases: one that cannot be read is none.
-                Some(bitmaps) => bitmaps.bitmaps.names().ok().flatten(),
+                Some(bitmaps) => bitmaps
+                    .bitmaps
+                    .names()
+                    .ok()
+                    .flatten()
+                    .map(crate::bitmap::Names::Table),
                 None => None,
             };
             let made = bitmaps.zip(names).and_then(|(bitmaps, names)| {
@@ -1286,7 +1291,7 @@ impl<'a> PackWriter<'a> {
         {
             return None;
         }
-        let names = loaded.bitmaps.names().ok().flatten()?;
+        let names = loaded.names_for(packed.count).ok().flatten()?;
         // Trees and blobs by kind and name.
         let mut named: Vec<(u64, usize)> = packed
             .positions()
@@ -1528,8 +1533,9 @@ impl<'a> PackWriter<'a> {
         // The client's objects found, by kind and name hash (when the pack's bitmaps have
         // the names).
         let loaded = self.bitmaps.and_then(|b| b.get(pack, self.rev, hash));
+        let wanted = packed.count + path_bases.len();
         let named =
-            loaded.and_then(|loaded| Some((loaded.bitmaps.names().ok().flatten()?, loaded)));
+            loaded.and_then(|loaded| Some((loaded.names_for(wanted).ok().flatten()?, loaded)));
         if let Some((names, loaded)) = &named {
             let mut by_name: HashMap<u64, ObjectId> = HashMap::new();
             for base in path_bases.values().filter_map(|b| b.client) {
