@@ -1518,8 +1518,12 @@ fn wanted_in(repo: Arc<Repository>, fetch: &Fetch) -> Wanted {
         .filter(|w| !repo.contains(w))
         .copied()
         .collect();
-    let refs =
-        || (repo.find_refs(&fetch.want_refs).iter()).all(|found| matches!(found, Ok(Some(_))));
+    // Stops at the first it lacks; a symbolic ref naming nothing is lacked, as the plan finds
+    // it.
+    let refs = || {
+        (repo.find_refs(&fetch.want_refs))
+            .all(|found| found.is_ok_and(|r| r.is_some_and(|r| r.oid.is_some())))
+    };
     if missing.is_empty() && refs() {
         Wanted::Present(repo)
     } else {

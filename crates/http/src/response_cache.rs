@@ -398,9 +398,8 @@ fn keyed_with_refs(
     text.line(format_args!("{FORMAT}"));
     text.line(format_args!("fixed {fixed}"));
     if !fetch.want_refs.is_empty() {
-        let found = repo.find_refs(&fetch.want_refs);
         text.sorted(
-            (fetch.want_refs.iter().zip(found))
+            (fetch.want_refs.iter().zip(repo.find_refs(&fetch.want_refs)))
                 .map(|(name, found)| {
                     let oid = found.ok().flatten().and_then(|r| r.oid);
                     format!("want-ref {name:?} {oid:?}\n")

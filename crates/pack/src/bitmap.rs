@@ -508,6 +508,11 @@ impl PackBitmaps {
         Ok(Some(Arc::clone(self.names.get_or_init(|| names))))
     }
 
+    /// Whether the file has the objects' name hashes.
+    pub(crate) fn has_names(&self) -> bool {
+        self.names_at.is_some()
+    }
+
     /// The name hash of the object at `index_position`, from the table if it was read, else
     /// read from the file alone (`None`: the file has no names, or none there).
     fn name(&self, index_position: u32) -> Option<u32> {
@@ -2511,43 +2516,60 @@ mod tests {
         }
     }
 
-    /// The name hashes of a pack's objects read one at a time are those of the table.
+    /// The name hashes of a pack's objects read one at a time are those of the table: from a
+    /// file read whole and from one read in pieces (with git's lookup table).
     #[test]
     fn names_read_each_are_the_tables() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.git");
-        let spec = gitcache_testkit::repo::RepoSpec::small(72);
-        gitcache_testkit::repo::generate(&path, &spec).unwrap();
-        gitcache_testkit::git::git_stdout(
-            &path,
-            &["-c", "pack.writeBitmapHashCache=true", "repack", "-adbq"],
-        );
-        let repo = crate::Repository::open(&path).unwrap();
-        let pack = &repo.stored_packs().unwrap()[0];
-        let n = pack.num_objects();
-        // Few wanted (fewer than one in 1,024 of the pack's objects): each read from the
-        // file, the table not read.
-        let loaded = repo.bitmaps(pack).unwrap();
-        let each = loaded
-            .names_for(n / NAMES_READ_EACH_SHARE)
-            .unwrap()
-            .unwrap();
-        assert!(matches!(each, Names::Each(_)), "{n} objects");
-        let read: Vec<Option<u32>> = (0..n as u32).map(|i| each.get(i)).collect();
-        assert!(
-            loaded.bitmaps.names.get().is_none(),
-            "the table was not read"
-        );
-        // Many wanted: the table, and the same names.
-        let table = loaded.names_for(n).unwrap().unwrap();
-        assert!(matches!(table, Names::Table(_)));
-        let Some(Names::Table(names)) = loaded.names_for(0).unwrap() else {
-            panic!("the table once it was read");
-        };
-        let expected: Vec<Option<u32>> = names.iter().copied().map(Some).collect();
-        assert_eq!(read, expected);
-        assert!(read.iter().any(|name| name.is_some_and(|n| n != 0)));
-        assert_eq!(each.get(n as u32), None, "past the last");
+        for table in ["false", "true"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("r.git");
+            let spec = gitcache_testkit::repo::RepoSpec::small(72);
+            gitcache_testkit::repo::generate(&path, &spec).unwrap();
+            let option = format!("pack.writeBitmapLookupTable={table}");
+            gitcache_testkit::git::git_stdout(
+                &path,
+                &[
+                    "-c",
+                    &option,
+                    "-c",
+                    "pack.writeBitmapHashCache=true",
+                    "repack",
+                    "-adbq",
+                ],
+            );
+            let repo = crate::Repository::open(&path).unwrap();
+            let pack = &repo.stored_packs().unwrap()[0];
+            let n = pack.num_objects();
+            // Few wanted (fewer than one in 1,024 of the pack's objects): each read from the
+            // file, the table not read.
+            let loaded = repo.bitmaps(pack).unwrap();
+            assert_eq!(
+                matches!(loaded.bitmaps.data, Source::Pieces { .. }),
+                table == "true"
+            );
+            let each = loaded
+                .names_for(n / NAMES_READ_EACH_SHARE)
+                .unwrap()
+                .unwrap();
+            assert!(matches!(each, Names::Each(_)), "{n} objects");
+            let read: Vec<Option<u32>> = (0..n as u32).map(|i| each.get(i)).collect();
+            assert_eq!(each.get(n as u32), None, "past the last");
+            assert!(
+                loaded.bitmaps.names.get().is_none(),
+                "the table was not read"
+            );
+            // Many wanted: the table, and the same names.
+            let Some(Names::Table(names)) = loaded.names_for(n).unwrap() else {
+                panic!("the table for many");
+            };
+            assert!(matches!(
+                loaded.names_for(0).unwrap(),
+                Some(Names::Table(_))
+            ));
+            let expected: Vec<Option<u32>> = names.iter().copied().map(Some).collect();
+            assert_eq!(read, expected, "lookup table {table}");
+            assert!(read.iter().any(|name| name.is_some_and(|n| n != 0)));
+        }
     }
 
     /// Decoded together, bitmaps are what each decoded alone makes, ORed: with and without

@@ -439,10 +439,9 @@ pub fn plan(
         }
     }
     let mut wanted_refs: Vec<(ObjectId, BString)> = Vec::new();
-    let found = repo.find_refs(&fetch.want_refs);
     let mut named: std::collections::HashSet<&BString> =
         std::collections::HashSet::with_capacity(fetch.want_refs.len());
-    for (name, found) in fetch.want_refs.iter().zip(found) {
+    for (name, found) in fetch.want_refs.iter().zip(repo.find_refs(&fetch.want_refs)) {
         let Some(oid) = found?.and_then(|r| r.oid) else {
             return Err(Error::UnknownRef { name: name.clone() });
         };

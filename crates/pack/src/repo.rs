@@ -472,24 +472,37 @@ impl Repository {
         self.find_in(&self.ref_store(), name)
     }
 
-    /// [`find_ref`](Self::find_ref) of each of `names`, in order, from one reading of the ref
-    /// store (a request may name 200,000 refs: each lookup on its own opened the store and
-    /// mapped `packed-refs` again). A name that is not UTF-8 names no ref; one git refuses
-    /// is an error of its own.
-    pub fn find_refs(&self, names: &[BString]) -> Vec<Result<Option<Ref>, Error>> {
+    /// Each of `names` as [`find_ref`](Self::find_ref) finds it, in order, as the iterator is
+    /// taken, all from one ref store (a request may name 200,000 refs: each lookup on its own
+    /// opened the store and mapped `packed-refs` again). Names as git's `want-ref` reads them:
+    /// `HEAD` or a full name under `refs/`, exactly; any other (short, not UTF-8, or one git
+    /// refuses) names no ref.
+    pub fn find_refs<'a>(
+        &'a self,
+        names: &'a [BString],
+    ) -> impl Iterator<Item = Result<Option<Ref>, Error>> + 'a {
         let store = self.ref_store();
-        (names.iter())
-            .map(|name| match name.to_str() {
-                Ok(name) => self.find_in(&store, name),
-                Err(_) => Ok(None),
-            })
-            .collect()
+        names.iter().map(move |name| {
+            let Ok(name) = name.to_str() else {
+                return Ok(None);
+            };
+            let full = name == "HEAD"
+                || (name.starts_with("refs/") && gix_ref::FullName::try_from(name).is_ok());
+            if !full {
+                return Ok(None);
+            }
+            self.find_in(&store, name)
+        })
     }
 
+    /// The ref named exactly `name` in `store` (not one a short name would expand to).
     fn find_in(&self, store: &gix_ref::file::Store, name: &str) -> Result<Option<Ref>, Error> {
         let Some(reference) = store.try_find(name).map_err(Error::odb)? else {
             return Ok(None);
         };
+        if reference.name.as_bstr() != name {
+            return Ok(None);
+        }
         let name: BString = reference.name.as_bstr().to_owned();
         resolve(store, name, reference.target).map(Some)
     }
@@ -646,44 +659,64 @@ mod tests {
         assert!(object_format_from_config(b"[extensions]\nobjectformat = md5\n").is_err());
     }
 
-    /// Refs looked up together are those looked up one by one: packed and loose ones,
-    /// `HEAD` through its target, names of no ref and names that are not UTF-8.
+    /// Refs looked up together are those looked up one by one, as git's `want-ref` reads
+    /// them: a loose ref over its packed value, `HEAD` through its target, exact full names
+    /// only (a short name, one git refuses, one not UTF-8, or none there names no ref).
     #[test]
     fn refs_found_together_are_those_found_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.git");
         gitcache_testkit::repo::generate(&path, &gitcache_testkit::repo::RepoSpec::tiny(31))
             .unwrap();
-        gitcache_testkit::git::git_stdout(&path, &["pack-refs", "--all"]);
-        gitcache_testkit::git::git_stdout(&path, &["update-ref", "refs/heads/loose", "main~1"]);
+        let git = |args: &[&str]| gitcache_testkit::git::git_stdout(&path, args);
+        let packed = git(&["rev-parse", "main"]);
+        git(&["pack-refs", "--all"]);
+        git(&["update-ref", "refs/heads/main", "main~1"]);
+        let loose = git(&["rev-parse", "main"]);
+        assert_ne!(packed, loose);
         let repo = Repository::open(&path).unwrap();
         let names: Vec<BString> = [
             &b"HEAD"[..],
             b"refs/heads/main",
-            b"refs/heads/loose",
+            b"main",
+            b"heads/main",
             b"refs/heads/none",
+            b"refs/heads/a..b",
             b"refs/heads/\xff",
-            b"refs/heads/main",
         ]
         .iter()
         .map(|n| BString::from(*n))
         .collect();
-        let together: Vec<Option<Ref>> = (repo.find_refs(&names).into_iter())
-            .map(Result::unwrap)
+        let found: Vec<Option<(Option<ObjectId>, Option<BString>)>> = (repo.find_refs(&names))
+            .map(|r| r.unwrap().map(|r| (r.oid, r.symref_target)))
             .collect();
-        let alone: Vec<Option<Ref>> = (names.iter())
-            .map(|n| n.to_str().ok().and_then(|n| repo.find_ref(n).unwrap()))
-            .collect();
-        assert!(repo.find_refs(&["refs/heads/a..b".into()])[0].is_err());
-        let oids = |refs: &[Option<Ref>]| {
-            refs.iter()
-                .map(|r| r.as_ref().and_then(|r| r.oid))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(oids(&together), oids(&alone));
+        let main = ObjectId::from_hex(loose.trim().as_bytes()).unwrap();
         assert_eq!(
-            together.iter().map(Option::is_some).collect::<Vec<_>>(),
-            [true, true, true, false, false, true]
+            found,
+            [
+                Some((Some(main), Some("refs/heads/main".into()))),
+                Some((Some(main), None)),
+                None,
+                None,
+                None,
+                None,
+                None,
+            ]
         );
+        // One by one, the same.
+        for (name, found) in names.iter().zip(&found) {
+            let alone = name
+                .to_str()
+                .ok()
+                .filter(|n| *n == "HEAD" || n.starts_with("refs/heads/m"))
+                .and_then(|n| repo.find_ref(n).unwrap());
+            assert_eq!(
+                alone.map(|r| (r.oid, r.symref_target)).as_ref(),
+                found.as_ref(),
+                "{name}"
+            );
+        }
+        // Taken one at a time: nothing is looked up past what is taken.
+        assert_eq!(repo.find_refs(&names).take(2).count(), 2);
     }
 }

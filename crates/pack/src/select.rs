@@ -534,7 +534,7 @@ pub(crate) fn select_with_bitmaps(
     }
     out.client_has.extend(client_has);
     out.client_has.bits = Some((std::sync::Arc::clone(&loaded), had));
-    let mut ids = None;
+    let sent_ids = SentIds::default();
     // Not under a filter: a partial clone may lack the client's objects at those paths.
     if req.by_path
         && req.thin
@@ -548,14 +548,8 @@ pub(crate) fn select_with_bitmaps(
         && (!out.others.is_empty() || whole > 0)
     {
         let beyond: OidSet = out.others.iter().copied().collect();
-        ids = listed(pos, &sent);
-        let is_sent = |oid: &ObjectId| match &ids {
-            Some(ids) => ids.contains(oid) || beyond.contains(oid),
-            None => match pos.of(oid) {
-                Some(p) => sent.get(p),
-                None => beyond.contains(oid),
-            },
-        };
+        // Objects beyond the pack are in none of its positions.
+        let is_sent = |oid: &ObjectId| sent_ids.contains(pos, &sent, oid) || beyond.contains(oid);
         // What pairing may gain is bounded by what the objects stored whole take: the trees
         // read to find their client's versions may make a multiple of it (objects sent from
         // beyond the pack, fetched since its consolidation, are not counted there: no bound).
@@ -572,7 +566,7 @@ pub(crate) fn select_with_bitmaps(
         out,
         emitted,
         (k, pos, sent),
-        (req.include_tag, ids),
+        (req.include_tag, sent_ids),
     )
     .map(Some)
 }
@@ -737,45 +731,66 @@ fn client_path_bases(
 }
 
 /// Answers from a pack's bitmaps of at most this many objects list their ids to tell which
-/// of them `include-tag`'s tags and the client's paths name (see [`listed`]).
+/// of them `include-tag`'s tags and the client's paths name (see [`SentIds`]).
 const SENT_LISTED_MOST: usize = 4096;
 
-/// The ids of the objects at positions `sent` (of the pack `pos` is of), if they are at most
-/// [`SENT_LISTED_MOST`]: whether an object is sent is then a question of a set, where looking
-/// it up in the pack's index read a page of a large index for each probe (two searches a tag
-/// for `include-tag`: most of an incremental fetch's index pages at 500,000 commits, for a
-/// thousand tags).
-fn listed(pos: &crate::bitmap::Positions, sent: &crate::bitmap::Bits) -> Option<OidSet> {
-    (sent.count() <= SENT_LISTED_MOST).then(|| sent.ones().map(|p| pos.oid(p)).collect())
+/// Whether an object is at one of an answer's positions in a pack. Looked up in the pack's
+/// index, each question read a page of a large index for each probe (two searches a tag for
+/// `include-tag`: most of an incremental fetch's index pages at 500,000 commits, for a
+/// thousand tags); an answer of at most [`SENT_LISTED_MOST`] objects lists their ids when
+/// first asked, and each question is then one of a set.
+struct SentIds {
+    ids: std::cell::OnceCell<Option<OidSet>>,
+    /// The most objects listed: [`SENT_LISTED_MOST`].
+    most: usize,
+}
+
+impl Default for SentIds {
+    fn default() -> Self {
+        SentIds {
+            ids: std::cell::OnceCell::new(),
+            most: SENT_LISTED_MOST,
+        }
+    }
+}
+
+impl SentIds {
+    /// Whether `oid` is at one of the positions `sent` of the pack `pos` is of.
+    fn contains(
+        &self,
+        pos: &crate::bitmap::Positions,
+        sent: &crate::bitmap::Bits,
+        oid: &ObjectId,
+    ) -> bool {
+        let listed = self.ids.get_or_init(|| {
+            (sent.count() <= self.most).then(|| {
+                (sent.ones())
+                    .take_while(|&p| p < pos.len())
+                    .map(|p| pos.oid(p))
+                    .collect()
+            })
+        });
+        match listed {
+            Some(ids) => ids.contains(oid),
+            None => pos.of(oid).is_some_and(|p| sent.get(p)),
+        }
+    }
 }
 
 /// `out` with the objects at positions `sent` of the stored pack `k` whose positions `pos`
 /// gives, and with `include_tag` the tags of what they and `emitted` (the objects `out`
-/// lists) hold; `listed`: the ids at `sent`, if they were listed already (see [`listed`]).
+/// lists) hold, asked of `sent_ids`.
 fn with_packed(
     repo: &Repository,
     objects: &mut Objects,
     mut out: Selection,
     mut emitted: OidSet,
     (k, pos, sent): (usize, &crate::bitmap::Positions, crate::bitmap::Bits),
-    (include_tag, listed_already): (bool, Option<OidSet>),
+    (include_tag, sent_ids): (bool, SentIds),
 ) -> Result<Selection, Error> {
     if include_tag {
-        match listed_already.or_else(|| listed(pos, &sent)) {
-            Some(ids) => {
-                include_tags(
-                    repo,
-                    objects,
-                    &mut emitted,
-                    |oid| ids.contains(oid),
-                    &mut out,
-                )?;
-            }
-            None => {
-                let sent_here = |oid: &ObjectId| pos.of(oid).is_some_and(|p| sent.get(p));
-                include_tags(repo, objects, &mut emitted, sent_here, &mut out)?;
-            }
-        }
+        let sent_here = |oid: &ObjectId| sent_ids.contains(pos, &sent, oid);
+        include_tags(repo, objects, &mut emitted, sent_here, &mut out)?;
     }
     out.packed = Some(crate::reuse::Packed::new(k, pos.rev(), sent));
     Ok(out)
@@ -840,7 +855,7 @@ pub(crate) fn select_from_marked_pack(
         out,
         OidSet::default(),
         (k, &pos, sent),
-        (req.include_tag, None),
+        (req.include_tag, SentIds::default()),
     )
     .map(Some)
 }
@@ -1159,7 +1174,42 @@ fn include_tags(
 
 #[cfg(test)]
 mod tests {
-    use super::{EntryKind, Has, OidSet, PathBases, ROOT_PATH, SelectRequest, child_path};
+    use super::{EntryKind, Has, OidSet, PathBases, ROOT_PATH, SelectRequest, SentIds, child_path};
+
+    /// Whether an object is sent is answered alike from the listed ids and from the pack's
+    /// index, for every object of the pack and for ids it does not hold.
+    #[test]
+    fn sent_objects_listed_are_those_looked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.git");
+        let spec = gitcache_testkit::repo::RepoSpec::small(73);
+        gitcache_testkit::repo::generate(&path, &spec).unwrap();
+        gitcache_testkit::git::git_stdout(&path, &["repack", "-adq"]);
+        let repo = crate::Repository::open(&path).unwrap();
+        let pack = &repo.stored_packs().unwrap()[0];
+        let pos =
+            crate::bitmap::Positions::new(pack, repo.rev_cache().get(pack, repo.object_format()));
+        let mut sent = crate::bitmap::Bits::with_len(pos.len());
+        for p in (0..pos.len()).step_by(3) {
+            sent.set(p);
+        }
+        let listed = SentIds::default();
+        let looked_up = SentIds {
+            most: 0,
+            ..SentIds::default()
+        };
+        let mut ids: Vec<gix_hash::ObjectId> = (0..pos.len()).map(|p| pos.oid(p)).collect();
+        ids.push(
+            gix_hash::ObjectId::from_hex(b"0123456789012345678901234567890123456789").unwrap(),
+        );
+        for (p, oid) in ids.iter().enumerate() {
+            let expected = p < pos.len() && p % 3 == 0;
+            assert_eq!(listed.contains(&pos, &sent, oid), expected, "{p}");
+            assert_eq!(looked_up.contains(&pos, &sent, oid), expected, "{p}");
+        }
+        assert!(matches!(listed.ids.get(), Some(Some(_))), "listed");
+        assert!(matches!(looked_up.ids.get(), Some(None)), "looked up");
+    }
     use gix_hash::ObjectId;
 
     /// The tip's version of a directory, stored whole, is paired with the client's version

@@ -583,12 +583,7 @@ impl SentIn {
             let bitmaps = cache.get(pack, revs, hash);
             let names = match &bitmaps {
                 // Names only guide the choice of bases: one that cannot be read is none.
-                Some(bitmaps) => bitmaps
-                    .bitmaps
-                    .names()
-                    .ok()
-                    .flatten()
-                    .map(crate::bitmap::Names::Table),
+                Some(bitmaps) => bitmaps.names_for(self.bits.count()).ok().flatten(),
                 None => None,
             };
             let made = bitmaps.zip(names).and_then(|(bitmaps, names)| {
@@ -2388,7 +2383,7 @@ impl<'a> PackWriter<'a> {
         let named = || {
             cache
                 .and_then(|c| c.get(pack, revs, hash))
-                .is_some_and(|b| matches!(b.bitmaps.names(), Ok(Some(_))))
+                .is_some_and(|b| b.bitmaps.has_names())
         };
         if forest.is_none() && !named() {
             return Vec::new();

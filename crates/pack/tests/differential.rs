@@ -365,10 +365,14 @@ fn errors_come_with_gits_wording() {
         format!("upload-pack: not our ref {missing}")
     );
     assert!(err.is_client_error());
-    let mut f = fetch(Vec::new());
-    f.want_refs = vec!["refs/heads/nope".into()];
-    let err = plan(&repo, &f, ObjectFormat::Sha1, &Options::default()).unwrap_err();
-    assert_eq!(err.wire_message(), "unknown ref refs/heads/nope");
+    // Names as git reads them (`read_ref`): exactly, a short name or one git refuses naming
+    // no ref.
+    for name in ["refs/heads/nope", "main", "heads/main", "refs/heads/a..b"] {
+        let mut f = fetch(Vec::new());
+        f.want_refs = vec![name.into()];
+        let err = plan(&repo, &f, ObjectFormat::Sha1, &Options::default()).unwrap_err();
+        assert_eq!(err.wire_message(), format!("unknown ref {name}"));
+    }
     let mut f = fetch(Vec::new());
     f.want_refs = vec!["refs/heads/main".into(), "refs/heads/main".into()];
     let err = plan(&repo, &f, ObjectFormat::Sha1, &Options::default()).unwrap_err();
