@@ -173,6 +173,8 @@ pub enum Advertised {
 /// Read an advertisement: protocol v2 and the object format, or not v2 at all.
 ///
 /// A v0 answer over HTTP starts with `# service=git-upload-pack`; a v2 one with `version 2`.
+/// Some front ends put the v0 preamble (`# service=` and lines up to a flush) before a v2
+/// answer too; git's client reads past it (`check_smart_http`), and so does this.
 ///
 /// ```
 /// use gitcache_protocol::advertise::{Advertised, Advertisement, read_advertised};
@@ -183,15 +185,23 @@ pub enum Advertised {
 /// ```
 pub fn read_advertised(body: &[u8]) -> Result<Advertised, ReadError> {
     let mut lines = pktline::lines(body);
-    let first = loop {
-        match lines.next() {
-            None => return Ok(Advertised::Other),
-            Some(line) => {
-                if let Some(data) = line?.as_slice() {
-                    break data;
-                }
+    let mut first = None;
+    let mut preamble = false;
+    for line in lines.by_ref() {
+        match line?.as_slice() {
+            // The preamble's lines go up to its flush.
+            Some(_) if preamble => {}
+            None if preamble => preamble = false,
+            Some(data) if first.is_none() && data.starts_with(b"# service=") => preamble = true,
+            Some(data) => {
+                first = Some(data);
+                break;
             }
+            None => {}
         }
+    }
+    let Some(first) = first else {
+        return Ok(Advertised::Other);
     };
     if pktline::chomp(first) != b"version 2" {
         return Ok(Advertised::Other);

@@ -168,6 +168,21 @@ fn every_recorded_request_parses_and_re_encodes() {
 fn a_v0_advertisement_is_not_v2() {
     let v0 = b"001e# service=git-upload-pack\n0000003f0123456789012345678901234567890123456789 HEAD\0side-band\n0000";
     assert_eq!(read_advertised(v0).unwrap(), Advertised::Other);
+    // v2 after the v0 preamble, as some front ends send it (git reads past it).
+    let preamble =
+        b"001e# service=git-upload-pack\n0000000eversion 2\n0019object-format=sha256\n0000";
+    assert_eq!(
+        read_advertised(preamble).unwrap(),
+        Advertised::V2(gix_hash::Kind::Sha256)
+    );
+    let with_lines = b"001e# service=git-upload-pack\n000aextra\n0000000eversion 2\n0000";
+    assert_eq!(
+        read_advertised(with_lines).unwrap(),
+        Advertised::V2(gix_hash::Kind::Sha1)
+    );
+    // Only before the answer, and only to its flush: a preamble with no flush is no v2.
+    let unflushed = b"001e# service=git-upload-pack\n000eversion 2\n0000";
+    assert_eq!(read_advertised(unflushed).unwrap(), Advertised::Other);
     assert_eq!(read_advertised(b"").unwrap(), Advertised::Other);
     assert!(read_advertised(b"000eversion 2\n0019object-format=md5\n0000").is_err());
     assert!(read_advertised(b"zzzz").is_err());

@@ -142,6 +142,35 @@ fn clones_are_served_from_the_mirror_and_a_second_clone_is_a_hit() {
     );
 }
 
+/// An upstream whose front end puts git's v0 preamble (`# service=git-upload-pack` and a
+/// flush) before its v2 advertisement, as git's own client accepts, is cached: the clone is
+/// answered from a mirror, not passed through as an upstream that speaks no v2.
+#[test]
+fn an_upstream_sending_the_v0_preamble_before_v2_is_cached() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/preamble", &RepoSpec::small(402));
+    upstream.inject(Fault::ServicePreamble, 1000, Some(RequestKind::InfoRefs));
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    git.run(&home, &["clone", "-q", &cache.url("acme/preamble"), "one"])
+        .unwrap()
+        .expect_success();
+    fsck(&home.join("one"));
+    let (source, _mirror) = mirrored(&cache, &upstream, "acme/preamble");
+    assert_eq!(
+        git.rev_parse(&home.join("one"), "HEAD").unwrap(),
+        git.rev_parse(&source, "main").unwrap()
+    );
+    upstream.reset_counts();
+    git.run(&home, &["clone", "-q", &cache.url("acme/preamble"), "two"])
+        .unwrap()
+        .expect_success();
+    let counts = upstream.counts();
+    assert_eq!(counts.fetch, 0, "answered from the mirror: {counts:?}");
+    assert!(counts.info_refs >= 1, "the preamble was still sent: {counts:?}");
+}
+
 #[test]
 fn the_actions_checkout_fetch_with_an_extraheader_credential() {
     let upstream = Upstream::start().unwrap();

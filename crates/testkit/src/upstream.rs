@@ -131,6 +131,9 @@ pub enum Fault {
     /// Serve, with this pkt-line payload added before the final flush of the answer (an
     /// `ls-refs` listing a ref that does not exist, or one no git would write).
     ExtraLine(Vec<u8>),
+    /// Serve, the answer preceded by git's v0 preamble (`# service=git-upload-pack` and a
+    /// flush), as some forges' front ends send it before a v2 advertisement too.
+    ServicePreamble,
     /// Answer 200 with these bytes as an upload-pack result (an answer recorded earlier,
     /// sent again for another request).
     Replay(Vec<u8>),
@@ -661,6 +664,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
     let mut trickle = None;
     let mut pause = None;
     let mut extra_line = None;
+    let mut preamble = false;
     for fault in take_fault(&shared, kind) {
         match fault {
             Fault::Status(code) => {
@@ -673,6 +677,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
             Fault::Trickle { chunk, every } => trickle = Some((chunk.max(1), every)),
             Fault::PauseBody(wait) => pause = Some(wait),
             Fault::ExtraLine(line) => extra_line = Some(line),
+            Fault::ServicePreamble => preamble = true,
             Fault::Endless => {
                 let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(2);
                 tokio::spawn(async move {
@@ -804,9 +809,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
             if recording {
                 record.body = if gzip { gunzip(&recorded) } else { recorded };
             }
-            match extra_line {
+            let resp = match extra_line {
                 Some(line) => with_extra_line(resp, &line).await,
                 None => resp,
+            };
+            match preamble {
+                true => with_preamble(resp).await,
+                false => resp,
             }
         }
         Err(err) => text(
@@ -815,6 +824,25 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
         ),
     };
     finish(&shared, record, resp)
+}
+
+/// `resp` preceded by git's v0 preamble for upload-pack.
+async fn with_preamble(resp: Response<Body>) -> Response<Body> {
+    let (parts, body) = resp.into_parts();
+    let mut bytes = b"001e# service=git-upload-pack\n0000".to_vec();
+    bytes.extend_from_slice(
+        &body
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .unwrap_or_default(),
+    );
+    Response::from_parts(
+        parts,
+        Full::new(Bytes::from(bytes))
+            .map_err(|never| match never {})
+            .boxed(),
+    )
 }
 
 /// `resp` with a pkt-line of `payload` inserted before its final flush.
