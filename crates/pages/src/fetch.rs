@@ -150,14 +150,20 @@ pub async fn branch_tree_unless(
     Ok(Changed::Tree(tip.to_string(), result?))
 }
 
+/// The longest branch ref name (`refs/heads/` and the name) a deploy names: more than any
+/// forge takes, and well within a pkt-line.
+const MAX_BRANCH_REF: usize = 1024;
+
 /// The commit at the tip of `branch` of `upstream`'s repository (one `ls-refs`).
 pub async fn branch_tip(
     upstream: &Upstream,
     branch: &str,
 ) -> Result<gitcache_protocol::ObjectId, FetchError> {
     let name = format!("refs/heads/{branch}");
-    if gix_validate::reference::name(name.as_str().into()).is_err() {
-        return Err(FetchError::BadBranch(branch.to_owned()));
+    if name.len() > MAX_BRANCH_REF || gix_validate::reference::name(name.as_str().into()).is_err() {
+        // Said back as far as a name may go.
+        let shown: String = branch.chars().take(MAX_BRANCH_REF).collect();
+        return Err(FetchError::BadBranch(shown));
     }
     let format = upstream.object_format().await?;
     let refs = upstream

@@ -102,6 +102,17 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     );
     assert_eq!(put_blog.status, 201, "{}", put_blog.body_text());
     assert_eq!(put_blog.body_text().trim(), blog);
+    // A branch name longer than a pkt-line holds is refused, not a panic.
+    let long = "b".repeat(70_000);
+    let refused = http(
+        &addr,
+        "PUT",
+        "/blog/",
+        &[("Host", "site.example"), ("X-Pages-Branch", &long)],
+        repo_url.as_bytes(),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body_text());
+    assert!(refused.body_text().len() < 2048);
 
     let get = |path: &str, extra: &[(&str, &str)]| {
         let mut headers = host.to_vec();

@@ -168,7 +168,10 @@ fn an_upstream_sending_the_v0_preamble_before_v2_is_cached() {
         .expect_success();
     let counts = upstream.counts();
     assert_eq!(counts.fetch, 0, "answered from the mirror: {counts:?}");
-    assert!(counts.info_refs >= 1, "the preamble was still sent: {counts:?}");
+    assert!(
+        counts.info_refs >= 1,
+        "the preamble was still sent: {counts:?}"
+    );
 }
 
 #[test]

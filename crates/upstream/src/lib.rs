@@ -87,6 +87,9 @@ pub enum Error {
     /// The upstream's answer is not what the protocol allows.
     #[error("upstream answered something unexpected: {0}")]
     Protocol(String),
+    /// The request could not be written (a line longer than a pkt-line holds).
+    #[error("the request to upstream could not be written: {0}")]
+    Request(String),
     /// The upstream sent its answer slower than [`Limits::min_rate`] allows.
     #[error("upstream sent fewer than {least} bytes in {every:?}")]
     TooSlow {
@@ -797,7 +800,7 @@ impl Upstream {
 
     /// `ls-refs` with `args`.
     pub async fn ls_refs(&self, format: HashKind, args: LsRefs) -> Result<Vec<RefLine>, Error> {
-        let body = encode(format, Command::LsRefs(args));
+        let body = encode(format, Command::LsRefs(args))?;
         self.with_timeout(async {
             let response = self
                 .send(Method::POST, "/git-upload-pack", Some(body))
@@ -820,7 +823,7 @@ impl Upstream {
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> Result<u64, Error> {
         use tokio::io::AsyncWriteExt;
-        let body = encode(format, Command::Fetch(fetch));
+        let body = encode(format, Command::Fetch(fetch))?;
         self.with_timeout(async {
             let response = self
                 .send(Method::POST, "/git-upload-pack", Some(body))
@@ -945,7 +948,9 @@ pub fn is_hop_by_hop(name: &hyper::header::HeaderName) -> bool {
     )
 }
 
-fn encode(format: HashKind, command: Command) -> Vec<u8> {
+/// The request body of `command`; an error when a line would not fit a pkt-line (a ref
+/// prefix or name of 65,000 bytes and more).
+fn encode(format: HashKind, command: Command) -> Result<Vec<u8>, Error> {
     let request = Request {
         capabilities: Capabilities {
             agent: Some(concat!("gitcache/", env!("CARGO_PKG_VERSION")).into()),
@@ -955,13 +960,31 @@ fn encode(format: HashKind, command: Command) -> Vec<u8> {
         command,
     };
     let mut body = Vec::new();
-    request.write_to(&mut body).expect("writing to memory");
-    body
+    request
+        .write_to(&mut body)
+        .map_err(|e| Error::Request(e.to_string()))?;
+    Ok(body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::is_public;
+
+    /// A request line longer than a pkt-line holds is an error, not a panic.
+    #[test]
+    fn a_request_too_long_for_a_pkt_line_is_an_error() {
+        use super::HashKind;
+        use gitcache_protocol::request::{Command, LsRefs};
+        let args = |prefix: String| LsRefs {
+            ref_prefixes: vec![prefix.into()],
+            ..LsRefs::default()
+        };
+        let short = super::encode(HashKind::Sha1, Command::LsRefs(args("refs/heads/".into())));
+        assert!(short.is_ok());
+        let long = format!("refs/heads/{}", "b".repeat(70_000));
+        let err = super::encode(HashKind::Sha1, Command::LsRefs(args(long))).unwrap_err();
+        assert!(matches!(err, super::Error::Request(_)), "{err}");
+    }
 
     #[test]
     fn only_addresses_of_the_public_internet_are_public() {
