@@ -50,6 +50,9 @@ pub struct Refreshed {
     pub left_out: Option<Vec<RefLine>>,
 }
 
+/// Refs left out of a listing that are logged one by one (the rest are counted).
+const REFUSED_LOGGED: usize = 16;
+
 /// The most refs left out that a refresh reports (see [`Refreshed::left_out`]).
 pub const MAX_LEFT_OUT: usize = 64;
 /// The longest name (with its symbolic target) of a ref left out that a refresh reports.
@@ -387,6 +390,7 @@ impl Mirror {
                 left_out.push(line.clone());
             }
         };
+        let mut refused = 0usize;
         remote.retain_mut(|line| match check_ref(line, &prefixes) {
             Ok(()) => true,
             Err(err) if line.name == "HEAD" => {
@@ -396,11 +400,21 @@ impl Mirror {
                 true
             }
             Err(err) => {
-                tracing::warn!(%err, "upstream listed a ref gitcache does not take; left out");
+                // The first few named; a listing of millions is not a million log lines.
+                refused += 1;
+                if refused <= REFUSED_LOGGED {
+                    tracing::warn!(%err, "upstream listed a ref gitcache does not take; left out");
+                }
                 leave_out(line);
                 false
             }
         });
+        if refused > REFUSED_LOGGED {
+            tracing::warn!(
+                refused,
+                "upstream listed refs gitcache does not take; left out (the first {REFUSED_LOGGED} logged)"
+            );
+        }
 
         // Kept refs: those still young enough, then the new ones (under today's date).
         let today = unix_now() / 86_400;

@@ -154,6 +154,9 @@ pub async fn branch_tree_unless(
 /// forge takes, and well within a pkt-line.
 const MAX_BRANCH_REF: usize = 1024;
 
+/// The most bytes of the `ls-refs` answer that names a deploy's branch.
+const MAX_BRANCH_LISTING: u64 = 1 << 20;
+
 /// The commit at the tip of `branch` of `upstream`'s repository (one `ls-refs`).
 pub async fn branch_tip(
     upstream: &Upstream,
@@ -166,13 +169,16 @@ pub async fn branch_tip(
         return Err(FetchError::BadBranch(shown));
     }
     let format = upstream.object_format().await?;
+    // One branch is asked for: an upstream listing more is cut off at 1 MiB, not read into
+    // memory by the hundred MiB.
     let refs = upstream
-        .ls_refs(
+        .ls_refs_within(
             format,
             LsRefs {
                 ref_prefixes: vec![name.clone().into()],
                 ..LsRefs::default()
             },
+            MAX_BRANCH_LISTING,
         )
         .await?;
     refs.iter()

@@ -263,6 +263,38 @@ fn a_host_deploys_one_at_a_time_and_a_deploy_outlives_its_client() {
 /// (`localhost`), is refused (`502`, as one that cannot be read) before anything is asked of
 /// it. With `--pages-source`, only repositories under a prefix are deployed, wherever they
 /// are; others (and a URL climbing out of a prefix with `..`) are refused.
+/// A deploy asks the upstream for one branch: an upstream whose listing does not end is cut
+/// off at 1 MiB, not read into memory up to a whole listing's bound.
+#[test]
+fn a_deploys_listing_is_read_up_to_a_mebibyte() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/site");
+    repo::generate(&source, &RepoSpec::tiny(1513)).unwrap();
+    upstream.adopt_repo("acme/site", Access::Public).unwrap();
+    branch(&source, "pages", &[("index.html", "home")]);
+    let (cache, addr) = open_pages(&upstream, &[]);
+    upstream.inject(Fault::Endless, 1, Some(RequestKind::LsRefs));
+    let put = http(
+        &addr,
+        "PUT",
+        "/",
+        &[("Host", "site.example")],
+        upstream.repo_url("acme/site").as_bytes(),
+    );
+    assert!(put.status >= 500, "{} {}", put.status, put.body_text());
+    cache.log_with("ls-refs answer", 1);
+    assert!(cache.log().contains("1048576"), "cut off at 1 MiB");
+    // The next deploy, its listing whole, goes through.
+    let again = http(
+        &addr,
+        "PUT",
+        "/",
+        &[("Host", "site.example")],
+        upstream.repo_url("acme/site").as_bytes(),
+    );
+    assert_eq!(again.status, 201, "{}", again.body_text());
+}
+
 #[test]
 fn deploys_reach_only_public_addresses_or_the_sources_named() {
     let upstream = Upstream::start().unwrap();

@@ -800,13 +800,24 @@ impl Upstream {
 
     /// `ls-refs` with `args`.
     pub async fn ls_refs(&self, format: HashKind, args: LsRefs) -> Result<Vec<RefLine>, Error> {
+        self.ls_refs_within(format, args, MAX_LS_REFS).await
+    }
+
+    /// [`ls_refs`](Self::ls_refs) whose answer may take at most `max_bytes` (one who asks for
+    /// a single ref needs far less than a whole listing's 256 MiB: more is an error).
+    pub async fn ls_refs_within(
+        &self,
+        format: HashKind,
+        args: LsRefs,
+        max_bytes: u64,
+    ) -> Result<Vec<RefLine>, Error> {
         let body = encode(format, Command::LsRefs(args))?;
         self.with_timeout(async {
             let response = self
                 .send(Method::POST, "/git-upload-pack", Some(body))
                 .await?;
             let body = self
-                .read_whole(response.into_body(), "ls-refs answer", MAX_LS_REFS)
+                .read_whole(response.into_body(), "ls-refs answer", max_bytes)
                 .await?;
             ls_refs::parse_response(&body, format).map_err(|e| Error::Protocol(e.to_string()))
         })
