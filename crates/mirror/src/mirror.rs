@@ -1478,6 +1478,14 @@ fn check_ref(line: &RefLine, prefixes: &[BString]) -> Result<(), Error> {
                 "a symbolic ref must point under refs/".into(),
             ));
         }
+        // The refs gitcache keeps for ids asked for are its own, whatever the upstream saw of
+        // their names.
+        if target.starts_with(KEPT_PREFIX.as_bytes()) {
+            return Err(refuse(
+                target,
+                "gitcache's own refs are not the upstream's".into(),
+            ));
+        }
     }
     Ok(())
 }

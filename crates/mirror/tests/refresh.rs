@@ -759,6 +759,16 @@ async fn commits_fetched_by_id_are_kept_for_a_while() {
     // A plain refresh keeps it; one kept longer ago than KEEP_DAYS goes.
     mirror.refresh(&up, &[]).await.unwrap();
     assert!(git(mirror.git_dir(), &["for-each-ref", KEPT_PREFIX]).contains(&hidden));
+    // An upstream whose HEAD names the kept ref (it saw the id asked for): the mirror's HEAD
+    // stays on a ref of the upstream's.
+    let head = std::fs::read(mirror.git_dir().join("HEAD")).unwrap();
+    let kept_name = format!("{KEPT_PREFIX}{today}/{hidden}");
+    git(&source, &["update-ref", &kept_name, &hidden]);
+    git(&source, &["symbolic-ref", "HEAD", &kept_name]);
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(std::fs::read(mirror.git_dir().join("HEAD")).unwrap(), head);
+    git(&source, &["symbolic-ref", "HEAD", "refs/heads/main"]);
+    git(&source, &["update-ref", "-d", &kept_name]);
     let old_day = today - KEEP_DAYS - 1;
     let packed = std::fs::read_to_string(mirror.git_dir().join("packed-refs")).unwrap();
     std::fs::write(
