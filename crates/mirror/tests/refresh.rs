@@ -527,6 +527,35 @@ async fn endless_answers_are_cut_off() {
     assert_eq!(refs(mirror.git_dir()), refs(&source));
 }
 
+/// A listing that trickles, a byte now and then within the idle timeout, is cut off at the
+/// listing timeout, not held for the transfer timeout's hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_listing_is_cut_off_at_the_listing_timeout() {
+    let (upstream, _source) = public_repo(RepoSpec::tiny(1224));
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = client(&upstream, "acme/widgets", None).with_limits(gitcache_upstream::Limits {
+        listing_timeout: Duration::from_secs(1),
+        ..Default::default()
+    });
+    for kind in [RequestKind::InfoRefs, RequestKind::LsRefs] {
+        upstream.inject(
+            Fault::Trickle {
+                chunk: 1,
+                every: Duration::from_millis(200),
+            },
+            1,
+            Some(kind),
+        );
+        let err = mirror.refresh(&up, &[]).await.unwrap_err();
+        assert!(err.to_string().contains("within 1s"), "{kind:?}: {err}");
+        upstream.clear_faults();
+    }
+    assert!(refs(mirror.git_dir()).is_empty());
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert!(!refs(mirror.git_dir()).is_empty());
+}
+
 /// Issue 12: the timeout is for silence, not for the whole download: an upstream that is
 /// slow but steady gets a large pack through although it takes longer than the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

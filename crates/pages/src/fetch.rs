@@ -105,6 +105,7 @@ pub async fn branch_tree_unless(
             transfer_timeout: std::time::Duration::from_secs(300),
             min_rate: Some(MIN_RATE),
             first_window: Some(PACK_STARTS_WITHIN),
+            ..gitcache_upstream::Limits::default()
         });
         let fetch = Fetch {
             wants: vec![tip],

@@ -139,6 +139,11 @@ const MAX_LS_REFS: u64 = 256 << 20;
 pub struct Limits {
     /// The longest a whole exchange may take, a pack download included.
     pub transfer_timeout: Duration,
+    /// The longest an exchange whose answer is no pack (an advertisement, a listing) may
+    /// take, if shorter than `transfer_timeout`: an upstream sending a byte now and then,
+    /// each within the idle timeout, held a refresh for the transfer timeout's hour. Five
+    /// minutes by default (a 256 MiB listing at under 1 MB/s).
+    pub listing_timeout: Duration,
     /// The most bytes a fetch response (the pack) may have.
     pub max_pack_bytes: u64,
     /// The slowest an answer's body may come: at least `.0` bytes in every `.1` of it, or
@@ -157,6 +162,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             transfer_timeout: Duration::from_secs(3600),
+            listing_timeout: Duration::from_secs(300),
             max_pack_bytes: 64 << 30,
             min_rate: None,
             first_window: None,
@@ -766,7 +772,27 @@ impl Upstream {
         &self,
         work: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        let total = self.limits.transfer_timeout;
+        self.within(self.limits.transfer_timeout, work).await
+    }
+
+    /// Bound an exchange whose answer is no pack by [`Limits::listing_timeout`], or the
+    /// transfer timeout if shorter.
+    async fn listing_within<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let total = self
+            .limits
+            .transfer_timeout
+            .min(self.limits.listing_timeout);
+        self.within(total, work).await
+    }
+
+    async fn within<T>(
+        &self,
+        total: Duration,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
         tokio::time::timeout(total, work)
             .await
             .map_err(|_| Error::Timeout(total))?
@@ -779,7 +805,7 @@ impl Upstream {
             return Ok(*format);
         }
         let format = self
-            .with_timeout(async {
+            .listing_within(async {
                 let response = self
                     .send(Method::GET, "/info/refs?service=git-upload-pack", None)
                     .await?;
@@ -812,7 +838,7 @@ impl Upstream {
         max_bytes: u64,
     ) -> Result<Vec<RefLine>, Error> {
         let body = encode(format, Command::LsRefs(args))?;
-        self.with_timeout(async {
+        self.listing_within(async {
             let response = self
                 .send(Method::POST, "/git-upload-pack", Some(body))
                 .await?;
