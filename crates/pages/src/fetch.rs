@@ -86,6 +86,8 @@ pub async fn branch_tree_unless(
     scratch: &Path,
     deployed: Option<&str>,
 ) -> Result<Changed, FetchError> {
+    // Refused before anything is asked of the upstream.
+    branch_ref(branch)?;
     let format = upstream.object_format().await?;
     let tip = branch_tip(upstream, branch).await?;
     if deployed.is_some_and(|deployed| deployed.eq_ignore_ascii_case(&tip.to_string())) {
@@ -158,17 +160,24 @@ const MAX_BRANCH_REF: usize = 1024;
 /// The most bytes of the `ls-refs` answer that names a deploy's branch.
 const MAX_BRANCH_LISTING: u64 = 1 << 20;
 
+/// The full ref name of `branch`, if git takes it and it is at most [`MAX_BRANCH_REF`] long.
+fn branch_ref(branch: &str) -> Result<String, FetchError> {
+    let name = format!("refs/heads/{branch}");
+    if name.len() > MAX_BRANCH_REF || gix_validate::reference::name(name.as_str().into()).is_err() {
+        // Said back as far as a name may go.
+        let mut shown = branch.to_owned();
+        shown.truncate(shown.floor_char_boundary(MAX_BRANCH_REF));
+        return Err(FetchError::BadBranch(shown));
+    }
+    Ok(name)
+}
+
 /// The commit at the tip of `branch` of `upstream`'s repository (one `ls-refs`).
 pub async fn branch_tip(
     upstream: &Upstream,
     branch: &str,
 ) -> Result<gitcache_protocol::ObjectId, FetchError> {
-    let name = format!("refs/heads/{branch}");
-    if name.len() > MAX_BRANCH_REF || gix_validate::reference::name(name.as_str().into()).is_err() {
-        // Said back as far as a name may go.
-        let shown: String = branch.chars().take(MAX_BRANCH_REF).collect();
-        return Err(FetchError::BadBranch(shown));
-    }
+    let name = branch_ref(branch)?;
     let format = upstream.object_format().await?;
     // One branch is asked for: an upstream listing more is cut off at 1 MiB, not read into
     // memory by the hundred MiB.

@@ -1,7 +1,8 @@
 //! The capability advertisement: the answer to `GET info/refs?service=git-upload-pack` when the
 //! client asks for protocol v2 (`Git-Protocol: version=2`).
 //!
-//! In v2 the body starts directly with `version 2`; there is no `# service=` preamble.
+//! In v2 the body starts directly with `version 2`; some front ends put v0's preamble
+//! (`# service=git-upload-pack` up to a flush) before it, which git's client reads past.
 
 use std::io::Write;
 
@@ -186,18 +187,23 @@ pub enum Advertised {
 pub fn read_advertised(body: &[u8]) -> Result<Advertised, ReadError> {
     let mut lines = pktline::lines(body);
     let mut first = None;
+    // As git's `check_smart_http`: only the answer's first line may open the preamble, and
+    // only for upload-pack; its lines go up to a flush (or an empty line).
     let mut preamble = false;
+    let mut opened = false;
     for line in lines.by_ref() {
         match line?.as_slice() {
-            // The preamble's lines go up to its flush.
-            Some(_) if preamble => {}
-            None if preamble => preamble = false,
-            Some(data) if first.is_none() && data.starts_with(b"# service=") => preamble = true,
+            Some(data) if preamble && !data.is_empty() => {}
+            Some(_) | None if preamble => preamble = false,
+            Some(data) if !opened && pktline::chomp(data) == b"# service=git-upload-pack" => {
+                preamble = true;
+                opened = true;
+            }
             Some(data) => {
                 first = Some(data);
                 break;
             }
-            None => {}
+            None => opened = true,
         }
     }
     let Some(first) = first else {

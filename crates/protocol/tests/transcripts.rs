@@ -183,6 +183,11 @@ fn a_v0_advertisement_is_not_v2() {
     // Only before the answer, and only to its flush: a preamble with no flush is no v2.
     let unflushed = b"001e# service=git-upload-pack\n000eversion 2\n0000";
     assert_eq!(read_advertised(unflushed).unwrap(), Advertised::Other);
+    // Only one, only first, only for upload-pack.
+    let twice = b"001e# service=git-upload-pack\n0000001e# service=git-upload-pack\n0000000eversion 2\n0000";
+    assert_eq!(read_advertised(twice).unwrap(), Advertised::Other);
+    let receive = b"001f# service=git-receive-pack\n0000000eversion 2\n0000";
+    assert_eq!(read_advertised(receive).unwrap(), Advertised::Other);
     assert_eq!(read_advertised(b"").unwrap(), Advertised::Other);
     assert!(read_advertised(b"000eversion 2\n0019object-format=md5\n0000").is_err());
     assert!(read_advertised(b"zzzz").is_err());

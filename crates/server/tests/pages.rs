@@ -102,7 +102,9 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     );
     assert_eq!(put_blog.status, 201, "{}", put_blog.body_text());
     assert_eq!(put_blog.body_text().trim(), blog);
-    // A branch name longer than a pkt-line holds is refused, not a panic.
+    // A branch name longer than a pkt-line holds is refused, not a panic, before anything is
+    // asked of the upstream.
+    let asked = upstream.counts();
     let long = "b".repeat(70_000);
     let refused = http(
         &addr,
@@ -113,6 +115,11 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     );
     assert_eq!(refused.status, 400, "{}", refused.body_text());
     assert!(refused.body_text().len() < 2048);
+    let after = upstream.counts();
+    assert_eq!(
+        (after.info_refs, after.ls_refs),
+        (asked.info_refs, asked.ls_refs)
+    );
 
     let get = |path: &str, extra: &[(&str, &str)]| {
         let mut headers = host.to_vec();
@@ -258,11 +265,6 @@ fn a_host_deploys_one_at_a_time_and_a_deploy_outlives_its_client() {
     });
 }
 
-/// A deployer names the repository URL, so by default a deploy reaches only public
-/// addresses: a repository on the loopback, named by address or by a name that resolves there
-/// (`localhost`), is refused (`502`, as one that cannot be read) before anything is asked of
-/// it. With `--pages-source`, only repositories under a prefix are deployed, wherever they
-/// are; others (and a URL climbing out of a prefix with `..`) are refused.
 /// A deploy asks the upstream for one branch: an upstream whose listing does not end is cut
 /// off at 1 MiB, not read into memory up to a whole listing's bound.
 #[test]
@@ -295,6 +297,11 @@ fn a_deploys_listing_is_read_up_to_a_mebibyte() {
     assert_eq!(again.status, 201, "{}", again.body_text());
 }
 
+/// A deployer names the repository URL, so by default a deploy reaches only public
+/// addresses: a repository on the loopback, named by address or by a name that resolves there
+/// (`localhost`), is refused (`502`, as one that cannot be read) before anything is asked of
+/// it. With `--pages-source`, only repositories under a prefix are deployed, wherever they
+/// are; others (and a URL climbing out of a prefix with `..`) are refused.
 #[test]
 fn deploys_reach_only_public_addresses_or_the_sources_named() {
     let upstream = Upstream::start().unwrap();
