@@ -1430,6 +1430,10 @@ pub(crate) fn remove_pack(dir: &Path, stem: &str) -> std::io::Result<()> {
 /// reachable, so that consolidation keeps them and every instance gets them.
 pub const KEPT_PREFIX: &str = "refs/gitcache/kept/";
 
+/// Where gitcache's own refs are (see [`KEPT_PREFIX`]): no upstream's symbolic ref may point
+/// there.
+const OWN_PREFIX: &str = "refs/gitcache/";
+
 /// How many days a kept commit stays after the day it was fetched.
 pub const KEEP_DAYS: u64 = 7;
 
@@ -1478,9 +1482,9 @@ fn check_ref(line: &RefLine, prefixes: &[BString]) -> Result<(), Error> {
                 "a symbolic ref must point under refs/".into(),
             ));
         }
-        // The refs gitcache keeps for ids asked for are its own, whatever the upstream saw of
-        // their names.
-        if target.starts_with(KEPT_PREFIX.as_bytes()) {
+        // gitcache's own refs (those it keeps for ids asked for) are not the upstream's,
+        // whatever the upstream saw of their names.
+        if target.starts_with(OWN_PREFIX.as_bytes()) {
             return Err(refuse(
                 target,
                 "gitcache's own refs are not the upstream's".into(),
