@@ -104,10 +104,23 @@ pub enum Error {
     /// The response ended before its flush.
     #[error("ls-refs response ended before its flush")]
     Truncated,
+    /// The response lists more refs than the reader takes.
+    #[error("ls-refs response lists more than {most} refs")]
+    TooMany {
+        /// The most refs taken.
+        most: usize,
+    },
 }
 
 /// Read a complete `ls-refs` response whose object ids are of `kind`.
 pub fn parse_response(body: &[u8], kind: Kind) -> Result<Vec<RefLine>, Error> {
+    parse_response_within(body, kind, usize::MAX)
+}
+
+/// [`parse_response`] of a response listing at most `most` refs; more is
+/// [`Error::TooMany`]. A ref line takes some 150 bytes once read, where it may take 46 in the
+/// response: a listing of minimal lines grows threefold in memory.
+pub fn parse_response_within(body: &[u8], kind: Kind, most: usize) -> Result<Vec<RefLine>, Error> {
     let mut refs = Vec::new();
     for line in pktline::lines(body) {
         let data = match line? {
@@ -119,6 +132,9 @@ pub fn parse_response(body: &[u8], kind: Kind) -> Result<Vec<RefLine>, Error> {
             return Err(Error::Remote {
                 message: message.to_str_lossy().into_owned(),
             });
+        }
+        if refs.len() == most {
+            return Err(Error::TooMany { most });
         }
         refs.push(parse_line(data, kind)?);
     }

@@ -493,3 +493,26 @@ fn recorded_packs_stream_out_of_their_responses() {
     }
     assert!(streamed >= 15, "streamed {streamed}");
 }
+
+/// A listing of more refs than the reader takes is an error, not millions of lines in memory.
+#[test]
+fn a_listing_of_more_refs_than_taken_is_refused() {
+    let oid = "1111111111111111111111111111111111111111";
+    let mut body = Vec::new();
+    for name in ["refs/heads/a", "refs/heads/b", "refs/tags/c"] {
+        let line = format!("{oid} {name}\n");
+        body.extend_from_slice(format!("{:04x}", line.len() + 4).as_bytes());
+        body.extend_from_slice(line.as_bytes());
+    }
+    body.extend_from_slice(b"0000");
+    let kind = gix_hash::Kind::Sha1;
+    assert_eq!(
+        ls_refs::parse_response_within(&body, kind, 3)
+            .unwrap()
+            .len(),
+        3
+    );
+    let err = ls_refs::parse_response_within(&body, kind, 2).unwrap_err();
+    assert!(matches!(err, ls_refs::Error::TooMany { most: 2 }), "{err}");
+    assert_eq!(ls_refs::parse_response(&body, kind).unwrap().len(), 3);
+}

@@ -134,6 +134,10 @@ const MAX_ADVERTISEMENT: u64 = 1 << 20;
 /// The most bytes of an `ls-refs` answer read.
 const MAX_LS_REFS: u64 = 256 << 20;
 
+/// The most refs an `ls-refs` answer may list: some 150 MB once read (a listing of minimal
+/// lines within [`MAX_LS_REFS`] held 5.8 million, some 1 GB).
+const MAX_LISTED_REFS: usize = 1_000_000;
+
 /// Bounds on one upstream exchange besides the idle timeout given to [`Upstream::new`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -845,7 +849,13 @@ impl Upstream {
             let body = self
                 .read_whole(response.into_body(), "ls-refs answer", max_bytes)
                 .await?;
-            ls_refs::parse_response(&body, format).map_err(|e| Error::Protocol(e.to_string()))
+            // Millions of lines take a while: not on the runtime's own threads.
+            let parsed = tokio::task::spawn_blocking(move || {
+                ls_refs::parse_response_within(&body, format, MAX_LISTED_REFS)
+            })
+            .await
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+            parsed.map_err(|e| Error::Protocol(e.to_string()))
         })
         .await
     }
