@@ -50,6 +50,22 @@ fn client(upstream: &Upstream, name: &str, auth: Option<&str>) -> Client {
     .unwrap()
 }
 
+/// A client of `acme/widgets` that wants at least 16 KiB every 500 ms of an answer (the
+/// first window `first_window` long, if given), silent at most 5 s.
+fn rated_client(upstream: &Upstream, first_window: Option<Duration>) -> Client {
+    Client::new(
+        &upstream.repo_url("acme/widgets"),
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .with_limits(gitcache_upstream::Limits {
+        min_rate: Some((16 << 10, Duration::from_millis(500))),
+        first_window,
+        ..Default::default()
+    })
+}
+
 /// A small repository (`RepoSpec::small(seed)`) served by `upstream` as `name`, and a SHA-1
 /// mirror of it refreshed once in a temporary folder: the source, the folder, the mirror and
 /// its client.
@@ -594,19 +610,7 @@ async fn a_slow_but_steady_upstream_gets_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_window_gives_an_upstream_time_to_start() {
     let (upstream, source) = public_repo(RepoSpec::small(1227));
-    let client = |first_window: Option<Duration>| {
-        Client::new(
-            &upstream.repo_url("acme/widgets"),
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap()
-        .with_limits(gitcache_upstream::Limits {
-            min_rate: Some((16 << 10, Duration::from_millis(500))),
-            first_window,
-            ..Default::default()
-        })
-    };
+    let client = |first_window| rated_client(&upstream, first_window);
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
     let pause = Fault::PauseBody(Duration::from_millis(1500));
@@ -629,16 +633,7 @@ async fn a_trickle_below_the_least_rate_is_cut_off() {
     let (upstream, source) = public_repo(RepoSpec::small(1226));
     let dir = tempfile::tempdir().unwrap();
     let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
-    let up = Client::new(
-        &upstream.repo_url("acme/widgets"),
-        None,
-        Duration::from_secs(5),
-    )
-    .unwrap()
-    .with_limits(gitcache_upstream::Limits {
-        min_rate: Some((16 << 10, Duration::from_millis(500))),
-        ..Default::default()
-    });
+    let up = rated_client(&upstream, None);
     // 2 KB/s, a piece every 50 ms: never idle, far below 32 KiB/s.
     let trickle = Fault::Trickle {
         chunk: 100,
