@@ -264,6 +264,9 @@ pub struct ProxyConfig {
     /// How long one upstream exchange may take in all, a mirror's first pack download
     /// included.
     pub upstream_transfer_timeout: Duration,
+    /// How long one upstream exchange whose answer is no pack (`info/refs`, `ls-refs`) may
+    /// take in all, if shorter than `upstream_transfer_timeout`.
+    pub upstream_listing_timeout: Duration,
     /// Packs a mirror may gather before it is consolidated.
     pub consolidate_after: usize,
     /// Pack generation settings. Without a store of objects compressed again
@@ -352,6 +355,7 @@ impl ProxyConfig {
             extra_ref_prefixes: Vec::new(),
             upstream_timeout: Duration::from_secs(30),
             upstream_transfer_timeout: Duration::from_secs(3600),
+            upstream_listing_timeout: gitcache_upstream::Limits::default().listing_timeout,
             consolidate_after: gitcache_mirror::registry::DEFAULT_CONSOLIDATE_AFTER,
             pack: gitcache_pack::Options::default(),
             limits: Limits::default(),
@@ -399,9 +403,87 @@ pub(crate) fn url_host(url: &str) -> Result<String, String> {
     Ok(authority.to_ascii_lowercase())
 }
 
+/// The most extra ref prefixes mirrored, and the longest one, in bytes: each is a line of
+/// every refresh's `ls-refs`.
+const MAX_EXTRA_REF_PREFIXES: usize = 64;
+const MAX_EXTRA_REF_PREFIX_BYTES: usize = 256;
+
+/// Whether `prefixes` can be mirrored besides branches and tags: each under `refs/`, short,
+/// of characters a ref name may have, and apart from gitcache's own refs.
+pub(crate) fn check_extra_ref_prefixes(prefixes: &[String]) -> Result<(), String> {
+    if prefixes.len() > MAX_EXTRA_REF_PREFIXES {
+        return Err(format!(
+            "at most {MAX_EXTRA_REF_PREFIXES} extra ref prefixes, not {}",
+            prefixes.len()
+        ));
+    }
+    for prefix in prefixes {
+        let shown = prefix.escape_debug();
+        if !prefix.starts_with("refs/") {
+            return Err(format!("extra ref prefix '{shown}' must start with refs/"));
+        }
+        if prefix.len() > MAX_EXTRA_REF_PREFIX_BYTES {
+            return Err(format!(
+                "extra ref prefix '{shown}' is over {MAX_EXTRA_REF_PREFIX_BYTES} bytes"
+            ));
+        }
+        if prefix
+            .bytes()
+            .any(|b| b.is_ascii_control() || b" ~^:?*[\\".contains(&b))
+            || prefix.contains("..")
+            || prefix.contains("//")
+        {
+            return Err(format!(
+                "extra ref prefix '{shown}' has characters no ref name has"
+            ));
+        }
+        if gitcache_mirror::mirror::reaches_own_refs(prefix) {
+            return Err(format!(
+                "extra ref prefix '{shown}' would take in gitcache's own refs ({}); name the \
+                 namespaces wanted instead, such as refs/pull/",
+                gitcache_mirror::mirror::OWN_PREFIX
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_ref_prefixes_are_checked() {
+        let ok = |p: &[&str]| {
+            check_extra_ref_prefixes(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            ok(&["refs/pull/", "refs/merge-requests/", "refs/notes/"]),
+            Ok(())
+        );
+        for (prefix, message) in [
+            ("refs/", "gitcache's own refs"),
+            ("refs/gi", "gitcache's own refs"),
+            ("refs/gitcache/kept/", "gitcache's own refs"),
+            ("pull/", "must start with refs/"),
+            ("refs/pull/\n", "characters"),
+            ("refs/a b", "characters"),
+            ("refs/../x", "characters"),
+        ] {
+            let err = ok(&[prefix]).unwrap_err();
+            assert!(err.contains(message), "{prefix:?}: {err}");
+        }
+        let long = format!("refs/{}", "x".repeat(MAX_EXTRA_REF_PREFIX_BYTES));
+        assert!(ok(&[long.as_str()]).unwrap_err().contains("over 256 bytes"));
+        let many: Vec<String> = (0..=MAX_EXTRA_REF_PREFIXES)
+            .map(|i| format!("refs/n{i}/"))
+            .collect();
+        assert!(
+            check_extra_ref_prefixes(&many)
+                .unwrap_err()
+                .contains("at most 64")
+        );
+    }
 
     #[test]
     fn cache_lists_match_without_case_and_suffix() {

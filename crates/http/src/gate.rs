@@ -42,6 +42,7 @@ pub(crate) struct AccessGate {
     credentials: CredentialMode,
     static_tokens: BTreeMap<String, Secret>,
     transfer_timeout: Duration,
+    listing_timeout: Duration,
     /// Upstream connections kept between requests (per host and credential).
     connections: Connections,
 }
@@ -53,6 +54,7 @@ impl AccessGate {
             credentials: config.credentials,
             static_tokens: config.static_tokens.clone(),
             transfer_timeout: config.upstream_transfer_timeout,
+            listing_timeout: config.upstream_listing_timeout,
             connections: Connections::new(),
         }
     }
@@ -84,6 +86,7 @@ impl AccessGate {
     ) -> Result<Upstream, Error> {
         let limits = gitcache_upstream::Limits {
             transfer_timeout: self.transfer_timeout,
+            listing_timeout: self.listing_timeout,
             ..Default::default()
         };
         Ok(Upstream::new(&target.url, credential, target.timeout)?

@@ -179,6 +179,9 @@ pub enum ConfigError {
     /// An upstream URL is unusable.
     #[error("{0}")]
     Upstream(String),
+    /// An extra ref prefix cannot be mirrored.
+    #[error("{0}")]
+    RefPrefix(String),
     /// The object store is configured wrongly.
     #[error("object store: {0}")]
     ObjectStore(#[from] gitcache_storage::store::StoreError),
@@ -221,6 +224,8 @@ impl Proxy {
         for url in config.hosts.values() {
             url_host(url).map_err(ConfigError::Upstream)?;
         }
+        crate::config::check_extra_ref_prefixes(&config.extra_ref_prefixes)
+            .map_err(ConfigError::RefPrefix)?;
         // Every upstream name becomes the first folder of its mirrors' keys: each must be
         // one, and two upstreams must not share one (their grants and mirrors would mix).
         let mut folders: HashMap<PathBuf, &str> = HashMap::new();

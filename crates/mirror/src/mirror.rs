@@ -293,7 +293,7 @@ impl Mirror {
         let extra_prefixes: Vec<&str> = extra_prefixes
             .iter()
             .copied()
-            .filter(|p| !KEPT_PREFIX.starts_with(p) && !p.starts_with(KEPT_PREFIX))
+            .filter(|p| !reaches_own_refs(p))
             .collect();
         prefixes.extend(extra_prefixes.iter().map(|p| BString::from(*p)));
         let local = repo.refs()?;
@@ -384,6 +384,9 @@ impl Mirror {
         // other refs are mirrored.
         let mut remote = remote;
         remote.retain(|line| !line.name.starts_with(KEPT_PREFIX.as_bytes()));
+        // Unborn refs were not asked for (an upstream that sends one anyway would point the
+        // mirror's `HEAD` at a branch it does not have).
+        remote.retain(|line| line.oid.is_some());
         let mut left_out: Vec<RefLine> = Vec::new();
         let mut leave_out = |line: &RefLine| {
             if left_out.len() < MAX_LEFT_OUT && reported_left_out(line) {
@@ -1430,9 +1433,15 @@ pub(crate) fn remove_pack(dir: &Path, stem: &str) -> std::io::Result<()> {
 /// reachable, so that consolidation keeps them and every instance gets them.
 pub const KEPT_PREFIX: &str = "refs/gitcache/kept/";
 
-/// Where gitcache's own refs are (see [`KEPT_PREFIX`]): no upstream's symbolic ref may point
-/// there.
-const OWN_PREFIX: &str = "refs/gitcache/";
+/// Where gitcache's own refs are (see [`KEPT_PREFIX`]): no upstream's ref is mirrored there
+/// and no upstream's symbolic ref may point there.
+pub const OWN_PREFIX: &str = "refs/gitcache/";
+
+/// Whether refs named with `prefix` can include gitcache's own ([`OWN_PREFIX`]): such a
+/// prefix is never asked of an upstream (`refs/` among them).
+pub fn reaches_own_refs(prefix: &str) -> bool {
+    OWN_PREFIX.starts_with(prefix) || prefix.starts_with(OWN_PREFIX)
+}
 
 /// How many days a kept commit stays after the day it was fetched.
 pub const KEEP_DAYS: u64 = 7;

@@ -371,6 +371,9 @@ async fn refs_no_git_would_write_are_left_out() {
         format!("{tip} refs/notes/unasked"),
         format!("{tip} HEAD symref-target:../../config"),
         format!("{tip} HEAD symref-target:HEAD"),
+        // Unborn lines, not asked for: none is taken.
+        "unborn HEAD symref-target:refs/heads/unborn".to_owned(),
+        "unborn refs/heads/unborn".to_owned(),
     ] {
         upstream.inject(
             Fault::ExtraLine(line.clone().into_bytes()),
@@ -386,6 +389,19 @@ async fn refs_no_git_would_write_are_left_out() {
         assert_eq!(std::fs::read(mirror.git_dir().join("HEAD")).unwrap(), head);
     }
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+
+    // A listing whose `HEAD` is unborn, not asked for: the mirror's `HEAD` stays.
+    let mut listing = Vec::new();
+    for line in [
+        "unborn HEAD symref-target:refs/heads/unborn\n".to_owned(),
+        format!("{tip} refs/heads/main\n"),
+    ] {
+        listing.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes());
+    }
+    listing.extend_from_slice(b"0000");
+    upstream.inject(Fault::Replay(listing), 1, Some(RequestKind::LsRefs));
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(std::fs::read(mirror.git_dir().join("HEAD")).unwrap(), head);
 
     // The upstream's `HEAD` names a ref outside the prefixes mirrored: the mirror's stays as
     // it was, naming a ref it has.

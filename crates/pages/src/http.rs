@@ -1045,6 +1045,16 @@ impl PagesService {
             upstream.public_only()
         };
         let source = format!("{url}#{branch}");
+        // Checked again when the site is built; here, before anything is fetched.
+        if !crate::site::source_fits(&source) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the repository URL and branch are over {} bytes or have control characters",
+                    crate::manifest::MAX_PATH
+                ),
+            );
+        }
         // The site's version before its tree is read: a deploy committed from here on, during
         // the fetch as during the upload, is one this deploy must not go over blindly.
         let since = match self.pages.site_version(host, project).await {

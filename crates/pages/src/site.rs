@@ -807,6 +807,12 @@ fn parse_hex(name: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Whether `source` (a deploy's `url#branch`) can be a manifest's: at most
+/// [`MAX_PATH`](crate::manifest::MAX_PATH) bytes, without control characters.
+pub fn source_fits(source: &str) -> bool {
+    source.len() <= crate::manifest::MAX_PATH && !source.chars().any(char::is_control)
+}
+
 /// Blob contents by their SHA-256.
 type Blobs = BTreeMap<[u8; 32], Vec<u8>>;
 
@@ -819,7 +825,7 @@ fn build(
     if commit.is_empty() || commit.len() > 64 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Name(commit.to_owned()));
     }
-    if source.len() > crate::manifest::MAX_PATH || source.chars().any(char::is_control) {
+    if !source_fits(source) {
         return Err(Error::Name(source.to_owned()));
     }
     let files = tree

@@ -187,6 +187,14 @@ pub(crate) struct Flags {
         value_name = "SECONDS"
     )]
     pub(crate) upstream_transfer_timeout: Option<u64>,
+    /// Seconds one upstream exchange whose answer is no pack (`info/refs`, `ls-refs`) may
+    /// take in all, if shorter than the transfer timeout [default: 300].
+    #[arg(
+        long,
+        env = "GITCACHE_UPSTREAM_LISTING_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    pub(crate) upstream_listing_timeout: Option<u64>,
     /// Packs a mirror may gather before it is consolidated [default: 8].
     #[arg(long, env = "GITCACHE_CONSOLIDATE_AFTER", value_name = "N")]
     pub(crate) consolidate_after: Option<usize>,
@@ -353,6 +361,7 @@ struct File {
     extra_ref_prefixes: Vec<String>,
     upstream_timeout: Option<u64>,
     upstream_transfer_timeout: Option<u64>,
+    upstream_listing_timeout: Option<u64>,
     consolidate_after: Option<usize>,
     compression_level: Option<u32>,
     shutdown_grace: Option<u64>,
@@ -532,6 +541,19 @@ pub(crate) struct Config {
     pub(crate) warnings: Vec<String>,
 }
 
+/// The longest span any setting in seconds may name: a year. Larger values added to a
+/// clock overflowed it, a panic at start (the shutdown grace) or on the first request
+/// that used the span.
+const MAX_SETTING_SECS: u64 = 366 * 24 * 3600;
+
+/// A setting in seconds as a span, refused when over [`MAX_SETTING_SECS`].
+fn seconds(what: &str, secs: u64) -> Result<Duration> {
+    if secs > MAX_SETTING_SECS {
+        bail!("{what} must be at most {MAX_SETTING_SECS} seconds (a year), not {secs}");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 fn pairs(what: &str, entries: &[String]) -> Result<BTreeMap<String, String>> {
     entries
         .iter()
@@ -611,7 +633,7 @@ impl Config {
         };
 
         if let Some(ttl) = flags.access_ttl.or(file.access_ttl) {
-            proxy.access_ttl = Duration::from_secs(ttl);
+            proxy.access_ttl = seconds("access TTL", ttl)?;
         }
         proxy.serve_stale = flags.serve_stale.or(file.serve_stale).unwrap_or(false);
         if let Some(mode) = flags.credential_mode.or(file.credential_mode) {
@@ -683,7 +705,7 @@ impl Config {
             anyhow::bail!("--bundle-uri needs a bucket (--s3-bucket): bundles are served from it");
         }
         if let Some(secs) = flags.storage_poll_interval.or(file.storage.poll_interval) {
-            proxy.storage_poll_interval = Duration::from_secs(secs);
+            proxy.storage_poll_interval = seconds("storage poll interval", secs)?;
         }
         proxy.max_mirror_bytes = flags
             .max_mirror_bytes
@@ -693,15 +715,16 @@ impl Config {
             proxy.min_free_bytes = bytes;
         }
         if let Some(secs) = flags.refresh_interval.or(file.mirrors.refresh_interval) {
-            proxy.refresh_interval = Duration::from_secs(secs);
+            proxy.refresh_interval = seconds("refresh interval", secs)?;
         }
         if let Some(secs) = flags.active_window.or(file.mirrors.active_window) {
-            proxy.active_window = Duration::from_secs(secs.max(1));
+            proxy.active_window = seconds("active window", secs.max(1))?;
         }
         proxy.first_fetch_wait = flags
             .first_fetch_wait
             .or(file.mirrors.first_fetch_wait)
-            .map(Duration::from_secs);
+            .map(|secs| seconds("first fetch wait", secs))
+            .transpose()?;
         if let Some(secs) = flags.lease_ttl.or(file.storage.lease_ttl) {
             proxy.lease_ttl = Duration::from_secs(secs.clamp(1, 3600));
         }
@@ -763,7 +786,16 @@ impl Config {
             if secs == 0 {
                 bail!("upstream transfer timeout must be at least 1 second");
             }
-            proxy.upstream_transfer_timeout = Duration::from_secs(secs);
+            proxy.upstream_transfer_timeout = seconds("upstream transfer timeout", secs)?;
+        }
+        if let Some(secs) = flags
+            .upstream_listing_timeout
+            .or(file.upstream_listing_timeout)
+        {
+            if secs == 0 {
+                bail!("upstream listing timeout must be at least 1 second");
+            }
+            proxy.upstream_listing_timeout = seconds("upstream listing timeout", secs)?;
         }
         if let Some(n) = flags.consolidate_after.or(file.consolidate_after) {
             proxy.consolidate_after = n.max(1);
@@ -784,15 +816,21 @@ impl Config {
             body_read_timeout: flags
                 .body_read_timeout
                 .or(fl.body_read_timeout)
-                .map_or(defaults.body_read_timeout, Duration::from_secs),
+                .map_or(Ok(defaults.body_read_timeout), |s| {
+                    seconds("body read timeout", s)
+                })?,
             header_read_timeout: flags
                 .header_read_timeout
                 .or(fl.header_read_timeout)
-                .map_or(defaults.header_read_timeout, Duration::from_secs),
+                .map_or(Ok(defaults.header_read_timeout), |s| {
+                    seconds("header read timeout", s)
+                })?,
             response_stall_timeout: flags
                 .response_stall_timeout
                 .or(fl.response_stall_timeout)
-                .map_or(defaults.response_stall_timeout, Duration::from_secs),
+                .map_or(Ok(defaults.response_stall_timeout), |s| {
+                    seconds("response stall timeout", s)
+                })?,
             min_read_rate: flags
                 .min_read_rate
                 .or(fl.min_read_rate)
@@ -829,7 +867,9 @@ impl Config {
                     .unwrap_or(defaults.admit_on_second_request),
                 admission_window: rc
                     .admission_window
-                    .map_or(defaults.admission_window, Duration::from_secs),
+                    .map_or(Ok(defaults.admission_window), |s| {
+                        seconds("response cache admission window", s)
+                    })?,
                 max_repo_bytes: flags
                     .response_cache_max_repo_bytes
                     .or(rc.max_repo_bytes)
@@ -842,7 +882,9 @@ impl Config {
                 cleanup_interval: flags
                     .response_cache_cleanup_interval
                     .or(rc.cleanup_interval)
-                    .map_or(defaults.cleanup_interval, |s| Duration::from_secs(s.max(1))),
+                    .map_or(Ok(defaults.cleanup_interval), |s| {
+                        seconds("response cache cleanup interval", s.max(1))
+                    })?,
             })
         } else {
             None
@@ -972,15 +1014,16 @@ impl Config {
                             .unwrap_or(gitcache_pages::site::DEFAULT_CACHE_BYTES as u64),
                     )
                     .unwrap_or(usize::MAX),
-                    sweep_interval: Duration::from_secs(
+                    sweep_interval: seconds(
+                        "pages.sweep_interval",
                         file.pages.sweep_interval.unwrap_or(3600).max(1),
-                    ),
+                    )?,
                     sweep_grace: match file.pages.sweep_grace.unwrap_or(3600) {
                         // Shorter than a deploy, a sweep could take the blobs of one under way.
                         grace if grace < MIN_SWEEP_GRACE => bail!(
                             "pages.sweep_grace must be at least {MIN_SWEEP_GRACE} seconds (longer than a deploy takes)"
                         ),
-                        grace => Duration::from_secs(grace),
+                        grace => seconds("pages.sweep_grace", grace)?,
                     },
                 })
             }
@@ -998,7 +1041,7 @@ impl Config {
             .catalog_reload_interval
             .or(file.catalog_reload_interval)
         {
-            proxy.catalog_reload_interval = Duration::from_secs(secs.max(1));
+            proxy.catalog_reload_interval = seconds("catalog reload interval", secs.max(1))?;
         }
         let database = flags
             .database_url
@@ -1012,9 +1055,10 @@ impl Config {
             pages,
             database,
             proxy,
-            shutdown_grace: Duration::from_secs(
+            shutdown_grace: seconds(
+                "shutdown grace",
                 flags.shutdown_grace.or(file.shutdown_grace).unwrap_or(30),
-            ),
+            )?,
             log_format,
             log_level,
             warnings,
@@ -1128,6 +1172,7 @@ listen = "127.0.0.1:9999"
 upstream = "https://git.example/"
 access_ttl = 5
 serve_stale = true
+upstream_listing_timeout = 120
 extra_ref_prefixes = ["refs/pull/"]
 [hosts]
 "GitLab.example" = "https://gitlab.example/"
@@ -1172,6 +1217,14 @@ min_free_bytes = 0
         assert_eq!(config.proxy.active_window, Duration::from_secs(7200));
         assert_eq!(config.proxy.max_mirror_bytes, Some(5_000_000_000));
         assert_eq!(config.proxy.min_free_bytes, 0);
+        assert_eq!(
+            config.proxy.upstream_listing_timeout,
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            parse(&[]).unwrap().proxy.upstream_listing_timeout,
+            Duration::from_secs(300)
+        );
     }
 
     #[test]
@@ -1261,6 +1314,19 @@ min_free_bytes = 0
             (&["--cache-repo", "justone"], "must be owner/repo"),
             (&["--extra-ref-prefix", "pull/"], "must start with refs/"),
             (&["--log-format", "xml"], "unknown log format"),
+            (
+                &["--shutdown-grace", "18446744073709551615"],
+                "shutdown grace must be at most 31622400 seconds",
+            ),
+            (
+                &["--upstream-transfer-timeout", "31622401"],
+                "upstream transfer timeout must be at most",
+            ),
+            (
+                &["--refresh-interval", "99999999999"],
+                "refresh interval must be",
+            ),
+            (&["--access-ttl", "99999999999"], "access TTL must be"),
             (
                 &["--admin-listen", "127.0.0.1:9091"],
                 "needs at least one --admin-token",

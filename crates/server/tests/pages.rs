@@ -115,6 +115,32 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     );
     assert_eq!(refused.status, 400, "{}", refused.body_text());
     assert!(refused.body_text().len() < 2048);
+    // A source too long for a site's manifest, and a URL with a password in it, likewise
+    // (the password not shown).
+    let long_url = format!("{repo_url}{}", "/x".repeat(1_900));
+    let too_long = http(
+        &addr,
+        "PUT",
+        "/blog/",
+        &[
+            ("Host", "site.example"),
+            ("X-Pages-Branch", &"b".repeat(1_000)),
+        ],
+        long_url.as_bytes(),
+    );
+    assert_eq!(too_long.status, 400, "{}", too_long.body_text());
+    assert!(too_long.body_text().contains("over 4096 bytes"));
+    let with_password = repo_url.replacen("http://", "http://me:s3cret@", 1);
+    let refused = http(
+        &addr,
+        "PUT",
+        "/blog/",
+        &[("Host", "site.example")],
+        with_password.as_bytes(),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body_text());
+    assert!(refused.body_text().contains("user information"));
+    assert!(!refused.body_text().contains("s3cret"));
     let after = upstream.counts();
     assert_eq!(
         (after.info_refs, after.ls_refs),

@@ -339,6 +339,17 @@ impl std::fmt::Debug for Upstream {
 }
 
 /// TLS with the system's trusted roots, loaded once.
+/// `url` with any user information in its authority replaced by `***`, to be shown.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find('/').unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 fn default_tls() -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
     static CONFIG: std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>> =
         std::sync::OnceLock::new();
@@ -375,7 +386,7 @@ impl Upstream {
     /// [`Limits::transfer_timeout`].
     pub fn new(url: &str, authorization: Option<String>, timeout: Duration) -> Result<Self, Error> {
         let bad = |reason| Error::Url {
-            url: url.to_owned(),
+            url: without_userinfo(url),
             reason,
         };
         let (rest, tls, default_port) = match url.split_once("://") {
@@ -384,6 +395,22 @@ impl Upstream {
             _ => return Err(bad("expected http(s)://host[:port]/path")),
         };
         let (authority, path) = rest.split_once('/').ok_or(bad("no repository path"))?;
+        // A password in the URL would be in every error and log line naming it, and would
+        // not be sent anyway: the credential is `authorization`.
+        if authority.contains('@') {
+            return Err(bad(
+                "user information in the URL (the credential is given on its own)",
+            ));
+        }
+        if authority.is_empty() || authority.starts_with(':') {
+            return Err(bad("no host"));
+        }
+        if path
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ' || b == b'#' || b == b'?')
+        {
+            return Err(bad("the path has spaces, control characters, '?' or '#'"));
+        }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad("bad port"))?),
             None => (authority.to_owned(), default_port),
@@ -1015,9 +1042,36 @@ fn encode(format: HashKind, command: Command) -> Result<Vec<u8>, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_public;
+    use super::{Upstream, is_public, without_userinfo};
+    use std::time::Duration;
 
     /// A request line longer than a pkt-line holds is an error, not a panic.
+    #[test]
+    fn urls_with_user_information_or_no_host_are_refused_without_showing_it() {
+        let timeout = Duration::from_secs(1);
+        for (url, reason) in [
+            ("https://user:s3cret@example.com/o/r", "user information"),
+            ("http://tok3n@127.0.0.1:8080/o/r", "user information"),
+            ("http:///o/r", "no host"),
+            ("http://:80/o/r", "no host"),
+            ("http://127.0.0.1/o/r x", "spaces"),
+            ("http://127.0.0.1/o/r\r\nHost: x", "control characters"),
+            ("http://127.0.0.1/o/r?x=1", "'?'"),
+            ("ftp://127.0.0.1/o/r", "http(s)"),
+        ] {
+            let err = Upstream::new(url, None, timeout).unwrap_err().to_string();
+            assert!(err.contains(reason), "{url}: {err}");
+            assert!(!err.contains("s3cret") && !err.contains("tok3n"), "{err}");
+        }
+        assert_eq!(
+            without_userinfo("https://a:b@example.com/x@y"),
+            "https://***@example.com/x@y"
+        );
+        assert_eq!(without_userinfo("example.com/x@y"), "example.com/x@y");
+        let fine = Upstream::new("http://127.0.0.1:8080/o/r.git", None, timeout).unwrap();
+        assert_eq!((fine.host.as_str(), fine.port), ("127.0.0.1", 8080));
+    }
+
     #[test]
     fn a_request_too_long_for_a_pkt_line_is_an_error() {
         use super::HashKind;
