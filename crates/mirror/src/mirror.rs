@@ -772,6 +772,11 @@ impl Mirror {
                 },
             });
         let (mut sender, receiver) = tokio::io::duplex(RECEIVE_BUFFER);
+        // Once the pack is whole, what follows it (the response's end) must come within one
+        // idle timeout in all: an upstream sending progress now and then after its pack
+        // held the refresh, and every fetch waiting for it, for the transfer timeout.
+        let after_pack = std::sync::Arc::new(std::sync::OnceLock::new());
+        let after_pack_within = upstream.idle_timeout();
         let download = async move {
             let result = upstream.fetch_into(format, fetch, &mut sender).await;
             // The reader sees the end of the response here, or its cut when the fetch failed.
@@ -785,6 +790,7 @@ impl Mirror {
             inner: BlockingRead {
                 inner: receiver,
                 runtime: tokio::runtime::Handle::current(),
+                deadline: std::sync::Arc::clone(&after_pack),
             },
             dir: self.git_dir.clone(),
             keep: self.keep_free,
@@ -822,9 +828,20 @@ impl Mirror {
                 })?;
                 // Read what follows the pack (the response's end), so that the download finishes
                 // as it would have unread. The pack is in place, whole and checked, by now: what
-                // comes after it cannot make it a failed fetch.
-                if let Err(err) = std::io::copy(&mut pack, &mut std::io::sink()) {
-                    tracing::warn!(%err, "the upstream's response failed after a whole pack");
+                // comes after it cannot make it a failed fetch. At most a MiB of it, within one
+                // idle timeout; past either the response is dropped (its connection with it).
+                let _ = after_pack.set(tokio::time::Instant::now() + after_pack_within);
+                let mut rest = std::io::Read::take(&mut pack, MAX_AFTER_PACK);
+                match std::io::copy(&mut rest, &mut std::io::sink()) {
+                    Ok(MAX_AFTER_PACK) => {
+                        tracing::warn!(
+                            "the upstream's response went on after a whole pack: dropped"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(%err, "the upstream's response failed after a whole pack");
+                    }
                 }
                 Ok(ingested)
             })();
@@ -1061,14 +1078,31 @@ const RECEIVE_BUFFER: usize = 1 << 20;
 struct BlockingRead {
     inner: tokio::io::DuplexStream,
     runtime: tokio::runtime::Handle,
+    /// Once set, reads end at this instant with [`std::io::ErrorKind::TimedOut`].
+    deadline: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
 }
 
 impl std::io::Read for BlockingRead {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use tokio::io::AsyncReadExt;
-        self.runtime.block_on(self.inner.read(buf))
+        let Some(&deadline) = self.deadline.get() else {
+            return self.runtime.block_on(self.inner.read(buf));
+        };
+        self.runtime.block_on(async {
+            tokio::time::timeout_at(deadline, self.inner.read(buf))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the upstream's response did not end in time after its pack",
+                    ))
+                })
+        })
     }
 }
+
+/// The most bytes of band 1 read after a whole pack before the response is dropped.
+const MAX_AFTER_PACK: u64 = 1 << 20;
 
 /// `pack-<checksum>` of a pack's path.
 fn pack_stem(path: &Path) -> String {

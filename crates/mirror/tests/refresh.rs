@@ -588,6 +588,35 @@ async fn a_trickling_listing_is_cut_off_at_the_listing_timeout() {
     assert!(!refs(mirror.git_dir()).is_empty());
 }
 
+/// An upstream that goes on after its pack, progress now and then within the idle timeout,
+/// is given one idle timeout for the rest of its answer: the pack, whole and checked, is
+/// taken, and the refresh ends, not held for the transfer timeout's hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_after_a_whole_pack_ends_within_an_idle_timeout() {
+    let (upstream, source) = public_repo(RepoSpec::tiny(1226));
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
+    let up = Client::new(
+        &upstream.repo_url("acme/widgets"),
+        None,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    upstream.inject(
+        Fault::TrailingProgress(Duration::from_millis(100)),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    // A bound on liveness, not on speed: without the idle timeout's bound the refresh
+    // waits for the transfer timeout, an hour.
+    tokio::time::timeout(Duration::from_secs(120), mirror.refresh(&up, &[]))
+        .await
+        .expect("the refresh ends after the pack")
+        .unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
 /// Issue 12: the timeout is for silence, not for the whole download: an upstream that is
 /// slow but steady gets a large pack through although it takes longer than the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

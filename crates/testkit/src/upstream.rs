@@ -140,6 +140,9 @@ pub enum Fault {
     /// Close the connection without answering (as a server does whose keep-alive ran out
     /// just as the request arrived).
     Hangup,
+    /// Serve, but in place of the answer's final flush send a progress line (side band 2)
+    /// this often, without end (an upstream that goes on after its pack).
+    TrailingProgress(Duration),
 }
 
 /// Marks a response that is not to be sent: the connection is closed instead.
@@ -665,6 +668,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
     let mut pause = None;
     let mut extra_line = None;
     let mut preamble = false;
+    let mut trailing = None;
     for fault in take_fault(&shared, kind) {
         match fault {
             Fault::Status(code) => {
@@ -678,6 +682,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
             Fault::PauseBody(wait) => pause = Some(wait),
             Fault::ExtraLine(line) => extra_line = Some(line),
             Fault::ServicePreamble => preamble = true,
+            Fault::TrailingProgress(every) => trailing = Some(every),
             Fault::Endless => {
                 let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(2);
                 tokio::spawn(async move {
@@ -813,6 +818,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
                 Some(line) => with_extra_line(resp, &line).await,
                 None => resp,
             };
+            let resp = match trailing {
+                Some(every) => with_trailing_progress(resp, every).await,
+                None => resp,
+            };
             match preamble {
                 true => with_preamble(resp).await,
                 false => resp,
@@ -845,19 +854,23 @@ async fn with_preamble(resp: Response<Body>) -> Response<Body> {
     )
 }
 
-/// `resp` with a pkt-line of `payload` inserted before its final flush.
-async fn with_extra_line(resp: Response<Body>, payload: &[u8]) -> Response<Body> {
+/// The body of `resp`, whole, and where its final flush starts (its length without one).
+async fn before_final_flush(
+    resp: Response<Body>,
+) -> (hyper::http::response::Parts, Vec<u8>, usize) {
     let (parts, body) = resp.into_parts();
-    let mut bytes = body
+    let bytes = body
         .collect()
         .await
         .map(|b| b.to_bytes().to_vec())
         .unwrap_or_default();
-    let at = if bytes.ends_with(b"0000") {
-        bytes.len() - 4
-    } else {
-        bytes.len()
-    };
+    let at = bytes.len() - if bytes.ends_with(b"0000") { 4 } else { 0 };
+    (parts, bytes, at)
+}
+
+/// `resp` with a pkt-line of `payload` inserted before its final flush.
+async fn with_extra_line(resp: Response<Body>, payload: &[u8]) -> Response<Body> {
+    let (parts, mut bytes, at) = before_final_flush(resp).await;
     let mut line = format!("{:04x}", payload.len() + 4).into_bytes();
     line.extend_from_slice(payload);
     bytes.splice(at..at, line);
@@ -867,6 +880,27 @@ async fn with_extra_line(resp: Response<Body>, payload: &[u8]) -> Response<Body>
             .map_err(|never| match never {})
             .boxed(),
     )
+}
+
+/// `resp` without its final flush, progress lines following it every `every` until the
+/// client hangs up.
+async fn with_trailing_progress(resp: Response<Body>, every: Duration) -> Response<Body> {
+    let (parts, mut bytes, at) = before_final_flush(resp).await;
+    bytes.truncate(at);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(2);
+    tokio::spawn(async move {
+        let line = Bytes::from_static(b"0011\x02still going\n");
+        if tx.send(Ok(Frame::data(Bytes::from(bytes)))).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            if tx.send(Ok(Frame::data(line.clone()))).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::from_parts(parts, BodyExt::boxed(ChannelBody(rx)))
 }
 
 /// How a served response body is bent on its way out.

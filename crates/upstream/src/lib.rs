@@ -429,6 +429,12 @@ impl Upstream {
         })
     }
 
+    /// The idle timeout: the longest the upstream may keep gitcache waiting for a response
+    /// head or the next bytes of a body.
+    pub fn idle_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// A digest of the credential this upstream is asked with (the same for every upstream
     /// asked with the same one, or with none, in this process; keyed anew in each process):
     /// to tell whether an outcome was another credential's without keeping the secret.
