@@ -45,6 +45,8 @@ enum Kind {
         std::time::Duration,
         Option<Pin<Box<tokio::time::Sleep>>>,
     ),
+    /// These bytes, then that body.
+    After(Option<Bytes>, Box<Body>),
 }
 
 impl Body {
@@ -70,6 +72,15 @@ impl Body {
     /// client takes to read does not count: only waits for the upstream do).
     pub fn upstream(body: ResponseBody, idle: std::time::Duration) -> Self {
         Body(Kind::Upstream(body, idle, None), None)
+    }
+
+    /// `first`, then `rest`: a body of which the first bytes were read already.
+    pub fn after(first: impl Into<Bytes>, rest: Body) -> Self {
+        let first = first.into();
+        Body(
+            Kind::After((!first.is_empty()).then_some(first), Box::new(rest)),
+            None,
+        )
     }
 
     /// This body, keeping `held` until it is sent whole or dropped (a client gone).
@@ -112,6 +123,10 @@ impl hyper::body::Body for Body {
                     }
                 }
             },
+            Kind::After(first, rest) => match first.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
+            },
         };
         if let Poll::Ready(None | Some(Err(_))) = frame {
             // Sent whole (or broken off): what it held is let go now, whenever the server
@@ -126,6 +141,7 @@ impl hyper::body::Body for Body {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Channel(_) => false,
             Kind::Upstream(body, ..) => body.is_end_stream(),
+            Kind::After(first, rest) => first.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -134,6 +150,16 @@ impl hyper::body::Body for Body {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Channel(_) => SizeHint::default(),
             Kind::Upstream(body, ..) => body.size_hint(),
+            Kind::After(first, rest) => {
+                let first = first.as_ref().map_or(0, |b| b.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(first));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(first));
+                }
+                hint
+            }
         }
     }
 }

@@ -150,26 +150,65 @@ impl AccessGate {
                 target.timeout,
             )));
         }
-        let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(
-            target.timeout,
-            http_body_util::Limited::new(body, MAX_ADVERTISEMENT).collect(),
-        )
+        // As git's client reads it: without smart HTTP's type the answer is a dumb server's
+        // (or anything else), no advertisement to read; the client gets it as it is.
+        if !is_advertisement(response.headers()) {
+            tracing::info!("upstream answered without an advertisement's type: passed on");
+            return Ok(Verified::Answer(passed_on(
+                response,
+                started,
+                target.timeout,
+            )));
+        }
+        let (parts, mut body) = response.into_parts();
+        let read = tokio::time::timeout(target.timeout, async {
+            let mut read = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    read.extend_from_slice(&data);
+                    if read.len() > MAX_ADVERTISEMENT {
+                        return Ok((read, false));
+                    }
+                }
+            }
+            Ok::<_, hyper::Error>((read, true))
+        })
         .await
         .map_err(|_| gitcache_upstream::Error::Timeout(target.timeout))?
-        .map_err(|e| gitcache_upstream::Error::Protocol(format!("advertisement: {e}")))?
-        .to_bytes();
-        match advertise::read_advertised(&body) {
-            Ok(Advertised::V2(kind)) => Ok(Verified::V2(kind)),
-            Ok(Advertised::Other) => {
-                // Not v2 after all: the client gets the upstream's own answer.
-                let mut response = Response::from_parts(parts, Body::full(body));
+        .map_err(|e| gitcache_upstream::Error::Protocol(format!("advertisement: {e}")))?;
+        let (read, whole) = read;
+        match (advertise::read_advertised(&read), whole) {
+            (Ok(Advertised::V2(kind)), true) => Ok(Verified::V2(kind)),
+            (Ok(Advertised::V2(_)), false) => Err(gitcache_upstream::Error::Protocol(format!(
+                "advertisement: a v2 advertisement over {MAX_ADVERTISEMENT} bytes"
+            ))
+            .into()),
+            (Ok(Advertised::Other), _) => {
+                // Not v2 after all (its first line tells): the client gets the upstream's own
+                // answer, what was read of it and then the rest as it comes.
+                let answer = match whole {
+                    true => Body::full(read),
+                    false => Body::after(read, Body::upstream(body, target.timeout)),
+                };
+                let mut response = Response::from_parts(parts, answer);
                 strip_hop_by_hop(response.headers_mut());
                 Ok(Verified::Answer(response))
             }
-            Err(err) => {
+            (Err(err), _) => {
                 Err(gitcache_upstream::Error::Protocol(format!("advertisement: {err}")).into())
             }
         }
     }
+}
+
+/// Whether `headers` give smart HTTP's type of an upload-pack advertisement.
+fn is_advertisement(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-git-upload-pack-advertisement")
+        })
 }

@@ -174,6 +174,90 @@ fn an_upstream_sending_the_v0_preamble_before_v2_is_cached() {
     );
 }
 
+/// An upstream whose `info/refs` is no v2 advertisement is passed on as it answered: a dumb
+/// server's listing (not smart HTTP's type, as git's client tells them apart) and a v0
+/// advertisement longer than the gate reads of one, whole. A v2 advertisement that long is
+/// refused.
+#[test]
+fn info_refs_that_is_no_v2_advertisement_is_passed_on_whole() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/old", &RepoSpec::tiny(403));
+    let cache = Gitcache::start(&upstream, &[]);
+    let oid = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
+    let get = || {
+        http(
+            &cache.addr,
+            "GET",
+            "/acme/old.git/info/refs?service=git-upload-pack",
+            &[("Git-Protocol", "version=2")],
+            b"",
+        )
+    };
+
+    let dumb = format!("{oid}\trefs/heads/main\n").into_bytes();
+    upstream.inject(
+        Fault::ReplayAs {
+            content_type: "text/plain",
+            body: dumb.clone(),
+        },
+        1,
+        Some(RequestKind::InfoRefs),
+    );
+    let answer = get();
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    assert_eq!(answer.content(), dumb);
+    assert_eq!(answer.header("content-type").as_deref(), Some("text/plain"));
+
+    let mut v0 = Vec::new();
+    pkt(&mut v0, "# service=git-upload-pack");
+    v0.extend_from_slice(b"0000");
+    pkt(
+        &mut v0,
+        &format!("{oid} HEAD\0multi_ack side-band-64k ofs-delta"),
+    );
+    let mut branch = 0;
+    while v0.len() <= 1_200_000 {
+        pkt(&mut v0, &format!("{oid} refs/heads/branch-{branch}"));
+        branch += 1;
+    }
+    v0.extend_from_slice(b"0000");
+    let advertisement = "application/x-git-upload-pack-advertisement";
+    upstream.inject(
+        Fault::ReplayAs {
+            content_type: advertisement,
+            body: v0.clone(),
+        },
+        1,
+        Some(RequestKind::InfoRefs),
+    );
+    let answer = get();
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    assert!(answer.content() == v0, "the v0 advertisement, whole");
+
+    let mut v2 = Vec::new();
+    pkt(&mut v2, "version 2");
+    while v2.len() <= 1_200_000 {
+        pkt(&mut v2, &format!("agent=git/{}", "x".repeat(1000)));
+    }
+    v2.extend_from_slice(b"0000");
+    upstream.inject(
+        Fault::ReplayAs {
+            content_type: advertisement,
+            body: v2,
+        },
+        1,
+        Some(RequestKind::InfoRefs),
+    );
+    let answer = get();
+    assert_eq!(answer.status, 502, "{}", answer.body_text());
+    // The log is read as the server writes it.
+    common::wait_for("the cause logged", || {
+        cache
+            .log()
+            .contains("a v2 advertisement over 1048576 bytes")
+    });
+}
+
 #[test]
 fn the_actions_checkout_fetch_with_an_extraheader_credential() {
     let upstream = Upstream::start().unwrap();

@@ -137,11 +137,20 @@ pub enum Fault {
     /// Answer 200 with these bytes as an upload-pack result (an answer recorded earlier,
     /// sent again for another request).
     Replay(Vec<u8>),
+    /// Answer 200 with these bytes and this `Content-Type` (a dumb server's `info/refs`, a
+    /// v0 advertisement).
+    ReplayAs {
+        /// The `Content-Type`.
+        content_type: &'static str,
+        /// The body.
+        body: Vec<u8>,
+    },
     /// Close the connection without answering (as a server does whose keep-alive ran out
     /// just as the request arrived).
     Hangup,
     /// Serve, but in place of the answer's final flush send a progress line (side band 2)
-    /// this often, without end (an upstream that goes on after its pack).
+    /// this often, without end (an upstream that goes on after its pack); with no wait,
+    /// frames of 4,096 lines as fast as they go.
     TrailingProgress(Duration),
 }
 
@@ -727,17 +736,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
                     .expect("static response");
                 return finish(&shared, record, resp);
             }
-            Fault::Replay(bytes) => {
-                let resp = Response::builder()
-                    .status(StatusCode::OK)
-                    .header("content-type", "application/x-git-upload-pack-result")
-                    .body(
-                        Full::new(Bytes::from(bytes))
-                            .map_err(|never| match never {})
-                            .boxed(),
-                    )
-                    .expect("static response");
-                return finish(&shared, record, resp);
+            Fault::Replay(body) => {
+                let content_type = "application/x-git-upload-pack-result";
+                return finish(&shared, record, replayed(content_type, body));
+            }
+            Fault::ReplayAs { content_type, body } => {
+                return finish(&shared, record, replayed(content_type, body));
             }
             Fault::Hangup => {
                 let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, "hung up");
@@ -835,6 +839,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
     finish(&shared, record, resp)
 }
 
+/// A 200 answer of `body` with this `Content-Type`.
+fn replayed(content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .expect("static response")
+}
+
 /// `resp` preceded by git's v0 preamble for upload-pack.
 async fn with_preamble(resp: Response<Body>) -> Response<Body> {
     let (parts, body) = resp.into_parts();
@@ -889,7 +906,9 @@ async fn with_trailing_progress(resp: Response<Body>, every: Duration) -> Respon
     bytes.truncate(at);
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(2);
     tokio::spawn(async move {
-        let line = Bytes::from_static(b"0011\x02still going\n");
+        // Without a wait, as fast as it goes: many lines to a frame.
+        let lines = if every.is_zero() { 4096 } else { 1 };
+        let line = Bytes::from(b"0011\x02still going\n".repeat(lines));
         if tx.send(Ok(Frame::data(Bytes::from(bytes)))).await.is_err() {
             return;
         }
