@@ -390,16 +390,21 @@ impl ProxyConfig {
 
 /// The host part of a base URL (`https://github.com` -> `github.com`), or why not.
 pub(crate) fn url_host(url: &str) -> Result<String, String> {
+    let shown = gitcache_upstream::without_userinfo(url);
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("upstream URL '{url}' must start with http:// or https://"))?;
+        .ok_or_else(|| format!("upstream URL '{shown}' must start with http:// or https://"))?;
     let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() || authority.contains('@') {
+    if authority.is_empty() || url.contains('@') {
         return Err(format!(
-            "upstream URL '{url}' needs a host (and no user information)"
+            "upstream URL '{shown}' needs a host (and no user information)"
         ));
     }
+    // As requests will reach it: a repository's URL under it must be one.
+    let repository = format!("{}/owner/repo", url.trim_end_matches('/'));
+    gitcache_upstream::Upstream::new(&repository, None, std::time::Duration::from_secs(1))
+        .map_err(|err| format!("upstream URL '{shown}': {err}"))?;
     Ok(authority.to_ascii_lowercase())
 }
 
@@ -524,7 +529,19 @@ mod tests {
             "127.0.0.1:9000"
         );
         assert!(url_host("ftp://x").is_err());
-        assert!(url_host("https://user:pw@host").is_err());
+        let err = url_host("https://user:s3cret@host").unwrap_err();
+        assert!(
+            err.contains("no user information") && !err.contains("s3cret"),
+            "{err}"
+        );
+        for bad in [
+            "http://:80",
+            "https://h/x?y",
+            "http://h/a b",
+            "http://h:port",
+        ] {
+            assert!(url_host(bad).is_err(), "{bad}");
+        }
         assert_eq!(
             "static".parse::<CredentialMode>().unwrap(),
             CredentialMode::Static

@@ -777,6 +777,7 @@ impl Mirror {
         // held the refresh, and every fetch waiting for it, for the transfer timeout.
         let after_pack = std::sync::Arc::new(std::sync::OnceLock::new());
         let after_pack_within = upstream.idle_timeout();
+        let deadline = std::sync::Arc::clone(&after_pack);
         let download = async move {
             let result = upstream.fetch_into(format, fetch, &mut sender).await;
             // The reader sees the end of the response here, or its cut when the fetch failed.
@@ -791,6 +792,7 @@ impl Mirror {
                 inner: receiver,
                 runtime: tokio::runtime::Handle::current(),
                 deadline: std::sync::Arc::clone(&after_pack),
+                after: 0,
             },
             dir: self.git_dir.clone(),
             keep: self.keep_free,
@@ -830,15 +832,15 @@ impl Mirror {
                 // as it would have unread. The pack is in place, whole and checked, by now: what
                 // comes after it cannot make it a failed fetch. At most a MiB of it, within one
                 // idle timeout; past either the response is dropped (its connection with it).
-                let _ = after_pack.set(tokio::time::Instant::now() + after_pack_within);
-                let mut rest = std::io::Read::take(&mut pack, MAX_AFTER_PACK);
-                match std::io::copy(&mut rest, &mut std::io::sink()) {
-                    Ok(MAX_AFTER_PACK) => {
+                let _ = deadline.set(tokio::time::Instant::now() + after_pack_within);
+                match std::io::copy(&mut pack, &mut std::io::sink()) {
+                    Ok(0) => {}
+                    Ok(bytes) => {
                         tracing::warn!(
-                            "the upstream's response went on after a whole pack: dropped"
+                            bytes,
+                            "the upstream sent pack data after a whole pack: ignored"
                         );
                     }
-                    Ok(_) => {}
                     Err(err) => {
                         tracing::warn!(%err, "the upstream's response failed after a whole pack");
                     }
@@ -880,7 +882,19 @@ impl Mirror {
                 }
             }
             ingested = &mut take_in => match ingested {
-                Ok(Ok(ingested)) => (download.await, Ok(Ok(ingested))),
+                Ok(Ok(ingested)) => {
+                    // The pack is in: the download's end is not waited for past the deadline
+                    // of what follows the pack.
+                    let downloaded = match after_pack.get() {
+                        Some(&deadline) => tokio::time::timeout_at(deadline, &mut download)
+                            .await
+                            .unwrap_or_else(|_| {
+                                (Err(upstream::Error::Timeout(after_pack_within)), started.elapsed())
+                            }),
+                        None => download.await,
+                    };
+                    (downloaded, Ok(Ok(ingested)))
+                }
                 Ok(Err(err)) => return Err(err),
                 Err(join) => return Err(Error::Io(std::io::Error::other(join))),
             },
@@ -1078,8 +1092,11 @@ const RECEIVE_BUFFER: usize = 1 << 20;
 struct BlockingRead {
     inner: tokio::io::DuplexStream,
     runtime: tokio::runtime::Handle,
-    /// Once set, reads end at this instant with [`std::io::ErrorKind::TimedOut`].
+    /// Once set, reads end at this instant with [`std::io::ErrorKind::TimedOut`], and at most
+    /// [`MAX_AFTER_PACK`] bytes are read from then on.
     deadline: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
+    /// Bytes read since the deadline was set.
+    after: u64,
 }
 
 impl std::io::Read for BlockingRead {
@@ -1088,20 +1105,37 @@ impl std::io::Read for BlockingRead {
         let Some(&deadline) = self.deadline.get() else {
             return self.runtime.block_on(self.inner.read(buf));
         };
-        self.runtime.block_on(async {
-            tokio::time::timeout_at(deadline, self.inner.read(buf))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the upstream's response did not end in time after its pack",
-                    ))
-                })
-        })
+        let cut = |what: &str| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the upstream's response went on after its pack ({what})"),
+            ))
+        };
+        // Checked before reading: data always waiting would otherwise never let the timer
+        // fire.
+        if tokio::time::Instant::now() >= deadline {
+            return cut("past the deadline");
+        }
+        if self.after >= MAX_AFTER_PACK {
+            return cut("over a MiB");
+        }
+        let room = (MAX_AFTER_PACK - self.after).min(buf.len() as u64) as usize;
+        let read = self.runtime.block_on(async {
+            tokio::time::timeout_at(deadline, self.inner.read(&mut buf[..room])).await
+        });
+        match read {
+            Ok(Ok(n)) => {
+                self.after += n as u64;
+                Ok(n)
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_) => cut("past the deadline"),
+        }
     }
 }
 
-/// The most bytes of band 1 read after a whole pack before the response is dropped.
+/// The most bytes read after a whole pack (progress and the final flush) before the
+/// response is dropped.
 const MAX_AFTER_PACK: u64 = 1 << 20;
 
 /// `pack-<checksum>` of a pack's path.

@@ -589,8 +589,8 @@ async fn a_trickling_listing_is_cut_off_at_the_listing_timeout() {
 }
 
 /// An upstream that goes on after its pack, progress now and then within the idle timeout,
-/// is given one idle timeout for the rest of its answer: the pack, whole and checked, is
-/// taken, and the refresh ends, not held for the transfer timeout's hour.
+/// is given one idle timeout and a MiB for the rest of its answer: the pack, whole and
+/// checked, is taken, and the refresh ends, not held for the transfer timeout's hour.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_after_a_whole_pack_ends_within_an_idle_timeout() {
     let (upstream, source) = public_repo(RepoSpec::tiny(1226));
@@ -610,6 +610,27 @@ async fn progress_after_a_whole_pack_ends_within_an_idle_timeout() {
     // A bound on liveness, not on speed: without the idle timeout's bound the refresh
     // waits for the transfer timeout, an hour.
     tokio::time::timeout(Duration::from_secs(120), mirror.refresh(&up, &[]))
+        .await
+        .expect("the refresh ends after the pack")
+        .unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+
+    // Progress as fast as it can go after the pack: cut after a MiB, long before the idle
+    // timeout (here longer than the bound on the test).
+    repo::append_commits(&source, "main", 2, 1227).unwrap();
+    upstream.inject(
+        Fault::TrailingProgress(Duration::ZERO),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let patient = Client::new(
+        &upstream.repo_url("acme/widgets"),
+        None,
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(120), mirror.refresh(&patient, &[]))
         .await
         .expect("the refresh ends after the pack")
         .unwrap();

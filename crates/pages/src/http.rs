@@ -93,6 +93,18 @@ pub struct Wildcard {
 }
 
 impl Wildcard {
+    /// Whether the clone URL, its placeholders filled, is one deploys can fetch from (no
+    /// user information: deploys send no credential, and the URL is shown in errors).
+    pub fn check(&self) -> Result<(), String> {
+        let url = self
+            .clone_url
+            .replace("<user>", "user")
+            .replace("<project>", "project");
+        gitcache_upstream::Upstream::new(&url, None, std::time::Duration::from_secs(1))
+            .map(|_| ())
+            .map_err(|err| format!("pages wildcard clone URL: {err}"))
+    }
+
     /// The user whose site `host` is, when it is one label under the domain.
     pub fn user_of<'h>(&self, host: &'h str) -> Option<&'h str> {
         let user = host.strip_suffix(self.domain.as_str())?.strip_suffix('.')?;

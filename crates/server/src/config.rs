@@ -977,14 +977,16 @@ impl Config {
                                 "a pages wildcard needs a domain and a clone URL with <user> and <project> in it"
                             );
                         }
-                        Some(gitcache_pages::http::Wildcard {
+                        let wildcard = gitcache_pages::http::Wildcard {
                             index_repos: wildcard.index_repos.unwrap_or_else(|| {
                                 vec![format!("<user>.{domain}"), "pages".to_owned()]
                             }),
                             domain,
                             clone_url,
                             branch: wildcard.branch.unwrap_or_else(|| "pages".to_owned()),
-                        })
+                        };
+                        wildcard.check().map_err(anyhow::Error::msg)?;
+                        Some(wildcard)
                     }
                     (None, None) => None,
                     _ => bail!("a pages wildcard needs both its domain and its clone URL"),
@@ -1327,6 +1329,17 @@ min_free_bytes = 0
                 "refresh interval must be",
             ),
             (&["--access-ttl", "99999999999"], "access TTL must be"),
+            (
+                &[
+                    "--pages-listen",
+                    "127.0.0.1:0",
+                    "--pages-wildcard-domain",
+                    "example.page",
+                    "--pages-wildcard-clone-url",
+                    "https://tok:s3cret@forge.example/<user>/<project>.git",
+                ],
+                "pages wildcard clone URL: unusable upstream URL 'https://***@forge.example",
+            ),
             (
                 &["--admin-listen", "127.0.0.1:9091"],
                 "needs at least one --admin-token",

@@ -338,18 +338,19 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// TLS with the system's trusted roots, loaded once.
-/// `url` with any user information in its authority replaced by `***`, to be shown.
-fn without_userinfo(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let end = rest.find('/').unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => url.to_owned(),
-    }
+/// `url` as it may be shown: with an `@` anywhere, all from the scheme's `://` (or the
+/// start) up to the last `@` is replaced by `***`. A password with a `/` in it, or a URL
+/// malformed around it, still stays hidden; a path with an `@` is shown cut, which costs
+/// nothing in an error.
+pub fn without_userinfo(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_owned();
+    };
+    let start = url.find("://").map_or(0, |i| i + 3).min(at);
+    format!("{}***{}", &url[..start], &url[at..])
 }
 
+/// TLS with the system's trusted roots, loaded once.
 fn default_tls() -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
     static CONFIG: std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>> =
         std::sync::OnceLock::new();
@@ -411,9 +412,24 @@ impl Upstream {
         {
             return Err(bad("the path has spaces, control characters, '?' or '#'"));
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad("bad port"))?),
-            None => (authority.to_owned(), default_port),
+        let (host, port) = match authority.strip_prefix('[') {
+            // An IPv6 address, `[addr]` or `[addr]:port`; the host is the address alone.
+            Some(bracketed) => {
+                let (address, after) = bracketed.split_once(']').ok_or(bad("no closing ']'"))?;
+                if address.parse::<std::net::Ipv6Addr>().is_err() {
+                    return Err(bad("not an IPv6 address within '[' and ']'"));
+                }
+                let port = match after.strip_prefix(':') {
+                    Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+                    None if after.is_empty() => default_port,
+                    None => return Err(bad("bad port")),
+                };
+                (address.to_owned(), port)
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad("bad port"))?),
+                None => (authority.to_owned(), default_port),
+            },
         };
         Ok(Upstream {
             tls,
@@ -592,10 +608,14 @@ impl Upstream {
 
     fn authority(&self) -> String {
         let default_port = if self.tls.is_some() { 443 } else { 80 };
+        let host = match self.host.contains(':') {
+            true => format!("[{}]", self.host),
+            false => self.host.clone(),
+        };
         if self.port == default_port {
-            self.host.clone()
+            host
         } else {
-            format!("{}:{}", self.host, self.port)
+            format!("{host}:{}", self.port)
         }
     }
 
@@ -1051,7 +1071,8 @@ mod tests {
     use super::{Upstream, is_public, without_userinfo};
     use std::time::Duration;
 
-    /// A request line longer than a pkt-line holds is an error, not a panic.
+    /// URLs git would not fetch from, or whose password would be shown with them, are
+    /// refused, the password hidden.
     #[test]
     fn urls_with_user_information_or_no_host_are_refused_without_showing_it() {
         let timeout = Duration::from_secs(1);
@@ -1069,15 +1090,41 @@ mod tests {
             assert!(err.contains(reason), "{url}: {err}");
             assert!(!err.contains("s3cret") && !err.contains("tok3n"), "{err}");
         }
-        assert_eq!(
-            without_userinfo("https://a:b@example.com/x@y"),
-            "https://***@example.com/x@y"
+        // A password with a slash reads as a bad port: still not shown.
+        let err = Upstream::new("https://u:ab/cd@example.com/o/r", None, timeout)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("ab/cd") && err.contains("***@example.com"),
+            "{err}"
         );
-        assert_eq!(without_userinfo("example.com/x@y"), "example.com/x@y");
+        assert_eq!(
+            without_userinfo("https://a:b@example.com/x"),
+            "https://***@example.com/x"
+        );
+        assert_eq!(without_userinfo("https:/u:pw@host/x"), "***@host/x");
+        assert_eq!(
+            without_userinfo("https://example.com/x"),
+            "https://example.com/x"
+        );
         let fine = Upstream::new("http://127.0.0.1:8080/o/r.git", None, timeout).unwrap();
         assert_eq!((fine.host.as_str(), fine.port), ("127.0.0.1", 8080));
+        assert_eq!(fine.authority(), "127.0.0.1:8080");
+        let six = Upstream::new("http://[::1]:8080/o/r.git", None, timeout).unwrap();
+        assert_eq!((six.host.as_str(), six.port), ("::1", 8080));
+        assert_eq!(six.authority(), "[::1]:8080");
+        let six = Upstream::new("http://[::1]/o/r.git", None, timeout).unwrap();
+        assert_eq!((six.port, six.authority().as_str()), (80, "[::1]"));
+        for bad in [
+            "http://[::1/o/r",
+            "http://[nothost]/o/r",
+            "http://[::1]x/o/r",
+        ] {
+            assert!(Upstream::new(bad, None, timeout).is_err(), "{bad}");
+        }
     }
 
+    /// A request line longer than a pkt-line holds is an error, not a panic.
     #[test]
     fn a_request_too_long_for_a_pkt_line_is_an_error() {
         use super::HashKind;
