@@ -213,6 +213,38 @@ pub(crate) struct ResponseCache {
     /// When an answer last did not fit above the disk's floor, and how much of it had
     /// (see [`ResponseCache::room_needed`]).
     short_of_room: Mutex<Option<(Instant, u64)>>,
+    /// Bytes held above the floor for answers being taken from the bucket: their sizes, from
+    /// when each was admitted until its download ends.
+    downloads_held: AtomicU64,
+}
+
+/// One download's share of [`ResponseCache::downloads_held`], given back when dropped
+/// (the download ended, or its request went).
+struct Held<'a> {
+    all: &'a AtomicU64,
+    mine: AtomicU64,
+}
+
+impl Held<'_> {
+    /// Hold `size` bytes if they fit in `room` beside what other downloads hold.
+    fn hold(&self, size: u64, room: u64) -> bool {
+        let held = self
+            .all
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held.saturating_add(size) <= room).then(|| held + size)
+            });
+        if held.is_ok() {
+            self.mine.fetch_add(size, Ordering::AcqRel);
+        }
+        held.is_ok()
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.all
+            .fetch_sub(self.mine.load(Ordering::Acquire), Ordering::AcqRel);
+    }
 }
 
 /// How the free bytes of the disk holding a folder are read.
@@ -450,6 +482,7 @@ impl ResponseCache {
             min_free: 0,
             free_bytes,
             short_of_room: Mutex::new(None),
+            downloads_held: AtomicU64::new(0),
         })
     }
 
@@ -463,9 +496,17 @@ impl ResponseCache {
         self
     }
 
-    /// Bytes that may be stored above the disk's floor (`None`: no floor, or the free space
-    /// could not be read).
+    /// Bytes that may be stored above the disk's floor, less what downloads under way hold
+    /// (`None`: no floor, or the free space could not be read).
     fn room(&self) -> Option<u64> {
+        let held = self.downloads_held.load(Ordering::Acquire);
+        self.above_floor().map(|room| room.saturating_sub(held))
+    }
+
+    /// Bytes free above the disk's floor (`None`: no floor, or the free space could not be
+    /// read). What downloads under way have written is among what is gone; what they hold
+    /// counts it again until they end.
+    fn above_floor(&self) -> Option<u64> {
         if self.min_free == 0 {
             return None;
         }
@@ -524,21 +565,30 @@ impl ResponseCache {
             .flatten()
             .min()
             .unwrap_or(u64::MAX);
-        // Nor one that would not fit above the disk's floor.
-        let room = self.room().unwrap_or(u64::MAX);
-        if room == 0 {
+        // Nor one that would not fit above the disk's floor, with what downloads under way
+        // may still write held for them.
+        if self.room() == Some(0) {
             return false;
         }
+        let held = Held {
+            all: &self.downloads_held,
+            mine: AtomicU64::new(0),
+        };
+        let admit = |size: u64| match self.above_floor() {
+            None => true,
+            Some(room) => held.hold(size, room),
+        };
         let removals = self.removals_of(repo);
         let mut taken =
-            match (shared.download_counted(&repo_text(repo), key, &path, limit, room)).await {
+            match (shared.download_counted(&repo_text(repo), key, &path, limit, &admit)).await {
                 Ok(taken) => taken,
-                Err(crate::shared_responses::NoRoom) => {
+                Err(crate::shared_responses::NoRoom(size)) => {
                     // Generated here, it would not fit either.
-                    self.note_short_of_room(room);
+                    self.note_short_of_room(size);
                     None
                 }
             };
+        drop(held);
         // The repository's answers were removed while it came (a purge): it goes too.
         if taken.is_some() && self.removals_of(repo) != removals {
             self.store.remove(repo, key);
@@ -1604,6 +1654,23 @@ mod tests {
                 assert!(matches!(lookup, Lookup::Live));
             }
         }
+        // Room for it alone, held by another download under way: not taken until that one
+        // ends (downloads at once, each fitting alone, need not fit together).
+        cache.store.remove(Path::new(REPO), "k");
+        FREE.store(floor + size + size / 2, Ordering::SeqCst);
+        let other = Held {
+            all: &cache.downloads_held,
+            mine: AtomicU64::new(0),
+        };
+        assert!(other.hold(size, size));
+        assert!(!other.hold(1, size), "no more than the room is held");
+        assert_eq!(cache.room(), Some(size / 2));
+        assert!(!cache.take_shared(Path::new(REPO), "k").await);
+        assert!(cache.store.open(Path::new(REPO), "k").unwrap().is_none());
+        drop(other);
+        assert_eq!(cache.downloads_held.load(Ordering::SeqCst), 0);
+        assert!(cache.take_shared(Path::new(REPO), "k").await);
+        assert_eq!(cache.downloads_held.load(Ordering::SeqCst), 0, "given back");
     }
 
     /// A generation begun before its repository's answers were removed (a purge: it reads

@@ -102,10 +102,10 @@ fn object(repo: &str, key: &str) -> Result<ObjectKey, StoreError> {
     repo_prefix(repo)?.join(&format!("{key}.resp"))
 }
 
-/// A shared answer larger than the disk's room above its floor (see
-/// [`SharedResponses::download_counted`]).
+/// A shared answer of this many bytes its caller did not admit: larger than the disk's room
+/// above its floor (see [`SharedResponses::download_counted`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NoRoom;
+pub(crate) struct NoRoom(pub(crate) u64);
 
 impl SharedResponses {
     pub(crate) fn new(
@@ -148,22 +148,22 @@ impl SharedResponses {
     /// Whether [`download_counted`](Self::download_counted) found the entry.
     #[cfg(test)]
     pub(crate) async fn download(&self, repo: &str, key: &str, to: &Path, limit: u64) -> bool {
-        (self.download_counted(repo, key, to, limit, u64::MAX).await).is_ok_and(|d| d.is_some())
+        (self.download_counted(repo, key, to, limit, &|_| true).await).is_ok_and(|d| d.is_some())
     }
 
     /// Copy `repo`'s entry `key` from the bucket to `to` (its local place): `Some(true)` when
     /// this call fetched it, `Some(false)` when another request's download placed it
     /// meanwhile; `None` if the bucket has none, or one larger than `limit` bytes, or could
-    /// not be asked (logged; the caller generates). [`NoRoom`] when it is larger than `room`
-    /// (the disk's room above its floor, under `limit`): not noted as missing, as the disk may
-    /// have room again soon.
+    /// not be asked (logged; the caller generates). [`NoRoom`] when `admit`, asked with its
+    /// size before anything is written, refuses it (no room above the disk's floor): not
+    /// noted as missing, as the disk may have room again soon.
     pub(crate) async fn download_counted(
         &self,
         repo: &str,
         key: &str,
         to: &Path,
         limit: u64,
-        room: u64,
+        admit: &(dyn Fn(u64) -> bool + Sync),
     ) -> Result<Option<bool>, NoRoom> {
         if self.recently_missing(repo, key) {
             return Ok(None);
@@ -177,7 +177,7 @@ impl SharedResponses {
             Ok(None)
         } else {
             Ok(self
-                .fetch(repo, key, to, limit, room)
+                .fetch(repo, key, to, limit, admit)
                 .await?
                 .then_some(true))
         }
@@ -205,10 +205,14 @@ impl SharedResponses {
         key: &str,
         to: &Path,
         limit: u64,
-        room: u64,
+        admit: &(dyn Fn(u64) -> bool + Sync),
     ) -> Result<bool, NoRoom> {
         let found = match object(repo, key) {
-            Ok(object) => self.store.get_file(&object, to, limit.min(room)).await,
+            Ok(object) => {
+                self.store
+                    .get_file_admitted(&object, to, limit, admit)
+                    .await
+            }
             Err(err) => Err(err),
         };
         match found {
@@ -225,13 +229,13 @@ impl SharedResponses {
                 self.note_missing(repo, key);
                 Ok(false)
             }
-            Err(StoreError::TooLarge { .. }) if room < limit => {
+            Err(StoreError::NotAdmitted { size, .. }) => {
                 tracing::debug!(
                     key,
-                    room,
+                    size,
                     "a shared response larger than the disk's room above its floor"
                 );
-                Err(NoRoom)
+                Err(NoRoom(size))
             }
             Err(err) => {
                 // Not asked again for a while: a store that does not answer must not hold

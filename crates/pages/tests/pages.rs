@@ -588,13 +588,14 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
     ) -> Result<(), gitcache_storage::store::StoreError> {
         self.inner.put_file_after(key, head, from).await
     }
-    async fn get_file(
+    async fn get_file_admitted(
         &self,
         key: &gitcache_storage::store::ObjectKey,
         to: &std::path::Path,
         limit: u64,
+        admit: &(dyn Fn(u64) -> bool + Sync),
     ) -> Result<bool, gitcache_storage::store::StoreError> {
-        self.inner.get_file(key, to, limit).await
+        self.inner.get_file_admitted(key, to, limit, admit).await
     }
     async fn get_bytes(
         &self,

@@ -311,7 +311,13 @@ impl ObjectStore for S3Store {
         sent
     }
 
-    async fn get_file(&self, key: &ObjectKey, to: &Path, limit: u64) -> Result<bool, StoreError> {
+    async fn get_file_admitted(
+        &self,
+        key: &ObjectKey,
+        to: &Path,
+        limit: u64,
+        admit: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<bool, StoreError> {
         let path = self.path(key)?;
         // The first range answers for the object's size and ETag; a small object is whole in
         // it, a large one comes in further ranges read at once, each pinned to that ETag.
@@ -338,6 +344,12 @@ impl ObjectStore for S3Store {
             return Err(StoreError::TooLarge {
                 key: key.clone(),
                 limit,
+            });
+        }
+        if !admit(got.meta.size) {
+            return Err(StoreError::NotAdmitted {
+                key: key.clone(),
+                size: got.meta.size,
             });
         }
         if let Some(dir) = to.parent() {

@@ -161,6 +161,15 @@ pub enum StoreError {
         /// The bound.
         limit: u64,
     },
+    /// An object the caller's check refused by its size (see
+    /// [`ObjectStore::get_file_admitted`]).
+    #[error("object '{key}' of {size} bytes not admitted")]
+    NotAdmitted {
+        /// The object.
+        key: ObjectKey,
+        /// Its size.
+        size: u64,
+    },
     /// Reading or writing local files failed.
     #[error("storage I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -297,6 +306,20 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         key: &ObjectKey,
         to: &Path,
         limit: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async move { self.get_file_admitted(key, to, limit, &|_| true).await }
+    }
+
+    /// [`get_file`](Self::get_file), asking `admit` with the object's size (as the copy
+    /// learns it) before anything is written: `false` refuses it
+    /// ([`StoreError::NotAdmitted`]). The caller can so hold room for exactly what is copied
+    /// (downloads at once, each fitting alone, need not fit together).
+    fn get_file_admitted(
+        &self,
+        key: &ObjectKey,
+        to: &Path,
+        limit: u64,
+        admit: &(dyn Fn(u64) -> bool + Sync),
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The object `key` whole, if it exists and has at most `limit` bytes.
@@ -394,9 +417,24 @@ impl FsStore {
     }
 }
 
-/// Copy `from` to `to` through a file beside `to`, synced and renamed into place.
-fn copy_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
-    copy_after_into_place(&[], from, to)
+/// Copy `from`, of at most `most` bytes, to `to` through a file beside `to`, synced and
+/// renamed into place: one that has grown past them since it was measured is an error, and
+/// nothing is placed.
+fn copy_into_place_within(from: &Path, to: &Path, most: u64) -> std::io::Result<()> {
+    if let Some(dir) = to.parent() {
+        create_dirs(dir)?;
+    }
+    let source = std::fs::File::open(from)?;
+    replace_file_with(to, |file| {
+        let copied = std::io::copy(&mut std::io::Read::take(source, most + 1), file)?;
+        if copied > most {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} grew past {most} bytes as it was copied", from.display()),
+            ));
+        }
+        Ok(())
+    })
 }
 
 fn copy_after_into_place(head: &[u8], from: &Path, to: &Path) -> std::io::Result<()> {
@@ -451,20 +489,38 @@ impl ObjectStore for FsStore {
             .await
     }
 
-    async fn get_file(&self, key: &ObjectKey, to: &Path, limit: u64) -> Result<bool, StoreError> {
-        let (key, to) = (key.clone(), to.to_owned());
-        self.blocking(move |store| {
-            let from = store.path_of(&key);
-            let Some(meta) = not_found_is_none(std::fs::metadata(&from))? else {
-                return Ok(false);
-            };
-            if !meta.is_file() {
-                return Ok(false);
-            }
-            if meta.len() > limit {
-                return Err(StoreError::TooLarge { key, limit });
-            }
-            Ok(not_found_is_none(copy_into_place(&from, &to))?.is_some())
+    async fn get_file_admitted(
+        &self,
+        key: &ObjectKey,
+        to: &Path,
+        limit: u64,
+        admit: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<bool, StoreError> {
+        let from = self.path_of(key);
+        let Some(meta) = not_found_is_none(tokio::fs::metadata(&from).await)? else {
+            return Ok(false);
+        };
+        if !meta.is_file() {
+            return Ok(false);
+        }
+        let size = meta.len();
+        if size > limit {
+            return Err(StoreError::TooLarge {
+                key: key.clone(),
+                limit,
+            });
+        }
+        if !admit(size) {
+            return Err(StoreError::NotAdmitted {
+                key: key.clone(),
+                size,
+            });
+        }
+        // Copied as it is now: one replaced meanwhile by a larger one is refused as it is
+        // read (at most what was admitted is copied).
+        let to = to.to_owned();
+        self.blocking(move |_| {
+            Ok(not_found_is_none(copy_into_place_within(&from, &to, size))?.is_some())
         })
         .await
     }
@@ -664,10 +720,16 @@ impl ObjectStore for AnyStore {
         }
     }
 
-    async fn get_file(&self, key: &ObjectKey, to: &Path, limit: u64) -> Result<bool, StoreError> {
+    async fn get_file_admitted(
+        &self,
+        key: &ObjectKey,
+        to: &Path,
+        limit: u64,
+        admit: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<bool, StoreError> {
         match self {
-            AnyStore::Fs(store) => store.get_file(key, to, limit).await,
-            AnyStore::S3(store) => store.get_file(key, to, limit).await,
+            AnyStore::Fs(store) => store.get_file_admitted(key, to, limit, admit).await,
+            AnyStore::S3(store) => store.get_file_admitted(key, to, limit, admit).await,
         }
     }
 

@@ -32,13 +32,14 @@ impl ObjectStore for Unconditional {
     ) -> Result<(), StoreError> {
         self.0.put_file_after(key, head, from).await
     }
-    async fn get_file(
+    async fn get_file_admitted(
         &self,
         key: &ObjectKey,
         to: &std::path::Path,
         limit: u64,
+        admit: &(dyn Fn(u64) -> bool + Sync),
     ) -> Result<bool, StoreError> {
-        self.0.get_file(key, to, limit).await
+        self.0.get_file_admitted(key, to, limit, admit).await
     }
     async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
         self.0.get_bytes(key, limit).await
@@ -208,6 +209,31 @@ async fn objects(store: &impl ObjectStore, scratch: &std::path::Path) {
         !refused.exists(),
         "nothing written for an object over the limit"
     );
+    // Asked with its size before anything is written: refused, nothing written; admitted,
+    // copied.
+    let size = store.size(&pack).await.unwrap().unwrap();
+    let asked = std::sync::Mutex::new(Vec::new());
+    let refuse = |size: u64| {
+        asked.lock().unwrap().push(size);
+        false
+    };
+    assert!(matches!(
+        store.get_file_admitted(&pack, &refused, u64::MAX, &refuse).await,
+        Err(StoreError::NotAdmitted { size: s, .. }) if s == size
+    ));
+    assert!(
+        !refused.exists(),
+        "nothing written for an object not admitted"
+    );
+    assert!(
+        store
+            .get_file_admitted(&pack, &refused, u64::MAX, &|s| s == size)
+            .await
+            .unwrap()
+    );
+    assert_eq!(std::fs::metadata(&refused).unwrap().len(), size);
+    assert_eq!(*asked.lock().unwrap(), [size]);
+    std::fs::remove_file(&refused).unwrap();
     assert_eq!(
         store.get_bytes(&key("mirrors/none"), 10).await.unwrap(),
         None
