@@ -123,7 +123,20 @@ pub fn bundle_list(data: &[u8]) {
 /// (with symrefs and peeled values asked for) to bytes that read the same.
 pub fn ls_refs_response(data: &[u8]) {
     for kind in [gix_hash::Kind::Sha1, gix_hash::Kind::Sha256] {
-        let Ok(refs) = crate::ls_refs::parse_response(data, kind) else {
+        let whole = crate::ls_refs::parse_response(data, kind);
+        // Read as it arrives, in pieces of a size the input picks: the same outcome.
+        let piece = usize::from(data.first().copied().unwrap_or(0) % 19) + 1;
+        let mut reader = crate::ls_refs::ResponseReader::new(kind, usize::MAX);
+        let pieces = data
+            .chunks(piece)
+            .try_for_each(|p| reader.feed(p))
+            .and_then(|()| reader.finish());
+        assert_eq!(
+            pieces.as_ref().ok(),
+            whole.as_ref().ok(),
+            "in pieces of {piece}"
+        );
+        let Ok(refs) = whole else {
             continue;
         };
         let args = crate::request::LsRefs {

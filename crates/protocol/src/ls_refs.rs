@@ -121,24 +121,125 @@ pub fn parse_response(body: &[u8], kind: Kind) -> Result<Vec<RefLine>, Error> {
 /// [`Error::TooMany`]. A ref line takes some 150 bytes once read, where it may take 46 in the
 /// response: a listing of minimal lines grows threefold in memory.
 pub fn parse_response_within(body: &[u8], kind: Kind, most: usize) -> Result<Vec<RefLine>, Error> {
-    let mut refs = Vec::new();
-    for line in pktline::lines(body) {
-        let data = match line? {
-            Line::Flush => return Ok(refs),
-            Line::Data(data) => pktline::chomp(data),
-            Line::Delimiter | Line::ResponseEnd => return Err(malformed(b"<special packet>")),
-        };
-        if let Some(message) = pktline::as_error(data) {
-            return Err(Error::Remote {
-                message: message.to_str_lossy().into_owned(),
-            });
+    let mut reader = ResponseReader::new(kind, most);
+    reader.feed(body)?;
+    reader.finish()
+}
+
+/// An `ls-refs` response read as it arrives, in pieces of any size: only the line under
+/// way is held besides the refs read, so a listing never needs to be in memory whole.
+///
+/// ```
+/// use gitcache_protocol::ls_refs::ResponseReader;
+/// let id = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
+/// let line = format!("{id} refs/heads/main\n");
+/// let body = format!("{:04x}{line}0000", line.len() + 4);
+/// let mut reader = ResponseReader::new(gix_hash::Kind::Sha1, 10);
+/// for piece in body.as_bytes().chunks(7) {
+///     reader.feed(piece)?;
+/// }
+/// let refs = reader.finish()?;
+/// assert_eq!(refs[0].name, "refs/heads/main");
+/// # Ok::<(), gitcache_protocol::ls_refs::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ResponseReader {
+    kind: Kind,
+    most: usize,
+    refs: Vec<RefLine>,
+    /// The start of a line not yet whole.
+    pending: Vec<u8>,
+    /// The flush was read: what follows is not looked at.
+    done: bool,
+}
+
+impl ResponseReader {
+    /// A reader of a response whose ids are of `kind`, listing at most `most` refs.
+    pub fn new(kind: Kind, most: usize) -> Self {
+        ResponseReader {
+            kind,
+            most,
+            refs: Vec::new(),
+            pending: Vec::new(),
+            done: false,
         }
-        if refs.len() == most {
-            return Err(Error::TooMany { most });
-        }
-        refs.push(parse_line(data, kind)?);
     }
-    Err(Error::Truncated)
+
+    /// Read the next bytes of the response.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), Error> {
+        if self.done {
+            return Ok(());
+        }
+        if self.pending.is_empty() {
+            let used = self.lines(data)?;
+            self.pending.extend_from_slice(&data[used..]);
+            return Ok(());
+        }
+        // The line under way first, from as many bytes as it needs, then the rest as it is.
+        let mut data = data;
+        while !self.pending.is_empty() && !data.is_empty() {
+            let needed = match pktline::decode(&self.pending)? {
+                pktline::Decoded::Incomplete { needed } => needed,
+                pktline::Decoded::Complete { .. } => 0,
+            };
+            let (take, rest) = data.split_at(needed.min(data.len()));
+            self.pending.extend_from_slice(take);
+            data = rest;
+            let pending = std::mem::take(&mut self.pending);
+            let used = self.lines(&pending)?;
+            self.pending = pending;
+            self.pending.drain(..used);
+            if self.done {
+                return Ok(());
+            }
+        }
+        if !data.is_empty() {
+            let used = self.lines(data)?;
+            self.pending.extend_from_slice(&data[used..]);
+        }
+        Ok(())
+    }
+
+    /// The refs read, once the response ended: [`Error::Truncated`] if it did so before its
+    /// flush.
+    pub fn finish(self) -> Result<Vec<RefLine>, Error> {
+        match self.done {
+            true => Ok(self.refs),
+            false => Err(Error::Truncated),
+        }
+    }
+
+    /// Read the whole lines at the start of `buf`; how many bytes they took.
+    fn lines(&mut self, buf: &[u8]) -> Result<usize, Error> {
+        let mut used = 0;
+        while !self.done {
+            let (line, consumed) = match pktline::decode(&buf[used..])? {
+                pktline::Decoded::Complete { line, consumed } => (line, consumed),
+                pktline::Decoded::Incomplete { .. } => break,
+            };
+            used += consumed;
+            let data = match line {
+                Line::Flush => {
+                    self.done = true;
+                    break;
+                }
+                Line::Data(data) => pktline::chomp(data),
+                Line::Delimiter | Line::ResponseEnd => {
+                    return Err(malformed(b"<special packet>"));
+                }
+            };
+            if let Some(message) = pktline::as_error(data) {
+                return Err(Error::Remote {
+                    message: pktline::shown(message),
+                });
+            }
+            if self.refs.len() == self.most {
+                return Err(Error::TooMany { most: self.most });
+            }
+            self.refs.push(parse_line(data, self.kind)?);
+        }
+        Ok(used)
+    }
 }
 
 fn parse_line(data: &[u8], kind: Kind) -> Result<RefLine, Error> {
@@ -179,6 +280,6 @@ fn parse_oid(hex: &[u8], kind: Kind) -> Option<ObjectId> {
 
 fn malformed(data: &[u8]) -> Error {
     Error::Malformed {
-        line: data.to_str_lossy().into_owned(),
+        line: pktline::shown(data),
     }
 }

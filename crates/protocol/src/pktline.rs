@@ -167,6 +167,21 @@ impl<'a> Iterator for Lines<'a> {
     }
 }
 
+/// The most bytes of a line shown in an error or a log (see [`shown`]).
+pub const SHOWN_MOST: usize = 512;
+
+/// `data` as text to show in an error or a log: at most [`SHOWN_MOST`] bytes of it, `…`
+/// marking a cut. A peer's line may be 64 KiB; errors carry it into logs and answers.
+pub fn shown(data: &[u8]) -> String {
+    use bstr::ByteSlice as _;
+    let part = &data[..data.len().min(SHOWN_MOST)];
+    let mut text = part.to_str_lossy().into_owned();
+    if part.len() < data.len() {
+        text.push('…');
+    }
+    text
+}
+
 /// Strip one trailing `\n` from a line's payload, as git does for text lines.
 pub fn chomp(data: &[u8]) -> &[u8] {
     data.strip_suffix(b"\n").unwrap_or(data)
@@ -241,6 +256,16 @@ pub fn as_error(data: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_shown_cut() {
+        assert_eq!(shown(b"short \xff"), "short \u{fffd}");
+        let long = vec![b'x'; 65_000];
+        let text = shown(&long);
+        assert_eq!(text.len(), SHOWN_MOST + '…'.len_utf8());
+        assert!(text.ends_with('…'));
+        assert_eq!(shown(&long[..SHOWN_MOST]).len(), SHOWN_MOST);
+    }
 
     #[test]
     fn special_lines_and_data() {

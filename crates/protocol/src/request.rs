@@ -522,7 +522,7 @@ impl RequestParser {
         };
         let unknown = |command: &'static str| Error::UnknownArgument {
             command,
-            line: line.to_str_lossy().into_owned(),
+            line: pktline::shown(line),
         };
         match self.command.as_mut().expect("checked at the delimiter") {
             Command::LsRefs(args) => match (word, value) {
@@ -643,7 +643,7 @@ fn check_limit(count: usize, limit: usize, what: &'static str) -> Result<(), Err
 fn invalid(what: &'static str, line: &[u8]) -> Error {
     Error::InvalidValue {
         what,
-        line: line.to_str_lossy().into_owned(),
+        line: pktline::shown(line),
     }
 }
 
@@ -651,11 +651,11 @@ fn invalid(what: &'static str, line: &[u8]) -> Error {
 pub fn parse_oid(hex: &[u8], kind: Kind, line: &[u8]) -> Result<ObjectId, Error> {
     if hex.len() != kind.len_in_hex() {
         return Err(Error::InvalidObjectId {
-            line: line.to_str_lossy().into_owned(),
+            line: pktline::shown(line),
         });
     }
     ObjectId::from_hex(hex).map_err(|_| Error::InvalidObjectId {
-        line: line.to_str_lossy().into_owned(),
+        line: pktline::shown(line),
     })
 }
 

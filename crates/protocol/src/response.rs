@@ -292,7 +292,7 @@ fn oid(hex: &[u8], kind: Kind, line: &[u8]) -> Result<ObjectId, Error> {
 
 fn unexpected(line: &[u8]) -> Error {
     Error::Unexpected {
-        line: line.to_str_lossy().into_owned(),
+        line: pktline::shown(line),
     }
 }
 
@@ -442,7 +442,7 @@ impl<R: std::io::BufRead> PackStream<R> {
         };
         if let Some(message) = pktline::as_error(&line) {
             return Err(Error::Remote {
-                message: message.to_str_lossy().into_owned(),
+                message: pktline::shown(message),
             });
         }
         match self.state {
@@ -455,7 +455,7 @@ impl<R: std::io::BufRead> PackStream<R> {
                     }
                     Some((Channel::Error, rest)) => {
                         return Err(Error::SidebandError {
-                            message: rest.to_str_lossy().into_owned(),
+                            message: pktline::shown(rest),
                         });
                     }
                     None => pktline::chomp(&line).to_vec(),
@@ -500,7 +500,7 @@ impl<R: std::io::BufRead> PackStream<R> {
                     Ok(())
                 }
                 Some((Channel::Error, rest)) => Err(Error::SidebandError {
-                    message: rest.to_str_lossy().into_owned(),
+                    message: pktline::shown(rest),
                 }),
                 None => Err(unexpected(&line)),
             },

@@ -247,6 +247,14 @@ fn our_ls_refs_output_is_byte_for_byte_what_git_sends() {
                 ObjectFormat::Sha1
             };
             let lines = ls_refs::parse_response(&e.response, format).unwrap();
+            // Read as it arrives, in pieces of every size from one byte: the same refs.
+            for piece in [1, 2, 3, 5, 64, 1000] {
+                let mut reader = ls_refs::ResponseReader::new(format, usize::MAX);
+                for part in e.response.chunks(piece) {
+                    reader.feed(part).unwrap();
+                }
+                assert_eq!(reader.finish().unwrap(), lines, "{name}, pieces of {piece}");
+            }
             let mut ours = Vec::new();
             ls_refs::write_response(&mut ours, &lines, &args).unwrap();
             assert_eq!(ours, e.response, "{name}");

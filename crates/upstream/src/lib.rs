@@ -899,16 +899,16 @@ impl Upstream {
             let response = self
                 .send(Method::POST, "/git-upload-pack", Some(body))
                 .await?;
-            let body = self
-                .read_whole(response.into_body(), "ls-refs answer", max_bytes)
-                .await?;
-            // Millions of lines take a while: not on the runtime's own threads.
-            let parsed = tokio::task::spawn_blocking(move || {
-                ls_refs::parse_response_within(&body, format, MAX_LISTED_REFS)
+            // Read as it arrives, a piece at a time: only the refs are held, never the
+            // answer whole (up to 256 MiB).
+            let mut reader = ls_refs::ResponseReader::new(format, MAX_LISTED_REFS);
+            self.read_body(response.into_body(), "ls-refs answer", max_bytes, |data| {
+                reader
+                    .feed(data)
+                    .map_err(|e| Error::Protocol(e.to_string()))
             })
-            .await
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-            parsed.map_err(|e| Error::Protocol(e.to_string()))
+            .await?;
+            reader.finish().map_err(|e| Error::Protocol(e.to_string()))
         })
         .await
     }
