@@ -64,6 +64,19 @@ enum Waited {
     TooLong,
 }
 
+/// What a fetch's answer is checked against before it is sent and stored.
+#[derive(Debug, Clone, Copy)]
+struct Vouched {
+    /// Who passed the access gate.
+    who: crate::access::Fingerprint,
+    /// When the gate let the request in.
+    checked: std::time::Instant,
+    /// The repository's stored answers' removals then (see [`Responder::removals`]).
+    ///
+    /// [`Responder::removals`]: crate::responder::Responder::removals
+    removals: (u64, u64),
+}
+
 impl Fetches {
     /// A `fetch` from a client that passed the access gate: answered from the mirror,
     /// refreshed first when it lacks a want; what even a refreshed mirror lacks is passed
@@ -78,8 +91,14 @@ impl Fetches {
         checked: std::time::Instant,
     ) -> Result<Response<Body>, Error> {
         // Who passed the gate, and when: a refusal since then (while this request waited for
-        // a refresh) stops the answer before its first byte.
-        let vouched = (crate::proxy::fingerprint(headers), checked);
+        // a refresh) stops the answer before its first byte. And how often the repository's
+        // stored answers were removed, taken before the mirror is opened: an answer made
+        // from a handle opened before a purge is not stored after it.
+        let vouched = Vouched {
+            who: crate::proxy::fingerprint(headers),
+            checked,
+            removals: self.responder.removals(&target.key.relative_path()),
+        };
         // The mirror's background work (the checks when it is first opened, the maintenance
         // a refresh asks for) waits until this answer is handed over.
         let answering = self.mirrors.registry().answering(&target.key);
@@ -248,7 +267,7 @@ impl Fetches {
             }
             Waited::Refreshed(Err(failure)) => Some(failure),
             Waited::Arriving(pack) => {
-                if let Some(refused) = self.refused_meanwhile(target, vouched) {
+                if let Some(refused) = self.refused_meanwhile(target, &vouched) {
                     return Ok(refused);
                 }
                 tracing::info!(result = "miss", arriving = true, "fetch");
@@ -286,7 +305,7 @@ impl Fetches {
                 && err.is_upstream_unavailable()
                 && let Some(repo) = self.mirrors.open_blocking(&target.key).await?
             {
-                if let Some(refused) = self.refused_meanwhile(target, vouched) {
+                if let Some(refused) = self.refused_meanwhile(target, &vouched) {
                     return Ok(refused);
                 }
                 let mut stale = fetch;
@@ -301,7 +320,13 @@ impl Fetches {
                     tracing::warn!(%err, result = "stale", "upstream unavailable, serving the mirror as it is");
                     let response = self
                         .responder
-                        .serve(target.key.relative_path(), repo, stale, kind)
+                        .serve_since(
+                            target.key.relative_path(),
+                            repo,
+                            stale,
+                            kind,
+                            vouched.removals,
+                        )
                         .await;
                     return Ok(with_state(response, CacheState::Stale));
                 }
@@ -419,13 +444,19 @@ impl Fetches {
         fetch: Fetch,
         kind: HashKind,
         answering: gitcache_mirror::registry::Answering,
-        (who, checked): (crate::access::Fingerprint, std::time::Instant),
+        vouched: Vouched,
     ) -> Response<Body> {
-        if let Some(refused) = self.refused_meanwhile(target, (who, checked)) {
+        if let Some(refused) = self.refused_meanwhile(target, &vouched) {
             return refused;
         }
         self.responder
-            .serve(target.key.relative_path(), repo, fetch, kind)
+            .serve_since(
+                target.key.relative_path(),
+                repo,
+                fetch,
+                kind,
+                vouched.removals,
+            )
             .await
             .map(|body| body.holding(answering))
     }
@@ -433,12 +464,8 @@ impl Fetches {
     /// The answer to send instead of the mirror's when the upstream refused `who`'s
     /// credential for `target` since `checked`, when the gate let the request in (while it
     /// waited for a refresh), and the credential was not accepted again since.
-    fn refused_meanwhile(
-        &self,
-        target: &Target,
-        (who, checked): (crate::access::Fingerprint, std::time::Instant),
-    ) -> Option<Response<Body>> {
-        if !self.gate.grants().refused_since(&target.key, who, checked) {
+    fn refused_meanwhile(&self, target: &Target, vouched: &Vouched) -> Option<Response<Body>> {
+        if !(self.gate.grants()).refused_since(&target.key, vouched.who, vouched.checked) {
             return None;
         }
         tracing::info!(

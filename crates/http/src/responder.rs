@@ -82,8 +82,18 @@ impl Responder {
         self.cache.as_ref()
     }
 
+    /// How many times the stored answers of the repository at `rel` were removed, here and
+    /// from the bucket: taken before its mirror is opened, an answer made from that handle
+    /// is not stored after a removal (a purge) since ([`serve_since`](Self::serve_since)).
+    pub(crate) fn removals(&self, rel: &std::path::Path) -> (u64, u64) {
+        self.cache.as_ref().map_or((0, 0), |cache| {
+            (cache.removals_of(rel), cache.shared_deletions_of(rel))
+        })
+    }
+
     /// Answer `fetch` from `repo`, through the response cache when it applies: a stored
     /// answer, a generation in progress to follow, or a new one that others may follow.
+    #[cfg(test)]
     pub(crate) async fn serve(
         &self,
         rel: PathBuf,
@@ -91,12 +101,23 @@ impl Responder {
         fetch: Fetch,
         kind: HashKind,
     ) -> Response<Body> {
+        let removals = self.removals(&rel);
+        self.serve_since(rel, repo, fetch, kind, removals).await
+    }
+
+    /// [`serve`](Self::serve) with `repo` opened after the repository's stored answers had
+    /// been removed `removals` times ([`removals`](Self::removals)).
+    pub(crate) async fn serve_since(
+        &self,
+        rel: PathBuf,
+        repo: Arc<Repository>,
+        fetch: Fetch,
+        kind: HashKind,
+        removals: (u64, u64),
+    ) -> Response<Body> {
         let Some(cache) = &self.cache else {
             return self.serve_live(repo, fetch, kind).await;
         };
-        // Taken first: the mirror handle was opened before, and an answer from it is not
-        // stored after a removal of the repository's answers (a purge) since.
-        let removals = (cache.removals_of(&rel), cache.shared_deletions_of(&rel));
         let keyed = {
             let repo = Arc::clone(&repo);
             let mut fetch = fetch;
@@ -785,6 +806,62 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         drop(held);
+    }
+
+    /// An answer from a mirror handle opened before the repository's stored answers were
+    /// removed (a purge) is sent, not stored; one opened after is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_from_a_handle_opened_before_a_purge_is_not_stored() {
+        use gitcache_testkit::repo::{self, RepoSpec};
+        use http_body_util::BodyExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let git_dir = dir.path().join("r.git");
+        repo::generate(&git_dir, &RepoSpec::tiny(42)).unwrap();
+        let tip = gitcache_testkit::git::git_stdout(&git_dir, &["rev-parse", "main"]);
+        let cache = Arc::new(
+            ResponseCache::new(
+                dir.path().join("responses"),
+                crate::response_cache::ResponseCacheConfig::default(),
+            )
+            .unwrap(),
+        );
+        let responder = Responder::new(
+            gitcache_pack::Options::default(),
+            Duration::from_secs(30),
+            1,
+            Spill::new(dir.path().join("spill"), 64 << 20, 64 << 20, 0),
+            Some(Arc::clone(&cache)),
+        );
+        let fetch = Fetch {
+            wants: vec![gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap()],
+            done: true,
+            ofs_delta: true,
+            ..Fetch::default()
+        };
+        let rel = PathBuf::from("r.git");
+        let stored = || {
+            cache
+                .stats()
+                .stored
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let answer = |removals| {
+            let repo = Arc::new(Repository::open(&git_dir).unwrap());
+            let response =
+                responder.serve_since(rel.clone(), repo, fetch.clone(), HashKind::Sha1, removals);
+            async move {
+                let body = response.await.into_body().collect().await.unwrap();
+                body.to_bytes()
+            }
+        };
+        let before = responder.removals(&rel);
+        cache.remove_repo(&rel).unwrap();
+        let sent = answer(before).await;
+        assert!(sent.windows(4).any(|w| w == b"PACK"), "the answer is sent");
+        assert_eq!(stored(), 0, "not stored after the purge");
+        let again = answer(responder.removals(&rel)).await;
+        assert_eq!(again, sent);
+        assert_eq!(stored(), 1);
     }
 
     /// A generation given up for want of readers ends as abandoned (its late joiners finish
