@@ -1049,6 +1049,12 @@ pub(crate) fn passed_on(
 
 /// Drop the headers that belong to one connection.
 pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    // A body sent in chunks has no length but what its chunks add up to: a `Content-Length`
+    // beside `Transfer-Encoding` is not its length (RFC 9112, 6.3), and passed on without
+    // the chunking it would frame the answer wrongly.
+    if headers.contains_key(hyper::header::TRANSFER_ENCODING) {
+        headers.remove(hyper::header::CONTENT_LENGTH);
+    }
     // Those a `Connection` header names are hop-by-hop too.
     let named: Vec<hyper::header::HeaderName> = headers
         .get_all(hyper::header::CONNECTION)

@@ -177,7 +177,12 @@ impl AccessGate {
         .map_err(|_| gitcache_upstream::Error::Timeout(target.timeout))?
         .map_err(|e| gitcache_upstream::Error::Protocol(format!("advertisement: {e}")))?;
         let (read, whole) = read;
-        match (advertise::read_advertised(&read), whole) {
+        // Past the bound, what its whole lines say: the first tells v2 from v0.
+        let lines = match whole {
+            true => &read[..],
+            false => gitcache_protocol::pktline::whole_lines(&read),
+        };
+        match (advertise::read_advertised(lines), whole) {
             (Ok(Advertised::V2(kind)), true) => Ok(Verified::V2(kind)),
             (Ok(Advertised::V2(_)), false) => Err(gitcache_upstream::Error::Protocol(format!(
                 "advertisement: a v2 advertisement over {MAX_ADVERTISEMENT} bytes"
@@ -192,6 +197,10 @@ impl AccessGate {
                 };
                 let mut response = Response::from_parts(parts, answer);
                 strip_hop_by_hop(response.headers_mut());
+                if whole {
+                    // Its length is what was read, whatever the upstream said.
+                    response.headers_mut().remove(header::CONTENT_LENGTH);
+                }
                 Ok(Verified::Answer(response))
             }
             (Err(err), _) => {

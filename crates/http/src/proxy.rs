@@ -923,7 +923,9 @@ impl Proxy {
                     return Ok(with_state(response, CacheState::Rejected));
                 }
                 // The upstream stopped speaking v2: let it answer the request itself.
-                Verified::Answer(_) => {
+                Verified::Answer(unread) => {
+                    // Its connection goes before the request is forwarded.
+                    drop(unread);
                     let response = self
                         .passthrough
                         .forward(target, Method::POST, "/git-upload-pack", headers, body)

@@ -231,7 +231,7 @@ impl Held<'_> {
         let held = self
             .all
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held.saturating_add(size) <= room).then(|| held + size)
+                held.checked_add(size).filter(|total| *total <= room)
             });
         if held.is_ok() {
             self.mine.fetch_add(size, Ordering::AcqRel);
@@ -574,17 +574,28 @@ impl ResponseCache {
             all: &self.downloads_held,
             mine: AtomicU64::new(0),
         };
+        // The room there was when an answer was refused for being larger than all of it
+        // (not for what other downloads hold, which they give back).
+        let too_large_for = AtomicU64::new(0);
         let admit = |size: u64| match self.above_floor() {
             None => true,
+            Some(room) if size > room => {
+                too_large_for.store(room.max(1), Ordering::Relaxed);
+                false
+            }
             Some(room) => held.hold(size, room),
         };
         let removals = self.removals_of(repo);
         let mut taken =
             match (shared.download_counted(&repo_text(repo), key, &path, limit, &admit)).await {
                 Ok(taken) => taken,
-                Err(crate::shared_responses::NoRoom(size)) => {
-                    // Generated here, it would not fit either.
-                    self.note_short_of_room(size);
+                Err(crate::shared_responses::NoRoom(_)) => {
+                    // Generated here, it would not fit either: as one stopped for the floor
+                    // once it had taken all the room there was.
+                    match too_large_for.load(Ordering::Relaxed) {
+                        0 => {}
+                        room => self.note_short_of_room(room),
+                    }
                     None
                 }
             };
@@ -1648,6 +1659,9 @@ mod tests {
                 taken
             );
             if free == floor + size - 1 {
+                // Noted as one that took all the room there was.
+                let noted = cache.short_of_room.lock().unwrap().expect("noted").1;
+                assert_eq!(noted, size - 1);
                 // Not generated here either, with room for less than twice it.
                 FREE.store(floor + 2 * size - 1, Ordering::SeqCst);
                 let lookup = cache.lookup(Path::new(REPO), "other", writer_of(Vec::new()));
@@ -1665,8 +1679,14 @@ mod tests {
         assert!(other.hold(size, size));
         assert!(!other.hold(1, size), "no more than the room is held");
         assert_eq!(cache.room(), Some(size / 2));
+        let noted = *cache.short_of_room.lock().unwrap();
         assert!(!cache.take_shared(Path::new(REPO), "k").await);
         assert!(cache.store.open(Path::new(REPO), "k").unwrap().is_none());
+        assert_eq!(
+            *cache.short_of_room.lock().unwrap(),
+            noted,
+            "refused for what others hold: not noted short of room"
+        );
         drop(other);
         assert_eq!(cache.downloads_held.load(Ordering::SeqCst), 0);
         assert!(cache.take_shared(Path::new(REPO), "k").await);

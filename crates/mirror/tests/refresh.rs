@@ -551,6 +551,11 @@ async fn endless_answers_are_cut_off() {
         assert!(err.len() < 700, "the line is not shown whole: {err}");
         upstream.clear_faults();
     }
+    // A listing that reads well but never ends is cut off at the most refs taken.
+    upstream.inject(Fault::EndlessRefs, 1, Some(RequestKind::LsRefs));
+    let err = mirror.refresh(&up, &[]).await.unwrap_err().to_string();
+    assert!(err.contains("lists more than 1000000 refs"), "{err}");
+    upstream.clear_faults();
     // A pack that reads well but never ends is cut off at the limit.
     upstream.inject(Fault::EndlessPack, 1, Some(RequestKind::Fetch));
     let err = mirror.refresh(&up, &[]).await.unwrap_err();

@@ -222,7 +222,7 @@ pub fn read_advertised(body: &[u8]) -> Result<Advertised, ReadError> {
                 .ok()
                 .and_then(|n| n.parse().ok())
                 .ok_or_else(|| ReadError::UnknownObjectFormat {
-                    name: String::from_utf8_lossy(name).into_owned(),
+                    name: pktline::shown(name),
                 })?;
         }
     }

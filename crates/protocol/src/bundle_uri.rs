@@ -102,9 +102,8 @@ impl BundleList {
                 Line::Flush => return Ok(list),
                 _ => return Err(Error::Line("a delimiter or response end".into())),
             };
-            let text = std::str::from_utf8(data)
-                .map_err(|_| Error::Line(String::from_utf8_lossy(data).into_owned()))?;
-            let bad = || Error::Line(text.to_owned());
+            let text = std::str::from_utf8(data).map_err(|_| Error::Line(pktline::shown(data)))?;
+            let bad = || Error::Line(pktline::shown(text.as_bytes()));
             let (key, value) = text.split_once('=').ok_or_else(bad)?;
             match key {
                 "bundle.version" if value == "1" => {}

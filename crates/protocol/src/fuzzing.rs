@@ -119,11 +119,38 @@ pub fn bundle_list(data: &[u8]) {
     }
 }
 
+/// The refs of a whole `ls-refs` answer, read line by line from the buffer: the reference
+/// [`crate::ls_refs::ResponseReader`] is checked against. `None` where it is no answer.
+fn ls_refs_whole(data: &[u8], kind: gix_hash::Kind) -> Option<Vec<crate::ls_refs::RefLine>> {
+    use crate::pktline::Line;
+    let mut refs = Vec::new();
+    for line in crate::pktline::lines(data) {
+        match line.ok()? {
+            Line::Flush => return Some(refs),
+            Line::Data(data) => {
+                let data = crate::pktline::chomp(data);
+                if crate::pktline::as_error(data).is_some() {
+                    return None;
+                }
+                refs.push(crate::ls_refs::parse_line(data, kind).ok()?);
+            }
+            Line::Delimiter | Line::ResponseEnd => return None,
+        }
+    }
+    None
+}
+
 /// Read an upstream's `ls-refs` answer in both object formats; what reads must write back
 /// (with symrefs and peeled values asked for) to bytes that read the same.
 pub fn ls_refs_response(data: &[u8]) {
     for kind in [gix_hash::Kind::Sha1, gix_hash::Kind::Sha256] {
         let whole = crate::ls_refs::parse_response(data, kind);
+        // As a plain reading of the whole buffer, line by line, makes it.
+        assert_eq!(
+            whole.as_ref().ok(),
+            ls_refs_whole(data, kind).as_ref(),
+            "as read whole"
+        );
         // Read as it arrives, in pieces of a size the input picks: the same outcome.
         let piece = usize::from(data.first().copied().unwrap_or(0) % 19) + 1;
         let mut reader = crate::ls_refs::ResponseReader::new(kind, usize::MAX);

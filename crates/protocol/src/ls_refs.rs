@@ -151,6 +151,8 @@ pub struct ResponseReader {
     pending: Vec<u8>,
     /// The flush was read: what follows is not looked at.
     done: bool,
+    /// A piece failed to read: the response is not read further.
+    failed: bool,
 }
 
 impl ResponseReader {
@@ -162,11 +164,21 @@ impl ResponseReader {
             refs: Vec::new(),
             pending: Vec::new(),
             done: false,
+            failed: false,
         }
     }
 
-    /// Read the next bytes of the response.
+    /// Read the next bytes of the response. After an error, every piece is refused.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), Error> {
+        if self.failed {
+            return Err(malformed(b"<after an earlier error>"));
+        }
+        let fed = self.feed_on(data);
+        self.failed = fed.is_err();
+        fed
+    }
+
+    fn feed_on(&mut self, data: &[u8]) -> Result<(), Error> {
         if self.done {
             return Ok(());
         }
@@ -203,9 +215,10 @@ impl ResponseReader {
     /// The refs read, once the response ended: [`Error::Truncated`] if it did so before its
     /// flush.
     pub fn finish(self) -> Result<Vec<RefLine>, Error> {
-        match self.done {
-            true => Ok(self.refs),
-            false => Err(Error::Truncated),
+        match (self.done, self.failed) {
+            (true, false) => Ok(self.refs),
+            (_, true) => Err(malformed(b"<after an earlier error>")),
+            (false, false) => Err(Error::Truncated),
         }
     }
 
@@ -242,7 +255,8 @@ impl ResponseReader {
     }
 }
 
-fn parse_line(data: &[u8], kind: Kind) -> Result<RefLine, Error> {
+/// One ref line of a response (without its newline).
+pub(crate) fn parse_line(data: &[u8], kind: Kind) -> Result<RefLine, Error> {
     let mut fields = data.split_str(" ");
     let first = fields.next().ok_or_else(|| malformed(data))?;
     let oid = if first == b"unborn" {
@@ -281,5 +295,30 @@ fn parse_oid(hex: &[u8], kind: Kind) -> Option<ObjectId> {
 fn malformed(data: &[u8]) -> Error {
     Error::Malformed {
         line: pktline::shown(data),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a piece fails, the reader takes nothing more and gives no refs, whatever comes.
+    #[test]
+    fn a_reader_stops_at_its_first_error() {
+        let id = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
+        let good = format!("{id} refs/heads/main\n");
+        let good = format!("{:04x}{good}", good.len() + 4);
+        let mut reader = ResponseReader::new(Kind::Sha1, 10);
+        reader.feed(good.as_bytes()).unwrap();
+        assert!(reader.feed(b"0009oops!").is_err());
+        assert!(reader.feed(format!("{good}0000").as_bytes()).is_err());
+        assert!(reader.finish().is_err());
+        // A line cut inside its length, then whole: read as one.
+        let mut reader = ResponseReader::new(Kind::Sha1, 10);
+        let all = format!("{good}{good}0000");
+        for piece in [&all[..2], &all[2..good.len() + 3], &all[good.len() + 3..]] {
+            reader.feed(piece.as_bytes()).unwrap();
+        }
+        assert_eq!(reader.finish().unwrap().len(), 2);
     }
 }

@@ -167,15 +167,33 @@ impl<'a> Iterator for Lines<'a> {
     }
 }
 
+/// The part of `buf` made of whole pkt-lines, up to the first line cut short or unreadable:
+/// what can be read of a stream of which only a first part was taken.
+pub fn whole_lines(buf: &[u8]) -> &[u8] {
+    let mut end = 0;
+    while let Ok(Decoded::Complete { consumed, .. }) = decode(&buf[end..]) {
+        end += consumed;
+    }
+    &buf[..end]
+}
+
 /// The most bytes of a line shown in an error or a log (see [`shown`]).
 pub const SHOWN_MOST: usize = 512;
 
 /// `data` as text to show in an error or a log: at most [`SHOWN_MOST`] bytes of it, `…`
-/// marking a cut. A peer's line may be 64 KiB; errors carry it into logs and answers.
+/// marking a cut, control characters escaped (`\n`, `\u{1b}`: a peer's text cannot start a
+/// log line of its own or drive a terminal). A peer's line may be 64 KiB; errors carry it
+/// into logs and answers.
 pub fn shown(data: &[u8]) -> String {
     use bstr::ByteSlice as _;
     let part = &data[..data.len().min(SHOWN_MOST)];
-    let mut text = part.to_str_lossy().into_owned();
+    let mut text = String::with_capacity(part.len());
+    for c in part.to_str_lossy().chars() {
+        match c.is_control() {
+            true => text.extend(c.escape_default()),
+            false => text.push(c),
+        }
+    }
     if part.len() < data.len() {
         text.push('…');
     }
@@ -258,8 +276,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn whole_lines_stop_at_the_first_cut() {
+        assert_eq!(whole_lines(b"0009hello0000000ahel"), b"0009hello0000");
+        assert_eq!(whole_lines(b"00"), b"");
+        assert_eq!(whole_lines(b"0009hellozzzz"), b"0009hello");
+    }
+
+    #[test]
     fn lines_are_shown_cut() {
         assert_eq!(shown(b"short \xff"), "short \u{fffd}");
+        assert_eq!(shown(b"a\nb\x1b[2J\r"), "a\\nb\\u{1b}[2J\\r");
         let long = vec![b'x'; 65_000];
         let text = shown(&long);
         assert_eq!(text.len(), SHOWN_MOST + '…'.len_utf8());

@@ -983,3 +983,68 @@ fn an_authorization_that_cannot_go_upstream_is_refused() {
         200
     );
 }
+
+/// An upstream answering with both `Transfer-Encoding: chunked` and a `Content-Length` that
+/// is not the body's length: the answer passed on must not carry that length (the client
+/// would take the rest of the body as the answer to its next request on the connection).
+#[test]
+fn an_upstream_length_that_is_not_the_bodys_is_not_passed_on() {
+    let _shared = shared();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let raw = listener.local_addr().unwrap();
+    let oid = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
+    // A dumb server's listing, and a v0 advertisement (read whole by the gate).
+    let dumb = format!("{oid}\trefs/heads/main\n");
+    let mut v0 = Vec::new();
+    pkt(&mut v0, "# service=git-upload-pack");
+    v0.extend_from_slice(b"0000");
+    pkt(&mut v0, &format!("{oid} HEAD\0multi_ack"));
+    v0.extend_from_slice(b"0000");
+    let v0 = String::from_utf8(v0).unwrap();
+    let answers = [
+        ("/acme/dumb.git/", "text/plain", dumb.clone()),
+        (
+            "/acme/v0.git/",
+            "application/x-git-upload-pack-advertisement",
+            v0.clone(),
+        ),
+    ];
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            let Some((_, kind, body)) = answers.iter().find(|(path, ..)| head.contains(path))
+            else {
+                continue;
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nTransfer-Encoding: chunked\r\n\
+                 Content-Length: 5\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    let upstream = Upstream::start().unwrap();
+    let host = format!("raw=http://{raw}");
+    let cache = Gitcache::start(&upstream, &["--upstream-host", &host]);
+    for (name, body) in [("dumb", dumb), ("v0", v0)] {
+        let answer = http(
+            &cache.addr,
+            "GET",
+            &format!("/raw/acme/{name}.git/info/refs?service=git-upload-pack"),
+            &[V2],
+            b"",
+        );
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body_text());
+        assert_eq!(answer.content(), body.as_bytes(), "{name}");
+        if let Some(length) = answer.header("content-length") {
+            assert_eq!(length, body.len().to_string(), "{name}: {}", answer.head);
+        }
+    }
+}

@@ -301,7 +301,7 @@ fn a_deploys_listing_is_read_up_to_a_mebibyte() {
     upstream.adopt_repo("acme/site", Access::Public).unwrap();
     branch(&source, "pages", &[("index.html", "home")]);
     let (cache, addr) = open_pages(&upstream, &[]);
-    upstream.inject(Fault::Endless, 1, Some(RequestKind::LsRefs));
+    upstream.inject(Fault::EndlessRefs, 1, Some(RequestKind::LsRefs));
     let put = http(
         &addr,
         "PUT",

@@ -417,24 +417,39 @@ impl FsStore {
     }
 }
 
-/// Copy `from`, of at most `most` bytes, to `to` through a file beside `to`, synced and
-/// renamed into place: one that has grown past them since it was measured is an error, and
-/// nothing is placed.
-fn copy_into_place_within(from: &Path, to: &Path, most: u64) -> std::io::Result<()> {
+/// Copy the open file `source`, of at most `most` bytes, to `to` through a file beside
+/// `to`, synced and renamed into place: one that has grown past them since it was measured
+/// is an error, and nothing is placed.
+fn copy_into_place_within(source: std::fs::File, to: &Path, most: u64) -> std::io::Result<()> {
     if let Some(dir) = to.parent() {
         create_dirs(dir)?;
     }
-    let source = std::fs::File::open(from)?;
     replace_file_with(to, |file| {
         let copied = std::io::copy(&mut std::io::Read::take(source, most + 1), file)?;
         if copied > most {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("{} grew past {most} bytes as it was copied", from.display()),
+                format!("the object grew past {most} bytes as it was copied"),
             ));
         }
         Ok(())
     })
+}
+
+/// `path` opened for reading without waiting (a FIFO put in the store's place does not
+/// hold the thread), with what it is: sized and copied from this one handle, whatever
+/// replaces the path meanwhile. `None` if there is nothing there.
+fn open_measured(path: &Path) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path);
+    let Some(file) = not_found_is_none(opened)? else {
+        return Ok(None);
+    };
+    let meta = file.metadata()?;
+    Ok(Some((file, meta)))
 }
 
 fn copy_after_into_place(head: &[u8], from: &Path, to: &Path) -> std::io::Result<()> {
@@ -497,7 +512,7 @@ impl ObjectStore for FsStore {
         admit: &(dyn Fn(u64) -> bool + Sync),
     ) -> Result<bool, StoreError> {
         let from = self.path_of(key);
-        let Some(meta) = not_found_is_none(tokio::fs::metadata(&from).await)? else {
+        let Some((source, meta)) = self.blocking(move |_| Ok(open_measured(&from)?)).await? else {
             return Ok(false);
         };
         if !meta.is_file() {
@@ -516,11 +531,11 @@ impl ObjectStore for FsStore {
                 size,
             });
         }
-        // Copied as it is now: one replaced meanwhile by a larger one is refused as it is
-        // read (at most what was admitted is copied).
+        // Copied from the handle measured: at most what was admitted.
         let to = to.to_owned();
         self.blocking(move |_| {
-            Ok(not_found_is_none(copy_into_place_within(&from, &to, size))?.is_some())
+            copy_into_place_within(source, &to, size)?;
+            Ok(true)
         })
         .await
     }

@@ -113,6 +113,9 @@ pub enum Fault {
     /// Answer 200 with a body that never ends (pkt-lines of filler, as fast as they are
     /// read), until the client gives up.
     Endless,
+    /// Answer 200 with an `ls-refs` listing that never ends (well-formed ref lines, as fast
+    /// as they are read), until the client gives up.
+    EndlessRefs,
     /// Answer a fetch with a pack that never ends: a well-formed start (a `packfile`
     /// section, a pack header claiming a million objects) and then empty blobs on band 1,
     /// as fast as they are read, until the client gives up.
@@ -692,11 +695,29 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
             Fault::ExtraLine(line) => extra_line = Some(line),
             Fault::ServicePreamble => preamble = true,
             Fault::TrailingProgress(every) => trailing = Some(every),
-            Fault::Endless => {
+            Fault::Endless | Fault::EndlessRefs => {
                 let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(2);
+                let refs = matches!(fault, Fault::EndlessRefs);
                 tokio::spawn(async move {
                     let filler = Bytes::from(format!("{:04x}{}\n", 1005, "x".repeat(1000)));
-                    while tx.send(Ok(Frame::data(filler.clone()))).await.is_ok() {}
+                    let mut n = 0u64;
+                    loop {
+                        let frame = if refs {
+                            // A thousand ref lines at a time.
+                            let mut lines = String::new();
+                            for _ in 0..1000 {
+                                let line = format!("{:040x} refs/heads/b{n}\n", n);
+                                lines.push_str(&format!("{:04x}{line}", line.len() + 4));
+                                n += 1;
+                            }
+                            Bytes::from(lines)
+                        } else {
+                            filler.clone()
+                        };
+                        if tx.send(Ok(Frame::data(frame))).await.is_err() {
+                            break;
+                        }
+                    }
                 });
                 let resp = Response::builder()
                     .status(StatusCode::OK)
