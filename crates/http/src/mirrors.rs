@@ -155,7 +155,18 @@ const MAX_WARMING: usize = 64;
 const MAX_WEBHOOK_WARMING: usize = 16;
 
 /// Refs a mirror did not take, and the values they were listed with.
-type LeftOut = Arc<Vec<RefLine>>;
+/// Digests of the refs a refresh left out (see [`left_out_digest`]): each by its name,
+/// value and target, and by its name and value alone (a listing that tells no targets).
+type LeftOut = Arc<std::collections::HashSet<u64>>;
+
+/// A keyed digest of a listed ref (the key is the process's own: an upstream cannot make
+/// a moved ref collide with one left out).
+fn left_out_digest(name: &[u8], oid: Option<gix_hash::ObjectId>, target: Option<&[u8]>) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEYS.get_or_init(std::hash::RandomState::new)
+        .hash_one((name, oid, target))
+}
 /// The most repositories whose refs left out are remembered (few have any).
 const MAX_LEFT_OUT_REPOS: usize = 1_000;
 
@@ -706,8 +717,21 @@ impl Mirrors {
         if left_out.is_empty() {
             table.remove(key);
         } else {
+            let digests = left_out
+                .iter()
+                .flat_map(|line| {
+                    [
+                        left_out_digest(
+                            &line.name,
+                            line.oid,
+                            line.symref_target.as_deref().map(|t| t.as_ref()),
+                        ),
+                        left_out_digest(&line.name, line.oid, None),
+                    ]
+                })
+                .collect();
             table.make_room(|_, _| true);
-            table.insert(key.clone(), Arc::new(left_out.to_vec()));
+            table.insert(key.clone(), Arc::new(digests));
         }
     }
 
@@ -749,12 +773,8 @@ impl Mirrors {
                 .filter(|line| {
                     // The same name and value, and (for `HEAD`) the same target when the
                     // listing says one: a new target is news even at the same commit.
-                    !left_out.iter().any(|out| {
-                        out.name == line.name
-                            && out.oid == line.oid
-                            && (line.symref_target.is_none()
-                                || out.symref_target == line.symref_target)
-                    })
+                    let target = line.symref_target.as_deref().map(|t| t.as_ref());
+                    !left_out.contains(&left_out_digest(&line.name, line.oid, target))
                 })
                 .cloned()
                 .collect(),
@@ -1680,6 +1700,14 @@ mod tests {
             ..head
         };
         assert!(with(&[head_moved]), "another target, the same commit");
+        // Many left out (more than the 64 remembered once): still not news.
+        let many: Vec<RefLine> = (0..1000)
+            .map(|i| RefLine::new(main.oid.unwrap(), format!("refs/heads/odd{i}..name")))
+            .collect();
+        assert!(with(&many));
+        f.mirrors.note_left_out(&f.key, &many);
+        assert!(!with(&many));
+        assert!(with(&[RefLine::new(other, "refs/heads/odd999..name")]));
     }
 
     /// A refresh stopped for the disk's floor as its pack arrived (here the registry's floor

@@ -53,8 +53,9 @@ pub struct Refreshed {
 /// Refs left out of a listing that are logged one by one (the rest are counted).
 const REFUSED_LOGGED: usize = 16;
 
-/// The most refs left out that a refresh reports (see [`Refreshed::left_out`]).
-pub const MAX_LEFT_OUT: usize = 64;
+/// The most refs left out that a refresh reports (see [`Refreshed::left_out`]): an upstream
+/// listing more that gitcache does not take has each listing seen as news.
+pub const MAX_LEFT_OUT: usize = 4096;
 /// The longest name (with its symbolic target) of a ref left out that a refresh reports.
 pub const MAX_LEFT_OUT_NAME: usize = 1024;
 

@@ -403,6 +403,19 @@ async fn refs_no_git_would_write_are_left_out() {
     mirror.refresh(&up, &[]).await.unwrap();
     assert_eq!(std::fs::read(mirror.git_dir().join("HEAD")).unwrap(), head);
 
+    // Many more left out than 64: each is reported, so that listings showing them alike are
+    // not news.
+    let mut listing = Vec::new();
+    let lines = std::iter::once(format!("{tip} refs/heads/main\n"))
+        .chain((0..1000).map(|i| format!("{tip} refs/heads/odd{i}..name\n")));
+    for line in lines {
+        listing.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes());
+    }
+    listing.extend_from_slice(b"0000");
+    upstream.inject(Fault::Replay(listing), 1, Some(RequestKind::LsRefs));
+    let done = mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(done.left_out.unwrap().len(), 1000);
+
     // The upstream's `HEAD` names a ref outside the prefixes mirrored: the mirror's stays as
     // it was, naming a ref it has.
     git(&source, &["update-ref", "refs/notes/elsewhere", &tip]);
