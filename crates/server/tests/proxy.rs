@@ -207,6 +207,41 @@ fn info_refs_that_is_no_v2_advertisement_is_passed_on_whole() {
     assert_eq!(answer.status, 200, "{}", answer.body_text());
     assert_eq!(answer.content(), dumb);
     assert_eq!(answer.header("content-type").as_deref(), Some("text/plain"));
+    // It granted nothing: a v2 request after it is checked upstream again, and with the
+    // upstream still answering so, goes to the upstream as it came.
+    upstream.inject(
+        Fault::ReplayAs {
+            content_type: "text/plain",
+            body: dumb.clone(),
+        },
+        1,
+        Some(RequestKind::InfoRefs),
+    );
+    upstream.reset_counts();
+    let mut ls_refs = Vec::new();
+    pkt(&mut ls_refs, "command=ls-refs");
+    pkt(&mut ls_refs, "object-format=sha1");
+    ls_refs.extend_from_slice(b"0001");
+    pkt(&mut ls_refs, "ref-prefix refs/heads/");
+    ls_refs.extend_from_slice(b"0000");
+    let listed = http(
+        &cache.addr,
+        "POST",
+        "/acme/old.git/git-upload-pack",
+        &[
+            ("Git-Protocol", "version=2"),
+            ("Content-Type", "application/x-git-upload-pack-request"),
+        ],
+        &ls_refs,
+    );
+    assert_eq!(listed.status, 200, "{}", listed.body_text());
+    let counts = upstream.counts();
+    assert_eq!((counts.info_refs, counts.ls_refs), (1, 1), "{counts:?}");
+    common::wait_for("the request logged as passed through", || {
+        cache.log().lines().any(|line| {
+            line.contains("method=POST") && line.contains("cache_state=\"passthrough\"")
+        })
+    });
 
     let mut v0 = Vec::new();
     pkt(&mut v0, "# service=git-upload-pack");
