@@ -236,15 +236,10 @@ impl Admin {
             .await
             .map_err(|e| internal(e.to_string()))?;
         if let Some(responses) = &self.responses {
-            // The bucket's first: a request in between finds neither copy, not a local miss
-            // that takes the shared one back.
             responses
-                .remove_shared_repo(&key.relative_path())
+                .purge_repo(&key.relative_path())
                 .await
                 .map_err(internal)?;
-            responses
-                .remove_repo(&key.relative_path())
-                .map_err(|e| internal(e.to_string()))?;
         }
         Ok(())
     }

@@ -713,23 +713,22 @@ impl Mirrors {
     /// Note what `key`'s refresh left out of the refs its listing named (see
     /// [`Mirrors::left_out`]).
     fn note_left_out(&self, key: &RepoKey, left_out: &[RefLine]) {
+        // Made before the table is locked (every listing's comparison takes it). A line
+        // with a target has a digest with it and one without (a listing that tells no
+        // targets); one without has the one.
+        let digests: std::collections::HashSet<u64> = left_out
+            .iter()
+            .flat_map(|line| {
+                let target = line.symref_target.as_deref().map(|t| t.as_ref());
+                let with = target.map(|t| left_out_digest(&line.name, line.oid, Some(t)));
+                with.into_iter()
+                    .chain([left_out_digest(&line.name, line.oid, None)])
+            })
+            .collect();
         let mut table = self.left_out.lock().unwrap_or_else(|p| p.into_inner());
-        if left_out.is_empty() {
+        if digests.is_empty() {
             table.remove(key);
         } else {
-            let digests = left_out
-                .iter()
-                .flat_map(|line| {
-                    [
-                        left_out_digest(
-                            &line.name,
-                            line.oid,
-                            line.symref_target.as_deref().map(|t| t.as_ref()),
-                        ),
-                        left_out_digest(&line.name, line.oid, None),
-                    ]
-                })
-                .collect();
             table.make_room(|_, _| true);
             table.insert(key.clone(), Arc::new(digests));
         }

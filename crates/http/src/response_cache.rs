@@ -574,31 +574,17 @@ impl ResponseCache {
             all: &self.downloads_held,
             mine: AtomicU64::new(0),
         };
-        // The room there was when an answer was refused for being larger than all of it
-        // (not for what other downloads hold, which they give back).
-        let too_large_for = AtomicU64::new(0);
         let admit = |size: u64| match self.above_floor() {
             None => true,
-            Some(room) if size > room => {
-                too_large_for.store(room.max(1), Ordering::Relaxed);
-                false
-            }
             Some(room) => held.hold(size, room),
         };
         let removals = self.removals_of(repo);
-        let mut taken =
-            match (shared.download_counted(&repo_text(repo), key, &path, limit, &admit)).await {
-                Ok(taken) => taken,
-                Err(crate::shared_responses::NoRoom(_)) => {
-                    // Generated here, it would not fit either: as one stopped for the floor
-                    // once it had taken all the room there was.
-                    match too_large_for.load(Ordering::Relaxed) {
-                        0 => {}
-                        room => self.note_short_of_room(room),
-                    }
-                    None
-                }
-            };
+        // One that does not fit is generated here, as if the bucket had none: stopped at the
+        // floor as it is stored, if it is as large as the bucket says (a size the bucket
+        // claims is not taken for what was short here).
+        let mut taken = (shared.download_counted(&repo_text(repo), key, &path, limit, &admit))
+            .await
+            .unwrap_or(None);
         drop(held);
         // The repository's answers were removed while it came (a purge): it goes too.
         if taken.is_some() && self.removals_of(repo) != removals {
@@ -614,6 +600,16 @@ impl ResponseCache {
                 .fetch_add(bytes, Ordering::Relaxed);
         }
         taken.is_some()
+    }
+
+    /// Remove every stored response of `repo` (a purge): from the bucket first, so that a
+    /// request in between finds neither copy (not a local miss that takes the shared one
+    /// back), then here, even when the bucket's could not go (the removal here is what keeps
+    /// answers begun before it from being stored after it). The bucket's error, if any.
+    pub(crate) async fn purge_repo(&self, repo: &Path) -> Result<(), String> {
+        let shared = self.remove_shared_repo(repo).await;
+        self.remove_repo(repo).map_err(|e| e.to_string())?;
+        shared
     }
 
     /// Delete every stored response of `repo` from the shared store too.
@@ -1659,10 +1655,10 @@ mod tests {
                 taken
             );
             if free == floor + size - 1 {
-                // Noted as one that took all the room there was.
-                let noted = cache.short_of_room.lock().unwrap().expect("noted").1;
-                assert_eq!(noted, size - 1);
-                // Not generated here either, with room for less than twice it.
+                // Nothing noted short of room for the size a bucket claims.
+                assert!(cache.short_of_room.lock().unwrap().is_none());
+                // Nor generated here with less room above the floor than a generation begins
+                // with.
                 FREE.store(floor + 2 * size - 1, Ordering::SeqCst);
                 let lookup = cache.lookup(Path::new(REPO), "other", writer_of(Vec::new()));
                 assert!(matches!(lookup, Lookup::Live));
@@ -1691,6 +1687,35 @@ mod tests {
         assert_eq!(cache.downloads_held.load(Ordering::SeqCst), 0);
         assert!(cache.take_shared(Path::new(REPO), "k").await);
         assert_eq!(cache.downloads_held.load(Ordering::SeqCst), 0, "given back");
+    }
+
+    /// A purge whose bucket cannot be reached still removes the answers stored here, and
+    /// counts the removal (answers begun before it are not stored); the bucket's error is
+    /// told.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_the_bucket_fails_still_removes_the_answers_here() {
+        let dir = tempfile::tempdir().unwrap();
+        // A bucket whose folder is a file: every listing of it fails.
+        let broken = dir.path().join("bucket");
+        std::fs::write(&broken, b"not a folder").unwrap();
+        let shared = SharedResponses::new(
+            gitcache_storage::store::AnyStore::Fs(gitcache_storage::store::FsStore::new(broken)),
+            None,
+            None,
+        );
+        let cache = Arc::new(
+            ResponseCache::new(dir.path().join("r"), Default::default())
+                .unwrap()
+                .with_shared(shared),
+        );
+        let (generation, readers) = lead(&cache, Vec::new(), 0);
+        let _bodies = read_all(readers, 64);
+        write_and_finish(&cache, generation, content(10_000)).await;
+        assert!(cache.store.open(Path::new(REPO), "k").unwrap().is_some());
+        let before = cache.removals_of(Path::new(REPO));
+        assert!(cache.purge_repo(Path::new(REPO)).await.is_err());
+        assert!(cache.store.open(Path::new(REPO), "k").unwrap().is_none());
+        assert_eq!(cache.removals_of(Path::new(REPO)), before + 1);
     }
 
     /// A generation begun before its repository's answers were removed (a purge: it reads

@@ -55,7 +55,7 @@ const REFUSED_LOGGED: usize = 16;
 
 /// The most refs left out that a refresh reports (see [`Refreshed::left_out`]): an upstream
 /// listing more that gitcache does not take has each listing seen as news.
-pub const MAX_LEFT_OUT: usize = 4096;
+pub const MAX_LEFT_OUT: usize = 2048;
 /// The longest name (with its symbolic target) of a ref left out that a refresh reports.
 pub const MAX_LEFT_OUT_NAME: usize = 1024;
 

@@ -189,7 +189,9 @@ pub fn shown(data: &[u8]) -> String {
     let part = &data[..data.len().min(SHOWN_MOST)];
     let mut text = String::with_capacity(part.len());
     for c in part.to_str_lossy().chars() {
-        match c.is_control() {
+        // Bidirectional overrides and isolates reorder what a log shows around them.
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        match c.is_control() || bidi {
             true => text.extend(c.escape_default()),
             false => text.push(c),
         }
@@ -286,6 +288,7 @@ mod tests {
     fn lines_are_shown_cut() {
         assert_eq!(shown(b"short \xff"), "short \u{fffd}");
         assert_eq!(shown(b"a\nb\x1b[2J\r"), "a\\nb\\u{1b}[2J\\r");
+        assert_eq!(shown("x\u{202e}y".as_bytes()), "x\\u{202e}y");
         let long = vec![b'x'; 65_000];
         let text = shown(&long);
         assert_eq!(text.len(), SHOWN_MOST + '…'.len_utf8());

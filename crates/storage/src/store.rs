@@ -437,13 +437,15 @@ fn copy_into_place_within(source: std::fs::File, to: &Path, most: u64) -> std::i
 }
 
 /// `path` opened for reading without waiting (a FIFO put in the store's place does not
-/// hold the thread), with what it is: sized and copied from this one handle, whatever
-/// replaces the path meanwhile. `None` if there is nothing there.
+/// hold the thread) and without following a symbolic link there, with what it is: sized
+/// and read from this one handle, whatever replaces the path meanwhile. `None` if there is
+/// nothing there.
 fn open_measured(path: &Path) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
     use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
     let opened = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .custom_flags(flags.bits() as i32)
         .open(path);
     let Some(file) = not_found_is_none(opened)? else {
         return Ok(None);
@@ -554,9 +556,12 @@ impl ObjectStore for FsStore {
         let key = key.clone();
         self.blocking(move |store| {
             let path = store.path_of(&key);
-            let Some(file) = not_found_is_none(std::fs::File::open(&path))? else {
+            let Some((file, meta)) = open_measured(&path)? else {
                 return Ok(None);
             };
+            if !meta.is_file() {
+                return Ok(None);
+            }
             let mut bytes = Vec::new();
             std::io::Read::read_to_end(
                 &mut std::io::Read::take(file, limit.saturating_add(1)),
@@ -576,10 +581,14 @@ impl ObjectStore for FsStore {
         range: std::ops::Range<u64>,
     ) -> Result<Option<ByteStream>, StoreError> {
         use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-        let Some(mut file) = not_found_is_none(tokio::fs::File::open(self.path_of(key)).await)?
-        else {
+        let path = self.path_of(key);
+        let Some((file, meta)) = self.blocking(move |_| Ok(open_measured(&path)?)).await? else {
             return Ok(None);
         };
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let mut file = tokio::fs::File::from_std(file);
         file.seek(std::io::SeekFrom::Start(range.start)).await?;
         let left = range.end.saturating_sub(range.start);
         let pieces =

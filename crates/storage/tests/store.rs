@@ -562,3 +562,37 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// What is in the store's folder but not a file it wrote is not read: a symbolic link to a
+/// file elsewhere, and a FIFO (which would hold a reading thread until a writer came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_and_fifos_in_the_store_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path().join("store"));
+    let secret = dir.path().join("elsewhere");
+    std::fs::write(&secret, b"not the store's").unwrap();
+    let (link, fifo) = (key("responses/link"), key("responses/fifo"));
+    std::fs::create_dir_all(store.path_of(&link).parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&secret, store.path_of(&link)).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(store.path_of(&fifo))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let local = dir.path().join("local");
+    for object in [&link, &fifo] {
+        let read = async {
+            let bytes = store.get_bytes(object, 1 << 20).await;
+            assert!(!matches!(bytes, Ok(Some(_))), "{object:?}: {bytes:?}");
+            let range = store.read_range(object, 0..10).await;
+            assert!(!matches!(range, Ok(Some(_))), "{object:?}");
+            let copied = store.get_file(object, &local, 1 << 20).await;
+            assert!(!matches!(copied, Ok(true)), "{object:?}: {copied:?}");
+        };
+        // A bound on liveness: a FIFO opened for reading waits for a writer forever.
+        tokio::time::timeout(std::time::Duration::from_secs(30), read)
+            .await
+            .expect("not held by what is there");
+        assert!(!local.exists());
+    }
+}
