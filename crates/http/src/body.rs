@@ -39,11 +39,13 @@ enum Kind {
     Full(Option<Bytes>),
     Channel(mpsc::Receiver<Result<Bytes, std::io::Error>>),
     /// An upstream's body, and the longest it may keep the client waiting for its next
-    /// bytes (with the deadline of the wait under way, if one is).
+    /// bytes (with the deadline of the wait under way, if one is), and when it must have
+    /// ended, if it must.
     Upstream(
         ResponseBody,
         std::time::Duration,
         Option<Pin<Box<tokio::time::Sleep>>>,
+        Option<Box<Deadline>>,
     ),
     /// These bytes, then that body.
     After(Option<Bytes>, Box<Body>),
@@ -71,7 +73,21 @@ impl Body {
     /// client waiting longer than `idle` for its next bytes breaks it off (the time a slow
     /// client takes to read does not count: only waits for the upstream do).
     pub fn upstream(body: ResponseBody, idle: std::time::Duration) -> Self {
-        Body(Kind::Upstream(body, idle, None), None)
+        Body(Kind::Upstream(body, idle, None, None), None)
+    }
+
+    /// [`upstream`](Self::upstream), broken off if it has not ended `total` from now (a
+    /// client reading slowly counts here too).
+    pub fn upstream_within(
+        body: ResponseBody,
+        idle: std::time::Duration,
+        total: std::time::Duration,
+    ) -> Self {
+        let deadline = Box::new(Deadline {
+            total,
+            sleep: Box::pin(tokio::time::sleep(total)),
+        });
+        Body(Kind::Upstream(body, idle, None, Some(deadline)), None)
     }
 
     /// `first`, then `rest`: a body of which the first bytes were read already.
@@ -92,6 +108,39 @@ impl Body {
     }
 }
 
+/// When an upstream's body must have ended (see [`Body::upstream_within`]).
+#[derive(Debug)]
+struct Deadline {
+    total: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The next frame of an upstream's body, or an error once it kept the client waiting longer
+/// than `idle` (the deadline of the wait under way in `waiting`).
+fn poll_upstream(
+    body: &mut ResponseBody,
+    idle: std::time::Duration,
+    waiting: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match hyper::body::Body::poll_frame(Pin::new(body), cx) {
+        Poll::Ready(frame) => {
+            *waiting = None;
+            Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        }
+        Poll::Pending => {
+            let deadline = waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                    "the upstream sent nothing for {idle:?}"
+                )
+                .into()))),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+}
+
 impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = BoxError;
@@ -106,23 +155,21 @@ impl hyper::body::Body for Body {
             Kind::Channel(rx) => rx
                 .poll_recv(cx)
                 .map(|chunk| chunk.map(|c| c.map(Frame::data).map_err(Into::into))),
-            Kind::Upstream(body, idle, waiting) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(frame) => {
-                    *waiting = None;
-                    Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            Kind::Upstream(body, idle, waiting, total) => {
+                let mut over = None;
+                if let Some(deadline) = total
+                    && deadline.sleep.as_mut().poll(cx).is_ready()
+                {
+                    over = Some(deadline.total);
                 }
-                Poll::Pending => {
-                    let deadline =
-                        waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
-                    match deadline.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(format!(
-                            "the upstream sent nothing for {idle:?}"
-                        )
-                        .into()))),
-                        Poll::Pending => Poll::Pending,
-                    }
+                match over {
+                    Some(total) => Poll::Ready(Some(Err(format!(
+                        "the upstream's answer did not end within {total:?}"
+                    )
+                    .into()))),
+                    None => poll_upstream(body, *idle, waiting, cx),
                 }
-            },
+            }
             Kind::After(first, rest) => match first.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
@@ -1038,13 +1085,33 @@ pub(crate) fn passed_on(
     started: std::time::Instant,
     idle: std::time::Duration,
 ) -> hyper::Response<Body> {
+    passed_on_as(response, started, |body| Body::upstream(body, idle))
+}
+
+/// [`passed_on`], its body broken off if it has not ended within `total`.
+pub(crate) fn passed_on_within(
+    response: hyper::Response<ResponseBody>,
+    started: std::time::Instant,
+    idle: std::time::Duration,
+    total: std::time::Duration,
+) -> hyper::Response<Body> {
+    passed_on_as(response, started, |body| {
+        Body::upstream_within(body, idle, total)
+    })
+}
+
+fn passed_on_as(
+    response: hyper::Response<ResponseBody>,
+    started: std::time::Instant,
+    body_of: impl FnOnce(ResponseBody) -> Body,
+) -> hyper::Response<Body> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.extensions.insert(crate::access_log::UpstreamCall {
         status: parts.status.as_u16(),
         duration_ms: started.elapsed().as_millis() as u64,
     });
-    hyper::Response::from_parts(parts, Body::upstream(body, idle))
+    hyper::Response::from_parts(parts, body_of(body))
 }
 
 /// Drop the headers that belong to one connection.

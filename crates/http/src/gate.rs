@@ -17,7 +17,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response};
 
 use crate::access::{AccessGrants, Fingerprint};
-use crate::body::{Body, passed_on, strip_hop_by_hop};
+use crate::body::{Body, passed_on_within, strip_hop_by_hop};
 use crate::config::{CredentialMode, ProxyConfig, Secret};
 use crate::error::Error;
 use crate::metrics;
@@ -32,7 +32,7 @@ pub(crate) enum Verified {
     /// Accepted; protocol v2 in this object format.
     V2(HashKind),
     /// Refused, or not protocol v2: the client gets the upstream's answer as it is.
-    Answer(Response<Body>),
+    Answer(Box<Response<Body>>),
 }
 
 /// The grants, and what is needed to ask the upstream.
@@ -144,21 +144,23 @@ impl AccessGate {
         metrics::upstream("verify", response.status().as_u16(), started.elapsed());
         if !response.status().is_success() {
             tracing::info!(status = %response.status(), "upstream refused access");
-            return Ok(Verified::Answer(passed_on(
+            return Ok(Verified::Answer(Box::new(passed_on_within(
                 response,
                 started,
                 target.timeout,
-            )));
+                self.listing_timeout,
+            ))));
         }
         // As git's client reads it: without smart HTTP's type the answer is a dumb server's
         // (or anything else), no advertisement to read; the client gets it as it is.
         if !is_advertisement(response.headers()) {
             tracing::info!("upstream answered without an advertisement's type: passed on");
-            return Ok(Verified::Answer(passed_on(
+            return Ok(Verified::Answer(Box::new(passed_on_within(
                 response,
                 started,
                 target.timeout,
-            )));
+                self.listing_timeout,
+            ))));
         }
         let (parts, mut body) = response.into_parts();
         let read = tokio::time::timeout(target.timeout, async {
@@ -193,7 +195,10 @@ impl AccessGate {
                 // answer, what was read of it and then the rest as it comes.
                 let answer = match whole {
                     true => Body::full(read),
-                    false => Body::after(read, Body::upstream(body, target.timeout)),
+                    false => Body::after(
+                        read,
+                        Body::upstream_within(body, target.timeout, self.listing_timeout),
+                    ),
                 };
                 let mut response = Response::from_parts(parts, answer);
                 strip_hop_by_hop(response.headers_mut());
@@ -201,7 +206,7 @@ impl AccessGate {
                     // Its length is what was read, whatever the upstream said.
                     response.headers_mut().remove(header::CONTENT_LENGTH);
                 }
-                Ok(Verified::Answer(response))
+                Ok(Verified::Answer(Box::new(response)))
             }
             (Err(err), _) => {
                 Err(gitcache_upstream::Error::Protocol(format!("advertisement: {err}")).into())

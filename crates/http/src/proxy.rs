@@ -874,9 +874,11 @@ impl Proxy {
             Verified::Answer(response) if !response.status().is_success() => {
                 let status = response.status().as_u16();
                 self.gate.grants().refused(&target.key, who, status);
-                return Ok(with_state(response, CacheState::Rejected));
+                return Ok(with_state(*response, CacheState::Rejected));
             }
-            Verified::Answer(response) => return Ok(with_state(response, CacheState::Passthrough)),
+            Verified::Answer(response) => {
+                return Ok(with_state(*response, CacheState::Passthrough));
+            }
         };
         self.gate
             .grants()
@@ -920,7 +922,7 @@ impl Proxy {
                 Verified::Answer(response) if !response.status().is_success() => {
                     let status = response.status().as_u16();
                     self.gate.grants().refused(&target.key, who, status);
-                    return Ok(with_state(response, CacheState::Rejected));
+                    return Ok(with_state(*response, CacheState::Rejected));
                 }
                 // The upstream stopped speaking v2: let it answer the request itself.
                 Verified::Answer(unread) => {

@@ -1048,3 +1048,67 @@ fn an_upstream_length_that_is_not_the_bodys_is_not_passed_on() {
         }
     }
 }
+
+/// An `info/refs` answer passed on (here a dumb server's) that trickles a byte now and then,
+/// each within the idle timeout, is broken off at the listing timeout, not held open.
+#[test]
+fn a_trickling_info_refs_passed_on_ends_at_the_listing_timeout() {
+    let _shared = shared();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let raw = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let start = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\
+                             Transfer-Encoding: chunked\r\n\r\n";
+                if stream.write_all(start.as_bytes()).is_err() {
+                    return;
+                }
+                // A byte every 200 ms, without end.
+                while stream.write_all(b"1\r\nx\r\n").is_ok() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+        }
+    });
+    let upstream = Upstream::start().unwrap();
+    let host = format!("raw=http://{raw}");
+    let cache = Gitcache::start(
+        &upstream,
+        &["--upstream-host", &host, "--upstream-listing-timeout", "2"],
+    );
+    // Read on a thread of its own: without the bound the answer never ends.
+    let addr = cache.addr.clone();
+    let (sent, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let answer = http(
+            &addr,
+            "GET",
+            "/raw/acme/slow.git/info/refs?service=git-upload-pack",
+            &[V2],
+            b"",
+        );
+        let _ = sent.send(answer);
+    });
+    // A bound on liveness, not on speed: the listing timeout is 2 s.
+    let answer = got
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the answer was broken off");
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    assert!(
+        !answer.body.ends_with(b"0\r\n\r\n"),
+        "broken off, not ended: {}",
+        answer.body_text()
+    );
+    common::wait_for("the answer logged as broken off", || {
+        cache.log().lines().any(|line| {
+            line.contains("path=/raw/acme/slow.git/info/refs") && line.contains("complete=false")
+        })
+    });
+}
