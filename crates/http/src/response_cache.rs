@@ -608,8 +608,15 @@ impl ResponseCache {
     /// answers begun before it from being stored after it). The bucket's error, if any.
     pub(crate) async fn purge_repo(&self, repo: &Path) -> Result<(), String> {
         let shared = self.remove_shared_repo(repo).await;
-        self.remove_repo(repo).map_err(|e| e.to_string())?;
-        shared
+        let local = self.remove_repo(repo);
+        match (shared, local) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(err), Ok(())) => Err(format!("the bucket's stored responses: {err}")),
+            (Ok(()), Err(err)) => Err(format!("the stored responses here: {err}")),
+            (Err(shared), Err(local)) => Err(format!(
+                "the bucket's stored responses: {shared}; the stored responses here: {local}"
+            )),
+        }
     }
 
     /// Delete every stored response of `repo` from the shared store too.
@@ -1713,7 +1720,8 @@ mod tests {
         write_and_finish(&cache, generation, content(10_000)).await;
         assert!(cache.store.open(Path::new(REPO), "k").unwrap().is_some());
         let before = cache.removals_of(Path::new(REPO));
-        assert!(cache.purge_repo(Path::new(REPO)).await.is_err());
+        let err = cache.purge_repo(Path::new(REPO)).await.unwrap_err();
+        assert!(err.starts_with("the bucket's stored responses: "), "{err}");
         assert!(cache.store.open(Path::new(REPO), "k").unwrap().is_none());
         assert_eq!(cache.removals_of(Path::new(REPO)), before + 1);
     }

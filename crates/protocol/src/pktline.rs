@@ -189,8 +189,11 @@ pub fn shown(data: &[u8]) -> String {
     let part = &data[..data.len().min(SHOWN_MOST)];
     let mut text = String::with_capacity(part.len());
     for c in part.to_str_lossy().chars() {
-        // Bidirectional overrides and isolates reorder what a log shows around them.
-        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        // Bidirectional marks, overrides and isolates reorder what a log shows around them.
+        let bidi = matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        );
         match c.is_control() || bidi {
             true => text.extend(c.escape_default()),
             false => text.push(c),
@@ -289,6 +292,7 @@ mod tests {
         assert_eq!(shown(b"short \xff"), "short \u{fffd}");
         assert_eq!(shown(b"a\nb\x1b[2J\r"), "a\\nb\\u{1b}[2J\\r");
         assert_eq!(shown("x\u{202e}y".as_bytes()), "x\\u{202e}y");
+        assert_eq!(shown("x\u{200f}y".as_bytes()), "x\\u{200f}y");
         let long = vec![b'x'; 65_000];
         let text = shown(&long);
         assert_eq!(text.len(), SHOWN_MOST + '…'.len_utf8());

@@ -425,7 +425,10 @@ fn copy_into_place_within(source: std::fs::File, to: &Path, most: u64) -> std::i
         create_dirs(dir)?;
     }
     replace_file_with(to, |file| {
-        let copied = std::io::copy(&mut std::io::Read::take(source, most + 1), file)?;
+        let copied = std::io::copy(
+            &mut std::io::Read::take(source, most.saturating_add(1)),
+            file,
+        )?;
         if copied > most {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -447,11 +450,45 @@ fn open_measured(path: &Path) -> std::io::Result<Option<(std::fs::File, std::fs:
         .read(true)
         .custom_flags(flags.bits() as i32)
         .open(path);
-    let Some(file) = not_found_is_none(opened)? else {
-        return Ok(None);
+    let file = match opened {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // A symbolic link at the object's place: none of the store's.
+        Err(err) if err.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Ok(None);
+        }
+        Err(err) => return Err(err),
     };
     let meta = file.metadata()?;
+    if meta.is_file() {
+        // Reads wait as usual from here (a file system that passes the flag on could
+        // otherwise answer "try again").
+        rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())?;
+    }
     Ok(Some((file, meta)))
+}
+
+/// The regular file at `path` whole, if one is there (nothing else is read: see
+/// [`open_measured`]); more than `most` bytes is [`std::io::ErrorKind::FileTooLarge`].
+fn read_regular(path: &Path, most: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let Some((file, meta)) = open_measured(path)? else {
+        return Ok(None);
+    };
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    if meta.len() > most {
+        return Err(std::io::ErrorKind::FileTooLarge.into());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, most.saturating_add(1)),
+        &mut bytes,
+    )?;
+    if bytes.len() as u64 > most {
+        return Err(std::io::ErrorKind::FileTooLarge.into());
+    }
+    Ok(Some(bytes))
 }
 
 fn copy_after_into_place(head: &[u8], from: &Path, to: &Path) -> std::io::Result<()> {
@@ -545,9 +582,9 @@ impl ObjectStore for FsStore {
     async fn size(&self, key: &ObjectKey) -> Result<Option<u64>, StoreError> {
         let key = key.clone();
         self.blocking(move |store| {
-            Ok(not_found_is_none(std::fs::metadata(store.path_of(&key)))?
-                .filter(std::fs::Metadata::is_file)
-                .map(|m| m.len()))
+            Ok(open_measured(&store.path_of(&key))?
+                .filter(|(_, meta)| meta.is_file())
+                .map(|(_, meta)| meta.len()))
         })
         .await
     }
@@ -661,16 +698,15 @@ impl ObjectStore for FsStore {
     async fn read_manifest(&self, key: &ObjectKey) -> Result<Option<Manifest>, StoreError> {
         let key = key.clone();
         self.blocking(move |store| {
-            let path = store.path_of(&key);
-            if let Some(meta) = not_found_is_none(std::fs::metadata(&path))?
-                && meta.len() > MAX_MANIFEST
-            {
-                return Err(StoreError::TooLarge {
-                    key,
-                    limit: MAX_MANIFEST,
-                });
-            }
-            let bytes = not_found_is_none(std::fs::read(path))?;
+            let bytes = match read_regular(&store.path_of(&key), MAX_MANIFEST) {
+                Err(err) if err.kind() == std::io::ErrorKind::FileTooLarge => {
+                    return Err(StoreError::TooLarge {
+                        key,
+                        limit: MAX_MANIFEST,
+                    });
+                }
+                read => read?,
+            };
             Ok(bytes.map(|bytes| Manifest {
                 version: digest(&bytes),
                 bytes,
@@ -693,7 +729,7 @@ impl ObjectStore for FsStore {
         self.blocking(move |store| {
             let path = store.path_of(&key);
             let _held = store.manifests.lock().unwrap_or_else(|p| p.into_inner());
-            let current = not_found_is_none(std::fs::read(&path))?.map(|b| digest(&b));
+            let current = read_regular(&path, u64::MAX)?.map(|b| digest(&b));
             if current != expected {
                 return Ok(Replaced::Conflict);
             }
