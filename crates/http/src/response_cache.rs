@@ -605,7 +605,7 @@ impl ResponseCache {
     /// Remove every stored response of `repo` (a purge): from the bucket first, so that a
     /// request in between finds neither copy (not a local miss that takes the shared one
     /// back), then here, even when the bucket's could not go (the removal here is what keeps
-    /// answers begun before it from being stored after it). The bucket's error, if any.
+    /// answers begun before it from being stored after it). Which removal failed, if any.
     pub(crate) async fn purge_repo(&self, repo: &Path) -> Result<(), String> {
         let shared = self.remove_shared_repo(repo).await;
         let local = self.remove_repo(repo);

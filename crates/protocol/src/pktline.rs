@@ -189,12 +189,18 @@ pub fn shown(data: &[u8]) -> String {
     let part = &data[..data.len().min(SHOWN_MOST)];
     let mut text = String::with_capacity(part.len());
     for c in part.to_str_lossy().chars() {
-        // Bidirectional marks, overrides and isolates reorder what a log shows around them.
-        let bidi = matches!(
+        // Bidirectional marks, overrides and isolates reorder what a log shows around them;
+        // line and paragraph separators break lines in some viewers; zero-width characters
+        // hide.
+        let unseen = matches!(
             c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
         );
-        match c.is_control() || bidi {
+        match c.is_control() || unseen {
             true => text.extend(c.escape_default()),
             false => text.push(c),
         }
@@ -293,6 +299,7 @@ mod tests {
         assert_eq!(shown(b"a\nb\x1b[2J\r"), "a\\nb\\u{1b}[2J\\r");
         assert_eq!(shown("x\u{202e}y".as_bytes()), "x\\u{202e}y");
         assert_eq!(shown("x\u{200f}y".as_bytes()), "x\\u{200f}y");
+        assert_eq!(shown("x\u{2028}y".as_bytes()), "x\\u{2028}y");
         let long = vec![b'x'; 65_000];
         let text = shown(&long);
         assert_eq!(text.len(), SHOWN_MOST + '…'.len_utf8());

@@ -453,8 +453,10 @@ fn open_measured(path: &Path) -> std::io::Result<Option<(std::fs::File, std::fs:
     let file = match opened {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        // A symbolic link at the object's place: none of the store's.
-        Err(err) if err.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+        // A symbolic link at the object's place is none of the store's; a loop of links
+        // above it is an error.
+        Err(err) if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) => {
+            drop(err);
             return Ok(None);
         }
         Err(err) => return Err(err),
@@ -729,7 +731,18 @@ impl ObjectStore for FsStore {
         self.blocking(move |store| {
             let path = store.path_of(&key);
             let _held = store.manifests.lock().unwrap_or_else(|p| p.into_inner());
-            let current = read_regular(&path, u64::MAX)?.map(|b| digest(&b));
+            let present = open_measured(&path)?.filter(|(_, meta)| meta.is_file());
+            // Read (and hashed) only to compare with a version expected: a create-only write
+            // over one there conflicts without reading it.
+            let current = match (&expected, present) {
+                (_, None) => None,
+                (None, Some(_)) => return Ok(Replaced::Conflict),
+                (Some(_), Some((file, _))) => {
+                    let mut read = Vec::new();
+                    std::io::Read::read_to_end(&mut &file, &mut read)?;
+                    Some(digest(&read))
+                }
+            };
             if current != expected {
                 return Ok(Replaced::Conflict);
             }

@@ -599,4 +599,17 @@ async fn links_and_fifos_in_the_store_are_not_read() {
             .expect("not held by what is there");
         assert!(!local.exists());
     }
+    // A manifest written where a link was replaces the link, not what it names.
+    let written = store.replace_manifest(&link, b"mine", None).await.unwrap();
+    assert!(matches!(written, Replaced::Done(_)), "{written:?}");
+    assert_eq!(std::fs::read(&secret).unwrap(), b"not the store's");
+    assert!(
+        std::fs::symlink_metadata(store.path_of(&link))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(
+        store.read_manifest(&link).await.unwrap().unwrap().bytes,
+        b"mine"
+    );
 }
