@@ -194,29 +194,23 @@ fn info_refs_that_is_no_v2_advertisement_is_passed_on_whole() {
         )
     };
 
+    // The upstream's next answer to `info/refs`.
+    let next_info_refs = |content_type, body: Vec<u8>| {
+        upstream.inject(
+            Fault::ReplayAs { content_type, body },
+            1,
+            Some(RequestKind::InfoRefs),
+        )
+    };
     let dumb = format!("{oid}\trefs/heads/main\n").into_bytes();
-    upstream.inject(
-        Fault::ReplayAs {
-            content_type: "text/plain",
-            body: dumb.clone(),
-        },
-        1,
-        Some(RequestKind::InfoRefs),
-    );
+    next_info_refs("text/plain", dumb.clone());
     let answer = get();
     assert_eq!(answer.status, 200, "{}", answer.body_text());
     assert_eq!(answer.content(), dumb);
     assert_eq!(answer.header("content-type").as_deref(), Some("text/plain"));
     // It granted nothing: a v2 request after it is checked upstream again, and with the
     // upstream still answering so, goes to the upstream as it came.
-    upstream.inject(
-        Fault::ReplayAs {
-            content_type: "text/plain",
-            body: dumb.clone(),
-        },
-        1,
-        Some(RequestKind::InfoRefs),
-    );
+    next_info_refs("text/plain", dumb.clone());
     upstream.reset_counts();
     let mut ls_refs = Vec::new();
     pkt(&mut ls_refs, "command=ls-refs");
@@ -257,14 +251,7 @@ fn info_refs_that_is_no_v2_advertisement_is_passed_on_whole() {
     }
     v0.extend_from_slice(b"0000");
     let advertisement = "application/x-git-upload-pack-advertisement";
-    upstream.inject(
-        Fault::ReplayAs {
-            content_type: advertisement,
-            body: v0.clone(),
-        },
-        1,
-        Some(RequestKind::InfoRefs),
-    );
+    next_info_refs(advertisement, v0.clone());
     let answer = get();
     assert_eq!(answer.status, 200, "{}", answer.body_text());
     assert!(answer.content() == v0, "the v0 advertisement, whole");
@@ -275,14 +262,7 @@ fn info_refs_that_is_no_v2_advertisement_is_passed_on_whole() {
         pkt(&mut v2, &format!("agent=git/{}", "x".repeat(1000)));
     }
     v2.extend_from_slice(b"0000");
-    upstream.inject(
-        Fault::ReplayAs {
-            content_type: advertisement,
-            body: v2,
-        },
-        1,
-        Some(RequestKind::InfoRefs),
-    );
+    next_info_refs(advertisement, v2);
     let answer = get();
     assert_eq!(answer.status, 502, "{}", answer.body_text());
     // The log is read as the server writes it.
