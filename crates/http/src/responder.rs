@@ -760,63 +760,14 @@ mod tests {
         assert_eq!(shared(&options, None).compression_threads, 4);
     }
 
-    /// A generation for the response cache that waits for a pack slot is given up once
-    /// nobody reads it any more (its client left), not only once a slot is free: it no
-    /// longer counts among those waiting, so slots are not contested for nothing.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_generation_nobody_reads_stops_waiting_for_a_slot() {
+    /// A generated repository `r.git` (from `seed`) in a folder of its own, a response cache
+    /// beside it, a responder with one pack slot storing into that cache, and a fetch of the
+    /// repository's `main`.
+    fn cached_repo(seed: u64) -> (tempfile::TempDir, Arc<ResponseCache>, Responder, Fetch) {
         use gitcache_testkit::repo::{self, RepoSpec};
         let dir = tempfile::tempdir().unwrap();
         let git_dir = dir.path().join("r.git");
-        repo::generate(&git_dir, &RepoSpec::tiny(41)).unwrap();
-        let tip = gitcache_testkit::git::git_stdout(&git_dir, &["rev-parse", "main"]);
-        let repo = Arc::new(Repository::open(&git_dir).unwrap());
-        let cache = ResponseCache::new(
-            dir.path().join("responses"),
-            crate::response_cache::ResponseCacheConfig::default(),
-        )
-        .unwrap();
-        let responder = Responder::new(
-            gitcache_pack::Options::default(),
-            Duration::from_secs(30),
-            1,
-            Spill::new(dir.path().join("spill"), 64 << 20, 64 << 20, 0),
-            Some(Arc::new(cache)),
-        );
-        let way = responder.pack_slots.give_way();
-        let held = responder.pack_slots.take().await.unwrap();
-        let fetch = Fetch {
-            wants: vec![gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap()],
-            done: true,
-            ofs_delta: true,
-            ..Fetch::default()
-        };
-        let response = responder
-            .serve("r.git".into(), repo, fetch, HashKind::Sha1)
-            .await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !way.is_contested() {
-            assert!(Instant::now() < deadline, "the generation waits for a slot");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // The client leaves before a byte was sent.
-        drop(response);
-        while way.is_contested() {
-            assert!(Instant::now() < deadline, "the wait was not given up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        drop(held);
-    }
-
-    /// An answer from a mirror handle opened before the repository's stored answers were
-    /// removed (a purge) is sent, not stored; one opened after is stored.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_answer_from_a_handle_opened_before_a_purge_is_not_stored() {
-        use gitcache_testkit::repo::{self, RepoSpec};
-        use http_body_util::BodyExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let git_dir = dir.path().join("r.git");
-        repo::generate(&git_dir, &RepoSpec::tiny(42)).unwrap();
+        repo::generate(&git_dir, &RepoSpec::tiny(seed)).unwrap();
         let tip = gitcache_testkit::git::git_stdout(&git_dir, &["rev-parse", "main"]);
         let cache = Arc::new(
             ResponseCache::new(
@@ -838,6 +789,42 @@ mod tests {
             ofs_delta: true,
             ..Fetch::default()
         };
+        (dir, cache, responder, fetch)
+    }
+
+    /// A generation for the response cache that waits for a pack slot is given up once
+    /// nobody reads it any more (its client left), not only once a slot is free: it no
+    /// longer counts among those waiting, so slots are not contested for nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_generation_nobody_reads_stops_waiting_for_a_slot() {
+        let (dir, _cache, responder, fetch) = cached_repo(41);
+        let repo = Arc::new(Repository::open(dir.path().join("r.git")).unwrap());
+        let way = responder.pack_slots.give_way();
+        let held = responder.pack_slots.take().await.unwrap();
+        let response = responder
+            .serve("r.git".into(), repo, fetch, HashKind::Sha1)
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !way.is_contested() {
+            assert!(Instant::now() < deadline, "the generation waits for a slot");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The client leaves before a byte was sent.
+        drop(response);
+        while way.is_contested() {
+            assert!(Instant::now() < deadline, "the wait was not given up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(held);
+    }
+
+    /// An answer from a mirror handle opened before the repository's stored answers were
+    /// removed (a purge) is sent, not stored; one opened after is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_from_a_handle_opened_before_a_purge_is_not_stored() {
+        use http_body_util::BodyExt as _;
+        let (dir, cache, responder, fetch) = cached_repo(42);
+        let git_dir = dir.path().join("r.git");
         let rel = PathBuf::from("r.git");
         let stored = || {
             cache

@@ -582,9 +582,8 @@ impl ResponseCache {
         // One that does not fit is generated here, as if the bucket had none: stopped at the
         // floor as it is stored, if it is as large as the bucket says (a size the bucket
         // claims is not taken for what was short here).
-        let mut taken = (shared.download_counted(&repo_text(repo), key, &path, limit, &admit))
-            .await
-            .unwrap_or(None);
+        let mut taken =
+            (shared.download_counted(&repo_text(repo), key, &path, limit, &admit)).await;
         drop(held);
         // The repository's answers were removed while it came (a purge): it goes too.
         if taken.is_some() && self.removals_of(repo) != removals {

@@ -102,11 +102,6 @@ fn object(repo: &str, key: &str) -> Result<ObjectKey, StoreError> {
     repo_prefix(repo)?.join(&format!("{key}.resp"))
 }
 
-/// A shared answer of this many bytes its caller did not admit: larger than the disk's room
-/// above its floor (see [`SharedResponses::download_counted`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NoRoom(pub(crate) u64);
-
 impl SharedResponses {
     pub(crate) fn new(
         store: AnyStore,
@@ -148,14 +143,14 @@ impl SharedResponses {
     /// Whether [`download_counted`](Self::download_counted) found the entry.
     #[cfg(test)]
     pub(crate) async fn download(&self, repo: &str, key: &str, to: &Path, limit: u64) -> bool {
-        (self.download_counted(repo, key, to, limit, &|_| true).await).is_ok_and(|d| d.is_some())
+        (self.download_counted(repo, key, to, limit, &|_| true).await).is_some()
     }
 
     /// Copy `repo`'s entry `key` from the bucket to `to` (its local place): `Some(true)` when
     /// this call fetched it, `Some(false)` when another request's download placed it
     /// meanwhile; `None` if the bucket has none, or one larger than `limit` bytes, or could
-    /// not be asked (logged; the caller generates). [`NoRoom`] when `admit`, asked with its
-    /// size before anything is written, refuses it (no room above the disk's floor): not
+    /// not be asked (logged; the caller generates), and when `admit`, asked with its size
+    /// before anything is written, refuses it (no room above the disk's floor): that one not
     /// noted as missing, as the disk may have room again soon.
     pub(crate) async fn download_counted(
         &self,
@@ -164,22 +159,21 @@ impl SharedResponses {
         to: &Path,
         limit: u64,
         admit: &(dyn Fn(u64) -> bool + Sync),
-    ) -> Result<Option<bool>, NoRoom> {
+    ) -> Option<bool> {
         if self.recently_missing(repo, key) {
-            return Ok(None);
+            return None;
         }
         let turn = self.turn((repo.to_owned(), key.to_owned()));
         let _held = turn.lock().lock().await;
         // Another request's download may have placed it (or found it missing) meanwhile.
         if to.exists() {
-            Ok(Some(false))
+            Some(false)
         } else if self.recently_missing(repo, key) {
-            Ok(None)
+            None
         } else {
-            Ok(self
-                .fetch(repo, key, to, limit, admit)
-                .await?
-                .then_some(true))
+            self.fetch(repo, key, to, limit, admit)
+                .await
+                .then_some(true)
         }
     }
 
@@ -206,7 +200,7 @@ impl SharedResponses {
         to: &Path,
         limit: u64,
         admit: &(dyn Fn(u64) -> bool + Sync),
-    ) -> Result<bool, NoRoom> {
+    ) -> bool {
         let found = match object(repo, key) {
             Ok(object) => {
                 self.store
@@ -223,11 +217,11 @@ impl SharedResponses {
                 {
                     tracing::warn!(%err, "noting a shared response's use failed");
                 }
-                Ok(true)
+                true
             }
             Ok(false) => {
                 self.note_missing(repo, key);
-                Ok(false)
+                false
             }
             Err(StoreError::NotAdmitted { size, .. }) => {
                 tracing::debug!(
@@ -235,7 +229,7 @@ impl SharedResponses {
                     size,
                     "a shared response larger than the disk's room above its floor"
                 );
-                Err(NoRoom(size))
+                false
             }
             Err(err) => {
                 // Not asked again for a while: a store that does not answer must not hold
@@ -246,7 +240,7 @@ impl SharedResponses {
                     tracing::warn!(%err, "object store unavailable; generating the response here");
                 }
                 self.note_missing(repo, key);
-                Ok(false)
+                false
             }
         }
     }
