@@ -5,6 +5,7 @@ use std::path::Path;
 use gitcache_mirror::ingest::{Error, ingest_pack, ingest_pack_checked, remove_leftovers};
 use gitcache_pack::Closure;
 use gitcache_testkit::git::{git_stdout as git, git_with_input};
+use gitcache_testkit::packfile::{entry_header, pack_of, whole_entry, zlib_stored};
 use gitcache_testkit::repo::{self, RepoSpec};
 use gix_hash::Kind;
 
@@ -272,8 +273,8 @@ fn bases_added_count_as_the_mirrors_only_where_its_objects_count() {
     );
     let root_id = gix_hash::ObjectId::from_hex(root.as_bytes()).unwrap();
     let thin = pack_of(&[
-        &entry(1, commit.as_bytes()),
-        &entry(3, content),
+        &whole_entry(1, commit.as_bytes(), 0),
+        &whole_entry(3, content, 0),
         &tree_grown(&root_id, base.len(), &added),
     ]);
     let alone = Closure::Closed {
@@ -601,48 +602,6 @@ fn assert_refused_missing(err: &Error, missing: &str) {
     );
 }
 
-/// `data` as a zlib stream of stored blocks (no compression: a pack's entries may be so).
-fn zlib_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x78, 0x01];
-    let mut chunks = data.chunks(0xffff).peekable();
-    if chunks.peek().is_none() {
-        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
-    }
-    while let Some(chunk) = chunks.next() {
-        out.push(u8::from(chunks.peek().is_none()));
-        let len = chunk.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(chunk);
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &byte in data {
-        a = (a + u32::from(byte)) % 65521;
-        b = (b + a) % 65521;
-    }
-    out.extend_from_slice(&((b << 16) | a).to_be_bytes());
-    out
-}
-
-/// A pack entry's header: its type and the size of what follows, in the shortest form.
-fn entry_header(kind: u8, size: usize) -> Vec<u8> {
-    let mut header = vec![(kind << 4) | (size & 0x0f) as u8];
-    let mut rest = size >> 4;
-    while rest > 0 {
-        *header.last_mut().unwrap() |= 0x80;
-        header.push((rest & 0x7f) as u8);
-        rest >>= 7;
-    }
-    header
-}
-
-/// The entry of a whole object of pack type `kind` (1 commit, 2 tree, 3 blob).
-fn entry(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut entry = entry_header(kind, data.len());
-    entry.extend_from_slice(&zlib_stored(data));
-    entry
-}
-
 /// `n` as a delta's size: seven bits a byte, least significant first.
 fn delta_size(mut n: usize, out: &mut Vec<u8>) {
     loop {
@@ -669,21 +628,8 @@ fn tree_grown(base: &gix_hash::ObjectId, base_len: usize, added: &[u8]) -> Vec<u
     delta.extend_from_slice(added);
     let mut entry = entry_header(7, delta.len());
     entry.extend_from_slice(base.as_bytes());
-    entry.extend_from_slice(&zlib_stored(&delta));
+    entry.extend_from_slice(&zlib_stored(&delta, 0));
     entry
-}
-
-/// `entries` after a pack header claiming as many, and the pack's checksum.
-fn pack_of(entries: &[&[u8]]) -> Vec<u8> {
-    let mut pack = b"PACK\0\0\0\x02".to_vec();
-    pack.extend_from_slice(&(entries.len() as u32).to_be_bytes());
-    for entry in entries {
-        pack.extend_from_slice(entry);
-    }
-    let mut hasher = gix_hash::hasher(Kind::Sha1);
-    hasher.update(&pack);
-    pack.extend_from_slice(hasher.try_finalize().unwrap().as_bytes());
-    pack
 }
 
 /// A pack of `copies` deltas each copying one base of 64 MiB of zeros again, with a byte of
@@ -718,7 +664,7 @@ fn copies_of_one_large_base(dir: &Path, copies: u8) -> Vec<u8> {
         back.reverse();
         let mut entry = entry_header(6, delta.len());
         entry.extend_from_slice(&back);
-        entry.extend_from_slice(&zlib_stored(&delta));
+        entry.extend_from_slice(&zlib_stored(&delta, 0));
         offset += entry.len();
         entries.push(entry);
     }

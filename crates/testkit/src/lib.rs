@@ -37,6 +37,7 @@ pub mod fuzz;
 pub mod git;
 pub mod github;
 pub mod heap;
+pub mod packfile;
 pub mod relay;
 pub mod repo;
 pub mod s3;
