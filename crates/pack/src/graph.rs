@@ -196,8 +196,14 @@ impl Graph {
         // Sorted, each once, and in the fanout's bucket of its first byte: a lookup by id
         // finds every entry, and the one a parent position names (so a walk that enters the
         // graph's entries stays in them, its levels falling).
-        for position in 1..graph.len {
-            if graph.oid_bytes(position - 1) >= graph.oid_bytes(position) {
+        // Compared by their first eight bytes, then whole where those are equal: 500,000 ids
+        // compared whole were an eighth of a process answering an incremental fetch.
+        let ids = &graph.bytes[graph.oids..graph.oids + n * h];
+        let first_eight = |id: &[u8]| u64::from_be_bytes(id[..8].try_into().expect("eight bytes"));
+        let pairs = ids.chunks_exact(h).zip(ids.chunks_exact(h).skip(1));
+        for (position, (before, id)) in (1..).zip(pairs) {
+            let (a, b) = (first_eight(before), first_eight(id));
+            if a > b || (a == b && before >= id) {
                 return Err(format!("ids out of order at {position}"));
             }
         }

@@ -909,7 +909,7 @@ impl Repository {
         for pack in self.stored_packs()? {
             let path = pack.pack.with_extension("rev");
             // A damaged one is replaced by the rename (a reader mapping it keeps its file).
-            if path.is_file() && packs::RevIndex::load(&pack, hash).is_mapped() {
+            if path.is_file() && packs::RevIndex::file_sound(&pack, hash) {
                 continue;
             }
             let index = &pack.index;

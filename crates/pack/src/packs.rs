@@ -136,6 +136,18 @@ pub(crate) fn stored_whole_at(data: &PackData, at: u64) -> bool {
         .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7))
 }
 
+/// Whether `len` bytes from an entry's start can be that one entry, whose header of
+/// `header_len` bytes states `size` bytes of content (a whole object's, or a delta's): at most
+/// twice the content and 64 bytes more. zlib's deflate makes at most a 4,096th more than its
+/// input and a few bytes, and any compressor's stored blocks 5 bytes in 65,535; a valid zlib
+/// stream can still be made longer without bound, so one over this is not copied as it is
+/// stored (it is inflated and compressed again). Entries' ends are where the next one in
+/// pack order starts (see [`RevIndex::offset`]): one damaged file (the reverse index, the
+/// index) would otherwise make each entry copy the rest of the pack.
+pub(crate) fn entry_fits(len: u64, header_len: u64, size: u64) -> bool {
+    len.saturating_sub(header_len) <= size.saturating_mul(2).saturating_add(64)
+}
+
 /// The size of the object whose entry is at offset `at` of `data`, as that entry states it: a
 /// whole object's from its header, a delta's from the start of its delta (the size of what it
 /// makes), as git reads sizes for `blob:limit`. One entry is read, not its delta chain. `None`
@@ -653,30 +665,48 @@ pub(crate) struct RevIndex {
 
 #[derive(Debug)]
 enum Order {
-    /// git's `.rev`: big-endian positions after a 12-byte header, checked to be in range.
+    /// git's `.rev`: big-endian positions after a 12-byte header (one past the last reads
+    /// as the last).
     Mapped(crate::mapped::Mapped),
     Built(Vec<u32>),
 }
 
 /// Whether `rev` (a whole `.rev` file of `n` positions after its header) was written for
-/// `pack` and is whole: its trailer names the pack's checksum, every position is within the
-/// pack, and it ends with its own checksum. One that was not (another pack's, or damaged)
-/// could name entries out of offset order, or some twice and others not at all, and make
-/// answers copy runs of the pack past their entries (git reads it unchecked). Hashing the file
-/// reads it in order; checking the order itself read the index's offsets in random order,
-/// most of a small fetch's time on a large pack.
+/// `pack`: its trailer names the pack's checksum; and, if `whole`, every position is within
+/// the pack and the file ends with its own checksum.
 ///
-/// Read a MiB at a time, each let go of once read ([`Mapped::release_range`]): a load leaves
-/// none of the file in the process (16 MB at 4 million objects); answers map again the pages
-/// they read.
+/// Loads for answers read neither the positions nor the checksum, as for commit graphs and
+/// bitmaps (and in git): hashing the file was a fifth of a process answering one incremental
+/// fetch at 500,000 commits, and reading its 16 MB a tenth once the hash was gone. A position
+/// past the last reads as the last ([`RevIndex::at`]). Maintenance reads the whole file when
+/// the proxy opens a mirror
+/// ([`write_reverse_indexes`](crate::Repository::write_reverse_indexes)) and writes a damaged
+/// one again. A damaged file names entries out of offset order, or some twice and others not
+/// at all, as a damaged index can: answers from it may fail or be refused by the client, and
+/// an entry copied as stored is at most twice its content ([`entry_fits`]), never past the
+/// pack. Checking the order itself instead read the index's offsets in random order, most of
+/// a small fetch's time on a large pack.
+///
+/// The whole file is read a MiB at a time, each let go of once read
+/// ([`Mapped::release_range`]): a check leaves none of the file in the process (16 MB at 4
+/// million objects); answers map again the pages they read.
 ///
 /// [`Mapped::release_range`]: crate::mapped::Mapped::release_range
-fn rev_sound(pack: &StoredPack, rev: &crate::mapped::Mapped, n: usize, hash: HashKind) -> bool {
+fn rev_sound(
+    pack: &StoredPack,
+    rev: &crate::mapped::Mapped,
+    n: usize,
+    hash: HashKind,
+    whole: bool,
+) -> bool {
     const PIECE: usize = 1 << 20;
     let len = hash.len_in_bytes();
     let (body, own) = rev.split_at(rev.len() - len);
-    if body[body.len() - len..] != *pack.index.pack_checksum().as_bytes() {
-        return false;
+    let named = body[body.len() - len..] == *pack.index.pack_checksum().as_bytes();
+    if !named || !whole {
+        // The trailer's page, read to compare.
+        let _ = rev.release();
+        return named;
     }
     let positions = REV_HEADER..REV_HEADER + 4 * n;
     let mut hasher = crate::write::Checksum::new(hash);
@@ -797,9 +827,20 @@ impl RevIndex {
         matches!(self.order, Order::Mapped(_))
     }
 
-    /// Read `pack-<hash>.rev` in place if it is the pack's and whole (see [`rev_sound`]),
-    /// else build the order from the index.
+    /// Read `pack-<hash>.rev` in place if its size and header are right and its trailer
+    /// names the pack, its positions and checksum not read (see [`rev_sound`]), else build
+    /// the order from the index.
     pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> RevIndex {
+        Self::load_checking(pack, hash, false)
+    }
+
+    /// Whether `pack`'s `.rev` file is there, the pack's, and sound, every position and its
+    /// checksum read.
+    pub(crate) fn file_sound(pack: &StoredPack, hash: HashKind) -> bool {
+        Self::load_checking(pack, hash, true).is_mapped()
+    }
+
+    fn load_checking(pack: &StoredPack, hash: HashKind, whole: bool) -> RevIndex {
         let n = pack.num_objects();
         let order = match crate::mapped::Mapped::open(&pack.pack.with_extension("rev")) {
             Ok(map)
@@ -807,7 +848,7 @@ impl RevIndex {
                     && map.starts_with(b"RIDX")
                     && map[4..8] == 1u32.to_be_bytes()
                     && rev_format_id(hash).is_some_and(|id| map[8..12] == id.to_be_bytes())
-                    && rev_sound(pack, &map, n, hash) =>
+                    && rev_sound(pack, &map, n, hash, whole) =>
             {
                 Order::Mapped(map)
             }
@@ -846,12 +887,15 @@ impl RevIndex {
     }
 
     /// The index position (into the `.idx`, by object id) of the object at pack position
-    /// `p`.
+    /// `p`. A damaged `.rev` naming a position past the last reads as the last: loads do not
+    /// read every position (see [`rev_sound`]).
     pub(crate) fn at(&self, p: usize) -> u32 {
         match &self.order {
             Order::Mapped(map) => {
                 let at = REV_HEADER + 4 * p;
-                u32::from_be_bytes(map[at..at + 4].try_into().expect("four bytes"))
+                let position = u32::from_be_bytes(map[at..at + 4].try_into().expect("four bytes"));
+                // `p` is below the count, so the count is not 0.
+                position.min(self.objects.saturating_sub(1) as u32)
             }
             Order::Built(order) => order[p],
         }
@@ -1500,10 +1544,11 @@ mod tests {
         );
     }
 
-    /// git's `.rev` is read in place when it was written for the pack and is whole; one
-    /// damaged, another pack's, one naming a position past the last or of another object
-    /// format (their checksums made right), is not used: the order is built from the index
-    /// instead, and is the same as the true file's. A load leaves none of the file resident.
+    /// git's `.rev` is read in place when it was written for the pack; another pack's or of
+    /// another object format (their checksums made right) is not used: the order is built
+    /// from the index instead, and is the same as the true file's. One damaged otherwise (two
+    /// positions swapped, one past the last) is read, its positions and checksum not, and
+    /// maintenance's check finds it. A load leaves none of the file resident.
     #[test]
     fn a_reverse_index_is_used_only_when_it_is_the_packs_own() {
         let (_dir, repo) = repacked(3, &["-c", "pack.writeReverseIndex=true", "repack", "-adq"]);
@@ -1549,10 +1594,22 @@ mod tests {
         });
         let past = resummed(&|bytes| bytes[12..16].copy_from_slice(&(n as u32).to_be_bytes()));
         let format = resummed(&|bytes| bytes[8..12].copy_from_slice(&2u32.to_be_bytes()));
+        for (name, bytes) in [("swapped", swapped), ("past the last", past)] {
+            std::fs::write(&rev_path, &bytes).unwrap();
+            let rev = RevIndex::load(pack, hash);
+            assert!(rev.is_mapped(), "{name}: read unchecked");
+            if name == "past the last" {
+                assert_eq!(rev.at(0), n as u32 - 1, "read as the last");
+            }
+            assert!(
+                !RevIndex::file_sound(pack, hash),
+                "{name}: the check finds it"
+            );
+        }
+        std::fs::write(&rev_path, &good).unwrap();
+        assert!(RevIndex::file_sound(pack, hash));
         for (name, bytes) in [
-            ("a damaged", swapped),
             ("another pack's", other),
-            ("a position past the last in a", past),
             ("another object format's", format),
         ] {
             std::fs::write(&rev_path, &bytes).unwrap();

@@ -2645,6 +2645,9 @@ impl<'a> PackWriter<'a> {
             self.packs.iter().for_each(crate::packs::StoredPack::let_go);
         }
         let parsed = gix_pack::data::Entry::from_bytes(&entry, offset, hash).ok()?;
+        if !crate::packs::entry_fits(len, parsed.header_size() as u64, parsed.decompressed_size) {
+            return None;
+        }
         if large {
             let base = match parsed.header {
                 Header::Commit | Header::Tree | Header::Blob | Header::Tag => None,

@@ -7,6 +7,7 @@ use gitcache_protocol::request::Fetch;
 use gitcache_protocol::response::parse_fetch_response;
 use gitcache_protocol::{ObjectFormat, ObjectId};
 use gitcache_testkit::git::git_stdout as git;
+use gitcache_testkit::packfile;
 use gitcache_testkit::repo::{self, RepoSpec, text_lines};
 
 fn oids(text: &str) -> Vec<ObjectId> {
@@ -2379,4 +2380,79 @@ fn trees_of_head_read_ahead_serve_a_shallow_clone() {
     let (_, _, pack) = send(&reopened, &fetch);
     assert_eq!(pack, expected);
     assert!(reopened.kept_trees().hits >= after.hits + read as u64);
+}
+
+/// A pack (as an upstream may send) whose entry of one blob is a zlib stream padded to far
+/// more than twice the blob: valid, but longer than an entry's end taken from the reverse
+/// index is trusted to be. Answers holding the blob still send it as it is stored (its end
+/// found by inflating it), from the pack as taken in and from git's repack of it with
+/// bitmaps.
+#[test]
+fn an_entry_stored_far_longer_than_its_content_is_still_sent() {
+    let (dir, work, path) = work_tree();
+    std::fs::write(work.join("a.txt"), text_lines("first", 50)).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "one"]);
+    let blob = text_lines("second", 40);
+    std::fs::write(work.join("b.txt"), &blob).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "two"]);
+    let (one, two) = (
+        oids(&git(&work, &["rev-parse", "HEAD~1"]))[0],
+        oids(&git(&work, &["rev-parse", "HEAD"]))[0],
+    );
+    let padded_id = git(&work, &["rev-parse", "HEAD:b.txt"]).trim().to_owned();
+    // Every object whole, the blob's stream padded by 100,000 bytes.
+    let listed = git(&work, &["rev-list", "--objects", "--all"]);
+    let ids: Vec<&str> = listed.lines().map(|l| &l[..40]).collect();
+    let entries: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| {
+            let kind = git(&work, &["cat-file", "-t", id]);
+            let content =
+                gitcache_testkit::git::git_with_input(&work, &["cat-file", kind.trim(), id], b"");
+            let code = match kind.trim() {
+                "commit" => 1,
+                "tree" => 2,
+                _ => 3,
+            };
+            let padding = if *id == padded_id { 20_000 } else { 0 };
+            packfile::whole_entry(code, &content, padding)
+        })
+        .collect();
+    let pack = packfile::pack_of(&entries.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", path.to_str().unwrap()],
+    );
+    gitcache_testkit::git::git_with_input(&path, &["index-pack", "--stdin"], &pack);
+    git(&path, &["update-ref", "refs/heads/main", &two.to_string()]);
+    let fetch = Fetch {
+        haves: vec![one],
+        thin_pack: false,
+        ..clone_request(vec![two])
+    };
+    for bitmaps in [false, true] {
+        if bitmaps {
+            // git copies the stored entry as it is into its new pack.
+            git(&path, &["repack", "-adbq"]);
+            let repacked = std::fs::metadata(pack_file(&path)).unwrap().len();
+            assert!(repacked > 100_000, "the padding kept: {repacked}");
+        }
+        let repo = Repository::open(&path).unwrap();
+        let (_, stats, answer) = send(&repo, &fetch);
+        assert!(
+            answer.len() > 100_000 && stats.reused == 3,
+            "bitmaps {bitmaps}: {} bytes, {stats:?}",
+            answer.len()
+        );
+        let client = client_holding(dir.path(), &path, format!("{one}\n").as_bytes());
+        gitcache_testkit::git::git_with_input(
+            &client,
+            &["index-pack", "--strict", "--stdin"],
+            &answer,
+        );
+        assert_complete_at(&client, &two);
+        std::fs::remove_dir_all(&client).unwrap();
+    }
 }
