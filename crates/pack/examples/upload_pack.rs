@@ -1,6 +1,9 @@
 //! `upload_pack <repo>`: read one protocol v2 request on stdin, write the response on stdout,
 //! like `git upload-pack --stateless-rpc <repo>` with `GIT_PROTOCOL=version=2`. Used by the
-//! end-to-end benchmark to compare both as processes.
+//! end-to-end benchmark to compare both as processes. The repository's reverse indexes are
+//! trusted unread, as git's `upload-pack` trusts them (`Repository::trusting_reverse_indexes`:
+//! one process, one answer, nothing kept); a handle opened afresh for `UPLOAD_PACK_REOPEN`
+//! checks them as a server does.
 //!
 //! `UPLOAD_PACK_REPEAT=N` answers a fetch N times in the one process (all but the last into
 //! nothing), as a server that keeps the repository open does: for profiling a warm answer.
@@ -29,7 +32,7 @@ use gitcache_protocol::request::{Command, Limits, parse_request};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: upload_pack <repo>")?;
     let arriving = Arriving::hold(&path)?;
-    let mut repo = Repository::open(&path)?;
+    let mut repo = Repository::open(&path)?.trusting_reverse_indexes();
     let options = Options {
         remade: std::env::var("UPLOAD_PACK_REMADE")
             .ok()

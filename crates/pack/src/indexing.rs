@@ -173,7 +173,15 @@ fn copy_whole(
         _ => data.pack_end() as u64,
     };
     // The bytes found are the entry the index names only if they have its CRC-32: a
-    // reverse index out of step with the pack, or damaged bytes, are not copied.
+    // reverse index out of step with the pack, or damaged bytes, are not copied. An end far
+    // past the entry is found wrong before the CRC-32 of all the bytes up to it is taken.
+    let Ok(entry) = data.entry(offset) else {
+        return false;
+    };
+    let header_len = entry.header_size() as u64;
+    if !crate::packs::entry_ends_at(&data, offset, header_len, entry.decompressed_size, end) {
+        return false;
+    }
     match data.entry_slice(offset..end) {
         Some(entry) if pack.index.crc32_at_index(i) == Some(crc32fast::hash(entry)) => {
             out.extend_from_slice(entry);

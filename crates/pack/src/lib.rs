@@ -853,7 +853,7 @@ impl Repository {
         let Some(pack) = closure_pack(&stored, tips) else {
             return Ok(None);
         };
-        let rev = self.rev_cache().get(pack, self.object_format());
+        let rev = self.rev_cache().get_checked(pack, self.object_format());
         // A file without name hashes is not reused: the objects its bitmaps cover would not
         // be walked, and would keep no name from one consolidation to the next.
         let reuse = old_index
@@ -956,7 +956,7 @@ impl Repository {
             packs::write_beside_pack(&path, &[])?;
             Ok(None)
         };
-        let rev = self.rev_cache().get(pack, self.object_format());
+        let rev = self.rev_cache().get_checked(pack, self.object_format());
         let Some(kinds) = packs::kinds(pack, &rev, self.object_format())? else {
             return cannot();
         };

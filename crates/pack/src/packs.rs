@@ -136,16 +136,51 @@ pub(crate) fn stored_whole_at(data: &PackData, at: u64) -> bool {
         .is_some_and(|b| !matches!((b >> 4) & 7, 6 | 7))
 }
 
-/// Whether `len` bytes from an entry's start can be that one entry, whose header of
-/// `header_len` bytes states `size` bytes of content (a whole object's, or a delta's): at most
-/// twice the content and 64 bytes more. zlib's deflate makes at most a 4,096th more than its
-/// input and a few bytes, and any compressor's stored blocks 5 bytes in 65,535; a valid zlib
-/// stream can still be made longer without bound, so one over this is not copied as it is
-/// stored (it is inflated and compressed again). Entries' ends are where the next one in
-/// pack order starts (see [`RevIndex::offset`]): one damaged file (the reverse index, the
-/// index) would otherwise make each entry copy the rest of the pack.
-pub(crate) fn entry_fits(len: u64, header_len: u64, size: u64) -> bool {
-    len.saturating_sub(header_len) <= size.saturating_mul(2).saturating_add(64)
+/// Whether the entry at `offset` of `data`, whose header of `header_len` bytes states `size`
+/// bytes of content (a whole object's, or a delta's), may end at `end`: where the next one in
+/// pack order starts (see [`RevIndex::offset`]), the end of an entry copied as stored. Within
+/// twice the content and 64 bytes it is taken to: zlib's deflate makes at most a 4,096th more
+/// than its input and a few bytes, and any compressor's stored blocks 5 bytes in 65,535.
+/// Past that, a valid zlib stream may still be as long (one padded with empty blocks, as an
+/// upstream may send), or the end is wrong (a damaged reverse index trusted unread, or a
+/// damaged index, would make each entry copied run on over the rest of the pack): the stream
+/// is inflated, to nowhere, to find where it ends.
+pub(crate) fn entry_ends_at(
+    data: &PackData,
+    offset: u64,
+    header_len: u64,
+    size: u64,
+    end: u64,
+) -> bool {
+    let Some(len) = end.checked_sub(offset) else {
+        return false;
+    };
+    if len.saturating_sub(header_len) <= size.saturating_mul(2).saturating_add(64) {
+        return true;
+    }
+    let Some(stream) = data.entry_slice(offset.saturating_add(header_len)..end) else {
+        return false;
+    };
+    let mut inflate = flate2::Decompress::new(true);
+    let mut sink = [0u8; 8192];
+    loop {
+        let before = (inflate.total_in(), inflate.total_out());
+        let Some(rest) = usize::try_from(before.0)
+            .ok()
+            .and_then(|at| stream.get(at..))
+        else {
+            return false;
+        };
+        match inflate.decompress(rest, &mut sink, flate2::FlushDecompress::None) {
+            Ok(flate2::Status::StreamEnd) => {
+                return inflate.total_in() == stream.len() as u64 && inflate.total_out() == size;
+            }
+            Ok(_)
+                if inflate.total_out() <= size
+                    && (inflate.total_in(), inflate.total_out()) != before => {}
+            _ => return false,
+        }
+    }
 }
 
 /// The size of the object whose entry is at offset `at` of `data`, as that entry states it: a
@@ -673,25 +708,20 @@ enum Order {
 
 /// Whether `rev` (a whole `.rev` file of `n` positions after its header) was written for
 /// `pack`: its trailer names the pack's checksum; and, if `whole`, every position is within
-/// the pack and the file ends with its own checksum.
-///
-/// Loads for answers read neither the positions nor the checksum, as for commit graphs and
-/// bitmaps (and in git): hashing the file was a fifth of a process answering one incremental
-/// fetch at 500,000 commits, and reading its 16 MB a tenth once the hash was gone. A position
-/// past the last reads as the last ([`RevIndex::at`]). Maintenance reads the whole file when
-/// the proxy opens a mirror
-/// ([`write_reverse_indexes`](crate::Repository::write_reverse_indexes)) and writes a damaged
-/// one again. A damaged file names entries out of offset order, or some twice and others not
-/// at all, as a damaged index can: answers from it may fail or be refused by the client, and
-/// an entry copied as stored is at most twice its content ([`entry_fits`]), never past the
-/// pack. Checking the order itself instead read the index's offsets in random order, most of
-/// a small fetch's time on a large pack.
+/// the pack and the file ends with its own checksum. One that was not (another pack's, or
+/// damaged) could name entries out of offset order, or some twice and others not at all:
+/// answers from it would be wrong, and a server keeps answers to send again. Hashing the file
+/// reads it in order; checking the order itself read the index's offsets in random order,
+/// most of a small fetch's time on a large pack. A server checks each pack's file once, when
+/// it first loads it ([`RevCache`] keeps it for the handles after); a process answering one
+/// request may trust it as git does ([`Repository::trusting_reverse_indexes`]).
 ///
 /// The whole file is read a MiB at a time, each let go of once read
 /// ([`Mapped::release_range`]): a check leaves none of the file in the process (16 MB at 4
 /// million objects); answers map again the pages they read.
 ///
 /// [`Mapped::release_range`]: crate::mapped::Mapped::release_range
+/// [`Repository::trusting_reverse_indexes`]: crate::Repository::trusting_reverse_indexes
 fn rev_sound(
     pack: &StoredPack,
     rev: &crate::mapped::Mapped,
@@ -827,17 +857,23 @@ impl RevIndex {
         matches!(self.order, Order::Mapped(_))
     }
 
-    /// Read `pack-<hash>.rev` in place if its size and header are right and its trailer
-    /// names the pack, its positions and checksum not read (see [`rev_sound`]), else build
-    /// the order from the index.
+    /// Read `pack-<hash>.rev` in place if it is the pack's and sound, every position and its
+    /// checksum read (see [`rev_sound`]), else build the order from the index.
     pub(crate) fn load(pack: &StoredPack, hash: HashKind) -> RevIndex {
+        Self::load_checking(pack, hash, true)
+    }
+
+    /// Read `pack-<hash>.rev` in place if its size and header are right and its trailer
+    /// names the pack, trusting its positions as git does (see [`rev_sound`]; one past the
+    /// last reads as the last), else build the order from the index.
+    pub(crate) fn load_trusted(pack: &StoredPack, hash: HashKind) -> RevIndex {
         Self::load_checking(pack, hash, false)
     }
 
     /// Whether `pack`'s `.rev` file is there, the pack's, and sound, every position and its
     /// checksum read.
     pub(crate) fn file_sound(pack: &StoredPack, hash: HashKind) -> bool {
-        Self::load_checking(pack, hash, true).is_mapped()
+        Self::load(pack, hash).is_mapped()
     }
 
     fn load_checking(pack: &StoredPack, hash: HashKind, whole: bool) -> RevIndex {
@@ -887,8 +923,8 @@ impl RevIndex {
     }
 
     /// The index position (into the `.idx`, by object id) of the object at pack position
-    /// `p`. A damaged `.rev` naming a position past the last reads as the last: loads do not
-    /// read every position (see [`rev_sound`]).
+    /// `p`. A `.rev` trusted unread naming a position past the last reads as the last (see
+    /// [`load_trusted`](Self::load_trusted)).
     pub(crate) fn at(&self, p: usize) -> u32 {
         match &self.order {
             Order::Mapped(map) => {
@@ -938,8 +974,9 @@ impl RevIndex {
     /// (a few hundred lookups, as an incremental fetch makes, do not pay for the table).
     /// `None` if a `.rev` file does not hold the object's offset.
     pub(crate) fn pack_position(&self, idx: &gix_pack::index::File, index: u32) -> Option<usize> {
+        let known = |p: u32| (p != u32::MAX).then_some(p as usize);
         if let Some(inverse) = self.inverse.get() {
-            return inverse.get(index as usize).map(|&p| p as usize);
+            return inverse.get(index as usize).and_then(|&p| known(p));
         }
         if self
             .lookups
@@ -950,7 +987,7 @@ impl RevIndex {
                 .inverse
                 .get_or_init(|| self.positions_by_index())
                 .get(index as usize)
-                .map(|&p| p as usize);
+                .and_then(|&p| known(p));
         }
         self.position_of_offset(idx, idx.pack_offset_at_index(index))
     }
@@ -998,7 +1035,8 @@ impl RevIndex {
 
     /// Each index position's pack position.
     fn positions_by_index(&self) -> Vec<u32> {
-        let mut inv = vec![0u32; self.len()];
+        // A position no entry names (a `.rev` trusted unread and damaged) stays unknown.
+        let mut inv = vec![u32::MAX; self.len()];
         for p in 0..self.len() {
             inv[self.at(p) as usize] = p as u32;
         }
@@ -1134,7 +1172,11 @@ impl RevIndex {
 /// Reverse indexes by pack file, kept for the life of a repository handle (packs never change)
 /// and taken by the handle that replaces it (see [`RevCache::adopt`]).
 #[derive(Default)]
-pub(crate) struct RevCache(std::sync::Mutex<std::collections::HashMap<PathBuf, RevEntry>>);
+pub(crate) struct RevCache {
+    map: std::sync::Mutex<std::collections::HashMap<PathBuf, RevEntry>>,
+    /// `.rev` files are loaded unread, trusted as git trusts them (see [`rev_sound`]).
+    trusted: std::sync::atomic::AtomicBool,
+}
 
 impl std::fmt::Debug for RevCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1151,15 +1193,30 @@ type RevEntry = (
 );
 
 impl RevCache {
+    /// Load `.rev` files from now on trusting them unread (see [`rev_sound`]).
+    pub(crate) fn trust(&self) {
+        self.trusted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `.rev` files are trusted unread.
+    pub(crate) fn trusting(&self) -> bool {
+        self.trusted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn get(&self, pack: &StoredPack, hash: HashKind) -> std::sync::Arc<RevIndex> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((rev, _, _)) = map.get(&pack.pack) {
             return std::sync::Arc::clone(rev);
         }
         // A new pack: those gone since are dropped (checked here, not on every lookup).
         map.retain(|path, _| path.exists());
         let stamp = Stamp::of(&pack.pack.with_extension("rev"));
-        let rev = std::sync::Arc::new(RevIndex::load(pack, hash));
+        let rev = std::sync::Arc::new(if self.trusting() {
+            RevIndex::load_trusted(pack, hash)
+        } else {
+            RevIndex::load(pack, hash)
+        });
         map.insert(
             pack.pack.clone(),
             (
@@ -1171,16 +1228,29 @@ impl RevCache {
         rev
     }
 
+    /// [`get`](Self::get), its `.rev` file read and checked whatever this cache trusts: for
+    /// what is written from it (bitmaps, commit graphs), which outlives the answer.
+    pub(crate) fn get_checked(
+        &self,
+        pack: &StoredPack,
+        hash: HashKind,
+    ) -> std::sync::Arc<RevIndex> {
+        if self.trusting() {
+            return std::sync::Arc::new(RevIndex::load(pack, hash));
+        }
+        self.get(pack, hash)
+    }
+
     /// The reverse index of `pack` if one was made already.
     #[cfg(test)]
     pub(crate) fn made(&self, pack: &Path) -> Option<std::sync::Arc<RevIndex>> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(pack).map(|(rev, _, _)| std::sync::Arc::clone(rev))
     }
 
     /// What the reverse indexes made so far made, together (`None`: none was asked for).
     pub(crate) fn made_any(&self) -> Option<Made> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.values()
             .map(|(rev, _, _)| rev.made())
             .reduce(|a, b| a | b)
@@ -1191,8 +1261,8 @@ impl RevCache {
     /// it was read, with what they made since (tables of offsets and positions, the delta
     /// forest).
     pub(crate) fn adopt(&self, from: &RevCache, packs: &[Adopted]) {
-        let from = from.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut into = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let from = from.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut into = self.map.lock().unwrap_or_else(|p| p.into_inner());
         for (pack, index) in packs {
             if let Some((rev, stamp, made_from)) = from.get(pack)
                 && std::sync::Arc::ptr_eq(made_from, index)
@@ -1544,11 +1614,12 @@ mod tests {
         );
     }
 
-    /// git's `.rev` is read in place when it was written for the pack; another pack's or of
-    /// another object format (their checksums made right) is not used: the order is built
-    /// from the index instead, and is the same as the true file's. One damaged otherwise (two
-    /// positions swapped, one past the last) is read, its positions and checksum not, and
-    /// maintenance's check finds it. A load leaves none of the file resident.
+    /// git's `.rev` is read in place when it was written for the pack and is whole; one
+    /// damaged, another pack's, one naming a position past the last or of another object
+    /// format (their checksums made right), is not used: the order is built from the index
+    /// instead, and is the same as the true file's. Trusted unread, only another pack's or
+    /// format's is not used (one past the last reads as the last). A load leaves none of the
+    /// file resident.
     #[test]
     fn a_reverse_index_is_used_only_when_it_is_the_packs_own() {
         let (_dir, repo) = repacked(3, &["-c", "pack.writeReverseIndex=true", "repack", "-adq"]);
@@ -1594,23 +1665,13 @@ mod tests {
         });
         let past = resummed(&|bytes| bytes[12..16].copy_from_slice(&(n as u32).to_be_bytes()));
         let format = resummed(&|bytes| bytes[8..12].copy_from_slice(&2u32.to_be_bytes()));
-        for (name, bytes) in [("swapped", swapped), ("past the last", past)] {
-            std::fs::write(&rev_path, &bytes).unwrap();
-            let rev = RevIndex::load(pack, hash);
-            assert!(rev.is_mapped(), "{name}: read unchecked");
-            if name == "past the last" {
-                assert_eq!(rev.at(0), n as u32 - 1, "read as the last");
-            }
-            assert!(
-                !RevIndex::file_sound(pack, hash),
-                "{name}: the check finds it"
-            );
-        }
-        std::fs::write(&rev_path, &good).unwrap();
+        assert!(RevIndex::load_trusted(pack, hash).is_mapped());
         assert!(RevIndex::file_sound(pack, hash));
-        for (name, bytes) in [
-            ("another pack's", other),
-            ("another object format's", format),
+        for (name, bytes, trusted) in [
+            ("a damaged", swapped, true),
+            ("another pack's", other, false),
+            ("a position past the last in a", past, true),
+            ("another object format's", format, false),
         ] {
             std::fs::write(&rev_path, &bytes).unwrap();
             let rev = RevIndex::load(pack, hash);
@@ -1619,6 +1680,13 @@ mod tests {
                 "{name} file is not used"
             );
             assert_eq!(order(&rev), built, "{name} file");
+            assert!(!RevIndex::file_sound(pack, hash), "{name} file");
+            let unread = RevIndex::load_trusted(pack, hash);
+            assert_eq!(unread.is_mapped(), trusted, "{name} file, trusted");
+            if trusted {
+                // Every position in the pack, one past the last read as the last.
+                assert!(order(&unread).iter().all(|&i| (i as usize) < n), "{name}");
+            }
         }
     }
 

@@ -228,7 +228,9 @@ pub(crate) fn copy_runs<'a, W: Write>(
             continue;
         };
         let header_len = entry.header_size() as u64;
-        if end <= off + header_len {
+        if end <= off + header_len
+            || !crate::packs::entry_ends_at(&data, off, header_len, entry.decompressed_size, end)
+        {
             left.push(p);
             continue;
         }

@@ -2645,7 +2645,8 @@ impl<'a> PackWriter<'a> {
             self.packs.iter().for_each(crate::packs::StoredPack::let_go);
         }
         let parsed = gix_pack::data::Entry::from_bytes(&entry, offset, hash).ok()?;
-        if !crate::packs::entry_fits(len, parsed.header_size() as u64, parsed.decompressed_size) {
+        let (header_size, size) = (parsed.header_size() as u64, parsed.decompressed_size);
+        if !crate::packs::entry_ends_at(&data, offset, header_size, size, end) {
             return None;
         }
         if large {
