@@ -3,7 +3,8 @@
 //! end-to-end benchmark to compare both as processes. The repository's reverse indexes are
 //! trusted unread, as git's `upload-pack` trusts them (`Repository::trusting_reverse_indexes`:
 //! one process, one answer, nothing kept); a handle opened afresh for `UPLOAD_PACK_REOPEN`
-//! checks them as a server does.
+//! (`warm`, `prepared`, `fresh`; not `adopt`, which keeps the first handle's) checks them as
+//! a server does.
 //!
 //! `UPLOAD_PACK_REPEAT=N` answers a fetch N times in the one process (all but the last into
 //! nothing), as a server that keeps the repository open does: for profiling a warm answer.

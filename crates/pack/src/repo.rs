@@ -114,10 +114,12 @@ impl Repository {
     /// positions or checksum, as git does: for a process that answers one request and keeps
     /// nothing. Hashing the file of a pack of 4 million objects (16 MB) was a fifth of such
     /// a process answering a small fetch. A damaged file then makes that answer fail or be
-    /// refused by the client; an entry copied as stored is never longer than its own. By
-    /// default each file is read whole and checked when first loaded, once for the life of
-    /// a handle and those [reopened](Self::reopen) from it: a server keeps answers to send
-    /// again. Bitmaps and commit graphs are written from checked files either way.
+    /// refused by the client; an entry copied as stored is at most its header, twice its
+    /// stated content and 64 bytes, or is inflated to find that it ends where it is taken
+    /// to. By default each file is read whole and checked when first loaded, once for the
+    /// life of a handle and those [reopened](Self::reopen) from it (which trust as it does):
+    /// a server keeps answers to send again. Bitmaps and commit graphs are written from
+    /// checked files either way.
     pub fn trusting_reverse_indexes(self) -> Self {
         self.rev.trust();
         self

@@ -2614,6 +2614,12 @@ impl<'a> PackWriter<'a> {
         }
         let bytes = data.entry_slice(offset..offset + read)?;
         self.read_bytes += bytes.len() as u64;
+        let parsed = gix_pack::data::Entry::from_bytes(bytes, offset, hash).ok()?;
+        let (header_size, size) = (parsed.header_size() as u64, parsed.decompressed_size);
+        // Checked before the entry is copied.
+        if !crate::packs::entry_ends_at(&data, offset, header_size, size, end) {
+            return None;
+        }
         // A large entry is read in place, its pages let go of once it is written; the others
         // are copied, and counted.
         let entry = if read >= crate::mapped::Forward::STRETCH
@@ -2643,11 +2649,6 @@ impl<'a> PackWriter<'a> {
             // entries read alone, down a delta chain, count by their bytes.) All the packs
             // read: the count is of all of them.
             self.packs.iter().for_each(crate::packs::StoredPack::let_go);
-        }
-        let parsed = gix_pack::data::Entry::from_bytes(&entry, offset, hash).ok()?;
-        let (header_size, size) = (parsed.header_size() as u64, parsed.decompressed_size);
-        if !crate::packs::entry_ends_at(&data, offset, header_size, size, end) {
-            return None;
         }
         if large {
             let base = match parsed.header {

@@ -599,8 +599,9 @@ fn a_marked_pack_answers_type_filters_without_bitmaps() {
 /// or to the last entry, the order reversed or shifted) is not used by a handle that checks
 /// it, as a server's does: answers are the same as from the true file, the order built from
 /// the index. A handle trusting it unread, as git does, may fail or answer wrongly, but each
-/// entry copied as stored is at most twice its content or found to end where it is taken to
-/// (where each had copied the rest of the pack: up to 80 times the true answer here).
+/// entry copied as stored is at most twice its content or found to end where it is taken to:
+/// answers stay within twice the true ones (each entry had copied the rest of the pack: up
+/// to 80 times the true answer here).
 /// Maintenance writes it again.
 #[test]
 fn a_damaged_reverse_index_is_not_used_or_copies_no_more_than_its_entries() {
@@ -668,21 +669,6 @@ fn a_damaged_reverse_index_is_not_used_or_copies_no_more_than_its_entries() {
             "trusted, sound"
         );
     }
-    // Each entry at most its header, twice its content and 64 bytes: the objects' sizes
-    // bound what any answer copies (deltas state less than their objects here).
-    let sizes = git(
-        &path,
-        &[
-            "cat-file",
-            "--batch-all-objects",
-            "--batch-check=%(objectsize)",
-        ],
-    );
-    let (count, content) = sizes.lines().fold((0u64, 0u64), |(n, sum), size| {
-        (n + 1, sum + size.trim().parse::<u64>().unwrap())
-    });
-    let bound = 2 * content + (64 + 32) * count + 1024;
-
     let (header, trailer) = (12, 2 * 20);
     let n = (good.len() - header - trailer) / 4;
     assert!(n > 100, "{n} objects");
@@ -725,12 +711,18 @@ fn a_damaged_reverse_index_is_not_used_or_copies_no_more_than_its_entries() {
         std::fs::write(&rev, bytes).unwrap();
         for (fetch, expected) in fetches.iter().zip(&expected) {
             assert!(&answer(fetch).unwrap() == expected, "{what}, checked");
-            if let Ok(got) = answer_from(fetch, true) {
-                assert!(got.len() as u64 <= bound, "{what}: {}", got.len());
-                // One entry's end moved to the last's: no more than that entry copied again.
-                if *what == "one pointing to the last" {
-                    assert!(got.len() < expected.len() + expected.len() / 10, "{what}");
-                }
+            // Trusted, an answer may fail (a position no entry names), or name other objects,
+            // but is not much longer than the true one: where an entry's end moved to the
+            // last entry's, the entry is found to end before and sent as stored, not with
+            // the rest of the pack.
+            match answer_from(fetch, true) {
+                Ok(got) => assert!(
+                    got.len() <= 2 * expected.len() + 4096,
+                    "{what}: {} against {}",
+                    got.len(),
+                    expected.len()
+                ),
+                Err(err) => assert!(*what != "one pointing to the last", "{what}: {err}"),
             }
         }
         // Maintenance's check finds it and writes the true one again.
