@@ -915,6 +915,13 @@ impl BitmapCache {
             .clone()
     }
 
+    /// The bitmaps read for `pack`, if they were.
+    #[cfg(test)]
+    pub(crate) fn held(&self, pack: &std::path::Path) -> Option<Arc<Loaded>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(pack).and_then(|(loaded, _)| loaded.clone())
+    }
+
     /// Whether bitmaps were read for some pack, and whether name hashes were for some.
     pub(crate) fn read_any(&self) -> (bool, bool) {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -926,12 +933,15 @@ impl BitmapCache {
     /// Take `from`'s (another handle's) bitmaps of `packs` (taken whole from it: see
     /// [`crate::packs::IndexCache::adopt`]) read with the index taken with the pack, whose
     /// file is as it was read, with what they decoded since. A pack that had none is looked
-    /// at again: maintenance writes bitmaps after the pack, and removes damaged ones.
-    pub(crate) fn adopt(&self, from: &BitmapCache, packs: &[crate::packs::Adopted]) {
+    /// at again: maintenance writes bitmaps after the pack, and removes damaged ones. Bitmaps
+    /// whose positions come from a reverse index read unread are taken only by a handle that
+    /// `trusts` them too.
+    pub(crate) fn adopt(&self, from: &BitmapCache, packs: &[crate::packs::Adopted], trusts: bool) {
         let from = from.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut into = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for (pack, index) in packs {
             if let Some((Some(loaded), stamp)) = from.get(pack)
+                && (trusts || !loaded.pos.rev.is_unread())
                 && Arc::ptr_eq(&loaded.pos.index, index)
                 && crate::packs::Stamp::unchanged(&pack.with_extension("bitmap"), *stamp)
             {

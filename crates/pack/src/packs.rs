@@ -862,7 +862,13 @@ const REV_HEADER: usize = 12;
 const OFFSET_READS_SHARE: usize = 32;
 
 impl RevIndex {
-    /// Whether it is the pack's `.rev` file, read in place (a sound one).
+    /// Whether it is the pack's `.rev` file read in place trusted unread (see
+    /// [`load_trusted`](Self::load_trusted)).
+    pub(crate) fn is_unread(&self) -> bool {
+        self.unread
+    }
+
+    /// Whether it is the pack's `.rev` file, read in place.
     pub(crate) fn is_mapped(&self) -> bool {
         matches!(self.order, Order::Mapped(_))
     }
@@ -1248,7 +1254,7 @@ impl RevCache {
         hash: HashKind,
     ) -> std::sync::Arc<RevIndex> {
         let rev = self.get(pack, hash);
-        if rev.unread {
+        if rev.is_unread() {
             return std::sync::Arc::new(RevIndex::load(pack, hash));
         }
         rev
@@ -1279,7 +1285,7 @@ impl RevCache {
         for (pack, index) in packs {
             // One read unread is not taken by a handle that checks.
             if let Some((rev, stamp, made_from)) = from.get(pack)
-                && (!rev.unread || self.trusting())
+                && (!rev.is_unread() || self.trusting())
                 && std::sync::Arc::ptr_eq(made_from, index)
                 && Stamp::unchanged(&pack.with_extension("rev"), *stamp)
             {
@@ -1747,6 +1753,57 @@ mod tests {
             let got = super::by_offset(offsets.len(), |i| offsets[i as usize]);
             assert_eq!(got, sorted(offsets), "case {case}");
         }
+    }
+
+    /// A reverse index read unread (by a handle trusting it) is never what a checking
+    /// handle uses: what writes bitmaps or graphs loads its own checked one, a handle opened
+    /// again from a trusting one trusts too, and a checking cache does not take it (nor the
+    /// bitmaps whose positions come from it).
+    #[test]
+    fn a_reverse_index_read_unread_stays_with_handles_that_trust() {
+        use std::sync::Arc;
+        let (_dir, checking) = repacked(
+            23,
+            &["-c", "pack.writeReverseIndex=true", "repack", "-adbq"],
+        );
+        let path = checking.git_dir().to_owned();
+        let hash = checking.object_format();
+        let trusting = Repository::open(&path).unwrap().trusting_reverse_indexes();
+        let packs = trusting.stored_packs().unwrap();
+        let unread = trusting.rev_cache().get(&packs[0], hash);
+        assert!(unread.is_mapped() && unread.is_unread());
+        let checked = trusting.rev_cache().get_checked(&packs[0], hash);
+        assert!(checked.is_mapped() && !checked.is_unread());
+        assert!(!Arc::ptr_eq(&checked, &unread));
+        let read = checking
+            .rev_cache()
+            .get(&checking.stored_packs().unwrap()[0], hash);
+        assert!(read.is_mapped() && !read.is_unread());
+        assert!(Arc::ptr_eq(
+            &checking.rev_cache().get_checked(&packs[0], hash),
+            &read
+        ));
+
+        // Opened again: trusting still, and what was read taken.
+        trusting.bitmaps(&packs[0]).expect("git's bitmaps are read");
+        let again = trusting.reopen().unwrap();
+        assert!(again.rev_cache().trusting());
+        assert!(Arc::ptr_eq(
+            &again.rev_cache().made(&packs[0].pack).unwrap(),
+            &unread
+        ));
+        // A checking cache and bitmap cache take none of it.
+        let adopted = vec![(packs[0].pack.clone(), Arc::clone(&packs[0].index))];
+        let (revs, bitmaps) = (
+            super::RevCache::default(),
+            crate::bitmap::BitmapCache::default(),
+        );
+        revs.adopt(&trusting.rev_cache(), &adopted);
+        bitmaps.adopt(&trusting.bitmap_cache(), &adopted, false);
+        assert!(revs.made(&packs[0].pack).is_none());
+        assert!(bitmaps.held(&packs[0].pack).is_none());
+        bitmaps.adopt(&trusting.bitmap_cache(), &adopted, true);
+        assert!(bitmaps.held(&packs[0].pack).is_some());
     }
 
     /// A handle opened again takes what the one before read and made of the packs that are

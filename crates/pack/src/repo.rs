@@ -142,7 +142,9 @@ impl Repository {
             fresh.trees = std::sync::Arc::clone(&self.trees);
             let packs = fresh.indexes.adopt(&self.indexes);
             fresh.rev.adopt(&self.rev, &packs);
-            fresh.bitmaps.adopt(&self.bitmaps, &packs);
+            fresh
+                .bitmaps
+                .adopt(&self.bitmaps, &packs, fresh.rev.trusting());
         }
         Ok(fresh)
     }

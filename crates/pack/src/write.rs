@@ -2613,13 +2613,13 @@ impl<'a> PackWriter<'a> {
             return None;
         }
         let bytes = data.entry_slice(offset..offset + read)?;
-        self.read_bytes += bytes.len() as u64;
         let parsed = gix_pack::data::Entry::from_bytes(bytes, offset, hash).ok()?;
         let (header_size, size) = (parsed.header_size() as u64, parsed.decompressed_size);
         // Checked before the entry is copied.
         if !crate::packs::entry_ends_at(&data, offset, header_size, size, end) {
             return None;
         }
+        self.read_bytes += bytes.len() as u64;
         // A large entry is read in place, its pages let go of once it is written; the others
         // are copied, and counted.
         let entry = if read >= crate::mapped::Forward::STRETCH
