@@ -138,6 +138,26 @@ const MAX_LS_REFS: u64 = 256 << 20;
 /// lines within [`MAX_LS_REFS`] held 5.8 million, some 1 GB).
 const MAX_LISTED_REFS: usize = 1_000_000;
 
+/// The most bytes of a body handed to its reader at once: a frame can be hundreds of KiB,
+/// which a listing's reader parses in milliseconds, on the runtime's thread.
+const SINK_PIECE: usize = 64 << 10;
+
+/// Hand `data` to `sink` [`SINK_PIECE`] bytes at a time, letting the runtime's other tasks
+/// run between pieces.
+async fn in_pieces(
+    data: &[u8],
+    sink: &mut impl FnMut(&[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut pieces = data.chunks(SINK_PIECE).peekable();
+    while let Some(piece) = pieces.next() {
+        sink(piece)?;
+        if pieces.peek().is_some() {
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(())
+}
+
 /// Bounds on one upstream exchange besides the idle timeout given to [`Upstream::new`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -803,7 +823,7 @@ impl Upstream {
                     return Err(Error::TooLarge { what, limit });
                 }
                 pace.count(data.len() as u64)?;
-                sink(&data)?;
+                in_pieces(&data, &mut sink).await?;
             }
         }
     }
@@ -1070,6 +1090,40 @@ fn encode(format: HashKind, command: Command) -> Result<Vec<u8>, Error> {
 mod tests {
     use super::{Upstream, is_public, without_userinfo};
     use std::time::Duration;
+
+    /// A large frame reaches its reader in pieces of 64 KiB, whole and in order, and the
+    /// runtime's other tasks run between pieces (on a runtime of one thread, a task counting
+    /// its turns has counted more at each piece).
+    #[test]
+    fn a_large_frame_is_read_in_pieces_with_other_tasks_between() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let turns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counting = std::sync::Arc::clone(&turns);
+            let counter = tokio::spawn(async move {
+                loop {
+                    counting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            });
+            let data: Vec<u8> = (0..(1 << 20) + 5).map(|i| (i % 251) as u8).collect();
+            let (mut read, mut seen) = (Vec::new(), Vec::new());
+            super::in_pieces(&data, &mut |piece: &[u8]| {
+                assert!(piece.len() <= super::SINK_PIECE);
+                read.extend_from_slice(piece);
+                seen.push(turns.load(std::sync::atomic::Ordering::Relaxed));
+                Ok(())
+            })
+            .await
+            .unwrap();
+            counter.abort();
+            assert!(read == data, "whole and in order");
+            assert_eq!(seen.len(), 17);
+            assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        });
+    }
 
     /// URLs git would not fetch from, or whose password would be shown with them, are
     /// refused, the password hidden.
