@@ -193,7 +193,10 @@ fn offer(
         closure,
         None,
         hash_from,
-        &std::sync::atomic::AtomicBool::new(false),
+        crate::ingest::Guards {
+            stop: &std::sync::atomic::AtomicBool::new(false),
+            room: &|_| Ok(()),
+        },
     )
 }
 

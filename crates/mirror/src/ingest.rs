@@ -167,6 +167,27 @@ pub fn ingest_pack_stopping(
     announce: Option<Announce>,
     stop: &AtomicBool,
 ) -> Result<Ingested, Error> {
+    ingest_pack_guarded(git_dir, hash, pack, closure, announce, stop, &|_| Ok(()))
+}
+
+/// How often, in bytes written, the bases added to complete a thin pack ask for room.
+pub const ROOM_ASKED_EVERY: u64 = 16 << 20;
+
+/// [`ingest_pack_stopping`], asking `room` before the disk takes more once the pack has
+/// arrived: with the size received before gitoxide's indexer writes the pack again (a pack
+/// whose deltas name bases within it by id), and before the bases added to complete a thin
+/// pack are written, then every [`ROOM_ASKED_EVERY`] bytes of them (with the bytes since). An
+/// error from it stops the ingestion, nothing left behind. A caller keeping a floor of free
+/// space checks the arriving pack itself as it reads it.
+pub fn ingest_pack_guarded(
+    git_dir: &Path,
+    hash: HashKind,
+    pack: &mut dyn BufRead,
+    closure: Closure,
+    announce: Option<Announce>,
+    stop: &AtomicBool,
+    room: &dyn Fn(u64) -> std::io::Result<()>,
+) -> Result<Ingested, Error> {
     ingest_hashing_from(
         git_dir,
         hash,
@@ -174,8 +195,16 @@ pub fn ingest_pack_stopping(
         closure,
         announce,
         HASHED_ON_ARRIVAL,
-        stop,
+        Guards { stop, room },
     )
+}
+
+/// What an ingestion is stopped by (see [`ingest_pack_guarded`]).
+pub(crate) struct Guards<'a> {
+    /// Set: given up.
+    pub(crate) stop: &'a AtomicBool,
+    /// Asked for room before the disk takes more after the download.
+    pub(crate) room: &'a dyn Fn(u64) -> std::io::Result<()>,
 }
 
 /// [`ingest_pack_announced`], hashing blobs stored whole from `hash_from` bytes on as
@@ -187,7 +216,7 @@ pub(crate) fn ingest_hashing_from(
     closure: Closure,
     announce: Option<Announce>,
     hash_from: u64,
-    stop: &AtomicBool,
+    Guards { stop, room }: Guards<'_>,
 ) -> Result<Ingested, Error> {
     let pack_dir = git_dir.join("objects").join("pack");
     std::fs::create_dir_all(&pack_dir)?;
@@ -210,9 +239,11 @@ pub(crate) fn ingest_hashing_from(
         bases,
         ref_deltas_within,
         hashed,
-    } = receive(&repo, hash, pack, &received, announce, hash_from)?;
+    } = receive(&repo, hash, pack, &received, announce, hash_from, room)?;
     let (data, index) = if ref_deltas_within {
-        // Deltas on a base named by id within the pack: gitoxide's indexer resolves them.
+        // Deltas on a base named by id within the pack: gitoxide's indexer resolves them,
+        // writing the pack again.
+        room(std::fs::metadata(&received)?.len())?;
         index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure, stop)?
     } else {
         let data = staging_dir.join(format!("pack-{checksum}.pack"));
@@ -311,6 +342,7 @@ fn receive(
     to: &Path,
     announce: Option<Announce>,
     hash_from: u64,
+    room: &dyn Fn(u64) -> std::io::Result<()>,
 ) -> Result<Received, Error> {
     use gix_pack::data::entry::Header;
     use std::io::{Seek, Write};
@@ -443,12 +475,19 @@ fn receive(
         file.seek(std::io::SeekFrom::Start(end))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut file);
         let mut entry = Vec::new();
+        // Asked before the first base is written, then every ROOM_ASKED_EVERY bytes.
+        let mut unasked = ROOM_ASKED_EVERY;
         for id in named {
             entry.clear();
             let Some(crc32) = thin.entry(&id, &mut entry).map_err(std::io::Error::other)? else {
                 ref_deltas_within = true;
                 continue;
             };
+            unasked += entry.len() as u64;
+            if unasked >= ROOM_ASKED_EVERY {
+                room(unasked)?;
+                unasked = 0;
+            }
             out.write_all(&entry)?;
             entries.push(PackEntry { offset: end, crc32 });
             bases.insert(id, end);

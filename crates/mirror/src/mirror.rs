@@ -122,7 +122,8 @@ pub enum Error {
         reason: String,
     },
     /// The disk fell below the free space kept (see [`Mirror::keeping_free`]) while a pack
-    /// arrived: the refresh was stopped, its staging removed.
+    /// arrived, or would have as it was taken in (written again by gitoxide's indexer, or
+    /// completed with a thin pack's bases): the refresh was stopped, its staging removed.
     #[error(
         "not enough free disk space for the pack: {free} bytes free, {keep} kept free, {received} bytes received"
     )]
@@ -208,7 +209,9 @@ impl Mirror {
     /// Stop a refresh whose pack, as it arrives, leaves less than `bytes` of the mirror's disk
     /// free (checked as it starts and every [`FLOOR_CHECKED_EVERY`] bytes received): a pack
     /// is staged up to the upstream's `max_pack_bytes`, far more than a check before the
-    /// refresh can allow for. 0: no floor.
+    /// refresh can allow for. What taking it in writes after the download is held to it too
+    /// (the pack written again, the size received asked for first; a thin pack's bases). 0:
+    /// no floor.
     pub fn keeping_free(mut self, bytes: u64) -> Mirror {
         self.keep_free = bytes;
         self
@@ -786,8 +789,15 @@ impl Mirror {
             (result, started.elapsed())
         };
         let git_dir = self.git_dir.clone();
-        // Set when the disk fell below its floor while the pack arrived.
+        // Set when the disk fell below its floor while the pack arrived, or would have
+        // as it was taken in.
         let below = std::sync::Arc::new(std::sync::OnceLock::new());
+        let floor = Floor {
+            dir: self.git_dir.clone(),
+            keep: self.keep_free,
+            read: Default::default(),
+            below: std::sync::Arc::clone(&below),
+        };
         let reader = AboveFloor {
             inner: BlockingRead {
                 inner: receiver,
@@ -795,11 +805,8 @@ impl Mirror {
                 deadline: std::sync::Arc::clone(&after_pack),
                 after: 0,
             },
-            dir: self.git_dir.clone(),
-            keep: self.keep_free,
+            floor: floor.clone(),
             unchecked: FLOOR_CHECKED_EVERY,
-            read: 0,
-            below: std::sync::Arc::clone(&below),
         };
         // Set when taking the pack in outlasts its deadline after the download (see below).
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -822,8 +829,11 @@ impl Mirror {
                     self_contained: first,
                 };
                 let mut pack = BufReader::new(stream);
-                let ingested = ingest::ingest_pack_stopping(
-                    &git_dir, format, &mut pack, closure, announce, &stopping,
+                // What is written after the download is held to the floor too: the pack
+                // again (gitoxide's indexer), a thin pack's bases.
+                let room = |more: u64| floor.room(more, "as the pack was taken in");
+                let ingested = ingest::ingest_pack_guarded(
+                    &git_dir, format, &mut pack, closure, announce, &stopping, &room,
                 )
                 .map_err(|err| match err {
                     ingest::Error::Refused(err) => Error::Disconnected(err),
@@ -1583,36 +1593,58 @@ fn too_deep_to_peel(repo: &gitcache_pack::Repository, oid: &ObjectId) -> bool {
 /// How often the free space is checked while a pack arrives (see [`Mirror::keeping_free`]).
 pub const FLOOR_CHECKED_EVERY: u64 = 16 << 20;
 
-/// The upstream's answer as it is read, with the disk under `dir` checked to keep `keep`
-/// bytes free as the reading starts and every [`FLOOR_CHECKED_EVERY`] bytes: below it, reading
-/// fails, and `below` says how much was free, the floor, and how much had been read.
+/// The upstream's answer as it is read, with the disk of the floor's `dir` checked to keep
+/// `keep` bytes free as the reading starts and every [`FLOOR_CHECKED_EVERY`] bytes: below it,
+/// reading fails, and the floor's `below` says how much was free, the floor, and how much had
+/// been read.
 struct AboveFloor<R> {
     inner: R,
-    dir: PathBuf,
-    keep: u64,
+    floor: Floor,
     /// Bytes read since the last check.
     unchecked: u64,
-    /// Bytes read in all.
-    read: u64,
+}
+
+/// A refresh's floor of free space on the disk of `dir`: what fell below it, and when.
+#[derive(Clone)]
+struct Floor {
+    dir: PathBuf,
+    keep: u64,
+    /// Bytes of the pack read in all.
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set when the disk fell below the floor: what was free, the floor, what had been read.
     below: std::sync::Arc<std::sync::OnceLock<(u64, u64, u64)>>,
+}
+
+impl Floor {
+    /// An error, noted, unless `more` bytes still leave the disk at or above the floor (a
+    /// disk that cannot be told about is not held against the refresh).
+    fn room(&self, more: u64, what: &str) -> std::io::Result<()> {
+        if self.keep == 0 {
+            return Ok(());
+        }
+        let free = gitcache_storage::fs::free_bytes(&self.dir).unwrap_or(u64::MAX);
+        if free < self.keep.saturating_add(more) {
+            let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = self.below.set((free, self.keep, read));
+            return Err(std::io::Error::other(format!(
+                "the disk would fall below the free space kept {what}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl<R: std::io::Read> std::io::Read for AboveFloor<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.keep > 0 && self.unchecked >= FLOOR_CHECKED_EVERY {
-            // A disk that cannot be told about is not held against the refresh.
-            let free = gitcache_storage::fs::free_bytes(&self.dir).unwrap_or(u64::MAX);
-            if free < self.keep {
-                let _ = self.below.set((free, self.keep, self.read));
-                return Err(std::io::Error::other(
-                    "the disk fell below the free space kept while the pack arrived",
-                ));
-            }
+        if self.unchecked >= FLOOR_CHECKED_EVERY {
+            self.floor.room(0, "while the pack arrived")?;
             self.unchecked = 0;
         }
         let read = self.inner.read(buf)?;
         self.unchecked += read as u64;
-        self.read += read as u64;
+        self.floor
+            .read
+            .fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(read)
     }
 }
@@ -1696,4 +1728,33 @@ fn remove_loose_refs(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Floor;
+
+    /// A floor refuses what would take the disk below it, noting what was free, the floor and
+    /// what had been read; without a floor nothing is refused.
+    #[test]
+    fn a_floor_refuses_what_would_take_the_disk_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let floor = |keep: u64| Floor {
+            dir: dir.path().to_owned(),
+            keep,
+            read: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(42)),
+            below: Default::default(),
+        };
+        let none = floor(0);
+        none.room(u64::MAX, "here").unwrap();
+        assert!(none.below.get().is_none());
+        let kept = floor(1);
+        kept.room(0, "here").unwrap();
+        assert!(kept.below.get().is_none());
+        let err = kept.room(u64::MAX, "here").unwrap_err();
+        assert!(err.to_string().contains("kept here"), "{err}");
+        let &(free, keep, read) = kept.below.get().expect("noted");
+        assert!(free > 0 && free < u64::MAX, "{free}");
+        assert_eq!((keep, read), (1, 42));
+    }
 }

@@ -1298,3 +1298,74 @@ fn a_large_blob_with_a_damaged_stream_is_refused() {
     // The pack as git wrote it is taken.
     ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap();
 }
+
+/// After the download, the disk is asked before it takes more: a pack whose deltas name their
+/// bases within it by id is written again by gitoxide's indexer (the size received asked for
+/// first), and a thin pack's bases are added at its end (asked for before the first). Refused,
+/// the pack is not taken in and nothing is left behind; allowed, it is taken in as before.
+#[test]
+fn room_is_asked_for_before_a_pack_is_written_again_or_completed() {
+    use gitcache_mirror::ingest::{ROOM_ASKED_EVERY, ingest_pack_guarded};
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let asked = std::sync::Mutex::new(Vec::new());
+    let refuse = |more: u64| {
+        asked.lock().unwrap().push(more);
+        Err(std::io::Error::other("no room"))
+    };
+    let allow = |more: u64| {
+        asked.lock().unwrap().push(more);
+        Ok(())
+    };
+    let taken_in = |mirror: &Path, pack: &[u8], room: &dyn Fn(u64) -> std::io::Result<()>| {
+        ingest_pack_guarded(
+            mirror,
+            Kind::Sha1,
+            &mut &pack[..],
+            Closure::Unchecked,
+            None,
+            &stop,
+            room,
+        )
+    };
+
+    // Deltas naming their bases by id: what git sends without `ofs-delta`.
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(73))
+        .unwrap()
+        .path;
+    let by_id = git_with_input(
+        &source,
+        &["pack-objects", "--stdout", "-q", "--revs", "--all"],
+        b"",
+    );
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let before = pack_dir_listing(&mirror);
+    let err = taken_in(&mirror, &by_id, &refuse).unwrap_err();
+    assert!(!err.is_upstream_fault(), "{err}");
+    assert_eq!(*asked.lock().unwrap(), vec![by_id.len() as u64]);
+    assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
+    asked.lock().unwrap().clear();
+    taken_in(&mirror, &by_id, &allow).unwrap();
+    assert_eq!(*asked.lock().unwrap(), vec![by_id.len() as u64]);
+    set_refs_like(&mirror, &source);
+    git(&mirror, &["fsck", "--strict", "--no-progress"]);
+
+    // A thin pack, completed from the mirror.
+    let other = tempfile::tempdir().unwrap();
+    let (source, mirror, _) = mirrored_source(other.path(), 74);
+    let old = git(&source, &["rev-parse", "main~3"]).trim().to_owned();
+    let new = repo::append_commits(&source, "main", 5, 3).unwrap();
+    let thin = pack_objects(&source, &["--revs", "--thin"], &format!("{new}\n^{old}\n"));
+    let before = pack_dir_listing(&mirror);
+    asked.lock().unwrap().clear();
+    let err = taken_in(&mirror, &thin, &refuse).unwrap_err();
+    assert!(!err.is_upstream_fault(), "{err}");
+    let first = asked.lock().unwrap().clone();
+    assert!(first.len() == 1 && first[0] > ROOM_ASKED_EVERY, "{first:?}");
+    assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
+    let ingested = taken_in(&mirror, &thin, &allow).unwrap();
+    let sent = u32::from_be_bytes(thin[8..12].try_into().unwrap());
+    assert!(ingested.objects > sent, "bases added");
+    git(&mirror, &["update-ref", "refs/heads/main", &new]);
+    git(&mirror, &["fsck", "--strict", "--no-progress"]);
+}
