@@ -174,11 +174,12 @@ pub fn ingest_pack_stopping(
 pub const ROOM_ASKED_EVERY: u64 = 16 << 20;
 
 /// [`ingest_pack_stopping`], asking `room` before the disk takes more once the pack has
-/// arrived: with the size received before gitoxide's indexer writes the pack again (a pack
-/// whose deltas name bases within it by id), and before the bases added to complete a thin
-/// pack are written, then every [`ROOM_ASKED_EVERY`] bytes of them (with the bytes since). An
-/// error from it stops the ingestion, nothing left behind. A caller keeping a floor of free
-/// space checks the arriving pack itself as it reads it.
+/// arrived: before the bases added to complete a thin pack are written (with the first's
+/// size), then every [`ROOM_ASKED_EVERY`] bytes of them (with the bytes since); before the
+/// index and reverse index are written, with their size; and before gitoxide's indexer
+/// writes the pack again (a pack whose deltas name bases within it by id), with the size
+/// received and its index's. An error from it stops the ingestion, nothing left behind. A
+/// caller keeping a floor of free space checks the arriving pack itself as it reads it.
 pub fn ingest_pack_guarded(
     git_dir: &Path,
     hash: HashKind,
@@ -240,14 +241,19 @@ pub(crate) fn ingest_hashing_from(
         ref_deltas_within,
         hashed,
     } = receive(&repo, hash, pack, &received, announce, hash_from, room)?;
+    let received_bytes = std::fs::metadata(&received)?.len();
+    let index_bytes = index_files_bytes(entries.len() as u64, hash, received_bytes);
     let (data, index) = if ref_deltas_within {
         // Deltas on a base named by id within the pack: gitoxide's indexer resolves them,
         // writing the pack again.
-        room(std::fs::metadata(&received)?.len())?;
+        room(received_bytes.saturating_add(index_bytes))?;
         index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure, stop)?
     } else {
         let data = staging_dir.join(format!("pack-{checksum}.pack"));
         let index = data.with_extension("idx");
+        // The index and reverse index: 32 bytes an object and more (a pack of tiny objects
+        // has indexes larger than itself).
+        room(index_bytes)?;
         std::fs::rename(&received, &data)?;
         let read = gitcache_pack::ReadPack {
             entries: &entries,
@@ -315,6 +321,17 @@ pub(crate) fn ingest_hashing_from(
         objects,
         fresh,
     })
+}
+
+/// The bytes of the version 2 index and the reverse index of a pack of `objects` objects and
+/// `pack_bytes` bytes whose ids are `hash`: what taking it in writes beside it.
+fn index_files_bytes(objects: u64, hash: HashKind, pack_bytes: u64) -> u64 {
+    let h = hash.len_in_bytes() as u64;
+    // Entries past 2 GiB take 8 bytes more each: all of them, at most, in a pack that large.
+    let large = if pack_bytes >= 1 << 31 { 8 } else { 0 };
+    let index = 8 + 256 * 4 + objects.saturating_mul(h + 8 + large) + 2 * h;
+    let reverse = 12 + objects.saturating_mul(4) + 2 * h;
+    index.saturating_add(reverse)
 }
 
 /// A received pack in its file: its entries, its checksum, where the bases added to complete
@@ -458,7 +475,7 @@ fn receive(
         ));
     }
 
-    let live = match live {
+    let mut live = match live {
         Some(live) if live.as_received && (live.thin || named.is_empty()) => {
             // Whole as received, for readers that take what the upstream sends as it is.
             live.publisher.whole_as_received(end, checksum.as_slice());
@@ -476,7 +493,7 @@ fn receive(
         let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut file);
         let mut entry = Vec::new();
         // Asked before the first base is written, then every ROOM_ASKED_EVERY bytes.
-        let mut unasked = ROOM_ASKED_EVERY;
+        let (mut unasked, mut asked) = (0u64, false);
         for id in named {
             entry.clear();
             let Some(crc32) = thin.entry(&id, &mut entry).map_err(std::io::Error::other)? else {
@@ -484,9 +501,16 @@ fn receive(
                 continue;
             };
             unasked += entry.len() as u64;
-            if unasked >= ROOM_ASKED_EVERY {
-                room(unasked)?;
-                unasked = 0;
+            if !asked || unasked >= ROOM_ASKED_EVERY {
+                if let Err(err) = room(unasked) {
+                    if let Some(live) = live.take() {
+                        live.publisher.failed(format!(
+                            "no room on the disk for the bases that complete the pack: {err}"
+                        ));
+                    }
+                    return Err(err.into());
+                }
+                (unasked, asked) = (0, true);
             }
             out.write_all(&entry)?;
             entries.push(PackEntry { offset: end, crc32 });

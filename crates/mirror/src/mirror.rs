@@ -122,8 +122,9 @@ pub enum Error {
         reason: String,
     },
     /// The disk fell below the free space kept (see [`Mirror::keeping_free`]) while a pack
-    /// arrived, or would have as it was taken in (written again by gitoxide's indexer, or
-    /// completed with a thin pack's bases): the refresh was stopped, its staging removed.
+    /// arrived, or would have as it was taken in (its indexes written, the pack written again
+    /// by gitoxide's indexer, or completed with a thin pack's bases): the refresh was
+    /// stopped, its staging removed.
     #[error(
         "not enough free disk space for the pack: {free} bytes free, {keep} kept free, {received} bytes received"
     )]
@@ -132,8 +133,8 @@ pub enum Error {
         free: u64,
         /// Bytes to keep free.
         keep: u64,
-        /// Bytes of the upstream's answer received by then: the next try needs at least
-        /// that much more room.
+        /// Bytes of the upstream's answer received by then, and of what taking it in was to
+        /// write next when that was refused: the next try needs at least that much more room.
         received: u64,
     },
 }
@@ -210,8 +211,8 @@ impl Mirror {
     /// free (checked as it starts and every [`FLOOR_CHECKED_EVERY`] bytes received): a pack
     /// is staged up to the upstream's `max_pack_bytes`, far more than a check before the
     /// refresh can allow for. What taking it in writes after the download is held to it too
-    /// (the pack written again, the size received asked for first; a thin pack's bases). 0:
-    /// no floor.
+    /// (its indexes, the pack written again, a thin pack's bases: see
+    /// [`ingest::ingest_pack_guarded`]). 0: no floor.
     pub fn keeping_free(mut self, bytes: u64) -> Mirror {
         self.keep_free = bytes;
         self
@@ -923,6 +924,8 @@ impl Mirror {
             {
                 return Err(taking);
             }
+            // Stopped for the disk: that is the cause, whatever the download made of it.
+            ((Err(_), _), Err(err @ Error::LowDisk { .. })) => return Err(err),
             ((Err(err), _), Err(_)) => return Err(err.into()),
             ((Ok(_), _), Err(err)) => return Err(err),
         };
@@ -1624,8 +1627,9 @@ impl Floor {
         }
         let free = gitcache_storage::fs::free_bytes(&self.dir).unwrap_or(u64::MAX);
         if free < self.keep.saturating_add(more) {
+            // What the refresh needed by then: what arrived, and what it was to write.
             let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
-            let _ = self.below.set((free, self.keep, read));
+            let _ = self.below.set((free, self.keep, read.saturating_add(more)));
             return Err(std::io::Error::other(format!(
                 "the disk would fall below the free space kept {what}"
             )));
@@ -1753,8 +1757,15 @@ mod tests {
         assert!(kept.below.get().is_none());
         let err = kept.room(u64::MAX, "here").unwrap_err();
         assert!(err.to_string().contains("kept here"), "{err}");
-        let &(free, keep, read) = kept.below.get().expect("noted");
+        let &(free, keep, needed) = kept.below.get().expect("noted");
         assert!(free > 0 && free < u64::MAX, "{free}");
-        assert_eq!((keep, read), (1, 42));
+        assert_eq!(
+            (keep, needed),
+            (1, u64::MAX),
+            "what arrived and what was to come"
+        );
+        let arriving = floor(u64::MAX);
+        arriving.room(0, "here").unwrap_err();
+        assert_eq!(arriving.below.get().map(|b| b.2), Some(42), "what arrived");
     }
 }

@@ -656,7 +656,8 @@ const CLOCK_MARGIN: Duration = Duration::from_secs(300);
 
 impl Shared {
     /// Mirrors in `store`; retired packs are deleted `grace` after they were dropped (and
-    /// [`CLOCK_MARGIN`] more, unless `grace` is zero).
+    /// five minutes more for the clocks of instances and the store to disagree, unless `grace`
+    /// is zero).
     pub fn new(store: AnyStore, grace: Duration) -> Self {
         Shared {
             store,

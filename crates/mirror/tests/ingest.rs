@@ -1299,10 +1299,12 @@ fn a_large_blob_with_a_damaged_stream_is_refused() {
     ingest_pack(&mirror, Kind::Sha1, &mut &pack[..]).unwrap();
 }
 
-/// After the download, the disk is asked before it takes more: a pack whose deltas name their
-/// bases within it by id is written again by gitoxide's indexer (the size received asked for
-/// first), and a thin pack's bases are added at its end (asked for before the first). Refused,
-/// the pack is not taken in and nothing is left behind; allowed, it is taken in as before.
+/// After the download, the disk is asked before it takes more: for the index and reverse index
+/// a pack is given (their size, at least what is written), for the pack written again by
+/// gitoxide's indexer when its deltas name their bases within it by id (the size received
+/// and its index's), and for the bases added to complete a thin pack (the first's size, before
+/// it is written). Refused, the pack is not taken in and nothing is left behind; allowed, it
+/// is taken in as before.
 #[test]
 fn room_is_asked_for_before_a_pack_is_written_again_or_completed() {
     use gitcache_mirror::ingest::{ROOM_ASKED_EVERY, ingest_pack_guarded};
@@ -1327,43 +1329,73 @@ fn room_is_asked_for_before_a_pack_is_written_again_or_completed() {
             room,
         )
     };
+    let asks = || std::mem::take(&mut *asked.lock().unwrap());
+    // What taking a pack in wrote beside it.
+    let indexes = |ingested: &gitcache_mirror::ingest::Ingested| {
+        let size = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().len();
+        size(ingested.index.clone()) + size(ingested.index.with_extension("rev"))
+    };
 
-    // Deltas naming their bases by id: what git sends without `ofs-delta`.
+    // Deltas on bases by offset: the indexes asked for.
     let dir = tempfile::tempdir().unwrap();
-    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(73))
-        .unwrap()
-        .path;
+    let (source, pack) = source_and_pack(dir.path(), &RepoSpec::small(73));
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let before = pack_dir_listing(&mirror);
+    let err = taken_in(&mirror, &pack, &refuse).unwrap_err();
+    assert!(!err.is_upstream_fault(), "{err}");
+    assert_eq!(asks().len(), 1);
+    assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
+    let ingested = taken_in(&mirror, &pack, &allow).unwrap();
+    let wanted = asks();
+    assert!(
+        wanted.len() == 1 && wanted[0] >= indexes(&ingested),
+        "{wanted:?}"
+    );
+
+    // Deltas naming their bases by id, what git sends without `ofs-delta`: the pack again.
     let by_id = git_with_input(
         &source,
         &["pack-objects", "--stdout", "-q", "--revs", "--all"],
         b"",
     );
-    let mirror = empty_mirror(dir.path(), "sha1");
+    std::fs::create_dir(dir.path().join("by-id")).unwrap();
+    let mirror = empty_mirror(&dir.path().join("by-id"), "sha1");
     let before = pack_dir_listing(&mirror);
     let err = taken_in(&mirror, &by_id, &refuse).unwrap_err();
     assert!(!err.is_upstream_fault(), "{err}");
-    assert_eq!(*asked.lock().unwrap(), vec![by_id.len() as u64]);
+    assert_eq!(asks().len(), 1);
     assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
-    asked.lock().unwrap().clear();
-    taken_in(&mirror, &by_id, &allow).unwrap();
-    assert_eq!(*asked.lock().unwrap(), vec![by_id.len() as u64]);
+    let ingested = taken_in(&mirror, &by_id, &allow).unwrap();
+    let wanted = asks();
+    assert!(
+        wanted.len() == 1
+            && wanted[0] >= by_id.len() as u64 + std::fs::metadata(&ingested.index).unwrap().len(),
+        "{wanted:?}"
+    );
     set_refs_like(&mirror, &source);
     git(&mirror, &["fsck", "--strict", "--no-progress"]);
 
-    // A thin pack, completed from the mirror.
+    // A thin pack, completed from the mirror: the first base asked for before it is written.
     let other = tempfile::tempdir().unwrap();
     let (source, mirror, _) = mirrored_source(other.path(), 74);
     let old = git(&source, &["rev-parse", "main~3"]).trim().to_owned();
     let new = repo::append_commits(&source, "main", 5, 3).unwrap();
     let thin = pack_objects(&source, &["--revs", "--thin"], &format!("{new}\n^{old}\n"));
     let before = pack_dir_listing(&mirror);
-    asked.lock().unwrap().clear();
     let err = taken_in(&mirror, &thin, &refuse).unwrap_err();
     assert!(!err.is_upstream_fault(), "{err}");
-    let first = asked.lock().unwrap().clone();
-    assert!(first.len() == 1 && first[0] > ROOM_ASKED_EVERY, "{first:?}");
+    let first = asks();
+    assert!(
+        first.len() == 1 && first[0] > 0 && first[0] < ROOM_ASKED_EVERY,
+        "{first:?}"
+    );
     assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
     let ingested = taken_in(&mirror, &thin, &allow).unwrap();
+    let wanted = asks();
+    assert!(
+        wanted.len() == 2 && wanted[0] == first[0] && wanted[1] >= indexes(&ingested),
+        "{wanted:?}"
+    );
     let sent = u32::from_be_bytes(thin[8..12].try_into().unwrap());
     assert!(ingested.objects > sent, "bases added");
     git(&mirror, &["update-ref", "refs/heads/main", &new]);
