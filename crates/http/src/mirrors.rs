@@ -109,10 +109,12 @@ pub(crate) struct Mirrors {
     /// a client's listing that shows them alike has not moved. Repositories with none have
     /// no entry.
     left_out: Mutex<crate::bounded::Bounded<RepoKey, LeftOut>>,
-    /// By repository, how much of its last refresh's pack had arrived when the refresh was
-    /// stopped for the disk's floor, and when: for [`STOPPED_FOR_DISK_FOR`] its next refresh
-    /// starts only with twice that free above the floor (evicting for it when that can be
-    /// had), so that it is not downloaded in part again and again.
+    /// By repository, the room beyond the disk's floor its last refresh lacked when it was
+    /// stopped for the floor, and when: for [`STOPPED_FOR_DISK_FOR`] its next refresh starts
+    /// only with that free above the floor (evicting for it when that can be had), so that it
+    /// is not downloaded in part again and again. Twice what had arrived when the download
+    /// was stopped; what the whole pack took and was to take when taking it in was (see
+    /// [`gitcache_mirror::mirror::Error::LowDisk`]).
     stopped_for_disk: Mutex<crate::bounded::Bounded<RepoKey, StoppedForDisk>>,
     /// The settings answers are written with, when preparing a mirror makes ahead what a
     /// shallow clone of its `HEAD` compresses again (see [`Mirrors::prepare`]).
@@ -173,8 +175,8 @@ const MAX_LEFT_OUT_REPOS: usize = 1_000;
 /// A refresh stopped for the disk's floor (see [`Mirrors::stopped_for_disk`]).
 #[derive(Debug, Clone, Copy)]
 struct StoppedForDisk {
-    /// What had arrived of its pack.
-    received: u64,
+    /// The room beyond the floor it lacked.
+    needed: u64,
     /// When it was first stopped, since it has been stopped.
     since: Instant,
     /// Whether a refresh of it evicted other mirrors since: once in a while only, so that an
@@ -581,11 +583,9 @@ impl Mirrors {
                 // its next refresh waits for the room this one lacked.
                 let outcome = outcome.map_err(|err| match &*err {
                     gitcache_mirror::mirror::Error::LowDisk {
-                        free,
-                        keep,
-                        received,
+                        free, keep, needed, ..
                     } => {
-                        mirrors.note_stopped_for_disk(&task_key, Some(*received));
+                        mirrors.note_stopped_for_disk(&task_key, Some(*needed));
                         Error::LowDisk {
                             free: *free,
                             keep: *keep,
@@ -635,7 +635,7 @@ impl Mirrors {
     }
 
     /// Refuse a refresh of `key` that would start with less disk free than the budget keeps
-    /// (and twice what its last refresh had received when it was stopped for the floor, see
+    /// (and the room its last refresh lacked when it was stopped for the floor, see
     /// [`Mirrors::stopped_for_disk`]), after evicting what can be evicted.
     async fn room_for_refresh(&self, key: &RepoKey) -> Result<(), Error> {
         // Room asked for beyond the floor, and whether evicting for it is still allowed: once
@@ -649,7 +649,7 @@ impl Mirrors {
                 Some(stopped) => {
                     let may = !stopped.evicted;
                     stopped.evicted = true;
-                    (stopped.received.saturating_mul(2), may)
+                    (stopped.needed, may)
                 }
                 None => (0, true),
             }
@@ -681,12 +681,12 @@ impl Mirrors {
         }
     }
 
-    /// Note how much of `key`'s refresh had arrived when it was stopped for the disk's
-    /// floor, or (`None`) that a refresh of it went through.
-    fn note_stopped_for_disk(&self, key: &RepoKey, received: Option<u64>) {
+    /// Note the room beyond the disk's floor `key`'s refresh lacked when it was stopped for
+    /// the floor, or (`None`) that a refresh of it went through.
+    fn note_stopped_for_disk(&self, key: &RepoKey, needed: Option<u64>) {
         let mut table = (self.stopped_for_disk.lock()).unwrap_or_else(|p| p.into_inner());
-        match received {
-            Some(received) => {
+        match needed {
+            Some(needed) => {
                 table.make_room(|_, stopped| stopped.since.elapsed() < STOPPED_FOR_DISK_FOR);
                 // The window (and whether it evicted) goes on from the first stop in it.
                 let (since, evicted) = match table.get(key) {
@@ -698,7 +698,7 @@ impl Mirrors {
                 table.insert(
                     key.clone(),
                     StoppedForDisk {
-                        received: received.max(1),
+                        needed: needed.max(1),
                         since,
                         evicted,
                     },
@@ -1711,9 +1711,9 @@ mod tests {
 
     /// A refresh stopped for the disk's floor as its pack arrived (here the registry's floor
     /// is one no disk has, the start's check one any disk has: the disk filled meanwhile) is
-    /// a `LowDisk` failure, noted; the next refresh of that mirror starts only with twice what
-    /// had arrived free above the floor: refused at the start, nothing downloaded again in
-    /// part. One that goes through forgets it.
+    /// a `LowDisk` failure, noted; the next refresh of that mirror starts only with the room
+    /// it lacked (twice what had arrived) free above the floor: refused at the start, nothing
+    /// downloaded again in part. One that goes through forgets it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refresh_stopped_for_the_disk_waits_for_the_room_it_lacked() {
         let f = fetched(1506).await;
@@ -1753,8 +1753,8 @@ mod tests {
         f.registry.refresh(&other, &f.client, &[]).await.unwrap();
         let mirrors_before = f.registry.on_disk().len();
         assert_eq!(mirrors_before, 2);
-        let received = 1 << 60;
-        mirrors.note_stopped_for_disk(&f.key, Some(received));
+        let needed = 1 << 61;
+        mirrors.note_stopped_for_disk(&f.key, Some(needed));
         let asked = |upstream: &Upstream| {
             let counts = upstream.counts();
             counts.ls_refs + counts.fetch
@@ -1763,7 +1763,7 @@ mod tests {
         assert!(before >= 1, "the listing was asked for");
         let err = refresh(&mirrors).await.unwrap_err();
         assert!(
-            matches!(err, super::Error::LowDisk { keep, .. } if keep == 1 + 2 * received),
+            matches!(err, super::Error::LowDisk { keep, .. } if keep == 1 + needed),
             "{err:?}"
         );
         assert_eq!(asked(&f.upstream), before, "refused at the start");

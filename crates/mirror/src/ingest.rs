@@ -178,7 +178,7 @@ pub const ROOM_ASKED_EVERY: u64 = 16 << 20;
 /// size), then every [`ROOM_ASKED_EVERY`] bytes of them (with the bytes since); before the
 /// index and reverse index are written, with their size; and before gitoxide's indexer
 /// writes the pack again (a pack whose deltas name bases within it by id), with the size
-/// received and its index's. An error from it stops the ingestion, nothing left behind. A
+/// received and its indexes', in one ask. An error from it stops the ingestion, nothing left behind. A
 /// caller keeping a floor of free space checks the arriving pack itself as it reads it.
 pub fn ingest_pack_guarded(
     git_dir: &Path,
@@ -329,8 +329,10 @@ fn index_files_bytes(objects: u64, hash: HashKind, pack_bytes: u64) -> u64 {
     let h = hash.len_in_bytes() as u64;
     // Entries past 2 GiB take 8 bytes more each: all of them, at most, in a pack that large.
     let large = if pack_bytes >= 1 << 31 { 8 } else { 0 };
-    let index = 8 + 256 * 4 + objects.saturating_mul(h + 8 + large) + 2 * h;
-    let reverse = 12 + objects.saturating_mul(4) + 2 * h;
+    let index = objects
+        .saturating_mul(h + 8 + large)
+        .saturating_add(8 + 256 * 4 + 2 * h);
+    let reverse = objects.saturating_mul(4).saturating_add(12 + 2 * h);
     index.saturating_add(reverse)
 }
 

@@ -126,16 +126,19 @@ pub enum Error {
     /// by gitoxide's indexer, or completed with a thin pack's bases): the refresh was
     /// stopped, its staging removed.
     #[error(
-        "not enough free disk space for the pack: {free} bytes free, {keep} kept free, {received} bytes received"
+        "not enough free disk space for the pack: {free} bytes free, {keep} kept free, {received} bytes received, {needed} needed"
     )]
     LowDisk {
         /// Bytes free when it was stopped.
         free: u64,
         /// Bytes to keep free.
         keep: u64,
-        /// Bytes of the upstream's answer received by then, and of what taking it in was to
-        /// write next when that was refused: the next try needs at least that much more room.
+        /// Bytes of the upstream's answer received by then.
         received: u64,
+        /// Room beyond the floor a next try needs: twice what had arrived when the download
+        /// was stopped (how much more was to come is not known), or, when taking the whole
+        /// pack in was, what arrived, what was written after it and what was to be.
+        needed: u64,
     },
 }
 
@@ -797,6 +800,7 @@ impl Mirror {
             dir: self.git_dir.clone(),
             keep: self.keep_free,
             read: Default::default(),
+            granted: Default::default(),
             below: std::sync::Arc::clone(&below),
         };
         let reader = AboveFloor {
@@ -832,7 +836,7 @@ impl Mirror {
                 let mut pack = BufReader::new(stream);
                 // What is written after the download is held to the floor too: the pack
                 // again (gitoxide's indexer), a thin pack's bases.
-                let room = |more: u64| floor.room(more, "as the pack was taken in");
+                let room = |more: u64| floor.after(more);
                 let ingested = ingest::ingest_pack_guarded(
                     &git_dir, format, &mut pack, closure, announce, &stopping, &room,
                 )
@@ -861,10 +865,11 @@ impl Mirror {
             })();
             // Stopped for the disk: that is the cause, whatever the reading made of it.
             match (taken, below.get()) {
-                (Err(_), Some(&(free, keep, received))) => Err(Error::LowDisk {
+                (Err(_), Some(&(free, keep, received, needed))) => Err(Error::LowDisk {
                     free,
                     keep,
                     received,
+                    needed,
                 }),
                 (taken, _) => taken,
             }
@@ -1614,25 +1619,49 @@ struct Floor {
     keep: u64,
     /// Bytes of the pack read in all.
     read: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Set when the disk fell below the floor: what was free, the floor, what had been read.
-    below: std::sync::Arc<std::sync::OnceLock<(u64, u64, u64)>>,
+    /// Bytes taking the pack in was given room for after the download.
+    granted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set when the disk fell below the floor: what was free, the floor, what had been read,
+    /// and the room a next try needs (see [`Error::LowDisk`]).
+    below: std::sync::Arc<std::sync::OnceLock<(u64, u64, u64, u64)>>,
 }
 
 impl Floor {
-    /// An error, noted, unless `more` bytes still leave the disk at or above the floor (a
-    /// disk that cannot be told about is not held against the refresh).
-    fn room(&self, more: u64, what: &str) -> std::io::Result<()> {
+    /// An error, noted, unless the disk is still at or above the floor as the pack arrives
+    /// (a disk that cannot be told about is not held against the refresh).
+    fn arriving(&self) -> std::io::Result<()> {
+        self.room(0, false)
+    }
+
+    /// An error, noted, unless `more` bytes written after the download still leave the disk
+    /// at or above the floor; counted as given if so.
+    fn after(&self, more: u64) -> std::io::Result<()> {
+        self.room(more, true)?;
+        self.granted
+            .fetch_add(more, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn room(&self, more: u64, after: bool) -> std::io::Result<()> {
         if self.keep == 0 {
             return Ok(());
         }
         let free = gitcache_storage::fs::free_bytes(&self.dir).unwrap_or(u64::MAX);
         if free < self.keep.saturating_add(more) {
-            // What the refresh needed by then: what arrived, and what it was to write.
             let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
-            let _ = self.below.set((free, self.keep, read.saturating_add(more)));
-            return Err(std::io::Error::other(format!(
-                "the disk would fall below the free space kept {what}"
-            )));
+            let needed = match after {
+                // The pack's size is known: it, what was written after it, and what was to be.
+                true => read
+                    .saturating_add(self.granted.load(std::sync::atomic::Ordering::Relaxed))
+                    .saturating_add(more),
+                // How much more was to come is not.
+                false => read.saturating_mul(2),
+            };
+            let _ = self.below.set((free, self.keep, read, needed));
+            return Err(std::io::Error::other(match after {
+                true => "the disk would fall below the free space kept as the pack was taken in",
+                false => "the disk fell below the free space kept while the pack arrived",
+            }));
         }
         Ok(())
     }
@@ -1641,7 +1670,7 @@ impl Floor {
 impl<R: std::io::Read> std::io::Read for AboveFloor<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.unchecked >= FLOOR_CHECKED_EVERY {
-            self.floor.room(0, "while the pack arrived")?;
+            self.floor.arriving()?;
             self.unchecked = 0;
         }
         let read = self.inner.read(buf)?;
@@ -1738,8 +1767,10 @@ fn remove_loose_refs(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::Floor;
 
-    /// A floor refuses what would take the disk below it, noting what was free, the floor and
-    /// what had been read; without a floor nothing is refused.
+    /// A floor refuses what would take the disk below it, noting what was free, the floor,
+    /// what had arrived and the room a next try needs: twice what arrived while the pack
+    /// arrived, what arrived and what was and would be written after it once it had. Without
+    /// a floor nothing is refused.
     #[test]
     fn a_floor_refuses_what_would_take_the_disk_below_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -1747,25 +1778,26 @@ mod tests {
             dir: dir.path().to_owned(),
             keep,
             read: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(42)),
+            granted: Default::default(),
             below: Default::default(),
         };
         let none = floor(0);
-        none.room(u64::MAX, "here").unwrap();
+        none.after(u64::MAX).unwrap();
+        none.arriving().unwrap();
         assert!(none.below.get().is_none());
         let kept = floor(1);
-        kept.room(0, "here").unwrap();
+        kept.arriving().unwrap();
+        kept.after(10).unwrap();
+        kept.after(5).unwrap();
         assert!(kept.below.get().is_none());
-        let err = kept.room(u64::MAX, "here").unwrap_err();
-        assert!(err.to_string().contains("kept here"), "{err}");
-        let &(free, keep, needed) = kept.below.get().expect("noted");
+        let err = kept.after(u64::MAX - 100).unwrap_err();
+        assert!(err.to_string().contains("taken in"), "{err}");
+        let &(free, keep, read, needed) = kept.below.get().expect("noted");
         assert!(free > 0 && free < u64::MAX, "{free}");
-        assert_eq!(
-            (keep, needed),
-            (1, u64::MAX),
-            "what arrived and what was to come"
-        );
+        assert_eq!((keep, read, needed), (1, 42, u64::MAX - 100 + 42 + 15));
         let arriving = floor(u64::MAX);
-        arriving.room(0, "here").unwrap_err();
-        assert_eq!(arriving.below.get().map(|b| b.2), Some(42), "what arrived");
+        let err = arriving.arriving().unwrap_err();
+        assert!(err.to_string().contains("arrived"), "{err}");
+        assert_eq!(arriving.below.get().map(|b| (b.2, b.3)), Some((42, 84)));
     }
 }
