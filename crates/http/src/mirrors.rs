@@ -579,8 +579,8 @@ impl Mirrors {
                     }
                     outcome
                 };
-                // Stopped for the disk as its pack arrived: as refused for it at the start, and
-                // its next refresh waits for the room this one lacked.
+                // Stopped for the disk as its pack arrived or was taken in: as refused for it at
+                // the start, and its next refresh waits for the room this one lacked.
                 let outcome = outcome.map_err(|err| match &*err {
                     gitcache_mirror::mirror::Error::LowDisk {
                         free, keep, needed, ..
@@ -1740,13 +1740,13 @@ mod tests {
             "{err:?}"
         );
         // Stopped at its first read (the floor is checked as the pack starts to arrive), and
-        // noted. Had an exabyte arrived by then, the next refresh would need twice that.
-        assert!(
-            mirrors
-                .stopped_for_disk
-                .lock()
-                .unwrap()
-                .contains_key(&f.key)
+        // noted: nothing had arrived (at least a byte is asked for). Had an exabyte arrived
+        // by then, the next refresh would need twice that.
+        assert_eq!(
+            (mirrors.stopped_for_disk.lock().unwrap())
+                .get(&f.key)
+                .map(|stopped| stopped.needed),
+            Some(1)
         );
         // Another mirror beside it, which evicting could take.
         let other = RepoKey::new("127.0.0.1", "acme", "other.git").unwrap();

@@ -173,13 +173,32 @@ pub fn ingest_pack_stopping(
 /// How often, in bytes written, the bases added to complete a thin pack ask for room.
 pub const ROOM_ASKED_EVERY: u64 = 16 << 20;
 
+/// Room taking a pack in asks for after the download (see [`ingest_pack_guarded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// Bytes of the bases that complete a thin pack: more may follow, and the indexes.
+    Bases(u64),
+    /// The last writes: the indexes, or the pack again with its indexes.
+    Last(u64),
+}
+
+impl Ask {
+    /// The bytes asked for.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Ask::Bases(bytes) | Ask::Last(bytes) => bytes,
+        }
+    }
+}
+
 /// [`ingest_pack_stopping`], asking `room` before the disk takes more once the pack has
 /// arrived: before the bases added to complete a thin pack are written (with the first's
-/// size), then every [`ROOM_ASKED_EVERY`] bytes of them (with the bytes since); before the
-/// index and reverse index are written, with their size; and before gitoxide's indexer
-/// writes the pack again (a pack whose deltas name bases within it by id), with the size
-/// received and its indexes', in one ask. An error from it stops the ingestion, nothing left behind. A
-/// caller keeping a floor of free space checks the arriving pack itself as it reads it.
+/// size), then every [`ROOM_ASKED_EVERY`] bytes of them and after the last (with the bytes
+/// since); before the index and reverse index are written, with their size; and before
+/// gitoxide's indexer writes the pack again (a pack whose deltas name bases within it by
+/// id), with the size received and its indexes', in one ask. An error from it stops the
+/// ingestion, nothing left behind. A caller keeping a floor of free space checks the
+/// arriving pack itself as it reads it.
 pub fn ingest_pack_guarded(
     git_dir: &Path,
     hash: HashKind,
@@ -187,7 +206,7 @@ pub fn ingest_pack_guarded(
     closure: Closure,
     announce: Option<Announce>,
     stop: &AtomicBool,
-    room: &dyn Fn(u64) -> std::io::Result<()>,
+    room: &dyn Fn(Ask) -> std::io::Result<()>,
 ) -> Result<Ingested, Error> {
     ingest_hashing_from(
         git_dir,
@@ -205,7 +224,7 @@ pub(crate) struct Guards<'a> {
     /// Set: given up.
     pub(crate) stop: &'a AtomicBool,
     /// Asked for room before the disk takes more after the download.
-    pub(crate) room: &'a dyn Fn(u64) -> std::io::Result<()>,
+    pub(crate) room: &'a dyn Fn(Ask) -> std::io::Result<()>,
 }
 
 /// [`ingest_pack_announced`], hashing blobs stored whole from `hash_from` bytes on as
@@ -246,14 +265,14 @@ pub(crate) fn ingest_hashing_from(
     let (data, index) = if ref_deltas_within {
         // Deltas on a base named by id within the pack: gitoxide's indexer resolves them,
         // writing the pack again.
-        room(received_bytes.saturating_add(index_bytes))?;
+        room(Ask::Last(received_bytes.saturating_add(index_bytes)))?;
         index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure, stop)?
     } else {
         let data = staging_dir.join(format!("pack-{checksum}.pack"));
         let index = data.with_extension("idx");
         // The index and reverse index: 32 bytes an object and more (a pack of tiny objects
         // has indexes larger than itself).
-        room(index_bytes)?;
+        room(Ask::Last(index_bytes))?;
         std::fs::rename(&received, &data)?;
         let read = gitcache_pack::ReadPack {
             entries: &entries,
@@ -361,7 +380,7 @@ fn receive(
     to: &Path,
     announce: Option<Announce>,
     hash_from: u64,
-    room: &dyn Fn(u64) -> std::io::Result<()>,
+    room: &dyn Fn(Ask) -> std::io::Result<()>,
 ) -> Result<Received, Error> {
     use gix_pack::data::entry::Header;
     use std::io::{Seek, Write};
@@ -494,7 +513,18 @@ fn receive(
         file.seek(std::io::SeekFrom::Start(end))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut file);
         let mut entry = Vec::new();
-        // Asked before the first base is written, then every ROOM_ASKED_EVERY bytes.
+        // Asked before the first base is written, then every ROOM_ASKED_EVERY bytes, and
+        // for the last ones after them.
+        let mut ask = |bytes: u64| -> Result<(), Error> {
+            room(Ask::Bases(bytes)).map_err(|err| {
+                if let Some(live) = live.take() {
+                    live.publisher.failed(format!(
+                        "no room on the disk for the bases that complete the pack: {err}"
+                    ));
+                }
+                err.into()
+            })
+        };
         let (mut unasked, mut asked) = (0u64, false);
         for id in named {
             entry.clear();
@@ -504,20 +534,16 @@ fn receive(
             };
             unasked += entry.len() as u64;
             if !asked || unasked >= ROOM_ASKED_EVERY {
-                if let Err(err) = room(unasked) {
-                    if let Some(live) = live.take() {
-                        live.publisher.failed(format!(
-                            "no room on the disk for the bases that complete the pack: {err}"
-                        ));
-                    }
-                    return Err(err.into());
-                }
+                ask(unasked)?;
                 (unasked, asked) = (0, true);
             }
             out.write_all(&entry)?;
             entries.push(PackEntry { offset: end, crc32 });
             bases.insert(id, end);
             end += entry.len() as u64;
+        }
+        if unasked > 0 {
+            ask(unasked)?;
         }
         out.flush()?;
         drop(out);

@@ -836,7 +836,7 @@ impl Mirror {
                 let mut pack = BufReader::new(stream);
                 // What is written after the download is held to the floor too: the pack
                 // again (gitoxide's indexer), a thin pack's bases.
-                let room = |more: u64| floor.after(more);
+                let room = |ask: ingest::Ask| floor.after(ask);
                 let ingested = ingest::ingest_pack_guarded(
                     &git_dir, format, &mut pack, closure, announce, &stopping, &room,
                 )
@@ -1630,37 +1630,43 @@ impl Floor {
     /// An error, noted, unless the disk is still at or above the floor as the pack arrives
     /// (a disk that cannot be told about is not held against the refresh).
     fn arriving(&self) -> std::io::Result<()> {
-        self.room(0, false)
+        self.room(0, None)
     }
 
-    /// An error, noted, unless `more` bytes written after the download still leave the disk
-    /// at or above the floor; counted as given if so.
-    fn after(&self, more: u64) -> std::io::Result<()> {
-        self.room(more, true)?;
+    /// An error, noted, unless the bytes `ask` names, written after the download, still
+    /// leave the disk at or above the floor; counted as given if so.
+    fn after(&self, ask: ingest::Ask) -> std::io::Result<()> {
+        if self.keep == 0 {
+            return Ok(());
+        }
+        self.room(ask.bytes(), Some(ask))?;
         self.granted
-            .fetch_add(more, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(ask.bytes(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
-    fn room(&self, more: u64, after: bool) -> std::io::Result<()> {
+    fn room(&self, more: u64, after: Option<ingest::Ask>) -> std::io::Result<()> {
         if self.keep == 0 {
             return Ok(());
         }
         let free = gitcache_storage::fs::free_bytes(&self.dir).unwrap_or(u64::MAX);
         if free < self.keep.saturating_add(more) {
             let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
+            let known = read
+                .saturating_add(self.granted.load(std::sync::atomic::Ordering::Relaxed))
+                .saturating_add(more);
             let needed = match after {
-                // The pack's size is known: it, what was written after it, and what was to be.
-                true => read
-                    .saturating_add(self.granted.load(std::sync::atomic::Ordering::Relaxed))
-                    .saturating_add(more),
-                // How much more was to come is not.
-                false => read.saturating_mul(2),
+                // The last writes: the pack, what was written after it, and what was to be.
+                Some(ingest::Ask::Last(_)) => known,
+                // More bases and the indexes were to follow, how many is not known.
+                Some(ingest::Ask::Bases(_)) => known.saturating_mul(2),
+                // How much more of the pack was to come is not known either.
+                None => read.saturating_mul(2),
             };
             let _ = self.below.set((free, self.keep, read, needed));
             return Err(std::io::Error::other(match after {
-                true => "the disk would fall below the free space kept as the pack was taken in",
-                false => "the disk fell below the free space kept while the pack arrived",
+                Some(_) => "the disk would fall below the free space kept as the pack was taken in",
+                None => "the disk fell below the free space kept while the pack arrived",
             }));
         }
         Ok(())
@@ -1769,10 +1775,11 @@ mod tests {
 
     /// A floor refuses what would take the disk below it, noting what was free, the floor,
     /// what had arrived and the room a next try needs: twice what arrived while the pack
-    /// arrived, what arrived and what was and would be written after it once it had. Without
-    /// a floor nothing is refused.
+    /// arrived; once it had, what arrived and what was and would be written after it, twice
+    /// that when more bases and the indexes were to follow. Without a floor nothing is refused.
     #[test]
     fn a_floor_refuses_what_would_take_the_disk_below_it() {
+        use crate::ingest::Ask;
         let dir = tempfile::tempdir().unwrap();
         let floor = |keep: u64| Floor {
             dir: dir.path().to_owned(),
@@ -1782,19 +1789,26 @@ mod tests {
             below: Default::default(),
         };
         let none = floor(0);
-        none.after(u64::MAX).unwrap();
+        none.after(Ask::Last(u64::MAX)).unwrap();
         none.arriving().unwrap();
         assert!(none.below.get().is_none());
-        let kept = floor(1);
-        kept.arriving().unwrap();
-        kept.after(10).unwrap();
-        kept.after(5).unwrap();
-        assert!(kept.below.get().is_none());
-        let err = kept.after(u64::MAX - 100).unwrap_err();
-        assert!(err.to_string().contains("taken in"), "{err}");
-        let &(free, keep, read, needed) = kept.below.get().expect("noted");
-        assert!(free > 0 && free < u64::MAX, "{free}");
-        assert_eq!((keep, read, needed), (1, 42, u64::MAX - 100 + 42 + 15));
+        let needed = |ask: Ask| {
+            let kept = floor(1);
+            kept.arriving().unwrap();
+            kept.after(Ask::Bases(10)).unwrap();
+            kept.after(Ask::Bases(5)).unwrap();
+            assert!(kept.below.get().is_none());
+            let err = kept.after(ask).unwrap_err();
+            assert!(err.to_string().contains("taken in"), "{err}");
+            let &(free, keep, read, needed) = kept.below.get().expect("noted");
+            assert!(free > 0 && free < u64::MAX, "{free}");
+            assert_eq!((keep, read), (1, 42));
+            needed
+        };
+        let more = u64::MAX / 4;
+        assert_eq!(needed(Ask::Last(more)), 42 + 15 + more);
+        assert_eq!(needed(Ask::Bases(more)), 2 * (42 + 15 + more));
+        assert_eq!(needed(Ask::Last(u64::MAX)), u64::MAX, "saturated");
         let arriving = floor(u64::MAX);
         let err = arriving.arriving().unwrap_err();
         assert!(err.to_string().contains("arrived"), "{err}");

@@ -1307,18 +1307,18 @@ fn a_large_blob_with_a_damaged_stream_is_refused() {
 /// is taken in as before.
 #[test]
 fn room_is_asked_for_before_a_pack_is_written_again_or_completed() {
-    use gitcache_mirror::ingest::{ROOM_ASKED_EVERY, ingest_pack_guarded};
+    use gitcache_mirror::ingest::{Ask, ROOM_ASKED_EVERY, ingest_pack_guarded};
     let stop = std::sync::atomic::AtomicBool::new(false);
     let asked = std::sync::Mutex::new(Vec::new());
-    let refuse = |more: u64| {
-        asked.lock().unwrap().push(more);
+    let refuse = |ask: Ask| {
+        asked.lock().unwrap().push(ask);
         Err(std::io::Error::other("no room"))
     };
-    let allow = |more: u64| {
-        asked.lock().unwrap().push(more);
+    let allow = |ask: Ask| {
+        asked.lock().unwrap().push(ask);
         Ok(())
     };
-    let taken_in = |mirror: &Path, pack: &[u8], room: &dyn Fn(u64) -> std::io::Result<()>| {
+    let taken_in = |mirror: &Path, pack: &[u8], room: &dyn Fn(Ask) -> std::io::Result<()>| {
         ingest_pack_guarded(
             mirror,
             Kind::Sha1,
@@ -1343,10 +1343,14 @@ fn room_is_asked_for_before_a_pack_is_written_again_or_completed() {
     let before = pack_dir_listing(&mirror);
     let err = taken_in(&mirror, &pack, &refuse).unwrap_err();
     assert!(!err.is_upstream_fault(), "{err}");
-    assert_eq!(asks().len(), 1);
+    assert!(matches!(asks()[..], [Ask::Last(_)]));
     assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
     let ingested = taken_in(&mirror, &pack, &allow).unwrap();
-    assert_eq!(asks(), vec![indexes(&ingested)], "the indexes' size");
+    assert_eq!(
+        asks(),
+        vec![Ask::Last(indexes(&ingested))],
+        "the indexes' size"
+    );
 
     // Deltas naming their bases by id, what git sends without `ofs-delta`: the pack again.
     let by_id = git_with_input(
@@ -1359,13 +1363,16 @@ fn room_is_asked_for_before_a_pack_is_written_again_or_completed() {
     let before = pack_dir_listing(&mirror);
     let err = taken_in(&mirror, &by_id, &refuse).unwrap_err();
     assert!(!err.is_upstream_fault(), "{err}");
-    assert_eq!(asks().len(), 1);
+    assert!(matches!(asks()[..], [Ask::Last(_)]));
     assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
     let ingested = taken_in(&mirror, &by_id, &allow).unwrap();
     // The pack again, its index, and a reverse index gitoxide's indexer does not write.
     let index = std::fs::metadata(&ingested.index).unwrap().len();
     let reverse = 12 + 4 * u64::from(ingested.objects) + 40;
-    assert_eq!(asks(), vec![by_id.len() as u64 + index + reverse]);
+    assert_eq!(
+        asks(),
+        vec![Ask::Last(by_id.len() as u64 + index + reverse)]
+    );
     set_refs_like(&mirror, &source);
     git(&mirror, &["fsck", "--strict", "--no-progress"]);
 
@@ -1378,14 +1385,20 @@ fn room_is_asked_for_before_a_pack_is_written_again_or_completed() {
     let before = pack_dir_listing(&mirror);
     let err = taken_in(&mirror, &thin, &refuse).unwrap_err();
     assert!(!err.is_upstream_fault(), "{err}");
-    let first = asks();
-    assert!(
-        first.len() == 1 && first[0] > 0 && first[0] < ROOM_ASKED_EVERY,
-        "{first:?}"
-    );
+    let first = match asks()[..] {
+        [Ask::Bases(first)] if first > 0 && first < ROOM_ASKED_EVERY => first,
+        ref other => panic!("{other:?}"),
+    };
     assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
     let ingested = taken_in(&mirror, &thin, &allow).unwrap();
-    assert_eq!(asks(), vec![first[0], indexes(&ingested)]);
+    // The first base, the others after them (less than ROOM_ASKED_EVERY here), the indexes.
+    let bases = std::fs::metadata(&ingested.pack).unwrap().len() - thin.len() as u64;
+    let mut expected = vec![Ask::Bases(first)];
+    if bases > first {
+        expected.push(Ask::Bases(bases - first));
+    }
+    expected.push(Ask::Last(indexes(&ingested)));
+    assert_eq!(asks(), expected);
     let sent = u32::from_be_bytes(thin[8..12].try_into().unwrap());
     assert!(ingested.objects > sent, "bases added");
     git(&mirror, &["update-ref", "refs/heads/main", &new]);
