@@ -178,27 +178,30 @@ pub const ROOM_ASKED_EVERY: u64 = 16 << 20;
 pub enum Ask {
     /// Bytes of the bases that complete a thin pack: more may follow, and the indexes.
     Bases(u64),
+    /// Bytes of the last bases, written since the last ask: told so that they are counted,
+    /// not asked for (they are on the disk already).
+    Written(u64),
     /// The last writes: the indexes, or the pack again with its indexes.
     Last(u64),
 }
 
 impl Ask {
-    /// The bytes asked for.
+    /// The bytes asked for, or told of.
     pub fn bytes(self) -> u64 {
         match self {
-            Ask::Bases(bytes) | Ask::Last(bytes) => bytes,
+            Ask::Bases(bytes) | Ask::Written(bytes) | Ask::Last(bytes) => bytes,
         }
     }
 }
 
 /// [`ingest_pack_stopping`], asking `room` before the disk takes more once the pack has
 /// arrived: before the bases added to complete a thin pack are written (with the first's
-/// size), then every [`ROOM_ASKED_EVERY`] bytes of them and after the last (with the bytes
-/// since); before the index and reverse index are written, with their size; and before
-/// gitoxide's indexer writes the pack again (a pack whose deltas name bases within it by
-/// id), with the size received and its indexes', in one ask. An error from it stops the
-/// ingestion, nothing left behind. A caller keeping a floor of free space checks the
-/// arriving pack itself as it reads it.
+/// size), then every [`ROOM_ASKED_EVERY`] bytes of them (with the bytes since), and telling
+/// it of those written after the last ask ([`Ask::Written`]); before the index and reverse
+/// index are written, with their size; and before gitoxide's indexer writes the pack again
+/// (a pack whose deltas name bases within it by id), with the size received and its
+/// indexes', in one ask. An error from it stops the ingestion, nothing left behind. A caller
+/// keeping a floor of free space checks the arriving pack itself as it reads it.
 pub fn ingest_pack_guarded(
     git_dir: &Path,
     hash: HashKind,
@@ -513,10 +516,10 @@ fn receive(
         file.seek(std::io::SeekFrom::Start(end))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut file);
         let mut entry = Vec::new();
-        // Asked before the first base is written, then every ROOM_ASKED_EVERY bytes, and
-        // for the last ones after them.
-        let mut ask = |bytes: u64| -> Result<(), Error> {
-            room(Ask::Bases(bytes)).map_err(|err| {
+        // Asked before the first base is written, then every ROOM_ASKED_EVERY bytes; the
+        // last ones told of after them.
+        let mut ask = |ask: Ask| -> Result<(), Error> {
+            room(ask).map_err(|err| {
                 if let Some(live) = live.take() {
                     live.publisher.failed(format!(
                         "no room on the disk for the bases that complete the pack: {err}"
@@ -534,7 +537,7 @@ fn receive(
             };
             unasked += entry.len() as u64;
             if !asked || unasked >= ROOM_ASKED_EVERY {
-                ask(unasked)?;
+                ask(Ask::Bases(unasked))?;
                 (unasked, asked) = (0, true);
             }
             out.write_all(&entry)?;
@@ -543,7 +546,7 @@ fn receive(
             end += entry.len() as u64;
         }
         if unasked > 0 {
-            ask(unasked)?;
+            ask(Ask::Written(unasked))?;
         }
         out.flush()?;
         drop(out);

@@ -136,8 +136,9 @@ pub enum Error {
         /// Bytes of the upstream's answer received by then.
         received: u64,
         /// Room beyond the floor a next try needs: twice what had arrived when the download
-        /// was stopped (how much more was to come is not known), or, when taking the whole
-        /// pack in was, what arrived, what was written after it and what was to be.
+        /// was stopped (how much more was to come is not known); when taking the whole pack in
+        /// was, what arrived, what was written after it and what was to be (twice that when
+        /// stopped among a thin pack's bases, more of them and the indexes to follow).
         needed: u64,
     },
 }
@@ -1639,7 +1640,10 @@ impl Floor {
         if self.keep == 0 {
             return Ok(());
         }
-        self.room(ask.bytes(), Some(ask))?;
+        // Written already: counted, not checked.
+        if !matches!(ask, ingest::Ask::Written(_)) {
+            self.room(ask.bytes(), Some(ask))?;
+        }
         self.granted
             .fetch_add(ask.bytes(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -1659,7 +1663,7 @@ impl Floor {
                 // The last writes: the pack, what was written after it, and what was to be.
                 Some(ingest::Ask::Last(_)) => known,
                 // More bases and the indexes were to follow, how many is not known.
-                Some(ingest::Ask::Bases(_)) => known.saturating_mul(2),
+                Some(ingest::Ask::Bases(_) | ingest::Ask::Written(_)) => known.saturating_mul(2),
                 // How much more of the pack was to come is not known either.
                 None => read.saturating_mul(2),
             };
@@ -1806,6 +1810,10 @@ mod tests {
             needed
         };
         let more = u64::MAX / 4;
+        // Told of, not checked, and counted.
+        let told = floor(u64::MAX);
+        told.after(Ask::Written(7)).unwrap();
+        assert_eq!(told.granted.load(std::sync::atomic::Ordering::Relaxed), 7);
         assert_eq!(needed(Ask::Last(more)), 42 + 15 + more);
         assert_eq!(needed(Ask::Bases(more)), 2 * (42 + 15 + more));
         assert_eq!(needed(Ask::Last(u64::MAX)), u64::MAX, "saturated");
