@@ -146,28 +146,8 @@ pub fn ingest_pack_announced(
     closure: Closure,
     announce: Option<Announce>,
 ) -> Result<Ingested, Error> {
-    ingest_pack_stopping(
-        git_dir,
-        hash,
-        pack,
-        closure,
-        announce,
-        &AtomicBool::new(false),
-    )
-}
-
-/// [`ingest_pack_announced`], given up (the pack refused, nothing left behind) once `stop`
-/// is set: a caller's deadline for decoding a pack, which a hostile upstream can make cost
-/// far more than its size (deltas each copying one large base again).
-pub fn ingest_pack_stopping(
-    git_dir: &Path,
-    hash: HashKind,
-    pack: &mut dyn BufRead,
-    closure: Closure,
-    announce: Option<Announce>,
-    stop: &AtomicBool,
-) -> Result<Ingested, Error> {
-    ingest_pack_guarded(git_dir, hash, pack, closure, announce, stop, &|_| Ok(()))
+    let stop = AtomicBool::new(false);
+    ingest_pack_guarded(git_dir, hash, pack, closure, announce, &stop, &|_| Ok(()))
 }
 
 /// How often, in bytes written, the bases added to complete a thin pack ask for room.
@@ -194,8 +174,10 @@ impl Ask {
     }
 }
 
-/// [`ingest_pack_stopping`], asking `room` before the disk takes more once the pack has
-/// arrived: before the bases added to complete a thin pack are written (with the first's
+/// [`ingest_pack_announced`], given up (the pack refused, nothing left behind) once `stop`
+/// is set: a caller's deadline for decoding a pack, which a hostile upstream can make cost
+/// far more than its size (deltas each copying one large base again). And asking `room`
+/// before the disk takes more once the pack has arrived: before the bases added to complete a thin pack are written (with the first's
 /// size), then every [`ROOM_ASKED_EVERY`] bytes of them (with the bytes since), and telling
 /// it of those written after the last ask ([`Ask::Written`]); before the index and reverse
 /// index are written, with their size; and before gitoxide's indexer writes the pack again

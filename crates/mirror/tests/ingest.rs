@@ -687,13 +687,14 @@ fn taking_a_pack_in_stops_when_told() {
             std::thread::sleep(std::time::Duration::from_millis(300));
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         });
-        gitcache_mirror::ingest::ingest_pack_stopping(
+        gitcache_mirror::ingest::ingest_pack_guarded(
             &mirror,
             Kind::Sha1,
             &mut &pack[..],
             Closure::Unchecked,
             None,
             &stop,
+            &|_| Ok(()),
         )
     });
     // Not stopped, the 200 copies (12.5 GiB) are decoded and the pack taken in.
