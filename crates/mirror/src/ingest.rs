@@ -156,10 +156,10 @@ pub const ROOM_ASKED_EVERY: u64 = 16 << 20;
 /// Room taking a pack in asks for after the download (see [`ingest_pack_guarded`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ask {
-    /// Bytes of the bases that complete a thin pack: more may follow, and the indexes.
+    /// Bytes of the next base that completes a thin pack: more may follow, and the indexes.
     Bases(u64),
-    /// Bytes of the last bases, written since the last ask: told so that they are counted,
-    /// not asked for (they are on the disk already).
+    /// Bytes of bases written since the last ask: told so that they are counted, not asked
+    /// for (they are on the disk already).
     Written(u64),
     /// The last writes: the indexes, or the pack again with its indexes.
     Last(u64),
@@ -177,9 +177,11 @@ impl Ask {
 /// [`ingest_pack_announced`], given up (the pack refused, nothing left behind) once `stop`
 /// is set: a caller's deadline for decoding a pack, which a hostile upstream can make cost
 /// far more than its size (deltas each copying one large base again). And asking `room`
-/// before the disk takes more once the pack has arrived: before the bases added to complete a thin pack are written (with the first's
-/// size), then every [`ROOM_ASKED_EVERY`] bytes of them (with the bytes since), and telling
-/// it of those written after the last ask ([`Ask::Written`]); before the index and reverse
+/// before the disk takes more once the pack has arrived: before the bases added to complete a
+/// thin pack are written (with the first's size), then once every [`ROOM_ASKED_EVERY`] bytes
+/// of them (telling it first of those written since the last ask, [`Ask::Written`], then
+/// asking for the next base's size), and telling it of those written after the last ask;
+/// before the index and reverse
 /// index are written, with their size; and before gitoxide's indexer writes the pack again
 /// (a pack whose deltas name bases within it by id), with the size received and its
 /// indexes', in one ask. An error from it stops the ingestion, nothing left behind. A caller
@@ -498,8 +500,10 @@ fn receive(
         file.seek(std::io::SeekFrom::Start(end))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut file);
         let mut entry = Vec::new();
-        // Asked before the first base is written, then every ROOM_ASKED_EVERY bytes; the
-        // last ones told of after them.
+        // Room for the first base is asked for before it is written; then, once
+        // ROOM_ASKED_EVERY bytes were written since, they are told of and room is asked for
+        // the next one (what is written is on the disk already: asking for it again would
+        // count it twice). The last ones are told of after them.
         let mut ask = |ask: Ask| -> Result<(), Error> {
             room(ask).map_err(|err| {
                 if let Some(live) = live.take() {
@@ -517,10 +521,15 @@ fn receive(
                 ref_deltas_within = true;
                 continue;
             };
-            unasked += entry.len() as u64;
+            let size = entry.len() as u64;
             if !asked || unasked >= ROOM_ASKED_EVERY {
-                ask(Ask::Bases(unasked))?;
+                if unasked > 0 {
+                    ask(Ask::Written(unasked))?;
+                }
+                ask(Ask::Bases(size))?;
                 (unasked, asked) = (0, true);
+            } else {
+                unasked += size;
             }
             out.write_all(&entry)?;
             entries.push(PackEntry { offset: end, crc32 });

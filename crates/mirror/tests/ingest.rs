@@ -1409,3 +1409,91 @@ fn room_is_asked_for_before_a_pack_is_written_again_or_completed() {
     git(&mirror, &["update-ref", "refs/heads/main", &new]);
     git(&mirror, &["fsck", "--strict", "--no-progress"]);
 }
+
+#[test]
+fn bases_written_past_the_interval_are_told_of_and_room_asked_for_the_next_only() {
+    use gitcache_mirror::ingest::{Ask, ROOM_ASKED_EVERY, ingest_pack_guarded};
+    // Four files of random bytes, each a little over half the interval, then each changed a
+    // little: a thin pack of four deltas, completed with four bases stored whole.
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    let size = usize::try_from(ROOM_ASKED_EVERY / 2).unwrap() + 4096;
+    let mut rng = repo::Rng::new(7);
+    let files: Vec<Vec<u8>> = (0..4).map(|_| rng.bytes(size)).collect();
+    for (i, content) in files.iter().enumerate() {
+        std::fs::write(work.join(format!("f{i}")), content).unwrap();
+    }
+    gitcache_testkit::git::commit_all(&work, "old");
+    let old = git(&work, &["rev-parse", "HEAD"]).trim().to_owned();
+    for (i, content) in files.iter().enumerate() {
+        let mut changed = content.clone();
+        changed.extend_from_slice(format!("changed {i}\n").as_bytes());
+        std::fs::write(work.join(format!("f{i}")), changed).unwrap();
+    }
+    gitcache_testkit::git::commit_all(&work, "new");
+    let new = git(&work, &["rev-parse", "HEAD"]).trim().to_owned();
+    let mirror = empty_mirror(dir.path(), "sha1");
+    ingest_pack(
+        &mirror,
+        Kind::Sha1,
+        &mut &pack_objects(&work, &["--revs"], &format!("{old}\n"))[..],
+    )
+    .unwrap();
+    let thin = pack_objects(&work, &["--revs", "--thin"], &format!("{new}\n^{old}\n"));
+    assert!(thin.len() < 1 << 20, "deltas, not whole files");
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let asked = std::sync::Mutex::new(Vec::new());
+    let taken_in = |room: &dyn Fn(Ask) -> std::io::Result<()>| {
+        ingest_pack_guarded(
+            &mirror,
+            Kind::Sha1,
+            &mut &thin[..],
+            Closure::Unchecked,
+            None,
+            &stop,
+            room,
+        )
+    };
+    // Refused at the second ask for a base: nothing left behind.
+    let before = pack_dir_listing(&mirror);
+    let err = taken_in(&|ask| {
+        let mut asked = asked.lock().unwrap();
+        asked.push(ask);
+        match asked.iter().filter(|a| matches!(a, Ask::Bases(_))).count() {
+            2 => Err(std::io::Error::other("no room")),
+            _ => Ok(()),
+        }
+    })
+    .unwrap_err();
+    assert!(!err.is_upstream_fault(), "{err}");
+    assert_eq!(pack_dir_listing(&mirror), before, "nothing left behind");
+    asked.lock().unwrap().clear();
+
+    let ingested = taken_in(&|ask| {
+        asked.lock().unwrap().push(ask);
+        Ok(())
+    })
+    .unwrap();
+    let bases = std::fs::metadata(&ingested.pack).unwrap().len() - thin.len() as u64;
+    let asks = std::mem::take(&mut *asked.lock().unwrap());
+    // The first base asked for; the next two written without asking; once they are past
+    // the interval, told of, and room asked for the fourth alone.
+    let [
+        Ask::Bases(first),
+        Ask::Written(written),
+        Ask::Bases(next),
+        Ask::Last(_),
+    ] = asks[..]
+    else {
+        panic!("{asks:?}");
+    };
+    let whole = ROOM_ASKED_EVERY / 2..ROOM_ASKED_EVERY / 2 + 8192;
+    assert!(whole.contains(&first) && whole.contains(&next), "{asks:?}");
+    assert!(written >= ROOM_ASKED_EVERY, "{asks:?}");
+    assert_eq!(first + written + next, bases, "each base counted once");
+    git(&mirror, &["update-ref", "refs/heads/main", &new]);
+    git(&mirror, &["fsck", "--strict", "--no-progress"]);
+}
