@@ -630,8 +630,7 @@ impl Mirrors {
     /// floor, or when it cannot be told).
     fn above_the_floor(&self) -> bool {
         let keep = self.budget.min_free;
-        keep == 0
-            || gitcache_storage::fs::free_bytes(self.registry.root()).unwrap_or(u64::MAX) >= keep
+        keep == 0 || self.registry.free_bytes().unwrap_or(u64::MAX) >= keep
     }
 
     /// Refuse a refresh of `key` that would start with less disk free than the budget keeps
@@ -658,8 +657,7 @@ impl Mirrors {
             return Ok(());
         }
         let keep = self.budget.min_free.saturating_add(headroom);
-        let root = self.registry.root().to_owned();
-        let free = || gitcache_storage::fs::free_bytes(&root).unwrap_or(u64::MAX);
+        let free = || self.registry.free_bytes().unwrap_or(u64::MAX);
         // One eviction at a time: refreshes starting together would each evict for the
         // same shortfall. One that waited for another's takes its outcome (unless it needs
         // more room than the floor).
@@ -1332,7 +1330,6 @@ impl Mirrors {
     /// evicted.
     pub(crate) async fn enforce(&self, budget: &Budget, spare: Option<&RepoKey>) -> usize {
         let keys = self.registry.on_disk();
-        let root = self.registry.root().to_owned();
         let registry = Arc::clone(&self.registry);
         let used: HashMap<RepoKey, SystemTime> = {
             let now = (Instant::now(), SystemTime::now());
@@ -1360,7 +1357,7 @@ impl Mirrors {
                 })
                 .collect();
             sizes.sort_by_key(|(_, _, last)| *last);
-            let free = gitcache_storage::fs::free_bytes(&root).unwrap_or(u64::MAX);
+            let free = registry.free_bytes().unwrap_or(u64::MAX);
             (sizes, free)
         })
         .await;
@@ -1777,6 +1774,72 @@ mod tests {
         roomy.note_stopped_for_disk(&f.key, Some(1));
         refresh(&roomy).await.unwrap();
         assert!(roomy.stopped_for_disk.lock().unwrap().is_empty());
+    }
+
+    /// The disk's free space as [`free_as_set`] tells it.
+    static FREE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+    fn free_as_set(_: &std::path::Path) -> std::io::Result<u64> {
+        Ok(FREE.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// A refresh stopped for the floor after its download (its thin pack's bases find no
+    /// room) is noted with the room it lacked, and the next one starts only with that room:
+    /// a byte less is refused before the upstream is asked, that much goes through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_stopped_after_its_download_waits_for_the_room_it_named() {
+        const KEEP: u64 = 1 << 30;
+        let f = fetched(1508).await;
+        let floor = Budget {
+            min_free: KEEP,
+            ..unbounded()
+        };
+        let tight = Arc::new(
+            Registry::new(f.dir.path())
+                .with_min_free(KEEP)
+                .with_free_space(free_as_set),
+        );
+        let mirrors = Arc::new(Mirrors::new(Arc::clone(&tight), Vec::new(), floor));
+        let tip = repo::append_commits(&f.source, "main", 3, 1508).unwrap();
+        let refresh = || {
+            let mirrors = Arc::clone(&mirrors);
+            let (key, client) = (f.key.clone(), f.client.clone());
+            async move {
+                mirrors
+                    .refresh_asking(&key, client, false, Vec::new(), Default::default())
+                    .await
+            }
+        };
+        let asked = || f.upstream.counts().fetch;
+        // A byte above the floor: the pack arrives, its first base finds no room.
+        FREE.store(KEEP + 1, std::sync::atomic::Ordering::SeqCst);
+        let before = asked();
+        let err = refresh().await.unwrap_err();
+        assert!(
+            matches!(err, super::Error::LowDisk { free, keep } if (free, keep) == (KEEP + 1, KEEP)),
+            "{err:?}"
+        );
+        assert_eq!(asked(), before + 1, "stopped after its download");
+        let needed = (mirrors.stopped_for_disk.lock().unwrap())
+            .get(&f.key)
+            .map(|stopped| stopped.needed)
+            .unwrap();
+        assert!(needed > 2, "what arrived, twice: {needed}");
+        // A byte short of that room: refused at the start.
+        FREE.store(KEEP + needed - 1, std::sync::atomic::Ordering::SeqCst);
+        let err = refresh().await.unwrap_err();
+        assert!(
+            matches!(err, super::Error::LowDisk { keep, .. } if keep == KEEP + needed),
+            "{err:?}"
+        );
+        assert_eq!(asked(), before + 1, "refused before the upstream was asked");
+        // That room: it goes through, and is forgotten.
+        FREE.store(KEEP + needed, std::sync::atomic::Ordering::SeqCst);
+        refresh().await.unwrap();
+        assert!(mirrors.stopped_for_disk.lock().unwrap().is_empty());
+        let mirror = tight.existing(&f.key).unwrap();
+        let main = gitcache_testkit::git::git_stdout(mirror.git_dir(), &["rev-parse", "main"]);
+        assert_eq!(main.trim(), tip);
     }
 
     /// Catching up with the shared store takes disk as a refresh does: below the free-space

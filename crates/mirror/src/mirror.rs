@@ -163,6 +163,10 @@ pub fn created_at(git_dir: &Path) -> Option<u64> {
         .ok()
 }
 
+/// How the free space of a disk is told: the bytes still free to take on the file system
+/// holding a path ([`gitcache_storage::fs::free_bytes`] unless told otherwise).
+pub type FreeSpace = fn(&Path) -> std::io::Result<u64>;
+
 /// A bare repository kept in step with an upstream.
 #[derive(Debug, Clone)]
 pub struct Mirror {
@@ -171,6 +175,8 @@ pub struct Mirror {
     board: Option<std::sync::Arc<Board>>,
     /// Bytes of the disk kept free while a pack arrives (0: none).
     keep_free: u64,
+    /// How the free space is told.
+    free_space: FreeSpace,
 }
 
 impl Mirror {
@@ -199,6 +205,7 @@ impl Mirror {
             git_dir,
             board: None,
             keep_free: 0,
+            free_space: gitcache_storage::fs::free_bytes,
         })
     }
 
@@ -208,6 +215,7 @@ impl Mirror {
             git_dir: git_dir.into(),
             board: None,
             keep_free: 0,
+            free_space: gitcache_storage::fs::free_bytes,
         }
     }
 
@@ -219,6 +227,13 @@ impl Mirror {
     /// [`ingest::ingest_pack_guarded`]). 0: no floor.
     pub fn keeping_free(mut self, bytes: u64) -> Mirror {
         self.keep_free = bytes;
+        self
+    }
+
+    /// Tell the disk's free space with `free` (a quota, a test's own figure) instead of the
+    /// file system's (see [`keeping_free`](Self::keeping_free)).
+    pub fn measuring_free_space(mut self, free: FreeSpace) -> Mirror {
+        self.free_space = free;
         self
     }
 
@@ -799,6 +814,7 @@ impl Mirror {
         let below = std::sync::Arc::new(std::sync::OnceLock::new());
         let floor = Floor {
             dir: self.git_dir.clone(),
+            free: self.free_space,
             keep: self.keep_free,
             read: Default::default(),
             granted: Default::default(),
@@ -1617,6 +1633,7 @@ struct AboveFloor<R> {
 #[derive(Clone)]
 struct Floor {
     dir: PathBuf,
+    free: FreeSpace,
     keep: u64,
     /// Bytes of the pack read in all.
     read: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -1653,7 +1670,7 @@ impl Floor {
         if self.keep == 0 {
             return Ok(());
         }
-        let free = gitcache_storage::fs::free_bytes(&self.dir).unwrap_or(u64::MAX);
+        let free = (self.free)(&self.dir).unwrap_or(u64::MAX);
         if free < self.keep.saturating_add(more) {
             let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
             let known = read
@@ -1787,6 +1804,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let floor = |keep: u64| Floor {
             dir: dir.path().to_owned(),
+            free: gitcache_storage::fs::free_bytes,
             keep,
             read: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(42)),
             granted: Default::default(),

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::live::{Board, LivePack};
-use crate::mirror::{Error, Hints, Mirror, Refreshed};
+use crate::mirror::{Error, FreeSpace, Hints, Mirror, Refreshed};
 use crate::shared::{Hydrated, Published, Shared};
 use gitcache_storage::lease::{Held, Leases};
 use gitcache_storage::repo::RepoKey;
@@ -246,6 +246,8 @@ pub struct Registry {
     /// pack as large as the mirror's beside the ones it replaces, and with a shared store
     /// first takes what the store holds). 0: no floor.
     min_free: u64,
+    /// How the free space of that disk is told.
+    free_space: FreeSpace,
     /// Refreshes of different mirrors running at once (each may download a whole
     /// repository, and goes on when its client leaves).
     refreshes: Arc<tokio::sync::Semaphore>,
@@ -403,6 +405,7 @@ impl Registry {
             slots: Mutex::new(Slots::new()),
             consolidate_after: DEFAULT_CONSOLIDATE_AFTER,
             min_free: 0,
+            free_space: gitcache_storage::fs::free_bytes,
             refreshes: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_REFRESHES)),
             bitmap_writers: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_BITMAP_WRITERS)),
             shared: None,
@@ -626,6 +629,18 @@ impl Registry {
     pub fn with_min_free(mut self, bytes: u64) -> Self {
         self.min_free = bytes;
         self
+    }
+
+    /// Tell the free space of the mirrors' disk with `free` instead of the file system's
+    /// (see [`Mirror::measuring_free_space`]).
+    pub fn with_free_space(mut self, free: FreeSpace) -> Self {
+        self.free_space = free;
+        self
+    }
+
+    /// Bytes free on the disk of the mirrors, as this registry tells them.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        (self.free_space)(&self.root)
     }
 
     /// How many packs (with an index) `key`'s mirror has.
@@ -1185,7 +1200,7 @@ impl Registry {
         // and given its bitmaps, a fraction of its size: that goes on.
         if self.min_free > 0
             && self.pack_count(key) > 1
-            && gitcache_storage::fs::free_bytes(&self.root).unwrap_or(u64::MAX) < self.min_free
+            && self.free_bytes().unwrap_or(u64::MAX) < self.min_free
         {
             tracing::info!(
                 keep = self.min_free,
@@ -1578,7 +1593,8 @@ impl Registry {
         let _clear = Clearing(&slot.live);
         let mirror = mirror
             .announcing_on(Arc::clone(&slot.live))
-            .keeping_free(self.min_free);
+            .keeping_free(self.min_free)
+            .measuring_free_space(self.free_space);
         mirror.refresh_hinted(upstream, extra, keep, hints).await
     }
 }

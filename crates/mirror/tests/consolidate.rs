@@ -296,6 +296,16 @@ async fn no_consolidation_starts_below_the_free_space_floor() {
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
 
+/// The names in the pack folder of the repository at `git_dir`, sorted.
+fn listing(git_dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(git_dir.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Below the floor, a refresh is stopped as its pack arrives (a pack is staged up to the
 /// upstream's limit, more than any check before the refresh allows for): the mirror stays as
 /// it was, nothing staged is left behind, and with room the same refresh goes through.
@@ -304,14 +314,6 @@ async fn a_refresh_is_stopped_when_its_pack_takes_the_disk_below_the_floor() {
     let (_upstream, dir, source, registry, key, client) = served("floor", 98, None);
     registry.refresh(&key, &client, &[]).await.unwrap();
     let mirror = registry.existing(&key).unwrap();
-    let listing = |git_dir: &std::path::Path| {
-        let mut names: Vec<String> = std::fs::read_dir(git_dir.join("objects/pack"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
     let (refs_before, packs_before) = (
         git(mirror.git_dir(), &["for-each-ref"]),
         listing(mirror.git_dir()),
@@ -334,6 +336,105 @@ async fn a_refresh_is_stopped_when_its_pack_takes_the_disk_below_the_floor() {
     roomy.refresh(&key, &client, &[]).await.unwrap();
     assert_eq!(git(mirror.git_dir(), &["rev-parse", "main"]).trim(), tip);
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}
+
+/// Finding 49, after the download, through a refresh: a thin pack that arrived above the
+/// floor but whose bases, or then whose indexes, would take the disk below it is refused,
+/// nothing of it left and the refs as they were; each stop names the room a next try needs,
+/// and with room the refresh goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_is_stopped_when_completing_its_pack_would_take_the_disk_below_the_floor() {
+    const KEEP: u64 = 1 << 30;
+    let (_upstream, dir, source, registry, key, client) = served("floor-after", 99, None);
+    registry.refresh(&key, &client, &[]).await.unwrap();
+    let mirror = registry.existing(&key).unwrap();
+    let (refs_before, packs_before) = (
+        git(mirror.git_dir(), &["for-each-ref"]),
+        listing(mirror.git_dir()),
+    );
+    let tip = repo::append_commits(&source, "main", 3, 7).unwrap();
+    let tight = Registry::new(dir.path())
+        .with_min_free(KEEP)
+        .with_free_space(free_as_set);
+    // `free` bytes free: the refresh is stopped, what it names returned, nothing changed.
+    let stopped = async |free: u64| -> (u64, u64) {
+        FREE.store(free, std::sync::atomic::Ordering::SeqCst);
+        let err = tight.refresh(&key, &client, &[]).await.unwrap_err();
+        let gitcache_mirror::mirror::Error::LowDisk {
+            free: told,
+            keep,
+            received,
+            needed,
+        } = *err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!((told, keep), (free, KEEP));
+        assert!(received > 0, "stopped after the download");
+        assert_eq!(git(mirror.git_dir(), &["for-each-ref"]), refs_before);
+        assert_eq!(
+            listing(mirror.git_dir()),
+            packs_before,
+            "nothing staged is left"
+        );
+        (received, needed)
+    };
+    // A byte above the floor: the pack arrives (the floor is checked as it does), its first
+    // base finds no room. More bases and the indexes were to follow: twice what arrived
+    // and that base is asked for.
+    let (received, needed) = stopped(KEEP + 1).await;
+    assert_eq!(needed % 2, 0, "{needed}");
+    let base = needed / 2 - received;
+    // Room for that base (the only one), not for the indexes: exactly what arrived, the
+    // base and the indexes.
+    // (The upstream's answer is the same pack; its progress lines may differ by a few bytes.)
+    let (again, last) = stopped(KEEP + base).await;
+
+    // With room, the same pack goes in.
+    FREE.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    tight.refresh(&key, &client, &[]).await.unwrap();
+    assert_eq!(git(mirror.git_dir(), &["rev-parse", "main"]).trim(), tip);
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+    // The bases were the objects of the new pack the mirror had before.
+    let pack_dir = mirror.git_dir().join("objects/pack");
+    let had: std::collections::HashSet<String> = packs_before
+        .iter()
+        .filter(|name| name.ends_with(".idx"))
+        .flat_map(|name| {
+            let index = std::fs::read(pack_dir.join(name)).unwrap();
+            let listed = gitcache_testkit::git::git_with_input(&pack_dir, &["show-index"], &index);
+            String::from_utf8(listed)
+                .unwrap()
+                .lines()
+                .map(|line| line.split(' ').nth(1).unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let added: Vec<String> = listing(mirror.git_dir())
+        .into_iter()
+        .filter(|name| !packs_before.contains(name))
+        .collect();
+    let size = |ext: &str| -> u64 {
+        let names: Vec<&String> = added.iter().filter(|n| n.ends_with(ext)).collect();
+        assert_eq!(names.len(), 1, "{added:?}");
+        std::fs::metadata(pack_dir.join(names[0])).unwrap().len()
+    };
+    let index = added.iter().find(|n| n.ends_with(".idx")).unwrap();
+    let bases: Vec<u64> = git(&pack_dir, &["verify-pack", "-v", index])
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.len() >= 5 && had.contains(fields[0]))
+        .map(|fields| fields[3].parse::<u64>().unwrap())
+        .collect();
+    assert_eq!(bases, [base], "one base, of the size the first stop named");
+    assert_eq!(last, again + base + size(".idx") + size(".rev"));
+}
+
+/// The disk's free space as [`free_as_set`] tells it.
+static FREE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+fn free_as_set(_: &std::path::Path) -> std::io::Result<u64> {
+    Ok(FREE.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 /// Until the mirror of `key` no longer needs consolidating (a minute at most).
