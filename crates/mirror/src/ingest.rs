@@ -150,7 +150,8 @@ pub fn ingest_pack_announced(
     ingest_pack_guarded(git_dir, hash, pack, closure, announce, &stop, &|_| Ok(()))
 }
 
-/// How often, in bytes written, the bases added to complete a thin pack ask for room.
+/// The most bytes of the bases added to complete a thin pack written without asking for room
+/// (a larger base is asked for alone).
 pub const ROOM_ASKED_EVERY: u64 = 16 << 20;
 
 /// Room taking a pack in asks for after the download (see [`ingest_pack_guarded`]).
@@ -178,10 +179,10 @@ impl Ask {
 /// is set: a caller's deadline for decoding a pack, which a hostile upstream can make cost
 /// far more than its size (deltas each copying one large base again). And asking `room`
 /// before the disk takes more once the pack has arrived: before the bases added to complete a
-/// thin pack are written (with the first's size), then once every [`ROOM_ASKED_EVERY`] bytes
-/// of them (telling it first of those written since the last ask, [`Ask::Written`], then
-/// asking for the next base's size), and telling it of those written after the last ask;
-/// before the index and reverse
+/// thin pack are written (with the first's size), then before each base that would take the
+/// bytes written since the last ask past [`ROOM_ASKED_EVERY`] (telling it first of those,
+/// [`Ask::Written`], then asking for that base's size), and telling it of those written after
+/// the last ask; before the index and reverse
 /// index are written, with their size; and before gitoxide's indexer writes the pack again
 /// (a pack whose deltas name bases within it by id), with the size received and its
 /// indexes', in one ask. An error from it stops the ingestion, nothing left behind. A caller
@@ -500,10 +501,11 @@ fn receive(
         file.seek(std::io::SeekFrom::Start(end))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut file);
         let mut entry = Vec::new();
-        // Room for the first base is asked for before it is written; then, once
-        // ROOM_ASKED_EVERY bytes were written since, they are told of and room is asked for
-        // the next one (what is written is on the disk already: asking for it again would
-        // count it twice). The last ones are told of after them.
+        // Room for the first base is asked for before it is written, and for each base that
+        // would take the bytes written since the last ask past ROOM_ASKED_EVERY (those told
+        // of first: they are on the disk already, and asking for them again would count them
+        // twice), so that less than that is ever written unasked. The last ones are told of
+        // after them.
         let mut ask = |ask: Ask| -> Result<(), Error> {
             room(ask).map_err(|err| {
                 if let Some(live) = live.take() {
@@ -522,7 +524,7 @@ fn receive(
                 continue;
             };
             let size = entry.len() as u64;
-            if !asked || unasked >= ROOM_ASKED_EVERY {
+            if !asked || unasked.saturating_add(size) > ROOM_ASKED_EVERY {
                 if unasked > 0 {
                     ask(Ask::Written(unasked))?;
                 }

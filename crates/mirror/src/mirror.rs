@@ -230,8 +230,9 @@ impl Mirror {
         self
     }
 
-    /// Tell the disk's free space with `free` (a quota, a test's own figure) instead of the
-    /// file system's (see [`keeping_free`](Self::keeping_free)).
+    /// Tell the disk's free space with `free` instead of the file system's (see
+    /// [`keeping_free`](Self::keeping_free)): for tests, which cannot set a disk's free
+    /// space. Spilled and stored answers measure their own disks.
     pub fn measuring_free_space(mut self, free: FreeSpace) -> Mirror {
         self.free_space = free;
         self

@@ -430,7 +430,7 @@ async fn a_refresh_is_stopped_when_completing_its_pack_would_take_the_disk_below
     assert_eq!(last, again + base + size(".idx") + size(".rev"));
 }
 
-/// The disk's free space as [`free_as_set`] tells it.
+/// The disk's free space as [`free_as_set`] tells it (one test sets it: tests run at once).
 static FREE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
 
 fn free_as_set(_: &std::path::Path) -> std::io::Result<u64> {
