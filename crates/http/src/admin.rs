@@ -399,6 +399,11 @@ impl Admin {
         result.unwrap_or_else(AdminError::into_response)
     }
 
+    /// Whether `headers` carry an admin token this proxy accepts.
+    pub(crate) fn accepts(&self, headers: &hyper::HeaderMap) -> bool {
+        self.authorize(headers).is_ok()
+    }
+
     fn authorize(&self, headers: &hyper::HeaderMap) -> Result<(), AdminError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(AdminError::new(

@@ -308,9 +308,155 @@ impl Drop for PackSlot {
     }
 }
 
+/// `text`, in Prometheus' text format as the recorder renders it, with every `owner` and
+/// `repo` label set to `_other` and the samples that then name the same series summed: what
+/// `/metrics` shows a reader who may not see which repositories are cached (on the git
+/// listener without an admin token). A line it cannot read is kept as it is.
+pub(crate) fn without_repositories(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    // The samples since the last comment line, by series in the order first seen.
+    let mut samples: Vec<(String, f64)> = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let flush = |out: &mut String,
+                 samples: &mut Vec<(String, f64)>,
+                 seen: &mut std::collections::HashMap<String, usize>| {
+        for (series, value) in samples.drain(..) {
+            out.push_str(&series);
+            out.push(' ');
+            out.push_str(&value.to_string());
+            out.push('\n');
+        }
+        seen.clear();
+    };
+    for line in text.lines() {
+        match (!line.starts_with('#'))
+            .then(|| folded_sample(line))
+            .flatten()
+        {
+            Some((series, value)) => match seen.get(&series) {
+                Some(&at) => samples[at].1 += value,
+                None => {
+                    seen.insert(series.clone(), samples.len());
+                    samples.push((series, value));
+                }
+            },
+            None => {
+                flush(&mut out, &mut samples, &mut seen);
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    flush(&mut out, &mut samples, &mut seen);
+    out
+}
+
+/// A sample line's series, its `owner` and `repo` labels set to `_other`, and its value; `None`
+/// for a line that is no sample line as the recorder writes them (`name{labels} value`).
+fn folded_sample(line: &str) -> Option<(String, f64)> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let Some((name, labels)) = series.split_once('{') else {
+        return Some((series.to_owned(), value));
+    };
+    let labels = labels.strip_suffix('}')?;
+    let mut folded = format!("{name}{{");
+    let mut rest = labels;
+    let mut first = true;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        // The value runs to the first quote not escaped by a backslash.
+        let mut end = None;
+        let mut escaped = false;
+        for (at, c) in after.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(at);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let end = end?;
+        let value = match key {
+            "owner" | "repo" => "_other",
+            _ => &after[..end],
+        };
+        if !first {
+            folded.push(',');
+        }
+        first = false;
+        folded.push_str(key);
+        folded.push_str("=\"");
+        folded.push_str(value);
+        folded.push('"');
+        rest = &after[end + 1..];
+        rest = match rest.strip_prefix(',') {
+            Some(more) => more,
+            None if rest.is_empty() => rest,
+            None => return None,
+        };
+    }
+    folded.push('}');
+    Some((folded, value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Repository labels are folded into `_other` and their samples summed, bucket by
+    /// bucket; other labels and lines are kept; label values may hold quotes and commas.
+    #[test]
+    fn repositories_are_folded_out_of_a_rendering() {
+        let text = r#"# HELP gitcache_cache_request_total Requests.
+# TYPE gitcache_cache_request_total counter
+gitcache_cache_request_total{owner="acme",repo="widgets",result="hit"} 3
+gitcache_cache_request_total{owner="acme",repo="hidden-plans",result="hit"} 4
+gitcache_cache_request_total{owner="_other",repo="_other",result="miss"} 1
+gitcache_cache_request_total{owner="acme",repo="hidden-plans",result="miss"} 2
+
+# TYPE gitcache_mirror_bytes gauge
+gitcache_mirror_bytes{owner="a\"b,c",repo="x\\"} 10.5
+gitcache_mirror_bytes{owner="d",repo="e"} 1
+# TYPE gitcache_pack_slots gauge
+gitcache_pack_slots{state="busy"} 2
+# TYPE h histogram
+h_bucket{owner="a",repo="b",le="0.5"} 1
+h_bucket{owner="a",repo="b",le="+Inf"} 2
+h_sum{owner="a",repo="b"} 0.75
+h_count{owner="a",repo="b"} 2
+h_bucket{owner="c",repo="d",le="0.5"} 0
+h_bucket{owner="c",repo="d",le="+Inf"} 1
+h_sum{owner="c",repo="d"} 2
+h_count{owner="c",repo="d"} 1
+gitcache_build_info 1
+"#;
+        let folded = without_repositories(text);
+        assert_eq!(
+            folded,
+            r#"# HELP gitcache_cache_request_total Requests.
+# TYPE gitcache_cache_request_total counter
+gitcache_cache_request_total{owner="_other",repo="_other",result="hit"} 7
+gitcache_cache_request_total{owner="_other",repo="_other",result="miss"} 3
+
+# TYPE gitcache_mirror_bytes gauge
+gitcache_mirror_bytes{owner="_other",repo="_other"} 11.5
+# TYPE gitcache_pack_slots gauge
+gitcache_pack_slots{state="busy"} 2
+# TYPE h histogram
+h_bucket{owner="_other",repo="_other",le="0.5"} 1
+h_bucket{owner="_other",repo="_other",le="+Inf"} 3
+h_sum{owner="_other",repo="_other"} 2.75
+h_count{owner="_other",repo="_other"} 3
+gitcache_build_info 1
+"#
+        );
+        // A line it cannot read stays as it is.
+        assert_eq!(without_repositories("odd{x=1} 2\n"), "odd{x=1} 2\n");
+    }
 
     #[test]
     fn repository_labels_are_bounded() {

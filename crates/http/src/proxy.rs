@@ -519,7 +519,12 @@ impl Proxy {
         match (&parts.method, path.as_str()) {
             (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
             (&Method::GET, "/readyz") => return self.readiness().await,
-            (&Method::GET, "/metrics") if face.serves_admin() => return self.render_metrics(),
+            (&Method::GET, "/metrics") if face.serves_admin() => {
+                // On the listener git clients use, the repositories cached are named only to
+                // an admin token's holder.
+                let named = face == Face::Admin || self.admin.accepts(&parts.headers);
+                return self.render_metrics(named);
+            }
             (&Method::POST, "/api/hooks/push") if self.config.webhook_secret.is_some() => {
                 return self
                     .push_hook(&parts.headers, body)
@@ -650,7 +655,9 @@ impl Proxy {
         response
     }
 
-    fn render_metrics(&self) -> Response<Body> {
+    /// `/metrics`, with the repositories' labels (`owner`, `repo`) unless `named` is false:
+    /// then every repository's series are summed under `_other`.
+    fn render_metrics(&self, named: bool) -> Response<Body> {
         let Some(handle) = &self.prometheus else {
             return text(StatusCode::NOT_FOUND, "metrics are off");
         };
@@ -659,7 +666,13 @@ impl Proxy {
         }
         metrics::maintenance(self.fetches.mirrors.registry().maintenance());
         metrics::kept_trees(self.fetches.mirrors.kept_tree_bytes());
-        let mut response = Response::new(Body::full(handle.render()));
+        let rendered = handle.render();
+        let rendered = if named {
+            rendered
+        } else {
+            metrics::without_repositories(&rendered)
+        };
+        let mut response = Response::new(Body::full(rendered));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -57,8 +57,10 @@ fn api_at(
     (answer.status, value, answer)
 }
 
+/// `/metrics` as an admin token's holder reads it (with the repositories named).
 fn metrics(addr: &str) -> String {
-    let answer = http(addr, "GET", "/metrics", &[], b"");
+    let bearer = format!("Bearer {TOKEN}");
+    let answer = http(addr, "GET", "/metrics", &[("Authorization", &bearer)], b"");
     assert_eq!(answer.status, 200, "{}", answer.body_text());
     String::from_utf8(answer.content()).unwrap()
 }

@@ -432,10 +432,13 @@ fn cookies_do_not_go_upstream_with_cached_v2_requests() {
     }
 }
 
-/// `/metrics` on the git port names only repositories that are cached and were served past
-/// the gate: refused and made-up names neither appear nor use up label slots.
+/// `/metrics` on the git port names no repository to a reader without an admin token: every
+/// repository's series are summed under `_other` (a private repository served to its CI
+/// would otherwise be named to anyone, with its mirror's size). To an admin token's holder
+/// it names only repositories that are cached and were served past the gate: refused and
+/// made-up names neither appear nor use up label slots.
 #[test]
-fn metrics_do_not_list_refused_or_made_up_names() {
+fn metrics_name_repositories_only_to_admins_and_only_those_served() {
     let _shared = shared();
     let upstream = Upstream::start().unwrap();
     repo_on(&upstream, "acme/widgets", 1209, Access::Public);
@@ -445,15 +448,40 @@ fn metrics_do_not_list_refused_or_made_up_names() {
         1210,
         Access::private(["secret"]),
     );
-    let cache = Gitcache::start(&upstream, &[]);
+    repo_on(&upstream, "acme/private-ci", 1211, Access::private(["ci"]));
+    let cache = Gitcache::start(&upstream, &["--admin-token", "metrics-admin-token-0001"]);
     assert_eq!(info_refs(&cache, "acme/widgets", None).status, 200);
     assert_eq!(info_refs(&cache, "acme/hidden-plans", None).status, 401);
     assert_eq!(info_refs(&cache, "nobody/made-up-name", None).status, 404);
-    let metrics = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
-    assert!(metrics.contains(r#"repo="widgets""#), "{metrics}");
-    assert!(!metrics.contains("hidden-plans"), "{metrics}");
-    assert!(!metrics.contains("made-up-name"), "{metrics}");
-    assert!(metrics.contains(r#"owner="_other""#), "{metrics}");
+    let ci = common::basic("ci");
+    assert_eq!(info_refs(&cache, "acme/private-ci", Some(&ci)).status, 200);
+    let anonymous = http(&cache.addr, "GET", "/metrics", &[], b"").body_text();
+    for name in ["widgets", "private-ci", "hidden-plans", "made-up-name"] {
+        assert!(!anonymous.contains(name), "{name}: {anonymous}");
+    }
+    assert!(anonymous.contains(r#"owner="_other""#), "{anonymous}");
+    let admin = http(
+        &cache.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer metrics-admin-token-0001")],
+        b"",
+    )
+    .body_text();
+    assert!(admin.contains(r#"repo="widgets""#), "{admin}");
+    assert!(admin.contains(r#"repo="private-ci""#), "{admin}");
+    assert!(!admin.contains("hidden-plans"), "{admin}");
+    assert!(!admin.contains("made-up-name"), "{admin}");
+    // A wrong token reads what anyone reads.
+    let wrong = http(
+        &cache.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer guessed")],
+        b"",
+    )
+    .body_text();
+    assert!(!wrong.contains("private-ci"), "{wrong}");
 }
 
 /// `acme/big` on `upstream`, not adopted yet: one commit of 24 MiB that do not compress, far
