@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use gitcache_pack::Repository;
 use gitcache_protocol::request::Fetch;
-use gitcache_storage::responses::{Entry, PendingEntry, ResponseStore};
+use gitcache_storage::responses::{Entry, PendingEntry, ResponseStore, disk_bytes};
 use gix_hash::Kind as HashKind;
 use tokio::sync::watch;
 
@@ -594,7 +594,7 @@ impl ResponseCache {
         if taken == Some(true) {
             self.stats.taken_shared.fetch_add(1, Ordering::Relaxed);
             // On this disk as much as one generated here (see `cleanup_due`).
-            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let bytes = std::fs::metadata(&path).map_or(0, |m| disk_bytes(&m));
             self.stored_since_eviction
                 .fetch_add(bytes, Ordering::Relaxed);
         }
@@ -821,8 +821,10 @@ impl ResponseCache {
                 match pending.commit() {
                     Ok(path) => {
                         self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                        // As the eviction counts it (a tiny answer takes a block).
+                        let bytes = std::fs::metadata(&path).map_or(written, |m| disk_bytes(&m));
                         self.stored_since_eviction
-                            .fetch_add(written, Ordering::Relaxed);
+                            .fetch_add(bytes, Ordering::Relaxed);
                         self.share(&generation.id, path, generation.deletions);
                     }
                     Err(err) => {

@@ -279,9 +279,23 @@ impl ResponseStore {
         Ok(removed)
     }
 
-    /// Bytes held by `repo`'s entries.
+    /// Bytes held by `repo`'s entries, each counted as [`disk_bytes`] of it.
     pub fn repo_size(&self, repo: &Path) -> u64 {
-        crate::fs::tree_size(&self.repo_dir(repo)).unwrap_or(0)
+        let mut total = 0u64;
+        let mut pending = vec![self.repo_dir(repo)];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => pending.push(entry.path()),
+                    Ok(meta) if meta.is_file() => total = total.saturating_add(disk_bytes(&meta)),
+                    _ => {}
+                }
+            }
+        }
+        total
     }
 
     /// Every repository folder with its files (path, size, last use).
@@ -307,7 +321,7 @@ impl ResponseStore {
                     let Ok(modified) = meta.modified() else {
                         continue;
                     };
-                    files.push((entry.path(), meta.len(), modified));
+                    files.push((entry.path(), disk_bytes(&meta), modified));
                 }
             }
             if !files.is_empty() {
@@ -330,6 +344,22 @@ impl ResponseStore {
     }
 }
 
+/// The disk a stored file takes, as its size counts against the limits: at least its length
+/// rounded up to a block of 4 KiB, more where the file system says it holds more. Counted by
+/// their length, many tiny answers (an empty pack is some 100 bytes) passed for a fraction
+/// of the disk and the inodes they took, and were never evicted.
+pub fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
+    const BLOCK: u64 = 4096;
+    let rounded = meta.len().div_ceil(BLOCK).saturating_mul(BLOCK).max(BLOCK);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        rounded.max(meta.blocks().saturating_mul(512))
+    }
+    #[cfg(not(unix))]
+    rounded
+}
+
 /// [`ResponseStore::evict`] over `listing`, which files may have left since it was taken.
 fn evict_listed(
     listing: Vec<(PathBuf, Vec<StoredFile>)>,
@@ -337,17 +367,22 @@ fn evict_listed(
     total: Option<u64>,
 ) -> std::io::Result<Eviction> {
     let mut all: Vec<(PathBuf, PathBuf, u64, SystemTime)> = Vec::new();
+    // Looked up by repository: a listing may hold millions of entries of thousands.
     let mut evicted: Vec<Evicted> = Vec::new();
-    let mut note = |repo: &Path, bytes: u64| match evicted.iter_mut().find(|e| e.repo == repo) {
-        Some(e) => {
-            e.entries += 1;
-            e.bytes += bytes;
+    let mut evicted_at: std::collections::HashMap<PathBuf, usize> = Default::default();
+    let mut note = |repo: &Path, bytes: u64| match evicted_at.get(repo) {
+        Some(&at) => {
+            evicted[at].entries += 1;
+            evicted[at].bytes += bytes;
         }
-        None => evicted.push(Evicted {
-            repo: repo.to_owned(),
-            entries: 1,
-            bytes,
-        }),
+        None => {
+            evicted_at.insert(repo.to_owned(), evicted.len());
+            evicted.push(Evicted {
+                repo: repo.to_owned(),
+                entries: 1,
+                bytes,
+            });
+        }
     };
     for (repo, mut files) in listing {
         files.retain(|(path, _, _)| path.to_string_lossy().ends_with(SUFFIX));
@@ -394,14 +429,18 @@ fn evict_listed(
         all.retain(|_| !gone.next().unwrap_or(false));
     }
     let mut sizes: Vec<(PathBuf, u64)> = Vec::new();
+    let mut sized_at: std::collections::HashMap<&Path, usize> = Default::default();
     for (repo, _, len, _) in &all {
-        match sizes.iter_mut().find(|(r, _)| r == repo) {
-            Some((_, size)) => *size += len,
-            None => sizes.push((repo.clone(), *len)),
+        match sized_at.get(repo.as_path()) {
+            Some(&at) => sizes[at].1 += len,
+            None => {
+                sized_at.insert(repo, sizes.len());
+                sizes.push((repo.clone(), *len));
+            }
         }
     }
     for e in &evicted {
-        if !sizes.iter().any(|(r, _)| *r == e.repo) {
+        if !sized_at.contains_key(e.repo.as_path()) {
             sizes.push((e.repo.clone(), 0));
         }
     }
@@ -549,7 +588,9 @@ mod tests {
         put_aged(&store, &["a", "b", "c", "d"]);
         // "a" is the oldest, but a hit makes it the most recent.
         assert!(read(&store, "one", "a").is_some());
-        let entry = 100 + TRAILER;
+        // Each counted as the block it takes.
+        let entry = 4096;
+        assert!(100 + TRAILER < entry);
         let eviction = store.evict(|_| Some(2 * entry), None).unwrap();
         assert_eq!(eviction.evicted[0].entries, 2);
         assert_eq!(eviction.sizes, vec![(PathBuf::from("one"), 2 * entry)]);
@@ -574,6 +615,25 @@ mod tests {
         assert!(read(&store, "two", "e").is_none());
         assert!(eviction.sizes.contains(&(PathBuf::from("two"), 0)));
         assert!(read(&store, "one", "d").is_some());
+    }
+
+    /// Tiny answers count as the disk they take, not their length: 64 answers of 100 bytes
+    /// under a limit of 16 KiB keep four, the most recent.
+    #[test]
+    fn tiny_entries_count_as_the_blocks_they_take() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ResponseStore::new(root.path());
+        let keys: Vec<String> = (0..64).map(|i| format!("k{i:02}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        put_aged(&store, &keys);
+        let eviction = store.evict(|_| None, Some(16 << 10)).unwrap();
+        assert_eq!(eviction.evicted[0].entries, 60);
+        assert_eq!(eviction.sizes, vec![(PathBuf::from("one"), 16 << 10)]);
+        assert_eq!(store.repo_size(Path::new("one")), 16 << 10);
+        for key in &keys[60..] {
+            assert!(read(&store, "one", key).is_some(), "{key}");
+        }
+        assert!(read(&store, "one", "k59").is_none());
     }
 
     #[test]
