@@ -82,6 +82,8 @@ pub struct Proxy {
     webhook_budget: crate::body::BodyBudget,
     /// Pushes that refreshed a mirror lately (see [`crate::webhook::Seen`]).
     webhook_seen: crate::webhook::Seen,
+    /// Signed events being taken in the background (see `push_hook`).
+    webhook_turns: Arc<tokio::sync::Semaphore>,
     /// What fetch request bodies may hold at once, all together.
     body_budget: crate::body::BodyBudget,
     draining: AtomicBool,
@@ -398,6 +400,7 @@ impl Proxy {
             )),
             webhook_budget: crate::body::BodyBudget::new(crate::webhook::EVENT_BYTES_HELD),
             webhook_seen: Default::default(),
+            webhook_turns: Arc::new(tokio::sync::Semaphore::new(crate::webhook::EVENTS_AT_ONCE)),
             body_budget,
             draining: AtomicBool::new(false),
             catalog: services.catalog,
@@ -764,21 +767,41 @@ impl Proxy {
             tracing::warn!(%refused, "webhook refused");
             return Ok(text(StatusCode::UNAUTHORIZED, &refused.to_string()));
         }
-        // One answer whatever happens next: the secret's holders (every repository's hook)
-        // learn nothing of what is mirrored here.
-        let accepted = |why: &str| {
-            tracing::info!(why, "webhook");
-            Ok(text(StatusCode::ACCEPTED, "accepted"))
+        // One answer, given at once whatever happens next: the secret's holders (every
+        // repository's hook) learn nothing of what is mirrored here, not even from how long
+        // the answer took (reading the mirror's ref, looking for the pushed commit). What
+        // follows runs in the background, a bounded number of events at a time.
+        let Ok(turn) = Arc::clone(&self.webhook_turns).try_acquire_owned() else {
+            return Ok(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many webhook events at once",
+            ));
         };
-        if !crate::webhook::is_push(headers) {
-            return accepted("not a push event: nothing to do");
+        let is_push = crate::webhook::is_push(headers);
+        let proxy = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                let why = proxy.take_push(is_push, &body).await;
+                tracing::info!(why, "webhook");
+                drop(turn);
+            }
+            .in_current_span(),
+        );
+        Ok(text(StatusCode::ACCEPTED, "accepted"))
+    }
+
+    /// What a signed webhook event asks for, done: a refresh of the mirror its push moved,
+    /// when there is one to make. Says why, for the log.
+    async fn take_push(self: &Arc<Self>, is_push: bool, body: &[u8]) -> &'static str {
+        if !is_push {
+            return "not a push event: nothing to do";
         }
-        let Some(pushed) = crate::webhook::pushed(&body) else {
-            return accepted("no repository in the event: nothing to do");
+        let Some(pushed) = crate::webhook::pushed(body) else {
+            return "no repository in the event: nothing to do";
         };
         // The upstream the clone URL names: the default one or one allowed in paths.
         let Some(host) = self.targets.named(&pushed.host) else {
-            return accepted("not an upstream of this cache: nothing to do");
+            return "not an upstream of this cache: nothing to do";
         };
         let route = Route {
             host,
@@ -787,26 +810,26 @@ impl Proxy {
             service: Service::UploadPack,
         };
         let Ok(target) = self.targets.resolve(&route) else {
-            return accepted("not a repository name: nothing to do");
+            return "not a repository name: nothing to do";
         };
         if !target.cached || self.mirrors.registry().existing(&target.key).is_none() {
-            return accepted("not mirrored here: nothing to do");
+            return "not mirrored here: nothing to do";
         }
         // What was pushed: a replayed event, or one whose push the mirror has already, moves
         // nothing (every holder of one signed event could otherwise keep refreshes running).
         let Some((name, after)) = pushed.moved else {
-            return accepted("no pushed ref in the event: nothing to do");
+            return "no pushed ref in the event: nothing to do";
         };
         if !self.mirrors.is_mirrored(name.as_bytes()) {
-            return accepted("not a ref the mirror keeps: nothing to do");
+            return "not a ref the mirror keeps: nothing to do";
         }
         if self.webhook_seen.again(&target.key, &name, after) {
-            return accepted("the same push again: nothing to do");
+            return "the same push again: nothing to do";
         }
         let deleted = after.is_null();
         let before = match self.mirrors.ref_now(&target.key, name.clone()).await {
             Ok(now) if now == Some(after) || (deleted && now.is_none()) => {
-                return accepted("the mirror has the push already: nothing to do");
+                return "the mirror has the push already: nothing to do";
             }
             Ok(now) => Some(now),
             // Not readable now: the refresh tells.
@@ -819,7 +842,7 @@ impl Proxy {
         // commit it has): no refresh brings it, so it does not tell whether one did.
         let held_before = !deleted && self.mirrors.holds(&target.key, after).await;
         let Some(token) = self.webhook_seen.refreshed(&target.key, &name, after) else {
-            return accepted("the same push again: nothing to do");
+            return "the same push again: nothing to do";
         };
         tracing::info!(repo = %target.name, "push webhook");
         // The credential is had in the background too (an App's token may need the API):
@@ -871,7 +894,7 @@ impl Proxy {
             }
             .in_current_span(),
         );
-        accepted("refreshing the mirror")
+        "refreshing the mirror"
     }
 
     async fn info_refs(

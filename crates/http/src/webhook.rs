@@ -167,6 +167,10 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Signed events taken in the background at once (reading the mirror's ref, starting its
+/// refresh); past that, an event gets `503` (a failed delivery, for the forge to send again).
+pub(crate) const EVENTS_AT_ONCE: usize = 64;
+
 /// Whether the headers say this is a push event (GitHub, Gitea or Forgejo).
 pub(crate) fn is_push(headers: &hyper::HeaderMap) -> bool {
     ["x-github-event", "x-gitea-event", "x-forgejo-event"]
