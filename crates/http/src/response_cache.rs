@@ -559,12 +559,13 @@ impl ResponseCache {
         if generating || path.exists() {
             return false;
         }
-        // No entry larger than what the cache may hold in all, or for one repository.
+        // No entry larger than what the cache may hold in all, or for one repository, counted
+        // as the blocks it takes (as eviction counts it): a length fits when its blocks do.
         let limit = [self.config.max_total_bytes, self.config.max_repo_bytes]
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(u64::MAX);
+            .map_or(u64::MAX, |limit| limit / 4096 * 4096);
         // Nor one that would not fit above the disk's floor, with what downloads under way
         // may still write held for them.
         if self.room() == Some(0) {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gitcache_storage::lease::{Held, Leases};
-use gitcache_storage::responses::{Indexed, ResponseIndex};
+use gitcache_storage::responses::{Indexed, ResponseIndex, block_bytes};
 use gitcache_storage::store::{AnyStore, ObjectKey, ObjectStore as _, StoreError};
 
 /// How long a key found missing in the bucket is not asked for again.
@@ -211,7 +211,8 @@ impl SharedResponses {
         };
         match found {
             Ok(true) => {
-                let bytes = std::fs::metadata(to).map_or(0, |m| m.len());
+                // Counted as blocks, as the local store counts it (see `block_bytes`).
+                let bytes = std::fs::metadata(to).map_or(0, |m| block_bytes(m.len()));
                 if let Some(index) = &self.index
                     && let Err(err) = index.touch(repo, key, bytes).await
                 {
@@ -306,7 +307,7 @@ impl SharedResponses {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&(repo.to_owned(), key.to_owned()));
-                let bytes = std::fs::metadata(from).map_or(0, |m| m.len());
+                let bytes = std::fs::metadata(from).map_or(0, |m| block_bytes(m.len()));
                 if let Some(index) = &self.index
                     && let Err(err) = index.touch(repo, key, bytes).await
                 {
@@ -356,7 +357,7 @@ impl SharedResponses {
                 Some(Indexed {
                     repo: repo.to_owned(),
                     key: name.strip_suffix(".resp")?.to_owned(),
-                    bytes: listed.size,
+                    bytes: block_bytes(listed.size),
                     last_used: listed.modified,
                 })
             })
@@ -450,6 +451,19 @@ mod tests {
     async fn in_bucket(shared: &SharedResponses, key: &str) -> bool {
         let object = object(REPO, key).unwrap();
         shared.store.size(&object).await.unwrap().is_some()
+    }
+
+    /// Tiny answers in the bucket count as the blocks they take, as the local store counts
+    /// them: six of a few bytes under a total of four blocks keep four.
+    #[tokio::test]
+    async fn tiny_answers_in_the_bucket_count_as_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, from) = uploading(dir.path());
+        for i in 0..6 {
+            shared.upload_now(REPO, &format!("k{i}"), &from).await;
+        }
+        let evicted = shared.evict(|_| None, Some(4 * 4096)).await.unwrap();
+        assert_eq!(evicted.get(REPO), Some(&2), "{evicted:?}");
     }
 
     /// An upload that waited for its turn while the repository's entries were deleted (a

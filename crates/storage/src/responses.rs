@@ -279,7 +279,8 @@ impl ResponseStore {
         Ok(removed)
     }
 
-    /// Bytes held by `repo`'s entries, each counted as [`disk_bytes`] of it.
+    /// Bytes held by `repo`'s entries, each counted as [`disk_bytes`] of it (what eviction
+    /// counts).
     pub fn repo_size(&self, repo: &Path) -> u64 {
         let mut total = 0u64;
         let mut pending = vec![self.repo_dir(repo)];
@@ -290,7 +291,13 @@ impl ResponseStore {
             for entry in entries.flatten() {
                 match entry.metadata() {
                     Ok(meta) if meta.is_dir() => pending.push(entry.path()),
-                    Ok(meta) if meta.is_file() => total = total.saturating_add(disk_bytes(&meta)),
+                    // Entries only, as eviction counts them (not one being written).
+                    Ok(meta)
+                        if meta.is_file()
+                            && entry.file_name().to_string_lossy().ends_with(SUFFIX) =>
+                    {
+                        total = total.saturating_add(disk_bytes(&meta))
+                    }
                     _ => {}
                 }
             }
@@ -349,8 +356,7 @@ impl ResponseStore {
 /// their length, many tiny answers (an empty pack is some 100 bytes) passed for a fraction
 /// of the disk and the inodes they took, and were never evicted.
 pub fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
-    const BLOCK: u64 = 4096;
-    let rounded = meta.len().div_ceil(BLOCK).saturating_mul(BLOCK).max(BLOCK);
+    let rounded = block_bytes(meta.len());
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt as _;
@@ -358,6 +364,13 @@ pub fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
     }
     #[cfg(not(unix))]
     rounded
+}
+
+/// `len` bytes counted as the blocks of 4 KiB they take, one at least: how an answer counts
+/// where its disk cannot be asked (an object in a bucket, an answer about to be written).
+pub fn block_bytes(len: u64) -> u64 {
+    const BLOCK: u64 = 4096;
+    len.div_ceil(BLOCK).saturating_mul(BLOCK).max(BLOCK)
 }
 
 /// [`ResponseStore::evict`] over `listing`, which files may have left since it was taken.
@@ -618,18 +631,21 @@ mod tests {
     }
 
     /// Tiny answers count as the disk they take, not their length: 64 answers of 100 bytes
-    /// under a limit of 16 KiB keep four, the most recent.
+    /// under a limit of four blocks keep four, the most recent.
     #[test]
     fn tiny_entries_count_as_the_blocks_they_take() {
         let root = tempfile::tempdir().unwrap();
         let store = ResponseStore::new(root.path());
         let keys: Vec<String> = (0..64).map(|i| format!("k{i:02}")).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        put_aged(&store, &keys);
-        let eviction = store.evict(|_| None, Some(16 << 10)).unwrap();
+        let paths = put_aged(&store, &keys);
+        // A block at least, whatever the file system (4 KiB here, more with larger pages).
+        let one = disk_bytes(&std::fs::metadata(&paths[0]).unwrap());
+        assert!(one >= 4096, "{one}");
+        let eviction = store.evict(|_| None, Some(4 * one)).unwrap();
         assert_eq!(eviction.evicted[0].entries, 60);
-        assert_eq!(eviction.sizes, vec![(PathBuf::from("one"), 16 << 10)]);
-        assert_eq!(store.repo_size(Path::new("one")), 16 << 10);
+        assert_eq!(eviction.sizes, vec![(PathBuf::from("one"), 4 * one)]);
+        assert_eq!(store.repo_size(Path::new("one")), 4 * one);
         for key in &keys[60..] {
             assert!(read(&store, "one", key).is_some(), "{key}");
         }
