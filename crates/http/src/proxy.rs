@@ -777,12 +777,20 @@ impl Proxy {
                 "too many webhook events at once",
             ));
         };
+        // What the event says is read now: its body goes (with its share of the events'
+        // budget) before the event is taken.
         let is_push = crate::webhook::is_push(headers);
+        let pushed = is_push.then(|| crate::webhook::pushed(&body)).flatten();
+        drop(body);
         let proxy = Arc::clone(self);
         tokio::spawn(
             async move {
-                let why = proxy.take_push(is_push, &body).await;
+                let started = tokio::time::Instant::now();
+                let why = proxy.take_push(is_push, pushed).await;
                 tracing::info!(why, "webhook");
+                // Every event holds its turn this long at least, whatever it led to: how many
+                // turns are free says nothing of what is mirrored either.
+                tokio::time::sleep_until(started + crate::webhook::TURN_HELD).await;
                 drop(turn);
             }
             .in_current_span(),
@@ -792,11 +800,15 @@ impl Proxy {
 
     /// What a signed webhook event asks for, done: a refresh of the mirror its push moved,
     /// when there is one to make. Says why, for the log.
-    async fn take_push(self: &Arc<Self>, is_push: bool, body: &[u8]) -> &'static str {
+    async fn take_push(
+        self: &Arc<Self>,
+        is_push: bool,
+        pushed: Option<crate::webhook::Pushed>,
+    ) -> &'static str {
         if !is_push {
             return "not a push event: nothing to do";
         }
-        let Some(pushed) = crate::webhook::pushed(body) else {
+        let Some(pushed) = pushed else {
             return "no repository in the event: nothing to do";
         };
         // The upstream the clone URL names: the default one or one allowed in paths.

@@ -171,6 +171,11 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 /// refresh); past that, an event gets `503` (a failed delivery, for the forge to send again).
 pub(crate) const EVENTS_AT_ONCE: usize = 64;
 
+/// How long an event holds its turn at least (see [`EVENTS_AT_ONCE`]): longer than what an
+/// event leads to takes (reading a ref, looking up a commit), so that turns are given back
+/// at the same pace whether or not the repository is mirrored. 640 events a second at most.
+pub(crate) const TURN_HELD: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Whether the headers say this is a push event (GitHub, Gitea or Forgejo).
 pub(crate) fn is_push(headers: &hyper::HeaderMap) -> bool {
     ["x-github-event", "x-gitea-event", "x-forgejo-event"]
