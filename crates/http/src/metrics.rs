@@ -311,7 +311,8 @@ impl Drop for PackSlot {
 /// `text`, in Prometheus' text format as the recorder renders it, with every `owner` and
 /// `repo` label set to `_other` and the samples that then name the same series summed: what
 /// `/metrics` shows a reader who may not see which repositories are cached (on the git
-/// listener without an admin token). A line it cannot read is kept as it is.
+/// listener without an admin token). A line it cannot read is kept as it is, unless it may
+/// name a repository: then it is left out.
 pub(crate) fn without_repositories(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     // The samples since the last comment line, by series in the order first seen.
@@ -340,6 +341,8 @@ pub(crate) fn without_repositories(text: &str) -> String {
                     samples.push((series, value));
                 }
             },
+            None if !line.starts_with('#')
+                && (line.contains("owner=") || line.contains("repo=")) => {}
             None => {
                 flush(&mut out, &mut samples, &mut seen);
                 out.push_str(line);
@@ -454,8 +457,9 @@ h_count{owner="_other",repo="_other"} 3
 gitcache_build_info 1
 "#
         );
-        // A line it cannot read stays as it is.
+        // A line it cannot read stays as it is, unless it may name a repository.
         assert_eq!(without_repositories("odd{x=1} 2\n"), "odd{x=1} 2\n");
+        assert_eq!(without_repositories("odd{repo=x} 2\nodd 1\n"), "odd 1\n");
     }
 
     #[test]

@@ -1416,6 +1416,7 @@ impl Mirrors {
         }
         // Bytes per label: an evicted mirror's go to zero, and repositories past the label
         // bound add up in theirs.
+        let evicted: std::collections::HashSet<&RepoKey> = evicted.into_iter().collect();
         let mut by_label: HashMap<(String, String), u64> = HashMap::new();
         for (key, size, _) in &sizes {
             let bytes = by_label
