@@ -566,6 +566,9 @@ impl ResponseCache {
             .flatten()
             .min()
             .map_or(u64::MAX, |limit| limit / 4096 * 4096);
+        if limit == 0 {
+            return false;
+        }
         // Nor one that would not fit above the disk's floor, with what downloads under way
         // may still write held for them.
         if self.room() == Some(0) {

@@ -342,7 +342,13 @@ impl SharedResponses {
     /// What the bucket holds, most recently used first.
     async fn entries(&self) -> Result<Vec<Indexed>, String> {
         if let Some(index) = &self.index {
-            return index.all().await;
+            // Rows written before answers counted as blocks (or while an instance that did
+            // not yet count them so ran beside) hold lengths: counted as blocks here.
+            let mut all = index.all().await?;
+            for entry in &mut all {
+                entry.bytes = block_bytes(entry.bytes);
+            }
+            return Ok(all);
         }
         let prefix = ObjectKey::new("responses").map_err(|e| e.to_string())?;
         let mut found: Vec<Indexed> = self
@@ -399,16 +405,17 @@ impl SharedResponses {
         let mut evicted: HashMap<String, usize> = HashMap::new();
         for entry in self.entries().await? {
             let repo_kept = kept.entry(entry.repo.clone()).or_default();
-            let over_repo = limit(&entry.repo).is_some_and(|l| *repo_kept + entry.bytes > l);
-            let over_total = total.is_some_and(|t| kept_total + entry.bytes > t);
+            let over_repo =
+                limit(&entry.repo).is_some_and(|l| repo_kept.saturating_add(entry.bytes) > l);
+            let over_total = total.is_some_and(|t| kept_total.saturating_add(entry.bytes) > t);
             if over_repo || over_total {
                 self.delete(&entry.repo, Some(&entry.key))
                     .await
                     .map_err(|e| e.to_string())?;
                 *evicted.entry(entry.repo).or_default() += 1;
             } else {
-                *repo_kept += entry.bytes;
-                kept_total += entry.bytes;
+                *repo_kept = repo_kept.saturating_add(entry.bytes);
+                kept_total = kept_total.saturating_add(entry.bytes);
             }
         }
         Ok(evicted)
