@@ -82,8 +82,10 @@ pub struct Proxy {
     webhook_budget: crate::body::BodyBudget,
     /// Pushes that refreshed a mirror lately (see [`crate::webhook::Seen`]).
     webhook_seen: crate::webhook::Seen,
-    /// Signed events being taken in the background (see `push_hook`).
+    /// Turns of signed events let in (see `push_hook`).
     webhook_turns: Arc<tokio::sync::Semaphore>,
+    /// Signed events being taken in the background (see `push_hook`).
+    webhook_work: Arc<tokio::sync::Semaphore>,
     /// What fetch request bodies may hold at once, all together.
     body_budget: crate::body::BodyBudget,
     draining: AtomicBool,
@@ -401,6 +403,7 @@ impl Proxy {
             webhook_budget: crate::body::BodyBudget::new(crate::webhook::EVENT_BYTES_HELD),
             webhook_seen: Default::default(),
             webhook_turns: Arc::new(tokio::sync::Semaphore::new(crate::webhook::EVENTS_AT_ONCE)),
+            webhook_work: Arc::new(tokio::sync::Semaphore::new(crate::webhook::EVENTS_AT_ONCE)),
             body_budget,
             draining: AtomicBool::new(false),
             catalog: services.catalog,
@@ -769,32 +772,40 @@ impl Proxy {
         }
         // One answer, given at once whatever happens next: the secret's holders (every
         // repository's hook) learn nothing of what is mirrored here, not even from how long
-        // the answer took (reading the mirror's ref, looking for the pushed commit). What
-        // follows runs in the background, a bounded number of events at a time.
+        // the answer took (reading the mirror's ref, looking for the pushed commit). Events
+        // are let in at a bounded pace: each takes a turn, given back a fixed while later
+        // whatever it leads to, so that free turns tell nothing either.
         let Ok(turn) = Arc::clone(&self.webhook_turns).try_acquire_owned() else {
             return Ok(text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many webhook events at once",
             ));
         };
+        tokio::spawn(async move {
+            tokio::time::sleep(crate::webhook::TURN_HELD).await;
+            drop(turn);
+        });
         // What the event says is read now: its body goes (with its share of the events'
         // budget) before the event is taken.
         let is_push = crate::webhook::is_push(headers);
         let pushed = is_push.then(|| crate::webhook::pushed(&body)).flatten();
         drop(body);
-        let proxy = Arc::clone(self);
-        tokio::spawn(
-            async move {
-                let started = tokio::time::Instant::now();
-                let why = proxy.take_push(is_push, pushed).await;
-                tracing::info!(why, "webhook");
-                // Every event holds its turn this long at least, whatever it led to: how many
-                // turns are free says nothing of what is mirrored either.
-                tokio::time::sleep_until(started + crate::webhook::TURN_HELD).await;
-                drop(turn);
+        // What it leads to runs in the background, a bounded number of events at once; one
+        // past them is left out, told in the log only.
+        match Arc::clone(&self.webhook_work).try_acquire_owned() {
+            Ok(work) => {
+                let proxy = Arc::clone(self);
+                tokio::spawn(
+                    async move {
+                        let why = proxy.take_push(is_push, pushed).await;
+                        tracing::info!(why, "webhook");
+                        drop(work);
+                    }
+                    .in_current_span(),
+                );
             }
-            .in_current_span(),
-        );
+            Err(_) => tracing::warn!("webhook: too many events being taken: this one is left out"),
+        }
         Ok(text(StatusCode::ACCEPTED, "accepted"))
     }
 

@@ -167,16 +167,15 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Signed events taken in the background at once (reading the mirror's ref, starting its
-/// refresh); past that, an event gets `503`, a failed delivery (GitHub does not send it again
-/// by itself).
+/// Signed events let in within [`TURN_HELD`] of each other, and taken in the background at
+/// once (reading the mirror's ref, starting its refresh). Past the first, an event gets
+/// `503`, a failed delivery (GitHub does not send it again by itself); past the second, an
+/// event is accepted and left out, told in the log only.
 pub(crate) const EVENTS_AT_ONCE: usize = 64;
 
-/// How long an event holds its turn at least (see [`EVENTS_AT_ONCE`]): longer than what an
-/// event most often leads to takes (reading a ref, looking up a commit), so that turns are
-/// given back at the same pace whether or not the repository is mirrored, unless that work
-/// takes longer (a cold mirror, a busy blocking pool). 640 events a second at most: a holder
-/// of the secret sending more keeps the forge's own events out.
+/// How long an event holds its turn (see [`EVENTS_AT_ONCE`]), whatever it leads to: turns
+/// come back at the same pace whether or not the repository is mirrored. 640 events a
+/// second at most: a holder of the secret sending more keeps the forge's own events out.
 pub(crate) const TURN_HELD: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether the headers say this is a push event (GitHub, Gitea or Forgejo).
