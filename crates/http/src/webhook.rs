@@ -167,10 +167,10 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Signed events let in within [`TURN_HELD`] of each other, and taken in the background at
-/// once (reading the mirror's ref, starting its refresh). Past the first, an event gets
-/// `503`, a failed delivery (GitHub does not send it again by itself); past the second, an
-/// event is accepted and left out, told in the log only.
+/// Signed events let in within any [`TURN_HELD`], and taken in the background at once
+/// (reading the mirror's ref, starting its refresh). An event past the first bound gets
+/// `503`, a failed delivery (GitHub does not send it again by itself); one past the second
+/// is accepted and left out, told in the log only.
 pub(crate) const EVENTS_AT_ONCE: usize = 64;
 
 /// How long an event holds its turn (see [`EVENTS_AT_ONCE`]), whatever it leads to: turns
