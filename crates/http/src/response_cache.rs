@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use gitcache_pack::Repository;
 use gitcache_protocol::request::Fetch;
-use gitcache_storage::responses::{Entry, PendingEntry, ResponseStore, disk_bytes};
+use gitcache_storage::responses::{BLOCK_BYTES, Entry, PendingEntry, ResponseStore, disk_bytes};
 use gix_hash::Kind as HashKind;
 use tokio::sync::watch;
 
@@ -565,7 +565,7 @@ impl ResponseCache {
             .into_iter()
             .flatten()
             .min()
-            .map_or(u64::MAX, |limit| limit / 4096 * 4096);
+            .map_or(u64::MAX, |limit| limit / BLOCK_BYTES * BLOCK_BYTES);
         if limit == 0 {
             return false;
         }

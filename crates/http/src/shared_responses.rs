@@ -469,7 +469,10 @@ mod tests {
         for i in 0..6 {
             shared.upload_now(REPO, &format!("k{i}"), &from).await;
         }
-        let evicted = shared.evict(|_| None, Some(4 * 4096)).await.unwrap();
+        let evicted = shared
+            .evict(|_| None, Some(4 * gitcache_storage::responses::BLOCK_BYTES))
+            .await
+            .unwrap();
         assert_eq!(evicted.get(REPO), Some(&2), "{evicted:?}");
     }
 

@@ -280,35 +280,24 @@ impl ResponseStore {
     }
 
     /// Bytes held by `repo`'s entries, each counted as [`disk_bytes`] of it (what eviction
-    /// counts).
+    /// counts: entries only, not one being written).
     pub fn repo_size(&self, repo: &Path) -> u64 {
-        let mut total = 0u64;
-        let mut pending = vec![self.repo_dir(repo)];
-        while let Some(dir) = pending.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                match entry.metadata() {
-                    Ok(meta) if meta.is_dir() => pending.push(entry.path()),
-                    // Entries only, as eviction counts them (not one being written).
-                    Ok(meta)
-                        if meta.is_file()
-                            && entry.file_name().to_string_lossy().ends_with(SUFFIX) =>
-                    {
-                        total = total.saturating_add(disk_bytes(&meta))
-                    }
-                    _ => {}
-                }
-            }
-        }
-        total
+        (self.listed(self.repo_dir(repo)).unwrap_or_default().iter())
+            .flat_map(|(_, files)| files)
+            .filter(|(path, _, _)| path.to_string_lossy().ends_with(SUFFIX))
+            .fold(0u64, |total, (_, bytes, _)| total.saturating_add(*bytes))
     }
 
     /// Every repository folder with its files (path, size, last use).
     fn repos(&self) -> std::io::Result<Vec<(PathBuf, Vec<StoredFile>)>> {
+        self.listed(self.root.clone())
+    }
+
+    /// The folders under `start` (itself included) with their files (path, size as
+    /// [`disk_bytes`], last use), each folder named relative to the store's root.
+    fn listed(&self, start: PathBuf) -> std::io::Result<Vec<(PathBuf, Vec<StoredFile>)>> {
         let mut out = Vec::new();
-        let mut pending = vec![self.root.clone()];
+        let mut pending = vec![start];
         while let Some(dir) = pending.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
@@ -369,9 +358,13 @@ pub fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
 /// `len` bytes counted as the blocks of 4 KiB they take, one at least: how an answer counts
 /// where its disk cannot be asked (an object in a bucket, an answer about to be written).
 pub fn block_bytes(len: u64) -> u64 {
-    const BLOCK: u64 = 4096;
-    len.div_ceil(BLOCK).saturating_mul(BLOCK).max(BLOCK)
+    len.div_ceil(BLOCK_BYTES)
+        .saturating_mul(BLOCK_BYTES)
+        .max(BLOCK_BYTES)
 }
+
+/// The block a stored answer counts at least (see [`block_bytes`]).
+pub const BLOCK_BYTES: u64 = 4096;
 
 /// [`ResponseStore::evict`] over `listing`, which files may have left since it was taken.
 fn evict_listed(
