@@ -732,6 +732,50 @@ impl Repository {
         Ok(out)
     }
 
+    /// Whether the history of the commits `tips` and that of the commits `known` have a
+    /// commit in common (annotated tags are peeled; ids that are not commits the repository
+    /// has, or tags of them, are left out; `false` when either side has none left). Walked from `tips` down to where the two meet, commit
+    /// by commit: cheap when they meet soon (a branch moved on), the whole of `tips`'
+    /// history when they never do. Commit dates skewed beyond what the walk tolerates (as
+    /// git's `rev-list` does) can hide a meeting: the answer then errs towards `false`, never
+    /// the other way.
+    pub fn shares_history(&self, tips: &[ObjectId], known: &[ObjectId]) -> Result<bool, Error> {
+        let commits = |ids: &[ObjectId]| -> Vec<ObjectId> {
+            let mut seen = OidSet::default();
+            let commit = |id: &ObjectId| match self.is_commit(id) {
+                Ok(true) => Some(*id),
+                _ => (self.peeled(id).ok().flatten())
+                    .filter(|peeled| self.is_commit(peeled).unwrap_or(false)),
+            };
+            ids.iter()
+                .filter_map(commit)
+                .filter(|id| seen.insert(*id))
+                .collect::<Vec<_>>()
+        };
+        let (tips, known) = (commits(tips), commits(known));
+        if tips.is_empty() || known.is_empty() {
+            return Ok(false);
+        }
+        let known_set: OidSet = known.iter().copied().collect();
+        if tips.iter().any(|tip| known_set.contains(tip)) {
+            return Ok(true);
+        }
+        let mut objects = self.objects();
+        let walked = walk::limited_walk(&mut objects, &tips, &known, &OidSet::default(), None)?;
+        if tips.iter().any(|tip| walked.uninteresting.contains(tip)) {
+            return Ok(true);
+        }
+        // Only what `known` reaches is uninteresting: an interesting commit with such a
+        // parent is where the two histories meet.
+        for commit in walked.interesting() {
+            let parents = &objects.commit(commit)?.parents;
+            if parents.iter().any(|p| walked.uninteresting.contains(p)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether `oid` is a commit the repository has.
     pub fn is_commit(&self, oid: &ObjectId) -> Result<bool, Error> {
         Ok(matches!(

@@ -7,7 +7,7 @@ mod common;
 use common::{Case, Fixture, fetch, git, run};
 use gitcache_protocol::ObjectId;
 use gitcache_protocol::filter::Filter;
-use gitcache_testkit::repo::RepoSpec;
+use gitcache_testkit::repo::{self, RepoSpec};
 use proptest::prelude::*;
 
 /// What the client asks for, as indices into the repository's commits.
@@ -131,5 +131,49 @@ proptest! {
         f.filter = shape.filter.clone();
         (f.thin_pack, f.ofs_delta, f.include_tag, f.done) = (shape.thin, shape.ofs, shape.include_tag, shape.done);
         run(Case { name: &format!("{shape:?}"), fixture: &fx, client, fetch: f });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Whether the histories of two sets of commits meet, as git's `rev-list` finds it: on a
+    /// graph with branches and merges, beside an unrelated history, either side taken from
+    /// both.
+    #[test]
+    fn histories_are_found_to_meet_as_git_finds_them(
+        seed in any::<u64>(),
+        tips in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+        known in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        tips_from_other in any::<bool>(),
+    ) {
+        let fx = Fixture::new(RepoSpec::small(seed));
+        let other = fx.dir.path().join("other.git");
+        repo::generate(&other, &RepoSpec::tiny(seed.wrapping_add(1))).unwrap();
+        let other = other.display().to_string();
+        git(&fx.src, &["fetch", "-q", &other, "+refs/heads/*:refs/other/*"]);
+        let all = commits(&fx);
+        // Half the time the tips are all in the unrelated history, so that histories that
+        // never meet come up as often as those that do.
+        let others: Vec<ObjectId> = git(&fx.src, &["rev-list", "--glob=refs/other"])
+            .lines()
+            .map(|l| ObjectId::from_hex(l.as_bytes()).unwrap())
+            .collect();
+        let tips_among = if tips_from_other { &others } else { &all };
+        let tips: Vec<ObjectId> = tips.iter().map(|i| *i.get(tips_among)).collect();
+        let known: Vec<ObjectId> = known.iter().map(|i| *i.get(&all)).collect();
+        let reached = |ids: &[ObjectId]| -> std::collections::BTreeSet<String> {
+            if ids.is_empty() {
+                return Default::default();
+            }
+            let mut args = vec!["rev-list".to_owned()];
+            args.extend(ids.iter().map(ToString::to_string));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            git(&fx.src, &args).lines().map(str::to_owned).collect()
+        };
+        let meet = !reached(&tips).is_disjoint(&reached(&known));
+        let repo = gitcache_pack::Repository::open(&fx.src).unwrap();
+        prop_assert_eq!(repo.shares_history(&tips, &known).unwrap(), meet);
+        prop_assert_eq!(repo.shares_history(&known, &tips).unwrap(), meet);
     }
 }
