@@ -48,6 +48,10 @@ pub struct Refreshed {
     /// when no listing was read (a refresh joined that had nothing to do). Listings that
     /// show them alike have not moved.
     pub left_out: Option<Vec<RefLine>>,
+    /// Whether the mirror was dropped and fetched again from nothing because the upstream's
+    /// history shared nothing with it (see [`Error::Replaced`]; only a
+    /// [`crate::registry::Registry`] does this).
+    pub replaced: bool,
 }
 
 /// Refs left out of a listing that are logged one by one (the rest are counted).
@@ -121,6 +125,16 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
+    /// The mirror had commits, and the history of every ref the upstream lists now shares
+    /// none of them: the name has come to mean another repository (one renamed away and
+    /// another made under its name, an account's name taken by someone else), or the whole
+    /// history was rewritten from its first commit. Nothing the mirror holds may answer for
+    /// the new one; its refs were not written. [`crate::registry::Registry`] drops such a
+    /// mirror and fetches the repository again from nothing.
+    #[error(
+        "the upstream's refs share no history with the mirror's: the repository behind the name was replaced, or its history rewritten whole"
+    )]
+    Replaced,
     /// The disk fell below the free space kept (see [`Mirror::keeping_free`]) while a pack
     /// arrived, or would have as it was taken in (its indexes written, the pack written again
     /// by gitoxide's indexer, or completed with a thin pack's bases): the refresh was
@@ -618,14 +632,27 @@ impl Mirror {
                     .is_some_and(|oid| repo.is_commit(&oid).unwrap_or(false))
             })
             .collect();
+        // What the upstream lists, and what the mirror had, as ids and peeled: whether the
+        // name still means the mirror's repository.
+        let listed: Vec<ObjectId> = (remote.iter())
+            .flat_map(|line| [line.oid, line.peeled])
+            .flatten()
+            .collect();
+        let known: Vec<ObjectId> = (local.iter())
+            .flat_map(|r| [r.oid, r.peeled])
+            .flatten()
+            .collect();
         remote.extend(kept);
         let fetched_pack = ingested
             .as_ref()
             .map(|(pack, _)| pack.pack.clone())
             .or_else(|| ahead.as_ref().map(|pack| pack.pack.clone()));
-        let checked = self
+        let mut checked = self
             .check_fetched(&repo, &remote, &new_tips, &haves, fetched_pack, &rewalk)
             .await;
+        if checked.is_ok() {
+            checked = same_repository(&repo, listed, known).await;
+        }
         tracing::debug!(
             tips = new_tips.len(),
             ms = checking.elapsed().as_millis() as u64,
@@ -668,6 +695,7 @@ impl Mirror {
             fetched_objects,
             asked_ahead,
             left_out: Some(left_out),
+            replaced: false,
         })
     }
 
@@ -1606,6 +1634,58 @@ fn check_ref(line: &RefLine, prefixes: &[BString]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// [`Error::Replaced`] when the mirror had commits (among `known`, its refs' ids and peeled
+/// ids before the refresh) and the history of the commits the upstream lists now (`listed`,
+/// likewise) shares none of them; on a blocking thread. A commit in both ends it at once (a
+/// ref that did not move, a tag moved back); else the walk goes from the listed commits down
+/// to the mirror's, which is short when a branch moved on. A listing without commits (a
+/// repository made anew under the name is empty before its first push) shares nothing.
+async fn same_repository(
+    repo: &std::sync::Arc<gitcache_pack::Repository>,
+    listed: Vec<ObjectId>,
+    known: Vec<ObjectId>,
+) -> Result<(), Error> {
+    if known.is_empty() {
+        return Ok(());
+    }
+    let repo = std::sync::Arc::clone(repo);
+    let shares = tokio::task::spawn_blocking(move || {
+        // The commit `oid` is or peels to.
+        let commit = |oid: &ObjectId| -> Option<ObjectId> {
+            match repo.is_commit(oid) {
+                Ok(true) => Some(*oid),
+                _ => repo
+                    .peeled(oid)
+                    .ok()
+                    .flatten()
+                    .filter(|peeled| repo.is_commit(peeled).unwrap_or(false)),
+            }
+        };
+        let known_set: HashSet<ObjectId> = known.iter().copied().collect();
+        if (listed.iter())
+            .filter(|oid| known_set.contains(*oid))
+            .any(|oid| commit(oid).is_some())
+        {
+            return Ok(true);
+        }
+        let known: Vec<ObjectId> = known.iter().filter_map(commit).collect();
+        if known.is_empty() {
+            return Ok(true);
+        }
+        let listed: Vec<ObjectId> = listed.iter().filter_map(commit).collect();
+        if listed.is_empty() {
+            return Ok(false);
+        }
+        repo.shares_history(&listed, &known)
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    match shares {
+        true => Ok(()),
+        false => Err(Error::Replaced),
+    }
 }
 
 /// Whether `oid` starts a chain of annotated tags too long to peel.

@@ -264,6 +264,9 @@ pub struct Registry {
     /// Told of each local copy dropped for a removal made elsewhere (see
     /// [`Registry::on_removed_elsewhere`]).
     removed_elsewhere: std::sync::OnceLock<RemovedElsewhere>,
+    /// Awaited for each mirror dropped because its name came to mean another repository
+    /// (see [`Registry::on_replaced`]).
+    replaced: std::sync::OnceLock<Replaced>,
     /// The longest background work on a mirror waits for the answers from it (see
     /// [`Registry::answering`]).
     quiet_wait: Duration,
@@ -323,6 +326,21 @@ struct RemovedElsewhere(Box<dyn Fn(&RepoKey) + Send + Sync>);
 impl std::fmt::Debug for RemovedElsewhere {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RemovedElsewhere")
+    }
+}
+
+/// What [`Registry::on_replaced`] awaits.
+type ReplacedHook = Box<
+    dyn Fn(&RepoKey) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+struct Replaced(ReplacedHook);
+
+impl std::fmt::Debug for Replaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replaced")
     }
 }
 
@@ -412,6 +430,7 @@ impl Registry {
             leases: None,
             maintained: tokio::sync::broadcast::channel(MAINTAINED_BACKLOG).0,
             removed_elsewhere: std::sync::OnceLock::new(),
+            replaced: std::sync::OnceLock::new(),
             quiet_wait: DEFAULT_QUIET_WAIT,
             maintenance: Arc::default(),
         }
@@ -519,6 +538,22 @@ impl Registry {
     pub fn on_removed_elsewhere(&self, then: impl Fn(&RepoKey) + Send + Sync + 'static) -> bool {
         (self.removed_elsewhere)
             .set(RemovedElsewhere(Box::new(then)))
+            .is_ok()
+    }
+
+    /// Await `then` for each mirror dropped from now on because its upstream's refs were
+    /// found to share no history with it ([`Error::Replaced`]), after the mirror is gone and
+    /// before it is fetched again, its refresh lock held: a server drops what else it keeps
+    /// of the repository (stored answers, here and in a shared store), none of which may
+    /// answer for the repository the name means now. It runs whether or not the folder could
+    /// be deleted, and must not refresh or remove the same mirror (its lock is held). Set
+    /// once; `false` if it was set before.
+    pub fn on_replaced<F>(&self, then: impl Fn(&RepoKey) -> F + Send + Sync + 'static) -> bool
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        (self.replaced)
+            .set(Replaced(Box::new(move |key| Box::pin(then(key)))))
             .is_ok()
     }
 
@@ -1555,16 +1590,77 @@ impl Registry {
         key: &RepoKey,
         taking: impl FnOnce(),
     ) -> Result<(), Error> {
-        if shared.hydrate_noting(key, &self.path(key), taking).await? == Hydrated::Removed {
+        let mut taking = Some(taking);
+        let mut noting = || {
+            if let Some(taking) = taking.take() {
+                taking();
+            }
+        };
+        if shared
+            .hydrate_noting(key, &self.path(key), &mut noting)
+            .await?
+            == Hydrated::Removed
+        {
             tracing::info!("the shared mirror was removed; dropping the local copy");
             self.discard(key)?;
             shared.copy_dropped(key);
             self.tell_removed_elsewhere(key);
+            // A state committed since the removal is taken now, as a copy made anew would.
+            shared.hydrate_noting(key, &self.path(key), noting).await?;
         }
         Ok(())
     }
 
+    /// Refresh `key`'s local copy (its refresh lock held), creating it if there is none. A
+    /// copy whose upstream now lists a history that shares nothing with it
+    /// ([`Error::Replaced`]) is dropped, with a tombstone in the shared store for the other
+    /// instances' copies and what [`on_replaced`](Self::on_replaced) drops, and the repository
+    /// is fetched again from nothing.
     async fn refresh_local(
+        &self,
+        key: &RepoKey,
+        upstream: &Upstream,
+        extra: &[&str],
+        keep: &[gix_hash::ObjectId],
+        hints: &Hints,
+    ) -> Result<Refreshed, Error> {
+        match self
+            .refresh_local_once(key, upstream, extra, keep, hints)
+            .await
+        {
+            Err(Error::Replaced) => {}
+            outcome => return outcome,
+        }
+        tracing::warn!(
+            "the upstream's history shares nothing with the mirror's (the name means another repository now, or its history was rewritten whole): dropping the mirror and what is stored of it, and fetching it again"
+        );
+        // The other instances' copies go at the tombstone. Until the store takes it, this
+        // copy stays as it was and the refresh fails: dropped alone, it would be made again
+        // from the store's state, the old repository's.
+        let path = self.path(key);
+        let tombstoned = match &self.shared {
+            Some(shared) => shared.remove_taken(key, &path).await?,
+            None => true,
+        };
+        let dropped = self.discard_and_sweep(key).await;
+        if let Some(then) = self.replaced.get() {
+            (then.0)(key).await;
+        }
+        dropped?;
+        if !tombstoned && let Some(shared) = &self.shared {
+            // Another instance committed since this copy's state (having found the same,
+            // or not yet): that state is taken, and checked by the refresh below.
+            self.take_shared(shared, key).await?;
+        }
+        let mut done = self
+            .refresh_local_once(key, upstream, extra, keep, hints)
+            .await?;
+        done.replaced = true;
+        done.changed = true;
+        Ok(done)
+    }
+
+    async fn refresh_local_once(
         &self,
         key: &RepoKey,
         upstream: &Upstream,

@@ -139,6 +139,12 @@ pub struct MirrorManifest {
     /// used, or made alone while it was out of reach) and was created before this is dropped
     /// too, never committed over the tombstone.
     pub removed_at: u64,
+    /// How many times the mirror was removed from the store before this state, a tombstone
+    /// counting its own removal (a purge, a repository found replaced behind its name). A
+    /// copy that took an earlier state with fewer holds what a removal dropped, and goes with
+    /// what else its instance kept of it (stored answers), though it never saw the tombstone
+    /// (a new state was committed over it first).
+    pub removals: u64,
 }
 
 fn invalid(what: impl Into<String>) -> Error {
@@ -217,6 +223,9 @@ impl MirrorManifest {
     /// The manifest as stored.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = format!("{MAGIC}\nformat {}\n", self.format).into_bytes();
+        if self.removals > 0 {
+            out.extend_from_slice(format!("removals {}\n", self.removals).as_bytes());
+        }
         if self.removed {
             if self.removed_at == 0 {
                 out.extend_from_slice(b"removed\n");
@@ -268,10 +277,25 @@ impl MirrorManifest {
             refs: refs.to_vec(),
             removed: false,
             removed_at: 0,
+            removals: 0,
         };
         for line in lines {
             let (word, rest) = line.split_once_str(" ").unwrap_or((line, b""));
             match word {
+                b"removals"
+                    if manifest.removals == 0
+                        && !manifest.removed
+                        && manifest.head.is_none()
+                        && manifest.packs.is_empty()
+                        && manifest.retired.is_empty() =>
+                {
+                    manifest.removals = rest
+                        .to_str()
+                        .ok()
+                        .filter(|t| !t.starts_with(['0', '+']))
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .ok_or_else(|| invalid("a count of removals"))?;
+                }
                 b"removed"
                     if !manifest.removed
                         && manifest.head.is_none()
@@ -396,6 +420,7 @@ impl MirrorManifest {
             refs,
             removed: false,
             removed_at: 0,
+            removals: local_removals(git_dir),
         })
     }
 
@@ -436,8 +461,9 @@ pub enum Hydrated {
     Absent,
     /// The local copy holds the manifest's state (it did already, or does now).
     Current,
-    /// The mirror was removed from the store (a purge) after the local copy took it: the
-    /// copy is stale and should go.
+    /// The mirror was removed from the store (a purge, a repository found replaced behind its
+    /// name) after the local copy took it, whether or not a new state was committed since:
+    /// the copy is stale and should go, with what else was kept of it.
     Removed,
 }
 
@@ -562,13 +588,29 @@ fn unix_now() -> u64 {
 
 /// The version of the manifest the local copy holds, if it took one.
 fn local_version(git_dir: &Path) -> Option<Version> {
-    std::fs::read_to_string(git_dir.join(MARKER))
-        .ok()
-        .map(|v| Version(v.trim_end().to_owned()))
+    let text = std::fs::read_to_string(git_dir.join(MARKER)).ok()?;
+    Some(Version(text.lines().next().unwrap_or_default().to_owned()))
 }
 
-fn set_local_version(git_dir: &Path, version: &Version) -> std::io::Result<()> {
-    gitcache_storage::fs::replace_file(&git_dir.join(MARKER), format!("{}\n", version.0).as_bytes())
+/// How many removals the state the local copy holds counts (see
+/// [`MirrorManifest::removals`]); 0 for a copy that took none, or one from before the count.
+fn local_removals(git_dir: &Path) -> u64 {
+    std::fs::read_to_string(git_dir.join(MARKER))
+        .ok()
+        .and_then(|text| {
+            let count = text.lines().nth(1)?.strip_prefix("removals ")?;
+            count.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Note in the local copy that it holds the manifest `version`, which counts `removals`.
+fn set_local_version(git_dir: &Path, version: &Version, removals: u64) -> std::io::Result<()> {
+    let text = match removals {
+        0 => format!("{}\n", version.0),
+        n => format!("{}\nremovals {n}\n", version.0),
+    };
+    gitcache_storage::fs::replace_file(&git_dir.join(MARKER), text.as_bytes())
 }
 
 /// How long files done without wait before they are looked for in the store again.
@@ -751,8 +793,10 @@ impl Shared {
         let Some((manifest, version)) = self.read(key).await? else {
             return Ok(false);
         };
-        let stale = manifest.removed
-            && (held.is_some() || self.older_than_removal(key, git_dir, &manifest, &version));
+        let stale = match manifest.removed {
+            true => held.is_some() || self.older_than_removal(key, git_dir, &manifest, &version),
+            false => held.is_some() && local_removals(git_dir) < manifest.removals,
+        };
         if manifest.removed {
             self.note_tombstone(key, &version, !stale);
         }
@@ -846,6 +890,11 @@ impl Shared {
             } else {
                 Hydrated::Absent
             });
+        }
+        if held.is_some() && local_removals(git_dir) < manifest.removals {
+            // Taken before a removal this state counts, which a new state was committed over
+            // before this copy saw it: it goes, as at the tombstone.
+            return Ok(Hydrated::Removed);
         }
         if let Some(ago) = self.failed_lately(key, &version) {
             return Err(Error::FailedLately(ago));
@@ -1001,7 +1050,7 @@ impl Shared {
             }
         }
         set_unshared(git_dir, &done_without)?;
-        set_local_version(git_dir, version)?;
+        set_local_version(git_dir, version, manifest.removals)?;
         tracing::info!(
             packs = manifest.packs.len(),
             downloaded,
@@ -1198,6 +1247,10 @@ impl Shared {
                 }
             },
         };
+        // Removals are counted on through every state after them.
+        if let Some(previous) = &previous {
+            local.removals = local.removals.max(previous.removals);
+        }
         let started = std::time::Instant::now();
         let (mut uploaded, mut shared_again) = (0u64, 0usize);
         // What this commit wrote, and when, to see again before it names them.
@@ -1285,7 +1338,7 @@ impl Shared {
             .await?
         {
             Replaced::Done(version) => {
-                set_local_version(git_dir, &version)?;
+                set_local_version(git_dir, &version, local.removals)?;
                 self.restored_if_collected(&written).await?;
                 // What the copy lacks, the manifest no longer names. Left behind, the list
                 // costs a file written again, no more.
@@ -1466,17 +1519,42 @@ impl Shared {
     /// from it cannot commit. Its packs are retired; those written well before now are
     /// deleted at once, the others by the next commit after the grace period.
     pub async fn remove(&self, key: &RepoKey) -> Result<(), Error> {
+        self.remove_unless(key, None).await.map(drop)
+    }
+
+    /// [`remove`](Self::remove) `key`'s mirror if the store holds the state the copy at
+    /// `git_dir` took, or none (any, when the copy took none): for a copy found to hold
+    /// another repository than the one its name means now. `false`, and nothing
+    /// written, when the store holds another state (another instance committed since, which
+    /// may be the new repository, or its own tombstone): the copy is to be dropped and that
+    /// state taken.
+    pub async fn remove_taken(&self, key: &RepoKey, git_dir: &Path) -> Result<bool, Error> {
+        let held = local_version(git_dir).filter(|_| git_dir.join("HEAD").is_file());
+        self.remove_unless(key, held.as_ref()).await
+    }
+
+    /// Write `key`'s tombstone, unless `held` is given and the store holds another version.
+    async fn remove_unless(&self, key: &RepoKey, held: Option<&Version>) -> Result<bool, Error> {
         let started = SystemTime::now();
         let manifest_key = Self::manifest_key(key)?;
         for _ in 0..4 {
             let current = self.read_raw(key).await?;
+            if let Some(held) = held
+                && current.as_ref().is_some_and(|(_, version)| version != held)
+            {
+                return Ok(false);
+            }
             let previous = current
                 .as_ref()
                 .and_then(|(bytes, _)| MirrorManifest::decode(bytes).ok());
             if previous.as_ref().is_some_and(|m| m.removed) {
-                return Ok(());
+                return Ok(true);
             }
             let now = unix_now();
+            let removals = previous
+                .as_ref()
+                .map_or(0, |m| m.removals)
+                .saturating_add(1);
             let mut retired: Vec<(String, u64)> = previous
                 .iter()
                 .flat_map(|m| {
@@ -1495,6 +1573,7 @@ impl Shared {
                 refs: Vec::new(),
                 removed: true,
                 removed_at: unix_now_ms(),
+                removals,
             };
             let expected = current.map(|(_, version)| version);
             match self
@@ -1511,7 +1590,7 @@ impl Shared {
                         ..tombstone
                     };
                     self.delete_unnamed(key, &unnamed, before).await?;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Replaced::Conflict => continue,
             }

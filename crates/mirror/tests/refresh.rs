@@ -1311,3 +1311,102 @@ async fn ids_asked_for_are_fetched_beside_the_refs() {
     assert!(refs(mirror.git_dir()).contains(side.trim()));
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
+
+/// A name that comes to mean another repository (the one mirrored renamed away and another
+/// made under its name): a refresh that finds the upstream's refs share no history with the
+/// mirror's writes nothing (`Error::Replaced`) and leaves the mirror as it was, its packs
+/// included. A branch that moved on while every listed ref moved is followed, and so is an
+/// upstream whose history was replaced only in part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_replaced_behind_its_name_is_not_taken_for_it() {
+    let (upstream, source, _dir, mirror, up) = with_empty_mirror(RepoSpec::small(1471));
+    mirror.refresh(&up, &[]).await.unwrap();
+    // One branch left, and it moves on: every listed ref moved, and the walk finds the
+    // histories meet.
+    for name in git(&source, &["for-each-ref", "--format=%(refname)"]).lines() {
+        if name != "refs/heads/main" {
+            git(&source, &["update-ref", "-d", name]);
+        }
+    }
+    repo::append_commits(&source, "main", 3, 1472).unwrap();
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    let (before_refs, before_packs) = (refs(mirror.git_dir()), pack_files(mirror.git_dir()));
+
+    // Another repository under the same name, its own refs named alike.
+    let other = tempfile::tempdir().unwrap();
+    repo::generate(&other.path().join("o.git"), &RepoSpec::small(1473)).unwrap();
+    std::fs::remove_dir_all(&source).unwrap();
+    std::fs::rename(other.path().join("o.git"), &source).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    let err = mirror.refresh(&up, &[]).await.unwrap_err();
+    assert!(
+        matches!(err, gitcache_mirror::mirror::Error::Replaced),
+        "{err}"
+    );
+    assert_eq!(refs(mirror.git_dir()), before_refs, "no ref written");
+    assert_eq!(
+        pack_files(mirror.git_dir()),
+        before_packs,
+        "the new repository's pack is not kept"
+    );
+    let replaced_main = git(&source, &["rev-parse", "main"]);
+    assert!(
+        std::process::Command::new("git")
+            .args(["cat-file", "-e", replaced_main.trim()])
+            .current_dir(mirror.git_dir())
+            .status()
+            .map(|s| !s.success())
+            .unwrap(),
+        "none of its objects either"
+    );
+    // Every ref gone, as a repository made anew is before its first push: nothing listed
+    // shares the mirror's history either.
+    for name in git(&source, &["for-each-ref", "--format=%(refname)"]).lines() {
+        git(&source, &["update-ref", "-d", name]);
+    }
+    let err = mirror.refresh(&up, &[]).await.unwrap_err();
+    assert!(
+        matches!(err, gitcache_mirror::mirror::Error::Replaced),
+        "{err}"
+    );
+    assert_eq!(refs(mirror.git_dir()), before_refs, "no ref written");
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+
+    // One ref of the old history among the new repository's refs: the same repository.
+    let old_main = before_refs
+        .lines()
+        .find(|line| line.ends_with(" refs/heads/main"))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let packed = tempfile::tempdir().unwrap();
+    let old = packed.path().join("old.git");
+    git(
+        packed.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            &mirror.git_dir().display().to_string(),
+            "old.git",
+        ],
+    );
+    std::fs::remove_dir_all(&source).unwrap();
+    repo::generate(&source, &RepoSpec::small(1474)).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    git(
+        &source,
+        &[
+            "fetch",
+            "-q",
+            &old.display().to_string(),
+            &format!("{old_main}:refs/heads/kept"),
+        ],
+    );
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}

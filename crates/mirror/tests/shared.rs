@@ -889,6 +889,33 @@ fn manifests_round_trip_and_refuse_what_gitcache_never_writes() {
     let removed = MirrorManifest::decode(dated.as_bytes()).unwrap();
     assert_eq!(removed.removed_at, 1_764_979_200_123);
     assert_eq!(removed.encode(), dated.as_bytes());
+    // Removals counted, in a state and in a tombstone.
+    for counted in [text.clone(), dated.clone()] {
+        let counted = counted.replace("format sha1\n", "format sha1\nremovals 12\n");
+        let manifest = MirrorManifest::decode(counted.as_bytes()).unwrap();
+        assert_eq!(manifest.removals, 12);
+        assert_eq!(manifest.encode(), counted.as_bytes());
+    }
+    for bad in [
+        "removals 0",
+        "removals 01",
+        "removals +1",
+        "removals x",
+        "removals",
+    ] {
+        let bad = text.replace("format sha1\n", &format!("format sha1\n{bad}\n"));
+        assert!(MirrorManifest::decode(bad.as_bytes()).is_err(), "{bad}");
+    }
+    for misplaced in [
+        text.replace("format sha1\n", "format sha1\nremovals 1\nremovals 2\n"),
+        text.replace("\nrefs\n", "\nremovals 1\nrefs\n"),
+        dated.replace("retired", "removals 1\nretired"),
+    ] {
+        assert!(
+            MirrorManifest::decode(misplaced.as_bytes()).is_err(),
+            "{misplaced}"
+        );
+    }
     for bad in [
         "removed 0",
         "removed 01",
@@ -1276,4 +1303,149 @@ async fn packs_from_the_store_are_found_together_once_all_are_in() {
     assert!(looks > 10, "the folder was looked at while the packs came");
     assert!(matches!(hydrated, Ok(Hydrated::Current)), "{hydrated:?}");
     f.fsck(&f.b);
+}
+
+/// The repository behind a shared mirror's name replaced by another (its refs share no
+/// history with the mirror's): the instance that finds it drops its copy, leaves a tombstone
+/// in the store, is told (`on_replaced`, to drop its stored answers) and fetches the new
+/// repository from nothing, committed over the tombstone. The other instance, which never
+/// sees the tombstone, finds from the count of removals in the new state that its copy
+/// predates one: it drops it, is told as at a removal elsewhere, and takes the new state
+/// without fetching. Neither keeps an object of the old repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_replaced_behind_its_name_is_dropped_by_every_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fleet(
+        AnyStore::Fs(FsStore::new(dir.path())),
+        Duration::from_secs(3600),
+        1481,
+    );
+    let replaced = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noting = Arc::clone(&replaced);
+    assert!(f.a.on_replaced(move |key| {
+        let noting = Arc::clone(&noting);
+        let key = key.clone();
+        async move { noting.lock().unwrap().push(key) }
+    }));
+    let removed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noting = Arc::clone(&removed);
+    assert!(f.b.on_removed_elsewhere(move |key| noting.lock().unwrap().push(key.clone())));
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let source = f.upstream.repo_path("acme/shared");
+    let old_main = git(&source, &["rev-parse", "main"]).trim().to_owned();
+
+    let other = tempfile::tempdir().unwrap();
+    repo::generate(&other.path().join("o.git"), &RepoSpec::tiny(1482)).unwrap();
+    std::fs::remove_dir_all(&source).unwrap();
+    std::fs::rename(other.path().join("o.git"), &source).unwrap();
+    f.upstream
+        .adopt_repo("acme/shared", Access::Public)
+        .unwrap();
+    let fetches = f.upstream.counts().fetch;
+    let done = f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert!(done.replaced && done.changed, "{done:?}");
+    assert_eq!(
+        f.upstream.counts().fetch,
+        fetches + 2,
+        "the pack refused, then the repository from nothing"
+    );
+    assert_eq!(*replaced.lock().unwrap(), vec![f.key.clone()]);
+    let shown = |registry: &Registry| {
+        let mirror = registry.existing(&f.key).expect("a mirror");
+        std::process::Command::new("git")
+            .args(["cat-file", "-e", &old_main])
+            .current_dir(mirror.git_dir())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(!shown(&f.a), "A keeps nothing of the old repository");
+    assert_eq!(
+        f.refs(&f.a),
+        git(&source, &["show-ref", "--head"]),
+        "and mirrors the new one"
+    );
+    f.fsck(&f.a);
+    let manifest = f.manifest().await;
+    assert!(!manifest.removed && manifest.removals == 1, "{manifest:?}");
+
+    assert!(shown(&f.b), "B still has its copy");
+    f.b.catch_up(&f.key).await.unwrap();
+    assert_eq!(*removed.lock().unwrap(), vec![f.key.clone()]);
+    assert!(!shown(&f.b), "B dropped it");
+    assert_eq!(f.refs(&f.b), f.refs(&f.a), "and took the new state");
+    f.fsck(&f.b);
+    assert_eq!(f.upstream.counts().fetch, fetches + 2, "without fetching");
+    // The next refresh on B finds it current: nothing dropped, nothing fetched.
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert_eq!(removed.lock().unwrap().len(), 1);
+    assert_eq!(f.upstream.counts().fetch, fetches + 2);
+}
+
+/// A replacement found while the store cannot take the tombstone leaves the copy as it was
+/// (dropped alone, it would be made again from the store's state, the old repository's) and
+/// fails the refresh; the next one, with the store back, drops it. A tombstone for a found
+/// replacement is written only over the state the copy took: over another instance's later
+/// commit (perhaps its own replacement's), nothing is written, and the copy takes that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_is_committed_only_over_the_state_the_copy_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FsStore::new(dir.path());
+    let f = fleet(AnyStore::Fs(fs.clone()), Duration::from_secs(3600), 1491);
+    let replaced = Arc::new(std::sync::Mutex::new(0usize));
+    let noting = Arc::clone(&replaced);
+    assert!(f.a.on_replaced(move |_| {
+        *noting.lock().unwrap() += 1;
+        async {}
+    }));
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let source = f.upstream.repo_path("acme/shared");
+    let old_refs = f.refs(&f.a);
+    let other = tempfile::tempdir().unwrap();
+    repo::generate(&other.path().join("o.git"), &RepoSpec::tiny(1492)).unwrap();
+    std::fs::remove_dir_all(&source).unwrap();
+    std::fs::rename(other.path().join("o.git"), &source).unwrap();
+    f.upstream
+        .adopt_repo("acme/shared", Access::Public)
+        .unwrap();
+
+    // The manifest cannot be read (too large), nor replaced.
+    let manifest = fs.path_of(&Shared::manifest_key(&f.key).unwrap());
+    let kept = std::fs::read(&manifest).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&manifest)
+        .unwrap();
+    file.set_len(gitcache_storage::store::MAX_MANIFEST + 1)
+        .unwrap();
+    drop(file);
+    let err = f.a.refresh(&f.key, &f.client, &[]).await.unwrap_err();
+    assert!(
+        matches!(*err, gitcache_mirror::mirror::Error::Shared(_)),
+        "{err}"
+    );
+    assert_eq!(f.refs(&f.a), old_refs, "the copy stays as it was");
+    assert_eq!(*replaced.lock().unwrap(), 0, "nothing else dropped");
+    std::fs::write(&manifest, &kept).unwrap();
+
+    // Another instance's state over the one B took: B's tombstone is not written.
+    let b_dir = f.b.path(&f.key);
+    let shared = Shared::new(f.store.clone(), Duration::from_secs(3600));
+    let done = f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    assert!(done.replaced, "{done:?}");
+    assert_eq!(*replaced.lock().unwrap(), 1);
+    let committed = f.manifest().await;
+    assert!(!committed.removed && committed.removals == 1);
+    assert!(!shared.remove_taken(&f.key, &b_dir).await.unwrap());
+    assert_eq!(f.manifest().await, committed, "nothing written");
+    // Over the state the copy took, it is.
+    let a_dir = f.a.path(&f.key);
+    assert!(shared.remove_taken(&f.key, &a_dir).await.unwrap());
+    let tombstone = f.manifest().await;
+    assert!(
+        tombstone.removed && tombstone.removals == 2,
+        "{tombstone:?}"
+    );
 }
