@@ -22,6 +22,7 @@ pub(crate) const REPOS_ACTIVE: &str = "gitcache_cache_repos_active";
 pub(crate) const MIRROR_SIZE: &str = "gitcache_mirror_bytes";
 pub(crate) const MIRRORS: &str = "gitcache_mirrors";
 pub(crate) const MIRRORS_EVICTED: &str = "gitcache_mirrors_evicted_total";
+pub(crate) const MIRRORS_REPLACED: &str = "gitcache_mirrors_replaced_total";
 pub(crate) const DEPENDENCY_UP: &str = "gitcache_dependency_up";
 pub(crate) const REQUESTS: &str = "gitcache_cache_request_total";
 pub(crate) const EVICTIONS: &str = "gitcache_cache_eviction_total";
@@ -74,6 +75,10 @@ pub(crate) fn describe() {
         describe_counter!(
             MIRRORS_EVICTED,
             "Mirrors removed from this instance's disk to keep within its budget."
+        );
+        describe_counter!(
+            MIRRORS_REPLACED,
+            "Mirrors dropped with their stored responses and fetched again from nothing because the upstream's refs shared no history with them (the repository behind the name replaced, or its history rewritten whole)."
         );
         describe_gauge!(
             DEPENDENCY_UP,
@@ -252,6 +257,10 @@ pub(crate) fn mirror_size(labels: (String, String), bytes: u64) {
 
 pub(crate) fn mirror_evicted(labels: (String, String)) {
     counter!(MIRRORS_EVICTED, "owner" => labels.0, "repo" => labels.1).increment(1);
+}
+
+pub(crate) fn mirror_replaced() {
+    counter!(MIRRORS_REPLACED).increment(1);
 }
 
 pub(crate) fn dependency(name: &'static str, up: bool) {

@@ -1304,12 +1304,17 @@ impl Mirrors {
             .remove(key)
             .await
             .map_err(|e| Error::Mirror(Arc::new(e)))?;
+        self.forget_opened(key);
+        Ok(removed)
+    }
+
+    /// Forget `key`'s opened repository and what it had made (its mirror gone).
+    pub(crate) fn forget_opened(&self, key: &RepoKey) {
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
         self.lock_closed_warmth().remove(key);
-        Ok(removed)
     }
 
     /// Whether a response is being generated from `key`'s mirror (someone holds its opened

@@ -341,14 +341,36 @@ impl Proxy {
         });
         // Gauges are there at the first scrape, not after the first upkeep tick.
         upkeep.pass(false);
-        // The stored answers of a mirror the shared store says was removed elsewhere (a purge
-        // on another instance) go with its local copy: what the removal dropped is not sent
-        // from here.
-        if let Some(responses) = responses.clone() {
-            mirrors
-                .registry()
-                .on_removed_elsewhere(move |key| responses.removed_elsewhere(&key.relative_path()));
-        }
+        // The opened repository and stored answers of a mirror the shared store says was
+        // removed elsewhere (a purge on another instance, a repository found replaced) go with
+        // its local copy: what the removal dropped is not sent from here.
+        let (removed_mirrors, removed_responses) = (Arc::downgrade(&mirrors), responses.clone());
+        mirrors.registry().on_removed_elsewhere(move |key| {
+            if let Some(mirrors) = removed_mirrors.upgrade() {
+                mirrors.forget_opened(key);
+            }
+            if let Some(responses) = &removed_responses {
+                responses.removed_elsewhere(&key.relative_path());
+            }
+        });
+        // A mirror found replaced behind its name (see `Registry::on_replaced`): nothing kept
+        // of the old repository answers for the new one, here or in the bucket.
+        let (replaced_mirrors, replaced_responses) = (Arc::downgrade(&mirrors), responses.clone());
+        mirrors.registry().on_replaced(move |key| {
+            let (mirrors, responses) = (replaced_mirrors.clone(), replaced_responses.clone());
+            let key = key.clone();
+            async move {
+                metrics::mirror_replaced();
+                if let Some(mirrors) = mirrors.upgrade() {
+                    mirrors.forget_opened(&key);
+                }
+                if let Some(responses) = responses
+                    && let Err(err) = responses.purge_repo(&key.relative_path()).await
+                {
+                    tracing::warn!(%err, repo = %key.relative_path().display(), "dropping the stored responses of a replaced repository failed");
+                }
+            }
+        });
         let admin = Admin::new(
             Arc::clone(&config),
             services.catalog.clone(),

@@ -385,3 +385,73 @@ fn a_leader_leaving_while_its_generation_waits_for_a_slot_leaves_followers_answe
     assert_eq!(count(&log, "response generated"), 1, "{log}");
     wait_for_metric(&cache, "gitcache_pack_slots{state=\"waiting\"} 0");
 }
+
+/// The repository behind a cached name replaced by another (a private repository renamed
+/// away and a public one made under its name): the first clone of the new one finds its
+/// history shares nothing with the mirror's, and the mirror and the stored answers go before
+/// it is answered. Nothing of the old repository is served after: not by id, not as the
+/// stored answer of the same request.
+#[test]
+fn a_repository_replaced_behind_its_name_serves_nothing_of_the_old_one() {
+    let (upstream, main) = setup(807);
+    let cache = Gitcache::start(&upstream, &["--admin-token", "replaced-test-admin-token"]);
+    prime(&cache, &upstream);
+    let body = depth1(&main);
+    let old_answer = post(&cache, &body);
+    assert_eq!(entries(&cache).len(), 1, "the old answer is stored");
+
+    let source = upstream.repo_path("acme/widgets");
+    let other = tempfile::tempdir().unwrap();
+    repo::generate(&other.path().join("o.git"), &RepoSpec::small(808)).unwrap();
+    std::fs::remove_dir_all(&source).unwrap();
+    std::fs::rename(other.path().join("o.git"), &source).unwrap();
+    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+
+    let git = GitClient::new().unwrap();
+    let url = cache.url("acme/widgets");
+    git.run(git.home(), &["clone", "-q", "--bare", &url, "new.git"])
+        .unwrap()
+        .expect_success();
+    let new = git.home().join("new.git");
+    fsck(&new);
+    let refs = |repo: &Path| git_stdout(repo, &["show-ref"]);
+    assert_eq!(refs(&new), refs(&source));
+    assert!(entries(&cache).is_empty(), "{:?}", entries(&cache));
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    let has_old = std::process::Command::new("git")
+        .args(["cat-file", "-e", &main])
+        .current_dir(&mirror)
+        .status()
+        .unwrap()
+        .success();
+    assert!(!has_old, "the mirror keeps nothing of the old repository");
+
+    let again = http(
+        &cache.addr,
+        "POST",
+        PATH,
+        &[("Git-Protocol", "version=2")],
+        &body,
+    );
+    assert!(
+        !again.has_pack() && again.content() != old_answer,
+        "{}",
+        again.body_text()
+    );
+    let fetched = git.run(&new, &["fetch", "-q", &url, &main]).unwrap();
+    assert!(!fetched.success(), "the old commit is not fetched by id");
+    let metrics = http(
+        &cache.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer replaced-test-admin-token")],
+        b"",
+    );
+    assert!(
+        metrics
+            .body_text()
+            .contains("gitcache_mirrors_replaced_total 1"),
+        "{}",
+        metrics.body_text()
+    );
+}
