@@ -632,16 +632,10 @@ impl Mirror {
                     .is_some_and(|oid| repo.is_commit(&oid).unwrap_or(false))
             })
             .collect();
-        // What the upstream lists, and what the mirror had, as ids and peeled: whether the
-        // name still means the mirror's repository.
-        let listed: Vec<ObjectId> = (remote.iter())
-            .flat_map(|line| [line.oid, line.peeled])
-            .flatten()
-            .collect();
-        let known: Vec<ObjectId> = (local.iter())
-            .flat_map(|r| [r.oid, r.peeled])
-            .flatten()
-            .collect();
+        // What the upstream lists, and what the mirror had: whether the name still means the
+        // mirror's repository. Tags are peeled here, not as the upstream says they peel.
+        let listed: Vec<ObjectId> = remote.iter().filter_map(|line| line.oid).collect();
+        let known: Vec<ObjectId> = local.iter().filter_map(|r| r.oid).collect();
         remote.extend(kept);
         let fetched_pack = ingested
             .as_ref()
@@ -1636,9 +1630,9 @@ fn check_ref(line: &RefLine, prefixes: &[BString]) -> Result<(), Error> {
     Ok(())
 }
 
-/// [`Error::Replaced`] when the mirror had commits (among `known`, its refs' ids and peeled
-/// ids before the refresh) and the history of the commits the upstream lists now (`listed`,
-/// likewise) shares none of them; on a blocking thread. A commit in both ends it at once (a
+/// [`Error::Replaced`] when the mirror had commits (among `known`, its refs' ids before the
+/// refresh, tags peeled here) and the history of the commits the upstream lists now
+/// (`listed`, likewise) shares none of them; on a blocking thread. A commit in both ends it at once (a
 /// ref that did not move, a tag moved back); else the walk goes from the listed commits down
 /// to the mirror's, which is short when a branch moved on. A listing without commits (a
 /// repository made anew under the name is empty before its first push) shares nothing.

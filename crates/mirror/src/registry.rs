@@ -412,6 +412,10 @@ impl Slots {
     }
 }
 
+/// How many times a refresh drops a copy found to hold another repository and tries again
+/// (the state taken from a shared store instead may be the old repository's too).
+const REPLACED_TRIES: usize = 3;
+
 /// Refreshes of different mirrors that run at once unless told otherwise.
 pub const DEFAULT_CONCURRENT_REFRESHES: usize = 16;
 
@@ -1114,7 +1118,13 @@ impl Registry {
         if let Some(shared) = &self.shared {
             shared.remove(key).await?;
         }
-        self.discard_and_sweep(key).await
+        let removed = self.discard_and_sweep(key).await?;
+        if let Some(shared) = &self.shared {
+            // No copy older than the tombstone is left here: one made from now on is newer,
+            // whatever the clocks say.
+            shared.copy_dropped(key);
+        }
+        Ok(removed)
     }
 
     /// [`discard`](Self::discard) `key`'s folder (its refresh lock held), then delete the
@@ -1624,40 +1634,68 @@ impl Registry {
         keep: &[gix_hash::ObjectId],
         hints: &Hints,
     ) -> Result<Refreshed, Error> {
-        match self
-            .refresh_local_once(key, upstream, extra, keep, hints)
-            .await
-        {
-            Err(Error::Replaced) => {}
-            outcome => return outcome,
+        let mut replaced = false;
+        for _ in 0..REPLACED_TRIES {
+            match self
+                .refresh_local_once(key, upstream, extra, keep, hints)
+                .await
+            {
+                // A repository of another object format under the name is another
+                // repository as surely.
+                Err(Error::Replaced | Error::ObjectFormat { .. }) => {}
+                Ok(mut done) => {
+                    done.replaced = replaced;
+                    done.changed |= replaced;
+                    return Ok(done);
+                }
+                Err(err) => return Err(err),
+            }
+            tracing::warn!(
+                "the upstream's history shares nothing with the mirror's (the name means another repository now, or its history was rewritten whole): dropping the mirror and what is stored of it, and fetching it again"
+            );
+            self.drop_replaced(key).await?;
+            replaced = true;
         }
-        tracing::warn!(
-            "the upstream's history shares nothing with the mirror's (the name means another repository now, or its history was rewritten whole): dropping the mirror and what is stored of it, and fetching it again"
-        );
-        // The other instances' copies go at the tombstone. Until the store takes it, this
-        // copy stays as it was and the refresh fails: dropped alone, it would be made again
-        // from the store's state, the old repository's.
+        Err(Error::Replaced)
+    }
+
+    /// Drop `key`'s copy, found to hold another repository than the one its name means now
+    /// (its refresh lock held): a tombstone in the shared store first, over the state the copy
+    /// took (the other instances' copies go at it); then the folder, and what
+    /// [`on_replaced`](Self::on_replaced) drops. Until the store takes the tombstone, the
+    /// copy stays as it was and this fails: dropped alone, it would be made again from the
+    /// store's state, the old repository's. When the store holds another state (another
+    /// instance committed since, having found the same or not yet), nothing is written there
+    /// and that state is taken, to be checked again.
+    async fn drop_replaced(&self, key: &RepoKey) -> Result<(), Error> {
         let path = self.path(key);
-        let tombstoned = match &self.shared {
+        let tombstone = match &self.shared {
             Some(shared) => shared.remove_taken(key, &path).await?,
-            None => true,
+            None => None,
         };
-        let dropped = self.discard_and_sweep(key).await;
+        let tombstoned = self.shared.is_none() || tombstone.is_some();
+        let dropped = self.discard(key);
         if let Some(then) = self.replaced.get() {
             (then.0)(key).await;
         }
-        dropped?;
+        if dropped? {
+            if let Some(shared) = &self.shared
+                && tombstone.is_some()
+            {
+                // A copy made here from now on is newer than that tombstone, whatever the
+                // clocks say.
+                shared.copy_dropped(key);
+            }
+            let root = self.root.clone();
+            let swept = tokio::task::spawn_blocking(move || sweep_removed(&root)).await;
+            if !matches!(swept, Ok(Ok(()))) {
+                tracing::warn!("deleting the dropped mirror failed; the next start deletes it");
+            }
+        }
         if !tombstoned && let Some(shared) = &self.shared {
-            // Another instance committed since this copy's state (having found the same,
-            // or not yet): that state is taken, and checked by the refresh below.
             self.take_shared(shared, key).await?;
         }
-        let mut done = self
-            .refresh_local_once(key, upstream, extra, keep, hints)
-            .await?;
-        done.replaced = true;
-        done.changed = true;
-        Ok(done)
+        Ok(())
     }
 
     async fn refresh_local_once(

@@ -1519,36 +1519,51 @@ impl Shared {
     /// from it cannot commit. Its packs are retired; those written well before now are
     /// deleted at once, the others by the next commit after the grace period.
     pub async fn remove(&self, key: &RepoKey) -> Result<(), Error> {
-        self.remove_unless(key, None).await.map(drop)
+        self.remove_unless(key, None, false).await.map(drop)
     }
 
     /// [`remove`](Self::remove) `key`'s mirror if the store holds the state the copy at
-    /// `git_dir` took, or none (any, when the copy took none): for a copy found to hold
-    /// another repository than the one its name means now. `false`, and nothing
-    /// written, when the store holds another state (another instance committed since, which
-    /// may be the new repository, or its own tombstone): the copy is to be dropped and that
-    /// state taken.
-    pub async fn remove_taken(&self, key: &RepoKey, git_dir: &Path) -> Result<bool, Error> {
+    /// `git_dir` took, or none: for a copy found to hold another repository than the one its
+    /// name means now. The tombstone's version (a tombstone found counts as written), or
+    /// `None` and nothing written when the store holds another state (another instance
+    /// committed since, which may be the new repository; or any state, when the copy took
+    /// none): the copy is to be dropped and that state taken, and checked.
+    pub async fn remove_taken(
+        &self,
+        key: &RepoKey,
+        git_dir: &Path,
+    ) -> Result<Option<Version>, Error> {
         let held = local_version(git_dir).filter(|_| git_dir.join("HEAD").is_file());
-        self.remove_unless(key, held.as_ref()).await
+        self.remove_unless(key, held.as_ref(), true).await
     }
 
-    /// Write `key`'s tombstone, unless `held` is given and the store holds another version.
-    async fn remove_unless(&self, key: &RepoKey, held: Option<&Version>) -> Result<bool, Error> {
+    /// Write `key`'s tombstone and note it (see [`copy_dropped`](Self::copy_dropped)); with
+    /// `only_over_held`, only over the version `held` (or none). The tombstone's version,
+    /// `None` when nothing was written.
+    async fn remove_unless(
+        &self,
+        key: &RepoKey,
+        held: Option<&Version>,
+        only_over_held: bool,
+    ) -> Result<Option<Version>, Error> {
         let started = SystemTime::now();
         let manifest_key = Self::manifest_key(key)?;
         for _ in 0..4 {
             let current = self.read_raw(key).await?;
-            if let Some(held) = held
-                && current.as_ref().is_some_and(|(_, version)| version != held)
-            {
-                return Ok(false);
-            }
             let previous = current
                 .as_ref()
                 .and_then(|(bytes, _)| MirrorManifest::decode(bytes).ok());
-            if previous.as_ref().is_some_and(|m| m.removed) {
-                return Ok(true);
+            if let Some((_, version)) = &current
+                && previous.as_ref().is_some_and(|m| m.removed)
+            {
+                self.note_tombstone(key, version, false);
+                return Ok(Some(version.clone()));
+            }
+            if only_over_held
+                && let Some((_, version)) = &current
+                && held != Some(version)
+            {
+                return Ok(None);
             }
             let now = unix_now();
             let removals = previous
@@ -1581,7 +1596,8 @@ impl Shared {
                 .replace_manifest(&manifest_key, &tombstone.encode(), expected.as_ref())
                 .await?
             {
-                Replaced::Done(_) => {
+                Replaced::Done(version) => {
+                    self.note_tombstone(key, &version, false);
                     let before = started
                         .checked_sub(CLOCK_MARGIN)
                         .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -1590,7 +1606,7 @@ impl Shared {
                         ..tombstone
                     };
                     self.delete_unnamed(key, &unnamed, before).await?;
-                    return Ok(true);
+                    return Ok(Some(version));
                 }
                 Replaced::Conflict => continue,
             }

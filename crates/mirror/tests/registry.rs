@@ -275,3 +275,52 @@ async fn a_mirror_cut_short_while_being_created_is_made_again() {
         git(&upstream.repo_path("acme/cut"), &["rev-parse", "main"])
     );
 }
+
+/// A name that comes to mean a repository of another object format means another
+/// repository: the mirror is dropped (its hook told) and made anew in the new format, not
+/// kept failing every refresh while it serves the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_now_meaning_a_repository_of_another_object_format_is_fetched_anew() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/moved");
+    repo::generate(&source, &RepoSpec::tiny(1511)).unwrap();
+    upstream.adopt_repo("acme/moved", Access::Public).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(dir.path());
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noting = Arc::clone(&told);
+    assert!(registry.on_replaced(move |key| {
+        noting.lock().unwrap().push(key.clone());
+        async {}
+    }));
+    let key = RepoKey::new("127.0.0.1", "acme", "moved").unwrap();
+    let client = || {
+        Client::new(
+            &upstream.repo_url("acme/moved"),
+            None,
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    let first = registry.refresh(&key, &client(), &[]).await.unwrap();
+    assert!(!first.replaced);
+
+    let other = tempfile::tempdir().unwrap();
+    repo::generate(&other.path().join("o.git"), &RepoSpec::tiny(1512).sha256()).unwrap();
+    std::fs::remove_dir_all(&source).unwrap();
+    std::fs::rename(other.path().join("o.git"), &source).unwrap();
+    upstream.adopt_repo("acme/moved", Access::Public).unwrap();
+    let done = registry.refresh(&key, &client(), &[]).await.unwrap();
+    assert!(done.replaced && done.changed, "{done:?}");
+    assert_eq!(*told.lock().unwrap(), vec![key.clone()]);
+    let mirror = registry.existing(&key).unwrap();
+    assert_eq!(
+        git(mirror.git_dir(), &["rev-parse", "--show-object-format"]).trim(),
+        "sha256"
+    );
+    assert_eq!(
+        git(mirror.git_dir(), &["show-ref"]),
+        git(&source, &["show-ref"])
+    );
+    git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
+}

@@ -1438,14 +1438,100 @@ async fn a_replacement_is_committed_only_over_the_state_the_copy_took() {
     assert_eq!(*replaced.lock().unwrap(), 1);
     let committed = f.manifest().await;
     assert!(!committed.removed && committed.removals == 1);
-    assert!(!shared.remove_taken(&f.key, &b_dir).await.unwrap());
+    assert!(shared.remove_taken(&f.key, &b_dir).await.unwrap().is_none());
     assert_eq!(f.manifest().await, committed, "nothing written");
     // Over the state the copy took, it is.
     let a_dir = f.a.path(&f.key);
-    assert!(shared.remove_taken(&f.key, &a_dir).await.unwrap());
+    assert!(shared.remove_taken(&f.key, &a_dir).await.unwrap().is_some());
     let tombstone = f.manifest().await;
     assert!(
         tombstone.removed && tombstone.removals == 2,
         "{tombstone:?}"
     );
+}
+
+/// Another instance commits a state of the old repository while this one finds the
+/// replacement: no tombstone is written over that state. The copy is dropped, that state
+/// taken and checked in turn, found replaced too, tombstoned, and the repository fetched
+/// anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_committed_while_a_replacement_is_found_is_checked_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FsStore::new(dir.path());
+    let f = fleet(AnyStore::Fs(fs.clone()), Duration::from_secs(3600), 1501);
+    let replaced = Arc::new(std::sync::Mutex::new(0usize));
+    let noting = Arc::clone(&replaced);
+    assert!(f.a.on_replaced(move |_| {
+        *noting.lock().unwrap() += 1;
+        async {}
+    }));
+    f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    // B's later state of the old repository, committed (below) only once A has taken the
+    // store's state for its refresh.
+    let manifest = fs.path_of(&Shared::manifest_key(&f.key).unwrap());
+    let taken_by_a = std::fs::read(&manifest).unwrap();
+    let old_main = f.upstream_moves(1502);
+    f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
+    let later = std::fs::read(&manifest).unwrap();
+    assert_ne!(later, taken_by_a);
+    std::fs::write(&manifest, &taken_by_a).unwrap();
+
+    let source = f.upstream.repo_path("acme/shared");
+    let other = tempfile::tempdir().unwrap();
+    repo::generate(&other.path().join("o.git"), &RepoSpec::tiny(1503)).unwrap();
+    std::fs::remove_dir_all(&source).unwrap();
+    std::fs::rename(other.path().join("o.git"), &source).unwrap();
+    f.upstream
+        .adopt_repo("acme/shared", Access::Public)
+        .unwrap();
+    // A client that asks for the object format first: once it has its answer, A has taken
+    // the store's state; the listing after it waits long enough for B's commit to land.
+    let client = Client::new(
+        &f.upstream.repo_url("acme/shared"),
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let advertised = f.upstream.counts().info_refs;
+    f.upstream.inject(
+        Fault::Delay(Duration::from_secs(3)),
+        1,
+        Some(RequestKind::LsRefs),
+    );
+    let refreshing = {
+        let (registry, key) = (Arc::clone(&f.a), f.key.clone());
+        tokio::spawn(async move { registry.refresh(&key, &client, &[]).await })
+    };
+    let asked = std::time::Instant::now();
+    while f.upstream.counts().info_refs == advertised {
+        assert!(asked.elapsed() < Duration::from_secs(30), "never asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(&manifest, &later).unwrap();
+    let done = refreshing.await.unwrap().unwrap();
+    assert!(done.replaced, "{done:?}");
+    assert_eq!(
+        *replaced.lock().unwrap(),
+        2,
+        "A's copy, then B's state taken"
+    );
+    let committed = f.manifest().await;
+    assert!(
+        !committed.removed && committed.removals == 1,
+        "{committed:?}"
+    );
+    assert_eq!(f.refs(&f.a), git(&source, &["show-ref", "--head"]));
+    let mirror = f.a.existing(&f.key).unwrap();
+    let has_old = std::process::Command::new("git")
+        .args(["cat-file", "-e", old_main.trim()])
+        .current_dir(mirror.git_dir())
+        .status()
+        .unwrap()
+        .success();
+    assert!(
+        !has_old,
+        "nothing of B's state of the old repository is kept"
+    );
+    f.fsck(&f.a);
 }
