@@ -1334,11 +1334,9 @@ async fn a_repository_replaced_behind_its_name_is_not_taken_for_it() {
     let (before_refs, before_packs) = (refs(mirror.git_dir()), pack_files(mirror.git_dir()));
 
     // Another repository under the same name, its own refs named alike.
-    let other = tempfile::tempdir().unwrap();
-    repo::generate(&other.path().join("o.git"), &RepoSpec::small(1473)).unwrap();
-    std::fs::remove_dir_all(&source).unwrap();
-    std::fs::rename(other.path().join("o.git"), &source).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    upstream
+        .replace_repo("acme/widgets", &RepoSpec::small(1473), Access::Public)
+        .unwrap();
     let err = mirror.refresh(&up, &[]).await.unwrap_err();
     assert!(
         matches!(err, gitcache_mirror::mirror::Error::Replaced),

@@ -305,11 +305,10 @@ async fn a_name_now_meaning_a_repository_of_another_object_format_is_fetched_ane
     let first = registry.refresh(&key, &client(), &[]).await.unwrap();
     assert!(!first.replaced);
 
-    let other = tempfile::tempdir().unwrap();
-    repo::generate(&other.path().join("o.git"), &RepoSpec::tiny(1512).sha256()).unwrap();
-    std::fs::remove_dir_all(&source).unwrap();
-    std::fs::rename(other.path().join("o.git"), &source).unwrap();
-    upstream.adopt_repo("acme/moved", Access::Public).unwrap();
+    let sha256 = RepoSpec::tiny(1512).sha256();
+    upstream
+        .replace_repo("acme/moved", &sha256, Access::Public)
+        .unwrap();
     let done = registry.refresh(&key, &client(), &[]).await.unwrap();
     assert!(done.replaced && done.changed, "{done:?}");
     assert_eq!(*told.lock().unwrap(), vec![key.clone()]);

@@ -131,6 +131,13 @@ impl Fleet {
             .len()
     }
 
+    /// Another repository (`RepoSpec::tiny(seed)`) under the upstream's name.
+    fn replace_upstream(&self, seed: u64) {
+        (self.upstream)
+            .replace_repo("acme/shared", &RepoSpec::tiny(seed), Access::Public)
+            .unwrap();
+    }
+
     fn upstream_moves(&self, seed: u64) -> String {
         repo::append_commits(&self.upstream.repo_path("acme/shared"), "main", 2, seed).unwrap()
     }
@@ -154,6 +161,18 @@ impl Fleet {
             .expect("a manifest")
             .0
     }
+}
+
+/// How many mirrors `registry` drops from now on for their names meaning other
+/// repositories.
+fn counting_replacements(registry: &Registry) -> Arc<std::sync::Mutex<usize>> {
+    let replaced = Arc::new(std::sync::Mutex::new(0usize));
+    let noting = Arc::clone(&replaced);
+    assert!(registry.on_replaced(move |_| {
+        *noting.lock().unwrap() += 1;
+        async {}
+    }));
+    replaced
 }
 
 /// A fetches from the upstream; B takes it from the store; the upstream moves, A refreshes,
@@ -1335,13 +1354,7 @@ async fn a_repository_replaced_behind_its_name_is_dropped_by_every_instance() {
     let source = f.upstream.repo_path("acme/shared");
     let old_main = git(&source, &["rev-parse", "main"]).trim().to_owned();
 
-    let other = tempfile::tempdir().unwrap();
-    repo::generate(&other.path().join("o.git"), &RepoSpec::tiny(1482)).unwrap();
-    std::fs::remove_dir_all(&source).unwrap();
-    std::fs::rename(other.path().join("o.git"), &source).unwrap();
-    f.upstream
-        .adopt_repo("acme/shared", Access::Public)
-        .unwrap();
+    f.replace_upstream(1482);
     let fetches = f.upstream.counts().fetch;
     let done = f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
     assert!(done.replaced && done.changed, "{done:?}");
@@ -1393,23 +1406,11 @@ async fn a_replacement_is_committed_only_over_the_state_the_copy_took() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FsStore::new(dir.path());
     let f = fleet(AnyStore::Fs(fs.clone()), Duration::from_secs(3600), 1491);
-    let replaced = Arc::new(std::sync::Mutex::new(0usize));
-    let noting = Arc::clone(&replaced);
-    assert!(f.a.on_replaced(move |_| {
-        *noting.lock().unwrap() += 1;
-        async {}
-    }));
+    let replaced = counting_replacements(&f.a);
     f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
     f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
-    let source = f.upstream.repo_path("acme/shared");
     let old_refs = f.refs(&f.a);
-    let other = tempfile::tempdir().unwrap();
-    repo::generate(&other.path().join("o.git"), &RepoSpec::tiny(1492)).unwrap();
-    std::fs::remove_dir_all(&source).unwrap();
-    std::fs::rename(other.path().join("o.git"), &source).unwrap();
-    f.upstream
-        .adopt_repo("acme/shared", Access::Public)
-        .unwrap();
+    f.replace_upstream(1492);
 
     // The manifest cannot be read (too large), nor replaced.
     let manifest = fs.path_of(&Shared::manifest_key(&f.key).unwrap());
@@ -1459,12 +1460,7 @@ async fn a_state_committed_while_a_replacement_is_found_is_checked_in_turn() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FsStore::new(dir.path());
     let f = fleet(AnyStore::Fs(fs.clone()), Duration::from_secs(3600), 1501);
-    let replaced = Arc::new(std::sync::Mutex::new(0usize));
-    let noting = Arc::clone(&replaced);
-    assert!(f.a.on_replaced(move |_| {
-        *noting.lock().unwrap() += 1;
-        async {}
-    }));
+    let replaced = counting_replacements(&f.a);
     f.a.refresh(&f.key, &f.client, &[]).await.unwrap();
     f.b.refresh(&f.key, &f.client, &[]).await.unwrap();
     // B's later state of the old repository, committed (below) only once A has taken the
@@ -1478,13 +1474,7 @@ async fn a_state_committed_while_a_replacement_is_found_is_checked_in_turn() {
     std::fs::write(&manifest, &taken_by_a).unwrap();
 
     let source = f.upstream.repo_path("acme/shared");
-    let other = tempfile::tempdir().unwrap();
-    repo::generate(&other.path().join("o.git"), &RepoSpec::tiny(1503)).unwrap();
-    std::fs::remove_dir_all(&source).unwrap();
-    std::fs::rename(other.path().join("o.git"), &source).unwrap();
-    f.upstream
-        .adopt_repo("acme/shared", Access::Public)
-        .unwrap();
+    f.replace_upstream(1503);
     // A client that asks for the object format first: once it has its answer, A has taken
     // the store's state; the listing after it waits long enough for B's commit to land.
     let client = Client::new(

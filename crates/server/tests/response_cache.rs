@@ -401,11 +401,9 @@ fn a_repository_replaced_behind_its_name_serves_nothing_of_the_old_one() {
     assert_eq!(entries(&cache).len(), 1, "the old answer is stored");
 
     let source = upstream.repo_path("acme/widgets");
-    let other = tempfile::tempdir().unwrap();
-    repo::generate(&other.path().join("o.git"), &RepoSpec::small(808)).unwrap();
-    std::fs::remove_dir_all(&source).unwrap();
-    std::fs::rename(other.path().join("o.git"), &source).unwrap();
-    upstream.adopt_repo("acme/widgets", Access::Public).unwrap();
+    upstream
+        .replace_repo("acme/widgets", &RepoSpec::small(808), Access::Public)
+        .unwrap();
 
     let git = GitClient::new().unwrap();
     let url = cache.url("acme/widgets");

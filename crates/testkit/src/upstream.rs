@@ -359,6 +359,24 @@ impl Upstream {
         Ok(())
     }
 
+    /// Put a repository generated from `spec` in the place of `name`, readable as `access`:
+    /// the name now means another repository (the one it meant renamed away, another made
+    /// under its name).
+    pub fn replace_repo(
+        &self,
+        name: &str,
+        spec: &crate::repo::RepoSpec,
+        access: Access,
+    ) -> io::Result<()> {
+        let path = self.repo_path(name);
+        let parent = path.parent().unwrap_or(&path);
+        let made = tempfile::tempdir_in(parent)?;
+        crate::repo::generate(&made.path().join("new.git"), spec)?;
+        std::fs::remove_dir_all(&path)?;
+        std::fs::rename(made.path().join("new.git"), &path)?;
+        self.adopt_repo(name, access)
+    }
+
     /// Change who may read `name`.
     pub fn set_access(&self, name: &str, access: Access) {
         self.shared.state().repos.insert(repo_key(name), access);
