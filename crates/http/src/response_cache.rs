@@ -48,6 +48,10 @@ pub struct ResponseCacheConfig {
     pub max_repo_bytes: Option<u64>,
     /// Most bytes all entries may hold.
     pub max_total_bytes: Option<u64>,
+    /// Most entries there may be: an eviction lists every entry in memory (some 250 bytes
+    /// each), and tiny answers (a new `blob:limit` or `deepen` is a new key) fit a bound of
+    /// bytes by the million.
+    pub max_entries: Option<u64>,
     /// How often eviction runs.
     pub cleanup_interval: Duration,
 }
@@ -59,6 +63,7 @@ impl Default for ResponseCacheConfig {
             admission_window: Duration::from_secs(600),
             max_repo_bytes: None,
             max_total_bytes: Some(10 << 30),
+            max_entries: Some(DEFAULT_MAX_ENTRIES),
             cleanup_interval: Duration::from_secs(600),
         }
     }
@@ -202,6 +207,8 @@ pub(crate) struct ResponseCache {
     shared: Option<Arc<SharedResponses>>,
     /// Bytes stored since the last eviction (see [`ResponseCache::cleanup_due`]).
     stored_since_eviction: AtomicU64,
+    /// Entries stored since the last eviction (likewise).
+    entries_since_eviction: AtomicU64,
     /// Removals of each repository's answers so far (see [`ResponseCache::remove_repo`]): a
     /// generation begun before one (from the mirror as it was) is not stored after it.
     removals: Mutex<crate::bounded::Counts<PathBuf>>,
@@ -272,9 +279,14 @@ struct Floor {
     unchecked: u64,
 }
 
-/// The share of `max_total_bytes` that, stored since the last eviction, brings the next one
-/// forward (one in eight): the limit is kept between two cleanups too, not only at them.
+/// The share of `max_total_bytes` (or of `max_entries`) that, stored since the last
+/// eviction, brings the next one forward (one in eight): the limits are kept between two
+/// cleanups too, not only at them.
 const EARLY_EVICTION_SHARE: u64 = 8;
+
+/// Entries stored at most unless told otherwise: an eviction's listing of them stays within
+/// some 60 MB.
+pub const DEFAULT_MAX_ENTRIES: u64 = 200_000;
 
 /// Whether the answer to `fetch` reads the mirror's refs (by name, for tags, or to stop at
 /// them): they are then part of its key ([`response_key`]), and may move before it is
@@ -478,6 +490,7 @@ impl ResponseCache {
             fail_store_after: None,
             shared: None,
             stored_since_eviction: AtomicU64::new(0),
+            entries_since_eviction: AtomicU64::new(0),
             removals: Mutex::new(Default::default()),
             min_free: 0,
             free_bytes,
@@ -601,6 +614,7 @@ impl ResponseCache {
             let bytes = std::fs::metadata(&path).map_or(0, |m| disk_bytes(&m));
             self.stored_since_eviction
                 .fetch_add(bytes, Ordering::Relaxed);
+            self.entries_since_eviction.fetch_add(1, Ordering::Relaxed);
         }
         taken.is_some()
     }
@@ -829,6 +843,7 @@ impl ResponseCache {
                         let bytes = std::fs::metadata(&path).map_or(written, |m| disk_bytes(&m));
                         self.stored_since_eviction
                             .fetch_add(bytes, Ordering::Relaxed);
+                        self.entries_since_eviction.fetch_add(1, Ordering::Relaxed);
                         self.share(&generation.id, path, generation.deletions);
                     }
                     Err(err) => {
@@ -867,7 +882,10 @@ impl ResponseCache {
         mut report: impl FnMut(&Path, Option<usize>, u64),
     ) {
         self.stored_since_eviction.store(0, Ordering::Relaxed);
-        match self.store.evict(limit, self.config.max_total_bytes) {
+        self.entries_since_eviction.store(0, Ordering::Relaxed);
+        let most_entries =
+            (self.config.max_entries).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        match (self.store).evict_within(limit, self.config.max_total_bytes, most_entries) {
             Ok(eviction) => {
                 for e in eviction.evicted {
                     self.stats
@@ -890,11 +908,14 @@ impl ResponseCache {
     }
 
     /// Whether enough was stored since the last eviction that the next is due now, before
-    /// its interval: an eighth of `max_total_bytes` (no sooner without one).
+    /// its interval: an eighth of `max_total_bytes`, or of `max_entries` (no sooner without
+    /// them).
     pub(crate) fn cleanup_due(&self) -> bool {
-        self.config.max_total_bytes.is_some_and(|max| {
-            self.stored_since_eviction.load(Ordering::Relaxed) > max / EARLY_EVICTION_SHARE
-        })
+        let past = |most: Option<u64>, since: &AtomicU64| {
+            most.is_some_and(|most| since.load(Ordering::Relaxed) > most / EARLY_EVICTION_SHARE)
+        };
+        past(self.config.max_total_bytes, &self.stored_since_eviction)
+            || past(self.config.max_entries, &self.entries_since_eviction)
     }
 
     pub(crate) fn cleanup_interval(&self) -> Duration {

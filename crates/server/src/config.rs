@@ -246,6 +246,9 @@ pub(crate) struct Flags {
         value_name = "BYTES"
     )]
     pub(crate) response_cache_max_repo_bytes: Option<u64>,
+    /// Most stored responses in all [default: 200000; 0: no cap].
+    #[arg(long, env = "GITCACHE_RESPONSE_CACHE_MAX_ENTRIES", value_name = "N")]
+    pub(crate) response_cache_max_entries: Option<u64>,
     /// Store a response only the second time it is asked for within 10 minutes.
     #[arg(long, env = "GITCACHE_RESPONSE_CACHE_ADMIT_SECOND", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub(crate) response_cache_admit_second: Option<bool>,
@@ -485,6 +488,7 @@ struct FileResponseCache {
     enabled: Option<bool>,
     max_bytes: Option<u64>,
     max_repo_bytes: Option<u64>,
+    max_entries: Option<u64>,
     admit_on_second_request: Option<bool>,
     admission_window: Option<u64>,
     cleanup_interval: Option<u64>,
@@ -878,6 +882,11 @@ impl Config {
                     Some(0) => None,
                     Some(n) => Some(n),
                     None => defaults.max_total_bytes,
+                },
+                max_entries: match flags.response_cache_max_entries.or(rc.max_entries) {
+                    Some(0) => None,
+                    Some(n) => Some(n),
+                    None => defaults.max_entries,
                 },
                 cleanup_interval: flags
                     .response_cache_cleanup_interval

@@ -254,6 +254,41 @@ fn storing_much_brings_the_eviction_forward() {
     wait_evicted(&cache, "not evicted before the interval");
 }
 
+/// Entries past the cap on their number go, least recently used first, and storing an
+/// eighth of it since the last eviction brings the next one forward (here the interval is an
+/// hour): however small the answers, their count stays bounded.
+#[test]
+fn entries_past_their_cap_are_evicted() {
+    let (upstream, main) = setup(809);
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--response-cache-max-entries",
+            "1",
+            "--response-cache-cleanup-interval",
+            "3600",
+            "--catalog-reload-interval",
+            "1",
+        ],
+    );
+    let first = depth1(&main);
+    post(&cache, &first);
+    assert_eq!(entries(&cache).len(), 1);
+    std::thread::sleep(Duration::from_millis(20));
+    let second = fetch_body(&main, &["ofs-delta", "no-progress", "deepen 2"]);
+    let kept = post(&cache, &second);
+    wait_for("the older entry evicted", || {
+        cache.log().contains("responses evicted") && entries(&cache).len() == 1
+    });
+    let log = cache.log();
+    assert_eq!(post(&cache, &second), kept);
+    assert_eq!(
+        count(&cache.log(), "response generated"),
+        count(&log, "response generated"),
+        "the newer is still stored"
+    );
+}
+
 #[test]
 fn admission_on_the_second_request_and_turning_the_cache_off() {
     let (upstream, main) = setup(805);

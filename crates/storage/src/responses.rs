@@ -336,7 +336,19 @@ impl ResponseStore {
         per_repo: impl Fn(&Path) -> Option<u64>,
         total: Option<u64>,
     ) -> std::io::Result<Eviction> {
-        evict_listed(self.repos()?, per_repo, total)
+        self.evict_within(per_repo, total, None)
+    }
+
+    /// [`evict`](Self::evict), and also until the store holds at most `most_entries`
+    /// entries, least recently used first: an eviction lists every entry in memory, and
+    /// tiny answers pass a bound of bytes by the million.
+    pub fn evict_within(
+        &self,
+        per_repo: impl Fn(&Path) -> Option<u64>,
+        total: Option<u64>,
+        most_entries: Option<usize>,
+    ) -> std::io::Result<Eviction> {
+        evict_listed(self.repos()?, per_repo, total, most_entries)
     }
 }
 
@@ -371,6 +383,7 @@ fn evict_listed(
     listing: Vec<(PathBuf, Vec<StoredFile>)>,
     per_repo: impl Fn(&Path) -> Option<u64>,
     total: Option<u64>,
+    most_entries: Option<usize>,
 ) -> std::io::Result<Eviction> {
     let mut all: Vec<(PathBuf, PathBuf, u64, SystemTime)> = Vec::new();
     // Looked up by repository: a listing may hold millions of entries of thousands.
@@ -414,12 +427,17 @@ fn evict_listed(
         }
         all.extend(kept);
     }
-    if let Some(limit) = total {
+    if total.is_some() || most_entries.is_some() {
         all.sort_by_key(|f| f.3);
         let mut size: u64 = all.iter().map(|f| f.2).sum();
+        let mut entries = all.len();
+        let over = |size: u64, entries: usize| {
+            total.is_some_and(|limit| size > limit)
+                || most_entries.is_some_and(|most| entries > most)
+        };
         let mut gone = vec![false; all.len()];
         for (at, (repo, path, len, _)) in all.iter().enumerate() {
-            if size <= limit {
+            if !over(size, entries) {
                 break;
             }
             // One that cannot be removed is still held: counted, and kept in the sizes.
@@ -428,6 +446,7 @@ fn evict_listed(
                     note(repo, *len);
                 }
                 size -= len;
+                entries -= 1;
                 gone[at] = true;
             }
         }
@@ -645,6 +664,34 @@ mod tests {
         assert!(read(&store, "one", "k59").is_none());
     }
 
+    /// A bound on entries holds with no bound on bytes, and beside one: the least recently
+    /// used go, across repositories.
+    #[test]
+    fn eviction_keeps_at_most_the_entries_bound() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ResponseStore::new(root.path());
+        let paths = put_aged(&store, &["a", "b", "c", "d", "e"]);
+        std::thread::sleep(Duration::from_millis(20));
+        put(&store, "two", "f", &[0u8; 100]);
+        let eviction = store.evict_within(|_| None, None, Some(3)).unwrap();
+        assert_eq!(eviction.evicted[0].entries, 3);
+        for key in ["a", "b", "c"] {
+            assert!(read(&store, "one", key).is_none(), "{key}");
+        }
+        assert!(read(&store, "one", "d").is_some() && read(&store, "one", "e").is_some());
+        assert!(read(&store, "two", "f").is_some());
+        // Whichever bound is passed first: here the bytes.
+        let one = disk_bytes(&std::fs::metadata(&paths[4]).unwrap());
+        let eviction = store.evict_within(|_| None, Some(one), Some(2)).unwrap();
+        assert_eq!(eviction.evicted.iter().map(|e| e.entries).sum::<usize>(), 2);
+        let held: u64 = eviction.sizes.iter().map(|(_, bytes)| bytes).sum();
+        assert_eq!(held, one);
+        assert_eq!(
+            store.evict_within(|_| None, None, Some(1)).unwrap().evicted,
+            vec![]
+        );
+    }
+
     #[test]
     fn an_eviction_pass_goes_on_past_a_file_that_vanished() {
         let root = tempfile::tempdir().unwrap();
@@ -653,7 +700,7 @@ mod tests {
         // The oldest entry goes (a reader found it corrupt) after the pass listed it.
         let listing = store.repos().unwrap();
         std::fs::remove_file(&paths[0]).unwrap();
-        let eviction = evict_listed(listing, |_| Some(0), None).unwrap();
+        let eviction = evict_listed(listing, |_| Some(0), None, None).unwrap();
         assert_eq!(eviction.evicted[0].entries, 2, "the two still there went");
         assert!(read(&store, "one", "b").is_none() && read(&store, "one", "c").is_none());
     }
