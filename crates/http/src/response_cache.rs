@@ -657,7 +657,11 @@ impl ResponseCache {
             return HashMap::new();
         };
         match shared
-            .evict(|repo| limit(Path::new(repo)), self.config.max_total_bytes)
+            .evict(
+                |repo| limit(Path::new(repo)),
+                self.config.max_total_bytes,
+                self.config.max_entries,
+            )
             .await
         {
             Ok(evicted) => {

@@ -378,6 +378,7 @@ impl SharedResponses {
         &self,
         limit: impl Fn(&str) -> Option<u64>,
         total: Option<u64>,
+        most_entries: Option<u64>,
     ) -> Result<HashMap<String, usize>, String> {
         let lease = match &self.leases {
             Some((leases, ttl)) => {
@@ -388,7 +389,7 @@ impl SharedResponses {
             }
             None => None,
         };
-        let outcome = self.evict_held(limit, total).await;
+        let outcome = self.evict_held(limit, total, most_entries).await;
         if let Some(lease) = lease {
             lease.release().await;
         }
@@ -399,15 +400,18 @@ impl SharedResponses {
         &self,
         limit: impl Fn(&str) -> Option<u64>,
         total: Option<u64>,
+        most_entries: Option<u64>,
     ) -> Result<HashMap<String, usize>, String> {
         let mut kept_total = 0u64;
+        let mut kept_entries = 0u64;
         let mut kept: HashMap<String, u64> = HashMap::new();
         let mut evicted: HashMap<String, usize> = HashMap::new();
         for entry in self.entries().await? {
             let repo_kept = kept.entry(entry.repo.clone()).or_default();
             let over_repo =
                 limit(&entry.repo).is_some_and(|l| repo_kept.saturating_add(entry.bytes) > l);
-            let over_total = total.is_some_and(|t| kept_total.saturating_add(entry.bytes) > t);
+            let over_total = total.is_some_and(|t| kept_total.saturating_add(entry.bytes) > t)
+                || most_entries.is_some_and(|most| kept_entries >= most);
             if over_repo || over_total {
                 self.delete(&entry.repo, Some(&entry.key))
                     .await
@@ -416,6 +420,7 @@ impl SharedResponses {
             } else {
                 *repo_kept = repo_kept.saturating_add(entry.bytes);
                 kept_total = kept_total.saturating_add(entry.bytes);
+                kept_entries += 1;
             }
         }
         Ok(evicted)
@@ -461,19 +466,32 @@ mod tests {
     }
 
     /// Tiny answers in the bucket count as the blocks they take, as the local store counts
-    /// them: six of a few bytes under a total of four blocks keep four.
+    /// them: six of a few bytes under a total of four blocks keep four. A cap on their number
+    /// holds with none on bytes.
     #[tokio::test]
-    async fn tiny_answers_in_the_bucket_count_as_blocks() {
+    async fn tiny_answers_in_the_bucket_count_as_blocks_and_by_number() {
         let dir = tempfile::tempdir().unwrap();
         let (shared, from) = uploading(dir.path());
         for i in 0..6 {
             shared.upload_now(REPO, &format!("k{i}"), &from).await;
         }
         let evicted = shared
-            .evict(|_| None, Some(4 * gitcache_storage::responses::BLOCK_BYTES))
+            .evict(
+                |_| None,
+                Some(4 * gitcache_storage::responses::BLOCK_BYTES),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(evicted.get(REPO), Some(&2), "{evicted:?}");
+        // And a cap on their number, with none on bytes.
+        let evicted = shared.evict(|_| None, None, Some(1)).await.unwrap();
+        assert_eq!(evicted.get(REPO), Some(&3), "{evicted:?}");
+        let mut left = 0;
+        for i in 0..6 {
+            left += usize::from(in_bucket(&shared, &format!("k{i}")).await);
+        }
+        assert_eq!(left, 1);
     }
 
     /// An upload that waited for its turn while the repository's entries were deleted (a
