@@ -71,6 +71,15 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
 
 /// Whether `path` belongs to the admin side. Only exact shapes, so that no repository path
 /// (`/api/<repo>/info/refs`, owner `admin`) is taken.
+/// The bearer token an `Authorization` header's value carries, if it is one.
+pub(crate) fn bearer(value: &HeaderValue) -> Option<&str> {
+    let value = value.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim())
+}
+
 pub(crate) fn is_admin_path(path: &str) -> bool {
     matches!(
         path,
@@ -411,14 +420,7 @@ impl Admin {
                 "an admin token is needed (Authorization: Bearer <token>)",
             ));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+        let token = bearer(value);
         match token {
             Some(token) if self.config().admin_tokens.accepts(token) => Ok(()),
             Some(_) => Err(AdminError::new(

@@ -278,6 +278,9 @@ pub struct ProxyConfig {
     pub response_cache: Option<crate::response_cache::ResponseCacheConfig>,
     /// Who may use the admin API; with no token the admin API and page are off (404).
     pub admin_tokens: AdminTokens,
+    /// Who may read `/metrics` on the git listener with the repositories named, and nothing
+    /// else (a scraper's token; an admin token may too).
+    pub metrics_tokens: AdminTokens,
     /// How often the catalog's in-memory view is read again (changes made by other
     /// instances sharing a PostgreSQL catalog show up within this).
     pub catalog_reload_interval: Duration,
@@ -361,6 +364,7 @@ impl ProxyConfig {
             limits: Limits::default(),
             response_cache: Some(crate::response_cache::ResponseCacheConfig::default()),
             admin_tokens: AdminTokens::default(),
+            metrics_tokens: AdminTokens::default(),
             catalog_reload_interval: Duration::from_secs(10),
         }
     }

@@ -549,8 +549,12 @@ impl Proxy {
             (&Method::GET, "/readyz") => return self.readiness().await,
             (&Method::GET, "/metrics") if face.serves_admin() => {
                 // On the listener git clients use, the repositories cached are named only to
-                // an admin token's holder.
-                let named = face == Face::Admin || self.admin.accepts(&parts.headers);
+                // the holder of an admin token or of a metrics token.
+                let metrics_token = (parts.headers.get(hyper::header::AUTHORIZATION))
+                    .and_then(crate::admin::bearer)
+                    .is_some_and(|token| self.config.metrics_tokens.accepts(token));
+                let named =
+                    face == Face::Admin || metrics_token || self.admin.accepts(&parts.headers);
                 return self.render_metrics(named);
             }
             (&Method::POST, "/api/hooks/push") if self.config.webhook_secret.is_some() => {

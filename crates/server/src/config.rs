@@ -280,6 +280,17 @@ pub(crate) struct Flags {
         hide_env_values = true
     )]
     pub(crate) admin_tokens: Vec<String>,
+    /// A bearer token that may read `/metrics` on the git listener with the repositories
+    /// named, and nothing else (a scraper's; at least 16 characters); repeat or separate with
+    /// commas for several [default: none, an admin token's holder only].
+    #[arg(
+        long = "metrics-token",
+        env = "GITCACHE_METRICS_TOKENS",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) metrics_tokens: Vec<String>,
     /// Serve HTTPS with this PEM certificate chain (leaf first); read again on SIGHUP
     /// [default: plain HTTP].
     #[arg(long, env = "GITCACHE_TLS_CERT", value_name = "FILE")]
@@ -379,6 +390,8 @@ struct File {
     #[serde(default)]
     admin: FileAdmin,
     #[serde(default)]
+    metrics_tokens: Vec<String>,
+    #[serde(default)]
     webhook: FileWebhook,
     #[serde(default)]
     storage: FileStorage,
@@ -448,8 +461,32 @@ struct FileWildcard {
 /// The shortest `pages.sweep_grace` taken, in seconds.
 const MIN_SWEEP_GRACE: u64 = 10;
 
-/// The shortest admin token taken, in characters.
+/// The shortest admin or metrics token (and webhook secret) taken, in characters.
 const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// `tokens` of `kind` (admin, metrics) as configured, empty entries (a stray comma) left out:
+/// one short enough to guess is refused, and one no `Authorization` header can carry (a
+/// placeholder left as written).
+fn checked_tokens<'a>(kind: &str, tokens: &'a [String]) -> anyhow::Result<Vec<&'a str>> {
+    let tokens: Vec<&str> = tokens
+        .iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for token in &tokens {
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            bail!("{kind} tokens are visible ASCII without spaces: one is not");
+        }
+        if token.len() < MIN_ADMIN_TOKEN_CHARS {
+            bail!(
+                "{kind} tokens must be at least {MIN_ADMIN_TOKEN_CHARS} characters (one is {}); \
+                 make one with `openssl rand -hex 32`",
+                token.len()
+            );
+        }
+    }
+    Ok(tokens)
+}
 
 /// How pages are served.
 #[derive(Debug)]
@@ -919,26 +956,15 @@ impl Config {
         } else {
             flags.admin_tokens
         };
-        // A token opens the catalog for writing: one short enough to guess is refused, and
-        // one no `Authorization` header can carry (a placeholder left as written). Empty
-        // entries (a stray comma) are none.
-        let admin_tokens: Vec<&str> = admin_tokens
-            .iter()
-            .map(|t| t.trim())
-            .filter(|t| !t.is_empty())
-            .collect();
-        for token in &admin_tokens {
-            if !token.bytes().all(|b| b.is_ascii_graphic()) {
-                bail!("admin tokens are visible ASCII without spaces: one is not");
-            }
-            if token.len() < MIN_ADMIN_TOKEN_CHARS {
-                bail!(
-                    "admin tokens must be at least {MIN_ADMIN_TOKEN_CHARS} characters (one is {}); \
-                     make one with `openssl rand -hex 32`",
-                    token.len()
-                );
-            }
-        }
+        proxy.metrics_tokens = AdminTokens::new(checked_tokens(
+            "metrics",
+            if flags.metrics_tokens.is_empty() {
+                &file.metrics_tokens
+            } else {
+                &flags.metrics_tokens
+            },
+        )?);
+        let admin_tokens = checked_tokens("admin", &admin_tokens)?;
         proxy.admin_tokens = AdminTokens::new(admin_tokens);
         let admin_listen = match flags.admin_listen.or(file.admin.listen) {
             Some(addr) => Some(
@@ -1143,6 +1169,39 @@ mod tests {
         );
         assert!(!config.proxy.admin_tokens.accepts("from-the-config-file"));
         assert!(format!("{:?}", config.proxy).contains("AdminTokens(2 configured)"));
+    }
+
+    #[test]
+    fn metrics_tokens_from_flags_or_the_file_as_long_as_admin_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitcache.toml");
+        std::fs::write(&path, "metrics_tokens = [\"a-scraper-from-the-file\"]\n").unwrap();
+        let config = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert!(
+            config
+                .proxy
+                .metrics_tokens
+                .accepts("a-scraper-from-the-file")
+        );
+        assert!(config.proxy.admin_tokens.is_empty());
+        let flags = ["--config", path.to_str().unwrap(), "--metrics-token"];
+        let config = parse(&[&flags[..], &["a-scraper-from-the-flags"]].concat()).unwrap();
+        assert!(
+            config
+                .proxy
+                .metrics_tokens
+                .accepts("a-scraper-from-the-flags")
+        );
+        assert!(
+            !config
+                .proxy
+                .metrics_tokens
+                .accepts("a-scraper-from-the-file")
+        );
+        for bad in ["too-short", "has a space in it, long"] {
+            let err = parse(&[&flags[..], &[bad]].concat()).unwrap_err();
+            assert!(err.to_string().starts_with("metrics tokens"), "{err}");
+        }
     }
 
     #[test]

@@ -436,7 +436,8 @@ fn cookies_do_not_go_upstream_with_cached_v2_requests() {
 /// repository's series are summed under `_other` (a private repository served to its CI
 /// would otherwise be named to anyone, with its mirror's size). To an admin token's holder
 /// it names only repositories that are cached and were served past the gate: refused and
-/// made-up names neither appear nor use up label slots.
+/// made-up names neither appear nor use up label slots. A metrics token reads the same, and
+/// is refused by the admin API.
 #[test]
 fn metrics_name_repositories_only_to_admins_and_only_those_served() {
     let _shared = shared();
@@ -449,7 +450,15 @@ fn metrics_name_repositories_only_to_admins_and_only_those_served() {
         Access::private(["secret"]),
     );
     repo_on(&upstream, "acme/private-ci", 1211, Access::private(["ci"]));
-    let cache = Gitcache::start(&upstream, &["--admin-token", "metrics-admin-token-0001"]);
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--admin-token",
+            "metrics-admin-token-0001",
+            "--metrics-token",
+            "scraper-token-00000001",
+        ],
+    );
     assert_eq!(info_refs(&cache, "acme/widgets", None).status, 200);
     assert_eq!(info_refs(&cache, "acme/hidden-plans", None).status, 401);
     assert_eq!(info_refs(&cache, "nobody/made-up-name", None).status, 404);
@@ -482,6 +491,13 @@ fn metrics_name_repositories_only_to_admins_and_only_those_served() {
     )
     .body_text();
     assert!(!wrong.contains("private-ci"), "{wrong}");
+    // A scraper's token reads what an admin reads there, and opens nothing else.
+    let scraper = [("Authorization", "Bearer scraper-token-00000001")];
+    let scraped = http(&cache.addr, "GET", "/metrics", &scraper, b"").body_text();
+    assert!(scraped.contains(r#"repo="private-ci""#), "{scraped}");
+    assert!(!scraped.contains("hidden-plans"), "{scraped}");
+    let api = http(&cache.addr, "GET", "/api/cached-repos", &scraper, b"");
+    assert_eq!(api.status, 403, "{}", api.body_text());
 }
 
 /// `acme/big` on `upstream`, not adopted yet: one commit of 24 MiB that do not compress, far
