@@ -147,12 +147,13 @@ pub enum Error {
         free: u64,
         /// Bytes to keep free.
         keep: u64,
-        /// Bytes of the upstream's answer received by then.
+        /// Bytes of the upstream's pack received by then.
         received: u64,
         /// Room beyond the floor a next try needs: twice what had arrived when the download
         /// was stopped (how much more was to come is not known); when taking the whole pack in
-        /// was, what arrived, what was written after it and what was to be (twice that when
-        /// stopped among a thin pack's bases, more of them and the indexes to follow).
+        /// was, what arrived, what was written after it and what was to be, and an eighth more
+        /// (see [`with_margin`]; twice that when stopped among a thin pack's bases, more of
+        /// them and the indexes to follow).
         needed: u64,
     },
 }
@@ -843,15 +844,11 @@ impl Mirror {
             granted: Default::default(),
             below: std::sync::Arc::clone(&below),
         };
-        let reader = AboveFloor {
-            inner: BlockingRead {
-                inner: receiver,
-                runtime: tokio::runtime::Handle::current(),
-                deadline: std::sync::Arc::clone(&after_pack),
-                after: 0,
-            },
-            floor: floor.clone(),
-            unchecked: FLOOR_CHECKED_EVERY,
+        let reader = BlockingRead {
+            inner: receiver,
+            runtime: tokio::runtime::Handle::current(),
+            deadline: std::sync::Arc::clone(&after_pack),
+            after: 0,
         };
         // Set when taking the pack in outlasts its deadline after the download (see below).
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -873,7 +870,13 @@ impl Mirror {
                 let closure = Closure::Closed {
                     self_contained: first,
                 };
-                let mut pack = BufReader::new(stream);
+                // The pack's bytes (not the progress beside them, which is not written) are
+                // held to the floor as they arrive.
+                let mut pack = BufReader::new(AboveFloor {
+                    inner: stream,
+                    floor: floor.clone(),
+                    unchecked: FLOOR_CHECKED_EVERY,
+                });
                 // What is written after the download is held to the floor too: the pack
                 // again (gitoxide's indexer), a thin pack's bases.
                 let room = |ask: ingest::Ask| floor.after(ask);
@@ -1693,10 +1696,11 @@ fn too_deep_to_peel(repo: &gitcache_pack::Repository, oid: &ObjectId) -> bool {
 /// How often the free space is checked while a pack arrives (see [`Mirror::keeping_free`]).
 pub const FLOOR_CHECKED_EVERY: u64 = 16 << 20;
 
-/// The upstream's answer as it is read, with the disk of the floor's `dir` checked to keep
-/// `keep` bytes free as the reading starts and every [`FLOOR_CHECKED_EVERY`] bytes: below it,
-/// reading fails, and the floor's `below` says how much was free, the floor, and how much had
-/// been read.
+/// The pack of the upstream's answer as it is read (its side-band's progress and errors
+/// apart), with the disk of the floor's `dir` checked to keep `keep` bytes free as the
+/// reading starts and every [`FLOOR_CHECKED_EVERY`] bytes: below it, reading fails, and the
+/// floor's `below` says how much was free, the floor, and how much of the pack had been
+/// read.
 struct AboveFloor<R> {
     inner: R,
     floor: Floor,
@@ -1752,8 +1756,9 @@ impl Floor {
                 .saturating_add(self.granted.load(std::sync::atomic::Ordering::Relaxed))
                 .saturating_add(more);
             let needed = match after {
-                // The last writes: the pack, what was written after it, and what was to be.
-                Some(ingest::Ask::Last(_)) => known,
+                // The last writes: the pack, what was written after it, and what was to be,
+                // with a margin for a pack that grows before the next try.
+                Some(ingest::Ask::Last(_)) => with_margin(known),
                 // More bases and the indexes were to follow, how many is not known.
                 Some(ingest::Ask::Bases(_) | ingest::Ask::Written(_)) => known.saturating_mul(2),
                 // How much more of the pack was to come is not known either.
@@ -1767,6 +1772,13 @@ impl Floor {
         }
         Ok(())
     }
+}
+
+/// `bytes` and an eighth more (a MiB at least): the room asked for a next try whose pack
+/// may have grown meanwhile (a push between two tries), which would otherwise find exactly
+/// the room the last one lacked, and be stopped again.
+pub fn with_margin(bytes: u64) -> u64 {
+    bytes.saturating_add((bytes / 8).max(1 << 20))
 }
 
 impl<R: std::io::Read> std::io::Read for AboveFloor<R> {
@@ -1867,12 +1879,13 @@ fn remove_loose_refs(dir: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Floor;
+    use super::{Floor, with_margin};
 
     /// A floor refuses what would take the disk below it, noting what was free, the floor,
     /// what had arrived and the room a next try needs: twice what arrived while the pack
-    /// arrived; once it had, what arrived and what was and would be written after it, twice
-    /// that when more bases and the indexes were to follow. Without a floor nothing is refused.
+    /// arrived; once it had, what arrived and what was and would be written after it (with a
+    /// margin when nothing was to follow, twice that when more bases and the indexes were to
+    /// follow). Without a floor nothing is refused.
     #[test]
     fn a_floor_refuses_what_would_take_the_disk_below_it() {
         use crate::ingest::Ask;
@@ -1907,7 +1920,9 @@ mod tests {
         let told = floor(u64::MAX);
         told.after(Ask::Written(7)).unwrap();
         assert_eq!(told.granted.load(std::sync::atomic::Ordering::Relaxed), 7);
-        assert_eq!(needed(Ask::Last(more)), 42 + 15 + more);
+        assert_eq!(needed(Ask::Last(more)), with_margin(42 + 15 + more));
+        assert_eq!(with_margin(8 << 20), 9 << 20);
+        assert_eq!(with_margin(57), 57 + (1 << 20), "a MiB at least");
         assert_eq!(needed(Ask::Bases(more)), 2 * (42 + 15 + more));
         assert_eq!(needed(Ask::Last(u64::MAX)), u64::MAX, "saturated");
         let arriving = floor(u64::MAX);
