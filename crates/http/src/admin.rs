@@ -69,17 +69,16 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/openapi.json"),
 ];
 
-/// Whether `path` belongs to the admin side. Only exact shapes, so that no repository path
-/// (`/api/<repo>/info/refs`, owner `admin`) is taken.
-/// The bearer token an `Authorization` header's value carries, if it is one.
+/// The bearer token an `Authorization` header's value carries, if it is one (the scheme's
+/// name in any case).
 pub(crate) fn bearer(value: &HeaderValue) -> Option<&str> {
     let value = value.to_str().ok()?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?;
-    Some(token.trim())
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Whether `path` belongs to the admin side. Only exact shapes, so that no repository path
+/// (`/api/<repo>/info/refs`, owner `admin`) is taken.
 pub(crate) fn is_admin_path(path: &str) -> bool {
     matches!(
         path,
@@ -800,6 +799,21 @@ fn optional_size(fields: &mut Map<String, Value>, field: &str) -> Result<Option<
 
 #[cfg(test)]
 mod tests {
+    /// A bearer token is read whatever the case of the scheme's name, trimmed; any other
+    /// scheme, or none, is no token.
+    #[test]
+    fn bearer_tokens_are_read_with_the_scheme_in_any_case() {
+        let token = |value: &'static str| {
+            super::bearer(&hyper::header::HeaderValue::from_static(value)).map(str::to_owned)
+        };
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc "] {
+            assert_eq!(token(value).as_deref(), Some("abc"), "{value}");
+        }
+        for value in ["Basic abc", "Bearerabc", "abc", ""] {
+            assert_eq!(token(value), None, "{value}");
+        }
+    }
+
     #[test]
     fn the_page_policy_names_its_script_and_style_and_allows_nothing_else_inline() {
         let policy = super::page_policy().to_str().unwrap();

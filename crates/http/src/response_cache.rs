@@ -50,7 +50,8 @@ pub struct ResponseCacheConfig {
     pub max_total_bytes: Option<u64>,
     /// Most entries there may be: an eviction lists every entry in memory (some 250 bytes
     /// each), and tiny answers (a new `blob:limit` or `deepen` is a new key) fit a bound of
-    /// bytes by the million.
+    /// bytes by the million. As many stored since the last eviction, no more are until the
+    /// next. `Some(0)` keeps none; `None`, no cap.
     pub max_entries: Option<u64>,
     /// How often eviction runs.
     pub cleanup_interval: Duration,
@@ -579,7 +580,7 @@ impl ResponseCache {
             .flatten()
             .min()
             .map_or(u64::MAX, |limit| limit / BLOCK_BYTES * BLOCK_BYTES);
-        if limit == 0 {
+        if limit == 0 || self.entries_full() {
             return false;
         }
         // Nor one that would not fit above the disk's floor, with what downloads under way
@@ -738,6 +739,12 @@ impl ResponseCache {
             if !admitted {
                 return Lookup::Live;
             }
+        }
+        if self.entries_full() {
+            tracing::debug!(
+                "as many answers stored since the last eviction as may be kept: not storing the response"
+            );
+            return Lookup::Live;
         }
         // Near the disk's floor: answered, not stored.
         if self.room().is_some_and(|room| room < self.room_needed()) {
@@ -909,6 +916,14 @@ impl ResponseCache {
     /// Bytes the stored responses of the repository under `repo` take.
     pub(crate) fn repo_size(&self, repo: &Path) -> u64 {
         self.store.repo_size(repo)
+    }
+
+    /// Whether as many answers were stored (or taken from the bucket) since the last eviction
+    /// as may be kept in all: no more are until one has run, so that what an eviction lists
+    /// stays within twice `max_entries`.
+    fn entries_full(&self) -> bool {
+        (self.config.max_entries)
+            .is_some_and(|most| self.entries_since_eviction.load(Ordering::Relaxed) >= most)
     }
 
     /// Whether enough was stored since the last eviction that the next is due now, before
@@ -1558,6 +1573,30 @@ mod tests {
             roomy.lookup(Path::new(REPO), "k", writer_of(Vec::new())),
             Lookup::Lead(..)
         ));
+    }
+
+    /// As many answers stored since the last eviction as may be kept in all: the next is
+    /// answered, not stored, until an eviction has run; an eighth of the cap stored brings
+    /// that eviction forward. `0` for the cap in the configuration is no cap.
+    #[test]
+    fn past_the_entries_cap_answers_wait_for_an_eviction_to_be_stored() {
+        let root = tempfile::tempdir().unwrap();
+        let config = ResponseCacheConfig {
+            max_entries: Some(16),
+            cleanup_interval: Duration::from_secs(3600),
+            ..ResponseCacheConfig::default()
+        };
+        let cache = ResponseCache::new(root.path().join("r"), config).unwrap();
+        let lookup = || cache.lookup(Path::new(REPO), "k", writer_of(Vec::new()));
+        cache.entries_since_eviction.store(2, Ordering::Relaxed);
+        assert!(!cache.cleanup_due(), "two are not an eighth of sixteen");
+        cache.entries_since_eviction.store(3, Ordering::Relaxed);
+        assert!(cache.cleanup_due());
+        cache.entries_since_eviction.store(16, Ordering::Relaxed);
+        assert!(matches!(lookup(), Lookup::Live));
+        cache.evict(|_| None, |_, _, _| {});
+        assert!(!cache.cleanup_due());
+        assert!(matches!(lookup(), Lookup::Lead(..)));
     }
 
     /// What the disk's free bytes read as in the floor tests (a test at a time sets it).

@@ -413,10 +413,14 @@ impl SharedResponses {
             let over_total = total.is_some_and(|t| kept_total.saturating_add(entry.bytes) > t)
                 || most_entries.is_some_and(|most| kept_entries >= most);
             if over_repo || over_total {
-                self.delete(&entry.repo, Some(&entry.key))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                *evicted.entry(entry.repo).or_default() += 1;
+                // One that cannot be deleted now is passed over, as a local one is: the pass
+                // goes on with the others.
+                match self.delete(&entry.repo, Some(&entry.key)).await {
+                    Ok(()) => *evicted.entry(entry.repo).or_default() += 1,
+                    Err(err) => {
+                        tracing::warn!(%err, repo = entry.repo, "evicting a shared response failed")
+                    }
+                }
             } else {
                 *repo_kept = repo_kept.saturating_add(entry.bytes);
                 kept_total = kept_total.saturating_add(entry.bytes);

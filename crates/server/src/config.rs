@@ -390,7 +390,7 @@ struct File {
     #[serde(default)]
     admin: FileAdmin,
     #[serde(default)]
-    metrics_tokens: Vec<String>,
+    metrics: FileMetrics,
     #[serde(default)]
     webhook: FileWebhook,
     #[serde(default)]
@@ -517,6 +517,13 @@ struct FileAdmin {
     #[serde(default)]
     tokens: Vec<String>,
     listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    #[serde(default)]
+    tokens: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -956,15 +963,20 @@ impl Config {
         } else {
             flags.admin_tokens
         };
-        proxy.metrics_tokens = AdminTokens::new(checked_tokens(
+        let metrics_tokens = checked_tokens(
             "metrics",
             if flags.metrics_tokens.is_empty() {
-                &file.metrics_tokens
+                &file.metrics.tokens
             } else {
                 &flags.metrics_tokens
             },
-        )?);
+        )?;
         let admin_tokens = checked_tokens("admin", &admin_tokens)?;
+        // A scraper's token that is also an admin token would open the admin API to it.
+        if metrics_tokens.iter().any(|t| admin_tokens.contains(t)) {
+            bail!("a metrics token is also an admin token: give the scraper a token of its own");
+        }
+        proxy.metrics_tokens = AdminTokens::new(metrics_tokens);
         proxy.admin_tokens = AdminTokens::new(admin_tokens);
         let admin_listen = match flags.admin_listen.or(file.admin.listen) {
             Some(addr) => Some(
@@ -975,6 +987,12 @@ impl Config {
         };
         if admin_listen.is_some() && proxy.admin_tokens.is_empty() {
             bail!("an admin listen address needs at least one --admin-token");
+        }
+        if admin_listen.is_some() && !proxy.metrics_tokens.is_empty() {
+            bail!(
+                "metrics tokens do nothing with an admin listen address: /metrics is served there \
+                 only, to anyone who reaches it"
+            );
         }
         let pages = match flags.pages_listen.or(file.pages.listen) {
             Some(addr) => {
@@ -1172,10 +1190,25 @@ mod tests {
     }
 
     #[test]
+    fn the_cap_on_stored_answers_defaults_and_zero_is_none() {
+        let most = |args: &[&str]| {
+            parse(args)
+                .unwrap()
+                .proxy
+                .response_cache
+                .unwrap()
+                .max_entries
+        };
+        assert_eq!(most(&[]), Some(200_000));
+        assert_eq!(most(&["--response-cache-max-entries", "5"]), Some(5));
+        assert_eq!(most(&["--response-cache-max-entries", "0"]), None);
+    }
+
+    #[test]
     fn metrics_tokens_from_flags_or_the_file_as_long_as_admin_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gitcache.toml");
-        std::fs::write(&path, "metrics_tokens = [\"a-scraper-from-the-file\"]\n").unwrap();
+        std::fs::write(&path, "[metrics]\ntokens = [\"a-scraper-from-the-file\"]\n").unwrap();
         let config = parse(&["--config", path.to_str().unwrap()]).unwrap();
         assert!(
             config
@@ -1202,6 +1235,23 @@ mod tests {
             let err = parse(&[&flags[..], &[bad]].concat()).unwrap_err();
             assert!(err.to_string().starts_with("metrics tokens"), "{err}");
         }
+        let shared = [
+            &flags[..],
+            &["one-token-for-both", "--admin-token", "one-token-for-both"],
+        ];
+        let err = parse(&shared.concat()).unwrap_err();
+        assert!(err.to_string().contains("also an admin token"), "{err}");
+        let apart = [
+            &flags[..],
+            &[
+                "a-scraper-from-the-flags",
+                "--admin-token",
+                "an-admin-token-0001",
+            ],
+            &["--admin-listen", "127.0.0.1:0"],
+        ];
+        let err = parse(&apart.concat()).unwrap_err();
+        assert!(err.to_string().contains("do nothing"), "{err}");
     }
 
     #[test]
