@@ -823,9 +823,8 @@ impl Proxy {
                 let proxy = Arc::clone(self);
                 tokio::spawn(
                     async move {
-                        let why = proxy.take_push(is_push, pushed).await;
+                        let why = proxy.take_push(is_push, pushed, work).await;
                         tracing::info!(why, "webhook");
-                        drop(work);
                     }
                     .in_current_span(),
                 );
@@ -837,10 +836,13 @@ impl Proxy {
 
     /// What a signed webhook event asks for, done: a refresh of the mirror its push moved,
     /// when there is one to make. Says why, for the log.
+    /// `work`, the event's place among those taken at once, is held until all it leads to has
+    /// ended (the refresh it starts, and the credential that refresh waits for, included).
     async fn take_push(
         self: &Arc<Self>,
         is_push: bool,
         pushed: Option<crate::webhook::Pushed>,
+        work: tokio::sync::OwnedSemaphorePermit,
     ) -> &'static str {
         if !is_push {
             return "not a push event: nothing to do";
@@ -899,6 +901,7 @@ impl Proxy {
         let proxy = Arc::clone(self);
         tokio::spawn(
             async move {
+                let _work = work;
                 let credential = proxy.warming.credential(&target, None).await;
                 let refreshed = match proxy.gate.upstream(&target, credential) {
                     // Never a new mirror: one removed since the check above stays removed.

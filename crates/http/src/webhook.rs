@@ -168,10 +168,10 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 }
 
 /// Signed events let in within any [`TURN_HELD`], and taken in the background at once
-/// (reading the mirror's ref, starting its refresh). An event past the first bound gets
-/// `503`, a failed delivery (GitHub does not send it again by itself); one past the second
-/// is accepted and left out, told in the log only.
-pub(crate) const EVENTS_AT_ONCE: usize = 64;
+/// (reading the mirror's ref, then its refresh and the credential that waits for, to their
+/// end). An event past the first bound gets `503`, a failed delivery (GitHub does not send
+/// it again by itself); one past the second is accepted and left out, told in the log only.
+pub const EVENTS_AT_ONCE: usize = 64;
 
 /// How long an event holds its turn (see [`EVENTS_AT_ONCE`]), whatever it leads to: turns
 /// come back at the same pace whether or not the repository is mirrored. 640 events a

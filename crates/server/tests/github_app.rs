@@ -27,6 +27,51 @@ fn fetch_credentials(upstream: &Upstream, from: usize) -> Vec<String> {
         .collect()
 }
 
+/// gitcache on `upstream` as the App 4242 (its key in the folder returned, kept while it
+/// is), the GitHub API at `api`, push webhooks signed with `s3cret`.
+fn as_the_app(upstream: &Upstream, api: &str) -> (Gitcache, tempfile::TempDir) {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("app.pem");
+    std::fs::write(&key, APP_KEY).unwrap();
+    let cache = Gitcache::start(
+        upstream,
+        &[
+            "--github-app-id",
+            "4242",
+            "--github-app-key",
+            &key.to_string_lossy(),
+            "--github-api-url",
+            api,
+            "--webhook-secret",
+            "s3cret",
+        ],
+    );
+    (cache, keys)
+}
+
+/// A push event moving `acme/app`'s main to `after`, signed, and the answer to it.
+fn push_event(cache: &Gitcache, upstream: &Upstream, after: &str) -> common::Answer {
+    let body = format!(
+        r#"{{"ref":"refs/heads/main","after":"{after}","repository":{{"full_name":"acme/app","clone_url":"{}"}}}}"#,
+        upstream.repo_url("acme/app")
+    );
+    let signature = format!(
+        "sha256={}",
+        gitcache_http::webhook::sign(b"s3cret", body.as_bytes())
+    );
+    let headers = [
+        ("X-GitHub-Event", "push"),
+        ("X-Hub-Signature-256", signature.as_str()),
+    ];
+    http(
+        &cache.addr,
+        "POST",
+        "/api/hooks/push",
+        &headers,
+        body.as_bytes(),
+    )
+}
+
 #[test]
 fn refreshes_gitcache_starts_use_installation_tokens_renewed_before_they_expire() {
     // Tokens that live five seconds past the renewal margin: fresh at first, due soon after.
@@ -44,23 +89,7 @@ fn refreshes_gitcache_starts_use_installation_tokens_renewed_before_they_expire(
     upstream
         .adopt_repo("acme/app", Access::private(["client", "ghs_first"]))
         .unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("app.pem");
-    std::fs::write(&key, APP_KEY).unwrap();
-    let api = github.url();
-    let cache = Gitcache::start(
-        &upstream,
-        &[
-            "--github-app-id",
-            "4242",
-            "--github-app-key",
-            &key.to_string_lossy(),
-            "--github-api-url",
-            &api,
-            "--webhook-secret",
-            "s3cret",
-        ],
-    );
+    let (cache, _keys) = as_the_app(&upstream, &github.url());
     let git = GitClient::new().unwrap();
     let header = format!("http.extraheader=Authorization: {}", basic("client"));
     git.run(
@@ -83,24 +112,7 @@ fn refreshes_gitcache_starts_use_installation_tokens_renewed_before_they_expire(
     common::wait_for_mirror(&mirror, &source);
 
     let push = |tip: &str| {
-        let body = format!(
-            r#"{{"ref":"refs/heads/main","after":"{tip}","repository":{{"full_name":"acme/app","clone_url":"{}"}}}}"#,
-            upstream.repo_url("acme/app")
-        );
-        let signature = format!(
-            "sha256={}",
-            gitcache_http::webhook::sign(b"s3cret", body.as_bytes())
-        );
-        let answer = http(
-            &cache.addr,
-            "POST",
-            "/api/hooks/push",
-            &[
-                ("X-GitHub-Event", "push"),
-                ("X-Hub-Signature-256", &signature),
-            ],
-            body.as_bytes(),
-        );
+        let answer = push_event(&cache, &upstream, tip);
         assert_eq!(answer.status, 202, "{}", answer.body_text());
         wait_for("the mirror to take the push", || {
             git_stdout(&mirror, &["rev-parse", "main"]).trim() == tip
@@ -160,4 +172,42 @@ fn a_github_app_needs_its_id_and_a_readable_key() {
     ] {
         common::fails_to_start(&keys.path().join("data"), &args, message);
     }
+}
+
+/// A push event's place among those taken at once is held until all it leads to has ended,
+/// the wait for the App's token included: with the GitHub API silent, the events past the
+/// bound are left out (told in the log), not each given a task that waits.
+#[test]
+fn events_waiting_for_a_token_count_against_those_taken_at_once() {
+    // An API that takes the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", silent.local_addr().unwrap());
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/app");
+    repo::generate(&source, &RepoSpec::tiny(1363)).unwrap();
+    upstream.adopt_repo("acme/app", Access::Public).unwrap();
+    let (cache, _keys) = as_the_app(&upstream, &api);
+    let git = GitClient::new().unwrap();
+    git.run(
+        git.home(),
+        &["clone", "-q", "--bare", &cache.url("acme/app"), "c"],
+    )
+    .unwrap()
+    .expect_success();
+    let mirror = cache.mirror(&upstream, "acme/app");
+    wait_for("the mirror", || mirror.join("packed-refs").is_file());
+    let push = |n: usize| {
+        let answer = push_event(&cache, &upstream, &format!("{n:040x}"));
+        assert_eq!(answer.status, 202, "{}", answer.body_text());
+    };
+    // Each a push of its own (another commit), paced so that every one is let in.
+    for n in 1..=gitcache_http::webhook::EVENTS_AT_ONCE + 1 {
+        if n % 32 == 0 {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        push(n);
+    }
+    wait_for("an event left out", || {
+        cache.log().contains("too many events being taken")
+    });
 }
