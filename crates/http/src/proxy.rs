@@ -350,7 +350,7 @@ impl Proxy {
                 mirrors.forget_opened(key);
             }
             if let Some(responses) = &removed_responses {
-                responses.removed_elsewhere(&key.relative_path());
+                responses.drop_repo(&key.relative_path());
             }
         });
         // A mirror found replaced behind its name (see `Registry::on_replaced`): nothing kept
@@ -364,10 +364,18 @@ impl Proxy {
                 if let Some(mirrors) = mirrors.upgrade() {
                     mirrors.forget_opened(&key);
                 }
-                if let Some(responses) = responses
-                    && let Err(err) = responses.purge_repo(&key.relative_path()).await
-                {
-                    tracing::warn!(%err, repo = %key.relative_path().display(), "dropping the stored responses of a replaced repository failed");
+                // Here at once; in the bucket in the background, the mirror's refresh not held
+                // up by as many deletions as there are answers: an answer of the old
+                // repository is found by its wants, which the mirror made anew lacks, so no
+                // fetch looks one up meanwhile.
+                if let Some(responses) = responses {
+                    let repo = key.relative_path();
+                    responses.drop_repo(&repo);
+                    tokio::spawn(async move {
+                        if let Err(err) = responses.remove_shared_repo(&repo).await {
+                            tracing::warn!(%err, repo = %repo.display(), "dropping the bucket's stored responses of a replaced repository failed");
+                        }
+                    }.in_current_span());
                 }
             }
         });

@@ -955,10 +955,11 @@ impl ResponseCache {
             .map_or(0, |shared| shared.deletions_of(&repo_text(repo)))
     }
 
-    /// `repo`'s mirror was removed on another instance (a purge): answers begun before are
-    /// neither stored nor shared after it, and its stored answers go (renamed away at once,
-    /// their files removed on a blocking thread when there is a runtime).
-    pub(crate) fn removed_elsewhere(&self, repo: &Path) {
+    /// `repo`'s mirror was dropped (removed on another instance, a purge; or found to hold
+    /// another repository than its name means now): answers begun before are neither stored
+    /// nor shared after it, and its stored answers here go (renamed away at once, their files
+    /// removed on a blocking thread when there is a runtime).
+    pub(crate) fn drop_repo(&self, repo: &Path) {
         (self.removals.lock().unwrap_or_else(|p| p.into_inner())).bump(repo);
         if let Some(shared) = &self.shared {
             shared.note_deletion(&repo_text(repo));

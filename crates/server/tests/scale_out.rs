@@ -65,6 +65,20 @@ fn setup(bucket: &str, name: &str, seed: u64) -> Option<(S3Server, Upstream, std
     Some((server, upstream, source))
 }
 
+/// The stored answers the bucket holds.
+fn answers_in_bucket(server: &S3Server) -> Vec<gitcache_storage::store::Listed> {
+    let responses = gitcache_storage::store::ObjectKey::new("responses").unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(gitcache_storage::store::ObjectStore::list(
+            &bucket(server),
+            &responses,
+        ))
+        .unwrap()
+}
+
 fn tip(repo: &std::path::Path) -> String {
     git_stdout(repo, &["rev-parse", "HEAD"]).trim().to_owned()
 }
@@ -426,18 +440,7 @@ fn a_response_stored_on_one_instance_is_served_stored_by_the_other() {
     .expect_success();
     a.log_with("response generated", 1);
     // The upload runs in the background: wait until the bucket has it.
-    let store = bucket(&server);
-    let responses = gitcache_storage::store::ObjectKey::new("responses").unwrap();
-    let listed = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(gitcache_storage::store::ObjectStore::list(
-                &store, &responses,
-            ))
-            .unwrap()
-    };
+    let listed = || answers_in_bucket(&server);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while listed().is_empty() {
         assert!(std::time::Instant::now() < deadline, "never uploaded");
@@ -979,4 +982,80 @@ fn cut_mid_exchange_the_bucket_stays_whole() {
     assert_eq!(tip(&git.home().join("via-c")), latest);
     assert_eq!(upstream.counts().fetch, fetches, "served from the bucket");
     fsck(&git.home().join("via-c"));
+}
+
+/// The repository behind a cached name replaced by another: the instance whose refresh finds
+/// it drops its mirror and every stored answer of the old repository, its own and the
+/// bucket's; the other instance, at its next refresh, drops its copy and its own stored
+/// answers, and takes the new state from the bucket. Neither serves the old repository.
+#[test]
+fn a_repository_replaced_behind_its_name_is_dropped_by_the_fleet() {
+    let Some((server, upstream, source)) = setup("gitcache-replaced", "acme/renamed", 1321) else {
+        return;
+    };
+    let old_main = tip(&source);
+    let (a, b) = (instance(&upstream, &server), instance(&upstream, &server));
+    let git = GitClient::new().unwrap();
+    let clone = |cache: &Gitcache, args: &[&str], into: &str| {
+        let url = cache.url("acme/renamed");
+        let mut all = vec!["clone", "-q"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[url.as_str(), into]);
+        git.run(git.home(), &all).unwrap().expect_success();
+        git.home().join(into)
+    };
+    clone(&a, &["--depth=1"], "old-a");
+    let listed = || answers_in_bucket(&server);
+    common::wait_for("the answer in the bucket", || !listed().is_empty());
+    clone(&b, &["--depth=1"], "old-b");
+    b.log_with("response taken from the shared store", 1);
+    // Stored answers on an instance's disk.
+    let stored = |cache: &Gitcache| {
+        let mut found = 0;
+        let mut pending = vec![cache.data.path().join("responses")];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if path.to_string_lossy().ends_with(".resp") {
+                    found += 1;
+                }
+            }
+        }
+        found
+    };
+    assert!(stored(&b) > 0);
+
+    upstream
+        .replace_repo("acme/renamed", &RepoSpec::small(1322), Access::Public)
+        .unwrap();
+    let new = clone(&a, &["--bare"], "new-a");
+    fsck(&new);
+    assert_eq!(tip(&new), tip(&source));
+    common::wait_for("the bucket emptied of the old answers", || {
+        listed().is_empty()
+    });
+    assert_eq!(stored(&a), 0);
+    let has_old = |cache: &Gitcache| {
+        std::process::Command::new("git")
+            .args(["cat-file", "-e", &old_main])
+            .current_dir(cache.mirror(&upstream, "acme/renamed"))
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(!has_old(&a));
+
+    let fetches = upstream.counts().fetch;
+    let new = clone(&b, &["--bare"], "new-b");
+    fsck(&new);
+    assert_eq!(tip(&new), tip(&source));
+    assert!(!has_old(&b), "B dropped its copy");
+    assert_eq!(stored(&b), 0, "and its stored answers");
+    assert_eq!(
+        upstream.counts().fetch,
+        fetches,
+        "the new state came from the bucket"
+    );
 }
