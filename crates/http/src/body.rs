@@ -1114,7 +1114,8 @@ fn passed_on_as(
     hyper::Response::from_parts(parts, body_of(body))
 }
 
-/// Drop the headers that belong to one connection.
+/// Drop the headers that belong to one connection, or that would apply to gitcache's own
+/// address, and confine what a browser does with the answer (see [`confine`]).
 pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     // A body sent in chunks has no length but what its chunks add up to: a `Content-Length`
     // beside `Transfer-Encoding` is not its length (RFC 9112, 6.3), and passed on without
@@ -1140,16 +1141,41 @@ pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     for name in names {
         headers.remove(name);
     }
+    confine(headers);
 }
 
 /// Headers of an upstream's answer that would apply to gitcache's own address, which serves
 /// several upstreams (and clients that keep them send them back, to whatever host a path
-/// names): cookies, HSTS, alternative services.
+/// names): cookies, HSTS, alternative services, a service worker's scope, the clearing of
+/// the address's storage, a timed redirect.
 fn not_ours(name: &hyper::header::HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "set-cookie" | "set-cookie2" | "strict-transport-security" | "alt-svc"
+        "set-cookie"
+            | "set-cookie2"
+            | "strict-transport-security"
+            | "alt-svc"
+            | "service-worker-allowed"
+            | "clear-site-data"
+            | "refresh"
     )
+}
+
+/// What a browser may do with an upstream's answer passed on: nothing but show it. Such an
+/// answer comes from gitcache's address, which may serve the admin page too (its token kept
+/// in the page's storage): an upstream's page run there as a script would read it. A
+/// sandboxed answer runs no script and loads nothing, its type is not guessed, and the
+/// upstream's own policy is replaced. Git reads none of these.
+fn confine(headers: &mut hyper::HeaderMap) {
+    headers.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        hyper::header::HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    headers.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    headers.remove("content-security-policy-report-only");
 }
 
 #[cfg(test)]
@@ -1317,7 +1343,7 @@ mod tests {
     /// An upstream's answer reaches the client without hop-by-hop headers, those its
     /// `Connection` header names, and those that would apply to gitcache's own address.
     #[test]
-    fn headers_of_the_hop_and_of_the_upstream_site_are_not_passed_on() {
+    fn headers_of_the_hop_and_of_the_upstream_site_are_not_passed_on_and_browsers_run_nothing() {
         let mut headers = hyper::HeaderMap::new();
         for (name, value) in [
             ("connection", "close, x-hop"),
@@ -1328,6 +1354,11 @@ mod tests {
             ("alt-svc", "h3=\":443\""),
             ("content-type", "application/x-git-upload-pack-result"),
             ("www-authenticate", "Basic realm=\"GitHub\""),
+            ("service-worker-allowed", "/"),
+            ("clear-site-data", "\"storage\""),
+            ("refresh", "0; url=/admin"),
+            ("content-security-policy", "script-src *"),
+            ("content-security-policy-report-only", "default-src 'none'"),
         ] {
             headers.append(
                 hyper::header::HeaderName::from_static(name),
@@ -1337,7 +1368,21 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
-        assert_eq!(left, ["content-type", "www-authenticate"]);
+        assert_eq!(
+            left,
+            [
+                "content-security-policy",
+                "content-type",
+                "www-authenticate",
+                "x-content-type-options"
+            ]
+        );
+        // The upstream's answer runs nothing in a browser, whatever it said.
+        assert_eq!(
+            headers[hyper::header::CONTENT_SECURITY_POLICY],
+            "sandbox; default-src 'none'"
+        );
+        assert_eq!(headers[hyper::header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     }
 
     /// What a body holds is let go once its last chunk is taken, before the body is dropped;

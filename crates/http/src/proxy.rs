@@ -501,12 +501,17 @@ impl Proxy {
         loop {
             tokio::time::sleep(tick).await;
             scheduled.retain(|_, task| !task.0.is_finished());
-            for target in self.mirrors.due(interval, self.config.active_window) {
-                if scheduled.contains_key(&target.key)
-                    || self.mirrors.registry().existing(&target.key).is_none()
+            for used in self.mirrors.due(interval, self.config.active_window) {
+                if scheduled.contains_key(&used.key)
+                    || self.mirrors.registry().existing(&used.key).is_none()
                 {
                     continue;
                 }
+                // As the catalog and the policy serve it now, not as when it was last used:
+                // a record disabled since is not refreshed, one changed since has its timeout.
+                let Some(target) = self.targets.again(&used).filter(|t| t.cached) else {
+                    continue;
+                };
                 let random = std::collections::hash_map::RandomState::new().hash_one(&target.key);
                 let delay = spread.mul_f64((random % 1000) as f64 / 1000.0);
                 let (proxy, due) = (Arc::clone(&self), target.clone());

@@ -78,6 +78,20 @@ impl Targets {
         }
     }
 
+    /// `target` resolved again, as the catalog and the policy serve it now; `None` when its
+    /// upstream is no longer one of this cache's.
+    pub(crate) fn again(&self, target: &Target) -> Option<Target> {
+        let route = Route {
+            host: self.named(&target.host_name)?,
+            owner: target.key.owner().to_owned(),
+            repo: target.key.repo().to_owned(),
+            service: crate::route::Service::UploadPack,
+        };
+        self.resolve(&route)
+            .ok()
+            .filter(|again| again.key == target.key)
+    }
+
     /// The repository and upstream `route` names, and how it is served (the catalog's record,
     /// else the configured policy).
     pub(crate) fn resolve(&self, route: &Route) -> Result<Target, Error> {

@@ -1156,3 +1156,30 @@ fn a_trickling_info_refs_passed_on_ends_at_the_listing_timeout() {
         })
     });
 }
+
+/// What an upstream answers is passed on confined: gitcache's address may serve the admin
+/// page (its token in the page's storage), and an upstream's answer (a file under a
+/// repository's path, an `info/refs` refusal) must run nothing there in a browser.
+#[test]
+fn answers_passed_on_from_an_upstream_run_nothing_in_a_browser() {
+    let _shared = shared();
+    let upstream = Upstream::start().unwrap();
+    repo_on(&upstream, "acme/widgets", 1213, Access::Public);
+    repo_on(&upstream, "acme/private", 1214, Access::private(["secret"]));
+    let cache = Gitcache::start(&upstream, &["--admin-token", "confined-admin-token-01"]);
+    let file = http(&cache.addr, "GET", "/acme/widgets.git/HEAD", &[], b"");
+    let refused = info_refs(&cache, "acme/private", None);
+    for (answer, status) in [(file, 200), (refused, 401)] {
+        assert_eq!(answer.status, status, "{}", answer.body_text());
+        assert_eq!(
+            answer.header("content-security-policy").as_deref(),
+            Some("sandbox; default-src 'none'"),
+            "{}",
+            answer.head
+        );
+        assert_eq!(
+            answer.header("x-content-type-options").as_deref(),
+            Some("nosniff")
+        );
+    }
+}

@@ -723,6 +723,69 @@ fn scheduled_refreshes_keep_mirrors_in_use_fresh() {
     );
 }
 
+/// A repository whose catalog record was disabled after it was last used is not refreshed
+/// on schedule any more: the schedule goes by the record as it is now.
+#[test]
+fn a_disabled_record_stops_its_scheduled_refreshes() {
+    const TOKEN: &str = "scheduled-admin-token";
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/paused");
+    repo::generate(&source, &RepoSpec::tiny(1403)).unwrap();
+    upstream.adopt_repo("acme/paused", Access::Public).unwrap();
+    let flags = ["--refresh-interval", "1", "--admin-token", TOKEN];
+    let cache = Gitcache::start(&upstream, &flags);
+    let api = |method: &str, path: &str, body: &str| {
+        let auth = format!("Bearer {TOKEN}");
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        http(&cache.addr, method, path, &headers, body.as_bytes())
+    };
+    let created = api(
+        "POST",
+        "/api/cached-repos",
+        r#"{"owner":"acme","name":"paused"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body_text());
+    let id = serde_json::from_slice::<serde_json::Value>(&created.content()).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let git = GitClient::new().unwrap();
+    git.run(
+        git.home(),
+        &["clone", "-q", &cache.url("acme/paused"), "work"],
+    )
+    .unwrap()
+    .expect_success();
+    let mirror = cache.mirror(&upstream, "acme/paused");
+    common::wait_for_mirror(&mirror, &source);
+    let main = || {
+        git_stdout(
+            &mirror,
+            &["for-each-ref", "--format=%(objectname)", "refs/heads/main"],
+        )
+        .trim()
+        .to_owned()
+    };
+    // Scheduled while enabled.
+    let tip = repo::append_commits(&source, "main", 1, 1404).unwrap();
+    wait_for("the scheduled refresh", || main() == tip);
+
+    let disabled = api(
+        "PATCH",
+        &format!("/api/cached-repos/{id}"),
+        r#"{"enabled":false}"#,
+    );
+    assert_eq!(disabled.status, 200, "{}", disabled.body_text());
+    upstream.reset_counts();
+    repo::append_commits(&source, "main", 1, 1405).unwrap();
+    // Several intervals: a schedule going by the record as it was would have fetched.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(main(), tip, "not refreshed");
+    assert_eq!(upstream.counts().ls_refs, 0);
+}
+
 /// A client still being sent the answer its fetch waited for (a miss) holds the new mirror's
 /// maintenance back, which would take the cores that answer needs: the first pack gets its
 /// bitmaps once the answer is handed over.
