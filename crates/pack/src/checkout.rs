@@ -33,6 +33,9 @@ pub struct TreeLimits {
     pub max_path_bytes: u64,
     /// The most bytes of all files together.
     pub max_bytes: u64,
+    /// The most bytes of one file (or symlink target): a larger one is refused before it is
+    /// read, by the size its object says.
+    pub max_file_bytes: u64,
     /// The deepest directory nesting.
     pub max_depth: usize,
 }
@@ -112,8 +115,15 @@ impl Repository {
                 if mode.is_commit() {
                     continue;
                 }
-                // Sized before it is read: a large object is refused unread.
+                // Sized before it is read: a large object is refused unread (one a compressed
+                // pack holds in a few bytes would be inflated whole otherwise).
                 let size = objects.header(&oid)?.map_or(0, |(_, size)| size);
+                if size > limits.max_file_bytes {
+                    return Err(refuse(format!(
+                        "{path}: more than {} bytes",
+                        limits.max_file_bytes
+                    )));
+                }
                 if bytes + size > limits.max_bytes {
                     return Err(refuse(format!(
                         "more than {} bytes of files",
@@ -147,5 +157,43 @@ impl Repository {
         }
         items.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitcache_testkit::git::{commit_all, git_stdout};
+
+    /// A file over the bound for one file is refused by its object's size, before it is
+    /// read; under it, the tree is read whole.
+    #[test]
+    fn a_file_over_its_bound_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("w");
+        std::fs::create_dir_all(&work).unwrap();
+        git_stdout(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join("small.txt"), "small\n").unwrap();
+        // Zeros: a few bytes in the pack, 300 once inflated.
+        std::fs::write(work.join("big.bin"), vec![0u8; 300]).unwrap();
+        commit_all(&work, "files");
+        let tip = ObjectId::from_hex(git_stdout(&work, &["rev-parse", "HEAD"]).trim().as_bytes())
+            .unwrap();
+        let repo = Repository::open(work.join(".git")).unwrap();
+        let limits = |max_file_bytes| TreeLimits {
+            max_items: 10,
+            max_path_bytes: 100,
+            max_bytes: 1000,
+            max_file_bytes,
+            max_depth: 4,
+        };
+        let err = repo.tree_items(&tip, limits(299)).unwrap_err();
+        assert!(
+            err.to_string().contains("big.bin: more than 299 bytes"),
+            "{err}"
+        );
+        let items = repo.tree_items(&tip, limits(300)).unwrap();
+        let paths: Vec<&str> = items.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["big.bin", "small.txt"]);
     }
 }

@@ -10,7 +10,7 @@ use gitcache_protocol::request::{Fetch, LsRefs};
 use gitcache_protocol::response::PackStream;
 use gitcache_upstream::Upstream;
 
-use crate::site::{MAX_FILES, MAX_SITE_BYTES, TreeFile};
+use crate::site::{MAX_FILE_BYTES, MAX_FILES, MAX_SITE_BYTES, TreeFile};
 
 /// The slowest a deploy's upstream may answer: 256 KiB in every 30 seconds (whatever its
 /// idle timeout), so that one that sends a byte now and then holds a deploy's slot for half
@@ -135,6 +135,7 @@ pub async fn branch_tree_unless(
                 max_items: MAX_FILES,
                 max_path_bytes: 16 << 20,
                 max_bytes: MAX_SITE_BYTES,
+                max_file_bytes: MAX_FILE_BYTES,
                 max_depth: 64,
             };
             Ok(repo

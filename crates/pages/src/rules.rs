@@ -204,10 +204,13 @@ pub struct Applied {
 }
 
 /// Headers the site may not set: they frame the answer, belong to the connection, are the
-/// server's to say (`Location`), or reach past the site (`Set-Cookie`: sites of one wildcard
-/// domain share a parent domain).
+/// server's to say (`Location`), reach past the site (`Set-Cookie` and `Clear-Site-Data`:
+/// sites of one wildcard domain share a parent domain; `Service-Worker-Allowed`: a project
+/// shares its host with the others under it), or tell a proxy in front what to serve
+/// instead (nginx's `X-Accel-*`, `X-Sendfile` and its kind).
 const RESERVED_HEADERS: &[&str] = &[
     "accept-ranges",
+    "clear-site-data",
     "connection",
     "content-encoding",
     "content-length",
@@ -218,13 +221,21 @@ const RESERVED_HEADERS: &[&str] = &[
     "location",
     "proxy-authenticate",
     "proxy-connection",
+    "service-worker-allowed",
     "set-cookie",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
     "vary",
+    "x-lighttpd-send-file",
+    "x-sendfile",
 ];
+
+/// Whether a site may not set the header `lower` (its name in lower case).
+fn reserved(lower: &str) -> bool {
+    RESERVED_HEADERS.contains(&lower) || lower.starts_with("x-accel-")
+}
 
 fn is_token(name: &str) -> bool {
     !name.is_empty()
@@ -493,7 +504,7 @@ fn parse_headers(text: &str, lenient: bool) -> Result<Vec<HeaderRule>, RuleError
             return Err(error(format!("not a valid header: {name:?}")));
         }
         let lower = name.to_ascii_lowercase();
-        if RESERVED_HEADERS.contains(&lower.as_str()) {
+        if reserved(&lower) {
             if lenient {
                 continue;
             }
@@ -654,6 +665,10 @@ mod tests {
                 "cannot be set",
             ),
             ("/*\n  Proxy-Authenticate: Basic", "cannot be set"),
+            ("/*\n  Clear-Site-Data: \"cookies\"", "cannot be set"),
+            ("/*\n  Service-Worker-Allowed: /", "cannot be set"),
+            ("/*\n  X-Accel-Redirect: /internal/", "cannot be set"),
+            ("/*\n  X-Sendfile: /etc/passwd", "cannot be set"),
             ("/*\n  Bad Name: 5", "not a valid header"),
             ("/*\n  X-A", "Name: value"),
             ("/*\n  X-A: \u{1}", "not a valid header"),
