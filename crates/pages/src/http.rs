@@ -1389,11 +1389,13 @@ const MAX_CONNECTIONS: usize = 256;
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
 /// Serve `service` on `listener` until `shutdown` completes (then stop accepting and let the
-/// connections open finish): HTTP/1.1, headers within `header_timeout`.
+/// connections open finish): HTTP/1.1, headers within `header_timeout`, a connection whose
+/// client takes no byte of its answer for `stall` closed (see [`crate::stall`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<PagesService>,
     header_timeout: Duration,
+    stall: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -1447,7 +1449,10 @@ pub async fn serve(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), handler);
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(crate::stall::WriteStall::new(stream, stall)),
+                    handler,
+                );
             match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {

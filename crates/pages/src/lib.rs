@@ -62,3 +62,4 @@ pub mod manifest;
 pub mod rules;
 pub mod serve;
 pub mod site;
+pub mod stall;

@@ -285,6 +285,7 @@ fn main() -> Result<()> {
                     pages_listener,
                     service,
                     proxy.config().limits.header_read_timeout,
+                    proxy.config().limits.response_stall_timeout,
                     wait(stopped.clone()),
                 )))
             }

@@ -1054,3 +1054,66 @@ fn a_deployed_site_renders_in_a_browser() {
         "pages site: ok",
     );
 }
+
+/// A client that asks for a large file and reads none of it loses its connection once it
+/// has taken nothing for the stall timeout, not at the connection's lifetime: connections
+/// held so cannot lock other clients out of every site for long.
+#[test]
+fn a_client_that_stops_reading_a_page_is_cut_off() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/big-site");
+    repo::generate(&source, &RepoSpec::tiny(1520)).unwrap();
+    upstream
+        .adopt_repo("acme/big-site", Access::Public)
+        .unwrap();
+    // Larger than what the socket buffers on the way hold, and not compressible.
+    let mut rng = gitcache_testkit::repo::Rng::new(1521);
+    let big: String = (0..(8 << 20) / 64)
+        .map(|_| {
+            format!(
+                "{:016x}{:016x}{:016x}{:015x}\n",
+                rng.next_u64(),
+                rng.next_u64(),
+                rng.next_u64(),
+                rng.next_u64() >> 4
+            )
+        })
+        .collect();
+    branch(
+        &source,
+        "pages",
+        &[("index.html", "<h1>big</h1>"), ("big.txt", &big)],
+    );
+    let (_cache, addr) = open_pages(&upstream, &["--response-stall-timeout", "2"]);
+    let host = [("Host", "big.example")];
+    let put = http(
+        &addr,
+        "PUT",
+        "/",
+        &host,
+        upstream.repo_url("acme/big-site").as_bytes(),
+    );
+    assert_eq!(put.status, 201, "{}", put.body_text());
+
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        b"GET /big.txt HTTP/1.1\r\nHost: big.example\r\nAccept-Encoding: identity\r\n\r\n",
+    )
+    .unwrap();
+    // Nothing read for longer than the stall timeout: then what is left is the end.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut received = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stalled, &mut received);
+    assert!(
+        received.len() < big.len(),
+        "cut off, not sent whole: {} bytes",
+        received.len()
+    );
+    // The server still answers others.
+    let index = http(&addr, "GET", "/", &host, b"");
+    assert_eq!(index.status, 200, "{}", index.body_text());
+}
