@@ -207,6 +207,9 @@ pub struct Collected {
     pub blobs: usize,
     /// Staged manifests of deployments that never finished, deleted.
     pub staged: usize,
+    /// What writes a crash cut short left in the store (its files written beside their
+    /// place, on disk), older than the grace period, removed.
+    pub stale_writes: usize,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -275,7 +278,12 @@ impl<S: ObjectStore> Pages<S> {
     /// named by its staged manifest before it looks for them, and by its site afterwards:
     /// deployments shorter than `grace` lose nothing to a sweep, however they interleave.
     pub async fn collect(&self, grace: std::time::Duration) -> Result<Collected, Error> {
-        let mut done = Collected::default();
+        let mut done = Collected {
+            stale_writes: (self.store)
+                .remove_stale_writes(&ObjectKey::new("pages")?, grace)
+                .await?,
+            ..Collected::default()
+        };
         let cutoff = std::time::SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(std::time::UNIX_EPOCH);

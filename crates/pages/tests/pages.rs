@@ -457,9 +457,9 @@ async fn blobs(pages: &Pages<AnyStore>, store: &AnyStore) -> (usize, usize) {
     (named, stored)
 }
 
-/// Sweeps delete the blobs no site names (once unnamed for the grace period), and the
-/// staged manifests of deployments that never finished; deployments racing the sweeps lose
-/// nothing.
+/// Sweeps delete the blobs no site names (once unnamed for the grace period), the staged
+/// manifests of deployments that never finished and what writes a crash cut short left on
+/// disk; deployments racing the sweeps lose nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweeps_collect_garbage_and_race_deployments_losing_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -490,6 +490,24 @@ async fn sweeps_collect_garbage_and_race_deployments_losing_nothing() {
         tokio::time::sleep(grace).await;
         assert_eq!(pages.collect(grace).await.unwrap().staged, 1);
         assert!(store.size(&staged).await.unwrap().is_none());
+    }
+    // A write a crash cut short left its file beside its place: gone after the grace period,
+    // a file of another name kept.
+    {
+        let blob_dir = dir.path().join("pages/blob");
+        let cut = blob_dir.join("00ff.tmp-4242-7");
+        let other = dir.path().join("pages/notes.txt");
+        std::fs::write(&cut, b"half a blob").unwrap();
+        std::fs::write(&other, b"not a write").unwrap();
+        assert_eq!(
+            pages.collect(grace).await.unwrap().stale_writes,
+            0,
+            "young: kept"
+        );
+        tokio::time::sleep(grace).await;
+        assert_eq!(pages.collect(grace).await.unwrap().stale_writes, 1);
+        assert!(!cut.exists() && other.exists());
+        std::fs::remove_file(&other).unwrap();
     }
 
     // Deployments of new content, one after another, while sweeps run all along.

@@ -347,8 +347,13 @@ async fn sweep_pages(
     loop {
         ticks.tick().await;
         match pages.collect(grace).await {
-            Ok(done) if done.blobs + done.staged > 0 => {
-                tracing::info!(blobs = done.blobs, staged = done.staged, "pages swept");
+            Ok(done) if done.blobs + done.staged + done.stale_writes > 0 => {
+                tracing::info!(
+                    blobs = done.blobs,
+                    staged = done.staged,
+                    stale_writes = done.stale_writes,
+                    "pages swept"
+                );
             }
             Ok(_) => {}
             Err(err) => tracing::warn!(%err, "sweeping pages failed"),

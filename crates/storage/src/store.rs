@@ -352,6 +352,18 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         prefix: &ObjectKey,
     ) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
 
+    /// Remove what writes under `prefix` cut short left behind (a crash, a kill) and last
+    /// changed longer than `older_than` ago; how many. Nothing for a store whose writes leave
+    /// nothing behind (a bucket's), the default.
+    fn remove_stale_writes(
+        &self,
+        prefix: &ObjectKey,
+        older_than: std::time::Duration,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let _ = (prefix, older_than);
+        async { Ok(0) }
+    }
+
     /// The manifest `key`, if there is one. One larger than [`MAX_MANIFEST`] is refused
     /// before it is read.
     fn read_manifest(
@@ -661,6 +673,43 @@ impl ObjectStore for FsStore {
         .await
     }
 
+    async fn remove_stale_writes(
+        &self,
+        prefix: &ObjectKey,
+        older_than: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let prefix = prefix.clone();
+        self.blocking(move |store| {
+            let cutoff = std::time::SystemTime::now()
+                .checked_sub(older_than)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let mut removed = 0;
+            let mut pending = vec![store.path_of(&prefix)];
+            while let Some(dir) = pending.pop() {
+                let Some(entries) = not_found_is_none(std::fs::read_dir(&dir))? else {
+                    continue;
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    // Not followed: a link is not the store's to walk or remove.
+                    let kind = entry.file_type()?;
+                    if kind.is_dir() {
+                        pending.push(entry.path());
+                        continue;
+                    }
+                    let stale = kind.is_file()
+                        && entry.file_name().to_str().is_some_and(is_leftover_temp)
+                        && entry.metadata()?.modified()? < cutoff;
+                    if stale && not_found_is_none(std::fs::remove_file(entry.path()))?.is_some() {
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
         let prefix = prefix.clone();
         self.blocking(move |store| {
@@ -842,6 +891,17 @@ impl ObjectStore for AnyStore {
         match self {
             AnyStore::Fs(store) => store.list(prefix).await,
             AnyStore::S3(store) => store.list(prefix).await,
+        }
+    }
+
+    async fn remove_stale_writes(
+        &self,
+        prefix: &ObjectKey,
+        older_than: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        match self {
+            AnyStore::Fs(store) => store.remove_stale_writes(prefix, older_than).await,
+            AnyStore::S3(store) => store.remove_stale_writes(prefix, older_than).await,
         }
     }
 
