@@ -248,8 +248,11 @@ impl<S: ObjectStore> Pages<S> {
             memory: Arc::new(Memory {
                 sites: Mutex::new(Lru::new(cache_bytes / 4)),
                 absent: Mutex::new(Lru::new((cache_bytes / 64).max(1 << 16))),
+                // Half the cores at most: a client asking again and again for large files
+                // whose compressed copies are not kept leaves the rest to the git proxy
+                // beside.
                 compressing: tokio::sync::Semaphore::new(
-                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
                 ),
                 blobs: Mutex::new(Lru::new(cache_bytes - cache_bytes / 4)),
                 blob_max: (cache_bytes - cache_bytes / 4) / 16,
