@@ -1651,7 +1651,7 @@ impl Registry {
                 Err(err) => return Err(err),
             }
             tracing::warn!(
-                "the upstream's history shares nothing with the mirror's (the name means another repository now, or its history was rewritten whole): dropping the mirror and what is stored of it, and fetching it again"
+                "the upstream's repository is not the mirror's (its history shares nothing with it, or its object format differs: the name means another repository now, or the history was rewritten whole): dropping the mirror and what is stored of it, and fetching it again"
             );
             self.drop_replaced(key).await?;
             replaced = true;
