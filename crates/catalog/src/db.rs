@@ -136,6 +136,15 @@ const MIGRATIONS: &[Migration] = &[
         PRIMARY KEY (instance, repo)
     )",
     },
+    Migration {
+        version: 5,
+        // The admin page reads a page of repositories' activity, and old rows are deleted
+        // by their age: neither scans the table.
+        sqlite: "CREATE INDEX gitcache_repo_activity_by_repo ON gitcache_repo_activity (repo);
+        CREATE INDEX gitcache_repo_activity_by_age ON gitcache_repo_activity (updated_at)",
+        postgres: "CREATE INDEX gitcache_repo_activity_by_repo ON gitcache_repo_activity (repo);
+        CREATE INDEX gitcache_repo_activity_by_age ON gitcache_repo_activity (updated_at)",
+    },
 ];
 
 /// The newest schema this build knows.
@@ -486,12 +495,13 @@ impl Postgres {
         .await
     }
 
-    /// Every instance's activity but `except`'s, summed by repository in the database (one
-    /// row per repository comes back, however many instances wrote): the latest refresh and
-    /// the latest error win.
+    /// Every instance's activity but `except`'s for the repositories `repos`, summed by
+    /// repository in the database (one row per repository comes back, however many instances
+    /// wrote): the latest refresh and the latest error win.
     pub(crate) async fn fleet_activity(
         &self,
         except: &str,
+        repos: &[String],
     ) -> Result<std::collections::HashMap<String, crate::Activity>, Error> {
         self.run(|client| async move {
             let rows = client
@@ -501,8 +511,9 @@ impl Postgres {
                      (array_agg(last_refresh_ok ORDER BY last_refresh DESC NULLS LAST))[1],
                      (array_agg(last_error ORDER BY last_error_at DESC NULLS LAST))[1],
                      max(last_error_at)
-                 FROM gitcache_repo_activity WHERE instance <> $1 GROUP BY repo",
-                    &[&except],
+                 FROM gitcache_repo_activity WHERE instance <> $1 AND repo = ANY($2)
+                 GROUP BY repo",
+                    &[&except, &repos],
                 )
                 .await?;
             let mut fleet = std::collections::HashMap::with_capacity(rows.len());

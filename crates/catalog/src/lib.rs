@@ -189,10 +189,16 @@ impl Catalog {
         }
     }
 
-    /// What every instance but `except` did for each repository, summed (empty for SQLite).
-    pub async fn fleet_activity(&self, except: &str) -> Result<HashMap<String, Activity>, Error> {
+    /// What every instance but `except` did for each of the repositories `repos` (folders,
+    /// as activity is written), summed (empty for SQLite): only those asked for are read, so
+    /// that a page of records costs a page of rows, not the whole table.
+    pub async fn fleet_activity(
+        &self,
+        except: &str,
+        repos: &[String],
+    ) -> Result<HashMap<String, Activity>, Error> {
         match &self.db {
-            Db::Postgres(pg) => pg.fleet_activity(except).await,
+            Db::Postgres(pg) => pg.fleet_activity(except, repos).await,
             Db::Sqlite(_) => Ok(HashMap::new()),
         }
     }

@@ -521,8 +521,15 @@ async fn fleet_activity_is_summed_by_repository() {
         )
         .await
         .unwrap();
-    let fleet = catalog.fleet_activity("me").await.unwrap();
+    let both = [repo.clone(), "h/acme/b.git".to_owned()];
+    let fleet = catalog.fleet_activity("me", &both).await.unwrap();
     assert_eq!(fleet.len(), 2);
+    // Only the repositories asked for are read.
+    let one = catalog
+        .fleet_activity("me", std::slice::from_ref(&repo))
+        .await
+        .unwrap();
+    assert_eq!(one.keys().collect::<Vec<_>>(), [&repo]);
     let a = &fleet[&repo];
     assert_eq!((a.hits, a.misses), (7, 3), "mine left out");
     assert_eq!(a.last_refresh, Some((200, false)));
@@ -536,7 +543,7 @@ async fn fleet_activity_is_summed_by_repository() {
         )
         .await
         .unwrap();
-    let a = &catalog.fleet_activity("me").await.unwrap()[&repo];
+    let a = &catalog.fleet_activity("me", &both).await.unwrap()[&repo];
     assert_eq!((a.hits, a.misses), (8, 3));
     assert_eq!(a.last_error, Some((50, "old".to_owned())));
 }

@@ -204,11 +204,15 @@ impl Admin {
 
     /// What the other instances sharing the catalog did (nothing with SQLite); a database
     /// that does not answer leaves this instance's own numbers.
-    async fn fleet(&self) -> Fleet {
+    /// What the other instances did for the repositories `repos` (folders).
+    async fn fleet(&self, repos: &[String]) -> Fleet {
         let Some(catalog) = &self.catalog else {
             return Fleet::new();
         };
-        match catalog.fleet_activity(&self.instance).await {
+        if repos.is_empty() {
+            return Fleet::new();
+        }
+        match catalog.fleet_activity(&self.instance, repos).await {
             Ok(fleet) => fleet,
             Err(err) => {
                 tracing::warn!(%err, "reading the fleet's activity failed; showing this instance's");
@@ -571,7 +575,11 @@ impl Admin {
     /// instance's activity, live, with what the others last wrote to the catalog). What
     /// their mirrors and stored responses take is read from the disk off the async workers.
     async fn views(&self, records: Vec<Record>) -> Result<Vec<Value>, AdminError> {
-        let fleet = self.fleet().await;
+        let repos: Vec<String> = (records.iter())
+            .filter_map(|r| self.config().key(&r.host, &r.owner, &r.name).ok())
+            .map(|key| crate::shared_responses::repo_text(&key.relative_path()))
+            .collect();
+        let fleet = self.fleet(&repos).await;
         let places: Vec<_> = records
             .iter()
             .map(|record| {
