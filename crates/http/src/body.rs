@@ -1147,7 +1147,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 /// Headers of an upstream's answer that would apply to gitcache's own address, which serves
 /// several upstreams (and clients that keep them send them back, to whatever host a path
 /// names): cookies, HSTS, alternative services, a service worker's scope, the clearing of
-/// the address's storage, a timed redirect.
+/// the address's storage, a timed redirect; and those that tell a proxy in front of gitcache
+/// what to serve instead (nginx's `X-Accel-*`, `X-Sendfile` and its kind).
 fn not_ours(name: &hyper::header::HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -1158,7 +1159,11 @@ fn not_ours(name: &hyper::header::HeaderName) -> bool {
             | "service-worker-allowed"
             | "clear-site-data"
             | "refresh"
-    )
+            | "x-sendfile"
+            | "x-sendfile2"
+            | "x-lighttpd-send-file"
+            | "x-litespeed-location"
+    ) || name.as_str().starts_with("x-accel-")
 }
 
 /// What a browser may do with an upstream's answer passed on: nothing but show it. Such an
@@ -1357,6 +1362,8 @@ mod tests {
             ("service-worker-allowed", "/"),
             ("clear-site-data", "\"storage\""),
             ("refresh", "0; url=/admin"),
+            ("x-accel-redirect", "/internal/"),
+            ("x-sendfile", "/etc/passwd"),
             ("content-security-policy", "script-src *"),
             ("content-security-policy-report-only", "default-src 'none'"),
         ] {

@@ -969,7 +969,7 @@ impl ResponseCache {
             Ok(Some(gone)) => gone,
             Ok(None) => return,
             Err(err) => {
-                tracing::warn!(%err, repo = %repo.display(), "dropping the stored answers of a mirror removed elsewhere failed");
+                tracing::warn!(%err, repo = %repo.display(), "dropping the stored answers of a dropped mirror failed");
                 return;
             }
         };

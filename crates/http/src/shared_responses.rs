@@ -329,6 +329,10 @@ impl SharedResponses {
                 for listed in self.store.list(&repo_prefix(repo)?).await? {
                     self.store.delete(&listed.key).await?;
                 }
+                // Counted again at its end: an upload made while the deletion ran (of an
+                // answer of the repository as it is now) takes itself back, rather than
+                // stay unindexed (out of the eviction's sight) once the rows go below.
+                self.note_deletion(repo);
             }
         }
         if let Some(index) = &self.index

@@ -1382,6 +1382,36 @@ fn with_etag(mut response: Response<Body>, etag: &str, compressible: bool) -> Re
     response
 }
 
+/// What the kernel may hold unsent for a pages client: a write waiting for a slow client is
+/// woken once this little is left, so that one that reads steadily makes progress within each
+/// stall timeout (Linux would otherwise wait for a large part of a send buffer of up to
+/// 4 MiB to drain).
+const UNSENT_LOW_WATER: u32 = 128 << 10;
+
+/// `stream`, its writes failing after `stall` without progress (see [`crate::stall`]), and
+/// reset as it is cut off: what the kernel still holds for that client is dropped, not sent
+/// on at its pace.
+fn guarded(
+    stream: tokio::net::TcpStream,
+    stall: Duration,
+) -> crate::stall::WriteStall<tokio::net::TcpStream> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(err) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LOW_WATER) {
+        tracing::debug!(%err, "pages: TCP_NOTSENT_LOWAT not set");
+    }
+    // The same socket, for its options as it is cut off.
+    let socket = std::os::fd::AsFd::as_fd(&stream)
+        .try_clone_to_owned()
+        .ok()
+        .map(socket2::Socket::from);
+    crate::stall::WriteStall::new(stream, stall).on_cut_off(move || {
+        if let Some(socket) = socket {
+            let _ = socket.set_linger(Some(Duration::ZERO));
+        }
+        tracing::info!("pages: connection closed: the client stopped reading");
+    })
+}
+
 /// The most connections served at once; the kernel's backlog holds the rest.
 const MAX_CONNECTIONS: usize = 256;
 /// The longest a connection is kept, whatever it does: a client that reads a large file
@@ -1450,7 +1480,7 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(
-                    hyper_util::rt::TokioIo::new(crate::stall::WriteStall::new(stream, stall)),
+                    hyper_util::rt::TokioIo::new(guarded(stream, stall)),
                     handler,
                 );
             match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {

@@ -229,7 +229,9 @@ const RESERVED_HEADERS: &[&str] = &[
     "upgrade",
     "vary",
     "x-lighttpd-send-file",
+    "x-litespeed-location",
     "x-sendfile",
+    "x-sendfile2",
 ];
 
 /// Whether a site may not set the header `lower` (its name in lower case).

@@ -158,9 +158,10 @@ struct Memory {
     /// The most a site held may take (all of its share: a site that could not be held would
     /// be read and decoded again for every request).
     site_max: usize,
-    /// Compressions run at once (one per core); a file that finds none free goes out as it
-    /// is.
-    compressing: tokio::sync::Semaphore,
+    /// Compressions run at once (on half the cores); a file that finds none free goes out as
+    /// it is. A slot is held by the compression's own thread, which a client that leaves does
+    /// not stop.
+    compressing: Arc<tokio::sync::Semaphore>,
 }
 
 /// Hits and misses of the in-memory cache, by `kind` (`manifest`, `blob`, `compressed`) and
@@ -251,9 +252,9 @@ impl<S: ObjectStore> Pages<S> {
                 // Half the cores at most: a client asking again and again for large files
                 // whose compressed copies are not kept leaves the rest to the git proxy
                 // beside.
-                compressing: tokio::sync::Semaphore::new(
+                compressing: Arc::new(tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
-                ),
+                )),
                 blobs: Mutex::new(Lru::new(cache_bytes - cache_bytes / 4)),
                 blob_max: (cache_bytes - cache_bytes / 4) / 16,
                 site_max: cache_bytes / 4,
@@ -281,10 +282,20 @@ impl<S: ObjectStore> Pages<S> {
     /// named by its staged manifest before it looks for them, and by its site afterwards:
     /// deployments shorter than `grace` lose nothing to a sweep, however they interleave.
     pub async fn collect(&self, grace: std::time::Duration) -> Result<Collected, Error> {
+        // Leftovers of writes a crash cut short: a failure here leaves them for the next
+        // sweep, and this one goes on.
+        let stale_writes = match (self.store)
+            .remove_stale_writes(&ObjectKey::new("pages")?, grace)
+            .await
+        {
+            Ok(removed) => removed,
+            Err(err) => {
+                tracing::warn!(%err, "pages: removing what cut-short writes left failed");
+                0
+            }
+        };
         let mut done = Collected {
-            stale_writes: (self.store)
-                .remove_stale_writes(&ObjectKey::new("pages")?, grace)
-                .await?,
+            stale_writes,
             ..Collected::default()
         };
         let cutoff = std::time::SystemTime::now()
@@ -743,7 +754,7 @@ impl<S: ObjectStore> Pages<S> {
 
     /// `content` (whose SHA-256 is `hash`) compressed with `encoding`: from memory when it was
     /// compressed before, else compressed on a blocking thread and kept. `None` (send it as it
-    /// is) when every core is compressing already, or that thread failed.
+    /// is) when every compression that may run at once runs already, or that thread failed.
     pub async fn compressed(
         &self,
         hash: &[u8; 32],
@@ -769,11 +780,13 @@ impl<S: ObjectStore> Pages<S> {
         held
     }
 
-    /// One of the compressions that may run at once (one per core), if one is free: taken
-    /// before a blob too large to keep is read whole to be compressed, so that it is not read
-    /// whole for nothing.
-    pub fn compression_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.memory.compressing.try_acquire().ok()
+    /// One of the compressions that may run at once (on half the cores), if one is free:
+    /// taken before a blob too large to keep is read whole to be compressed, so that it is
+    /// not read whole for nothing.
+    pub fn compression_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.memory.compressing)
+            .try_acquire_owned()
+            .ok()
     }
 
     /// `content` (the blob `hash`) compressed with `encoding` on a blocking thread, in
@@ -783,14 +796,18 @@ impl<S: ObjectStore> Pages<S> {
         hash: &[u8; 32],
         content: Bytes,
         encoding: Encoding,
-        slot: tokio::sync::SemaphorePermit<'_>,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Option<Bytes> {
-        let compressed =
-            match tokio::task::spawn_blocking(move || encoding.compress(&content)).await {
-                Ok(compressed) => Bytes::from(compressed),
-                Err(_) => return None,
-            };
-        drop(slot);
+        // The slot goes with the thread: one whose client left still holds it to its end.
+        let compressing = move || {
+            let compressed = encoding.compress(&content);
+            drop(slot);
+            compressed
+        };
+        let compressed = match tokio::task::spawn_blocking(compressing).await {
+            Ok(compressed) => Bytes::from(compressed),
+            Err(_) => return None,
+        };
         if compressed.len() <= self.memory.blob_max {
             self.memory
                 .blobs

@@ -9,13 +9,26 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// What a [`WriteStall`] does once as it cuts its peer off.
+type OnCutOff = Box<dyn FnOnce() + Send + Sync>;
+
 /// `inner`, its writes failing once one has waited `stall` for the peer to take a byte.
-#[derive(Debug)]
 pub struct WriteStall<S> {
     inner: S,
     stall: Duration,
     /// Armed while a write waits for the peer; dropped whenever bytes go out.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Called once, when the peer is cut off.
+    on_cut_off: Option<OnCutOff>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for WriteStall<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteStall")
+            .field("inner", &self.inner)
+            .field("stall", &self.stall)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> WriteStall<S> {
@@ -25,7 +38,15 @@ impl<S> WriteStall<S> {
             inner,
             stall,
             deadline: None,
+            on_cut_off: None,
         }
+    }
+
+    /// This, calling `then` once as the peer is cut off (a TCP connection made to reset
+    /// when closed, so that what the kernel still holds for the peer is dropped).
+    pub fn on_cut_off(mut self, then: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.on_cut_off = Some(Box::new(then));
+        self
     }
 
     /// Progress disarms the deadline; waiting arms it, and fails once it has passed.
@@ -45,10 +66,15 @@ impl<S> WriteStall<S> {
                     .deadline
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
                 match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client stopped reading",
-                    ))),
+                    Poll::Ready(()) => {
+                        if let Some(then) = self.on_cut_off.take() {
+                            then();
+                        }
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client stopped reading",
+                        )))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -112,7 +138,11 @@ mod tests {
     #[tokio::test]
     async fn a_write_waiting_past_the_stall_fails() {
         let (client, mut server) = tokio::io::duplex(1024);
-        let mut guarded = WriteStall::new(client, Duration::from_secs(1));
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let told = std::sync::Arc::clone(&cut);
+        let mut guarded = WriteStall::new(client, Duration::from_secs(1)).on_cut_off(move || {
+            told.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
         let chunk = vec![7u8; 512];
         // Read as it goes: never stalled.
         let reader = tokio::spawn(async move {
@@ -130,15 +160,30 @@ mod tests {
             guarded.write_all(&chunk).await.unwrap();
         }
         let _server = reader.await.unwrap();
-        // Nobody reads now: the buffer fills, then the write waits and fails.
+        assert_eq!(cut.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // Nobody reads now: the buffer fills, then the write waits and fails (bounded, so
+        // that a guard that never fires fails the test rather than hangs it).
         let mut written = 0usize;
-        let err = loop {
-            match guarded.write(&chunk).await {
-                Ok(n) => written += n,
-                Err(err) => break err,
+        let err = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match guarded.write(&chunk).await {
+                    Ok(n) => written += n,
+                    Err(err) => break err,
+                }
             }
-        };
+        })
+        .await
+        .expect("cut off within the stall timeout");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(written <= 1024, "{written}");
+        assert_eq!(
+            cut.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "told once"
+        );
+        // Every write after fails at once.
+        let again = guarded.write(&chunk).await.unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(cut.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

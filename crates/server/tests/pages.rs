@@ -1068,7 +1068,7 @@ fn a_client_that_stops_reading_a_page_is_cut_off() {
         .unwrap();
     // Larger than what the socket buffers on the way hold, and not compressible.
     let mut rng = gitcache_testkit::repo::Rng::new(1521);
-    let big: String = (0..(8 << 20) / 64)
+    let big: String = (0..(16 << 20) / 64)
         .map(|_| {
             format!(
                 "{:016x}{:016x}{:016x}{:015x}\n",

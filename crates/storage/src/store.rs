@@ -697,9 +697,15 @@ impl ObjectStore for FsStore {
                         pending.push(entry.path());
                         continue;
                     }
-                    let stale = kind.is_file()
-                        && entry.file_name().to_str().is_some_and(is_leftover_temp)
-                        && entry.metadata()?.modified()? < cutoff;
+                    if !kind.is_file() || !entry.file_name().to_str().is_some_and(is_leftover_temp)
+                    {
+                        continue;
+                    }
+                    // Renamed into its place meanwhile (a write that finished): nothing left.
+                    let Some(meta) = not_found_is_none(entry.metadata())? else {
+                        continue;
+                    };
+                    let stale = meta.modified()? < cutoff;
                     if stale && not_found_is_none(std::fs::remove_file(entry.path()))?.is_some() {
                         removed += 1;
                     }
