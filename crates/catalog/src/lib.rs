@@ -376,6 +376,15 @@ impl Catalog {
         view.by_name.get(&key).cloned()
     }
 
+    /// [`lookup`](Self::lookup) of names as a repository key holds them (`.git` taken off the
+    /// name once already, as records are): nothing more is taken off, so that a request for
+    /// `x.git.git`, the repository `x.git`, does not find the record of `x`.
+    pub fn lookup_exact(&self, host: &str, owner: &str, name: &str) -> Option<Arc<Record>> {
+        let view = Arc::clone(&self.view.read().unwrap_or_else(|p| p.into_inner()));
+        let key = (host.to_ascii_lowercase(), owner.to_owned(), name.to_owned());
+        view.by_name.get(&key).cloned()
+    }
+
     /// Every record, from memory, by id.
     pub fn records(&self) -> Vec<Arc<Record>> {
         self.view

@@ -109,6 +109,18 @@ async fn records_round_trip(location: &str) {
     assert!(catalog.lookup("github.com", "acme", "other").is_none());
     // Names compare exactly: the caller folds them for upstreams that ignore case.
     assert!(catalog.lookup("github.com", "acme", "widgets").is_none());
+    // As a key holds them, `.git` off once already: not taken off again.
+    assert_eq!(
+        *catalog
+            .lookup_exact("github.com", "Acme", "Widgets")
+            .unwrap(),
+        created
+    );
+    assert!(
+        catalog
+            .lookup_exact("github.com", "Acme", "Widgets.git")
+            .is_none()
+    );
     assert!(
         catalog
             .lookup("gitlab.example", "acme", "widgets")

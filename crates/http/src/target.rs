@@ -118,7 +118,7 @@ impl Targets {
         let record = self
             .catalog
             .as_ref()
-            .and_then(|c| c.lookup(&host_name, key.owner(), key.repo()));
+            .and_then(|c| c.lookup_exact(&host_name, key.owner(), key.repo()));
         let (cached, bypassed) = match &record {
             Some(record) => (record.enabled, !record.enabled),
             None => (
