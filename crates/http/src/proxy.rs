@@ -344,33 +344,34 @@ impl Proxy {
         // The opened repository and stored answers of a mirror the shared store says was
         // removed elsewhere (a purge on another instance, a repository found replaced) go with
         // its local copy: what the removal dropped is not sent from here.
-        let (removed_mirrors, removed_responses) = (Arc::downgrade(&mirrors), responses.clone());
-        mirrors.registry().on_removed_elsewhere(move |key| {
-            if let Some(mirrors) = removed_mirrors.upgrade() {
-                mirrors.forget_opened(key);
-            }
-            if let Some(responses) = &removed_responses {
-                responses.drop_repo(&key.relative_path());
-            }
-        });
+        let dropped = {
+            let (mirrors, responses) = (Arc::downgrade(&mirrors), responses.clone());
+            Arc::new(move |key: &RepoKey| {
+                if let Some(mirrors) = mirrors.upgrade() {
+                    mirrors.forget_opened(key);
+                }
+                if let Some(responses) = &responses {
+                    responses.drop_repo(&key.relative_path());
+                }
+            })
+        };
+        let removed = Arc::clone(&dropped);
+        mirrors
+            .registry()
+            .on_removed_elsewhere(move |key| removed(key));
         // A mirror found replaced behind its name (see `Registry::on_replaced`): nothing kept
         // of the old repository answers for the new one, here or in the bucket.
-        let (replaced_mirrors, replaced_responses) = (Arc::downgrade(&mirrors), responses.clone());
+        let replaced_responses = responses.clone();
         mirrors.registry().on_replaced(move |key| {
-            let (mirrors, responses) = (replaced_mirrors.clone(), replaced_responses.clone());
-            let key = key.clone();
+            metrics::mirror_replaced();
+            // Here at once; in the bucket in the background, the mirror's refresh not held up
+            // by as many deletions as there are answers: an answer of the old repository is
+            // found by its wants, which the mirror made anew lacks, so no fetch looks one up
+            // meanwhile.
+            dropped(key);
+            let (responses, repo) = (replaced_responses.clone(), key.relative_path());
             async move {
-                metrics::mirror_replaced();
-                if let Some(mirrors) = mirrors.upgrade() {
-                    mirrors.forget_opened(&key);
-                }
-                // Here at once; in the bucket in the background, the mirror's refresh not held
-                // up by as many deletions as there are answers: an answer of the old
-                // repository is found by its wants, which the mirror made anew lacks, so no
-                // fetch looks one up meanwhile.
                 if let Some(responses) = responses {
-                    let repo = key.relative_path();
-                    responses.drop_repo(&repo);
                     tokio::spawn(async move {
                         if let Err(err) = responses.remove_shared_repo(&repo).await {
                             tracing::warn!(%err, repo = %repo.display(), "dropping the bucket's stored responses of a replaced repository failed");

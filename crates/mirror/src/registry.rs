@@ -1133,11 +1133,17 @@ impl Registry {
         if !self.discard(key)? {
             return Ok(false);
         }
+        self.sweep_trash().await?;
+        Ok(true)
+    }
+
+    /// Delete the trash (what [`discard`](Self::discard) moved there), on a blocking thread.
+    async fn sweep_trash(&self) -> Result<(), Error> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || sweep_removed(&root))
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        Ok(true)
+        Ok(())
     }
 
     /// Every mirror folder under the root, by key (the trash and foreign folders aside).
@@ -1686,10 +1692,8 @@ impl Registry {
                 // clocks say.
                 shared.copy_dropped(key);
             }
-            let root = self.root.clone();
-            let swept = tokio::task::spawn_blocking(move || sweep_removed(&root)).await;
-            if !matches!(swept, Ok(Ok(()))) {
-                tracing::warn!("deleting the dropped mirror failed; the next start deletes it");
+            if let Err(err) = self.sweep_trash().await {
+                tracing::warn!(%err, "deleting the dropped mirror failed; the next start deletes it");
             }
         }
         if !tombstoned && let Some(shared) = &self.shared {
