@@ -33,6 +33,16 @@ pub const MAX_FILE_BYTES: u64 = 100 << 20;
 /// The most bytes a site's files may take together.
 pub const MAX_SITE_BYTES: u64 = 1 << 30;
 
+/// A sweep deletes blobs for at most this long after it announced itself (its marker under
+/// `pages/sweeping/`); what is left goes with the next sweep.
+pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(30);
+/// How long a deployment that found a sweep under way waits for it at most: its deletes, and
+/// one of them sent at the last moment.
+const SWEEP_WAIT: Duration = Duration::from_secs(45);
+/// A sweep's marker this old is one a sweep that died left: nobody waits on it, and the next
+/// sweep deletes it.
+const SWEEP_MARKER_STALE: Duration = Duration::from_secs(600);
+
 /// The most projects (the root tree counted) deployed under one host, by default (see
 /// [`Pages::with_max_projects`]): a deployer authorized for a host cannot fill the store
 /// with sites of their own.
@@ -213,6 +223,20 @@ pub struct Collected {
     pub stale_writes: usize,
 }
 
+/// A name for a sweep's marker that no other sweep draws.
+fn sweep_id() -> String {
+    use std::hash::BuildHasher as _;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let state = std::hash::RandomState::new();
+    format!(
+        "{:016x}{:016x}",
+        state.hash_one((nanos, std::process::id())),
+        state.hash_one(nanos ^ 0x5eed)
+    )
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -279,8 +303,11 @@ impl<S: ObjectStore> Pages<S> {
     /// Sweep the store: delete the blobs no site and no staged deployment names, once they
     /// have been found unnamed by sweeps at least `grace` apart, and the staged manifests
     /// older than `grace` (deployments that never finished). Blobs a deployment relies on are
-    /// named by its staged manifest before it looks for them, and by its site afterwards:
-    /// deployments shorter than `grace` lose nothing to a sweep, however they interleave.
+    /// named by its staged manifest before it looks for them, and by its site afterwards;
+    /// a sweep marks itself under way (`pages/sweeping/`) before it reads the manifests it
+    /// deletes by, deletes for at most [`SWEEP_DELETES_WITHIN`], and a deployment checks its
+    /// blobs once no sweep is marked: deployments shorter than `grace` lose nothing to a
+    /// sweep, however they interleave.
     pub async fn collect(&self, grace: std::time::Duration) -> Result<Collected, Error> {
         // Leftovers of writes a crash cut short: a failure here leaves them for the next
         // sweep, and this one goes on.
@@ -294,6 +321,9 @@ impl<S: ObjectStore> Pages<S> {
                 0
             }
         };
+        if let Err(err) = self.sweeps_under_way(true).await {
+            tracing::warn!(%err, "pages: the markers of sweeps that died could not be deleted");
+        }
         let mut done = Collected {
             stale_writes,
             ..Collected::default()
@@ -325,22 +355,99 @@ impl<S: ObjectStore> Pages<S> {
         if doomed.is_empty() {
             return Ok(done);
         }
+        // Announced before the manifests are read again: a deployment staged after that read
+        // finds the marker once it has committed, and checks its blobs only after these
+        // deletes (see `after_sweeps`), so one it found in the store and did not write is
+        // written again if it went here.
+        let started = Instant::now();
+        let marker = ObjectKey::new(&format!("pages/sweeping/{}", sweep_id()))?;
+        self.store
+            .replace_manifest(&marker, b"sweeping\n", None)
+            .await?;
+        let deleted = self.delete_unnamed(doomed, started).await;
+        if let Err(err) = self.store.delete(&marker).await {
+            // Deployments wait on it until it is stale; the next sweep deletes it then.
+            tracing::warn!(%err, "pages: a sweep's marker could not be deleted");
+        }
+        done.blobs = deleted?;
+        Ok(done)
+    }
+
+    /// Delete the `doomed` blobs no manifest names when read again now, until
+    /// [`SWEEP_DELETES_WITHIN`] after `started`: how many went.
+    async fn delete_unnamed(
+        &self,
+        doomed: Vec<(ObjectKey, Option<[u8; 32]>)>,
+        started: Instant,
+    ) -> Result<usize, Error> {
+        use futures_util::StreamExt as _;
         // Named again just before they go: a deployment that staged, found one of them in
         // the store (so did not write it), committed and dropped its staged manifest while
         // this sweep read the others would otherwise lose it for good.
         let named = self.named_blobs(None).await?;
-        for (key, hash) in doomed {
-            if hash.is_some_and(|h| named.contains(&h)) {
+        let deadline = tokio::time::Instant::from_std(started + SWEEP_DELETES_WITHIN);
+        let unnamed = doomed
+            .into_iter()
+            .filter(|(_, hash)| !hash.is_some_and(|h| named.contains(&h)));
+        let mut deletes = futures_util::stream::iter(unnamed)
+            .map(|(key, _)| async move {
+                // Past the deadline a delete is not sent, and one under way is given up.
+                match tokio::time::timeout_at(deadline, self.store.delete(&key)).await {
+                    Ok(Ok(())) => Ok(Some(key)),
+                    Ok(Err(err)) => Err(err),
+                    Err(_) => Ok(None),
+                }
+            })
+            .buffer_unordered(CONCURRENT_UPLOADS);
+        let mut deleted = 0;
+        while let Some(done) = deletes.next().await {
+            let Some(key) = done? else {
                 continue;
-            }
-            self.store.delete(&key).await?;
+            };
             self.unnamed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
-            done.blobs += 1;
+            deleted += 1;
         }
-        Ok(done)
+        Ok(deleted)
+    }
+
+    /// The markers of sweeps under way (not stale), deleting the stale ones when `tidy`.
+    async fn sweeps_under_way(&self, tidy: bool) -> Result<usize, Error> {
+        let stale = std::time::SystemTime::now()
+            .checked_sub(SWEEP_MARKER_STALE)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut live = 0;
+        for marker in self.store.list(&ObjectKey::new("pages/sweeping")?).await? {
+            if marker.modified >= stale {
+                live += 1;
+            } else if tidy {
+                self.store.delete(&marker.key).await?;
+            }
+        }
+        Ok(live)
+    }
+
+    /// Wait until no sweep is under way, or one could have deleted nothing more since this
+    /// was called ([`SWEEP_WAIT`]).
+    async fn after_sweeps(&self) {
+        let give_up = Instant::now() + SWEEP_WAIT;
+        loop {
+            match self.sweeps_under_way(false).await {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "pages: sweeps under way could not be listed");
+                    tokio::time::sleep_until(give_up.into()).await;
+                    return;
+                }
+            }
+            if Instant::now() >= give_up {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The blobs the sites and the staged deployments name. With a cutoff, staged manifests
@@ -533,7 +640,10 @@ impl<S: ObjectStore> Pages<S> {
         }
         // A blob found in the store before the commit may have been swept meanwhile (it was
         // unnamed then): each is there now, or written again, while the staged manifest still
-        // names it.
+        // names it. A sweep that read the manifests before this one was staged may still be
+        // deleting: its marker was there before this deployment staged, and is until its
+        // deletes are over.
+        self.after_sweeps().await;
         self.store_blobs(&blobs).await?;
         for memory in [&self.memory.sites, &self.memory.absent] {
             memory

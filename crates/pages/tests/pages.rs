@@ -564,7 +564,16 @@ struct Interleaved {
     on_blob_listing: std::sync::Arc<std::sync::Mutex<Option<SiteWrite>>>,
     /// Done as a blob is first looked for (as a deployment uploads its blobs).
     on_blob_size: std::sync::Arc<std::sync::Mutex<Option<SiteWrite>>>,
+    /// As a blob is first deleted: says so on the first channel, then deletes it once the
+    /// second says to.
+    on_blob_delete: std::sync::Arc<std::sync::Mutex<Option<HeldDelete>>>,
 }
+
+/// Says a delete has come, then waits for leave to go on.
+type HeldDelete = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
 
 impl Interleaved {
     /// A store under `dir`, with no hooks set.
@@ -573,6 +582,7 @@ impl Interleaved {
             inner: FsStore::new(dir),
             on_blob_listing: Default::default(),
             on_blob_size: Default::default(),
+            on_blob_delete: Default::default(),
         }
     }
 
@@ -643,6 +653,15 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
         &self,
         key: &gitcache_storage::store::ObjectKey,
     ) -> Result<(), gitcache_storage::store::StoreError> {
+        let held = key
+            .as_str()
+            .starts_with("pages/blob/")
+            .then(|| self.on_blob_delete.lock().unwrap().take())
+            .flatten();
+        if let Some((come, go)) = held {
+            let _ = come.send(());
+            let _ = go.await;
+        }
         self.inner.delete(key).await
     }
     async fn list(
@@ -724,6 +743,102 @@ async fn a_blob_named_again_while_a_sweep_runs_is_kept() {
             );
         }
     }
+}
+
+/// A blob a sweep is about to delete (unnamed long enough, and still unnamed when the sweep
+/// read the manifests again) is found in the store by a deployment of old content staged
+/// after that read, which therefore does not write it, and commits before the delete: the
+/// deployment waits for the sweep under way before it checks its blobs again, and writes
+/// back the one deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_found_by_a_deployment_as_a_sweep_deletes_it_is_written_back() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Interleaved::new(dir.path());
+    let pages = Pages::new(store.clone());
+    let grace = std::time::Duration::from_millis(200);
+    let site = ObjectKey::new("pages/site/example.org/.index").unwrap();
+    deploy(&pages, COMMIT, &[b'a'; 1000]).await;
+    let old = store.read_manifest(&site).await.unwrap().unwrap().bytes;
+    deploy(&pages, NEXT, &[b'b'; 1000]).await;
+    assert_eq!(pages.collect(grace).await.unwrap().blobs, 0);
+    tokio::time::sleep(grace).await;
+    let (come, reached) = tokio::sync::oneshot::channel();
+    let (release, go) = tokio::sync::oneshot::channel();
+    *store.on_blob_delete.lock().unwrap() = Some((come, go));
+    let sweep = tokio::spawn({
+        let pages = pages.clone();
+        async move { pages.collect(grace).await.unwrap().blobs }
+    });
+    // The sweep has read the manifests again and is deleting the old content's blob.
+    reached.await.unwrap();
+    let redeploy = tokio::spawn({
+        let pages = pages.clone();
+        async move { deploy(&pages, COMMIT, &[b'a'; 1000]).await }
+    });
+    // The old content is the site again before the blob goes.
+    while store.read_manifest(&site).await.unwrap().unwrap().bytes != old {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    release.send(()).unwrap();
+    assert_eq!(sweep.await.unwrap(), 1, "the sweep deleted the blob");
+    let deployed = redeploy.await.unwrap();
+    assert!(!deployed.unchanged);
+    let served = pages.site("example.org", ".index").await.unwrap().unwrap();
+    let mut blobs = 0;
+    for entry in served.manifest.entries.values() {
+        if let gitcache_pages::manifest::Entry::File(Content::Blob { hash, .. }) = entry {
+            blobs += 1;
+            assert!(
+                pages.blob(hash).await.unwrap().is_some(),
+                "a blob the site names is there"
+            );
+        }
+    }
+    assert_eq!(blobs, 1);
+    // Its marker went with the sweep.
+    let markers = store
+        .list(&ObjectKey::new("pages/sweeping").unwrap())
+        .await
+        .unwrap();
+    assert!(markers.is_empty(), "{markers:?}");
+}
+
+/// The marker of a sweep that died is deleted by the next sweep once it is stale; the marker
+/// of one under way is left to it.
+#[tokio::test]
+async fn a_dead_sweeps_marker_goes_with_the_next_sweep() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    let pages = Pages::new(store.clone());
+    let dead = ObjectKey::new("pages/sweeping/dead").unwrap();
+    let live = ObjectKey::new("pages/sweeping/live").unwrap();
+    for key in [&dead, &live] {
+        store
+            .replace_manifest(key, b"sweeping\n", None)
+            .await
+            .unwrap();
+    }
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(store.path_of(&dead))
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    pages
+        .collect(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let left: Vec<String> = store
+        .list(&ObjectKey::new("pages/sweeping").unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|listed| listed.key.as_str().to_owned())
+        .collect();
+    assert_eq!(left, ["pages/sweeping/live"]);
 }
 
 /// Two deploys of one site that race (two pushes in quick succession): a deploy commits only
