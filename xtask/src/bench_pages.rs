@@ -1,10 +1,12 @@
-//! `cargo xtask bench-pages [--files N] [--seconds S]`: the pages listener of the release
+//! `cargo xtask bench-pages [--files N] [--large N] [--seconds S]`: the pages listener of the release
 //! binary against the reference's approach and a plain static file server, on one site.
 //!
 //! - **Deploy**: a site of N files (10,000 by default, in 100 folders, 1–6 KiB each) on a
 //!   branch of the testkit upstream (C git's http-backend). gitcache's `PUT` (a first deploy,
 //!   and the same tree deployed to another host, whose blobs are stored already) against
-//!   `git clone --depth 1` of the branch followed by copying its tree (`cp -r`).
+//!   `git clone --depth 1` of the branch followed by copying its tree (`cp -r`), and the
+//!   server's anonymous memory during the first deploy (`--large N` adds N incompressible files
+//!   of 8 MiB).
 //! - **Requests per second**: a small file (about 1 KiB) and a 1 MiB file, over 8 keep-alive
 //!   connections for S seconds, from gitcache against `python3 -m http.server` serving the
 //!   checked-out tree.
@@ -34,9 +36,9 @@ fn run_ok(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Write the site's files under `dir`: `files` text files in folders of 100, plus `small.txt`
-/// and `large.bin` (1 MiB, incompressible).
-fn write_site(dir: &Path, files: usize) -> Result<()> {
+/// Write the site's files under `dir`: `files` text files in folders of 100, plus `small.txt`,
+/// `large.bin` (1 MiB, incompressible) and `large` more incompressible files of 8 MiB.
+fn write_site(dir: &Path, files: usize, large: usize) -> Result<()> {
     let mut rng = Rng::new(4242);
     for i in 0..files {
         let folder = dir.join(format!("section-{:03}", i / 100));
@@ -48,8 +50,10 @@ fn write_site(dir: &Path, files: usize) -> Result<()> {
         std::fs::write(folder.join(format!("page-{i:05}.html")), body)?;
     }
     std::fs::write(dir.join("small.txt"), "x".repeat(1000))?;
-    let large = rng.bytes(1 << 20);
-    std::fs::write(dir.join("large.bin"), large)?;
+    std::fs::write(dir.join("large.bin"), rng.bytes(1 << 20))?;
+    for i in 0..large {
+        std::fs::write(dir.join(format!("large-{i:03}.bin")), rng.bytes(8 << 20))?;
+    }
     std::fs::write(dir.join("index.html"), "<h1>bench</h1>\n")?;
     Ok(())
 }
@@ -175,6 +179,7 @@ fn median(mut runs: Vec<Duration>) -> Duration {
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let files = crate::number_flag(args, "--files", 10_000)? as usize;
     let seconds = crate::number_flag(args, "--seconds", 5)?;
+    let large = crate::number_flag(args, "--large", 0)? as usize;
     crate::build_release_server(root)?;
     let upstream = Upstream::start()?;
     let bare = upstream.repo_path("acme/site");
@@ -185,7 +190,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         .tempdir()?;
     let tree = work.path().join("tree");
     std::fs::create_dir_all(&tree)?;
-    write_site(&tree, files)?;
+    write_site(&tree, files, large)?;
     let git = |args: &[&str]| {
         run_ok(
             Command::new("git")
@@ -229,7 +234,24 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let result = (|| -> Result<()> {
         let addr = pages_address(&mut server)?;
         // Deploys: the first stores every blob; later ones (other hosts) find them stored.
-        let first = deploy(&addr, "site0.example", &url)?;
+        // The server's anonymous memory (its heap: not the packs it maps), sampled as the
+        // first deploy runs.
+        let (pid, sampling) = (server.id(), Arc::new(AtomicBool::new(true)));
+        let sampler = std::thread::spawn({
+            let sampling = Arc::clone(&sampling);
+            move || {
+                let mut most = 0;
+                while sampling.load(Ordering::Relaxed) {
+                    most = most.max(crate::bench_proxy::rss_kib(pid).1);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                most
+            }
+        });
+        let first = deploy(&addr, "site0.example", &url);
+        sampling.store(false, Ordering::Relaxed);
+        let first_anon = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))? / 1024;
+        let first = first?;
         let again = median(
             (1..=3)
                 .map(|i| deploy(&addr, &format!("site{i}.example"), &url))
@@ -260,12 +282,13 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
                 })
                 .collect::<Result<_>>()?,
         );
-        println!("## Deploying a site of {files} files\n");
+        println!("## Deploying a site of {files} files and {large} of 8 MiB\n");
         println!("| approach | time |\n| --- | --- |");
         println!(
             "| gitcache `PUT`, first deploy (every blob stored) | {:.2} s |",
             first.as_secs_f64()
         );
+        println!("| server's anonymous memory at most during it | {first_anon} MiB |");
         println!(
             "| gitcache `PUT`, the same tree to another host (median of 3) | {:.2} s |",
             again.as_secs_f64()

@@ -1048,7 +1048,7 @@ fn at_once(
 
 /// A process's resident memory in KiB, in all and its anonymous part (heap, stacks: not
 /// mapped files such as packs); zeros once it is gone.
-fn rss_kib(pid: u32) -> (u64, u64) {
+pub(crate) fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status

@@ -18,7 +18,7 @@
 //! - `bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR]`: the same on
 //!   generated repositories of those sizes of pack, with bitmap writing and indexing, against
 //!   git (see `bench_scale`).
-//! - `bench-pages [--files N] [--seconds S]`: the pages listener (release build): deploy time
+//! - `bench-pages [--files N] [--large N] [--seconds S]`: the pages listener (release build): deploy time
 //!   of a site of N files against `git clone --depth 1` + `cp -r`, and requests per second
 //!   for a small and a 1 MiB file against `python3 -m http.server`.
 //! - `fuzz-smoke [seconds]`: run each fuzz target briefly (needs cargo-fuzz and a nightly or
@@ -100,7 +100,7 @@ fn main() -> Result<()> {
             fuzz_smoke(&workspace_root()?, seconds)
         }
         _ => bail!(
-            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT|TEXT] [--dump DIR] | bench-proxy [REPO] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] [--ls-refs-ms MS] [--keep DIR] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR] | bench-pages [--files N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
+            "usage: cargo xtask <transcripts | gen-repo PRESET SEED PATH [sha256] | bench-pack [REPO] [--only TEXT|TEXT] [--dump DIR] | bench-proxy [REPO] [--hits [--runs N] | --misses [--runs N] [--only TEXT] | --moved ROUNDS [--commits N] [--runs N] [--ls-refs-ms MS] [--keep DIR] | --response-cache | --two-instances [--only TEXT]] | bench-scale [--sizes MB,MB,...] [--history THOUSANDS,...] [--runs N] [--only TEXT] [--prepare] [--dump DIR] | bench-pages [--files N] [--large N] [--seconds S] | fuzz-smoke [seconds] | crash [--kills N] [--seed S] | soak [--minutes N] [--clients N]>"
         ),
     }
 }

@@ -17,8 +17,14 @@ pub struct TreeItem {
 /// What a [`TreeItem`] is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TreeItemKind {
-    /// A regular file and its content.
-    File(Vec<u8>),
+    /// A regular file: its blob and that blob's size, read by [`Repository::read_blob`]
+    /// when it is needed.
+    File {
+        /// The blob.
+        oid: ObjectId,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// A symbolic link and its target.
     Symlink(String),
 }
@@ -41,9 +47,10 @@ pub struct TreeLimits {
 }
 
 impl Repository {
-    /// Every file and symlink of the tree of `commit` (a commit, or a tag of one), with their
-    /// contents; submodules are left out. Over a limit of `limits`, or a name that is not
-    /// UTF-8 or holds a `/`: [`Error::Corrupt`] naming the commit and why.
+    /// Every file and symlink of the tree of `commit` (a commit, or a tag of one), files by
+    /// their blobs (sized, not read) and symlinks with their targets; submodules are left
+    /// out. Over a limit of `limits`, or a name that is not UTF-8 or holds a `/`:
+    /// [`Error::Corrupt`] naming the commit and why.
     pub fn tree_items(
         &self,
         commit: &ObjectId,
@@ -115,29 +122,25 @@ impl Repository {
                 if mode.is_commit() {
                     continue;
                 }
-                // Sized before it is read: a large object is refused unread (one a compressed
-                // pack holds in a few bytes would be inflated whole otherwise).
-                let size = objects.header(&oid)?.map_or(0, |(_, size)| size);
-                if size > limits.max_file_bytes {
-                    return Err(refuse(format!(
-                        "{path}: more than {} bytes",
-                        limits.max_file_bytes
-                    )));
-                }
-                if bytes + size > limits.max_bytes {
-                    return Err(refuse(format!(
-                        "more than {} bytes of files",
-                        limits.max_bytes
-                    )));
-                }
-                let (kind, data) = objects.read(&oid)?;
+                // Sized, not read: a large object is refused unread (one a compressed pack
+                // holds in a few bytes would be inflated whole otherwise).
+                let (kind, size) = objects.header(&oid)?.ok_or(Error::Corrupt {
+                    oid,
+                    reason: "a tree names an object that is not there".into(),
+                })?;
                 if kind != Kind::Blob {
                     return Err(Error::Corrupt {
                         oid,
                         reason: "expected a blob".into(),
                     });
                 }
-                bytes += data.len() as u64;
+                if size > limits.max_file_bytes {
+                    return Err(refuse(format!(
+                        "{path}: more than {} bytes",
+                        limits.max_file_bytes
+                    )));
+                }
+                bytes += size;
                 if bytes > limits.max_bytes {
                     return Err(refuse(format!(
                         "more than {} bytes of files",
@@ -145,18 +148,40 @@ impl Repository {
                     )));
                 }
                 let kind = if mode.is_link() {
+                    let (_, data) = objects.read(&oid)?;
                     let target = std::str::from_utf8(data).map_err(|_| {
                         refuse(format!("symlink {path} to a name that is not UTF-8"))
                     })?;
                     TreeItemKind::Symlink(target.to_owned())
                 } else {
-                    TreeItemKind::File(data.to_vec())
+                    TreeItemKind::File { oid, size }
                 };
                 items.push(TreeItem { path, kind });
             }
         }
         items.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(items)
+    }
+
+    /// The content of the blob `oid`, if it is at most `most` bytes (by the size its object
+    /// says, before it is read): [`Error::Corrupt`] otherwise, or when it is no blob.
+    pub fn read_blob(&self, oid: &ObjectId, most: u64) -> Result<Vec<u8>, Error> {
+        let mut objects = self.objects();
+        let corrupt = |reason: &str| Error::Corrupt {
+            oid: *oid,
+            reason: reason.into(),
+        };
+        match objects.header(oid)? {
+            None => return Err(corrupt("not there")),
+            Some((Kind::Blob, size)) if size <= most => {}
+            Some((Kind::Blob, _)) => return Err(corrupt(&format!("more than {most} bytes"))),
+            Some(_) => return Err(corrupt("expected a blob")),
+        }
+        let (kind, data) = objects.read(oid)?;
+        if kind != Kind::Blob || data.len() as u64 > most {
+            return Err(corrupt("not the blob its header says"));
+        }
+        Ok(data.to_vec())
     }
 }
 
@@ -165,35 +190,72 @@ mod tests {
     use super::*;
     use gitcache_testkit::git::{commit_all, git_stdout};
 
-    /// A file over the bound for one file is refused by its object's size, before it is
-    /// read; under it, the tree is read whole.
-    #[test]
-    fn a_file_over_its_bound_is_refused_unread() {
+    /// A repository whose one commit holds `files`: its folder, the repository, the commit.
+    fn committed(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, Repository, ObjectId) {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("w");
         std::fs::create_dir_all(&work).unwrap();
         git_stdout(&work, &["init", "-q", "-b", "main"]);
-        std::fs::write(work.join("small.txt"), "small\n").unwrap();
-        // Zeros: a few bytes in the pack, 300 once inflated.
-        std::fs::write(work.join("big.bin"), vec![0u8; 300]).unwrap();
+        for (name, content) in files {
+            std::fs::write(work.join(name), content).unwrap();
+        }
         commit_all(&work, "files");
         let tip = ObjectId::from_hex(git_stdout(&work, &["rev-parse", "HEAD"]).trim().as_bytes())
             .unwrap();
         let repo = Repository::open(work.join(".git")).unwrap();
-        let limits = |max_file_bytes| TreeLimits {
+        (dir, repo, tip)
+    }
+
+    /// Limits of ten items in four levels, `max_file_bytes` a file and `max_bytes` in all.
+    fn limits(max_file_bytes: u64, max_bytes: u64) -> TreeLimits {
+        TreeLimits {
             max_items: 10,
             max_path_bytes: 100,
-            max_bytes: 1000,
+            max_bytes,
             max_file_bytes,
             max_depth: 4,
-        };
-        let err = repo.tree_items(&tip, limits(299)).unwrap_err();
+        }
+    }
+
+    /// A file over the bound for one file is refused by its object's size, before it is
+    /// read; under it, the tree is listed, and the file read by its blob.
+    #[test]
+    fn a_file_over_its_bound_is_refused_unread() {
+        // Zeros: a few bytes in the pack, 300 once inflated.
+        let (_dir, repo, tip) = committed(&[
+            ("small.txt", b"small\n".to_vec()),
+            ("big.bin", vec![0u8; 300]),
+        ]);
+        let err = repo.tree_items(&tip, limits(299, 1000)).unwrap_err();
         assert!(
             err.to_string().contains("big.bin: more than 299 bytes"),
             "{err}"
         );
-        let items = repo.tree_items(&tip, limits(300)).unwrap();
+        let items = repo.tree_items(&tip, limits(300, 1000)).unwrap();
         let paths: Vec<&str> = items.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths, ["big.bin", "small.txt"]);
+        let TreeItemKind::File { oid, size } = items[0].kind else {
+            panic!("{:?} is a file", items[0]);
+        };
+        assert_eq!(size, 300);
+        assert!(repo.read_blob(&oid, 299).is_err(), "over its bound");
+        assert_eq!(repo.read_blob(&oid, 300).unwrap(), vec![0u8; 300]);
+        assert!(repo.read_blob(&tip, 1000).is_err(), "a commit is no blob");
+    }
+
+    /// The files of a tree together over their bound are refused by their sizes, none read.
+    #[test]
+    fn files_over_their_bound_together_are_refused() {
+        let (_dir, repo, tip) = committed(&[
+            ("a", vec![b'a'; 400]),
+            ("b", vec![b'b'; 400]),
+            ("c", vec![b'c'; 400]),
+        ]);
+        let err = repo.tree_items(&tip, limits(1000, 1199)).unwrap_err();
+        assert!(
+            err.to_string().contains("more than 1199 bytes of files"),
+            "{err}"
+        );
+        assert_eq!(repo.tree_items(&tip, limits(1000, 1200)).unwrap().len(), 3);
     }
 }

@@ -1,16 +1,17 @@
 //! Taking a branch's tree from a repository: the branch's commit by `ls-refs`, one shallow
 //! fetch of it (`deepen 1`) through gitcache's protocol v2 client, the pack indexed in a
-//! scratch folder (removed afterwards, whatever happens), and the tree read out as files.
+//! scratch folder (removed once the tree is let go of, whatever happens), and the tree read
+//! out a file at a time as it is deployed ([`FetchedTree`]).
 
 use std::io::BufReader;
 use std::path::Path;
 
-use gitcache_pack::checkout::{TreeItemKind, TreeLimits};
+use gitcache_pack::checkout::{TreeItem, TreeItemKind, TreeLimits};
 use gitcache_protocol::request::{Fetch, LsRefs};
 use gitcache_protocol::response::PackStream;
 use gitcache_upstream::Upstream;
 
-use crate::site::{MAX_FILE_BYTES, MAX_FILES, MAX_SITE_BYTES, TreeFile};
+use crate::site::{MAX_FILE_BYTES, MAX_FILES, MAX_SITE_BYTES, SourceKind, TreeFile, TreeSource};
 
 /// The slowest a deploy's upstream may answer: 256 KiB in every 30 seconds (whatever its
 /// idle timeout), so that one that sends a byte now and then holds a deploy's slot for half
@@ -56,15 +57,73 @@ pub enum FetchError {
     Io(#[from] std::io::Error),
 }
 
-/// The commit at the tip of `branch` of `upstream`'s repository, and its tree as files (within
-/// the site limits), by way of a scratch folder under `scratch`.
+/// A branch's tree as fetched: its paths and sizes, each file read from the repository
+/// fetched for it when it is needed. That repository is in a scratch folder, removed when
+/// this is dropped.
+pub struct FetchedTree {
+    repo: gitcache_pack::Repository,
+    items: Vec<TreeItem>,
+    // Dropped after the repository.
+    _dir: RemoveOnDrop,
+}
+
+impl std::fmt::Debug for FetchedTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchedTree")
+            .field("items", &self.items.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FetchedTree {
+    /// Every file and symlink, files read whole.
+    pub fn files(&self) -> Result<Vec<TreeFile>, String> {
+        (0..self.count())
+            .map(|index| {
+                Ok(match self.item(index) {
+                    (path, SourceKind::File(_)) => TreeFile::file(path, self.read(index)?),
+                    (path, SourceKind::Symlink(target)) => TreeFile::symlink(path, target),
+                })
+            })
+            .collect()
+    }
+}
+
+impl TreeSource for FetchedTree {
+    fn count(&self) -> usize {
+        self.items.len()
+    }
+
+    fn item(&self, index: usize) -> (&str, SourceKind<'_>) {
+        let item = &self.items[index];
+        let kind = match &item.kind {
+            TreeItemKind::File { size, .. } => SourceKind::File(*size),
+            TreeItemKind::Symlink(target) => SourceKind::Symlink(target),
+        };
+        (&item.path, kind)
+    }
+
+    fn read(&self, index: usize) -> Result<Vec<u8>, String> {
+        let item = &self.items[index];
+        match &item.kind {
+            TreeItemKind::File { oid, size } => self
+                .repo
+                .read_blob(oid, *size)
+                .map_err(|err| format!("{}: {err}", item.path)),
+            TreeItemKind::Symlink(_) => Err(format!("{} is a symlink", item.path)),
+        }
+    }
+}
+
+/// The commit at the tip of `branch` of `upstream`'s repository, and its tree (within the
+/// site limits), by way of a scratch folder under `scratch`.
 pub async fn branch_tree(
     upstream: &Upstream,
     branch: &str,
     scratch: &Path,
-) -> Result<(String, Vec<TreeFile>), FetchError> {
+) -> Result<(String, FetchedTree), FetchError> {
     match branch_tree_unless(upstream, branch, scratch, None).await? {
-        Changed::Tree(commit, tree) => Ok((commit, tree)),
+        Changed::Tree(commit, tree) => Ok((commit, *tree)),
         Changed::No => Err(FetchError::Answer("the tip was taken as deployed".into())),
     }
 }
@@ -74,8 +133,8 @@ pub async fn branch_tree(
 pub enum Changed {
     /// The branch's tip is the commit deployed: nothing was fetched.
     No,
-    /// The tip, and its tree as files.
-    Tree(String, Vec<TreeFile>),
+    /// The tip, and its tree.
+    Tree(String, Box<FetchedTree>),
 }
 
 /// [`branch_tree`], unless the branch's tip is `deployed` (a commit id in hex): then only the
@@ -94,8 +153,8 @@ pub async fn branch_tree_unless(
         return Ok(Changed::No);
     }
     let dir = tempfile_dir(scratch)?;
-    // Removed however this ends: an error, a panic, the future dropped.
-    let _removed = RemoveOnDrop(dir.clone());
+    // Removed however this ends: an error, a panic, the future dropped, the tree let go of.
+    let removed = RemoveOnDrop(dir.clone());
     let result = async {
         let git_dir = dir.join("site.git");
         gitcache_mirror::mirror::Mirror::create(&git_dir, format)?;
@@ -120,7 +179,7 @@ pub async fn branch_tree_unless(
         upstream.fetch_into(format, fetch, &mut file).await?;
         drop(file);
         let (git_dir_b, response_b) = (git_dir.clone(), response.clone());
-        tokio::task::spawn_blocking(move || -> Result<Vec<TreeFile>, FetchError> {
+        tokio::task::spawn_blocking(move || -> Result<_, FetchError> {
             let answer = |e: &dyn std::fmt::Display| FetchError::Answer(e.to_string());
             let mut stream =
                 PackStream::new(BufReader::new(std::fs::File::open(&response_b)?), format);
@@ -130,6 +189,8 @@ pub async fn branch_tree_unless(
             }
             gitcache_mirror::ingest::ingest_pack(&git_dir_b, format, &mut BufReader::new(stream))
                 .map_err(|e| answer(&e))?;
+            // Taken in: the repository's pack is all the deployment reads.
+            let _ = std::fs::remove_file(&response_b);
             let repo = gitcache_pack::Repository::open(&git_dir_b)?;
             let limits = TreeLimits {
                 max_items: MAX_FILES,
@@ -138,20 +199,22 @@ pub async fn branch_tree_unless(
                 max_file_bytes: MAX_FILE_BYTES,
                 max_depth: 64,
             };
-            Ok(repo
-                .tree_items(&tip, limits)?
-                .into_iter()
-                .map(|item| match item.kind {
-                    TreeItemKind::File(content) => TreeFile::file(item.path, content),
-                    TreeItemKind::Symlink(target) => TreeFile::symlink(item.path, target),
-                })
-                .collect())
+            let items = repo.tree_items(&tip, limits)?;
+            Ok((repo, items))
         })
         .await
         .map_err(|e| FetchError::Answer(e.to_string()))?
     }
     .await;
-    Ok(Changed::Tree(tip.to_string(), result?))
+    let (repo, items) = result?;
+    Ok(Changed::Tree(
+        tip.to_string(),
+        Box::new(FetchedTree {
+            repo,
+            items,
+            _dir: removed,
+        }),
+    ))
 }
 
 /// The longest branch ref name (`refs/heads/` and the name) a deploy names: more than any

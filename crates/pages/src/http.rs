@@ -1086,7 +1086,7 @@ impl PagesService {
             crate::fetch::branch_tree_unless(&upstream, branch, &self.scratch, deployed.as_deref())
                 .await;
         let (commit, tree) = match fetched {
-            Ok(crate::fetch::Changed::Tree(commit, tree)) => (commit, tree),
+            Ok(crate::fetch::Changed::Tree(commit, tree)) => (commit, *tree),
             Ok(crate::fetch::Changed::No) => {
                 let commit = deployed.unwrap_or_default();
                 tracing::info!(host, project, commit, "site unchanged: nothing fetched");

@@ -28,6 +28,9 @@ use crate::rules::{HEADERS_FILE, MAX_RULES_BYTES, REDIRECTS_FILE, RuleError, Rul
 pub const MAX_FILES: usize = 100_000;
 /// Blobs a deployment writes (or looks for) at once.
 pub const CONCURRENT_UPLOADS: usize = 16;
+/// The most bytes of files a deployment holds at once as it uploads them, in KiB (a larger
+/// file is held alone).
+const UPLOAD_KIB: u64 = 64 << 10;
 /// The largest file.
 pub const MAX_FILE_BYTES: u64 = 100 << 20;
 /// The most bytes a site's files may take together.
@@ -84,6 +87,50 @@ impl TreeFile {
     }
 }
 
+/// A tree to deploy, read a file at a time: its paths and sizes first, then each file's
+/// bytes when it is hashed and again when it is uploaded, so that a deployment holds a few
+/// files at once rather than its site. A `Vec<TreeFile>` is one held in memory;
+/// [`crate::fetch::FetchedTree`] reads one from the repository fetched for it.
+pub trait TreeSource: Send + Sync + 'static {
+    /// How many files and symlinks it holds.
+    fn count(&self) -> usize;
+    /// The `index`th (below [`TreeSource::count`]): its path, and what it is.
+    fn item(&self, index: usize) -> (&str, SourceKind<'_>);
+    /// The bytes of the file at `index`. It may block: it is called on a blocking thread.
+    fn read(&self, index: usize) -> Result<Vec<u8>, String>;
+}
+
+/// What an item of a [`TreeSource`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind<'a> {
+    /// A file of this many bytes.
+    File(u64),
+    /// A symlink and its target.
+    Symlink(&'a str),
+}
+
+impl TreeSource for Vec<TreeFile> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn item(&self, index: usize) -> (&str, SourceKind<'_>) {
+        let file = &self[index];
+        let kind = match &file.kind {
+            TreeKind::File(content) => SourceKind::File(content.len() as u64),
+            TreeKind::Symlink(target) => SourceKind::Symlink(target),
+        };
+        (&file.path, kind)
+    }
+
+    fn read(&self, index: usize) -> Result<Vec<u8>, String> {
+        match &self[index].kind {
+            TreeKind::File(content) => Ok(content.clone()),
+            TreeKind::Symlink(_) => Err(format!("{} is a symlink", self[index].path)),
+        }
+    }
+}
+
 /// Why a deployment or a read failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -111,6 +158,9 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// The tree could not be read (or a file read again was not what it was when hashed).
+    #[error("reading the tree to deploy: {0}")]
+    Tree(String),
     /// The site's manifest kept changing under this deployment.
     #[error("the site kept changing during the deployment")]
     Contended,
@@ -510,7 +560,7 @@ impl<S: ObjectStore> Pages<S> {
         project: &str,
         commit: &str,
         source: &str,
-        tree: Vec<TreeFile>,
+        tree: impl TreeSource,
     ) -> Result<Deployed, Error> {
         let since = self.site_version(host, project).await?;
         self.deploy_unless_superseded(host, project, commit, source, tree, since, || {
@@ -544,13 +594,19 @@ impl<S: ObjectStore> Pages<S> {
         project: &str,
         commit: &str,
         source: &str,
-        tree: Vec<TreeFile>,
+        tree: impl TreeSource,
         since: Option<Version>,
         mut still_tip: impl FnMut() -> futures_util::future::BoxFuture<'static, Result<bool, String>>
         + Send,
     ) -> Result<Deployed, Error> {
         let site_key = Self::site_key(host, project)?;
-        let (manifest, blobs, rules) = build(commit, source, tree)?;
+        let tree: Arc<dyn TreeSource> = Arc::new(tree);
+        let (manifest, blobs, rules) = {
+            let (tree, commit, source) = (Arc::clone(&tree), commit.to_owned(), source.to_owned());
+            tokio::task::spawn_blocking(move || build(&commit, &source, &*tree))
+                .await
+                .map_err(|err| Error::Tree(err.to_string()))??
+        };
         // A site that memory could not hold would be read from the store and decoded again
         // for every request it answers.
         let held = Self::site_cost(&manifest, &rules) + 2 * site_key.as_str().len();
@@ -604,7 +660,7 @@ impl<S: ObjectStore> Pages<S> {
         ))?;
         // Created, or there already (the same deployment under way): either way staged.
         self.store.replace_manifest(&staged, &encoded, None).await?;
-        let uploaded = self.store_blobs(&blobs).await?;
+        let uploaded = self.store_blobs(&blobs, &tree).await?;
         // From the version before the tree was read: a deployment committed during the fetch
         // is a conflict as much as one committed during the upload.
         let mut expected = since;
@@ -644,7 +700,7 @@ impl<S: ObjectStore> Pages<S> {
         // deleting: its marker was there before this deployment staged, and is until its
         // deletes are over.
         self.after_sweeps().await;
-        self.store_blobs(&blobs).await?;
+        self.store_blobs(&blobs, &tree).await?;
         for memory in [&self.memory.sites, &self.memory.absent] {
             memory
                 .lock()
@@ -664,18 +720,20 @@ impl<S: ObjectStore> Pages<S> {
         })
     }
 
-    /// Write each of `blobs` the store lacks, [`CONCURRENT_UPLOADS`] at a time: how many were
-    /// written.
-    async fn store_blobs(&self, blobs: &Blobs) -> Result<usize, Error> {
+    /// Write each of `blobs` the store lacks, read again from `tree`: [`CONCURRENT_UPLOADS`]
+    /// at a time, holding at most 64 MiB of them (or one larger file) at once. How
+    /// many were written.
+    async fn store_blobs(&self, blobs: &Blobs, tree: &Arc<dyn TreeSource>) -> Result<usize, Error> {
         use futures_util::StreamExt as _;
+        let held = tokio::sync::Semaphore::new(UPLOAD_KIB as usize);
         let mut pending = futures_util::stream::FuturesUnordered::new();
         let mut items = blobs.iter();
         let mut written = 0;
         loop {
             while pending.len() < CONCURRENT_UPLOADS
-                && let Some((hash, content)) = items.next()
+                && let Some((hash, &(index, size))) = items.next()
             {
-                pending.push(self.store_blob(hash, content));
+                pending.push(self.store_blob(hash, index, size, tree, &held));
             }
             match pending.next().await {
                 Some(stored) => written += usize::from(stored?),
@@ -684,15 +742,42 @@ impl<S: ObjectStore> Pages<S> {
         }
     }
 
-    /// Write the blob `hash` holding `content` unless the store has it: whether it was
-    /// written.
-    async fn store_blob(&self, hash: &[u8; 32], content: &[u8]) -> Result<bool, Error> {
+    /// Write the blob `hash` of `size` bytes, the file `index` of `tree`, unless the store
+    /// has it: whether it was written. Its bytes are read into `held` (KiB of them).
+    async fn store_blob(
+        &self,
+        hash: &[u8; 32],
+        index: usize,
+        size: u64,
+        tree: &Arc<dyn TreeSource>,
+        held: &tokio::sync::Semaphore,
+    ) -> Result<bool, Error> {
         let key = Self::blob_key(hash)?;
         if self.store.size(&key).await?.is_some() {
             return Ok(false);
         }
+        let kib = size.div_ceil(1024).clamp(1, UPLOAD_KIB) as u32;
+        let _held = held
+            .acquire_many(kib)
+            .await
+            .map_err(|err| Error::Tree(err.to_string()))?;
+        let (tree, expected) = (Arc::clone(tree), *hash);
+        let content = tokio::task::spawn_blocking(move || {
+            let content = tree.read(index)?;
+            // Named by what was hashed: a file that read otherwise now is not written under it.
+            if <[u8; 32]>::from(sha2::Sha256::digest(&content)) != expected {
+                return Err(format!(
+                    "{}: changed since it was hashed",
+                    tree.item(index).0
+                ));
+            }
+            Ok(content)
+        })
+        .await
+        .map_err(|err| Error::Tree(err.to_string()))?
+        .map_err(Error::Tree)?;
         // Create-only: a blob is its content, so one written meanwhile is this one.
-        self.store.replace_manifest(&key, content, None).await?;
+        self.store.replace_manifest(&key, &content, None).await?;
         Ok(true)
     }
 
@@ -951,14 +1036,16 @@ pub fn source_fits(source: &str) -> bool {
     source.len() <= crate::manifest::MAX_PATH && !source.chars().any(char::is_control)
 }
 
-/// Blob contents by their SHA-256.
-type Blobs = BTreeMap<[u8; 32], Vec<u8>>;
+/// The blobs a manifest names, by their SHA-256: the index of a file of the tree holding
+/// each, and its size.
+type Blobs = BTreeMap<[u8; 32], (usize, u64)>;
 
-/// The manifest of `tree`, and the blobs it names with their contents.
+/// The manifest of `tree`, and the blobs it names. Each file is read once here (hashed, or
+/// inlined when small) and let go; it blocks.
 fn build(
     commit: &str,
     source: &str,
-    tree: Vec<TreeFile>,
+    tree: &dyn TreeSource,
 ) -> Result<(SiteManifest, Blobs, Rules), Error> {
     if commit.is_empty() || commit.len() > 64 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Name(commit.to_owned()));
@@ -966,9 +1053,8 @@ fn build(
     if !source_fits(source) {
         return Err(Error::Name(source.to_owned()));
     }
-    let files = tree
-        .iter()
-        .filter(|f| matches!(f.kind, TreeKind::File(_)))
+    let files = (0..tree.count())
+        .filter(|&i| matches!(tree.item(i).1, SourceKind::File(_)))
         .count();
     if files > MAX_FILES {
         return Err(Error::TooLarge {
@@ -977,81 +1063,95 @@ fn build(
             limit: MAX_FILES as u64,
         });
     }
-    let mut entries = BTreeMap::new();
-    let mut blobs = BTreeMap::new();
+    // Sized before any is read.
     let mut total = 0u64;
-    let mut rules: [Option<String>; 2] = [None, None];
-    for file in tree {
-        if let TreeKind::File(content) = &file.kind
-            && let Some(at) = [REDIRECTS_FILE, HEADERS_FILE]
-                .iter()
-                .position(|name| file.path == *name)
-        {
-            if content.len() as u64 > MAX_RULES_BYTES {
+    for index in 0..tree.count() {
+        if let SourceKind::File(size) = tree.item(index).1 {
+            if size > MAX_FILE_BYTES {
                 return Err(Error::TooLarge {
-                    what: "a rules file's bytes",
-                    got: content.len() as u64,
-                    limit: MAX_RULES_BYTES,
+                    what: "a file's bytes",
+                    got: size,
+                    limit: MAX_FILE_BYTES,
                 });
             }
-            rules[at] = Some(String::from_utf8_lossy(content).into_owned());
+            total += size;
+            if total > MAX_SITE_BYTES {
+                return Err(Error::TooLarge {
+                    what: "the site's bytes",
+                    got: total,
+                    limit: MAX_SITE_BYTES,
+                });
+            }
         }
-        if !valid_path(&file.path) || entries.contains_key(&file.path) {
-            return Err(Error::Path(file.path));
+    }
+    let mut entries = BTreeMap::new();
+    let mut blobs = BTreeMap::new();
+    let mut rules: [Option<String>; 2] = [None, None];
+    for index in 0..tree.count() {
+        let (path, kind) = tree.item(index);
+        if let SourceKind::File(size) = kind
+            && [REDIRECTS_FILE, HEADERS_FILE].contains(&path)
+            && size > MAX_RULES_BYTES
+        {
+            return Err(Error::TooLarge {
+                what: "a rules file's bytes",
+                got: size,
+                limit: MAX_RULES_BYTES,
+            });
+        }
+        if !valid_path(path) || entries.contains_key(path) {
+            return Err(Error::Path(path.to_owned()));
         }
         // Every directory on the way is an entry.
         let mut at = 0;
-        while let Some(slash) = file.path[at..].find('/') {
-            let dir = &file.path[..at + slash];
+        while let Some(slash) = path[at..].find('/') {
+            let dir = &path[..at + slash];
             match entries.get(dir) {
                 None => {
                     entries.insert(dir.to_owned(), Entry::Dir);
                 }
                 Some(Entry::Dir) => {}
-                Some(_) => return Err(Error::Path(file.path)),
+                Some(_) => return Err(Error::Path(path.to_owned())),
             }
             at += slash + 1;
         }
-        let entry = match file.kind {
-            TreeKind::Symlink(target) => {
+        let entry = match kind {
+            SourceKind::Symlink(target) => {
                 if target.is_empty()
                     || target.len() > crate::manifest::MAX_PATH
                     || target.chars().any(char::is_control)
                 {
-                    return Err(Error::Path(file.path));
+                    return Err(Error::Path(path.to_owned()));
                 }
-                Entry::Symlink(target)
+                Entry::Symlink(target.to_owned())
             }
-            TreeKind::File(content) => {
-                let size = content.len() as u64;
-                if size > MAX_FILE_BYTES {
-                    return Err(Error::TooLarge {
-                        what: "a file's bytes",
-                        got: size,
-                        limit: MAX_FILE_BYTES,
-                    });
+            SourceKind::File(size) => {
+                let content = tree.read(index).map_err(Error::Tree)?;
+                if content.len() as u64 != size {
+                    return Err(Error::Tree(format!(
+                        "{path}: {} bytes read of {size}",
+                        content.len()
+                    )));
                 }
-                total += size;
-                if total > MAX_SITE_BYTES {
-                    return Err(Error::TooLarge {
-                        what: "the site's bytes",
-                        got: total,
-                        limit: MAX_SITE_BYTES,
-                    });
+                if let Some(at) = [REDIRECTS_FILE, HEADERS_FILE]
+                    .iter()
+                    .position(|name| path == *name)
+                {
+                    rules[at] = Some(String::from_utf8_lossy(&content).into_owned());
                 }
                 if content.len() <= INLINE_MAX {
                     Entry::File(Content::Inline(content))
                 } else {
                     let hash: [u8; 32] = sha2::Sha256::digest(&content).into();
-                    blobs.insert(hash, content);
+                    blobs.insert(hash, (index, size));
                     Entry::File(Content::Blob { hash, size })
                 }
             }
         };
-        if entries.get(&file.path) == Some(&Entry::Dir) {
-            return Err(Error::Path(file.path));
+        if entries.get(path) == Some(&Entry::Dir) {
+            return Err(Error::Path(path.to_owned()));
         }
-        entries.insert(file.path, entry);
+        entries.insert(path.to_owned(), entry);
     }
     let rules = Rules::parse(rules[0].as_deref(), rules[1].as_deref())?;
     Ok((

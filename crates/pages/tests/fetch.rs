@@ -59,10 +59,10 @@ async fn a_branch_tree_is_fetched_shallowly_deployed_and_served() {
     )
     .unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let (tip, files) = branch_tree(&client, "pages", scratch.path()).await.unwrap();
+    let (tip, fetched) = branch_tree(&client, "pages", scratch.path()).await.unwrap();
     assert_eq!(tip, commit);
     assert_eq!(
-        files,
+        fetched.files().unwrap(),
         vec![
             TreeFile::file("docs/index.html", b"<h1>docs</h1>".to_vec()),
             TreeFile::file("index.html", b"<h1>home</h1>".to_vec()),
@@ -71,16 +71,20 @@ async fn a_branch_tree_is_fetched_shallowly_deployed_and_served() {
         ]
     );
     assert!(
-        std::fs::read_dir(scratch.path()).unwrap().next().is_none(),
-        "the scratch folder is left empty"
+        std::fs::read_dir(scratch.path()).unwrap().next().is_some(),
+        "the fetched repository is read as the tree is deployed"
     );
 
     let store = tempfile::tempdir().unwrap();
     let pages = Pages::new(AnyStore::Fs(FsStore::new(store.path())));
     pages
-        .deploy("acme.example", ".index", &tip, "acme/site#pages", files)
+        .deploy("acme.example", ".index", &tip, "acme/site#pages", fetched)
         .await
         .unwrap();
+    assert!(
+        std::fs::read_dir(scratch.path()).unwrap().next().is_none(),
+        "the scratch folder is left empty once the tree is let go of"
+    );
     let site = pages.site("acme.example", ".index").await.unwrap().unwrap();
     let Answer::Found(file) = answer(&site, "/latest/") else {
         panic!("the docs through the symlink");

@@ -947,3 +947,121 @@ async fn a_deploy_overtaken_by_another_commits_only_while_it_is_the_tip() {
         .unwrap();
     assert!(staged.is_empty(), "{staged:?}");
 }
+
+/// A tree that counts how often each file is read, and reads its last file otherwise the
+/// second time when `fickle`.
+#[derive(Debug, Clone)]
+struct Counted {
+    files: std::sync::Arc<Vec<TreeFile>>,
+    reads: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    fickle: bool,
+}
+
+impl Counted {
+    fn new(files: Vec<TreeFile>, fickle: bool) -> Self {
+        Counted {
+            reads: std::sync::Arc::new(std::sync::Mutex::new(vec![0; files.len()])),
+            files: std::sync::Arc::new(files),
+            fickle,
+        }
+    }
+
+    fn reads(&self) -> Vec<usize> {
+        self.reads.lock().unwrap().clone()
+    }
+}
+
+impl gitcache_pages::site::TreeSource for Counted {
+    fn count(&self) -> usize {
+        self.files.count()
+    }
+
+    fn item(&self, index: usize) -> (&str, gitcache_pages::site::SourceKind<'_>) {
+        self.files.item(index)
+    }
+
+    fn read(&self, index: usize) -> Result<Vec<u8>, String> {
+        let times = {
+            let mut reads = self.reads.lock().unwrap();
+            reads[index] += 1;
+            reads[index]
+        };
+        let mut content = self.files.read(index)?;
+        if self.fickle && index + 1 == self.files.len() && times > 1 {
+            content[0] ^= 1;
+        }
+        Ok(content)
+    }
+}
+
+/// A deployment reads each file when it needs it and lets it go: once to hash it (a small
+/// file, inlined, only then), once more to upload a blob the store lacks, not at all again
+/// for one the store has. The site it makes serves every file.
+#[tokio::test]
+async fn a_deployment_reads_its_files_as_it_needs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = Pages::new(FsStore::new(dir.path()));
+    let files = vec![
+        TreeFile::file("a.bin", vec![b'a'; 5000]),
+        TreeFile::file("b.bin", vec![b'b'; 7000]),
+        TreeFile::file("index.html", b"<h1>home</h1>".to_vec()),
+    ];
+    let first = Counted::new(files.clone(), false);
+    let done = pages
+        .deploy("example.org", ".index", COMMIT, "src", first.clone())
+        .await
+        .unwrap();
+    assert_eq!(done.uploaded, 2);
+    assert_eq!(first.reads(), [2, 2, 1]);
+    let again = Counted::new(files, false);
+    let done = pages
+        .deploy("example.org", ".index", NEXT, "src", again.clone())
+        .await
+        .unwrap();
+    assert_eq!(done.uploaded, 0);
+    assert_eq!(
+        again.reads(),
+        [1, 1, 1],
+        "blobs in the store are not read again"
+    );
+    let site = pages.site("example.org", ".index").await.unwrap().unwrap();
+    for (path, expected) in [("a.bin", vec![b'a'; 5000]), ("b.bin", vec![b'b'; 7000])] {
+        let Some(gitcache_pages::manifest::Entry::File(Content::Blob { hash, .. })) =
+            site.manifest.entries.get(path)
+        else {
+            panic!("{path} is a blob");
+        };
+        assert_eq!(pages.blob(hash).await.unwrap().unwrap().to_vec(), expected);
+    }
+}
+
+/// A file that reads otherwise when it is uploaded than when it was hashed is not stored
+/// under the hash, and nothing is committed.
+#[tokio::test]
+async fn a_file_read_otherwise_than_hashed_is_not_stored_under_the_hash() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    let pages = Pages::new(store.clone());
+    let fickle = Counted::new(
+        vec![
+            TreeFile::file("a.bin", vec![b'a'; 5000]),
+            TreeFile::file("b.bin", vec![b'b'; 7000]),
+        ],
+        true,
+    );
+    let err = pages
+        .deploy("example.org", ".index", COMMIT, "src", fickle)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Tree(why) if why.contains("b.bin: changed since it was hashed")),
+        "{err}"
+    );
+    let blobs = store
+        .list(&ObjectKey::new("pages/blob").unwrap())
+        .await
+        .unwrap();
+    assert!(blobs.len() <= 1, "only a.bin's blob, if any: {blobs:?}");
+    assert!(pages.site("example.org", ".index").await.unwrap().is_none());
+}
