@@ -122,7 +122,7 @@ pub async fn branch_tree(
     branch: &str,
     scratch: &Path,
 ) -> Result<(String, FetchedTree), FetchError> {
-    match branch_tree_unless(upstream, branch, scratch, None).await? {
+    match branch_tree_unless(upstream, branch, scratch, None, MOST_PACK_BYTES).await? {
         Changed::Tree(commit, tree) => Ok((commit, *tree)),
         Changed::No => Err(FetchError::Answer("the tip was taken as deployed".into())),
     }
@@ -137,13 +137,19 @@ pub enum Changed {
     Tree(String, Box<FetchedTree>),
 }
 
+/// The largest pack a deploy fetches: twice what a site may hold (its history is shallow,
+/// but a tree's files may compress badly).
+pub const MOST_PACK_BYTES: u64 = 2 * MAX_SITE_BYTES;
+
 /// [`branch_tree`], unless the branch's tip is `deployed` (a commit id in hex): then only the
-/// branch's tip is asked (`ls-refs`), and nothing is fetched.
+/// branch's tip is asked (`ls-refs`), and nothing is fetched. A pack over `most` bytes (and
+/// [`MOST_PACK_BYTES`]) is refused as it arrives.
 pub async fn branch_tree_unless(
     upstream: &Upstream,
     branch: &str,
     scratch: &Path,
     deployed: Option<&str>,
+    most: u64,
 ) -> Result<Changed, FetchError> {
     // Refused before anything is asked of the upstream.
     branch_ref(branch)?;
@@ -162,7 +168,7 @@ pub async fn branch_tree_unless(
         let mut file = tokio::fs::File::create(&response).await?;
         // A site's repository gets no more than a site may hold (and its history, shallow).
         let upstream = upstream.clone().with_limits(gitcache_upstream::Limits {
-            max_pack_bytes: 2 * MAX_SITE_BYTES,
+            max_pack_bytes: most.min(MOST_PACK_BYTES),
             transfer_timeout: std::time::Duration::from_secs(300),
             min_rate: Some(MIN_RATE),
             first_window: Some(PACK_STARTS_WITHIN),

@@ -153,6 +153,11 @@ pub struct Options {
     /// Where deploys may fetch from. The wildcard's own repositories are fetched whatever
     /// this says.
     pub sources: Sources,
+    /// Bytes a deploy keeps free on the scratch folder's disk (`0`: no floor): one that
+    /// finds less is refused with `507`, and its pack may take half of what is free above
+    /// (taking it in writes it again). The store's own disk is held to it by
+    /// [`Pages::with_min_free`](crate::site::Pages::with_min_free).
+    pub min_free_bytes: u64,
 }
 
 /// Where deploys may fetch from: a deployer names the repository URL, so by default only
@@ -212,6 +217,8 @@ pub struct PagesService {
     scratch: PathBuf,
     /// Each upstream exchange of a deploy within this.
     timeout: Duration,
+    /// Bytes kept free on the scratch folder's disk.
+    min_free: u64,
     /// Deploys without authorization (logged at each).
     insecure: bool,
     /// The DNS server asked for `_git-pages-challenge` TXT records.
@@ -352,6 +359,7 @@ impl PagesService {
                 dns,
                 wildcard: None,
                 sources: Sources::default(),
+                min_free_bytes: 0,
             },
         )
     }
@@ -367,6 +375,7 @@ impl PagesService {
             pages,
             scratch,
             timeout,
+            min_free: options.min_free_bytes,
             insecure: options.insecure,
             dns: options.dns,
             wildcard: options.wildcard,
@@ -1082,9 +1091,28 @@ impl PagesService {
             Ok(Some(site)) if site.manifest.source == source => Some(site.manifest.commit.clone()),
             _ => None,
         };
-        let fetched =
-            crate::fetch::branch_tree_unless(&upstream, branch, &self.scratch, deployed.as_deref())
-                .await;
+        // The pack may take half the room above the floor: taking it in writes it again.
+        let most = match gitcache_storage::fs::free_bytes_near(&self.scratch) {
+            Some(free) if self.min_free > 0 => {
+                if free <= self.min_free {
+                    tracing::warn!(free, floor = self.min_free, "deploy refused: disk low");
+                    return text(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "the server's disk is below the free space it keeps",
+                    );
+                }
+                (free - self.min_free) / 2
+            }
+            _ => crate::fetch::MOST_PACK_BYTES,
+        };
+        let fetched = crate::fetch::branch_tree_unless(
+            &upstream,
+            branch,
+            &self.scratch,
+            deployed.as_deref(),
+            most,
+        )
+        .await;
         let (commit, tree) = match fetched {
             Ok(crate::fetch::Changed::Tree(commit, tree)) => (commit, *tree),
             Ok(crate::fetch::Changed::No) => {
@@ -1100,6 +1128,15 @@ impl PagesService {
             }
             Err(err @ (FetchError::NoBranch(_) | FetchError::BadBranch(_))) => {
                 return text(StatusCode::BAD_REQUEST, &err.to_string());
+            }
+            Err(FetchError::Upstream(gitcache_upstream::Error::TooLarge { .. }))
+                if most < crate::fetch::MOST_PACK_BYTES =>
+            {
+                tracing::warn!(most, "deploy refused: its pack would take the disk low");
+                return text(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "the repository's pack would take the server's disk below the free space it keeps",
+                );
             }
             Err(FetchError::Tree(err)) => {
                 return text(
@@ -1172,6 +1209,13 @@ impl PagesService {
                 text(StatusCode::CONFLICT, &err.to_string())
             }
             Err(err @ SiteError::TipUnknown(_)) => text(StatusCode::BAD_GATEWAY, &err.to_string()),
+            Err(err @ SiteError::LowDisk { .. }) => {
+                tracing::warn!(%err, "deploy refused: disk low");
+                text(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "the server's disk is below the free space it keeps",
+                )
+            }
             Err(err) => {
                 tracing::warn!(%err, "deploy failed");
                 text(StatusCode::SERVICE_UNAVAILABLE, &format!("gitcache: {err}"))

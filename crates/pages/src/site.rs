@@ -161,6 +161,16 @@ pub enum Error {
     /// The tree could not be read (or a file read again was not what it was when hashed).
     #[error("reading the tree to deploy: {0}")]
     Tree(String),
+    /// Writing a blob would take the store's disk below the free space kept.
+    #[error("the disk has {free} bytes free, {floor} are kept free, and a file needs {needs}")]
+    LowDisk {
+        /// Bytes free.
+        free: u64,
+        /// Bytes kept free.
+        floor: u64,
+        /// The file's bytes.
+        needs: u64,
+    },
     /// The site's manifest kept changing under this deployment.
     #[error("the site kept changing during the deployment")]
     Contended,
@@ -259,6 +269,8 @@ pub struct Pages<S> {
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ObjectKey, std::time::Instant>>>,
     /// The most projects under one host.
     max_projects: usize,
+    /// Bytes a blob's write must leave free on a store's local disk (`0`: no floor).
+    min_free: u64,
 }
 
 /// What a garbage sweep did.
@@ -335,6 +347,7 @@ impl<S: ObjectStore> Pages<S> {
             }),
             unnamed: Default::default(),
             max_projects: MAX_PROJECTS,
+            min_free: 0,
         }
     }
 
@@ -342,6 +355,14 @@ impl<S: ObjectStore> Pages<S> {
     /// more is refused ([`Error::TooLarge`]).
     pub fn with_max_projects(mut self, max: usize) -> Self {
         self.max_projects = max;
+        self
+    }
+
+    /// Keep `bytes` free on the store's local disk, if it writes to one (the filesystem
+    /// store): a deployment whose next blob would take the disk below fails with
+    /// [`Error::LowDisk`] before it writes it (`0`, the default: no floor).
+    pub fn with_min_free(mut self, bytes: u64) -> Self {
+        self.min_free = bytes;
         self
     }
 
@@ -755,6 +776,16 @@ impl<S: ObjectStore> Pages<S> {
         let key = Self::blob_key(hash)?;
         if self.store.size(&key).await?.is_some() {
             return Ok(false);
+        }
+        if self.min_free > 0
+            && let Some(free) = self.store.free_bytes()
+            && free < self.min_free.saturating_add(size)
+        {
+            return Err(Error::LowDisk {
+                free,
+                floor: self.min_free,
+                needs: size,
+            });
         }
         let kib = size.div_ceil(1024).clamp(1, UPLOAD_KIB) as u32;
         let _held = held

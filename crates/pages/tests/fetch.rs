@@ -107,6 +107,23 @@ async fn a_branch_tree_is_fetched_shallowly_deployed_and_served() {
         branch_tree(&client, "a..b", scratch.path()).await,
         Err(FetchError::BadBranch(_))
     ));
+    // A pack over what the disk has room for is refused as it arrives.
+    let refused =
+        gitcache_pages::fetch::branch_tree_unless(&client, "pages", scratch.path(), None, 64).await;
+    assert!(
+        matches!(
+            refused,
+            Err(FetchError::Upstream(gitcache_upstream::Error::TooLarge {
+                limit: 64,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        std::fs::read_dir(scratch.path()).unwrap().next().is_none(),
+        "the scratch folder is left empty"
+    );
 }
 
 /// A tree that fans out through one shared subtree (400 entries, 400 times) is refused by

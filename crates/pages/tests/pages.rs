@@ -1065,3 +1065,29 @@ async fn a_file_read_otherwise_than_hashed_is_not_stored_under_the_hash() {
     assert!(blobs.len() <= 1, "only a.bin's blob, if any: {blobs:?}");
     assert!(pages.site("example.org", ".index").await.unwrap().is_none());
 }
+
+/// A deployment that would take the store's disk below the free space kept fails before
+/// it writes a blob, and commits nothing; a site of inline files only writes its manifest.
+#[tokio::test]
+async fn a_deployment_keeps_the_free_space_of_the_stores_disk() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    let pages = Pages::new(store.clone()).with_min_free(u64::MAX / 2);
+    let err = pages
+        .deploy("example.org", ".index", COMMIT, "src", tree(&[b'x'; 5000]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LowDisk { needs: 5000, .. }), "{err}");
+    let blobs = store
+        .list(&ObjectKey::new("pages/blob").unwrap())
+        .await
+        .unwrap();
+    assert!(blobs.is_empty(), "{blobs:?}");
+    assert!(pages.site("example.org", ".index").await.unwrap().is_none());
+    let done = pages
+        .deploy("example.org", ".index", COMMIT, "src", tree(b"small"))
+        .await
+        .unwrap();
+    assert_eq!(done.uploaded, 0);
+}

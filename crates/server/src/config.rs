@@ -1061,6 +1061,8 @@ impl Config {
                             private: flags.pages_private_sources
                                 || file.pages.private_sources.unwrap_or(false),
                         },
+                        // The mirrors' floor holds for deploys too.
+                        min_free_bytes: proxy.min_free_bytes,
                     },
                     cache_bytes: usize::try_from(
                         flags

@@ -262,7 +262,8 @@ fn main() -> Result<()> {
                 let scratch = proxy.config().data_dir.join("pages-scratch");
                 let _ = std::fs::remove_dir_all(&scratch);
                 let insecure = config.options.insecure;
-                let sites = gitcache_pages::site::Pages::with_cache(store, config.cache_bytes);
+                let sites = gitcache_pages::site::Pages::with_cache(store, config.cache_bytes)
+                    .with_min_free(config.options.min_free_bytes);
                 tokio::spawn(sweep_pages(
                     sites.clone(),
                     config.sweep_interval,

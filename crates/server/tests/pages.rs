@@ -51,6 +51,17 @@ fn open_pages(upstream: &Upstream, extra: &[&str]) -> (Gitcache, String) {
     (cache, addr)
 }
 
+/// A `PUT` deploying `acme/site` of `upstream` as the root site of `site.example`.
+fn put_root(addr: &str, upstream: &Upstream) -> common::Answer {
+    http(
+        addr,
+        "PUT",
+        "/",
+        &[("Host", "site.example")],
+        upstream.repo_url("acme/site").as_bytes(),
+    )
+}
+
 fn pages_addr(cache: &Gitcache) -> String {
     let log = cache.log_with("gitcache pages listening on http://", 1);
     log.lines()
@@ -228,6 +239,27 @@ fn sites_deploy_by_put_and_are_served_by_host() {
 /// A host deploys one thing at a time: while its deploy runs (its fetch held up upstream),
 /// the next two of the same host wait for their turns and other hosts deploy beside it; a deploy
 /// whose client leaves (a forge gives up on a webhook after ten seconds) goes on.
+/// Below the free space the server keeps on its disk, a deploy is refused with `507`
+/// before anything is fetched.
+#[test]
+fn deploys_keep_the_free_space_of_the_disk() {
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/site");
+    repo::generate(&source, &RepoSpec::tiny(1511)).unwrap();
+    upstream.adopt_repo("acme/site", Access::Public).unwrap();
+    branch(&source, "pages", &[("index.html", "<h1>home</h1>")]);
+    let (_cache, addr) = open_pages(&upstream, &["--min-free-bytes", &u64::MAX.to_string()]);
+    let fetches = upstream.counts().fetch;
+    let put = put_root(&addr, &upstream);
+    assert_eq!(put.status, 507, "{}", put.body_text());
+    assert!(
+        put.body_text().contains("free space"),
+        "{}",
+        put.body_text()
+    );
+    assert_eq!(upstream.counts().fetch, fetches, "nothing fetched");
+}
+
 #[test]
 fn a_host_deploys_one_at_a_time_and_a_deploy_outlives_its_client() {
     let upstream = Upstream::start().unwrap();
@@ -302,24 +334,12 @@ fn a_deploys_listing_is_read_up_to_a_mebibyte() {
     branch(&source, "pages", &[("index.html", "home")]);
     let (cache, addr) = open_pages(&upstream, &[]);
     upstream.inject(Fault::EndlessRefs, 1, Some(RequestKind::LsRefs));
-    let put = http(
-        &addr,
-        "PUT",
-        "/",
-        &[("Host", "site.example")],
-        upstream.repo_url("acme/site").as_bytes(),
-    );
+    let put = put_root(&addr, &upstream);
     assert!(put.status >= 500, "{} {}", put.status, put.body_text());
     cache.log_with("ls-refs answer", 1);
     assert!(cache.log().contains("1048576"), "cut off at 1 MiB");
     // The next deploy, its listing whole, goes through.
-    let again = http(
-        &addr,
-        "PUT",
-        "/",
-        &[("Host", "site.example")],
-        upstream.repo_url("acme/site").as_bytes(),
-    );
+    let again = put_root(&addr, &upstream);
     assert_eq!(again.status, 201, "{}", again.body_text());
 }
 

@@ -206,6 +206,18 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
+/// [`free_bytes`] on the disk of `path`, or of its nearest parent that exists (a folder not
+/// made yet); `None` when none can be asked.
+pub fn free_bytes_near(path: &Path) -> Option<u64> {
+    let mut at = path;
+    loop {
+        match free_bytes(at) {
+            Ok(free) => return Some(free),
+            Err(_) => at = at.parent()?,
+        }
+    }
+}
+
 /// Give the disk space of `len` bytes of `file` from `offset` back to the file system, the
 /// file's length kept (those bytes read as zeros after). Where the file system cannot, an
 /// error, and nothing changed.

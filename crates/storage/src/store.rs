@@ -364,6 +364,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         async { Ok(0) }
     }
 
+    /// The bytes free on the local disk its writes take, for a store on one (the
+    /// filesystem's); `None` for one whose writes take no local disk (a bucket's), the
+    /// default, or when the disk cannot be asked.
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// The manifest `key`, if there is one. One larger than [`MAX_MANIFEST`] is refused
     /// before it is read.
     fn read_manifest(
@@ -752,6 +759,10 @@ impl ObjectStore for FsStore {
         .await
     }
 
+    fn free_bytes(&self) -> Option<u64> {
+        crate::fs::free_bytes_near(&self.root)
+    }
+
     async fn read_manifest(&self, key: &ObjectKey) -> Result<Option<Manifest>, StoreError> {
         let key = key.clone();
         self.blocking(move |store| {
@@ -908,6 +919,13 @@ impl ObjectStore for AnyStore {
         match self {
             AnyStore::Fs(store) => store.remove_stale_writes(prefix, older_than).await,
             AnyStore::S3(store) => store.remove_stale_writes(prefix, older_than).await,
+        }
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        match self {
+            AnyStore::Fs(store) => store.free_bytes(),
+            AnyStore::S3(store) => store.free_bytes(),
         }
     }
 
