@@ -26,6 +26,7 @@ pub(crate) const MIRRORS_REPLACED: &str = "gitcache_mirrors_replaced_total";
 pub(crate) const DEPENDENCY_UP: &str = "gitcache_dependency_up";
 pub(crate) const REQUESTS: &str = "gitcache_cache_request_total";
 pub(crate) const EVICTIONS: &str = "gitcache_cache_eviction_total";
+pub(crate) const EVICTIONS_BY_LIMIT: &str = "gitcache_cache_eviction_by_limit_total";
 pub(crate) const RESPONSE_SIZE: &str = "gitcache_cache_response_size_bytes";
 pub(crate) const DECISION: &str = "gitcache_proxy_decision_duration_seconds";
 pub(crate) const UPSTREAM: &str = "gitcache_upstream_request_duration_seconds";
@@ -91,6 +92,10 @@ pub(crate) fn describe() {
         describe_counter!(
             EVICTIONS,
             "Stored responses evicted to keep a repository or the cache under its limit."
+        );
+        describe_counter!(
+            EVICTIONS_BY_LIMIT,
+            "Stored responses evicted, by the store (local, shared) and the limit they were over (repository: its bytes; bytes: all stored; entries: their number)."
         );
         describe_gauge!(
             RESPONSE_SIZE,
@@ -277,6 +282,20 @@ pub(crate) fn repos_active(count: usize) {
 
 pub(crate) fn evicted(labels: (String, String), entries: usize) {
     counter!(EVICTIONS, "owner" => labels.0, "repo" => labels.1).increment(entries as u64);
+}
+
+/// Stored responses evicted from `store` (`local`, `shared`), by the limit they were over.
+pub(crate) fn evicted_by_limit(store: &'static str, by: gitcache_storage::responses::ByLimit) {
+    for (limit, entries) in [
+        ("repository", by.repository),
+        ("bytes", by.bytes),
+        ("entries", by.entries),
+    ] {
+        if entries > 0 {
+            counter!(EVICTIONS_BY_LIMIT, "store" => store, "limit" => limit)
+                .increment(entries as u64);
+        }
+    }
 }
 
 pub(crate) fn response_size(labels: (String, String), bytes: u64) {

@@ -285,6 +285,21 @@ struct Floor {
 /// cleanups too, not only at them.
 const EARLY_EVICTION_SHARE: u64 = 8;
 
+/// Say which limits an eviction from `store` (`local`, `shared`) kept, if it removed any: in
+/// the log, and counted by limit.
+fn evicted_by_limit(store: &'static str, by: gitcache_storage::responses::ByLimit) {
+    if by != Default::default() {
+        tracing::info!(
+            store,
+            over_repository = by.repository,
+            over_bytes = by.bytes,
+            over_entries = by.entries,
+            "responses evicted, by the limit they were over"
+        );
+        crate::metrics::evicted_by_limit(store, by);
+    }
+}
+
 /// Entries stored at most unless told otherwise: an eviction's listing of them stays within
 /// some 60 MB.
 pub const DEFAULT_MAX_ENTRIES: u64 = 200_000;
@@ -665,10 +680,11 @@ impl ResponseCache {
             )
             .await
         {
-            Ok(evicted) => {
+            Ok((evicted, by)) => {
                 for (repo, entries) in &evicted {
                     tracing::info!(repo, entries, "shared responses evicted");
                 }
+                evicted_by_limit("shared", by);
                 evicted
             }
             Err(err) => {
@@ -898,6 +914,7 @@ impl ResponseCache {
             (self.config.max_entries).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         match (self.store).evict_within(limit, self.config.max_total_bytes, most_entries) {
             Ok(eviction) => {
+                evicted_by_limit("local", eviction.by_limit);
                 for e in eviction.evicted {
                     self.stats
                         .evicted

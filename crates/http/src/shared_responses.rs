@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gitcache_storage::lease::{Held, Leases};
-use gitcache_storage::responses::{Indexed, ResponseIndex, block_bytes};
+use gitcache_storage::responses::{ByLimit, Indexed, ResponseIndex, block_bytes};
 use gitcache_storage::store::{AnyStore, ObjectKey, ObjectStore as _, StoreError};
 
 /// How long a key found missing in the bucket is not asked for again.
@@ -377,18 +377,19 @@ impl SharedResponses {
     }
 
     /// Delete least recently used entries until each repository is under `limit(repo)` and
-    /// all under `total`; one instance at a time. Returns the entries deleted by repository.
+    /// all under `total`; one instance at a time. Returns the entries deleted by repository,
+    /// and by the limit they were over.
     pub(crate) async fn evict(
         &self,
         limit: impl Fn(&str) -> Option<u64>,
         total: Option<u64>,
         most_entries: Option<u64>,
-    ) -> Result<HashMap<String, usize>, String> {
+    ) -> Result<(HashMap<String, usize>, ByLimit), String> {
         let lease = match &self.leases {
             Some((leases, ttl)) => {
                 match Held::try_take(Arc::clone(leases), "evict:responses".into(), *ttl).await? {
                     Some(held) => Some(held),
-                    None => return Ok(HashMap::new()),
+                    None => return Ok(Default::default()),
                 }
             }
             None => None,
@@ -405,22 +406,32 @@ impl SharedResponses {
         limit: impl Fn(&str) -> Option<u64>,
         total: Option<u64>,
         most_entries: Option<u64>,
-    ) -> Result<HashMap<String, usize>, String> {
+    ) -> Result<(HashMap<String, usize>, ByLimit), String> {
         let mut kept_total = 0u64;
         let mut kept_entries = 0u64;
         let mut kept: HashMap<String, u64> = HashMap::new();
         let mut evicted: HashMap<String, usize> = HashMap::new();
+        let mut by = ByLimit::default();
         for entry in self.entries().await? {
             let repo_kept = kept.entry(entry.repo.clone()).or_default();
             let over_repo =
                 limit(&entry.repo).is_some_and(|l| repo_kept.saturating_add(entry.bytes) > l);
-            let over_total = total.is_some_and(|t| kept_total.saturating_add(entry.bytes) > t)
-                || most_entries.is_some_and(|most| kept_entries >= most);
-            if over_repo || over_total {
+            let over_bytes = total.is_some_and(|t| kept_total.saturating_add(entry.bytes) > t);
+            let over_entries = most_entries.is_some_and(|most| kept_entries >= most);
+            if over_repo || over_bytes || over_entries {
                 // One that cannot be deleted now is passed over, as a local one is: the pass
                 // goes on with the others.
                 match self.delete(&entry.repo, Some(&entry.key)).await {
-                    Ok(()) => *evicted.entry(entry.repo).or_default() += 1,
+                    Ok(()) => {
+                        *evicted.entry(entry.repo).or_default() += 1;
+                        if over_repo {
+                            by.repository += 1;
+                        } else if over_bytes {
+                            by.bytes += 1;
+                        } else {
+                            by.entries += 1;
+                        }
+                    }
                     Err(err) => {
                         tracing::warn!(%err, repo = entry.repo, "evicting a shared response failed")
                     }
@@ -431,7 +442,7 @@ impl SharedResponses {
                 kept_entries += 1;
             }
         }
-        Ok(evicted)
+        Ok((evicted, by))
     }
 }
 
@@ -483,7 +494,7 @@ mod tests {
         for i in 0..6 {
             shared.upload_now(REPO, &format!("k{i}"), &from).await;
         }
-        let evicted = shared
+        let (evicted, by) = shared
             .evict(
                 |_| None,
                 Some(4 * gitcache_storage::responses::BLOCK_BYTES),
@@ -492,14 +503,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(evicted.get(REPO), Some(&2), "{evicted:?}");
+        assert_eq!((by.repository, by.bytes, by.entries), (0, 2, 0));
         // And a cap on their number, with none on bytes.
-        let evicted = shared.evict(|_| None, None, Some(1)).await.unwrap();
+        let (evicted, by) = shared.evict(|_| None, None, Some(1)).await.unwrap();
         assert_eq!(evicted.get(REPO), Some(&3), "{evicted:?}");
+        assert_eq!((by.repository, by.bytes, by.entries), (0, 0, 3));
         let mut left = 0;
         for i in 0..6 {
             left += usize::from(in_bucket(&shared, &format!("k{i}")).await);
         }
         assert_eq!(left, 1);
+        // And a repository's bytes.
+        shared.upload_now(REPO, "k9", &from).await;
+        let (_, by) = shared.evict(|_| Some(0), None, None).await.unwrap();
+        assert_eq!((by.repository, by.bytes, by.entries), (2, 0, 0));
     }
 
     /// An upload that waited for its turn while the repository's entries were deleted (a

@@ -135,6 +135,20 @@ pub struct Eviction {
     pub evicted: Vec<Evicted>,
     /// Bytes every repository folder holds afterwards (entries only).
     pub sizes: Vec<(PathBuf, u64)>,
+    /// Entries removed, by the limit they were over.
+    pub by_limit: ByLimit,
+}
+
+/// Entries an eviction removed, by the limit they were over (one over its repository's and
+/// the store's counts as its repository's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByLimit {
+    /// Over their repository's bytes.
+    pub repository: usize,
+    /// Over the store's bytes in all.
+    pub bytes: usize,
+    /// Over the store's number of entries (and not its bytes).
+    pub entries: usize,
 }
 
 /// What a cleanup removed from one repository's folder.
@@ -388,6 +402,7 @@ fn evict_listed(
     let mut all: Vec<(PathBuf, PathBuf, u64, SystemTime)> = Vec::new();
     // Looked up by repository: a listing may hold millions of entries of thousands.
     let mut evicted: Vec<Evicted> = Vec::new();
+    let mut by_limit = ByLimit::default();
     let mut evicted_at: std::collections::HashMap<PathBuf, usize> = Default::default();
     let mut note = |repo: &Path, bytes: u64| match evicted_at.get(repo) {
         Some(&at) => {
@@ -416,6 +431,7 @@ fn evict_listed(
                     Some(removed) => {
                         if removed {
                             note(&repo, len);
+                            by_limit.repository += 1;
                         }
                         size -= len;
                     }
@@ -444,6 +460,11 @@ fn evict_listed(
             if let Some(removed) = evict_entry(path) {
                 if removed {
                     note(repo, *len);
+                    if total.is_some_and(|limit| size > limit) {
+                        by_limit.bytes += 1;
+                    } else {
+                        by_limit.entries += 1;
+                    }
                 }
                 size -= len;
                 entries -= 1;
@@ -469,7 +490,11 @@ fn evict_listed(
             sizes.push((e.repo.clone(), 0));
         }
     }
-    Ok(Eviction { evicted, sizes })
+    Ok(Eviction {
+        evicted,
+        sizes,
+        by_limit,
+    })
 }
 
 /// Remove a stored entry; `false` if it was gone already (removed meanwhile by a reader
@@ -675,6 +700,13 @@ mod tests {
         put(&store, "two", "f", &[0u8; 100]);
         let eviction = store.evict_within(|_| None, None, Some(3)).unwrap();
         assert_eq!(eviction.evicted[0].entries, 3);
+        assert_eq!(
+            eviction.by_limit,
+            ByLimit {
+                entries: 3,
+                ..ByLimit::default()
+            }
+        );
         for key in ["a", "b", "c"] {
             assert!(read(&store, "one", key).is_none(), "{key}");
         }
@@ -684,6 +716,14 @@ mod tests {
         let one = disk_bytes(&std::fs::metadata(&paths[4]).unwrap());
         let eviction = store.evict_within(|_| None, Some(one), Some(2)).unwrap();
         assert_eq!(eviction.evicted.iter().map(|e| e.entries).sum::<usize>(), 2);
+        assert_eq!(
+            eviction.by_limit,
+            ByLimit {
+                bytes: 2,
+                ..ByLimit::default()
+            },
+            "over both bounds, counted as over the bytes"
+        );
         let held: u64 = eviction.sizes.iter().map(|(_, bytes)| bytes).sum();
         assert_eq!(held, one);
         assert_eq!(
@@ -702,6 +742,10 @@ mod tests {
         std::fs::remove_file(&paths[0]).unwrap();
         let eviction = evict_listed(listing, |_| Some(0), None, None).unwrap();
         assert_eq!(eviction.evicted[0].entries, 2, "the two still there went");
+        assert_eq!(
+            eviction.by_limit.repository, 2,
+            "over their repository's bytes"
+        );
         assert!(read(&store, "one", "b").is_none() && read(&store, "one", "c").is_none());
     }
 }
