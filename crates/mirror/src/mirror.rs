@@ -892,7 +892,11 @@ impl Mirror {
                 // comes after it cannot make it a failed fetch. At most a MiB of it, within one
                 // idle timeout; past either the response is dropped (its connection with it).
                 let _ = deadline.set(tokio::time::Instant::now() + after_pack_within);
-                match std::io::copy(&mut pack, &mut std::io::sink()) {
+                // Past the floor's counter: the pack is in, and what follows it is not written.
+                let buffered = pack.buffer().len() as u64;
+                let drained = std::io::copy(&mut pack.into_inner().inner, &mut std::io::sink())
+                    .map(|bytes| bytes + buffered);
+                match drained {
                     Ok(0) => {}
                     Ok(bytes) => {
                         tracing::warn!(
