@@ -22,6 +22,7 @@ macro_rules! record_from {
             max_cache_size_mb: $row.$get::<_, Option<i64>>(6)?.map(|mb| mb.max(0) as u64),
             created_at: $row.$get(7)?,
             updated_at: $row.$get(8)?,
+            purges: $row.$get(9)?,
         }
     };
 }
@@ -35,8 +36,7 @@ pub(crate) enum Value {
 }
 
 /// The columns every statement returns, in the order [`Record`]s are read from.
-pub(crate) const COLUMNS: &str =
-    "id, host, owner, name, enabled, timeout_seconds, max_cache_size_mb, created_at, updated_at";
+pub(crate) const COLUMNS: &str = "id, host, owner, name, enabled, timeout_seconds, max_cache_size_mb, created_at, updated_at, purges";
 
 /// One schema change, in each dialect. Versions only grow; a released one never changes.
 struct Migration {
@@ -144,6 +144,12 @@ const MIGRATIONS: &[Migration] = &[
         CREATE INDEX gitcache_repo_activity_by_age ON gitcache_repo_activity (updated_at)",
         postgres: "CREATE INDEX gitcache_repo_activity_by_repo ON gitcache_repo_activity (repo);
         CREATE INDEX gitcache_repo_activity_by_age ON gitcache_repo_activity (updated_at)",
+    },
+    Migration {
+        version: 6,
+        // Purges counted, so that every instance sharing the catalog drops its own copy.
+        sqlite: "ALTER TABLE cached_repos ADD COLUMN purges BIGINT NOT NULL DEFAULT 0",
+        postgres: "ALTER TABLE cached_repos ADD COLUMN purges BIGINT NOT NULL DEFAULT 0",
     },
 ];
 

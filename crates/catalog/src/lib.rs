@@ -327,6 +327,26 @@ impl Catalog {
         Ok(record)
     }
 
+    /// Count a purge of record `id`'s cached data (its `purges` go up by one, its
+    /// `updated_at` is now); returns it as it is now. Every instance sharing the catalog then
+    /// drops its own copy as it reads the record again.
+    pub async fn note_purge(&self, id: i64) -> Result<Record, Error> {
+        let record = self
+            .db
+            .records(
+                &format!(
+                    "UPDATE cached_repos SET purges = purges + 1, updated_at = $2 \
+                     WHERE id = $1 RETURNING {COLUMNS}"
+                ),
+                vec![Value::Int(Some(id)), Value::Int(Some(now()))],
+            )
+            .await?
+            .pop()
+            .ok_or(Error::NotFound(id))?;
+        self.reload().await?;
+        Ok(record)
+    }
+
     /// Remove a record; returns it as it was.
     pub async fn delete(&self, id: i64) -> Result<Record, Error> {
         let record = self

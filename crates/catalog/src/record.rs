@@ -31,6 +31,9 @@ pub struct Record {
     /// When it last changed, in seconds since the Unix epoch.
     #[serde(serialize_with = "as_rfc3339")]
     pub updated_at: i64,
+    /// How many times its cached data was purged ([`Catalog::note_purge`](crate::Catalog::note_purge)):
+    /// an instance whose copy is older than the last purge drops it.
+    pub purges: i64,
 }
 
 impl Record {

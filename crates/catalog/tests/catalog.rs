@@ -163,6 +163,24 @@ async fn records_round_trip(location: &str) {
     assert_eq!(cleared.max_cache_size_mb, None);
     assert!(!cleared.enabled, "untouched field kept");
 
+    // Purges are counted, and the view follows.
+    assert_eq!(created.purges, 0);
+    catalog.note_purge(created.id).await.unwrap();
+    let purged = catalog.note_purge(created.id).await.unwrap();
+    assert_eq!(purged.purges, 2);
+    assert_eq!(purged.max_cache_size_mb, None, "untouched field kept");
+    assert_eq!(
+        catalog
+            .lookup("github.com", "Acme", "Widgets")
+            .unwrap()
+            .purges,
+        2
+    );
+    assert!(matches!(
+        catalog.note_purge(i64::MAX).await,
+        Err(gitcache_catalog::Error::NotFound(_))
+    ));
+
     let removed = catalog.delete(created.id).await.unwrap();
     assert_eq!(removed.id, created.id);
     assert!(catalog.lookup("github.com", "Acme", "Widgets").is_none());

@@ -177,6 +177,8 @@ pub(crate) struct Admin {
     host_names: Vec<String>,
     /// This instance's name among those sharing the catalog.
     instance: String,
+    /// Purges counted in the catalog, for the instances sharing it.
+    purges: Arc<crate::purges::Purges>,
 }
 
 /// What other instances did, by repository folder (`host/owner/repo.git`).
@@ -190,6 +192,7 @@ impl Admin {
         responses: Option<Arc<ResponseCache>>,
         default_host: String,
         instance: String,
+        purges: Arc<crate::purges::Purges>,
     ) -> Self {
         Admin {
             host_names: config.hosts.keys().cloned().collect(),
@@ -199,6 +202,7 @@ impl Admin {
             responses,
             default_host,
             instance,
+            purges,
         }
     }
 
@@ -237,23 +241,22 @@ impl Admin {
         &self.host_names
     }
 
-    /// Drop `record`'s mirror and stored responses.
-    async fn purge(&self, record: &Record) -> Result<(), AdminError> {
-        let internal = |err: String| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, err);
-        let Ok(key) = self.config.key(&record.host, &record.owner, &record.name) else {
-            return Ok(());
-        };
-        self.mirrors
-            .remove(&key)
-            .await
-            .map_err(|e| internal(e.to_string()))?;
-        if let Some(responses) = &self.responses {
-            responses
-                .purge_repo(&key.relative_path())
-                .await
-                .map_err(internal)?;
+    /// What this instance holds of repositories.
+    fn local(&self) -> crate::purges::Local<'_> {
+        crate::purges::Local {
+            config: &self.config,
+            mirrors: &self.mirrors,
+            responses: self.responses.as_deref(),
         }
-        Ok(())
+    }
+
+    /// Drop `record`'s mirror and stored responses here, and count the purge in `catalog`
+    /// for the instances that share it.
+    async fn purge(&self, catalog: &Catalog, record: &Record) -> Result<(), AdminError> {
+        self.purges
+            .purge(catalog, self.local(), record)
+            .await
+            .map_err(|err| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, err))
     }
 
     fn response_limit(&self, record: &Record) -> Option<u64> {
@@ -328,7 +331,7 @@ impl Admin {
                 "no cached repository with that id",
             )),
             (&Method::POST, Some(Ok(id))) if purge => match catalog.get(id).await {
-                Ok(record) => self.purge(&record).await.map(|()| {
+                Ok(record) => self.purge(catalog, &record).await.map(|()| {
                     tracing::info!(id, repo = %record.full_name(), host = %record.host, "cached repository purged");
                     let mut response = Response::new(Body::empty());
                     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -367,15 +370,12 @@ impl Admin {
                     let named = (!record.host.eq_ignore_ascii_case(&self.default_host))
                         .then_some(record.host.as_str());
                     if !self.config.cache.is_cached(named, &record.owner, &record.name)
-                        && let Err(err) = self.purge(&record).await
+                        && let Err(err) = self.local().drop_copy(&record).await
                     {
-                        tracing::warn!(error = %err.message, "removing the repository's data failed");
+                        tracing::warn!(error = %err, "removing the repository's data failed");
                         return AdminError::new(
                             StatusCode::INTERNAL_SERVER_ERROR,
-                            format!(
-                                "the record is removed, but not the repository's data: {}",
-                                err.message
-                            ),
+                            format!("the record is removed, but not the repository's data: {err}"),
                         )
                         .into_response();
                     }
@@ -912,6 +912,7 @@ mod tests {
             max_cache_size_mb: None,
             created_at: 0,
             updated_at: 0,
+            purges: 0,
         };
         let mut shown: Vec<String> = serde_json::to_value(&record)
             .unwrap()

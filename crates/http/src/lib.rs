@@ -39,6 +39,7 @@ pub mod metrics;
 mod mirrors;
 mod passthrough;
 mod proxy;
+mod purges;
 mod responder;
 pub mod response_cache;
 pub mod route;

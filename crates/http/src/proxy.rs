@@ -329,6 +329,16 @@ impl Proxy {
             config.extra_ref_prefixes.clone(),
             budget,
         ));
+        // Purges follow from the catalog only where it is shared and the bucket does not
+        // carry them (its tombstones do).
+        let purges = Arc::new(crate::purges::Purges::open(
+            &config.data_dir,
+            mirrors.registry().shared().is_none()
+                && services
+                    .catalog
+                    .as_ref()
+                    .is_some_and(|c| c.backend() == "postgres"),
+        ));
         let upkeep = Arc::new(Upkeep {
             config: Arc::clone(&config),
             catalog: services.catalog.clone(),
@@ -338,6 +348,7 @@ impl Proxy {
             labels: Arc::clone(&labels),
             instance: instance.clone(),
             pushed: std::sync::Mutex::default(),
+            purges: Arc::clone(&purges),
         });
         // Gauges are there at the first scrape, not after the first upkeep tick.
         upkeep.pass(false);
@@ -387,6 +398,7 @@ impl Proxy {
             responses.clone(),
             default_host.clone(),
             instance,
+            purges,
         );
         let gate = Arc::new(AccessGate::new(&config));
         let passthrough = Passthrough::new(Arc::clone(&gate));

@@ -31,6 +31,8 @@ pub(crate) struct Upkeep {
     pub(crate) instance: String,
     /// The activity last written to the catalog, so that only what changed is written.
     pub(crate) pushed: std::sync::Mutex<HashMap<String, gitcache_catalog::Activity>>,
+    /// Purges counted in the catalog by other instances, followed here.
+    pub(crate) purges: Arc<crate::purges::Purges>,
 }
 
 impl Upkeep {
@@ -60,6 +62,8 @@ impl Upkeep {
         let cleanup = self.responses.as_ref().map(|c| c.cleanup_interval());
         let mut last_cleanup = Instant::now();
         let mut last_full_push = Instant::now();
+        // Purges made while this instance was down, from the view read at start.
+        self.follow_purges().await;
         loop {
             tokio::time::sleep(cleanup.map_or(tick, |c| c.min(tick))).await;
             if last_full_push.elapsed() >= FULL_PUSH_EVERY {
@@ -72,8 +76,11 @@ impl Upkeep {
                 last_full_push = Instant::now();
             }
             if let Some(catalog) = &self.catalog {
-                if let Err(err) = catalog.reload().await {
-                    tracing::warn!(%err, "reading the catalog failed; keeping the last view");
+                match catalog.reload().await {
+                    Ok(()) => self.follow_purges().await,
+                    Err(err) => {
+                        tracing::warn!(%err, "reading the catalog failed; keeping the last view")
+                    }
                 }
                 // What this instance did, for the other instances' admin pages.
                 let activity: Vec<(String, gitcache_catalog::Activity)> = {
@@ -121,6 +128,18 @@ impl Upkeep {
                     metrics::evicted(self.rel_labels(std::path::Path::new(&repo)), entries);
                 }
             }
+        }
+    }
+
+    /// Drop the copies of repositories purged on other instances (see [`crate::purges`]).
+    async fn follow_purges(&self) {
+        if let Some(catalog) = &self.catalog {
+            let local = crate::purges::Local {
+                config: &self.config,
+                mirrors: &self.mirrors,
+                responses: self.responses.as_deref(),
+            };
+            self.purges.follow(catalog, local).await;
         }
     }
 

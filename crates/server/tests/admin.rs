@@ -663,6 +663,21 @@ fn gitcache_storage_size(dir: &std::path::Path) -> u64 {
     total
 }
 
+/// The flags of an instance caching what the catalog at `url` lists, read again every
+/// second.
+fn sharing_the_catalog(url: &str) -> [&str; 8] {
+    [
+        "--admin-token",
+        TOKEN,
+        "--cache-all",
+        "false",
+        "--database-url",
+        url,
+        "--catalog-reload-interval",
+        "1",
+    ]
+}
+
 /// Two instances sharing a PostgreSQL catalog: what one adds, the other serves from its
 /// in-memory view after its next reload; each shows the fleet's numbers.
 #[test]
@@ -671,16 +686,7 @@ fn instances_sharing_a_postgres_catalog_see_each_others_records() {
         return;
     };
     let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
-    let flags = [
-        "--admin-token",
-        TOKEN,
-        "--cache-all",
-        "false",
-        "--database-url",
-        url.as_str(),
-        "--catalog-reload-interval",
-        "1",
-    ];
+    let flags = sharing_the_catalog(&url);
     let first = Gitcache::start(&upstream, &flags);
     let second = Gitcache::start(&upstream, &flags);
     assert!(
@@ -729,6 +735,90 @@ fn instances_sharing_a_postgres_catalog_see_each_others_records() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Two instances sharing a PostgreSQL catalog but no bucket, each with its own copies: a
+/// purge on one drops the other's copy (mirror and stored answers) once it reads the catalog
+/// again, and an instance that was down through a purge drops its copy as it starts.
+#[test]
+fn a_purge_on_one_instance_drops_the_copies_of_the_others() {
+    let Some(url) = common::postgres_database("purges") else {
+        return;
+    };
+    let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
+    let flags = sharing_the_catalog(&url);
+    let first = Gitcache::start(&upstream, &flags);
+    let mut second = Gitcache::start(&upstream, &flags);
+    let (status, created) = add(&first, json!({"owner": "acme", "name": "widgets"}));
+    assert_eq!(status, 201);
+    let id = created["id"].as_i64().unwrap();
+    let git = GitClient::new().unwrap();
+    clone(&git, &first, "acme/widgets", "on-first");
+    // The second caches it once it has read the record, and stores a shallow answer.
+    let mut n = 0;
+    let cached = |cache: &Gitcache| {
+        cache
+            .mirror(&upstream, "acme/widgets")
+            .join("HEAD")
+            .is_file()
+    };
+    let shallow = |cache: &Gitcache, n: usize| {
+        git.run(
+            git.home(),
+            &[
+                "clone",
+                "-q",
+                "--depth=1",
+                &cache.url("acme/widgets"),
+                &format!("shallow-{n}"),
+            ],
+        )
+        .unwrap()
+        .expect_success();
+    };
+    common::wait_for("the second instance caches the repository", || {
+        n += 1;
+        shallow(&second, n);
+        cached(&second)
+    });
+    let stored = |cache: &Gitcache| gitcache_storage_size(&cache.data.path().join("responses")) > 0;
+    common::wait_for("the second instance stores an answer", || {
+        n += 1;
+        shallow(&second, n);
+        stored(&second)
+    });
+    let purge = || {
+        let (status, _, _) = api(
+            &first,
+            "POST",
+            &format!("/api/cached-repos/{id}/purge"),
+            None,
+        );
+        assert_eq!(status, 204);
+    };
+    purge();
+    assert!(!cached(&first), "the first's copy goes at once");
+    common::wait_for("the second instance drops its copy", || {
+        !cached(&second) && !stored(&second)
+    });
+    // Cached again on the second; then it is down while the first purges.
+    common::wait_for("the second instance caches the repository again", || {
+        n += 1;
+        shallow(&second, n);
+        cached(&second)
+    });
+    let data = std::mem::replace(&mut second.data, tempfile::tempdir().unwrap());
+    drop(second);
+    purge();
+    let second = Gitcache::start_in(&upstream, data, &flags);
+    common::wait_for("the restarted instance drops its copy", || !cached(&second));
+    assert!(
+        second.log().contains("purged on another instance"),
+        "{}",
+        second.log()
+    );
+    let (_, record, _) = api(&first, "GET", &format!("/api/cached-repos/{id}"), None);
+    assert_eq!(record["purges"], json!(2));
 }
 
 /// Issue 14: purge drops a repository's mirror and stored responses and keeps its record
