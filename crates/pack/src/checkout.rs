@@ -42,6 +42,8 @@ pub struct TreeLimits {
     /// The most bytes of one file (or symlink target): a larger one is refused before it is
     /// read, by the size its object says.
     pub max_file_bytes: u64,
+    /// The most bytes of a symlink's target: a longer one is refused before it is read.
+    pub max_link_bytes: u64,
     /// The deepest directory nesting.
     pub max_depth: usize,
 }
@@ -140,6 +142,13 @@ impl Repository {
                         limits.max_file_bytes
                     )));
                 }
+                // Targets are read now and kept: only short ones.
+                if mode.is_link() && size > limits.max_link_bytes {
+                    return Err(refuse(format!(
+                        "symlink {path}: a target of more than {} bytes",
+                        limits.max_link_bytes
+                    )));
+                }
                 bytes += size;
                 if bytes > limits.max_bytes {
                     return Err(refuse(format!(
@@ -164,9 +173,36 @@ impl Repository {
     }
 
     /// The content of the blob `oid`, if it is at most `most` bytes (by the size its object
-    /// says, before it is read): [`Error::Corrupt`] otherwise, or when it is no blob.
+    /// says, before it is read): [`Error::Corrupt`] otherwise, or when it is no blob. Many
+    /// reads go faster through one [`BlobReader`] ([`Repository::blob_reader`]), whose cache
+    /// of delta bases they share.
     pub fn read_blob(&self, oid: &ObjectId, most: u64) -> Result<Vec<u8>, Error> {
-        let mut objects = self.objects();
+        self.blob_reader().read(oid, most)
+    }
+
+    /// A reader of blobs, keeping the delta bases it decoded for the next reads.
+    pub fn blob_reader(&self) -> BlobReader {
+        BlobReader {
+            objects: self.objects(),
+        }
+    }
+}
+
+/// Reads blobs of one [`Repository`] (see [`Repository::blob_reader`]).
+pub struct BlobReader {
+    objects: crate::objects::Objects,
+}
+
+impl std::fmt::Debug for BlobReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobReader").finish_non_exhaustive()
+    }
+}
+
+impl BlobReader {
+    /// [`Repository::read_blob`].
+    pub fn read(&mut self, oid: &ObjectId, most: u64) -> Result<Vec<u8>, Error> {
+        let objects = &mut self.objects;
         let corrupt = |reason: &str| Error::Corrupt {
             oid: *oid,
             reason: reason.into(),
@@ -192,13 +228,22 @@ mod tests {
 
     /// A repository whose one commit holds `files`: its folder, the repository, the commit.
     fn committed(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, Repository, ObjectId) {
+        committed_as(|work| {
+            for (name, content) in files {
+                std::fs::write(work.join(name), content).unwrap();
+            }
+        })
+    }
+
+    /// A repository whose one commit holds what `write` puts in its work tree.
+    fn committed_as(
+        write: impl FnOnce(&std::path::Path),
+    ) -> (tempfile::TempDir, Repository, ObjectId) {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("w");
         std::fs::create_dir_all(&work).unwrap();
         git_stdout(&work, &["init", "-q", "-b", "main"]);
-        for (name, content) in files {
-            std::fs::write(work.join(name), content).unwrap();
-        }
+        write(&work);
         commit_all(&work, "files");
         let tip = ObjectId::from_hex(git_stdout(&work, &["rev-parse", "HEAD"]).trim().as_bytes())
             .unwrap();
@@ -213,6 +258,7 @@ mod tests {
             max_path_bytes: 100,
             max_bytes,
             max_file_bytes,
+            max_link_bytes: 16,
             max_depth: 4,
         }
     }
@@ -257,5 +303,25 @@ mod tests {
             "{err}"
         );
         assert_eq!(repo.tree_items(&tip, limits(1000, 1200)).unwrap().len(), 3);
+    }
+
+    /// A symlink whose target is over its bound is refused before it is read; a short one
+    /// is read.
+    #[test]
+    fn a_long_symlink_target_is_refused_unread() {
+        let (_dir, repo, tip) = committed_as(|work| {
+            std::os::unix::fs::symlink("a".repeat(17), work.join("long")).unwrap();
+        });
+        let err = repo.tree_items(&tip, limits(1000, 1000)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("symlink long: a target of more than 16 bytes"),
+            "{err}"
+        );
+        let (_dir, repo, tip) = committed_as(|work| {
+            std::os::unix::fs::symlink("a".repeat(16), work.join("short")).unwrap();
+        });
+        let items = repo.tree_items(&tip, limits(1000, 1000)).unwrap();
+        assert_eq!(items[0].kind, TreeItemKind::Symlink("a".repeat(16)));
     }
 }

@@ -55,6 +55,9 @@ pub enum FetchError {
     /// The scratch folder failed.
     #[error("scratch folder: {0}")]
     Io(#[from] std::io::Error),
+    /// A fetch was needed, and the disk has no room for one above the free space kept.
+    #[error("no room on the disk for the repository's pack")]
+    NoRoom,
 }
 
 /// A branch's tree as fetched: its paths and sizes, each file read from the repository
@@ -63,6 +66,9 @@ pub enum FetchError {
 pub struct FetchedTree {
     repo: gitcache_pack::Repository,
     items: Vec<TreeItem>,
+    /// Readers of its blobs, each taken for one read at a time and put back: a read finds
+    /// the delta bases the ones before it decoded.
+    readers: std::sync::Mutex<Vec<gitcache_pack::checkout::BlobReader>>,
     // Dropped after the repository.
     _dir: RemoveOnDrop,
 }
@@ -106,10 +112,18 @@ impl TreeSource for FetchedTree {
     fn read(&self, index: usize) -> Result<Vec<u8>, String> {
         let item = &self.items[index];
         match &item.kind {
-            TreeItemKind::File { oid, size } => self
-                .repo
-                .read_blob(oid, *size)
-                .map_err(|err| format!("{}: {err}", item.path)),
+            TreeItemKind::File { oid, size } => {
+                let taken = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let mut reader = taken.unwrap_or_else(|| self.repo.blob_reader());
+                let read = reader
+                    .read(oid, *size)
+                    .map_err(|err| format!("{}: {err}", item.path));
+                self.readers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(reader);
+                read
+            }
             TreeItemKind::Symlink(_) => Err(format!("{} is a symlink", item.path)),
         }
     }
@@ -143,7 +157,8 @@ pub const MOST_PACK_BYTES: u64 = 2 * MAX_SITE_BYTES;
 
 /// [`branch_tree`], unless the branch's tip is `deployed` (a commit id in hex): then only the
 /// branch's tip is asked (`ls-refs`), and nothing is fetched. A pack over `most` bytes (and
-/// [`MOST_PACK_BYTES`]) is refused as it arrives.
+/// [`MOST_PACK_BYTES`]) is refused as it arrives; with `most` 0, a fetch is refused before it
+/// starts ([`FetchError::NoRoom`]).
 pub async fn branch_tree_unless(
     upstream: &Upstream,
     branch: &str,
@@ -157,6 +172,9 @@ pub async fn branch_tree_unless(
     let tip = branch_tip(upstream, branch).await?;
     if deployed.is_some_and(|deployed| deployed.eq_ignore_ascii_case(&tip.to_string())) {
         return Ok(Changed::No);
+    }
+    if most == 0 {
+        return Err(FetchError::NoRoom);
     }
     let dir = tempfile_dir(scratch)?;
     // Removed however this ends: an error, a panic, the future dropped, the tree let go of.
@@ -203,6 +221,7 @@ pub async fn branch_tree_unless(
                 max_path_bytes: 16 << 20,
                 max_bytes: MAX_SITE_BYTES,
                 max_file_bytes: MAX_FILE_BYTES,
+                max_link_bytes: crate::manifest::MAX_PATH as u64,
                 max_depth: 64,
             };
             let items = repo.tree_items(&tip, limits)?;
@@ -218,6 +237,7 @@ pub async fn branch_tree_unless(
         Box::new(FetchedTree {
             repo,
             items,
+            readers: std::sync::Mutex::default(),
             _dir: removed,
         }),
     ))
@@ -272,6 +292,7 @@ struct RemoveOnDrop(std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
+        // A few files (a pack, its index): unlinked where the tree is let go of.
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -1087,21 +1087,21 @@ impl PagesService {
         };
         // The commit deployed from this source, if any: a push or PUT that changes nothing
         // costs one `ls-refs`, not a fetch.
+        // Unless its deployment did not see its blobs through: then it is fetched again, and
+        // the deployment of the same commit finishes the job.
         let deployed = match self.pages.site(host, project).await {
             Ok(Some(site)) if site.manifest.source == source => Some(site.manifest.commit.clone()),
             _ => None,
         };
-        // The pack may take half the room above the floor: taking it in writes it again.
+        let deployed = match deployed {
+            Some(_) if matches!(self.pages.unfinished(host, project).await, Ok(true)) => None,
+            deployed => deployed,
+        };
+        // The pack may take a share of the room above the floor: taking it in writes it again,
+        // and the other deploys under way may take as much (none when there is no room).
         let most = match gitcache_storage::fs::free_bytes_near(&self.scratch) {
             Some(free) if self.min_free > 0 => {
-                if free <= self.min_free {
-                    tracing::warn!(free, floor = self.min_free, "deploy refused: disk low");
-                    return text(
-                        StatusCode::INSUFFICIENT_STORAGE,
-                        "the server's disk is below the free space it keeps",
-                    );
-                }
-                (free - self.min_free) / 2
+                free.saturating_sub(self.min_free) / (2 * CONCURRENT_DEPLOYS as u64)
             }
             _ => crate::fetch::MOST_PACK_BYTES,
         };
@@ -1129,9 +1129,16 @@ impl PagesService {
             Err(err @ (FetchError::NoBranch(_) | FetchError::BadBranch(_))) => {
                 return text(StatusCode::BAD_REQUEST, &err.to_string());
             }
-            Err(FetchError::Upstream(gitcache_upstream::Error::TooLarge { .. }))
-                if most < crate::fetch::MOST_PACK_BYTES =>
-            {
+            Err(FetchError::NoRoom) => {
+                tracing::warn!(floor = self.min_free, "deploy refused: disk low");
+                return text(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "the server's disk is below the free space it keeps",
+                );
+            }
+            Err(FetchError::Upstream(gitcache_upstream::Error::TooLarge {
+                what: "pack", ..
+            })) if most < crate::fetch::MOST_PACK_BYTES => {
                 tracing::warn!(most, "deploy refused: its pack would take the disk low");
                 return text(
                     StatusCode::INSUFFICIENT_STORAGE,
@@ -1208,7 +1215,9 @@ impl PagesService {
                 );
                 text(StatusCode::CONFLICT, &err.to_string())
             }
-            Err(err @ SiteError::TipUnknown(_)) => text(StatusCode::BAD_GATEWAY, &err.to_string()),
+            Err(err @ (SiteError::TipUnknown(_) | SiteError::Tree(_))) => {
+                text(StatusCode::BAD_GATEWAY, &err.to_string())
+            }
             Err(err @ SiteError::LowDisk { .. }) => {
                 tracing::warn!(%err, "deploy refused: disk low");
                 text(

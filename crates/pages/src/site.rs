@@ -4,6 +4,7 @@
 //! pages/blob/<sha256 hex>            file contents, shared by every site
 //! pages/site/<host>/<project>        the deployed manifest (`.index`: the domain's root tree)
 //! pages/staged/<sha256 of manifest>  manifests of deployments under way
+//! pages/sweeping/<id>                sweeps deleting blobs (see [`Pages::collect`])
 //! ```
 //!
 //! A deployment writes its staged manifest first (so that a garbage sweep sees its blobs as
@@ -36,15 +37,19 @@ pub const MAX_FILE_BYTES: u64 = 100 << 20;
 /// The most bytes a site's files may take together.
 pub const MAX_SITE_BYTES: u64 = 1 << 30;
 
-/// A sweep deletes blobs for at most this long after it announced itself (its marker under
-/// `pages/sweeping/`); what is left goes with the next sweep.
-pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(30);
-/// How long a deployment that found a sweep under way waits for it at most: its deletes, and
-/// one of them sent at the last moment.
-const SWEEP_WAIT: Duration = Duration::from_secs(45);
+/// A sweep starts no delete later than this after it began to announce itself (its marker
+/// under `pages/sweeping/`); what is left goes with the next sweep. Deletes under way then
+/// are waited for, each within the store's own bounds.
+pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(20);
+/// How long a deployment that found a sweep under way waits for it at most: its deletes'
+/// starts, and one started at the last moment within the store's bounds (a bucket's request
+/// retries end within 20 s).
+const SWEEP_WAIT: Duration = Duration::from_secs(60);
 /// A sweep's marker this old is one a sweep that died left: nobody waits on it, and the next
-/// sweep deletes it.
-const SWEEP_MARKER_STALE: Duration = Duration::from_secs(600);
+/// sweep deletes it. Judged by the store's time against this machine's: a bucket refuses
+/// requests signed more than 15 minutes off its clock, so a live marker never looks this
+/// old.
+const SWEEP_MARKER_STALE: Duration = Duration::from_secs(3600);
 
 /// The most projects (the root tree counted) deployed under one host, by default (see
 /// [`Pages::with_max_projects`]): a deployer authorized for a host cannot fill the store
@@ -376,9 +381,11 @@ impl<S: ObjectStore> Pages<S> {
     /// older than `grace` (deployments that never finished). Blobs a deployment relies on are
     /// named by its staged manifest before it looks for them, and by its site afterwards;
     /// a sweep marks itself under way (`pages/sweeping/`) before it reads the manifests it
-    /// deletes by, deletes for at most [`SWEEP_DELETES_WITHIN`], and a deployment checks its
-    /// blobs once no sweep is marked: deployments shorter than `grace` lose nothing to a
-    /// sweep, however they interleave.
+    /// deletes by, starts no delete past [`SWEEP_DELETES_WITHIN`], and a deployment checks its
+    /// blobs once no sweep is marked (a minute at most). Deployments shorter than `grace`
+    /// lose nothing to a sweep, however they interleave, as long as each delete is done
+    /// within the store's bounds and the sweeping process is not stopped for longer than the
+    /// deployments' wait between its check of the time and a delete.
     pub async fn collect(&self, grace: std::time::Duration) -> Result<Collected, Error> {
         // Leftovers of writes a crash cut short: a failure here leaves them for the next
         // sweep, and this one goes on.
@@ -444,8 +451,9 @@ impl<S: ObjectStore> Pages<S> {
         Ok(done)
     }
 
-    /// Delete the `doomed` blobs no manifest names when read again now, until
-    /// [`SWEEP_DELETES_WITHIN`] after `started`: how many went.
+    /// Delete the `doomed` blobs no manifest names when read again now, starting none later
+    /// than [`SWEEP_DELETES_WITHIN`] after `started`: how many went. Every delete started is
+    /// waited for, an error's too.
     async fn delete_unnamed(
         &self,
         doomed: Vec<(ObjectKey, Option<[u8; 32]>)>,
@@ -456,30 +464,50 @@ impl<S: ObjectStore> Pages<S> {
         // the store (so did not write it), committed and dropped its staged manifest while
         // this sweep read the others would otherwise lose it for good.
         let named = self.named_blobs(None).await?;
-        let deadline = tokio::time::Instant::from_std(started + SWEEP_DELETES_WITHIN);
-        let unnamed = doomed
+        let deadline = started + SWEEP_DELETES_WITHIN;
+        let unnamed: Vec<ObjectKey> = doomed
             .into_iter()
-            .filter(|(_, hash)| !hash.is_some_and(|h| named.contains(&h)));
-        let mut deletes = futures_util::stream::iter(unnamed)
-            .map(|(key, _)| async move {
-                // Past the deadline a delete is not sent, and one under way is given up.
-                match tokio::time::timeout_at(deadline, self.store.delete(&key)).await {
-                    Ok(Ok(())) => Ok(Some(key)),
-                    Ok(Err(err)) => Err(err),
-                    Err(_) => Ok(None),
+            .filter(|(_, hash)| !hash.is_some_and(|h| named.contains(&h)))
+            .map(|(key, _)| key)
+            .collect();
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        let mut keys = unnamed.iter();
+        let (mut started_deletes, mut deleted, mut first_error) = (0, 0, None);
+        loop {
+            // Checked as each is about to start: none starts past the deadline or after one
+            // failed; those under way are waited for.
+            while pending.len() < CONCURRENT_UPLOADS
+                && first_error.is_none()
+                && Instant::now() < deadline
+                && let Some(key) = keys.next()
+            {
+                started_deletes += 1;
+                pending.push(async move { self.store.delete(key).await.map(|()| key) });
+            }
+            match pending.next().await {
+                Some(Ok(key)) => {
+                    self.unnamed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(key);
+                    deleted += 1;
                 }
-            })
-            .buffer_unordered(CONCURRENT_UPLOADS);
-        let mut deleted = 0;
-        while let Some(done) = deletes.next().await {
-            let Some(key) = done? else {
-                continue;
-            };
-            self.unnamed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
-            deleted += 1;
+                Some(Err(err)) => {
+                    first_error.get_or_insert(err);
+                }
+                None => break,
+            }
+        }
+        if let Some(err) = first_error {
+            return Err(err.into());
+        }
+        let left = unnamed.len() - started_deletes;
+        if left > 0 {
+            tracing::warn!(
+                deleted,
+                left,
+                "pages: a sweep's time to delete ran out; the rest go with the next sweep"
+            );
         }
         Ok(deleted)
     }
@@ -517,7 +545,7 @@ impl<S: ObjectStore> Pages<S> {
             if Instant::now() >= give_up {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -535,24 +563,63 @@ impl<S: ObjectStore> Pages<S> {
                 }
             }
         };
-        for staged in self.store.list(&ObjectKey::new("pages/staged")?).await? {
+        // The staged manifests are all read before the sites are listed: a deployment that
+        // dropped its staged manifest before it was read had committed its site by then.
+        let mut staged = Vec::new();
+        for listed in self.store.list(&ObjectKey::new("pages/staged")?).await? {
             if let Some((cutoff, done)) = &mut stale
-                && staged.modified < *cutoff
+                && listed.modified < *cutoff
             {
-                self.store.delete(&staged.key).await?;
+                self.store.delete(&listed.key).await?;
                 done.staged += 1;
-            } else if let Some(read) = self.store.read_manifest(&staged.key).await?
-                && let Ok(manifest) = SiteManifest::decode(&read.bytes)
-            {
+            } else {
+                staged.push(listed.key);
+            }
+        }
+        self.read_manifests(&staged, |read| {
+            if let Ok(manifest) = SiteManifest::decode(read) {
                 name_all(&manifest);
             }
-        }
-        for site in self.store.list(&ObjectKey::new("pages/site")?).await? {
-            if let Some(read) = self.store.read_manifest(&site.key).await? {
-                name_all(&SiteManifest::decode(&read.bytes)?);
+            Ok(())
+        })
+        .await?;
+        let sites: Vec<ObjectKey> = (self.store.list(&ObjectKey::new("pages/site")?).await?)
+            .into_iter()
+            .map(|listed| listed.key)
+            .collect();
+        self.read_manifests(&sites, |read| {
+            name_all(&SiteManifest::decode(read)?);
+            Ok(())
+        })
+        .await?;
+        Ok(named)
+    }
+
+    /// Hand each manifest `keys` name that is there to `each`, as it is read:
+    /// [`CONCURRENT_UPLOADS`] read at a time.
+    async fn read_manifests(
+        &self,
+        keys: &[ObjectKey],
+        mut each: impl FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        use futures_util::StreamExt as _;
+        let mut reads = futures_util::stream::FuturesUnordered::new();
+        let mut keys = keys.iter();
+        loop {
+            while reads.len() < CONCURRENT_UPLOADS
+                && let Some(key) = keys.next()
+            {
+                reads.push(self.store.read_manifest(key));
+            }
+            match reads.next().await {
+                Some(read) => {
+                    if let Some(manifest) = read? {
+                        each(&manifest.bytes)?;
+                    }
+                }
+                None => return Ok(()),
             }
         }
-        Ok(named)
     }
 
     fn site_key(host: &str, project: &str) -> Result<ObjectKey, Error> {
@@ -566,6 +633,32 @@ impl<S: ObjectStore> Pages<S> {
             return Err(Error::Name(project.to_owned()));
         }
         Ok(ObjectKey::new(&format!("pages/site/{host}/{project}"))?)
+    }
+
+    /// Where a deployment stages the manifest `encoded`.
+    fn staged_key(encoded: &[u8]) -> Result<ObjectKey, Error> {
+        Ok(ObjectKey::new(&format!(
+            "pages/staged/{}",
+            hex(&sha2::Sha256::digest(encoded))
+        ))?)
+    }
+
+    /// Whether the site `project` of `host` was committed by a deployment that did not see
+    /// its blobs through (its staged manifest is still there): deploying its commit again
+    /// does. `false` when no site is deployed.
+    pub async fn unfinished(&self, host: &str, project: &str) -> Result<bool, Error> {
+        let Some(current) = self
+            .store
+            .read_manifest(&Self::site_key(host, project)?)
+            .await?
+        else {
+            return Ok(false);
+        };
+        Ok(self
+            .store
+            .size(&Self::staged_key(&current.bytes)?)
+            .await?
+            .is_some())
     }
 
     fn blob_key(hash: &[u8; 32]) -> Result<ObjectKey, Error> {
@@ -644,6 +737,16 @@ impl<S: ObjectStore> Pages<S> {
             && deployed.commit == manifest.commit
             && deployed.source == manifest.source
         {
+            // A deployment of this tree that committed but did not see its blobs through
+            // (its staged manifest is still there): seen through now.
+            let staged = Self::staged_key(&current.bytes)?;
+            if self.store.size(&staged).await?.is_some() && current.bytes == manifest.encode() {
+                self.after_sweeps().await;
+                self.store_blobs(&blobs, &tree, false).await?;
+                if let Err(err) = self.store.delete(&staged).await {
+                    tracing::warn!(%err, "a staged manifest could not be deleted");
+                }
+            }
             return Ok(Deployed {
                 files: deployed.files(),
                 bytes: deployed.size(),
@@ -675,13 +778,10 @@ impl<S: ObjectStore> Pages<S> {
             });
         }
         SiteManifest::decode(&encoded)?;
-        let staged = ObjectKey::new(&format!(
-            "pages/staged/{}",
-            hex(&sha2::Sha256::digest(&encoded))
-        ))?;
+        let staged = Self::staged_key(&encoded)?;
         // Created, or there already (the same deployment under way): either way staged.
         self.store.replace_manifest(&staged, &encoded, None).await?;
-        let uploaded = self.store_blobs(&blobs, &tree).await?;
+        let uploaded = self.store_blobs(&blobs, &tree, true).await?;
         // From the version before the tree was read: a deployment committed during the fetch
         // is a conflict as much as one committed during the upload.
         let mut expected = since;
@@ -720,8 +820,11 @@ impl<S: ObjectStore> Pages<S> {
         // names it. A sweep that read the manifests before this one was staged may still be
         // deleting: its marker was there before this deployment staged, and is until its
         // deletes are over.
+        // Past the commit the site is live: what it names is written back whatever the disk
+        // floor, and should this fail, the staged manifest stays, so that the next deployment
+        // of this commit sees it through (and the sweeps keep its blobs meanwhile).
         self.after_sweeps().await;
-        self.store_blobs(&blobs, &tree).await?;
+        self.store_blobs(&blobs, &tree, false).await?;
         for memory in [&self.memory.sites, &self.memory.absent] {
             memory
                 .lock()
@@ -742,9 +845,14 @@ impl<S: ObjectStore> Pages<S> {
     }
 
     /// Write each of `blobs` the store lacks, read again from `tree`: [`CONCURRENT_UPLOADS`]
-    /// at a time, holding at most 64 MiB of them (or one larger file) at once. How
-    /// many were written.
-    async fn store_blobs(&self, blobs: &Blobs, tree: &Arc<dyn TreeSource>) -> Result<usize, Error> {
+    /// at a time, holding at most 64 MiB of them (or one larger file) at once, and each held
+    /// to the disk floor when `floor`. How many were written.
+    async fn store_blobs(
+        &self,
+        blobs: &Blobs,
+        tree: &Arc<dyn TreeSource>,
+        floor: bool,
+    ) -> Result<usize, Error> {
         use futures_util::StreamExt as _;
         let held = tokio::sync::Semaphore::new(UPLOAD_KIB as usize);
         let mut pending = futures_util::stream::FuturesUnordered::new();
@@ -754,7 +862,7 @@ impl<S: ObjectStore> Pages<S> {
             while pending.len() < CONCURRENT_UPLOADS
                 && let Some((hash, &(index, size))) = items.next()
             {
-                pending.push(self.store_blob(hash, index, size, tree, &held));
+                pending.push(self.store_blob(hash, index, size, tree, &held, floor));
             }
             match pending.next().await {
                 Some(stored) => written += usize::from(stored?),
@@ -764,7 +872,8 @@ impl<S: ObjectStore> Pages<S> {
     }
 
     /// Write the blob `hash` of `size` bytes, the file `index` of `tree`, unless the store
-    /// has it: whether it was written. Its bytes are read into `held` (KiB of them).
+    /// has it: whether it was written. Its bytes are read into `held` (KiB of them); with
+    /// `floor`, the store's disk must have room for it and the others held above the floor.
     async fn store_blob(
         &self,
         hash: &[u8; 32],
@@ -772,14 +881,24 @@ impl<S: ObjectStore> Pages<S> {
         size: u64,
         tree: &Arc<dyn TreeSource>,
         held: &tokio::sync::Semaphore,
+        floor: bool,
     ) -> Result<bool, Error> {
         let key = Self::blob_key(hash)?;
         if self.store.size(&key).await?.is_some() {
             return Ok(false);
         }
-        if self.min_free > 0
+        let kib = size.div_ceil(1024).clamp(1, UPLOAD_KIB) as u32;
+        let _held = held
+            .acquire_many(kib)
+            .await
+            .map_err(|err| Error::Tree(err.to_string()))?;
+        // Room for this one and the others held with it (they take the rest of the budget at
+        // most), asked once its turn has come.
+        let needs = size.max(UPLOAD_KIB << 10);
+        if floor
+            && self.min_free > 0
             && let Some(free) = self.store.free_bytes()
-            && free < self.min_free.saturating_add(size)
+            && free < self.min_free.saturating_add(needs)
         {
             return Err(Error::LowDisk {
                 free,
@@ -787,11 +906,6 @@ impl<S: ObjectStore> Pages<S> {
                 needs: size,
             });
         }
-        let kib = size.div_ceil(1024).clamp(1, UPLOAD_KIB) as u32;
-        let _held = held
-            .acquire_many(kib)
-            .await
-            .map_err(|err| Error::Tree(err.to_string()))?;
         let (tree, expected) = (Arc::clone(tree), *hash);
         let content = tokio::task::spawn_blocking(move || {
             let content = tree.read(index)?;

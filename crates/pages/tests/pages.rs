@@ -567,6 +567,10 @@ struct Interleaved {
     /// As a blob is first deleted: says so on the first channel, then deletes it once the
     /// second says to.
     on_blob_delete: std::sync::Arc<std::sync::Mutex<Option<HeldDelete>>>,
+    /// Listings of the sweeps under way.
+    sweeping_lists: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Blobs looked for.
+    blob_sizes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Says a delete has come, then waits for leave to go on.
@@ -583,6 +587,8 @@ impl Interleaved {
             on_blob_listing: Default::default(),
             on_blob_size: Default::default(),
             on_blob_delete: Default::default(),
+            sweeping_lists: Default::default(),
+            blob_sizes: Default::default(),
         }
     }
 
@@ -645,6 +651,8 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
         key: &gitcache_storage::store::ObjectKey,
     ) -> Result<Option<u64>, gitcache_storage::store::StoreError> {
         if key.as_str().starts_with("pages/blob/") {
+            self.blob_sizes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.commit(&self.on_blob_size).await?;
         }
         self.inner.size(key).await
@@ -670,6 +678,10 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
     ) -> Result<Vec<gitcache_storage::store::Listed>, gitcache_storage::store::StoreError> {
         if prefix.as_str() == "pages/blob" {
             self.commit(&self.on_blob_listing).await?;
+        }
+        if prefix.as_str() == "pages/sweeping" {
+            self.sweeping_lists
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         self.inner.list(prefix).await
     }
@@ -772,14 +784,27 @@ async fn a_blob_found_by_a_deployment_as_a_sweep_deletes_it_is_written_back() {
     });
     // The sweep has read the manifests again and is deleting the old content's blob.
     reached.await.unwrap();
+    let counted = |count: &std::sync::atomic::AtomicUsize| {
+        count.swap(0, std::sync::atomic::Ordering::SeqCst);
+    };
+    counted(&store.sweeping_lists);
+    counted(&store.blob_sizes);
     let redeploy = tokio::spawn({
         let pages = pages.clone();
         async move { deploy(&pages, COMMIT, &[b'a'; 1000]).await }
     });
-    // The old content is the site again before the blob goes.
-    while store.read_manifest(&site).await.unwrap().unwrap().bytes != old {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // The blob goes once the deployment, committed, either looks for sweeps under way or
+    // checks its blob a second time (as it did before it waited for sweeps).
+    let load =
+        |count: &std::sync::atomic::AtomicUsize| count.load(std::sync::atomic::Ordering::SeqCst);
+    while load(&store.sweeping_lists) == 0 && load(&store.blob_sizes) < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    assert_eq!(
+        store.read_manifest(&site).await.unwrap().unwrap().bytes,
+        old,
+        "the old content is the site again"
+    );
     release.send(()).unwrap();
     assert_eq!(sweep.await.unwrap(), 1, "the sweep deleted the blob");
     let deployed = redeploy.await.unwrap();
@@ -804,6 +829,46 @@ async fn a_blob_found_by_a_deployment_as_a_sweep_deletes_it_is_written_back() {
     assert!(markers.is_empty(), "{markers:?}");
 }
 
+/// A site committed by a deployment that did not see its blobs through (its staged manifest
+/// still there, a blob gone: the re-check after the commit failed) is seen through by the next
+/// deployment of its commit, which otherwise changes nothing.
+#[tokio::test]
+async fn a_deployment_cut_short_after_its_commit_is_seen_through_by_the_next() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    let pages = Pages::new(store.clone());
+    deploy(&pages, COMMIT, &[b'a'; 1000]).await;
+    assert!(!pages.unfinished("example.org", ".index").await.unwrap());
+    let site = ObjectKey::new("pages/site/example.org/.index").unwrap();
+    let bytes = store.read_manifest(&site).await.unwrap().unwrap().bytes;
+    let hex: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let staged = ObjectKey::new(&format!("pages/staged/{hex}")).unwrap();
+    store.replace_manifest(&staged, &bytes, None).await.unwrap();
+    let blobs = store
+        .list(&ObjectKey::new("pages/blob").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(blobs.len(), 1);
+    store.delete(&blobs[0].key).await.unwrap();
+    assert!(pages.unfinished("example.org", ".index").await.unwrap());
+    let again = deploy(&pages, COMMIT, &[b'a'; 1000]).await;
+    assert!(again.unchanged);
+    assert!(
+        store.size(&blobs[0].key).await.unwrap().is_some(),
+        "written back"
+    );
+    assert!(
+        store.size(&staged).await.unwrap().is_none(),
+        "and seen through"
+    );
+    assert!(!pages.unfinished("example.org", ".index").await.unwrap());
+}
+
 /// The marker of a sweep that died is deleted by the next sweep once it is stale; the marker
 /// of one under way is left to it.
 #[tokio::test]
@@ -820,12 +885,12 @@ async fn a_dead_sweeps_marker_goes_with_the_next_sweep() {
             .await
             .unwrap();
     }
-    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
     std::fs::File::options()
         .write(true)
         .open(store.path_of(&dead))
         .unwrap()
-        .set_modified(an_hour_ago)
+        .set_modified(long_ago)
         .unwrap();
     pages
         .collect(std::time::Duration::from_secs(60))

@@ -236,9 +236,6 @@ fn sites_deploy_by_put_and_are_served_by_host() {
     }
 }
 
-/// A host deploys one thing at a time: while its deploy runs (its fetch held up upstream),
-/// the next two of the same host wait for their turns and other hosts deploy beside it; a deploy
-/// whose client leaves (a forge gives up on a webhook after ten seconds) goes on.
 /// Below the free space the server keeps on its disk, a deploy is refused with `507`
 /// before anything is fetched.
 #[test]
@@ -260,6 +257,9 @@ fn deploys_keep_the_free_space_of_the_disk() {
     assert_eq!(upstream.counts().fetch, fetches, "nothing fetched");
 }
 
+/// A host deploys one thing at a time: while its deploy runs (its fetch held up upstream),
+/// the next two of the same host wait for their turns and other hosts deploy beside it; a deploy
+/// whose client leaves (a forge gives up on a webhook after ten seconds) goes on.
 #[test]
 fn a_host_deploys_one_at_a_time_and_a_deploy_outlives_its_client() {
     let upstream = Upstream::start().unwrap();
