@@ -349,6 +349,7 @@ impl Proxy {
             instance: instance.clone(),
             pushed: std::sync::Mutex::default(),
             purges: Arc::clone(&purges),
+            following: Arc::default(),
         });
         // Gauges are there at the first scrape, not after the first upkeep tick.
         upkeep.pass(false);

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use gitcache_catalog::{Catalog, Record};
 
@@ -74,18 +74,24 @@ impl Purges {
         if !self.follow {
             return;
         }
-        let _turn = self.turn.lock().await;
-        let records = catalog.records();
-        let behind: Vec<Arc<Record>> = {
+        let behind = |record: &Record| {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            records
-                .iter()
-                .filter(|r| r.purges > seen.get(&r.id).copied().unwrap_or(0))
-                .cloned()
-                .collect()
+            // Any other count than the one noted: a catalog restored from an older copy counts
+            // lower, and its next purge must not be taken for one seen.
+            record.purges != seen.get(&record.id).copied().unwrap_or(0)
         };
-        let mut caught_up = Vec::new();
-        for record in behind {
+        let records = catalog.records();
+        for id in records.iter().filter(|r| behind(r)).map(|r| r.id) {
+            // One at a time, each as the view has it now (a purge made here meanwhile is
+            // noted already): an admin purge here waits for one drop at most (a drop waits
+            // for the mirror's refresh under way, if any).
+            let _turn = self.turn.lock().await;
+            let Some(record) = catalog.records().into_iter().find(|r| r.id == id) else {
+                continue;
+            };
+            if !behind(&record) {
+                continue;
+            }
             match local.drop_copy(&record).await {
                 Ok(()) => {
                     tracing::info!(
@@ -94,19 +100,20 @@ impl Purges {
                         host = %record.host,
                         "cached repository purged on another instance: this copy dropped"
                     );
-                    caught_up.push((record.id, record.purges));
+                    self.noted(|seen| {
+                        seen.insert(record.id, record.purges);
+                    });
                 }
                 Err(err) => {
                     tracing::warn!(%err, repo = %record.full_name(), "dropping a copy purged on another instance failed");
                 }
             }
         }
-        let listed: std::collections::HashSet<i64> = records.iter().map(|r| r.id).collect();
-        self.noted(|seen| {
-            seen.extend(caught_up);
-            // Removed records are forgotten: the file stays as small as the catalog.
-            seen.retain(|id, _| listed.contains(id));
-        });
+        // Removed records are forgotten: the file stays as small as the catalog.
+        let listed: std::collections::HashSet<i64> =
+            catalog.records().iter().map(|r| r.id).collect();
+        let _turn = self.turn.lock().await;
+        self.noted(|seen| seen.retain(|id, _| listed.contains(id)));
     }
 
     /// Change the counts with `change`, and write them down if they changed.

@@ -33,6 +33,8 @@ pub(crate) struct Upkeep {
     pub(crate) pushed: std::sync::Mutex<HashMap<String, gitcache_catalog::Activity>>,
     /// Purges counted in the catalog by other instances, followed here.
     pub(crate) purges: Arc<crate::purges::Purges>,
+    /// Whether purges are being followed now (see [`Upkeep::follow_purges`]).
+    pub(crate) following: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Upkeep {
@@ -63,7 +65,7 @@ impl Upkeep {
         let mut last_cleanup = Instant::now();
         let mut last_full_push = Instant::now();
         // Purges made while this instance was down, from the view read at start.
-        self.follow_purges().await;
+        self.follow_purges();
         loop {
             tokio::time::sleep(cleanup.map_or(tick, |c| c.min(tick))).await;
             if last_full_push.elapsed() >= FULL_PUSH_EVERY {
@@ -77,7 +79,7 @@ impl Upkeep {
             }
             if let Some(catalog) = &self.catalog {
                 match catalog.reload().await {
-                    Ok(()) => self.follow_purges().await,
+                    Ok(()) => self.follow_purges(),
                     Err(err) => {
                         tracing::warn!(%err, "reading the catalog failed; keeping the last view")
                     }
@@ -131,16 +133,33 @@ impl Upkeep {
         }
     }
 
-    /// Drop the copies of repositories purged on other instances (see [`crate::purges`]).
-    async fn follow_purges(&self) {
-        if let Some(catalog) = &self.catalog {
-            let local = crate::purges::Local {
-                config: &self.config,
-                mirrors: &self.mirrors,
-                responses: self.responses.as_deref(),
-            };
-            self.purges.follow(catalog, local).await;
+    /// Drop the copies of repositories purged on other instances (see [`crate::purges`]), in
+    /// a task of its own: a drop waits for the mirror's refresh under way, which must not
+    /// hold up the rest of the upkeep. One such task at a time.
+    fn follow_purges(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.catalog.is_none() || self.following.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let upkeep = Arc::clone(self);
+        tokio::spawn(async move {
+            /// Clears the flag however the task ends.
+            struct Done(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _done = Done(Arc::clone(&upkeep.following));
+            if let Some(catalog) = &upkeep.catalog {
+                let local = crate::purges::Local {
+                    config: &upkeep.config,
+                    mirrors: &upkeep.mirrors,
+                    responses: upkeep.responses.as_deref(),
+                };
+                upkeep.purges.follow(catalog, local).await;
+            }
+        });
     }
 
     /// One pass of the blocking work: count mirrors, and evict when `evict`. Run once when

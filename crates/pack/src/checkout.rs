@@ -213,11 +213,12 @@ impl BlobReader {
             Some((Kind::Blob, _)) => return Err(corrupt(&format!("more than {most} bytes"))),
             Some(_) => return Err(corrupt("expected a blob")),
         }
-        let (kind, data) = objects.read(oid)?;
+        // Handed over, not kept: a reader kept for the next reads holds no large file.
+        let (kind, data) = objects.read_owned(oid)?;
         if kind != Kind::Blob || data.len() as u64 > most {
             return Err(corrupt("not the blob its header says"));
         }
-        Ok(data.to_vec())
+        Ok(data)
     }
 }
 
@@ -287,6 +288,31 @@ mod tests {
         assert!(repo.read_blob(&oid, 299).is_err(), "over its bound");
         assert_eq!(repo.read_blob(&oid, 300).unwrap(), vec![0u8; 300]);
         assert!(repo.read_blob(&tip, 1000).is_err(), "a commit is no blob");
+    }
+
+    /// A reader kept for many reads hands each blob over and holds on to no large one.
+    #[test]
+    fn a_blob_reader_keeps_no_large_blob() {
+        let big: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        let (_dir, repo, tip) = committed(&[("big", big.clone()), ("small", b"s".to_vec())]);
+        let items = repo.tree_items(&tip, limits(4 << 20, 8 << 20)).unwrap();
+        let mut reader = repo.blob_reader();
+        for item in &items {
+            let TreeItemKind::File { oid, size } = item.kind else {
+                panic!("{item:?} is a file");
+            };
+            let read = reader.read(&oid, size).unwrap();
+            assert_eq!(read.len() as u64, size);
+            assert!(reader.objects.buffer_capacity() <= 1 << 20, "{}", item.path);
+        }
+        assert_eq!(reader.read(&oid_of(&items, "big"), 3 << 20).unwrap(), big);
+    }
+
+    fn oid_of(items: &[TreeItem], path: &str) -> ObjectId {
+        match items.iter().find(|i| i.path == path).map(|i| &i.kind) {
+            Some(TreeItemKind::File { oid, .. }) => *oid,
+            other => panic!("{path}: {other:?}"),
+        }
     }
 
     /// The files of a tree together over their bound are refused by their sizes, none read.

@@ -359,6 +359,31 @@ impl Objects {
         Ok(header.map(|h| (h.kind, h.size)))
     }
 
+    /// [`read`](Self::read), the object handed over: its buffer itself when it holds the
+    /// object and nothing else (no copy), and none larger than a MiB kept for the next read.
+    pub(crate) fn read_owned(&mut self, oid: &ObjectId) -> Result<(Kind, Vec<u8>), Error> {
+        let (kind, at, len) = {
+            let (kind, data) = self.read(oid)?;
+            (kind, data.as_ptr() as usize, data.len())
+        };
+        let data = if at == self.buf.as_ptr() as usize && len == self.buf.len() {
+            std::mem::take(&mut self.buf)
+        } else {
+            // Elsewhere (a cache's copy): read again, and copied.
+            self.read(oid)?.1.to_vec()
+        };
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = Vec::new();
+        }
+        Ok((kind, data))
+    }
+
+    /// The bytes the read buffer holds on to.
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// The whole object, decompressed and resolved.
     pub(crate) fn read(&mut self, oid: &ObjectId) -> Result<(Kind, &[u8]), Error> {
         self.tick()?;

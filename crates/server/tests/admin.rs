@@ -801,12 +801,21 @@ fn a_purge_on_one_instance_drops_the_copies_of_the_others() {
     common::wait_for("the second instance drops its copy", || {
         !cached(&second) && !stored(&second)
     });
-    // Cached again on the second; then it is down while the first purges.
+    // Cached again on the second, it keeps its copy through the reloads that follow (three
+    // of them), and through a restart: the purge it followed is noted on its disk.
     common::wait_for("the second instance caches the repository again", || {
         n += 1;
         shallow(&second, n);
         cached(&second)
     });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(cached(&second), "a purge is followed once");
+    let data = std::mem::replace(&mut second.data, tempfile::tempdir().unwrap());
+    drop(second);
+    let mut second = Gitcache::start_in(&upstream, data, &flags);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(cached(&second), "nor followed again after a restart");
+    // Then it is down while the first purges.
     let data = std::mem::replace(&mut second.data, tempfile::tempdir().unwrap());
     drop(second);
     purge();
@@ -819,6 +828,11 @@ fn a_purge_on_one_instance_drops_the_copies_of_the_others() {
     );
     let (_, record, _) = api(&first, "GET", &format!("/api/cached-repos/{id}"), None);
     assert_eq!(record["purges"], json!(2));
+    assert_eq!(
+        std::fs::read_to_string(second.data.path().join("catalog-purges")).unwrap(),
+        format!("{id} 2\n"),
+        "the count its copies are up to, noted"
+    );
 }
 
 /// Issue 14: purge drops a repository's mirror and stored responses and keeps its record
