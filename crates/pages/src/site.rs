@@ -37,18 +37,24 @@ pub const MAX_FILE_BYTES: u64 = 100 << 20;
 /// The most bytes a site's files may take together.
 pub const MAX_SITE_BYTES: u64 = 1 << 30;
 
-/// A sweep starts no delete later than this after it began to announce itself (its marker
-/// under `pages/sweeping/`); what is left goes with the next sweep. Deletes under way then
-/// are waited for, each within the store's own bounds.
-pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(20);
-/// How long a deployment that found a sweep under way waits for it at most: its deletes'
-/// starts, and one started at the last moment within the store's bounds (a bucket's request
-/// retries end within 20 s).
-const SWEEP_WAIT: Duration = Duration::from_secs(60);
-/// A sweep's marker this old is one a sweep that died left: nobody waits on it, and the next
-/// sweep deletes it. Judged by the store's time against this machine's: a bucket refuses
-/// requests signed more than 15 minutes off its clock, so a live marker never looks this
-/// old.
+/// A sweep starts no delete later than this after its marker (under `pages/sweeping/`) was
+/// written; what is left goes with the next sweep.
+pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(600);
+/// How often a sweep writes its marker again while it deletes, to show it is alive.
+const SWEEP_BEAT: Duration = Duration::from_secs(5);
+/// A sweep starts a delete only this soon after a write of its marker last returned...
+const SWEEP_BEAT_TRUSTED: Duration = Duration::from_secs(10);
+/// ...and none at all once two of those writes returned further apart than this (it may have
+/// been taken for dead meanwhile, see [`SWEEP_SILENT`]).
+const SWEEP_BEAT_GAP: Duration = Duration::from_secs(15);
+/// A marker a deployment has seen unchanged this long (or written this long before the
+/// deployment's own staged manifest, by the store's clock) is a dead sweep's: a write of it
+/// takes 20 s at most (a bucket's retries), a delete after it as long, and the sweep trusts
+/// it for 10 s.
+const SWEEP_SILENT: Duration = Duration::from_secs(60);
+/// A sweep's marker this old is one a sweep that died left: the next sweep deletes it.
+/// Judged by the store's time against this machine's: a bucket refuses requests signed more
+/// than 15 minutes off its clock, so a live marker never looks this old.
 const SWEEP_MARKER_STALE: Duration = Duration::from_secs(3600);
 
 /// The most projects (the root tree counted) deployed under one host, by default (see
@@ -290,6 +296,22 @@ pub struct Collected {
     pub stale_writes: usize,
 }
 
+/// When a sweep's marker was last written, as the sweep knows it.
+#[derive(Debug)]
+struct Beat {
+    /// When the last write returned.
+    last: Instant,
+    /// Two writes returned further apart than [`SWEEP_BEAT_GAP`].
+    broken: bool,
+}
+
+impl Beat {
+    /// Whether a delete may start now.
+    fn alive(&self) -> bool {
+        !self.broken && self.last.elapsed() < SWEEP_BEAT_TRUSTED
+    }
+}
+
 /// A name for a sweep's marker that no other sweep draws.
 fn sweep_id() -> String {
     use std::hash::BuildHasher as _;
@@ -381,11 +403,11 @@ impl<S: ObjectStore> Pages<S> {
     /// older than `grace` (deployments that never finished). Blobs a deployment relies on are
     /// named by its staged manifest before it looks for them, and by its site afterwards;
     /// a sweep marks itself under way (`pages/sweeping/`) before it reads the manifests it
-    /// deletes by, starts no delete past [`SWEEP_DELETES_WITHIN`], and a deployment checks its
-    /// blobs once no sweep is marked (a minute at most). Deployments shorter than `grace`
-    /// lose nothing to a sweep, however they interleave, as long as each delete is done
-    /// within the store's bounds and the sweeping process is not stopped for longer than the
-    /// deployments' wait between its check of the time and a delete.
+    /// deletes by and keeps that marker alive while it deletes, and a deployment checks its
+    /// blobs once every marker is gone or silent (see `after_sweeps`). Deployments shorter
+    /// than `grace` lose nothing to a sweep, however they interleave, as long as the store
+    /// answers within its bounds and the sweeping process is not stopped, between its check
+    /// of its marker and a delete, for longer than the deployments wait.
     pub async fn collect(&self, grace: std::time::Duration) -> Result<Collected, Error> {
         // Leftovers of writes a crash cut short: a failure here leaves them for the next
         // sweep, and this one goes on.
@@ -399,7 +421,7 @@ impl<S: ObjectStore> Pages<S> {
                 0
             }
         };
-        if let Err(err) = self.sweeps_under_way(true).await {
+        if let Err(err) = self.remove_dead_markers().await {
             tracing::warn!(%err, "pages: the markers of sweeps that died could not be deleted");
         }
         let mut done = Collected {
@@ -433,32 +455,86 @@ impl<S: ObjectStore> Pages<S> {
         if doomed.is_empty() {
             return Ok(done);
         }
-        // Announced before the manifests are read again: a deployment staged after that read
-        // finds the marker once it has committed, and checks its blobs only after these
-        // deletes (see `after_sweeps`), so one it found in the store and did not write is
-        // written again if it went here.
-        let started = Instant::now();
+        // Announced before the manifests are read again, and kept alive while the deletes go
+        // on: a deployment staged after that read finds the marker once it has committed, and
+        // checks its blobs only once the marker is gone or has stopped changing (see
+        // `after_sweeps`), so one it found in the store and did not write is written again
+        // if it went here.
         let marker = ObjectKey::new(&format!("pages/sweeping/{}", sweep_id()))?;
-        self.store
-            .replace_manifest(&marker, b"sweeping\n", None)
-            .await?;
-        let deleted = self.delete_unnamed(doomed, started).await;
+        let version = match self
+            .store
+            .replace_manifest(&marker, b"sweeping 0\n", None)
+            .await?
+        {
+            Replaced::Done(version) => version,
+            Replaced::Conflict => return Err(Error::Contended),
+        };
+        let beat = Mutex::new(Beat {
+            last: Instant::now(),
+            broken: false,
+        });
+        let over = tokio::sync::Notify::new();
+        let deleting = async {
+            let deleted = self.delete_unnamed(doomed, &beat).await;
+            over.notify_one();
+            deleted
+        };
+        let (deleted, ()) = tokio::join!(deleting, self.beat(&marker, version, &beat, &over));
         if let Err(err) = self.store.delete(&marker).await {
-            // Deployments wait on it until it is stale; the next sweep deletes it then.
+            // Deployments take it for a dead sweep's once it stops changing.
             tracing::warn!(%err, "pages: a sweep's marker could not be deleted");
         }
         done.blobs = deleted?;
         Ok(done)
     }
 
-    /// Delete the `doomed` blobs no manifest names when read again now, starting none later
-    /// than [`SWEEP_DELETES_WITHIN`] after `started`: how many went. Every delete started is
-    /// waited for, an error's too.
+    /// Write `marker` again every [`SWEEP_BEAT`], from `version`, noting in `beat` when each
+    /// write returned, until `over`.
+    async fn beat(
+        &self,
+        marker: &ObjectKey,
+        mut version: Version,
+        beat: &Mutex<Beat>,
+        over: &tokio::sync::Notify,
+    ) {
+        for n in 1u64.. {
+            tokio::select! {
+                () = over.notified() => return,
+                () = tokio::time::sleep(SWEEP_BEAT) => {}
+            }
+            let content = format!("sweeping {n}\n");
+            let written = tokio::select! {
+                () = over.notified() => return,
+                written = self.store.replace_manifest(marker, content.as_bytes(), Some(&version)) => {
+                    written
+                }
+            };
+            match written {
+                Ok(Replaced::Done(next)) => {
+                    version = next;
+                    let mut beat = beat.lock().unwrap_or_else(|p| p.into_inner());
+                    if beat.last.elapsed() > SWEEP_BEAT_GAP {
+                        beat.broken = true;
+                    }
+                    beat.last = Instant::now();
+                }
+                // Gone or changed under it: no more deletes once the last write is too old.
+                Ok(Replaced::Conflict) => return,
+                Err(err) => tracing::warn!(%err, "pages: a sweep's marker could not be written"),
+            }
+        }
+    }
+
+    /// Delete the `doomed` blobs no manifest names when read again now, starting each only
+    /// while `beat` says the sweep's marker is alive, and none later than
+    /// [`SWEEP_DELETES_WITHIN`]: how many went. Every delete started is waited for, an
+    /// error's too.
     async fn delete_unnamed(
         &self,
         doomed: Vec<(ObjectKey, Option<[u8; 32]>)>,
-        started: Instant,
+        beat: &Mutex<Beat>,
     ) -> Result<usize, Error> {
+        let started = Instant::now();
         use futures_util::StreamExt as _;
         // Named again just before they go: a deployment that staged, found one of them in
         // the store (so did not write it), committed and dropped its staged manifest while
@@ -479,6 +555,7 @@ impl<S: ObjectStore> Pages<S> {
             while pending.len() < CONCURRENT_UPLOADS
                 && first_error.is_none()
                 && Instant::now() < deadline
+                && beat.lock().unwrap_or_else(|p| p.into_inner()).alive()
                 && let Some(key) = keys.next()
             {
                 started_deletes += 1;
@@ -506,43 +583,81 @@ impl<S: ObjectStore> Pages<S> {
             tracing::warn!(
                 deleted,
                 left,
-                "pages: a sweep's time to delete ran out; the rest go with the next sweep"
+                "pages: a sweep's time to delete ran out, or its marker could not be kept alive; the rest go with the next sweep"
             );
         }
         Ok(deleted)
     }
 
-    /// The markers of sweeps under way (not stale), deleting the stale ones when `tidy`.
-    async fn sweeps_under_way(&self, tidy: bool) -> Result<usize, Error> {
+    /// Delete the markers sweeps that died left (see [`SWEEP_MARKER_STALE`]).
+    async fn remove_dead_markers(&self) -> Result<(), Error> {
         let stale = std::time::SystemTime::now()
             .checked_sub(SWEEP_MARKER_STALE)
             .unwrap_or(std::time::UNIX_EPOCH);
-        let mut live = 0;
         for marker in self.store.list(&ObjectKey::new("pages/sweeping")?).await? {
-            if marker.modified >= stale {
-                live += 1;
-            } else if tidy {
+            if marker.modified < stale {
                 self.store.delete(&marker.key).await?;
             }
         }
-        Ok(live)
+        Ok(())
     }
 
-    /// Wait until no sweep is under way, or one could have deleted nothing more since this
-    /// was called ([`SWEEP_WAIT`]).
-    async fn after_sweeps(&self) {
-        let give_up = Instant::now() + SWEEP_WAIT;
+    /// Wait until no sweep that could still delete is under way: each marker listed is gone,
+    /// or has not changed for [`SWEEP_SILENT`] (its sweep died, or stopped deleting), or was
+    /// last written that long before `staged` (this deployment's staged manifest, by the
+    /// store's clock). At most [`SWEEP_DELETES_WITHIN`] and that much again.
+    async fn after_sweeps(&self, staged: &ObjectKey) {
+        let give_up = Instant::now() + SWEEP_DELETES_WITHIN + SWEEP_SILENT;
+        let (Ok(sweeping), Ok(all_staged)) = (
+            ObjectKey::new("pages/sweeping"),
+            ObjectKey::new("pages/staged"),
+        ) else {
+            return;
+        };
+        // Each marker's last write as seen, and since when here.
+        let mut seen: std::collections::HashMap<ObjectKey, (std::time::SystemTime, Instant)> =
+            Default::default();
+        let mut staged_at = None;
         loop {
-            match self.sweeps_under_way(false).await {
-                Ok(0) => return,
-                Ok(_) => {}
+            let markers = match self.store.list(&sweeping).await {
+                Ok(markers) => markers,
                 Err(err) => {
+                    // Not known: as long as any sweep could still delete.
                     tracing::warn!(%err, "pages: sweeps under way could not be listed");
-                    tokio::time::sleep_until(give_up.into()).await;
+                    tokio::time::sleep(SWEEP_SILENT).await;
                     return;
                 }
+            };
+            if markers.is_empty() {
+                return;
             }
-            if Instant::now() >= give_up {
+            if staged_at.is_none() {
+                staged_at = match self.store.list(&all_staged).await {
+                    Ok(listed) => listed
+                        .into_iter()
+                        .find(|l| &l.key == staged)
+                        .map(|l| l.modified),
+                    Err(_) => None,
+                }
+                .or(Some(std::time::UNIX_EPOCH));
+            }
+            let now = Instant::now();
+            let live = markers.iter().any(|marker| {
+                if staged_at.is_some_and(|at| marker.modified + SWEEP_SILENT < at) {
+                    return false;
+                }
+                let since = seen
+                    .entry(marker.key.clone())
+                    .and_modify(|(modified, since)| {
+                        if *modified != marker.modified {
+                            (*modified, *since) = (marker.modified, now);
+                        }
+                    })
+                    .or_insert((marker.modified, now))
+                    .1;
+                now.duration_since(since) < SWEEP_SILENT
+            });
+            if !live || now >= give_up {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -741,7 +856,7 @@ impl<S: ObjectStore> Pages<S> {
             // (its staged manifest is still there): seen through now.
             let staged = Self::staged_key(&current.bytes)?;
             if self.store.size(&staged).await?.is_some() && current.bytes == manifest.encode() {
-                self.after_sweeps().await;
+                self.after_sweeps(&staged).await;
                 self.store_blobs(&blobs, &tree, false).await?;
                 if let Err(err) = self.store.delete(&staged).await {
                     tracing::warn!(%err, "a staged manifest could not be deleted");
@@ -823,7 +938,7 @@ impl<S: ObjectStore> Pages<S> {
         // Past the commit the site is live: what it names is written back whatever the disk
         // floor, and should this fail, the staged manifest stays, so that the next deployment
         // of this commit sees it through (and the sweeps keep its blobs meanwhile).
-        self.after_sweeps().await;
+        self.after_sweeps(&staged).await;
         self.store_blobs(&blobs, &tree, false).await?;
         for memory in [&self.memory.sites, &self.memory.absent] {
             memory
@@ -1308,4 +1423,26 @@ fn build(
         blobs,
         rules,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sweep deletes only while its marker's last write is recent, and never again once two
+    /// writes returned too far apart (deployments may have taken it for dead between them).
+    #[test]
+    fn a_sweep_deletes_only_while_its_marker_is_kept_alive() {
+        let now = Instant::now();
+        let beat = |ago: Duration, broken| Beat {
+            last: now.checked_sub(ago).unwrap_or(now),
+            broken,
+        };
+        assert!(beat(Duration::from_secs(1), false).alive());
+        assert!(!beat(SWEEP_BEAT_TRUSTED + Duration::from_secs(1), false).alive());
+        assert!(!beat(Duration::ZERO, true).alive());
+        // The margins the deployments' wait rests on.
+        assert!(SWEEP_BEAT < SWEEP_BEAT_TRUSTED && SWEEP_BEAT_TRUSTED < SWEEP_BEAT_GAP);
+        assert!(SWEEP_SILENT >= SWEEP_BEAT_TRUSTED + Duration::from_secs(40));
+    }
 }

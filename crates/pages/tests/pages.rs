@@ -869,6 +869,40 @@ async fn a_deployment_cut_short_after_its_commit_is_seen_through_by_the_next() {
     assert!(!pages.unfinished("example.org", ".index").await.unwrap());
 }
 
+/// A marker last written well before a deployment staged its manifest (by the store's clock)
+/// is a dead sweep's: the deployment looks once and does not wait on it.
+#[tokio::test]
+async fn a_marker_silent_since_before_a_deployment_staged_holds_nothing_up() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Interleaved::new(dir.path());
+    let pages = Pages::new(store.clone());
+    let dead = ObjectKey::new("pages/sweeping/dead").unwrap();
+    store
+        .replace_manifest(&dead, b"sweeping 3\n", None)
+        .await
+        .unwrap();
+    let two_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("pages/sweeping/dead"))
+        .unwrap()
+        .set_modified(two_minutes_ago)
+        .unwrap();
+    deploy(&pages, COMMIT, &[b'a'; 1000]).await;
+    assert_eq!(
+        store
+            .sweeping_lists
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "looked at once"
+    );
+    assert!(
+        store.size(&dead).await.unwrap().is_some(),
+        "left to a sweep"
+    );
+}
+
 /// The marker of a sweep that died is deleted by the next sweep once it is stale; the marker
 /// of one under way is left to it.
 #[tokio::test]
