@@ -40,6 +40,8 @@ pub const MAX_SITE_BYTES: u64 = 1 << 30;
 /// A sweep starts no delete later than this after its marker (under `pages/sweeping/`) was
 /// written; what is left goes with the next sweep.
 pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(600);
+/// Manifests a sweep reads at once (each up to the manifests' bound in memory).
+const MANIFESTS_AT_ONCE: usize = 4;
 /// How often a sweep writes its marker again while it deletes, to show it is alive.
 const SWEEP_BEAT: Duration = Duration::from_secs(5);
 /// A sweep starts a delete only this soon after a write of its marker last returned...
@@ -173,13 +175,13 @@ pub enum Error {
     #[error("reading the tree to deploy: {0}")]
     Tree(String),
     /// Writing a blob would take the store's disk below the free space kept.
-    #[error("the disk has {free} bytes free, {floor} are kept free, and a file needs {needs}")]
+    #[error("the disk has {free} bytes free, {floor} are kept free, and the upload needs {needs}")]
     LowDisk {
         /// Bytes free.
         free: u64,
         /// Bytes kept free.
         floor: u64,
-        /// The file's bytes.
+        /// The room the upload asked for: the file, or the uploads held at once.
         needs: u64,
     },
     /// The site's manifest kept changing under this deployment.
@@ -680,15 +682,11 @@ impl<S: ObjectStore> Pages<S> {
         };
         // The staged manifests are all read before the sites are listed: a deployment that
         // dropped its staged manifest before it was read had committed its site by then.
-        let mut staged = Vec::new();
+        let (mut staged, mut old) = (Vec::new(), Vec::new());
         for listed in self.store.list(&ObjectKey::new("pages/staged")?).await? {
-            if let Some((cutoff, done)) = &mut stale
-                && listed.modified < *cutoff
-            {
-                self.store.delete(&listed.key).await?;
-                done.staged += 1;
-            } else {
-                staged.push(listed.key);
+            match &stale {
+                Some((cutoff, _)) if listed.modified < *cutoff => old.push(listed.key),
+                _ => staged.push(listed.key),
             }
         }
         self.read_manifests(&staged, |read| {
@@ -702,16 +700,31 @@ impl<S: ObjectStore> Pages<S> {
             .into_iter()
             .map(|listed| listed.key)
             .collect();
+        let mut deployed = std::collections::HashSet::new();
         self.read_manifests(&sites, |read| {
             name_all(&SiteManifest::decode(read)?);
+            deployed.insert(Self::staged_key(read)?);
             Ok(())
         })
         .await?;
+        if let Some((_, done)) = &mut stale {
+            for key in old {
+                // The staged manifest of a site that is deployed: its deployment committed
+                // but did not see its blobs through, and the next deployment of its commit
+                // does (see `unfinished`). Kept until then.
+                if deployed.contains(&key) {
+                    tracing::warn!(staged = %key, "pages: a site's deployment did not finish its check after its commit; deploy its commit again");
+                    continue;
+                }
+                self.store.delete(&key).await?;
+                done.staged += 1;
+            }
+        }
         Ok(named)
     }
 
     /// Hand each manifest `keys` name that is there to `each`, as it is read:
-    /// [`CONCURRENT_UPLOADS`] read at a time.
+    /// [`MANIFESTS_AT_ONCE`] read at a time.
     async fn read_manifests(
         &self,
         keys: &[ObjectKey],
@@ -721,7 +734,7 @@ impl<S: ObjectStore> Pages<S> {
         let mut reads = futures_util::stream::FuturesUnordered::new();
         let mut keys = keys.iter();
         loop {
-            while reads.len() < CONCURRENT_UPLOADS
+            while reads.len() < MANIFESTS_AT_ONCE
                 && let Some(key) = keys.next()
             {
                 reads.push(self.store.read_manifest(key));
@@ -1018,7 +1031,7 @@ impl<S: ObjectStore> Pages<S> {
             return Err(Error::LowDisk {
                 free,
                 floor: self.min_free,
-                needs: size,
+                needs,
             });
         }
         let (tree, expected) = (Arc::clone(tree), *hash);
