@@ -76,9 +76,9 @@ impl Purges {
         }
         let behind = |record: &Record| {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            // Any other count than the one noted: a catalog restored from an older copy counts
-            // lower, and its next purge must not be taken for one seen.
-            record.purges != seen.get(&record.id).copied().unwrap_or(0)
+            // Above the one noted: a view read before a purge made here (a reload that
+            // finished after the purge's own) is not taken for another purge.
+            record.purges > seen.get(&record.id).copied().unwrap_or(0)
         };
         let records = catalog.records();
         for id in records.iter().filter(|r| behind(r)).map(|r| r.id) {
@@ -110,9 +110,9 @@ impl Purges {
             }
         }
         // Removed records are forgotten: the file stays as small as the catalog.
+        let _turn = self.turn.lock().await;
         let listed: std::collections::HashSet<i64> =
             catalog.records().iter().map(|r| r.id).collect();
-        let _turn = self.turn.lock().await;
         self.noted(|seen| seen.retain(|id, _| listed.contains(id)));
     }
 

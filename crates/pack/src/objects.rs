@@ -360,14 +360,20 @@ impl Objects {
     }
 
     /// [`read`](Self::read), the object handed over: its buffer itself when it holds the
-    /// object and nothing else (no copy), and none larger than a MiB kept for the next read.
+    /// object and nothing else (no copy; shrunk to it when it had much more room), and none
+    /// larger than a MiB kept for the next read.
     pub(crate) fn read_owned(&mut self, oid: &ObjectId) -> Result<(Kind, Vec<u8>), Error> {
         let (kind, at, len) = {
             let (kind, data) = self.read(oid)?;
             (kind, data.as_ptr() as usize, data.len())
         };
         let data = if at == self.buf.as_ptr() as usize && len == self.buf.len() {
-            std::mem::take(&mut self.buf)
+            let mut data = std::mem::take(&mut self.buf);
+            // A delta's buffer had room for its base too: not handed on with a small object.
+            if data.capacity() > 2 * data.len() + (64 << 10) {
+                data.shrink_to_fit();
+            }
+            data
         } else {
             // Elsewhere (a cache's copy): read again, and copied.
             self.read(oid)?.1.to_vec()

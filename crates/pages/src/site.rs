@@ -37,9 +37,12 @@ pub const MAX_FILE_BYTES: u64 = 100 << 20;
 /// The most bytes a site's files may take together.
 pub const MAX_SITE_BYTES: u64 = 1 << 30;
 
-/// A sweep starts no delete later than this after its marker (under `pages/sweeping/`) was
-/// written; what is left goes with the next sweep.
-pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(600);
+/// A sweep starts no delete later than this after it has read the manifests again (its marker
+/// under `pages/sweeping/` written before); what is left goes with the next sweep. Bounds
+/// how long a deployment waits for a sweep.
+pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(120);
+/// How often a deployment waiting for sweeps lists their markers.
+const SWEEP_POLL: Duration = Duration::from_secs(1);
 /// Manifests a sweep reads at once (each up to the manifests' bound in memory).
 const MANIFESTS_AT_ONCE: usize = 4;
 /// How often a sweep writes its marker again while it deletes, to show it is alive.
@@ -504,13 +507,12 @@ impl<S: ObjectStore> Pages<S> {
                 () = over.notified() => return,
                 () = tokio::time::sleep(SWEEP_BEAT) => {}
             }
+            // Not cut short: a write left running (the filesystem's, on its own thread) could
+            // land after the sweep deleted the marker, and bring it back.
             let content = format!("sweeping {n}\n");
-            let written = tokio::select! {
-                () = over.notified() => return,
-                written = self.store.replace_manifest(marker, content.as_bytes(), Some(&version)) => {
-                    written
-                }
-            };
+            let written = (self.store)
+                .replace_manifest(marker, content.as_bytes(), Some(&version))
+                .await;
             match written {
                 Ok(Replaced::Done(next)) => {
                     version = next;
@@ -536,13 +538,12 @@ impl<S: ObjectStore> Pages<S> {
         doomed: Vec<(ObjectKey, Option<[u8; 32]>)>,
         beat: &Mutex<Beat>,
     ) -> Result<usize, Error> {
-        let started = Instant::now();
         use futures_util::StreamExt as _;
         // Named again just before they go: a deployment that staged, found one of them in
         // the store (so did not write it), committed and dropped its staged manifest while
         // this sweep read the others would otherwise lose it for good.
         let named = self.named_blobs(None).await?;
-        let deadline = started + SWEEP_DELETES_WITHIN;
+        let deadline = Instant::now() + SWEEP_DELETES_WITHIN;
         let unnamed: Vec<ObjectKey> = doomed
             .into_iter()
             .filter(|(_, hash)| !hash.is_some_and(|h| named.contains(&h)))
@@ -574,7 +575,16 @@ impl<S: ObjectStore> Pages<S> {
                 Some(Err(err)) => {
                     first_error.get_or_insert(err);
                 }
-                None => break,
+                // None under way: done, or waiting for the marker's next write (a slow one
+                // holds the deletes back; after a gap, there are none).
+                None => {
+                    let beat = beat.lock().unwrap_or_else(|p| p.into_inner()).broken;
+                    let more = keys.len() > 0 && first_error.is_none() && Instant::now() < deadline;
+                    if beat || !more {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
         if let Some(err) = first_error {
@@ -604,11 +614,36 @@ impl<S: ObjectStore> Pages<S> {
         Ok(())
     }
 
-    /// Wait until no sweep that could still delete is under way: each marker listed is gone,
-    /// or has not changed for [`SWEEP_SILENT`] (its sweep died, or stopped deleting), or was
-    /// last written that long before `staged` (this deployment's staged manifest, by the
-    /// store's clock). At most [`SWEEP_DELETES_WITHIN`] and that much again.
-    async fn after_sweeps(&self, staged: &ObjectKey) {
+    /// The markers of the sweeps under way now (`None`: they could not be listed): once a
+    /// deployment has staged its manifest, those are the only sweeps it waits for, since any
+    /// later sweep reads that manifest before it deletes.
+    async fn sweeps_now(&self) -> Option<std::collections::HashSet<ObjectKey>> {
+        let listed = self
+            .store
+            .list(&ObjectKey::new("pages/sweeping").ok()?)
+            .await;
+        match listed {
+            Ok(markers) => Some(markers.into_iter().map(|m| m.key).collect()),
+            Err(err) => {
+                tracing::warn!(%err, "pages: sweeps under way could not be listed");
+                None
+            }
+        }
+    }
+
+    /// Wait until none of the sweeps `under_way` (every one when `None`) could still delete:
+    /// each marker is gone, or has not changed for [`SWEEP_SILENT`] (its sweep died, or
+    /// stopped deleting), or was last written well before `staged` (this deployment's staged
+    /// manifest, by the store's clock). At most [`SWEEP_DELETES_WITHIN`] and that much again;
+    /// markers that cannot be listed are taken to be there.
+    async fn after_sweeps(
+        &self,
+        staged: &ObjectKey,
+        under_way: Option<std::collections::HashSet<ObjectKey>>,
+    ) {
+        if under_way.as_ref().is_some_and(|markers| markers.is_empty()) {
+            return;
+        }
         let give_up = Instant::now() + SWEEP_DELETES_WITHIN + SWEEP_SILENT;
         let (Ok(sweeping), Ok(all_staged)) = (
             ObjectKey::new("pages/sweeping"),
@@ -621,15 +656,21 @@ impl<S: ObjectStore> Pages<S> {
             Default::default();
         let mut staged_at = None;
         loop {
+            if Instant::now() >= give_up {
+                return;
+            }
             let markers = match self.store.list(&sweeping).await {
                 Ok(markers) => markers,
                 Err(err) => {
-                    // Not known: as long as any sweep could still delete.
                     tracing::warn!(%err, "pages: sweeps under way could not be listed");
-                    tokio::time::sleep(SWEEP_SILENT).await;
-                    return;
+                    tokio::time::sleep(SWEEP_POLL).await;
+                    continue;
                 }
             };
+            let markers: Vec<_> = markers
+                .into_iter()
+                .filter(|m| under_way.as_ref().is_none_or(|set| set.contains(&m.key)))
+                .collect();
             if markers.is_empty() {
                 return;
             }
@@ -644,9 +685,12 @@ impl<S: ObjectStore> Pages<S> {
                 .or(Some(std::time::UNIX_EPOCH));
             }
             let now = Instant::now();
-            let live = markers.iter().any(|marker| {
-                if staged_at.is_some_and(|at| marker.modified + SWEEP_SILENT < at) {
-                    return false;
+            let mut live = false;
+            for marker in &markers {
+                // Twice the silence, by the store's clock: a clock that steps forward is not
+                // taken for one.
+                if staged_at.is_some_and(|at| marker.modified + 2 * SWEEP_SILENT < at) {
+                    continue;
                 }
                 let since = seen
                     .entry(marker.key.clone())
@@ -657,12 +701,12 @@ impl<S: ObjectStore> Pages<S> {
                     })
                     .or_insert((marker.modified, now))
                     .1;
-                now.duration_since(since) < SWEEP_SILENT
-            });
-            if !live || now >= give_up {
+                live |= now.duration_since(since) < SWEEP_SILENT;
+            }
+            if !live {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(SWEEP_POLL).await;
         }
     }
 
@@ -869,7 +913,9 @@ impl<S: ObjectStore> Pages<S> {
             // (its staged manifest is still there): seen through now.
             let staged = Self::staged_key(&current.bytes)?;
             if self.store.size(&staged).await?.is_some() && current.bytes == manifest.encode() {
-                self.after_sweeps(&staged).await;
+                // Staged long before: any sweep that started since has read it.
+                let under_way = self.sweeps_now().await;
+                self.after_sweeps(&staged, under_way).await;
                 self.store_blobs(&blobs, &tree, false).await?;
                 if let Err(err) = self.store.delete(&staged).await {
                     tracing::warn!(%err, "a staged manifest could not be deleted");
@@ -909,6 +955,8 @@ impl<S: ObjectStore> Pages<S> {
         let staged = Self::staged_key(&encoded)?;
         // Created, or there already (the same deployment under way): either way staged.
         self.store.replace_manifest(&staged, &encoded, None).await?;
+        // The sweeps that may not have read it (those later do, before they delete).
+        let under_way = self.sweeps_now().await;
         let uploaded = self.store_blobs(&blobs, &tree, true).await?;
         // From the version before the tree was read: a deployment committed during the fetch
         // is a conflict as much as one committed during the upload.
@@ -951,7 +999,7 @@ impl<S: ObjectStore> Pages<S> {
         // Past the commit the site is live: what it names is written back whatever the disk
         // floor, and should this fail, the staged manifest stays, so that the next deployment
         // of this commit sees it through (and the sweeps keep its blobs meanwhile).
-        self.after_sweeps(&staged).await;
+        self.after_sweeps(&staged, under_way).await;
         self.store_blobs(&blobs, &tree, false).await?;
         for memory in [&self.memory.sites, &self.memory.absent] {
             memory
