@@ -244,7 +244,8 @@ const CONCURRENT_DEPLOYS: usize = 2;
 /// loses nothing by being told so.
 const WAITING_PER_HOST: usize = 2;
 /// The longest a deploy waits for its host's turn (a deploy's exchanges are bounded: its
-/// listing by a minute, its fetch by five, its wait for a sweep under way by about three).
+/// listing by a minute, its fetch by five, its wait for a sweep under way by under five; its
+/// uploads by the store's own bounds).
 const HOST_TURN_WAIT: Duration = Duration::from_secs(600);
 /// The longest a deploy that waited for its host's turn then waits for a slot.
 const SLOT_WAIT: Duration = Duration::from_secs(60);

@@ -37,10 +37,10 @@ pub const MAX_FILE_BYTES: u64 = 100 << 20;
 /// The most bytes a site's files may take together.
 pub const MAX_SITE_BYTES: u64 = 1 << 30;
 
-/// A sweep starts no delete later than this after it has read the manifests again (its marker
-/// under `pages/sweeping/` written before); what is left goes with the next sweep. Bounds
-/// how long a deployment waits for a sweep.
-pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(120);
+/// A sweep starts no delete later than this after it began to read the manifests again (its
+/// marker under `pages/sweeping/` written before); what is left goes with the next sweep.
+/// Bounds how long a deployment waits for a sweep.
+pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(180);
 /// How often a deployment waiting for sweeps lists their markers.
 const SWEEP_POLL: Duration = Duration::from_secs(1);
 /// Manifests a sweep reads at once (each up to the manifests' bound in memory).
@@ -52,11 +52,11 @@ const SWEEP_BEAT_TRUSTED: Duration = Duration::from_secs(10);
 /// ...and none at all once two of those writes returned further apart than this (it may have
 /// been taken for dead meanwhile, see [`SWEEP_SILENT`]).
 const SWEEP_BEAT_GAP: Duration = Duration::from_secs(15);
-/// A marker a deployment has seen unchanged this long (or written this long before the
-/// deployment's own staged manifest, by the store's clock) is a dead sweep's: a write of it
-/// takes 20 s at most (a bucket's retries), a delete after it as long, and the sweep trusts
-/// it for 10 s.
-const SWEEP_SILENT: Duration = Duration::from_secs(60);
+/// A marker a deployment has seen unchanged this long (or written twice this long before
+/// the deployment's own staged manifest, by the store's clock) is a dead sweep's: a write of
+/// it takes 20 s at most (a bucket's retries), a delete after it as long, and the sweep
+/// trusts it for 10 s, which leaves 40 s to spare.
+const SWEEP_SILENT: Duration = Duration::from_secs(90);
 /// A sweep's marker this old is one a sweep that died left: the next sweep deletes it.
 /// Judged by the store's time against this machine's: a bucket refuses requests signed more
 /// than 15 minutes off its clock, so a live marker never looks this old.
@@ -522,9 +522,18 @@ impl<S: ObjectStore> Pages<S> {
                     }
                     beat.last = Instant::now();
                 }
-                // Gone or changed under it: no more deletes once the last write is too old.
-                Ok(Replaced::Conflict) => return,
-                Err(err) => tracing::warn!(%err, "pages: a sweep's marker could not be written"),
+                // Gone or changed under it: deployments may no longer see it.
+                Ok(Replaced::Conflict) => {
+                    beat.lock().unwrap_or_else(|p| p.into_inner()).broken = true;
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "pages: a sweep's marker could not be written");
+                    let mut beat = beat.lock().unwrap_or_else(|p| p.into_inner());
+                    if beat.last.elapsed() > SWEEP_BEAT_GAP {
+                        beat.broken = true;
+                    }
+                }
             }
         }
     }
@@ -542,8 +551,10 @@ impl<S: ObjectStore> Pages<S> {
         // Named again just before they go: a deployment that staged, found one of them in
         // the store (so did not write it), committed and dropped its staged manifest while
         // this sweep read the others would otherwise lose it for good.
-        let named = self.named_blobs(None).await?;
+        // From before the read: a deployment staged after the read began waits from later
+        // still, for this long and its silence after.
         let deadline = Instant::now() + SWEEP_DELETES_WITHIN;
+        let named = self.named_blobs(None).await?;
         let unnamed: Vec<ObjectKey> = doomed
             .into_iter()
             .filter(|(_, hash)| !hash.is_some_and(|h| named.contains(&h)))
@@ -578,9 +589,11 @@ impl<S: ObjectStore> Pages<S> {
                 // None under way: done, or waiting for the marker's next write (a slow one
                 // holds the deletes back; after a gap, there are none).
                 None => {
-                    let beat = beat.lock().unwrap_or_else(|p| p.into_inner()).broken;
-                    let more = keys.len() > 0 && first_error.is_none() && Instant::now() < deadline;
-                    if beat || !more {
+                    let broken = beat.lock().unwrap_or_else(|p| p.into_inner()).broken;
+                    let more = !keys.as_slice().is_empty()
+                        && first_error.is_none()
+                        && Instant::now() < deadline;
+                    if broken || !more {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -657,6 +670,7 @@ impl<S: ObjectStore> Pages<S> {
         let mut staged_at = None;
         loop {
             if Instant::now() >= give_up {
+                tracing::warn!("pages: gave up waiting for a sweep under way");
                 return;
             }
             let markers = match self.store.list(&sweeping).await {
@@ -954,9 +968,14 @@ impl<S: ObjectStore> Pages<S> {
         SiteManifest::decode(&encoded)?;
         let staged = Self::staged_key(&encoded)?;
         // Created, or there already (the same deployment under way): either way staged.
-        self.store.replace_manifest(&staged, &encoded, None).await?;
-        // The sweeps that may not have read it (those later do, before they delete).
-        let under_way = self.sweeps_now().await;
+        let created = self.store.replace_manifest(&staged, &encoded, None).await?;
+        // The sweeps that may not have read it (those later do, before they delete). One
+        // found there already may be one a sweep listed as old and deletes: then every sweep
+        // is waited for.
+        let under_way = match created {
+            Replaced::Done(_) => self.sweeps_now().await,
+            Replaced::Conflict => None,
+        };
         let uploaded = self.store_blobs(&blobs, &tree, true).await?;
         // From the version before the tree was read: a deployment committed during the fetch
         // is a conflict as much as one committed during the upload.

@@ -904,12 +904,12 @@ async fn a_marker_silent_since_before_a_deployment_staged_holds_nothing_up() {
         .replace_manifest(&dead, b"sweeping 3\n", None)
         .await
         .unwrap();
-    let two_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(300);
     std::fs::File::options()
         .write(true)
         .open(dir.path().join("pages/sweeping/dead"))
         .unwrap()
-        .set_modified(two_minutes_ago)
+        .set_modified(long_ago)
         .unwrap();
     deploy(&pages, COMMIT, &[b'a'; 1000]).await;
     assert_eq!(
