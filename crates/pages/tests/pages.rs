@@ -925,6 +925,58 @@ async fn a_marker_silent_since_before_a_deployment_staged_holds_nothing_up() {
     );
 }
 
+/// A deployment that finds its staged manifest there already (left by one that failed; a
+/// sweep may be deleting it as old) does not take the sweeps under way as it staged for all
+/// there are: it waits on a marker written after that too.
+#[tokio::test]
+async fn a_deployment_staged_again_waits_on_every_sweep() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Interleaved::new(dir.path());
+    let pages = Pages::new(store.clone());
+    let site = ObjectKey::new("pages/site/example.org/.index").unwrap();
+    deploy(&pages, COMMIT, &[b'a'; 1000]).await;
+    let bytes = store.read_manifest(&site).await.unwrap().unwrap().bytes;
+    deploy(&pages, NEXT, &[b'b'; 1000]).await;
+    // What a failed deployment of the first tree left.
+    let hex: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let staged = ObjectKey::new(&format!("pages/staged/{hex}")).unwrap();
+    store.replace_manifest(&staged, &bytes, None).await.unwrap();
+    // A sweep marks itself as the deployment uploads.
+    let marker = "pages/sweeping/late";
+    *store.on_blob_size.lock().unwrap() = Some((marker.to_owned(), b"sweeping 0\n".to_vec()));
+    store
+        .sweeping_lists
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let redeploy = tokio::spawn({
+        let pages = pages.clone();
+        async move { deploy(&pages, COMMIT, &[b'a'; 1000]).await }
+    });
+    let lists = || {
+        store
+            .sweeping_lists
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    while lists() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // The sweep ends.
+    store
+        .delete(&ObjectKey::new(marker).unwrap())
+        .await
+        .unwrap();
+    redeploy.await.unwrap();
+    assert!(
+        lists() >= 2,
+        "looked again once the sweep had ended: {}",
+        lists()
+    );
+}
+
 /// The marker of a sweep that died is deleted by the next sweep once it is stale; the marker
 /// of one under way is left to it.
 #[tokio::test]
