@@ -892,7 +892,8 @@ async fn a_deployment_cut_short_after_its_commit_is_seen_through_by_the_next() {
 }
 
 /// A marker last written well before a deployment staged its manifest (by the store's clock)
-/// is a dead sweep's: the deployment looks once and does not wait on it.
+/// is a dead sweep's: the deployment looks at it as it stages and after its commit, and does
+/// not wait on it.
 #[tokio::test]
 async fn a_marker_silent_since_before_a_deployment_staged_holds_nothing_up() {
     use gitcache_storage::store::{ObjectKey, ObjectStore as _};
