@@ -87,7 +87,15 @@ impl std::fmt::Debug for S3Config {
 pub struct S3Store {
     inner: Arc<AmazonS3>,
     prefix: Option<ObjectPath>,
+    /// How long a request without a body to download (a `HEAD`, a `DELETE`, a manifest's
+    /// `PUT`), its retries included, may take in all.
+    small_within: std::time::Duration,
 }
+
+/// How long a small request may take in all by default (see
+/// [`S3Store::with_small_requests_within`]): the client's retries end within 20 s, but an
+/// attempt under way then could go on for its read timeout (60 s).
+pub const SMALL_REQUESTS_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// reqwest with gitcache's own TLS settings (ring, the system's roots).
 #[derive(Debug)]
@@ -203,7 +211,35 @@ impl S3Store {
         Ok(S3Store {
             inner: Arc::new(builder.build().map_err(backend)?),
             prefix,
+            small_within: SMALL_REQUESTS_WITHIN,
         })
+    }
+
+    /// Give up a request without a body to download (a `HEAD`, a `DELETE`, a manifest's
+    /// `PUT`, a second more for each MiB it sends) after `within` in all, retries included:
+    /// an error then, the request dropped. Callers that reason about when a request can
+    /// still take effect (pages' sweeps) rest on this.
+    pub fn with_small_requests_within(mut self, within: std::time::Duration) -> Self {
+        self.small_within = within;
+        self
+    }
+
+    /// `request` (about `key`), given up after the bound for small requests and `more`.
+    async fn bounded<T>(
+        &self,
+        key: &ObjectKey,
+        more: std::time::Duration,
+        request: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let within = self.small_within + more;
+        tokio::time::timeout(within, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Backend(format!(
+                    "object {key}: no answer within {} s",
+                    within.as_secs_f64()
+                )))
+            })
     }
 
     /// A presigned URL from which anyone may `GET` the object `key` for `expires_in` (at
@@ -408,11 +444,15 @@ impl ObjectStore for S3Store {
             head: true,
             ..GetOptions::default()
         };
-        match self.inner.get_opts(&self.path(key)?, head).await {
-            Ok(got) => Ok(Some(got.meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(err) => Err(backend(err)),
-        }
+        let path = self.path(key)?;
+        self.bounded(key, std::time::Duration::ZERO, async {
+            match self.inner.get_opts(&path, head).await {
+                Ok(got) => Ok(Some(got.meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(err) => Err(backend(err)),
+            }
+        })
+        .await
     }
 
     async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -458,16 +498,19 @@ impl ObjectStore for S3Store {
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        let mut deleted = self
-            .inner
-            .delete_stream(futures_util::stream::iter([Ok(path)]).boxed());
-        while let Some(result) = deleted.next().await {
-            match result {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(err) => return Err(backend(err)),
+        self.bounded(key, std::time::Duration::ZERO, async {
+            let mut deleted = self
+                .inner
+                .delete_stream(futures_util::stream::iter([Ok(path)]).boxed());
+            while let Some(result) = deleted.next().await {
+                match result {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(err) => return Err(backend(err)),
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn list(&self, prefix: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
@@ -520,14 +563,18 @@ impl ObjectStore for S3Store {
             head: true,
             ..GetOptions::default()
         };
-        match self.inner.get_opts(&self.path(key)?, head).await {
-            Ok(got) => match got.meta.e_tag {
-                Some(e_tag) => Ok(Some(Version(e_tag))),
-                None => Err(StoreError::Backend(format!("no ETag for manifest {key}"))),
-            },
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(err) => Err(backend(err)),
-        }
+        let path = self.path(key)?;
+        self.bounded(key, std::time::Duration::ZERO, async {
+            match self.inner.get_opts(&path, head).await {
+                Ok(got) => match got.meta.e_tag {
+                    Some(e_tag) => Ok(Some(Version(e_tag))),
+                    None => Err(StoreError::Backend(format!("no ETag for manifest {key}"))),
+                },
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(err) => Err(backend(err)),
+            }
+        })
+        .await
     }
 
     async fn replace_manifest(
@@ -548,23 +595,24 @@ impl ObjectStore for S3Store {
             mode,
             ..PutOptions::default()
         };
-        match self
-            .inner
-            .put_opts(&path, PutPayload::from(bytes.to_vec()), options)
-            .await
-        {
-            Ok(put) => match put.e_tag {
-                Some(e_tag) => Ok(Replaced::Done(Version(e_tag))),
-                None => Err(StoreError::Backend(format!("no ETag for manifest {key}"))),
-            },
-            // Created, replaced or removed meanwhile (object_store reports a 404 on
-            // `If-Match` as a failed precondition; a 404 otherwise is a missing bucket, an
-            // error).
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok(Replaced::Conflict),
-            Err(err) => Err(backend(err)),
-        }
+        let more = std::time::Duration::from_secs(bytes.len() as u64 >> 20);
+        let payload = PutPayload::from(bytes.to_vec());
+        self.bounded(key, more, async {
+            match self.inner.put_opts(&path, payload, options).await {
+                Ok(put) => match put.e_tag {
+                    Some(e_tag) => Ok(Replaced::Done(Version(e_tag))),
+                    None => Err(StoreError::Backend(format!("no ETag for manifest {key}"))),
+                },
+                // Created, replaced or removed meanwhile (object_store reports a 404 on
+                // `If-Match` as a failed precondition; a 404 otherwise is a missing bucket,
+                // an error).
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => Ok(Replaced::Conflict),
+                Err(err) => Err(backend(err)),
+            }
+        })
+        .await
     }
 }

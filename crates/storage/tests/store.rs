@@ -613,3 +613,46 @@ async fn links_and_fifos_in_the_store_are_not_read() {
         b"mine"
     );
 }
+
+/// A bucket that takes requests and never answers: a small request (a `HEAD`, a `DELETE`, a
+/// manifest's `PUT`) is given up within its bound, retries included, with an error that
+/// says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_bucket_fails_small_requests_within_their_bound() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // Connections taken and held, nothing said.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    std::thread::spawn({
+        let held = std::sync::Arc::clone(&held);
+        move || {
+            for stream in listener.incoming().flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        }
+    });
+    let store = S3Store::new(&S3Config {
+        bucket: "silent".into(),
+        endpoint: Some(endpoint),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        ..S3Config::default()
+    })
+    .unwrap()
+    .with_small_requests_within(std::time::Duration::from_secs(1));
+    let key = ObjectKey::new("pages/sweeping/x").unwrap();
+    let no_answer = |err: gitcache_storage::store::StoreError| {
+        assert!(err.to_string().contains("no answer within 1 s"), "{err}");
+    };
+    no_answer(store.delete(&key).await.unwrap_err());
+    no_answer(store.size(&key).await.unwrap_err());
+    no_answer(store.manifest_version(&key).await.unwrap_err());
+    no_answer(
+        store
+            .replace_manifest(&key, b"sweeping 1\n", None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(!held.lock().unwrap().is_empty(), "the requests were sent");
+}
