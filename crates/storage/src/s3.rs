@@ -216,9 +216,10 @@ impl S3Store {
     }
 
     /// Give up a request without a body to download (a `HEAD`, a `DELETE`, a manifest's
-    /// `PUT`, a second more for each MiB it sends) after `within` in all, retries included:
-    /// an error then, the request dropped. Callers that reason about when a request can
-    /// still take effect (pages' sweeps) rest on this.
+    /// `PUT`, which gets four seconds more for each MiB it sends, so that a manifest listing
+    /// a million refs may go at 256 KiB/s) after `within` in all, retries included: an error
+    /// then, the request dropped. Callers that reason about when a request can still take
+    /// effect (pages' sweeps) rest on this.
     pub fn with_small_requests_within(mut self, within: std::time::Duration) -> Self {
         self.small_within = within;
         self
@@ -595,7 +596,7 @@ impl ObjectStore for S3Store {
             mode,
             ..PutOptions::default()
         };
-        let more = std::time::Duration::from_secs(bytes.len() as u64 >> 20);
+        let more = std::time::Duration::from_secs(4 * (bytes.len() as u64 >> 20));
         let payload = PutPayload::from(bytes.to_vec());
         self.bounded(key, more, async {
             match self.inner.put_opts(&path, payload, options).await {
