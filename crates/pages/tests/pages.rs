@@ -11,6 +11,26 @@ use gitcache_testkit::s3::S3Server;
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const NEXT: &str = "89abcdef0123456789abcdef0123456789abcdef";
 
+/// The key under `prefix` named by the SHA-256 of `bytes` (a blob's, a staged manifest's).
+fn keyed_by_hash(prefix: &str, bytes: &[u8]) -> gitcache_storage::store::ObjectKey {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    gitcache_storage::store::ObjectKey::new(&format!("{prefix}/{hex}")).unwrap()
+}
+
+/// Make the file at `path` look last written `seconds` ago.
+fn made_ago(path: &std::path::Path, seconds: u64) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(seconds))
+        .unwrap();
+}
+
 fn tree(script: &[u8]) -> Vec<TreeFile> {
     vec![
         TreeFile::file("index.html", b"<h1>home</h1>".to_vec()),
@@ -265,14 +285,7 @@ async fn large_files(store: AnyStore) {
     // Too large to keep whole, but sent compressed: read whole once to compress, then the
     // compressed copy the memory keeps is sent without reading the file (gone from the store
     // for the second round).
-    let text_key = {
-        use sha2::Digest as _;
-        let hex: String = sha2::Sha256::digest(&text)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        gitcache_storage::store::ObjectKey::new(&format!("pages/blob/{hex}")).unwrap()
-    };
+    let text_key = keyed_by_hash("pages/blob", &text);
     for round in 0..2 {
         if round == 1 {
             gitcache_storage::store::ObjectStore::delete(&store, &text_key)
@@ -836,7 +849,6 @@ async fn a_blob_found_by_a_deployment_as_a_sweep_deletes_it_is_written_back() {
 #[tokio::test]
 async fn a_deployment_cut_short_after_its_commit_is_seen_through_by_the_next() {
     use gitcache_storage::store::{ObjectKey, ObjectStore as _};
-    use sha2::Digest as _;
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::new(dir.path());
     let pages = Pages::new(store.clone());
@@ -844,11 +856,7 @@ async fn a_deployment_cut_short_after_its_commit_is_seen_through_by_the_next() {
     assert!(!pages.unfinished("example.org", ".index").await.unwrap());
     let site = ObjectKey::new("pages/site/example.org/.index").unwrap();
     let bytes = store.read_manifest(&site).await.unwrap().unwrap().bytes;
-    let hex: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let staged = ObjectKey::new(&format!("pages/staged/{hex}")).unwrap();
+    let staged = keyed_by_hash("pages/staged", &bytes);
     store.replace_manifest(&staged, &bytes, None).await.unwrap();
     let blobs = store
         .list(&ObjectKey::new("pages/blob").unwrap())
@@ -873,14 +881,8 @@ async fn a_deployment_cut_short_after_its_commit_is_seen_through_by_the_next() {
     store.replace_manifest(&staged, &bytes, None).await.unwrap();
     let never = ObjectKey::new(&format!("pages/staged/{}", "0".repeat(64))).unwrap();
     store.replace_manifest(&never, b"x", None).await.unwrap();
-    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
     for key in [&staged, &never] {
-        std::fs::File::options()
-            .write(true)
-            .open(store.path_of(key))
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
+        made_ago(&store.path_of(key), 7200);
     }
     let swept = pages
         .collect(std::time::Duration::from_secs(60))
@@ -905,13 +907,7 @@ async fn a_marker_silent_since_before_a_deployment_staged_holds_nothing_up() {
         .replace_manifest(&dead, b"sweeping 3\n", None)
         .await
         .unwrap();
-    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(300);
-    std::fs::File::options()
-        .write(true)
-        .open(dir.path().join("pages/sweeping/dead"))
-        .unwrap()
-        .set_modified(long_ago)
-        .unwrap();
+    made_ago(&dir.path().join("pages/sweeping/dead"), 300);
     deploy(&pages, COMMIT, &[b'a'; 1000]).await;
     assert_eq!(
         store
@@ -932,7 +928,6 @@ async fn a_marker_silent_since_before_a_deployment_staged_holds_nothing_up() {
 #[tokio::test]
 async fn a_deployment_staged_again_waits_on_every_sweep() {
     use gitcache_storage::store::{ObjectKey, ObjectStore as _};
-    use sha2::Digest as _;
     let dir = tempfile::tempdir().unwrap();
     let store = Interleaved::new(dir.path());
     let pages = Pages::new(store.clone());
@@ -941,11 +936,7 @@ async fn a_deployment_staged_again_waits_on_every_sweep() {
     let bytes = store.read_manifest(&site).await.unwrap().unwrap().bytes;
     deploy(&pages, NEXT, &[b'b'; 1000]).await;
     // What a failed deployment of the first tree left.
-    let hex: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let staged = ObjectKey::new(&format!("pages/staged/{hex}")).unwrap();
+    let staged = keyed_by_hash("pages/staged", &bytes);
     store.replace_manifest(&staged, &bytes, None).await.unwrap();
     // A sweep marks itself as the deployment uploads.
     let marker = "pages/sweeping/late";
@@ -994,13 +985,7 @@ async fn a_dead_sweeps_marker_goes_with_the_next_sweep() {
             .await
             .unwrap();
     }
-    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
-    std::fs::File::options()
-        .write(true)
-        .open(store.path_of(&dead))
-        .unwrap()
-        .set_modified(long_ago)
-        .unwrap();
+    made_ago(&store.path_of(&dead), 2 * 3600);
     pages
         .collect(std::time::Duration::from_secs(60))
         .await
