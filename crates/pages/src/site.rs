@@ -37,26 +37,49 @@ pub const MAX_FILE_BYTES: u64 = 100 << 20;
 /// The most bytes a site's files may take together.
 pub const MAX_SITE_BYTES: u64 = 1 << 30;
 
-/// A sweep starts no delete later than this after it began to read the manifests again (its
-/// marker under `pages/sweeping/` written before); what is left goes with the next sweep.
-/// Bounds how long a deployment waits for a sweep.
-pub const SWEEP_DELETES_WITHIN: Duration = Duration::from_secs(180);
-/// How often a deployment waiting for sweeps lists their markers.
-const SWEEP_POLL: Duration = Duration::from_secs(1);
+/// How sweeps, and the deployments that wait for them, keep time. The defaults are what the
+/// bounds in the docs rest on; tests shorten them to see each rule at work. Keep
+/// `beat < beat_trusted < beat_gap` and `silent` at least `beat_trusted` and 40 s (what a
+/// bucket's marker write and a delete after it may take) above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SweepTimes {
+    /// A sweep starts no delete later than this after it began to read the manifests again
+    /// (its marker under `pages/sweeping/` written before); what is left goes with the next
+    /// sweep. Bounds how long a deployment waits for a sweep. 180 s.
+    pub deletes_within: Duration,
+    /// How often a sweep writes its marker again while it deletes, to show it is alive. 5 s.
+    pub beat: Duration,
+    /// A sweep starts a delete only this soon after a write of its marker last returned...
+    /// 10 s.
+    pub beat_trusted: Duration,
+    /// ...and none at all once two of those writes returned further apart than this (it may
+    /// have been taken for dead meanwhile, see `silent`). 15 s.
+    pub beat_gap: Duration,
+    /// A marker a deployment has seen unchanged this long (or written twice this long before
+    /// the deployment's own staged manifest, by the store's clock) is a dead sweep's: a write
+    /// of it takes 20 s at most (a bucket's retries), a delete after it as long, and the
+    /// sweep trusts it for 10 s, which leaves 40 s to spare. 90 s.
+    pub silent: Duration,
+    /// How often a deployment waiting for sweeps lists their markers. 1 s.
+    pub poll: Duration,
+}
+
+impl Default for SweepTimes {
+    fn default() -> Self {
+        SweepTimes {
+            deletes_within: Duration::from_secs(180),
+            beat: Duration::from_secs(5),
+            beat_trusted: Duration::from_secs(10),
+            beat_gap: Duration::from_secs(15),
+            silent: Duration::from_secs(90),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Manifests a sweep reads at once (each up to the manifests' bound in memory).
 const MANIFESTS_AT_ONCE: usize = 4;
-/// How often a sweep writes its marker again while it deletes, to show it is alive.
-const SWEEP_BEAT: Duration = Duration::from_secs(5);
-/// A sweep starts a delete only this soon after a write of its marker last returned...
-const SWEEP_BEAT_TRUSTED: Duration = Duration::from_secs(10);
-/// ...and none at all once two of those writes returned further apart than this (it may have
-/// been taken for dead meanwhile, see [`SWEEP_SILENT`]).
-const SWEEP_BEAT_GAP: Duration = Duration::from_secs(15);
-/// A marker a deployment has seen unchanged this long (or written twice this long before
-/// the deployment's own staged manifest, by the store's clock) is a dead sweep's: a write of
-/// it takes 20 s at most (a bucket's retries), a delete after it as long, and the sweep
-/// trusts it for 10 s, which leaves 40 s to spare.
-const SWEEP_SILENT: Duration = Duration::from_secs(90);
 /// A sweep's marker this old is one a sweep that died left: the next sweep deletes it.
 /// Judged by the store's time against this machine's: a bucket refuses requests signed more
 /// than 15 minutes off its clock, so a live marker never looks this old.
@@ -287,6 +310,7 @@ pub struct Pages<S> {
     max_projects: usize,
     /// Bytes a blob's write must leave free on a store's local disk (`0`: no floor).
     min_free: u64,
+    sweep_times: SweepTimes,
 }
 
 /// What a garbage sweep did.
@@ -306,14 +330,16 @@ pub struct Collected {
 struct Beat {
     /// When the last write returned.
     last: Instant,
-    /// Two writes returned further apart than [`SWEEP_BEAT_GAP`].
+    /// Two writes returned further apart than [`SweepTimes::beat_gap`].
     broken: bool,
+    /// [`SweepTimes::beat_trusted`].
+    trusted: Duration,
 }
 
 impl Beat {
     /// Whether a delete may start now.
     fn alive(&self) -> bool {
-        !self.broken && self.last.elapsed() < SWEEP_BEAT_TRUSTED
+        !self.broken && self.last.elapsed() < self.trusted
     }
 }
 
@@ -380,6 +406,7 @@ impl<S: ObjectStore> Pages<S> {
             unnamed: Default::default(),
             max_projects: MAX_PROJECTS,
             min_free: 0,
+            sweep_times: SweepTimes::default(),
         }
     }
 
@@ -395,6 +422,12 @@ impl<S: ObjectStore> Pages<S> {
     /// [`Error::LowDisk`] before it writes it (`0`, the default: no floor).
     pub fn with_min_free(mut self, bytes: u64) -> Self {
         self.min_free = bytes;
+        self
+    }
+
+    /// Sweeps and deployments keep `times` instead of the defaults.
+    pub fn with_sweep_times(mut self, times: SweepTimes) -> Self {
+        self.sweep_times = times;
         self
     }
 
@@ -477,6 +510,7 @@ impl<S: ObjectStore> Pages<S> {
         let beat = Mutex::new(Beat {
             last: Instant::now(),
             broken: false,
+            trusted: self.sweep_times.beat_trusted,
         });
         let over = tokio::sync::Notify::new();
         let deleting = async {
@@ -493,7 +527,7 @@ impl<S: ObjectStore> Pages<S> {
         Ok(done)
     }
 
-    /// Write `marker` again every [`SWEEP_BEAT`], from `version`, noting in `beat` when each
+    /// Write `marker` again every [`SweepTimes::beat`], from `version`, noting in `beat` when each
     /// write returned, until `over`.
     async fn beat(
         &self,
@@ -505,7 +539,7 @@ impl<S: ObjectStore> Pages<S> {
         for n in 1u64.. {
             tokio::select! {
                 () = over.notified() => return,
-                () = tokio::time::sleep(SWEEP_BEAT) => {}
+                () = tokio::time::sleep(self.sweep_times.beat) => {}
             }
             // Not cut short: a write left running (the filesystem's, on its own thread) could
             // land after the sweep deleted the marker, and bring it back.
@@ -517,7 +551,7 @@ impl<S: ObjectStore> Pages<S> {
                 Ok(Replaced::Done(next)) => {
                     version = next;
                     let mut beat = beat.lock().unwrap_or_else(|p| p.into_inner());
-                    if beat.last.elapsed() > SWEEP_BEAT_GAP {
+                    if beat.last.elapsed() > self.sweep_times.beat_gap {
                         beat.broken = true;
                     }
                     beat.last = Instant::now();
@@ -530,7 +564,7 @@ impl<S: ObjectStore> Pages<S> {
                 Err(err) => {
                     tracing::warn!(%err, "pages: a sweep's marker could not be written");
                     let mut beat = beat.lock().unwrap_or_else(|p| p.into_inner());
-                    if beat.last.elapsed() > SWEEP_BEAT_GAP {
+                    if beat.last.elapsed() > self.sweep_times.beat_gap {
                         beat.broken = true;
                     }
                 }
@@ -540,7 +574,7 @@ impl<S: ObjectStore> Pages<S> {
 
     /// Delete the `doomed` blobs no manifest names when read again now, starting each only
     /// while `beat` says the sweep's marker is alive, and none later than
-    /// [`SWEEP_DELETES_WITHIN`]: how many went. Every delete started is waited for, an
+    /// [`SweepTimes::deletes_within`]: how many went. Every delete started is waited for, an
     /// error's too.
     async fn delete_unnamed(
         &self,
@@ -553,7 +587,7 @@ impl<S: ObjectStore> Pages<S> {
         // this sweep read the others would otherwise lose it for good.
         // From before the read: a deployment staged after the read began waits from later
         // still, for this long and its silence after.
-        let deadline = Instant::now() + SWEEP_DELETES_WITHIN;
+        let deadline = Instant::now() + self.sweep_times.deletes_within;
         let named = self.named_blobs(None).await?;
         let unnamed: Vec<ObjectKey> = doomed
             .into_iter()
@@ -596,7 +630,7 @@ impl<S: ObjectStore> Pages<S> {
                     if broken || !more {
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(self.sweep_times.beat / 10).await;
                 }
             }
         }
@@ -645,9 +679,9 @@ impl<S: ObjectStore> Pages<S> {
     }
 
     /// Wait until none of the sweeps `under_way` (every one when `None`) could still delete:
-    /// each marker is gone, or has not changed for [`SWEEP_SILENT`] (its sweep died, or
+    /// each marker is gone, or has not changed for [`SweepTimes::silent`] (its sweep died, or
     /// stopped deleting), or was last written well before `staged` (this deployment's staged
-    /// manifest, by the store's clock). At most [`SWEEP_DELETES_WITHIN`] and that much again;
+    /// manifest, by the store's clock). At most [`SweepTimes::deletes_within`] and `silent`;
     /// markers that cannot be listed are taken to be there.
     async fn after_sweeps(
         &self,
@@ -657,7 +691,8 @@ impl<S: ObjectStore> Pages<S> {
         if under_way.as_ref().is_some_and(|markers| markers.is_empty()) {
             return;
         }
-        let give_up = Instant::now() + SWEEP_DELETES_WITHIN + SWEEP_SILENT;
+        let times = self.sweep_times;
+        let give_up = Instant::now() + times.deletes_within + times.silent;
         let (Ok(sweeping), Ok(all_staged)) = (
             ObjectKey::new("pages/sweeping"),
             ObjectKey::new("pages/staged"),
@@ -677,7 +712,7 @@ impl<S: ObjectStore> Pages<S> {
                 Ok(markers) => markers,
                 Err(err) => {
                     tracing::warn!(%err, "pages: sweeps under way could not be listed");
-                    tokio::time::sleep(SWEEP_POLL).await;
+                    tokio::time::sleep(times.poll).await;
                     continue;
                 }
             };
@@ -703,7 +738,7 @@ impl<S: ObjectStore> Pages<S> {
             for marker in &markers {
                 // Twice the silence, by the store's clock: a clock that steps forward is not
                 // taken for one.
-                if staged_at.is_some_and(|at| marker.modified + 2 * SWEEP_SILENT < at) {
+                if staged_at.is_some_and(|at| marker.modified + 2 * times.silent < at) {
                     continue;
                 }
                 let since = seen
@@ -715,12 +750,12 @@ impl<S: ObjectStore> Pages<S> {
                     })
                     .or_insert((marker.modified, now))
                     .1;
-                live |= now.duration_since(since) < SWEEP_SILENT;
+                live |= now.duration_since(since) < times.silent;
             }
             if !live {
                 return;
             }
-            tokio::time::sleep(SWEEP_POLL).await;
+            tokio::time::sleep(times.poll).await;
         }
     }
 
@@ -1514,15 +1549,17 @@ mod tests {
     #[test]
     fn a_sweep_deletes_only_while_its_marker_is_kept_alive() {
         let now = Instant::now();
+        let times = SweepTimes::default();
         let beat = |ago: Duration, broken| Beat {
             last: now.checked_sub(ago).unwrap_or(now),
             broken,
+            trusted: times.beat_trusted,
         };
         assert!(beat(Duration::from_secs(1), false).alive());
-        assert!(!beat(SWEEP_BEAT_TRUSTED + Duration::from_secs(1), false).alive());
+        assert!(!beat(times.beat_trusted + Duration::from_secs(1), false).alive());
         assert!(!beat(Duration::ZERO, true).alive());
         // The margins the deployments' wait rests on.
-        assert!(SWEEP_BEAT < SWEEP_BEAT_TRUSTED && SWEEP_BEAT_TRUSTED < SWEEP_BEAT_GAP);
-        assert!(SWEEP_SILENT >= SWEEP_BEAT_TRUSTED + Duration::from_secs(40));
+        assert!(times.beat < times.beat_trusted && times.beat_trusted < times.beat_gap);
+        assert!(times.silent >= times.beat_trusted + Duration::from_secs(40));
     }
 }

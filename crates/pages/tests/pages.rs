@@ -3,10 +3,12 @@
 
 use gitcache_pages::manifest::Content;
 use gitcache_pages::serve::{Answer, answer, route};
-use gitcache_pages::site::{Error, MAX_FILES, Pages, TreeFile};
+use gitcache_pages::site::{CONCURRENT_UPLOADS, Error, MAX_FILES, Pages, SweepTimes, TreeFile};
 use gitcache_storage::s3::{S3Config, S3Store};
 use gitcache_storage::store::{AnyStore, FsStore};
 use gitcache_testkit::s3::S3Server;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const NEXT: &str = "89abcdef0123456789abcdef0123456789abcdef";
@@ -584,6 +586,12 @@ struct Interleaved {
     sweeping_lists: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Blobs looked for.
     blob_sizes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// While set, listings of the sweeps under way fail.
+    fail_sweeping_lists: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Deletes of blobs started.
+    blob_deletes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Once set, each delete of a blob waits for a permit of it.
+    delete_gate: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<tokio::sync::Semaphore>>>>,
 }
 
 /// Says a delete has come, then waits for leave to go on.
@@ -602,6 +610,9 @@ impl Interleaved {
             on_blob_delete: Default::default(),
             sweeping_lists: Default::default(),
             blob_sizes: Default::default(),
+            fail_sweeping_lists: Default::default(),
+            blob_deletes: Default::default(),
+            delete_gate: Default::default(),
         }
     }
 
@@ -683,6 +694,14 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
             let _ = come.send(());
             let _ = go.await;
         }
+        if key.as_str().starts_with("pages/blob/") {
+            self.blob_deletes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let gate = self.delete_gate.lock().unwrap().clone();
+            if let Some(gate) = gate {
+                gate.acquire().await.unwrap().forget();
+            }
+        }
         self.inner.delete(key).await
     }
     async fn list(
@@ -695,6 +714,14 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
         if prefix.as_str() == "pages/sweeping" {
             self.sweeping_lists
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self
+                .fail_sweeping_lists
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(gitcache_storage::store::StoreError::Backend(
+                    "the listing failed".into(),
+                ));
+            }
         }
         self.inner.list(prefix).await
     }
@@ -998,6 +1025,234 @@ async fn a_dead_sweeps_marker_goes_with_the_next_sweep() {
         .map(|listed| listed.key.as_str().to_owned())
         .collect();
     assert_eq!(left, ["pages/sweeping/live"]);
+}
+
+/// The sweeps' times with a deployment's polls frequent, changed by `change`.
+fn sweep_times(change: impl FnOnce(&mut SweepTimes)) -> SweepTimes {
+    let mut times = SweepTimes::default();
+    times.poll = Duration::from_millis(20);
+    change(&mut times);
+    times
+}
+
+/// Deploy `n` files as example.org's root site, then a tree that names none of them, and
+/// sweep once so that they are found unnamed; past `grace` after that, a sweep deletes them.
+async fn blobs_to_delete(pages: &Pages<Interleaved>, n: usize, grace: Duration) {
+    let files: Vec<TreeFile> = (0..n)
+        .map(|i| TreeFile::file(format!("file-{i}.txt"), format!("{i:0>1000}").into_bytes()))
+        .collect();
+    pages
+        .deploy(
+            "example.org",
+            ".index",
+            COMMIT,
+            "https://forge/acme/site.git#pages",
+            files,
+        )
+        .await
+        .unwrap();
+    deploy(pages, NEXT, &[b'b'; 1000]).await;
+    assert_eq!(pages.collect(grace).await.unwrap().blobs, 0);
+    tokio::time::sleep(grace).await;
+}
+
+/// A sweep of `pages` whose blob deletes wait for the permits of the gate returned: returned
+/// once it has started as many as it starts at once.
+async fn sweep_held(
+    pages: &Pages<Interleaved>,
+    grace: Duration,
+) -> (
+    tokio::task::JoinHandle<usize>,
+    std::sync::Arc<tokio::sync::Semaphore>,
+) {
+    let store = pages.store();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    *store.delete_gate.lock().unwrap() = Some(gate.clone());
+    store.blob_deletes.store(0, Ordering::SeqCst);
+    let sweep = tokio::spawn({
+        let pages = pages.clone();
+        async move { pages.collect(grace).await.unwrap().blobs }
+    });
+    while store.blob_deletes.load(Ordering::SeqCst) < CONCURRENT_UPLOADS {
+        assert!(
+            !sweep.is_finished(),
+            "the sweep deletes {CONCURRENT_UPLOADS} at once"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (sweep, gate)
+}
+
+/// Let the deletes of the sweep `held` go: it deleted only those it had started, and the
+/// next sweep deletes the rest of the `many`.
+async fn only_those_started_went(
+    pages: &Pages<Interleaved>,
+    grace: Duration,
+    held: (
+        tokio::task::JoinHandle<usize>,
+        std::sync::Arc<tokio::sync::Semaphore>,
+    ),
+    many: usize,
+) {
+    let (sweep, gate) = held;
+    gate.add_permits(many);
+    assert_eq!(
+        sweep.await.unwrap(),
+        CONCURRENT_UPLOADS,
+        "only those started"
+    );
+    pages.store().delete_gate.lock().unwrap().take();
+    assert_eq!(
+        pages.collect(grace).await.unwrap().blobs,
+        many - CONCURRENT_UPLOADS,
+        "the rest go with the next sweep"
+    );
+}
+
+/// A deployment committed while a sweep's marker changes waits as long as it changes, and
+/// goes on once it has not changed for `silent`: a sweep that died holds nothing up for
+/// longer (its marker is left to the next sweep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_waits_while_a_sweeps_marker_changes_and_no_longer_once_it_is_silent() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Interleaved::new(dir.path());
+    let silent = Duration::from_secs(1);
+    let pages = Pages::new(store.clone()).with_sweep_times(sweep_times(|times| {
+        times.silent = silent;
+        times.deletes_within = Duration::from_secs(600);
+    }));
+    let marker = ObjectKey::new("pages/sweeping/live").unwrap();
+    store
+        .replace_manifest(&marker, b"sweeping 0\n", None)
+        .await
+        .unwrap();
+    // The sweep's beat, ten times as often as `silent`.
+    let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let beat = tokio::spawn({
+        let (store, marker, beating) = (store.clone(), marker.clone(), beating.clone());
+        async move {
+            for n in 1.. {
+                tokio::time::sleep(silent / 10).await;
+                if !beating.load(Ordering::SeqCst) {
+                    break;
+                }
+                let version = store.manifest_version(&marker).await.unwrap();
+                let content = format!("sweeping {n}\n");
+                store
+                    .replace_manifest(&marker, content.as_bytes(), version.as_ref())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let deployment = tokio::spawn({
+        let pages = pages.clone();
+        async move { deploy(&pages, COMMIT, &[b'a'; 1000]).await }
+    });
+    tokio::time::sleep(3 * silent).await;
+    assert!(
+        !deployment.is_finished(),
+        "it waits while the marker changes"
+    );
+    beating.store(false, Ordering::SeqCst);
+    beat.await.unwrap();
+    let deployed = tokio::time::timeout(Duration::from_secs(60), deployment)
+        .await
+        .expect("it goes on once the marker is silent")
+        .unwrap();
+    assert!(!deployed.unchanged);
+    assert!(
+        store.size(&marker).await.unwrap().is_some(),
+        "left to a sweep"
+    );
+}
+
+/// Markers that cannot be listed are taken to be there: a deployment committed meanwhile
+/// waits until they can be (and then for the sweeps they show, none here), or gives up
+/// after as long as a sweep could delete (`deletes_within` and `silent`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_waits_on_markers_it_cannot_list_for_a_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Interleaved::new(dir.path());
+    let waiting = |deletes_within| {
+        Pages::new(store.clone()).with_sweep_times(sweep_times(|times| {
+            times.deletes_within = deletes_within;
+            times.silent = Duration::from_millis(500);
+        }))
+    };
+    let lists = || store.sweeping_lists.load(Ordering::SeqCst);
+    store.fail_sweeping_lists.store(true, Ordering::SeqCst);
+    let deployment = tokio::spawn({
+        let pages = waiting(Duration::from_secs(600));
+        async move { deploy(&pages, COMMIT, &[b'a'; 1000]).await }
+    });
+    while lists() < 10 && !deployment.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !deployment.is_finished(),
+        "it waits while the markers cannot be listed"
+    );
+    store.fail_sweeping_lists.store(false, Ordering::SeqCst);
+    let deployed = tokio::time::timeout(Duration::from_secs(60), deployment)
+        .await
+        .expect("it goes on once they can be listed, and none is there")
+        .unwrap();
+    assert!(!deployed.unchanged);
+    // Never listed: it waits no longer than a sweep could delete.
+    store.fail_sweeping_lists.store(true, Ordering::SeqCst);
+    store.sweeping_lists.store(0, Ordering::SeqCst);
+    let pages = waiting(Duration::from_secs(1));
+    let deployed =
+        tokio::time::timeout(Duration::from_secs(60), deploy(&pages, NEXT, &[b'b'; 1000]))
+            .await
+            .expect("it gives up");
+    assert!(!deployed.unchanged);
+    assert!(lists() > 3, "it listed again and again: {}", lists());
+}
+
+/// A sweep starts no delete later than `deletes_within` after it read the manifests again:
+/// those started before are waited for, the rest go with the next sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_starts_no_delete_past_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Interleaved::new(dir.path());
+    let within = Duration::from_secs(1);
+    let pages = Pages::new(store.clone()).with_sweep_times(sweep_times(|times| {
+        times.deletes_within = within;
+    }));
+    let (grace, many) = (Duration::from_millis(200), CONCURRENT_UPLOADS + 4);
+    blobs_to_delete(&pages, many, grace).await;
+    let held = sweep_held(&pages, grace).await;
+    // Held until past the deadline.
+    tokio::time::sleep(within + Duration::from_millis(500)).await;
+    only_those_started_went(&pages, grace, held, many).await;
+}
+
+/// A sweep whose marker is changed or deleted under it (deployments may no longer see it)
+/// starts no more deletes: those under way are waited for, the rest go with the next sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_whose_marker_goes_starts_no_more_deletes() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Interleaved::new(dir.path());
+    let beat = Duration::from_millis(50);
+    let pages = Pages::new(store.clone()).with_sweep_times(sweep_times(|times| {
+        times.beat = beat;
+    }));
+    let (grace, many) = (Duration::from_millis(200), CONCURRENT_UPLOADS + 4);
+    blobs_to_delete(&pages, many, grace).await;
+    let held = sweep_held(&pages, grace).await;
+    let markers = store
+        .list(&ObjectKey::new("pages/sweeping").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(markers.len(), 1);
+    store.delete(&markers[0].key).await.unwrap();
+    // Its next writes find it gone.
+    tokio::time::sleep(6 * beat).await;
+    only_those_started_went(&pages, grace, held, many).await;
 }
 
 /// Two deploys of one site that race (two pushes in quick succession): a deploy commits only
