@@ -87,8 +87,8 @@ impl std::fmt::Debug for S3Config {
 pub struct S3Store {
     inner: Arc<AmazonS3>,
     prefix: Option<ObjectPath>,
-    /// How long a request without a body to download (a `HEAD`, a `DELETE`, a manifest's
-    /// `PUT`), its retries included, may take in all.
+    /// How long a small request (see [`S3Store::with_small_requests_within`]), its retries
+    /// included, may take in all.
     small_within: std::time::Duration,
 }
 
@@ -163,6 +163,19 @@ fn backend(err: object_store::Error) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
+fn no_answer(key: &ObjectKey, within: std::time::Duration) -> StoreError {
+    StoreError::Backend(format!(
+        "object {key}: no answer within {} s",
+        within.as_secs_f64()
+    ))
+}
+
+/// The time a body of `bytes` is given beyond a small request's bound: four seconds per MiB
+/// (256 KiB/s).
+fn per_mib(bytes: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(4 * (bytes >> 20))
+}
+
 impl S3Store {
     /// The bucket `config` names. Nothing is asked of it yet.
     pub fn new(config: &S3Config) -> Result<Self, StoreError> {
@@ -215,11 +228,15 @@ impl S3Store {
         })
     }
 
-    /// Give up a request without a body to download (a `HEAD`, a `DELETE`, a manifest's
-    /// `PUT`, which gets four seconds more for each MiB it sends, so that a manifest listing
-    /// a million refs may go at 256 KiB/s) after `within` in all, retries included: an error
-    /// then, the request dropped. Callers that reason about when a request can still take
-    /// effect (pages' sweeps) rest on this.
+    /// Give up a small request (a `HEAD`, a `DELETE`, a manifest's `PUT`, a page of a
+    /// listing, the answer to a whole read) after `within` in all, retries included: an
+    /// error then, the request dropped. A manifest's `PUT`, and the body of a whole read
+    /// ([`ObjectStore::get_bytes`], [`ObjectStore::read_manifest`]), get four seconds more
+    /// for each MiB, so that a manifest listing a million refs may go at 256 KiB/s. Callers
+    /// that reason about when a request can still take effect (pages' sweeps) rest on this,
+    /// and none is held by a bucket that stops answering. Downloads to a file and ranges
+    /// read as streams have their read timeout (60 s between reads) and their callers'
+    /// bounds.
     pub fn with_small_requests_within(mut self, within: std::time::Duration) -> Self {
         self.small_within = within;
         self
@@ -235,12 +252,44 @@ impl S3Store {
         let within = self.small_within + more;
         tokio::time::timeout(within, request)
             .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Backend(format!(
-                    "object {key}: no answer within {} s",
-                    within.as_secs_f64()
-                )))
+            .unwrap_or_else(|_| Err(no_answer(key, within)))
+    }
+
+    /// The object `key` whole (`None`: not there), refused above `limit` bytes: its answer
+    /// given up after the bound for small requests, its body after that bound and four
+    /// seconds per MiB. A bucket that stalls mid-answer fails the read in time instead of
+    /// holding its caller for a read timeout at each chunk.
+    async fn get_whole(
+        &self,
+        key: &ObjectKey,
+        limit: u64,
+    ) -> Result<Option<(object_store::ObjectMeta, bytes::Bytes)>, StoreError> {
+        let path = self.path(key)?;
+        let got = self
+            .bounded(key, std::time::Duration::ZERO, async {
+                match self.inner.get_opts(&path, GetOptions::default()).await {
+                    Ok(got) => Ok(Some(got)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(err) => Err(backend(err)),
+                }
             })
+            .await?;
+        let Some(got) = got else {
+            return Ok(None);
+        };
+        if got.meta.size > limit {
+            return Err(StoreError::TooLarge {
+                key: key.clone(),
+                limit,
+            });
+        }
+        let meta = got.meta.clone();
+        let bytes = self
+            .bounded(key, per_mib(meta.size), async {
+                got.bytes().await.map_err(backend)
+            })
+            .await?;
+        Ok(Some((meta, bytes)))
     }
 
     /// A presigned URL from which anyone may `GET` the object `key` for `expires_in` (at
@@ -457,19 +506,10 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_bytes(&self, key: &ObjectKey, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.path(key)?;
-        let got = match self.inner.get_opts(&path, GetOptions::default()).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(err) => return Err(backend(err)),
-        };
-        if got.meta.size > limit {
-            return Err(StoreError::TooLarge {
-                key: key.clone(),
-                limit,
-            });
-        }
-        Ok(Some(got.bytes().await.map_err(backend)?.to_vec()))
+        Ok(self
+            .get_whole(key, limit)
+            .await?
+            .map(|(_, bytes)| bytes.to_vec()))
     }
 
     async fn read_range(
@@ -516,12 +556,18 @@ impl ObjectStore for S3Store {
 
     async fn list(&self, prefix: &ObjectKey) -> Result<Vec<Listed>, StoreError> {
         let path = self.path(prefix)?;
-        let metas: Vec<object_store::ObjectMeta> = self
-            .inner
-            .list(Some(&path))
-            .try_collect()
-            .await
-            .map_err(backend)?;
+        // Each page of the listing within the bound for small requests (a page of a
+        // thousand keys is some hundreds of KiB): a bucket that stalls fails the listing in
+        // time, however long it is.
+        let mut pages = self.inner.list(Some(&path));
+        let mut metas: Vec<object_store::ObjectMeta> = Vec::new();
+        loop {
+            match tokio::time::timeout(self.small_within, pages.next()).await {
+                Ok(Some(meta)) => metas.push(meta.map_err(backend)?),
+                Ok(None) => break,
+                Err(_) => return Err(no_answer(prefix, self.small_within)),
+            }
+        }
         let mut found: Vec<Listed> = metas
             .iter()
             .filter_map(|meta| {
@@ -537,24 +583,14 @@ impl ObjectStore for S3Store {
     }
 
     async fn read_manifest(&self, key: &ObjectKey) -> Result<Option<Manifest>, StoreError> {
-        let path = self.path(key)?;
-        let got = match self.inner.get_opts(&path, GetOptions::default()).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(err) => return Err(backend(err)),
+        let Some((meta, bytes)) = self.get_whole(key, MAX_MANIFEST).await? else {
+            return Ok(None);
         };
-        let Some(e_tag) = got.meta.e_tag.clone() else {
+        let Some(e_tag) = meta.e_tag else {
             return Err(StoreError::Backend(format!("no ETag for manifest {key}")));
         };
-        if got.meta.size > MAX_MANIFEST {
-            return Err(StoreError::TooLarge {
-                key: key.clone(),
-                limit: MAX_MANIFEST,
-            });
-        }
-        let bytes = got.bytes().await.map_err(backend)?.to_vec();
         Ok(Some(Manifest {
-            bytes,
+            bytes: bytes.to_vec(),
             version: Version(e_tag),
         }))
     }
@@ -596,7 +632,7 @@ impl ObjectStore for S3Store {
             mode,
             ..PutOptions::default()
         };
-        let more = std::time::Duration::from_secs(4 * (bytes.len() as u64 >> 20));
+        let more = per_mib(bytes.len() as u64);
         let payload = PutPayload::from(bytes.to_vec());
         self.bounded(key, more, async {
             match self.inner.put_opts(&path, payload, options).await {

@@ -614,26 +614,28 @@ async fn links_and_fifos_in_the_store_are_not_read() {
     );
 }
 
-/// A bucket that takes requests and never answers: a small request (a `HEAD`, a `DELETE`, a
-/// manifest's `PUT`) is given up within its bound, retries included, with an error that
-/// says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_bucket_fails_small_requests_within_their_bound() {
-    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+/// The connections a bucket of [`late_bucket`] took, held open.
+type Held = std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>;
+
+/// A bucket on loopback that does `on_connection` with each connection it takes and then
+/// holds it, saying nothing more; its small requests are given up after a second.
+fn late_bucket(
+    on_connection: impl Fn(&mut std::net::TcpStream) + Send + 'static,
+) -> (S3Store, Held) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    // Connections taken and held, nothing said.
-    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held = Held::default();
     std::thread::spawn({
         let held = std::sync::Arc::clone(&held);
         move || {
-            for stream in listener.incoming().flatten() {
+            for mut stream in listener.incoming().flatten() {
+                on_connection(&mut stream);
                 held.lock().unwrap().push(stream);
             }
         }
     });
     let store = S3Store::new(&S3Config {
-        bucket: "silent".into(),
+        bucket: "late".into(),
         endpoint: Some(endpoint),
         access_key_id: Some("test".into()),
         secret_access_key: Some("test".into()),
@@ -641,10 +643,23 @@ async fn a_silent_bucket_fails_small_requests_within_their_bound() {
     })
     .unwrap()
     .with_small_requests_within(std::time::Duration::from_secs(1));
+    (store, held)
+}
+
+/// An error that says a request of [`late_bucket`]'s bucket was given up.
+fn no_answer(err: gitcache_storage::store::StoreError) {
+    assert!(err.to_string().contains("no answer within 1 s"), "{err}");
+}
+
+/// A bucket that takes requests and never answers: a small request (a `HEAD`, a `DELETE`, a
+/// manifest's `PUT`) is given up within its bound, retries included, with an error that
+/// says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_bucket_fails_small_requests_within_their_bound() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    // Connections taken and held, nothing said.
+    let (store, held) = late_bucket(|_| {});
     let key = ObjectKey::new("pages/sweeping/x").unwrap();
-    let no_answer = |err: gitcache_storage::store::StoreError| {
-        assert!(err.to_string().contains("no answer within 1 s"), "{err}");
-    };
     no_answer(store.delete(&key).await.unwrap_err());
     no_answer(store.size(&key).await.unwrap_err());
     no_answer(store.manifest_version(&key).await.unwrap_err());
@@ -654,5 +669,34 @@ async fn a_silent_bucket_fails_small_requests_within_their_bound() {
             .await
             .unwrap_err(),
     );
+    no_answer(store.list(&key).await.unwrap_err());
+    no_answer(store.get_bytes(&key, 1 << 20).await.unwrap_err());
+    no_answer(store.read_manifest(&key).await.unwrap_err());
     assert!(!held.lock().unwrap().is_empty(), "the requests were sent");
+}
+
+/// A bucket that starts each answer and stops: a whole read (bytes, a manifest) and a
+/// listing fail within their bound instead of waiting a read timeout at each chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_stalling_mid_answer_fails_reads_and_listings_within_their_bound() {
+    use gitcache_storage::store::{ObjectKey, ObjectStore as _};
+    use std::io::{BufRead as _, Write as _};
+    let (store, held) = late_bucket(|stream| {
+        // The request's head read, an answer begun, and held there.
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+            line.clear();
+        }
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: \"v1\"\r\n\
+              Last-Modified: Sun, 06 Dec 2026 10:00:00 GMT\r\n\
+              Content-Type: application/xml\r\n\r\n<?xml version=",
+        );
+    });
+    let key = ObjectKey::new("pages/site/example.org/.index").unwrap();
+    no_answer(store.get_bytes(&key, 1 << 20).await.unwrap_err());
+    no_answer(store.read_manifest(&key).await.unwrap_err());
+    no_answer(store.list(&key).await.unwrap_err());
+    assert!(held.lock().unwrap().len() >= 3, "the answers were begun");
 }
