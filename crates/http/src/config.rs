@@ -137,6 +137,11 @@ pub struct Limits {
     pub min_read_rate: u64,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Connections one client address (an IPv4 address, an IPv6 /64) may hold at once on
+    /// the listeners that serve git; one more is answered `429` and closed, taking none of
+    /// `max_connections`. `0`, the default: no bound (clients behind one NAT address, or
+    /// behind a load balancer that does not keep their addresses, count as one).
+    pub max_connections_per_client: usize,
     /// Pack responses generated at once; more wait their turn.
     pub max_concurrent_packs: usize,
     /// The most bytes of generated responses kept on disk, all together, for clients that
@@ -174,6 +179,7 @@ impl Default for Limits {
             // 32 kbit/s: far under any link a clone is taken over, far over a trickle.
             min_read_rate: 4 << 10,
             max_connections: 1024,
+            max_connections_per_client: 0,
             // One a core (at least two): generation is CPU-bound (eight depth-1 answers at once
             // on two cores took 0.66 s with four slots, 0.47 s with two). A slot is held while
             // a pack is generated, not while its client reads it: a stored pack sent as it is

@@ -38,6 +38,7 @@ mod gate;
 pub mod metrics;
 mod mirrors;
 mod passthrough;
+mod per_client;
 mod proxy;
 mod purges;
 mod responder;

@@ -36,6 +36,7 @@ pub(crate) const IN_FLIGHT: &str = "gitcache_http_requests_in_flight";
 pub(crate) const PACK_SLOTS: &str = "gitcache_pack_slots";
 pub(crate) const SPILLED: &str = "gitcache_response_spilled_bytes";
 pub(crate) const CUT_OFF: &str = "gitcache_clients_cut_off_total";
+pub(crate) const CONNECTIONS_REFUSED: &str = "gitcache_connections_refused_total";
 pub(crate) const REFRESH: &str = "gitcache_mirror_refresh_duration_seconds";
 pub(crate) const MAINTENANCE_RUNNING: &str = "gitcache_mirror_maintenance_running";
 pub(crate) const MAINTENANCE: &str = "gitcache_mirror_maintenance_total";
@@ -130,6 +131,10 @@ pub(crate) fn describe() {
         describe_counter!(
             CUT_OFF,
             "Connections closed because their client stopped reading (reason=stalled) or read slower than min_read_rate (reason=slow)."
+        );
+        describe_counter!(
+            CONNECTIONS_REFUSED,
+            "Connections over max_connections_per_client, answered 429 (reason=per_client) or closed unanswered while many such answers were under way (reason=per_client_unanswered)."
         );
         describe_gauge!(
             PACK_SLOTS,
@@ -246,6 +251,10 @@ pub(crate) fn kept_trees(bytes: usize) {
 
 pub(crate) fn cut_off(reason: &'static str) {
     counter!(CUT_OFF, "reason" => reason).increment(1);
+}
+
+pub(crate) fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
 }
 
 pub(crate) fn pack_generated(took: Duration) {

@@ -86,6 +86,9 @@ pub async fn serve_with(
     let face = options.face;
     let acceptor = options.tls.as_ref().map(crate::tls::TlsFiles::acceptor);
     let max_connections = limits.max_connections.max(1);
+    // Counted on the listeners that serve git: the admin side's are an operator's.
+    let per_client = crate::per_client::PerClient::new(limits.max_connections_per_client)
+        .filter(|_| face.serves_git());
     let unsent = unsent_low_water(limits.min_read_rate, limits.response_stall_timeout);
     tokio::pin!(shutdown);
     // After `shutdown`: until when connections are still taken (`/readyz` answering 503 so
@@ -144,6 +147,17 @@ pub async fn serve_with(
                 }
             },
         };
+        let counted = match &per_client {
+            None => None,
+            Some(table) => match table.enter(peer) {
+                Some(counted) => Some(counted),
+                None => {
+                    drop(permit);
+                    table.refuse(stream, peer, acceptor.clone());
+                    continue;
+                }
+            },
+        };
         let _ = stream.set_nodelay(true);
         hold_little_unsent(&stream, unsent);
         let proxy = Arc::clone(&proxy);
@@ -175,7 +189,7 @@ pub async fn serve_with(
         let (header_timeout, stall) = (limits.header_read_timeout, limits.response_stall_timeout);
         let min_rate = limits.min_read_rate;
         tokio::spawn(async move {
-            let _permit = permit;
+            let (_permit, _counted) = (permit, counted);
             let io: Box<dyn Io> = match acceptor {
                 None => Box::new(stream),
                 // The handshake is bounded as the headers are: a client that opens a
@@ -298,7 +312,7 @@ fn hold_little_unsent(stream: &tokio::net::TcpStream, bytes: u32) {
 }
 
 /// A client connection, plain or TLS.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
     /// The TCP connection underneath.
     fn tcp(&self) -> Option<&tokio::net::TcpStream>;
 }

@@ -223,6 +223,10 @@ pub(crate) struct Flags {
     /// Connections served at once [default: 1024].
     #[arg(long, env = "GITCACHE_MAX_CONNECTIONS", value_name = "N")]
     pub(crate) max_connections: Option<usize>,
+    /// Connections one client address (an IPv4 address, an IPv6 /64) may hold at once on the
+    /// git port; more are answered 429. 0: no bound [default: 0].
+    #[arg(long, env = "GITCACHE_MAX_CONNECTIONS_PER_CLIENT", value_name = "N")]
+    pub(crate) max_connections_per_client: Option<usize>,
     /// Pack responses generated at once [default: the CPUs, at least 2].
     #[arg(long, env = "GITCACHE_MAX_CONCURRENT_PACKS", value_name = "N")]
     pub(crate) max_concurrent_packs: Option<usize>,
@@ -555,6 +559,7 @@ struct FileLimits {
     response_stall_timeout: Option<u64>,
     min_read_rate: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
     max_concurrent_packs: Option<usize>,
     max_spilled_bytes: Option<u64>,
     max_concurrent_refreshes: Option<usize>,
@@ -888,6 +893,10 @@ impl Config {
                 .or(fl.max_connections)
                 .unwrap_or(defaults.max_connections)
                 .max(1),
+            max_connections_per_client: flags
+                .max_connections_per_client
+                .or(fl.max_connections_per_client)
+                .unwrap_or(defaults.max_connections_per_client),
             max_concurrent_packs: flags
                 .max_concurrent_packs
                 .or(fl.max_concurrent_packs)
@@ -1302,6 +1311,7 @@ extra_ref_prefixes = ["refs/pull/"]
 repos = ["acme/widgets"]
 [limits]
 max_connections = 7
+max_connections_per_client = 3
 [mirrors]
 refresh_interval = 300
 active_window = 7200
@@ -1335,6 +1345,7 @@ min_free_bytes = 0
         assert!(!config.proxy.cache.is_cached(None, "acme", "other"));
         assert_eq!(config.proxy.extra_ref_prefixes, ["refs/pull/"]);
         assert_eq!(config.proxy.limits.max_connections, 7);
+        assert_eq!(config.proxy.limits.max_connections_per_client, 3);
         assert_eq!(config.proxy.refresh_interval, Duration::from_secs(300));
         assert_eq!(config.proxy.active_window, Duration::from_secs(7200));
         assert_eq!(config.proxy.max_mirror_bytes, Some(5_000_000_000));

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Gitcache, basic, fetch_body, http, pkt};
+use common::{Gitcache, basic, fetch_body, http, http_on, pkt};
 use gitcache_testkit::git::{GitClient, git_stdout};
 use gitcache_testkit::repo::{self, RepoSpec};
 use gitcache_testkit::upstream::{Access, Upstream};
@@ -711,6 +711,73 @@ fn a_garbled_ls_refs_answer_renews_no_grant() {
             "garbled listing: {garbled}; verified again: {verified}"
         );
     }
+}
+
+/// A connection to `addr` from the loopback address `source` (127.0.0.0/8 is all this
+/// machine's).
+fn connect_from(source: &str, addr: &str) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let source: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&source.into()).unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+}
+
+/// A client that opens connections and holds them takes no more than its bound
+/// (`--max-connections-per-client`): one more is answered 429 and closed, taking none of the
+/// server's connections, so that other clients are still served; one closed makes room.
+#[test]
+fn a_client_holding_connections_takes_no_more_than_its_bound() {
+    let _shared = shared();
+    let upstream = Upstream::start().unwrap();
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--max-connections",
+            "3",
+            "--max-connections-per-client",
+            "2",
+        ],
+    );
+    let addr = cache.addr.as_str();
+    let get_from =
+        |source: &str, path: &str| http_on(connect_from(source, addr), addr, "GET", path, &[], b"");
+    // Two held, nothing said: the server accepts in order, so both count before the next.
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.1", addr)).collect();
+    let refused = get_from("127.0.0.1", "/healthz");
+    assert_eq!(refused.status, 429, "{}", refused.head);
+    assert!(
+        refused
+            .body_text()
+            .contains("too many connections from this address: 2 at once"),
+        "{}",
+        refused.body_text()
+    );
+    assert_eq!(refused.header("retry-after").as_deref(), Some("1"));
+    // Refused connections that say nothing yet hold none of the server's three: another
+    // client is served while they wait, and they are answered after.
+    let waiting: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.1", addr)).collect();
+    let other = get_from("127.0.0.2", "/healthz");
+    assert_eq!(other.status, 200, "{}", other.head);
+    for stream in waiting {
+        let answer = http_on(stream, addr, "GET", "/healthz", &[], b"");
+        assert_eq!(answer.status, 429, "{}", answer.head);
+    }
+    // One closed, the client has room again.
+    drop(held.pop());
+    common::wait_for("the closed connection's place freed", || {
+        get_from("127.0.0.1", "/healthz").status == 200
+    });
+    let refusals = metric(
+        &cache,
+        "gitcache_connections_refused_total{reason=\"per_client\"}",
+    );
+    assert!(refusals.is_some_and(|n| n >= 4.0), "{refusals:?}");
 }
 
 /// The value of the `/metrics` line that starts with `series`, if there is one.

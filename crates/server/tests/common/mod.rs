@@ -215,7 +215,25 @@ pub fn connect(addr: &str, within: Duration) -> TcpStream {
 
 /// One request on its own connection.
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-    let mut stream = connect(addr, Duration::from_secs(60));
+    http_on(
+        connect(addr, Duration::from_secs(60)),
+        addr,
+        method,
+        path,
+        headers,
+        body,
+    )
+}
+
+/// One request on `stream`, a connection of its own to `addr`.
+pub fn http_on(
+    mut stream: TcpStream,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
     let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         request.push_str(&format!("Host: {addr}\r\n"));
