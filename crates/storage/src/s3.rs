@@ -255,16 +255,17 @@ impl S3Store {
             .unwrap_or_else(|_| Err(no_answer(key, within)))
     }
 
-    /// The object `key` whole (`None`: not there), refused above `limit` bytes: its answer
-    /// given up after the bound for small requests, its body after that bound and four
-    /// seconds per MiB. A bucket that stalls mid-answer fails the read in time instead of
-    /// holding its caller for a read timeout at each chunk.
+    /// The object `key` whole (`None`: not there), refused above `limit` bytes: given up
+    /// after the bound for small requests, and four seconds per MiB of its body, from the
+    /// start. A bucket that stalls mid-answer fails the read in time instead of holding its
+    /// caller for a read timeout at each chunk.
     async fn get_whole(
         &self,
         key: &ObjectKey,
         limit: u64,
     ) -> Result<Option<(object_store::ObjectMeta, bytes::Bytes)>, StoreError> {
         let path = self.path(key)?;
+        let start = tokio::time::Instant::now();
         let got = self
             .bounded(key, std::time::Duration::ZERO, async {
                 match self.inner.get_opts(&path, GetOptions::default()).await {
@@ -284,11 +285,11 @@ impl S3Store {
             });
         }
         let meta = got.meta.clone();
-        let bytes = self
-            .bounded(key, per_mib(meta.size), async {
-                got.bytes().await.map_err(backend)
-            })
-            .await?;
+        let within = self.small_within + per_mib(meta.size);
+        let bytes = tokio::time::timeout_at(start + within, got.bytes())
+            .await
+            .map_err(|_| no_answer(key, within))?
+            .map_err(backend)?;
         Ok(Some((meta, bytes)))
     }
 

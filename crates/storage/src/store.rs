@@ -672,7 +672,14 @@ impl ObjectStore for FsStore {
         let key = key.clone();
         self.blocking(move |store| {
             let path = store.path_of(&key);
-            if not_found_is_none(std::fs::remove_file(&path))?.is_some() {
+            // Under the manifests' lock: a conditional replacement that compared its version
+            // before this delete cannot put the manifest back after it (a bucket's
+            // conditional write on an object deleted meanwhile fails too).
+            let removed = {
+                let _held = store.manifests.lock().unwrap_or_else(|p| p.into_inner());
+                not_found_is_none(std::fs::remove_file(&path))?
+            };
+            if removed.is_some() {
                 sync_parent(&path)?;
             }
             Ok(())

@@ -346,6 +346,28 @@ async fn manifests(store: &impl ObjectStore) {
 }
 
 /// Writers racing from one version: in every round exactly one commits.
+/// `n` writers started at once, each replacing `manifest` from `version` in `round`.
+fn writers_from<S: ObjectStore + Clone + 'static>(
+    store: &S,
+    manifest: &ObjectKey,
+    version: &gitcache_storage::store::Version,
+    round: usize,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Replaced>> {
+    (0..n)
+        .map(|writer| {
+            let (store, manifest, version) = (store.clone(), manifest.clone(), version.clone());
+            tokio::spawn(async move {
+                let bytes = format!("round {round} by {writer}");
+                store
+                    .replace_manifest(&manifest, bytes.as_bytes(), Some(&version))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect()
+}
+
 async fn racing_writers<S: ObjectStore + Clone + 'static>(store: &S) {
     let manifest = key("race/manifest");
     let Replaced::Done(mut version) = store
@@ -356,18 +378,7 @@ async fn racing_writers<S: ObjectStore + Clone + 'static>(store: &S) {
         panic!("created");
     };
     for round in 1..=20 {
-        let tasks: Vec<_> = (0..16)
-            .map(|writer| {
-                let (store, manifest, version) = (store.clone(), manifest.clone(), version.clone());
-                tokio::spawn(async move {
-                    let bytes = format!("round {round} by {writer}");
-                    store
-                        .replace_manifest(&manifest, bytes.as_bytes(), Some(&version))
-                        .await
-                        .unwrap()
-                })
-            })
-            .collect();
+        let tasks = writers_from(store, &manifest, &version, round, 16);
         let mut winners = Vec::new();
         for task in tasks {
             if let Replaced::Done(v) = task.await.unwrap() {
@@ -381,6 +392,34 @@ async fn racing_writers<S: ObjectStore + Clone + 'static>(store: &S) {
     }
 }
 
+/// A manifest deleted while writers replace it from the version they read stays deleted:
+/// a replacement either lands before the delete (and goes with it) or finds it gone.
+async fn deletes_racing_writers<S: ObjectStore + Clone + 'static>(store: &S) {
+    let manifest = key("race/deleted");
+    for round in 0..30 {
+        let bytes = format!("round {round}");
+        let Replaced::Done(version) = store
+            .replace_manifest(&manifest, bytes.as_bytes(), None)
+            .await
+            .unwrap()
+        else {
+            panic!("created");
+        };
+        let writers = writers_from(store, &manifest, &version, round, 4);
+        store.delete(&manifest).await.unwrap();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        // Whatever the order, nothing put it back after the delete.
+        if let Some(left) = store.read_manifest(&manifest).await.unwrap() {
+            panic!(
+                "round {round}: put back after its delete: {:?}",
+                String::from_utf8_lossy(&left.bytes)
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_filesystem_backend_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
@@ -388,6 +427,7 @@ async fn the_filesystem_backend_passes_the_suite() {
     objects(&store, dir.path()).await;
     manifests(&store).await;
     racing_writers(&store).await;
+    deletes_racing_writers(&store).await;
     conditional_writes(&store).await;
     // Nothing but the objects is left: no temporary file survives a write.
     let leftovers: Vec<_> = walk(&dir.path().join("store"))
@@ -446,6 +486,7 @@ async fn the_s3_backend_passes_the_suite() {
     objects(&store, dir.path()).await;
     manifests(&store).await;
     racing_writers(&store).await;
+    deletes_racing_writers(&store).await;
     conditional_writes(&store).await;
     // Another prefix in the same bucket sees none of it.
     let other = s3_store(&server, Some("deployment-b"));
