@@ -425,9 +425,18 @@ impl<S: ObjectStore> Pages<S> {
         self
     }
 
-    /// Sweeps and deployments keep `times` instead of the defaults.
+    /// Sweeps and deployments keep `times` instead of the defaults, each taken between a
+    /// millisecond (none spins) and a day (no deadline overflows).
     pub fn with_sweep_times(mut self, times: SweepTimes) -> Self {
-        self.sweep_times = times;
+        let within = |d: Duration| d.clamp(Duration::from_millis(1), Duration::from_secs(86_400));
+        self.sweep_times = SweepTimes {
+            deletes_within: within(times.deletes_within),
+            beat: within(times.beat),
+            beat_trusted: within(times.beat_trusted),
+            beat_gap: within(times.beat_gap),
+            silent: within(times.silent),
+            poll: within(times.poll),
+        };
         self
     }
 
@@ -630,7 +639,8 @@ impl<S: ObjectStore> Pages<S> {
                     if broken || !more {
                         break;
                     }
-                    tokio::time::sleep(self.sweep_times.beat / 10).await;
+                    tokio::time::sleep((self.sweep_times.beat / 10).max(Duration::from_millis(1)))
+                        .await;
                 }
             }
         }

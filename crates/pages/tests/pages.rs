@@ -590,6 +590,8 @@ struct Interleaved {
     fail_sweeping_lists: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Deletes of blobs started.
     blob_deletes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Writes of a sweep's marker that found it changed or gone.
+    marker_conflicts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Once set, each delete of a blob waits for a permit of it.
     delete_gate: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<tokio::sync::Semaphore>>>>,
 }
@@ -612,6 +614,7 @@ impl Interleaved {
             blob_sizes: Default::default(),
             fail_sweeping_lists: Default::default(),
             blob_deletes: Default::default(),
+            marker_conflicts: Default::default(),
             delete_gate: Default::default(),
         }
     }
@@ -744,7 +747,13 @@ impl gitcache_storage::store::ObjectStore for Interleaved {
         bytes: &[u8],
         expected: Option<&gitcache_storage::store::Version>,
     ) -> Result<gitcache_storage::store::Replaced, gitcache_storage::store::StoreError> {
-        self.inner.replace_manifest(key, bytes, expected).await
+        let replaced = self.inner.replace_manifest(key, bytes, expected).await?;
+        if key.as_str().starts_with("pages/sweeping/")
+            && replaced == gitcache_storage::store::Replaced::Conflict
+        {
+            self.marker_conflicts.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(replaced)
     }
 }
 
@@ -1117,7 +1126,7 @@ async fn a_deployment_waits_while_a_sweeps_marker_changes_and_no_longer_once_it_
     use gitcache_storage::store::{ObjectKey, ObjectStore as _};
     let dir = tempfile::tempdir().unwrap();
     let store = Interleaved::new(dir.path());
-    let silent = Duration::from_secs(1);
+    let silent = Duration::from_secs(2);
     let pages = Pages::new(store.clone()).with_sweep_times(sweep_times(|times| {
         times.silent = silent;
         times.deletes_within = Duration::from_secs(600);
@@ -1150,7 +1159,15 @@ async fn a_deployment_waits_while_a_sweeps_marker_changes_and_no_longer_once_it_
         let pages = pages.clone();
         async move { deploy(&pages, COMMIT, &[b'a'; 1000]).await }
     });
-    tokio::time::sleep(3 * silent).await;
+    // Once it looks at the markers after its commit (the first look is as it stages)...
+    while store.sweeping_lists.load(Ordering::SeqCst) < 3 {
+        assert!(
+            !deployment.is_finished(),
+            "it waits while the marker changes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(2 * silent).await;
     assert!(
         !deployment.is_finished(),
         "it waits while the marker changes"
@@ -1218,7 +1235,7 @@ async fn a_deployment_waits_on_markers_it_cannot_list_for_a_bounded_time() {
 async fn a_sweep_starts_no_delete_past_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let store = Interleaved::new(dir.path());
-    let within = Duration::from_secs(1);
+    let within = Duration::from_secs(3);
     let pages = Pages::new(store.clone()).with_sweep_times(sweep_times(|times| {
         times.deletes_within = within;
     }));
@@ -1250,8 +1267,17 @@ async fn a_sweep_whose_marker_goes_starts_no_more_deletes() {
         .unwrap();
     assert_eq!(markers.len(), 1);
     store.delete(&markers[0].key).await.unwrap();
-    // Its next writes find it gone.
-    tokio::time::sleep(6 * beat).await;
+    // Its next write finds it gone.
+    for waited in 0.. {
+        if store.marker_conflicts.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        assert!(
+            waited < 1200,
+            "no write of the sweep's found its marker gone"
+        );
+        tokio::time::sleep(beat).await;
+    }
     only_those_started_went(&pages, grace, held, many).await;
 }
 
