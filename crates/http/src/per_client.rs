@@ -1,6 +1,7 @@
 //! A bound on the connections one client address holds at once
-//! ([`crate::config::Limits::max_connections_per_client`]), so that one client cannot take
-//! every connection the server serves. Off by default: a CI fleet behind one NAT address is
+//! ([`crate::config::Limits::max_connections_per_client`]), so that one client address (or
+//! /64) cannot take every connection the server serves; a network given a larger IPv6
+//! prefix counts as that many clients. Off by default: a CI fleet behind one NAT address is
 //! many clients.
 
 use std::collections::HashMap;
@@ -21,23 +22,40 @@ use tokio::sync::Semaphore;
 /// are closed unanswered.
 const REFUSALS_AT_ONCE: usize = 64;
 
+/// Of those, the most for one client: one that opens connections it never uses cannot take
+/// every other client's answer.
+const REFUSALS_PER_CLIENT: usize = 2;
+
+/// The most of a refused request's body read (and dropped) before its answer, so that a
+/// client still sending gets the answer rather than a reset.
+const REFUSAL_DRAINS: usize = 1 << 20;
+
 /// How long a connection over the bound may take to send its request (and a TLS handshake
 /// before it) and read the refusal.
 const REFUSAL_WITHIN: Duration = Duration::from_secs(5);
 
-/// The address a client is counted under: an IPv4 address (one written as IPv6 too), or the
-/// /64 an IPv6 address is in, since a host is commonly given a whole /64.
+/// The address a client is counted under: an IPv4 address (one written as IPv6 too, mapped
+/// or behind the well-known NAT64 prefix `64:ff9b::/96`), or the /64 an IPv6 address is in,
+/// since a host is commonly given a whole /64. A network given a larger prefix (a /56, a
+/// /48) counts as that many clients.
 pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                IpAddr::V6(Ipv6Addr::from(segments))
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
             }
-        },
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [.., high, low] = segments;
+                return IpAddr::V4(std::net::Ipv4Addr::from(
+                    (u32::from(high) << 16) | u32::from(low),
+                ));
+            }
+            let mut prefix = segments;
+            prefix[4..].fill(0);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
     }
 }
 
@@ -46,23 +64,31 @@ pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
 pub(crate) struct PerClient {
     max: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
+    /// Refusals being answered, each client's.
+    refusing: Mutex<HashMap<IpAddr, usize>>,
     refusals: Arc<Semaphore>,
 }
 
-/// One of a client's connections, counted until dropped.
+/// One of a client's connections (or refusals), counted until dropped.
 #[derive(Debug)]
 pub(crate) struct Counted {
     table: Arc<PerClient>,
     client: IpAddr,
+    refusal: bool,
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.client) {
+        let counts = if self.refusal {
+            &self.table.refusing
+        } else {
+            &self.table.open
+        };
+        let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.client);
+                counts.remove(&self.client);
             }
         }
     }
@@ -75,6 +101,7 @@ impl PerClient {
             Arc::new(PerClient {
                 max,
                 open: Mutex::default(),
+                refusing: Mutex::default(),
                 refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             })
         })
@@ -82,46 +109,58 @@ impl PerClient {
 
     /// Count a connection from `peer`, unless its client holds the most already.
     pub(crate) fn enter(self: &Arc<Self>, peer: SocketAddr) -> Option<Counted> {
+        self.count(peer, false, self.max)
+    }
+
+    /// Count one more of `peer`'s connections (or refusals) against `most`.
+    fn count(self: &Arc<Self>, peer: SocketAddr, refusal: bool, most: usize) -> Option<Counted> {
         let client = client_of(peer.ip());
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(client).or_insert(0);
-        if *n >= self.max {
+        let counts = if refusal { &self.refusing } else { &self.open };
+        let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(client).or_insert(0);
+        if *n >= most {
             return None;
         }
         *n += 1;
         Some(Counted {
             table: Arc::clone(self),
             client,
+            refusal,
         })
     }
 
     /// Answer the connection `stream` from `peer`, over its client's bound, with a `429`
     /// that says so, then close it; close it unanswered when many such answers are under
-    /// way already. Takes none of the server's connection slots.
+    /// way already, or a few of its client's. Takes none of the server's connection slots.
     pub(crate) fn refuse(
-        &self,
+        self: &Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
         acceptor: Option<tokio_rustls::TlsAcceptor>,
     ) {
-        let Ok(permit) = Arc::clone(&self.refusals).try_acquire_owned() else {
+        let unanswered = move || {
             crate::metrics::connection_refused("per_client_unanswered");
             tracing::debug!(%peer, "connection over its client's bound closed unanswered");
-            return;
         };
-        crate::metrics::connection_refused("per_client");
-        tracing::debug!(%peer, "connection over its client's bound refused");
+        let Some(counted) = self.count(peer, true, REFUSALS_PER_CLIENT) else {
+            return unanswered();
+        };
+        let Ok(permit) = Arc::clone(&self.refusals).try_acquire_owned() else {
+            return unanswered();
+        };
         let max = self.max;
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, counted);
             let answer = async move {
                 let io: Box<dyn crate::serve::Io> = match acceptor {
                     None => Box::new(stream),
                     Some(acceptor) => Box::new(acceptor.accept(stream).await.ok()?),
                 };
-                let service = hyper::service::service_fn(move |_: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(refusal(max))
-                });
+                let service =
+                    hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                        drain(request.into_body()).await;
+                        Ok::<_, Infallible>(refusal(max))
+                    });
                 hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .keep_alive(false)
@@ -130,8 +169,26 @@ impl PerClient {
                     .await
                     .ok()
             };
-            let _ = tokio::time::timeout(REFUSAL_WITHIN, answer).await;
+            match tokio::time::timeout(REFUSAL_WITHIN, answer).await {
+                Ok(Some(())) => {
+                    crate::metrics::connection_refused("per_client");
+                    tracing::debug!(%peer, "connection over its client's bound refused");
+                }
+                _ => unanswered(),
+            }
         });
+    }
+}
+
+/// Read `body` and drop it, up to [`REFUSAL_DRAINS`] bytes.
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt as _;
+    let mut read = 0;
+    while read < REFUSAL_DRAINS {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+            _ => return,
+        }
     }
 }
 
@@ -176,6 +233,7 @@ mod tests {
             client_of(ip("2001:db8:1:3::1"))
         );
         assert_eq!(client_of(ip("::1")), ip("::"));
+        assert_eq!(client_of(ip("64:ff9b::c000:207")), ip("192.0.2.7"));
     }
 
     /// A client holds at most its bound; a connection closed makes room for another, and
@@ -192,6 +250,28 @@ mod tests {
         let _other = table.enter(peer("192.0.2.8:1000")).unwrap();
         drop(first);
         assert!(table.enter(peer("192.0.2.7:1004")).is_some());
+        // Refusals are counted apart, a few a client.
+        let refusals: Vec<_> = (0..REFUSALS_PER_CLIENT)
+            .map(|n| {
+                table.count(
+                    peer(&format!("192.0.2.7:{}", 2000 + n)),
+                    true,
+                    REFUSALS_PER_CLIENT,
+                )
+            })
+            .collect();
+        assert!(refusals.iter().all(Option::is_some));
+        assert!(
+            table
+                .count(peer("192.0.2.7:3000"), true, REFUSALS_PER_CLIENT)
+                .is_none()
+        );
+        drop(refusals);
+        assert!(
+            table
+                .count(peer("192.0.2.7:3000"), true, REFUSALS_PER_CLIENT)
+                .is_some()
+        );
         let open = table.open.lock().unwrap();
         assert_eq!(open.get(&client_of(peer("192.0.2.8:1").ip())), Some(&1));
     }

@@ -760,24 +760,54 @@ fn a_client_holding_connections_takes_no_more_than_its_bound() {
     );
     assert_eq!(refused.header("retry-after").as_deref(), Some("1"));
     // Refused connections that say nothing yet hold none of the server's three: another
-    // client is served while they wait, and they are answered after.
-    let waiting: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.1", addr)).collect();
+    // client is served while they wait, and they are answered after. Two of a client's are
+    // answered at once; a third is closed unanswered.
+    let waiting: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.1", addr)).collect();
+    let third = http_on(
+        connect_from("127.0.0.1", addr),
+        addr,
+        "GET",
+        "/healthz",
+        &[],
+        b"",
+    );
+    assert_eq!(third.status, 0, "closed unanswered: {}", third.head);
     let other = get_from("127.0.0.2", "/healthz");
     assert_eq!(other.status, 200, "{}", other.head);
     for stream in waiting {
         let answer = http_on(stream, addr, "GET", "/healthz", &[], b"");
         assert_eq!(answer.status, 429, "{}", answer.head);
     }
+    // A request with a body is answered alike (its body read, up to a bound, before the
+    // answer, so that a client still sending it over a slower path is not reset).
+    let body = vec![b'0'; 512 << 10];
+    let path = "/acme/widgets/git-upload-pack";
+    let posted = http_on(
+        connect_from("127.0.0.1", addr),
+        addr,
+        "POST",
+        path,
+        &[],
+        &body,
+    );
+    assert_eq!(posted.status, 429, "{}", posted.head);
     // One closed, the client has room again.
     drop(held.pop());
     common::wait_for("the closed connection's place freed", || {
         get_from("127.0.0.1", "/healthz").status == 200
     });
-    let refusals = metric(
-        &cache,
-        "gitcache_connections_refused_total{reason=\"per_client\"}",
+    // Read from the other address: this one's last connections may still be counted.
+    let text = get_from("127.0.0.2", "/metrics").body_text();
+    let refused = |reason: &str| {
+        let series = format!("gitcache_connections_refused_total{{reason=\"{reason}\"}}");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series)?.trim().parse::<f64>().ok())
+    };
+    assert!(refused("per_client").is_some_and(|n| n >= 4.0), "{text}");
+    assert!(
+        refused("per_client_unanswered").is_some_and(|n| n >= 1.0),
+        "{text}"
     );
-    assert!(refusals.is_some_and(|n| n >= 4.0), "{refusals:?}");
 }
 
 /// The value of the `/metrics` line that starts with `series`, if there is one.
