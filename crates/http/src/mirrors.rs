@@ -153,8 +153,9 @@ impl Warming {
 /// of which can start one (for a repository not mirrored yet, a whole clone).
 const MAX_WARMING: usize = 64;
 /// The same for push webhooks' refreshes: whoever holds the secret can send events for every
-/// repository, each naming a push of its own.
-const MAX_WEBHOOK_WARMING: usize = 16;
+/// repository, each naming a push of its own. Events are taken no more at once, so none is
+/// dropped here (those past wait their turn, see [`crate::webhook::EVENTS_WAITING`]).
+const MAX_WEBHOOK_WARMING: usize = crate::webhook::EVENTS_TAKEN_AT_ONCE;
 
 /// Refs a mirror did not take, and the values they were listed with.
 /// Digests of the refs a refresh left out (see [`left_out_digest`]): each by its name,

@@ -86,6 +86,8 @@ pub struct Proxy {
     webhook_turns: Arc<tokio::sync::Semaphore>,
     /// Signed events being taken in the background (see `push_hook`).
     webhook_work: Arc<tokio::sync::Semaphore>,
+    /// Pushes waiting for a place among those taken at once.
+    webhook_waiting: Arc<crate::webhook::Waiting>,
     /// What fetch request bodies may hold at once, all together.
     body_budget: crate::body::BodyBudget,
     draining: AtomicBool,
@@ -447,7 +449,10 @@ impl Proxy {
             webhook_budget: crate::body::BodyBudget::new(crate::webhook::EVENT_BYTES_HELD),
             webhook_seen: Default::default(),
             webhook_turns: Arc::new(tokio::sync::Semaphore::new(crate::webhook::EVENTS_AT_ONCE)),
-            webhook_work: Arc::new(tokio::sync::Semaphore::new(crate::webhook::EVENTS_AT_ONCE)),
+            webhook_work: Arc::new(tokio::sync::Semaphore::new(
+                crate::webhook::EVENTS_TAKEN_AT_ONCE,
+            )),
+            webhook_waiting: Default::default(),
             body_budget,
             draining: AtomicBool::new(false),
             catalog: services.catalog,
@@ -843,40 +848,82 @@ impl Proxy {
         let is_push = crate::webhook::is_push(headers);
         let pushed = is_push.then(|| crate::webhook::pushed(&body)).flatten();
         drop(body);
-        // What it leads to runs in the background, a bounded number of events at once; one
-        // past them is left out, told in the log only.
-        match Arc::clone(&self.webhook_work).try_acquire_owned() {
-            Ok(work) => {
-                let proxy = Arc::clone(self);
-                tokio::spawn(
-                    async move {
-                        let why = proxy.take_push(is_push, pushed, work).await;
-                        tracing::info!(why, "webhook");
-                    }
-                    .in_current_span(),
-                );
+        match (is_push, pushed) {
+            (false, _) => tracing::info!(why = "not a push event: nothing to do", "webhook"),
+            (true, None) => {
+                tracing::info!(why = "no repository in the event: nothing to do", "webhook");
             }
-            Err(_) => tracing::warn!("webhook: too many events being taken: this one is left out"),
+            (true, Some(pushed)) => self.take_in_turn(pushed),
         }
         Ok(text(StatusCode::ACCEPTED, "accepted"))
     }
 
-    /// What a signed webhook event asks for, done: a refresh of the mirror its push moved,
+    /// Take `pushed` in the background, a bounded number of events at once: at once if a
+    /// place is free and none waits, else once its turn comes among those waiting (a later
+    /// push of the same ref takes its place); left out, told in the log only, when too many
+    /// wait.
+    fn take_in_turn(self: &Arc<Self>, pushed: crate::webhook::Pushed) {
+        let waiting = &self.webhook_waiting;
+        if waiting.is_empty()
+            && let Ok(work) = Arc::clone(&self.webhook_work).try_acquire_owned()
+        {
+            self.spawn_take_push(pushed, work);
+            return;
+        }
+        if !waiting.push(pushed, tracing::Span::current()) {
+            tracing::warn!("webhook: too many events waiting: this one is left out");
+            return;
+        }
+        if waiting.first_taker() {
+            // One task hands out the places as they free, in order; it keeps no hold on the
+            // proxy between events.
+            let (proxy, waiting) = (Arc::downgrade(self), Arc::clone(waiting));
+            let work = Arc::clone(&self.webhook_work);
+            tokio::spawn(async move {
+                loop {
+                    waiting.arrival().await;
+                    while !waiting.is_empty() {
+                        let Ok(place) = Arc::clone(&work).acquire_owned().await else {
+                            return;
+                        };
+                        let Some(proxy) = proxy.upgrade() else {
+                            return;
+                        };
+                        if let Some((pushed, span)) = waiting.next() {
+                            let _entered = span.enter();
+                            proxy.spawn_take_push(pushed, place);
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Take `pushed` in the background, holding `work`, and log what it led to.
+    fn spawn_take_push(
+        self: &Arc<Self>,
+        pushed: crate::webhook::Pushed,
+        work: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let proxy = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                let why = proxy.take_push(pushed, work).await;
+                tracing::info!(why, "webhook");
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// What a signed push event asks for, done: a refresh of the mirror its push moved,
     /// when there is one to make. Says why, for the log.
     /// `work`, the event's place among those taken at once, is held until all it leads to has
     /// ended (the refresh it starts, and the credential that refresh waits for, included).
     async fn take_push(
         self: &Arc<Self>,
-        is_push: bool,
-        pushed: Option<crate::webhook::Pushed>,
+        pushed: crate::webhook::Pushed,
         work: tokio::sync::OwnedSemaphorePermit,
     ) -> &'static str {
-        if !is_push {
-            return "not a push event: nothing to do";
-        }
-        let Some(pushed) = pushed else {
-            return "no repository in the event: nothing to do";
-        };
         // The upstream the clone URL names: the default one or one allowed in paths.
         let Some(host) = self.targets.named(&pushed.host) else {
             return "not an upstream of this cache: nothing to do";

@@ -167,11 +167,84 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Signed events let in within any [`TURN_HELD`], and taken in the background at once
-/// (reading the mirror's ref, then its refresh and the credential that waits for, to their
-/// end). An event past the first bound gets `503`, a failed delivery (GitHub does not send
-/// it again by itself); one past the second is accepted and left out, told in the log only.
+/// Signed events let in within any [`TURN_HELD`]: one past them gets `503`, a failed
+/// delivery (GitHub does not send it again by itself).
 pub const EVENTS_AT_ONCE: usize = 64;
+
+/// Push events taken in the background at once, each until what it leads to has ended
+/// (reading the mirror's ref, then its refresh and the credential that waits for): as many
+/// as webhooks' refreshes may run, so that none is dropped for want of one. One past them
+/// waits its turn (see [`EVENTS_WAITING`]).
+pub const EVENTS_TAKEN_AT_ONCE: usize = 16;
+
+/// Pushes accepted while [`EVENTS_TAKEN_AT_ONCE`] are being taken wait, taken in order as
+/// places free; a push of a ref already waiting takes the place of the one before (a
+/// refresh brings the newest, and one taken after a refresh that brought it has nothing to
+/// do). Past this many, one is left out, told in the log only: its mirror is refreshed by
+/// the next fetch that wants what it lacks, or the next scheduled refresh.
+pub const EVENTS_WAITING: usize = 1024;
+
+/// The pushes waiting for a place (see [`EVENTS_WAITING`]).
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
+    /// Each with the span of the request that brought it.
+    queue: std::sync::Mutex<std::collections::VecDeque<(Pushed, tracing::Span)>>,
+    /// Told when one is put in line.
+    arrived: tokio::sync::Notify,
+    /// Whether a task takes them.
+    taken: std::sync::atomic::AtomicBool,
+}
+
+impl Waiting {
+    /// Put `pushed` in line, in the place of a push of the same ref of the same repository
+    /// if one waits: `false` when the line is full.
+    pub(crate) fn push(&self, pushed: Pushed, span: tracing::Span) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let same = |waiting: &Pushed| {
+            waiting.host == pushed.host
+                && waiting.owner == pushed.owner
+                && waiting.repo == pushed.repo
+                && waiting.moved.as_ref().map(|(name, _)| name)
+                    == pushed.moved.as_ref().map(|(name, _)| name)
+        };
+        if let Some(waiting) = queue.iter_mut().find(|(waiting, _)| same(waiting)) {
+            *waiting = (pushed, span);
+        } else if queue.len() < EVENTS_WAITING {
+            queue.push_back((pushed, span));
+        } else {
+            return false;
+        }
+        drop(queue);
+        self.arrived.notify_one();
+        true
+    }
+
+    /// The first push in line, if any.
+    pub(crate) fn next(&self) -> Option<(Pushed, tracing::Span)> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
+
+    /// Whether none waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Until one is put in line (at once if one was since the last call).
+    pub(crate) async fn arrival(&self) {
+        self.arrived.notified().await;
+    }
+
+    /// Whether the caller is the first to ask: it starts the task that takes them.
+    pub(crate) fn first_taker(&self) -> bool {
+        !self.taken.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 /// How long an event holds its turn (see [`EVENTS_AT_ONCE`]), whatever it leads to: turns
 /// come back at the same pace whether or not the repository is mirrored. 640 events a
@@ -375,6 +448,44 @@ mod tests {
         assert!(
             !seen.again(&key, "refs/heads/main", at(1)),
             "pushed out by as many others"
+        );
+    }
+
+    /// Pushes wait in order; a later push of a ref already waiting takes its place; past the
+    /// bound, none is taken in.
+    #[test]
+    fn pushes_wait_in_order_the_newest_of_a_ref_once() {
+        let push = |repo: &str, branch: &str, at: u8| Pushed {
+            host: "h".into(),
+            owner: "o".into(),
+            repo: repo.into(),
+            moved: Some((
+                format!("refs/heads/{branch}"),
+                gix_hash::ObjectId::from_bytes_or_panic(&[at; 20]),
+            )),
+        };
+        let waiting = Waiting::default();
+        assert!(waiting.push(push("a", "main", 1), tracing::Span::none()));
+        assert!(waiting.push(push("b", "main", 2), tracing::Span::none()));
+        assert!(waiting.push(push("a", "main", 3), tracing::Span::none()));
+        assert!(waiting.push(push("a", "dev", 4), tracing::Span::none()));
+        let order: Vec<Pushed> = std::iter::from_fn(|| waiting.next().map(|(p, _)| p)).collect();
+        assert_eq!(
+            order,
+            [
+                push("a", "main", 3),
+                push("b", "main", 2),
+                push("a", "dev", 4)
+            ]
+        );
+        assert!(waiting.is_empty());
+        for n in 0..EVENTS_WAITING {
+            assert!(waiting.push(push("a", &format!("b{n}"), 1), tracing::Span::none()));
+        }
+        assert!(!waiting.push(push("a", "one-more", 1), tracing::Span::none()));
+        assert!(
+            waiting.push(push("a", "b7", 2), tracing::Span::none()),
+            "a ref waiting already takes no more room"
         );
     }
 }

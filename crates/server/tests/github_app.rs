@@ -29,30 +29,30 @@ fn fetch_credentials(upstream: &Upstream, from: usize) -> Vec<String> {
 
 /// gitcache on `upstream` as the App 4242 (its key in the folder returned, kept while it
 /// is), the GitHub API at `api`, push webhooks signed with `s3cret`.
-fn as_the_app(upstream: &Upstream, api: &str) -> (Gitcache, tempfile::TempDir) {
+fn as_the_app(upstream: &Upstream, api: &str, more: &[&str]) -> (Gitcache, tempfile::TempDir) {
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("app.pem");
     std::fs::write(&key, APP_KEY).unwrap();
-    let cache = Gitcache::start(
-        upstream,
-        &[
-            "--github-app-id",
-            "4242",
-            "--github-app-key",
-            &key.to_string_lossy(),
-            "--github-api-url",
-            api,
-            "--webhook-secret",
-            "s3cret",
-        ],
-    );
+    let key = key.to_string_lossy();
+    let mut flags = vec![
+        "--github-app-id",
+        "4242",
+        "--github-app-key",
+        &key,
+        "--github-api-url",
+        api,
+        "--webhook-secret",
+        "s3cret",
+    ];
+    flags.extend_from_slice(more);
+    let cache = Gitcache::start(upstream, &flags);
     (cache, keys)
 }
 
-/// A push event moving `acme/app`'s main to `after`, signed, and the answer to it.
-fn push_event(cache: &Gitcache, upstream: &Upstream, after: &str) -> common::Answer {
+/// A push event moving `acme/app`'s `branch` to `after`, signed, and the answer to it.
+fn push_event(cache: &Gitcache, upstream: &Upstream, branch: &str, after: &str) -> common::Answer {
     let body = format!(
-        r#"{{"ref":"refs/heads/main","after":"{after}","repository":{{"full_name":"acme/app","clone_url":"{}"}}}}"#,
+        r#"{{"ref":"refs/heads/{branch}","after":"{after}","repository":{{"full_name":"acme/app","clone_url":"{}"}}}}"#,
         upstream.repo_url("acme/app")
     );
     let signature = format!(
@@ -89,7 +89,7 @@ fn refreshes_gitcache_starts_use_installation_tokens_renewed_before_they_expire(
     upstream
         .adopt_repo("acme/app", Access::private(["client", "ghs_first"]))
         .unwrap();
-    let (cache, _keys) = as_the_app(&upstream, &github.url());
+    let (cache, _keys) = as_the_app(&upstream, &github.url(), &[]);
     let git = GitClient::new().unwrap();
     let header = format!("http.extraheader=Authorization: {}", basic("client"));
     git.run(
@@ -112,7 +112,7 @@ fn refreshes_gitcache_starts_use_installation_tokens_renewed_before_they_expire(
     common::wait_for_mirror(&mirror, &source);
 
     let push = |tip: &str| {
-        let answer = push_event(&cache, &upstream, tip);
+        let answer = push_event(&cache, &upstream, "main", tip);
         assert_eq!(answer.status, 202, "{}", answer.body_text());
         wait_for("the mirror to take the push", || {
             git_stdout(&mirror, &["rev-parse", "main"]).trim() == tip
@@ -174,19 +174,23 @@ fn a_github_app_needs_its_id_and_a_readable_key() {
     }
 }
 
-/// A push event's place among those taken at once is held until all it leads to has ended,
-/// the wait for the App's token included: with the GitHub API silent, the events past the
-/// bound are left out (told in the log), not each given a task that waits.
-#[test]
-fn events_waiting_for_a_token_count_against_those_taken_at_once() {
-    // An API that takes the connection and never answers.
+/// An API that takes connections and never answers: what it holds stays open.
+fn silent_api() -> (String, std::net::TcpListener) {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let api = format!("http://{}", silent.local_addr().unwrap());
+    (format!("http://{}", silent.local_addr().unwrap()), silent)
+}
+
+/// An upstream with `acme/app`, public, generated from `seed`.
+fn public_app(seed: u64) -> Upstream {
     let upstream = Upstream::start().unwrap();
     let source = upstream.repo_path("acme/app");
-    repo::generate(&source, &RepoSpec::tiny(1363)).unwrap();
+    repo::generate(&source, &RepoSpec::tiny(seed)).unwrap();
     upstream.adopt_repo("acme/app", Access::Public).unwrap();
-    let (cache, _keys) = as_the_app(&upstream, &api);
+    upstream
+}
+
+/// `acme/app` mirrored through `cache`.
+fn mirrored(cache: &Gitcache, upstream: &Upstream) {
     let git = GitClient::new().unwrap();
     git.run(
         git.home(),
@@ -194,20 +198,81 @@ fn events_waiting_for_a_token_count_against_those_taken_at_once() {
     )
     .unwrap()
     .expect_success();
-    let mirror = cache.mirror(&upstream, "acme/app");
+    let mirror = cache.mirror(upstream, "acme/app");
     wait_for("the mirror", || mirror.join("packed-refs").is_file());
-    let push = |n: usize| {
-        let answer = push_event(&cache, &upstream, &format!("{n:040x}"));
-        assert_eq!(answer.status, 202, "{}", answer.body_text());
-    };
-    // Each a push of its own (another commit), paced so that every one is let in.
-    for n in 1..=gitcache_http::webhook::EVENTS_AT_ONCE + 1 {
+}
+
+/// Push events of `branches` moving each to a commit of its own, each accepted; paced so
+/// that every one is let in.
+fn pushes(cache: &Gitcache, upstream: &Upstream, branches: impl Iterator<Item = usize>) {
+    for n in branches {
         if n % 32 == 0 {
             std::thread::sleep(Duration::from_millis(150));
         }
-        push(n);
+        let answer = push_event(cache, upstream, &format!("b{n}"), &format!("{n:040x}"));
+        assert_eq!(answer.status, 202, "{}", answer.body_text());
     }
+}
+
+/// A push event's place among those taken at once is held until all it leads to has ended,
+/// the wait for the App's token included; events past them wait their turn and are taken
+/// once places free (here, once the silent API's requests time out).
+#[test]
+fn events_past_those_taken_at_once_wait_their_turn() {
+    let (api, _silent) = silent_api();
+    let upstream = public_app(1364);
+    let (cache, _keys) = as_the_app(&upstream, &api, &["--upstream-timeout", "2"]);
+    mirrored(&cache, &upstream);
+    let past = 2;
+    pushes(
+        &cache,
+        &upstream,
+        1..=gitcache_http::webhook::EVENTS_TAKEN_AT_ONCE + past,
+    );
+    // Each taken says so as it starts its refresh (those that waited too), and each of
+    // those refreshes ends, or is dropped.
+    let events = gitcache_http::webhook::EVENTS_TAKEN_AT_ONCE + past;
+    wait_for("every event taken and its refresh over", || {
+        let log = cache.log();
+        let over = log
+            .lines()
+            .filter(|line| line.contains("why=\"push webhook\""))
+            .filter(|line| {
+                [
+                    "mirror warmed",
+                    "warming the mirror failed",
+                    "this one dropped",
+                ]
+                .iter()
+                .any(|said| line.contains(said))
+            })
+            .count();
+        common::count(&log, "refreshing the mirror") == events && over == events
+    });
+    // None left out, and none of their refreshes dropped for want of a place.
+    let log = cache.log();
+    assert!(!log.contains("too many events waiting"), "{log}");
+    assert!(!log.contains("too many warming refreshes"), "{log}");
+}
+
+/// With every place held (the GitHub API silent), events wait in line up to its bound; one
+/// past it is left out, told in the log, not each given a task that waits.
+#[test]
+fn events_past_those_waiting_are_left_out() {
+    let (api, _silent) = silent_api();
+    let upstream = public_app(1363);
+    let (cache, _keys) = as_the_app(&upstream, &api, &[]);
+    mirrored(&cache, &upstream);
+    let places =
+        gitcache_http::webhook::EVENTS_TAKEN_AT_ONCE + gitcache_http::webhook::EVENTS_WAITING;
+    pushes(&cache, &upstream, 1..=places);
+    assert!(
+        !cache.log().contains("too many events waiting"),
+        "{}",
+        cache.log()
+    );
+    pushes(&cache, &upstream, places + 1..=places + 1);
     wait_for("an event left out", || {
-        cache.log().contains("too many events being taken")
+        cache.log().contains("too many events waiting")
     });
 }
