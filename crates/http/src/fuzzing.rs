@@ -62,7 +62,7 @@ pub fn webhook(data: &[u8]) {
         }
         _ => {}
     }
-    let verified = crate::webhook::verify(secret, &headers, body).is_ok();
+    let verified = gitcache_upstream::signature::verify(secret, &headers, body).is_ok();
     assert_eq!(verified, choice & 1 == 0 && choice % 6 / 2 < 2);
     if let Some(pushed) = crate::webhook::pushed(body) {
         assert!(!pushed.host.is_empty() && !pushed.owner.is_empty() && !pushed.repo.is_empty());

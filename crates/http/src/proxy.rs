@@ -824,7 +824,9 @@ impl Proxy {
             }
             received => received?.decode(crate::webhook::MAX_EVENT_BYTES)?,
         };
-        if let Err(refused) = crate::webhook::verify(secret.as_bytes(), headers, &body) {
+        if let Err(refused) =
+            gitcache_upstream::signature::verify(secret.as_bytes(), headers, &body)
+        {
             tracing::warn!(%refused, "webhook refused");
             return Ok(text(StatusCode::UNAUTHORIZED, &refused.to_string()));
         }

@@ -37,6 +37,7 @@
 
 mod connections;
 pub mod github_app;
+pub mod signature;
 
 use std::time::Duration;
 
