@@ -56,6 +56,9 @@ struct PushEvent {
 #[derive(serde::Deserialize)]
 struct EventRepository {
     clone_url: String,
+    /// `<owner>/<name>`: what names the site of an event sent to a wildcard's domain.
+    #[serde(default)]
+    full_name: Option<String>,
 }
 
 /// The project a deploy path names: `.index` for `/`, else its one segment.
@@ -69,6 +72,24 @@ fn project_of(path: &str) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The site a signed event sent to `wildcard`'s domain deploys: its host
+/// (`<owner>.<domain>`, lower-cased), its user as the forge spells it, and its project (the
+/// root tree for one of the index repositories, else the repository's name). `None` when the
+/// event names no repository, or one whose owner makes no host name.
+fn named_site(wildcard: &Wildcard, event: &PushEvent) -> Option<(String, String, String)> {
+    let (owner, name) = event.repository.full_name.as_deref()?.split_once('/')?;
+    let host = format!("{}.{}", owner.to_ascii_lowercase(), wildcard.domain);
+    if wildcard.user_of(&host).is_none() || !crate::site::valid_host(&host) {
+        return None;
+    }
+    let index = wildcard
+        .index_repos
+        .iter()
+        .any(|repo| repo.replace("<user>", owner).eq_ignore_ascii_case(name));
+    let project = if index { ".index" } else { name };
+    Some((host, owner.to_owned(), project.to_owned()))
 }
 
 /// The longest `PUT` body (a repository URL).
@@ -90,6 +111,34 @@ pub struct Wildcard {
     pub index_repos: Vec<String>,
     /// The branch deployed from each repository (`pages`).
     pub branch: String,
+    /// The secret a forge signs push events with (`X-Hub-Signature-256: sha256=<hex>`,
+    /// `X-Gitea-Signature`, `X-Forgejo-Signature`). When set, every event for the wildcard
+    /// must be signed with it, and one sent to the domain itself (the one address of a
+    /// forge-wide webhook) deploys the site its repository names: the host
+    /// `<owner>.<domain>`, the root tree for one of `index_repos`, else the project named
+    /// as the repository. Without it, anyone may send an event naming a user's repository.
+    pub webhook_secret: Option<WebhookSecret>,
+}
+
+/// A webhook secret: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(String);
+
+impl WebhookSecret {
+    /// The secret `secret`.
+    pub fn new(secret: impl Into<String>) -> Self {
+        WebhookSecret(secret.into())
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(..)")
+    }
 }
 
 impl Wildcard {
@@ -829,27 +878,66 @@ impl PagesService {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let wildcard = self
-            .wildcard
-            .as_ref()
-            .and_then(|w| Some((w, w.user_of(host)?)));
+        // An event for a user's host, or (signed) for the domain itself: the site it deploys
+        // is then the one its repository names.
+        let wildcard = self.wildcard.as_ref().and_then(|w| match w.user_of(host) {
+            Some(user) => Some((w, Some(user))),
+            None if host == w.domain && w.webhook_secret.is_some() => Some((w, None)),
+            None => None,
+        });
+        let mut host = host.to_owned();
         // The repository is the one the wildcard's template names (not only authorized by
         // the DNS challenge or unchecked): fetched from wherever it is.
         let mut configured = false;
         let (project, event, wanted_branch) = if let Some((wildcard, user)) = wildcard {
-            // Authorized by the event's repository: the body is read first, a few at a time.
+            // Authorized by the event's repository (and its signature, with a secret): the
+            // body is read first, a few at a time.
             let Ok(_reading) = self.event_reads.try_acquire() else {
                 return busy();
             };
-            let Some(project) = project_of(request.uri().path()) else {
+            let project = match user {
+                Some(_) => project_of(request.uri().path()),
+                None => (request.uri().path() == "/").then(String::new),
+            };
+            let Some(project) = project else {
                 return text(StatusCode::BAD_REQUEST, "POST / or /<project>/");
             };
-            let event = match self.read_event(request).await {
-                Ok(event) => event,
+            let headers = request.headers().clone();
+            let body = match self
+                .read_body(request, MAX_EVENT_BODY, EVENT_TIMEOUT.min(self.timeout))
+                .await
+            {
+                Ok(body) => body,
                 Err(refused) => return refused,
             };
-            drop(_reading);
-            let sources = wildcard.sources(user, &project);
+            if let Some(secret) = wildcard.webhook_secret.as_ref().filter(|_| !self.insecure) {
+                let signed =
+                    gitcache_upstream::signature::verify(secret.as_bytes(), &headers, &body);
+                if let Err(refused) = signed {
+                    return text(StatusCode::UNAUTHORIZED, &refused.to_string());
+                }
+            }
+            let event = match serde_json::from_slice::<PushEvent>(&body) {
+                Ok(event) => event,
+                Err(_) => return text(StatusCode::BAD_REQUEST, "not a push event"),
+            };
+            drop((_reading, body));
+            let (user, project) = match user {
+                Some(user) => (user.to_owned(), project),
+                None => match named_site(wildcard, &event) {
+                    Some((named, user, project)) => {
+                        host = named;
+                        (user, project)
+                    }
+                    None => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "the event's repository names no site under the domain",
+                        );
+                    }
+                },
+            };
+            let sources = wildcard.sources(&user, &project);
             if sources.is_empty() {
                 return text(
                     StatusCode::BAD_REQUEST,
@@ -870,7 +958,7 @@ impl PagesService {
             configured = sources.contains(&event.repository.clone_url);
             (project, event, Some(wildcard.branch.clone()))
         } else {
-            let project = match self.admit(host, &request).await {
+            let project = match self.admit(&host, &request).await {
                 Ok(project) => project,
                 Err(refused) => return refused,
             };
@@ -879,6 +967,7 @@ impl PagesService {
                 Err(refused) => return refused,
             }
         };
+        let host = host.as_str();
         // What is answered without a deploy is answered before the turn is waited for: an
         // event that deploys nothing takes no place of a host's.
         let Some(branch) = event.branch.strip_prefix("refs/heads/") else {
@@ -1550,7 +1639,10 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::{Sources, Wildcard, byte_range, host_of, location_of, project_of};
+    use super::{
+        PushEvent, Sources, WebhookSecret, Wildcard, byte_range, host_of, location_of, named_site,
+        project_of,
+    };
 
     /// A deploy names its project as a request's first segment is routed: decoded, and
     /// encoded again in its `Content-Location`.
@@ -1609,6 +1701,45 @@ mod tests {
         );
     }
 
+    /// A signed event sent to the domain names its site by its repository: the owner's host
+    /// (lower-cased), the root for an index repository, else the repository's own name.
+    #[test]
+    fn a_forge_wide_event_names_its_site_by_its_repository() {
+        let wildcard = Wildcard {
+            domain: "example.page".into(),
+            clone_url: "https://forge.example/<user>/<project>.git".into(),
+            index_repos: vec!["<user>.example.page".into(), "pages".into()],
+            branch: "pages".into(),
+            webhook_secret: Some(WebhookSecret::new("s3cret")),
+        };
+        let named = |full_name: &str| {
+            let event: PushEvent = serde_json::from_str(&format!(
+                r#"{{"ref":"refs/heads/pages","repository":{{"clone_url":"x","full_name":"{full_name}"}}}}"#
+            ))
+            .unwrap();
+            named_site(&wildcard, &event)
+        };
+        let site = |host: &str, user: &str, project: &str| {
+            Some((host.to_owned(), user.to_owned(), project.to_owned()))
+        };
+        assert_eq!(
+            named("Alice/Blog"),
+            site("alice.example.page", "Alice", "Blog")
+        );
+        assert_eq!(
+            named("alice/Pages"),
+            site("alice.example.page", "alice", ".index")
+        );
+        assert_eq!(
+            named("bob/bob.example.page"),
+            site("bob.example.page", "bob", ".index")
+        );
+        for none in ["al_ice/blog", "a.b/blog", "/blog", "noslash", "a b/x"] {
+            assert_eq!(named(none), None, "{none}");
+        }
+        assert!(!format!("{wildcard:?}").contains("s3cret"), "never shown");
+    }
+
     #[test]
     fn wildcard_projects_are_plain_names() {
         let wildcard = Wildcard {
@@ -1616,6 +1747,7 @@ mod tests {
             clone_url: "https://forge.example/<user>/<project>.git".into(),
             index_repos: vec!["<user>.example.page".into()],
             branch: "pages".into(),
+            webhook_secret: None,
         };
         assert_eq!(
             wildcard.sources("alice", "blog"),

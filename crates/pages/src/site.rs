@@ -362,7 +362,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Whether `host` can name a site: a DNS name of letters, digits, `-` and `.`, lower case.
-fn valid_host(host: &str) -> bool {
+pub(crate) fn valid_host(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {

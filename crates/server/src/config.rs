@@ -324,6 +324,16 @@ pub(crate) struct Flags {
         value_name = "TEMPLATE"
     )]
     pub(crate) pages_wildcard_clone_url: Option<String>,
+    /// The secret the forge signs push events for the wildcard with: every such event must
+    /// be signed, and one sent to the domain itself (a forge-wide webhook) deploys the site
+    /// its repository names.
+    #[arg(
+        long,
+        env = "GITCACHE_PAGES_WILDCARD_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub(crate) pages_wildcard_webhook_secret: Option<String>,
     /// A URL prefix pages may be deployed from (repeatable; replaces the config file's): a
     /// deploy fetches only repositories under one, at any address [default: any repository
     /// at a public address].
@@ -460,6 +470,7 @@ struct FileWildcard {
     clone_url: Option<String>,
     index_repos: Option<Vec<String>>,
     branch: Option<String>,
+    webhook_secret: Option<String>,
 }
 
 /// The shortest `pages.sweep_grace` taken, in seconds.
@@ -1046,6 +1057,11 @@ impl Config {
                             domain,
                             clone_url,
                             branch: wildcard.branch.unwrap_or_else(|| "pages".to_owned()),
+                            webhook_secret: flags
+                                .pages_wildcard_webhook_secret
+                                .or(wildcard.webhook_secret)
+                                .filter(|s| !s.is_empty())
+                                .map(gitcache_pages::http::WebhookSecret::new),
                         };
                         wildcard.check().map_err(anyhow::Error::msg)?;
                         Some(wildcard)

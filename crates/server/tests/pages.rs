@@ -828,13 +828,12 @@ fn rules_compression_and_access_lines() {
     );
 }
 
-/// Under a wildcard domain, a push event is authorized by its repository alone: the one the
-/// template computes for the host and project, on the wildcard's branch. Another repository
-/// is refused; hosts outside the domain still need the DNS challenge.
-#[test]
-fn wildcard_push_events_are_authorized_by_their_repository() {
+/// A forge holding `repos`, each with a `pages` branch naming it, and gitcache serving pages
+/// with the wildcard domain `example.page` over it (and `more` flags): the forge, the server
+/// and the pages listener's address.
+fn wildcard_forge(repos: &[&str], more: &[&str]) -> (Upstream, Gitcache, String) {
     let upstream = Upstream::start().unwrap();
-    for name in ["alice/pages", "alice/blog", "bob/pages"] {
+    for name in repos {
         let source = upstream.repo_path(name);
         repo::generate(&source, &RepoSpec::tiny(1560)).unwrap();
         upstream.adopt_repo(name, Access::Public).unwrap();
@@ -845,18 +844,26 @@ fn wildcard_push_events_are_authorized_by_their_repository() {
         );
     }
     let template = format!("{}/<user>/<project>.git", upstream.url());
-    let cache = Gitcache::start(
-        &upstream,
-        &[
-            "--pages-listen",
-            "127.0.0.1:0",
-            "--pages-wildcard-domain",
-            "example.page",
-            "--pages-wildcard-clone-url",
-            &template,
-        ],
-    );
+    let mut flags = vec![
+        "--pages-listen",
+        "127.0.0.1:0",
+        "--pages-wildcard-domain",
+        "example.page",
+        "--pages-wildcard-clone-url",
+        &template,
+    ];
+    flags.extend_from_slice(more);
+    let cache = Gitcache::start(&upstream, &flags);
     let addr = pages_addr(&cache);
+    (upstream, cache, addr)
+}
+
+/// Under a wildcard domain, a push event is authorized by its repository alone: the one the
+/// template computes for the host and project, on the wildcard's branch. Another repository
+/// is refused; hosts outside the domain still need the DNS challenge.
+#[test]
+fn wildcard_push_events_are_authorized_by_their_repository() {
+    let (upstream, _cache, addr) = wildcard_forge(&["alice/pages", "alice/blog", "bob/pages"], &[]);
     let event = |host: &str, path: &str, git_ref: &str, repo: &str| {
         let body = format!(
             r#"{{"ref":"{git_ref}","repository":{{"clone_url":"{}"}}}}"#,
@@ -943,6 +950,76 @@ fn wildcard_push_events_are_authorized_by_their_repository() {
     let mut answer = String::new();
     let _ = cut.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+/// With a webhook secret, a wildcard's events must be signed, and a signed event sent to the
+/// domain itself (a forge-wide webhook's one address) deploys the site its repository
+/// names: `<owner>.<domain>`, the root for an index repository, else a project of the
+/// repository's name. Unsigned events, to the domain or to a user's host, are refused.
+#[test]
+fn a_signed_forge_wide_event_deploys_the_site_its_repository_names() {
+    let secret = "forge-wide-s3cret-0123";
+    let (upstream, _cache, addr) = wildcard_forge(
+        &["alice/pages", "alice/blog"],
+        &["--pages-wildcard-webhook-secret", secret],
+    );
+    let event = |host: &str, path: &str, full_name: &str, repo: &str, key: Option<&str>| {
+        let body = format!(
+            r#"{{"ref":"refs/heads/pages","repository":{{"full_name":"{full_name}","clone_url":"{}"}}}}"#,
+            upstream.repo_url(repo)
+        );
+        let signature = key.map(|key| {
+            format!(
+                "sha256={}",
+                gitcache_http::webhook::sign(key.as_bytes(), body.as_bytes())
+            )
+        });
+        let mut headers = vec![("Host", host)];
+        if let Some(signature) = &signature {
+            headers.push(("X-Hub-Signature-256", signature.as_str()));
+        }
+        http(&addr, "POST", path, &headers, body.as_bytes())
+    };
+    let domain = "example.page";
+    let blog = event(domain, "/", "alice/blog", "alice/blog", Some(secret));
+    assert_eq!(blog.status, 201, "{}", blog.body_text());
+    let root = event(domain, "/", "alice/pages", "alice/pages", Some(secret));
+    assert_eq!(root.status, 201, "{}", root.body_text());
+    let page =
+        |path: &str| http(&addr, "GET", path, &[("Host", "alice.example.page")], b"").body_text();
+    assert_eq!(page("/"), "<h1>alice/pages</h1>");
+    assert_eq!(page("/blog/"), "<h1>alice/blog</h1>");
+
+    // Unsigned, signed with another key, or sent to a user's host unsigned: refused.
+    for (host, path, key) in [
+        (domain, "/", None),
+        (domain, "/", Some("another-key-0123456789")),
+        ("alice.example.page", "/blog/", None),
+    ] {
+        let refused = event(host, path, "alice/blog", "alice/blog", key);
+        assert_eq!(
+            refused.status,
+            401,
+            "{host}{path} {key:?}: {}",
+            refused.body_text()
+        );
+    }
+    // Signed to a user's host, as a repository's own webhook: as before.
+    let own = event(
+        "alice.example.page",
+        "/blog/",
+        "alice/blog",
+        "alice/blog",
+        Some(secret),
+    );
+    assert_eq!(own.status, 200, "unchanged: {}", own.body_text());
+    // A repository the template does not name for the site, or an owner no host can name.
+    let other = event(domain, "/", "alice/blog", "alice/pages", Some(secret));
+    assert_eq!(other.status, 403, "{}", other.body_text());
+    let unnamed = event(domain, "/", "al_ice/blog", "alice/blog", Some(secret));
+    assert_eq!(unnamed.status, 400, "{}", unnamed.body_text());
+    let deeper = event(domain, "/blog/", "alice/blog", "alice/blog", Some(secret));
+    assert_eq!(deeper.status, 400, "{}", deeper.body_text());
 }
 
 /// The server sweeps the pages' store: a redeploy's replaced blobs go at the next sweep,
