@@ -855,7 +855,11 @@ impl Proxy {
             (true, None) => {
                 tracing::info!(why = "no repository in the event: nothing to do", "webhook");
             }
-            (true, Some(pushed)) => self.take_in_turn(pushed),
+            // Put in line off the answer's path: the answer waits on nothing the line holds.
+            (true, Some(pushed)) => {
+                let proxy = Arc::clone(self);
+                tokio::spawn(async move { proxy.take_in_turn(pushed) }.in_current_span());
+            }
         }
         Ok(text(StatusCode::ACCEPTED, "accepted"))
     }
@@ -882,6 +886,14 @@ impl Proxy {
             let (proxy, waiting) = (Arc::downgrade(self), Arc::clone(waiting));
             let work = Arc::clone(&self.webhook_work);
             tokio::spawn(async move {
+                /// Should this task end, the next push starts another.
+                struct Gone(Arc<crate::webhook::Waiting>);
+                impl Drop for Gone {
+                    fn drop(&mut self) {
+                        self.0.taker_gone();
+                    }
+                }
+                let _gone = Gone(Arc::clone(&waiting));
                 loop {
                     waiting.arrival().await;
                     while !waiting.is_empty() {

@@ -20,7 +20,7 @@ pub(crate) const EVENT_BYTES_HELD: u64 = 64 << 20;
 pub(crate) const EVENT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The repository a push event names, and what it says was pushed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Pushed {
     /// The host of its clone URL (with a port when it has one).
     pub(crate) host: String,
@@ -33,6 +33,8 @@ pub(crate) struct Pushed {
 
 /// The longest ref name an event's push is read for.
 const MAX_REF_NAME: usize = 1024;
+/// The longest host, owner or repository name an event is read for.
+const MAX_NAME: usize = 255;
 
 /// The most recent pushes remembered per mirror (see [`Seen`]).
 const SEEN_PER_MIRROR: usize = 16;
@@ -130,17 +132,23 @@ pub const EVENTS_AT_ONCE: usize = 64;
 pub const EVENTS_TAKEN_AT_ONCE: usize = 16;
 
 /// Pushes accepted while [`EVENTS_TAKEN_AT_ONCE`] are being taken wait, taken in order as
-/// places free; a push of a ref already waiting takes the place of the one before (a
-/// refresh brings the newest, and one taken after a refresh that brought it has nothing to
-/// do). Past this many, one is left out, told in the log only: its mirror is refreshed by
-/// the next fetch that wants what it lacks, or the next scheduled refresh.
+/// places free; one that is waiting already (the same ref moved to the same commit: a
+/// redelivery, a replay) is not put in line again. Each older push still waiting is taken
+/// too, so none can stand in for a newer one. Past this many, one is left out, told in the
+/// log only: its mirror is refreshed by the next fetch that wants what it lacks, or the next
+/// scheduled refresh.
 pub const EVENTS_WAITING: usize = 1024;
+
+/// Pushes in line, each with the span of the request that brought it, and the set of them.
+type Line = (
+    std::collections::VecDeque<(Pushed, tracing::Span)>,
+    std::collections::HashSet<Pushed>,
+);
 
 /// The pushes waiting for a place (see [`EVENTS_WAITING`]).
 #[derive(Debug, Default)]
 pub(crate) struct Waiting {
-    /// Each with the span of the request that brought it.
-    queue: std::sync::Mutex<std::collections::VecDeque<(Pushed, tracing::Span)>>,
+    queue: std::sync::Mutex<Line>,
     /// Told when one is put in line.
     arrived: tokio::sync::Notify,
     /// Whether a task takes them.
@@ -148,24 +156,18 @@ pub(crate) struct Waiting {
 }
 
 impl Waiting {
-    /// Put `pushed` in line, in the place of a push of the same ref of the same repository
-    /// if one waits: `false` when the line is full.
+    /// Put `pushed` in line, unless it waits already: `false` when the line is full.
     pub(crate) fn push(&self, pushed: Pushed, span: tracing::Span) -> bool {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let same = |waiting: &Pushed| {
-            waiting.host == pushed.host
-                && waiting.owner == pushed.owner
-                && waiting.repo == pushed.repo
-                && waiting.moved.as_ref().map(|(name, _)| name)
-                    == pushed.moved.as_ref().map(|(name, _)| name)
-        };
-        if let Some(waiting) = queue.iter_mut().find(|(waiting, _)| same(waiting)) {
-            *waiting = (pushed, span);
-        } else if queue.len() < EVENTS_WAITING {
-            queue.push_back((pushed, span));
-        } else {
+        let (line, waiting) = &mut *queue;
+        if waiting.contains(&pushed) {
+            return true;
+        }
+        if line.len() >= EVENTS_WAITING {
             return false;
         }
+        waiting.insert(pushed.clone());
+        line.push_back((pushed, span));
         drop(queue);
         self.arrived.notify_one();
         true
@@ -173,10 +175,11 @@ impl Waiting {
 
     /// The first push in line, if any.
     pub(crate) fn next(&self) -> Option<(Pushed, tracing::Span)> {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let (line, waiting) = &mut *queue;
+        let next = line.pop_front()?;
+        waiting.remove(&next.0);
+        Some(next)
     }
 
     /// Whether none waits.
@@ -184,6 +187,7 @@ impl Waiting {
         self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .is_empty()
     }
 
@@ -192,9 +196,15 @@ impl Waiting {
         self.arrived.notified().await;
     }
 
-    /// Whether the caller is the first to ask: it starts the task that takes them.
+    /// Whether the caller is the first to ask: it starts the task that takes them (and
+    /// calls [`Waiting::taker_gone`] should that task end).
     pub(crate) fn first_taker(&self) -> bool {
         !self.taken.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The task that took them ended: the next push starts another.
+    pub(crate) fn taker_gone(&self) {
+        self.taken.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -222,7 +232,10 @@ pub(crate) fn pushed(body: &[u8]) -> Option<Pushed> {
     let host = authority.rsplit('@').next()?.to_ascii_lowercase();
     let (owner, repo) = full_name.split_once('/')?;
     let repo = repo.strip_suffix(".git").unwrap_or(repo);
-    if host.is_empty() || owner.is_empty() || repo.is_empty() || repo.contains('/') {
+    // Names no forge gives (a host name is 253 bytes at most, a GitHub owner 39 and a
+    // repository 100) are no repository gitcache mirrors: not kept while the event waits.
+    let bounded = |name: &str| !name.is_empty() && name.len() <= MAX_NAME;
+    if !bounded(&host) || !bounded(owner) || !bounded(repo) || repo.contains('/') {
         return None;
     }
     // A ref name longer than git's refs ever are names nothing a mirror keeps (and is not
@@ -287,6 +300,11 @@ mod tests {
             br#"{"repository":{"full_name":"acme","clone_url":"https://h/acme.git"}}"#,
             br#"{"repository":{"full_name":"a/b/c","clone_url":"https://h/a/b/c.git"}}"#,
             br#"{"zen":"ping"}"#,
+            format!(
+                r#"{{"repository":{{"full_name":"{}/r","clone_url":"https://h/o/r.git"}}}}"#,
+                "o".repeat(MAX_NAME + 1)
+            )
+            .as_bytes(),
             b"not json",
         ] {
             assert_eq!(pushed(bad), None);
@@ -335,10 +353,10 @@ mod tests {
         );
     }
 
-    /// Pushes wait in order; a later push of a ref already waiting takes its place; past the
-    /// bound, none is taken in.
+    /// Pushes wait in order, each once (an older push of a ref stays beside a newer one);
+    /// past the bound, none is taken in, unless it waits already.
     #[test]
-    fn pushes_wait_in_order_the_newest_of_a_ref_once() {
+    fn pushes_wait_in_order_each_once() {
         let push = |repo: &str, branch: &str, at: u8| Pushed {
             host: "h".into(),
             owner: "o".into(),
@@ -349,17 +367,21 @@ mod tests {
             )),
         };
         let waiting = Waiting::default();
-        assert!(waiting.push(push("a", "main", 1), tracing::Span::none()));
-        assert!(waiting.push(push("b", "main", 2), tracing::Span::none()));
-        assert!(waiting.push(push("a", "main", 3), tracing::Span::none()));
-        assert!(waiting.push(push("a", "dev", 4), tracing::Span::none()));
+        for (repo, branch, at) in [
+            ("a", "main", 1),
+            ("b", "main", 2),
+            ("a", "main", 1),
+            ("a", "main", 3),
+        ] {
+            assert!(waiting.push(push(repo, branch, at), tracing::Span::none()));
+        }
         let order: Vec<Pushed> = std::iter::from_fn(|| waiting.next().map(|(p, _)| p)).collect();
         assert_eq!(
             order,
             [
-                push("a", "main", 3),
+                push("a", "main", 1),
                 push("b", "main", 2),
-                push("a", "dev", 4)
+                push("a", "main", 3)
             ]
         );
         assert!(waiting.is_empty());
@@ -368,8 +390,13 @@ mod tests {
         }
         assert!(!waiting.push(push("a", "one-more", 1), tracing::Span::none()));
         assert!(
-            waiting.push(push("a", "b7", 2), tracing::Span::none()),
-            "a ref waiting already takes no more room"
+            waiting.push(push("a", "b7", 1), tracing::Span::none()),
+            "one waiting already takes no more room"
+        );
+        assert!(waiting.next().is_some());
+        assert!(
+            waiting.push(push("a", "b0", 1), tracing::Span::none()),
+            "taken, it may wait again"
         );
     }
 }

@@ -261,7 +261,8 @@ fn events_past_those_taken_at_once_wait_their_turn() {
 fn events_past_those_waiting_are_left_out() {
     let (api, _silent) = silent_api();
     let upstream = public_app(1363);
-    let (cache, _keys) = as_the_app(&upstream, &api, &[]);
+    // Every place held for the whole test.
+    let (cache, _keys) = as_the_app(&upstream, &api, &["--upstream-timeout", "3600"]);
     mirrored(&cache, &upstream);
     let places =
         gitcache_http::webhook::EVENTS_TAKEN_AT_ONCE + gitcache_http::webhook::EVENTS_WAITING;
