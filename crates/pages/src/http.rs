@@ -74,11 +74,18 @@ fn project_of(path: &str) -> Option<String> {
     }
 }
 
+/// The headers forges sign webhook events in.
+const SIGNATURE_HEADERS: [&str; 3] = [
+    "x-hub-signature-256",
+    "x-gitea-signature",
+    "x-forgejo-signature",
+];
+
 /// The site a signed event sent to `wildcard`'s domain deploys: its host
-/// (`<owner>.<domain>`, lower-cased), its user as the forge spells it, and its project (the
-/// root tree for one of the index repositories, else the repository's name). `None` when the
-/// event names no repository, or one whose owner makes no host name.
-fn named_site(wildcard: &Wildcard, event: &PushEvent) -> Option<(String, String, String)> {
+/// (`<owner>.<domain>`, lower-cased), its user and repository as the forge spells them, and
+/// its project (the root tree for one of the index repositories, else the repository's
+/// name). `None` when the event names no repository, or one whose owner makes no host name.
+fn named_site(wildcard: &Wildcard, event: &PushEvent) -> Option<(String, String, String, String)> {
     let (owner, name) = event.repository.full_name.as_deref()?.split_once('/')?;
     let host = format!("{}.{}", owner.to_ascii_lowercase(), wildcard.domain);
     if wildcard.user_of(&host).is_none() || !crate::site::valid_host(&host) {
@@ -89,7 +96,7 @@ fn named_site(wildcard: &Wildcard, event: &PushEvent) -> Option<(String, String,
         .iter()
         .any(|repo| repo.replace("<user>", owner).eq_ignore_ascii_case(name));
     let project = if index { ".index" } else { name };
-    Some((host, owner.to_owned(), project.to_owned()))
+    Some((host, owner.to_owned(), name.to_owned(), project.to_owned()))
 }
 
 /// The longest `PUT` body (a repository URL).
@@ -880,9 +887,14 @@ impl PagesService {
     {
         // An event for a user's host, or (signed) for the domain itself: the site it deploys
         // is then the one its repository names.
+        // Only a signed one takes the second way: the domain's own site is still deployed as
+        // any other host's.
+        let signed = SIGNATURE_HEADERS
+            .iter()
+            .any(|name| request.headers().contains_key(*name));
         let wildcard = self.wildcard.as_ref().and_then(|w| match w.user_of(host) {
             Some(user) => Some((w, Some(user))),
-            None if host == w.domain && w.webhook_secret.is_some() => Some((w, None)),
+            None if host == w.domain && w.webhook_secret.is_some() && signed => Some((w, None)),
             None => None,
         });
         let mut host = host.to_owned();
@@ -902,7 +914,13 @@ impl PagesService {
             let Some(project) = project else {
                 return text(StatusCode::BAD_REQUEST, "POST / or /<project>/");
             };
-            let headers = request.headers().clone();
+            let signatures: hyper::HeaderMap = SIGNATURE_HEADERS
+                .iter()
+                .filter_map(|name| {
+                    let value = request.headers().get(*name)?.clone();
+                    Some((header::HeaderName::from_static(name), value))
+                })
+                .collect();
             let body = match self
                 .read_body(request, MAX_EVENT_BODY, EVENT_TIMEOUT.min(self.timeout))
                 .await
@@ -912,7 +930,7 @@ impl PagesService {
             };
             if let Some(secret) = wildcard.webhook_secret.as_ref().filter(|_| !self.insecure) {
                 let signed =
-                    gitcache_upstream::signature::verify(secret.as_bytes(), &headers, &body);
+                    gitcache_upstream::signature::verify(secret.as_bytes(), &signatures, &body);
                 if let Err(refused) = signed {
                     return text(StatusCode::UNAUTHORIZED, &refused.to_string());
                 }
@@ -922,12 +940,14 @@ impl PagesService {
                 Err(_) => return text(StatusCode::BAD_REQUEST, "not a push event"),
             };
             drop((_reading, body));
-            let (user, project) = match user {
-                Some(user) => (user.to_owned(), project),
+            // The repository as the template names it (with the name as the forge spells
+            // it, for an index repository too), and the project it deploys.
+            let (user, repository, project) = match user {
+                Some(user) => (user.to_owned(), project.clone(), project),
                 None => match named_site(wildcard, &event) {
-                    Some((named, user, project)) => {
+                    Some((named, user, repository, project)) => {
                         host = named;
-                        (user, project)
+                        (user, repository, project)
                     }
                     None => {
                         return text(
@@ -937,7 +957,7 @@ impl PagesService {
                     }
                 },
             };
-            let sources = wildcard.sources(&user, &project);
+            let sources = wildcard.sources(&user, &repository);
             if sources.is_empty() {
                 return text(
                     StatusCode::BAD_REQUEST,
@@ -1719,20 +1739,30 @@ mod tests {
             .unwrap();
             named_site(&wildcard, &event)
         };
-        let site = |host: &str, user: &str, project: &str| {
-            Some((host.to_owned(), user.to_owned(), project.to_owned()))
+        let site = |host: &str, user: &str, repository: &str, project: &str| {
+            Some((
+                host.to_owned(),
+                user.to_owned(),
+                repository.to_owned(),
+                project.to_owned(),
+            ))
         };
         assert_eq!(
             named("Alice/Blog"),
-            site("alice.example.page", "Alice", "Blog")
+            site("alice.example.page", "Alice", "Blog", "Blog")
         );
         assert_eq!(
             named("alice/Pages"),
-            site("alice.example.page", "alice", ".index")
+            site("alice.example.page", "alice", "Pages", ".index")
         );
         assert_eq!(
-            named("bob/bob.example.page"),
-            site("bob.example.page", "bob", ".index")
+            named("Bob/bob.example.page"),
+            site("bob.example.page", "Bob", "bob.example.page", ".index")
+        );
+        // The repository is named as spelled, as the forge's clone URL has it.
+        assert_eq!(
+            wildcard.sources("Alice", "Pages"),
+            ["https://forge.example/Alice/Pages.git"]
         );
         for none in ["al_ice/blog", "a.b/blog", "/blog", "noslash", "a b/x"] {
             assert_eq!(named(none), None, "{none}");

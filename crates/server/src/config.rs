@@ -1057,11 +1057,21 @@ impl Config {
                             domain,
                             clone_url,
                             branch: wildcard.branch.unwrap_or_else(|| "pages".to_owned()),
+                            // An empty one set anywhere is none: it hides no other.
                             webhook_secret: flags
                                 .pages_wildcard_webhook_secret
-                                .or(wildcard.webhook_secret)
                                 .filter(|s| !s.is_empty())
-                                .map(gitcache_pages::http::WebhookSecret::new),
+                                .or(wildcard.webhook_secret.filter(|s| !s.is_empty()))
+                                .map(|secret| {
+                                    if secret.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+                                        warnings.push(format!(
+                                            "the pages wildcard's webhook secret is shorter than \
+                                             {MIN_ADMIN_TOKEN_CHARS} characters: one signed event \
+                                             lets it be guessed offline"
+                                        ));
+                                    }
+                                    gitcache_pages::http::WebhookSecret::new(secret)
+                                }),
                         };
                         wildcard.check().map_err(anyhow::Error::msg)?;
                         Some(wildcard)
@@ -1183,6 +1193,64 @@ mod tests {
             config.warnings
         );
         let config = parse(&["--webhook-secret", "0123456789abcdef0123"]).unwrap();
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    /// The pages wildcard's webhook secret: from the file or a flag, a short one with a
+    /// warning, and an empty one set anywhere (a blank environment variable) none that hides
+    /// the other.
+    #[test]
+    fn a_wildcard_webhook_secret_from_the_file_is_not_hidden_by_an_empty_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitcache.toml");
+        std::fs::write(
+            &path,
+            "[pages]\nlisten = \"127.0.0.1:0\"\n[pages.wildcard]\ndomain = \"example.page\"\n\
+             clone_url = \"https://forge.example/<user>/<project>.git\"\n\
+             webhook_secret = \"short\"\n",
+        )
+        .unwrap();
+        let wildcard = |config: &Config| {
+            let pages = config.pages.as_ref().unwrap();
+            pages.options.wildcard.clone().unwrap()
+        };
+        let config = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            wildcard(&config).webhook_secret,
+            Some(gitcache_pages::http::WebhookSecret::new("short"))
+        );
+        assert!(
+            config
+                .warnings
+                .iter()
+                .any(|w| w.contains("wildcard's webhook secret")),
+            "{:?}",
+            config.warnings
+        );
+        let config = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--pages-wildcard-webhook-secret",
+            "",
+        ])
+        .unwrap();
+        assert!(
+            wildcard(&config).webhook_secret.is_some(),
+            "an empty flag hides nothing"
+        );
+        let config = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--pages-wildcard-webhook-secret",
+            "0123456789abcdef0123",
+        ])
+        .unwrap();
+        assert_eq!(
+            wildcard(&config).webhook_secret,
+            Some(gitcache_pages::http::WebhookSecret::new(
+                "0123456789abcdef0123"
+            ))
+        );
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     }
 

@@ -960,7 +960,7 @@ fn wildcard_push_events_are_authorized_by_their_repository() {
 fn a_signed_forge_wide_event_deploys_the_site_its_repository_names() {
     let secret = "forge-wide-s3cret-0123";
     let (upstream, _cache, addr) = wildcard_forge(
-        &["alice/pages", "alice/blog"],
+        &["alice/pages", "alice/blog", "Carol/Pages"],
         &["--pages-wildcard-webhook-secret", secret],
     );
     let event = |host: &str, path: &str, full_name: &str, repo: &str, key: Option<&str>| {
@@ -978,6 +978,11 @@ fn a_signed_forge_wide_event_deploys_the_site_its_repository_names() {
         if let Some(signature) = &signature {
             headers.push(("X-Hub-Signature-256", signature.as_str()));
         }
+        if key.is_some() && repo.starts_with("Carol/") {
+            // As Forgejo signs.
+            let hex = signature.as_deref().and_then(|s| s.strip_prefix("sha256="));
+            headers = vec![("Host", host), ("X-Forgejo-Signature", hex.unwrap())];
+        }
         http(&addr, "POST", path, &headers, body.as_bytes())
     };
     let domain = "example.page";
@@ -989,8 +994,15 @@ fn a_signed_forge_wide_event_deploys_the_site_its_repository_names() {
         |path: &str| http(&addr, "GET", path, &[("Host", "alice.example.page")], b"").body_text();
     assert_eq!(page("/"), "<h1>alice/pages</h1>");
     assert_eq!(page("/blog/"), "<h1>alice/blog</h1>");
+    // An owner and an index repository spelled in capitals: the host lower-cased, the
+    // repository fetched as the forge spells it.
+    let carol = event(domain, "/", "Carol/Pages", "Carol/Pages", Some(secret));
+    assert_eq!(carol.status, 201, "{}", carol.body_text());
+    let carols = http(&addr, "GET", "/", &[("Host", "carol.example.page")], b"");
+    assert_eq!(carols.body_text(), "<h1>Carol/Pages</h1>");
 
-    // Unsigned, signed with another key, or sent to a user's host unsigned: refused.
+    // Unsigned, signed with another key, or sent to a user's host unsigned: refused (the
+    // first as a deploy of the domain's own site, which needs the DNS challenge).
     for (host, path, key) in [
         (domain, "/", None),
         (domain, "/", Some("another-key-0123456789")),
