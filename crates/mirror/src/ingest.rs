@@ -306,23 +306,22 @@ pub(crate) fn ingest_hashing_from(
     } = receive(&repo, hash, pack, &received, announce, hash_from, room)?;
     let received_bytes = std::fs::metadata(&received)?.len();
     let index_bytes = index_files_bytes(entries.len() as u64, hash, received_bytes);
-    // Room asked for before the turn is waited for: none is held while the disk is seen to.
-    // Deltas on a base named by id within the pack: gitoxide's indexer resolves them, writing
-    // the pack again. Else the index and reverse index: 32 bytes an object and more (a pack
-    // of tiny objects has indexes larger than itself).
-    room(Ask::Last(if ref_deltas_within {
-        received_bytes.saturating_add(index_bytes)
-    } else {
-        index_bytes
-    }))?;
-    let resolving = RESOLVING.enter(stop).ok_or_else(|| Error::InvalidPack {
-        message: "stopped while waiting for its deltas' turn".into(),
-    })?;
+    let Some(_resolving) = RESOLVING.enter(stop) else {
+        return Err(Error::InvalidPack {
+            message: "stopped while waiting for its deltas' turn".into(),
+        });
+    };
     let (data, index) = if ref_deltas_within {
+        // Deltas on a base named by id within the pack: gitoxide's indexer resolves them,
+        // writing the pack again.
+        room(Ask::Last(received_bytes.saturating_add(index_bytes)))?;
         index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure, stop)?
     } else {
         let data = staging_dir.join(format!("pack-{checksum}.pack"));
         let index = data.with_extension("idx");
+        // The index and reverse index: 32 bytes an object and more (a pack of tiny objects
+        // has indexes larger than itself).
+        room(Ask::Last(index_bytes))?;
         std::fs::rename(&received, &data)?;
         let read = gitcache_pack::ReadPack {
             entries: &entries,
@@ -342,7 +341,6 @@ pub(crate) fn ingest_hashing_from(
             })?;
         (data, index)
     };
-    drop(resolving);
     let objects = u32::try_from(entries.len()).unwrap_or(u32::MAX);
     let final_pack = pack_dir.join(format!("pack-{checksum}.pack"));
     let final_index = pack_dir.join(format!("pack-{checksum}.idx"));
