@@ -37,62 +37,6 @@ pub const NAMED_BASE_BYTES: usize = 160;
 /// objects are decoded, on all cores rather than on the thread reading the pack.
 pub const HASHED_ON_ARRIVAL: u64 = 1 << 20;
 
-/// Received packs whose deltas are resolved at once, all mirrors of the process together.
-/// A resolution decodes on every core (up to four) and holds the objects of its chains as it
-/// goes, each up to [`MAX_ALLOCATION`]: more at once would add memory, not speed. Refreshes
-/// past it wait their turn once their pack has arrived (a stopped one stops waiting).
-pub const RESOLVING_AT_ONCE: usize = 2;
-
-/// The turns of [`RESOLVING_AT_ONCE`].
-static RESOLVING: Gate = Gate::new(RESOLVING_AT_ONCE);
-
-/// At most a number of holders at once, in the whole process.
-struct Gate {
-    taken: std::sync::Mutex<usize>,
-    freed: std::sync::Condvar,
-    most: usize,
-}
-
-/// A [`Gate`]'s turn, given back when dropped.
-struct Turn<'a>(&'a Gate);
-
-impl Gate {
-    const fn new(most: usize) -> Self {
-        Gate {
-            taken: std::sync::Mutex::new(0),
-            freed: std::sync::Condvar::new(),
-            most,
-        }
-    }
-
-    /// A turn, waited for until `stop` is set (then `None`).
-    fn enter(&self, stop: &AtomicBool) -> Option<Turn<'_>> {
-        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return None;
-            }
-            if *taken < self.most {
-                *taken += 1;
-                return Some(Turn(self));
-            }
-            // Woken by a turn given back, or to look at `stop` again.
-            taken = self
-                .freed
-                .wait_timeout(taken, std::time::Duration::from_millis(100))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        *self.0.taken.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-        self.0.freed.notify_one();
-    }
-}
-
 /// A pack now part of the mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
@@ -306,11 +250,6 @@ pub(crate) fn ingest_hashing_from(
     } = receive(&repo, hash, pack, &received, announce, hash_from, room)?;
     let received_bytes = std::fs::metadata(&received)?.len();
     let index_bytes = index_files_bytes(entries.len() as u64, hash, received_bytes);
-    let Some(_resolving) = RESOLVING.enter(stop) else {
-        return Err(Error::InvalidPack {
-            message: "stopped while waiting for its deltas' turn".into(),
-        });
-    };
     let (data, index) = if ref_deltas_within {
         // Deltas on a base named by id within the pack: gitoxide's indexer resolves them,
         // writing the pack again.
@@ -962,43 +901,6 @@ fn unique() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A gate lets its number in at once; the next waits for a turn given back, and one that
-    /// is stopped waits no more.
-    #[test]
-    fn packs_past_those_resolving_wait_their_turn() {
-        let gate = Gate::new(1);
-        let go_on = AtomicBool::new(false);
-        let first = gate.enter(&go_on).unwrap();
-        std::thread::scope(|scope| {
-            let (entered, waited) = std::sync::mpsc::channel();
-            let (gate, go_on) = (&gate, &go_on);
-            scope.spawn(move || {
-                let turn = gate.enter(go_on);
-                entered.send(turn.is_some()).unwrap();
-            });
-            assert!(
-                waited
-                    .recv_timeout(std::time::Duration::from_millis(300))
-                    .is_err(),
-                "it waits while the turn is held"
-            );
-            drop(first);
-            assert_eq!(
-                waited.recv_timeout(std::time::Duration::from_secs(30)),
-                Ok(true),
-                "and enters once it is given back"
-            );
-        });
-        let held = gate.enter(&go_on).unwrap();
-        let stopped = AtomicBool::new(true);
-        assert!(
-            gate.enter(&stopped).is_none(),
-            "a stopped one waits no more"
-        );
-        drop(held);
-        assert_eq!(*gate.taken.lock().unwrap(), 0);
-    }
 
     #[test]
     fn the_trailer_is_held_back_however_the_bytes_come() {
