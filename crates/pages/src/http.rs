@@ -889,9 +889,12 @@ impl PagesService {
         // is then the one its repository names.
         // Only a signed one takes the second way: the domain's own site is still deployed as
         // any other host's.
-        let signed = SIGNATURE_HEADERS
-            .iter()
-            .any(|name| request.headers().contains_key(*name));
+        let signed = SIGNATURE_HEADERS.iter().any(|name| {
+            request
+                .headers()
+                .get(*name)
+                .is_some_and(|value| !value.is_empty())
+        });
         let wildcard = self.wildcard.as_ref().and_then(|w| match w.user_of(host) {
             Some(user) => Some((w, Some(user))),
             None if host == w.domain && w.webhook_secret.is_some() && signed => Some((w, None)),

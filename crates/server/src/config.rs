@@ -712,15 +712,12 @@ impl Config {
         if proxy.credentials == CredentialMode::Static && proxy.static_tokens.is_empty() {
             bail!("credential mode 'static' needs at least one --static-token HOST=TOKEN");
         }
-        proxy.service_token = flags
-            .service_token
-            .or(file.service_token)
-            .filter(|t| !t.is_empty())
+        // An empty one set anywhere (a blank environment variable) is none: it hides no other.
+        let set = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        proxy.service_token = set(flags.service_token)
+            .or(set(file.service_token))
             .map(Secret::new);
-        let webhook_secret = flags
-            .webhook_secret
-            .or(file.webhook.secret)
-            .filter(|s| !s.is_empty());
+        let webhook_secret = set(flags.webhook_secret).or(set(file.webhook.secret));
         let mut warnings = Vec::new();
         // A forge's secret is chosen there, so a short one is taken, with a word: one
         // captured event lets it be guessed offline.
@@ -1057,11 +1054,8 @@ impl Config {
                             domain,
                             clone_url,
                             branch: wildcard.branch.unwrap_or_else(|| "pages".to_owned()),
-                            // An empty one set anywhere is none: it hides no other.
-                            webhook_secret: flags
-                                .pages_wildcard_webhook_secret
-                                .filter(|s| !s.is_empty())
-                                .or(wildcard.webhook_secret.filter(|s| !s.is_empty()))
+                            webhook_secret: set(flags.pages_wildcard_webhook_secret)
+                                .or(set(wildcard.webhook_secret))
                                 .map(|secret| {
                                     if secret.chars().count() < MIN_ADMIN_TOKEN_CHARS {
                                         warnings.push(format!(
@@ -1194,6 +1188,12 @@ mod tests {
         );
         let config = parse(&["--webhook-secret", "0123456789abcdef0123"]).unwrap();
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        // A blank one (an empty environment variable) hides none from the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gitcache.toml");
+        std::fs::write(&path, "[webhook]\nsecret = \"0123456789abcdef0123\"\n").unwrap();
+        let config = parse(&["--config", path.to_str().unwrap(), "--webhook-secret", " "]).unwrap();
+        assert!(config.proxy.webhook_secret.is_some());
     }
 
     /// The pages wildcard's webhook secret: from the file or a flag, a short one with a
