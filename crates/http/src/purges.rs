@@ -3,7 +3,9 @@
 //! therefore counted in its record (`purges`), and every instance drops its own copy (mirror
 //! and stored answers) once it reads a count above the one its copies are up to. Those counts
 //! are kept in `<data-dir>/catalog-purges`, so that an instance that was down through a purge
-//! drops its copy as it starts. With a bucket, the bucket's tombstones carry purges instead;
+//! drops its copy as it starts. A record removed elsewhere drops this instance's copy too
+//! once a view without it follows one with it (unless the settings still cache its
+//! repository). With a bucket, the bucket's tombstones carry purges and removals instead;
 //! with SQLite, no other instance reads the catalog.
 
 use std::collections::HashMap;
@@ -26,6 +28,9 @@ pub(crate) struct Purges {
     turn: tokio::sync::Mutex<()>,
     /// Whether purges counted elsewhere are applied here.
     follow: bool,
+    /// The records of the catalog's view last followed: one gone from the next view was
+    /// removed (here or elsewhere), and this instance's copy goes as a removal's does.
+    known: Mutex<Option<HashMap<i64, std::sync::Arc<Record>>>>,
 }
 
 /// Where the counts are kept, in the data directory.
@@ -44,6 +49,7 @@ impl Purges {
             seen: Mutex::new(seen),
             turn: tokio::sync::Mutex::new(()),
             follow,
+            known: Mutex::new(None),
         }
     }
 
@@ -93,7 +99,7 @@ impl Purges {
                 continue;
             }
             match local.drop_copy(&record).await {
-                Ok(()) => {
+                Ok(_) => {
                     tracing::info!(
                         id = record.id,
                         repo = %record.full_name(),
@@ -109,10 +115,44 @@ impl Purges {
                 }
             }
         }
-        // Removed records are forgotten: the file stays as small as the catalog.
+        // Removed records: this instance's copy goes, as a removal's does where it is made
+        // (unless the server-wide settings still cache the repository), and their counts
+        // are forgotten (the file stays as small as the catalog).
         let _turn = self.turn.lock().await;
-        let listed: std::collections::HashSet<i64> =
-            catalog.records().iter().map(|r| r.id).collect();
+        let records = catalog.records();
+        let listed: std::collections::HashSet<i64> = records.iter().map(|r| r.id).collect();
+        let gone: Vec<std::sync::Arc<Record>> = {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = known
+                .as_ref()
+                .map(|known| {
+                    known
+                        .values()
+                        .filter(|r| !listed.contains(&r.id))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            *known = Some(records.into_iter().map(|r| (r.id, r)).collect());
+            gone
+        };
+        for record in gone {
+            if local.still_cached(&record) {
+                continue;
+            }
+            match local.drop_copy(&record).await {
+                Ok(true) => tracing::info!(
+                    id = record.id,
+                    repo = %record.full_name(),
+                    host = %record.host,
+                    "cached repository removed: this instance's copy dropped"
+                ),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(%err, repo = %record.full_name(), "dropping the copy of a removed repository failed");
+                }
+            }
+        }
         self.noted(|seen| seen.retain(|id, _| listed.contains(id)));
     }
 
@@ -159,16 +199,26 @@ pub(crate) struct Local<'a> {
 }
 
 impl Local<'_> {
-    /// Drop `record`'s mirror and stored answers here.
-    pub(crate) async fn drop_copy(&self, record: &Record) -> Result<(), String> {
+    /// Drop `record`'s mirror and stored answers here: whether it had a mirror.
+    pub(crate) async fn drop_copy(&self, record: &Record) -> Result<bool, String> {
         let Ok(key) = self.config.key(&record.host, &record.owner, &record.name) else {
-            return Ok(());
+            return Ok(false);
         };
+        let had = self.mirrors.registry().path(&key).is_dir();
         self.mirrors.remove(&key).await.map_err(|e| e.to_string())?;
         if let Some(responses) = self.responses {
             responses.purge_repo(&key.relative_path()).await?;
         }
-        Ok(())
+        Ok(had)
+    }
+
+    /// Whether the server-wide settings cache `record`'s repository without it.
+    pub(crate) fn still_cached(&self, record: &Record) -> bool {
+        let default = crate::config::url_host(&self.config.upstream).unwrap_or_default();
+        let named = (!record.host.eq_ignore_ascii_case(&default)).then_some(record.host.as_str());
+        self.config
+            .cache
+            .is_cached(named, &record.owner, &record.name)
     }
 }
 

@@ -831,6 +831,41 @@ fn a_purge_on_one_instance_drops_the_copies_of_the_others() {
     assert_eq!(record["purges"], json!(2));
 }
 
+/// Two instances sharing a PostgreSQL catalog, each with its own copy: removing the record on
+/// one drops the other's copy too once it reads the catalog without it (the settings cache
+/// the repository no more).
+#[test]
+fn a_removal_on_one_instance_drops_the_copies_of_the_others() {
+    let Some(url) = common::postgres_database("removals") else {
+        return;
+    };
+    let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
+    let flags = sharing_the_catalog(&url);
+    let first = Gitcache::start(&upstream, &flags);
+    let second = Gitcache::start(&upstream, &flags);
+    let (status, created) = add(&first, json!({"owner": "acme", "name": "widgets"}));
+    assert_eq!(status, 201);
+    let id = created["id"].as_i64().unwrap();
+    let git = GitClient::new().unwrap();
+    let mirror = second.mirror(&upstream, "acme/widgets");
+    let mut n = 0;
+    common::wait_for("the second instance caches the repository", || {
+        n += 1;
+        git.run(
+            git.home(),
+            &["clone", "-q", &second.url("acme/widgets"), &format!("c{n}")],
+        )
+        .unwrap()
+        .expect_success();
+        mirror.join("HEAD").is_file()
+    });
+    let (status, _, _) = api(&first, "DELETE", &format!("/api/cached-repos/{id}"), None);
+    assert_eq!(status, 204);
+    common::wait_for("the second instance drops its copy", || {
+        !mirror.exists() && second.log().contains("this instance's copy dropped")
+    });
+}
+
 /// Issue 14: purge drops a repository's mirror and stored responses and keeps its record
 /// (the next clone fetches anew); removing the record drops them too, unless the
 /// server-wide settings still cache the repository.
