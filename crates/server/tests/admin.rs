@@ -678,17 +678,25 @@ fn sharing_the_catalog(url: &str) -> [&str; 8] {
     ]
 }
 
-/// Two instances sharing a PostgreSQL catalog: what one adds, the other serves from its
-/// in-memory view after its next reload; each shows the fleet's numbers.
-#[test]
-fn instances_sharing_a_postgres_catalog_see_each_others_records() {
-    let Some(url) = common::postgres_database("admin") else {
-        return;
-    };
+/// Two instances sharing the PostgreSQL catalog `database` (none without a PostgreSQL for
+/// tests), in front of an upstream holding `acme/widgets`: the catalog's URL, the upstream,
+/// and the two.
+fn two_sharing_a_catalog(database: &str) -> Option<(String, Upstream, Gitcache, Gitcache)> {
+    let url = common::postgres_database(database)?;
     let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
     let flags = sharing_the_catalog(&url);
     let first = Gitcache::start(&upstream, &flags);
     let second = Gitcache::start(&upstream, &flags);
+    Some((url, upstream, first, second))
+}
+
+/// Two instances sharing a PostgreSQL catalog: what one adds, the other serves from its
+/// in-memory view after its next reload; each shows the fleet's numbers.
+#[test]
+fn instances_sharing_a_postgres_catalog_see_each_others_records() {
+    let Some((_, upstream, first, second)) = two_sharing_a_catalog("admin") else {
+        return;
+    };
     assert!(
         first.log().contains("backend=\"postgres\"") || first.log().contains("backend=postgres")
     );
@@ -742,13 +750,10 @@ fn instances_sharing_a_postgres_catalog_see_each_others_records() {
 /// again, and an instance that was down through a purge drops its copy as it starts.
 #[test]
 fn a_purge_on_one_instance_drops_the_copies_of_the_others() {
-    let Some(url) = common::postgres_database("purges") else {
+    let Some((url, upstream, first, mut second)) = two_sharing_a_catalog("purges") else {
         return;
     };
-    let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
     let flags = sharing_the_catalog(&url);
-    let first = Gitcache::start(&upstream, &flags);
-    let mut second = Gitcache::start(&upstream, &flags);
     let (status, created) = add(&first, json!({"owner": "acme", "name": "widgets"}));
     assert_eq!(status, 201);
     let id = created["id"].as_i64().unwrap();
@@ -836,13 +841,9 @@ fn a_purge_on_one_instance_drops_the_copies_of_the_others() {
 /// the repository no more).
 #[test]
 fn a_removal_on_one_instance_drops_the_copies_of_the_others() {
-    let Some(url) = common::postgres_database("removals") else {
+    let Some((_, upstream, first, second)) = two_sharing_a_catalog("removals") else {
         return;
     };
-    let upstream = upstream_with(&["acme/widgets"], RepoSpec::tiny);
-    let flags = sharing_the_catalog(&url);
-    let first = Gitcache::start(&upstream, &flags);
-    let second = Gitcache::start(&upstream, &flags);
     let (status, created) = add(&first, json!({"owner": "acme", "name": "widgets"}));
     assert_eq!(status, 201);
     let id = created["id"].as_i64().unwrap();
