@@ -28,9 +28,43 @@ pub(crate) struct Purges {
     turn: tokio::sync::Mutex<()>,
     /// Whether purges counted elsewhere are applied here.
     follow: bool,
-    /// The records of the catalog's view last followed: one gone from the next view was
-    /// removed (here or elsewhere), and this instance's copy goes as a removal's does.
-    known: Mutex<Option<HashMap<i64, std::sync::Arc<Record>>>>,
+    /// The records of the catalog's view last followed, and those missing from it that an
+    /// earlier view had (see [`Purges::follow`]).
+    known: Mutex<Option<Known<std::sync::Arc<Record>>>>,
+}
+
+/// What [`Purges::follow`] remembers of the views it followed: the records of the last, by
+/// id, and those the one before had that the last lacks.
+#[derive(Debug)]
+struct Known<T> {
+    records: HashMap<i64, T>,
+    missing_once: HashMap<i64, T>,
+}
+
+impl<T> Known<T> {
+    /// Take in the view `now` after those `known` remembers (none yet: the first): the records
+    /// removed, those that two views in a row lacked after one that had them.
+    fn removed(known: &mut Option<Self>, now: HashMap<i64, T>) -> Vec<T> {
+        let Some(before) = known.take() else {
+            *known = Some(Known {
+                records: now,
+                missing_once: HashMap::new(),
+            });
+            return Vec::new();
+        };
+        let gone = (before.missing_once.into_iter())
+            .filter(|(id, _)| !now.contains_key(id))
+            .map(|(_, record)| record)
+            .collect();
+        let missing_once = (before.records.into_iter())
+            .filter(|(id, _)| !now.contains_key(id))
+            .collect();
+        *known = Some(Known {
+            records: now,
+            missing_once,
+        });
+        gone
+    }
 }
 
 /// Where the counts are kept, in the data directory.
@@ -116,28 +150,27 @@ impl Purges {
             }
         }
         // Removed records: this instance's copy goes, as a removal's does where it is made
-        // (unless the server-wide settings still cache the repository), and their counts
-        // are forgotten (the file stays as small as the catalog).
-        let _turn = self.turn.lock().await;
+        // (unless the server-wide settings still cache the repository, or a record listed
+        // now names it again). A record counts as removed once two views in a row, after one
+        // with it, lack it: a view read out of order (an older reload installed after a
+        // newer one) drops nothing. A drop that fails is tried again at the next follow.
         let records = catalog.records();
         let listed: std::collections::HashSet<i64> = records.iter().map(|r| r.id).collect();
-        let gone: Vec<std::sync::Arc<Record>> = {
-            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            let gone = known
-                .as_ref()
-                .map(|known| {
-                    known
-                        .values()
-                        .filter(|r| !listed.contains(&r.id))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            *known = Some(records.into_iter().map(|r| (r.id, r)).collect());
-            gone
-        };
+        let named_now: std::collections::HashSet<_> = records
+            .iter()
+            .filter_map(|r| local.config.key(&r.host, &r.owner, &r.name).ok())
+            .collect();
+        let gone = Known::removed(
+            &mut self.known.lock().unwrap_or_else(|p| p.into_inner()),
+            records.into_iter().map(|r| (r.id, r)).collect(),
+        );
         for record in gone {
-            if local.still_cached(&record) {
+            let named_again = (local
+                .config
+                .key(&record.host, &record.owner, &record.name)
+                .ok())
+            .is_some_and(|key| named_now.contains(&key));
+            if named_again || local.still_cached(&record) {
                 continue;
             }
             match local.drop_copy(&record).await {
@@ -149,10 +182,15 @@ impl Purges {
                 ),
                 Ok(false) => {}
                 Err(err) => {
-                    tracing::warn!(%err, repo = %record.full_name(), "dropping the copy of a removed repository failed");
+                    tracing::warn!(%err, repo = %record.full_name(), "dropping the copy of a removed repository failed; tried again at the next reload");
+                    let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(known) = known.as_mut() {
+                        known.missing_once.insert(record.id, record);
+                    }
                 }
             }
         }
+        let _turn = self.turn.lock().await;
         self.noted(|seen| seen.retain(|id, _| listed.contains(id)));
     }
 
@@ -204,8 +242,7 @@ impl Local<'_> {
         let Ok(key) = self.config.key(&record.host, &record.owner, &record.name) else {
             return Ok(false);
         };
-        let had = self.mirrors.registry().path(&key).is_dir();
-        self.mirrors.remove(&key).await.map_err(|e| e.to_string())?;
+        let had = self.mirrors.remove(&key).await.map_err(|e| e.to_string())?;
         if let Some(responses) = self.responses {
             responses.purge_repo(&key.relative_path()).await?;
         }
@@ -225,6 +262,31 @@ impl Local<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record counts as removed once two views in a row lack it after one that had it:
+    /// missing from one view only (read out of order), it is not; back, it is forgotten.
+    #[test]
+    fn a_record_is_removed_once_two_views_in_a_row_lack_it() {
+        let view = |ids: &[i64]| ids.iter().map(|&id| (id, id)).collect::<HashMap<_, _>>();
+        let mut known = None;
+        assert!(Known::removed(&mut known, view(&[1, 2, 3])).is_empty());
+        assert!(Known::removed(&mut known, view(&[1, 3])).is_empty(), "once");
+        assert!(
+            Known::removed(&mut known, view(&[1, 2, 3])).is_empty(),
+            "back: forgotten"
+        );
+        assert!(Known::removed(&mut known, view(&[1, 3])).is_empty());
+        assert_eq!(Known::removed(&mut known, view(&[1, 3])), [2], "twice");
+        assert!(
+            Known::removed(&mut known, view(&[1, 3])).is_empty(),
+            "told once"
+        );
+        let mut gone = Known::removed(&mut known, view(&[]));
+        assert!(gone.is_empty());
+        gone = Known::removed(&mut known, view(&[]));
+        gone.sort_unstable();
+        assert_eq!(gone, [1, 3]);
+    }
 
     /// Counts read back as written; lines that are not a count pass for none.
     #[test]
