@@ -975,14 +975,17 @@ impl Config {
             level.as_deref().unwrap_or("info").parse().map_err(|_| {
                 anyhow::anyhow!("unknown log level '{}'", level.unwrap_or_default())
             })?;
-        let admin_tokens = if flags.admin_tokens.is_empty() {
+        // Flags (or the environment) replace the file's list, unless they hold only blanks
+        // (an empty variable): those hide nothing.
+        let blank = |tokens: &[String]| tokens.iter().all(|t| t.trim().is_empty());
+        let admin_tokens = if blank(&flags.admin_tokens) {
             file.admin.tokens
         } else {
             flags.admin_tokens
         };
         let metrics_tokens = checked_tokens(
             "metrics",
-            if flags.metrics_tokens.is_empty() {
+            if blank(&flags.metrics_tokens) {
                 &file.metrics.tokens
             } else {
                 &flags.metrics_tokens
@@ -1265,6 +1268,11 @@ mod tests {
         .unwrap();
         let config = parse(&["--config", path.to_str().unwrap()]).unwrap();
         assert!(config.proxy.admin_tokens.accepts("from-the-config-file"));
+        let config = parse(&["--config", path.to_str().unwrap(), "--admin-token", ""]).unwrap();
+        assert!(
+            config.proxy.admin_tokens.accepts("from-the-config-file"),
+            "a blank flag hides none"
+        );
         assert_eq!(config.admin_listen.unwrap().port(), 9091);
         assert_eq!(config.database, "postgres://db.invalid/gitcache");
         let config = parse(&[
