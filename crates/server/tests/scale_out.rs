@@ -1047,6 +1047,13 @@ fn a_repository_replaced_behind_its_name_is_dropped_by_the_fleet() {
     };
     assert!(!has_old(&a));
 
+    // A commits the new state after answering its client: B takes it from the bucket once
+    // it is there.
+    common::wait_for("A's new state committed to the bucket", || {
+        a.log()
+            .split_once("is not the mirror's")
+            .is_some_and(|(_, after)| after.contains("mirror committed to the shared store"))
+    });
     let fetches = upstream.counts().fetch;
     let new = clone(&b, &["--bare"], "new-b");
     fsck(&new);
