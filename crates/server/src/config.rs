@@ -705,6 +705,13 @@ impl Config {
         }
         let mut tokens = file.static_tokens;
         tokens.extend(pairs("--static-token", &flags.static_tokens)?);
+        // An empty token would be sent as an empty credential: a typo, not a choice.
+        if let Some((host, _)) = tokens
+            .iter()
+            .find(|(host, token)| host.is_empty() || token.trim().is_empty())
+        {
+            bail!("a static token needs a host and a token (HOST=TOKEN): '{host}' has none");
+        }
         proxy.static_tokens = tokens
             .into_iter()
             .map(|(host, token)| (host.to_ascii_lowercase(), Secret::new(token)))
@@ -1536,6 +1543,7 @@ min_free_bytes = 0
                 "compression level must be 0 to 9",
             ),
             (&["--upstream-host", "nohost"], "is not NAME=VALUE"),
+            (&["--static-token", "github.com="], "'github.com' has none"),
             (&["--cache-repo", "justone"], "must be owner/repo"),
             (&["--extra-ref-prefix", "pull/"], "must start with refs/"),
             (&["--log-format", "xml"], "unknown log format"),
