@@ -367,9 +367,7 @@ impl Admin {
                 Ok(record) => {
                     tracing::info!(id, repo = %record.full_name(), host = %record.host, "cached repository removed");
                     // Its data goes too, unless the server-wide settings still cache it.
-                    let named = (!record.host.eq_ignore_ascii_case(&self.default_host))
-                        .then_some(record.host.as_str());
-                    if !self.config.cache.is_cached(named, &record.owner, &record.name)
+                    if !self.local().still_cached(&record)
                         && let Err(err) = self.local().drop_copy(&record).await
                     {
                         tracing::warn!(error = %err, "removing the repository's data failed");
