@@ -150,17 +150,31 @@ impl PerClient {
         };
         let max = self.max;
         tokio::spawn(async move {
-            let _held = (permit, counted);
+            let _permit = permit;
+            // The client's count goes, and the refusal is counted, once its answer is ready,
+            // before the answer is written: a client that has read it and connects again is
+            // not counted twice.
+            let counted = Arc::new(Mutex::new(Some(counted)));
+            let waiting = Arc::clone(&counted);
             let answer = async move {
                 let io: Box<dyn crate::serve::Io> = match acceptor {
                     None => Box::new(stream),
                     Some(acceptor) => Box::new(acceptor.accept(stream).await.ok()?),
                 };
-                let service =
-                    hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let counted = Arc::clone(&counted);
+                    async move {
                         drain(request.into_body()).await;
+                        if let Some(counted) =
+                            counted.lock().unwrap_or_else(|p| p.into_inner()).take()
+                        {
+                            drop(counted);
+                            crate::metrics::connection_refused("per_client");
+                            tracing::debug!(%peer, "connection over its client's bound refused");
+                        }
                         Ok::<_, Infallible>(refusal(max))
-                    });
+                    }
+                });
                 hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .keep_alive(false)
@@ -169,12 +183,14 @@ impl PerClient {
                     .await
                     .ok()
             };
-            match tokio::time::timeout(REFUSAL_WITHIN, answer).await {
-                Ok(Some(())) => {
-                    crate::metrics::connection_refused("per_client");
-                    tracing::debug!(%peer, "connection over its client's bound refused");
-                }
-                _ => unanswered(),
+            let _ = tokio::time::timeout(REFUSAL_WITHIN, answer).await;
+            if waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .is_some()
+            {
+                unanswered();
             }
         });
     }
