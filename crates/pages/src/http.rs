@@ -887,14 +887,15 @@ impl PagesService {
     {
         // An event for a user's host, or (signed) for the domain itself: the site it deploys
         // is then the one its repository names.
-        // Only a signed one takes the second way: the domain's own site is still deployed as
-        // any other host's.
+        // Only a signed one without a deploy password takes the second way: the domain's own
+        // site is still deployed as any other host's, by the DNS challenge, its webhook
+        // signed with a secret of its own or not.
         let signed = SIGNATURE_HEADERS.iter().any(|name| {
             request
                 .headers()
                 .get(*name)
                 .is_some_and(|value| !value.is_empty())
-        });
+        }) && password(request.headers()).is_none();
         let wildcard = self.wildcard.as_ref().and_then(|w| match w.user_of(host) {
             Some(user) => Some((w, Some(user))),
             None if host == w.domain && w.webhook_secret.is_some() && signed => Some((w, None)),

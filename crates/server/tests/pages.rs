@@ -959,11 +959,27 @@ fn wildcard_push_events_are_authorized_by_their_repository() {
 #[test]
 fn a_signed_forge_wide_event_deploys_the_site_its_repository_names() {
     let secret = "forge-wide-s3cret-0123";
+    // The domain's own site is deployed by the DNS challenge.
+    let dns = gitcache_testkit::dns::DnsServer::start().unwrap();
+    let challenge = gitcache_pages::http::challenge("example.page", "own-pw");
+    dns.set_txt("_git-pages-challenge.example.page", &[&challenge]);
+    let server = dns.addr().to_string();
     let (upstream, _cache, addr) = wildcard_forge(
         &["alice/pages", "alice/blog", "Carol/Pages"],
-        &["--pages-wildcard-webhook-secret", secret],
+        &[
+            "--pages-wildcard-webhook-secret",
+            secret,
+            "--pages-dns-server",
+            &server,
+            "--pages-private-sources",
+        ],
     );
-    let event = |host: &str, path: &str, full_name: &str, repo: &str, key: Option<&str>| {
+    let event_with = |host: &str,
+                      path: &str,
+                      full_name: &str,
+                      repo: &str,
+                      key: Option<&str>,
+                      password: Option<&str>| {
         let body = format!(
             r#"{{"ref":"refs/heads/pages","repository":{{"full_name":"{full_name}","clone_url":"{}"}}}}"#,
             upstream.repo_url(repo)
@@ -983,7 +999,13 @@ fn a_signed_forge_wide_event_deploys_the_site_its_repository_names() {
             let hex = signature.as_deref().and_then(|s| s.strip_prefix("sha256="));
             headers = vec![("Host", host), ("X-Forgejo-Signature", hex.unwrap())];
         }
+        if let Some(password) = password {
+            headers.push(("Authorization", password));
+        }
         http(&addr, "POST", path, &headers, body.as_bytes())
+    };
+    let event = |host: &str, path: &str, full_name: &str, repo: &str, key: Option<&str>| {
+        event_with(host, path, full_name, repo, key, None)
     };
     let domain = "example.page";
     let blog = event(domain, "/", "alice/blog", "alice/blog", Some(secret));
@@ -1032,6 +1054,31 @@ fn a_signed_forge_wide_event_deploys_the_site_its_repository_names() {
     assert_eq!(unnamed.status, 400, "{}", unnamed.body_text());
     let deeper = event(domain, "/blog/", "alice/blog", "alice/blog", Some(secret));
     assert_eq!(deeper.status, 400, "{}", deeper.body_text());
+
+    // The domain's own site's webhook, signed with a secret of its own and carrying the
+    // deploy password: the DNS challenge authorizes it, as an unsigned one (the password
+    // wrong: refused by the challenge, not by the signature).
+    let own_key = Some("the-sites-own-key-0123");
+    let wrong = event_with(
+        domain,
+        "/",
+        "alice/blog",
+        "alice/blog",
+        own_key,
+        Some("Pages no"),
+    );
+    assert_eq!(wrong.status, 403, "{}", wrong.body_text());
+    let own = event_with(
+        domain,
+        "/",
+        "alice/blog",
+        "alice/blog",
+        own_key,
+        Some("Pages own-pw"),
+    );
+    assert_eq!(own.status, 201, "{}", own.body_text());
+    let site = http(&addr, "GET", "/", &[("Host", domain)], b"");
+    assert_eq!(site.body_text(), "<h1>alice/blog</h1>");
 }
 
 /// The server sweeps the pages' store: a redeploy's replaced blobs go at the next sweep,
