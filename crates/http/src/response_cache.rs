@@ -368,19 +368,18 @@ impl KeyText {
         self.hasher.update(self.line.as_bytes());
     }
 
-    /// Lines made elsewhere, in the order of their text.
-    fn sorted(&mut self, mut lines: Vec<String>) {
-        lines.sort();
-        for line in lines {
-            self.hasher.update(line.as_bytes());
-        }
-    }
-
     fn finish(self) -> gix_hash::ObjectId {
         self.hasher
             .try_finalize()
             .expect("SHA-256 has no collision detection to fail")
     }
+}
+
+/// `names` in order.
+fn sorted_names(names: &[bstr::BString]) -> Vec<&bstr::BString> {
+    let mut names: Vec<&bstr::BString> = names.iter().collect();
+    names.sort();
+    names
 }
 
 /// The key of the response to `fetch` from `repo`: everything that shapes its bytes. `None`
@@ -432,16 +431,13 @@ pub(crate) fn response_key(
         fetch.wait_for_done,
     ));
     // Names as the client sent them, quoted: one holding a line break cannot pass for two.
-    text.sorted(
-        (fetch.deepen_not.iter())
-            .map(|name| format!("deepen-not {name:?}\n"))
-            .collect(),
-    );
-    text.sorted(
-        (fetch.want_refs.iter())
-            .map(|name| format!("want-ref {name:?}\n"))
-            .collect(),
-    );
+    // Each hashed as it is quoted (quoting writes a byte as up to four).
+    for name in sorted_names(&fetch.deepen_not) {
+        text.line(format_args!("deepen-not {name:?}"));
+    }
+    for name in sorted_names(&fetch.want_refs) {
+        text.line(format_args!("want-ref {name:?}"));
+    }
     let fixed = text.finish();
     Ok(keyed_with_refs(repo, fetch, &fixed)?.map(|key| ResponseKey { key, fixed }))
 }
@@ -458,14 +454,14 @@ fn keyed_with_refs(
     text.line(format_args!("{FORMAT}"));
     text.line(format_args!("fixed {fixed}"));
     if !fetch.want_refs.is_empty() {
-        text.sorted(
+        let mut found: Vec<(&bstr::BString, Option<gix_hash::ObjectId>)> =
             (fetch.want_refs.iter().zip(repo.find_refs(&fetch.want_refs)))
-                .map(|(name, found)| {
-                    let oid = found.ok().flatten().and_then(|r| r.oid);
-                    format!("want-ref {name:?} {oid:?}\n")
-                })
-                .collect(),
-        );
+                .map(|(name, found)| (name, found.ok().flatten().and_then(|r| r.oid)))
+                .collect();
+        found.sort();
+        for (name, oid) in found {
+            text.line(format_args!("want-ref {name:?} {oid:?}"));
+        }
     }
     // Answers that depend on refs: the refs they read are part of the key (`deepen-relative`
     // counts from the client's shallow commits that refs reach; `deepen-not HEAD` stops at

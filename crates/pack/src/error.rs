@@ -1,6 +1,7 @@
 //! Errors of planning and writing a fetch response.
 
 use bstr::BString;
+use gitcache_protocol::pktline::shown;
 use gix_hash::ObjectId;
 
 /// Why a fetch could not be answered.
@@ -17,19 +18,19 @@ pub enum Error {
         oid: ObjectId,
     },
     /// A `want-ref` names a ref the repository does not have.
-    #[error("unknown ref {name}")]
+    #[error("unknown ref {}", shown(name))]
     UnknownRef {
         /// The ref.
         name: BString,
     },
     /// The same `want-ref` twice.
-    #[error("duplicate want-ref {name}")]
+    #[error("duplicate want-ref {}", shown(name))]
     DuplicateWantRef {
         /// The ref.
         name: BString,
     },
     /// A `deepen-not` names no single ref.
-    #[error("git upload-pack: ambiguous deepen-not: deepen-not {name}")]
+    #[error("git upload-pack: ambiguous deepen-not: deepen-not {}", shown(name))]
     AmbiguousDeepenNot {
         /// The name as given.
         name: BString,

@@ -299,7 +299,7 @@ impl Objects {
     }
 
     /// Count a read; every [`CHECK_EVERY`] reads, see whether the work was cancelled.
-    fn tick(&mut self) -> Result<(), Error> {
+    pub(crate) fn tick(&mut self) -> Result<(), Error> {
         self.reads = self.reads.wrapping_add(1);
         if self.reads.is_multiple_of(CHECK_EVERY) && self.cancel.is_cancelled() {
             return Err(Error::Cancelled);

@@ -556,8 +556,29 @@ impl Repository {
     /// Expand a short ref name as git's `expand_ref` does: the first of `<name>`,
     /// `refs/<name>`, `refs/tags/<name>`, `refs/heads/<name>`, `refs/remotes/<name>`,
     /// `refs/remotes/<name>/HEAD` that exists. Returns every match (git calls more than one
-    /// ambiguous).
+    /// ambiguous). A name git refuses (`a..b`, control characters) expands to none.
     pub fn expand_ref(&self, short: &BStr) -> Result<Vec<(BString, ObjectId)>, Error> {
+        self.expand_in(&self.ref_store(), short)
+    }
+
+    /// Each of `names` as [`expand_ref`](Self::expand_ref) expands it, in order, as the
+    /// iterator is taken, all from one ref store (see [`find_refs`](Self::find_refs)).
+    pub fn expand_refs<'a>(
+        &'a self,
+        names: &'a [BString],
+    ) -> impl Iterator<Item = Result<Vec<(BString, ObjectId)>, Error>> + 'a {
+        let store = self.ref_store();
+        names
+            .iter()
+            .map(move |name| self.expand_in(&store, name.as_ref()))
+    }
+
+    /// [`expand_ref`](Self::expand_ref) in `store`.
+    fn expand_in(
+        &self,
+        store: &gix_ref::file::Store,
+        short: &BStr,
+    ) -> Result<Vec<(BString, ObjectId)>, Error> {
         let short = short.to_str_lossy();
         let mut found: Vec<(BString, ObjectId)> = Vec::new();
         for pattern in [
@@ -573,7 +594,10 @@ impl Repository {
                 continue;
             }
             let full = pattern.replace("{}", &short);
-            if let Some(r) = self.find_ref(&full)?
+            if full != "HEAD" && gix_ref::FullName::try_from(full.as_str()).is_err() {
+                continue;
+            }
+            if let Some(r) = self.find_in(store, &full)?
                 && let Some(oid) = r.oid
                 && !found.iter().any(|(n, _)| *n == full)
             {

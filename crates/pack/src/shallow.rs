@@ -51,20 +51,23 @@ pub(crate) fn plan(
         section: req.depth.is_some() || rev_list || !req.shallows.is_empty(),
         ..ShallowPlan::default()
     };
-    // The client's shallow commits that we know; unknown ones are ignored as git does.
+    // The client's shallow commits that we know; unknown ones are ignored as git does. Each
+    // once, in the client's order (a set to tell: a request names up to 100,000), the work
+    // given up when the client has gone.
     let mut client_shallow: Vec<ObjectId> = Vec::new();
+    let mut client_set = OidSet::default();
     for oid in req.shallows {
+        objects.tick()?;
         match objects.header(oid)? {
             None => continue,
             Some((Kind::Commit, _)) => {
-                if !client_shallow.contains(oid) {
+                if client_set.insert(*oid) {
                     client_shallow.push(*oid);
                 }
             }
             Some(_) => return Err(Error::InvalidShallow { oid: *oid }),
         }
     }
-    let client_set: OidSet = client_shallow.iter().copied().collect();
     let mut not_shallow: OidSet = OidSet::default();
 
     if let Some(depth) = req.depth {
@@ -220,9 +223,8 @@ fn reachable_from_refs(
 /// Resolve `deepen-not` names to commits, as git's `expand_ref` does (exactly one match).
 fn deepen_not_tips(repo: &Repository, names: &[BString]) -> Result<Vec<ObjectId>, Error> {
     let mut tips = Vec::new();
-    for name in names {
-        let found = repo.expand_ref(name.as_ref())?;
-        match found.as_slice() {
+    for (name, found) in names.iter().zip(repo.expand_refs(names)) {
+        match found?.as_slice() {
             [(_, oid)] => tips.push(*oid),
             _ => return Err(Error::AmbiguousDeepenNot { name: name.clone() }),
         }

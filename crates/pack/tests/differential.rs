@@ -373,6 +373,23 @@ fn errors_come_with_gits_wording() {
         let err = plan(&repo, &f, ObjectFormat::Sha1, &Options::default()).unwrap_err();
         assert_eq!(err.wire_message(), format!("unknown ref {name}"));
     }
+    // `deepen-not` names that name no ref (one git refuses among them) are ambiguous to git;
+    // what the message quotes of the client's name is cut and escaped.
+    for (name, shown) in [
+        ("nope", "nope"),
+        ("a..b", "a..b"),
+        ("refs/heads/a..b", "refs/heads/a..b"),
+        ("main\nforged", "main\\nforged"),
+    ] {
+        let mut f = fetch(vec![fx.rev("main")]);
+        f.deepen_not = vec![name.into()];
+        let err = plan(&repo, &f, ObjectFormat::Sha1, &Options::default()).unwrap_err();
+        assert!(err.is_client_error(), "{name}: {err}");
+        assert_eq!(
+            err.wire_message(),
+            format!("git upload-pack: ambiguous deepen-not: deepen-not {shown}")
+        );
+    }
     let mut f = fetch(Vec::new());
     f.want_refs = vec!["refs/heads/main".into(), "refs/heads/main".into()];
     let err = plan(&repo, &f, ObjectFormat::Sha1, &Options::default()).unwrap_err();

@@ -131,3 +131,26 @@ fn the_writer_stops_when_the_client_goes_away() {
         "no write is tried after the first failure"
     );
 }
+
+/// A client gone while its many `shallow` lines are read stops the plan there: each line is
+/// a checkpoint, as each object read is.
+#[test]
+fn a_plan_reading_many_shallow_lines_stops_once_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.git");
+    repo::generate(&path, &RepoSpec::tiny(52)).unwrap();
+    let repo = Repository::open(&path).unwrap();
+    let main = ObjectId::from_hex(git(&path, &["rev-parse", "main"], None).as_bytes()).unwrap();
+    let parent = ObjectId::from_hex(git(&path, &["rev-parse", "main~1"], None).as_bytes()).unwrap();
+    let mut f = fetch(main);
+    f.deepen = Some(1);
+    f.shallows = vec![parent; 4096];
+    let go_on = plan(&repo, &f, ObjectFormat::Sha1, &Options::default());
+    assert!(matches!(go_on, Ok(Plan::Pack(_))), "{go_on:?}");
+    let cancelled = Options {
+        cancel: gitcache_pack::Cancel::when(|| true),
+        ..Options::default()
+    };
+    let stopped = plan(&repo, &f, ObjectFormat::Sha1, &cancelled);
+    assert!(matches!(stopped, Err(Error::Cancelled)), "{stopped:?}");
+}

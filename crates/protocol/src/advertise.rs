@@ -88,10 +88,11 @@ impl Advertisement {
     /// assert_eq!(err.to_string(), "unexpected line: 'want-ref refs/heads/main'");
     /// ```
     pub fn check_fetch(&self, fetch: &crate::request::Fetch) -> Result<(), crate::request::Error> {
+        // The line as the client sent it, cut and escaped as other unknown lines are.
         let refuse = |line: String| {
             Err(crate::request::Error::UnknownArgument {
                 command: "fetch",
-                line,
+                line: pktline::shown(line.as_bytes()),
             })
         };
         if !self.fetch_ref_in_want
@@ -108,7 +109,18 @@ impl Advertisement {
             return refuse("sideband-all".to_owned());
         }
         if !self.fetch_packfile_uris && !fetch.packfile_uris.is_empty() {
-            return refuse(format!("packfile-uris {}", fetch.packfile_uris.join(",")));
+            // As many of the protocols as are shown, not all of them.
+            let mut line = String::from("packfile-uris ");
+            for (i, protocol) in fetch.packfile_uris.iter().enumerate() {
+                if line.len() > pktline::SHOWN_MOST {
+                    break;
+                }
+                if i > 0 {
+                    line.push(',');
+                }
+                line.push_str(protocol);
+            }
+            return refuse(line);
         }
         Ok(())
     }
@@ -227,4 +239,32 @@ pub fn read_advertised(body: &[u8]) -> Result<Advertised, ReadError> {
         }
     }
     Ok(Advertised::V2(format))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a refusal quotes of the client's line is cut and escaped: it goes to the log and
+    /// into an `ERR` line.
+    #[test]
+    fn refused_lines_are_shown_cut_and_escaped() {
+        let ours = Advertisement::new("git/gitcache", Kind::Sha1);
+        let fetch = crate::request::Fetch {
+            want_refs: vec!["refs/heads/a\nforged log line".into()],
+            ..crate::request::Fetch::default()
+        };
+        let message = ours.check_fetch(&fetch).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "unexpected line: 'want-ref refs/heads/a\\nforged log line'"
+        );
+        let fetch = crate::request::Fetch {
+            packfile_uris: vec!["a".into(); 100_000],
+            ..crate::request::Fetch::default()
+        };
+        let message = ours.check_fetch(&fetch).unwrap_err().to_string();
+        assert!(message.starts_with("unexpected line: 'packfile-uris a,a,"));
+        assert!(message.len() < 2 * pktline::SHOWN_MOST, "{}", message.len());
+    }
 }

@@ -257,8 +257,17 @@ pub fn write_response_end(out: &mut impl Write) -> Result<usize, Error> {
     )?)
 }
 
-/// Write an `ERR <message>` line, as git does: no trailing newline.
+/// Write an `ERR <message>` line, as git does: no trailing newline. A message longer than
+/// one line holds is cut to fit (at a character's start, when it is UTF-8), so that the
+/// client is told rather than sent nothing.
 pub fn write_error(out: &mut impl Write, message: &[u8]) -> Result<usize, Error> {
+    let mut end = message.len().min(MAX_DATA_LEN - 4);
+    if end < message.len() {
+        while end > 0 && (message[end] & 0xc0) == 0x80 {
+            end -= 1;
+        }
+    }
+    let message = &message[..end];
     check_payload(message.len() + 4)?;
     Ok(gix_packetline::blocking_io::encode::error_to_write(
         message, out,
@@ -365,6 +374,14 @@ mod tests {
         write_delim(&mut out).unwrap();
         write_flush(&mut out).unwrap();
         assert_eq!(out, b"000eversion 2\n000cERR boom0009\x0250%\r00010000");
+        // An error message longer than a line holds is cut to fit, at a character's start.
+        let mut long = vec![b'x'; MAX_DATA_LEN - 6];
+        long.extend_from_slice("éé".as_bytes());
+        let mut line = Vec::new();
+        write_error(&mut line, &long).unwrap();
+        let message = as_error(&line[4..]).unwrap();
+        assert_eq!(message.len(), MAX_DATA_LEN - 6 + 2);
+        assert!(message.ends_with("é".as_bytes()));
         assert!(matches!(
             write_data(&mut out, &vec![0; MAX_DATA_LEN + 1]),
             Err(Error::PayloadTooLong { .. })

@@ -608,8 +608,13 @@ impl RequestParser {
                 }
                 (b"packfile-uris", Some(v)) => {
                     let v = std::str::from_utf8(v).map_err(|_| Error::NotUtf8)?;
-                    args.packfile_uris
-                        .extend(v.split(',').filter(|p| !p.is_empty()).map(String::from));
+                    // Each protocol named counts as a line: a line of commas names tens of
+                    // thousands.
+                    for protocol in v.split(',').filter(|p| !p.is_empty()) {
+                        self.other_lines += 1;
+                        check_limit(self.other_lines, limits.max_other_lines, "packfile-uris")?;
+                        args.packfile_uris.push(protocol.into());
+                    }
                 }
                 (b"done", None) => args.done = true,
                 (b"thin-pack", None) => args.thin_pack = true,
@@ -1047,6 +1052,15 @@ mod tests {
             Err(Error::TooManyLines {
                 what: "ref-prefix",
                 ..
+            })
+        ));
+        // Each protocol a `packfile-uris` line names counts as a line.
+        assert!(p(&["command=fetch", "0001", "packfile-uris https", "0000"]).is_ok());
+        assert!(matches!(
+            p(&["command=fetch", "0001", "packfile-uris https,,ftp", "0000"]),
+            Err(Error::TooManyLines {
+                what: "packfile-uris",
+                limit: 1
             })
         ));
         let small = Limits {
