@@ -211,6 +211,11 @@ impl AccessGrants {
             .copied()
     }
 
+    /// How long a grant lasts.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Whether `who` was accepted for `key` within the TTL.
     pub fn is_fresh(&self, key: &RepoKey, who: Fingerprint) -> bool {
         self.fresh(key, who).is_some()

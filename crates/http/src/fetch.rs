@@ -39,6 +39,11 @@ pub(crate) struct Fetches {
     pub(crate) first_fetch_wait: Option<std::time::Duration>,
 }
 
+/// The least time a request waits before its credential is asked about again (when its
+/// grant has lapsed meanwhile; see [`Fetches::unvouched`]): with a TTL of zero every request
+/// is checked as it comes in, and asked again only after such a wait.
+const RECHECKED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long after a miss a clone that a mirror's first pack may answer waits for that pack
 /// to be announced, when `first_fetch_wait` is shorter.
 const ANNOUNCED_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -110,8 +115,8 @@ impl Fetches {
             Wanted::Present(repo) => {
                 tracing::info!(result = "hit", "fetch");
                 let response = self
-                    .answer(target, repo, fetch, kind, answering, vouched)
-                    .await;
+                    .answer(target, headers, repo, fetch, kind, answering, vouched)
+                    .await?;
                 return Ok(with_state(response, CacheState::Hit));
             }
             Wanted::Lacking(missing) => missing,
@@ -267,7 +272,7 @@ impl Fetches {
             }
             Waited::Refreshed(Err(failure)) => Some(failure),
             Waited::Arriving(pack) => {
-                if let Some(refused) = self.refused_meanwhile(target, &vouched) {
+                if let Some(refused) = self.unvouched(target, headers, &vouched).await? {
                     return Ok(refused);
                 }
                 tracing::info!(result = "miss", arriving = true, "fetch");
@@ -283,8 +288,8 @@ impl Fetches {
             Waited::Landed(repo) => {
                 tracing::info!(result = "miss", landed = true, "fetch");
                 let response = self
-                    .answer(target, repo, fetch, kind, answering, vouched)
-                    .await;
+                    .answer(target, headers, repo, fetch, kind, answering, vouched)
+                    .await?;
                 return Ok(with_state(response, CacheState::Miss));
             }
             Waited::TooLong => {
@@ -305,7 +310,7 @@ impl Fetches {
                 && err.is_upstream_unavailable()
                 && let Some(repo) = self.mirrors.open_blocking(&target.key).await?
             {
-                if let Some(refused) = self.refused_meanwhile(target, &vouched) {
+                if let Some(refused) = self.unvouched(target, headers, &vouched).await? {
                     return Ok(refused);
                 }
                 let mut stale = fetch;
@@ -338,8 +343,8 @@ impl Fetches {
             (Wanted::Present(repo), fetch) => {
                 tracing::info!(result = "miss", "fetch");
                 let response = self
-                    .answer(target, repo, fetch, kind, answering, vouched)
-                    .await;
+                    .answer(target, headers, repo, fetch, kind, answering, vouched)
+                    .await?;
                 Ok(with_state(response, CacheState::Miss))
             }
             (Wanted::Lacking(missing), fetch) => {
@@ -376,8 +381,8 @@ impl Fetches {
                     (Ok(_), (Wanted::Present(repo), fetch)) => {
                         tracing::info!(result = "miss", kept = true, "fetch");
                         let response = self
-                            .answer(target, repo, fetch, kind, answering, vouched)
-                            .await;
+                            .answer(target, headers, repo, fetch, kind, answering, vouched)
+                            .await?;
                         Ok(with_state(response, CacheState::Miss))
                     }
                     (kept, _) => {
@@ -437,19 +442,22 @@ impl Fetches {
 
     /// The answer to `fetch` from `repo`, the mirror of `target`, holding its background work
     /// back (`answering`) until it is handed over.
+    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
         target: &Target,
+        headers: &HeaderMap,
         repo: Arc<gitcache_pack::Repository>,
         fetch: Fetch,
         kind: HashKind,
         answering: gitcache_mirror::registry::Answering,
         vouched: Vouched,
-    ) -> Response<Body> {
-        if let Some(refused) = self.refused_meanwhile(target, &vouched) {
-            return refused;
+    ) -> Result<Response<Body>, Error> {
+        if let Some(refused) = self.unvouched(target, headers, &vouched).await? {
+            return Ok(refused);
         }
-        self.responder
+        Ok(self
+            .responder
             .serve_since(
                 target.key.relative_path(),
                 repo,
@@ -458,7 +466,52 @@ impl Fetches {
                 vouched.removals,
             )
             .await
-            .map(|body| body.holding(answering))
+            .map(|body| body.holding(answering)))
+    }
+
+    /// The answer to send instead of the mirror's when the client's credential is not
+    /// vouched for now: refused since the gate let the request in (see
+    /// [`refused_meanwhile`](Self::refused_meanwhile)), or, for a request that waited (for
+    /// a refresh, another client's included) past its grant's TTL, not accepted again when
+    /// asked now. Without this a credential revoked upstream, and never asked about since,
+    /// could be answered with what a refresh brought long after its last acceptance.
+    async fn unvouched(
+        &self,
+        target: &Target,
+        headers: &HeaderMap,
+        vouched: &Vouched,
+    ) -> Result<Option<Response<Body>>, Error> {
+        if let Some(refused) = self.refused_meanwhile(target, vouched) {
+            return Ok(Some(refused));
+        }
+        let grants = self.gate.grants();
+        if vouched.checked.elapsed() < grants.ttl().max(RECHECKED_AFTER)
+            || grants.is_fresh(&target.key, vouched.who)
+        {
+            return Ok(None);
+        }
+        let asked = std::time::Instant::now();
+        match self.gate.verify(target, headers).await? {
+            crate::gate::Verified::V2(format) => {
+                grants.grant_at(&target.key, vouched.who, asked, Some(format));
+                Ok(None)
+            }
+            crate::gate::Verified::Answer(response) if !response.status().is_success() => {
+                grants.refused(&target.key, vouched.who, response.status().as_u16());
+                tracing::info!(
+                    result = "rejected",
+                    "fetch: the credential was refused when asked again after its wait"
+                );
+                Ok(Some(with_state(*response, CacheState::Rejected)))
+            }
+            crate::gate::Verified::Answer(_) => Ok(Some(with_state(
+                crate::error::text(
+                    hyper::StatusCode::BAD_GATEWAY,
+                    "gitcache: the upstream no longer answers this repository in protocol v2",
+                ),
+                CacheState::Rejected,
+            ))),
+        }
     }
 
     /// The answer to send instead of the mirror's when the upstream refused `who`'s

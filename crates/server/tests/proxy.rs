@@ -616,47 +616,62 @@ fn a_refusal_ends_the_grant_before_its_ttl() {
     assert!(!answer.has_pack());
 }
 
-/// A fetch that passed the gate and then waited for a refresh is not answered from the
-/// mirror when the upstream refused its credential meanwhile: the refresh (another
-/// client's, which it joined) succeeds, the refused credential gets a 403 and no pack.
-#[test]
-fn a_credential_refused_while_its_fetch_waits_gets_nothing_from_the_mirror() {
+/// `acme/secret`, readable by the tokens `good` and `other`, mirrored by a cache started
+/// with `--access-ttl <ttl>` (`other` fetched it), then given a new commit (returned) whose
+/// refresh's fetch the upstream holds up for `held`.
+fn secret_with_a_held_refresh(
+    seed: u64,
+    ttl: &str,
+    held: std::time::Duration,
+) -> (Upstream, Gitcache, std::path::PathBuf, String) {
     let upstream = Upstream::start().unwrap();
     let source = upstream.repo_path("acme/secret");
-    repo::generate(&source, &RepoSpec::tiny(407)).unwrap();
+    repo::generate(&source, &RepoSpec::tiny(seed)).unwrap();
     upstream
         .adopt_repo("acme/secret", Access::private(["good", "other"]))
         .unwrap();
     let first = git_stdout(&source, &["rev-parse", "main"])
         .trim()
         .to_owned();
-    let cache = Gitcache::start(&upstream, &["--access-ttl", "600"]);
-    let post = |token: &str, body: &[u8]| upload_pack_as(&cache.addr, "acme/secret", token, body);
-    let answer = post("other", &fetch_body(&first, &[]));
+    let cache = Gitcache::start(&upstream, &["--access-ttl", ttl]);
+    let answer = upload_pack_as(
+        &cache.addr,
+        "acme/secret",
+        "other",
+        &fetch_body(&first, &[]),
+    );
     assert!(answer.has_pack(), "{}", answer.head);
     let mirror = cache.mirror(&upstream, "acme/secret");
     common::wait_for_mirror(&mirror, &source);
+    let tip = repo::append_commits(&source, "main", 2, seed + 1).unwrap();
+    upstream.inject(Fault::Delay(held), 1, Some(RequestKind::Fetch));
+    (upstream, cache, mirror, tip)
+}
 
-    // A new commit the mirror lacks; the refresh's fetch of it is held up upstream (long
-    // enough for the steps below on a loaded machine: a few requests to the upstream).
-    let tip = repo::append_commits(&source, "main", 2, 408).unwrap();
-    upstream.inject(
-        Fault::Delay(std::time::Duration::from_secs(6)),
-        1,
-        Some(RequestKind::Fetch),
-    );
-    let asked_with = |token: &str| {
-        let authorization = basic(token);
-        upstream
-            .requests()
-            .iter()
-            .filter(|r| {
-                r.headers
-                    .iter()
-                    .any(|(k, v)| k == "authorization" && *v == authorization)
-            })
-            .count()
-    };
+/// How many requests reached `upstream` with the token `token`.
+fn asked_with(upstream: &Upstream, token: &str) -> usize {
+    let authorization = basic(token);
+    upstream
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.headers
+                .iter()
+                .any(|(k, v)| k == "authorization" && *v == authorization)
+        })
+        .count()
+}
+
+/// A fetch that passed the gate and then waited for a refresh is not answered from the
+/// mirror when the upstream refused its credential meanwhile: the refresh (another
+/// client's, which it joined) succeeds, the refused credential gets a 403 and no pack.
+#[test]
+fn a_credential_refused_while_its_fetch_waits_gets_nothing_from_the_mirror() {
+    // The refresh's fetch is held up long enough for the steps below on a loaded machine (a
+    // few requests to the upstream).
+    let (upstream, cache, mirror, tip) =
+        secret_with_a_held_refresh(407, "600", std::time::Duration::from_secs(6));
+    let post = |token: &str, body: &[u8]| upload_pack_as(&cache.addr, "acme/secret", token, body);
     std::thread::scope(|scope| {
         let refreshing = scope.spawn(|| post("other", &fetch_body(&tip, &[])));
         common::wait_for("the refresh's fetch to reach the upstream", || {
@@ -666,7 +681,7 @@ fn a_credential_refused_while_its_fetch_waits_gets_nothing_from_the_mirror() {
         // the fetch joins the refresh under way.
         let waiting = scope.spawn(|| post("good", &fetch_body(&tip, &[])));
         common::wait_for("the gate's check of the credential", || {
-            asked_with("good") > 0
+            asked_with(&upstream, "good") > 0
         });
         // Then the credential loses the repository, and a listing finds out.
         upstream.revoke_token("acme/secret", "good");
@@ -699,6 +714,50 @@ fn a_credential_refused_while_its_fetch_waits_gets_nothing_from_the_mirror() {
         git_stdout(&mirror, &["cat-file", "-t", &tip]).trim(),
         "commit"
     );
+}
+
+/// A fetch that waited (for another client's refresh) past its grant's TTL is not answered
+/// from the mirror on the gate's old check: its credential is asked about again first. One
+/// revoked upstream meanwhile, and never asked about since, gets the upstream's refusal, not
+/// the commit the refresh brought.
+#[test]
+fn a_fetch_that_waited_past_its_grant_is_asked_about_again() {
+    // The refresh's fetch is held up well past the TTL.
+    let (upstream, cache, _mirror, tip) =
+        secret_with_a_held_refresh(409, "2", std::time::Duration::from_secs(10));
+    let post = |token: &str, body: &[u8]| upload_pack_as(&cache.addr, "acme/secret", token, body);
+    std::thread::scope(|scope| {
+        let refreshing = scope.spawn(|| post("other", &fetch_body(&tip, &[])));
+        common::wait_for("the refresh's fetch to reach the upstream", || {
+            upstream.pending_faults() == 0
+        });
+        // The gate asks about the credential, which the upstream accepts; the fetch joins the
+        // refresh under way. Then the credential loses the repository, and no request of its
+        // own tells gitcache so.
+        let waiting = scope.spawn(|| post("good", &fetch_body(&tip, &[])));
+        common::wait_for("the gate's check of the credential", || {
+            asked_with(&upstream, "good") > 0
+        });
+        upstream.revoke_token("acme/secret", "good");
+
+        let answer = waiting.join().unwrap();
+        assert!(
+            matches!(answer.status, 401 | 403 | 404),
+            "{} {}\n{}",
+            answer.status,
+            answer.body_text(),
+            cache.log()
+        );
+        assert!(!answer.has_pack());
+        assert_eq!(
+            asked_with(&upstream, "good"),
+            2,
+            "the gate's check, then once more"
+        );
+        // The client whose refresh it was waited as long, and is still accepted.
+        let answer = refreshing.join().unwrap();
+        assert!(answer.has_pack(), "{}", answer.head);
+    });
 }
 
 #[test]
