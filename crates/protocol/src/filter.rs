@@ -12,6 +12,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// A client's text as an error quotes it: cut and escaped (see [`crate::pktline::shown`]).
+fn shown(text: &str) -> String {
+    crate::pktline::shown(text.as_bytes())
+}
+
 /// A parsed filter specification.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Filter {
@@ -148,7 +153,7 @@ fn parse_bounded(spec: &str, depth: usize, budget: &mut Budget) -> Result<Filter
     } else if let Some(v) = spec.strip_prefix("blob:limit=") {
         parse_ulong_with_unit(v)
             .map(Filter::BlobLimit)
-            .ok_or_else(|| Error::BlobLimit { spec: spec.into() })
+            .ok_or_else(|| Error::BlobLimit { spec: shown(spec) })
     } else if let Some(v) = spec.strip_prefix("tree:") {
         budget.trees = budget.trees.checked_sub(1).ok_or(Error::TooComplex)?;
         parse_ulong_with_unit(v)
@@ -160,7 +165,7 @@ fn parse_bounded(spec: &str, depth: usize, budget: &mut Budget) -> Result<Filter
             "tree" => ObjectType::Tree,
             "commit" => ObjectType::Commit,
             "tag" => ObjectType::Tag,
-            _ => return Err(Error::ObjectType { name: v.into() }),
+            _ => return Err(Error::ObjectType { name: shown(v) }),
         };
         Ok(Filter::ObjectType(t))
     } else if let Some(v) = spec.strip_prefix("sparse:oid=") {
@@ -184,12 +189,12 @@ fn parse_bounded(spec: &str, depth: usize, budget: &mut Budget) -> Result<Filter
                 return Err(Error::MustEscape { ch });
             }
             let decoded =
-                percent_decode(raw).ok_or_else(|| Error::BadEncoding { spec: raw.into() })?;
+                percent_decode(raw).ok_or_else(|| Error::BadEncoding { spec: shown(raw) })?;
             subs.push(parse_bounded(&decoded, depth - 1, budget)?);
         }
         Ok(Filter::Combine(subs))
     } else {
-        Err(Error::Invalid { spec: spec.into() })
+        Err(Error::Invalid { spec: shown(spec) })
     }
 }
 
@@ -321,6 +326,14 @@ mod tests {
             parse("combine:%zz"),
             Err(Error::BadEncoding { .. })
         ));
+        // What an error quotes of the client's text is escaped and cut: a line break
+        // decoded from `%0A` cannot start a log line of its own.
+        assert_eq!(
+            parse("combine:x%0AINFO%20forged").unwrap_err().to_string(),
+            "invalid filter-spec 'x\\nINFO forged'"
+        );
+        let long = format!("object:type={}", "x".repeat(10_000));
+        assert!(parse(&long).unwrap_err().to_string().len() < 600);
     }
 
     /// Issue 12: thousands of sub-filters (each keeps its own state over the walk) or a deep

@@ -474,7 +474,11 @@ impl RequestParser {
                     "fetch" => Command::Fetch(Fetch::default()),
                     "object-info" => Command::ObjectInfo(ObjectInfo::default()),
                     "bundle-uri" => Command::BundleUri,
-                    _ => return Err(Error::UnknownCommand { name: name.into() }),
+                    _ => {
+                        return Err(Error::UnknownCommand {
+                            name: pktline::shown(name.as_bytes()),
+                        });
+                    }
                 };
                 if let Some(first) = &self.command {
                     return Err(Error::DuplicateCommand {
@@ -491,7 +495,11 @@ impl RequestParser {
                     "sha1" | "sha256" => {
                         v.parse::<Kind>().expect("both hash kinds are compiled in")
                     }
-                    _ => return Err(Error::UnknownObjectFormat { name: v.into() }),
+                    _ => {
+                        return Err(Error::UnknownObjectFormat {
+                            name: pktline::shown(v.as_bytes()),
+                        });
+                    }
                 };
                 if caps.object_format.replace(kind).is_some() {
                     return Err(Error::DuplicateCapability {
@@ -508,7 +516,11 @@ impl RequestParser {
                 )?;
                 caps.server_options.push(v.into());
             }
-            _ => return Err(Error::UnknownCapability { line: text.into() }),
+            _ => {
+                return Err(Error::UnknownCapability {
+                    line: pktline::shown(text.as_bytes()),
+                });
+            }
         }
         Ok(())
     }
@@ -1007,6 +1019,22 @@ mod tests {
             ]),
             Err(Error::InvalidObjectId { .. })
         ));
+    }
+
+    /// What an error quotes of the client's line is escaped and cut (it goes to the log).
+    #[test]
+    fn refused_names_are_quoted_escaped_and_cut() {
+        for lines in [
+            &["object-format=x\nINFO forged", "0000"][..],
+            &["command=x\nINFO forged", "0000"],
+            &["frobnicate\nINFO forged", "0000"],
+        ] {
+            let err = parse(lines).unwrap_err().to_string();
+            assert!(!err.contains('\n') && err.contains("\\n"), "{err}");
+        }
+        let long = format!("command={}", "x".repeat(60_000));
+        let err = parse(&[&long, "0000"]).unwrap_err().to_string();
+        assert!(err.len() < 600, "{}", err.len());
     }
 
     #[test]
