@@ -37,6 +37,64 @@ pub(crate) struct Fetches {
     pub(crate) serve_stale: bool,
     /// How long a fetch waits for a mirror made from nothing before it is passed through.
     pub(crate) first_fetch_wait: Option<std::time::Duration>,
+    /// The credentials being asked about again (see [`Fetches::unvouched`]).
+    pub(crate) rechecks: Rechecks,
+}
+
+/// A turn per repository and credential asked about again, and when the last acceptance
+/// it got was asked for: fetches that all waited past their grant (a refresh that took
+/// long ends, and wakes them together) ask the upstream one after another, and one
+/// accepted after another's need arose answers for it too.
+#[derive(Debug, Default)]
+pub(crate) struct Rechecks {
+    turns: std::sync::Mutex<
+        std::collections::HashMap<Turn, Arc<tokio::sync::Mutex<Option<std::time::Instant>>>>,
+    >,
+}
+
+/// Whose turn: a repository and a credential.
+type Turn = (gitcache_storage::repo::RepoKey, crate::access::Fingerprint);
+
+impl Rechecks {
+    /// `ask` (given when it asks) in `turn`'s turn, unless an acceptance asked for at
+    /// `needed` or after answers for it (`None`). `ask` says whether it was accepted.
+    async fn ask<T, F, Fut>(&self, turn: &Turn, needed: std::time::Instant, ask: F) -> Option<T>
+    where
+        F: FnOnce(std::time::Instant) -> Fut,
+        Fut: std::future::Future<Output = (T, bool)>,
+    {
+        let held = self.turn(turn);
+        let answer = async {
+            let mut accepted = held.lock().await;
+            if accepted.is_some_and(|at| at >= needed) {
+                return None;
+            }
+            let asked = std::time::Instant::now();
+            let (answer, ok) = ask(asked).await;
+            if ok {
+                *accepted = Some(asked);
+            }
+            Some(answer)
+        }
+        .await;
+        self.leave(turn, held);
+        answer
+    }
+
+    /// The turn of `who` for `key`, made if none waits.
+    fn turn(&self, turn: &Turn) -> Arc<tokio::sync::Mutex<Option<std::time::Instant>>> {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(turns.entry(turn.clone()).or_default())
+    }
+
+    /// Done with `held`: its turn is forgotten once nobody else holds or waits for it.
+    fn leave(&self, turn: &Turn, held: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>) {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        // The table's reference and this one.
+        if Arc::strong_count(&held) <= 2 {
+            turns.remove(turn);
+        }
+    }
 }
 
 /// The least time a request waits before its credential is asked about again (when its
@@ -310,8 +368,14 @@ impl Fetches {
                 && err.is_upstream_unavailable()
                 && let Some(repo) = self.mirrors.open_blocking(&target.key).await?
             {
-                if let Some(refused) = self.unvouched(target, headers, &vouched).await? {
+                if let Some(refused) = self.refused_meanwhile(target, &vouched) {
                     return Ok(refused);
+                }
+                // The upstream cannot say now whether it still accepts the credential: a
+                // grant lapsed while the request waited vouches for nothing.
+                if self.lapsed(target, &vouched) {
+                    tracing::warn!(%err, result = "error", "fetch: upstream unavailable and the credential's grant lapsed while it waited");
+                    return Err(err);
                 }
                 let mut stale = fetch;
                 let present = Arc::clone(&repo);
@@ -471,10 +535,12 @@ impl Fetches {
 
     /// The answer to send instead of the mirror's when the client's credential is not
     /// vouched for now: refused since the gate let the request in (see
-    /// [`refused_meanwhile`](Self::refused_meanwhile)), or, for a request that waited (for
-    /// a refresh, another client's included) past its grant's TTL, not accepted again when
-    /// asked now. Without this a credential revoked upstream, and never asked about since,
-    /// could be answered with what a refresh brought long after its last acceptance.
+    /// [`refused_meanwhile`](Self::refused_meanwhile)), or, for a request whose grant lapsed
+    /// while it waited (for a refresh, another client's included; see
+    /// [`lapsed`](Self::lapsed)), not accepted again when asked now (in turns with other
+    /// requests of the same credential, see [`Rechecks`]). Without this a credential revoked
+    /// upstream, and never asked about since, could be answered with what a refresh brought
+    /// long after its last acceptance.
     async fn unvouched(
         &self,
         target: &Target,
@@ -484,14 +550,25 @@ impl Fetches {
         if let Some(refused) = self.refused_meanwhile(target, vouched) {
             return Ok(Some(refused));
         }
-        let grants = self.gate.grants();
-        if vouched.checked.elapsed() < grants.ttl().max(RECHECKED_AFTER)
-            || grants.is_fresh(&target.key, vouched.who)
-        {
+        if !self.lapsed(target, vouched) {
             return Ok(None);
         }
-        let asked = std::time::Instant::now();
-        match self.gate.verify(target, headers).await? {
+        let needed = std::time::Instant::now();
+        let turn = (target.key.clone(), vouched.who);
+        let verified = self
+            .rechecks
+            .ask(&turn, needed, |asked| async move {
+                let verified = self.gate.verify(target, headers).await;
+                let accepted = matches!(verified, Ok(crate::gate::Verified::V2(_)));
+                ((verified, asked), accepted)
+            })
+            .await;
+        let Some((verified, asked)) = verified else {
+            return Ok(None);
+        };
+        let verified = verified?;
+        let grants = self.gate.grants();
+        match verified {
             crate::gate::Verified::V2(format) => {
                 grants.grant_at(&target.key, vouched.who, asked, Some(format));
                 Ok(None)
@@ -512,6 +589,14 @@ impl Fetches {
                 CacheState::Rejected,
             ))),
         }
+    }
+
+    /// Whether the grant that let the request in has lapsed since (nothing renewed it) and
+    /// the request waited at least [`RECHECKED_AFTER`]: it is to be asked about again before
+    /// the mirror answers it.
+    fn lapsed(&self, target: &Target, vouched: &Vouched) -> bool {
+        vouched.checked.elapsed() >= RECHECKED_AFTER
+            && !self.gate.grants().is_fresh(&target.key, vouched.who)
     }
 
     /// The answer to send instead of the mirror's when the upstream refused `who`'s
@@ -629,6 +714,48 @@ fn plain(fetch: &Fetch) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fetches that need their credential asked about again at once take turns: one
+    /// accepted after the others' need arose answers for them; a refusal answers for
+    /// nobody else (each asks, and gets its own refusal); the turn is forgotten after.
+    #[tokio::test]
+    async fn rechecks_of_one_credential_take_turns_and_an_acceptance_answers_for_all() {
+        let rechecks = Rechecks::default();
+        let key = gitcache_storage::repo::RepoKey::new("h", "o", "r").unwrap();
+        let turn = (key, crate::access::Fingerprint::of(None));
+        for accepted in [true, false] {
+            let asked = std::sync::atomic::AtomicUsize::new(0);
+            let needed = std::time::Instant::now();
+            let ask = |_at| async {
+                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                ((), accepted)
+            };
+            let answers = tokio::join!(
+                rechecks.ask(&turn, needed, ask),
+                rechecks.ask(&turn, needed, ask),
+                rechecks.ask(&turn, needed, ask),
+                rechecks.ask(&turn, needed, ask),
+            );
+            let answers = [answers.0, answers.1, answers.2, answers.3];
+            let asked = asked.into_inner();
+            let answered = answers.iter().filter(|a| a.is_some()).count();
+            if accepted {
+                assert_eq!((asked, answered), (1, 1));
+            } else {
+                assert_eq!((asked, answered), (4, 4));
+            }
+            assert!(rechecks.turns.lock().unwrap().is_empty());
+        }
+        // An acceptance asked for before a need arose does not answer for it.
+        let later = std::time::Instant::now() + std::time::Duration::from_millis(1);
+        let held = rechecks.turn(&turn);
+        *held.lock().await = Some(std::time::Instant::now());
+        let after = rechecks.ask(&turn, later, |_| async { ((), true) }).await;
+        assert!(after.is_some(), "the acceptance came before the need");
+        rechecks.leave(&turn, held);
+        assert!(rechecks.turns.lock().unwrap().is_empty());
+    }
 
     /// Changes to a fetch that no pack as it arrives answers: no offset deltas, a ref by name,
     /// a shallow or deepening fetch, a filter, packfile URIs.

@@ -426,6 +426,7 @@ impl Proxy {
                 passthrough: passthrough.clone(),
                 serve_stale: config.serve_stale,
                 first_fetch_wait: config.first_fetch_wait,
+                rechecks: Default::default(),
             },
             warming: Arc::new(Warming {
                 mirrors: Arc::clone(&mirrors),
