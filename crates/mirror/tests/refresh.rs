@@ -506,6 +506,75 @@ async fn a_tag_chain_too_deep_to_peel_leaves_out_its_ref_only() {
     git(mirror.git_dir(), &["fsck", "--strict", "--no-progress"]);
 }
 
+/// Objects read as git reads them, not as a line-by-line scan would: a commit with
+/// `parent` and `tree` lines past its headers (which `fsck` lets through, and git ignores),
+/// a tree entry of mode `40755` (a directory to git), a tag with a second `object` line.
+/// The mirror takes them in, holds every object git's walk reaches, and keeps them through
+/// a consolidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_are_read_as_git_reads_them() {
+    let (_upstream, source, _dir, mirror, up) = with_empty_mirror(RepoSpec::tiny(1226));
+    mirror.refresh(&up, &[]).await.unwrap();
+    let hash_object = |kind: &str, data: &[u8]| {
+        let out = gitcache_testkit::git::git_with_input(
+            &source,
+            &["hash-object", "-t", kind, "-w", "--literally", "--stdin"],
+            data,
+        );
+        String::from_utf8(out).unwrap().trim().to_owned()
+    };
+    let main = git(&source, &["rev-parse", "main"]).trim().to_owned();
+    let root = git(&source, &["rev-parse", "main^{tree}"])
+        .trim()
+        .to_owned();
+    let bogus = "1".repeat(40);
+    let signature = "A U Thor <a@example.com> 1700000000 +0000";
+    // A directory written as `40755`, holding a blob no other tree names.
+    let blob = hash_object("blob", b"only under the odd directory\n");
+    let mut inner = b"100644 file\0".to_vec();
+    inner.extend_from_slice(ObjectId::from_hex(blob.as_bytes()).unwrap().as_bytes());
+    let inner = hash_object("tree", &inner);
+    let mut outer = b"40755 odd\0".to_vec();
+    outer.extend_from_slice(ObjectId::from_hex(inner.as_bytes()).unwrap().as_bytes());
+    let outer = hash_object("tree", &outer);
+    let commit = format!(
+        "tree {outer}\nparent {main}\nauthor {signature}\ncommitter {signature}\n\
+         parent {bogus}\ntree {root}\n\nheaders past the first ones\n"
+    );
+    let commit = hash_object("commit", commit.as_bytes());
+    git(&source, &["update-ref", "refs/heads/main", &commit]);
+    let tag = format!(
+        "object {commit}\ntype commit\ntag odd\ntagger {signature}\nobject {bogus}\n\nodd\n"
+    );
+    let tag = hash_object("tag", tag.as_bytes());
+    git(&source, &["update-ref", "refs/tags/odd", &tag]);
+
+    mirror.refresh(&up, &[]).await.unwrap();
+    assert_eq!(refs(mirror.git_dir()), refs(&source));
+    let objects = |repo: &Path| {
+        let mut listed: Vec<String> = git(repo, &["rev-list", "--objects", "--all"])
+            .lines()
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect();
+        listed.sort();
+        listed
+    };
+    assert!(objects(&source).contains(&blob));
+    assert_eq!(objects(mirror.git_dir()), objects(&source));
+    let packed = std::fs::read_to_string(mirror.git_dir().join("packed-refs")).unwrap();
+    assert!(
+        packed.contains(&format!("^{commit}\n")),
+        "peeled as git peels: {packed}"
+    );
+    let done = mirror.consolidate().unwrap();
+    assert_eq!((done.packs_before, done.pack.is_some()), (2, true));
+    assert_eq!(objects(mirror.git_dir()), objects(&source));
+    git(
+        mirror.git_dir(),
+        &["fsck", "--no-progress", "--connectivity-only"],
+    );
+}
+
 /// Issue 12: a first pack that lacks history its tips reach (here: a shallow upstream that
 /// does not say so) is not published, and the mirror stays whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -756,25 +756,43 @@ fn hex_oid(hex: &[u8], hash: HashKind) -> Result<ObjectId, String> {
     ObjectId::from_hex(hex).map_err(|e| e.to_string())
 }
 
-/// Parse the headers of a commit: `tree`, `parent`s and the committer time.
+/// The next line of `data` from `at` and where the one after starts, if it ends with a
+/// line feed.
+fn next_line(data: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let rest = data.get(at..)?;
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    Some((&rest[..end], at + end + 1))
+}
+
+/// Parse the headers of a commit as git's `parse_commit_buffer` reads them: the `tree` on
+/// the first line, the `parent`s on the lines right after it (a `tree` or `parent` line
+/// further down is no such thing to git, whatever `fsck` says of it), and the committer
+/// time from a `committer` line right after the `author` line that follows them (else 0).
 pub(crate) fn parse_commit(data: &[u8], hash: HashKind) -> Result<Commit, String> {
-    let mut tree = None;
+    let (first, mut at) = next_line(data, 0).ok_or("commit without tree")?;
+    let hex = first.strip_prefix(b"tree ").ok_or("commit without tree")?;
+    let tree = hex_oid(hex, hash)?;
     let mut parents = Vec::new();
-    let mut time = 0;
-    for line in data.split(|&b| b == b'\n') {
-        if line.is_empty() {
+    let mut line = next_line(data, at);
+    while let Some((text, next)) = line {
+        let Some(hex) = text.strip_prefix(b"parent ") else {
             break;
-        }
-        if let Some(hex) = line.strip_prefix(b"tree ") {
-            tree = Some(hex_oid(hex, hash)?);
-        } else if let Some(hex) = line.strip_prefix(b"parent ") {
-            parents.push(hex_oid(hex, hash)?);
-        } else if let Some(sig) = line.strip_prefix(b"committer ") {
-            time = signature_time(sig);
-        }
+        };
+        parents.push(hex_oid(hex, hash).map_err(|e| format!("bad parents: {e}"))?);
+        at = next;
+        line = next_line(data, at);
     }
+    let time = match line {
+        Some((author, next)) if author.starts_with(b"author") => match next_line(data, next) {
+            Some((committer, _)) if committer.starts_with(b"committer") => {
+                signature_time(committer)
+            }
+            _ => 0,
+        },
+        _ => 0,
+    };
     Ok(Commit {
-        tree: tree.ok_or("commit without tree")?,
+        tree,
         parents,
         time,
     })
@@ -799,24 +817,16 @@ fn signature_time(sig: &[u8]) -> i64 {
         .unwrap_or(0)
 }
 
-/// Parse the `object` and `type` headers of a tag.
+/// Parse the `object` and `type` headers of a tag as git's `parse_tag_buffer` reads them:
+/// the first line and the second (others further down are no such thing to git).
 pub(crate) fn parse_tag(data: &[u8], hash: HashKind) -> Result<(ObjectId, Kind), String> {
-    let mut target = None;
-    let mut kind = None;
-    for line in data.split(|&b| b == b'\n') {
-        if line.is_empty() {
-            break;
-        }
-        if let Some(hex) = line.strip_prefix(b"object ") {
-            target = Some(hex_oid(hex, hash)?);
-        } else if let Some(name) = line.strip_prefix(b"type ") {
-            kind = Some(Kind::from_bytes(name).map_err(|e| e.to_string())?);
-        }
-    }
-    Ok((
-        target.ok_or("tag without object")?,
-        kind.ok_or("tag without type")?,
-    ))
+    let (first, at) = next_line(data, 0).ok_or("tag without object")?;
+    let hex = first.strip_prefix(b"object ").ok_or("tag without object")?;
+    let target = hex_oid(hex, hash)?;
+    let (second, _) = next_line(data, at).ok_or("tag without type")?;
+    let name = second.strip_prefix(b"type ").ok_or("tag without type")?;
+    let kind = Kind::from_bytes(name).map_err(|e| e.to_string())?;
+    Ok((target, kind))
 }
 
 /// Parse a tree: `<octal mode> <name>\0<raw id>` entries.
@@ -977,10 +987,22 @@ pub(crate) fn tree_entry(
         + space;
     let end = nul + 1 + hash.len_in_bytes();
     let id = data.get(nul + 1..end).ok_or("truncated tree entry")?;
-    let kind = match mode {
-        b"40000" | b"040000" => EntryKind::Tree,
-        b"160000" => EntryKind::Gitlink,
-        _ => EntryKind::Blob,
+    // As git reads a mode (`get_mode`, `canon_mode`): octal digits, judged by their file
+    // type bits, so `40755` is a tree and `644` a gitlink to git's walks.
+    if mode.is_empty() {
+        return Err("malformed mode in tree entry".into());
+    }
+    let mut bits: u32 = 0;
+    for &digit in mode {
+        if !(b'0'..=b'7').contains(&digit) {
+            return Err("malformed mode in tree entry".into());
+        }
+        bits = bits.wrapping_shl(3).wrapping_add(u32::from(digit - b'0'));
+    }
+    let kind = match bits & 0o170_000 {
+        0o040_000 => EntryKind::Tree,
+        0o100_000 | 0o120_000 => EntryKind::Blob,
+        _ => EntryKind::Gitlink,
     };
     let entry = TreeEntry {
         kind,
@@ -1628,6 +1650,50 @@ pub(crate) mod tests {
         );
         assert_eq!(c.time, 1_700_000_000);
         assert!(parse_commit(b"parent 12\n", HashKind::Sha1).is_err());
+        // As git reads them (what `fsck` lets through): `tree` and `parent` lines past the
+        // first ones are not the commit's, nor a `committer` line not right after `author`.
+        let odd = b"tree 1111111111111111111111111111111111111111\n\
+            parent 2222222222222222222222222222222222222222\n\
+            author A <a@b> 5 +0000\n\
+            committer C <c@d> 1700000000 +0200\n\
+            parent 5555555555555555555555555555555555555555\n\
+            tree 6666666666666666666666666666666666666666\n\
+            committer D <d@e> 9 +0000\n\nmessage\n";
+        let c = parse_commit(odd, HashKind::Sha1).unwrap();
+        assert_eq!(c.tree, ObjectId::from_hex(&[b'1'; 40]).unwrap());
+        assert_eq!(c.parents, [ObjectId::from_hex(&[b'2'; 40]).unwrap()]);
+        assert_eq!(c.time, 1_700_000_000);
+        let late = b"tree 1111111111111111111111111111111111111111\nencoding x\n\
+            author A <a@b> 5 +0000\ncommitter C <c@d> 7 +0000\n\n";
+        assert_eq!(parse_commit(late, HashKind::Sha1).unwrap().time, 0);
+        assert!(
+            parse_commit(
+                b"tree 1111111111111111111111111111111111111111",
+                HashKind::Sha1
+            )
+            .is_err()
+        );
+        assert!(
+            parse_commit(
+                b"author A <a@b> 5 +0000\ntree 1111111111111111111111111111111111111111\n",
+                HashKind::Sha1
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn tag_headers_as_git_reads_them() {
+        let object = "1".repeat(40);
+        let tag = format!(
+            "object {object}\ntype commit\ntag v1\nobject {}\ntype blob\n\n",
+            "2".repeat(40)
+        );
+        let (target, kind) = parse_tag(tag.as_bytes(), HashKind::Sha1).unwrap();
+        assert_eq!(target, ObjectId::from_hex(object.as_bytes()).unwrap());
+        assert_eq!(kind, Kind::Commit);
+        let swapped = format!("type commit\nobject {object}\ntag v1\n\n");
+        assert!(parse_tag(swapped.as_bytes(), HashKind::Sha1).is_err());
     }
 
     #[test]
@@ -1645,6 +1711,33 @@ pub(crate) mod tests {
             [EntryKind::Blob, EntryKind::Tree, EntryKind::Gitlink]
         );
         assert!(parse_tree(&data[..data.len() - 1], HashKind::Sha1).is_err());
+        // Modes as git judges them, by their file type bits.
+        let odd = raw_tree(&[
+            ("40755", "d", 1),
+            ("040000", "e", 2),
+            ("100755", "f", 3),
+            ("120000", "l", 4),
+            ("644", "g", 5),
+            ("100664", "h", 6),
+        ]);
+        let kinds: Vec<_> = (parse_tree(&odd, HashKind::Sha1).unwrap().iter())
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                EntryKind::Tree,
+                EntryKind::Tree,
+                EntryKind::Blob,
+                EntryKind::Blob,
+                EntryKind::Gitlink,
+                EntryKind::Blob
+            ]
+        );
+        for bad in ["", "10064x", "-1"] {
+            let data = raw_tree(&[(bad, "x", 1)]);
+            assert!(parse_tree(&data, HashKind::Sha1).is_err(), "{bad:?}");
+        }
     }
 
     /// Raw tree bytes of `(mode, name, id byte)` entries, in the order given.
