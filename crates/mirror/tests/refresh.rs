@@ -50,6 +50,11 @@ fn client(upstream: &Upstream, name: &str, auth: Option<&str>) -> Client {
     .unwrap()
 }
 
+/// A client of `acme/widgets` without a credential, silent at most `idle`.
+fn silent_at_most(upstream: &Upstream, idle: Duration) -> Client {
+    Client::new(&upstream.repo_url("acme/widgets"), None, idle).unwrap()
+}
+
 /// A client of `acme/widgets` that wants at least 16 KiB every 500 ms of an answer (the
 /// first window `first_window` long, if given), silent at most 5 s.
 fn rated_client(upstream: &Upstream, first_window: Option<Duration>) -> Client {
@@ -678,20 +683,45 @@ async fn a_trickling_listing_is_cut_off_at_the_listing_timeout() {
     assert!(!refs(mirror.git_dir()).is_empty());
 }
 
+/// An error answer that trickles, a byte now and then within the idle timeout, is read for
+/// its message within one idle timeout: the refresh fails with the upstream's status, not
+/// held for the transfer timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_error_answer_is_read_within_an_idle_timeout() {
+    let (upstream, _source, _dir, mirror, _) = with_empty_mirror(RepoSpec::tiny(1227));
+    // A transfer timeout far past the idle one, so that the two bounds are told apart.
+    let up =
+        silent_at_most(&upstream, Duration::from_secs(2)).with_limits(gitcache_upstream::Limits {
+            transfer_timeout: Duration::from_secs(120),
+            ..Default::default()
+        });
+    upstream.inject(
+        Fault::TricklingStatus {
+            status: 500,
+            every: Duration::from_millis(200),
+        },
+        1,
+        Some(RequestKind::Fetch),
+    );
+    let err = mirror.refresh(&up, &[]).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            gitcache_mirror::mirror::Error::Upstream(gitcache_upstream::Error::Status { status, message })
+                if status.as_u16() == 500 && message.starts_with("...")
+        ),
+        "{err:?}"
+    );
+    assert!(refs(mirror.git_dir()).is_empty());
+}
+
 /// An upstream that goes on after its pack, progress now and then within the idle timeout,
 /// is given one idle timeout and a MiB for the rest of its answer: the pack, whole and
 /// checked, is taken, and the refresh ends, not held for the transfer timeout's hour.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_after_a_whole_pack_ends_within_an_idle_timeout() {
-    let (upstream, source) = public_repo(RepoSpec::tiny(1226));
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = Mirror::create(dir.path().join("m.git"), Kind::Sha1).unwrap();
-    let up = Client::new(
-        &upstream.repo_url("acme/widgets"),
-        None,
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    let (upstream, source, _dir, mirror, _) = with_empty_mirror(RepoSpec::tiny(1226));
+    let up = silent_at_most(&upstream, Duration::from_secs(2));
     upstream.inject(
         Fault::TrailingProgress(Duration::from_millis(100)),
         1,

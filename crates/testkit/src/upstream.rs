@@ -104,6 +104,13 @@ struct LogEntry {
 pub enum Fault {
     /// Answer with this status and a short text body instead of serving.
     Status(u16),
+    /// Answer with this status and a text body that never ends, a byte each `every`.
+    TricklingStatus {
+        /// The status.
+        status: u16,
+        /// The wait between bytes.
+        every: Duration,
+    },
     /// Wait this long before serving.
     Delay(Duration),
     /// Serve, but break the connection after this many response-body bytes.
@@ -705,6 +712,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
                 let status =
                     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 return finish(&shared, record, text(status, "injected failure"));
+            }
+            Fault::TricklingStatus { status, every } => {
+                let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(1);
+                tokio::spawn(async move {
+                    while tx
+                        .send(Ok(Frame::data(Bytes::from_static(b"."))))
+                        .await
+                        .is_ok()
+                    {
+                        tokio::time::sleep(every).await;
+                    }
+                });
+                let resp = Response::builder()
+                    .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
+                    .header("content-type", "text/plain")
+                    .body(BodyExt::boxed(ChannelBody(rx)))
+                    .expect("static response");
+                return finish(&shared, record, resp);
             }
             Fault::Delay(d) => tokio::time::sleep(d).await,
             Fault::CutAfter(n) => cut_after = Some(n),

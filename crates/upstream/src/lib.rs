@@ -781,9 +781,13 @@ impl Upstream {
         if !response.status().is_success() {
             let status = response.status();
             // Only the start of an error body is kept (for the message); the rest is not read.
+            // All of it within one idle timeout: an upstream trickling an error body a byte
+            // at a time does not hold the caller (a refresh and its lock) for the transfer
+            // timeout.
             let mut body = Vec::new();
-            let _ = self
-                .read_body(
+            let _ = tokio::time::timeout(
+                self.timeout,
+                self.read_body(
                     response.into_body(),
                     "error answer",
                     MAX_ERROR_BODY,
@@ -793,8 +797,9 @@ impl Upstream {
                         }
                         Ok(())
                     },
-                )
-                .await;
+                ),
+            )
+            .await;
             let message = String::from_utf8_lossy(&body[..body.len().min(200)])
                 .trim()
                 .to_owned();
