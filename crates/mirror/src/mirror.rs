@@ -3,9 +3,10 @@
 //! A refresh asks upstream for its refs, fetches in one round whatever tips the mirror lacks
 //! (at most 16 of its own tips as haves, those new commits most likely build on), takes the
 //! pack in (see [`crate::ingest`]), and only then replaces all refs at once by renaming a new
-//! `packed-refs` into place. Readers see the old state or the new one, never a mix; refs
-//! upstream deleted are gone after the rename. A failure at any step leaves the previous
-//! state whole.
+//! `packed-refs` into place. Readers see the old refs or the new ones, never a mix; refs
+//! upstream deleted are gone after the rename. `HEAD`, a symbolic ref, is replaced right
+//! after (a crash between the two leaves the old `HEAD` beside the new refs until the next
+//! refresh that writes refs). A failure at any step leaves the previous state whole.
 //!
 //! The upstream is not trusted: ref names and symbolic ref targets must pass git's
 //! `check-ref-format` rules and lie under the prefixes asked for; peeled values are computed
