@@ -559,12 +559,17 @@ fn receive(
         }
     }
     if let Some(live) = live {
-        if bases.is_empty() {
-            // The file holds the pack as received, trailer and all.
-            live.publisher.whole(end + hash.len_in_bytes() as u64);
-        } else {
+        if !bases.is_empty() {
             live.publisher
                 .failed("the upstream's pack left out objects it needs (a thin pack)");
+        } else if ref_deltas_within {
+            // Bases named by id that the mirror lacks: within the pack, or nowhere. Only
+            // resolving its deltas tells, after which the mirror answers.
+            live.publisher
+                .failed("the upstream's pack names bases by id that the mirror lacks");
+        } else {
+            // The file holds the pack as received, trailer and all.
+            live.publisher.whole(end + hash.len_in_bytes() as u64);
         }
     }
     let mut hashed: Vec<(u32, ObjectId)> = hashed.into_values().collect();

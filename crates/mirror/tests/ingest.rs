@@ -1151,6 +1151,62 @@ fn an_announced_thin_pack_is_read_as_received_while_it_is_completed() {
     assert_eq!(live.haves(), &[old]);
 }
 
+/// A pack whose deltas name bases by id that neither it nor the mirror holds (a thin pack
+/// sent to a mirror that lacks what it was made against): a reader that takes no thin pack
+/// is told it failed, not that it is whole, since it cannot be resolved.
+#[test]
+fn a_pack_naming_bases_nobody_holds_is_not_announced_whole() {
+    use gitcache_mirror::ingest::{Announce, ingest_pack_announced};
+    use gitcache_mirror::live::{Asked, Board, Progress};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(65))
+        .unwrap()
+        .path;
+    let old = git(&source, &["rev-parse", "main"]).trim().to_owned();
+    let new = repo::append_commits(&source, "main", 5, 5).unwrap();
+    let thin = pack_objects(&source, &["--revs", "--thin"], &format!("{new}\n^{old}\n"));
+    let mirror = empty_mirror(dir.path(), "sha1");
+    let new = gix_hash::ObjectId::from_hex(new.as_bytes()).unwrap();
+    let board = std::sync::Arc::new(Board::default());
+    let follower = std::thread::spawn({
+        let board = std::sync::Arc::clone(&board);
+        move || {
+            let live = announced_on(&board);
+            let mut seen = 0;
+            loop {
+                match live.wait_past(seen, Duration::from_secs(60)) {
+                    Progress::Arriving(n) => seen = n,
+                    Progress::Whole(_) => return None,
+                    Progress::Failed(why) => return Some(why),
+                }
+            }
+        }
+    });
+    let announce = Announce {
+        board: std::sync::Arc::clone(&board),
+        asked: Asked {
+            wants: vec![new],
+            haves: Vec::new(),
+            thin_pack: false,
+            include_tag: false,
+        },
+    };
+    let ingested = ingest_pack_announced(
+        &mirror,
+        Kind::Sha1,
+        &mut &thin[..],
+        Closure::Closed {
+            self_contained: false,
+        },
+        Some(announce),
+    );
+    assert!(ingested.is_err(), "its deltas cannot be resolved");
+    let told = follower.join().unwrap();
+    assert!(told.is_some(), "the reader was told the pack is whole");
+}
+
 /// A repository in `format` at `dir/large.git` with large files (over
 /// [`gitcache_mirror::ingest::HASHED_ON_ARRIVAL`]): one stored whole that nothing rests on, one
 /// changed in a few bytes (one version a delta on the other), and small files beside.
