@@ -56,29 +56,37 @@ pub(crate) struct Rechecks {
 type Turn = (gitcache_storage::repo::RepoKey, crate::access::Fingerprint);
 
 impl Rechecks {
-    /// `ask` (given when it asks) in `turn`'s turn, unless an acceptance asked for at
-    /// `needed` or after answers for it (`None`). `ask` says whether it was accepted.
-    async fn ask<T, F, Fut>(&self, turn: &Turn, needed: std::time::Instant, ask: F) -> Option<T>
+    /// `ask` (given when it asks) in `turn`'s turn, unless, once the turn is this caller's,
+    /// an acceptance asked for at `needed` or after answers for it, or `needless` says
+    /// there is no need any more (`None` then). `ask` says whether it was accepted.
+    async fn ask<T, F, Fut>(
+        &self,
+        turn: &Turn,
+        needed: std::time::Instant,
+        needless: impl FnOnce() -> bool,
+        ask: F,
+    ) -> Option<T>
     where
         F: FnOnce(std::time::Instant) -> Fut,
         Fut: std::future::Future<Output = (T, bool)>,
     {
-        let held = self.turn(turn);
-        let answer = async {
-            let mut accepted = held.lock().await;
-            if accepted.is_some_and(|at| at >= needed) {
-                return None;
-            }
-            let asked = std::time::Instant::now();
-            let (answer, ok) = ask(asked).await;
-            if ok {
-                *accepted = Some(asked);
-            }
-            Some(answer)
+        // Left however this ends: a caller dropped while it waits (its client gone) leaves
+        // no turn behind.
+        let held = Held {
+            rechecks: self,
+            turn,
+            shared: self.turn(turn),
+        };
+        let mut accepted = held.shared.lock().await;
+        if accepted.is_some_and(|at| at >= needed) || needless() {
+            return None;
         }
-        .await;
-        self.leave(turn, held);
-        answer
+        let asked = std::time::Instant::now();
+        let (answer, ok) = ask(asked).await;
+        if ok {
+            *accepted = Some(asked);
+        }
+        Some(answer)
     }
 
     /// The turn of `who` for `key`, made if none waits.
@@ -88,12 +96,25 @@ impl Rechecks {
     }
 
     /// Done with `held`: its turn is forgotten once nobody else holds or waits for it.
-    fn leave(&self, turn: &Turn, held: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>) {
+    fn leave(&self, turn: &Turn, held: &Arc<tokio::sync::Mutex<Option<std::time::Instant>>>) {
         let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
         // The table's reference and this one.
-        if Arc::strong_count(&held) <= 2 {
+        if Arc::strong_count(held) <= 2 {
             turns.remove(turn);
         }
+    }
+}
+
+/// A caller's hold on a turn of [`Rechecks`], left when dropped.
+struct Held<'a> {
+    rechecks: &'a Rechecks,
+    turn: &'a Turn,
+    shared: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.rechecks.leave(self.turn, &self.shared);
     }
 }
 
@@ -557,21 +578,30 @@ impl Fetches {
         let turn = (target.key.clone(), vouched.who);
         let verified = self
             .rechecks
-            .ask(&turn, needed, |asked| async move {
-                let verified = self.gate.verify(target, headers).await;
-                let accepted = matches!(verified, Ok(crate::gate::Verified::V2(_)));
-                ((verified, asked), accepted)
-            })
+            .ask(
+                &turn,
+                needed,
+                // Renewed while it waited for its turn (a listing, the gate for another
+                // request of the same credential).
+                || !self.lapsed(target, vouched),
+                |asked| async move {
+                    let verified = self.gate.verify(target, headers).await;
+                    let accepted = matches!(verified, Ok(crate::gate::Verified::V2(_)));
+                    ((verified, asked), accepted)
+                },
+            )
             .await;
+        // An acceptance, this request's or one that answers for it, counts for nothing
+        // against a refusal that came after it was asked for (see `AccessGrants::grant_at`).
         let Some((verified, asked)) = verified else {
-            return Ok(None);
+            return Ok(self.refused_meanwhile(target, vouched));
         };
         let verified = verified?;
         let grants = self.gate.grants();
         match verified {
             crate::gate::Verified::V2(format) => {
                 grants.grant_at(&target.key, vouched.who, asked, Some(format));
-                Ok(None)
+                Ok(self.refused_meanwhile(target, vouched))
             }
             crate::gate::Verified::Answer(response) if !response.status().is_success() => {
                 grants.refused(&target.key, vouched.who, response.status().as_u16());
@@ -717,12 +747,14 @@ mod tests {
 
     /// Fetches that need their credential asked about again at once take turns: one
     /// accepted after the others' need arose answers for them; a refusal answers for
-    /// nobody else (each asks, and gets its own refusal); the turn is forgotten after.
+    /// nobody else (each asks, and gets its own refusal); one whose need went while it
+    /// waited asks nothing; the turn is forgotten after, also when a caller is dropped.
     #[tokio::test]
     async fn rechecks_of_one_credential_take_turns_and_an_acceptance_answers_for_all() {
         let rechecks = Rechecks::default();
         let key = gitcache_storage::repo::RepoKey::new("h", "o", "r").unwrap();
         let turn = (key, crate::access::Fingerprint::of(None));
+        let needful = || false;
         for accepted in [true, false] {
             let asked = std::sync::atomic::AtomicUsize::new(0);
             let needed = std::time::Instant::now();
@@ -732,10 +764,10 @@ mod tests {
                 ((), accepted)
             };
             let answers = tokio::join!(
-                rechecks.ask(&turn, needed, ask),
-                rechecks.ask(&turn, needed, ask),
-                rechecks.ask(&turn, needed, ask),
-                rechecks.ask(&turn, needed, ask),
+                rechecks.ask(&turn, needed, needful, ask),
+                rechecks.ask(&turn, needed, needful, ask),
+                rechecks.ask(&turn, needed, needful, ask),
+                rechecks.ask(&turn, needed, needful, ask),
             );
             let answers = [answers.0, answers.1, answers.2, answers.3];
             let asked = asked.into_inner();
@@ -747,13 +779,38 @@ mod tests {
             }
             assert!(rechecks.turns.lock().unwrap().is_empty());
         }
-        // An acceptance asked for before a need arose does not answer for it.
+        // An acceptance asked for before a need arose does not answer for it; a need gone
+        // by the caller's turn asks nothing.
         let later = std::time::Instant::now() + std::time::Duration::from_millis(1);
         let held = rechecks.turn(&turn);
         *held.lock().await = Some(std::time::Instant::now());
-        let after = rechecks.ask(&turn, later, |_| async { ((), true) }).await;
+        let after = (rechecks.ask(&turn, later, needful, |_| async { ((), true) })).await;
         assert!(after.is_some(), "the acceptance came before the need");
-        rechecks.leave(&turn, held);
+        let gone = (rechecks.ask(&turn, later, || true, |_| async { ((), true) })).await;
+        assert!(gone.is_none(), "renewed meanwhile");
+        rechecks.leave(&turn, &held);
+        drop(held);
+        assert!(rechecks.turns.lock().unwrap().is_empty());
+        // A caller dropped while it waits for its turn, or while it asks, leaves nothing.
+        let held = rechecks.turn(&turn);
+        let guard = held.lock().await;
+        let waiting = rechecks.ask(&turn, later, needful, |_| async { ((), true) });
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), waiting)
+                .await
+                .is_err()
+        );
+        drop(guard);
+        rechecks.leave(&turn, &held);
+        drop(held);
+        let asking = rechecks.ask(&turn, later, needful, |_| {
+            std::future::pending::<((), bool)>()
+        });
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), asking)
+                .await
+                .is_err()
+        );
         assert!(rechecks.turns.lock().unwrap().is_empty());
     }
 

@@ -760,6 +760,66 @@ fn a_fetch_that_waited_past_its_grant_is_asked_about_again() {
     });
 }
 
+/// An acceptance asked for before a refusal and read after it vouches for nothing: a fetch
+/// asked about again once its grant lapsed (here while its body came slowly), whose upstream
+/// accepts the credential and, before that answer has come in whole, refuses it to the same
+/// client's listing, gets nothing from the mirror.
+#[test]
+fn an_acceptance_read_after_a_refusal_vouches_for_nothing() {
+    use std::io::{Read as _, Write as _};
+    let upstream = Upstream::start().unwrap();
+    let source = upstream.repo_path("acme/secret");
+    repo::generate(&source, &RepoSpec::tiny(411)).unwrap();
+    upstream
+        .adopt_repo("acme/secret", Access::private(["good"]))
+        .unwrap();
+    let main = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let cache = Gitcache::start(&upstream, &["--access-ttl", "2"]);
+    let answer = upload_pack_as(&cache.addr, "acme/secret", "good", &fetch_body(&main, &[]));
+    assert!(answer.has_pack(), "{}", answer.head);
+
+    // A fetch let in on a fresh grant (its headers), its body sent once the grant lapsed.
+    let body = fetch_body(&main, &[]);
+    let mut stream = std::net::TcpStream::connect(&cache.addr).unwrap();
+    write!(
+        stream,
+        "POST /acme/secret.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Git-Protocol: version=2\r\nContent-Type: application/x-git-upload-pack-request\r\n\
+         Authorization: {}\r\nContent-Length: {}\r\n\r\n",
+        basic("good"),
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The check made then is accepted at once, its advertisement held back a while.
+    upstream.inject(
+        Fault::PauseBody(std::time::Duration::from_secs(3)),
+        1,
+        Some(RequestKind::InfoRefs),
+    );
+    stream.write_all(&body).unwrap();
+    common::wait_for("the check to reach the upstream", || {
+        upstream.pending_faults() == 0
+    });
+    // Meanwhile the credential loses the repository, and its listing is refused.
+    upstream.revoke_token("acme/secret", "good");
+    let mut ls_refs = Vec::new();
+    pkt(&mut ls_refs, "command=ls-refs");
+    pkt(&mut ls_refs, "object-format=sha1");
+    ls_refs.extend_from_slice(b"0000");
+    assert_eq!(
+        upload_pack_as(&cache.addr, "acme/secret", "good", &ls_refs).status,
+        404
+    );
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}\n{}", cache.log());
+    assert!(!text.contains("packfile"), "{text}");
+}
+
 #[test]
 fn twenty_concurrent_cold_clones_make_one_upstream_fetch() {
     let upstream = Upstream::start().unwrap();
