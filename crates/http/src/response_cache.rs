@@ -31,7 +31,7 @@ use crate::body::{ChannelWriter, GiveWay, Spill};
 use crate::shared_responses::{SharedResponses, repo_text};
 
 /// Bumped whenever the bytes gitcache writes for the same key may change.
-const FORMAT: &str = "gitcache-response-v4";
+const FORMAT: &str = "gitcache-response-v5";
 /// Bytes read or written at a time.
 const CHUNK: usize = 64 << 10;
 

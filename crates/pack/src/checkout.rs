@@ -87,16 +87,27 @@ impl Repository {
                 });
             }
             let mut entries = Vec::new();
-            for entry in gix_object::TreeRefIter::from_bytes(data, self.object_format()) {
-                let entry = entry.map_err(|e| Error::Corrupt {
-                    oid: tree,
-                    reason: e.to_string(),
-                })?;
-                let name = std::str::from_utf8(entry.filename)
+            let mut at = 0;
+            while at < data.len() {
+                // Read as git reads a tree, modes judged by their file type bits (as the
+                // walks that fetch and keep the objects judge them).
+                let corrupt = |reason: String| Error::Corrupt { oid: tree, reason };
+                let (entry, next) =
+                    crate::objects::tree_entry(data, at, self.object_format()).map_err(corrupt)?;
+                let raw = &data[at..next];
+                at = next;
+                let filename = crate::objects::tree_entry_name(raw);
+                let mode = raw.split(|&b| b == b' ').next().unwrap_or_default();
+                let mode =
+                    crate::objects::mode_bits(mode).map_err(corrupt)? & crate::objects::FILE_TYPE;
+                let name = std::str::from_utf8(filename)
                     .ok()
                     .filter(|n| !n.contains('/') && !n.is_empty())
                     .ok_or_else(|| {
-                        refuse(format!("a name that is not one: {:?}", entry.filename))
+                        refuse(format!(
+                            "a name that is not one: {:?}",
+                            bstr::BStr::new(filename)
+                        ))
                     })?;
                 let path = if prefix.is_empty() {
                     name.to_owned()
@@ -114,16 +125,18 @@ impl Repository {
                         limits.max_path_bytes
                     )));
                 }
-                entries.push((path, entry.mode, entry.oid.to_owned()));
+                entries.push((path, mode, entry.oid));
             }
             for (path, mode, oid) in entries {
-                if mode.is_tree() {
+                if mode == crate::objects::DIRECTORY {
                     stack.push((path, oid, depth + 1));
                     continue;
                 }
-                if mode.is_commit() {
+                // A gitlink (a submodule's commit): nothing to check out.
+                if mode != crate::objects::REGULAR && mode != crate::objects::SYMLINK {
                     continue;
                 }
+                let link = mode == crate::objects::SYMLINK;
                 // Sized, not read: a large object is refused unread (one a compressed pack
                 // holds in a few bytes would be inflated whole otherwise).
                 let (kind, size) = objects.header(&oid)?.ok_or(Error::Corrupt {
@@ -143,7 +156,7 @@ impl Repository {
                     )));
                 }
                 // Targets are read now and kept: only short ones.
-                if mode.is_link() && size > limits.max_link_bytes {
+                if link && size > limits.max_link_bytes {
                     return Err(refuse(format!(
                         "symlink {path}: a target of more than {} bytes",
                         limits.max_link_bytes
@@ -156,7 +169,7 @@ impl Repository {
                         limits.max_bytes
                     )));
                 }
-                let kind = if mode.is_link() {
+                let kind = if link {
                     let (_, data) = objects.read(&oid)?;
                     let target = std::str::from_utf8(data).map_err(|_| {
                         refuse(format!("symlink {path} to a name that is not UTF-8"))
@@ -288,6 +301,44 @@ mod tests {
         assert!(repo.read_blob(&oid, 299).is_err(), "over its bound");
         assert_eq!(repo.read_blob(&oid, 300).unwrap(), vec![0u8; 300]);
         assert!(repo.read_blob(&tip, 1000).is_err(), "a commit is no blob");
+    }
+
+    /// Modes are judged as git judges them, by their file type bits: `40755` is a directory,
+    /// `644` and `140000` are gitlinks (nothing to check out, whatever they name).
+    #[test]
+    fn modes_are_judged_as_git_judges_them() {
+        let (dir, _repo, _tip) = committed(&[("f", b"f\n".to_vec())]);
+        let git_dir = dir.path().join("w/.git");
+        let write = |kind: &str, data: &[u8]| {
+            let out = gitcache_testkit::git::git_with_input(
+                &git_dir,
+                &["hash-object", "-t", kind, "-w", "--literally", "--stdin"],
+                data,
+            );
+            ObjectId::from_hex(String::from_utf8(out).unwrap().trim().as_bytes()).unwrap()
+        };
+        let blob = write("blob", b"inside\n");
+        let entry = |mode: &str, name: &str, id: &ObjectId| {
+            let mut bytes = format!("{mode} {name}\0").into_bytes();
+            bytes.extend_from_slice(id.as_bytes());
+            bytes
+        };
+        let inner = write("tree", &entry("100644", "file", &blob));
+        let missing = ObjectId::from_hex(&[b'3'; 40]).unwrap();
+        let mut root = entry("40755", "d", &inner);
+        root.extend(entry("100644", "f", &blob));
+        root.extend(entry("644", "g", &missing));
+        root.extend(entry("140000", "x", &missing));
+        let root = write("tree", &root);
+        let commit = write(
+            "commit",
+            format!("tree {root}\nauthor A <a@b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nodd\n")
+                .as_bytes(),
+        );
+        let repo = Repository::open(&git_dir).unwrap();
+        let items = repo.tree_items(&commit, limits(100, 1000)).unwrap();
+        let paths: Vec<&str> = items.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["d/file", "f"]);
     }
 
     /// A reader kept for many reads hands each blob over and holds on to no large one.

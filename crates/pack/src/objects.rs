@@ -769,20 +769,27 @@ fn next_line(data: &[u8], at: usize) -> Option<(&[u8], usize)> {
 /// further down is no such thing to git, whatever `fsck` says of it), and the committer
 /// time from a `committer` line right after the `author` line that follows them (else 0).
 pub(crate) fn parse_commit(data: &[u8], hash: HashKind) -> Result<Commit, String> {
-    let (first, mut at) = next_line(data, 0).ok_or("commit without tree")?;
-    let hex = first.strip_prefix(b"tree ").ok_or("commit without tree")?;
-    let tree = hex_oid(hex, hash)?;
-    let mut parents = Vec::new();
-    let mut line = next_line(data, at);
-    while let Some((text, next)) = line {
-        let Some(hex) = text.strip_prefix(b"parent ") else {
-            break;
-        };
-        parents.push(hex_oid(hex, hash).map_err(|e| format!("bad parents: {e}"))?);
-        at = next;
-        line = next_line(data, at);
+    let hex_len = hash.len_in_hex();
+    // `tree <id>\n` and at least a byte after it.
+    let tree_line = 5 + hex_len;
+    if data.len() <= tree_line + 1 || !data.starts_with(b"tree ") || data[tree_line] != b'\n' {
+        return Err("commit without tree".into());
     }
-    let time = match line {
+    let tree = hex_oid(&data[5..tree_line], hash)?;
+    let mut at = tree_line + 1;
+    // `parent <id>\n` lines while one fits before the end; one that fits with nothing
+    // after it, or is not one, is an error.
+    let parent_line = 7 + hex_len;
+    let mut parents = Vec::new();
+    while at + parent_line < data.len() && data[at..].starts_with(b"parent ") {
+        if data.len() <= at + parent_line + 1 || data[at + parent_line] != b'\n' {
+            return Err("bad parents".into());
+        }
+        let hex = &data[at + 7..at + parent_line];
+        parents.push(hex_oid(hex, hash).map_err(|e| format!("bad parents: {e}"))?);
+        at += parent_line + 1;
+    }
+    let time = match next_line(data, at) {
         Some((author, next)) if author.starts_with(b"author") => match next_line(data, next) {
             Some((committer, _)) if committer.starts_with(b"committer") => {
                 signature_time(committer)
@@ -805,9 +812,10 @@ fn signature_time(sig: &[u8]) -> i64 {
         return 0;
     };
     let rest = &sig[close + 1..];
+    // C's `isspace`: a tab or a carriage return may stand before the time too.
     let digits: Vec<u8> = rest
         .iter()
-        .skip_while(|b| **b == b' ')
+        .skip_while(|b| matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c))
         .take_while(|b| b.is_ascii_digit())
         .copied()
         .collect();
@@ -955,6 +963,33 @@ pub(crate) fn git_order(
     }
 }
 
+/// The file type bits of a tree entry's mode (see [`mode_bits`]).
+pub(crate) const FILE_TYPE: u32 = 0o170_000;
+/// A directory's type bits: a tree.
+pub(crate) const DIRECTORY: u32 = 0o040_000;
+/// A regular file's type bits: a blob.
+pub(crate) const REGULAR: u32 = 0o100_000;
+/// A symbolic link's type bits: a blob holding its target.
+pub(crate) const SYMLINK: u32 = 0o120_000;
+
+/// A tree entry's mode as git reads it (`get_mode`): octal digits, wrapping as C's
+/// `unsigned int` does. Judged by its file type bits ([`FILE_TYPE`]) as git's `canon_mode`
+/// judges it: [`DIRECTORY`] is a tree (`40755` too), [`REGULAR`] a file, [`SYMLINK`] a link,
+/// anything else a gitlink (`644` too).
+pub(crate) fn mode_bits(mode: &[u8]) -> Result<u32, String> {
+    if mode.is_empty() {
+        return Err("malformed mode in tree entry".into());
+    }
+    let mut bits: u32 = 0;
+    for &digit in mode {
+        if !(b'0'..=b'7').contains(&digit) {
+            return Err("malformed mode in tree entry".into());
+        }
+        bits = bits.wrapping_shl(3).wrapping_add(u32::from(digit - b'0'));
+    }
+    Ok(bits)
+}
+
 /// The name in one tree entry's bytes (between its mode and its id), as [`tree_entry`]
 /// found them.
 pub(crate) fn tree_entry_name(entry: &[u8]) -> &[u8] {
@@ -987,21 +1022,9 @@ pub(crate) fn tree_entry(
         + space;
     let end = nul + 1 + hash.len_in_bytes();
     let id = data.get(nul + 1..end).ok_or("truncated tree entry")?;
-    // As git reads a mode (`get_mode`, `canon_mode`): octal digits, judged by their file
-    // type bits, so `40755` is a tree and `644` a gitlink to git's walks.
-    if mode.is_empty() {
-        return Err("malformed mode in tree entry".into());
-    }
-    let mut bits: u32 = 0;
-    for &digit in mode {
-        if !(b'0'..=b'7').contains(&digit) {
-            return Err("malformed mode in tree entry".into());
-        }
-        bits = bits.wrapping_shl(3).wrapping_add(u32::from(digit - b'0'));
-    }
-    let kind = match bits & 0o170_000 {
-        0o040_000 => EntryKind::Tree,
-        0o100_000 | 0o120_000 => EntryKind::Blob,
+    let kind = match mode_bits(mode)? & FILE_TYPE {
+        DIRECTORY => EntryKind::Tree,
+        REGULAR | SYMLINK => EntryKind::Blob,
         _ => EntryKind::Gitlink,
     };
     let entry = TreeEntry {
@@ -1666,6 +1689,32 @@ pub(crate) mod tests {
         let late = b"tree 1111111111111111111111111111111111111111\nencoding x\n\
             author A <a@b> 5 +0000\ncommitter C <c@d> 7 +0000\n\n";
         assert_eq!(parse_commit(late, HashKind::Sha1).unwrap().time, 0);
+        let tab = b"tree 1111111111111111111111111111111111111111\n\
+            author A <a@b> 5 +0000\ncommitter C <c@d>\t 7 +0000\n\n";
+        assert_eq!(parse_commit(tab, HashKind::Sha1).unwrap().time, 7);
+        // A parent line cut short at the end is none; one that ends the object is an error.
+        let tree = "tree 1111111111111111111111111111111111111111\n";
+        let parent = format!("parent {}", "2".repeat(40));
+        let cut = format!("{tree}{}", &parent[..30]);
+        assert!(
+            parse_commit(cut.as_bytes(), HashKind::Sha1)
+                .unwrap()
+                .parents
+                .is_empty()
+        );
+        let unended = format!("{tree}{parent}");
+        assert!(
+            parse_commit(unended.as_bytes(), HashKind::Sha1)
+                .unwrap()
+                .parents
+                .is_empty()
+        );
+        let last = format!("{tree}{parent}\n");
+        assert!(parse_commit(last.as_bytes(), HashKind::Sha1).is_err());
+        assert!(
+            parse_commit(tree.as_bytes(), HashKind::Sha1).is_err(),
+            "nothing after the tree"
+        );
         assert!(
             parse_commit(
                 b"tree 1111111111111111111111111111111111111111",

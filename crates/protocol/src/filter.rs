@@ -91,7 +91,7 @@ pub enum Error {
     #[error("sparse:oid needs a value")]
     SparseOidEmpty,
     /// A sub-filter of `combine:` holds a character that must be %-encoded.
-    #[error("must escape char in sub-filter-spec: '{ch}'")]
+    #[error("must escape char in sub-filter-spec: '{}'", ch.escape_default())]
     MustEscape {
         /// The character.
         ch: char,
@@ -331,6 +331,10 @@ mod tests {
         assert_eq!(
             parse("combine:x%0AINFO%20forged").unwrap_err().to_string(),
             "invalid filter-spec 'x\\nINFO forged'"
+        );
+        assert_eq!(
+            parse("combine:a\nb").unwrap_err().to_string(),
+            "must escape char in sub-filter-spec: '\\n'"
         );
         let long = format!("object:type={}", "x".repeat(10_000));
         assert!(parse(&long).unwrap_err().to_string().len() < 600);
