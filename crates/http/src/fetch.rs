@@ -41,19 +41,58 @@ pub(crate) struct Fetches {
     pub(crate) rechecks: Rechecks,
 }
 
-/// A turn per repository and credential asked about again, and when the last acceptance
-/// it got was asked for: fetches that all waited past their grant (a refresh that took
-/// long ends, and wakes them together) ask the upstream one after another, and one
-/// accepted after another's need arose answers for it too.
+/// A turn per repository and credential asked about again, and what the last ask came to
+/// and when it was asked: fetches that all waited past their grant (a refresh that took
+/// long ends, and wakes them together) ask the upstream one after another, and one asked
+/// after another's need arose answers for it too when it was accepted or could not be
+/// asked at all (an upstream away is not asked again by each in turn); a refusal answers
+/// for nobody else (each gets its own, as the upstream sent it).
 #[derive(Debug, Default)]
 pub(crate) struct Rechecks {
-    turns: std::sync::Mutex<
-        std::collections::HashMap<Turn, Arc<tokio::sync::Mutex<Option<std::time::Instant>>>>,
-    >,
+    turns: std::sync::Mutex<std::collections::HashMap<Turn, Arc<Shared>>>,
 }
 
 /// Whose turn: a repository and a credential.
 type Turn = (gitcache_storage::repo::RepoKey, crate::access::Fingerprint);
+
+/// A turn, and what its last ask came to and when it was asked.
+type Shared = tokio::sync::Mutex<Option<(std::time::Instant, Came)>>;
+
+/// What an ask came to, as others in line take it.
+#[derive(Debug, Clone)]
+enum Came {
+    Accepted,
+    Refused,
+    /// The upstream could not be asked: how long it was waited for, if that was it, and
+    /// why.
+    Failed(Option<std::time::Duration>, Arc<str>),
+}
+
+impl Came {
+    /// What `verified` came to.
+    fn of(verified: &Result<crate::gate::Verified, Error>) -> Came {
+        match verified {
+            Ok(crate::gate::Verified::V2(_)) => Came::Accepted,
+            Ok(crate::gate::Verified::Answer(_)) => Came::Refused,
+            Err(Error::Upstream(gitcache_upstream::Error::Timeout(waited))) => {
+                Came::Failed(Some(*waited), Arc::from(""))
+            }
+            Err(err) => Came::Failed(None, Arc::from(err.to_string())),
+        }
+    }
+}
+
+/// How a caller's turn went.
+#[derive(Debug)]
+enum Turned<T> {
+    /// It asked, and this is the answer.
+    Asked(T),
+    /// An acceptance asked for since its need arose answers for it, or it had no need any
+    /// more by its turn.
+    Covered,
+    /// The upstream could not be asked for another caller since its need arose.
+    Failed(Option<std::time::Duration>, Arc<str>),
+}
 
 impl Rechecks {
     /// `ask` (given when it asks) in `turn`'s turn, unless, once the turn is this caller's,
@@ -65,10 +104,10 @@ impl Rechecks {
         needed: std::time::Instant,
         needless: impl FnOnce() -> bool,
         ask: F,
-    ) -> Option<T>
+    ) -> Turned<T>
     where
         F: FnOnce(std::time::Instant) -> Fut,
-        Fut: std::future::Future<Output = (T, bool)>,
+        Fut: std::future::Future<Output = (T, Came)>,
     {
         // Left however this ends: a caller dropped while it waits (its client gone) leaves
         // no turn behind.
@@ -77,26 +116,29 @@ impl Rechecks {
             turn,
             shared: self.turn(turn),
         };
-        let mut accepted = held.shared.lock().await;
-        if accepted.is_some_and(|at| at >= needed) || needless() {
-            return None;
+        let mut last = held.shared.lock().await;
+        match &*last {
+            Some((at, Came::Accepted)) if *at >= needed => return Turned::Covered,
+            Some((at, Came::Failed(waited, why))) if *at >= needed => {
+                return Turned::Failed(*waited, Arc::clone(why));
+            }
+            _ if needless() => return Turned::Covered,
+            _ => {}
         }
         let asked = std::time::Instant::now();
-        let (answer, ok) = ask(asked).await;
-        if ok {
-            *accepted = Some(asked);
-        }
-        Some(answer)
+        let (answer, came) = ask(asked).await;
+        *last = Some((asked, came));
+        Turned::Asked(answer)
     }
 
     /// The turn of `who` for `key`, made if none waits.
-    fn turn(&self, turn: &Turn) -> Arc<tokio::sync::Mutex<Option<std::time::Instant>>> {
+    fn turn(&self, turn: &Turn) -> Arc<Shared> {
         let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(turns.entry(turn.clone()).or_default())
     }
 
     /// Done with `held`: its turn is forgotten once nobody else holds or waits for it.
-    fn leave(&self, turn: &Turn, held: &Arc<tokio::sync::Mutex<Option<std::time::Instant>>>) {
+    fn leave(&self, turn: &Turn, held: &Arc<Shared>) {
         let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
         // The table's reference and this one.
         if Arc::strong_count(held) <= 2 {
@@ -109,7 +151,7 @@ impl Rechecks {
 struct Held<'a> {
     rechecks: &'a Rechecks,
     turn: &'a Turn,
-    shared: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for Held<'_> {
@@ -586,15 +628,25 @@ impl Fetches {
                 || !self.lapsed(target, vouched),
                 |asked| async move {
                     let verified = self.gate.verify(target, headers).await;
-                    let accepted = matches!(verified, Ok(crate::gate::Verified::V2(_)));
-                    ((verified, asked), accepted)
+                    let came = Came::of(&verified);
+                    ((verified, asked), came)
                 },
             )
             .await;
-        // An acceptance, this request's or one that answers for it, counts for nothing
-        // against a refusal that came after it was asked for (see `AccessGrants::grant_at`).
-        let Some((verified, asked)) = verified else {
-            return Ok(self.refused_meanwhile(target, vouched));
+        let (verified, asked) = match verified {
+            Turned::Asked(asked) => asked,
+            // An acceptance, this request's or one that answers for it, counts for nothing
+            // against a refusal that came after it was asked for (see
+            // `AccessGrants::grant_at`).
+            Turned::Covered => return Ok(self.refused_meanwhile(target, vouched)),
+            Turned::Failed(waited, why) => {
+                return Err(Error::Upstream(match waited {
+                    Some(waited) => gitcache_upstream::Error::Timeout(waited),
+                    None => gitcache_upstream::Error::Protocol(format!(
+                        "checking the credential again: {why}"
+                    )),
+                }));
+            }
         };
         let verified = verified?;
         let grants = self.gate.grants();
@@ -746,22 +798,24 @@ mod tests {
     use super::*;
 
     /// Fetches that need their credential asked about again at once take turns: one
-    /// accepted after the others' need arose answers for them; a refusal answers for
-    /// nobody else (each asks, and gets its own refusal); one whose need went while it
-    /// waited asks nothing; the turn is forgotten after, also when a caller is dropped.
+    /// accepted, or one that could not ask at all, after the others' need arose answers for
+    /// them; a refusal answers for nobody else (each asks, and gets its own refusal); one
+    /// whose need went while it waited asks nothing; the turn is forgotten after, also when
+    /// a caller is dropped.
     #[tokio::test]
     async fn rechecks_of_one_credential_take_turns_and_an_acceptance_answers_for_all() {
         let rechecks = Rechecks::default();
         let key = gitcache_storage::repo::RepoKey::new("h", "o", "r").unwrap();
         let turn = (key, crate::access::Fingerprint::of(None));
         let needful = || false;
-        for accepted in [true, false] {
+        let failed = Came::Failed(None, Arc::from("down"));
+        for (came, asked_then) in [(Came::Accepted, 1), (Came::Refused, 4), (failed, 1)] {
             let asked = std::sync::atomic::AtomicUsize::new(0);
             let needed = std::time::Instant::now();
             let ask = |_at| async {
                 asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::task::yield_now().await;
-                ((), accepted)
+                ((), came.clone())
             };
             let answers = tokio::join!(
                 rechecks.ask(&turn, needed, needful, ask),
@@ -770,31 +824,44 @@ mod tests {
                 rechecks.ask(&turn, needed, needful, ask),
             );
             let answers = [answers.0, answers.1, answers.2, answers.3];
-            let asked = asked.into_inner();
-            let answered = answers.iter().filter(|a| a.is_some()).count();
-            if accepted {
-                assert_eq!((asked, answered), (1, 1));
-            } else {
-                assert_eq!((asked, answered), (4, 4));
-            }
+            assert_eq!(asked.into_inner(), asked_then, "{came:?}");
+            let asking = answers
+                .iter()
+                .filter(|a| matches!(a, Turned::Asked(())))
+                .count();
+            assert_eq!(asking, asked_then);
+            let told = answers
+                .iter()
+                .filter(|a| matches!(a, Turned::Failed(None, why) if &**why == "down"));
+            assert_eq!(
+                told.count(),
+                if matches!(came, Came::Failed(..)) {
+                    3
+                } else {
+                    0
+                }
+            );
             assert!(rechecks.turns.lock().unwrap().is_empty());
         }
-        // An acceptance asked for before a need arose does not answer for it; a need gone
-        // by the caller's turn asks nothing.
+        // An answer asked for before a need arose does not answer for it; a need gone by
+        // the caller's turn asks nothing.
         let later = std::time::Instant::now() + std::time::Duration::from_millis(1);
         let held = rechecks.turn(&turn);
-        *held.lock().await = Some(std::time::Instant::now());
-        let after = (rechecks.ask(&turn, later, needful, |_| async { ((), true) })).await;
-        assert!(after.is_some(), "the acceptance came before the need");
-        let gone = (rechecks.ask(&turn, later, || true, |_| async { ((), true) })).await;
-        assert!(gone.is_none(), "renewed meanwhile");
+        *held.lock().await = Some((std::time::Instant::now(), Came::Accepted));
+        let after = (rechecks.ask(&turn, later, needful, |_| async { ((), Came::Accepted) })).await;
+        assert!(
+            matches!(after, Turned::Asked(())),
+            "the acceptance came before the need"
+        );
+        let gone = (rechecks.ask(&turn, later, || true, |_| async { ((), Came::Accepted) })).await;
+        assert!(matches!(gone, Turned::Covered), "renewed meanwhile");
         rechecks.leave(&turn, &held);
         drop(held);
         assert!(rechecks.turns.lock().unwrap().is_empty());
         // A caller dropped while it waits for its turn, or while it asks, leaves nothing.
         let held = rechecks.turn(&turn);
         let guard = held.lock().await;
-        let waiting = rechecks.ask(&turn, later, needful, |_| async { ((), true) });
+        let waiting = rechecks.ask(&turn, later, needful, |_| async { ((), Came::Accepted) });
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(10), waiting)
                 .await
@@ -804,7 +871,7 @@ mod tests {
         rechecks.leave(&turn, &held);
         drop(held);
         let asking = rechecks.ask(&turn, later, needful, |_| {
-            std::future::pending::<((), bool)>()
+            std::future::pending::<((), Came)>()
         });
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(10), asking)
