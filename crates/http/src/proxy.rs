@@ -352,6 +352,7 @@ impl Proxy {
             pushed: std::sync::Mutex::default(),
             purges: Arc::clone(&purges),
             following: Arc::default(),
+            evicting_shared: Arc::default(),
         });
         // Gauges are there at the first scrape, not after the first upkeep tick.
         upkeep.pass(false);

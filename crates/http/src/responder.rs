@@ -37,6 +37,10 @@ pub(crate) struct Responder {
     spill: Spill,
     /// The response cache, if it is on.
     cache: Option<Arc<ResponseCache>>,
+    /// Requests keyed at once (one per core): a key may read every ref of the mirror (an
+    /// `include-tag` fetch's tags, a clone's tips against the marked pack), a million of
+    /// them in some 150 MB, before any pack slot is asked for.
+    keying: Arc<tokio::sync::Semaphore>,
 }
 
 /// Bytes of objects compressed again kept for later answers, unless the configuration gives
@@ -57,12 +61,14 @@ impl Responder {
         // nearby commits make most of the same ones).
         pack.remade
             .get_or_insert_with(|| Arc::new(gitcache_pack::Remade::new(REMADE_BYTES)));
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Responder {
             pack,
             stall,
             pack_slots: PackSlots::new(slots),
             spill,
             cache,
+            keying: Arc::new(tokio::sync::Semaphore::new(cores)),
         }
     }
 
@@ -121,7 +127,10 @@ impl Responder {
         let keyed = {
             let repo = Arc::clone(&repo);
             let mut fetch = fetch;
+            // Never closed.
+            let turn = Arc::clone(&self.keying).acquire_owned().await;
             tokio::task::spawn_blocking(move || {
+                let _turn = turn;
                 // Keyed first: the key pins the haves the answer is made with.
                 let key = response_key(&repo, &mut fetch, kind);
                 // A stored pack sent as it is (a clone of the marked tips) is not stored
@@ -790,6 +799,33 @@ mod tests {
             ..Fetch::default()
         };
         (dir, cache, responder, fetch)
+    }
+
+    /// Requests are keyed a few at a time (each may read every ref of the mirror): one
+    /// waits for a turn while all are taken, and is answered once one is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_are_keyed_a_few_at_a_time() {
+        let (dir, _cache, responder, fetch) = cached_repo(43);
+        let repo = Arc::new(Repository::open(dir.path().join("r.git")).unwrap());
+        let turns = responder.keying.available_permits();
+        assert!(turns >= 1);
+        let held = Arc::clone(&responder.keying)
+            .acquire_many_owned(turns as u32)
+            .await
+            .unwrap();
+        let serving = responder.serve("r.git".into(), repo, fetch, HashKind::Sha1);
+        tokio::pin!(serving);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut serving)
+                .await
+                .is_err(),
+            "keyed without a turn"
+        );
+        drop(held);
+        let response = tokio::time::timeout(Duration::from_secs(60), serving)
+            .await
+            .expect("keyed once a turn is free");
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     /// A generation for the response cache that waits for a pack slot is given up once

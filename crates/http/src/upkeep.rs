@@ -35,6 +35,8 @@ pub(crate) struct Upkeep {
     pub(crate) purges: Arc<crate::purges::Purges>,
     /// Whether purges are being followed now (see [`Upkeep::follow_purges`]).
     pub(crate) following: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether an eviction from the bucket runs (see [`Upkeep::evict_shared`]).
+    pub(crate) evicting_shared: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Upkeep {
@@ -124,13 +126,32 @@ impl Upkeep {
             self.mirrors.enforce_budget().await;
             let upkeep = Arc::clone(&self);
             let _ = tokio::task::spawn_blocking(move || upkeep.pass(due)).await;
-            if due && let Some(cache) = self.responses.as_ref().filter(|c| c.is_shared()) {
-                let evicted = cache.evict_shared(self.response_limits()).await;
-                for (repo, entries) in evicted {
-                    metrics::evicted(self.rel_labels(std::path::Path::new(&repo)), entries);
-                }
+            if due {
+                self.evict_shared();
             }
         }
+    }
+
+    /// Evict stored answers from the bucket, in a task of its own: a pass deletes one object
+    /// at a time and may take long, which must not hold up the rest of the upkeep (the local
+    /// eviction, the disk budget, the catalog). One such task at a time.
+    fn evict_shared(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if !self.responses.as_ref().is_some_and(|c| c.is_shared())
+            || self.evicting_shared.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let upkeep = Arc::clone(self);
+        tokio::spawn(async move {
+            let _done = Clears(Arc::clone(&upkeep.evicting_shared));
+            if let Some(cache) = &upkeep.responses {
+                let evicted = cache.evict_shared(upkeep.response_limits()).await;
+                for (repo, entries) in evicted {
+                    metrics::evicted(upkeep.rel_labels(std::path::Path::new(&repo)), entries);
+                }
+            }
+        });
     }
 
     /// Drop the copies of repositories purged on other instances (see [`crate::purges`]), in
@@ -143,14 +164,7 @@ impl Upkeep {
         }
         let upkeep = Arc::clone(self);
         tokio::spawn(async move {
-            /// Clears the flag however the task ends.
-            struct Done(Arc<std::sync::atomic::AtomicBool>);
-            impl Drop for Done {
-                fn drop(&mut self) {
-                    self.0.store(false, Ordering::Release);
-                }
-            }
-            let _done = Done(Arc::clone(&upkeep.following));
+            let _done = Clears(Arc::clone(&upkeep.following));
             if let Some(catalog) = &upkeep.catalog {
                 let local = crate::purges::Local {
                     config: &upkeep.config,
@@ -280,4 +294,13 @@ pub(crate) fn response_limit(
         },
         |mb| Some(mb.saturating_mul(1 << 20)),
     )
+}
+
+/// Clears a task's flag however the task ends.
+struct Clears(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Clears {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }

@@ -420,10 +420,11 @@ fn evict_listed(
     };
     for (repo, mut files) in listing {
         files.retain(|(path, _, _)| path.to_string_lossy().ends_with(SUFFIX));
-        // Oldest first.
-        files.sort_by_key(|f| f.2);
-        let mut size: u64 = files.iter().map(|f| f.1).sum();
+        // Oldest first, but one larger than the limit by itself before any: evicting the
+        // others first would empty the cache for nothing.
         let limit = per_repo(&repo);
+        files.sort_by_key(|f| (limit.is_none_or(|limit| f.1 <= limit), f.2));
+        let mut size: u64 = files.iter().map(|f| f.1).sum();
         let mut kept = Vec::new();
         for (path, len, used) in files {
             if limit.is_some_and(|limit| size > limit) {
@@ -444,7 +445,8 @@ fn evict_listed(
         all.extend(kept);
     }
     if total.is_some() || most_entries.is_some() {
-        all.sort_by_key(|f| f.3);
+        // Oldest first, one larger than the total by itself before any (as above).
+        all.sort_by_key(|f| (total.is_none_or(|total| f.2 <= total), f.3));
         let mut size: u64 = all.iter().map(|f| f.2).sum();
         let mut entries = all.len();
         let over = |size: u64, entries: usize| {
@@ -665,6 +667,30 @@ mod tests {
         assert!(read(&store, "two", "e").is_none());
         assert!(eviction.sizes.contains(&(PathBuf::from("two"), 0)));
         assert!(read(&store, "one", "d").is_some());
+    }
+
+    /// An entry larger than a limit by itself goes first, however recently used: evicting
+    /// the others first would empty the cache (or the repository's share) and still not
+    /// bring it under.
+    #[test]
+    fn an_entry_over_a_limit_by_itself_goes_first() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ResponseStore::new(root.path());
+        let paths = put_aged(&store, &["a", "b", "c"]);
+        let one = disk_bytes(&std::fs::metadata(&paths[0]).unwrap());
+        for (limit_repo, limit_total) in [(Some(4 * one), None), (None, Some(4 * one))] {
+            std::thread::sleep(Duration::from_millis(20));
+            put(&store, "one", "big", &vec![7u8; 5 * one as usize]);
+            let eviction = store.evict(|_| limit_repo, limit_total).unwrap();
+            assert_eq!(
+                eviction.evicted[0].entries, 1,
+                "{limit_repo:?} {limit_total:?}"
+            );
+            assert!(read(&store, "one", "big").is_none());
+            for key in ["a", "b", "c"] {
+                assert!(read(&store, "one", key).is_some(), "{key}");
+            }
+        }
     }
 
     /// Tiny answers count as the disk they take, not their length: 64 answers of 100 bytes
