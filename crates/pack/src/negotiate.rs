@@ -74,11 +74,19 @@ pub(crate) fn ok_to_give_up(
     // Commits whose whole walk (above the cutoff) was explored without success.
     let mut dead: OidSet = OidSet::default();
     let mut reaching: OidSet = OidSet::default();
+    // Oldest first, as git sorts them (by generation, then date; by date without a commit
+    // graph): a want that only reaches the client's commits through another want, older
+    // than the cutoff, finds that one already known to reach them.
+    let mut starts = Vec::with_capacity(wants.len());
     for want in wants {
         // Non-commits cannot be judged by ancestry; git does not wait for them.
         let Some(start) = objects.peel_to_commit(want)? else {
             continue;
         };
+        starts.push((objects.commit(&start)?.time, start));
+    }
+    starts.sort_by_key(|&(time, _)| time);
+    for (_, start) in starts {
         if !reaches(objects, start, n, &mut dead, &mut reaching)? {
             return Ok(false);
         }

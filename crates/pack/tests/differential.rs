@@ -266,6 +266,66 @@ fn incremental_fetches_and_negotiation() {
     assert!(!m.ready && m.pack.is_none());
 }
 
+/// `commit` objects written by hand into `repo` with the given committer time: its tree and
+/// parents.
+fn dated_commit(repo: &std::path::Path, tree: &str, parents: &[&ObjectId], time: u64) -> ObjectId {
+    let mut text = format!("tree {tree}\n");
+    for parent in parents {
+        text.push_str(&format!("parent {parent}\n"));
+    }
+    text.push_str(&format!(
+        "author A <a@example.com> {time} +0000\ncommitter A <a@example.com> {time} +0000\n\nc\n"
+    ));
+    let out = gitcache_testkit::git::git_with_input(
+        repo,
+        &["hash-object", "-t", "commit", "-w", "--stdin"],
+        text.as_bytes(),
+    );
+    ObjectId::from_hex(String::from_utf8(out).unwrap().trim().as_bytes()).unwrap()
+}
+
+/// Readiness does not hang on the order of the wants: one that reaches the client's commit
+/// only through another want, whose date is older than the client's oldest have, is found
+/// to reach it when the wants are taken oldest first, as git takes them.
+#[test]
+fn readiness_takes_the_wants_oldest_first() {
+    let fx = Fixture::new(RepoSpec::tiny(28));
+    let tree = git(&fx.src, &["rev-parse", "main^{tree}"])
+        .trim()
+        .to_owned();
+    let base = dated_commit(&fx.src, &tree, &[], 1_700_000_050);
+    let have = dated_commit(&fx.src, &tree, &[&base], 1_700_000_100);
+    git(
+        &fx.src,
+        &["update-ref", "refs/heads/have", &have.to_string()],
+    );
+    let client = fx.clone_client("skewed", &[]);
+    let older = dated_commit(&fx.src, &tree, &[&base], 1_700_000_070);
+    let newer = dated_commit(&fx.src, &tree, &[&older], 1_700_000_110);
+    git(
+        &fx.src,
+        &["update-ref", "refs/heads/older", &older.to_string()],
+    );
+    git(
+        &fx.src,
+        &["update-ref", "refs/heads/newer", &newer.to_string()],
+    );
+    for (name, wants) in [
+        ("skewed-newest-first", vec![newer, older]),
+        ("skewed-oldest-first", vec![older, newer]),
+    ] {
+        let mut f = fetch(wants);
+        (f.done, f.haves) = (false, vec![have]);
+        let (m, _) = run(Case {
+            name,
+            fixture: &fx,
+            client: client.clone(),
+            fetch: f,
+        });
+        assert!(m.ready && m.pack.is_some(), "{name}");
+    }
+}
+
 #[test]
 fn filters_tags_and_want_ref() {
     let fx = Fixture::new(RepoSpec::small(26));
