@@ -96,6 +96,15 @@ fn shallow_since_and_not() {
         client: fx.empty_client("since"),
         fetch: f,
     });
+    // `deepen-since 0`: every commit, as git reads it.
+    let mut f = fetch(vec![main]);
+    f.deepen_since = Some(0);
+    run(Case {
+        name: "deepen-since-0",
+        fixture: &fx,
+        client: fx.empty_client("since-0"),
+        fetch: f,
+    });
     let mut f = fetch(vec![main]);
     f.deepen_not = vec!["v1.0".into()];
     run(Case {
@@ -145,6 +154,17 @@ fn deepening_a_shallow_clone() {
     (f.haves, f.shallows, f.deepen) = (vec![main], client_shallow.clone(), Some(0x7fff_ffff));
     let (m, _) = run(Case {
         name: "unshallow",
+        fixture: &fx,
+        client: client.clone(),
+        fetch: f,
+    });
+    assert_eq!(m.unshallow.len(), client_shallow.len());
+
+    // `deepen-since 0` deepens a shallow client to every commit, as git reads it.
+    let mut f = fetch(vec![main]);
+    (f.haves, f.shallows, f.deepen_since) = (vec![main], client_shallow.clone(), Some(0));
+    let (m, _) = run(Case {
+        name: "deepen-since-0-unshallows",
         fixture: &fx,
         client: client.clone(),
         fetch: f,

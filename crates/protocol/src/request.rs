@@ -605,7 +605,9 @@ impl RequestParser {
                     let since = std::str::from_utf8(v)
                         .ok()
                         .and_then(parse_c_unsigned)
-                        .filter(|&t| t > 0)
+                        // As git: any time but the one its walk reads as none (`-1`); 0
+                        // is every commit.
+                        .filter(|&t| t != u64::MAX)
                         .ok_or_else(|| invalid("deepen-since", line))?;
                     args.deepen_since = Some(since);
                 }
@@ -937,8 +939,17 @@ mod tests {
             "Invalid deepen: deepen 0"
         );
         assert_eq!(
-            err(&["command=fetch", "0001", "deepen-since 0", "0000"]),
-            "Invalid deepen-since: deepen-since 0"
+            err(&[
+                "command=fetch",
+                "0001",
+                "deepen-since 18446744073709551615",
+                "0000"
+            ]),
+            "Invalid deepen-since: deepen-since 18446744073709551615"
+        );
+        assert_eq!(
+            err(&["command=fetch", "0001", "deepen-since x", "0000"]),
+            "Invalid deepen-since: deepen-since x"
         );
         assert_eq!(
             err(&["command=fetch", "0001", "filter bogus", "0000"]),
