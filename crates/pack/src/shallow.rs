@@ -253,9 +253,15 @@ fn shallow_by_rev_list(
         }
     }
     let max_age = since.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
-    let walked = crate::walk::limited_walk(objects, &tips, &hidden, &OidSet::default(), max_age)?;
-    let order: Vec<ObjectId> = walked.interesting().copied().collect();
-    let shown = order;
+    // With nothing to leave out (no `deepen-not`) git's walk is not limited: a commit older
+    // than the cutoff hides only itself, not what another path reaches below it.
+    let shown: Vec<ObjectId> = if hidden.is_empty() {
+        crate::walk::unlimited_walk(objects, &tips, max_age)?
+    } else {
+        let walked =
+            crate::walk::limited_walk(objects, &tips, &hidden, &OidSet::default(), max_age)?;
+        walked.interesting().copied().collect()
+    };
     if shown.is_empty() {
         return Err(Error::NoShallowCommits);
     }

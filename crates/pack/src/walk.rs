@@ -56,24 +56,9 @@ pub(crate) fn limited_walk(
     grafts: &OidSet,
     max_age: Option<i64>,
 ) -> Result<Walked, Error> {
-    let mut walk = Walk {
-        queue: BinaryHeap::new(),
-        seq: 0,
-        seen: OidSet::default(),
-        queued_interesting: OidSet::default(),
-        out: Walked::default(),
-    };
-    for oid in hidden {
-        if walk.seen.insert(*oid) {
-            walk.out.uninteresting.insert(*oid);
-            walk.push(objects, *oid)?;
-        }
-    }
-    for oid in tips {
-        if walk.seen.insert(*oid) {
-            walk.push(objects, *oid)?;
-        }
-    }
+    let mut walk = Walk::default();
+    walk.start(objects, hidden, true)?;
+    walk.start(objects, tips, false)?;
     let mut slop = SLOP;
     while let Some(Queued { oid, time, .. }) = walk.queue.pop() {
         walk.queued_interesting.remove(&oid);
@@ -108,6 +93,35 @@ pub(crate) fn limited_walk(
     Ok(walk.out)
 }
 
+/// `rev-list --max-age=<max_age> <tips>` with nothing to leave out, as git walks it then
+/// (not limited): newest first; a commit older than `max_age` is not shown and its parents
+/// are not followed from it (another path may still reach them, unlike in
+/// [`limited_walk`], where everything below it is left out). The commits shown, in order.
+pub(crate) fn unlimited_walk(
+    objects: &mut Objects,
+    tips: &[ObjectId],
+    max_age: Option<i64>,
+) -> Result<Vec<ObjectId>, Error> {
+    let mut walk = Walk::default();
+    walk.start(objects, tips, false)?;
+    let mut shown = Vec::new();
+    while let Some(Queued { oid, time, .. }) = walk.queue.pop() {
+        objects.tick()?;
+        if max_age.is_some_and(|age| time < age) {
+            continue;
+        }
+        shown.push(oid);
+        let parents = objects.commit(&oid)?.parents.clone();
+        for p in parents {
+            if walk.seen.insert(p) {
+                walk.push(objects, p)?;
+            }
+        }
+    }
+    Ok(shown)
+}
+
+#[derive(Default)]
 struct Walk {
     queue: BinaryHeap<Queued>,
     seq: u64,
@@ -118,6 +132,24 @@ struct Walk {
 }
 
 impl Walk {
+    /// Queue each of `oids` not seen yet (as uninteresting, when `hidden`).
+    fn start(
+        &mut self,
+        objects: &mut Objects,
+        oids: &[ObjectId],
+        hidden: bool,
+    ) -> Result<(), Error> {
+        for oid in oids {
+            if self.seen.insert(*oid) {
+                if hidden {
+                    self.out.uninteresting.insert(*oid);
+                }
+                self.push(objects, *oid)?;
+            }
+        }
+        Ok(())
+    }
+
     fn push(&mut self, objects: &mut Objects, oid: ObjectId) -> Result<(), Error> {
         let time = objects.commit(&oid)?.time;
         self.seq += 1;

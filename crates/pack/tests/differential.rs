@@ -304,6 +304,44 @@ fn dated_commit(repo: &std::path::Path, tree: &str, parents: &[&ObjectId], time:
     ObjectId::from_hex(String::from_utf8(out).unwrap().trim().as_bytes()).unwrap()
 }
 
+/// `deepen-since` alone walks as git's rev-list does without anything to leave out: a
+/// commit older than the cutoff hides only itself, so a newer commit below it that another
+/// path reaches is still sent (clock skew: a parent newer than its child).
+#[test]
+fn deepen_since_alone_hides_only_the_older_commits() {
+    let fx = Fixture::new(RepoSpec::tiny(29));
+    let tree = git(&fx.src, &["rev-parse", "main^{tree}"])
+        .trim()
+        .to_owned();
+    let t = 1_700_000_000;
+    let root = dated_commit(&fx.src, &tree, &[], t + 50);
+    let skewed = dated_commit(&fx.src, &tree, &[&root], t + 10);
+    let side = dated_commit(&fx.src, &tree, &[&root], t + 90);
+    let tip = dated_commit(&fx.src, &tree, &[&skewed, &side], t + 100);
+    git(
+        &fx.src,
+        &["update-ref", "refs/heads/skewed", &tip.to_string()],
+    );
+    git(
+        &fx.src,
+        &["update-ref", "refs/heads/side", &side.to_string()],
+    );
+    for (name, wants) in [
+        ("since-skewed-both", vec![tip, side]),
+        ("since-skewed-tip", vec![tip]),
+    ] {
+        let mut f = fetch(wants);
+        f.deepen_since = Some(t + 40);
+        let (m, _) = run(Case {
+            name,
+            fixture: &fx,
+            client: fx.empty_client(name),
+            fetch: f,
+        });
+        assert_eq!(m.shallow, vec![tip], "{name}");
+    }
+}
+
 /// Readiness does not hang on the order of the wants: one that reaches the client's commit
 /// only through another want, whose date is older than the client's oldest have, is found
 /// to reach it when the wants are taken oldest first, as git takes them.
