@@ -114,9 +114,9 @@ impl Rechecks {
         let held = Held {
             rechecks: self,
             turn,
-            shared: self.turn(turn),
+            shared: Some(self.turn(turn)),
         };
-        let mut last = held.shared.lock().await;
+        let mut last = held.shared.as_ref().expect("held").lock().await;
         match &*last {
             Some((at, Came::Accepted)) if *at >= needed => return Turned::Covered,
             Some((at, Came::Failed(waited, why))) if *at >= needed => {
@@ -138,10 +138,15 @@ impl Rechecks {
     }
 
     /// Done with `held`: its turn is forgotten once nobody else holds or waits for it.
-    fn leave(&self, turn: &Turn, held: &Arc<Shared>) {
+    /// Let go of under the table's lock, so that of callers leaving at once the last one
+    /// finds only the table's reference left.
+    fn leave(&self, turn: &Turn, held: Arc<Shared>) {
         let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
-        // The table's reference and this one.
-        if Arc::strong_count(held) <= 2 {
+        drop(held);
+        if turns
+            .get(turn)
+            .is_some_and(|left| Arc::strong_count(left) == 1)
+        {
             turns.remove(turn);
         }
     }
@@ -151,12 +156,15 @@ impl Rechecks {
 struct Held<'a> {
     rechecks: &'a Rechecks,
     turn: &'a Turn,
-    shared: Arc<Shared>,
+    /// Taken when left.
+    shared: Option<Arc<Shared>>,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.rechecks.leave(self.turn, &self.shared);
+        if let Some(shared) = self.shared.take() {
+            self.rechecks.leave(self.turn, shared);
+        }
     }
 }
 
@@ -855,8 +863,7 @@ mod tests {
         );
         let gone = (rechecks.ask(&turn, later, || true, |_| async { ((), Came::Accepted) })).await;
         assert!(matches!(gone, Turned::Covered), "renewed meanwhile");
-        rechecks.leave(&turn, &held);
-        drop(held);
+        rechecks.leave(&turn, held);
         assert!(rechecks.turns.lock().unwrap().is_empty());
         // A caller dropped while it waits for its turn, or while it asks, leaves nothing.
         let held = rechecks.turn(&turn);
@@ -868,8 +875,7 @@ mod tests {
                 .is_err()
         );
         drop(guard);
-        rechecks.leave(&turn, &held);
-        drop(held);
+        rechecks.leave(&turn, held);
         let asking = rechecks.ask(&turn, later, needful, |_| {
             std::future::pending::<((), Came)>()
         });
@@ -879,6 +885,32 @@ mod tests {
                 .is_err()
         );
         assert!(rechecks.turns.lock().unwrap().is_empty());
+    }
+
+    /// Callers of one turn that end at once on several threads leave no turn behind: the
+    /// last to let go of it removes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn callers_ending_together_leave_no_turn_behind() {
+        let rechecks = Arc::new(Rechecks::default());
+        let key = gitcache_storage::repo::RepoKey::new("h", "o", "r").unwrap();
+        let turn = (key, crate::access::Fingerprint::of(None));
+        for _ in 0..50 {
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let (rechecks, turn) = (Arc::clone(&rechecks), turn.clone());
+                    tokio::spawn(async move {
+                        let needed = std::time::Instant::now();
+                        rechecks
+                            .ask(&turn, needed, || false, |_| async { ((), Came::Refused) })
+                            .await;
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            assert!(rechecks.turns.lock().unwrap().is_empty());
+        }
     }
 
     /// Changes to a fetch that no pack as it arrives answers: no offset deltas, a ref by name,

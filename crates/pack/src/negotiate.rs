@@ -74,9 +74,10 @@ pub(crate) fn ok_to_give_up(
     // Commits whose whole walk (above the cutoff) was explored without success.
     let mut dead: OidSet = OidSet::default();
     let mut reaching: OidSet = OidSet::default();
-    // Oldest first, as git sorts them (by generation, then date; by date without a commit
-    // graph): a want that only reaches the client's commits through another want, older
-    // than the cutoff, finds that one already known to reach them.
+    // Oldest first by date, as git sorts them without a commit graph it reads (with one, by
+    // generation first; a mirror's graphs are gitcache's own, so git on the mirror sorts
+    // by date too): a want that only reaches the client's commits through another want,
+    // older than the cutoff, finds that one already known to reach them.
     let mut starts = Vec::with_capacity(wants.len());
     for want in wants {
         // Non-commits cannot be judged by ancestry; git does not wait for them.

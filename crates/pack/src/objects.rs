@@ -812,10 +812,11 @@ fn signature_time(sig: &[u8]) -> i64 {
         return 0;
     };
     let rest = &sig[close + 1..];
-    // C's `isspace`: a tab or a carriage return may stand before the time too.
+    // git's own `isspace` (not C's): a tab or a carriage return may stand before the time
+    // too, a vertical tab or a form feed may not.
     let digits: Vec<u8> = rest
         .iter()
-        .skip_while(|b| matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c))
+        .skip_while(|b| matches!(b, b' ' | b'\t' | b'\r'))
         .take_while(|b| b.is_ascii_digit())
         .copied()
         .collect();
@@ -828,6 +829,10 @@ fn signature_time(sig: &[u8]) -> i64 {
 /// Parse the `object` and `type` headers of a tag as git's `parse_tag_buffer` reads them:
 /// the first line and the second (others further down are no such thing to git).
 pub(crate) fn parse_tag(data: &[u8], hash: HashKind) -> Result<(ObjectId, Kind), String> {
+    // As short as git reads none (`object`, `type` and a `tag` line at the least).
+    if data.len() < hash.len_in_hex() + 24 {
+        return Err("tag too short".into());
+    }
     let (first, at) = next_line(data, 0).ok_or("tag without object")?;
     let hex = first.strip_prefix(b"object ").ok_or("tag without object")?;
     let target = hex_oid(hex, hash)?;
@@ -1692,6 +1697,12 @@ pub(crate) mod tests {
         let tab = b"tree 1111111111111111111111111111111111111111\n\
             author A <a@b> 5 +0000\ncommitter C <c@d>\t 7 +0000\n\n";
         assert_eq!(parse_commit(tab, HashKind::Sha1).unwrap().time, 7);
+        for odd in [b'\x0b', b'\x0c'] {
+            let mut spaced = tab.to_vec();
+            let at = spaced.iter().position(|&b| b == b'\t').unwrap();
+            spaced[at] = odd;
+            assert_eq!(parse_commit(&spaced, HashKind::Sha1).unwrap().time, 0);
+        }
         // A parent line cut short at the end is none; one that ends the object is an error.
         let tree = "tree 1111111111111111111111111111111111111111\n";
         let parent = format!("parent {}", "2".repeat(40));
@@ -1743,6 +1754,11 @@ pub(crate) mod tests {
         assert_eq!(kind, Kind::Commit);
         let swapped = format!("type commit\nobject {object}\ntag v1\n\n");
         assert!(parse_tag(swapped.as_bytes(), HashKind::Sha1).is_err());
+        // Shorter than git reads any: none.
+        let short = format!("object {object}\ntype commit\n");
+        assert_eq!(short.len(), 40 + 20);
+        assert!(parse_tag(short.as_bytes(), HashKind::Sha1).is_err());
+        assert!(parse_tag(format!("{short}tag\n").as_bytes(), HashKind::Sha1).is_ok());
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub(crate) fn unlimited_walk(
     let mut shown = Vec::new();
     while let Some(Queued { oid, time, .. }) = walk.queue.pop() {
         objects.tick()?;
+        // Only what is queued is kept there (as the limited walk keeps it).
+        walk.queued_interesting.remove(&oid);
         if max_age.is_some_and(|age| time < age) {
             continue;
         }
