@@ -1027,10 +1027,16 @@ pub(crate) fn tree_entry(
         + space;
     let end = nul + 1 + hash.len_in_bytes();
     let id = data.get(nul + 1..end).ok_or("truncated tree entry")?;
-    let kind = match mode_bits(mode)? & FILE_TYPE {
-        DIRECTORY => EntryKind::Tree,
-        REGULAR | SYMLINK => EntryKind::Blob,
-        _ => EntryKind::Gitlink,
+    // The modes git writes, told by their text; any other by its bits.
+    let kind = match mode {
+        b"100644" | b"100755" | b"120000" => EntryKind::Blob,
+        b"40000" => EntryKind::Tree,
+        b"160000" => EntryKind::Gitlink,
+        _ => match mode_bits(mode)? & FILE_TYPE {
+            DIRECTORY => EntryKind::Tree,
+            REGULAR | SYMLINK => EntryKind::Blob,
+            _ => EntryKind::Gitlink,
+        },
     };
     let entry = TreeEntry {
         kind,
