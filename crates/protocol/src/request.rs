@@ -951,6 +951,15 @@ mod tests {
             err(&["command=fetch", "0001", "deepen-since x", "0000"]),
             "Invalid deepen-since: deepen-since x"
         );
+        // 0 is every commit to git, not an error.
+        let Some(Request {
+            command: Command::Fetch(since),
+            ..
+        }) = parse(&["command=fetch", "0001", "deepen-since 0", "0000"]).unwrap()
+        else {
+            panic!("a fetch");
+        };
+        assert_eq!(since.deepen_since, Some(0));
         assert_eq!(
             err(&["command=fetch", "0001", "filter bogus", "0000"]),
             "invalid filter-spec 'bogus'"
