@@ -662,6 +662,42 @@ fn asked_with(upstream: &Upstream, token: &str) -> usize {
         .count()
 }
 
+/// A plain `ls-refs` request body.
+fn ls_refs_body() -> Vec<u8> {
+    let mut ls_refs = Vec::new();
+    pkt(&mut ls_refs, "command=ls-refs");
+    pkt(&mut ls_refs, "object-format=sha1");
+    ls_refs.extend_from_slice(b"0000");
+    ls_refs
+}
+
+/// With `acme/secret`'s refresh held up (see [`secret_with_a_held_refresh`]): `other`
+/// fetches `tip` (its refresh), then `good` does, let in by the gate's check of its
+/// credential and joining that refresh; then `good` loses the repository upstream and
+/// `meanwhile` runs. The answers of `good` and `other`.
+fn good_joins_and_is_revoked(
+    upstream: &Upstream,
+    cache: &Gitcache,
+    tip: &str,
+    meanwhile: impl FnOnce(),
+) -> (common::Answer, common::Answer) {
+    let post =
+        |token: &str| upload_pack_as(&cache.addr, "acme/secret", token, &fetch_body(tip, &[]));
+    std::thread::scope(|scope| {
+        let refreshing = scope.spawn(|| post("other"));
+        common::wait_for("the refresh's fetch to reach the upstream", || {
+            upstream.pending_faults() == 0
+        });
+        let waiting = scope.spawn(|| post("good"));
+        common::wait_for("the gate's check of the credential", || {
+            asked_with(upstream, "good") > 0
+        });
+        upstream.revoke_token("acme/secret", "good");
+        meanwhile();
+        (waiting.join().unwrap(), refreshing.join().unwrap())
+    })
+}
+
 /// A fetch that passed the gate and then waited for a refresh is not answered from the
 /// mirror when the upstream refused its credential meanwhile: the refresh (another
 /// client's, which it joined) succeeds, the refused credential gets a 403 and no pack.
@@ -671,45 +707,29 @@ fn a_credential_refused_while_its_fetch_waits_gets_nothing_from_the_mirror() {
     // few requests to the upstream).
     let (upstream, cache, mirror, tip) =
         secret_with_a_held_refresh(407, "600", std::time::Duration::from_secs(6));
-    let post = |token: &str, body: &[u8]| upload_pack_as(&cache.addr, "acme/secret", token, body);
-    std::thread::scope(|scope| {
-        let refreshing = scope.spawn(|| post("other", &fetch_body(&tip, &[])));
-        common::wait_for("the refresh's fetch to reach the upstream", || {
-            upstream.pending_faults() == 0
-        });
-        // A credential with no grant yet: the gate asks the upstream, which accepts it, and
-        // the fetch joins the refresh under way.
-        let waiting = scope.spawn(|| post("good", &fetch_body(&tip, &[])));
-        common::wait_for("the gate's check of the credential", || {
-            asked_with(&upstream, "good") > 0
-        });
-        // Then the credential loses the repository, and a listing finds out.
-        upstream.revoke_token("acme/secret", "good");
-        let mut ls_refs = Vec::new();
-        pkt(&mut ls_refs, "command=ls-refs");
-        pkt(&mut ls_refs, "object-format=sha1");
-        ls_refs.extend_from_slice(b"0000");
-        assert_eq!(post("good", &ls_refs).status, 404);
-
-        let answer = waiting.join().unwrap();
-        assert_eq!(
-            answer.status,
-            403,
-            "{}\n{}",
-            answer.body_text(),
-            cache.log()
-        );
-        assert!(
-            answer
-                .body_text()
-                .contains("refused this credential while the request waited"),
-            "{}",
-            answer.body_text()
-        );
-        assert!(!answer.has_pack());
-        let answer = refreshing.join().unwrap();
-        assert!(answer.has_pack(), "{}", answer.head);
+    // A credential with no grant yet: the gate asks the upstream, which accepts it, and the
+    // fetch joins the refresh under way. Then the credential loses the repository, and a
+    // listing finds out.
+    let (answer, refreshed) = good_joins_and_is_revoked(&upstream, &cache, &tip, || {
+        let listed = upload_pack_as(&cache.addr, "acme/secret", "good", &ls_refs_body());
+        assert_eq!(listed.status, 404);
     });
+    assert_eq!(
+        answer.status,
+        403,
+        "{}\n{}",
+        answer.body_text(),
+        cache.log()
+    );
+    assert!(
+        answer
+            .body_text()
+            .contains("refused this credential while the request waited"),
+        "{}",
+        answer.body_text()
+    );
+    assert!(!answer.has_pack());
+    assert!(refreshed.has_pack(), "{}", refreshed.head);
     assert_eq!(
         git_stdout(&mirror, &["cat-file", "-t", &tip]).trim(),
         "commit"
@@ -725,39 +745,25 @@ fn a_fetch_that_waited_past_its_grant_is_asked_about_again() {
     // The refresh's fetch is held up well past the TTL.
     let (upstream, cache, _mirror, tip) =
         secret_with_a_held_refresh(409, "2", std::time::Duration::from_secs(10));
-    let post = |token: &str, body: &[u8]| upload_pack_as(&cache.addr, "acme/secret", token, body);
-    std::thread::scope(|scope| {
-        let refreshing = scope.spawn(|| post("other", &fetch_body(&tip, &[])));
-        common::wait_for("the refresh's fetch to reach the upstream", || {
-            upstream.pending_faults() == 0
-        });
-        // The gate asks about the credential, which the upstream accepts; the fetch joins the
-        // refresh under way. Then the credential loses the repository, and no request of its
-        // own tells gitcache so.
-        let waiting = scope.spawn(|| post("good", &fetch_body(&tip, &[])));
-        common::wait_for("the gate's check of the credential", || {
-            asked_with(&upstream, "good") > 0
-        });
-        upstream.revoke_token("acme/secret", "good");
-
-        let answer = waiting.join().unwrap();
-        assert!(
-            matches!(answer.status, 401 | 403 | 404),
-            "{} {}\n{}",
-            answer.status,
-            answer.body_text(),
-            cache.log()
-        );
-        assert!(!answer.has_pack());
-        assert_eq!(
-            asked_with(&upstream, "good"),
-            2,
-            "the gate's check, then once more"
-        );
-        // The client whose refresh it was waited as long, and is still accepted.
-        let answer = refreshing.join().unwrap();
-        assert!(answer.has_pack(), "{}", answer.head);
-    });
+    // The gate asks about the credential, which the upstream accepts; the fetch joins the
+    // refresh under way. Then the credential loses the repository, and no request of its own
+    // tells gitcache so.
+    let (answer, refreshed) = good_joins_and_is_revoked(&upstream, &cache, &tip, || {});
+    assert!(
+        matches!(answer.status, 401 | 403 | 404),
+        "{} {}\n{}",
+        answer.status,
+        answer.body_text(),
+        cache.log()
+    );
+    assert!(!answer.has_pack());
+    assert_eq!(
+        asked_with(&upstream, "good"),
+        2,
+        "the gate's check, then once more"
+    );
+    // The client whose refresh it was waited as long, and is still accepted.
+    assert!(refreshed.has_pack(), "{}", refreshed.head);
 }
 
 /// An acceptance asked for before a refusal and read after it vouches for nothing: a fetch
@@ -805,12 +811,8 @@ fn an_acceptance_read_after_a_refusal_vouches_for_nothing() {
     });
     // Meanwhile the credential loses the repository, and its listing is refused.
     upstream.revoke_token("acme/secret", "good");
-    let mut ls_refs = Vec::new();
-    pkt(&mut ls_refs, "command=ls-refs");
-    pkt(&mut ls_refs, "object-format=sha1");
-    ls_refs.extend_from_slice(b"0000");
     assert_eq!(
-        upload_pack_as(&cache.addr, "acme/secret", "good", &ls_refs).status,
+        upload_pack_as(&cache.addr, "acme/secret", "good", &ls_refs_body()).status,
         404
     );
     let mut raw = Vec::new();
