@@ -459,8 +459,9 @@ pub fn commit_graph(data: &[u8]) {
 /// fails (or on a header longer than any in its shortest form, which gitoxide takes). Hashing
 /// every blob stored whole, through a reader handing out 7 bytes at a time (headers and
 /// streams split across reads), it reads the same or fails (a stream whose Adler-32 is wrong,
-/// which only inflating checks), and each id is that of the blob inflated whole here. Never a
-/// panic, and nothing is sized by what the bytes claim.
+/// which only inflating checks), and each id is that of the blob inflated whole here. The
+/// objects found early in it ([`crate::early::scan`]) are found only in a pack that reads,
+/// each at one of its entries. Never a panic, and nothing is sized by what the bytes claim.
 pub fn incoming(data: &[u8]) {
     use crate::incoming::{Incoming, IncomingEntry, LONGEST_HEADER};
     use gix_pack::data::input;
@@ -517,6 +518,38 @@ pub fn incoming(data: &[u8]) {
                 .iter()
                 .any(|entry| usize::from(entry.header_size) > LONGEST_HEADER) => {}
         (ours, theirs) => panic!("gitcache read {ours:?}, gitoxide {theirs:?}"),
+    }
+    // The objects found as the pack arrives: only in a pack that reads, each at one of its
+    // entries, a whole one's id that of its object inflated here.
+    let limits = crate::early::Limits {
+        cache_bytes: 1 << 20,
+        object_bytes: 1 << 20,
+        decoded_per_byte: 8,
+        most_found: 1 << 16,
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut pieces = std::io::BufReader::with_capacity(7, data);
+    if let Ok(found) = crate::early::scan(&mut pieces, hash, limits, &stop) {
+        let Ok((entries, _)) = &plain else {
+            panic!("objects found in a pack that does not read: {plain:?}");
+        };
+        for (id, at) in &found.objects {
+            let entry = (entries.iter())
+                .find(|entry| entry.offset == at.offset)
+                .expect("found at an entry");
+            assert_eq!(entry.crc32, at.crc32);
+            if let Some(kind) = entry.header.as_kind() {
+                let start = usize::try_from(entry.offset + u64::from(entry.header_size)).unwrap();
+                let end = usize::try_from(entry.end()).unwrap();
+                let mut object = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::ZlibDecoder::new(&data[start..end]),
+                    &mut object,
+                )
+                .expect("a stream read whole once inflates again");
+                assert_eq!(*id, gix_object::compute_hash(hash, kind, &object).unwrap());
+            }
+        }
     }
     let mut small = std::io::BufReader::with_capacity(7, data);
     let (Ok((plain, _)), Ok((hashed, _))) = (plain, ours(&mut small, 0)) else {

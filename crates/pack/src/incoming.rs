@@ -67,6 +67,10 @@ impl std::fmt::Debug for Incoming<'_> {
     }
 }
 
+/// Whether an entry is inflated and held, told its offset, header and inflated size (see
+/// [`Incoming::next_entry_keeping`]).
+pub type Keep<'a> = dyn Fn(u64, &Header, u64) -> bool + 'a;
+
 /// One entry of a pack read by [`Incoming`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingEntry {
@@ -127,6 +131,25 @@ impl<'a> Incoming<'a> {
 
     /// The next entry, `None` after the last.
     pub fn next_entry(&mut self) -> Result<Option<IncomingEntry>, Error> {
+        Ok(self.read_entry(None)?.map(|(entry, _)| entry))
+    }
+
+    /// [`next_entry`](Self::next_entry), inflating into `out` an entry (a delta's
+    /// instructions, for a delta) that `keep` takes, told its offset, header and inflated
+    /// size, unless it is a blob hashed as it is read: whether it was (`out` holds nothing
+    /// meaningful otherwise). What `keep` takes is held whole in memory: it bounds the size.
+    pub fn next_entry_keeping(
+        &mut self,
+        keep: &Keep<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(IncomingEntry, bool)>, Error> {
+        self.read_entry(Some((keep, out)))
+    }
+
+    fn read_entry(
+        &mut self,
+        keep: Option<(&Keep<'_>, &mut Vec<u8>)>,
+    ) -> Result<Option<(IncomingEntry, bool)>, Error> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -151,10 +174,16 @@ impl<'a> Incoming<'a> {
         }
         let header_size =
             u16::try_from(header.header_size()).map_err(|_| at(&"a header too long"))?;
-        let (decompressed, compressed, id) = match header.header {
-            Header::Blob if header.decompressed_size >= self.hash_from => {
+        let mut kept = false;
+        let (decompressed, compressed, id) = match (header.header, keep) {
+            (Header::Blob, _) if header.decompressed_size >= self.hash_from => {
                 let (compressed, id) = self.hash_blob(header.decompressed_size, offset)?;
                 (header.decompressed_size, compressed, Some(id))
+            }
+            (_, Some((keep, out))) if keep(offset, &header.header, header.decompressed_size) => {
+                let compressed = self.inflate_into(header.decompressed_size, offset, out)?;
+                kept = true;
+                (header.decompressed_size, compressed, None)
             }
             _ => {
                 let (decompressed, compressed) =
@@ -178,7 +207,7 @@ impl<'a> Incoming<'a> {
             id,
         };
         self.offset = entry.end();
-        Ok(Some(entry))
+        Ok(Some((entry, kept)))
     }
 
     /// The pack's trailer, read after the last entry: the checksum it claims (checking it is
@@ -193,6 +222,58 @@ impl<'a> Incoming<'a> {
             .read_exact(trailer)
             .map_err(|err| invalid(&format!("the pack's trailer: {err}")))?;
         Ok(ObjectId::from_bytes_or_panic(trailer))
+    }
+
+    /// Inflate the zlib stream of an entry of `size` bytes at `offset` from the reader into
+    /// `out`: the bytes of its stream. `size` is held to by the caller; one byte more is
+    /// room to find a stream longer than its header says.
+    fn inflate_into(&mut self, size: u64, offset: u64, out: &mut Vec<u8>) -> Result<u64, Error> {
+        let corrupt = |what: &dyn std::fmt::Display| {
+            invalid(&format!("the entry at offset {offset}: {what}"))
+        };
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|size| *size < usize::MAX)
+            .ok_or_else(|| corrupt(&"too large to hold"))?;
+        out.clear();
+        self.inflate.reset();
+        loop {
+            let input = self.read.fill_buf().map_err(|err| corrupt(&err))?;
+            if input.is_empty() {
+                return Err(corrupt(&"the pack ends inside it"));
+            }
+            let (read, written) = (self.inflate.total_in(), self.inflate.total_out());
+            let at = written as usize;
+            if at == out.len() {
+                // Grown as the stream gives (doubling), not to the size the header claims:
+                // a header claiming much for a short stream costs nothing.
+                out.resize(at.saturating_mul(2).max(1 << 12).min(size + 1), 0);
+            }
+            let status = (self.inflate)
+                .decompress(input, &mut out[at..], gix_zlib::FlushDecompress::None)
+                .map_err(|err| corrupt(&err))?;
+            let used = (self.inflate.total_in() - read) as usize;
+            let made = (self.inflate.total_out() - written) as usize;
+            self.read.consume(used);
+            if self.inflate.total_out() as usize > size {
+                return Err(corrupt(&format_args!(
+                    "it inflates to more than {size} bytes"
+                )));
+            }
+            match status {
+                gix_zlib::Status::StreamEnd => break,
+                _ if used == 0 && made == 0 => return Err(corrupt(&"its stream is stuck")),
+                _ => {}
+            }
+        }
+        if self.inflate.total_out() as usize != size {
+            return Err(corrupt(&format_args!(
+                "it inflates to {} bytes, its header says {size}",
+                self.inflate.total_out()
+            )));
+        }
+        out.truncate(size);
+        Ok(self.inflate.total_in())
     }
 
     /// Inflate the zlib stream of a blob of `size` bytes at `offset` from the reader, hashing

@@ -454,20 +454,43 @@ fn sort_by_id<const N: usize>(nodes: &mut [Node<N>]) {
     }
 }
 
-/// Write the index of a pack whose objects' ids are known (a test's pack written by hand).
-#[cfg(test)]
+/// Write the index of the objects of a pack whose ids are known (a test's pack written by
+/// hand, or the objects found in a pack as it arrived, see [`crate::early`]), each once.
 pub(crate) fn write_index_of(
     path: &Path,
     objects: &[(ObjectId, PackEntry)],
     checksum: &ObjectId,
     hash: gix_hash::Kind,
 ) -> Result<(), Error> {
-    assert_eq!(hash, gix_hash::Kind::Sha1, "a test's SHA-1 pack");
+    match hash.len_in_bytes() {
+        20 => write_index_of_as::<20>(path, objects, checksum, hash),
+        32 => write_index_of_as::<32>(path, objects, checksum, hash),
+        len => Err(Error::odb(format!("object ids of {len} bytes"))),
+    }
+}
+
+fn write_index_of_as<const N: usize>(
+    path: &Path,
+    objects: &[(ObjectId, PackEntry)],
+    checksum: &ObjectId,
+    hash: gix_hash::Kind,
+) -> Result<(), Error> {
+    let count = u32::try_from(objects.len())
+        .ok()
+        .filter(|count| count >> ENTRY_BITS == 0)
+        .ok_or_else(|| Error::odb("too many objects for one pack"))?;
     let entries: Vec<PackEntry> = objects.iter().map(|&(_, entry)| entry).collect();
-    let mut nodes: Vec<Node<20>> = (objects.iter().zip(0..))
-        .map(|(&(oid, _), entry)| Node::new(entry, oid.as_bytes().try_into().expect("a SHA-1 id")))
-        .collect();
+    let mut nodes: Vec<Node<N>> = (objects.iter().zip(0..count))
+        .map(|(&(oid, _), entry)| {
+            let oid = <[u8; N]>::try_from(oid.as_bytes())
+                .map_err(|_| Error::odb("an id of another length"))?;
+            Ok(Node::new(entry, oid))
+        })
+        .collect::<Result<_, Error>>()?;
     sort_by_id(&mut nodes);
+    if nodes.windows(2).any(|pair| pair[0].oid == pair[1].oid) {
+        return Err(crate::closed::twice(nodes.iter().map(Node::id)));
+    }
     write_index(path, &entries, &nodes, checksum, hash)
 }
 

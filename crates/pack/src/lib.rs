@@ -42,6 +42,7 @@ mod chains;
 pub mod checkout;
 mod closed;
 mod delta;
+pub mod early;
 mod error;
 mod filter;
 mod forest;
@@ -251,6 +252,24 @@ impl PackPlan {
         }
     }
 
+    /// Whether every object the pack would hold is named by the index of a pack it is
+    /// written from, and a stored pack sent as it is holds no entry beyond those its index
+    /// names. Planning reads the commits, trees and tags it sends but only lists the blobs:
+    /// a repository indexed in part ([`early`]) may answer only when this holds.
+    pub fn held_whole(&self) -> bool {
+        match &self.source {
+            Source::WholePack { path, count } => {
+                packs::header_count(path).is_some_and(|entries| entries as usize == *count)
+            }
+            Source::Selected(selection) => {
+                selection.packed.is_none()
+                    && selection
+                        .listed()
+                        .all(|oid| self.packs.iter().any(|pack| pack.contains(oid)))
+            }
+        }
+    }
+
     /// The `shallow` and `unshallow` lines, if a `shallow-info` section is sent.
     pub fn shallow_info(&self) -> Option<(&[ObjectId], &[ObjectId])> {
         self.shallow_info
@@ -260,6 +279,15 @@ impl PackPlan {
 }
 
 impl Plan {
+    /// Whether the objects of the pack sent, if any, are all in the repository's indexes (see
+    /// [`PackPlan::held_whole`]).
+    pub fn held_whole(&self) -> bool {
+        match self {
+            Plan::Pack(pack) => pack.held_whole(),
+            Plan::Nothing | Plan::Acknowledge { .. } => true,
+        }
+    }
+
     /// Objects in the pack, if a pack is sent.
     pub fn object_count(&self) -> Option<usize> {
         match self {

@@ -128,6 +128,20 @@ impl StoredPack {
     }
 }
 
+/// The number of entries the header of the pack file at `path` says it holds, if it can be
+/// read.
+pub(crate) fn header_count(path: &Path) -> Option<u32> {
+    use std::io::Read;
+    let mut header = [0; gix_pack::data::header::SIZE];
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut header)
+        .ok()?;
+    gix_pack::data::header::decode(&header)
+        .ok()
+        .map(|(_, count)| count)
+}
+
 /// Whether the entry of `data` at offset `at` is a whole object: its type, in its first byte,
 /// is not a delta's (6 or 7). `false` if it cannot be read.
 pub(crate) fn stored_whole_at(data: &PackData, at: u64) -> bool {

@@ -1,0 +1,284 @@
+//! Answers from the objects found in a pack as it arrived ([`gitcache_pack::early`]): a
+//! shallow clone of the tips planned from them alone is what `git upload-pack` sends for the
+//! whole repository, and an answer needing what was not found fails to plan.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use common::{Fixture, apply, fetch, git, upload_pack};
+use gitcache_pack::early::{Limits, scan};
+use gitcache_pack::{Options, Plan, Repository, plan};
+use gitcache_protocol::response::parse_fetch_response;
+use gitcache_testkit::git::git_with_input;
+use gitcache_testkit::repo::RepoSpec;
+
+/// The pack a clone of every ref of `src` is sent, as `git pack-objects` writes it.
+fn clone_pack(src: &Path) -> Vec<u8> {
+    let tips = git(src, &["for-each-ref", "--format=%(objectname)"]);
+    git_with_input(
+        src,
+        &[
+            "pack-objects",
+            "--revs",
+            "--stdout",
+            "--delta-base-offset",
+            "-q",
+        ],
+        tips.as_bytes(),
+    )
+}
+
+/// A repository of `pack` alone, indexed by what a scan of it within `limits` found, with the
+/// refs and config of `src`.
+fn early_repository(src: &Path, dir: &Path, pack: &[u8], limits: Limits) -> (PathBuf, usize) {
+    let format = Repository::open(src).unwrap().object_format();
+    let mut read = pack;
+    let found = scan(&mut read, format, limits, &AtomicBool::new(false)).unwrap();
+    assert!(read.is_empty(), "the scan read the pack to its end");
+    let early = dir.join("early.git");
+    let packs = early.join("objects").join("pack");
+    std::fs::create_dir_all(&packs).unwrap();
+    let name = format!("pack-{}", found.checksum());
+    std::fs::write(packs.join(format!("{name}.pack")), pack).unwrap();
+    found
+        .write_index(&packs.join(format!("{name}.idx")))
+        .unwrap();
+    std::fs::copy(src.join("config"), early.join("config")).unwrap();
+    std::fs::copy(src.join("HEAD"), early.join("HEAD")).unwrap();
+    let refs = git(
+        src,
+        &[
+            "for-each-ref",
+            "--format=%(objectname) %(refname)%(if)%(*objectname)%(then)\n^%(*objectname)%(end)",
+        ],
+    );
+    let packed = format!("# pack-refs with: peeled fully-peeled sorted \n{refs}");
+    std::fs::write(early.join("packed-refs"), packed).unwrap();
+    (early, found.len())
+}
+
+/// A depth-1 clone of `HEAD` with its tags, planned from the early repository, gives what
+/// git gives from the whole one: the same shallow line and objects, a pack `index-pack
+/// --strict` takes and a client `fsck --strict` finds whole.
+fn shallow_clone_matches_git(spec: RepoSpec) {
+    let fixture = Fixture::new(spec);
+    let pack = clone_pack(&fixture.src);
+    let (early, found) =
+        early_repository(&fixture.src, fixture.dir.path(), &pack, Limits::default());
+    let all = common::all_objects(&fixture.src).len();
+    assert!(
+        found < all,
+        "a scan finds part of the objects ({found} of {all})"
+    );
+
+    let mut request = fetch(vec![fixture.rev("HEAD")]);
+    request.deepen = Some(1);
+    request.include_tag = true;
+    let body = fixture.body(request.clone());
+    let theirs = parse_fetch_response(&upload_pack(&fixture.src, &body), fixture.format).unwrap();
+    let repo = Repository::open(&early).unwrap();
+    let mut mine = Vec::new();
+    plan(&repo, &request, fixture.format, &Options::default())
+        .expect("every object of a shallow clone was found as the pack arrived")
+        .write_to(&mut mine)
+        .unwrap();
+    let mine = parse_fetch_response(&mine, fixture.format).unwrap();
+    assert_eq!(mine.shallow, theirs.shallow);
+    let client = fixture.empty_client("client.git");
+    let (with_mine, added_mine) = apply(&client, &mine, "ours", false);
+    let (_, added_theirs) = apply(&client, &theirs, "git", false);
+    assert_eq!(added_mine, added_theirs, "the same objects as git's");
+    git(
+        &with_mine,
+        &[
+            "update-ref",
+            "refs/heads/main",
+            &fixture.rev("HEAD").to_string(),
+        ],
+    );
+    let out = fixture
+        .client
+        .run(&with_mine, &["fsck", "--strict", "--no-progress"])
+        .unwrap();
+    assert!(out.success(), "fsck: {out}");
+}
+
+#[test]
+fn a_shallow_clone_is_answered_from_what_arrived() {
+    shallow_clone_matches_git(RepoSpec::medium(7));
+}
+
+#[test]
+fn a_shallow_clone_is_answered_from_what_arrived_sha256() {
+    shallow_clone_matches_git(RepoSpec::small(8).sha256());
+}
+
+/// What was not found is not answered: with nothing decoded but the blobs hashed as they go
+/// by, a clone fails to plan, and so does a full clone with too little kept for the deltas.
+#[test]
+fn an_answer_needing_what_was_not_found_fails_to_plan() {
+    let fixture = Fixture::new(RepoSpec::small(9));
+    let pack = clone_pack(&fixture.src);
+    let nothing = Limits {
+        cache_bytes: 0,
+        object_bytes: 0,
+        decoded_per_byte: 0,
+        ..Limits::default()
+    };
+    let (early, found) = early_repository(&fixture.src, fixture.dir.path(), &pack, nothing);
+    assert!(found > 0, "the blobs hashed as they went by");
+    let repo = Repository::open(&early).unwrap();
+    let mut request = fetch(vec![fixture.rev("HEAD")]);
+    request.deepen = Some(1);
+    let planned = plan(&repo, &request, fixture.format, &Options::default());
+    assert!(planned.is_err(), "a commit not found cannot be answered");
+
+    let dir = tempfile::tempdir().unwrap();
+    let small = Limits {
+        cache_bytes: 1,
+        ..Limits::default()
+    };
+    let (early, _) = early_repository(&fixture.src, dir.path(), &pack, small);
+    let repo = Repository::open(&early).unwrap();
+    let planned = plan(
+        &repo,
+        &fetch(vec![fixture.rev("HEAD")]),
+        fixture.format,
+        &Options::default(),
+    );
+    assert!(planned.is_err(), "the deltas' objects were not found");
+}
+
+/// A pack cut short, or with a damaged entry, is an error, not a partial find.
+#[test]
+fn a_damaged_pack_is_an_error() {
+    let fixture = Fixture::new(RepoSpec::tiny(10));
+    let pack = clone_pack(&fixture.src);
+    let format = gix_hash::Kind::Sha1;
+    let stop = AtomicBool::new(false);
+    let mut cut = &pack[..pack.len() / 2];
+    assert!(scan(&mut cut, format, Limits::default(), &stop).is_err());
+    let mut damaged = pack.clone();
+    // The first entry's zlib stream, past its header.
+    damaged[14] ^= 0xff;
+    damaged[15] ^= 0xff;
+    let mut read = &damaged[..];
+    assert!(scan(&mut read, format, Limits::default(), &stop).is_err());
+    let mut read = &pack[..];
+    let stopped = scan(&mut read, format, Limits::default(), &AtomicBool::new(true));
+    assert!(stopped.is_err(), "a stopped scan finds nothing");
+}
+
+/// A tip blob stored as a delta on a blob too large to keep is not found, yet planning lists
+/// blobs without reading them: the plan is made, and says it is not held whole, so that it
+/// is not sent. A full clone whose objects were all found from a pack holding one entry
+/// more (an object nothing reaches, a delta on a base not kept) would be the stored pack
+/// sent as it is: not held whole either.
+#[test]
+fn a_plan_sending_what_was_not_found_is_not_held_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["init", "-q", "-b", "main", work.to_str().unwrap()],
+    );
+    let big: String = (0..2000)
+        .map(|i| format!("line {i} of a large file\n"))
+        .collect();
+    std::fs::write(work.join("file"), &big).unwrap();
+    gitcache_testkit::git::commit_all(&work, "large");
+    // Smaller: stored as a delta on the larger version, as git prefers.
+    let small: String = big.lines().take(1900).map(|l| format!("{l}\n")).collect();
+    std::fs::write(work.join("file"), &small).unwrap();
+    gitcache_testkit::git::commit_all(&work, "smaller");
+    let src = dir.path().join("src.git");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ],
+    );
+    let pack = clone_pack(&src);
+    let tip_blob = git(&src, &["rev-parse", "main:file"]);
+    let format = gix_hash::Kind::Sha1;
+    // Objects over 4 KiB are hashed as they go by, not kept.
+    let limits = Limits {
+        object_bytes: 4 << 10,
+        ..Limits::default()
+    };
+    let (early, _) = early_repository(&src, &dir.path().join("one"), &pack, limits);
+    let repo = Repository::open(&early).unwrap();
+    let tip =
+        gix_hash::ObjectId::from_hex(git(&src, &["rev-parse", "main"]).trim().as_bytes()).unwrap();
+    let tip_blob = gix_hash::ObjectId::from_hex(tip_blob.trim().as_bytes()).unwrap();
+    assert!(
+        !repo.contains(&tip_blob),
+        "the tip's blob, a delta on a large one, is not found"
+    );
+    let mut request = fetch(vec![tip]);
+    request.deepen = Some(1);
+    let planned = plan(&repo, &request, format, &Options::default()).expect("planned");
+    assert!(!planned.held_whole());
+
+    // Every reachable object stored whole, and one entry more: a delta on the tip's blob by
+    // id, which a scan leaves to the indexing (an object nothing reaches).
+    let whole = git_with_input(
+        &src,
+        &["pack-objects", "--revs", "--stdout", "--window=0", "-q"],
+        b"main\n",
+    );
+    let base = small.len();
+    let mut delta = Vec::new();
+    for mut size in [base, base + 2] {
+        loop {
+            let byte = (size & 0x7f) as u8;
+            size >>= 7;
+            if size == 0 {
+                delta.push(byte);
+                break;
+            }
+            delta.push(byte | 0x80);
+        }
+    }
+    // Copy the whole base (offset 0, three bytes of size), then insert two bytes.
+    delta.push(0x80 | 0x70);
+    delta.extend_from_slice(&(base as u32).to_le_bytes()[..3]);
+    delta.extend_from_slice(&[2, b'x', b'\n']);
+    let mut extra = gitcache_testkit::packfile::entry_header(7, delta.len());
+    extra.extend_from_slice(tip_blob.as_bytes());
+    extra.extend_from_slice(&gitcache_testkit::packfile::zlib_stored(&delta, 0));
+    let entries = &whole[12..whole.len() - 20];
+    let count = u32::from_be_bytes(whole[8..12].try_into().unwrap()) + 1;
+    let mut pack = b"PACK\0\0\0\x02".to_vec();
+    pack.extend_from_slice(&count.to_be_bytes());
+    pack.extend_from_slice(entries);
+    pack.extend_from_slice(&extra);
+    let checksum = {
+        let mut hasher = gix_hash::hasher(format);
+        hasher.update(&pack);
+        hasher.try_finalize().unwrap()
+    };
+    pack.extend_from_slice(checksum.as_bytes());
+    let all = count as usize;
+    let limits = Limits::default();
+    let (early, found) = early_repository(&src, &dir.path().join("two"), &pack, limits);
+    let repo = Repository::open(&early).unwrap();
+    let planned = plan(&repo, &fetch(vec![tip]), format, &Options::default());
+    match planned {
+        // Every reachable object found: the stored pack, one entry more than its index.
+        Ok(planned) if found == all - 1 => {
+            let Plan::Pack(pack_plan) = &planned else {
+                panic!("a pack is sent");
+            };
+            assert!(pack_plan.is_whole_pack(), "sent as it is");
+            assert!(!planned.held_whole());
+        }
+        other => panic!("found {found} of {all}: {other:?}"),
+    }
+}
