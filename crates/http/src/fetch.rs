@@ -198,6 +198,17 @@ enum Waited {
     TooLong,
 }
 
+/// What the objects found early in a mirror's first pack made of a fetch (see
+/// [`Fetches::answer_early`]).
+enum Early {
+    /// The client's credential is not vouched for now: its refusal.
+    Refused(Response<Body>),
+    /// The answer, from those objects.
+    Answered(Response<Body>),
+    /// They do not answer it.
+    Not,
+}
+
 /// What a fetch's answer is checked against before it is sent and stored.
 #[derive(Debug, Clone, Copy)]
 struct Vouched {
@@ -386,11 +397,33 @@ impl Fetches {
                 }
             }
         } else {
-            tokio::select! {
-                biased;
-                outcome = &mut refresh => Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
-                repo = self.landed(target, &fetch, &mut landings), if early => Waited::Landed(repo),
-                () = &mut too_long => Waited::TooLong,
+            // Meanwhile, a mirror made from nothing may answer from the objects found in its
+            // first pack as it arrived, with the refs it will have: a shallow clone of the
+            // tips most often needs nothing else (one that does waits on).
+            // Only without haves or shallow commits: those it does not hold would be taken
+            // for commits the client lacks.
+            let registry = self.mirrors.registry();
+            let from_early = early && fetch.haves.is_empty() && fetch.shallows.is_empty();
+            let mut seen = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
+                    repo = self.landed(target, &fetch, &mut landings), if early => break Waited::Landed(repo),
+                    found = registry.early_after(&target.key, seen.as_ref()), if from_early => {
+                        match self.answer_early(target, headers, &found, &fetch, kind, &vouched).await? {
+                            Early::Refused(refused) => return Ok(refused),
+                            Early::Answered(response) => {
+                                return Ok(with_state(
+                                    response.map(|body| body.holding((answering, found))),
+                                    CacheState::Miss,
+                                ));
+                            }
+                            Early::Not => seen = Some(found),
+                        }
+                    }
+                    () = &mut too_long => break Waited::TooLong,
+                }
             }
         };
         let mut asked_ahead = Vec::new();
@@ -573,6 +606,46 @@ impl Fetches {
                 None
             }
         }
+    }
+
+    /// The answer to `fetch` from the objects `found` in the first pack of `target`'s mirror
+    /// as it arrived, if it can be planned from them alone and they hold all it sends; a
+    /// refusal instead when the client's credential is not vouched for now.
+    async fn answer_early(
+        &self,
+        target: &Target,
+        headers: &HeaderMap,
+        found: &gitcache_mirror::live::Early,
+        fetch: &Fetch,
+        kind: HashKind,
+        vouched: &Vouched,
+    ) -> Result<Early, Error> {
+        if let Some(refused) = self.unvouched(target, headers, vouched).await? {
+            return Ok(Early::Refused(refused));
+        }
+        let answer = self
+            .responder
+            .serve_early(
+                target.key.relative_path(),
+                found,
+                fetch.clone(),
+                kind,
+                vouched.removals,
+            )
+            .await;
+        Ok(match answer {
+            Some(response) => {
+                tracing::info!(result = "miss", early = true, "fetch");
+                Early::Answered(response)
+            }
+            None => {
+                tracing::debug!(
+                    found = found.found(),
+                    "not answered from the objects found as the first pack arrived"
+                );
+                Early::Not
+            }
+        })
     }
 
     /// The answer to `fetch` from `repo`, the mirror of `target`, holding its background work

@@ -306,6 +306,86 @@ impl Responder {
         fetch: Fetch,
         kind: HashKind,
     ) -> Response<Body> {
+        self.live(repo, fetch, kind, None).await
+    }
+
+    /// [`serve_since`](Self::serve_since) from the objects found early in a mirror's first
+    /// pack (`early`'s repository), when the answer to `fetch` is held whole by them (see
+    /// [`serve_if_planned`](Self::serve_if_planned)): checked once for each response key
+    /// (identical requests arriving together then share one generation, and the answer is
+    /// stored under the key the mirror's own answer would have: the refs are those the
+    /// mirror will have). `None` when it is not held whole.
+    pub(crate) async fn serve_early(
+        &self,
+        rel: PathBuf,
+        early: &gitcache_mirror::live::Early,
+        fetch: Fetch,
+        kind: HashKind,
+        removals: (u64, u64),
+    ) -> Option<Response<Body>> {
+        let repo = early.repository();
+        if self.cache.is_none() {
+            return self.serve_if_planned(repo, fetch, kind).await;
+        }
+        let keyed = {
+            let (repo, mut fetch) = (Arc::clone(&repo), fetch.clone());
+            // Never closed.
+            let turn = Arc::clone(&self.keying).acquire_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                response_key(&repo, &mut fetch, kind)
+            })
+            .await
+        };
+        let Ok(Ok(Some(key))) = keyed else {
+            return self.serve_if_planned(repo, fetch, kind).await;
+        };
+        let checked = early.checked(&key.key);
+        let held = *checked
+            .get_or_init(|| async {
+                let slot = self.pack_slots.take().await;
+                let (repo, fetch) = (Arc::clone(&repo), fetch.clone());
+                let options = self.pack.clone();
+                tokio::task::spawn_blocking(move || {
+                    let options = shared(&options, slot.as_ref());
+                    gitcache_pack::plan(&repo, &fetch, kind, &options)
+                        .is_ok_and(|plan| plan.held_whole())
+                })
+                .await
+                .unwrap_or(false)
+            })
+            .await;
+        if !held {
+            return None;
+        }
+        Some(self.serve_since(rel, repo, fetch, kind, removals).await)
+    }
+
+    /// [`serve_live`](Self::serve_live), when `fetch` can be planned from `repo` and every
+    /// object the answer sends is in its indexes ([`gitcache_pack::Plan::held_whole`]);
+    /// `None` otherwise, whatever the reason (nothing is sent then: the caller answers
+    /// otherwise). Never stored: for a repository that holds part of the mirror's objects
+    /// (see [`gitcache_mirror::live::Early`]).
+    pub(crate) async fn serve_if_planned(
+        &self,
+        repo: Arc<Repository>,
+        fetch: Fetch,
+        kind: HashKind,
+    ) -> Option<Response<Body>> {
+        let (told, planned) = tokio::sync::oneshot::channel();
+        let response = self.live(repo, fetch, kind, Some(told)).await;
+        planned.await.unwrap_or(false).then_some(response)
+    }
+
+    /// [`serve_live`](Self::serve_live), telling `told` whether the plan was made (and
+    /// sending nothing if it was not).
+    async fn live(
+        &self,
+        repo: Arc<Repository>,
+        fetch: Fetch,
+        kind: HashKind,
+        mut told: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> Response<Body> {
         let mut slot = self.pack_slots.take().await;
         let (tx, rx) = mpsc::channel(4);
         let probe = tx.clone();
@@ -324,7 +404,16 @@ impl Responder {
             let mut out = ChannelWriter::new(tx, stall);
             let started = Instant::now();
             let mut planned = Duration::ZERO;
-            let result = gitcache_pack::plan(&repo, &fetch, kind, &options).and_then(|plan| {
+            let made = gitcache_pack::plan(&repo, &fetch, kind, &options);
+            if let Some(told) = told.take() {
+                // Planned, and every object it sends is there to be read.
+                let made = made.as_ref().is_ok_and(gitcache_pack::Plan::held_whole);
+                let _ = told.send(made);
+                if !made {
+                    return;
+                }
+            }
+            let result = made.and_then(|plan| {
                 planned = started.elapsed();
                 if copies_a_file(&plan) {
                     // Sending a stored pack as it is takes no CPU to speak of: the slot is

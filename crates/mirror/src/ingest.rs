@@ -381,7 +381,7 @@ fn receive(
         Some(Announce { board, asked }) => Some(Live {
             as_received: !asked.haves.is_empty(),
             thin: asked.thin_pack,
-            publisher: board.announce(asked, hash, file.try_clone()?),
+            publisher: board.announce_at(asked, hash, file.try_clone()?, to),
             head: Vec::with_capacity(gix_pack::data::header::SIZE),
             written: 0,
             published: 0,
@@ -822,7 +822,8 @@ fn invalid(err: impl std::fmt::Display) -> Error {
 }
 
 /// Remove what a crash left behind: staging folders, responses and temporaries in
-/// `objects/pack` (unless `temporaries` is false: a writer of this process may be using one),
+/// `objects/pack` and the folders of objects found in a first pack as it arrived that no
+/// answer of this process holds (unless `temporaries` is false: a writer of this process may be using one),
 /// the files of a pack whose index is gone (a crash between moving a pack's data and its
 /// index into place, or while a pack was removed), half-written temporaries of
 /// `packed-refs` or `HEAD`, and what consolidation kept aside of the pack it replaced
@@ -866,7 +867,10 @@ pub fn remove_leftovers(git_dir: &Path, temporaries: bool) -> std::io::Result<us
             && name
                 .rsplit_once('.')
                 .is_some_and(|(stem, _)| !indexed.contains(stem));
-        if orphan || (temporaries && name.starts_with("incoming-")) {
+        // The objects of a first pack found as it arrived: this process's while held.
+        let early =
+            name.starts_with(crate::early::PREFIX) && !crate::early::is_held(&pack_dir.join(name));
+        if orphan || (temporaries && (name.starts_with("incoming-") || early)) {
             remove(&pack_dir.join(name), *dir)?;
         }
     }

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod early;
 pub mod ingest;
 pub mod live;
 pub mod mirror;

@@ -88,6 +88,8 @@ pub struct LivePack {
     /// The file the pack is written to (read at offsets: renaming it or removing it, as
     /// taking the pack in does, changes nothing for a reader holding it).
     file: std::fs::File,
+    /// Where the file was when it was announced (it is renamed once the pack is whole).
+    path: std::path::PathBuf,
     /// The pack's header as received, once it has arrived: completing a thin pack writes its
     /// count anew in the file.
     head: std::sync::OnceLock<Vec<u8>>,
@@ -136,6 +138,22 @@ impl LivePack {
     /// The object format of the pack.
     pub fn object_format(&self) -> HashKind {
         self.format
+    }
+
+    /// Where the file the pack arrives into was when it was announced: a second name made
+    /// for it before the pack is whole (see [`crate::live::Early`]), checked with
+    /// [`is_file`](Self::is_file), names the file for good.
+    pub(crate) fn announced_path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Whether `path` names the file the pack arrives into (the same file, not a copy).
+    pub(crate) fn is_file(&self, path: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::metadata(path)) {
+            (Ok(ours), Ok(theirs)) => ours.dev() == theirs.dev() && ours.ino() == theirs.ino(),
+            _ => false,
+        }
     }
 
     /// Read the pack's bytes as received at `offset` into `buf` (only what
@@ -289,6 +307,70 @@ struct Posted {
     /// Packs taken into the mirror by its refreshes so far, before their refs were written
     /// (see [`Board::landed`]); never reset.
     landings: u64,
+    /// The objects of the first pack found as it arrived (see [`Early`]).
+    early: Option<Arc<Early>>,
+    /// A fetch waits for them: they are looked for (not otherwise, a second decoding of
+    /// the pack as it arrives).
+    early_wanted: bool,
+}
+
+/// A repository of the objects of a mirror's first pack found as the pack arrived
+/// ([`gitcache_pack::early`]), with the refs the mirror will have: what needs only those
+/// objects (a shallow clone of the tips, most often) may be answered from it before the pack
+/// is indexed. Its files are removed once the last holder lets go of it (a crash leaves them
+/// to [`crate::ingest::remove_leftovers`]).
+#[derive(Debug)]
+pub struct Early {
+    repo: Arc<gitcache_pack::Repository>,
+    found: usize,
+    /// Whether the answer of each key asked about is held whole by the objects found (see
+    /// [`checked`](Self::checked)).
+    checked: Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>,
+    /// Kept while this is.
+    _dir: crate::early::EarlyDir,
+}
+
+/// The most answers an [`Early`] remembers having checked.
+const MOST_CHECKED: usize = 4096;
+
+impl Early {
+    pub(crate) fn new(
+        repo: gitcache_pack::Repository,
+        found: usize,
+        dir: crate::early::EarlyDir,
+    ) -> Early {
+        Early {
+            repo: Arc::new(repo),
+            found,
+            checked: Mutex::default(),
+            _dir: dir,
+        }
+    }
+
+    /// Where whether the answer keyed `key` can be made from the objects found alone is
+    /// noted, once found out: identical requests arriving together are checked once (then
+    /// share one answer). Past a few thousand keys, a cell no other request shares.
+    pub fn checked(&self, key: &str) -> Arc<tokio::sync::OnceCell<bool>> {
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cell) = checked.get(key) {
+            return Arc::clone(cell);
+        }
+        let cell = Arc::default();
+        if checked.len() < MOST_CHECKED {
+            checked.insert(key.to_owned(), Arc::clone(&cell));
+        }
+        cell
+    }
+
+    /// The repository: the pack, indexed by what was found, and the refs.
+    pub fn repository(&self) -> Arc<gitcache_pack::Repository> {
+        Arc::clone(&self.repo)
+    }
+
+    /// How many objects were found.
+    pub fn found(&self) -> usize {
+        self.found
+    }
 }
 
 impl Board {
@@ -296,6 +378,18 @@ impl Board {
     /// from: announced until [`clear`](Self::clear). The returned publisher tells its
     /// readers how far it has arrived.
     pub fn announce(&self, asked: Asked, format: HashKind, file: std::fs::File) -> Publisher {
+        self.announce_at(asked, format, file, std::path::Path::new(""))
+    }
+
+    /// [`announce`](Self::announce), the file being at `path` now (the objects found in it
+    /// early are read from a second name made for it there, see [`Early`]).
+    pub fn announce_at(
+        &self,
+        asked: Asked,
+        format: HashKind,
+        file: std::fs::File,
+        path: &std::path::Path,
+    ) -> Publisher {
         let asked = Asked {
             wants: sorted(&asked.wants),
             haves: sorted(&asked.haves),
@@ -305,6 +399,7 @@ impl Board {
             asked,
             format,
             file,
+            path: path.to_owned(),
             head: std::sync::OnceLock::new(),
             trailer: std::sync::OnceLock::new(),
             progress: Mutex::new(Progress::Arriving(0)),
@@ -396,6 +491,39 @@ impl Board {
     pub async fn landed_after(&self, seen: u64) -> u64 {
         self.wait_for(|posted| (posted.landings > seen).then_some(posted.landings))
             .await
+    }
+
+    /// The objects of the first pack found as it arrived: fetches waiting for the refresh may
+    /// be answered from them ([`next_early`](Self::next_early)) until the board is cleared.
+    /// Posted only while `pack`, the pack they were found in, is the one announced: not
+    /// after the board was cleared (the refresh ended meanwhile), nor for another pack.
+    pub fn early(&self, pack: &Arc<LivePack>, early: Arc<Early>) {
+        let mut posted = self.posted();
+        if posted.pack.as_ref().is_some_and(|p| Arc::ptr_eq(p, pack)) {
+            posted.early = Some(early);
+            drop(posted);
+            self.told.notify_waiters();
+        }
+    }
+
+    /// Whether a fetch waits for the objects found early in the first pack
+    /// ([`next_early`](Self::next_early) was called since the board was last cleared).
+    pub fn early_wanted(&self) -> bool {
+        self.posted().early_wanted
+    }
+
+    /// The objects found early in the first pack, once posted, unless they are `seen`; they
+    /// are looked for from now on ([`early_wanted`](Self::early_wanted)).
+    pub async fn next_early(&self, seen: Option<&Arc<Early>>) -> Arc<Early> {
+        self.posted().early_wanted = true;
+        self.wait_for(|posted| {
+            posted
+                .early
+                .as_ref()
+                .filter(|early| seen.is_none_or(|seen| !Arc::ptr_eq(early, seen)))
+                .cloned()
+        })
+        .await
     }
 
     /// No pack is announced any more, nor said to come from elsewhere (the refresh that did
@@ -722,5 +850,59 @@ mod tests {
         // Cleared, a board waits again.
         board.clear();
         waiting_on(&board).await.abort();
+    }
+
+    /// The objects found early in a pack are posted only while that pack is the one
+    /// announced, and looked for only once a fetch waits for them; clearing the board forgets
+    /// both.
+    #[tokio::test]
+    async fn objects_found_early_are_posted_for_their_own_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let git_dir = dir.path().join("m.git");
+        crate::mirror::Mirror::create(&git_dir, HashKind::Sha1).unwrap();
+        let early = || {
+            let repo = gitcache_pack::Repository::open(&git_dir).unwrap();
+            let early_dir = crate::early::EarlyDir::create(&git_dir).unwrap();
+            Arc::new(Early::new(repo, 0, early_dir))
+        };
+        let board = Board::default();
+        let file = || std::fs::File::open(git_dir.join("config")).unwrap();
+        let _first = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
+        let first = board.current().unwrap();
+        assert!(!board.early_wanted());
+        let waiting = {
+            let board = &board;
+            async move { board.next_early(None).await }
+        };
+        tokio::pin!(waiting);
+        assert!(poll_once(&mut waiting).is_none(), "nothing posted yet");
+        assert!(board.early_wanted(), "looked for once waited for");
+        let _second = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
+        board.early(&first, early());
+        assert!(poll_once(&mut waiting).is_none(), "not another pack's");
+        let second = board.current().unwrap();
+        let posted = early();
+        board.early(&second, Arc::clone(&posted));
+        let got = waiting.await;
+        assert!(Arc::ptr_eq(&got, &posted));
+        board.clear();
+        assert!(!board.early_wanted());
+        board.early(&second, early());
+        let again = board.next_early(None);
+        tokio::pin!(again);
+        assert!(
+            poll_once(&mut again).is_none(),
+            "not after the board was cleared"
+        );
+    }
+
+    /// Polls `future` once.
+    fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        match std::pin::Pin::new(future).poll(&mut context) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        }
     }
 }

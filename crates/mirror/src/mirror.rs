@@ -573,7 +573,7 @@ impl Mirror {
                     format,
                     asking(wants.clone(), offered),
                     first,
-                    first,
+                    first.then_some(&remote[..]),
                 )
                 .await?;
             if !first {
@@ -783,7 +783,14 @@ impl Mirror {
             }
             None => (asking(hints, offered), false),
         };
-        self.fetch(upstream, format, request, false, announce).await
+        self.fetch(
+            upstream,
+            format,
+            request,
+            false,
+            announce.then_some(&[][..]),
+        )
+        .await
     }
 
     /// Tell those waiting on the board that a pack is in (see [`Board::landed`]); whether
@@ -799,27 +806,33 @@ impl Mirror {
     /// response is read, its pack indexed as far as that can go in one pass, while the rest
     /// is still on its way (deltas are resolved on all cores once the whole pack is there).
     /// `first`: the mirror has no tips (and `fetch` no haves), so the pack must hold all it
-    /// needs. `announce`: the pack is announced on the mirror's board while it arrives.
+    /// needs. `announce`: the pack is announced on the mirror's board while it arrives, with
+    /// the refs the refresh will write; for a first pack, the objects found in it as it
+    /// arrives are posted too, with those refs (see [`crate::live::Early`]).
     async fn fetch(
         &self,
         upstream: &Upstream,
         format: HashKind,
         fetch: Fetch,
         first: bool,
-        announce: bool,
+        announce: Option<&[RefLine]>,
     ) -> Result<ingest::Ingested, Error> {
         let started = std::time::Instant::now();
+        let asked = Asked {
+            wants: fetch.wants.clone(),
+            haves: fetch.haves.clone(),
+            thin_pack: fetch.thin_pack,
+            include_tag: fetch.include_tag,
+        };
+        // Stops the scan of the objects found early once the pack is taken in (or not).
+        let early_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _stop_early = StopOnDrop(std::sync::Arc::clone(&early_stop));
+        if let (Some(board), Some(refs), true) = (&self.board, announce, first) {
+            self.find_early(board, &asked, refs, &early_stop);
+        }
         let announce = (self.board.clone())
-            .filter(|_| announce)
-            .map(|board| ingest::Announce {
-                board,
-                asked: Asked {
-                    wants: fetch.wants.clone(),
-                    haves: fetch.haves.clone(),
-                    thin_pack: fetch.thin_pack,
-                    include_tag: fetch.include_tag,
-                },
-            });
+            .filter(|_| announce.is_some())
+            .map(|board| ingest::Announce { board, asked });
         let (mut sender, receiver) = tokio::io::duplex(RECEIVE_BUFFER);
         // Once the pack is whole, what follows it (the response's end) must come within one
         // idle timeout in all: an upstream sending progress now and then after its pack
@@ -990,6 +1003,72 @@ impl Mirror {
             "pack fetched"
         );
         Ok(ingested)
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Mirror {
+    /// Start finding the objects of the first pack, `asked` of the upstream, as it arrives,
+    /// on a thread of its own once a fetch waits for them (from the pack's first byte
+    /// whenever that is), and post them on `board` with `refs` once the pack is whole (see
+    /// [`crate::live::Early`]); stopped once `stop` is set. Nothing is written unless a fetch
+    /// waits.
+    fn find_early(
+        &self,
+        board: &std::sync::Arc<crate::live::Board>,
+        asked: &Asked,
+        refs: &[RefLine],
+        stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let (board, wants, refs, stop, git_dir) = (
+            std::sync::Arc::clone(board),
+            asked.wants.clone(),
+            refs.to_vec(),
+            std::sync::Arc::clone(stop),
+            self.git_dir.clone(),
+        );
+        let span = tracing::Span::current();
+        let spawned = std::thread::Builder::new()
+            .name("early-index".into())
+            .spawn(move || {
+                let _enter = span.enter();
+                // This fetch's pack (announced by the ingestion before its first byte), once
+                // a fetch waits for what is found in it.
+                let pack = loop {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Some(pack) = board.current().filter(|pack| pack.answers(&wants))
+                        && board.early_wanted()
+                    {
+                        break pack;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                };
+                let started = std::time::Instant::now();
+                match crate::early::build(&git_dir, &pack, &refs, &stop) {
+                    Ok(early) => {
+                        tracing::debug!(
+                            found = early.found(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "objects of the first pack found as it arrived"
+                        );
+                        board.early(&pack, std::sync::Arc::new(early));
+                    }
+                    Err(err) => tracing::debug!(%err, "no early index of the first pack"),
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::debug!(%err, "no early index of the first pack");
+        }
     }
 }
 
@@ -1808,7 +1887,7 @@ fn decoding_deadline(bytes: u64) -> std::time::Duration {
 /// Replace every ref with `remote`'s: one `packed-refs` renamed into place, then `HEAD`.
 /// Peeled values come from `repo`'s objects, not from the upstream's answer. Returns the
 /// refs left out (a chain of tags too deep to peel), with their values.
-fn write_refs(
+pub(crate) fn write_refs(
     git_dir: &Path,
     repo: &gitcache_pack::Repository,
     remote: &[RefLine],

@@ -517,6 +517,17 @@ impl Registry {
         slot.live.landed_after(seen).await
     }
 
+    /// The objects of `key`'s first pack found as it arrived (see [`crate::live::Early`]),
+    /// once a refresh making the mirror from nothing has them, unless they are `seen`.
+    pub async fn early_after(
+        &self,
+        key: &RepoKey,
+        seen: Option<&Arc<crate::live::Early>>,
+    ) -> Arc<crate::live::Early> {
+        let slot = self.slot(key);
+        slot.live.next_early(seen).await
+    }
+
     /// The first pack of `key`'s mirror announced now or next, whatever was said of the mirror
     /// coming from elsewhere: for a clone told so ([`live_pack`](Self::live_pack) was
     /// `None`), should this registry fetch the mirror itself after all (the other instance's

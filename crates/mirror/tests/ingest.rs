@@ -429,7 +429,14 @@ fn leftovers_of_a_crash_are_removed() {
     std::fs::write(mirror.join("objects/pack/incoming-1-2/tmp_pack_x"), b"half").unwrap();
     std::fs::write(mirror.join("objects/pack/incoming-7-response"), b"half").unwrap();
     std::fs::write(mirror.join("packed-refs.tmp-7-3"), b"half").unwrap();
-    assert_eq!(remove_leftovers(&mirror, true).unwrap(), 3);
+    // The objects found early in a first pack by a process that is gone.
+    std::fs::create_dir_all(mirror.join("objects/pack/early-1-0/objects/pack")).unwrap();
+    std::fs::write(
+        mirror.join("objects/pack/early-1-0/objects/pack/received"),
+        b"half",
+    )
+    .unwrap();
+    assert_eq!(remove_leftovers(&mirror, true).unwrap(), 4);
     assert!(pack_dir_listing(&mirror).is_empty());
     assert!(!mirror.join("packed-refs.tmp-7-3").exists());
     assert!(mirror.join("HEAD").is_file());

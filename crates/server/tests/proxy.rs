@@ -950,7 +950,13 @@ fn a_first_clone_is_sent_the_pack_as_it_arrives() {
         Some(RequestKind::Fetch),
     );
     let whole = fetch();
-    assert!(whole.has_pack(), "{}", whole.head);
+    assert!(
+        whole.has_pack(),
+        "{}{}\n{}",
+        whole.head,
+        whole.body_text(),
+        cache.log()
+    );
     cache.log_with("arriving=true", before + 1);
     common::wait_for_tips_mark(&mirror);
     common::wait_for_mirror(&mirror, &source);
@@ -1372,6 +1378,137 @@ fn a_miss_asks_for_the_advertisement_only_at_the_gate() {
         "{counts:?}"
     );
     fsck(&cache.mirror(&upstream, "acme/gadgets"));
+}
+
+/// A shallow clone of a mirror being made from nothing is answered from the objects found in
+/// the mirror's first pack as it arrived, before that pack is indexed and checked: the same
+/// commit and tags as a shallow clone from the upstream, one pack fetched upstream, and the
+/// mirror made all the same, with nothing of the early answer left in it.
+#[test]
+fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::medium(412));
+    let source = upstream.repo_path("acme/widgets");
+    // An annotated tag on the tip, which `include-tag` brings.
+    git_stdout(&source, &["tag", "-a", "-m", "the tip", "tip", "main"]);
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+
+    upstream.reset_counts();
+    // The pack comes as over a network, not all at once: found as it arrives.
+    trickle_next_pack(&upstream, 256 << 10, 30);
+    git.run(
+        &home,
+        &[
+            "clone",
+            "-q",
+            "--depth=1",
+            &cache.url("acme/widgets"),
+            "early",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    let early = home.join("early");
+    fsck(&early);
+    cache.log_with("early=true", 1);
+    let direct = format!("file://{}", source.display());
+    git.run(&home, &["clone", "-q", "--depth=1", &direct, "direct"])
+        .unwrap()
+        .expect_success();
+    let direct = home.join("direct");
+    assert_eq!(
+        git.rev_parse(&early, "HEAD").unwrap(),
+        git.rev_parse(&source, "main").unwrap()
+    );
+    let tags = |repo: &Path| {
+        git_stdout(
+            repo,
+            &[
+                "for-each-ref",
+                "--format=%(objectname) %(refname)",
+                "refs/tags",
+            ],
+        )
+    };
+    assert!(!tags(&direct).is_empty(), "the tip is tagged");
+    assert_eq!(
+        tags(&early),
+        tags(&direct),
+        "the tags a shallow clone follows"
+    );
+    assert_eq!(
+        std::fs::read_to_string(early.join(".git/shallow")).unwrap(),
+        std::fs::read_to_string(direct.join(".git/shallow")).unwrap()
+    );
+
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    common::wait_for_mirror(&mirror, &source);
+    fsck(&mirror);
+    assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+    let packs = mirror.join("objects").join("pack");
+    common::wait_for("the early index removed", || {
+        std::fs::read_dir(&packs).unwrap().all(|e| {
+            !e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("early-")
+        })
+    });
+}
+
+/// Killed while a mirror's first pack arrives, with the objects found in it so far on disk:
+/// started again, nothing of them is left once the mirror is made (the half-made mirror is
+/// made anew; the tidying of a mirror's leftovers removes such folders too, see the mirror
+/// crate's tests), and a clone is whole.
+#[test]
+fn objects_found_early_are_not_left_by_a_crash() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::medium(413));
+    let source = upstream.repo_path("acme/widgets");
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+
+    trickle_next_pack(&upstream, 64 << 10, 50);
+    let url = cache.url("acme/widgets");
+    let cut = {
+        let (git, home) = (GitClient::new().unwrap(), home.clone());
+        std::thread::spawn(move || git.run(&home, &["clone", "-q", "--depth=1", &url, "cut"]))
+    };
+    let packs = cache
+        .mirror(&upstream, "acme/widgets")
+        .join("objects")
+        .join("pack");
+    let early = || {
+        std::fs::read_dir(&packs).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("early-"))
+        })
+    };
+    common::wait_for("objects found early on disk", early);
+    let cache = cache.crash_and_restart(&upstream, &[]);
+    let _ = cut.join();
+
+    git.run(
+        &home,
+        &[
+            "clone",
+            "-q",
+            "--depth=1",
+            &cache.url("acme/widgets"),
+            "whole",
+        ],
+    )
+    .unwrap()
+    .expect_success();
+    fsck(&home.join("whole"));
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    common::wait_for_mirror(&mirror, &source);
+    fsck(&mirror);
+    common::wait_for("what the crash left removed", || !early());
 }
 
 /// With `--first-fetch-wait`, a fetch that finds its mirror still being made from nothing
