@@ -615,7 +615,7 @@ impl Fetches {
         &self,
         target: &Target,
         headers: &HeaderMap,
-        found: &gitcache_mirror::live::Early,
+        found: &Arc<gitcache_mirror::live::Early>,
         fetch: &Fetch,
         kind: HashKind,
         vouched: &Vouched,

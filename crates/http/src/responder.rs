@@ -121,16 +121,44 @@ impl Responder {
         kind: HashKind,
         removals: (u64, u64),
     ) -> Response<Body> {
+        self.serve_holding(rel, repo, fetch, kind, removals, None)
+            .await
+    }
+
+    /// `key` run on a blocking thread in a turn of its own: requests are keyed a few at a
+    /// time (a key may read every ref).
+    async fn keying<T: Send + 'static>(
+        &self,
+        key: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        // Never closed.
+        let turn = Arc::clone(&self.keying).acquire_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            key()
+        })
+        .await
+    }
+
+    /// [`serve_since`](Self::serve_since), keeping `held` until every generation and
+    /// writing this request starts (its own, or one it leads for others) has ended: what
+    /// `repo`'s files need to stay (see [`gitcache_mirror::live::Early`]).
+    async fn serve_holding(
+        &self,
+        rel: PathBuf,
+        repo: Arc<Repository>,
+        fetch: Fetch,
+        kind: HashKind,
+        removals: (u64, u64),
+        held: Option<Held>,
+    ) -> Response<Body> {
         let Some(cache) = &self.cache else {
-            return self.serve_live(repo, fetch, kind).await;
+            return self.live(repo, fetch, kind, None, held).await;
         };
         let keyed = {
             let repo = Arc::clone(&repo);
             let mut fetch = fetch;
-            // Never closed.
-            let turn = Arc::clone(&self.keying).acquire_owned().await;
-            tokio::task::spawn_blocking(move || {
-                let _turn = turn;
+            self.keying(move || {
                 // Keyed first: the key pins the haves the answer is made with.
                 let key = response_key(&repo, &mut fetch, kind);
                 // A stored pack sent as it is (a clone of the marked tips) is not stored
@@ -150,10 +178,10 @@ impl Responder {
         };
         let keyed = match key {
             Ok(Some(keyed)) => keyed,
-            Ok(None) => return self.serve_live(repo, fetch, kind).await,
+            Ok(None) => return self.live(repo, fetch, kind, None, held).await,
             Err(err) => {
                 tracing::warn!(%err, "no response key, generating live");
-                return self.serve_live(repo, fetch, kind).await;
+                return self.live(repo, fetch, kind, None, held).await;
             }
         };
         let key = keyed.key.clone();
@@ -161,12 +189,13 @@ impl Responder {
         let stall = self.stall;
         let span = tracing::Span::current();
         let regenerate: Regenerate = {
-            let (repo, fetch) = (Arc::clone(&repo), fetch.clone());
+            let (repo, fetch, held) = (Arc::clone(&repo), fetch.clone(), held.clone());
             let options = self.pack.clone();
             let slots = self.pack_slots.clone();
             let runtime = tokio::runtime::Handle::current();
             let spill = self.spill.clone();
             Arc::new(move |out: &mut Resume<'_>| {
+                let _held = &held;
                 let mut slot = runtime.block_on(slots.take());
                 let options = shared(&options, slot.as_ref());
                 let written = gitcache_pack::plan(&repo, &fetch, kind, &options)
@@ -208,7 +237,7 @@ impl Responder {
         };
         // A lookup that panicked (a bug) is answered live, not stored.
         match looked.unwrap_or(Lookup::Live) {
-            Lookup::Live => return self.serve_live(repo, fetch, kind).await,
+            Lookup::Live => return self.live(repo, fetch, kind, None, held).await,
             Lookup::Stored(entry) => {
                 tracing::debug!(cache = "stored", "response");
                 let cache = Arc::clone(cache);
@@ -237,6 +266,7 @@ impl Responder {
                 let unread = generation.cancel_when_unread();
                 let cache = Arc::clone(cache);
                 let generate = move |slot: Option<Slot>| {
+                    let _held = held;
                     let options = shared(&options, slot.as_ref());
                     let _enter = span.enter();
                     if !generation.has_readers() {
@@ -298,17 +328,6 @@ impl Responder {
         response
     }
 
-    /// Answer `fetch` from `repo`: planned and written on a blocking thread, streamed to the
-    /// client through a bounded channel.
-    pub(crate) async fn serve_live(
-        &self,
-        repo: Arc<Repository>,
-        fetch: Fetch,
-        kind: HashKind,
-    ) -> Response<Body> {
-        self.live(repo, fetch, kind, None).await
-    }
-
     /// [`serve_since`](Self::serve_since) from the objects found early in a mirror's first
     /// pack (`early`'s repository), when the answer to `fetch` is held whole by them (see
     /// [`serve_if_planned`](Self::serve_if_planned)): checked once for each response key
@@ -318,35 +337,32 @@ impl Responder {
     pub(crate) async fn serve_early(
         &self,
         rel: PathBuf,
-        early: &gitcache_mirror::live::Early,
+        early: &Arc<gitcache_mirror::live::Early>,
         fetch: Fetch,
         kind: HashKind,
         removals: (u64, u64),
     ) -> Option<Response<Body>> {
         let repo = early.repository();
+        let hold: Held = Arc::clone(early) as Held;
         if self.cache.is_none() {
-            return self.serve_if_planned(repo, fetch, kind).await;
+            return self.serve_if_planned(repo, fetch, kind, Some(hold)).await;
         }
         let keyed = {
             let (repo, mut fetch) = (Arc::clone(&repo), fetch.clone());
-            // Never closed.
-            let turn = Arc::clone(&self.keying).acquire_owned().await;
-            tokio::task::spawn_blocking(move || {
-                let _turn = turn;
-                response_key(&repo, &mut fetch, kind)
-            })
-            .await
+            self.keying(move || response_key(&repo, &mut fetch, kind))
+                .await
         };
         let Ok(Ok(Some(key))) = keyed else {
-            return self.serve_if_planned(repo, fetch, kind).await;
+            return self.serve_if_planned(repo, fetch, kind, Some(hold)).await;
         };
         let checked = early.checked(&key.key);
         let held = *checked
             .get_or_init(|| async {
                 let slot = self.pack_slots.take().await;
-                let (repo, fetch) = (Arc::clone(&repo), fetch.clone());
+                let (repo, fetch, held) = (Arc::clone(&repo), fetch.clone(), Arc::clone(&hold));
                 let options = self.pack.clone();
                 tokio::task::spawn_blocking(move || {
+                    let _held = held;
                     let options = shared(&options, slot.as_ref());
                     gitcache_pack::plan(&repo, &fetch, kind, &options)
                         .is_ok_and(|plan| plan.held_whole())
@@ -358,10 +374,13 @@ impl Responder {
         if !held {
             return None;
         }
-        Some(self.serve_since(rel, repo, fetch, kind, removals).await)
+        Some(
+            self.serve_holding(rel, repo, fetch, kind, removals, Some(hold))
+                .await,
+        )
     }
 
-    /// [`serve_live`](Self::serve_live), when `fetch` can be planned from `repo` and every
+    /// [`live`](Self::live), when `fetch` can be planned from `repo` and every
     /// object the answer sends is in its indexes ([`gitcache_pack::Plan::held_whole`]);
     /// `None` otherwise, whatever the reason (nothing is sent then: the caller answers
     /// otherwise). Never stored: for a repository that holds part of the mirror's objects
@@ -371,20 +390,23 @@ impl Responder {
         repo: Arc<Repository>,
         fetch: Fetch,
         kind: HashKind,
+        held: Option<Held>,
     ) -> Option<Response<Body>> {
         let (told, planned) = tokio::sync::oneshot::channel();
-        let response = self.live(repo, fetch, kind, Some(told)).await;
+        let response = self.live(repo, fetch, kind, Some(told), held).await;
         planned.await.unwrap_or(false).then_some(response)
     }
 
-    /// [`serve_live`](Self::serve_live), telling `told` whether the plan was made (and
-    /// sending nothing if it was not).
+    /// Answer `fetch` from `repo`: planned and written on a blocking thread, streamed to the
+    /// client through a bounded channel; with `told`, telling it whether the plan was made
+    /// (and sending nothing if it was not). `held` is kept until the writing ends.
     async fn live(
         &self,
         repo: Arc<Repository>,
         fetch: Fetch,
         kind: HashKind,
         mut told: Option<tokio::sync::oneshot::Sender<bool>>,
+        held: Option<Held>,
     ) -> Response<Body> {
         let mut slot = self.pack_slots.take().await;
         let (tx, rx) = mpsc::channel(4);
@@ -399,6 +421,7 @@ impl Responder {
         let give_way = self.pack_slots.give_way();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _held = held;
             let options = shared(&options, slot.as_ref());
             let _enter = span.enter();
             let mut out = ChannelWriter::new(tx, stall);
@@ -487,6 +510,10 @@ impl Responder {
         response
     }
 }
+
+/// What an answer keeps until it has been generated and written (see
+/// [`Responder::serve_early`]).
+type Held = Arc<dyn std::any::Any + Send + Sync>;
 
 /// How long a reader of an arriving pack waits for more bytes before it looks again (the
 /// refresh's own timeouts decide when the pack has failed).

@@ -1,10 +1,10 @@
 //! The objects of a mirror's first pack found as the pack arrives, made a repository of their
 //! own (see [`crate::live::Early`]).
 //!
-//! Its files live in `objects/pack/early-<process>-<n>/` of the mirror, made once a fetch
-//! waits for them: the pack itself, a second name of the file it arrives into (renaming or
-//! removing the ingestion's name leaves it be), an index of the objects found, the mirror's
-//! config and the refs the refresh will write. They go when the last answer reading them ends; a crash leaves
+//! Its files live in `objects/pack/early-<process>-<n>/` of the mirror, made once the pack is
+//! whole: a pack of the objects found alone (their entries copied from the arriving pack,
+//! so that every entry of it is in its index), its index, the mirror's config and the refs
+//! the refresh will write. They go when the last answer reading them ends; a crash leaves
 //! them to [`crate::ingest::remove_leftovers`], which passes over those of this process still
 //! held.
 
@@ -46,9 +46,12 @@ impl EarlyDir {
         HELD.lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(path.clone());
+        // Its own, not one made elsewhere under the same name (left as it is).
+        if let Err(err) = std::fs::create_dir(&path) {
+            HELD.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
+            return Err(err);
+        }
         let dir = EarlyDir { path };
-        // Its own, not one a crash left under the same name.
-        std::fs::create_dir(&dir.path)?;
         std::fs::create_dir_all(dir.packs())?;
         std::fs::copy(git_dir.join("config"), dir.path.join("config"))?;
         Ok(dir)
@@ -61,11 +64,6 @@ impl EarlyDir {
 
     fn packs(&self) -> PathBuf {
         self.path.join("objects").join("pack")
-    }
-
-    /// Where the second name of the file the pack arrives into is made.
-    pub(crate) fn received(&self) -> PathBuf {
-        self.packs().join("received")
     }
 }
 
@@ -80,6 +78,33 @@ impl Drop for EarlyDir {
         HELD.lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.path);
+    }
+}
+
+/// The most scans of arriving packs at once in this process.
+const MOST_AT_ONCE: usize = 2;
+
+/// The scans running now.
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`MOST_AT_ONCE`] scans that may run at once, given back when dropped.
+pub(crate) struct Turn(());
+
+impl Turn {
+    /// A turn, if one is free.
+    pub(crate) fn take() -> Option<Turn> {
+        RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < MOST_AT_ONCE).then_some(running + 1)
+            })
+            .ok()
+            .map(|_| Turn(()))
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -123,24 +148,17 @@ impl Read for Following<'_> {
     }
 }
 
-/// Scan `pack` as it arrives into a new folder of `git_dir` (a second name of the pack's
-/// file made there first, while the file has the name it was announced with), index what
-/// was found, and write `refs` as the mirror will have them: an [`Early`] once the pack is
-/// whole. Given up once `stop` is set.
+/// Scan `pack` as it arrives, then write what was found as a pack of its own in a new folder
+/// of `git_dir`, with its index and `refs` as the mirror will have them: an [`Early`] once
+/// the pack is whole. Nothing is written that would leave less than `keep` bytes free
+/// (`free` tells what is). Given up once `stop` is set.
 pub(crate) fn build(
     git_dir: &Path,
     pack: &LivePack,
     refs: &[RefLine],
+    (free, keep): (crate::mirror::FreeSpace, u64),
     stop: &AtomicBool,
 ) -> Result<Early, String> {
-    let dir = EarlyDir::create(git_dir).map_err(|err| err.to_string())?;
-    // Made before the ingestion renames the file (once the pack is whole), or not at all; the
-    // name is in the ingestion's own folder, which no other file ever takes.
-    std::fs::hard_link(pack.announced_path(), dir.received())
-        .map_err(|err| format!("no second name for the pack's file: {err}"))?;
-    if !pack.is_file(&dir.received()) {
-        return Err("the pack's file was not linked".into());
-    }
     let format = pack.object_format();
     let mut read = std::io::BufReader::with_capacity(1 << 16, Following { pack, at: 0, stop });
     let found = gitcache_pack::early::scan(
@@ -158,21 +176,23 @@ pub(crate) fn build(
         }
         other => return Err(format!("the pack is not whole: {other:?}")),
     }
-    let linked = dir.received();
-    let on_disk = std::fs::metadata(&linked).map_err(|err| err.to_string())?;
-    if on_disk.len() != read {
+    // The copy and its index: the entries' bytes and 32 bytes an object more at most.
+    let needed = found.bytes().saturating_add(64 * found.len() as u64);
+    let available = free(git_dir).map_err(|err| err.to_string())?;
+    if available.saturating_sub(needed) < keep {
         return Err(format!(
-            "the pack's file is {} bytes, {read} arrived",
-            on_disk.len()
+            "no room for a copy of {needed} bytes above the floor of {keep}"
         ));
     }
-    let name = dir.packs().join(format!("pack-{}", found.checksum()));
-    found
-        .write_index(&name.with_extension("idx.tmp"))
+    let dir = EarlyDir::create(git_dir).map_err(|err| err.to_string())?;
+    let packs = dir.packs();
+    let (copy, index) = (packs.join("early.pack.tmp"), packs.join("early.idx.tmp"));
+    let checksum = found
+        .write_pack(&|buf, at| pack.read_at(buf, at), &copy, &index)
         .map_err(|err| err.to_string())?;
-    std::fs::rename(&linked, name.with_extension("pack")).map_err(|err| err.to_string())?;
-    std::fs::rename(name.with_extension("idx.tmp"), name.with_extension("idx"))
-        .map_err(|err| err.to_string())?;
+    let name = packs.join(format!("pack-{checksum}"));
+    std::fs::rename(&copy, name.with_extension("pack")).map_err(|err| err.to_string())?;
+    std::fs::rename(&index, name.with_extension("idx")).map_err(|err| err.to_string())?;
     let repo = gitcache_pack::Repository::open(dir.git_dir()).map_err(|err| err.to_string())?;
     crate::mirror::write_refs(dir.git_dir(), &repo, refs).map_err(|err| err.to_string())?;
     Ok(Early::new(repo, found.len(), dir))
@@ -183,7 +203,8 @@ mod tests {
     use super::*;
 
     /// A folder held by this process is passed over by the tidying of leftovers, and goes
-    /// once let go of; one no process holds is a crash's leftover.
+    /// once let go of; one no process holds is a crash's leftover, and a folder of the same
+    /// name made elsewhere is not taken, nor removed.
     #[test]
     fn a_held_folder_is_no_leftover() {
         let dir = tempfile::tempdir().unwrap();
@@ -191,11 +212,12 @@ mod tests {
         std::fs::create_dir_all(git_dir.join("objects").join("pack")).unwrap();
         std::fs::write(git_dir.join("config"), "[core]\n\tbare = true\n").unwrap();
         let held = EarlyDir::create(git_dir).unwrap();
-        std::fs::write(held.received(), b"arriving").unwrap();
+        let written = held.packs().join("early.pack.tmp");
+        std::fs::write(&written, b"being written").unwrap();
         let path = held.git_dir().to_owned();
         assert!(is_held(&path));
         crate::ingest::remove_leftovers(git_dir, true).unwrap();
-        assert!(held.received().is_file(), "held: kept");
+        assert!(written.is_file(), "held: kept");
         drop(held);
         assert!(!path.exists() && !is_held(&path), "let go: removed");
 

@@ -381,7 +381,7 @@ fn receive(
         Some(Announce { board, asked }) => Some(Live {
             as_received: !asked.haves.is_empty(),
             thin: asked.thin_pack,
-            publisher: board.announce_at(asked, hash, file.try_clone()?, to),
+            publisher: board.announce(asked, hash, file.try_clone()?),
             head: Vec::with_capacity(gix_pack::data::header::SIZE),
             written: 0,
             published: 0,

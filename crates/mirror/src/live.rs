@@ -88,8 +88,6 @@ pub struct LivePack {
     /// The file the pack is written to (read at offsets: renaming it or removing it, as
     /// taking the pack in does, changes nothing for a reader holding it).
     file: std::fs::File,
-    /// Where the file was when it was announced (it is renamed once the pack is whole).
-    path: std::path::PathBuf,
     /// The pack's header as received, once it has arrived: completing a thin pack writes its
     /// count anew in the file.
     head: std::sync::OnceLock<Vec<u8>>,
@@ -138,22 +136,6 @@ impl LivePack {
     /// The object format of the pack.
     pub fn object_format(&self) -> HashKind {
         self.format
-    }
-
-    /// Where the file the pack arrives into was when it was announced: a second name made
-    /// for it before the pack is whole (see [`crate::live::Early`]), checked with
-    /// [`is_file`](Self::is_file), names the file for good.
-    pub(crate) fn announced_path(&self) -> &std::path::Path {
-        &self.path
-    }
-
-    /// Whether `path` names the file the pack arrives into (the same file, not a copy).
-    pub(crate) fn is_file(&self, path: &std::path::Path) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        match (self.file.metadata(), std::fs::metadata(path)) {
-            (Ok(ours), Ok(theirs)) => ours.dev() == theirs.dev() && ours.ino() == theirs.ino(),
-            _ => false,
-        }
     }
 
     /// Read the pack's bytes as received at `offset` into `buf` (only what
@@ -378,18 +360,6 @@ impl Board {
     /// from: announced until [`clear`](Self::clear). The returned publisher tells its
     /// readers how far it has arrived.
     pub fn announce(&self, asked: Asked, format: HashKind, file: std::fs::File) -> Publisher {
-        self.announce_at(asked, format, file, std::path::Path::new(""))
-    }
-
-    /// [`announce`](Self::announce), the file being at `path` now (the objects found in it
-    /// early are read from a second name made for it there, see [`Early`]).
-    pub fn announce_at(
-        &self,
-        asked: Asked,
-        format: HashKind,
-        file: std::fs::File,
-        path: &std::path::Path,
-    ) -> Publisher {
         let asked = Asked {
             wants: sorted(&asked.wants),
             haves: sorted(&asked.haves),
@@ -399,7 +369,6 @@ impl Board {
             asked,
             format,
             file,
-            path: path.to_owned(),
             head: std::sync::OnceLock::new(),
             trailer: std::sync::OnceLock::new(),
             progress: Mutex::new(Progress::Arriving(0)),
@@ -530,10 +499,17 @@ impl Board {
     /// ended).
     pub fn clear(&self) {
         let mut posted = self.posted();
-        *posted = Posted {
-            landings: posted.landings,
-            ..Posted::default()
-        };
+        let landings = posted.landings;
+        let before = std::mem::replace(
+            &mut *posted,
+            Posted {
+                landings,
+                ..Posted::default()
+            },
+        );
+        drop(posted);
+        // What it held goes outside the lock (the objects found early remove their files).
+        drop(before);
     }
 
     fn posted(&self) -> std::sync::MutexGuard<'_, Posted> {

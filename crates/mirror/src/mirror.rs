@@ -1035,6 +1035,7 @@ impl Mirror {
             std::sync::Arc::clone(stop),
             self.git_dir.clone(),
         );
+        let floor = (self.free_space, self.keep_free);
         let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name("early-index".into())
@@ -1054,7 +1055,12 @@ impl Mirror {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 };
                 let started = std::time::Instant::now();
-                match crate::early::build(&git_dir, &pack, &refs, &stop) {
+                // A few at a time: each holds up to 64 MiB of decoded objects.
+                let Some(_turn) = crate::early::Turn::take() else {
+                    tracing::debug!("no early index of the first pack: enough are being made");
+                    return;
+                };
+                match crate::early::build(&git_dir, &pack, &refs, floor, &stop) {
                     Ok(early) => {
                         tracing::debug!(
                             found = early.found(),

@@ -48,7 +48,9 @@ pub struct Limits {
     pub object_bytes: u64,
     /// Bytes inflated and decoded for each byte of the pack read so far, beyond
     /// `cache_bytes`: past it, nothing more is (a hostile pack of small deltas each copying
-    /// a large base would otherwise cost far more than its size).
+    /// a large base would otherwise cost far more than its size). A pack's trees decode to
+    /// ten times its size and more (a tree's delta of a few bytes makes the whole tree), and
+    /// up to eighty times in stretches of them.
     pub decoded_per_byte: u64,
     /// The most objects found: past it, the scan gives up (each costs about 60 bytes).
     pub most_found: usize,
@@ -59,7 +61,7 @@ impl Default for Limits {
         Limits {
             cache_bytes: 64 << 20,
             object_bytes: 8 << 20,
-            decoded_per_byte: 8,
+            decoded_per_byte: 64,
             most_found: 2 << 20,
         }
     }
@@ -74,10 +76,20 @@ const KEPT_OVERHEAD: usize = 96;
 #[derive(Debug, Clone)]
 pub struct Found {
     hash: gix_hash::Kind,
-    /// Sorted by id, each once.
-    pub(crate) objects: Vec<(ObjectId, PackEntry)>,
+    /// Sorted by offset, each once: the entries of the objects found.
+    pub(crate) objects: Vec<FoundEntry>,
     checksum: ObjectId,
     entries: u32,
+}
+
+/// An object found, and where its entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FoundEntry {
+    pub(crate) id: ObjectId,
+    pub(crate) offset: u64,
+    /// Where the entry ends.
+    pub(crate) end: u64,
+    pub(crate) crc32: u32,
 }
 
 impl Found {
@@ -102,16 +114,101 @@ impl Found {
         self.checksum
     }
 
-    /// Whether `id` was found.
-    pub fn contains(&self, id: &ObjectId) -> bool {
-        self.objects.binary_search_by(|(o, _)| o.cmp(id)).is_ok()
+    /// The bytes of the entries of the objects found, in the pack scanned.
+    pub fn bytes(&self) -> u64 {
+        self.objects
+            .iter()
+            .map(|found| found.end - found.offset)
+            .sum()
     }
 
-    /// Write a version 2 index of the objects found to `path`, for the pack scanned: a
-    /// repository whose pack folder holds the pack beside it reads those objects, and no
-    /// others.
-    pub fn write_index(&self, path: &Path) -> Result<(), Error> {
-        crate::indexing::write_index_of(path, &self.objects, &self.checksum, self.hash)
+    /// Whether `id` was found.
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.objects.iter().any(|found| found.id == *id)
+    }
+
+    /// Write a pack of the objects found alone to `pack`, their entries copied from the pack
+    /// scanned (read with `read_at`, as `std::os::unix::fs::FileExt::read_at` reads a file;
+    /// an offset delta's distance to its base written anew), and its version 2 index to
+    /// `index`: a repository whose pack folder holds the two reads those objects, and no
+    /// others, every entry of its pack named by its index. The new pack's checksum.
+    pub fn write_pack(
+        &self,
+        read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
+        pack: &Path,
+        index: &Path,
+    ) -> Result<ObjectId, Error> {
+        use std::io::Write;
+        let mut out = crate::write::Sink::new(
+            std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(pack)?),
+            self.hash,
+        );
+        let count = u32::try_from(self.objects.len())
+            .map_err(|_| Error::odb("too many objects for one pack"))?;
+        out.write_all(b"PACK")?;
+        out.write_all(&2u32.to_be_bytes())?;
+        out.write_all(&count.to_be_bytes())?;
+        // Where each entry is written, by its place among the objects (sorted by offset).
+        let mut written: Vec<u64> = Vec::with_capacity(self.objects.len());
+        let mut listed: Vec<(ObjectId, PackEntry)> = Vec::with_capacity(self.objects.len());
+        let mut bytes = Vec::new();
+        let mut entry = Vec::new();
+        for found in &self.objects {
+            let len = usize::try_from(found.end - found.offset)
+                .map_err(|_| Error::odb("an entry too large to copy"))?;
+            bytes.clear();
+            bytes.resize(len, 0);
+            let mut filled = 0;
+            while filled < len {
+                let n = read_at(&mut bytes[filled..], found.offset + filled as u64)?;
+                if n == 0 {
+                    return Err(Error::odb(
+                        "the scanned pack ends before an entry found in it",
+                    ));
+                }
+                filled += n;
+            }
+            let parsed = gix_pack::data::Entry::from_bytes(&bytes, found.offset, self.hash)
+                .map_err(Error::odb)?;
+            let at = out.offset;
+            entry.clear();
+            match parsed.header {
+                Header::OfsDelta { base_distance } => {
+                    // Its base was found before it (a delta is decoded only on a base kept).
+                    let base = found
+                        .offset
+                        .checked_sub(base_distance)
+                        .and_then(|base| {
+                            self.objects
+                                .binary_search_by_key(&base, |found| found.offset)
+                                .ok()
+                        })
+                        .map(|place| written[place])
+                        .ok_or_else(|| Error::odb("a delta found without its base"))?;
+                    Header::OfsDelta {
+                        base_distance: at - base,
+                    }
+                    .write_to(parsed.decompressed_size, &mut entry)?;
+                    entry.extend_from_slice(&bytes[parsed.header_size()..]);
+                }
+                _ => entry.extend_from_slice(&bytes),
+            }
+            out.write_all(&entry)?;
+            written.push(at);
+            listed.push((
+                found.id,
+                PackEntry {
+                    offset: at,
+                    crc32: crc32fast::hash(&entry),
+                },
+            ));
+        }
+        out.flush()?;
+        let (mut file, checksum) = out.finish()?;
+        file.write_all(checksum.as_bytes())?;
+        file.flush()?;
+        crate::indexing::write_index_of(index, &listed, &checksum, self.hash)?;
+        Ok(checksum)
     }
 }
 
@@ -130,7 +227,7 @@ pub fn scan(
         crate::incoming::Incoming::new(read, hash, limits.object_bytes.saturating_add(1))?;
     let entries = incoming.count();
     let mut kept = Kept::new(limits.cache_bytes);
-    let mut objects: Vec<(ObjectId, PackEntry)> = Vec::new();
+    let mut objects: Vec<FoundEntry> = Vec::new();
     let mut out = Vec::new();
     let mut decoded = 0u64;
     // Past the budget nothing more is inflated or decoded; what is read is only followed.
@@ -158,12 +255,14 @@ pub fn scan(
         if objects.len() >= limits.most_found {
             return Err(Error::odb("more objects found than a scan keeps"));
         }
-        let at = PackEntry {
+        let found = |id| FoundEntry {
+            id,
             offset: entry.offset,
+            end: entry.end(),
             crc32: entry.crc32,
         };
         if let Some(id) = entry.id {
-            objects.push((id, at));
+            objects.push(found(id));
             continue;
         }
         if !inflated {
@@ -199,13 +298,17 @@ pub fn scan(
         over_budget = decoded > budget;
         let id = gix_object::compute_hash(hash, kind, &object)
             .map_err(|err| Error::odb(format!("hashing an arriving object: {err}")))?;
-        objects.push((id, at));
+        objects.push(found(id));
         kept.put(entry.offset, kind, object);
     }
     let checksum = incoming.trailer()?;
-    // Sorted by id; an object the pack holds twice is found once.
-    objects.sort_unstable_by_key(|a| a.0);
-    objects.dedup_by(|a, b| a.0 == b.0);
+    // Found in pack order. An object the pack holds twice (git writes none, and taking the
+    // pack in refuses it) is no early answer.
+    let mut ids: Vec<ObjectId> = objects.iter().map(|found| found.id).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(crate::closed::twice(ids.into_iter()));
+    }
     Ok(Found {
         hash,
         objects,
@@ -244,8 +347,20 @@ impl Kept {
         let uses = self.uses;
         let (kind, data, used) = self.objects.get_mut(&offset)?;
         *used = uses;
+        let found = (*kind, std::rc::Rc::clone(data));
         self.order.push_back((offset, uses));
-        Some((*kind, std::rc::Rc::clone(data)))
+        self.compact();
+        Some(found)
+    }
+
+    /// Stale uses are let go of once they outnumber the objects: the queue stays within a
+    /// few times the objects held, however often they are read.
+    fn compact(&mut self) {
+        if self.order.len() > 4 * self.objects.len() + 1024 {
+            let objects = &self.objects;
+            self.order
+                .retain(|(offset, uses)| objects.get(offset).is_some_and(|(_, _, u)| u == uses));
+        }
     }
 
     fn put(&mut self, offset: u64, kind: gix_object::Kind, data: Vec<u8>) {
@@ -272,13 +387,7 @@ impl Kept {
                 self.held -= data.len() + KEPT_OVERHEAD;
             }
         }
-        // Stale uses are let go of once they outnumber the objects: the queue stays within a
-        // few times the objects held.
-        if self.order.len() > 4 * self.objects.len() + 1024 {
-            let objects = &self.objects;
-            self.order
-                .retain(|(offset, uses)| objects.get(offset).is_some_and(|(_, _, u)| u == uses));
-        }
+        self.compact();
     }
 }
 
@@ -306,6 +415,11 @@ mod tests {
             kept.put(offset + 10, gix_object::Kind::Blob, Vec::new());
         }
         assert!(kept.held <= budget && kept.objects.len() <= 2);
+        assert!(kept.order.len() <= 4 * kept.objects.len() + 1024 + 1);
+        // Read and read again, nothing put: the queue stays bounded too.
+        for _ in 0..10_000 {
+            kept.get(9_999 + 10);
+        }
         assert!(kept.order.len() <= 4 * kept.objects.len() + 1024 + 1);
     }
 }

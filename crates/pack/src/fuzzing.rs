@@ -533,11 +533,12 @@ pub fn incoming(data: &[u8]) {
         let Ok((entries, _)) = &plain else {
             panic!("objects found in a pack that does not read: {plain:?}");
         };
-        for (id, at) in &found.objects {
+        for at in &found.objects {
+            let id = &at.id;
             let entry = (entries.iter())
                 .find(|entry| entry.offset == at.offset)
                 .expect("found at an entry");
-            assert_eq!(entry.crc32, at.crc32);
+            assert_eq!((entry.crc32, entry.end()), (at.crc32, at.end));
             if let Some(kind) = entry.header.as_kind() {
                 let start = usize::try_from(entry.offset + u64::from(entry.header_size)).unwrap();
                 let end = usize::try_from(entry.end()).unwrap();

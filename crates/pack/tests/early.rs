@@ -40,11 +40,29 @@ fn early_repository(src: &Path, dir: &Path, pack: &[u8], limits: Limits) -> (Pat
     let early = dir.join("early.git");
     let packs = early.join("objects").join("pack");
     std::fs::create_dir_all(&packs).unwrap();
-    let name = format!("pack-{}", found.checksum());
-    std::fs::write(packs.join(format!("{name}.pack")), pack).unwrap();
-    found
-        .write_index(&packs.join(format!("{name}.idx")))
+    let read_at = |buf: &mut [u8], at: u64| -> std::io::Result<usize> {
+        let rest = pack.get(at as usize..).unwrap_or_default();
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    };
+    let (new_pack, new_index) = (packs.join("pack-new.pack"), packs.join("pack-new.idx"));
+    let checksum = found.write_pack(&read_at, &new_pack, &new_index).unwrap();
+    let name = packs.join(format!("pack-{checksum}"));
+    std::fs::rename(&new_pack, name.with_extension("pack")).unwrap();
+    std::fs::rename(&new_index, name.with_extension("idx")).unwrap();
+    // The pack written is whole as git reads it, its index the one git would write.
+    let verified = std::process::Command::new(gitcache_testkit::git::git_program())
+        .arg("verify-pack")
+        .arg(format!("--object-format={format}"))
+        .arg(name.with_extension("idx"))
+        .output()
         .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
     std::fs::copy(src.join("config"), early.join("config")).unwrap();
     std::fs::copy(src.join("HEAD"), early.join("HEAD")).unwrap();
     let refs = git(
@@ -173,9 +191,9 @@ fn a_damaged_pack_is_an_error() {
 
 /// A tip blob stored as a delta on a blob too large to keep is not found, yet planning lists
 /// blobs without reading them: the plan is made, and says it is not held whole, so that it
-/// is not sent. A full clone whose objects were all found from a pack holding one entry
-/// more (an object nothing reaches, a delta on a base not kept) would be the stored pack
-/// sent as it is: not held whole either.
+/// is not sent. From a pack holding one entry more than was found (an object nothing
+/// reaches, a delta by id), the pack written of what was found holds that entry no more:
+/// a full clone sent it as it is gets exactly the objects reached.
 #[test]
 fn a_plan_sending_what_was_not_found_is_not_held_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -271,14 +289,66 @@ fn a_plan_sending_what_was_not_found_is_not_held_whole() {
     let repo = Repository::open(&early).unwrap();
     let planned = plan(&repo, &fetch(vec![tip]), format, &Options::default());
     match planned {
-        // Every reachable object found: the stored pack, one entry more than its index.
+        // Every reachable object found, and written alone: the early pack sent as it is
+        // holds them and nothing else.
         Ok(planned) if found == all - 1 => {
             let Plan::Pack(pack_plan) = &planned else {
                 panic!("a pack is sent");
             };
             assert!(pack_plan.is_whole_pack(), "sent as it is");
-            assert!(!planned.held_whole());
+            assert!(planned.held_whole());
+            let mut answer = Vec::new();
+            planned.write_to(&mut answer).unwrap();
+            let answer =
+                parse_fetch_response(&answer, gitcache_protocol::ObjectFormat::Sha1).unwrap();
+            let sent = answer.pack.expect("a pack");
+            assert_eq!(
+                u32::from_be_bytes(sent[8..12].try_into().unwrap()) as usize,
+                all - 1
+            );
         }
         other => panic!("found {found} of {all}: {other:?}"),
     }
+}
+
+/// Whatever is found, with less decoded (objects of 12 KiB at most), every
+/// answer held whole by it is a pack `index-pack --strict` takes, for the tip of every
+/// branch at depths one and two; and some are.
+#[test]
+fn every_answer_held_whole_is_a_whole_pack() {
+    let fixture = Fixture::new(RepoSpec::medium(11));
+    let pack = clone_pack(&fixture.src);
+    let limits = Limits {
+        object_bytes: 12 << 10,
+        ..Limits::default()
+    };
+    let (early, found) = early_repository(&fixture.src, fixture.dir.path(), &pack, limits);
+    let all = common::all_objects(&fixture.src).len();
+    assert!(found < all, "part of the objects found ({found} of {all})");
+    let repo = Repository::open(&early).unwrap();
+    let client = fixture.empty_client("client.git");
+    let tips = git(
+        &fixture.src,
+        &["for-each-ref", "--format=%(objectname)", "refs/heads"],
+    );
+    let mut held = 0;
+    for (i, tip) in tips.lines().enumerate() {
+        for depth in [1, 2] {
+            let mut request = fetch(vec![gix_hash::ObjectId::from_hex(tip.as_bytes()).unwrap()]);
+            request.deepen = Some(depth);
+            request.include_tag = true;
+            let Ok(planned) = plan(&repo, &request, fixture.format, &Options::default()) else {
+                continue;
+            };
+            if !planned.held_whole() {
+                continue;
+            }
+            held += 1;
+            let mut answer = Vec::new();
+            planned.write_to(&mut answer).unwrap();
+            let answer = parse_fetch_response(&answer, fixture.format).unwrap();
+            apply(&client, &answer, &format!("{i}-{depth}"), false);
+        }
+    }
+    assert!(held > 0, "some answers are held whole");
 }

@@ -1398,25 +1398,10 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     upstream.reset_counts();
     // The pack comes as over a network, not all at once: found as it arrives.
     trickle_next_pack(&upstream, 256 << 10, 30);
-    git.run(
-        &home,
-        &[
-            "clone",
-            "-q",
-            "--depth=1",
-            &cache.url("acme/widgets"),
-            "early",
-        ],
-    )
-    .unwrap()
-    .expect_success();
+    shallow_clone(&git, &cache.url("acme/widgets"), "early");
     let early = home.join("early");
-    fsck(&early);
     cache.log_with("early=true", 1);
-    let direct = format!("file://{}", source.display());
-    git.run(&home, &["clone", "-q", "--depth=1", &direct, "direct"])
-        .unwrap()
-        .expect_success();
+    shallow_clone(&git, &format!("file://{}", source.display()), "direct");
     let direct = home.join("direct");
     assert_eq!(
         git.rev_parse(&early, "HEAD").unwrap(),
@@ -1447,6 +1432,10 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     common::wait_for_mirror(&mirror, &source);
     fsck(&mirror);
     assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+    // The same clone again, of the mirror made: the answer stored under its key is whole.
+    shallow_clone(&git, &cache.url("acme/widgets"), "again");
+    assert_eq!(tags(&home.join("again")), tags(&direct));
+    cache.log_with("result=\"hit\"", 1);
     let packs = mirror.join("objects").join("pack");
     common::wait_for("the early index removed", || {
         std::fs::read_dir(&packs).unwrap().all(|e| {
@@ -1492,19 +1481,7 @@ fn objects_found_early_are_not_left_by_a_crash() {
     let cache = cache.crash_and_restart(&upstream, &[]);
     let _ = cut.join();
 
-    git.run(
-        &home,
-        &[
-            "clone",
-            "-q",
-            "--depth=1",
-            &cache.url("acme/widgets"),
-            "whole",
-        ],
-    )
-    .unwrap()
-    .expect_success();
-    fsck(&home.join("whole"));
+    shallow_clone(&git, &cache.url("acme/widgets"), "whole");
     let mirror = cache.mirror(&upstream, "acme/widgets");
     common::wait_for_mirror(&mirror, &source);
     fsck(&mirror);
