@@ -410,7 +410,7 @@ impl Fetches {
                     biased;
                     outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
                     repo = self.landed(target, &fetch, &mut landings), if early => break Waited::Landed(repo),
-                    found = registry.early_after(&target.key, seen.as_ref()), if from_early => {
+                    found = registry.early_after(&target.key, seen.as_ref(), &fetch.wants), if from_early => {
                         match self.answer_early(target, headers, &found, &fetch, kind, &vouched).await? {
                             Early::Refused(refused) => return Ok(refused),
                             Early::Answered(response) => {

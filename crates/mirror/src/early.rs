@@ -36,8 +36,13 @@ impl EarlyDir {
     pub(crate) fn create(git_dir: &Path) -> std::io::Result<EarlyDir> {
         use std::sync::atomic::AtomicU64;
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        // The time too: a process of the same id (the first of a container) finds no
+        // leftover of another under the name.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let name = format!(
-            "{PREFIX}{}-{}",
+            "{PREFIX}{}-{nanos}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
@@ -150,34 +155,44 @@ impl Read for Following<'_> {
 
 /// Scan `pack` as it arrives, then write what was found as a pack of its own in a new folder
 /// of `git_dir`, with its index and `refs` as the mirror will have them: an [`Early`] once
-/// the pack is whole. Nothing is written that would leave less than `keep` bytes free
-/// (`free` tells what is). Given up once `stop` is set.
+/// the shallow closures of `wants` are found, or else once the pack is whole. Nothing is
+/// written that would leave less than `keep` bytes free (`free` tells what is). Given up
+/// once `stop` is set.
 pub(crate) fn build(
     git_dir: &Path,
     pack: &LivePack,
     refs: &[RefLine],
+    wants: &[gix_hash::ObjectId],
     (free, keep): (crate::mirror::FreeSpace, u64),
     stop: &AtomicBool,
 ) -> Result<Early, String> {
     let format = pack.object_format();
     let mut read = std::io::BufReader::with_capacity(1 << 16, Following { pack, at: 0, stop });
-    let found = gitcache_pack::early::scan(
+    let mut tips = gitcache_pack::early::Tips::new(wants.iter().copied());
+    let found = gitcache_pack::early::scan_for(
         &mut read,
         format,
         gitcache_pack::early::Limits::default(),
         stop,
+        Some(&mut tips),
     )
     .map_err(|err| err.to_string())?;
     let read = read.into_inner().at;
-    match pack.progress() {
-        Progress::Whole(bytes) if bytes == read => {}
-        Progress::Whole(bytes) => {
+    match (pack.progress(), found.checksum()) {
+        // Stopped once the wanted closures were found: the rest is still arriving.
+        (_, None) => {}
+        (Progress::Whole(bytes), Some(_)) if bytes == read => {}
+        (Progress::Whole(bytes), Some(_)) => {
             return Err(format!("the pack is {bytes} bytes, {read} were scanned"));
         }
-        other => return Err(format!("the pack is not whole: {other:?}")),
+        (other, Some(_)) => return Err(format!("the pack is not whole: {other:?}")),
     }
-    // The copy and its index: the entries' bytes and 32 bytes an object more at most.
-    let needed = found.bytes().saturating_add(64 * found.len() as u64);
+    // The copy and its index (the entries' bytes and 64 bytes an object at most), and room
+    // left for what taking the pack in writes after it (its indexes, 64 bytes an object at
+    // most): the copy is the one to go without.
+    let needed = (found.bytes())
+        .saturating_add(64 * found.len() as u64)
+        .saturating_add(64 * u64::from(found.entries()));
     let available = free(git_dir).map_err(|err| err.to_string())?;
     if available.saturating_sub(needed) < keep {
         return Err(format!(

@@ -294,7 +294,13 @@ struct Posted {
     /// A fetch waits for them: they are looked for (not otherwise, a second decoding of
     /// the pack as it arrives).
     early_wanted: bool,
+    /// What the fetches waiting for them want (the first [`MOST_EARLY_WANTS`]): the scan
+    /// may stop once it has found their shallow closures.
+    early_wants: Vec<ObjectId>,
 }
+
+/// The most wants of waiting fetches a board keeps for the objects found early.
+const MOST_EARLY_WANTS: usize = 64;
 
 /// A repository of the objects of a mirror's first pack found as the pack arrived
 /// ([`gitcache_pack::early`]), with the refs the mirror will have: what needs only those
@@ -481,10 +487,26 @@ impl Board {
         self.posted().early_wanted
     }
 
+    /// What the fetches waiting for the objects found early want, so far (a few dozen at
+    /// most).
+    pub fn early_wants(&self) -> Vec<ObjectId> {
+        self.posted().early_wants.clone()
+    }
+
     /// The objects found early in the first pack, once posted, unless they are `seen`; they
-    /// are looked for from now on ([`early_wanted`](Self::early_wanted)).
-    pub async fn next_early(&self, seen: Option<&Arc<Early>>) -> Arc<Early> {
-        self.posted().early_wanted = true;
+    /// are looked for from now on ([`early_wanted`](Self::early_wanted)), for a fetch of
+    /// `wants` among others.
+    pub async fn next_early(&self, seen: Option<&Arc<Early>>, wants: &[ObjectId]) -> Arc<Early> {
+        {
+            let mut posted = self.posted();
+            posted.early_wanted = true;
+            for want in wants {
+                if posted.early_wants.len() < MOST_EARLY_WANTS && !posted.early_wants.contains(want)
+                {
+                    posted.early_wants.push(*want);
+                }
+            }
+        }
         self.wait_for(|posted| {
             posted
                 .early
@@ -848,11 +870,12 @@ mod tests {
         assert!(!board.early_wanted());
         let waiting = {
             let board = &board;
-            async move { board.next_early(None).await }
+            async move { board.next_early(None, &[oid(7)]).await }
         };
         tokio::pin!(waiting);
         assert!(poll_once(&mut waiting).is_none(), "nothing posted yet");
         assert!(board.early_wanted(), "looked for once waited for");
+        assert_eq!(board.early_wants(), [oid(7)]);
         let _second = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
         board.early(&first, early());
         assert!(poll_once(&mut waiting).is_none(), "not another pack's");
@@ -862,9 +885,9 @@ mod tests {
         let got = waiting.await;
         assert!(Arc::ptr_eq(&got, &posted));
         board.clear();
-        assert!(!board.early_wanted());
+        assert!(!board.early_wanted() && board.early_wants().is_empty());
         board.early(&second, early());
-        let again = board.next_early(None);
+        let again = board.next_early(None, &[]);
         tokio::pin!(again);
         assert!(
             poll_once(&mut again).is_none(),

@@ -1055,12 +1055,21 @@ impl Mirror {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 };
                 let started = std::time::Instant::now();
-                // A few at a time: each holds up to 64 MiB of decoded objects.
-                let Some(_turn) = crate::early::Turn::take() else {
-                    tracing::debug!("no early index of the first pack: enough are being made");
-                    return;
+                // A few at a time: each holds up to 64 MiB of decoded objects. One waiting
+                // for its turn reads the pack from its start once it has it.
+                let _turn = loop {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Some(turn) = crate::early::Turn::take() {
+                        break turn;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 };
-                match crate::early::build(&git_dir, &pack, &refs, floor, &stop) {
+                // What the fetches waiting want: found first, the rest of the pack not
+                // waited for.
+                let wanted = board.early_wants();
+                match crate::early::build(&git_dir, &pack, &refs, &wanted, floor, &stop) {
                     Ok(early) => {
                         tracing::debug!(
                             found = early.found(),

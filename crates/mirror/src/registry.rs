@@ -518,14 +518,16 @@ impl Registry {
     }
 
     /// The objects of `key`'s first pack found as it arrived (see [`crate::live::Early`]),
-    /// once a refresh making the mirror from nothing has them, unless they are `seen`.
+    /// once a refresh making the mirror from nothing has them, unless they are `seen`, for a
+    /// fetch of `wants`.
     pub async fn early_after(
         &self,
         key: &RepoKey,
         seen: Option<&Arc<crate::live::Early>>,
+        wants: &[gix_hash::ObjectId],
     ) -> Arc<crate::live::Early> {
         let slot = self.slot(key);
-        slot.live.next_early(seen).await
+        slot.live.next_early(seen, wants).await
     }
 
     /// The first pack of `key`'s mirror announced now or next, whatever was said of the mirror

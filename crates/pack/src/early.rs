@@ -52,7 +52,8 @@ pub struct Limits {
     /// ten times its size and more (a tree's delta of a few bytes makes the whole tree), and
     /// up to eighty times in stretches of them.
     pub decoded_per_byte: u64,
-    /// The most objects found: past it, the scan gives up (each costs about 60 bytes).
+    /// The most objects found: past it, the scan gives up (each costs about 130 bytes with
+    /// the closures followed).
     pub most_found: usize,
 }
 
@@ -78,8 +79,98 @@ pub struct Found {
     hash: gix_hash::Kind,
     /// Sorted by offset, each once: the entries of the objects found.
     pub(crate) objects: Vec<FoundEntry>,
-    checksum: ObjectId,
+    /// The trailer, once the pack was read to its end ([`scan_for`] may stop before).
+    checksum: Option<ObjectId>,
     entries: u32,
+}
+
+/// Commits whose closures at depth one (each commit, its tree and everything in it) are
+/// followed as a pack's objects are found, in pack order: [`scan_for`] stops once all of
+/// them are found. `git pack-objects` writes commits first, then each tip's trees and
+/// blobs, a tree before what is in it (a delta's base before the delta): a shallow clone's
+/// objects come in the first part of the pack.
+#[derive(Debug, Default)]
+pub struct Tips {
+    /// Commits not found yet.
+    commits: std::collections::HashSet<ObjectId>,
+    /// Trees and blobs needed and not found yet.
+    pending: std::collections::HashSet<ObjectId>,
+    /// Everything found so far, and for a tree, where its entry is.
+    seen: HashMap<ObjectId, Option<u64>>,
+    /// Trees needed after they were found (a tree pulled ahead as the base of a delta
+    /// written earlier), to follow from the objects kept.
+    revisit: Vec<(ObjectId, u64)>,
+    /// A tree needed after it was found could not be read again, or an object was not what
+    /// it was needed as: the closure cannot be told complete.
+    lost: bool,
+}
+
+impl Tips {
+    /// Follow the closures of `commits` (an id that is no commit is never complete).
+    pub fn new(commits: impl IntoIterator<Item = ObjectId>) -> Tips {
+        Tips {
+            commits: commits.into_iter().collect(),
+            ..Tips::default()
+        }
+    }
+
+    /// Whether every commit and everything in its tree was found.
+    pub fn complete(&self) -> bool {
+        !self.lost && self.commits.is_empty() && self.pending.is_empty()
+    }
+
+    fn need(&mut self, id: ObjectId) {
+        match self.seen.get(&id) {
+            Some(Some(offset)) => self.revisit.push((id, *offset)),
+            Some(None) => {}
+            None => {
+                self.pending.insert(id);
+            }
+        }
+    }
+
+    /// What is in the tree `data`, needed: followed.
+    fn follow(&mut self, data: &[u8], hash: gix_hash::Kind) {
+        match crate::objects::parse_tree(data, hash) {
+            Ok(entries) => {
+                for entry in entries {
+                    if entry.kind != crate::objects::EntryKind::Gitlink {
+                        self.need(entry.oid);
+                    }
+                }
+            }
+            Err(_) => self.lost = true,
+        }
+    }
+
+    /// `id`, of `kind`, found at `offset`: whatever it makes needed is followed, trees found
+    /// before they were needed read again from `kept` (or the closure is lost).
+    fn found(
+        &mut self,
+        (id, offset): (ObjectId, u64),
+        kind: gix_object::Kind,
+        data: &[u8],
+        hash: gix_hash::Kind,
+        kept: &mut Kept,
+    ) {
+        let tree = kind == gix_object::Kind::Tree;
+        self.seen.insert(id, tree.then_some(offset));
+        if self.commits.remove(&id) {
+            match (kind, crate::objects::parse_commit(data, hash)) {
+                (gix_object::Kind::Commit, Ok(commit)) => self.need(commit.tree),
+                _ => self.lost = true,
+            }
+        }
+        if self.pending.remove(&id) && tree {
+            self.follow(data, hash);
+        }
+        while let Some((_, offset)) = self.revisit.pop() {
+            match kept.get(offset) {
+                Some((gix_object::Kind::Tree, data)) => self.follow(&data, hash),
+                _ => self.lost = true,
+            }
+        }
+    }
 }
 
 /// An object found, and where its entry is.
@@ -109,8 +200,8 @@ impl Found {
     }
 
     /// The pack's checksum, as its trailer says it (the scan does not check it: the reader
-    /// that writes the pack does).
-    pub fn checksum(&self) -> ObjectId {
+    /// that writes the pack does); `None` when the scan stopped before the end.
+    pub fn checksum(&self) -> Option<ObjectId> {
         self.checksum
     }
 
@@ -151,27 +242,36 @@ impl Found {
         // Where each entry is written, by its place among the objects (sorted by offset).
         let mut written: Vec<u64> = Vec::with_capacity(self.objects.len());
         let mut listed: Vec<(ObjectId, PackEntry)> = Vec::with_capacity(self.objects.len());
-        let mut bytes = Vec::new();
-        let mut entry = Vec::new();
+        // An entry is copied a piece at a time: the memory is the same for any size.
+        let mut piece = vec![0; 1 << 16];
+        let mut header = Vec::new();
         for found in &self.objects {
-            let len = usize::try_from(found.end - found.offset)
-                .map_err(|_| Error::odb("an entry too large to copy"))?;
-            bytes.clear();
-            bytes.resize(len, 0);
-            let mut filled = 0;
-            while filled < len {
-                let n = read_at(&mut bytes[filled..], found.offset + filled as u64)?;
-                if n == 0 {
-                    return Err(Error::odb(
-                        "the scanned pack ends before an entry found in it",
-                    ));
+            let read = |buf: &mut [u8], at: u64| -> Result<(), Error> {
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = read_at(&mut buf[filled..], at + filled as u64)?;
+                    if n == 0 {
+                        return Err(Error::odb(
+                            "the scanned pack ends before an entry found in it",
+                        ));
+                    }
+                    filled += n;
                 }
-                filled += n;
-            }
-            let parsed = gix_pack::data::Entry::from_bytes(&bytes, found.offset, self.hash)
-                .map_err(Error::odb)?;
+                Ok(())
+            };
+            let len = found.end - found.offset;
+            // The header: at most its longest form, within the entry.
+            let head_len = len.min(crate::incoming::LONGEST_HEADER as u64) as usize;
+            read(&mut piece[..head_len], found.offset)?;
+            let parsed =
+                gix_pack::data::Entry::from_bytes(&piece[..head_len], found.offset, self.hash)
+                    .map_err(Error::odb)?;
+            let header_size = parsed.header_size() as u64;
             let at = out.offset;
-            entry.clear();
+            // The bytes copied are those scanned: their CRC-32 is the one taken then.
+            let mut scanned = crc32fast::Hasher::new();
+            scanned.update(&piece[..header_size as usize]);
+            header.clear();
             match parsed.header {
                 Header::OfsDelta { base_distance } => {
                     // Its base was found before it (a delta is decoded only on a base kept).
@@ -183,23 +283,36 @@ impl Found {
                                 .binary_search_by_key(&base, |found| found.offset)
                                 .ok()
                         })
-                        .map(|place| written[place])
+                        .and_then(|place| written.get(place).copied())
                         .ok_or_else(|| Error::odb("a delta found without its base"))?;
                     Header::OfsDelta {
                         base_distance: at - base,
                     }
-                    .write_to(parsed.decompressed_size, &mut entry)?;
-                    entry.extend_from_slice(&bytes[parsed.header_size()..]);
+                    .write_to(parsed.decompressed_size, &mut header)?;
                 }
-                _ => entry.extend_from_slice(&bytes),
+                _ => header.extend_from_slice(&piece[..header_size as usize]),
             }
-            out.write_all(&entry)?;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&header);
+            out.write_all(&header)?;
+            let mut copied = header_size;
+            while copied < len {
+                let n = (len - copied).min(piece.len() as u64) as usize;
+                read(&mut piece[..n], found.offset + copied)?;
+                scanned.update(&piece[..n]);
+                crc.update(&piece[..n]);
+                out.write_all(&piece[..n])?;
+                copied += n as u64;
+            }
+            if scanned.finalize() != found.crc32 {
+                return Err(Error::odb("an entry found changed before it was copied"));
+            }
             written.push(at);
             listed.push((
                 found.id,
                 PackEntry {
                     offset: at,
-                    crc32: crc32fast::hash(&entry),
+                    crc32: crc.finalize(),
                 },
             ));
         }
@@ -222,6 +335,18 @@ pub fn scan(
     limits: Limits,
     stop: &AtomicBool,
 ) -> Result<Found, Error> {
+    scan_for(read, hash, limits, stop, None)
+}
+
+/// [`scan`], stopping as soon as `tips` are [complete](Tips::complete): what was found by
+/// then, before the rest of the pack has even arrived.
+pub fn scan_for(
+    read: &mut dyn BufRead,
+    hash: gix_hash::Kind,
+    limits: Limits,
+    stop: &AtomicBool,
+    mut tips: Option<&mut Tips>,
+) -> Result<Found, Error> {
     // Blobs too large to decode are hashed as they go by, holding nothing.
     let mut incoming =
         crate::incoming::Incoming::new(read, hash, limits.object_bytes.saturating_add(1))?;
@@ -230,13 +355,16 @@ pub fn scan(
     let mut objects: Vec<FoundEntry> = Vec::new();
     let mut out = Vec::new();
     let mut decoded = 0u64;
-    // Past the budget nothing more is inflated or decoded; what is read is only followed.
-    let mut over_budget = false;
+    // Past the budget nothing more is inflated or decoded (what is read is only followed),
+    // until the bytes read make room again.
+    let budget = |offset: u64| {
+        (limits.cache_bytes as u64).saturating_add(offset.saturating_mul(limits.decoded_per_byte))
+    };
     loop {
         // Only what can be decoded is inflated: an object stored whole, or a delta on a base
         // still kept, of at most `object_bytes` (a delta by id is left to the indexing).
         let keep = |offset: u64, header: &Header, size: u64| {
-            !over_budget
+            decoded <= budget(offset)
                 && size <= limits.object_bytes
                 && match header {
                     Header::OfsDelta { base_distance } => offset
@@ -263,6 +391,18 @@ pub fn scan(
         };
         if let Some(id) = entry.id {
             objects.push(found(id));
+            if let Some(tips) = tips.as_deref_mut() {
+                tips.found(
+                    (id, entry.offset),
+                    gix_object::Kind::Blob,
+                    &[],
+                    hash,
+                    &mut kept,
+                );
+                if tips.complete() {
+                    return found_once(hash, objects, None, entries);
+                }
+            }
             continue;
         }
         if !inflated {
@@ -293,17 +433,29 @@ pub fn scan(
                 None => continue,
             },
         };
-        let budget = (limits.cache_bytes as u64)
-            .saturating_add(entry.end().saturating_mul(limits.decoded_per_byte));
-        over_budget = decoded > budget;
         let id = gix_object::compute_hash(hash, kind, &object)
             .map_err(|err| Error::odb(format!("hashing an arriving object: {err}")))?;
         objects.push(found(id));
+        if let Some(tips) = tips.as_deref_mut() {
+            tips.found((id, entry.offset), kind, &object, hash, &mut kept);
+            if tips.complete() {
+                return found_once(hash, objects, None, entries);
+            }
+        }
         kept.put(entry.offset, kind, object);
     }
     let checksum = incoming.trailer()?;
-    // Found in pack order. An object the pack holds twice (git writes none, and taking the
-    // pack in refuses it) is no early answer.
+    found_once(hash, objects, Some(checksum), entries)
+}
+
+/// `objects`, found in pack order, each once: an object the pack holds twice (git writes
+/// none, and taking the pack in refuses it) is no early answer.
+fn found_once(
+    hash: gix_hash::Kind,
+    objects: Vec<FoundEntry>,
+    checksum: Option<ObjectId>,
+    entries: u32,
+) -> Result<Found, Error> {
     let mut ids: Vec<ObjectId> = objects.iter().map(|found| found.id).collect();
     ids.sort_unstable();
     if ids.windows(2).any(|pair| pair[0] == pair[1]) {
@@ -394,6 +546,43 @@ impl Kept {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A commit's closure is complete once its tree and all in it are found, also when a
+    /// subtree came first (read again from the objects kept); one that was not kept loses
+    /// the closure.
+    #[test]
+    fn tips_follow_a_commit_to_everything_in_its_tree() {
+        use gix_object::Kind;
+        let hash = gix_hash::Kind::Sha1;
+        let id = |kind, data: &[u8]| gix_object::compute_hash(hash, kind, data).unwrap();
+        let blob = b"x\n".to_vec();
+        let blob_id = id(Kind::Blob, &blob);
+        let mut sub = b"100644 file\0".to_vec();
+        sub.extend_from_slice(blob_id.as_bytes());
+        let sub_id = id(Kind::Tree, &sub);
+        let mut root = b"40000 dir\0".to_vec();
+        root.extend_from_slice(sub_id.as_bytes());
+        let root_id = id(Kind::Tree, &root);
+        let commit =
+            format!("tree {root_id}\nauthor a <a@b> 1 +0000\ncommitter a <a@b> 1 +0000\n\nm\n")
+                .into_bytes();
+        let commit_id = id(Kind::Commit, &commit);
+        for keep_sub in [true, false] {
+            let mut kept = Kept::new(1 << 20);
+            let mut tips = Tips::new([commit_id]);
+            // The subtree first (the base of a delta written earlier), then the rest.
+            tips.found((sub_id, 10), Kind::Tree, &sub, hash, &mut kept);
+            if keep_sub {
+                kept.put(10, Kind::Tree, sub.clone());
+            }
+            tips.found((commit_id, 20), Kind::Commit, &commit, hash, &mut kept);
+            assert!(!tips.complete());
+            tips.found((root_id, 30), Kind::Tree, &root, hash, &mut kept);
+            assert!(!tips.complete());
+            tips.found((blob_id, 40), Kind::Blob, &blob, hash, &mut kept);
+            assert_eq!(tips.complete(), keep_sub);
+        }
+    }
 
     #[test]
     fn the_least_recently_used_go_first() {

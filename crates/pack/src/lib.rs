@@ -253,8 +253,8 @@ impl PackPlan {
     }
 
     /// Whether every object the pack would hold is named by the index of a pack it is
-    /// written from, and a stored pack sent as it is holds no entry beyond those its index
-    /// names. Planning reads the commits, trees and tags it sends but only lists the blobs:
+    /// written from (every tag `include-tag` looked at read too), and a stored pack sent as
+    /// it is holds no entry beyond those its index names. Planning reads the commits, trees and tags it sends but only lists the blobs:
     /// a repository indexed in part ([`early`]) may answer only when this holds.
     pub fn held_whole(&self) -> bool {
         match &self.source {
@@ -263,6 +263,7 @@ impl PackPlan {
             }
             Source::Selected(selection) => {
                 selection.packed.is_none()
+                    && !selection.unread_tags
                     && selection
                         .listed()
                         .all(|oid| self.packs.iter().any(|pack| pack.contains(oid)))

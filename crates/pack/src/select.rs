@@ -51,6 +51,9 @@ pub(crate) struct Selection {
     /// For an answer from a pack's bitmaps, the name hash of the path of each of `others`
     /// (the trees and blobs beyond the pack), as the walk met them; else empty.
     pub(crate) others_names: Vec<u32>,
+    /// A tag a ref names could not be read for `include-tag` (a repository indexed in part:
+    /// it may point at what is sent).
+    pub(crate) unread_tags: bool,
 }
 
 /// Objects at the path of one sent, as the walk met them.
@@ -1156,8 +1159,13 @@ fn include_tags(
         {
             continue;
         }
-        if objects.header(&oid)?.map(|(k, _)| k) != Some(Kind::Tag) {
-            continue;
+        match objects.header(&oid)? {
+            Some((Kind::Tag, _)) => {}
+            Some(_) => continue,
+            None => {
+                out.unread_tags = true;
+                continue;
+            }
         }
         let mut chain = Vec::new();
         let (target, _) = peel_chain(objects, &oid, |tag| chain.push(tag))?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use common::{Fixture, apply, fetch, git, upload_pack};
-use gitcache_pack::early::{Limits, scan};
+use gitcache_pack::early::{Found, Limits, Tips, scan, scan_for};
 use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::response::parse_fetch_response;
 use gitcache_testkit::git::git_with_input;
@@ -37,6 +37,13 @@ fn early_repository(src: &Path, dir: &Path, pack: &[u8], limits: Limits) -> (Pat
     let mut read = pack;
     let found = scan(&mut read, format, limits, &AtomicBool::new(false)).unwrap();
     assert!(read.is_empty(), "the scan read the pack to its end");
+    assert!(found.checksum().is_some());
+    early_repository_of(src, dir, pack, &found)
+}
+
+/// [`early_repository`] of what a scan `found`.
+fn early_repository_of(src: &Path, dir: &Path, pack: &[u8], found: &Found) -> (PathBuf, usize) {
+    let format = Repository::open(src).unwrap().object_format();
     let early = dir.join("early.git");
     let packs = early.join("objects").join("pack");
     std::fs::create_dir_all(&packs).unwrap();
@@ -351,4 +358,56 @@ fn every_answer_held_whole_is_a_whole_pack() {
         }
     }
     assert!(held > 0, "some answers are held whole");
+}
+
+/// Following the closure of the tip at depth one, a scan stops once it is found, before the
+/// end of the pack (the rest of the history): what it found answers a shallow clone of the
+/// tip as git does, and a clone of the whole history is not held whole by it.
+#[test]
+fn a_scan_for_the_tips_stops_once_they_are_found() {
+    let fixture = Fixture::new(RepoSpec::medium(12));
+    let pack = clone_pack(&fixture.src);
+    let head = fixture.rev("HEAD");
+    let mut tips = Tips::new([head]);
+    let mut read = &pack[..];
+    let found = scan_for(
+        &mut read,
+        gix_hash::Kind::Sha1,
+        Limits::default(),
+        &AtomicBool::new(false),
+        Some(&mut tips),
+    )
+    .unwrap();
+    assert!(tips.complete());
+    assert!(found.checksum().is_none(), "stopped before the trailer");
+    assert!(
+        read.len() > pack.len() / 2,
+        "stopped in the first half ({} of {} bytes left)",
+        read.len(),
+        pack.len()
+    );
+    let (early, _) = early_repository_of(&fixture.src, fixture.dir.path(), &pack, &found);
+    let repo = Repository::open(&early).unwrap();
+    let mut request = fetch(vec![head]);
+    request.deepen = Some(1);
+    request.include_tag = true;
+    let body = fixture.body(request.clone());
+    let theirs = parse_fetch_response(&upload_pack(&fixture.src, &body), fixture.format).unwrap();
+    let planned = plan(&repo, &request, fixture.format, &Options::default()).unwrap();
+    assert!(planned.held_whole());
+    let mut mine = Vec::new();
+    planned.write_to(&mut mine).unwrap();
+    let mine = parse_fetch_response(&mine, fixture.format).unwrap();
+    assert_eq!(mine.shallow, theirs.shallow);
+    let client = fixture.empty_client("client.git");
+    let (_, added_mine) = apply(&client, &mine, "ours", false);
+    let (_, added_theirs) = apply(&client, &theirs, "git", false);
+    assert_eq!(added_mine, added_theirs);
+    let whole = plan(
+        &repo,
+        &fetch(vec![head]),
+        fixture.format,
+        &Options::default(),
+    );
+    assert!(whole.is_err() || whole.is_ok_and(|plan| !plan.held_whole()));
 }
