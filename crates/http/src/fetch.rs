@@ -198,6 +198,16 @@ enum Waited {
     TooLong,
 }
 
+/// The check of an answer from the objects found early in a mirror's first pack, and its
+/// start ([`Fetches::answer_early`]), with those objects.
+type CheckingEarly<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (Arc<gitcache_mirror::live::Early>, Result<Early, Error>)>
+            + Send
+            + 'a,
+    >,
+>;
+
 /// What the objects found early in a mirror's first pack made of a fetch (see
 /// [`Fetches::answer_early`]).
 enum Early {
@@ -405,13 +415,18 @@ impl Fetches {
             let registry = self.mirrors.registry();
             let from_early = early && fetch.haves.is_empty() && fetch.shallows.is_empty();
             let mut seen = None;
+            // An answer from them being checked and begun: the refresh ending, or the wait
+            // running out, meanwhile still ends the wait (dropping it sends nothing).
+            let mut checking: Option<CheckingEarly<'_>> = None;
+            let asked = &fetch;
             loop {
                 tokio::select! {
                     biased;
                     outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
-                    repo = self.landed(target, &fetch, &mut landings), if early => break Waited::Landed(repo),
-                    found = registry.early_after(&target.key, seen.as_ref(), &fetch.wants), if from_early => {
-                        match self.answer_early(target, headers, &found, &fetch, kind, &vouched).await? {
+                    repo = self.landed(target, asked, &mut landings), if early => break Waited::Landed(repo),
+                    (found, answer) = async { checking.as_mut().expect("checking").await }, if checking.is_some() => {
+                        checking = None;
+                        match answer? {
                             Early::Refused(refused) => return Ok(refused),
                             Early::Answered(response) => {
                                 return Ok(with_state(
@@ -421,6 +436,14 @@ impl Fetches {
                             }
                             Early::Not => seen = Some(found),
                         }
+                    }
+                    found = registry.early_after(&target.key, seen.as_ref(), &asked.wants), if from_early && checking.is_none() => {
+                        checking = Some(Box::pin(async move {
+                            let answer = self
+                                .answer_early(target, headers, &found, asked, kind, &vouched)
+                                .await;
+                            (found, answer)
+                        }));
                     }
                     () = &mut too_long => break Waited::TooLong,
                 }
