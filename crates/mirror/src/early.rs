@@ -74,15 +74,22 @@ impl EarlyDir {
 
 impl Drop for EarlyDir {
     fn drop(&mut self) {
+        let path = std::mem::take(&mut self.path);
         // Removed before it is let go of: a tidy meanwhile finds it held or gone.
-        if let Err(err) = std::fs::remove_dir_all(&self.path)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(%err, path = %self.path.display(), "removing an early index failed");
+        let remove = move || {
+            if let Err(err) = std::fs::remove_dir_all(&path)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%err, path = %path.display(), "removing an early index failed");
+            }
+            HELD.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
+        };
+        // Its last holder may be an answer's body, dropped on an async worker: the files
+        // (a copy of part of a pack) go on a blocking thread there.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
-        HELD.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.path);
     }
 }
 
