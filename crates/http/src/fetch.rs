@@ -335,6 +335,10 @@ impl Fetches {
             // fetches it, or the shared store holds it) still takes the first pack should
             // this instance fetch it after all (the other instance's fetch failed).
             let (mut live, mut announced) = (true, false);
+            // Made once: a landing it is opening the mirror for is not dropped when another
+            // arm ends meanwhile.
+            let landed = self.landed(target, &fetch, &mut landings);
+            tokio::pin!(landed);
             loop {
                 tokio::select! {
                     biased;
@@ -353,7 +357,7 @@ impl Fetches {
                             break Waited::Arriving(pack);
                         }
                     }
-                    repo = self.landed(target, &fetch, &mut landings), if early => {
+                    repo = &mut landed, if early => {
                         break Waited::Landed(repo);
                     }
                     () = &mut unannounced, if live => break Waited::TooLong,
@@ -375,6 +379,9 @@ impl Fetches {
                 ) && pack.object_format() == kind
             };
             let (mut seen, mut live, mut candidate) = (None, true, None);
+            // Made once (see above).
+            let landed = self.landed(target, &fetch, &mut landings);
+            tokio::pin!(landed);
             loop {
                 let next = registry.live_pack_after(&target.key, seen.as_ref());
                 let settled = settled(candidate.clone());
@@ -400,7 +407,7 @@ impl Fetches {
                         Some(pack) => seen = Some(pack),
                         None => live = false,
                     },
-                    repo = self.landed(target, &fetch, &mut landings), if early => {
+                    repo = &mut landed, if early => {
                         break Waited::Landed(repo);
                     }
                     () = &mut too_long => break Waited::TooLong,
@@ -419,11 +426,15 @@ impl Fetches {
             // running out, meanwhile still ends the wait (dropping it sends nothing).
             let mut checking: Option<CheckingEarly<'_>> = None;
             let asked = &fetch;
+            // Made once: a landing it is opening the mirror for is not dropped when a check
+            // ends meanwhile.
+            let landed = self.landed(target, asked, &mut landings);
+            tokio::pin!(landed);
             loop {
                 tokio::select! {
                     biased;
                     outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
-                    repo = self.landed(target, asked, &mut landings), if early => break Waited::Landed(repo),
+                    repo = &mut landed, if early => break Waited::Landed(repo),
                     (found, answer) = async { checking.as_mut().expect("checking").await }, if checking.is_some() => {
                         checking = None;
                         match answer? {

@@ -74,22 +74,31 @@ impl EarlyDir {
 
 impl Drop for EarlyDir {
     fn drop(&mut self) {
-        let path = std::mem::take(&mut self.path);
-        // Removed before it is let go of: a tidy meanwhile finds it held or gone.
-        let remove = move || {
-            if let Err(err) = std::fs::remove_dir_all(&path)
-                && err.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(%err, path = %path.display(), "removing an early index failed");
-            }
-            HELD.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
-        };
+        let removal = Removal(std::mem::take(&mut self.path));
         // Its last holder may be an answer's body, dropped on an async worker: the files
-        // (a copy of part of a pack) go on a blocking thread there.
+        // (a copy of part of a pack) go on a blocking thread there. A task the runtime drops
+        // unrun (it is shutting down) drops the removal with it, which removes them then.
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
-            Err(_) => remove(),
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(removal))),
+            Err(_) => drop(removal),
         }
+    }
+}
+
+/// An early folder's files, removed when dropped; then it is held no more (a tidy meanwhile
+/// finds it held or gone).
+struct Removal(PathBuf);
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_dir_all(&self.0)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%err, path = %self.0.display(), "removing an early index failed");
+        }
+        HELD.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
     }
 }
 
