@@ -389,60 +389,52 @@ pub fn scan_for(
             end: entry.end(),
             crc32: entry.crc32,
         };
-        if let Some(id) = entry.id {
-            objects.push(found(id));
-            if let Some(tips) = tips.as_deref_mut() {
-                tips.found(
-                    (id, entry.offset),
-                    gix_object::Kind::Blob,
-                    &[],
-                    hash,
-                    &mut kept,
-                );
-                if tips.complete() {
-                    return found_once(hash, objects, None, entries);
-                }
-            }
-            continue;
-        }
-        if !inflated {
-            continue;
-        }
-        decoded = decoded.saturating_add(entry.size);
-        let (kind, object) = match entry.header {
-            Header::OfsDelta { base_distance } => {
-                let Some((kind, base)) =
-                    (entry.offset.checked_sub(base_distance)).and_then(|base| kept.get(base))
-                else {
-                    continue;
+        // A blob hashed as it went by (not kept), or an object decoded here.
+        let (id, kind, object) = match entry.id {
+            Some(id) => (id, gix_object::Kind::Blob, None),
+            None if !inflated => continue,
+            None => {
+                decoded = decoded.saturating_add(entry.size);
+                let (kind, object) = match entry.header {
+                    Header::OfsDelta { base_distance } => {
+                        let Some((kind, base)) = (entry.offset.checked_sub(base_distance))
+                            .and_then(|base| kept.get(base))
+                        else {
+                            continue;
+                        };
+                        match crate::delta::target_size(&out) {
+                            Some(size) if size <= limits.object_bytes => {}
+                            _ => continue,
+                        }
+                        // A delta that does not apply is the indexing's to refuse.
+                        let Ok(object) = crate::delta::apply(&base, &out) else {
+                            continue;
+                        };
+                        decoded = decoded.saturating_add(object.len() as u64);
+                        (kind, object)
+                    }
+                    Header::RefDelta { .. } => continue,
+                    header => match header.as_kind() {
+                        Some(kind) => (kind, std::mem::take(&mut out)),
+                        None => continue,
+                    },
                 };
-                match crate::delta::target_size(&out) {
-                    Some(size) if size <= limits.object_bytes => {}
-                    _ => continue,
-                }
-                // A delta that does not apply is the indexing's to refuse.
-                let Ok(object) = crate::delta::apply(&base, &out) else {
-                    continue;
-                };
-                decoded = decoded.saturating_add(object.len() as u64);
-                (kind, object)
+                let id = gix_object::compute_hash(hash, kind, &object)
+                    .map_err(|err| Error::odb(format!("hashing an arriving object: {err}")))?;
+                (id, kind, Some(object))
             }
-            Header::RefDelta { .. } => continue,
-            header => match header.as_kind() {
-                Some(kind) => (kind, std::mem::take(&mut out)),
-                None => continue,
-            },
         };
-        let id = gix_object::compute_hash(hash, kind, &object)
-            .map_err(|err| Error::odb(format!("hashing an arriving object: {err}")))?;
         objects.push(found(id));
         if let Some(tips) = tips.as_deref_mut() {
-            tips.found((id, entry.offset), kind, &object, hash, &mut kept);
+            let data = object.as_deref().unwrap_or_default();
+            tips.found((id, entry.offset), kind, data, hash, &mut kept);
             if tips.complete() {
                 return found_once(hash, objects, None, entries);
             }
         }
-        kept.put(entry.offset, kind, object);
+        if let Some(object) = object {
+            kept.put(entry.offset, kind, object);
+        }
     }
     let checksum = incoming.trailer()?;
     found_once(hash, objects, Some(checksum), entries)
