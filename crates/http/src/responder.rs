@@ -17,7 +17,8 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::body::{Body, ChannelWriter, GiveWay, Spill};
 use crate::metrics;
 use crate::response_cache::{
-    Lookup, Regenerate, ResponseCache, Resume, follow, response_key, send_stored, still_keyed,
+    Lookup, Regenerate, ResponseCache, ResponseKey, Resume, follow, response_key, send_stored,
+    still_keyed,
 };
 
 /// The content type of upload-pack results.
@@ -121,8 +122,27 @@ impl Responder {
         kind: HashKind,
         removals: (u64, u64),
     ) -> Response<Body> {
-        self.serve_holding(rel, repo, fetch, kind, removals, None)
-            .await
+        let Some(cache) = &self.cache else {
+            return self.live(repo, fetch, kind, None, None).await;
+        };
+        let Ok((key, fetch)) = self.key(&repo, fetch, kind).await else {
+            return crate::error::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "gitcache: internal error",
+            );
+        };
+        let Some(keyed) = key else {
+            return self.live(repo, fetch, kind, None, None).await;
+        };
+        let answer = Answer {
+            rel,
+            repo,
+            fetch,
+            kind,
+            removals,
+            held: None,
+        };
+        self.serve_keyed(cache, answer, keyed, None).await
     }
 
     /// `key` run on a blocking thread in a turn of its own: requests are keyed a few at a
@@ -140,50 +160,53 @@ impl Responder {
         .await
     }
 
-    /// [`serve_since`](Self::serve_since), keeping `held` until every generation and
-    /// writing this request starts (its own, or one it leads for others) has ended: what
-    /// `repo`'s files need to stay (see [`gitcache_mirror::live::Early`]).
-    async fn serve_holding(
+    /// The response key of `fetch` to `repo` (keyed on a blocking thread, see
+    /// [`keying`](Self::keying)), with `fetch` as the key pinned it (its haves those `repo`
+    /// holds); no key for an answer not stored (a stored pack sent as it is, or one that
+    /// could not be keyed).
+    async fn key(
         &self,
-        rel: PathBuf,
-        repo: Arc<Repository>,
-        fetch: Fetch,
+        repo: &Arc<Repository>,
+        mut fetch: Fetch,
         kind: HashKind,
-        removals: (u64, u64),
-        held: Option<Held>,
-    ) -> Response<Body> {
-        let Some(cache) = &self.cache else {
-            return self.live(repo, fetch, kind, None, held).await;
-        };
-        let keyed = {
-            let repo = Arc::clone(&repo);
-            let mut fetch = fetch;
-            self.keying(move || {
-                // Keyed first: the key pins the haves the answer is made with.
-                let key = response_key(&repo, &mut fetch, kind);
-                // A stored pack sent as it is (a clone of the marked tips) is not stored
-                // again: its first answer is already the time of reading the file.
-                if gitcache_pack::answered_by_marked_pack(&repo, &fetch).unwrap_or(false) {
-                    return (Ok(None), fetch);
-                }
-                (key, fetch)
-            })
-            .await
-        };
-        let Ok((key, fetch)) = keyed else {
-            return crate::error::text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "gitcache: internal error",
-            );
-        };
-        let keyed = match key {
-            Ok(Some(keyed)) => keyed,
-            Ok(None) => return self.live(repo, fetch, kind, None, held).await,
-            Err(err) => {
-                tracing::warn!(%err, "no response key, generating live");
-                return self.live(repo, fetch, kind, None, held).await;
+    ) -> Result<(Option<ResponseKey>, Fetch), tokio::task::JoinError> {
+        let repo = Arc::clone(repo);
+        self.keying(move || {
+            // Keyed first: the key pins the haves the answer is made with.
+            let key = response_key(&repo, &mut fetch, kind);
+            // A stored pack sent as it is (a clone of the marked tips) is not stored
+            // again: its first answer is already the time of reading the file.
+            if gitcache_pack::answered_by_marked_pack(&repo, &fetch).unwrap_or(false) {
+                return (None, fetch);
             }
-        };
+            let key = key.unwrap_or_else(|err| {
+                tracing::warn!(%err, "no response key, generating live");
+                None
+            });
+            (key, fetch)
+        })
+        .await
+    }
+
+    /// [`serve_since`](Self::serve_since) of `answer`, keyed `keyed`, keeping `answer.held`
+    /// until every generation and writing it starts (its own, or one it leads for others)
+    /// has ended. The generation it leads, if it does, writes `planned` (made for `answer`
+    /// and held whole, see [`serve_early`](Self::serve_early)) rather than plan again.
+    async fn serve_keyed(
+        &self,
+        cache: &Arc<ResponseCache>,
+        answer: Answer,
+        keyed: ResponseKey,
+        planned: Option<(gitcache_pack::Plan, Relay)>,
+    ) -> Response<Body> {
+        let Answer {
+            rel,
+            repo,
+            fetch,
+            kind,
+            removals,
+            held,
+        } = answer;
         let key = keyed.key.clone();
         let (tx, rx) = mpsc::channel(4);
         let stall = self.stall;
@@ -264,6 +287,12 @@ impl Responder {
                     ..self.pack.clone()
                 };
                 let unread = generation.cancel_when_unread();
+                // A plan made before stops once this generation's readers are gone, as its
+                // own would.
+                let planned = planned.map(|(plan, relay)| {
+                    relay.hand_to(unread.clone());
+                    plan
+                });
                 let cache = Arc::clone(cache);
                 let generate = move |slot: Option<Slot>| {
                     let _held = held;
@@ -275,8 +304,11 @@ impl Responder {
                         return;
                     }
                     let started = Instant::now();
-                    let result = gitcache_pack::plan(&repo, &fetch, kind, &options)
-                        .and_then(|plan| plan.write_to(&mut *generation));
+                    let planned = match planned {
+                        Some(plan) => Ok(plan),
+                        None => gitcache_pack::plan(&repo, &fetch, kind, &options),
+                    };
+                    let result = planned.and_then(|plan| plan.write_to(&mut *generation));
                     metrics::pack_generated(started.elapsed());
                     match result {
                         Ok(stats) => {
@@ -333,7 +365,8 @@ impl Responder {
     /// [`serve_if_planned`](Self::serve_if_planned)): checked once for each response key
     /// (identical requests arriving together then share one generation, and the answer is
     /// stored under the key the mirror's own answer would have: the refs are those the
-    /// mirror will have). `None` when it is not held whole.
+    /// mirror will have). The check's plan is the one the generation writes, when this
+    /// request leads it. `None` when it is not held whole.
     pub(crate) async fn serve_early(
         &self,
         rel: PathBuf,
@@ -344,40 +377,55 @@ impl Responder {
     ) -> Option<Response<Body>> {
         let repo = early.repository();
         let hold: Held = Arc::clone(early) as Held;
-        if self.cache.is_none() {
-            return self.serve_if_planned(repo, fetch, kind, Some(hold)).await;
-        }
-        let keyed = {
-            let (repo, mut fetch) = (Arc::clone(&repo), fetch.clone());
-            self.keying(move || response_key(&repo, &mut fetch, kind))
-                .await
-        };
-        let Ok(Ok(Some(key))) = keyed else {
+        let Some(cache) = &self.cache else {
             return self.serve_if_planned(repo, fetch, kind, Some(hold)).await;
         };
-        let checked = early.checked(&key.key);
-        let held = *checked
+        let Ok((Some(keyed), fetch)) = self.key(&repo, fetch.clone(), kind).await else {
+            return self.serve_if_planned(repo, fetch, kind, Some(hold)).await;
+        };
+        // Made by this request's check (not by one it waited for): the plan its generation
+        // writes, should it lead one.
+        let mut planned = None;
+        let held = *early
+            .checked(&keyed.key)
             .get_or_init(|| async {
                 let slot = self.pack_slots.take().await;
+                // The plan stops once this check is dropped (its fetch stopped waiting).
+                let relay = Relay::default();
+                let abandoned = relay.abandon_on_drop();
+                let options = gitcache_pack::Options {
+                    cancel: relay.cancel(),
+                    ..shared(&self.pack, slot.as_ref())
+                };
                 let (repo, fetch, held) = (Arc::clone(&repo), fetch.clone(), Arc::clone(&hold));
-                let options = self.pack.clone();
-                tokio::task::spawn_blocking(move || {
+                let made = tokio::task::spawn_blocking(move || {
                     let _held = held;
-                    let options = shared(&options, slot.as_ref());
+                    let _slot = slot;
                     gitcache_pack::plan(&repo, &fetch, kind, &options)
-                        .is_ok_and(|plan| plan.held_whole())
+                        .ok()
+                        .filter(gitcache_pack::Plan::held_whole)
                 })
                 .await
-                .unwrap_or(false)
+                .ok()
+                .flatten();
+                abandoned.disarm();
+                let whole = made.is_some();
+                planned = made.map(|plan| (plan, relay));
+                whole
             })
             .await;
         if !held {
             return None;
         }
-        Some(
-            self.serve_holding(rel, repo, fetch, kind, removals, Some(hold))
-                .await,
-        )
+        let answer = Answer {
+            rel,
+            repo,
+            fetch,
+            kind,
+            removals,
+            held: Some(hold),
+        };
+        Some(self.serve_keyed(cache, answer, keyed, planned).await)
     }
 
     /// [`live`](Self::live), when `fetch` can be planned from `repo` and every
@@ -514,6 +562,65 @@ impl Responder {
 /// What an answer keeps until it has been generated and written (see
 /// [`Responder::serve_early`]).
 type Held = Arc<dyn std::any::Any + Send + Sync>;
+
+/// What an answer is made of, and from (see [`Responder::serve_keyed`]).
+struct Answer {
+    /// The repository's path relative to the mirrors' root: what its stored answers are
+    /// filed under.
+    rel: PathBuf,
+    repo: Arc<Repository>,
+    fetch: Fetch,
+    kind: HashKind,
+    /// See [`Responder::removals`].
+    removals: (u64, u64),
+    /// What `repo`'s files need to stay (see [`gitcache_mirror::live::Early`]).
+    held: Option<Held>,
+}
+
+/// A [`gitcache_pack::Cancel`] whose question is handed on: a plan made for a check stops
+/// once the check is dropped, and, handed to a generation, once nobody reads that
+/// generation any more.
+#[derive(Clone, Default)]
+struct Relay(Arc<std::sync::Mutex<gitcache_pack::Cancel>>);
+
+impl Relay {
+    /// The cancel to plan with: it asks whatever it was last handed to.
+    fn cancel(&self) -> gitcache_pack::Cancel {
+        let relay = Arc::clone(&self.0);
+        gitcache_pack::Cancel::when(move || {
+            // Asked outside the lock: the question may take locks of its own.
+            let now = relay.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            now.is_cancelled()
+        })
+    }
+
+    /// Asks `cancel` from now on.
+    fn hand_to(&self, cancel: gitcache_pack::Cancel) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = cancel;
+    }
+
+    /// Cancels once dropped, unless [disarmed](Abandoned::disarm) first.
+    fn abandon_on_drop(&self) -> Abandoned {
+        Abandoned(Some(self.clone()))
+    }
+}
+
+/// See [`Relay::abandon_on_drop`].
+struct Abandoned(Option<Relay>);
+
+impl Abandoned {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(relay) = self.0.take() {
+            relay.hand_to(gitcache_pack::Cancel::when(|| true));
+        }
+    }
+}
 
 /// How long a reader of an arriving pack waits for more bytes before it looks again (the
 /// refresh's own timeouts decide when the pack has failed).
@@ -1020,6 +1127,35 @@ mod tests {
         assert!(!gave_up(&Error::Odb {
             message: "broken".into()
         }));
+    }
+
+    /// A check's plan stops once the check is dropped midway, not once it ends as it
+    /// should; handed to a generation, it stops once that generation's readers are gone.
+    #[test]
+    fn a_plan_made_for_a_check_stops_with_whoever_holds_it_now() {
+        let relay = Relay::default();
+        let cancel = relay.cancel();
+        relay.abandon_on_drop().disarm();
+        assert!(!cancel.is_cancelled(), "a check that ended cancels nothing");
+        let readers = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let unread = {
+            let readers = Arc::clone(&readers);
+            gitcache_pack::Cancel::when(move || !readers.load(Ordering::Relaxed))
+        };
+        relay.hand_to(unread);
+        assert!(!cancel.is_cancelled());
+        readers.store(false, Ordering::Relaxed);
+        assert!(
+            cancel.is_cancelled(),
+            "nobody reads the generation any more"
+        );
+
+        let relay = Relay::default();
+        let cancel = relay.cancel();
+        let abandoned = relay.abandon_on_drop();
+        assert!(!cancel.is_cancelled());
+        drop(abandoned);
+        assert!(cancel.is_cancelled(), "the check was dropped midway");
     }
 
     #[tokio::test]
