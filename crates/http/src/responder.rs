@@ -131,8 +131,13 @@ impl Responder {
                 "gitcache: internal error",
             );
         };
-        let Some(keyed) = key else {
-            return self.live(repo, fetch, kind, None, None).await;
+        let keyed = match key {
+            Ok(Some(keyed)) => keyed,
+            Ok(None) => return self.live(repo, fetch, kind, None, None).await,
+            Err(err) => {
+                tracing::warn!(%err, "no response key, generating live");
+                return self.live(repo, fetch, kind, None, None).await;
+            }
         };
         let answer = Answer {
             rel,
@@ -162,14 +167,13 @@ impl Responder {
 
     /// The response key of `fetch` to `repo` (keyed on a blocking thread, see
     /// [`keying`](Self::keying)), with `fetch` as the key pinned it (its haves those `repo`
-    /// holds); no key for an answer not stored (a stored pack sent as it is, or one that
-    /// could not be keyed).
+    /// holds); no key for an answer not stored (a stored pack sent as it is).
     async fn key(
         &self,
         repo: &Arc<Repository>,
         mut fetch: Fetch,
         kind: HashKind,
-    ) -> Result<(Option<ResponseKey>, Fetch), tokio::task::JoinError> {
+    ) -> Result<(Keyed, Fetch), tokio::task::JoinError> {
         let repo = Arc::clone(repo);
         self.keying(move || {
             // Keyed first: the key pins the haves the answer is made with.
@@ -177,12 +181,8 @@ impl Responder {
             // A stored pack sent as it is (a clone of the marked tips) is not stored
             // again: its first answer is already the time of reading the file.
             if gitcache_pack::answered_by_marked_pack(&repo, &fetch).unwrap_or(false) {
-                return (None, fetch);
+                return (Ok(None), fetch);
             }
-            let key = key.unwrap_or_else(|err| {
-                tracing::warn!(%err, "no response key, generating live");
-                None
-            });
             (key, fetch)
         })
         .await
@@ -197,7 +197,7 @@ impl Responder {
         cache: &Arc<ResponseCache>,
         answer: Answer,
         keyed: ResponseKey,
-        planned: Option<(gitcache_pack::Plan, Relay)>,
+        planned: Option<Planned>,
     ) -> Response<Body> {
         let Answer {
             rel,
@@ -288,11 +288,19 @@ impl Responder {
                 };
                 let unread = generation.cancel_when_unread();
                 // A plan made before stops once this generation's readers are gone, as its
-                // own would.
-                let planned = planned.map(|(plan, relay)| {
-                    relay.hand_to(unread.clone());
-                    plan
-                });
+                // own would, and is written in the slot it was made in.
+                let (planned, slot) = match planned {
+                    Some(Planned {
+                        plan,
+                        relay,
+                        slot,
+                        took,
+                    }) => {
+                        relay.hand_to(unread.clone());
+                        (Some((plan, took)), Some(slot))
+                    }
+                    None => (None, None),
+                };
                 let cache = Arc::clone(cache);
                 let generate = move |slot: Option<Slot>| {
                     let _held = held;
@@ -304,12 +312,16 @@ impl Responder {
                         return;
                     }
                     let started = Instant::now();
-                    let planned = match planned {
-                        Some(plan) => Ok(plan),
-                        None => gitcache_pack::plan(&repo, &fetch, kind, &options),
+                    let planned_earlier = planned.is_some();
+                    let (planned, took) = match planned {
+                        Some((plan, took)) => (Ok(plan), took),
+                        None => (
+                            gitcache_pack::plan(&repo, &fetch, kind, &options),
+                            Duration::ZERO,
+                        ),
                     };
                     let result = planned.and_then(|plan| plan.write_to(&mut *generation));
-                    metrics::pack_generated(started.elapsed());
+                    metrics::pack_generated(started.elapsed() + took);
                     match result {
                         Ok(stats) => {
                             tracing::info!(
@@ -317,6 +329,7 @@ impl Responder {
                                 objects = stats.objects,
                                 bytes = stats.bytes,
                                 whole_pack = stats.whole_pack,
+                                planned_earlier,
                                 "response generated"
                             );
                             // The plan read the refs again: stored only if they are still
@@ -346,9 +359,12 @@ impl Responder {
                     // Given up as soon as nobody reads it any more, not once a slot is free:
                     // a generation waiting holds its file, its request and its mirror, and
                     // counts among those that wait for a slot.
-                    let slot = tokio::select! {
-                        slot = slots.take() => slot,
-                        () = until_cancelled(&unread) => return,
+                    let slot = match slot {
+                        Some(slot) => slot,
+                        None => tokio::select! {
+                            slot = slots.take() => slot,
+                            () = until_cancelled(&unread) => return,
+                        },
                     };
                     let _ = tokio::task::spawn_blocking(move || generate(slot)).await;
                 });
@@ -380,7 +396,7 @@ impl Responder {
         let Some(cache) = &self.cache else {
             return self.serve_if_planned(repo, fetch, kind, Some(hold)).await;
         };
-        let Ok((Some(keyed), fetch)) = self.key(&repo, fetch.clone(), kind).await else {
+        let Ok((Ok(Some(keyed)), fetch)) = self.key(&repo, fetch.clone(), kind).await else {
             return self.serve_if_planned(repo, fetch, kind, Some(hold)).await;
         };
         // Made by this request's check (not by one it waited for): the plan its generation
@@ -400,17 +416,23 @@ impl Responder {
                 let (repo, fetch, held) = (Arc::clone(&repo), fetch.clone(), Arc::clone(&hold));
                 let made = tokio::task::spawn_blocking(move || {
                     let _held = held;
-                    let _slot = slot;
-                    gitcache_pack::plan(&repo, &fetch, kind, &options)
+                    let started = Instant::now();
+                    let plan = gitcache_pack::plan(&repo, &fetch, kind, &options)
                         .ok()
-                        .filter(gitcache_pack::Plan::held_whole)
+                        .filter(gitcache_pack::Plan::held_whole)?;
+                    Some((plan, slot, started.elapsed()))
                 })
                 .await
                 .ok()
                 .flatten();
                 abandoned.disarm();
                 let whole = made.is_some();
-                planned = made.map(|plan| (plan, relay));
+                planned = made.map(|(plan, slot, took)| Planned {
+                    plan,
+                    relay,
+                    slot,
+                    took,
+                });
                 whole
             })
             .await;
@@ -575,6 +597,23 @@ struct Answer {
     removals: (u64, u64),
     /// What `repo`'s files need to stay (see [`gitcache_mirror::live::Early`]).
     held: Option<Held>,
+}
+
+/// What a request's response key came to (see [`Responder::key`]).
+type Keyed = Result<Option<ResponseKey>, gitcache_pack::Error>;
+
+/// A plan made by a check (see [`Responder::serve_early`]), with what it was made under:
+/// written by the generation its request leads, if it leads one, and dropped otherwise.
+struct Planned {
+    plan: gitcache_pack::Plan,
+    /// What the plan asks whether to stop.
+    relay: Relay,
+    /// The pack slot it was made in (its threads are that slot's share), kept until it is
+    /// written: a plan made waits for no other slot, and plans made are never more than
+    /// the slots.
+    slot: Option<Slot>,
+    /// How long it took to make.
+    took: Duration,
 }
 
 /// A [`gitcache_pack::Cancel`] whose question is handed on: a plan made for a check stops

@@ -1401,6 +1401,8 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     shallow_clone(&git, &cache.url("acme/widgets"), "early");
     let early = home.join("early");
     cache.log_with("early=true", 1);
+    // Planned once: the check's plan is the one written.
+    cache.log_with("planned_earlier=true", 1);
     shallow_clone(&git, &format!("file://{}", source.display()), "direct");
     let direct = home.join("direct");
     assert_eq!(
