@@ -260,7 +260,11 @@ impl Responder {
         };
         // A lookup that panicked (a bug) is answered live, not stored.
         match looked.unwrap_or(Lookup::Live) {
-            Lookup::Live => return self.live(repo, fetch, kind, None, held).await,
+            Lookup::Live => {
+                // Its slot given back first: answering live takes one.
+                drop(planned);
+                return self.live(repo, fetch, kind, None, held).await;
+            }
             Lookup::Stored(entry) => {
                 tracing::debug!(cache = "stored", "response");
                 let cache = Arc::clone(cache);
