@@ -171,20 +171,24 @@ impl Read for Following<'_> {
 
 /// Scan `pack` as it arrives, then write what was found as a pack of its own in a new folder
 /// of `git_dir`, with its index and `refs` as the mirror will have them: an [`Early`] once
-/// the shallow closures of `wants` are found, or else once the pack is whole. Nothing is
-/// written that would leave less than `keep` bytes free (`free` tells what is). Given up
-/// once `stop` is set.
+/// the shallow closures of `wants` are found (and of those `more` wants meanwhile, see
+/// [`Tips::asking`](gitcache_pack::early::Tips::asking)), or else once the pack is whole.
+/// Nothing is written that would leave less than `keep` bytes free (`free` tells what is).
+/// Given up once `stop` is set.
 pub(crate) fn build(
     git_dir: &Path,
     pack: &LivePack,
     refs: &[RefLine],
-    wants: &[gix_hash::ObjectId],
+    (wants, more): (
+        &[gix_hash::ObjectId],
+        impl FnMut() -> Vec<gix_hash::ObjectId> + Send + 'static,
+    ),
     (free, keep): (crate::mirror::FreeSpace, u64),
     stop: &AtomicBool,
 ) -> Result<Early, String> {
     let format = pack.object_format();
     let mut read = std::io::BufReader::with_capacity(1 << 16, Following { pack, at: 0, stop });
-    let mut tips = gitcache_pack::early::Tips::new(wants.iter().copied());
+    let mut tips = gitcache_pack::early::Tips::new(wants.iter().copied()).asking(more);
     let found = gitcache_pack::early::scan_for(
         &mut read,
         format,

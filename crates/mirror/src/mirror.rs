@@ -1066,10 +1066,14 @@ impl Mirror {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 };
-                // What the fetches waiting want: found first, the rest of the pack not
-                // waited for.
+                // What the fetches waiting want, now and while the pack is read: found
+                // first, the rest of the pack not waited for.
                 let wanted = board.early_wants();
-                match crate::early::build(&git_dir, &pack, &refs, &wanted, floor, &stop) {
+                let more = {
+                    let board = std::sync::Arc::clone(&board);
+                    move || board.early_wants()
+                };
+                match crate::early::build(&git_dir, &pack, &refs, (&wanted, more), floor, &stop) {
                     Ok(early) => {
                         tracing::debug!(
                             found = early.found(),

@@ -89,13 +89,18 @@ pub struct Found {
 /// them are found. `git pack-objects` writes commits first, then each tip's trees and
 /// blobs, a tree before what is in it (a delta's base before the delta): a shallow clone's
 /// objects come in the first part of the pack.
-#[derive(Debug, Default)]
+///
+/// Commits wanted once the scan has begun are taken from [`asking`](Tips::asking) now and
+/// then, and before the scan stops.
+#[derive(Default)]
 pub struct Tips {
     /// Commits not found yet.
     commits: std::collections::HashSet<ObjectId>,
+    /// Every commit ever wanted.
+    wanted: std::collections::HashSet<ObjectId>,
     /// Trees and blobs needed and not found yet.
     pending: std::collections::HashSet<ObjectId>,
-    /// Everything found so far, and for a tree, where its entry is.
+    /// Everything found so far, and for a tree or a commit, where its entry is.
     seen: HashMap<ObjectId, Option<u64>>,
     /// Trees needed after they were found (a tree pulled ahead as the base of a delta
     /// written earlier), to follow from the objects kept.
@@ -103,14 +108,68 @@ pub struct Tips {
     /// A tree needed after it was found could not be read again, or an object was not what
     /// it was needed as: the closure cannot be told complete.
     lost: bool,
+    /// Where commits wanted later come from.
+    more: Option<Box<dyn FnMut() -> Vec<ObjectId> + Send>>,
 }
+
+impl std::fmt::Debug for Tips {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tips")
+            .field("commits", &self.commits.len())
+            .field("pending", &self.pending.len())
+            .field("seen", &self.seen.len())
+            .field("lost", &self.lost)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Entries a [`scan_for`] reads between two askings of [`Tips::asking`].
+const ASK_EVERY: usize = 1024;
 
 impl Tips {
     /// Follow the closures of `commits` (an id that is no commit is never complete).
     pub fn new(commits: impl IntoIterator<Item = ObjectId>) -> Tips {
+        let commits: std::collections::HashSet<ObjectId> = commits.into_iter().collect();
         Tips {
-            commits: commits.into_iter().collect(),
+            wanted: commits.clone(),
+            commits,
             ..Tips::default()
+        }
+    }
+
+    /// Also follow the commits `more` returns (all wanted so far, or those wanted since it
+    /// was last asked), asked every thousand entries or so and before the scan stops. One
+    /// already gone by is followed from the objects kept, if it still is, and is not waited
+    /// for otherwise (nor is any part of its tree gone by and no longer kept): it may come
+    /// again later in the pack, and what was found decides what can be answered anyway.
+    pub fn asking(mut self, more: impl FnMut() -> Vec<ObjectId> + Send + 'static) -> Tips {
+        self.more = Some(Box::new(more));
+        self
+    }
+
+    /// Follow what [`asking`](Self::asking) wants now.
+    fn ask(&mut self, kept: &mut Kept, hash: gix_hash::Kind) {
+        let Some(more) = self.more.as_mut() else {
+            return;
+        };
+        for id in more() {
+            if !self.wanted.insert(id) {
+                continue;
+            }
+            match self.seen.get(&id) {
+                None => {
+                    self.commits.insert(id);
+                }
+                Some(Some(offset)) => {
+                    if let Some((gix_object::Kind::Commit, data)) = kept.get(*offset)
+                        && let Ok(commit) = crate::objects::parse_commit(&data, hash)
+                    {
+                        self.need(commit.tree);
+                        self.revisit(kept, hash, false);
+                    }
+                }
+                Some(None) => {}
+            }
         }
     }
 
@@ -154,7 +213,8 @@ impl Tips {
         kept: &mut Kept,
     ) {
         let tree = kind == gix_object::Kind::Tree;
-        self.seen.insert(id, tree.then_some(offset));
+        let located = tree || kind == gix_object::Kind::Commit;
+        self.seen.insert(id, located.then_some(offset));
         if self.commits.remove(&id) {
             match (kind, crate::objects::parse_commit(data, hash)) {
                 (gix_object::Kind::Commit, Ok(commit)) => self.need(commit.tree),
@@ -164,10 +224,16 @@ impl Tips {
         if self.pending.remove(&id) && tree {
             self.follow(data, hash);
         }
+        self.revisit(kept, hash, true);
+    }
+
+    /// Follow the trees needed after they were found from the objects kept; one no longer
+    /// kept loses the closure when `strict` (else it is only not followed).
+    fn revisit(&mut self, kept: &mut Kept, hash: gix_hash::Kind, strict: bool) {
         while let Some((_, offset)) = self.revisit.pop() {
             match kept.get(offset) {
                 Some((gix_object::Kind::Tree, data)) => self.follow(&data, hash),
-                _ => self.lost = true,
+                _ => self.lost |= strict,
             }
         }
     }
@@ -360,7 +426,14 @@ pub fn scan_for(
     let budget = |offset: u64| {
         (limits.cache_bytes as u64).saturating_add(offset.saturating_mul(limits.decoded_per_byte))
     };
+    let mut read_entries = 0usize;
     loop {
+        read_entries += 1;
+        if read_entries.is_multiple_of(ASK_EVERY)
+            && let Some(tips) = tips.as_deref_mut()
+        {
+            tips.ask(&mut kept, hash);
+        }
         // Only what can be decoded is inflated: an object stored whole, or a delta on a base
         // still kept, of at most `object_bytes` (a delta by id is left to the indexing).
         let keep = |offset: u64, header: &Header, size: u64| {
@@ -428,6 +501,10 @@ pub fn scan_for(
         if let Some(tips) = tips.as_deref_mut() {
             let data = object.as_deref().unwrap_or_default();
             tips.found((id, entry.offset), kind, data, hash, &mut kept);
+            if tips.complete() {
+                // What was wanted meanwhile is looked for too.
+                tips.ask(&mut kept, hash);
+            }
             if tips.complete() {
                 return found_once(hash, objects, None, entries);
             }
@@ -573,6 +650,47 @@ mod tests {
             assert!(!tips.complete());
             tips.found((blob_id, 40), Kind::Blob, &blob, hash, &mut kept);
             assert_eq!(tips.complete(), keep_sub);
+        }
+    }
+
+    /// A commit wanted after its entry went by is followed from the objects kept, its tree
+    /// too when that went by as well; one no longer kept is not waited for, and does not
+    /// keep the others from being complete.
+    #[test]
+    fn a_commit_wanted_after_it_went_by_is_followed_from_what_is_kept() {
+        use gix_object::Kind;
+        let hash = gix_hash::Kind::Sha1;
+        let id = |kind, data: &[u8]| gix_object::compute_hash(hash, kind, data).unwrap();
+        let blob = b"x\n".to_vec();
+        let blob_id = id(Kind::Blob, &blob);
+        let mut tree = b"100644 file\0".to_vec();
+        tree.extend_from_slice(blob_id.as_bytes());
+        let tree_id = id(Kind::Tree, &tree);
+        let commit =
+            format!("tree {tree_id}\nauthor a <a@b> 1 +0000\ncommitter a <a@b> 1 +0000\n\nm\n")
+                .into_bytes();
+        let commit_id = id(Kind::Commit, &commit);
+        for kept_all in [true, false] {
+            let mut kept = Kept::new(1 << 20);
+            let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut tips = Tips::new([]).asking({
+                let later = std::sync::Arc::clone(&later);
+                move || later.lock().unwrap().clone()
+            });
+            tips.found((commit_id, 10), Kind::Commit, &commit, hash, &mut kept);
+            tips.found((tree_id, 20), Kind::Tree, &tree, hash, &mut kept);
+            if kept_all {
+                kept.put(10, Kind::Commit, commit.clone());
+                kept.put(20, Kind::Tree, tree.clone());
+            }
+            tips.ask(&mut kept, hash);
+            assert!(tips.complete(), "nothing wanted yet");
+            later.lock().unwrap().push(commit_id);
+            tips.ask(&mut kept, hash);
+            // Followed, its blob not found yet; or gone, and not waited for.
+            assert_eq!(tips.complete(), !kept_all);
+            tips.found((blob_id, 30), Kind::Blob, &blob, hash, &mut kept);
+            assert!(tips.complete());
         }
     }
 

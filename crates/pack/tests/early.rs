@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use common::{Fixture, apply, fetch, git, upload_pack};
 use gitcache_pack::early::{Found, Limits, Tips, scan, scan_for};
 use gitcache_pack::{Options, Plan, Repository, plan};
+use gitcache_protocol::request::Fetch;
 use gitcache_protocol::response::parse_fetch_response;
 use gitcache_testkit::git::git_with_input;
 use gitcache_testkit::repo::RepoSpec;
@@ -84,6 +85,39 @@ fn early_repository_of(src: &Path, dir: &Path, pack: &[u8], found: &Found) -> (P
     (early, found.len())
 }
 
+/// What a scan of the SHA-1 `pack` for `tips` found, and how many bytes it read.
+fn scanned_for(pack: &[u8], tips: &mut Tips) -> (Found, usize) {
+    let mut read = pack;
+    let found = scan_for(
+        &mut read,
+        gix_hash::Kind::Sha1,
+        Limits::default(),
+        &AtomicBool::new(false),
+        Some(tips),
+    )
+    .unwrap();
+    (found, pack.len() - read.len())
+}
+
+/// `request` answered from `repo` and by `git upload-pack` from the source: the same
+/// shallow lines and the same objects. The client given ours.
+fn answered_as_git(fixture: &Fixture, repo: &Repository, request: &Fetch) -> PathBuf {
+    let body = fixture.body(request.clone());
+    let theirs = parse_fetch_response(&upload_pack(&fixture.src, &body), fixture.format).unwrap();
+    let mut mine = Vec::new();
+    plan(repo, request, fixture.format, &Options::default())
+        .expect("planned from what was found as the pack arrived")
+        .write_to(&mut mine)
+        .unwrap();
+    let mine = parse_fetch_response(&mine, fixture.format).unwrap();
+    assert_eq!(mine.shallow, theirs.shallow);
+    let client = fixture.empty_client("client.git");
+    let (with_mine, added_mine) = apply(&client, &mine, "ours", false);
+    let (_, added_theirs) = apply(&client, &theirs, "git", false);
+    assert_eq!(added_mine, added_theirs, "the same objects as git's");
+    with_mine
+}
+
 /// A depth-1 clone of `HEAD` with its tags, planned from the early repository, gives what
 /// git gives from the whole one: the same shallow line and objects, a pack `index-pack
 /// --strict` takes and a client `fsck --strict` finds whole.
@@ -101,20 +135,8 @@ fn shallow_clone_matches_git(spec: RepoSpec) {
     let mut request = fetch(vec![fixture.rev("HEAD")]);
     request.deepen = Some(1);
     request.include_tag = true;
-    let body = fixture.body(request.clone());
-    let theirs = parse_fetch_response(&upload_pack(&fixture.src, &body), fixture.format).unwrap();
     let repo = Repository::open(&early).unwrap();
-    let mut mine = Vec::new();
-    plan(&repo, &request, fixture.format, &Options::default())
-        .expect("every object of a shallow clone was found as the pack arrived")
-        .write_to(&mut mine)
-        .unwrap();
-    let mine = parse_fetch_response(&mine, fixture.format).unwrap();
-    assert_eq!(mine.shallow, theirs.shallow);
-    let client = fixture.empty_client("client.git");
-    let (with_mine, added_mine) = apply(&client, &mine, "ours", false);
-    let (_, added_theirs) = apply(&client, &theirs, "git", false);
-    assert_eq!(added_mine, added_theirs, "the same objects as git's");
+    let with_mine = answered_as_git(&fixture, &repo, &request);
     git(
         &with_mine,
         &[
@@ -369,21 +391,12 @@ fn a_scan_for_the_tips_stops_once_they_are_found() {
     let pack = clone_pack(&fixture.src);
     let head = fixture.rev("HEAD");
     let mut tips = Tips::new([head]);
-    let mut read = &pack[..];
-    let found = scan_for(
-        &mut read,
-        gix_hash::Kind::Sha1,
-        Limits::default(),
-        &AtomicBool::new(false),
-        Some(&mut tips),
-    )
-    .unwrap();
+    let (found, read) = scanned_for(&pack, &mut tips);
     assert!(tips.complete());
     assert!(found.checksum().is_none(), "stopped before the trailer");
     assert!(
-        read.len() > pack.len() / 2,
-        "stopped in the first half ({} of {} bytes left)",
-        read.len(),
+        read < pack.len() / 2,
+        "stopped in the first half ({read} of {} bytes read)",
         pack.len()
     );
     let (early, _) = early_repository_of(&fixture.src, fixture.dir.path(), &pack, &found);
@@ -391,18 +404,9 @@ fn a_scan_for_the_tips_stops_once_they_are_found() {
     let mut request = fetch(vec![head]);
     request.deepen = Some(1);
     request.include_tag = true;
-    let body = fixture.body(request.clone());
-    let theirs = parse_fetch_response(&upload_pack(&fixture.src, &body), fixture.format).unwrap();
     let planned = plan(&repo, &request, fixture.format, &Options::default()).unwrap();
     assert!(planned.held_whole());
-    let mut mine = Vec::new();
-    planned.write_to(&mut mine).unwrap();
-    let mine = parse_fetch_response(&mine, fixture.format).unwrap();
-    assert_eq!(mine.shallow, theirs.shallow);
-    let client = fixture.empty_client("client.git");
-    let (_, added_mine) = apply(&client, &mine, "ours", false);
-    let (_, added_theirs) = apply(&client, &theirs, "git", false);
-    assert_eq!(added_mine, added_theirs);
+    answered_as_git(&fixture, &repo, &request);
     let whole = plan(
         &repo,
         &fetch(vec![head]),
@@ -410,4 +414,58 @@ fn a_scan_for_the_tips_stops_once_they_are_found() {
         &Options::default(),
     );
     assert!(whole.is_err() || whole.is_ok_and(|plan| !plan.held_whole()));
+}
+
+/// A commit wanted once the scan has begun is followed too: the scan does not stop before
+/// its closure is found, and what it found answers a shallow clone of it as git does.
+/// Without it the scan stops before.
+#[test]
+fn a_commit_wanted_once_the_scan_began_is_followed() {
+    let fixture = Fixture::new(RepoSpec::medium(13));
+    let pack = clone_pack(&fixture.src);
+    let head = fixture.rev("HEAD");
+    let root = git(&fixture.src, &["rev-list", "--max-parents=0", "HEAD"]);
+    let root = gix_hash::ObjectId::from_hex(root.trim().as_bytes()).unwrap();
+    let shallow = |found: &Found, dir: &str, commit| {
+        let dir = fixture.dir.path().join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (early, _) = early_repository_of(&fixture.src, &dir, &pack, found);
+        let repo = Repository::open(&early).unwrap();
+        let mut request = fetch(vec![commit]);
+        request.deepen = Some(1);
+        plan(&repo, &request, fixture.format, &Options::default())
+            .is_ok_and(|plan| plan.held_whole())
+    };
+
+    let mut alone = Tips::new([head]);
+    let (found, read_alone) = scanned_for(&pack, &mut alone);
+    assert!(alone.complete());
+    assert!(
+        !shallow(&found, "alone", root),
+        "the root's closure lies past where the tip's ends"
+    );
+
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut later = Tips::new([head]).asking({
+        let asked = std::sync::Arc::clone(&asked);
+        move || {
+            asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            vec![head, root]
+        }
+    });
+    let (found, read) = scanned_for(&pack, &mut later);
+    assert!(asked.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(later.complete());
+    assert!(
+        read > read_alone,
+        "read on for the root ({read} against {read_alone})"
+    );
+    assert!(shallow(&found, "later", root));
+    assert!(shallow(&found, "later-head", head));
+    let mut request = fetch(vec![root]);
+    request.deepen = Some(1);
+    let dir = fixture.dir.path().join("answer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (early, _) = early_repository_of(&fixture.src, &dir, &pack, &found);
+    answered_as_git(&fixture, &Repository::open(&early).unwrap(), &request);
 }

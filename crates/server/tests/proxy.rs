@@ -1452,6 +1452,71 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     });
 }
 
+/// Two shallow clones of different branches of a mirror being made, the second asked for
+/// once the first pack is being read for the first: both are answered from the objects
+/// found as it arrived, each with its branch's tip as a shallow clone from the upstream
+/// has it, one pack fetched upstream.
+#[test]
+fn shallow_clones_asked_for_while_the_first_pack_is_read_are_answered_from_it() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::medium(414));
+    let source = upstream.repo_path("acme/widgets");
+    let branch = git_stdout(
+        &source,
+        &[
+            "for-each-ref",
+            "--count=1",
+            "--format=%(refname:short)",
+            "refs/heads/feature",
+        ],
+    )
+    .trim()
+    .to_owned();
+    assert!(!branch.is_empty(), "the repository has feature branches");
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    upstream.reset_counts();
+    // Slow enough that the second clone asks before the first one's objects are all found
+    // (about 4 MB of pack in some 4 s).
+    trickle_next_pack(&upstream, 32 << 10, 30);
+    let first = std::thread::scope(|scope| {
+        let first = scope.spawn(|| shallow_clone(&git, &cache.url("acme/widgets"), "first"));
+        common::wait_for("the first pack asked for", || upstream.counts().fetch == 1);
+        let home = git.home().to_owned();
+        git.run(
+            &home,
+            &[
+                "clone",
+                "-q",
+                "--depth=1",
+                "--branch",
+                &branch,
+                &cache.url("acme/widgets"),
+                "second",
+            ],
+        )
+        .unwrap()
+        .expect_success();
+        first.join().unwrap()
+    });
+    fsck(&home.join("second"));
+    cache.log_with("early=true", 2);
+    assert_eq!(first, git_stdout(&source, &["rev-parse", "main"]).trim());
+    assert_eq!(
+        git.rev_parse(&home.join("second"), "HEAD").unwrap(),
+        git_stdout(&source, &["rev-parse", &format!("refs/heads/{branch}")]).trim()
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join("second/.git/shallow")).unwrap(),
+        format!(
+            "{}\n",
+            git_stdout(&source, &["rev-parse", &format!("refs/heads/{branch}")]).trim()
+        )
+    );
+    assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+}
+
 /// Killed while a mirror's first pack arrives, with the objects found in it so far on disk:
 /// started again, nothing of them is left once the mirror is made (the half-made mirror is
 /// made anew; the tidying of a mirror's leftovers removes such folders too, see the mirror
