@@ -242,7 +242,8 @@ impl Responder {
                 written
             })
         };
-        if cache.take_shared(&rel, &key).await {
+        // A plan made holds its slot: written, not held while the bucket is asked.
+        if planned.is_none() && cache.take_shared(&rel, &key).await {
             tracing::debug!(
                 cache = "shared",
                 key,

@@ -506,6 +506,10 @@ impl Board {
                     posted.early_wants.push(*want);
                 }
             }
+            tracing::debug!(
+                wanted = posted.early_wants.len(),
+                "waiting for the objects found as the first pack arrives"
+            );
         }
         self.wait_for(|posted| {
             posted

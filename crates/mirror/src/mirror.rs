@@ -1069,6 +1069,10 @@ impl Mirror {
                 // What the fetches waiting want, now and while the pack is read: found
                 // first, the rest of the pack not waited for.
                 let wanted = board.early_wants();
+                tracing::debug!(
+                    wanted = wanted.len(),
+                    "objects of the first pack looked for as it arrives"
+                );
                 let more = {
                     let board = std::sync::Arc::clone(&board);
                     move || board.early_wants()

@@ -91,7 +91,9 @@ pub struct Found {
 /// objects come in the first part of the pack.
 ///
 /// Commits wanted once the scan has begun are taken from [`asking`](Tips::asking) now and
-/// then, and before the scan stops.
+/// then, and before the scan stops. A tag wanted is followed to what it tags; an id found
+/// to be neither a commit nor a tag is not followed. Each tree is followed once, however
+/// many trees name it. Which objects were found, not this, decides what can be answered.
 #[derive(Default)]
 pub struct Tips {
     /// Commits not found yet.
@@ -100,16 +102,32 @@ pub struct Tips {
     wanted: std::collections::HashSet<ObjectId>,
     /// Trees and blobs needed and not found yet.
     pending: std::collections::HashSet<ObjectId>,
-    /// Everything found so far, and for a tree or a commit, where its entry is.
-    seen: HashMap<ObjectId, Option<u64>>,
-    /// Trees needed after they were found (a tree pulled ahead as the base of a delta
-    /// written earlier), to follow from the objects kept.
-    revisit: Vec<(ObjectId, u64)>,
-    /// A tree needed after it was found could not be read again, or an object was not what
-    /// it was needed as: the closure cannot be told complete.
+    /// Everything found so far, with what a later need of it takes.
+    seen: HashMap<ObjectId, Seen>,
+    /// Where the trees needed after they were found are (a tree pulled ahead as the base of
+    /// a delta written earlier, or a tree of a commit wanted late), to follow from the
+    /// objects kept.
+    revisit: Vec<u64>,
+    /// A tree needed after it was found could not be read again: the closure cannot be
+    /// told complete.
     lost: bool,
     /// Where commits wanted later come from.
     more: Option<Box<dyn FnMut() -> Vec<ObjectId> + Send>>,
+    /// Trees followed.
+    followed: usize,
+}
+
+/// What [`Tips`] remembers of an object found.
+#[derive(Debug, Clone, Copy)]
+enum Seen {
+    /// A tree not followed yet, and where its entry is.
+    Tree(u64),
+    /// A commit, and its tree.
+    Commit(ObjectId),
+    /// A tag, and what it tags.
+    Tag(ObjectId),
+    /// Anything else, or a tree followed already.
+    Done,
 }
 
 impl std::fmt::Debug for Tips {
@@ -119,6 +137,7 @@ impl std::fmt::Debug for Tips {
             .field("pending", &self.pending.len())
             .field("seen", &self.seen.len())
             .field("lost", &self.lost)
+            .field("followed", &self.followed)
             .finish_non_exhaustive()
     }
 }
@@ -127,7 +146,7 @@ impl std::fmt::Debug for Tips {
 const ASK_EVERY: usize = 1024;
 
 impl Tips {
-    /// Follow the closures of `commits` (an id that is no commit is never complete).
+    /// Follow the closures of `commits`.
     pub fn new(commits: impl IntoIterator<Item = ObjectId>) -> Tips {
         let commits: std::collections::HashSet<ObjectId> = commits.into_iter().collect();
         Tips {
@@ -139,9 +158,8 @@ impl Tips {
 
     /// Also follow the commits `more` returns (all wanted so far, or those wanted since it
     /// was last asked), asked every thousand entries or so and before the scan stops. One
-    /// already gone by is followed from the objects kept, if it still is, and is not waited
-    /// for otherwise (nor is any part of its tree gone by and no longer kept): it may come
-    /// again later in the pack, and what was found decides what can be answered anyway.
+    /// already gone by is followed from its tree on; a tree of it gone by and no longer
+    /// kept is not waited for (it may come again later in the pack).
     pub fn asking(mut self, more: impl FnMut() -> Vec<ObjectId> + Send + 'static) -> Tips {
         self.more = Some(Box::new(more));
         self
@@ -153,23 +171,30 @@ impl Tips {
             return;
         };
         for id in more() {
-            if !self.wanted.insert(id) {
-                continue;
-            }
-            match self.seen.get(&id) {
+            self.want(id, kept, hash);
+        }
+    }
+
+    /// Follow `id` from now on: from its tree, if it was found already (a tree of it gone
+    /// by and no longer kept is not waited for).
+    fn want(&mut self, mut id: ObjectId, kept: &mut Kept, hash: gix_hash::Kind) {
+        // A tag of a tag of ...: each followed once.
+        while self.wanted.insert(id) {
+            match self.seen.get(&id).copied() {
                 None => {
                     self.commits.insert(id);
                 }
-                Some(Some(offset)) => {
-                    if let Some((gix_object::Kind::Commit, data)) = kept.get(*offset)
-                        && let Ok(commit) = crate::objects::parse_commit(&data, hash)
-                    {
-                        self.need(commit.tree);
-                        self.revisit(kept, hash, false);
-                    }
+                Some(Seen::Commit(tree)) => {
+                    self.need(tree);
+                    self.revisit(kept, hash, false);
                 }
-                Some(None) => {}
+                Some(Seen::Tag(target)) => {
+                    id = target;
+                    continue;
+                }
+                Some(Seen::Tree(_) | Seen::Done) => {}
             }
+            return;
         }
     }
 
@@ -179,9 +204,13 @@ impl Tips {
     }
 
     fn need(&mut self, id: ObjectId) {
-        match self.seen.get(&id) {
-            Some(Some(offset)) => self.revisit.push((id, *offset)),
-            Some(None) => {}
+        match self.seen.get_mut(&id) {
+            Some(seen @ Seen::Tree(_)) => {
+                if let Seen::Tree(offset) = std::mem::replace(seen, Seen::Done) {
+                    self.revisit.push(offset);
+                }
+            }
+            Some(_) => {}
             None => {
                 self.pending.insert(id);
             }
@@ -190,6 +219,7 @@ impl Tips {
 
     /// What is in the tree `data`, needed: followed.
     fn follow(&mut self, data: &[u8], hash: gix_hash::Kind) {
+        self.followed += 1;
         match crate::objects::parse_tree(data, hash) {
             Ok(entries) => {
                 for entry in entries {
@@ -212,16 +242,26 @@ impl Tips {
         hash: gix_hash::Kind,
         kept: &mut Kept,
     ) {
-        let tree = kind == gix_object::Kind::Tree;
-        let located = tree || kind == gix_object::Kind::Commit;
-        self.seen.insert(id, located.then_some(offset));
+        let needed = self.pending.remove(&id);
+        let seen = match kind {
+            gix_object::Kind::Tree if needed => Seen::Done,
+            gix_object::Kind::Tree => Seen::Tree(offset),
+            gix_object::Kind::Commit => crate::objects::parse_commit(data, hash)
+                .map_or(Seen::Done, |commit| Seen::Commit(commit.tree)),
+            gix_object::Kind::Tag => crate::objects::parse_tag(data, hash)
+                .map_or(Seen::Done, |(target, _)| Seen::Tag(target)),
+            gix_object::Kind::Blob => Seen::Done,
+        };
+        self.seen.insert(id, seen);
         if self.commits.remove(&id) {
-            match (kind, crate::objects::parse_commit(data, hash)) {
-                (gix_object::Kind::Commit, Ok(commit)) => self.need(commit.tree),
-                _ => self.lost = true,
+            match seen {
+                Seen::Commit(tree) => self.need(tree),
+                Seen::Tag(target) => self.want(target, kept, hash),
+                // Not a commit: nothing to follow.
+                Seen::Tree(_) | Seen::Done => {}
             }
         }
-        if self.pending.remove(&id) && tree {
+        if needed && kind == gix_object::Kind::Tree {
             self.follow(data, hash);
         }
         self.revisit(kept, hash, true);
@@ -230,7 +270,7 @@ impl Tips {
     /// Follow the trees needed after they were found from the objects kept; one no longer
     /// kept loses the closure when `strict` (else it is only not followed).
     fn revisit(&mut self, kept: &mut Kept, hash: gix_hash::Kind, strict: bool) {
-        while let Some((_, offset)) = self.revisit.pop() {
+        while let Some(offset) = self.revisit.pop() {
             match kept.get(offset) {
                 Some((gix_object::Kind::Tree, data)) => self.follow(&data, hash),
                 _ => self.lost |= strict,
@@ -616,81 +656,141 @@ impl Kept {
 mod tests {
     use super::*;
 
+    use gix_object::Kind;
+
+    const HASH: gix_hash::Kind = gix_hash::Kind::Sha1;
+
+    /// An object of `kind` holding `data`, and its id.
+    fn object(kind: Kind, data: Vec<u8>) -> (ObjectId, Vec<u8>) {
+        (gix_object::compute_hash(HASH, kind, &data).unwrap(), data)
+    }
+
+    /// A tree of `entries` (mode, name, id).
+    fn tree(entries: &[(&str, &str, ObjectId)]) -> (ObjectId, Vec<u8>) {
+        let mut data = Vec::new();
+        for (mode, name, id) in entries {
+            data.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+            data.extend_from_slice(id.as_bytes());
+        }
+        object(Kind::Tree, data)
+    }
+
+    /// A commit of `tree`.
+    fn commit(tree: ObjectId) -> (ObjectId, Vec<u8>) {
+        let data = format!("tree {tree}\nauthor a <a@b> 1 +0000\ncommitter a <a@b> 1 +0000\n\nm\n");
+        object(Kind::Commit, data.into_bytes())
+    }
+
+    /// A blob, a tree holding it as `file`, and a commit of that tree.
+    fn one_file() -> [(ObjectId, Vec<u8>); 3] {
+        let blob = object(Kind::Blob, b"x\n".to_vec());
+        let tree = tree(&[("100644", "file", blob.0)]);
+        let commit = commit(tree.0);
+        [blob, tree, commit]
+    }
+
     /// A commit's closure is complete once its tree and all in it are found, also when a
     /// subtree came first (read again from the objects kept); one that was not kept loses
     /// the closure.
     #[test]
     fn tips_follow_a_commit_to_everything_in_its_tree() {
-        use gix_object::Kind;
-        let hash = gix_hash::Kind::Sha1;
-        let id = |kind, data: &[u8]| gix_object::compute_hash(hash, kind, data).unwrap();
-        let blob = b"x\n".to_vec();
-        let blob_id = id(Kind::Blob, &blob);
-        let mut sub = b"100644 file\0".to_vec();
-        sub.extend_from_slice(blob_id.as_bytes());
-        let sub_id = id(Kind::Tree, &sub);
-        let mut root = b"40000 dir\0".to_vec();
-        root.extend_from_slice(sub_id.as_bytes());
-        let root_id = id(Kind::Tree, &root);
-        let commit =
-            format!("tree {root_id}\nauthor a <a@b> 1 +0000\ncommitter a <a@b> 1 +0000\n\nm\n")
-                .into_bytes();
-        let commit_id = id(Kind::Commit, &commit);
+        let [(blob_id, blob), (sub_id, sub), _] = one_file();
+        let (root_id, root) = tree(&[("40000", "dir", sub_id)]);
+        let (commit_id, commit) = commit(root_id);
         for keep_sub in [true, false] {
             let mut kept = Kept::new(1 << 20);
             let mut tips = Tips::new([commit_id]);
             // The subtree first (the base of a delta written earlier), then the rest.
-            tips.found((sub_id, 10), Kind::Tree, &sub, hash, &mut kept);
+            tips.found((sub_id, 10), Kind::Tree, &sub, HASH, &mut kept);
             if keep_sub {
                 kept.put(10, Kind::Tree, sub.clone());
             }
-            tips.found((commit_id, 20), Kind::Commit, &commit, hash, &mut kept);
+            tips.found((commit_id, 20), Kind::Commit, &commit, HASH, &mut kept);
             assert!(!tips.complete());
-            tips.found((root_id, 30), Kind::Tree, &root, hash, &mut kept);
+            tips.found((root_id, 30), Kind::Tree, &root, HASH, &mut kept);
             assert!(!tips.complete());
-            tips.found((blob_id, 40), Kind::Blob, &blob, hash, &mut kept);
+            tips.found((blob_id, 40), Kind::Blob, &blob, HASH, &mut kept);
             assert_eq!(tips.complete(), keep_sub);
         }
     }
 
-    /// A commit wanted after its entry went by is followed from the objects kept, its tree
-    /// too when that went by as well; one no longer kept is not waited for, and does not
-    /// keep the others from being complete.
+    /// A commit wanted after its entry went by is followed from its tree on, read again
+    /// from the objects kept; a tree no longer kept is not waited for, and does not keep
+    /// the others from being complete.
     #[test]
     fn a_commit_wanted_after_it_went_by_is_followed_from_what_is_kept() {
-        use gix_object::Kind;
-        let hash = gix_hash::Kind::Sha1;
-        let id = |kind, data: &[u8]| gix_object::compute_hash(hash, kind, data).unwrap();
-        let blob = b"x\n".to_vec();
-        let blob_id = id(Kind::Blob, &blob);
-        let mut tree = b"100644 file\0".to_vec();
-        tree.extend_from_slice(blob_id.as_bytes());
-        let tree_id = id(Kind::Tree, &tree);
-        let commit =
-            format!("tree {tree_id}\nauthor a <a@b> 1 +0000\ncommitter a <a@b> 1 +0000\n\nm\n")
-                .into_bytes();
-        let commit_id = id(Kind::Commit, &commit);
-        for kept_all in [true, false] {
+        let [(blob_id, blob), (tree_id, tree), (commit_id, commit)] = one_file();
+        for kept_tree in [true, false] {
             let mut kept = Kept::new(1 << 20);
             let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let mut tips = Tips::new([]).asking({
                 let later = std::sync::Arc::clone(&later);
                 move || later.lock().unwrap().clone()
             });
-            tips.found((commit_id, 10), Kind::Commit, &commit, hash, &mut kept);
-            tips.found((tree_id, 20), Kind::Tree, &tree, hash, &mut kept);
-            if kept_all {
-                kept.put(10, Kind::Commit, commit.clone());
+            tips.found((commit_id, 10), Kind::Commit, &commit, HASH, &mut kept);
+            tips.found((tree_id, 20), Kind::Tree, &tree, HASH, &mut kept);
+            if kept_tree {
                 kept.put(20, Kind::Tree, tree.clone());
             }
-            tips.ask(&mut kept, hash);
+            tips.ask(&mut kept, HASH);
             assert!(tips.complete(), "nothing wanted yet");
             later.lock().unwrap().push(commit_id);
-            tips.ask(&mut kept, hash);
+            tips.ask(&mut kept, HASH);
             // Followed, its blob not found yet; or gone, and not waited for.
-            assert_eq!(tips.complete(), !kept_all);
-            tips.found((blob_id, 30), Kind::Blob, &blob, hash, &mut kept);
+            assert_eq!(tips.complete(), !kept_tree);
+            tips.found((blob_id, 30), Kind::Blob, &blob, HASH, &mut kept);
             assert!(tips.complete());
+        }
+    }
+
+    /// A tree named by many (each level of a "git bomb" names the one below twice, found
+    /// before any is needed) is followed once: linear, not exponential, in the trees.
+    #[test]
+    fn a_tree_named_by_many_is_followed_once() {
+        let mut kept = Kept::new(1 << 20);
+        let mut tips = Tips::default();
+        let [(blob_id, blob), ..] = one_file();
+        tips.found((blob_id, 1), Kind::Blob, &blob, HASH, &mut kept);
+        let mut below = (blob_id, "100644");
+        let levels = 40u64;
+        for level in 0..levels {
+            let (tree_id, tree) = tree(&[(below.1, "a", below.0), (below.1, "b", below.0)]);
+            let offset = 10 + level;
+            tips.found((tree_id, offset), Kind::Tree, &tree, HASH, &mut kept);
+            kept.put(offset, Kind::Tree, tree);
+            below = (tree_id, "40000");
+        }
+        let (commit_id, commit) = commit(below.0);
+        tips.want(commit_id, &mut kept, HASH);
+        tips.found((commit_id, 100), Kind::Commit, &commit, HASH, &mut kept);
+        assert!(tips.complete());
+        assert_eq!(tips.followed, levels as usize);
+    }
+
+    /// A tag wanted is followed to the commit it tags, found before or after it; an id
+    /// found to be a blob is followed no further.
+    #[test]
+    fn a_tag_wanted_is_followed_to_its_commit() {
+        let [(blob_id, blob), (tree_id, tree), (commit_id, commit)] = one_file();
+        let tag =
+            format!("object {commit_id}\ntype commit\ntag v1\ntagger a <a@b> 1 +0000\n\nv1\n");
+        let (tag_id, tag) = object(Kind::Tag, tag.into_bytes());
+        for commit_first in [false, true] {
+            let mut kept = Kept::new(1 << 20);
+            let mut tips = Tips::new([tag_id, blob_id]);
+            // A blob wanted: found, nothing to follow.
+            tips.found((blob_id, 5), Kind::Blob, &blob, HASH, &mut kept);
+            if commit_first {
+                tips.found((commit_id, 10), Kind::Commit, &commit, HASH, &mut kept);
+                tips.found((tag_id, 20), Kind::Tag, &tag, HASH, &mut kept);
+            } else {
+                tips.found((tag_id, 20), Kind::Tag, &tag, HASH, &mut kept);
+                assert!(!tips.complete(), "the tagged commit is waited for");
+                tips.found((commit_id, 10), Kind::Commit, &commit, HASH, &mut kept);
+            }
+            assert!(!tips.complete(), "its tree is waited for");
+            tips.found((tree_id, 30), Kind::Tree, &tree, HASH, &mut kept);
+            assert!(tips.complete(), "{tips:?}");
         }
     }
 
@@ -698,7 +798,7 @@ mod tests {
     fn the_least_recently_used_go_first() {
         let budget = 2 * KEPT_OVERHEAD + 10;
         let mut kept = Kept::new(budget);
-        kept.put(1, gix_object::Kind::Blob, vec![0; 4]);
+        kept.put(1, Kind::Blob, vec![0; 4]);
         kept.put(2, gix_object::Kind::Blob, vec![0; 4]);
         assert!(kept.get(1).is_some());
         kept.put(3, gix_object::Kind::Blob, vec![0; 4]);

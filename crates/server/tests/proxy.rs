@@ -1473,46 +1473,49 @@ fn shallow_clones_asked_for_while_the_first_pack_is_read_are_answered_from_it() 
     .trim()
     .to_owned();
     assert!(!branch.is_empty(), "the repository has feature branches");
+    let tip = git_stdout(&source, &["rev-parse", &format!("refs/heads/{branch}")])
+        .trim()
+        .to_owned();
     let cache = Gitcache::start(&upstream, &[]);
     let git = GitClient::new().unwrap();
     let home = git.home().to_owned();
     upstream.reset_counts();
-    // Slow enough that the second clone asks before the first one's objects are all found
-    // (about 4 MB of pack in some 4 s).
+    // The pack stops after its first 64 KiB (some of its commits) until the second clone
+    // waits too, then comes as over a network (about 4 MB in some 4 s): the first tip's
+    // objects come first.
+    upstream.inject(Fault::HoldAfter(64 << 10), 1, Some(RequestKind::Fetch));
     trickle_next_pack(&upstream, 32 << 10, 30);
     let first = std::thread::scope(|scope| {
         let first = scope.spawn(|| shallow_clone(&git, &cache.url("acme/widgets"), "first"));
-        common::wait_for("the first pack asked for", || upstream.counts().fetch == 1);
-        let home = git.home().to_owned();
-        git.run(
-            &home,
-            &[
-                "clone",
-                "-q",
-                "--depth=1",
-                "--branch",
-                &branch,
-                &cache.url("acme/widgets"),
-                "second",
-            ],
-        )
-        .unwrap()
-        .expect_success();
+        cache.log_with("looked for as it arrives wanted=1", 1);
+        let second = scope.spawn(|| {
+            git.run(
+                git.home(),
+                &[
+                    "clone",
+                    "-q",
+                    "--depth=1",
+                    "--branch",
+                    &branch,
+                    &cache.url("acme/widgets"),
+                    "second",
+                ],
+            )
+            .unwrap()
+            .expect_success();
+        });
+        cache.log_with("first pack arrives wanted=2", 1);
+        upstream.release_held();
+        second.join().unwrap();
         first.join().unwrap()
     });
     fsck(&home.join("second"));
     cache.log_with("early=true", 2);
     assert_eq!(first, git_stdout(&source, &["rev-parse", "main"]).trim());
-    assert_eq!(
-        git.rev_parse(&home.join("second"), "HEAD").unwrap(),
-        git_stdout(&source, &["rev-parse", &format!("refs/heads/{branch}")]).trim()
-    );
+    assert_eq!(git.rev_parse(&home.join("second"), "HEAD").unwrap(), tip);
     assert_eq!(
         std::fs::read_to_string(home.join("second/.git/shallow")).unwrap(),
-        format!(
-            "{}\n",
-            git_stdout(&source, &["rev-parse", &format!("refs/heads/{branch}")]).trim()
-        )
+        format!("{tip}\n")
     );
     assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
 }

@@ -138,6 +138,10 @@ pub enum Fault {
     /// Serve, the response's head at once and its body after this long (an upstream working
     /// out a pack before it sends any).
     PauseBody(Duration),
+    /// Serve, sending this many bytes of the response body, then nothing more until
+    /// [`Upstream::release_held`] is called (a download stalled at a point of the test's
+    /// choosing).
+    HoldAfter(u64),
     /// Serve, with this pkt-line payload added before the final flush of the answer (an
     /// `ls-refs` listing a ref that does not exist, or one no git would write).
     ExtraLine(Vec<u8>),
@@ -192,6 +196,8 @@ struct Shared {
     connections: std::sync::atomic::AtomicUsize,
     /// Closes every open connection when notified.
     close: tokio::sync::Notify,
+    /// Set, and its waiters woken, once the bodies held by [`Fault::HoldAfter`] may go on.
+    released: (AtomicBool, tokio::sync::Notify),
     state: Mutex<State>,
 }
 
@@ -254,6 +260,7 @@ impl Upstream {
             recording: AtomicBool::new(false),
             connections: std::sync::atomic::AtomicUsize::new(0),
             close: tokio::sync::Notify::new(),
+            released: (AtomicBool::new(false), tokio::sync::Notify::new()),
             state: Mutex::new(State::default()),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -499,6 +506,13 @@ impl Upstream {
         self.shared.state().faults.clear();
     }
 
+    /// Let the bodies held by [`Fault::HoldAfter`] go on, and those held from now on too.
+    pub fn release_held(&self) {
+        let (released, woken) = &self.shared.released;
+        released.store(true, Ordering::SeqCst);
+        woken.notify_waiters();
+    }
+
     /// What `git http-backend` wrote to stderr so far.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.shared.state().stderr).into_owned()
@@ -703,6 +717,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
     let mut cut_after = None;
     let mut trickle = None;
     let mut pause = None;
+    let mut hold_after = None;
     let mut extra_line = None;
     let mut preamble = false;
     let mut trailing = None;
@@ -735,6 +750,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
             Fault::CutAfter(n) => cut_after = Some(n),
             Fault::Trickle { chunk, every } => trickle = Some((chunk.max(1), every)),
             Fault::PauseBody(wait) => pause = Some(wait),
+            Fault::HoldAfter(bytes) => hold_after = Some(bytes),
             Fault::ExtraLine(line) => extra_line = Some(line),
             Fault::ServicePreamble => preamble = true,
             Fault::TrailingProgress(every) => trailing = Some(every),
@@ -874,6 +890,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, connection: usize) 
             cut_after,
             trickle,
             pause,
+            hold_after,
         },
     )
     .await
@@ -995,6 +1012,8 @@ struct Shaping {
     trickle: Option<(usize, Duration)>,
     /// Wait this long before the body's first bytes.
     pause: Option<Duration>,
+    /// Send this many bytes, then wait for [`Upstream::release_held`].
+    hold_after: Option<u64>,
 }
 
 /// Copy a response body into a shared buffer as it is sent.
@@ -1065,6 +1084,7 @@ async fn run_cgi(
         cut_after,
         trickle,
         mut pause,
+        mut hold_after,
     } = shaping;
     let header = |name: &str| {
         parts
@@ -1183,6 +1203,7 @@ async fn run_cgi(
     }
 
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(8);
+    let shared_released = Arc::clone(shared);
     tokio::spawn(async move {
         let mut sent = 0u64;
         let mut pending = Bytes::from(rest);
@@ -1192,6 +1213,22 @@ async fn run_cgi(
                     tokio::time::sleep(wait).await;
                 }
                 let mut data = pending;
+                if let Some(limit) = hold_after.filter(|&l| sent + data.len() as u64 > l) {
+                    let head = data.split_to(usize::try_from(limit - sent).unwrap_or(usize::MAX));
+                    sent += head.len() as u64;
+                    if !head.is_empty() && tx.send(Ok(Frame::data(head))).await.is_err() {
+                        return;
+                    }
+                    let (released, woken) = &shared_released.released;
+                    loop {
+                        let notified = woken.notified();
+                        if released.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        notified.await;
+                    }
+                    hold_after = None;
+                }
                 if let Some(limit) = cut_after {
                     let room = limit.saturating_sub(sent) as usize;
                     if data.len() >= room {
