@@ -528,8 +528,7 @@ pub fn incoming(data: &[u8]) {
         most_found: 1 << 16,
     };
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let mut pieces = std::io::BufReader::with_capacity(7, data);
-    if let Ok(found) = crate::early::scan(&mut pieces, hash, limits, &stop) {
+    let check = |found: &crate::early::Found| {
         let Ok((entries, _)) = &plain else {
             panic!("objects found in a pack that does not read: {plain:?}");
         };
@@ -550,6 +549,21 @@ pub fn incoming(data: &[u8]) {
                 .expect("a stream read whole once inflates again");
                 assert_eq!(*id, gix_object::compute_hash(hash, kind, &object).unwrap());
             }
+        }
+    };
+    let mut pieces = std::io::BufReader::with_capacity(7, data);
+    if let Ok(found) = crate::early::scan(&mut pieces, hash, limits, &stop) {
+        check(&found);
+        // Followed as tips, wanted from the start and later: the same holds of what a scan
+        // for them finds (whatever the objects are: trees naming each other, tags of tags).
+        let wanted: Vec<ObjectId> = found.objects.iter().map(|at| at.id).take(64).collect();
+        let (first, later) = wanted.split_at(wanted.len() / 2);
+        let later = later.to_vec();
+        let mut tips = crate::early::Tips::new(first.iter().copied()).asking(move || later.clone());
+        let mut pieces = std::io::BufReader::with_capacity(7, data);
+        if let Ok(found) = crate::early::scan_for(&mut pieces, hash, limits, &stop, Some(&mut tips))
+        {
+            check(&found);
         }
     }
     let mut small = std::io::BufReader::with_capacity(7, data);
