@@ -419,12 +419,22 @@ impl Responder {
                     ..shared(&self.pack, slot.as_ref())
                 };
                 let (repo, fetch, held) = (Arc::clone(&repo), fetch.clone(), Arc::clone(&hold));
+                let span = tracing::Span::current();
                 let made = tokio::task::spawn_blocking(move || {
                     let _held = held;
+                    let _enter = span.enter();
                     let started = Instant::now();
-                    let plan = gitcache_pack::plan(&repo, &fetch, kind, &options)
-                        .ok()
-                        .filter(gitcache_pack::Plan::held_whole)?;
+                    let plan = match gitcache_pack::plan(&repo, &fetch, kind, &options) {
+                        Ok(plan) if plan.held_whole() => plan,
+                        Ok(_) => {
+                            tracing::debug!("the answer sends objects not found early");
+                            return None;
+                        }
+                        Err(err) => {
+                            tracing::debug!(%err, "no answer from the objects found early");
+                            return None;
+                        }
+                    };
                     Some((plan, slot, started.elapsed()))
                 })
                 .await

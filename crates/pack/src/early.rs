@@ -52,7 +52,7 @@ pub struct Limits {
     /// ten times its size and more (a tree's delta of a few bytes makes the whole tree), and
     /// up to eighty times in stretches of them.
     pub decoded_per_byte: u64,
-    /// The most objects found: past it, the scan gives up (each costs about 130 bytes with
+    /// The most objects found: past it, the scan gives up (each costs about 160 bytes with
     /// the closures followed).
     pub most_found: usize,
 }
