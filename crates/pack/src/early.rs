@@ -94,7 +94,6 @@ pub struct Found {
 /// then, and before the scan stops. A tag wanted is followed to what it tags; an id found
 /// to be neither a commit nor a tag is not followed. Each tree is followed once, however
 /// many trees name it. Which objects were found, not this, decides what can be answered.
-#[derive(Default)]
 pub struct Tips {
     /// Commits not found yet.
     commits: std::collections::HashSet<ObjectId>,
@@ -107,14 +106,16 @@ pub struct Tips {
     /// Where the trees needed after they were found are (a tree pulled ahead as the base of
     /// a delta written earlier, or a tree of a commit wanted late), to follow from the
     /// objects kept.
-    revisit: Vec<u64>,
-    /// A tree needed after it was found could not be read again: the closure cannot be
-    /// told complete.
+    revisit: Vec<(ObjectId, u64)>,
+    /// A tree needed after it was found could not be read again, or more objects were
+    /// needed than are followed: the closure cannot be told complete.
     lost: bool,
+    /// The most objects waited for at once (see [`Limits::most_found`]).
+    most_pending: usize,
     /// Where commits wanted later come from.
     more: Option<Box<dyn FnMut() -> Vec<ObjectId> + Send>>,
     /// Trees followed.
-    followed: usize,
+    pub(crate) followed: usize,
 }
 
 /// What [`Tips`] remembers of an object found.
@@ -142,6 +143,13 @@ impl std::fmt::Debug for Tips {
     }
 }
 
+impl Default for Tips {
+    /// Nothing to follow (see [`asking`](Tips::asking)).
+    fn default() -> Self {
+        Tips::new([])
+    }
+}
+
 /// Entries a [`scan_for`] reads between two askings of [`Tips::asking`].
 const ASK_EVERY: usize = 1024;
 
@@ -152,7 +160,13 @@ impl Tips {
         Tips {
             wanted: commits.clone(),
             commits,
-            ..Tips::default()
+            pending: std::collections::HashSet::new(),
+            seen: HashMap::new(),
+            revisit: Vec::new(),
+            lost: false,
+            most_pending: Limits::default().most_found,
+            more: None,
+            followed: 0,
         }
     }
 
@@ -171,23 +185,21 @@ impl Tips {
             return;
         };
         for id in more() {
-            self.want(id, kept, hash);
+            self.want(id);
         }
+        self.revisit(kept, hash, false);
     }
 
-    /// Follow `id` from now on: from its tree, if it was found already (a tree of it gone
-    /// by and no longer kept is not waited for).
-    fn want(&mut self, mut id: ObjectId, kept: &mut Kept, hash: gix_hash::Kind) {
+    /// Follow `id` from now on: from its tree, if it was found already (to be read again,
+    /// see [`revisit`](Self::revisit)).
+    fn want(&mut self, mut id: ObjectId) {
         // A tag of a tag of ...: each followed once.
         while self.wanted.insert(id) {
             match self.seen.get(&id).copied() {
                 None => {
                     self.commits.insert(id);
                 }
-                Some(Seen::Commit(tree)) => {
-                    self.need(tree);
-                    self.revisit(kept, hash, false);
-                }
+                Some(Seen::Commit(tree)) => self.need(tree),
                 Some(Seen::Tag(target)) => {
                     id = target;
                     continue;
@@ -207,13 +219,14 @@ impl Tips {
         match self.seen.get_mut(&id) {
             Some(seen @ Seen::Tree(_)) => {
                 if let Seen::Tree(offset) = std::mem::replace(seen, Seen::Done) {
-                    self.revisit.push(offset);
+                    self.revisit.push((id, offset));
                 }
             }
             Some(_) => {}
-            None => {
+            None if self.pending.len() < self.most_pending => {
                 self.pending.insert(id);
             }
+            None => self.lost = true,
         }
     }
 
@@ -252,11 +265,13 @@ impl Tips {
                 .map_or(Seen::Done, |(target, _)| Seen::Tag(target)),
             gix_object::Kind::Blob => Seen::Done,
         };
-        self.seen.insert(id, seen);
+        // Found once: an entry of the same object again (a pack taking it in refuses) is
+        // not followed again.
+        let seen = *self.seen.entry(id).or_insert(seen);
         if self.commits.remove(&id) {
             match seen {
                 Seen::Commit(tree) => self.need(tree),
-                Seen::Tag(target) => self.want(target, kept, hash),
+                Seen::Tag(target) => self.want(target),
                 // Not a commit: nothing to follow.
                 Seen::Tree(_) | Seen::Done => {}
             }
@@ -267,13 +282,17 @@ impl Tips {
         self.revisit(kept, hash, true);
     }
 
-    /// Follow the trees needed after they were found from the objects kept; one no longer
-    /// kept loses the closure when `strict` (else it is only not followed).
+    /// Follow the trees needed after they were found from the objects kept. One no longer
+    /// kept loses the closure when `strict`; else it is not followed now, and a later need
+    /// of it tries again (strictly, for a commit wanted from the start).
     fn revisit(&mut self, kept: &mut Kept, hash: gix_hash::Kind, strict: bool) {
-        while let Some(offset) = self.revisit.pop() {
+        while let Some((id, offset)) = self.revisit.pop() {
             match kept.get(offset) {
                 Some((gix_object::Kind::Tree, data)) => self.follow(&data, hash),
-                _ => self.lost |= strict,
+                _ if strict => self.lost = true,
+                _ => {
+                    self.seen.insert(id, Seen::Tree(offset));
+                }
             }
         }
     }
@@ -466,6 +485,9 @@ pub fn scan_for(
     let budget = |offset: u64| {
         (limits.cache_bytes as u64).saturating_add(offset.saturating_mul(limits.decoded_per_byte))
     };
+    if let Some(tips) = tips.as_deref_mut() {
+        tips.most_pending = limits.most_found;
+    }
     let mut read_entries = 0usize;
     loop {
         read_entries += 1;
@@ -743,6 +765,60 @@ mod tests {
         }
     }
 
+    /// A subtree gone from the objects kept when a commit wanted late needed it is needed
+    /// again by a commit wanted from the start: the closure of that one is lost, not told
+    /// complete without it.
+    #[test]
+    fn a_tree_gone_for_a_late_commit_is_still_missed_by_the_others() {
+        let [_, (sub_id, sub), _] = one_file();
+        let (late_tree_id, late_tree) = tree(&[("40000", "dir", sub_id)]);
+        let (tree_id, tree) = tree(&[("40000", "other", sub_id)]);
+        let (late_id, late) = commit(late_tree_id);
+        let (wanted_id, wanted) = commit(tree_id);
+        let mut kept = Kept::new(1 << 20);
+        let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tips = Tips::new([wanted_id]).asking({
+            let later = std::sync::Arc::clone(&later);
+            move || later.lock().unwrap().clone()
+        });
+        // The subtree went by, and is no longer kept; the late commit's tree is.
+        tips.found((sub_id, 10), Kind::Tree, &sub, HASH, &mut kept);
+        tips.found((late_tree_id, 20), Kind::Tree, &late_tree, HASH, &mut kept);
+        kept.put(20, Kind::Tree, late_tree.clone());
+        tips.found((late_id, 30), Kind::Commit, &late, HASH, &mut kept);
+        tips.found((wanted_id, 40), Kind::Commit, &wanted, HASH, &mut kept);
+        later.lock().unwrap().push(late_id);
+        tips.ask(&mut kept, HASH);
+        assert!(
+            !tips.complete(),
+            "the wanted commit's tree is still to come"
+        );
+        tips.found((tree_id, 50), Kind::Tree, &tree, HASH, &mut kept);
+        assert!(
+            !tips.complete(),
+            "its subtree cannot be read again: {tips:?}"
+        );
+    }
+
+    /// Past the most objects waited for at once, the closure is lost rather than more
+    /// remembered.
+    #[test]
+    fn what_is_waited_for_is_bounded() {
+        let [(blob_id, _), ..] = one_file();
+        let (other_id, _) = object(Kind::Blob, b"y\n".to_vec());
+        let (tree_id, tree) = tree(&[("100644", "a", blob_id), ("100644", "b", other_id)]);
+        let (commit_id, commit) = commit(tree_id);
+        for most in [2, 1] {
+            let mut kept = Kept::new(1 << 20);
+            let mut tips = Tips::new([commit_id]);
+            tips.most_pending = most;
+            tips.found((commit_id, 10), Kind::Commit, &commit, HASH, &mut kept);
+            tips.found((tree_id, 20), Kind::Tree, &tree, HASH, &mut kept);
+            assert_eq!(tips.pending.len(), 2.min(most));
+            assert_eq!(tips.lost, most < 2);
+        }
+    }
+
     /// A tree named by many (each level of a "git bomb" names the one below twice, found
     /// before any is needed) is followed once: linear, not exponential, in the trees.
     #[test]
@@ -761,7 +837,7 @@ mod tests {
             below = (tree_id, "40000");
         }
         let (commit_id, commit) = commit(below.0);
-        tips.want(commit_id, &mut kept, HASH);
+        tips.want(commit_id);
         tips.found((commit_id, 100), Kind::Commit, &commit, HASH, &mut kept);
         assert!(tips.complete());
         assert_eq!(tips.followed, levels as usize);
@@ -792,6 +868,14 @@ mod tests {
             tips.found((tree_id, 30), Kind::Tree, &tree, HASH, &mut kept);
             assert!(tips.complete(), "{tips:?}");
         }
+        // The tagged commit's tree went by before the tag, and is no longer kept: lost.
+        let mut kept = Kept::new(1 << 20);
+        let mut tips = Tips::new([tag_id]);
+        tips.found((tree_id, 10), Kind::Tree, &tree, HASH, &mut kept);
+        tips.found((commit_id, 20), Kind::Commit, &commit, HASH, &mut kept);
+        tips.found((tag_id, 30), Kind::Tag, &tag, HASH, &mut kept);
+        tips.found((blob_id, 40), Kind::Blob, &blob, HASH, &mut kept);
+        assert!(!tips.complete(), "{tips:?}");
     }
 
     #[test]

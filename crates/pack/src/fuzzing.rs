@@ -564,6 +564,8 @@ pub fn incoming(data: &[u8]) {
         if let Ok(found) = crate::early::scan_for(&mut pieces, hash, limits, &stop, Some(&mut tips))
         {
             check(&found);
+            // Each tree followed once at most, however many trees name it.
+            assert!(tips.followed <= found.objects.len(), "{tips:?}");
         }
     }
     let mut small = std::io::BufReader::with_capacity(7, data);
