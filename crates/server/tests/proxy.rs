@@ -1383,6 +1383,16 @@ fn a_miss_asks_for_the_advertisement_only_at_the_gate() {
     fsck(&cache.mirror(&upstream, "acme/gadgets"));
 }
 
+/// Lets the bodies an upstream holds go on when dropped (a test that fails while they are
+/// held leaves nothing waiting).
+struct ReleaseHeld<'a>(&'a Upstream);
+
+impl Drop for ReleaseHeld<'_> {
+    fn drop(&mut self) {
+        self.0.release_held();
+    }
+}
+
 /// A shallow clone of a mirror being made from nothing is answered from the objects found in
 /// the mirror's first pack as it arrived, before that pack is indexed and checked: the same
 /// commit and tags as a shallow clone from the upstream, one pack fetched upstream, and the
@@ -1399,11 +1409,27 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     let home = git.home().to_owned();
 
     upstream.reset_counts();
-    // The pack comes as over a network, not all at once: found as it arrives.
+    // The pack comes as over a network, not all at once: found as it arrives. Its last
+    // part is held until the clone was answered (it needs the first part only), so that
+    // the mirror cannot be made first, however slowly the reading goes.
+    let pack = gitcache_testkit::git::git_with_input(
+        &source,
+        &["pack-objects", "--revs", "--all", "--stdout", "-q"],
+        b"",
+    );
+    upstream.inject(
+        Fault::HoldAfter(pack.len() as u64 / 10 * 9),
+        1,
+        Some(RequestKind::Fetch),
+    );
     trickle_next_pack(&upstream, 256 << 10, 30);
-    shallow_clone(&git, &cache.url("acme/widgets"), "early");
+    std::thread::scope(|scope| {
+        let _release = ReleaseHeld(&upstream);
+        let clone = scope.spawn(|| shallow_clone(&git, &cache.url("acme/widgets"), "early"));
+        cache.log_with("early=true", 1);
+        clone.join().unwrap();
+    });
     let early = home.join("early");
-    cache.log_with("early=true", 1);
     // Planned once: the check's plan is the one written.
     cache.log_with("planned_earlier=true", 1);
     shallow_clone(&git, &format!("file://{}", source.display()), "direct");
@@ -1486,6 +1512,7 @@ fn shallow_clones_asked_for_while_the_first_pack_is_read_are_answered_from_it() 
     upstream.inject(Fault::HoldAfter(64 << 10), 1, Some(RequestKind::Fetch));
     trickle_next_pack(&upstream, 32 << 10, 30);
     let first = std::thread::scope(|scope| {
+        let release = ReleaseHeld(&upstream);
         let first = scope.spawn(|| shallow_clone(&git, &cache.url("acme/widgets"), "first"));
         cache.log_with("looked for as it arrives wanted=1", 1);
         let second = scope.spawn(|| {
@@ -1505,7 +1532,7 @@ fn shallow_clones_asked_for_while_the_first_pack_is_read_are_answered_from_it() 
             .expect_success();
         });
         cache.log_with("first pack arrives wanted=2", 1);
-        upstream.release_held();
+        drop(release);
         second.join().unwrap();
         first.join().unwrap()
     });
