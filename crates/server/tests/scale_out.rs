@@ -1001,7 +1001,8 @@ fn a_repository_replaced_behind_its_name_is_dropped_by_the_fleet() {
         let mut all = vec!["clone", "-q"];
         all.extend_from_slice(args);
         all.extend_from_slice(&[url.as_str(), into]);
-        git.run(git.home(), &all).unwrap().expect_success();
+        let out = git.run(git.home(), &all).unwrap();
+        assert!(out.success(), "{out}\n{}", cache.log());
         git.home().join(into)
     };
     clone(&a, &["--depth=1"], "old-a");
