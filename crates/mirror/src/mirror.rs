@@ -369,8 +369,12 @@ impl Mirror {
                 )
                 .await;
             // In the mirror and checked, while the refs are still being listed: fetches
-            // waiting for this refresh that it answers need not wait for the rest.
-            let told = pack.is_ok() && self.landed();
+            // waiting for this refresh that it answers need not wait for the rest. Only once
+            // what came shares history with the mirror: a repository replaced behind its
+            // name is dropped when the listing shows it, and nothing may be answered from a
+            // mirror being dropped.
+            let told =
+                pack.is_ok() && self.shares_history_with(&hinted, &local).await && self.landed();
             Some((pack, told))
         };
         let (remote, ahead) = tokio::join!(listing, ahead);
@@ -576,16 +580,20 @@ impl Mirror {
                     first.then_some(&remote[..]),
                 )
                 .await?;
-            if !first {
-                // Its refs are written next, or the refresh fails and it stays as a pack no
-                // ref needs, as before.
-                self.landed();
-            }
             fetched_objects += pack.objects;
             ingested = Some((pack, first));
         }
         let repo = std::sync::Arc::new(gitcache_pack::Repository::open(&self.git_dir)?);
         let checking = std::time::Instant::now();
+        // What the upstream lists, and what the mirror had: whether the name still means the
+        // mirror's repository. Tags are peeled here, not as the upstream says they peel.
+        let listed: Vec<ObjectId> = remote.iter().filter_map(|line| line.oid).collect();
+        let known: Vec<ObjectId> = local.iter().filter_map(|r| r.oid).collect();
+        let same = same_repository(&repo, listed, known).await;
+        // Its refs are written next, or the refresh fails and it stays as a pack no ref
+        // needs; said to have landed only in a mirror that stays (see the pack fetched
+        // ahead).
+        let main_landed = same.is_ok() && matches!(ingested, Some((_, false))) && self.landed();
         // Commits fetched ahead that the new refs do not reach are kept, as ids asked for by id
         // are: a pull request's merge commit, which the next job fetches again. (Not those
         // another `ls-refs` answer named: a ref moved again or dropped since, which the next
@@ -634,10 +642,6 @@ impl Mirror {
                     .is_some_and(|oid| repo.is_commit(&oid).unwrap_or(false))
             })
             .collect();
-        // What the upstream lists, and what the mirror had: whether the name still means the
-        // mirror's repository. Tags are peeled here, not as the upstream says they peel.
-        let listed: Vec<ObjectId> = remote.iter().filter_map(|line| line.oid).collect();
-        let known: Vec<ObjectId> = local.iter().filter_map(|r| r.oid).collect();
         remote.extend(kept);
         let fetched_pack = ingested
             .as_ref()
@@ -647,7 +651,7 @@ impl Mirror {
             .check_fetched(&repo, &remote, &new_tips, &haves, fetched_pack, &rewalk)
             .await;
         if checked.is_ok() {
-            checked = same_repository(&repo, listed, known).await;
+            checked = same;
         }
         tracing::debug!(
             tips = new_tips.len(),
@@ -658,9 +662,8 @@ impl Mirror {
             // Nothing refers to it: it goes, and the mirror is as it was (a pack the mirror
             // had already, sent again, stays; so does one said to have landed, which answers
             // may be reading).
-            let landed = |first: bool| !first && self.board.is_some();
             if let Some((pack, _)) =
-                (ingested.as_ref()).filter(|(pack, first)| pack.fresh && !landed(*first))
+                (ingested.as_ref()).filter(|(pack, _)| pack.fresh && !main_landed)
             {
                 let _ = remove_pack_file(&pack.pack);
             }
@@ -1092,6 +1095,20 @@ impl Mirror {
         if let Err(err) = spawned {
             tracing::debug!(%err, "no early index of the first pack");
         }
+    }
+}
+
+impl Mirror {
+    /// Whether the commits `new` share history with the mirror's refs `local` (see
+    /// [`same_repository`]); not when that cannot be told.
+    async fn shares_history_with(&self, new: &[ObjectId], local: &[gitcache_pack::Ref]) -> bool {
+        let known: Vec<ObjectId> = local.iter().filter_map(|r| r.oid).collect();
+        let Ok(repo) = gitcache_pack::Repository::open(&self.git_dir) else {
+            return false;
+        };
+        same_repository(&std::sync::Arc::new(repo), new.to_vec(), known)
+            .await
+            .is_ok()
     }
 }
 

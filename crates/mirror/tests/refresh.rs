@@ -1447,6 +1447,23 @@ async fn a_repository_replaced_behind_its_name_is_not_taken_for_it() {
         before_packs,
         "the new repository's pack is not kept"
     );
+    // Nothing of it is said to have landed, fetched with the refs or ahead of them (by the
+    // id a client asks for): answers read a pack said to have landed, and the mirror goes.
+    let board = std::sync::Arc::new(gitcache_mirror::live::Board::default());
+    let told = Mirror::open(mirror.git_dir()).announcing_on(std::sync::Arc::clone(&board));
+    let new_main = git(&source, &["rev-parse", "main"]);
+    for hints in [Vec::new(), vec![oid(&new_main)]] {
+        let err = told
+            .refresh_hinted(&up, &[], &[], &hints.into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, gitcache_mirror::mirror::Error::Replaced),
+            "{err}"
+        );
+        assert_eq!(board.landings(), 0);
+    }
+    assert_eq!(refs(mirror.git_dir()), before_refs, "no ref written");
     let replaced_main = git(&source, &["rev-parse", "main"]);
     assert!(
         std::process::Command::new("git")
