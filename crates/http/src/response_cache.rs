@@ -717,7 +717,12 @@ impl ResponseCache {
     ) -> Lookup {
         let id: FlightKey = (repo.to_owned(), key.to_owned());
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(flight) = flights.get(&id) {
+        // A flight nobody reads any more is being given up (its work stops, see
+        // `cancel_when_unread`): led anew rather than joined, whose readers would finish
+        // live, unstored. Readers join under this lock, so none can join it meanwhile.
+        if let Some(flight) = flights.get(&id)
+            && flight.state.receiver_count() > 0
+        {
             // The pending file is opened while the flight is listed: it is not renamed yet.
             if let Ok(file) = std::fs::File::open(&flight.temp) {
                 self.stats.joined.fetch_add(1, Ordering::Relaxed);
@@ -1490,6 +1495,31 @@ mod tests {
             readers.push(reader);
         }
         (generation, readers)
+    }
+
+    /// A generation whose readers all left (the leader's client gone before anyone joined)
+    /// is not joined: the next request leads a generation of its own, stored, rather than
+    /// follow one about to be given up and finish live.
+    #[test]
+    fn a_generation_nobody_reads_is_led_anew_not_joined() {
+        let root = tempfile::tempdir().unwrap();
+        let cache =
+            ResponseCache::new(root.path().join("r"), ResponseCacheConfig::default()).unwrap();
+        let (generation, readers) = lead(&cache, Vec::new(), 0);
+        drop(readers);
+        assert!(!generation.has_readers());
+        let Lookup::Lead(again, _reader) =
+            cache.lookup(Path::new(REPO), "k", writer_of(Vec::new()))
+        else {
+            panic!("a generation nobody reads is not joined");
+        };
+        assert!(again.has_readers());
+        // The one given up goes without taking the new one off the list.
+        drop(generation);
+        assert!(matches!(
+            cache.lookup(Path::new(REPO), "k", writer_of(Vec::new())),
+            Lookup::Follow(..)
+        ));
     }
 
     /// A generated bare repository (`RepoSpec::tiny(seed)`) in a folder of its own.
