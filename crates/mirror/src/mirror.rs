@@ -373,9 +373,12 @@ impl Mirror {
             // what came shares history with the mirror: a repository replaced behind its
             // name is dropped when the listing shows it, and nothing may be answered from a
             // mirror being dropped.
-            let told =
-                pack.is_ok() && self.shares_history_with(&hinted, &local).await && self.landed();
-            Some((pack, told))
+            let seen = match &pack {
+                Ok(_) => self.shares_history_with(&hinted, &local).await,
+                Err(_) => None,
+            };
+            let told = seen.is_some() && self.landed();
+            Some((pack, told, seen))
         };
         let (remote, ahead) = tokio::join!(listing, ahead);
         // The ids the upstream answered for, with a pack or a refusal of its own.
@@ -384,13 +387,16 @@ impl Mirror {
         // refresh fail (its objects are checked; the next consolidation drops what no ref
         // reaches).
         let mut landed = false;
+        // The handle that checked the pack fetched ahead, which sees it.
+        let mut seen_ahead = None;
         let ahead = match ahead {
-            Some((Ok(pack), told)) => {
+            Some((Ok(pack), told, seen)) => {
                 asked_ahead.clone_from(&hinted);
                 landed = told;
+                seen_ahead = seen;
                 Some(pack)
             }
-            Some((Err(err), _)) => {
+            Some((Err(err), _, _)) => {
                 if matches!(
                     err,
                     Error::Response(gitcache_protocol::response::Error::Remote { .. })
@@ -413,9 +419,10 @@ impl Mirror {
         );
         let remote = remote?;
         // What came ahead is seen from here on.
-        let repo = match ahead {
-            Some(_) => gitcache_pack::Repository::open(&self.git_dir)?,
-            None => repo,
+        let repo = match (&ahead, seen_ahead) {
+            (Some(_), Some(seen)) => seen,
+            (Some(_), None) => gitcache_pack::Repository::open(&self.git_dir)?,
+            (None, _) => repo,
         };
         let fetched_ahead: Vec<ObjectId> = match ahead {
             Some(_) => hinted
@@ -1099,16 +1106,20 @@ impl Mirror {
 }
 
 impl Mirror {
-    /// Whether the commits `new` share history with the mirror's refs `local` (see
-    /// [`same_repository`]); not when that cannot be told.
-    async fn shares_history_with(&self, new: &[ObjectId], local: &[gitcache_pack::Ref]) -> bool {
+    /// The mirror as it is now, if the commits `new` share history with its refs `local`
+    /// (see [`same_repository`]); `None` when they do not, or that cannot be told.
+    async fn shares_history_with(
+        &self,
+        new: &[ObjectId],
+        local: &[gitcache_pack::Ref],
+    ) -> Option<gitcache_pack::Repository> {
         let known: Vec<ObjectId> = local.iter().filter_map(|r| r.oid).collect();
-        let Ok(repo) = gitcache_pack::Repository::open(&self.git_dir) else {
-            return false;
-        };
-        same_repository(&std::sync::Arc::new(repo), new.to_vec(), known)
-            .await
-            .is_ok()
+        let repo = std::sync::Arc::new(gitcache_pack::Repository::open(&self.git_dir).ok()?);
+        same_repository(&repo, new.to_vec(), known).await.ok()?;
+        // The walk's handle is gone with its thread (else the mirror is opened again).
+        std::sync::Arc::try_unwrap(repo)
+            .or_else(|_| gitcache_pack::Repository::open(&self.git_dir))
+            .ok()
     }
 }
 
