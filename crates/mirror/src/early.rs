@@ -173,22 +173,44 @@ impl Read for Following<'_> {
 /// of `git_dir`, with its index and `refs` as the mirror will have them: an [`Early`] once
 /// the shallow closures of `wants` are found (and of those `more` wants meanwhile, see
 /// [`Tips::asking`](gitcache_pack::early::Tips::asking)), or else once the pack is whole.
-/// Nothing is written that would leave less than `keep` bytes free (`free` tells what is).
-/// Given up once `stop` is set.
+/// Should the scan go on only for wants not found yet (ids the pack may lack), what was
+/// found by then is given to `meanwhile` first, as an [`Early`] of its own. Nothing is
+/// written that would leave less than `keep` bytes free (`free` tells what is). Given up
+/// once `stop` is set.
 pub(crate) fn build(
     git_dir: &Path,
-    pack: &LivePack,
+    pack: &std::sync::Arc<LivePack>,
     refs: &[RefLine],
     (wants, more): (
         &[gix_hash::ObjectId],
         impl FnMut() -> Vec<gix_hash::ObjectId> + Send + 'static,
     ),
-    (free, keep): (crate::mirror::FreeSpace, u64),
+    floor: (crate::mirror::FreeSpace, u64),
     stop: &AtomicBool,
+    meanwhile: impl FnOnce(Early) + Send + 'static,
 ) -> Result<Early, String> {
     let format = pack.object_format();
-    let mut read = std::io::BufReader::with_capacity(1 << 16, Following { pack, at: 0, stop });
-    let mut tips = gitcache_pack::early::Tips::new(wants.iter().copied()).asking(more);
+    let mut read = std::io::BufReader::with_capacity(
+        1 << 16,
+        Following {
+            pack: pack.as_ref(),
+            at: 0,
+            stop,
+        },
+    );
+    let mut tips = gitcache_pack::early::Tips::new(wants.iter().copied())
+        .asking(more)
+        .meanwhile({
+            let (git_dir, pack, refs) = (
+                git_dir.to_owned(),
+                std::sync::Arc::clone(pack),
+                refs.to_vec(),
+            );
+            move |found| match copy(&git_dir, &pack, &refs, floor, &found) {
+                Ok(early) => meanwhile(early),
+                Err(err) => tracing::debug!(%err, "no early index of what was found so far"),
+            }
+        });
     let found = gitcache_pack::early::scan_for(
         &mut read,
         format,
@@ -207,6 +229,18 @@ pub(crate) fn build(
         }
         (other, Some(_)) => return Err(format!("the pack is not whole: {other:?}")),
     }
+    copy(git_dir, pack, refs, floor, &found)
+}
+
+/// The objects `found` in `pack`, copied to a pack of their own in a new folder of
+/// `git_dir`, with its index and `refs`, within the floor `keep` (see [`build`]).
+fn copy(
+    git_dir: &Path,
+    pack: &LivePack,
+    refs: &[RefLine],
+    (free, keep): (crate::mirror::FreeSpace, u64),
+    found: &gitcache_pack::early::Found,
+) -> Result<Early, String> {
     // The copy and its index (the entries' bytes and 64 bytes an object at most), and room
     // left for what taking the pack in writes after it (its indexes, 64 bytes an object at
     // most): the copy is the one to go without.

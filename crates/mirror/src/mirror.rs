@@ -1087,7 +1087,27 @@ impl Mirror {
                     let board = std::sync::Arc::clone(&board);
                     move || board.early_wants()
                 };
-                match crate::early::build(&git_dir, &pack, &refs, (&wanted, more), floor, &stop) {
+                let meanwhile = {
+                    let (board, pack) = (std::sync::Arc::clone(&board), std::sync::Arc::clone(&pack));
+                    move |early: crate::live::Early| {
+                        tracing::debug!(
+                            found = early.found(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "objects of the first pack found so far, while wants not found yet are looked for"
+                        );
+                        board.early(&pack, std::sync::Arc::new(early));
+                    }
+                };
+                let built = crate::early::build(
+                    &git_dir,
+                    &pack,
+                    &refs,
+                    (&wanted, more),
+                    floor,
+                    &stop,
+                    meanwhile,
+                );
+                match built {
                     Ok(early) => {
                         tracing::debug!(
                             found = early.found(),

@@ -94,6 +94,10 @@ pub struct Found {
 /// then, and before the scan stops. A tag wanted is followed to what it tags; an id found
 /// to be neither a commit nor a tag is not followed. Each tree is followed once, however
 /// many trees name it. Which objects were found, not this, decides what can be answered.
+///
+/// A commit wanted that the pack lacks holds the scan to the pack's end; what was found
+/// before, once the closures of the commits found are, can be had meanwhile
+/// ([`meanwhile`](Tips::meanwhile)).
 pub struct Tips {
     /// Commits not found yet.
     commits: std::collections::HashSet<ObjectId>,
@@ -114,6 +118,10 @@ pub struct Tips {
     most_pending: usize,
     /// Where commits wanted later come from.
     more: Option<Box<dyn FnMut() -> Vec<ObjectId> + Send>>,
+    /// Commits wanted and found (as commits) so far.
+    commits_found: usize,
+    /// Given what was found so far, once (see [`meanwhile`](Tips::meanwhile)).
+    meanwhile: Option<Box<dyn FnOnce(Found) + Send>>,
     /// Trees followed.
     pub(crate) followed: usize,
 }
@@ -138,6 +146,7 @@ impl std::fmt::Debug for Tips {
             .field("pending", &self.pending.len())
             .field("seen", &self.seen.len())
             .field("lost", &self.lost)
+            .field("commits_found", &self.commits_found)
             .field("followed", &self.followed)
             .finish_non_exhaustive()
     }
@@ -166,6 +175,8 @@ impl Tips {
             lost: false,
             most_pending: Limits::default().most_found,
             more: None,
+            commits_found: 0,
+            meanwhile: None,
             followed: 0,
         }
     }
@@ -177,6 +188,31 @@ impl Tips {
     pub fn asking(mut self, more: impl FnMut() -> Vec<ObjectId> + Send + 'static) -> Tips {
         self.more = Some(Box::new(more));
         self
+    }
+
+    /// Give `post` what was found so far, once, should the scan go on only for commits wanted
+    /// and not found yet, every one found having its closure found: an id the pack lacks (a
+    /// client may want anything) reads it to its end, and the closures found meanwhile
+    /// need not wait for that. The scan goes on.
+    pub fn meanwhile(mut self, post: impl FnOnce(Found) + Send + 'static) -> Tips {
+        self.meanwhile = Some(Box::new(post));
+        self
+    }
+
+    /// Whether the closures of the commits found are complete, with some commit found and
+    /// some not (see [`meanwhile`](Self::meanwhile)).
+    fn settled(&self) -> bool {
+        !self.lost
+            && self.pending.is_empty()
+            && self.revisit.is_empty()
+            && self.commits_found > 0
+            && !self.commits.is_empty()
+    }
+
+    /// Whether what was found is to be posted now, once what is wanted meanwhile is
+    /// followed too (see [`meanwhile`](Self::meanwhile)).
+    fn posts_now(&self) -> bool {
+        self.meanwhile.is_some() && self.settled()
     }
 
     /// Follow what [`asking`](Self::asking) wants now.
@@ -199,7 +235,10 @@ impl Tips {
                 None => {
                     self.commits.insert(id);
                 }
-                Some(Seen::Commit(tree)) => self.need(tree),
+                Some(Seen::Commit(tree)) => {
+                    self.commits_found += 1;
+                    self.need(tree);
+                }
                 Some(Seen::Tag(target)) => {
                     id = target;
                     continue;
@@ -270,7 +309,10 @@ impl Tips {
         let seen = *self.seen.entry(id).or_insert(seen);
         if self.commits.remove(&id) {
             match seen {
-                Seen::Commit(tree) => self.need(tree),
+                Seen::Commit(tree) => {
+                    self.commits_found += 1;
+                    self.need(tree);
+                }
                 Seen::Tag(target) => self.want(target),
                 // Not a commit: nothing to follow.
                 Seen::Tree(_) | Seen::Done => {}
@@ -464,7 +506,8 @@ pub fn scan(
 }
 
 /// [`scan`], stopping as soon as `tips` are [complete](Tips::complete): what was found by
-/// then, before the rest of the pack has even arrived.
+/// then, before the rest of the pack has even arrived. Should only commits not found yet be
+/// left, what was found by then is given to [`Tips::meanwhile`] first.
 pub fn scan_for(
     read: &mut dyn BufRead,
     hash: gix_hash::Kind,
@@ -563,12 +606,19 @@ pub fn scan_for(
         if let Some(tips) = tips.as_deref_mut() {
             let data = object.as_deref().unwrap_or_default();
             tips.found((id, entry.offset), kind, data, hash, &mut kept);
-            if tips.complete() {
+            if tips.complete() || tips.posts_now() {
                 // What was wanted meanwhile is looked for too.
                 tips.ask(&mut kept, hash);
             }
             if tips.complete() {
                 return found_once(hash, objects, None, entries);
+            }
+            if tips.posts_now()
+                && let Some(post) = tips.meanwhile.take()
+                // Twice found: the scan's own end says so.
+                && let Ok(found) = found_once(hash, objects.clone(), None, entries)
+            {
+                post(found);
             }
         }
         if let Some(object) = object {

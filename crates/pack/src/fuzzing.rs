@@ -559,13 +559,34 @@ pub fn incoming(data: &[u8]) {
         let wanted: Vec<ObjectId> = found.objects.iter().map(|at| at.id).take(64).collect();
         let (first, later) = wanted.split_at(wanted.len() / 2);
         let later = later.to_vec();
-        let mut tips = crate::early::Tips::new(first.iter().copied()).asking(move || later.clone());
-        let mut pieces = std::io::BufReader::with_capacity(7, data);
-        if let Ok(found) = crate::early::scan_for(&mut pieces, hash, limits, &stop, Some(&mut tips))
-        {
-            check(&found);
-            // Each tree followed once at most, however many trees name it.
-            assert!(tips.followed <= found.objects.len(), "{tips:?}");
+        // With an id no pack holds too: what was found meanwhile is given.
+        for lacked in [None, Some(ObjectId::null(hash))] {
+            let later = later.clone();
+            let posted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut tips = crate::early::Tips::new(first.iter().copied().chain(lacked))
+                .asking(move || later.clone())
+                .meanwhile({
+                    let posted = std::sync::Arc::clone(&posted);
+                    move |found| posted.lock().unwrap().push(found)
+                });
+            let mut pieces = std::io::BufReader::with_capacity(7, data);
+            if let Ok(found) =
+                crate::early::scan_for(&mut pieces, hash, limits, &stop, Some(&mut tips))
+            {
+                check(&found);
+                // Each tree followed once at most, however many trees name it.
+                assert!(tips.followed <= found.objects.len(), "{tips:?}");
+                let posted = posted.lock().unwrap();
+                assert!(posted.len() <= 1, "given once");
+                for early in posted.iter() {
+                    check(early);
+                    assert!(early.checksum().is_none());
+                    assert!(
+                        found.objects.starts_with(&early.objects),
+                        "what was found meanwhile is what the scan found by then"
+                    );
+                }
+            }
         }
     }
     let mut small = std::io::BufReader::with_capacity(7, data);

@@ -469,3 +469,38 @@ fn a_commit_wanted_once_the_scan_began_is_followed() {
     let (early, _) = early_repository_of(&fixture.src, &dir, &pack, &found);
     answered_as_git(&fixture, &Repository::open(&early).unwrap(), &request);
 }
+
+/// A commit wanted that the pack lacks holds the scan to the pack's end; what was found
+/// once the closure of the one found was is given meanwhile, once, and answers a shallow
+/// clone of it as git does.
+#[test]
+fn a_want_the_pack_lacks_does_not_hold_back_what_was_found() {
+    let fixture = Fixture::new(RepoSpec::medium(14));
+    let pack = clone_pack(&fixture.src);
+    let head = fixture.rev("HEAD");
+    let lacked = gix_hash::ObjectId::from_bytes_or_panic(&[0x5a; 20]);
+    let posted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tips = Tips::new([head, lacked]).meanwhile({
+        let posted = std::sync::Arc::clone(&posted);
+        move |found| posted.lock().unwrap().push(found)
+    });
+    let (found, read) = scanned_for(&pack, &mut tips);
+    assert!(!tips.complete());
+    assert_eq!(read, pack.len(), "read to the end for the id lacked");
+    assert!(found.checksum().is_some());
+    let posted = std::mem::take(&mut *posted.lock().unwrap());
+    assert_eq!(posted.len(), 1, "given once");
+    let early = &posted[0];
+    assert!(early.checksum().is_none(), "before the end");
+    assert!(
+        early.len() < found.len() / 2,
+        "what the tip needs ({} of {} objects)",
+        early.len(),
+        found.len()
+    );
+    let (repo, _) = early_repository_of(&fixture.src, fixture.dir.path(), &pack, early);
+    let mut request = fetch(vec![head]);
+    request.deepen = Some(1);
+    request.include_tag = true;
+    answered_as_git(&fixture, &Repository::open(&repo).unwrap(), &request);
+}

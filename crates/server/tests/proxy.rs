@@ -1393,6 +1393,22 @@ impl Drop for ReleaseHeld<'_> {
     }
 }
 
+/// The next pack `upstream` sends (a clone of all of `source`) comes as over a network, not
+/// all at once, and its last tenth is held until the upstream is told to release it.
+fn hold_the_last_tenth_of_the_next_pack(upstream: &Upstream, source: &Path) {
+    let pack = gitcache_testkit::git::git_with_input(
+        source,
+        &["pack-objects", "--revs", "--all", "--stdout", "-q"],
+        b"",
+    );
+    upstream.inject(
+        Fault::HoldAfter(pack.len() as u64 / 10 * 9),
+        1,
+        Some(RequestKind::Fetch),
+    );
+    trickle_next_pack(upstream, 256 << 10, 30);
+}
+
 /// A shallow clone of a mirror being made from nothing is answered from the objects found in
 /// the mirror's first pack as it arrived, before that pack is indexed and checked: the same
 /// commit and tags as a shallow clone from the upstream, one pack fetched upstream, and the
@@ -1409,20 +1425,9 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     let home = git.home().to_owned();
 
     upstream.reset_counts();
-    // The pack comes as over a network, not all at once: found as it arrives. Its last
-    // part is held until the clone was answered (it needs the first part only), so that
-    // the mirror cannot be made first, however slowly the reading goes.
-    let pack = gitcache_testkit::git::git_with_input(
-        &source,
-        &["pack-objects", "--revs", "--all", "--stdout", "-q"],
-        b"",
-    );
-    upstream.inject(
-        Fault::HoldAfter(pack.len() as u64 / 10 * 9),
-        1,
-        Some(RequestKind::Fetch),
-    );
-    trickle_next_pack(&upstream, 256 << 10, 30);
+    // Its last part held until the clone was answered (it needs the first part only), so
+    // that the mirror cannot be made first, however slowly the reading goes.
+    hold_the_last_tenth_of_the_next_pack(&upstream, &source);
     std::thread::scope(|scope| {
         let _release = ReleaseHeld(&upstream);
         let clone = scope.spawn(|| shallow_clone(&git, &cache.url("acme/widgets"), "early"));
@@ -1545,6 +1550,59 @@ fn shallow_clones_asked_for_while_the_first_pack_is_read_are_answered_from_it() 
         format!("{tip}\n")
     );
     assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+}
+
+/// A fetch of an id the upstream does not hold, waiting for a mirror being made from nothing
+/// with a shallow clone of its tip: the clone is answered from the objects found as the
+/// first pack arrives all the same (the reading for the id lacked goes on to the pack's
+/// end, the clone does not wait for it), and the fetch is told the id is not there.
+#[test]
+fn a_want_the_first_pack_lacks_does_not_hold_back_a_shallow_clone() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::medium(415));
+    let source = upstream.repo_path("acme/widgets");
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    upstream.reset_counts();
+    // Its last part held until the clone was answered.
+    hold_the_last_tenth_of_the_next_pack(&upstream, &source);
+    let lacked = "5a".repeat(20);
+    let lacking = std::thread::scope(|scope| {
+        let release = ReleaseHeld(&upstream);
+        let lacking = scope.spawn(|| {
+            http(
+                &cache.addr,
+                "POST",
+                "/acme/widgets.git/git-upload-pack",
+                &[
+                    ("Git-Protocol", "version=2"),
+                    ("Content-Type", "application/x-git-upload-pack-request"),
+                ],
+                &fetch_body(&lacked, &["deepen 1"]),
+            )
+        });
+        cache.log_with("first pack arrives wanted=1", 1);
+        let clone = scope.spawn(|| shallow_clone(&git, &cache.url("acme/widgets"), "early"));
+        cache.log_with("first pack arrives wanted=2", 1);
+        // Answered while the pack's last part is held.
+        cache.log_with("early=true", 1);
+        cache.log_with("found so far, while wants not found yet are looked for", 1);
+        clone.join().unwrap();
+        drop(release);
+        lacking.join().unwrap()
+    });
+    assert_eq!(
+        git.rev_parse(&home.join("early"), "HEAD").unwrap(),
+        git.rev_parse(&source, "main").unwrap()
+    );
+    fsck(&home.join("early"));
+    assert!(!lacking.has_pack(), "{}", lacking.head);
+    let refusal = lacking.refusal().unwrap_or_else(|| lacking.body_text());
+    assert!(refusal.contains(&lacked), "{refusal}");
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    common::wait_for_mirror(&mirror, &source);
+    fsck(&mirror);
 }
 
 /// Killed while a mirror's first pack arrives, with the objects found in it so far on disk:
