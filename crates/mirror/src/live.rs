@@ -475,9 +475,12 @@ impl Board {
     pub fn early(&self, pack: &Arc<LivePack>, early: Arc<Early>) {
         let mut posted = self.posted();
         if posted.pack.as_ref().is_some_and(|p| Arc::ptr_eq(p, pack)) {
-            posted.early = Some(early);
+            let before = posted.early.replace(early);
             drop(posted);
             self.told.notify_waiters();
+            // What it replaces goes outside the lock (its files are removed when it was
+            // the last holder).
+            drop(before);
         }
     }
 
@@ -888,6 +891,10 @@ mod tests {
         board.early(&second, Arc::clone(&posted));
         let got = waiting.await;
         assert!(Arc::ptr_eq(&got, &posted));
+        // Posted again for the same pack (more found): those that saw the first get it.
+        let more = early();
+        board.early(&second, Arc::clone(&more));
+        assert!(Arc::ptr_eq(&board.next_early(Some(&got), &[]).await, &more));
         board.clear();
         assert!(!board.early_wanted() && board.early_wants().is_empty());
         board.early(&second, early());

@@ -191,22 +191,27 @@ impl Tips {
     }
 
     /// Give `post` what was found so far, once, should the scan go on only for commits wanted
-    /// and not found yet, every one found having its closure found: an id the pack lacks (a
-    /// client may want anything) reads it to its end, and the closures found meanwhile
-    /// need not wait for that. The scan goes on.
+    /// and not found yet, or for closures it lost (see [`complete`](Self::complete)), with
+    /// nothing else waited for: an id the pack lacks (a client may want anything) reads it
+    /// to its end, and the closures found meanwhile need not wait for that. The scan goes
+    /// on. What was found is all a closure can be answered from; it is not told complete.
     pub fn meanwhile(mut self, post: impl FnOnce(Found) + Send + 'static) -> Tips {
         self.meanwhile = Some(Box::new(post));
         self
     }
 
-    /// Whether the closures of the commits found are complete, with some commit found and
-    /// some not (see [`meanwhile`](Self::meanwhile)).
+    /// Whether nothing is waited for but commits not found yet, or the closures were lost,
+    /// with some commit found (see [`meanwhile`](Self::meanwhile)).
     fn settled(&self) -> bool {
-        !self.lost
-            && self.pending.is_empty()
+        self.pending.is_empty()
             && self.revisit.is_empty()
             && self.commits_found > 0
-            && !self.commits.is_empty()
+            && (self.lost || !self.commits.is_empty())
+    }
+
+    /// Whether a closure was lost (see [`complete`](Self::complete)).
+    pub(crate) fn lost(&self) -> bool {
+        self.lost
     }
 
     /// Whether what was found is to be posted now, once what is wanted meanwhile is
@@ -784,6 +789,41 @@ mod tests {
             tips.found((blob_id, 40), Kind::Blob, &blob, HASH, &mut kept);
             assert_eq!(tips.complete(), keep_sub);
         }
+    }
+
+    /// What was found is to be given meanwhile once nothing else is waited for: a commit
+    /// not found yet (an id the pack may lack) or a closure lost does not hold it back, a
+    /// tree still to come does.
+    #[test]
+    fn what_was_found_is_given_once_only_the_unfindable_is_waited_for() {
+        let [(blob_id, blob), (sub_id, sub), _] = one_file();
+        let (root_id, root) = tree(&[("40000", "dir", sub_id)]);
+        let (commit_id, commit) = commit(root_id);
+        let lacked = ObjectId::from_bytes_or_panic(&[0x5a; 20]);
+        let tips = |wants: &[ObjectId]| Tips::new(wants.iter().copied()).meanwhile(|_| {});
+
+        // A want the pack lacks.
+        let mut kept = Kept::new(1 << 20);
+        let mut waiting = tips(&[commit_id, lacked]);
+        waiting.found((commit_id, 10), Kind::Commit, &commit, HASH, &mut kept);
+        assert!(!waiting.posts_now(), "its tree still to come");
+        waiting.found((root_id, 20), Kind::Tree, &root, HASH, &mut kept);
+        waiting.found((sub_id, 30), Kind::Tree, &sub, HASH, &mut kept);
+        assert!(!waiting.posts_now(), "a blob still to come");
+        waiting.found((blob_id, 40), Kind::Blob, &blob, HASH, &mut kept);
+        assert!(waiting.posts_now() && !waiting.complete());
+
+        // A subtree found first and no longer kept: the closure is lost.
+        let mut kept = Kept::new(1 << 20);
+        let mut lost = tips(&[commit_id]);
+        lost.found((sub_id, 10), Kind::Tree, &sub, HASH, &mut kept);
+        lost.found((commit_id, 20), Kind::Commit, &commit, HASH, &mut kept);
+        lost.found((root_id, 30), Kind::Tree, &root, HASH, &mut kept);
+        assert!(lost.lost() && !lost.complete());
+        assert!(lost.posts_now());
+
+        // Nothing found: nothing to give.
+        assert!(!tips(&[lacked]).posts_now());
     }
 
     /// A commit wanted after its entry went by is followed from its tree on, read again

@@ -551,6 +551,21 @@ pub fn incoming(data: &[u8]) {
             }
         }
     };
+    // The object stored whole at `offset`, inflated.
+    let whole_object = |offset: u64| {
+        let (entries, _) = plain.as_ref().ok()?;
+        let entry = entries.iter().find(|entry| entry.offset == offset)?;
+        let kind = entry.header.as_kind()?;
+        let start = usize::try_from(entry.offset + u64::from(entry.header_size)).ok()?;
+        let end = usize::try_from(entry.end()).ok()?;
+        let mut object = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::ZlibDecoder::new(data.get(start..end)?),
+            &mut object,
+        )
+        .ok()?;
+        Some((kind, object))
+    };
     let mut pieces = std::io::BufReader::with_capacity(7, data);
     if let Ok(found) = crate::early::scan(&mut pieces, hash, limits, &stop) {
         check(&found);
@@ -585,6 +600,28 @@ pub fn incoming(data: &[u8]) {
                         found.objects.starts_with(&early.objects),
                         "what was found meanwhile is what the scan found by then"
                     );
+                    // Given once nothing else was waited for: the tree of each commit wanted
+                    // from the start and found (stored whole, to be read here) was found by
+                    // then, unless a closure was lost.
+                    if tips.lost() {
+                        continue;
+                    }
+                    for at in &early.objects {
+                        if !first.contains(&at.id) {
+                            continue;
+                        }
+                        let Some(tree) = whole_object(at.offset)
+                            .filter(|(kind, _)| *kind == gix_object::Kind::Commit)
+                            .and_then(|(_, data)| crate::objects::parse_commit(&data, hash).ok())
+                            .map(|commit| commit.tree)
+                        else {
+                            continue;
+                        };
+                        assert!(
+                            early.objects.iter().any(|at| at.id == tree),
+                            "the tree of a commit found was found before what was found was given"
+                        );
+                    }
                 }
             }
         }
