@@ -440,8 +440,12 @@ impl Fetches {
                         match answer? {
                             Early::Refused(refused) => return Ok(refused),
                             Early::Answered(response) => {
+                                // The objects found are held by what writes the answer,
+                                // as long as it writes (not by the body, which a slow
+                                // client may read long after).
+                                drop(found);
                                 return Ok(with_state(
-                                    response.map(|body| body.holding((answering, found))),
+                                    response.map(|body| body.holding(answering)),
                                     CacheState::Miss,
                                 ));
                             }

@@ -110,6 +110,29 @@ pub(crate) enum State {
 /// failure is for the client.
 pub(crate) type Regenerate = Arc<dyn Fn(&mut Resume<'_>) -> Result<(), String> + Send + Sync>;
 
+/// How a flight's readers finish should it end unfinished: let go of once it ended
+/// otherwise, so that what the regeneration holds (the repository it reads, and the files
+/// under it) goes with the generation, not with its slowest reader.
+#[derive(Clone)]
+struct Fallback(Arc<std::sync::Mutex<Option<Regenerate>>>);
+
+impl Fallback {
+    fn new(regenerate: Regenerate) -> Fallback {
+        Fallback(Arc::new(std::sync::Mutex::new(Some(regenerate))))
+    }
+
+    /// The regeneration, unless let go of.
+    fn get(&self) -> Option<Regenerate> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn let_go(&self) {
+        let regenerate = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Dropped outside the lock.
+        drop(regenerate);
+    }
+}
+
 /// Bytes a reader keeps of what it sent, to check a regenerated answer against.
 const CHECKED_TAIL: usize = 4096;
 
@@ -146,7 +169,7 @@ pub(crate) struct Reader {
     file: std::fs::File,
     state: watch::Receiver<State>,
     recent: Arc<Recent>,
-    regenerate: Regenerate,
+    regenerate: Fallback,
 }
 
 struct Flight {
@@ -154,7 +177,7 @@ struct Flight {
     /// The chunks written last, shared by every reader that keeps up (no copy each).
     recent: Arc<Recent>,
     /// How readers finish if the store fails midway.
-    regenerate: Regenerate,
+    regenerate: Fallback,
     /// The pending file, until the flight is taken off the list and the file renamed.
     temp: PathBuf,
 }
@@ -730,7 +753,7 @@ impl ResponseCache {
                     file,
                     state: flight.state.subscribe(),
                     recent: Arc::clone(&flight.recent),
-                    regenerate: Arc::clone(&flight.regenerate),
+                    regenerate: flight.regenerate.clone(),
                 });
             }
         }
@@ -780,10 +803,11 @@ impl ResponseCache {
         };
         let (state, rx) = watch::channel(State::Writing(0));
         let recent = Arc::new(Recent::default());
+        let regenerate = Fallback::new(regenerate);
         let flight = Arc::new(Flight {
             state,
             recent: Arc::clone(&recent),
-            regenerate: Arc::clone(&regenerate),
+            regenerate: regenerate.clone(),
             temp: pending.temp_path().to_owned(),
         });
         flights.insert(id.clone(), Arc::clone(&flight));
@@ -897,6 +921,8 @@ impl ResponseCache {
                     .send_replace(State::Failed(written, message.into()));
             }
         }
+        // Ended whole or failed: no reader finishes live.
+        generation.flight.regenerate.let_go();
     }
 
     /// Evict entries over the limits.
@@ -1183,7 +1209,11 @@ pub(crate) fn follow(reader: Reader, mut out: ChannelWriter) {
             State::Done(n) => (*n, Some(None)),
             State::Failed(n, message) => (*n, Some(Some(message.clone()))),
             State::Abandoned => {
-                resume_live(&regenerate, sent, &tail, out);
+                match regenerate.get() {
+                    Some(regenerate) => resume_live(&regenerate, sent, &tail, out),
+                    // Let go of only once the generation ended otherwise (not so).
+                    None => out.abort(std::io::Error::other("the answer ended unfinished")),
+                }
                 return;
             }
         };
@@ -1520,6 +1550,46 @@ mod tests {
             cache.lookup(Path::new(REPO), "k", writer_of(Vec::new())),
             Lookup::Follow(..)
         ));
+    }
+
+    /// What the regeneration holds goes once the generation ended whole or failed, while
+    /// its readers still read (a slow client holding the repository it read, and files
+    /// removed under it, for as long as it reads); a generation ended unfinished keeps it
+    /// for its readers to finish live.
+    #[test]
+    fn what_a_regeneration_holds_goes_with_the_generation_not_its_readers() {
+        for ending in ["stored", "unstored", "failed", "unfinished"] {
+            let (_root, cache) = new_cache();
+            let held = Arc::new(());
+            let regenerate: Regenerate = {
+                let held = Arc::clone(&held);
+                Arc::new(move |_: &mut Resume<'_>| {
+                    let _held = &held;
+                    Ok(())
+                })
+            };
+            let Lookup::Lead(mut generation, reader) =
+                cache.lookup(Path::new(REPO), "k", regenerate)
+            else {
+                panic!("the first request leads");
+            };
+            let Lookup::Follow(follower) =
+                cache.lookup(Path::new(REPO), "k", writer_of(Vec::new()))
+            else {
+                panic!("the second request follows");
+            };
+            generation.write_all(b"0008NAK\n").unwrap();
+            match ending {
+                "stored" => cache.finish(generation, None),
+                "unstored" => cache.finish_unstored(generation),
+                "failed" => cache.finish(generation, Some("broken".into())),
+                _ => drop(generation),
+            }
+            let kept = Arc::strong_count(&held) > 1;
+            assert_eq!(kept, ending == "unfinished", "{ending}");
+            drop((reader, follower));
+            assert_eq!(Arc::strong_count(&held), 1, "{ending}");
+        }
     }
 
     /// A generated bare repository (`RepoSpec::tiny(seed)`) in a folder of its own.
