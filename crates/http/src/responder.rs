@@ -484,7 +484,8 @@ impl Responder {
 
     /// Answer `fetch` from `repo`: planned and written on a blocking thread, streamed to the
     /// client through a bounded channel; with `told`, telling it whether the plan was made
-    /// (and sending nothing if it was not). `held` is kept until the writing ends.
+    /// (and sending nothing if it was not). `held` is kept until the pack is written (what
+    /// the client has not read yet is spilled, see `ChannelWriter::spill_to`).
     async fn live(
         &self,
         repo: Arc<Repository>,
@@ -506,7 +507,6 @@ impl Responder {
         let give_way = self.pack_slots.give_way();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            let _held = held;
             let options = shared(&options, slot.as_ref());
             let _enter = span.enter();
             let mut out = ChannelWriter::new(tx, stall);
@@ -537,6 +537,9 @@ impl Responder {
                 }
                 plan.write_to(&mut out)
             });
+            // Written: what was read goes now, not once a slow client has read what was
+            // spilled.
+            drop((repo, held));
             let generated = started.elapsed();
             metrics::pack_generated(generated);
             drop(slot);
@@ -1076,6 +1079,65 @@ mod tests {
             ..Fetch::default()
         };
         (dir, cache, responder, fetch)
+    }
+
+    /// A live answer lets go of what it read once the pack is written, while its client has
+    /// not read it yet (what it has not taken is spilled): a slow client holds no
+    /// repository, nor objects found early in a first pack.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_answer_lets_go_of_what_it_read_once_written() {
+        use gitcache_testkit::repo::{self, RepoSpec};
+        use http_body_util::BodyExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let git_dir = dir.path().join("r.git");
+        repo::generate(&git_dir, &RepoSpec::medium(45)).unwrap();
+        let tip = gitcache_testkit::git::git_stdout(&git_dir, &["rev-parse", "main"]);
+        std::fs::create_dir(dir.path().join("spill")).unwrap();
+        let responder = Responder::new(
+            gitcache_pack::Options::default(),
+            Duration::from_secs(60),
+            1,
+            Spill::new(dir.path().join("spill"), 64 << 20, 64 << 20, 0),
+            None,
+        );
+        // A shallow clone: written object by object (a stored pack sent as it is reads
+        // its file as the client takes it).
+        let fetch = Fetch {
+            wants: vec![gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap()],
+            deepen: Some(1),
+            done: true,
+            ofs_delta: true,
+            ..Fetch::default()
+        };
+        let repo = Arc::new(Repository::open(&git_dir).unwrap());
+        let held = Arc::new(());
+        let response = responder
+            .live(
+                Arc::clone(&repo),
+                fetch,
+                HashKind::Sha1,
+                None,
+                Some(Arc::clone(&held) as Held),
+            )
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Arc::strong_count(&held) > 1 || Arc::strong_count(&repo) > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "still held, the answer unread: {} {}",
+                Arc::strong_count(&held),
+                Arc::strong_count(&repo)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        // Channels hold four chunks of 64 KiB.
+        assert!(
+            body.len() > 1 << 20,
+            "more than the channel holds: {} bytes",
+            body.len()
+        );
+        assert!(body.windows(4).any(|w| w == b"PACK"));
     }
 
     /// Requests are keyed a few at a time (each may read every ref of the mirror): one
