@@ -190,14 +190,15 @@ impl Responder {
 
     /// [`serve_since`](Self::serve_since) of `answer`, keyed `keyed`, keeping `answer.held`
     /// until every generation and writing it starts (its own, or one it leads for others)
-    /// has ended. The generation it leads, if it does, writes `planned` (made for `answer`
-    /// and held whole, see [`serve_early`](Self::serve_early)) rather than plan again.
+    /// has ended. The generation it leads, if it does, writes the plan `planned` still holds
+    /// (made for `answer` and held whole, see [`serve_early`](Self::serve_early)), taking
+    /// it, rather than plan again.
     async fn serve_keyed(
         &self,
         cache: &Arc<ResponseCache>,
         answer: Answer,
         keyed: ResponseKey,
-        planned: Option<Planned>,
+        planned: Option<SharedPlan>,
     ) -> Response<Body> {
         let Answer {
             rel,
@@ -243,7 +244,9 @@ impl Responder {
             })
         };
         // A plan made holds its slot: written, not held while the bucket is asked.
-        if planned.is_none() && cache.take_shared(&rel, &key).await {
+        if !planned.as_ref().is_some_and(SharedPlan::is_there)
+            && cache.take_shared(&rel, &key).await
+        {
             tracing::debug!(
                 cache = "shared",
                 key,
@@ -263,7 +266,7 @@ impl Responder {
         match looked.unwrap_or(Lookup::Live) {
             Lookup::Live => {
                 // Its slot given back first: answering live takes one.
-                drop(planned);
+                drop(planned.and_then(|shared| shared.take()));
                 return self.live(repo, fetch, kind, None, held).await;
             }
             Lookup::Stored(entry) => {
@@ -294,7 +297,7 @@ impl Responder {
                 let unread = generation.cancel_when_unread();
                 // A plan made before stops once this generation's readers are gone, as its
                 // own would, and is written in the slot it was made in.
-                let (planned, slot) = match planned {
+                let (planned, slot) = match planned.and_then(|shared| shared.take()) {
                     Some(Planned {
                         plan,
                         relay,
@@ -386,8 +389,8 @@ impl Responder {
     /// [`serve_if_planned`](Self::serve_if_planned)): checked once for each response key
     /// (identical requests arriving together then share one generation, and the answer is
     /// stored under the key the mirror's own answer would have: the refs are those the
-    /// mirror will have). The check's plan is the one the generation writes, when this
-    /// request leads it. `None` when it is not held whole.
+    /// mirror will have). The check's plan is the one the generation writes, whichever of
+    /// those requests leads it. `None` when it is not held whole.
     pub(crate) async fn serve_early(
         &self,
         rel: PathBuf,
@@ -404,11 +407,11 @@ impl Responder {
         let Ok((Ok(Some(keyed)), fetch)) = self.key(&repo, fetch.clone(), kind).await else {
             return self.serve_if_planned(repo, fetch, kind, Some(hold)).await;
         };
-        // Made by this request's check (not by one it waited for): the plan its generation
-        // writes, should it lead one.
-        let mut planned = None;
-        let held = *early
-            .checked(&keyed.key)
+        // This request's hold on the plan its check made (not one it waited for): the plan
+        // goes once this request has looked its answer up, unless a generation took it.
+        let mut own = None;
+        let checked = early
+            .checked::<Option<SharedPlan>>(&keyed.key)
             .get_or_init(|| async {
                 let slot = self.pack_slots.take().await;
                 // The plan stops once this check is dropped (its fetch stopped waiting).
@@ -441,19 +444,21 @@ impl Responder {
                 .ok()
                 .flatten();
                 abandoned.disarm();
-                let whole = made.is_some();
-                planned = made.map(|(plan, slot, took)| Planned {
-                    plan,
-                    relay,
-                    slot,
-                    took,
+                let shared = made.map(|(plan, slot, took)| {
+                    SharedPlan::new(Planned {
+                        plan,
+                        relay,
+                        slot,
+                        took,
+                    })
                 });
-                whole
+                own = shared.clone().map(OwnPlan);
+                shared
             })
-            .await;
-        if !held {
-            return None;
-        }
+            .await
+            .clone();
+        // Not held whole: nothing.
+        let shared = checked?;
         let answer = Answer {
             rel,
             repo,
@@ -462,7 +467,9 @@ impl Responder {
             removals,
             held: Some(hold),
         };
-        Some(self.serve_keyed(cache, answer, keyed, planned).await)
+        let response = self.serve_keyed(cache, answer, keyed, Some(shared)).await;
+        drop(own);
+        Some(response)
     }
 
     /// [`live`](Self::live), when `fetch` can be planned from `repo` and every
@@ -632,6 +639,38 @@ struct Planned {
     slot: Option<Slot>,
     /// How long it took to make.
     took: Duration,
+}
+
+/// A plan an early check made, for whichever request answering from what was found leads
+/// the generation of that answer first (identical requests checked together resume in any
+/// order); `None` in the check's cell when the answer is not held whole there.
+#[derive(Clone)]
+struct SharedPlan(Arc<std::sync::Mutex<Option<Planned>>>);
+
+impl SharedPlan {
+    fn new(planned: Planned) -> SharedPlan {
+        SharedPlan(Arc::new(std::sync::Mutex::new(Some(planned))))
+    }
+
+    /// The plan, unless taken.
+    fn take(&self) -> Option<Planned> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Whether the plan is still there to take.
+    fn is_there(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
+/// The checking request's hold on its [`SharedPlan`]: the plan holds a pack slot, and goes
+/// once dropped (that request has looked its answer up) unless a generation took it.
+struct OwnPlan(SharedPlan);
+
+impl Drop for OwnPlan {
+    fn drop(&mut self) {
+        drop(self.0.take());
+    }
 }
 
 /// A [`gitcache_pack::Cancel`] whose question is handed on: a plan made for a check stops

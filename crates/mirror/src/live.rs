@@ -311,9 +311,9 @@ const MOST_EARLY_WANTS: usize = 64;
 pub struct Early {
     repo: Arc<gitcache_pack::Repository>,
     found: usize,
-    /// Whether the answer of each key asked about is held whole by the objects found (see
+    /// What a check of the answer of each key asked about found out (see
     /// [`checked`](Self::checked)).
-    checked: Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>,
+    checked: Mutex<std::collections::HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
     /// Kept while this is.
     _dir: crate::early::EarlyDir,
 }
@@ -335,17 +335,22 @@ impl Early {
         }
     }
 
-    /// Where whether the answer keyed `key` can be made from the objects found alone is
-    /// noted, once found out: identical requests arriving together are checked once (then
-    /// share one answer). Past a few thousand keys, a cell no other request shares.
-    pub fn checked(&self, key: &str) -> Arc<tokio::sync::OnceCell<bool>> {
+    /// Where what a check of the answer keyed `key` found out is kept (whether it can be
+    /// made from the objects found alone, and what the check made for it), once found out:
+    /// identical requests arriving together are checked once (then share one answer). Past
+    /// a few thousand keys, or asked for another type under the same key, a cell no other
+    /// request shares.
+    pub fn checked<T: Send + Sync + 'static>(&self, key: &str) -> Arc<tokio::sync::OnceCell<T>> {
         let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(cell) = checked.get(key) {
-            return Arc::clone(cell);
+            if let Ok(cell) = Arc::clone(cell).downcast::<tokio::sync::OnceCell<T>>() {
+                return cell;
+            }
+            return Arc::default();
         }
-        let cell = Arc::default();
+        let cell: Arc<tokio::sync::OnceCell<T>> = Arc::default();
         if checked.len() < MOST_CHECKED {
-            checked.insert(key.to_owned(), Arc::clone(&cell));
+            checked.insert(key.to_owned(), Arc::clone(&cell) as _);
         }
         cell
     }

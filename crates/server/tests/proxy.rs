@@ -1552,6 +1552,42 @@ fn shallow_clones_asked_for_while_the_first_pack_is_read_are_answered_from_it() 
     assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
 }
 
+/// Identical shallow clones of a mirror being made from nothing, all answered from the
+/// objects found as its first pack arrives: one generation for all of them, writing the
+/// plan their one check made, whichever of them leads it.
+#[test]
+fn identical_shallow_clones_of_a_new_mirror_share_one_plan() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::medium(416));
+    let source = upstream.repo_path("acme/widgets");
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let clones = 6;
+    upstream.reset_counts();
+    hold_the_last_tenth_of_the_next_pack(&upstream, &source);
+    let tips = std::thread::scope(|scope| {
+        let _release = ReleaseHeld(&upstream);
+        let clones: Vec<_> = (0..clones)
+            .map(|n| {
+                let (git, url) = (&git, cache.url("acme/widgets"));
+                scope.spawn(move || shallow_clone(git, &url, &format!("clone-{n}")))
+            })
+            .collect();
+        clones
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let main = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    assert!(tips.iter().all(|tip| *tip == main), "{tips:?}");
+    let log = cache.log_with("early=true", clones);
+    assert_eq!(common::count(&log, "response generated"), 1, "{log}");
+    assert_eq!(common::count(&log, "planned_earlier=true"), 1, "{log}");
+    assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+}
+
 /// A fetch of an id the upstream does not hold, waiting for a mirror being made from nothing
 /// with a shallow clone of its tip: the clone is answered from the objects found as the
 /// first pack arrives all the same (the reading for the id lacked goes on to the pack's
