@@ -125,7 +125,7 @@ impl Responder {
         let Some(cache) = &self.cache else {
             return self.live(repo, fetch, kind, None, None).await;
         };
-        let Ok((key, fetch)) = self.key(&repo, fetch, kind).await else {
+        let Ok((key, fetch)) = self.key(&repo, fetch, kind, None).await else {
             return crate::error::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "gitcache: internal error",
@@ -167,15 +167,18 @@ impl Responder {
 
     /// The response key of `fetch` to `repo` (keyed on a blocking thread, see
     /// [`keying`](Self::keying)), with `fetch` as the key pinned it (its haves those `repo`
-    /// holds); no key for an answer not stored (a stored pack sent as it is).
+    /// holds); no key for an answer not stored (a stored pack sent as it is). `held` is kept
+    /// while the key is made (it goes on should the caller stop waiting for it).
     async fn key(
         &self,
         repo: &Arc<Repository>,
         mut fetch: Fetch,
         kind: HashKind,
+        held: Option<Held>,
     ) -> Result<(Keyed, Fetch), tokio::task::JoinError> {
         let repo = Arc::clone(repo);
         self.keying(move || {
+            let _held = held;
             // Keyed first: the key pins the haves the answer is made with.
             let key = response_key(&repo, &mut fetch, kind);
             // A stored pack sent as it is (a clone of the marked tips) is not stored
@@ -404,7 +407,10 @@ impl Responder {
         let Some(cache) = &self.cache else {
             return self.serve_if_planned(repo, fetch, kind, Some(hold)).await;
         };
-        let Ok((Ok(Some(keyed)), fetch)) = self.key(&repo, fetch.clone(), kind).await else {
+        let Ok((Ok(Some(keyed)), fetch)) = self
+            .key(&repo, fetch.clone(), kind, Some(Arc::clone(&hold)))
+            .await
+        else {
             return self.serve_if_planned(repo, fetch, kind, Some(hold)).await;
         };
         // This request's hold on the plan its check made (not one it waited for): the plan
