@@ -123,7 +123,9 @@ impl Responder {
         removals: (u64, u64),
     ) -> Response<Body> {
         let Some(cache) = &self.cache else {
-            return self.live(repo, fetch, kind, None, None).await;
+            return self
+                .live(repo, fetch, kind, Beforehand::Nothing, None)
+                .await;
         };
         let Ok((key, fetch)) = self.key(&repo, fetch, kind, None).await else {
             return crate::error::text(
@@ -133,10 +135,16 @@ impl Responder {
         };
         let keyed = match key {
             Ok(Some(keyed)) => keyed,
-            Ok(None) => return self.live(repo, fetch, kind, None, None).await,
+            Ok(None) => {
+                return self
+                    .live(repo, fetch, kind, Beforehand::Nothing, None)
+                    .await;
+            }
             Err(err) => {
                 tracing::warn!(%err, "no response key, generating live");
-                return self.live(repo, fetch, kind, None, None).await;
+                return self
+                    .live(repo, fetch, kind, Beforehand::Nothing, None)
+                    .await;
             }
         };
         let answer = Answer {
@@ -268,9 +276,14 @@ impl Responder {
         // A lookup that panicked (a bug) is answered live, not stored.
         match looked.unwrap_or(Lookup::Live) {
             Lookup::Live => {
-                // Its slot given back first: answering live takes one.
-                drop(planned.and_then(|shared| shared.take()));
-                return self.live(repo, fetch, kind, None, held).await;
+                // Written live from the check's plan, in its slot, should it still be there
+                // (one that waited for another slot while holding this one could wait for
+                // ever).
+                let beforehand = match planned.and_then(|shared| shared.take()) {
+                    Some(planned) => Beforehand::Planned(planned),
+                    None => Beforehand::Nothing,
+                };
+                return self.live(repo, fetch, kind, beforehand, held).await;
             }
             Lookup::Stored(entry) => {
                 tracing::debug!(cache = "stored", "response");
@@ -491,28 +504,43 @@ impl Responder {
         held: Option<Held>,
     ) -> Option<Response<Body>> {
         let (told, planned) = tokio::sync::oneshot::channel();
-        let response = self.live(repo, fetch, kind, Some(told), held).await;
+        let response = self
+            .live(repo, fetch, kind, Beforehand::Tell(told), held)
+            .await;
         planned.await.unwrap_or(false).then_some(response)
     }
 
     /// Answer `fetch` from `repo`: planned and written on a blocking thread, streamed to the
-    /// client through a bounded channel; with `told`, telling it whether the plan was made
-    /// (and sending nothing if it was not). `held` is kept until the pack is written (what
-    /// the client has not read yet is spilled, see `ChannelWriter::spill_to`).
+    /// client through a bounded channel; see [`Beforehand`] for a plan told about or made
+    /// already. `held` is kept until the pack is written (what the client has not read yet
+    /// is spilled, see `ChannelWriter::spill_to`).
     async fn live(
         &self,
         repo: Arc<Repository>,
         fetch: Fetch,
         kind: HashKind,
-        mut told: Option<tokio::sync::oneshot::Sender<bool>>,
+        beforehand: Beforehand,
         held: Option<Held>,
     ) -> Response<Body> {
-        let mut slot = self.pack_slots.take().await;
         let (tx, rx) = mpsc::channel(4);
         let probe = tx.clone();
+        // Planning and writing stop once the client is gone.
+        let cancel = gitcache_pack::Cancel::when(move || probe.is_closed());
+        let (mut slot, mut told, made) = match beforehand {
+            Beforehand::Nothing => (self.pack_slots.take().await, None, None),
+            Beforehand::Tell(told) => (self.pack_slots.take().await, Some(told), None),
+            Beforehand::Planned(Planned {
+                plan,
+                relay,
+                slot,
+                took,
+            }) => {
+                relay.hand_to(cancel.clone());
+                (slot, None, Some((plan, took)))
+            }
+        };
         let options = gitcache_pack::Options {
-            // Planning and writing stop once the client is gone.
-            cancel: gitcache_pack::Cancel::when(move || probe.is_closed()),
+            cancel,
             ..self.pack.clone()
         };
         let stall = self.stall;
@@ -525,7 +553,14 @@ impl Responder {
             let mut out = ChannelWriter::new(tx, stall);
             let started = Instant::now();
             let mut planned = Duration::ZERO;
-            let made = gitcache_pack::plan(&repo, &fetch, kind, &options);
+            let planned_earlier = made.is_some();
+            let (made, took) = match made {
+                Some((plan, took)) => (Ok(plan), took),
+                None => (
+                    gitcache_pack::plan(&repo, &fetch, kind, &options),
+                    Duration::ZERO,
+                ),
+            };
             if let Some(told) = told.take() {
                 // Planned, and every object it sends is there to be read.
                 let made = made.as_ref().is_ok_and(gitcache_pack::Plan::held_whole);
@@ -554,7 +589,8 @@ impl Responder {
             // spilled.
             drop((repo, held));
             let generated = started.elapsed();
-            metrics::pack_generated(generated);
+            // A plan made earlier counts the time it took.
+            metrics::pack_generated(generated + took);
             drop(slot);
             out.give_way(None);
             match result {
@@ -568,8 +604,9 @@ impl Responder {
                         reused = stats.reused,
                         whole_pack = stats.whole_pack,
                         bytes = stats.bytes,
-                        plan_ms = planned.as_secs_f64() * 1e3,
+                        plan_ms = (planned + took).as_secs_f64() * 1e3,
                         write_ms = (generated - planned).as_secs_f64() * 1e3,
+                        planned_earlier,
                         "pack sent"
                     );
                 }
@@ -645,6 +682,17 @@ struct Planned {
     slot: Option<Slot>,
     /// How long it took to make.
     took: Duration,
+}
+
+/// What a live answer has before it is written (see [`Responder::live`]).
+enum Beforehand {
+    /// Nothing: it is planned.
+    Nothing,
+    /// It is planned, and the sender told whether every object it sends is there to be
+    /// read (nothing is sent otherwise).
+    Tell(tokio::sync::oneshot::Sender<bool>),
+    /// Its plan, made for a check, written in the slot it was made in.
+    Planned(Planned),
 }
 
 /// A plan an early check made, for whichever request answering from what was found leads
@@ -1161,7 +1209,7 @@ mod tests {
                 Arc::clone(&repo),
                 fetch,
                 HashKind::Sha1,
-                None,
+                Beforehand::Nothing,
                 Some(Arc::clone(&held) as Held),
             )
             .await;

@@ -1588,6 +1588,37 @@ fn identical_shallow_clones_of_a_new_mirror_share_one_plan() {
     assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
 }
 
+/// With answers stored only the second time they are asked for, a shallow clone of a mirror
+/// being made, answered from the objects found as its first pack arrives, is written live
+/// from the plan its check made (in that plan's pack slot, the only one here), not planned
+/// again.
+#[test]
+fn an_early_answer_written_live_writes_the_plan_its_check_made() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::medium(417));
+    let source = upstream.repo_path("acme/widgets");
+    let cache = Gitcache::start(
+        &upstream,
+        &[
+            "--response-cache-admit-second",
+            "--max-concurrent-packs",
+            "1",
+        ],
+    );
+    let git = GitClient::new().unwrap();
+    hold_the_last_tenth_of_the_next_pack(&upstream, &source);
+    let tip = std::thread::scope(|scope| {
+        let _release = ReleaseHeld(&upstream);
+        let clone = scope.spawn(|| shallow_clone(&git, &cache.url("acme/widgets"), "early"));
+        clone.join().unwrap()
+    });
+    assert_eq!(tip, git_stdout(&source, &["rev-parse", "main"]).trim());
+    fsck(&git.home().join("early"));
+    let log = cache.log_with("early=true", 1);
+    assert_eq!(common::count(&log, "response generated"), 0, "{log}");
+    cache.log_with("planned_earlier=true", 1);
+}
+
 /// A fetch of an id the upstream does not hold, waiting for a mirror being made from nothing
 /// with a shallow clone of its tip: the clone is answered from the objects found as the
 /// first pack arrives all the same (the reading for the id lacked goes on to the pack's
