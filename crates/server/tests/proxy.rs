@@ -1615,7 +1615,9 @@ fn an_early_answer_written_live_writes_the_plan_its_check_made() {
     assert_eq!(tip, git_stdout(&source, &["rev-parse", "main"]).trim());
     fsck(&git.home().join("early"));
     let log = cache.log_with("early=true", 1);
+    // Made live (the cache stores it only the second time): no generation of its own.
     assert_eq!(common::count(&log, "response generated"), 0, "{log}");
+    // Its "pack sent" line says the plan was the check's.
     cache.log_with("planned_earlier=true", 1);
 }
 
