@@ -337,13 +337,7 @@ impl Responder {
                     }
                     let started = Instant::now();
                     let planned_earlier = planned.is_some();
-                    let (planned, took) = match planned {
-                        Some((plan, took)) => (Ok(plan), took),
-                        None => (
-                            gitcache_pack::plan(&repo, &fetch, kind, &options),
-                            Duration::ZERO,
-                        ),
-                    };
+                    let (planned, took) = plan_unless_made(planned, &repo, &fetch, kind, &options);
                     let result = planned.and_then(|plan| plan.write_to(&mut *generation));
                     metrics::pack_generated(started.elapsed() + took);
                     match result {
@@ -554,13 +548,7 @@ impl Responder {
             let started = Instant::now();
             let mut planned = Duration::ZERO;
             let planned_earlier = made.is_some();
-            let (made, took) = match made {
-                Some((plan, took)) => (Ok(plan), took),
-                None => (
-                    gitcache_pack::plan(&repo, &fetch, kind, &options),
-                    Duration::ZERO,
-                ),
-            };
+            let (made, took) = plan_unless_made(made, &repo, &fetch, kind, &options);
             if let Some(told) = told.take() {
                 // Planned, and every object it sends is there to be read.
                 let made = made.as_ref().is_ok_and(gitcache_pack::Plan::held_whole);
@@ -682,6 +670,23 @@ struct Planned {
     slot: Option<Slot>,
     /// How long it took to make.
     took: Duration,
+}
+
+/// The plan `made` earlier (and the time it took), or else one made now.
+fn plan_unless_made(
+    made: Option<(gitcache_pack::Plan, Duration)>,
+    repo: &Repository,
+    fetch: &Fetch,
+    kind: HashKind,
+    options: &gitcache_pack::Options,
+) -> (Result<gitcache_pack::Plan, gitcache_pack::Error>, Duration) {
+    match made {
+        Some((plan, took)) => (Ok(plan), took),
+        None => (
+            gitcache_pack::plan(repo, fetch, kind, options),
+            Duration::ZERO,
+        ),
+    }
 }
 
 /// What a live answer has before it is written (see [`Responder::live`]).
