@@ -268,13 +268,19 @@ impl Responder {
         let looked = {
             let (cache, rel, key) = (Arc::clone(cache), rel.clone(), key.clone());
             let regenerate = Arc::clone(&regenerate);
+            // A plan made earlier goes to the generation as it is listed: the request that
+            // made it, joining it, then lets go of nothing it needs.
+            let shared = planned.clone();
             tokio::task::spawn_blocking(move || {
-                cache.lookup_since(&rel, &key, regenerate, removals)
+                cache.lookup_since(&rel, &key, regenerate, removals, move || {
+                    shared.and_then(|shared| shared.take())
+                })
             })
             .await
         };
         // A lookup that panicked (a bug) is answered live, not stored.
-        match looked.unwrap_or(Lookup::Live) {
+        let (looked, led) = looked.unwrap_or((Lookup::Live, None));
+        match looked {
             Lookup::Live => {
                 // Written live from the check's plan, in its slot, should it still be there
                 // (one that waited for another slot while holding this one could wait for
@@ -313,7 +319,7 @@ impl Responder {
                 let unread = generation.cancel_when_unread();
                 // A plan made before stops once this generation's readers are gone, as its
                 // own would, and is written in the slot it was made in.
-                let (planned, slot) = match planned.and_then(|shared| shared.take()) {
+                let (planned, slot) = match led.flatten() {
                     Some(Planned {
                         plan,
                         relay,

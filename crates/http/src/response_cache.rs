@@ -722,7 +722,7 @@ impl ResponseCache {
     #[cfg(test)]
     pub(crate) fn lookup(&self, repo: &Path, key: &str, regenerate: Regenerate) -> Lookup {
         let since = (self.removals_of(repo), self.shared_deletions_of(repo));
-        self.lookup_since(repo, key, regenerate, since)
+        self.lookup_since(repo, key, regenerate, since, || ()).0
     }
 
     /// The cache's answer for `key` of `repo` (stored, joined, led, or live), for a request
@@ -730,13 +730,32 @@ impl ResponseCache {
     /// been removed `removals.0` times here ([`ResponseCache::removals_of`]) and `removals.1`
     /// times from the bucket ([`ResponseCache::shared_deletions_of`]): a generation it leads
     /// is not stored if they were removed here since (it reads the mirror as it was), nor
-    /// shared if they were deleted from the bucket since.
-    pub(crate) fn lookup_since(
+    /// shared if they were deleted from the bucket since. A new generation is listed only
+    /// once `lead` has run (what it returns comes with the lookup): whatever it takes is
+    /// taken before anyone can join that generation.
+    pub(crate) fn lookup_since<T>(
         &self,
         repo: &Path,
         key: &str,
         regenerate: Regenerate,
         removals: (u64, u64),
+        lead: impl FnOnce() -> T,
+    ) -> (Lookup, Option<T>) {
+        let (mut lead, mut led) = (Some(lead), None);
+        let lookup = self.look_up(repo, key, regenerate, removals, &mut || {
+            led = lead.take().map(|lead| lead());
+        });
+        (lookup, led)
+    }
+
+    /// [`lookup_since`](Self::lookup_since), `lead` run once a generation is to be led.
+    fn look_up(
+        &self,
+        repo: &Path,
+        key: &str,
+        regenerate: Regenerate,
+        removals: (u64, u64),
+        lead: &mut dyn FnMut(),
     ) -> Lookup {
         let id: FlightKey = (repo.to_owned(), key.to_owned());
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
@@ -810,6 +829,8 @@ impl ResponseCache {
             regenerate: regenerate.clone(),
             temp: pending.temp_path().to_owned(),
         });
+        // Under the lock, before anyone can join.
+        lead();
         flights.insert(id.clone(), Arc::clone(&flight));
         self.stats.generated.fetch_add(1, Ordering::Relaxed);
         Lookup::Lead(
@@ -1909,6 +1930,30 @@ mod tests {
         assert_eq!(cache.removals_of(Path::new(REPO)), before + 1);
     }
 
+    /// What a lookup's `lead` takes is taken by the lookup that leads, once, and by none
+    /// that joins or finds the answer stored: a plan made for the answer goes to the
+    /// generation, not to whoever joins it.
+    #[test]
+    fn what_a_lead_takes_comes_with_the_lead_only() {
+        let (_root, cache) = new_cache();
+        let since = (cache.removals_of(Path::new(REPO)), 0);
+        let taken = std::sync::atomic::AtomicUsize::new(0);
+        let take = || taken.fetch_add(1, Ordering::SeqCst) + 1;
+        let (Lookup::Lead(generation, reader), Some(1)) =
+            cache.lookup_since(Path::new(REPO), "k", writer_of(Vec::new()), since, take)
+        else {
+            panic!("the first request leads, and takes");
+        };
+        let (Lookup::Follow(_follower), None) =
+            cache.lookup_since(Path::new(REPO), "k", writer_of(Vec::new()), since, take)
+        else {
+            panic!("the second joins, and takes nothing");
+        };
+        drop(reader);
+        drop(generation);
+        assert_eq!(taken.load(Ordering::SeqCst), 1);
+    }
+
     /// A generation begun before its repository's answers were removed (a purge: it reads
     /// the mirror as it was) is sent whole to its readers and not stored after the removal.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1918,8 +1963,8 @@ mod tests {
         // The request took its mirror, then the purge came, then it leads a generation.
         let before = (cache.removals_of(Path::new(REPO)), 0);
         cache.remove_repo(Path::new(REPO)).unwrap();
-        let Lookup::Lead(generation, reader) =
-            cache.lookup_since(Path::new(REPO), "k", writer_of(Vec::new()), before)
+        let (Lookup::Lead(generation, reader), Some(())) =
+            cache.lookup_since(Path::new(REPO), "k", writer_of(Vec::new()), before, || ())
         else {
             panic!("the first request leads");
         };
