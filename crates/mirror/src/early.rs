@@ -200,6 +200,10 @@ pub(crate) fn build(
     );
     let mut tips = gitcache_pack::early::Tips::new(wants.iter().copied())
         .asking(more)
+        .reading_back({
+            let pack = std::sync::Arc::clone(pack);
+            move |buf, at| pack.read_at(buf, at)
+        })
         .meanwhile({
             let (git_dir, pack, refs) = (
                 git_dir.to_owned(),
@@ -220,6 +224,18 @@ pub(crate) fn build(
     )
     .map_err(|err| err.to_string())?;
     let read = read.into_inner().at;
+    let passed = found.passed();
+    tracing::debug!(
+        found = found.len(),
+        entries = found.entries(),
+        bytes_read = read,
+        trees_read_back = found.read_back(),
+        passed_for_budget = passed.budget,
+        passed_base_gone = passed.base_gone,
+        passed_large = passed.large,
+        passed_other = passed.other,
+        "the first pack's reading ended"
+    );
     match (pack.progress(), found.checksum()) {
         // Stopped once the wanted closures were found: the rest is still arriving.
         (_, None) => {}

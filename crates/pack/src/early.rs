@@ -5,8 +5,11 @@
 //!
 //! `git pack-objects` writes a tip's trees and blobs early and mostly whole, and a delta's
 //! base right before it, so a shallow clone of the tips usually finds every object it needs
-//! here, long before indexing the whole pack (which decodes every delta chain) ends. What is
-//! not found is not guessed at: an answer needing it fails to plan, and waits for the index.
+//! here, long before indexing the whole pack (which decodes every delta chain) ends. A long
+//! history's trees are the exception: chains of small deltas whose bases were written many
+//! megabytes before, which a scan for tips reads back from the pack written so far
+//! ([`Tips::reading_back`]). What is not found is not guessed at: an answer needing it fails
+//! to plan, and waits for the index.
 //!
 //! ```
 //! use gitcache_pack::early::{Limits, scan};
@@ -50,7 +53,8 @@ pub struct Limits {
     /// `cache_bytes`: past it, nothing more is (a hostile pack of small deltas each copying
     /// a large base would otherwise cost far more than its size). A pack's trees decode to
     /// ten times its size and more (a tree's delta of a few bytes makes the whole tree), and
-    /// up to eighty times in stretches of them.
+    /// up to eighty times in stretches of them. Trees read back count too
+    /// ([`Tips::reading_back`]).
     pub decoded_per_byte: u64,
     /// The most objects found: past it, the scan gives up (each costs about 160 bytes with
     /// the closures followed).
@@ -82,6 +86,24 @@ pub struct Found {
     /// The trailer, once the pack was read to its end ([`scan_for`] may stop before).
     checksum: Option<ObjectId>,
     entries: u32,
+    passed: Passed,
+    /// Trees read back (see [`Tips::reading_back`]).
+    read_back: u64,
+}
+
+/// Entries a [`scan`] read without decoding them, by why: their objects are not found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Passed {
+    /// Past [`Limits::decoded_per_byte`].
+    pub budget: u64,
+    /// Deltas whose base was not decoded, or no longer kept.
+    pub base_gone: u64,
+    /// Objects or deltas larger than [`Limits::object_bytes`] (other than blobs stored
+    /// whole, hashed as they go by).
+    pub large: u64,
+    /// Deltas naming their base by id (left to the indexing), and deltas that did not
+    /// apply (the indexing's to refuse).
+    pub other: u64,
 }
 
 /// Commits whose closures at depth one (each commit, its tree and everything in it) are
@@ -105,6 +127,8 @@ pub struct Tips {
     wanted: std::collections::HashSet<ObjectId>,
     /// Trees and blobs needed and not found yet.
     pending: std::collections::HashSet<ObjectId>,
+    /// Those of `pending` named as trees.
+    pending_trees: std::collections::HashSet<ObjectId>,
     /// Everything found so far, with what a later need of it takes.
     seen: HashMap<ObjectId, Seen>,
     /// Where the trees needed after they were found are (a tree pulled ahead as the base of
@@ -122,6 +146,8 @@ pub struct Tips {
     commits_found: usize,
     /// Given what was found so far, once (see [`meanwhile`](Tips::meanwhile)).
     meanwhile: Option<Box<dyn FnOnce(Found) + Send>>,
+    /// Reads what was written of the pack (see [`reading_back`](Tips::reading_back)).
+    read_back: Option<Box<ReadAt>>,
     /// Trees followed.
     pub(crate) followed: usize,
 }
@@ -170,6 +196,7 @@ impl Tips {
             wanted: commits.clone(),
             commits,
             pending: std::collections::HashSet::new(),
+            pending_trees: std::collections::HashSet::new(),
             seen: HashMap::new(),
             revisit: Vec::new(),
             lost: false,
@@ -177,6 +204,7 @@ impl Tips {
             more: None,
             commits_found: 0,
             meanwhile: None,
+            read_back: None,
             followed: 0,
         }
     }
@@ -197,6 +225,19 @@ impl Tips {
     /// on. What was found is all a closure can be answered from; it is not told complete.
     pub fn meanwhile(mut self, post: impl FnOnce(Found) + Send + 'static) -> Tips {
         self.meanwhile = Some(Box::new(post));
+        self
+    }
+
+    /// Read the bases of trees no longer kept again with `read_at` (as
+    /// `std::os::unix::fs::FileExt::read_at` reads a file), from the pack as it was written so
+    /// far, while a tree is awaited: a long history's trees are deltas in chains whose bases
+    /// lie many megabytes behind them, long gone from the objects kept (at 200,000 commits,
+    /// nearly all of the tip's). Each base read again is kept, so a chain is read again once.
+    pub fn reading_back(
+        mut self,
+        read_at: impl Fn(&mut [u8], u64) -> std::io::Result<usize> + Send + 'static,
+    ) -> Tips {
+        self.read_back = Some(Box::new(read_at));
         self
     }
 
@@ -242,7 +283,7 @@ impl Tips {
                 }
                 Some(Seen::Commit(tree)) => {
                     self.commits_found += 1;
-                    self.need(tree);
+                    self.need(tree, true);
                 }
                 Some(Seen::Tag(target)) => {
                     id = target;
@@ -259,7 +300,13 @@ impl Tips {
         !self.lost && self.commits.is_empty() && self.pending.is_empty()
     }
 
-    fn need(&mut self, id: ObjectId) {
+    /// Whether a tree named is not found yet.
+    fn awaits_trees(&self) -> bool {
+        !self.pending_trees.is_empty()
+    }
+
+    /// `id` is needed (named as a tree when `tree`).
+    fn need(&mut self, id: ObjectId, tree: bool) {
         match self.seen.get_mut(&id) {
             Some(seen @ Seen::Tree(_)) => {
                 if let Seen::Tree(offset) = std::mem::replace(seen, Seen::Done) {
@@ -268,7 +315,9 @@ impl Tips {
             }
             Some(_) => {}
             None if self.pending.len() < self.most_pending => {
-                self.pending.insert(id);
+                if self.pending.insert(id) && tree {
+                    self.pending_trees.insert(id);
+                }
             }
             None => self.lost = true,
         }
@@ -281,7 +330,7 @@ impl Tips {
             Ok(entries) => {
                 for entry in entries {
                     if entry.kind != crate::objects::EntryKind::Gitlink {
-                        self.need(entry.oid);
+                        self.need(entry.oid, entry.kind == crate::objects::EntryKind::Tree);
                     }
                 }
             }
@@ -300,6 +349,7 @@ impl Tips {
         kept: &mut Kept,
     ) {
         let needed = self.pending.remove(&id);
+        self.pending_trees.remove(&id);
         let seen = match kind {
             gix_object::Kind::Tree if needed => Seen::Done,
             gix_object::Kind::Tree => Seen::Tree(offset),
@@ -316,7 +366,7 @@ impl Tips {
             match seen {
                 Seen::Commit(tree) => {
                     self.commits_found += 1;
-                    self.need(tree);
+                    self.need(tree, true);
                 }
                 Seen::Tag(target) => self.want(target),
                 // Not a commit: nothing to follow.
@@ -334,7 +384,7 @@ impl Tips {
     /// of it tries again (strictly, for a commit wanted from the start).
     fn revisit(&mut self, kept: &mut Kept, hash: gix_hash::Kind, strict: bool) {
         while let Some((id, offset)) = self.revisit.pop() {
-            match kept.get(offset) {
+            match kept.get(offset).or_else(|| kept.read_tree_back(offset)) {
                 Some((gix_object::Kind::Tree, data)) => self.follow(&data, hash),
                 _ if strict => self.lost = true,
                 _ => {
@@ -369,6 +419,16 @@ impl Found {
     /// How many entries the pack holds.
     pub fn entries(&self) -> u32 {
         self.entries
+    }
+
+    /// The entries read and not decoded, by why.
+    pub fn passed(&self) -> Passed {
+        self.passed
+    }
+
+    /// How many trees were decoded again, read back (see [`Tips::reading_back`]).
+    pub fn read_back(&self) -> u64 {
+        self.read_back
     }
 
     /// The pack's checksum, as its trailer says it (the scan does not check it: the reader
@@ -535,8 +595,17 @@ pub fn scan_for(
     };
     if let Some(tips) = tips.as_deref_mut() {
         tips.most_pending = limits.most_found;
+        kept.back = tips.read_back.take().map(|read_at| Back {
+            read_at,
+            hash,
+            most: limits.object_bytes,
+            allowed: 0,
+            spent: 0,
+            read: 0,
+        });
     }
     let mut read_entries = 0usize;
+    let mut passed = Passed::default();
     loop {
         read_entries += 1;
         if read_entries.is_multiple_of(ASK_EVERY)
@@ -546,17 +615,30 @@ pub fn scan_for(
         }
         // Only what can be decoded is inflated: an object stored whole, or a delta on a base
         // still kept, of at most `object_bytes` (a delta by id is left to the indexing).
-        let keep = |offset: u64, header: &Header, size: u64| {
-            decoded <= budget(offset)
-                && size <= limits.object_bytes
-                && match header {
-                    Header::OfsDelta { base_distance } => offset
-                        .checked_sub(*base_distance)
-                        .is_some_and(|base| kept.has(base)),
-                    Header::RefDelta { .. } => false,
-                    _ => true,
+        // A delta whose base is no longer kept is decoded all the same while a tree is
+        // awaited, its base read again from what was written of the pack, should that be a
+        // tree: a long history's trees come in long chains whose bases lie far behind.
+        decoded = decoded.saturating_add(kept.take_spent());
+        let reread = kept.back.is_some() && tips.as_deref().is_some_and(Tips::awaits_trees);
+        kept.allow(budget(incoming.offset()).saturating_sub(decoded));
+        let why = |offset: u64, header: &Header, size: u64| {
+            if decoded > budget(offset) {
+                Some(Why::Budget)
+            } else if size > limits.object_bytes {
+                Some(Why::Large)
+            } else {
+                match header {
+                    Header::OfsDelta { base_distance } => (!reread
+                        && !offset
+                            .checked_sub(*base_distance)
+                            .is_some_and(|base| kept.has(base)))
+                    .then_some(Why::BaseGone),
+                    Header::RefDelta { .. } => Some(Why::Other),
+                    _ => None,
                 }
+            }
         };
+        let keep = |offset: u64, header: &Header, size: u64| why(offset, header, size).is_none();
         let Some((entry, inflated)) = incoming.next_entry_keeping(&keep, &mut out)? else {
             break;
         };
@@ -575,31 +657,47 @@ pub fn scan_for(
         // A blob hashed as it went by (not kept), or an object decoded here.
         let (id, kind, object) = match entry.id {
             Some(id) => (id, gix_object::Kind::Blob, None),
-            None if !inflated => continue,
+            None if !inflated => {
+                passed.count(why(entry.offset, &entry.header, entry.size));
+                continue;
+            }
             None => {
                 decoded = decoded.saturating_add(entry.size);
                 let (kind, object) = match entry.header {
                     Header::OfsDelta { base_distance } => {
-                        let Some((kind, base)) = (entry.offset.checked_sub(base_distance))
-                            .and_then(|base| kept.get(base))
-                        else {
+                        let base = entry.offset.checked_sub(base_distance).and_then(|base| {
+                            kept.get(base)
+                                .or_else(|| reread.then(|| kept.read_tree_back(base)).flatten())
+                        });
+                        let Some((kind, base)) = base else {
+                            passed.base_gone += 1;
                             continue;
                         };
                         match crate::delta::target_size(&out) {
                             Some(size) if size <= limits.object_bytes => {}
-                            _ => continue,
+                            _ => {
+                                passed.large += 1;
+                                continue;
+                            }
                         }
                         // A delta that does not apply is the indexing's to refuse.
                         let Ok(object) = crate::delta::apply(&base, &out) else {
+                            passed.other += 1;
                             continue;
                         };
                         decoded = decoded.saturating_add(object.len() as u64);
                         (kind, object)
                     }
-                    Header::RefDelta { .. } => continue,
+                    Header::RefDelta { .. } => {
+                        passed.other += 1;
+                        continue;
+                    }
                     header => match header.as_kind() {
                         Some(kind) => (kind, std::mem::take(&mut out)),
-                        None => continue,
+                        None => {
+                            passed.other += 1;
+                            continue;
+                        }
                     },
                 };
                 let id = gix_object::compute_hash(hash, kind, &object)
@@ -608,6 +706,11 @@ pub fn scan_for(
             }
         };
         objects.push(found(id));
+        // Kept before it is followed: a commit wanted meanwhile may need it (a tree) now.
+        let object: Option<std::rc::Rc<[u8]>> = object.map(Into::into);
+        if let Some(object) = &object {
+            kept.put(entry.offset, kind, std::rc::Rc::clone(object));
+        }
         if let Some(tips) = tips.as_deref_mut() {
             let data = object.as_deref().unwrap_or_default();
             tips.found((id, entry.offset), kind, data, hash, &mut kept);
@@ -616,22 +719,31 @@ pub fn scan_for(
                 tips.ask(&mut kept, hash);
             }
             if tips.complete() {
-                return found_once(hash, objects, None, entries);
+                return found_once(
+                    hash,
+                    objects,
+                    None,
+                    entries,
+                    (passed, kept.read_back_count()),
+                );
             }
             if tips.posts_now()
                 && let Some(post) = tips.meanwhile.take()
                 // Twice found: the scan's own end says so.
-                && let Ok(found) = found_once(hash, objects.clone(), None, entries)
+                && let Ok(found) = found_once(hash, objects.clone(), None, entries, (passed, kept.read_back_count()))
             {
                 post(found);
             }
         }
-        if let Some(object) = object {
-            kept.put(entry.offset, kind, object);
-        }
     }
     let checksum = incoming.trailer()?;
-    found_once(hash, objects, Some(checksum), entries)
+    found_once(
+        hash,
+        objects,
+        Some(checksum),
+        entries,
+        (passed, kept.read_back_count()),
+    )
 }
 
 /// `objects`, found in pack order, each once: an object the pack holds twice (git writes
@@ -641,6 +753,7 @@ fn found_once(
     objects: Vec<FoundEntry>,
     checksum: Option<ObjectId>,
     entries: u32,
+    (passed, read_back): (Passed, u64),
 ) -> Result<Found, Error> {
     let mut ids: Vec<ObjectId> = objects.iter().map(|found| found.id).collect();
     ids.sort_unstable();
@@ -652,11 +765,70 @@ fn found_once(
         objects,
         checksum,
         entries,
+        passed,
+        read_back,
     })
 }
 
-/// Decoded objects by offset, within a budget of bytes, the least recently used let go first.
+/// Reads a pack's bytes at an offset (see [`Tips::reading_back`]).
+type ReadAt = dyn Fn(&mut [u8], u64) -> std::io::Result<usize> + Send;
+
+/// The most links of a chain read back (git writes 50 at most by default).
+const MOST_READ_BACK: usize = 128;
+
+/// How [`Kept`] reads trees back (see [`Tips::reading_back`]).
+struct Back {
+    read_at: Box<ReadAt>,
+    hash: gix_hash::Kind,
+    /// [`Limits::object_bytes`].
+    most: u64,
+    /// Bytes that may be decoded, counted from `spent`'s last taking.
+    allowed: u64,
+    /// Bytes inflated and decoded reading back.
+    spent: u64,
+    /// Trees read back.
+    read: u64,
+}
+
+/// A pack's bytes read from an offset on (see [`Kept::read_tree_back`]).
+struct ReadBack<'a> {
+    read_at: &'a ReadAt,
+    at: u64,
+}
+
+impl std::io::Read for ReadBack<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = (self.read_at)(buf, self.at)?;
+        self.at += read as u64;
+        Ok(read)
+    }
+}
+
+/// Why an entry was not decoded (see [`Passed`]).
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    Budget,
+    Large,
+    BaseGone,
+    Other,
+}
+
+impl Passed {
+    fn count(&mut self, why: Option<Why>) {
+        match why {
+            Some(Why::Budget) => self.budget += 1,
+            Some(Why::Large) => self.large += 1,
+            Some(Why::BaseGone) => self.base_gone += 1,
+            Some(Why::Other) | None => self.other += 1,
+        }
+    }
+}
+
+/// Decoded objects by offset, within a budget of bytes, the least recently used let go first;
+/// trees no longer kept read back from the pack, when it can be read (see
+/// [`Tips::reading_back`]).
 struct Kept {
+    back: Option<Back>,
     budget: usize,
     held: usize,
     objects: HashMap<u64, (gix_object::Kind, std::rc::Rc<[u8]>, u64)>,
@@ -668,6 +840,7 @@ struct Kept {
 impl Kept {
     fn new(budget: usize) -> Self {
         Kept {
+            back: None,
             budget,
             held: 0,
             objects: HashMap::new(),
@@ -678,6 +851,104 @@ impl Kept {
 
     fn has(&self, offset: u64) -> bool {
         self.objects.contains_key(&offset)
+    }
+
+    /// The kind of the object kept at `offset`.
+    fn kind(&self, offset: u64) -> Option<gix_object::Kind> {
+        self.objects.get(&offset).map(|(kind, ..)| *kind)
+    }
+
+    /// At most `bytes` may be decoded reading back from now on.
+    fn allow(&mut self, bytes: u64) {
+        if let Some(back) = self.back.as_mut() {
+            back.allowed = bytes;
+        }
+    }
+
+    /// How many trees were read back.
+    fn read_back_count(&self) -> u64 {
+        self.back.as_ref().map_or(0, |back| back.read)
+    }
+
+    /// The bytes decoded reading back since last asked.
+    fn take_spent(&mut self) -> u64 {
+        self.back
+            .as_mut()
+            .map_or(0, |back| std::mem::take(&mut back.spent))
+    }
+
+    /// The object at `offset` of the pack scanned, decoded again from what was written of it,
+    /// should it be a tree: its chain read down to an object kept or stored whole, then
+    /// decoded up, each link kept. `None` when it is not a tree, or cannot be read within the
+    /// bytes allowed, `Limits::object_bytes` or [`MOST_READ_BACK`] links.
+    fn read_tree_back(&mut self, offset: u64) -> Option<(gix_object::Kind, std::rc::Rc<[u8]>)> {
+        let mut back = self.back.take()?;
+        let read = self.read_back_with(&mut back, offset);
+        self.back = Some(back);
+        read
+    }
+
+    fn read_back_with(
+        &mut self,
+        back: &mut Back,
+        offset: u64,
+    ) -> Option<(gix_object::Kind, std::rc::Rc<[u8]>)> {
+        // Down, headers alone: where the chain starts, and whether it is one of trees.
+        let mut links = Vec::new();
+        let mut at = offset;
+        let whole = loop {
+            if self.kind(at) == Some(gix_object::Kind::Tree) {
+                break false;
+            }
+            if links.len() == MOST_READ_BACK || self.has(at) {
+                return None;
+            }
+            let mut head = [0; crate::incoming::LONGEST_HEADER];
+            let read = (back.read_at)(&mut head, at).ok()?;
+            let entry = gix_pack::data::Entry::from_bytes(&head[..read], at, back.hash).ok()?;
+            links.push(at);
+            match entry.header {
+                Header::OfsDelta { base_distance } => at = at.checked_sub(base_distance)?,
+                Header::Tree => break true,
+                _ => return None,
+            }
+        };
+        // Up: each link inflated and applied, then kept.
+        let mut object = if whole { None } else { Some(self.get(at)?.1) };
+        let mut out = Vec::new();
+        for &link in links.iter().rev() {
+            let mut read = std::io::BufReader::with_capacity(
+                1 << 12,
+                ReadBack {
+                    read_at: back.read_at.as_ref(),
+                    at: link,
+                },
+            );
+            let mut incoming = crate::incoming::Incoming::one_at(&mut read, back.hash, link);
+            let room = back.allowed.saturating_sub(back.spent);
+            let keep = |_: u64, _: &Header, size: u64| size <= back.most.min(room);
+            let (entry, true) = incoming.next_entry_keeping(&keep, &mut out).ok()?? else {
+                return None;
+            };
+            back.spent = back.spent.saturating_add(entry.size);
+            let made: std::rc::Rc<[u8]> = match (entry.header, object.take()) {
+                (Header::Tree, None) => std::mem::take(&mut out).into(),
+                (Header::OfsDelta { .. }, Some(base)) => {
+                    let room = room.saturating_sub(entry.size);
+                    if crate::delta::target_size(&out).is_none_or(|size| size > back.most.min(room))
+                    {
+                        return None;
+                    }
+                    crate::delta::apply(&base, &out).ok()?.into()
+                }
+                _ => return None,
+            };
+            back.spent = back.spent.saturating_add(made.len() as u64);
+            back.read += 1;
+            self.put(link, gix_object::Kind::Tree, std::rc::Rc::clone(&made));
+            object = Some(made);
+        }
+        object.map(|object| (gix_object::Kind::Tree, object))
     }
 
     fn get(&mut self, offset: u64) -> Option<(gix_object::Kind, std::rc::Rc<[u8]>)> {
@@ -701,14 +972,15 @@ impl Kept {
         }
     }
 
-    fn put(&mut self, offset: u64, kind: gix_object::Kind, data: Vec<u8>) {
+    fn put(&mut self, offset: u64, kind: gix_object::Kind, data: impl Into<std::rc::Rc<[u8]>>) {
+        let data = data.into();
         let cost = data.len() + KEPT_OVERHEAD;
         if cost > self.budget {
             return;
         }
         self.uses += 1;
         self.held += cost;
-        if let Some((_, old, _)) = self.objects.insert(offset, (kind, data.into(), self.uses)) {
+        if let Some((_, old, _)) = self.objects.insert(offset, (kind, data, self.uses)) {
             self.held -= old.len() + KEPT_OVERHEAD;
         }
         self.order.push_back((offset, self.uses));

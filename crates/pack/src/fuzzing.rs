@@ -460,8 +460,8 @@ pub fn commit_graph(data: &[u8]) {
 /// every blob stored whole, through a reader handing out 7 bytes at a time (headers and
 /// streams split across reads), it reads the same or fails (a stream whose Adler-32 is wrong,
 /// which only inflating checks), and each id is that of the blob inflated whole here. The
-/// objects found early in it ([`crate::early::scan`]) are found only in a pack that reads,
-/// each at one of its entries. Never a panic, and nothing is sized by what the bytes claim.
+/// objects found early in it ([`crate::early::scan`]; trees read back from the bytes or not)
+/// are found only in a pack that reads, each at one of its entries. Never a panic, and nothing is sized by what the bytes claim.
 pub fn incoming(data: &[u8]) {
     use crate::incoming::{Incoming, IncomingEntry, LONGEST_HEADER};
     use gix_pack::data::input;
@@ -584,6 +584,27 @@ pub fn incoming(data: &[u8]) {
                     let posted = std::sync::Arc::clone(&posted);
                     move |found| posted.lock().unwrap().push(found)
                 });
+            // Trees no longer kept read back from the bytes, in one of the two.
+            if lacked.is_none() {
+                let data = data.to_vec();
+                tips = tips.reading_back(move |buf, at| {
+                    let rest = usize::try_from(at)
+                        .ok()
+                        .and_then(|at| data.get(at..))
+                        .unwrap_or_default();
+                    let n = buf.len().min(rest.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    Ok(n)
+                });
+            }
+            // Reading back, with room for hardly any object kept: each base is read back.
+            let limits = match lacked {
+                None => crate::early::Limits {
+                    cache_bytes: 512,
+                    ..limits
+                },
+                Some(_) => limits,
+            };
             let mut pieces = std::io::BufReader::with_capacity(7, data);
             if let Ok(found) =
                 crate::early::scan_for(&mut pieces, hash, limits, &stop, Some(&mut tips))

@@ -124,6 +124,35 @@ impl<'a> Incoming<'a> {
         })
     }
 
+    /// One entry of a pack whose object ids are `hash`, read from `read` where it starts at
+    /// `offset` (a pack read again from what was written of it): no pack header, nothing
+    /// hashed.
+    pub(crate) fn one_at(
+        read: &'a mut dyn BufRead,
+        hash: gix_hash::Kind,
+        offset: u64,
+    ) -> Incoming<'a> {
+        Incoming {
+            read: Crc {
+                inner: read,
+                crc: crc32fast::Hasher::new(),
+            },
+            hash,
+            offset,
+            count: 1,
+            left: 1,
+            hash_from: u64::MAX,
+            measure: Default::default(),
+            inflate: gix_zlib::Decompress::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Where the next entry starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// The number of entries the header claims.
     pub fn count(&self) -> u32 {
         self.count

@@ -504,3 +504,51 @@ fn a_want_the_pack_lacks_does_not_hold_back_what_was_found() {
     request.include_tag = true;
     answered_as_git(&fixture, &Repository::open(&repo).unwrap(), &request);
 }
+
+/// A long history's trees are deltas in chains whose bases lie far behind them: with little
+/// kept, a scan for the tip finds its trees' bases gone and reads the pack to its end without
+/// the tip's closure. Reading those bases back from the pack, it finds the closure before the
+/// end, and what it found answers a shallow clone of the tip as git does.
+#[test]
+fn trees_whose_bases_are_gone_are_read_back() {
+    let fixture = Fixture::new(RepoSpec::history(15, 3000));
+    let pack = clone_pack(&fixture.src);
+    let head = fixture.rev("HEAD");
+    let limits = Limits {
+        cache_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let scanned = |tips: &mut Tips| {
+        let mut read = &pack[..];
+        let stop = AtomicBool::new(false);
+        let found = scan_for(&mut read, fixture.format, limits, &stop, Some(tips)).unwrap();
+        (found, pack.len() - read.len())
+    };
+
+    let mut without = Tips::new([head]);
+    let (found, read) = scanned(&mut without);
+    assert!(!without.complete(), "{without:?}");
+    assert!(found.passed().base_gone > 0, "{:?}", found.passed());
+    assert_eq!((read, found.read_back()), (pack.len(), 0));
+
+    let bytes = pack.clone();
+    let mut with = Tips::new([head]).reading_back(move |buf, at| {
+        let rest = bytes.get(at as usize..).unwrap_or_default();
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    });
+    let (found, read) = scanned(&mut with);
+    assert!(with.complete(), "{with:?}");
+    assert!(found.read_back() > 0);
+    assert!(
+        read < pack.len(),
+        "stopped before the end ({read} of {} bytes)",
+        pack.len()
+    );
+    let (early, _) = early_repository_of(&fixture.src, fixture.dir.path(), &pack, &found);
+    let mut request = fetch(vec![head]);
+    request.deepen = Some(1);
+    request.include_tag = true;
+    answered_as_git(&fixture, &Repository::open(&early).unwrap(), &request);
+}

@@ -1,0 +1,59 @@
+//! `early_scan <pack> [--no-read-back] [sha256] <commit>...`: read a pack file as a mirror
+//! reads its first pack while it arrives (reading trees' bases no longer kept back from the
+//! file, unless told not to), looking for the depth-one closures of the commits, and print how
+//! long it took, how many objects were found, whether the closures were, and which entries
+//! were passed over undecoded and why. Used to see where an early answer's time goes
+//! (benches/README.md).
+//!
+//! ```sh
+//! cargo run --release -p gitcache-pack --example early_scan -- \
+//!     repo.git/objects/pack/pack-*.pack $(git -C repo.git rev-parse HEAD)
+//! ```
+
+use std::io::BufReader;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use gitcache_pack::early::{Limits, Tips, scan_for};
+use gix_hash::ObjectId;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    const USAGE: &str = "usage: early_scan <pack> [--no-read-back] [sha256] <commit>...";
+    let mut args = std::env::args().skip(1).peekable();
+    let pack = args.next().ok_or(USAGE)?;
+    let read_back = args.next_if(|a| a == "--no-read-back").is_none();
+    let hash = match args.next_if(|a| a == "sha256") {
+        Some(_) => gix_hash::Kind::Sha256,
+        None => gix_hash::Kind::Sha1,
+    };
+    let commits = args
+        .map(|a| ObjectId::from_hex(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = Instant::now();
+    let mut read = BufReader::with_capacity(1 << 16, std::fs::File::open(&pack)?);
+    let mut tips = Tips::new(commits);
+    if read_back {
+        let file = std::fs::File::open(&pack)?;
+        tips =
+            tips.reading_back(move |buf, at| std::os::unix::fs::FileExt::read_at(&file, buf, at));
+    }
+    let found = scan_for(
+        &mut read,
+        hash,
+        Limits::default(),
+        &AtomicBool::new(false),
+        Some(&mut tips),
+    )?;
+    println!(
+        "{:.3} s: {} of {} objects found ({} bytes of entries), to the end: {}, closures \
+         complete: {}; passed over: {:?}; {tips:?}",
+        started.elapsed().as_secs_f64(),
+        found.len(),
+        found.entries(),
+        found.bytes(),
+        found.checksum().is_some(),
+        tips.complete(),
+        found.passed(),
+    );
+    Ok(())
+}
