@@ -46,13 +46,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     println!(
         "{:.3} s: {} of {} objects found ({} bytes of entries), to the end: {}, closures \
-         complete: {}; passed over: {:?}; {tips:?}",
+         complete: {}; trees read back: {}; passed over: {:?}; {tips:?}",
         started.elapsed().as_secs_f64(),
         found.len(),
         found.entries(),
         found.bytes(),
         found.checksum().is_some(),
         tips.complete(),
+        found.read_back(),
         found.passed(),
     );
     Ok(())

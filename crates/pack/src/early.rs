@@ -600,8 +600,9 @@ pub fn scan_for(
             hash,
             most: limits.object_bytes,
             allowed: 0,
-            spent: 0,
-            read: 0,
+            spent: std::cell::Cell::new(0),
+            read: std::cell::Cell::new(0),
+            listed: Vec::new(),
         });
     }
     let mut read_entries = 0usize;
@@ -616,29 +617,38 @@ pub fn scan_for(
         // Only what can be decoded is inflated: an object stored whole, or a delta on a base
         // still kept, of at most `object_bytes` (a delta by id is left to the indexing).
         // A delta whose base is no longer kept is decoded all the same while a tree is
-        // awaited, its base read again from what was written of the pack, should that be a
-        // tree: a long history's trees come in long chains whose bases lie far behind.
+        // awaited, should its base be a tree that can be read back from what was written of
+        // the pack: a long history's trees come in long chains whose bases lie far behind.
         decoded = decoded.saturating_add(kept.take_spent());
         let reread = kept.back.is_some() && tips.as_deref().is_some_and(Tips::awaits_trees);
         kept.allow(budget(incoming.offset()).saturating_sub(decoded));
-        let why = |offset: u64, header: &Header, size: u64| {
-            if decoded > budget(offset) {
+        let (why, chain) = (std::cell::Cell::new(None), std::cell::Cell::new(None));
+        let keep = |offset: u64, header: &Header, size: u64| {
+            let passed = if decoded > budget(offset) {
                 Some(Why::Budget)
             } else if size > limits.object_bytes {
                 Some(Why::Large)
             } else {
                 match header {
-                    Header::OfsDelta { base_distance } => (!reread
-                        && !offset
-                            .checked_sub(*base_distance)
-                            .is_some_and(|base| kept.has(base)))
-                    .then_some(Why::BaseGone),
+                    Header::OfsDelta { base_distance } => {
+                        match offset.checked_sub(*base_distance) {
+                            Some(base) if kept.has(base) => None,
+                            Some(base) if reread => {
+                                let trees = kept.tree_chain(base);
+                                let gone = trees.is_none();
+                                chain.set(trees);
+                                gone.then_some(Why::BaseGone)
+                            }
+                            _ => Some(Why::BaseGone),
+                        }
+                    }
                     Header::RefDelta { .. } => Some(Why::Other),
                     _ => None,
                 }
-            }
+            };
+            why.set(passed);
+            passed.is_none()
         };
-        let keep = |offset: u64, header: &Header, size: u64| why(offset, header, size).is_none();
         let Some((entry, inflated)) = incoming.next_entry_keeping(&keep, &mut out)? else {
             break;
         };
@@ -658,7 +668,7 @@ pub fn scan_for(
         let (id, kind, object) = match entry.id {
             Some(id) => (id, gix_object::Kind::Blob, None),
             None if !inflated => {
-                passed.count(why(entry.offset, &entry.header, entry.size));
+                passed.count(why.get());
                 continue;
             }
             None => {
@@ -667,7 +677,7 @@ pub fn scan_for(
                     Header::OfsDelta { base_distance } => {
                         let base = entry.offset.checked_sub(base_distance).and_then(|base| {
                             kept.get(base)
-                                .or_else(|| reread.then(|| kept.read_tree_back(base)).flatten())
+                                .or_else(|| chain.take().and_then(|chain| kept.decode_chain(chain)))
                         });
                         let Some((kind, base)) = base else {
                             passed.base_gone += 1;
@@ -706,6 +716,7 @@ pub fn scan_for(
             }
         };
         objects.push(found(id));
+        kept.list(entry.offset);
         // Kept before it is followed: a commit wanted meanwhile may need it (a tree) now.
         let object: Option<std::rc::Rc<[u8]>> = object.map(Into::into);
         if let Some(object) = &object {
@@ -784,11 +795,24 @@ struct Back {
     most: u64,
     /// Bytes that may be decoded, counted from `spent`'s last taking.
     allowed: u64,
-    /// Bytes inflated and decoded reading back.
-    spent: u64,
+    /// Bytes inflated and decoded reading back, and [`HEADER_COST`] a header read.
+    spent: std::cell::Cell<u64>,
     /// Trees read back.
-    read: u64,
+    read: std::cell::Cell<u64>,
+    /// Where the objects found are, in pack order.
+    listed: Vec<u64>,
 }
+
+/// A chain of trees to read back (see [`Kept::tree_chain`]): each link's offset and
+/// inflated size, from the top down, and where the tree kept it starts on is (`None`: its
+/// last link is a tree stored whole).
+struct Chain {
+    links: Vec<(u64, u64)>,
+    bottom: Option<u64>,
+}
+
+/// What reading a header back counts against the bytes allowed (see [`Kept::tree_chain`]).
+const HEADER_COST: u64 = 64;
 
 /// A pack's bytes read from an offset on (see [`Kept::read_tree_back`]).
 struct ReadBack<'a> {
@@ -867,88 +891,122 @@ impl Kept {
 
     /// How many trees were read back.
     fn read_back_count(&self) -> u64 {
-        self.back.as_ref().map_or(0, |back| back.read)
+        self.back.as_ref().map_or(0, |back| back.read.get())
     }
 
     /// The bytes decoded reading back since last asked.
     fn take_spent(&mut self) -> u64 {
-        self.back
-            .as_mut()
-            .map_or(0, |back| std::mem::take(&mut back.spent))
+        self.back.as_ref().map_or(0, |back| back.spent.take())
+    }
+
+    /// Record that the object at `offset` (after those recorded before) was found: a chain
+    /// read back goes through those alone.
+    fn list(&mut self, offset: u64) {
+        if let Some(back) = self.back.as_mut() {
+            back.listed.push(offset);
+        }
     }
 
     /// The object at `offset` of the pack scanned, decoded again from what was written of it,
-    /// should it be a tree: its chain read down to an object kept or stored whole, then
-    /// decoded up, each link kept. `None` when it is not a tree, or cannot be read within the
-    /// bytes allowed, `Limits::object_bytes` or [`MOST_READ_BACK`] links.
+    /// should it be a tree (see [`tree_chain`](Self::tree_chain)), each link kept.
     fn read_tree_back(&mut self, offset: u64) -> Option<(gix_object::Kind, std::rc::Rc<[u8]>)> {
-        let mut back = self.back.take()?;
-        let read = self.read_back_with(&mut back, offset);
-        self.back = Some(back);
-        read
+        let chain = self.tree_chain(offset)?;
+        self.decode_chain(chain)
     }
 
-    fn read_back_with(
-        &mut self,
-        back: &mut Back,
-        offset: u64,
-    ) -> Option<(gix_object::Kind, std::rc::Rc<[u8]>)> {
-        // Down, headers alone: where the chain starts, and whether it is one of trees.
+    /// The chain of trees ending at `offset`, read down from its headers alone to a tree kept
+    /// or stored whole, through objects found (entries decoded and hashed, each before the
+    /// one naming it as its base); `None` when it is no such chain, is longer than
+    /// [`MOST_READ_BACK`] links, or nothing can be read back. Each header read counts
+    /// [`HEADER_COST`] bytes against the bytes allowed.
+    fn tree_chain(&self, offset: u64) -> Option<Chain> {
+        let back = self.back.as_ref()?;
         let mut links = Vec::new();
         let mut at = offset;
         let whole = loop {
             if self.kind(at) == Some(gix_object::Kind::Tree) {
                 break false;
             }
-            if links.len() == MOST_READ_BACK || self.has(at) {
+            let spent = back.spent.get();
+            if links.len() == MOST_READ_BACK
+                || self.has(at)
+                || back.listed.binary_search(&at).is_err()
+                || spent >= back.allowed
+            {
                 return None;
             }
+            back.spent.set(spent.saturating_add(HEADER_COST));
             let mut head = [0; crate::incoming::LONGEST_HEADER];
             let read = (back.read_at)(&mut head, at).ok()?;
-            let entry = gix_pack::data::Entry::from_bytes(&head[..read], at, back.hash).ok()?;
-            links.push(at);
+            let entry = gix_pack::data::Entry::from_bytes(head.get(..read)?, at, back.hash).ok()?;
+            links.push((at, entry.decompressed_size));
             match entry.header {
-                Header::OfsDelta { base_distance } => at = at.checked_sub(base_distance)?,
+                Header::OfsDelta { base_distance } => {
+                    at = at.checked_sub(base_distance).filter(|base| *base < at)?;
+                }
                 Header::Tree => break true,
                 _ => return None,
             }
         };
-        // Up: each link inflated and applied, then kept.
-        let mut object = if whole { None } else { Some(self.get(at)?.1) };
-        let mut out = Vec::new();
-        for &link in links.iter().rev() {
-            let mut read = std::io::BufReader::with_capacity(
-                1 << 12,
-                ReadBack {
-                    read_at: back.read_at.as_ref(),
-                    at: link,
-                },
-            );
-            let mut incoming = crate::incoming::Incoming::one_at(&mut read, back.hash, link);
-            let room = back.allowed.saturating_sub(back.spent);
-            let keep = |_: u64, _: &Header, size: u64| size <= back.most.min(room);
-            let (entry, true) = incoming.next_entry_keeping(&keep, &mut out).ok()?? else {
-                return None;
+        Some(Chain {
+            links,
+            bottom: (!whole).then_some(at),
+        })
+    }
+
+    /// The tree `chain` ends with, each link inflated and applied from the bottom up, and
+    /// kept: what each would decode to counted before it is (a link that then fails is paid
+    /// for all the same).
+    fn decode_chain(&mut self, chain: Chain) -> Option<(gix_object::Kind, std::rc::Rc<[u8]>)> {
+        let mut object = match chain.bottom {
+            Some(at) => Some(self.get(at)?.1),
+            None => None,
+        };
+        let back = self.back.take()?;
+        let decoded = (|| {
+            let charge = |bytes: u64| {
+                let spent = back.spent.get().saturating_add(bytes);
+                back.spent.set(spent);
+                (bytes <= back.most && spent <= back.allowed).then_some(())
             };
-            back.spent = back.spent.saturating_add(entry.size);
-            let made: std::rc::Rc<[u8]> = match (entry.header, object.take()) {
-                (Header::Tree, None) => std::mem::take(&mut out).into(),
-                (Header::OfsDelta { .. }, Some(base)) => {
-                    let room = room.saturating_sub(entry.size);
-                    if crate::delta::target_size(&out).is_none_or(|size| size > back.most.min(room))
-                    {
-                        return None;
+            let mut made_here = Vec::new();
+            let mut out = Vec::new();
+            for &(link, size) in chain.links.iter().rev() {
+                charge(size)?;
+                let mut read = std::io::BufReader::with_capacity(
+                    1 << 12,
+                    ReadBack {
+                        read_at: back.read_at.as_ref(),
+                        at: link,
+                    },
+                );
+                let mut incoming = crate::incoming::Incoming::one_at(&mut read, back.hash, link);
+                let keep = |_: u64, _: &Header, claimed: u64| claimed == size;
+                let (entry, true) = incoming.next_entry_keeping(&keep, &mut out).ok()?? else {
+                    return None;
+                };
+                let made: std::rc::Rc<[u8]> = match (entry.header, object.take()) {
+                    (Header::Tree, None) => std::mem::take(&mut out).into(),
+                    (Header::OfsDelta { .. }, Some(base)) => {
+                        charge(crate::delta::target_size(&out)?)?;
+                        crate::delta::apply(&base, &out).ok()?.into()
                     }
-                    crate::delta::apply(&base, &out).ok()?.into()
-                }
-                _ => return None,
-            };
-            back.spent = back.spent.saturating_add(made.len() as u64);
-            back.read += 1;
-            self.put(link, gix_object::Kind::Tree, std::rc::Rc::clone(&made));
-            object = Some(made);
+                    _ => return None,
+                };
+                made_here.push((link, std::rc::Rc::clone(&made)));
+                object = Some(made);
+            }
+            Some((object?, made_here))
+        })();
+        let read = back.read.get();
+        back.read
+            .set(read + decoded.as_ref().map_or(0, |(_, made)| made.len() as u64));
+        self.back = Some(back);
+        let (object, made) = decoded?;
+        for (link, tree) in made {
+            self.put(link, gix_object::Kind::Tree, tree);
         }
-        object.map(|object| (gix_object::Kind::Tree, object))
+        Some((gix_object::Kind::Tree, object))
     }
 
     fn get(&mut self, offset: u64) -> Option<(gix_object::Kind, std::rc::Rc<[u8]>)> {

@@ -453,6 +453,24 @@ pub fn commit_graph(data: &[u8]) {
     }
 }
 
+/// Bytes handed out as they are asked for, saying how many were.
+struct Arriving<'a> {
+    data: &'a [u8],
+    arrived: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl std::io::Read for Arriving<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let at = self.arrived.load(std::sync::atomic::Ordering::Relaxed);
+        let rest = self.data.get(at..).unwrap_or_default();
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.arrived
+            .store(at + n, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// Read `data` as a pack arriving, entry by entry ([`crate::incoming::Incoming`]). Hashing
 /// no blob, it reads the entries gitoxide's reader reads, field for field (the CRC-32 where
 /// the header is in its shortest form: gitoxide takes it of that form), or fails where that
@@ -538,6 +556,14 @@ pub fn incoming(data: &[u8]) {
                 .find(|entry| entry.offset == at.offset)
                 .expect("found at an entry");
             assert_eq!((entry.crc32, entry.end()), (at.crc32, at.end));
+            // A delta is found on a base found before it: a pack of those alone is whole.
+            if let gix_pack::data::entry::Header::OfsDelta { base_distance } = entry.header {
+                let base = entry.offset - base_distance;
+                assert!(
+                    found.objects.iter().any(|found| found.offset == base),
+                    "a delta found without its base"
+                );
+            }
             if let Some(kind) = entry.header.as_kind() {
                 let start = usize::try_from(entry.offset + u64::from(entry.header_size)).unwrap();
                 let end = usize::try_from(entry.end()).unwrap();
@@ -584,13 +610,16 @@ pub fn incoming(data: &[u8]) {
                     let posted = std::sync::Arc::clone(&posted);
                     move |found| posted.lock().unwrap().push(found)
                 });
-            // Trees no longer kept read back from the bytes, in one of the two.
+            // Trees no longer kept read back, in one of the two, from the bytes arrived so
+            // far (those the scan asked for).
+            let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             if lacked.is_none() {
-                let data = data.to_vec();
+                let (data, arrived) = (data.to_vec(), std::sync::Arc::clone(&arrived));
                 tips = tips.reading_back(move |buf, at| {
+                    let arrived = arrived.load(std::sync::atomic::Ordering::Relaxed);
                     let rest = usize::try_from(at)
                         .ok()
-                        .and_then(|at| data.get(at..))
+                        .and_then(|at| data.get(at..arrived))
                         .unwrap_or_default();
                     let n = buf.len().min(rest.len());
                     buf[..n].copy_from_slice(&rest[..n]);
@@ -605,7 +634,13 @@ pub fn incoming(data: &[u8]) {
                 },
                 Some(_) => limits,
             };
-            let mut pieces = std::io::BufReader::with_capacity(7, data);
+            let mut pieces = std::io::BufReader::with_capacity(
+                7,
+                Arriving {
+                    data,
+                    arrived: &arrived,
+                },
+            );
             if let Ok(found) =
                 crate::early::scan_for(&mut pieces, hash, limits, &stop, Some(&mut tips))
             {

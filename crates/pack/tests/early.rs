@@ -531,14 +531,32 @@ fn trees_whose_bases_are_gone_are_read_back() {
     assert!(found.passed().base_gone > 0, "{:?}", found.passed());
     assert_eq!((read, found.read_back()), (pack.len(), 0));
 
-    let bytes = pack.clone();
-    let mut with = Tips::new([head]).reading_back(move |buf, at| {
-        let rest = bytes.get(at as usize..).unwrap_or_default();
-        let n = buf.len().min(rest.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        Ok(n)
+    // Read back from what has arrived: the bytes the scan has read.
+    let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut with = Tips::new([head]).reading_back({
+        let (bytes, arrived) = (pack.clone(), std::sync::Arc::clone(&arrived));
+        move |buf, at| {
+            let arrived = arrived.load(std::sync::atomic::Ordering::SeqCst);
+            let rest = bytes.get(at as usize..arrived).unwrap_or_default();
+            let n = buf.len().min(rest.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            Ok(n)
+        }
     });
-    let (found, read) = scanned(&mut with);
+    let mut arriving = std::io::BufReader::new(Arriving {
+        pack: &pack,
+        arrived: &arrived,
+    });
+    let stop = AtomicBool::new(false);
+    let found = scan_for(
+        &mut arriving,
+        fixture.format,
+        limits,
+        &stop,
+        Some(&mut with),
+    )
+    .unwrap();
+    let read = arrived.load(std::sync::atomic::Ordering::SeqCst);
     assert!(with.complete(), "{with:?}");
     assert!(found.read_back() > 0);
     assert!(
@@ -551,4 +569,22 @@ fn trees_whose_bases_are_gone_are_read_back() {
     request.deepen = Some(1);
     request.include_tag = true;
     answered_as_git(&fixture, &Repository::open(&early).unwrap(), &request);
+}
+
+/// A pack's bytes handed out as they are asked for, saying how many were.
+struct Arriving<'a> {
+    pack: &'a [u8],
+    arrived: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl std::io::Read for Arriving<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let at = self.arrived.load(std::sync::atomic::Ordering::SeqCst);
+        let rest = &self.pack[at..];
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.arrived
+            .store(at + n, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
 }
