@@ -302,6 +302,10 @@ struct Posted {
 /// The most wants of waiting fetches a board keeps for the objects found early.
 const MOST_EARLY_WANTS: usize = 64;
 
+/// The most wants of one fetch a board keeps for the objects found early: one fetch of many
+/// (or of ids made up) does not take the room of all the others.
+const MOST_EARLY_WANTS_EACH: usize = 8;
+
 /// A repository of the objects of a mirror's first pack found as the pack arrived
 /// ([`gitcache_pack::early`]), with the refs the mirror will have: what needs only those
 /// objects (a shallow clone of the tips, most often) may be answered from it before the pack
@@ -508,7 +512,7 @@ impl Board {
         {
             let mut posted = self.posted();
             posted.early_wanted = true;
-            for want in wants {
+            for want in wants.iter().take(MOST_EARLY_WANTS_EACH) {
                 if posted.early_wants.len() < MOST_EARLY_WANTS && !posted.early_wants.contains(want)
                 {
                     posted.early_wants.push(*want);
@@ -909,6 +913,24 @@ mod tests {
             poll_once(&mut again).is_none(),
             "not after the board was cleared"
         );
+    }
+
+    /// One fetch of many wants (or of ids made up) takes a few of the places of the wants
+    /// looked for early: another fetch's want is still looked for.
+    #[tokio::test]
+    async fn one_fetch_of_many_wants_leaves_room_for_the_others() {
+        let board = Board::default();
+        let many: Vec<ObjectId> = (0..100).map(oid).collect();
+        let first = board.next_early(None, &many);
+        tokio::pin!(first);
+        assert!(poll_once(&mut first).is_none());
+        let other = [oid(200)];
+        let second = board.next_early(None, &other);
+        tokio::pin!(second);
+        assert!(poll_once(&mut second).is_none());
+        let wants = board.early_wants();
+        assert_eq!(wants.len(), MOST_EARLY_WANTS_EACH + 1, "{wants:?}");
+        assert!(wants.contains(&oid(200)));
     }
 
     /// Polls `future` once.
