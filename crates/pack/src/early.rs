@@ -89,6 +89,9 @@ pub struct Found {
     passed: Passed,
     /// Trees read back (see [`Tips::reading_back`]).
     read_back: u64,
+    /// What the closures followed are made of, when the scan followed [`Tips`] (see
+    /// [`write_pack`](Found::write_pack)).
+    closure: Option<std::sync::Arc<std::collections::HashSet<ObjectId>>>,
 }
 
 /// Entries a [`scan`] read without decoding them, by why: their objects are not found.
@@ -129,6 +132,9 @@ pub struct Tips {
     pending: std::collections::HashSet<ObjectId>,
     /// Those of `pending` named as trees.
     pending_trees: std::collections::HashSet<ObjectId>,
+    /// Every tree and blob ever needed (`None` past [`Limits::most_found`]): with the
+    /// commits and tags wanted, and the tags found, what the closures are made of.
+    needed: Option<std::collections::HashSet<ObjectId>>,
     /// Everything found so far, with what a later need of it takes.
     seen: HashMap<ObjectId, Seen>,
     /// Where the trees needed after they were found are (a tree pulled ahead as the base of
@@ -197,6 +203,7 @@ impl Tips {
             commits,
             pending: std::collections::HashSet::new(),
             pending_trees: std::collections::HashSet::new(),
+            needed: Some(std::collections::HashSet::new()),
             seen: HashMap::new(),
             revisit: Vec::new(),
             lost: false,
@@ -300,6 +307,21 @@ impl Tips {
         !self.lost && self.commits.is_empty() && self.pending.is_empty()
     }
 
+    /// The objects the closures are made of, as far as they were followed: the commits and
+    /// tags wanted, the trees and blobs needed, and every tag found with what it tags (for
+    /// the refs); `None` when a closure was lost, or more was needed than is remembered.
+    fn closure(&self) -> Option<std::collections::HashSet<ObjectId>> {
+        let needed = self.needed.as_ref().filter(|_| !self.lost)?;
+        let mut closure = needed.clone();
+        closure.extend(self.wanted.iter().copied());
+        for (id, seen) in &self.seen {
+            if let Seen::Tag(target) = seen {
+                closure.extend([*id, *target]);
+            }
+        }
+        Some(closure)
+    }
+
     /// Whether a tree named is not found yet.
     fn awaits_trees(&self) -> bool {
         !self.pending_trees.is_empty()
@@ -307,6 +329,13 @@ impl Tips {
 
     /// `id` is needed (named as a tree when `tree`).
     fn need(&mut self, id: ObjectId, tree: bool) {
+        if let Some(needed) = self.needed.as_mut() {
+            if needed.len() < self.most_pending {
+                needed.insert(id);
+            } else {
+                self.needed = None;
+            }
+        }
         match self.seen.get_mut(&id) {
             Some(seen @ Seen::Tree(_)) => {
                 if let Seen::Tree(offset) = std::mem::replace(seen, Seen::Done) {
@@ -454,20 +483,27 @@ impl Found {
     /// scanned (read with `read_at`, as `std::os::unix::fs::FileExt::read_at` reads a file;
     /// an offset delta's distance to its base written anew), and its version 2 index to
     /// `index`: a repository whose pack folder holds the two reads those objects, and no
-    /// others, every entry of its pack named by its index. The new pack's checksum.
+    /// others, every entry of its pack named by its index. When the scan followed [`Tips`],
+    /// only the objects of their closures are (the commits and tags wanted, the trees and
+    /// blobs in them, the tags found and what they tag), `also` and the delta bases of all
+    /// those: not every commit of the history, found as it went by. The new pack's checksum
+    /// and how many objects it holds.
     pub fn write_pack(
         &self,
         read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
         pack: &Path,
         index: &Path,
-    ) -> Result<ObjectId, Error> {
+        also: &[ObjectId],
+    ) -> Result<(ObjectId, usize), Error> {
         use std::io::Write;
+        let copied = self.to_copy(read_at, also)?;
         let mut out = crate::write::Sink::new(
             std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(pack)?),
             self.hash,
         );
-        let count = u32::try_from(self.objects.len())
-            .map_err(|_| Error::odb("too many objects for one pack"))?;
+        let copies = copied.iter().filter(|copied| **copied).count();
+        let count =
+            u32::try_from(copies).map_err(|_| Error::odb("too many objects for one pack"))?;
         out.write_all(b"PACK")?;
         out.write_all(&2u32.to_be_bytes())?;
         out.write_all(&count.to_be_bytes())?;
@@ -477,7 +513,11 @@ impl Found {
         // An entry is copied a piece at a time: the memory is the same for any size.
         let mut piece = vec![0; 1 << 16];
         let mut header = Vec::new();
-        for found in &self.objects {
+        for (found, copied) in self.objects.iter().zip(copied) {
+            if !copied {
+                written.push(u64::MAX);
+                continue;
+            }
             let read = |buf: &mut [u8], at: u64| -> Result<(), Error> {
                 let mut filled = 0;
                 while filled < buf.len() {
@@ -516,6 +556,7 @@ impl Found {
                                 .ok()
                         })
                         .and_then(|place| written.get(place).copied())
+                        .filter(|at| *at != u64::MAX)
                         .ok_or_else(|| Error::odb("a delta found without its base"))?;
                     Header::OfsDelta {
                         base_distance: at - base,
@@ -553,7 +594,54 @@ impl Found {
         file.write_all(checksum.as_bytes())?;
         file.flush()?;
         crate::indexing::write_index_of(index, &listed, &checksum, self.hash)?;
-        Ok(checksum)
+        Ok((checksum, copies))
+    }
+
+    /// Which of the objects found [`write_pack`](Self::write_pack) copies: all, or those of
+    /// the closures and `also`, each delta's base with it (their headers read with
+    /// `read_at`).
+    fn to_copy(
+        &self,
+        read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
+        also: &[ObjectId],
+    ) -> Result<Vec<bool>, Error> {
+        let Some(closure) = self.closure.as_deref() else {
+            return Ok(vec![true; self.objects.len()]);
+        };
+        let also: std::collections::HashSet<&ObjectId> = also.iter().collect();
+        let mut copied = vec![false; self.objects.len()];
+        let mut bases = std::collections::HashSet::new();
+        // Last first: a delta's base is found before it.
+        for (found, copied) in self.objects.iter().zip(&mut copied).rev() {
+            if !(bases.remove(&found.offset)
+                || closure.contains(&found.id)
+                || also.contains(&found.id))
+            {
+                continue;
+            }
+            *copied = true;
+            let mut head = [0; crate::incoming::LONGEST_HEADER];
+            let len = usize::try_from(found.end - found.offset)
+                .unwrap_or(usize::MAX)
+                .min(head.len());
+            let read = read_at(&mut head[..len], found.offset)?;
+            let head = head
+                .get(..read)
+                .ok_or_else(|| Error::odb("a read past the buffer"))?;
+            let entry = gix_pack::data::Entry::from_bytes(head, found.offset, self.hash)
+                .map_err(Error::odb)?;
+            if let Header::OfsDelta { base_distance } = entry.header {
+                let base = found
+                    .offset
+                    .checked_sub(base_distance)
+                    .ok_or_else(|| Error::odb("a delta found without its base"))?;
+                bases.insert(base);
+            }
+        }
+        if !bases.is_empty() {
+            return Err(Error::odb("a delta found without its base"));
+        }
+        Ok(copied)
     }
 }
 
@@ -730,31 +818,29 @@ pub fn scan_for(
                 tips.ask(&mut kept, hash);
             }
             if tips.complete() {
-                return found_once(
-                    hash,
-                    objects,
-                    None,
-                    entries,
-                    (passed, kept.read_back_count()),
-                );
+                let counts = (passed, kept.read_back_count());
+                return found_once(hash, objects, None, entries, counts, tips.closure());
             }
             if tips.posts_now()
                 && let Some(post) = tips.meanwhile.take()
                 // Twice found: the scan's own end says so.
-                && let Ok(found) = found_once(hash, objects.clone(), None, entries, (passed, kept.read_back_count()))
+                && let Ok(found) = found_once(
+                    hash,
+                    objects.clone(),
+                    None,
+                    entries,
+                    (passed, kept.read_back_count()),
+                    tips.closure(),
+                )
             {
                 post(found);
             }
         }
     }
     let checksum = incoming.trailer()?;
-    found_once(
-        hash,
-        objects,
-        Some(checksum),
-        entries,
-        (passed, kept.read_back_count()),
-    )
+    let counts = (passed, kept.read_back_count());
+    let closure = tips.and_then(|tips| tips.closure());
+    found_once(hash, objects, Some(checksum), entries, counts, closure)
 }
 
 /// `objects`, found in pack order, each once: an object the pack holds twice (git writes
@@ -765,6 +851,7 @@ fn found_once(
     checksum: Option<ObjectId>,
     entries: u32,
     (passed, read_back): (Passed, u64),
+    closure: Option<std::collections::HashSet<ObjectId>>,
 ) -> Result<Found, Error> {
     let mut ids: Vec<ObjectId> = objects.iter().map(|found| found.id).collect();
     ids.sort_unstable();
@@ -778,6 +865,7 @@ fn found_once(
         entries,
         passed,
         read_back,
+        closure: closure.map(std::sync::Arc::new),
     })
 }
 

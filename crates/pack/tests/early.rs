@@ -55,7 +55,15 @@ fn early_repository_of(src: &Path, dir: &Path, pack: &[u8], found: &Found) -> (P
         Ok(n)
     };
     let (new_pack, new_index) = (packs.join("pack-new.pack"), packs.join("pack-new.idx"));
-    let checksum = found.write_pack(&read_at, &new_pack, &new_index).unwrap();
+    // The refs' objects too, as a mirror's copy keeps them (its refs are written beside).
+    let tips = git(src, &["for-each-ref", "--format=%(objectname)"]);
+    let also: Vec<gix_hash::ObjectId> = tips
+        .lines()
+        .map(|tip| gix_hash::ObjectId::from_hex(tip.as_bytes()).unwrap())
+        .collect();
+    let (checksum, copied) = found
+        .write_pack(&read_at, &new_pack, &new_index, &also)
+        .unwrap();
     let name = packs.join(format!("pack-{checksum}"));
     std::fs::rename(&new_pack, name.with_extension("pack")).unwrap();
     std::fs::rename(&new_index, name.with_extension("idx")).unwrap();
@@ -82,7 +90,7 @@ fn early_repository_of(src: &Path, dir: &Path, pack: &[u8], found: &Found) -> (P
     );
     let packed = format!("# pack-refs with: peeled fully-peeled sorted \n{refs}");
     std::fs::write(early.join("packed-refs"), packed).unwrap();
-    (early, found.len())
+    (early, copied)
 }
 
 /// What a scan of the SHA-1 `pack` for `tips` found, and how many bytes it read.
@@ -564,7 +572,13 @@ fn trees_whose_bases_are_gone_are_read_back() {
         "stopped before the end ({read} of {} bytes)",
         pack.len()
     );
-    let (early, _) = early_repository_of(&fixture.src, fixture.dir.path(), &pack, &found);
+    // The copy holds the tip's closure, not the history found on the way to it.
+    let (early, copied) = early_repository_of(&fixture.src, fixture.dir.path(), &pack, &found);
+    assert!(
+        copied < found.len() / 2,
+        "{copied} of {} objects found copied",
+        found.len()
+    );
     let mut request = fetch(vec![head]);
     request.deepen = Some(1);
     request.include_tag = true;
