@@ -59,6 +59,11 @@ pub struct Limits {
     /// The most objects found: past it, the scan gives up (each costs about 160 bytes with
     /// the closures followed).
     pub most_found: usize,
+    /// Up to this many bytes of entries found, [`Found::write_pack`] copies them all,
+    /// closures or not: a small copy also answers what needs more than the closures followed
+    /// (a deeper shallow clone, a filter), for a fraction of the time the pack takes to
+    /// arrive.
+    pub copy_all_bytes: u64,
 }
 
 impl Default for Limits {
@@ -68,6 +73,7 @@ impl Default for Limits {
             object_bytes: 8 << 20,
             decoded_per_byte: 64,
             most_found: 2 << 20,
+            copy_all_bytes: 32 << 20,
         }
     }
 }
@@ -92,6 +98,8 @@ pub struct Found {
     /// What the closures followed are made of, when the scan followed [`Tips`] (see
     /// [`write_pack`](Found::write_pack)).
     closure: Option<std::sync::Arc<std::collections::HashSet<ObjectId>>>,
+    /// [`Limits::copy_all_bytes`].
+    copy_all_bytes: u64,
 }
 
 /// Entries a [`scan`] read without decoding them, by why: their objects are not found.
@@ -118,7 +126,8 @@ pub struct Passed {
 /// Commits wanted once the scan has begun are taken from [`asking`](Tips::asking) now and
 /// then, and before the scan stops. A tag wanted is followed to what it tags; an id found
 /// to be neither a commit nor a tag is not followed. Each tree is followed once, however
-/// many trees name it. Which objects were found, not this, decides what can be answered.
+/// many trees name it. Which objects were found (and copied, see [`Found::write_pack`]), not
+/// this, decides what can be answered.
 ///
 /// A commit wanted that the pack lacks holds the scan to the pack's end; what was found
 /// before, once the closures of the commits found are, can be had meanwhile
@@ -483,11 +492,11 @@ impl Found {
     /// scanned (read with `read_at`, as `std::os::unix::fs::FileExt::read_at` reads a file;
     /// an offset delta's distance to its base written anew), and its version 2 index to
     /// `index`: a repository whose pack folder holds the two reads those objects, and no
-    /// others, every entry of its pack named by its index. When the scan followed [`Tips`],
-    /// only the objects of their closures are (the commits and tags wanted, the trees and
-    /// blobs in them, the tags found and what they tag), `also` and the delta bases of all
-    /// those: not every commit of the history, found as it went by. The new pack's checksum
-    /// and how many objects it holds.
+    /// others, every entry of its pack named by its index. When the scan followed [`Tips`]
+    /// and found more than [`Limits::copy_all_bytes`] of entries, only the objects of their closures are (the
+    /// commits and tags wanted, the trees and blobs in them, the tags found and what they
+    /// tag), `also` and the delta bases of all those: not every commit of a long history,
+    /// found as it went by. The new pack's checksum and how many objects it holds.
     pub fn write_pack(
         &self,
         read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
@@ -605,7 +614,9 @@ impl Found {
         read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
         also: &[ObjectId],
     ) -> Result<Vec<bool>, Error> {
-        let Some(closure) = self.closure.as_deref() else {
+        let Some(closure) =
+            (self.closure.as_deref()).filter(|_| self.bytes() > self.copy_all_bytes)
+        else {
             return Ok(vec![true; self.objects.len()]);
         };
         let also: std::collections::HashSet<&ObjectId> = also.iter().collect();
@@ -624,11 +635,14 @@ impl Found {
             let len = usize::try_from(found.end - found.offset)
                 .unwrap_or(usize::MAX)
                 .min(head.len());
-            let read = read_at(&mut head[..len], found.offset)?;
-            let head = head
-                .get(..read)
-                .ok_or_else(|| Error::odb("a read past the buffer"))?;
-            let entry = gix_pack::data::Entry::from_bytes(head, found.offset, self.hash)
+            let mut filled = 0;
+            while filled < len {
+                match read_at(&mut head[filled..len], found.offset + filled as u64)? {
+                    0 => break,
+                    n => filled = filled.saturating_add(n).min(len),
+                }
+            }
+            let entry = gix_pack::data::Entry::from_bytes(&head[..filled], found.offset, self.hash)
                 .map_err(Error::odb)?;
             if let Header::OfsDelta { base_distance } = entry.header {
                 let base = found
@@ -804,7 +818,7 @@ pub fn scan_for(
             }
         };
         objects.push(found(id));
-        kept.list(entry.offset);
+        kept.list(entry.offset, kind);
         // Kept before it is followed: a commit wanted meanwhile may need it (a tree) now.
         let object: Option<std::rc::Rc<[u8]>> = object.map(Into::into);
         if let Some(object) = &object {
@@ -819,7 +833,14 @@ pub fn scan_for(
             }
             if tips.complete() {
                 let counts = (passed, kept.read_back_count());
-                return found_once(hash, objects, None, entries, counts, tips.closure());
+                return found_once(
+                    hash,
+                    objects,
+                    None,
+                    entries,
+                    counts,
+                    (tips.closure(), limits.copy_all_bytes),
+                );
             }
             if tips.posts_now()
                 && let Some(post) = tips.meanwhile.take()
@@ -830,7 +851,7 @@ pub fn scan_for(
                     None,
                     entries,
                     (passed, kept.read_back_count()),
-                    tips.closure(),
+                    (tips.closure(), limits.copy_all_bytes),
                 )
             {
                 post(found);
@@ -840,7 +861,14 @@ pub fn scan_for(
     let checksum = incoming.trailer()?;
     let counts = (passed, kept.read_back_count());
     let closure = tips.and_then(|tips| tips.closure());
-    found_once(hash, objects, Some(checksum), entries, counts, closure)
+    found_once(
+        hash,
+        objects,
+        Some(checksum),
+        entries,
+        counts,
+        (closure, limits.copy_all_bytes),
+    )
 }
 
 /// `objects`, found in pack order, each once: an object the pack holds twice (git writes
@@ -851,7 +879,7 @@ fn found_once(
     checksum: Option<ObjectId>,
     entries: u32,
     (passed, read_back): (Passed, u64),
-    closure: Option<std::collections::HashSet<ObjectId>>,
+    (closure, copy_all_bytes): (Option<std::collections::HashSet<ObjectId>>, u64),
 ) -> Result<Found, Error> {
     let mut ids: Vec<ObjectId> = objects.iter().map(|found| found.id).collect();
     ids.sort_unstable();
@@ -866,6 +894,7 @@ fn found_once(
         passed,
         read_back,
         closure: closure.map(std::sync::Arc::new),
+        copy_all_bytes,
     })
 }
 
@@ -887,7 +916,7 @@ struct Back {
     spent: std::cell::Cell<u64>,
     /// Trees read back.
     read: std::cell::Cell<u64>,
-    /// Where the objects found are, in pack order.
+    /// Where the trees found are, in pack order.
     listed: Vec<u64>,
 }
 
@@ -987,10 +1016,12 @@ impl Kept {
         self.back.as_ref().map_or(0, |back| back.spent.take())
     }
 
-    /// Record that the object at `offset` (after those recorded before) was found: a chain
-    /// read back goes through those alone.
-    fn list(&mut self, offset: u64) {
-        if let Some(back) = self.back.as_mut() {
+    /// Record that an object of `kind` at `offset` (after those recorded before) was found:
+    /// a chain read back goes through trees found alone.
+    fn list(&mut self, offset: u64, kind: gix_object::Kind) {
+        if let Some(back) = self.back.as_mut()
+            && kind == gix_object::Kind::Tree
+        {
             back.listed.push(offset);
         }
     }
@@ -1003,7 +1034,7 @@ impl Kept {
     }
 
     /// The chain of trees ending at `offset`, read down from its headers alone to a tree kept
-    /// or stored whole, through objects found (entries decoded and hashed, each before the
+    /// or stored whole, through trees found (entries decoded and hashed, each before the
     /// one naming it as its base); `None` when it is no such chain, is longer than
     /// [`MOST_READ_BACK`] links, or nothing can be read back. Each header read counts
     /// [`HEADER_COST`] bytes against the bytes allowed.

@@ -544,6 +544,7 @@ pub fn incoming(data: &[u8]) {
         object_bytes: 1 << 20,
         decoded_per_byte: 8,
         most_found: 1 << 16,
+        copy_all_bytes: 0,
     };
     let stop = std::sync::atomic::AtomicBool::new(false);
     let check = |found: &crate::early::Found| {

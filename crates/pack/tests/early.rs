@@ -522,8 +522,10 @@ fn trees_whose_bases_are_gone_are_read_back() {
     let fixture = Fixture::new(RepoSpec::history(15, 3000));
     let pack = clone_pack(&fixture.src);
     let head = fixture.rev("HEAD");
+    // The copy of a closure alone, whatever the size (a long history's way).
     let limits = Limits {
         cache_bytes: 1 << 20,
+        copy_all_bytes: 0,
         ..Limits::default()
     };
     let scanned = |tips: &mut Tips| {
