@@ -493,10 +493,11 @@ impl Found {
     /// an offset delta's distance to its base written anew), and its version 2 index to
     /// `index`: a repository whose pack folder holds the two reads those objects, and no
     /// others, every entry of its pack named by its index. When the scan followed [`Tips`]
-    /// and found more than [`Limits::copy_all_bytes`] of entries, only the objects of their closures are (the
-    /// commits and tags wanted, the trees and blobs in them, the tags found and what they
-    /// tag), `also` and the delta bases of all those: not every commit of a long history,
-    /// found as it went by. The new pack's checksum and how many objects it holds.
+    /// and found more than [`Limits::copy_all_bytes`] of entries, only the objects of their
+    /// closures are (the commits and tags wanted, the trees and blobs in them, the tags
+    /// found and what they tag), `also` and the delta bases of all those: not every commit of
+    /// a long history, found as it went by. The new pack's checksum and how many objects it
+    /// holds.
     pub fn write_pack(
         &self,
         read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
