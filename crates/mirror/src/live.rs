@@ -364,7 +364,9 @@ impl Early {
         Arc::clone(&self.repo)
     }
 
-    /// How many objects were found.
+    /// How many objects it holds: all that were found, or, past
+    /// [`Limits::copy_all_bytes`](gitcache_pack::early::Limits::copy_all_bytes) of them, the
+    /// closures followed and what they need.
     pub fn found(&self) -> usize {
         self.found
     }
