@@ -528,19 +528,7 @@ impl Found {
                 written.push(u64::MAX);
                 continue;
             }
-            let read = |buf: &mut [u8], at: u64| -> Result<(), Error> {
-                let mut filled = 0;
-                while filled < buf.len() {
-                    let n = read_at(&mut buf[filled..], at + filled as u64)?;
-                    if n == 0 {
-                        return Err(Error::odb(
-                            "the scanned pack ends before an entry found in it",
-                        ));
-                    }
-                    filled += n;
-                }
-                Ok(())
-            };
+            let read = |buf: &mut [u8], at: u64| read_fully(read_at, buf, at);
             let len = found.end - found.offset;
             // The header: at most its longest form, within the entry.
             let head_len = len.min(crate::incoming::LONGEST_HEADER as u64) as usize;
@@ -636,14 +624,8 @@ impl Found {
             let len = usize::try_from(found.end - found.offset)
                 .unwrap_or(usize::MAX)
                 .min(head.len());
-            let mut filled = 0;
-            while filled < len {
-                match read_at(&mut head[filled..len], found.offset + filled as u64)? {
-                    0 => break,
-                    n => filled = filled.saturating_add(n).min(len),
-                }
-            }
-            let entry = gix_pack::data::Entry::from_bytes(&head[..filled], found.offset, self.hash)
+            read_fully(read_at, &mut head[..len], found.offset)?;
+            let entry = gix_pack::data::Entry::from_bytes(&head[..len], found.offset, self.hash)
                 .map_err(Error::odb)?;
             if let Header::OfsDelta { base_distance } = entry.header {
                 let base = found
@@ -897,6 +879,26 @@ fn found_once(
         closure: closure.map(std::sync::Arc::new),
         copy_all_bytes,
     })
+}
+
+/// Fill `buf` with the bytes of the pack scanned at `at`, which are there: they were found.
+fn read_fully(
+    read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
+    buf: &mut [u8],
+    at: u64,
+) -> Result<(), Error> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match read_at(&mut buf[filled..], at + filled as u64)? {
+            0 => {
+                return Err(Error::odb(
+                    "the scanned pack ends before an entry found in it",
+                ));
+            }
+            n => filled = filled.saturating_add(n).min(buf.len()),
+        }
+    }
+    Ok(())
 }
 
 /// Reads a pack's bytes at an offset (see [`Tips::reading_back`]).
