@@ -241,6 +241,8 @@ pub(crate) fn ingest_hashing_from(
         .into());
     }
     let received = staging_dir.join("received.pack");
+    let started = std::time::Instant::now();
+    let board = announce.as_ref().map(|a| std::sync::Arc::clone(&a.board));
     let Received {
         entries,
         checksum,
@@ -249,19 +251,33 @@ pub(crate) fn ingest_hashing_from(
         hashed,
     } = receive(&repo, hash, pack, &received, announce, hash_from, room)?;
     let received_bytes = std::fs::metadata(&received)?.len();
+    tracing::debug!(
+        bytes = received_bytes,
+        objects = entries.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "a pack received"
+    );
     let index_bytes = index_files_bytes(entries.len() as u64, hash, received_bytes);
-    let (data, index) = if ref_deltas_within {
+    // Room is asked for before the indexing starts: the indexing may run on a thread of
+    // its own (below), and the ask is the caller's, on this one.
+    let index_at = if ref_deltas_within {
         // Deltas on a base named by id within the pack: gitoxide's indexer resolves them,
         // writing the pack again.
         room(Ask::Last(received_bytes.saturating_add(index_bytes)))?;
-        index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure, stop)?
+        None
     } else {
         let data = staging_dir.join(format!("pack-{checksum}.pack"));
-        let index = data.with_extension("idx");
         // The index and reverse index: 32 bytes an object and more (a pack of tiny objects
         // has indexes larger than itself).
         room(Ask::Last(index_bytes))?;
         std::fs::rename(&received, &data)?;
+        Some(data)
+    };
+    let index_it = || -> Result<(PathBuf, PathBuf), Error> {
+        let Some(data) = index_at else {
+            return index_with_ref_deltas(&repo, hash, &received, &staging_dir, closure, stop);
+        };
+        let index = data.with_extension("idx");
         let read = gitcache_pack::ReadPack {
             entries: &entries,
             bases: &bases,
@@ -278,8 +294,19 @@ pub(crate) fn ingest_hashing_from(
                     message: err.to_string(),
                 },
             })?;
-        (data, index)
+        Ok((data, index))
     };
+    // A fetch waits for an answer from the objects found as this pack arrived: that answer
+    // (the reading, its copy, the pack sent) comes first on the cores, the indexing after.
+    let (data, index) = if board.is_some_and(|board| board.early_wanted()) {
+        crate::behind::behind_answers(index_it)?
+    } else {
+        index_it()?
+    };
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "a pack received and indexed"
+    );
     let objects = u32::try_from(entries.len()).unwrap_or(u32::MAX);
     let final_pack = pack_dir.join(format!("pack-{checksum}.pack"));
     let final_index = pack_dir.join(format!("pack-{checksum}.idx"));
