@@ -234,6 +234,7 @@ pub(crate) fn build(
         passed_base_gone = passed.base_gone,
         passed_large = passed.large,
         passed_other = passed.other,
+        passed_unawaited = passed.unawaited,
         "the first pack's reading ended"
     );
     match (pack.progress(), found.checksum()) {

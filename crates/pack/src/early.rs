@@ -115,6 +115,9 @@ pub struct Passed {
     /// Deltas naming their base by id (left to the indexing), and deltas that did not
     /// apply (the indexing's to refuse).
     pub other: u64,
+    /// Trees, and deltas on trees, read while [`Tips`] awaited no tree: every commit wanted
+    /// was found, and every tree of their closures.
+    pub unawaited: u64,
 }
 
 /// Commits whose closures at depth one (each commit, its tree and everything in it) are
@@ -336,6 +339,18 @@ impl Tips {
         !self.pending_trees.is_empty()
     }
 
+    /// Whether no tree can be needed unless more commits are wanted: every commit wanted was
+    /// found, and every tree of their closures (nothing is left to read again). Trees are
+    /// then read past, undecoded: in a long history, nearly all of a pack's decoding and
+    /// hashing is its trees' older versions.
+    fn trees_settled(&self) -> bool {
+        self.commits.is_empty()
+            && self.pending_trees.is_empty()
+            && self.revisit.is_empty()
+            && !self.lost
+            && self.commits_found > 0
+    }
+
     /// `id` is needed (named as a tree when `tree`).
     fn need(&mut self, id: ObjectId, tree: bool) {
         if let Some(needed) = self.needed.as_mut() {
@@ -523,12 +538,16 @@ impl Found {
         // An entry is copied a piece at a time: the memory is the same for any size.
         let mut piece = vec![0; 1 << 16];
         let mut header = Vec::new();
+        // The entries are read in their order, a window at a time, not each with reads of
+        // its own: within the entries found, all of which had arrived when they were found.
+        let last = self.objects.last().map_or(0, |found| found.end);
+        let mut ahead = Ahead::new(read_at, last);
         for (found, copied) in self.objects.iter().zip(copied) {
             if !copied {
                 written.push(u64::MAX);
                 continue;
             }
-            let read = |buf: &mut [u8], at: u64| read_fully(read_at, buf, at);
+            let mut read = |buf: &mut [u8], at: u64| ahead.read(buf, at);
             let len = found.end - found.offset;
             // The header: at most its longest form, within the entry.
             let head_len = len.min(crate::incoming::LONGEST_HEADER as u64) as usize;
@@ -706,6 +725,7 @@ pub fn scan_for(
         // the pack: a long history's trees come in long chains whose bases lie far behind.
         decoded = decoded.saturating_add(kept.take_spent());
         let reread = kept.back.is_some() && tips.as_deref().is_some_and(Tips::awaits_trees);
+        let trees_settled = tips.as_deref().is_some_and(Tips::trees_settled);
         kept.allow(budget(incoming.offset()).saturating_sub(decoded));
         let (why, chain) = (std::cell::Cell::new(None), std::cell::Cell::new(None));
         let keep = |offset: u64, header: &Header, size: u64| {
@@ -715,8 +735,15 @@ pub fn scan_for(
                 Some(Why::Large)
             } else {
                 match header {
+                    Header::Tree if trees_settled => Some(Why::Unawaited),
                     Header::OfsDelta { base_distance } => {
                         match offset.checked_sub(*base_distance) {
+                            Some(base)
+                                if trees_settled
+                                    && kept.kind(base) == Some(gix_object::Kind::Tree) =>
+                            {
+                                Some(Why::Unawaited)
+                            }
                             Some(base) if kept.has(base) => None,
                             Some(base) if reread => {
                                 let trees = kept.tree_chain(base);
@@ -901,6 +928,56 @@ fn read_fully(
     Ok(())
 }
 
+/// Reads of a pack's bytes at rising offsets, served from a window read ahead in one go, up
+/// to an end not read past.
+struct Ahead<'a> {
+    read_at: &'a dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
+    window: Vec<u8>,
+    /// Where the window starts in the pack, and how much of it was read.
+    start: u64,
+    len: usize,
+    end: u64,
+}
+
+/// How much [`Ahead`] reads at a time.
+const READ_AHEAD: usize = 1 << 20;
+
+impl<'a> Ahead<'a> {
+    fn new(read_at: &'a dyn Fn(&mut [u8], u64) -> std::io::Result<usize>, end: u64) -> Self {
+        Ahead {
+            read_at,
+            window: Vec::new(),
+            start: 0,
+            len: 0,
+            end,
+        }
+    }
+
+    /// Fill `buf` with the pack's bytes at `at`.
+    fn read(&mut self, buf: &mut [u8], at: u64) -> Result<(), Error> {
+        let within = at
+            .checked_sub(self.start)
+            .and_then(|from| usize::try_from(from).ok())
+            .filter(|from| from.saturating_add(buf.len()) <= self.len);
+        let from = match within {
+            Some(from) => from,
+            None if buf.len() > READ_AHEAD => return read_fully(self.read_at, buf, at),
+            None => {
+                let ahead = usize::try_from(self.end.saturating_sub(at)).unwrap_or(usize::MAX);
+                let len = ahead.clamp(buf.len(), READ_AHEAD);
+                self.window.resize(READ_AHEAD, 0);
+                // Emptied first: a failed read leaves nothing to be taken for the pack's.
+                self.len = 0;
+                read_fully(self.read_at, &mut self.window[..len], at)?;
+                (self.start, self.len) = (at, len);
+                0
+            }
+        };
+        buf.copy_from_slice(&self.window[from..from + buf.len()]);
+        Ok(())
+    }
+}
+
 /// Reads a pack's bytes at an offset (see [`Tips::reading_back`]).
 type ReadAt = dyn Fn(&mut [u8], u64) -> std::io::Result<usize> + Send;
 
@@ -955,6 +1032,7 @@ enum Why {
     Large,
     BaseGone,
     Other,
+    Unawaited,
 }
 
 impl Passed {
@@ -963,6 +1041,7 @@ impl Passed {
             Some(Why::Budget) => self.budget += 1,
             Some(Why::Large) => self.large += 1,
             Some(Why::BaseGone) => self.base_gone += 1,
+            Some(Why::Unawaited) => self.unawaited += 1,
             Some(Why::Other) | None => self.other += 1,
         }
     }
@@ -1340,6 +1419,41 @@ mod tests {
             !tips.complete(),
             "its subtree cannot be read again: {tips:?}"
         );
+    }
+
+    /// Trees are settled once every commit wanted and every tree of their closures is found,
+    /// blobs still to come or not: not before the commit, nor while a subtree is awaited,
+    /// and no longer once a commit not found yet is wanted.
+    #[test]
+    fn trees_settle_once_the_closures_trees_are_found() {
+        let [(blob_id, blob), (sub_id, sub), _] = one_file();
+        let (root_id, root) = tree(&[("40000", "dir", sub_id)]);
+        let (commit_id, commit) = commit(root_id);
+        let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tips = Tips::new([commit_id]).asking({
+            let later = std::sync::Arc::clone(&later);
+            move || later.lock().unwrap().clone()
+        });
+        let mut kept = Kept::new(1 << 20);
+        assert!(!tips.trees_settled(), "the commit is still to come");
+        tips.found((commit_id, 10), Kind::Commit, &commit, HASH, &mut kept);
+        assert!(!tips.trees_settled(), "its tree is awaited");
+        tips.found((root_id, 20), Kind::Tree, &root, HASH, &mut kept);
+        assert!(!tips.trees_settled(), "a subtree is awaited");
+        tips.found((sub_id, 30), Kind::Tree, &sub, HASH, &mut kept);
+        assert!(tips.trees_settled(), "only a blob is awaited");
+        assert!(!tips.complete());
+        later
+            .lock()
+            .unwrap()
+            .push(ObjectId::from_bytes_or_panic(&[0x5a; 20]));
+        tips.ask(&mut kept, HASH);
+        assert!(
+            !tips.trees_settled(),
+            "a commit wanted late is still to come"
+        );
+        tips.found((blob_id, 40), Kind::Blob, &blob, HASH, &mut kept);
+        assert!(!tips.trees_settled());
     }
 
     /// Past the most objects waited for at once, the closure is lost rather than more

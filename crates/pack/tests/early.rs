@@ -93,6 +93,51 @@ fn early_repository_of(src: &Path, dir: &Path, pack: &[u8], found: &Found) -> (P
     (early, copied)
 }
 
+/// The kind of every object of `repo`, by id.
+fn object_kinds(repo: &Path) -> std::collections::HashMap<gix_hash::ObjectId, String> {
+    let listed = git(
+        repo,
+        &[
+            "cat-file",
+            "--batch-all-objects",
+            "--batch-check=%(objectname) %(objecttype)",
+        ],
+    );
+    (listed.lines())
+        .filter_map(|line| line.split_once(' '))
+        .map(|(id, kind)| {
+            (
+                gix_hash::ObjectId::from_hex(id.as_bytes()).unwrap(),
+                kind.into(),
+            )
+        })
+        .collect()
+}
+
+/// Where each object of `pack` lies in it, as git indexes it (in a folder of `dir`).
+fn pack_offsets(dir: &Path, pack: &[u8]) -> std::collections::HashMap<gix_hash::ObjectId, u64> {
+    let dir = dir.join("offsets");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("scanned.pack");
+    std::fs::write(&file, pack).unwrap();
+    git(&dir, &["index-pack", "scanned.pack"]);
+    let index = std::fs::read(dir.join("scanned.idx")).unwrap();
+    let listed = String::from_utf8(git_with_input(
+        &dir,
+        &["show-index", "--object-format=sha1"],
+        &index,
+    ))
+    .unwrap();
+    (listed.lines())
+        .map(|line| {
+            let mut fields = line.split(' ');
+            let at = fields.next().unwrap().parse().unwrap();
+            let id = gix_hash::ObjectId::from_hex(fields.next().unwrap().as_bytes()).unwrap();
+            (id, at)
+        })
+        .collect()
+}
+
 /// What a scan of the SHA-1 `pack` for `tips` found, and how many bytes it read.
 fn scanned_for(pack: &[u8], tips: &mut Tips) -> (Found, usize) {
     let mut read = pack;
@@ -424,6 +469,56 @@ fn a_scan_for_the_tips_stops_once_they_are_found() {
     assert!(whole.is_err() || whole.is_ok_and(|plan| !plan.held_whole()));
 }
 
+/// In a pack as `git repack -f` writes it (every tree of the history, then every blob), the
+/// tip's trees come first among the trees: once they are found, the older trees are read
+/// past, neither decoded nor hashed, and no tree after the tip's last is found. What was
+/// found answers a shallow clone of the tip as git does.
+#[test]
+fn trees_after_the_closures_are_read_past() {
+    let fixture = Fixture::new(RepoSpec::medium(12));
+    git(&fixture.src, &["repack", "-adfq"]);
+    let packs = gitcache_testkit::repo::pack_files(&fixture.src, "pack").unwrap();
+    let pack = std::fs::read(&packs[0]).unwrap();
+    let head = fixture.rev("HEAD");
+    let mut tips = Tips::new([head]);
+    let (found, _) = scanned_for(&pack, &mut tips);
+    assert!(tips.complete());
+    let passed = found.passed();
+    assert!(passed.unawaited > 1000, "{passed:?}");
+
+    let kinds = object_kinds(&fixture.src);
+    let is_tree = |id: &gix_hash::ObjectId| kinds[id] == "tree";
+    let offsets = pack_offsets(fixture.dir.path(), &pack);
+    let tip = git(
+        &fixture.src,
+        &["ls-tree", "-r", "-t", "--object-only", "HEAD"],
+    );
+    let tip_tree = git(&fixture.src, &["rev-parse", "HEAD^{tree}"]);
+    let last_tip_tree = (tip.lines().chain([tip_tree.trim()]))
+        .map(|id| gix_hash::ObjectId::from_hex(id.as_bytes()).unwrap())
+        .filter(is_tree)
+        .map(|id| offsets[&id])
+        .max()
+        .unwrap();
+    let last_tree = (offsets.iter())
+        .filter(|(id, _)| is_tree(id))
+        .map(|(_, at)| *at)
+        .max()
+        .unwrap();
+    assert!(last_tip_tree < last_tree, "older trees follow the tip's");
+    let trees_after = (offsets.iter())
+        .filter(|(id, at)| **at > last_tip_tree && is_tree(id) && found.contains(id))
+        .count();
+    assert_eq!(trees_after, 0, "trees found after the tip's last");
+
+    let (early, _) = early_repository_of(&fixture.src, fixture.dir.path(), &pack, &found);
+    let repo = Repository::open(&early).unwrap();
+    let mut request = fetch(vec![head]);
+    request.deepen = Some(1);
+    request.include_tag = true;
+    answered_as_git(&fixture, &repo, &request);
+}
+
 /// A commit wanted once the scan has begun is followed too: the scan does not stop before
 /// its closure is found, and what it found answers a shallow clone of it as git does.
 /// Without it the scan stops before.
@@ -519,7 +614,7 @@ fn a_want_the_pack_lacks_does_not_hold_back_what_was_found() {
 /// end, and what it found answers a shallow clone of the tip as git does.
 #[test]
 fn trees_whose_bases_are_gone_are_read_back() {
-    let fixture = Fixture::new(RepoSpec::history(15, 3000));
+    let fixture = Fixture::new(RepoSpec::medium(12));
     let pack = clone_pack(&fixture.src);
     let head = fixture.rev("HEAD");
     // The copy of a closure alone, whatever the size (a long history's way).
