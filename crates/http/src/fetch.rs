@@ -417,10 +417,8 @@ impl Fetches {
             // Meanwhile, a mirror made from nothing may answer from the objects found in its
             // first pack as it arrived, with the refs it will have: a shallow clone of the
             // tips most often needs nothing else (one that does waits on).
-            // Only without haves or shallow commits: those it does not hold would be taken
-            // for commits the client lacks.
             let registry = self.mirrors.registry();
-            let from_early = early && fetch.haves.is_empty() && fetch.shallows.is_empty();
+            let from_early = early && answerable_early(&fetch);
             let mut seen = None;
             // An answer from them being checked and begun: the refresh ending, or the wait
             // running out, meanwhile still ends the wait (dropping it sends nothing).
@@ -899,6 +897,19 @@ fn reads_no_refs_but_tags(fetch: &Fetch) -> bool {
         && !fetch.deepen_relative
 }
 
+/// Whether `fetch` is of the shape the objects found as a first pack arrives may answer: a
+/// shallow clone of depth one, which needs each commit wanted, its tree and what is in it
+/// (what the reading follows, passing older trees once those are found). Anything deeper
+/// or wider needs what the reading passed over: it would only start a reading for nothing,
+/// on the cores the mirror's own indexing needs. Only without haves or shallow commits:
+/// those the objects found do not hold would be taken for commits the client lacks.
+fn answerable_early(fetch: &Fetch) -> bool {
+    fetch.deepen == Some(1)
+        && fetch.deepen_since.is_none()
+        && fetch.haves.is_empty()
+        && fetch.shallows.is_empty()
+}
+
 /// Whether `fetch` wants objects by id and takes offset deltas, with no shallow, deepening
 /// or filter and no ref asked for by name: what a pack fetched by a mirror may answer.
 fn plain(fetch: &Fetch) -> bool {
@@ -915,6 +926,53 @@ fn plain(fetch: &Fetch) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a shallow clone of depth one waits for the objects found as a first pack
+    /// arrives: not a deeper one, nor one by date, nor a filtered clone of the history, nor
+    /// a fetch with haves or shallow commits.
+    #[test]
+    fn only_a_depth_one_clone_is_answered_early() {
+        let id = gix_hash::ObjectId::from_hex(b"ce013625030ba8dba906f756967f9e9ca394464a").unwrap();
+        let clone = || Fetch {
+            wants: vec![id],
+            deepen: Some(1),
+            ..Fetch::default()
+        };
+        assert!(answerable_early(&clone()));
+        let filtered = Fetch {
+            filter: Some(gitcache_protocol::filter::Filter::BlobNone),
+            ..clone()
+        };
+        assert!(answerable_early(&filtered));
+        for fetch in [
+            Fetch {
+                deepen: Some(2),
+                ..clone()
+            },
+            Fetch {
+                deepen: None,
+                ..filtered
+            },
+            Fetch {
+                deepen_since: Some(1),
+                ..clone()
+            },
+            Fetch {
+                haves: vec![id],
+                ..clone()
+            },
+            Fetch {
+                shallows: vec![id],
+                ..clone()
+            },
+            Fetch {
+                deepen: None,
+                ..clone()
+            },
+        ] {
+            assert!(!answerable_early(&fetch), "{fetch:?}");
+        }
+    }
 
     /// Fetches that need their credential asked about again at once take turns: one
     /// accepted, or one that could not ask at all, after the others' need arose answers for

@@ -115,8 +115,9 @@ pub struct Passed {
     /// Deltas naming their base by id (left to the indexing), and deltas that did not
     /// apply (the indexing's to refuse).
     pub other: u64,
-    /// Trees, and deltas on trees, read while [`Tips`] awaited no tree: every commit wanted
-    /// was found, and every tree of their closures.
+    /// Trees stored whole, and deltas on a tree kept, read while [`Tips`] awaited no tree:
+    /// every commit wanted was found, and every tree of their closures. (A delta on a tree
+    /// read past so is counted in `base_gone`.)
     pub unawaited: u64,
 }
 
@@ -144,6 +145,11 @@ pub struct Tips {
     pending: std::collections::HashSet<ObjectId>,
     /// Those of `pending` named as trees.
     pending_trees: std::collections::HashSet<ObjectId>,
+    /// Trees needed once trees were read past (see [`Tips::trees_settled`]), not found yet:
+    /// followed should they come, not waited for (one read past does not come again).
+    hoped: std::collections::HashSet<ObjectId>,
+    /// Trees were read past, undecoded.
+    trees_read_past: bool,
     /// Every tree and blob ever needed (`None` past [`Limits::most_found`]): with the
     /// commits and tags wanted, and the tags found, what the closures are made of.
     needed: Option<std::collections::HashSet<ObjectId>>,
@@ -215,6 +221,8 @@ impl Tips {
             commits,
             pending: std::collections::HashSet::new(),
             pending_trees: std::collections::HashSet::new(),
+            hoped: std::collections::HashSet::new(),
+            trees_read_past: false,
             needed: Some(std::collections::HashSet::new()),
             seen: HashMap::new(),
             revisit: Vec::new(),
@@ -231,7 +239,8 @@ impl Tips {
     /// Also follow the commits `more` returns (all wanted so far, or those wanted since it
     /// was last asked), asked every thousand entries or so and before the scan stops. One
     /// already gone by is followed from its tree on; a tree of it gone by and no longer
-    /// kept is not waited for (it may come again later in the pack).
+    /// kept is not waited for (it may come again later in the pack), nor, once trees were
+    /// read past undecoded, a tree of it not found yet (followed should it come).
     pub fn asking(mut self, more: impl FnMut() -> Vec<ObjectId> + Send + 'static) -> Tips {
         self.more = Some(Box::new(more));
         self
@@ -346,9 +355,16 @@ impl Tips {
     fn trees_settled(&self) -> bool {
         self.commits.is_empty()
             && self.pending_trees.is_empty()
+            && self.hoped.is_empty()
             && self.revisit.is_empty()
             && !self.lost
             && self.commits_found > 0
+    }
+
+    /// A tree was read past, undecoded: a tree needed from now on and not found yet may
+    /// have been that one.
+    fn read_past_trees(&mut self) {
+        self.trees_read_past = true;
     }
 
     /// `id` is needed (named as a tree when `tree`).
@@ -367,12 +383,18 @@ impl Tips {
                 }
             }
             Some(_) => {}
-            None if self.pending.len() < self.most_pending => {
+            None if self.pending.len() + self.hoped.len() >= self.most_pending => {
+                self.lost = true;
+            }
+            // Of a commit wanted late: the closures wanted before do not wait for it.
+            None if tree && self.trees_read_past => {
+                self.hoped.insert(id);
+            }
+            None => {
                 if self.pending.insert(id) && tree {
                     self.pending_trees.insert(id);
                 }
             }
-            None => self.lost = true,
         }
     }
 
@@ -401,7 +423,8 @@ impl Tips {
         hash: gix_hash::Kind,
         kept: &mut Kept,
     ) {
-        let needed = self.pending.remove(&id);
+        let hoped = kind == gix_object::Kind::Tree && self.hoped.remove(&id);
+        let needed = self.pending.remove(&id) || hoped;
         self.pending_trees.remove(&id);
         let seen = match kind {
             gix_object::Kind::Tree if needed => Seen::Done,
@@ -780,6 +803,9 @@ pub fn scan_for(
         let (id, kind, object) = match entry.id {
             Some(id) => (id, gix_object::Kind::Blob, None),
             None if !inflated => {
+                if let (Some(Why::Unawaited), Some(tips)) = (why.get(), tips.as_deref_mut()) {
+                    tips.read_past_trees();
+                }
                 passed.count(why.get());
                 continue;
             }
@@ -1454,6 +1480,102 @@ mod tests {
         );
         tips.found((blob_id, 40), Kind::Blob, &blob, HASH, &mut kept);
         assert!(!tips.trees_settled());
+    }
+
+    /// A commit wanted late, once trees were read past, does not hold back the closures
+    /// wanted before: its tree, not found yet, may have been read past, and is not waited
+    /// for. Should it come all the same, it is followed (and trees are decoded meanwhile).
+    #[test]
+    fn a_late_commit_whose_tree_may_be_read_past_holds_nothing_back() {
+        let [(blob_id, blob), (tree_id, tree), (commit_id, commit)] = one_file();
+        let (late_blob_id, late_blob) = object(Kind::Blob, b"late\n".to_vec());
+        let (late_tree_id, late_tree) = self::tree(&[("100644", "late", late_blob_id)]);
+        let (late_id, late) = self::commit(late_tree_id);
+        for comes in [false, true] {
+            let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut tips = Tips::new([commit_id]).asking({
+                let later = std::sync::Arc::clone(&later);
+                move || later.lock().unwrap().clone()
+            });
+            let mut kept = Kept::new(1 << 20);
+            tips.found((late_id, 5), Kind::Commit, &late, HASH, &mut kept);
+            tips.found((commit_id, 10), Kind::Commit, &commit, HASH, &mut kept);
+            tips.found((tree_id, 20), Kind::Tree, &tree, HASH, &mut kept);
+            assert!(tips.trees_settled());
+            tips.read_past_trees();
+            later.lock().unwrap().push(late_id);
+            tips.ask(&mut kept, HASH);
+            assert!(!tips.trees_settled(), "the late tree is hoped for");
+            if comes {
+                tips.found((late_tree_id, 30), Kind::Tree, &late_tree, HASH, &mut kept);
+                assert!(tips.trees_settled());
+            }
+            tips.found((blob_id, 40), Kind::Blob, &blob, HASH, &mut kept);
+            assert_eq!(
+                tips.complete(),
+                !comes,
+                "the late blob is waited for once named"
+            );
+            if comes {
+                tips.found((late_blob_id, 50), Kind::Blob, &late_blob, HASH, &mut kept);
+                assert!(tips.complete());
+                let closure = tips.closure().unwrap();
+                assert!(
+                    [late_tree_id, late_blob_id]
+                        .iter()
+                        .all(|id| closure.contains(id))
+                );
+            }
+        }
+    }
+
+    /// Reads at rising offsets are served from one window read ahead, never past its end;
+    /// one straddling the window's end, or larger than a window, reads again; a failed read
+    /// leaves no window to be served from.
+    #[test]
+    fn reads_ahead_within_the_end() {
+        let pack: Vec<u8> = (0..(3 * READ_AHEAD + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let reads = std::cell::RefCell::new(Vec::new());
+        let fail = std::cell::Cell::new(false);
+        let read_at = |buf: &mut [u8], at: u64| -> std::io::Result<usize> {
+            if fail.get() {
+                return Err(std::io::Error::other("failed"));
+            }
+            reads.borrow_mut().push((at, buf.len()));
+            let at = at as usize;
+            let n = buf.len().min(pack.len().saturating_sub(at));
+            buf[..n].copy_from_slice(&pack[at..at + n]);
+            Ok(n)
+        };
+        let end = 2 * READ_AHEAD as u64 + 5;
+        let mut ahead = Ahead::new(&read_at, end);
+        let mut check = |at: u64, len: usize| {
+            let mut buf = vec![0; len];
+            ahead.read(&mut buf, at).unwrap();
+            assert_eq!(buf, pack[at as usize..at as usize + len]);
+        };
+        check(0, 10);
+        check(10, 1000);
+        check(READ_AHEAD as u64 - 4, 8);
+        check(READ_AHEAD as u64 + 10, 100);
+        check(READ_AHEAD as u64 + 2, READ_AHEAD + 1);
+        check(end - 3, 3);
+        let reads = reads.borrow().clone();
+        assert_eq!(reads[0], (0, READ_AHEAD), "one window for the first two");
+        assert_eq!(reads[1], (READ_AHEAD as u64 - 4, READ_AHEAD));
+        assert!(reads.len() <= 5, "{reads:?}");
+        assert!(
+            reads.iter().all(|(at, len)| at + *len as u64 <= end),
+            "nothing read past the end: {reads:?}"
+        );
+        fail.set(true);
+        let mut buf = [0; 4];
+        assert!(ahead.read(&mut buf, end - 100).is_err());
+        fail.set(false);
+        ahead.read(&mut buf, end - 4).unwrap();
+        assert_eq!(buf, pack[end as usize - 4..end as usize]);
     }
 
     /// Past the most objects waited for at once, the closure is lost rather than more

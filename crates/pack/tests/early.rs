@@ -614,7 +614,7 @@ fn a_want_the_pack_lacks_does_not_hold_back_what_was_found() {
 /// end, and what it found answers a shallow clone of the tip as git does.
 #[test]
 fn trees_whose_bases_are_gone_are_read_back() {
-    let fixture = Fixture::new(RepoSpec::medium(12));
+    let fixture = Fixture::new(RepoSpec::history(15, 3000));
     let pack = clone_pack(&fixture.src);
     let head = fixture.rev("HEAD");
     // The copy of a closure alone, whatever the size (a long history's way).
