@@ -191,6 +191,9 @@ enum Waited {
     Refreshed(Result<Vec<gix_hash::ObjectId>, Error>),
     /// The pack the refresh receives answers the fetch.
     Arriving(Arc<gitcache_mirror::live::LivePack>),
+    /// The pack the refresh received, whole, answers the fetch with the entries of the kinds
+    /// its filter keeps: where each lies.
+    ArrivingFiltered(Arc<gitcache_mirror::live::LivePack>, Vec<(u64, u64)>),
     /// The refresh took in a pack that holds every want: the mirror answers now, its refs
     /// still to be written.
     Landed(Arc<gitcache_pack::Repository>),
@@ -321,7 +324,8 @@ impl Fetches {
             .mirrors
             .refresh_asking(&target.key, upstream, true, Vec::new(), hints);
         tokio::pin!(refresh, too_long, unannounced);
-        let waited = if arriving_answers(&fetch) {
+        let filtered = arriving_filtered(&fetch);
+        let waited = if arriving_answers(&fetch) || filtered.is_some() {
             // A clone of what a mirror made from nothing fetches is that first pack: sent
             // as it arrives, while the mirror takes it in. Faster than the upstream's own
             // answer, and no second pack upstream.
@@ -335,17 +339,41 @@ impl Fetches {
             // fetches it, or the shared store holds it) still takes the first pack should
             // this instance fetch it after all (the other instance's fetch failed).
             let (mut live, mut announced) = (true, false);
+            // A filtered clone follows the pack until it is whole: then the kinds of its
+            // entries are known.
+            let mut whole: Option<Arc<gitcache_mirror::live::LivePack>> = None;
             // Made once: a landing it is opening the mirror for is not dropped when another
             // arm ends meanwhile.
             let landed = self.landed(target, &fetch, &mut landings);
             tokio::pin!(landed);
             loop {
+                let arrived = async {
+                    match &whole {
+                        Some(pack) => pack.arrived_past(u64::MAX).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     biased;
+                    // First: a pack whole answers, even should the refresh end at once.
+                    progress = arrived, if whole.is_some() => {
+                        let pack = whole.take().expect("a pack followed");
+                        let keep = filtered.expect("a filtered clone");
+                        let taken = matches!(progress, gitcache_mirror::live::Progress::Whole(_))
+                            .then(|| pack.entry_kinds())
+                            .flatten()
+                            .filter(|kinds| kinds.tags_on_commits)
+                            .and_then(|kinds| kinds.taken(keep));
+                        // Else (it failed, or is not a choice of kinds), as any fetch waits.
+                        if let Some(taken) = taken {
+                            break Waited::ArrivingFiltered(pack, taken);
+                        }
+                    }
                     outcome = &mut refresh => break Waited::Refreshed(outcome.map(|done| done.asked_ahead)),
                     pack = registry.live_pack(&target.key), if live => {
                         live = false;
                         match pack {
+                            Some(pack) if answers(&pack) && filtered.is_some() => whole = Some(pack),
                             Some(pack) if answers(&pack) => break Waited::Arriving(pack),
                             Some(_) => {}
                             None => announced = true,
@@ -353,7 +381,9 @@ impl Fetches {
                     }
                     pack = registry.announced_pack(&target.key), if announced => {
                         announced = false;
-                        if answers(&pack) {
+                        if answers(&pack) && filtered.is_some() {
+                            whole = Some(pack);
+                        } else if answers(&pack) {
                             break Waited::Arriving(pack);
                         }
                     }
@@ -480,6 +510,17 @@ impl Fetches {
                 let response = self
                     .responder
                     .serve_arriving(pack, fetch.sideband_all, common)
+                    .map(|body| body.holding(answering));
+                return Ok(with_state(response, CacheState::Miss));
+            }
+            Waited::ArrivingFiltered(pack, taken) => {
+                if let Some(refused) = self.unvouched(target, headers, &vouched).await? {
+                    return Ok(refused);
+                }
+                tracing::info!(result = "miss", arriving = true, filtered = true, "fetch");
+                let response = self
+                    .responder
+                    .serve_arriving_filtered(pack, taken, fetch.sideband_all)
                     .map(|body| body.holding(answering));
                 return Ok(with_state(response, CacheState::Miss));
             }
@@ -864,6 +905,30 @@ fn followed(progress: &gitcache_mirror::live::Progress) -> bool {
 /// (`done`, nothing had), whose wants are then compared with that pack's.
 fn arriving_answers(fetch: &Fetch) -> bool {
     fetch.done && fetch.haves.is_empty() && plain(fetch)
+}
+
+/// The kinds of objects a clone is sent should a mirror's first pack, once whole, answer it
+/// with the entries of those kinds alone: a clone (`done`, nothing had, nothing shallow)
+/// with the filter `blob:none` (no blob) or `tree:0` (commits and tags), whose wants are
+/// then compared with that pack's. The pack is the closure of those wants, so these are the
+/// objects `git upload-pack` sends, unless a tag tags a tree or a blob (then it waits, as
+/// any fetch does).
+fn arriving_filtered(fetch: &Fetch) -> Option<fn(gix_object::Kind) -> bool> {
+    use gitcache_protocol::filter::Filter;
+    let clone = Fetch {
+        filter: None,
+        ..fetch.clone()
+    };
+    if !arriving_answers(&clone) {
+        return None;
+    }
+    match fetch.filter.as_ref()? {
+        Filter::BlobNone => Some(|kind| kind != gix_object::Kind::Blob),
+        Filter::Tree(0) => {
+            Some(|kind| matches!(kind, gix_object::Kind::Commit | gix_object::Kind::Tag))
+        }
+        _ => None,
+    }
 }
 
 /// Whether `fetch` could be answered by a pack fetched ahead of the refs as it arrives: a

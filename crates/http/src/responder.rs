@@ -800,21 +800,75 @@ impl Responder {
         sideband_all: bool,
         common: Option<Vec<gix_hash::ObjectId>>,
     ) -> Response<Body> {
+        self.written_beside(move |out| {
+            match send_arriving(&pack, out, sideband_all, common.as_deref()) {
+                Ok(bytes) => tracing::debug!(bytes, "arriving pack sent"),
+                Err(err) => tracing::info!(%err, "arriving pack not sent whole"),
+            }
+        })
+    }
+
+    /// A response whose body `write` writes, on a blocking thread of its own.
+    fn written_beside(&self, write: impl FnOnce(ChannelWriter) + Send + 'static) -> Response<Body> {
         let (tx, rx) = mpsc::channel(4);
         let stall = self.stall;
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
-            let out = ChannelWriter::new(tx, stall);
-            match send_arriving(&pack, out, sideband_all, common.as_deref()) {
-                Ok(bytes) => tracing::debug!(bytes, "arriving pack sent"),
-                Err(err) => tracing::info!(%err, "arriving pack not sent whole"),
-            }
+            write(ChannelWriter::new(tx, stall));
         });
         let mut response = Response::new(Body::channel(rx));
         set_git_headers(response.headers_mut(), RESULT_TYPE);
         response
     }
+
+    /// Answer a clone with the entries of a mirror's first pack at `taken` (where each lies:
+    /// those of the kinds its filter keeps), the pack whole: a pack of those copied as they
+    /// are, in the `packfile` section. Nothing is decoded, and no pack slot is taken.
+    pub(crate) fn serve_arriving_filtered(
+        &self,
+        pack: Arc<gitcache_mirror::live::LivePack>,
+        taken: Vec<(u64, u64)>,
+        sideband_all: bool,
+    ) -> Response<Body> {
+        self.written_beside(
+            move |out| match send_filtered(&pack, &taken, out, sideband_all) {
+                Ok(()) => tracing::debug!(objects = taken.len(), "arriving pack sent filtered"),
+                Err(err) => tracing::info!(%err, "arriving pack not sent filtered"),
+            },
+        )
+    }
+}
+
+/// Write the entries of `pack` at `taken` into `out` as a fetch response's pack; a file that
+/// cannot be read ends the answer with the reason on the error band.
+fn send_filtered(
+    pack: &gitcache_mirror::live::LivePack,
+    taken: &[(u64, u64)],
+    out: ChannelWriter,
+    sideband_all: bool,
+) -> std::io::Result<()> {
+    let response = gitcache_protocol::response::ResponseWriter::new(out, sideband_all);
+    let mut band = response
+        .packfile()
+        .map_err(|err| std::io::Error::other(err.to_string()))?;
+    let read_at = |buf: &mut [u8], at: u64| pack.read_at(buf, at);
+    let format = pack.object_format();
+    let copied =
+        gitcache_pack::copy::copy_entries(&read_at, taken, format, &mut band, |_, _| Ok(()));
+    if let Err(err) = copied {
+        // The pack is whole and checked by then: a file that cannot be read, or a client
+        // gone.
+        let message = format!("gitcache: {err}");
+        let _ = band.error(message.as_bytes());
+        let _ = band.finish().map(|mut out| out.finish());
+        return Err(std::io::Error::other(err.to_string()));
+    }
+    let mut out = band
+        .finish()
+        .map_err(|err| std::io::Error::other(err.to_string()))?;
+    out.finish()?;
+    Ok(())
 }
 
 /// Write `pack` into `out` as a fetch response while it arrives, after acknowledging

@@ -382,6 +382,17 @@ struct Received {
     hashed: Vec<(u32, ObjectId)>,
 }
 
+/// The largest tag read as a first pack arrives, to see what it tags (see
+/// [`crate::live::EntryKinds::tags_on_commits`]): one larger counts as tagging anything.
+const MOST_TAG_READ: u64 = 1 << 16;
+
+/// Whether the tag `data` tags a commit or a tag.
+fn tags_a_commit(data: &[u8]) -> bool {
+    let mut lines = data.split(|b| *b == b'\n');
+    let _object = lines.next();
+    matches!(lines.next(), Some(b"type commit" | b"type tag"))
+}
+
 /// Read the pack from `pack` into the file `to` as it is received, then complete a thin pack
 /// as `git index-pack --fix-thin` does: the bases its deltas name by id that the repository
 /// has are added at the end of the file (the deltas keep naming them by id), and the count
@@ -416,6 +427,8 @@ fn receive(
         }),
         None => None,
     };
+    // A mirror's first pack, announced: nothing had, nothing thin.
+    let first = live.as_ref().is_some_and(|live| !live.as_received);
     let mut tee = Tee {
         inner: pack,
         out: std::io::BufWriter::with_capacity(1 << 16, file),
@@ -443,7 +456,17 @@ fn receive(
     let (mut named, mut seen) = (Vec::new(), std::collections::HashSet::new());
     // The blobs hashed as they were read so far, by offset: their positions and ids.
     let mut hashed = std::collections::HashMap::new();
-    while let Some(entry) = read.next_entry().map_err(invalid)? {
+    // A first pack's entries' kinds, for filtered clones answered from it once whole
+    // (see `EntryKinds`); tags stored whole are read to see what they tag.
+    let mut kinds = first.then(|| (Vec::new(), true));
+    let keep_tags = |_: u64, header: &Header, size: u64| {
+        first && *header == Header::Tag && size <= MOST_TAG_READ
+    };
+    let mut tag = Vec::new();
+    while let Some((entry, read_whole)) = read
+        .next_entry_keeping(&keep_tags, &mut tag)
+        .map_err(invalid)?
+    {
         // The index keeps a CRC-32 of each entry as written in its shortest form, which git
         // always writes: a longer form would not match it.
         if entry.header_size as usize != entry.header.size(entry.size) {
@@ -479,6 +502,24 @@ fn receive(
                 hashed.insert(entry.offset, (position, id));
             }
             _ => {}
+        }
+        if let Some((kinds, tags_on_commits)) = kinds.as_mut() {
+            let kind = match entry.header {
+                Header::OfsDelta { base_distance } => entry
+                    .offset
+                    .checked_sub(base_distance)
+                    .and_then(|base| {
+                        entries
+                            .binary_search_by_key(&base, |e: &PackEntry| e.offset)
+                            .ok()
+                    })
+                    .and_then(|at| kinds.get(at).copied().flatten()),
+                header => header.as_kind(),
+            };
+            if kind == Some(gix_object::Kind::Tag) {
+                *tags_on_commits &= read_whole && tags_a_commit(&tag);
+            }
+            kinds.push(kind);
         }
         entries.push(PackEntry {
             offset: entry.offset,
@@ -596,6 +637,14 @@ fn receive(
                 .failed("the upstream's pack names bases by id that the mirror lacks");
         } else {
             // The file holds the pack as received, trailer and all.
+            if let Some((kinds, tags_on_commits)) = kinds {
+                live.publisher.entry_kinds(crate::live::EntryKinds {
+                    offsets: entries.iter().map(|entry| entry.offset).collect(),
+                    kinds,
+                    end,
+                    tags_on_commits,
+                });
+            }
             live.publisher.whole(end + hash.len_in_bytes() as u64);
         }
     }
@@ -937,6 +986,19 @@ fn unique() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tag tags a commit or a tag by its `type` line; anything else, or no such line, is
+    /// not.
+    #[test]
+    fn what_a_tag_tags_is_its_type_line() {
+        let tag = |kind: &str| format!("object {}\ntype {kind}\ntag v1\n\nv1\n", "0".repeat(40));
+        assert!(tags_a_commit(tag("commit").as_bytes()));
+        assert!(tags_a_commit(tag("tag").as_bytes()));
+        assert!(!tags_a_commit(tag("blob").as_bytes()));
+        assert!(!tags_a_commit(tag("tree").as_bytes()));
+        assert!(!tags_a_commit(b"object x\n"));
+        assert!(!tags_a_commit(b""));
+    }
 
     #[test]
     fn the_trailer_is_held_back_however_the_bytes_come() {

@@ -94,6 +94,8 @@ pub struct LivePack {
     /// Where the entries end and the trailer as received, once the pack is whole: completing
     /// a thin pack writes bases and a new trailer from there on.
     trailer: std::sync::OnceLock<(u64, Vec<u8>)>,
+    /// The kind of each entry, once a first pack is whole as received.
+    kinds: std::sync::OnceLock<EntryKinds>,
     progress: Mutex<Progress>,
     changed: Condvar,
     /// Told of every change too, for readers waiting in a task.
@@ -136,6 +138,12 @@ impl LivePack {
     /// The object format of the pack.
     pub fn object_format(&self) -> HashKind {
         self.format
+    }
+
+    /// The kind of each entry, once a mirror's first pack is whole (nothing thin to complete,
+    /// no base named by id).
+    pub fn entry_kinds(&self) -> Option<&EntryKinds> {
+        self.kinds.get()
     }
 
     /// Read the pack's bytes as received at `offset` into `buf` (only what
@@ -224,6 +232,40 @@ impl LivePack {
     }
 }
 
+/// The entries of a mirror's first pack, once it is whole: where each lies and what kind of
+/// object it holds. Enough to send a clone of what the pack was fetched for with a filter
+/// that leaves out kinds (`blob:none`, `tree:0`) by copying the other entries, before the
+/// pack is indexed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryKinds {
+    /// Where each entry starts, rising; each ends where the next starts, the last at `end`.
+    pub offsets: Vec<u64>,
+    /// The kind of each entry's object (a delta's is its base's); `None` for a delta that
+    /// names its base by id.
+    pub kinds: Vec<Option<gix_object::Kind>>,
+    /// Where the entries end (the trailer follows).
+    pub end: u64,
+    /// Whether every tag is stored whole and tags a commit or a tag: a tag of a tree or a
+    /// blob sends that object with some filters, so that a filtered clone is not only a
+    /// choice of kinds.
+    pub tags_on_commits: bool,
+}
+
+impl EntryKinds {
+    /// The entries of the kinds `keep` takes, each as where it starts and where it ends;
+    /// `None` when some entry's kind is not known (a delta by id).
+    pub fn taken(&self, keep: impl Fn(gix_object::Kind) -> bool) -> Option<Vec<(u64, u64)>> {
+        let ends = self.offsets.iter().skip(1).chain([&self.end]);
+        let mut taken = Vec::new();
+        for ((at, end), kind) in self.offsets.iter().zip(ends).zip(&self.kinds) {
+            if keep((*kind)?) {
+                taken.push((*at, *end));
+            }
+        }
+        Some(taken)
+    }
+}
+
 /// The receiving end's hold on a [`LivePack`]: it says how far the pack has arrived, and
 /// that it is whole. Dropped before that, the pack failed.
 #[derive(Debug)]
@@ -254,6 +296,12 @@ impl Publisher {
     pub fn whole_as_received(self, end: u64, trailer: &[u8]) {
         let _ = self.pack.trailer.set((end, trailer.to_vec()));
         self.pack.set(Progress::Whole(end + trailer.len() as u64));
+    }
+
+    /// The kind of each entry of the pack, said before it is said to be [whole](Self::whole),
+    /// and once.
+    pub fn entry_kinds(&self, kinds: EntryKinds) {
+        let _ = self.pack.kinds.set(kinds);
     }
 
     /// Receiving failed: `why`.
@@ -388,6 +436,7 @@ impl Board {
             file,
             head: std::sync::OnceLock::new(),
             trailer: std::sync::OnceLock::new(),
+            kinds: std::sync::OnceLock::new(),
             progress: Mutex::new(Progress::Arriving(0)),
             changed: Condvar::new(),
             told: tokio::sync::Notify::new(),
@@ -564,6 +613,34 @@ mod tests {
 
     fn oid(n: u8) -> ObjectId {
         ObjectId::from_bytes_or_panic(&[n; 20])
+    }
+
+    /// The entries of the kinds taken, each from where it starts to where the next does
+    /// (the last to the entries' end); nothing when a kind is not known.
+    #[test]
+    fn entries_of_the_kinds_taken_are_where_they_lie() {
+        use gix_object::Kind;
+        let mut kinds = EntryKinds {
+            offsets: vec![12, 40, 90, 200],
+            kinds: vec![
+                Some(Kind::Commit),
+                Some(Kind::Tree),
+                Some(Kind::Blob),
+                Some(Kind::Tree),
+            ],
+            end: 260,
+            tags_on_commits: true,
+        };
+        assert_eq!(
+            kinds.taken(|kind| kind != Kind::Blob),
+            Some(vec![(12, 40), (40, 90), (200, 260)])
+        );
+        assert_eq!(
+            kinds.taken(|kind| kind == Kind::Commit),
+            Some(vec![(12, 40)])
+        );
+        kinds.kinds[2] = None;
+        assert_eq!(kinds.taken(|kind| kind != Kind::Blob), None);
     }
 
     #[test]

@@ -543,97 +543,32 @@ impl Found {
         index: &Path,
         also: &[ObjectId],
     ) -> Result<(ObjectId, usize), Error> {
-        use std::io::Write;
         let copied = self.to_copy(read_at, also)?;
-        let mut out = crate::write::Sink::new(
-            std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(pack)?),
-            self.hash,
-        );
-        let copies = copied.iter().filter(|copied| **copied).count();
-        let count =
-            u32::try_from(copies).map_err(|_| Error::odb("too many objects for one pack"))?;
-        out.write_all(b"PACK")?;
-        out.write_all(&2u32.to_be_bytes())?;
-        out.write_all(&count.to_be_bytes())?;
-        // Where each entry is written, by its place among the objects (sorted by offset).
-        let mut written: Vec<u64> = Vec::with_capacity(self.objects.len());
-        let mut listed: Vec<(ObjectId, PackEntry)> = Vec::with_capacity(self.objects.len());
-        // An entry is copied a piece at a time: the memory is the same for any size.
-        let mut piece = vec![0; 1 << 16];
-        let mut header = Vec::new();
-        // The entries are read in their order, a window at a time, not each with reads of
-        // its own: within the entries found, all of which had arrived when they were found.
-        let last = self.objects.last().map_or(0, |found| found.end);
-        let mut ahead = Ahead::new(read_at, last);
-        for (found, copied) in self.objects.iter().zip(copied) {
-            if !copied {
-                written.push(u64::MAX);
-                continue;
-            }
-            let mut read = |buf: &mut [u8], at: u64| ahead.read(buf, at);
-            let len = found.end - found.offset;
-            // The header: at most its longest form, within the entry.
-            let head_len = len.min(crate::incoming::LONGEST_HEADER as u64) as usize;
-            read(&mut piece[..head_len], found.offset)?;
-            let parsed =
-                gix_pack::data::Entry::from_bytes(&piece[..head_len], found.offset, self.hash)
-                    .map_err(Error::odb)?;
-            let header_size = parsed.header_size() as u64;
-            let at = out.offset;
-            // The bytes copied are those scanned: their CRC-32 is the one taken then.
-            let mut scanned = crc32fast::Hasher::new();
-            scanned.update(&piece[..header_size as usize]);
-            header.clear();
-            match parsed.header {
-                Header::OfsDelta { base_distance } => {
-                    // Its base was found before it (a delta is decoded only on a base kept).
-                    let base = found
-                        .offset
-                        .checked_sub(base_distance)
-                        .and_then(|base| {
-                            self.objects
-                                .binary_search_by_key(&base, |found| found.offset)
-                                .ok()
-                        })
-                        .and_then(|place| written.get(place).copied())
-                        .filter(|at| *at != u64::MAX)
-                        .ok_or_else(|| Error::odb("a delta found without its base"))?;
-                    Header::OfsDelta {
-                        base_distance: at - base,
-                    }
-                    .write_to(parsed.decompressed_size, &mut header)?;
+        let taken: Vec<&FoundEntry> = (self.objects.iter().zip(copied))
+            .filter_map(|(found, copied)| copied.then_some(found))
+            .collect();
+        let entries: Vec<(u64, u64)> = taken.iter().map(|f| (f.offset, f.end)).collect();
+        let mut listed: Vec<(ObjectId, PackEntry)> = Vec::with_capacity(taken.len());
+        let out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(pack)?);
+        let (out, checksum) =
+            crate::copy::copy_entries(read_at, &entries, self.hash, out, |i, copy| {
+                let found = taken[i];
+                // The bytes copied are those scanned: their CRC-32 is the one taken then.
+                if copy.source_crc32 != found.crc32 {
+                    return Err(Error::odb("an entry found changed before it was copied"));
                 }
-                _ => header.extend_from_slice(&piece[..header_size as usize]),
-            }
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&header);
-            out.write_all(&header)?;
-            let mut copied = header_size;
-            while copied < len {
-                let n = (len - copied).min(piece.len() as u64) as usize;
-                read(&mut piece[..n], found.offset + copied)?;
-                scanned.update(&piece[..n]);
-                crc.update(&piece[..n]);
-                out.write_all(&piece[..n])?;
-                copied += n as u64;
-            }
-            if scanned.finalize() != found.crc32 {
-                return Err(Error::odb("an entry found changed before it was copied"));
-            }
-            written.push(at);
-            listed.push((
-                found.id,
-                PackEntry {
-                    offset: at,
-                    crc32: crc.finalize(),
-                },
-            ));
-        }
-        out.flush()?;
-        let (mut file, checksum) = out.finish()?;
-        file.write_all(checksum.as_bytes())?;
-        file.flush()?;
+                listed.push((
+                    found.id,
+                    PackEntry {
+                        offset: copy.offset,
+                        crc32: copy.crc32,
+                    },
+                ));
+                Ok(())
+            })?;
+        drop(out);
         crate::indexing::write_index_of(index, &listed, &checksum, self.hash)?;
+        let copies = listed.len();
         Ok((checksum, copies))
     }
 
@@ -666,7 +601,7 @@ impl Found {
             let len = usize::try_from(found.end - found.offset)
                 .unwrap_or(usize::MAX)
                 .min(head.len());
-            read_fully(read_at, &mut head[..len], found.offset)?;
+            crate::copy::read_fully(read_at, &mut head[..len], found.offset)?;
             let entry = gix_pack::data::Entry::from_bytes(&head[..len], found.offset, self.hash)
                 .map_err(Error::odb)?;
             if let Header::OfsDelta { base_distance } = entry.header {
@@ -932,76 +867,6 @@ fn found_once(
         closure: closure.map(std::sync::Arc::new),
         copy_all_bytes,
     })
-}
-
-/// Fill `buf` with the bytes of the pack scanned at `at`, which are there: they were found.
-fn read_fully(
-    read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
-    buf: &mut [u8],
-    at: u64,
-) -> Result<(), Error> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match read_at(&mut buf[filled..], at + filled as u64)? {
-            0 => {
-                return Err(Error::odb(
-                    "the scanned pack ends before an entry found in it",
-                ));
-            }
-            n => filled = filled.saturating_add(n).min(buf.len()),
-        }
-    }
-    Ok(())
-}
-
-/// Reads of a pack's bytes at rising offsets, served from a window read ahead in one go, up
-/// to an end not read past.
-struct Ahead<'a> {
-    read_at: &'a dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
-    window: Vec<u8>,
-    /// Where the window starts in the pack, and how much of it was read.
-    start: u64,
-    len: usize,
-    end: u64,
-}
-
-/// How much [`Ahead`] reads at a time.
-const READ_AHEAD: usize = 1 << 20;
-
-impl<'a> Ahead<'a> {
-    fn new(read_at: &'a dyn Fn(&mut [u8], u64) -> std::io::Result<usize>, end: u64) -> Self {
-        Ahead {
-            read_at,
-            window: Vec::new(),
-            start: 0,
-            len: 0,
-            end,
-        }
-    }
-
-    /// Fill `buf` with the pack's bytes at `at`.
-    fn read(&mut self, buf: &mut [u8], at: u64) -> Result<(), Error> {
-        let within = at
-            .checked_sub(self.start)
-            .and_then(|from| usize::try_from(from).ok())
-            .filter(|from| from.saturating_add(buf.len()) <= self.len);
-        let from = match within {
-            Some(from) => from,
-            None if buf.len() > READ_AHEAD => return read_fully(self.read_at, buf, at),
-            None => {
-                let ahead = usize::try_from(self.end.saturating_sub(at)).unwrap_or(usize::MAX);
-                let len = ahead.clamp(buf.len(), READ_AHEAD);
-                self.window.resize(READ_AHEAD, 0);
-                // Emptied first: a failed read leaves nothing to be taken for the pack's.
-                self.len = 0;
-                read_fully(self.read_at, &mut self.window[..len], at)?;
-                (self.start, self.len) = (at, len);
-                0
-            }
-        };
-        buf.copy_from_slice(&self.window[from..from + buf.len()]);
-        Ok(())
-    }
 }
 
 /// Reads a pack's bytes at an offset (see [`Tips::reading_back`]).
@@ -1527,55 +1392,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// Reads at rising offsets are served from one window read ahead, never past its end;
-    /// one straddling the window's end, or larger than a window, reads again; a failed read
-    /// leaves no window to be served from.
-    #[test]
-    fn reads_ahead_within_the_end() {
-        let pack: Vec<u8> = (0..(3 * READ_AHEAD + 17))
-            .map(|i| (i % 251) as u8)
-            .collect();
-        let reads = std::cell::RefCell::new(Vec::new());
-        let fail = std::cell::Cell::new(false);
-        let read_at = |buf: &mut [u8], at: u64| -> std::io::Result<usize> {
-            if fail.get() {
-                return Err(std::io::Error::other("failed"));
-            }
-            reads.borrow_mut().push((at, buf.len()));
-            let at = at as usize;
-            let n = buf.len().min(pack.len().saturating_sub(at));
-            buf[..n].copy_from_slice(&pack[at..at + n]);
-            Ok(n)
-        };
-        let end = 2 * READ_AHEAD as u64 + 5;
-        let mut ahead = Ahead::new(&read_at, end);
-        let mut check = |at: u64, len: usize| {
-            let mut buf = vec![0; len];
-            ahead.read(&mut buf, at).unwrap();
-            assert_eq!(buf, pack[at as usize..at as usize + len]);
-        };
-        check(0, 10);
-        check(10, 1000);
-        check(READ_AHEAD as u64 - 4, 8);
-        check(READ_AHEAD as u64 + 10, 100);
-        check(READ_AHEAD as u64 + 2, READ_AHEAD + 1);
-        check(end - 3, 3);
-        let reads = reads.borrow().clone();
-        assert_eq!(reads[0], (0, READ_AHEAD), "one window for the first two");
-        assert_eq!(reads[1], (READ_AHEAD as u64 - 4, READ_AHEAD));
-        assert!(reads.len() <= 5, "{reads:?}");
-        assert!(
-            reads.iter().all(|(at, len)| at + *len as u64 <= end),
-            "nothing read past the end: {reads:?}"
-        );
-        fail.set(true);
-        let mut buf = [0; 4];
-        assert!(ahead.read(&mut buf, end - 100).is_err());
-        fail.set(false);
-        ahead.read(&mut buf, end - 4).unwrap();
-        assert_eq!(buf, pack[end as usize - 4..end as usize]);
     }
 
     /// Past the most objects waited for at once, the closure is lost rather than more

@@ -41,6 +41,7 @@ mod bitmap;
 mod chains;
 pub mod checkout;
 mod closed;
+pub mod copy;
 mod delta;
 pub mod early;
 mod error;

@@ -1948,3 +1948,66 @@ fn a_maintained_mirror_is_prepared_with_what_a_shallow_clone_of_head_makes() {
     assert_eq!(metric(&cache, REMADE_HITS), made);
     assert_eq!(metric(&cache, REMADE_MISSES), made, "nothing made again");
 }
+
+/// A filtered clone (`blob:none`, `tree:0`) of a mirror being made from nothing is sent, once
+/// the first pack is whole, that pack's entries of the kinds it takes, before the pack is
+/// indexed: the same objects as the same clone of the upstream, in a repository `fsck`
+/// finds whole. One whose upstream has a tag of a blob waits for the mirror, as any fetch
+/// does, and gets the same objects as from the upstream too.
+#[test]
+fn a_filtered_clone_of_a_new_mirror_is_sent_the_kinds_it_takes_of_the_first_pack() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/blobless", &RepoSpec::small(431));
+    public_repo(&upstream, "acme/treeless", &RepoSpec::small(432));
+    public_repo(&upstream, "acme/tagged", &RepoSpec::small(433));
+    let tagged = upstream.repo_path("acme/tagged");
+    let blobs = git_stdout(&tagged, &["ls-tree", "-r", "--object-only", "HEAD"]);
+    let blob = blobs.lines().next().unwrap();
+    git_stdout(&tagged, &["tag", "-a", "-m", "a blob", "a-blob", blob]);
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    let objects = |dir: &Path| {
+        let listed = git_stdout(
+            dir,
+            &[
+                "cat-file",
+                "--batch-all-objects",
+                "--batch-check=%(objectname) %(objecttype)",
+            ],
+        );
+        let mut lines: Vec<String> = listed.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    for (name, filter, filtered) in [
+        ("acme/blobless", "blob:none", 1),
+        ("acme/treeless", "tree:0", 2),
+        ("acme/tagged", "blob:none", 2),
+    ] {
+        let dir = name.replace('/', "-");
+        let filter = format!("--filter={filter}");
+        for (url, into) in [
+            (cache.url(name), format!("{dir}-cache")),
+            (upstream.repo_url(name), format!("{dir}-upstream")),
+        ] {
+            git.run(&home, &["clone", "-q", "--bare", &filter, &url, &into])
+                .unwrap()
+                .expect_success();
+        }
+        let (ours, theirs) = (
+            home.join(format!("{dir}-cache")),
+            home.join(format!("{dir}-upstream")),
+        );
+        let sent = objects(&ours);
+        assert!(!sent.is_empty());
+        assert_eq!(sent, objects(&theirs), "{name} {filter}");
+        fsck(&ours);
+        cache.log_with("filtered=true", filtered);
+        assert_eq!(
+            common::count(&cache.log(), "filtered=true"),
+            filtered,
+            "{name}"
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! A pack made of some of the entries of another, copied as they are: no object is decoded,
+//! and an offset delta only has its distance to its base written anew. What a mirror's
+//! first pack answers early is written so: the objects found as it arrived
+//! ([`crate::early::Found::write_pack`]), or the entries of the kinds a filtered clone takes.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // An empty pack: its header, no entry, and its checksum.
+//! let read_at = |_: &mut [u8], _: u64| -> std::io::Result<usize> { Ok(0) };
+//! let (pack, checksum) =
+//!     gitcache_pack::copy::copy_entries(&read_at, &[], gix_hash::Kind::Sha1, Vec::new(), |_, _| Ok(()))?;
+//! assert_eq!(&pack[..12], b"PACK\0\0\0\x02\0\0\0\0");
+//! assert_eq!(&pack[12..], checksum.as_bytes());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io::Write;
+
+use gix_hash::ObjectId;
+use gix_pack::data::entry::Header;
+
+use crate::Error;
+
+/// Where an entry was copied to (see [`copy_entries`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    /// Its offset in the new pack.
+    pub offset: u64,
+    /// The CRC-32 of its bytes as written there (what an index keeps).
+    pub crc32: u32,
+    /// The CRC-32 of its bytes as read from the pack copied from.
+    pub source_crc32: u32,
+}
+
+/// Write to `out` a pack of the entries of another pack (read with `read_at`, as
+/// `std::os::unix::fs::FileExt::read_at` reads a file) that lie at `entries` (where each
+/// starts and where it ends, rising), in that order, its checksum after them: each entry's
+/// bytes as they are, but for an offset delta's distance to its base, which must be one of
+/// the entries before it. `copied` is told of each entry copied, by its place in
+/// `entries`; an error from it stops the copy. `out` (flushed) and the new pack's checksum.
+pub fn copy_entries<W: Write>(
+    read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
+    entries: &[(u64, u64)],
+    hash: gix_hash::Kind,
+    out: W,
+    mut copied: impl FnMut(usize, Copied) -> Result<(), Error>,
+) -> Result<(W, ObjectId), Error> {
+    let mut out = crate::write::Sink::new(out, hash);
+    let count =
+        u32::try_from(entries.len()).map_err(|_| Error::odb("too many objects for one pack"))?;
+    out.write_all(b"PACK")?;
+    out.write_all(&2u32.to_be_bytes())?;
+    out.write_all(&count.to_be_bytes())?;
+    // Where each entry is written, by its place.
+    let mut written: Vec<u64> = Vec::with_capacity(entries.len());
+    // An entry is copied a piece at a time: the memory is the same for any size.
+    let mut piece = vec![0; 1 << 16];
+    let mut header = Vec::new();
+    // The entries are read in their order, a window at a time, not each with reads of its
+    // own, and nothing past the last of them.
+    let last = entries.last().map_or(0, |(_, end)| *end);
+    let mut ahead = Ahead::new(read_at, last);
+    for (place, &(offset, end)) in entries.iter().enumerate() {
+        if end <= offset
+            || written
+                .last()
+                .is_some_and(|_| offset < entries[place - 1].1)
+        {
+            return Err(Error::odb("entries to copy out of order"));
+        }
+        let len = end - offset;
+        // The header: at most its longest form, within the entry.
+        let head_len = len.min(crate::incoming::LONGEST_HEADER as u64) as usize;
+        ahead.read(&mut piece[..head_len], offset)?;
+        let parsed = gix_pack::data::Entry::from_bytes(&piece[..head_len], offset, hash)
+            .map_err(Error::odb)?;
+        let header_size = parsed.header_size() as u64;
+        let at = out.offset;
+        let mut source = crc32fast::Hasher::new();
+        source.update(&piece[..header_size as usize]);
+        header.clear();
+        match parsed.header {
+            Header::OfsDelta { base_distance } => {
+                let base = offset
+                    .checked_sub(base_distance)
+                    .and_then(|base| entries[..place].binary_search_by_key(&base, |e| e.0).ok())
+                    .and_then(|place| written.get(place).copied())
+                    .ok_or_else(|| Error::odb("a delta copied without its base"))?;
+                Header::OfsDelta {
+                    base_distance: at - base,
+                }
+                .write_to(parsed.decompressed_size, &mut header)?;
+            }
+            _ => header.extend_from_slice(&piece[..header_size as usize]),
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header);
+        out.write_all(&header)?;
+        let mut done = header_size;
+        while done < len {
+            let n = (len - done).min(piece.len() as u64) as usize;
+            ahead.read(&mut piece[..n], offset + done)?;
+            source.update(&piece[..n]);
+            crc.update(&piece[..n]);
+            out.write_all(&piece[..n])?;
+            done += n as u64;
+        }
+        written.push(at);
+        copied(
+            place,
+            Copied {
+                offset: at,
+                crc32: crc.finalize(),
+                source_crc32: source.finalize(),
+            },
+        )?;
+    }
+    let (mut out, checksum) = out.finish()?;
+    out.write_all(checksum.as_bytes())?;
+    out.flush()?;
+    Ok((out, checksum))
+}
+
+/// Fill `buf` with the bytes of a pack at `at`, which are there (an entry chosen from it).
+pub(crate) fn read_fully(
+    read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
+    buf: &mut [u8],
+    at: u64,
+) -> Result<(), Error> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match read_at(&mut buf[filled..], at + filled as u64)? {
+            0 => {
+                return Err(Error::odb("the pack ends before an entry copied from it"));
+            }
+            n => filled = filled.saturating_add(n).min(buf.len()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads of a pack's bytes at rising offsets, served from a window read ahead in one go, up
+/// to an end not read past.
+struct Ahead<'a> {
+    read_at: &'a dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
+    window: Vec<u8>,
+    /// Where the window starts in the pack, and how much of it was read.
+    start: u64,
+    len: usize,
+    end: u64,
+}
+
+/// How much [`Ahead`] reads at a time.
+const READ_AHEAD: usize = 1 << 20;
+
+impl<'a> Ahead<'a> {
+    fn new(read_at: &'a dyn Fn(&mut [u8], u64) -> std::io::Result<usize>, end: u64) -> Self {
+        Ahead {
+            read_at,
+            window: Vec::new(),
+            start: 0,
+            len: 0,
+            end,
+        }
+    }
+
+    /// Fill `buf` with the pack's bytes at `at`.
+    fn read(&mut self, buf: &mut [u8], at: u64) -> Result<(), Error> {
+        let within = at
+            .checked_sub(self.start)
+            .and_then(|from| usize::try_from(from).ok())
+            .filter(|from| from.saturating_add(buf.len()) <= self.len);
+        let from = match within {
+            Some(from) => from,
+            None if buf.len() > READ_AHEAD => return read_fully(self.read_at, buf, at),
+            None => {
+                let ahead = usize::try_from(self.end.saturating_sub(at)).unwrap_or(usize::MAX);
+                let len = ahead.clamp(buf.len(), READ_AHEAD);
+                self.window.resize(READ_AHEAD, 0);
+                // Emptied first: a failed read leaves nothing to be taken for the pack's.
+                self.len = 0;
+                read_fully(self.read_at, &mut self.window[..len], at)?;
+                (self.start, self.len) = (at, len);
+                0
+            }
+        };
+        buf.copy_from_slice(&self.window[from..from + buf.len()]);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads at rising offsets are served from one window read ahead, never past its end;
+    /// one straddling the window's end, or larger than a window, reads again; a failed read
+    /// leaves no window to be served from.
+    #[test]
+    fn reads_ahead_within_the_end() {
+        let pack: Vec<u8> = (0..(3 * READ_AHEAD + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let reads = std::cell::RefCell::new(Vec::new());
+        let fail = std::cell::Cell::new(false);
+        let read_at = |buf: &mut [u8], at: u64| -> std::io::Result<usize> {
+            if fail.get() {
+                return Err(std::io::Error::other("failed"));
+            }
+            reads.borrow_mut().push((at, buf.len()));
+            let at = at as usize;
+            let n = buf.len().min(pack.len().saturating_sub(at));
+            buf[..n].copy_from_slice(&pack[at..at + n]);
+            Ok(n)
+        };
+        let end = 2 * READ_AHEAD as u64 + 5;
+        let mut ahead = Ahead::new(&read_at, end);
+        let mut check = |at: u64, len: usize| {
+            let mut buf = vec![0; len];
+            ahead.read(&mut buf, at).unwrap();
+            assert_eq!(buf, pack[at as usize..at as usize + len]);
+        };
+        check(0, 10);
+        check(10, 1000);
+        check(READ_AHEAD as u64 - 4, 8);
+        check(READ_AHEAD as u64 + 10, 100);
+        check(READ_AHEAD as u64 + 2, READ_AHEAD + 1);
+        check(end - 3, 3);
+        let reads = reads.borrow().clone();
+        assert_eq!(reads[0], (0, READ_AHEAD), "one window for the first two");
+        assert_eq!(reads[1], (READ_AHEAD as u64 - 4, READ_AHEAD));
+        assert!(reads.len() <= 5, "{reads:?}");
+        assert!(
+            reads.iter().all(|(at, len)| at + *len as u64 <= end),
+            "nothing read past the end: {reads:?}"
+        );
+        fail.set(true);
+        let mut buf = [0; 4];
+        assert!(ahead.read(&mut buf, end - 100).is_err());
+        fail.set(false);
+        ahead.read(&mut buf, end - 4).unwrap();
+        assert_eq!(buf, pack[end as usize - 4..end as usize]);
+    }
+}
