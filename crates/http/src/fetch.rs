@@ -193,7 +193,10 @@ enum Waited {
     Arriving(Arc<gitcache_mirror::live::LivePack>),
     /// The pack the refresh received, whole, answers the fetch with the entries of the kinds
     /// its filter keeps: where each lies.
-    ArrivingFiltered(Arc<gitcache_mirror::live::LivePack>, Vec<(u64, u64)>),
+    ArrivingFiltered(
+        Arc<gitcache_mirror::live::LivePack>,
+        (Vec<(u64, u64)>, crate::responder::FilteredTurn),
+    ),
     /// The refresh took in a pack that holds every want: the mirror answers now, its refs
     /// still to be written.
     Landed(Arc<gitcache_pack::Repository>),
@@ -359,12 +362,18 @@ impl Fetches {
                     progress = arrived, if whole.is_some() => {
                         let pack = whole.take().expect("a pack followed");
                         let keep = filtered.expect("a filtered clone");
-                        let taken = matches!(progress, gitcache_mirror::live::Progress::Whole(_))
+                        let kinds = matches!(progress, gitcache_mirror::live::Progress::Whole(_))
                             .then(|| pack.entry_kinds())
                             .flatten()
-                            .filter(|kinds| kinds.tags_on_commits)
-                            .and_then(|kinds| kinds.taken(keep));
-                        // Else (it failed, or is not a choice of kinds), as any fetch waits.
+                            .filter(|kinds| kinds.filterable());
+                        // A few at a time (each holds where its entries lie), the list
+                        // made once a turn is had.
+                        let taken = kinds.and_then(|kinds| {
+                            let turn = crate::responder::FilteredTurn::take()?;
+                            Some((kinds.taken(keep)?, turn))
+                        });
+                        // Else (it failed, is not a choice of kinds, or too many are being
+                        // sent so), as any fetch waits.
                         if let Some(taken) = taken {
                             break Waited::ArrivingFiltered(pack, taken);
                         }
@@ -513,14 +522,14 @@ impl Fetches {
                     .map(|body| body.holding(answering));
                 return Ok(with_state(response, CacheState::Miss));
             }
-            Waited::ArrivingFiltered(pack, taken) => {
+            Waited::ArrivingFiltered(pack, (taken, turn)) => {
                 if let Some(refused) = self.unvouched(target, headers, &vouched).await? {
                     return Ok(refused);
                 }
                 tracing::info!(result = "miss", arriving = true, filtered = true, "fetch");
                 let response = self
                     .responder
-                    .serve_arriving_filtered(pack, taken, fetch.sideband_all)
+                    .serve_arriving_filtered(pack, (taken, turn), fetch.sideband_all)
                     .map(|body| body.holding(answering));
                 return Ok(with_state(response, CacheState::Miss));
             }
@@ -911,8 +920,9 @@ fn arriving_answers(fetch: &Fetch) -> bool {
 /// with the entries of those kinds alone: a clone (`done`, nothing had, nothing shallow)
 /// with the filter `blob:none` (no blob) or `tree:0` (commits and tags), whose wants are
 /// then compared with that pack's. The pack is the closure of those wants, so these are the
-/// objects `git upload-pack` sends, unless a tag tags a tree or a blob (then it waits, as
-/// any fetch does).
+/// objects `git upload-pack` sends, unless a want is a tree or a blob, or a tag tags one
+/// (see [`EntryKinds::filterable`](gitcache_mirror::live::EntryKinds::filterable)): then it
+/// waits, as any fetch does.
 fn arriving_filtered(fetch: &Fetch) -> Option<fn(gix_object::Kind) -> bool> {
     use gitcache_protocol::filter::Filter;
     let clone = Fetch {
@@ -991,6 +1001,58 @@ fn plain(fetch: &Fetch) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clone with `blob:none` or `tree:0` may be sent the kinds of a first pack's entries
+    /// it takes; any other filter, or a fetch that is not a plain clone, may not.
+    #[test]
+    fn only_a_clone_filtering_out_kinds_is_sent_them_of_the_first_pack() {
+        use gitcache_protocol::filter::Filter;
+        use gix_object::Kind;
+        let id = gix_hash::ObjectId::from_hex(b"ce013625030ba8dba906f756967f9e9ca394464a").unwrap();
+        let clone = |filter| Fetch {
+            wants: vec![id],
+            done: true,
+            ofs_delta: true,
+            filter: Some(filter),
+            ..Fetch::default()
+        };
+        let blobless = arriving_filtered(&clone(Filter::BlobNone)).unwrap();
+        assert!(blobless(Kind::Tree) && blobless(Kind::Commit) && !blobless(Kind::Blob));
+        let treeless = arriving_filtered(&clone(Filter::Tree(0))).unwrap();
+        assert!(treeless(Kind::Tag) && !treeless(Kind::Tree) && !treeless(Kind::Blob));
+        let unfiltered = Fetch {
+            filter: None,
+            ..clone(Filter::BlobNone)
+        };
+        assert!(arriving_filtered(&unfiltered).is_none());
+        for other in [
+            Filter::BlobLimit(10),
+            Filter::Tree(1),
+            Filter::Combine(vec![Filter::BlobNone, Filter::Tree(0)]),
+        ] {
+            assert!(arriving_filtered(&clone(other)).is_none());
+        }
+        for fetch in [
+            Fetch {
+                haves: vec![id],
+                ..clone(Filter::BlobNone)
+            },
+            Fetch {
+                deepen: Some(1),
+                ..clone(Filter::BlobNone)
+            },
+            Fetch {
+                done: false,
+                ..clone(Filter::BlobNone)
+            },
+            Fetch {
+                want_refs: vec!["refs/heads/main".into()],
+                ..clone(Filter::BlobNone)
+            },
+        ] {
+            assert!(arriving_filtered(&fetch).is_none(), "{fetch:?}");
+        }
+    }
 
     /// Only a shallow clone of depth one waits for the objects found as a first pack
     /// arrives: not a deeper one, nor one by date, nor a filtered clone of the history, nor

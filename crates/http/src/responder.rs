@@ -828,15 +828,48 @@ impl Responder {
     pub(crate) fn serve_arriving_filtered(
         &self,
         pack: Arc<gitcache_mirror::live::LivePack>,
-        taken: Vec<(u64, u64)>,
+        (taken, turn): (Vec<(u64, u64)>, FilteredTurn),
         sideband_all: bool,
     ) -> Response<Body> {
-        self.written_beside(
-            move |out| match send_filtered(&pack, &taken, out, sideband_all) {
+        self.written_beside(move |out| {
+            // Held while it writes.
+            let _turn = turn;
+            match send_filtered(&pack, &taken, out, sideband_all) {
                 Ok(()) => tracing::debug!(objects = taken.len(), "arriving pack sent filtered"),
                 Err(err) => tracing::info!(%err, "arriving pack not sent filtered"),
-            },
-        )
+            }
+        })
+    }
+}
+
+/// How many filtered clones are sent a first pack's entries at once (see
+/// [`Responder::serve_arriving_filtered`]): each holds where its entries lie, and where it
+/// wrote each (up to 24 bytes an entry).
+const MOST_FILTERED_AT_ONCE: usize = 4;
+
+static FILTERED_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`MOST_FILTERED_AT_ONCE`] turns at sending a filtered clone a first pack's
+/// entries, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct FilteredTurn(());
+
+impl FilteredTurn {
+    /// A turn, if one is free.
+    pub(crate) fn take() -> Option<FilteredTurn> {
+        use std::sync::atomic::Ordering;
+        FILTERED_RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < MOST_FILTERED_AT_ONCE).then_some(running + 1)
+            })
+            .ok()
+            .map(|_| FilteredTurn(()))
+    }
+}
+
+impl Drop for FilteredTurn {
+    fn drop(&mut self) {
+        FILTERED_RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

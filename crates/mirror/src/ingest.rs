@@ -382,8 +382,9 @@ struct Received {
     hashed: Vec<(u32, ObjectId)>,
 }
 
-/// The largest tag read as a first pack arrives, to see what it tags (see
-/// [`crate::live::EntryKinds::tags_on_commits`]): one larger counts as tagging anything.
+/// The largest tag or commit read as a first pack arrives, to see what a tag tags and which
+/// wants they are (see [`crate::live::EntryKinds`]): one larger counts as tagging anything,
+/// or as no want.
 const MOST_TAG_READ: u64 = 1 << 16;
 
 /// Whether the tag `data` tags a commit or a tag.
@@ -415,6 +416,14 @@ fn receive(
         .write(true)
         .create_new(true)
         .open(to)?;
+    // A first pack's wants, sorted: each found among the commits and tags it holds whole
+    // (see below).
+    let mut wants: Vec<ObjectId> = (announce.as_ref())
+        .filter(|a| a.asked.haves.is_empty())
+        .map(|a| a.asked.wants.clone())
+        .unwrap_or_default();
+    wants.sort_unstable();
+    wants.dedup();
     let live = match announce {
         Some(Announce { board, asked }) => Some(Live {
             as_received: !asked.haves.is_empty(),
@@ -457,10 +466,14 @@ fn receive(
     // The blobs hashed as they were read so far, by offset: their positions and ids.
     let mut hashed = std::collections::HashMap::new();
     // A first pack's entries' kinds, for filtered clones answered from it once whole
-    // (see `EntryKinds`); tags stored whole are read to see what they tag.
+    // (see `EntryKinds`): tags stored whole are read to see what they tag, and they and
+    // the commits stored whole are hashed to see which wants they are (a filter keeps
+    // what is wanted, whatever its kind: only wants all commits and tags are a choice of
+    // kinds).
     let mut kinds = first.then(|| (Vec::new(), true));
+    let mut wanted_found = vec![false; wants.len()];
     let keep_tags = |_: u64, header: &Header, size: u64| {
-        first && *header == Header::Tag && size <= MOST_TAG_READ
+        first && matches!(header, Header::Tag | Header::Commit) && size <= MOST_TAG_READ
     };
     let mut tag = Vec::new();
     while let Some((entry, read_whole)) = read
@@ -518,6 +531,13 @@ fn receive(
             };
             if kind == Some(gix_object::Kind::Tag) {
                 *tags_on_commits &= read_whole && tags_a_commit(&tag);
+            }
+            if let (true, Some(kind @ (gix_object::Kind::Commit | gix_object::Kind::Tag))) =
+                (read_whole, kind)
+                && let Ok(id) = gix_object::compute_hash(hash, kind, &tag)
+                && let Ok(place) = wants.binary_search(&id)
+            {
+                wanted_found[place] = true;
             }
             kinds.push(kind);
         }
@@ -643,6 +663,7 @@ fn receive(
                     kinds,
                     end,
                     tags_on_commits,
+                    wants_commits_or_tags: wanted_found.iter().all(|found| *found),
                 });
             }
             live.publisher.whole(end + hash.len_in_bytes() as u64);

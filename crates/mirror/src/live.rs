@@ -140,8 +140,8 @@ impl LivePack {
         self.format
     }
 
-    /// The kind of each entry, once a mirror's first pack is whole (nothing thin to complete,
-    /// no base named by id).
+    /// The kind of each entry, once a mirror's first pack is whole: only for a pack with no
+    /// delta naming its base by id (one that has any is not given kinds).
     pub fn entry_kinds(&self) -> Option<&EntryKinds> {
         self.kinds.get()
     }
@@ -240,8 +240,8 @@ impl LivePack {
 pub struct EntryKinds {
     /// Where each entry starts, rising; each ends where the next starts, the last at `end`.
     pub offsets: Vec<u64>,
-    /// The kind of each entry's object (a delta's is its base's); `None` for a delta that
-    /// names its base by id.
+    /// The kind of each entry's object (a delta's is its base's); `None` for a delta whose
+    /// base is not an entry before it.
     pub kinds: Vec<Option<gix_object::Kind>>,
     /// Where the entries end (the trailer follows).
     pub end: u64,
@@ -249,9 +249,20 @@ pub struct EntryKinds {
     /// blob sends that object with some filters, so that a filtered clone is not only a
     /// choice of kinds.
     pub tags_on_commits: bool,
+    /// Whether every want the pack was fetched for is a commit or a tag stored whole in it:
+    /// a filter leaves out no object wanted by name (a ref of a tree or a blob), so that
+    /// a filtered clone is a choice of kinds only then.
+    pub wants_commits_or_tags: bool,
 }
 
 impl EntryKinds {
+    /// Whether a clone of the pack's wants with a filter that leaves out kinds is sent the
+    /// entries of the kinds it keeps, and nothing else: every want a commit or a tag, every
+    /// tag tagging a commit or a tag.
+    pub fn filterable(&self) -> bool {
+        self.tags_on_commits && self.wants_commits_or_tags
+    }
+
     /// The entries of the kinds `keep` takes, each as where it starts and where it ends;
     /// `None` when some entry's kind is not known (a delta by id).
     pub fn taken(&self, keep: impl Fn(gix_object::Kind) -> bool) -> Option<Vec<(u64, u64)>> {
@@ -630,6 +641,7 @@ mod tests {
             ],
             end: 260,
             tags_on_commits: true,
+            wants_commits_or_tags: true,
         };
         assert_eq!(
             kinds.taken(|kind| kind != Kind::Blob),

@@ -146,7 +146,8 @@ pub struct Tips {
     /// Those of `pending` named as trees.
     pending_trees: std::collections::HashSet<ObjectId>,
     /// Trees needed once trees were read past (see [`Tips::trees_settled`]), not found yet:
-    /// followed should they come, not waited for (one read past does not come again).
+    /// followed should they come before the scan ends, not waited for (one read past does
+    /// not come again); so are their subtrees.
     hoped: std::collections::HashSet<ObjectId>,
     /// Trees were read past, undecoded.
     trees_read_past: bool,
@@ -240,7 +241,8 @@ impl Tips {
     /// was last asked), asked every thousand entries or so and before the scan stops. One
     /// already gone by is followed from its tree on; a tree of it gone by and no longer
     /// kept is not waited for (it may come again later in the pack), nor, once trees were
-    /// read past undecoded, a tree of it not found yet (followed should it come).
+    /// read past undecoded, a tree of it not found yet (followed should it come before the
+    /// scan ends).
     pub fn asking(mut self, more: impl FnMut() -> Vec<ObjectId> + Send + 'static) -> Tips {
         self.more = Some(Box::new(more));
         self

@@ -1952,8 +1952,9 @@ fn a_maintained_mirror_is_prepared_with_what_a_shallow_clone_of_head_makes() {
 /// A filtered clone (`blob:none`, `tree:0`) of a mirror being made from nothing is sent, once
 /// the first pack is whole, that pack's entries of the kinds it takes, before the pack is
 /// indexed: the same objects as the same clone of the upstream, in a repository `fsck`
-/// finds whole. One whose upstream has a tag of a blob waits for the mirror, as any fetch
-/// does, and gets the same objects as from the upstream too.
+/// finds whole. One whose upstream has a tag of a blob, or a ref of a blob or of a tree (a
+/// want the filter does not leave out), waits for the mirror, as any fetch does, and gets
+/// the same objects as from the upstream too.
 #[test]
 fn a_filtered_clone_of_a_new_mirror_is_sent_the_kinds_it_takes_of_the_first_pack() {
     let upstream = Upstream::start().unwrap();
@@ -1964,6 +1965,21 @@ fn a_filtered_clone_of_a_new_mirror_is_sent_the_kinds_it_takes_of_the_first_pack
     let blobs = git_stdout(&tagged, &["ls-tree", "-r", "--object-only", "HEAD"]);
     let blob = blobs.lines().next().unwrap();
     git_stdout(&tagged, &["tag", "-a", "-m", "a blob", "a-blob", blob]);
+    for (name, seed, target) in [
+        ("acme/light-blob", 434, "HEAD:"),
+        ("acme/light-tree", 435, "HEAD^{tree}"),
+    ] {
+        public_repo(&upstream, name, &RepoSpec::small(seed));
+        let repo = upstream.repo_path(name);
+        let target = match target {
+            "HEAD:" => {
+                let blobs = git_stdout(&repo, &["ls-tree", "-r", "--object-only", "HEAD"]);
+                blobs.lines().next().unwrap().to_owned()
+            }
+            tree => git_stdout(&repo, &["rev-parse", tree]).trim().to_owned(),
+        };
+        git_stdout(&repo, &["tag", "light", &target]);
+    }
     let cache = Gitcache::start(&upstream, &[]);
     let git = GitClient::new().unwrap();
     let home = git.home().to_owned();
@@ -1984,6 +2000,9 @@ fn a_filtered_clone_of_a_new_mirror_is_sent_the_kinds_it_takes_of_the_first_pack
         ("acme/blobless", "blob:none", 1),
         ("acme/treeless", "tree:0", 2),
         ("acme/tagged", "blob:none", 2),
+        ("acme/light-blob", "blob:none", 2),
+        // (`git upload-pack` itself leaves a tree wanted out of a `tree:0` clone.)
+        ("acme/light-tree", "blob:none", 2),
     ] {
         let dir = name.replace('/', "-");
         let filter = format!("--filter={filter}");
