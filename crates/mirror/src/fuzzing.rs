@@ -7,11 +7,16 @@ use crate::ingest::{Error, ingest_hashing_from};
 /// history whole within it). It is taken in whole (a `.pack`, its `.idx` and, unless it has
 /// deltas on bases named by id, its `.rev`; nothing else) or refused with a typed error
 /// leaving the directory empty. It is offered twice, blobs hashed as they are read from the
-/// usual size on and then every one: both end alike, with the same index. Then it is offered
-/// as a later fetch's pack ([`ingest_later`]).
+/// usual size on and then every one, announced as it arrives (see [`announced`]): both end
+/// alike, with the same index. Then it is offered as a later fetch's pack
+/// ([`ingest_later`]).
 pub fn ingest(data: &[u8]) {
-    let usual = ingest_hashing(data, crate::ingest::HASHED_ON_ARRIVAL);
-    let every = ingest_hashing(data, 0);
+    let usual = ingest_hashing(data, crate::ingest::HASHED_ON_ARRIVAL, None);
+    let board = std::sync::Arc::new(crate::live::Board::default());
+    let every = ingest_hashing(data, 0, Some(&board));
+    if every.is_some() {
+        announced(&board);
+    }
     assert_eq!(
         usual, every,
         "hashing every blob on arrival changed the outcome"
@@ -60,8 +65,14 @@ fn seeded() -> &'static Seeded {
     static SEEDED: std::sync::OnceLock<Seeded> = std::sync::OnceLock::new();
     SEEDED.get_or_init(|| {
         let dir = empty_mirror("seed");
-        let seeded = offer(&dir, &seed_pack(), true, crate::ingest::HASHED_ON_ARRIVAL)
-            .expect("the seed is taken in");
+        let seeded = offer(
+            &dir,
+            &seed_pack(),
+            true,
+            crate::ingest::HASHED_ON_ARRIVAL,
+            None,
+        )
+        .expect("the seed is taken in");
         let pack_dir = dir.join("objects").join("pack");
         let files = files_in(&pack_dir)
             .into_iter()
@@ -113,7 +124,7 @@ pub fn ingest_later(data: &[u8]) -> bool {
     }
     let listing = || files_in(&pack_dir);
     let before = listing();
-    let outcome = offer(&dir, data, false, crate::ingest::HASHED_ON_ARRIVAL);
+    let outcome = offer(&dir, data, false, crate::ingest::HASHED_ON_ARRIVAL, None);
     let taken = outcome.is_ok();
     match outcome {
         Ok(ingested) if ingested.checksum == *seed_checksum => {
@@ -140,11 +151,66 @@ pub fn ingest_later(data: &[u8]) -> bool {
     taken
 }
 
-/// What [`ingest`] left with blobs from `hash_from` bytes on hashed as they are read:
-/// the index's bytes, or the refusal.
-fn ingest_hashing(data: &[u8], hash_from: u64) -> Option<Vec<u8>> {
+/// A first pack taken in as it was announced on `board`: should the kinds of its entries be
+/// noted, the entries of every kind but blobs, and of commits and tags alone, copied as a
+/// filtered clone is sent them, make a pack whose every entry reads (each delta's base
+/// among them) and whose checksum is its trailer.
+fn announced(board: &crate::live::Board) {
+    let Some(pack) = board.current() else {
+        return;
+    };
+    let Some(kinds) = pack.entry_kinds() else {
+        return;
+    };
+    assert!(kinds.offsets.windows(2).all(|pair| pair[0] < pair[1]));
+    assert_eq!(kinds.offsets.len(), kinds.kinds.len());
+    let kept: [fn(gix_object::Kind) -> bool; 2] = [
+        |kind| kind != gix_object::Kind::Blob,
+        |kind| matches!(kind, gix_object::Kind::Commit | gix_object::Kind::Tag),
+    ];
+    for keep in kept {
+        let Some(taken) = kinds.taken(keep) else {
+            continue;
+        };
+        let read_at = |buf: &mut [u8], at: u64| pack.read_at(buf, at);
+        let (copy, checksum) = gitcache_pack::copy::copy_entries(
+            &read_at,
+            &taken,
+            gix_hash::Kind::Sha1,
+            Vec::new(),
+            |_, _| Ok(()),
+        )
+        .expect("the entries of kinds kept copy");
+        let mut read = &copy[..];
+        let mut entries =
+            gitcache_pack::incoming::Incoming::new(&mut read, gix_hash::Kind::Sha1, u64::MAX)
+                .expect("the copy's header");
+        let mut count = 0;
+        while entries
+            .next_entry()
+            .expect("each entry copied reads")
+            .is_some()
+        {
+            count += 1;
+        }
+        assert_eq!(count, taken.len());
+        assert_eq!(entries.trailer().expect("a trailer"), checksum);
+    }
+}
+
+/// What [`ingest`] left with blobs from `hash_from` bytes on hashed as they are read
+/// (announced on `board`, if given): the index's bytes, or the refusal.
+fn ingest_hashing(
+    data: &[u8],
+    hash_from: u64,
+    board: Option<&std::sync::Arc<crate::live::Board>>,
+) -> Option<Vec<u8>> {
     let dir = empty_mirror("first");
-    let outcome = offer(&dir, data, true, hash_from);
+    let announce = board.map(|board| crate::ingest::Announce {
+        board: std::sync::Arc::clone(board),
+        asked: crate::live::Asked::first(vec![gix_hash::ObjectId::null(gix_hash::Kind::Sha1)]),
+    });
+    let outcome = offer(&dir, data, true, hash_from, announce);
     let left = files_in(&dir.join("objects").join("pack"));
     let index = match outcome {
         Ok(ingested) => {
@@ -182,6 +248,7 @@ fn offer(
     data: &[u8],
     alone: bool,
     hash_from: u64,
+    announce: Option<crate::ingest::Announce>,
 ) -> Result<crate::ingest::Ingested, Error> {
     let closure = gitcache_pack::Closure::Closed {
         self_contained: alone,
@@ -191,7 +258,7 @@ fn offer(
         gix_hash::Kind::Sha1,
         &mut &data[..],
         closure,
-        None,
+        announce,
         hash_from,
         crate::ingest::Guards {
             stop: &std::sync::atomic::AtomicBool::new(false),
