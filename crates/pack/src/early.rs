@@ -812,7 +812,7 @@ pub fn scan_for(
                     None,
                     entries,
                     counts,
-                    (tips.closure(), limits.copy_all_bytes),
+                    (|| tips.closure(), limits.copy_all_bytes),
                 );
             }
             if tips.posts_now()
@@ -824,7 +824,7 @@ pub fn scan_for(
                     None,
                     entries,
                     (passed, kept.read_back_count()),
-                    (tips.closure(), limits.copy_all_bytes),
+                    (|| tips.closure(), limits.copy_all_bytes),
                 )
             {
                 post(found);
@@ -833,14 +833,16 @@ pub fn scan_for(
     }
     let checksum = incoming.trailer()?;
     let counts = (passed, kept.read_back_count());
-    let closure = tips.and_then(|tips| tips.closure());
     found_once(
         hash,
         objects,
         Some(checksum),
         entries,
         counts,
-        (closure, limits.copy_all_bytes),
+        (
+            || tips.and_then(|tips| tips.closure()),
+            limits.copy_all_bytes,
+        ),
     )
 }
 
@@ -852,8 +854,19 @@ fn found_once(
     checksum: Option<ObjectId>,
     entries: u32,
     (passed, read_back): (Passed, u64),
-    (closure, copy_all_bytes): (Option<std::collections::HashSet<ObjectId>>, u64),
+    (closure, copy_all_bytes): (
+        impl FnOnce() -> Option<std::collections::HashSet<ObjectId>>,
+        u64,
+    ),
 ) -> Result<Found, Error> {
+    // The closures are only made when the copy is to hold them alone (a set of up to two
+    // million ids).
+    let bytes: u64 = objects.iter().map(|found| found.end - found.offset).sum();
+    let closure = if bytes > copy_all_bytes {
+        closure()
+    } else {
+        None
+    };
     let mut ids: Vec<ObjectId> = objects.iter().map(|found| found.id).collect();
     ids.sort_unstable();
     if ids.windows(2).any(|pair| pair[0] == pair[1]) {
