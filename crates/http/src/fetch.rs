@@ -195,7 +195,7 @@ enum Waited {
     /// its filter keeps: where each lies.
     ArrivingFiltered(
         Arc<gitcache_mirror::live::LivePack>,
-        (Vec<(u64, u64)>, crate::responder::FilteredTurn),
+        (Vec<(u64, u64)>, gitcache_mirror::live::Turn),
     ),
     /// The refresh took in a pack that holds every want: the mirror answers now, its refs
     /// still to be written.
@@ -369,7 +369,7 @@ impl Fetches {
                         // A few at a time (each holds where its entries lie), the list
                         // made once a turn is had.
                         let taken = kinds.and_then(|kinds| {
-                            let turn = crate::responder::FilteredTurn::take()?;
+                            let turn = crate::responder::FILTERED.take()?;
                             Some((kinds.taken(keep)?, turn))
                         });
                         // Else (it failed, is not a choice of kinds, or too many are being

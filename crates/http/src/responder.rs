@@ -828,7 +828,7 @@ impl Responder {
     pub(crate) fn serve_arriving_filtered(
         &self,
         pack: Arc<gitcache_mirror::live::LivePack>,
-        (taken, turn): (Vec<(u64, u64)>, FilteredTurn),
+        (taken, turn): (Vec<(u64, u64)>, gitcache_mirror::live::Turn),
         sideband_all: bool,
     ) -> Response<Body> {
         self.written_beside(move |out| {
@@ -842,36 +842,10 @@ impl Responder {
     }
 }
 
-/// How many filtered clones are sent a first pack's entries at once (see
-/// [`Responder::serve_arriving_filtered`]): each holds where its entries lie, and where it
-/// wrote each (up to 24 bytes an entry).
-const MOST_FILTERED_AT_ONCE: usize = 4;
-
-static FILTERED_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// One of the [`MOST_FILTERED_AT_ONCE`] turns at sending a filtered clone a first pack's
-/// entries, given back when dropped.
-#[derive(Debug)]
-pub(crate) struct FilteredTurn(());
-
-impl FilteredTurn {
-    /// A turn, if one is free.
-    pub(crate) fn take() -> Option<FilteredTurn> {
-        use std::sync::atomic::Ordering;
-        FILTERED_RUNNING
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
-                (running < MOST_FILTERED_AT_ONCE).then_some(running + 1)
-            })
-            .ok()
-            .map(|_| FilteredTurn(()))
-    }
-}
-
-impl Drop for FilteredTurn {
-    fn drop(&mut self) {
-        FILTERED_RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
+/// The filtered clones sent a first pack's entries at once (see
+/// [`Responder::serve_arriving_filtered`]): four at most, each holding where its entries lie
+/// and where it wrote each (up to 24 bytes an entry).
+pub(crate) static FILTERED: gitcache_mirror::live::Turns = gitcache_mirror::live::Turns::new(4);
 
 /// Write the entries of `pack` at `taken` into `out` as a fetch response's pack; a file that
 /// cannot be read ends the answer with the reason on the error band.

@@ -102,32 +102,9 @@ impl Drop for Removal {
     }
 }
 
-/// The most scans of arriving packs at once in this process.
-const MOST_AT_ONCE: usize = 2;
-
-/// The scans running now.
-static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// One of the [`MOST_AT_ONCE`] scans that may run at once, given back when dropped.
-pub(crate) struct Turn(());
-
-impl Turn {
-    /// A turn, if one is free.
-    pub(crate) fn take() -> Option<Turn> {
-        RUNNING
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
-                (running < MOST_AT_ONCE).then_some(running + 1)
-            })
-            .ok()
-            .map(|_| Turn(()))
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        RUNNING.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+/// The scans of arriving packs at once in this process: two at most (each holds up to 64
+/// MiB of decoded objects).
+pub(crate) static SCANS: crate::live::Turns = crate::live::Turns::new(2);
 
 /// Whether `path` is the folder of an [`Early`] of this process still held.
 pub(crate) fn is_held(path: &Path) -> bool {

@@ -232,6 +232,45 @@ impl LivePack {
     }
 }
 
+/// Turns at some work of which only so many may run at once in a process (each holds memory
+/// the others do not share): taken while one is free, given back when dropped.
+#[derive(Debug)]
+pub struct Turns {
+    running: std::sync::atomic::AtomicUsize,
+    most: usize,
+}
+
+/// One of the [`Turns`], given back when dropped.
+#[derive(Debug)]
+pub struct Turn(&'static Turns);
+
+impl Turns {
+    /// At most `most` turns at once.
+    pub const fn new(most: usize) -> Turns {
+        Turns {
+            running: std::sync::atomic::AtomicUsize::new(0),
+            most,
+        }
+    }
+
+    /// A turn, if one is free.
+    pub fn take(&'static self) -> Option<Turn> {
+        use std::sync::atomic::Ordering;
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < self.most).then_some(running + 1)
+            })
+            .ok()
+            .map(|_| Turn(self))
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        (self.0.running).fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// The entries of a mirror's first pack, once it is whole: where each lies and what kind of
 /// object it holds. Enough to send a clone of what the pack was fetched for with a filter
 /// that leaves out kinds (`blob:none`, `tree:0`) by copying the other entries, before the
@@ -624,6 +663,20 @@ mod tests {
 
     fn oid(n: u8) -> ObjectId {
         ObjectId::from_bytes_or_panic(&[n; 20])
+    }
+
+    /// Turns are taken up to the most, and given back when dropped.
+    #[test]
+    fn turns_are_taken_up_to_the_most() {
+        static TWO: Turns = Turns::new(2);
+        let first = TWO.take().unwrap();
+        let second = TWO.take().unwrap();
+        assert!(TWO.take().is_none());
+        drop(first);
+        let third = TWO.take().unwrap();
+        assert!(TWO.take().is_none());
+        drop((second, third));
+        assert!(TWO.take().is_some());
     }
 
     /// The entries of the kinds taken, each from where it starts to where the next does

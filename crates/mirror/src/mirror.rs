@@ -1071,7 +1071,7 @@ impl Mirror {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return;
                     }
-                    if let Some(turn) = crate::early::Turn::take() {
+                    if let Some(turn) = crate::early::SCANS.take() {
                         break turn;
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
