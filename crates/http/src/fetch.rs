@@ -399,8 +399,9 @@ impl Fetches {
                     repo = &mut landed, if early => {
                         break Waited::Landed(repo);
                     }
-                    () = &mut unannounced, if live => break Waited::TooLong,
-                    () = &mut too_long, if !live => break Waited::TooLong,
+                    // A filtered clone needs the pack whole: it waits as any fetch does.
+                    () = &mut unannounced, if live && filtered.is_none() => break Waited::TooLong,
+                    () = &mut too_long, if !live || filtered.is_some() => break Waited::TooLong,
                 }
             }
         } else if ahead {

@@ -6,8 +6,9 @@
 /// How much less of the processor work run [`behind_answers`] is given when others want it,
 /// in steps of the `nice` scale (each weighs about a fifth less than the one before: ten
 /// leave it about a tenth of a core beside one busy thread, and all of it when nothing else
-/// runs). Five left the reading of a first pack a quarter of its core, and its depth-one
-/// answer on the bench's `large` repository took about 0.15 s longer.
+/// runs). With five, the indexing took about a quarter of the reading's core, and a
+/// depth-one answer on the bench's `large` repository took about 0.12 s longer. A thread
+/// cannot raise its priority again: it stays lower to the work's end.
 const STEPS: i32 = 10;
 
 /// Run `work` on a thread of its own at a lower priority than the threads answering

@@ -19,7 +19,7 @@ pub fn ingest(data: &[u8]) {
     }
     assert_eq!(
         usual, every,
-        "hashing every blob on arrival changed the outcome"
+        "hashing every blob on arrival, the pack announced, changed the outcome"
     );
     ingest_later(data);
 }

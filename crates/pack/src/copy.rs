@@ -62,11 +62,7 @@ pub fn copy_entries<W: Write>(
     let last = entries.last().map_or(0, |(_, end)| *end);
     let mut ahead = Ahead::new(read_at, last);
     for (place, &(offset, end)) in entries.iter().enumerate() {
-        if end <= offset
-            || written
-                .last()
-                .is_some_and(|_| offset < entries[place - 1].1)
-        {
+        if end <= offset || entries[..place].last().is_some_and(|prev| offset < prev.1) {
             return Err(Error::odb("entries to copy out of order"));
         }
         let len = end - offset;

@@ -95,11 +95,9 @@ pub struct Found {
     passed: Passed,
     /// Trees read back (see [`Tips::reading_back`]).
     read_back: u64,
-    /// What the closures followed are made of, when the scan followed [`Tips`] (see
-    /// [`write_pack`](Found::write_pack)).
+    /// What the closures followed are made of, when the scan followed [`Tips`] and found
+    /// more than [`Limits::copy_all_bytes`] of entries (see [`write_pack`](Found::write_pack)).
     closure: Option<std::sync::Arc<std::collections::HashSet<ObjectId>>>,
-    /// [`Limits::copy_all_bytes`].
-    copy_all_bytes: u64,
 }
 
 /// Entries a [`scan`] read without decoding them, by why: their objects are not found.
@@ -582,9 +580,8 @@ impl Found {
         read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
         also: &[ObjectId],
     ) -> Result<Vec<bool>, Error> {
-        let Some(closure) =
-            (self.closure.as_deref()).filter(|_| self.bytes() > self.copy_all_bytes)
-        else {
+        // Made only past `Limits::copy_all_bytes` (see `found_once`).
+        let Some(closure) = self.closure.as_deref() else {
             return Ok(vec![true; self.objects.len()]);
         };
         let also: std::collections::HashSet<&ObjectId> = also.iter().collect();
@@ -880,7 +877,6 @@ fn found_once(
         passed,
         read_back,
         closure: closure.map(std::sync::Arc::new),
-        copy_all_bytes,
     })
 }
 

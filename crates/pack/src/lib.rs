@@ -82,6 +82,18 @@ pub use repo::{Ref, Repository, WARM_FOREST_MOST, Warmth};
 pub use trees::KeptTrees;
 pub use write::{Checksum, PackStats};
 
+/// What the annotated tag `data` (of a repository whose ids are `hash`) tags, and of what
+/// kind that is, as git reads its `object` and `type` lines; `None` for what is not a tag.
+///
+/// ```
+/// let tag = format!("object {}\ntype commit\ntag v1\n\nv1\n", "1".repeat(40));
+/// let (_, kind) = gitcache_pack::tagged(tag.as_bytes(), gix_hash::Kind::Sha1).unwrap();
+/// assert_eq!(kind, gix_object::Kind::Commit);
+/// ```
+pub fn tagged(data: &[u8], hash: gix_hash::Kind) -> Option<(gix_hash::ObjectId, gix_object::Kind)> {
+    objects::parse_tag(data, hash).ok()
+}
+
 use objects::Objects;
 
 /// A set of object ids hashed by their own (already random) bytes.
