@@ -12,10 +12,13 @@ use crate::ingest::{Error, ingest_hashing_from};
 /// ([`ingest_later`]).
 pub fn ingest(data: &[u8]) {
     let usual = ingest_hashing(data, crate::ingest::HASHED_ON_ARRIVAL, None);
+    // The announced offer wants the first object of the index the first one wrote.
+    let wanted = usual.as_deref().and_then(first_in_index);
     let board = std::sync::Arc::new(crate::live::Board::default());
-    let every = ingest_hashing(data, 0, Some(&board));
+    let want = wanted.map_or(gix_hash::ObjectId::null(gix_hash::Kind::Sha1), |(id, _)| id);
+    let every = ingest_hashing(data, 0, Some((&board, want)));
     if every.is_some() {
-        announced(&board);
+        announced(&board, wanted.map(|(_, at)| at));
     }
     assert_eq!(
         usual, every,
@@ -151,11 +154,31 @@ pub fn ingest_later(data: &[u8]) -> bool {
     taken
 }
 
+/// The first id of the SHA-1 version 2 index `index`, and where its object lies in the pack.
+fn first_in_index(index: &[u8]) -> Option<(gix_hash::ObjectId, u64)> {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(index.get(at..at + 4)?.try_into().ok()?))
+    };
+    let count = word(8 + 255 * 4)? as usize;
+    let ids = 8 + 256 * 4;
+    let id =
+        gix_hash::ObjectId::from_bytes_or_panic(index.get(ids..ids + 20).filter(|_| count > 0)?);
+    let offset = word(ids + count * 24)?;
+    let offset = if offset & 0x8000_0000 == 0 {
+        u64::from(offset)
+    } else {
+        let at = ids + count * 28 + (offset & 0x7fff_ffff) as usize * 8;
+        u64::from_be_bytes(index.get(at..at + 8)?.try_into().ok()?)
+    };
+    Some((id, offset))
+}
+
 /// A first pack taken in as it was announced on `board`: should the kinds of its entries be
 /// noted, the entries of every kind but blobs, and of commits and tags alone, copied as a
 /// filtered clone is sent them, make a pack whose every entry reads (each delta's base
-/// among them) and whose checksum is its trailer.
-fn announced(board: &crate::live::Board) {
+/// among them) and whose checksum is its trailer; and should its want be said to be a
+/// commit or a tag, the entry at `wanted` (the want's) is one.
+fn announced(board: &crate::live::Board, wanted: Option<u64>) {
     let Some(pack) = board.current() else {
         return;
     };
@@ -164,6 +187,19 @@ fn announced(board: &crate::live::Board) {
     };
     assert!(kinds.offsets.windows(2).all(|pair| pair[0] < pair[1]));
     assert_eq!(kinds.offsets.len(), kinds.kinds.len());
+    if kinds.wants_commits_or_tags
+        && let Some(at) = wanted
+    {
+        let place = kinds.offsets.binary_search(&at).expect("the want's entry");
+        assert!(
+            matches!(
+                kinds.kinds[place],
+                Some(gix_object::Kind::Commit | gix_object::Kind::Tag)
+            ),
+            "a want said to be a commit or a tag is a {:?}",
+            kinds.kinds[place]
+        );
+    }
     let kept: [fn(gix_object::Kind) -> bool; 2] = [
         |kind| kind != gix_object::Kind::Blob,
         |kind| matches!(kind, gix_object::Kind::Commit | gix_object::Kind::Tag),
@@ -199,16 +235,17 @@ fn announced(board: &crate::live::Board) {
 }
 
 /// What [`ingest`] left with blobs from `hash_from` bytes on hashed as they are read
-/// (announced on `board`, if given): the index's bytes, or the refusal.
+/// (announced on `board`, if given, as fetched for its want): the index's bytes, or the
+/// refusal.
 fn ingest_hashing(
     data: &[u8],
     hash_from: u64,
-    board: Option<&std::sync::Arc<crate::live::Board>>,
+    board: Option<(&std::sync::Arc<crate::live::Board>, gix_hash::ObjectId)>,
 ) -> Option<Vec<u8>> {
     let dir = empty_mirror("first");
-    let announce = board.map(|board| crate::ingest::Announce {
+    let announce = board.map(|(board, want)| crate::ingest::Announce {
         board: std::sync::Arc::clone(board),
-        asked: crate::live::Asked::first(vec![gix_hash::ObjectId::null(gix_hash::Kind::Sha1)]),
+        asked: crate::live::Asked::first(vec![want]),
     });
     let outcome = offer(&dir, data, true, hash_from, announce);
     let left = files_in(&dir.join("objects").join("pack"));
