@@ -453,20 +453,42 @@ pub fn commit_graph(data: &[u8]) {
     }
 }
 
-/// Bytes handed out as they are asked for, saying how many were.
-struct Arriving<'a> {
-    data: &'a [u8],
-    arrived: &'a std::sync::atomic::AtomicUsize,
+/// Bytes handed out as they are asked for, saying how many were: a pack as it arrives, for
+/// [`crate::early::scan_for`] (here and in the tests).
+#[derive(Debug)]
+pub struct Arriving<'a> {
+    /// The pack.
+    pub data: &'a [u8],
+    /// How many of its bytes were handed out.
+    pub arrived: &'a std::sync::atomic::AtomicUsize,
 }
 
 impl std::io::Read for Arriving<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let at = self.arrived.load(std::sync::atomic::Ordering::Relaxed);
+        let at = self.arrived.load(std::sync::atomic::Ordering::SeqCst);
         let rest = self.data.get(at..).unwrap_or_default();
         let n = buf.len().min(rest.len());
         buf[..n].copy_from_slice(&rest[..n]);
         self.arrived
-            .store(at + n, std::sync::atomic::Ordering::Relaxed);
+            .store(at + n, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+/// Reads of `data` at an offset, of the bytes an [`Arriving`] counting into `arrived` handed
+/// out so far only (as [`crate::early::Tips::reading_back`] reads).
+pub fn read_arrived(
+    data: Vec<u8>,
+    arrived: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> impl Fn(&mut [u8], u64) -> std::io::Result<usize> + Send + 'static {
+    move |buf, at| {
+        let arrived = arrived.load(std::sync::atomic::Ordering::SeqCst);
+        let rest = usize::try_from(at)
+            .ok()
+            .and_then(|at| data.get(at..arrived))
+            .unwrap_or_default();
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
         Ok(n)
     }
 }
@@ -615,17 +637,8 @@ pub fn incoming(data: &[u8]) {
             // far (those the scan asked for).
             let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             if lacked.is_none() {
-                let (data, arrived) = (data.to_vec(), std::sync::Arc::clone(&arrived));
-                tips = tips.reading_back(move |buf, at| {
-                    let arrived = arrived.load(std::sync::atomic::Ordering::Relaxed);
-                    let rest = usize::try_from(at)
-                        .ok()
-                        .and_then(|at| data.get(at..arrived))
-                        .unwrap_or_default();
-                    let n = buf.len().min(rest.len());
-                    buf[..n].copy_from_slice(&rest[..n]);
-                    Ok(n)
-                });
+                tips =
+                    tips.reading_back(read_arrived(data.to_vec(), std::sync::Arc::clone(&arrived)));
             }
             // Reading back, with room for hardly any object kept: each base is read back.
             let limits = match lacked {

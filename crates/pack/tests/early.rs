@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use common::{Fixture, apply, fetch, git, upload_pack};
 use gitcache_pack::early::{Found, Limits, Tips, scan, scan_for};
+use gitcache_pack::fuzzing::{Arriving, read_arrived};
 use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::request::Fetch;
 use gitcache_protocol::response::parse_fetch_response;
@@ -638,18 +639,10 @@ fn trees_whose_bases_are_gone_are_read_back() {
 
     // Read back from what has arrived: the bytes the scan has read.
     let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut with = Tips::new([head]).reading_back({
-        let (bytes, arrived) = (pack.clone(), std::sync::Arc::clone(&arrived));
-        move |buf, at| {
-            let arrived = arrived.load(std::sync::atomic::Ordering::SeqCst);
-            let rest = bytes.get(at as usize..arrived).unwrap_or_default();
-            let n = buf.len().min(rest.len());
-            buf[..n].copy_from_slice(&rest[..n]);
-            Ok(n)
-        }
-    });
+    let mut with =
+        Tips::new([head]).reading_back(read_arrived(pack.clone(), std::sync::Arc::clone(&arrived)));
     let mut arriving = std::io::BufReader::new(Arriving {
-        pack: &pack,
+        data: &pack,
         arrived: &arrived,
     });
     let stop = AtomicBool::new(false);
@@ -680,22 +673,4 @@ fn trees_whose_bases_are_gone_are_read_back() {
     request.deepen = Some(1);
     request.include_tag = true;
     answered_as_git(&fixture, &Repository::open(&early).unwrap(), &request);
-}
-
-/// A pack's bytes handed out as they are asked for, saying how many were.
-struct Arriving<'a> {
-    pack: &'a [u8],
-    arrived: &'a std::sync::atomic::AtomicUsize,
-}
-
-impl std::io::Read for Arriving<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let at = self.arrived.load(std::sync::atomic::Ordering::SeqCst);
-        let rest = &self.pack[at..];
-        let n = buf.len().min(rest.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.arrived
-            .store(at + n, std::sync::atomic::Ordering::SeqCst);
-        Ok(n)
-    }
 }
