@@ -490,7 +490,7 @@ impl Fetches {
                             Early::Not => seen = Some(found),
                         }
                     }
-                    found = registry.early_after(&target.key, seen.as_ref(), &asked.wants), if from_early && checking.is_none() => {
+                    found = registry.early_after(&target.key, seen.as_ref(), &asked.wants, &asked.haves), if from_early && checking.is_none() => {
                         checking = Some(Box::pin(async move {
                             let answer = self
                                 .answer_early(target, headers, &found, asked, kind, &vouched)
@@ -973,17 +973,25 @@ fn reads_no_refs_but_tags(fetch: &Fetch) -> bool {
         && !fetch.deepen_relative
 }
 
-/// Whether `fetch` is of the shape the objects found as a first pack arrives may answer: a
-/// shallow clone of depth one, which needs each commit wanted, its tree and what is in it
-/// (what the reading follows, passing older trees once those are found). Anything deeper
-/// or wider needs what the reading passed over: it would only start a reading for nothing,
-/// on the cores the mirror's own indexing needs. Only without haves or shallow commits:
-/// those the objects found do not hold would be taken for commits the client lacks.
+/// Whether `fetch` is of a shape the objects found as a first pack arrives may answer:
+/// - a shallow clone of depth one, which needs each commit wanted, its tree and what is in
+///   it (what the reading follows, passing older trees once those are found);
+/// - an incremental fetch with neither deepening nor filter, which needs the commits from
+///   its wants down to its haves and a few below, each with its tree and what is in it
+///   (what the reading walks, within a bound; a have it does not reach is not one of them,
+///   and is not acknowledged).
+///
+/// Anything deeper or wider needs what the reading passed over: it would only start a
+/// reading for nothing, on the cores the mirror's own indexing needs. Never with shallow
+/// commits: the objects found do not tell where the client's history ends.
 fn answerable_early(fetch: &Fetch) -> bool {
-    fetch.deepen == Some(1)
-        && fetch.deepen_since.is_none()
-        && fetch.haves.is_empty()
-        && fetch.shallows.is_empty()
+    let shallow_clone =
+        fetch.deepen == Some(1) && fetch.deepen_since.is_none() && fetch.haves.is_empty();
+    let incremental = !fetch.haves.is_empty()
+        && !fetch.is_deepening()
+        && !fetch.deepen_relative
+        && fetch.filter.is_none();
+    fetch.shallows.is_empty() && (shallow_clone || incremental)
 }
 
 /// Whether `fetch` wants objects by id and takes offset deltas, with no shallow, deepening
@@ -1055,11 +1063,12 @@ mod tests {
         }
     }
 
-    /// Only a shallow clone of depth one waits for the objects found as a first pack
-    /// arrives: not a deeper one, nor one by date, nor a filtered clone of the history, nor
-    /// a fetch with haves or shallow commits.
+    /// Only a shallow clone of depth one, and an incremental fetch without deepening or
+    /// filter, wait for the objects found as a first pack arrives: not a deeper clone, nor
+    /// one by date, nor a filtered clone of the history, nor a shallow clone with haves, nor
+    /// a fetch with shallow commits or a filter.
     #[test]
-    fn only_a_depth_one_clone_is_answered_early() {
+    fn only_a_depth_one_clone_or_a_plain_incremental_fetch_is_answered_early() {
         let id = gix_hash::ObjectId::from_hex(b"ce013625030ba8dba906f756967f9e9ca394464a").unwrap();
         let clone = || Fetch {
             wants: vec![id],
@@ -1072,10 +1081,32 @@ mod tests {
             ..clone()
         };
         assert!(answerable_early(&filtered));
+        let incremental = Fetch {
+            deepen: None,
+            haves: vec![id],
+            ..clone()
+        };
+        assert!(answerable_early(&incremental));
         for fetch in [
             Fetch {
                 deepen: Some(2),
                 ..clone()
+            },
+            Fetch {
+                filter: Some(gitcache_protocol::filter::Filter::BlobNone),
+                ..incremental.clone()
+            },
+            Fetch {
+                shallows: vec![id],
+                ..incremental.clone()
+            },
+            Fetch {
+                deepen_since: Some(1),
+                ..incremental.clone()
+            },
+            Fetch {
+                deepen_relative: true,
+                ..incremental.clone()
             },
             Fetch {
                 deepen: None,

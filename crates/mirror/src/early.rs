@@ -148,7 +148,7 @@ impl Read for Following<'_> {
 
 /// Scan `pack` as it arrives, then write what was found as a pack of its own in a new folder
 /// of `git_dir`, with its index and `refs` as the mirror will have them: an [`Early`] once
-/// the shallow closures of `wants` are found (and of those `more` wants meanwhile, see
+/// the shallow closures of `wants` are found, with the history it walks (and those `more` wants meanwhile, see
 /// [`Tips::asking`](gitcache_pack::early::Tips::asking)), or else once the pack is whole.
 /// Should the scan go on only for wants not found yet (ids the pack may lack), what was
 /// found by then is given to `meanwhile` first, as an [`Early`] of its own. Nothing is
@@ -159,8 +159,8 @@ pub(crate) fn build(
     pack: &std::sync::Arc<LivePack>,
     refs: &[RefLine],
     (wants, more): (
-        &[gix_hash::ObjectId],
-        impl FnMut() -> Vec<gix_hash::ObjectId> + Send + 'static,
+        gitcache_pack::early::Wants,
+        impl FnMut() -> gitcache_pack::early::Wants + Send + 'static,
     ),
     floor: (crate::mirror::FreeSpace, u64),
     stop: &AtomicBool,
@@ -175,7 +175,8 @@ pub(crate) fn build(
             stop,
         },
     );
-    let mut tips = gitcache_pack::early::Tips::new(wants.iter().copied())
+    let mut tips = gitcache_pack::early::Tips::default()
+        .wanting(wants)
         .asking(more)
         .reading_back({
             let pack = std::sync::Arc::clone(pack);

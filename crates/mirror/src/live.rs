@@ -392,9 +392,10 @@ struct Posted {
     /// A fetch waits for them: they are looked for (not otherwise, a second decoding of
     /// the pack as it arrives).
     early_wanted: bool,
-    /// What the fetches waiting for them want (the first [`MOST_EARLY_WANTS`]): the scan
-    /// may stop once it has found their shallow closures.
-    early_wants: Vec<ObjectId>,
+    /// What the fetches waiting for them want (the first [`MOST_EARLY_WANTS`], and of those
+    /// with haves, the first [`MOST_EARLY_HAVES`] haves): the scan may stop once it has found
+    /// their shallow closures, and the history between their wants and haves.
+    early_wants: gitcache_pack::early::Wants,
 }
 
 /// The most wants of waiting fetches a board keeps for the objects found early.
@@ -403,6 +404,13 @@ const MOST_EARLY_WANTS: usize = 64;
 /// The most wants of one fetch a board keeps for the objects found early: one fetch of many
 /// (or of ids made up) does not take the room of all the others.
 const MOST_EARLY_WANTS_EACH: usize = 8;
+
+/// The most haves of waiting fetches a board keeps for the objects found early.
+const MOST_EARLY_HAVES: usize = 64;
+
+/// The most haves of one fetch a board keeps for the objects found early (a client's first
+/// request lists 16 at most, its newest commits).
+const MOST_EARLY_HAVES_EACH: usize = 16;
 
 /// A repository of the objects of a mirror's first pack found as the pack arrived
 /// ([`gitcache_pack::early`]), with the refs the mirror will have: what needs only those
@@ -600,27 +608,43 @@ impl Board {
         self.posted().early_wanted
     }
 
-    /// What the fetches waiting for the objects found early want, so far (a few dozen at
-    /// most).
-    pub fn early_wants(&self) -> Vec<ObjectId> {
+    /// What the fetches waiting for the objects found early want, so far (a few dozen ids
+    /// at most).
+    pub fn early_wants(&self) -> gitcache_pack::early::Wants {
         self.posted().early_wants.clone()
     }
 
     /// The objects found early in the first pack, once posted, unless they are `seen`; they
     /// are looked for from now on ([`early_wanted`](Self::early_wanted)), for a fetch of
-    /// `wants` among others.
-    pub async fn next_early(&self, seen: Option<&Arc<Early>>, wants: &[ObjectId]) -> Arc<Early> {
+    /// `wants` among others, which has `haves` (an incremental fetch: the history from its
+    /// wants down to its haves is looked for too).
+    pub async fn next_early(
+        &self,
+        seen: Option<&Arc<Early>>,
+        wants: &[ObjectId],
+        haves: &[ObjectId],
+    ) -> Arc<Early> {
         {
             let mut posted = self.posted();
             posted.early_wanted = true;
+            let early = &mut posted.early_wants;
             for want in wants.iter().take(MOST_EARLY_WANTS_EACH) {
-                if posted.early_wants.len() < MOST_EARLY_WANTS && !posted.early_wants.contains(want)
-                {
-                    posted.early_wants.push(*want);
+                if early.tips.len() < MOST_EARLY_WANTS && !early.tips.contains(want) {
+                    early.tips.push(*want);
+                }
+                if !haves.is_empty() && early.tips.contains(want) && !early.walked.contains(want) {
+                    early.walked.push(*want);
+                }
+            }
+            for have in haves.iter().take(MOST_EARLY_HAVES_EACH) {
+                if early.haves.len() < MOST_EARLY_HAVES && !early.haves.contains(have) {
+                    early.haves.push(*have);
                 }
             }
             tracing::debug!(
-                wanted = posted.early_wants.len(),
+                wanted = early.tips.len(),
+                walked = early.walked.len(),
+                haves = early.haves.len(),
                 "waiting for the objects found as the first pack arrives"
             );
         }
@@ -1030,12 +1054,12 @@ mod tests {
         assert!(!board.early_wanted());
         let waiting = {
             let board = &board;
-            async move { board.next_early(None, &[oid(7)]).await }
+            async move { board.next_early(None, &[oid(7)], &[]).await }
         };
         tokio::pin!(waiting);
         assert!(poll_once(&mut waiting).is_none(), "nothing posted yet");
         assert!(board.early_wanted(), "looked for once waited for");
-        assert_eq!(board.early_wants(), [oid(7)]);
+        assert_eq!(board.early_wants().tips, [oid(7)]);
         let _second = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
         board.early(&first, early());
         assert!(poll_once(&mut waiting).is_none(), "not another pack's");
@@ -1047,11 +1071,14 @@ mod tests {
         // Posted again for the same pack (more found): those that saw the first get it.
         let more = early();
         board.early(&second, Arc::clone(&more));
-        assert!(Arc::ptr_eq(&board.next_early(Some(&got), &[]).await, &more));
+        assert!(Arc::ptr_eq(
+            &board.next_early(Some(&got), &[], &[]).await,
+            &more
+        ));
         board.clear();
-        assert!(!board.early_wanted() && board.early_wants().is_empty());
+        assert!(!board.early_wanted() && board.early_wants() == Default::default());
         board.early(&second, early());
-        let again = board.next_early(None, &[]);
+        let again = board.next_early(None, &[], &[]);
         tokio::pin!(again);
         assert!(
             poll_once(&mut again).is_none(),
@@ -1065,14 +1092,14 @@ mod tests {
     async fn one_fetch_of_many_wants_leaves_room_for_the_others() {
         let board = Board::default();
         let many: Vec<ObjectId> = (0..100).map(oid).collect();
-        let first = board.next_early(None, &many);
+        let first = board.next_early(None, &many, &[]);
         tokio::pin!(first);
         assert!(poll_once(&mut first).is_none());
         let other = [oid(200)];
-        let second = board.next_early(None, &other);
+        let second = board.next_early(None, &other, &[]);
         tokio::pin!(second);
         assert!(poll_once(&mut second).is_none());
-        let wants = board.early_wants();
+        let wants = board.early_wants().tips;
         assert_eq!(wants.len(), MOST_EARLY_WANTS_EACH + 1, "{wants:?}");
         assert!(wants.contains(&oid(200)));
     }

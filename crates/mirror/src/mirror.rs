@@ -1080,7 +1080,8 @@ impl Mirror {
                 // first, the rest of the pack not waited for.
                 let wanted = board.early_wants();
                 tracing::debug!(
-                    wanted = wanted.len(),
+                    wanted = wanted.tips.len(),
+                    walked = wanted.walked.len(),
                     "objects of the first pack looked for as it arrives"
                 );
                 let more = {
@@ -1102,7 +1103,7 @@ impl Mirror {
                     &git_dir,
                     &pack,
                     &refs,
-                    (&wanted, more),
+                    (wanted, more),
                     floor,
                     &stop,
                     meanwhile,

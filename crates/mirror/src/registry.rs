@@ -519,15 +519,16 @@ impl Registry {
 
     /// The objects of `key`'s first pack found as it arrived (see [`crate::live::Early`]),
     /// once a refresh making the mirror from nothing has them, unless they are `seen`, for a
-    /// fetch of `wants`.
+    /// fetch of `wants` that has `haves` (see [`Board::next_early`](crate::live::Board::next_early)).
     pub async fn early_after(
         &self,
         key: &RepoKey,
         seen: Option<&Arc<crate::live::Early>>,
         wants: &[gix_hash::ObjectId],
+        haves: &[gix_hash::ObjectId],
     ) -> Arc<crate::live::Early> {
         let slot = self.slot(key);
-        slot.live.next_early(seen, wants).await
+        slot.live.next_early(seen, wants, haves).await
     }
 
     /// The first pack of `key`'s mirror announced now or next, whatever was said of the mirror

@@ -119,6 +119,46 @@ pub struct Passed {
     pub unawaited: u64,
 }
 
+/// What fetches waiting for a pack's objects want of it: for [`Tips::wanting`] and
+/// [`Tips::asking`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wants {
+    /// Commits (or tags of them) whose closures at depth one are followed.
+    pub tips: Vec<ObjectId>,
+    /// Commits (or tags of them) whose history is followed too, commit by commit, down to
+    /// `haves`: what an incremental fetch needs, each commit with its closure at depth one.
+    /// A walk takes at most [`MOST_WALKED`] commits in all, and stops at commits found
+    /// before it was first asked for (their parents are not known).
+    pub walked: Vec<ObjectId>,
+    /// Commits (or tags of them) a client has: a walk that reaches one stops there. Each
+    /// found, reached or not, has its closure followed, and those of the commits up to
+    /// [`BELOW_HAVES`] generations below it: what the client is not sent is told from
+    /// those, and the walk of an answer goes a few commits past its haves. One not found is
+    /// not waited for (a client's own commits are in no pack of the upstream's).
+    pub haves: Vec<ObjectId>,
+}
+
+impl From<Vec<ObjectId>> for Wants {
+    /// Tips alone: nothing walked.
+    fn from(tips: Vec<ObjectId>) -> Wants {
+        Wants {
+            tips,
+            ..Wants::default()
+        }
+    }
+}
+
+/// The most commits [`Wants::walked`] adds to those followed, in all: an incremental fetch
+/// after a few thousand commits waits for the index instead.
+pub const MOST_WALKED: usize = 1024;
+
+/// How many generations below a have a walk goes on (see [`Wants::haves`]): an answer's
+/// walk takes five commits after its last wanted one, as git's does.
+pub const BELOW_HAVES: u8 = 8;
+
+/// The most haves a [`Tips`] stops walks at.
+const MOST_HAVES: usize = 256;
+
 /// Commits whose closures at depth one (each commit, its tree and everything in it) are
 /// followed as a pack's objects are found, in pack order: [`scan_for`] stops once all of
 /// them are found. `git pack-objects` writes commits first, then each tip's trees and
@@ -164,7 +204,7 @@ pub struct Tips {
     /// The most objects waited for at once (see [`Limits::most_found`]).
     most_pending: usize,
     /// Where commits wanted later come from.
-    more: Option<Box<dyn FnMut() -> Vec<ObjectId> + Send>>,
+    more: Option<Box<dyn FnMut() -> Wants + Send>>,
     /// Commits wanted and found (as commits) so far.
     commits_found: usize,
     /// Given what was found so far, once (see [`meanwhile`](Tips::meanwhile)).
@@ -173,6 +213,15 @@ pub struct Tips {
     read_back: Option<Box<ReadAt>>,
     /// Trees followed.
     pub(crate) followed: usize,
+    /// Commits whose parents are followed (see [`Wants::walked`]), each with how many
+    /// generations below a have it is (`None`: above every have).
+    walks: HashMap<ObjectId, Option<u8>>,
+    /// Commits clients have (see [`Wants::haves`]).
+    haves: std::collections::HashSet<ObjectId>,
+    /// The parents of the commits found since a walk was first asked for.
+    parents: Option<HashMap<ObjectId, Box<[ObjectId]>>>,
+    /// Commits walks may still add (see [`MOST_WALKED`]).
+    walk_left: usize,
 }
 
 /// What [`Tips`] remembers of an object found.
@@ -197,6 +246,7 @@ impl std::fmt::Debug for Tips {
             .field("lost", &self.lost)
             .field("commits_found", &self.commits_found)
             .field("followed", &self.followed)
+            .field("walked", &self.walks.len())
             .finish_non_exhaustive()
     }
 }
@@ -232,7 +282,17 @@ impl Tips {
             meanwhile: None,
             read_back: None,
             followed: 0,
+            walks: HashMap::new(),
+            haves: std::collections::HashSet::new(),
+            parents: None,
+            walk_left: MOST_WALKED,
         }
+    }
+
+    /// Also follow what `wants` says (its tips, its walks), from now on.
+    pub fn wanting(mut self, wants: Wants) -> Tips {
+        self.add(wants);
+        self
     }
 
     /// Also follow the commits `more` returns (all wanted so far, or those wanted since it
@@ -241,8 +301,8 @@ impl Tips {
     /// kept is not waited for (it may come again later in the pack), nor, once trees were
     /// read past undecoded, a tree of it not found yet (followed should it come before the
     /// scan ends).
-    pub fn asking(mut self, more: impl FnMut() -> Vec<ObjectId> + Send + 'static) -> Tips {
-        self.more = Some(Box::new(more));
+    pub fn asking<W: Into<Wants>>(mut self, mut more: impl FnMut() -> W + Send + 'static) -> Tips {
+        self.more = Some(Box::new(move || more().into()));
         self
     }
 
@@ -278,6 +338,11 @@ impl Tips {
             && (self.lost || !self.commits.is_empty())
     }
 
+    /// How many commits walks took (see [`Wants::walked`]).
+    pub(crate) fn walked(&self) -> usize {
+        self.walks.len()
+    }
+
     /// Whether a closure was lost (see [`complete`](Self::complete)).
     pub(crate) fn lost(&self) -> bool {
         self.lost
@@ -294,10 +359,94 @@ impl Tips {
         let Some(more) = self.more.as_mut() else {
             return;
         };
-        for id in more() {
+        let wants = more();
+        self.add(wants);
+        self.revisit(kept, hash, false);
+    }
+
+    /// Follow the tips of `wants`, and walk down from those it walks (see [`Wants`]).
+    fn add(&mut self, wants: Wants) {
+        for id in wants.tips {
             self.want(id);
         }
-        self.revisit(kept, hash, false);
+        let walking = !wants.walked.is_empty() || !wants.haves.is_empty();
+        if walking && self.parents.is_none() {
+            self.parents = Some(HashMap::new());
+        }
+        for have in wants.haves {
+            if self.haves.len() < MOST_HAVES && self.haves.insert(have) {
+                self.below_have(have);
+            }
+        }
+        for id in wants.walked {
+            if let std::collections::hash_map::Entry::Vacant(walk) = self.walks.entry(id) {
+                walk.insert(None);
+                self.want(id);
+                self.walk(id);
+            }
+        }
+    }
+
+    /// Follow the have `id`, if it was found, and walk below it (see [`Wants::haves`]).
+    fn below_have(&mut self, id: ObjectId) {
+        if self.walks.contains_key(&id) || !self.seen.contains_key(&id) || self.walk_left == 0 {
+            return;
+        }
+        self.walk_left -= 1;
+        self.walks.insert(id, Some(0));
+        self.want(id);
+        self.walk(id);
+    }
+
+    /// Walk down from `from` (see [`Wants::walked`]), as far as the commits found tell:
+    /// each parent is followed (wanted, with its closure), and walked on from once it is
+    /// found. A tag walked is walked on from what it tags.
+    fn walk(&mut self, from: ObjectId) {
+        let mut stack = vec![from];
+        while let Some(id) = stack.pop() {
+            let Some(&below) = self.walks.get(&id) else {
+                continue;
+            };
+            let parents = match self.seen.get(&id) {
+                Some(Seen::Tag(target)) => {
+                    let target = *target;
+                    if let std::collections::hash_map::Entry::Vacant(walk) =
+                        self.walks.entry(target)
+                    {
+                        walk.insert(below);
+                        stack.push(target);
+                    }
+                    continue;
+                }
+                Some(Seen::Commit(_)) => {
+                    match self.parents.as_ref().and_then(|parents| parents.get(&id)) {
+                        Some(parents) => parents.clone(),
+                        // Found before walks were asked for.
+                        None => continue,
+                    }
+                }
+                // Not found yet (walked on once it is), or not a commit.
+                _ => continue,
+            };
+            for parent in parents.iter().copied() {
+                if self.walks.contains_key(&parent) {
+                    continue;
+                }
+                let below = match below {
+                    _ if self.haves.contains(&parent) => Some(0),
+                    None => None,
+                    Some(generations) if generations < BELOW_HAVES => Some(generations + 1),
+                    Some(_) => continue,
+                };
+                if self.walk_left == 0 {
+                    continue;
+                }
+                self.walk_left -= 1;
+                self.walks.insert(parent, below);
+                self.want(parent);
+                stack.push(parent);
+            }
+        }
     }
 
     /// Follow `id` from now on: from its tree, if it was found already (to be read again,
@@ -429,8 +578,17 @@ impl Tips {
         let seen = match kind {
             gix_object::Kind::Tree if needed => Seen::Done,
             gix_object::Kind::Tree => Seen::Tree(offset),
-            gix_object::Kind::Commit => crate::objects::parse_commit(data, hash)
-                .map_or(Seen::Done, |commit| Seen::Commit(commit.tree)),
+            gix_object::Kind::Commit => match crate::objects::parse_commit(data, hash) {
+                Ok(commit) => {
+                    if let Some(parents) = self.parents.as_mut()
+                        && !self.seen.contains_key(&id)
+                    {
+                        parents.insert(id, commit.parents.into_boxed_slice());
+                    }
+                    Seen::Commit(commit.tree)
+                }
+                Err(_) => Seen::Done,
+            },
             gix_object::Kind::Tag => crate::objects::parse_tag(data, hash)
                 .map_or(Seen::Done, |(target, _)| Seen::Tag(target)),
             gix_object::Kind::Blob => Seen::Done,
@@ -448,6 +606,12 @@ impl Tips {
                 // Not a commit: nothing to follow.
                 Seen::Tree(_) | Seen::Done => {}
             }
+        }
+        if self.haves.contains(&id) {
+            self.below_have(id);
+        }
+        if self.walks.contains_key(&id) {
+            self.walk(id);
         }
         if needed && kind == gix_object::Kind::Tree {
             self.follow(data, hash);
@@ -1481,6 +1645,155 @@ mod tests {
         tips.found((tag_id, 30), Kind::Tag, &tag, HASH, &mut kept);
         tips.found((blob_id, 40), Kind::Blob, &blob, HASH, &mut kept);
         assert!(!tips.complete(), "{tips:?}");
+    }
+
+    /// An object of a pack: its id, kind and data.
+    type Entry = (ObjectId, Kind, Vec<u8>);
+
+    /// A history of `n` commits, oldest first, each of its own tree of its own blob: the
+    /// objects of each, in the order `git pack-objects` writes them (all commits, newest
+    /// first, then each one's tree and blob).
+    fn history(n: usize) -> (Vec<ObjectId>, Vec<Entry>) {
+        let mut commits: Vec<(ObjectId, Vec<u8>)> = Vec::new();
+        let mut rest = Vec::new();
+        for i in 0..n {
+            let blob = object(Kind::Blob, format!("{i}\n").into_bytes());
+            let tree = tree(&[("100644", "file", blob.0)]);
+            let parent = (commits.last()).map_or(String::new(), |(id, _)| format!("parent {id}\n"));
+            let data = format!(
+                "tree {}\n{parent}author a <a@b> {i} +0000\ncommitter a <a@b> {i} +0000\n\nm\n",
+                tree.0
+            );
+            commits.push(object(Kind::Commit, data.into_bytes()));
+            rest.push((tree.0, Kind::Tree, tree.1));
+            rest.push((blob.0, Kind::Blob, blob.1));
+        }
+        let ids = commits.iter().map(|(id, _)| *id).collect();
+        let mut order: Vec<_> = (commits.into_iter().rev())
+            .map(|(id, data)| (id, Kind::Commit, data))
+            .collect();
+        order.extend(rest.into_iter().rev());
+        (ids, order)
+    }
+
+    /// Each of `objects` found by `tips`, in order.
+    fn found_all(tips: &mut Tips, objects: &[Entry]) {
+        let mut kept = Kept::new(1 << 20);
+        for (at, (id, kind, data)) in objects.iter().enumerate() {
+            tips.found((*id, at as u64 * 10), *kind, data, HASH, &mut kept);
+        }
+    }
+
+    /// A walk from a want follows each commit down to the have, and [`BELOW_HAVES`]
+    /// generations below it, each with its closure: the closures hold those commits and
+    /// their trees and blobs, and none below. A walk of too many commits stops.
+    #[test]
+    fn a_walk_follows_the_history_down_to_the_haves_and_a_few_below() {
+        let (commits, objects) = history(14);
+        let (tip, have) = (commits[13], commits[11]);
+        let below = usize::from(BELOW_HAVES);
+        let closure_of = |tips: &Tips| -> Vec<usize> {
+            let closure = tips.closure().expect("not lost");
+            (0..commits.len())
+                .filter(|i| closure.contains(&commits[*i]))
+                .collect()
+        };
+        let wants = Wants {
+            tips: vec![tip],
+            walked: vec![tip],
+            haves: vec![have],
+        };
+        let mut tips = Tips::default().wanting(wants.clone());
+        found_all(&mut tips, &objects);
+        assert!(tips.complete(), "{tips:?}");
+        let expected: Vec<usize> = (11 - below..14).collect();
+        assert_eq!(closure_of(&tips), expected);
+        let closure = tips.closure().unwrap();
+        for (id, _, _) in &objects[commits.len()..] {
+            let (i, _) = (objects[commits.len()..].iter().enumerate())
+                .find(|(_, (other, _, _))| other == id)
+                .unwrap();
+            // Trees and blobs newest first: the `i / 2`th newest commit's.
+            let of = commits.len() - 1 - i / 2;
+            assert_eq!(
+                closure.contains(id),
+                expected.contains(&of),
+                "commit {of}'s"
+            );
+        }
+
+        // Nothing walked from the tip: the have is followed all the same, and below it, not
+        // the commit between.
+        let mut alone = Tips::default().wanting(Wants {
+            walked: Vec::new(),
+            ..wants.clone()
+        });
+        found_all(&mut alone, &objects);
+        assert!(alone.complete());
+        let unwalked: Vec<usize> = (11 - below..12).chain([13]).collect();
+        assert_eq!(closure_of(&alone), unwalked);
+        // Nor any have: the tip alone.
+        let mut tip_alone = Tips::new([tip]);
+        found_all(&mut tip_alone, &objects);
+        assert_eq!(closure_of(&tip_alone), [13]);
+
+        // Asked for once the scan began, before the commits went by: the same.
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Wants::default()));
+        let mut late = Tips::default().asking({
+            let asked = std::sync::Arc::clone(&asked);
+            move || asked.lock().unwrap().clone()
+        });
+        *asked.lock().unwrap() = wants.clone();
+        late.ask(&mut Kept::new(1 << 20), HASH);
+        found_all(&mut late, &objects);
+        assert_eq!(closure_of(&late), expected);
+
+        // Walks of two commits at most: the want and two commits below it.
+        let bounded = Tips {
+            walk_left: 2,
+            ..Tips::default()
+        };
+        let mut bounded = bounded.wanting(wants);
+        found_all(&mut bounded, &objects);
+        assert!(bounded.complete());
+        assert_eq!(closure_of(&bounded), [11, 12, 13]);
+    }
+
+    /// Commits found before a walk was first asked for are not walked from: their parents
+    /// are not known. A walked tag is walked on from the commit it tags.
+    #[test]
+    fn a_walk_goes_through_what_was_found_since_it_was_asked_for() {
+        let (commits, objects) = history(4);
+        let tag = format!(
+            "object {}\ntype commit\ntag v1\ntagger a <a@b> 1 +0000\n\nv1\n",
+            commits[3]
+        );
+        let (tag_id, tag) = object(Kind::Tag, tag.into_bytes());
+        let wants = Wants {
+            tips: vec![tag_id],
+            walked: vec![tag_id],
+            haves: vec![commits[1]],
+        };
+        let mut kept = Kept::new(1 << 20);
+        let mut tips = Tips::default().wanting(wants.clone());
+        tips.found((tag_id, 5), Kind::Tag, &tag, HASH, &mut kept);
+        found_all(&mut tips, &objects);
+        let closure = tips.closure().unwrap();
+        assert!(commits.iter().all(|id| closure.contains(id)), "{tips:?}");
+
+        let mut late = Tips::default();
+        let mut kept = Kept::new(1 << 20);
+        for (at, (id, kind, data)) in objects.iter().enumerate() {
+            if at == 1 {
+                late.add(wants.clone());
+                late.found((tag_id, 5), Kind::Tag, &tag, HASH, &mut kept);
+            }
+            late.found((*id, at as u64 * 10), *kind, data, HASH, &mut kept);
+        }
+        assert!(late.complete(), "{late:?}");
+        let closure = late.closure().unwrap();
+        // The newest went by before: nothing below it is walked.
+        assert!(closure.contains(&commits[3]) && !closure.contains(&commits[2]));
     }
 
     #[test]

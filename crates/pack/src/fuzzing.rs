@@ -627,7 +627,16 @@ pub fn incoming(data: &[u8]) {
         for lacked in [None, Some(ObjectId::null(hash))] {
             let later = later.clone();
             let posted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            // With the id no pack holds, the history of the first is walked down to the
+            // last few found (as an incremental fetch's is).
+            let walks = crate::early::Wants {
+                tips: Vec::new(),
+                walked: lacked.map_or_else(Vec::new, |_| first.to_vec()),
+                haves: lacked
+                    .map_or_else(Vec::new, |_| later.iter().rev().take(4).copied().collect()),
+            };
             let mut tips = crate::early::Tips::new(first.iter().copied().chain(lacked))
+                .wanting(walks)
                 .asking(move || later.clone())
                 .meanwhile({
                     let posted = std::sync::Arc::clone(&posted);
@@ -661,6 +670,11 @@ pub fn incoming(data: &[u8]) {
                 check(&found);
                 // Each tree followed once at most, however many trees name it.
                 assert!(tips.followed <= found.objects.len(), "{tips:?}");
+                // Walks go no further than they may.
+                assert!(
+                    tips.walked() <= crate::early::MOST_WALKED + first.len(),
+                    "{tips:?}"
+                );
                 let posted = posted.lock().unwrap();
                 assert!(posted.len() <= 1, "given once");
                 for early in posted.iter() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use common::{Fixture, apply, fetch, git, upload_pack};
-use gitcache_pack::early::{Found, Limits, Tips, scan, scan_for};
+use gitcache_pack::early::{Found, Limits, Tips, Wants, scan, scan_for};
 use gitcache_pack::fuzzing::{Arriving, read_arrived};
 use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::request::Fetch;
@@ -141,11 +141,16 @@ fn pack_offsets(dir: &Path, pack: &[u8]) -> std::collections::HashMap<gix_hash::
 
 /// What a scan of the SHA-1 `pack` for `tips` found, and how many bytes it read.
 fn scanned_for(pack: &[u8], tips: &mut Tips) -> (Found, usize) {
+    scanned_within(pack, tips, Limits::default())
+}
+
+/// [`scanned_for`] within `limits`.
+fn scanned_within(pack: &[u8], tips: &mut Tips, limits: Limits) -> (Found, usize) {
     let mut read = pack;
     let found = scan_for(
         &mut read,
         gix_hash::Kind::Sha1,
-        Limits::default(),
+        limits,
         &AtomicBool::new(false),
         Some(tips),
     )
@@ -156,6 +161,16 @@ fn scanned_for(pack: &[u8], tips: &mut Tips) -> (Found, usize) {
 /// `request` answered from `repo` and by `git upload-pack` from the source: the same
 /// shallow lines and the same objects. The client given ours.
 fn answered_as_git(fixture: &Fixture, repo: &Repository, request: &Fetch) -> PathBuf {
+    answered_to_as_git(fixture, repo, request, &fixture.empty_client("client.git"))
+}
+
+/// [`answered_as_git`] to `client`: the objects each answer adds to it are the same.
+fn answered_to_as_git(
+    fixture: &Fixture,
+    repo: &Repository,
+    request: &Fetch,
+    client: &Path,
+) -> PathBuf {
     let body = fixture.body(request.clone());
     let theirs = parse_fetch_response(&upload_pack(&fixture.src, &body), fixture.format).unwrap();
     let mut mine = Vec::new();
@@ -165,9 +180,9 @@ fn answered_as_git(fixture: &Fixture, repo: &Repository, request: &Fetch) -> Pat
         .unwrap();
     let mine = parse_fetch_response(&mine, fixture.format).unwrap();
     assert_eq!(mine.shallow, theirs.shallow);
-    let client = fixture.empty_client("client.git");
-    let (with_mine, added_mine) = apply(&client, &mine, "ours", false);
-    let (_, added_theirs) = apply(&client, &theirs, "git", false);
+    assert_eq!(mine.ready, theirs.ready);
+    let (with_mine, added_mine) = apply(client, &mine, "ours", false);
+    let (_, added_theirs) = apply(client, &theirs, "git", false);
     assert_eq!(added_mine, added_theirs, "the same objects as git's");
     with_mine
 }
@@ -572,6 +587,86 @@ fn a_commit_wanted_once_the_scan_began_is_followed() {
     std::fs::create_dir_all(&dir).unwrap();
     let (early, _) = early_repository_of(&fixture.src, &dir, &pack, &found);
     answered_as_git(&fixture, &Repository::open(&early).unwrap(), &request);
+}
+
+/// An incremental fetch, its history walked from the want down to the client's haves: what
+/// the scan found answers it as git does (thin or not, with `done` or negotiating), the
+/// client whole after; it acknowledges the have it reached, and is ready. The scan stops
+/// before the pack's end, and the copy holds the closures alone. Without the walk, the
+/// commits between the want and the have are not there: the answer fails to plan, or is not
+/// held whole.
+#[test]
+fn an_incremental_fetch_is_answered_from_what_arrived() {
+    let fixture = Fixture::new(RepoSpec::medium(16));
+    let client = fixture.clone_client("old.git", &[]);
+    let old_main = fixture.rev("refs/heads/main");
+    gitcache_testkit::repo::append_commits(&fixture.src, "main", 50, 9).unwrap();
+    let new_main = fixture.rev("refs/heads/main");
+    let pack = clone_pack(&fixture.src);
+    let haves = common::refs_of(&client, "refs/heads/");
+    assert!(haves.contains(&old_main));
+    let wants = Wants {
+        tips: vec![new_main],
+        walked: vec![new_main],
+        haves: haves.clone(),
+    };
+    // The copy holds the closures alone, as a large pack's does.
+    let closures_alone = Limits {
+        copy_all_bytes: 0,
+        ..Limits::default()
+    };
+    let mut tips = Tips::default().wanting(wants);
+    let (found, read) = scanned_within(&pack, &mut tips, closures_alone);
+    assert!(tips.complete());
+    assert!(
+        found.checksum().is_none() && read < pack.len(),
+        "stopped before the pack's end ({read} of {} bytes read)",
+        pack.len()
+    );
+    let (early, _) = early_repository_of(&fixture.src, fixture.dir.path(), &pack, &found);
+    let repo = Repository::open(&early).unwrap();
+    for (done, thin) in [(true, true), (true, false), (false, true)] {
+        let mut request = fetch(vec![new_main]);
+        (request.haves, request.done, request.thin_pack) = (haves.clone(), done, thin);
+        request.include_tag = true;
+        let planned = plan(&repo, &request, fixture.format, &Options::default()).unwrap();
+        assert!(planned.held_whole(), "done {done}, thin {thin}");
+        let with_mine = answered_to_as_git(&fixture, &repo, &request, &client);
+        let mut answer = Vec::new();
+        plan(&repo, &request, fixture.format, &Options::default())
+            .unwrap()
+            .write_to(&mut answer)
+            .unwrap();
+        let answer = parse_fetch_response(&answer, fixture.format).unwrap();
+        if !done {
+            assert!(answer.acks.contains(&old_main) && answer.ready);
+        }
+        git(
+            &with_mine,
+            &["update-ref", "refs/heads/main", &new_main.to_string()],
+        );
+        let out = fixture
+            .client
+            .run(&with_mine, &["fsck", "--strict", "--no-progress"])
+            .unwrap();
+        assert!(out.success(), "fsck: {out}");
+    }
+
+    // No walk: the commits between the want and the have are not followed.
+    let mut short = Tips::default().wanting(Wants {
+        tips: vec![new_main],
+        walked: Vec::new(),
+        haves: haves.clone(),
+    });
+    let (found, _) = scanned_within(&pack, &mut short, closures_alone);
+    let dir = fixture.dir.path().join("short");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (early, _) = early_repository_of(&fixture.src, &dir, &pack, &found);
+    let repo = Repository::open(&early).unwrap();
+    let mut request = fetch(vec![new_main]);
+    request.haves = haves;
+    let planned = plan(&repo, &request, fixture.format, &Options::default());
+    assert!(planned.is_err() || planned.is_ok_and(|plan| !plan.held_whole()));
 }
 
 /// A commit wanted that the pack lacks holds the scan to the pack's end; what was found

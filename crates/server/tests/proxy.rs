@@ -1483,6 +1483,57 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     });
 }
 
+/// A fetch into a clone made before a push, through a mirror being made from nothing, is
+/// answered from the objects found in the mirror's first pack as it arrived (the history
+/// from the new tip down to the clone's walked as it came): the clone gets the new tip and
+/// is whole, with one pack fetched upstream, and the mirror made all the same.
+#[test]
+fn an_incremental_fetch_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::medium(418));
+    let source = upstream.repo_path("acme/widgets");
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+    let direct = format!("file://{}", source.display());
+    git.run(&home, &["clone", "-q", &direct, "work"])
+        .unwrap()
+        .expect_success();
+    let work = home.join("work");
+    let before = git.rev_parse(&work, "origin/main").unwrap();
+    repo::append_commits(&source, "main", 30, 418).unwrap();
+    let main = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    assert_ne!(before, main);
+    let cache = Gitcache::start(&upstream, &[]);
+    git.run(
+        &work,
+        &["remote", "set-url", "origin", &cache.url("acme/widgets")],
+    )
+    .unwrap()
+    .expect_success();
+
+    upstream.reset_counts();
+    hold_the_last_tenth_of_the_next_pack(&upstream, &source);
+    std::thread::scope(|scope| {
+        let _release = ReleaseHeld(&upstream);
+        let fetch = scope.spawn(|| {
+            git.run(&work, &["fetch", "-q", "origin"])
+                .unwrap()
+                .expect_success();
+        });
+        cache.log_with("early=true", 1);
+        fetch.join().unwrap();
+    });
+    assert_eq!(git.rev_parse(&work, "origin/main").unwrap(), main);
+    fsck(&work);
+
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    common::wait_for_mirror(&mirror, &source);
+    fsck(&mirror);
+    assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+}
+
 /// Two shallow clones of different branches of a mirror being made, the second asked for
 /// once the first pack is being read for the first: both are answered from the objects
 /// found as it arrived, each with its branch's tip as a shallow clone from the upstream
