@@ -52,6 +52,9 @@ pub(crate) struct Objects {
     /// Objects stored whole inflated, as read or as the base of a chain (likewise).
     #[cfg(test)]
     inflated_whole: std::cell::Cell<u32>,
+    /// Times [`Objects::widen_bases`] widened the cache.
+    #[cfg(test)]
+    pub(crate) widened: std::cell::Cell<usize>,
     commits: OidMap<Commit>,
     /// Commit graphs of the repository's packs: commits found there are not inflated.
     graphs: Graphs,
@@ -125,6 +128,7 @@ struct PackCache<'a> {
 pub(crate) struct BoundedCache {
     inner: gix_pack::cache::lru::MemoryCappedHashmap,
     most: usize,
+    bytes: usize,
 }
 
 impl BoundedCache {
@@ -132,6 +136,7 @@ impl BoundedCache {
         BoundedCache {
             inner: gix_pack::cache::lru::MemoryCappedHashmap::new(bytes.max(1)),
             most: bytes / 2,
+            bytes,
         }
     }
 }
@@ -234,6 +239,9 @@ struct Packs {
     /// Delta bases kept decoded, so that reading along a delta chain does not inflate the
     /// whole chain again each time.
     cache: BoundedCache,
+    /// The bytes of the handle's own cache while a wider one is kept (see
+    /// [`Objects::widen_bases`]).
+    own_cache_bytes: Option<usize>,
 }
 
 impl Objects {
@@ -255,6 +263,8 @@ impl Objects {
             chained: std::cell::Cell::new(0),
             #[cfg(test)]
             inflated_whole: std::cell::Cell::new(0),
+            #[cfg(test)]
+            widened: std::cell::Cell::new(0),
             packs: Packs {
                 data: packs.iter().map(|_| std::cell::OnceCell::new()).collect(),
                 listed: packs,
@@ -262,6 +272,7 @@ impl Objects {
                 last: std::cell::Cell::new(0),
                 recent: std::cell::Cell::new([None; 2]),
                 cache: BoundedCache::new(cache_bytes),
+                own_cache_bytes: None,
             },
             commits: OidMap::default(),
             graphs: std::sync::Arc::new([]),
@@ -291,6 +302,33 @@ impl Objects {
     /// counts): for a walk that reads much of a large pack.
     pub(crate) fn letting_go_every(&mut self, bytes: u64) {
         self.let_go = Some(crate::mapped::LetGo::every(bytes));
+    }
+
+    /// Keep up to `bytes` of delta bases until [`narrow_bases`](Self::narrow_bases), rather
+    /// than the handle's own few (what was kept goes): for a walk that reads the trees of
+    /// many commits, version after version of the same directories, each along its chain.
+    pub(crate) fn widen_bases(&mut self, bytes: usize) {
+        if bytes > self.packs.cache.bytes {
+            let own = self.packs.cache.bytes;
+            self.packs.own_cache_bytes.get_or_insert(own);
+            self.packs.cache = BoundedCache::new(bytes);
+            #[cfg(test)]
+            self.widened.set(self.widened.get() + 1);
+        }
+    }
+
+    /// Back to the handle's own delta-base cache, after [`widen_bases`](Self::widen_bases)
+    /// (what the wider one kept goes).
+    pub(crate) fn narrow_bases(&mut self) {
+        if let Some(own) = self.packs.own_cache_bytes.take() {
+            self.packs.cache = BoundedCache::new(own);
+        }
+    }
+
+    /// The bytes the delta-base cache may hold now.
+    #[cfg(test)]
+    pub(crate) fn bases_bytes(&self) -> usize {
+        self.packs.cache.bytes
     }
 
     /// Read commits from `graphs` where they hold them.

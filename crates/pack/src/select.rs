@@ -184,6 +184,51 @@ pub(crate) fn select(
     }
 
     let walked = crate::walk::limited_walk(objects, &tips, &hidden, req.grafts, None)?;
+    // The trees of many commits are read, version after version along the same chains:
+    // their bases are kept while the walk reads them.
+    if walked.order.len() > WIDE_WALK_COMMITS {
+        objects.widen_bases(WALK_BASES_BYTES);
+    }
+    let selected = select_walked(
+        repo,
+        objects,
+        req,
+        (tips, given, had_trees, walked),
+        out,
+        emitted,
+    );
+    objects.narrow_bases();
+    selected
+}
+
+/// Commits past which [`select`] walks with a wider delta-base cache.
+const WIDE_WALK_COMMITS: usize = 16;
+
+/// The delta-base cache of [`select`]'s walk of many commits (git's
+/// `core.deltaBaseCacheLimit`, for its whole process, is 96 MiB). On the 22,000-commit bench
+/// repository without bitmaps, a fetch 2,000 commits behind took 9.8 s with the handle's own
+/// 512 KiB, 3.9 s with 8 MiB, 2.0 s with 32 MiB (119 MB at the peak, where git took 1.6–2.5 s
+/// and 181 MB) and 1.8 s with 96 MiB (203 MB).
+const WALK_BASES_BYTES: usize = 32 << 20;
+
+/// What [`select`] walks from: the commits wanted, the other objects wanted (with their
+/// kinds), the trees the client has, and the commits walked.
+type Walking = (
+    Vec<ObjectId>,
+    Vec<(ObjectId, Kind)>,
+    Vec<ObjectId>,
+    crate::walk::Walked,
+);
+
+/// [`select`] once the commits are walked: the trees and blobs of those sent.
+fn select_walked(
+    repo: &Repository,
+    objects: &mut Objects,
+    req: &SelectRequest<'_>,
+    (tips, given, had_trees, walked): Walking,
+    mut out: Selection,
+    mut emitted: OidSet,
+) -> Result<Selection, Error> {
     let tips: OidSet = tips.into_iter().collect();
     out.client_has.extend(walked.uninteresting.iter().copied());
     let boundary_trees: Vec<ObjectId> = walked
@@ -1223,6 +1268,46 @@ mod tests {
     /// The tip's version of a directory, stored whole, is paired with the client's version
     /// at its path; when reading the client's version (91 links deep) would make more than
     /// the work allowed, it is neither read nor offered as a base.
+    /// A walk of many commits keeps more delta bases while it reads their trees, and the
+    /// handle's own cache after; a walk of a few keeps the handle's own throughout. What is
+    /// selected is the same either way (the differential tests compare it with git's).
+    #[test]
+    fn a_walk_of_many_commits_keeps_more_bases_while_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("w");
+        let git = |at: &std::path::Path, args: &[&str]| gitcache_testkit::git::git_stdout(at, args);
+        git(
+            dir.path(),
+            &["init", "-q", "-b", "main", work.to_str().unwrap()],
+        );
+        for round in 0..40 {
+            std::fs::write(work.join("file"), format!("round {round}\n")).unwrap();
+            gitcache_testkit::git::commit_all(&work, &format!("round {round}"));
+        }
+        let repo = crate::Repository::open(work.join(".git")).unwrap();
+        let id = |rev: &str| ObjectId::from_hex(git(&work, &["rev-parse", rev]).trim().as_bytes());
+        let tip = id("main").unwrap();
+        let grafts = OidSet::default();
+        for (have, widened) in [("main~3", 0), ("main~30", 1)] {
+            let (wants, haves) = ([tip], [id(have).unwrap()]);
+            let req = SelectRequest {
+                wants: &wants,
+                haves: &haves,
+                grafts: &grafts,
+                filter: None,
+                include_tag: false,
+                by_path: false,
+                thin: false,
+            };
+            let mut objects = repo.objects();
+            let own = objects.bases_bytes();
+            let selected = super::select(&repo, &mut objects, &req).unwrap();
+            assert_eq!(selected.commits.len(), have[5..].parse::<usize>().unwrap());
+            assert_eq!(objects.widened.get(), widened, "{have}");
+            assert_eq!(objects.bases_bytes(), own, "{have}: narrowed again");
+        }
+    }
+
     #[test]
     fn a_clients_tree_too_deep_for_the_work_allowed_is_no_base() {
         let dir = tempfile::tempdir().unwrap();
