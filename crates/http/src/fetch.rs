@@ -710,6 +710,12 @@ impl Fetches {
         if let Some(refused) = self.unvouched(target, headers, vouched).await? {
             return Ok(Early::Refused(refused));
         }
+        // A have the first pack holds and the copy left out would be neither acknowledged nor
+        // left out of the answer: the mirror answers that fetch.
+        if !fetch.haves.is_empty() && !found.holds_every_have_found(&fetch.haves) {
+            tracing::debug!("a have found in the first pack is not among the objects copied");
+            return Ok(Early::Not);
+        }
         let answer = self
             .responder
             .serve_early(
@@ -978,8 +984,9 @@ fn reads_no_refs_but_tags(fetch: &Fetch) -> bool {
 ///   it (what the reading follows, passing older trees once those are found);
 /// - an incremental fetch with neither deepening nor filter, which needs the commits from
 ///   its wants down to its haves and a few below, each with its tree and what is in it
-///   (what the reading walks, within a bound; a have it does not reach is not one of them,
-///   and is not acknowledged).
+///   (what the reading walks, within a bound), and of its haves found in the pack (one the
+///   copy of what was found left out makes it wait for the mirror; one the pack lacks is
+///   neither acknowledged there nor by the mirror).
 ///
 /// Anything deeper or wider needs what the reading passed over: it would only start a
 /// reading for nothing, on the cores the mirror's own indexing needs. Never with shallow

@@ -253,15 +253,15 @@ fn copy(
     let (copy, index) = (packs.join("early.pack.tmp"), packs.join("early.idx.tmp"));
     // The refs' objects too: the refs written beside them are peeled.
     let also: Vec<gix_hash::ObjectId> = refs.iter().filter_map(|r| r.oid).collect();
-    let (checksum, copied) = found
+    let written = found
         .write_pack(&|buf, at| pack.read_at(buf, at), &copy, &index, &also)
         .map_err(|err| err.to_string())?;
-    let name = packs.join(format!("pack-{checksum}"));
+    let name = packs.join(format!("pack-{}", written.checksum));
     std::fs::rename(&copy, name.with_extension("pack")).map_err(|err| err.to_string())?;
     std::fs::rename(&index, name.with_extension("idx")).map_err(|err| err.to_string())?;
     let repo = gitcache_pack::Repository::open(dir.git_dir()).map_err(|err| err.to_string())?;
     crate::mirror::write_refs(dir.git_dir(), &repo, refs).map_err(|err| err.to_string())?;
-    Ok(Early::new(repo, copied, dir))
+    Ok(Early::new(repo, written, dir))
 }
 
 #[cfg(test)]

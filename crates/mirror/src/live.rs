@@ -421,6 +421,9 @@ const MOST_EARLY_HAVES_EACH: usize = 16;
 pub struct Early {
     repo: Arc<gitcache_pack::Repository>,
     found: usize,
+    /// The commits found that the copy does not hold, when the scan followed haves (see
+    /// [`holds_every_have_found`](Self::holds_every_have_found)).
+    left_out: Option<Vec<gix_hash::ObjectId>>,
     /// What a check of the answer of each key asked about found out (see
     /// [`checked`](Self::checked)).
     checked: Mutex<std::collections::HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
@@ -434,12 +437,13 @@ const MOST_CHECKED: usize = 4096;
 impl Early {
     pub(crate) fn new(
         repo: gitcache_pack::Repository,
-        found: usize,
+        written: gitcache_pack::early::Written,
         dir: crate::early::EarlyDir,
     ) -> Early {
         Early {
             repo: Arc::new(repo),
-            found,
+            found: written.objects,
+            left_out: written.commits_left_out,
             checked: Mutex::default(),
             _dir: dir,
         }
@@ -468,6 +472,18 @@ impl Early {
     /// The repository: the pack, indexed by what was found, and the refs.
     pub fn repository(&self) -> Arc<gitcache_pack::Repository> {
         Arc::clone(&self.repo)
+    }
+
+    /// Whether it holds every one of `haves` the first pack's reading found: a fetch with
+    /// haves answered from it then acknowledges what the mirror would, and leaves out what
+    /// they reach (a have the pack lacks is the mirror's to lack too). Not when the reading
+    /// followed no have: what it found of them is not known.
+    pub fn holds_every_have_found(&self, haves: &[gix_hash::ObjectId]) -> bool {
+        self.left_out.as_ref().is_some_and(|left_out| {
+            haves
+                .iter()
+                .all(|have| left_out.binary_search(have).is_err())
+        })
     }
 
     /// How many objects it holds: all that were found, or, past
@@ -1045,7 +1061,12 @@ mod tests {
         let early = || {
             let repo = gitcache_pack::Repository::open(&git_dir).unwrap();
             let early_dir = crate::early::EarlyDir::create(&git_dir).unwrap();
-            Arc::new(Early::new(repo, 0, early_dir))
+            let written = gitcache_pack::early::Written {
+                checksum: ObjectId::null(HashKind::Sha1),
+                objects: 0,
+                commits_left_out: None,
+            };
+            Arc::new(Early::new(repo, written, early_dir))
         };
         let board = Board::default();
         let file = || std::fs::File::open(git_dir.join("config")).unwrap();
@@ -1102,6 +1123,40 @@ mod tests {
         let wants = board.early_wants().tips;
         assert_eq!(wants.len(), MOST_EARLY_WANTS_EACH + 1, "{wants:?}");
         assert!(wants.contains(&oid(200)));
+    }
+
+    /// A fetch with haves has its wants walked down to them, and a few of its haves kept; a
+    /// fetch without has its wants followed alone. A want past the room left is not walked
+    /// either.
+    #[tokio::test]
+    async fn the_wants_of_a_fetch_with_haves_are_walked_down_to_a_few_of_them() {
+        let board = Board::default();
+        let (one, two, three) = ([oid(1)], [oid(2)], [oid(3)]);
+        let shallow = board.next_early(None, &one, &[]);
+        tokio::pin!(shallow);
+        assert!(poll_once(&mut shallow).is_none());
+        let haves: Vec<ObjectId> = (100..140).map(oid).collect();
+        let incremental = board.next_early(None, &two, &haves);
+        tokio::pin!(incremental);
+        assert!(poll_once(&mut incremental).is_none());
+        let wants = board.early_wants();
+        assert_eq!(wants.tips, [oid(1), oid(2)]);
+        assert_eq!(wants.walked, [oid(2)]);
+        assert_eq!(wants.haves, haves[..MOST_EARLY_HAVES_EACH]);
+
+        // The room for wants taken: a later fetch's want is neither followed nor walked.
+        for n in 0..MOST_EARLY_WANTS {
+            let want = [oid(150 + n as u8)];
+            let many = board.next_early(None, &want, &[]);
+            tokio::pin!(many);
+            assert!(poll_once(&mut many).is_none());
+        }
+        let late = board.next_early(None, &three, &haves);
+        tokio::pin!(late);
+        assert!(poll_once(&mut late).is_none());
+        let wants = board.early_wants();
+        assert!(!wants.tips.contains(&oid(3)) && !wants.walked.contains(&oid(3)));
+        assert!(wants.haves.len() <= MOST_EARLY_HAVES);
     }
 
     /// Polls `future` once.

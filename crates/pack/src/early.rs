@@ -98,6 +98,22 @@ pub struct Found {
     /// What the closures followed are made of, when the scan followed [`Tips`] and found
     /// more than [`Limits::copy_all_bytes`] of entries (see [`write_pack`](Found::write_pack)).
     closure: Option<std::sync::Arc<std::collections::HashSet<ObjectId>>>,
+    /// The scan followed haves (see [`Wants::haves`]): [`Written::commits_left_out`] is told.
+    haves: bool,
+}
+
+/// What [`Found::write_pack`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The new pack's checksum.
+    pub checksum: ObjectId,
+    /// How many objects it holds.
+    pub objects: usize,
+    /// When the scan followed haves, the commits found that the copy does not hold (it
+    /// holds the closures alone), sorted: a have among them would be taken for one the
+    /// repository of the copy lacks, neither acknowledged nor left out of an answer, where
+    /// the mirror will hold it. `None` when no have was followed.
+    pub commits_left_out: Option<Vec<ObjectId>>,
 }
 
 /// Entries a [`scan`] read without decoding them, by why: their objects are not found.
@@ -127,14 +143,16 @@ pub struct Wants {
     pub tips: Vec<ObjectId>,
     /// Commits (or tags of them) whose history is followed too, commit by commit, down to
     /// `haves`: what an incremental fetch needs, each commit with its closure at depth one.
-    /// A walk takes at most [`MOST_WALKED`] commits in all, and stops at commits found
-    /// before it was first asked for (their parents are not known).
+    /// Walks take at most [`MOST_WALKED`] commits in all. A commit's parents are known only
+    /// when it is found after a walk took it (`git pack-objects` writes a commit before its
+    /// parents), with [`MOST_PARENTS`] parents at most: a walk stops at any other.
     pub walked: Vec<ObjectId>,
     /// Commits (or tags of them) a client has: a walk that reaches one stops there. Each
-    /// found, reached or not, has its closure followed, and those of the commits up to
-    /// [`BELOW_HAVES`] generations below it: what the client is not sent is told from
-    /// those, and the walk of an answer goes a few commits past its haves. One not found is
-    /// not waited for (a client's own commits are in no pack of the upstream's).
+    /// found once it was asked for, reached or not, has its closure followed, and those of
+    /// the commits up to [`BELOW_HAVES`] generations below it: what the client is not sent
+    /// is told from those, and the walk of an answer goes a few commits past its haves. One
+    /// not found is not waited for (a client's own commits are in no pack of the
+    /// upstream's).
     pub haves: Vec<ObjectId>,
 }
 
@@ -148,9 +166,13 @@ impl From<Vec<ObjectId>> for Wants {
     }
 }
 
-/// The most commits [`Wants::walked`] adds to those followed, in all: an incremental fetch
-/// after a few thousand commits waits for the index instead.
+/// The most commits walks take, in all (see [`Wants`]): the wants walked, the commits
+/// between them and the haves, the haves and the commits below them. An incremental fetch
+/// of a longer history waits for the index instead.
 pub const MOST_WALKED: usize = 1024;
+
+/// The most parents of a commit a walk goes through (a commit with more stops it).
+pub const MOST_PARENTS: usize = 64;
 
 /// How many generations below a have a walk goes on (see [`Wants::haves`]): an answer's
 /// walk takes five commits after its last wanted one, as git's does.
@@ -218,8 +240,8 @@ pub struct Tips {
     walks: HashMap<ObjectId, Option<u8>>,
     /// Commits clients have (see [`Wants::haves`]).
     haves: std::collections::HashSet<ObjectId>,
-    /// The parents of the commits found since a walk was first asked for.
-    parents: Option<HashMap<ObjectId, Box<[ObjectId]>>>,
+    /// The parents of the commits walks took, and of the haves, found since.
+    parents: HashMap<ObjectId, Box<[ObjectId]>>,
     /// Commits walks may still add (see [`MOST_WALKED`]).
     walk_left: usize,
 }
@@ -284,7 +306,7 @@ impl Tips {
             followed: 0,
             walks: HashMap::new(),
             haves: std::collections::HashSet::new(),
-            parents: None,
+            parents: HashMap::new(),
             walk_left: MOST_WALKED,
         }
     }
@@ -295,8 +317,9 @@ impl Tips {
         self
     }
 
-    /// Also follow the commits `more` returns (all wanted so far, or those wanted since it
-    /// was last asked), asked every thousand entries or so and before the scan stops. One
+    /// Also follow what `more` returns (all wanted so far, or what was wanted since it was
+    /// last asked: commits, or [`Wants`] with walks and haves), asked every thousand entries
+    /// or so and before the scan stops. One
     /// already gone by is followed from its tree on; a tree of it gone by and no longer
     /// kept is not waited for (it may come again later in the pack), nor, once trees were
     /// read past undecoded, a tree of it not found yet (followed should it come before the
@@ -338,6 +361,12 @@ impl Tips {
             && (self.lost || !self.commits.is_empty())
     }
 
+    /// Walks take `most` commits at most, not [`MOST_WALKED`].
+    pub(crate) fn walking_at_most(mut self, most: usize) -> Tips {
+        self.walk_left = most.saturating_sub(self.walks.len());
+        self
+    }
+
     /// How many commits walks took (see [`Wants::walked`]).
     pub(crate) fn walked(&self) -> usize {
         self.walks.len()
@@ -369,33 +398,52 @@ impl Tips {
         for id in wants.tips {
             self.want(id);
         }
-        let walking = !wants.walked.is_empty() || !wants.haves.is_empty();
-        if walking && self.parents.is_none() {
-            self.parents = Some(HashMap::new());
-        }
         for have in wants.haves {
             if self.haves.len() < MOST_HAVES && self.haves.insert(have) {
                 self.below_have(have);
             }
         }
         for id in wants.walked {
-            if let std::collections::hash_map::Entry::Vacant(walk) = self.walks.entry(id) {
-                walk.insert(None);
-                self.want(id);
+            if self.take_walk(id, None) {
                 self.walk(id);
             }
         }
     }
 
-    /// Follow the have `id`, if it was found, and walk below it (see [`Wants::haves`]).
-    fn below_have(&mut self, id: ObjectId) {
-        if self.walks.contains_key(&id) || !self.seen.contains_key(&id) || self.walk_left == 0 {
-            return;
+    /// `id` taken by a walk `below` a have (see [`walks`](Self::walks)): wanted, and paid for
+    /// from what walks may take, unless a walk took it already; or its walk goes on from it
+    /// again when this one goes further below it (a walk from a want through a commit a
+    /// walk below another client's have took first). Whether it is to be walked from.
+    fn take_walk(&mut self, id: ObjectId, below: Option<u8>) -> bool {
+        // How many generations further down a walk so labelled goes.
+        let reach = |below: Option<u8>| below.map_or(u16::MAX, |g| u16::from(BELOW_HAVES - g));
+        match self.walks.get(&id) {
+            Some(&known) if reach(below) <= reach(known) => false,
+            Some(_) => {
+                self.walks.insert(id, below);
+                true
+            }
+            None if self.walk_left == 0 => false,
+            None => {
+                self.walk_left -= 1;
+                self.walks.insert(id, below);
+                self.want(id);
+                true
+            }
         }
-        self.walk_left -= 1;
-        self.walks.insert(id, Some(0));
-        self.want(id);
-        self.walk(id);
+    }
+
+    /// Follow the have `id`, if it was found since it was asked for (or is a tag), and walk
+    /// below it (see [`Wants::haves`]).
+    fn below_have(&mut self, id: ObjectId) {
+        let known = match self.seen.get(&id) {
+            Some(Seen::Commit(_)) => self.parents.contains_key(&id),
+            Some(Seen::Tag(_)) => true,
+            _ => false,
+        };
+        if known && self.take_walk(id, Some(0)) {
+            self.walk(id);
+        }
     }
 
     /// Walk down from `from` (see [`Wants::walked`]), as far as the commits found tell:
@@ -408,43 +456,32 @@ impl Tips {
                 continue;
             };
             let parents = match self.seen.get(&id) {
+                // What it tags, as far below.
                 Some(Seen::Tag(target)) => {
                     let target = *target;
-                    if let std::collections::hash_map::Entry::Vacant(walk) =
-                        self.walks.entry(target)
-                    {
-                        walk.insert(below);
+                    if self.take_walk(target, below) {
                         stack.push(target);
                     }
                     continue;
                 }
-                Some(Seen::Commit(_)) => {
-                    match self.parents.as_ref().and_then(|parents| parents.get(&id)) {
-                        Some(parents) => parents.clone(),
-                        // Found before walks were asked for.
-                        None => continue,
-                    }
-                }
+                Some(Seen::Commit(_)) => match self.parents.get(&id) {
+                    Some(parents) => parents.clone(),
+                    // Found before a walk took it.
+                    None => continue,
+                },
                 // Not found yet (walked on once it is), or not a commit.
                 _ => continue,
             };
             for parent in parents.iter().copied() {
-                if self.walks.contains_key(&parent) {
-                    continue;
-                }
                 let below = match below {
                     _ if self.haves.contains(&parent) => Some(0),
                     None => None,
                     Some(generations) if generations < BELOW_HAVES => Some(generations + 1),
                     Some(_) => continue,
                 };
-                if self.walk_left == 0 {
-                    continue;
+                if self.take_walk(parent, below) {
+                    stack.push(parent);
                 }
-                self.walk_left -= 1;
-                self.walks.insert(parent, below);
-                self.want(parent);
-                stack.push(parent);
             }
         }
     }
@@ -580,10 +617,12 @@ impl Tips {
             gix_object::Kind::Tree => Seen::Tree(offset),
             gix_object::Kind::Commit => match crate::objects::parse_commit(data, hash) {
                 Ok(commit) => {
-                    if let Some(parents) = self.parents.as_mut()
+                    // Kept for walks only, and bounded by them.
+                    if (self.walks.contains_key(&id) || self.haves.contains(&id))
+                        && commit.parents.len() <= MOST_PARENTS
                         && !self.seen.contains_key(&id)
                     {
-                        parents.insert(id, commit.parents.into_boxed_slice());
+                        self.parents.insert(id, commit.parents.into_boxed_slice());
                     }
                     Seen::Commit(commit.tree)
                 }
@@ -643,6 +682,7 @@ pub(crate) struct FoundEntry {
     /// Where the entry ends.
     pub(crate) end: u64,
     pub(crate) crc32: u32,
+    pub(crate) kind: gix_object::Kind,
 }
 
 impl Found {
@@ -685,6 +725,11 @@ impl Found {
             .sum()
     }
 
+    /// Found by a scan that followed haves, when `haves`.
+    fn following_haves(self, haves: bool) -> Found {
+        Found { haves, ..self }
+    }
+
     /// Whether `id` was found.
     pub fn contains(&self, id: &ObjectId) -> bool {
         self.objects.iter().any(|found| found.id == *id)
@@ -706,8 +751,16 @@ impl Found {
         pack: &Path,
         index: &Path,
         also: &[ObjectId],
-    ) -> Result<(ObjectId, usize), Error> {
+    ) -> Result<Written, Error> {
         let copied = self.to_copy(read_at, also)?;
+        let commits_left_out = self.haves.then(|| {
+            let mut left_out: Vec<ObjectId> = (self.objects.iter().zip(&copied))
+                .filter(|(found, copied)| !**copied && found.kind == gix_object::Kind::Commit)
+                .map(|(found, _)| found.id)
+                .collect();
+            left_out.sort_unstable();
+            left_out
+        });
         let taken: Vec<&FoundEntry> = (self.objects.iter().zip(copied))
             .filter_map(|(found, copied)| copied.then_some(found))
             .collect();
@@ -732,8 +785,11 @@ impl Found {
             })?;
         drop(out);
         crate::indexing::write_index_of(index, &listed, &checksum, self.hash)?;
-        let copies = listed.len();
-        Ok((checksum, copies))
+        Ok(Written {
+            checksum,
+            objects: listed.len(),
+            commits_left_out,
+        })
     }
 
     /// Which of the objects found [`write_pack`](Self::write_pack) copies: all, or those of
@@ -891,11 +947,12 @@ pub fn scan_for(
         if objects.len() >= limits.most_found {
             return Err(Error::odb("more objects found than a scan keeps"));
         }
-        let found = |id| FoundEntry {
+        let found = |id, kind| FoundEntry {
             id,
             offset: entry.offset,
             end: entry.end(),
             crc32: entry.crc32,
+            kind,
         };
         // A blob hashed as it went by (not kept), or an object decoded here.
         let (id, kind, object) = match entry.id {
@@ -951,7 +1008,7 @@ pub fn scan_for(
                 (id, kind, Some(object))
             }
         };
-        objects.push(found(id));
+        objects.push(found(id, kind));
         kept.list(entry.offset, kind);
         // Kept before it is followed: a commit wanted meanwhile may need it (a tree) now.
         let object: Option<std::rc::Rc<[u8]>> = object.map(Into::into);
@@ -967,6 +1024,7 @@ pub fn scan_for(
             }
             if tips.complete() {
                 let counts = (passed, kept.read_back_count());
+                let haves = !tips.haves.is_empty();
                 return found_once(
                     hash,
                     objects,
@@ -974,7 +1032,8 @@ pub fn scan_for(
                     entries,
                     counts,
                     (|| tips.closure(), limits.copy_all_bytes),
-                );
+                )
+                .map(|found| found.following_haves(haves));
             }
             if tips.posts_now()
                 && let Some(post) = tips.meanwhile.take()
@@ -988,12 +1047,13 @@ pub fn scan_for(
                     (|| tips.closure(), limits.copy_all_bytes),
                 )
             {
-                post(found);
+                post(found.following_haves(!tips.haves.is_empty()));
             }
         }
     }
     let checksum = incoming.trailer()?;
     let counts = (passed, kept.read_back_count());
+    let haves = tips.as_deref().is_some_and(|tips| !tips.haves.is_empty());
     found_once(
         hash,
         objects,
@@ -1005,6 +1065,7 @@ pub fn scan_for(
             limits.copy_all_bytes,
         ),
     )
+    .map(|found| found.following_haves(haves))
 }
 
 /// `objects`, found in pack order, each once: an object the pack holds twice (git writes
@@ -1041,6 +1102,7 @@ fn found_once(
         passed,
         read_back,
         closure: closure.map(std::sync::Arc::new),
+        haves: false,
     })
 }
 
@@ -1748,15 +1810,67 @@ mod tests {
         found_all(&mut late, &objects);
         assert_eq!(closure_of(&late), expected);
 
-        // Walks of two commits at most: the want and two commits below it.
+        // Walks of three commits at most: the want and two commits below it.
         let bounded = Tips {
-            walk_left: 2,
+            walk_left: 3,
             ..Tips::default()
         };
         let mut bounded = bounded.wanting(wants);
         found_all(&mut bounded, &objects);
         assert!(bounded.complete());
         assert_eq!(closure_of(&bounded), [11, 12, 13]);
+    }
+
+    /// A walk from a want that reaches a commit a walk below another client's have took
+    /// first goes on below it, down to its own have: a merge of that have and of a branch
+    /// from further down, in date order as `git pack-objects` writes commits (the branch's
+    /// commit between the line's).
+    #[test]
+    fn a_walk_from_a_want_goes_on_where_a_walk_below_a_have_stopped() {
+        let commit_of = |tree: ObjectId, parents: &[ObjectId], time: usize| {
+            let parents: String = parents.iter().map(|p| format!("parent {p}\n")).collect();
+            let data = format!(
+                "tree {tree}\n{parents}author a <a@b> {time} +0000\ncommitter a <a@b> {time} +0000\n\nm\n"
+            );
+            object(Kind::Commit, data.into_bytes())
+        };
+        let (empty, empty_data) = tree(&[]);
+        let mut line: Vec<(ObjectId, Vec<u8>)> = Vec::new();
+        for i in 0..21 {
+            let parents: Vec<ObjectId> = line.last().map(|(id, _)| *id).into_iter().collect();
+            line.push(commit_of(empty, &parents, i * 10));
+        }
+        // The side branch from 8 generations below the other client's have (line[20]).
+        let side = commit_of(empty, &[line[12].0], 125);
+        let merge = commit_of(empty, &[line[20].0, side.0], 300);
+        let mut kept = Kept::new(1 << 20);
+        let mut tips = Tips::default().wanting(Wants {
+            tips: vec![merge.0],
+            walked: vec![merge.0],
+            haves: vec![line[20].0, line[2].0],
+        });
+        let mut at = 0;
+        let mut found = |tips: &mut Tips, (id, data): &(ObjectId, Vec<u8>), kind| {
+            at += 10;
+            tips.found((*id, at), kind, data, HASH, &mut kept);
+        };
+        found(&mut tips, &merge, Kind::Commit);
+        for commit in line[13..].iter().rev() {
+            found(&mut tips, commit, Kind::Commit);
+        }
+        found(&mut tips, &side, Kind::Commit);
+        for commit in line[..13].iter().rev() {
+            found(&mut tips, commit, Kind::Commit);
+        }
+        found(&mut tips, &(empty, empty_data), Kind::Tree);
+        assert!(tips.complete(), "{tips:?}");
+        let closure = tips.closure().unwrap();
+        let walked: Vec<usize> = (0..line.len())
+            .filter(|i| closure.contains(&line[*i].0))
+            .collect();
+        // From the want's walk through the side branch: every commit down to its own have,
+        // and 8 below it (to the root).
+        assert_eq!(walked, (0..21).collect::<Vec<_>>());
     }
 
     /// Commits found before a walk was first asked for are not walked from: their parents

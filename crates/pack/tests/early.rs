@@ -62,9 +62,10 @@ fn early_repository_of(src: &Path, dir: &Path, pack: &[u8], found: &Found) -> (P
         .lines()
         .map(|tip| gix_hash::ObjectId::from_hex(tip.as_bytes()).unwrap())
         .collect();
-    let (checksum, copied) = found
+    let written = found
         .write_pack(&read_at, &new_pack, &new_index, &also)
         .unwrap();
+    let (checksum, copied) = (written.checksum, written.objects);
     let name = packs.join(format!("pack-{checksum}"));
     std::fs::rename(&new_pack, name.with_extension("pack")).unwrap();
     std::fs::rename(&new_index, name.with_extension("idx")).unwrap();
@@ -92,6 +93,21 @@ fn early_repository_of(src: &Path, dir: &Path, pack: &[u8], found: &Found) -> (P
     let packed = format!("# pack-refs with: peeled fully-peeled sorted \n{refs}");
     std::fs::write(early.join("packed-refs"), packed).unwrap();
     (early, copied)
+}
+
+/// The commits `found` in `pack` that a copy of it leaves out (see
+/// [`gitcache_pack::early::Written`]), the copy written in `dir`.
+fn commits_left_out(dir: &Path, pack: &[u8], found: &Found) -> Option<Vec<gix_hash::ObjectId>> {
+    std::fs::create_dir_all(dir).unwrap();
+    let read_at = |buf: &mut [u8], at: u64| -> std::io::Result<usize> {
+        let rest = pack.get(at as usize..).unwrap_or_default();
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    };
+    let (copy, index) = (dir.join("left-out.pack"), dir.join("left-out.idx"));
+    let written = found.write_pack(&read_at, &copy, &index, &[]).unwrap();
+    written.commits_left_out
 }
 
 /// The kind of every object of `repo`, by id.
@@ -623,6 +639,15 @@ fn an_incremental_fetch_is_answered_from_what_arrived() {
         "stopped before the pack's end ({read} of {} bytes read)",
         pack.len()
     );
+    // Every have found is in the copy.
+    let left_out = commits_left_out(&fixture.dir.path().join("walked"), &pack, &found)
+        .expect("told when haves are followed");
+    assert!(!left_out.is_empty(), "the copy holds the closures alone");
+    assert!(
+        haves
+            .iter()
+            .all(|have| left_out.binary_search(have).is_err())
+    );
     let (early, _) = early_repository_of(&fixture.src, fixture.dir.path(), &pack, &found);
     let repo = Repository::open(&early).unwrap();
     for (done, thin) in [(true, true), (true, false), (false, true)] {
@@ -665,8 +690,20 @@ fn an_incremental_fetch_is_answered_from_what_arrived() {
     let repo = Repository::open(&early).unwrap();
     let mut request = fetch(vec![new_main]);
     request.haves = haves;
-    let planned = plan(&repo, &request, fixture.format, &Options::default());
-    assert!(planned.is_err() || planned.is_ok_and(|plan| !plan.held_whole()));
+    let between = fixture.rev("main~1");
+    match plan(&repo, &request, fixture.format, &Options::default()) {
+        Err(gitcache_pack::Error::MissingObject { oid }) => assert_eq!(oid, between),
+        other => panic!(
+            "planned without the commits between: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let left_out = commits_left_out(&dir.join("left-out"), &pack, &found).unwrap();
+    assert!(left_out.binary_search(&between).is_ok());
+    // No have followed: what was left out is not told.
+    let mut tip = Tips::new([new_main]);
+    let (found, _) = scanned_within(&pack, &mut tip, closures_alone);
+    assert_eq!(commits_left_out(&dir.join("tip"), &pack, &found), None);
 }
 
 /// A commit wanted that the pack lacks holds the scan to the pack's end; what was found
