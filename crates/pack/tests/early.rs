@@ -43,18 +43,23 @@ fn early_repository(src: &Path, dir: &Path, pack: &[u8], limits: Limits) -> (Pat
     early_repository_of(src, dir, pack, &found)
 }
 
+/// Reads `pack` at an offset, as `std::os::unix::fs::FileExt::read_at` reads a file.
+fn read_at_of(pack: &[u8]) -> impl Fn(&mut [u8], u64) -> std::io::Result<usize> + '_ {
+    move |buf: &mut [u8], at: u64| {
+        let rest = pack.get(at as usize..).unwrap_or_default();
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+}
+
 /// [`early_repository`] of what a scan `found`.
 fn early_repository_of(src: &Path, dir: &Path, pack: &[u8], found: &Found) -> (PathBuf, usize) {
     let format = Repository::open(src).unwrap().object_format();
     let early = dir.join("early.git");
     let packs = early.join("objects").join("pack");
     std::fs::create_dir_all(&packs).unwrap();
-    let read_at = |buf: &mut [u8], at: u64| -> std::io::Result<usize> {
-        let rest = pack.get(at as usize..).unwrap_or_default();
-        let n = buf.len().min(rest.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        Ok(n)
-    };
+    let read_at = read_at_of(pack);
     let (new_pack, new_index) = (packs.join("pack-new.pack"), packs.join("pack-new.idx"));
     // The refs' objects too, as a mirror's copy keeps them (its refs are written beside).
     let tips = git(src, &["for-each-ref", "--format=%(objectname)"]);
@@ -99,12 +104,7 @@ fn early_repository_of(src: &Path, dir: &Path, pack: &[u8], found: &Found) -> (P
 /// [`gitcache_pack::early::Written`]), the copy written in `dir`.
 fn commits_left_out(dir: &Path, pack: &[u8], found: &Found) -> Option<Vec<gix_hash::ObjectId>> {
     std::fs::create_dir_all(dir).unwrap();
-    let read_at = |buf: &mut [u8], at: u64| -> std::io::Result<usize> {
-        let rest = pack.get(at as usize..).unwrap_or_default();
-        let n = buf.len().min(rest.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        Ok(n)
-    };
+    let read_at = read_at_of(pack);
     let (copy, index) = (dir.join("left-out.pack"), dir.join("left-out.idx"));
     let written = found.write_pack(&read_at, &copy, &index, &[]).unwrap();
     written.commits_left_out
