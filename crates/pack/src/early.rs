@@ -148,11 +148,11 @@ pub struct Wants {
     /// parents), with [`MOST_PARENTS`] parents at most: a walk stops at any other.
     pub walked: Vec<ObjectId>,
     /// Commits (or tags of them) a client has: a walk that reaches one stops there. Each
-    /// found once it was asked for, reached or not, has its closure followed, and those of
-    /// the commits up to [`BELOW_HAVES`] generations below it: what the client is not sent
-    /// is told from those, and the walk of an answer goes a few commits past its haves. One
-    /// not found is not waited for (a client's own commits are in no pack of the
-    /// upstream's).
+    /// found once it was asked for, reached or not, has the trees of its closure followed
+    /// (not the blobs: those are the client's), and so have the commits up to
+    /// [`BELOW_HAVES`] generations below it: what the client is not sent is told from those
+    /// trees, and the walk of an answer goes a few commits past its haves. One not found is
+    /// not waited for (a client's own commits are in no pack of the upstream's).
     pub haves: Vec<ObjectId>,
 }
 
@@ -205,6 +205,9 @@ pub struct Tips {
     pending: std::collections::HashSet<ObjectId>,
     /// Those of `pending` named as trees.
     pending_trees: std::collections::HashSet<ObjectId>,
+    /// Those of `pending_trees` to be followed whole (their blobs too); the others are
+    /// followed for their subtrees alone.
+    pending_whole: std::collections::HashSet<ObjectId>,
     /// Trees needed once trees were read past (see [`Tips::trees_settled`]), not found yet:
     /// followed should they come before the scan ends, not waited for (one read past does
     /// not come again); so are their subtrees.
@@ -218,8 +221,8 @@ pub struct Tips {
     seen: HashMap<ObjectId, Seen>,
     /// Where the trees needed after they were found are (a tree pulled ahead as the base of
     /// a delta written earlier, or a tree of a commit wanted late), to follow from the
-    /// objects kept.
-    revisit: Vec<(ObjectId, u64)>,
+    /// objects kept: whole or not, and whether it was followed for its subtrees before.
+    revisit: Vec<(ObjectId, u64, bool, bool)>,
     /// A tree needed after it was found could not be read again, or more objects were
     /// needed than are followed: the closure cannot be told complete.
     lost: bool,
@@ -251,6 +254,9 @@ pub struct Tips {
 enum Seen {
     /// A tree not followed yet, and where its entry is.
     Tree(u64),
+    /// A tree followed for its subtrees alone (in the closure of a commit a walk took below
+    /// a have), and where its entry is: followed whole should it be needed so.
+    Listed(u64),
     /// A commit, and its tree.
     Commit(ObjectId),
     /// A tag, and what it tags.
@@ -292,6 +298,7 @@ impl Tips {
             commits,
             pending: std::collections::HashSet::new(),
             pending_trees: std::collections::HashSet::new(),
+            pending_whole: std::collections::HashSet::new(),
             hoped: std::collections::HashSet::new(),
             trees_read_past: false,
             needed: Some(std::collections::HashSet::new()),
@@ -396,7 +403,7 @@ impl Tips {
     /// Follow the tips of `wants`, and walk down from those it walks (see [`Wants`]).
     fn add(&mut self, wants: Wants) {
         for id in wants.tips {
-            self.want(id);
+            self.want(id, true);
         }
         for have in wants.haves {
             if self.haves.len() < MOST_HAVES && self.haves.insert(have) {
@@ -421,13 +428,19 @@ impl Tips {
             Some(&known) if reach(below) <= reach(known) => false,
             Some(_) => {
                 self.walks.insert(id, below);
+                // Wanted whole now, from a want's walk.
+                if below.is_none()
+                    && let Some(Seen::Commit(tree)) = self.seen.get(&id).copied()
+                {
+                    self.need(tree, true, true);
+                }
                 true
             }
             None if self.walk_left == 0 => false,
             None => {
                 self.walk_left -= 1;
                 self.walks.insert(id, below);
-                self.want(id);
+                self.want(id, below.is_none());
                 true
             }
         }
@@ -487,8 +500,10 @@ impl Tips {
     }
 
     /// Follow `id` from now on: from its tree, if it was found already (to be read again,
-    /// see [`revisit`](Self::revisit)).
-    fn want(&mut self, mut id: ObjectId) {
+    /// see [`revisit`](Self::revisit)); `whole`, or for the trees alone (a commit a walk
+    /// took below a have: what is in those trees is the client's, and only their trees are
+    /// read to tell it).
+    fn want(&mut self, mut id: ObjectId, whole: bool) {
         // A tag of a tag of ...: each followed once.
         while self.wanted.insert(id) {
             match self.seen.get(&id).copied() {
@@ -497,16 +512,22 @@ impl Tips {
                 }
                 Some(Seen::Commit(tree)) => {
                     self.commits_found += 1;
-                    self.need(tree, true);
+                    self.need(tree, true, whole);
                 }
                 Some(Seen::Tag(target)) => {
                     id = target;
                     continue;
                 }
-                Some(Seen::Tree(_) | Seen::Done) => {}
+                Some(Seen::Tree(_) | Seen::Listed(_) | Seen::Done) => {}
             }
             return;
         }
+    }
+
+    /// Whether the closure of the commit `id`, wanted, is followed whole: not when only a walk
+    /// below a have took it.
+    fn whole(&self, id: &ObjectId) -> bool {
+        !matches!(self.walks.get(id), Some(Some(_)))
     }
 
     /// Whether every commit and everything in its tree was found.
@@ -553,8 +574,9 @@ impl Tips {
         self.trees_read_past = true;
     }
 
-    /// `id` is needed (named as a tree when `tree`).
-    fn need(&mut self, id: ObjectId, tree: bool) {
+    /// `id` is needed (named as a tree when `tree`; a tree followed `whole`, or for its
+    /// subtrees alone).
+    fn need(&mut self, id: ObjectId, tree: bool, whole: bool) {
         if let Some(needed) = self.needed.as_mut() {
             if needed.len() < self.most_pending {
                 needed.insert(id);
@@ -564,8 +586,18 @@ impl Tips {
         }
         match self.seen.get_mut(&id) {
             Some(seen @ Seen::Tree(_)) => {
-                if let Seen::Tree(offset) = std::mem::replace(seen, Seen::Done) {
-                    self.revisit.push((id, offset));
+                if let Seen::Tree(offset) = *seen {
+                    *seen = if whole {
+                        Seen::Done
+                    } else {
+                        Seen::Listed(offset)
+                    };
+                    self.revisit.push((id, offset, whole, false));
+                }
+            }
+            Some(seen @ Seen::Listed(_)) if whole => {
+                if let Seen::Listed(offset) = std::mem::replace(seen, Seen::Done) {
+                    self.revisit.push((id, offset, true, true));
                 }
             }
             Some(_) => {}
@@ -580,18 +612,26 @@ impl Tips {
                 if self.pending.insert(id) && tree {
                     self.pending_trees.insert(id);
                 }
+                if tree && whole {
+                    self.pending_whole.insert(id);
+                }
             }
         }
     }
 
-    /// What is in the tree `data`, needed: followed.
-    fn follow(&mut self, data: &[u8], hash: gix_hash::Kind) {
+    /// What is in the tree `data`, needed: followed (its subtrees alone, unless `whole`).
+    fn follow(&mut self, data: &[u8], hash: gix_hash::Kind, whole: bool) {
         self.followed += 1;
         match crate::objects::parse_tree(data, hash) {
             Ok(entries) => {
                 for entry in entries {
-                    if entry.kind != crate::objects::EntryKind::Gitlink {
-                        self.need(entry.oid, entry.kind == crate::objects::EntryKind::Tree);
+                    match entry.kind {
+                        crate::objects::EntryKind::Gitlink => {}
+                        crate::objects::EntryKind::Tree => self.need(entry.oid, true, whole),
+                        crate::objects::EntryKind::Blob if whole => {
+                            self.need(entry.oid, false, true);
+                        }
+                        crate::objects::EntryKind::Blob => {}
                     }
                 }
             }
@@ -612,8 +652,11 @@ impl Tips {
         let hoped = kind == gix_object::Kind::Tree && self.hoped.remove(&id);
         let needed = self.pending.remove(&id) || hoped;
         self.pending_trees.remove(&id);
+        // A tree hoped for is followed whole.
+        let whole = self.pending_whole.remove(&id) || hoped;
         let seen = match kind {
-            gix_object::Kind::Tree if needed => Seen::Done,
+            gix_object::Kind::Tree if needed && whole => Seen::Done,
+            gix_object::Kind::Tree if needed => Seen::Listed(offset),
             gix_object::Kind::Tree => Seen::Tree(offset),
             gix_object::Kind::Commit => match crate::objects::parse_commit(data, hash) {
                 Ok(commit) => {
@@ -636,14 +679,15 @@ impl Tips {
         // not followed again.
         let seen = *self.seen.entry(id).or_insert(seen);
         if self.commits.remove(&id) {
+            let whole = self.whole(&id);
             match seen {
                 Seen::Commit(tree) => {
                     self.commits_found += 1;
-                    self.need(tree, true);
+                    self.need(tree, true, whole);
                 }
-                Seen::Tag(target) => self.want(target),
+                Seen::Tag(target) => self.want(target, whole),
                 // Not a commit: nothing to follow.
-                Seen::Tree(_) | Seen::Done => {}
+                Seen::Tree(_) | Seen::Listed(_) | Seen::Done => {}
             }
         }
         if self.haves.contains(&id) {
@@ -653,7 +697,7 @@ impl Tips {
             self.walk(id);
         }
         if needed && kind == gix_object::Kind::Tree {
-            self.follow(data, hash);
+            self.follow(data, hash, whole);
         }
         self.revisit(kept, hash, true);
     }
@@ -662,12 +706,17 @@ impl Tips {
     /// kept loses the closure when `strict`; else it is not followed now, and a later need
     /// of it tries again (strictly, for a commit wanted from the start).
     fn revisit(&mut self, kept: &mut Kept, hash: gix_hash::Kind, strict: bool) {
-        while let Some((id, offset)) = self.revisit.pop() {
+        while let Some((id, offset, whole, listed)) = self.revisit.pop() {
             match kept.get(offset).or_else(|| kept.read_tree_back(offset)) {
-                Some((gix_object::Kind::Tree, data)) => self.follow(&data, hash),
+                Some((gix_object::Kind::Tree, data)) => self.follow(&data, hash, whole),
                 _ if strict => self.lost = true,
                 _ => {
-                    self.seen.insert(id, Seen::Tree(offset));
+                    let before = if listed {
+                        Seen::Listed(offset)
+                    } else {
+                        Seen::Tree(offset)
+                    };
+                    self.seen.insert(id, before);
                 }
             }
         }
@@ -1668,7 +1717,7 @@ mod tests {
             below = (tree_id, "40000");
         }
         let (commit_id, commit) = commit(below.0);
-        tips.want(commit_id);
+        tips.want(commit_id, true);
         tips.found((commit_id, 100), Kind::Commit, &commit, HASH, &mut kept);
         assert!(tips.complete());
         assert_eq!(tips.followed, levels as usize);
@@ -1770,18 +1819,17 @@ mod tests {
         assert!(tips.complete(), "{tips:?}");
         let expected: Vec<usize> = (11 - below..14).collect();
         assert_eq!(closure_of(&tips), expected);
+        // The trees of those commits; the blobs of those above the have alone (below, what
+        // is in the trees is the client's).
         let closure = tips.closure().unwrap();
-        for (id, _, _) in &objects[commits.len()..] {
-            let (i, _) = (objects[commits.len()..].iter().enumerate())
-                .find(|(_, (other, _, _))| other == id)
-                .unwrap();
+        for (i, (id, kind, _)) in objects[commits.len()..].iter().enumerate() {
             // Trees and blobs newest first: the `i / 2`th newest commit's.
             let of = commits.len() - 1 - i / 2;
-            assert_eq!(
-                closure.contains(id),
-                expected.contains(&of),
-                "commit {of}'s"
-            );
+            let taken = match kind {
+                Kind::Tree => expected.contains(&of),
+                _ => of > 11,
+            };
+            assert_eq!(closure.contains(id), taken, "commit {of}'s {kind}");
         }
 
         // Nothing walked from the tip: the have is followed all the same, and below it, not
@@ -1871,6 +1919,61 @@ mod tests {
         // From the want's walk through the side branch: every commit down to its own have,
         // and 8 below it (to the root).
         assert_eq!(walked, (0..21).collect::<Vec<_>>());
+    }
+
+    /// A have's closure is followed for its trees alone; a tree of it a want's closure needs
+    /// too is followed again, whole, from the objects kept (or the closure is lost).
+    #[test]
+    fn a_tree_followed_for_a_have_is_followed_whole_for_a_want() {
+        let [(blob_id, blob), (sub_id, sub), _] = one_file();
+        let (have_root, have_root_data) = tree(&[("40000", "dir", sub_id)]);
+        let other = object(Kind::Blob, b"other\n".to_vec());
+        let (want_root, want_root_data) =
+            tree(&[("40000", "dir", sub_id), ("100644", "other", other.0)]);
+        let (have_id, have) = commit(have_root);
+        let (want_id, want) = commit(want_root);
+        for kept_sub in [true, false] {
+            let mut kept = Kept::new(1 << 20);
+            let mut tips = Tips::default().wanting(Wants {
+                haves: vec![have_id],
+                ..Wants::default()
+            });
+            tips.found((have_id, 10), Kind::Commit, &have, HASH, &mut kept);
+            tips.found(
+                (have_root, 20),
+                Kind::Tree,
+                &have_root_data,
+                HASH,
+                &mut kept,
+            );
+            tips.found((sub_id, 30), Kind::Tree, &sub, HASH, &mut kept);
+            if kept_sub {
+                kept.put(30, Kind::Tree, sub.clone());
+            }
+            assert!(tips.complete(), "the have's blob is not waited for");
+            assert!(!tips.closure().unwrap().contains(&blob_id));
+            tips.add(Wants::from(vec![want_id]));
+            tips.found((want_id, 40), Kind::Commit, &want, HASH, &mut kept);
+            tips.found(
+                (want_root, 50),
+                Kind::Tree,
+                &want_root_data,
+                HASH,
+                &mut kept,
+            );
+            tips.found((other.0, 60), Kind::Blob, &other.1, HASH, &mut kept);
+            if !kept_sub {
+                assert!(tips.lost(), "{tips:?}");
+                continue;
+            }
+            assert!(
+                !tips.complete(),
+                "the blob in the shared tree is waited for"
+            );
+            tips.found((blob_id, 70), Kind::Blob, &blob, HASH, &mut kept);
+            assert!(tips.complete());
+            assert!(tips.closure().unwrap().contains(&blob_id));
+        }
     }
 
     /// Commits found before a walk was first asked for are not walked from: their parents
