@@ -421,9 +421,9 @@ const MOST_EARLY_HAVES_EACH: usize = 16;
 pub struct Early {
     repo: Arc<gitcache_pack::Repository>,
     found: usize,
-    /// The commits found that the copy does not hold, when the scan followed haves (see
+    /// The commits found that the copy does not hold (see
     /// [`holds_every_have_found`](Self::holds_every_have_found)).
-    left_out: Option<Vec<gix_hash::ObjectId>>,
+    left_out: gitcache_pack::early::LeftOut,
     /// What a check of the answer of each key asked about found out (see
     /// [`checked`](Self::checked)).
     checked: Mutex<std::collections::HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
@@ -474,16 +474,17 @@ impl Early {
         Arc::clone(&self.repo)
     }
 
-    /// Whether it holds every one of `haves` the first pack's reading found: a fetch with
-    /// haves answered from it then acknowledges what the mirror would, and leaves out what
-    /// they reach (a have the pack lacks is the mirror's to lack too). Not when the reading
-    /// followed no have: what it found of them is not known.
+    /// Whether it holds every one of `haves` the first pack's reading found as a commit (or
+    /// may have: eight bytes of an id are compared): a fetch with haves answered from it then
+    /// acknowledges what the mirror would, and leaves out what they reach. A have the
+    /// reading did not find is taken to be one the pack lacks, the mirror's to lack too:
+    /// `git pack-objects` writes every commit before the first tree, and the reading ends
+    /// past the trees it follows. A have it passed undecoded (a commit stored as a delta on
+    /// a base no longer kept), or that is a tree, a blob or a tag written after the trees,
+    /// is not acknowledged, and what it reaches is sent: more than the mirror would send,
+    /// never less.
     pub fn holds_every_have_found(&self, haves: &[gix_hash::ObjectId]) -> bool {
-        self.left_out.as_ref().is_some_and(|left_out| {
-            haves
-                .iter()
-                .all(|have| left_out.binary_search(have).is_err())
-        })
+        !haves.iter().any(|have| self.left_out.may_hold(have))
     }
 
     /// How many objects it holds: all that were found, or, past
@@ -1064,7 +1065,7 @@ mod tests {
             let written = gitcache_pack::early::Written {
                 checksum: ObjectId::null(HashKind::Sha1),
                 objects: 0,
-                commits_left_out: None,
+                commits_left_out: Default::default(),
             };
             Arc::new(Early::new(repo, written, early_dir))
         };
@@ -1156,7 +1157,42 @@ mod tests {
         assert!(poll_once(&mut late).is_none());
         let wants = board.early_wants();
         assert!(!wants.tips.contains(&oid(3)) && !wants.walked.contains(&oid(3)));
-        assert!(wants.haves.len() <= MOST_EARLY_HAVES);
+        // The room for haves: taken by others' up to the most, each fetch's few.
+        for n in 0..8u8 {
+            let others: Vec<ObjectId> = (0..MOST_EARLY_HAVES_EACH as u8 + 4)
+                .map(|k| {
+                    ObjectId::from_bytes_or_panic(&[
+                        n, k, 0xa5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    ])
+                })
+                .collect();
+            let fetch = board.next_early(None, &two, &others);
+            tokio::pin!(fetch);
+            assert!(poll_once(&mut fetch).is_none());
+        }
+        assert_eq!(board.early_wants().haves.len(), MOST_EARLY_HAVES);
+    }
+
+    /// A fetch is answered from the objects found early only with every have of it found
+    /// there that the first pack holds: one the copy left out makes it wait.
+    #[test]
+    fn a_have_the_copy_left_out_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let git_dir = dir.path().join("m.git");
+        crate::mirror::Mirror::create(&git_dir, HashKind::Sha1).unwrap();
+        let repo = gitcache_pack::Repository::open(&git_dir).unwrap();
+        let written = gitcache_pack::early::Written {
+            checksum: ObjectId::null(HashKind::Sha1),
+            objects: 0,
+            commits_left_out: [oid(5)].into_iter().collect(),
+        };
+        let early = Early::new(
+            repo,
+            written,
+            crate::early::EarlyDir::create(&git_dir).unwrap(),
+        );
+        assert!(early.holds_every_have_found(&[oid(6), oid(7)]));
+        assert!(!early.holds_every_have_found(&[oid(6), oid(5)]));
     }
 
     /// Polls `future` once.

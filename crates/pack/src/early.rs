@@ -98,8 +98,6 @@ pub struct Found {
     /// What the closures followed are made of, when the scan followed [`Tips`] and found
     /// more than [`Limits::copy_all_bytes`] of entries (see [`write_pack`](Found::write_pack)).
     closure: Option<std::sync::Arc<std::collections::HashSet<ObjectId>>>,
-    /// The scan followed haves (see [`Wants::haves`]): [`Written::commits_left_out`] is told.
-    haves: bool,
 }
 
 /// What [`Found::write_pack`] wrote.
@@ -109,11 +107,45 @@ pub struct Written {
     pub checksum: ObjectId,
     /// How many objects it holds.
     pub objects: usize,
-    /// When the scan followed haves, the commits found that the copy does not hold (it
-    /// holds the closures alone), sorted: a have among them would be taken for one the
-    /// repository of the copy lacks, neither acknowledged nor left out of an answer, where
-    /// the mirror will hold it. `None` when no have was followed.
-    pub commits_left_out: Option<Vec<ObjectId>>,
+    /// The commits found that the copy does not hold (it holds the closures alone): a have
+    /// among them would be taken for one the repository of the copy lacks, neither
+    /// acknowledged nor left out of an answer, where the mirror will hold it.
+    pub commits_left_out: LeftOut,
+}
+
+/// Commits a copy of what was found left out (see [`Written::commits_left_out`]), by the
+/// first eight bytes of their ids: eight bytes each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeftOut(Vec<u64>);
+
+impl FromIterator<ObjectId> for LeftOut {
+    fn from_iter<I: IntoIterator<Item = ObjectId>>(ids: I) -> LeftOut {
+        let mut heads: Vec<u64> = (ids.into_iter())
+            .map(|id| crate::closed::head(id.as_bytes()))
+            .collect();
+        heads.sort_unstable();
+        LeftOut(heads)
+    }
+}
+
+impl LeftOut {
+    /// Whether `id` may be one of them: never `false` of one that is, and `true` of one that
+    /// is not only when eight bytes of their ids are the same.
+    pub fn may_hold(&self, id: &ObjectId) -> bool {
+        self.0
+            .binary_search(&crate::closed::head(id.as_bytes()))
+            .is_ok()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Entries a [`scan`] read without decoding them, by why: their objects are not found.
@@ -201,6 +233,8 @@ pub struct Tips {
     commits: std::collections::HashSet<ObjectId>,
     /// Every commit ever wanted.
     wanted: std::collections::HashSet<ObjectId>,
+    /// Those of `wanted` whose closures are followed whole (see [`Tips::want`]).
+    whole_wanted: std::collections::HashSet<ObjectId>,
     /// Trees and blobs needed and not found yet.
     pending: std::collections::HashSet<ObjectId>,
     /// Those of `pending` named as trees.
@@ -212,6 +246,8 @@ pub struct Tips {
     /// followed should they come before the scan ends, not waited for (one read past does
     /// not come again); so are their subtrees.
     hoped: std::collections::HashSet<ObjectId>,
+    /// Those of `hoped` to be followed whole.
+    hoped_whole: std::collections::HashSet<ObjectId>,
     /// Trees were read past, undecoded.
     trees_read_past: bool,
     /// Every tree and blob ever needed (`None` past [`Limits::most_found`]): with the
@@ -295,11 +331,13 @@ impl Tips {
         let commits: std::collections::HashSet<ObjectId> = commits.into_iter().collect();
         Tips {
             wanted: commits.clone(),
+            whole_wanted: commits.clone(),
             commits,
             pending: std::collections::HashSet::new(),
             pending_trees: std::collections::HashSet::new(),
             pending_whole: std::collections::HashSet::new(),
             hoped: std::collections::HashSet::new(),
+            hoped_whole: std::collections::HashSet::new(),
             trees_read_past: false,
             needed: Some(std::collections::HashSet::new()),
             seen: HashMap::new(),
@@ -429,10 +467,8 @@ impl Tips {
             Some(_) => {
                 self.walks.insert(id, below);
                 // Wanted whole now, from a want's walk.
-                if below.is_none()
-                    && let Some(Seen::Commit(tree)) = self.seen.get(&id).copied()
-                {
-                    self.need(tree, true, true);
+                if below.is_none() {
+                    self.want(id, true);
                 }
                 true
             }
@@ -504,14 +540,24 @@ impl Tips {
     /// took below a have: what is in those trees is the client's, and only their trees are
     /// read to tell it).
     fn want(&mut self, mut id: ObjectId, whole: bool) {
-        // A tag of a tag of ...: each followed once.
-        while self.wanted.insert(id) {
+        // A tag of a tag of ...: each followed once, and once more should it be wanted whole
+        // after it was wanted for its trees alone.
+        loop {
+            let new = self.wanted.insert(id);
+            let newly_whole = whole && self.whole_wanted.insert(id);
+            if !new && !newly_whole {
+                return;
+            }
             match self.seen.get(&id).copied() {
-                None => {
+                None if new => {
                     self.commits.insert(id);
                 }
+                // Followed as [`whole`](Self::whole) says once found.
+                None => {}
                 Some(Seen::Commit(tree)) => {
-                    self.commits_found += 1;
+                    if new {
+                        self.commits_found += 1;
+                    }
                     self.need(tree, true, whole);
                 }
                 Some(Seen::Tag(target)) => {
@@ -524,10 +570,10 @@ impl Tips {
         }
     }
 
-    /// Whether the closure of the commit `id`, wanted, is followed whole: not when only a walk
-    /// below a have took it.
+    /// Whether the closure of the commit `id`, wanted, is followed whole: not when only walks
+    /// below a have wanted it.
     fn whole(&self, id: &ObjectId) -> bool {
-        !matches!(self.walks.get(id), Some(Some(_)))
+        self.whole_wanted.contains(id)
     }
 
     /// Whether every commit and everything in its tree was found.
@@ -607,6 +653,9 @@ impl Tips {
             // Of a commit wanted late: the closures wanted before do not wait for it.
             None if tree && self.trees_read_past => {
                 self.hoped.insert(id);
+                if whole {
+                    self.hoped_whole.insert(id);
+                }
             }
             None => {
                 if self.pending.insert(id) && tree {
@@ -652,8 +701,7 @@ impl Tips {
         let hoped = kind == gix_object::Kind::Tree && self.hoped.remove(&id);
         let needed = self.pending.remove(&id) || hoped;
         self.pending_trees.remove(&id);
-        // A tree hoped for is followed whole.
-        let whole = self.pending_whole.remove(&id) || hoped;
+        let whole = self.pending_whole.remove(&id) | self.hoped_whole.remove(&id);
         let seen = match kind {
             gix_object::Kind::Tree if needed && whole => Seen::Done,
             gix_object::Kind::Tree if needed => Seen::Listed(offset),
@@ -774,11 +822,6 @@ impl Found {
             .sum()
     }
 
-    /// Found by a scan that followed haves, when `haves`.
-    fn following_haves(self, haves: bool) -> Found {
-        Found { haves, ..self }
-    }
-
     /// Whether `id` was found.
     pub fn contains(&self, id: &ObjectId) -> bool {
         self.objects.iter().any(|found| found.id == *id)
@@ -802,14 +845,10 @@ impl Found {
         also: &[ObjectId],
     ) -> Result<Written, Error> {
         let copied = self.to_copy(read_at, also)?;
-        let commits_left_out = self.haves.then(|| {
-            let mut left_out: Vec<ObjectId> = (self.objects.iter().zip(&copied))
-                .filter(|(found, copied)| !**copied && found.kind == gix_object::Kind::Commit)
-                .map(|(found, _)| found.id)
-                .collect();
-            left_out.sort_unstable();
-            left_out
-        });
+        let commits_left_out: LeftOut = (self.objects.iter().zip(&copied))
+            .filter(|(found, copied)| !**copied && found.kind == gix_object::Kind::Commit)
+            .map(|(found, _)| found.id)
+            .collect();
         let taken: Vec<&FoundEntry> = (self.objects.iter().zip(copied))
             .filter_map(|(found, copied)| copied.then_some(found))
             .collect();
@@ -1073,7 +1112,6 @@ pub fn scan_for(
             }
             if tips.complete() {
                 let counts = (passed, kept.read_back_count());
-                let haves = !tips.haves.is_empty();
                 return found_once(
                     hash,
                     objects,
@@ -1081,8 +1119,7 @@ pub fn scan_for(
                     entries,
                     counts,
                     (|| tips.closure(), limits.copy_all_bytes),
-                )
-                .map(|found| found.following_haves(haves));
+                );
             }
             if tips.posts_now()
                 && let Some(post) = tips.meanwhile.take()
@@ -1096,13 +1133,12 @@ pub fn scan_for(
                     (|| tips.closure(), limits.copy_all_bytes),
                 )
             {
-                post(found.following_haves(!tips.haves.is_empty()));
+                post(found);
             }
         }
     }
     let checksum = incoming.trailer()?;
     let counts = (passed, kept.read_back_count());
-    let haves = tips.as_deref().is_some_and(|tips| !tips.haves.is_empty());
     found_once(
         hash,
         objects,
@@ -1114,7 +1150,6 @@ pub fn scan_for(
             limits.copy_all_bytes,
         ),
     )
-    .map(|found| found.following_haves(haves))
 }
 
 /// `objects`, found in pack order, each once: an object the pack holds twice (git writes
@@ -1151,7 +1186,6 @@ fn found_once(
         passed,
         read_back,
         closure: closure.map(std::sync::Arc::new),
-        haves: false,
     })
 }
 
@@ -1974,6 +2008,38 @@ mod tests {
             assert!(tips.complete());
             assert!(tips.closure().unwrap().contains(&blob_id));
         }
+    }
+
+    /// A commit a walk below a have took is followed for its trees alone; wanted as a tip
+    /// after it was found (a shallow clone of it), its closure is followed whole.
+    #[test]
+    fn a_commit_below_a_have_wanted_as_a_tip_is_followed_whole() {
+        let (commits, objects) = history(4);
+        let mut kept = Kept::new(1 << 20);
+        let mut tips = Tips::default().wanting(Wants {
+            haves: vec![commits[3]],
+            ..Wants::default()
+        });
+        // The commits come first, newest first: the have, then those below it.
+        for (at, (id, kind, data)) in objects[..4].iter().enumerate() {
+            tips.found((*id, at as u64 * 10), *kind, data, HASH, &mut kept);
+        }
+        tips.add(Wants::from(vec![commits[2]]));
+        for (at, (id, kind, data)) in objects[4..].iter().enumerate() {
+            tips.found((*id, 100 + at as u64 * 10), *kind, data, HASH, &mut kept);
+        }
+        assert!(tips.complete(), "{tips:?}");
+        let closure = tips.closure().unwrap();
+        let blob_of = |i: usize| {
+            // Trees and blobs newest first, each commit's blob before its tree.
+            objects[4 + 2 * (3 - i)].0
+        };
+        assert!(closure.contains(&blob_of(2)), "the tip's blob");
+        assert!(
+            !closure.contains(&blob_of(1)),
+            "not the blob below the have"
+        );
+        assert!(!closure.contains(&blob_of(3)), "nor the have's");
     }
 
     /// Commits found before a walk was first asked for are not walked from: their parents

@@ -671,8 +671,9 @@ pub fn incoming(data: &[u8]) {
                 crate::early::scan_for(&mut pieces, hash, limits, &stop, Some(&mut tips))
             {
                 check(&found);
-                // Each tree followed once at most, however many trees name it.
-                assert!(tips.followed <= found.objects.len(), "{tips:?}");
+                // Each tree followed once at most, however many trees name it (twice: for
+                // its subtrees, then whole).
+                assert!(tips.followed <= 2 * found.objects.len(), "{tips:?}");
                 // Walks take no more commits than they may.
                 assert!(tips.walked() <= WALKED, "{tips:?}");
                 let posted = posted.lock().unwrap();

@@ -1265,9 +1265,6 @@ mod tests {
     }
     use gix_hash::ObjectId;
 
-    /// The tip's version of a directory, stored whole, is paired with the client's version
-    /// at its path; when reading the client's version (91 links deep) would make more than
-    /// the work allowed, it is neither read nor offered as a base.
     /// A walk of many commits keeps more delta bases while it reads their trees, and the
     /// handle's own cache after; a walk of a few keeps the handle's own throughout. What is
     /// selected is the same either way (the differential tests compare it with git's).
@@ -1308,6 +1305,9 @@ mod tests {
         }
     }
 
+    /// The tip's version of a directory, stored whole, is paired with the client's version
+    /// at its path; when reading the client's version (91 links deep) would make more than
+    /// the work allowed, it is neither read nor offered as a base.
     #[test]
     fn a_clients_tree_too_deep_for_the_work_allowed_is_no_base() {
         let dir = tempfile::tempdir().unwrap();

@@ -102,7 +102,7 @@ fn early_repository_of(src: &Path, dir: &Path, pack: &[u8], found: &Found) -> (P
 
 /// The commits `found` in `pack` that a copy of it leaves out (see
 /// [`gitcache_pack::early::Written`]), the copy written in `dir`.
-fn commits_left_out(dir: &Path, pack: &[u8], found: &Found) -> Option<Vec<gix_hash::ObjectId>> {
+fn commits_left_out(dir: &Path, pack: &[u8], found: &Found) -> gitcache_pack::early::LeftOut {
     std::fs::create_dir_all(dir).unwrap();
     let read_at = read_at_of(pack);
     let (copy, index) = (dir.join("left-out.pack"), dir.join("left-out.idx"));
@@ -640,14 +640,9 @@ fn an_incremental_fetch_is_answered_from_what_arrived() {
         pack.len()
     );
     // Every have found is in the copy.
-    let left_out = commits_left_out(&fixture.dir.path().join("walked"), &pack, &found)
-        .expect("told when haves are followed");
+    let left_out = commits_left_out(&fixture.dir.path().join("walked"), &pack, &found);
     assert!(!left_out.is_empty(), "the copy holds the closures alone");
-    assert!(
-        haves
-            .iter()
-            .all(|have| left_out.binary_search(have).is_err())
-    );
+    assert!(haves.iter().all(|have| !left_out.may_hold(have)));
     let (early, _) = early_repository_of(&fixture.src, fixture.dir.path(), &pack, &found);
     let repo = Repository::open(&early).unwrap();
     for (done, thin) in [(true, true), (true, false), (false, true)] {
@@ -698,12 +693,11 @@ fn an_incremental_fetch_is_answered_from_what_arrived() {
             other.map(|_| ())
         ),
     }
-    let left_out = commits_left_out(&dir.join("left-out"), &pack, &found).unwrap();
-    assert!(left_out.binary_search(&between).is_ok());
-    // No have followed: what was left out is not told.
-    let mut tip = Tips::new([new_main]);
-    let (found, _) = scanned_within(&pack, &mut tip, closures_alone);
-    assert_eq!(commits_left_out(&dir.join("tip"), &pack, &found), None);
+    let left_out = commits_left_out(&dir.join("left-out"), &pack, &found);
+    assert!(left_out.may_hold(&between));
+    // Copied whole, nothing is left out.
+    let (found, _) = scanned_for(&pack, &mut Tips::new([new_main]));
+    assert!(commits_left_out(&dir.join("all"), &pack, &found).is_empty());
 }
 
 /// A commit wanted that the pack lacks holds the scan to the pack's end; what was found
