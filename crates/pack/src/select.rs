@@ -1265,18 +1265,24 @@ mod tests {
     }
     use gix_hash::ObjectId;
 
+    /// A new work tree (`w` in a new folder) on branch `main`, and the folder.
+    fn work_tree() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("w");
+        gitcache_testkit::git::git_stdout(
+            dir.path(),
+            &["init", "-q", "-b", "main", work.to_str().unwrap()],
+        );
+        (dir, work)
+    }
+
     /// A walk of many commits keeps more delta bases while it reads their trees, and the
     /// handle's own cache after; a walk of a few keeps the handle's own throughout. What is
     /// selected is the same either way (the differential tests compare it with git's).
     #[test]
     fn a_walk_of_many_commits_keeps_more_bases_while_it_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let work = dir.path().join("w");
+        let (_dir, work) = work_tree();
         let git = |at: &std::path::Path, args: &[&str]| gitcache_testkit::git::git_stdout(at, args);
-        git(
-            dir.path(),
-            &["init", "-q", "-b", "main", work.to_str().unwrap()],
-        );
         for round in 0..40 {
             std::fs::write(work.join("file"), format!("round {round}\n")).unwrap();
             gitcache_testkit::git::commit_all(&work, &format!("round {round}"));
@@ -1310,13 +1316,8 @@ mod tests {
     /// the work allowed, it is neither read nor offered as a base.
     #[test]
     fn a_clients_tree_too_deep_for_the_work_allowed_is_no_base() {
-        let dir = tempfile::tempdir().unwrap();
-        let work = dir.path().join("w");
+        let (dir, work) = work_tree();
         let git = |at: &std::path::Path, args: &[&str]| gitcache_testkit::git::git_stdout(at, args);
-        git(
-            dir.path(),
-            &["init", "-q", "-b", "main", work.to_str().unwrap()],
-        );
         std::fs::create_dir(work.join("d")).unwrap();
         for i in 0..300 {
             std::fs::write(work.join(format!("d/{i}.txt")), format!("file {i}\n")).unwrap();
