@@ -266,6 +266,18 @@ pub(crate) fn requests(
             ..base.clone()
         },
     ));
+    // A client long away (a history past the reading of a new mirror's first pack walks).
+    if let Ok(far) = git(repo, &["rev-parse", "--verify", "-q", "main~2000"]) {
+        cases.push((
+            "fetch, have main~2000",
+            Fetch {
+                wants: vec![main],
+                haves: vec![oid(&far)?],
+                include_tag: true,
+                ..base.clone()
+            },
+        ));
+    }
     if walked {
         // Negotiation against a hostile shape: wants along one first-parent chain, newest
         // first, one old have, no done (each want's walk started over when it was quadratic).

@@ -202,6 +202,11 @@ enum Waited {
     Landed(Arc<gitcache_pack::Repository>),
     /// The mirror is being made from nothing and took longer than the first fetch may wait.
     TooLong,
+    /// The mirror is being made from nothing, and the history between the fetch's wants and
+    /// haves is longer than the reading of its first pack walks: the mirror would answer
+    /// only once indexed, after a walk of that history without bitmaps (seconds, where the
+    /// upstream has its bitmaps).
+    PastTheWalk,
 }
 
 /// The check of an answer from the objects found early in a mirror's first pack, and its
@@ -459,6 +464,11 @@ impl Fetches {
             // tips most often needs nothing else (one that does waits on).
             let registry = self.mirrors.registry();
             let from_early = early && answerable_early(&fetch);
+            // An incremental fetch whose history the reading cannot walk down to its haves
+            // is passed upstream as soon as that is known (once a check of an answer under
+            // way, which may not need that history, said no).
+            let walked = from_early && !fetch.haves.is_empty();
+            let mut past_the_walk = false;
             let mut seen = None;
             // An answer from them being checked and begun: the refresh ending, or the wait
             // running out, meanwhile still ends the wait (dropping it sends nothing).
@@ -487,7 +497,14 @@ impl Fetches {
                                     CacheState::Miss,
                                 ));
                             }
+                            Early::Not if past_the_walk => break Waited::PastTheWalk,
                             Early::Not => seen = Some(found),
+                        }
+                    }
+                    () = registry.early_walks_ran_out(&target.key), if walked && !past_the_walk => {
+                        past_the_walk = true;
+                        if checking.is_none() {
+                            break Waited::PastTheWalk;
                         }
                     }
                     found = registry.early_after(&target.key, seen.as_ref(), &asked.wants, &asked.haves), if from_early && checking.is_none() => {
@@ -543,6 +560,16 @@ impl Fetches {
             }
             Waited::TooLong => {
                 tracing::info!(result = "passthrough", creating = true, "fetch");
+                let response = self.passthrough.forward_body(target, headers, body).await?;
+                return Ok(with_state(response, CacheState::Passthrough));
+            }
+            Waited::PastTheWalk => {
+                tracing::info!(
+                    result = "passthrough",
+                    creating = true,
+                    past_the_walk = true,
+                    "fetch"
+                );
                 let response = self.passthrough.forward_body(target, headers, body).await?;
                 return Ok(with_state(response, CacheState::Passthrough));
             }

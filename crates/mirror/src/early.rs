@@ -151,8 +151,10 @@ impl Read for Following<'_> {
 /// the shallow closures of `wants` are found, with the history it walks (and those `more` wants meanwhile, see
 /// [`Tips::asking`](gitcache_pack::early::Tips::asking)), or else once the pack is whole.
 /// Should the scan go on only for wants not found yet (ids the pack may lack), what was
-/// found by then is given to `meanwhile` first, as an [`Early`] of its own. Nothing is
-/// written that would leave less than `keep` bytes free (`free` tells what is). Given up
+/// found by then is given to `meanwhile` first, as an [`Early`] of its own; should the
+/// walks of the history run out of room, `ran_out` is called as soon as they do (see
+/// [`Tips::when_walks_run_out`](gitcache_pack::early::Tips::when_walks_run_out)). Nothing
+/// is written that would leave less than `keep` bytes free (`free` tells what is). Given up
 /// once `stop` is set.
 pub(crate) fn build(
     git_dir: &Path,
@@ -164,7 +166,10 @@ pub(crate) fn build(
     ),
     floor: (crate::mirror::FreeSpace, u64),
     stop: &AtomicBool,
-    meanwhile: impl FnOnce(Early) + Send + 'static,
+    (meanwhile, ran_out): (
+        impl FnOnce(Early) + Send + 'static,
+        impl FnOnce() + Send + 'static,
+    ),
 ) -> Result<Early, String> {
     let format = pack.object_format();
     let mut read = std::io::BufReader::with_capacity(
@@ -192,7 +197,8 @@ pub(crate) fn build(
                 Ok(early) => meanwhile(early),
                 Err(err) => tracing::debug!(%err, "no early index of what was found so far"),
             }
-        });
+        })
+        .when_walks_run_out(ran_out);
     let found = gitcache_pack::early::scan_for(
         &mut read,
         format,

@@ -396,6 +396,9 @@ struct Posted {
     /// with haves, the first [`MOST_EARLY_HAVES`] haves): the scan may stop once it has found
     /// their shallow closures, and the history between their wants and haves.
     early_wants: gitcache_pack::early::Wants,
+    /// The reading of the first pack ran out of room to walk the history from a want down
+    /// to the haves (see [`Board::walks_ran_out`]).
+    walks_ran_out: bool,
 }
 
 /// The most wants of waiting fetches a board keeps for the objects found early.
@@ -520,6 +523,8 @@ impl Board {
             let mut posted = self.posted();
             posted.pack = Some(Arc::clone(&pack));
             posted.elsewhere = false;
+            // Its reading walks anew.
+            posted.walks_ran_out = false;
         }
         self.told.notify_waiters();
         Publisher { pack }
@@ -673,6 +678,28 @@ impl Board {
                 .cloned()
         })
         .await
+    }
+
+    /// The reading of `pack`, the first pack, for the objects found early ran out of room to
+    /// walk the history from a want down to the haves (see
+    /// [`Tips::when_walks_run_out`](gitcache_pack::early::Tips::when_walks_run_out)): an
+    /// incremental fetch that needs that history is not answered from those objects, and
+    /// waits for the mirror's index and a long walk (a mirror just made has no bitmaps)
+    /// unless it goes elsewhere. Said only while `pack` is the one announced.
+    pub fn walks_ran_out(&self, pack: &Arc<LivePack>) {
+        let mut posted = self.posted();
+        if posted.pack.as_ref().is_some_and(|p| Arc::ptr_eq(p, pack)) && !posted.walks_ran_out {
+            posted.walks_ran_out = true;
+            drop(posted);
+            self.told.notify_waiters();
+        }
+    }
+
+    /// Once the reading of the pack announced ran out of room to walk (see
+    /// [`walks_ran_out`](Self::walks_ran_out)), until the board is cleared.
+    pub async fn ran_out_of_walk(&self) {
+        self.wait_for(|posted| posted.walks_ran_out.then_some(()))
+            .await;
     }
 
     /// No pack is announced any more, nor said to come from elsewhere (the refresh that did
@@ -1049,6 +1076,43 @@ mod tests {
         // Cleared, a board waits again.
         board.clear();
         waiting_on(&board).await.abort();
+    }
+
+    /// That the reading of the first pack ran out of walk is said for the pack announced
+    /// alone, and forgotten when another is announced or the board is cleared.
+    #[tokio::test]
+    async fn a_walk_run_out_is_said_for_its_own_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::write(&config, "").unwrap();
+        let file = || std::fs::File::open(&config).unwrap();
+        let board = Board::default();
+        let _first = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
+        let first = board.current().unwrap();
+        let waiting = board.ran_out_of_walk();
+        tokio::pin!(waiting);
+        assert!(poll_once(&mut waiting).is_none(), "nothing said yet");
+        let _second = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
+        board.walks_ran_out(&first);
+        assert!(poll_once(&mut waiting).is_none(), "not the pack announced");
+        let second = board.current().unwrap();
+        board.walks_ran_out(&second);
+        waiting.await;
+        // Said until another pack is announced, or the board is cleared.
+        board.ran_out_of_walk().await;
+        let _third = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
+        let again = board.ran_out_of_walk();
+        tokio::pin!(again);
+        assert!(
+            poll_once(&mut again).is_none(),
+            "a new pack's reading walks anew"
+        );
+        board.walks_ran_out(&board.current().unwrap());
+        again.await;
+        board.clear();
+        let cleared = board.ran_out_of_walk();
+        tokio::pin!(cleared);
+        assert!(poll_once(&mut cleared).is_none(), "forgotten once cleared");
     }
 
     /// The objects found early in a pack are posted only while that pack is the one

@@ -1099,6 +1099,17 @@ impl Mirror {
                         board.early(&pack, std::sync::Arc::new(early));
                     }
                 };
+                let ran_out = {
+                    let (board, pack) = (std::sync::Arc::clone(&board), std::sync::Arc::clone(&pack));
+                    move || {
+                        tracing::debug!(
+                            most = gitcache_pack::early::MOST_WALKED,
+                            ms = started.elapsed().as_millis() as u64,
+                            "the first pack's reading ran out of room to walk the history"
+                        );
+                        board.walks_ran_out(&pack);
+                    }
+                };
                 let built = crate::early::build(
                     &git_dir,
                     &pack,
@@ -1106,7 +1117,7 @@ impl Mirror {
                     (wanted, more),
                     floor,
                     &stop,
-                    meanwhile,
+                    (meanwhile, ran_out),
                 );
                 match built {
                     Ok(early) => {

@@ -531,6 +531,14 @@ impl Registry {
         slot.live.next_early(seen, wants, haves).await
     }
 
+    /// Once the reading of `key`'s first pack for the objects found early ran out of room to
+    /// walk the history from a want down to its haves (see
+    /// [`Board::walks_ran_out`](crate::live::Board::walks_ran_out)).
+    pub async fn early_walks_ran_out(&self, key: &RepoKey) {
+        let slot = self.slot(key);
+        slot.live.ran_out_of_walk().await;
+    }
+
     /// The first pack of `key`'s mirror announced now or next, whatever was said of the mirror
     /// coming from elsewhere: for a clone told so ([`live_pack`](Self::live_pack) was
     /// `None`), should this registry fetch the mirror itself after all (the other instance's

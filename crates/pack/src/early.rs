@@ -283,6 +283,11 @@ pub struct Tips {
     parents: HashMap<ObjectId, Box<[ObjectId]>>,
     /// Commits walks may still add (see [`MOST_WALKED`]).
     walk_left: usize,
+    /// Told, once, that a walk from a want stopped for want of room (see
+    /// [`when_walks_run_out`](Tips::when_walks_run_out)).
+    ran_out: Option<Box<dyn FnOnce() + Send>>,
+    /// A walk from a want stopped for want of room.
+    walks_ran_out: bool,
 }
 
 /// What [`Tips`] remembers of an object found.
@@ -311,6 +316,7 @@ impl std::fmt::Debug for Tips {
             .field("commits_found", &self.commits_found)
             .field("followed", &self.followed)
             .field("walked", &self.walks.len())
+            .field("walks_ran_out", &self.walks_ran_out)
             .finish_non_exhaustive()
     }
 }
@@ -353,6 +359,8 @@ impl Tips {
             haves: std::collections::HashSet::new(),
             parents: HashMap::new(),
             walk_left: MOST_WALKED,
+            ran_out: None,
+            walks_ran_out: false,
         }
     }
 
@@ -404,6 +412,22 @@ impl Tips {
             && self.revisit.is_empty()
             && self.commits_found > 0
             && (self.lost || !self.commits.is_empty())
+    }
+
+    /// Call `then`, once, should a walk from a want stop for want of room ([`MOST_WALKED`]
+    /// commits taken): an incremental fetch of that want then needs more history than this
+    /// reading follows, and cannot be answered from what it finds (its walks stop below
+    /// their haves and are not told). As soon as it happens, while the scan goes on: the
+    /// commits come first in a pack, so the walk runs out within its first part.
+    pub fn when_walks_run_out(mut self, then: impl FnOnce() + Send + 'static) -> Tips {
+        self.ran_out = Some(Box::new(then));
+        self
+    }
+
+    /// Whether a walk from a want stopped for want of room (see
+    /// [`when_walks_run_out`](Self::when_walks_run_out)).
+    pub fn walks_ran_out(&self) -> bool {
+        self.walks_ran_out
     }
 
     /// Walks take `most` commits at most, not [`MOST_WALKED`].
@@ -472,7 +496,17 @@ impl Tips {
                 }
                 true
             }
-            None if self.walk_left == 0 => false,
+            None if self.walk_left == 0 => {
+                // Below a have the walk only reads trees a few generations further: the
+                // answer may still be planned without them.
+                if below.is_none() {
+                    self.walks_ran_out = true;
+                    if let Some(then) = self.ran_out.take() {
+                        then();
+                    }
+                }
+                false
+            }
             None => {
                 self.walk_left -= 1;
                 self.walks.insert(id, below);
@@ -1897,10 +1931,44 @@ mod tests {
             walk_left: 3,
             ..Tips::default()
         };
-        let mut bounded = bounded.wanting(wants);
+        let mut bounded = bounded.wanting(wants.clone());
         found_all(&mut bounded, &objects);
         assert!(bounded.complete());
         assert_eq!(closure_of(&bounded), [11, 12, 13]);
+        // Room enough to reach the have, not to go below it: no want's walk ran out (the
+        // answer reads those trees should they be found, and walks on without them).
+        assert!(!bounded.walks_ran_out());
+        // A have further down than the walks go: told as soon as the walk from the want
+        // stops, once.
+        let told = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut far = Tips::default()
+            .walking_at_most(3)
+            .wanting(Wants {
+                haves: vec![commits[5]],
+                ..wants
+            })
+            .when_walks_run_out({
+                let told = std::sync::Arc::clone(&told);
+                move || {
+                    told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        let mut kept = Kept::new(1 << 20);
+        for (at, (id, kind, data)) in objects.iter().enumerate() {
+            far.found((*id, at as u64 * 10), *kind, data, HASH, &mut kept);
+            // Within the commits, before any tree: once the third commit down is found,
+            // its parent is the first the walk has no room for.
+            let ran_out = at >= 2;
+            assert_eq!(far.walks_ran_out(), ran_out, "after entry {at}");
+            assert_eq!(
+                told.load(std::sync::atomic::Ordering::Relaxed),
+                usize::from(ran_out)
+            );
+        }
+        assert!(far.complete());
+        assert_eq!(closure_of(&far), [11, 12, 13]);
+        // With room for it all, none ran out.
+        assert!(!tips.walks_ran_out());
     }
 
     /// A walk from a want that reaches a commit a walk below another client's have took

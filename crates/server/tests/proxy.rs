@@ -1483,6 +1483,33 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     });
 }
 
+/// A medium repository `acme/widgets` made from `seed` on `upstream`, and a client with
+/// clones of it in `dirs` of its home, made from the repository's folder.
+fn clones_of(upstream: &Upstream, seed: u64, dirs: &[&str]) -> (GitClient, PathBuf) {
+    public_repo(upstream, "acme/widgets", &RepoSpec::medium(seed));
+    let source = upstream.repo_path("acme/widgets");
+    let git = GitClient::new().unwrap();
+    let direct = format!("file://{}", source.display());
+    for dir in dirs {
+        git.run(git.home(), &["clone", "-q", &direct, dir])
+            .unwrap()
+            .expect_success();
+    }
+    (git, source)
+}
+
+/// The clones in `dirs` fetch `acme/widgets` through `cache` from now on.
+fn point_at(git: &GitClient, cache: &Gitcache, dirs: &[&str]) {
+    for dir in dirs {
+        git.run(
+            &git.home().join(dir),
+            &["remote", "set-url", "origin", &cache.url("acme/widgets")],
+        )
+        .unwrap()
+        .expect_success();
+    }
+}
+
 /// A fetch into a clone made before a push, through a mirror being made from nothing, is
 /// answered from the objects found in the mirror's first pack as it arrived (the history
 /// from the new tip down to the clone's walked as it came): the clone gets the new tip and
@@ -1490,15 +1517,8 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
 #[test]
 fn an_incremental_fetch_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     let upstream = Upstream::start().unwrap();
-    public_repo(&upstream, "acme/widgets", &RepoSpec::medium(418));
-    let source = upstream.repo_path("acme/widgets");
-    let git = GitClient::new().unwrap();
-    let home = git.home().to_owned();
-    let direct = format!("file://{}", source.display());
-    git.run(&home, &["clone", "-q", &direct, "work"])
-        .unwrap()
-        .expect_success();
-    let work = home.join("work");
+    let (git, source) = clones_of(&upstream, 418, &["work"]);
+    let work = git.home().join("work");
     let before = git.rev_parse(&work, "origin/main").unwrap();
     repo::append_commits(&source, "main", 30, 418).unwrap();
     let main = git_stdout(&source, &["rev-parse", "main"])
@@ -1506,12 +1526,7 @@ fn an_incremental_fetch_of_a_new_mirror_is_answered_before_its_pack_is_taken_in(
         .to_owned();
     assert_ne!(before, main);
     let cache = Gitcache::start(&upstream, &[]);
-    git.run(
-        &work,
-        &["remote", "set-url", "origin", &cache.url("acme/widgets")],
-    )
-    .unwrap()
-    .expect_success();
+    point_at(&git, &cache, &["work"]);
 
     upstream.reset_counts();
     hold_the_last_tenth_of_the_next_pack(&upstream, &source);
@@ -1532,6 +1547,66 @@ fn an_incremental_fetch_of_a_new_mirror_is_answered_before_its_pack_is_taken_in(
     common::wait_for_mirror(&mirror, &source);
     fsck(&mirror);
     assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+}
+
+/// An incremental fetch of a mirror being made from nothing whose history is longer than the
+/// reading of the first pack walks (its haves further down than
+/// [`MOST_WALKED`](gitcache_pack::early::MOST_WALKED) commits) is passed upstream as soon as
+/// the walk runs out, while that pack still arrives: the mirror would answer it only once
+/// indexed, after a walk of that history without bitmaps. The mirror is made all the same,
+/// and answers the next such fetch.
+#[test]
+fn a_fetch_further_behind_than_the_walk_of_a_new_mirror_is_passed_upstream() {
+    let upstream = Upstream::start().unwrap();
+    let (git, source) = clones_of(&upstream, 419, &["work", "later"]);
+    let home = git.home().to_owned();
+    let far = gitcache_pack::early::MOST_WALKED + 64;
+    repo::append_commits(&source, "main", far, 419).unwrap();
+    let main = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let cache = Gitcache::start(&upstream, &[]);
+    point_at(&git, &cache, &["work", "later"]);
+
+    upstream.reset_counts();
+    hold_the_last_tenth_of_the_next_pack(&upstream, &source);
+    let work = home.join("work");
+    std::thread::scope(|scope| {
+        let _release = ReleaseHeld(&upstream);
+        let fetch = scope.spawn(|| {
+            git.run(&work, &["fetch", "-q", "origin"])
+                .unwrap()
+                .expect_success();
+        });
+        // Answered while the mirror's pack is held back: not by the mirror.
+        let log = cache.log_with("past_the_walk=true", 1);
+        fetch.join().unwrap();
+        assert!(!log.contains("early=true"), "{log}");
+        assert_eq!(
+            upstream.counts().fetch,
+            2,
+            "the mirror's and the client's: {:?}",
+            upstream.counts()
+        );
+    });
+    assert_eq!(git.rev_parse(&work, "origin/main").unwrap(), main);
+    fsck(&work);
+
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    common::wait_for_mirror(&mirror, &source);
+    fsck(&mirror);
+    assert_eq!(upstream.counts().fetch, 2, "{:?}", upstream.counts());
+
+    // Made: the same fetch from another clone is the mirror's.
+    upstream.reset_counts();
+    let later = home.join("later");
+    git.run(&later, &["fetch", "-q", "origin"])
+        .unwrap()
+        .expect_success();
+    assert_eq!(git.rev_parse(&later, "origin/main").unwrap(), main);
+    fsck(&later);
+    cache.log_with("result=\"hit\"", 1);
+    assert_eq!(upstream.counts().fetch, 0, "{:?}", upstream.counts());
 }
 
 /// Two shallow clones of different branches of a mirror being made, the second asked for
