@@ -287,9 +287,10 @@ impl Fetches {
         let upstream = self.gate.upstream_for(target, headers)?;
         // A mirror made from nothing may take long: past `first_fetch_wait` (from now), the
         // upstream answers (the refresh goes on in a task of its own either way).
+        let creating = self.mirrors.registry().unfetched(&target.key);
         let deadline = self
             .first_fetch_wait
-            .filter(|_| self.mirrors.registry().unfetched(&target.key))
+            .filter(|_| creating)
             // A wait past what the clock can hold is no deadline.
             .and_then(|wait| tokio::time::Instant::now().checked_add(wait));
         let too_long = until(deadline);
@@ -409,7 +410,9 @@ impl Fetches {
                     () = &mut too_long, if !live || filtered.is_some() => break Waited::TooLong,
                 }
             }
-        } else if ahead {
+        } else if ahead && !creating {
+            // (A mirror being made from nothing fetches nothing ahead for a client: a fetch
+            // that comes while its first pack arrives waits as the first fetch did, below.)
             // Waiting for the refresh, and meanwhile for a pack announced that answers this
             // fetch (another client's may, or may not). One that answers is followed once it
             // is whole, or has come past `FOLLOWED_PAST`: one that fails before is passed over
@@ -464,9 +467,9 @@ impl Fetches {
             // tips most often needs nothing else (one that does waits on).
             let registry = self.mirrors.registry();
             let from_early = early && answerable_early(&fetch);
-            // An incremental fetch whose history the reading cannot walk down to its haves
-            // is passed upstream as soon as that is known (once a check of an answer under
-            // way, which may not need that history, said no).
+            // An incremental fetch whose history the reading's walks cut before its haves
+            // (they had no room for a commit of it) is passed upstream as soon as that is
+            // known (once a check of an answer under way said no).
             let walked = from_early && !fetch.haves.is_empty();
             let mut past_the_walk = false;
             let mut seen = None;
@@ -501,7 +504,7 @@ impl Fetches {
                             Early::Not => seen = Some(found),
                         }
                     }
-                    () = registry.early_walks_ran_out(&target.key), if walked && !past_the_walk => {
+                    () = registry.early_past_the_walk(&target.key, &asked.wants, &asked.haves), if walked && !past_the_walk => {
                         past_the_walk = true;
                         if checking.is_none() {
                             break Waited::PastTheWalk;

@@ -151,8 +151,9 @@ impl Read for Following<'_> {
 /// the shallow closures of `wants` are found, with the history it walks (and those `more` wants meanwhile, see
 /// [`Tips::asking`](gitcache_pack::early::Tips::asking)), or else once the pack is whole.
 /// Should the scan go on only for wants not found yet (ids the pack may lack), what was
-/// found by then is given to `meanwhile` first, as an [`Early`] of its own; should the
-/// walks of the history run out of room, `ran_out` is called as soon as they do (see
+/// found by then is given to `meanwhile` first, as an [`Early`] of its own. What the walks
+/// of the history go through is recorded in `walks`, and `ran_out` is called each time they
+/// are refused a commit for want of room (see
 /// [`Tips::when_walks_run_out`](gitcache_pack::early::Tips::when_walks_run_out)). Nothing
 /// is written that would leave less than `keep` bytes free (`free` tells what is). Given up
 /// once `stop` is set.
@@ -166,9 +167,12 @@ pub(crate) fn build(
     ),
     floor: (crate::mirror::FreeSpace, u64),
     stop: &AtomicBool,
-    (meanwhile, ran_out): (
+    (meanwhile, (walks, ran_out)): (
         impl FnOnce(Early) + Send + 'static,
-        impl FnOnce() + Send + 'static,
+        (
+            std::sync::Arc<gitcache_pack::early::Walks>,
+            impl FnMut() + Send + 'static,
+        ),
     ),
 ) -> Result<Early, String> {
     let format = pack.object_format();
@@ -198,6 +202,7 @@ pub(crate) fn build(
                 Err(err) => tracing::debug!(%err, "no early index of what was found so far"),
             }
         })
+        .sharing_walks(walks)
         .when_walks_run_out(ran_out);
     let found = gitcache_pack::early::scan_for(
         &mut read,

@@ -396,9 +396,9 @@ struct Posted {
     /// with haves, the first [`MOST_EARLY_HAVES`] haves): the scan may stop once it has found
     /// their shallow closures, and the history between their wants and haves.
     early_wants: gitcache_pack::early::Wants,
-    /// The reading of the first pack ran out of room to walk the history from a want down
-    /// to the haves (see [`Board::walks_ran_out`]).
-    walks_ran_out: bool,
+    /// What the reading of the first pack for the objects found early walked (see
+    /// [`Board::walking`]).
+    walks: Option<Arc<gitcache_pack::early::Walks>>,
 }
 
 /// The most wants of waiting fetches a board keeps for the objects found early.
@@ -524,7 +524,7 @@ impl Board {
             posted.pack = Some(Arc::clone(&pack));
             posted.elsewhere = false;
             // Its reading walks anew.
-            posted.walks_ran_out = false;
+            posted.walks = None;
         }
         self.told.notify_waiters();
         Publisher { pack }
@@ -680,26 +680,39 @@ impl Board {
         .await
     }
 
-    /// The reading of `pack`, the first pack, for the objects found early ran out of room to
-    /// walk the history from a want down to the haves (see
-    /// [`Tips::when_walks_run_out`](gitcache_pack::early::Tips::when_walks_run_out)): an
-    /// incremental fetch that needs that history is not answered from those objects, and
-    /// waits for the mirror's index and a long walk (a mirror just made has no bitmaps)
-    /// unless it goes elsewhere. Said only while `pack` is the one announced.
-    pub fn walks_ran_out(&self, pack: &Arc<LivePack>) {
+    /// The reading of `pack`, the first pack, for the objects found early records what it
+    /// walks in `walks` (see
+    /// [`Tips::sharing_walks`](gitcache_pack::early::Tips::sharing_walks)): an incremental
+    /// fetch whose history it cuts before its haves is not answered from those objects
+    /// ([`past_the_walk`](Self::past_the_walk)). Kept only while `pack` is the one announced.
+    pub fn walking(&self, pack: &Arc<LivePack>, walks: Arc<gitcache_pack::early::Walks>) {
         let mut posted = self.posted();
-        if posted.pack.as_ref().is_some_and(|p| Arc::ptr_eq(p, pack)) && !posted.walks_ran_out {
-            posted.walks_ran_out = true;
-            drop(posted);
+        if posted.pack.as_ref().is_some_and(|p| Arc::ptr_eq(p, pack)) {
+            posted.walks = Some(walks);
+        }
+    }
+
+    /// The walks of the reading of `pack` were refused a commit for want of room (see
+    /// [`Tips::when_walks_run_out`](gitcache_pack::early::Tips::when_walks_run_out)): those
+    /// waiting [`past_the_walk`](Self::past_the_walk) look again.
+    pub fn walks_ran_out(&self, pack: &Arc<LivePack>) {
+        let current = (self.posted().pack.as_ref()).is_some_and(|p| Arc::ptr_eq(p, pack));
+        if current {
             self.told.notify_waiters();
         }
     }
 
-    /// Once the reading of the pack announced ran out of room to walk (see
-    /// [`walks_ran_out`](Self::walks_ran_out)), until the board is cleared.
-    pub async fn ran_out_of_walk(&self) {
-        self.wait_for(|posted| posted.walks_ran_out.then_some(()))
-            .await;
+    /// Once the walks of the reading of the pack announced cut the history from `wants`
+    /// down to `haves` (see [`Walks::cut`](gitcache_pack::early::Walks::cut)): a fetch of
+    /// those is not answered from the objects found early. Until the board is cleared, or
+    /// another pack announced.
+    pub async fn past_the_walk(&self, wants: &[ObjectId], haves: &[ObjectId]) {
+        self.wait_for(|posted| {
+            (posted.walks.as_ref())
+                .is_some_and(|walks| walks.cut(wants, haves))
+                .then_some(())
+        })
+        .await;
     }
 
     /// No pack is announced any more, nor said to come from elsewhere (the refresh that did
@@ -1078,39 +1091,54 @@ mod tests {
         waiting_on(&board).await.abort();
     }
 
-    /// That the reading of the first pack ran out of walk is said for the pack announced
-    /// alone, and forgotten when another is announced or the board is cleared.
+    /// The walks of the reading of the first pack are looked at for the pack announced alone,
+    /// and forgotten when another is announced or the board is cleared; a fetch is told it
+    /// is past them only when they cut its own history.
     #[tokio::test]
-    async fn a_walk_run_out_is_said_for_its_own_pack() {
+    async fn walks_are_looked_at_for_their_own_pack() {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config");
         std::fs::write(&config, "").unwrap();
         let file = || std::fs::File::open(&config).unwrap();
+        // oid(1) has parent oid(2), whose parent oid(3) was refused.
+        let walks = || {
+            Arc::new(gitcache_pack::early::Walks::new(
+                [(oid(1), vec![oid(2)]), (oid(2), vec![oid(3)])],
+                [oid(3)],
+            ))
+        };
+        let (wants, far_have, near_have) = ([oid(1)], [oid(4)], [oid(2)]);
         let board = Board::default();
         let _first = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
         let first = board.current().unwrap();
-        let waiting = board.ran_out_of_walk();
-        tokio::pin!(waiting);
-        assert!(poll_once(&mut waiting).is_none(), "nothing said yet");
+        let far = board.past_the_walk(&wants, &far_have);
+        tokio::pin!(far);
+        assert!(poll_once(&mut far).is_none(), "nothing walked yet");
         let _second = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
+        board.walking(&first, walks());
         board.walks_ran_out(&first);
-        assert!(poll_once(&mut waiting).is_none(), "not the pack announced");
+        assert!(poll_once(&mut far).is_none(), "not the pack announced");
         let second = board.current().unwrap();
+        board.walking(&second, walks());
         board.walks_ran_out(&second);
-        waiting.await;
-        // Said until another pack is announced, or the board is cleared.
-        board.ran_out_of_walk().await;
+        far.await;
+        // A fetch whose have is above the commit refused is not past the walk.
+        let near = board.past_the_walk(&wants, &near_have);
+        tokio::pin!(near);
+        assert!(poll_once(&mut near).is_none(), "its history was walked");
+        // Forgotten when another pack is announced, and when cleared.
         let _third = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
-        let again = board.ran_out_of_walk();
+        let again = board.past_the_walk(&wants, &far_have);
         tokio::pin!(again);
         assert!(
             poll_once(&mut again).is_none(),
             "a new pack's reading walks anew"
         );
+        board.walking(&board.current().unwrap(), walks());
         board.walks_ran_out(&board.current().unwrap());
         again.await;
         board.clear();
-        let cleared = board.ran_out_of_walk();
+        let cleared = board.past_the_walk(&wants, &far_have);
         tokio::pin!(cleared);
         assert!(poll_once(&mut cleared).is_none(), "forgotten once cleared");
     }

@@ -1099,14 +1099,22 @@ impl Mirror {
                         board.early(&pack, std::sync::Arc::new(early));
                     }
                 };
+                // What its walks go through, for fetches to tell whether their history is
+                // cut; each commit they have no room for tells those waiting to look again.
+                let walks = std::sync::Arc::new(gitcache_pack::early::Walks::default());
+                board.walking(&pack, std::sync::Arc::clone(&walks));
                 let ran_out = {
                     let (board, pack) = (std::sync::Arc::clone(&board), std::sync::Arc::clone(&pack));
+                    let mut refused = 0u64;
                     move || {
-                        tracing::debug!(
-                            most = gitcache_pack::early::MOST_WALKED,
-                            ms = started.elapsed().as_millis() as u64,
-                            "the first pack's reading ran out of room to walk the history"
-                        );
+                        refused += 1;
+                        if refused == 1 {
+                            tracing::debug!(
+                                most = gitcache_pack::early::MOST_WALKED,
+                                ms = started.elapsed().as_millis() as u64,
+                                "the first pack's reading ran out of room to walk the history"
+                            );
+                        }
                         board.walks_ran_out(&pack);
                     }
                 };
@@ -1117,7 +1125,7 @@ impl Mirror {
                     (wanted, more),
                     floor,
                     &stop,
-                    (meanwhile, ran_out),
+                    (meanwhile, (walks, ran_out)),
                 );
                 match built {
                     Ok(early) => {

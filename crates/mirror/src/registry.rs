@@ -531,12 +531,17 @@ impl Registry {
         slot.live.next_early(seen, wants, haves).await
     }
 
-    /// Once the reading of `key`'s first pack for the objects found early ran out of room to
-    /// walk the history from a want down to its haves (see
-    /// [`Board::walks_ran_out`](crate::live::Board::walks_ran_out)).
-    pub async fn early_walks_ran_out(&self, key: &RepoKey) {
+    /// Once the reading of `key`'s first pack for the objects found early cut the history
+    /// from `wants` down to `haves` for want of room to walk it (see
+    /// [`Board::past_the_walk`](crate::live::Board::past_the_walk)).
+    pub async fn early_past_the_walk(
+        &self,
+        key: &RepoKey,
+        wants: &[gix_hash::ObjectId],
+        haves: &[gix_hash::ObjectId],
+    ) {
         let slot = self.slot(key);
-        slot.live.ran_out_of_walk().await;
+        slot.live.past_the_walk(wants, haves).await;
     }
 
     /// The first pack of `key`'s mirror announced now or next, whatever was said of the mirror

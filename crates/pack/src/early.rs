@@ -283,11 +283,81 @@ pub struct Tips {
     parents: HashMap<ObjectId, Box<[ObjectId]>>,
     /// Commits walks may still add (see [`MOST_WALKED`]).
     walk_left: usize,
-    /// Told, once, that a walk from a want stopped for want of room (see
+    /// Told each time a walk from a want is refused a commit for want of room (see
     /// [`when_walks_run_out`](Tips::when_walks_run_out)).
-    ran_out: Option<Box<dyn FnOnce() + Send>>,
-    /// A walk from a want stopped for want of room.
-    walks_ran_out: bool,
+    ran_out: Option<Box<dyn FnMut() + Send>>,
+    /// Commits walks from wants were refused for want of room (the first
+    /// [`MOST_REFUSED`]).
+    refused: std::collections::HashSet<ObjectId>,
+    /// Where the walks are shared (see [`sharing_walks`](Tips::sharing_walks)).
+    shared: Option<std::sync::Arc<Walks>>,
+}
+
+/// The most commits refused to walks a [`Tips`] remembers (and tells of).
+const MOST_REFUSED: usize = 1024;
+
+/// What the walks of a [`Tips`] went through, shared while it reads (see
+/// [`Tips::sharing_walks`]): the parents of the commits walked, once found, and the commits
+/// walks from wants had no room for. From those, whether the history of a fetch is cut
+/// before its haves ([`cut`](Walks::cut)).
+#[derive(Debug, Default)]
+pub struct Walks(std::sync::Mutex<WalkState>);
+
+#[derive(Debug, Default)]
+struct WalkState {
+    /// Commits (and tags) walked, and found: their parents (a tag's target).
+    parents: HashMap<ObjectId, Box<[ObjectId]>>,
+    /// Commits a walk from a want had no room for.
+    refused: std::collections::HashSet<ObjectId>,
+}
+
+impl Walks {
+    /// Walks that went through `parents` (each commit with its parents) and were refused
+    /// `refused`: what a [`Tips`] sharing them records as it reads.
+    pub fn new(
+        parents: impl IntoIterator<Item = (ObjectId, Vec<ObjectId>)>,
+        refused: impl IntoIterator<Item = ObjectId>,
+    ) -> Walks {
+        Walks(std::sync::Mutex::new(WalkState {
+            parents: (parents.into_iter())
+                .map(|(id, parents)| (id, parents.into_boxed_slice()))
+                .collect(),
+            refused: refused.into_iter().collect(),
+        }))
+    }
+
+    /// Whether the history from `wants` down to `haves`, as walked so far, reaches a commit
+    /// a walk had no room for (a have too): then the closures followed cannot answer a
+    /// fetch of `wants` that has `haves`, whatever is found later. `false` while that cannot
+    /// be told yet, or where the walks went down to the haves.
+    pub fn cut(&self, wants: &[ObjectId], haves: &[ObjectId]) -> bool {
+        let state = self.state();
+        if state.refused.is_empty() {
+            return false;
+        }
+        let haves: std::collections::HashSet<&ObjectId> = haves.iter().collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = wants.to_vec();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if state.refused.contains(&id) {
+                return true;
+            }
+            if haves.contains(&id) {
+                continue;
+            }
+            if let Some(parents) = state.parents.get(&id) {
+                stack.extend(parents.iter().copied());
+            }
+        }
+        false
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, WalkState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What [`Tips`] remembers of an object found.
@@ -316,7 +386,7 @@ impl std::fmt::Debug for Tips {
             .field("commits_found", &self.commits_found)
             .field("followed", &self.followed)
             .field("walked", &self.walks.len())
-            .field("walks_ran_out", &self.walks_ran_out)
+            .field("refused", &self.refused.len())
             .finish_non_exhaustive()
     }
 }
@@ -360,7 +430,8 @@ impl Tips {
             parents: HashMap::new(),
             walk_left: MOST_WALKED,
             ran_out: None,
-            walks_ran_out: false,
+            refused: std::collections::HashSet::new(),
+            shared: None,
         }
     }
 
@@ -414,20 +485,60 @@ impl Tips {
             && (self.lost || !self.commits.is_empty())
     }
 
-    /// Call `then`, once, should a walk from a want stop for want of room ([`MOST_WALKED`]
-    /// commits taken): an incremental fetch of that want then needs more history than this
-    /// reading follows, and cannot be answered from what it finds (its walks stop below
-    /// their haves and are not told). As soon as it happens, while the scan goes on: the
-    /// commits come first in a pack, so the walk runs out within its first part.
-    pub fn when_walks_run_out(mut self, then: impl FnOnce() + Send + 'static) -> Tips {
+    /// Call `then` each time a walk from a want is refused a commit for want of room
+    /// ([`MOST_WALKED`] commits taken; at once if one was already): an incremental fetch whose
+    /// history goes through that commit needs more than this reading follows, and cannot be
+    /// answered from what it finds (see [`Walks::cut`]). As soon as it happens, while the scan
+    /// goes on: the commits come first in a pack, so walks run out within its first part.
+    /// (Walks below a have are not told: they only read trees a few generations further.)
+    pub fn when_walks_run_out(mut self, mut then: impl FnMut() + Send + 'static) -> Tips {
+        if !self.refused.is_empty() {
+            then();
+        }
         self.ran_out = Some(Box::new(then));
         self
     }
 
-    /// Whether a walk from a want stopped for want of room (see
+    /// Record in `walks`, as they go, the parents of the commits walked and the commits
+    /// walks from wants had no room for (see [`Walks::cut`]).
+    pub fn sharing_walks(mut self, walks: std::sync::Arc<Walks>) -> Tips {
+        {
+            let mut state = walks.state();
+            state
+                .parents
+                .extend(self.parents.iter().map(|(id, p)| (*id, p.clone())));
+            state.refused.extend(self.refused.iter().copied());
+        }
+        self.shared = Some(walks);
+        self
+    }
+
+    /// Whether a walk from a want was refused a commit for want of room (see
     /// [`when_walks_run_out`](Self::when_walks_run_out)).
     pub fn walks_ran_out(&self) -> bool {
-        self.walks_ran_out
+        !self.refused.is_empty()
+    }
+
+    /// A walk from a want had no room for `id` (see
+    /// [`when_walks_run_out`](Self::when_walks_run_out)).
+    fn refuse(&mut self, id: ObjectId) {
+        if self.refused.len() >= MOST_REFUSED || !self.refused.insert(id) {
+            return;
+        }
+        if let Some(shared) = &self.shared {
+            shared.state().refused.insert(id);
+        }
+        if let Some(then) = self.ran_out.as_mut() {
+            then();
+        }
+    }
+
+    /// The parents of `id` (a tag's target), walked and found.
+    fn found_parents(&mut self, id: ObjectId, parents: Box<[ObjectId]>) {
+        if let Some(shared) = &self.shared {
+            shared.state().parents.insert(id, parents.clone());
+        }
+        self.parents.insert(id, parents);
     }
 
     /// Walks take `most` commits at most, not [`MOST_WALKED`].
@@ -475,6 +586,8 @@ impl Tips {
         for id in wants.walked {
             if self.take_walk(id, None) {
                 self.walk(id);
+            } else if !self.walks.contains_key(&id) {
+                self.refuse(id);
             }
         }
     }
@@ -496,17 +609,7 @@ impl Tips {
                 }
                 true
             }
-            None if self.walk_left == 0 => {
-                // Below a have the walk only reads trees a few generations further: the
-                // answer may still be planned without them.
-                if below.is_none() {
-                    self.walks_ran_out = true;
-                    if let Some(then) = self.ran_out.take() {
-                        then();
-                    }
-                }
-                false
-            }
+            None if self.walk_left == 0 => false,
             None => {
                 self.walk_left -= 1;
                 self.walks.insert(id, below);
@@ -542,8 +645,15 @@ impl Tips {
                 // What it tags, as far below.
                 Some(Seen::Tag(target)) => {
                     let target = *target;
+                    if let Some(shared) = &self.shared {
+                        (shared.state().parents)
+                            .entry(id)
+                            .or_insert_with(|| Box::new([target]));
+                    }
                     if self.take_walk(target, below) {
                         stack.push(target);
+                    } else if below.is_none() && !self.walks.contains_key(&target) {
+                        self.refuse(target);
                     }
                     continue;
                 }
@@ -556,14 +666,18 @@ impl Tips {
                 _ => continue,
             };
             for parent in parents.iter().copied() {
-                let below = match below {
+                let label = match below {
                     _ if self.haves.contains(&parent) => Some(0),
                     None => None,
                     Some(generations) if generations < BELOW_HAVES => Some(generations + 1),
                     Some(_) => continue,
                 };
-                if self.take_walk(parent, below) {
+                if self.take_walk(parent, label) {
                     stack.push(parent);
+                } else if below.is_none() && !self.walks.contains_key(&parent) {
+                    // Refused from a want's walk (a have too: its trees are then not
+                    // followed).
+                    self.refuse(parent);
                 }
             }
         }
@@ -747,7 +861,7 @@ impl Tips {
                         && commit.parents.len() <= MOST_PARENTS
                         && !self.seen.contains_key(&id)
                     {
-                        self.parents.insert(id, commit.parents.into_boxed_slice());
+                        self.found_parents(id, commit.parents.into_boxed_slice());
                     }
                     Seen::Commit(commit.tree)
                 }
@@ -1939,14 +2053,17 @@ mod tests {
         // answer reads those trees should they be found, and walks on without them).
         assert!(!bounded.walks_ran_out());
         // A have further down than the walks go: told as soon as the walk from the want
-        // stops, once.
+        // is refused a commit, and the walks shared say the history to that have is cut,
+        // not the history to a have above the commit refused.
         let told = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let walks = std::sync::Arc::new(Walks::default());
         let mut far = Tips::default()
             .walking_at_most(3)
             .wanting(Wants {
                 haves: vec![commits[5]],
-                ..wants
+                ..wants.clone()
             })
+            .sharing_walks(std::sync::Arc::clone(&walks))
             .when_walks_run_out({
                 let told = std::sync::Arc::clone(&told);
                 move || {
@@ -1957,18 +2074,96 @@ mod tests {
         for (at, (id, kind, data)) in objects.iter().enumerate() {
             far.found((*id, at as u64 * 10), *kind, data, HASH, &mut kept);
             // Within the commits, before any tree: once the third commit down is found,
-            // its parent is the first the walk has no room for.
+            // its parent is the first the walk has no room for, and the last.
             let ran_out = at >= 2;
             assert_eq!(far.walks_ran_out(), ran_out, "after entry {at}");
             assert_eq!(
                 told.load(std::sync::atomic::Ordering::Relaxed),
                 usize::from(ran_out)
             );
+            assert_eq!(
+                walks.cut(&[tip], &[commits[5]]),
+                ran_out,
+                "after entry {at}"
+            );
+            assert!(!walks.cut(&[tip], &[commits[12]]));
         }
         assert!(far.complete());
         assert_eq!(closure_of(&far), [11, 12, 13]);
+        // The commit refused is the have: cut too (its trees are not followed).
+        assert!(walks.cut(&[tip], &[commits[10]]));
+        assert!(!walks.cut(&[tip], &[commits[11]]));
+        // Told at once when one was refused before.
+        let again = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let far = far.when_walks_run_out({
+            let again = std::sync::Arc::clone(&again);
+            move || {
+                again.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        assert_eq!(
+            again.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "{far:?}"
+        );
         // With room for it all, none ran out.
         assert!(!tips.walks_ran_out());
+    }
+
+    /// Each commit a want's walk has no room for is told, once: a merge whose two parents
+    /// are refused is told twice, and a fetch is cut by either; a want that arrives with no
+    /// room left at all is refused itself.
+    #[test]
+    fn each_commit_a_walk_has_no_room_for_is_told() {
+        let commit_of = |parents: &[ObjectId], time: usize| {
+            let parents: String = parents.iter().map(|p| format!("parent {p}\n")).collect();
+            let data = format!(
+                "tree {}\n{parents}author a <a@b> {time} +0000\ncommitter a <a@b> {time} +0000\n\nm\n",
+                tree(&[]).0
+            );
+            object(Kind::Commit, data.into_bytes())
+        };
+        let base = commit_of(&[], 1);
+        let (left, right) = (commit_of(&[base.0], 2), commit_of(&[base.0], 3));
+        let merge = commit_of(&[left.0, right.0], 4);
+        let told = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let walks = std::sync::Arc::new(Walks::default());
+        let mut tips = Tips::default()
+            .walking_at_most(1)
+            .sharing_walks(std::sync::Arc::clone(&walks))
+            .when_walks_run_out({
+                let told = std::sync::Arc::clone(&told);
+                move || {
+                    told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .wanting(Wants {
+                tips: vec![merge.0],
+                walked: vec![merge.0],
+                haves: vec![base.0],
+            });
+        let mut kept = Kept::new(1 << 20);
+        for (at, (id, data)) in [&merge, &right, &left, &base].into_iter().enumerate() {
+            tips.found((*id, at as u64 * 10), Kind::Commit, data, HASH, &mut kept);
+            // Found again (a pack holds an object once; a second walk to it) tells nothing
+            // more.
+            tips.add(Wants {
+                walked: vec![merge.0],
+                ..Wants::default()
+            });
+        }
+        assert_eq!(told.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert!(walks.cut(&[merge.0], &[base.0]));
+        assert!(walks.cut(&[merge.0], &[left.0]), "through the right parent");
+        assert!(!walks.cut(&[base.0], &[]), "nothing walked from there");
+        // No room left for another want: it is refused as it is asked for.
+        let other = commit_of(&[base.0], 5);
+        tips.add(Wants {
+            walked: vec![other.0],
+            ..Wants::default()
+        });
+        assert_eq!(told.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert!(walks.cut(&[other.0], &[base.0]));
     }
 
     /// A walk from a want that reaches a commit a walk below another client's have took

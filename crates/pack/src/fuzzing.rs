@@ -637,8 +637,18 @@ pub fn incoming(data: &[u8]) {
                 haves: lacked
                     .map_or_else(Vec::new, |_| later.iter().rev().take(4).copied().collect()),
             };
+            let haves = walks.haves.clone();
+            let shared = std::sync::Arc::new(crate::early::Walks::default());
+            let told = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let mut tips = crate::early::Tips::new(first.iter().copied().chain(lacked))
                 .walking_at_most(WALKED)
+                .sharing_walks(std::sync::Arc::clone(&shared))
+                .when_walks_run_out({
+                    let told = std::sync::Arc::clone(&told);
+                    move || {
+                        told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
                 .wanting(walks)
                 .asking(move || later.clone())
                 .meanwhile({
@@ -674,8 +684,16 @@ pub fn incoming(data: &[u8]) {
                 // Each tree followed once at most, however many trees name it (twice: for
                 // its subtrees, then whole).
                 assert!(tips.followed <= 2 * found.objects.len(), "{tips:?}");
-                // Walks take no more commits than they may.
+                // Walks take no more commits than they may, and are refused one only once
+                // they took all they may; a history is cut only by a commit refused.
                 assert!(tips.walked() <= WALKED, "{tips:?}");
+                let told = told.load(std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(told > 0, tips.walks_ran_out(), "{tips:?}");
+                if tips.walks_ran_out() {
+                    assert_eq!(tips.walked(), WALKED, "{tips:?}");
+                }
+                let cut = shared.cut(first, &haves);
+                assert!(!cut || tips.walks_ran_out(), "{tips:?}");
                 let posted = posted.lock().unwrap();
                 assert!(posted.len() <= 1, "given once");
                 for early in posted.iter() {

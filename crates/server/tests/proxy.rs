@@ -1553,8 +1553,9 @@ fn an_incremental_fetch_of_a_new_mirror_is_answered_before_its_pack_is_taken_in(
 /// reading of the first pack walks (its haves further down than
 /// [`MOST_WALKED`](gitcache_pack::early::MOST_WALKED) commits) is passed upstream as soon as
 /// the walk runs out, while that pack still arrives: the mirror would answer it only once
-/// indexed, after a walk of that history without bitmaps. The mirror is made all the same,
-/// and answers the next such fetch.
+/// indexed, after a walk of that history without bitmaps. A fetch that comes after it,
+/// whose history that walk went through, is still answered from the objects found. The
+/// mirror is made all the same, and answers the next far fetch.
 #[test]
 fn a_fetch_further_behind_than_the_walk_of_a_new_mirror_is_passed_upstream() {
     let upstream = Upstream::start().unwrap();
@@ -1562,11 +1563,16 @@ fn a_fetch_further_behind_than_the_walk_of_a_new_mirror_is_passed_upstream() {
     let home = git.home().to_owned();
     let far = gitcache_pack::early::MOST_WALKED + 64;
     repo::append_commits(&source, "main", far, 419).unwrap();
+    let direct = format!("file://{}", source.display());
+    git.run(&home, &["clone", "-q", &direct, "near"])
+        .unwrap()
+        .expect_success();
+    repo::append_commits(&source, "main", 30, 420).unwrap();
     let main = git_stdout(&source, &["rev-parse", "main"])
         .trim()
         .to_owned();
     let cache = Gitcache::start(&upstream, &[]);
-    point_at(&git, &cache, &["work", "later"]);
+    point_at(&git, &cache, &["work", "later", "near"]);
 
     upstream.reset_counts();
     hold_the_last_tenth_of_the_next_pack(&upstream, &source);
@@ -1588,9 +1594,22 @@ fn a_fetch_further_behind_than_the_walk_of_a_new_mirror_is_passed_upstream() {
             "the mirror's and the client's: {:?}",
             upstream.counts()
         );
+        // 30 commits behind, asked for once the walk ran out: answered from the objects
+        // found, the pack still held back.
+        git.run(&home.join("near"), &["fetch", "-q", "origin"])
+            .unwrap()
+            .expect_success();
+        let log = cache.log_with("early=true", 1);
+        assert_eq!(log.matches("past_the_walk=true").count(), 1, "{log}");
+        assert_eq!(upstream.counts().fetch, 2, "{:?}", upstream.counts());
     });
-    assert_eq!(git.rev_parse(&work, "origin/main").unwrap(), main);
-    fsck(&work);
+    for clone in ["work", "near"] {
+        assert_eq!(
+            git.rev_parse(&home.join(clone), "origin/main").unwrap(),
+            main
+        );
+        fsck(&home.join(clone));
+    }
 
     let mirror = cache.mirror(&upstream, "acme/widgets");
     common::wait_for_mirror(&mirror, &source);
