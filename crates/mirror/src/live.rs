@@ -415,6 +415,10 @@ const MOST_EARLY_HAVES: usize = 64;
 /// request lists 16 at most, its newest commits).
 const MOST_EARLY_HAVES_EACH: usize = 16;
 
+/// The most haves of a fetch whose history is looked at for commits the walks of the
+/// reading had no room for ([`Board::past_the_walk`]): each look makes a set of them.
+const MOST_CUT_HAVES: usize = 256;
+
 /// A repository of the objects of a mirror's first pack found as the pack arrived
 /// ([`gitcache_pack::early`]), with the refs the mirror will have: what needs only those
 /// objects (a shallow clone of the tips, most often) may be answered from it before the pack
@@ -705,14 +709,34 @@ impl Board {
     /// Once the walks of the reading of the pack announced cut the history from `wants`
     /// down to `haves` (see [`Walks::cut`](gitcache_pack::early::Walks::cut)): a fetch of
     /// those is not answered from the objects found early. Until the board is cleared, or
-    /// another pack announced.
+    /// another pack announced. Looked at again only when the walks recorded more, outside
+    /// the board's lock; never for a fetch of more wants than the reading walks for one
+    /// fetch, or more than [`MOST_CUT_HAVES`] haves (it waits as before).
     pub async fn past_the_walk(&self, wants: &[ObjectId], haves: &[ObjectId]) {
-        self.wait_for(|posted| {
-            (posted.walks.as_ref())
-                .is_some_and(|walks| walks.cut(wants, haves))
-                .then_some(())
-        })
-        .await;
+        if wants.len() > MOST_EARLY_WANTS_EACH || haves.len() > MOST_CUT_HAVES {
+            return std::future::pending().await;
+        }
+        let mut looked: Option<(Arc<gitcache_pack::early::Walks>, u64)> = None;
+        loop {
+            let told = self.told.notified();
+            tokio::pin!(told);
+            // Listening before looking: a refusal in between still wakes this.
+            told.as_mut().enable();
+            let walks = self.posted().walks.clone();
+            if let Some(walks) = walks {
+                let changes = walks.changes();
+                let same = looked
+                    .as_ref()
+                    .is_some_and(|(w, c)| Arc::ptr_eq(w, &walks) && *c == changes);
+                if !same {
+                    if walks.cut(wants, haves) {
+                        return;
+                    }
+                    looked = Some((walks, changes));
+                }
+            }
+            told.await;
+        }
     }
 
     /// No pack is announced any more, nor said to come from elsewhere (the refresh that did
@@ -1108,6 +1132,12 @@ mod tests {
             ))
         };
         let (wants, far_have, near_have) = ([oid(1)], [oid(4)], [oid(2)]);
+        // Ready soon, or the test fails (not hangs).
+        async fn within(future: impl std::future::Future<Output = ()>) {
+            tokio::time::timeout(std::time::Duration::from_secs(10), future)
+                .await
+                .expect("told in time");
+        }
         let board = Board::default();
         let _first = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
         let first = board.current().unwrap();
@@ -1121,11 +1151,18 @@ mod tests {
         let second = board.current().unwrap();
         board.walking(&second, walks());
         board.walks_ran_out(&second);
-        far.await;
+        within(far).await;
         // A fetch whose have is above the commit refused is not past the walk.
         let near = board.past_the_walk(&wants, &near_have);
         tokio::pin!(near);
         assert!(poll_once(&mut near).is_none(), "its history was walked");
+        // A fetch of too many haves is not looked at.
+        let many: Vec<ObjectId> = (0..=MOST_CUT_HAVES)
+            .map(|n| oid(100 + (n % 100) as u8))
+            .collect();
+        let crowded = board.past_the_walk(&wants, &many);
+        tokio::pin!(crowded);
+        assert!(poll_once(&mut crowded).is_none(), "not looked at");
         // Forgotten when another pack is announced, and when cleared.
         let _third = board.announce(Asked::first(vec![]), HashKind::Sha1, file());
         let again = board.past_the_walk(&wants, &far_have);
@@ -1136,7 +1173,7 @@ mod tests {
         );
         board.walking(&board.current().unwrap(), walks());
         board.walks_ran_out(&board.current().unwrap());
-        again.await;
+        within(again).await;
         board.clear();
         let cleared = board.past_the_walk(&wants, &far_have);
         tokio::pin!(cleared);

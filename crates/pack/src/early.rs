@@ -291,6 +291,9 @@ pub struct Tips {
     refused: std::collections::HashSet<ObjectId>,
     /// Where the walks are shared (see [`sharing_walks`](Tips::sharing_walks)).
     shared: Option<std::sync::Arc<Walks>>,
+    /// Walks were refused a commit, or went on once one was, since `ran_out` was last
+    /// called (see [`tell`](Tips::tell)).
+    untold: bool,
 }
 
 /// The most commits refused to walks a [`Tips`] remembers (and tells of).
@@ -309,6 +312,8 @@ struct WalkState {
     parents: HashMap<ObjectId, Box<[ObjectId]>>,
     /// Commits a walk from a want had no room for.
     refused: std::collections::HashSet<ObjectId>,
+    /// How many times `parents` or `refused` grew.
+    changes: u64,
 }
 
 impl Walks {
@@ -323,29 +328,55 @@ impl Walks {
                 .map(|(id, parents)| (id, parents.into_boxed_slice()))
                 .collect(),
             refused: refused.into_iter().collect(),
+            changes: 0,
         }))
     }
 
+    /// How many commits walks were refused, as recorded.
+    pub(crate) fn refused_count(&self) -> usize {
+        self.state().refused.len()
+    }
+
+    /// How many times what the walks went through grew: [`cut`](Self::cut) says the same
+    /// until this changes.
+    pub fn changes(&self) -> u64 {
+        self.state().changes
+    }
+
     /// Whether the history from `wants` down to `haves`, as walked so far, reaches a commit
-    /// a walk had no room for (a have too): then the closures followed cannot answer a
-    /// fetch of `wants` that has `haves`, whatever is found later. `false` while that cannot
-    /// be told yet, or where the walks went down to the haves.
+    /// a walk had no room for (a have too, whose trees are then not followed), not counting
+    /// those below the haves: then the closures followed cannot answer a fetch of `wants`
+    /// that has `haves`, whatever is found later. `false` while that cannot be told yet, or
+    /// where the walks went down to the haves. It costs a walk of what was recorded (at
+    /// most [`MOST_WALKED`] commits and the haves of the [`Tips`], with their parents) and a
+    /// set of `haves`: the caller bounds those.
     pub fn cut(&self, wants: &[ObjectId], haves: &[ObjectId]) -> bool {
         let state = self.state();
         if state.refused.is_empty() {
             return false;
         }
-        let haves: std::collections::HashSet<&ObjectId> = haves.iter().collect();
+        // What the client has as far as the walks know: a walk from a want may go round a
+        // have (a merge of a branch from below it) and on below it.
+        let mut had: std::collections::HashSet<ObjectId> = std::collections::HashSet::new();
+        let mut stack = haves.to_vec();
+        while let Some(id) = stack.pop() {
+            if had.insert(id)
+                && let Some(parents) = state.parents.get(&id)
+            {
+                stack.extend(parents.iter().copied());
+            }
+        }
+        let is_have: std::collections::HashSet<&ObjectId> = haves.iter().collect();
         let mut seen = std::collections::HashSet::new();
         let mut stack = wants.to_vec();
         while let Some(id) = stack.pop() {
             if !seen.insert(id) {
                 continue;
             }
-            if state.refused.contains(&id) {
+            if state.refused.contains(&id) && (is_have.contains(&id) || !had.contains(&id)) {
                 return true;
             }
-            if haves.contains(&id) {
+            if had.contains(&id) {
                 continue;
             }
             if let Some(parents) = state.parents.get(&id) {
@@ -432,6 +463,7 @@ impl Tips {
             ran_out: None,
             refused: std::collections::HashSet::new(),
             shared: None,
+            untold: false,
         }
     }
 
@@ -485,14 +517,17 @@ impl Tips {
             && (self.lost || !self.commits.is_empty())
     }
 
-    /// Call `then` each time a walk from a want is refused a commit for want of room
-    /// ([`MOST_WALKED`] commits taken; at once if one was already): an incremental fetch whose
-    /// history goes through that commit needs more than this reading follows, and cannot be
-    /// answered from what it finds (see [`Walks::cut`]). As soon as it happens, while the scan
-    /// goes on: the commits come first in a pack, so walks run out within its first part.
-    /// (Walks below a have are not told: they only read trees a few generations further.)
+    /// Call `then` each time walks from wants are refused commits for want of room
+    /// ([`MOST_WALKED`] commits taken; at once if one was already), and each time they go on
+    /// once one was (a commit walked found, with its parents): an incremental fetch whose
+    /// history goes through such a commit needs more than this reading follows, and cannot
+    /// be answered from what it finds (see [`Walks::cut`]). Once for each object found or
+    /// asking at most, as soon as it happens, while the scan goes on: the commits come first
+    /// in a pack, so walks run out within its first part. (Walks below a have are not told
+    /// of: they only read trees a few generations further.)
     pub fn when_walks_run_out(mut self, mut then: impl FnMut() + Send + 'static) -> Tips {
         if !self.refused.is_empty() {
+            self.untold = false;
             then();
         }
         self.ran_out = Some(Box::new(then));
@@ -508,6 +543,7 @@ impl Tips {
                 .parents
                 .extend(self.parents.iter().map(|(id, p)| (*id, p.clone())));
             state.refused.extend(self.refused.iter().copied());
+            state.changes += 1;
         }
         self.shared = Some(walks);
         self
@@ -519,6 +555,18 @@ impl Tips {
         !self.refused.is_empty()
     }
 
+    /// Whether a commit walks were refused was taken by one after all (never, as walks
+    /// only take fewer as they go).
+    pub(crate) fn took_a_refused_commit(&self) -> bool {
+        self.refused.iter().any(|id| self.walks.contains_key(id))
+    }
+
+    /// How many commits walks from wants were refused (see
+    /// [`when_walks_run_out`](Self::when_walks_run_out)).
+    pub(crate) fn refused_count(&self) -> usize {
+        self.refused.len()
+    }
+
     /// A walk from a want had no room for `id` (see
     /// [`when_walks_run_out`](Self::when_walks_run_out)).
     fn refuse(&mut self, id: ObjectId) {
@@ -526,19 +574,40 @@ impl Tips {
             return;
         }
         if let Some(shared) = &self.shared {
-            shared.state().refused.insert(id);
+            let mut state = shared.state();
+            state.refused.insert(id);
+            state.changes += 1;
         }
-        if let Some(then) = self.ran_out.as_mut() {
-            then();
-        }
+        self.untold = true;
     }
 
-    /// The parents of `id` (a tag's target), walked and found.
+    /// The parents of `id`, walked and found.
     fn found_parents(&mut self, id: ObjectId, parents: Box<[ObjectId]>) {
-        if let Some(shared) = &self.shared {
-            shared.state().parents.insert(id, parents.clone());
-        }
+        self.share_parents(id, &parents);
         self.parents.insert(id, parents);
+    }
+
+    /// Record the parents of `id` (a tag's target) where walks are shared, once.
+    fn share_parents(&mut self, id: ObjectId, parents: &[ObjectId]) {
+        if let Some(shared) = &self.shared {
+            let mut state = shared.state();
+            if let std::collections::hash_map::Entry::Vacant(entry) = state.parents.entry(id) {
+                entry.insert(parents.into());
+                state.changes += 1;
+            }
+        }
+        // Where a walk goes once one was refused may lead to that commit.
+        self.untold |= !self.refused.is_empty();
+    }
+
+    /// Call `ran_out` if walks were refused a commit, or went on once one was, since it was
+    /// last called.
+    fn tell(&mut self) {
+        if std::mem::take(&mut self.untold)
+            && let Some(then) = self.ran_out.as_mut()
+        {
+            then();
+        }
     }
 
     /// Walks take `most` commits at most, not [`MOST_WALKED`].
@@ -590,6 +659,7 @@ impl Tips {
                 self.refuse(id);
             }
         }
+        self.tell();
     }
 
     /// `id` taken by a walk `below` a have (see [`walks`](Self::walks)): wanted, and paid for
@@ -645,11 +715,7 @@ impl Tips {
                 // What it tags, as far below.
                 Some(Seen::Tag(target)) => {
                     let target = *target;
-                    if let Some(shared) = &self.shared {
-                        (shared.state().parents)
-                            .entry(id)
-                            .or_insert_with(|| Box::new([target]));
-                    }
+                    self.share_parents(id, &[target]);
                     if self.take_walk(target, below) {
                         stack.push(target);
                     } else if below.is_none() && !self.walks.contains_key(&target) {
@@ -896,6 +962,7 @@ impl Tips {
             self.follow(data, hash, whole);
         }
         self.revisit(kept, hash, true);
+        self.tell();
     }
 
     /// Follow the trees needed after they were found from the objects kept. One no longer
@@ -2074,12 +2141,19 @@ mod tests {
         for (at, (id, kind, data)) in objects.iter().enumerate() {
             far.found((*id, at as u64 * 10), *kind, data, HASH, &mut kept);
             // Within the commits, before any tree: once the third commit down is found,
-            // its parent is the first the walk has no room for, and the last.
+            // its parent is the first the walk has no room for, and the last. Told then,
+            // and again only when the walks record more (the have found, with its parents).
             let ran_out = at >= 2;
             assert_eq!(far.walks_ran_out(), ran_out, "after entry {at}");
+            let expected = match at {
+                0 | 1 => 0,
+                2..8 => 1,
+                _ => 2,
+            };
             assert_eq!(
                 told.load(std::sync::atomic::Ordering::Relaxed),
-                usize::from(ran_out)
+                expected,
+                "after entry {at}"
             );
             assert_eq!(
                 walks.cut(&[tip], &[commits[5]]),
@@ -2110,11 +2184,12 @@ mod tests {
         assert!(!tips.walks_ran_out());
     }
 
-    /// Each commit a want's walk has no room for is told, once: a merge whose two parents
-    /// are refused is told twice, and a fetch is cut by either; a want that arrives with no
-    /// room left at all is refused itself.
+    /// What a want's walk has no room for is told once for each object found that refuses
+    /// commits (a merge whose two parents are refused), and again when the walks record more
+    /// (a have found, with its parents); a fetch is cut by either parent refused; a want that
+    /// arrives with no room left at all is refused itself.
     #[test]
-    fn each_commit_a_walk_has_no_room_for_is_told() {
+    fn what_a_walk_has_no_room_for_is_told() {
         let commit_of = |parents: &[ObjectId], time: usize| {
             let parents: String = parents.iter().map(|p| format!("parent {p}\n")).collect();
             let data = format!(
@@ -2127,6 +2202,7 @@ mod tests {
         let (left, right) = (commit_of(&[base.0], 2), commit_of(&[base.0], 3));
         let merge = commit_of(&[left.0, right.0], 4);
         let told = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = || told.load(std::sync::atomic::Ordering::Relaxed);
         let walks = std::sync::Arc::new(Walks::default());
         let mut tips = Tips::default()
             .walking_at_most(1)
@@ -2143,16 +2219,21 @@ mod tests {
                 haves: vec![base.0],
             });
         let mut kept = Kept::new(1 << 20);
+        let changes = walks.changes();
         for (at, (id, data)) in [&merge, &right, &left, &base].into_iter().enumerate() {
             tips.found((*id, at as u64 * 10), Kind::Commit, data, HASH, &mut kept);
-            // Found again (a pack holds an object once; a second walk to it) tells nothing
-            // more.
+            // Asked for again: nothing more to tell.
             tips.add(Wants {
                 walked: vec![merge.0],
                 ..Wants::default()
             });
+            let expected = match at {
+                0..3 => 1,
+                _ => 2,
+            };
+            assert_eq!(count(), expected, "after entry {at}");
         }
-        assert_eq!(told.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert!(walks.changes() > changes);
         assert!(walks.cut(&[merge.0], &[base.0]));
         assert!(walks.cut(&[merge.0], &[left.0]), "through the right parent");
         assert!(!walks.cut(&[base.0], &[]), "nothing walked from there");
@@ -2162,8 +2243,35 @@ mod tests {
             walked: vec![other.0],
             ..Wants::default()
         });
-        assert_eq!(told.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(count(), 3);
         assert!(walks.cut(&[other.0], &[base.0]));
+    }
+
+    /// A walk from a want that goes round its own have (a merge of a branch from below it)
+    /// and on below it, where it has no room left, does not cut that fetch: what is below
+    /// the have, as far as the walks know, is the client's. The same commit refused cuts a
+    /// fetch whose have is elsewhere.
+    #[test]
+    fn a_commit_refused_below_a_fetch_s_own_have_does_not_cut_it() {
+        // tip merges have and side; side forks from fork, fork's parent was refused.
+        let oid = |n: u8| ObjectId::from_bytes_or_panic(&[n; 20]);
+        let (tip, have, side, fork, refused, root) =
+            (oid(1), oid(2), oid(3), oid(4), oid(5), oid(6));
+        let walks = Walks::new(
+            [
+                (tip, vec![have, side]),
+                (have, vec![fork]),
+                (side, vec![fork]),
+                (fork, vec![refused]),
+                (refused, vec![root]),
+            ],
+            [refused],
+        );
+        assert!(!walks.cut(&[tip], &[have]));
+        assert!(walks.cut(&[tip], &[oid(9)]));
+        // The have itself refused: its trees are not followed, cut.
+        let at_the_have = Walks::new([(tip, vec![have])], [have]);
+        assert!(at_the_have.cut(&[tip], &[have]));
     }
 
     /// A walk from a want that reaches a commit a walk below another client's have took

@@ -692,8 +692,11 @@ pub fn incoming(data: &[u8]) {
                 if tips.walks_ran_out() {
                     assert_eq!(tips.walked(), WALKED, "{tips:?}");
                 }
-                let cut = shared.cut(first, &haves);
-                assert!(!cut || tips.walks_ran_out(), "{tips:?}");
+                // A commit refused was never taken; what is shared is what was recorded.
+                assert!(!tips.took_a_refused_commit(), "{tips:?}");
+                assert_eq!(shared.refused_count(), tips.refused_count(), "{tips:?}");
+                // Looked at for what this pack made of them: bounded, whatever it says.
+                shared.cut(first, &haves);
                 let posted = posted.lock().unwrap();
                 assert!(posted.len() <= 1, "given once");
                 for early in posted.iter() {
