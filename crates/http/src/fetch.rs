@@ -202,9 +202,9 @@ enum Waited {
     Landed(Arc<gitcache_pack::Repository>),
     /// The mirror is being made from nothing and took longer than the first fetch may wait.
     TooLong,
-    /// The mirror is being made from nothing, and the history between the fetch's wants and
-    /// haves is longer than the reading of its first pack walks: the mirror would answer
-    /// only once indexed, after a walk of that history without bitmaps (seconds, where the
+    /// The mirror is being made from nothing, and the reading of its first pack had no room
+    /// to walk the history between the fetch's wants and haves: the mirror would answer only
+    /// once indexed, after a walk of that history without bitmaps (seconds, where the
     /// upstream has its bitmaps).
     PastTheWalk,
 }

@@ -1105,10 +1105,10 @@ impl Mirror {
                 board.walking(&pack, std::sync::Arc::clone(&walks));
                 let ran_out = {
                     let (board, pack) = (std::sync::Arc::clone(&board), std::sync::Arc::clone(&pack));
-                    let mut refused = 0u64;
+                    let mut told = 0u64;
                     move || {
-                        refused += 1;
-                        if refused == 1 {
+                        told += 1;
+                        if told == 1 {
                             tracing::debug!(
                                 most = gitcache_pack::early::MOST_WALKED,
                                 ms = started.elapsed().as_millis() as u64,
