@@ -175,9 +175,11 @@ pub struct Wants {
     pub tips: Vec<ObjectId>,
     /// Commits (or tags of them) whose history is followed too, commit by commit, down to
     /// `haves`: what an incremental fetch needs, each commit with its closure at depth one.
-    /// Walks take at most [`MOST_WALKED`] commits in all. A commit's parents are known only
-    /// when it is found after a walk took it (`git pack-objects` writes a commit before its
-    /// parents), with [`MOST_PARENTS`] parents at most: a walk stops at any other.
+    /// Walks take at most [`MOST_WALKED`] commits in all. A commit's parents are known when
+    /// it is found after a walk took it (`git pack-objects` writes a commit before its
+    /// parents), or when it is among the first [`MOST_PARENTS_AHEAD`] commits found (the
+    /// newest: a walk asked for once they went by goes through them), with [`MOST_PARENTS`]
+    /// parents at most: a walk stops at any other.
     pub walked: Vec<ObjectId>,
     /// Commits (or tags of them) a client has: a walk that reaches one stops there. Each
     /// found once it was asked for, reached or not, has the trees of its closure followed
@@ -205,6 +207,11 @@ pub const MOST_WALKED: usize = 1024;
 
 /// The most parents of a commit a walk goes through (a commit with more stops it).
 pub const MOST_PARENTS: usize = 64;
+
+/// The most commits found before any walk took them whose parents are kept (the first
+/// found, the newest: `git pack-objects` writes commits newest first): a walk asked for once
+/// they went by (a fetch that started waiting later) goes through them.
+pub const MOST_PARENTS_AHEAD: usize = 4096;
 
 /// How many generations below a have a walk goes on (see [`Wants::haves`]): an answer's
 /// walk takes five commits after its last wanted one, as git's does.
@@ -279,10 +286,14 @@ pub struct Tips {
     walks: HashMap<ObjectId, Option<u8>>,
     /// Commits clients have (see [`Wants::haves`]).
     haves: std::collections::HashSet<ObjectId>,
-    /// The parents of the commits walks took, and of the haves, found since.
+    /// The parents of the commits walks took, and of the haves, found since, and of the
+    /// first commits found (see [`MOST_PARENTS_AHEAD`]).
     parents: HashMap<ObjectId, Box<[ObjectId]>>,
     /// Commits walks may still add (see [`MOST_WALKED`]).
     walk_left: usize,
+    /// Commits no walk took yet whose parents may still be kept (see
+    /// [`MOST_PARENTS_AHEAD`]).
+    ahead_left: usize,
     /// Told each time a walk from a want is refused a commit for want of room (see
     /// [`when_walks_run_out`](Tips::when_walks_run_out)).
     ran_out: Option<Box<dyn FnMut() + Send>>,
@@ -460,6 +471,7 @@ impl Tips {
             haves: std::collections::HashSet::new(),
             parents: HashMap::new(),
             walk_left: MOST_WALKED,
+            ahead_left: MOST_PARENTS_AHEAD,
             ran_out: None,
             refused: std::collections::HashSet::new(),
             shared: None,
@@ -589,15 +601,16 @@ impl Tips {
 
     /// Record the parents of `id` (a tag's target) where walks are shared, once.
     fn share_parents(&mut self, id: ObjectId, parents: &[ObjectId]) {
-        if let Some(shared) = &self.shared {
-            let mut state = shared.state();
-            if let std::collections::hash_map::Entry::Vacant(entry) = state.parents.entry(id) {
-                entry.insert(parents.into());
-                state.changes += 1;
-            }
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut state = shared.state();
+        if let std::collections::hash_map::Entry::Vacant(entry) = state.parents.entry(id) {
+            entry.insert(parents.into());
+            state.changes += 1;
+            // Where a walk goes once one was refused may lead to that commit.
+            self.untold |= !self.refused.is_empty();
         }
-        // Where a walk goes once one was refused may lead to that commit.
-        self.untold |= !self.refused.is_empty();
     }
 
     /// Call `ran_out` if walks were refused a commit, or went on once one was, since it was
@@ -723,9 +736,13 @@ impl Tips {
                     }
                     continue;
                 }
-                Some(Seen::Commit(_)) => match self.parents.get(&id) {
-                    Some(parents) => parents.clone(),
-                    // Found before a walk took it.
+                Some(Seen::Commit(_)) => match self.parents.get(&id).cloned() {
+                    Some(parents) => {
+                        // Found before a walk took it, its parents kept: shared now.
+                        self.share_parents(id, &parents);
+                        parents
+                    }
+                    // Found before a walk took it, past those whose parents are kept.
                     None => continue,
                 },
                 // Not found yet (walked on once it is), or not a commit.
@@ -922,12 +939,16 @@ impl Tips {
             gix_object::Kind::Tree => Seen::Tree(offset),
             gix_object::Kind::Commit => match crate::objects::parse_commit(data, hash) {
                 Ok(commit) => {
-                    // Kept for walks only, and bounded by them.
-                    if (self.walks.contains_key(&id) || self.haves.contains(&id))
-                        && commit.parents.len() <= MOST_PARENTS
-                        && !self.seen.contains_key(&id)
-                    {
-                        self.found_parents(id, commit.parents.into_boxed_slice());
+                    // Kept for walks, and bounded by them, and for the first commits found
+                    // (a walk asked for later goes through them).
+                    let walked = self.walks.contains_key(&id) || self.haves.contains(&id);
+                    if commit.parents.len() <= MOST_PARENTS && !self.seen.contains_key(&id) {
+                        if walked {
+                            self.found_parents(id, commit.parents.into_boxed_slice());
+                        } else if self.ahead_left > 0 {
+                            self.ahead_left -= 1;
+                            self.parents.insert(id, commit.parents.into_boxed_slice());
+                        }
                     }
                     Seen::Commit(commit.tree)
                 }
@@ -2413,10 +2434,11 @@ mod tests {
         assert!(!closure.contains(&blob_of(3)), "nor the have's");
     }
 
-    /// Commits found before a walk was first asked for are not walked from: their parents
-    /// are not known. A walked tag is walked on from the commit it tags.
+    /// Commits found before a walk was first asked for are walked through, their parents
+    /// kept for the first commits found; past those, they are not walked from. A walked tag
+    /// is walked on from the commit it tags.
     #[test]
-    fn a_walk_goes_through_what_was_found_since_it_was_asked_for() {
+    fn a_walk_goes_through_what_was_found_before_it_was_asked_for() {
         let (commits, objects) = history(4);
         let tag = format!(
             "object {}\ntype commit\ntag v1\ntagger a <a@b> 1 +0000\n\nv1\n",
@@ -2435,18 +2457,27 @@ mod tests {
         let closure = tips.closure().unwrap();
         assert!(commits.iter().all(|id| closure.contains(id)), "{tips:?}");
 
-        let mut late = Tips::default();
-        let mut kept = Kept::new(1 << 20);
-        for (at, (id, kind, data)) in objects.iter().enumerate() {
-            if at == 1 {
-                late.add(wants.clone());
-                late.found((tag_id, 5), Kind::Tag, &tag, HASH, &mut kept);
+        // Asked for once the newest went by: walked through it, its parents kept.
+        let late_by = |ahead: usize| {
+            let mut late = Tips {
+                ahead_left: ahead,
+                ..Tips::default()
+            };
+            let mut kept = Kept::new(1 << 20);
+            for (at, (id, kind, data)) in objects.iter().enumerate() {
+                if at == 1 {
+                    late.add(wants.clone());
+                    late.found((tag_id, 5), Kind::Tag, &tag, HASH, &mut kept);
+                }
+                late.found((*id, at as u64 * 10), *kind, data, HASH, &mut kept);
             }
-            late.found((*id, at as u64 * 10), *kind, data, HASH, &mut kept);
-        }
-        assert!(late.complete(), "{late:?}");
-        let closure = late.closure().unwrap();
-        // The newest went by before: nothing below it is walked.
+            assert!(late.complete(), "{late:?}");
+            late.closure().unwrap()
+        };
+        let closure = late_by(MOST_PARENTS_AHEAD);
+        assert!(commits.iter().all(|id| closure.contains(id)));
+        // No parents kept ahead: nothing below the newest is walked.
+        let closure = late_by(0);
         assert!(closure.contains(&commits[3]) && !closure.contains(&commits[2]));
     }
 
