@@ -182,11 +182,13 @@ pub struct Wants {
     /// parents at most: a walk stops at any other.
     pub walked: Vec<ObjectId>,
     /// Commits (or tags of them) a client has: a walk that reaches one stops there. Each
-    /// found once it was asked for, reached or not, has the trees of its closure followed
-    /// (not the blobs: those are the client's), and so have the commits up to
-    /// [`BELOW_HAVES`] generations below it: what the client is not sent is told from those
-    /// trees, and the walk of an answer goes a few commits past its haves. One not found is
-    /// not waited for (a client's own commits are in no pack of the upstream's).
+    /// found once it was asked for (or before, among the commits whose parents are kept
+    /// ahead, see [`MOST_PARENTS_AHEAD`]), reached or not, has the trees of its closure
+    /// followed (not the blobs: those are the client's), and so have the commits up to
+    /// [`BELOW_HAVES`] generations below it, within three quarters of the walks' room: what
+    /// the client is not sent is told from those trees, and the walk of an answer goes a few
+    /// commits past its haves. One not found is not waited for (a client's own commits are
+    /// in no pack of the upstream's).
     pub haves: Vec<ObjectId>,
 }
 
@@ -294,6 +296,10 @@ pub struct Tips {
     /// Commits no walk took yet whose parents may still be kept (see
     /// [`MOST_PARENTS_AHEAD`]).
     ahead_left: usize,
+    /// What walks below haves leave of `walk_left` for walks from wants: a quarter of the
+    /// room (the haves of many fetches, each walked a few generations down, would otherwise
+    /// take it all before a want's walk).
+    walk_reserve: usize,
     /// Told each time a walk from a want is refused a commit for want of room (see
     /// [`when_walks_run_out`](Tips::when_walks_run_out)).
     ran_out: Option<Box<dyn FnMut() + Send>>,
@@ -472,6 +478,7 @@ impl Tips {
             parents: HashMap::new(),
             walk_left: MOST_WALKED,
             ahead_left: MOST_PARENTS_AHEAD,
+            walk_reserve: MOST_WALKED / 4,
             ran_out: None,
             refused: std::collections::HashSet::new(),
             shared: None,
@@ -530,8 +537,9 @@ impl Tips {
     }
 
     /// Call `then` each time walks from wants are refused commits for want of room
-    /// ([`MOST_WALKED`] commits taken; at once if one was already), and each time they go on
-    /// once one was (a commit walked found, with its parents): an incremental fetch whose
+    /// ([`MOST_WALKED`] commits taken; at once if one was already), and, with the walks
+    /// shared ([`sharing_walks`](Self::sharing_walks)), each time they record more once one
+    /// was (a commit walked found, with its parents): an incremental fetch whose
     /// history goes through such a commit needs more than this reading follows, and cannot
     /// be answered from what it finds (see [`Walks::cut`]). Once for each object found or
     /// asking at most, as soon as it happens, while the scan goes on: the commits come first
@@ -551,9 +559,10 @@ impl Tips {
     pub fn sharing_walks(mut self, walks: std::sync::Arc<Walks>) -> Tips {
         {
             let mut state = walks.state();
-            state
-                .parents
-                .extend(self.parents.iter().map(|(id, p)| (*id, p.clone())));
+            // Those of commits walked and haves: not those kept ahead of any walk.
+            let shared = (self.parents.iter())
+                .filter(|(id, _)| self.walks.contains_key(*id) || self.haves.contains(*id));
+            state.parents.extend(shared.map(|(id, p)| (*id, p.clone())));
             state.refused.extend(self.refused.iter().copied());
             state.changes += 1;
         }
@@ -571,6 +580,12 @@ impl Tips {
     /// only take fewer as they go).
     pub(crate) fn took_a_refused_commit(&self) -> bool {
         self.refused.iter().any(|id| self.walks.contains_key(id))
+    }
+
+    /// How many commits' parents are kept (bounded by the walks, the haves and
+    /// [`MOST_PARENTS_AHEAD`]).
+    pub(crate) fn parents_kept(&self) -> usize {
+        self.parents.len()
     }
 
     /// How many commits walks from wants were refused (see
@@ -626,6 +641,7 @@ impl Tips {
     /// Walks take `most` commits at most, not [`MOST_WALKED`].
     pub(crate) fn walking_at_most(mut self, most: usize) -> Tips {
         self.walk_left = most.saturating_sub(self.walks.len());
+        self.walk_reserve = most / 4;
         self
     }
 
@@ -660,17 +676,20 @@ impl Tips {
         for id in wants.tips {
             self.want(id, true);
         }
-        for have in wants.haves {
-            if self.haves.len() < MOST_HAVES && self.haves.insert(have) {
-                self.below_have(have);
-            }
-        }
+        // The haves first known (walks stop there), then walked below once the wants were:
+        // what was found already is walked at once, and the wants come first.
+        let haves: Vec<ObjectId> = (wants.haves.into_iter())
+            .filter(|have| self.haves.len() < MOST_HAVES && self.haves.insert(*have))
+            .collect();
         for id in wants.walked {
             if self.take_walk(id, None) {
                 self.walk(id);
             } else if !self.walks.contains_key(&id) {
                 self.refuse(id);
             }
+        }
+        for have in haves {
+            self.below_have(have);
         }
         self.tell();
     }
@@ -693,6 +712,8 @@ impl Tips {
                 true
             }
             None if self.walk_left == 0 => false,
+            // The last of the room is for walks from wants.
+            None if below.is_some() && self.walk_left <= self.walk_reserve => false,
             None => {
                 self.walk_left -= 1;
                 self.walks.insert(id, below);
@@ -702,15 +723,22 @@ impl Tips {
         }
     }
 
-    /// Follow the have `id`, if it was found since it was asked for (or is a tag), and walk
-    /// below it (see [`Wants::haves`]).
+    /// Follow the have `id`, if it was found since it was asked for, or before with its
+    /// parents kept ahead (or is a tag), and walk below it (see [`Wants::haves`]).
     fn below_have(&mut self, id: ObjectId) {
         let known = match self.seen.get(&id) {
             Some(Seen::Commit(_)) => self.parents.contains_key(&id),
             Some(Seen::Tag(_)) => true,
             _ => false,
         };
-        if known && self.take_walk(id, Some(0)) {
+        if !known {
+            return;
+        }
+        // What is below it, as far as known, is the client's, walked or not.
+        if let Some(parents) = self.parents.get(&id).cloned() {
+            self.share_parents(id, &parents);
+        }
+        if self.take_walk(id, Some(0)) {
             self.walk(id);
         }
     }
@@ -738,11 +766,13 @@ impl Tips {
                 }
                 Some(Seen::Commit(_)) => match self.parents.get(&id).cloned() {
                     Some(parents) => {
-                        // Found before a walk took it, its parents kept: shared now.
+                        // Shared once a walk goes through it (found before a walk took it,
+                        // its parents kept ahead: shared now; else shared already).
                         self.share_parents(id, &parents);
                         parents
                     }
-                    // Found before a walk took it, past those whose parents are kept.
+                    // Found before a walk took it, past those whose parents are kept ahead,
+                    // or of more than `MOST_PARENTS` parents.
                     None => continue,
                 },
                 // Not found yet (walked on once it is), or not a commit.
@@ -2129,11 +2159,7 @@ mod tests {
         assert_eq!(closure_of(&late), expected);
 
         // Walks of three commits at most: the want and two commits below it.
-        let bounded = Tips {
-            walk_left: 3,
-            ..Tips::default()
-        };
-        let mut bounded = bounded.wanting(wants.clone());
+        let mut bounded = Tips::default().walking_at_most(3).wanting(wants.clone());
         found_all(&mut bounded, &objects);
         assert!(bounded.complete());
         assert_eq!(closure_of(&bounded), [11, 12, 13]);
@@ -2432,6 +2458,79 @@ mod tests {
             "not the blob below the have"
         );
         assert!(!closure.contains(&blob_of(3)), "nor the have's");
+    }
+
+    /// A walk asked for once every commit went by goes through the parents kept ahead, as
+    /// far as they were kept, and shares what it goes through: run out of room, it cuts a
+    /// fetch whose have lies further down; with the parents of the newest commit alone kept,
+    /// it stops silently below it. The haves known by then are walked below too, leaving a
+    /// quarter of the room to walks from wants.
+    #[test]
+    fn a_walk_asked_for_late_goes_through_the_parents_kept_ahead() {
+        let (commits, objects) = history(14);
+        let tip = commits[13];
+        let closure_of = |tips: &Tips| -> Vec<usize> {
+            let closure = tips.closure().expect("not lost");
+            (0..commits.len())
+                .filter(|i| closure.contains(&commits[*i]))
+                .collect()
+        };
+        let commits_found = |tips: &mut Tips| {
+            let mut kept = Kept::new(1 << 20);
+            for (at, (id, kind, data)) in objects.iter().enumerate() {
+                if *kind == Kind::Commit {
+                    tips.found((*id, at as u64 * 10), *kind, data, HASH, &mut kept);
+                }
+            }
+        };
+        // Room for three commits, the have far below: cut, as soon as it is asked for.
+        let walks = std::sync::Arc::new(Walks::default());
+        let mut late = Tips::default()
+            .walking_at_most(3)
+            .sharing_walks(std::sync::Arc::clone(&walks));
+        commits_found(&mut late);
+        assert!(!walks.cut(&[tip], &[commits[5]]), "nothing walked yet");
+        late.add(Wants {
+            tips: vec![tip],
+            walked: vec![tip],
+            haves: vec![commits[5]],
+        });
+        assert!(late.walks_ran_out());
+        assert!(walks.cut(&[tip], &[commits[5]]));
+        assert!(!walks.cut(&[tip], &[commits[12]]));
+
+        // The parents of the newest alone kept: through it, then no further, nothing refused.
+        let mut edge = Tips {
+            ahead_left: 1,
+            ..Tips::default()
+        };
+        commits_found(&mut edge);
+        edge.add(Wants {
+            tips: vec![tip],
+            walked: vec![tip],
+            haves: vec![commits[5]],
+        });
+        assert_eq!(edge.walked(), 2);
+        assert!(!edge.walks_ran_out());
+
+        // The have found before it was asked for is walked below, within what the walks
+        // from wants leave: of eight, two are theirs.
+        let mut below = Tips::default().walking_at_most(8);
+        commits_found(&mut below);
+        below.add(Wants {
+            tips: vec![tip],
+            walked: vec![tip],
+            haves: vec![commits[11]],
+        });
+        let mut kept = Kept::new(1 << 20);
+        for (at, (id, kind, data)) in objects.iter().enumerate() {
+            if *kind != Kind::Commit {
+                below.found((*id, at as u64 * 10), *kind, data, HASH, &mut kept);
+            }
+        }
+        assert!(below.complete(), "{below:?}");
+        assert_eq!(below.walked(), 6);
+        assert_eq!(closure_of(&below), [8, 9, 10, 11, 12, 13]);
     }
 
     /// Commits found before a walk was first asked for are walked through, their parents

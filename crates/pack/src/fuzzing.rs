@@ -694,6 +694,11 @@ pub fn incoming(data: &[u8]) {
                 }
                 // A commit refused was never taken; what is shared is what was recorded.
                 assert!(!tips.took_a_refused_commit(), "{tips:?}");
+                // Parents are kept for walks, haves and the first commits alone.
+                assert!(
+                    tips.parents_kept() <= WALKED + haves.len() + crate::early::MOST_PARENTS_AHEAD,
+                    "{tips:?}"
+                );
                 assert_eq!(shared.refused_count(), tips.refused_count(), "{tips:?}");
                 // Looked at for what this pack made of them: bounded, whatever it says.
                 shared.cut(first, &haves);
