@@ -1387,6 +1387,17 @@ fn a_miss_asks_for_the_advertisement_only_at_the_gate() {
 /// held leaves nothing waiting).
 struct ReleaseHeld<'a>(&'a Upstream);
 
+/// Lets go of what the upstream holds back only when dropped while panicking.
+struct ReleaseOnPanic<'a>(&'a Upstream);
+
+impl Drop for ReleaseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.release_held();
+        }
+    }
+}
+
 impl Drop for ReleaseHeld<'_> {
     fn drop(&mut self) {
         self.0.release_held();
@@ -1498,6 +1509,28 @@ fn clones_of(upstream: &Upstream, seed: u64, dirs: &[&str]) -> (GitClient, PathB
     (git, source)
 }
 
+/// `git fetch` in `work`, once `cache` logged `line` while it waited: the log then. Should
+/// the line not come, what `upstream` holds back is let go (the fetch then ends, and the
+/// test fails there rather than hangs).
+fn fetched_once_logged(
+    (git, upstream): (&GitClient, &Upstream),
+    work: &Path,
+    cache: &Gitcache,
+    line: &str,
+) -> String {
+    std::thread::scope(|scope| {
+        let _release = ReleaseOnPanic(upstream);
+        let fetch = scope.spawn(|| {
+            git.run(work, &["fetch", "-q", "origin"])
+                .unwrap()
+                .expect_success();
+        });
+        let log = cache.log_with(line, 1);
+        fetch.join().unwrap();
+        log
+    })
+}
+
 /// The clones in `dirs` fetch `acme/widgets` through `cache` from now on.
 fn point_at(git: &GitClient, cache: &Gitcache, dirs: &[&str]) {
     for dir in dirs {
@@ -1530,16 +1563,10 @@ fn an_incremental_fetch_of_a_new_mirror_is_answered_before_its_pack_is_taken_in(
 
     upstream.reset_counts();
     hold_the_last_tenth_of_the_next_pack(&upstream, &source);
-    std::thread::scope(|scope| {
+    {
         let _release = ReleaseHeld(&upstream);
-        let fetch = scope.spawn(|| {
-            git.run(&work, &["fetch", "-q", "origin"])
-                .unwrap()
-                .expect_success();
-        });
-        cache.log_with("early=true", 1);
-        fetch.join().unwrap();
-    });
+        fetched_once_logged((&git, &upstream), &work, &cache, "early=true");
+    }
     assert_eq!(git.rev_parse(&work, "origin/main").unwrap(), main);
     fsck(&work);
 
@@ -1577,16 +1604,10 @@ fn a_fetch_further_behind_than_the_walk_of_a_new_mirror_is_passed_upstream() {
     upstream.reset_counts();
     hold_the_last_tenth_of_the_next_pack(&upstream, &source);
     let work = home.join("work");
-    std::thread::scope(|scope| {
+    {
         let _release = ReleaseHeld(&upstream);
-        let fetch = scope.spawn(|| {
-            git.run(&work, &["fetch", "-q", "origin"])
-                .unwrap()
-                .expect_success();
-        });
         // Answered while the mirror's pack is held back: not by the mirror.
-        let log = cache.log_with("past_the_walk=true", 1);
-        fetch.join().unwrap();
+        let log = fetched_once_logged((&git, &upstream), &work, &cache, "past_the_walk=true");
         assert!(!log.contains("early=true"), "{log}");
         assert_eq!(
             upstream.counts().fetch,
@@ -1602,7 +1623,7 @@ fn a_fetch_further_behind_than_the_walk_of_a_new_mirror_is_passed_upstream() {
         let log = cache.log_with("early=true", 1);
         assert_eq!(log.matches("past_the_walk=true").count(), 1, "{log}");
         assert_eq!(upstream.counts().fetch, 2, "{:?}", upstream.counts());
-    });
+    }
     for clone in ["work", "near"] {
         assert_eq!(
             git.rev_parse(&home.join(clone), "origin/main").unwrap(),
