@@ -1,13 +1,15 @@
-//! `early_scan <pack> [--no-read-back] [sha256] <commit>...`: read a pack file as a mirror
-//! reads its first pack while it arrives (reading trees' bases no longer kept back from the
-//! file, unless told not to), looking for the depth-one closures of the commits, and print how
-//! long it took, how many objects were found, whether the closures were, and which entries
-//! were passed over undecoded and why. Used to see where an early answer's time goes
-//! (benches/README.md).
+//! `early_scan <pack> [--no-read-back] [sha256] <commit>... [walk=<commit>]... [have=<commit>]...`:
+//! read a pack file as a mirror reads its first pack while it arrives (reading trees' bases no
+//! longer kept back from the file, unless told not to), looking for the depth-one closures of
+//! the commits, walking the history of those given as `walk=` down to those given as `have=`
+//! (as for an incremental fetch), and print how long it took, how many objects were found,
+//! whether the closures were, and which entries were passed over undecoded and why. Used to
+//! see where an early answer's time goes (benches/README.md).
 //!
 //! ```sh
+//! tip=$(git -C repo.git rev-parse HEAD)
 //! cargo run --release -p gitcache-pack --example early_scan -- \
-//!     repo.git/objects/pack/pack-*.pack $(git -C repo.git rev-parse HEAD)
+//!     repo.git/objects/pack/pack-*.pack $tip walk=$tip have=$(git -C repo.git rev-parse HEAD~50)
 //! ```
 
 use std::io::BufReader;
@@ -18,7 +20,7 @@ use gitcache_pack::early::{Limits, Tips, scan_for};
 use gix_hash::ObjectId;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str = "usage: early_scan <pack> [--no-read-back] [sha256] <commit>...";
+    const USAGE: &str = "usage: early_scan <pack> [--no-read-back] [sha256] <commit>... [walk=<commit>]... [have=<commit>]...";
     let mut args = std::env::args().skip(1).peekable();
     let pack = args.next().ok_or(USAGE)?;
     let read_back = args.next_if(|a| a == "--no-read-back").is_none();
@@ -26,12 +28,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(_) => gix_hash::Kind::Sha256,
         None => gix_hash::Kind::Sha1,
     };
-    let commits = args
-        .map(|a| ObjectId::from_hex(a.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut wants = gitcache_pack::early::Wants::default();
+    for arg in args {
+        let (list, hex) = match arg.split_once('=') {
+            Some(("walk", hex)) => (&mut wants.walked, hex),
+            Some(("have", hex)) => (&mut wants.haves, hex),
+            _ => (&mut wants.tips, arg.as_str()),
+        };
+        list.push(ObjectId::from_hex(hex.as_bytes())?);
+    }
     let started = Instant::now();
     let mut read = BufReader::with_capacity(1 << 16, std::fs::File::open(&pack)?);
-    let mut tips = Tips::new(commits);
+    let mut tips = Tips::default().wanting(wants);
     if read_back {
         let file = std::fs::File::open(&pack)?;
         tips =

@@ -40,6 +40,12 @@ use gix_pack::data::entry::Header;
 
 use crate::{Error, PackEntry};
 
+/// Sets and maps of ids named by what arrives, hashed with a key of the process's: a tree
+/// may name any ids, made alike (unlike the ids of a mirror's objects, each the hash of an
+/// object in it) to fall together under a hash of their own bytes.
+type IdSet = std::collections::HashSet<ObjectId, foldhash::fast::RandomState>;
+type IdMap<V> = HashMap<ObjectId, V, foldhash::fast::RandomState>;
+
 /// How much a [`scan`] keeps and decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -97,7 +103,7 @@ pub struct Found {
     read_back: u64,
     /// What the closures followed are made of, when the scan followed [`Tips`] and found
     /// more than [`Limits::copy_all_bytes`] of entries (see [`write_pack`](Found::write_pack)).
-    closure: Option<std::sync::Arc<std::collections::HashSet<ObjectId>>>,
+    closure: Option<std::sync::Arc<IdSet>>,
 }
 
 /// What [`Found::write_pack`] wrote.
@@ -239,31 +245,31 @@ const MOST_HAVES: usize = 256;
 /// ([`meanwhile`](Tips::meanwhile)).
 pub struct Tips {
     /// Commits not found yet.
-    commits: std::collections::HashSet<ObjectId>,
+    commits: IdSet,
     /// Every commit ever wanted.
-    wanted: std::collections::HashSet<ObjectId>,
+    wanted: IdSet,
     /// Those of `wanted` whose closures are followed whole (see [`Tips::want`]).
-    whole_wanted: std::collections::HashSet<ObjectId>,
+    whole_wanted: IdSet,
     /// Trees and blobs needed and not found yet.
-    pending: std::collections::HashSet<ObjectId>,
+    pending: IdSet,
     /// Those of `pending` named as trees.
-    pending_trees: std::collections::HashSet<ObjectId>,
+    pending_trees: IdSet,
     /// Those of `pending_trees` to be followed whole (their blobs too); the others are
     /// followed for their subtrees alone.
-    pending_whole: std::collections::HashSet<ObjectId>,
+    pending_whole: IdSet,
     /// Trees needed once trees were read past (see [`Tips::trees_settled`]), not found yet:
     /// followed should they come before the scan ends, not waited for (one read past does
     /// not come again); so are their subtrees.
-    hoped: std::collections::HashSet<ObjectId>,
+    hoped: IdSet,
     /// Those of `hoped` to be followed whole.
-    hoped_whole: std::collections::HashSet<ObjectId>,
+    hoped_whole: IdSet,
     /// Trees were read past, undecoded.
     trees_read_past: bool,
     /// Every tree and blob ever needed (`None` past [`Limits::most_found`]): with the
     /// commits and tags wanted, and the tags found, what the closures are made of.
-    needed: Option<std::collections::HashSet<ObjectId>>,
+    needed: Option<IdSet>,
     /// Everything found so far, with what a later need of it takes.
-    seen: HashMap<ObjectId, Seen>,
+    seen: IdMap<Seen>,
     /// Where the trees needed after they were found are (a tree pulled ahead as the base of
     /// a delta written earlier, or a tree of a commit wanted late), to follow from the
     /// objects kept: whole or not, and whether it was followed for its subtrees before.
@@ -285,12 +291,12 @@ pub struct Tips {
     pub(crate) followed: usize,
     /// Commits whose parents are followed (see [`Wants::walked`]), each with how many
     /// generations below a have it is (`None`: above every have).
-    walks: HashMap<ObjectId, Option<u8>>,
+    walks: IdMap<Option<u8>>,
     /// Commits clients have (see [`Wants::haves`]).
-    haves: std::collections::HashSet<ObjectId>,
+    haves: IdSet,
     /// The parents of the commits walks took, and of the haves, found since, and of the
     /// first commits found (see [`MOST_PARENTS_AHEAD`]).
-    parents: HashMap<ObjectId, Box<[ObjectId]>>,
+    parents: IdMap<Box<[ObjectId]>>,
     /// Commits walks may still add (see [`MOST_WALKED`]).
     walk_left: usize,
     /// Commits no walk took yet whose parents may still be kept (see
@@ -305,7 +311,7 @@ pub struct Tips {
     ran_out: Option<Box<dyn FnMut() + Send>>,
     /// Commits walks from wants were refused for want of room (the first
     /// [`MOST_REFUSED`]).
-    refused: std::collections::HashSet<ObjectId>,
+    refused: IdSet,
     /// Where the walks are shared (see [`sharing_walks`](Tips::sharing_walks)).
     shared: Option<std::sync::Arc<Walks>>,
     /// Walks were refused a commit, or went on once one was, since `ran_out` was last
@@ -326,9 +332,9 @@ pub struct Walks(std::sync::Mutex<WalkState>);
 #[derive(Debug, Default)]
 struct WalkState {
     /// Commits (and tags) walked, and found: their parents (a tag's target).
-    parents: HashMap<ObjectId, Box<[ObjectId]>>,
+    parents: IdMap<Box<[ObjectId]>>,
     /// Commits a walk from a want had no room for.
-    refused: std::collections::HashSet<ObjectId>,
+    refused: IdSet,
     /// How many times `parents` or `refused` grew.
     changes: u64,
 }
@@ -374,7 +380,7 @@ impl Walks {
         }
         // What the client has as far as the walks know: a walk from a want may go round a
         // have (a merge of a branch from below it) and on below it.
-        let mut had: std::collections::HashSet<ObjectId> = std::collections::HashSet::new();
+        let mut had: IdSet = IdSet::default();
         let mut stack = haves.to_vec();
         while let Some(id) = stack.pop() {
             if had.insert(id)
@@ -384,7 +390,7 @@ impl Walks {
             }
         }
         let is_have: std::collections::HashSet<&ObjectId> = haves.iter().collect();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = IdSet::default();
         let mut stack = wants.to_vec();
         while let Some(id) = stack.pop() {
             if !seen.insert(id) {
@@ -452,19 +458,19 @@ const ASK_EVERY: usize = 1024;
 impl Tips {
     /// Follow the closures of `commits`.
     pub fn new(commits: impl IntoIterator<Item = ObjectId>) -> Tips {
-        let commits: std::collections::HashSet<ObjectId> = commits.into_iter().collect();
+        let commits: IdSet = commits.into_iter().collect();
         Tips {
             wanted: commits.clone(),
             whole_wanted: commits.clone(),
             commits,
-            pending: std::collections::HashSet::new(),
-            pending_trees: std::collections::HashSet::new(),
-            pending_whole: std::collections::HashSet::new(),
-            hoped: std::collections::HashSet::new(),
-            hoped_whole: std::collections::HashSet::new(),
+            pending: IdSet::default(),
+            pending_trees: IdSet::default(),
+            pending_whole: IdSet::default(),
+            hoped: IdSet::default(),
+            hoped_whole: IdSet::default(),
             trees_read_past: false,
-            needed: Some(std::collections::HashSet::new()),
-            seen: HashMap::new(),
+            needed: Some(IdSet::default()),
+            seen: Default::default(),
             revisit: Vec::new(),
             lost: false,
             most_pending: Limits::default().most_found,
@@ -473,14 +479,14 @@ impl Tips {
             meanwhile: None,
             read_back: None,
             followed: 0,
-            walks: HashMap::new(),
-            haves: std::collections::HashSet::new(),
-            parents: HashMap::new(),
+            walks: Default::default(),
+            haves: IdSet::default(),
+            parents: Default::default(),
             walk_left: MOST_WALKED,
             ahead_left: MOST_PARENTS_AHEAD,
             walk_reserve: MOST_WALKED / 4,
             ran_out: None,
-            refused: std::collections::HashSet::new(),
+            refused: IdSet::default(),
             shared: None,
             untold: false,
         }
@@ -845,7 +851,7 @@ impl Tips {
     /// The objects the closures are made of, as far as they were followed: the commits and
     /// tags wanted, the trees and blobs needed, and every tag found with what it tags (for
     /// the refs); `None` when a closure was lost, or more was needed than is remembered.
-    fn closure(&self) -> Option<std::collections::HashSet<ObjectId>> {
+    fn closure(&self) -> Option<IdSet> {
         let needed = self.needed.as_ref().filter(|_| !self.lost)?;
         let mut closure = needed.clone();
         closure.extend(self.wanted.iter().copied());
@@ -1426,10 +1432,7 @@ fn found_once(
     checksum: Option<ObjectId>,
     entries: u32,
     (passed, read_back): (Passed, u64),
-    (closure, copy_all_bytes): (
-        impl FnOnce() -> Option<std::collections::HashSet<ObjectId>>,
-        u64,
-    ),
+    (closure, copy_all_bytes): (impl FnOnce() -> Option<IdSet>, u64),
 ) -> Result<Found, Error> {
     // The closures are only made when the copy is to hold them alone (a set of up to two
     // million ids).
@@ -1531,7 +1534,7 @@ struct Kept {
     back: Option<Back>,
     budget: usize,
     held: usize,
-    objects: HashMap<u64, (gix_object::Kind, std::rc::Rc<[u8]>, u64)>,
+    objects: HashMap<u64, (gix_object::Kind, std::rc::Rc<[u8]>, u64), foldhash::fast::RandomState>,
     /// Offsets in the order used, each with the use it stands for (a stale one is skipped).
     order: VecDeque<(u64, u64)>,
     uses: u64,
@@ -1543,7 +1546,7 @@ impl Kept {
             back: None,
             budget,
             held: 0,
-            objects: HashMap::new(),
+            objects: HashMap::default(),
             order: VecDeque::new(),
             uses: 0,
         }
