@@ -1543,6 +1543,20 @@ fn point_at(git: &GitClient, cache: &Gitcache, dirs: &[&str]) {
     }
 }
 
+/// `work`'s `origin/main` is `main`, the clone whole; the mirror of `acme/widgets` is made
+/// from `source`, whole, one pack fetched upstream in all.
+fn one_pack_fetched(
+    (git, work, main): (&GitClient, &Path, &str),
+    (cache, upstream, source): (&Gitcache, &Upstream, &Path),
+) {
+    assert_eq!(git.rev_parse(work, "origin/main").unwrap(), main);
+    fsck(work);
+    let mirror = cache.mirror(upstream, "acme/widgets");
+    common::wait_for_mirror(&mirror, source);
+    fsck(&mirror);
+    assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+}
+
 /// A fetch into a clone made before a push, through a mirror being made from nothing, is
 /// answered from the objects found in the mirror's first pack as it arrived (the history
 /// from the new tip down to the clone's walked as it came): the clone gets the new tip and
@@ -1567,13 +1581,7 @@ fn an_incremental_fetch_of_a_new_mirror_is_answered_before_its_pack_is_taken_in(
         let _release = ReleaseHeld(&upstream);
         fetched_once_logged((&git, &upstream), &work, &cache, "early=true");
     }
-    assert_eq!(git.rev_parse(&work, "origin/main").unwrap(), main);
-    fsck(&work);
-
-    let mirror = cache.mirror(&upstream, "acme/widgets");
-    common::wait_for_mirror(&mirror, &source);
-    fsck(&mirror);
-    assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+    one_pack_fetched((&git, &work, &main), (&cache, &upstream, &source));
 }
 
 /// An incremental fetch of a mirror being made from nothing whose history is longer than the
@@ -1647,6 +1655,51 @@ fn a_fetch_further_behind_than_the_walk_of_a_new_mirror_is_passed_upstream() {
     fsck(&later);
     cache.log_with("result=\"hit\"", 1);
     assert_eq!(upstream.counts().fetch, 0, "{:?}", upstream.counts());
+}
+
+/// An incremental fetch of a mirror being made from nothing that asks once the reading of
+/// the first pack went by its want and its have (the newest commits, first in the pack) is
+/// walked through the parents the reading kept of the pack's first commits, and answered
+/// from the objects found as that pack arrives, as one asking before them is: the clone gets
+/// the new tip and is whole, one pack fetched upstream.
+#[test]
+fn an_incremental_fetch_asking_once_its_commits_went_by_is_answered_from_the_arriving_pack() {
+    let upstream = Upstream::start().unwrap();
+    let (git, source) = clones_of(&upstream, 421, &["work"]);
+    let work = git.home().join("work");
+    repo::append_commits(&source, "main", 30, 421).unwrap();
+    let main = git_stdout(&source, &["rev-parse", "main"])
+        .trim()
+        .to_owned();
+    let cache = Gitcache::start(&upstream, &[]);
+    point_at(&git, &cache, &["work"]);
+
+    upstream.reset_counts();
+    // The pack stops after its first 64 KiB (its newest commits, the fetch's want and have
+    // among them) until the fetch waits too, then comes as over a network.
+    upstream.inject(Fault::HoldAfter(64 << 10), 1, Some(RequestKind::Fetch));
+    trickle_next_pack(&upstream, 32 << 10, 30);
+    std::thread::scope(|scope| {
+        let release = ReleaseHeld(&upstream);
+        let first = scope.spawn(|| shallow_clone(&git, &cache.url("acme/widgets"), "first"));
+        cache.log_with("looked for as it arrives wanted=1", 1);
+        // Time for the reading to go through what came before the hold. Should it not have,
+        // the fetch is walked as it asks, and answered early all the same.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let fetch = scope.spawn(|| {
+            git.run(&work, &["fetch", "-q", "origin"])
+                .unwrap()
+                .expect_success();
+        });
+        // Its haves too (`git fetch` sends those of every ref).
+        cache.log_with("walked=1 haves=", 1);
+        drop(release);
+        fetch.join().unwrap();
+        first.join().unwrap();
+    });
+    // Both, the fetch too: not waiting for the mirror.
+    cache.log_with("early=true", 2);
+    one_pack_fetched((&git, &work, &main), (&cache, &upstream, &source));
 }
 
 /// Two shallow clones of different branches of a mirror being made, the second asked for
