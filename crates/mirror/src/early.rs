@@ -224,6 +224,7 @@ pub(crate) fn build(
         passed_large = passed.large,
         passed_other = passed.other,
         passed_unawaited = passed.unawaited,
+        walked_late = tips.walked_late(),
         "the first pack's reading ended"
     );
     match (pack.progress(), found.checksum()) {

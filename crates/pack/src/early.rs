@@ -40,11 +40,37 @@ use gix_pack::data::entry::Header;
 
 use crate::{Error, PackEntry};
 
-/// Sets and maps of ids named by what arrives, hashed with a key of the process's: a tree
+/// Sets and maps of ids named by what arrives, hashed under a secret key: a tree or a commit
 /// may name any ids, made alike (unlike the ids of a mirror's objects, each the hash of an
 /// object in it) to fall together under a hash of their own bytes.
-type IdSet = std::collections::HashSet<ObjectId, foldhash::fast::RandomState>;
-type IdMap<V> = HashMap<ObjectId, V, foldhash::fast::RandomState>;
+type IdSet = std::collections::HashSet<ObjectId, Keyed>;
+type IdMap<V> = HashMap<ObjectId, V, Keyed>;
+
+/// `foldhash` (as fast as hashing an id by its bytes, measured) keyed from the operating
+/// system's randomness, as std's SipHash is: once per process, and per map. (foldhash's own
+/// random state seeds itself from addresses and the time.)
+#[derive(Clone)]
+struct Keyed(foldhash::fast::SeedableRandomState);
+
+impl Default for Keyed {
+    fn default() -> Self {
+        use std::hash::BuildHasher as _;
+        static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
+        let shared = SHARED.get_or_init(|| {
+            foldhash::SharedSeed::from_u64(std::hash::RandomState::new().hash_one(0u64))
+        });
+        let own = std::hash::RandomState::new().hash_one(1u64);
+        Keyed(foldhash::fast::SeedableRandomState::with_seed(own, shared))
+    }
+}
+
+impl std::hash::BuildHasher for Keyed {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
 
 /// How much a [`scan`] keeps and decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +343,8 @@ pub struct Tips {
     /// Walks were refused a commit, or went on once one was, since `ran_out` was last
     /// called (see [`tell`](Tips::tell)).
     untold: bool,
+    /// Walks from wants asked for once the want was found (see [`walked_late`](Tips::walked_late)).
+    walked_late: usize,
 }
 
 /// The most commits refused to walks a [`Tips`] remembers (and tells of).
@@ -489,6 +517,7 @@ impl Tips {
             refused: IdSet::default(),
             shared: None,
             untold: false,
+            walked_late: 0,
         }
     }
 
@@ -574,6 +603,13 @@ impl Tips {
         }
         self.shared = Some(walks);
         self
+    }
+
+    /// How many walks from wants were asked for once their want was found (a fetch that
+    /// started waiting after its commits went by): walked through the parents kept of the
+    /// first commits found (see [`MOST_PARENTS_AHEAD`]).
+    pub fn walked_late(&self) -> usize {
+        self.walked_late
     }
 
     /// Whether a walk from a want was refused a commit for want of room (see
@@ -688,7 +724,9 @@ impl Tips {
             .filter(|have| self.haves.len() < MOST_HAVES && self.haves.insert(*have))
             .collect();
         for id in wants.walked {
+            let late = matches!(self.seen.get(&id), Some(Seen::Commit(_)));
             if self.take_walk(id, None) {
+                self.walked_late += usize::from(late);
                 self.walk(id);
             } else if !self.walks.contains_key(&id) {
                 self.refuse(id);
@@ -1534,7 +1572,7 @@ struct Kept {
     back: Option<Back>,
     budget: usize,
     held: usize,
-    objects: HashMap<u64, (gix_object::Kind, std::rc::Rc<[u8]>, u64), foldhash::fast::RandomState>,
+    objects: HashMap<u64, (gix_object::Kind, std::rc::Rc<[u8]>, u64), Keyed>,
     /// Offsets in the order used, each with the use it stands for (a stale one is skipped).
     order: VecDeque<(u64, u64)>,
     uses: u64,
@@ -2515,6 +2553,14 @@ mod tests {
         });
         assert_eq!(edge.walked(), 2);
         assert!(!edge.walks_ran_out());
+        assert_eq!((late.walked_late(), edge.walked_late()), (1, 1));
+        // Asked for again: not a walk of its own.
+        edge.add(Wants {
+            tips: vec![tip],
+            walked: vec![tip],
+            haves: vec![commits[5]],
+        });
+        assert_eq!(edge.walked_late(), 1);
 
         // The have found before it was asked for is walked below, within what the walks
         // from wants leave: of eight, two are theirs.

@@ -1683,9 +1683,8 @@ fn an_incremental_fetch_asking_once_its_commits_went_by_is_answered_from_the_arr
         let release = ReleaseHeld(&upstream);
         let first = scope.spawn(|| shallow_clone(&git, &cache.url("acme/widgets"), "first"));
         cache.log_with("looked for as it arrives wanted=1", 1);
-        // Time for the reading to go through what came before the hold. Should it not have,
-        // the fetch is walked as it asks, and answered early all the same.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // What it wants reaches the reading when that asks next (every thousand entries or
+        // so): well past the newest commits, which come first.
         let fetch = scope.spawn(|| {
             git.run(&work, &["fetch", "-q", "origin"])
                 .unwrap()
@@ -1697,8 +1696,18 @@ fn an_incremental_fetch_asking_once_its_commits_went_by_is_answered_from_the_arr
         fetch.join().unwrap();
         first.join().unwrap();
     });
-    // Both, the fetch too: not waiting for the mirror.
-    cache.log_with("early=true", 2);
+    // Walked late, and every answer (the clone's, and each of the fetch's rounds) from the
+    // objects found: none waited for the mirror.
+    cache.log_with("walked_late=1", 1);
+    let log = cache.log_with("early=true", 2);
+    let answers: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("fetch result="))
+        .collect();
+    assert!(
+        answers.len() >= 2 && answers.iter().all(|line| line.contains("early=true")),
+        "{log}"
+    );
     one_pack_fetched((&git, &work, &main), (&cache, &upstream, &source));
 }
 
