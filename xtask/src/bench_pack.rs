@@ -257,6 +257,16 @@ pub(crate) fn requests(
             ..base.clone()
         },
     ));
+    // A CI job's deeper shallow clone (GitLab's default depth is 20 or 50).
+    cases.push((
+        "clone --depth=50",
+        Fetch {
+            wants: vec![main],
+            deepen: Some(50),
+            include_tag: true,
+            ..base.clone()
+        },
+    ));
     cases.push((
         "fetch, have main~50",
         Fetch {
