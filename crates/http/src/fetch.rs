@@ -510,7 +510,7 @@ impl Fetches {
                             break Waited::PastTheWalk;
                         }
                     }
-                    found = registry.early_after(&target.key, seen.as_ref(), &asked.wants, &asked.haves), if from_early && checking.is_none() => {
+                    found = registry.early_after(&target.key, seen.as_ref(), (&asked.wants, &asked.haves), asked.deepen), if from_early && checking.is_none() => {
                         checking = Some(Box::pin(async move {
                             let answer = self
                                 .answer_early(target, headers, &found, asked, kind, &vouched)
@@ -1011,7 +1011,9 @@ fn reads_no_refs_but_tags(fetch: &Fetch) -> bool {
 
 /// Whether `fetch` is of a shape the objects found as a first pack arrives may answer:
 /// - a shallow clone of depth one, which needs each commit wanted, its tree and what is in
-///   it (what the reading follows, passing older trees once those are found);
+///   it (what the reading follows, passing older trees once those are found), or of a
+///   depth up to [`MOST_EARLY_DEPTH`](gitcache_mirror::live::MOST_EARLY_DEPTH), which needs
+///   the same of each commit within that depth (what the reading walks, within a bound);
 /// - an incremental fetch with neither deepening nor filter, which needs the commits from
 ///   its wants down to its haves and a few below, each with its tree and what is in it
 ///   (what the reading walks, within a bound), and of its haves found in the pack (one the
@@ -1022,8 +1024,13 @@ fn reads_no_refs_but_tags(fetch: &Fetch) -> bool {
 /// reading for nothing, on the cores the mirror's own indexing needs. Never with shallow
 /// commits: the objects found do not tell where the client's history ends.
 fn answerable_early(fetch: &Fetch) -> bool {
-    let shallow_clone =
-        fetch.deepen == Some(1) && fetch.deepen_since.is_none() && fetch.haves.is_empty();
+    let shallow_clone = fetch
+        .deepen
+        .is_some_and(|depth| (1..=gitcache_mirror::live::MOST_EARLY_DEPTH).contains(&depth))
+        && fetch.deepen_since.is_none()
+        && fetch.deepen_not.is_empty()
+        && !fetch.deepen_relative
+        && fetch.haves.is_empty();
     let incremental = !fetch.haves.is_empty()
         && !fetch.is_deepening()
         && !fetch.deepen_relative
@@ -1100,12 +1107,13 @@ mod tests {
         }
     }
 
-    /// Only a shallow clone of depth one, and an incremental fetch without deepening or
-    /// filter, wait for the objects found as a first pack arrives: not a deeper clone, nor
-    /// one by date, nor a filtered clone of the history, nor a shallow clone with haves, nor
-    /// a fetch with shallow commits or a filter.
+    /// Only a shallow clone of a depth up to `MOST_EARLY_DEPTH`, and an incremental fetch
+    /// without deepening or filter, wait for the objects found as a first pack arrives: not
+    /// a deeper clone, nor one by date or by refs, nor one counted from the client's shallow
+    /// commits, nor a filtered clone of the history, nor a shallow clone with haves, nor a
+    /// fetch with shallow commits or a filter.
     #[test]
-    fn only_a_depth_one_clone_or_a_plain_incremental_fetch_is_answered_early() {
+    fn only_a_shallow_clone_or_a_plain_incremental_fetch_is_answered_early() {
         let id = gix_hash::ObjectId::from_hex(b"ce013625030ba8dba906f756967f9e9ca394464a").unwrap();
         let clone = || Fetch {
             wants: vec![id],
@@ -1124,9 +1132,26 @@ mod tests {
             ..clone()
         };
         assert!(answerable_early(&incremental));
+        let most = gitcache_mirror::live::MOST_EARLY_DEPTH;
+        for depth in [2, 50, most] {
+            assert!(answerable_early(&Fetch {
+                deepen: Some(depth),
+                ..clone()
+            }));
+        }
         for fetch in [
             Fetch {
+                deepen: Some(most + 1),
+                ..clone()
+            },
+            Fetch {
                 deepen: Some(2),
+                deepen_not: vec!["refs/heads/old".into()],
+                ..clone()
+            },
+            Fetch {
+                deepen: Some(2),
+                deepen_relative: true,
                 ..clone()
             },
             Fetch {

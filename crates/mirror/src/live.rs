@@ -408,6 +408,11 @@ const MOST_EARLY_WANTS: usize = 64;
 /// (or of ids made up) does not take the room of all the others.
 const MOST_EARLY_WANTS_EACH: usize = 8;
 
+/// The deepest shallow clone the objects found early may answer (deeper ones wait for the
+/// mirror): its commits come from the room the reading's walks have
+/// ([`gitcache_pack::early::MOST_WALKED`]), shared with the other fetches waiting.
+pub const MOST_EARLY_DEPTH: u32 = 128;
+
 /// The most haves of waiting fetches a board keeps for the objects found early.
 const MOST_EARLY_HAVES: usize = 64;
 
@@ -643,23 +648,35 @@ impl Board {
     /// The objects found early in the first pack, once posted, unless they are `seen`; they
     /// are looked for from now on ([`early_wanted`](Self::early_wanted)), for a fetch of
     /// `wants` among others, which has `haves` (an incremental fetch: the history from its
-    /// wants down to its haves is looked for too).
+    /// wants down to its haves is looked for too), or which is a shallow clone of `depth`
+    /// (past one, the history from its wants is looked for to that depth, at most
+    /// [`MOST_EARLY_DEPTH`]).
     pub async fn next_early(
         &self,
         seen: Option<&Arc<Early>>,
         wants: &[ObjectId],
         haves: &[ObjectId],
+        depth: Option<u32>,
     ) -> Arc<Early> {
         {
             let mut posted = self.posted();
             posted.early_wanted = true;
             let early = &mut posted.early_wants;
+            let deep = depth
+                .filter(|&depth| depth > 1 && haves.is_empty())
+                .map(|depth| depth.min(MOST_EARLY_DEPTH));
             for want in wants.iter().take(MOST_EARLY_WANTS_EACH) {
                 if early.tips.len() < MOST_EARLY_WANTS && !early.tips.contains(want) {
                     early.tips.push(*want);
                 }
                 if !haves.is_empty() && early.tips.contains(want) && !early.walked.contains(want) {
                     early.walked.push(*want);
+                }
+                if let Some(depth) = deep.filter(|_| early.tips.contains(want)) {
+                    match early.deep.iter_mut().find(|(id, _)| id == want) {
+                        Some((_, had)) => *had = (*had).max(depth),
+                        None => early.deep.push((*want, depth)),
+                    }
                 }
             }
             for have in haves.iter().take(MOST_EARLY_HAVES_EACH) {
@@ -671,6 +688,7 @@ impl Board {
                 wanted = early.tips.len(),
                 walked = early.walked.len(),
                 haves = early.haves.len(),
+                deep = early.deep.len(),
                 "waiting for the objects found as the first pack arrives"
             );
         }
@@ -1205,7 +1223,7 @@ mod tests {
         assert!(!board.early_wanted());
         let waiting = {
             let board = &board;
-            async move { board.next_early(None, &[oid(7)], &[]).await }
+            async move { board.next_early(None, &[oid(7)], &[], None).await }
         };
         tokio::pin!(waiting);
         assert!(poll_once(&mut waiting).is_none(), "nothing posted yet");
@@ -1223,13 +1241,13 @@ mod tests {
         let more = early();
         board.early(&second, Arc::clone(&more));
         assert!(Arc::ptr_eq(
-            &board.next_early(Some(&got), &[], &[]).await,
+            &board.next_early(Some(&got), &[], &[], None).await,
             &more
         ));
         board.clear();
         assert!(!board.early_wanted() && board.early_wants() == Default::default());
         board.early(&second, early());
-        let again = board.next_early(None, &[], &[]);
+        let again = board.next_early(None, &[], &[], None);
         tokio::pin!(again);
         assert!(
             poll_once(&mut again).is_none(),
@@ -1243,11 +1261,11 @@ mod tests {
     async fn one_fetch_of_many_wants_leaves_room_for_the_others() {
         let board = Board::default();
         let many: Vec<ObjectId> = (0..100).map(oid).collect();
-        let first = board.next_early(None, &many, &[]);
+        let first = board.next_early(None, &many, &[], None);
         tokio::pin!(first);
         assert!(poll_once(&mut first).is_none());
         let other = [oid(200)];
-        let second = board.next_early(None, &other, &[]);
+        let second = board.next_early(None, &other, &[], None);
         tokio::pin!(second);
         assert!(poll_once(&mut second).is_none());
         let wants = board.early_wants().tips;
@@ -1262,11 +1280,11 @@ mod tests {
     async fn the_wants_of_a_fetch_with_haves_are_walked_down_to_a_few_of_them() {
         let board = Board::default();
         let (one, two, three) = ([oid(1)], [oid(2)], [oid(3)]);
-        let shallow = board.next_early(None, &one, &[]);
+        let shallow = board.next_early(None, &one, &[], None);
         tokio::pin!(shallow);
         assert!(poll_once(&mut shallow).is_none());
         let haves: Vec<ObjectId> = (100..140).map(oid).collect();
-        let incremental = board.next_early(None, &two, &haves);
+        let incremental = board.next_early(None, &two, &haves, None);
         tokio::pin!(incremental);
         assert!(poll_once(&mut incremental).is_none());
         let wants = board.early_wants();
@@ -1277,11 +1295,11 @@ mod tests {
         // The room for wants taken: a later fetch's want is neither followed nor walked.
         for n in 0..MOST_EARLY_WANTS {
             let want = [oid(150 + n as u8)];
-            let many = board.next_early(None, &want, &[]);
+            let many = board.next_early(None, &want, &[], None);
             tokio::pin!(many);
             assert!(poll_once(&mut many).is_none());
         }
-        let late = board.next_early(None, &three, &haves);
+        let late = board.next_early(None, &three, &haves, None);
         tokio::pin!(late);
         assert!(poll_once(&mut late).is_none());
         let wants = board.early_wants();
@@ -1295,7 +1313,7 @@ mod tests {
                     ])
                 })
                 .collect();
-            let fetch = board.next_early(None, &two, &others);
+            let fetch = board.next_early(None, &two, &others, None);
             tokio::pin!(fetch);
             assert!(poll_once(&mut fetch).is_none());
         }

@@ -519,16 +519,17 @@ impl Registry {
 
     /// The objects of `key`'s first pack found as it arrived (see [`crate::live::Early`]),
     /// once a refresh making the mirror from nothing has them, unless they are `seen`, for a
-    /// fetch of `wants` that has `haves` (see [`Board::next_early`](crate::live::Board::next_early)).
+    /// fetch of `wants` that has `haves`, or is a shallow clone of `depth` (see
+    /// [`Board::next_early`](crate::live::Board::next_early)).
     pub async fn early_after(
         &self,
         key: &RepoKey,
         seen: Option<&Arc<crate::live::Early>>,
-        wants: &[gix_hash::ObjectId],
-        haves: &[gix_hash::ObjectId],
+        (wants, haves): (&[gix_hash::ObjectId], &[gix_hash::ObjectId]),
+        depth: Option<u32>,
     ) -> Arc<crate::live::Early> {
         let slot = self.slot(key);
-        slot.live.next_early(seen, wants, haves).await
+        slot.live.next_early(seen, wants, haves, depth).await
     }
 
     /// Once the reading of `key`'s first pack for the objects found early cut the history

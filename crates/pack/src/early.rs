@@ -222,6 +222,13 @@ pub struct Wants {
     /// commits past its haves. One not found is not waited for (a client's own commits are
     /// in no pack of the upstream's).
     pub haves: Vec<ObjectId>,
+    /// Commits (or tags of them) whose history is followed to a depth, each with it (1: the
+    /// commit alone, as in `tips`): what a shallow clone of that depth needs, each commit
+    /// within it with its closure at depth one. They take their commits from the walks' room
+    /// ([`MOST_WALKED`]), leaving its last quarter to walks from wants, as walks below haves
+    /// do; one there is no room for is not followed (an answer that needs it waits for the
+    /// mirror). A commit's parents are known as for walks.
+    pub deep: Vec<(ObjectId, u32)>,
 }
 
 impl From<Vec<ObjectId>> for Wants {
@@ -345,6 +352,9 @@ pub struct Tips {
     untold: bool,
     /// Walks from wants asked for once the want was found (see [`walked_late`](Tips::walked_late)).
     walked_late: usize,
+    /// Commits followed to a depth (see [`Wants::deep`]), each with the most generations
+    /// followed from it (itself included).
+    deep: IdMap<u32>,
 }
 
 /// The most commits refused to walks a [`Tips`] remembers (and tells of).
@@ -518,6 +528,7 @@ impl Tips {
             shared: None,
             untold: false,
             walked_late: 0,
+            deep: IdMap::default(),
         }
     }
 
@@ -687,9 +698,13 @@ impl Tips {
         self
     }
 
-    /// How many commits walks took (see [`Wants::walked`]).
+    /// How many commits walks took (see [`Wants::walked`]), and depths (see
+    /// [`Wants::deep`]): each once, from the same room.
     pub(crate) fn walked(&self) -> usize {
         self.walks.len()
+            + (self.deep.keys())
+                .filter(|id| !self.walks.contains_key(*id))
+                .count()
     }
 
     /// Whether a closure was lost (see [`complete`](Self::complete)).
@@ -735,7 +750,46 @@ impl Tips {
         for have in haves {
             self.below_have(have);
         }
+        for (id, depth) in wants.deep {
+            self.deepen(id, depth);
+        }
         self.tell();
+    }
+
+    /// Follow `id` and its history to `depth` generations (see [`Wants::deep`]): each commit
+    /// within it wanted whole, from the walks' room, and its parents followed once they are
+    /// known (at once if they are).
+    fn deepen(&mut self, id: ObjectId, depth: u32) {
+        let mut stack = vec![(id, depth)];
+        while let Some((id, depth)) = stack.pop() {
+            let had = self.deep.get(&id).copied();
+            if depth == 0 || had.is_some_and(|had| had >= depth) {
+                continue;
+            }
+            if had.is_none() && !self.walks.contains_key(&id) {
+                // The last of the room is for walks from wants, as below haves.
+                if self.walk_left == 0 || self.walk_left <= self.walk_reserve {
+                    continue;
+                }
+                self.walk_left -= 1;
+            }
+            self.deep.insert(id, depth);
+            self.want(id, true);
+            stack.extend(self.deeper(id, depth));
+        }
+    }
+
+    /// What is followed below `id`, followed to `depth` generations, as far as known: a
+    /// tag's target as deep, a commit's parents one less deep.
+    fn deeper(&self, id: ObjectId, depth: u32) -> Vec<(ObjectId, u32)> {
+        match self.seen.get(&id) {
+            Some(Seen::Tag(target)) => vec![(*target, depth)],
+            Some(Seen::Commit(_)) if depth > 1 => (self.parents.get(&id))
+                .map_or_else(Vec::new, |parents| {
+                    parents.iter().map(|parent| (*parent, depth - 1)).collect()
+                }),
+            _ => Vec::new(),
+        }
     }
 
     /// `id` taken by a walk `below` a have (see [`walks`](Self::walks)): wanted, and paid for
@@ -753,6 +807,12 @@ impl Tips {
                 if below.is_none() {
                     self.want(id, true);
                 }
+                true
+            }
+            // Taken by a shallow clone's depth already: its room is paid for.
+            None if self.deep.contains_key(&id) => {
+                self.walks.insert(id, below);
+                self.want(id, below.is_none());
                 true
             }
             None if self.walk_left == 0 => false,
@@ -1015,7 +1075,9 @@ impl Tips {
                 Ok(commit) => {
                     // Kept for walks, and bounded by them, and for the first commits found
                     // (a walk asked for later goes through them).
-                    let walked = self.walks.contains_key(&id) || self.haves.contains(&id);
+                    let walked = self.walks.contains_key(&id)
+                        || self.haves.contains(&id)
+                        || self.deep.contains_key(&id);
                     if commit.parents.len() <= MOST_PARENTS && !self.seen.contains_key(&id) {
                         if walked {
                             self.found_parents(id, commit.parents.into_boxed_slice());
@@ -1052,6 +1114,12 @@ impl Tips {
         }
         if self.walks.contains_key(&id) {
             self.walk(id);
+        }
+        if let Some(&depth) = self.deep.get(&id) {
+            // Now that what is below it is known.
+            for (below, depth) in self.deeper(id, depth) {
+                self.deepen(below, depth);
+            }
         }
         if needed && kind == gix_object::Kind::Tree {
             self.follow(data, hash, whole);
@@ -2154,6 +2222,7 @@ mod tests {
             tips: vec![tip],
             walked: vec![tip],
             haves: vec![have],
+            deep: Vec::new(),
         };
         let mut tips = Tips::default().wanting(wants.clone());
         found_all(&mut tips, &objects);
@@ -2305,6 +2374,7 @@ mod tests {
                 tips: vec![merge.0],
                 walked: vec![merge.0],
                 haves: vec![base.0],
+                deep: Vec::new(),
             });
         let mut kept = Kept::new(1 << 20);
         let changes = walks.changes();
@@ -2389,6 +2459,7 @@ mod tests {
             tips: vec![merge.0],
             walked: vec![merge.0],
             haves: vec![line[20].0, line[2].0],
+            deep: Vec::new(),
         });
         let mut at = 0;
         let mut found = |tips: &mut Tips, (id, data): &(ObjectId, Vec<u8>), kind| {
@@ -2506,6 +2577,73 @@ mod tests {
     /// fetch whose have lies further down; with the parents of the newest commit alone kept,
     /// it stops silently below it. The haves known by then are walked below too, leaving a
     /// quarter of the room to walks from wants.
+    /// A shallow clone deeper than one follows its want's history to its depth, each commit
+    /// with its closure, whether asked for before the commits come or once they went by
+    /// (through the parents kept ahead), and no further; within the walks' room only.
+    #[test]
+    fn a_deeper_shallow_clone_follows_the_history_to_its_depth() {
+        let (commits, objects) = history(10);
+        let tip = commits[9];
+        let deep = |depth: u32| Wants {
+            deep: vec![(tip, depth)],
+            ..Wants::default()
+        };
+        let followed = |tips: &Tips| -> Vec<usize> {
+            let closure = tips.closure().expect("not lost");
+            (0..commits.len())
+                .filter(|i| closure.contains(&commits[*i]))
+                .collect()
+        };
+        let trees = |tips: &Tips| {
+            let closure = tips.closure().expect("not lost");
+            (objects.iter())
+                .filter(|(id, kind, _)| *kind == Kind::Tree && closure.contains(id))
+                .count()
+        };
+        // Asked for before the pack is read.
+        let mut early = Tips::default().wanting(deep(3));
+        found_all(&mut early, &objects);
+        assert!(early.complete());
+        assert_eq!(followed(&early), vec![7, 8, 9]);
+        assert_eq!(trees(&early), 3);
+        // Depth one is the commit alone, as a tip is.
+        let mut one = Tips::default().wanting(deep(1));
+        found_all(&mut one, &objects);
+        assert_eq!((followed(&one), trees(&one)), (vec![9], 1));
+        // Asked for once the commits went by: through the parents kept of the first found.
+        let mut late = Tips::default();
+        let (commits_first, rest) = objects.split_at(commits.len());
+        found_all(&mut late, commits_first);
+        late.add(deep(4));
+        let mut kept = Kept::new(1 << 20);
+        for (at, (id, kind, data)) in rest.iter().enumerate() {
+            late.found((*id, (at + 100) as u64 * 10), *kind, data, HASH, &mut kept);
+        }
+        assert!(late.complete());
+        assert_eq!(followed(&late), vec![6, 7, 8, 9]);
+        assert_eq!(trees(&late), 4);
+        // Deeper again later: followed further, the commits taken once.
+        late.add(deep(5));
+        assert_eq!(followed(&late), vec![5, 6, 7, 8, 9]);
+        assert_eq!(late.walk_left, MOST_WALKED - 5);
+        // Room for two commits: the third is not followed (the answer needing it waits).
+        let mut narrow = Tips::default().walking_at_most(2).wanting(deep(3));
+        found_all(&mut narrow, &objects);
+        assert_eq!(followed(&narrow), vec![8, 9]);
+        // Room for eight: the last two are left to walks from wants.
+        let mut reserved = Tips::default().walking_at_most(8).wanting(deep(10));
+        found_all(&mut reserved, &objects);
+        assert_eq!(followed(&reserved), vec![4, 5, 6, 7, 8, 9]);
+        // A walk from a want down to the root, two commits: in that last quarter.
+        reserved.add(Wants {
+            tips: vec![commits[1]],
+            walked: vec![commits[1]],
+            ..Wants::default()
+        });
+        assert_eq!(reserved.walked(), 8);
+        assert!(!reserved.walks_ran_out());
+    }
+
     #[test]
     fn a_walk_asked_for_late_goes_through_the_parents_kept_ahead() {
         let (commits, objects) = history(14);
@@ -2535,6 +2673,7 @@ mod tests {
             tips: vec![tip],
             walked: vec![tip],
             haves: vec![commits[5]],
+            deep: Vec::new(),
         });
         assert!(late.walks_ran_out());
         assert!(walks.cut(&[tip], &[commits[5]]));
@@ -2550,6 +2689,7 @@ mod tests {
             tips: vec![tip],
             walked: vec![tip],
             haves: vec![commits[5]],
+            deep: Vec::new(),
         });
         assert_eq!(edge.walked(), 2);
         assert!(!edge.walks_ran_out());
@@ -2559,6 +2699,7 @@ mod tests {
             tips: vec![tip],
             walked: vec![tip],
             haves: vec![commits[5]],
+            deep: Vec::new(),
         });
         assert_eq!(edge.walked_late(), 1);
 
@@ -2570,6 +2711,7 @@ mod tests {
             tips: vec![tip],
             walked: vec![tip],
             haves: vec![commits[11]],
+            deep: Vec::new(),
         });
         let mut kept = Kept::new(1 << 20);
         for (at, (id, kind, data)) in objects.iter().enumerate() {
@@ -2597,6 +2739,7 @@ mod tests {
             tips: vec![tag_id],
             walked: vec![tag_id],
             haves: vec![commits[1]],
+            deep: Vec::new(),
         };
         let mut kept = Kept::new(1 << 20);
         let mut tips = Tips::default().wanting(wants.clone());

@@ -625,6 +625,7 @@ fn an_incremental_fetch_is_answered_from_what_arrived() {
         tips: vec![new_main],
         walked: vec![new_main],
         haves: haves.clone(),
+        deep: Vec::new(),
     };
     // The copy holds the closures alone, as a large pack's does.
     let closures_alone = Limits {
@@ -677,6 +678,7 @@ fn an_incremental_fetch_is_answered_from_what_arrived() {
         tips: vec![new_main],
         walked: Vec::new(),
         haves: haves.clone(),
+        deep: Vec::new(),
     });
     let (found, _) = scanned_within(&pack, &mut short, closures_alone);
     let dir = fixture.dir.path().join("short");

@@ -1494,6 +1494,47 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     });
 }
 
+/// A shallow clone deeper than one of a mirror being made from nothing is answered from the
+/// objects found in its first pack as it arrived (the history from the tip followed to the
+/// clone's depth as the commits came), before that pack is taken in: the same commits,
+/// shallow boundary and tags as such a clone from the upstream, one pack fetched upstream,
+/// and the mirror made all the same.
+#[test]
+fn a_deeper_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
+    let upstream = Upstream::start().unwrap();
+    public_repo(&upstream, "acme/widgets", &RepoSpec::medium(422));
+    let source = upstream.repo_path("acme/widgets");
+    let cache = Gitcache::start(&upstream, &[]);
+    let git = GitClient::new().unwrap();
+    let home = git.home().to_owned();
+
+    upstream.reset_counts();
+    hold_the_last_tenth_of_the_next_pack(&upstream, &source);
+    std::thread::scope(|scope| {
+        let _release = ReleaseHeld(&upstream);
+        let clone = scope.spawn(|| clone_at_depth(&git, &cache.url("acme/widgets"), "early", 5));
+        cache.log_with("early=true", 1);
+        clone.join().unwrap();
+    });
+    cache.log_with("deep=1", 1);
+    clone_at_depth(&git, &format!("file://{}", source.display()), "direct", 5);
+    let (early, direct) = (home.join("early"), home.join("direct"));
+    let history = |repo: &Path| git_stdout(repo, &["rev-list", "HEAD"]);
+    assert_eq!(history(&early).lines().count(), 5);
+    assert_eq!(history(&early), history(&direct));
+    assert_eq!(
+        std::fs::read_to_string(early.join(".git/shallow")).unwrap(),
+        std::fs::read_to_string(direct.join(".git/shallow")).unwrap()
+    );
+    let tags = |repo: &Path| git_stdout(repo, &["for-each-ref", "refs/tags"]);
+    assert_eq!(tags(&early), tags(&direct));
+
+    let mirror = cache.mirror(&upstream, "acme/widgets");
+    common::wait_for_mirror(&mirror, &source);
+    fsck(&mirror);
+    assert_eq!(upstream.counts().fetch, 1, "{:?}", upstream.counts());
+}
+
 /// A medium repository `acme/widgets` made from `seed` on `upstream`, and a client with
 /// clones of it in `dirs` of its home, made from the repository's folder.
 fn clones_of(upstream: &Upstream, seed: u64, dirs: &[&str]) -> (GitClient, PathBuf) {
@@ -2135,8 +2176,14 @@ fn metric(cache: &Gitcache, name: &str) -> f64 {
 
 /// `git clone --depth=1` of `url` into `into` under `git`'s home, checked; its `HEAD`.
 fn shallow_clone(git: &GitClient, url: &str, into: &str) -> String {
+    clone_at_depth(git, url, into, 1)
+}
+
+/// `git clone --depth=<depth>` of `url` into `into` under `git`'s home, checked; its `HEAD`.
+fn clone_at_depth(git: &GitClient, url: &str, into: &str, depth: u32) -> String {
     let home = git.home().to_owned();
-    git.run(&home, &["clone", "-q", "--depth=1", url, into])
+    let depth = format!("--depth={depth}");
+    git.run(&home, &["clone", "-q", &depth, url, into])
         .unwrap()
         .expect_success();
     fsck(&home.join(into));
