@@ -225,9 +225,9 @@ pub struct Wants {
     /// Commits (or tags of them) whose history is followed to a depth, each with it (1: the
     /// commit alone, as in `tips`): what a shallow clone of that depth needs, each commit
     /// within it with its closure at depth one. They take their commits from the walks' room
-    /// ([`MOST_WALKED`]), leaving its last quarter to walks from wants, as walks below haves
-    /// do; one there is no room for is not followed (an answer that needs it waits for the
-    /// mirror). A commit's parents are known as for walks.
+    /// ([`MOST_WALKED`]), half of it at most, leaving its last quarter to walks from wants, as
+    /// walks below haves do; one there is no room for is not followed (an answer that needs
+    /// it waits for the mirror). A commit's parents are known as for walks.
     pub deep: Vec<(ObjectId, u32)>,
 }
 
@@ -740,7 +740,7 @@ impl Tips {
             .collect();
         for id in wants.walked {
             let late = matches!(self.seen.get(&id), Some(Seen::Commit(_)));
-            if self.take_walk(id, None) {
+            if self.take_walk(id, None, true) {
                 self.walked_late += usize::from(late);
                 self.walk(id);
             } else if !self.walks.contains_key(&id) {
@@ -767,8 +767,12 @@ impl Tips {
                 continue;
             }
             if had.is_none() && !self.walks.contains_key(&id) {
-                // The last of the room is for walks from wants, as below haves.
-                if self.walk_left == 0 || self.walk_left <= self.walk_reserve {
+                // The last of the room is for walks from wants, as below haves; and depths
+                // take half of it at most.
+                if self.walk_left == 0
+                    || self.walk_left <= self.walk_reserve
+                    || self.deep.len() >= MOST_WALKED / 2
+                {
                     continue;
                 }
                 self.walk_left -= 1;
@@ -795,8 +799,10 @@ impl Tips {
     /// `id` taken by a walk `below` a have (see [`walks`](Self::walks)): wanted, and paid for
     /// from what walks may take, unless a walk took it already; or its walk goes on from it
     /// again when this one goes further below it (a walk from a want through a commit a
-    /// walk below another client's have took first). Whether it is to be walked from.
-    fn take_walk(&mut self, id: ObjectId, below: Option<u8>) -> bool {
+    /// walk below another client's have took first). Whether it is to be walked from. A walk
+    /// `from_want` (a want, or what a want's walk reaches, its haves included) may take the
+    /// last quarter of the room too.
+    fn take_walk(&mut self, id: ObjectId, below: Option<u8>, from_want: bool) -> bool {
         // How many generations further down a walk so labelled goes.
         let reach = |below: Option<u8>| below.map_or(u16::MAX, |g| u16::from(BELOW_HAVES - g));
         match self.walks.get(&id) {
@@ -817,7 +823,7 @@ impl Tips {
             }
             None if self.walk_left == 0 => false,
             // The last of the room is for walks from wants.
-            None if below.is_some() && self.walk_left <= self.walk_reserve => false,
+            None if !from_want && self.walk_left <= self.walk_reserve => false,
             None => {
                 self.walk_left -= 1;
                 self.walks.insert(id, below);
@@ -842,7 +848,7 @@ impl Tips {
         if let Some(parents) = self.parents.get(&id).cloned() {
             self.share_parents(id, &parents);
         }
-        if self.take_walk(id, Some(0)) {
+        if self.take_walk(id, Some(0), false) {
             self.walk(id);
         }
     }
@@ -861,7 +867,7 @@ impl Tips {
                 Some(Seen::Tag(target)) => {
                     let target = *target;
                     self.share_parents(id, &[target]);
-                    if self.take_walk(target, below) {
+                    if self.take_walk(target, below, below.is_none()) {
                         stack.push(target);
                     } else if below.is_none() && !self.walks.contains_key(&target) {
                         self.refuse(target);
@@ -889,7 +895,7 @@ impl Tips {
                     Some(generations) if generations < BELOW_HAVES => Some(generations + 1),
                     Some(_) => continue,
                 };
-                if self.take_walk(parent, label) {
+                if self.take_walk(parent, label, below.is_none()) {
                     stack.push(parent);
                 } else if below.is_none() && !self.walks.contains_key(&parent) {
                     // Refused from a want's walk (a have too: its trees are then not
@@ -2572,11 +2578,6 @@ mod tests {
         assert!(!closure.contains(&blob_of(3)), "nor the have's");
     }
 
-    /// A walk asked for once every commit went by goes through the parents kept ahead, as
-    /// far as they were kept, and shares what it goes through: run out of room, it cuts a
-    /// fetch whose have lies further down; with the parents of the newest commit alone kept,
-    /// it stops silently below it. The haves known by then are walked below too, leaving a
-    /// quarter of the room to walks from wants.
     /// A shallow clone deeper than one follows its want's history to its depth, each commit
     /// with its closure, whether asked for before the commits come or once they went by
     /// (through the parents kept ahead), and no further; within the walks' room only.
@@ -2642,8 +2643,31 @@ mod tests {
         });
         assert_eq!(reserved.walked(), 8);
         assert!(!reserved.walks_ran_out());
+        // A want's walk through the depth's commits (paid for already) to its have, once the
+        // depths left only the last quarter: the have is taken from that quarter, nothing
+        // is refused, the fetch's history is not cut.
+        let walks = std::sync::Arc::new(Walks::default());
+        let mut both = Tips::default()
+            .walking_at_most(8)
+            .sharing_walks(std::sync::Arc::clone(&walks))
+            .wanting(deep(10));
+        found_all(&mut both, &objects);
+        both.add(Wants {
+            tips: vec![tip],
+            walked: vec![tip],
+            haves: vec![commits[3]],
+            ..Wants::default()
+        });
+        assert_eq!(both.walked(), 7);
+        assert!(!both.walks_ran_out());
+        assert!(!walks.cut(&[tip], &[commits[3]]));
     }
 
+    /// A walk asked for once every commit went by goes through the parents kept ahead, as
+    /// far as they were kept, and shares what it goes through: run out of room, it cuts a
+    /// fetch whose have lies further down; with the parents of the newest commit alone kept,
+    /// it stops silently below it. The haves known by then are walked below too, leaving a
+    /// quarter of the room to walks from wants.
     #[test]
     fn a_walk_asked_for_late_goes_through_the_parents_kept_ahead() {
         let (commits, objects) = history(14);

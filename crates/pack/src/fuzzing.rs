@@ -630,17 +630,14 @@ pub fn incoming(data: &[u8]) {
             let later = later.clone();
             let posted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             // With the id no pack holds, the history of the first is walked down to the
-            // last few found (as an incremental fetch's is); without it, the history of the
-            // first two is followed four deep (as a deeper shallow clone's is).
+            // last few found (as an incremental fetch's is); and the history of the first two
+            // is followed four deep (as a deeper shallow clone's is).
             let walks = crate::early::Wants {
                 tips: Vec::new(),
                 walked: lacked.map_or_else(Vec::new, |_| first.to_vec()),
                 haves: lacked
                     .map_or_else(Vec::new, |_| later.iter().rev().take(4).copied().collect()),
-                deep: match lacked {
-                    None => first.iter().take(2).map(|id| (*id, 4)).collect(),
-                    Some(_) => Vec::new(),
-                },
+                deep: first.iter().take(2).map(|id| (*id, 4)).collect(),
             };
             let haves = walks.haves.clone();
             let shared = std::sync::Arc::new(crate::early::Walks::default());

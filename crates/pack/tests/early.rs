@@ -605,6 +605,56 @@ fn a_commit_wanted_once_the_scan_began_is_followed() {
     answered_as_git(&fixture, &Repository::open(&early).unwrap(), &request);
 }
 
+/// A shallow clone deeper than one, its history followed to its depth: what the scan found
+/// (the closures alone copied, as a large pack's are) answers it as the whole repository
+/// does, the same shallow commits and objects, the scan stopped before the pack's end.
+/// Followed one generation less deep, the answer is not held whole.
+#[test]
+fn a_deeper_shallow_clone_is_answered_from_what_arrived() {
+    let fixture = Fixture::new(RepoSpec::medium(17));
+    let main = fixture.rev("refs/heads/main");
+    let pack = clone_pack(&fixture.src);
+    let closures_alone = Limits {
+        copy_all_bytes: 0,
+        ..Limits::default()
+    };
+    let mut request = fetch(vec![main]);
+    (request.deepen, request.include_tag) = (Some(7), true);
+    let answer_of = |repo: &Repository| {
+        let planned = plan(repo, &request, fixture.format, &Options::default()).unwrap();
+        let held = planned.held_whole();
+        let mut body = Vec::new();
+        planned.write_to(&mut body).unwrap();
+        let answer = parse_fetch_response(&body, fixture.format).unwrap();
+        let pack = answer.pack.expect("a pack");
+        let count = u32::from_be_bytes(pack[8..12].try_into().unwrap());
+        (held, answer.shallow, count)
+    };
+    let whole = answer_of(&Repository::open(&fixture.src).unwrap());
+    for (depth, dir) in [(7, "deep"), (6, "shallower")] {
+        let mut tips = Tips::default().wanting(Wants {
+            tips: vec![main],
+            deep: vec![(main, depth)],
+            ..Wants::default()
+        });
+        let (found, read) = scanned_within(&pack, &mut tips, closures_alone);
+        assert!(tips.complete());
+        assert!(read < pack.len(), "stopped before the pack's end");
+        let dir = fixture.dir.path().join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (early, _) = early_repository_of(&fixture.src, &dir, &pack, &found);
+        let repo = Repository::open(&early).unwrap();
+        match depth {
+            7 => assert_eq!(answer_of(&repo), whole),
+            _ => {
+                let planned = plan(&repo, &request, fixture.format, &Options::default());
+                assert!(planned.is_err() || !planned.unwrap().held_whole());
+            }
+        }
+    }
+    assert!(!whole.1.is_empty(), "a shallow boundary");
+}
+
 /// An incremental fetch, its history walked from the want down to the client's haves: what
 /// the scan found answers it as git does (thin or not, with `done` or negotiating), the
 /// client whole after; it acknowledges the have it reached, and is ready. The scan stops
