@@ -2672,6 +2672,13 @@ mod tests {
     fn a_walk_asked_for_late_goes_through_the_parents_kept_ahead() {
         let (commits, objects) = history(14);
         let tip = commits[13];
+        // The tip walked down to a have far below it.
+        let far = || Wants {
+            tips: vec![tip],
+            walked: vec![tip],
+            haves: vec![commits[5]],
+            ..Wants::default()
+        };
         let closure_of = |tips: &Tips| -> Vec<usize> {
             let closure = tips.closure().expect("not lost");
             (0..commits.len())
@@ -2693,12 +2700,7 @@ mod tests {
             .sharing_walks(std::sync::Arc::clone(&walks));
         commits_found(&mut late);
         assert!(!walks.cut(&[tip], &[commits[5]]), "nothing walked yet");
-        late.add(Wants {
-            tips: vec![tip],
-            walked: vec![tip],
-            haves: vec![commits[5]],
-            deep: Vec::new(),
-        });
+        late.add(far());
         assert!(late.walks_ran_out());
         assert!(walks.cut(&[tip], &[commits[5]]));
         assert!(!walks.cut(&[tip], &[commits[12]]));
@@ -2709,22 +2711,12 @@ mod tests {
             ..Tips::default()
         };
         commits_found(&mut edge);
-        edge.add(Wants {
-            tips: vec![tip],
-            walked: vec![tip],
-            haves: vec![commits[5]],
-            deep: Vec::new(),
-        });
+        edge.add(far());
         assert_eq!(edge.walked(), 2);
         assert!(!edge.walks_ran_out());
         assert_eq!((late.walked_late(), edge.walked_late()), (1, 1));
         // Asked for again: not a walk of its own.
-        edge.add(Wants {
-            tips: vec![tip],
-            walked: vec![tip],
-            haves: vec![commits[5]],
-            deep: Vec::new(),
-        });
+        edge.add(far());
         assert_eq!(edge.walked_late(), 1);
 
         // The have found before it was asked for is walked below, within what the walks

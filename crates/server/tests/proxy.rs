@@ -1420,6 +1420,25 @@ fn hold_the_last_tenth_of_the_next_pack(upstream: &Upstream, source: &Path) {
     trickle_next_pack(upstream, 256 << 10, 30);
 }
 
+/// `clone`, run while `upstream` holds back the last tenth of its next pack (a clone of all
+/// of `source`, its counts reset first), once `cache` logged its early answer: the mirror
+/// cannot be made first, however slowly the reading goes (what is held is let go should
+/// the line not come).
+fn answered_early_while_held(
+    (upstream, source): (&Upstream, &Path),
+    cache: &Gitcache,
+    clone: impl FnOnce() -> String + Send,
+) {
+    upstream.reset_counts();
+    hold_the_last_tenth_of_the_next_pack(upstream, source);
+    std::thread::scope(|scope| {
+        let _release = ReleaseHeld(upstream);
+        let clone = scope.spawn(clone);
+        cache.log_with("early=true", 1);
+        clone.join().unwrap();
+    });
+}
+
 /// A shallow clone of a mirror being made from nothing is answered from the objects found in
 /// the mirror's first pack as it arrived, before that pack is indexed and checked: the same
 /// commit and tags as a shallow clone from the upstream, one pack fetched upstream, and the
@@ -1435,15 +1454,8 @@ fn a_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_in() {
     let git = GitClient::new().unwrap();
     let home = git.home().to_owned();
 
-    upstream.reset_counts();
-    // Its last part held until the clone was answered (it needs the first part only), so
-    // that the mirror cannot be made first, however slowly the reading goes.
-    hold_the_last_tenth_of_the_next_pack(&upstream, &source);
-    std::thread::scope(|scope| {
-        let _release = ReleaseHeld(&upstream);
-        let clone = scope.spawn(|| shallow_clone(&git, &cache.url("acme/widgets"), "early"));
-        cache.log_with("early=true", 1);
-        clone.join().unwrap();
+    answered_early_while_held((&upstream, &source), &cache, || {
+        shallow_clone(&git, &cache.url("acme/widgets"), "early")
     });
     let early = home.join("early");
     // Planned once: the check's plan is the one written.
@@ -1528,13 +1540,8 @@ fn a_deeper_shallow_clone_of_a_new_mirror_is_answered_before_its_pack_is_taken_i
     let git = GitClient::new().unwrap();
     let home = git.home().to_owned();
 
-    upstream.reset_counts();
-    hold_the_last_tenth_of_the_next_pack(&upstream, &source);
-    std::thread::scope(|scope| {
-        let _release = ReleaseHeld(&upstream);
-        let clone = scope.spawn(|| clone_at_depth(&git, &cache.url("acme/widgets"), "early", 5));
-        cache.log_with("early=true", 1);
-        clone.join().unwrap();
+    answered_early_while_held((&upstream, &source), &cache, || {
+        clone_at_depth(&git, &cache.url("acme/widgets"), "early", 5)
     });
     cache.log_with("haves=0 deep=1", 1);
     clone_at_depth(&git, &format!("file://{}", source.display()), "direct", 5);
