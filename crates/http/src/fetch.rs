@@ -237,10 +237,11 @@ struct Vouched {
     who: crate::access::Fingerprint,
     /// When the gate let the request in.
     checked: std::time::Instant,
-    /// The repository's stored answers' removals then (see [`Responder::removals`]).
+    /// This request, with the repository's stored answers' removals then (see
+    /// [`Responder::asked`]).
     ///
-    /// [`Responder::removals`]: crate::responder::Responder::removals
-    removals: (u64, u64),
+    /// [`Responder::asked`]: crate::responder::Responder::asked
+    asked: crate::response_cache::Asked,
 }
 
 impl Fetches {
@@ -263,7 +264,7 @@ impl Fetches {
         let vouched = Vouched {
             who: crate::proxy::fingerprint(headers),
             checked,
-            removals: self.responder.removals(&target.key.relative_path()),
+            asked: self.responder.asked(&target.key.relative_path()),
         };
         // The mirror's background work (the checks when it is first opened, the maintenance
         // a refresh asks for) waits until this answer is handed over.
@@ -610,13 +611,7 @@ impl Fetches {
                     tracing::warn!(%err, result = "stale", "upstream unavailable, serving the mirror as it is");
                     let response = self
                         .responder
-                        .serve_since(
-                            target.key.relative_path(),
-                            repo,
-                            stale,
-                            kind,
-                            vouched.removals,
-                        )
+                        .serve_since(target.key.relative_path(), repo, stale, kind, vouched.asked)
                         .await;
                     return Ok(with_state(response, CacheState::Stale));
                 }
@@ -753,7 +748,7 @@ impl Fetches {
                 found,
                 fetch.clone(),
                 kind,
-                vouched.removals,
+                vouched.asked,
             )
             .await;
         Ok(match answer {
@@ -789,13 +784,7 @@ impl Fetches {
         }
         Ok(self
             .responder
-            .serve_since(
-                target.key.relative_path(),
-                repo,
-                fetch,
-                kind,
-                vouched.removals,
-            )
+            .serve_since(target.key.relative_path(), repo, fetch, kind, vouched.asked)
             .await
             .map(|body| body.holding(answering)))
     }

@@ -17,8 +17,8 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::body::{Body, ChannelWriter, GiveWay, Spill};
 use crate::metrics;
 use crate::response_cache::{
-    Lookup, Regenerate, ResponseCache, ResponseKey, Resume, follow, response_key, send_stored,
-    still_keyed,
+    Asked, Lookup, Regenerate, ResponseCache, ResponseKey, Resume, follow, response_key,
+    send_stored, still_keyed,
 };
 
 /// The content type of upload-pack results.
@@ -89,13 +89,14 @@ impl Responder {
         self.cache.as_ref()
     }
 
-    /// How many times the stored answers of the repository at `rel` were removed, here and
-    /// from the bucket: taken before its mirror is opened, an answer made from that handle
-    /// is not stored after a removal (a purge) since ([`serve_since`](Self::serve_since)).
-    pub(crate) fn removals(&self, rel: &std::path::Path) -> (u64, u64) {
-        self.cache.as_ref().map_or((0, 0), |cache| {
+    /// A new request for the repository at `rel`, with how many times its stored answers
+    /// were removed, here and from the bucket: taken before its mirror is opened, an answer
+    /// made from that handle is not stored after a removal (a purge) since
+    /// ([`serve_since`](Self::serve_since)).
+    pub(crate) fn asked(&self, rel: &std::path::Path) -> Asked {
+        Asked::new(self.cache.as_ref().map_or((0, 0), |cache| {
             (cache.removals_of(rel), cache.shared_deletions_of(rel))
-        })
+        }))
     }
 
     /// Answer `fetch` from `repo`, through the response cache when it applies: a stored
@@ -108,19 +109,20 @@ impl Responder {
         fetch: Fetch,
         kind: HashKind,
     ) -> Response<Body> {
-        let removals = self.removals(&rel);
-        self.serve_since(rel, repo, fetch, kind, removals).await
+        let asked = self.asked(&rel);
+        self.serve_since(rel, repo, fetch, kind, asked).await
     }
 
-    /// [`serve`](Self::serve) with `repo` opened after the repository's stored answers had
-    /// been removed `removals` times ([`removals`](Self::removals)).
+    /// [`serve`](Self::serve) for the request `asked`, with `repo` opened after the
+    /// repository's stored answers had been removed `asked.removals` times
+    /// ([`asked`](Self::asked)).
     pub(crate) async fn serve_since(
         &self,
         rel: PathBuf,
         repo: Arc<Repository>,
         fetch: Fetch,
         kind: HashKind,
-        removals: (u64, u64),
+        asked: Asked,
     ) -> Response<Body> {
         let Some(cache) = &self.cache else {
             return self
@@ -152,7 +154,7 @@ impl Responder {
             repo,
             fetch,
             kind,
-            removals,
+            asked,
             held: None,
         };
         self.serve_keyed(cache, answer, keyed, None).await
@@ -216,7 +218,7 @@ impl Responder {
             repo,
             fetch,
             kind,
-            removals,
+            asked,
             held,
         } = answer;
         let key = keyed.key.clone();
@@ -272,7 +274,7 @@ impl Responder {
             // made it, joining it, then lets go of nothing it needs.
             let shared = planned.clone();
             tokio::task::spawn_blocking(move || {
-                cache.lookup_since(&rel, &key, regenerate, removals, move || {
+                cache.lookup_since(&rel, &key, regenerate, asked, move || {
                     shared.and_then(|shared| shared.take())
                 })
             })
@@ -413,7 +415,7 @@ impl Responder {
         early: &Arc<gitcache_mirror::live::Early>,
         fetch: Fetch,
         kind: HashKind,
-        removals: (u64, u64),
+        asked: Asked,
     ) -> Option<Response<Body>> {
         let repo = early.repository();
         let hold: Held = Arc::clone(early) as Held;
@@ -483,7 +485,7 @@ impl Responder {
             repo,
             fetch,
             kind,
-            removals,
+            asked,
             held: Some(hold),
         };
         let response = self.serve_keyed(cache, answer, keyed, Some(shared)).await;
@@ -655,8 +657,8 @@ struct Answer {
     repo: Arc<Repository>,
     fetch: Fetch,
     kind: HashKind,
-    /// See [`Responder::removals`].
-    removals: (u64, u64),
+    /// See [`Responder::asked`].
+    asked: Asked,
     /// What `repo`'s files need to stay (see [`gitcache_mirror::live::Early`]).
     held: Option<Held>,
 }
@@ -1372,21 +1374,21 @@ mod tests {
                 .stored
                 .load(std::sync::atomic::Ordering::Relaxed)
         };
-        let answer = |removals| {
+        let answer = |asked| {
             let repo = Arc::new(Repository::open(&git_dir).unwrap());
             let response =
-                responder.serve_since(rel.clone(), repo, fetch.clone(), HashKind::Sha1, removals);
+                responder.serve_since(rel.clone(), repo, fetch.clone(), HashKind::Sha1, asked);
             async move {
                 let body = response.await.into_body().collect().await.unwrap();
                 body.to_bytes()
             }
         };
-        let before = responder.removals(&rel);
+        let before = responder.asked(&rel);
         cache.remove_repo(&rel).unwrap();
         let sent = answer(before).await;
         assert!(sent.windows(4).any(|w| w == b"PACK"), "the answer is sent");
         assert_eq!(stored(), 0, "not stored after the purge");
-        let again = answer(responder.removals(&rel)).await;
+        let again = answer(responder.asked(&rel)).await;
         assert_eq!(again, sent);
         assert_eq!(stored(), 1);
     }

@@ -217,13 +217,37 @@ pub(crate) enum Lookup {
     Live,
 }
 
+/// One request, as the response cache counts it: how often its repository's stored answers
+/// had been removed when it took its mirror (here, and from the bucket: see
+/// [`ResponseCache::removals_of`] and [`ResponseCache::shared_deletions_of`]), and which
+/// request it is. A request may look its answer up twice (among the objects found early in
+/// a mirror's first pack, then in the mirror once it lands): it is asked once, as an answer
+/// stored on its second request counts requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Asked {
+    pub(crate) removals: (u64, u64),
+    request: u64,
+}
+
+impl Asked {
+    /// A new request, made when its repository's answers had been removed `removals` times.
+    pub(crate) fn new(removals: (u64, u64)) -> Self {
+        static REQUESTS: AtomicU64 = AtomicU64::new(0);
+        Asked {
+            removals,
+            request: REQUESTS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
 /// The cache of one proxy.
 #[derive(Debug)]
 pub(crate) struct ResponseCache {
     store: ResponseStore,
     config: ResponseCacheConfig,
     flights: Flights,
-    seen: Mutex<crate::bounded::Bounded<FlightKey, Instant>>,
+    /// When each key was last asked for, and by which request (see [`Asked`]).
+    seen: Mutex<crate::bounded::Bounded<FlightKey, (Instant, u64)>>,
     stats: Arc<ResponseCacheStats>,
     /// Tests: the store fails once an entry would exceed this many bytes.
     fail_store_after: Option<u64>,
@@ -721,13 +745,13 @@ impl ResponseCache {
     /// `regenerate` is how readers of a new generation finish if the store fails.
     #[cfg(test)]
     pub(crate) fn lookup(&self, repo: &Path, key: &str, regenerate: Regenerate) -> Lookup {
-        let since = (self.removals_of(repo), self.shared_deletions_of(repo));
+        let since = Asked::new((self.removals_of(repo), self.shared_deletions_of(repo)));
         self.lookup_since(repo, key, regenerate, since, || ()).0
     }
 
-    /// The cache's answer for `key` of `repo` (stored, joined, led, or live), for a request
-    /// that took its mirror when `repo`'s answers had
-    /// been removed `removals.0` times here ([`ResponseCache::removals_of`]) and `removals.1`
+    /// The cache's answer for `key` of `repo` (stored, joined, led, or live), for the
+    /// request `asked`, which took its mirror when `repo`'s answers had been removed
+    /// `asked.removals.0` times here ([`ResponseCache::removals_of`]) and `asked.removals.1`
     /// times from the bucket ([`ResponseCache::shared_deletions_of`]): a generation it leads
     /// is not stored if they were removed here since (it reads the mirror as it was), nor
     /// shared if they were deleted from the bucket since. A new generation is listed only
@@ -738,11 +762,11 @@ impl ResponseCache {
         repo: &Path,
         key: &str,
         regenerate: Regenerate,
-        removals: (u64, u64),
+        asked: Asked,
         lead: impl FnOnce() -> T,
     ) -> (Lookup, Option<T>) {
         let (mut lead, mut led) = (Some(lead), None);
-        let lookup = self.look_up(repo, key, regenerate, removals, &mut || {
+        let lookup = self.look_up(repo, key, regenerate, asked, &mut || {
             led = lead.take().map(|lead| lead());
         });
         (lookup, led)
@@ -754,9 +778,10 @@ impl ResponseCache {
         repo: &Path,
         key: &str,
         regenerate: Regenerate,
-        removals: (u64, u64),
+        asked: Asked,
         lead: &mut dyn FnMut(),
     ) -> Lookup {
+        let removals = asked.removals;
         let id: FlightKey = (repo.to_owned(), key.to_owned());
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         // A flight nobody reads any more is being given up (its work stops, see
@@ -791,10 +816,11 @@ impl ResponseCache {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             let window = self.config.admission_window;
             let now = Instant::now();
-            seen.make_room(|_, at| now.duration_since(*at) < window);
+            seen.make_room(|_, (at, _)| now.duration_since(*at) < window);
+            // Asked again by the same request (see `Asked`): still asked once.
             let admitted = seen
-                .insert(id.clone(), now)
-                .is_some_and(|at| now.duration_since(at) < window);
+                .insert(id.clone(), (now, asked.request))
+                .is_some_and(|(at, by)| by != asked.request && now.duration_since(at) < window);
             if !admitted {
                 return Lookup::Live;
             }
@@ -1936,7 +1962,7 @@ mod tests {
     #[test]
     fn what_a_lead_takes_comes_with_the_lead_only() {
         let (_root, cache) = new_cache();
-        let since = (cache.removals_of(Path::new(REPO)), 0);
+        let since = Asked::new((cache.removals_of(Path::new(REPO)), 0));
         let taken = std::sync::atomic::AtomicUsize::new(0);
         let take = || taken.fetch_add(1, Ordering::SeqCst) + 1;
         let (Lookup::Lead(generation, reader), Some(1)) =
@@ -1954,6 +1980,33 @@ mod tests {
         assert_eq!(taken.load(Ordering::SeqCst), 1);
     }
 
+    /// Stored on the second request: a request that looks its answer up twice (among the
+    /// objects found early, then in the mirror once it has landed) is one request, not two.
+    #[test]
+    fn a_request_looking_its_answer_up_twice_is_asked_once() {
+        let root = tempfile::tempdir().unwrap();
+        let config = ResponseCacheConfig {
+            admit_on_second_request: true,
+            ..ResponseCacheConfig::default()
+        };
+        let cache = ResponseCache::new(root.path().join("r"), config).unwrap();
+        let lookup = |asked| {
+            cache
+                .lookup_since(Path::new(REPO), "k", writer_of(Vec::new()), asked, || ())
+                .0
+        };
+        let first = Asked::new((0, 0));
+        assert!(matches!(lookup(first), Lookup::Live));
+        assert!(
+            matches!(lookup(first), Lookup::Live),
+            "asked again by the same request"
+        );
+        let Lookup::Lead(generation, reader) = lookup(Asked::new((0, 0))) else {
+            panic!("the second request leads a stored generation");
+        };
+        drop((reader, generation));
+    }
+
     /// A generation begun before its repository's answers were removed (a purge: it reads
     /// the mirror as it was) is sent whole to its readers and not stored after the removal.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1961,7 +2014,7 @@ mod tests {
         let (_root, cache) = new_cache();
         let bytes = content(50_000);
         // The request took its mirror, then the purge came, then it leads a generation.
-        let before = (cache.removals_of(Path::new(REPO)), 0);
+        let before = Asked::new((cache.removals_of(Path::new(REPO)), 0));
         cache.remove_repo(Path::new(REPO)).unwrap();
         let (Lookup::Lead(generation, reader), Some(())) =
             cache.lookup_since(Path::new(REPO), "k", writer_of(Vec::new()), before, || ())
