@@ -271,7 +271,8 @@ fn copy(
     let name = packs.join(format!("pack-{}", written.checksum));
     std::fs::rename(&copy, name.with_extension("pack")).map_err(|err| err.to_string())?;
     std::fs::rename(&index, name.with_extension("idx")).map_err(|err| err.to_string())?;
-    let repo = gitcache_pack::Repository::open(dir.git_dir()).map_err(|err| err.to_string())?;
+    let repo =
+        gitcache_pack::Repository::open_unchecked(dir.git_dir()).map_err(|err| err.to_string())?;
     crate::mirror::write_refs(dir.git_dir(), &repo, refs).map_err(|err| err.to_string())?;
     Ok(Early::new(repo, written, dir))
 }

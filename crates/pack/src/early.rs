@@ -46,21 +46,14 @@ use crate::{Error, PackEntry};
 type IdSet = std::collections::HashSet<ObjectId, Keyed>;
 type IdMap<V> = HashMap<ObjectId, V, Keyed>;
 
-/// `foldhash` (as fast as hashing an id by its bytes, measured) keyed from the operating
-/// system's randomness, as std's SipHash is: once per process, and per map. (foldhash's own
-/// random state seeds itself from addresses and the time.)
+/// `foldhash` (as fast as hashing an id by its bytes here, measured), keyed (see
+/// [`crate::ids::keyed_state`]).
 #[derive(Clone)]
 struct Keyed(foldhash::fast::SeedableRandomState);
 
 impl Default for Keyed {
     fn default() -> Self {
-        use std::hash::BuildHasher as _;
-        static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
-        let shared = SHARED.get_or_init(|| {
-            foldhash::SharedSeed::from_u64(std::hash::RandomState::new().hash_one(0u64))
-        });
-        let own = std::hash::RandomState::new().hash_one(1u64);
-        Keyed(foldhash::fast::SeedableRandomState::with_seed(own, shared))
+        Keyed(crate::ids::keyed_state())
     }
 }
 

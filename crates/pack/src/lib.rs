@@ -48,6 +48,7 @@ mod error;
 mod filter;
 mod forest;
 mod graph;
+mod ids;
 pub mod incoming;
 mod indexing;
 mod mapped;
@@ -96,10 +97,7 @@ pub fn tagged(data: &[u8], hash: gix_hash::Kind) -> Option<(gix_hash::ObjectId, 
 
 use objects::Objects;
 
-/// A set of object ids hashed by their own (already random) bytes.
-pub(crate) type OidSet = gix_hashtable::HashSet<ObjectId>;
-/// A map keyed by object ids, hashed by their own bytes.
-pub(crate) type OidMap<V> = gix_hashtable::HashMap<ObjectId, V>;
+pub(crate) use ids::{OidMap, OidSet};
 use select::Selection;
 use write::{PackWriter, WriteOptions};
 
@@ -207,6 +205,9 @@ pub struct PackPlan {
     bitmaps: bool,
     /// The objects were found by walking the history.
     walked: bool,
+    /// Planned on a repository whose objects were not checked: written in an
+    /// [`ids::Unchecked`] scope.
+    unchecked: bool,
 }
 
 impl std::fmt::Debug for PackPlan {
@@ -337,6 +338,7 @@ impl PackPlan {
 
     /// The pack itself, from the stored file or object by object.
     fn pack_bytes(&mut self, out: &mut impl Write) -> Result<PackStats, Error> {
+        let _keyed = self.unchecked.then(ids::Unchecked::enter);
         match &self.source {
             Source::WholePack { path, count } => {
                 let bytes = std::io::copy(&mut std::fs::File::open(path)?, out)?;
@@ -364,6 +366,7 @@ impl PackPlan {
     }
 
     fn write_to<W: Write>(mut self, out: W) -> Result<PackStats, Error> {
+        let _keyed = self.unchecked.then(ids::Unchecked::enter);
         let mut w = ResponseWriter::new(out, self.sideband_all);
         if let Some(common) = &self.acks {
             w.acknowledgments(common, true)?;
@@ -432,6 +435,7 @@ pub fn plan(
             client: client_format,
         });
     }
+    let _keyed = repo.unchecked_scope();
     // Listed first: the object handles read commits from the graphs of the packs listed.
     let stored = repo.stored_packs()?;
     let graphs = repo::graphs_of(&stored);
@@ -466,6 +470,7 @@ pub fn plan(
             sideband_all: fetch.sideband_all,
             bitmaps: false,
             walked: false,
+            unchecked: repo.is_unchecked(),
         })));
     }
 
@@ -581,6 +586,7 @@ pub fn plan(
         sideband_all: fetch.sideband_all,
         bitmaps: used_bitmaps,
         walked,
+        unchecked: repo.is_unchecked(),
     })))
 }
 

@@ -62,6 +62,8 @@ pub struct Repository {
     listed: std::sync::Mutex<Option<Listed>>,
     /// Trees kept for its answers (see [`Repository::keep_head_trees`]).
     trees: std::sync::Arc<crate::trees::TreeCache>,
+    /// Its objects were not checked (see [`Repository::open_unchecked`]).
+    unchecked: bool,
 }
 
 /// What a listing of the packs found, kept for the object handles made after it.
@@ -107,7 +109,32 @@ impl Repository {
             indexes: Default::default(),
             listed: Default::default(),
             trees: std::sync::Arc::new(crate::trees::TreeCache::new(TREE_CACHE_BYTES)),
+            unchecked: false,
         })
+    }
+
+    /// Open the bare repository at `git_dir`, whose objects were not checked: some may name
+    /// objects it lacks (a copy of the objects a pack held as it arrived, its other objects
+    /// still to come). An id such an object names is any bytes its writer chose: the sets
+    /// and maps of ids this handle and its answers make hash them under a secret key, where
+    /// those of a checked repository hash an id (the hash of an object there is) by its own
+    /// first bytes.
+    pub fn open_unchecked(git_dir: impl Into<PathBuf>) -> Result<Self, Error> {
+        let _keyed = crate::ids::Unchecked::enter();
+        let mut repo = Repository::open(git_dir)?;
+        repo.unchecked = true;
+        Ok(repo)
+    }
+
+    /// Whether it was opened with [`open_unchecked`](Self::open_unchecked).
+    pub fn is_unchecked(&self) -> bool {
+        self.unchecked
+    }
+
+    /// A scope in which the sets and maps of ids made on this thread hash ids under a key,
+    /// if this repository's objects were not checked.
+    pub(crate) fn unchecked_scope(&self) -> Option<crate::ids::Unchecked> {
+        self.unchecked.then(crate::ids::Unchecked::enter)
     }
 
     /// This handle, loading the packs' reverse indexes (`.rev` files) without reading their
@@ -133,7 +160,10 @@ impl Repository {
     /// not slower than this one's were. For a server that opens a repository again when its
     /// packs change.
     pub fn reopen(&self) -> Result<Self, Error> {
-        let mut fresh = Repository::open(&self.git_dir)?;
+        let mut fresh = match self.unchecked {
+            true => Repository::open_unchecked(&self.git_dir)?,
+            false => Repository::open(&self.git_dir)?,
+        };
         if self.rev.trusting() {
             fresh.rev.trust();
         }

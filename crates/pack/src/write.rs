@@ -2158,10 +2158,12 @@ impl<'a> PackWriter<'a> {
         // This thread takes what is left when it comes to wait for them.
         running.push(Rebuilding::Shared(std::sync::Arc::clone(&jobs)));
         let taken: Vec<LaneState> = lanes.drain(..wanted).collect();
+        let unchecked = crate::ids::Unchecked::here();
         for (mut objects, mut zlib) in taken {
             let jobs = std::sync::Arc::clone(&jobs);
             // A thread that cannot be started is an error, not a panic.
             let started = std::thread::Builder::new().spawn_scoped(scope, move || {
+                let _keyed = unchecked.then(crate::ids::Unchecked::enter);
                 let made = jobs.work(&mut objects, &mut zlib, budget, abandon);
                 ((objects, zlib), made)
             });
