@@ -240,14 +240,25 @@ impl Asked {
     }
 }
 
+/// A key's last request (see [`ResponseCache::lookup_since`]).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: Instant,
+    /// See [`Asked`].
+    by: u64,
+    /// Whether it was let store its answer.
+    admitted: bool,
+}
+
 /// The cache of one proxy.
 #[derive(Debug)]
 pub(crate) struct ResponseCache {
     store: ResponseStore,
     config: ResponseCacheConfig,
     flights: Flights,
-    /// When each key was last asked for, and by which request (see [`Asked`]).
-    seen: Mutex<crate::bounded::Bounded<FlightKey, (Instant, u64)>>,
+    /// When each key was last asked for, by which request, and whether that request was
+    /// let store its answer (see [`Asked`]).
+    seen: Mutex<crate::bounded::Bounded<FlightKey, Seen>>,
     stats: Arc<ResponseCacheStats>,
     /// Tests: the store fails once an entry would exceed this many bytes.
     fail_store_after: Option<u64>,
@@ -816,11 +827,25 @@ impl ResponseCache {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             let window = self.config.admission_window;
             let now = Instant::now();
-            seen.make_room(|_, (at, _)| now.duration_since(*at) < window);
-            // Asked again by the same request (see `Asked`): still asked once.
-            let admitted = seen
-                .insert(id.clone(), (now, asked.request))
-                .is_some_and(|(at, by)| by != asked.request && now.duration_since(at) < window);
+            seen.make_room(|_, last| now.duration_since(last.at) < window);
+            let admitted = match seen.get(&id) {
+                // Asked again by the same request (see `Asked`): still asked once, and let
+                // store its answer as it was the first time.
+                Some(last) if last.by == asked.request => last.admitted,
+                last => {
+                    let admitted = last.is_some_and(|last| now.duration_since(last.at) < window);
+                    let by = asked.request;
+                    seen.insert(
+                        id.clone(),
+                        Seen {
+                            at: now,
+                            by,
+                            admitted,
+                        },
+                    );
+                    admitted
+                }
+            };
             if !admitted {
                 return Lookup::Live;
             }
@@ -2001,8 +2026,15 @@ mod tests {
             matches!(lookup(first), Lookup::Live),
             "asked again by the same request"
         );
-        let Lookup::Lead(generation, reader) = lookup(Asked::new((0, 0))) else {
+        let second = Asked::new((0, 0));
+        let Lookup::Lead(generation, reader) = lookup(second) else {
             panic!("the second request leads a stored generation");
+        };
+        // Its lead dropped (its early look-up given up as the mirror landed), it asks
+        // again: still let store its answer.
+        drop((reader, generation));
+        let Lookup::Lead(generation, reader) = lookup(second) else {
+            panic!("the second request, asking again, leads again");
         };
         drop((reader, generation));
     }

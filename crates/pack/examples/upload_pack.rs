@@ -18,7 +18,8 @@
 //! or not. `UPLOAD_PACK_ARRIVES=<pack stem>` (with a reopen) holds that pack of the repository
 //! aside until the reopen, as a pack a refresh fetches arrives between two answers.
 //! `UPLOAD_PACK_REMADE=MiB` gives the answers a store of objects compressed again, shared
-//! by them all, as a server's are.
+//! by them all, as a server's are. `UPLOAD_PACK_UNCHECKED=1` opens the repository as one whose
+//! objects were not checked (`Repository::open_unchecked`: its answers' sets of ids keyed).
 //!
 //! ```sh
 //! cargo run --release -p gitcache-pack --example upload_pack -- repo.git < request > response
@@ -33,7 +34,11 @@ use gitcache_protocol::request::{Command, Limits, parse_request};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: upload_pack <repo>")?;
     let arriving = Arriving::hold(&path)?;
-    let mut repo = Repository::open(&path)?.trusting_reverse_indexes();
+    let mut repo = match std::env::var_os("UPLOAD_PACK_UNCHECKED") {
+        Some(_) => Repository::open_unchecked(&path)?,
+        None => Repository::open(&path)?,
+    }
+    .trusting_reverse_indexes();
     let options = Options {
         remade: std::env::var("UPLOAD_PACK_REMADE")
             .ok()

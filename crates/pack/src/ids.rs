@@ -112,7 +112,9 @@ impl BuildHasher for IdHashing {
     }
 }
 
-/// The hasher of [`IdHashing`].
+/// The hasher of [`IdHashing`]: for ids, which hash themselves with one `write` of their
+/// bytes (a key hashing itself with several writes would be hashed, by its bytes, by its last
+/// alone).
 pub(crate) enum IdHasher {
     /// The first 8 bytes written (fewer, padded with zeros).
     Own(u64),
@@ -148,7 +150,11 @@ impl Hasher for IdHasher {
 
 /// `foldhash` keyed from the operating system's randomness, as std's SipHash is: once per
 /// process, and per set or map. (foldhash's own random state seeds itself from addresses
-/// and the time.)
+/// and the time.) foldhash does not claim to resist an attacker who measures how long many
+/// chosen inputs take under the same key; one who writes a pack has one try at the sets
+/// its answers make, each under a key of its own, and sees only how long the answer took.
+/// std's SipHash, which claims that, made the reading of a first pack some 4% slower
+/// (`benches/README.md`).
 pub(crate) fn keyed_state() -> foldhash::fast::SeedableRandomState {
     static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
     let shared = SHARED.get_or_init(|| {

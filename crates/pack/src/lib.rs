@@ -720,6 +720,7 @@ impl Repository {
     /// a fetch does. A missing commit, tree, tag target or blob is an
     /// [`Error::MissingObject`].
     pub fn check_connected(&self, tips: &[ObjectId], known: &[ObjectId]) -> Result<(), Error> {
+        let _keyed = self.unchecked_scope();
         let mut objects = self.objects();
         let known: Vec<ObjectId> = known.iter().copied().filter(|k| self.contains(k)).collect();
         let grafts = OidSet::default();
@@ -758,6 +759,7 @@ impl Repository {
         known: &[ObjectId],
         among: &[ObjectId],
     ) -> Result<Vec<ObjectId>, Error> {
+        let _keyed = self.unchecked_scope();
         let commits = |ids: &[ObjectId]| -> Vec<ObjectId> {
             ids.iter()
                 .copied()
@@ -788,6 +790,7 @@ impl Repository {
     /// git's `rev-list` does) can hide a meeting: the answer then errs towards `false`, never
     /// the other way.
     pub fn shares_history(&self, tips: &[ObjectId], known: &[ObjectId]) -> Result<bool, Error> {
+        let _keyed = self.unchecked_scope();
         let commits = |ids: &[ObjectId]| -> Vec<ObjectId> {
             let mut seen = OidSet::default();
             let commit = |id: &ObjectId| match self.is_commit(id) {

@@ -116,7 +116,10 @@ impl Repository {
     /// Open the bare repository at `git_dir`, whose objects were not checked: some may name
     /// objects it lacks (a copy of the objects a pack held as it arrived, its other objects
     /// still to come). An id such an object names is any bytes its writer chose: the sets
-    /// and maps of ids this handle and its answers make hash them under a secret key, where
+    /// and maps of ids this handle makes, and those its answers ([`crate::plan`] and the
+    /// writing of a plan) and its walks ([`check_connected`](Self::check_connected),
+    /// [`reached_by`](Self::reached_by), [`shares_history`](Self::shares_history),
+    /// [`keep_head_trees`](Self::keep_head_trees)) make, hash them under a secret key, where
     /// those of a checked repository hash an id (the hash of an object there is) by its own
     /// first bytes.
     pub fn open_unchecked(git_dir: impl Into<PathBuf>) -> Result<Self, Error> {
@@ -249,6 +252,7 @@ impl Repository {
     /// [`forget_kept_trees`](Self::forget_kept_trees). At most half of the bound is read here. Returns how many trees were read or found kept; none without a `HEAD`
     /// naming a commit. Blocking: a directory deep in a delta chain is read through all of it.
     pub fn keep_head_trees(&self) -> Result<usize, Error> {
+        let _keyed = self.unchecked_scope();
         let Some(head) = self.find_ref("HEAD")?.and_then(|r| r.oid) else {
             return Ok(0);
         };

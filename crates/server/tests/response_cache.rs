@@ -411,6 +411,7 @@ fn a_leader_leaving_while_its_generation_waits_for_a_slot_leaves_followers_answe
     post(&cache, &depth1);
     // The mirror's first maintenance over, and the first answer's slot given back: the slot
     // seen busy next is the occupant's.
+    common::wait_for_bitmaps(&cache.mirror(&upstream, "acme/widgets"));
     cache.log_with("maintained mirror opened again and prepared", 1);
     wait_for_metric(&cache, "gitcache_pack_slots{state=\"busy\"} 0");
     // A whole clone without offset deltas (no stored pack is sent as it is), asked for the
