@@ -135,9 +135,10 @@ impl Gitcache {
     }
 
     /// The log once it holds `n` lines containing `needle` (the server writes it
-    /// asynchronously); panics after a while.
+    /// asynchronously); panics after a minute, as [`wait_for`] does (background work, such
+    /// as a mirror's first maintenance, may take that long on a loaded machine).
     pub fn log_with(&self, needle: &str, n: usize) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let log = self.log();
             if count(&log, needle) >= n {
