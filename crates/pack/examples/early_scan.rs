@@ -1,10 +1,12 @@
-//! `early_scan <pack> [--no-read-back] [sha256] <commit>... [walk=<commit>]... [have=<commit>]...`:
+//! `early_scan <pack> [--no-read-back] [sha256] <commit>... [walk=<commit>]... [have=<commit>]... [copy=<dir>]`:
 //! read a pack file as a mirror reads its first pack while it arrives (reading trees' bases no
 //! longer kept back from the file, unless told not to), looking for the depth-one closures of
 //! the commits, walking the history of those given as `walk=` down to those given as `have=`
 //! (as for an incremental fetch), and print how long it took, how many objects were found,
-//! whether the closures were, and which entries were passed over undecoded and why. Used to
-//! see where an early answer's time goes (benches/README.md).
+//! whether the closures were, and which entries were passed over undecoded and why; with
+//! `copy=<dir>`, then copy what was found to a pack and index in that folder as a mirror does
+//! (`Found::write_pack`), and print how long that took. Used to see where an early answer's
+//! time goes (benches/README.md).
 //!
 //! ```sh
 //! tip=$(git -C repo.git rev-parse HEAD)
@@ -20,7 +22,7 @@ use gitcache_pack::early::{Limits, Tips, scan_for};
 use gix_hash::ObjectId;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str = "usage: early_scan <pack> [--no-read-back] [sha256] <commit>... [walk=<commit>]... [have=<commit>]...";
+    const USAGE: &str = "usage: early_scan <pack> [--no-read-back] [sha256] <commit>... [walk=<commit>]... [have=<commit>]... [copy=<dir>]";
     let mut args = std::env::args().skip(1).peekable();
     let pack = args.next().ok_or(USAGE)?;
     let read_back = args.next_if(|a| a == "--no-read-back").is_none();
@@ -29,7 +31,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => gix_hash::Kind::Sha1,
     };
     let mut wants = gitcache_pack::early::Wants::default();
+    let mut copy_to = None;
     for arg in args {
+        if let Some(dir) = arg.strip_prefix("copy=") {
+            copy_to = Some(std::path::PathBuf::from(dir));
+            continue;
+        }
         let (list, hex) = match arg.split_once('=') {
             Some(("walk", hex)) => (&mut wants.walked, hex),
             Some(("have", hex)) => (&mut wants.haves, hex),
@@ -64,5 +71,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         found.read_back(),
         found.passed(),
     );
+    if let Some(dir) = copy_to {
+        let file = std::fs::File::open(&pack)?;
+        let read_at = |buf: &mut [u8], at| std::os::unix::fs::FileExt::read_at(&file, buf, at);
+        let started = Instant::now();
+        let written = found.write_pack(
+            &read_at,
+            &dir.join("early.pack"),
+            &dir.join("early.idx"),
+            &[],
+        )?;
+        println!(
+            "{:.3} s: {} objects copied, {} bytes",
+            started.elapsed().as_secs_f64(),
+            written.objects,
+            std::fs::metadata(dir.join("early.pack"))?.len(),
+        );
+    }
     Ok(())
 }
