@@ -205,8 +205,8 @@ pub struct PackPlan {
     bitmaps: bool,
     /// The objects were found by walking the history.
     walked: bool,
-    /// Planned on a repository whose objects were not checked: written in an
-    /// [`ids::Unchecked`] scope.
+    /// Planned on a repository whose objects were not checked: its pack is written in an
+    /// [`ids::Unchecked`] scope (the sections before it make no sets).
     unchecked: bool,
 }
 
@@ -366,7 +366,6 @@ impl PackPlan {
     }
 
     fn write_to<W: Write>(mut self, out: W) -> Result<PackStats, Error> {
-        let _keyed = self.unchecked.then(ids::Unchecked::enter);
         let mut w = ResponseWriter::new(out, self.sideband_all);
         if let Some(common) = &self.acks {
             w.acknowledgments(common, true)?;
