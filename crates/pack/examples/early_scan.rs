@@ -1,8 +1,9 @@
-//! `early_scan <pack> [--no-read-back] [sha256] <commit>... [walk=<commit>]... [have=<commit>]... [copy=<dir>]`:
+//! `early_scan <pack> [--no-read-back] [sha256] <commit>... [walk=<commit>]... [have=<commit>]... [deep=<commit>:<depth>]... [copy=<dir>]`:
 //! read a pack file as a mirror reads its first pack while it arrives (reading trees' bases no
 //! longer kept back from the file, unless told not to), looking for the depth-one closures of
 //! the commits, walking the history of those given as `walk=` down to those given as `have=`
-//! (as for an incremental fetch), and print how long it took, how many objects were found,
+//! (as for an incremental fetch), following those given as `deep=` to their depth (as for a
+//! shallow clone), and print how long it took, how many objects were found,
 //! whether the closures were, and which entries were passed over undecoded and why; with
 //! `copy=<dir>`, then copy what was found to a pack and index in that folder as a mirror does
 //! (`Found::write_pack`), and print how long that took. Used to see where an early answer's
@@ -22,7 +23,8 @@ use gitcache_pack::early::{Limits, Tips, scan_for};
 use gix_hash::ObjectId;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str = "usage: early_scan <pack> [--no-read-back] [sha256] <commit>... [walk=<commit>]... [have=<commit>]... [copy=<dir>]";
+    const USAGE: &str = "usage: early_scan <pack> [--no-read-back] [sha256] <commit>... \
+        [walk=<commit>]... [have=<commit>]... [deep=<commit>:<depth>]... [copy=<dir>]";
     let mut args = std::env::args().skip(1).peekable();
     let pack = args.next().ok_or(USAGE)?;
     let read_back = args.next_if(|a| a == "--no-read-back").is_none();
@@ -35,6 +37,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for arg in args {
         if let Some(dir) = arg.strip_prefix("copy=") {
             copy_to = Some(std::path::PathBuf::from(dir));
+            continue;
+        }
+        if let Some(deep) = arg.strip_prefix("deep=") {
+            let (hex, depth) = deep.split_once(':').ok_or(USAGE)?;
+            wants
+                .deep
+                .push((ObjectId::from_hex(hex.as_bytes())?, depth.parse()?));
             continue;
         }
         let (list, hex) = match arg.split_once('=') {
