@@ -1,7 +1,8 @@
 //! Work that yields the processor to answers: the indexing of a pack whose objects are being
-//! found as it arrives, for a fetch that waits on them (see [`crate::live::Board::early_wanted`]).
-//! Both want the same cores once the download is over; the answer is what a client waits
-//! on, and the indexing finishes as soon either way when nothing else runs.
+//! found as it arrives, for a fetch that waits on them (see [`crate::live::Board::early_wanted`]),
+//! and the receiving of that pack once such a fetch waits. Both want the same cores as the
+//! reading and the answer; the answer is what a client waits on, and the pack is received and
+//! indexed as soon either way when nothing else runs.
 
 /// How much less of the processor work run [`behind_answers`] is given when others want it,
 /// in steps of the `nice` scale (each weighs about a fifth less than the one before: ten
@@ -16,19 +17,66 @@ const STEPS: i32 = 10;
 /// Only on Linux, where a thread's priority is its own; elsewhere (or when no thread can
 /// be started) it runs here, as any other work.
 pub(crate) fn behind_answers<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    on_own_thread("behind-answers", |yielding| {
+        yielding.step_behind();
+        work()
+    })
+}
+
+/// What runs on a thread [`on_own_thread`] started may step behind answers with: its
+/// priority lowered by [`STEPS`], for good. A thread shared with other work (a runtime's
+/// pool) may not: its priority could not be raised again for the work after.
+#[derive(Debug)]
+pub(crate) struct Yielding {
+    own: bool,
+    lowered: std::cell::Cell<bool>,
+}
+
+impl Yielding {
+    /// For work on a thread it shares: it never steps behind.
+    pub(crate) fn shared() -> Self {
+        Yielding {
+            own: false,
+            lowered: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Lower this thread's priority, once, if it is the work's own (only on Linux).
+    pub(crate) fn step_behind(&self) {
+        if self.own && !self.lowered.replace(true) {
+            #[cfg(target_os = "linux")]
+            lower_priority();
+        }
+    }
+
+    /// Whether the work stepped behind (on a thread of its own, asked to).
+    pub(crate) fn stepped_behind(&self) -> bool {
+        self.lowered.get()
+    }
+}
+
+/// Run `work` on a thread of its own named `name`, in the caller's span, where it may step
+/// behind answers with the [`Yielding`] it is given, and return what it returns; here, never
+/// stepping behind, when no thread can be started (or not on Linux, where a thread's
+/// priority is not its own).
+pub(crate) fn on_own_thread<T: Send>(name: &str, work: impl FnOnce(&Yielding) -> T + Send) -> T {
     #[cfg(target_os = "linux")]
     {
         let mut work = Some(work);
         let span = tracing::Span::current();
         let ran = std::thread::scope(|scope| {
             let work = &mut work;
-            let spawned = std::thread::Builder::new()
-                .name("behind-answers".into())
-                .spawn_scoped(scope, move || {
-                    let _enter = span.enter();
-                    lower_priority();
-                    work.take().map(|work| work())
-                });
+            let spawned =
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn_scoped(scope, move || {
+                        let _enter = span.enter();
+                        let yielding = Yielding {
+                            own: true,
+                            lowered: std::cell::Cell::new(false),
+                        };
+                        work.take().map(|work| work(&yielding))
+                    });
             match spawned {
                 Ok(thread) => thread
                     .join()
@@ -38,12 +86,15 @@ pub(crate) fn behind_answers<T: Send>(work: impl FnOnce() -> T + Send) -> T {
         });
         match (ran, work) {
             (Some(done), _) => done,
-            (None, Some(work)) => work(),
+            (None, Some(work)) => work(&Yielding::shared()),
             (None, None) => unreachable!("the work ran, or it is still here"),
         }
     }
     #[cfg(not(target_os = "linux"))]
-    work()
+    {
+        let _ = name;
+        work(&Yielding::shared())
+    }
 }
 
 /// Lower the calling thread's priority by [`STEPS`] (Linux keeps one per thread, inherited
@@ -82,5 +133,43 @@ mod tests {
         }
         #[cfg(not(target_os = "linux"))]
         assert_eq!(inside, 0);
+    }
+
+    /// Work on a thread of its own steps behind when it says so, once, and the caller's
+    /// priority is left as it was; work given a shared thread never does.
+    #[test]
+    fn only_a_thread_of_its_own_steps_behind() {
+        #[cfg(target_os = "linux")]
+        let before = rustix::process::getpriority_process(None).unwrap();
+        let (name, at_start, stepped, after) = on_own_thread("stepping", |yielding| {
+            let name = std::thread::current().name().map(str::to_owned);
+            #[cfg(target_os = "linux")]
+            let at_start = rustix::process::getpriority_process(None).unwrap();
+            #[cfg(not(target_os = "linux"))]
+            let at_start = 0;
+            yielding.step_behind();
+            yielding.step_behind();
+            #[cfg(target_os = "linux")]
+            let after = rustix::process::getpriority_process(None).unwrap();
+            #[cfg(not(target_os = "linux"))]
+            let after = 0;
+            (name, at_start, yielding.stepped_behind(), after)
+        });
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(name.as_deref(), Some("stepping"));
+            assert_eq!(at_start, before, "the caller's priority to start with");
+            assert!(stepped);
+            assert_eq!(after, (before + STEPS).min(19), "lowered once, by STEPS");
+            assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
+        }
+        #[cfg(not(target_os = "linux"))]
+        assert!(name.is_none() && !stepped && at_start == after);
+
+        let shared = Yielding::shared();
+        shared.step_behind();
+        assert!(!shared.stepped_behind(), "a shared thread is never lowered");
+        #[cfg(target_os = "linux")]
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
     }
 }

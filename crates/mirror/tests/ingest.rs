@@ -1042,6 +1042,58 @@ fn an_announced_pack_is_followed_as_it_is_written() {
     assert!(std::fs::read(&ingested.pack).unwrap() == pack);
 }
 
+/// An announced pack is received behind answers once a fetch waits for the objects found in
+/// it as it arrives, and not when none does; taken in whole either way.
+#[test]
+fn a_pack_a_fetch_waits_on_is_received_behind_answers() {
+    use gitcache_mirror::ingest::{Announce, ingest_pack_announced};
+    use gitcache_mirror::live::{Asked, Board};
+    use std::future::Future;
+
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(29))
+        .unwrap()
+        .path;
+    let tip = git(&source, &["rev-parse", "main"]);
+    let tip = gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap();
+    let objects = git(&source, &["rev-list", "--objects", "--all"]);
+    let pack = pack_objects(&source, &[], &objects);
+    for waited in [false, true] {
+        let home = dir.path().join(format!("waited-{waited}"));
+        std::fs::create_dir_all(&home).unwrap();
+        let mirror = empty_mirror(&home, "sha1");
+        let board = std::sync::Arc::new(Board::default());
+        let wants = [tip];
+        let waiting = board.next_early(None, &wants, &[], None);
+        let mut waiting = std::pin::pin!(waiting);
+        if waited {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(board.early_wanted(), waited);
+        let announce = Announce {
+            board: std::sync::Arc::clone(&board),
+            asked: Asked::first(vec![tip]),
+        };
+        let ingested = ingest_pack_announced(
+            &mirror,
+            Kind::Sha1,
+            &mut &pack[..],
+            Closure::Unchecked,
+            Some(announce),
+        )
+        .unwrap();
+        // A thread's priority is its own only on Linux.
+        let behind = waited && cfg!(target_os = "linux");
+        assert_eq!(ingested.received_behind, behind, "waited for: {waited}");
+        assert!(std::fs::read(&ingested.pack).unwrap() == pack);
+        assert_eq!(
+            git(&mirror, &["cat-file", "-t", &tip.to_string()]).trim(),
+            "commit"
+        );
+    }
+}
+
 /// A pack fetched for a client (asked for with haves) announced while it is taken in: thin,
 /// it is whole as received once its trailer is checked, and readers, early or late, are given
 /// the bytes the upstream sent, while the file is completed with bases under them (another
@@ -1382,17 +1434,18 @@ fn room_is_asked_for_before_a_pack_is_written_again_or_completed() {
         asked.lock().unwrap().push(ask);
         Ok(())
     };
-    let taken_in = |mirror: &Path, pack: &[u8], room: &dyn Fn(Ask) -> std::io::Result<()>| {
-        ingest_pack_guarded(
-            mirror,
-            Kind::Sha1,
-            &mut &pack[..],
-            Closure::Unchecked,
-            None,
-            &stop,
-            room,
-        )
-    };
+    let taken_in =
+        |mirror: &Path, pack: &[u8], room: &(dyn Fn(Ask) -> std::io::Result<()> + Sync)| {
+            ingest_pack_guarded(
+                mirror,
+                Kind::Sha1,
+                &mut &pack[..],
+                Closure::Unchecked,
+                None,
+                &stop,
+                room,
+            )
+        };
     let asks = || std::mem::take(&mut *asked.lock().unwrap());
     // What taking a pack in wrote beside it.
     let indexes = |ingested: &gitcache_mirror::ingest::Ingested| {
@@ -1521,7 +1574,7 @@ fn bases_are_asked_for_before_more_than_the_interval_is_written_unasked() {
 
     let stop = std::sync::atomic::AtomicBool::new(false);
     let asked = std::sync::Mutex::new(Vec::new());
-    let taken_in = |room: &dyn Fn(Ask) -> std::io::Result<()>| {
+    let taken_in = |room: &(dyn Fn(Ask) -> std::io::Result<()> + Sync)| {
         ingest_pack_guarded(
             &mirror,
             Kind::Sha1,
