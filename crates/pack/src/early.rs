@@ -1157,6 +1157,8 @@ pub(crate) struct FoundEntry {
     pub(crate) end: u64,
     pub(crate) crc32: u32,
     pub(crate) kind: gix_object::Kind,
+    /// How far before it its base starts, a delta's (0: stored whole).
+    pub(crate) base_distance: u64,
 }
 
 impl Found {
@@ -1221,7 +1223,7 @@ impl Found {
         index: &Path,
         also: &[ObjectId],
     ) -> Result<Written, Error> {
-        let copied = self.to_copy(read_at, also)?;
+        let copied = self.to_copy(also)?;
         let commits_left_out: LeftOut = (self.objects.iter().zip(&copied))
             .filter(|(found, copied)| !**copied && found.kind == gix_object::Kind::Commit)
             .map(|(found, _)| found.id)
@@ -1258,13 +1260,8 @@ impl Found {
     }
 
     /// Which of the objects found [`write_pack`](Self::write_pack) copies: all, or those of
-    /// the closures and `also`, each delta's base with it (their headers read with
-    /// `read_at`).
-    fn to_copy(
-        &self,
-        read_at: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
-        also: &[ObjectId],
-    ) -> Result<Vec<bool>, Error> {
+    /// the closures and `also`, each delta's base with it.
+    fn to_copy(&self, also: &[ObjectId]) -> Result<Vec<bool>, Error> {
         // Made only past `Limits::copy_all_bytes` (see `found_once`).
         let Some(closure) = self.closure.as_deref() else {
             return Ok(vec![true; self.objects.len()]);
@@ -1281,17 +1278,10 @@ impl Found {
                 continue;
             }
             *copied = true;
-            let mut head = [0; crate::incoming::LONGEST_HEADER];
-            let len = usize::try_from(found.end - found.offset)
-                .unwrap_or(usize::MAX)
-                .min(head.len());
-            crate::copy::read_fully(read_at, &mut head[..len], found.offset)?;
-            let entry = gix_pack::data::Entry::from_bytes(&head[..len], found.offset, self.hash)
-                .map_err(Error::odb)?;
-            if let Header::OfsDelta { base_distance } = entry.header {
+            if found.base_distance > 0 {
                 let base = found
                     .offset
-                    .checked_sub(base_distance)
+                    .checked_sub(found.base_distance)
                     .ok_or_else(|| Error::odb("a delta found without its base"))?;
                 bases.insert(base);
             }
@@ -1418,6 +1408,10 @@ pub fn scan_for(
             end: entry.end(),
             crc32: entry.crc32,
             kind,
+            base_distance: match entry.header {
+                Header::OfsDelta { base_distance } => base_distance,
+                _ => 0,
+            },
         };
         // A blob hashed as it went by (not kept), or an object decoded here.
         let (id, kind, object) = match entry.id {
