@@ -29,6 +29,8 @@ pub(crate) fn behind_answers<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 #[derive(Debug)]
 pub(crate) struct Yielding {
     own: bool,
+    /// Whether stepping behind was tried, and whether it lowered the thread's priority.
+    tried: std::cell::Cell<bool>,
     lowered: std::cell::Cell<bool>,
 }
 
@@ -37,19 +39,25 @@ impl Yielding {
     pub(crate) fn shared() -> Self {
         Yielding {
             own: false,
+            tried: std::cell::Cell::new(false),
             lowered: std::cell::Cell::new(false),
         }
     }
 
-    /// Lower this thread's priority, once, if it is the work's own (only on Linux).
+    /// Lower this thread's priority, if it is the work's own (only on Linux); tried once.
     pub(crate) fn step_behind(&self) {
-        if self.own && !self.lowered.replace(true) {
+        if self.own && !self.tried.replace(true) {
             #[cfg(target_os = "linux")]
-            lower_priority();
+            self.lowered.set(lower_priority());
         }
     }
 
-    /// Whether the work stepped behind (on a thread of its own, asked to).
+    /// Whether [`step_behind`](Self::step_behind) was called.
+    pub(crate) fn tried(&self) -> bool {
+        self.tried.get()
+    }
+
+    /// Whether the work stepped behind: its thread's priority lowered.
     pub(crate) fn stepped_behind(&self) -> bool {
         self.lowered.get()
     }
@@ -73,6 +81,7 @@ pub(crate) fn on_own_thread<T: Send>(name: &str, work: impl FnOnce(&Yielding) ->
                         let _enter = span.enter();
                         let yielding = Yielding {
                             own: true,
+                            tried: std::cell::Cell::new(false),
                             lowered: std::cell::Cell::new(false),
                         };
                         work.take().map(|work| work(&yielding))
@@ -98,15 +107,20 @@ pub(crate) fn on_own_thread<T: Send>(name: &str, work: impl FnOnce(&Yielding) ->
 }
 
 /// Lower the calling thread's priority by [`STEPS`] (Linux keeps one per thread, inherited
-/// by the threads it starts). A failure leaves it as it was: only the order of work changes.
+/// by the threads it starts); whether it was. A failure leaves it as it was: only the order
+/// of work changes.
 #[cfg(target_os = "linux")]
-fn lower_priority() {
+fn lower_priority() -> bool {
     let Ok(now) = rustix::process::getpriority_process(None) else {
-        return;
+        return false;
     };
     let lower = now.saturating_add(STEPS).min(19);
-    if let Err(err) = rustix::process::setpriority_process(None, lower) {
-        tracing::debug!(%err, "the indexing's priority was left as it was");
+    match rustix::process::setpriority_process(None, lower) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!(%err, "a thread's priority was left as it was");
+            false
+        }
     }
 }
 

@@ -51,8 +51,8 @@ pub struct Ingested {
     /// Whether this call moved the pack into place (`false`: the repository had the very
     /// same pack already, which must then not be removed on its account).
     pub fresh: bool,
-    /// Whether the pack was received behind answers: announced, with a fetch waiting for
-    /// the objects found in it as it arrived (see [`ingest_pack_announced`]).
+    /// Whether the pack was received behind answers: a first pack announced, read for the
+    /// objects found early as it arrived (see [`ingest_pack_announced`]).
     pub received_behind: bool,
 }
 
@@ -141,10 +141,11 @@ pub struct Announce {
 /// whole (before it is indexed and checked) or has failed. A pack asked for with haves and
 /// `thin-pack` is whole as received once its trailer is checked, bases left out and all (its
 /// readers take thin packs); any other is whole once it is found to need no bases from the
-/// mirror, and failed otherwise. The pack is received on a thread of its own, which steps
-/// behind answers (a lower priority, for good) once a fetch waits for the objects found in
-/// it as it arrives ([`Board::early_wanted`](crate::live::Board::early_wanted)): the
-/// reading that finds them comes first.
+/// mirror, and failed otherwise. The pack is received on a thread of its own; a mirror's
+/// first pack steps behind answers (a lower priority, for good: the rest of the download,
+/// for every reader of it, goes at the pace the cores leave it) once it is read for the
+/// objects found early as it arrives ([`LivePack::read_early`](crate::live::LivePack::read_early)),
+/// which a fetch waits for: that reading comes first.
 pub fn ingest_pack_announced(
     git_dir: &Path,
     hash: HashKind,
@@ -406,9 +407,10 @@ struct Received {
     behind: bool,
 }
 
-/// How many entries [`receive`] reads between looks at whether a fetch waits for what is
-/// found in its pack as it arrives (each look takes the board's lock).
+/// How many entries, or bytes, [`receive`] reads at most between looks at whether a first
+/// pack is being read for the objects found early as it arrives.
 const STEP_BEHIND_CHECKED_EVERY: usize = 256;
+const STEP_BEHIND_CHECKED_EVERY_BYTES: u64 = 1 << 20;
 
 /// The largest tag or commit read as a first pack arrives, to see what a tag tags and which
 /// wants they are (see [`crate::live::EntryKinds`]): one larger counts as tagging anything,
@@ -421,8 +423,9 @@ struct Receiving<'a> {
     hash_from: u64,
     /// Asked for room before the disk takes more after the download.
     room: &'a (dyn Fn(Ask) -> std::io::Result<()> + Sync),
-    /// Stepped behind answers once a fetch waits for what is found in an announced pack as
-    /// it arrives: the reading that finds it, and the answer from it, come first.
+    /// Stepped behind answers once a first pack announced is read for the objects found
+    /// early as it arrives (a fetch waits for them): that reading, and the answer from
+    /// them, come first.
     yielding: &'a crate::behind::Yielding,
 }
 
@@ -432,10 +435,11 @@ struct Receiving<'a> {
 /// and checksum are written anew. Blobs stored whole from `hash_from` bytes on are hashed
 /// as they are read, and kept so unless a delta rests on them by offset (a delta naming its
 /// base by id is completed, or read by gitoxide's indexer, which decodes every object).
-/// Once a fetch waits for the objects found in an announced pack as it arrives, the rest is
-/// received behind answers ([`Receiving::yielding`]): on two cores, that reading, the
-/// receiving and the upstream's own work took turns, and the reading (which a depth-50 clone
-/// of the bench's 50 MB repository waits on) ended up to 0.2 s after the download.
+/// Once a first pack announced is being read for the objects found early (a fetch waits
+/// for them), the rest is received behind answers ([`Receiving::yielding`]): on two cores,
+/// that reading, the receiving and the upstream's own work took turns, and the reading
+/// (which a depth-50 clone of the bench's 50 MB repository waits on) ended up to 0.2 s
+/// after the download.
 fn receive(
     repo: &gitcache_pack::Repository,
     hash: HashKind,
@@ -463,7 +467,6 @@ fn receive(
         .unwrap_or_default();
     wants.sort_unstable();
     wants.dedup();
-    let board = announce.as_ref().map(|a| std::sync::Arc::clone(&a.board));
     let live = match announce {
         Some(Announce { board, asked }) => Some(Live {
             as_received: !asked.haves.is_empty(),
@@ -478,6 +481,7 @@ fn receive(
     };
     // A mirror's first pack, announced: nothing had, nothing thin.
     let first = live.as_ref().is_some_and(|live| !live.as_received);
+    let announced = (live.as_ref()).map(|live| std::sync::Arc::clone(live.publisher.pack()));
     let mut tee = Tee {
         inner: pack,
         out: std::io::BufWriter::with_capacity(1 << 16, file),
@@ -523,20 +527,26 @@ fn receive(
         first && read && size <= MOST_TAG_READ
     };
     let mut tag = Vec::new();
+    // Where the next look at whether the pack is being read early is due, at the latest.
+    let mut next_step_check = 0u64;
     while let Some((entry, read_whole)) = read
         .next_entry_keeping(&keep_tags, &mut tag)
         .map_err(invalid)?
     {
-        if entries.len().is_multiple_of(STEP_BEHIND_CHECKED_EVERY)
-            && !yielding.stepped_behind()
-            && board.as_ref().is_some_and(|board| board.early_wanted())
+        if first
+            && !yielding.tried()
+            && (entries.len().is_multiple_of(STEP_BEHIND_CHECKED_EVERY)
+                || entry.offset >= next_step_check)
         {
-            yielding.step_behind();
-            if yielding.stepped_behind() {
-                tracing::debug!(
-                    bytes = entry.offset,
-                    "the rest of the pack received behind the answers from what it holds"
-                );
+            next_step_check = entry.offset.saturating_add(STEP_BEHIND_CHECKED_EVERY_BYTES);
+            if announced.as_ref().is_some_and(|pack| pack.is_read_early()) {
+                yielding.step_behind();
+                if yielding.stepped_behind() {
+                    tracing::debug!(
+                        bytes = entry.offset,
+                        "the rest of the pack received behind the answers from what it holds"
+                    );
+                }
             }
         }
         // The index keeps a CRC-32 of each entry as written in its shortest form, which git

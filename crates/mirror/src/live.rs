@@ -100,9 +100,37 @@ pub struct LivePack {
     changed: Condvar,
     /// Told of every change too, for readers waiting in a task.
     told: tokio::sync::Notify,
+    /// Readings of it for the objects found early under way (see [`LivePack::read_early`]).
+    read_early: std::sync::atomic::AtomicUsize,
+}
+
+/// A reading of a [`LivePack`] for the objects found early, under way until dropped.
+#[derive(Debug)]
+pub struct ReadEarly<'a>(&'a LivePack);
+
+impl Drop for ReadEarly<'_> {
+    fn drop(&mut self) {
+        self.0
+            .read_early
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl LivePack {
+    /// A reading of the pack for the objects found early starts; it ends when what this
+    /// returns is dropped. Its receiving steps behind answers meanwhile (see
+    /// [`ingest_pack_announced`](crate::ingest::ingest_pack_announced)).
+    pub fn read_early(&self) -> ReadEarly<'_> {
+        self.read_early
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ReadEarly(self)
+    }
+
+    /// Whether a reading for the objects found early is under way.
+    pub fn is_read_early(&self) -> bool {
+        self.read_early.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
     /// Whether the pack answers a clone of exactly `wants` (in any order, repeats aside): a
     /// mirror's first pack, asked for with no haves.
     pub fn answers(&self, wants: &[ObjectId]) -> bool {
@@ -324,6 +352,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// The pack announced.
+    pub(crate) fn pack(&self) -> &Arc<LivePack> {
+        &self.pack
+    }
+
     /// The pack's header as received (its first 12 bytes): readers are given these bytes
     /// from here on, whatever the file holds there. Said before more than 12 bytes are said
     /// to have arrived, and once.
@@ -527,6 +560,7 @@ impl Board {
             progress: Mutex::new(Progress::Arriving(0)),
             changed: Condvar::new(),
             told: tokio::sync::Notify::new(),
+            read_early: Default::default(),
         });
         {
             let mut posted = self.posted();

@@ -1076,6 +1076,8 @@ impl Mirror {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 };
+                // Its receiving steps behind answers from here on (see `ingest`).
+                let _reading = pack.read_early();
                 // What the fetches waiting want, now and while the pack is read: found
                 // first, the rest of the pack not waited for.
                 let wanted = board.early_wants();

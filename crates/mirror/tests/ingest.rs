@@ -1042,13 +1042,27 @@ fn an_announced_pack_is_followed_as_it_is_written() {
     assert!(std::fs::read(&ingested.pack).unwrap() == pack);
 }
 
-/// An announced pack is received behind answers once a fetch waits for the objects found in
-/// it as it arrives, and not when none does; taken in whole either way.
+/// A first pack announced is received behind answers while it is read for the objects found
+/// early, and not when no reading runs (none started, or one over before the pack came); the
+/// caller's own priority is left as it was, and the pack is taken in whole either way.
 #[test]
-fn a_pack_a_fetch_waits_on_is_received_behind_answers() {
+fn a_first_pack_read_early_is_received_behind_answers() {
     use gitcache_mirror::ingest::{Announce, ingest_pack_announced};
     use gitcache_mirror::live::{Asked, Board};
-    use std::future::Future;
+
+    /// The pack's bytes, given once `open` says so.
+    struct Gated<'a> {
+        pack: &'a [u8],
+        open: Option<std::sync::mpsc::Receiver<()>>,
+    }
+    impl std::io::Read for Gated<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if let Some(open) = self.open.take() {
+                open.recv().map_err(std::io::Error::other)?;
+            }
+            self.pack.read(buf)
+        }
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(29))
@@ -1058,35 +1072,58 @@ fn a_pack_a_fetch_waits_on_is_received_behind_answers() {
     let tip = gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap();
     let objects = git(&source, &["rev-list", "--objects", "--all"]);
     let pack = pack_objects(&source, &[], &objects);
-    for waited in [false, true] {
-        let home = dir.path().join(format!("waited-{waited}"));
+    #[cfg(target_os = "linux")]
+    let priority = rustix::process::getpriority_process(None).unwrap();
+    for (case, reading) in ["none", "under way", "over"].into_iter().enumerate() {
+        let home = dir.path().join(format!("case-{case}"));
         std::fs::create_dir_all(&home).unwrap();
         let mirror = empty_mirror(&home, "sha1");
         let board = std::sync::Arc::new(Board::default());
-        let wants = [tip];
-        let waiting = board.next_early(None, &wants, &[], None);
-        let mut waiting = std::pin::pin!(waiting);
-        if waited {
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            assert!(waiting.as_mut().poll(&mut cx).is_pending());
-        }
-        assert_eq!(board.early_wanted(), waited);
+        let (open, gate) = std::sync::mpsc::channel();
+        let (done, ingested) = std::sync::mpsc::channel::<()>();
+        // A reading of the pack as the early-index thread holds one, from its announcement
+        // on (before any of its bytes come), to the ingestion's end or not at all.
+        let reader = std::thread::spawn({
+            let board = std::sync::Arc::clone(&board);
+            move || {
+                let live = announced_on(&board);
+                let held = (reading != "none").then(|| live.read_early());
+                assert_eq!(live.is_read_early(), held.is_some());
+                if reading == "over" {
+                    drop(held);
+                    assert!(!live.is_read_early());
+                }
+                open.send(()).unwrap();
+                let _ = ingested.recv();
+            }
+        });
         let announce = Announce {
             board: std::sync::Arc::clone(&board),
             asked: Asked::first(vec![tip]),
         };
-        let ingested = ingest_pack_announced(
+        let mut bytes = std::io::BufReader::new(Gated {
+            pack: &pack,
+            open: Some(gate),
+        });
+        let taken = ingest_pack_announced(
             &mirror,
             Kind::Sha1,
-            &mut &pack[..],
+            &mut bytes,
             Closure::Unchecked,
             Some(announce),
-        )
-        .unwrap();
+        );
+        drop(done);
+        reader.join().unwrap();
+        let taken = taken.unwrap();
         // A thread's priority is its own only on Linux.
-        let behind = waited && cfg!(target_os = "linux");
-        assert_eq!(ingested.received_behind, behind, "waited for: {waited}");
-        assert!(std::fs::read(&ingested.pack).unwrap() == pack);
+        let behind = reading == "under way" && cfg!(target_os = "linux");
+        assert_eq!(taken.received_behind, behind, "reading: {reading}");
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            rustix::process::getpriority_process(None).unwrap(),
+            priority
+        );
+        assert!(std::fs::read(&taken.pack).unwrap() == pack);
         assert_eq!(
             git(&mirror, &["cat-file", "-t", &tip.to_string()]).trim(),
             "commit"

@@ -143,7 +143,8 @@ fn copy_into<W: Write>(
 /// pack (`early_scan ... copy=`), and a thread costs next to nothing beside a MiB.
 const HASHED_ASIDE_FROM: u64 = 1 << 20;
 
-/// How much [`Hashed`] hands its thread at a time (at most four such pieces are held).
+/// How much [`Hashed`] hands its thread at a time (at most five such pieces are held: the
+/// one filling, two waiting, one being hashed, one on its way back).
 const HASHED_PIECE: usize = 256 << 10;
 
 /// Writes to `out` and hashes what it wrote, counting it: here, or on a thread of its own in
@@ -262,6 +263,13 @@ impl<'scope, W: Write> Hashed<'scope, W> {
 
 impl<W: Write> Write for Hashed<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A full piece is handed over before more is taken: the pieces stay their size, and
+        // a failure takes nothing of `buf`.
+        if let Hashing::Aside { piece, .. } = &self.how
+            && piece.len() >= HASHED_PIECE
+        {
+            self.hand_over()?;
+        }
         let n = match &mut self.how {
             Hashing::Here(sum) => {
                 let n = self.out.write(buf)?;
@@ -269,16 +277,12 @@ impl<W: Write> Write for Hashed<'_, W> {
                 n
             }
             Hashing::Aside { piece, .. } => {
-                piece.extend_from_slice(buf);
-                buf.len()
+                let n = buf.len().min(HASHED_PIECE - piece.len());
+                piece.extend_from_slice(&buf[..n]);
+                n
             }
         };
         self.offset += n as u64;
-        if let Hashing::Aside { piece, .. } = &self.how
-            && piece.len() >= HASHED_PIECE
-        {
-            self.hand_over()?;
-        }
         Ok(n)
     }
 
@@ -360,16 +364,10 @@ impl<'a> Ahead<'a> {
 mod tests {
     use super::*;
 
-    /// Reads at rising offsets are served from one window read ahead, never past its end;
-    /// one straddling the window's end, or larger than a window, reads again; a failed read
-    /// leaves no window to be served from.
-    /// A copy hashed on a thread of its own, in pieces, writes the same bytes with the same
-    /// checksum as one hashed as it goes, and that checksum is the SHA-1 of what precedes it;
-    /// an offset delta's distance is written anew either way.
-    #[test]
-    fn a_copy_hashed_aside_is_the_copy_hashed_here() {
-        // Entries stored whole (a blob's header, then bytes a copy takes as they are), from
-        // a few bytes to several pieces long, and an offset delta on the first of them.
+    /// A pack of entries a copy takes as they are, and where they lie: blobs' headers, then
+    /// bytes (from a few to several pieces long), and an offset delta on the first of them,
+    /// the third entry left out (the delta's distance to its base changes).
+    fn entries_to_copy() -> (Vec<u8>, Vec<(u64, u64)>) {
         let mut pack = b"PACK\0\0\0\x02\0\0\0\x00".to_vec();
         let mut entries = Vec::new();
         let mut header = Vec::new();
@@ -394,14 +392,26 @@ mod tests {
         pack.extend_from_slice(&header);
         pack.extend_from_slice(b"delta bytes");
         entries.push((delta_at, pack.len() as u64));
-        // The third entry left out: the delta's distance to its base changes.
         entries.remove(2);
-        let read_at = |buf: &mut [u8], at: u64| -> std::io::Result<usize> {
+        (pack, entries)
+    }
+
+    fn read_at_of(pack: &[u8]) -> impl Fn(&mut [u8], u64) -> std::io::Result<usize> + '_ {
+        |buf: &mut [u8], at: u64| {
             let at = (at as usize).min(pack.len());
             let n = buf.len().min(pack.len() - at);
             buf[..n].copy_from_slice(&pack[at..at + n]);
             Ok(n)
-        };
+        }
+    }
+
+    /// A copy hashed on a thread of its own, in pieces, writes the same bytes with the same
+    /// checksum as one hashed as it goes, and that checksum is the SHA-1 of what precedes it;
+    /// an offset delta's distance is written anew either way.
+    #[test]
+    fn a_copy_hashed_aside_is_the_copy_hashed_here() {
+        let (pack, entries) = entries_to_copy();
+        let read_at = read_at_of(&pack);
         let copy = |aside: bool| {
             std::thread::scope(|scope| {
                 let out = match aside {
@@ -462,6 +472,62 @@ mod tests {
         assert!(whole == aside && sum == aside_sum);
     }
 
+    /// A copy hashed aside that fails (its writer, after a few pieces; or what it is told of
+    /// each entry copied, past the pieces) ends with that error, its thread ended with it.
+    #[test]
+    fn a_copy_hashed_aside_that_fails_ends() {
+        /// Takes `left` bytes, then fails.
+        struct Failing {
+            left: usize,
+        }
+        impl Write for Failing {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if self.left == 0 {
+                    return Err(std::io::Error::other("the disk is full"));
+                }
+                let n = buf.len().min(self.left);
+                self.left -= n;
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (pack, entries) = entries_to_copy();
+        let read_at = read_at_of(&pack);
+        let Err(failed) = copy_entries(
+            &read_at,
+            &entries,
+            gix_hash::Kind::Sha1,
+            Failing {
+                left: 2 * HASHED_PIECE + 5,
+            },
+            |_, _| Ok(()),
+        ) else {
+            panic!("a writer that fails made a copy");
+        };
+        assert!(
+            format!("{failed:?}").contains("the disk is full"),
+            "{failed:?}"
+        );
+        let Err(failed) = copy_entries(
+            &read_at,
+            &entries,
+            gix_hash::Kind::Sha1,
+            Vec::new(),
+            |place, _| match place {
+                2 => Err(Error::odb("told to stop")),
+                _ => Ok(()),
+            },
+        ) else {
+            panic!("a copy told to stop went on");
+        };
+        assert!(failed.to_string().contains("told to stop"), "{failed}");
+    }
+
+    /// Reads at rising offsets are served from one window read ahead, never past its end;
+    /// one straddling the window's end, or larger than a window, reads again; a failed read
+    /// leaves no window to be served from.
     #[test]
     fn reads_ahead_within_the_end() {
         let pack: Vec<u8> = (0..(3 * READ_AHEAD + 17))
