@@ -1,8 +1,9 @@
 //! Work that yields the processor to answers: the indexing of a pack whose objects are being
 //! found as it arrives, for a fetch that waits on them (see [`crate::live::Board::early_wanted`]),
-//! and the receiving of that pack once such a fetch waits. Both want the same cores as the
-//! reading and the answer; the answer is what a client waits on, and the pack is received and
-//! indexed as soon either way when nothing else runs.
+//! and the receiving of that pack while it is read for them (see
+//! [`crate::live::LivePack::read_early`]). Both want the same cores as the reading and the
+//! answer; the answer is what a client waits on, and the pack is received and indexed as soon
+//! either way when nothing else runs.
 
 /// How much less of the processor work run [`behind_answers`] is given when others want it,
 /// in steps of the `nice` scale (each weighs about a fifth less than the one before: ten
@@ -29,8 +30,9 @@ pub(crate) fn behind_answers<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 #[derive(Debug)]
 pub(crate) struct Yielding {
     own: bool,
-    /// Whether stepping behind was tried, and whether it lowered the thread's priority.
+    /// Whether stepping behind was tried on a thread of its own.
     tried: std::cell::Cell<bool>,
+    /// Whether that lowered the thread's priority.
     lowered: std::cell::Cell<bool>,
 }
 
@@ -52,7 +54,8 @@ impl Yielding {
         }
     }
 
-    /// Whether [`step_behind`](Self::step_behind) was called.
+    /// Whether [`step_behind`](Self::step_behind) was tried on a thread of its own (never on
+    /// a shared one).
     pub(crate) fn tried(&self) -> bool {
         self.tried.get()
     }
@@ -115,6 +118,10 @@ fn lower_priority() -> bool {
         return false;
     };
     let lower = now.saturating_add(STEPS).min(19);
+    if lower <= now {
+        // As low as it goes already.
+        return false;
+    }
     match rustix::process::setpriority_process(None, lower) {
         Ok(()) => true,
         Err(err) => {
@@ -173,7 +180,8 @@ mod tests {
         {
             assert_eq!(name.as_deref(), Some("stepping"));
             assert_eq!(at_start, before, "the caller's priority to start with");
-            assert!(stepped);
+            // Lowered unless it was as low as it goes already.
+            assert_eq!(stepped, before < 19);
             assert_eq!(after, (before + STEPS).min(19), "lowered once, by STEPS");
             assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
         }

@@ -250,8 +250,8 @@ pub(crate) fn ingest_hashing_from(
     let received = staging_dir.join("received.pack");
     let started = std::time::Instant::now();
     let board = announce.as_ref().map(|a| std::sync::Arc::clone(&a.board));
-    // An announced pack is received on a thread of its own, which steps behind answers once a
-    // fetch waits for what is found in it (see `receive`).
+    // An announced pack is received on a thread of its own, which steps behind answers while a
+    // first pack is read for the objects found early (see `receive`).
     let own_thread = announce.is_some();
     let receiving = |yielding: &crate::behind::Yielding| {
         let how = Receiving {
