@@ -407,11 +407,6 @@ struct Received {
     behind: bool,
 }
 
-/// How many entries, or bytes, [`receive`] reads at most between looks at whether a first
-/// pack is being read for the objects found early as it arrives.
-const STEP_BEHIND_CHECKED_EVERY: usize = 256;
-const STEP_BEHIND_CHECKED_EVERY_BYTES: u64 = 1 << 20;
-
 /// The largest tag or commit read as a first pack arrives, to see what a tag tags and which
 /// wants they are (see [`crate::live::EntryKinds`]): one larger counts as tagging anything,
 /// or as no want.
@@ -527,26 +522,19 @@ fn receive(
         first && read && size <= MOST_TAG_READ
     };
     let mut tag = Vec::new();
-    // Where the next look at whether the pack is being read early is due, at the latest.
-    let mut next_step_check = 0u64;
     while let Some((entry, read_whole)) = read
         .next_entry_keeping(&keep_tags, &mut tag)
         .map_err(invalid)?
     {
-        if first
-            && !yielding.tried()
-            && (entries.len().is_multiple_of(STEP_BEHIND_CHECKED_EVERY)
-                || entry.offset >= next_step_check)
+        // Looked at each entry (an atomic's load): the reading may begin at any point.
+        if first && !yielding.tried() && announced.as_ref().is_some_and(|pack| pack.is_read_early())
         {
-            next_step_check = entry.offset.saturating_add(STEP_BEHIND_CHECKED_EVERY_BYTES);
-            if announced.as_ref().is_some_and(|pack| pack.is_read_early()) {
-                yielding.step_behind();
-                if yielding.stepped_behind() {
-                    tracing::debug!(
-                        bytes = entry.offset,
-                        "the rest of the pack received behind the answers from what it holds"
-                    );
-                }
+            yielding.step_behind();
+            if yielding.stepped_behind() {
+                tracing::debug!(
+                    bytes = entry.offset,
+                    "the rest of the pack received behind the answers from what it holds"
+                );
             }
         }
         // The index keeps a CRC-32 of each entry as written in its shortest form, which git
