@@ -141,11 +141,11 @@ pub struct Announce {
 /// whole (before it is indexed and checked) or has failed. A pack asked for with haves and
 /// `thin-pack` is whole as received once its trailer is checked, bases left out and all (its
 /// readers take thin packs); any other is whole once it is found to need no bases from the
-/// mirror, and failed otherwise. The pack is received on a thread of its own; a mirror's
-/// first pack steps behind answers (a lower priority, for good: the rest of the download,
-/// for every reader of it, goes at the pace the cores leave it) once it is read for the
-/// objects found early as it arrives ([`LivePack::read_early`](crate::live::LivePack::read_early)),
-/// which a fetch waits for: that reading comes first.
+/// mirror, and failed otherwise. A mirror's first pack is received on a thread of its own,
+/// which steps behind answers (a lower priority) while the pack is read for the objects
+/// found early as it arrives ([`LivePack::read_early`](crate::live::LivePack::read_early)),
+/// which a fetch waits for: that reading comes first. Once it is over, the rest is received
+/// on the caller's thread, at its priority.
 pub fn ingest_pack_announced(
     git_dir: &Path,
     hash: HashKind,
@@ -201,7 +201,7 @@ pub fn ingest_pack_guarded(
     closure: Closure,
     announce: Option<Announce>,
     stop: &AtomicBool,
-    room: &(dyn Fn(Ask) -> std::io::Result<()> + Sync),
+    room: &dyn Fn(Ask) -> std::io::Result<()>,
 ) -> Result<Ingested, Error> {
     ingest_hashing_from(
         git_dir,
@@ -219,7 +219,7 @@ pub(crate) struct Guards<'a> {
     /// Set: given up.
     pub(crate) stop: &'a AtomicBool,
     /// Asked for room before the disk takes more after the download.
-    pub(crate) room: &'a (dyn Fn(Ask) -> std::io::Result<()> + Sync),
+    pub(crate) room: &'a dyn Fn(Ask) -> std::io::Result<()>,
 }
 
 /// [`ingest_pack_announced`], hashing blobs stored whole from `hash_from` bytes on as
@@ -250,17 +250,6 @@ pub(crate) fn ingest_hashing_from(
     let received = staging_dir.join("received.pack");
     let started = std::time::Instant::now();
     let board = announce.as_ref().map(|a| std::sync::Arc::clone(&a.board));
-    // An announced pack is received on a thread of its own, which steps behind answers while a
-    // first pack is read for the objects found early (see `receive`).
-    let own_thread = announce.is_some();
-    let receiving = |yielding: &crate::behind::Yielding| {
-        let how = Receiving {
-            hash_from,
-            room,
-            yielding,
-        };
-        receive(&repo, hash, pack, &received, announce, how)
-    };
     let Received {
         entries,
         checksum,
@@ -268,10 +257,7 @@ pub(crate) fn ingest_hashing_from(
         ref_deltas_within,
         hashed,
         behind,
-    } = match own_thread {
-        true => crate::behind::on_own_thread("receive-pack", receiving),
-        false => receiving(&crate::behind::Yielding::shared()),
-    }?;
+    } = receive(&repo, hash, pack, &received, announce, hash_from, room)?;
     let received_bytes = std::fs::metadata(&received)?.len();
     tracing::debug!(
         bytes = received_bytes,
@@ -412,40 +398,25 @@ struct Received {
 /// or as no want.
 const MOST_TAG_READ: u64 = 1 << 16;
 
-/// How [`receive`] goes.
-struct Receiving<'a> {
-    /// Blobs stored whole from this size on are hashed as they are read.
-    hash_from: u64,
-    /// Asked for room before the disk takes more after the download.
-    room: &'a (dyn Fn(Ask) -> std::io::Result<()> + Sync),
-    /// Stepped behind answers once a first pack announced is read for the objects found
-    /// early as it arrives (a fetch waits for them): that reading, and the answer from
-    /// them, come first.
-    yielding: &'a crate::behind::Yielding,
-}
-
 /// Read the pack from `pack` into the file `to` as it is received, then complete a thin pack
 /// as `git index-pack --fix-thin` does: the bases its deltas name by id that the repository
 /// has are added at the end of the file (the deltas keep naming them by id), and the count
 /// and checksum are written anew. Blobs stored whole from `hash_from` bytes on are hashed
 /// as they are read, and kept so unless a delta rests on them by offset (a delta naming its
 /// base by id is completed, or read by gitoxide's indexer, which decodes every object).
-/// Once a first pack announced is being read for the objects found early (a fetch waits
-/// for them), the rest is received behind answers ([`Receiving::yielding`]): on two cores,
-/// that reading, the receiving and the upstream's own work took turns, and the reading
-/// (which a depth-50 clone of the bench's 50 MB repository waits on) ended up to 0.2 s
-/// after the download.
+/// While a first pack announced is being read for the objects found early (a fetch waits
+/// for them), it is received behind answers, on a thread of its own: on two cores, that
+/// reading, the receiving and the upstream's own work took turns, and the reading (which a
+/// depth-50 clone of the bench's 50 MB repository waits on) ended up to 0.2 s after the
+/// download.
 fn receive(
     repo: &gitcache_pack::Repository,
     hash: HashKind,
     pack: &mut (dyn BufRead + Send),
     to: &Path,
     announce: Option<Announce>,
-    Receiving {
-        hash_from,
-        room,
-        yielding,
-    }: Receiving<'_>,
+    hash_from: u64,
+    room: &dyn Fn(Ask) -> std::io::Result<()>,
 ) -> Result<Received, Error> {
     use gix_pack::data::entry::Header;
     use std::io::{Seek, Write};
@@ -512,31 +483,24 @@ fn receive(
     let mut kinds = first.then(|| (Vec::new(), true));
     let mut wanted_found = vec![false; wants.len()];
     // Commits are read only while a want is not found yet (a pack's tips come first).
-    let unfound = std::cell::Cell::new(wants.len());
+    let unfound = std::sync::atomic::AtomicUsize::new(wants.len());
     let keep_tags = |_: u64, header: &Header, size: u64| {
         let read = match header {
             Header::Tag => true,
-            Header::Commit => unfound.get() > 0,
+            Header::Commit => unfound.load(std::sync::atomic::Ordering::Relaxed) > 0,
             _ => false,
         };
         first && read && size <= MOST_TAG_READ
     };
     let mut tag = Vec::new();
-    while let Some((entry, read_whole)) = read
-        .next_entry_keeping(&keep_tags, &mut tag)
-        .map_err(invalid)?
-    {
-        // Looked at each entry (an atomic's load): the reading may begin at any point.
-        if first && !yielding.tried() && announced.as_ref().is_some_and(|pack| pack.is_read_early())
-        {
-            yielding.step_behind();
-            if yielding.stepped_behind() {
-                tracing::debug!(
-                    bytes = entry.offset,
-                    "the rest of the pack received behind the answers from what it holds"
-                );
-            }
-        }
+    // One entry read and taken account of: `false` past the last.
+    let mut next = || -> Result<bool, Error> {
+        let Some((entry, read_whole)) = read
+            .next_entry_keeping(&keep_tags, &mut tag)
+            .map_err(invalid)?
+        else {
+            return Ok(false);
+        };
         // The index keeps a CRC-32 of each entry as written in its shortest form, which git
         // always writes: a longer form would not match it.
         if entry.header_size as usize != entry.header.size(entry.size) {
@@ -598,7 +562,7 @@ fn receive(
                 && let Ok(place) = wants.binary_search(&id)
                 && !std::mem::replace(&mut wanted_found[place], true)
             {
-                unfound.set(unfound.get() - 1);
+                unfound.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
             kinds.push(kind);
         }
@@ -607,6 +571,43 @@ fn receive(
             crc32: entry.crc32,
         });
         entries_end = entry.end();
+        Ok(true)
+    };
+    // A first pack is received on a thread of its own, which steps behind answers while the
+    // pack is read for the objects found early (looked at each entry, an atomic's load: the
+    // reading may begin at any point), and hands the rest back to this thread, at its own
+    // priority, once that reading is over.
+    let (behind, handed_back) = match (first, announced.as_deref()) {
+        (true, Some(pack)) => crate::behind::on_own_thread(
+            "receive-pack",
+            |yielding| -> Result<(bool, bool), Error> {
+                loop {
+                    let reading = pack.is_read_early();
+                    if reading && !yielding.tried() {
+                        yielding.step_behind();
+                        if yielding.stepped_behind() {
+                            tracing::debug!(
+                                "the rest of the pack received behind the answers from what it holds"
+                            );
+                        }
+                    }
+                    if yielding.stepped_behind() && !reading {
+                        return Ok((true, true));
+                    }
+                    if !next()? {
+                        return Ok((yielding.stepped_behind(), false));
+                    }
+                }
+            },
+        )?,
+        _ => {
+            while next()? {}
+            (false, false)
+        }
+    };
+    if handed_back {
+        tracing::debug!("the rest of the pack received at the server's own priority again");
+        while next()? {}
     }
     let mut checksum = read.trailer().map_err(invalid)?;
     if let Some(err) = tee.failed.take() {
@@ -738,7 +739,7 @@ fn receive(
         bases,
         ref_deltas_within,
         hashed,
-        behind: yielding.stepped_behind(),
+        behind,
     })
 }
 
@@ -833,7 +834,7 @@ impl Trailing {
 /// the pack file is the bytes the entries were read from, exactly, whatever the reader
 /// buffered beyond them.
 struct Tee<'a> {
-    inner: &'a mut dyn BufRead,
+    inner: &'a mut (dyn BufRead + Send),
     out: std::io::BufWriter<std::fs::File>,
     sum: Trailing,
     failed: Option<std::io::Error>,

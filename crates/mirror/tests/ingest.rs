@@ -1043,24 +1043,53 @@ fn an_announced_pack_is_followed_as_it_is_written() {
 }
 
 /// A first pack announced is received behind answers while it is read for the objects found
-/// early, and not when no reading runs (none started, or one over before the pack came); the
-/// caller's own priority is left as it was, and the pack is taken in whole either way.
+/// early, and not when no reading runs (none started, or one over before the pack came); a
+/// reading that ends midway hands the rest back to the caller's thread, at its priority. The
+/// caller's own priority is left as it was, and the pack is taken in whole every time.
 #[test]
 fn a_first_pack_read_early_is_received_behind_answers() {
     use gitcache_mirror::ingest::{Announce, ingest_pack_announced};
     use gitcache_mirror::live::{Asked, Board};
+    use std::sync::mpsc::{Receiver, Sender, channel};
 
-    /// The pack's bytes, given once `open` says so.
+    /// The pack's bytes, from when `open` says so, with a pause at `pause_at` (told on
+    /// `paused`, until `resume` says so); the priority of the thread reading each piece.
     struct Gated<'a> {
         pack: &'a [u8],
-        open: Option<std::sync::mpsc::Receiver<()>>,
+        at: usize,
+        open: Option<Receiver<()>>,
+        pause_at: usize,
+        paused: Option<(Sender<()>, Receiver<()>)>,
+        read_at: Vec<(usize, i32)>,
     }
     impl std::io::Read for Gated<'_> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             if let Some(open) = self.open.take() {
                 open.recv().map_err(std::io::Error::other)?;
             }
-            self.pack.read(buf)
+            if self.at >= self.pause_at
+                && let Some((paused, resume)) = self.paused.take()
+            {
+                paused.send(()).map_err(std::io::Error::other)?;
+                resume.recv().map_err(std::io::Error::other)?;
+            }
+            #[cfg(target_os = "linux")]
+            let priority = rustix::process::getpriority_process(None).unwrap();
+            #[cfg(not(target_os = "linux"))]
+            let priority = 0;
+            let end = self
+                .pack
+                .len()
+                .min(self.at + buf.len())
+                .min(match self.paused {
+                    Some(_) => self.pause_at.max(self.at + 1),
+                    None => usize::MAX,
+                });
+            let n = end - self.at;
+            buf[..n].copy_from_slice(&self.pack[self.at..end]);
+            self.at = end;
+            self.read_at.push((self.at, priority));
+            Ok(n)
         }
     }
 
@@ -1074,15 +1103,26 @@ fn a_first_pack_read_early_is_received_behind_answers() {
     let pack = pack_objects(&source, &[], &objects);
     #[cfg(target_os = "linux")]
     let priority = rustix::process::getpriority_process(None).unwrap();
-    for (case, reading) in ["none", "under way", "over"].into_iter().enumerate() {
+    #[cfg(not(target_os = "linux"))]
+    let priority = 0;
+    // A thread's priority is its own only on Linux, and lowered only above the lowest.
+    let lowers = cfg!(target_os = "linux") && priority < 19;
+    let half = pack.len() / 2;
+    for (case, reading) in ["none", "under way", "over", "ends midway"]
+        .into_iter()
+        .enumerate()
+    {
         let home = dir.path().join(format!("case-{case}"));
         std::fs::create_dir_all(&home).unwrap();
         let mirror = empty_mirror(&home, "sha1");
         let board = std::sync::Arc::new(Board::default());
-        let (open, gate) = std::sync::mpsc::channel();
-        let (done, ingested) = std::sync::mpsc::channel::<()>();
+        let (open, gate) = channel();
+        let (paused, pause) = channel();
+        let (resume, resumed) = channel();
+        let (done, ingested) = channel::<()>();
         // A reading of the pack as the early-index thread holds one, from its announcement
-        // on (before any of its bytes come), to the ingestion's end or not at all.
+        // on (before any of its bytes come), to the ingestion's end, to its middle, or not
+        // at all.
         let reader = std::thread::spawn({
             let board = std::sync::Arc::clone(&board);
             move || {
@@ -1092,23 +1132,34 @@ fn a_first_pack_read_early_is_received_behind_answers() {
                 if reading == "over" {
                     drop(held);
                     assert!(!live.is_read_early());
+                    open.send(()).unwrap();
+                } else if reading == "ends midway" {
+                    open.send(()).unwrap();
+                    pause.recv().unwrap();
+                    drop(held);
+                    resume.send(()).unwrap();
+                } else {
+                    open.send(()).unwrap();
+                    let _ = ingested.recv();
                 }
-                open.send(()).unwrap();
-                let _ = ingested.recv();
             }
         });
         let announce = Announce {
             board: std::sync::Arc::clone(&board),
             asked: Asked::first(vec![tip]),
         };
-        let mut bytes = std::io::BufReader::new(Gated {
+        let mut gated = Gated {
             pack: &pack,
+            at: 0,
             open: Some(gate),
-        });
+            pause_at: half,
+            paused: (reading == "ends midway").then_some((paused, resumed)),
+            read_at: Vec::new(),
+        };
         let taken = ingest_pack_announced(
             &mirror,
             Kind::Sha1,
-            &mut bytes,
+            &mut std::io::BufReader::with_capacity(512, &mut gated),
             Closure::Unchecked,
             Some(announce),
         );
@@ -1116,12 +1167,44 @@ fn a_first_pack_read_early_is_received_behind_answers() {
         // The ingestion's own error first, should it fail.
         let taken = taken.unwrap();
         reader.join().unwrap();
-        // A thread's priority is its own only on Linux, and lowered only above the lowest.
-        #[cfg(target_os = "linux")]
-        let behind = reading == "under way" && priority < 19;
-        #[cfg(not(target_os = "linux"))]
-        let behind = false;
+        let behind = lowers && matches!(reading, "under way" | "ends midway");
         assert_eq!(taken.received_behind, behind, "reading: {reading}");
+        // Where each piece was read, at which priority: the first before any entry (at the
+        // caller's), then behind while the reading ran (from the entry after the one being
+        // read when it began), then back (from the entry after the one being read when it
+        // ended) to the last.
+        let lowered = (priority + 10).min(19);
+        let read_at = &gated.read_at;
+        assert_eq!(read_at[0].1, priority, "{reading}");
+        let (to_half, past_half): (Vec<_>, Vec<_>) = (read_at.iter())
+            .filter(|(at, _)| *at > 2 * 512)
+            .partition(|(at, _)| *at <= half);
+        let by = |lower: bool| if lower { lowered } else { priority };
+        assert!(
+            to_half.iter().all(|(_, read_by)| *read_by == by(behind)),
+            "{reading}: {to_half:?}"
+        );
+        match reading {
+            "under way" => assert!(
+                past_half.iter().all(|(_, read_by)| *read_by == by(lowers)),
+                "{reading}: {past_half:?}"
+            ),
+            "ends midway" => {
+                let back = (past_half.iter())
+                    .position(|(_, read_by)| *read_by == priority)
+                    .expect("handed back");
+                assert!(
+                    past_half[back..]
+                        .iter()
+                        .all(|(_, read_by)| *read_by == priority),
+                    "{reading}: {past_half:?}"
+                );
+            }
+            _ => assert!(
+                past_half.iter().all(|(_, read_by)| *read_by == priority),
+                "{reading}: {past_half:?}"
+            ),
+        }
         #[cfg(target_os = "linux")]
         assert_eq!(
             rustix::process::getpriority_process(None).unwrap(),
@@ -1475,18 +1558,17 @@ fn room_is_asked_for_before_a_pack_is_written_again_or_completed() {
         asked.lock().unwrap().push(ask);
         Ok(())
     };
-    let taken_in =
-        |mirror: &Path, pack: &[u8], room: &(dyn Fn(Ask) -> std::io::Result<()> + Sync)| {
-            ingest_pack_guarded(
-                mirror,
-                Kind::Sha1,
-                &mut &pack[..],
-                Closure::Unchecked,
-                None,
-                &stop,
-                room,
-            )
-        };
+    let taken_in = |mirror: &Path, pack: &[u8], room: &dyn Fn(Ask) -> std::io::Result<()>| {
+        ingest_pack_guarded(
+            mirror,
+            Kind::Sha1,
+            &mut &pack[..],
+            Closure::Unchecked,
+            None,
+            &stop,
+            room,
+        )
+    };
     let asks = || std::mem::take(&mut *asked.lock().unwrap());
     // What taking a pack in wrote beside it.
     let indexes = |ingested: &gitcache_mirror::ingest::Ingested| {
@@ -1615,7 +1697,7 @@ fn bases_are_asked_for_before_more_than_the_interval_is_written_unasked() {
 
     let stop = std::sync::atomic::AtomicBool::new(false);
     let asked = std::sync::Mutex::new(Vec::new());
-    let taken_in = |room: &(dyn Fn(Ask) -> std::io::Result<()> + Sync)| {
+    let taken_in = |room: &dyn Fn(Ask) -> std::io::Result<()>| {
         ingest_pack_guarded(
             &mirror,
             Kind::Sha1,

@@ -39,9 +39,9 @@ use crate::Error;
 /// bytes that arrived so far end.
 pub const LONGEST_HEADER: usize = 10 + 32;
 
-/// A pack read entry by entry from its bytes as they arrive.
-pub struct Incoming<'a> {
-    read: Crc<'a>,
+/// A pack read entry by entry from its bytes as they arrive (from any reader: `R`).
+pub struct Incoming<'a, R: BufRead + ?Sized = dyn BufRead + 'a> {
+    read: Crc<'a, R>,
     hash: gix_hash::Kind,
     /// Where the next entry starts.
     offset: u64,
@@ -57,7 +57,7 @@ pub struct Incoming<'a> {
     out: Vec<u8>,
 }
 
-impl std::fmt::Debug for Incoming<'_> {
+impl<R: BufRead + ?Sized> std::fmt::Debug for Incoming<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Incoming")
             .field("offset", &self.offset)
@@ -97,14 +97,10 @@ impl IncomingEntry {
     }
 }
 
-impl<'a> Incoming<'a> {
+impl<'a, R: BufRead + ?Sized> Incoming<'a, R> {
     /// Read the pack header from `read` (a pack whose object ids are `hash`); blobs stored
     /// whole of `hash_from` bytes and more will be hashed as they are read.
-    pub fn new(
-        read: &'a mut dyn BufRead,
-        hash: gix_hash::Kind,
-        hash_from: u64,
-    ) -> Result<Incoming<'a>, Error> {
+    pub fn new(read: &'a mut R, hash: gix_hash::Kind, hash_from: u64) -> Result<Self, Error> {
         let mut header = [0; gix_pack::data::header::SIZE];
         read.read_exact(&mut header).map_err(|err| invalid(&err))?;
         let (_, count) = gix_pack::data::header::decode(&header).map_err(|err| invalid(&err))?;
@@ -127,11 +123,7 @@ impl<'a> Incoming<'a> {
     /// One entry of a pack whose object ids are `hash`, read from `read` where it starts at
     /// `offset` (a pack read again from what was written of it): no pack header, nothing
     /// hashed.
-    pub(crate) fn one_at(
-        read: &'a mut dyn BufRead,
-        hash: gix_hash::Kind,
-        offset: u64,
-    ) -> Incoming<'a> {
+    pub(crate) fn one_at(read: &'a mut R, hash: gix_hash::Kind, offset: u64) -> Self {
         Incoming {
             read: Crc {
                 inner: read,
@@ -360,12 +352,12 @@ fn invalid(what: &dyn std::fmt::Display) -> Error {
 }
 
 /// A reader taking the CRC-32 of the bytes consumed from it.
-struct Crc<'a> {
-    inner: &'a mut dyn BufRead,
+struct Crc<'a, R: BufRead + ?Sized> {
+    inner: &'a mut R,
     crc: crc32fast::Hasher,
 }
 
-impl Read for Crc<'_> {
+impl<R: BufRead + ?Sized> Read for Crc<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.crc.update(&buf[..n]);
@@ -373,7 +365,7 @@ impl Read for Crc<'_> {
     }
 }
 
-impl BufRead for Crc<'_> {
+impl<R: BufRead + ?Sized> BufRead for Crc<'_, R> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         self.inner.fill_buf()
     }
