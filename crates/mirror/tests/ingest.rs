@@ -1042,25 +1042,35 @@ fn an_announced_pack_is_followed_as_it_is_written() {
     assert!(std::fs::read(&ingested.pack).unwrap() == pack);
 }
 
-/// A first pack announced is received behind answers while it is read for the objects found
-/// early, and not when no reading runs (none started, or one over before the pack came); a
-/// reading that ends midway hands the rest back to the caller's thread, at its priority. The
-/// caller's own priority is left as it was, and the pack is taken in whole every time.
+/// A first pack announced is received on a thread of its own, behind answers while it is
+/// read for the objects found early, and not when no reading runs (none started, or one
+/// over before the pack came); a reading that ends midway hands the rest back to the
+/// caller's thread, at its priority. The caller's own priority is left as it was, and the
+/// pack is taken in whole every time.
 #[test]
 fn a_first_pack_read_early_is_received_behind_answers() {
     use gitcache_mirror::ingest::{Announce, ingest_pack_announced};
     use gitcache_mirror::live::{Asked, Board};
     use std::sync::mpsc::{Receiver, Sender, channel};
 
+    /// One read of the pack: where it ended, the reading thread's priority, and whether it
+    /// was the thread that called the ingestion.
+    #[derive(Debug, Clone, Copy)]
+    struct Read {
+        to: usize,
+        priority: i32,
+        by_caller: bool,
+    }
     /// The pack's bytes, from when `open` says so, with a pause at `pause_at` (told on
-    /// `paused`, until `resume` says so); the priority of the thread reading each piece.
+    /// `paused`, until `resume` says so), each read noted.
     struct Gated<'a> {
         pack: &'a [u8],
         at: usize,
         open: Option<Receiver<()>>,
         pause_at: usize,
         paused: Option<(Sender<()>, Receiver<()>)>,
-        read_at: Vec<(usize, i32)>,
+        caller: std::thread::ThreadId,
+        reads: Vec<Read>,
     }
     impl std::io::Read for Gated<'_> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -1077,18 +1087,20 @@ fn a_first_pack_read_early_is_received_behind_answers() {
             let priority = rustix::process::getpriority_process(None).unwrap();
             #[cfg(not(target_os = "linux"))]
             let priority = 0;
-            let end = self
-                .pack
-                .len()
-                .min(self.at + buf.len())
-                .min(match self.paused {
-                    Some(_) => self.pause_at.max(self.at + 1),
-                    None => usize::MAX,
-                });
+            // Nothing past the pause before it.
+            let until = match self.paused {
+                Some(_) => self.pause_at,
+                None => self.pack.len(),
+            };
+            let end = until.min(self.at + buf.len());
             let n = end - self.at;
             buf[..n].copy_from_slice(&self.pack[self.at..end]);
             self.at = end;
-            self.read_at.push((self.at, priority));
+            self.reads.push(Read {
+                to: end,
+                priority,
+                by_caller: std::thread::current().id() == self.caller,
+            });
             Ok(n)
         }
     }
@@ -1101,13 +1113,28 @@ fn a_first_pack_read_early_is_received_behind_answers() {
     let tip = gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap();
     let objects = git(&source, &["rev-list", "--objects", "--all"]);
     let pack = pack_objects(&source, &[], &objects);
+    // The pause at the start of the middle entry: entries follow it, whatever the pack.
+    let starts: Vec<usize> = {
+        let mut bytes = &pack[..];
+        let mut read =
+            gitcache_pack::incoming::Incoming::new(&mut bytes, Kind::Sha1, u64::MAX).unwrap();
+        std::iter::from_fn(|| read.next_entry().unwrap().map(|e| e.offset as usize)).collect()
+    };
+    assert!(starts.len() > 8, "{} entries", starts.len());
+    let pause_at = starts[starts.len() / 2];
+    // Reads past this may be the trailer's, which the caller reads.
+    let entries_end = pack.len() - 20;
     #[cfg(target_os = "linux")]
     let priority = rustix::process::getpriority_process(None).unwrap();
     #[cfg(not(target_os = "linux"))]
     let priority = 0;
     // A thread's priority is its own only on Linux, and lowered only above the lowest.
     let lowers = cfg!(target_os = "linux") && priority < 19;
-    let half = pack.len() / 2;
+    let lowered = if lowers {
+        (priority + 10).min(19)
+    } else {
+        priority
+    };
     for (case, reading) in ["none", "under way", "over", "ends midway"]
         .into_iter()
         .enumerate()
@@ -1129,18 +1156,22 @@ fn a_first_pack_read_early_is_received_behind_answers() {
                 let live = announced_on(&board);
                 let held = (reading != "none").then(|| live.read_early());
                 assert_eq!(live.is_read_early(), held.is_some());
-                if reading == "over" {
-                    drop(held);
-                    assert!(!live.is_read_early());
-                    open.send(()).unwrap();
-                } else if reading == "ends midway" {
-                    open.send(()).unwrap();
-                    pause.recv().unwrap();
-                    drop(held);
-                    resume.send(()).unwrap();
-                } else {
-                    open.send(()).unwrap();
-                    let _ = ingested.recv();
+                match reading {
+                    "over" => {
+                        drop(held);
+                        assert!(!live.is_read_early());
+                        open.send(()).unwrap();
+                    }
+                    "ends midway" => {
+                        open.send(()).unwrap();
+                        pause.recv().unwrap();
+                        drop(held);
+                        resume.send(()).unwrap();
+                    }
+                    _ => {
+                        open.send(()).unwrap();
+                        let _ = ingested.recv();
+                    }
                 }
             }
         });
@@ -1152,9 +1183,10 @@ fn a_first_pack_read_early_is_received_behind_answers() {
             pack: &pack,
             at: 0,
             open: Some(gate),
-            pause_at: half,
+            pause_at,
             paused: (reading == "ends midway").then_some((paused, resumed)),
-            read_at: Vec::new(),
+            caller: std::thread::current().id(),
+            reads: Vec::new(),
         };
         let taken = ingest_pack_announced(
             &mirror,
@@ -1169,41 +1201,41 @@ fn a_first_pack_read_early_is_received_behind_answers() {
         reader.join().unwrap();
         let behind = lowers && matches!(reading, "under way" | "ends midway");
         assert_eq!(taken.received_behind, behind, "reading: {reading}");
-        // Where each piece was read, at which priority: the first before any entry (at the
-        // caller's), then behind while the reading ran (from the entry after the one being
-        // read when it began), then back (from the entry after the one being read when it
-        // ended) to the last.
-        let lowered = (priority + 10).min(19);
-        let read_at = &gated.read_at;
-        assert_eq!(read_at[0].1, priority, "{reading}");
-        let (to_half, past_half): (Vec<_>, Vec<_>) = (read_at.iter())
-            .filter(|(at, _)| *at > 2 * 512)
-            .partition(|(at, _)| *at <= half);
-        let by = |lower: bool| if lower { lowered } else { priority };
+        // Who read each piece, at which priority: the caller the header (before the first
+        // entry), then the thread of its own, behind from the first entry while the reading
+        // ran; once it ended midway, the caller again from the entry after the one being
+        // read then.
+        let reads = &gated.reads;
         assert!(
-            to_half.iter().all(|(_, read_by)| *read_by == by(behind)),
-            "{reading}: {to_half:?}"
+            reads[0].by_caller && reads[0].priority == priority,
+            "{reading}: {reads:?}"
         );
+        let own = |r: &Read, by: i32| !r.by_caller && r.priority == by;
+        let entries: Vec<&Read> = (reads[1..].iter())
+            .filter(|r| r.to <= entries_end)
+            .collect();
+        let (before, after): (Vec<&Read>, Vec<&Read>) =
+            entries.iter().partition(|r| r.to <= pause_at);
+        let by = if behind { lowered } else { priority };
+        assert!(before.iter().all(|r| own(r, by)), "{reading}: {before:?}");
         match reading {
-            "under way" => assert!(
-                past_half.iter().all(|(_, read_by)| *read_by == by(lowers)),
-                "{reading}: {past_half:?}"
-            ),
-            "ends midway" => {
-                let back = (past_half.iter())
-                    .position(|(_, read_by)| *read_by == priority)
+            // Handed back only by a thread that stepped behind.
+            "ends midway" if behind => {
+                let back = (after.iter())
+                    .position(|r| r.by_caller)
                     .expect("handed back");
                 assert!(
-                    past_half[back..]
+                    after[..back].iter().all(|r| own(r, by)),
+                    "{reading}: {after:?}"
+                );
+                assert!(
+                    after[back..]
                         .iter()
-                        .all(|(_, read_by)| *read_by == priority),
-                    "{reading}: {past_half:?}"
+                        .all(|r| r.by_caller && r.priority == priority),
+                    "{reading}: {after:?}"
                 );
             }
-            _ => assert!(
-                past_half.iter().all(|(_, read_by)| *read_by == priority),
-                "{reading}: {past_half:?}"
-            ),
+            _ => assert!(after.iter().all(|r| own(r, by)), "{reading}: {after:?}"),
         }
         #[cfg(target_os = "linux")]
         assert_eq!(
