@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use gix_hash::ObjectId;
 use gix_pack::data::entry::Header;
 
+use crate::incoming::Told;
 use crate::{Error, PackEntry};
 
 /// Sets and maps of ids named by what arrives, hashed under a secret key: a tree or a commit
@@ -78,7 +79,7 @@ pub struct Limits {
     /// `cache_bytes`: past it, nothing more is (a hostile pack of small deltas each copying
     /// a large base would otherwise cost far more than its size). A pack's trees decode to
     /// ten times its size and more (a tree's delta of a few bytes makes the whole tree), and
-    /// up to eighty times in stretches of them. Trees read back count too
+    /// up to eighty times in stretches of them. Objects read back count too
     /// ([`Tips::reading_back`]).
     pub decoded_per_byte: u64,
     /// The most objects found: past it, the scan gives up (each costs about 160 bytes with
@@ -118,8 +119,10 @@ pub struct Found {
     checksum: Option<ObjectId>,
     entries: u32,
     passed: Passed,
-    /// Trees read back (see [`Tips::reading_back`]).
+    /// Objects read back (see [`Found::read_back`]).
     read_back: u64,
+    /// Blobs found told of (see [`Found::told`]).
+    told: u64,
     /// What the closures followed are made of, when the scan followed [`Tips`] and found
     /// more than [`Limits::copy_all_bytes`] of entries (see [`write_pack`](Found::write_pack)).
     closure: Option<std::sync::Arc<IdSet>>,
@@ -313,6 +316,8 @@ pub struct Tips {
     meanwhile: Option<Box<dyn FnOnce(Found) + Send>>,
     /// Reads what was written of the pack (see [`reading_back`](Tips::reading_back)).
     read_back: Option<Box<ReadAt>>,
+    /// What the pack's receiving learned of blobs stored whole (see [`told_by`](Tips::told_by)).
+    tell: Option<Box<TellAt>>,
     /// Trees followed.
     pub(crate) followed: usize,
     /// Commits whose parents are followed (see [`Wants::walked`]), each with how many
@@ -509,6 +514,7 @@ impl Tips {
             commits_found: 0,
             meanwhile: None,
             read_back: None,
+            tell: None,
             followed: 0,
             walks: Default::default(),
             haves: IdSet::default(),
@@ -558,11 +564,22 @@ impl Tips {
     /// far, while a tree is awaited: a long history's trees are deltas in chains whose bases
     /// lie many megabytes behind them, long gone from the objects kept (at 200,000 commits,
     /// nearly all of the tip's). Each base read again is kept, so a chain is read again once.
+    /// A blob [told of](Self::told_by) that a delta rests on is read back so too.
     pub fn reading_back(
         mut self,
         read_at: impl Fn(&mut [u8], u64) -> std::io::Result<usize> + Send + 'static,
     ) -> Tips {
         self.read_back = Some(Box::new(read_at));
+        self
+    }
+
+    /// Take the ids of blobs stored whole from `tell`, told an entry's offset, instead of
+    /// inflating and hashing them (see [`Told`]): the pack's receiving
+    /// inflates every entry to find where it ends, and can hash its blobs as it does. Such a
+    /// blob is then not kept for the deltas on it: one of them decoded reads it back from the
+    /// pack (with [`reading_back`](Self::reading_back); without, the delta is passed over).
+    pub fn told_by(mut self, tell: impl Fn(u64) -> Option<Told> + Send + 'static) -> Tips {
+        self.tell = Some(Box::new(tell));
         self
     }
 
@@ -1182,9 +1199,16 @@ impl Found {
         self.passed
     }
 
-    /// How many trees were decoded again, read back (see [`Tips::reading_back`]).
+    /// How many objects were decoded again, read back (see [`Tips::reading_back`]): trees,
+    /// and blobs told of that deltas rest on (see [`Tips::told_by`]).
     pub fn read_back(&self) -> u64 {
         self.read_back
+    }
+
+    /// How many blobs stored whole were found without being inflated, told of (see
+    /// [`Tips::told_by`]).
+    pub fn told(&self) -> u64 {
+        self.told
     }
 
     /// The pack's checksum, as its trailer says it (the scan does not check it: the reader
@@ -1329,6 +1353,7 @@ pub fn scan_for(
     let budget = |offset: u64| {
         (limits.cache_bytes as u64).saturating_add(offset.saturating_mul(limits.decoded_per_byte))
     };
+    let mut tell = None;
     if let Some(tips) = tips.as_deref_mut() {
         tips.most_pending = limits.most_found;
         kept.back = tips.read_back.take().map(|read_at| Back {
@@ -1339,10 +1364,13 @@ pub fn scan_for(
             spent: std::cell::Cell::new(0),
             read: std::cell::Cell::new(0),
             listed: Vec::new(),
+            blobs: Vec::new(),
         });
+        tell = tips.tell.take();
     }
     let mut read_entries = 0usize;
     let mut passed = Passed::default();
+    let mut told = 0u64;
     loop {
         read_entries += 1;
         if read_entries.is_multiple_of(ASK_EVERY)
@@ -1377,6 +1405,13 @@ pub fn scan_for(
                                 Some(Why::Unawaited)
                             }
                             Some(base) if kept.has(base) => None,
+                            // A blob told of, not inflated then: read back for it.
+                            Some(base) if kept.passed_blob(base) => {
+                                let blob = kept.blob_back(base);
+                                let gone = blob.is_none();
+                                chain.set(blob);
+                                gone.then_some(Why::BaseGone)
+                            }
                             Some(base) if reread => {
                                 let trees = kept.tree_chain(base);
                                 let gone = trees.is_none();
@@ -1393,7 +1428,20 @@ pub fn scan_for(
             why.set(passed);
             passed.is_none()
         };
-        let Some((entry, inflated)) = incoming.next_entry_keeping(&keep, &mut out)? else {
+        // Where the blob last told of is.
+        let told_at = std::cell::Cell::new(None);
+        let next = match tell.as_deref() {
+            Some(tell) => {
+                let telling = |at| {
+                    let blob = tell(at);
+                    told_at.set(blob.map(|_| at));
+                    blob
+                };
+                incoming.next_entry_told(&telling, &keep, &mut out)?
+            }
+            None => incoming.next_entry_keeping(&keep, &mut out)?,
+        };
+        let Some((entry, inflated)) = next else {
             break;
         };
         if stop.load(Ordering::Relaxed) {
@@ -1469,6 +1517,11 @@ pub fn scan_for(
         };
         objects.push(found(id, kind));
         kept.list(entry.offset, kind);
+        if told_at.get() == Some(entry.offset) {
+            // Not inflated: read back should a delta rest on it.
+            told += 1;
+            kept.pass_blob(entry.offset);
+        }
         // Kept before it is followed: a commit wanted meanwhile may need it (a tree) now.
         let object: Option<std::rc::Rc<[u8]>> = object.map(Into::into);
         if let Some(object) = &object {
@@ -1482,7 +1535,7 @@ pub fn scan_for(
                 tips.ask(&mut kept, hash);
             }
             if tips.complete() {
-                let counts = (passed, kept.read_back_count());
+                let counts = (passed, kept.read_back_count(), told);
                 return found_once(
                     hash,
                     objects,
@@ -1500,7 +1553,7 @@ pub fn scan_for(
                     objects.clone(),
                     None,
                     entries,
-                    (passed, kept.read_back_count()),
+                    (passed, kept.read_back_count(), told),
                     (|| tips.closure(), limits.copy_all_bytes),
                 )
             {
@@ -1509,7 +1562,7 @@ pub fn scan_for(
         }
     }
     let checksum = incoming.trailer()?;
-    let counts = (passed, kept.read_back_count());
+    let counts = (passed, kept.read_back_count(), told);
     found_once(
         hash,
         objects,
@@ -1530,7 +1583,7 @@ fn found_once(
     objects: Vec<FoundEntry>,
     checksum: Option<ObjectId>,
     entries: u32,
-    (passed, read_back): (Passed, u64),
+    (passed, read_back, told): (Passed, u64, u64),
     (closure, copy_all_bytes): (impl FnOnce() -> Option<IdSet>, u64),
 ) -> Result<Found, Error> {
     // The closures are only made when the copy is to hold them alone (a set of up to two
@@ -1553,6 +1606,7 @@ fn found_once(
         entries,
         passed,
         read_back,
+        told,
         closure: closure.map(std::sync::Arc::new),
     })
 }
@@ -1560,10 +1614,13 @@ fn found_once(
 /// Reads a pack's bytes at an offset (see [`Tips::reading_back`]).
 type ReadAt = dyn Fn(&mut [u8], u64) -> std::io::Result<usize> + Send;
 
+/// Tells what is known of the blob stored whole at an offset (see [`Tips::told_by`]).
+type TellAt = dyn Fn(u64) -> Option<Told> + Send;
+
 /// The most links of a chain read back (git writes 50 at most by default).
 const MOST_READ_BACK: usize = 128;
 
-/// How [`Kept`] reads trees back (see [`Tips::reading_back`]).
+/// How [`Kept`] reads trees, and blobs told of, back (see [`Tips::reading_back`]).
 struct Back {
     read_at: Box<ReadAt>,
     hash: gix_hash::Kind,
@@ -1573,21 +1630,26 @@ struct Back {
     allowed: u64,
     /// Bytes inflated and decoded reading back, and [`HEADER_COST`] a header read.
     spent: std::cell::Cell<u64>,
-    /// Trees read back.
+    /// Objects read back (trees, and blobs told of).
     read: std::cell::Cell<u64>,
     /// Where the trees found are, in pack order.
     listed: Vec<u64>,
+    /// Where the blobs found without inflating them are (see [`Tips::told_by`]), in pack
+    /// order.
+    blobs: Vec<u64>,
 }
 
-/// A chain of trees to read back (see [`Kept::tree_chain`]): each link's offset and
-/// inflated size, from the top down, and where the tree kept it starts on is (`None`: its
-/// last link is a tree stored whole).
+/// A chain of trees to read back (see [`Kept::tree_chain`]), or a blob (see
+/// [`Kept::blob_back`]): each link's offset and inflated size, from the top down, and where
+/// the object kept it starts on is (`None`: its last link is stored whole), and its kind.
 struct Chain {
     links: Vec<(u64, u64)>,
     bottom: Option<u64>,
+    kind: gix_object::Kind,
 }
 
-/// What reading a header back counts against the bytes allowed (see [`Kept::tree_chain`]).
+/// What reading a header back counts against the bytes allowed (see [`Kept::tree_chain`],
+/// [`Kept::blob_back`]).
 const HEADER_COST: u64 = 64;
 
 /// A pack's bytes read from an offset on (see [`Kept::read_tree_back`]).
@@ -1627,7 +1689,7 @@ impl Passed {
 }
 
 /// Decoded objects by offset, within a budget of bytes, the least recently used let go first;
-/// trees no longer kept read back from the pack, when it can be read (see
+/// trees no longer kept, and blobs told of, read back from the pack, when it can be read (see
 /// [`Tips::reading_back`]).
 struct Kept {
     back: Option<Back>,
@@ -1667,7 +1729,7 @@ impl Kept {
         }
     }
 
-    /// How many trees were read back.
+    /// How many objects were read back.
     fn read_back_count(&self) -> u64 {
         self.back.as_ref().map_or(0, |back| back.read.get())
     }
@@ -1731,12 +1793,49 @@ impl Kept {
         Some(Chain {
             links,
             bottom: (!whole).then_some(at),
+            kind: gix_object::Kind::Tree,
         })
     }
 
-    /// The tree `chain` ends with, each link inflated and applied from the bottom up, and
-    /// kept: what each would decode to counted before it is (a link that then fails is paid
-    /// for all the same).
+    /// Record that the blob at `offset` (after those recorded before) was found without
+    /// being inflated: read back should a delta rest on it.
+    fn pass_blob(&mut self, offset: u64) {
+        if let Some(back) = self.back.as_mut() {
+            back.blobs.push(offset);
+        }
+    }
+
+    /// Whether the blob at `offset` was found without being inflated, and is not kept since.
+    fn passed_blob(&self, offset: u64) -> bool {
+        self.back
+            .as_ref()
+            .is_some_and(|back| back.blobs.binary_search(&offset).is_ok())
+            && !self.has(offset)
+    }
+
+    /// The blob at `offset`, found without being inflated, as a chain of one link to read
+    /// back; `None` when it cannot be read or nothing more may be decoded. Reading its header
+    /// counts [`HEADER_COST`] bytes against the bytes allowed.
+    fn blob_back(&self, offset: u64) -> Option<Chain> {
+        let back = self.back.as_ref()?;
+        let spent = back.spent.get();
+        if spent >= back.allowed {
+            return None;
+        }
+        back.spent.set(spent.saturating_add(HEADER_COST));
+        let mut head = [0; crate::incoming::LONGEST_HEADER];
+        let read = (back.read_at)(&mut head, offset).ok()?;
+        let entry = gix_pack::data::Entry::from_bytes(head.get(..read)?, offset, back.hash).ok()?;
+        (entry.header == Header::Blob).then(|| Chain {
+            links: vec![(offset, entry.decompressed_size)],
+            bottom: None,
+            kind: gix_object::Kind::Blob,
+        })
+    }
+
+    /// The tree (or blob) `chain` ends with, each link inflated and applied from the bottom
+    /// up, and kept: what each would decode to counted before it is (a link that then fails
+    /// is paid for all the same).
     fn decode_chain(&mut self, chain: Chain) -> Option<(gix_object::Kind, std::rc::Rc<[u8]>)> {
         let mut object = match chain.bottom {
             Some(at) => Some(self.get(at)?.1),
@@ -1766,7 +1865,12 @@ impl Kept {
                     return None;
                 };
                 let made: std::rc::Rc<[u8]> = match (entry.header, object.take()) {
-                    (Header::Tree, None) => std::mem::take(&mut out).into(),
+                    (Header::Tree, None) if chain.kind == gix_object::Kind::Tree => {
+                        std::mem::take(&mut out).into()
+                    }
+                    (Header::Blob, None) if chain.kind == gix_object::Kind::Blob => {
+                        std::mem::take(&mut out).into()
+                    }
                     (Header::OfsDelta { .. }, Some(base)) => {
                         charge(crate::delta::target_size(&out)?)?;
                         crate::delta::apply(&base, &out).ok()?.into()
@@ -1783,10 +1887,10 @@ impl Kept {
             .set(read + decoded.as_ref().map_or(0, |(_, made)| made.len() as u64));
         self.back = Some(back);
         let (object, made) = decoded?;
-        for (link, tree) in made {
-            self.put(link, gix_object::Kind::Tree, tree);
+        for (link, decoded) in made {
+            self.put(link, chain.kind, decoded);
         }
-        Some((gix_object::Kind::Tree, object))
+        Some((chain.kind, object))
     }
 
     fn get(&mut self, offset: u64) -> Option<(gix_object::Kind, std::rc::Rc<[u8]>)> {

@@ -500,8 +500,9 @@ pub fn read_arrived(
 /// every blob stored whole, through a reader handing out 7 bytes at a time (headers and
 /// streams split across reads), it reads the same or fails (a stream whose Adler-32 is wrong,
 /// which only inflating checks), and each id is that of the blob inflated whole here. The
-/// objects found early in it ([`crate::early::scan`]; trees read back from the bytes or not)
-/// are found only in a pack that reads, each at one of its entries. Never a panic, and nothing is sized by what the bytes claim.
+/// objects found early in it ([`crate::early::scan`]; trees read back from the bytes or not,
+/// told of the blobs stored whole or not) are found only in a pack that reads, each at one of
+/// its entries. Never a panic, and nothing is sized by what the bytes claim.
 pub fn incoming(data: &[u8]) {
     use crate::incoming::{Incoming, IncomingEntry, LONGEST_HEADER};
     use gix_pack::data::input;
@@ -520,6 +521,25 @@ pub fn incoming(data: &[u8]) {
         Ok((entries, trailer))
     };
     let plain = ours(&mut &data[..], u64::MAX);
+    // What a receiving hashing every blob stored whole would tell a reading of them.
+    let blobs_told: std::collections::HashMap<u64, crate::incoming::Told> = ours(&mut &data[..], 0)
+        .map(|(entries, _)| {
+            (entries.into_iter())
+                .filter_map(|entry| {
+                    let (end, crc32) = (entry.end(), entry.crc32);
+                    Some((
+                        entry.offset,
+                        crate::incoming::Told {
+                            end,
+                            crc32,
+                            id: entry.id?,
+                        },
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let blobs_told = std::sync::Arc::new(blobs_told);
     let theirs = input::BytesToEntriesIter::new_from_header(
         &mut &data[..],
         input::Mode::AsIs,
@@ -660,9 +680,13 @@ pub fn incoming(data: &[u8]) {
             // Trees no longer kept read back, in one of the two, from the bytes arrived so
             // far (those the scan asked for).
             let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            // And told of the blobs stored whole there (read back for the deltas on them):
+            // each id found is still checked against its blob inflated here.
             if lacked.is_none() {
-                tips =
-                    tips.reading_back(read_arrived(data.to_vec(), std::sync::Arc::clone(&arrived)));
+                let blobs_told = std::sync::Arc::clone(&blobs_told);
+                tips = tips
+                    .reading_back(read_arrived(data.to_vec(), std::sync::Arc::clone(&arrived)))
+                    .told_by(move |at| blobs_told.get(&at).copied());
             }
             // Reading back, with room for hardly any object kept: each base is read back.
             let limits = match lacked {

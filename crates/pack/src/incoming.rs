@@ -1,7 +1,9 @@
 //! Reading a pack as it arrives: each entry's header parsed, its zlib stream followed to find
 //! where it ends and its CRC-32 taken, without holding its bytes; blobs stored whole from a
 //! chosen size on are inflated and hashed as they go by, so that indexing need not decode them
-//! whole ([`ReadPack::hashed`](crate::ReadPack::hashed)).
+//! whole ([`ReadPack::hashed`](crate::ReadPack::hashed)). A second reader of the same bytes
+//! can be told of those blobs ([`Told`]) and pass over them uninflated
+//! ([`Incoming::next_entry_told`]).
 //!
 //! Nothing is sized by what the pack claims: the memory is the same for a blob of 1 KiB or
 //! 4 GiB (git's `index-pack` holds an object stored whole in memory up to
@@ -70,6 +72,23 @@ impl<R: BufRead + ?Sized> std::fmt::Debug for Incoming<'_, R> {
 /// Whether an entry is inflated and held, told its offset, header and inflated size (see
 /// [`Incoming::next_entry_keeping`]).
 pub type Keep<'a> = dyn Fn(u64, &Header, u64) -> bool + 'a;
+
+/// What another reader of the same bytes (a pack's receiving, which inflates every entry to
+/// find where it ends) learned of a blob stored whole at an offset: this reader then passes
+/// over its stream without inflating or hashing it (see [`Incoming::next_entry_told`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Told {
+    /// Where the entry ends (the next one starts).
+    pub end: u64,
+    /// CRC-32 of its header and zlib stream, as [`IncomingEntry::crc32`]: checked against
+    /// the bytes passed over, so that an entry told wrongly is an error, not a wrong id.
+    pub crc32: u32,
+    /// The blob's id.
+    pub id: ObjectId,
+}
+
+/// What was learned of the blob stored whole at an offset, if anything (see [`Told`]).
+pub type Tell<'a> = dyn Fn(u64) -> Option<Told> + 'a;
 
 /// One entry of a pack read by [`Incoming`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,9 +169,15 @@ impl<'a, R: BufRead + ?Sized> Incoming<'a, R> {
         self.count
     }
 
+    /// From the next entry on, hash blobs stored whole of `hash_from` bytes and more as they
+    /// are read (see [`new`](Self::new)).
+    pub fn hash_from(&mut self, hash_from: u64) {
+        self.hash_from = hash_from;
+    }
+
     /// The next entry, `None` after the last.
     pub fn next_entry(&mut self) -> Result<Option<IncomingEntry>, Error> {
-        Ok(self.read_entry(None)?.map(|(entry, _)| entry))
+        Ok(self.read_entry(None, None)?.map(|(entry, _)| entry))
     }
 
     /// [`next_entry`](Self::next_entry), inflating into `out` an entry (a delta's
@@ -164,12 +189,26 @@ impl<'a, R: BufRead + ?Sized> Incoming<'a, R> {
         keep: &Keep<'_>,
         out: &mut Vec<u8>,
     ) -> Result<Option<(IncomingEntry, bool)>, Error> {
-        self.read_entry(Some((keep, out)))
+        self.read_entry(Some((keep, out)), None)
+    }
+
+    /// [`next_entry_keeping`](Self::next_entry_keeping), passing over a blob stored whole
+    /// that `tell` knows of, told its offset: its stream is not inflated, its id is the one
+    /// told (the entry's `id`), and it is an error if the bytes passed over to the end told
+    /// do not have the CRC-32 told.
+    pub fn next_entry_told(
+        &mut self,
+        tell: &Tell<'_>,
+        keep: &Keep<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(IncomingEntry, bool)>, Error> {
+        self.read_entry(Some((keep, out)), Some(tell))
     }
 
     fn read_entry(
         &mut self,
         keep: Option<(&Keep<'_>, &mut Vec<u8>)>,
+        tell: Option<&Tell<'_>>,
     ) -> Result<Option<(IncomingEntry, bool)>, Error> {
         if self.left == 0 {
             return Ok(None);
@@ -196,12 +235,25 @@ impl<'a, R: BufRead + ?Sized> Incoming<'a, R> {
         let header_size =
             u16::try_from(header.header_size()).map_err(|_| at(&"a header too long"))?;
         let mut kept = false;
-        let (decompressed, compressed, id) = match (header.header, keep) {
-            (Header::Blob, _) if header.decompressed_size >= self.hash_from => {
+        let told = match (header.header, tell) {
+            (Header::Blob, Some(tell)) => tell(offset),
+            _ => None,
+        };
+        let (decompressed, compressed, id) = match (header.header, keep, told) {
+            (_, _, Some(told)) => {
+                let stream = told
+                    .end
+                    .checked_sub(offset + u64::from(header_size))
+                    .filter(|stream| *stream > 0)
+                    .ok_or_else(|| at(&"told an end before its stream"))?;
+                self.pass(stream).map_err(|err| at(&err))?;
+                (header.decompressed_size, stream, Some(told.id))
+            }
+            (Header::Blob, _, _) if header.decompressed_size >= self.hash_from => {
                 let (compressed, id) = self.hash_blob(header.decompressed_size, offset)?;
                 (header.decompressed_size, compressed, Some(id))
             }
-            (_, Some((keep, out))) if keep(offset, &header.header, header.decompressed_size) => {
+            (_, Some((keep, out)), _) if keep(offset, &header.header, header.decompressed_size) => {
                 let compressed = self.inflate_into(header.decompressed_size, offset, out)?;
                 kept = true;
                 (header.decompressed_size, compressed, None)
@@ -227,6 +279,9 @@ impl<'a, R: BufRead + ?Sized> Incoming<'a, R> {
             crc32: std::mem::take(&mut self.read.crc).finalize(),
             id,
         };
+        if told.is_some_and(|told| told.crc32 != entry.crc32) {
+            return Err(at(&"not the blob told (its CRC-32 differs)"));
+        }
         self.offset = entry.end();
         Ok(Some((entry, kept)))
     }
@@ -243,6 +298,20 @@ impl<'a, R: BufRead + ?Sized> Incoming<'a, R> {
             .read_exact(trailer)
             .map_err(|err| invalid(&format!("the pack's trailer: {err}")))?;
         Ok(ObjectId::from_bytes_or_panic(trailer))
+    }
+
+    /// Pass over the next `bytes` of the reader (their CRC-32 taken), inflating nothing.
+    fn pass(&mut self, mut bytes: u64) -> std::io::Result<()> {
+        while bytes > 0 {
+            let buffered = self.read.fill_buf()?.len();
+            if buffered == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let amount = buffered.min(usize::try_from(bytes).unwrap_or(usize::MAX));
+            self.read.consume(amount);
+            bytes -= amount as u64;
+        }
+        Ok(())
     }
 
     /// Inflate the zlib stream of an entry of `size` bytes at `offset` from the reader into

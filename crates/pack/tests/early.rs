@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::{Fixture, apply, fetch, git, upload_pack};
 use gitcache_pack::early::{Found, Limits, Tips, Wants, scan, scan_for};
@@ -108,6 +108,13 @@ fn commits_left_out(dir: &Path, pack: &[u8], found: &Found) -> gitcache_pack::ea
     let (copy, index) = (dir.join("left-out.pack"), dir.join("left-out.idx"));
     let written = found.write_pack(&read_at, &copy, &index, &[]).unwrap();
     written.commits_left_out
+}
+
+/// A bare clone of the work tree `work` at `bare`.
+fn bare_clone_of(work: &Path, bare: &Path) -> PathBuf {
+    let (work, to) = (work.to_str().unwrap(), bare.to_str().unwrap());
+    git(work.as_ref(), &["clone", "-q", "--bare", work, to]);
+    bare.to_owned()
 }
 
 /// The kind of every object of `repo`, by id.
@@ -325,17 +332,7 @@ fn a_plan_sending_what_was_not_found_is_not_held_whole() {
     let small: String = big.lines().take(1900).map(|l| format!("{l}\n")).collect();
     std::fs::write(work.join("file"), &small).unwrap();
     gitcache_testkit::git::commit_all(&work, "smaller");
-    let src = dir.path().join("src.git");
-    git(
-        dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            src.to_str().unwrap(),
-        ],
-    );
+    let src = bare_clone_of(&work, &dir.path().join("src.git"));
     let pack = clone_pack(&src);
     let tip_blob = git(&src, &["rev-parse", "main:file"]);
     let format = gix_hash::Kind::Sha1;
@@ -851,4 +848,161 @@ fn trees_whose_bases_are_gone_are_read_back() {
     request.deepen = Some(1);
     request.include_tag = true;
     answered_as_git(&fixture, &Repository::open(&early).unwrap(), &request);
+}
+
+/// Blobs stored whole that the pack's receiving told of (where each ends, its CRC-32, its
+/// id) are found without being inflated, and the deltas resting on them are decoded from
+/// them read back from the pack: a scan for a deeper shallow clone finds what it finds
+/// untold, and what it found answers that clone as git does. A blob told wrongly is an error,
+/// and without reading back the deltas on blobs told of are passed over.
+#[test]
+fn blobs_told_of_are_found_without_being_inflated() {
+    use gitcache_pack::incoming::{Incoming, Told};
+    use gix_pack::data::entry::Header;
+
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    // One file grown by each commit: `pack-objects` stores its newest version whole and the
+    // older ones as deltas on it. Another, rewritten each time, stays whole.
+    let mut grown = String::new();
+    for round in 0..6 {
+        for line in 0..400 {
+            grown.push_str(&format!("round {round} line {line}\n"));
+        }
+        std::fs::write(work.join("grown.txt"), &grown).unwrap();
+        std::fs::write(
+            work.join(format!("other-{round}.txt")),
+            format!("{round}\n"),
+        )
+        .unwrap();
+        gitcache_testkit::git::commit_all(&work, &format!("round {round}"));
+    }
+    let src = bare_clone_of(&work, &dir.path().join("src.git"));
+    let format = Repository::open(&src).unwrap().object_format();
+    let pack = clone_pack(&src);
+    let main =
+        gix_hash::ObjectId::from_hex(git(&src, &["rev-parse", "main"]).trim().as_bytes()).unwrap();
+    // What a receiving hashing every blob stored whole tells, and how many deltas rest on one.
+    let mut told = std::collections::HashMap::new();
+    let mut on_blobs = 0;
+    {
+        let mut read = &pack[..];
+        let mut incoming = Incoming::new(&mut read, format, 0).unwrap();
+        while let Some(entry) = incoming.next_entry().unwrap() {
+            match (entry.header, entry.id) {
+                (Header::OfsDelta { base_distance }, _)
+                    if told.contains_key(&(entry.offset - base_distance)) =>
+                {
+                    on_blobs += 1;
+                }
+                (_, Some(id)) => {
+                    let (end, crc32) = (entry.end(), entry.crc32);
+                    told.insert(entry.offset, Told { end, crc32, id });
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(on_blobs >= 4, "{on_blobs} deltas on blobs stored whole");
+    let told = std::sync::Arc::new(told);
+    let wants = || Wants {
+        tips: vec![main],
+        deep: vec![(main, 6)],
+        ..Wants::default()
+    };
+    let read_back = || {
+        let pack = pack.clone();
+        move |buf: &mut [u8], at: u64| read_at_of(&pack)(buf, at)
+    };
+    // Told of with what `tell` says, how many were.
+    let telling = |tell: fn(Told) -> Told| {
+        let (told, asked) = (told.clone(), std::sync::Arc::new(AtomicUsize::new(0)));
+        let counted = std::sync::Arc::clone(&asked);
+        let tell = move |at| {
+            let blob = told.get(&at).copied().map(tell);
+            counted.fetch_add(usize::from(blob.is_some()), Ordering::Relaxed);
+            blob
+        };
+        (tell, asked)
+    };
+    let scanned = |tips: &mut Tips| {
+        let mut read = &pack[..];
+        scan_for(
+            &mut read,
+            format,
+            Limits::default(),
+            &AtomicBool::new(false),
+            Some(tips),
+        )
+    };
+
+    let mut untold = Tips::default().wanting(wants()).reading_back(read_back());
+    let untold_found = scanned(&mut untold).unwrap();
+    assert!(untold.complete());
+    let (tell, asked) = telling(|blob| blob);
+    let mut tips = Tips::default()
+        .wanting(wants())
+        .reading_back(read_back())
+        .told_by(tell);
+    let found = scanned(&mut tips).unwrap();
+    assert!(tips.complete());
+    assert!(asked.load(Ordering::Relaxed) > 0, "blobs told of");
+    // The deltas on them decoded from the blobs read back (the untold scan kept them).
+    assert!(
+        found.read_back() > untold_found.read_back(),
+        "blobs read back"
+    );
+    assert_eq!(
+        (found.len(), found.entries()),
+        (untold_found.len(), untold_found.entries())
+    );
+    for id in object_kinds(&src).keys() {
+        assert_eq!(found.contains(id), untold_found.contains(id), "{id}");
+    }
+    let mut request = fetch(vec![main]);
+    (request.deepen, request.include_tag) = (Some(6), true);
+    let answer = dir.path().join("answer");
+    std::fs::create_dir_all(&answer).unwrap();
+    let (early, _) = early_repository_of(&src, &answer, &pack, &found);
+    // Held whole by what was found: the same shallow commits and objects as the whole
+    // repository's.
+    let answer_of = |repo: &Repository| {
+        let planned = plan(repo, &request, format, &Options::default()).unwrap();
+        let held = planned.held_whole();
+        let mut body = Vec::new();
+        planned.write_to(&mut body).unwrap();
+        let answer = parse_fetch_response(&body, format).unwrap();
+        let pack = answer.pack.expect("a pack");
+        let count = u32::from_be_bytes(pack[8..12].try_into().unwrap());
+        (held, answer.shallow, count)
+    };
+    let (held, shallow, count) = answer_of(&Repository::open(&early).unwrap());
+    assert!(held);
+    let (_, whole_shallow, whole_count) = answer_of(&Repository::open(&src).unwrap());
+    assert_eq!((shallow, count), (whole_shallow, whole_count));
+
+    // Without reading back, the deltas on blobs told of are passed over.
+    let (tell, _) = telling(|blob| blob);
+    let mut unread = Tips::default().wanting(wants()).told_by(tell);
+    let passed = scanned(&mut unread).unwrap();
+    assert!(passed.passed().base_gone > 0, "{:?}", passed.passed());
+    assert!(passed.len() < untold_found.len());
+
+    // A blob told wrongly: an error, not a wrong id.
+    for wrong in [
+        (|blob: Told| Told {
+            crc32: !blob.crc32,
+            ..blob
+        }) as fn(Told) -> Told,
+        |blob: Told| Told {
+            end: blob.end - 1,
+            ..blob
+        },
+    ] {
+        let (tell, _) = telling(wrong);
+        let mut tips = Tips::default().wanting(wants()).told_by(tell);
+        assert!(scanned(&mut tips).is_err());
+    }
 }
