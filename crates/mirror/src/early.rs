@@ -141,6 +141,7 @@ impl Read for Following<'_> {
                 return Err(std::io::Error::other("the pack's file ended early"));
             }
             self.at += read as u64;
+            self.pack.reading_reached(self.at);
             return Ok(read);
         }
     }
@@ -191,6 +192,10 @@ pub(crate) fn build(
             let pack = std::sync::Arc::clone(pack);
             move |buf, at| pack.read_at(buf, at)
         })
+        .told_by({
+            let pack = std::sync::Arc::clone(pack);
+            move |at| pack.told_at(at)
+        })
         .meanwhile({
             let (git_dir, pack, refs) = (
                 git_dir.to_owned(),
@@ -218,13 +223,15 @@ pub(crate) fn build(
         found = found.len(),
         entries = found.entries(),
         bytes_read = read,
-        trees_read_back = found.read_back(),
+        read_back = found.read_back(),
         passed_for_budget = passed.budget,
         passed_base_gone = passed.base_gone,
         passed_large = passed.large,
         passed_other = passed.other,
         passed_unawaited = passed.unawaited,
         walked_late = tips.walked_late(),
+        blobs_told = pack.told_count(),
+        blobs_told_taken = found.told(),
         "the first pack's reading ended"
     );
     match (pack.progress(), found.checksum()) {

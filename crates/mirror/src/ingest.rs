@@ -34,7 +34,10 @@ pub const NAMED_BASE_BYTES: usize = 160;
 /// Blobs stored whole from this size on are hashed as they arrive, and unless a delta rests
 /// on them not decoded again ([`gitcache_pack::ReadPack::hashed`]): taking in a pack takes
 /// the same memory whatever the size of its files. Smaller ones are hashed when the pack's
-/// objects are decoded, on all cores rather than on the thread reading the pack.
+/// objects are decoded, on all cores rather than on the thread reading the pack; but while a
+/// mirror's first pack is read for the objects found early well behind its receiving, every
+/// blob stored whole that arrives is hashed, and the reading told of it
+/// ([`LivePack::told_at`](crate::live::LivePack::told_at)).
 pub const HASHED_ON_ARRIVAL: u64 = 1 << 20;
 
 /// A pack now part of the mirror.
@@ -382,7 +385,7 @@ fn index_files_bytes(objects: u64, hash: HashKind, pack_bytes: u64) -> u64 {
 /// A received pack in its file: its entries, its checksum, where the bases added to complete
 /// it as a thin pack are, by id, and whether some delta's base is named by id and was not
 /// added (a base within the pack), and its blobs hashed as they were read (stored whole, from
-/// the size asked, no delta on them; by position, in order).
+/// the size asked or told of to a reading, no delta on them; by position, in order).
 struct Received {
     entries: Vec<PackEntry>,
     checksum: ObjectId,
@@ -401,7 +404,9 @@ const MOST_TAG_READ: u64 = 1 << 16;
 /// Read the pack from `pack` into the file `to` as it is received, then complete a thin pack
 /// as `git index-pack --fix-thin` does: the bases its deltas name by id that the repository
 /// has are added at the end of the file (the deltas keep naming them by id), and the count
-/// and checksum are written anew. Blobs stored whole from `hash_from` bytes on are hashed
+/// and checksum are written anew. Blobs stored whole from `hash_from` bytes on (every one
+/// while a reading of a first pack far enough behind is told of them, see
+/// [`HASHED_ON_ARRIVAL`]) are hashed
 /// as they are read, and kept so unless a delta rests on them by offset (a delta naming its
 /// base by id is completed, or read by gitoxide's indexer, which decodes every object).
 /// While a first pack announced is being read for the objects found early (a fetch waits
@@ -495,6 +500,16 @@ fn receive(
     let mut tag = Vec::new();
     // One entry read and taken account of: `false` past the last.
     let mut next = || -> Result<bool, Error> {
+        // While the first pack is read for the objects found early, its blobs stored whole
+        // are hashed here, where every entry is inflated anyway to find its end, and told to
+        // that reading, which then need not inflate them (nor the indexing hash them).
+        let telling = announced
+            .as_deref()
+            .filter(|pack| first && pack.wants_told(read.offset()));
+        read.hash_from(match telling {
+            Some(_) => 0,
+            None => hash_from,
+        });
         let Some((entry, read_whole)) = read
             .next_entry_keeping(&keep_tags, &mut tag)
             .map_err(invalid)?
@@ -510,6 +525,13 @@ fn receive(
                     entry.offset
                 ),
             });
+        }
+        if let (Some(pack), Header::Blob, Some(id)) = (telling, entry.header, entry.id) {
+            let (end, crc32) = (entry.end(), entry.crc32);
+            pack.tell(
+                entry.offset,
+                gitcache_pack::incoming::Told { end, crc32, id },
+            );
         }
         let position =
             u32::try_from(entries.len()).map_err(|_| invalid("too many objects for one pack"))?;

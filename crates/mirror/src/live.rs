@@ -102,7 +102,36 @@ pub struct LivePack {
     told: tokio::sync::Notify,
     /// Readings of it for the objects found early under way (see [`LivePack::read_early`]).
     read_early: std::sync::atomic::AtomicUsize,
+    /// Blobs stored whole its receiving hashed while such a reading ran, by offset, in pack
+    /// order, for the reading to take instead of inflating and hashing them again (see
+    /// [`LivePack::tell`]).
+    blobs_told: Mutex<ToldBlobs>,
+    /// How far into the pack such a reading has come (see [`LivePack::reading_reached`]).
+    reading_at: std::sync::atomic::AtomicU64,
 }
+
+/// What [`LivePack::tell`] holds.
+#[derive(Debug, Default)]
+struct ToldBlobs {
+    /// Not taken yet, in pack order.
+    blobs: std::collections::VecDeque<(u64, gitcache_pack::incoming::Told)>,
+    /// Ever told.
+    count: usize,
+}
+
+/// How far behind the receiving (in bytes of the pack) a reading for the objects found early
+/// is for the blobs arriving to be hashed and told of (see [`LivePack::reading_reached`]).
+pub const TOLD_AHEAD: u64 = 1 << 20;
+
+/// The most blobs told and not taken yet (about 50 bytes each): a reading that far behind
+/// the receiving hashes what comes next itself.
+const MOST_TOLD_WAITING: usize = 1 << 16;
+
+/// The most blobs told in all: each is also kept for the indexing not to hash it again,
+/// about 100 bytes with its map's room (a pack of small blobs could otherwise hold hundreds
+/// of megabytes so, where the pack's own entries take 15 bytes each); the reading inflates
+/// those past it itself.
+const MOST_TOLD: usize = 1 << 18;
 
 /// A reading of a [`LivePack`] for the objects found early, under way until dropped.
 #[derive(Debug)]
@@ -110,9 +139,18 @@ pub struct ReadEarly<'a>(&'a LivePack);
 
 impl Drop for ReadEarly<'_> {
     fn drop(&mut self) {
-        self.0
+        let pack = self.0;
+        if pack
             .read_early
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+            == 1
+        {
+            // What was told and not taken is let go; a later reading starts from the start.
+            let mut told = pack.lock_told();
+            told.blobs = Default::default();
+            pack.reading_at
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -129,6 +167,69 @@ impl LivePack {
     /// Whether a reading for the objects found early is under way.
     pub fn is_read_early(&self) -> bool {
         self.read_early.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// Whether the receiving is to hash the blob stored whole that arrives at `offset` and
+    /// [`tell`](Self::tell) it: a reading for the objects found early is under way, at least
+    /// [`TOLD_AHEAD`] bytes behind (one at the edge of what arrived would mostly come to the
+    /// blob before it is told, and inflate it all the same), and has taken enough of what was
+    /// told (see [`MOST_TOLD_WAITING`], [`MOST_TOLD`]).
+    pub(crate) fn wants_told(&self, offset: u64) -> bool {
+        self.is_read_early()
+            && offset.saturating_sub(self.reading_at.load(std::sync::atomic::Ordering::Relaxed))
+                >= TOLD_AHEAD
+            && {
+                let told = self.lock_told();
+                told.blobs.len() < MOST_TOLD_WAITING && told.count < MOST_TOLD
+            }
+    }
+
+    /// Tell the readings of the pack for the objects found early what the receiving learned
+    /// of the blob stored whole at `offset`, after those told before (see
+    /// [`gitcache_pack::early::Tips::told_by`]).
+    pub(crate) fn tell(&self, offset: u64, blob: gitcache_pack::incoming::Told) {
+        let mut told = self.lock_told();
+        if told.blobs.back().is_none_or(|&(last, _)| last < offset) {
+            told.blobs.push_back((offset, blob));
+            told.count += 1;
+        }
+    }
+
+    /// The reading for the objects found early has come to `offset` in the pack: the blobs
+    /// that arrive less than [`TOLD_AHEAD`] bytes past it are not told of.
+    pub fn reading_reached(&self, offset: u64) {
+        (self.reading_at).fetch_max(offset, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What the receiving told of the blob stored whole at `offset`, taken (what was told of
+    /// blobs before it is let go: a reading goes through the pack in order, and there is one
+    /// at a time). `None` too when the receiving holds the list (stepped behind answers, it
+    /// may be off the cores a while): the reading inflates that blob itself.
+    pub fn told_at(&self, offset: u64) -> Option<gitcache_pack::incoming::Told> {
+        let mut told = match self.blobs_told.try_lock() {
+            Ok(told) => told,
+            Err(std::sync::TryLockError::Poisoned(told)) => told.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        while let Some(&(at, blob)) = told.blobs.front() {
+            if at > offset {
+                break;
+            }
+            told.blobs.pop_front();
+            if at == offset {
+                return Some(blob);
+            }
+        }
+        None
+    }
+
+    /// How many blobs the receiving told of.
+    pub fn told_count(&self) -> usize {
+        self.lock_told().count
+    }
+
+    fn lock_told(&self) -> std::sync::MutexGuard<'_, ToldBlobs> {
+        self.blobs_told.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the pack answers a clone of exactly `wants` (in any order, repeats aside): a
@@ -561,6 +662,8 @@ impl Board {
             changed: Condvar::new(),
             told: tokio::sync::Notify::new(),
             read_early: Default::default(),
+            blobs_told: Default::default(),
+            reading_at: Default::default(),
         });
         {
             let mut posted = self.posted();
@@ -763,7 +866,7 @@ impl Board {
     /// those is not answered from the objects found early. Until the board is cleared, or
     /// another pack announced. Looked at again only when the walks recorded more, outside
     /// the board's lock; never for a fetch of more wants than the reading walks for one
-    /// fetch, or more than [`MOST_CUT_HAVES`] haves (it waits as before).
+    /// fetch, or more than 256 haves, `MOST_CUT_HAVES` (it waits as before).
     pub async fn past_the_walk(&self, wants: &[ObjectId], haves: &[ObjectId]) {
         if wants.len() > MOST_EARLY_WANTS_EACH || haves.len() > MOST_CUT_HAVES {
             return std::future::pending().await;
@@ -863,6 +966,69 @@ mod tests {
         );
         kinds.kinds[2] = None;
         assert_eq!(kinds.taken(|kind| kind != Kind::Blob), None);
+    }
+
+    /// Blobs are told of only while a reading runs at least [`TOLD_AHEAD`] bytes behind, and
+    /// with room left; each is taken once, in pack order, the ones a reading passed let go
+    /// (told of too late, or for a reading that began later than their arrival); once the
+    /// last reading ends, what was left goes, and a new one starts from the pack's start.
+    #[test]
+    fn blobs_are_told_of_in_order_to_a_reading_far_enough_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("received.pack");
+        std::fs::File::create(&path).unwrap();
+        let board = Board::default();
+        let _publisher = board.announce(
+            Asked::first(vec![oid(1)]),
+            HashKind::Sha1,
+            std::fs::File::open(&path).unwrap(),
+        );
+        let pack = board.current().unwrap();
+        let blob = |n: u8| gitcache_pack::incoming::Told {
+            end: u64::from(n) * 100 + 50,
+            crc32: u32::from(n),
+            id: oid(n),
+        };
+        let far = TOLD_AHEAD;
+        assert!(!pack.wants_told(far), "no reading");
+        let reading = pack.read_early();
+        assert!(pack.wants_told(far));
+        assert!(
+            !pack.wants_told(far - 1),
+            "the reading at the start, that close"
+        );
+        for n in [1, 2, 3, 5] {
+            pack.tell(u64::from(n) * 100, blob(n));
+        }
+        // Told again, or out of order: not taken.
+        pack.tell(300, blob(9));
+        pack.tell(250, blob(9));
+        assert_eq!(pack.told_count(), 4);
+        assert_eq!(pack.told_at(100), Some(blob(1)));
+        assert_eq!(pack.told_at(100), None, "taken once");
+        // Past the second: it is let go; the third is told, the fourth was not.
+        assert_eq!(pack.told_at(300), Some(blob(3)));
+        assert_eq!(pack.told_at(200), None);
+        assert_eq!(pack.told_at(400), None);
+        assert_eq!(pack.told_at(500), Some(blob(5)));
+        pack.reading_reached(2 * far);
+        assert!(!pack.wants_told(3 * far - 1));
+        assert!(pack.wants_told(3 * far));
+        pack.reading_reached(far);
+        assert!(pack.wants_told(3 * far), "the reading does not go back");
+        pack.tell(3 * far, blob(6));
+        drop(reading);
+        let again = pack.read_early();
+        assert!(pack.wants_told(far), "from the start again");
+        assert_eq!(pack.told_at(3 * far), None, "left when the reading ended");
+        // No more than so many waiting.
+        for n in 0..MOST_TOLD_WAITING as u64 {
+            pack.tell(4 * far + n, blob(7));
+        }
+        assert!(!pack.wants_told(8 * far));
+        assert_eq!(pack.told_at(4 * far), Some(blob(7)));
+        assert!(pack.wants_told(8 * far));
+        drop(again);
     }
 
     #[test]

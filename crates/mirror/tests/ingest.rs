@@ -1796,3 +1796,109 @@ fn bases_are_asked_for_before_more_than_the_interval_is_written_unasked() {
     git(&mirror, &["update-ref", "refs/heads/main", &new]);
     git(&mirror, &["fsck", "--strict", "--no-progress"]);
 }
+
+/// While a first pack is read for the objects found early, its receiving hashes the blobs
+/// stored whole as they arrive and tells that reading of each (where it ends, its CRC-32, its
+/// id), in pack order, from [`TOLD_AHEAD`] bytes past where the reading last asked; a reading
+/// at the edge of what arrived, or none, is told nothing. The pack is taken in whole every
+/// time, the blobs hashed on arrival counted as the indexing's.
+#[test]
+fn a_first_pack_read_early_tells_its_reading_of_its_blobs() {
+    use gitcache_mirror::ingest::{Announce, ingest_pack_announced};
+    use gitcache_mirror::live::{Asked, Board, TOLD_AHEAD};
+    use gitcache_pack::incoming::{Incoming, Told};
+
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(31))
+        .unwrap()
+        .path;
+    let tip = git(&source, &["rev-parse", "main"]);
+    let tip = gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap();
+    let objects = git(&source, &["rev-list", "--objects", "--all"]);
+    let pack = pack_objects(&source, &[], &objects);
+    // Each blob stored whole as a reading would be told of it, once it is far enough behind.
+    let blobs: Vec<(u64, Told)> = {
+        let mut bytes = &pack[..];
+        let mut read = Incoming::new(&mut bytes, Kind::Sha1, 0).unwrap();
+        std::iter::from_fn(|| read.next_entry().unwrap())
+            .filter_map(|e| {
+                let (end, crc32) = (e.end(), e.crc32);
+                Some((
+                    e.offset,
+                    Told {
+                        end,
+                        crc32,
+                        id: e.id?,
+                    },
+                ))
+            })
+            .collect()
+    };
+    let far = blobs.iter().filter(|(at, _)| *at >= TOLD_AHEAD).count();
+    assert!(
+        far > 4 && far < blobs.len(),
+        "{far} of {} blobs",
+        blobs.len()
+    );
+    for reading in ["behind", "at the edge", "none"] {
+        let home = dir.path().join(reading.replace(' ', "-"));
+        std::fs::create_dir_all(&home).unwrap();
+        let mirror = empty_mirror(&home, "sha1");
+        let board = std::sync::Arc::new(Board::default());
+        let (started, start) = std::sync::mpsc::channel();
+        let (done, ingested) = std::sync::mpsc::channel::<()>();
+        // A reading from the pack's announcement on (before any of its bytes come) to the
+        // ingestion's end, then taking what it was told: one that never came further than
+        // the pack's start, one that came past its end, or none.
+        let offsets: Vec<u64> = blobs.iter().map(|(at, _)| *at).collect();
+        let reader = std::thread::spawn({
+            let board = std::sync::Arc::clone(&board);
+            move || {
+                let live = announced_on(&board);
+                let _held = (reading != "none").then(|| live.read_early());
+                if reading == "at the edge" {
+                    live.reading_reached(u64::MAX);
+                }
+                started.send(()).unwrap();
+                let _ = ingested.recv();
+                let told: Vec<Option<Told>> = offsets.iter().map(|at| live.told_at(*at)).collect();
+                (told, live.told_count())
+            }
+        });
+        struct Gated<'a>(&'a [u8], Option<std::sync::mpsc::Receiver<()>>);
+        impl std::io::Read for Gated<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if let Some(start) = self.1.take() {
+                    start.recv().map_err(std::io::Error::other)?;
+                }
+                self.0.read(buf)
+            }
+        }
+        let mut gated = Gated(&pack, Some(start));
+        let taken = ingest_pack_announced(
+            &mirror,
+            Kind::Sha1,
+            &mut std::io::BufReader::with_capacity(512, &mut gated),
+            Closure::Unchecked,
+            Some(Announce {
+                board: std::sync::Arc::clone(&board),
+                asked: Asked::first(vec![tip]),
+            }),
+        );
+        drop(done);
+        let taken = taken.unwrap();
+        let (told, count) = reader.join().unwrap();
+        match reading {
+            "behind" => {
+                let expected: Vec<Option<Told>> = (blobs.iter())
+                    .map(|(at, blob)| (*at >= TOLD_AHEAD).then_some(*blob))
+                    .collect();
+                assert_eq!(told, expected);
+                assert_eq!(count, far);
+            }
+            _ => assert!(told.iter().all(Option::is_none), "{reading}: {told:?}"),
+        }
+        assert!(std::fs::read(&taken.pack).unwrap() == pack);
+        git(&mirror, &["fsck", "--strict", "--no-progress"]);
+    }
+}
