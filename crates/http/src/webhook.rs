@@ -121,7 +121,7 @@ impl Seen {
     }
 }
 
-/// Signed events let in within any [`TURN_HELD`]: one past them gets `503`, a failed
+/// Signed events let in within any `TURN_HELD`: one past them gets `503`, a failed
 /// delivery (GitHub does not send it again by itself).
 pub const EVENTS_AT_ONCE: usize = 64;
 

@@ -7,7 +7,7 @@ use crate::ingest::{Error, ingest_hashing_from};
 /// history whole within it). It is taken in whole (a `.pack`, its `.idx` and, unless it has
 /// deltas on bases named by id, its `.rev`; nothing else) or refused with a typed error
 /// leaving the directory empty. It is offered twice, blobs hashed as they are read from the
-/// usual size on and then every one, announced as it arrives (see [`announced`]): both end
+/// usual size on and then every one, announced as it arrives (see `announced`): both end
 /// alike, with the same index. Then it is offered as a later fetch's pack
 /// ([`ingest_later`]).
 pub fn ingest(data: &[u8]) {

@@ -103,7 +103,7 @@ pub enum Error {
 }
 
 /// What the sections before the pack may hold, counted as their lines' bytes plus
-/// [`LINE_COST`] for each line kept (its allocations): a server that sends endless `ACK`s or
+/// `LINE_COST` for each line kept (its allocations): a server that sends endless `ACK`s or
 /// `shallow` lines is cut off, not kept.
 pub const MAX_SECTION_BYTES: usize = 16 << 20;
 /// What one kept line of a section is counted for beyond its bytes.
