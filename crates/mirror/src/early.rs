@@ -288,6 +288,96 @@ fn copy(
 mod tests {
     use super::*;
 
+    /// A first pack read for a deeper shallow clone's objects well behind its receiving: the
+    /// reading takes the blobs the receiving told it of (stored whole, from a MiB on), and
+    /// what it found is what a reading told nothing finds, its copy whole as git reads it.
+    #[test]
+    fn a_reading_behind_the_receiving_takes_the_blobs_it_is_told_of() {
+        use crate::ingest::{Announce, ingest_pack_announced};
+        use crate::live::{Asked, Board};
+        use gitcache_testkit::git::{clone_pack, git_stdout as git};
+        use gitcache_testkit::repo::{RepoSpec, generate};
+
+        let dir = tempfile::tempdir().unwrap();
+        let source = generate(&dir.path().join("src.git"), &RepoSpec::small(31))
+            .unwrap()
+            .path;
+        let tip = git(&source, &["rev-parse", "main"]);
+        let tip = gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap();
+        let pack = clone_pack(&source);
+        assert!(pack.len() as u64 > crate::live::TOLD_AHEAD);
+        let free: crate::mirror::FreeSpace = |_| Ok(u64::MAX);
+        let mut found = Vec::new();
+        for told in [true, false] {
+            let mirror = dir.path().join(format!("mirror-{told}.git"));
+            git(
+                dir.path(),
+                &["init", "-q", "--bare", mirror.to_str().unwrap()],
+            );
+            let board = std::sync::Arc::new(Board::default());
+            // The bytes come once the reading is under way (or not).
+            let (open, gate) = std::sync::mpsc::channel::<()>();
+            let receiving = std::thread::spawn({
+                let (board, mirror, pack) =
+                    (std::sync::Arc::clone(&board), mirror.clone(), pack.clone());
+                move || {
+                    gate.recv().unwrap();
+                    ingest_pack_announced(
+                        &mirror,
+                        gix_hash::Kind::Sha1,
+                        &mut &pack[..],
+                        gitcache_pack::Closure::Unchecked,
+                        Some(Announce {
+                            board,
+                            asked: Asked::first(vec![tip]),
+                        }),
+                    )
+                }
+            });
+            // Announced before its first byte is read.
+            let started = std::time::Instant::now();
+            let live = loop {
+                open.send(()).ok();
+                if let Some(live) = board.current() {
+                    break live;
+                }
+                assert!(started.elapsed() < std::time::Duration::from_secs(60));
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            };
+            let reading = told.then(|| live.read_early());
+            // The whole pack received before the reading reads a byte: it is all behind.
+            receiving.join().unwrap().unwrap();
+            let walks = std::sync::Arc::new(gitcache_pack::early::Walks::default());
+            let wants = gitcache_pack::early::Wants {
+                tips: vec![tip],
+                deep: vec![(tip, 40)],
+                ..Default::default()
+            };
+            let early = build(
+                &mirror,
+                &live,
+                &[],
+                (wants, gitcache_pack::early::Wants::default),
+                (free, 0),
+                &AtomicBool::new(false),
+                (|_| {}, (walks, || {})),
+            )
+            .unwrap();
+            drop(reading);
+            assert_eq!(live.told_taken() > 0, told, "{}", live.told_count());
+            // The copy is whole as git reads it (every id rehashed).
+            let packs = early.repository().git_dir().join("objects").join("pack");
+            for entry in std::fs::read_dir(&packs).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "idx") {
+                    git(dir.path(), &["verify-pack", path.to_str().unwrap()]);
+                }
+            }
+            found.push(early.found());
+        }
+        assert_eq!(found[0], found[1]);
+    }
+
     /// A folder held by this process is passed over by the tidying of leftovers, and goes
     /// once let go of; one no process holds is a crash's leftover, and a folder of the same
     /// name made elsewhere is not taken, nor removed.

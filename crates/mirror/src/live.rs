@@ -117,6 +117,8 @@ struct ToldBlobs {
     blobs: std::collections::VecDeque<(u64, gitcache_pack::incoming::Told)>,
     /// Ever told.
     count: usize,
+    /// Ever taken by a reading.
+    taken: usize,
 }
 
 /// How far behind the receiving (in bytes of the pack) a reading for the objects found early
@@ -217,6 +219,7 @@ impl LivePack {
             }
             told.blobs.pop_front();
             if at == offset {
+                told.taken += 1;
                 return Some(blob);
             }
         }
@@ -226,6 +229,11 @@ impl LivePack {
     /// How many blobs the receiving told of.
     pub fn told_count(&self) -> usize {
         self.lock_told().count
+    }
+
+    /// How many blobs told of a reading took.
+    pub fn told_taken(&self) -> usize {
+        self.lock_told().taken
     }
 
     fn lock_told(&self) -> std::sync::MutexGuard<'_, ToldBlobs> {

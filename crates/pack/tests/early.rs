@@ -13,24 +13,8 @@ use gitcache_pack::fuzzing::{Arriving, read_arrived};
 use gitcache_pack::{Options, Plan, Repository, plan};
 use gitcache_protocol::request::Fetch;
 use gitcache_protocol::response::parse_fetch_response;
-use gitcache_testkit::git::git_with_input;
+use gitcache_testkit::git::{clone_pack, git_with_input};
 use gitcache_testkit::repo::RepoSpec;
-
-/// The pack a clone of every ref of `src` is sent, as `git pack-objects` writes it.
-fn clone_pack(src: &Path) -> Vec<u8> {
-    let tips = git(src, &["for-each-ref", "--format=%(objectname)"]);
-    git_with_input(
-        src,
-        &[
-            "pack-objects",
-            "--revs",
-            "--stdout",
-            "--delta-base-offset",
-            "-q",
-        ],
-        tips.as_bytes(),
-    )
-}
 
 /// A repository of `pack` alone, indexed by what a scan of it within `limits` found, with the
 /// refs and config of `src`.

@@ -282,3 +282,21 @@ pub fn git_with_input(dir: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// The pack a clone of every ref of the repository at `src` is sent, as `git pack-objects`
+/// writes it (offset deltas).
+#[track_caller]
+pub fn clone_pack(src: &Path) -> Vec<u8> {
+    let tips = git_stdout(src, &["for-each-ref", "--format=%(objectname)"]);
+    git_with_input(
+        src,
+        &[
+            "pack-objects",
+            "--revs",
+            "--stdout",
+            "--delta-base-offset",
+            "-q",
+        ],
+        tips.as_bytes(),
+    )
+}
