@@ -315,17 +315,29 @@ mod tests {
                 &["init", "-q", "--bare", mirror.to_str().unwrap()],
             );
             let board = std::sync::Arc::new(Board::default());
-            // The bytes come once the reading is under way (or not).
+            // The bytes come once the reading is under way (or not): the pack is announced
+            // before its first byte is read.
+            struct Gated(Vec<u8>, usize, Option<std::sync::mpsc::Receiver<()>>);
+            impl std::io::Read for Gated {
+                fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                    if let Some(gate) = self.2.take() {
+                        gate.recv().map_err(std::io::Error::other)?;
+                    }
+                    let n = buf.len().min(self.0.len() - self.1);
+                    buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+                    self.1 += n;
+                    Ok(n)
+                }
+            }
             let (open, gate) = std::sync::mpsc::channel::<()>();
             let receiving = std::thread::spawn({
-                let (board, mirror, pack) =
-                    (std::sync::Arc::clone(&board), mirror.clone(), pack.clone());
+                let (board, mirror) = (std::sync::Arc::clone(&board), mirror.clone());
+                let mut gated = std::io::BufReader::new(Gated(pack.clone(), 0, Some(gate)));
                 move || {
-                    gate.recv().unwrap();
                     ingest_pack_announced(
                         &mirror,
                         gix_hash::Kind::Sha1,
-                        &mut &pack[..],
+                        &mut gated,
                         gitcache_pack::Closure::Unchecked,
                         Some(Announce {
                             board,
@@ -334,10 +346,8 @@ mod tests {
                     )
                 }
             });
-            // Announced before its first byte is read.
             let started = std::time::Instant::now();
             let live = loop {
-                open.send(()).ok();
                 if let Some(live) = board.current() {
                     break live;
                 }
@@ -345,6 +355,7 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             };
             let reading = told.then(|| live.read_early());
+            open.send(()).unwrap();
             // The whole pack received before the reading reads a byte: it is all behind.
             receiving.join().unwrap().unwrap();
             let walks = std::sync::Arc::new(gitcache_pack::early::Walks::default());
