@@ -14,13 +14,13 @@
 const STEPS: i32 = 10;
 
 /// Run `work` on a thread of its own at a lower priority than the threads answering
-/// clients (the threads it starts take that priority too), and return what it returns.
-/// Only on Linux, where a thread's priority is its own; elsewhere (or when no thread can
-/// be started) it runs here, as any other work.
-pub(crate) fn behind_answers<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+/// clients (the threads it starts take that priority too), and return what it returns, and
+/// whether it ran lower. Only on Linux, where a thread's priority is its own; elsewhere (or
+/// when no thread can be started) it runs here, as any other work.
+pub(crate) fn behind_answers<T: Send>(work: impl FnOnce() -> T + Send) -> (T, bool) {
     on_own_thread("behind-answers", |yielding| {
         yielding.step_behind();
-        work()
+        (work(), yielding.stepped_behind())
     })
 }
 
@@ -141,7 +141,7 @@ mod tests {
     fn work_runs_behind_and_the_caller_is_untouched() {
         #[cfg(target_os = "linux")]
         let before = rustix::process::getpriority_process(None).unwrap();
-        let inside = behind_answers(|| {
+        let (inside, lowered) = behind_answers(|| {
             #[cfg(target_os = "linux")]
             return rustix::process::getpriority_process(None).unwrap();
             #[cfg(not(target_os = "linux"))]
@@ -150,10 +150,11 @@ mod tests {
         #[cfg(target_os = "linux")]
         {
             assert_eq!(inside, (before + STEPS).min(19));
+            assert_eq!(lowered, before < 19);
             assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
         }
         #[cfg(not(target_os = "linux"))]
-        assert_eq!(inside, 0);
+        assert_eq!((inside, lowered), (0, false));
     }
 
     /// Work on a thread of its own steps behind when it says so, once, and the caller's

@@ -57,6 +57,9 @@ pub struct Ingested {
     /// Whether the pack was received behind answers: a first pack announced, read for the
     /// objects found early as it arrived (see [`ingest_pack_announced`]).
     pub received_behind: bool,
+    /// Whether it was indexed behind answers: a fetch waited for the objects found early in
+    /// it, and a reading of it for them had begun by the end of its download.
+    pub indexed_behind: bool,
 }
 
 /// Why a received pack was not taken in.
@@ -260,6 +263,7 @@ pub(crate) fn ingest_hashing_from(
         ref_deltas_within,
         hashed,
         behind,
+        read_began,
     } = receive(&repo, hash, pack, &received, announce, hash_from, room)?;
     let received_bytes = std::fs::metadata(&received)?.len();
     tracing::debug!(
@@ -309,11 +313,14 @@ pub(crate) fn ingest_hashing_from(
     };
     // A fetch waits for an answer from the objects found as this pack arrived: that answer
     // (the reading, its copy, the pack sent) comes first on the cores, the indexing after.
-    let (data, index) = if board.is_some_and(|board| board.early_wanted()) {
-        crate::behind::behind_answers(index_it)?
-    } else {
-        index_it()?
-    };
+    // Not when no reading of it began (every turn to read taken elsewhere): that fetch then
+    // waits for the indexing.
+    let (indexed, indexed_behind) =
+        match read_began && board.is_some_and(|board| board.early_wanted()) {
+            true => crate::behind::behind_answers(index_it),
+            false => (index_it(), false),
+        };
+    let (data, index) = indexed?;
     tracing::debug!(
         ms = started.elapsed().as_millis() as u64,
         "a pack received and indexed"
@@ -366,6 +373,7 @@ pub(crate) fn ingest_hashing_from(
         objects,
         fresh,
         received_behind: behind,
+        indexed_behind,
     })
 }
 
@@ -394,6 +402,8 @@ struct Received {
     hashed: Vec<(u32, ObjectId)>,
     /// Whether the receiving stepped behind answers.
     behind: bool,
+    /// Whether a reading of the pack for the objects found early began by its end.
+    read_began: bool,
 }
 
 /// The largest tag or commit read as a first pack arrives, to see what a tag tags and which
@@ -762,6 +772,9 @@ fn receive(
         ref_deltas_within,
         hashed,
         behind,
+        read_began: announced
+            .as_deref()
+            .is_some_and(crate::live::LivePack::read_began),
     })
 }
 

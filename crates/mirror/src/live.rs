@@ -108,6 +108,8 @@ pub struct LivePack {
     blobs_told: Mutex<ToldBlobs>,
     /// How far into the pack such a reading has come (see [`LivePack::reading_reached`]).
     reading_at: std::sync::atomic::AtomicU64,
+    /// Whether such a reading ever began (see [`LivePack::read_began`]).
+    read_began: std::sync::atomic::AtomicBool,
 }
 
 /// What [`LivePack::tell`] holds.
@@ -163,7 +165,14 @@ impl LivePack {
     pub fn read_early(&self) -> ReadEarly<'_> {
         self.read_early
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.read_began
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         ReadEarly(self)
+    }
+
+    /// Whether a reading for the objects found early ever began.
+    pub fn read_began(&self) -> bool {
+        self.read_began.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether a reading for the objects found early is under way.
@@ -672,6 +681,7 @@ impl Board {
             read_early: Default::default(),
             blobs_told: Default::default(),
             reading_at: Default::default(),
+            read_began: Default::default(),
         });
         {
             let mut posted = self.posted();

@@ -1106,13 +1106,7 @@ fn a_first_pack_read_early_is_received_behind_answers() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(29))
-        .unwrap()
-        .path;
-    let tip = git(&source, &["rev-parse", "main"]);
-    let tip = gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap();
-    let objects = git(&source, &["rev-list", "--objects", "--all"]);
-    let pack = pack_objects(&source, &[], &objects);
+    let (tip, pack) = small_tip_and_pack(dir.path(), 29);
     // The pause at the start of the middle entry: entries follow it, whatever the pack.
     let starts: Vec<usize> = {
         let mut bytes = &pack[..];
@@ -1797,6 +1791,30 @@ fn bases_are_asked_for_before_more_than_the_interval_is_written_unasked() {
     git(&mirror, &["fsck", "--strict", "--no-progress"]);
 }
 
+/// The tip of `main` of a small repository generated in `dir` from `seed`, and the pack of
+/// all its objects.
+fn small_tip_and_pack(dir: &Path, seed: u64) -> (gix_hash::ObjectId, Vec<u8>) {
+    let source = repo::generate(&dir.join("src.git"), &RepoSpec::small(seed))
+        .unwrap()
+        .path;
+    let tip = git(&source, &["rev-parse", "main"]);
+    let tip = gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap();
+    let objects = git(&source, &["rev-list", "--objects", "--all"]);
+    (tip, pack_objects(&source, &[], &objects))
+}
+
+/// A pack's bytes, from when the receiver says so.
+struct OpenedLater<'a>(&'a [u8], Option<std::sync::mpsc::Receiver<()>>);
+
+impl std::io::Read for OpenedLater<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(start) = self.1.take() {
+            start.recv().map_err(std::io::Error::other)?;
+        }
+        self.0.read(buf)
+    }
+}
+
 /// While a first pack is read for the objects found early, its receiving hashes the blobs
 /// stored whole as they arrive and tells that reading of each (where it ends, its CRC-32, its
 /// id), in pack order, from [`TOLD_AHEAD`] bytes past where the reading last asked; a reading
@@ -1809,13 +1827,7 @@ fn a_first_pack_read_early_tells_its_reading_of_its_blobs() {
     use gitcache_pack::incoming::{Incoming, Told};
 
     let dir = tempfile::tempdir().unwrap();
-    let source = repo::generate(&dir.path().join("src.git"), &RepoSpec::small(31))
-        .unwrap()
-        .path;
-    let tip = git(&source, &["rev-parse", "main"]);
-    let tip = gix_hash::ObjectId::from_hex(tip.trim().as_bytes()).unwrap();
-    let objects = git(&source, &["rev-list", "--objects", "--all"]);
-    let pack = pack_objects(&source, &[], &objects);
+    let (tip, pack) = small_tip_and_pack(dir.path(), 31);
     // Each blob stored whole as a reading would be told of it, once it is far enough behind.
     let blobs: Vec<(u64, Told)> = {
         let mut bytes = &pack[..];
@@ -1865,16 +1877,7 @@ fn a_first_pack_read_early_tells_its_reading_of_its_blobs() {
                 (told, live.told_count())
             }
         });
-        struct Gated<'a>(&'a [u8], Option<std::sync::mpsc::Receiver<()>>);
-        impl std::io::Read for Gated<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                if let Some(start) = self.1.take() {
-                    start.recv().map_err(std::io::Error::other)?;
-                }
-                self.0.read(buf)
-            }
-        }
-        let mut gated = Gated(&pack, Some(start));
+        let mut gated = OpenedLater(&pack, Some(start));
         let taken = ingest_pack_announced(
             &mirror,
             Kind::Sha1,
@@ -1899,6 +1902,74 @@ fn a_first_pack_read_early_tells_its_reading_of_its_blobs() {
             _ => assert!(told.iter().all(Option::is_none), "{reading}: {told:?}"),
         }
         assert!(std::fs::read(&taken.pack).unwrap() == pack);
+        git(&mirror, &["fsck", "--strict", "--no-progress"]);
+    }
+}
+
+/// A first pack is indexed behind answers only when a fetch waits for the objects found early
+/// in it and a reading of it for them began by the end of its download: with every turn to
+/// read taken elsewhere (no reading), that fetch waits for the indexing, which then runs at
+/// the server's priority.
+#[test]
+fn the_indexing_steps_behind_only_once_a_reading_began() {
+    use gitcache_mirror::ingest::{Announce, ingest_pack_announced};
+    use gitcache_mirror::live::{Asked, Board};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (tip, pack) = small_tip_and_pack(dir.path(), 37);
+    #[cfg(target_os = "linux")]
+    let lowers = rustix::process::getpriority_process(None).unwrap() < 19;
+    #[cfg(not(target_os = "linux"))]
+    let lowers = false;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    for (wanted, reading) in [(true, true), (true, false), (false, true)] {
+        let home = dir.path().join(format!("{wanted}-{reading}"));
+        std::fs::create_dir_all(&home).unwrap();
+        let mirror = empty_mirror(&home, "sha1");
+        let board = std::sync::Arc::new(Board::default());
+        // A fetch waiting for what is found early (it stops waiting at once; the board
+        // remembers it was asked).
+        if wanted {
+            runtime.block_on(async {
+                let wants = [tip];
+                let waiting = board.next_early(None, &wants, &[], Some(1));
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(1), waiting).await;
+            });
+            assert!(board.early_wanted());
+        }
+        // The bytes come once the reading is under way (or not).
+        let (started, start) = std::sync::mpsc::channel();
+        let (done, ingested) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn({
+            let board = std::sync::Arc::clone(&board);
+            move || {
+                let live = announced_on(&board);
+                let _held = reading.then(|| live.read_early());
+                started.send(()).unwrap();
+                let _ = ingested.recv();
+            }
+        });
+        let taken = ingest_pack_announced(
+            &mirror,
+            Kind::Sha1,
+            &mut std::io::BufReader::new(OpenedLater(&pack, Some(start))),
+            Closure::Unchecked,
+            Some(Announce {
+                board: std::sync::Arc::clone(&board),
+                asked: Asked::first(vec![tip]),
+            }),
+        );
+        drop(done);
+        reader.join().unwrap();
+        let taken = taken.unwrap();
+        assert_eq!(
+            taken.indexed_behind,
+            wanted && reading && lowers,
+            "wanted: {wanted}, reading: {reading}"
+        );
         git(&mirror, &["fsck", "--strict", "--no-progress"]);
     }
 }
