@@ -217,6 +217,8 @@ pub(crate) fn build(
         Some(&mut tips),
     )
     .map_err(|err| err.to_string())?;
+    // Nothing more to tell it of while it copies what it found.
+    pack.reading_reached(u64::MAX);
     let read = read.into_inner().at;
     let passed = found.passed();
     tracing::debug!(

@@ -313,8 +313,8 @@ pub(crate) fn ingest_hashing_from(
     };
     // A fetch waits for an answer from the objects found as this pack arrived: that answer
     // (the reading, its copy, the pack sent) comes first on the cores, the indexing after.
-    // Not when no reading of it began (every turn to read taken elsewhere): that fetch then
-    // waits for the indexing.
+    // Not when no reading of it began by the end of the download (every turn to read taken
+    // elsewhere, or one starting later): the indexing then runs at the server's priority.
     let (indexed, indexed_behind) =
         match read_began && board.is_some_and(|board| board.early_wanted()) {
             true => crate::behind::behind_answers(index_it),

@@ -1819,7 +1819,7 @@ impl std::io::Read for OpenedLater<'_> {
 /// stored whole as they arrive and tells that reading of each (where it ends, its CRC-32, its
 /// id), in pack order, from [`TOLD_AHEAD`] bytes past where the reading last asked; a reading
 /// at the edge of what arrived, or none, is told nothing. The pack is taken in whole every
-/// time, the blobs hashed on arrival counted as the indexing's.
+/// time.
 #[test]
 fn a_first_pack_read_early_tells_its_reading_of_its_blobs() {
     use gitcache_mirror::ingest::{Announce, ingest_pack_announced};

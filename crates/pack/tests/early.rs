@@ -933,6 +933,7 @@ fn blobs_told_of_are_found_without_being_inflated() {
     let found = scanned(&mut tips).unwrap();
     assert!(tips.complete());
     assert!(asked.load(Ordering::Relaxed) > 0, "blobs told of");
+    assert_eq!(found.told(), asked.load(Ordering::Relaxed) as u64);
     // The deltas on them decoded from the blobs read back (the untold scan kept them).
     assert!(
         found.read_back() > untold_found.read_back(),
