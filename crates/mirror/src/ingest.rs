@@ -415,7 +415,7 @@ const MOST_TAG_READ: u64 = 1 << 16;
 /// as `git index-pack --fix-thin` does: the bases its deltas name by id that the repository
 /// has are added at the end of the file (the deltas keep naming them by id), and the count
 /// and checksum are written anew. Blobs stored whole from `hash_from` bytes on (every one
-/// while a reading of a first pack far enough behind is told of them, see
+/// while a reading of a first pack is told of them, see
 /// [`HASHED_ON_ARRIVAL`]) are hashed
 /// as they are read, and kept so unless a delta rests on them by offset (a delta naming its
 /// base by id is completed, or read by gitoxide's indexer, which decodes every object).

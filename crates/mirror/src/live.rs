@@ -123,10 +123,6 @@ struct ToldBlobs {
     taken: usize,
 }
 
-/// How far behind the receiving (in bytes of the pack) a reading for the objects found early
-/// is for the blobs arriving to be hashed and told of (see [`LivePack::reading_reached`]).
-pub const TOLD_AHEAD: u64 = 1 << 20;
-
 /// The most blobs told and not taken yet (about 50 bytes each): a reading that far behind
 /// the receiving hashes what comes next itself.
 const MOST_TOLD_WAITING: usize = 1 << 16;
@@ -181,14 +177,14 @@ impl LivePack {
     }
 
     /// Whether the receiving is to hash the blob stored whole that arrives at `offset` and
-    /// [`tell`](Self::tell) it: a reading for the objects found early is under way, at least
-    /// [`TOLD_AHEAD`] bytes behind (one at the edge of what arrived would mostly come to the
-    /// blob before it is told, and inflate it all the same), and has taken enough of what was
-    /// told (see [`MOST_TOLD_WAITING`], [`MOST_TOLD`]).
+    /// [`tell`](Self::tell) it: a reading for the objects found early is under way, has not
+    /// come that far (see [`reading_reached`](Self::reading_reached)), and has taken enough
+    /// of what was told (see [`MOST_TOLD_WAITING`], [`MOST_TOLD`]). A reading close behind
+    /// still takes nearly every blob so told: it reads only what was written, which the
+    /// receiving parsed first.
     pub(crate) fn wants_told(&self, offset: u64) -> bool {
         self.is_read_early()
-            && offset.saturating_sub(self.reading_at.load(std::sync::atomic::Ordering::Relaxed))
-                >= TOLD_AHEAD
+            && offset > self.reading_at.load(std::sync::atomic::Ordering::Relaxed)
             && {
                 let told = self.lock_told();
                 told.blobs.len() < MOST_TOLD_WAITING && told.count < MOST_TOLD
@@ -207,7 +203,7 @@ impl LivePack {
     }
 
     /// The reading for the objects found early has come to `offset` in the pack: the blobs
-    /// that arrive less than [`TOLD_AHEAD`] bytes past it are not told of.
+    /// that arrive before it are not told of (`u64::MAX`: none, the reading is over).
     pub fn reading_reached(&self, offset: u64) {
         (self.reading_at).fetch_max(offset, std::sync::atomic::Ordering::Relaxed);
     }
@@ -986,12 +982,12 @@ mod tests {
         assert_eq!(kinds.taken(|kind| kind != Kind::Blob), None);
     }
 
-    /// Blobs are told of only while a reading runs at least [`TOLD_AHEAD`] bytes behind, and
+    /// Blobs are told of only while a reading runs, for blobs past where it has come, and
     /// with room left; each is taken once, in pack order, the ones a reading passed let go
     /// (told of too late, or for a reading that began later than their arrival); once the
     /// last reading ends, what was left goes, and a new one starts from the pack's start.
     #[test]
-    fn blobs_are_told_of_in_order_to_a_reading_far_enough_behind() {
+    fn blobs_are_told_of_in_order_to_a_reading_behind() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("received.pack");
         std::fs::File::create(&path).unwrap();
@@ -1007,14 +1003,9 @@ mod tests {
             crc32: u32::from(n),
             id: oid(n),
         };
-        let far = TOLD_AHEAD;
-        assert!(!pack.wants_told(far), "no reading");
+        assert!(!pack.wants_told(12), "no reading");
         let reading = pack.read_early();
-        assert!(pack.wants_told(far));
-        assert!(
-            !pack.wants_told(far - 1),
-            "the reading at the start, that close"
-        );
+        assert!(pack.wants_told(12));
         for n in [1, 2, 3, 5] {
             pack.tell(u64::from(n) * 100, blob(n));
         }
@@ -1029,23 +1020,25 @@ mod tests {
         assert_eq!(pack.told_at(200), None);
         assert_eq!(pack.told_at(400), None);
         assert_eq!(pack.told_at(500), Some(blob(5)));
-        pack.reading_reached(2 * far);
-        assert!(!pack.wants_told(3 * far - 1));
-        assert!(pack.wants_told(3 * far));
-        pack.reading_reached(far);
-        assert!(pack.wants_told(3 * far), "the reading does not go back");
-        pack.tell(3 * far, blob(6));
+        assert_eq!(pack.told_taken(), 3);
+        pack.reading_reached(1000);
+        assert!(!pack.wants_told(1000) && pack.wants_told(1001));
+        pack.reading_reached(600);
+        assert!(pack.wants_told(1001), "the reading does not go back");
+        pack.tell(2000, blob(6));
+        pack.reading_reached(u64::MAX);
+        assert!(!pack.wants_told(u64::MAX), "over");
         drop(reading);
         let again = pack.read_early();
-        assert!(pack.wants_told(far), "from the start again");
-        assert_eq!(pack.told_at(3 * far), None, "left when the reading ended");
+        assert!(pack.wants_told(12), "from the start again");
+        assert_eq!(pack.told_at(2000), None, "left when the reading ended");
         // No more than so many waiting.
         for n in 0..MOST_TOLD_WAITING as u64 {
-            pack.tell(4 * far + n, blob(7));
+            pack.tell(3000 + n, blob(7));
         }
-        assert!(!pack.wants_told(8 * far));
-        assert_eq!(pack.told_at(4 * far), Some(blob(7)));
-        assert!(pack.wants_told(8 * far));
+        assert!(!pack.wants_told(1 << 40));
+        assert_eq!(pack.told_at(3000), Some(blob(7)));
+        assert!(pack.wants_told(1 << 40));
         drop(again);
     }
 

@@ -1817,18 +1817,17 @@ impl std::io::Read for OpenedLater<'_> {
 
 /// While a first pack is read for the objects found early, its receiving hashes the blobs
 /// stored whole as they arrive and tells that reading of each (where it ends, its CRC-32, its
-/// id), in pack order, from [`TOLD_AHEAD`] bytes past where the reading last asked; a reading
-/// at the edge of what arrived, or none, is told nothing. The pack is taken in whole every
-/// time.
+/// id), in pack order, past where the reading has come; a reading over, or none, is told
+/// nothing. The pack is taken in whole every time.
 #[test]
 fn a_first_pack_read_early_tells_its_reading_of_its_blobs() {
     use gitcache_mirror::ingest::{Announce, ingest_pack_announced};
-    use gitcache_mirror::live::{Asked, Board, TOLD_AHEAD};
+    use gitcache_mirror::live::{Asked, Board};
     use gitcache_pack::incoming::{Incoming, Told};
 
     let dir = tempfile::tempdir().unwrap();
     let (tip, pack) = small_tip_and_pack(dir.path(), 31);
-    // Each blob stored whole as a reading would be told of it, once it is far enough behind.
+    // Each blob stored whole as a reading would be told of it.
     let blobs: Vec<(u64, Told)> = {
         let mut bytes = &pack[..];
         let mut read = Incoming::new(&mut bytes, Kind::Sha1, 0).unwrap();
@@ -1846,13 +1845,10 @@ fn a_first_pack_read_early_tells_its_reading_of_its_blobs() {
             })
             .collect()
     };
-    let far = blobs.iter().filter(|(at, _)| *at >= TOLD_AHEAD).count();
-    assert!(
-        far > 4 && far < blobs.len(),
-        "{far} of {} blobs",
-        blobs.len()
-    );
-    for reading in ["behind", "at the edge", "none"] {
+    assert!(blobs.len() > 4, "{} blobs stored whole", blobs.len());
+    // Where a reading midway has come: the middle blob's start.
+    let midway = blobs[blobs.len() / 2].0;
+    for reading in ["at the start", "midway", "over", "none"] {
         let home = dir.path().join(reading.replace(' ', "-"));
         std::fs::create_dir_all(&home).unwrap();
         let mirror = empty_mirror(&home, "sha1");
@@ -1861,15 +1857,17 @@ fn a_first_pack_read_early_tells_its_reading_of_its_blobs() {
         let (done, ingested) = std::sync::mpsc::channel::<()>();
         // A reading from the pack's announcement on (before any of its bytes come) to the
         // ingestion's end, then taking what it was told: one that never came further than
-        // the pack's start, one that came past its end, or none.
+        // the pack's start, one that came to its middle blob, one over, or none.
         let offsets: Vec<u64> = blobs.iter().map(|(at, _)| *at).collect();
         let reader = std::thread::spawn({
             let board = std::sync::Arc::clone(&board);
             move || {
                 let live = announced_on(&board);
                 let _held = (reading != "none").then(|| live.read_early());
-                if reading == "at the edge" {
-                    live.reading_reached(u64::MAX);
+                match reading {
+                    "midway" => live.reading_reached(midway),
+                    "over" => live.reading_reached(u64::MAX),
+                    _ => {}
                 }
                 started.send(()).unwrap();
                 let _ = ingested.recv();
@@ -1891,16 +1889,16 @@ fn a_first_pack_read_early_tells_its_reading_of_its_blobs() {
         drop(done);
         let taken = taken.unwrap();
         let (told, count) = reader.join().unwrap();
-        match reading {
-            "behind" => {
-                let expected: Vec<Option<Told>> = (blobs.iter())
-                    .map(|(at, blob)| (*at >= TOLD_AHEAD).then_some(*blob))
-                    .collect();
-                assert_eq!(told, expected);
-                assert_eq!(count, far);
-            }
-            _ => assert!(told.iter().all(Option::is_none), "{reading}: {told:?}"),
-        }
+        let from = match reading {
+            "at the start" => 0,
+            "midway" => midway,
+            _ => u64::MAX,
+        };
+        let expected: Vec<Option<Told>> = (blobs.iter())
+            .map(|(at, blob)| (*at > from).then_some(*blob))
+            .collect();
+        assert_eq!(told, expected, "{reading}");
+        assert_eq!(count, expected.iter().flatten().count(), "{reading}");
         assert!(std::fs::read(&taken.pack).unwrap() == pack);
         git(&mirror, &["fsck", "--strict", "--no-progress"]);
     }

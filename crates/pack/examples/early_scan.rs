@@ -8,8 +8,8 @@
 //! `copy=<dir>`, then copy what was found to a pack and index in that folder as a mirror does
 //! (`Found::write_pack`), and print how long that took. With `--told`, every blob stored
 //! whole is hashed in a pass before (timed apart) and told to the reading (`Tips::told_by`):
-//! the most a mirror's receiving tells (it tells only those arriving a MiB or more ahead of
-//! the reading). Used to see where an early answer's time goes (benches/README.md).
+//! the most a mirror's receiving tells (it tells only those arriving past where the reading
+//! has come). Used to see where an early answer's time goes (benches/README.md).
 //!
 //! ```sh
 //! tip=$(git -C repo.git rev-parse HEAD)
