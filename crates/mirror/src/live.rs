@@ -106,6 +106,9 @@ pub struct LivePack {
     /// order, for the reading to take instead of inflating and hashing them again (see
     /// [`LivePack::tell`]).
     blobs_told: Mutex<ToldBlobs>,
+    /// Whether `blobs_told` has room for more, waiting and in all (see
+    /// [`LivePack::wants_told`]): read without its lock, at each entry received.
+    told_room: std::sync::atomic::AtomicBool,
     /// How far into the pack such a reading has come (see [`LivePack::reading_reached`]).
     reading_at: std::sync::atomic::AtomicU64,
     /// Whether such a reading ever began (see [`LivePack::read_began`]).
@@ -148,6 +151,7 @@ impl Drop for ReadEarly<'_> {
             // What was told and not taken is let go; a later reading starts from the start.
             let mut told = pack.lock_told();
             told.blobs = Default::default();
+            pack.note_room(&told);
             pack.reading_at
                 .store(0, std::sync::atomic::Ordering::Relaxed);
         }
@@ -185,10 +189,14 @@ impl LivePack {
     pub(crate) fn wants_told(&self, offset: u64) -> bool {
         self.is_read_early()
             && offset > self.reading_at.load(std::sync::atomic::Ordering::Relaxed)
-            && {
-                let told = self.lock_told();
-                told.blobs.len() < MOST_TOLD_WAITING && told.count < MOST_TOLD
-            }
+            && self.told_room.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether more may be told, as `told` now is (see [`wants_told`](Self::wants_told)).
+    fn note_room(&self, told: &ToldBlobs) {
+        let room = told.blobs.len() < MOST_TOLD_WAITING && told.count < MOST_TOLD;
+        self.told_room
+            .store(room, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Tell the readings of the pack for the objects found early what the receiving learned
@@ -199,6 +207,7 @@ impl LivePack {
         if told.blobs.back().is_none_or(|&(last, _)| last < offset) {
             told.blobs.push_back((offset, blob));
             told.count += 1;
+            self.note_room(&told);
         }
     }
 
@@ -218,6 +227,7 @@ impl LivePack {
             Err(std::sync::TryLockError::Poisoned(told)) => told.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
+        let mut found = None;
         while let Some(&(at, blob)) = told.blobs.front() {
             if at > offset {
                 break;
@@ -225,10 +235,12 @@ impl LivePack {
             told.blobs.pop_front();
             if at == offset {
                 told.taken += 1;
-                return Some(blob);
+                found = Some(blob);
+                break;
             }
         }
-        None
+        self.note_room(&told);
+        found
     }
 
     /// How many blobs the receiving told of.
@@ -676,6 +688,7 @@ impl Board {
             told: tokio::sync::Notify::new(),
             read_early: Default::default(),
             blobs_told: Default::default(),
+            told_room: std::sync::atomic::AtomicBool::new(true),
             reading_at: Default::default(),
             read_began: Default::default(),
         });
