@@ -290,9 +290,9 @@ fn copy(
 mod tests {
     use super::*;
 
-    /// A first pack read for a deeper shallow clone's objects well behind its receiving: the
-    /// reading takes the blobs the receiving told it of (stored whole, from a MiB on), and
-    /// what it found is what a reading told nothing finds, its copy whole as git reads it.
+    /// A first pack read for a deeper shallow clone's objects behind its receiving: the
+    /// reading takes the blobs stored whole the receiving told it of, and what it found is
+    /// what a reading told nothing finds, its copy whole as git reads it.
     #[test]
     fn a_reading_behind_the_receiving_takes_the_blobs_it_is_told_of() {
         use crate::ingest::{Announce, ingest_pack_announced};

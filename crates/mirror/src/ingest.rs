@@ -35,8 +35,8 @@ pub const NAMED_BASE_BYTES: usize = 160;
 /// on them not decoded again ([`gitcache_pack::ReadPack::hashed`]): taking in a pack takes
 /// the same memory whatever the size of its files. Smaller ones are hashed when the pack's
 /// objects are decoded, on all cores rather than on the thread reading the pack; but while a
-/// mirror's first pack is read for the objects found early well behind its receiving, every
-/// blob stored whole that arrives is hashed, and the reading told of it
+/// mirror's first pack is read for the objects found early, every blob stored whole that
+/// arrives past where that reading has come is hashed, and the reading told of it
 /// ([`LivePack::told_at`](crate::live::LivePack::told_at)).
 pub const HASHED_ON_ARRIVAL: u64 = 1 << 20;
 
@@ -415,8 +415,7 @@ const MOST_TAG_READ: u64 = 1 << 16;
 /// as `git index-pack --fix-thin` does: the bases its deltas name by id that the repository
 /// has are added at the end of the file (the deltas keep naming them by id), and the count
 /// and checksum are written anew. Blobs stored whole from `hash_from` bytes on (every one
-/// while a reading of a first pack is told of them, see
-/// [`HASHED_ON_ARRIVAL`]) are hashed
+/// while a reading of a first pack is told of them, see [`HASHED_ON_ARRIVAL`]) are hashed
 /// as they are read, and kept so unless a delta rests on them by offset (a delta naming its
 /// base by id is completed, or read by gitoxide's indexer, which decodes every object).
 /// While a first pack announced is being read for the objects found early (a fetch waits

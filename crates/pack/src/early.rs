@@ -1429,12 +1429,12 @@ pub fn scan_for(
             passed.is_none()
         };
         // Where the blob last told of is.
-        let told_at = std::cell::Cell::new(None);
+        let told_here = std::cell::Cell::new(None);
         let next = match tell.as_deref() {
             Some(tell) => {
                 let telling = |at| {
                     let blob = tell(at);
-                    told_at.set(blob.map(|_| at));
+                    told_here.set(blob.map(|_| at));
                     blob
                 };
                 incoming.next_entry_told(&telling, &keep, &mut out)?
@@ -1517,10 +1517,10 @@ pub fn scan_for(
         };
         objects.push(found(id, kind));
         kept.list(entry.offset, kind);
-        if told_at.get() == Some(entry.offset) {
+        if told_here.get() == Some(entry.offset) {
             // Not inflated: read back should a delta rest on it.
             told += 1;
-            kept.pass_blob(entry.offset);
+            kept.pass_blob(entry.offset, entry.size);
         }
         // Kept before it is followed: a commit wanted meanwhile may need it (a tree) now.
         let object: Option<std::rc::Rc<[u8]>> = object.map(Into::into);
@@ -1635,8 +1635,8 @@ struct Back {
     /// Where the trees found are, in pack order.
     listed: Vec<u64>,
     /// Where the blobs found without inflating them are (see [`Tips::told_by`]), in pack
-    /// order.
-    blobs: Vec<u64>,
+    /// order, and their sizes.
+    blobs: Vec<(u64, u64)>,
 }
 
 /// A chain of trees to read back (see [`Kept::tree_chain`]), or a blob (see
@@ -1648,8 +1648,7 @@ struct Chain {
     kind: gix_object::Kind,
 }
 
-/// What reading a header back counts against the bytes allowed (see [`Kept::tree_chain`],
-/// [`Kept::blob_back`]).
+/// What reading a header back counts against the bytes allowed (see [`Kept::tree_chain`]).
 const HEADER_COST: u64 = 64;
 
 /// A pack's bytes read from an offset on (see [`Kept::read_tree_back`]).
@@ -1797,37 +1796,34 @@ impl Kept {
         })
     }
 
-    /// Record that the blob at `offset` (after those recorded before) was found without
-    /// being inflated: read back should a delta rest on it.
-    fn pass_blob(&mut self, offset: u64) {
+    /// Record that the blob of `size` bytes at `offset` (after those recorded before) was
+    /// found without being inflated: read back should a delta rest on it.
+    fn pass_blob(&mut self, offset: u64, size: u64) {
         if let Some(back) = self.back.as_mut() {
-            back.blobs.push(offset);
+            back.blobs.push((offset, size));
         }
+    }
+
+    /// The size of the blob at `offset` found without being inflated.
+    fn blob_passed_at(&self, offset: u64) -> Option<u64> {
+        let blobs = &self.back.as_ref()?.blobs;
+        let at = blobs.binary_search_by_key(&offset, |&(at, _)| at).ok()?;
+        Some(blobs[at].1)
     }
 
     /// Whether the blob at `offset` was found without being inflated, and is not kept since.
     fn passed_blob(&self, offset: u64) -> bool {
-        self.back
-            .as_ref()
-            .is_some_and(|back| back.blobs.binary_search(&offset).is_ok())
-            && !self.has(offset)
+        self.blob_passed_at(offset).is_some() && !self.has(offset)
     }
 
     /// The blob at `offset`, found without being inflated, as a chain of one link to read
-    /// back; `None` when it cannot be read or nothing more may be decoded. Reading its header
-    /// counts [`HEADER_COST`] bytes against the bytes allowed.
+    /// back (its size as the scan read it, checked again as it is inflated); `None` when it
+    /// was not so found or nothing more may be decoded.
     fn blob_back(&self, offset: u64) -> Option<Chain> {
         let back = self.back.as_ref()?;
-        let spent = back.spent.get();
-        if spent >= back.allowed {
-            return None;
-        }
-        back.spent.set(spent.saturating_add(HEADER_COST));
-        let mut head = [0; crate::incoming::LONGEST_HEADER];
-        let read = (back.read_at)(&mut head, offset).ok()?;
-        let entry = gix_pack::data::Entry::from_bytes(head.get(..read)?, offset, back.hash).ok()?;
-        (entry.header == Header::Blob).then(|| Chain {
-            links: vec![(offset, entry.decompressed_size)],
+        let size = self.blob_passed_at(offset)?;
+        (back.spent.get() < back.allowed).then(|| Chain {
+            links: vec![(offset, size)],
             bottom: None,
             kind: gix_object::Kind::Blob,
         })
